@@ -1,0 +1,115 @@
+"""Reverse mode: `grad` sweeps the tape backwards and appends each node's VJP as ordinary nodes.
+
+Appended nodes keep the step and scope of the node they differentiate and have phase "backward",
+so every later stage (passes, buffer planning, diagrams) sees BPTT as plain graph structure.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from . import functional as F
+from .errors import GraphError
+from .graph import Graph, Node
+from .ops.registry import get_op
+from .tracing import Tape, Var, phase, scope, step
+
+
+def _resolve(graph: Graph, wrt: Sequence[Node | int | str] | None) -> list[Node]:
+    if wrt is None:
+        return [n for n in graph.inputs if n.dtype.kind == "f" and n.kind not in ("seed", "random")]
+    out = []
+    for w in wrt:
+        if isinstance(w, Node):
+            node = w
+        elif isinstance(w, (int, np.integer)):
+            node = graph.inputs[int(w)]
+        elif isinstance(w, str):
+            node = graph.input_named(w)
+        else:
+            raise TypeError(f"wrt entries are input nodes, indices or names, got {w!r}")
+        if node not in graph.inputs:
+            raise GraphError(f"can only differentiate with respect to graph inputs, not {node!r}")
+        out.append(node)
+    return out
+
+
+def _differentiable(n: Node) -> bool:
+    return n.dtype.kind == "f" and (n.op in ("input", "constant") or get_op(n.op).differentiable)
+
+
+def _needs_gradient(graph: Graph, wrt: list[Node]) -> set[Node]:
+    """Nodes on some path from a `wrt` input to an output: only these get cotangents."""
+    forward = set(wrt)
+    for n in graph.nodes:
+        if n not in forward and _differentiable(n) and any(i in forward for i in n.inputs):
+            forward.add(n)
+    backward = set(graph.outputs)
+    for n in reversed(graph.nodes):
+        if n in backward:
+            backward.update(n.inputs)
+    return forward & backward
+
+
+def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
+         seeds: str = "auto") -> Graph:
+    """Append reverse-mode gradient nodes to (a copy of) `graph`.
+
+    Returns a graph whose outputs are the original outputs followed by d(outputs)/d(w) for each
+    `w` in `wrt` (default: every floating-point input). With one scalar output the seed is 1;
+    otherwise (or with `seeds="inputs"`) each float output gets a seed input (kind "seed", named
+    `grad_<output>`), so the result computes vector-Jacobian products.
+    """
+    wrt_nodes = _resolve(graph, wrt)
+    outs = list(graph.outputs)
+    names = graph.meta.get("output_names") or [f"out{k}" for k in range(len(outs))]
+    scalar_seed = seeds == "auto" and len(outs) == 1 and outs[0].shape == ()
+    needs = _needs_gradient(graph, wrt_nodes)
+    tape = Tape(graph.copy())
+    cot: dict[Node, list[Var]] = {}
+    with tape.recording(), phase("backward"):
+        seed_nodes = []
+        for k, out in enumerate(outs):
+            if out.dtype.kind != "f":
+                continue
+            with step(out.step), scope(out.scope, absolute=True):
+                seed = (tape.constant(1.0, out.dtype) if scalar_seed
+                        else tape.input(out.shape, out.dtype, name=f"grad_{names[k]}", kind="seed"))
+            seed_nodes.append(seed.node)
+            if out in needs:
+                cot.setdefault(out, []).append(seed)
+        for n in reversed(graph.nodes):
+            if n not in cot or n.op in ("input", "constant"):
+                continue
+            with step(n.step), scope(n.scope, absolute=True):
+                _backprop_node(n, F.add_n(cot.pop(n)), needs, tape, cot)
+        grads = []
+        for w in wrt_nodes:
+            with step(w.step), scope(w.scope, absolute=True):
+                grads.append(F.add_n(cot[w]) if w in cot else F.zeros(w.shape, w.dtype))
+    result = tape.graph
+    result.outputs = outs + [g.node for g in grads]
+    result.meta.update(
+        n_forward_outputs=len(outs),
+        output_names=list(names) + [f"grad_{w.name}" for w in wrt_nodes],
+        wrt=[w.name for w in wrt_nodes],
+        seeds=[s.name for s in seed_nodes if s.op == "input"],
+        single_output=False,
+    )
+    return result
+
+
+def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]) -> None:
+    wants = tuple(i in needs for i in n.inputs)
+    if not any(wants):
+        return
+    op = get_op(n.op)
+    grads = op.vjp(g, Var(n, tape), *[Var(i, tape) for i in n.inputs], wants=wants, **n.attrs)
+    for i, gi, w in zip(n.inputs, grads, wants):
+        if not w or gi is None:
+            continue
+        if gi.shape != i.shape:
+            raise GraphError(f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
+                             f"of shape {i.shape}")
+        cot.setdefault(i, []).append(F.cast(gi, i.dtype))

@@ -1,0 +1,47 @@
+"""The exception hierarchy: every error tapernn raises on bad input is a TapernnError.
+
+Messages name the module path (or op scope), the timestep when there is one, and expected vs actual.
+"""
+from __future__ import annotations
+
+
+class TapernnError(Exception):
+    """Base class of every error tapernn raises deliberately."""
+
+
+class ShapeError(TapernnError, ValueError):
+    """Shapes (or the number of dimensions) do not fit together."""
+
+
+class DTypeError(TapernnError, TypeError):
+    """An array has a dtype the operation cannot take."""
+
+
+class StateError(TapernnError, RuntimeError):
+    """Calls in the wrong order: backward before forward, step-wise backward out of order, ..."""
+
+
+class ValueRangeError(TapernnError, IndexError):
+    """An id or class target outside its valid range."""
+
+
+class NumericError(TapernnError, FloatingPointError):
+    """NaN or Inf where a finite number is required (a loss, a gradient)."""
+
+
+class GraphError(TapernnError):
+    """A graph is malformed (Graph.verify) or a pass produced a malformed graph."""
+
+
+class GradcheckError(TapernnError, AssertionError):
+    """Analytic and finite-difference gradients disagree."""
+
+
+def where(scope: str | None = None, step: int | None = None) -> str:
+    """A short location suffix for messages: ' (in scope 'a.b', step 3)'."""
+    parts = []
+    if scope:
+        parts.append(f"in {scope!r}")
+    if step is not None:
+        parts.append(f"step {step}")
+    return f" ({', '.join(parts)})" if parts else ""

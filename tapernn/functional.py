@@ -1,0 +1,242 @@
+"""The symbolic functions users call (`tn.tanh`, `tn.concat`, ...): thin wrappers that normalise
+arguments and record ops. VJP rules are written with these too, so gradients are graphs as well.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ShapeError
+from .ops.registry import normalize_axes, normalize_axis
+from .tracing import Var, as_var, emit
+
+
+def _unary(name):
+    return lambda x: emit(name, x)
+
+
+def _binary(name):
+    return lambda a, b: emit(name, a, b)
+
+
+add, sub, mul, div = _binary("add"), _binary("sub"), _binary("mul"), _binary("div")
+power, maximum, minimum = _binary("power"), _binary("maximum"), _binary("minimum")
+greater, equal = _binary("greater"), _binary("equal")
+neg, exp, log, tanh = _unary("neg"), _unary("exp"), _unary("log"), _unary("tanh")
+sigmoid, relu, sqrt, abs = _unary("sigmoid"), _unary("relu"), _unary("sqrt"), _unary("abs")
+sign = _unary("sign")
+
+
+def where(cond: Any, x: Any, y: Any) -> Var:
+    """Elementwise `x if cond else y` (NumPy broadcasting)."""
+    return emit("where", cond, x, y)
+
+
+def cast(x: Var, dtype: Any) -> Var:
+    dtype = np.dtype(dtype)
+    return x if x.dtype == dtype else emit("cast", x, dtype=dtype.str)
+
+
+def stop_gradient(x: Var) -> Var:
+    """Identity whose gradient is zero."""
+    return emit("stop_gradient", x)
+
+
+def zeros(shape: Sequence[int], dtype: Any = np.float64) -> Var:
+    return emit("zeros", shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype).str)
+
+
+def ones(shape: Sequence[int], dtype: Any = np.float64) -> Var:
+    return emit("ones", shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype).str)
+
+
+def zeros_like(x: Var) -> Var:
+    return emit("zeros", shape=x.shape, dtype=x.dtype.str) if isinstance(x, Var) else np.zeros_like(x)
+
+
+def ones_like(x: Var) -> Var:
+    return emit("ones", shape=x.shape, dtype=x.dtype.str) if isinstance(x, Var) else np.ones_like(x)
+
+
+def add_n(xs: Sequence[Var]) -> Var:
+    """Sum of same-shaped values in one op (how autodiff accumulates cotangents)."""
+    xs = list(xs)
+    return xs[0] if len(xs) == 1 else emit("add_n", *xs)
+
+
+# ---- reductions --------------------------------------------------------------------------------
+
+
+def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    x = as_var(x)
+    axes = normalize_axes(axis, x.ndim)
+    if not axes and not keepdims:
+        return x
+    return emit("sum", x, axis=axes, keepdims=bool(keepdims))
+
+
+def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    x = as_var(x)
+    axes = normalize_axes(axis, x.ndim)
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    return sum(x, axes, keepdims) / float(count or 1)
+
+
+def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    x = as_var(x)
+    return emit("max", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def logsumexp(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    x = as_var(x)
+    return emit("logsumexp", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def softmax(x: Var, axis: int = -1) -> Var:
+    return emit("softmax", x, axis=normalize_axis(axis, x.ndim))
+
+
+def log_softmax(x: Var, axis: int = -1) -> Var:
+    return emit("log_softmax", x, axis=normalize_axis(axis, x.ndim))
+
+
+def broadcast_to(x: Var, shape: Sequence[int]) -> Var:
+    shape = tuple(int(s) for s in shape)
+    return x if x.shape == shape else emit("broadcast_to", x, shape=shape)
+
+
+def unbroadcast(g: Var, shape: Sequence[int]) -> Var:
+    """Sum `g` down to `shape`: the one place that undoes NumPy broadcasting in VJPs."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + k for k, s in enumerate(shape)
+                                      if s == 1 and g.shape[lead + k] != 1)
+    return reshape(sum(g, axes), shape)
+
+
+# ---- shape ops ---------------------------------------------------------------------------------
+
+
+def reshape(x: Var, shape: Sequence[int] | int) -> Var:
+    x = as_var(x)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"reshape: at most one -1 in {shape}")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        if known == 0 or x.size % known:
+            raise ShapeError(f"reshape: cannot reshape {x.shape} into {shape}")
+        shape = tuple(x.size // known if s == -1 else s for s in shape)
+    return x if shape == x.shape else emit("reshape", x, shape=shape)
+
+
+def transpose(x: Var, axes: Sequence[int] | None = None) -> Var:
+    x = as_var(x)
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(normalize_axis(a, x.ndim) for a in axes)
+    return x if axes == tuple(range(x.ndim)) else emit("transpose", x, axes=axes)
+
+
+def swap_last(x: Var) -> Var:
+    axes = list(range(x.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return transpose(x, axes)
+
+
+def concat(xs: Sequence[Var], axis: int = 0) -> Var:
+    xs = list(xs)
+    if not xs:
+        raise ShapeError("concat: needs at least one value")
+    like = next((x for x in xs if isinstance(x, Var)), None)
+    xs = [as_var(x, like) for x in xs]
+    if len(xs) == 1:
+        return xs[0]
+    return emit("concat", *xs, axis=normalize_axis(axis, xs[0].ndim))
+
+
+def stack(xs: Sequence[Var], axis: int = 0) -> Var:
+    xs = list(xs)
+    if not xs:
+        raise ShapeError("stack: needs at least one value")
+    like = next((x for x in xs if isinstance(x, Var)), None)
+    xs = [as_var(x, like) for x in xs]
+    ax = normalize_axis(axis, xs[0].ndim + 1)
+    return concat([reshape(x, x.shape[:ax] + (1,) + x.shape[ax:]) for x in xs], axis=ax)
+
+
+def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Var]:
+    """NumPy's split: an int is a number of equal sections, a list the split points."""
+    ax = normalize_axis(axis, x.ndim)
+    n = x.shape[ax]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        k = int(indices_or_sections)
+        if k <= 0 or n % k:
+            raise ShapeError(f"split: axis of length {n} does not divide into {k} equal parts")
+        points = [n // k * j for j in range(1, k)]
+    else:
+        points = [int(p) for p in indices_or_sections]
+    bounds = [0] + points + [n]
+    lead = (slice(None),) * ax
+    return [x[lead + (slice(a, b),)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def getitem(x: Var, index: Any) -> Var:
+    key = normalize_index(index, x.shape)
+    return emit("getitem", x, index=key)
+
+
+def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple:
+    """A hashable form of a NumPy index: ('s', start, stop, step) for slices, ints, None,
+    Ellipsis, and ('a', tuple(ids)) for 1-D integer arrays. Bounds are checked here."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for item in index:
+        if isinstance(item, slice):
+            out.append(("s", item.start, item.stop, item.step))
+        elif item is None or item is Ellipsis:
+            out.append(item)
+        elif isinstance(item, (int, np.integer)):
+            out.append(int(item))
+        elif isinstance(item, (list, np.ndarray)) and np.asarray(item).dtype.kind in "iu":
+            out.append(("a", tuple(int(v) for v in np.asarray(item).ravel())))
+        else:
+            raise TypeError(f"unsupported index {item!r}; use ints, slices, None, ... or 1-D int lists")
+    key = tuple(out)
+    from .ops.shape import index_shape  # the shape rule checks bounds
+    index_shape(shape, index=key)
+    return key
+
+
+def matmul(a: Any, b: Any) -> Var:
+    """NumPy matmul; 1-D operands are promoted to matrices and the extra axis removed."""
+    like = a if isinstance(a, Var) else b
+    a, b = as_var(a, like), as_var(b, like)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: scalar operands {a.shape} and {b.shape}; use * instead")
+    if a.ndim == 1 and b.ndim == 1:
+        return reshape(emit("matmul", reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+    if a.ndim == 1:
+        y = emit("matmul", reshape(a, (1, -1)), b)
+        return reshape(y, y.shape[:-2] + y.shape[-1:])
+    if b.ndim == 1:
+        y = emit("matmul", a, reshape(b, (-1, 1)))
+        return reshape(y, y.shape[:-1])
+    return emit("matmul", a, b)
+
+
+def embedding(weight: Var, ids: Var) -> Var:
+    """Rows of `weight` selected by integer `ids` (0-based): shape ids.shape + (n_output,)."""
+    return emit("embedding", weight, ids)
+
+
+def gather(x: Var, ids: Var, axis: int = -1) -> Var:
+    """`np.take_along_axis(x, ids, axis)`: picks one entry per row, e.g. the target's log-prob."""
+    return emit("gather", x, ids, axis=normalize_axis(axis, x.ndim))
+
+
+def emit_index_grad(g: Var, shape: tuple[int, ...], index: tuple) -> Var:
+    """Zeros of `shape` with `g` placed (accumulated) at `index`: the adjoint of getitem."""
+    return emit("index_grad", g, shape=tuple(shape), index=index)

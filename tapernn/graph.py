@@ -1,0 +1,291 @@
+"""The graph IR: `Node` (one op application, tagged with step, scope and phase) and `Graph`.
+
+A Graph is a tape: nodes in the order they were recorded, which is always a topological order.
+Nodes are immutable once made; passes build new graphs (see `Graph.rebuild`).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable
+
+import networkx as nx
+import numpy as np
+
+from .errors import GraphError, ShapeError
+from .ops.registry import REGISTRY
+
+PSEUDO_OPS = ("input", "constant")
+_ids = itertools.count()
+
+
+class Node:
+    """One value in a graph: `op` applied to `inputs` with `attrs`.
+
+    `step` is the timestep the node belongs to (None outside any unrolled loop), `scope` the
+    dotted module path that created it, `phase` "forward" or "backward". Input nodes carry
+    `attrs["kind"]` ("data", "param", "state", "random", "seed") and a `name`; constant nodes carry
+    `value`.
+    """
+
+    __slots__ = ("id", "op", "inputs", "attrs", "shape", "dtype", "step", "scope", "phase",
+                 "name", "value", "__weakref__")
+
+    def __init__(self, op: str, inputs: Iterable[Node], attrs: dict | None, shape: tuple,
+                 dtype: Any, step: int | None = None, scope: str = "", phase: str = "forward",
+                 name: str | None = None, value: np.ndarray | None = None):
+        self.id = next(_ids)
+        self.op = op
+        self.inputs = tuple(inputs)
+        self.attrs = dict(attrs or {})
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.step = step
+        self.scope = scope
+        self.phase = phase
+        self.name = name
+        self.value = value
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def kind(self) -> str | None:
+        return self.attrs.get("kind") if self.op == "input" else None
+
+    def replace(self, **changes: Any) -> Node:
+        """A new node equal to this one but for `changes` (op, inputs, attrs, ...)."""
+        fields = dict(op=self.op, inputs=self.inputs, attrs=self.attrs, shape=self.shape,
+                      dtype=self.dtype, step=self.step, scope=self.scope, phase=self.phase,
+                      name=self.name, value=self.value)
+        fields.update(changes)
+        return Node(**fields)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.op} {self.shape} {self.dtype} id={self.id}>"
+
+
+class Graph:
+    """A tape of nodes with designated inputs and outputs.
+
+    `meta` carries whatever later stages attach (output names, scope -> module names, ...).
+    """
+
+    def __init__(self, nodes: list[Node] | None = None, inputs: list[Node] | None = None,
+                 outputs: list[Node] | None = None, meta: dict | None = None):
+        self.nodes: list[Node] = list(nodes or [])
+        self.inputs: list[Node] = list(inputs or [])
+        self.outputs: list[Node] = list(outputs or [])
+        self.meta: dict = dict(meta or {})
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> dict[Node, list[Node]]:
+        """Map each node to the nodes that read it (in tape order, once per use)."""
+        out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out.setdefault(i, []).append(n)
+        return out
+
+    def input_named(self, name: str) -> Node:
+        for n in self.inputs:
+            if n.name == name:
+                return n
+        raise KeyError(f"graph has no input named {name!r}; inputs: {[n.name for n in self.inputs]}")
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return counts
+
+    def steps(self) -> list[int]:
+        return sorted({n.step for n in self.nodes if n.step is not None})
+
+    def copy(self) -> Graph:
+        return Graph(self.nodes, self.inputs, self.outputs, dict(self.meta))
+
+    # ---- rewriting ----------------------------------------------------------------------------
+
+    def rebuild(self, fn: Callable[[Node, dict[Node, Node]], Node | None]) -> Graph:
+        """A new graph made by visiting nodes in tape order.
+
+        `fn(node, mapping)` returns the replacement for `node` (which may be a new node built from
+        `mapping[input]`, or an already-mapped node) or None to keep `node` with remapped inputs.
+        """
+        mapping: dict[Node, Node] = {}
+        nodes: list[Node] = []
+        seen: set[Node] = set()
+        for n in self.nodes:
+            new = fn(n, mapping)
+            if new is None:
+                ins = tuple(mapping.get(i, i) for i in n.inputs)
+                new = n if ins == n.inputs else n.replace(inputs=ins)
+            mapping[n] = new
+            if new not in seen:
+                _append_with_missing(new, nodes, seen)
+        return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
+                     [mapping.get(n, n) for n in self.outputs], dict(self.meta))
+
+    def replace_all_uses_with(self, old: Node, new: Node) -> Graph:
+        return self.rebuild(lambda n, m: new if n is old else None)
+
+    def eliminate_dead_code(self) -> Graph:
+        live = set(self.outputs) | set(self.inputs)
+        for n in reversed(self.nodes):
+            if n in live:
+                live.update(n.inputs)
+        return Graph([n for n in self.nodes if n in live], self.inputs, self.outputs,
+                     dict(self.meta))
+
+    # ---- checks and views ---------------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Raise GraphError unless the graph is well formed.
+
+        Checks: topological order, no dangling inputs, no duplicates, every op registered, every
+        node's shape and dtype equal to what its op's rules give for its inputs.
+        """
+        placed: set[Node] = set()
+        for k, n in enumerate(self.nodes):
+            where = f"node %{k} ({n.op}, scope {n.scope!r}, step {n.step})"
+            if n in placed:
+                raise GraphError(f"{where} appears twice on the tape")
+            for i in n.inputs:
+                if i not in placed:
+                    raise GraphError(f"{where} reads a value that is not earlier on the tape: {i!r}")
+            if n.op == "input":
+                if n not in self.inputs:
+                    raise GraphError(f"{where} is an input node but not in graph.inputs")
+            elif n.op == "constant":
+                if n.value is None or tuple(n.value.shape) != n.shape:
+                    raise GraphError(f"{where}: constant value does not match shape {n.shape}")
+            else:
+                _check_op_node(n, where)
+            placed.add(n)
+        for n in self.inputs:
+            if n not in placed or n.op != "input":
+                raise GraphError(f"graph input {n!r} is not an input node on the tape")
+        for n in self.outputs:
+            if n not in placed:
+                raise GraphError(f"graph output {n!r} is not on the tape")
+
+    def numbering(self) -> dict[Node, int]:
+        return {n: k for k, n in enumerate(self.nodes)}
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """A networkx MultiDiGraph: node keys are tape positions, edges carry the argument index."""
+        num = self.numbering()
+        g = nx.MultiDiGraph()
+        outs = {n: k for k, n in enumerate(self.outputs)}
+        for n, k in num.items():
+            g.add_node(k, op=n.op, shape=list(n.shape), dtype=str(n.dtype), step=n.step,
+                       scope=n.scope, phase=n.phase, name=n.name, kind=n.kind,
+                       output=outs.get(n), attrs=_printable_attrs(n.attrs))
+        for n, k in num.items():
+            for pos, i in enumerate(n.inputs):
+                g.add_edge(num[i], k, key=pos, arg=pos)
+        return g
+
+    def __str__(self) -> str:
+        num = self.numbering()
+        lines = []
+        ins = ", ".join(f"%{num[n]}:{n.name}" for n in self.inputs)
+        lines.append(f"graph({ins}) {{")
+        for n in self.nodes:
+            lines.append("  " + format_node(n, num))
+        outs = ", ".join(f"%{num[n]}" for n in self.outputs)
+        lines.append(f"  return {outs}")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
+                f"{len(self.outputs)} outputs>")
+
+    def _repr_svg_(self) -> str | None:
+        from .export import repr_svg
+        return repr_svg(self)
+
+
+def _append_with_missing(node: Node, nodes: list[Node], seen: set[Node]) -> None:
+    """Append `node` after any of its (transitive) inputs not yet on the new tape."""
+    stack = [(node, iter(node.inputs))]
+    while stack:
+        n, it = stack[-1]
+        for i in it:
+            if i not in seen:
+                stack.append((i, iter(i.inputs)))
+                break
+        else:
+            stack.pop()
+            if n not in seen:
+                seen.add(n)
+                nodes.append(n)
+
+
+def _check_op_node(n: Node, where: str) -> None:
+    op = REGISTRY.get(n.op)
+    if op is None:
+        raise GraphError(f"{where}: op {n.op!r} is not registered")
+    if op.n_inputs is not None and len(n.inputs) != op.n_inputs:
+        raise GraphError(f"{where}: takes {op.n_inputs} inputs, has {len(n.inputs)}")
+    try:
+        shape = tuple(op.shape(*[i.shape for i in n.inputs], **n.attrs))
+        dtype = op.infer_dtype([i.dtype for i in n.inputs], n.attrs)
+    except ShapeError as e:
+        raise GraphError(f"{where}: {e}") from None
+    if shape != n.shape:
+        raise GraphError(f"{where}: recorded shape {n.shape}, but its inputs give {shape}")
+    if dtype != n.dtype:
+        raise GraphError(f"{where}: recorded dtype {n.dtype}, but its inputs give {dtype}")
+
+
+def _printable_attrs(attrs: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+            for k, v in attrs.items()}
+
+
+def format_attrs(attrs: dict) -> str:
+    items = [f"{k}={_short(v)}" for k, v in attrs.items() if k != "kind"]
+    return "[" + ", ".join(items) + "]" if items else ""
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array{v.shape}"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def format_node(n: Node, num: dict[Node, int]) -> str:
+    """One line: `%5 = tanh %3  (2, 4) float64  step=1 scope=seq.lstm [bwd]`."""
+    if n.op == "input":
+        rhs = f"input {n.attrs.get('kind', 'data')}:{n.name}"
+    elif n.op == "constant":
+        v = n.value
+        rhs = f"constant {v.item()!r}" if v is not None and v.size == 1 else "constant"
+    else:
+        args = " ".join(f"%{num[i]}" if i in num else f"?{i.op}" for i in n.inputs)
+        rhs = f"{n.op}{format_attrs(n.attrs)} {args}".rstrip()
+    tags = []
+    if n.step is not None:
+        tags.append(f"step={n.step}")
+    if n.scope:
+        tags.append(f"scope={n.scope}")
+    if n.phase != "forward":
+        tags.append("bwd")
+    shape = "(" + ", ".join(map(str, n.shape)) + ("," if len(n.shape) == 1 else "") + ")"
+    return f"%{num[n]} = {rhs}  {shape} {n.dtype}  {' '.join(tags)}".rstrip()

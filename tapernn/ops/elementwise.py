@@ -1,0 +1,148 @@
+"""Elementwise ops: arithmetic, transcendental functions, comparisons, selection, casts, fills.
+
+Each block: shape rule, NumPy forward (ufuncs take `out=` directly), VJP, flags.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..errors import ShapeError
+from .registry import broadcast_shape, register, same_shape
+
+ub = F.unbroadcast
+
+
+def _sigmoid(x, out=None):
+    # exp(-|x|) never overflows; the two branches keep full relative precision in both tails
+    e = np.exp(-np.abs(x))
+    num = np.where(x >= 0, 1.0, e).astype(e.dtype, copy=False)
+    return np.divide(num, 1.0 + e, out=out)
+
+
+def _relu(x, out=None):
+    return np.maximum(x, 0, out=out)
+
+
+def _bool(*dtypes, **_):
+    return np.bool_
+
+
+def _binary(name, forward, vjp, inplace=(0, 1)):
+    register(name, forward=forward, shape=broadcast_shape, vjp=vjp, elementwise=True,
+             inplace=inplace, n_inputs=2)
+
+
+def _unary(name, forward, vjp, **kw):
+    register(name, forward=forward, shape=same_shape, vjp=vjp, elementwise=True, inplace=(0,),
+             n_inputs=1, **kw)
+
+
+_binary("add", np.add,
+        lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
+                                   ub(g, b.shape) if wants[1] else None))
+_binary("sub", np.subtract,
+        lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
+                                   ub(-g, b.shape) if wants[1] else None))
+_binary("mul", np.multiply,
+        lambda g, y, a, b, wants: (ub(g * b, a.shape) if wants[0] else None,
+                                   ub(g * a, b.shape) if wants[1] else None))
+_binary("div", np.divide,
+        lambda g, y, a, b, wants: (ub(g / b, a.shape) if wants[0] else None,
+                                   ub(-g * y / b, b.shape) if wants[1] else None))
+_binary("power", np.power,
+        lambda g, y, a, b, wants: (ub(g * b * a ** (b - 1), a.shape) if wants[0] else None,
+                                   ub(g * y * F.log(a), b.shape) if wants[1] else None))
+
+
+def _maximum_vjp(g, y, a, b, wants, flip=False):
+    wins = F.greater(b, a) if flip else F.greater(a, b)
+    share = F.where(wins, 1.0, F.where(F.equal(a, b), 0.5, 0.0))  # ties split the gradient
+    share = F.cast(share, g.dtype)
+    return (ub(g * share, a.shape) if wants[0] else None,
+            ub(g * (1 - share), b.shape) if wants[1] else None)
+
+
+_binary("maximum", np.maximum, _maximum_vjp)
+_binary("minimum", np.minimum, lambda *a, wants: _maximum_vjp(*a, wants=wants, flip=True))
+
+register("greater", forward=np.greater, shape=broadcast_shape, vjp=None, dtype=_bool,
+         elementwise=True, n_inputs=2, differentiable=False)
+register("equal", forward=np.equal, shape=broadcast_shape, vjp=None, dtype=_bool,
+         elementwise=True, n_inputs=2, differentiable=False)
+register("sign", forward=np.sign, shape=same_shape, vjp=None, elementwise=True, inplace=(0,),
+         n_inputs=1, differentiable=False)
+
+_unary("neg", np.negative, lambda g, y, a, wants: (-g,))
+_unary("exp", np.exp, lambda g, y, a, wants: (g * y,))
+_unary("log", np.log, lambda g, y, a, wants: (g / a,))
+_unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),))
+_unary("sigmoid", _sigmoid, lambda g, y, a, wants: (g * y * (1 - y),))
+_unary("relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),))
+_unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,))
+_unary("abs", np.abs, lambda g, y, a, wants: (g * F.sign(a),))
+
+
+def _where_shape(c, x, y, **_):
+    return broadcast_shape(c, x, y)
+
+
+def _where_dtype(c, x, y, **_):
+    if c != np.bool_:
+        raise ShapeError(f"where: condition must be boolean, got {c}")
+    return np.result_type(x, y)
+
+
+register("where", forward=lambda c, x, y, out=None: np.where(c, x, y), shape=_where_shape,
+         dtype=_where_dtype, supports_out=False, elementwise=True, n_inputs=3,
+         vjp=lambda g, y, c, a, b, wants: (
+             None,
+             ub(F.where(c, g, 0), a.shape) if wants[1] else None,
+             ub(F.where(c, 0, g), b.shape) if wants[2] else None))
+
+
+def _cast(x, dtype, out=None):
+    if out is None:
+        return x.astype(dtype)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+register("cast", forward=_cast, shape=same_shape, dtype=lambda x, dtype: np.dtype(dtype),
+         elementwise=True, n_inputs=1,
+         vjp=lambda g, y, a, wants, dtype: (
+             F.cast(g, a.dtype) if a.dtype.kind == "f" else None,))
+
+register("stop_gradient", forward=lambda x, out=None: x, shape=same_shape, supports_out=False,
+         view=True, n_inputs=1, vjp=lambda g, y, a, wants: (None,))
+
+
+def _fill(value):
+    def forward(shape, dtype, out=None):
+        if out is None:
+            return np.full(shape, value, dtype=dtype)
+        out.fill(value)
+        return out
+    return forward
+
+
+for _name, _value in (("zeros", 0), ("ones", 1)):
+    register(_name, forward=_fill(_value), shape=lambda shape, dtype: tuple(shape),
+             dtype=lambda shape, dtype: np.dtype(dtype), n_inputs=0, vjp=lambda g, y, wants, **_: ())
+
+
+def _add_n_shape(*shapes, **_):
+    if any(s != shapes[0] for s in shapes):
+        raise ShapeError(f"add_n: all shapes must be equal, got {', '.join(map(str, shapes))}")
+    return tuple(shapes[0])
+
+
+def _add_n(*xs, out=None):
+    out = np.add(xs[0], xs[1], out=out)
+    for x in xs[2:]:
+        np.add(out, x, out=out)
+    return out
+
+
+register("add_n", forward=_add_n, shape=_add_n_shape, elementwise=True, variadic=True,
+         inplace=(0,), vjp=lambda g, y, *xs, wants: tuple(g if w else None for w in wants))

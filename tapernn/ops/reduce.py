@@ -1,0 +1,79 @@
+"""Reductions (sum, max, logsumexp) and broadcast_to, their adjoint."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..errors import ShapeError
+from .registry import register
+
+
+def reduce_shape(x, axis, keepdims, **_):
+    if any(a >= len(x) for a in axis):
+        raise ShapeError(f"axis {axis} out of range for shape {x}")
+    if keepdims:
+        return tuple(1 if k in axis else s for k, s in enumerate(x))
+    return tuple(s for k, s in enumerate(x) if k not in axis)
+
+
+def kept(g, x, axis):
+    """`g` (reduced over `axis`) reshaped with the reduced axes kept as size 1."""
+    return F.reshape(g, tuple(1 if k in axis else s for k, s in enumerate(x.shape)))
+
+
+def _sum(x, axis, keepdims, out=None):
+    return np.sum(x, axis=axis, keepdims=keepdims, out=out)
+
+
+register("sum", forward=_sum, shape=reduce_shape, n_inputs=1,
+         vjp=lambda g, y, x, wants, axis, keepdims: (F.broadcast_to(kept(g, x, axis), x.shape),))
+
+
+def _max(x, axis, keepdims, out=None):
+    return np.max(x, axis=axis, keepdims=keepdims, out=out)
+
+
+def _max_vjp(g, y, x, wants, axis, keepdims):
+    hit = F.equal(x, kept(y, x, axis))
+    count = F.sum(F.cast(hit, g.dtype), axis, keepdims=True)  # ties share the gradient
+    return (F.where(hit, kept(g, x, axis) / count, 0),)
+
+
+register("max", forward=_max, shape=reduce_shape, n_inputs=1, vjp=_max_vjp)
+
+
+def _logsumexp(x, axis, keepdims, out=None):
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
+    s = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        s = np.squeeze(s, axis=axis)
+    if out is not None:
+        np.copyto(out, s)
+        return out
+    return s
+
+
+register("logsumexp", forward=_logsumexp, shape=reduce_shape, n_inputs=1,
+         vjp=lambda g, y, x, wants, axis, keepdims: (
+             kept(g, x, axis) * F.exp(x - kept(y, x, axis)),))
+
+
+def _broadcast_shape(x, shape, **_):
+    try:
+        if tuple(np.broadcast_shapes(x, shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ShapeError(f"cannot broadcast {x} to {shape}") from None
+    return tuple(shape)
+
+
+def _broadcast_to(x, shape, out=None):
+    if out is None:
+        return np.broadcast_to(x, shape)
+    np.copyto(out, x)
+    return out
+
+
+register("broadcast_to", forward=_broadcast_to, shape=_broadcast_shape, n_inputs=1, view=True,
+         vjp=lambda g, y, x, wants, shape: (F.unbroadcast(g, x.shape),))

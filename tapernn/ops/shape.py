@@ -1,0 +1,129 @@
+"""Shape ops: reshape, transpose, concat, indexing (getitem) and its adjoint index_grad."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..errors import ShapeError
+from .registry import register
+
+
+def _reshape_shape(x, shape, **_):
+    if int(np.prod(x, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
+        raise ShapeError(f"cannot reshape {x} into {shape}")
+    return tuple(shape)
+
+
+register("reshape", forward=lambda x, shape, out=None: np.reshape(x, shape),
+         shape=_reshape_shape, supports_out=False, view=True, n_inputs=1,
+         vjp=lambda g, y, x, wants, shape: (F.reshape(g, x.shape),))
+
+
+def _transpose_shape(x, axes, **_):
+    if sorted(axes) != list(range(len(x))):
+        raise ShapeError(f"axes {axes} are not a permutation for shape {x}")
+    return tuple(x[a] for a in axes)
+
+
+register("transpose", forward=lambda x, axes, out=None: np.transpose(x, axes),
+         shape=_transpose_shape, supports_out=False, view=True, n_inputs=1,
+         vjp=lambda g, y, x, wants, axes: (F.transpose(g, tuple(np.argsort(axes))),))
+
+
+def _concat_shape(*shapes, axis):
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for k, (a, b) in enumerate(zip(s, first)) if k != axis):
+            raise ShapeError(f"concat along axis {axis}: shapes {', '.join(map(str, shapes))} "
+                             f"differ off that axis")
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+def _concat(*xs, axis, out=None):
+    return np.concatenate(xs, axis=axis, out=out)
+
+
+def _concat_vjp(g, y, *xs, wants, axis):
+    grads, start = [], 0
+    for x, w in zip(xs, wants):
+        stop = start + x.shape[axis]
+        grads.append(g[(slice(None),) * axis + (slice(start, stop),)] if w else None)
+        start = stop
+    return tuple(grads)
+
+
+register("concat", forward=_concat, shape=_concat_shape, variadic=True, vjp=_concat_vjp)
+
+
+def to_numpy_index(key: tuple) -> tuple:
+    out = []
+    for item in key:
+        if isinstance(item, tuple) and item[0] == "s":
+            out.append(slice(*item[1:]))
+        elif isinstance(item, tuple) and item[0] == "a":
+            out.append(np.asarray(item[1], dtype=np.intp))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def is_advanced(key: tuple) -> bool:
+    return any(isinstance(i, tuple) and i[0] == "a" for i in key)
+
+
+def index_shape(x, index, **_):
+    probe = np.broadcast_to(np.empty((), dtype=np.int8), x)  # no memory: strides are zero
+    try:
+        return probe[to_numpy_index(index)].shape
+    except IndexError as e:
+        raise ShapeError(f"index {_show(index)} does not fit shape {x}: {e}") from None
+
+
+def _show(key: tuple) -> str:
+    parts = []
+    for item in key:
+        if isinstance(item, tuple) and item[0] == "s":
+            a, b, c = item[1:]
+            parts.append(f"{'' if a is None else a}:{'' if b is None else b}"
+                         + ("" if c is None else f":{c}"))
+        elif isinstance(item, tuple):
+            parts.append(str(list(item[1])))
+        else:
+            parts.append("..." if item is Ellipsis else str(item))
+    return "[" + ", ".join(parts) + "]"
+
+
+def _getitem(x, index, out=None):
+    y = x[to_numpy_index(index)]
+    if out is not None:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+register("getitem", forward=_getitem, shape=index_shape, n_inputs=1, view=True,
+         supports_out=False,
+         vjp=lambda g, y, x, wants, index: (F.emit_index_grad(g, x.shape, index),))
+
+
+def _index_grad_shape(g, shape, index):
+    if tuple(index_shape(tuple(shape), index)) != tuple(g):
+        raise ShapeError(f"index_grad: gradient {g} does not fit {shape}{_show(index)}")
+    return tuple(shape)
+
+
+def _index_grad(g, shape, index, out=None):
+    if out is None:
+        out = np.zeros(shape, dtype=g.dtype)
+    else:
+        out.fill(0)
+    idx = to_numpy_index(index)
+    if is_advanced(index):
+        np.add.at(out, idx, g)  # repeated ids accumulate
+    else:
+        out[idx] = g
+    return out
+
+
+register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1,
+         vjp=lambda g, y, x, wants, shape, index: (F.emit("getitem", g, index=index),))

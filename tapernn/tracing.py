@@ -1,0 +1,248 @@
+"""Recording: `Var` (a symbolic value with NumPy-style operators), the recording context
+(current step, scope and phase) and `trace`, which turns a Python function into a `Graph`.
+"""
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError, TapernnError, where
+from .graph import Graph, Node
+from .ops.registry import get_op
+
+_STEP: ContextVar[int | None] = ContextVar("tapernn_step", default=None)
+_SCOPE: ContextVar[str] = ContextVar("tapernn_scope", default="")
+_PHASE: ContextVar[str] = ContextVar("tapernn_phase", default="forward")
+_TAPE: ContextVar["Tape | None"] = ContextVar("tapernn_tape", default=None)
+
+
+@contextlib.contextmanager
+def step(t: int | None) -> Iterator[None]:
+    """Tag every node recorded inside with timestep `t`."""
+    token = _STEP.set(t)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+@contextlib.contextmanager
+def scope(name: str, absolute: bool = False) -> Iterator[None]:
+    """Tag nodes with a dotted scope; nested scopes join with '.' unless `absolute`."""
+    outer = _SCOPE.get()
+    full = name if absolute or not outer else (f"{outer}.{name}" if name else outer)
+    token = _SCOPE.set(full)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    token = _PHASE.set(name)
+    try:
+        yield
+    finally:
+        _PHASE.reset(token)
+
+
+def current_step() -> int | None:
+    return _STEP.get()
+
+
+def current_scope() -> str:
+    return _SCOPE.get()
+
+
+class Tape:
+    """The graph being recorded. Ops on Vars of one tape append nodes to it."""
+
+    def __init__(self, graph: Graph | None = None):
+        self.graph = graph if graph is not None else Graph()
+        self.trace_count = 0
+
+    def add(self, node: Node) -> Node:
+        self.graph.nodes.append(node)
+        return node
+
+    def input(self, shape: Sequence[int], dtype: Any = np.float64, name: str | None = None,
+              kind: str = "data") -> Var:
+        name = name or f"x{len(self.graph.inputs)}"
+        node = Node("input", (), {"kind": kind}, tuple(shape), dtype, step=_STEP.get(),
+                    scope=_SCOPE.get(), phase=_PHASE.get(), name=name)
+        self.graph.inputs.append(node)
+        return Var(self.add(node), self)
+
+    def constant(self, value: Any, dtype: Any = None) -> Var:
+        arr = np.asarray(value, dtype=dtype)
+        node = Node("constant", (), {}, arr.shape, arr.dtype, step=_STEP.get(), scope=_SCOPE.get(),
+                    phase=_PHASE.get(), value=arr)
+        return Var(self.add(node), self)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Tape]:
+        token = _TAPE.set(self)
+        try:
+            yield self
+        finally:
+            _TAPE.reset(token)
+
+
+def current_tape() -> Tape:
+    tape = _TAPE.get()
+    if tape is None:
+        raise TapernnError("no graph is being recorded; build symbolic values inside tn.trace")
+    return tape
+
+
+class Var:
+    """A symbolic array: shape, dtype and the node that computes it. Supports NumPy operators."""
+
+    __slots__ = ("node", "tape")
+    __array_priority__ = 1000  # ndarray (op) Var defers to Var's reflected operators
+
+    def __init__(self, node: Node, tape: Tape):
+        self.node = node
+        self.tape = tape
+
+    shape = property(lambda self: self.node.shape)
+    dtype = property(lambda self: self.node.dtype)
+    ndim = property(lambda self: len(self.node.shape))
+    size = property(lambda self: self.node.size)
+    T = property(lambda self: F.transpose(self))
+
+    def __len__(self) -> int:
+        if not self.node.shape:
+            raise TypeError("len() of a 0-d Var")
+        return self.node.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Var({self.node.op}, shape={self.shape}, dtype={self.dtype})"
+
+    def __bool__(self) -> bool:
+        raise TapernnError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    __add__ = lambda a, b: F.add(a, b)
+    __radd__ = lambda a, b: F.add(b, a)
+    __sub__ = lambda a, b: F.sub(a, b)
+    __rsub__ = lambda a, b: F.sub(b, a)
+    __mul__ = lambda a, b: F.mul(a, b)
+    __rmul__ = lambda a, b: F.mul(b, a)
+    __truediv__ = lambda a, b: F.div(a, b)
+    __rtruediv__ = lambda a, b: F.div(b, a)
+    __pow__ = lambda a, b: F.power(a, b)
+    __rpow__ = lambda a, b: F.power(b, a)
+    __matmul__ = lambda a, b: F.matmul(a, b)
+    __rmatmul__ = lambda a, b: F.matmul(b, a)
+    __neg__ = lambda a: F.neg(a)
+    __pos__ = lambda a: a
+    __abs__ = lambda a: F.abs(a)
+    __gt__ = lambda a, b: F.greater(a, b)
+    __lt__ = lambda a, b: F.greater(b, a)
+    __getitem__ = lambda a, idx: F.getitem(a, idx)
+
+    def sum(self, axis=None, keepdims=False) -> Var:
+        return F.sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False) -> Var:
+        return F.mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False) -> Var:
+        return F.max(self, axis, keepdims)
+
+    def reshape(self, *shape) -> Var:
+        return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+
+    def transpose(self, *axes) -> Var:
+        return F.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
+
+    def astype(self, dtype) -> Var:
+        return F.cast(self, dtype)
+
+
+def emit(opname: str, *args: Any, **attrs: Any) -> Var:
+    """Record one application of a registered op; Python scalars and ndarrays become constants.
+
+    Scalars are weakly typed: they take the dtype of the Var they meet, so `x32 * 0.5` stays
+    float32. The shape rule runs now, so a mismatch raises ShapeError naming op, shapes and scope.
+    """
+    op = get_op(opname)
+    tape = next((a.tape for a in args if isinstance(a, Var)), None) or current_tape()
+    for a in args:
+        if isinstance(a, Var) and a.tape is not tape:
+            raise TapernnError(f"{opname}: operands were recorded in different graphs")
+    ref = next((a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
+               next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)))
+    nodes = [_as_node(a, tape, ref) for a in args]
+    shapes = [n.shape for n in nodes]
+    try:
+        shape = tuple(op.shape(*shapes, **attrs))
+        dtype = op.infer_dtype([n.dtype for n in nodes], attrs)
+    except (ShapeError, DTypeError) as e:
+        shown = ", ".join(map(str, shapes))
+        raise type(e)(f"{opname}: {e} [input shapes {shown}]"
+                      f"{where(_SCOPE.get() or None, _STEP.get())}") from None
+    node = Node(opname, nodes, attrs, shape, dtype, step=_STEP.get(), scope=_SCOPE.get(),
+                phase=_PHASE.get())
+    return Var(tape.add(node), tape)
+
+
+def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
+    if isinstance(a, Var):
+        return a.node
+    if isinstance(a, bool):
+        return tape.constant(a, np.bool_).node
+    if isinstance(a, (int, float)):
+        if ref.kind == "f" or (ref.kind in "iu" and isinstance(a, int)):
+            return tape.constant(a, ref).node
+        return tape.constant(a, np.float64 if isinstance(a, float) else np.int64).node
+    if isinstance(a, (np.ndarray, np.generic)):
+        return tape.constant(np.asarray(a)).node
+    raise TypeError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
+
+
+def as_var(a: Any, like: Var | None = None) -> Var:
+    if isinstance(a, Var):
+        return a
+    tape = like.tape if like is not None else current_tape()
+    ref = like.dtype if like is not None else np.dtype(np.float64)
+    return Var(_as_node(a, tape, ref), tape)
+
+
+def _flatten(out: Any) -> list[Var]:
+    if isinstance(out, Var):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [v for o in out for v in _flatten(o)]
+    raise TypeError(f"traced functions must return Vars (or nested lists/tuples of them), got "
+                    f"{type(out).__name__}")
+
+
+def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | None = None) -> Graph:
+    """Record `fn` applied to symbolic inputs shaped like `example_arrays` into a Graph.
+
+    Shapes: each example array fixes the shape and dtype of one input; `fn` returns a Var or a
+    (nested) list/tuple of Vars, which become `graph.outputs` in order.
+    """
+    tape = Tape()
+    with tape.recording():
+        ins = []
+        for k, a in enumerate(example_arrays):
+            arr = np.asarray(a)
+            name = names[k] if names is not None else f"x{k}"
+            ins.append(tape.input(arr.shape, arr.dtype, name=name))
+        out = fn(*ins)
+        outs = _flatten(out)
+    tape.graph.outputs = [v.node for v in outs]
+    tape.graph.meta["single_output"] = isinstance(out, Var)
+    return tape.graph
+
+
+from . import functional as F  # noqa: E402  (functional builds on emit)
