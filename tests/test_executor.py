@@ -1,0 +1,56 @@
+"""Compiled programs: source, calling convention, input checks, errors located at a node."""
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import tracing
+
+
+def test_source_is_straight_line_and_frees_dead_values():
+    c = tn.compile(tn.trace(lambda x: tn.exp(tn.tanh(x)) + 1.0, np.ones(3)), passes=[])
+    assert c.source.startswith("def program(a0):")
+    assert "f_tanh(a0)" in c.source and "del v1" in c.source
+    assert c.report.kernels == 3
+
+
+def test_single_and_multiple_outputs():
+    x = np.arange(3.0)
+    assert isinstance(tn.compile(tn.trace(tn.exp, x))(x), np.ndarray)
+    outs = tn.compile(tn.trace(lambda v: (tn.exp(v), v), x))(x)
+    assert isinstance(outs, list) and len(outs) == 2
+    outs[1][0] = 99.0
+    assert x[0] == 0.0  # an output that is an input is a copy
+
+
+def test_input_checks():
+    c = tn.compile(tn.trace(tn.exp, np.ones((2, 3))))
+    with pytest.raises(tn.ShapeError, match=r"expected shape \(2, 3\), got \(3, 2\)"):
+        c(np.ones((3, 2)))
+    with pytest.raises(tn.DTypeError, match="expected dtype float64, got float32"):
+        c(np.ones((2, 3), np.float32))
+    with pytest.raises(tn.TapernnError, match="takes 1 arrays"):
+        c(np.ones((2, 3)), np.ones(1))
+
+
+def test_runtime_range_error_names_scope_and_step():
+    def fn(w, ids):
+        with tracing.scope("model.0"), tracing.step(2):
+            return tn.embedding(w, ids)
+    c = tn.compile(tn.trace(fn, np.ones((5, 2)), np.array([0, 1])))
+    with pytest.raises(tn.ValueRangeError) as e:
+        c(np.ones((5, 2)), np.array([0, 7]))
+    msg = str(e.value)
+    assert "embedding" in msg and "model.0" in msg and "step 2" in msg and "0 <= id < 5" in msg
+    with pytest.raises(tn.ValueRangeError, match="-1 out of range"):
+        c(np.ones((5, 2)), np.array([-1, 0]))
+
+
+def test_integer_inputs_are_cast_between_int_kinds():
+    c = tn.compile(tn.trace(tn.embedding, np.ones((3, 2)), np.array([0, 2])))
+    np.testing.assert_array_equal(c(np.eye(3, 2), np.array([2, 0], np.int32)), [[0, 0], [1, 0]])
+
+
+def test_report_counts_bytes():
+    c = tn.compile(tn.trace(lambda x: tn.tanh(tn.exp(x)), np.ones(1000)), passes=[])
+    assert c.report.naive_bytes == 16000 and c.report.peak_bytes == 16000
+    assert "kernels per call" in str(c.report)
