@@ -113,3 +113,62 @@ def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node
             raise GraphError(f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
                              f"of shape {i.shape}")
         cot.setdefault(i, []).append(F.cast(gi, i.dtype))
+
+
+def split_forward_backward(joint: Graph, n_forward_outputs: int, extra_outputs: Sequence[Node] = ()
+                           ) -> tuple[Graph, Graph]:
+    """Partition the result of `grad` into a forward program and a backward program.
+
+    forward: the nodes the forward outputs (and `extra_outputs`) need; its outputs are those,
+    then the values backward reads ("saved for backward"). backward: every other node the
+    gradients need; its inputs are the saved values (kind "saved"), then all of `joint.inputs`
+    (so a caller passes the forward's arguments and the seeds again). Outputs: the gradients.
+    """
+    fwd_outs = list(joint.outputs[:n_forward_outputs]) + list(extra_outputs)
+    grad_outs = list(joint.outputs[n_forward_outputs:])
+    forward = _ancestors(fwd_outs)
+    seeds = {n for n in joint.inputs if n.kind == "seed"}
+    in_forward = [n for n in joint.nodes if n in forward and n not in seeds]
+    backward_needed = _ancestors(grad_outs)
+    bwd_nodes = [n for n in joint.nodes if n in backward_needed and n not in forward
+                 and n.op != "input"]
+    saved, constants = [], []
+    for n in bwd_nodes:
+        for i in n.inputs:
+            if i in forward and i.op == "constant" and i not in constants:
+                constants.append(i)  # constants are cheap: both programs hold them
+            elif i in forward and i.op != "input" and i not in saved:
+                saved.append(i)
+    for g in grad_outs:
+        if g in forward and g.op == "constant" and g not in constants:
+            constants.append(g)
+        elif g in forward and g.op != "input" and g not in saved:
+            saved.append(g)
+    fwd = Graph(in_forward, [n for n in joint.inputs if n not in seeds], fwd_outs + saved,
+                dict(joint.meta, n_saved=len(saved), single_output=False))
+    mapping: dict[Node, Node] = {}
+    saved_inputs = []
+    for k, n in enumerate(saved):
+        new = Node("input", (), {"kind": "saved"}, n.shape, n.dtype, step=n.step, scope=n.scope,
+                   phase=n.phase, name=f"saved{k}")
+        mapping[n] = new
+        saved_inputs.append(new)
+    nodes = list(saved_inputs) + list(joint.inputs) + constants
+    for n in bwd_nodes:
+        ins = tuple(mapping.get(i, i) for i in n.inputs)
+        mapping[n] = n if ins == n.inputs else n.replace(inputs=ins)
+        nodes.append(mapping[n])
+    bwd = Graph(nodes, saved_inputs + list(joint.inputs), [mapping.get(g, g) for g in grad_outs],
+                dict(joint.meta, single_output=False))
+    return fwd, bwd
+
+
+def _ancestors(outputs: Sequence[Node]) -> set[Node]:
+    seen: set[Node] = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
+    return seen

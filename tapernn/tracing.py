@@ -174,6 +174,7 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
     float32. The shape rule runs now, so a mismatch raises ShapeError naming op, shapes and scope.
     """
     op = get_op(opname)
+    args = tuple(a.__tapernn_var__() if hasattr(a, "__tapernn_var__") else a for a in args)
     tape = next((a.tape for a in args if isinstance(a, Var)), None) or current_tape()
     for a in args:
         if isinstance(a, Var) and a.tape is not tape:
@@ -197,6 +198,8 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
 def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
     if isinstance(a, Var):
         return a.node
+    if hasattr(a, "__tapernn_var__"):  # a Parameter inside a module's build
+        return a.__tapernn_var__().node
     if isinstance(a, bool):
         return tape.constant(a, np.bool_).node
     if isinstance(a, (int, float)):
@@ -211,6 +214,8 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
 def as_var(a: Any, like: Var | None = None) -> Var:
     if isinstance(a, Var):
         return a
+    if hasattr(a, "__tapernn_var__"):
+        return a.__tapernn_var__()
     tape = like.tape if like is not None else current_tape()
     ref = like.dtype if like is not None else np.dtype(np.float64)
     return Var(_as_node(a, tape, ref), tape)

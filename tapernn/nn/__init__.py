@@ -1,0 +1,13 @@
+"""Modules (`from tapernn import nn`): Torch7's nn and Element-Research rnn, 0-based."""
+from .cells import GRU, LSTM, RNN, FastLSTM, Recurrent
+from .containers import ConcatTable, Container, ParallelTable, Sequential
+from .criteria import (BCECriterion, ClassNLLCriterion, Criterion, CrossEntropyCriterion,
+                       MSECriterion, SequencerCriterion)
+from .layers import (CAddTable, CMulTable, Dropout, Identity, Linear, LogSoftMax, LookupTable,
+                     ReLU, Reshape, Sigmoid, SoftMax, Tanh)
+from .module import Module, Parameter
+from .recurrent import AbstractRecurrent, Cell
+from .sequencer import Sequencer
+from .tables import JoinTable, NarrowTable, SelectTable, SplitTable
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,128 @@
+"""The build context: what a module sees while the outermost `forward` traces the whole model —
+parameter bindings, recurrent state threaded between steps, random masks, recorded fields.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import functional as F
+from ..errors import StateError, TapernnError
+from ..tracing import Tape, Var, current_scope, current_step, scope, step
+
+if TYPE_CHECKING:
+    from .module import Module, Parameter
+
+_BUILD: ContextVar["BuildContext | None"] = ContextVar("tapernn_build", default=None)
+
+
+def current_build() -> BuildContext:
+    ctx = _BUILD.get()
+    if ctx is None:
+        raise TapernnError("symbolic module calls only happen inside a traced forward")
+    return ctx
+
+
+@dataclass
+class Probe:
+    """A value written back to a module field after the forward program runs."""
+    module: Any
+    field: str
+    step: int | None
+    index: int  # position among the forward program's outputs
+
+
+@dataclass
+class BuildContext:
+    tape: Tape
+    training: bool
+    history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
+    params: dict = field(default_factory=dict)          # Parameter -> Var
+    param_order: list = field(default_factory=list)     # Parameters in input order
+    randoms: list = field(default_factory=list)         # (Node, p) dropout masks
+    states: dict = field(default_factory=dict)          # recurrent module -> tuple[Var]
+    state_inputs: list = field(default_factory=list)    # (module, k, Node) fed at run time
+    steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
+    probes: list = field(default_factory=list)          # (module, field, step, Var)
+    scopes: dict = field(default_factory=dict)          # scope path -> module description
+    stack: list = field(default_factory=list)           # modules being built, outermost first
+
+    def __enter__(self) -> BuildContext:
+        self._token = _BUILD.set(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _BUILD.reset(self._token)
+
+    # ---- modules ------------------------------------------------------------------------------
+
+    def child_name(self, module: Module) -> str:
+        if not self.stack:
+            return ""
+        parent = self.stack[-1]
+        for name, child in parent.named_children():
+            if child is module:
+                return name
+        return type(module).__name__
+
+    def path(self) -> str:
+        return current_scope()
+
+    # ---- parameters and randomness -------------------------------------------------------------
+
+    def bind(self, p: Parameter) -> Var:
+        var = self.params.get(p)
+        if var is None:
+            owner = current_scope()
+            name = f"{owner}.{p.name}" if owner else p.name
+            with step(None):
+                var = self.tape.input(p.data.shape, p.data.dtype, name=name, kind="param")
+            self.params[p] = var
+            self.param_order.append(p)
+        return var
+
+    def random_mask(self, shape: tuple[int, ...], p: float, dtype: np.dtype) -> Var:
+        var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
+        self.randoms.append((var.node, p))
+        return var
+
+    # ---- recurrent state ---------------------------------------------------------------------
+
+    def state_of(self, module: Any, shapes: list[tuple[int, ...]], dtype: np.dtype) -> tuple[Var, ...]:
+        if module in self.states:
+            return self.states[module]
+        stored = module._initial_state_arrays()
+        if stored is None:
+            state = tuple(F.zeros(s, dtype) for s in shapes)
+        else:
+            state = []
+            for k, (arr, s) in enumerate(zip(stored, shapes)):
+                if tuple(arr.shape) != tuple(s):
+                    raise StateError(
+                        f"{module.describe()} at {current_scope() or 'top'!r}: remembered state "
+                        f"{module.state_names[k]!r} has shape {tuple(arr.shape)} but this input needs "
+                        f"{tuple(s)}; call forget() when the batch size changes")
+                var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module.state_names[k]}0",
+                                      kind="state")
+                self.state_inputs.append((module, k, var.node))
+                state.append(var)
+            state = tuple(state)
+        self.states[module] = state
+        return state
+
+    def set_state(self, module: Any, state: tuple[Var, ...]) -> None:
+        self.states[module] = state
+
+    def next_step(self, module: Any) -> int:
+        t = self.steps.get(module, 0)
+        self.steps[module] = t + 1
+        return t
+
+    def probe(self, module: Any, name: str, t: int | None, value: Any) -> None:
+        self.probes.append((module, name, t, value))
+
+    def inside_steps(self) -> bool:
+        return current_step() is not None

@@ -1,0 +1,182 @@
+"""Criteria (losses) with torch/nn formulas: MSE, BCE, ClassNLL, CrossEntropy, and
+SequencerCriterion (sum over steps). `forward(input, target) -> float`,
+`backward(input, target) -> grad_input`."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..errors import NumericError, ShapeError, ValueRangeError
+from ..tracing import Var
+from .module import Module
+from .runtime import runtime_of
+from .tree import flatten
+
+
+class Criterion(Module):
+    """Base class: `build(input, target)` returns the scalar loss symbolically."""
+
+    def forward(self, input: Any, target: Any) -> float:
+        self.check_targets(input, target)
+        rt = runtime_of(self)
+        _, _, record = rt._run((input, target), n_diff_args=1)
+        loss = float(record.outputs[0])
+        if not np.isfinite(loss):
+            raise NumericError(f"{self.describe()}: the loss is {loss} (NaN/Inf); check the "
+                               f"inputs and the learning rate")
+        self.output = loss
+        return loss
+
+    def backward(self, input: Any, target: Any) -> Any:
+        rt = runtime_of(self)
+        last = rt.history[-1] if rt.history else None
+        now = [np.asarray(a) for a in flatten([input, target])[0]]
+        if last is None or len(now) != len(last.leaves) or not all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(now, last.leaves)):
+            self.forward(input, target)  # Torch7 criteria take input and target again
+        rt.history[-1].done = False
+        return rt.backward(input, np.ones((), dtype=self.dtype))
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        """Validate targets in Python, before any program runs (clear errors)."""
+
+    def __call__(self, input: Any, target: Any) -> Any:
+        if isinstance(input, Var) or (isinstance(input, list) and input and isinstance(input[0], Var)):
+            return self.apply(input, target)
+        return self.forward(input, target)
+
+
+def _sum_or_mean(loss: Var, count: float, size_average: bool) -> Var:
+    return loss / float(count) if size_average else loss
+
+
+class MSECriterion(Criterion):
+    """sum((x - y)^2), divided by the number of elements when size_average."""
+
+    def __init__(self, size_average: bool = True):
+        super().__init__()
+        self.size_average = size_average
+
+    def build(self, x: Var, y: Var) -> Var:
+        self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
+        d = x - y
+        return _sum_or_mean(F.sum(d * d), x.size, self.size_average)
+
+
+class BCECriterion(Criterion):
+    """-sum(w [y log(x + eps) + (1 - y) log(1 - x + eps)]), eps = 1e-12, divided by the number
+    of elements when size_average. Inputs must lie in [0, 1] (use a Sigmoid before)."""
+
+    eps = 1e-12
+
+    def __init__(self, weights: np.ndarray | None = None, size_average: bool = True):
+        super().__init__()
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.size_average = size_average
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        x = np.asarray(input)
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise ValueRangeError(f"{self.describe()}: inputs must be probabilities in [0, 1], got "
+                                  f"values in [{x.min():.4g}, {x.max():.4g}]")
+
+    def build(self, x: Var, y: Var) -> Var:
+        self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
+        ll = y * F.log(x + self.eps) + (1 - y) * F.log(1 - x + self.eps)
+        if self.weights is not None:
+            ll = ll * self.weights.astype(x.dtype)
+        return _sum_or_mean(-F.sum(ll), x.size, self.size_average)
+
+
+class ClassNLLCriterion(Criterion):
+    """-sum_i w[t_i] x[i, t_i] over rows whose target is not `ignore_index`, divided by
+    sum_i w[t_i] when size_average. Targets are 0-based class ids.
+
+    Shapes: input (B, C) log-probabilities with target (B,), or input (C,) with a scalar target.
+    """
+
+    def __init__(self, weights: np.ndarray | None = None, size_average: bool = True,
+                 ignore_index: int = -100):
+        super().__init__()
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.size_average = size_average
+        self.ignore_index = int(ignore_index)
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        x, t = np.asarray(input), np.asarray(target)
+        if t.dtype.kind not in "iu":
+            raise ShapeError(f"{self.describe()}: targets must be integer class ids, got {t.dtype}")
+        n_class = x.shape[-1] if x.ndim else 0
+        bad = t[(t != self.ignore_index) & ((t < 0) | (t >= n_class))]
+        if bad.size:
+            raise ValueRangeError(f"{self.describe()}: class target {bad.ravel()[0]} out of range: "
+                                  f"expected 0 <= target < {n_class} (0-based) or ignore_index "
+                                  f"{self.ignore_index}")
+
+    def build(self, x: Var, t: Var) -> Var:
+        self.expect(x.ndim in (1, 2), f"expects input (C,) or (batch, C), got {x.shape}")
+        if x.ndim == 1:
+            x, t = F.reshape(x, (1, -1)), F.reshape(t, (1,))
+        self.expect(t.shape == (x.shape[0],), f"target shape {t.shape} does not match input {x.shape}")
+        valid = F.greater(F.abs(t - self.ignore_index), 0)
+        safe = F.where(valid, t, 0)
+        picked = F.reshape(F.gather(x, F.reshape(safe, (-1, 1)), axis=1), (-1,))
+        if self.weights is not None:
+            w = F.gather(self.weights.astype(x.dtype), safe, axis=0)
+        else:
+            w = F.ones((x.shape[0],), x.dtype)
+        w = F.where(valid, w, 0)
+        loss = -F.sum(w * picked)
+        return loss / F.maximum(F.sum(w), 1e-30) if self.size_average else loss
+
+
+class CrossEntropyCriterion(ClassNLLCriterion):
+    """LogSoftMax followed by ClassNLLCriterion (input: unnormalised scores)."""
+
+    def build(self, x: Var, t: Var) -> Var:
+        return super().build(F.log_softmax(x), t)
+
+
+class SequencerCriterion(Criterion):
+    """Applies `criterion` at every step and sums the losses (divided by T when size_average).
+
+    Input and target: lists of T arrays, or arrays with time on axis 0.  Torch7: nn.SequencerCriterion.
+    """
+
+    def __init__(self, criterion: Criterion, size_average: bool = False):
+        super().__init__()
+        self.add_child("0", criterion)
+        self.size_average = size_average
+
+    @property
+    def criterion(self) -> Criterion:
+        return self._children["0"]
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        for x, y in zip(_steps(input), _steps(target)):
+            self.criterion.check_targets(x, y)
+
+    def build(self, xs: Any, ys: Any) -> Var:
+        xs, ys = _steps(xs), _steps(ys)
+        self.expect(len(xs) == len(ys), f"{len(xs)} input steps but {len(ys)} target steps")
+        from .. import tracing
+        losses = []
+        for t, (x, y) in enumerate(zip(xs, ys)):
+            with tracing.step(t):
+                losses.append(self.criterion.apply(x, y))
+        total = F.add_n(losses) if len(losses) > 1 else losses[0]
+        return total / float(len(losses)) if self.size_average else total
+
+    def describe(self) -> str:
+        return f"nn.SequencerCriterion @ {self.criterion.describe()}"
+
+
+def _steps(seq: Any) -> list:
+    if isinstance(seq, (list, tuple)):
+        return list(seq)
+    if isinstance(seq, Var):
+        return [seq[t] for t in range(seq.shape[0])]
+    arr = np.asarray(seq)
+    return [arr[t] for t in range(arr.shape[0])]

@@ -1,0 +1,313 @@
+"""`Parameter` and `Module`: the Torch7-style module API (forward/backward/output/grad_input,
+parameters, modes, state dicts) over symbolic `build` methods traced by the outermost forward.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import random as tn_random
+from ..errors import ShapeError, StateError, where
+from ..tracing import Var, current_scope, current_step, scope
+from .context import _BUILD, current_build
+
+
+class Parameter:
+    """A trainable array: `.data`, `.grad` (same shape, accumulated by backward), `.name`.
+
+    Inside a module's symbolic build a Parameter behaves like the `tn.Var` bound to it.
+    """
+
+    def __init__(self, data: np.ndarray, name: str = ""):
+        self.data = np.asarray(data)
+        self.grad = np.zeros_like(self.data)
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def __tapernn_var__(self) -> Var:
+        return current_build().bind(self)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+    # operators make `x @ self.w + self.b` read naturally inside build/step
+    __add__ = lambda s, o: s.__tapernn_var__() + o
+    __radd__ = lambda s, o: o + s.__tapernn_var__()
+    __sub__ = lambda s, o: s.__tapernn_var__() - o
+    __rsub__ = lambda s, o: o - s.__tapernn_var__()
+    __mul__ = lambda s, o: s.__tapernn_var__() * o
+    __rmul__ = lambda s, o: o * s.__tapernn_var__()
+    __truediv__ = lambda s, o: s.__tapernn_var__() / o
+    __matmul__ = lambda s, o: s.__tapernn_var__() @ o
+    __rmatmul__ = lambda s, o: o @ s.__tapernn_var__()
+    __neg__ = lambda s: -s.__tapernn_var__()
+    __getitem__ = lambda s, i: s.__tapernn_var__()[i]
+    T = property(lambda s: s.__tapernn_var__().T)
+
+
+def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
+    return tn_random.generator(rng).uniform(-bound, bound, size=shape)
+
+
+class Module:
+    """Base class of every layer, container, recurrent module and criterion.
+
+    Subclasses declare parameters and children in `__init__` (attribute assignment registers
+    them) and describe their computation in `build(x)` with symbolic ops. Calling a module on
+    arrays runs `forward`; calling it on Vars (inside another module's build) records it.
+    """
+
+    is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_children", {})
+        self.output: Any = None
+        self.grad_input: Any = None
+        self.is_training = True
+        self._passes = None
+        self._runtime = None
+        self._dtype = np.dtype(np.float64)
+
+    # ---- registration ---------------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
+        if isinstance(value, Parameter) and params is not None:
+            value.name = value.name or name
+            params[name] = value
+        elif isinstance(value, Module) and children is not None and not name.startswith("_"):
+            children[name] = value
+        object.__setattr__(self, name, value)
+
+    def add_child(self, name: str, module: Module) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__} children must be modules, got {type(module).__name__}")
+        self._children[name] = module
+        return module
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        return iter(self._children.items())
+
+    def children(self) -> list[Module]:
+        return list(self._children.values())
+
+    def modules(self) -> Iterator[Module]:
+        yield self
+        for child in self._children.values():
+            yield from child.modules()
+
+    def named_parameters(self, prefix: str = "") -> dict[str, Parameter]:
+        out: dict[str, Parameter] = {}
+        for name, p in self._params.items():
+            out.setdefault(prefix + name, p)
+        for cname, child in self._children.items():
+            for name, p in child.named_parameters(f"{prefix}{cname}.").items():
+                if all(q is not p for q in out.values()):
+                    out[name] = p
+        return out
+
+    def parameters(self) -> list[Parameter]:
+        return list(self.named_parameters().values())
+
+    def parameter(self, name: str, shape: tuple[int, ...], init: Any = "uniform",
+                  bound: float | None = None, rng: np.random.Generator | None = None) -> Parameter:
+        """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
+        "ones", "normal" (N(0, 1)) or an ndarray."""
+        shape = tuple(int(s) for s in shape)
+        if isinstance(init, np.ndarray):
+            if init.shape != shape:
+                raise ShapeError(f"parameter {name!r}: init array has shape {init.shape}, expected {shape}")
+            data = init.astype(self._dtype, copy=True)
+        elif init == "uniform":
+            data = uniform(shape, bound if bound is not None else 1 / np.sqrt(shape[-1]), rng)
+        elif init == "zeros":
+            data = np.zeros(shape)
+        elif init == "ones":
+            data = np.ones(shape)
+        elif init == "normal":
+            data = tn_random.generator(rng).standard_normal(shape)
+        else:
+            raise ValueError(f"unknown init {init!r}; use uniform, zeros, ones, normal or an array")
+        p = Parameter(data.astype(self._dtype), name)
+        p._init = (init if isinstance(init, str) else "array", bound)
+        setattr(self, name, p)
+        return p
+
+    # ---- symbolic application --------------------------------------------------------------------
+
+    def build(self, x: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define build()")
+
+    def __call__(self, *args: Any) -> Any:
+        if _BUILD.get() is not None and _contains_var(args):
+            return self.apply(*args)
+        return self.forward(*args)
+
+    def apply(self, *args: Any) -> Any:
+        """Record this module on symbolic inputs, inside its own scope."""
+        ctx = current_build()
+        with scope(ctx.child_name(self)):
+            ctx.scopes.setdefault(current_scope(), self.describe())
+            ctx.stack.append(self)
+            try:
+                out = self.build(*args)
+            finally:
+                ctx.stack.pop()
+            if current_step() is None and not ctx.history_mode:
+                ctx.probe(self, "output", None, out)
+        return out
+
+    def expect(self, ok: bool, message: str, cls: type = ShapeError) -> None:
+        """Raise `cls` naming this module's path and step unless `ok`."""
+        if not ok:
+            raise cls(f"{self.describe()}{where(current_scope() or 'top', current_step())}: {message}")
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def forward(self, input: Any) -> Any:
+        from .runtime import runtime_of
+        return runtime_of(self).forward(input)
+
+    def backward(self, input: Any, grad_output: Any) -> Any:
+        from .runtime import runtime_of
+        return runtime_of(self).backward(input, grad_output)
+
+    def zero_grad_parameters(self) -> None:
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def update_parameters(self, lr: float) -> None:
+        for p in self.parameters():
+            p.data -= lr * p.grad
+
+    def training(self) -> Module:
+        for m in self.modules():
+            if not m.is_training:
+                m.is_training = True
+                m._mode_changed()
+        return self
+
+    def evaluate(self) -> Module:
+        for m in self.modules():
+            if m.is_training:
+                m.is_training = False
+                m._mode_changed()
+        return self
+
+    def _mode_changed(self) -> None:
+        """Hook: Sequencer and recurrent modules forget when the mode switches."""
+
+    def _before_forward(self) -> None:
+        """Hook run on every module before the outermost forward traces or runs."""
+
+    def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
+        return None  # recurrent modules: the state the next forward starts from
+
+    def forget(self) -> Module:
+        """Drop recurrent state and step history (recursively)."""
+        if self._runtime is not None:
+            self._runtime.history = []
+        for child in self._children.values():
+            child.forget()
+        return self
+
+    def reset(self, stdv: float | None = None) -> Module:
+        for m in self.modules():
+            for name, p in m._params.items():
+                init, bound = getattr(p, "_init", ("uniform", None))
+                if stdv is not None:
+                    p.data[...] = uniform(p.shape, stdv, None)
+                elif init == "uniform":
+                    p.data[...] = uniform(p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None)
+                elif init == "normal":
+                    p.data[...] = tn_random.generator().standard_normal(p.shape)
+        return self
+
+    def astype(self, dtype: Any) -> Module:
+        dtype = np.dtype(dtype)
+        for m in self.modules():
+            m._dtype = dtype
+            for p in m._params.values():
+                p.data = p.data.astype(dtype)
+                p.grad = p.grad.astype(dtype)
+        return self
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: p.data.copy() for name, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
+        params = self.named_parameters()
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise StateError(f"state dict does not match {self.describe()}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, p in params.items():
+            arr = np.asarray(state[name])
+            if arr.shape != p.shape:
+                raise ShapeError(f"parameter {name!r}: expected shape {p.shape}, got {arr.shape}")
+            p.data[...] = arr
+        return self
+
+    # ---- compilation controls ------------------------------------------------------------------
+
+    def set_passes(self, passes: list | None) -> Module:
+        """Use this pass list for this module's programs (None: the global default)."""
+        self._passes = None if passes is None else list(passes)
+        if self._runtime is not None:
+            self._runtime.clear()
+        return self
+
+    @property
+    def graph(self):
+        return None if self._runtime is None else self._runtime.last_graph()
+
+    @property
+    def compiled(self):
+        return None if self._runtime is None else self._runtime.last_compiled()
+
+    def compile_report(self):
+        if self._runtime is None or self._runtime.last is None:
+            raise StateError(f"{self.describe()}: no compiled program yet; call forward first")
+        return self._runtime.last.report()
+
+    @property
+    def trace_count(self) -> int:
+        return 0 if self._runtime is None else self._runtime.trace_count
+
+    # ---- display ---------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """One line, Torch7 style: `nn.Linear(5 -> 3)`."""
+        return f"nn.{type(self).__name__}{self.extra_repr()}"
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def _repr_svg_(self) -> str | None:
+        from ..export import repr_svg
+        return repr_svg(self) if self.graph is not None else None
+
+
+def _contains_var(obj: Any) -> bool:
+    if isinstance(obj, Var) or hasattr(obj, "__tapernn_var__"):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return any(_contains_var(o) for o in obj)
+    return False

@@ -1,0 +1,179 @@
+"""Recurrent modules (Torch7's AbstractRecurrent) and `Cell`, the base for symbolic cells.
+
+A recurrent module threads its state through the build context: each symbolic call is one
+step. Stepped directly (`forward(x_t)` per step) it keeps a history for BPTT; inside a Sequencer
+the whole sequence is one unrolled graph.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError, StateError
+from ..tracing import Var
+from .context import current_build
+from .module import Module
+
+
+class StepCount(int):
+    """`cell.step`: the number of forwarded steps (an int) that is also the cell's step function,
+    so `self.step(x, h)` inside a cell and `lstm.step == 3` outside both read naturally."""
+
+    def __new__(cls, value: int, fn: Any = None):
+        obj = super().__new__(cls, value)
+        obj._fn = fn
+        return obj
+
+    def __call__(self, *args: Any) -> Any:
+        if self._fn is None:
+            raise TypeError("this recurrent module has no step function")
+        return self._fn(*args)
+
+
+class AbstractRecurrent(Module):
+    """State-carrying module: `outputs[t]`, `inputs[t]`, `states[name][t]`, `step`, `forget()`."""
+
+    is_recurrent = True
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list = []
+        self.inputs: list = []
+        self.states: dict[str, list] = {name: [] for name in self.state_names}
+        self._n_steps = 0
+        self._state: tuple[np.ndarray, ...] | None = None
+        self._user_initial: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def step(self) -> StepCount:
+        return StepCount(self._n_steps, getattr(self, "_cell_step", None))
+
+    @property
+    def cells(self) -> list:
+        if "c" not in self.states:
+            raise AttributeError(f"{self.describe()} has no cell state (states: {self.state_names})")
+        return self.states["c"]
+
+    # ---- symbolic step -------------------------------------------------------------------------
+
+    def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
+        """(output, new state) for one step; subclasses implement."""
+        raise NotImplementedError
+
+    def build(self, x: Any) -> Any:
+        ctx = current_build()
+        state = ctx.state_of(self, self.state_shapes(x), self._state_dtype(x))
+        t = ctx.next_step(self)
+        out, new_state = self.step_forward(x, state)
+        ctx.set_state(self, new_state)
+        ctx.probe(self, "inputs", t, x)
+        ctx.probe(self, "outputs", t, out)
+        for name, value in zip(self.state_names, new_state):
+            ctx.probe(self, "state:" + name, t, value)
+        return out
+
+    def _state_dtype(self, x: Any) -> np.dtype:
+        return x.dtype if isinstance(x, Var) and x.dtype.kind == "f" else self.dtype
+
+    # ---- runtime state ---------------------------------------------------------------------------
+
+    def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
+        return self._state if self._state is not None else self._user_initial
+
+    def _store_state(self, state: tuple[np.ndarray, ...]) -> None:
+        self._state = state
+
+    def _write_fields(self, items: list, append: bool) -> None:
+        if not append:
+            self.outputs, self.inputs = [], []
+            self.states = {name: [] for name in self.state_names}
+            self._n_steps = 0
+        n_new = 0
+        for name, t, value in sorted(items, key=lambda it: it[1]):
+            if name == "outputs":
+                self.outputs.append(value)
+                n_new += 1
+            elif name == "inputs":
+                self.inputs.append(value)
+            else:
+                self.states[name.split(":", 1)[1]].append(value)
+        self._n_steps += n_new
+
+    def forget(self) -> AbstractRecurrent:
+        self._state = None
+        self.outputs, self.inputs = [], []
+        self.states = {name: [] for name in self.state_names}
+        self._n_steps = 0
+        return super().forget()
+
+    # ---- hidden-state API ------------------------------------------------------------------------
+
+    def get_hidden_state(self, t: int = -1) -> tuple[np.ndarray, ...]:
+        """The state after step t (0-based; negative from the end), a tuple in `state_names` order."""
+        n = len(self.outputs)
+        if not -n <= t < n:
+            raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
+        return tuple(self.states[name][t] for name in self.state_names)
+
+    def set_initial_state(self, state: Any) -> AbstractRecurrent:
+        """Start the next sequence from `state` (tuple in `state_names` order) instead of zeros,
+        until forget()."""
+        if isinstance(state, np.ndarray):
+            state = (state,)
+        if len(state) != len(self.state_names):
+            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} state arrays "
+                             f"{self.state_names}, got {len(state)}")
+        self._user_initial = tuple(np.asarray(s, dtype=self.dtype) for s in state)
+        self._state = None
+        return self
+
+
+class Cell(AbstractRecurrent):
+    """Base class for recurrent cells written symbolically (no backward anywhere).
+
+    Subclasses set `state_names`, register parameters with `self.parameter(...)` and define
+    `step(self, x, *state)` returning the new state (a Var, or a tuple in `state_names` order).
+    The output is the first state unless `output(*state)` is overridden.
+
+    Shapes: x (D,) or (B, D); every state (H,) or (B, H) with H = hidden_size.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("step")
+        if callable(fn) and not isinstance(fn, property):
+            cls._cell_step = fn  # `step` stays the public counter; StepCount calls this
+            delattr(cls, "step")
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+
+    def output(self, *state: Var) -> Var:
+        return state[0]
+
+    def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
+        self.expect(isinstance(x, Var), "expects an array input, got a list")
+        self.expect(x.ndim in (1, 2) and x.shape[-1] == self.input_size,
+                    f"expected input of shape ({self.input_size},) or (batch, {self.input_size}), "
+                    f"got {x.shape}")
+        lead = x.shape[:-1]
+        return [lead + (self.hidden_size,) for _ in self.state_names]
+
+    def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
+        new = self._cell_step(x, *state)
+        new = new if isinstance(new, tuple) else (new,)
+        self.expect(len(new) == len(self.state_names),
+                    f"step returned {len(new)} states, state_names has {len(self.state_names)}")
+        for name, old, s in zip(self.state_names, state, new):
+            self.expect(s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}")
+        # `output` is also the Torch7 result field on instances: call the class's method
+        return type(self).output(self, *new), new
+
+    def extra_repr(self) -> str:
+        return f"({self.input_size} -> {self.hidden_size})"

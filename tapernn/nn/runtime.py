@@ -1,0 +1,312 @@
+"""Running modules: trace the outermost module into one graph per input signature, compile a
+forward (and lazily a backward) program, bind parameters/masks/states at call time, write the
+results back into module fields. Parameters are inputs, so updates never recompile.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import random as tn_random
+from ..autodiff import grad, split_forward_backward
+from ..errors import ShapeError, StateError, TapernnError
+from ..executor import Compiled, compile
+from ..graph import Graph
+from ..passes import default_passes
+from ..tracing import Tape
+from .context import BuildContext
+from .tree import count_leaves, flatten, unflatten
+
+
+def runtime_of(module: Any) -> Runtime:
+    if module._runtime is None:
+        module._runtime = Runtime(module)
+    return module._runtime
+
+
+class Executable:
+    """One traced model for one input signature."""
+
+    def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
+                 training: bool, history_mode: bool, n_diff_leaves: int, passes: list):
+        self.passes = passes
+        tape = Tape()
+        ctx = BuildContext(tape, training, history_mode)
+        with tape.recording(), ctx:
+            data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
+            out = root.apply(*unflatten(tree, data))
+        out_leaves, self.out_tree = flatten(out)
+        for v in out_leaves:
+            if not hasattr(v, "node"):
+                raise TapernnError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
+        self.real = [v.node for v in out_leaves]
+        self.finals = [(m, k, v.node) for m, st in ctx.states.items() for k, v in enumerate(st)]
+        self.probes = []  # (module, field, step, tree, [nodes])
+        for m, name, t, value in ctx.probes:
+            pl, pt = flatten(value)
+            self.probes.append((m, name, t, pt, [v.node for v in pl]))
+        # program outputs are laid out: real outputs, final states, probes (then saved values)
+        final_nodes = [n for _, _, n in self.finals]
+        self.history_mode = history_mode
+        self.diff_outputs = self.real + (final_nodes if history_mode else [])
+        extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
+        self.n_out = len(self.diff_outputs)
+        graph = tape.graph
+        graph.meta.update(scopes=dict(ctx.scopes), root=root.describe())
+        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, dict(graph.meta))
+        self.extras = extras
+        self.binders = [_binder(n, ctx) for n in graph.inputs]
+        data_nodes = [v.node for v in data]
+        self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
+        self.wrt += [ctx.params[p].node for p in ctx.param_order]
+        self.params = list(ctx.param_order)
+        self.state_wrt = [(m, k, n) for m, k, n in ctx.state_inputs] if history_mode else []
+        self.wrt += [n for _, _, n in self.state_wrt]
+        self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
+        self.n_data = len(data_nodes)
+        self.forward_only: Compiled | None = None
+        self.forward_saving: Compiled | None = None
+        self.backward_program: Compiled | None = None
+        self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
+
+    def compile_forward(self) -> Compiled:
+        if self.forward_only is None:
+            self.forward_only = compile(self.graph, self.passes)
+        return self.forward_only
+
+    def compile_training(self) -> tuple[Compiled, Compiled]:
+        if self.backward_program is None:
+            g = Graph(self.graph.nodes, self.graph.inputs, self.diff_outputs, dict(self.graph.meta))
+            joint = grad(g, wrt=self.wrt, seeds="inputs")
+            fwd, bwd = split_forward_backward(joint, self.n_out, self.extras)
+            self.forward_saving = compile(fwd, self.passes)
+            self.backward_program = compile(bwd, self.passes)
+        return self.forward_saving, self.backward_program
+
+    def bind(self, leaves: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
+        return [b(leaves) for b in self.binders]
+
+    def report(self):
+        from ..passes import CompileReport
+        if self.backward_program is None:
+            return self.compile_forward().report
+        fwd, bwd = self.forward_saving.report, self.backward_program.report
+        merged = CompileReport(passes=fwd.passes + bwd.passes,
+                               fused_groups=fwd.fused_groups + bwd.fused_groups,
+                               naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
+                               planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
+                               peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
+                               kernels=fwd.kernels + bwd.kernels)
+        n_saved = self.forward_saving.graph.meta.get("n_saved", 0)
+        outs = self.forward_saving.graph.outputs
+        merged.saved_for_backward_bytes = sum(n.nbytes for n in outs[len(outs) - n_saved:])
+        return merged
+
+
+def _binder(node, ctx: BuildContext):
+    kind = node.kind
+    if kind == "data":
+        k = next(i for i, n in enumerate(ctx.tape.graph.inputs) if n is node)
+        return lambda leaves, k=k: leaves[k]
+    if kind == "param":
+        p = next(p for p, v in ctx.params.items() if v.node is node)
+        return lambda leaves, p=p: p.data
+    if kind == "random":
+        prob = next(pr for n, pr in ctx.randoms if n is node)
+        shape, dtype = node.shape, node.dtype
+
+        def mask(leaves, prob=prob, shape=shape, dtype=dtype):
+            keep = tn_random.generator().random(shape) >= prob
+            return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
+        return mask
+    if kind == "state":
+        m, k = next((m, k) for m, k, n in ctx.state_inputs if n is node)
+        return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
+    raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
+
+
+class Record:
+    """One forward call: what backward needs."""
+
+    def __init__(self, exe: Executable, leaves: list, args: list, outs: tuple, saving: bool):
+        self.exe, self.leaves, self.args = exe, leaves, args
+        n = exe.n_out + len(exe.extras)
+        self.outputs = outs[:n]
+        self.saved = list(outs[n:]) if saving else None
+        self.done = False
+
+
+class Runtime:
+    """The compile cache and call history of one module used as the outermost module."""
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.cache: dict[Any, Executable] = {}
+        self.trace_count = 0
+        self.last: Executable | None = None
+        self.history: list[Record] = []
+        self.pending_state_grads: dict[tuple[int, int], np.ndarray] = {}
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.last = None
+
+    def last_graph(self) -> Graph | None:
+        return None if self.last is None else self.last.graph
+
+    def last_compiled(self) -> Compiled | None:
+        if self.last is None:
+            return None
+        return self.last.forward_saving or self.last.forward_only
+
+    # ---- forward ---------------------------------------------------------------------------------
+
+    def forward(self, *args: Any) -> Any:
+        exe, leaves, record = self._run(args, n_diff_args=1)
+        outs = record.outputs
+        self.module.output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
+        return self.module.output
+
+    def _run(self, args: tuple, n_diff_args: int) -> tuple[Executable, list, Record]:
+        root = self.module
+        for m in root.modules():
+            m._before_forward()
+        leaves, tree = flatten(list(args))
+        leaves = [_as_array(x, root) for x in leaves]
+        history = bool(root.is_recurrent)
+        key = self._signature(leaves, tree, history)
+        exe = self.cache.get(key)
+        if exe is None:
+            names = _leaf_names(tree, len(args))
+            n_diff = len(flatten(list(args[:n_diff_args]))[0])
+            passes = root._passes if root._passes is not None else default_passes()
+            exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff, passes)
+            self.cache[key] = exe
+            self.trace_count += 1
+        self.last = exe
+        call_args = exe.bind(leaves, root.dtype)
+        if root.is_training:
+            program = exe.compile_training()[0]
+        else:
+            program = exe.compile_forward()
+        outs = program.run(call_args)
+        record = Record(exe, leaves, call_args, outs, saving=root.is_training)
+        self._write_back(exe, record, history)
+        if history:
+            self.history.append(record)
+        else:
+            self.history = [record]
+        return exe, leaves, record
+
+    def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
+        root = self.module
+        states = tuple(None if m._initial_state_arrays() is None
+                       else tuple(a.shape for a in m._initial_state_arrays())
+                       for m in root.modules() if m.is_recurrent and hasattr(m, "state_names"))
+        return (tree, tuple((x.shape, x.dtype.str) for x in leaves), root.is_training, states,
+                root.dtype.str, history)
+
+    def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
+        outs = record.outputs
+        pos = len(exe.real)
+        finals: dict[Any, list] = {}
+        for m, _, _ in exe.finals:
+            finals.setdefault(m, []).append(outs[pos])
+            pos += 1
+        for m, st in finals.items():
+            m._store_state(tuple(st))
+        fields: dict[Any, list] = {}
+        for m, name, t, tree, nodes in exe.probes:
+            value = unflatten(tree, list(outs[pos: pos + len(nodes)]))
+            pos += len(nodes)
+            if name == "output":
+                m.output = value
+            else:
+                fields.setdefault(m, []).append((name, t, value))
+        for m, items in fields.items():
+            m._write_fields(items, append=history)
+
+    # ---- backward --------------------------------------------------------------------------------
+
+    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
+        record = self._next_record(input)
+        exe = record.exe
+        fwd, bwd = exe.compile_training()
+        if record.saved is None:  # forward ran in evaluation: recompute what backward needs
+            outs = fwd.run(record.args)
+            record.saved = list(outs[exe.n_out + len(exe.extras):])
+        seeds = self._seeds(exe, grad_output)
+        grads = bwd.run(record.saved + record.args + seeds)
+        record.done = True
+        n_data = len(exe.data_wrt)
+        for p, g in zip(exe.params, grads[n_data: n_data + len(exe.params)]):
+            p.grad += g
+        self.pending_state_grads = {(id(m), k): g for (m, k, _), g in
+                                    zip(exe.state_wrt, grads[n_data + len(exe.params):])}
+        grad_leaves = [np.zeros(np.shape(x), dtype=self.module.dtype) for x in record.leaves]
+        for k, g in zip(exe.data_wrt, grads[:n_data]):
+            grad_leaves[k] = g
+        in_leaves, in_tree = flatten(input)
+        grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
+        self.module.grad_input = grad_input
+        return grad_input
+
+    def _next_record(self, input: Any) -> Record:
+        pending = [r for r in self.history if not r.done]
+        if not pending:
+            what = "forward" if not self.history else "another forward (every step was already backwarded)"
+            raise StateError(f"{self.module.describe()}: backward called before {what}")
+        record = pending[-1]
+        leaves = flatten(input)[0]
+        if len(self.history) > 1:  # step-wise use: backward must retrace steps in reverse order
+            same = len(leaves) <= len(record.leaves) and all(
+                np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, b.dtype), b)
+                for a, b in zip(leaves, record.leaves))
+            if not same:
+                step = len(pending) - 1
+                raise StateError(f"{self.module.describe()}: step-wise backward must run in reverse "
+                                 f"order; expected the input of step {step} (the latest step not yet "
+                                 f"backwarded), got a different input")
+        return record
+
+    def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
+        gleaves = flatten(grad_output)[0] if grad_output is not None else []
+        seeds = []
+        for k in exe.seeded:
+            node = exe.diff_outputs[k]
+            if k < len(exe.real):
+                if k >= len(gleaves):
+                    raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "
+                                     f"arrays, the output has {len(exe.real)}")
+                g = np.asarray(gleaves[k], dtype=node.dtype)
+                if g.shape != node.shape:
+                    raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
+                                     f"expected {node.shape} (the output's shape)")
+            else:
+                m, j, _ = exe.finals[k - len(exe.real)]
+                g = self.pending_state_grads.get((id(m), j))
+                g = np.zeros(node.shape, node.dtype) if g is None else g
+            seeds.append(g)
+        return seeds
+
+
+def _as_array(x: Any, root: Any) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+        if x.dtype == object:
+            raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
+    if x.dtype.kind == "f" and x.dtype != root.dtype:
+        x = x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
+    elif x.dtype.kind == "b":
+        x = x.astype(root.dtype)
+    return x
+
+
+def _leaf_names(tree: Any, n_args: int) -> list[str]:
+    base = ["input", "target"] if n_args == 2 else ["input"]
+    names = []
+    for k, sub in enumerate(tree):
+        prefix = base[k] if k < len(base) else f"arg{k}"
+        names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
+    return names

@@ -1,0 +1,95 @@
+"""Sequencer: applies a module at every step of a sequence, unrolled into one graph (one
+sub-graph per timestep), with Torch7's remember/forget semantics for state across calls."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import functional as F
+from .. import tracing
+from ..errors import ShapeError
+from ..tracing import Var
+from .module import Module
+
+MODES = ("both", "train", "eval", "neither")
+
+
+class Sequencer(Module):
+    """Decorates `module` to run over a whole sequence.  Torch7: nn.Sequencer.
+
+    Input: a list of T arrays ((D,) or (B, D) each) -> list of T outputs; or a (T, B, D) array
+    -> (T, B, H) array. `backward` takes grad_outputs of the same type. The module may be
+    recurrent or not, or a whole stack (Sequential of LSTMs).
+
+    Memory: `remember(mode)` with mode "both" | "train" | "eval" | "neither" (the default before
+    any call is "neither": state is forgotten before every forward; `remember()` means "both").
+    When remembering, the next forward starts from the last state and gradients stop at the
+    chunk boundary (truncated BPTT). `forget()` resets; switching training()/evaluate() forgets.
+    """
+
+    def __init__(self, module: Module):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequencer wraps a module, got {type(module).__name__}")
+        self.add_child("0", module)
+        self.remember_mode = "neither"
+
+    @property
+    def module(self) -> Module:
+        return self._children["0"]
+
+    def get(self, index: int) -> Module:
+        if index not in (0, -1):
+            raise IndexError(f"a Sequencer holds one module (index 0), not {index}")
+        return self.module
+
+    __getitem__ = get
+
+    def remember(self, mode: str = "both") -> Sequencer:
+        if mode not in MODES:
+            raise ValueError(f"remember mode must be one of {MODES}, got {mode!r}")
+        self.remember_mode = mode
+        return self
+
+    def remembers(self) -> bool:
+        mode = self.remember_mode
+        return mode == "both" or (mode == "train" and self.is_training) or (
+            mode == "eval" and not self.is_training)
+
+    def _before_forward(self) -> None:
+        if not self.remembers():
+            self.module.forget()
+
+    def _mode_changed(self) -> None:
+        self.module.forget()
+
+    def build(self, x: Any) -> Any:
+        as_array = isinstance(x, Var)
+        if as_array:
+            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list of steps, "
+                                     f"got shape {x.shape}")
+            steps = [x[t] for t in range(x.shape[0])]
+        else:
+            self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
+            steps = list(x)
+        first = steps[0]
+        for t, xt in enumerate(steps):
+            if isinstance(xt, Var) and isinstance(first, Var) and xt.shape != first.shape:
+                raise ShapeError(f"{self.describe()}{tracing_where(t)}: step {t} has shape "
+                                 f"{xt.shape} but step 0 has {first.shape}; every step of a "
+                                 f"batch must have the same shape")
+        outputs = []
+        for t, xt in enumerate(steps):
+            with tracing.step(t):
+                outputs.append(self.module(xt))
+        return F.stack(outputs, axis=0) if as_array else outputs
+
+    def describe(self) -> str:
+        return f"nn.Sequencer @ {self.module.describe()}"
+
+    def __repr__(self) -> str:
+        return f"nn.Sequencer @ {repr(self.module)}"
+
+
+def tracing_where(t: int) -> str:
+    scope = tracing.current_scope()
+    return f" (in {scope or 'top'!r}, step {t})"
