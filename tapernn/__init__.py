@@ -19,3 +19,7 @@ from .executor import Compiled, compile
 from .testing import gradcheck
 
 __version__ = "0.1.0"
+from .random import manual_seed
+from .passes import set_default_passes
+from .serialization import load_into, save
+from . import nn, optim, passes  # noqa: E402

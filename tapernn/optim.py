@@ -1,0 +1,103 @@
+"""Training helpers: SGD (with momentum), Adam, and global-norm gradient clipping. Optimisers
+update `Parameter.data` in place, so compiled programs never need rebuilding."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .errors import NumericError
+
+
+class Optimizer:
+    def __init__(self, params: Iterable, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got no parameters")
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad[...] = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class SGD(Optimizer):
+    """data -= lr * (momentum buffer), buffer = momentum * buffer + grad."""
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0):
+        super().__init__(params, lr)
+        self.momentum = float(momentum)
+        self.buffers = [np.zeros_like(p.data) for p in self.params]
+
+    def step(self) -> None:
+        for p, buf in zip(self.params, self.buffers):
+            if self.momentum:
+                buf *= self.momentum
+                buf += p.grad
+                p.data -= self.lr * buf
+            else:
+                p.data -= self.lr * p.grad
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"momentum.{k}": b for k, b in enumerate(self.buffers)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for k, b in enumerate(self.buffers):
+            b[...] = state[f"momentum.{k}"]
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.t = 0
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+
+    def step(self) -> None:
+        self.t += 1
+        c1 = 1 - self.beta1 ** self.t
+        c2 = 1 - self.beta2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            m *= self.beta1
+            m += (1 - self.beta1) * p.grad
+            v *= self.beta2
+            v += (1 - self.beta2) * p.grad * p.grad
+            p.data -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {"t": np.array(self.t)}
+        out.update({f"m.{k}": m for k, m in enumerate(self.m)})
+        out.update({f"v.{k}": v for k, v in enumerate(self.v)})
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.t = int(state["t"])
+        for k in range(len(self.m)):
+            self.m[k][...] = state[f"m.{k}"]
+            self.v[k][...] = state[f"v.{k}"]
+
+
+def clip_grad_norm(params: Iterable, max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before."""
+    params = list(params)
+    norm = float(np.sqrt(sum(float(np.sum(p.grad * p.grad)) for p in params)))
+    if not np.isfinite(norm):
+        raise NumericError(f"gradient norm is {norm}; the loss or a gradient is NaN/Inf")
+    if norm > max_norm > 0:
+        scale = max_norm / (norm + 1e-12)
+        for p in params:
+            p.grad *= scale
+    return norm
