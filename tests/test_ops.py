@@ -52,6 +52,7 @@ for name, fn, x in [
     ("zeros", lambda x: x + tn.zeros_like(x), randn(3, 4)),
     ("ones", lambda x: x * tn.ones_like(x), randn(3, 4)),
     ("add_n", lambda x: tn.add_n([x, 2 * x, tn.tanh(x)]), randn(3, 4)),
+    ("add_n", lambda x: tn.add_n([tn.sum(x), tn.sum(x * x), tn.max(x)]), randn(3, 4)),
 ]:
     row(name, "unary", fn, x)
 # a float32 round trip is linear but coarse: a wide step keeps rounding out of the difference

@@ -139,8 +139,8 @@ def _add_n_shape(*shapes, **_):
 
 def _add_n(*xs, out=None):
     out = np.add(xs[0], xs[1], out=out)
-    for x in xs[2:]:
-        np.add(out, x, out=out)
+    for x in xs[2:]:  # 0-d sums come back as NumPy scalars, which cannot be written into
+        out = np.add(out, x, out=out if isinstance(out, np.ndarray) else None)
     return out
 
 
