@@ -56,14 +56,16 @@ class JoinTable(Module):
 
 class SelectTable(Module):
     """Entry `index` of a list (negative from the end: -1 is the last step). The gradient of
-    every other entry is zeros."""
+    every other entry is zeros. An array input (e.g. a Sequencer's (T, B, H) output) is treated
+    as the list of its slices along axis 0."""
 
     def __init__(self, index: int):
         super().__init__()
         self.index = int(index)
 
     def build(self, xs: list):
-        self.expect(isinstance(xs, list), "expects a list")
+        self.expect(isinstance(xs, list) or (isinstance(xs, Var) and xs.ndim >= 1),
+                    "expects a list (or an array indexed along axis 0)")
         self.expect(-len(xs) <= self.index < len(xs),
                     f"index {self.index} out of range for a list of {len(xs)}", ShapeError)
         return xs[self.index]
