@@ -128,7 +128,8 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int, extra_outputs: 
     grad_outs = list(joint.outputs[n_forward_outputs:])
     forward = _ancestors(fwd_outs)
     seeds = {n for n in joint.inputs if n.kind == "seed"}
-    in_forward = [n for n in joint.nodes if n in forward and n not in seeds]
+    in_forward = [n for n in joint.nodes
+                  if (n in forward or n.op == "input") and n not in seeds]
     backward_needed = _ancestors(grad_outs)
     bwd_nodes = [n for n in joint.nodes if n in backward_needed and n not in forward
                  and n.op != "input"]

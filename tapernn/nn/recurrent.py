@@ -88,21 +88,22 @@ class AbstractRecurrent(Module):
     def _store_state(self, state: tuple[np.ndarray, ...]) -> None:
         self._state = state
 
-    def _write_fields(self, items: list, append: bool) -> None:
-        if not append:
+    def _write_fields(self, items: list, mode: str) -> None:
+        """Record per-step values. mode "sequence": a Sequencer call (fields hold its T steps);
+        "append": step-wise training (history for BPTT); "latest": step-wise evaluation (only the
+        newest step is kept, so sampling thousands of steps uses constant memory)."""
+        n_new = sum(1 for name, _, _ in items if name == "outputs")
+        if mode != "append":
             self.outputs, self.inputs = [], []
             self.states = {name: [] for name in self.state_names}
-            self._n_steps = 0
-        n_new = 0
         for name, t, value in sorted(items, key=lambda it: it[1]):
             if name == "outputs":
                 self.outputs.append(value)
-                n_new += 1
             elif name == "inputs":
                 self.inputs.append(value)
             else:
                 self.states[name.split(":", 1)[1]].append(value)
-        self._n_steps += n_new
+        self._n_steps = n_new if mode == "sequence" else self._n_steps + n_new
 
     def forget(self) -> AbstractRecurrent:
         self._state = None

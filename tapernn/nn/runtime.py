@@ -193,8 +193,8 @@ class Runtime:
         outs = program.run(call_args)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
         self._write_back(exe, record, history)
-        if history:
-            self.history.append(record)
+        if history and root.is_training:
+            self.history.append(record)  # step-wise BPTT walks these back in reverse order
         else:
             self.history = [record]
         return exe, leaves, record
@@ -224,8 +224,9 @@ class Runtime:
                 m.output = value
             else:
                 fields.setdefault(m, []).append((name, t, value))
+        mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
         for m, items in fields.items():
-            m._write_fields(items, append=history)
+            m._write_fields(items, mode)
 
     # ---- backward --------------------------------------------------------------------------------
 
@@ -253,6 +254,8 @@ class Runtime:
         return grad_input
 
     def _next_record(self, input: Any) -> Record:
+        if self.history and not self.history[-1].exe.history_mode:
+            return self.history[-1]  # one forward, any number of backwards (grads accumulate)
         pending = [r for r in self.history if not r.done]
         if not pending:
             what = "forward" if not self.history else "another forward (every step was already backwarded)"
