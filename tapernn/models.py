@@ -1,0 +1,73 @@
+"""Named example models for the command line (`tapernn graph`, `tapernn inspect`): each factory
+returns (model, example input, example grad_output) for T steps."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from . import random as tn_random
+from .errors import TapernnError
+from . import nn
+
+Built = tuple[nn.Module, Any, Any]
+
+
+def _sequence(cell: Callable[[int, int], nn.Module], steps: int, batch: int, size: int) -> Built:
+    model = nn.Sequencer(cell(size, size))
+    x = tn_random.generator().standard_normal((steps, batch, size))
+    return model, x, np.ones((steps, batch, size))
+
+
+def _stacked(steps: int, batch: int, size: int) -> Built:
+    model = nn.Sequencer(nn.Sequential(nn.LSTM(size, size), nn.Dropout(0.5), nn.LSTM(size, size)))
+    x = tn_random.generator().standard_normal((steps, batch, size))
+    return model, x, np.ones((steps, batch, size))
+
+
+def _acceptor(steps: int, batch: int, size: int) -> Built:
+    """The tutorial's song acceptor: LookupTable -> SplitTable -> Sequencer(LSTM) ->
+    SelectTable(-1) -> Linear -> Sigmoid."""
+    vocab = 16
+    model = nn.Sequential(nn.LookupTable(vocab, size), nn.SplitTable(0),
+                          nn.Sequencer(nn.LSTM(size, size)), nn.SelectTable(-1),
+                          nn.Linear(size, 1), nn.Sigmoid())
+    ids = tn_random.generator().integers(0, vocab, size=(steps, batch) if batch > 1 else (steps,))
+    return model, ids, np.ones((batch, 1) if batch > 1 else (1,))
+
+
+def _transducer(steps: int, batch: int, size: int) -> Built:
+    """The tutorial's transducer: LookupTable -> SplitTable -> Sequencer(LSTM) ->
+    Sequencer(Linear) -> Sequencer(LogSoftMax)."""
+    vocab, classes = 16, 4
+    model = nn.Sequential(nn.LookupTable(vocab, size), nn.SplitTable(0),
+                          nn.Sequencer(nn.LSTM(size, size)), nn.Sequencer(nn.Linear(size, classes)),
+                          nn.Sequencer(nn.LogSoftMax()))
+    ids = tn_random.generator().integers(0, vocab, size=(steps, batch))
+    return model, ids, [np.ones((batch, classes)) for _ in range(steps)]
+
+
+MODELS: dict[str, Callable[[int, int, int], Built]] = {
+    "lstm": lambda t, b, s: _sequence(nn.LSTM, t, b, s),
+    "fastlstm": lambda t, b, s: _sequence(nn.FastLSTM, t, b, s),
+    "gru": lambda t, b, s: _sequence(nn.GRU, t, b, s),
+    "rnn": lambda t, b, s: _sequence(nn.RNN, t, b, s),
+    "stacked": _stacked,
+    "tutorial-acceptor": _acceptor,
+    "tutorial-transducer": _transducer,
+}
+
+
+def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
+    """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
+        return factory(steps, batch, size)
+    if name not in MODELS:
+        raise TapernnError(f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory")
+    return MODELS[name](steps, batch, size)

@@ -1,0 +1,46 @@
+"""The command line and the examples, run as a user would."""
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tapernn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_the_tutorial(capsys):
+    assert main(["demo", "--diagram", ""]) == 0
+    out = capsys.readouterr().out
+    assert "=== Stepping an LSTM ===" in out and "The tutorial ran end to end." in out
+
+
+def test_inspect_prints_a_compile_report(capsys):
+    assert main(["inspect", "--model", "tutorial-acceptor", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels per call" in out and "saved for backward bytes" in out
+
+
+def test_bad_arguments_exit_2_with_one_line(capsys):
+    assert main(["inspect", "--model", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tapernn inspect: error: unknown model 'nope'")
+    proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "positive integer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_song_acceptor_example_reaches_zero_error(capsys):
+    runpy.run_path(str(ROOT / "examples" / "song_acceptor.py"), run_name="__main__")
+    assert "(done)" in capsys.readouterr().out
+
+
+def test_models_build_and_run():
+    from tapernn.models import MODELS, build_model
+    for name in MODELS:
+        model, x, g = build_model(name, steps=3, batch=2, size=4)
+        out = model.forward(x)
+        model.backward(x, g)
+        assert np.all(np.isfinite(np.concatenate([np.ravel(o) for o in (out if isinstance(out, list) else [out])])))
