@@ -44,11 +44,12 @@ class BuildContext:
     param_order: list = field(default_factory=list)     # Parameters in input order
     randoms: list = field(default_factory=list)         # (Node, p) dropout masks
     states: dict = field(default_factory=dict)          # recurrent module -> tuple[Var]
-    state_inputs: list = field(default_factory=list)    # (module, k, Node) fed at run time
+    state_inputs: list = field(default_factory=list)    # (module, k, Node, user-set) fed at run time
     steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
     probes: list = field(default_factory=list)          # (module, field, step, Var)
     scopes: dict = field(default_factory=dict)          # scope path -> module description
     stack: list = field(default_factory=list)           # modules being built, outermost first
+    step_mask: Any = None                                # (B, 1) 0/1 while a Sequencer has lengths
 
     def __enter__(self) -> BuildContext:
         self._token = _BUILD.set(self)
@@ -107,7 +108,8 @@ class BuildContext:
                         f"{tuple(s)}; call forget() when the batch size changes")
                 var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module.state_names[k]}0",
                                       kind="state")
-                self.state_inputs.append((module, k, var.node))
+                user = module._state is None  # set_initial_state: its gradient is wanted
+                self.state_inputs.append((module, k, var.node, user))
                 state.append(var)
             state = tuple(state)
         self.states[module] = state

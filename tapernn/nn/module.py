@@ -213,12 +213,16 @@ class Module:
         return None  # recurrent modules: the state the next forward starts from
 
     def forget(self) -> Module:
-        """Drop recurrent state and step history (recursively)."""
+        """Drop recurrent state, step history and user-set initial states (recursively)."""
+        self._clear_memory(keep_initial=False)
+        return self
+
+    def _clear_memory(self, keep_initial: bool) -> None:
+        """What forget does; a Sequencer's automatic forget keeps user-set initial states."""
         if self._runtime is not None:
             self._runtime.history = []
         for child in self._children.values():
-            child.forget()
-        return self
+            child._clear_memory(keep_initial)
 
     def reset(self, stdv: float | None = None) -> Module:
         for m in self.modules():

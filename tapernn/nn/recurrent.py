@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import functional as F
 from ..errors import ShapeError, StateError
 from ..tracing import Var
 from .context import current_build
@@ -43,8 +44,12 @@ class AbstractRecurrent(Module):
         self.inputs: list = []
         self.states: dict[str, list] = {name: [] for name in self.state_names}
         self._n_steps = 0
-        self._state: tuple[np.ndarray, ...] | None = None
-        self._user_initial: tuple[np.ndarray, ...] | None = None
+        self._state: tuple[np.ndarray, ...] | None = None          # remembered: where to go on
+        self._user_initial: tuple[np.ndarray, ...] | None = None   # set_initial_state
+        self._grad_initial: tuple[np.ndarray, ...] | None = None   # d loss / d initial state
+        self._extra_state_grads: dict[int, tuple[np.ndarray, ...]] = {}
+        self._mask_zero = False
+        self.rho: int | None = None
 
     @property
     def step(self) -> StepCount:
@@ -70,12 +75,23 @@ class AbstractRecurrent(Module):
         state = ctx.state_of(self, self.state_shapes(x), self._state_dtype(x))
         t = ctx.next_step(self)
         out, new_state = self.step_forward(x, state)
+        out, new_state = self._apply_masks(ctx, x, out, state, new_state)
         ctx.set_state(self, new_state)
         ctx.probe(self, "inputs", t, x)
         ctx.probe(self, "outputs", t, out)
         for name, value in zip(self.state_names, new_state):
             ctx.probe(self, "state:" + name, t, value)
         return out
+
+    def _apply_masks(self, ctx: Any, x: Var, out: Var, old: tuple, new: tuple) -> tuple:
+        if self._mask_zero:  # an all-zero input row: zero output, state reset for that row
+            keep = F.cast(F.greater(F.sum(F.abs(x), -1, keepdims=True), 0), out.dtype)
+            out, new = out * keep, tuple(s * keep for s in new)
+        if ctx.step_mask is not None:  # past a row's length: zero output, state held
+            m = ctx.step_mask
+            out = out * m
+            new = tuple(m * s + (1 - m) * o for s, o in zip(new, old))
+        return out, new
 
     def _state_dtype(self, x: Any) -> np.dtype:
         return x.dtype if isinstance(x, Var) and x.dtype.kind == "f" else self.dtype
@@ -105,12 +121,29 @@ class AbstractRecurrent(Module):
                 self.states[name.split(":", 1)[1]].append(value)
         self._n_steps = n_new if mode == "sequence" else self._n_steps + n_new
 
-    def forget(self) -> AbstractRecurrent:
+    def _clear_memory(self, keep_initial: bool) -> None:
         self._state = None
         self.outputs, self.inputs = [], []
         self.states = {name: [] for name in self.state_names}
         self._n_steps = 0
-        return super().forget()
+        if not keep_initial:
+            self._user_initial = None
+            self._grad_initial = None
+            self._extra_state_grads = {}
+        super()._clear_memory(keep_initial)
+
+    def mask_zero(self) -> AbstractRecurrent:
+        """Rows whose step input is all zeros output zeros and reset that row's state (so pad
+        variable-length batches on the left).  Torch7: rnn:maskZero()."""
+        self._mask_zero = True
+        return self
+
+    def max_bptt_step(self, rho: int | None) -> AbstractRecurrent:
+        """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded)."""
+        if rho is not None and rho < 1:
+            raise ValueError(f"rho must be a positive number of steps, got {rho}")
+        self.rho = rho
+        return self
 
     # ---- hidden-state API ------------------------------------------------------------------------
 
@@ -131,6 +164,25 @@ class AbstractRecurrent(Module):
                              f"{self.state_names}, got {len(state)}")
         self._user_initial = tuple(np.asarray(s, dtype=self.dtype) for s in state)
         self._state = None
+        self._grad_initial = None
+        return self
+
+    def get_grad_initial_state(self) -> tuple[np.ndarray, ...]:
+        """d loss / d(initial state set by set_initial_state), once backward has reached step 0."""
+        if self._grad_initial is None:
+            raise StateError(f"{self.describe()}: no gradient for the initial state yet; call "
+                             f"set_initial_state before forward, then backward through step 0")
+        return self._grad_initial
+
+    def set_grad_hidden_state(self, t: int, grad: Any) -> AbstractRecurrent:
+        """Add `grad` (tuple in `state_names` order) to the gradient flowing into the state after
+        step t (0-based, negative from the end) in the next backward."""
+        if isinstance(grad, np.ndarray):
+            grad = (grad,)
+        if len(grad) != len(self.state_names):
+            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} gradient arrays "
+                             f"{self.state_names}, got {len(grad)}")
+        self._extra_state_grads[int(t)] = tuple(np.asarray(g, dtype=self.dtype) for g in grad)
         return self
 
 

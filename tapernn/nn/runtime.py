@@ -46,11 +46,17 @@ class Executable:
         for m, name, t, value in ctx.probes:
             pl, pt = flatten(value)
             self.probes.append((m, name, t, pt, [v.node for v in pl]))
-        # program outputs are laid out: real outputs, final states, probes (then saved values)
+        # program outputs: the differentiated ones (real outputs; in step-wise use the final
+        # states; states given extra gradients), then the final states (sequence use), then the
+        # probes, then (training) the values saved for backward
         final_nodes = [n for _, _, n in self.finals]
         self.history_mode = history_mode
-        self.diff_outputs = self.real + (final_nodes if history_mode else [])
+        self.extra_grads = _extra_grad_outputs(ctx) if not history_mode else []
+        self.diff_outputs = (self.real + (final_nodes if history_mode else [])
+                             + [n for _, _, _, n in self.extra_grads])
         extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
+        self.final_pos = len(self.real) if history_mode else len(self.diff_outputs)
+        self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
         graph.meta.update(scopes=dict(ctx.scopes), root=root.describe())
@@ -61,8 +67,9 @@ class Executable:
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
         self.wrt += [ctx.params[p].node for p in ctx.param_order]
         self.params = list(ctx.param_order)
-        self.state_wrt = [(m, k, n) for m, k, n in ctx.state_inputs] if history_mode else []
-        self.wrt += [n for _, _, n in self.state_wrt]
+        self.state_wrt = [(m, k, n, user) for m, k, n, user in ctx.state_inputs
+                          if history_mode or user]
+        self.wrt += [n for _, _, n, _ in self.state_wrt]
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
@@ -121,7 +128,7 @@ def _binder(node, ctx: BuildContext):
             return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
         return mask
     if kind == "state":
-        m, k = next((m, k) for m, k, n in ctx.state_inputs if n is node)
+        m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)
         return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
     raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
 
@@ -201,21 +208,19 @@ class Runtime:
 
     def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
         root = self.module
-        states = tuple(None if m._initial_state_arrays() is None
-                       else tuple(a.shape for a in m._initial_state_arrays())
-                       for m in root.modules() if m.is_recurrent and hasattr(m, "state_names"))
+        states = tuple(_state_signature(m) for m in root.modules()
+                       if m.is_recurrent and hasattr(m, "state_names"))
         return (tree, tuple((x.shape, x.dtype.str) for x in leaves), root.is_training, states,
                 root.dtype.str, history)
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
         outs = record.outputs
-        pos = len(exe.real)
         finals: dict[Any, list] = {}
-        for m, _, _ in exe.finals:
-            finals.setdefault(m, []).append(outs[pos])
-            pos += 1
+        for j, (m, _, _) in enumerate(exe.finals):
+            finals.setdefault(m, []).append(outs[exe.final_pos + j])
         for m, st in finals.items():
             m._store_state(tuple(st))
+        pos = exe.probe_pos
         fields: dict[Any, list] = {}
         for m, name, t, tree, nodes in exe.probes:
             value = unflatten(tree, list(outs[pos: pos + len(nodes)]))
@@ -243,8 +248,17 @@ class Runtime:
         n_data = len(exe.data_wrt)
         for p, g in zip(exe.params, grads[n_data: n_data + len(exe.params)]):
             p.grad += g
-        self.pending_state_grads = {(id(m), k): g for (m, k, _), g in
-                                    zip(exe.state_wrt, grads[n_data + len(exe.params):])}
+        self.pending_state_grads = {}
+        initial: dict[Any, dict[int, np.ndarray]] = {}
+        for (m, k, _, user), g in zip(exe.state_wrt, grads[n_data + len(exe.params):]):
+            if user:
+                initial.setdefault(m, {})[k] = g
+            else:
+                self.pending_state_grads[(id(m), k)] = g
+        for m, by_k in initial.items():
+            m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
+        for m, t, _, _ in exe.extra_grads:
+            m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
         grad_leaves = [np.zeros(np.shape(x), dtype=self.module.dtype) for x in record.leaves]
         for k, g in zip(exe.data_wrt, grads[:n_data]):
             grad_leaves[k] = g
@@ -286,10 +300,16 @@ class Runtime:
                 if g.shape != node.shape:
                     raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
                                      f"expected {node.shape} (the output's shape)")
-            else:
+            elif exe.history_mode and k < len(exe.real) + len(exe.finals):
                 m, j, _ = exe.finals[k - len(exe.real)]
                 g = self.pending_state_grads.get((id(m), j))
                 g = np.zeros(node.shape, node.dtype) if g is None else g
+            else:
+                m, t, j, _ = exe.extra_grads[k - len(exe.diff_outputs) + len(exe.extra_grads)]
+                g = np.asarray(m._extra_state_grads[t][j], dtype=node.dtype)
+                if g.shape != node.shape:
+                    raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient {j} has shape "
+                                     f"{g.shape}, the state has {node.shape}")
             seeds.append(g)
         return seeds
 
@@ -313,3 +333,26 @@ def _leaf_names(tree: Any, n_args: int) -> list[str]:
         prefix = base[k] if k < len(base) else f"arg{k}"
         names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
     return names
+
+
+def _state_signature(m: Any) -> tuple:
+    start = m._initial_state_arrays()
+    kind = None if start is None else ("remembered" if m._state is not None else "user")
+    shapes = None if start is None else tuple(a.shape for a in start)
+    return (kind, shapes, tuple(sorted(m._extra_state_grads)), m._mask_zero)
+
+
+def _extra_grad_outputs(ctx: BuildContext) -> list:
+    """(module, t, k, state node) for each set_grad_hidden_state gradient of this trace."""
+    out = []
+    for m, n_steps in ctx.steps.items():
+        for t in sorted(getattr(m, "_extra_state_grads", {})):
+            step = t + n_steps if t < 0 else t
+            if not 0 <= step < n_steps:
+                raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but only {n_steps} "
+                                 f"steps were run")
+            for k, name in enumerate(m.state_names):
+                node = next(v for mm, f, tt, v in ctx.probes
+                            if mm is m and f == "state:" + name and tt == step)
+                out.append((m, t, k, node.node))
+    return out

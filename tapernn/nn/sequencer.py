@@ -57,10 +57,10 @@ class Sequencer(Module):
 
     def _before_forward(self) -> None:
         if not self.remembers():
-            self.module.forget()
+            self.module._clear_memory(keep_initial=True)
 
     def _mode_changed(self) -> None:
-        self.module.forget()
+        self.module._clear_memory(keep_initial=True)
 
     def build(self, x: Any) -> Any:
         as_array = isinstance(x, Var)
