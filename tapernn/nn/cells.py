@@ -162,6 +162,10 @@ class Recurrent(AbstractRecurrent):
         self.add_child("transfer", transfer if transfer is not None else Sigmoid())
         self.add_child("merge", merge if merge is not None else CAddTable())
 
+    def mask_zero(self) -> Recurrent:
+        raise TypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a Cell such "
+                        "as RNN, LSTM or GRU")
+
     def build(self, x):
         ctx = current_build()
         first = self not in ctx.states and self._initial_state_arrays() is None

@@ -48,8 +48,17 @@ class Criterion(Module):
         return self.forward(input, target)
 
 
-def _sum_or_mean(loss: Var, count: float, size_average: bool) -> Var:
-    return loss / float(count) if size_average else loss
+def _masked_total(per_elem: Var, keep: Var | None, size_average: bool) -> Var:
+    """Sum (or mean) of `per_elem` over the rows kept by `keep` ((B,) of 0/1; None: all rows)."""
+    if keep is None:
+        total = F.sum(per_elem)
+        return total / float(per_elem.size) if size_average else total
+    k = F.reshape(keep, (per_elem.shape[0],) + (1,) * (per_elem.ndim - 1))
+    total = F.sum(per_elem * k)
+    if not size_average:
+        return total
+    row = float(per_elem.size // max(per_elem.shape[0], 1))
+    return total / F.maximum(F.sum(keep) * row, 1e-30)  # all rows masked: 0, not NaN
 
 
 class MSECriterion(Criterion):
@@ -60,9 +69,12 @@ class MSECriterion(Criterion):
         self.size_average = size_average
 
     def build(self, x: Var, y: Var) -> Var:
+        return self.build_masked(x, y, None)
+
+    def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
         d = x - y
-        return _sum_or_mean(F.sum(d * d), x.size, self.size_average)
+        return _masked_total(d * d, keep, self.size_average)
 
 
 class BCECriterion(Criterion):
@@ -83,11 +95,14 @@ class BCECriterion(Criterion):
                                   f"values in [{x.min():.4g}, {x.max():.4g}]")
 
     def build(self, x: Var, y: Var) -> Var:
+        return self.build_masked(x, y, None)
+
+    def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
         ll = y * F.log(x + self.eps) + (1 - y) * F.log(1 - x + self.eps)
         if self.weights is not None:
             ll = ll * self.weights.astype(x.dtype)
-        return _sum_or_mean(-F.sum(ll), x.size, self.size_average)
+        return -_masked_total(ll, keep, self.size_average)
 
 
 class ClassNLLCriterion(Criterion):
@@ -116,6 +131,9 @@ class ClassNLLCriterion(Criterion):
                                   f"{self.ignore_index}")
 
     def build(self, x: Var, t: Var) -> Var:
+        return self.build_masked(x, t, None)
+
+    def build_masked(self, x: Var, t: Var, keep: Var | None) -> Var:
         self.expect(x.ndim in (1, 2), f"expects input (C,) or (batch, C), got {x.shape}")
         if x.ndim == 1:
             x, t = F.reshape(x, (1, -1)), F.reshape(t, (1,))
@@ -128,6 +146,8 @@ class ClassNLLCriterion(Criterion):
         else:
             w = F.ones((x.shape[0],), x.dtype)
         w = F.where(valid, w, 0)
+        if keep is not None:
+            w = w * keep
         loss = -F.sum(w * picked)
         return loss / F.maximum(F.sum(w), 1e-30) if self.size_average else loss
 
@@ -135,8 +155,8 @@ class ClassNLLCriterion(Criterion):
 class CrossEntropyCriterion(ClassNLLCriterion):
     """LogSoftMax followed by ClassNLLCriterion (input: unnormalised scores)."""
 
-    def build(self, x: Var, t: Var) -> Var:
-        return super().build(F.log_softmax(x), t)
+    def build_masked(self, x: Var, t: Var, keep: Var | None) -> Var:
+        return super().build_masked(F.log_softmax(x), t, keep)
 
 
 class SequencerCriterion(Criterion):

@@ -221,6 +221,7 @@ class Module:
         """What forget does; a Sequencer's automatic forget keeps user-set initial states."""
         if self._runtime is not None:
             self._runtime.history = []
+            self._runtime.dropped = 0
         for child in self._children.values():
             child._clear_memory(keep_initial)
 

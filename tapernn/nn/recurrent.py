@@ -120,6 +120,9 @@ class AbstractRecurrent(Module):
             else:
                 self.states[name.split(":", 1)[1]].append(value)
         self._n_steps = n_new if mode == "sequence" else self._n_steps + n_new
+        if mode == "append" and self.rho is not None and len(self.outputs) > self.rho:
+            self.outputs, self.inputs = self.outputs[-self.rho:], self.inputs[-self.rho:]
+            self.states = {k: v[-self.rho:] for k, v in self.states.items()}
 
     def _clear_memory(self, keep_initial: bool) -> None:
         self._state = None

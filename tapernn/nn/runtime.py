@@ -154,6 +154,7 @@ class Runtime:
         self.last: Executable | None = None
         self.history: list[Record] = []
         self.pending_state_grads: dict[tuple[int, int], np.ndarray] = {}
+        self.dropped = 0  # step records discarded because of rho
 
     def clear(self) -> None:
         self.cache.clear()
@@ -202,6 +203,10 @@ class Runtime:
         self._write_back(exe, record, history)
         if history and root.is_training:
             self.history.append(record)  # step-wise BPTT walks these back in reverse order
+            rho = _rho(root)
+            if rho is not None and len(self.history) > rho:
+                self.dropped += len(self.history) - rho  # bounded memory: BPTT over rho steps
+                self.history = self.history[-rho:]
         else:
             self.history = [record]
         return exe, leaves, record
@@ -273,6 +278,8 @@ class Runtime:
         pending = [r for r in self.history if not r.done]
         if not pending:
             what = "forward" if not self.history else "another forward (every step was already backwarded)"
+            if self.history and self.dropped:
+                what += f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
         leaves = flatten(input)[0]
@@ -356,3 +363,8 @@ def _extra_grad_outputs(ctx: BuildContext) -> list:
                             if mm is m and f == "state:" + name and tt == step)
                 out.append((m, t, k, node.node))
     return out
+
+
+def _rho(root: Any) -> int | None:
+    values = [m.rho for m in root.modules() if getattr(m, "rho", None)]
+    return min(values) if values else None

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import functional as F
 from .. import tracing
-from ..errors import ShapeError
+from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
+from .context import current_build
 from .module import Module
 
 MODES = ("both", "train", "eval", "neither")
@@ -62,7 +65,29 @@ class Sequencer(Module):
     def _mode_changed(self) -> None:
         self.module._clear_memory(keep_initial=True)
 
-    def build(self, x: Any) -> Any:
+    def forward(self, input: Any, lengths: Any = None) -> Any:
+        """Run over `input`; with `lengths` (one per batch row) a right-padded batch gives each
+        row exactly the outputs, final state and gradients of running it alone (outputs past a
+        row's length are zeros)."""
+        if lengths is None:
+            return super().forward(input)
+        from .runtime import runtime_of
+        return runtime_of(self).forward(input, self._length_mask(input, lengths))
+
+    def _length_mask(self, input: Any, lengths: Any) -> np.ndarray:
+        steps = input if isinstance(input, list) else list(np.asarray(input))
+        T = len(steps)
+        first = np.asarray(steps[0])
+        lengths = np.asarray(lengths)
+        if first.ndim < 2 or lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
+            raise ShapeError(f"{self.describe()}: lengths must be integers, one per batch row "
+                             f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}")
+        if lengths.min() < 1 or lengths.max() > T:
+            raise ValueRangeError(f"{self.describe()}: lengths must lie in [1, {T}], got "
+                                  f"{lengths.min()}..{lengths.max()}")
+        return (np.arange(T)[:, None] < lengths[None, :]).astype(self.dtype)[..., None]
+
+    def build(self, x: Any, step_mask: Var | None = None) -> Any:
         as_array = isinstance(x, Var)
         if as_array:
             self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list of steps, "
@@ -77,10 +102,14 @@ class Sequencer(Module):
                 raise ShapeError(f"{self.describe()}{tracing_where(t)}: step {t} has shape "
                                  f"{xt.shape} but step 0 has {first.shape}; every step of a "
                                  f"batch must have the same shape")
+        ctx = current_build()
         outputs = []
         for t, xt in enumerate(steps):
             with tracing.step(t):
-                outputs.append(self.module(xt))
+                ctx.step_mask = None if step_mask is None else step_mask[t]
+                y = self.module(xt)
+                outputs.append(y if step_mask is None else y * ctx.step_mask)
+        ctx.step_mask = None
         return F.stack(outputs, axis=0) if as_array else outputs
 
     def describe(self) -> str:

@@ -1,0 +1,93 @@
+"""Bidirectional sequencers: BiSequencer (forward and reversed passes merged per step) and
+BiSequencerLM (each step sees the past from one side and the future from the other)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .. import functional as F
+from .. import tracing
+from ..tracing import Var
+from .module import Module
+from .tables import JoinTable
+
+
+def fresh_clone(module: Module) -> Module:
+    """A deep copy with newly initialised parameters (Torch7: m:clone():reset())."""
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        m._runtime = None
+    clone.forget()
+    return clone.reset()
+
+
+class _Bidirectional(Module):
+    def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
+        super().__init__()
+        self.add_child("fwd", fwd)
+        self.add_child("bwd", bwd if bwd is not None else fresh_clone(fwd))
+        self.add_child("merge", merge if merge is not None else JoinTable(-1))
+
+    def _before_forward(self) -> None:  # each call is a whole, independent sequence
+        self._children["fwd"]._clear_memory(keep_initial=True)
+        self._children["bwd"]._clear_memory(keep_initial=True)
+
+    def _steps(self, x: Any) -> tuple[list, bool]:
+        if isinstance(x, Var):
+            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}")
+            return [x[t] for t in range(x.shape[0])], True
+        self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
+        return list(x), False
+
+    def _run(self, module: Module, steps: list, order: range) -> dict[int, Var]:
+        out = {}
+        for t in order:
+            with tracing.step(t):
+                out[t] = module(steps[t])
+        return out
+
+    def _merge(self, pairs: list, as_array: bool) -> Any:
+        merged = []
+        for t, pair in enumerate(pairs):
+            with tracing.step(t):
+                merged.append(self._children["merge"](pair))
+        return F.stack(merged, 0) if as_array else merged
+
+    def describe(self) -> str:
+        c = self._children
+        return f"nn.{type(self).__name__}({c['fwd'].describe()}, {c['bwd'].describe()})"
+
+
+class BiSequencer(_Bidirectional):
+    """y_t = merge([fwd_t, bwd_t]): fwd runs over x_0..x_{T-1}, bwd over x_{T-1}..x_0.
+
+    `bwd=None` clones `fwd` with fresh parameters; `merge` defaults to JoinTable(-1) (concat);
+    use CAddTable() to sum.  Shapes: list of T (B, D) or a (T, B, D) array -> (T, B, 2H) with
+    the default merge.  Torch7: nn.BiSequencer.
+    """
+
+    def build(self, x: Any) -> Any:
+        steps, as_array = self._steps(x)
+        T = len(steps)
+        f = self._run(self._children["fwd"], steps, range(T))
+        b = self._run(self._children["bwd"], steps, range(T - 1, -1, -1))
+        return self._merge([[f[t], b[t]] for t in range(T)], as_array)
+
+
+class BiSequencerLM(_Bidirectional):
+    """For language models: step t merges fwd's output for x_{t-1} (zeros at t = 0) with bwd's
+    output for x_{t+1} (zeros at t = T-1), so no step sees its own input.  Torch7: nn.BiSequencerLM.
+    """
+
+    def build(self, x: Any) -> Any:
+        steps, as_array = self._steps(x)
+        T = len(steps)
+        self.expect(T >= 2, "needs at least two steps")
+        f = self._run(self._children["fwd"], steps, range(T - 1))
+        b = self._run(self._children["bwd"], steps, range(T - 1, 0, -1))
+        pairs = []
+        for t in range(T):
+            left = f[t - 1] if t > 0 else F.zeros_like(f[0])
+            right = b[t + 1] if t < T - 1 else F.zeros_like(b[T - 1])
+            pairs.append([left, right])
+        return self._merge(pairs, as_array)

@@ -1,0 +1,87 @@
+"""Masking for variable-length batches (Torch7 rnn's MaskZero family): rows whose input is all
+zeros are padding. Pad on the left for recurrent modules with mask_zero(): a masked row's state
+is reset, so its real elements start from a zero state."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..tracing import Var
+from .criteria import Criterion
+from .layers import LookupTable
+from .module import Module
+from .tree import flatten
+
+
+def row_keep(x: Var, dtype: np.dtype) -> Var:
+    """(B, 1) with 1 where the row of x has any non-zero entry (all but the first axis reduced)."""
+    axes = tuple(range(1, x.ndim)) if x.ndim > 1 else (0,)
+    keep = F.cast(F.greater(F.sum(F.abs(x), axes, keepdims=True), 0), dtype)
+    return F.reshape(keep, (x.shape[0], 1) if x.ndim > 1 else (1,))
+
+
+class MaskZero(Module):
+    """Zeroes the output rows of `module` whose input row is all zeros (and their gradients).
+    For recurrent cells prefer `cell.mask_zero()`, which also resets the row's state."""
+
+    def __init__(self, module: Module):
+        super().__init__()
+        self.add_child("0", module)
+
+    def build(self, x: Any) -> Any:
+        first = flatten(x)[0][0]
+        out = self._children["0"](x)
+        keep = row_keep(first, first.dtype if first.dtype.kind == "f" else self.dtype)
+        leaves, _ = flatten(out)
+        masked = [v * F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) for v in leaves]
+        return masked[0] if isinstance(out, Var) else masked
+
+    @property
+    def is_recurrent(self) -> bool:
+        return self._children["0"].is_recurrent
+
+
+class MaskZeroCriterion(Criterion):
+    """Applies `criterion` only to rows whose input row is not all zeros: the masked rows add
+    nothing to the loss (averages are over the kept rows) and get zero gradient; a batch that is
+    all padding gives loss 0 and gradient 0.  Works with MSE, BCE, ClassNLL and CrossEntropy."""
+
+    def __init__(self, criterion: Criterion):
+        super().__init__()
+        if not hasattr(criterion, "build_masked"):
+            raise TypeError(f"MaskZeroCriterion cannot mask {criterion.describe()}")
+        self.add_child("0", criterion)
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        x = np.asarray(input)
+        keep = np.abs(x).reshape(x.shape[0], -1).sum(1) > 0 if x.ndim > 1 else np.array([True])
+        if keep.any():
+            t = np.asarray(target)
+            self._children["0"].check_targets(x[keep], t[keep] if t.ndim else t)
+
+    def build(self, x: Var, y: Var) -> Var:
+        self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
+        keep = F.reshape(row_keep(x, x.dtype), (x.shape[0],))
+        return self._children["0"].build_masked(x, y, keep)
+
+    def describe(self) -> str:
+        return f"nn.MaskZeroCriterion @ {self._children['0'].describe()}"
+
+
+class LookupTableMaskZero(LookupTable):
+    """LookupTable where id 0 is padding: it maps to a zero vector and gets no gradient. Real
+    ids are 1..n_index (the weight has n_index + 1 rows, row 0 unused).  Torch7: same name."""
+
+    def __init__(self, n_index: int, n_output: int, rng=None):
+        super().__init__(n_index + 1, n_output, rng=rng)
+        self.weight.data[0] = 0
+
+    def build(self, ids: Var) -> Var:
+        out = super().build(ids)
+        keep = F.cast(F.greater(F.abs(ids), 0), out.dtype)
+        return out * F.reshape(keep, ids.shape + (1,))
+
+    def extra_repr(self) -> str:
+        return f"({self.n_index - 1} -> {self.n_output}, id 0 = padding)"

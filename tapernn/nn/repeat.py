@@ -1,0 +1,83 @@
+"""Repeater (the same input at every step), RepeaterCriterion (the same target at every step)
+and Recursor (any module as a step-wise recurrent module)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import functional as F
+from .. import tracing
+from .context import current_build
+from .criteria import Criterion
+from .module import Module
+from .recurrent import AbstractRecurrent
+
+
+class Repeater(Module):
+    """Feeds the same input to `module` for `n_step` steps; returns the list of outputs. The
+    input's gradient is the sum over steps. Forgets before every forward.  Torch7: nn.Repeater."""
+
+    def __init__(self, module: Module, n_step: int):
+        super().__init__()
+        if n_step < 1:
+            raise ValueError(f"n_step must be positive, got {n_step}")
+        self.add_child("0", module)
+        self.n_step = int(n_step)
+
+    def _before_forward(self) -> None:
+        self._children["0"]._clear_memory(keep_initial=True)
+
+    def build(self, x: Any) -> list:
+        out = []
+        for t in range(self.n_step):
+            with tracing.step(t):
+                out.append(self._children["0"](x))
+        return out
+
+    def describe(self) -> str:
+        return f"nn.Repeater({self._children['0'].describe()}, {self.n_step})"
+
+
+class RepeaterCriterion(Criterion):
+    """Applies `criterion` with the same target to every step of the input; sums the losses."""
+
+    def __init__(self, criterion: Criterion):
+        super().__init__()
+        self.add_child("0", criterion)
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        for x in (input if isinstance(input, list) else list(input)):
+            self._children["0"].check_targets(x, target)
+
+    def build(self, xs: Any, target: Any) -> Any:
+        steps = xs if isinstance(xs, list) else [xs[t] for t in range(xs.shape[0])]
+        losses = []
+        for t, x in enumerate(steps):
+            with tracing.step(t):
+                losses.append(self._children["0"].apply(x, target))
+        return F.add_n(losses)
+
+    def describe(self) -> str:
+        return f"nn.RepeaterCriterion @ {self._children['0'].describe()}"
+
+
+class Recursor(AbstractRecurrent):
+    """Makes any module step-wise recurrent: each forward is one step sharing the parameters,
+    backward runs once per step in reverse order (BPTT), `outputs`/`inputs` hold the steps.
+    Recurrent modules inside keep their own state.  Torch7: nn.Recursor."""
+
+    state_names = ()
+
+    def __init__(self, module: Module):
+        super().__init__()
+        self.add_child("0", module)
+
+    def build(self, x: Any) -> Any:
+        ctx = current_build()
+        t = ctx.next_step(self)
+        out = self._children["0"](x)
+        ctx.probe(self, "inputs", t, x)
+        ctx.probe(self, "outputs", t, out)
+        return out
+
+    def describe(self) -> str:
+        return f"nn.Recursor @ {self._children['0'].describe()}"
