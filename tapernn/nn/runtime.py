@@ -46,14 +46,12 @@ class Executable:
         for m, name, t, value in ctx.probes:
             pl, pt = flatten(value)
             self.probes.append((m, name, t, pt, [v.node for v in pl]))
-        # program outputs: the differentiated ones (real outputs; in step-wise use the final
-        # states; states given extra gradients), then the final states (sequence use), then the
-        # probes, then (training) the values saved for backward
+        # program outputs: the differentiated ones (real outputs; in step-wise use also the final
+        # states), then the final states (sequence use), then the probes, then (training) the
+        # values saved for backward
         final_nodes = [n for _, _, n in self.finals]
         self.history_mode = history_mode
-        self.extra_grads = _extra_grad_outputs(ctx) if not history_mode else []
-        self.diff_outputs = (self.real + (final_nodes if history_mode else [])
-                             + [n for _, _, _, n in self.extra_grads])
+        self.diff_outputs = self.real + (final_nodes if history_mode else [])
         extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
         self.final_pos = len(self.real) if history_mode else len(self.diff_outputs)
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
@@ -75,6 +73,7 @@ class Executable:
         self.forward_only: Compiled | None = None
         self.forward_saving: Compiled | None = None
         self.backward_program: Compiled | None = None
+        self.seeded_variants: dict[tuple, tuple[Compiled, Compiled]] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
 
     def compile_forward(self) -> Compiled:
@@ -82,14 +81,23 @@ class Executable:
             self.forward_only = compile(self.graph, self.passes)
         return self.forward_only
 
-    def compile_training(self) -> tuple[Compiled, Compiled]:
-        if self.backward_program is None:
-            g = Graph(self.graph.nodes, self.graph.inputs, self.diff_outputs, dict(self.graph.meta))
-            joint = grad(g, wrt=self.wrt, seeds="inputs")
-            fwd, bwd = split_forward_backward(joint, self.n_out, self.extras)
-            self.forward_saving = compile(fwd, self.passes)
-            self.backward_program = compile(bwd, self.passes)
-        return self.forward_saving, self.backward_program
+    def compile_training(self, extra_seeded: tuple = ()) -> tuple[Compiled, Compiled]:
+        """(forward saving values, backward); `extra_seeded` nodes (states given a gradient by
+        set_grad_hidden_state) become extra seeded outputs of a variant pair."""
+        if not extra_seeded:
+            if self.backward_program is None:
+                self.forward_saving, self.backward_program = self._pair(self.diff_outputs)
+            return self.forward_saving, self.backward_program
+        key = tuple(n.id for n in extra_seeded)
+        if key not in self.seeded_variants:
+            self.seeded_variants[key] = self._pair(self.diff_outputs + list(extra_seeded))
+        return self.seeded_variants[key]
+
+    def _pair(self, outputs: list) -> tuple[Compiled, Compiled]:
+        g = Graph(self.graph.nodes, self.graph.inputs, outputs, dict(self.graph.meta))
+        joint = grad(g, wrt=self.wrt, seeds="inputs")
+        fwd, bwd = split_forward_backward(joint, len(outputs), self.extras)
+        return compile(fwd, self.passes), compile(bwd, self.passes)
 
     def bind(self, leaves: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
         return [b(leaves) for b in self.binders]
@@ -243,12 +251,16 @@ class Runtime:
     def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
         record = self._next_record(input)
         exe = record.exe
-        fwd, bwd = exe.compile_training()
-        if record.saved is None:  # forward ran in evaluation: recompute what backward needs
+        extra = [] if exe.history_mode else _extra_state_seeds(exe)
+        fwd, bwd = exe.compile_training(tuple(node for *_, node, _ in extra))
+        saved = record.saved
+        if saved is None or extra:  # evaluation forward, or a variant: recompute what it needs
             outs = fwd.run(record.args)
-            record.saved = list(outs[exe.n_out + len(exe.extras):])
-        seeds = self._seeds(exe, grad_output)
-        grads = bwd.run(record.saved + record.args + seeds)
+            saved = list(outs[exe.n_out + len(extra) + len(exe.extras):])
+            if not extra:
+                record.saved = saved
+        seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
+        grads = bwd.run(saved + record.args + seeds)
         record.done = True
         n_data = len(exe.data_wrt)
         for p, g in zip(exe.params, grads[n_data: n_data + len(exe.params)]):
@@ -262,7 +274,7 @@ class Runtime:
                 self.pending_state_grads[(id(m), k)] = g
         for m, by_k in initial.items():
             m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
-        for m, t, _, _ in exe.extra_grads:
+        for m, t, *_ in extra:
             m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
         grad_leaves = [np.zeros(np.shape(x), dtype=self.module.dtype) for x in record.leaves]
         for k, g in zip(exe.data_wrt, grads[:n_data]):
@@ -307,16 +319,10 @@ class Runtime:
                 if g.shape != node.shape:
                     raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
                                      f"expected {node.shape} (the output's shape)")
-            elif exe.history_mode and k < len(exe.real) + len(exe.finals):
+            else:
                 m, j, _ = exe.finals[k - len(exe.real)]
                 g = self.pending_state_grads.get((id(m), j))
                 g = np.zeros(node.shape, node.dtype) if g is None else g
-            else:
-                m, t, j, _ = exe.extra_grads[k - len(exe.diff_outputs) + len(exe.extra_grads)]
-                g = np.asarray(m._extra_state_grads[t][j], dtype=node.dtype)
-                if g.shape != node.shape:
-                    raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient {j} has shape "
-                                     f"{g.shape}, the state has {node.shape}")
             seeds.append(g)
         return seeds
 
@@ -346,22 +352,28 @@ def _state_signature(m: Any) -> tuple:
     start = m._initial_state_arrays()
     kind = None if start is None else ("remembered" if m._state is not None else "user")
     shapes = None if start is None else tuple(a.shape for a in start)
-    return (kind, shapes, tuple(sorted(m._extra_state_grads)), m._mask_zero)
+    return (kind, shapes, m._mask_zero)
 
 
-def _extra_grad_outputs(ctx: BuildContext) -> list:
-    """(module, t, k, state node) for each set_grad_hidden_state gradient of this trace."""
+def _extra_state_seeds(exe: Executable) -> list:
+    """(module, t, k, state node, gradient) for each set_grad_hidden_state gradient pending on a
+    recurrent module of this program (sequence use)."""
     out = []
-    for m, n_steps in ctx.steps.items():
-        for t in sorted(getattr(m, "_extra_state_grads", {})):
-            step = t + n_steps if t < 0 else t
-            if not 0 <= step < n_steps:
-                raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but only {n_steps} "
-                                 f"steps were run")
+    for m in {p[0] for p in exe.probes if getattr(p[0], "_extra_state_grads", None)}:
+        steps = sorted({t for mm, f, t, _, _ in exe.probes if mm is m and f == "outputs"})
+        for t, grads in sorted(m._extra_state_grads.items()):
+            if not -len(steps) <= t < len(steps):
+                raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but the last forward "
+                                 f"ran {len(steps)} steps")
+            step = steps[t]
             for k, name in enumerate(m.state_names):
-                node = next(v for mm, f, tt, v in ctx.probes
+                node = next(nodes[0] for mm, f, tt, _, nodes in exe.probes
                             if mm is m and f == "state:" + name and tt == step)
-                out.append((m, t, k, node.node))
+                g = np.asarray(grads[k], dtype=node.dtype)
+                if g.shape != node.shape:
+                    raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
+                                     f"{name!r} has shape {g.shape}, the state has {node.shape}")
+                out.append((m, t, k, node, g))
     return out
 
 
