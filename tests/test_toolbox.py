@@ -246,3 +246,20 @@ def test_evaluate_stepping_keeps_memory_flat():
     tracemalloc.stop()
     assert lstm.step == 10050 and len(lstm.outputs) == 1
     assert end - mid < 64 * 1024, f"memory grew by {end - mid} bytes over 8000 steps"
+
+
+def test_torch_recurrent_module_matches_its_equations():
+    tn.manual_seed(0)
+    rec = nn.Recurrent(H, nn.Linear(D, H), nn.Linear(H, H), nn.Tanh())
+    xs = R.standard_normal((4, 2, D))
+    out = nn.Sequencer(rec).forward(xs)
+    W_in, b_in = rec._children["input"].weight.data, rec._children["input"].bias.data
+    W_fb, b_fb = rec._children["feedback"].weight.data, rec._children["feedback"].bias.data
+    h = np.tanh(xs[0] @ W_in.T + b_in + rec.start.data)      # step 0: the start bias
+    expected = [h]
+    for x in xs[1:]:
+        h = np.tanh(x @ W_in.T + b_in + h @ W_fb.T + b_fb)   # later steps: merge(input, feedback)
+        expected.append(h)
+    np.testing.assert_allclose(out, np.stack(expected), rtol=1e-13)
+    assert gradcheck_module(nn.Sequencer(rec), nn.MSECriterion(), xs, R.standard_normal((4, 2, H)),
+                            max_entries=10)
