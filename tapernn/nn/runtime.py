@@ -99,7 +99,8 @@ class Executable:
         fwd, bwd = split_forward_backward(joint, len(outputs), self.extras)
         return compile(fwd, self.passes), compile(bwd, self.passes)
 
-    def bind(self, leaves: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
+    def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
+        """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
         return [b(leaves) for b in self.binders]
 
     def report(self):
@@ -121,7 +122,7 @@ class Executable:
 
 def _binder(node, ctx: BuildContext):
     kind = node.kind
-    if kind == "data":
+    if kind == "data":  # data inputs are recorded first, in leaf order
         k = next(i for i, n in enumerate(ctx.tape.graph.inputs) if n is node)
         return lambda leaves, k=k: leaves[k]
     if kind == "param":
@@ -201,7 +202,7 @@ class Runtime:
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe
-        call_args = exe.bind(leaves, root.dtype)
+        call_args = exe.bind(leaves)
         if root.is_training:
             program = exe.compile_training()[0]
         else:
