@@ -59,8 +59,11 @@ def describe_blas() -> list[str]:
         if os.environ.get(var):
             lines.append(f"WARNING: {var}={os.environ[var]} is set; BLAS kernels may not match "
                          "this CPU and every ratio below is suspect")
-    lines.append(f"numpy {np.__version__}, {os.cpu_count()} CPUs, load average "
-                 f"{os.getloadavg()[0]:.2f} (other processes distort OpenBLAS's threads)")
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    lines.append(f"numpy {np.__version__}, {cpus} CPUs, load average {load:.2f}")
+    if load > 0.5 * cpus:
+        lines.append("WARNING: busy machine. A multi-threaded GEMM waits for its slowest thread, "
+                     "so other processes inflate times 10-100x; try --threads 1")
     return lines
 
 
@@ -362,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     print("Training step = forward + backward + parameter gradients, zero initial state; "
           "'vs ref' = time / reference time; 'of matmul' = GFLOP/s / GEMM-only GFLOP/s.")
+    if args.threads:
+        print(f"BLAS threads limited to {args.threads}")
     with blas_thread_limit(args.threads):
         for dtype in args.dtypes:
             for B, T, H in args.config_list:

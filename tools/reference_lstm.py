@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# Measured with tools/bench.py on a 2-core SkylakeX / OpenBLAS 0.3.31 box (see the bench report):
-# the feature-major recurrent GEMM is slower at B=32 because its extra transposed copies cost more
-# than BLAS gains from a (4H x H)(H x B) shape. Re-measure with `bench.py --orientation`.
-DEFAULT_ORIENTATION = {np.dtype(np.float32): "batch", np.dtype(np.float64): "batch"}
+# Measured interleaved (tools/bench.py --orientation; 2-core SkylakeX, OpenBLAS 0.3.31, shared
+# box): float32 steps ran 5-25% faster feature-major, the recurrent (4H x H)(H x B) GEMM keeping
+# B as the short dimension; float64 ran 3-8% faster batch-major, where the edge transposes weigh
+# more. Under CPU contention feature-major also suffers far less from OpenBLAS's 2 threads.
+DEFAULT_ORIENTATION = {np.dtype(np.float32): "feature", np.dtype(np.float64): "batch"}
 
 
 def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype) -> int:
@@ -26,28 +27,23 @@ def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype) -> int:
     return T * B * 5 * H * np.dtype(dtype).itemsize
 
 
-def _sigmoid(a: np.ndarray, out: np.ndarray) -> None:
-    # sigma(a) = (tanh(a/2) + 1) / 2: no exp overflow warnings for large |a|, all in place
-    np.multiply(a, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
+def gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors over the [i, g, f, o] blocks that let one tanh activate all four gates at once:
+    sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 and tanh(a) = 1.0 * tanh(1.0 * a) + 0.0, so
+    act = tanh(scale * a) * scale + offset. `scale` is folded into the weights before the GEMMs.
+    `slope` gives the derivatives blockwise from the activations:
+    act * (slope - act) + (1 - slope) = s(1 - s) for sigmoid gates and 1 - g^2 for g."""
+    blocks = lambda i, g: np.repeat(np.array([i, g, i, i], dtype), H)  # noqa: E731
+    slope = blocks(1.0, 0.0)
+    return blocks(0.5, 1.0), blocks(0.5, 0.0), slope, 1.0 - slope
 
 
-def _scale_by_sigmoid_grad(d: np.ndarray, s: np.ndarray, tmp: np.ndarray) -> None:
-    # d *= s * (1 - s), s being a sigmoid output
-    np.subtract(1.0, s, out=tmp)
-    tmp *= s
-    d *= tmp
-
-
-def _cell_forward(gates: list, c_prev, c, tanh_c, h, tmp) -> None:
-    """Gates hold pre-activations on entry and activations on exit; writes c, tanh(c), h."""
+def _cell_forward(block, gates: list, c_prev, c, tanh_c, h, tmp, scale, offset) -> None:
+    """`block` holds scaled pre-activations on entry, activations on exit; writes c, tanh c, h."""
+    np.tanh(block, out=block)
+    block *= scale
+    block += offset
     i, g, f, o = gates
-    _sigmoid(i, i)
-    np.tanh(g, out=g)
-    _sigmoid(f, f)
-    _sigmoid(o, o)
     np.multiply(f, c_prev, out=c)
     np.multiply(i, g, out=tmp)
     c += tmp
@@ -55,133 +51,165 @@ def _cell_forward(gates: list, c_prev, c, tanh_c, h, tmp) -> None:
     np.multiply(o, tanh_c, out=h)
 
 
-def _cell_backward(gates: list, dgates: list, dh, dc, c_prev, tanh_c, tmp) -> None:
-    """Writes d(pre-activation) into dgates; dc holds dL/dc_t on entry, dL/dc_{t-1} on exit."""
+def _cell_backward(block, dblock, gates: list, dgates: list, dh, dc, c_prev, tanh_c, tmp,
+                   slope_block, slope, one_minus_slope) -> None:
+    """Writes d(pre-activation) into dblock; dc holds dL/dc_t on entry, dL/dc_{t-1} on exit."""
     i, g, f, o = gates
     di, dg, df, do = dgates
     np.multiply(dh, tanh_c, out=do)
-    _scale_by_sigmoid_grad(do, o, tmp)
     np.multiply(tanh_c, tanh_c, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
     np.subtract(1.0, tmp, out=tmp)
     tmp *= o
     tmp *= dh
     dc += tmp
     np.multiply(dc, g, out=di)
-    _scale_by_sigmoid_grad(di, i, tmp)
-    np.multiply(g, g, out=tmp)  # dg = dc * i * (1 - g^2)
-    np.subtract(1.0, tmp, out=tmp)
-    tmp *= i
-    np.multiply(dc, tmp, out=dg)
+    np.multiply(dc, i, out=dg)
     np.multiply(dc, c_prev, out=df)
-    _scale_by_sigmoid_grad(df, f, tmp)
+    np.subtract(slope, block, out=slope_block)  # activation derivatives, all gates at once
+    slope_block *= block
+    slope_block += one_minus_slope
+    dblock *= slope_block
     dc *= f
 
 
-class _BatchMajor:
-    """Steps are (B, 4H) rows: recurrent GEMM (B x H)(H x 4H); no layout copies at all."""
+class _Kernel:
+    """Buffers for one (B, T) and the BPTT loops; subclasses fix the recurrent GEMM orientation."""
+
+    gate_axis: int  # axis of a step's gate block that runs over the 4H gate units
 
     def __init__(self, B: int, T: int, D: int, H: int, dtype) -> None:
-        e = lambda *shape: np.empty(shape, dtype)  # noqa: E731
         self.B, self.T, self.D, self.H = B, T, D, H
-        self.buffers = dict(gates=e(T, B, 4 * H), dgates=e(T, B, 4 * H), h=e(T + 1, B, H),
-                            c=e(T + 1, B, H), tanh_c=e(T, B, H), rec=e(B, 4 * H), dh=e(B, H),
-                            dc=e(B, H), tmp=e(B, H), dx=e(T, B, D))
+        as_column = (lambda v: v[:, None]) if self.gate_axis == 0 else (lambda v: v)
+        self.scale, self.offset, self.slope, self.one_minus_slope = (
+            as_column(v) for v in gate_affine(H, dtype))
+        self.buffers = {name: np.empty(shape, dtype) for name, shape in self.shapes().items()}
+
+    def shapes(self) -> dict[str, tuple]:
+        raise NotImplementedError
 
     def _split(self, a: np.ndarray) -> list:
         H = self.H
-        return [a[:, k * H:(k + 1) * H] for k in range(4)]
+        index = (slice(None),) * self.gate_axis
+        return [a[index + (slice(k * H, (k + 1) * H),)] for k in range(4)]
 
     def forward(self, x, w_i, bias, w_h) -> np.ndarray:
-        T, B, D, H = self.T, self.B, self.D, self.H
         b = self.buffers
-        gates, h, c = b["gates"], b["h"], b["c"]
-        np.matmul(x.reshape(T * B, D), w_i.T, out=gates.reshape(T * B, 4 * H))
-        gates += bias
+        scale = self.scale.reshape(-1)
+        # the gates' pre-scaling folded into the weights: 4H x (D + H) work, not T x B x 4H
+        np.multiply(w_i, scale[:, None], out=b["w_i_scaled"])
+        np.multiply(w_h, scale[:, None], out=b["w_h_scaled"])
+        np.multiply(bias, scale, out=b["bias_scaled"])
+        gates, h, c = self.project(x), b["h"], b["c"]
         h[0] = 0.0
         c[0] = 0.0
-        for t in range(T):
+        for t in range(self.T):
             if t > 0:  # h_0 = 0: the first recurrent GEMM would add zeros
-                np.matmul(h[t], w_h.T, out=b["rec"])
-                gates[t] += b["rec"]
-            _cell_forward(self._split(gates[t]), c[t], c[t + 1], b["tanh_c"][t], h[t + 1], b["tmp"])
-        return h[1:]
+                gates[t] += self.recurrent(h[t])
+            _cell_forward(gates[t], self._split(gates[t]), c[t], c[t + 1], b["tanh_c"][t],
+                          h[t + 1], b["tmp"], self.scale, self.offset)
+        return self.output()
 
     def backward(self, x, grad_h, w_i, w_h, grads: dict) -> None:
-        T, B, D, H = self.T, self.B, self.D, self.H
         b = self.buffers
-        dgates, dh, dc = b["dgates"], b["dh"], b["dc"]
+        gates, dgates, dh, dc = b["gates"], b["dgates"], b["dh"], b["dc"]
+        grad_h = self.step_major(grad_h)
         dc[...] = 0.0
-        for t in reversed(range(T)):
-            if t == T - 1:
+        for t in reversed(range(self.T)):
+            if t == self.T - 1:
                 dh[...] = grad_h[t]
             else:
-                np.matmul(dgates[t + 1], w_h, out=dh)
+                self.back_recurrent(dgates[t + 1], w_h, out=dh)
                 dh += grad_h[t]
-            _cell_backward(self._split(b["gates"][t]), self._split(dgates[t]), dh, dc,
-                           b["c"][t], b["tanh_c"][t], b["tmp"])
-        stacked = dgates.reshape(T * B, 4 * H)
-        np.matmul(stacked.T, x.reshape(T * B, D), out=grads["i2g.weight"])
-        np.sum(stacked, axis=0, out=grads["i2g.bias"])
-        np.matmul(stacked.T, b["h"][:T].reshape(T * B, H), out=grads["o2g.weight"])
-        np.matmul(stacked, w_i, out=b["dx"].reshape(T * B, D))
+            _cell_backward(gates[t], dgates[t], self._split(gates[t]), self._split(dgates[t]),
+                           dh, dc, b["c"][t], b["tanh_c"][t], b["tmp"], b["slope_block"],
+                           self.slope, self.one_minus_slope)
+        self.weight_grads(x, w_i, grads)
         grads["x"] = b["dx"]
 
 
-class _FeatureMajor:
+class _BatchMajor(_Kernel):
+    """Steps are (B, 4H) rows: recurrent GEMM (B x H)(H x 4H); no layout copies at all."""
+
+    gate_axis = 1
+
+    def shapes(self) -> dict[str, tuple]:
+        B, T, D, H = self.B, self.T, self.D, self.H
+        return dict(gates=(T, B, 4 * H), dgates=(T, B, 4 * H), h=(T + 1, B, H), c=(T + 1, B, H),
+                    tanh_c=(T, B, H), rec=(B, 4 * H), slope_block=(B, 4 * H), dh=(B, H),
+                    dc=(B, H), tmp=(B, H), dx=(T, B, D), w_i_scaled=(4 * H, D),
+                    w_h_scaled=(4 * H, H), bias_scaled=(4 * H,))
+
+    def project(self, x) -> np.ndarray:
+        b, TB = self.buffers, self.T * self.B
+        np.matmul(x.reshape(TB, self.D), b["w_i_scaled"].T, out=b["gates"].reshape(TB, -1))
+        b["gates"] += b["bias_scaled"]
+        return b["gates"]
+
+    def recurrent(self, h_prev) -> np.ndarray:
+        return np.matmul(h_prev, self.buffers["w_h_scaled"].T, out=self.buffers["rec"])
+
+    def back_recurrent(self, dgates_next, w_h, out) -> None:
+        np.matmul(dgates_next, w_h, out=out)
+
+    def step_major(self, grad_h) -> np.ndarray:
+        return grad_h
+
+    def output(self) -> np.ndarray:
+        return self.buffers["h"][1:]
+
+    def weight_grads(self, x, w_i, grads: dict) -> None:
+        b, TB, H = self.buffers, self.T * self.B, self.H
+        stacked = b["dgates"].reshape(TB, 4 * H)
+        np.matmul(stacked.T, x.reshape(TB, self.D), out=grads["i2g.weight"])
+        np.sum(stacked, axis=0, out=grads["i2g.bias"])
+        np.matmul(stacked.T, b["h"][: self.T].reshape(TB, H), out=grads["o2g.weight"])
+        np.matmul(stacked, w_i, out=b["dx"].reshape(TB, self.D))
+
+
+class _FeatureMajor(_Kernel):
     """Steps are (4H, B) columns: recurrent GEMM (4H x H)(H x B), gate blocks contiguous. Pays
     transposed copies at the edges (projection, grad_h, h out, stacked dgates and h for dW)."""
 
-    def __init__(self, B: int, T: int, D: int, H: int, dtype) -> None:
-        e = lambda *shape: np.empty(shape, dtype)  # noqa: E731
-        self.B, self.T, self.D, self.H = B, T, D, H
-        self.buffers = dict(proj=e(T, B, 4 * H), gates=e(T, 4 * H, B), dgates=e(T, 4 * H, B),
-                            h=e(T + 1, H, B), c=e(T + 1, H, B), tanh_c=e(T, H, B),
-                            rec=e(4 * H, B), dh=e(H, B), dc=e(H, B), tmp=e(H, B),
-                            grad_h=e(T, H, B), h_out=e(T, B, H), h_prev=e(T, B, H),
-                            dgates_stacked=e(4 * H, T, B), dx=e(T, B, D))
+    gate_axis = 0
 
-    def _split(self, a: np.ndarray) -> list:
-        H = self.H
-        return [a[k * H:(k + 1) * H] for k in range(4)]
+    def shapes(self) -> dict[str, tuple]:
+        B, T, D, H = self.B, self.T, self.D, self.H
+        return dict(proj=(T, B, 4 * H), gates=(T, 4 * H, B), dgates=(T, 4 * H, B),
+                    h=(T + 1, H, B), c=(T + 1, H, B), tanh_c=(T, H, B), rec=(4 * H, B),
+                    slope_block=(4 * H, B), dh=(H, B), dc=(H, B), tmp=(H, B), grad_h=(T, H, B),
+                    h_out=(T, B, H), h_prev=(T, B, H), dgates_stacked=(4 * H, T, B),
+                    dx=(T, B, D), w_i_scaled=(4 * H, D), w_h_scaled=(4 * H, H),
+                    bias_scaled=(4 * H,))
 
-    def forward(self, x, w_i, bias, w_h) -> np.ndarray:
-        T, B, D, H = self.T, self.B, self.D, self.H
-        b = self.buffers
-        gates, h, c = b["gates"], b["h"], b["c"]
-        np.matmul(x.reshape(T * B, D), w_i.T, out=b["proj"].reshape(T * B, 4 * H))
-        np.add(b["proj"].transpose(0, 2, 1), bias[:, None], out=gates)
-        h[0] = 0.0
-        c[0] = 0.0
-        for t in range(T):
-            if t > 0:
-                np.matmul(w_h, h[t], out=b["rec"])
-                gates[t] += b["rec"]
-            _cell_forward(self._split(gates[t]), c[t], c[t + 1], b["tanh_c"][t], h[t + 1], b["tmp"])
-        b["h_out"][...] = h[1:].transpose(0, 2, 1)
-        return b["h_out"]
+    def project(self, x) -> np.ndarray:
+        b, TB = self.buffers, self.T * self.B
+        np.matmul(x.reshape(TB, self.D), b["w_i_scaled"].T, out=b["proj"].reshape(TB, -1))
+        np.add(b["proj"].transpose(0, 2, 1), b["bias_scaled"][:, None], out=b["gates"])
+        return b["gates"]
 
-    def backward(self, x, grad_h, w_i, w_h, grads: dict) -> None:
-        T, B, D, H = self.T, self.B, self.D, self.H
-        b = self.buffers
-        dgates, dh, dc, gh = b["dgates"], b["dh"], b["dc"], b["grad_h"]
-        gh[...] = grad_h.transpose(0, 2, 1)
-        dc[...] = 0.0
-        for t in reversed(range(T)):
-            if t == T - 1:
-                dh[...] = gh[t]
-            else:
-                np.matmul(w_h.T, dgates[t + 1], out=dh)
-                dh += gh[t]
-            _cell_backward(self._split(b["gates"][t]), self._split(dgates[t]), dh, dc,
-                           b["c"][t], b["tanh_c"][t], b["tmp"])
-        b["dgates_stacked"][...] = dgates.transpose(1, 0, 2)
-        stacked = b["dgates_stacked"].reshape(4 * H, T * B)
-        b["h_prev"][...] = b["h"][:T].transpose(0, 2, 1)
-        np.matmul(stacked, x.reshape(T * B, D), out=grads["i2g.weight"])
+    def recurrent(self, h_prev) -> np.ndarray:
+        return np.matmul(self.buffers["w_h_scaled"], h_prev, out=self.buffers["rec"])
+
+    def back_recurrent(self, dgates_next, w_h, out) -> None:
+        np.matmul(w_h.T, dgates_next, out=out)
+
+    def step_major(self, grad_h) -> np.ndarray:
+        self.buffers["grad_h"][...] = grad_h.transpose(0, 2, 1)
+        return self.buffers["grad_h"]
+
+    def output(self) -> np.ndarray:
+        self.buffers["h_out"][...] = self.buffers["h"][1:].transpose(0, 2, 1)
+        return self.buffers["h_out"]
+
+    def weight_grads(self, x, w_i, grads: dict) -> None:
+        b, TB, H = self.buffers, self.T * self.B, self.H
+        b["dgates_stacked"][...] = b["dgates"].transpose(1, 0, 2)
+        stacked = b["dgates_stacked"].reshape(4 * H, TB)
+        b["h_prev"][...] = b["h"][: self.T].transpose(0, 2, 1)
+        np.matmul(stacked, x.reshape(TB, self.D), out=grads["i2g.weight"])
         np.sum(stacked, axis=1, out=grads["i2g.bias"])
-        np.matmul(stacked, b["h_prev"].reshape(T * B, H), out=grads["o2g.weight"])
-        np.matmul(stacked.T, w_i, out=b["dx"].reshape(T * B, D))
-        grads["x"] = b["dx"]
+        np.matmul(stacked, b["h_prev"].reshape(TB, H), out=grads["o2g.weight"])
+        np.matmul(stacked.T, w_i, out=b["dx"].reshape(TB, self.D))
 
 
 _KERNELS = {"batch": _BatchMajor, "feature": _FeatureMajor}
@@ -206,7 +234,7 @@ class ReferenceLSTM:
         self.params = {"i2g.weight": u(D ** -0.5, 4 * H, D), "i2g.bias": u(D ** -0.5, 4 * H),
                        "o2g.weight": u(H ** -0.5, 4 * H, H)}
         self.grads = {k: np.empty_like(v) for k, v in self.params.items()}
-        self._kernels: dict[tuple[int, int], _BatchMajor | _FeatureMajor] = {}
+        self._kernels: dict[tuple[int, int], _Kernel] = {}
 
     def _kernel(self, B: int, T: int):
         key = (B, T)
