@@ -160,11 +160,13 @@ def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
     return contenders
 
 
-def make_torch_contender(B, T, D, H, dtype, x, grad_h) -> Contender | None:
+def make_torch_contender(B, T, D, H, dtype, x, grad_h, threads) -> Contender | None:
     try:
         import torch
     except ImportError:
         return None
+    if threads:
+        torch.set_num_threads(threads)
     tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
     lstm = torch.nn.LSTM(D, H).to(tdtype)
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -195,7 +197,7 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
         contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h), flops))
     contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h)
     if args.peers:
-        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h)
+        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
         contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
     return contenders, reference
 
