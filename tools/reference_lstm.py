@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-# Measured interleaved (tools/bench.py --orientation; 2-core SkylakeX, OpenBLAS 0.3.31, shared
-# box): float32 steps ran 5-25% faster feature-major, the recurrent (4H x H)(H x B) GEMM keeping
-# B as the short dimension; float64 ran 3-8% faster batch-major, where the edge transposes weigh
-# more. Under CPU contention feature-major also suffers far less from OpenBLAS's 2 threads.
-DEFAULT_ORIENTATION = {np.dtype(np.float32): "feature", np.dtype(np.float64): "batch"}
+# Measured interleaved, single BLAS thread (2-core SkylakeX, OpenBLAS 0.3.31, busy shared box):
+# once batch-major keeps W_h^T contiguous (an NN GEMM), it beat feature-major by 3-10% in float32
+# and tied or won by up to 15% in float64: the (4H x H)(H x B) GEMM gains less than the edge
+# transposes cost. Before that fix feature-major won float32 by 5-25%. Re-measure with
+# `bench.py --orientation`. Under CPU contention with 2 BLAS threads feature-major degrades less.
+DEFAULT_ORIENTATION = {np.dtype(np.float32): "batch", np.dtype(np.float64): "batch"}
 
 
 def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype) -> int:
@@ -97,7 +98,12 @@ class _Kernel:
         scale = self.scale.reshape(-1)
         # the gates' pre-scaling folded into the weights: 4H x (D + H) work, not T x B x 4H
         np.multiply(w_i, scale[:, None], out=b["w_i_scaled"])
-        np.multiply(w_h, scale[:, None], out=b["w_h_scaled"])
+        w_h_scaled = b["w_h_scaled"]
+        if self.gate_axis == 1:
+            # batch-major multiplies h from the left: keep W_h^T contiguous so the recurrent GEMM
+            # is NN; the NT form ran 1.3-1.6x slower in float32 here (OpenBLAS 0.3.31)
+            w_h_scaled = w_h_scaled.T
+        np.multiply(w_h, scale[:, None], out=w_h_scaled)
         np.multiply(bias, scale, out=b["bias_scaled"])
         gates, h, c = self.project(x), b["h"], b["c"]
         h[0] = 0.0
@@ -137,7 +143,7 @@ class _BatchMajor(_Kernel):
         return dict(gates=(T, B, 4 * H), dgates=(T, B, 4 * H), h=(T + 1, B, H), c=(T + 1, B, H),
                     tanh_c=(T, B, H), rec=(B, 4 * H), slope_block=(B, 4 * H), dh=(B, H),
                     dc=(B, H), tmp=(B, H), dx=(T, B, D), w_i_scaled=(4 * H, D),
-                    w_h_scaled=(4 * H, H), bias_scaled=(4 * H,))
+                    w_h_scaled=(H, 4 * H), bias_scaled=(4 * H,))
 
     def project(self, x) -> np.ndarray:
         b, TB = self.buffers, self.T * self.B
@@ -146,7 +152,7 @@ class _BatchMajor(_Kernel):
         return b["gates"]
 
     def recurrent(self, h_prev) -> np.ndarray:
-        return np.matmul(h_prev, self.buffers["w_h_scaled"].T, out=self.buffers["rec"])
+        return np.matmul(h_prev, self.buffers["w_h_scaled"], out=self.buffers["rec"])
 
     def back_recurrent(self, dgates_next, w_h, out) -> None:
         np.matmul(dgates_next, w_h, out=out)
