@@ -87,7 +87,8 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
     dw_i, dw_h, dx = np.empty_like(w_i), np.empty_like(w_h), np.empty_like(x)
     if orientation == "batch":
         h_t, rec, dg_t, dh = r(B, H), np.empty((B, 4 * H), dtype), r(B, 4 * H), np.empty((B, H), dtype)
-        recurrent = lambda: np.matmul(h_t, w_h.T, out=rec)  # noqa: E731
+        w_h_t = np.ascontiguousarray(w_h.T)  # the reference keeps W_h^T contiguous (NN GEMM)
+        recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)  # noqa: E731
         back = lambda: np.matmul(dg_t, w_h, out=dh)  # noqa: E731
     else:
         h_t, rec, dg_t, dh = r(H, B), np.empty((4 * H, B), dtype), r(4 * H, B), np.empty((H, B), dtype)
