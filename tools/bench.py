@@ -86,12 +86,14 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
     dgates, hs, gates = r(T * B, 4 * H), r(T * B, H), np.empty((T * B, 4 * H), dtype)
     dw_i, dw_h, dx = np.empty_like(w_i), np.empty_like(w_h), np.empty_like(x)
     if orientation == "batch":
-        h_t, rec, dg_t, dh = r(B, H), np.empty((B, 4 * H), dtype), r(B, 4 * H), np.empty((B, H), dtype)
+        h_t, dg_t = r(B, H), r(B, 4 * H)
+        rec, dh = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype)
         w_h_t = np.ascontiguousarray(w_h.T)  # the reference keeps W_h^T contiguous (NN GEMM)
         recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)  # noqa: E731
         back = lambda: np.matmul(dg_t, w_h, out=dh)  # noqa: E731
     else:
-        h_t, rec, dg_t, dh = r(H, B), np.empty((4 * H, B), dtype), r(4 * H, B), np.empty((H, B), dtype)
+        h_t, dg_t = r(H, B), r(4 * H, B)
+        rec, dh = np.empty((4 * H, B), dtype), np.empty((H, B), dtype)
         recurrent = lambda: np.matmul(w_h, h_t, out=rec)  # noqa: E731
         back = lambda: np.matmul(w_h.T, dg_t, out=dh)  # noqa: E731
 
@@ -134,7 +136,8 @@ def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
         from tapernn import nn
     except ImportError as exc:
         return f"{NOT_AVAILABLE} ({exc})"
-    wanted = {"FastLSTM": ("FastLSTM", {}, 4), "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
+    wanted = {"FastLSTM": ("FastLSTM", {}, 4),
+              "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
               "LSTM": ("LSTM", {}, 4), "GRU": ("GRU", {}, 3)}
     factories = {}
     for label, (cls_name, kwargs, gates) in wanted.items():
@@ -168,7 +171,7 @@ def make_torch_contender(B, T, D, H, dtype, x, grad_h, threads) -> Contender | N
         return None
     if threads:
         torch.set_num_threads(threads)
-    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
     lstm = torch.nn.LSTM(D, H).to(tdtype)
     xt = torch.from_numpy(x).requires_grad_(True)
     gt = torch.from_numpy(grad_h)
@@ -195,7 +198,8 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
     if args.orientation:
         other = "feature" if reference.orientation == "batch" else "batch"
         alt = ReferenceLSTM(D, H, dtype, orientation=other)
-        contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h), flops))
+        contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h),
+                                    flops))
     contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h)
     if args.peers:
         peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
@@ -292,7 +296,8 @@ def pass_variants() -> list[tuple[str, list]] | str:
     return variants
 
 
-def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype, budget: float) -> None:
+def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
+             budget: float) -> None:
     """Time Sequencer(FastLSTM) compiled with each pass list; print kernels and planned bytes."""
     try:
         from tapernn import nn
@@ -308,7 +313,11 @@ def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype, bu
     contenders = []
     for (label, pass_list), seq in zip(variants, seqs):
         seq.set_passes(list(pass_list))
-        step = lambda seq=seq: (seq.forward(x), seq.zero_grad_parameters(), seq.backward(x, grad_h))  # noqa: E731
+        def step(seq=seq) -> None:
+            seq.forward(x)
+            seq.zero_grad_parameters()
+            seq.backward(x, grad_h)
+
         contenders.append(Contender(label, step, lstm_flops(B, T, H, H)))
     time_interleaved(contenders, budget)
     print(f"  {'pass list':<34} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
@@ -344,7 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
     ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
                     help="repeatable; default float32 (quick) or both (--full)")
-    ap.add_argument("--configs", nargs="+", metavar="B,T,H", help="override configs, e.g. 32,50,512")
+    ap.add_argument("--configs", nargs="+", metavar="B,T,H",
+                    help="override configs, e.g. 32,50,512")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
     ap.add_argument("--orientation", action="store_true",

@@ -28,7 +28,7 @@ def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype) -> int:
     return T * B * 5 * H * np.dtype(dtype).itemsize
 
 
-def gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vectors over the [i, g, f, o] blocks that let one tanh activate all four gates at once:
     sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 and tanh(a) = 1.0 * tanh(1.0 * a) + 0.0, so
     act = tanh(scale * a) * scale + offset. `scale` is folded into the weights before the GEMMs.
