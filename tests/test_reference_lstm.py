@@ -19,7 +19,7 @@ ORIENTATIONS = ["batch", "feature"]
 
 def plain_fastlstm(x, w_i, b, w_h):
     """Torch7 FastLSTM, one step at a time, nothing clever."""
-    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))
     h = np.zeros((x.shape[1], w_h.shape[1]))
     c = np.zeros_like(h)
     out = []

@@ -9,16 +9,16 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 _TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(_TOOLS), str(_TOOLS.parent)]  # the reference, and tapernn from this checkout
-from reference_lstm import ReferenceLSTM, theoretical_min_bptt_bytes  # noqa: E402
+from reference_lstm import ReferenceLSTM, theoretical_min_bptt_bytes
 
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
 QUICK_CONFIGS = CONFIGS[:3]
@@ -81,7 +81,7 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
     """Only the GEMMs of one training step, with the reference's shapes and operand layouts: the
     BLAS rate these shapes allow is the physical limit for any NumPy implementation."""
     rng = np.random.default_rng(0)
-    r = lambda *shape: rng.standard_normal(shape).astype(dtype)  # noqa: E731
+    r = lambda *shape: rng.standard_normal(shape).astype(dtype)
     x, w_i, w_h = r(T * B, D), r(4 * H, D), r(4 * H, H)
     dgates, hs, gates = r(T * B, 4 * H), r(T * B, H), np.empty((T * B, 4 * H), dtype)
     dw_i, dw_h, dx = np.empty_like(w_i), np.empty_like(w_h), np.empty_like(x)
@@ -89,13 +89,13 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
         h_t, dg_t = r(B, H), r(B, 4 * H)
         rec, dh = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype)
         w_h_t = np.ascontiguousarray(w_h.T)  # the reference keeps W_h^T contiguous (NN GEMM)
-        recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)  # noqa: E731
-        back = lambda: np.matmul(dg_t, w_h, out=dh)  # noqa: E731
+        recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)
+        back = lambda: np.matmul(dg_t, w_h, out=dh)
     else:
         h_t, dg_t = r(H, B), r(4 * H, B)
         rec, dh = np.empty((4 * H, B), dtype), np.empty((H, B), dtype)
-        recurrent = lambda: np.matmul(w_h, h_t, out=rec)  # noqa: E731
-        back = lambda: np.matmul(w_h.T, dg_t, out=dh)  # noqa: E731
+        recurrent = lambda: np.matmul(w_h, h_t, out=rec)
+        back = lambda: np.matmul(w_h.T, dg_t, out=dh)
 
     def step() -> None:
         np.matmul(x, w_i.T, out=gates)
@@ -159,7 +159,7 @@ def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
         if factory is None:
             contenders.append(Contender(f"tn {label}", None, note=NOT_AVAILABLE))
             continue
-        step = lambda factory=factory: tapernn_step(factory, x, grad_h)  # noqa: E731
+        step = lambda factory=factory: tapernn_step(factory, x, grad_h)
         contenders.append(Contender(f"tn {label}", step, lstm_flops(B, T, D, H, gates)))
     return contenders
 
@@ -228,7 +228,7 @@ def warm_up(contenders: list[Contender]) -> float:
         try:
             c.step()
             total += _timed(c, previous_peer=True)
-        except Exception as exc:  # a half-written contender must not sink the whole table
+        except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
             c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
     return total
 

@@ -34,7 +34,7 @@ def gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     act = tanh(scale * a) * scale + offset. `scale` is folded into the weights before the GEMMs.
     `slope` gives the derivatives blockwise from the activations:
     act * (slope - act) + (1 - slope) = s(1 - s) for sigmoid gates and 1 - g^2 for g."""
-    blocks = lambda i, g: np.repeat(np.array([i, g, i, i], dtype), H)  # noqa: E731
+    blocks = lambda i, g: np.repeat(np.array([i, g, i, i], dtype), H)
     slope = blocks(1.0, 0.0)
     return blocks(0.5, 1.0), blocks(0.5, 0.0), slope, 1.0 - slope
 
@@ -236,7 +236,7 @@ class ReferenceLSTM:
         self.D, self.H, self.dtype = D, H, np.dtype(dtype)
         self.orientation = orientation or DEFAULT_ORIENTATION[self.dtype]
         rng = np.random.default_rng(seed)
-        u = lambda bound, *shape: rng.uniform(-bound, bound, shape).astype(self.dtype)  # noqa: E731
+        u = lambda bound, *shape: rng.uniform(-bound, bound, shape).astype(self.dtype)
         self.params = {"i2g.weight": u(D ** -0.5, 4 * H, D), "i2g.bias": u(D ** -0.5, 4 * H),
                        "o2g.weight": u(H ** -0.5, 4 * H, H)}
         self.grads = {k: np.empty_like(v) for k, v in self.params.items()}
