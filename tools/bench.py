@@ -210,9 +210,10 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
 # --- timing ------------------------------------------------------------------------------------
 
 
-def _timed(contender: Contender, previous_peer: bool) -> float:
-    if contender.peer or previous_peer:
+def _timed(contender: Contender, rest: bool) -> float:
+    if rest:
         time.sleep(PEER_REST_S)
+        contender.step()  # untimed: after a sleep the caches are cold and the first call pays
     start = time.perf_counter()
     contender.step()
     return time.perf_counter() - start
@@ -227,7 +228,7 @@ def warm_up(contenders: list[Contender]) -> float:
             continue
         try:
             c.step()
-            total += _timed(c, previous_peer=True)
+            total += _timed(c, rest=False)
         except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
             c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
     return total
@@ -236,14 +237,16 @@ def warm_up(contenders: list[Contender]) -> float:
 def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int = 7,
                      max_reps: int = 200) -> None:
     """Repetition r runs every contender once before repetition r+1 starts, so drifts in machine
-    load hit all of them alike; medians then discard the outliers."""
+    load hit all of them alike; the order rotates so no contender always runs first after a
+    rest; medians then discard the outliers. NumPy and a peer library rest when they hand over."""
     round_s = warm_up(contenders)
     reps = int(min(max_reps, max(min_reps, budget_s / max(round_s, 1e-9))))
     runnable = [c for c in contenders if c.step is not None]
     previous_peer = False
-    for _ in range(reps):
-        for c in runnable:
-            c.times.append(_timed(c, previous_peer))
+    for r in range(reps):
+        shift = r % max(len(runnable), 1)
+        for c in runnable[shift:] + runnable[:shift]:
+            c.times.append(_timed(c, rest=c.peer != previous_peer))
             previous_peer = c.peer
 
 
