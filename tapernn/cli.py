@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     bench = subs.add_parser("bench", help="speed and memory against a hand-written NumPy LSTM")
-    _add_lazy_arguments(bench, "bench")
-    bench.set_defaults(run=_lazy("bench", "bench"))
+    _add_lazy_arguments(bench, "benchmark")
+    bench.set_defaults(run=_lazy("benchmark", "bench"))
     return parser
 
 

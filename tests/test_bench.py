@@ -2,8 +2,6 @@
 config, with the real modules."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +10,9 @@ _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("tapernn_bench", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "tapernn_bench", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def bench():
+    from tapernn.benchmark import harness
+    return harness
 
 
 def test_quick_table_with_the_real_modules(bench, capsys):

@@ -2,16 +2,10 @@
 yardstick: forward against an obvious per-step loop, gradients against central differences."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "reference_lstm.py"
-_spec = importlib.util.spec_from_file_location("reference_lstm", _PATH)
-reference_lstm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference_lstm)
+from tapernn.benchmark import reference as reference_lstm
 
 B, T, D, H = 2, 3, 4, 5
 ORIENTATIONS = ["batch", "feature"]

@@ -1,0 +1,406 @@
+"""LSTM training-step benchmark: tapernn's Sequencer cells against the hand-written NumPy floor
+(tapernn/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
+Contenders run interleaved in one process and are reported as medians and ratios, never alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .reference import ReferenceLSTM, theoretical_min_bptt_bytes
+
+CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
+QUICK_CONFIGS = CONFIGS[:3]
+PEER_REST_S = 0.25  # OpenBLAS workers spin ~0.1 s after a call and slow the other library 2-3x
+NOT_AVAILABLE = "tapernn nn not available"
+
+
+def lstm_flops(B: int, T: int, D: int, H: int, gates: int = 4) -> float:
+    """Training FLOPs: forward 2*T*B*(D+H)*gates*H, backward twice that (dx, dh, dW_x, dW_h)."""
+    return 3 * 2.0 * T * B * (D + H) * gates * H
+
+
+@dataclass
+class Contender:
+    name: str
+    step: Callable[[], object] | None  # None: not runnable; `note` says why
+    flops: float = 0.0
+    peer: bool = False  # another library: rest before and after it
+    note: str = ""
+    times: list[float] = field(default_factory=list)
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def describe_blas() -> list[str]:
+    lines = []
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            lines.append(f"BLAS: {pool.get('internal_api')} {pool.get('version')} "
+                         f"arch={pool.get('architecture')} threads={pool.get('num_threads')} "
+                         f"({Path(pool.get('filepath', '')).name})")
+    except ImportError:
+        lines.append("BLAS: threadpoolctl not installed (pip install tapernn[bench]); "
+                     "numpy.show_config() has the details")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if os.environ.get(var):
+            lines.append(f"WARNING: {var}={os.environ[var]} is set; BLAS kernels may not match "
+                         "this CPU and every ratio below is suspect")
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    lines.append(f"numpy {np.__version__}, {cpus} CPUs, load average {load:.2f}")
+    if load > 0.5 * cpus:
+        lines.append("WARNING: busy machine. A multi-threaded GEMM waits for its slowest thread, "
+                     "so other processes inflate times 10-100x; try --threads 1")
+    return lines
+
+
+def blas_thread_limit(threads: int | None):
+    if threads is None:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+# --- contenders --------------------------------------------------------------------------------
+
+
+def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> Callable[[], None]:
+    """Only the GEMMs of one training step, with the reference's shapes and operand layouts: the
+    BLAS rate these shapes allow is the physical limit for any NumPy implementation."""
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.standard_normal(shape).astype(dtype)
+    x, w_i, w_h = r(T * B, D), r(4 * H, D), r(4 * H, H)
+    dgates, hs, gates = r(T * B, 4 * H), r(T * B, H), np.empty((T * B, 4 * H), dtype)
+    dw_i, dw_h, dx = np.empty_like(w_i), np.empty_like(w_h), np.empty_like(x)
+    if orientation == "batch":
+        h_t, dg_t = r(B, H), r(B, 4 * H)
+        rec, dh = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype)
+        w_h_t = np.ascontiguousarray(w_h.T)  # the reference keeps W_h^T contiguous (NN GEMM)
+        recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)
+        back = lambda: np.matmul(dg_t, w_h, out=dh)
+    else:
+        h_t, dg_t = r(H, B), r(4 * H, B)
+        rec, dh = np.empty((4 * H, B), dtype), np.empty((H, B), dtype)
+        recurrent = lambda: np.matmul(w_h, h_t, out=rec)
+        back = lambda: np.matmul(w_h.T, dg_t, out=dh)
+
+    def step() -> None:
+        np.matmul(x, w_i.T, out=gates)
+        for _ in range(T):
+            recurrent()
+        for _ in range(T):
+            back()
+        np.matmul(dgates.T, x, out=dw_i)
+        np.matmul(dgates.T, hs, out=dw_h)
+        np.matmul(dgates, w_i, out=dx)
+
+    return step
+
+
+_sequencers: dict[tuple, object] = {}
+
+
+def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray) -> None:
+    """One tapernn training step of `Sequencer(module_factory(D, H))`. The Sequencer is built
+    once per (factory, shapes, dtype) and cached, so construction and compilation stay out of
+    the timed calls (the first, untimed warm-up call compiles)."""
+    from tapernn import nn
+
+    T, B, D = x.shape
+    H = grad_h.shape[2]
+    key = (module_factory, B, T, D, H, x.dtype)
+    if key not in _sequencers:
+        _sequencers[key] = nn.Sequencer(module_factory(D, H)).astype(x.dtype)
+    seq = _sequencers[key]
+    seq.forward(x)
+    seq.zero_grad_parameters()
+    seq.backward(x, grad_h)
+
+
+def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
+    """name -> (module factory, gate count for FLOPs), or why tapernn's nn cannot be used."""
+    try:
+        from tapernn import nn
+    except ImportError as exc:
+        return f"{NOT_AVAILABLE} ({exc})"
+    wanted = {"FastLSTM": ("FastLSTM", {}, 4),
+              "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
+              "LSTM": ("LSTM", {}, 4), "GRU": ("GRU", {}, 3)}
+    factories = {}
+    for label, (cls_name, kwargs, gates) in wanted.items():
+        cls = getattr(nn, cls_name, None)
+        if cls is None or not hasattr(nn, "Sequencer"):
+            factories[label] = (None, gates)
+        else:
+            factories[label] = ((lambda D, H, cls=cls, kw=kwargs: cls(D, H, **kw)), gates)
+    return factories
+
+
+def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
+    factories = tapernn_factories()
+    if isinstance(factories, str):
+        return [Contender(f"tn {name}", None, note=NOT_AVAILABLE)
+                for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU")]
+    contenders = []
+    for label, (factory, gates) in factories.items():
+        if factory is None:
+            contenders.append(Contender(f"tn {label}", None, note=NOT_AVAILABLE))
+            continue
+        step = lambda factory=factory: tapernn_step(factory, x, grad_h)
+        contenders.append(Contender(f"tn {label}", step, lstm_flops(B, T, D, H, gates)))
+    return contenders
+
+
+def make_torch_contender(B, T, D, H, dtype, x, grad_h, threads) -> Contender | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
+    lstm = torch.nn.LSTM(D, H).to(tdtype)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(grad_h)
+
+    def step() -> None:
+        lstm.zero_grad(set_to_none=True)
+        xt.grad = None
+        out, _ = lstm(xt)
+        out.backward(gt)
+
+    return Contender(f"torch {torch.__version__} nn.LSTM", step, lstm_flops(B, T, D, H), peer=True)
+
+
+def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], ReferenceLSTM]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
+    flops = lstm_flops(B, T, D, H)
+    reference = ReferenceLSTM(D, H, dtype)
+    contenders = [Contender(f"reference ({reference.orientation}-major)",
+                            lambda: reference.step(x, grad_h), flops),
+                  Contender("numpy matmul, same GEMMs",
+                            make_gemm_step(B, T, D, H, dtype, reference.orientation), flops)]
+    if args.orientation:
+        other = "feature" if reference.orientation == "batch" else "batch"
+        alt = ReferenceLSTM(D, H, dtype, orientation=other)
+        contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h),
+                                    flops))
+    contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h)
+    if args.peers:
+        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
+        contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
+    return contenders, reference
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+def _timed(contender: Contender, rest: bool) -> float:
+    if rest:
+        time.sleep(PEER_REST_S)
+        contender.step()  # untimed: after a sleep the caches are cold and the first call pays
+    start = time.perf_counter()
+    contender.step()
+    return time.perf_counter() - start
+
+
+def warm_up(contenders: list[Contender]) -> float:
+    """Run each contender twice (the first call may compile); disable the ones that fail.
+    Returns the summed time of one round, to size the repetitions."""
+    total = 0.0
+    for c in contenders:
+        if c.step is None:
+            continue
+        try:
+            c.step()
+            total += _timed(c, rest=False)
+        except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
+            c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
+    return total
+
+
+def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int = 7,
+                     max_reps: int = 200) -> None:
+    """Repetition r runs every contender once before repetition r+1 starts, so drifts in machine
+    load hit all of them alike; the order rotates so no contender always runs first after a
+    rest; medians then discard the outliers. NumPy and a peer library rest when they hand over."""
+    round_s = warm_up(contenders)
+    reps = int(min(max_reps, max(min_reps, budget_s / max(round_s, 1e-9))))
+    runnable = [c for c in contenders if c.step is not None]
+    previous_peer = False
+    for r in range(reps):
+        shift = r % max(len(runnable), 1)
+        for c in runnable[shift:] + runnable[:shift]:
+            c.times.append(_timed(c, rest=c.peer != previous_peer))
+            previous_peer = c.peer
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def format_rows(contenders: list[Contender]) -> list[str]:
+    reference, matmul = contenders[0], contenders[1]
+    ref_s = statistics.median(reference.times) if reference.times else float("nan")
+    mm_rate = matmul.flops / statistics.median(matmul.times) if matmul.times else float("nan")
+    rows = []
+    for c in contenders:
+        if not c.times:
+            rows.append(f"  {c.name:<34} {c.note}")
+            continue
+        med = statistics.median(c.times)
+        rate = c.flops / med
+        rows.append(f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
+                    f"{rate / mm_rate:>8.1%} {len(c.times):>5}")
+    return rows
+
+
+def report_config(B, T, D, H, dtype, args) -> None:
+    contenders, reference = build_contenders(B, T, D, H, dtype, args)
+    time_interleaved(contenders, args.budget)
+    print(f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
+          "GFLOP per LSTM step)")
+    print(f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
+          f"{'reps':>5}")
+    for row in format_rows(contenders):
+        print(row)
+    minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
+    print(f"  memory: reference workspace {reference.workspace_bytes() / 2**20:.2f} MiB, "
+          f"theoretical BPTT minimum {minimum / 2**20:.2f} MiB")
+
+
+# --- pass ablation -----------------------------------------------------------------------------
+
+
+def pass_variants() -> list[tuple[str, list]] | str:
+    """tapernn.passes.DEFAULT and DEFAULT with each pass removed in turn."""
+    try:
+        from tapernn import passes
+    except ImportError as exc:
+        return f"not available ({exc})"
+    default = list(passes.DEFAULT)
+    variants = [(f"DEFAULT ({len(default)} passes)", default)]
+    for i, p in enumerate(default):
+        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:]))
+    return variants
+
+
+def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
+             budget: float) -> None:
+    """Time Sequencer(FastLSTM) compiled with each pass list; print kernels and planned bytes."""
+    try:
+        from tapernn import nn
+        seqs = [nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype) for _ in variants]
+        if not all(hasattr(s, "set_passes") and hasattr(s, "compile_report") for s in seqs):
+            raise AttributeError("Sequencer has no set_passes/compile_report")
+    except (ImportError, AttributeError) as exc:
+        print(f"  ablation not available ({exc})")
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
+    contenders = []
+    for (label, pass_list), seq in zip(variants, seqs):
+        seq.set_passes(list(pass_list))
+        def step(seq=seq) -> None:
+            seq.forward(x)
+            seq.zero_grad_parameters()
+            seq.backward(x, grad_h)
+
+        contenders.append(Contender(label, step, lstm_flops(B, T, H, H)))
+    time_interleaved(contenders, budget)
+    print(f"  {'pass list':<34} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
+    for c, seq in zip(contenders, seqs):
+        if not c.times:
+            print(f"  {c.name:<34} {c.note}")
+            continue
+        rep = seq.compile_report()
+        kernels = getattr(rep, "kernels", "?")
+        planned = getattr(rep, "planned_bytes", None)
+        planned_s = f"{planned / 2**20:.2f}" if isinstance(planned, (int, float)) else "?"
+        print(f"  {c.name:<34} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
+              f"{planned_s:>12}")
+
+
+def run_ablation(configs, dtypes, budget: float) -> None:
+    print("\nPass ablation, Sequencer(FastLSTM):")
+    variants = pass_variants()
+    if isinstance(variants, str):
+        print(f"  ablation {variants}")
+        return
+    for dtype in dtypes:
+        for B, T, H in configs:
+            print(f" (B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:")
+            ablation(variants, B, T, H, dtype, budget)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
+                    help="repeatable; default float32 (quick) or both (--full)")
+    ap.add_argument("--configs", nargs="+", metavar="B,T,H",
+                    help="override configs, e.g. 32,50,512")
+    ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
+    ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
+    ap.add_argument("--orientation", action="store_true",
+                    help="also time the reference in its other recurrent-GEMM orientation")
+    ap.add_argument("--threads", type=int, help="limit BLAS threads (threadpoolctl)")
+    ap.add_argument("--budget", type=float, help="seconds of timed runs per config")
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.configs:
+        args.config_list = [tuple(int(v) for v in c.split(",")) for c in args.configs]
+    else:
+        args.config_list = CONFIGS if args.full else QUICK_CONFIGS
+    names = args.dtype or (["float32", "float64"] if args.full else ["float32"])
+    args.dtypes = [np.dtype(n) for n in names]
+    args.budget = args.budget or (10.0 if args.full else 3.0)
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__)
+    add_arguments(ap)
+    return finish_args(ap.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """`tapernn bench`: print the tables (arguments from add_arguments)."""
+    if not hasattr(args, "config_list"):
+        finish_args(args)
+    for line in describe_blas():
+        print(line)
+    print("Training step = forward + backward + parameter gradients, zero initial state; "
+          "'vs ref' = time / reference time; 'of matmul' = GFLOP/s / GEMM-only GFLOP/s.")
+    if args.threads:
+        print(f"BLAS threads limited to {args.threads}")
+    with blas_thread_limit(args.threads):
+        for dtype in args.dtypes:
+            for B, T, H in args.config_list:
+                report_config(B, T, H, H, dtype, args)
+        if args.ablation:
+            run_ablation(args.config_list, args.dtypes, args.budget)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
