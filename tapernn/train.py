@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import optim
+from .blas import blas_threads
 from . import random as tn_random
 from .charlm import CellSpecError, CharLM, resolve_cell, unigram_nll
 from .checkpoint import CheckpointError, ensure_writable, read_config, restore_checkpoint, save_checkpoint
@@ -97,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
     add("--temperature", type=_positive(float), default=0.8, help="sampling temperature (default 0.8)")
     add("--sample-len", type=int, default=200, help="characters per sample, 0 = none (default 200)")
+    add("--threads", type=_positive(int), default=1, help="BLAS threads (default 1: this model's "
+        "matrices are too small to gain from more, and extra threads slow it down several times)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -120,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C)."""
     try:
-        trainer = Trainer(args)
-        return trainer.fit()
+        with blas_threads(args.threads):
+            return Trainer(args).fit()
     except (UsageError, CorpusError, CellSpecError, CheckpointError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -236,9 +239,9 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------------
 
     def fit(self) -> int:
-        self._print_header()
         started, first_step = time.perf_counter(), self.step
-        with StopRequest() as stop:
+        with StopRequest() as stop:  # installed first: a Ctrl-C from here on saves cleanly
+            self._print_header()
             self._train(stop)
             if stop.requested:
                 return self._interrupted()

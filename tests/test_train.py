@@ -223,3 +223,18 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, text_file):
     resumed = Trainer(parse("--text", str(text_file), "--resume", "--checkpoint", str(ckpt),
                             "--steps", "100000", "--no-progress"))
     assert resumed.step > 0
+
+
+@pytest.mark.parametrize("use_threadpoolctl", [True, False])
+def test_blas_threads_limits_and_restores(monkeypatch, use_threadpoolctl):
+    from tapernn.blas import _openblas_libraries, blas_threads
+    libraries = _openblas_libraries()
+    if not libraries:
+        pytest.skip("no OpenBLAS loaded in this process")
+    if not use_threadpoolctl:
+        monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails: ctypes fallback
+    _, get = libraries[0]
+    before = get()
+    with blas_threads(1):
+        assert get() == 1
+    assert get() == before
