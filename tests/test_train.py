@@ -233,8 +233,12 @@ def test_blas_threads_limits_and_restores(monkeypatch, use_threadpoolctl):
         pytest.skip("no OpenBLAS loaded in this process")
     if not use_threadpoolctl:
         monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails: ctypes fallback
-    _, get = libraries[0]
+    set_, get = libraries[0]
     before = get()
-    with blas_threads(1):
-        assert get() == 1
-    assert get() == before
+    set_(2)  # a known starting point, also on a machine whose default is one thread
+    try:
+        with blas_threads(1):
+            assert get() == 1
+        assert get() == 2
+    finally:
+        set_(before)
