@@ -22,8 +22,9 @@ from .errors import TapernnError
 
 PROG = "tapernn train"
 # options that define the model, data and optimiser: a resumed run takes them from the checkpoint
-DEFAULTS: dict[str, Any] = dict(text=None, cell="fastlstm", layers=1, hidden=128, embed=32,
-                                seq_len=32, batch=32, dropout=0.0, lr=3e-3, optim="adam", clip=5.0,
+# (sized so `--steps 300` takes about a minute on 2 cores and reaches perplexity ~6 vs ~24 unigram)
+DEFAULTS: dict[str, Any] = dict(text=None, cell="fastlstm", layers=1, hidden=256, embed=64,
+                                seq_len=32, batch=32, dropout=0.0, lr=5e-3, optim="adam", clip=5.0,
                                 dtype="float64", remember=True, seed=1)
 INTERRUPTED = 130  # the shell's code for SIGINT
 
@@ -190,6 +191,7 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.bar = None  # the progress bar while training (messages go around it)
         self.options, saved = resolve_options(args)
         opts = self.options
         cell = resolve_cell(opts["cell"])
@@ -207,11 +209,12 @@ class Trainer:
         self.losses: list[float] = []  # this session's per-step training losses
         self.validation: list[tuple[int, float]] = []  # (step, perplexity)
         self.total = self._target_steps()
-        self.bar = None
 
     def _load_data(self, saved: dict | None) -> None:
         opts = self.options
-        text = read_text_file(opts["text"]) if opts["text"] else stdlib_docstrings()
+        text = read_text_file(opts["text"]) if opts["text"] else stdlib_docstrings(
+            on_collect=lambda: self.say("collecting standard-library docstrings (cached for next "
+                                        "time)..."))
         self.corpus_name = opts["text"] or "Python standard-library docstrings"
         self.text_digest = _digest(text)
         if saved is not None and saved["text_digest"] != self.text_digest:

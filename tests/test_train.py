@@ -44,11 +44,15 @@ def text_file(tmp_path):
 
 
 def test_corpus_is_deterministic_cached_and_holds_known_text(tmp_path):
-    first = stdlib_docstrings(cap=60_000, cache_dir=tmp_path / "cache")
-    assert len(first) == 60_000
+    collected = []
+    first = stdlib_docstrings(cap=60_000, cache_dir=tmp_path / "cache",
+                              on_collect=lambda: collected.append(1))
+    assert len(first) == 60_000 and collected == [1]
     assert "Record of phased-in incompatible language changes." in first  # __future__, first file
     assert list((tmp_path / "cache").glob("stdlib-docstrings-py*.txt"))
-    assert stdlib_docstrings(cap=60_000, cache_dir=tmp_path / "cache") == first  # from the cache
+    again = stdlib_docstrings(cap=60_000, cache_dir=tmp_path / "cache",
+                              on_collect=lambda: collected.append(2))
+    assert again == first and collected == [1]  # read from the cache, not collected
     (tmp_path / "file").write_text("x")
     unwritable = tmp_path / "file" / "cache"  # under a regular file: cannot be created
     assert stdlib_docstrings(cap=60_000, cache_dir=unwritable) == first  # collected afresh

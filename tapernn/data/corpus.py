@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_CAP = 1_500_000  # characters: enough for a char LM, small enough to collect in seconds
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -18,7 +19,8 @@ class CorpusError(Exception):
     """The text cannot be read or is unusable; the message is one line for the user."""
 
 
-def stdlib_docstrings(cap: int = DEFAULT_CAP, cache_dir: str | os.PathLike | None = None) -> str:
+def stdlib_docstrings(cap: int = DEFAULT_CAP, cache_dir: str | os.PathLike | None = None,
+                      on_collect: Callable[[], None] | None = None) -> str:
     """Docstrings of the standard library (modules, classes, functions), at most `cap` chars.
 
     Deterministic for a given Python installation. The result is cached under `cache_dir`
@@ -30,6 +32,8 @@ def stdlib_docstrings(cap: int = DEFAULT_CAP, cache_dir: str | os.PathLike | Non
         return cache.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         pass
+    if on_collect is not None:  # collecting takes seconds: let the caller say so
+        on_collect()
     text = collect_docstrings(Path(stdlib), cap)
     _write_cache(cache, text)
     return text
