@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Iterator
+from collections.abc import Iterator
 
 # OpenBLAS builds export the setter under several names (numpy's wheels prefix and suffix it)
 _SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",

@@ -4,7 +4,7 @@ baseline, sampling, and the remembered state that truncated BPTT carries across 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def resolve_cell(spec: str) -> type:
         raise CellSpecError(f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn or module:Class")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # any import-time failure of user code is a bad --cell, not a crash
+    except Exception as e:  # noqa: BLE001  # any import-time failure of user code is a bad --cell, not a crash
         raise CellSpecError(f"cannot import {module_name!r} for --cell {spec}: "
                             f"{type(e).__name__}: {e}") from None
     cls = getattr(module, class_name, None)

@@ -97,7 +97,7 @@ def restore_checkpoint(directory: str | os.PathLike, config: dict, lm: Any, opti
         with np.load(path / "states.npz", allow_pickle=False) as data:
             states = [None if n is None else tuple(data[f"cell{k}.{j}"] for j in range(n))
                       for k, n in enumerate(config["states"])]
-    except Exception as e:  # a damaged checkpoint: one line, not a traceback
+    except Exception as e:  # noqa: BLE001  # a damaged checkpoint: one line, not a traceback
         raise CheckpointError(f"cannot restore checkpoint from {os.fspath(path)!r}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     lm.restore_states(states)

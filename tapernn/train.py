@@ -7,25 +7,40 @@ import argparse
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Self
 
 import numpy as np
 
 from . import optim
-from .blas import blas_threads
 from . import random as tn_random
+from .blas import blas_threads
 from .charlm import CellSpecError, CharLM, resolve_cell, unigram_nll
-from .checkpoint import CheckpointError, ensure_writable, read_config, restore_checkpoint, save_checkpoint
-from .data import Vocabulary, read_text_file, split_train_validation, stdlib_docstrings, time_major_batches
+from .checkpoint import (
+    CheckpointError,
+    ensure_writable,
+    read_config,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from .data import (
+    Vocabulary,
+    read_text_file,
+    split_train_validation,
+    stdlib_docstrings,
+    time_major_batches,
+)
 from .data.corpus import CorpusError
 from .errors import TapernnError
 
 PROG = "tapernn train"
 # options that define the model, data and optimiser: a resumed run takes them from the checkpoint
 # (sized so `--steps 300` takes about a minute on 2 cores and reaches perplexity ~6 vs ~24 unigram)
-DEFAULTS: dict[str, Any] = dict(text=None, cell="fastlstm", layers=1, hidden=256, embed=64,
-                                seq_len=32, batch=32, dropout=0.0, lr=5e-3, optim="adam", clip=5.0,
-                                dtype="float64", remember=True, seed=1)
+DEFAULTS: dict[str, Any] = {
+    "text": None, "cell": "fastlstm", "layers": 1, "hidden": 256, "embed": 64, "seq_len": 32,
+    "batch": 32, "dropout": 0.0, "lr": 5e-3, "optim": "adam", "clip": 5.0, "dtype": "float64",
+    "remember": True, "seed": 1,
+}
 INTERRUPTED = 130  # the shell's code for SIGINT
 
 
@@ -166,14 +181,14 @@ class StopRequest:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> StopRequest:
+    def __enter__(self) -> Self:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: keep the default behaviour
             self._previous = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 

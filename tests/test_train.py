@@ -22,7 +22,7 @@ TINY = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8", "--n
 
 
 def word_text(n_lines: int, seed: int = 0) -> str:
-    words = "the quick brown fox jumps over a lazy dog while cats sit on mats".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "cats", "sit", "on", "mats"]
     rnd = random.Random(seed)
     return "\n".join(" ".join(rnd.choice(words) for _ in range(8)) for _ in range(n_lines))
 
@@ -212,15 +212,15 @@ def test_resume_refuses_changed_options(tmp_path, capsys, text_file):
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, text_file):
     ckpt = tmp_path / "ck"
-    cmd = [sys.executable, "-c", "import sys; from tapernn.train import main; "
-           "sys.exit(main(sys.argv[1:]))", "--text", str(text_file), "--steps", "100000",
+    code = "import sys; from tapernn.train import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "--text", str(text_file), "--steps", "100000",
            "--checkpoint", str(ckpt), *TINY]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert "training to step" in proc.stdout.readline() + proc.stdout.readline() + proc.stdout.readline()
     time.sleep(1.5)  # let it compile and take some steps
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted at step" in err
     assert (ckpt / "config.json").exists() and (ckpt / "model.npz").exists()

@@ -8,8 +8,8 @@ import os
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DEFAULT_CAP = 1_500_000  # characters: enough for a char LM, small enough to collect in seconds
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
