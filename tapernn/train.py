@@ -4,6 +4,7 @@ checkpoints, exact resume and a clean Ctrl-C. Exposes add_arguments / run / main
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -155,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
 def resolve_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
     """Merge command line, checkpoint and defaults. Returns (options, checkpoint config)."""
     given = {k: getattr(args, k, None) for k in DEFAULTS}
+    if given["text"] is not None:  # absolute: a resume from another directory finds the same file
+        given["text"] = os.path.abspath(given["text"])
     saved = None
     if args.resume:
         if not args.checkpoint:
