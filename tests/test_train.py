@@ -246,3 +246,14 @@ def test_blas_threads_limits_and_restores(monkeypatch, use_threadpoolctl):
         assert get() == 2
     finally:
         set_(before)
+
+
+def test_resume_from_another_directory_finds_a_relative_text(tmp_path, monkeypatch, text_file):
+    monkeypatch.chdir(text_file.parent)
+    run_steps(Path(text_file.name), tmp_path / "r", 2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resumed = Trainer(parse("--resume", "--checkpoint", str(tmp_path / "r"), "--steps", "3",
+                            "--no-progress", "--sample-len", "0"))
+    assert resumed.step == 2 and resumed.fit() == 0 and resumed.step == 3
