@@ -1,0 +1,155 @@
+"""The character language model behind `tapernn train`: LookupTable -> Sequencer(stack of cells)
+-> Sequencer(Linear) giving (T, B, V) logits; its training step, validation perplexity, unigram
+baseline, sampling, and the remembered state that truncated BPTT carries across batches."""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+from . import nn, optim
+
+BUILTIN_CELLS = {"lstm": nn.LSTM, "fastlstm": nn.FastLSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class CellSpecError(ValueError):
+    """A --cell value that names no usable cell class (one-line message)."""
+
+
+def resolve_cell(spec: str) -> type:
+    """`lstm`, `fastlstm`, `gru`, `rnn`, or `module:Class` naming an importable nn.Cell subclass."""
+    builtin = BUILTIN_CELLS.get(spec.lower())
+    if builtin is not None:
+        return builtin
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise CellSpecError(f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn or module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001  # any import-time failure of user code is a bad --cell, not a crash
+        raise CellSpecError(f"cannot import {module_name!r} for --cell {spec}: "
+                            f"{type(e).__name__}: {e}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise CellSpecError(f"module {module_name!r} has no {class_name!r} (--cell {spec})")
+    if not (isinstance(cls, type) and issubclass(cls, nn.AbstractRecurrent)):
+        raise CellSpecError(f"--cell {spec}: {class_name} is not a tapernn nn.Cell subclass")
+    return cls
+
+
+class CharLM:
+    """Embedding, `layers` recurrent cells (Dropout after each when dropout > 0), linear decoder.
+
+    Shapes: ids (T, B) int -> logits (T, B, V). Loss: mean per-token NLL
+    (SequencerCriterion(CrossEntropyCriterion(), size_average=True)).
+    """
+
+    def __init__(self, vocab_size: int, cell: type, layers: int, embed: int, hidden: int,
+                 dropout: float = 0.0, remember: bool = True, dtype: str = "float64"):
+        stack = nn.Sequential()
+        for layer in range(layers):
+            try:
+                stack.add(cell(embed if layer == 0 else hidden, hidden))
+            except TypeError as e:
+                raise CellSpecError(f"{cell.__name__}(input_size, hidden_size) failed: {e}") from None
+            if dropout > 0:  # Zaremba et al.: dropout on the non-recurrent connections only
+                stack.add(nn.Dropout(dropout))
+        self.recurrent = nn.Sequencer(stack)
+        self.recurrent.remember("both" if remember else "neither")
+        self.model = nn.Sequential(nn.LookupTable(vocab_size, embed), self.recurrent,
+                                   nn.Sequencer(nn.Linear(hidden, vocab_size)))
+        self.criterion = nn.SequencerCriterion(nn.CrossEntropyCriterion(), size_average=True)
+        self.model.astype(dtype)
+        self.criterion.astype(dtype)
+        self.vocab_size = vocab_size
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.model.parameters()
+
+    def n_parameters(self) -> int:
+        return sum(p.data.size for p in self.parameters())
+
+    def train_step(self, inputs: np.ndarray, targets: np.ndarray, optimizer: optim.Optimizer,
+                   clip: float) -> float:
+        """One truncated-BPTT update on a (T, B) chunk; returns the mean NLL before the update."""
+        self.model.zero_grad_parameters()
+        logits = self.model.forward(inputs)
+        loss = self.criterion.forward(logits, targets)
+        self.model.backward(inputs, self.criterion.backward(logits, targets))
+        if clip > 0:
+            optim.clip_grad_norm(self.parameters(), clip)
+        optimizer.step()
+        return float(loss)
+
+    def mean_nll(self, inputs: np.ndarray, targets: np.ndarray,
+                 should_stop: Callable[[], bool] = lambda: False) -> float:
+        """Mean per-token NLL over (n, T, B) chunks in evaluation mode (state carried across
+        chunks when remembering). Leaves the model in training mode with its state forgotten."""
+        self.model.evaluate()
+        total, n = 0.0, 0
+        try:
+            for x, y in zip(inputs, targets):
+                if should_stop():
+                    break
+                total += float(self.criterion.forward(self.model.forward(x), y))
+                n += 1
+        finally:
+            self.model.training()
+        return total / max(n, 1)
+
+    def sample(self, prime: list[int], length: int, temperature: float,
+               rng: np.random.Generator) -> list[int]:
+        """Feed `prime` one id at a time, then draw `length` ids from softmax(logits / T).
+
+        <unk> (id 0) is never drawn. Uses `rng` only, so sampling never shifts the training
+        random stream (a run is reproducible whatever --sample-len is)."""
+        mode = self.recurrent.remember_mode
+        self.model.evaluate()
+        self.recurrent.remember("both")  # one (1, 1) step per call; the state must carry over
+        self.model.forget()
+        try:
+            out: list[int] = []
+            logits = None
+            for k in prime:
+                logits = self.model.forward(np.array([[k]]))
+            for _ in range(length):
+                k = _draw(logits[0, 0], temperature, rng)
+                out.append(k)
+                logits = self.model.forward(np.array([[k]]))
+            return out
+        finally:
+            self.recurrent.remember(mode)
+            self.model.training()
+            self.model.forget()
+
+    # ---- remembered state (truncated BPTT carries it from one batch to the next) ----------------
+
+    def cells(self) -> list[nn.AbstractRecurrent]:
+        return [m for m in self.recurrent.modules() if isinstance(m, nn.AbstractRecurrent)]
+
+    def remembered_states(self) -> list[tuple[np.ndarray, ...] | None]:
+        return [c._initial_state_arrays() for c in self.cells()]
+
+    def restore_states(self, states: list[tuple[np.ndarray, ...] | None]) -> None:
+        for cell, state in zip(self.cells(), states):
+            if state is None:
+                cell.forget()
+            else:
+                cell._store_state(tuple(state))  # the runtime's own hook for a step's final state
+
+
+def _draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z[0] = -np.inf  # <unk>
+    p = np.exp(z - z.max())
+    cdf = np.cumsum(p)
+    return int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+
+
+def unigram_nll(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
+    """Mean NLL of `eval_ids` under add-one-smoothed character frequencies of `train_ids`: the
+    baseline a model that ignores context reaches."""
+    counts = np.bincount(np.ravel(train_ids), minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    return float(-log_p[np.ravel(eval_ids)].mean())
