@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import TapernnError
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; errors here are one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -58,7 +65,7 @@ def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff.")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -24,6 +24,7 @@ from .checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from .cli import OneLineArgumentParser
 from .data import (
     Vocabulary,
     read_text_file,
@@ -118,13 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=_positive(int), default=1, help="BLAS threads (default 1: this model's "
         "matrices are too small to gain from more, and extra threads slow it down several times)")
     add("--no-progress", action="store_true", help="no progress bar")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before an error; the issue asks for one line."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapernn.cli import OneLineArgumentParser
 from tapernn.data import Vocabulary, split_train_validation, stdlib_docstrings, time_major_batches
 from tapernn.data.corpus import _source_files, collect_docstrings
-from tapernn.train import OneLineArgumentParser, Trainer, add_arguments, main
+from tapernn.train import Trainer, add_arguments, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8", "--no-progress"]
