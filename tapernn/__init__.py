@@ -19,3 +19,4 @@ from .executor import Compiled, compile
 from .testing import gradcheck
 
 __version__ = "0.1.0"
+from .export import render, render_passes, to_dot, to_json
