@@ -18,7 +18,7 @@ def module_name(d: Drawing, scope: str) -> str:
     """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM")."""
     described = (d.graph.meta.get("scopes") or {}).get(scope)
     if not described:
-        return scope or "graph"
+        return scope or "inputs"
     name = str(described).split("(")[0].strip()
     return name[3:] if name.startswith("nn.") else name
 
@@ -27,7 +27,7 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
                  ) -> graphviz.Digraph:
     """Module-level DOT for a Drawing (see `tapernn.export.to_dot`)."""
     num = {n: k for k, n in enumerate(d.graph.nodes)}
-    box_of = {n: _box(d, n, num) for n in d.nodes}
+    box_of = _assign_boxes(d, num)
     outputs = _output_boxes(d, box_of)
     boxes = list(dict.fromkeys(b for b in box_of.values() if b is not None)) + list(outputs)
     ids = {b: f"m{k}" for k, b in enumerate(boxes)}
@@ -53,6 +53,20 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
     return dot
 
 
+def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
+    """Box per node. Ops recorded outside any named module (the gradient bookkeeping autodiff
+    adds for graph inputs) join the box of the value they read, so no anonymous boxes appear."""
+    named = d.graph.meta.get("scopes") or {}
+    box_of: dict[Node, Box | None] = {}
+    for n in d.nodes:
+        box = _box(d, n, num)
+        if box is not None and box[0] == "module" and not n.scope and "" not in named:
+            box = next((box_of[i] for i in n.inputs
+                        if box_of.get(i) is not None and box_of[i][0] == "module"), box)
+        box_of[n] = box
+    return box_of
+
+
 def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
     role = d.roles[n]
     if role in ("param", "constant"):
@@ -63,12 +77,29 @@ def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
 
 
 def _output_boxes(d: Drawing, box_of: dict[Node, Box | None]) -> dict[Box, Node]:
-    """Graph outputs as their own ellipses, y_t, drawn in the step that computes them."""
-    out = {}
+    """Graph outputs as ellipses, y_t, drawn in the step that computes them. The gradients one
+    box produces for many inputs (all of an LSTM's weights) share one ellipse."""
+    out: dict[Box, Node] = {}
+    grads: dict[Box, list[int]] = {}
     for k, n in enumerate(d.graph.outputs):
         if n in box_of and d.rep[n] is n and box_of[n] is not None and box_of[n][0] == "module":
-            out[("output", k)] = n
+            if d.roles[n] == "gradient":
+                grads.setdefault(box_of[n], []).append(k)
+            else:
+                out[("output", k)] = n
+    for ks in grads.values():
+        group = [ks] if len(ks) > 3 else [[k] for k in ks]
+        for members in group:
+            out[("output", *members)] = d.graph.outputs[members[0]]
     return out
+
+
+def _outputs_label(d: Drawing, b: Box) -> str:
+    names = [output_name(d.graph, d.graph.outputs[k]) for k in b[1:]]
+    if len(names) > 12:
+        names = names[:11] + [f"… (+{len(names) - 11})"]
+    rows = [" ".join(names[r:r + 3]) for r in range(0, len(names), 3)]
+    return "\n".join(rows)
 
 
 def _output_kind(d: Drawing, n: Node) -> str:
@@ -103,7 +134,9 @@ def _place_by_step(dot: graphviz.Digraph, d: Drawing, boxes: list[Box], first: d
 def _box_attrs(d: Drawing, b: Box, n: Node) -> dict[str, str]:
     if b[0] == "output":
         attrs = role_attrs("seed" if d.roles[n] == "gradient" else "data")
-        attrs.update(label=output_name(d.graph, n), style="filled,bold")
+        attrs.update(label=_outputs_label(d, b), style="filled,bold")
+        if len(b) > 2:
+            attrs["shape"] = "box"  # a block of names reads better in a box than an ellipse
         return attrs
     if b[0] == "value":
         attrs = role_attrs(d.roles[n])
@@ -113,6 +146,8 @@ def _box_attrs(d: Drawing, b: Box, n: Node) -> dict[str, str]:
     name = module_name(d, scope)
     label = f"∂{name}" if phase == "backward" else name
     when = "" if t is None else (d.step_label.get(t) or f"t={t}")
+    if t is None and phase == "backward":
+        when = "Σ over t"  # weight gradients: one sum of every step's contribution
     attrs = role_attrs({"backward": "backward", "context": "context"}.get(phase, "op"))
     attrs.update(label=f"{label}\n{when}" if when else label, fontsize="12",
                  margin="0.15,0.08")

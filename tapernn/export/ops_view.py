@@ -10,7 +10,7 @@ from typing import Any
 import graphviz
 
 from ..graph import Node, format_node
-from .source import Drawing
+from .source import Drawing, output_name
 from .style import (CLUSTER_ATTRS, EDGE_ATTRS, EDGE_KIND_ATTRS, GRAPH_ATTRS, NODE_ATTRS,
                     fused_ops, node_label, role_attrs)
 
@@ -90,7 +90,7 @@ def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
 def _node_attrs(d: Drawing, n: Node, num: dict[Node, int]) -> dict[str, str]:
     role = "fused" if fused_ops(n) and d.roles[n] in ("op", "backward") else d.roles[n]
     attrs = role_attrs(role)
-    label = node_label(n)
+    label = node_label(n, output_name(d.graph, n) if d.roles[n] in ("output", "gradient") else None)
     if role == "context":
         label = label.split("\n")[0]
     attrs["label"] = label

@@ -29,8 +29,9 @@ def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
         params = _lstm_params(tape, n_in, hidden, dtype)
         head = None
         if n_out is not None:
-            head = (tape.input((hidden, n_out), dtype, name="V", kind="param"),
-                    tape.input((n_out,), dtype, name="c", kind="param"))
+            with scope("seq.out"):
+                head = (tape.input((hidden, n_out), dtype, name="V", kind="param"),
+                        tape.input((n_out,), dtype, name="c", kind="param"))
         outputs = []
         for t in range(steps):
             with step(t):

@@ -67,12 +67,20 @@ def select(graph: Graph, view: str, compiled: Any = None) -> Drawing:
     else:
         keep = {n for n in graph.nodes if n.phase == "backward"}
         keep |= {i for n in list(keep) for i in n.inputs}
+    keep -= {n for n in keep if is_scalar_constant(n)}  # shown inside their readers' labels
     nodes = [n for n in graph.nodes if n in keep]
     edges = [(i, n, pos) for n in nodes for pos, i in enumerate(n.inputs) if i in keep]
+    if view == "backward":
+        # forward values are context here: show what backward reads, not how they were made
+        edges = [(i, n, pos) for i, n, pos in edges if n.phase == "backward"]
     roles = classify(graph, nodes, view)
     ids = {n: f"n{num[n]}" for n in nodes}
     return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
                    compiled)
+
+
+def is_scalar_constant(n: Node) -> bool:
+    return n.op == "constant" and n.value is not None and n.value.size == 1
 
 
 def classify(graph: Graph, nodes: list[Node], view: str) -> dict[Node, str]:
@@ -141,7 +149,9 @@ def _signature(members: list[Node], t: int, index: dict[Node, int]) -> tuple:
     for n in members:
         srcs = []
         for i in n.inputs:
-            if i.step is None or i not in index:
+            if is_scalar_constant(i):
+                srcs.append(("constant", i.value.item()))
+            elif i.step is None or i not in index:
                 srcs.append(("shared", i.id))
             else:
                 srcs.append((i.step - t, index[i]))

@@ -42,7 +42,8 @@ EDGE_KIND_ATTRS: dict[str, dict[str, str]] = {
     "backward": {"color": "#b00020", "style": "dashed"},
     "recurrent_backward": {"color": "#b00020", "style": "dashed", "penwidth": "2.4",
                            "weight": "8"},
-    "context": {"color": "#bbbbbb", "style": "dotted", "constraint": "false"},
+    "context": {"color": "#c8c8c8", "style": "dotted", "constraint": "false", "penwidth": "0.6",
+                "arrowhead": "none"},
 }
 
 CLUSTER_ATTRS = {"style": "rounded,filled", "fillcolor": "#fafafa", "color": "#999999",
@@ -54,7 +55,13 @@ def shape_text(shape: tuple) -> str:
     return "×".join(map(str, shape)) if shape else "scalar"
 
 
-def node_label(n: Node) -> str:
+def node_label(n: Node, output: str | None = None) -> str:
+    """Op (with scalar constants and telling attrs) over shape; graph outputs lead with their name."""
+    text = _plain_label(n)
+    return f"{output}\n{text}" if output and n.op != "input" else text
+
+
+def _plain_label(n: Node) -> str:
     if n.op == "input":
         return f"{n.name}\n{shape_text(n.shape)}"
     if n.op == "constant":
@@ -65,7 +72,19 @@ def node_label(n: Node) -> str:
     ops = fused_ops(n)
     if ops:
         return "fused: " + " → ".join(ops) + f"\n{shape_text(n.shape)}"
-    return f"{n.op}{_attr_hint(n)}\n{shape_text(n.shape)}"
+    return f"{n.op}{_constant_args(n)}{_attr_hint(n)}\n{shape_text(n.shape)}"
+
+
+def _constant_args(n: Node) -> str:
+    """Scalar constants are not drawn as nodes; "sub(1, ·)" shows where they enter the op."""
+    if not any(_is_scalar(i) for i in n.inputs):
+        return ""
+    args = [_number(i.value.reshape(()).item()) if _is_scalar(i) else "·" for i in n.inputs]
+    return f"({', '.join(args)})"
+
+
+def _is_scalar(n: Node) -> bool:
+    return n.op == "constant" and n.value is not None and n.value.size == 1
 
 
 def fused_ops(n: Node) -> list[str]:
@@ -83,9 +102,14 @@ def fused_ops(n: Node) -> list[str]:
 
 def _attr_hint(n: Node) -> str:
     # a few attrs change what an op means on a slide (which axis, which slice); show those only
+    if n.op == "transpose" and tuple(n.attrs.get("axes") or ()) == tuple(range(n.ndim))[::-1]:
+        return "ᵀ" if n.ndim == 2 else ""
     for key in ("axis", "axes", "index"):
-        if key in n.attrs and n.attrs[key] is not None:
-            text = str(n.attrs[key])
+        value = n.attrs.get(key)
+        if value is not None:
+            if isinstance(value, tuple) and len(value) == 1:
+                value = value[0]
+            text = f"{key}={value}" if key != "index" else str(value)
             return f" [{text if len(text) <= 16 else text[:14] + '…'}]"
     return ""
 
