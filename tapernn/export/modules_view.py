@@ -6,7 +6,8 @@ from __future__ import annotations
 import graphviz
 
 from ..graph import Node
-from .ops_view import new_digraph, order_steps
+from .buses import route_buses
+from .ops_view import constraining, new_digraph, order_steps
 from .scopes import place_by_scope
 from .source import Drawing, output_name
 from .style import CLUSTER_ATTRS, EDGE_KIND_ATTRS, role_attrs
@@ -36,20 +37,19 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
         first_node.setdefault(b, n)
     edges = _box_edges(d, box_of)
     edges.update({(box_of[n], b): _output_kind(d, n) for b, n in outputs.items()})
+    emitted = [(ids[b], ids[a], dict(EDGE_KIND_ATTRS[k], dir="back"))
+               if k in ("backward", "recurrent_backward") else (ids[a], ids[b], EDGE_KIND_ATTRS[k])
+               for (a, b), k in edges.items()]
     dot = new_digraph(title)
     draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node[b]))  # noqa: E731
     if cluster_by == "scope":
         place_by_scope(dot, boxes, _parent_scope, draw, _scope_names(d))
     else:
-        laid_out = [(ids[b], ids[a]) if k in ("backward", "recurrent_backward") else
-                    (ids[a], ids[b]) for (a, b), k in edges.items() if k != "context"]
-        _place_by_step(dot, d, boxes, first_node, ids, draw, laid_out)
-    for (a, b), kind in edges.items():
-        attrs = dict(EDGE_KIND_ATTRS[kind])
-        if kind in ("backward", "recurrent_backward"):
-            dot.edge(ids[b], ids[a], dir="back", **attrs)
-        else:
-            dot.edge(ids[a], ids[b], **attrs)
+        steps = {ids[b]: _box_step(b, first_node) for b in boxes}
+        emitted, points = route_buses(emitted, steps)
+        _place_by_step(dot, d, boxes, first_node, ids, draw, points, emitted)
+    for u, v, attrs in emitted:
+        dot.edge(u, v, **attrs)
     return dot
 
 
@@ -114,21 +114,29 @@ def _scope_names(d: Drawing) -> dict[str, str]:
     return {s: module_name(d, s) for s in (d.graph.meta.get("scopes") or {})}
 
 
+def _box_step(b: Box, first: dict[Box, Node]) -> int | None:
+    return b[2] if b[0] == "module" else first[b].step
+
+
 def _place_by_step(dot: graphviz.Digraph, d: Drawing, boxes: list[Box], first: dict[Box, Node],
-                   ids: dict[Box, str], draw, laid_out: list[tuple[str, str]]) -> None:
+                   ids: dict[Box, str], draw, points: dict, emitted: list) -> None:
     clusters: dict[int, list[Box]] = {}
     for b in boxes:
-        t = b[2] if b[0] == "module" else first[b].step
+        t = _box_step(b, first)
         if t is None:
             draw(dot, b)
         else:
             clusters.setdefault(t, []).append(b)
-    for t in sorted(clusters):
+    members = {t: [ids[b] for b in bs] for t, bs in clusters.items()}
+    for t in sorted(set(clusters) | set(points)):
         with dot.subgraph(name=f"cluster_step_{t}") as c:
             c.attr(label=d.step_label.get(t, f"t = {t}"), **CLUSTER_ATTRS)
-            for b in clusters[t]:
+            for b in clusters.get(t, []):
                 draw(c, b)
-    order_steps(dot, {t: [ids[b] for b in bs] for t, bs in clusters.items()}, laid_out)
+            for name, attrs in points.get(t, []):
+                c.node(name, **attrs)
+                members.setdefault(t, []).append(name)
+    order_steps(dot, members, constraining(emitted))
 
 
 def _box_attrs(d: Drawing, b: Box, n: Node) -> dict[str, str]:

@@ -10,6 +10,7 @@ from typing import Any
 import graphviz
 
 from ..graph import Node, format_node
+from .buses import route_buses
 from .source import Drawing, output_name
 from .style import (CLUSTER_ATTRS, EDGE_ATTRS, EDGE_KIND_ATTRS, GRAPH_ATTRS, NODE_ATTRS,
                     fused_ops, node_label, role_attrs)
@@ -28,12 +29,16 @@ def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> 
     dot = new_digraph(title)
     num = {n: k for k, n in enumerate(d.graph.nodes)}
     attrs = {n: _node_attrs(d, n, num) for n in d.nodes}
+    edges = edge_list(d)
     if cluster_by == "step":
-        _place_by_step(dot, d, attrs)
+        clusters = {d.ids[n]: step_of(d, n) for n in d.nodes}
+        edges, points = route_buses(edges, clusters)
+        _place_by_step(dot, d, attrs, points, edges)
     else:
         from .scopes import place_by_scope
         place_by_scope(dot, d.nodes, lambda n: n.scope, lambda g, n: g.node(d.ids[n], **attrs[n]))
-    _draw_edges(dot, d)
+    for u, v, edge_attrs in edges:
+        dot.edge(u, v, **edge_attrs)
     return dot
 
 
@@ -42,21 +47,29 @@ def step_of(d: Drawing, n: Node) -> int | None:
     return None if d.roles[n] == "param" else n.step
 
 
-def _place_by_step(dot: graphviz.Digraph, d: Drawing, attrs: dict[Node, dict]) -> None:
-    clusters: dict[int, list[Node]] = {}
+def _place_by_step(dot: graphviz.Digraph, d: Drawing, attrs: dict[Node, dict],
+                   points: dict[int, list[tuple[str, dict]]], edges: list) -> None:
+    clusters: dict[int, list[tuple[str, dict]]] = {}
     for n in d.nodes:
         t = step_of(d, n)
         if t is None:
             dot.node(d.ids[n], **attrs[n])
         else:
-            clusters.setdefault(t, []).append(n)
+            clusters.setdefault(t, []).append((d.ids[n], attrs[n]))
+    for t, junctions in points.items():
+        clusters.setdefault(t, []).extend(junctions)
     for t in sorted(clusters):
         with dot.subgraph(name=f"cluster_step_{t}") as c:
             c.attr(label=d.step_label.get(t, f"t = {t}"), **CLUSTER_ATTRS)
-            for n in clusters[t]:
-                c.node(d.ids[n], **attrs[n])
-    order_steps(dot, {t: [d.ids[n] for n in ns] for t, ns in clusters.items()},
-                [(d.ids[u], d.ids[v]) for u, v, _ in laid_out_edges(d)])
+            for name, node_attrs in clusters[t]:
+                c.node(name, **node_attrs)
+    order_steps(dot, {t: [name for name, _ in ms] for t, ms in clusters.items()},
+                constraining(edges))
+
+
+def constraining(edges: list) -> list[tuple[str, str]]:
+    """(tail, head) of the edges dot ranks by, as emitted."""
+    return [(u, v) for u, v, a in edges if a.get("constraint") != "false"]
 
 
 def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
@@ -110,18 +123,6 @@ def edge_kind(d: Drawing, u: Node, v: Node) -> str:
     return "recurrent" if crosses else "plain"
 
 
-def laid_out_edges(d: Drawing) -> list[tuple[Node, Node, str]]:
-    """Edges as dot ranks them (tail, head, kind): backward edges reversed, folded recurrent and
-    context edges left out because they do not constrain the layout."""
-    out = []
-    for (u, v, kind), _count in merge_edges(d).items():
-        if kind == "context" or (d.step_label and kind.startswith("recurrent") and
-                                 u.step == v.step):
-            continue
-        out.append((v, u, kind) if kind in ("backward", "recurrent_backward") else (u, v, kind))
-    return out
-
-
 def merge_edges(d: Drawing) -> dict[tuple[Node, Node, str], int]:
     """(stand-in tail, stand-in head, kind) -> how many graph edges it stands for, in tape order."""
     merged: dict[tuple[Node, Node, str], int] = {}
@@ -131,8 +132,10 @@ def merge_edges(d: Drawing) -> dict[tuple[Node, Node, str], int]:
     return merged
 
 
-def _draw_edges(dot: graphviz.Digraph, d: Drawing) -> None:
+def edge_list(d: Drawing) -> list[tuple[str, str, dict]]:
+    """(tail id, head id, attrs) as emitted: backward edges reversed with dir=back."""
     buffers = buffer_ids(d.compiled)
+    out = []
     for (u, v, kind), count in merge_edges(d).items():
         attrs = dict(EDGE_KIND_ATTRS[kind])
         labels = []
@@ -148,9 +151,10 @@ def _draw_edges(dot: graphviz.Digraph, d: Drawing) -> None:
         if labels:
             attrs["label"] = " ".join(labels)
         if kind in ("backward", "recurrent_backward") and not folded:
-            dot.edge(d.ids[v], d.ids[u], dir="back", **attrs)
+            out.append((d.ids[v], d.ids[u], dict(attrs, dir="back")))
         else:
-            dot.edge(d.ids[u], d.ids[v], **attrs)
+            out.append((d.ids[u], d.ids[v], attrs))
+    return out
 
 
 def buffer_ids(compiled: Any) -> dict[Node, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..graph import Node
 
 FONT = "Helvetica"
-GRAPH_ATTRS = {"rankdir": "LR", "newrank": "true", "fontname": FONT, "fontsize": "12",
+GRAPH_ATTRS = {"rankdir": "LR", "fontname": FONT, "fontsize": "12",
                "nodesep": "0.18", "ranksep": "0.3", "compound": "true"}
 NODE_ATTRS = {"fontname": FONT, "fontsize": "10", "shape": "box", "style": "rounded,filled",
               "fillcolor": "white", "color": "#444444", "margin": "0.06,0.03", "height": "0.3"}
