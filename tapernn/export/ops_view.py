@@ -137,6 +137,8 @@ def edge_list(d: Drawing) -> list[tuple[str, str, dict]]:
     buffers = buffer_ids(d.compiled)
     out = []
     for (u, v, kind), count in merge_edges(d).items():
+        if kind == "context" and d.step_label:
+            continue  # the collapsed view is an overview; what backward reads is in the full one
         attrs = dict(EDGE_KIND_ATTRS[kind])
         labels = []
         if u in buffers:
