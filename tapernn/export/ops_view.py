@@ -5,6 +5,7 @@ under the forward pass it mirrors instead of folding the step clusters back onto
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import graphviz
@@ -16,8 +17,14 @@ from .style import (CLUSTER_ATTRS, EDGE_ATTRS, EDGE_KIND_ATTRS, GRAPH_ATTRS, NOD
                     fused_ops, node_label, role_attrs)
 
 
-def new_digraph(title: str | None = None) -> graphviz.Digraph:
-    dot = graphviz.Digraph("tapernn", graph_attr=dict(GRAPH_ATTRS), node_attr=dict(NODE_ATTRS),
+# dot's x-coordinate network simplex is superlinear; on big drawings a few passes of it place
+# nodes nearly as well (T=20 LSTM with BPTT: 6.8 s -> 2.1 s)
+LARGE_DRAWING = 1000
+
+
+def new_digraph(title: str | None = None, large: bool = False) -> graphviz.Digraph:
+    graph_attr = dict(GRAPH_ATTRS, nslimit="0.1") if large else dict(GRAPH_ATTRS)
+    dot = graphviz.Digraph("tapernn", graph_attr=graph_attr, node_attr=dict(NODE_ATTRS),
                            edge_attr=dict(EDGE_ATTRS))
     if title:
         dot.attr(label=title, labelloc="t", fontsize="14")
@@ -26,7 +33,7 @@ def new_digraph(title: str | None = None) -> graphviz.Digraph:
 
 def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> graphviz.Digraph:
     """Op-level DOT for a Drawing (see `tapernn.export.to_dot`)."""
-    dot = new_digraph(title)
+    dot = new_digraph(title, large=len(d.nodes) > LARGE_DRAWING)
     num = {n: k for k, n in enumerate(d.graph.nodes)}
     attrs = {n: _node_attrs(d, n, num) for n in d.nodes}
     edges = edge_list(d)
@@ -103,7 +110,10 @@ def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
 def _node_attrs(d: Drawing, n: Node, num: dict[Node, int]) -> dict[str, str]:
     role = "fused" if fused_ops(n) and d.roles[n] in ("op", "backward") else d.roles[n]
     attrs = role_attrs(role)
-    label = node_label(n, output_name(d.graph, n) if d.roles[n] in ("output", "gradient") else None)
+    name = output_name(d.graph, n) if d.roles[n] in ("output", "gradient") else None
+    if name and "×" in d.step_label.get(n.step, ""):
+        name = re.sub(r"_?\d+$", "", name) + "_t"  # a folded template stands for every step
+    label = node_label(n, name)
     if role == "context":
         label = label.split("\n")[0]
     attrs["label"] = label
