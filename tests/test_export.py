@@ -61,7 +61,7 @@ def test_views_select_phases(both):
     fwd = tn.to_dot(both, view="forward").source
     bwd = tn.to_dot(both, view="backward").source
     full = tn.to_dot(both, view="both").source
-    assert "dashed" not in fwd.split("edge [")[1].split("\n", 1)[1] or "grad_" not in fwd
+    assert "#fff0f0" not in fwd and "dir=back" not in fwd  # no backward node or edge
     assert "grad_h_0" not in fwd and "grad_h_0" in bwd and "grad_h_0" in full
     assert "#f2f2f2" in bwd  # forward values backward reads, greyed
     assert full.count("->") > bwd.count("->") > fwd.count("->")
@@ -260,3 +260,13 @@ def test_render_passes_dot_format_needs_no_graphviz(forward, tmp_path, monkeypat
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     paths = tn.render_passes(forward, tmp_path, passes=[], fmt="dot")
     assert paths[0].read_text().startswith("digraph")
+
+
+def test_long_sequences_route_shared_parameters_through_buses():
+    src = tn.to_dot(lstm_graph(steps=6)).source
+    assert src.count('label="W_i\n') == 1
+    assert "bus_" in src  # one junction per step instead of a long edge per step
+    long_edges = [line for line in src.splitlines() if re.match(r"\s*n\d+ -> n\d+", line)
+                  and 'd9b84a' in line]
+    assert not long_edges  # every parameter edge now goes through the step's junction
+    assert src.count("subgraph cluster_step_") == 6
