@@ -11,9 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn  # noqa: E402
-from tapernn import functional as F  # noqa: E402
-from tapernn import tracing  # noqa: E402
+import tapernn as tn
+from tapernn import functional as F
+from tapernn import tracing
+
 
 def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
                     n_out: int = 2) -> tn.Graph:

@@ -9,9 +9,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
-import graphviz
 import networkx as nx
-import numpy as np
 import pytest
 
 import tapernn as tn
@@ -75,7 +73,7 @@ def test_backward_edges_are_reversed_for_layout_but_point_backwards(both):
 
 def test_node_ids_come_from_tape_positions(forward):
     src = tn.to_dot(forward).source
-    ids = [int(m) for m in re.findall(r"^\s*n(\d+) \[", src, re.M)]
+    ids = [int(m) for m in re.findall(r"^\s*n(\d+) \[", src, re.MULTILINE)]
     assert sorted(ids) == ids or set(ids) <= set(range(len(forward.nodes)))
     assert max(ids) < len(forward.nodes)
 

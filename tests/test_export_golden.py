@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from golden_cases import CASES, golden_path
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn  # noqa: E402
-from tapernn.export.samples import lstm_graph  # noqa: E402
+import tapernn as tn
+from tapernn.export.samples import lstm_graph
 
 
 def timed(label: str, fn) -> float:

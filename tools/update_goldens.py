@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from golden_cases import CASES, GOLDEN_DIR, golden_path  # noqa: E402
+from golden_cases import CASES, GOLDEN_DIR, golden_path
 
 
 def main(argv: list[str]) -> int:

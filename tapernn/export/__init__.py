@@ -61,6 +61,6 @@ def to_json(obj: Any) -> dict:
     return nx.node_link_data(graph.to_networkx(), edges="edges")
 
 
-from .rendering import render, render_passes, repr_svg  # noqa: E402  (they call to_dot)
+from .rendering import render, render_passes, repr_svg
 
-__all__ = ["to_dot", "to_json", "render", "render_passes", "repr_svg", "RenderError"]
+__all__ = ["RenderError", "render", "render_passes", "repr_svg", "to_dot", "to_json"]

@@ -5,6 +5,8 @@ made a T=100 diagram quadratic; a bus keeps every edge within one step boundary.
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 BUS_MIN_STEPS = 4  # below this, direct edges read better and cost nothing
 Edge = tuple[str, str, dict]
 
@@ -56,11 +58,11 @@ def _bus(hub: str, way: str, edges: list[Edge], steps: list[int], cluster_of: di
     end = dict(style, dir="back" if backwards else "forward")
     if way == "out":
         out.append((hub, chain[0], end if backwards else line))
-        out.extend((a, b, line) for a, b in zip(chain, chain[1:]))
+        out.extend((a, b, line) for a, b in pairwise(chain))
         for u, v, _ in edges:
             out.append((ids[cluster_of[v]], v, line if backwards else end))
     else:
-        out.extend((a, b, line) for a, b in zip(chain, chain[1:]))
+        out.extend((a, b, line) for a, b in pairwise(chain))
         out.append((chain[-1], hub, line if backwards else end))
         for u, v, _ in edges:
             out.append((u, ids[cluster_of[u]], end if backwards else line))

@@ -21,7 +21,7 @@ def module_name(d: Drawing, scope: str) -> str:
     if not described:
         return scope or "inputs"
     name = str(described).split("(")[0].strip()
-    return name[3:] if name.startswith("nn.") else name
+    return name.removeprefix("nn.")
 
 
 def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
@@ -41,7 +41,7 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
                if k in ("backward", "recurrent_backward") else (ids[a], ids[b], EDGE_KIND_ATTRS[k])
                for (a, b), k in edges.items()]
     dot = new_digraph(title)
-    draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node[b]))  # noqa: E731
+    draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node[b]))
     if cluster_by == "scope":
         place_by_scope(dot, boxes, _parent_scope, draw, _scope_names(d))
     else:

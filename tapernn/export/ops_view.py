@@ -6,6 +6,7 @@ under the forward pass it mirrors instead of folding the step clusters back onto
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Any
 
 import graphviz
@@ -13,9 +14,16 @@ import graphviz
 from ..graph import Node, format_node
 from .buses import route_buses
 from .source import Drawing, output_name
-from .style import (CLUSTER_ATTRS, EDGE_ATTRS, EDGE_KIND_ATTRS, GRAPH_ATTRS, NODE_ATTRS,
-                    fused_ops, node_label, role_attrs)
-
+from .style import (
+    CLUSTER_ATTRS,
+    EDGE_ATTRS,
+    EDGE_KIND_ATTRS,
+    GRAPH_ATTRS,
+    NODE_ATTRS,
+    fused_ops,
+    node_label,
+    role_attrs,
+)
 
 # dot's x-coordinate network simplex is superlinear; on big drawings a few passes of it place
 # nodes nearly as well (T=20 LSTM with BPTT: 6.8 s -> 2.1 s)
@@ -91,7 +99,7 @@ def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
     has_out = {u for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)}
     has_in = {v for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)}
     steps = sorted(members)
-    for a, b in zip(steps, steps[1:]):
+    for a, b in pairwise(steps):
         tails = [m for m in members[a] if m not in has_out]
         heads = [m for m in members[b] if m not in has_in]
         if len(tails) * len(heads) <= 64:
