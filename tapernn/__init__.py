@@ -22,4 +22,5 @@ __version__ = "0.1.0"
 from .random import manual_seed
 from .passes import set_default_passes
 from .serialization import load_into, save
+from .export import render, render_passes, to_dot, to_json
 from . import nn, optim, passes  # noqa: E402

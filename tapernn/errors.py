@@ -45,3 +45,7 @@ def where(scope: str | None = None, step: int | None = None) -> str:
     if step is not None:
         parts.append(f"step {step}")
     return f" ({', '.join(parts)})" if parts else ""
+
+
+class RenderError(TapernnError, RuntimeError):
+    """A diagram could not be rendered (usually: the Graphviz `dot` program is not installed)."""

@@ -1,0 +1,107 @@
+"""Turning diagrams into files: `render` (format from the suffix), `render_passes` (one diagram per
+compiler stage) and `repr_svg` for Jupyter. Everything but .dot needs the Graphviz `dot` program.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import graphviz
+
+from ..errors import RenderError
+from ..graph import Graph
+
+FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
+INSTALL_HINT = ("install Graphviz so that `dot` is on PATH: `apt-get install graphviz` "
+                "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`; "
+                "or write a .dot file, which needs no Graphviz program")
+# Jupyter should stay responsive: beyond this many nodes a notebook shows the collapsed view
+REPR_COLLAPSE_NODES = 400
+
+
+def dot_available() -> bool:
+    return shutil.which("dot") is not None
+
+
+def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
+    """Write a diagram of `obj` to `path`; the suffix picks the format (.dot .svg .png .pdf).
+
+    Shapes: as `to_dot`; keyword arguments are passed to it. Returns the path written.
+    Raises RenderError when the format needs the `dot` program and it is missing.
+    """
+    from . import to_dot
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise RenderError(f"cannot tell the format of {str(path)!r}: use one of {FORMATS}")
+    dot = obj if isinstance(obj, graphviz.Digraph) else to_dot(obj, **to_dot_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in (".dot", ".gv"):
+        path.write_text(dot.source)
+        return path
+    path.write_bytes(pipe(dot, suffix[1:]))
+    return path
+
+
+def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
+    """Run `dot -T<fmt>` on the diagram; RenderError (with install instructions) if it is missing."""
+    if not dot_available():
+        raise RenderError(f"rendering {fmt.upper()} needs the Graphviz `dot` program, which is "
+                          f"not on PATH; {INSTALL_HINT}")
+    try:
+        return dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        raise RenderError(f"the Graphviz `dot` program could not be run; {INSTALL_HINT}") from None
+    except graphviz.CalledProcessError as e:
+        raise RenderError(f"Graphviz `dot` failed on this diagram: {e.stderr!r}") from None
+
+
+def repr_svg(obj: Any) -> str | None:
+    """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr)."""
+    from . import to_dot
+    from .source import resolve
+
+    if not dot_available():
+        return None
+    try:
+        graph, _ = resolve(obj)
+        big = len(graph.nodes) > REPR_COLLAPSE_NODES
+        return pipe(to_dot(obj, view="both", collapse=big), "svg").decode("utf-8")
+    except RenderError:
+        return None
+
+
+def render_passes(graph: Graph, folder: str | os.PathLike, passes: Sequence | None = None,
+                  fmt: str = "svg", **to_dot_kwargs: Any) -> list[Path]:
+    """One diagram per compiler stage: `00_input.svg`, `01_<pass>.svg`, ... in `folder`.
+
+    Runs `passes` (default: the default pipeline) one at a time through the pass driver, so each
+    stage is verified; each title shows the node count and its change. Returns the paths written.
+    """
+    from ..passes import default_passes, run_passes
+    from ..passes.driver import pass_name
+    from . import to_dot
+
+    passes = default_passes() if passes is None else list(passes)
+    folder = Path(folder)
+    width = max(2, len(str(len(passes))))
+    title = f"input: {len(graph.nodes)} nodes"
+    paths = [render(to_dot(graph, title=title, **to_dot_kwargs),
+                    folder / f"{0:0{width}d}_input.{fmt}")]
+    for k, p in enumerate(passes, start=1):
+        before = len(graph.nodes)
+        graph, _ = run_passes(graph, [p])
+        name = pass_name(p)
+        delta = len(graph.nodes) - before
+        title = f"after {name}: {before} → {len(graph.nodes)} nodes ({delta:+d})"
+        paths.append(render(to_dot(graph, title=title, **to_dot_kwargs),
+                            folder / f"{k:0{width}d}_{_file_safe(name)}.{fmt}"))
+    return paths
+
+
+def _file_safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
