@@ -3,9 +3,24 @@
 """
 from __future__ import annotations
 
+from .cse import eliminate_common_subexpressions
+from .dce import eliminate_dead_code
 from .driver import CompileReport, Pass, PassRecord, run_passes
+from .fold import fold_constants
+from .gates import fuse_gates
+from .hoist import hoist_across_time
+from .zeros import propagate_zeros, specialize_inputs
 
-DEFAULT: list[Pass] = []
+DEFAULT: list[Pass] = [
+    eliminate_dead_code,
+    fold_constants,
+    propagate_zeros,
+    eliminate_common_subexpressions,
+    hoist_across_time,  # x_t@W for all t -> one matmul; sum_t x_t^T dz_t -> one matmul
+    eliminate_common_subexpressions,  # hoisted stacks of the same per-step values become one
+    fuse_gates,  # sum_k g_k@W_k^T -> one matmul; x@W_i, x@W_f, ... -> x@[W_i W_f ...]
+    eliminate_common_subexpressions,  # per-step weight concats become one
+]
 
 _default: list[Pass] | None = None
 
@@ -20,5 +35,7 @@ def set_default_passes(passes: list[Pass] | None) -> None:
     _default = None if passes is None else list(passes)
 
 
-__all__ = ["DEFAULT", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
+__all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
+           "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
+           "hoist_across_time", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
            "set_default_passes"]
