@@ -24,7 +24,9 @@ def temp_slots(program: tuple) -> tuple[list[int | None], list[tuple[tuple, np.d
         if j == len(program) - 1:
             slot_of.append(None)
             break
-        reuse = next((slot_of[-r - 1] for r in refs if r < 0 and last[-r - 1] == j
+        # add_n adds its inputs one by one into out: only its first input may share out
+        aliasable = refs[:1] if program[j][0] == "add_n" else refs
+        reuse = next((slot_of[-r - 1] for r in aliasable if r < 0 and last[-r - 1] == j
                       and slots[slot_of[-r - 1]] == (tuple(shape), np.dtype(dtype))), None)
         if reuse is None:
             slots.append((tuple(shape), np.dtype(dtype)))
@@ -49,9 +51,11 @@ def _shape(*shapes, program):
 
 
 def _inplace_rule(node) -> tuple[int, ...]:
-    # only the last instruction writes the output, after every input has been read
+    # only the last instruction writes the output, after every other has read its inputs
+    op, refs = node.attrs["program"][-1][:2]
+    late = set(refs[2:]) if op == "add_n" else set()  # add_n reads these after writing out
     return tuple(k for k, i in enumerate(node.inputs)
-                 if i.shape == node.shape and i.dtype == node.dtype)
+                 if i.shape == node.shape and i.dtype == node.dtype and k not in late)
 
 
 register("fused", forward=_forward, shape=_shape, vjp=None, differentiable=False, variadic=True,

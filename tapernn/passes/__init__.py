@@ -7,6 +7,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .driver import CompileReport, Pass, PassRecord, run_passes
 from .fold import fold_constants
+from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gates
 from .hoist import hoist_across_time
 from .zeros import propagate_zeros, specialize_inputs
@@ -20,6 +21,8 @@ DEFAULT: list[Pass] = [
     eliminate_common_subexpressions,  # hoisted stacks of the same per-step values become one
     fuse_gates,  # sum_k g_k@W_k^T -> one matmul; x@W_i, x@W_f, ... -> x@[W_i W_f ...]
     eliminate_common_subexpressions,  # per-step weight concats become one
+    fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
+    eliminate_dead_code,
 ]
 
 _default: list[Pass] | None = None
@@ -37,5 +40,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
+           "hoist_across_time", "fuse_elementwise", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
            "set_default_passes"]
