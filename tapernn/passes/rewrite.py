@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..errors import GraphError
 from ..graph import Graph, Node
 from ..ops.registry import get_op
 
@@ -107,27 +108,28 @@ def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
               pos: dict[Node, float]) -> Node:
     """final(x): x with substitutions applied to it and (transitively) to its inputs."""
     stack = [root]
+    expanded: set[Node] = set()  # expanded but not final: on the DFS path ("grey")
     while stack:
         x = stack[-1]
         if x in final:
             stack.pop()
             continue
         target = subst.get(x, x)
+        todo = [target] if target is not x else [i for i in x.inputs if i not in final]
+        todo = [t for t in todo if t not in final]
+        if todo and x not in expanded:
+            if any(t in expanded for t in todo):
+                raise GraphError(f"substitution makes {x!r} depend on itself")
+            expanded.add(x)
+            stack.extend(todo)
+            continue
         if target is not x:
-            if target in final:
-                final[x] = final[target]
-                stack.pop()
-            else:
-                stack.append(target)
-            continue
-        missing = [i for i in x.inputs if i not in final]
-        if missing:
-            stack.extend(missing)
-            continue
-        ins = tuple(final[i] for i in x.inputs)
-        new = x if ins == x.inputs else x.replace(inputs=ins)
-        pos.setdefault(new, pos[x])
-        final[x] = new
+            final[x] = final[target]
+        else:
+            ins = tuple(final[i] for i in x.inputs)
+            new = x if ins == x.inputs else x.replace(inputs=ins)
+            pos.setdefault(new, pos[x])
+            final[x] = new
         stack.pop()
     return final[root]
 
