@@ -10,6 +10,7 @@ from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gates
 from .hoist import hoist_across_time
+from .simplify import simplify_views
 from .zeros import propagate_zeros, specialize_inputs
 
 DEFAULT: list[Pass] = [
@@ -21,6 +22,7 @@ DEFAULT: list[Pass] = [
     eliminate_common_subexpressions,  # hoisted stacks of the same per-step values become one
     fuse_gates,  # sum_k g_k@W_k^T -> one matmul; x@W_i, x@W_f, ... -> x@[W_i W_f ...]
     eliminate_common_subexpressions,  # per-step weight concats become one
+    simplify_views,  # rows-of-step then columns-of-gate slices: one slice
     fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
     eliminate_dead_code,
 ]
@@ -40,5 +42,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "fuse_elementwise", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
+           "hoist_across_time", "fuse_elementwise", "simplify_views", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
            "set_default_passes"]
