@@ -202,7 +202,8 @@ class Compiled:
         inputs = self.graph.inputs
         if len(arrays) != len(inputs):
             names = [n.name for n in inputs]
-            raise TapernnError(f"compiled program takes {len(inputs)} arrays {names}, got {len(arrays)}")
+            raise TapernnError(f"compiled program takes {len(inputs)} arrays {names}, "
+                               f"got {len(arrays)}")
         args = [check_input(n, a) for n, a in zip(inputs, arrays)]
         outs = self.run(args)
         return outs[0] if self._single else list(outs)

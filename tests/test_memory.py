@@ -1,7 +1,6 @@
 """The buffer plan: no two simultaneously live values share a buffer, in-place only where the
 overwritten value is dead, never into inputs or views; byte accounting; outputs owned by callers."""
 import numpy as np
-import pytest
 
 import tapernn as tn
 from tapernn.memory import inplace_candidates

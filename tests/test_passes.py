@@ -69,7 +69,8 @@ def test_known_zeros_propagate(rng):
     def f(x, w):
         z = tn.zeros((3, 4))
         a = tn.tanh(x @ w) + z @ tn.transpose(w) @ w  # z @ ... is zero
-        b = tn.add_n([a, ((z @ tn.transpose(w)) * x) @ w, tn.broadcast_to(tn.sum(z, axis=0), (3, 4))])
+        zero_sum = tn.broadcast_to(tn.sum(z, axis=0), (3, 4))
+        b = tn.add_n([a, ((z @ tn.transpose(w)) * x) @ w, zero_sum])
         return b - tn.concat([z[:1], z[1:]], axis=0)
     arrays = [randn(rng, 3, 5), randn(rng, 5, 4)]
     g = tn.trace(f, *arrays)
@@ -106,7 +107,7 @@ def test_specialize_seeds_to_zeros_folds_the_backward(rng):
     assert spec.op_counts()["add_n"] == g.op_counts()["add_n"] - (T - 1)
 
 
-# ---- gate fusion -------------------------------------------------------------------------------------
+# ---- gate fusion ---------------------------------------------------------------------------
 
 
 def test_gate_fusion_concats_weights_and_slices(rng):

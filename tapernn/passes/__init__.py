@@ -42,5 +42,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "fuse_elementwise", "simplify_views", "CompileReport", "Pass", "PassRecord", "run_passes", "default_passes",
-           "set_default_passes"]
+           "hoist_across_time", "fuse_elementwise", "simplify_views", "CompileReport", "Pass",
+           "PassRecord", "run_passes", "default_passes", "set_default_passes"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
-from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, sole_use, spanning, strip_transpose,
-                      substitute)
+from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, sole_use,
+                      spanning, strip_transpose, substitute)
 
 
 def fuse_gates(graph: Graph) -> Graph:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
 from .gates import merge_matmul_sums
-from .rewrite import accept_independent, derive, freeze, invariant_nodes, is_matmul_2d, sole_use, spanning, substitute
+from .rewrite import (accept_independent, derive, freeze, invariant_nodes, is_matmul_2d,
+                      sole_use, spanning, substitute)
 
 
 def hoist_across_time(graph: Graph) -> Graph:
@@ -61,7 +62,8 @@ def merge_row_sums(graph: Graph) -> Graph:
                                 []).append(t)
         merged, used = [], set()
         for (axis, keepdims, _), group in by_attrs.items():
-            if len(group) < 2 or len({t.step for t in group}) < 2 or None in {t.step for t in group}:
+            steps = {t.step for t in group}
+            if len(group) < 2 or len(steps) < 2 or None in steps:
                 continue
             group.sort(key=lambda t: t.step)  # time order, like every other stack
             stacked = make_concat(spanning(n), [t.inputs[0] for t in group], axis=0)
