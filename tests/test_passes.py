@@ -78,6 +78,13 @@ def test_known_zeros_propagate(rng):
     assert out.op_counts() == {"input": 2, "matmul": 1, "tanh": 1}
 
 
+def test_known_zero_keeps_the_dtype(rng):
+    ids = np.arange(3)
+    g = tn.trace(lambda i: i + tn.zeros((3,)), ids)
+    out = assert_same(g, [P.propagate_zeros, P.eliminate_dead_code], [ids])
+    assert out.outputs[0].dtype == np.float64 and out.op_counts()["cast"] == 1
+
+
 def test_specialize_seeds_to_zeros_folds_the_backward(rng):
     """An acceptor: only the last step's output has a gradient; the others' seeds are zero."""
     T = 4
@@ -178,6 +185,26 @@ def test_hoisting_makes_one_input_projection_and_one_weight_gradient(rng, T):
     assert len(by_shape[(4, 5)]) == 1  # dW = X^T dZ: one matmul
     assert (3, 4) not in by_shape and len(by_shape[(T * 3, 4)]) == 1  # dx: one matmul
     assert len(by_shape[(3, 5)]) == 2 * T  # only the recurrence stays per step: h @ U, dz @ U^T
+
+
+def test_hoisting_stacks_separate_per_step_inputs_of_any_batch(rng):
+    def f(w, u, h, *xs):
+        total = None
+        for t, x in enumerate(xs):
+            with tracing.step(t):
+                y = tn.tanh(x @ w + tn.sum(h @ u, axis=0))
+                h = tn.sum(y, axis=0, keepdims=True) * 0.1 + h
+                total = tn.sum(y * y) if total is None else total + tn.sum(y * y)
+        return total
+    xs = [randn(rng, k + 1, 3) for k in range(4)]  # ragged: 1, 2, 3, 4 rows
+    arrays = [randn(rng, 3, 5), randn(rng, 5, 5), randn(rng, 1, 5)] + xs
+    out = assert_same(tn.grad(tn.trace(f, *arrays)), P.DEFAULT, arrays)
+    mms = [n for n in out.nodes if n.op == "matmul"]
+    assert [n.shape for n in mms].count((10, 5)) == 1  # one projection of all 10 rows
+    per_step_x = set(out.inputs[3:])
+    assert not any(n.inputs[0] in per_step_x for n in mms)  # no per-step x_t @ W is left
+    assert not any(n.inputs[0].op == "transpose" and n.inputs[0].inputs[0] in per_step_x
+                   for n in mms)  # nor a per-step x_t^T dz_t for dW
 
 
 def test_hoisting_never_hoists_the_recurrence(rng):

@@ -32,6 +32,8 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
         other = ins[1] if zero[0] else ins[0]
         if op == "sub" and zero[0]:
             other = derive(n, "neg", (other,))
+        if other.dtype != n.dtype:  # e.g. int + float zeros: the sum was float
+            other = derive(n, "cast", (other,), dtype=n.dtype.str)
         return other if other.shape == n.shape else derive(n, "broadcast_to", (other,),
                                                              shape=n.shape)
     if op == "add_n":
