@@ -44,3 +44,26 @@ def lstm_loss(x, h, c, wxi, wxf, wxo, wxg, whi, whf, who, whg, bi, bf, bo, bg):
 def lstm_graph(T: int, B: int, I: int, H: int, seed: int = 0) -> tuple[tn.Graph, list]:
     arrays = lstm_arrays(T, B, I, H, seed)
     return tn.grad(tn.trace(lstm_loss, *arrays, names=lstm_names())), arrays
+
+
+def fast_lstm_loss(x, h, c, wx, wh, b):
+    """The same LSTM written FastLSTM-style: one (I, 4H) and one (H, 4H) weight, one bias."""
+    H = h.shape[1]
+    total = None
+    for t in range(x.shape[0]):
+        with tracing.step(t):
+            z = x[t] @ wx + h @ wh + b
+            i, f, o = (tn.sigmoid(z[:, k * H:(k + 1) * H]) for k in range(3))
+            g = tn.tanh(z[:, 3 * H:])
+            c = f * c + i * g
+            h = o * tn.tanh(c)
+            term = tn.sum(h * h)
+            total = term if total is None else total + term
+    return total
+
+
+def fast_lstm_graph(T: int, B: int, I: int, H: int, seed: int = 0) -> tuple[tn.Graph, list]:
+    a = lstm_arrays(T, B, I, H, seed)
+    arrays = a[:3] + [np.concatenate(a[3:7], 1), np.concatenate(a[7:11], 1),
+                      np.concatenate(a[11:15])]
+    return tn.grad(tn.trace(fast_lstm_loss, *arrays)), arrays

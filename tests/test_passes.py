@@ -308,3 +308,14 @@ def test_optimised_graph_grows_linearly_with_steps():
     """Per step the same work remains (compile-time scaling is measured in tools/)."""
     sizes = [len(P.run_passes(lstm_graph(T, 2, 3, 4)[0], P.DEFAULT)[0].nodes) for T in (4, 8, 12)]
     assert sizes[2] - sizes[1] == sizes[1] - sizes[0]
+
+
+def test_per_gate_lstm_compiles_like_the_fused_weight_lstm():
+    from lstm_fixture import fast_lstm_graph
+    per_gate = tn.compile(lstm_graph(5, 2, 3, 4)[0])
+    fast = tn.compile(fast_lstm_graph(5, 2, 3, 4)[0])
+    assert fast.graph.op_counts()["matmul"] == per_gate.graph.op_counts()["matmul"]
+    assert per_gate.report.kernels <= fast.report.kernels
+    g, arrays = lstm_graph(5, 2, 3, 4)
+    fg, fast_arrays = fast_lstm_graph(5, 2, 3, 4)
+    np.testing.assert_allclose(per_gate(*arrays)[0], fast(*fast_arrays)[0], rtol=1e-12)
