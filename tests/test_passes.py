@@ -323,3 +323,27 @@ def test_per_gate_lstm_compiles_like_the_fused_weight_lstm():
     g, arrays = lstm_graph(5, 2, 3, 4)
     fg, fast_arrays = fast_lstm_graph(5, 2, 3, 4)
     np.testing.assert_allclose(per_gate(*arrays)[0], fast(*fast_arrays)[0], rtol=1e-12)
+
+
+def test_batching_sliced_elementwise_work_on_gate_blocks(rng):
+    def f(x, w, b1, b2):
+        z = x @ w  # (2, 8): two gate blocks of 4 columns
+        return tn.sigmoid(z[:, :4] + b1) * tn.sigmoid(z[:, 4:] + b2)
+    arrays = [randn(rng, 2, 3), randn(rng, 3, 8), randn(rng, 4), randn(rng, 4)]
+    g = tn.trace(f, *arrays)
+    passes = [P.batch_sliced_elementwise, P.batch_sliced_elementwise, P.eliminate_dead_code]
+    out = assert_same(g, passes, arrays)
+    counts = out.op_counts()
+    assert counts["add"] == 1 and counts["sigmoid"] == 1 and counts["concat"] == 1
+    add = next(n for n in out.nodes if n.op == "add")
+    assert add.shape == (2, 8) and add.inputs[1].op == "concat"  # [b1 b2], loop-level
+    assert add.inputs[1].step is None
+
+
+def test_batching_needs_adjacent_blocks(rng):
+    def f(x, w):
+        z = x @ w
+        return tn.tanh(z[:, :2]) + tn.tanh(z[:, 4:6])  # a gap: columns 2..4 are not computed
+    arrays = [randn(rng, 2, 3), randn(rng, 3, 8)]
+    out = assert_same(tn.trace(f, *arrays), [P.batch_sliced_elementwise], arrays)
+    assert out.op_counts()["tanh"] == 2

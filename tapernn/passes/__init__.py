@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+from .batch_slices import batch_sliced_elementwise
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .driver import CompileReport, Pass, PassRecord, run_passes
@@ -23,6 +24,10 @@ DEFAULT: list[Pass] = [
     fuse_gates,  # sum_k g_k@W_k^T -> one matmul; x@W_i, x@W_f, ... -> x@[W_i W_f ...]
     eliminate_common_subexpressions,  # per-step weight concats become one
     simplify_views,  # rows-of-step then columns-of-gate slices: one slice
+    batch_sliced_elementwise,  # the four gates' x@W_k + h@U_k: one add on the 4H block
+    batch_sliced_elementwise,  # ... then + [b_i b_f b_o b_g], then one sigmoid for i, f, o
+    batch_sliced_elementwise,
+    eliminate_common_subexpressions,  # the per-step bias concats become one
     fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
     eliminate_dead_code,
 ]
@@ -42,5 +47,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "fuse_elementwise", "simplify_views", "CompileReport", "Pass",
+           "hoist_across_time", "fuse_elementwise", "simplify_views", "batch_sliced_elementwise", "CompileReport", "Pass",
            "PassRecord", "run_passes", "default_passes", "set_default_passes"]
