@@ -1,5 +1,9 @@
 """The compiler's pass pipeline: `DEFAULT` is a plain list read top to bottom; a pass is any
 `Graph -> Graph` function. `tn.set_default_passes` replaces the list used by `tn.compile`.
+
+Order matters in one place: hoisting runs before gate fusion, so the per-gate input projections
+are first stacked over time and then fused, and in backward dx_t = dz_t @ W_x^T is hoisted
+before gate fusion could pair it with the recurrent dh_t = dz_t @ W_h^T of the same step.
 """
 from __future__ import annotations
 
@@ -47,5 +51,6 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "fuse_elementwise", "simplify_views", "batch_sliced_elementwise", "CompileReport", "Pass",
-           "PassRecord", "run_passes", "default_passes", "set_default_passes"]
+           "hoist_across_time", "fuse_elementwise", "simplify_views",
+           "batch_sliced_elementwise", "CompileReport", "Pass", "PassRecord", "run_passes",
+           "default_passes", "set_default_passes"]
