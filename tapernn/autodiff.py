@@ -115,61 +115,70 @@ def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node
         cot.setdefault(i, []).append(F.cast(gi, i.dtype))
 
 
-def split_forward_backward(joint: Graph, n_forward_outputs: int, extra_outputs: Sequence[Node] = ()
-                           ) -> tuple[Graph, Graph]:
-    """Partition the result of `grad` into a forward program and a backward program.
-
-    forward: the nodes the forward outputs (and `extra_outputs`) need; its outputs are those,
-    then the values backward reads ("saved for backward"). backward: every other node the
-    gradients need; its inputs are the saved values (kind "saved"), then all of `joint.inputs`
-    (so a caller passes the forward's arguments and the seeds again). Outputs: the gradients.
-    """
-    fwd_outs = list(joint.outputs[:n_forward_outputs]) + list(extra_outputs)
-    grad_outs = list(joint.outputs[n_forward_outputs:])
-    forward = _ancestors(fwd_outs)
-    seeds = {n for n in joint.inputs if n.kind == "seed"}
-    in_forward = [n for n in joint.nodes
-                  if (n in forward or n.op == "input") and n not in seeds]
-    backward_needed = _ancestors(grad_outs)
-    bwd_nodes = [n for n in joint.nodes if n in backward_needed and n not in forward
-                 and n.op != "input"]
-    saved, constants = [], []
-    for n in bwd_nodes:
-        for i in n.inputs:
-            if i in forward and i.op == "constant" and i not in constants:
-                constants.append(i)  # constants are cheap: both programs hold them
-            elif i in forward and i.op != "input" and i not in saved:
-                saved.append(i)
-    for g in grad_outs:
-        if g in forward and g.op == "constant" and g not in constants:
-            constants.append(g)
-        elif g in forward and g.op != "input" and g not in saved:
-            saved.append(g)
-    fwd = Graph(in_forward, [n for n in joint.inputs if n not in seeds], fwd_outs + saved,
-                dict(joint.meta, n_saved=len(saved), single_output=False))
-    mapping: dict[Node, Node] = {}
-    saved_inputs = []
-    for k, n in enumerate(saved):
-        new = Node("input", (), {"kind": "saved"}, n.shape, n.dtype, step=n.step, scope=n.scope,
-                   phase=n.phase, name=f"saved{k}")
-        mapping[n] = new
-        saved_inputs.append(new)
-    nodes = list(saved_inputs) + list(joint.inputs) + constants
-    for n in bwd_nodes:
-        ins = tuple(mapping.get(i, i) for i in n.inputs)
-        mapping[n] = n if ins == n.inputs else n.replace(inputs=ins)
-        nodes.append(mapping[n])
-    bwd = Graph(nodes, saved_inputs + list(joint.inputs), [mapping.get(g, g) for g in grad_outs],
-                dict(joint.meta, single_output=False))
-    return fwd, bwd
-
-
-def _ancestors(outputs: Sequence[Node]) -> set[Node]:
-    seen: set[Node] = set()
+def _needed(outputs: Sequence[Node]) -> set[Node]:
+    needed: set[Node] = set()
     stack = list(outputs)
     while stack:
         n = stack.pop()
-        if n not in seen:
-            seen.add(n)
+        if n not in needed:
+            needed.add(n)
             stack.extend(n.inputs)
-    return seen
+    return needed
+
+
+def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph, Graph]:
+    """Split the output of `grad` into a forward and a backward program.
+
+    Shapes: `fwd` takes the non-seed inputs of `joint` and returns the forward outputs followed
+    by the saved values (forward nodes the backward reads; graph inputs are not saved, the
+    backward takes them itself). `bwd` takes the saved values (inputs of kind "saved"), then
+    the seeds, then the original inputs it reads, and returns the gradients. `bwd.meta` holds
+    `saved_names`, `seed_names`, `input_names` in that order; `fwd.meta["saved_outputs"]` the
+    indices of the saved outputs. Running fwd then bwd equals running `joint`.
+    """
+    fwd_outs, grad_outs = joint.outputs[:n_forward_outputs], joint.outputs[n_forward_outputs:]
+    forward = _needed(fwd_outs)
+    # views of inputs (x[t], W.T) are free to redo: the backward recomputes them, never saves
+    redo: set[Node] = set()
+    for n in joint.nodes:
+        if n.op not in ("input", "constant") and get_op(n.op).view and all(
+                i.op in ("input", "constant") or i in redo for i in n.inputs):
+            redo.add(n)
+    needed = _needed(grad_outs)
+    backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
+    read = dict.fromkeys(i for n in backward for i in n.inputs)
+    read.update(dict.fromkeys(grad_outs))
+    saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
+             and n.op not in ("input", "constant")]
+    fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
+    fwd = Graph([n for n in joint.nodes if n in forward or n in fwd_inputs], fwd_inputs,
+                list(fwd_outs) + saved, dict(joint.meta))
+    fwd.meta.update(n_forward_outputs=n_forward_outputs, single_output=False,
+                    saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))))
+    bwd = _backward_graph(joint, backward, saved, read, grad_outs)
+    fwd.meta["saved_names"] = list(bwd.meta["saved_names"])
+    return fwd, bwd
+
+
+def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read: dict,
+                    grad_outs: list[Node]) -> Graph:
+    mapping: dict[Node, Node] = {}
+    for k, n in enumerate(saved):
+        mapping[n] = n.replace(op="input", inputs=(), attrs={"kind": "saved"}, value=None,
+                               name=f"saved{k}_{n.op}")
+    seeds = [n for n in joint.inputs if n.kind == "seed"]
+    originals = [n for n in joint.inputs if n.kind != "seed" and n in read]
+    constants = [n for n in joint.nodes if n.op == "constant" and n in read]
+    nodes = [mapping[n] for n in saved] + seeds + originals + constants
+    for n in backward:
+        if n.op in ("input", "constant"):
+            continue
+        ins = tuple(mapping.get(i, i) for i in n.inputs)
+        mapping[n] = n if ins == n.inputs else n.replace(inputs=ins)
+        nodes.append(mapping[n])
+    inputs = [mapping[n] for n in saved] + seeds + originals
+    meta = dict(joint.meta)
+    meta.update(single_output=False, output_names=meta.get("output_names", [])[-len(grad_outs):]
+                if grad_outs else [], saved_names=[mapping[n].name for n in saved],
+                seed_names=[n.name for n in seeds], input_names=[n.name for n in originals])
+    return Graph(nodes, inputs, [mapping.get(o, o) for o in grad_outs], meta)

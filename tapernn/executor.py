@@ -1,5 +1,6 @@
-"""Lowering a graph to a program: straight-line Python over NumPy, one line per node, values
-released after their last use. `Compiled` runs it and turns failures into errors naming the node.
+"""Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
+(a fused node: one line per instruction), planned values written into buffers allocated once
+per program. `Compiled` runs it and turns failures into errors naming the node.
 """
 from __future__ import annotations
 
@@ -12,54 +13,126 @@ import numpy as np
 
 from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
+from .memory import BufferPlan, plan_buffers
+from .ops.fused import temp_slots
 from .ops.registry import get_op
+from .ops.shape import is_advanced, to_numpy_index
 from .passes import CompileReport, Pass, default_passes, run_passes
 
 _program_ids = itertools.count()
 
+# ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
+_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+           "power": np.power, "maximum": np.maximum, "minimum": np.minimum, "neg": np.negative,
+           "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
+           "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
+
 
 class Program:
-    """Generated source for one graph plus the namespace it runs in."""
+    """Generated source for one graph plus the values it closes over.
+
+    Every name the program uses (NumPy functions, op forwards, constants, preallocated
+    buffers, index tuples) is bound as a keyword-only default, so a call does local-variable
+    lookups and NumPy calls only. Planned values are written into their buffers with `out=`.
+    Graph outputs are allocated fresh on every call (or copied when they alias an input or a
+    buffer), so results handed to callers are never overwritten by the next call.
+    """
 
     def __init__(self, graph: Graph, fn_name: str = "program"):
         self.graph = graph
+        self.plan = plan_buffers(graph, scratch=_fused_scratch)
         self.filename = f"<tapernn program {next(_program_ids)}>"
-        self.namespace: dict[str, Any] = {"np": np}
+        self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
         self.line_nodes: dict[int, Node] = {}
-        self.kernels = 0
+        self.kernels = self.plan.kernels
         self.source = self._generate(fn_name)
-        code = builtins.compile(self.source, self.filename, "exec")
-        exec(code, self.namespace)
-        self.fn = self.namespace[fn_name]
+        namespace: dict[str, Any] = {}
+        exec(builtins.compile(self.source, self.filename, "exec"), namespace)
+        self.fn = namespace[fn_name]
+        self.fn.__kwdefaults__ = dict(self.bound)
+
+    def bind(self, prefix: str, value: Any) -> str:
+        name = f"{prefix}{len(self.bound)}"
+        self.bound[name] = value
+        return name
+
+    def _named(self, name: str, value: Any) -> str:
+        self.bound.setdefault(name, value)
+        return name
+
+    def _buffer_views(self) -> dict[tuple[int, tuple], str]:
+        """One array object per (buffer, shape), made once: values of different shapes but
+        equal size share a buffer through reshaped views."""
+        arrays = [np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
+        for n, temps in self.plan.scratch_of.items():
+            wanted += [(b, shape) for b, (shape, _) in zip(temps, fused_slots(n)[1])]
+        views: dict[tuple[int, tuple], str] = {}
+        for b, shape in wanted:
+            if (b, shape) not in views:
+                views[(b, shape)] = self.bind("b", arrays[b].reshape(shape))
+        return views
 
     def _generate(self, fn_name: str) -> str:
-        g = self.graph
-        num = g.numbering()
-        names: dict[Node, str] = {}
-        for k, n in enumerate(g.inputs):
-            names[n] = f"a{k}"
-        last_use = _last_uses(g)
-        lines = [f"def {fn_name}({', '.join(names[n] for n in g.inputs)}):"]
-        for n in g.nodes:
+        g, plan = self.graph, self.plan
+        views = self._buffer_views()
+        names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
+        dead_after = _fresh_deaths(g, plan)
+        body: list[str] = []
+        for k, n in enumerate(g.nodes):
             if n.op == "input":
                 continue
             if n.op == "constant":
-                names[n] = f"c{num[n]}"
-                self.namespace[names[n]] = n.value
+                names[n] = self.bind("c", n.value)
                 continue
-            names[n] = f"v{num[n]}"
-            fname = f"f_{n.op}"
-            self.namespace[fname] = get_op(n.op).forward
-            args = [names[i] for i in n.inputs] + [f"{k}={v!r}" for k, v in n.attrs.items()]
-            lines.append(f"    {names[n]} = {fname}({', '.join(args)})")
-            self.line_nodes[len(lines)] = n
-            self.kernels += 1
-            dead = [names[i] for i in last_use.get(n, ()) if i.op not in ("input", "constant")]
-            if dead:
-                lines.append(f"    del {', '.join(dead)}")
-        results = [_owned(n, names[n]) for n in g.outputs]
-        lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
-        return "\n".join(lines) + "\n"
+            names[n] = f"v{k}"
+            out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
+            args = [names[i] for i in n.inputs]
+            if n.op == "fused":
+                lines = self._fused_lines(n, args, out, views)
+            else:
+                lines = [self._call(n.op, args, n.attrs, out)]
+            lines[-1] = f"{names[n]} = {lines[-1]}"
+            for line in lines:
+                body.append("    " + line)
+                self.line_nodes[len(body) + 1] = n  # +1: the def line
+            if dead_after.get(k):
+                body.append(f"    del {', '.join(names[d] for d in dead_after[k])}")
+        results = [_owned(n, names[n], plan) for n in g.outputs]
+        body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
+        params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
+        return "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
+
+    def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+        tail = f", out={out}" if out else ""
+        if op in _UFUNCS:
+            return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
+        if op == "getitem" and not is_advanced(attrs["index"]):
+            return f"{args[0]}[{self.bind('i', to_numpy_index(attrs['index']))}]"
+        if op == "reshape":
+            return f"{args[0]}.reshape({self.bind('s', tuple(int(d) for d in attrs['shape']))})"
+        if op == "transpose":
+            return f"{args[0]}.transpose({self.bind('s', tuple(int(d) for d in attrs['axes']))})"
+        if op == "sum":
+            fn = self._named("np_add_reduce", np.add.reduce)
+            axis = self.bind("s", tuple(int(d) for d in attrs["axis"]))
+            return f"{fn}({args[0]}, {axis}, None{tail}, keepdims={bool(attrs['keepdims'])})"
+        fn = self._named(f"f_{op}", get_op(op).forward)
+        kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
+        return f"{fn}({', '.join(args + kw)}{tail})"
+
+    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict) -> list[str]:
+        """The fused program inline: each instruction writes its preallocated temporary, the
+        last one the node's output."""
+        slot_of, slots = fused_slots(n)
+        temps = [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+        lines, results = [], []
+        for j, (op, refs, attrs, _, _) in enumerate(n.attrs["program"]):
+            ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
+            target = out if slot_of[j] is None else temps[slot_of[j]]
+            lines.append(self._call(op, ins, dict(attrs), target))
+            results.append(target)
+        return lines
 
     def failing_node(self, exc: BaseException) -> Node | None:
         for frame, lineno in traceback.walk_tb(exc.__traceback__):
@@ -68,41 +141,37 @@ class Program:
         return None
 
 
-def _owned(n: Node, name: str) -> str:
-    # outputs that alias an input, a constant or a broadcast view are copied: callers own results
-    if n.op in ("input", "constant") or get_op(n.op).view:
-        return f"np.array({name})"
-    return f"np.asarray({name})" if n.shape == () else name
+def fused_slots(n: Node) -> tuple[list, list]:
+    return temp_slots(n.attrs["program"])
 
 
-def _last_uses(g: Graph) -> dict[Node, list[Node]]:
-    """For each node, the values whose last reader it is (never graph outputs)."""
+def _fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:
+    return fused_slots(n)[1] if n.op == "fused" else []
+
+
+def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
+    """Schedule index -> per-call values (and views) read for the last time there: `del` them
+    so NumPy can recycle their memory; planned buffers persist and need no `del`."""
     keep = set(g.outputs)
-    last: dict[Node, Node] = {}
-    for n in g.nodes:
+    last: dict[Node, int] = {}
+    for k, n in enumerate(g.nodes):
         for i in n.inputs:
-            last[i] = n
-    out: dict[Node, list[Node]] = {}
-    for value, reader in last.items():
-        if value not in keep:
-            out.setdefault(reader, []).append(value)
-    for reader in out:
-        out[reader] = list(dict.fromkeys(out[reader]))
+            last[i] = k
+    out: dict[int, list[Node]] = {}
+    for value, k in last.items():
+        if value not in keep and value.op not in ("input", "constant") \
+                and value not in plan.buffer_of:
+            out.setdefault(k, []).append(value)
     return out
 
 
-def live_bytes(g: Graph) -> tuple[int, int]:
-    """(naive bytes, peak bytes) of the values computed by `g` in tape order, inputs excluded."""
-    last_use = _last_uses(g)
-    naive = sum(n.nbytes for n in g.nodes if n.op not in ("input", "constant"))
-    live = peak = 0
-    for n in g.nodes:
-        if n.op in ("input", "constant"):
-            continue
-        live += n.nbytes
-        peak = max(peak, live)
-        live -= sum(i.nbytes for i in last_use.get(n, ()) if i.op not in ("input", "constant"))
-    return naive, peak
+def _owned(n: Node, name: str, plan: BufferPlan) -> str:
+    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them
+    root = plan.root.get(n, n)
+    if n.op in ("input", "constant") or root.op in ("input", "constant") \
+            or root in plan.buffer_of or get_op(n.op).view:
+        return f"np_array({name})"
+    return f"np_asarray({name})" if n.shape == () else name
 
 
 class Compiled:
@@ -110,7 +179,8 @@ class Compiled:
 
     `graph` is the optimised graph, `report` the CompileReport, `source` the generated program.
     Returns one array for a single-output graph traced from a function returning a Var, otherwise
-    a list of arrays in `graph.outputs` order.
+    a list of arrays in `graph.outputs` order. Returned arrays are the caller's: later calls
+    never write into them.
     """
 
     def __init__(self, graph: Graph, report: CompileReport | None = None):
@@ -118,18 +188,22 @@ class Compiled:
         self.report = report or CompileReport()
         self.program = Program(graph)
         self.source = self.program.source
-        self.report.kernels = self.program.kernels
-        naive, peak = live_bytes(graph)
-        self.report.naive_bytes = naive
-        self.report.planned_bytes = self.report.planned_bytes or naive
-        self.report.peak_bytes = peak
+        plan = self.program.plan
+        self.report.kernels = plan.kernels
+        self.report.naive_bytes = plan.naive_bytes
+        self.report.planned_bytes = plan.planned_bytes
+        self.report.peak_bytes = plan.peak_bytes
+        self.report.saved_for_backward_bytes = plan.saved_for_backward_bytes
+        self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
+                                    for n in graph.nodes if n.op == "fused"]
         self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs
         if len(arrays) != len(inputs):
             names = [n.name for n in inputs]
-            raise TapernnError(f"compiled program takes {len(inputs)} arrays {names}, got {len(arrays)}")
+            raise TapernnError(f"compiled program takes {len(inputs)} arrays {names}, "
+                               f"got {len(arrays)}")
         args = [check_input(n, a) for n, a in zip(inputs, arrays)]
         outs = self.run(args)
         return outs[0] if self._single else list(outs)

@@ -6,11 +6,24 @@ import tapernn as tn
 from tapernn import tracing
 
 
-def test_source_is_straight_line_and_frees_dead_values():
+def test_source_is_straight_line_with_buffers_and_fresh_outputs():
     c = tn.compile(tn.trace(lambda x: tn.exp(tn.tanh(x)) + 1.0, np.ones(3)), passes=[])
-    assert c.source.startswith("def program(a0):")
-    assert "f_tanh(a0)" in c.source and "del v1" in c.source
+    assert c.source.startswith("def program(a0, *,")
+    lines = c.source.splitlines()[1:-1]
+    assert lines[0].startswith("    v1 = np_tanh(a0, out=b")  # a preallocated buffer
+    assert "np_exp(v1, out=" in lines[1]  # tanh's value dies here: exp may overwrite it
+    assert "out=" not in lines[2]  # the output is allocated per call
     assert c.report.kernels == 3
+    first = c(np.ones(3))
+    second = c(np.zeros(3))
+    np.testing.assert_allclose(first, np.exp(np.tanh(1.0)) + 1.0)  # not overwritten
+    np.testing.assert_allclose(second, 2.0)
+
+
+def test_fresh_values_are_deleted_after_last_use():
+    f = lambda x: tn.sum(tn.where(x > 0, x, 0.0) * 2.0)  # where has no out=: a per-call value
+    c = tn.compile(tn.trace(f, np.ones(3)), passes=[])
+    assert "del v" in c.source
 
 
 def test_single_and_multiple_outputs():

@@ -71,9 +71,8 @@ class Executable:
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
-        self.forward_saving: Compiled | None = None
-        self.backward_program: Compiled | None = None
-        self.seeded_variants: dict[tuple, tuple[Compiled, Compiled]] = {}
+        self.training_pair: TrainingPair | None = None
+        self.seeded_variants: dict[tuple, TrainingPair] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
 
     def compile_forward(self) -> Compiled:
@@ -81,23 +80,27 @@ class Executable:
             self.forward_only = compile(self.graph, self.passes)
         return self.forward_only
 
-    def compile_training(self, extra_seeded: tuple = ()) -> tuple[Compiled, Compiled]:
-        """(forward saving values, backward); `extra_seeded` nodes (states given a gradient by
-        set_grad_hidden_state) become extra seeded outputs of a variant pair."""
+    def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
+        """The forward program that keeps what backward needs, and the backward program;
+        `extra_seeded` nodes (states given a gradient by set_grad_hidden_state) become extra
+        seeded outputs of a variant pair."""
         if not extra_seeded:
-            if self.backward_program is None:
-                self.forward_saving, self.backward_program = self._pair(self.diff_outputs)
-            return self.forward_saving, self.backward_program
+            if self.training_pair is None:
+                self.training_pair = self._pair(self.diff_outputs)
+            return self.training_pair
         key = tuple(n.id for n in extra_seeded)
         if key not in self.seeded_variants:
             self.seeded_variants[key] = self._pair(self.diff_outputs + list(extra_seeded))
         return self.seeded_variants[key]
 
-    def _pair(self, outputs: list) -> tuple[Compiled, Compiled]:
+    def _pair(self, outputs: list) -> TrainingPair:
         g = Graph(self.graph.nodes, self.graph.inputs, outputs, dict(self.graph.meta))
         joint = grad(g, wrt=self.wrt, seeds="inputs")
-        fwd, bwd = split_forward_backward(joint, len(outputs), self.extras)
-        return compile(fwd, self.passes), compile(bwd, self.passes)
+        n = len(outputs)
+        # the probes and final states are forward outputs too, but never differentiated
+        joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
+        fwd, bwd = split_forward_backward(joint, n + len(self.extras))
+        return TrainingPair(fwd, bwd, joint, self.passes)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -105,19 +108,36 @@ class Executable:
 
     def report(self):
         from ..passes import CompileReport
-        if self.backward_program is None:
+        if self.training_pair is None:
             return self.compile_forward().report
-        fwd, bwd = self.forward_saving.report, self.backward_program.report
-        merged = CompileReport(passes=fwd.passes + bwd.passes,
-                               fused_groups=fwd.fused_groups + bwd.fused_groups,
-                               naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
-                               planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
-                               peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
-                               kernels=fwd.kernels + bwd.kernels)
-        n_saved = self.forward_saving.graph.meta.get("n_saved", 0)
-        outs = self.forward_saving.graph.outputs
-        merged.saved_for_backward_bytes = sum(n.nbytes for n in outs[len(outs) - n_saved:])
-        return merged
+        fwd, bwd = self.training_pair.forward.report, self.training_pair.backward.report
+        return CompileReport(passes=fwd.passes + bwd.passes,
+                             fused_groups=fwd.fused_groups + bwd.fused_groups,
+                             naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
+                             planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
+                             peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
+                             saved_for_backward_bytes=self.training_pair.saved_bytes,
+                             kernels=fwd.kernels + bwd.kernels)
+
+
+class TrainingPair:
+    """Compiled forward (outputs, then saved values) and backward (saved values, seeds, then the
+    forward arguments it reads) programs of one joint graph."""
+
+    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
+        self.n_saved = len(bwd.meta["saved_names"])
+        self.n_seeds = len(bwd.meta["seed_names"])
+        position = {n: k for k, n in enumerate(fwd.inputs)}
+        self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
+        self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
+        self.forward = compile(fwd, passes)
+        self.backward = compile(bwd, passes)
+
+    def saved(self, outs: tuple) -> list:
+        return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
+
+    def run_backward(self, saved: list, args: list, seeds: list) -> tuple:
+        return self.backward.run(saved + seeds + [args[k] for k in self.reads])
 
 
 def _binder(node, ctx: BuildContext):
@@ -175,7 +195,8 @@ class Runtime:
     def last_compiled(self) -> Compiled | None:
         if self.last is None:
             return None
-        return self.last.forward_saving or self.last.forward_only
+        pair = self.last.training_pair
+        return pair.forward if pair is not None else self.last.forward_only
 
     # ---- forward ---------------------------------------------------------------------------------
 
@@ -204,7 +225,7 @@ class Runtime:
         self.last = exe
         call_args = exe.bind(leaves)
         if root.is_training:
-            program = exe.compile_training()[0]
+            program = exe.compile_training().forward
         else:
             program = exe.compile_forward()
         outs = program.run(call_args)
@@ -253,15 +274,14 @@ class Runtime:
         record = self._next_record(input)
         exe = record.exe
         extra = [] if exe.history_mode else _extra_state_seeds(exe)
-        fwd, bwd = exe.compile_training(tuple(node for *_, node, _ in extra))
+        pair = exe.compile_training(tuple(node for *_, node, _ in extra))
         saved = record.saved
         if saved is None or extra:  # evaluation forward, or a variant: recompute what it needs
-            outs = fwd.run(record.args)
-            saved = list(outs[exe.n_out + len(extra) + len(exe.extras):])
+            saved = pair.saved(pair.forward.run(record.args))
             if not extra:
                 record.saved = saved
         seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
-        grads = bwd.run(saved + record.args + seeds)
+        grads = pair.run_backward(saved, record.args, seeds)
         record.done = True
         n_data = len(exe.data_wrt)
         for p, g in zip(exe.params, grads[n_data: n_data + len(exe.params)]):

@@ -5,7 +5,7 @@ written with the symbolic functions).
 """
 from .registry import REGISTRY, OpDef, get_op, register
 
-FAMILIES = ("elementwise", "reduce", "shape", "linalg", "nn")
+FAMILIES = ("elementwise", "reduce", "shape", "linalg", "nn", "fused")
 
 
 def load_families() -> None:

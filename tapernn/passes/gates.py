@@ -1,0 +1,122 @@
+"""Gate fusion: matmuls that share their left operand and multiply loop-level right operands
+(weights, their transposes, hoisted stacks) become one matmul against the concatenated right
+operands, then column slices -- x@W_i, x@W_f, ... runs as x@[W_i W_f ...], like FastLSTM.
+Dual (backward): a sum of matmuls within one step, sum_k g_k @ B_k, becomes one matmul
+[g_1 ... g_k] @ [B_1; ...; B_k]. The weight concat is recomputed per call (params change)."""
+from __future__ import annotations
+
+from ..graph import Graph, Node
+from .concat import make_concat, slice_axis
+from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, sole_use,
+                      spanning, strip_transpose, substitute)
+
+
+def fuse_gates(graph: Graph) -> Graph:
+    graph = merge_matmul_sums(graph, lambda steps: len(steps) == 1)
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    inv = invariant_nodes(graph)
+    groups: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        # loop-level right operands (weights), or loop-level work as a whole (hoisted products)
+        if is_matmul_2d(n) and (n.inputs[1] in inv or n.step is None):
+            groups.setdefault(n.inputs[0], []).append(n)
+    groups = {a: ms for a, ms in groups.items() if len({m.inputs[1] for m in ms}) >= 2}
+    # order the blocks like the weights they belong to, so forward and backward concats agree:
+    # by the weight's position, else (gradient products) by where the member's result goes
+    first_use = {o: k - len(graph.outputs) for k, o in enumerate(graph.outputs)}
+    for n in graph.nodes:
+        for i in n.inputs:
+            first_use.setdefault(i, pos[n])
+    subst: dict[Node, Node] = {}
+    for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
+        members.sort(key=lambda m: (0, base_position(pos, m.inputs[1])) if m.inputs[1] in inv
+                     else (1, first_use.get(m, 0)))
+        subst.update(fuse_shared_left(members, inv))
+    return fuse_row_sums(substitute(graph, subst))
+
+
+def base_position(pos: dict[Node, int], n: Node) -> int:
+    return pos.get(strip_transpose(n), pos.get(n, 0))
+
+
+def fuse_shared_left(members: list[Node], inv: set[Node]) -> dict[Node, Node]:
+    """{member: column slice of A @ concat(B_k)} for matmuls A @ B_k, blocks in member order."""
+    rights = list(dict.fromkeys(m.inputs[1] for m in members))
+    first = members[0]
+    tags = spanning(first) if all(b in inv for b in rights) else first
+    weights = make_concat(tags, rights, axis=1)
+    fused = derive(first, "matmul", (first.inputs[0], weights))
+    offsets, start = {}, 0
+    for b in rights:
+        offsets[b] = (start, start + b.shape[1])
+        start += b.shape[1]
+    return {m: slice_axis(m, fused, 1, *offsets[m.inputs[1]]) for m in members}
+
+
+def _step_key(n: Node) -> int:
+    return -1 if n.step is None else n.step
+
+
+def merge_matmul_sums(graph: Graph, steps_ok) -> Graph:
+    """add_n nodes with >= 2 matmul terms (read only there) whose steps satisfy `steps_ok`:
+    sum_k A_k @ B_k == concat(A_k, axis=1) @ concat(B_k, axis=0)."""
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    users = graph.users()
+    inv = invariant_nodes(graph)
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "add_n":
+            continue
+        terms = [t for t in dict.fromkeys(n.inputs)
+                 if is_matmul_2d(t) and n.inputs.count(t) == 1 and sole_use(users, t, n, graph)]
+        if len(terms) < 2 or not steps_ok({t.step for t in terms}):
+            continue
+        terms.sort(key=lambda t: (_step_key(t), base_position(pos, t.inputs[1]), pos[t]))
+        span = spanning(n) if len({t.step for t in terms}) > 1 else terms[0]
+        left = make_concat(span, [t.inputs[0] for t in terms], axis=1)
+        right_tags = spanning(n) if all(t.inputs[1] in inv for t in terms) else span
+        right = make_concat(right_tags, [t.inputs[1] for t in terms], axis=0)
+        merged = derive(n, "matmul", (left, right))
+        rest = [i for i in n.inputs if i not in terms]
+        subst[n] = merged if not rest else n.replace(inputs=tuple(rest) + (merged,))
+    return substitute(graph, subst)
+
+
+def _stack_layout(n: Node) -> tuple | None:
+    """For sum(concat(p_1, ..., p_T, axis=0), axis=0): the pieces' (rows, step), else None."""
+    x = n.inputs[0] if n.op == "sum" else None
+    if x is None or n.attrs["axis"] != (0,) or n.attrs["keepdims"] or x.ndim != 2:
+        return None
+    if x.op != "concat" or x.attrs["axis"] != 0 or x.step is not None:
+        return None
+    return tuple((p.shape[0], p.step) for p in x.inputs)
+
+
+def fuse_row_sums(graph: Graph) -> Graph:
+    """Column sums of per-gate stacks, sum(concat_t(dz_k_t)) for k = i, f, o, g (the bias
+    gradients), become one sum over the stack of [dz_i dz_f ...] blocks, then slices: the
+    copying is the same, the stack is usually shared with the weight gradient."""
+    users = graph.users()
+    groups: dict[tuple, list[Node]] = {}
+    for n in graph.nodes:
+        layout = _stack_layout(n)
+        if layout is not None and all(u is n for u in users[n.inputs[0]]) \
+                and n.inputs[0] not in graph.outputs:
+            groups.setdefault(layout, []).append(n)
+    first_use = {o: k - len(graph.outputs) for k, o in enumerate(graph.outputs)}
+    for k, n in enumerate(graph.nodes):
+        for i in n.inputs:
+            first_use.setdefault(i, k)
+    subst: dict[Node, Node] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda m: first_use.get(m, 0))
+        stacks = [m.inputs[0] for m in members]
+        total = derive(members[0], "sum", (make_concat(spanning(members[0]), stacks, 1),),
+                       axis=(0,), keepdims=False)
+        start = 0
+        for m, x in zip(members, stacks):
+            subst[m] = slice_axis(m, total, 0, start, start + x.shape[1])
+            start += x.shape[1]
+    return substitute(graph, subst)

@@ -1,0 +1,113 @@
+"""Hoisting across time: in an unrolled graph, work that does not depend on the recurrent state
+is done once for all steps. Matmuls x_t @ W (one loop-level W, lefts independent of the group)
+become one matmul of the row-stacked x_t, sliced back per step; sums over steps of per-step
+products (the weight gradient sum_t x_t^T dz_t) and of per-step row sums (the bias gradient)
+become one matmul / one sum over the stacked operands."""
+from __future__ import annotations
+
+from ..graph import Graph, Node
+from .concat import make_concat, slice_axis
+from .gates import merge_matmul_sums
+from .rewrite import (accept_independent, derive, freeze, invariant_nodes, is_matmul_2d,
+                      sole_use, spanning, substitute)
+
+
+def hoist_across_time(graph: Graph) -> Graph:
+    groups: dict[Node, list[Node]] = {}
+    inv = invariant_nodes(graph)
+    for n in graph.nodes:
+        if is_matmul_2d(n) and n.step is not None and n.inputs[1] in inv:
+            groups.setdefault(n.inputs[1], []).append(n)
+    groups = {r: ms for r, ms in groups.items() if len({m.step for m in ms}) >= 2}
+    subst: dict[Node, Node] = {}
+    for members in accept_independent(graph, groups, lambda m: m.inputs[:1]).values():
+        subst.update(stack_rows(members))
+    graph = substitute(graph, subst)
+    graph = merge_matmul_sums(graph, lambda steps: len(steps) > 1)
+    graph = merge_row_sums(graph)
+    graph = pull_slices_out_of_sums(graph)
+    return stack_index_grads(graph)
+
+
+def stack_rows(members: list[Node]) -> dict[Node, Node]:
+    """{member: its row block of concat(L_k) @ R} for matmuls L_k @ R sharing R."""
+    members = sorted(members, key=lambda m: m.step)  # time order: x[0], x[1], ... is x itself
+    lefts = list(dict.fromkeys(m.inputs[0] for m in members))
+    span = spanning(members[0])
+    stacked = make_concat(span, lefts, axis=0)
+    product = derive(span, "matmul", (stacked, members[0].inputs[1]))
+    rows, start = {}, 0
+    for left in lefts:
+        rows[left] = (start, start + left.shape[0])
+        start += left.shape[0]
+    return {m: slice_axis(m, product, 0, *rows[m.inputs[0]]) for m in members}
+
+
+def _row_sum(n: Node) -> bool:
+    return n.op == "sum" and n.inputs[0].ndim == 2 and 0 in n.attrs["axis"]
+
+
+def merge_row_sums(graph: Graph) -> Graph:
+    """add_n(sum(x_t, axis incl. 0), ...) over several steps == sum(concat(x_t, axis=0))."""
+    users = graph.users()
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "add_n":
+            continue
+        terms = [t for t in dict.fromkeys(n.inputs) if _row_sum(t) and n.inputs.count(t) == 1
+                 and sole_use(users, t, n, graph)]
+        by_attrs: dict[tuple, list[Node]] = {}
+        for t in terms:
+            by_attrs.setdefault((t.attrs["axis"], t.attrs["keepdims"], t.inputs[0].shape[1:]),
+                                []).append(t)
+        merged, used = [], set()
+        for (axis, keepdims, _), group in by_attrs.items():
+            steps = {t.step for t in group}
+            if len(group) < 2 or len(steps) < 2 or None in steps:
+                continue
+            group.sort(key=lambda t: t.step)  # time order, like every other stack
+            stacked = make_concat(spanning(n), [t.inputs[0] for t in group], axis=0)
+            merged.append(derive(n, "sum", (stacked,), axis=axis, keepdims=keepdims))
+            used.update(group)
+        if merged:
+            rest = [i for i in n.inputs if i not in used] + merged
+            subst[n] = rest[0] if len(rest) == 1 else n.replace(inputs=tuple(rest))
+    return substitute(graph, subst)
+
+
+def stack_index_grads(graph: Graph) -> Graph:
+    """add_n(index_grad(g_t, shape, (t,)) for every t along axis 0) == the g_t stacked; this is
+    the gradient of x from its per-step slices x[t] (and it meets the hoisted matmul's rows)."""
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "add_n" or n.ndim < 2 or len(n.inputs) != n.shape[0]:
+            continue
+        picks = {}
+        for t in n.inputs:
+            index = t.attrs.get("index") if t.op == "index_grad" else None
+            if not index or len(index) != 1 or not isinstance(index[0], int):
+                break
+            picks[index[0] % n.shape[0]] = t.inputs[0]
+        if len(picks) != n.shape[0]:
+            continue
+        rows = [picks[k] for k in range(n.shape[0])]
+        flat = make_concat(spanning(n), rows, axis=0)
+        subst[n] = derive(n, "reshape", (flat,), shape=n.shape)
+    return substitute(graph, subst)
+
+
+def pull_slices_out_of_sums(graph: Graph) -> Graph:
+    """add_n(b_1[idx], ..., b_k[idx]) == (b_1 + ... + b_k)[idx]: when every step sums the same
+    block of the same hoisted results, CSE then keeps one sum over all steps."""
+    subst: dict[Node, Node] = {}
+    totals: dict[tuple[Node, ...], Node] = {}  # one sum per set of bases, shared by all steps
+    for n in graph.nodes:
+        if n.op != "add_n" or any(i.op != "getitem" for i in n.inputs):
+            continue
+        bases = [i.inputs[0] for i in n.inputs]
+        if len({freeze(i.attrs["index"]) for i in n.inputs}) != 1 or len(set(bases)) != len(bases) \
+                or len({b.shape for b in bases}) != 1 or any(b.step is not None for b in bases):
+            continue
+        total = totals.setdefault(tuple(bases), derive(spanning(n), "add_n", bases))
+        subst[n] = derive(n, "getitem", (total,), index=n.inputs[0].attrs["index"])
+    return substitute(graph, subst)

@@ -1,0 +1,206 @@
+"""Shared machinery for passes: building derived nodes that inherit step/scope/phase, loop
+invariance, and `substitute`, which applies a node -> replacement map and re-sorts the tape.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import GraphError
+from ..graph import Graph, Node
+from ..ops.registry import get_op
+
+
+def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
+    """A new `op` node whose shape/dtype come from the op rules and whose step, scope and phase
+    come from `like` (the node it replaces, or `spanning(...)` for work serving many steps)."""
+    inputs = tuple(inputs)
+    opdef = get_op(op)
+    shape = tuple(opdef.shape(*[i.shape for i in inputs], **attrs))
+    dtype = opdef.infer_dtype([i.dtype for i in inputs], attrs)
+    return Node(op, inputs, attrs, shape, dtype, step=like.step, scope=like.scope, phase=like.phase)
+
+
+def zeros_like_node(like: Node, shape: tuple | None = None, dtype: Any = None) -> Node:
+    shape = like.shape if shape is None else tuple(shape)
+    dtype = np.dtype(like.dtype if dtype is None else dtype)
+    return Node("zeros", (), {"shape": shape, "dtype": dtype.str}, shape, dtype, step=like.step,
+                scope=like.scope, phase=like.phase)
+
+
+def is_zero(n: Node) -> bool:
+    if n.op == "zeros":
+        return True
+    return n.op == "constant" and n.value is not None and n.value.dtype.kind in "fiub" \
+        and not np.any(n.value)
+
+
+LAYOUT_OPS = ("transpose", "reshape", "concat", "getitem", "cast", "broadcast_to")
+
+
+def invariant_nodes(g: Graph) -> set[Node]:
+    """Loop-level values (weights): inputs and constants outside any step, and what is computed
+    from them outside any step or only by re-laying them out -- so transpose(W) made by step 3's
+    VJP counts, while anything computed inside a step (the recurrent state) does not."""
+    out: set[Node] = set()
+    for n in g.nodes:
+        if n.op == "input":
+            if n.step is None:
+                out.add(n)
+        elif (n.step is None or n.op in LAYOUT_OPS) and all(i in out for i in n.inputs):
+            out.add(n)
+    return out
+
+
+def strip_transpose(n: Node) -> Node:
+    return n.inputs[0] if n.op == "transpose" else n
+
+
+def freeze(v: Any) -> Any:
+    """A hashable stand-in for an attribute value (for CSE keys)."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
+    """Replace every use of each key of `subst` by its value and return the new graph.
+
+    Replacements may read any node of `g` (also ones later on the tape, as long as no cycle
+    arises); the result is re-sorted topologically, keeping tape order wherever possible
+    (Kahn's algorithm keyed by the original position; new nodes take their replaced node's).
+    """
+    if not subst:
+        return g
+    pos = {n: k for k, n in enumerate(g.nodes)}
+    for old, new in subst.items():
+        _give_positions(new, pos, pos[old])
+    final: dict[Node, Node] = {}
+    for n in g.nodes:
+        _finalize(n, subst, final, pos)
+    nodes = _topological(list(dict.fromkeys(final[n] for n in g.nodes)), pos)
+    # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
+    return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
+                 dict(g.meta)).eliminate_dead_code()
+
+
+def _give_positions(new: Node, pos: dict[Node, float], at: float) -> None:
+    stack = [new]
+    while stack:
+        n = stack.pop()
+        if n in pos:
+            continue
+        pos[n] = at - 0.5  # helpers sort just before the node they serve
+        stack.extend(n.inputs)
+
+
+def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
+              pos: dict[Node, float]) -> Node:
+    """final(x): x with substitutions applied to it and (transitively) to its inputs."""
+    stack = [root]
+    expanded: set[Node] = set()  # expanded but not final: on the DFS path ("grey")
+    while stack:
+        x = stack[-1]
+        if x in final:
+            stack.pop()
+            continue
+        target = subst.get(x, x)
+        todo = [target] if target is not x else [i for i in x.inputs if i not in final]
+        todo = [t for t in todo if t not in final]
+        if todo and x not in expanded:
+            if any(t in expanded for t in todo):
+                raise GraphError(f"substitution makes {x!r} depend on itself")
+            expanded.add(x)
+            stack.extend(todo)
+            continue
+        if target is not x:
+            final[x] = final[target]
+        else:
+            ins = tuple(final[i] for i in x.inputs)
+            new = x if ins == x.inputs else x.replace(inputs=ins)
+            pos.setdefault(new, pos[x])
+            final[x] = new
+        stack.pop()
+    return final[root]
+
+
+def _topological(nodes: list[Node], pos: dict[Node, float]) -> list[Node]:
+    order = list(nodes)
+    present = set(order)
+    # nodes reachable from kept ones but not listed (new helper nodes) join the tape too
+    stack = list(order)
+    while stack:
+        for i in stack.pop().inputs:
+            if i not in present:
+                present.add(i)
+                order.append(i)
+                stack.append(i)
+    seq = {n: k for k, n in enumerate(order)}  # deterministic tie-break
+    waiting = {n: len(set(n.inputs)) for n in order}
+    users: dict[Node, list[Node]] = {}
+    for n in order:
+        for i in dict.fromkeys(n.inputs):
+            users.setdefault(i, []).append(n)
+    heap = [(pos.get(n, 0.0), seq[n], n) for n in order if waiting[n] == 0]
+    heapq.heapify(heap)
+    out = []
+    while heap:
+        _, _, n = heapq.heappop(heap)
+        out.append(n)
+        for u in users.get(n, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(heap, (pos.get(u, 0.0), seq[u], u))
+    return out
+
+
+def spanning(like: Node) -> Node:
+    """A tag template for nodes that serve many steps at once (stacks, hoisted matmuls)."""
+    return Node(like.op, (), like.attrs, like.shape, like.dtype, step=None, scope=like.scope,
+                phase=like.phase)
+
+
+def is_matmul_2d(n: Node) -> bool:
+    return n.op == "matmul" and n.inputs[0].ndim == 2 and n.inputs[1].ndim == 2
+
+
+def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[Any, list[Node]]:
+    """Keep, per group, the members (in tape order) whose `needs(member)` operands do not depend
+    on an already accepted member of the same group, so that one node computing the whole group
+    can be placed without creating a cycle. One sweep with per-node group bitmasks."""
+    bit_of: dict[Node, int] = {}
+    key_of: dict[Node, Any] = {}
+    for k, (key, members) in enumerate(groups.items()):
+        for m in members:
+            bit_of[m], key_of[m] = 1 << k, key
+    taint: dict[Node, int] = {}
+    accepted: dict[Any, list[Node]] = {key: [] for key in groups}
+    for n in g.nodes:
+        t = 0
+        for i in n.inputs:
+            t |= taint.get(i, 0)
+        bit = bit_of.get(n)
+        if bit is not None:
+            deps = 0
+            for o in needs(n):
+                deps |= taint.get(o, 0)
+            if not deps & bit:
+                accepted[key_of[n]].append(n)
+                t |= bit
+        if t:
+            taint[n] = t
+    return {key: ms for key, ms in accepted.items() if len(ms) >= 2}
+
+
+def sole_use(users: dict[Node, list[Node]], n: Node, reader: Node, g: Graph) -> bool:
+    return n not in g.outputs and all(u is reader for u in users.get(n, ()))

@@ -1,0 +1,79 @@
+"""Known-zero propagation: values that are certainly zero (`zeros` nodes, all-zero constants)
+flow through the ops that keep them zero or pass their other operand on, so e.g. the backward of
+an acceptor whose per-step output gradients are zero folds away. `specialize_inputs` turns named
+inputs into such zeros. (0 * inf is taken as 0 here, as every autodiff system does.)"""
+from __future__ import annotations
+
+from ..graph import Graph, Node
+from .rewrite import derive, is_zero, zeros_like_node
+
+# f(0) == 0 for these single-input ops (their other attrs only reshape or re-type the value)
+_ZERO_PRESERVING = {"neg", "tanh", "sqrt", "abs", "relu", "sign", "sum", "max", "reshape",
+                    "transpose", "broadcast_to", "getitem", "index_grad", "cast", "stop_gradient",
+                    "embedding_grad", "scatter_add"}
+
+
+def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
+    zero = [is_zero(i) for i in ins]
+    if not any(zero):
+        return None
+    op = n.op
+    if op in _ZERO_PRESERVING and zero[0]:
+        return zeros_like_node(n)
+    if op in ("mul", "matmul") or (op == "div" and zero[0]):
+        return zeros_like_node(n)
+    if op == "concat" and all(zero):
+        return zeros_like_node(n)
+    if op == "where" and zero[1] and zero[2]:
+        return zeros_like_node(n)
+    if op in ("add", "sub"):
+        if all(zero):
+            return zeros_like_node(n)
+        other = ins[1] if zero[0] else ins[0]
+        if op == "sub" and zero[0]:
+            other = derive(n, "neg", (other,))
+        if other.dtype != n.dtype:  # e.g. int + float zeros: the sum was float
+            other = derive(n, "cast", (other,), dtype=n.dtype.str)
+        return other if other.shape == n.shape else derive(n, "broadcast_to", (other,),
+                                                             shape=n.shape)
+    if op == "add_n":
+        rest = [i for i, z in zip(ins, zero) if not z]
+        if not rest:
+            return zeros_like_node(n)
+        return rest[0] if len(rest) == 1 else derive(n, "add_n", rest)
+    return None
+
+
+def propagate_zeros(graph: Graph) -> Graph:
+    def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
+        if n.op in ("input", "constant", "zeros"):
+            return None
+        return _rewrite(n, tuple(mapping.get(i, i) for i in n.inputs))
+
+    return graph.rebuild(visit).eliminate_dead_code()
+
+
+def specialize_inputs(graph: Graph, values: dict[str, str]) -> Graph:
+    """Replace every use of the named inputs by a known value (only "zeros" so far) and
+    propagate it. The inputs stay in `graph.inputs`, so callers pass the same arrays as before
+    (the specialised ones are ignored)."""
+    targets = {}
+    for name, kind in values.items():
+        if kind != "zeros":
+            raise ValueError(f"specialize_inputs: only 'zeros' is supported, got {kind!r}")
+        node = graph.input_named(name)
+        targets[node] = zeros_like_node(node)
+
+    def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
+        if n.op == "input":
+            return None
+        ins = tuple(targets.get(i, mapping.get(i, i)) for i in n.inputs)
+        return None if ins == n.inputs else n.replace(inputs=ins)
+
+    out = graph.rebuild(visit)  # rebuild places each zeros node before its first reader
+    for k, o in enumerate(out.outputs):
+        if o in targets:
+            out.outputs[k] = targets[o]
+            if targets[o] not in out.nodes:
+                out.nodes.append(targets[o])
+    return propagate_zeros(out)

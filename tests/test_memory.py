@@ -1,0 +1,127 @@
+"""The buffer plan: no two simultaneously live values share a buffer, in-place only where the
+overwritten value is dead, never into inputs or views; byte accounting; outputs owned by callers."""
+import numpy as np
+
+import tapernn as tn
+from tapernn.memory import inplace_candidates
+from tapernn.ops.registry import get_op
+
+from lstm_fixture import lstm_graph
+
+
+def plan_of(graph, passes=None):
+    compiled = tn.compile(graph, passes=passes)
+    return compiled, compiled.program.plan
+
+
+def check_plan(graph, plan):
+    """Every invariant the executor relies on; returns the number of in-place nodes seen."""
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    occupants: dict[int, list[tuple[int, int, object]]] = {}
+    for n, b in plan.buffer_of.items():
+        assert n.op not in ("input", "constant") and not get_op(n.op).view
+        assert plan.root[n] is n
+        start, end = pos[n], plan.last_use.get(n, pos[n])
+        occupants.setdefault(b, []).append((start, end, n))
+    for n, temps in plan.scratch_of.items():
+        for b in temps:
+            occupants.setdefault(b, []).append((pos[n], pos[n], ("scratch", n)))
+    for b, spans in occupants.items():
+        spans.sort(key=lambda s: (s[0], s[1]))
+        for (s0, e0, a), (s1, e1, c) in zip(spans, spans[1:]):
+            handover = plan.inplace.get(c) is a and e0 == s1  # c overwrites a where a dies
+            assert e0 < s1 or handover, f"buffer {b}: {a} and {c} are live at once"
+    for n, i in plan.inplace.items():
+        assert i in [n.inputs[k] for k in inplace_candidates(n)]  # the op allows it
+        assert plan.last_use[i] == pos[n]  # nothing reads the overwritten value later
+        assert i.op not in ("input", "constant") and not get_op(i.op).view
+        assert all(plan.root[j] is not i for j in n.inputs if j is not i)
+    for o in graph.outputs:
+        assert plan.root[o] not in plan.buffer_of or o.op in ("input", "constant")
+    return len(plan.inplace)
+
+
+
+def test_lstm_plan_is_safe_and_smaller(rng):
+    g, arrays = lstm_graph(5, 3, 4, 6)
+    for passes in ([], None):
+        compiled, plan = plan_of(g, passes)
+        assert check_plan(compiled.graph, plan) > 0
+        assert plan.planned_bytes < plan.naive_bytes
+        assert plan.peak_bytes <= plan.naive_bytes
+        assert compiled.report.planned_bytes == plan.planned_bytes
+
+
+def test_a_chain_runs_in_one_buffer():
+    c = tn.compile(tn.trace(lambda x: tn.sum(tn.exp(tn.tanh(tn.sigmoid(x) * 2.0))), np.ones(8)),
+                   passes=[])
+    plan = c.program.plan
+    assert len(plan.buffers) == 1 and len(plan.inplace) == 3  # mul, tanh, exp overwrite in turn
+    np.testing.assert_allclose(c(np.ones(8)), 8 * np.exp(np.tanh(2 / (1 + np.exp(-1.0)))))
+
+
+def test_no_inplace_into_a_value_read_later():
+    def f(x):
+        a = tn.tanh(x)
+        b = tn.exp(a)  # a is still read below: exp must not overwrite it
+        return tn.sum(a * b)
+    c = tn.compile(tn.trace(f, np.ones(4)), passes=[])
+    plan = c.program.plan
+    exp = next(n for n in c.graph.nodes if n.op == "exp")
+    assert exp not in plan.inplace
+    x = np.linspace(-1, 1, 4)
+    np.testing.assert_allclose(c(x), np.sum(np.tanh(x) * np.exp(np.tanh(x))))
+
+
+def test_no_inplace_through_an_alias():
+    def f(x):
+        a = tn.tanh(x)
+        return tn.sum(a + tn.transpose(a))  # the transpose is a view of a
+    x = np.arange(9.0).reshape(3, 3) / 9
+    c = tn.compile(tn.trace(f, x), passes=[])
+    add = next(n for n in c.graph.nodes if n.op == "add")
+    assert add not in c.program.plan.inplace
+    np.testing.assert_allclose(c(x), np.sum(np.tanh(x) + np.tanh(x).T))
+
+
+def test_inputs_are_never_written(rng):
+    g, arrays = lstm_graph(3, 2, 3, 4)
+    copies = [a.copy() for a in arrays]
+    tn.compile(g)(*arrays)
+    for a, b in zip(arrays, copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_survive_the_next_call(rng):
+    g, arrays = lstm_graph(3, 2, 3, 4)
+    c = tn.compile(g)
+    first = [np.array(o) for o in c(*arrays)]
+    kept = c(*arrays)
+    other = [a * 0.5 for a in arrays]
+    c(*other)
+    for a, b in zip(kept, first):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_saved_for_backward_bytes():
+    from tapernn.autodiff import split_forward_backward
+    g, arrays = lstm_graph(3, 2, 3, 4)
+    joint = tn.compile(g, passes=[])
+    fwd, _ = split_forward_backward(g, 1)
+    saved = sum(fwd.outputs[k].nbytes for k in fwd.meta["saved_outputs"])
+    assert tn.compile(fwd, passes=[]).report.saved_for_backward_bytes == saved > 0
+    assert joint.report.saved_for_backward_bytes > 0
+
+
+def test_fused_temporaries_never_alias_live_values(rng):
+    def f(x, y):
+        a = tn.tanh(x * y + 1.0)
+        b = tn.sigmoid(a * x - y)
+        return tn.sum(b * a), tn.exp(a) @ tn.transpose(b)
+    arrays = [rng.standard_normal((3, 3)) for _ in range(2)]
+    c = tn.compile(tn.trace(f, *arrays))
+    assert "fused" in c.graph.op_counts()
+    check_plan(c.graph, c.program.plan)
+    expected = tn.compile(tn.trace(f, *arrays), passes=[])(*arrays)
+    for a, b in zip(c(*arrays), expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
