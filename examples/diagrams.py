@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tapernn as tn
+from tapernn.models import build_model
 from tapernn import functional as F
 from tapernn import tracing
 
@@ -67,11 +68,16 @@ def main(out: Path) -> None:
                   view="both", collapse=True),
     ]
     written += tn.render_passes(both, out / "passes", fmt=fmt)
-    # TODO(nn modules): the tutorial's acceptor and transducer, drawn from the real modules once
-    # tapernn.nn lands (Sequencer(LSTM) -> SelectTable(-1) -> Linear -> Sigmoid, and
-    # Sequencer(Sequential(LSTM, Linear))): `model.forward(x)`, then
-    # `tn.render(model, out / "acceptor_module.svg", level="module")`. Not written yet.
-    print(f"compiled (empty pipeline) still draws: {tn.to_dot(tn.compile(forward)).name}")
+    # the tutorial's acceptor and transducer, drawn from the real modules after a forward/backward
+    for name in ("tutorial-acceptor", "tutorial-transducer"):
+        model, x, grad_out = build_model(name, steps=4, batch=3, size=6)
+        model.forward(x)
+        model.backward(x, grad_out)
+        stem = name.replace("tutorial-", "")
+        written.append(tn.render(model, out / f"{stem}_module.{fmt}", level="module"))
+        written.append(tn.render(model, out / f"{stem}_module_both.{fmt}", level="module",
+                                 view="both"))
+        written.append(tn.render(model, out / f"{stem}_compiled.{fmt}", compiled=True))
     for path in written:
         print(f"wrote {path}")
 

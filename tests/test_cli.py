@@ -44,3 +44,28 @@ def test_models_build_and_run():
         out = model.forward(x)
         model.backward(x, g)
         assert np.all(np.isfinite(np.concatenate([np.ravel(o) for o in (out if isinstance(out, list) else [out])])))
+
+
+def test_demo_writes_the_acceptor_diagram(tmp_path, capsys):
+    import shutil
+    target = tmp_path / ("acceptor.svg" if shutil.which("dot") else "acceptor.dot")
+    assert main(["demo", "--diagram", str(target)]) == 0
+    assert target.exists() and target.stat().st_size > 500
+    assert "unrolled diagram" in capsys.readouterr().out
+
+
+def test_graph_command_writes_each_format(tmp_path):
+    import json
+    import shutil
+    out = tmp_path / "g.json"
+    assert main(["graph", "--model", "tutorial-transducer", "--view", "both", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {n["step"] for n in data["nodes"]} >= {0, 1, 2}
+    dot_file = tmp_path / "g.dot"
+    assert main(["graph", "--model", "gru", "--level", "op", "-o", str(dot_file)]) == 0
+    assert "cluster_step_2" in dot_file.read_text()
+    if shutil.which("dot"):
+        svg = tmp_path / "g.svg"
+        assert main(["graph", "--model", "tutorial-acceptor", "-o", str(svg)]) == 0
+        assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert main(["graph", "-o", str(tmp_path / "g.bmp")]) == 2

@@ -27,12 +27,16 @@ def route_buses(edges: list[Edge], cluster_of: dict[str, int | None]
     replaced: set[int] = set()
     out: list[Edge] = []
     points: dict[int, list[tuple[str, dict]]] = {}
+    lanes: dict[tuple[str, str], int] = {}
     for (hub, way, _), ks in fans.items():
         steps = sorted({cluster_of[edges[k][1] if way == "out" else edges[k][0]] for k in ks})
         if len(steps) < BUS_MIN_STEPS:
             continue
         replaced.update(ks)
-        out.extend(_bus(hub, way, [edges[k] for k in ks], steps, cluster_of, points))
+        # one hub may need several buses (e.g. a forward and a greyed context style): number them
+        lane = lanes[(hub, way)] = lanes.get((hub, way), -1) + 1
+        name = f"{way}{lane}" if lane else way
+        out.extend(_bus(hub, name, [edges[k] for k in ks], steps, cluster_of, points, way))
     kept = [e for k, e in enumerate(edges) if k not in replaced]
     return kept + out, points
 
@@ -41,15 +45,15 @@ def _style_key(attrs: dict) -> str:
     return repr(sorted((k, v) for k, v in attrs.items() if k not in ("label",)))
 
 
-def _bus(hub: str, way: str, edges: list[Edge], steps: list[int], cluster_of: dict,
-         points: dict[int, list[tuple[str, dict]]]) -> list[Edge]:
+def _bus(hub: str, name: str, edges: list[Edge], steps: list[int], cluster_of: dict,
+         points: dict[int, list[tuple[str, dict]]], way: str) -> list[Edge]:
     style = {k: v for k, v in edges[0][2].items()
              if k not in ("label", "dir", "weight", "constraint")}
     backwards = edges[0][2].get("dir") == "back"
     line = dict(style, dir="none", weight="0")
     junction = {"shape": "point", "width": "0.04", "color": style.get("color", "#555555"),
                 "label": ""}
-    ids = {t: f"bus_{hub}_{way}_{t}" for t in steps}
+    ids = {t: f"bus_{hub}_{name}_{t}" for t in steps}
     for t in steps:
         points.setdefault(t, []).append((ids[t], junction))
     chain = [ids[t] for t in steps]

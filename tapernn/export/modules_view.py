@@ -128,14 +128,16 @@ def _place_by_step(dot: graphviz.Digraph, d: Drawing, boxes: list[Box], first: d
         else:
             clusters.setdefault(t, []).append(b)
     members = {t: [ids[b] for b in bs] for t, bs in clusters.items()}
-    for t in sorted(set(clusters) | set(points)):
+    for t in sorted(clusters):
         with dot.subgraph(name=f"cluster_step_{t}") as c:
             c.attr(label=d.step_label.get(t, f"t = {t}"), **CLUSTER_ATTRS)
-            for b in clusters.get(t, []):
+            for b in clusters[t]:
                 draw(c, b)
-            for name, attrs in points.get(t, []):
-                c.node(name, **attrs)
-                members.setdefault(t, []).append(name)
+    # bus junctions stay outside the clusters: inside, each cluster would span the rank of its
+    # neighbour's junction and dot would stack the steps diagonally instead of in one row
+    for t in sorted(points):
+        for name, attrs in points[t]:
+            dot.node(name, **attrs)
     order_steps(dot, members, constraining(emitted))
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.shape import show_index
+
 from ..graph import Node
 
 FONT = "Helvetica"
@@ -104,12 +106,15 @@ def _attr_hint(n: Node) -> str:
     # a few attrs change what an op means on a slide (which axis, which slice); show those only
     if n.op == "transpose" and tuple(n.attrs.get("axes") or ()) == tuple(range(n.ndim))[::-1]:
         return "ᵀ" if n.ndim == 2 else ""
-    for key in ("axis", "axes", "index"):
+    if "index" in n.attrs:  # shown the way it was written: [2], [:, 4:8]
+        text = show_index(n.attrs["index"])
+        return f" {text if len(text) <= 18 else text[:16] + '…]'}"
+    for key in ("axis", "axes"):
         value = n.attrs.get(key)
         if value is not None:
             if isinstance(value, tuple) and len(value) == 1:
                 value = value[0]
-            text = f"{key}={value}" if key != "index" else str(value)
+            text = f"{key}={value}"
             return f" [{text if len(text) <= 16 else text[:14] + '…'}]"
     return ""
 

@@ -59,6 +59,8 @@ class Executable:
         graph = tape.graph
         graph.meta.update(scopes=dict(ctx.scopes), root=root.describe())
         self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, dict(graph.meta))
+        # what `module.graph` shows: the model's own outputs, not the recorded fields
+        self.display = Graph(graph.nodes, graph.inputs, self.real, dict(graph.meta))
         self.extras = extras
         self.binders = [_binder(n, ctx) for n in graph.inputs]
         data_nodes = [v.node for v in data]
@@ -99,8 +101,10 @@ class Executable:
         n = len(outputs)
         # the probes and final states are forward outputs too, but never differentiated
         joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
+        grads = joint.outputs[n + len(self.extras):]
+        display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(fwd, bwd, joint, self.passes)
+        return TrainingPair(fwd, bwd, display, self.passes)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -125,6 +129,7 @@ class TrainingPair:
     forward arguments it reads) programs of one joint graph."""
 
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
+        self.joint = joint  # forward and backward together, for diagrams
         self.n_saved = len(bwd.meta["saved_names"])
         self.n_seeds = len(bwd.meta["seed_names"])
         position = {n: k for k, n in enumerate(fwd.inputs)}
@@ -190,7 +195,11 @@ class Runtime:
         self.last = None
 
     def last_graph(self) -> Graph | None:
-        return None if self.last is None else self.last.graph
+        """The last traced model: forward and (after a training forward) backward nodes."""
+        if self.last is None:
+            return None
+        pair = self.last.training_pair
+        return pair.joint if pair is not None else self.last.display
 
     def last_compiled(self) -> Compiled | None:
         if self.last is None:

@@ -92,7 +92,10 @@ class Sequencer(Module):
         if as_array:
             self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list of steps, "
                                      f"got shape {x.shape}")
-            steps = [x[t] for t in range(x.shape[0])]
+            steps = []
+            for t in range(x.shape[0]):
+                with tracing.step(t):  # the slice x[t] belongs to step t in diagrams
+                    steps.append(x[t])
         else:
             self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
             steps = list(x)
@@ -108,9 +111,10 @@ class Sequencer(Module):
             with tracing.step(t):
                 ctx.step_mask = None if step_mask is None else step_mask[t]
                 y = self.module(xt)
-                outputs.append(y if step_mask is None else y * ctx.step_mask)
+                y = y if step_mask is None else y * ctx.step_mask
+                outputs.append(F.reshape(y, (1,) + y.shape) if as_array else y)
         ctx.step_mask = None
-        return F.stack(outputs, axis=0) if as_array else outputs
+        return F.concat(outputs, axis=0) if as_array else outputs
 
     def describe(self) -> str:
         return f"nn.Sequencer @ {self.module.describe()}"

@@ -76,10 +76,11 @@ def index_shape(x, index, **_):
     try:
         return probe[to_numpy_index(index)].shape
     except IndexError as e:
-        raise ShapeError(f"index {_show(index)} does not fit shape {x}: {e}") from None
+        raise ShapeError(f"index {show_index(index)} does not fit shape {x}: {e}") from None
 
 
-def _show(key: tuple) -> str:
+def show_index(key: tuple) -> str:
+    """An index key as Python would write it: `[:, 4:8]`."""
     parts = []
     for item in key:
         if isinstance(item, tuple) and item[0] == "s":
@@ -108,7 +109,7 @@ register("getitem", forward=_getitem, shape=index_shape, n_inputs=1, view=True,
 
 def _index_grad_shape(g, shape, index):
     if tuple(index_shape(tuple(shape), index)) != tuple(g):
-        raise ShapeError(f"index_grad: gradient {g} does not fit {shape}{_show(index)}")
+        raise ShapeError(f"index_grad: gradient {g} does not fit {shape}{show_index(index)}")
     return tuple(shape)
 
 

@@ -1,0 +1,54 @@
+"""`tapernn graph`: build a named model (or path.to.module:factory), run one forward and backward,
+and write its unrolled diagram."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import TapernnError
+
+FORMATS = (".svg", ".png", ".pdf", ".dot", ".json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="lstm",
+                        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
+                             "or path.to.module:factory (factory(steps, batch, size) -> "
+                             "(model, input, grad_output))")
+    parser.add_argument("--steps", type=int, default=3, help="timesteps to unroll (default 3)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=4, help="feature/hidden size")
+    parser.add_argument("--level", choices=("op", "module"), default="module")
+    parser.add_argument("--view", choices=("forward", "backward", "both"), default="forward")
+    parser.add_argument("--cluster-by", choices=("step", "scope"), default="step")
+    parser.add_argument("--collapse", action="store_true", help="draw the step template once ×T")
+    parser.add_argument("--compiled", action="store_true", help="draw the compiled program")
+    parser.add_argument("-o", "--output", default="graph.svg",
+                        help=f"output file; format from the suffix: {', '.join(FORMATS)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import random as tn_random
+    from .export import render, to_json
+    from .models import build_model
+
+    path = Path(args.output)
+    if path.suffix not in FORMATS:
+        raise TapernnError(f"unknown output format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    if min(args.steps, args.batch, args.hidden) < 1:
+        raise TapernnError("--steps, --batch and --hidden must be positive")
+    if not path.parent.exists():
+        raise TapernnError(f"folder {str(path.parent)!r} does not exist")
+    tn_random.manual_seed(0)
+    model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
+    model.forward(x)
+    if args.view != "forward" or args.compiled:
+        model.backward(x, grad_out)
+    if path.suffix == ".json":
+        import json
+        path.write_text(json.dumps(to_json(model)))
+    else:
+        render(model, path, level=args.level, view=args.view, cluster_by=args.cluster_by,
+               collapse=args.collapse, compiled=args.compiled)
+    print(f"wrote {path}")
+    return 0
