@@ -38,29 +38,37 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     wrt = [k for k, x in enumerate(xs) if x.dtype.kind == "f"]
     analytic = Compiled(grad(scalar, wrt=wrt))(*xs)[1:]
     value = Compiled(scalar)
+    checks = [(f"input {k} ({scalar.inputs[k].name})", xs[k], g) for k, g in zip(wrt, analytic)]
+    worst = _compare(checks, lambda: float(value(*xs)), rng, eps, atol, rtol, max_entries)
+    if worst is not None:
+        raise GradcheckError(f"gradient mismatch, worst at {worst}")
+    return True
+
+
+def _compare(checks: list, loss_at: Callable[[], float], rng: np.random.Generator, eps: float,
+             atol: float, rtol: float, max_entries: int) -> str | None:
+    """Central differences of `loss_at` for entries of each (name, array, analytic) in `checks`
+    (perturbed in place); returns a description of the worst violation, or None."""
     worst: tuple[float, str] | None = None
-    for k, g in zip(wrt, analytic):
-        x = xs[k]
-        entries = np.arange(x.size)
-        if x.size > max_entries:
-            entries = rng.choice(x.size, max_entries, replace=False)
+    for name, data, analytic in checks:
+        entries = np.arange(data.size)
+        if data.size > max_entries:
+            entries = rng.choice(data.size, max_entries, replace=False)
         for e in entries:
-            idx = np.unravel_index(e, x.shape) if x.shape else ()
-            orig = x[idx]
-            x[idx] = orig + eps
-            up = float(value(*xs))
-            x[idx] = orig - eps
-            down = float(value(*xs))
-            x[idx] = orig
+            idx = np.unravel_index(e, data.shape) if data.shape else ()
+            orig = data[idx]
+            data[idx] = orig + eps
+            up = loss_at()
+            data[idx] = orig - eps
+            down = loss_at()
+            data[idx] = orig
             numeric = (up - down) / (2 * eps)
-            a = float(g[idx])
+            a = float(analytic[idx])
             excess = abs(a - numeric) - (atol + rtol * abs(numeric))
             if excess > 0 and (worst is None or excess > worst[0]):
-                worst = (excess, f"input {k} ({scalar.inputs[k].name}) entry {tuple(int(i) for i in idx)}: "
-                                 f"analytic {a:.10g} vs numeric {numeric:.10g}")
-    if worst is not None:
-        raise GradcheckError(f"gradient mismatch, worst at {worst[1]}")
-    return True
+                worst = (excess, f"{name} entry {tuple(int(i) for i in idx)}: analytic {a:.10g} "
+                                 f"vs numeric {numeric:.10g}")
+    return None if worst is None else worst[1]
 
 
 def gradcheck_module(model: Any, criterion: Any, input: Any, target: Any, *, seed: int = 0,
@@ -83,29 +91,10 @@ def gradcheck_module(model: Any, criterion: Any, input: Any, target: Any, *, see
     out = model.forward(input)
     criterion.forward(out, target)
     grad_input = model.backward(input, criterion.backward(out, target))
-    rng = np.random.default_rng(seed)
-    worst: tuple[float, str] | None = None
     checks = [(name, p.data, p.grad) for name, p in model.named_parameters().items()]
     if isinstance(input, np.ndarray) and input.dtype.kind == "f":
         checks.append(("input", input, grad_input))
-    for name, data, analytic in checks:
-        entries = np.arange(data.size)
-        if data.size > max_entries:
-            entries = rng.choice(data.size, max_entries, replace=False)
-        for e in entries:
-            idx = np.unravel_index(e, data.shape)
-            orig = data[idx]
-            data[idx] = orig + eps
-            up = loss_at()
-            data[idx] = orig - eps
-            down = loss_at()
-            data[idx] = orig
-            numeric = (up - down) / (2 * eps)
-            a = float(analytic[idx])
-            excess = abs(a - numeric) - (atol + rtol * abs(numeric))
-            if excess > 0 and (worst is None or excess > worst[0]):
-                worst = (excess, f"{name} entry {tuple(int(i) for i in idx)}: analytic {a:.10g} "
-                                 f"vs numeric {numeric:.10g}")
+    worst = _compare(checks, loss_at, np.random.default_rng(seed), eps, atol, rtol, max_entries)
     if worst is not None:
-        raise GradcheckError(f"module gradient mismatch, worst at {worst[1]}")
+        raise GradcheckError(f"module gradient mismatch, worst at {worst}")
     return True
