@@ -9,12 +9,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..blas import blas_threads
 from .reference import ReferenceLSTM, theoretical_min_bptt_bytes
 
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
@@ -62,13 +62,6 @@ def describe_blas() -> list[str]:
         lines.append("WARNING: busy machine. A multi-threaded GEMM waits for its slowest thread, "
                      "so other processes inflate times 10-100x; try --threads 1")
     return lines
-
-
-def blas_thread_limit(threads: int | None):
-    if threads is None:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 # --- contenders --------------------------------------------------------------------------------
@@ -393,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
           "'vs ref' = time / reference time; 'of matmul' = GFLOP/s / GEMM-only GFLOP/s.")
     if args.threads:
         print(f"BLAS threads limited to {args.threads}")
-    with blas_thread_limit(args.threads):
+    with blas_threads(args.threads):
         for dtype in args.dtypes:
             for B, T, H in args.config_list:
                 report_config(B, T, H, H, dtype, args)
