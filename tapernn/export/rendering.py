@@ -60,8 +60,9 @@ def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
         raise RenderError(f"Graphviz `dot` failed on this diagram: {e.stderr!r}") from None
 
 
-def repr_svg(obj: Any) -> str | None:
-    """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr)."""
+def repr_svg(obj: Any, level: str = "op") -> str | None:
+    """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr).
+    Modules show themselves at module level; graphs and compiled programs at op level."""
     from . import to_dot
     from .source import resolve
 
@@ -70,7 +71,9 @@ def repr_svg(obj: Any) -> str | None:
     try:
         graph, _ = resolve(obj)
         big = len(graph.nodes) > REPR_COLLAPSE_NODES
-        return pipe(to_dot(obj, view="both", collapse=big), "svg").decode("utf-8")
+        dot = to_dot(obj, level=level, view="forward" if level == "module" else "both",
+                     collapse=big and level == "op")
+        return pipe(dot, "svg").decode("utf-8")
     except RenderError:
         return None
 

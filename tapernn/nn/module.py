@@ -307,7 +307,7 @@ class Module:
 
     def _repr_svg_(self) -> str | None:
         from ..export import repr_svg
-        return repr_svg(self) if self.graph is not None else None
+        return repr_svg(self, level="module") if self.graph is not None else None
 
 
 def _contains_var(obj: Any) -> bool:
