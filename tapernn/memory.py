@@ -87,8 +87,9 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None) -> BufferPlan:
             plan.scratch_of[n] = temps
         for b in temps:
             _give(plan, pool, b)
-        for i in dict.fromkeys(n.inputs):
-            r = root[i]
+        # dedup by storage: concat(b[0], b[1], ...) reads one buffer through several views,
+        # and freeing it once per view put it in the pool twice (two live values, one buffer)
+        for r in dict.fromkeys(root[i] for i in n.inputs):
             if plan.last_use.get(r) == k and r in plan.buffer_of and plan.inplace.get(n) is not r:
                 _give(plan, pool, plan.buffer_of[r])
         if plan.last_use.get(n) == k and n in plan.buffer_of:  # never read: free at once

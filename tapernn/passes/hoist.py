@@ -23,6 +23,7 @@ def hoist_across_time(graph: Graph) -> Graph:
     for members in accept_independent(graph, groups, lambda m: m.inputs[:1]).values():
         subst.update(stack_rows(members))
     graph = substitute(graph, subst)
+    graph = pull_transposes_out_of_sums(graph)
     graph = merge_matmul_sums(graph, lambda steps: len(steps) > 1)
     graph = merge_row_sums(graph)
     graph = pull_slices_out_of_sums(graph)
@@ -41,6 +42,33 @@ def stack_rows(members: list[Node]) -> dict[Node, Node]:
         rows[left] = (start, start + left.shape[0])
         start += left.shape[0]
     return {m: slice_axis(m, product, 0, *rows[m.inputs[0]]) for m in members}
+
+
+def pull_transposes_out_of_sums(graph: Graph) -> Graph:
+    """add_n(t(A_1), ..., t(A_k), rest) == add_n(t(add_n(A_1, ..., A_k)), rest): Linear's
+    weight gradient arrives per step as (x_t^T dz_t)^T; with the transposes pulled out the sum
+    over steps meets merge_matmul_sums and becomes one (TB-deep) GEMM instead of T thin ones
+    plus T full-size additions."""
+    users = graph.users()
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "add_n":
+            continue
+        by_axes: dict[tuple, list[Node]] = {}
+        for t in dict.fromkeys(n.inputs):
+            if t.op == "transpose" and n.inputs.count(t) == 1 and sole_use(users, t, n, graph) \
+                    and is_matmul_2d(t.inputs[0]) and t.inputs[0].step is not None:
+                by_axes.setdefault(tuple(t.attrs["axes"]), []).append(t)
+        for axes, terms in by_axes.items():
+            if len(terms) < 2 or len({t.inputs[0].step for t in terms}) < len(terms):
+                continue
+            inner = derive(spanning(n), "add_n", [t.inputs[0] for t in terms])
+            pulled = derive(n, "transpose", (inner,), axes=axes)
+            rest = [i for i in n.inputs if i not in terms]
+            n2 = pulled if not rest else n.replace(inputs=tuple(rest) + (pulled,))
+            subst[n] = n2
+            break  # one group per add_n and pass run: the usual case has one
+    return substitute(graph, subst)
 
 
 def _row_sum(n: Node) -> bool:

@@ -4,7 +4,8 @@ hoisting and gate fusion have sliced the same product twice (rows per step, colu
 from __future__ import annotations
 
 from ..graph import Graph, Node
-from .concat import basic_ranges, slice_axis
+from .concat import basic_ranges, make_concat, slice_axis
+from .rewrite import substitute
 
 
 def _simplified(n: Node, x: Node) -> Node | None:
@@ -34,4 +35,42 @@ def simplify_views(graph: Graph) -> Graph:
         x = mapping.get(n.inputs[0], n.inputs[0])
         return _simplified(n, x)
 
-    return graph.rebuild(visit).eliminate_dead_code()
+    return index_grads_to_concat(graph.rebuild(visit).eliminate_dead_code())
+
+
+def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
+    """(axis, start, stop) when index_grad t scatters into one basic block of `shape` that is
+    full on every axis but one, else None."""
+    if t.op != "index_grad" or tuple(t.attrs["shape"]) != shape:
+        return None
+    probe = Node("getitem", (Node("input", (), {}, shape, t.dtype),), {"index": t.attrs["index"]},
+                 t.inputs[0].shape, t.dtype)
+    ranges = basic_ranges(probe)
+    if ranges is None:
+        return None
+    partial = [k for k, (a, b) in enumerate(ranges) if (a, b) != (0, shape[k])]
+    if len(partial) > 1:
+        return None
+    axis = partial[0] if partial else 0
+    return (axis, *ranges[axis])
+
+
+def index_grads_to_concat(graph: Graph) -> Graph:
+    """add_n(index_grad(g_k, S, blocks tiling S along one axis)) == concat(g_k): the per-gate
+    gradients of a split gate block are joined with one copy instead of zero-filling S per
+    gate, scattering each block and adding the full-size pieces together."""
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "add_n" or len(set(n.inputs)) != len(n.inputs):
+            continue
+        blocks = [_block(t, n.shape) for t in n.inputs]
+        if any(b is None for b in blocks) or len({b[0] for b in blocks}) != 1:
+            continue
+        order = sorted(range(len(blocks)), key=lambda k: blocks[k][1])
+        edges = [blocks[k][1:] for k in order]
+        axis = blocks[0][0]
+        if edges[0][0] != 0 or edges[-1][1] != n.shape[axis] or any(
+                a[1] != b[0] for a, b in zip(edges, edges[1:])):
+            continue
+        subst[n] = make_concat(n, [n.inputs[k].inputs[0] for k in order], axis=axis)
+    return substitute(graph, subst)
