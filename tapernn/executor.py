@@ -28,6 +28,29 @@ _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divi
            "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
 
 
+def _sigmoid_tanh(x, out=None):
+    # sigma(a) = 0.5 * tanh(0.5 * a) + 0.5: four in-place ufunc passes and no temporaries, where
+    # the exact two-branch form needs exp, abs, where, a cast, an add and a divide
+    out = np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
+# ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
+# a << 0): their sigmoid operands keep the exact lowering
+_TAIL_READERS = ("log", "div", "power")
+
+
+def _fast_sigmoid(dtype) -> bool:
+    """float32 sigmoids are lowered through tanh: absolute error ~1 ulp of 0.5 (6e-8), the same
+    as the exact form's near 0.5; only far in the negative tail (a < -17) does the relative error
+    grow, and there the value is below float32's resolution of 1 - sigma anyway. float64 keeps
+    the exact form: its tails are tested to 1e-12 relative (test_sigmoid_is_stable_in_both_tails)."""
+    return np.dtype(dtype) == np.float32
+
+
 class Program:
     """Generated source for one graph plus the values it closes over.
 
@@ -76,6 +99,7 @@ class Program:
     def _generate(self, fn_name: str) -> str:
         g, plan = self.graph, self.plan
         views = self._buffer_views()
+        self.exact_sigmoid = {i for n in g.nodes if n.op in _TAIL_READERS for i in n.inputs}
         names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
         dead_after = _fresh_deaths(g, plan)
         body: list[str] = []
@@ -90,6 +114,8 @@ class Program:
             args = [names[i] for i in n.inputs]
             if n.op == "fused":
                 lines = self._fused_lines(n, args, out, views)
+            elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
+                lines = [self._call("sigmoid_tanh", args, n.attrs, out)]
             else:
                 lines = [self._call(n.op, args, n.attrs, out)]
             lines[-1] = f"{names[n]} = {lines[-1]}"
@@ -105,6 +131,8 @@ class Program:
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         tail = f", out={out}" if out else ""
+        if op == "sigmoid_tanh":
+            return f"{self._named('f_sigmoid_tanh', _sigmoid_tanh)}({args[0]}{tail})"
         if op in _UFUNCS:
             return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
         if op == "getitem" and not is_advanced(attrs["index"]):
@@ -126,10 +154,16 @@ class Program:
         last one the node's output."""
         slot_of, slots = fused_slots(n)
         temps = [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+        program = n.attrs["program"]
+        exact = {-r - 1 for op, refs, *_ in program if op in _TAIL_READERS for r in refs if r < 0}
+        if n in self.exact_sigmoid:
+            exact.add(len(program) - 1)
         lines, results = [], []
-        for j, (op, refs, attrs, _, _) in enumerate(n.attrs["program"]):
+        for j, (op, refs, attrs, _, dtype) in enumerate(program):
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
+            if op == "sigmoid" and _fast_sigmoid(dtype) and j not in exact:
+                op = "sigmoid_tanh"
             lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
         return lines
