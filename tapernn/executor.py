@@ -133,6 +133,16 @@ class Program:
         tail = f", out={out}" if out else ""
         if op == "sigmoid_tanh":
             return f"{self._named('f_sigmoid_tanh', _sigmoid_tanh)}({args[0]}{tail})"
+        if op == "concat":  # direct NumPy call: no wrapper frame per step
+            fn = self._named("np_concatenate", np.concatenate)
+            return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
+        if op == "add_n" and out:
+            # chained into out: only input 0 may share out (add_n's in-place rule), so the
+            # later operands are never overwritten before they are read
+            expr = args[0]
+            for a in args[1:]:
+                expr = f"{self._named('np_add', np.add)}({expr}, {a}, out={out})"
+            return expr
         if op in _UFUNCS:
             return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
         if op == "getitem" and not is_advanced(attrs["index"]):
