@@ -152,28 +152,34 @@ class Graph:
 
     # ---- checks and views ---------------------------------------------------------------------
 
-    def verify(self) -> None:
+    def verify(self, checked: set[Node] | frozenset = frozenset()) -> None:
         """Raise GraphError unless the graph is well formed.
 
         Checks: topological order, no dangling inputs, no duplicates, every op registered, every
-        node's shape and dtype equal to what its op's rules give for its inputs.
+        node's shape and dtype equal to what its op's rules give for its inputs. Nodes in
+        `checked` passed the op-rule check in an earlier graph (nodes are immutable once built:
+        passes make new ones), so only their placement is checked again.
         """
         placed: set[Node] = set()
+        inputs = set(self.inputs)
         for k, n in enumerate(self.nodes):
-            where = f"node %{k} ({n.op}, scope {n.scope!r}, step {n.step})"
             if n in placed:
-                raise GraphError(f"{where} appears twice on the tape")
+                raise GraphError(f"{_where(k, n)} appears twice on the tape")
             for i in n.inputs:
                 if i not in placed:
-                    raise GraphError(f"{where} reads a value that is not earlier on the tape: {i!r}")
+                    raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
+                                     f"tape: {i!r}")
             if n.op == "input":
-                if n not in self.inputs:
-                    raise GraphError(f"{where} is an input node but not in graph.inputs")
+                if n not in inputs:
+                    raise GraphError(f"{_where(k, n)} is an input node but not in graph.inputs")
+            elif n in checked:
+                pass
             elif n.op == "constant":
                 if n.value is None or tuple(n.value.shape) != n.shape:
-                    raise GraphError(f"{where}: constant value does not match shape {n.shape}")
+                    raise GraphError(f"{_where(k, n)}: constant value does not match shape "
+                                     f"{n.shape}")
             else:
-                _check_op_node(n, where)
+                _check_op_node(n, k)
             placed.add(n)
         for n in self.inputs:
             if n not in placed or n.op != "input":
@@ -220,6 +226,11 @@ class Graph:
         return repr_svg(self)
 
 
+def _where(k: int, n: Node) -> str:
+    # built only when reporting: formatting it for every node was a large share of verify()
+    return f"node %{k} ({n.op}, scope {n.scope!r}, step {n.step})"
+
+
 def _append_with_missing(node: Node, nodes: list[Node], seen: set[Node]) -> None:
     """Append `node` after any of its (transitive) inputs not yet on the new tape."""
     stack = [(node, iter(node.inputs))]
@@ -236,21 +247,21 @@ def _append_with_missing(node: Node, nodes: list[Node], seen: set[Node]) -> None
                 nodes.append(n)
 
 
-def _check_op_node(n: Node, where: str) -> None:
+def _check_op_node(n: Node, k: int) -> None:
     op = REGISTRY.get(n.op)
     if op is None:
-        raise GraphError(f"{where}: op {n.op!r} is not registered")
+        raise GraphError(f"{_where(k, n)}: op {n.op!r} is not registered")
     if op.n_inputs is not None and len(n.inputs) != op.n_inputs:
-        raise GraphError(f"{where}: takes {op.n_inputs} inputs, has {len(n.inputs)}")
+        raise GraphError(f"{_where(k, n)}: takes {op.n_inputs} inputs, has {len(n.inputs)}")
     try:
         shape = tuple(op.shape(*[i.shape for i in n.inputs], **n.attrs))
         dtype = op.infer_dtype([i.dtype for i in n.inputs], n.attrs)
     except ShapeError as e:
-        raise GraphError(f"{where}: {e}") from None
+        raise GraphError(f"{_where(k, n)}: {e}") from None
     if shape != n.shape:
-        raise GraphError(f"{where}: recorded shape {n.shape}, but its inputs give {shape}")
+        raise GraphError(f"{_where(k, n)}: recorded shape {n.shape}, but its inputs give {shape}")
     if dtype != n.dtype:
-        raise GraphError(f"{where}: recorded dtype {n.dtype}, but its inputs give {dtype}")
+        raise GraphError(f"{_where(k, n)}: recorded dtype {n.dtype}, but its inputs give {dtype}")
 
 
 def _printable_attrs(attrs: dict) -> dict:
