@@ -210,10 +210,12 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
 
 
 def _owned(n: Node, name: str, plan: BufferPlan) -> str:
-    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them
+    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them.
+    # A view of a value allocated fresh by this call (the [f, o] sigmoid block whose slices are
+    # saved for backward) is the caller's already: no copy
     root = plan.root.get(n, n)
     if n.op in ("input", "constant") or root.op in ("input", "constant") \
-            or root in plan.buffer_of or get_op(n.op).view:
+            or root in plan.buffer_of or (get_op(n.op).view and root not in plan.fresh):
         return f"np_array({name})"
     return f"np_asarray({name})" if n.shape == () else name
 
