@@ -28,16 +28,6 @@ _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divi
            "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
 
 
-def _sigmoid_tanh(x, out=None):
-    # sigma(a) = 0.5 * tanh(0.5 * a) + 0.5: four in-place ufunc passes and no temporaries, where
-    # the exact two-branch form needs exp, abs, where, a cast, an add and a divide
-    out = np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
-
-
 # ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
 # a << 0): their sigmoid operands keep the exact lowering
 _TAIL_READERS = ("log", "div", "power")
@@ -113,9 +103,9 @@ class Program:
             out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
             args = [names[i] for i in n.inputs]
             if n.op == "fused":
-                lines = self._fused_lines(n, args, out, views)
+                lines = self._fused_lines(n, args, out, views, names[n])
             elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
-                lines = [self._call("sigmoid_tanh", args, n.attrs, out)]
+                lines = self._sigmoid_tanh(args[0], names[n], out)
             else:
                 lines = [self._call(n.op, args, n.attrs, out)]
             lines[-1] = f"{names[n]} = {lines[-1]}"
@@ -131,8 +121,6 @@ class Program:
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         tail = f", out={out}" if out else ""
-        if op == "sigmoid_tanh":
-            return f"{self._named('f_sigmoid_tanh', _sigmoid_tanh)}({args[0]}{tail})"
         if op == "concat":  # direct NumPy call: no wrapper frame per step
             fn = self._named("np_concatenate", np.concatenate)
             return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
@@ -159,7 +147,8 @@ class Program:
         kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
         return f"{fn}({', '.join(args + kw)}{tail})"
 
-    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict) -> list[str]:
+    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict,
+                     result: str) -> list[str]:
         """The fused program inline: each instruction writes its preallocated temporary, the
         last one the node's output."""
         slot_of, slots = fused_slots(n)
@@ -173,10 +162,22 @@ class Program:
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
             if op == "sigmoid" and _fast_sigmoid(dtype) and j not in exact:
-                op = "sigmoid_tanh"
-            lines.append(self._call(op, ins, dict(attrs), target))
+                lines += self._sigmoid_tanh(ins[0], target or result, target)
+            else:
+                lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
         return lines
+
+    def _sigmoid_tanh(self, x: str, name: str, out: str | None) -> list[str]:
+        """sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 as four ufunc lines writing `name` in place (no
+        temporaries, no call frame), where the exact form needs exp, abs, where, a cast, an add
+        and a divide. The last line is a bare call: the caller prefixes the assignment."""
+        mul, tanh, add = (self._named(f"np_{op}", _UFUNCS[op]) for op in ("mul", "tanh", "add"))
+        first = f"{name} = {mul}({x}, 0.5{f', out={out}' if out else ''})"
+        if name == out:  # fused temporaries are names of preallocated buffers already
+            first = f"{mul}({x}, 0.5, out={out})"
+        return [first, f"{tanh}({name}, out={name})", f"{mul}({name}, 0.5, out={name})",
+                f"{add}({name}, 0.5, out={name})"]
 
     def failing_node(self, exc: BaseException) -> Node | None:
         for frame, lineno in traceback.walk_tb(exc.__traceback__):
