@@ -28,6 +28,19 @@ _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divi
            "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
 
 
+# ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
+# a << 0): their sigmoid operands keep the exact lowering
+_TAIL_READERS = ("log", "div", "power")
+
+
+def _fast_sigmoid(dtype) -> bool:
+    """float32 sigmoids are lowered through tanh: absolute error ~1 ulp of 0.5 (6e-8), the same
+    as the exact form's near 0.5; only far in the negative tail (a < -17) does the relative error
+    grow, and there the value is below float32's resolution of 1 - sigma anyway. float64 keeps
+    the exact form: its tails are tested to 1e-12 relative (test_sigmoid_is_stable_in_both_tails)."""
+    return np.dtype(dtype) == np.float32
+
+
 class Program:
     """Generated source for one graph plus the values it closes over.
 
@@ -76,6 +89,7 @@ class Program:
     def _generate(self, fn_name: str) -> str:
         g, plan = self.graph, self.plan
         views = self._buffer_views()
+        self.exact_sigmoid = {i for n in g.nodes if n.op in _TAIL_READERS for i in n.inputs}
         names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
         dead_after = _fresh_deaths(g, plan)
         body: list[str] = []
@@ -89,7 +103,9 @@ class Program:
             out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
             args = [names[i] for i in n.inputs]
             if n.op == "fused":
-                lines = self._fused_lines(n, args, out, views)
+                lines = self._fused_lines(n, args, out, views, names[n])
+            elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
+                lines = self._sigmoid_tanh(args[0], names[n], out)
             else:
                 lines = [self._call(n.op, args, n.attrs, out)]
             lines[-1] = f"{names[n]} = {lines[-1]}"
@@ -105,6 +121,16 @@ class Program:
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         tail = f", out={out}" if out else ""
+        if op == "concat":  # direct NumPy call: no wrapper frame per step
+            fn = self._named("np_concatenate", np.concatenate)
+            return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
+        if op == "add_n" and out:
+            # chained into out: only input 0 may share out (add_n's in-place rule), so the
+            # later operands are never overwritten before they are read
+            expr = args[0]
+            for a in args[1:]:
+                expr = f"{self._named('np_add', np.add)}({expr}, {a}, out={out})"
+            return expr
         if op in _UFUNCS:
             return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
         if op == "getitem" and not is_advanced(attrs["index"]):
@@ -121,18 +147,37 @@ class Program:
         kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
         return f"{fn}({', '.join(args + kw)}{tail})"
 
-    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict) -> list[str]:
+    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict,
+                     result: str) -> list[str]:
         """The fused program inline: each instruction writes its preallocated temporary, the
         last one the node's output."""
         slot_of, slots = fused_slots(n)
         temps = [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+        program = n.attrs["program"]
+        exact = {-r - 1 for op, refs, *_ in program if op in _TAIL_READERS for r in refs if r < 0}
+        if n in self.exact_sigmoid:
+            exact.add(len(program) - 1)
         lines, results = [], []
-        for j, (op, refs, attrs, _, _) in enumerate(n.attrs["program"]):
+        for j, (op, refs, attrs, _, dtype) in enumerate(program):
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
-            lines.append(self._call(op, ins, dict(attrs), target))
+            if op == "sigmoid" and _fast_sigmoid(dtype) and j not in exact:
+                lines += self._sigmoid_tanh(ins[0], target or result, target)
+            else:
+                lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
         return lines
+
+    def _sigmoid_tanh(self, x: str, name: str, out: str | None) -> list[str]:
+        """sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 as four ufunc lines writing `name` in place (no
+        temporaries, no call frame), where the exact form needs exp, abs, where, a cast, an add
+        and a divide. The last line is a bare call: the caller prefixes the assignment."""
+        mul, tanh, add = (self._named(f"np_{op}", _UFUNCS[op]) for op in ("mul", "tanh", "add"))
+        first = f"{name} = {mul}({x}, 0.5{f', out={out}' if out else ''})"
+        if name == out:  # fused temporaries are names of preallocated buffers already
+            first = f"{mul}({x}, 0.5, out={out})"
+        return [first, f"{tanh}({name}, out={name})", f"{mul}({name}, 0.5, out={name})",
+                f"{add}({name}, 0.5, out={name})"]
 
     def failing_node(self, exc: BaseException) -> Node | None:
         for frame, lineno in traceback.walk_tb(exc.__traceback__):
@@ -166,10 +211,12 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
 
 
 def _owned(n: Node, name: str, plan: BufferPlan) -> str:
-    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them
+    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them.
+    # A view of a value allocated fresh by this call (the [f, o] sigmoid block whose slices are
+    # saved for backward) is the caller's already: no copy
     root = plan.root.get(n, n)
     if n.op in ("input", "constant") or root.op in ("input", "constant") \
-            or root in plan.buffer_of or get_op(n.op).view:
+            or root in plan.buffer_of or (get_op(n.op).view and root not in plan.fresh):
         return f"np_array({name})"
     return f"np_asarray({name})" if n.shape == () else name
 

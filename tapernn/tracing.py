@@ -192,6 +192,7 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
                       f"{where(_SCOPE.get() or None, _STEP.get())}") from None
     node = Node(opname, nodes, attrs, shape, dtype, step=_STEP.get(), scope=_SCOPE.get(),
                 phase=_PHASE.get())
+    node.verified = op.n_inputs is None or len(nodes) == op.n_inputs  # rules ran just above
     return Var(tape.add(node), tape)
 
 

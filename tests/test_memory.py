@@ -125,3 +125,19 @@ def test_fused_temporaries_never_alias_live_values(rng):
     expected = tn.compile(tn.trace(f, *arrays), passes=[])(*arrays)
     for a, b in zip(c(*arrays), expected):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_a_buffer_read_through_several_views_is_freed_once():
+    # concat(y[0], y[1]) reads y's buffer through two views; freeing it once per view put it in
+    # the pool twice, and exp(s) and tanh(s) were then given the same buffer while both live
+    def f(x):
+        y = tn.tanh(x)
+        s = tn.concat([y[0], y[1]], axis=0)
+        a, b, c = tn.exp(s), tn.tanh(s), tn.sqrt(s * s)
+        return tn.sum(a * b * c + s)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    compiled, plan = plan_of(tn.trace(f, x), passes=[])
+    check_plan(compiled.graph, plan)
+    y = np.tanh(x).reshape(-1)
+    np.testing.assert_allclose(compiled(x), np.sum(np.exp(y) * np.tanh(y) * np.abs(y) + y),
+                               rtol=1e-12)

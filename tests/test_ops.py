@@ -161,3 +161,13 @@ def test_stop_gradient_blocks_the_gradient():
     x = randn(3)
     out = tn.compile(tn.grad(tn.trace(lambda v: tn.sum(v * tn.stop_gradient(v)), x)))(x)
     np.testing.assert_allclose(out[1], x)  # d/dv of v*c is c, not 2v
+
+
+def test_float32_sigmoid_lowering_is_close_and_log_keeps_the_tail():
+    x = np.linspace(-30, 30, 601).astype(np.float32)
+    y = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x))(x)
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(y, exact, atol=1.2e-7)
+    logs = tn.compile(tn.trace(lambda v: tn.log(tn.sigmoid(v)), x))(x)
+    assert np.all(np.isfinite(logs))  # tanh form would give log(0) below a = -17
+    np.testing.assert_allclose(logs, np.log(exact), rtol=1e-5, atol=1e-6)

@@ -109,9 +109,11 @@ class Module:
         out: dict[str, Parameter] = {}
         for name, p in self._params.items():
             out.setdefault(prefix + name, p)
+        seen = {id(p) for p in out.values()}  # shared parameters are listed once (first name)
         for cname, child in self._children.items():
             for name, p in child.named_parameters(f"{prefix}{cname}.").items():
-                if all(q is not p for q in out.values()):
+                if id(p) not in seen:
+                    seen.add(id(p))
                     out[name] = p
         return out
 

@@ -16,7 +16,7 @@ from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
 from .context import BuildContext
-from .tree import count_leaves, flatten, unflatten
+from .tree import LEAF, count_leaves, flatten, unflatten
 
 
 def runtime_of(module: Any) -> Runtime:
@@ -76,6 +76,20 @@ class Executable:
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
+
+    def probe_plan(self) -> list:
+        """Per module, its probes' (field, step, tree, output positions): computed once, so a
+        call does no grouping and no tree walks for single-array probes (per-call overhead
+        dominates small models)."""
+        plan = getattr(self, "_probe_plan", None)
+        if plan is None:
+            by_module: dict[Any, list] = {}
+            pos = self.probe_pos
+            for m, name, t, tree, nodes in self.probes:
+                by_module.setdefault(m, []).append((name, t, tree, pos, pos + len(nodes)))
+                pos += len(nodes)
+            plan = self._probe_plan = list(by_module.items())
+        return plan
 
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
@@ -264,18 +278,17 @@ class Runtime:
             finals.setdefault(m, []).append(outs[exe.final_pos + j])
         for m, st in finals.items():
             m._store_state(tuple(st))
-        pos = exe.probe_pos
-        fields: dict[Any, list] = {}
-        for m, name, t, tree, nodes in exe.probes:
-            value = unflatten(tree, list(outs[pos: pos + len(nodes)]))
-            pos += len(nodes)
-            if name == "output":
-                m.output = value
-            else:
-                fields.setdefault(m, []).append((name, t, value))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
-        for m, items in fields.items():
-            m._write_fields(items, mode)
+        for m, items in exe.probe_plan():
+            fields = []
+            for name, t, tree, pos, stop in items:
+                value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
+                if name == "output":
+                    m.output = value
+                else:
+                    fields.append((name, t, value))
+            if fields:
+                m._write_fields(fields, mode)
 
     # ---- backward --------------------------------------------------------------------------------
 
@@ -389,7 +402,7 @@ def _extra_state_seeds(exe: Executable) -> list:
     """(module, t, k, state node, gradient) for each set_grad_hidden_state gradient pending on a
     recurrent module of this program (sequence use)."""
     out = []
-    for m in {p[0] for p in exe.probes if getattr(p[0], "_extra_state_grads", None)}:
+    for m in [m for m, _ in exe.probe_plan() if getattr(m, "_extra_state_grads", None)]:
         steps = sorted({t for mm, f, t, _, _ in exe.probes if mm is m and f == "outputs"})
         for t, grads in sorted(m._extra_state_grads.items()):
             if not -len(steps) <= t < len(steps):

@@ -20,7 +20,10 @@ def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
     opdef = get_op(op)
     shape = tuple(opdef.shape(*[i.shape for i in inputs], **attrs))
     dtype = opdef.infer_dtype([i.dtype for i in inputs], attrs)
-    return Node(op, inputs, attrs, shape, dtype, step=like.step, scope=like.scope, phase=like.phase)
+    node = Node(op, inputs, attrs, shape, dtype, step=like.step, scope=like.scope,
+                phase=like.phase)
+    node.verified = opdef.n_inputs is None or len(inputs) == opdef.n_inputs  # rules just ran
+    return node
 
 
 def zeros_like_node(like: Node, shape: tuple | None = None, dtype: Any = None) -> Node:
