@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import random as tn_random
-from ..errors import ShapeError, StateError, where
+from ..errors import DTypeError, ShapeError, StateError, where
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 
@@ -240,13 +240,29 @@ class Module:
         return self
 
     def astype(self, dtype: Any) -> Module:
-        dtype = np.dtype(dtype)
+        """Convert parameters (and the computations of later calls) to `dtype`, float32 or
+        float64 (Torch7's `:float()` / `:double()`)."""
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as e:
+            raise DTypeError(f"{self.describe()}.astype: {dtype!r} is not a dtype") from None
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise DTypeError(f"{self.describe()}.astype: parameters must be float32 or float64, "
+                             f"not {dtype.name}")
         for m in self.modules():
             m._dtype = dtype
             for p in m._params.values():
                 p.data = p.data.astype(dtype)
                 p.grad = p.grad.astype(dtype)
         return self
+
+    def float(self) -> Module:
+        """`astype(np.float32)`, as Torch7's `module:float()`."""
+        return self.astype(np.float32)
+
+    def double(self) -> Module:
+        """`astype(np.float64)`, as Torch7's `module:double()`."""
+        return self.astype(np.float64)
 
     @property
     def dtype(self) -> np.dtype:
