@@ -5,6 +5,7 @@ Contenders run interleaved in one process and are reported as medians and ratios
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -120,8 +121,10 @@ def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray) ->
     seq.backward(x, grad_h)
 
 
+@functools.cache
 def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
-    """name -> (module factory, gate count for FLOPs), or why tapernn's nn cannot be used."""
+    """name -> (module factory, gate count for FLOPs), or why tapernn's nn cannot be used.
+    Cached: the factories key the Sequencer cache, so later tables find the timed modules."""
     try:
         from tapernn import nn
     except ImportError as exc:
@@ -269,8 +272,87 @@ def report_config(B, T, D, H, dtype, args) -> None:
     for row in format_rows(contenders):
         print(row)
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
-    print(f"  memory: reference workspace {reference.workspace_bytes() / 2**20:.2f} MiB, "
-          f"theoretical BPTT minimum {minimum / 2**20:.2f} MiB")
+    workspace = reference.workspace_bytes()
+    unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
+    print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, "
+          f"theoretical BPTT minimum {minimum / scale:.2f} {unit} (T*B*5H*itemsize)")
+    for row in memory_rows(B, T, D, H, dtype, workspace, minimum):
+        print(row)
+
+
+def training_pair_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
+    """The compiled forward/backward pair of a cached benchmark Sequencer (None if not run)."""
+    seq = _sequencers.get((factory, B, T, D, H, np.dtype(dtype)))
+    runtime = getattr(seq, "_runtime", None)
+    last = getattr(runtime, "last", None)
+    return getattr(last, "training_pair", None)
+
+
+def memory_rows(B, T, D, H, dtype, workspace: int, minimum: int) -> list[str]:
+    """Per tapernn contender: bytes kept for backward, buffers each program allocates, what is
+    resident across a training step and the most bytes live at once, against the reference."""
+    factories = tapernn_factories()
+    if isinstance(factories, str):
+        return []
+    unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
+    mib = lambda b: f"{b / scale:.2f}"
+    header = (f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
+              f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/min':>10}")
+    rows = [header]
+    for label, (factory, _) in factories.items():
+        pair = training_pair_of(factory, B, T, D, H, dtype) if factory else None
+        if pair is None:
+            continue
+        fwd, bwd = pair.forward.report, pair.backward.report
+        resident = getattr(pair, "resident_bytes", fwd.planned_bytes + bwd.planned_bytes)
+        peak = max(fwd.peak_bytes, bwd.peak_bytes)
+        rows.append(f"  {'tn ' + label:<34} {mib(pair.saved_bytes):>7} {mib(fwd.planned_bytes):>8} "
+                    f"{mib(bwd.planned_bytes):>8} {mib(resident):>9} {mib(peak):>7} "
+                    f"{resident / workspace:>7.2f}x {peak / minimum:>8.2f}x "
+                    f"{pair.saved_bytes / minimum:>9.2f}x")
+    return rows
+
+
+# --- compile time ------------------------------------------------------------------------------
+
+
+def compile_times(cell: str, B: int, T: int, H: int, dtype, repeats: int = 3) -> tuple[float, float]:
+    """(first training step, steady training step) seconds of a fresh Sequencer(cell(H, H)):
+    the first call traces, differentiates, runs the passes, plans memory and generates code.
+    Medians over `repeats` fresh Sequencers."""
+    from tapernn import nn
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
+    firsts, steadies = [], []
+    for _ in range(repeats):
+        seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
+        start = time.perf_counter()
+        seq.forward(x)
+        seq.backward(x, grad_h)
+        firsts.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        seq.forward(x)
+        seq.backward(x, grad_h)
+        steadies.append(time.perf_counter() - start)
+    return statistics.median(firsts), statistics.median(steadies)
+
+
+def run_compile_times(dtypes) -> None:
+    print("\nCompile time (first forward+backward of a fresh Sequencer minus a steady one; "
+          "median of 3), B=32, H=256:")
+    print(f"  {'cell':<10} {'dtype':<8} {'T=50 s':>8} {'T=100 s':>8} {'ratio':>6} "
+          f"{'T=100 first':>12}")
+    for dtype in dtypes:
+        for cell in ("LSTM", "FastLSTM"):
+            compile_s = {}
+            for T in (50, 100):
+                first, steady = compile_times(cell, 32, T, 256, dtype)
+                compile_s[T] = (first - steady, first)
+            print(f"  {cell:<10} {np.dtype(dtype).name:<8} {compile_s[50][0]:>8.2f} "
+                  f"{compile_s[100][0]:>8.2f} {compile_s[100][0] / compile_s[50][0]:>6.2f} "
+                  f"{compile_s[100][1]:>12.2f}")
 
 
 # --- pass ablation -----------------------------------------------------------------------------
@@ -349,6 +431,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="override configs, e.g. 32,50,512")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
+    ap.add_argument("--compile-time", action="store_true",
+                    help="time compiling Sequencer(LSTM) and (FastLSTM) at B=32, H=256, T=50/100")
     ap.add_argument("--orientation", action="store_true",
                     help="also time the reference in its other recurrent-GEMM orientation")
     ap.add_argument("--threads", type=int, help="limit BLAS threads (threadpoolctl)")
@@ -392,6 +476,8 @@ def run(args: argparse.Namespace) -> int:
                 report_config(B, T, H, H, dtype, args)
         if args.ablation:
             run_ablation(args.config_list, args.dtypes, args.budget)
+        if getattr(args, "compile_time", False):
+            run_compile_times(args.dtypes)
     return 0
 
 

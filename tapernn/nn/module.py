@@ -244,7 +244,7 @@ class Module:
         float64 (Torch7's `:float()` / `:double()`)."""
         try:
             dtype = np.dtype(dtype)
-        except TypeError as e:
+        except TypeError:
             raise DTypeError(f"{self.describe()}.astype: {dtype!r} is not a dtype") from None
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise DTypeError(f"{self.describe()}.astype: parameters must be float32 or float64, "
