@@ -268,3 +268,13 @@ def test_long_sequences_route_shared_parameters_through_buses():
                   and 'd9b84a' in line]
     assert not long_edges  # every parameter edge now goes through the step's junction
     assert src.count("subgraph cluster_step_") == 6
+
+
+def test_large_drawings_limit_dot_layout_iterations_and_small_ones_do_not():
+    from tapernn.export.ops_view import LARGE_DRAWING
+    small = tn.grad(lstm_graph(steps=2))
+    large = tn.grad(lstm_graph(steps=15))
+    assert len(small.nodes) < LARGE_DRAWING < len(large.nodes)
+    header = lambda g: tn.to_dot(g, view="both").source.split("\n")[1]
+    assert "mclimit" not in header(small) and "nslimit" not in header(small)
+    assert "mclimit=0.3" in header(large) and "nslimit=0.1" in header(large)
