@@ -111,7 +111,10 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a one-line argument error already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.run(args) or 0)
     except TapernnError as e:

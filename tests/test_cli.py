@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tapernn.cli import main
 
@@ -30,6 +31,15 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "positive integer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--configs", "1,2"], ["--configs", "1,0,3"],
+                                  ["--configs", "a,b,c"], ["--threads", "0"],
+                                  ["--budget", "-1"], ["--budget", "nan"]])
+def test_bench_rejects_bad_arguments_in_one_line(argv, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tapernn bench: error: argument {argv[0]}")
 
 
 def test_song_acceptor_example_reaches_zero_error(capsys):

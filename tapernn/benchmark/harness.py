@@ -427,7 +427,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
     ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
                     help="repeatable; default float32 (quick) or both (--full)")
-    ap.add_argument("--configs", nargs="+", metavar="B,T,H",
+    ap.add_argument("--configs", nargs="+", metavar="B,T,H", type=config_triple,
                     help="override configs, e.g. 32,50,512")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
@@ -435,13 +435,38 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="time compiling Sequencer(LSTM) and (FastLSTM) at B=32, H=256, T=50/100")
     ap.add_argument("--orientation", action="store_true",
                     help="also time the reference in its other recurrent-GEMM orientation")
-    ap.add_argument("--threads", type=int, help="limit BLAS threads (threadpoolctl)")
-    ap.add_argument("--budget", type=float, help="seconds of timed runs per config")
+    ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
+    ap.add_argument("--budget", type=positive(float), help="seconds of timed runs per config")
+
+
+def config_triple(text: str) -> tuple[int, int, int]:
+    """argparse type of `--configs` items: "B,T,H", three positive integers."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected B,T,H (three positive integers), got {text!r}")
+    return values
+
+
+def positive(kind: type) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.configs:
-        args.config_list = [tuple(int(v) for v in c.split(",")) for c in args.configs]
+        args.config_list = list(args.configs)
     else:
         args.config_list = CONFIGS if args.full else QUICK_CONFIGS
     names = args.dtype or (["float32", "float64"] if args.full else ["float32"])
