@@ -349,3 +349,18 @@ def test_batching_needs_adjacent_blocks(rng):
     arrays = [randn(rng, 2, 3), randn(rng, 3, 8)]
     out = assert_same(tn.trace(f, *arrays), [P.batch_sliced_elementwise], arrays)
     assert out.op_counts()["tanh"] == 2
+
+
+def test_training_report_labels_each_pass_with_its_program():
+    from tapernn import nn
+    seq = nn.Sequencer(nn.LSTM(3, 4))
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    seq.forward(x)
+    seq.backward(x, np.ones((4, 2, 4)))
+    report = seq.compile_report()
+    programs = [p.program for p in report.passes]
+    n = len(tn.passes.default_passes())
+    assert programs == ["forward"] * n + ["backward"] * n
+    lines = str(report).splitlines()
+    assert lines[0].split()[:2] == ["program", "pass"]
+    assert lines[1].startswith("forward") and lines[n + 1].startswith("backward")

@@ -4,6 +4,7 @@ results back into module fields. Parameters are inputs, so updates never recompi
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,9 @@ class Executable:
         if self.training_pair is None:
             return self.compile_forward().report
         fwd, bwd = self.training_pair.forward.report, self.training_pair.backward.report
-        return CompileReport(passes=fwd.passes + bwd.passes,
+        labelled = [replace(r, program=program)
+                    for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
+        return CompileReport(passes=labelled,
                              fused_groups=fwd.fused_groups + bwd.fused_groups,
                              naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
                              planned_bytes=fwd.planned_bytes + bwd.planned_bytes,

@@ -19,6 +19,7 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     milliseconds: float
+    program: str = ""  # "forward" / "backward" when a report joins a training pair's two
 
 
 @dataclass
@@ -36,9 +37,14 @@ class CompileReport:
     kernels: int = 0
 
     def __str__(self) -> str:
-        rows = [f"{'pass':<28}{'nodes before':>14}{'nodes after':>13}{'ms':>10}"]
+        width = max([len(p.name) for p in self.passes] + [28]) + 2
+        labelled = any(p.program for p in self.passes)
+        lead = f"{'program':<10}" if labelled else ""
+        rows = [f"{lead}{'pass':<{width}}{'nodes before':>13}{'nodes after':>13}{'ms':>10}"]
         for p in self.passes:
-            rows.append(f"{p.name:<28}{p.nodes_before:>14}{p.nodes_after:>13}{p.milliseconds:>10.2f}")
+            lead = f"{p.program:<10}" if labelled else ""
+            rows.append(f"{lead}{p.name:<{width}}{p.nodes_before:>13}{p.nodes_after:>13}"
+                        f"{p.milliseconds:>10.2f}")
         rows.append("")
         rows.append(f"fused groups              {len(self.fused_groups)}")
         rows.append(f"kernels per call          {self.kernels}")
