@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import networkx as nx
+import numpy as np
 import pytest
 
 import tapernn as tn
@@ -278,3 +279,15 @@ def test_large_drawings_limit_dot_layout_iterations_and_small_ones_do_not():
     header = lambda g: tn.to_dot(g, view="both").source.split("\n")[1]
     assert "mclimit" not in header(small) and "nslimit" not in header(small)
     assert "mclimit=0.3" in header(large) and "nslimit=0.1" in header(large)
+
+
+def test_render_passes_takes_a_module_and_explains_an_untraced_one(tmp_path):
+    from tapernn import nn
+    seq = nn.Sequencer(nn.LSTM(3, 4))
+    with pytest.raises(TapernnError, match="nothing traced yet; call forward first"):
+        tn.render_passes(seq, tmp_path / "none", fmt="dot")
+    x = np.random.default_rng(0).standard_normal((3, 2, 3))
+    seq.forward(x)
+    paths = tn.render_passes(seq, tmp_path / "fwd", fmt="dot")
+    assert len(paths) == 1 + len(tn.passes.default_passes())
+    assert "input: " + str(len(seq.graph.nodes)) + " nodes" in paths[0].read_text()

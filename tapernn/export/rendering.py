@@ -13,6 +13,7 @@ import graphviz
 
 from ..errors import RenderError
 from ..graph import Graph
+from .source import resolve
 
 FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
 INSTALL_HINT = ("install Graphviz so that `dot` is on PATH: `apt-get install graphviz` "
@@ -64,7 +65,6 @@ def repr_svg(obj: Any, level: str = "op") -> str | None:
     """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr).
     Modules show themselves at module level; graphs and compiled programs at op level."""
     from . import to_dot
-    from .source import resolve
 
     if not dot_available():
         return None
@@ -78,10 +78,11 @@ def repr_svg(obj: Any, level: str = "op") -> str | None:
         return None
 
 
-def render_passes(graph: Graph, folder: str | os.PathLike, passes: Sequence | None = None,
+def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequence | None = None,
                   fmt: str = "svg", **to_dot_kwargs: Any) -> list[Path]:
     """One diagram per compiler stage: `00_input.svg`, `01_<pass>.svg`, ... in `folder`.
 
+    `graph` is a Graph or a module after forward (its traced graph, with BPTT after a backward).
     Runs `passes` (default: the default pipeline) one at a time through the pass driver, so each
     stage is verified; each title shows the node count and its change. Returns the paths written.
     """
@@ -89,6 +90,7 @@ def render_passes(graph: Graph, folder: str | os.PathLike, passes: Sequence | No
     from ..passes.driver import pass_name
     from . import to_dot
 
+    graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)
     width = max(2, len(str(len(passes))))

@@ -47,6 +47,10 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
     graph = getattr(obj, "graph", None)
     if isinstance(graph, Graph):
         return graph, None
+    if graph is None and hasattr(obj, "compile_report"):
+        name = obj.describe() if hasattr(obj, "describe") else type(obj).__name__
+        raise TapernnError(f"cannot draw {name}: nothing traced yet; call forward first "
+                           f"(set_passes clears the traced programs)")
     raise TapernnError(f"cannot draw {type(obj).__name__}: expected a Graph, a Compiled program "
                        f"or a module after forward (an object with a .graph)")
 
