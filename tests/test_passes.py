@@ -364,3 +364,47 @@ def test_training_report_labels_each_pass_with_its_program():
     lines = str(report).splitlines()
     assert lines[0].split()[:2] == ["program", "pass"]
     assert lines[1].startswith("forward") and lines[n + 1].startswith("backward")
+
+
+# ---- view simplification -------------------------------------------------------------------------
+
+
+def test_simplify_views_composes_slices_transposes_and_reshapes(rng):
+    def f(x):
+        a = x[1:5][:, 2:6]  # one slice x[1:5, 2:6]
+        b = tn.transpose(tn.transpose(x, (1, 0)), (1, 0))  # no transpose at all
+        c = tn.reshape(tn.reshape(x, (4, 12)), (8, 6))  # one reshape
+        return tn.sum(tn.tanh(a)) + tn.sum(b * b) + tn.sum(c * c)
+    arrays = [randn(rng, 6, 8)]
+    g = tn.trace(f, *arrays)
+    before = g.op_counts()
+    assert before["getitem"] == 2 and before["transpose"] == 2 and before["reshape"] == 2
+    out = assert_same(g, [P.simplify_views], arrays)
+    counts = out.op_counts()
+    assert counts["getitem"] == 1 and "transpose" not in counts and counts["reshape"] == 1
+    sl = next(n for n in out.nodes if n.op == "getitem")
+    assert sl.inputs[0].op == "input" and sl.shape == (4, 4)
+    rs = next(n for n in out.nodes if n.op == "reshape")
+    assert rs.inputs[0].op == "input" and rs.shape == (8, 6)
+    assert_same(tn.grad(g), [P.simplify_views], arrays)  # and the gradient agrees
+
+
+def test_simplify_views_turns_tiling_slice_gradients_into_one_concat(rng):
+    def f(x):  # the gradient of x is add_n of three index_grads tiling its columns
+        return tn.sum(tn.tanh(x[:, :2])) + tn.sum(tn.sigmoid(x[:, 2:5])) + tn.sum(x[:, 5:] ** 2)
+    arrays = [randn(rng, 3, 7)]
+    g = tn.grad(tn.trace(f, *arrays))
+    assert g.op_counts()["index_grad"] == 3
+    out = assert_same(g, [P.simplify_views], arrays)
+    counts = out.op_counts()
+    assert "index_grad" not in counts and "add_n" not in counts
+    (cat,) = [n for n in out.nodes if n.op == "concat"]
+    assert cat.shape == (3, 7) and cat.attrs["axis"] == 1 and cat in out.outputs
+
+
+def test_simplify_views_keeps_gradients_that_do_not_tile(rng):
+    def f(x):  # columns 2..4 get no gradient: scatter-add into zeros must stay
+        return tn.sum(tn.tanh(x[:, :2])) + tn.sum(x[:, 4:] ** 2)
+    arrays = [randn(rng, 3, 7)]
+    out = assert_same(tn.grad(tn.trace(f, *arrays)), [P.simplify_views], arrays)
+    assert out.op_counts()["index_grad"] == 2 and "concat" not in out.op_counts()
