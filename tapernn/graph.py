@@ -6,6 +6,7 @@ Nodes are immutable once made; passes build new graphs (see `Graph.rebuild`).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, Iterable
 
 import networkx as nx
@@ -18,6 +19,25 @@ PSEUDO_OPS = ("input", "constant")
 _ids = itertools.count()
 
 
+_PLAIN_FIELDS = frozenset({"op", "step", "scope", "phase", "name", "value"})
+_REWIRING = frozenset({"inputs", "step", "scope", "phase"})
+
+
+def freeze(v: Any) -> Any:
+    """A hashable stand-in for an attribute value (for CSE keys)."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
 class Node:
     """One value in a graph: `op` applied to `inputs` with `attrs`.
 
@@ -28,7 +48,7 @@ class Node:
     """
 
     __slots__ = ("id", "op", "inputs", "attrs", "shape", "dtype", "step", "scope", "phase",
-                 "name", "value", "verified", "__weakref__")
+                 "name", "value", "verified", "_attrs_key", "__weakref__")
 
     def __init__(self, op: str, inputs: Iterable[Node], attrs: dict | None, shape: tuple,
                  dtype: Any, step: int | None = None, scope: str = "", phase: str = "forward",
@@ -45,6 +65,7 @@ class Node:
         self.name = name
         self.value = value
         self.verified = False  # passed its op's shape/dtype rules (verify); nodes never mutate
+        self._attrs_key = None
 
     @property
     def ndim(self) -> int:
@@ -52,7 +73,7 @@ class Node:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -62,19 +83,48 @@ class Node:
     def kind(self) -> str | None:
         return self.attrs.get("kind") if self.op == "input" else None
 
+    @property
+    def attrs_key(self) -> Any:
+        """`freeze(attrs)`, computed once per node (nodes never mutate): CSE and grouping keys."""
+        key = self._attrs_key
+        if key is None:
+            key = self._attrs_key = freeze(self.attrs)
+        return key
+
     def replace(self, **changes: Any) -> Node:
         """A new node equal to this one but for `changes` (op, inputs, attrs, ...)."""
-        fields = dict(op=self.op, inputs=self.inputs, attrs=self.attrs, shape=self.shape,
-                      dtype=self.dtype, step=self.step, scope=self.scope, phase=self.phase,
-                      name=self.name, value=self.value)
-        fields.update(changes)
-        new = Node(**fields)
+        # copies the fields directly: passes rebuild every node downstream of a rewrite this way,
+        # so going through __init__ (re-normalising shape, dtype and attrs) was a tenth of compile
+        new = Node.__new__(Node)
+        new.id = next(_ids)
+        new.op, new.inputs, new.attrs, new.shape, new.dtype = \
+            self.op, self.inputs, self.attrs, self.shape, self.dtype
+        new.step, new.scope, new.phase, new.name, new.value = \
+            self.step, self.scope, self.phase, self.name, self.value
+        new._attrs_key = self._attrs_key
+        for field, v in changes.items():
+            if field == "inputs":
+                v = tuple(v)
+            elif field == "attrs":
+                v = dict(v or {})
+                new._attrs_key = None
+            elif field == "shape":
+                v = tuple(int(s) for s in v)
+            elif field == "dtype":
+                v = np.dtype(v)
+            elif field not in _PLAIN_FIELDS:
+                raise TypeError(f"Node.replace() got an unexpected field {field!r}")
+            setattr(new, field, v)
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time
-        new.verified = self.verified and changes.keys() <= {"inputs", "step", "scope", "phase"} \
-            and len(new.inputs) == len(self.inputs) and all(
-                a.shape == b.shape and a.dtype == b.dtype for a, b in zip(new.inputs, self.inputs))
+        verified = self.verified and changes.keys() <= _REWIRING and len(new.inputs) == len(self.inputs)
+        if verified:
+            for a, b in zip(new.inputs, self.inputs):
+                if a is not b and (a.shape != b.shape or a.dtype != b.dtype):
+                    verified = False
+                    break
+        new.verified = verified
         return new
 
     def __repr__(self) -> str:
@@ -128,7 +178,8 @@ class Graph:
     # ---- rewriting ----------------------------------------------------------------------------
 
     def rebuild(self, fn: Callable[[Node, dict[Node, Node]], Node | None]) -> Graph:
-        """A new graph made by visiting nodes in tape order.
+        """A new graph made by visiting nodes in tape order (this graph itself when every node
+        maps to itself, so a pass that changed nothing returns its input).
 
         `fn(node, mapping)` returns the replacement for `node` (which may be a new node built from
         `mapping[input]`, or an already-mapped node) or None to keep `node` with remapped inputs.
@@ -136,14 +187,25 @@ class Graph:
         mapping: dict[Node, Node] = {}
         nodes: list[Node] = []
         seen: set[Node] = set()
+        changed = False
         for n in self.nodes:
             new = fn(n, mapping)
             if new is None:
-                ins = tuple(mapping.get(i, i) for i in n.inputs)
+                ins = tuple([mapping.get(i, i) for i in n.inputs])
                 new = n if ins == n.inputs else n.replace(inputs=ins)
             mapping[n] = new
+            if new is not n:
+                changed = True
             if new not in seen:
-                _append_with_missing(new, nodes, seen)
+                for i in new.inputs:
+                    if i not in seen:
+                        _append_with_missing(new, nodes, seen)
+                        break
+                else:  # the usual case: every input is on the new tape already
+                    seen.add(new)
+                    nodes.append(new)
+        if not changed:
+            return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
                      [mapping.get(n, n) for n in self.outputs], dict(self.meta))
 
@@ -151,12 +213,15 @@ class Graph:
         return self.rebuild(lambda n, m: new if n is old else None)
 
     def eliminate_dead_code(self) -> Graph:
+        """The graph without nodes no output depends on (this graph itself when there are none)."""
         live = set(self.outputs) | set(self.inputs)
         for n in reversed(self.nodes):
             if n in live:
                 live.update(n.inputs)
-        return Graph([n for n in self.nodes if n in live], self.inputs, self.outputs,
-                     dict(self.meta))
+        kept = [n for n in self.nodes if n in live]
+        if len(kept) == len(self.nodes):
+            return self
+        return Graph(kept, self.inputs, self.outputs, dict(self.meta))
 
     # ---- checks and views ---------------------------------------------------------------------
 

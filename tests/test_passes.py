@@ -349,3 +349,51 @@ def test_batching_needs_adjacent_blocks(rng):
     arrays = [randn(rng, 2, 3), randn(rng, 3, 8)]
     out = assert_same(tn.trace(f, *arrays), [P.batch_sliced_elementwise], arrays)
     assert out.op_counts()["tanh"] == 2
+
+
+def _kahn_reference(nodes, pos):
+    """Textbook Kahn's algorithm with a heap keyed by (position, listing order)."""
+    import heapq
+    seq = {n: k for k, n in enumerate(nodes)}
+    waiting = {n: len(set(n.inputs)) for n in nodes}
+    users = {}
+    for n in nodes:
+        for i in set(n.inputs):
+            users.setdefault(i, []).append(n)
+    heap = [(pos.get(n, 0.0), seq[n], n) for n in nodes if waiting[n] == 0]
+    heapq.heapify(heap)
+    out = []
+    while heap:
+        n = heapq.heappop(heap)[2]
+        out.append(n)
+        for u in users.get(n, ()):
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(heap, (pos.get(u, 0.0), seq[u], u))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_topological_order_equals_kahns_on_random_positions(seed):
+    # the sweep along the sorted positions must give exactly the heap algorithm's order, also
+    # when many nodes come before their inputs (and for cycles: both leave those nodes out)
+    from tapernn.graph import Node
+    from tapernn.passes.rewrite import _topological
+    rng = np.random.default_rng(seed)
+    x = Node("input", (), {"kind": "data"}, (2,), np.float64, name="x")
+    nodes = [x]
+    for k in range(int(rng.integers(1, 60))):
+        ins = tuple(nodes[int(j)] for j in rng.integers(0, len(nodes), int(rng.integers(1, 4))))
+        nodes.append(Node("add_n", ins, {}, (2,), np.float64))
+    if seed % 10 == 9:  # a cycle: a node reading itself through a later one
+        a = Node("add_n", (x,), {}, (2,), np.float64)
+        b = Node("add_n", (a,), {}, (2,), np.float64)
+        a.inputs = (x, b)
+        nodes += [a, b]
+    order = list(rng.permutation(len(nodes)))
+    listed = [nodes[k] for k in order]
+    pos = {n: float(rng.integers(0, 8)) - 0.5 * float(rng.integers(0, 2)) for n in listed
+           if rng.random() < 0.9}
+    if seed % 4 == 0:
+        pos = {n: float(k) for k, n in enumerate(nodes)}  # already in order: the fast path
+    assert _topological(listed, pos) == _kahn_reference(listed, pos)

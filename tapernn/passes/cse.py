@@ -3,7 +3,6 @@ merge by value; inputs never merge. One pass over the tape with a dict, so linea
 from __future__ import annotations
 
 from ..graph import Graph, Node
-from .rewrite import freeze
 
 
 def _key(n: Node, ins: tuple[Node, ...]) -> tuple | None:
@@ -12,14 +11,14 @@ def _key(n: Node, ins: tuple[Node, ...]) -> tuple | None:
     if n.op == "constant":
         v = n.value
         return ("constant", v.dtype.str, v.shape, v.tobytes())
-    return (n.op, tuple(id(i) for i in ins), freeze(n.attrs))
+    return (n.op, ins, n.attrs_key)  # nodes hash by identity: `ins` keys the operands themselves
 
 
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     table: dict[tuple, Node] = {}
 
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
-        ins = tuple(mapping.get(i, i) for i in n.inputs)
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
         key = _key(n, ins)
         if key is None:
             return None

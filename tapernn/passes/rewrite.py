@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import GraphError
-from ..graph import Graph, Node
+from ..graph import Graph, Node, freeze  # noqa: F401 (freeze: passes import it from here)
 from ..ops.registry import get_op
 
 
@@ -61,21 +61,6 @@ def strip_transpose(n: Node) -> Node:
     return n.inputs[0] if n.op == "transpose" else n
 
 
-def freeze(v: Any) -> Any:
-    """A hashable stand-in for an attribute value (for CSE keys)."""
-    if isinstance(v, dict):
-        return tuple(sorted((k, freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(freeze(x) for x in v)
-    if isinstance(v, np.ndarray):
-        return ("nd", v.dtype.str, v.shape, v.tobytes())
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return repr(v)
-
-
 def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     """Replace every use of each key of `subst` by its value and return the new graph.
 
@@ -90,8 +75,20 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
         _give_positions(new, pos, pos[old])
     final: dict[Node, Node] = {}
     for n in g.nodes:
+        if n in final:
+            continue
+        if n not in subst:
+            try:  # the usual case: n's inputs come earlier on the tape, so they are final
+                ins = tuple([final[i] for i in n.inputs])
+            except KeyError:
+                pass
+            else:
+                new = n if ins == n.inputs else n.replace(inputs=ins)
+                pos.setdefault(new, pos[n])
+                final[n] = new
+                continue
         _finalize(n, subst, final, pos)
-    nodes = _topological(list(dict.fromkeys(final[n] for n in g.nodes)), pos)
+    nodes = _topological(list(dict.fromkeys([final[n] for n in g.nodes])), pos)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
     return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
                  dict(g.meta)).eliminate_dead_code()
@@ -148,22 +145,42 @@ def _topological(nodes: list[Node], pos: dict[Node, float]) -> list[Node]:
                 present.add(i)
                 order.append(i)
                 stack.append(i)
-    seq = {n: k for k, n in enumerate(order)}  # deterministic tie-break
-    waiting = {n: len(set(n.inputs)) for n in order}
-    users: dict[Node, list[Node]] = {}
-    for n in order:
-        for i in dict.fromkeys(n.inputs):
-            users.setdefault(i, []).append(n)
-    heap = [(pos.get(n, 0.0), seq[n], n) for n in order if waiting[n] == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, _, n = heapq.heappop(heap)
+    # Kahn's algorithm popping the least (position, listing order) among ready nodes, run along
+    # the sorted list: most nodes are ready when their turn comes and go straight out; only the
+    # ones met before their inputs wait (counting their missing inputs) in a heap
+    keyed = sorted([(pos.get(n, 0.0), k) for k, n in enumerate(order)])
+    out: list[Node] = []
+    emitted: set[Node] = set()
+    missing: dict[int, int] = {}  # waiting node's listing index -> inputs not yet emitted
+    waiters: dict[Node, list[tuple[float, int]]] = {}
+    ready: list[tuple[float, int]] = []  # heap of waiting nodes whose inputs are all out
+    j, count = 0, len(keyed)
+    while True:
+        while j < count:
+            n = order[keyed[j][1]]
+            for i in n.inputs:
+                if i not in emitted:
+                    break
+            else:
+                break
+            absent = [i for i in dict.fromkeys(n.inputs) if i not in emitted]
+            missing[keyed[j][1]] = len(absent)
+            for i in absent:
+                waiters.setdefault(i, []).append(keyed[j])
+            j += 1
+        if ready and (j == count or ready[0] < keyed[j]):
+            n = order[heapq.heappop(ready)[1]]
+        elif j < count:
+            n = order[keyed[j][1]]
+            j += 1
+        else:
+            break
+        emitted.add(n)
         out.append(n)
-        for u in users.get(n, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(heap, (pos.get(u, 0.0), seq[u], u))
+        for key in waiters.pop(n, ()):
+            missing[key[1]] -= 1
+            if not missing[key[1]]:
+                heapq.heappush(ready, key)
     return out
 
 

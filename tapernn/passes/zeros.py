@@ -70,7 +70,7 @@ def specialize_inputs(graph: Graph, values: dict[str, str]) -> Graph:
         ins = tuple(targets.get(i, mapping.get(i, i)) for i in n.inputs)
         return None if ins == n.inputs else n.replace(inputs=ins)
 
-    out = graph.rebuild(visit)  # rebuild places each zeros node before its first reader
+    out = graph.rebuild(visit).copy()  # rebuild places each zeros node before its first reader
     for k, o in enumerate(out.outputs):
         if o in targets:
             out.outputs[k] = targets[o]
