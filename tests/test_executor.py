@@ -67,3 +67,21 @@ def test_report_counts_bytes():
     c = tn.compile(tn.trace(lambda x: tn.tanh(tn.exp(x)), np.ones(1000)), passes=[])
     assert c.report.naive_bytes == 16000 and c.report.peak_bytes == 16000
     assert "kernels per call" in str(c.report)
+
+
+def test_gc_paused_restores_the_collector_also_on_errors():
+    import gc
+    from tapernn.executor import gc_paused
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's choice to keep it off is kept
+    finally:
+        gc.enable()
