@@ -91,8 +91,32 @@ class Node:
             key = self._attrs_key = freeze(self.attrs)
         return key
 
+    def with_inputs(self, inputs: tuple[Node, ...]) -> Node:
+        """`replace(inputs=inputs)` for a tuple: the passes' hot path (every node downstream of
+        a rewrite is rebuilt this way), so it sets the fields in one go."""
+        new = _new_node(Node)
+        new.id = next(_ids)
+        (new.op, new.inputs, new.attrs, new.shape, new.dtype, new.step, new.scope, new.phase,
+         new.name, new.value, new._attrs_key) = (
+            self.op, inputs, self.attrs, self.shape, self.dtype, self.step, self.scope,
+            self.phase, self.name, self.value, self._attrs_key)
+        verified = self.verified  # kept when the new inputs have the old ones' shapes/dtypes
+        if verified:
+            old = self.inputs
+            if len(inputs) != len(old):
+                verified = False
+            else:
+                for a, b in zip(inputs, old):
+                    if a is not b and (a.shape != b.shape or a.dtype != b.dtype):
+                        verified = False
+                        break
+        new.verified = verified
+        return new
+
     def replace(self, **changes: Any) -> Node:
         """A new node equal to this one but for `changes` (op, inputs, attrs, ...)."""
+        if len(changes) == 1 and "inputs" in changes:
+            return self.with_inputs(tuple(changes["inputs"]))
         # copies the fields directly: passes rebuild every node downstream of a rewrite this way,
         # so going through __init__ (re-normalising shape, dtype and attrs) was a tenth of compile
         new = Node.__new__(Node)
@@ -129,6 +153,9 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.op} {self.shape} {self.dtype} id={self.id}>"
+
+
+_new_node = Node.__new__
 
 
 class Graph:
@@ -192,7 +219,7 @@ class Graph:
             new = fn(n, mapping)
             if new is None:
                 ins = tuple([mapping.get(i, i) for i in n.inputs])
-                new = n if ins == n.inputs else n.replace(inputs=ins)
+                new = n if ins == n.inputs else n.with_inputs(ins)
             mapping[n] = new
             if new is not n:
                 changed = True

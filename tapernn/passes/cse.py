@@ -24,7 +24,7 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
             return None
         if key in table:
             return table[key]  # the first occurrence keeps its own step/scope
-        new = n if ins == n.inputs else n.replace(inputs=ins)
+        new = n if ins == n.inputs else n.with_inputs(ins)
         table[key] = new
         return new
 

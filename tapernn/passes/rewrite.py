@@ -83,7 +83,7 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
             except KeyError:
                 pass
             else:
-                new = n if ins == n.inputs else n.replace(inputs=ins)
+                new = n if ins == n.inputs else n.with_inputs(ins)
                 pos.setdefault(new, pos[n])
                 final[n] = new
                 continue
@@ -126,8 +126,8 @@ def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
         if target is not x:
             final[x] = final[target]
         else:
-            ins = tuple(final[i] for i in x.inputs)
-            new = x if ins == x.inputs else x.replace(inputs=ins)
+            ins = tuple([final[i] for i in x.inputs])
+            new = x if ins == x.inputs else x.with_inputs(ins)
             pos.setdefault(new, pos[x])
             final[x] = new
         stack.pop()
