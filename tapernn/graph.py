@@ -23,11 +23,19 @@ _PLAIN_FIELDS = frozenset({"op", "step", "scope", "phase", "name", "value"})
 _REWIRING = frozenset({"inputs", "step", "scope", "phase"})
 
 
+_SIMPLE = (int, float, str, bool, type(None), np.dtype)
+
+
 def freeze(v: Any) -> Any:
     """A hashable stand-in for an attribute value (for CSE keys)."""
     if isinstance(v, dict):
-        return tuple(sorted((k, freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
+        return tuple(sorted((k, freeze(x)) for k, x in v.items())) if v else ()
+    if isinstance(v, tuple):
+        for x in v:  # the usual attrs (axes, shapes, slices of ints) are their own key
+            if not isinstance(x, _SIMPLE):
+                return tuple(freeze(x) for x in v)
+        return v
+    if isinstance(v, list):
         return tuple(freeze(x) for x in v)
     if isinstance(v, np.ndarray):
         return ("nd", v.dtype.str, v.shape, v.tobytes())

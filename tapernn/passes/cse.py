@@ -19,9 +19,9 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
 
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
         ins = tuple([mapping.get(i, i) for i in n.inputs])
-        key = _key(n, ins)
-        if key is None:
+        if n.op == "input":
             return None
+        key = _key(n, ins)
         if key in table:
             return table[key]  # the first occurrence keeps its own step/scope
         new = n if ins == n.inputs else n.with_inputs(ins)

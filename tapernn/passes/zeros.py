@@ -45,10 +45,19 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
 
 
 def propagate_zeros(graph: Graph) -> Graph:
+    zero: dict[Node, bool] = {}  # is_zero per operand, once (np.any on every constant use)
+
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
         if n.op in ("input", "constant", "zeros"):
             return None
-        return _rewrite(n, tuple(mapping.get(i, i) for i in n.inputs))
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
+        for i in ins:
+            z = zero.get(i)
+            if z is None:
+                z = zero[i] = is_zero(i)
+            if z:
+                return _rewrite(n, ins)
+        return None if ins == n.inputs else n.with_inputs(ins)
 
     return graph.rebuild(visit).eliminate_dead_code()
 
