@@ -188,8 +188,19 @@ class Program:
         return None
 
 
+_SLOTS: dict[tuple, tuple[list, list]] = {}
+
+
 def fused_slots(n: Node) -> tuple[list, list]:
-    return temp_slots(n.attrs["program"])
+    """temp_slots of n's program, computed once per distinct program (the planner and the code
+    generator ask for every fused node several times; every step has the same programs)."""
+    program = n.attrs["program"]
+    slots = _SLOTS.get(program)
+    if slots is None:
+        slots = temp_slots(program)
+        if len(_SLOTS) < 10_000:
+            _SLOTS[program] = slots
+    return slots
 
 
 def _fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:

@@ -223,4 +223,4 @@ def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[A
 
 
 def sole_use(users: dict[Node, list[Node]], n: Node, reader: Node, g: Graph) -> bool:
-    return n not in g.outputs and all(u is reader for u in users.get(n, ()))
+    return all(u is reader for u in users.get(n, ())) and n not in g.outputs
