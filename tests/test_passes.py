@@ -397,3 +397,53 @@ def test_topological_order_equals_kahns_on_random_positions(seed):
     if seed % 4 == 0:
         pos = {n: float(k) for k, n in enumerate(nodes)}  # already in order: the fast path
     assert _topological(listed, pos) == _kahn_reference(listed, pos)
+
+
+def _reference_substitute(g, subst):
+    """substitute() as first written: every node through the generic _finalize, then the
+    textbook Kahn over all of them, then dead-code elimination."""
+    from tapernn.graph import Graph
+    from tapernn.passes import rewrite as rw
+    pos = {n: k for k, n in enumerate(g.nodes)}
+    for old, new in subst.items():
+        rw._give_positions(new, pos, pos[old])
+    final = {}
+    for n in g.nodes:
+        rw._finalize(n, subst, final, pos)
+    order = list(dict.fromkeys(final[n] for n in g.nodes))
+    present, stack = set(order), list(order)
+    while stack:
+        for i in stack.pop().inputs:
+            if i not in present:
+                present.add(i)
+                order.append(i)
+                stack.append(i)
+    return Graph(_kahn_reference(order, pos), [final[n] for n in g.inputs],
+                 [final[n] for n in g.outputs]).eliminate_dead_code()
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_substitute_equals_the_generic_algorithm(seed):
+    # the head of the tape before the first replaced node is kept as it is, the rest re-sorted
+    from tapernn.graph import Graph, Node
+    rng = np.random.default_rng(seed)
+    x = Node("input", (), {"kind": "data"}, (2,), np.float64, name="x")
+    nodes = [x]
+    for k in range(int(rng.integers(2, 40))):
+        ins = tuple(nodes[int(j)] for j in rng.integers(0, len(nodes), int(rng.integers(1, 4))))
+        nodes.append(Node("add_n", ins, {"k": k}, (2,), np.float64))
+    outputs = [nodes[int(j)] for j in rng.integers(1, len(nodes), int(rng.integers(1, 4)))]
+    g = Graph(nodes, [x], outputs)
+    subst = {}
+    for k in sorted(set(int(j) for j in rng.integers(1, len(nodes), int(rng.integers(1, 5))))):
+        old = nodes[k]
+        if rng.random() < 0.3:  # an existing earlier value
+            subst[old] = nodes[int(rng.integers(0, k))]
+            continue
+        helper = Node("add_n", tuple(nodes[int(j)] for j in rng.integers(0, k, 2)), {"h": k},
+                      (2,), np.float64)
+        subst[old] = Node("add_n", (helper, nodes[int(rng.integers(0, k))]), {"r": k}, (2,),
+                          np.float64)
+    got, expected = substitute(g, subst), _reference_substitute(g, subst)
+    assert str(got) == str(expected)
+    got.verify()

@@ -73,8 +73,13 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     pos = {n: k for k, n in enumerate(g.nodes)}
     for old, new in subst.items():
         _give_positions(new, pos, pos[old])
-    final: dict[Node, Node] = {}
-    for n in g.nodes:
+    # nothing before the first replaced node changes, and (taking the least keys, reading only
+    # each other) it stays the head of the new tape: only the rest is rewired and re-sorted --
+    # most of the tape when a per-step value is replaced, a few nodes for a final gradient sum
+    first = min(pos[old] for old in subst)
+    head = g.nodes[:first]
+    final: dict[Node, Node] = dict(zip(head, head))
+    for n in g.nodes[first:]:
         if n in final:
             continue
         if n not in subst:
@@ -88,7 +93,9 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
                 final[n] = new
                 continue
         _finalize(n, subst, final, pos)
-    nodes = _topological(list(dict.fromkeys([final[n] for n in g.nodes])), pos)
+    placed = set(head)
+    rest = [x for x in dict.fromkeys([final[n] for n in g.nodes[first:]]) if x not in placed]
+    nodes = head + _topological(rest, pos, placed)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
     return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
                  dict(g.meta)).eliminate_dead_code()
@@ -134,9 +141,13 @@ def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
     return final[root]
 
 
-def _topological(nodes: list[Node], pos: dict[Node, float]) -> list[Node]:
+def _topological(nodes: list[Node], pos: dict[Node, float],
+                 placed: set[Node] | None = None) -> list[Node]:
+    """`nodes` (and the unlisted nodes they read) in topological order, after `placed` (nodes
+    already on the tape, with lesser keys than any of these)."""
     order = list(nodes)
-    present = set(order)
+    placed = set() if placed is None else placed
+    present = set(order) | placed
     # nodes reachable from kept ones but not listed (new helper nodes) join the tape too
     stack = list(order)
     while stack:
@@ -150,7 +161,7 @@ def _topological(nodes: list[Node], pos: dict[Node, float]) -> list[Node]:
     # ones met before their inputs wait (counting their missing inputs) in a heap
     keyed = sorted([(pos.get(n, 0.0), k) for k, n in enumerate(order)])
     out: list[Node] = []
-    emitted: set[Node] = set()
+    emitted = placed  # (it is this function's to extend)
     missing: dict[int, int] = {}  # waiting node's listing index -> inputs not yet emitted
     waiters: dict[Node, list[tuple[float, int]]] = {}
     ready: list[tuple[float, int]] = []  # heap of waiting nodes whose inputs are all out
