@@ -189,7 +189,10 @@ class Graph:
         out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
         for n in self.nodes:
             for i in n.inputs:
-                out.setdefault(i, []).append(n)
+                try:
+                    out[i].append(n)
+                except KeyError:  # a value read but not on the tape (a broken graph)
+                    out[i] = [n]
         return out
 
     def input_named(self, name: str) -> Node:

@@ -20,6 +20,11 @@ def _foldable(n: Node, ins: tuple[Node, ...]) -> bool:
 
 
 def fold_constants(graph: Graph) -> Graph:
+    # folding only cascades from a node foldable as the graph stands: without one, skip the
+    # rebuild (one scan instead of rebuilding every node)
+    if not any(_foldable(n, n.inputs) for n in graph.nodes):
+        return graph.eliminate_dead_code()
+
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
         ins = tuple([mapping.get(i, i) for i in n.inputs])
         if not _foldable(n, ins):

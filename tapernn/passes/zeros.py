@@ -45,6 +45,10 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
 
 
 def propagate_zeros(graph: Graph) -> Graph:
+    # known zeros only start at zeros nodes and all-zero constants: without any, no node changes
+    # (a backward program usually has none), so skip the rebuild
+    if not any(n.op == "zeros" or (n.op == "constant" and is_zero(n)) for n in graph.nodes):
+        return graph.eliminate_dead_code()
     zero: dict[Node, bool] = {}  # is_zero per operand, once (np.any on every constant use)
 
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
