@@ -19,26 +19,41 @@ _PHASE: ContextVar[str] = ContextVar("tapernn_phase", default="forward")
 _TAPE: ContextVar["Tape | None"] = ContextVar("tapernn_tape", default=None)
 
 
-@contextlib.contextmanager
-def step(t: int | None) -> Iterator[None]:
-    """Tag every node recorded inside with timestep `t`."""
-    token = _STEP.set(t)
-    try:
-        yield
-    finally:
-        _STEP.reset(token)
+class step:
+    """`with step(t):` tags every node recorded inside with timestep `t`.
+
+    (A class rather than a generator context manager: autodiff enters one per node, and the
+    generator machinery was a tenth of `grad`.)"""
+
+    __slots__ = ("t", "token")
+
+    def __init__(self, t: int | None):
+        self.t = t
+
+    def __enter__(self) -> None:
+        self.token = _STEP.set(self.t)
+
+    def __exit__(self, *exc: Any) -> None:
+        _STEP.reset(self.token)
 
 
-@contextlib.contextmanager
-def scope(name: str, absolute: bool = False) -> Iterator[None]:
-    """Tag nodes with a dotted scope; nested scopes join with '.' unless `absolute`."""
-    outer = _SCOPE.get()
-    full = name if absolute or not outer else (f"{outer}.{name}" if name else outer)
-    token = _SCOPE.set(full)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+class scope:
+    """`with scope(name):` tags nodes with a dotted scope; nested scopes join with '.' unless
+    `absolute`."""
+
+    __slots__ = ("name", "absolute", "token")
+
+    def __init__(self, name: str, absolute: bool = False):
+        self.name, self.absolute = name, absolute
+
+    def __enter__(self) -> None:
+        outer = _SCOPE.get()
+        name = self.name
+        full = name if self.absolute or not outer else (f"{outer}.{name}" if name else outer)
+        self.token = _SCOPE.set(full)
+
+    def __exit__(self, *exc: Any) -> None:
+        _SCOPE.reset(self.token)
 
 
 @contextlib.contextmanager
