@@ -88,9 +88,11 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
             except KeyError:
                 pass
             else:
-                new = n if ins == n.inputs else n.with_inputs(ins)
-                pos.setdefault(new, pos[n])
-                final[n] = new
+                if ins == n.inputs:
+                    final[n] = n
+                else:
+                    final[n] = new = n.with_inputs(ins)
+                    pos[new] = pos[n]  # (a fresh node: what setdefault would do)
                 continue
         _finalize(n, subst, final, pos)
     placed = set(head)
