@@ -21,8 +21,6 @@ _ids = itertools.count()
 
 _PLAIN_FIELDS = frozenset({"op", "step", "scope", "phase", "name", "value"})
 _REWIRING = frozenset({"inputs", "step", "scope", "phase"})
-
-
 _SIMPLE = (int, float, str, bool, type(None), np.dtype)
 
 
@@ -125,9 +123,8 @@ class Node:
         """A new node equal to this one but for `changes` (op, inputs, attrs, ...)."""
         if len(changes) == 1 and "inputs" in changes:
             return self.with_inputs(tuple(changes["inputs"]))
-        # copies the fields directly: passes rebuild every node downstream of a rewrite this way,
-        # so going through __init__ (re-normalising shape, dtype and attrs) was a tenth of compile
-        new = Node.__new__(Node)
+        # copies the fields directly; only changed ones are normalised as __init__ would
+        new = _new_node(Node)
         new.id = next(_ids)
         new.op, new.inputs, new.attrs, new.shape, new.dtype = \
             self.op, self.inputs, self.attrs, self.shape, self.dtype
@@ -150,7 +147,8 @@ class Node:
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time
-        verified = self.verified and changes.keys() <= _REWIRING and len(new.inputs) == len(self.inputs)
+        verified = (self.verified and changes.keys() <= _REWIRING
+                    and len(new.inputs) == len(self.inputs))
         if verified:
             for a, b in zip(new.inputs, self.inputs):
                 if a is not b and (a.shape != b.shape or a.dtype != b.dtype):

@@ -33,7 +33,7 @@ class step:
     def __enter__(self) -> None:
         self.token = _STEP.set(self.t)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _STEP.reset(self.token)
 
 
@@ -41,7 +41,7 @@ class scope:
     """`with scope(name):` tags nodes with a dotted scope; nested scopes join with '.' unless
     `absolute`."""
 
-    __slots__ = ("name", "absolute", "token")
+    __slots__ = ("absolute", "name", "token")
 
     def __init__(self, name: str, absolute: bool = False):
         self.name, self.absolute = name, absolute
@@ -52,7 +52,7 @@ class scope:
         full = name if self.absolute or not outer else (f"{outer}.{name}" if name else outer)
         self.token = _SCOPE.set(full)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _SCOPE.reset(self.token)
 
 

@@ -71,12 +71,12 @@ def test_report_counts_bytes():
 
 def test_gc_paused_restores_the_collector_also_on_errors():
     import gc
+
     from tapernn.executor import gc_paused
     assert gc.isenabled()
-    with pytest.raises(RuntimeError):
-        with gc_paused():
-            assert not gc.isenabled()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
     assert gc.isenabled()
     gc.disable()
     try:

@@ -435,7 +435,7 @@ def test_substitute_equals_the_generic_algorithm(seed):
     outputs = [nodes[int(j)] for j in rng.integers(1, len(nodes), int(rng.integers(1, 4)))]
     g = Graph(nodes, [x], outputs)
     subst = {}
-    for k in sorted(set(int(j) for j in rng.integers(1, len(nodes), int(rng.integers(1, 5))))):
+    for k in sorted({int(j) for j in rng.integers(1, len(nodes), int(rng.integers(1, 5)))}):
         old = nodes[k]
         if rng.random() < 0.3:  # an existing earlier value
             subst[old] = nodes[int(rng.integers(0, k))]

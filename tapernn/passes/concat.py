@@ -6,7 +6,6 @@ from __future__ import annotations
 from ..graph import Node
 from .rewrite import derive
 
-
 _RANGES: dict[tuple, tuple[tuple[int, int], ...] | None] = {}
 
 
