@@ -233,13 +233,11 @@ class Graph:
             if new is not n:
                 changed = True
             if new not in seen:
-                for i in new.inputs:
-                    if i not in seen:
-                        _append_with_missing(new, nodes, seen)
-                        break
-                else:  # the usual case: every input is on the new tape already
+                if seen.issuperset(new.inputs):  # the usual case: inputs are on the tape already
                     seen.add(new)
                     nodes.append(new)
+                else:
+                    _append_with_missing(new, nodes, seen)
         if not changed:
             return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
@@ -273,10 +271,10 @@ class Graph:
         for k, n in enumerate(self.nodes):
             if n in placed:
                 raise GraphError(f"{_where(k, n)} appears twice on the tape")
-            for i in n.inputs:
-                if i not in placed:
-                    raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
-                                     f"tape: {i!r}")
+            if not placed.issuperset(n.inputs):
+                i = next(i for i in n.inputs if i not in placed)
+                raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
+                                 f"tape: {i!r}")
             if n.op == "input":
                 if n not in inputs:
                     raise GraphError(f"{_where(k, n)} is an input node but not in graph.inputs")

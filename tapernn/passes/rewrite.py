@@ -171,10 +171,7 @@ def _topological(nodes: list[Node], pos: dict[Node, float],
     while True:
         while j < count:
             n = order[keyed[j][1]]
-            for i in n.inputs:
-                if i not in emitted:
-                    break
-            else:
+            if emitted.issuperset(n.inputs):
                 break
             absent = [i for i in dict.fromkeys(n.inputs) if i not in emitted]
             missing[keyed[j][1]] = len(absent)
