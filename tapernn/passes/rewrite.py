@@ -153,7 +153,10 @@ def _topological(nodes: list[Node], pos: dict[Node, float],
     # nodes reachable from kept ones but not listed (new helper nodes) join the tape too
     stack = list(order)
     while stack:
-        for i in stack.pop().inputs:
+        x = stack.pop()
+        if present.issuperset(x.inputs):  # (most nodes: nothing to add)
+            continue
+        for i in x.inputs:
             if i not in present:
                 present.add(i)
                 order.append(i)
@@ -169,6 +172,14 @@ def _topological(nodes: list[Node], pos: dict[Node, float],
     ready: list[tuple[float, int]] = []  # heap of waiting nodes whose inputs are all out
     j, count = 0, len(keyed)
     while True:
+        if not ready:  # the next ready node in sorted order goes out, until one frees others
+            while j < count:
+                n = order[keyed[j][1]]
+                if n in waiters or not emitted.issuperset(n.inputs):
+                    break
+                emitted.add(n)
+                out.append(n)
+                j += 1
         while j < count:
             n = order[keyed[j][1]]
             if emitted.issuperset(n.inputs):
@@ -187,7 +198,7 @@ def _topological(nodes: list[Node], pos: dict[Node, float],
             break
         emitted.add(n)
         out.append(n)
-        for key in waiters.pop(n, ()):
+        for key in waiters.pop(n, ()) if waiters else ():
             missing[key[1]] -= 1
             if not missing[key[1]]:
                 heapq.heappush(ready, key)
