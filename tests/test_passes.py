@@ -447,3 +447,16 @@ def test_substitute_equals_the_generic_algorithm(seed):
     got, expected = substitute(g, subst), _reference_substitute(g, subst)
     assert str(got) == str(expected)
     got.verify()
+
+
+def test_read_once_agrees_with_the_users_map(rng):
+    from tapernn.passes.rewrite import read_once, sole_use
+    g = tn.trace(lambda x, y: (tn.tanh(x) * tn.tanh(x) + y * y, tn.exp(x) + tn.exp(y), y * 2.0),
+                 randn(rng, 3), randn(rng, 3))
+    users, once = g.users(), read_once(g)
+    checked = 0
+    for n in g.nodes:
+        for t in dict.fromkeys(n.inputs):
+            assert once(t) == (n.inputs.count(t) == 1 and sole_use(users, t, n, g))
+            checked += 1
+    assert checked > 5 and any(once(t) for t in g.nodes) and not all(once(t) for t in g.nodes)

@@ -4,7 +4,9 @@ invariance, and `substitute`, which applies a node -> replacement map and re-sor
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable
+from collections import Counter
+from itertools import chain
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -241,6 +243,15 @@ def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[A
         if t:
             taint[n] = t
     return {key: ms for key, ms in accepted.items() if len(ms) >= 2}
+
+
+def read_once(g: Graph) -> Callable[[Node], bool]:
+    """A test for values read exactly once on the tape and not graph outputs: for an operand t
+    of n, `read_once(g)(t)` == `n.inputs.count(t) == 1 and sole_use(g.users(), t, n, g)`,
+    from one count over the tape (in C) instead of a users map."""
+    counts = Counter(chain.from_iterable([n.inputs for n in g.nodes]))
+    outputs = set(g.outputs)
+    return lambda t: counts[t] == 1 and t not in outputs
 
 
 def sole_use(users: dict[Node, list[Node]], n: Node, reader: Node, g: Graph) -> bool:
