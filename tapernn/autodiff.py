@@ -151,7 +151,8 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
              and n.op not in ("input", "constant")]
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
-    fwd = Graph([n for n in joint.nodes if n in forward or n in fwd_inputs], fwd_inputs,
+    kept = forward.union(fwd_inputs)
+    fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs,
                 list(fwd_outs) + saved, dict(joint.meta))
     fwd.meta.update(n_forward_outputs=n_forward_outputs, single_output=False,
                     saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))))

@@ -54,7 +54,7 @@ def invariant_nodes(g: Graph) -> set[Node]:
         if n.op == "input":
             if n.step is None:
                 out.add(n)
-        elif (n.step is None or n.op in LAYOUT_OPS) and all(i in out for i in n.inputs):
+        elif (n.step is None or n.op in LAYOUT_OPS) and out.issuperset(n.inputs):
             out.add(n)
     return out
 
