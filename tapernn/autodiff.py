@@ -174,9 +174,9 @@ def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read:
     for n in backward:
         if n.op in ("input", "constant"):
             continue
-        ins = tuple(mapping.get(i, i) for i in n.inputs)
-        mapping[n] = n if ins == n.inputs else n.replace(inputs=ins)
-        nodes.append(mapping[n])
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
+        mapping[n] = new = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(new)
     inputs = [mapping[n] for n in saved] + seeds + originals
     meta = dict(joint.meta)
     meta.update(single_output=False, output_names=meta.get("output_names", [])[-len(grad_outs):]
