@@ -254,8 +254,10 @@ def _fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:
 
 
 def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
-    """Schedule index -> per-call values (and views) read for the last time there: `del` them
-    so NumPy can recycle their memory; planned buffers persist and need no `del`."""
+    """Schedule index -> per-call values (and views of them) read for the last time there:
+    `del` them so NumPy can recycle their memory. Planned buffers persist, and so do inputs and
+    constants: their values and views need no `del` (it would free nothing; a long program had
+    hundreds of such lines, each compiled)."""
     keep = set(g.outputs)
     last: dict[Node, int] = {}
     for k, n in enumerate(g.nodes):
@@ -263,8 +265,9 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
             last[i] = k
     out: dict[int, list[Node]] = {}
     for value, k in last.items():
-        if value not in keep and value.op not in ("input", "constant") \
-                and value not in plan.buffer_of:
+        root = plan.root.get(value, value)
+        if value not in keep and root.op not in ("input", "constant") \
+                and root not in plan.buffer_of:
             out.setdefault(k, []).append(value)
     return out
 
