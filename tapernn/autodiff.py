@@ -101,8 +101,8 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
 
 
 def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]) -> None:
-    wants = tuple(i in needs for i in n.inputs)
-    if not any(wants):
+    wants = tuple([i in needs for i in n.inputs])
+    if True not in wants:
         return
     op = get_op(n.op)
     grads = op.vjp(g, Var(n, tape), *[Var(i, tape) for i in n.inputs], wants=wants, **n.attrs)
@@ -112,7 +112,13 @@ def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node
         if gi.shape != i.shape:
             raise GraphError(f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
                              f"of shape {i.shape}")
-        cot.setdefault(i, []).append(F.cast(gi, i.dtype))
+        if gi.dtype != i.dtype:
+            gi = F.cast(gi, i.dtype)
+        acc = cot.get(i)
+        if acc is None:
+            cot[i] = [gi]
+        else:
+            acc.append(gi)
 
 
 def _needed(outputs: Sequence[Node]) -> set[Node]:
