@@ -360,7 +360,7 @@ def gc_paused():
 
     Compiling allocates hundreds of thousands of small objects that stay alive until the end
     (nodes, tuples, dicts), and each full collection walks all of them: with it on, collections
-    were a fifth of the compile time of a T=100 LSTM, and grew faster than T. Compile-time
+    took ~0.2 s of a T=100 LSTM's ~1.4 s compile, and grew faster than T. Compile-time
     garbage is freed by reference counting; anything cyclic is collected at the next run after.
     """
     if not gc.isenabled():

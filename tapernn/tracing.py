@@ -23,7 +23,7 @@ class step:
     """`with step(t):` tags every node recorded inside with timestep `t`.
 
     (A class rather than a generator context manager: autodiff enters one per node, and the
-    generator machinery was a tenth of `grad`.)"""
+    generator machinery cost several percent of `grad`.)"""
 
     __slots__ = ("t", "token")
 
