@@ -1,7 +1,7 @@
 """Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
-(a fused node: one line per instruction, or -- when the same fused program recurs at least
-KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of a function made
-once for it), planned values written into buffers allocated once per program. `Compiled` runs
+(a fused node: one line per instruction, or -- when the same fused program on large values
+recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
+a function made once for it), planned values written into buffers allocated once per program. `Compiled` runs
 it and turns failures into errors naming the node.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .ops.shape import is_advanced, to_numpy_index
 from .passes import CompileReport, Pass, default_passes, run_passes
 
 _program_ids = itertools.count()
-KERNEL_MIN_USES = 16  # a fused program used this often becomes one function (see _fused_kernel)
+# a fused program used this often, on values this large, becomes one function (_fused_kernel)
+KERNEL_MIN_USES, KERNEL_MIN_SIZE = 16, 4096
 
 # ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
 _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
@@ -117,7 +118,8 @@ class Program:
             names[n] = f"v{k}"
             out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
             args = [names[i] for i in n.inputs]
-            if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES:
+            if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
+                    and n.size >= KERNEL_MIN_SIZE:
                 kernel = self._fused_kernel(n)
                 operands = args + self._temps(n, views) + ([out] if out else [])
                 lines = [f"{kernel}({', '.join(operands)})"]
@@ -181,7 +183,9 @@ class Program:
         KERNEL_MIN_USES times or more (every step of a long unrolled loop) is compiled once
         instead of once per step -- its lines were most of a long program, and compiling the
         source a third of building it. The function takes the operands, the temporaries and
-        the output buffer (when planned); one call per use costs a fraction of a microsecond."""
+        the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
+        work on values of KERNEL_MIN_SIZE elements or more, but a few percent of a tiny model's
+        call, which keeps the lines inline."""
         key = self._kernel_key(n)
         if key not in self.fused_kernels:
             args = [f"x{k}" for k in range(len(n.inputs))]
