@@ -101,8 +101,8 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
 
 
 def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]) -> None:
-    wants = tuple(i in needs for i in n.inputs)
-    if not any(wants):
+    wants = tuple([i in needs for i in n.inputs])
+    if True not in wants:
         return
     op = get_op(n.op)
     grads = op.vjp(g, Var(n, tape), *[Var(i, tape) for i in n.inputs], wants=wants, **n.attrs)
@@ -112,7 +112,13 @@ def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node
         if gi.shape != i.shape:
             raise GraphError(f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
                              f"of shape {i.shape}")
-        cot.setdefault(i, []).append(F.cast(gi, i.dtype))
+        if gi.dtype != i.dtype:
+            gi = F.cast(gi, i.dtype)
+        acc = cot.get(i)
+        if acc is None:
+            cot[i] = [gi]
+        else:
+            acc.append(gi)
 
 
 def _needed(outputs: Sequence[Node]) -> set[Node]:
@@ -151,7 +157,8 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
              and n.op not in ("input", "constant")]
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
-    fwd = Graph([n for n in joint.nodes if n in forward or n in fwd_inputs], fwd_inputs,
+    kept = forward.union(fwd_inputs)
+    fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs,
                 list(fwd_outs) + saved, dict(joint.meta))
     fwd.meta.update(n_forward_outputs=n_forward_outputs, single_output=False,
                     saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))))
@@ -173,9 +180,9 @@ def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read:
     for n in backward:
         if n.op in ("input", "constant"):
             continue
-        ins = tuple(mapping.get(i, i) for i in n.inputs)
-        mapping[n] = n if ins == n.inputs else n.replace(inputs=ins)
-        nodes.append(mapping[n])
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
+        mapping[n] = new = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(new)
     inputs = [mapping[n] for n in saved] + seeds + originals
     meta = dict(joint.meta)
     meta.update(single_output=False, output_names=meta.get("output_names", [])[-len(grad_outs):]

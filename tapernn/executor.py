@@ -1,11 +1,16 @@
 """Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
-(a fused node: one line per instruction), planned values written into buffers allocated once
-per program. `Compiled` runs it and turns failures into errors naming the node.
+(a fused node: one line per instruction, or -- when the same fused program on large values
+recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
+a function made once for it), planned values written into buffers allocated once per program. `Compiled` runs
+it and turns failures into errors naming the node.
 """
 from __future__ import annotations
 
 import builtins
+import contextlib
+import gc
 import itertools
+import re
 import traceback
 from typing import Any, Sequence
 
@@ -20,6 +25,8 @@ from .ops.shape import is_advanced, to_numpy_index
 from .passes import CompileReport, Pass, default_passes, run_passes
 
 _program_ids = itertools.count()
+# a fused program used this often, on values this large, becomes one function (_fused_kernel)
+KERNEL_MIN_USES, KERNEL_MIN_SIZE = 16, 4096
 
 # ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
 _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
@@ -58,9 +65,13 @@ class Program:
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
         self.line_nodes: dict[int, Node] = {}
         self.kernels = self.plan.kernels
+        self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
         self.source = self._generate(fn_name)
         namespace: dict[str, Any] = {}
         exec(builtins.compile(self.source, self.filename, "exec"), namespace)
+        for name, used, _ in self.fused_kernels.values():
+            self.bound[name] = kernel = namespace[name]
+            kernel.__kwdefaults__ = {u: self.bound[u] for u in used}
         self.fn = namespace[fn_name]
         self.fn.__kwdefaults__ = dict(self.bound)
 
@@ -92,6 +103,11 @@ class Program:
         self.exact_sigmoid = {i for n in g.nodes if n.op in _TAIL_READERS for i in n.inputs}
         names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
         dead_after = _fresh_deaths(g, plan)
+        uses: dict[tuple, int] = {}
+        for n in g.nodes:
+            if n.op == "fused":
+                key = self._kernel_key(n)
+                uses[key] = uses.get(key, 0) + 1
         body: list[str] = []
         for k, n in enumerate(g.nodes):
             if n.op == "input":
@@ -102,8 +118,13 @@ class Program:
             names[n] = f"v{k}"
             out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
             args = [names[i] for i in n.inputs]
-            if n.op == "fused":
-                lines = self._fused_lines(n, args, out, views, names[n])
+            if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
+                    and n.size >= KERNEL_MIN_SIZE:
+                kernel = self._fused_kernel(n)
+                operands = args + self._temps(n, views) + ([out] if out else [])
+                lines = [f"{kernel}({', '.join(operands)})"]
+            elif n.op == "fused":
+                lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
             elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
                 lines = self._sigmoid_tanh(args[0], names[n], out)
             else:
@@ -117,7 +138,8 @@ class Program:
         results = [_owned(n, names[n], plan) for n in g.outputs]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
-        return "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
+        source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
+        return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         tail = f", out={out}" if out else ""
@@ -147,12 +169,42 @@ class Program:
         kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
         return f"{fn}({', '.join(args + kw)}{tail})"
 
-    def _fused_lines(self, n: Node, args: list[str], out: str | None, views: dict,
+    def _temps(self, n: Node, views: dict) -> list[str]:
+        """The names of a fused node's preallocated temporaries (in slot order)."""
+        slots = fused_slots(n)[1]
+        return [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+
+    def _kernel_key(self, n: Node) -> tuple:
+        # what a fused node's lines depend on besides its operand and buffer names
+        return (n.attrs["program"], n in self.plan.buffer_of, n in self.exact_sigmoid)
+
+    def _fused_kernel(self, n: Node) -> str:
+        """The name of a function running n's program (made once per program): a program met
+        KERNEL_MIN_USES times or more (every step of a long unrolled loop) is compiled once
+        instead of once per step -- its lines were most of a long program, and compiling the
+        source a third of building it. The function takes the operands, the temporaries and
+        the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
+        work on values of KERNEL_MIN_SIZE elements or more, but a few percent of a tiny model's
+        call, which keeps the lines inline."""
+        key = self._kernel_key(n)
+        if key not in self.fused_kernels:
+            args = [f"x{k}" for k in range(len(n.inputs))]
+            temps = [f"t{k}" for k in range(len(fused_slots(n)[1]))]
+            out = ["out"] if key[1] else []
+            lines = self._fused_lines(n, args, (out or [None])[0], temps, "r")
+            lines[-1] = f"return {lines[-1]}"
+            body = "\n".join("    " + line for line in lines)
+            used = sorted(set(re.findall(r"[A-Za-z_]\w*", body)) & self.bound.keys())
+            name = self._named(f"fused_kernel{len(self.fused_kernels)}", None)  # set after exec
+            params = ", ".join(args + temps + out + ["*"] + used)
+            self.fused_kernels[key] = (name, used, f"def {name}({params}):\n{body}\n")
+        return self.fused_kernels[key][0]
+
+    def _fused_lines(self, n: Node, args: list[str], out: str | None, temps: list[str],
                      result: str) -> list[str]:
         """The fused program inline: each instruction writes its preallocated temporary, the
         last one the node's output."""
-        slot_of, slots = fused_slots(n)
-        temps = [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+        slot_of = fused_slots(n)[0]
         program = n.attrs["program"]
         exact = {-r - 1 for op, refs, *_ in program if op in _TAIL_READERS for r in refs if r < 0}
         if n in self.exact_sigmoid:
@@ -186,8 +238,19 @@ class Program:
         return None
 
 
+_SLOTS: dict[tuple, tuple[list, list]] = {}
+
+
 def fused_slots(n: Node) -> tuple[list, list]:
-    return temp_slots(n.attrs["program"])
+    """temp_slots of n's program, computed once per distinct program (the planner and the code
+    generator ask for every fused node several times; every step has the same programs)."""
+    program = n.attrs["program"]
+    slots = _SLOTS.get(program)
+    if slots is None:
+        slots = temp_slots(program)
+        if len(_SLOTS) < 10_000:
+            _SLOTS[program] = slots
+    return slots
 
 
 def _fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:
@@ -195,8 +258,10 @@ def _fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:
 
 
 def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
-    """Schedule index -> per-call values (and views) read for the last time there: `del` them
-    so NumPy can recycle their memory; planned buffers persist and need no `del`."""
+    """Schedule index -> per-call values (and views of them) read for the last time there:
+    `del` them so NumPy can recycle their memory. Planned buffers persist, and so do inputs and
+    constants: their values and views need no `del` (it would free nothing; a long program had
+    hundreds of such lines, each compiled)."""
     keep = set(g.outputs)
     last: dict[Node, int] = {}
     for k, n in enumerate(g.nodes):
@@ -204,8 +269,9 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
             last[i] = k
     out: dict[int, list[Node]] = {}
     for value, k in last.items():
-        if value not in keep and value.op not in ("input", "constant") \
-                and value not in plan.buffer_of:
+        root = plan.root.get(value, value)
+        if value not in keep and root.op not in ("input", "constant") \
+                and root not in plan.buffer_of:
             out.setdefault(k, []).append(value)
     return out
 
@@ -292,8 +358,28 @@ def check_input(n: Node, a: Any) -> np.ndarray:
     return arr
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Run the body with Python's cyclic garbage collector off (restored after, also on errors).
+
+    Compiling allocates hundreds of thousands of small objects that stay alive until the end
+    (nodes, tuples, dicts), and each full collection walks all of them: with it on, collections
+    took ~0.2 s of a T=100 LSTM's ~1.4 s compile, and grew faster than T. Compile-time
+    garbage is freed by reference counting; anything cyclic is collected at the next run after.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program."""
-    graph.verify()
-    optimised, report = run_passes(graph, default_passes() if passes is None else passes)
-    return Compiled(optimised, report)
+    with gc_paused():
+        graph.verify()
+        optimised, report = run_passes(graph, default_passes() if passes is None else passes)
+        return Compiled(optimised, report)

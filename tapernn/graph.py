@@ -6,6 +6,7 @@ Nodes are immutable once made; passes build new graphs (see `Graph.rebuild`).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, Iterable
 
 import networkx as nx
@@ -18,6 +19,31 @@ PSEUDO_OPS = ("input", "constant")
 _ids = itertools.count()
 
 
+_PLAIN_FIELDS = frozenset({"op", "step", "scope", "phase", "name", "value"})
+_REWIRING = frozenset({"inputs", "step", "scope", "phase"})
+_SIMPLE = (int, float, str, bool, type(None), np.dtype)
+
+
+def freeze(v: Any) -> Any:
+    """A hashable stand-in for an attribute value (for CSE keys)."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, freeze(x)) for k, x in v.items())) if v else ()
+    if isinstance(v, tuple):
+        for x in v:  # the usual attrs (axes, shapes, slices of ints) are their own key
+            if not isinstance(x, _SIMPLE):
+                return tuple(freeze(x) for x in v)
+        return v
+    if isinstance(v, list):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
 class Node:
     """One value in a graph: `op` applied to `inputs` with `attrs`.
 
@@ -28,7 +54,7 @@ class Node:
     """
 
     __slots__ = ("id", "op", "inputs", "attrs", "shape", "dtype", "step", "scope", "phase",
-                 "name", "value", "verified", "__weakref__")
+                 "name", "value", "verified", "_attrs_key", "__weakref__")
 
     def __init__(self, op: str, inputs: Iterable[Node], attrs: dict | None, shape: tuple,
                  dtype: Any, step: int | None = None, scope: str = "", phase: str = "forward",
@@ -37,14 +63,15 @@ class Node:
         self.op = op
         self.inputs = tuple(inputs)
         self.attrs = dict(attrs or {})
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
+        self.shape = tuple(map(int, shape))
+        self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
         self.step = step
         self.scope = scope
         self.phase = phase
         self.name = name
         self.value = value
         self.verified = False  # passed its op's shape/dtype rules (verify); nodes never mutate
+        self._attrs_key = None
 
     @property
     def ndim(self) -> int:
@@ -52,7 +79,7 @@ class Node:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -62,23 +89,79 @@ class Node:
     def kind(self) -> str | None:
         return self.attrs.get("kind") if self.op == "input" else None
 
+    @property
+    def attrs_key(self) -> Any:
+        """`freeze(attrs)`, computed once per node (nodes never mutate): CSE and grouping keys."""
+        key = self._attrs_key
+        if key is None:
+            key = self._attrs_key = freeze(self.attrs)
+        return key
+
+    def with_inputs(self, inputs: tuple[Node, ...]) -> Node:
+        """`replace(inputs=inputs)` for a tuple: the passes' hot path (every node downstream of
+        a rewrite is rebuilt this way), so it sets the fields in one go."""
+        new = _new_node(Node)
+        new.id = next(_ids)
+        (new.op, new.inputs, new.attrs, new.shape, new.dtype, new.step, new.scope, new.phase,
+         new.name, new.value, new._attrs_key) = (
+            self.op, inputs, self.attrs, self.shape, self.dtype, self.step, self.scope,
+            self.phase, self.name, self.value, self._attrs_key)
+        verified = self.verified  # kept when the new inputs have the old ones' shapes/dtypes
+        if verified:
+            old = self.inputs
+            if len(inputs) != len(old):
+                verified = False
+            else:
+                for a, b in zip(inputs, old):
+                    if a is not b and (a.shape != b.shape or a.dtype != b.dtype):
+                        verified = False
+                        break
+        new.verified = verified
+        return new
+
     def replace(self, **changes: Any) -> Node:
         """A new node equal to this one but for `changes` (op, inputs, attrs, ...)."""
-        fields = dict(op=self.op, inputs=self.inputs, attrs=self.attrs, shape=self.shape,
-                      dtype=self.dtype, step=self.step, scope=self.scope, phase=self.phase,
-                      name=self.name, value=self.value)
-        fields.update(changes)
-        new = Node(**fields)
+        if len(changes) == 1 and "inputs" in changes:
+            return self.with_inputs(tuple(changes["inputs"]))
+        # copies the fields directly; only changed ones are normalised as __init__ would
+        new = _new_node(Node)
+        new.id = next(_ids)
+        new.op, new.inputs, new.attrs, new.shape, new.dtype = \
+            self.op, self.inputs, self.attrs, self.shape, self.dtype
+        new.step, new.scope, new.phase, new.name, new.value = \
+            self.step, self.scope, self.phase, self.name, self.value
+        new._attrs_key = self._attrs_key
+        for field, v in changes.items():
+            if field == "inputs":
+                v = tuple(v)
+            elif field == "attrs":
+                v = dict(v or {})
+                new._attrs_key = None
+            elif field == "shape":
+                v = tuple(int(s) for s in v)
+            elif field == "dtype":
+                v = np.dtype(v)
+            elif field not in _PLAIN_FIELDS:
+                raise TypeError(f"Node.replace() got an unexpected field {field!r}")
+            setattr(new, field, v)
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time
-        new.verified = self.verified and changes.keys() <= {"inputs", "step", "scope", "phase"} \
-            and len(new.inputs) == len(self.inputs) and all(
-                a.shape == b.shape and a.dtype == b.dtype for a, b in zip(new.inputs, self.inputs))
+        verified = (self.verified and changes.keys() <= _REWIRING
+                    and len(new.inputs) == len(self.inputs))
+        if verified:
+            for a, b in zip(new.inputs, self.inputs):
+                if a is not b and (a.shape != b.shape or a.dtype != b.dtype):
+                    verified = False
+                    break
+        new.verified = verified
         return new
 
     def __repr__(self) -> str:
         return f"<Node {self.op} {self.shape} {self.dtype} id={self.id}>"
+
+
+_new_node = Node.__new__
 
 
 class Graph:
@@ -104,7 +187,10 @@ class Graph:
         out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
         for n in self.nodes:
             for i in n.inputs:
-                out.setdefault(i, []).append(n)
+                try:
+                    out[i].append(n)
+                except KeyError:  # a value read but not on the tape (a broken graph)
+                    out[i] = [n]
         return out
 
     def input_named(self, name: str) -> Node:
@@ -128,7 +214,8 @@ class Graph:
     # ---- rewriting ----------------------------------------------------------------------------
 
     def rebuild(self, fn: Callable[[Node, dict[Node, Node]], Node | None]) -> Graph:
-        """A new graph made by visiting nodes in tape order.
+        """A new graph made by visiting nodes in tape order (this graph itself when every node
+        maps to itself, so a pass that changed nothing returns its input).
 
         `fn(node, mapping)` returns the replacement for `node` (which may be a new node built from
         `mapping[input]`, or an already-mapped node) or None to keep `node` with remapped inputs.
@@ -136,14 +223,23 @@ class Graph:
         mapping: dict[Node, Node] = {}
         nodes: list[Node] = []
         seen: set[Node] = set()
+        changed = False
         for n in self.nodes:
             new = fn(n, mapping)
             if new is None:
-                ins = tuple(mapping.get(i, i) for i in n.inputs)
-                new = n if ins == n.inputs else n.replace(inputs=ins)
+                ins = tuple([mapping.get(i, i) for i in n.inputs])
+                new = n if ins == n.inputs else n.with_inputs(ins)
             mapping[n] = new
+            if new is not n:
+                changed = True
             if new not in seen:
-                _append_with_missing(new, nodes, seen)
+                if seen.issuperset(new.inputs):  # the usual case: inputs are on the tape already
+                    seen.add(new)
+                    nodes.append(new)
+                else:
+                    _append_with_missing(new, nodes, seen)
+        if not changed:
+            return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
                      [mapping.get(n, n) for n in self.outputs], dict(self.meta))
 
@@ -151,12 +247,15 @@ class Graph:
         return self.rebuild(lambda n, m: new if n is old else None)
 
     def eliminate_dead_code(self) -> Graph:
+        """The graph without nodes no output depends on (this graph itself when there are none)."""
         live = set(self.outputs) | set(self.inputs)
         for n in reversed(self.nodes):
             if n in live:
                 live.update(n.inputs)
-        return Graph([n for n in self.nodes if n in live], self.inputs, self.outputs,
-                     dict(self.meta))
+        kept = [n for n in self.nodes if n in live]
+        if len(kept) == len(self.nodes):
+            return self
+        return Graph(kept, self.inputs, self.outputs, dict(self.meta))
 
     # ---- checks and views ---------------------------------------------------------------------
 
@@ -172,10 +271,10 @@ class Graph:
         for k, n in enumerate(self.nodes):
             if n in placed:
                 raise GraphError(f"{_where(k, n)} appears twice on the tape")
-            for i in n.inputs:
-                if i not in placed:
-                    raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
-                                     f"tape: {i!r}")
+            if not placed.issuperset(n.inputs):
+                i = next(i for i in n.inputs if i not in placed)
+                raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
+                                 f"tape: {i!r}")
             if n.op == "input":
                 if n not in inputs:
                     raise GraphError(f"{_where(k, n)} is an input node but not in graph.inputs")

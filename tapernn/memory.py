@@ -4,6 +4,7 @@ byte accounting. Analyses only: they return a `BufferPlan`, never a graph.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -81,7 +82,7 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None) -> BufferPlan:
             plan.fresh.add(n)
         else:
             _assign(plan, n, k, pool)
-        temps = [_take(plan, pool, int(np.prod(s, dtype=np.int64)), np.dtype(d))
+        temps = [_take(plan, pool, math.prod(s), np.dtype(d))
                  for s, d in (scratch(n) if scratch else [])]
         if temps:
             plan.scratch_of[n] = temps

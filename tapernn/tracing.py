@@ -19,26 +19,41 @@ _PHASE: ContextVar[str] = ContextVar("tapernn_phase", default="forward")
 _TAPE: ContextVar["Tape | None"] = ContextVar("tapernn_tape", default=None)
 
 
-@contextlib.contextmanager
-def step(t: int | None) -> Iterator[None]:
-    """Tag every node recorded inside with timestep `t`."""
-    token = _STEP.set(t)
-    try:
-        yield
-    finally:
-        _STEP.reset(token)
+class step:
+    """`with step(t):` tags every node recorded inside with timestep `t`.
+
+    (A class rather than a generator context manager: autodiff enters one per node, and the
+    generator machinery cost several percent of `grad`.)"""
+
+    __slots__ = ("t", "token")
+
+    def __init__(self, t: int | None):
+        self.t = t
+
+    def __enter__(self) -> None:
+        self.token = _STEP.set(self.t)
+
+    def __exit__(self, *exc: object) -> None:
+        _STEP.reset(self.token)
 
 
-@contextlib.contextmanager
-def scope(name: str, absolute: bool = False) -> Iterator[None]:
-    """Tag nodes with a dotted scope; nested scopes join with '.' unless `absolute`."""
-    outer = _SCOPE.get()
-    full = name if absolute or not outer else (f"{outer}.{name}" if name else outer)
-    token = _SCOPE.set(full)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+class scope:
+    """`with scope(name):` tags nodes with a dotted scope; nested scopes join with '.' unless
+    `absolute`."""
+
+    __slots__ = ("absolute", "name", "token")
+
+    def __init__(self, name: str, absolute: bool = False):
+        self.name, self.absolute = name, absolute
+
+    def __enter__(self) -> None:
+        outer = _SCOPE.get()
+        name = self.name
+        full = name if self.absolute or not outer else (f"{outer}.{name}" if name else outer)
+        self.token = _SCOPE.set(full)
+
+    def __exit__(self, *exc: object) -> None:
+        _SCOPE.reset(self.token)
 
 
 @contextlib.contextmanager
@@ -174,14 +189,19 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
     float32. The shape rule runs now, so a mismatch raises ShapeError naming op, shapes and scope.
     """
     op = get_op(opname)
-    args = tuple(a.__tapernn_var__() if hasattr(a, "__tapernn_var__") else a for a in args)
-    tape = next((a.tape for a in args if isinstance(a, Var)), None) or current_tape()
     for a in args:
-        if isinstance(a, Var) and a.tape is not tape:
-            raise TapernnError(f"{opname}: operands were recorded in different graphs")
-    ref = next((a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
-               next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)))
-    nodes = [_as_node(a, tape, ref) for a in args]
+        if type(a) is not Var:
+            tape, nodes = _operand_nodes(opname, args)
+            break
+    else:  # the usual case (and all of autodiff): Vars of one tape, nothing to convert
+        if args:
+            tape = args[0].tape
+            for a in args:
+                if a.tape is not tape:
+                    raise TapernnError(f"{opname}: operands were recorded in different graphs")
+            nodes = [a.node for a in args]
+        else:
+            tape, nodes = current_tape(), []
     shapes = [n.shape for n in nodes]
     try:
         shape = tuple(op.shape(*shapes, **attrs))
@@ -194,6 +214,18 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
                 phase=_PHASE.get())
     node.verified = op.n_inputs is None or len(nodes) == op.n_inputs  # rules ran just above
     return Var(tape.add(node), tape)
+
+
+def _operand_nodes(opname: str, args: tuple) -> tuple[Tape, list[Node]]:
+    """emit's general case: Parameters, Python scalars and arrays among the operands."""
+    args = tuple(a.__tapernn_var__() if hasattr(a, "__tapernn_var__") else a for a in args)
+    tape = next((a.tape for a in args if isinstance(a, Var)), None) or current_tape()
+    for a in args:
+        if isinstance(a, Var) and a.tape is not tape:
+            raise TapernnError(f"{opname}: operands were recorded in different graphs")
+    ref = next((a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
+               next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)))
+    return tape, [_as_node(a, tape, ref) for a in args]
 
 
 def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:

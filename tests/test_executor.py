@@ -67,3 +67,63 @@ def test_report_counts_bytes():
     c = tn.compile(tn.trace(lambda x: tn.tanh(tn.exp(x)), np.ones(1000)), passes=[])
     assert c.report.naive_bytes == 16000 and c.report.peak_bytes == 16000
     assert "kernels per call" in str(c.report)
+
+
+def test_gc_paused_restores_the_collector_also_on_errors():
+    import gc
+
+    from tapernn.executor import gc_paused
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's choice to keep it off is kept
+    finally:
+        gc.enable()
+
+
+def _repeated_chain(T, width=None):
+    """T steps of the same elementwise chain: after fusion, one program used T times (on rows
+    just large enough for a shared function by default)."""
+    from tapernn.executor import KERNEL_MIN_SIZE
+    width = KERNEL_MIN_SIZE if width is None else width
+
+    def fn(x, y):
+        outs = []
+        for t in range(T):
+            with tracing.scope("cell"), tracing.step(t):
+                outs.append(tn.log(x[t] * y[t] + 1.0) * 2.0 - y[t])
+        return outs
+    return tn.trace(fn, np.ones((T, width)), np.ones((T, width)))
+
+
+def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
+    from tapernn.executor import KERNEL_MIN_SIZE, KERNEL_MIN_USES
+    T = KERNEL_MIN_USES + 4
+    g = _repeated_chain(T)
+    c = tn.compile(g)
+    assert c.source.startswith("def program(")
+    assert c.source.count("def fused_kernel") == 1 and c.source.count(" = fused_kernel0(") == T
+    rng = np.random.default_rng(0)
+    x, y = rng.random((T, KERNEL_MIN_SIZE)), rng.random((T, KERNEL_MIN_SIZE))
+    for a, b in zip(c(x, y), tn.compile(g, passes=[])(x, y)):
+        np.testing.assert_allclose(a, b, rtol=1e-15)
+    for few_or_small in (_repeated_chain(KERNEL_MIN_USES - 1), _repeated_chain(T, width=3)):
+        src = tn.compile(few_or_small).source  # inline below either threshold
+        assert "fused_kernel" not in src and "np_log" in src
+
+
+def test_an_error_inside_a_shared_fused_function_names_the_step():
+    from tapernn.executor import KERNEL_MIN_SIZE, KERNEL_MIN_USES
+    T = KERNEL_MIN_USES + 4
+    c = tn.compile(_repeated_chain(T))
+    x, y = np.ones((T, KERNEL_MIN_SIZE)), np.ones((T, KERNEL_MIN_SIZE))
+    x[13, 1], y[13, 1] = -1.0, 1.0  # log(0) at step 13 only
+    with np.errstate(divide="raise"), pytest.raises(tn.TapernnError) as e:
+        c(x, y)
+    assert "fused" in str(e.value) and "cell" in str(e.value) and "step 13" in str(e.value)

@@ -94,3 +94,41 @@ def test_node_nbytes_and_ids_are_unique():
     a = Node("input", (), {"kind": "data"}, (2, 3), np.float32, name="a")
     b = a.replace(name="b")
     assert a.nbytes == 24 and a.id != b.id and b.name == "b"
+
+
+def test_replace_copies_fields_and_normalises_only_what_changes():
+    x = Node("input", (), {"kind": "data"}, (2, 3), np.float64, name="x")
+    t = Node("tanh", (x,), {}, (2, 3), np.float64, step=2, scope="m", phase="backward")
+    t.verified = True
+    same_shape = Node("input", (), {"kind": "data"}, (2, 3), np.float64, name="y")
+    moved = t.replace(inputs=[same_shape])
+    assert moved.inputs == (same_shape,) and moved.id != t.id and moved.verified
+    assert (moved.op, moved.shape, moved.dtype, moved.step, moved.scope, moved.phase) == \
+        ("tanh", (2, 3), np.dtype(np.float64), 2, "m", "backward")
+    other = Node("input", (), {"kind": "data"}, (3, 2), np.float64, name="z")
+    assert not t.replace(inputs=(other,)).verified  # rules must run again: shapes differ
+    assert not t.replace(op="exp").verified
+    r = t.replace(shape=[np.int64(3), 2], dtype="float32", attrs=None)
+    assert r.shape == (3, 2) and type(r.shape[0]) is int and r.dtype == np.float32 and r.attrs == {}
+    with pytest.raises(TypeError, match="unexpected field"):
+        t.replace(colour="red")
+
+
+def test_attrs_key_is_cached_and_follows_attrs():
+    a = Node("input", (), {"kind": "data"}, (2, 3), np.float64, name="a")
+    s = Node("sum", (a,), {"axis": (0,), "keepdims": False}, (3,), np.float64)
+    assert s.attrs_key == (("axis", (0,)), ("keepdims", False))
+    assert s.replace(inputs=(a,)).attrs_key is s.attrs_key
+    assert s.replace(attrs={"axis": (1,), "keepdims": True}).attrs_key == \
+        (("axis", (1,)), ("keepdims", True))
+
+
+def test_rebuild_and_dead_code_return_the_graph_itself_when_nothing_changes():
+    g = tn.trace(lambda x: [tn.exp(x), tn.tanh(x)], np.ones(2))
+    assert g.rebuild(lambda n, m: None) is g
+    assert g.eliminate_dead_code() is g
+    exp = next(n for n in g.nodes if n.op == "exp")
+    changed = g.rebuild(lambda n, m: n.replace(op="tanh") if n is exp else None)
+    assert changed is not g and changed.op_counts()["tanh"] == 2 and g.op_counts()["exp"] == 1
+    g.outputs = g.outputs[:1]
+    assert g.eliminate_dead_code() is not g

@@ -1,9 +1,20 @@
 """Benchmark of the compiler on a hand-written per-gate LSTM (forward + backward): node counts,
 kernels per call, bytes and time per call with no passes vs the DEFAULT pipeline, and compile
-time against T. Usage: python tools/bench_compiler.py [T B I H]. Times are min over repeats."""
+time against T. Usage: python tools/bench_compiler.py [T B I H]. Times are min over repeats.
+
+`--sequencer [--cells LSTM,FastLSTM] [--repeats N] [--check]`: the compile-time target instead:
+the first forward + backward of Sequencer(cell(256, 256)) in float32 on (T, 32, 256) -- trace,
+grad, split, every pass on both programs, memory plans, code generation and the first run --
+at T=50 and T=100, each repeat in a fresh interpreter (T=50 then T=100, as a user would meet
+them), with medians and the ratio. Target: T=100 <= 1.0 s and T=100 <= 2.2 x T=50; `--check`
+exits 1 when the first cell's medians miss it.
+"""
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -58,5 +69,73 @@ def main(T: int = 50, B: int = 32, I: int = 256, H: int = 256) -> None:
     print("\n" + str(tn.compile(graph).report))
 
 
+SEQUENCER_TARGET_S, SEQUENCER_TARGET_RATIO = 1.0, 2.2
+_ONE_RUN = """
+import sys, time
+import numpy as np
+from tapernn import nn
+cell, B, H = sys.argv[1], 32, 256
+for T in (50, 100):
+    m = nn.Sequencer(getattr(nn, cell)(H, H)).astype(np.dtype("float32"))
+    x = np.random.default_rng(T).standard_normal((T, B, H)).astype("float32")
+    start = time.perf_counter()
+    y = m.forward(x)
+    m.backward(x, np.ones_like(y))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    y = m.forward(x)
+    m.backward(x, np.ones_like(y))
+    print(T, first, time.perf_counter() - start)
+"""
+
+
+def sequencer_compile_times(cell: str, repeats: int) -> dict[int, tuple[list, list]]:
+    """{T: (first forward+backward seconds, steady forward+backward seconds)}, one fresh
+    interpreter per repeat."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out: dict[int, tuple[list, list]] = {50: ([], []), 100: ([], [])}
+    for _ in range(repeats):
+        run = subprocess.run([sys.executable, "-c", _ONE_RUN, cell], capture_output=True,
+                             text=True, env=env, check=True)
+        for line in run.stdout.split("\n"):
+            if line.strip():
+                T, first, steady = line.split()
+                out[int(T)][0].append(float(first))
+                out[int(T)][1].append(float(steady))
+    return out
+
+
+def sequencer_main(cells: list[str], repeats: int, check: bool) -> int:
+    print(f"Sequencer(cell(256, 256)) float32, B=32: first forward+backward (compile + first "
+          f"run), median of {repeats} fresh interpreters")
+    print(f"{'cell':<10}{'T=50 s':>9}{'T=100 s':>9}{'ratio':>7}{'best 50/100/ratio':>22}"
+          f"{'steady T=100 ms':>17}   T=100 runs")
+    met = True
+    for k, cell in enumerate(cells):
+        times = sequencer_compile_times(cell, repeats)
+        t50, t100 = statistics.median(times[50][0]), statistics.median(times[100][0])
+        steady = statistics.median(times[100][1])
+        b50, b100 = min(times[50][0]), min(times[100][0])  # least disturbed by other load
+        best = f"{b50:.2f}/{b100:.2f}/{b100 / b50:.2f}"
+        runs = ", ".join(f"{t:.2f}" for t in times[100][0])
+        print(f"{cell:<10}{t50:>9.2f}{t100:>9.2f}{t100 / t50:>7.2f}{best:>22}{steady * 1e3:>17.1f}"
+              f"   {runs}")
+        if k == 0:
+            met = t100 <= SEQUENCER_TARGET_S and t100 / t50 <= SEQUENCER_TARGET_RATIO
+    print(f"target (first cell): T=100 <= {SEQUENCER_TARGET_S:.1f} s and ratio <= "
+          f"{SEQUENCER_TARGET_RATIO}: {'met' if met else 'NOT met'}")
+    return 0 if met or not check else 1
+
+
 if __name__ == "__main__":
+    if "--sequencer" in sys.argv[1:]:
+        parser = argparse.ArgumentParser(description="Sequencer compile-time target")
+        parser.add_argument("--sequencer", action="store_true")
+        parser.add_argument("--cells", default="LSTM,FastLSTM")
+        parser.add_argument("--repeats", type=int, default=3)
+        parser.add_argument("--check", action="store_true")
+        a = parser.parse_args()
+        sys.exit(sequencer_main(a.cells.split(","), a.repeats, a.check))
     main(*[int(a) for a in sys.argv[1:5]])

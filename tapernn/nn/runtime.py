@@ -12,7 +12,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile
+from ..executor import Compiled, compile, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
@@ -111,6 +111,10 @@ class Executable:
         return self.seeded_variants[key]
 
     def _pair(self, outputs: list) -> TrainingPair:
+        with gc_paused():
+            return self._make_pair(outputs)
+
+    def _make_pair(self, outputs: list) -> TrainingPair:
         g = Graph(self.graph.nodes, self.graph.inputs, outputs, dict(self.graph.meta))
         joint = grad(g, wrt=self.wrt, seeds="inputs")
         n = len(outputs)
@@ -245,7 +249,9 @@ class Runtime:
             names = _leaf_names(tree, len(args))
             n_diff = len(flatten(list(args[:n_diff_args]))[0])
             passes = root._passes if root._passes is not None else default_passes()
-            exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff, passes)
+            with gc_paused():  # tracing allocates like compiling (see gc_paused)
+                exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
+                                 passes)
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe

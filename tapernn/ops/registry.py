@@ -45,10 +45,17 @@ class OpDef:
     def infer_dtype(self, dtypes: list[np.dtype], attrs: dict) -> np.dtype:
         if self.dtype is not None:
             return np.dtype(self.dtype(*dtypes, **attrs))
-        return np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+        if not dtypes:
+            return np.dtype(np.float64)
+        key = tuple(dtypes)
+        out = _PROMOTED.get(key)
+        if out is None:  # result_type is pure, and called for every traced or derived node
+            out = _PROMOTED[key] = np.result_type(*dtypes)
+        return out
 
 
 REGISTRY: dict[str, OpDef] = {}
+_PROMOTED: dict[tuple, np.dtype] = {}
 
 
 def register(name: str, **kwargs: Any) -> OpDef:
@@ -70,6 +77,8 @@ def get_op(name: str) -> OpDef:
 
 
 def broadcast_shape(*shapes: Shape, **_: Any) -> Shape:
+    if len(shapes) == 2 and shapes[0] == shapes[1]:  # the usual case, without NumPy's help
+        return tuple(shapes[0])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:

@@ -71,12 +71,30 @@ def is_advanced(key: tuple) -> bool:
     return any(isinstance(i, tuple) and i[0] == "a" for i in key)
 
 
+_INDEX_SHAPES: dict[tuple, tuple] = {}
+_PLAIN_ITEMS = (tuple, int, type(None), type(Ellipsis))
+
+
 def index_shape(x, index, **_):
+    key = known = None
+    # pure in (shape, index), and every step slices alike; items are keys as they are unless
+    # equal-but-different (True == 1 indexes otherwise) or unhashable
+    if all(type(item) in _PLAIN_ITEMS for item in index):
+        try:
+            key = (tuple(x), index)
+            known = _INDEX_SHAPES.get(key)
+        except TypeError:
+            key = None
+    if known is not None:
+        return known
     probe = np.broadcast_to(np.empty((), dtype=np.int8), x)  # no memory: strides are zero
     try:
-        return probe[to_numpy_index(index)].shape
+        shape = probe[to_numpy_index(index)].shape
     except IndexError as e:
         raise ShapeError(f"index {show_index(index)} does not fit shape {x}: {e}") from None
+    if key is not None and len(_INDEX_SHAPES) < 100_000:
+        _INDEX_SHAPES[key] = shape
+    return shape
 
 
 def show_index(key: tuple) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from .concat import basic_ranges, make_concat, slice_axis
-from .rewrite import derive, freeze, invariant_nodes, spanning, substitute
+from .rewrite import derive, invariant_nodes, spanning, substitute
 
 BATCHABLE = {"add", "sub", "mul", "div", "maximum", "minimum", "neg", "exp", "log", "tanh",
              "sigmoid", "relu", "sqrt", "abs"}
@@ -27,15 +27,22 @@ def _columns(n: Node) -> list[tuple[int, int] | None]:
 
 
 def batch_sliced_elementwise(graph: Graph) -> Graph:
-    inv = invariant_nodes(graph)
+    inv: set[Node] | None = None
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
-        if n.op not in BATCHABLE or n.ndim != 2:
+        if n.op not in BATCHABLE or len(n.shape) != 2:
             continue
+        for i in n.inputs:  # a block operand is a slice: without one, no key has an "s"
+            if i.op == "getitem":
+                break
+        else:
+            continue
+        if inv is None:
+            inv = invariant_nodes(graph)
         keys = [_operand_key(i, n, inv) for i in n.inputs]
         if any(k is None for k in keys) or not any(k[0] == "s" for k in keys):
             continue
-        key = (n.op, freeze(n.attrs), n.step, n.phase, tuple(keys))
+        key = (n.op, n.attrs_key, n.step, n.phase, tuple(keys))
         groups.setdefault(key, []).append(n)
     subst: dict[Node, Node] = {}
     for members in groups.values():

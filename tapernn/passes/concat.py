@@ -6,6 +6,8 @@ from __future__ import annotations
 from ..graph import Node
 from .rewrite import derive
 
+_RANGES: dict[tuple, tuple[tuple[int, int], ...] | None] = {}
+
 
 def basic_ranges(n: Node) -> list[tuple[int, int]] | None:
     """Per-axis (start, stop) of a getitem made only of unit-step slices, else None."""
@@ -13,6 +15,19 @@ def basic_ranges(n: Node) -> list[tuple[int, int]] | None:
         return None
     index = n.attrs["index"]
     base = n.inputs[0].shape
+    key = (index, base)
+    try:  # pure in (index, base shape), asked for every slice by several passes
+        known = _RANGES[key]
+    except KeyError:
+        known = _ranges(index, base)
+        if len(_RANGES) < 100_000:
+            _RANGES[key] = known
+    except TypeError:  # an unhashable index
+        known = _ranges(index, base)
+    return None if known is None else list(known)
+
+
+def _ranges(index: tuple, base: tuple) -> list[tuple[int, int]] | None:
     if len(index) > len(base):
         return None
     out = []
@@ -22,7 +37,7 @@ def basic_ranges(n: Node) -> list[tuple[int, int]] | None:
             return None
         start, stop, _ = slice(item[1], item[2]).indices(dim)
         out.append((start, max(start, stop)))
-    return out
+    return tuple(out)
 
 
 def _ranges_node(like: Node, base: Node, ranges: list[tuple[int, int]]) -> Node:

@@ -11,14 +11,22 @@ FOLD_LIMIT = 4096
 
 
 def _foldable(n: Node, ins: tuple[Node, ...]) -> bool:
-    if n.op in ("input", "constant") or n.size > FOLD_LIMIT:
+    if n.op in ("input", "constant"):
         return False
-    return all(i.op == "constant" for i in ins)
+    for i in ins:
+        if i.op != "constant":
+            return False
+    return n.size <= FOLD_LIMIT
 
 
 def fold_constants(graph: Graph) -> Graph:
+    # folding only cascades from a node foldable as the graph stands: without one, skip the
+    # rebuild (one scan instead of rebuilding every node)
+    if not any(_foldable(n, n.inputs) for n in graph.nodes):
+        return graph.eliminate_dead_code()
+
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
-        ins = tuple(mapping.get(i, i) for i in n.inputs)
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
         if not _foldable(n, ins):
             return None
         value = get_op(n.op).forward(*[i.value for i in ins], **n.attrs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 
 from ..graph import Graph, Node
-from .rewrite import freeze, substitute
+from .rewrite import substitute
 
 FUSIBLE = {"add", "sub", "mul", "div", "power", "maximum", "minimum", "neg", "exp", "log", "tanh",
            "sqrt", "abs", "sigmoid", "relu", "greater", "equal", "sign", "cast", "add_n"}
@@ -41,7 +41,7 @@ def _grow(root: Node, users: dict, pos: dict, outputs: set, taken: set) -> set[N
             continue
         seen.add(p)
         if (p.op not in FUSIBLE or p in taken or p in outputs or p.step != root.step
-                or p.phase != root.phase or not all(u in group for u in users[p])):
+                or p.phase != root.phase or not group.issuperset(users[p])):
             continue
         group.add(p)
         for i in dict.fromkeys(p.inputs):
@@ -66,8 +66,7 @@ def fused_node(members: list[Node]) -> Node:
                     slot[i] = len(inputs)
                     inputs.append(i)
                 refs.append(slot[i])
-        attrs = tuple(sorted((k, freeze(v)) for k, v in m.attrs.items()))
-        program.append((m.op, tuple(refs), attrs, m.shape, m.dtype.str))
+        program.append((m.op, tuple(refs), m.attrs_key, m.shape, m.dtype.str))
     root = members[-1]
     return Node("fused", inputs, {"program": tuple(program)}, root.shape, root.dtype,
                 step=root.step, scope=root.scope, phase=root.phase)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
-from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, sole_use,
+from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, read_once,
                       spanning, strip_transpose, substitute)
 
 
@@ -61,14 +61,13 @@ def merge_matmul_sums(graph: Graph, steps_ok) -> Graph:
     """add_n nodes with >= 2 matmul terms (read only there) whose steps satisfy `steps_ok`:
     sum_k A_k @ B_k == concat(A_k, axis=1) @ concat(B_k, axis=0)."""
     pos = {n: k for k, n in enumerate(graph.nodes)}
-    users = graph.users()
+    once = read_once(graph)
     inv = invariant_nodes(graph)
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op != "add_n":
             continue
-        terms = [t for t in dict.fromkeys(n.inputs)
-                 if is_matmul_2d(t) and n.inputs.count(t) == 1 and sole_use(users, t, n, graph)]
+        terms = [t for t in dict.fromkeys(n.inputs) if is_matmul_2d(t) and once(t)]
         if len(terms) < 2 or not steps_ok({t.step for t in terms}):
             continue
         terms.sort(key=lambda t: (_step_key(t), base_position(pos, t.inputs[1]), pos[t]))
@@ -96,12 +95,11 @@ def fuse_row_sums(graph: Graph) -> Graph:
     """Column sums of per-gate stacks, sum(concat_t(dz_k_t)) for k = i, f, o, g (the bias
     gradients), become one sum over the stack of [dz_i dz_f ...] blocks, then slices: the
     copying is the same, the stack is usually shared with the weight gradient."""
-    users = graph.users()
+    once = read_once(graph)
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
         layout = _stack_layout(n)
-        if layout is not None and all(u is n for u in users[n.inputs[0]]) \
-                and n.inputs[0] not in graph.outputs:
+        if layout is not None and once(n.inputs[0]):  # (n, a sum, reads it once)
             groups.setdefault(layout, []).append(n)
     first_use = {o: k - len(graph.outputs) for k, o in enumerate(graph.outputs)}
     for k, n in enumerate(graph.nodes):

@@ -9,7 +9,7 @@ from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
 from .gates import merge_matmul_sums
 from .rewrite import (accept_independent, derive, freeze, invariant_nodes, is_matmul_2d,
-                      sole_use, spanning, substitute)
+                      read_once, spanning, substitute)
 
 
 def hoist_across_time(graph: Graph) -> Graph:
@@ -49,15 +49,15 @@ def pull_transposes_out_of_sums(graph: Graph) -> Graph:
     weight gradient arrives per step as (x_t^T dz_t)^T; with the transposes pulled out the sum
     over steps meets merge_matmul_sums and becomes one (TB-deep) GEMM instead of T thin ones
     plus T full-size additions."""
-    users = graph.users()
+    once = read_once(graph)
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op != "add_n":
             continue
         by_axes: dict[tuple, list[Node]] = {}
         for t in dict.fromkeys(n.inputs):
-            if t.op == "transpose" and n.inputs.count(t) == 1 and sole_use(users, t, n, graph) \
-                    and is_matmul_2d(t.inputs[0]) and t.inputs[0].step is not None:
+            if t.op == "transpose" and once(t) and is_matmul_2d(t.inputs[0]) \
+                    and t.inputs[0].step is not None:
                 by_axes.setdefault(tuple(t.attrs["axes"]), []).append(t)
         for axes, terms in by_axes.items():
             if len(terms) < 2 or len({t.inputs[0].step for t in terms}) < len(terms):
@@ -77,13 +77,12 @@ def _row_sum(n: Node) -> bool:
 
 def merge_row_sums(graph: Graph) -> Graph:
     """add_n(sum(x_t, axis incl. 0), ...) over several steps == sum(concat(x_t, axis=0))."""
-    users = graph.users()
+    once = read_once(graph)
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op != "add_n":
             continue
-        terms = [t for t in dict.fromkeys(n.inputs) if _row_sum(t) and n.inputs.count(t) == 1
-                 and sole_use(users, t, n, graph)]
+        terms = [t for t in dict.fromkeys(n.inputs) if _row_sum(t) and once(t)]
         by_attrs: dict[tuple, list[Node]] = {}
         for t in terms:
             by_attrs.setdefault((t.attrs["axis"], t.attrs["keepdims"], t.inputs[0].shape[1:]),

@@ -4,12 +4,14 @@ invariance, and `substitute`, which applies a node -> replacement map and re-sor
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable
+from collections import Counter
+from itertools import chain
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..errors import GraphError
-from ..graph import Graph, Node
+from ..graph import Graph, Node, freeze  # noqa: F401 (freeze: passes import it from here)
 from ..ops.registry import get_op
 
 
@@ -52,28 +54,13 @@ def invariant_nodes(g: Graph) -> set[Node]:
         if n.op == "input":
             if n.step is None:
                 out.add(n)
-        elif (n.step is None or n.op in LAYOUT_OPS) and all(i in out for i in n.inputs):
+        elif (n.step is None or n.op in LAYOUT_OPS) and out.issuperset(n.inputs):
             out.add(n)
     return out
 
 
 def strip_transpose(n: Node) -> Node:
     return n.inputs[0] if n.op == "transpose" else n
-
-
-def freeze(v: Any) -> Any:
-    """A hashable stand-in for an attribute value (for CSE keys)."""
-    if isinstance(v, dict):
-        return tuple(sorted((k, freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(freeze(x) for x in v)
-    if isinstance(v, np.ndarray):
-        return ("nd", v.dtype.str, v.shape, v.tobytes())
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return repr(v)
 
 
 def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
@@ -88,10 +75,31 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     pos = {n: k for k, n in enumerate(g.nodes)}
     for old, new in subst.items():
         _give_positions(new, pos, pos[old])
-    final: dict[Node, Node] = {}
-    for n in g.nodes:
+    # nothing before the first replaced node changes, and (taking the least keys, reading only
+    # each other) it stays the head of the new tape: only the rest is rewired and re-sorted --
+    # most of the tape when a per-step value is replaced, a few nodes for a final gradient sum
+    first = min(pos[old] for old in subst)
+    head = g.nodes[:first]
+    final: dict[Node, Node] = dict(zip(head, head))
+    for n in g.nodes[first:]:
+        if n in final:
+            continue
+        if n not in subst:
+            try:  # the usual case: n's inputs come earlier on the tape, so they are final
+                ins = tuple([final[i] for i in n.inputs])
+            except KeyError:
+                pass
+            else:
+                if ins == n.inputs:
+                    final[n] = n
+                else:
+                    final[n] = new = n.with_inputs(ins)
+                    pos[new] = pos[n]  # (a fresh node: what setdefault would do)
+                continue
         _finalize(n, subst, final, pos)
-    nodes = _topological(list(dict.fromkeys(final[n] for n in g.nodes)), pos)
+    placed = set(head)
+    rest = [x for x in dict.fromkeys([final[n] for n in g.nodes[first:]]) if x not in placed]
+    nodes = head + _topological(rest, pos, placed)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
     return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
                  dict(g.meta)).eliminate_dead_code()
@@ -129,41 +137,73 @@ def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
         if target is not x:
             final[x] = final[target]
         else:
-            ins = tuple(final[i] for i in x.inputs)
-            new = x if ins == x.inputs else x.replace(inputs=ins)
+            ins = tuple([final[i] for i in x.inputs])
+            new = x if ins == x.inputs else x.with_inputs(ins)
             pos.setdefault(new, pos[x])
             final[x] = new
         stack.pop()
     return final[root]
 
 
-def _topological(nodes: list[Node], pos: dict[Node, float]) -> list[Node]:
+def _topological(nodes: list[Node], pos: dict[Node, float],
+                 placed: set[Node] | None = None) -> list[Node]:
+    """`nodes` (and the unlisted nodes they read) in topological order, after `placed` (nodes
+    already on the tape, with lesser keys than any of these)."""
     order = list(nodes)
-    present = set(order)
+    placed = set() if placed is None else placed
+    present = set(order) | placed
     # nodes reachable from kept ones but not listed (new helper nodes) join the tape too
     stack = list(order)
     while stack:
-        for i in stack.pop().inputs:
+        x = stack.pop()
+        if present.issuperset(x.inputs):  # (most nodes: nothing to add)
+            continue
+        for i in x.inputs:
             if i not in present:
                 present.add(i)
                 order.append(i)
                 stack.append(i)
-    seq = {n: k for k, n in enumerate(order)}  # deterministic tie-break
-    waiting = {n: len(set(n.inputs)) for n in order}
-    users: dict[Node, list[Node]] = {}
-    for n in order:
-        for i in dict.fromkeys(n.inputs):
-            users.setdefault(i, []).append(n)
-    heap = [(pos.get(n, 0.0), seq[n], n) for n in order if waiting[n] == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, _, n = heapq.heappop(heap)
+    # Kahn's algorithm popping the least (position, listing order) among ready nodes, run along
+    # the sorted list: most nodes are ready when their turn comes and go straight out; only the
+    # ones met before their inputs wait (counting their missing inputs) in a heap
+    keyed = sorted([(pos.get(n, 0.0), k) for k, n in enumerate(order)])
+    out: list[Node] = []
+    emitted = placed  # (it is this function's to extend)
+    missing: dict[int, int] = {}  # waiting node's listing index -> inputs not yet emitted
+    waiters: dict[Node, list[tuple[float, int]]] = {}
+    ready: list[tuple[float, int]] = []  # heap of waiting nodes whose inputs are all out
+    j, count = 0, len(keyed)
+    while True:
+        if not ready:  # the next ready node in sorted order goes out, until one frees others
+            while j < count:
+                n = order[keyed[j][1]]
+                if n in waiters or not emitted.issuperset(n.inputs):
+                    break
+                emitted.add(n)
+                out.append(n)
+                j += 1
+        while j < count:
+            n = order[keyed[j][1]]
+            if emitted.issuperset(n.inputs):
+                break
+            absent = [i for i in dict.fromkeys(n.inputs) if i not in emitted]
+            missing[keyed[j][1]] = len(absent)
+            for i in absent:
+                waiters.setdefault(i, []).append(keyed[j])
+            j += 1
+        if ready and (j == count or ready[0] < keyed[j]):
+            n = order[heapq.heappop(ready)[1]]
+        elif j < count:
+            n = order[keyed[j][1]]
+            j += 1
+        else:
+            break
+        emitted.add(n)
         out.append(n)
-        for u in users.get(n, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(heap, (pos.get(u, 0.0), seq[u], u))
+        for key in waiters.pop(n, ()) if waiters else ():
+            missing[key[1]] -= 1
+            if not missing[key[1]]:
+                heapq.heappush(ready, key)
     return out
 
 
@@ -205,5 +245,14 @@ def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[A
     return {key: ms for key, ms in accepted.items() if len(ms) >= 2}
 
 
+def read_once(g: Graph) -> Callable[[Node], bool]:
+    """A test for values read exactly once on the tape and not graph outputs: for an operand t
+    of n, `read_once(g)(t)` == `n.inputs.count(t) == 1 and sole_use(g.users(), t, n, g)`,
+    from one count over the tape (in C) instead of a users map."""
+    counts = Counter(chain.from_iterable([n.inputs for n in g.nodes]))
+    outputs = set(g.outputs)
+    return lambda t: counts[t] == 1 and t not in outputs
+
+
 def sole_use(users: dict[Node, list[Node]], n: Node, reader: Node, g: Graph) -> bool:
-    return n not in g.outputs and all(u is reader for u in users.get(n, ()))
+    return all(u is reader for u in users.get(n, ())) and n not in g.outputs

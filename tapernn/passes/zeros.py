@@ -45,10 +45,23 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
 
 
 def propagate_zeros(graph: Graph) -> Graph:
+    # known zeros only start at zeros nodes and all-zero constants: without any, no node changes
+    # (a backward program usually has none), so skip the rebuild
+    if not any(n.op == "zeros" or (n.op == "constant" and is_zero(n)) for n in graph.nodes):
+        return graph.eliminate_dead_code()
+    zero: dict[Node, bool] = {}  # is_zero per operand, once (np.any on every constant use)
+
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
         if n.op in ("input", "constant", "zeros"):
             return None
-        return _rewrite(n, tuple(mapping.get(i, i) for i in n.inputs))
+        ins = tuple([mapping.get(i, i) for i in n.inputs])
+        for i in ins:
+            z = zero.get(i)
+            if z is None:
+                z = zero[i] = is_zero(i)
+            if z:
+                return _rewrite(n, ins)
+        return None if ins == n.inputs else n.with_inputs(ins)
 
     return graph.rebuild(visit).eliminate_dead_code()
 
@@ -70,7 +83,7 @@ def specialize_inputs(graph: Graph, values: dict[str, str]) -> Graph:
         ins = tuple(targets.get(i, mapping.get(i, i)) for i in n.inputs)
         return None if ins == n.inputs else n.replace(inputs=ins)
 
-    out = graph.rebuild(visit)  # rebuild places each zeros node before its first reader
+    out = graph.rebuild(visit).copy()  # rebuild places each zeros node before its first reader
     for k, o in enumerate(out.outputs):
         if o in targets:
             out.outputs[k] = targets[o]

@@ -1,0 +1,30 @@
+"""tools/bench_compiler.py --sequencer: the report and the --check verdict (times faked; the
+real measurement is a tool run, never a timed assertion)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "bench_compiler.py"
+
+
+@pytest.fixture
+def tool():
+    spec = importlib.util.spec_from_file_location("bench_compiler", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("t50,t100,met", [(0.4, 0.8, True), (0.4, 1.1, False), (0.3, 0.8, False)])
+def test_sequencer_report_and_check(tool, monkeypatch, capsys, t50, t100, met):
+    fake = {50: ([t50, t50 + 0.5, t50], [0.05] * 3), 100: ([t100, t100, t100 + 0.5], [0.1] * 3)}
+    monkeypatch.setattr(tool, "sequencer_compile_times", lambda cell, repeats: fake)
+    code = tool.sequencer_main(["LSTM"], 3, check=True)
+    out = capsys.readouterr().out
+    assert f"{t50:.2f}" in out and f"{t100:.2f}" in out and f"{t100 / t50:.2f}" in out
+    assert ("target (first cell)" in out) and (": met" in out) == met
+    assert code == (0 if met else 1)
+    assert tool.sequencer_main(["LSTM"], 3, check=False) == 0
