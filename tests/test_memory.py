@@ -1,45 +1,15 @@
 """The buffer plan: no two simultaneously live values share a buffer, in-place only where the
 overwritten value is dead, never into inputs or views; byte accounting; outputs owned by callers."""
 import numpy as np
+from lstm_fixture import lstm_graph
+from plan_check import check_plan
 
 import tapernn as tn
-from tapernn.memory import inplace_candidates
-from tapernn.ops.registry import get_op
-
-from lstm_fixture import lstm_graph
 
 
 def plan_of(graph, passes=None):
     compiled = tn.compile(graph, passes=passes)
     return compiled, compiled.program.plan
-
-
-def check_plan(graph, plan):
-    """Every invariant the executor relies on; returns the number of in-place nodes seen."""
-    pos = {n: k for k, n in enumerate(graph.nodes)}
-    occupants: dict[int, list[tuple[int, int, object]]] = {}
-    for n, b in plan.buffer_of.items():
-        assert n.op not in ("input", "constant") and not get_op(n.op).view
-        assert plan.root[n] is n
-        start, end = pos[n], plan.last_use.get(n, pos[n])
-        occupants.setdefault(b, []).append((start, end, n))
-    for n, temps in plan.scratch_of.items():
-        for b in temps:
-            occupants.setdefault(b, []).append((pos[n], pos[n], ("scratch", n)))
-    for b, spans in occupants.items():
-        spans.sort(key=lambda s: (s[0], s[1]))
-        for (s0, e0, a), (s1, e1, c) in zip(spans, spans[1:]):
-            handover = plan.inplace.get(c) is a and e0 == s1  # c overwrites a where a dies
-            assert e0 < s1 or handover, f"buffer {b}: {a} and {c} are live at once"
-    for n, i in plan.inplace.items():
-        assert i in [n.inputs[k] for k in inplace_candidates(n)]  # the op allows it
-        assert plan.last_use[i] == pos[n]  # nothing reads the overwritten value later
-        assert i.op not in ("input", "constant") and not get_op(i.op).view
-        assert all(plan.root[j] is not i for j in n.inputs if j is not i)
-    for o in graph.outputs:
-        assert plan.root[o] not in plan.buffer_of or o.op in ("input", "constant")
-    return len(plan.inplace)
-
 
 
 def test_lstm_plan_is_safe_and_smaller(rng):

@@ -1,0 +1,110 @@
+"""Region planning on real recurrent models: gate activations computed in place over the hoisted
+input projection (and saved from there), concat pieces computed into their slots, returned
+arrays never overwritten by later runs; values and gradients equal to the planner without
+regions (float64, 1e-12)."""
+import numpy as np
+import pytest
+from plan_check import check_plan
+
+from tapernn import memory, nn
+from tapernn.ops.registry import get_op
+
+MODELS = {
+    "FastLSTM": lambda H: nn.FastLSTM(H, H),
+    "LSTM(np)": lambda H: nn.LSTM(H, H, peephole=False),
+    "LSTM": lambda H: nn.LSTM(H, H),
+    "GRU": lambda H: nn.GRU(H, H),
+}
+
+
+def train_step(make, x, g, regions, monkeypatch, seed=0):
+    monkeypatch.setattr(memory, "REGIONS", regions)
+    np.random.seed(seed)
+    m = nn.Sequencer(make(x.shape[2])).astype(np.float64)
+    for k, p in enumerate(m.parameters()):
+        p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
+    y = np.array(m.forward(x))
+    gx = np.array(m.backward(x, g))
+    return m, y, gx, [p.grad.copy() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_values_and_gradients_equal_the_planner_without_regions(name, monkeypatch):
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
+    _, y0, gx0, grads0 = train_step(MODELS[name], x, g, False, monkeypatch)
+    m, y1, gx1, grads1 = train_step(MODELS[name], x, g, True, monkeypatch)
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx1, gx0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads1, grads0):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    pair = m._runtime.last.training_pair
+    for program in (pair.forward, pair.backward):
+        check_plan(program.graph, program.program.plan)
+
+
+def _view_of_matmul(node):
+    while get_op(node.op).view:
+        node = node.inputs[0]
+    return node.op == "matmul"
+
+
+def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
+    m, *_ = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    fwd = m._runtime.last.training_pair.forward
+    plan = fwd.program.plan
+    projection = next(n for n in fwd.graph.nodes if n.op == "matmul" and n.step is None)
+    assert projection in plan.fresh  # the saved gates live in it: allocated per call
+    over = [n for n, i in plan.inplace.items() if _view_of_matmul(i)]
+    assert len({n.step for n in over}) == 6  # every step's pre-activations, in its rows
+    saved = fwd.graph.outputs[len(fwd.graph.outputs) - m._runtime.last.training_pair.n_saved:]
+    gates = [o for o in saved if o.op in ("sigmoid", "tanh") and plan.storage[o] is projection]
+    assert len(gates) >= 2 * 6  # sigmoid(i), sigmoid([f o]) and tanh(g) saved from the rows
+    # the step's h is computed into its slot of the returned sequence
+    out = fwd.graph.outputs[0]
+    assert out in plan.placed_concats and plan.storage[out] is out
+    assert sum(1 for q, (r, _) in plan.placed.items() if r is out) == 6
+    # forward peak: the saved values, the output and a few per-step temporaries
+    assert plan.peak_bytes <= plan.saved_for_backward_bytes + out.nbytes + 16 * 3 * 4 * 8
+
+
+def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
+    m, *_ = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    bwd = m._runtime.last.training_pair.backward
+    plan = bwd.program.plan
+    stacks = [c for c in plan.placed_concats if c not in plan.placed and c.shape[0] == 6 * 3]
+    assert stacks, "the (T*B, 4H) stack of dz_t is built in place"
+    nested = [q for q, (r, _) in plan.placed.items() if r is stacks[0]]
+    assert len(nested) >= 6 * 4  # each step's [dz_i dz_f dz_o dz_g] pieces
+    concat_kernels = sum(1 for n in bwd.graph.nodes if n.op == "concat") - len(
+        [c for c in plan.placed_concats
+         if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))])
+    assert plan.kernels == sum(1 for n in bwd.graph.nodes if n.op not in ("input", "constant")) \
+        - (sum(1 for n in bwd.graph.nodes if n.op == "concat") - concat_kernels)
+
+
+@pytest.mark.parametrize("name", ["FastLSTM", "GRU"])
+def test_returned_arrays_survive_backward_and_the_next_forward(name, monkeypatch):
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 3))
+    m, *_ = train_step(MODELS[name], x, g, True, monkeypatch)
+    pair = m._runtime.last.training_pair
+    y = m.forward(x)
+    args = m._runtime.last.bind([x])
+    outs = pair.forward.run(args)
+    kept = [np.array(o) for o in outs]
+    kept_y = np.array(y)
+    grads = pair.run_backward(pair.saved(outs), args, [g])
+    kept_grads = [np.array(a) for a in grads]
+    pair.forward.run(m._runtime.last.bind([x * 0.5 + 1.0]))  # a second forward, other data
+    pair.run_backward(pair.saved(outs), args, [g * 2.0])
+    m.forward(x * -1.0)
+    for a, b in zip(outs, kept):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(y, kept_y)
+    for a, b in zip(grads, kept_grads):
+        np.testing.assert_array_equal(a, b)
