@@ -53,7 +53,7 @@ class Program:
     """
 
     def __init__(self, graph: Graph, fn_name: str = "program",
-                 arena: list[np.ndarray] | None = None, plan: BufferPlan | None = None):
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
         self.graph = graph
         self.plan = plan or plan_buffers(graph, scratch=_fused_scratch)
         self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
@@ -287,18 +287,24 @@ def _owned(n: Node, name: str, plan: BufferPlan) -> str:
     return f"np_asarray({name})" if n.shape == () else name
 
 
-def arena_views(arena: list[np.ndarray], buffers: list[tuple[int, np.dtype]]) -> list[np.ndarray]:
-    """Buffers carved from a shared byte arena (grown as needed): two programs that never run
-    at the same time (a TrainingPair's forward and backward) keep one set of temporaries."""
+def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
+    """Byte offsets (64-aligned) of `buffers` laid out one after another, and the total."""
     offsets, total = [], 0
     for size, dtype in buffers:
         total = -(-total // 64) * 64
         offsets.append(total)
         total += size * dtype.itemsize
-    if not arena or arena[0].nbytes < total:
-        arena[:] = [np.empty(total, np.uint8)]
-    raw = arena[0]
-    return [raw[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
+    return offsets, total
+
+
+def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[np.ndarray]:
+    """A program's buffers carved from a shared byte arena: programs that never run at the same
+    time (a TrainingPair's forward and backward) keep one set of temporaries between them. Safe
+    because no value a program returns or keeps between calls lives in a buffer."""
+    offsets, total = arena_layout(buffers)
+    if arena.nbytes < total:
+        raise ValueError(f"arena of {arena.nbytes} bytes, the program needs {total}")
+    return [arena[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
             zip(offsets, buffers)]
 
 
@@ -311,10 +317,11 @@ class Compiled:
     never write into them.
     """
 
-    def __init__(self, graph: Graph, report: CompileReport | None = None):
+    def __init__(self, graph: Graph, report: CompileReport | None = None,
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
         self.graph = graph
         self.report = report or CompileReport()
-        self.program = Program(graph)
+        self.program = Program(graph, arena=arena, plan=plan)
         self.source = self.program.source
         plan = self.program.plan
         self.report.kernels = plan.kernels
@@ -322,6 +329,7 @@ class Compiled:
         self.report.planned_bytes = plan.planned_bytes
         self.report.peak_bytes = plan.peak_bytes
         self.report.saved_for_backward_bytes = plan.saved_for_backward_bytes
+        self.report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
         self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
                                     for n in graph.nodes if n.op == "fused"]
         self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
@@ -378,3 +386,24 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
     graph.verify()
     optimised, report = run_passes(graph, default_passes() if passes is None else passes)
     return Compiled(optimised, report)
+
+
+def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
+                   ) -> list[Compiled]:
+    """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
+    backward run one after the other) with their buffers in one arena, as large as the largest
+    program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
+    plus every program's per-call values (returned values, values saved for backward)."""
+    optimised = []
+    for g in graphs:
+        g.verify()
+        optimised.append(run_passes(g, default_passes() if passes is None else passes))
+    plans = [plan_buffers(g, scratch=_fused_scratch) for g, _ in optimised]
+    arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
+    compiled = [Compiled(g, report, arena=arena, plan=plan)
+                for (g, report), plan in zip(optimised, plans)]
+    resident = arena.nbytes + sum(p.fresh_bytes for p in plans)
+    for c in compiled:
+        c.report.resident_bytes = resident
+        c.report.arena_bytes = arena.nbytes
+    return compiled

@@ -11,7 +11,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile
+from ..executor import Compiled, compile, compile_shared
 from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
@@ -135,12 +135,16 @@ class Executable:
                              planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
                              peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
-                             kernels=fwd.kernels + bwd.kernels)
+                             kernels=fwd.kernels + bwd.kernels,
+                             resident_bytes=self.training_pair.resident_bytes,
+                             arena_bytes=fwd.arena_bytes)
 
 
 class TrainingPair:
     """Compiled forward (outputs, then saved values) and backward (saved values, seeds, then the
-    forward arguments it reads) programs of one joint graph."""
+    forward arguments it reads) programs of one joint graph. Their preallocated temporaries
+    share one arena (they never run at the same time); `resident_bytes` is the pair's total:
+    the arena plus both programs' per-call values."""
 
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
         self.joint = joint  # forward and backward together, for diagrams
@@ -149,8 +153,9 @@ class TrainingPair:
         position = {n: k for k, n in enumerate(fwd.inputs)}
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
-        self.forward = compile(fwd, passes)
-        self.backward = compile(bwd, passes)
+        # the two programs run alternately: their temporaries share one arena
+        self.forward, self.backward = compile_shared([fwd, bwd], passes)
+        self.resident_bytes = self.forward.report.resident_bytes
 
     def saved(self, outs: tuple) -> list:
         return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
