@@ -349,3 +349,32 @@ def test_batching_needs_adjacent_blocks(rng):
     arrays = [randn(rng, 2, 3), randn(rng, 3, 8)]
     out = assert_same(tn.trace(f, *arrays), [P.batch_sliced_elementwise], arrays)
     assert out.op_counts()["tanh"] == 2
+
+
+def test_peephole_bias_sums_share_the_gate_gradient_stack():
+    # the bias gradients are column sums of the dz_k stacks; the peephole gradients column sums of
+    # dz_k * c stacks. Grouped by first use they interleaved ([dz_i dz_f dz_i*c ...]) and the
+    # (T*B, 7H) stack copied every dz_t next to the (T*B, 4H) one the weight GEMMs read
+    from tapernn import nn
+
+    T, B, H = 4, 3, 5
+    m = nn.Sequencer(nn.LSTM(H, H)).astype(np.float64)
+    rng = np.random.default_rng(0)
+    for k, p in enumerate(m.parameters()):
+        p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
+    x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    results = {}
+    for name, passes in (("none", []), ("default", None)):
+        m.set_passes(passes)
+        m.zero_grad_parameters()
+        y = np.array(m.forward(x))
+        gx = np.array(m.backward(x, g))
+        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
+    for a, b in zip(results["default"], results["none"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    bwd = m._runtime.last.training_pair.backward.graph
+    sums = [n for n in bwd.nodes if n.op == "sum" and n.inputs[0].op == "concat"]
+    widths = sorted(n.shape[0] for n in sums)
+    assert widths == [3 * H, 4 * H]  # peephole stack apart; no 7H stack
+    bias_stack = next(n.inputs[0] for n in sums if n.shape[0] == 4 * H)
+    assert any(n.op == "matmul" and bias_stack in n.inputs for n in bwd.nodes)  # shared
