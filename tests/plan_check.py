@@ -16,8 +16,10 @@ def _view(n):
     return n.op not in PSEUDO and get_op(n.op).view
 
 
-def check_plan(graph, plan):
-    """Returns the number of in-place nodes (including writes into regions of larger values)."""
+def check_plan(graph, plan, regions=None):
+    """Returns the number of in-place nodes (including writes into regions of larger values);
+    fills `regions` (if given) with each value's region of a dummy array shaped like its
+    storage."""
     nodes = graph.nodes
     N = len(nodes)
     pos = {n: k for k, n in enumerate(nodes)}
@@ -112,4 +114,6 @@ def check_plan(graph, plan):
     for o in graph.outputs:
         if o.op not in PSEUDO:
             assert plan.storage.get(o) not in plan.buffer_of, f"output {o} in a buffer"
+    if regions is not None:
+        regions.update(region)
     return len(plan.inplace)

@@ -138,3 +138,24 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
         grads_apart = apart[1].run(pair.saved(outs_apart) + [g] + [args[k] for k in pair.reads])
         for a, b in zip(list(outs) + list(grads), list(outs_apart) + list(grads_apart)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_small_models_keep_contiguous_regions(monkeypatch):
+    # default limits: a small model's gates are not written into strided columns (per-row ufunc
+    # overhead), only contiguous regions (a step's rows) are; large storages get strided ones
+    monkeypatch.setattr(memory, "STRIDED_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(memory, "STRIDED_MIN_RUN", 256)
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
+    m, *_ = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    pair = m._runtime.last.training_pair
+    for program in (pair.forward, pair.backward):
+        plan, regions = program.program.plan, {}
+        check_plan(program.graph, plan, regions)
+        for n in list(plan.inplace) + list(plan.placed):
+            assert regions[n].flags.c_contiguous, n
+    fwd = pair.forward.program.plan
+    assert any(_view_of_matmul(i) for i in fwd.inplace.values())  # rows: still in place
+    assert memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20)
+    assert not memory._cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20)
+    assert not memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
