@@ -139,6 +139,21 @@ def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
     return factories
 
 
+def tapernn_resident(B, T, D, H, dtype) -> list[tuple[str, int]]:
+    """(label, bytes a training step keeps: CompileReport.resident_bytes) for each tapernn
+    Sequencer the timing built (the report may lack the field in other checkouts)."""
+    out = []
+    for (factory, *shape), seq in _sequencers.items():
+        if tuple(shape) == (B, T, D, H, np.dtype(dtype)) and factory in _labels:
+            resident = getattr(seq.compile_report(), "resident_bytes", 0)
+            if resident:
+                out.append((_labels[factory], resident))
+    return out
+
+
+_labels: dict[Callable, str] = {}  # factory -> contender label, for the memory line
+
+
 def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
     factories = tapernn_factories()
     if isinstance(factories, str):
@@ -150,6 +165,7 @@ def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
             contenders.append(Contender(f"tn {label}", None, note=NOT_AVAILABLE))
             continue
         step = lambda factory=factory: tapernn_step(factory, x, grad_h)
+        _labels[factory] = label
         contenders.append(Contender(f"tn {label}", step, lstm_flops(B, T, D, H, gates)))
     return contenders
 
@@ -269,8 +285,13 @@ def report_config(B, T, D, H, dtype, args) -> None:
     for row in format_rows(contenders):
         print(row)
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
-    print(f"  memory: reference workspace {reference.workspace_bytes() / 2**20:.2f} MiB, "
+    workspace = reference.workspace_bytes()
+    print(f"  memory: reference workspace {workspace / 2**20:.2f} MiB, "
           f"theoretical BPTT minimum {minimum / 2**20:.2f} MiB")
+    resident = tapernn_resident(B, T, D, H, dtype)
+    if resident:
+        print("  tn resident (forward + backward, shared temporaries): " + ", ".join(
+            f"{label} {r / 2**20:.2f} MiB ({r / workspace:.2f}x)" for label, r in resident))
 
 
 # --- pass ablation -----------------------------------------------------------------------------
