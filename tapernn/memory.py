@@ -125,6 +125,7 @@ def _cheap_strides(region: np.ndarray, storage_bytes: int) -> bool:
         run *= n
     return storage_bytes >= STRIDED_MIN_BYTES and run >= STRIDED_MIN_RUN
 
+
 # False: the planner before regions (in place only over a whole dead buffer, no placed concat
 # pieces, returned values never written in place); kept for before/after comparisons
 REGIONS = True
@@ -271,7 +272,6 @@ class _Walk:
         self.g, self.s, self.scratch, self.force = graph, static, scratch, force
         self.regions = regions
         self.plan = BufferPlan(list(graph.nodes), static.root, static.last_use)
-        self.plan.placed = dict(static.placed)
         self.plan.placed_concats = set(static.placed_concats)
         self.pool: dict[tuple[int, str], list[int]] = {}
         self.region: dict[Node, np.ndarray] = {}  # value -> view of its storage's dummy
@@ -341,7 +341,7 @@ class _Walk:
     def _open_root(self, r: Node, k: int) -> None:
         """A placement root: its storage exists from its first placed piece on, and holds every
         value placed in it (transitively) and their views."""
-        escaping = r in self.s.outputs or r in self.force
+        escaping = r in self.s.escaping or r in self.force
         self._new_storage(r, k, fresh=escaping)
         plan = self.plan
         for q, (root, _) in plan.placed.items():
