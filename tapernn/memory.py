@@ -135,7 +135,8 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None,
                  regions: bool | None = None) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype). A storage that
     ends up holding a returned value (through an in-place write or a placed piece) must be
-    allocated per call: such storages are forced fresh and the walk repeats (rarely twice)."""
+    allocated per call: the walk switches it from its buffer when that happens; should one
+    still end up in a buffer, it is forced fresh and the walk repeats."""
     regions = REGIONS if regions is None else regions
     static = _Static(graph, regions)
     force: set[Node] = set()
@@ -146,8 +147,20 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None,
         if not need:
             break
         force |= need
+    _drop_unused_buffers(plan)
     _account(graph, plan)
     return plan
+
+
+def _drop_unused_buffers(plan: BufferPlan) -> None:
+    """Buffers no storage or temporary ended up in (handed back by a switch to per-call)."""
+    used = sorted(set(plan.buffer_of.values()) | {b for ts in plan.scratch_of.values() for b in ts})
+    if len(used) == len(plan.buffers):
+        return
+    new = {b: j for j, b in enumerate(used)}
+    plan.buffers = [plan.buffers[b] for b in used]
+    plan.buffer_of = {n: new[b] for n, b in plan.buffer_of.items()}
+    plan.scratch_of = {n: [new[b] for b in ts] for n, ts in plan.scratch_of.items()}
 
 
 class _Static:
@@ -293,6 +306,7 @@ class _Walk:
         for r, k in first.items():
             self.roots_at.setdefault(k, []).append(r)
         self.plan.placed = {q: self.place_root[q] for q in static.placed}
+        self.root_escapes = {r for q, (r, _) in self.place_root.items() if q in static.escaping}
         self.plan.placed_slots = {(static.placed[q][0], j) for q, j in static.slot_of.items()
                                   if q in static.placed}
 
@@ -338,10 +352,17 @@ class _Walk:
         base = self.base[st] = np.empty(st.shape, st.dtype)
         self.grid[st] = (base.__array_interface__["data"][0], max(1, -(-base.nbytes // 64)))
 
+    def _make_fresh(self, st: Node) -> None:
+        """A buffered storage that a returned value is written into: allocate it per call
+        instead, and hand its buffer back (nothing else used it while it was taken)."""
+        b = self.plan.buffer_of.pop(st)
+        self.plan.fresh.add(st)
+        self._give(b)
+
     def _open_root(self, r: Node, k: int) -> None:
         """A placement root: its storage exists from its first placed piece on, and holds every
         value placed in it (transitively) and their views."""
-        escaping = r in self.s.escaping or r in self.force
+        escaping = r in self.s.escaping or r in self.force or r in self.root_escapes
         self._new_storage(r, k, fresh=escaping)
         plan = self.plan
         for q, (root, _) in plan.placed.items():
@@ -362,6 +383,10 @@ class _Walk:
                 i = n.inputs[pos]
                 if self._can_overwrite(n, i, k):
                     st = plan.storage[i]
+                    if n in s.escaping and st in plan.buffer_of:
+                        if st.ndim == 0:
+                            continue  # allocated per call it would be a NumPy scalar
+                        self._make_fresh(st)  # now returned: the caller's, allocated per call
                     plan.inplace[n] = i
                     plan.storage[n] = st
                     plan.release_at[st] = max(plan.release_at[st], s.last_use.get(n, k))
