@@ -47,9 +47,12 @@ class Program:
 
     Every name the program uses (NumPy functions, op forwards, constants, preallocated
     buffers, index tuples) is bound as a keyword-only default, so a call does local-variable
-    lookups and NumPy calls only. Planned values are written into their buffers with `out=`.
-    Graph outputs are allocated fresh on every call (or copied when they alias an input or a
-    buffer), so results handed to callers are never overwritten by the next call.
+    lookups and NumPy calls only. Planned values are written into their buffers with `out=`;
+    values the plan puts in place (over a dead input, or over a dead region of a larger value
+    through a view) into that input's array; concat pieces into their slot of the concat.
+    Graph outputs live in storage allocated on every call (or are copied when they alias an
+    input or a buffer), so results handed to callers are never overwritten by the next call.
+    Buffers may be views of an arena shared with programs that never run at the same time.
     """
 
     def __init__(self, graph: Graph, fn_name: str = "program",

@@ -31,9 +31,10 @@ class CompileReport:
     `resident_bytes`: what the program holds between calls plus what it hands out per call.
     Alone that is `planned_bytes`; for programs compiled together with `compile_shared` (a
     TrainingPair's forward and backward, which run alternately) it is their joint total: the
-    shared buffer arena once (`arena_bytes`, as large as the larger program's buffers) plus
-    each program's per-call values (outputs, values saved for backward, gradients), so the
-    forward and backward reports carry the same number and it must not be added up."""
+    shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
+    program with buffers of its own) plus each program's per-call values (outputs, values saved
+    for backward, gradients), so the forward and backward reports carry the same number and it
+    must not be added up."""
 
     passes: list[PassRecord] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)
