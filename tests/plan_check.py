@@ -111,6 +111,7 @@ def check_plan(graph, plan, regions=None):
         occ.sort(key=lambda s: (s[0], s[1]))
         for (s0, e0, a), (s1, e1, c) in pairwise(occ):
             assert e0 < s1, f"buffer {b}: {a} and {c} are live at once"
+    assert set(occupants) == set(range(len(plan.buffers))), "a buffer nothing lives in"
     for o in graph.outputs:
         if o.op not in PSEUDO:
             assert plan.storage.get(o) not in plan.buffer_of, f"output {o} in a buffer"
