@@ -183,7 +183,8 @@ class Program:
             dead = [names[d] for d in dead_after.get(k, ()) if names[d].startswith("v")]
             if dead:
                 body.append(f"    del {', '.join(dead)}")
-        results = [_owned(n, names[n], plan) for n in g.outputs]
+        alias = set(g.meta.get("outputs_may_alias_inputs", ()))
+        results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
         return "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
@@ -279,15 +280,15 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
     return out
 
 
-def _owned(n: Node, name: str, plan: BufferPlan) -> str:
+def _owned(n: Node, name: str, plan: BufferPlan, may_alias_input: bool = False) -> str:
     # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own
     # them. A value living in storage allocated fresh by this call (a returned value, the gate
     # activations computed in place over the fresh input projection and saved for backward, a
-    # step's h written into its slot of the returned sequence) is the caller's already: no copy
-    storage = plan.storage.get(n)
-    if n.op in ("input", "constant") or storage is None or storage in plan.buffer_of:
-        return f"np_array({name})"
-    return f"np_asarray({name})" if n.shape == () else name
+    # step's h written into its slot of the returned sequence) is the caller's already: no copy.
+    # Outputs the graph's meta lets alias the inputs (probes of x[t]) are returned as views
+    if not plan.copied(n, may_alias_input):
+        return f"np_asarray({name})" if n.shape == () else name
+    return f"np_array({name})"
 
 
 def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
@@ -396,7 +397,8 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
-    plus every program's per-call values (returned values, values saved for backward)."""
+    plus every program's per-call values (returned values, values saved for backward, copies of
+    returned views of inputs)."""
     optimised = []
     for g in graphs:
         g.verify()
@@ -405,7 +407,7 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
     arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
     compiled = [Compiled(g, report, arena=arena, plan=plan)
                 for (g, report), plan in zip(optimised, plans)]
-    resident = arena.nbytes + sum(p.fresh_bytes for p in plans)
+    resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
     for c in compiled:
         c.report.resident_bytes = resident
         c.report.arena_bytes = arena.nbytes

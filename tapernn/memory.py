@@ -58,6 +58,7 @@ class BufferPlan:
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
     fresh: set[Node] = field(default_factory=set)
+    copied_bytes: int = 0
     naive_bytes: int = 0
     planned_bytes: int = 0
     peak_bytes: int = 0
@@ -71,6 +72,24 @@ class BufferPlan:
     @property
     def fresh_bytes(self) -> int:
         return sum(n.nbytes for n in self.fresh)
+
+    def copied(self, o: Node, may_alias_input: bool = False) -> bool:
+        """Whether returning o takes a copy: it aliases an input, a constant or a buffer (a
+        view of an input is returned as is where the graph allows it)."""
+        storage = self.storage.get(o)
+        if o.op not in PSEUDO and storage is not None:
+            return storage in self.buffer_of
+        if may_alias_input:
+            while o.op not in PSEUDO and get_op(o.op).view:
+                o = o.inputs[0]
+            return o.op != "input"
+        return True
+
+    @property
+    def per_call_bytes(self) -> int:
+        """Allocated on every call: fresh storages, and the copies of returned values that
+        alias an input, a constant or a buffer (one per place they are returned at)."""
+        return self.fresh_bytes + self.copied_bytes
 
 
 def storage_roots(graph: Graph) -> dict[Node, Node]:
@@ -497,8 +516,12 @@ def _account(graph: Graph, plan: BufferPlan) -> None:
                   if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
     plan.kernels = len(computed) - len(placed_all)
     plan.naive_bytes = sum(n.nbytes for n in computed)
-    plan.planned_bytes = plan.buffer_bytes + plan.fresh_bytes
-    plan.peak_bytes = _peak(graph, plan)
+    alias = set(graph.meta.get("outputs_may_alias_inputs", ()))
+    plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
+                            if plan.copied(o, k in alias))
+    plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
+    plan.peak_bytes = _peak(graph, plan) if not plan.copied_bytes else max(
+        _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
     plan.saved_for_backward_bytes = saved_bytes(graph)
 
 
@@ -514,6 +537,11 @@ def _peak(graph: Graph, plan: BufferPlan) -> int:
         live += d
         peak = max(peak, live)
     return peak
+
+
+def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
+    end = len(graph.nodes)
+    return sum(st.nbytes for st, r in plan.release_at.items() if r >= end)
 
 
 def saved_bytes(graph: Graph) -> int:

@@ -125,7 +125,7 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
         arena_layout(p.program.plan.buffers)[1] for p in (fwd, bwd))
     for p in (fwd, bwd):
         assert all(np.shares_memory(a, arena) for a in p.program.arrays)
-    fresh = fwd.program.plan.fresh_bytes + bwd.program.plan.fresh_bytes
+    fresh = fwd.program.plan.per_call_bytes + bwd.program.plan.per_call_bytes
     assert pair.resident_bytes == fwd.report.resident_bytes == bwd.report.resident_bytes \
         == arena.nbytes + fresh < fwd.report.planned_bytes + bwd.report.planned_bytes
     assert m._runtime.last.report().resident_bytes == pair.resident_bytes
@@ -162,3 +162,24 @@ def test_small_models_keep_contiguous_regions(monkeypatch):
     assert memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20)
     assert not memory._cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20)
     assert not memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
+
+
+def test_step_input_fields_are_views_of_the_callers_input(monkeypatch):
+    # a Sequencer's inner module sees x[t] as its `inputs[t]`, as in Torch: a view of the
+    # caller's array, not a copy (T*B*D bytes per call); other outputs aliasing inputs are copied
+    rng = np.random.default_rng(4)
+    x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
+    for regions in (True, False):
+        m, *_ = train_step(MODELS["FastLSTM"], x, g, regions, monkeypatch)
+        y = m.forward(x)
+        inner = m.get(0)
+        assert len(inner.inputs) == 5
+        for t in range(5):
+            assert np.shares_memory(inner.inputs[t], x)
+            np.testing.assert_array_equal(inner.inputs[t], x[t])
+        assert not np.shares_memory(y, x)
+        plan = m._runtime.last.training_pair.forward.program.plan
+        assert plan.copied_bytes < x.nbytes  # only the constant zero states are copied
+    m.evaluate()
+    m.forward(x)
+    assert all(np.shares_memory(inner.inputs[t], x) for t in range(5))

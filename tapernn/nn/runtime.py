@@ -93,8 +93,19 @@ class Executable:
 
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
-            self.forward_only = compile(self.graph, self.passes)
+            self.forward_only = compile(self.aliasing_probes(self.graph), self.passes)
         return self.forward_only
+
+    def aliasing_probes(self, graph: Graph) -> Graph:
+        """`graph` with meta naming the outputs that are probes of a view of a data input (a
+        Sequencer's per-step `input` field, x[t]): returned as views of the caller's array,
+        as in Torch, instead of copies (T*B*D bytes and T copies per call)."""
+        probes = {n for p in self.probes for n in p[4]}
+        alias = [k for k, o in enumerate(graph.outputs) if o in probes and _views_data(o)]
+        if not alias:
+            return graph
+        return Graph(graph.nodes, graph.inputs, graph.outputs,
+                     dict(graph.meta, outputs_may_alias_inputs=alias))
 
     def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
         """The forward program that keeps what backward needs, and the backward program;
@@ -118,7 +129,7 @@ class Executable:
         grads = joint.outputs[n + len(self.extras):]
         display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(fwd, bwd, display, self.passes)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -162,6 +173,17 @@ class TrainingPair:
 
     def run_backward(self, saved: list, args: list, seeds: list) -> tuple:
         return self.backward.run(saved + seeds + [args[k] for k in self.reads])
+
+
+def _views_data(n) -> bool:
+    """n is a data input or a chain of view ops over one."""
+    from ..ops.registry import get_op
+
+    while n.op != "input":
+        if n.op == "constant" or not get_op(n.op).view:
+            return False
+        n = n.inputs[0]
+    return n.kind == "data"
 
 
 def _binder(node, ctx: BuildContext):
