@@ -346,9 +346,9 @@ class Runtime:
             m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
         for m, t, *_ in extra:
             m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
-        grad_leaves = [np.zeros(np.shape(x), dtype=self.module.dtype) for x in record.leaves]
-        for k, g in zip(exe.data_wrt, grads[:n_data]):
-            grad_leaves[k] = g
+        got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
+        grad_leaves = [got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
+                       for k, x in enumerate(record.leaves)]
         in_leaves, in_tree = flatten(input)
         grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
         self.module.grad_input = grad_input
