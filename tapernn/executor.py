@@ -12,7 +12,8 @@ import gc
 import itertools
 import re
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,14 +54,19 @@ class Program:
 
     Every name the program uses (NumPy functions, op forwards, constants, preallocated
     buffers, index tuples) is bound as a keyword-only default, so a call does local-variable
-    lookups and NumPy calls only. Planned values are written into their buffers with `out=`.
-    Graph outputs are allocated fresh on every call (or copied when they alias an input or a
-    buffer), so results handed to callers are never overwritten by the next call.
+    lookups and NumPy calls only. Planned values are written into their buffers with `out=`;
+    values the plan puts in place (over a dead input, or over a dead region of a larger value
+    through a view) into that input's array; concat pieces into their slot of the concat.
+    Graph outputs live in storage allocated on every call (or are copied when they alias an
+    input or a buffer), so results handed to callers are never overwritten by the next call.
+    Buffers may be views of an arena shared with programs that never run at the same time.
     """
 
-    def __init__(self, graph: Graph, fn_name: str = "program"):
+    def __init__(self, graph: Graph, fn_name: str = "program",
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
         self.graph = graph
-        self.plan = plan_buffers(graph, scratch=_fused_scratch)
+        self.plan = plan or plan_buffers(graph, scratch=_fused_scratch)
+        self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
         self.line_nodes: dict[int, Node] = {}
@@ -87,21 +93,68 @@ class Program:
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
         """One array object per (buffer, shape), made once: values of different shapes but
         equal size share a buffer through reshaped views."""
-        arrays = [np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        self.arrays = self.arena_arrays or [np.empty(size, dtype) for size, dtype in self.plan.buffers]
         wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
         for n, temps in self.plan.scratch_of.items():
             wanted += [(b, shape) for b, (shape, _) in zip(temps, fused_slots(n)[1])]
         views: dict[tuple[int, tuple], str] = {}
         for b, shape in wanted:
             if (b, shape) not in views:
-                views[(b, shape)] = self.bind("b", arrays[b].reshape(shape))
+                views[(b, shape)] = self.bind("b", self.arrays[b].reshape(shape))
         return views
+
+    def _slot(self, n: Node, names: dict, body: list) -> str:
+        """The array a placed value is computed into: its slot of a preallocated concat (bound
+        once), or of a concat allocated this call (sliced on every call, into a local)."""
+        root, steps = self.plan.placed[n]
+        if root in self.plan.buffer_of:
+            arr = self.arrays[self.plan.buffer_of[root]].reshape(root.shape)
+            for kind, arg in steps:
+                arr = arr[arg] if kind == "getitem" else arr.reshape(arg)
+            return self.bind("r", arr)
+        expr = names[root]
+        for kind, arg in steps:
+            expr += f"[{self.bind('i', arg)}]" if kind == "getitem" \
+                else f".reshape({self.bind('s', arg)})"
+        body.append(f"    o{self.pos[n]} = {expr}")
+        return f"o{self.pos[n]}"
+
+    def _out(self, n: Node, names: dict, views: dict, body: list) -> str | None:
+        plan = self.plan
+        if n in plan.inplace:
+            return names[plan.inplace[n]]
+        if n in plan.placed:
+            return self._slot(n, names, body)
+        if n in plan.buffer_of:
+            return views[(plan.buffer_of[n], n.shape)]
+        return None
+
+    def _placed_concat(self, n: Node, names: dict, views: dict, body: list) -> None:
+        """A concat some of whose pieces were computed into its slots: name its array, copy the
+        pieces that were not."""
+        plan = self.plan
+        if n in plan.placed:
+            names[n] = self._slot(n, names, body)
+        elif n in plan.buffer_of:
+            names[n] = views[(plan.buffer_of[n], n.shape)]
+        axis = int(n.attrs["axis"]) % n.ndim
+        offset = 0
+        for j, piece in enumerate(n.inputs):
+            width = piece.shape[axis]
+            index = (slice(None),) * axis + (slice(offset, offset + width),)
+            offset += width
+            if (n, j) in plan.placed_slots:
+                continue
+            copyto = self._named("np_copyto", np.copyto)
+            body.append(f"    {copyto}({names[n]}[{self.bind('i', index)}], {names[piece]})")
+            self.line_nodes[len(body) + 1] = n
 
     def _generate(self, fn_name: str) -> str:
         g, plan = self.graph, self.plan
         views = self._buffer_views()
         self.exact_sigmoid = {i for n in g.nodes if n.op in _TAIL_READERS for i in n.inputs}
         names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
+        self.pos = {n: k for k, n in enumerate(g.nodes)}
         dead_after = _fresh_deaths(g, plan)
         uses: dict[tuple, int] = {}
         for n in g.nodes:
@@ -109,33 +162,50 @@ class Program:
                 key = self._kernel_key(n)
                 uses[key] = uses.get(key, 0) + 1
         body: list[str] = []
+        roots_at: dict[int, list[Node]] = {}
+        for r in plan.placed_concats:
+            if r not in plan.placed:
+                roots_at.setdefault(plan.alloc_at[r], []).append(r)
         for k, n in enumerate(g.nodes):
             if n.op == "input":
                 continue
             if n.op == "constant":
                 names[n] = self.bind("c", n.value)
                 continue
-            names[n] = f"v{k}"
-            out = views[(plan.buffer_of[n], n.shape)] if n in plan.buffer_of else None
-            args = [names[i] for i in n.inputs]
-            if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
-                    and n.size >= KERNEL_MIN_SIZE:
-                kernel = self._fused_kernel(n)
-                operands = args + self._temps(n, views) + ([out] if out else [])
-                lines = [f"{kernel}({', '.join(operands)})"]
-            elif n.op == "fused":
-                lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
-            elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
-                lines = self._sigmoid_tanh(args[0], names[n], out)
+            for r in roots_at.get(k, ()):
+                if r in plan.fresh:  # returned: allocated per call, before its first piece
+                    names[r] = f"v{self.pos[r]}"
+                    empty = self._named("np_empty", np.empty)
+                    body.append(f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
+                                f"{self.bind('d', r.dtype)})")
+                else:
+                    names[r] = views[(plan.buffer_of[r], r.shape)]
+            if n in plan.placed_concats:
+                self._placed_concat(n, names, views, body)
             else:
-                lines = [self._call(n.op, args, n.attrs, out)]
-            lines[-1] = f"{names[n]} = {lines[-1]}"
-            for line in lines:
-                body.append("    " + line)
-                self.line_nodes[len(body) + 1] = n  # +1: the def line
-            if dead_after.get(k):
-                body.append(f"    del {', '.join(names[d] for d in dead_after[k])}")
-        results = [_owned(n, names[n], plan) for n in g.outputs]
+                names[n] = f"v{k}"
+                out = self._out(n, names, views, body)
+                args = [names[i] for i in n.inputs]
+                if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
+                        and n.size >= KERNEL_MIN_SIZE:
+                    kernel = self._fused_kernel(n)
+                    operands = args + self._temps(n, views) + ([out] if out else [])
+                    lines = [f"{kernel}({', '.join(operands)})"]
+                elif n.op == "fused":
+                    lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
+                elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
+                    lines = self._sigmoid_tanh(args[0], names[n], out)
+                else:
+                    lines = [self._call(n.op, args, n.attrs, out)]
+                lines[-1] = f"{names[n]} = {lines[-1]}"
+                for line in lines:
+                    body.append("    " + line)
+                    self.line_nodes[len(body) + 1] = n  # +1: the def line
+            dead = [names[d] for d in dead_after.get(k, ()) if names[d].startswith("v")]
+            if dead:
+                body.append(f"    del {', '.join(dead)}")
+        alias = set(g.meta.get("outputs_may_alias_inputs", ()))
+        results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
         source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
@@ -176,7 +246,9 @@ class Program:
 
     def _kernel_key(self, n: Node) -> tuple:
         # what a fused node's lines depend on besides its operand and buffer names
-        return (n.attrs["program"], n in self.plan.buffer_of, n in self.exact_sigmoid)
+        plan = self.plan
+        has_out = n in plan.inplace or n in plan.placed or n in plan.buffer_of  # see _out
+        return (n.attrs["program"], has_out, n in self.exact_sigmoid)
 
     def _fused_kernel(self, n: Node) -> str:
         """The name of a function running n's program (made once per program): a program met
@@ -276,15 +348,36 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
     return out
 
 
-def _owned(n: Node, name: str, plan: BufferPlan) -> str:
-    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own them.
-    # A view of a value allocated fresh by this call (the [f, o] sigmoid block whose slices are
-    # saved for backward) is the caller's already: no copy
-    root = plan.root.get(n, n)
-    if n.op in ("input", "constant") or root.op in ("input", "constant") \
-            or root in plan.buffer_of or (get_op(n.op).view and root not in plan.fresh):
-        return f"np_array({name})"
-    return f"np_asarray({name})" if n.shape == () else name
+def _owned(n: Node, name: str, plan: BufferPlan, may_alias_input: bool = False) -> str:
+    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own
+    # them. A value living in storage allocated fresh by this call (a returned value, the gate
+    # activations computed in place over the fresh input projection and saved for backward, a
+    # step's h written into its slot of the returned sequence) is the caller's already: no copy.
+    # Outputs the graph's meta lets alias the inputs (probes of x[t]) are returned as views
+    if not plan.copied(n, may_alias_input):
+        return f"np_asarray({name})" if n.shape == () else name
+    return f"np_array({name})"
+
+
+def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
+    """Byte offsets (64-aligned) of `buffers` laid out one after another, and the total."""
+    offsets, total = [], 0
+    for size, dtype in buffers:
+        total = -(-total // 64) * 64
+        offsets.append(total)
+        total += size * dtype.itemsize
+    return offsets, total
+
+
+def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[np.ndarray]:
+    """A program's buffers carved from a shared byte arena: programs that never run at the same
+    time (a TrainingPair's forward and backward) keep one set of temporaries between them. Safe
+    because no value a program returns or keeps between calls lives in a buffer."""
+    offsets, total = arena_layout(buffers)
+    if arena.nbytes < total:
+        raise ValueError(f"arena of {arena.nbytes} bytes, the program needs {total}")
+    return [arena[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
+            zip(offsets, buffers)]
 
 
 class Compiled:
@@ -296,10 +389,11 @@ class Compiled:
     never write into them.
     """
 
-    def __init__(self, graph: Graph, report: CompileReport | None = None):
+    def __init__(self, graph: Graph, report: CompileReport | None = None,
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
         self.graph = graph
         self.report = report or CompileReport()
-        self.program = Program(graph)
+        self.program = Program(graph, arena=arena, plan=plan)
         self.source = self.program.source
         plan = self.program.plan
         self.report.kernels = plan.kernels
@@ -307,6 +401,7 @@ class Compiled:
         self.report.planned_bytes = plan.planned_bytes
         self.report.peak_bytes = plan.peak_bytes
         self.report.saved_for_backward_bytes = plan.saved_for_backward_bytes
+        self.report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
         self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
                                     for n in graph.nodes if n.op == "fused"]
         self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
@@ -383,3 +478,30 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
         graph.verify()
         optimised, report = run_passes(graph, default_passes() if passes is None else passes)
         return Compiled(optimised, report)
+
+
+def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
+                   ) -> list[Compiled]:
+    """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
+    backward run one after the other) with their buffers in one arena, as large as the largest
+    program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
+    plus every program's per-call values (returned values, values saved for backward, copies of
+    returned views of inputs)."""
+    with gc_paused():
+        return _compile_shared(graphs, passes)
+
+
+def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None) -> list[Compiled]:
+    optimised = []
+    for g in graphs:
+        g.verify()
+        optimised.append(run_passes(g, default_passes() if passes is None else passes))
+    plans = [plan_buffers(g, scratch=_fused_scratch) for g, _ in optimised]
+    arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
+    compiled = [Compiled(g, report, arena=arena, plan=plan)
+                for (g, report), plan in zip(optimised, plans)]
+    resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
+    for c in compiled:
+        c.report.resident_bytes = resident
+        c.report.arena_bytes = arena.nbytes
+    return compiled

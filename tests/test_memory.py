@@ -1,45 +1,15 @@
 """The buffer plan: no two simultaneously live values share a buffer, in-place only where the
 overwritten value is dead, never into inputs or views; byte accounting; outputs owned by callers."""
 import numpy as np
+from lstm_fixture import lstm_graph
+from plan_check import check_plan
 
 import tapernn as tn
-from tapernn.memory import inplace_candidates
-from tapernn.ops.registry import get_op
-
-from lstm_fixture import lstm_graph
 
 
 def plan_of(graph, passes=None):
     compiled = tn.compile(graph, passes=passes)
     return compiled, compiled.program.plan
-
-
-def check_plan(graph, plan):
-    """Every invariant the executor relies on; returns the number of in-place nodes seen."""
-    pos = {n: k for k, n in enumerate(graph.nodes)}
-    occupants: dict[int, list[tuple[int, int, object]]] = {}
-    for n, b in plan.buffer_of.items():
-        assert n.op not in ("input", "constant") and not get_op(n.op).view
-        assert plan.root[n] is n
-        start, end = pos[n], plan.last_use.get(n, pos[n])
-        occupants.setdefault(b, []).append((start, end, n))
-    for n, temps in plan.scratch_of.items():
-        for b in temps:
-            occupants.setdefault(b, []).append((pos[n], pos[n], ("scratch", n)))
-    for b, spans in occupants.items():
-        spans.sort(key=lambda s: (s[0], s[1]))
-        for (s0, e0, a), (s1, e1, c) in zip(spans, spans[1:]):
-            handover = plan.inplace.get(c) is a and e0 == s1  # c overwrites a where a dies
-            assert e0 < s1 or handover, f"buffer {b}: {a} and {c} are live at once"
-    for n, i in plan.inplace.items():
-        assert i in [n.inputs[k] for k in inplace_candidates(n)]  # the op allows it
-        assert plan.last_use[i] == pos[n]  # nothing reads the overwritten value later
-        assert i.op not in ("input", "constant") and not get_op(i.op).view
-        assert all(plan.root[j] is not i for j in n.inputs if j is not i)
-    for o in graph.outputs:
-        assert plan.root[o] not in plan.buffer_of or o.op in ("input", "constant")
-    return len(plan.inplace)
-
 
 
 def test_lstm_plan_is_safe_and_smaller(rng):
@@ -141,3 +111,38 @@ def test_a_buffer_read_through_several_views_is_freed_once():
     y = np.tanh(x).reshape(-1)
     np.testing.assert_allclose(compiled(x), np.sum(np.exp(y) * np.tanh(y) * np.abs(y) + y),
                                rtol=1e-12)
+
+
+def test_concat_pieces_are_computed_into_their_slots():
+    # computed pieces are written into the concat (out= a slice); inputs, a piece used twice and
+    # a reshape of a value are handled too; both as a returned concat and as a temporary
+    def f(x):
+        a, b = tn.tanh(x), tn.exp(x)
+        r = tn.reshape(tn.sigmoid(x) * 2.0, (3, 2))
+        flat = tn.reshape(tn.tanh(tn.reshape(x, (6,))) * 3.0, (2, 3))  # a contiguous slot
+        out = tn.concat([a, x, b, a, tn.transpose(r), flat], axis=0)  # 6 blocks of (2, 3)
+        tmp = tn.concat([a * b, x], axis=1)
+        return out, tn.sum(tmp * tmp, axis=1)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    compiled, plan = plan_of(tn.trace(f, x), passes=[])
+    check_plan(compiled.graph, plan)
+    assert len(plan.placed) == 3 and plan.placed_concats  # exp, tanh(...) * 3, a * b
+    out_concat = compiled.graph.outputs[0]
+    assert out_concat in plan.placed_concats and out_concat in plan.fresh
+    ref = tn.compile(tn.trace(f, x), passes=[])
+    for run in range(2):
+        xs = x * (run + 1)
+        a, b = np.tanh(xs), np.exp(xs)
+        r = (1 / (1 + np.exp(-xs)) * 2.0).reshape(3, 2)
+        flat = (np.tanh(xs.reshape(6)) * 3.0).reshape(2, 3)
+        want = [np.concatenate([a, xs, b, a, r.T, flat], axis=0),
+                np.sum(np.concatenate([a * b, xs], axis=1) ** 2, axis=1)]
+        for got, w in zip(compiled(xs), want):
+            np.testing.assert_allclose(got, w, rtol=1e-12)
+    first = compiled(x)
+    kept = [np.array(o) for o in first]
+    compiled(x * 3.0)
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)
+    for got, w in zip(compiled(x), ref(x)):
+        np.testing.assert_allclose(got, w, rtol=1e-12)

@@ -518,3 +518,82 @@ def test_read_once_agrees_with_the_users_map(rng):
             assert once(t) == (n.inputs.count(t) == 1 and sole_use(users, t, n, g))
             checked += 1
     assert checked > 5 and any(once(t) for t in g.nodes) and not all(once(t) for t in g.nodes)
+
+def test_peephole_bias_sums_share_the_gate_gradient_stack():
+    # the bias gradients are column sums of the dz_k stacks; the peephole gradients column sums of
+    # dz_k * c stacks. Grouped by first use they interleaved ([dz_i dz_f dz_i*c ...]) and the
+    # (T*B, 7H) stack copied every dz_t next to the (T*B, 4H) one the weight GEMMs read
+    from tapernn import nn
+
+    T, B, H = 4, 3, 5
+    m = nn.Sequencer(nn.LSTM(H, H)).astype(np.float64)
+    rng = np.random.default_rng(0)
+    for k, p in enumerate(m.parameters()):
+        p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
+    x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    results = {}
+    for name, passes in (("none", []), ("default", None)):
+        m.set_passes(passes)
+        m.zero_grad_parameters()
+        y = np.array(m.forward(x))
+        gx = np.array(m.backward(x, g))
+        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
+    for a, b in zip(results["default"], results["none"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    bwd = m._runtime.last.training_pair.backward.graph
+    sums = [n for n in bwd.nodes if n.op == "sum" and n.inputs[0].op == "concat"]
+    widths = sorted(n.shape[0] for n in sums)
+    assert widths == [3 * H, 4 * H]  # peephole stack apart; no 7H stack
+    bias_stack = next(n.inputs[0] for n in sums if n.shape[0] == 4 * H)
+    assert any(n.op == "matmul" and bias_stack in n.inputs for n in bwd.nodes)  # shared
+
+
+def test_share_stacks_makes_runs_and_their_stacks_views(rng):
+    # per step [a b] (a run of [a b c]) and stacks over steps of [a b], [a b c] and c: after the
+    # pass only [a b c]_t and its stack are concatenated, the rest are views of them
+    def f(x, w2, w3, w1):
+        runs, wides, cs = [], [], []
+        for t in range(3):
+            with tracing.step(t):
+                a, b, c = tn.tanh(x[t]), tn.exp(x[t] * 0.5), x[t] * x[t]
+                runs.append(tn.concat([a, b], axis=1))
+                wides.append(tn.concat([a, b, c], axis=1))
+                cs.append(c)
+        total = tn.sum(tn.concat(runs, axis=0) @ w2) + tn.sum(tn.concat(wides, axis=0) @ w3)
+        total = total + tn.sum(tn.concat(cs, axis=0) @ w1)
+        return total + tn.sum(runs[1] * wides[1][:, :4])
+    arrays = [randn(rng, 3, 2, 2), randn(rng, 4, 3), randn(rng, 6, 3), randn(rng, 2, 3)]
+    g = tn.trace(f, *arrays)
+    out = assert_same(g, [P.share_stacks], arrays)
+    concats = [n for n in out.nodes if n.op == "concat"]
+    assert sorted(n.shape for n in concats) == [(2, 6)] * 3 + [(6, 6)]
+    views = [n for n in out.nodes if n.op == "getitem" and n.inputs[0].op == "concat"]
+    assert {n.shape for n in views} >= {(2, 4), (6, 4), (6, 2)}
+    grads = tn.grad(g)
+    assert_same(grads, [P.share_stacks], arrays)  # and the gradient graph stays acyclic
+
+
+def test_gru_backward_keeps_one_gate_gradient_stack():
+    from tapernn import nn
+
+    T, B, H = 4, 3, 5
+    m = nn.Sequencer(nn.GRU(H, H)).astype(np.float64)
+    for k, p in enumerate(m.parameters()):
+        p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    results = {}
+    for name, passes in (("none", []), ("default", None)):
+        m.set_passes(passes)
+        m.zero_grad_parameters()
+        y = np.array(m.forward(x))
+        gx = np.array(m.backward(x, g))
+        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
+    for a, b in zip(results["default"], results["none"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    bwd = m._runtime.last.training_pair.backward.graph
+    stacks = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 0
+              and n.shape[0] == T * B and n.inputs[0].op == "concat"]
+    assert [n.shape for n in stacks] == [(T * B, 3 * H)]  # [dz_r dz_z dz_n]_t only
+    per_step = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 1]
+    assert {n.shape for n in per_step} == {(B, 3 * H)}  # [dz_r dz_z]_t: views of those

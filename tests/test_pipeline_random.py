@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 import tapernn as tn
 from tapernn import tracing
 
+from plan_check import check_plan
+
 B, D = 3, 4
 
 # per-step ops on the state h (B, D), the step input x_t (B, D) and shared weights W, U (D, D)
@@ -47,6 +49,7 @@ def test_default_pipeline_preserves_values_and_gradients(ops, T, seed):
     g = tn.grad(tn.trace(build(ops, T), *arrays))
     expected = tn.compile(g, passes=[])(*arrays)
     compiled = tn.compile(g)
+    check_plan(compiled.graph, compiled.program.plan)  # regions, in place, placed pieces
     got = compiled(*arrays)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)

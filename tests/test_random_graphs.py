@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 import tapernn as tn
 
+from plan_check import check_plan
+
 
 def _softplus_np(x):
     return np.logaddexp(0, x)
@@ -71,7 +73,9 @@ def test_random_graph_value_and_gradient(program, seed):
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((3, 4)) for _ in range(2)]
     expected = build(program, 2)(*xs)
-    got = tn.compile(tn.trace(build(program, 1), *xs))(*xs)
+    compiled = tn.compile(tn.trace(build(program, 1), *xs))
+    check_plan(compiled.graph, compiled.program.plan)
+    got = compiled(*xs)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     # maximum/minimum/where kinks: keep a margin by comparing only when values are well separated
     assert tn.gradcheck(build(program, 1), *xs, max_entries=12, atol=1e-5, rtol=1e-3)

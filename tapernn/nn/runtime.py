@@ -12,7 +12,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, gc_paused
+from ..executor import Compiled, compile, compile_shared, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
@@ -94,8 +94,19 @@ class Executable:
 
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
-            self.forward_only = compile(self.graph, self.passes)
+            self.forward_only = compile(self.aliasing_probes(self.graph), self.passes)
         return self.forward_only
+
+    def aliasing_probes(self, graph: Graph) -> Graph:
+        """`graph` with meta naming the outputs that are probes of a view of a data input (a
+        Sequencer's per-step `input` field, x[t]): returned as views of the caller's array,
+        as in Torch, instead of copies (T*B*D bytes and T copies per call)."""
+        probes = {n for p in self.probes for n in p[4]}
+        alias = [k for k, o in enumerate(graph.outputs) if o in probes and _views_data(o)]
+        if not alias:
+            return graph
+        return Graph(graph.nodes, graph.inputs, graph.outputs,
+                     dict(graph.meta, outputs_may_alias_inputs=alias))
 
     def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
         """The forward program that keeps what backward needs, and the backward program;
@@ -123,7 +134,7 @@ class Executable:
         grads = joint.outputs[n + len(self.extras):]
         display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(fwd, bwd, display, self.passes)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -142,12 +153,16 @@ class Executable:
                              planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
                              peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
-                             kernels=fwd.kernels + bwd.kernels)
+                             kernels=fwd.kernels + bwd.kernels,
+                             resident_bytes=self.training_pair.resident_bytes,
+                             arena_bytes=fwd.arena_bytes)
 
 
 class TrainingPair:
     """Compiled forward (outputs, then saved values) and backward (saved values, seeds, then the
-    forward arguments it reads) programs of one joint graph."""
+    forward arguments it reads) programs of one joint graph. Their preallocated temporaries
+    share one arena (they never run at the same time); `resident_bytes` is the pair's total:
+    the arena plus both programs' per-call values."""
 
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
         self.joint = joint  # forward and backward together, for diagrams
@@ -156,14 +171,26 @@ class TrainingPair:
         position = {n: k for k, n in enumerate(fwd.inputs)}
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
-        self.forward = compile(fwd, passes)
-        self.backward = compile(bwd, passes)
+        # the two programs run alternately: their temporaries share one arena
+        self.forward, self.backward = compile_shared([fwd, bwd], passes)
+        self.resident_bytes = self.forward.report.resident_bytes
 
     def saved(self, outs: tuple) -> list:
         return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
 
     def run_backward(self, saved: list, args: list, seeds: list) -> tuple:
         return self.backward.run(saved + seeds + [args[k] for k in self.reads])
+
+
+def _views_data(n) -> bool:
+    """n is a data input or a chain of view ops over one."""
+    from ..ops.registry import get_op
+
+    while n.op != "input":
+        if n.op == "constant" or not get_op(n.op).view:
+            return False
+        n = n.inputs[0]
+    return n.kind == "data"
 
 
 def _binder(node, ctx: BuildContext):
@@ -328,9 +355,9 @@ class Runtime:
             m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
         for m, t, *_ in extra:
             m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
-        grad_leaves = [np.zeros(np.shape(x), dtype=self.module.dtype) for x in record.leaves]
-        for k, g in zip(exe.data_wrt, grads[:n_data]):
-            grad_leaves[k] = g
+        got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
+        grad_leaves = [got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
+                       for k, x in enumerate(record.leaves)]
         in_leaves, in_tree = flatten(input)
         grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
         self.module.grad_input = grad_input

@@ -16,6 +16,7 @@ from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gates
 from .hoist import hoist_across_time
 from .simplify import simplify_views
+from .stacks import share_stacks
 from .zeros import propagate_zeros, specialize_inputs
 
 DEFAULT: list[Pass] = [
@@ -32,6 +33,7 @@ DEFAULT: list[Pass] = [
     batch_sliced_elementwise,  # ... then + [b_i b_f b_o b_g], then one sigmoid for i, f, o
     batch_sliced_elementwise,
     eliminate_common_subexpressions,  # the per-step bias concats become one
+    share_stacks,  # [dz_r dz_z]_t and its stack over t: views of [dz_r dz_z dz_n]_t's (GRU)
     fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
     eliminate_dead_code,
 ]
@@ -52,5 +54,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
            "hoist_across_time", "fuse_elementwise", "simplify_views",
-           "batch_sliced_elementwise", "CompileReport", "Pass", "PassRecord", "run_passes",
+           "batch_sliced_elementwise", "share_stacks", "CompileReport", "Pass", "PassRecord", "run_passes",
            "default_passes", "set_default_passes"]

@@ -25,8 +25,17 @@ class PassRecord:
 @dataclass
 class CompileReport:
     """What compilation did: per pass `(name, nodes_before, nodes_after, milliseconds)`, fused
-    groups, bytes (naive = every value its own buffer; planned = after reuse; peak = most bytes
-    live at once), bytes kept from forward for backward, and kernels executed per call."""
+    groups, bytes (naive = every value its own buffer; planned = after reuse: the program's
+    preallocated buffers plus what it allocates per call; peak = most bytes live at once),
+    bytes kept from forward for backward, and kernels executed per call.
+
+    `resident_bytes`: what the program holds between calls plus what it hands out per call.
+    Alone that is `planned_bytes`; for programs compiled together with `compile_shared` (a
+    TrainingPair's forward and backward, which run alternately) it is their joint total: the
+    shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
+    program with buffers of its own) plus each program's per-call values (outputs, values saved
+    for backward, gradients), so the forward and backward reports carry the same number and it
+    must not be added up."""
 
     passes: list[PassRecord] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)
@@ -35,6 +44,8 @@ class CompileReport:
     peak_bytes: int = 0
     saved_for_backward_bytes: int = 0
     kernels: int = 0
+    resident_bytes: int = 0
+    arena_bytes: int = 0
 
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.passes] + [28]) + 2
@@ -52,6 +63,7 @@ class CompileReport:
         rows.append(f"planned bytes             {self.planned_bytes:,}")
         rows.append(f"peak bytes                {self.peak_bytes:,}")
         rows.append(f"saved for backward bytes  {self.saved_for_backward_bytes:,}")
+        rows.append(f"resident bytes            {self.resident_bytes:,}")
         return "\n".join(rows)
 
 

@@ -94,7 +94,11 @@ def _stack_layout(n: Node) -> tuple | None:
 def fuse_row_sums(graph: Graph) -> Graph:
     """Column sums of per-gate stacks, sum(concat_t(dz_k_t)) for k = i, f, o, g (the bias
     gradients), become one sum over the stack of [dz_i dz_f ...] blocks, then slices: the
-    copying is the same, the stack is usually shared with the weight gradient."""
+    copying is the same, the stack is usually shared with the weight gradient. Sums whose
+    pieces are exactly the column blocks of per-step concats already in the graph (the gate
+    gradients [dz_i dz_f dz_g dz_o]_t the weight-gradient GEMM reads) are grouped apart and in
+    those blocks' order, so their stack is that one; the rest (a peephole LSTM's dz_i * c_t-1,
+    ...) get a stack of their own instead of interleaving with them and copying every dz_t."""
     once = read_once(graph)
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
@@ -105,16 +109,60 @@ def fuse_row_sums(graph: Graph) -> Graph:
     for k, n in enumerate(graph.nodes):
         for i in n.inputs:
             first_use.setdefault(i, k)
+    column_of = _column_blocks(graph)
     subst: dict[Node, Node] = {}
     for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda m: first_use.get(m, 0))
-        stacks = [m.inputs[0] for m in members]
-        total = derive(members[0], "sum", (make_concat(spanning(members[0]), stacks, 1),),
-                       axis=(0,), keepdims=False)
-        start = 0
-        for m, x in zip(members, stacks):
-            subst[m] = slice_axis(m, total, 0, start, start + x.shape[1])
-            start += x.shape[1]
+        for part in _split_by_blocks(members, column_of):
+            if len(part) >= 2:
+                subst.update(_one_sum(part))
+        rest = [m for m in members if m not in subst]
+        if len(rest) >= 2:
+            rest.sort(key=lambda m: first_use.get(m, 0))
+            subst.update(_one_sum(rest))
     return substitute(graph, subst)
+
+
+def _one_sum(members: list[Node]) -> dict[Node, Node]:
+    stacks = [m.inputs[0] for m in members]
+    total = derive(members[0], "sum", (make_concat(spanning(members[0]), stacks, 1),),
+                   axis=(0,), keepdims=False)
+    out, start = {}, 0
+    for m, x in zip(members, stacks):
+        out[m] = slice_axis(m, total, 0, start, start + x.shape[1])
+        start += x.shape[1]
+    return out
+
+
+def _column_blocks(graph: Graph) -> dict[Node, dict[tuple, int]]:
+    """piece -> {pieces of a 2-D concat along axis 1 holding it: its block index} (concats
+    keyed by their pieces: CSE has not merged the copies the earlier passes made yet)."""
+    column_of: dict[Node, dict[tuple, int]] = {}
+    for n in graph.nodes:
+        if n.op == "concat" and n.ndim == 2 and n.attrs["axis"] == 1:
+            for j, p in enumerate(n.inputs):
+                column_of.setdefault(p, {})[n.inputs] = j
+    return column_of
+
+
+def _split_by_blocks(members: list[Node], column_of: dict) -> list[list[Node]]:
+    """Groups of members that, step by step, fill every block of the same column concats;
+    each sorted by block index."""
+    by_concats: dict[tuple, dict[int, Node]] = {}
+    for m in members:
+        pieces = m.inputs[0].inputs
+        for c, j in column_of.get(pieces[0], {}).items():
+            cs = [c]
+            for p in pieces[1:]:
+                match = [cc for cc, jj in column_of.get(p, {}).items() if jj == j
+                         and len(cc) == len(c)]
+                if len(match) != 1:
+                    break
+                cs.append(match[0])
+            else:
+                by_concats.setdefault(tuple(cs), {}).setdefault(j, m)
+    parts, used = [], set()
+    for cs, blocks in by_concats.items():
+        if len(blocks) == len(cs[0]) and not used & set(blocks.values()):
+            parts.append([blocks[j] for j in sorted(blocks)])
+            used.update(blocks.values())
+    return parts
