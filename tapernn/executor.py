@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
-from .memory import BufferPlan, plan_buffers
+from .memory import BufferPlan, concat_slots, plan_buffers
 from .ops.fused import temp_slots
 from .ops.registry import get_op
 from .ops.shape import is_advanced, to_numpy_index
@@ -137,12 +137,7 @@ class Program:
             names[n] = self._slot(n, names, body)
         elif n in plan.buffer_of:
             names[n] = views[(plan.buffer_of[n], n.shape)]
-        axis = int(n.attrs["axis"]) % n.ndim
-        offset = 0
-        for j, piece in enumerate(n.inputs):
-            width = piece.shape[axis]
-            index = (slice(None),) * axis + (slice(offset, offset + width),)
-            offset += width
+        for j, piece, index in concat_slots(n):
             if (n, j) in plan.placed_slots:
                 continue
             copyto = self._named("np_copyto", np.copyto)

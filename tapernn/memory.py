@@ -217,6 +217,16 @@ class _Static:
             self.reads[o] = self.N
 
 
+def concat_slots(c: Node):
+    """(piece index, piece, index of its slot in the concat's result) for each operand."""
+    axis = int(c.attrs["axis"]) % c.ndim
+    offset = 0
+    for j, piece in enumerate(c.inputs):
+        width = piece.shape[axis]
+        yield j, piece, (slice(None),) * axis + (slice(offset, offset + width),)
+        offset += width
+
+
 def _placements(graph: Graph, root: dict[Node, Node]) -> tuple[dict, set, dict]:
     """p -> (concat, steps into the concat's array) for each concat piece p that can be computed
     straight into its slot: a computed non-view value written by `out=`, used once by that
@@ -228,12 +238,7 @@ def _placements(graph: Graph, root: dict[Node, Node]) -> tuple[dict, set, dict]:
     for c in graph.nodes:
         if c.op != "concat":
             continue
-        axis = int(c.attrs["axis"]) % c.ndim
-        offset = 0
-        for j, piece in enumerate(c.inputs):
-            width = piece.shape[axis]
-            index = (slice(None),) * axis + (slice(offset, offset + width),)
-            offset += width
+        for j, piece, index in concat_slots(c):
             q, steps = piece, (("getitem", index),)
             if q.op == "reshape" and q.inputs[0].op not in PSEUDO:
                 q, steps = q.inputs[0], steps + (("reshape", q.inputs[0].shape),)
