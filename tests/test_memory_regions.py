@@ -49,10 +49,15 @@ def _view_of_matmul(node):
     return node.op == "matmul"
 
 
-def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
+def _trained_fastlstm(monkeypatch):
+    """Sequencer(FastLSTM) after one training step on T=6, B=3, H=4 (the regions planner)."""
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
-    m, *_ = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    return train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)[0]
+
+
+def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
+    m = _trained_fastlstm(monkeypatch)
     fwd = m._runtime.last.training_pair.forward
     plan = fwd.program.plan
     projection = next(n for n in fwd.graph.nodes if n.op == "matmul" and n.step is None)
@@ -71,9 +76,7 @@ def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
 
 
 def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
-    rng = np.random.default_rng(0)
-    x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
-    m, *_ = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    m = _trained_fastlstm(monkeypatch)
     bwd = m._runtime.last.training_pair.backward
     plan = bwd.program.plan
     stacks = [c for c in plan.placed_concats if c not in plan.placed and c.shape[0] == 6 * 3]

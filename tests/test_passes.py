@@ -431,6 +431,17 @@ def _kahn_reference(nodes, pos):
     return out
 
 
+def _random_adds(rng, lo, hi, tagged=False):
+    """An input x and a random DAG of add_n nodes over it (lo..hi nodes), in tape order."""
+    from tapernn.graph import Node
+    x = Node("input", (), {"kind": "data"}, (2,), np.float64, name="x")
+    nodes = [x]
+    for k in range(int(rng.integers(lo, hi))):
+        ins = tuple(nodes[int(j)] for j in rng.integers(0, len(nodes), int(rng.integers(1, 4))))
+        nodes.append(Node("add_n", ins, {"k": k} if tagged else {}, (2,), np.float64))
+    return x, nodes
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_topological_order_equals_kahns_on_random_positions(seed):
     # the sweep along the sorted positions must give exactly the heap algorithm's order, also
@@ -438,11 +449,7 @@ def test_topological_order_equals_kahns_on_random_positions(seed):
     from tapernn.graph import Node
     from tapernn.passes.rewrite import _topological
     rng = np.random.default_rng(seed)
-    x = Node("input", (), {"kind": "data"}, (2,), np.float64, name="x")
-    nodes = [x]
-    for k in range(int(rng.integers(1, 60))):
-        ins = tuple(nodes[int(j)] for j in rng.integers(0, len(nodes), int(rng.integers(1, 4))))
-        nodes.append(Node("add_n", ins, {}, (2,), np.float64))
+    x, nodes = _random_adds(rng, 1, 60)
     if seed % 10 == 9:  # a cycle: a node reading itself through a later one
         a = Node("add_n", (x,), {}, (2,), np.float64)
         b = Node("add_n", (a,), {}, (2,), np.float64)
@@ -485,11 +492,7 @@ def test_substitute_equals_the_generic_algorithm(seed):
     # the head of the tape before the first replaced node is kept as it is, the rest re-sorted
     from tapernn.graph import Graph, Node
     rng = np.random.default_rng(seed)
-    x = Node("input", (), {"kind": "data"}, (2,), np.float64, name="x")
-    nodes = [x]
-    for k in range(int(rng.integers(2, 40))):
-        ins = tuple(nodes[int(j)] for j in rng.integers(0, len(nodes), int(rng.integers(1, 4))))
-        nodes.append(Node("add_n", ins, {"k": k}, (2,), np.float64))
+    x, nodes = _random_adds(rng, 2, 40, tagged=True)
     outputs = [nodes[int(j)] for j in rng.integers(1, len(nodes), int(rng.integers(1, 4)))]
     g = Graph(nodes, [x], outputs)
     subst = {}
