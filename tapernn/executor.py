@@ -1,8 +1,8 @@
 """Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
 (a fused node: one line per instruction, or -- when the same fused program on large values
 recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
-a function made once for it), planned values written into buffers allocated once per program. `Compiled` runs
-it and turns failures into errors naming the node.
+a function made once for it), planned values written into buffers allocated once per program.
+`Compiled` runs it and turns failures into errors naming the node.
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ class Program:
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
         """One array object per (buffer, shape), made once: values of different shapes but
         equal size share a buffer through reshaped views."""
-        self.arrays = self.arena_arrays or [np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        self.arrays = self.arena_arrays if self.arena_arrays is not None else [
+            np.empty(size, dtype) for size, dtype in self.plan.buffers]
         wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
         for n, temps in self.plan.scratch_of.items():
             wanted += [(b, shape) for b, (shape, _) in zip(temps, fused_slots(n)[1])]
@@ -470,9 +471,12 @@ def gc_paused():
 def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program."""
     with gc_paused():
-        graph.verify()
-        optimised, report = run_passes(graph, default_passes() if passes is None else passes)
-        return Compiled(optimised, report)
+        return Compiled(*_optimise(graph, passes))
+
+
+def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
+    graph.verify()
+    return run_passes(graph, default_passes() if passes is None else passes)
 
 
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
@@ -487,10 +491,7 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
 
 
 def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None) -> list[Compiled]:
-    optimised = []
-    for g in graphs:
-        g.verify()
-        optimised.append(run_passes(g, default_passes() if passes is None else passes))
+    optimised = [_optimise(g, passes) for g in graphs]
     plans = [plan_buffers(g, scratch=_fused_scratch) for g, _ in optimised]
     arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
     compiled = [Compiled(g, report, arena=arena, plan=plan)
