@@ -3,6 +3,7 @@ parameters, modes, state dicts) over symbolic `build` methods traced by the oute
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ from .. import random as tn_random
 from ..errors import DTypeError, ShapeError, StateError, where
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
+from .packing import block_key, pack_module, storage
 
 
 class Parameter:
@@ -19,10 +21,35 @@ class Parameter:
     Inside a module's symbolic build a Parameter behaves like the `tn.Var` bound to it.
     """
 
+    _block = None  # the packing.Block holding .data/.grad as rows of one array, if any
+    _home = None  # the module whose `parameter()` created it: only it may block it
+
     def __init__(self, data: np.ndarray, name: str = ""):
         self.data = np.asarray(data)
         self.grad = np.zeros_like(self.data)
         self.name = name
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._data = value
+        if self._block is not None:  # rebound: no longer the block's rows
+            self._block.intact = False
+            self._block = None
+
+    @property
+    def grad(self) -> np.ndarray:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        self._grad = value
+        if self._block is not None:
+            self._block.intact = False
+            self._block = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -141,8 +168,19 @@ class Module:
             raise ValueError(f"unknown init {init!r}; use uniform, zeros, ones, normal or an array")
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
+        p._home = self
         setattr(self, name, p)
+        pack_module(self, block_key(p))
         return p
+
+    def __deepcopy__(self, memo: dict) -> Module:
+        # numpy copies views as independent arrays: rebuild the copy's parameter blocks
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        pack_module(new)
+        return new
 
     # ---- symbolic application --------------------------------------------------------------------
 
@@ -184,12 +222,21 @@ class Module:
         return runtime_of(self).backward(input, grad_output)
 
     def zero_grad_parameters(self) -> None:
-        for p in self.parameters():
-            p.grad[...] = 0
+        for _, grad in storage(self.parameters()):
+            grad[...] = 0
 
     def update_parameters(self, lr: float) -> None:
-        for p in self.parameters():
-            p.data -= lr * p.grad
+        for data, grad in storage(self.parameters()):
+            data -= lr * grad
+
+    def flatten_parameters(self) -> Module:
+        """Store each module's parameters of one dtype and trailing shape as rows of one array
+        again (`p.data`/`p.grad` become views of it). Modules do this when they create their
+        parameters; call it after rebinding `p.data = ...` to regain the fast path (a rebound
+        parameter still works, its block is just copied per call). See `nn.packing`."""
+        for m in self.modules():
+            pack_module(m)
+        return self
 
     def training(self) -> Module:
         for m in self.modules():
@@ -254,6 +301,7 @@ class Module:
             for p in m._params.values():
                 p.data = p.data.astype(dtype)
                 p.grad = p.grad.astype(dtype)
+            pack_module(m)
         return self
 
     def float(self) -> Module:

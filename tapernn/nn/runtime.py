@@ -17,6 +17,7 @@ from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
 from .context import BuildContext
+from .packing import Packing
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -63,11 +64,14 @@ class Executable:
         # what `module.graph` shows: the model's own outputs, not the recorded fields
         self.display = Graph(graph.nodes, graph.inputs, self.real, dict(graph.meta))
         self.extras = extras
-        self.binders = [_binder(n, ctx) for n in graph.inputs]
         data_nodes = [v.node for v in data]
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
         self.wrt += [ctx.params[p].node for p in ctx.param_order]
         self.params = list(ctx.param_order)
+        # blocked parameters reach the programs as one array per block (nn.packing)
+        self.packing = Packing(self.params, [ctx.params[p].node for p in self.params])
+        self.binders = self.packing.binders(self.packing.inputs(graph.inputs),
+                                            lambda n: _binder(n, ctx))
         self.state_wrt = [(m, k, n, user) for m, k, n, user in ctx.state_inputs
                           if history_mode or user]
         self.wrt += [n for _, _, n, _ in self.state_wrt]
@@ -94,7 +98,8 @@ class Executable:
 
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
-            self.forward_only = compile(self.aliasing_probes(self.graph), self.passes)
+            packed = self.packing.rewrite(self.graph)
+            self.forward_only = compile(self.aliasing_probes(packed), self.passes)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -133,6 +138,8 @@ class Executable:
         joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
         display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
+        start = n + len(self.extras) + len(self.data_wrt)
+        joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
         return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes)
 
@@ -341,12 +348,11 @@ class Runtime:
         seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
         grads = pair.run_backward(saved, record.args, seeds)
         record.done = True
-        n_data = len(exe.data_wrt)
-        for p, g in zip(exe.params, grads[n_data: n_data + len(exe.params)]):
-            p.grad += g
+        n_data, n_params = len(exe.data_wrt), exe.packing.n_grads
+        exe.packing.accumulate(grads[n_data: n_data + n_params])
         self.pending_state_grads = {}
         initial: dict[Any, dict[int, np.ndarray]] = {}
-        for (m, k, _, user), g in zip(exe.state_wrt, grads[n_data + len(exe.params):]):
+        for (m, k, _, user), g in zip(exe.state_wrt, grads[n_data + n_params:]):
             if user:
                 initial.setdefault(m, {})[k] = g
             else:

@@ -74,7 +74,24 @@ def make_concat(like: Node, pieces: list[Node], axis: int) -> Node:
     merged = _rows_of_one_base(like, pieces) if axis == 0 else None
     if merged is None:
         merged = _adjacent_slices(like, pieces, axis)
+    if merged is None:
+        runs = _merge_runs(like, pieces, axis)
+        if len(runs) < len(pieces):
+            return make_concat(like, runs, axis)
     return merged if merged is not None else derive(like, "concat", pieces, axis=axis)
+
+
+def _merge_runs(like: Node, pieces: list[Node], axis: int) -> list[Node]:
+    """The pieces with each run of adjacent slices of one base replaced by one slice:
+    concat(a[:, 0:4], a[:, 4:8], b) == concat(a[:, 0:8], b)."""
+    out = [pieces[0]]
+    for p in pieces[1:]:
+        joined = _adjacent_slices(like, [out[-1], p], axis) if p.op == "getitem" else None
+        if joined is not None:
+            out[-1] = joined
+        else:
+            out.append(p)
+    return out
 
 
 def _rows_of_one_base(like: Node, pieces: list[Node]) -> Node | None:

@@ -28,8 +28,20 @@ def _simplified(n: Node, x: Node) -> Node | None:
     return None
 
 
+def _canonical_concat(n: Node, pieces: list[Node]) -> Node | None:
+    """A concat written by a stage that did not use `make_concat` (the per-block parameter
+    gradients of nn.packing: concat(dW_i, dW_f, ...)) in its canonical form, once its pieces
+    are views of one product: transpose(P) for concat(P[:, 0:H].T, P[:, H:2H].T, ...)."""
+    new = make_concat(n, pieces, axis=n.attrs["axis"])
+    if new.op == "concat" and new.inputs == n.inputs:
+        return None
+    return new
+
+
 def simplify_views(graph: Graph) -> Graph:
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
+        if n.op == "concat":
+            return _canonical_concat(n, [mapping.get(i, i) for i in n.inputs])
         if n.op not in ("getitem", "transpose", "reshape"):
             return None
         x = mapping.get(n.inputs[0], n.inputs[0])

@@ -1,0 +1,231 @@
+"""Parameter blocks: the parameters one module registers with the same dtype and the same
+trailing shape live as consecutive rows of one array (their `.data` and `.grad` are views), as
+Torch7's getParameters and cuDNN's flattened weights keep them.
+
+Why: gate fusion turns x@W_i, x@W_f, ... into x@[W_i W_f ...]. When W_i, W_f, ... are rows of
+one block, that concatenation is the block itself, so `LSTM` runs without copying its weights
+every call; its 12 gradients leave the backward program as three block gradients (one add
+each), and zero_grad/update touch three arrays instead of twelve.
+
+Blocks are an optimisation, never a semantic: rebinding a member (`p.data = other`, `p.grad =
+other`) marks its block broken, and programs then concatenate the members per call and
+accumulate member by member; writing in place (`p.data[...] = x`) keeps the block.
+`Module.flatten_parameters()` rebuilds the blocks from the current arrays.
+"""
+from __future__ import annotations
+
+from operator import attrgetter, is_
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..graph import Graph, Node
+from ..passes.concat import slice_axis
+
+
+class Block:
+    """Parameters stored as row ranges [start, stop) of one data and one grad array.
+    `intact` turns False for good when a member's `.data` or `.grad` is rebound."""
+
+    __slots__ = ("members", "rows", "data", "grad", "intact")
+
+    def __init__(self, members: Iterable[Any]):
+        self.members = tuple(members)
+        self.data = np.concatenate([p.data for p in self.members], axis=0)
+        self.grad = np.concatenate([p.grad for p in self.members], axis=0)
+        self.rows, start = [], 0
+        for p in self.members:
+            self.rows.append((start, start + p.data.shape[0]))
+            start += p.data.shape[0]
+        for p, (a, b) in zip(self.members, self.rows):
+            p.data, p.grad = self.data[a:b], self.grad[a:b]  # (leaves any older block)
+            p._block = self
+        self.intact = True
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.name for p in self.members)
+        return f"Block({names}; shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def block_key(p: Any) -> tuple | None:
+    """Parameters with equal keys can share a block (scalars cannot: they have no rows)."""
+    if p.data.ndim == 0:
+        return None
+    return (p.data.dtype.str, p.data.shape[1:])
+
+
+def pack_module(module: Any, only: tuple | None = None) -> None:
+    """(Re)build `module`'s own blocks from its parameters' current arrays (only the block of
+    key `only` when given): registration order, one block per key holding two or more
+    parameters the module created itself (`Parameter` objects a user assigned are left alone)."""
+    groups: dict[tuple, list] = {}
+    for p in module._params.values():
+        key = block_key(p)
+        if key is not None and p._home is module and (only is None or key == only):
+            groups.setdefault(key, []).append(p)
+    for members in groups.values():
+        if len(members) >= 2:
+            Block(members)
+        elif members[0]._block is not None:  # its block-mates left (rebound): it is loose
+            members[0]._block.intact = False
+            members[0]._block = None
+
+
+def intact_block(p: Any) -> Block | None:
+    blk = p._block
+    return blk if blk is not None and blk.intact else None
+
+
+def storage(params: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(data, grad) arrays covering `params` exactly once: a whole intact block when all its
+    members are in `params`, else each parameter's own arrays."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    blocks: set[Block] = set()
+    wanted: set | None = None
+    for p in params:
+        blk = p._block
+        if blk is None:
+            out.append((p.data, p.grad))
+            continue
+        if blk in blocks:
+            continue
+        blocks.add(blk)
+        wanted = set(params) if wanted is None else wanted
+        if blk.intact and wanted.issuperset(blk.members):
+            out.append((blk.data, blk.grad))
+        else:  # (a rebound member has left the block: it comes as a loose parameter)
+            out.extend((m.data, m.grad) for m in blk.members if m in wanted and m._block is blk)
+    return out
+
+
+class Group:
+    """One block as a program input: its members present in a traced graph (by input node)."""
+
+    def __init__(self, block: Block, nodes: dict[Any, Node]):
+        self.block = block
+        self.members = block.members
+        self.rows = list(block.rows)
+        self.nodes = [nodes.get(p) for p in self.members]  # None: not read by this graph
+        first = next(n for n in self.nodes if n is not None)
+        self.input = Node("input", (), {"kind": "param"}, block.data.shape, block.data.dtype,
+                          scope=first.scope, name=_block_name(first.name, self.members))
+
+    def bind(self) -> np.ndarray:
+        if self.block.intact:
+            return self.block.data
+        # a member was rebound (p.data = other) or the block rebuilt: copy the members
+        return np.concatenate([p.data for p in self.members], axis=0,
+                              dtype=self.block.data.dtype)
+
+    def accumulate(self, g: np.ndarray) -> None:
+        if self.block.intact:
+            self.block.grad += g
+            return
+        for p, (a, b) in zip(self.members, self.rows):
+            p.grad += g[a:b]
+
+
+def _block_name(first: str, members: tuple) -> str:
+    owner = first.rsplit(".", 1)[0] + "." if "." in first else ""
+    return owner + "[" + " ".join(p.name for p in members) + "]"
+
+
+class Packing:
+    """How one traced graph's parameter inputs map onto blocks: `rewrite` replaces the blocked
+    parameter inputs by row slices of one input per block (and their gradients by one gradient
+    per block); `bind` and `accumulate` are the run-time halves."""
+
+    def __init__(self, params: list, nodes: list[Node]):
+        by_param = dict(zip(params, nodes))
+        self.groups: list[Group] = []
+        seen: set[int] = set()
+        for p in params:
+            blk = intact_block(p)
+            if blk is None or id(blk) in seen:
+                continue
+            seen.add(id(blk))
+            if sum(m in by_param for m in blk.members) >= 2:
+                self.groups.append(Group(blk, by_param))
+        blocked = {p for g in self.groups for p in g.members}
+        self.loose = [k for k, p in enumerate(params) if p not in blocked]
+        self.params = params
+        self._group_of = {n: g for g in self.groups for n in g.nodes if n is not None}
+        self.n_grads = len(self.loose) + len(self.groups)
+
+    def inputs(self, inputs: list[Node]) -> list[Node]:
+        """A rewritten graph's inputs: each block's at its first member's place."""
+        out: list[Node] = []
+        for n in inputs:
+            g = self._group_of.get(n)
+            if g is None:
+                out.append(n)
+            elif g.input not in out:
+                out.append(g.input)
+        return out
+
+    def rewrite(self, graph: Graph, param_grads: tuple[int, int] | None = None) -> Graph:
+        """`graph` reading the block inputs; `param_grads` = (start, stop) of the outputs that
+        are the parameters' gradients (in `params` order): they become the loose parameters'
+        gradients, then one per block (its members' in row order, zeros for absent ones)."""
+        if not self.groups:
+            return graph
+        mapping: dict[Node, Node] = {}
+        nodes: list[Node] = []
+        placed: set[Group] = set()
+        for n in graph.nodes:
+            g = self._group_of.get(n)
+            if g is not None:
+                if g not in placed:
+                    placed.add(g)
+                    nodes.append(g.input)
+                a, b = g.rows[g.nodes.index(n)]
+                mapping[n] = new = slice_axis(n, g.input, 0, a, b)
+                nodes.append(new)
+                continue
+            ins = tuple([mapping.get(i, i) for i in n.inputs])
+            new = n if ins == n.inputs else n.with_inputs(ins)
+            mapping[n] = new
+            nodes.append(new)
+        outputs = [mapping.get(o, o) for o in graph.outputs]
+        meta = dict(graph.meta)
+        if param_grads is not None:
+            start, stop = param_grads
+            grads = outputs[start:stop]
+            by_param = dict(zip(self.params, grads))
+            joined = []
+            for g in self.groups:
+                pieces = []
+                for p in g.members:
+                    q = by_param.get(p)
+                    if q is None:  # not read by this graph: no gradient
+                        q = Node("zeros", (), {"shape": p.data.shape, "dtype": p.data.dtype.str},
+                                 p.data.shape, p.data.dtype, scope=g.input.scope,
+                                 phase="backward")
+                        nodes.append(q)
+                    pieces.append(q)
+                joined.append(Node("concat", tuple(pieces), {"axis": 0}, g.input.shape,
+                                   g.input.dtype, scope=g.input.scope, phase="backward"))
+            nodes += joined
+            outputs = (outputs[:start] + [grads[k] for k in self.loose] + joined
+                       + outputs[stop:])
+            names = meta.get("output_names")
+            tail = len(graph.outputs) - start  # names are aligned to the outputs' end
+            if names is not None and len(names) >= tail:
+                head, rest = list(names[:len(names) - tail]), list(names[len(names) - tail:])
+                meta["output_names"] = (head + [rest[k] for k in self.loose]
+                                        + [f"grad_{g.input.name}" for g in self.groups]
+                                        + rest[stop - start:])
+        return Graph(nodes, self.inputs(graph.inputs), outputs, meta)
+
+    def binders(self, inputs: list[Node], bind_one) -> list:
+        """Per input of a rewritten graph: a block's `bind`, or `bind_one(node)`."""
+        by_input = {g.input: g for g in self.groups}
+        return [(lambda leaves, g=by_input[n]: g.bind()) if n in by_input else bind_one(n)
+                for n in inputs]
+
+    def accumulate(self, grads: list) -> None:
+        """Add the parameter gradients of one backward (loose, then per block) into `.grad`."""
+        for k, g in zip(self.loose, grads):
+            self.params[k].grad += g
+        for grp, g in zip(self.groups, grads[len(self.loose):]):
+            grp.accumulate(g)
