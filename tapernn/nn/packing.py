@@ -14,7 +14,6 @@ accumulate member by member; writing in place (`p.data[...] = x`) keeps the bloc
 """
 from __future__ import annotations
 
-from operator import attrgetter, is_
 from typing import Any, Iterable
 
 import numpy as np
