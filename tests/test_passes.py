@@ -601,3 +601,52 @@ def test_gru_backward_keeps_one_gate_gradient_stack():
     per_step = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 1
                 and n.step is not None]
     assert {n.shape for n in per_step} == {(B, 3 * H)}  # [dz_r dz_z]_t: views of those
+
+
+# ---- summing within steps ---------------------------------------------------------------------------
+
+
+def _stacked_products(T, rows, cols, also_read=False):
+    def f(a, b):
+        products = []
+        for t in range(T):
+            with tracing.step(t):
+                products.append((tn.tanh(a[t]) * b[t], a[t] * b[t]))
+        pieces = []
+        for t, (u, v) in enumerate(products):  # joined late on the tape, as fuse_row_sums does
+            with tracing.step(t):
+                pieces.append(tn.concat([u, v], axis=1))
+        stack = tn.concat(pieces, axis=0)
+        total = tn.sum(stack, axis=0)
+        return [total, stack * 2.0] if also_read else total
+    return f
+
+
+def test_sum_within_steps_sums_each_step_where_it_is_made(rng):
+    T, rows, cols = 5, 64, 20  # a (320, 40) float64 stack: 100 KiB, above MIN_STACK_BYTES
+    arrays = [randn(rng, T, rows, cols), randn(rng, T, rows, cols)]
+    g = tn.trace(_stacked_products(T, rows, cols), *arrays)
+    out = assert_same(g, [P.sum_within_steps], arrays)
+    stacks = [n for n in out.nodes if n.op == "concat" and n.attrs["axis"] == 0]
+    assert [n.shape for n in stacks] == [(T, 2 * cols)]  # T rows, not T * rows
+    row_sums = stacks[0].inputs
+    assert all(r.op == "sum" and r.attrs["keepdims"] and r.shape == (1, 2 * cols)
+               for r in row_sums)
+    # each step's piece and row sum come before the next step's work: no product outlives
+    # its step (the pieces were joined after the last step)
+    pos = {n: k for k, n in enumerate(out.nodes)}
+    assert [r.step for r in row_sums] == list(range(T))
+    for t, r in enumerate(row_sums[:-1]):
+        assert pos[r] == pos[r.inputs[0]] + 1
+        assert pos[r] < min(pos[n] for n in out.nodes if n.step == t + 1 and n.op == "tanh")
+    assert_same(tn.grad(g), [P.sum_within_steps], arrays + [randn(rng, 2 * cols)])
+
+
+def test_sum_within_steps_leaves_shared_and_small_stacks(rng):
+    T, rows, cols = 5, 64, 20
+    arrays = [randn(rng, T, rows, cols), randn(rng, T, rows, cols)]
+    g = tn.trace(_stacked_products(T, rows, cols, also_read=True), *arrays)
+    assert assert_same(g, [P.sum_within_steps], arrays) is g  # the stack is read twice
+    small = [randn(rng, T, 4, 3), randn(rng, T, 4, 3)]
+    g = tn.trace(_stacked_products(T, 4, 3), *small)
+    assert assert_same(g, [P.sum_within_steps], small) is g

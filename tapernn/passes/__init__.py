@@ -17,6 +17,7 @@ from .gates import fuse_gates
 from .hoist import hoist_across_time
 from .simplify import simplify_views
 from .stacks import share_stacks
+from .step_sums import sum_within_steps
 from .zeros import propagate_zeros, specialize_inputs
 
 DEFAULT: list[Pass] = [
@@ -34,6 +35,7 @@ DEFAULT: list[Pass] = [
     batch_sliced_elementwise,
     eliminate_common_subexpressions,  # the per-step bias concats become one
     share_stacks,  # [dz_r dz_z]_t and its stack over t: views of [dz_r dz_z dz_n]_t's (GRU)
+    sum_within_steps,  # peephole gradients: sum each step's dz*c rows, stack T rows, not T*B
     fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
     eliminate_dead_code,
 ]
@@ -54,5 +56,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
            "hoist_across_time", "fuse_elementwise", "simplify_views",
-           "batch_sliced_elementwise", "share_stacks", "CompileReport", "Pass", "PassRecord", "run_passes",
+           "batch_sliced_elementwise", "share_stacks", "sum_within_steps", "CompileReport", "Pass", "PassRecord", "run_passes",
            "default_passes", "set_default_passes"]
