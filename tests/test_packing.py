@@ -200,11 +200,29 @@ def test_simplify_views_rejoins_concats_of_transposed_column_blocks(rng):
     g = tn.trace(f, *arrays)
     assert g.op_counts()["concat"] == 1 and g.op_counts()["getitem"] == 4
     out = assert_same_graph(g, arrays)
-    counts = out.op_counts()
-    assert "getitem" not in counts and counts["transpose"] == 1
+    assert "getitem" not in out.op_counts()
+    # ... and, the products being read by nothing else, they are computed transposed:
+    # concat(P^T, Q^T) = concat(b^T a^T, c^T a^T), contiguous row blocks of the result
     (cat,) = [n for n in out.nodes if n.op == "concat"]
-    assert cat.attrs["axis"] == 1 and [i.op for i in cat.inputs] == ["matmul", "matmul"]
-    assert out.outputs[0].op == "transpose" and out.outputs[0].inputs[0] is cat
+    assert out.outputs[0] is cat and cat.attrs["axis"] == 0
+    assert [i.op for i in cat.inputs] == ["matmul", "matmul"]
+    assert [i.shape for i in cat.inputs] == [(4 * H, D), (H, D)]
+    assert all(i.inputs[1].op == "transpose" and i.inputs[1].inputs[0].op == "input"
+               for i in cat.inputs)
+
+
+def test_transposed_products_only_when_nothing_else_reads_the_product(rng):
+    arrays = [rng.standard_normal((3, 6)), rng.standard_normal((6, 4))]
+    g = tn.trace(lambda a, b: tn.transpose(a @ b, (1, 0)), *arrays)
+    out = assert_same_graph(g, arrays)
+    (m,) = [n for n in out.nodes if n.op == "matmul"]
+    assert out.outputs[0] is m and m.shape == (4, 3)
+    def both(a, b):
+        p = a @ b
+        return [tn.transpose(p, (1, 0)), p]
+    g = tn.trace(both, *arrays)
+    out = assert_same_graph(g, arrays)
+    assert out.outputs[0].op == "transpose" and out.outputs[0].inputs[0] is out.outputs[1]
 
 
 def test_simplify_views_merges_runs_of_adjacent_slices_in_a_concat(rng):
@@ -219,7 +237,9 @@ def test_simplify_views_merges_runs_of_adjacent_slices_in_a_concat(rng):
 def assert_same_graph(graph, arrays):
     expected = tn.compile(graph, passes=[])(*arrays)
     got = tn.compile(graph, passes=[P.simplify_views])(*arrays)
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    for u, v in zip(got if isinstance(got, list) else [got],
+                    expected if isinstance(expected, list) else [expected]):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
     out, _ = P.run_passes(graph, [P.simplify_views])
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from .concat import basic_ranges, make_concat, slice_axis
-from .rewrite import substitute
+from .rewrite import derive, is_matmul_2d, read_once, substitute
 
 
 def _simplified(n: Node, x: Node) -> Node | None:
@@ -47,7 +47,59 @@ def simplify_views(graph: Graph) -> Graph:
         x = mapping.get(n.inputs[0], n.inputs[0])
         return _simplified(n, x)
 
-    return index_grads_to_concat(graph.rebuild(visit).eliminate_dead_code())
+    return transposed_products(index_grads_to_concat(graph.rebuild(visit).eliminate_dead_code()))
+
+
+def transposed_products(graph: Graph) -> Graph:
+    """transpose(A @ B) is computed as B^T @ A^T, and transpose(concat(A_k @ B_k, axis=1)) as
+    concat(B_k^T @ A_k^T, axis=0), when nothing else reads the products: weight gradients
+    (dW = transpose(x^T @ dz) for y = x @ W^T) come out in the parameter's own layout, one
+    contiguous array a block's rows can be computed into, not a strided view of the product.
+    The GEMMs are the same, with the transposition moved to their operands (BLAS flags), and
+    each stays where its product was on the tape (so the stacks it reads die as before)."""
+    once = read_once(graph)
+    products: dict[Node, list[Node]] = {}  # transpose -> the products it lays out
+    dropped: set[Node] = set()  # the column concats of products
+    for n in graph.nodes:
+        if n.op != "transpose" or n.attrs["axes"] != (1, 0):
+            continue
+        x = n.inputs[0]
+        if is_matmul_2d(x) and once(x):
+            products[n] = [x]
+        elif x.op == "concat" and x.attrs["axis"] == 1 and once(x) and len(set(x.inputs)) == len(
+                x.inputs) and all(is_matmul_2d(p) and once(p) for p in x.inputs):
+            products[n] = list(x.inputs)
+            dropped.add(x)
+    if not products:
+        return graph
+    flipped: dict[Node, Node | None] = {p: None for ps in products.values() for p in ps}
+    mapping: dict[Node, Node] = {}
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if n in flipped:
+            a, b = (mapping.get(i, i) for i in n.inputs)
+            operands = (_transposed(n, b, nodes), _transposed(n, a, nodes))
+            flipped[n] = derive(n, "matmul", operands)
+            nodes.append(flipped[n])
+        elif n in products:
+            pieces = [flipped[p] for p in products[n]]
+            mapping[n] = pieces[0] if len(pieces) == 1 else derive(n, "concat", pieces, axis=0)
+            if len(pieces) > 1:
+                nodes.append(mapping[n])
+        elif n not in dropped:
+            ins = tuple([mapping.get(i, i) for i in n.inputs])
+            mapping[n] = new = n if ins == n.inputs else n.with_inputs(ins)
+            nodes.append(new)
+    outputs = [mapping.get(o, o) for o in graph.outputs]
+    return Graph(nodes, graph.inputs, outputs, dict(graph.meta))
+
+
+def _transposed(like: Node, x: Node, nodes: list[Node]) -> Node:
+    if x.op == "transpose" and x.attrs["axes"] == (1, 0):
+        return x.inputs[0]
+    t = derive(like, "transpose", (x,), axes=(1, 0))
+    nodes.append(t)
+    return t
 
 
 def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
