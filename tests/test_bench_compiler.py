@@ -28,3 +28,14 @@ def test_sequencer_report_and_check(tool, monkeypatch, capsys, t50, t100, met):
     assert ("target (first cell)" in out) and (": met" in out) == met
     assert code == (0 if met else 1)
     assert tool.sequencer_main(["LSTM"], 3, check=False) == 0
+
+
+def test_arguments_are_validated(tool, capsys):
+    args = tool.parse_args(["--sequencer", "--cells", "GRU", "--repeats", "2"])
+    assert args.sequencer and args.cells == ["GRU"] and args.repeats == 2 and args.shape == []
+    assert tool.parse_args(["20", "4"]).shape == [20, 4]
+    for bad in (["--cells", "LSMT"], ["--repeats", "0"], ["1", "2", "3", "4", "5"], ["0"]):
+        with pytest.raises(SystemExit) as exc:
+            tool.parse_args(bad)
+        assert exc.value.code == 2
+        assert "error:" in capsys.readouterr().err

@@ -129,13 +129,36 @@ def sequencer_main(cells: list[str], repeats: int, check: bool) -> int:
     return 0 if met or not check else 1
 
 
+CELLS = ("LSTM", "FastLSTM", "GRU", "RNN")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Compiler benchmark: a hand-written per-gate LSTM graph with no passes vs "
+                    "DEFAULT (nodes, kernels, bytes, time per call, compile time vs T), or with "
+                    "--sequencer the compile-time target on Sequencer(cell(256, 256)).")
+    ap.add_argument("shape", nargs="*", type=int, metavar="T B I H",
+                    help="sizes for the per-gate LSTM graph (default 50 32 256 256)")
+    ap.add_argument("--sequencer", action="store_true",
+                    help="time the first forward+backward of Sequencer(cell) at T=50 and T=100")
+    ap.add_argument("--cells", default="LSTM,FastLSTM",
+                    help=f"comma-separated, from {', '.join(CELLS)} (--sequencer)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh interpreters per cell")
+    ap.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    args = ap.parse_args(argv)
+    if len(args.shape) > 4 or any(v <= 0 for v in args.shape):
+        ap.error(f"at most four positive sizes T B I H, got {args.shape}")
+    args.cells = args.cells.split(",")
+    unknown = [c for c in args.cells if c not in CELLS]
+    if unknown:
+        ap.error(f"unknown cell(s) {', '.join(unknown)}; choose from {', '.join(CELLS)}")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    return args
+
+
 if __name__ == "__main__":
-    if "--sequencer" in sys.argv[1:]:
-        parser = argparse.ArgumentParser(description="Sequencer compile-time target")
-        parser.add_argument("--sequencer", action="store_true")
-        parser.add_argument("--cells", default="LSTM,FastLSTM")
-        parser.add_argument("--repeats", type=int, default=3)
-        parser.add_argument("--check", action="store_true")
-        a = parser.parse_args()
-        sys.exit(sequencer_main(a.cells.split(","), a.repeats, a.check))
-    main(*[int(a) for a in sys.argv[1:5]])
+    args = parse_args()
+    if args.sequencer:
+        sys.exit(sequencer_main(args.cells, args.repeats, args.check))
+    main(*args.shape)
