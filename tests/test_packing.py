@@ -134,15 +134,15 @@ def test_rebinding_a_member_falls_back_to_copies_and_stays_exact():
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-13)
 
 
+class _Uses(nn.Module):  # borrows one member of another module's block
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+
+
 def test_zero_grad_and_update_touch_only_the_modules_own_parameters():
     lstm = nn.LSTM(D, H, peephole=False)
-
-    class Uses(nn.Module):  # borrows one row block of the LSTM's weight block
-        def __init__(self, w):
-            super().__init__()
-            self.w = w
-
-    other = Uses(lstm.w_xi)
+    other = _Uses(lstm.w_xi)
     for p in lstm.parameters():
         p.grad[...] = 1.0
     before = {k: p.data.copy() for k, p in lstm.named_parameters().items()}
@@ -171,6 +171,12 @@ def test_deepcopy_and_astype_rebuild_blocks():
     for p in lstm.parameters():
         blk, _ = _rows_of(p)
         assert blk.data.dtype == np.float32 and p.grad.dtype == np.float32
+    # a module borrowing a member converts it along, without breaking the owner's block
+    model = nn.Sequential(lstm, _Uses(lstm.w_xi)).double()
+    assert model.dtype == np.float64
+    for p in lstm.parameters():
+        blk, _ = _rows_of(p)
+        assert blk.data.dtype == np.float64
 
 
 def test_a_model_stepped_before_and_after_rebinding_keeps_training():

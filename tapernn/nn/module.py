@@ -35,10 +35,10 @@ class Parameter:
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
-        self._data = value
-        if self._block is not None:  # rebound: no longer the block's rows
+        if self._block is not None and value is not self._data:  # no longer the block's rows
             self._block.intact = False
             self._block = None
+        self._data = value
 
     @property
     def grad(self) -> np.ndarray:
@@ -46,10 +46,10 @@ class Parameter:
 
     @grad.setter
     def grad(self, value: np.ndarray) -> None:
-        self._grad = value
-        if self._block is not None:
+        if self._block is not None and value is not self._grad:
             self._block.intact = False
             self._block = None
+        self._grad = value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -299,8 +299,8 @@ class Module:
         for m in self.modules():
             m._dtype = dtype
             for p in m._params.values():
-                p.data = p.data.astype(dtype)
-                p.grad = p.grad.astype(dtype)
+                p.data = p.data.astype(dtype, copy=False)  # (a shared one converts once)
+                p.grad = p.grad.astype(dtype, copy=False)
             pack_module(m)
         return self
 

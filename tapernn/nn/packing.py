@@ -137,12 +137,12 @@ class Packing:
     def __init__(self, params: list, nodes: list[Node]):
         by_param = dict(zip(params, nodes))
         self.groups: list[Group] = []
-        seen: set[int] = set()
+        seen: set[Block] = set()
         for p in params:
             blk = intact_block(p)
-            if blk is None or id(blk) in seen:
+            if blk is None or blk in seen:
                 continue
-            seen.add(id(blk))
+            seen.add(blk)
             if sum(m in by_param for m in blk.members) >= 2:
                 self.groups.append(Group(blk, by_param))
         blocked = {p for g in self.groups for p in g.members}
