@@ -10,7 +10,8 @@ hoisted input projection), or a concat piece written into its slot. The planner 
 value's region as a view of a dummy array shaped like its storage (never touched: NumPy only
 compares pointers and strides), so "do these two values overlap" is `np.shares_memory`. An
 in-place write into region r at step k is allowed only when no value whose data was produced
-before k, overlapping r, is read after k (or returned).
+before k, overlapping r, is read after k (or returned). Slot placement and the region tests
+live in `regions`.
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .regions import PSEUDO, apply_steps, bounds, cheap_strides, is_view, overlap, placements
 
-PSEUDO = ("input", "constant")
 Scratch = Callable[[Node], list[tuple[tuple[int, ...], np.dtype]]]
-_TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
 
 @dataclass
@@ -119,32 +119,6 @@ def inplace_candidates(n: Node) -> tuple[int, ...]:
     return tuple(rule(n)) if rule is not None else op.inplace
 
 
-def _is_view(n: Node) -> bool:
-    return n.op not in PSEUDO and get_op(n.op).view
-
-
-# Values are written into a strided region (a gate's columns of a step's rows, a dz_k's columns
-# of [dz_i dz_f ...]) only in storages of at least STRIDED_MIN_BYTES and with contiguous runs of
-# at least STRIDED_MIN_RUN elements: a ufunc on strided operands pays per row (here: (8, 32)
-# float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 -> 2.7 us). Without the limits FastLSTM's
-# training step went (8, 20, 32) 0.77 -> 0.99 ms and (32, 50, 128) 20.5 -> 21.3 ms; with them
-# those keep their speed, and (32, 50, 256), where the saved gates in the projection save
-# 6.25 MiB, runs as before (68.7 vs 68.4 ms). Contiguous regions: any size.
-STRIDED_MIN_BYTES = 1 << 20
-STRIDED_MIN_RUN = 256
-
-
-def _cheap_strides(region: np.ndarray, storage_bytes: int) -> bool:
-    if region.flags.c_contiguous:
-        return True
-    run = 1
-    for n, s in zip(reversed(region.shape), reversed(region.strides)):
-        if s != run * region.itemsize:
-            break
-        run *= n
-    return storage_bytes >= STRIDED_MIN_BYTES and run >= STRIDED_MIN_RUN
-
-
 # False: the planner before regions (in place only over a whole dead buffer, no placed concat
 # pieces, returned values never written in place); kept for before/after comparisons
 REGIONS = True
@@ -195,7 +169,7 @@ class _Static:
         self.last_use = liveness(graph, self.root)
         self.outputs = set(graph.outputs)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
-        self.placed, self.placed_concats, self.slot_of = _placements(graph, self.root) \
+        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root) \
             if regions else ({}, set(), {})
         # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
         placed_slots: dict[Node, set[int]] = {}
@@ -206,7 +180,7 @@ class _Static:
         for k, n in enumerate(nodes):
             if n.op in PSEUDO:
                 continue
-            if _is_view(n):
+            if is_view(n):
                 self.children.setdefault(n.inputs[0], []).append(n)
                 continue
             slots = placed_slots.get(n, ())
@@ -215,92 +189,6 @@ class _Static:
                     self.reads[i] = k
         for o in graph.outputs:
             self.reads[o] = self.N
-
-
-def concat_slots(c: Node):
-    """(piece index, piece, index of its slot in the concat's result) for each operand."""
-    axis = int(c.attrs["axis"]) % c.ndim
-    offset = 0
-    for j, piece in enumerate(c.inputs):
-        width = piece.shape[axis]
-        yield j, piece, (slice(None),) * axis + (slice(offset, offset + width),)
-        offset += width
-
-
-def _placements(graph: Graph, root: dict[Node, Node]) -> tuple[dict, set, dict]:
-    """p -> (concat, steps into the concat's array) for each concat piece p that can be computed
-    straight into its slot: a computed non-view value written by `out=`, used once by that
-    concat and placed nowhere else (seen through a reshape when the slot is contiguous)."""
-    placed: dict[Node, tuple[Node, tuple]] = {}
-    slot_of: dict[Node, int] = {}
-    concats: set[Node] = set()
-    inputs = set(graph.inputs)
-    for c in graph.nodes:
-        if c.op != "concat":
-            continue
-        for j, piece, index in concat_slots(c):
-            q, steps = piece, (("getitem", index),)
-            if q.op == "reshape" and q.inputs[0].op not in PSEUDO:
-                q, steps = q.inputs[0], steps + (("reshape", q.inputs[0].shape),)
-            if q.op in PSEUDO or q in inputs or _is_view(q) or not get_op(q.op).supports_out \
-                    or q in placed or c.inputs.count(piece) != 1 or root[q] is not q:
-                continue
-            placed[q] = (c, steps)
-            slot_of[q] = j
-            concats.add(c)
-    # slots must be true writable views (a reshape of a strided slot would copy): check on a
-    # dummy array from each placement root down; a piece that fails is computed as usual
-    for c in [c for c in graph.nodes if c in concats and c not in placed]:
-        _check_slots(c, np.empty(c.shape, c.dtype), placed, concats)
-    return placed, concats, slot_of
-
-
-def _check_slots(c: Node, region: np.ndarray, placed: dict, concats: set) -> None:
-    base = region if region.base is None else region.base
-    for q in [q for q, (parent, _) in placed.items() if parent is c]:
-        sub = _apply(region, placed[q][1])
-        if sub is None or not np.shares_memory(sub, base) or not _cheap_strides(sub, base.nbytes):
-            del placed[q]
-            if q in concats:  # its own pieces stay placed, into q's own storage
-                _check_slots(q, np.empty(q.shape, q.dtype), placed, concats)
-        elif q in concats:
-            _check_slots(q, sub, placed, concats)
-    if not any(parent is c for parent, _ in placed.values()):
-        concats.discard(c)
-
-
-def _apply(region: np.ndarray, steps: tuple) -> np.ndarray | None:
-    for kind, arg in steps:
-        if kind == "getitem":
-            region = region[arg]
-        else:
-            try:
-                region = region.view()
-                region.shape = arg  # raises instead of copying
-            except (AttributeError, ValueError):
-                return None
-    return region if region.flags.writeable else None
-
-
-def _bounds(a: np.ndarray) -> tuple[int, int]:
-    lo = hi = a.__array_interface__["data"][0]
-    for n, s in zip(a.shape, a.strides):
-        if s < 0:
-            lo += (n - 1) * s
-        else:
-            hi += (n - 1) * s
-    return lo, hi + a.itemsize
-
-
-def _overlap(a: np.ndarray, ab: tuple, b: np.ndarray, bb: tuple) -> bool:
-    if a.size == 0 or b.size == 0 or ab[1] <= bb[0] or bb[1] <= ab[0]:
-        return False
-    if a.flags.c_contiguous and b.flags.c_contiguous:
-        return True
-    try:
-        return bool(np.shares_memory(a, b, max_work=10_000))
-    except _TooHard:
-        return True
 
 
 class _Walk:
@@ -339,7 +227,7 @@ class _Walk:
         for k, n in enumerate(self.g.nodes):
             if n.op in PSEUDO:
                 continue
-            if _is_view(n):
+            if is_view(n):
                 st = plan.storage.get(n.inputs[0])
                 if st is not None:
                     plan.storage[n] = st
@@ -350,7 +238,7 @@ class _Walk:
                 r, steps = plan.placed[n]
                 plan.storage[n] = r
                 if n not in s.placed_concats:
-                    self._produce(n, k, _apply(self.base[r], steps))
+                    self._produce(n, k, apply_steps(self.base[r], steps))
             elif n in plan.placed_concats:
                 pass  # a placement root: opened at its first piece
             else:
@@ -397,7 +285,7 @@ class _Walk:
         for q, (root, steps) in plan.placed.items():
             if root is r and q in self.s.placed_concats:
                 plan.storage[q] = r
-                self._produce(q, k, _apply(self.base[r], steps))
+                self._produce(q, k, apply_steps(self.base[r], steps))
 
     def _compute(self, n: Node, k: int) -> None:
         plan, s = self.plan, self.s
@@ -433,13 +321,13 @@ class _Walk:
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
             return False
-        if not _cheap_strides(r, st.nbytes):
+        if not cheap_strides(r, st.nbytes):
             return False
-        rb = _bounds(r)
+        rb = bounds(r)
         for j in n.inputs:
             if j is not i and plan.storage.get(j) is st:
                 rj = self.region.get(j)
-                if rj is None or _overlap(r, rb, rj, _bounds(rj)):
+                if rj is None or overlap(r, rb, rj, bounds(rj)):
                     return False
         buckets = self.entries.get(st)
         if buckets is None:
@@ -450,7 +338,7 @@ class _Walk:
                 continue
             keep = [e for e in live if e[3] > k]
             buckets[key] = keep
-            if any(e[2] < k and _overlap(r, rb, e[0], e[1]) for e in keep):
+            if any(e[2] < k and overlap(r, rb, e[0], e[1]) for e in keep):
                 return False
         return True
 
@@ -475,7 +363,7 @@ class _Walk:
             self.region[v] = r
             last = self.s.reads.get(v, -1)
             if last > k and r.size:
-                self._file(st, (r, _bounds(r), k, last))
+                self._file(st, (r, bounds(r), k, last))
             for w in self.s.children.get(v, ()):
                 try:
                     rw = np.asarray(get_op(w.op).forward(r, **w.attrs))
@@ -484,7 +372,7 @@ class _Walk:
                 if rw is None or not np.shares_memory(rw, r):
                     # a copying view reads all of r when made; views of it live elsewhere
                     if r.size:
-                        self._file(st, (r, _bounds(r), k, max(self.s.pos[w], last)))
+                        self._file(st, (r, bounds(r), k, max(self.s.pos[w], last)))
                     continue
                 stack.append((w, rw))
 

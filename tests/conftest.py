@@ -11,9 +11,9 @@ def rng():
 def _strided_regions_at_any_size():
     """The planner writes into strided regions only in large storages (speed); the tests' small
     models would never reach that path, so every test plans as if they were large."""
-    from tapernn import memory
+    from tapernn import regions
 
-    saved = memory.STRIDED_MIN_BYTES, memory.STRIDED_MIN_RUN
-    memory.STRIDED_MIN_BYTES, memory.STRIDED_MIN_RUN = 0, 1
+    saved = regions.STRIDED_MIN_BYTES, regions.STRIDED_MIN_RUN
+    regions.STRIDED_MIN_BYTES, regions.STRIDED_MIN_RUN = 0, 1
     yield
-    memory.STRIDED_MIN_BYTES, memory.STRIDED_MIN_RUN = saved
+    regions.STRIDED_MIN_BYTES, regions.STRIDED_MIN_RUN = saved

@@ -23,6 +23,17 @@ def test_quick_table_with_the_real_modules(bench, capsys):
         assert name in out
     assert "not available" not in out and "error:" not in out
     assert "DEFAULT (" in out and "planned MiB" in out
+    assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gates" in out
+
+
+def test_ablation_of_another_cell(bench, capsys):
+    from tapernn import passes
+    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--ablation",
+                "--ablation-cell", "LSTM(peephole=False)"])
+    out = capsys.readouterr().out
+    assert "Pass ablation, Sequencer(LSTM(peephole=False))" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("DEFAULT (", "- "))]
+    assert len(rows) == len(passes.DEFAULT) + 1 and "not available" not in out
 
 
 def test_failing_contender_is_disabled_with_its_error(bench):

@@ -7,6 +7,7 @@ import pytest
 from plan_check import check_plan
 
 from tapernn import memory, nn
+from tapernn import regions as tn_regions
 from tapernn.ops.registry import get_op
 
 MODELS = {
@@ -146,8 +147,8 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
 def test_small_models_keep_contiguous_regions(monkeypatch):
     # default limits: a small model's gates are not written into strided columns (per-row ufunc
     # overhead), only contiguous regions (a step's rows) are; large storages get strided ones
-    monkeypatch.setattr(memory, "STRIDED_MIN_BYTES", 1 << 20)
-    monkeypatch.setattr(memory, "STRIDED_MIN_RUN", 256)
+    monkeypatch.setattr(tn_regions, "STRIDED_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(tn_regions, "STRIDED_MIN_RUN", 256)
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
     _, *before = train_step(MODELS["FastLSTM"], x, g, False, monkeypatch)
@@ -162,9 +163,9 @@ def test_small_models_keep_contiguous_regions(monkeypatch):
             assert regions[n].flags.c_contiguous, n
     fwd = pair.forward.program.plan
     assert any(_view_of_matmul(i) for i in fwd.inplace.values())  # rows: still in place
-    assert memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20)
-    assert not memory._cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20)
-    assert not memory._cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
+    assert tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20)
+    assert not tn_regions.cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20)
+    assert not tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
 
 
 def test_step_input_fields_are_views_of_the_callers_input(monkeypatch):

@@ -355,71 +355,6 @@ def run_compile_times(dtypes) -> None:
                   f"{compile_s[100][1]:>12.2f}")
 
 
-# --- pass ablation -----------------------------------------------------------------------------
-
-
-def pass_variants() -> list[tuple[str, list]] | str:
-    """tapernn.passes.DEFAULT and DEFAULT with each pass removed in turn."""
-    try:
-        from tapernn import passes
-    except ImportError as exc:
-        return f"not available ({exc})"
-    default = list(passes.DEFAULT)
-    variants = [(f"DEFAULT ({len(default)} passes)", default)]
-    for i, p in enumerate(default):
-        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:]))
-    return variants
-
-
-def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
-             budget: float) -> None:
-    """Time Sequencer(FastLSTM) compiled with each pass list; print kernels and planned bytes."""
-    try:
-        from tapernn import nn
-        seqs = [nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype) for _ in variants]
-        if not all(hasattr(s, "set_passes") and hasattr(s, "compile_report") for s in seqs):
-            raise AttributeError("Sequencer has no set_passes/compile_report")
-    except (ImportError, AttributeError) as exc:
-        print(f"  ablation not available ({exc})")
-        return
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
-    contenders = []
-    for (label, pass_list), seq in zip(variants, seqs):
-        seq.set_passes(list(pass_list))
-        def step(seq=seq) -> None:
-            seq.forward(x)
-            seq.zero_grad_parameters()
-            seq.backward(x, grad_h)
-
-        contenders.append(Contender(label, step, lstm_flops(B, T, H, H)))
-    time_interleaved(contenders, budget)
-    print(f"  {'pass list':<34} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
-    for c, seq in zip(contenders, seqs):
-        if not c.times:
-            print(f"  {c.name:<34} {c.note}")
-            continue
-        rep = seq.compile_report()
-        kernels = getattr(rep, "kernels", "?")
-        planned = getattr(rep, "planned_bytes", None)
-        planned_s = f"{planned / 2**20:.2f}" if isinstance(planned, (int, float)) else "?"
-        print(f"  {c.name:<34} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
-              f"{planned_s:>12}")
-
-
-def run_ablation(configs, dtypes, budget: float) -> None:
-    print("\nPass ablation, Sequencer(FastLSTM):")
-    variants = pass_variants()
-    if isinstance(variants, str):
-        print(f"  ablation {variants}")
-        return
-    for dtype in dtypes:
-        for B, T, H in configs:
-            print(f" (B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:")
-            ablation(variants, B, T, H, dtype, budget)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -431,6 +366,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="override configs, e.g. 32,50,512")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
+    ap.add_argument("--ablation-cell", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
+                    default="FastLSTM", help="the Sequencer cell the ablation compiles")
     ap.add_argument("--compile-time", action="store_true",
                     help="time compiling Sequencer(LSTM) and (FastLSTM) at B=32, H=256, T=50/100")
     ap.add_argument("--orientation", action="store_true",
@@ -500,7 +437,9 @@ def run(args: argparse.Namespace) -> int:
             for B, T, H in args.config_list:
                 report_config(B, T, H, H, dtype, args)
         if args.ablation:
-            run_ablation(args.config_list, args.dtypes, args.budget)
+            from .ablation import run_ablation
+            run_ablation(args.config_list, args.dtypes, args.budget,
+                         getattr(args, "ablation_cell", "FastLSTM"))
         if getattr(args, "compile_time", False):
             run_compile_times(args.dtypes)
     return 0

@@ -1,0 +1,78 @@
+"""The pass ablation of `tools/bench.py --ablation`: one Sequencer cell compiled with DEFAULT and
+with each pass removed in turn, timed interleaved; time, kernels per call and planned bytes."""
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+from .harness import Contender, lstm_flops, tapernn_factories, time_interleaved
+
+
+def nn_sequencer(cell):
+    from tapernn import nn
+    return nn.Sequencer(cell)
+
+
+def pass_variants() -> list[tuple[str, list]] | str:
+    """tapernn.passes.DEFAULT and DEFAULT with each pass removed in turn."""
+    try:
+        from tapernn import passes
+    except ImportError as exc:
+        return f"not available ({exc})"
+    default = list(passes.DEFAULT)
+    variants = [(f"DEFAULT ({len(default)} passes)", default)]
+    for i, p in enumerate(default):
+        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:]))
+    return variants
+
+
+def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
+             budget: float, cell: str = "FastLSTM") -> None:
+    """Time Sequencer(cell) compiled with each pass list; print kernels and planned bytes."""
+    try:
+        factory = tapernn_factories()[cell][0]
+        if factory is None:
+            raise ImportError(f"nn.{cell} missing")
+        seqs = [nn_sequencer(factory(H, H)).astype(dtype) for _ in variants]
+        if not all(hasattr(s, "set_passes") and hasattr(s, "compile_report") for s in seqs):
+            raise AttributeError("Sequencer has no set_passes/compile_report")
+    except (ImportError, AttributeError) as exc:
+        print(f"  ablation not available ({exc})")
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
+    contenders = []
+    for (label, pass_list), seq in zip(variants, seqs):
+        seq.set_passes(list(pass_list))
+        def step(seq=seq) -> None:
+            seq.forward(x)
+            seq.zero_grad_parameters()
+            seq.backward(x, grad_h)
+
+        contenders.append(Contender(label, step, lstm_flops(B, T, H, H)))
+    time_interleaved(contenders, budget)
+    print(f"  {'pass list':<34} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
+    for c, seq in zip(contenders, seqs):
+        if not c.times:
+            print(f"  {c.name:<34} {c.note}")
+            continue
+        rep = seq.compile_report()
+        kernels = getattr(rep, "kernels", "?")
+        planned = getattr(rep, "planned_bytes", None)
+        planned_s = f"{planned / 2**20:.2f}" if isinstance(planned, (int, float)) else "?"
+        print(f"  {c.name:<34} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
+              f"{planned_s:>12}")
+
+
+def run_ablation(configs, dtypes, budget: float, cell: str = "FastLSTM") -> None:
+    print(f"\nPass ablation, Sequencer({cell}):")
+    variants = pass_variants()
+    if isinstance(variants, str):
+        print(f"  ablation {variants}")
+        return
+    for dtype in dtypes:
+        for B, T, H in configs:
+            print(f" (B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:")
+            ablation(variants, B, T, H, dtype, budget, cell)

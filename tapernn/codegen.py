@@ -1,0 +1,371 @@
+"""Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
+(a fused node: one line per instruction, or -- when the same fused program on large values
+recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
+a function made once for it), planned values written into buffers allocated once per program.
+"""
+from __future__ import annotations
+
+import builtins
+import itertools
+import re
+import traceback
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph, Node
+from .memory import BufferPlan, plan_buffers
+from .ops.fused import temp_slots
+from .ops.registry import get_op
+from .ops.shape import is_advanced, to_numpy_index
+from .regions import concat_slots
+
+_program_ids = itertools.count()
+# a fused program used this often, on values this large, becomes one function (_fused_kernel)
+KERNEL_MIN_USES, KERNEL_MIN_SIZE = 16, 4096
+
+# ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
+_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+           "power": np.power, "maximum": np.maximum, "minimum": np.minimum, "neg": np.negative,
+           "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
+           "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
+
+
+# ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
+# a << 0): their sigmoid operands keep the exact lowering
+_TAIL_READERS = ("log", "div", "power")
+
+
+def _fast_sigmoid(dtype) -> bool:
+    """float32 sigmoids are lowered through tanh: absolute error ~1 ulp of 0.5 (6e-8), the same
+    as the exact form's near 0.5; only far in the negative tail (a < -17) does the relative error
+    grow, and there the value is below float32's resolution of 1 - sigma anyway. float64 keeps
+    the exact form: its tails are tested to 1e-12 relative (test_sigmoid_is_stable_in_both_tails)."""
+    return np.dtype(dtype) == np.float32
+
+
+class Program:
+    """Generated source for one graph plus the values it closes over.
+
+    Every name the program uses (NumPy functions, op forwards, constants, preallocated
+    buffers, index tuples) is bound as a keyword-only default, so a call does local-variable
+    lookups and NumPy calls only. Planned values are written into their buffers with `out=`;
+    values the plan puts in place (over a dead input, or over a dead region of a larger value
+    through a view) into that input's array; concat pieces into their slot of the concat.
+    Graph outputs live in storage allocated on every call (or are copied when they alias an
+    input or a buffer), so results handed to callers are never overwritten by the next call.
+    Buffers may be views of an arena shared with programs that never run at the same time.
+    """
+
+    def __init__(self, graph: Graph, fn_name: str = "program",
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
+        self.graph = graph
+        self.plan = plan or plan_buffers(graph, scratch=fused_scratch)
+        self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
+        self.filename = f"<tapernn program {next(_program_ids)}>"
+        self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
+        self.line_nodes: dict[int, Node] = {}
+        self.kernels = self.plan.kernels
+        self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
+        self.source = self._generate(fn_name)
+        namespace: dict[str, Any] = {}
+        exec(builtins.compile(self.source, self.filename, "exec"), namespace)
+        for name, used, _ in self.fused_kernels.values():
+            self.bound[name] = kernel = namespace[name]
+            kernel.__kwdefaults__ = {u: self.bound[u] for u in used}
+        self.fn = namespace[fn_name]
+        self.fn.__kwdefaults__ = dict(self.bound)
+
+    def bind(self, prefix: str, value: Any) -> str:
+        name = f"{prefix}{len(self.bound)}"
+        self.bound[name] = value
+        return name
+
+    def _named(self, name: str, value: Any) -> str:
+        self.bound.setdefault(name, value)
+        return name
+
+    def _buffer_views(self) -> dict[tuple[int, tuple], str]:
+        """One array object per (buffer, shape), made once: values of different shapes but
+        equal size share a buffer through reshaped views."""
+        self.arrays = self.arena_arrays if self.arena_arrays is not None else [
+            np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
+        for n, temps in self.plan.scratch_of.items():
+            wanted += [(b, shape) for b, (shape, _) in zip(temps, fused_slots(n)[1])]
+        views: dict[tuple[int, tuple], str] = {}
+        for b, shape in wanted:
+            if (b, shape) not in views:
+                views[(b, shape)] = self.bind("b", self.arrays[b].reshape(shape))
+        return views
+
+    def _slot(self, n: Node, names: dict, body: list) -> str:
+        """The array a placed value is computed into: its slot of a preallocated concat (bound
+        once), or of a concat allocated this call (sliced on every call, into a local)."""
+        root, steps = self.plan.placed[n]
+        if root in self.plan.buffer_of:
+            arr = self.arrays[self.plan.buffer_of[root]].reshape(root.shape)
+            for kind, arg in steps:
+                arr = arr[arg] if kind == "getitem" else arr.reshape(arg)
+            return self.bind("r", arr)
+        expr = names[root]
+        for kind, arg in steps:
+            expr += f"[{self.bind('i', arg)}]" if kind == "getitem" \
+                else f".reshape({self.bind('s', arg)})"
+        body.append(f"    o{self.pos[n]} = {expr}")
+        return f"o{self.pos[n]}"
+
+    def _out(self, n: Node, names: dict, views: dict, body: list) -> str | None:
+        plan = self.plan
+        if n in plan.inplace:
+            return names[plan.inplace[n]]
+        if n in plan.placed:
+            return self._slot(n, names, body)
+        if n in plan.buffer_of:
+            return views[(plan.buffer_of[n], n.shape)]
+        return None
+
+    def _placed_concat(self, n: Node, names: dict, views: dict, body: list) -> None:
+        """A concat some of whose pieces were computed into its slots: name its array, copy the
+        pieces that were not."""
+        plan = self.plan
+        if n in plan.placed:
+            names[n] = self._slot(n, names, body)
+        elif n in plan.buffer_of:
+            names[n] = views[(plan.buffer_of[n], n.shape)]
+        for j, piece, index in concat_slots(n):
+            if (n, j) in plan.placed_slots:
+                continue
+            copyto = self._named("np_copyto", np.copyto)
+            body.append(f"    {copyto}({names[n]}[{self.bind('i', index)}], {names[piece]})")
+            self.line_nodes[len(body) + 1] = n
+
+    def _generate(self, fn_name: str) -> str:
+        g, plan = self.graph, self.plan
+        views = self._buffer_views()
+        self.exact_sigmoid = {i for n in g.nodes if n.op in _TAIL_READERS for i in n.inputs}
+        names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
+        self.pos = {n: k for k, n in enumerate(g.nodes)}
+        dead_after = _fresh_deaths(g, plan)
+        uses: dict[tuple, int] = {}
+        for n in g.nodes:
+            if n.op == "fused":
+                key = self._kernel_key(n)
+                uses[key] = uses.get(key, 0) + 1
+        body: list[str] = []
+        roots_at: dict[int, list[Node]] = {}
+        for r in plan.placed_concats:
+            if r not in plan.placed:
+                roots_at.setdefault(plan.alloc_at[r], []).append(r)
+        for k, n in enumerate(g.nodes):
+            if n.op == "input":
+                continue
+            if n.op == "constant":
+                names[n] = self.bind("c", n.value)
+                continue
+            for r in roots_at.get(k, ()):
+                if r in plan.fresh:  # returned: allocated per call, before its first piece
+                    names[r] = f"v{self.pos[r]}"
+                    empty = self._named("np_empty", np.empty)
+                    body.append(f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
+                                f"{self.bind('d', r.dtype)})")
+                else:
+                    names[r] = views[(plan.buffer_of[r], r.shape)]
+            if n in plan.placed_concats:
+                self._placed_concat(n, names, views, body)
+            else:
+                names[n] = f"v{k}"
+                out = self._out(n, names, views, body)
+                args = [names[i] for i in n.inputs]
+                if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
+                        and n.size >= KERNEL_MIN_SIZE:
+                    kernel = self._fused_kernel(n)
+                    operands = args + self._temps(n, views) + ([out] if out else [])
+                    lines = [f"{kernel}({', '.join(operands)})"]
+                elif n.op == "fused":
+                    lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
+                elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
+                    lines = self._sigmoid_tanh(args[0], names[n], out)
+                else:
+                    lines = [self._call(n.op, args, n.attrs, out)]
+                lines[-1] = f"{names[n]} = {lines[-1]}"
+                for line in lines:
+                    body.append("    " + line)
+                    self.line_nodes[len(body) + 1] = n  # +1: the def line
+            dead = [names[d] for d in dead_after.get(k, ()) if names[d].startswith("v")]
+            if dead:
+                body.append(f"    del {', '.join(dead)}")
+        alias = set(g.meta.get("outputs_may_alias_inputs", ()))
+        results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
+        body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
+        params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
+        source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
+        return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
+
+    def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+        tail = f", out={out}" if out else ""
+        if op == "concat":  # direct NumPy call: no wrapper frame per step
+            fn = self._named("np_concatenate", np.concatenate)
+            return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
+        if op == "add_n" and out:
+            # chained into out: only input 0 may share out (add_n's in-place rule), so the
+            # later operands are never overwritten before they are read
+            expr = args[0]
+            for a in args[1:]:
+                expr = f"{self._named('np_add', np.add)}({expr}, {a}, out={out})"
+            return expr
+        if op in _UFUNCS:
+            return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
+        if op == "getitem" and not is_advanced(attrs["index"]):
+            return f"{args[0]}[{self.bind('i', to_numpy_index(attrs['index']))}]"
+        if op == "reshape":
+            return f"{args[0]}.reshape({self.bind('s', tuple(int(d) for d in attrs['shape']))})"
+        if op == "transpose":
+            return f"{args[0]}.transpose({self.bind('s', tuple(int(d) for d in attrs['axes']))})"
+        if op == "sum":
+            fn = self._named("np_add_reduce", np.add.reduce)
+            axis = self.bind("s", tuple(int(d) for d in attrs["axis"]))
+            return f"{fn}({args[0]}, {axis}, None{tail}, keepdims={bool(attrs['keepdims'])})"
+        fn = self._named(f"f_{op}", get_op(op).forward)
+        kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
+        return f"{fn}({', '.join(args + kw)}{tail})"
+
+    def _temps(self, n: Node, views: dict) -> list[str]:
+        """The names of a fused node's preallocated temporaries (in slot order)."""
+        slots = fused_slots(n)[1]
+        return [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
+
+    def _kernel_key(self, n: Node) -> tuple:
+        # what a fused node's lines depend on besides its operand and buffer names
+        plan = self.plan
+        has_out = n in plan.inplace or n in plan.placed or n in plan.buffer_of  # see _out
+        return (n.attrs["program"], has_out, n in self.exact_sigmoid)
+
+    def _fused_kernel(self, n: Node) -> str:
+        """The name of a function running n's program (made once per program): a program met
+        KERNEL_MIN_USES times or more (every step of a long unrolled loop) is compiled once
+        instead of once per step -- its lines were most of a long program, and compiling the
+        source a third of building it. The function takes the operands, the temporaries and
+        the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
+        work on values of KERNEL_MIN_SIZE elements or more, but a few percent of a tiny model's
+        call, which keeps the lines inline."""
+        key = self._kernel_key(n)
+        if key not in self.fused_kernels:
+            args = [f"x{k}" for k in range(len(n.inputs))]
+            temps = [f"t{k}" for k in range(len(fused_slots(n)[1]))]
+            out = ["out"] if key[1] else []
+            lines = self._fused_lines(n, args, (out or [None])[0], temps, "r")
+            lines[-1] = f"return {lines[-1]}"
+            body = "\n".join("    " + line for line in lines)
+            used = sorted(set(re.findall(r"[A-Za-z_]\w*", body)) & self.bound.keys())
+            name = self._named(f"fused_kernel{len(self.fused_kernels)}", None)  # set after exec
+            params = ", ".join(args + temps + out + ["*"] + used)
+            self.fused_kernels[key] = (name, used, f"def {name}({params}):\n{body}\n")
+        return self.fused_kernels[key][0]
+
+    def _fused_lines(self, n: Node, args: list[str], out: str | None, temps: list[str],
+                     result: str) -> list[str]:
+        """The fused program inline: each instruction writes its preallocated temporary, the
+        last one the node's output."""
+        slot_of = fused_slots(n)[0]
+        program = n.attrs["program"]
+        exact = {-r - 1 for op, refs, *_ in program if op in _TAIL_READERS for r in refs if r < 0}
+        if n in self.exact_sigmoid:
+            exact.add(len(program) - 1)
+        lines, results = [], []
+        for j, (op, refs, attrs, _, dtype) in enumerate(program):
+            ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
+            target = out if slot_of[j] is None else temps[slot_of[j]]
+            if op == "sigmoid" and _fast_sigmoid(dtype) and j not in exact:
+                lines += self._sigmoid_tanh(ins[0], target or result, target)
+            else:
+                lines.append(self._call(op, ins, dict(attrs), target))
+            results.append(target)
+        return lines
+
+    def _sigmoid_tanh(self, x: str, name: str, out: str | None) -> list[str]:
+        """sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 as four ufunc lines writing `name` in place (no
+        temporaries, no call frame), where the exact form needs exp, abs, where, a cast, an add
+        and a divide. The last line is a bare call: the caller prefixes the assignment."""
+        mul, tanh, add = (self._named(f"np_{op}", _UFUNCS[op]) for op in ("mul", "tanh", "add"))
+        first = f"{name} = {mul}({x}, 0.5{f', out={out}' if out else ''})"
+        if name == out:  # fused temporaries are names of preallocated buffers already
+            first = f"{mul}({x}, 0.5, out={out})"
+        return [first, f"{tanh}({name}, out={name})", f"{mul}({name}, 0.5, out={name})",
+                f"{add}({name}, 0.5, out={name})"]
+
+    def failing_node(self, exc: BaseException) -> Node | None:
+        for frame, lineno in traceback.walk_tb(exc.__traceback__):
+            if frame.f_code.co_filename == self.filename:
+                return self.line_nodes.get(lineno)
+        return None
+
+
+_SLOTS: dict[tuple, tuple[list, list]] = {}
+
+
+def fused_slots(n: Node) -> tuple[list, list]:
+    """temp_slots of n's program, computed once per distinct program (the planner and the code
+    generator ask for every fused node several times; every step has the same programs)."""
+    program = n.attrs["program"]
+    slots = _SLOTS.get(program)
+    if slots is None:
+        slots = temp_slots(program)
+        if len(_SLOTS) < 10_000:
+            _SLOTS[program] = slots
+    return slots
+
+
+def fused_scratch(n: Node) -> list[tuple[tuple, np.dtype]]:
+    return fused_slots(n)[1] if n.op == "fused" else []
+
+
+def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
+    """Schedule index -> per-call values (and views of them) read for the last time there:
+    `del` them so NumPy can recycle their memory. Planned buffers persist, and so do inputs and
+    constants: their values and views need no `del` (it would free nothing; a long program had
+    hundreds of such lines, each compiled)."""
+    keep = set(g.outputs)
+    last: dict[Node, int] = {}
+    for k, n in enumerate(g.nodes):
+        for i in n.inputs:
+            last[i] = k
+    out: dict[int, list[Node]] = {}
+    for value, k in last.items():
+        root = plan.root.get(value, value)
+        if value not in keep and root.op not in ("input", "constant") \
+                and root not in plan.buffer_of:
+            out.setdefault(k, []).append(value)
+    return out
+
+
+def _owned(n: Node, name: str, plan: BufferPlan, may_alias_input: bool = False) -> str:
+    # outputs aliasing an input, a constant or a preallocated buffer are copied: callers own
+    # them. A value living in storage allocated fresh by this call (a returned value, the gate
+    # activations computed in place over the fresh input projection and saved for backward, a
+    # step's h written into its slot of the returned sequence) is the caller's already: no copy.
+    # Outputs the graph's meta lets alias the inputs (probes of x[t]) are returned as views
+    if not plan.copied(n, may_alias_input):
+        return f"np_asarray({name})" if n.shape == () else name
+    return f"np_array({name})"
+
+
+def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
+    """Byte offsets (64-aligned) of `buffers` laid out one after another, and the total."""
+    offsets, total = [], 0
+    for size, dtype in buffers:
+        total = -(-total // 64) * 64
+        offsets.append(total)
+        total += size * dtype.itemsize
+    return offsets, total
+
+
+def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[np.ndarray]:
+    """A program's buffers carved from a shared byte arena: programs that never run at the same
+    time (a TrainingPair's forward and backward) keep one set of temporaries between them. Safe
+    because no value a program returns or keeps between calls lives in a buffer."""
+    offsets, total = arena_layout(buffers)
+    if arena.nbytes < total:
+        raise ValueError(f"arena of {arena.nbytes} bytes, the program needs {total}")
+    return [arena[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
+            zip(offsets, buffers)]
