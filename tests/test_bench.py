@@ -33,7 +33,8 @@ def test_ablation_of_another_cell(bench, capsys):
     out = capsys.readouterr().out
     assert "Pass ablation, Sequencer(LSTM(peephole=False))" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("DEFAULT (", "- "))]
-    assert len(rows) == len(passes.DEFAULT) + 1 and "not available" not in out
+    assert len(rows) == len(passes.DEFAULT) + 2 and "not available" not in out
+    assert rows[-1].strip().startswith("- parameter blocks")
 
 
 def test_failing_contender_is_disabled_with_its_error(bench):

@@ -179,6 +179,21 @@ def test_deepcopy_and_astype_rebuild_blocks():
         assert blk.data.dtype == np.float64
 
 
+def test_unpacked_parameters_compile_without_blocks_to_the_same_values():
+    from tapernn.nn.packing import unpack_parameters
+    a, b = _lstm_model(), _lstm_model()
+    unpack_parameters(b)
+    assert all(p._block is None and p.data.base is None for p in b.parameters())
+    rng = np.random.default_rng(4)
+    x, g = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    for u, v in zip(_step(a, x, g), _step(b, x, g)):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-13)
+    fwd = b._runtime.last.training_pair.forward.graph
+    assert sum(n.attrs.get("kind") == "param" for n in fwd.inputs) == 12
+    b.flatten_parameters()
+    assert all(_rows_of(p) for p in b.parameters())
+
+
 def test_a_model_stepped_before_and_after_rebinding_keeps_training():
     """A parameter rebound between calls of one compiled program: the next call reads it."""
     m = _lstm_model()

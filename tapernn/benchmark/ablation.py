@@ -1,11 +1,13 @@
-"""The pass ablation of `tools/bench.py --ablation`: one Sequencer cell compiled with DEFAULT and
-with each pass removed in turn, timed interleaved; time, kernels per call and planned bytes."""
+"""The pass ablation of `tools/bench.py --ablation`: one Sequencer cell compiled with DEFAULT, with
+each pass removed in turn and without parameter blocks, timed interleaved; time, kernels per
+call and planned bytes."""
 from __future__ import annotations
 
 import statistics
 
 import numpy as np
 
+from ..nn.packing import unpack_parameters
 from .harness import Contender, lstm_flops, tapernn_factories, time_interleaved
 
 
@@ -14,20 +16,23 @@ def nn_sequencer(cell):
     return nn.Sequencer(cell)
 
 
-def pass_variants() -> list[tuple[str, list]] | str:
-    """tapernn.passes.DEFAULT and DEFAULT with each pass removed in turn."""
+def pass_variants() -> list[tuple[str, list, bool]] | str:
+    """(label, pass list, parameter blocks on): tapernn.passes.DEFAULT, DEFAULT with each pass
+    removed in turn, and DEFAULT over unpacked parameters (nn.packing)."""
     try:
         from tapernn import passes
     except ImportError as exc:
         return f"not available ({exc})"
     default = list(passes.DEFAULT)
-    variants = [(f"DEFAULT ({len(default)} passes)", default)]
+    variants = [(f"DEFAULT ({len(default)} passes)", default, True)]
     for i, p in enumerate(default):
-        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:]))
+        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:],
+                         True))
+    variants.append(("- parameter blocks", default, False))
     return variants
 
 
-def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
+def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dtype,
              budget: float, cell: str = "FastLSTM") -> None:
     """Time Sequencer(cell) compiled with each pass list; print kernels and planned bytes."""
     try:
@@ -44,8 +49,10 @@ def ablation(variants: list[tuple[str, list]], B: int, T: int, H: int, dtype,
     x = rng.standard_normal((T, B, H)).astype(dtype)
     grad_h = rng.standard_normal((T, B, H)).astype(dtype)
     contenders = []
-    for (label, pass_list), seq in zip(variants, seqs):
+    for (label, pass_list, packed), seq in zip(variants, seqs):
         seq.set_passes(list(pass_list))
+        if not packed:
+            unpack_parameters(seq)
         def step(seq=seq) -> None:
             seq.forward(x)
             seq.zero_grad_parameters()

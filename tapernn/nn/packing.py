@@ -70,6 +70,14 @@ def pack_module(module: Any, only: tuple | None = None) -> None:
             members[0]._block = None
 
 
+def unpack_parameters(module: Any) -> None:
+    """Give every blocked parameter of `module` arrays of its own (the layout before blocks,
+    for before/after comparisons); `module.flatten_parameters()` packs them again."""
+    for p in module.parameters():
+        if p._block is not None:
+            p.data, p.grad = p.data.copy(), p.grad.copy()
+
+
 def intact_block(p: Any) -> Block | None:
     blk = p._block
     return blk if blk is not None and blk.intact else None
