@@ -9,6 +9,21 @@ from tapernn import tracing
 from pass_check import assert_same, randn
 
 
+def default_equals_no_passes(m, x, g):
+    """A training step of `m` under DEFAULT equals one under no passes (outputs, input and
+    parameter gradients, 1e-12); returns DEFAULT's backward graph."""
+    results = {}
+    for name, passes in (("none", []), ("default", None)):
+        m.set_passes(passes)
+        m.zero_grad_parameters()
+        y = np.array(m.forward(x))
+        gx = np.array(m.backward(x, g))
+        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
+    for a, b in zip(results["default"], results["none"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    return m._runtime.last.training_pair.backward.graph
+
+
 def test_simplify_views_composes_slices_transposes_and_reshapes(rng):
     def f(x):
         a = x[1:5][:, 2:6]  # one slice x[1:5, 2:6]
@@ -62,16 +77,7 @@ def test_peephole_bias_sums_share_the_gate_gradient_stack():
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
     x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
-    results = {}
-    for name, passes in (("none", []), ("default", None)):
-        m.set_passes(passes)
-        m.zero_grad_parameters()
-        y = np.array(m.forward(x))
-        gx = np.array(m.backward(x, g))
-        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
-    for a, b in zip(results["default"], results["none"]):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    bwd = m._runtime.last.training_pair.backward.graph
+    bwd = default_equals_no_passes(m, x, g)
     sums = [n for n in bwd.nodes if n.op == "sum" and n.inputs[0].op == "concat"]
     widths = sorted(n.shape[0] for n in sums)
     assert widths == [3 * H, 4 * H]  # peephole stack apart; no 7H stack
@@ -113,16 +119,7 @@ def test_gru_backward_keeps_one_gate_gradient_stack():
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
-    results = {}
-    for name, passes in (("none", []), ("default", None)):
-        m.set_passes(passes)
-        m.zero_grad_parameters()
-        y = np.array(m.forward(x))
-        gx = np.array(m.backward(x, g))
-        results[name] = [y, gx] + [p.grad.copy() for p in m.parameters()]
-    for a, b in zip(results["default"], results["none"]):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    bwd = m._runtime.last.training_pair.backward.graph
+    bwd = default_equals_no_passes(m, x, g)
     stacks = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 0
               and n.shape[0] == T * B and n.inputs[0].op == "concat"]
     assert [n.shape for n in stacks] == [(T * B, 3 * H)]  # [dz_r dz_z dz_n]_t only
