@@ -56,5 +56,5 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
            "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
            "hoist_across_time", "fuse_elementwise", "simplify_views",
-           "batch_sliced_elementwise", "share_stacks", "sum_within_steps", "CompileReport", "Pass", "PassRecord", "run_passes",
-           "default_passes", "set_default_passes"]
+           "batch_sliced_elementwise", "share_stacks", "sum_within_steps", "CompileReport",
+           "Pass", "PassRecord", "run_passes", "default_passes", "set_default_passes"]
