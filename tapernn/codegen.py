@@ -31,6 +31,10 @@ _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divi
            "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
 
 
+# exact sigmoids (float64, or read by a tail reader) on at most this many elements are lowered
+# inline through logaddexp (Program._sigmoid_logaddexp)
+EXACT_SIGMOID_INLINE_SIZE = 128
+
 # ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
 # a << 0): their sigmoid operands keep the exact lowering
 _TAIL_READERS = ("log", "div", "power")
@@ -184,8 +188,10 @@ class Program:
                     lines = [f"{kernel}({', '.join(operands)})"]
                 elif n.op == "fused":
                     lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
-                elif n.op == "sigmoid" and _fast_sigmoid(n.dtype) and n not in self.exact_sigmoid:
-                    lines = self._sigmoid_tanh(args[0], names[n], out)
+                elif n.op == "sigmoid" and self._inline_sigmoid(n.dtype, n.size,
+                                                                n in self.exact_sigmoid):
+                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype, n.size,
+                                                n in self.exact_sigmoid)
                 else:
                     lines = [self._call(n.op, args, n.attrs, out)]
                 lines[-1] = f"{names[n]} = {lines[-1]}"
@@ -276,12 +282,37 @@ class Program:
         for j, (op, refs, attrs, _, dtype) in enumerate(program):
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
-            if op == "sigmoid" and _fast_sigmoid(dtype) and j not in exact:
-                lines += self._sigmoid_tanh(ins[0], target or result, target)
+            if op == "sigmoid" and self._inline_sigmoid(dtype, n.size, j in exact):
+                lines += self._sigmoid_lines(ins[0], target or result, target, dtype, n.size,
+                                             j in exact)
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
         return lines
+
+    @staticmethod
+    def _inline_sigmoid(dtype, size: int, exact: bool) -> bool:
+        return (_fast_sigmoid(dtype) and not exact) or size <= EXACT_SIGMOID_INLINE_SIZE
+
+    def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype, size: int,
+                       exact: bool) -> list[str]:
+        if _fast_sigmoid(dtype) and not exact:
+            return self._sigmoid_tanh(x, name, out)
+        return self._sigmoid_logaddexp(x, name, out)
+
+    def _sigmoid_logaddexp(self, x: str, name: str, out: str | None) -> list[str]:
+        """sigma(a) = exp(-log(1 + exp(-a))) as four in-place ufunc lines: exact in both tails
+        (relative error ~ |a| * eps), no temporaries. Faster than the exact op's six calls
+        and three temporaries on small values (1.6 vs 3.6 us at 15 float64 elements), slower
+        from ~256 elements on (logaddexp is two transcendentals): small values only."""
+        neg, lae, exp = (self._named(f"np_{op}", f) for op, f in
+                         (("negative", np.negative), ("logaddexp", np.logaddexp),
+                          ("exp", np.exp)))
+        first = f"{name} = {neg}({x}{f', out={out}' if out else ''})"
+        if name == out:
+            first = f"{neg}({x}, out={out})"
+        return [first, f"{lae}(0.0, {name}, out={name})", f"{neg}({name}, out={name})",
+                f"{exp}({name}, out={name})"]
 
     def _sigmoid_tanh(self, x: str, name: str, out: str | None) -> list[str]:
         """sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 as four ufunc lines writing `name` in place (no

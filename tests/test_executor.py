@@ -133,3 +133,21 @@ def test_an_error_inside_a_shared_fused_function_names_the_step():
     with np.errstate(divide="raise"), pytest.raises(tn.TapernnError) as e:
         c(x, y)
     assert "fused" in str(e.value) and "cell" in str(e.value) and "step 13" in str(e.value)
+
+
+@pytest.mark.parametrize("size", [7, 129, 4096])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_lowerings_keep_their_precision(size, dtype):
+    """float64 sigmoids: inline through logaddexp on small values, the exact op on larger ones
+    -- both exact in the tails; float32 ones through tanh (absolute error ~1 ulp of 0.5)."""
+    from tapernn.codegen import EXACT_SIGMOID_INLINE_SIZE
+    x = np.linspace(-60.0, 60.0, size).astype(dtype)
+    compiled = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x))
+    y = compiled(x)
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    if dtype == "float64":
+        np.testing.assert_allclose(y, exact, rtol=1e-13, atol=0)
+        assert ("np_logaddexp" in compiled.source) == (size <= EXACT_SIGMOID_INLINE_SIZE)
+    else:
+        np.testing.assert_allclose(y, exact, rtol=0, atol=2e-7)
+        assert "np_tanh" in compiled.source
