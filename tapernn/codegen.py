@@ -190,7 +190,7 @@ class Program:
                     lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
                 elif n.op == "sigmoid" and self._inline_sigmoid(n.dtype, n.size,
                                                                 n in self.exact_sigmoid):
-                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype, n.size,
+                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype,
                                                 n in self.exact_sigmoid)
                 else:
                     lines = [self._call(n.op, args, n.attrs, out)]
@@ -283,7 +283,7 @@ class Program:
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
             if op == "sigmoid" and self._inline_sigmoid(dtype, n.size, j in exact):
-                lines += self._sigmoid_lines(ins[0], target or result, target, dtype, n.size,
+                lines += self._sigmoid_lines(ins[0], target or result, target, dtype,
                                              j in exact)
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
@@ -294,7 +294,7 @@ class Program:
     def _inline_sigmoid(dtype, size: int, exact: bool) -> bool:
         return (_fast_sigmoid(dtype) and not exact) or size <= EXACT_SIGMOID_INLINE_SIZE
 
-    def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype, size: int,
+    def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
                        exact: bool) -> list[str]:
         if _fast_sigmoid(dtype) and not exact:
             return self._sigmoid_tanh(x, name, out)
