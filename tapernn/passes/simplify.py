@@ -39,67 +39,56 @@ def _canonical_concat(n: Node, pieces: list[Node]) -> Node | None:
 
 
 def simplify_views(graph: Graph) -> Graph:
+    graph = index_grads_to_concat(graph.rebuild(_visitor(set())).eliminate_dead_code())
+    # the products to flip show once the concats are canonical (transpose(concat_1(P_k)))
+    flip = transposed_products(graph)
+    return graph.rebuild(_visitor(flip)).eliminate_dead_code() if flip else graph
+
+
+def _visitor(flip: set[Node]):
     def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
+        if n in flip:  # transpose(B^T @ A^T): the transposes around it then cancel
+            a, b = (mapping.get(i, i) for i in n.inputs)
+            product = derive(n, "matmul", (_transposed(n, b), _transposed(n, a)))
+            return derive(n, "transpose", (product,), axes=(1, 0))
         if n.op == "concat":
             return _canonical_concat(n, [mapping.get(i, i) for i in n.inputs])
         if n.op not in ("getitem", "transpose", "reshape"):
             return None
-        x = mapping.get(n.inputs[0], n.inputs[0])
-        return _simplified(n, x)
-
-    return transposed_products(index_grads_to_concat(graph.rebuild(visit).eliminate_dead_code()))
+        return _simplified(n, mapping.get(n.inputs[0], n.inputs[0]))
+    return visit
 
 
-def transposed_products(graph: Graph) -> Graph:
-    """transpose(A @ B) is computed as B^T @ A^T, and transpose(concat(A_k @ B_k, axis=1)) as
-    concat(B_k^T @ A_k^T, axis=0), when nothing else reads the products: weight gradients
-    (dW = transpose(x^T @ dz) for y = x @ W^T) come out in the parameter's own layout, one
-    contiguous array a block's rows can be computed into, not a strided view of the product.
-    The GEMMs are the same, with the transposition moved to their operands (BLAS flags), and
-    each stays where its product was on the tape (so the stacks it reads die as before)."""
+def transposed_products(graph: Graph) -> set[Node]:
+    """The 2-D products nothing reads but a transpose, transpose(A @ B), or a column concat
+    of such products read only by a transpose, transpose(concat(A_k @ B_k, axis=1)): computed
+    as B^T @ A^T (and the concat as concat(B_k^T @ A_k^T, axis=0)), weight gradients (dW =
+    transpose(x^T @ dz) for y = x @ W^T) come out in the parameter's own layout, one contiguous
+    array a block's rows can be computed into, not a strided view of the product. The GEMMs are
+    the same, with the transposition moved to their operands (BLAS flags); each stays where its
+    product was on the tape, so the stacks it reads die as before."""
     once = read_once(graph)
-    products: dict[Node, list[Node]] = {}  # transpose -> the products it lays out
-    dropped: set[Node] = set()  # the column concats of products
+    reader: dict[Node, Node] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            reader[i] = n
+    flip: set[Node] = set()
     for n in graph.nodes:
         if n.op != "transpose" or n.attrs["axes"] != (1, 0):
             continue
         x = n.inputs[0]
         if is_matmul_2d(x) and once(x):
-            products[n] = [x]
-        elif x.op == "concat" and x.attrs["axis"] == 1 and once(x) and len(set(x.inputs)) == len(
-                x.inputs) and all(is_matmul_2d(p) and once(p) for p in x.inputs):
-            products[n] = list(x.inputs)
-            dropped.add(x)
-    if not products:
-        return graph
-    flipped: dict[Node, Node | None] = {p: None for ps in products.values() for p in ps}
-    mapping: dict[Node, Node] = {}
-    nodes: list[Node] = []
-    for n in graph.nodes:
-        if n in flipped:
-            a, b = (mapping.get(i, i) for i in n.inputs)
-            operands = (_transposed(n, b, nodes), _transposed(n, a, nodes))
-            flipped[n] = derive(n, "matmul", operands)
-            nodes.append(flipped[n])
-        elif n in products:
-            pieces = [flipped[p] for p in products[n]]
-            mapping[n] = pieces[0] if len(pieces) == 1 else derive(n, "concat", pieces, axis=0)
-            if len(pieces) > 1:
-                nodes.append(mapping[n])
-        elif n not in dropped:
-            ins = tuple([mapping.get(i, i) for i in n.inputs])
-            mapping[n] = new = n if ins == n.inputs else n.with_inputs(ins)
-            nodes.append(new)
-    outputs = [mapping.get(o, o) for o in graph.outputs]
-    return Graph(nodes, graph.inputs, outputs, dict(graph.meta))
+            flip.add(x)
+        elif x.op == "concat" and x.attrs["axis"] == 1 and once(x) and all(
+                is_matmul_2d(p) and once(p) and reader[p] is x for p in x.inputs):
+            flip.update(x.inputs)
+    return flip
 
 
-def _transposed(like: Node, x: Node, nodes: list[Node]) -> Node:
+def _transposed(like: Node, x: Node) -> Node:
     if x.op == "transpose" and x.attrs["axes"] == (1, 0):
         return x.inputs[0]
-    t = derive(like, "transpose", (x,), axes=(1, 0))
-    nodes.append(t)
-    return t
+    return derive(like, "transpose", (x,), axes=(1, 0))
 
 
 def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
