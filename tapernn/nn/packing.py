@@ -159,6 +159,13 @@ class Packing:
         self._group_of = {n: g for g in self.groups for n in g.nodes if n is not None}
         self.n_grads = len(self.loose) + len(self.groups)
 
+    def _rows(self, n: Node) -> Node | None:
+        g = self._group_of.get(n)
+        if g is None:
+            return None
+        a, b = g.rows[g.nodes.index(n)]
+        return slice_axis(n, g.input, 0, a, b)
+
     def inputs(self, inputs: list[Node]) -> list[Node]:
         """A rewritten graph's inputs: each block's at its first member's place."""
         out: list[Node] = []
@@ -176,25 +183,10 @@ class Packing:
         gradients, then one per block (its members' in row order, zeros for absent ones)."""
         if not self.groups:
             return graph
-        mapping: dict[Node, Node] = {}
-        nodes: list[Node] = []
-        placed: set[Group] = set()
-        for n in graph.nodes:
-            g = self._group_of.get(n)
-            if g is not None:
-                if g not in placed:
-                    placed.add(g)
-                    nodes.append(g.input)
-                a, b = g.rows[g.nodes.index(n)]
-                mapping[n] = new = slice_axis(n, g.input, 0, a, b)
-                nodes.append(new)
-                continue
-            ins = tuple([mapping.get(i, i) for i in n.inputs])
-            new = n if ins == n.inputs else n.with_inputs(ins)
-            mapping[n] = new
-            nodes.append(new)
-        outputs = [mapping.get(o, o) for o in graph.outputs]
-        meta = dict(graph.meta)
+        # each member's input becomes its rows of the block's input (placed before its first
+        # slice by rebuild, as a missing operand)
+        rebuilt = graph.rebuild(lambda n, _: self._rows(n))
+        nodes, outputs, meta = list(rebuilt.nodes), list(rebuilt.outputs), dict(graph.meta)
         if param_grads is not None:
             start, stop = param_grads
             grads = outputs[start:stop]
