@@ -15,6 +15,24 @@ from .context import _BUILD, current_build
 from .packing import block_key, pack_module, storage
 
 
+class _BlockRows:
+    """`Parameter.data` / `.grad`: rebinding one to another array takes the parameter out of its
+    block (nn.packing), which then stops being used; assigning it the same array does not."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, p: Any, owner: type | None = None) -> Any:
+        return self if p is None else p.__dict__[self.slot]
+
+    def __set__(self, p: Any, value: np.ndarray) -> None:
+        block = p._block
+        if block is not None and value is not p.__dict__[self.slot]:
+            block.intact = False
+            p._block = None
+        p.__dict__[self.slot] = value
+
+
 class Parameter:
     """A trainable array: `.data`, `.grad` (same shape, accumulated by backward), `.name`.
 
@@ -23,33 +41,13 @@ class Parameter:
 
     _block = None  # the packing.Block holding .data/.grad as rows of one array, if any
     _home = None  # the module whose `parameter()` created it: only it may block it
+    data = _BlockRows()
+    grad = _BlockRows()
 
     def __init__(self, data: np.ndarray, name: str = ""):
         self.data = np.asarray(data)
         self.grad = np.zeros_like(self.data)
         self.name = name
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._data
-
-    @data.setter
-    def data(self, value: np.ndarray) -> None:
-        if self._block is not None and value is not self._data:  # no longer the block's rows
-            self._block.intact = False
-            self._block = None
-        self._data = value
-
-    @property
-    def grad(self) -> np.ndarray:
-        return self._grad
-
-    @grad.setter
-    def grad(self, value: np.ndarray) -> None:
-        if self._block is not None and value is not self._grad:
-            self._block.intact = False
-            self._block = None
-        self._grad = value
 
     @property
     def shape(self) -> tuple[int, ...]:
