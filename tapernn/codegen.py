@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import math
 import re
 import traceback
 from typing import Any
@@ -44,7 +45,8 @@ def _fast_sigmoid(dtype) -> bool:
     """float32 sigmoids are lowered through tanh: absolute error ~1 ulp of 0.5 (6e-8), the same
     as the exact form's near 0.5; only far in the negative tail (a < -17) does the relative error
     grow, and there the value is below float32's resolution of 1 - sigma anyway. float64 keeps
-    the exact form: its tails are tested to 1e-12 relative (test_sigmoid_is_stable_in_both_tails)."""
+    an exact form (inline on small values, see _sigmoid_lines): its tails are tested to 1e-12
+    relative (test_sigmoid_is_stable_in_both_tails, test_sigmoid_lowerings_keep_their_precision)."""
     return np.dtype(dtype) == np.float32
 
 
@@ -279,10 +281,10 @@ class Program:
         if n in self.exact_sigmoid:
             exact.add(len(program) - 1)
         lines, results = [], []
-        for j, (op, refs, attrs, _, dtype) in enumerate(program):
+        for j, (op, refs, attrs, shape, dtype) in enumerate(program):
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
-            if op == "sigmoid" and self._inline_sigmoid(dtype, n.size, j in exact):
+            if op == "sigmoid" and self._inline_sigmoid(dtype, math.prod(shape), j in exact):
                 lines += self._sigmoid_lines(ins[0], target or result, target, dtype,
                                              j in exact)
             else:
@@ -296,34 +298,26 @@ class Program:
 
     def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
                        exact: bool) -> list[str]:
+        """A sigmoid as four ufunc lines writing `name` in place (no temporaries, no call
+        frame); the last line is a bare call: the caller prefixes the assignment.
+        float32: sigma(a) = 0.5 * tanh(0.5 * a) + 0.5. Exact (float64, or read by a tail
+        reader): sigma(a) = exp(-log(1 + exp(-a))), exact in both tails (relative error
+        ~ |a| * eps) -- faster than the exact op's six calls and three temporaries on small
+        values (1.6 vs 3.6 us at 15 float64 elements), slower from ~256 elements on (logaddexp
+        is two transcendentals), so only for those (_inline_sigmoid)."""
         if _fast_sigmoid(dtype) and not exact:
-            return self._sigmoid_tanh(x, name, out)
-        return self._sigmoid_logaddexp(x, name, out)
-
-    def _sigmoid_logaddexp(self, x: str, name: str, out: str | None) -> list[str]:
-        """sigma(a) = exp(-log(1 + exp(-a))) as four in-place ufunc lines: exact in both tails
-        (relative error ~ |a| * eps), no temporaries. Faster than the exact op's six calls
-        and three temporaries on small values (1.6 vs 3.6 us at 15 float64 elements), slower
-        from ~256 elements on (logaddexp is two transcendentals): small values only."""
-        neg, lae, exp = (self._named(f"np_{op}", f) for op, f in
-                         (("negative", np.negative), ("logaddexp", np.logaddexp),
-                          ("exp", np.exp)))
-        first = f"{name} = {neg}({x}{f', out={out}' if out else ''})"
-        if name == out:
-            first = f"{neg}({x}, out={out})"
-        return [first, f"{lae}(0.0, {name}, out={name})", f"{neg}({name}, out={name})",
-                f"{exp}({name}, out={name})"]
-
-    def _sigmoid_tanh(self, x: str, name: str, out: str | None) -> list[str]:
-        """sigma(a) = 0.5 * tanh(0.5 * a) + 0.5 as four ufunc lines writing `name` in place (no
-        temporaries, no call frame), where the exact form needs exp, abs, where, a cast, an add
-        and a divide. The last line is a bare call: the caller prefixes the assignment."""
-        mul, tanh, add = (self._named(f"np_{op}", _UFUNCS[op]) for op in ("mul", "tanh", "add"))
-        first = f"{name} = {mul}({x}, 0.5{f', out={out}' if out else ''})"
-        if name == out:  # fused temporaries are names of preallocated buffers already
-            first = f"{mul}({x}, 0.5, out={out})"
-        return [first, f"{tanh}({name}, out={name})", f"{mul}({name}, 0.5, out={name})",
-                f"{add}({name}, 0.5, out={name})"]
+            calls = [("mul", "{}, 0.5"), ("tanh", "{}"), ("mul", "{}, 0.5"), ("add", "{}, 0.5")]
+        else:
+            calls = [("neg", "{}"), ("logaddexp", "0.0, {}"), ("neg", "{}"), ("exp", "{}")]
+        lines = []
+        for k, (op, operands) in enumerate(calls):
+            fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
+            src = operands.format(x if k == 0 else name)
+            if k == 0 and name != out:  # fused temporaries are names of preallocated buffers
+                lines.append(f"{name} = {fn}({src}{f', out={out}' if out else ''})")
+            else:
+                lines.append(f"{fn}({src}, out={name})")
+        return lines
 
     def failing_node(self, exc: BaseException) -> Node | None:
         for frame, lineno in traceback.walk_tb(exc.__traceback__):
