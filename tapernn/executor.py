@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .codegen import (KERNEL_MIN_SIZE, KERNEL_MIN_USES, Program, arena_layout,  # noqa: F401
-                      arena_views, fused_scratch)
+from .codegen import Program, arena_layout, fused_scratch
 from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers

@@ -96,7 +96,7 @@ def test_gc_paused_restores_the_collector_also_on_errors():
 def _repeated_chain(T, width=None):
     """T steps of the same elementwise chain: after fusion, one program used T times (on rows
     just large enough for a shared function by default)."""
-    from tapernn.executor import KERNEL_MIN_SIZE
+    from tapernn.codegen import KERNEL_MIN_SIZE
     width = KERNEL_MIN_SIZE if width is None else width
 
     def fn(x, y):
@@ -109,7 +109,7 @@ def _repeated_chain(T, width=None):
 
 
 def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
-    from tapernn.executor import KERNEL_MIN_SIZE, KERNEL_MIN_USES
+    from tapernn.codegen import KERNEL_MIN_SIZE, KERNEL_MIN_USES
     T = KERNEL_MIN_USES + 4
     g = _repeated_chain(T)
     c = tn.compile(g)
@@ -125,7 +125,7 @@ def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
 
 
 def test_an_error_inside_a_shared_fused_function_names_the_step():
-    from tapernn.executor import KERNEL_MIN_SIZE, KERNEL_MIN_USES
+    from tapernn.codegen import KERNEL_MIN_SIZE, KERNEL_MIN_USES
     T = KERNEL_MIN_USES + 4
     c = tn.compile(_repeated_chain(T))
     x, y = np.ones((T, KERNEL_MIN_SIZE)), np.ones((T, KERNEL_MIN_SIZE))

@@ -115,7 +115,8 @@ def test_returned_arrays_survive_backward_and_the_next_forward(name, monkeypatch
 
 
 def test_training_pair_programs_share_one_arena(monkeypatch):
-    from tapernn.executor import arena_layout, compile
+    from tapernn.codegen import arena_layout
+    from tapernn.executor import compile
 
     rng = np.random.default_rng(2)
     x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))

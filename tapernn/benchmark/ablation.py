@@ -7,13 +7,9 @@ import statistics
 
 import numpy as np
 
+from ..nn import Sequencer
 from ..nn.packing import unpack_parameters
 from .harness import Contender, lstm_flops, tapernn_factories, time_interleaved
-
-
-def nn_sequencer(cell):
-    from tapernn import nn
-    return nn.Sequencer(cell)
 
 
 def pass_variants() -> list[tuple[str, list, bool]] | str:
@@ -39,7 +35,7 @@ def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dty
         factory = tapernn_factories()[cell][0]
         if factory is None:
             raise ImportError(f"nn.{cell} missing")
-        seqs = [nn_sequencer(factory(H, H)).astype(dtype) for _ in variants]
+        seqs = [Sequencer(factory(H, H)).astype(dtype) for _ in variants]
         if not all(hasattr(s, "set_passes") and hasattr(s, "compile_report") for s in seqs):
             raise AttributeError("Sequencer has no set_passes/compile_report")
     except (ImportError, AttributeError) as exc:
