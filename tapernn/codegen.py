@@ -285,8 +285,12 @@ class Program:
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
             if op == "sigmoid" and self._inline_sigmoid(dtype, math.prod(shape), j in exact):
+                # the last instruction's operand is a temporary dying here: the first three
+                # calls run in it, only the last writes out (which may be a strided region of
+                # a larger storage, where a ufunc pays per row: 1 such call, not 4)
+                work = ins[0] if out and slot_of[j] is None and refs[0] < 0 else None
                 lines += self._sigmoid_lines(ins[0], target or result, target, dtype,
-                                             j in exact)
+                                             j in exact, work)
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
@@ -297,19 +301,27 @@ class Program:
         return (_fast_sigmoid(dtype) and not exact) or size <= EXACT_SIGMOID_INLINE_SIZE
 
     def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
-                       exact: bool) -> list[str]:
+                       exact: bool, work: str | None = None) -> list[str]:
         """A sigmoid as four ufunc lines writing `name` in place (no temporaries, no call
         frame); the last line is a bare call: the caller prefixes the assignment.
         float32: sigma(a) = 0.5 * tanh(0.5 * a) + 0.5. Exact (float64, or read by a tail
         reader): sigma(a) = exp(-log(1 + exp(-a))), exact in both tails (relative error
         ~ |a| * eps) -- faster than the exact op's six calls and three temporaries on small
         values (1.6 vs 3.6 us at 15 float64 elements), slower from ~256 elements on (logaddexp
-        is two transcendentals), so only for those (_inline_sigmoid)."""
+        is two transcendentals), so only for those (_inline_sigmoid). With `work` (a
+        temporary the caller may overwrite) the first three calls write it and only the last
+        writes `out`."""
         if _fast_sigmoid(dtype) and not exact:
             calls = [("mul", "{}, 0.5"), ("tanh", "{}"), ("mul", "{}, 0.5"), ("add", "{}, 0.5")]
         else:
             calls = [("neg", "{}"), ("logaddexp", "0.0, {}"), ("neg", "{}"), ("exp", "{}")]
         lines = []
+        if work is not None:
+            for k, (op, operands) in enumerate(calls):
+                fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
+                src = operands.format(x if k == 0 else work)
+                lines.append(f"{fn}({src}, out={work if k < len(calls) - 1 else out})")
+            return lines
         for k, (op, operands) in enumerate(calls):
             fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
             src = operands.format(x if k == 0 else name)

@@ -321,7 +321,7 @@ class _Walk:
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
             return False
-        if not cheap_strides(r, st.nbytes):
+        if not cheap_strides(r, st.nbytes, escaping=n in self.s.escaping):
             return False
         rb = bounds(r)
         for j in n.inputs:

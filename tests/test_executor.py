@@ -135,6 +135,26 @@ def test_an_error_inside_a_shared_fused_function_names_the_step():
     assert "fused" in str(e.value) and "cell" in str(e.value) and "step 13" in str(e.value)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_fused_sigmoid_runs_in_its_temporary_and_writes_its_output_once(dtype):
+    """The last instruction of a fused group, an inline sigmoid, runs its first three calls in
+    the temporary its operand dies in: its output (in the planner's hands a strided region of a
+    larger storage, where a ufunc pays per row) is written by one call, not four."""
+    rng = np.random.default_rng(0)
+    a, b, w = (rng.standard_normal(s).astype(dtype) for s in ((4, 8), (4, 8), (8, 3)))
+    compiled = tn.compile(tn.trace(lambda a, b, w: tn.sigmoid(a * b + 1.0) @ w, a, b, w))
+    lines = compiled.source.splitlines()
+    [fused] = [n for n in compiled.graph.nodes if n.op == "fused"]
+    out = next(line for line in lines if line.strip().startswith("v")
+               and "out=" in line and "matmul" not in line).split("out=")[1].rstrip(")")
+    assert sum(f"out={out})" in line for line in lines) == 1, compiled.source
+    assert sum("out=" in line for line in lines) == 2 + 4  # a*b, +1, the sigmoid's four calls
+    z = a.astype(np.float64) * b + 1.0
+    np.testing.assert_allclose(compiled(a, b, w), (1.0 / (1.0 + np.exp(-z))) @ w,
+                               rtol=1e-12 if dtype == "float64" else 1e-5, atol=1e-6)
+    assert fused.attrs["program"][-1][0] == "sigmoid"
+
+
 @pytest.mark.parametrize("size", [7, 129, 4096])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_sigmoid_lowerings_keep_their_precision(size, dtype):

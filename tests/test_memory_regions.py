@@ -169,6 +169,45 @@ def test_small_models_keep_contiguous_regions(monkeypatch):
     assert not tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
 
 
+def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
+    # a value returned by the forward (a gate saved for backward) goes into strided columns
+    # of the projection from ESCAPING_MIN_RUN elements per row on; values that stay inside a
+    # program (the backward's dz pieces) keep STRIDED_MIN_RUN. Peephole LSTM: its i, f and o
+    # gates are one column block each (H = 4 here)
+    monkeypatch.setattr(tn_regions, "STRIDED_MIN_BYTES", 0)
+    monkeypatch.setattr(tn_regions, "STRIDED_MIN_RUN", 256)
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
+    _, *before = train_step(MODELS["LSTM"], x, g, False, monkeypatch)
+    peaks = {}
+    for run in (256, 4):
+        monkeypatch.setattr(tn_regions, "ESCAPING_MIN_RUN", run)
+        m, *after = train_step(MODELS["LSTM"], x, g, True, monkeypatch)
+        for a, b in zip([after[0], after[1]] + after[2], [before[0], before[1]] + before[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        pair = m._runtime.last.training_pair
+        strided = {}
+        for name, program in (("fwd", pair.forward), ("bwd", pair.backward)):
+            plan, regions = program.program.plan, {}
+            check_plan(program.graph, plan, regions)
+            strided[name] = [n for n in list(plan.inplace) + list(plan.placed)
+                             if not regions[n].flags.c_contiguous]
+        assert not strided["bwd"]
+        root = memory.storage_roots(pair.forward.graph)
+        returned = {root[o] for o in pair.forward.graph.outputs}  # itself or through views
+        assert all(n in returned for n in strided["fwd"])
+        if run == 4:
+            # i, f, o of steps 1..5 (at step 0, c_0 = 0 folds the peephole terms away)
+            assert sum(n.op == "fused" for n in strided["fwd"]) >= 3 * 5
+        else:
+            assert not strided["fwd"]
+        peaks[run] = pair.forward.report.peak_bytes
+    assert peaks[4] <= peaks[256] - 2 * 6 * 3 * 4 * 8  # two T-stacks fewer
+    big = np.empty((32, 512), np.float32)[:, 128:256]
+    assert tn_regions.cheap_strides(big, 6 << 20, escaping=True)
+    assert not tn_regions.cheap_strides(big, 6 << 20)
+
+
 def test_step_input_fields_are_views_of_the_callers_input(monkeypatch):
     # a Sequencer's inner module sees x[t] as its `inputs[t]`, as in Torch: a view of the
     # caller's array, not a copy (T*B*D bytes per call); other outputs aliasing inputs are copied
