@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..blas import blas_threads
-from .reference import ReferenceLSTM, theoretical_min_bptt_bytes
+from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
 QUICK_CONFIGS = CONFIGS[:3]
@@ -274,9 +274,10 @@ def report_config(B, T, D, H, dtype, args) -> None:
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
     workspace = reference.workspace_bytes()
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
-    print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, "
-          f"theoretical BPTT minimum {minimum / scale:.2f} {unit} (T*B*5H*itemsize)")
-    for row in memory_rows(B, T, D, H, dtype, workspace, minimum):
+    print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, theoretical BPTT "
+          f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
+          "per cell below)")
+    for row in memory_rows(B, T, D, H, dtype, workspace):
         print(row)
 
 
@@ -288,28 +289,33 @@ def training_pair_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
     return getattr(last, "training_pair", None)
 
 
-def memory_rows(B, T, D, H, dtype, workspace: int, minimum: int) -> list[str]:
+def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
     """Per tapernn contender: bytes kept for backward, buffers each program allocates, what is
-    resident across a training step and the most bytes live at once, against the reference."""
+    resident across a training step and the most bytes live at once, against the reference and
+    the theoretical minimum (with the contender's own parameter count); saved/5H: what the
+    forward keeps over the T*B*5H an LSTM must keep."""
     factories = tapernn_factories()
     if isinstance(factories, str):
         return []
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
     mib = lambda b: f"{b / scale:.2f}"
     header = (f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
-              f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/min':>10}")
+              f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/5H':>9}")
     rows = [header]
     for label, (factory, _) in factories.items():
         pair = training_pair_of(factory, B, T, D, H, dtype) if factory else None
         if pair is None:
             continue
+        seq = _sequencers[(factory, B, T, D, H, np.dtype(dtype))]
+        n_params = sum(p.data.size for p in seq.parameters())
+        minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype, n_params)
         fwd, bwd = pair.forward.report, pair.backward.report
         resident = getattr(pair, "resident_bytes", fwd.planned_bytes + bwd.planned_bytes)
         peak = max(fwd.peak_bytes, bwd.peak_bytes)
         rows.append(f"  {'tn ' + label:<34} {mib(pair.saved_bytes):>7} {mib(fwd.planned_bytes):>8} "
                     f"{mib(bwd.planned_bytes):>8} {mib(resident):>9} {mib(peak):>7} "
                     f"{resident / workspace:>7.2f}x {peak / minimum:>8.2f}x "
-                    f"{pair.saved_bytes / minimum:>9.2f}x")
+                    f"{pair.saved_bytes / min_saved_bytes(B, T, H, dtype):>8.2f}x")
     return rows
 
 

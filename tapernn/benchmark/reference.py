@@ -13,18 +13,32 @@ import numpy as np
 DEFAULT_ORIENTATION = {np.dtype(np.float32): "batch", np.dtype(np.float64): "batch"}
 
 
-def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype) -> int:
-    """Fewest bytes a BPTT training step must keep from forward for backward, without
-    recomputing any GEMM: ``T * B * 5H * itemsize``.
+def lstm_parameter_count(D: int, H: int) -> int:
+    """FastLSTM's (and the reference's) parameters: W_x (4H x D), W_h (4H x H) and one bias."""
+    return 4 * H * (D + H) + 4 * H
 
-    Per step the backward needs the four gate activations i, g, f, o (4H; pre-activations
-    would do equally) and the cell c_t (H): c_{t-1} feeds df, tanh(c_t) feeds do and dc and is one
-    elementwise pass from c_t. h_{t-1} (needed by dW_h) is not counted: the stacked h_t are the
-    forward's *output*, which exists anyway, and h_t = o_t * tanh(c_t) is elementwise-recomputable.
-    The input x (D) is the caller's and not counted either. Going lower means recomputing the
-    gates' GEMMs from (x_t, h_{t-1}) (checkpointing, 2H per step), which we do not count as
-    "keeping". D does not appear: it is in the signature so all sizing functions agree.
+
+def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype,
+                               n_params: int | None = None) -> int:
+    """Fewest bytes a BPTT training step must hold at one instant without recomputing any
+    GEMM: ``max(T*B*5H, P + T*B*D) * itemsize``, P the parameter count (default: the LSTM's,
+    4H(D+H) + 4H). Two lower bounds on the peak, the larger one counts:
+
+    - when backward starts, what forward kept for it: per step the four gate activations
+      i, g, f, o (4H; pre-activations would do equally) and the cell c_t (H). c_{t-1} feeds df,
+      tanh(c_t) feeds do and dc and is one elementwise pass from c_t. h_{t-1} (needed by dW_h)
+      is not counted: the stacked h_t are the forward's *output*, which exists anyway, and
+      h_t = o_t * tanh(c_t) is elementwise-recomputable. The input x is the caller's. Going lower
+      means recomputing the gates' GEMMs from (x_t, h_{t-1}) (checkpointing), not "keeping".
+    - when backward ends, what it returns: a gradient for every parameter (P) and for the input
+      sequence (T*B*D). This bound wins only on tiny models ((1, 5, 5): 245 vs 125 elements).
     """
+    P = lstm_parameter_count(D, H) if n_params is None else n_params
+    return max(min_saved_bytes(B, T, H, dtype), (P + T * B * D) * np.dtype(dtype).itemsize)
+
+
+def min_saved_bytes(B: int, T: int, H: int, dtype) -> int:
+    """The first bound alone: what forward must keep for backward, ``T*B*5H*itemsize``."""
     return T * B * 5 * H * np.dtype(dtype).itemsize
 
 
