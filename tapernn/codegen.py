@@ -316,16 +316,12 @@ class Program:
         else:
             calls = [("neg", "{}"), ("logaddexp", "0.0, {}"), ("neg", "{}"), ("exp", "{}")]
         lines = []
-        if work is not None:
-            for k, (op, operands) in enumerate(calls):
-                fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
-                src = operands.format(x if k == 0 else work)
-                lines.append(f"{fn}({src}, out={work if k < len(calls) - 1 else out})")
-            return lines
         for k, (op, operands) in enumerate(calls):
             fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
-            src = operands.format(x if k == 0 else name)
-            if k == 0 and name != out:  # fused temporaries are names of preallocated buffers
+            src = operands.format(x if k == 0 else work or name)
+            if work is not None:
+                lines.append(f"{fn}({src}, out={work if k < len(calls) - 1 else out})")
+            elif k == 0 and name != out:  # fused temporaries are names of preallocated buffers
                 lines.append(f"{name} = {fn}({src}{f', out={out}' if out else ''})")
             else:
                 lines.append(f"{fn}({src}, out={name})")
