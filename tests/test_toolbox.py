@@ -263,3 +263,47 @@ def test_torch_recurrent_module_matches_its_equations():
     np.testing.assert_allclose(out, np.stack(expected), rtol=1e-13)
     assert gradcheck_module(nn.Sequencer(rec), nn.MSECriterion(), xs, R.standard_normal((4, 2, H)),
                             max_entries=10)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("t", [1, -1])
+def test_set_grad_hidden_state_stepwise_equals_the_sequencer(cell, t):
+    """The extra state gradient reaches step t whether the module is stepped by hand (its
+    backward of step t seeds the final state with it) or unrolled by a Sequencer."""
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((4, 2, D)), rng.standard_normal((4, 2, H))
+    extra = tuple(rng.standard_normal((2, H)) for _ in cell(D, H).state_names)
+
+    def grads(stepwise, with_extra=True):
+        tn.manual_seed(0)
+        m = cell(D, H)
+        runner = m if stepwise else nn.Sequencer(m)
+        if stepwise:
+            for k in range(4):
+                m.forward(x[k])
+        else:
+            runner.forward(x)
+        m.zero_grad_parameters()
+        if with_extra:
+            m.set_grad_hidden_state(t, extra)
+        if stepwise:
+            gx = [m.backward(x[k], g[k]) for k in reversed(range(4))][::-1]
+        else:
+            gx = list(runner.backward(x, g))
+        return [p.grad.copy() for p in m.parameters()] + gx
+
+    for a, b in zip(grads(True), grads(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert max(np.abs(a - b).max() for a, b in zip(grads(True), grads(True, False))) > 1e-3
+
+
+def test_set_grad_hidden_state_past_the_last_step_is_reported_once():
+    m = nn.GRU(D, H)
+    x = np.ones((2, 1, D))
+    for k in range(2):
+        m.forward(x[k])
+    m.set_grad_hidden_state(2, np.ones((1, H)))
+    with pytest.raises(tn.StateError, match=r"set_grad_hidden_state\(2\) but 2 steps"):
+        m.backward(x[1], np.ones((1, H)))
+    m.backward(x[1], np.ones((1, H)))  # the bad request is gone; BPTT goes on
+    m.backward(x[0], np.ones((1, H)))

@@ -346,6 +346,8 @@ class Runtime:
             if not extra:
                 record.saved = saved
         seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
+        if exe.history_mode:
+            seeds = self._add_stepwise_state_grads(exe, record, seeds)
         grads = pair.run_backward(saved, record.args, seeds)
         record.done = True
         n_data, n_params = len(exe.data_wrt), exe.packing.n_grads
@@ -390,6 +392,35 @@ class Runtime:
                                  f"order; expected the input of step {step} (the latest step not yet "
                                  f"backwarded), got a different input")
         return record
+
+    def _add_stepwise_state_grads(self, exe: Executable, record: Record,
+                                  seeds: list[np.ndarray]) -> list[np.ndarray]:
+        """Step-wise use: a set_grad_hidden_state(t) gradient joins the gradient flowing into
+        the final state of the record of step t (absolute; negative t counts from the last
+        forwarded step), i.e. the seed that the backward of step t+1 would otherwise give."""
+        n_steps = self.dropped + len(self.history)
+        step = self.dropped + self.history.index(record)
+        position = {k: pos for pos, k in enumerate(exe.seeded)}  # diff output -> seed
+        for m in {m for m, _, _ in exe.finals if getattr(m, "_extra_state_grads", None)}:
+            for t in sorted(m._extra_state_grads):
+                if not -n_steps <= t < n_steps:
+                    m._extra_state_grads.pop(t)  # reported once, not on every later backward
+                    raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but "
+                                     f"{n_steps} steps were forwarded")
+                if (t if t >= 0 else n_steps + t) != step:
+                    continue
+                grads = m._extra_state_grads.pop(t)  # applies to one backward
+                for j, (mm, k, _) in enumerate(exe.finals):
+                    pos = position.get(len(exe.real) + j)
+                    if mm is not m or pos is None:
+                        continue
+                    g = np.asarray(grads[k], dtype=seeds[pos].dtype)
+                    if g.shape != seeds[pos].shape:
+                        raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
+                                         f"{m.state_names[k]!r} has shape {g.shape}, the state "
+                                         f"has {seeds[pos].shape}")
+                    seeds[pos] = seeds[pos] + g
+        return seeds
 
     def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
         gleaves = flatten(grad_output)[0] if grad_output is not None else []
