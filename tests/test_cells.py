@@ -102,3 +102,33 @@ def test_lstm_defaults_output_size_to_input_size_and_uniform_init():
     assert m.hidden_size == 6
     w = m.w_xi.data
     assert np.abs(w).max() <= 1 / np.sqrt(6) and w.std() > 0.1
+
+
+class _Elman(nn.Cell):
+    def __init__(self, D, H):
+        super().__init__(D, H)
+        self.W = self.parameter("W", (D + H, H))
+
+    def step(self, x, h):
+        return tn.tanh(tn.concat([x, h], -1) @ self.W)
+
+
+class _LeakyElman(_Elman):
+    def step(self, x, h):
+        return 0.5 * h + 0.5 * super().step(x, h)
+
+
+def test_a_subclass_step_can_call_super_step():
+    cell = _LeakyElman(2, 3)
+    x = np.random.default_rng(0).standard_normal((4, 1, 2))
+    y = nn.Sequencer(cell).forward(x)
+    W, h = cell.W.data, np.zeros((1, 3))
+    for t in range(4):
+        h = 0.5 * h + 0.5 * np.tanh(np.concatenate([x[t], h], -1) @ W)
+        np.testing.assert_allclose(y[t], h, rtol=1e-12, atol=1e-15)
+    stepped = _LeakyElman(2, 3)
+    stepped.W.data[...] = W
+    for t in range(4):
+        stepped.forward(x[t])
+    assert stepped.step == 4 and _Elman(2, 3).step == 0
+    np.testing.assert_allclose(stepped.output, h, rtol=1e-12, atol=1e-15)

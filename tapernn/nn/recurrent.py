@@ -32,6 +32,20 @@ class StepCount(int):
         return self._fn(*args)
 
 
+class _CellStep:
+    """A Cell subclass's `step`: read on an instance, the StepCount whose call runs *this*
+    class's step function, so `super().step(x, h)` in a subclass reaches the parent's."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self.fn
+        return StepCount(obj._n_steps, self.fn.__get__(obj, owner))
+
+
 class AbstractRecurrent(Module):
     """State-carrying module: `outputs[t]`, `inputs[t]`, `states[name][t]`, `step`, `forget()`."""
 
@@ -203,8 +217,8 @@ class Cell(AbstractRecurrent):
         super().__init_subclass__(**kwargs)
         fn = cls.__dict__.get("step")
         if callable(fn) and not isinstance(fn, property):
-            cls._cell_step = fn  # `step` stays the public counter; StepCount calls this
-            delattr(cls, "step")
+            cls._cell_step = fn  # the most derived step: what unrolling calls
+            cls.step = _CellStep(fn)  # the counter, calling this class's own fn (super() too)
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
