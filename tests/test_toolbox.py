@@ -222,7 +222,14 @@ def test_rho_bounds_stepwise_history():
     xs = R.standard_normal((6, D))
     for x in xs:
         lstm.forward(x)
-    assert len(lstm.outputs) == 3 and lstm.step == 6
+    # dropped steps keep their places: outputs[t] is step t or None, never another step
+    assert len(lstm.outputs) == 6 and lstm.step == 6
+    assert lstm.outputs[:3] == [None] * 3 and lstm.inputs[:3] == [None] * 3
+    assert lstm.cells[2] is None and lstm.cells[3] is not None
+    np.testing.assert_array_equal(lstm.get_hidden_state(3)[0], lstm.outputs[3])
+    with pytest.raises(tn.StateError, match="step 0 was dropped"):
+        lstm.get_hidden_state(0)
+    np.testing.assert_array_equal(lstm.inputs[5], xs[5])
     assert len(lstm._runtime.history) == 3
     for t in (5, 4, 3):
         lstm.backward(xs[t], np.ones(H))
@@ -307,3 +314,26 @@ def test_set_grad_hidden_state_past_the_last_step_is_reported_once():
         m.backward(x[1], np.ones((1, H)))
     m.backward(x[1], np.ones((1, H)))  # the bad request is gone; BPTT goes on
     m.backward(x[0], np.ones((1, H)))
+
+
+def test_stepwise_training_copes_with_one_refilled_input_buffer():
+    # Torch7 copies each step's input (copyInputs): refilling one buffer per step is fine
+    rng = np.random.default_rng(5)
+    xs, g = rng.standard_normal((4, 2, D)), rng.standard_normal((4, 2, H))
+
+    def grads(refill):
+        tn.manual_seed(0)
+        m, buf = nn.LSTM(D, H), np.empty((2, D))
+        for t in range(4):
+            if refill:
+                buf[...] = xs[t]
+                m.forward(buf)
+            else:
+                m.forward(xs[t].copy())
+        np.testing.assert_array_equal(m.inputs[0], xs[0])
+        m.zero_grad_parameters()
+        gx = [m.backward(xs[t], g[t]) for t in reversed(range(4))]
+        return [p.grad.copy() for p in m.parameters()] + gx
+
+    for a, b in zip(grads(True), grads(False)):
+        np.testing.assert_array_equal(a, b)

@@ -135,8 +135,11 @@ class AbstractRecurrent(Module):
                 self.states[name.split(":", 1)[1]].append(value)
         self._n_steps = n_new if mode == "sequence" else self._n_steps + n_new
         if mode == "append" and self.rho is not None and len(self.outputs) > self.rho:
-            self.outputs, self.inputs = self.outputs[-self.rho:], self.inputs[-self.rho:]
-            self.states = {k: v[-self.rho:] for k, v in self.states.items()}
+            # older steps are dropped (None) but keep their places: outputs[t] is still step t
+            for values in [self.outputs, self.inputs, *self.states.values()]:
+                for k in range(len(values) - self.rho - n_new, len(values) - self.rho):
+                    if k >= 0:
+                        values[k] = None
 
     def _clear_memory(self, keep_initial: bool) -> None:
         self._state = None
@@ -156,7 +159,8 @@ class AbstractRecurrent(Module):
         return self
 
     def max_bptt_step(self, rho: int | None) -> AbstractRecurrent:
-        """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded)."""
+        """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded).
+        Older steps' `outputs[t]`, `inputs[t]` and states become None (indices stay absolute)."""
         if rho is not None and rho < 1:
             raise ValueError(f"rho must be a positive number of steps, got {rho}")
         self.rho = rho
@@ -169,6 +173,9 @@ class AbstractRecurrent(Module):
         n = len(self.outputs)
         if not -n <= t < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
+        if self.outputs[t] is None:
+            raise StateError(f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
+                             f"last {self.rho} steps")
         return tuple(self.states[name][t] for name in self.state_names)
 
     def set_initial_state(self, state: Any) -> AbstractRecurrent:

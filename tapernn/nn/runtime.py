@@ -275,8 +275,11 @@ class Runtime:
         for m in root.modules():
             m._before_forward()
         leaves, tree = flatten(list(args))
-        leaves = [_as_array(x, root) for x in leaves]
         history = bool(root.is_recurrent)
+        # step-wise training keeps each step's input until its backward: a copy (Torch7's
+        # copyInputs), so a caller refilling one buffer every step does not rewrite the history
+        keep = history and root.is_training
+        leaves = [_as_array(x, root, copy=keep) for x in leaves]
         key = self._signature(leaves, tree, history)
         exe = self.cache.get(key)
         if exe is None:
@@ -443,16 +446,17 @@ class Runtime:
         return seeds
 
 
-def _as_array(x: Any, root: Any) -> np.ndarray:
+def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
+    """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
     if x.dtype.kind == "f" and x.dtype != root.dtype:
-        x = x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
-    elif x.dtype.kind == "b":
-        x = x.astype(root.dtype)
-    return x
+        return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
+    if x.dtype.kind == "b":
+        return x.astype(root.dtype)
+    return x.copy() if copy else x
 
 
 def _leaf_names(tree: Any, n_args: int) -> list[str]:
