@@ -95,3 +95,14 @@ def test_remembered_state_with_new_batch_size():
 def test_errors_are_tapernn_errors_not_numpy_tracebacks():
     for exc in (tn.ShapeError, tn.StateError, tn.ValueRangeError, tn.NumericError, tn.DTypeError):
         assert issubclass(exc, tn.TapernnError)
+
+
+def test_a_pass_list_of_names_is_refused_where_it_is_set():
+    from tapernn import nn
+
+    with pytest.raises(TypeError, match=r"pass 1 is 'fuse_gates' \(str\).*tapernn.passes.fuse_gates"):
+        nn.Linear(2, 2).set_passes([tn.passes.eliminate_dead_code, "fuse_gates"])
+    with pytest.raises(TypeError, match="got str"):
+        tn.set_default_passes("eliminate_dead_code")
+    m = nn.Linear(2, 2).set_passes((tn.passes.eliminate_dead_code,))  # any iterable of passes
+    assert m.forward(np.ones(2)).shape == (2,)

@@ -96,3 +96,21 @@ def test_containers():
     assert list(seq.named_parameters()) == ["0.weight", "0.bias"]
     assert "nn.Sequential {" in repr(seq) and "(0): nn.Linear(3 -> 2)" in repr(seq)
     assert repr(nn.Sequencer(nn.LSTM(5, 5))) == "nn.Sequencer @ nn.LSTM(5 -> 5)"
+
+
+def test_dropout_draws_from_its_own_rng():
+    x = np.ones((4, 50))
+    masks = []
+    for global_seed in (0, 1):
+        tn.manual_seed(global_seed)
+        d = nn.Dropout(0.5, rng=np.random.default_rng(7))
+        masks.append([d.forward(x).copy() for _ in range(2)])
+    np.testing.assert_array_equal(masks[0][0], masks[1][0])  # the global seed does not matter
+    np.testing.assert_array_equal(masks[0][1], masks[1][1])
+    assert not np.array_equal(masks[0][0], masks[0][1])  # a fresh mask per forward
+    assert set(np.unique(masks[0][0])) == {0.0, 2.0}
+    d = nn.Dropout(0.5, rng=np.random.default_rng(7))
+    d.forward(x)
+    np.testing.assert_array_equal(d.backward(x, np.ones_like(x)), masks[0][0])
+    with pytest.raises(TypeError, match="Generator"):
+        nn.Dropout(0.5, rng=7)

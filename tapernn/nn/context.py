@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import StateError, TapernnError
-from ..tracing import Tape, Var, current_scope, current_step, scope, step
+from ..tracing import Tape, Var, current_scope, current_step, step
 
 if TYPE_CHECKING:
     from .module import Module, Parameter
@@ -42,7 +42,7 @@ class BuildContext:
     history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
     params: dict = field(default_factory=dict)          # Parameter -> Var
     param_order: list = field(default_factory=list)     # Parameters in input order
-    randoms: list = field(default_factory=list)         # (Node, p) dropout masks
+    randoms: list = field(default_factory=list)         # (Node, p, rng) dropout masks
     states: dict = field(default_factory=dict)          # recurrent module -> tuple[Var]
     state_inputs: list = field(default_factory=list)    # (module, k, Node, user-set) fed at run time
     steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
@@ -85,9 +85,11 @@ class BuildContext:
             self.param_order.append(p)
         return var
 
-    def random_mask(self, shape: tuple[int, ...], p: float, dtype: np.dtype) -> Var:
+    def random_mask(self, shape: tuple[int, ...], p: float, dtype: np.dtype,
+                    rng: np.random.Generator | None = None) -> Var:
+        """A fresh dropout mask per call, drawn from `rng` (None: tapernn's global generator)."""
         var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
-        self.randoms.append((var.node, p))
+        self.randoms.append((var.node, p, rng))
         return var
 
     # ---- recurrent state ---------------------------------------------------------------------

@@ -103,19 +103,24 @@ class Identity(Module):
 class Dropout(Module):
     """Zeroes entries with probability p in training, scaling the rest by 1/(1-p); the identity in
     evaluation.  Torch7: nn.Dropout (v2).  A fresh mask per forward (and per step in a Sequencer);
-    backward reuses the forward's mask."""
+    backward reuses the forward's mask. Masks come from `rng` if given, else from tapernn's
+    global generator (`tn.manual_seed`)."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"Dropout rng must be a numpy.random.Generator, got "
+                            f"{type(rng).__name__}")
         self.p = float(p)
+        self.rng = rng
 
     def build(self, x: Var) -> Var:
         ctx = current_build()
         if not ctx.training or self.p == 0:
             return x
-        return x * ctx.random_mask(x.shape, self.p, x.dtype)
+        return x * ctx.random_mask(x.shape, self.p, x.dtype, self.rng)
 
     def extra_repr(self) -> str:
         return f"({self.p})"

@@ -335,7 +335,9 @@ class Module:
 
     def set_passes(self, passes: list | None) -> Module:
         """Use this pass list for this module's programs (None: the global default)."""
-        self._passes = None if passes is None else list(passes)
+        from ..passes import check_passes
+
+        self._passes = None if passes is None else check_passes(passes)
         if self._runtime is not None:
             self._runtime.clear()
         return self

@@ -209,11 +209,11 @@ def _binder(node, ctx: BuildContext):
         p = next(p for p, v in ctx.params.items() if v.node is node)
         return lambda leaves, p=p: p.data
     if kind == "random":
-        prob = next(pr for n, pr in ctx.randoms if n is node)
+        prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
         shape, dtype = node.shape, node.dtype
 
-        def mask(leaves, prob=prob, shape=shape, dtype=dtype):
-            keep = tn_random.generator().random(shape) >= prob
+        def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
+            keep = (rng or tn_random.generator()).random(shape) >= prob
             return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
         return mask
     if kind == "state":

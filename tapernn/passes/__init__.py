@@ -47,10 +47,25 @@ def default_passes() -> list[Pass]:
     return list(DEFAULT if _default is None else _default)
 
 
+def check_passes(passes) -> list[Pass]:
+    """`passes` as a list, or a TypeError naming the first entry that is not a callable pass
+    (a name string is the common slip: pass the function, e.g. `passes.eliminate_dead_code`)."""
+    if isinstance(passes, (str, bytes)) or not hasattr(passes, "__iter__"):
+        raise TypeError(f"a pass list is a list of functions Graph -> Graph, got "
+                        f"{type(passes).__name__}")
+    passes = list(passes)
+    for k, p in enumerate(passes):
+        if not callable(p):
+            hint = (f"; use tapernn.passes.{p}" if isinstance(p, str) and p in __all__ else "")
+            raise TypeError(f"pass {k} is {p!r} ({type(p).__name__}), not a function "
+                            f"Graph -> Graph{hint}")
+    return passes
+
+
 def set_default_passes(passes: list[Pass] | None) -> None:
     """Use `passes` wherever no pipeline is given (None restores `DEFAULT`)."""
     global _default
-    _default = None if passes is None else list(passes)
+    _default = None if passes is None else check_passes(passes)
 
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
