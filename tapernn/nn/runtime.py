@@ -18,6 +18,7 @@ from ..passes import default_passes
 from ..tracing import Tape
 from .context import BuildContext
 from .packing import Packing
+from .state_grads import add_stepwise_state_grads, sequence_state_seeds
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -341,7 +342,7 @@ class Runtime:
     def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
         record = self._next_record(input)
         exe = record.exe
-        extra = [] if exe.history_mode else _extra_state_seeds(exe)
+        extra = [] if exe.history_mode else sequence_state_seeds(exe)
         pair = exe.compile_training(tuple(node for *_, node, _ in extra))
         saved = record.saved
         if saved is None or extra:  # evaluation forward, or a variant: recompute what it needs
@@ -350,7 +351,8 @@ class Runtime:
                 record.saved = saved
         seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
         if exe.history_mode:
-            seeds = self._add_stepwise_state_grads(exe, record, seeds)
+            step = self.dropped + self.history.index(record)
+            seeds = add_stepwise_state_grads(exe, step, self.dropped + len(self.history), seeds)
         grads = pair.run_backward(saved, record.args, seeds)
         record.done = True
         n_data, n_params = len(exe.data_wrt), exe.packing.n_grads
@@ -395,35 +397,6 @@ class Runtime:
                                  f"order; expected the input of step {step} (the latest step not yet "
                                  f"backwarded), got a different input")
         return record
-
-    def _add_stepwise_state_grads(self, exe: Executable, record: Record,
-                                  seeds: list[np.ndarray]) -> list[np.ndarray]:
-        """Step-wise use: a set_grad_hidden_state(t) gradient joins the gradient flowing into
-        the final state of the record of step t (absolute; negative t counts from the last
-        forwarded step), i.e. the seed that the backward of step t+1 would otherwise give."""
-        n_steps = self.dropped + len(self.history)
-        step = self.dropped + self.history.index(record)
-        position = {k: pos for pos, k in enumerate(exe.seeded)}  # diff output -> seed
-        for m in {m for m, _, _ in exe.finals if getattr(m, "_extra_state_grads", None)}:
-            for t in sorted(m._extra_state_grads):
-                if not -n_steps <= t < n_steps:
-                    m._extra_state_grads.pop(t)  # reported once, not on every later backward
-                    raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but "
-                                     f"{n_steps} steps were forwarded")
-                if (t if t >= 0 else n_steps + t) != step:
-                    continue
-                grads = m._extra_state_grads.pop(t)  # applies to one backward
-                for j, (mm, k, _) in enumerate(exe.finals):
-                    pos = position.get(len(exe.real) + j)
-                    if mm is not m or pos is None:
-                        continue
-                    g = np.asarray(grads[k], dtype=seeds[pos].dtype)
-                    if g.shape != seeds[pos].shape:
-                        raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
-                                         f"{m.state_names[k]!r} has shape {g.shape}, the state "
-                                         f"has {seeds[pos].shape}")
-                    seeds[pos] = seeds[pos] + g
-        return seeds
 
     def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
         gleaves = flatten(grad_output)[0] if grad_output is not None else []
@@ -473,28 +446,6 @@ def _state_signature(m: Any) -> tuple:
     kind = None if start is None else ("remembered" if m._state is not None else "user")
     shapes = None if start is None else tuple(a.shape for a in start)
     return (kind, shapes, m._mask_zero)
-
-
-def _extra_state_seeds(exe: Executable) -> list:
-    """(module, t, k, state node, gradient) for each set_grad_hidden_state gradient pending on a
-    recurrent module of this program (sequence use)."""
-    out = []
-    for m in [m for m, _ in exe.probe_plan() if getattr(m, "_extra_state_grads", None)]:
-        steps = sorted({t for mm, f, t, _, _ in exe.probes if mm is m and f == "outputs"})
-        for t, grads in sorted(m._extra_state_grads.items()):
-            if not -len(steps) <= t < len(steps):
-                raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but the last forward "
-                                 f"ran {len(steps)} steps")
-            step = steps[t]
-            for k, name in enumerate(m.state_names):
-                node = next(nodes[0] for mm, f, tt, _, nodes in exe.probes
-                            if mm is m and f == "state:" + name and tt == step)
-                g = np.asarray(grads[k], dtype=node.dtype)
-                if g.shape != node.shape:
-                    raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
-                                     f"{name!r} has shape {g.shape}, the state has {node.shape}")
-                out.append((m, t, k, node, g))
-    return out
 
 
 def _rho(root: Any) -> int | None:
