@@ -55,7 +55,10 @@ class Compiled:
         return outs[0] if self._single else list(outs)
 
     def run(self, args: Sequence[np.ndarray]) -> tuple:
-        """Run on already-checked arrays (the fast path modules use)."""
+        """Run on already-checked arrays (the fast path modules use). NumPy's floating-point
+        warnings are off inside: NaN/Inf inputs give NaN/Inf outputs (criteria and
+        clip_grad_norm raise NumericError on them) without warnings naming internal ops."""
+        token = _quiet_enter()
         try:
             return self.program.fn(*args)
         except TapernnError as e:
@@ -64,6 +67,8 @@ class Compiled:
             raise _locate(e, self.program.failing_node(e), ValueRangeError) from None
         except (ValueError, TypeError, FloatingPointError) as e:
             raise _locate(e, self.program.failing_node(e), TapernnError) from None
+        finally:
+            _quiet_exit(token)
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
@@ -71,6 +76,26 @@ class Compiled:
     def _repr_svg_(self) -> str | None:
         from .export import repr_svg
         return repr_svg(self)
+
+
+try:  # np.errstate(all="ignore") costs ~5 us per call to build; set its prepared state instead
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+
+    _QUIET = _make_extobj(all="ignore")
+
+    def _quiet_enter() -> Any:
+        return _extobj_contextvar.set(_QUIET)
+
+    def _quiet_exit(token: Any) -> None:
+        _extobj_contextvar.reset(token)
+except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
+    def _quiet_enter() -> Any:
+        state = np.errstate(all="ignore")
+        state.__enter__()
+        return state
+
+    def _quiet_exit(token: Any) -> None:
+        token.__exit__(None, None, None)
 
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:

@@ -9,7 +9,8 @@ import numpy as np
 
 from . import functional as F
 from .autodiff import grad
-from .errors import GradcheckError
+from .errors import DTypeError, GradcheckError
+from .validation import data_array
 from .executor import Compiled
 from .tracing import _flatten, trace
 
@@ -25,8 +26,12 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     Returns True, or raises GradcheckError naming the input, the entry, analytic and numeric.
     """
     rng = np.random.default_rng(seed)
-    xs = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-          for a in arrays]
+    xs = [data_array("tn.gradcheck", np.asarray(a)) for a in arrays]
+    xs = [np.array(a, dtype=np.float64) if a.dtype.kind == "f" else a for a in xs]
+    if not any(x.dtype.kind == "f" for x in xs):
+        raise DTypeError(f"tn.gradcheck needs at least one floating-point array to differentiate, "
+                         f"got {', '.join(x.dtype.name for x in xs) or 'no arrays'} (integer "
+                         f"arrays are ids or targets: pass x.astype(float) to check x)")
     probe = trace(fn, *xs)
     projections = [rng.standard_normal(o.shape) for o in probe.outputs if o.dtype.kind == "f"]
 

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import random as tn_random
-from ..errors import DTypeError, ShapeError, StateError, where
+from .. import validation as check
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .packing import block_key, pack_module, storage
@@ -26,11 +27,28 @@ class _BlockRows:
         return self if p is None else p.__dict__[self.slot]
 
     def __set__(self, p: Any, value: np.ndarray) -> None:
+        old = p.__dict__.get(self.slot)
+        if old is not None:
+            _check_rebind(p, self.slot[1:], old, value)
         block = p._block
         if block is not None and value is not p.__dict__[self.slot]:
             block.intact = False
             p._block = None
         p.__dict__[self.slot] = value
+
+
+def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
+    """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape."""
+    if not isinstance(value, np.ndarray):
+        raise ArgumentTypeError(f"parameter {p.name!r}: .{field} must be a numpy array, got "
+                                f"{type(value).__name__}")
+    if value.shape != old.shape:
+        raise ShapeError(f"parameter {p.name!r} has shape {old.shape}; cannot rebind its .{field} "
+                         f"to shape {value.shape} (assign into it, p.{field}[...] = ..., or "
+                         f"build a new module)")
+    if value.dtype.kind != "f":
+        raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got "
+                         f"{value.dtype}")
 
 
 class Parameter:
@@ -114,8 +132,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__} children must be modules, got {type(module).__name__}")
+        check.module(self, "a child" if name.isdigit() else name, module)
         self._children[name] = module
         return module
 
@@ -149,7 +166,8 @@ class Module:
                   bound: float | None = None, rng: np.random.Generator | None = None) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(check.integer(self, "shape", s) for s in shape)
+        rng = check.generator(self, "rng", rng)
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(f"parameter {name!r}: init array has shape {init.shape}, expected {shape}")
@@ -163,7 +181,9 @@ class Module:
         elif init == "normal":
             data = tn_random.generator(rng).standard_normal(shape)
         else:
-            raise ValueError(f"unknown init {init!r}; use uniform, zeros, ones, normal or an array")
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r}: init must be one of "
+                                f"'uniform', 'zeros', 'ones', 'normal' or an array, got "
+                                f"{check.got(init)}")
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
         p._home = self
@@ -224,6 +244,7 @@ class Module:
             grad[...] = 0
 
     def update_parameters(self, lr: float) -> None:
+        lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
         for data, grad in storage(self.parameters()):
             data -= lr * grad
 

@@ -16,6 +16,7 @@ from ..executor import Compiled, compile, compile_shared, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
+from ..validation import data_array
 from .context import BuildContext
 from .packing import Packing
 from .state_grads import add_stepwise_state_grads, sequence_state_seeds
@@ -425,6 +426,7 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
+    data_array(root.describe(), x)
     if x.dtype.kind == "f" and x.dtype != root.dtype:
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
     if x.dtype.kind == "b":
