@@ -17,6 +17,7 @@ from ..graph import Graph
 from ..passes import default_passes
 from ..tracing import Tape
 from ..validation import data_array
+from .backward_input import record_for_input
 from .context import BuildContext
 from .packing import Packing
 from .state_grads import add_stepwise_state_grads, sequence_state_seeds
@@ -343,6 +344,8 @@ class Runtime:
     def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
         record = self._next_record(input)
         exe = record.exe
+        if not exe.history_mode:  # Torch7: backward uses the input it is given
+            record = record_for_input(record, input, self.module, _as_array)
         extra = [] if exe.history_mode else sequence_state_seeds(exe)
         pair = exe.compile_training(tuple(node for *_, node, _ in extra))
         saved = record.saved
