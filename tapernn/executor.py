@@ -78,19 +78,31 @@ class Compiled:
         return repr_svg(self)
 
 
-try:  # np.errstate(all="ignore") costs ~5 us per call to build; set its prepared state instead
+def _quiet(err: dict) -> dict:
+    """NumPy's error settings with "warn" turned off: a user's np.errstate(...="raise") still
+    raises (and the failure names the node), the default warnings do not leak."""
+    return {k: ("ignore" if v == "warn" else v) for k, v in err.items()}
+
+
+try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the last seen one
     from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
 
-    _QUIET = _make_extobj(all="ignore")
+    _last_quiet: tuple = (None, None)
 
     def _quiet_enter() -> Any:
-        return _extobj_contextvar.set(_QUIET)
+        global _last_quiet
+        current = _extobj_contextvar.get()
+        seen, quiet = _last_quiet
+        if current is not seen:
+            quiet = _make_extobj(**_quiet(np.geterr()))
+            _last_quiet = (current, quiet)
+        return _extobj_contextvar.set(quiet)
 
     def _quiet_exit(token: Any) -> None:
         _extobj_contextvar.reset(token)
 except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
     def _quiet_enter() -> Any:
-        state = np.errstate(all="ignore")
+        state = np.errstate(**_quiet(np.geterr()))
         state.__enter__()
         return state
 
