@@ -10,9 +10,9 @@ import numpy as np
 from . import functional as F
 from .autodiff import grad
 from .errors import DTypeError, GradcheckError
-from .validation import data_array
 from .executor import Compiled
 from .tracing import _flatten, trace
+from .validation import data_array
 
 
 def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: float = 1e-6,

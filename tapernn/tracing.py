@@ -328,4 +328,4 @@ def _numpy_on_var(called: str, name: str) -> str:
 
 
 from . import functional as F  # noqa: E402  (functional builds on emit)
-from .validation import data_array  # noqa: E402
+from .validation import data_array

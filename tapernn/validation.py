@@ -5,7 +5,8 @@ and what was got. Valid values come back normalised (numpy integers -> int, numb
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +32,8 @@ def got(value: Any) -> str:
     """`value` for a message: a module's description, or a short repr and the type."""
     if isinstance(value, type):
         return f"the class {value.__name__} (an instance is needed: {value.__name__}(...))"
-    describe = getattr(value, "describe", None)
-    if callable(describe):
-        try:
-            return describe()
-        except Exception:  # a half-built module: fall back to the repr
-            pass
+    if getattr(value, "_params", None) is not None and callable(getattr(value, "describe", None)):
+        return value.describe()  # a module (built far enough to describe itself)
     text = repr(value)
     text = text if len(text) <= 60 else text[:57] + "..."
     return text if value is None else f"{text} ({type(value).__name__})"

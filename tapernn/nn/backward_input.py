@@ -5,7 +5,8 @@ is left alone. For Linear this is exactly Torch7 (gradWeight += grad_outputᵀ·
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
