@@ -149,6 +149,12 @@ ROWS = [
      "ArgumentTypeError", "criterion must be an nn.Criterion, got nn.Linear(3 -> 2)"),
     ("BCECriterion(weights='abc')", lambda: nn.BCECriterion(weights="abc"), "ArgumentTypeError",
      "weights must be None or a 1-D array of numbers, got 'abc'"),
+    ("Recurrent.mask_zero()", lambda: nn.Recurrent(3, _lin(), _lin()).mask_zero(),
+     "ArgumentTypeError", "nn.Recurrent does not support mask_zero"),
+    ("var[1.5]", lambda: tn.trace(lambda x: x[1.5], np.ones(3)), "ArgumentTypeError",
+     "unsupported index 1.5"),
+    ("grad(wrt=[1.5])", lambda: tn.grad(tn.trace(tn.sum, np.ones(3)), wrt=[1.5]),
+     "ArgumentTypeError", "wrt entries are input nodes, indices or names, got 1.5"),
     ("traced fn returning a str", lambda: tn.trace(lambda x: "y", np.ones(3)), "TracingError",
      "traced functions must return Vars"),
 ]

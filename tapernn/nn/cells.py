@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
+from ..errors import ArgumentTypeError
 from ..tracing import Var
 from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
@@ -162,8 +163,8 @@ class Recurrent(AbstractRecurrent):
         self.add_child("merge", merge if merge is not None else CAddTable())
 
     def mask_zero(self) -> Recurrent:
-        raise TypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a Cell such "
-                        "as RNN, LSTM or GRU")
+        raise ArgumentTypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a "
+                                "Cell such as RNN, LSTM or GRU")
 
     def build(self, x):
         ctx = current_build()
