@@ -52,6 +52,12 @@ def _clip(max_norm):
     return optim.clip_grad_norm(nn.Linear(3, 2).parameters(), max_norm=max_norm)
 
 
+def _one_step_then_backward(other):
+    lstm = nn.LSTM(3, 2)
+    lstm.forward(np.ones((1, 3)))
+    lstm.backward(other, np.ones((1, 2)))
+
+
 def _params():
     return nn.Linear(3, 2).parameters()
 
@@ -155,6 +161,8 @@ ROWS = [
      "unsupported index 1.5"),
     ("grad(wrt=[1.5])", lambda: tn.grad(tn.trace(tn.sum, np.ones(3)), wrt=[1.5]),
      "ArgumentTypeError", "wrt entries are input nodes, indices or names, got 1.5"),
+    ("step-wise backward with another input", lambda: _one_step_then_backward(np.full((1, 3), 5.)),
+     "StateError", "expected the input of step 0 (the latest step not yet backwarded)"),
     ("traced fn returning a str", lambda: tn.trace(lambda x: "y", np.ones(3)), "TracingError",
      "traced functions must return Vars"),
 ]

@@ -391,15 +391,15 @@ class Runtime:
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
         leaves = flatten(input)[0]
-        if len(self.history) > 1:  # step-wise use: backward must retrace steps in reverse order
+        if record.exe.history_mode:  # step-wise use: backward must retrace steps in reverse order
             same = len(leaves) <= len(record.leaves) and all(
                 np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, b.dtype), b)
                 for a, b in zip(leaves, record.leaves))
             if not same:
                 step = len(pending) - 1
-                raise StateError(f"{self.module.describe()}: step-wise backward must run in reverse "
-                                 f"order; expected the input of step {step} (the latest step not yet "
-                                 f"backwarded), got a different input")
+                raise StateError(f"{self.module.describe()}: step-wise backward takes each step's "
+                                 f"own input in reverse order; expected the input of step {step} "
+                                 f"(the latest step not yet backwarded), got a different input")
         return record
 
     def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
