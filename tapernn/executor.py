@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .codegen import Program, arena_layout, fused_scratch
-from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .passes import CompileReport, Pass, default_passes, run_passes
@@ -154,8 +154,13 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
 
 
 def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
+    from .passes import check_passes
+
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
+                                f"{type(graph).__name__}")
     graph.verify()
-    return run_passes(graph, default_passes() if passes is None else passes)
+    return run_passes(graph, default_passes() if passes is None else check_passes(passes))
 
 
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None

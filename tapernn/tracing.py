@@ -287,6 +287,8 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     Shapes: each example array fixes the shape and dtype of one input; `fn` returns a Var or a
     (nested) list/tuple of Vars, which become `graph.outputs` in order.
     """
+    if not callable(fn):
+        raise TracingError(f"tn.trace takes a function of Vars first, got {type(fn).__name__}")
     tape = Tape()
     with tape.recording():
         ins = []

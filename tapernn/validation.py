@@ -54,14 +54,17 @@ def is_real(value: Any) -> bool:
         value, (bool, np.bool_))
 
 
-def size(owner: Any, name: str, value: Any, allow_none: bool = False) -> int | None:
-    """A positive integer (numpy integers accepted, bools refused), or None if `allow_none`."""
+def size(owner: Any, name: str, value: Any, allow_none: bool = False,
+         minimum: int = 1) -> int | None:
+    """A positive integer (numpy integers accepted, bools refused), or None if `allow_none`;
+    `minimum=0` also accepts 0 (a non-negative integer)."""
     if value is None and allow_none:
         return None
-    expected = f"{name} must be a positive integer{' or None' if allow_none else ''}"
+    kind = "positive" if minimum == 1 else "non-negative"
+    expected = f"{name} must be a {kind} integer{' or None' if allow_none else ''}"
     if not is_integer(value):
         raise ArgumentTypeError(f"{who(owner)}: {expected}, got {got(value)}")
-    if value < 1:
+    if value < minimum:
         raise ArgumentError(f"{who(owner)}: {expected}, got {int(value)}")
     return int(value)
 
@@ -161,6 +164,22 @@ def weights(owner: Any, name: str, value: Any) -> np.ndarray | None:
     if arr.ndim != 1:
         raise ArgumentError(f"{who(owner)}: {expected}, got shape {arr.shape}")
     return arr.astype(np.float64)
+
+
+def state_arrays(owner: Any, what: str, value: Any, names: tuple[str, ...],
+                 dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """One array per state (a bare array for a single state), numeric, as `dtype`."""
+    from .errors import ShapeError
+
+    if isinstance(value, np.ndarray):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise ArgumentTypeError(f"{who(owner)}: expected a tuple of {len(names)} {what} arrays "
+                                f"{names}, got {got(value)}")
+    if len(value) != len(names):
+        raise ShapeError(f"{who(owner)}: expected {len(names)} {what} arrays {names}, got "
+                         f"{len(value)}")
+    return tuple(data_array(owner, np.asarray(v)).astype(dtype) for v in value)
 
 
 def data_array(owner: Any, x: np.ndarray) -> np.ndarray:

@@ -58,6 +58,12 @@ def _one_step_then_backward(other):
     lstm.backward(other, np.ones((1, 2)))
 
 
+def _linear_after_forward():
+    m = nn.Linear(3, 2)
+    m.forward(np.ones((1, 3)))
+    return m
+
+
 def _params():
     return nn.Linear(3, 2).parameters()
 
@@ -163,6 +169,33 @@ ROWS = [
      "ArgumentTypeError", "wrt entries are input nodes, indices or names, got 1.5"),
     ("step-wise backward with another input", lambda: _one_step_then_backward(np.full((1, 3), 5.)),
      "StateError", "expected the input of step 0 (the latest step not yet backwarded)"),
+    ("tn.compile(passes='dce')", lambda: tn.compile(tn.trace(tn.tanh, np.ones(3)), passes="dce"),
+     "ArgumentTypeError", "a pass list is a list of functions Graph -> Graph, got str"),
+    ("tn.trace(3)", lambda: tn.trace(3, np.ones(3)), "TracingError",
+     "tn.trace takes a function of Vars first, got int"),
+    ("tn.gradcheck(3)", lambda: tn.gradcheck(3, np.ones(3)), "ArgumentTypeError",
+     "tn.gradcheck takes a function of Vars first, got int"),
+    ("tn.gradcheck(eps=-1)", lambda: tn.gradcheck(tn.tanh, np.ones(3), eps=-1), "ArgumentError",
+     "eps must be a positive number, got -1"),
+    ("grad(wrt=['nope'])", lambda: tn.grad(tn.trace(tn.sum, np.ones(3)), wrt=["nope"]),
+     "ArgumentError", "graph has no input named 'nope'"),
+    ("backward(grad_output='abc')", lambda: _linear_after_forward().backward(np.ones((1, 3)), "abc"),
+     "DTypeError", "grad_output: expected a numeric array (float, int or bool), got <U3"),
+    ("load_state_dict(3)", lambda: nn.Linear(3, 2).load_state_dict(3), "ArgumentTypeError",
+     "expected a dict of arrays (from state_dict()), got 3 (int)"),
+    ("get_hidden_state('a')", lambda: nn.LSTM(3, 2).get_hidden_state("a"), "ArgumentTypeError",
+     "t must be an integer, got 'a' (str)"),
+    ("set_grad_hidden_state('a', ...)",
+     lambda: nn.LSTM(3, 2).set_grad_hidden_state("a", (np.zeros(2), np.zeros(2))),
+     "ArgumentTypeError", "t must be an integer, got 'a' (str)"),
+    ("set_initial_state(None)", lambda: nn.LSTM(3, 2).set_initial_state(None), "ArgumentTypeError",
+     "expected a tuple of 2 state arrays ('h', 'c'), got None"),
+    ("set_initial_state(strings)", lambda: nn.LSTM(3, 2).set_initial_state(("a", "b")),
+     "DTypeError", "expected a numeric array (float, int or bool), got <U1"),
+    ("reset(stdv=-1)", lambda: nn.Linear(3, 2).reset(-1), "ArgumentError",
+     "stdv must be a non-negative number, got -1"),
+    ("parameter of shape (-1, 2)", lambda: nn.Module().parameter("w", (-1, 2)), "ArgumentError",
+     "parameter 'w' shape must be a non-negative integer, got -1"),
     ("traced fn returning a str", lambda: tn.trace(lambda x: "y", np.ones(3)), "TracingError",
      "traced functions must return Vars"),
 ]

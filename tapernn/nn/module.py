@@ -166,7 +166,7 @@ class Module:
                   bound: float | None = None, rng: np.random.Generator | None = None) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
-        shape = tuple(check.integer(self, "shape", s) for s in shape)
+        shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
         if isinstance(init, np.ndarray):
             if init.shape != shape:
@@ -294,6 +294,8 @@ class Module:
             child._clear_memory(keep_initial)
 
     def reset(self, stdv: float | None = None) -> Module:
+        if stdv is not None:
+            stdv = check.number(f"{self.describe()}.reset", "stdv", stdv, "non-negative")
         for m in self.modules():
             for name, p in m._params.items():
                 init, bound = getattr(p, "_init", ("uniform", None))
@@ -339,6 +341,9 @@ class Module:
         return {name: p.data.copy() for name, p in self.named_parameters().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
+        if not hasattr(state, "keys"):
+            raise ArgumentTypeError(f"{self.describe()}.load_state_dict: expected a dict of arrays "
+                                    f"(from state_dict()), got {check.got(state)}")
         params = self.named_parameters()
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))

@@ -170,7 +170,7 @@ class AbstractRecurrent(Module):
     def get_hidden_state(self, t: int = -1) -> tuple[np.ndarray, ...]:
         """The state after step t (0-based; negative from the end), a tuple in `state_names` order."""
         n = len(self.outputs)
-        if not -n <= t < n:
+        if not -n <= check.integer(self.describe(), "t", t) < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
         if self.outputs[t] is None:
             raise StateError(f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
@@ -180,12 +180,8 @@ class AbstractRecurrent(Module):
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
         """Start the next sequence from `state` (tuple in `state_names` order) instead of zeros,
         until forget()."""
-        if isinstance(state, np.ndarray):
-            state = (state,)
-        if len(state) != len(self.state_names):
-            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} state arrays "
-                             f"{self.state_names}, got {len(state)}")
-        self._user_initial = tuple(np.asarray(s, dtype=self.dtype) for s in state)
+        self._user_initial = check.state_arrays(self.describe(), "state", state,
+                                                self.state_names, self.dtype)
         self._check_state_sizes(self._user_initial)
         self._state = None
         self._grad_initial = None
@@ -204,12 +200,9 @@ class AbstractRecurrent(Module):
     def set_grad_hidden_state(self, t: int, grad: Any) -> AbstractRecurrent:
         """Add `grad` (tuple in `state_names` order) to the gradient flowing into the state after
         step t (0-based, negative from the end) in the next backward."""
-        if isinstance(grad, np.ndarray):
-            grad = (grad,)
-        if len(grad) != len(self.state_names):
-            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} gradient arrays "
-                             f"{self.state_names}, got {len(grad)}")
-        self._extra_state_grads[int(t)] = tuple(np.asarray(g, dtype=self.dtype) for g in grad)
+        t = check.integer(self.describe(), "t", t)
+        self._extra_state_grads[t] = check.state_arrays(self.describe(), "gradient", grad,
+                                                        self.state_names, self.dtype)
         return self
 
 

@@ -411,7 +411,8 @@ class Runtime:
                 if k >= len(gleaves):
                     raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "
                                      f"arrays, the output has {len(exe.real)}")
-                g = np.asarray(gleaves[k], dtype=node.dtype)
+                g = data_array(f"{self.module.describe()}: grad_output",
+                               np.asarray(gleaves[k])).astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
                                      f"expected {node.shape} (the output's shape)")
