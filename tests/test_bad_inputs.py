@@ -505,3 +505,71 @@ def test_nan_in_a_loss_raises_without_numpy_warnings(crit, target):
         warnings.simplefilter("error")
         with pytest.raises(tn.NumericError, match="NaN"):
             crit.forward(np.full((2, 3), np.nan), target)
+
+
+# ---- every public nn constructor, found by introspection ---------------------------------
+
+_SAMPLES = {  # a valid value per argument name
+    "input_size": 3, "output_size": 3, "hidden_size": 3, "n_index": 4, "n_output": 3,
+    "n_step": 2, "start": 3, "dim": 0, "index": 0, "offset": 0, "length": 1,
+    "module": lambda: nn.Linear(3, 3), "input": lambda: nn.Linear(3, 3),
+    "feedback": lambda: nn.Linear(3, 3), "fwd": lambda: nn.LSTM(3, 3),
+    "criterion": lambda: nn.MSECriterion(),
+}
+_SIZE_ARGS = {"input_size", "output_size", "hidden_size", "n_index", "n_output", "n_step",
+              "length", "n_input_dims"}
+_FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average"}
+_MODULE_ARGS = {"module", "fwd", "bwd", "merge", "input", "feedback", "transfer"}
+_ABSTRACT = {"Module", "Container", "Criterion", "AbstractRecurrent", "Cell"}
+
+
+def _public_constructors():
+    import inspect
+
+    out = []
+    for name in nn.__all__:
+        cls = getattr(nn, name)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or name in _ABSTRACT:
+            continue
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        out.append((name, cls, params))
+    return out
+
+
+def _sample(name):
+    value = _SAMPLES[name]
+    return value() if callable(value) else value
+
+
+@pytest.mark.parametrize("name, cls, params", [pytest.param(*c, id=c[0])
+                                               for c in _public_constructors()])
+def test_every_public_constructor_checks_its_arguments(name, cls, params):
+    required = {p.name: _sample(p.name) for p in params if p.default is p.empty}
+    cls(**required)  # the samples are valid
+    checks = []
+    for p in params:
+        if p.name in _SIZE_ARGS:
+            checks += [(p.name, bad, tn.ArgumentError) for bad in (0, -1, 2.5, True, "3")]
+        elif p.name in _FLAG_ARGS:
+            checks += [(p.name, bad, tn.ArgumentTypeError) for bad in ("no", 1, None)]
+        elif p.name in _MODULE_ARGS or p.name == "criterion":
+            checks += [(p.name, bad, tn.ArgumentTypeError) for bad in ("x", 3, nn.Linear)]
+        elif p.name == "rng":
+            checks += [(p.name, "abc", tn.ArgumentTypeError)]
+        elif p.name == "p":
+            checks += [(p.name, bad, tn.ArgumentError) for bad in (1.5, -1, "0.5")]
+        elif p.name in ("dim", "index", "offset", "ignore_index"):
+            checks += [(p.name, bad, tn.ArgumentTypeError) for bad in (1.5, "0", True)]
+    for arg, bad, cls_expected in checks:
+        kwargs = {**{k: _sample(k) for k in required}, arg: bad}
+        with pytest.raises(cls_expected) as e:
+            cls(**kwargs)
+        assert arg in str(e.value) or "criterion" in str(e.value), str(e.value)
+
+
+def test_the_constructor_sweep_reaches_the_known_modules():
+    reached = {name for name, _, _ in _public_constructors()}
+    assert {"Linear", "LSTM", "GRU", "RNN", "FastLSTM", "Recurrent", "Sequencer", "Repeater",
+            "Recursor", "BiSequencer", "Dropout", "LookupTable", "SequencerCriterion",
+            "ClassNLLCriterion", "NarrowTable", "SplitTable", "MaskZeroCriterion"} <= reached

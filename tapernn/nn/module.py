@@ -236,6 +236,10 @@ class Module:
         return runtime_of(self).forward(input)
 
     def backward(self, input: Any, grad_output: Any) -> Any:
+        """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
+        than the last forward's (same shapes), the gradient at *that* input, as Torch7's Linear
+        (gradWeight += grad_outputᵀ·input): recomputed with the forward's dropout masks and
+        states; `output` keeps the forward's value. Stepped by hand, each step's own input."""
         from .runtime import runtime_of
         return runtime_of(self).backward(input, grad_output)
 
