@@ -23,6 +23,15 @@ class _NpTanhCell(nn.Cell):
         return np.tanh(x @ np.eye(3) + h)  # should be tn.tanh
 
 
+class _NpParamCell(nn.Cell):
+    def __init__(self):
+        super().__init__(3, 3)
+        self.parameter("w", (3, 3))
+
+    def step(self, x, h):
+        return tn.tanh(np.ones(3) + x @ self.w) + np.exp(self.w[0])  # should be tn.exp
+
+
 class _NpSumCell(nn.Cell):
     def __init__(self):
         super().__init__(3, 3)
@@ -136,6 +145,9 @@ ROWS = [
      "TracingError", "np.tanh cannot take a symbolic tn.Var (in '0', step 0); use tn.tanh"),
     ("np.sum(var) in a cell", lambda: nn.Sequencer(_NpSumCell()).forward(np.ones((2, 1, 3))),
      "TracingError", "np.sum cannot take a symbolic tn.Var (in '0', step 0); use tn.sum"),
+    ("np.exp(parameter) in a cell",
+     lambda: nn.Sequencer(_NpParamCell()).forward(np.ones((2, 1, 3))), "TracingError",
+     "np.exp cannot take a symbolic tn.Var (in '0', step 0); use tn.exp"),
     ("np.asarray(var)", lambda: tn.trace(lambda x: np.asarray(x), np.ones(3)), "TracingError",
      "a symbolic tn.Var has no values"),
     ("set_initial_state of the wrong batch", lambda: _seq_with_initial((5, 2)), "ShapeError",

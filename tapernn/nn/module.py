@@ -95,6 +95,15 @@ class Parameter:
     __getitem__ = lambda s, i: s.__tapernn_var__()[i]
     T = property(lambda s: s.__tapernn_var__().T)
 
+    # NumPy on a Parameter inside a build: as on its Var (operators record, np.tanh says tn.tanh)
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        inputs = tuple(i.__tapernn_var__() if isinstance(i, Parameter) else i for i in inputs)
+        var = next(i for i in inputs if isinstance(i, Var))
+        return var.__array_ufunc__(ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return self.__tapernn_var__().__array_function__(func, types, args, kwargs)
+
 
 def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
     return tn_random.generator(rng).uniform(-bound, bound, size=shape)
