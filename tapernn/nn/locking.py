@@ -82,10 +82,10 @@ def joined(parent: Any, child: Any) -> None:
         _merge([parent, *child.modules()])
 
 
-class tree_locked:  # noqa: N801  # used like a function: `with tree_locked(m):`
+class tree_locked:  # (lower case: used like a function, `with tree_locked(m):`)
     """Hold the lock of `module`'s tree (re-entrant)."""
 
-    __slots__ = ("module", "lock")
+    __slots__ = ("lock", "module")
 
     def __init__(self, module: Any):
         self.module, self.lock = module, None
