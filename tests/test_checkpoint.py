@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tapernn import fileio
-from tapernn.checkpoint import load_checkpoint
+from tapernn.checkpoint import CheckpointError, load_checkpoint
 from tapernn.cli import OneLineArgumentParser
 from tapernn.train import Trainer, add_arguments, main
 
@@ -114,7 +114,7 @@ def test_a_checkpoint_whose_parts_disagree_is_refused_naming_the_file(tmp_path, 
     config = json.loads((gen_b / "config.json").read_text())
     config["step"] = 17
     (gen_b / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(tmp_path / "b")
 
 
@@ -160,3 +160,18 @@ def test_resume_past_the_requested_steps_says_nothing_to_do(tmp_path, text, caps
     out = capsys.readouterr().out
     assert "nothing to do" in out and "step 3" in out, out
     assert (ckpt / "CURRENT").read_text() == pointer  # not saved again
+
+
+def test_a_broken_pointer_or_manifest_is_refused_naming_the_file(tmp_path, text):
+    ckpt = tmp_path / "c"
+    run(text, ckpt, 2)
+    gen = ckpt / (ckpt / "CURRENT").read_text().strip()
+    (gen / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="manifest.json"):
+        load_checkpoint(ckpt)
+    shutil.rmtree(gen)
+    with pytest.raises(CheckpointError, match="CURRENT"):
+        load_checkpoint(ckpt)
+    (ckpt / "CURRENT").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+        load_checkpoint(ckpt)
