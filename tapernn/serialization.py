@@ -26,7 +26,11 @@ def save(module: Any, path: str | os.PathLike) -> None:
     diverged model must not overwrite a good checkpoint."""
     state = module.state_dict()
     check_arrays(state, f"{module.describe()} (not saved)")
-    atomic_write(npz_path(path), lambda f: write_npz(f, state))
+    where = npz_path(path)
+    try:
+        atomic_write(where, lambda f: write_npz(f, state))
+    except OSError as e:
+        raise StateError(f"cannot write parameters to {where!r}: {e.strerror or e}") from None
 
 
 def write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:

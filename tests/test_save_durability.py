@@ -45,6 +45,8 @@ def test_save_and_load_into_agree_on_the_npz_suffix(tmp_path):
     tn.load_into(b, tmp_path / "ckpt")          # was: "no such file"
     assert same(weights(a), weights(b))
     tn.load_into(linear(2), str(tmp_path / "ckpt.npz"))
+    with pytest.raises(tn.StateError, match="cannot write parameters to .*no_dir"):
+        tn.save(a, tmp_path / "no_dir" / "m")
 
 
 @pytest.mark.parametrize("damage", ["empty", "cut10", "cut_half", "cut_end", "garbage", "flip"])
