@@ -123,15 +123,23 @@ def _write_generation(path: Path, blobs: dict[str, bytes], step: int) -> Path:
 
 def _remove_old(path: Path, keep: str) -> None:
     """After the switch: earlier generations, unfinished ones, a legacy checkpoint's files."""
+    legacy = _is_legacy(path)
     for p in sorted(path.iterdir()):
         if (_GENERATION.match(p.name) and p.name != keep) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-        elif p.name in FILES or p.name.startswith((".write-test-", f".{POINTER}.")):
+        elif (legacy and p.name in FILES) or p.name.startswith((".write-test-", f".{POINTER}.")):
             p.unlink(missing_ok=True)
         else:
             continue
         crash_point()
     fsync_dir(path)
+
+
+def _is_legacy(path: Path) -> bool:
+    try:
+        return _json(path / "config.json").get("format") == LEGACY_FORMAT
+    except CheckpointError:
+        return False
 
 
 # ---- loading -------------------------------------------------------------------------------------

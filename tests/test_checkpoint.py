@@ -175,3 +175,14 @@ def test_a_broken_pointer_or_manifest_is_refused_naming_the_file(tmp_path, text)
     (ckpt / "CURRENT").unlink()
     with pytest.raises(CheckpointError, match="no checkpoint to resume"):
         load_checkpoint(ckpt)
+
+
+def test_force_into_a_directory_with_foreign_files_keeps_them(tmp_path, text):
+    ckpt = tmp_path / "c"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"mine": true}')  # not a tapernn checkpoint
+    assert main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), *TINY]) == 2
+    assert main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), "--force",
+                 *TINY]) == 0
+    assert (ckpt / "config.json").read_text() == '{"mine": true}'
+    assert load_checkpoint(ckpt).step == 2
