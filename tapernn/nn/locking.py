@@ -118,8 +118,7 @@ def locked_method(fn: Callable) -> Callable:
         try:
             if not is_forward:
                 return fn(self, *args, **kwargs)
-            if self.is_recurrent:
-                check_sequence_owner(self)
+            check_sequence_owner(self)
             out = fn(self, *args, **kwargs)
             _stamp(self)
             return out
@@ -169,10 +168,8 @@ def check_backward_pairing(module: Any) -> None:
 
 def check_sequence_owner(module: Any) -> None:
     """Refuse a step-wise forward that would continue another thread's sequence."""
-    if not module.is_recurrent:
-        return
-    owner = _other_thread(module)
-    if owner is not None:
+    owner = _other_thread(module)  # (usually None: checked before the tree walk is_recurrent is)
+    if owner is not None and module.is_recurrent:
         raise StateError(f"{module.describe()}: step-wise forward in thread "
                          f"{threading.get_ident()} would continue the sequence stepped by thread "
                          f"{owner} (a recurrent module remembers one sequence); call forget() "
