@@ -282,6 +282,21 @@ def test_tanh_backward_with_a_new_input_is_the_gradient_at_that_input():
     np.testing.assert_allclose(model[0].weight.grad, d.T @ x2, rtol=1e-12)
 
 
+def test_sequencer_backward_with_a_new_input_equals_forward_then_backward_at_it():
+    import copy
+    rng = np.random.default_rng(2)
+    model = nn.Sequencer(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)))
+    twin = copy.deepcopy(model)
+    x1, x2 = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 3))
+    g = rng.standard_normal((5, 2, 2))
+    model.forward(x1)
+    gx = model.backward(x2, g)
+    twin.forward(x2)
+    np.testing.assert_allclose(gx, twin.backward(x2, g), rtol=1e-12, atol=1e-14)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+
+
 def test_dropout_backward_with_a_new_input_reuses_the_forward_mask():
     tn.manual_seed(3)
     model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5))
