@@ -131,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C)."""
+def run(args: argparse.Namespace, distributed: bool | None = None) -> int:
+    """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C). Under an
+    MPI launcher with several processes (`mpiexec -n N`), trains data-parallel on all of them."""
+    if distributed is None:
+        from .distributed import world_size_from_environment
+        distributed = world_size_from_environment() > 1
+    if distributed:
+        from .distributed_train import run_distributed
+        return run_distributed(args)
     try:
         with blas_threads(args.threads):
             return Trainer(args).fit()
