@@ -297,3 +297,17 @@ class DistributedOptimizer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["optimizer"], name)
+
+
+def launcher_command(n: int, mpiexec: str = "mpiexec") -> list[str]:
+    """`mpiexec -n N` with the flag the installed MPI needs to start more ranks than cores:
+    Open MPI refuses without --oversubscribe; MPICH's Hydra (the `mpich` wheel) needs none."""
+    import shutil
+    import subprocess
+    path = shutil.which(mpiexec)
+    if path is None:
+        raise DistributedError(f"no {mpiexec!r} on PATH; install an MPI with {MPI_EXTRA}")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    is_open_mpi = "open mpi" in (version.stdout + version.stderr).lower()
+    return [path, "-n", str(n)] + (["--oversubscribe"] if is_open_mpi else [])

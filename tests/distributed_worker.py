@@ -1,0 +1,73 @@
+"""Run by tests/test_distributed.py, alone or under `mpiexec -n N`: trains the char LM with the
+`tapernn train` options given after `--`, then writes this rank's parameters, remembered state
+and shard to OUT/rank<r>.npz. `--fail STEP:RANK:HOW` makes that rank die (kill), hang, or raise
+at that step, to check that the job ends instead of waiting forever."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+
+def main() -> int:
+    cut = sys.argv.index("--")
+    own = argparse.ArgumentParser()
+    own.add_argument("out")
+    own.add_argument("--fail", default=None)
+    opts = own.parse_args(sys.argv[1:cut])
+    from tapernn import distributed as dist
+    from tapernn.cli import OneLineArgumentParser
+    from tapernn.train import Trainer, add_arguments
+    parser = OneLineArgumentParser(prog="tapernn train")
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[cut + 1:])
+    if dist.world_size_from_environment() > 1:
+        from tapernn.distributed_train import DistributedTrainer
+        dist.init()
+        trainer = DistributedTrainer.create(args)
+        assert not isinstance(trainer, int), "set-up failed"
+    else:
+        trainer = Trainer(args)
+    if opts.fail:
+        _arm_failure(trainer, *opts.fail.split(":"))
+    snapshot = {}
+    train = trainer._train
+
+    def train_and_keep_the_state(stop):  # the final evaluation forgets it
+        train(stop)
+        snapshot["states"] = trainer.lm.remembered_states()
+    trainer._train = train_and_keep_the_state
+    code = trainer.fit()
+    states = snapshot["states"]
+    arrays = {f"param{k}": p.data for k, p in enumerate(trainer.lm.parameters())}
+    arrays.update({f"state{k}.{j}": a for k, st in enumerate(states) if st is not None
+                   for j, a in enumerate(st)})
+    rows = getattr(trainer, "rows", (0, trainer.options["batch"]))
+    np.savez(os.path.join(opts.out, f"rank{dist.rank()}.npz"), rows=np.array(rows),
+             losses=np.array(trainer.losses), **arrays)
+    return code
+
+
+def _arm_failure(trainer, step: str, rank: str, how: str) -> None:
+    from tapernn import distributed as dist
+    if dist.rank() != int(rank):
+        return
+    train_step = trainer.lm.train_step
+
+    def failing_step(*a, **k):
+        if trainer.step == int(step):
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if how == "hang":
+                time.sleep(3600)
+            raise RuntimeError(f"injected failure at step {step}")
+        return train_step(*a, **k)
+    trainer.lm.train_step = failing_step
+
+
+if __name__ == "__main__":
+    sys.exit(main())
