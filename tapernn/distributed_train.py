@@ -76,6 +76,21 @@ def _follower_args(args: argparse.Namespace, options: dict) -> argparse.Namespac
     return out
 
 
+class AgreedStop(StopRequest):
+    """Ctrl-C on a rank sets `pending` there; `requested` changes only where all ranks combine
+    their flags (after each step, after evaluating), so every rank stops after the same step and
+    takes the same path (save, message) from there. A second Ctrl-C aborts the job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+
 class DistributedTrainer(Trainer):
     """A Trainer whose data is this rank's shard of the batch streams and whose optimizer step
     averages gradients over all ranks (dist.DistributedOptimizer, clipping after averaging)."""
@@ -144,7 +159,10 @@ class DistributedTrainer(Trainer):
         self.train_seconds, self.train_tokens = 0.0, 0
         return super().fit()
 
-    def _train(self, stop: StopRequest) -> None:
+    def stop_request(self) -> AgreedStop:
+        return AgreedStop()
+
+    def _train(self, stop: AgreedStop) -> None:
         from tqdm import tqdm
         n_batches = len(self.train_x)
         tokens = self.train_x.shape[1] * self.global_batch  # the whole job's, per step
@@ -158,9 +176,9 @@ class DistributedTrainer(Trainer):
                 loss = self.lm.train_step(self.train_x[k], self.train_y[k], self.dist_optimizer, 0)
                 # the global batch's loss, and whether any rank was asked to stop: all ranks
                 # finish this step and then stop together
-                loss, stops = dist.allreduce_values([self.weight * loss, float(stop.requested)],
+                loss, stops = dist.allreduce_values([self.weight * loss, float(stop.pending)],
                                                     f"combining the loss of step {self.step}")
-                stop.requested = stop.requested or stops > 0
+                stop.requested = stops > 0
                 seconds = time.perf_counter() - tick
                 self.train_seconds += seconds
                 self.train_tokens += tokens
@@ -178,18 +196,18 @@ class DistributedTrainer(Trainer):
             self.bar.close()
             self.bar = None
 
-    def _evaluate(self, stop: StopRequest, label: str) -> None:
+    def _evaluate(self, stop: AgreedStop, label: str) -> None:
         """Validation perplexity over all ranks' shares of the validation streams; the sample and
         the message come from rank 0. Every rank ends with its state forgotten, as one process."""
         if self.val_x.shape[2] > 0:
-            nll = self.lm.mean_nll(self.val_x, self.val_y, stop)
+            nll = self.lm.mean_nll(self.val_x, self.val_y, lambda: stop.pending)
         else:  # more ranks than validation streams: nothing to score, but forget alike
             nll = 0.0
             self.lm.model.evaluate()
             self.lm.model.training()
-        nll, stops = dist.allreduce_values([self.val_weight * nll, float(stop.requested)],
+        nll, stops = dist.allreduce_values([self.val_weight * nll, float(stop.pending)],
                                            "combining the validation loss")
-        stop.requested = stop.requested or stops > 0
+        stop.requested = stops > 0
         if stop.requested:
             return
         ppl = float(np.exp(nll))

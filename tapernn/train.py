@@ -262,7 +262,7 @@ class Trainer:
 
     def fit(self) -> int:
         started, first_step = time.perf_counter(), self.step
-        with StopRequest() as stop:  # installed first: a Ctrl-C from here on saves cleanly
+        with self.stop_request() as stop:  # installed first: a Ctrl-C from here on saves cleanly
             self._print_header()
             self._train(stop)
             if stop.requested:
@@ -273,6 +273,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         self.say(self._summary(first_step, elapsed))
         return INTERRUPTED if stop.requested else 0
+
+    def stop_request(self) -> StopRequest:
+        return StopRequest()  # (distributed_train: one all ranks agree on)
 
     def _train(self, stop: StopRequest) -> None:
         from tqdm import tqdm  # imported here: `tapernn --help` should not pay for it
