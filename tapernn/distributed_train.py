@@ -180,8 +180,9 @@ class DistributedTrainer(Trainer):
                                                     f"combining the loss of step {self.step}")
                 stop.requested = stops > 0
                 seconds = time.perf_counter() - tick
-                self.train_seconds += seconds
-                self.train_tokens += tokens
+                if self.losses:  # the session's first step compiles: not counted in the speed
+                    self.train_seconds += seconds
+                    self.train_tokens += tokens
                 speed = tokens / max(seconds, 1e-9)
                 rate = speed if rate is None else 0.9 * rate + 0.1 * speed
                 self.losses.append(float(loss))
@@ -268,7 +269,7 @@ class DistributedTrainer(Trainer):
     def _summary(self, first_step: int, elapsed: float) -> str:
         speed = self.train_tokens / self.train_seconds if self.train_seconds else 0.0
         return (f"{super()._summary(first_step, elapsed)}; {speed:,.0f} tokens/s over "
-                f"{self.size} ranks")
+                f"{self.size} ranks (after the first step)")
 
 
 def _columns(a: np.ndarray, lo: int, hi: int) -> np.ndarray:

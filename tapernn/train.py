@@ -135,8 +135,8 @@ def run(args: argparse.Namespace, distributed: bool | None = None) -> int:
     """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C). Under an
     MPI launcher with several processes (`mpiexec -n N`), trains data-parallel on all of them."""
     if distributed is None:
-        from .distributed import world_size_from_environment
-        distributed = world_size_from_environment() > 1
+        from .distributed import launched_by_mpi
+        distributed = launched_by_mpi()
     if distributed:
         from .distributed_train import run_distributed
         return run_distributed(args)

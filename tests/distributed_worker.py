@@ -19,21 +19,26 @@ def main() -> int:
     own.add_argument("out")
     own.add_argument("--fail", default=None)
     opts = own.parse_args(sys.argv[1:cut])
+    return train_and_dump(opts.out, sys.argv[cut + 1:], opts.fail)
+
+
+def train_and_dump(out: str, argv: list[str], fail: str | None = None) -> int:
+    """Train with the `tapernn train` options `argv`; write OUT/rank<r>.npz; the exit code."""
     from tapernn import distributed as dist
     from tapernn.cli import OneLineArgumentParser
     from tapernn.train import Trainer, add_arguments
     parser = OneLineArgumentParser(prog="tapernn train")
     add_arguments(parser)
-    args = parser.parse_args(sys.argv[cut + 1:])
-    if dist.world_size_from_environment() > 1:
+    args = parser.parse_args(argv)
+    if dist.launched_by_mpi():
         from tapernn.distributed_train import DistributedTrainer
         dist.init()
         trainer = DistributedTrainer.create(args)
         assert not isinstance(trainer, int), "set-up failed"
     else:
         trainer = Trainer(args)
-    if opts.fail:
-        _arm_failure(trainer, *opts.fail.split(":"))
+    if fail:
+        _arm_failure(trainer, *fail.split(":"))
     snapshot = {}
     train = trainer._train
 
@@ -47,7 +52,7 @@ def main() -> int:
     arrays.update({f"state{k}.{j}": a for k, st in enumerate(states) if st is not None
                    for j, a in enumerate(st)})
     rows = getattr(trainer, "rows", (0, trainer.options["batch"]))
-    np.savez(os.path.join(opts.out, f"rank{dist.rank()}.npz"), rows=np.array(rows),
+    np.savez(os.path.join(out, f"rank{dist.rank()}.npz"), rows=np.array(rows),
              losses=np.array(trainer.losses), **arrays)
     return code
 

@@ -4,6 +4,8 @@ any N, a dead, hung or failing rank ends the job non-zero, and a missing mpi4py 
 The MPI runs are subprocesses under a timeout (tests/distributed_worker.py)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import os
 import random
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed_worker import train_and_dump
 
 from tapernn import distributed as dist
 from tapernn import nn
+from tapernn.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "distributed_worker.py")
@@ -49,14 +53,24 @@ def launch(n: int, argv: list[str], env: dict | None = None) -> subprocess.Compl
                           timeout=LIMIT, env=environment, cwd=ROOT, check=False)
 
 
-def train(n: int, *argv: str) -> subprocess.CompletedProcess:
+def train(n: int, *argv: str) -> str:
+    """`tapernn train argv` under `mpiexec -n n`, or in this process for n = 0; its stdout."""
+    if n == 0:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert train_main(list(argv)) == 0
+        return out.getvalue()
     done = launch(n, ["-m", "tapernn", "train", *argv])
     assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    return done.stdout
 
 
 def worker(n: int, out: Path, argv: list[str], fail: str | None = None, env=None):
+    """tests/distributed_worker.py under `mpiexec -n n`, or in this process for n = 0."""
     out.mkdir(exist_ok=True)
+    if n == 0:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return subprocess.CompletedProcess([], train_and_dump(str(out), argv), "", "")
     extra = [] if fail is None else ["--fail", fail]
     return launch(n, [WORKER, str(out), *extra, "--", *argv], env)
 
@@ -126,13 +140,14 @@ def test_without_mpi4py_the_error_names_the_extra(monkeypatch):
         dist.init()
 
 
-def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(text_file):
-    code = ("import sys; sys.modules['mpi4py'] = None; from tapernn.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    done = launch(0, ["-c", code, "train", "--text", str(text_file), "--steps", "1", *TINY],
-                  env={"PMI_SIZE": "2", "PMI_RANK": "0"})  # what mpiexec would set
-    assert done.returncode == 2, done.stderr
-    assert 'pip install "tapernn[mpi]"' in done.stderr and "Traceback" not in done.stderr
+def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(text_file, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(dist._group, "comm", None)
+    monkeypatch.setenv("PMI_RANK", "0")  # what mpiexec would set
+    assert train_main(["--text", str(text_file), "--steps", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "tapernn[mpi]"' in err and "Traceback" not in err
 
 
 # ---- under mpiexec -n 2 ------------------------------------------------------------------------
@@ -163,14 +178,14 @@ def test_checkpoint_from_two_ranks_resumes_under_two_or_one_equal_to_one_run(tmp
     # batch 5 splits 3 + 2 rows: the ranks' gradients are weighted 3/5 and 2/5, not averaged
     argv = ["--text", str(text_file), "--batch", "5", *TINY]
     straight, half = tmp_path / "straight", tmp_path / "half"
-    out = train(0, *argv, "--steps", "12", "--checkpoint", str(straight)).stdout
+    out = train(0, *argv, "--steps", "12", "--checkpoint", str(straight))
     assert "epoch 1" in out  # the runs cross an epoch end (evaluation, state forgotten, save)
     train(2, *argv, "--steps", "5", "--checkpoint", str(half))
     shutil.copytree(half, tmp_path / "half_for_one")
-    done = train(2, "--steps", "12", "--resume", "--checkpoint", str(half), "--no-progress",
-                 "--sample-len", "0")
-    assert done.stdout.count("resuming at step 5") == 1  # rank 0 alone logs
-    assert "tokens/s over 2 ranks" in done.stdout
+    out = train(2, "--steps", "12", "--resume", "--checkpoint", str(half), "--no-progress",
+                "--sample-len", "0")
+    assert out.count("resuming at step 5") == 1  # rank 0 alone logs
+    assert "tokens/s over 2 ranks" in out
     train(0, "--steps", "12", "--resume", "--checkpoint", str(tmp_path / "half_for_one"),
           "--no-progress", "--sample-len", "0")
     for resumed in (half, tmp_path / "half_for_one"):

@@ -42,7 +42,7 @@ def train_worker(a: argparse.Namespace) -> dict:
     from tapernn.blas import blas_threads
     from tapernn.charlm import CharLM
     from tapernn.nn import FastLSTM
-    if dist.world_size_from_environment() > 1:
+    if dist.launched_by_mpi():
         dist.init()
     tn_random.manual_seed(1)
     lm = CharLM(a.vocab, FastLSTM, 1, a.embed, a.hidden)
