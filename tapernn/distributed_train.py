@@ -172,6 +172,7 @@ class DistributedTrainer(Trainer):
         try:
             while self.step < self.total and not stop.requested:
                 k = self.step % n_batches
+                traces = self._traces()
                 tick = time.perf_counter()
                 loss = self.lm.train_step(self.train_x[k], self.train_y[k], self.dist_optimizer, 0)
                 # the global batch's loss, and whether any rank was asked to stop: all ranks
@@ -180,7 +181,7 @@ class DistributedTrainer(Trainer):
                                                     f"combining the loss of step {self.step}")
                 stop.requested = stops > 0
                 seconds = time.perf_counter() - tick
-                if self.losses:  # the session's first step compiles: not counted in the speed
+                if self._traces() == traces:  # steps that compiled do not count in the speed
                     self.train_seconds += seconds
                     self.train_tokens += tokens
                 speed = tokens / max(seconds, 1e-9)
@@ -196,6 +197,9 @@ class DistributedTrainer(Trainer):
         finally:
             self.bar.close()
             self.bar = None
+
+    def _traces(self) -> int:
+        return sum(m.trace_count for m in self.lm.model.modules())
 
     def _evaluate(self, stop: AgreedStop, label: str) -> None:
         """Validation perplexity over all ranks' shares of the validation streams; the sample and
@@ -267,9 +271,11 @@ class DistributedTrainer(Trainer):
                  f"({sum(p.data.nbytes for p in self.lm.parameters()):,} bytes)")
 
     def _summary(self, first_step: int, elapsed: float) -> str:
-        speed = self.train_tokens / self.train_seconds if self.train_seconds else 0.0
+        if not self.train_seconds:  # every step compiled (a very short run)
+            return f"{super()._summary(first_step, elapsed)}; {self.size} ranks"
+        speed = self.train_tokens / self.train_seconds
         return (f"{super()._summary(first_step, elapsed)}; {speed:,.0f} tokens/s over "
-                f"{self.size} ranks (after the first step)")
+                f"{self.size} ranks (steps that compiled left out)")
 
 
 def _columns(a: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -185,7 +185,7 @@ def test_checkpoint_from_two_ranks_resumes_under_two_or_one_equal_to_one_run(tmp
     out = train(2, "--steps", "12", "--resume", "--checkpoint", str(half), "--no-progress",
                 "--sample-len", "0")
     assert out.count("resuming at step 5") == 1  # rank 0 alone logs
-    assert "tokens/s over 2 ranks" in out
+    assert "tokens/s over 2 ranks" in out  # the whole job's speed
     train(0, "--steps", "12", "--resume", "--checkpoint", str(tmp_path / "half_for_one"),
           "--no-progress", "--sample-len", "0")
     for resumed in (half, tmp_path / "half_for_one"):
