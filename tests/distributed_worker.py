@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py, alone or under `mpiexec -n N`: trains the char LM with the
 `tapernn train` options given after `--`, then writes this rank's parameters, remembered state
 and shard to OUT/rank<r>.npz. `--fail STEP:RANK:HOW` makes that rank die (kill), hang, or raise
-at that step, to check that the job ends instead of waiting forever."""
+at that step, to check that the job ends instead of waiting forever; with `--cli` the run goes
+through `tapernn train`'s own error handling instead of an uncaught exception (the excepthook)."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,24 @@ def main() -> int:
     own = argparse.ArgumentParser()
     own.add_argument("out")
     own.add_argument("--fail", default=None)
+    own.add_argument("--cli", action="store_true")
     opts = own.parse_args(sys.argv[1:cut])
+    if opts.cli:
+        return failing_cli(sys.argv[cut + 1:], opts.fail)
     return train_and_dump(opts.out, sys.argv[cut + 1:], opts.fail)
+
+
+def failing_cli(argv: list[str], fail: str) -> int:
+    """`tapernn train argv` with the failure armed when the trainer starts to fit."""
+    from tapernn.distributed_train import DistributedTrainer
+    from tapernn.train import main as train_main
+    fit = DistributedTrainer.fit
+
+    def failing_fit(trainer):
+        _arm_failure(trainer, *fail.split(":"))
+        return fit(trainer)
+    DistributedTrainer.fit = failing_fit
+    return train_main(argv)
 
 
 def train_and_dump(out: str, argv: list[str], fail: str | None = None) -> int:
