@@ -15,6 +15,8 @@ import numpy as np
 
 
 def main() -> int:
+    if sys.argv[1] == "collectives":
+        return collectives(sys.argv[2])
     cut = sys.argv.index("--")
     own = argparse.ArgumentParser()
     own.add_argument("out")
@@ -24,6 +26,33 @@ def main() -> int:
     if opts.cli:
         return failing_cli(sys.argv[cut + 1:], opts.fail)
     return train_and_dump(opts.out, sys.argv[cut + 1:], opts.fail)
+
+
+def collectives(out: str) -> int:
+    """allreduce_gradients (in-place and packed buckets, float64 and float32, this rank's weight),
+    broadcast_parameters and the object collectives on a model whose values depend on the rank;
+    writes what this rank ends with to OUT/coll<r>.npz."""
+    from tapernn import distributed as dist
+    from tapernn import nn
+    dist.init()
+    r = dist.rank()
+    linear = nn.Linear(4, 5).astype("float32")  # two dtypes: one packed bucket per dtype
+    model = nn.Sequential(nn.LSTM(3, 4), linear)  # LSTM: parameter blocks; Linear: loose arrays
+    params = model.parameters()
+    for k, p in enumerate(params):
+        p.data[...] = np.random.default_rng([r, k]).standard_normal(p.data.shape)
+        p.grad[...] = np.random.default_rng([r, k, 1]).standard_normal(p.grad.shape)
+    before = {f"grad{k}": p.grad.copy() for k, p in enumerate(params)}
+    weight = (r + 1) / 3  # ranks 0, 1 of 2: weights 1/3, 2/3
+    dist.allreduce_gradients(params, weight=weight, bucket_bytes=400)  # some in place, some packed
+    dist.broadcast_parameters(model)
+    gathered = dist.allgather_object({"rank": r})
+    told = dist.broadcast_object(f"from {r}", root=1)
+    np.savez(os.path.join(out, f"coll{r}.npz"), weight=weight,
+             gathered=np.array([g["rank"] for g in gathered]), told=np.array(told),
+             **before, **{f"after{k}": p.grad for k, p in enumerate(params)},
+             **{f"data{k}": p.data for k, p in enumerate(params)})
+    return 0
 
 
 def failing_cli(argv: list[str], fail: str) -> int:

@@ -153,6 +153,29 @@ def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(text_fil
 # ---- under mpiexec -n 2 ------------------------------------------------------------------------
 
 @needs_mpiexec
+def test_collectives_against_numpy(tmp_path):
+    done = launch(2, [WORKER, "collectives", str(tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    r0, r1 = load(tmp_path / "coll0.npz"), load(tmp_path / "coll1.npz")
+    n = sum(k.startswith("grad") for k in r0)
+    assert n == 15 + 2  # LSTM's and Linear's parameters
+    same = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 5).astype("float32"))  # the worker's model
+    plan = dist.plan_buckets(same.parameters(), bucket_bytes=400)
+    assert {b.in_place for b in plan} == {True, False}  # both kinds of bucket are exercised
+    assert {a.dtype for b in plan if not b.in_place for a in b.arrays} == {
+        np.dtype("float32"), np.dtype("float64")}
+    for k in range(n):  # sum_r weight_r * grad_r, in every rank, in the gradient's dtype
+        expected = r0["weight"] * r0[f"grad{k}"] + r1["weight"] * r1[f"grad{k}"]
+        for r in (r0, r1):
+            assert r[f"after{k}"].dtype == r0[f"grad{k}"].dtype
+            np.testing.assert_allclose(r[f"after{k}"], expected,
+                                       rtol=1e-6 if r0[f"grad{k}"].dtype == np.float32 else 1e-15)
+        assert np.array_equal(r0[f"data{k}"], r1[f"data{k}"])  # rank 0's parameters everywhere
+    for r in (r0, r1):
+        assert list(r["gathered"]) == [0, 1] and str(r["told"]) == "from 1"
+
+
+@needs_mpiexec
 def test_two_ranks_on_half_batches_equal_one_process_and_each_other(tmp_path, text_file):
     argv = ["--text", str(text_file), "--batch", "4", "--steps", "5", *TINY]
     one, two = tmp_path / "one", tmp_path / "two"
