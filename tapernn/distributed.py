@@ -297,12 +297,21 @@ class DistributedOptimizer:
         return getattr(self.__dict__["optimizer"], name)
 
 
+def find_mpiexec(name: str = "mpiexec") -> str | None:
+    """`name` on PATH, else beside this interpreter (where the `mpich` wheel installs it)."""
+    import shutil
+    found = shutil.which(name)
+    if found is None:
+        beside = os.path.join(os.path.dirname(sys.executable), name)
+        found = beside if os.access(beside, os.X_OK) else None
+    return found
+
+
 def launcher_command(n: int, mpiexec: str = "mpiexec") -> list[str]:
     """`mpiexec -n N` with the flag the installed MPI needs to start more ranks than cores:
     Open MPI refuses without --oversubscribe; MPICH's Hydra (the `mpich` wheel) needs none."""
-    import shutil
     import subprocess
-    path = shutil.which(mpiexec)
+    path = find_mpiexec(mpiexec)
     if path is None:
         raise DistributedError(f"no {mpiexec!r} on PATH; install an MPI with {MPI_EXTRA}")
     version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,

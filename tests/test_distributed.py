@@ -26,7 +26,7 @@ from tapernn.train import main as train_main
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "distributed_worker.py")
 LIMIT = 120  # seconds any one launch may take before the test fails (instead of hanging CI)
-needs_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None,
+needs_mpiexec = pytest.mark.skipif(dist.find_mpiexec() is None,
                                    reason="mpiexec is not installed (pip install \"tapernn[mpi]\")")
 TINY = ["--hidden", "12", "--embed", "6", "--seq-len", "6", "--sample-len", "0", "--no-progress",
         "--lr", "0.01", "--clip", "0.1"]  # below every gradient norm: clipping happens after averaging
