@@ -62,8 +62,9 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> Any:
         try:
             from mpi4py import MPI
         except ImportError as e:
-            raise DistributedError(f"distributed training needs mpi4py and an MPI library, which "
-                                   f"are not installed ({e}); install them with {MPI_EXTRA}") from None
+            raise DistributedError(
+                f"distributed training needs mpi4py and an MPI library, which are not installed "
+                f"({e}); install them with {MPI_EXTRA}") from None
         _group.comm = MPI.COMM_WORLD
         if abort_on_error and _group.comm.Get_size() > 1:
             sys.excepthook = _abort_excepthook
@@ -72,7 +73,8 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> Any:
         try:
             timeout = float(env) if env else _group.timeout
         except ValueError:
-            raise DistributedError(f"${TIMEOUT_ENV} must be a number of seconds, got {env!r}") from None
+            raise DistributedError(
+                f"${TIMEOUT_ENV} must be a number of seconds, got {env!r}") from None
     if not timeout > 0:
         raise DistributedError(f"the collective timeout must be positive, got {timeout}")
     _group.timeout = float(timeout)
@@ -100,6 +102,9 @@ def shard(n: int, of_rank: int | None = None, size: int | None = None) -> tuple[
     in rank order, sizes differing by at most one (the first n % size ranks take one more)."""
     r = rank() if of_rank is None else of_rank
     size = world_size() if size is None else size
+    if not (n >= 0 and size >= 1 and 0 <= r < size):
+        raise DistributedError(f"shard: expected n >= 0 rows and a rank in 0..size-1, got n={n}, "
+                               f"rank {r} of size {size}")
     base, extra = divmod(n, size)
     lo = r * base + min(r, extra)
     return lo, lo + base + (r < extra)
@@ -141,7 +146,7 @@ def _abort_excepthook(kind: type, value: BaseException, tb: Any) -> None:
           130 if issubclass(kind, KeyboardInterrupt) else 1)
 
 
-# ---- small collectives ----------------------------------------------------------------------------
+# ---- small collectives --------------------------------------------------------------------
 
 def allreduce_values(values: Iterable[float], what: str = "combining values") -> np.ndarray:
     """Sum a few float64 values over all ranks (losses, counts, flags)."""
@@ -180,7 +185,7 @@ def allgather_object(obj: Any, what: str = "gathering") -> list[Any]:
     return [pickle.loads(out[e - s:e].tobytes()) for s, e in zip(sizes, ends)]
 
 
-# ---- parameters and gradients ---------------------------------------------------------------------
+# ---- parameters and gradients -------------------------------------------------------------
 
 def _parameters(model_or_params: Any) -> list:
     if hasattr(model_or_params, "parameters"):

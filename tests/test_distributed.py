@@ -29,7 +29,7 @@ LIMIT = 120  # seconds any one launch may take before the test fails (instead of
 needs_mpiexec = pytest.mark.skipif(dist.find_mpiexec() is None,
                                    reason="mpiexec is not installed (pip install \"tapernn[mpi]\")")
 TINY = ["--hidden", "12", "--embed", "6", "--seq-len", "6", "--sample-len", "0", "--no-progress",
-        "--lr", "0.01", "--clip", "0.1"]  # below every gradient norm: clipping happens after averaging
+        "--lr", "0.01", "--clip", "0.1"]  # below every gradient norm: clipped after averaging
 
 
 def word_text(n_lines: int, seed: int = 0) -> str:
@@ -98,6 +98,8 @@ def test_shard_covers_the_batch_in_rank_order_with_near_equal_sizes():
             assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
             sizes = [hi - lo for lo, hi in rows]
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    with pytest.raises(dist.DistributedError, match="rank 2 of size 2"):
+        dist.shard(4, 2, 2)
 
 
 def test_buckets_cover_every_gradient_once_large_blocks_in_place():
