@@ -232,6 +232,8 @@ def _binder(node, ctx: BuildContext):
     if kind == "state":
         m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)
         return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
+    if kind == "tap":  # a state-gradient variant's zero (its arguments come from args_like)
+        return lambda leaves, shape=node.shape, dtype=node.dtype: np.zeros(shape, dtype)
     raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
 
 
@@ -307,6 +309,9 @@ class Runtime:
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe
+        # where each recurrent module started (a state-gradient variant is traced as this was)
+        starts = None if history else [(m, m._state, m._user_initial) for m in root.modules()
+                                       if hasattr(m, "_user_initial")]
         call_args = exe.bind(leaves)
         if root.is_training:
             program = exe.compile_training().forward
@@ -314,6 +319,7 @@ class Runtime:
             program = exe.compile_forward()
         outs = program.run(call_args)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
+        record.starts = starts
         self._write_back(exe, record, history)
         if history and root.is_training:
             self.history.append(record)  # step-wise BPTT walks these back in reverse order
@@ -393,21 +399,29 @@ class Runtime:
         start = len(exe.data_wrt) + exe.packing.n_grads
         return list(grads[start: start + len(exe.state_wrt)])
 
-    def _variant(self, exe: Executable, cuts: frozenset, leaves: list) -> Executable:
+    def _variant(self, exe: Executable, cuts: frozenset, leaves: list,
+                 starts: list) -> Executable:
         """`exe` traced again with state taps and `cuts` (nn.state_grads), cached."""
         key = (exe.key, frozenset((id(m), t) for m, t in cuts))
         variant = self.variants.get(key)
         if variant is None:
             tree, names, n_diff, passes = exe.trace_args
             root = self.module
-            with gc_paused():
-                variant = Executable(root, leaves, tree, names, root.is_training,
-                                     exe.history_mode, n_diff, passes, cuts=cuts)
+            now = [(m, m._state, m._user_initial) for m, _, _ in starts]
+            try:
+                for m, state, user in starts:
+                    m._state, m._user_initial = state, user
+                with gc_paused():
+                    variant = Executable(root, leaves, tree, names, root.is_training,
+                                         exe.history_mode, n_diff, passes, cuts=cuts)
+            finally:
+                for m, state, user in now:
+                    m._state, m._user_initial = state, user
             self.variants[key] = variant
         return variant
 
     def _backward_variant(self, record: Record, cuts: frozenset, seeds: list) -> tuple:
-        variant = self._variant(record.exe, cuts, record.leaves)
+        variant = self._variant(record.exe, cuts, record.leaves, record.starts)
         seeded = sequence_seeds(variant)
         pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
         args = variant.args_like(record.args)
@@ -426,10 +440,10 @@ class Runtime:
         if not modules:
             return
         args, seeds = [np.array(a) for a in record.args], [np.array(g) for g in seeds]
-        leaves = record.leaves
+        leaves, starts = record.leaves, record.starts
 
         def compute() -> None:
-            variant = self._variant(exe, frozenset(), leaves)
+            variant = self._variant(exe, frozenset(), leaves, starts)
             pair = variant.compile_training()
             full = variant.args_like(args)
             grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)

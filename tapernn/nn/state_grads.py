@@ -57,7 +57,7 @@ def stepwise_seeds(exe: Any, step: int, n_steps: int, seeds: list) -> list:
         if m not in given:
             given[m] = _pop_set(m, step, n_steps)
         if given[m] is not None:
-            g = _checked(m, k, given[m][k], seeds[pos])
+            g = _checked(m, k, given[m][k], node)
         else:
             kept = _store(m).get(step)
             g = kept[k] if kept is not None else np.zeros(node.shape, node.dtype)
