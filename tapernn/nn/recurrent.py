@@ -261,6 +261,44 @@ class AbstractRecurrent(Module):
         return self._by_name(grads[step])
 
 
+def recurrent_inside(owner: Module) -> AbstractRecurrent:
+    """The recurrent module whose hidden-state API a Recursor or Sequencer exposes: its module if
+    recurrent, else the one outermost recurrent module inside it."""
+    child = owner._children["0"]
+    if isinstance(child, AbstractRecurrent):
+        return child
+    found = [m for m in child.modules() if isinstance(m, AbstractRecurrent)]
+    outer = [m for m in found if not any(o is not m and any(i is m for i in o.modules())
+                                         for o in found)]
+    if len(outer) != 1:
+        which = ", ".join(m.describe() for m in outer) or "none"
+        raise StateError(f"{owner.describe()}: the hidden-state API needs exactly one recurrent "
+                         f"module inside, found {len(outer)} ({which}); call it on that module")
+    return outer[0]
+
+
+class HiddenStateOf:
+    """The hidden-state API of the recurrent module inside (see `recurrent_inside`), as Torch7's
+    Recursor and Sequencer forward getHiddenState & co. to their module."""
+
+    def get_hidden_state(self, t: int = -1) -> tuple:
+        return recurrent_inside(self).get_hidden_state(t)
+
+    def set_initial_state(self, state: Any) -> Any:
+        recurrent_inside(self).set_initial_state(state)
+        return self
+
+    def get_grad_initial_state(self) -> tuple:
+        return recurrent_inside(self).get_grad_initial_state()
+
+    def set_grad_hidden_state(self, t: int, grad: Any) -> Any:
+        recurrent_inside(self).set_grad_hidden_state(t, grad)
+        return self
+
+    def get_grad_hidden_state(self, t: int = -1) -> tuple:
+        return recurrent_inside(self).get_grad_hidden_state(t)
+
+
 class Cell(AbstractRecurrent):
     """Base class for recurrent cells written symbolically (no backward anywhere).
 
