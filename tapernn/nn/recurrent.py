@@ -15,7 +15,7 @@ from ..errors import ShapeError, StateError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .tree import LEAF, count_leaves, flatten, unflatten
+from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
 
 
 class StepCount(int):
@@ -107,7 +107,7 @@ class AbstractRecurrent(Module):
             out, new = out * keep, tuple(s * keep for s in new)
         if ctx.step_mask is not None:  # past a row's length: zero output, state held
             m = ctx.step_mask
-            out = out * m
+            out = map_leaves(lambda v: v * m, out)
             new = tuple(m * s + (1 - m) * o for s, o in zip(new, old))
         return out, new
 
