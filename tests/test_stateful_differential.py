@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cell_reference import lstm_step, rnn_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cell_reference import lstm_step, rnn_step
 
 from tapernn import nn
 

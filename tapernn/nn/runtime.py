@@ -18,8 +18,14 @@ from ..passes import default_passes
 from ..tracing import Tape
 from .context import BuildContext
 from .packing import Packing
-from .state_grads import (forget_steps_before, sequence_cuts, sequence_seeds, stepwise_seeds,
-                          store_state_input_grads, store_tap_grads)
+from .state_grads import (
+    backward_variant,
+    forget_steps_before,
+    later_tap_grads,
+    sequence_cuts,
+    stepwise_seeds,
+    store_state_input_grads,
+)
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -372,10 +378,10 @@ class Runtime:
         else:
             cuts = sequence_cuts(exe)
             if cuts:  # set_grad_hidden_state: a variant program where the set values replace
-                exe, grads = self._backward_variant(record, cuts, seeds)
+                exe, grads = backward_variant(self, record, cuts, seeds)
             else:
                 grads = self._run_backward(exe, record, seeds)
-                self._later_tap_grads(record, seeds)
+                later_tap_grads(self, record, seeds)
             store_state_input_grads(exe, None, self._state_grads(exe, grads))
         record.done = True
         n_data = len(exe.data_wrt)
@@ -398,61 +404,6 @@ class Runtime:
     def _state_grads(exe: Executable, grads: tuple) -> list:
         start = len(exe.data_wrt) + exe.packing.n_grads
         return list(grads[start: start + len(exe.state_wrt)])
-
-    def _variant(self, exe: Executable, cuts: frozenset, leaves: list,
-                 starts: list) -> Executable:
-        """`exe` traced again with state taps and `cuts` (nn.state_grads), cached."""
-        key = (exe.key, frozenset((id(m), t) for m, t in cuts))
-        variant = self.variants.get(key)
-        if variant is None:
-            tree, names, n_diff, passes = exe.trace_args
-            root = self.module
-            now = [(m, m._state, m._user_initial) for m, _, _ in starts]
-            try:
-                for m, state, user in starts:
-                    m._state, m._user_initial = state, user
-                with gc_paused():
-                    variant = Executable(root, leaves, tree, names, root.is_training,
-                                         exe.history_mode, n_diff, passes, cuts=cuts)
-            finally:
-                for m, state, user in now:
-                    m._state, m._user_initial = state, user
-            self.variants[key] = variant
-        return variant
-
-    def _backward_variant(self, record: Record, cuts: frozenset, seeds: list) -> tuple:
-        variant = self._variant(record.exe, cuts, record.leaves, record.starts)
-        seeded = sequence_seeds(variant)
-        pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
-        args = variant.args_like(record.args)
-        saved = pair.saved(pair.forward.run(args))
-        grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
-        n_taps = len(variant.tap_inputs)
-        store_tap_grads(variant, list(grads[len(grads) - n_taps:]), seeded)
-        return variant, grads
-
-    def _later_tap_grads(self, record: Record, seeds: list) -> None:
-        """get_grad_hidden_state after a Sequencer backward: computed on first request by the
-        tapped variant, from copies of this call's arguments and seeds (a later update of the
-        parameters or refill of the input must not change what the backward saw)."""
-        exe = record.exe
-        modules = [m for m, f, *_ in exe.probes if f == "outputs" and hasattr(m, "_grad_hidden")]
-        if not modules:
-            return
-        args, seeds = [np.array(a) for a in record.args], [np.array(g) for g in seeds]
-        leaves, starts = record.leaves, record.starts
-
-        def compute() -> None:
-            variant = self._variant(exe, frozenset(), leaves, starts)
-            pair = variant.compile_training()
-            full = variant.args_like(args)
-            grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
-            for m in modules:
-                m._grad_hidden = {}
-            store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), [])
-
-        for m in modules:
-            m._grad_hidden = compute
 
     def _next_record(self, input: Any) -> Record:
         if self.history and not self.history[-1].exe.history_mode:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError, StateError
+from ..executor import gc_paused
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -139,3 +140,63 @@ def store_tap_grads(variant: Any, tap_grads: list, seeded: list) -> None:
         by_step.setdefault(m, {}).setdefault(t, {})[k] = g
     for m, steps in by_step.items():
         m._grad_hidden = {t: tuple(ks[k] for k in sorted(ks)) for t, ks in steps.items()}
+
+
+def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> Any:
+    """`exe` traced again with state taps and `cuts`, cached on the runtime `rt`. The recurrent
+    modules are put back where they started that call, so the trace matches the forward's."""
+    key = (exe.key, frozenset((id(m), t) for m, t in cuts))
+    variant = rt.variants.get(key)
+    if variant is None:
+        tree, names, n_diff, passes = exe.trace_args
+        root = rt.module
+        now = [(m, m._state, m._user_initial) for m, _, _ in starts]
+        try:
+            for m, state, user in starts:
+                m._state, m._user_initial = state, user
+            with gc_paused():
+                variant = type(exe)(root, leaves, tree, names, root.is_training,
+                                    exe.history_mode, n_diff, passes, cuts=cuts)
+        finally:
+            for m, state, user in now:
+                m._state, m._user_initial = state, user
+        rt.variants[key] = variant
+    return variant
+
+
+def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
+    """A Sequencer backward with set_grad_hidden_state requests: the variant program (same
+    arguments, dropout masks included) with the set values as extra seeds and the gradient from
+    the next step cut there. Returns (variant, its gradients)."""
+    variant = _variant(rt, record.exe, cuts, record.leaves, record.starts)
+    seeded = sequence_seeds(variant)
+    pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
+    args = variant.args_like(record.args)
+    saved = pair.saved(pair.forward.run(args))
+    grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
+    store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), seeded)
+    return variant, grads
+
+
+def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
+    """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
+    tapped variant, from copies of this call's arguments and seeds (a later parameter update or
+    refilled input buffer must not change what the backward saw)."""
+    exe = record.exe
+    modules = list({m: None for m in _recurrent_steps(exe)})
+    if not modules:
+        return
+    args, seeds = [np.array(a) for a in record.args], [np.array(g) for g in seeds]
+    leaves, starts = record.leaves, record.starts
+
+    def compute() -> None:
+        variant = _variant(rt, exe, frozenset(), leaves, starts)
+        pair = variant.compile_training()
+        full = variant.args_like(args)
+        grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
+        for m in modules:
+            m._grad_hidden = {}
+        store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), [])
+
+    for m in modules:
+        m._grad_hidden = compute
