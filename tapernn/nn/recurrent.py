@@ -253,8 +253,7 @@ class AbstractRecurrent(Module):
         if callable(self._grad_hidden):  # a Sequencer backward computes them on first request
             self._grad_hidden()
         grads = self._grad_hidden
-        n = self._n_steps
-        step = t + n if t < 0 else t
+        step = t + len(self.outputs) if t < 0 else t  # outputs[t] is step t, as in get_hidden_state
         if step not in grads:
             raise StateError(f"{self.describe()}: no gradient for the state of step {t}; the "
                              f"last backward went through steps {sorted(grads) or 'none'}")
