@@ -161,3 +161,17 @@ def test_stepping_by_hand_reads_the_gradient_of_a_step_before_its_backward():
     close(from_step2, late.get_grad_initial_state())
     with pytest.raises(tn.StateError, match="no gradient for the state of step 0"):
         m.get_grad_hidden_state(0)
+
+
+def test_states_and_gradients_are_checked_against_state_names():
+    lstm = nn.LSTM(D, H)
+    with pytest.raises(tn.ShapeError, match="expected 2 state arrays"):
+        lstm.set_initial_state(np.zeros((B, H)))
+    with pytest.raises(tn.ShapeError, match="one array per state name"):
+        lstm.set_initial_state(([np.zeros((B, H))], np.zeros((B, H))))  # no table states
+    with pytest.raises(tn.ShapeError, match="expected 2 gradient arrays"):
+        lstm.set_grad_hidden_state(0, (np.zeros((B, H)),))
+    lstm.forward(np.ones((B, D)))
+    lstm.set_grad_hidden_state(0, (np.zeros((B, H + 1)), np.zeros((B, H))))
+    with pytest.raises(tn.ShapeError, match="'h' has shape"):
+        lstm.backward(np.ones((B, D)), np.ones((B, H)))

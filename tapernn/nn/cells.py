@@ -151,6 +151,8 @@ class Recurrent(AbstractRecurrent):
     list of arrays, and `get_hidden_state(t)` returns `(h,)` with h that list.
     """
 
+    table_states = True
+
     def __init__(self, start: int | Module, input: Module, feedback: Module,
                  transfer: Module | None = None, merge: Module | None = None, rng=None):
         super().__init__()

@@ -52,6 +52,7 @@ class AbstractRecurrent(Module):
 
     is_recurrent = True
     state_names: tuple[str, ...] = ("h",)
+    table_states = False  # a state may be a list of arrays (nn.Recurrent built from tables)
 
     def __init__(self) -> None:
         super().__init__()
@@ -190,11 +191,13 @@ class AbstractRecurrent(Module):
             raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} {what} "
                              f"{self.state_names}, got {got}")
         leaves, tree = flatten(list(state))
-        if self._leaf_tree is None and tree != self._state_tree():
+        if self._leaf_tree is None and self.table_states and tree != self._state_tree():
             self._leaf_tree = tree  # a table state given before the first forward
         if tree != self._state_tree():
-            raise ShapeError(f"{self.describe()}: {what} must have the structure of the state "
-                             f"(per name: an array or a list of arrays), got another nesting")
+            want = ("one array per state name" if self._leaf_tree is None else
+                    f"per state name an array or a list of arrays, as {self._state_tree()}")
+            raise ShapeError(f"{self.describe()}: {what} {self.state_names}: expected {want}, "
+                             f"got the nesting {tree}")
         return [np.asarray(a, dtype=self.dtype) for a in leaves]
 
     def _by_name(self, leaves: Any) -> tuple:
