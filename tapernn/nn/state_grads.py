@@ -97,12 +97,16 @@ def forget_steps_before(root: Any, first_kept: int) -> None:
 # ---- a Sequencer: one unrolled program -----------------------------------------------------------
 
 def _recurrent_steps(exe: Any) -> dict:
-    """module -> its steps in this program (the `outputs` probes), for recurrent modules."""
-    steps: dict[Any, list] = {}
-    for m, f, t, _, _ in exe.probes:
-        if f == "outputs" and hasattr(m, "_extra_state_grads"):
-            steps.setdefault(m, []).append(t)
-    return {m: sorted(ts) for m, ts in steps.items()}
+    """module -> its steps in this program (the `outputs` probes), for recurrent modules;
+    computed once per program (every backward asks)."""
+    cached = getattr(exe, "_recurrent_steps", None)
+    if cached is None:
+        steps: dict[Any, list] = {}
+        for m, f, t, _, _ in exe.probes:
+            if f == "outputs" and hasattr(m, "_extra_state_grads"):
+                steps.setdefault(m, []).append(t)
+        cached = exe._recurrent_steps = {m: sorted(ts) for m, ts in steps.items()}
+    return cached
 
 
 def sequence_cuts(exe: Any) -> frozenset:
@@ -110,7 +114,7 @@ def sequence_cuts(exe: Any) -> frozenset:
     variant program stops the gradient from step + 1 there (the set value replaces it)."""
     cuts = set()
     for m, steps in _recurrent_steps(exe).items():
-        for t in list(m._extra_state_grads):
+        for t in list(m._extra_state_grads) if m._extra_state_grads else ():
             cuts.add((m, steps[_absolute_step(m, t, len(steps))]))
     return frozenset(cuts)
 
@@ -183,7 +187,7 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
     tapped variant, from copies of this call's arguments and seeds (a later parameter update or
     refilled input buffer must not change what the backward saw)."""
     exe = record.exe
-    modules = list({m: None for m in _recurrent_steps(exe)})
+    modules = list(_recurrent_steps(exe))
     if not modules:
         return
     args, seeds = [np.array(a) for a in record.args], [np.array(g) for g in seeds]
