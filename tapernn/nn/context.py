@@ -112,10 +112,10 @@ class BuildContext:
                 if tuple(arr.shape) != tuple(s):
                     raise StateError(
                         f"{module.describe()} at {current_scope() or 'top'!r}: remembered state "
-                        f"{module._leaf_name(k)!r} has shape {tuple(arr.shape)} but this input needs "
-                        f"{tuple(s)}; call forget() when the batch size changes")
-                var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module._leaf_name(k, short=True)}0",
-                                      kind="state")
+                        f"{module._leaf_name(k)!r} has shape {tuple(arr.shape)} but this input "
+                        f"needs {tuple(s)}; call forget() when the batch size changes")
+                name = f"{current_scope() or 'state'}.{module._leaf_name(k, short=True)}0"
+                var = self.tape.input(s, dtype, name=name, kind="state")
                 user = module._state is None  # set_initial_state: its gradient is wanted
                 self.state_inputs.append((module, k, var.node, user))
                 state.append(var)

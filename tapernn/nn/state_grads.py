@@ -120,7 +120,7 @@ def sequence_cuts(exe: Any) -> frozenset:
 
 
 def sequence_seeds(variant: Any) -> list:
-    """(module, step, leaf, state node, gradient) for each set_grad_hidden_state leaf: extra seeds of
+    """(module, step, leaf, state node, gradient) per set_grad_hidden_state leaf: extra seeds of
     the variant program, on the state node of that step. Consumes the requests."""
     out = []
     for m, steps in _recurrent_steps(variant).items():
