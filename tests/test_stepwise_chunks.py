@@ -215,3 +215,16 @@ def test_evaluation_chunks_then_training_chunks(name):
     assert_same(list(by_hand(rec, xs, gs)), list(expected), f"{name} eval->train Recursor")
     got = by_sequencer(seq.get(0), xs, gs, as_array=False)
     assert_same(list(got), list(expected), f"{name} eval->train Sequencer")
+
+
+def test_chunks_in_float32_by_hand_equal_sequencer():
+    base = fresh("LSTM")
+    xs, gs = data("LSTM")
+    xs32, gs32 = [x.astype(np.float32) for x in xs], [g.astype(np.float32) for g in gs]
+    hand = by_hand(twin(base, "LSTM").float(), xs32, gs32)
+    seq = by_sequencer(twin(base, "LSTM").float(), xs32, gs32, as_array=False)
+    assert hand[0][0].dtype == np.float32 and hand[2][0][0].dtype == np.float32
+    for part in range(3):
+        for a, b in zip(hand[part], seq[part]):
+            for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+                np.testing.assert_allclose(u, v, rtol=2e-5, atol=2e-6)
