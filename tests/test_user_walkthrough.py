@@ -81,3 +81,25 @@ def test_sequencer_lengths_masks_rows_of_non_2d_outputs():
     out = seq.forward(x, lengths=lengths)
     ref = x.reshape(T, B, 3, 2) * (np.arange(T)[:, None] < lengths)[..., None, None]
     np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda m: nn.Sequencer(m), lambda m: nn.Sequencer(nn.Sequential().add(m).add(nn.Tanh())),
+    lambda m: nn.Recursor(m), lambda m: nn.Repeater(m, 3), lambda m: nn.BiSequencer(m)])
+def test_containers_around_a_float32_module_compute_in_float32(wrap):
+    model = wrap(nn.LSTM(3, 4).float())
+    assert model.dtype == np.float32
+    x = R.standard_normal((3, 2, 3))
+    steps = x[0] if isinstance(model, (nn.Recursor, nn.Repeater)) else x
+    y = model.forward(steps)
+    leaves = y if isinstance(y, list) else [y]
+    assert all(v.dtype == np.float32 for v in leaves)
+    g = model.backward(steps, [np.ones_like(v) for v in y] if isinstance(y, list) else np.ones_like(y))
+    assert all(v.dtype == np.float32 for v in (g if isinstance(g, list) else [g]))
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+    ref = wrap(nn.LSTM(3, 4).float())
+    ref.load_state_dict(model.state_dict())
+    ref.astype(np.float64)
+    y64 = ref.forward(steps)
+    np.testing.assert_allclose(np.stack(leaves), np.stack(y64 if isinstance(y64, list) else [y64]),
+                               rtol=1e-4, atol=1e-5)

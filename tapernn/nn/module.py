@@ -147,15 +147,25 @@ class Module:
             value.name = value.name or name
             params[name] = value
         elif isinstance(value, Module) and children is not None and not name.startswith("_"):
+            self._adopt_dtype(value)
             children[name] = value
             joined(self, value)
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
         check.module(self, "a child" if name.isdigit() else name, module)
+        self._adopt_dtype(module)
         self._children[name] = module
         joined(self, module)
         return module
+
+    def _adopt_dtype(self, child: Module) -> None:
+        """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
+        in their dtype: it takes the child's while it holds no parameters of its own."""
+        if child._dtype != self._dtype and any(m._params for m in child.modules()) and not any(
+                m._params for m in self.modules()):
+            for m in self.modules():
+                m._dtype = child._dtype
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(self._children.items())
