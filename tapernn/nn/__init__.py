@@ -6,6 +6,9 @@ from .criteria import (BCECriterion, ClassNLLCriterion, Criterion, CrossEntropyC
                        MSECriterion, SequencerCriterion)
 from .layers import (CAddTable, CMulTable, Dropout, Identity, Linear, LogSoftMax, LookupTable,
                      ReLU, Reshape, Sigmoid, SoftMax, Tanh)
+from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, HardTanh,
+                           LinearNoBias, Max, Mean, Mul, Narrow, SAdd, SoftSign, Sum, Transpose,
+                           View, ZeroGrad)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
 from .recurrent import AbstractRecurrent, Cell
