@@ -13,6 +13,7 @@ from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
 from .recurrent import AbstractRecurrent, Cell
 from .repeat import Recursor, Repeater, RepeaterCriterion
+from .seq_modules import SeqBRNN, SeqGRU, SeqLSTM, SeqLSTMP, SeqReverseSequence
 from .sequencer import Sequencer
 from .tables import JoinTable, NarrowTable, SelectTable, SplitTable
 
