@@ -3,12 +3,11 @@ gradient at 1e-10, with zero-masked rows and initial states), equivalence with t
 modules they mirror (1e-12), gradcheck, float32, Torch7 initialisation and named errors."""
 import numpy as np
 import pytest
+from seq_reference import complex_step_grads, seqgru, seqlstm
 
 import tapernn as tn
 from tapernn import nn
 from tapernn.errors import ShapeError
-
-from seq_reference import complex_step_grads, seqgru, seqlstm
 
 T, B, D, H, R = 4, 3, 3, 4, 2
 
@@ -47,7 +46,7 @@ def _check_against_numpy(module, fn, x, states, rng):
 
 def _lstm_fn(mask_zero, with_h0=True, with_c0=True):
     def fn(weight, bias, x, h0=None, c0=None, weight_o=None):
-        p = dict(weight=weight, bias=bias)
+        p = {"weight": weight, "bias": bias}
         if weight_o is not None:
             p["weight_o"] = weight_o
         r = (weight.shape[0] - x.shape[-1])
@@ -90,7 +89,7 @@ def test_seqgru_matches_numpy_equations(with_h0):
 
     def fn(weight, bias, x, h0=None):
         h = h0 if h0 is not None else np.zeros((x.shape[1], H))
-        return seqgru(dict(weight=weight, bias=bias), x, h, mask_zero=True)
+        return seqgru({"weight": weight, "bias": bias}, x, h, mask_zero=True)
     _check_against_numpy(m, fn, x, states, rng)
 
 

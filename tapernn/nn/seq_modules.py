@@ -98,10 +98,10 @@ class _SeqBase(Sequencer):
         return self.module._mask_zero
 
     def reset(self, stdv: float | None = None, rng: Any = None) -> _SeqBase:
-        """weight ~ N(0, stdv) (default 1/√(D+R); SeqLSTMP 1/√(D+H)), bias 0 except the second gate block (forget
-        gate for LSTMs, update gate for GRUs) = 1, as Torch7."""
+        """weight ~ N(0, stdv) (default 1/√(D+R); SeqLSTMP 1/√(D+H)), bias 0 except the second
+        gate block (forget gate for LSTMs, update gate for GRUs) = 1, as Torch7."""
         gen = tn_random.generator(rng)
-        D, H, R = self.input_size, self.hidden_size, self.output_size
+        H, R = self.hidden_size, self.output_size
         self.weight.data[...] = gen.normal(0, stdv or self._gate_std(), self.weight.shape)
         self.bias.data[...] = 0
         self.bias.data[H:2 * H] = 1
