@@ -11,6 +11,7 @@ from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, HardT
                            View, ZeroGrad)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
+from .recurrence import Recurrence
 from .recurrent import AbstractRecurrent, Cell
 from .repeat import Recursor, Repeater, RepeaterCriterion
 from .seq_modules import SeqBRNN, SeqGRU, SeqLSTM, SeqLSTMP, SeqReverseSequence
