@@ -5,8 +5,8 @@ import pytest
 from cell_reference import complex_step_grads, fastlstm_step, rnn_step, run
 
 import tapernn as tn
-from tapernn import nn
 from tapernn import functional as F
+from tapernn import nn
 from tapernn.errors import ShapeError
 
 T, B, D, H = 4, 3, 3, 4
@@ -127,8 +127,7 @@ def test_gradcheck_and_float32():
 
 class WrongState(nn.Module):
     def build(self, inputs):
-        x, h = inputs
-        return [h, h]
+        return [inputs[1], inputs[1]]
 
 
 @pytest.mark.parametrize("module,size,n_dim,x,match", [
