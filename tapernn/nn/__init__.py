@@ -16,6 +16,7 @@ from .recurrent import AbstractRecurrent, Cell
 from .repeat import Recursor, Repeater, RepeaterCriterion
 from .seq_modules import SeqBRNN, SeqGRU, SeqLSTM, SeqLSTMP, SeqReverseSequence
 from .sequencer import Sequencer
+from .trimming import TrimZero
 from .tables import JoinTable, NarrowTable, SelectTable, SplitTable
 
 __all__ = [name for name in dir() if not name.startswith("_")]
