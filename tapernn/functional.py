@@ -3,7 +3,8 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,13 @@ def cast(x: Var, dtype: Any) -> Var:
 def stop_gradient(x: Var) -> Var:
     """Identity whose gradient is zero."""
     return emit("stop_gradient", x)
+
+
+def add_loss(x: Var, loss: Var) -> Var:
+    """`x` unchanged, with the scalar `loss` added to the objective being differentiated:
+    backward adds d loss/d(whatever it depends on), whatever gradient x itself receives
+    (a regulariser's penalty, e.g. NormStabilizer's)."""
+    return emit("add_loss", x, loss)
 
 
 def zeros(shape: Sequence[int], dtype: Any = np.float64) -> Var:

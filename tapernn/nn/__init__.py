@@ -11,6 +11,8 @@ from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, HardT
                            View, ZeroGrad)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
+from .mufuru import MuFuRu
+from .norm_stabilizer import NormStabilizer
 from .recurrence import Recurrence
 from .recurrent import AbstractRecurrent, Cell
 from .repeat import Recursor, Repeater, RepeaterCriterion
