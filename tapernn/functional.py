@@ -3,8 +3,7 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 

@@ -128,7 +128,6 @@ register("scatter_add", forward=_scatter_add,
              F.gather(gg, ids, axis) if wants[0] else None, None))
 
 
-
 def _add_loss_shape(x, loss, **_):
     if tuple(loss) != ():
         raise ShapeError(f"add_loss: the loss must be a scalar, got shape {tuple(loss)}")
