@@ -1,6 +1,8 @@
 """SeqLSTM, SeqLSTMP, SeqGRU, SeqBRNN and SeqReverseSequence: NumPy equations (forward and every
 gradient at 1e-10, with zero-masked rows and initial states), equivalence with the cell
 modules they mirror (1e-12), gradcheck, float32, Torch7 initialisation and named errors."""
+import copy
+
 import numpy as np
 import pytest
 from seq_reference import complex_step_grads, seqgru, seqlstm
@@ -213,6 +215,14 @@ def test_torch7_initialisation():
     assert abs(m.weight.data.std() * np.sqrt(70) - 1) < 0.05
     g = nn.SeqGRU(30, 40)
     np.testing.assert_array_equal(g.bias.data, np.r_[np.zeros(40), np.ones(40), np.zeros(40)])
+    nested = nn.Sequential().add(nn.SeqLSTM(30, 40))
+    nested.get(0).weight.data[...] = 0
+    nested.get(0).bias.data[...] = 5
+    nested.reset()  # a container resets it with its own (Torch7) init
+    np.testing.assert_array_equal(nested.get(0).bias.data, m.bias.data)
+    assert abs(nested.get(0).weight.data.std() * np.sqrt(70) - 1) < 0.05
+    clone = copy.deepcopy(m)
+    np.testing.assert_array_equal(clone.forward(np.ones((2, 1, 30))), m.forward(np.ones((2, 1, 30))))
     p = nn.SeqLSTMP(30, 40, 20)
     assert abs(p.weight.data.std() * np.sqrt(70) - 1) < 0.05
     assert abs(p.weight_o.data.std() * np.sqrt(60) - 1) < 0.05
@@ -266,3 +276,40 @@ def test_compiles_like_sequencer_fastlstm():
     # blocks sliced in backward and the gradient's two blocks joined
     assert s8 - s4 <= f8 - f4, (s4, s8, f4, f8)
     assert s4 <= f4 + 3, (s4, f4)
+
+
+def test_seqbrnn_matches_numpy_equations():
+    tn.manual_seed(14)
+    m = nn.SeqBRNN(D, H, mask_zero=True)
+    x, rng = _inputs(14)
+    p = params_of(m)
+
+    def fn(fw, fb, bw, bb, x):
+        zeros = np.zeros((x.shape[1], H))
+        fwd = seqlstm({"weight": fw, "bias": fb}, x, zeros, zeros, True)
+        return fwd + seqlstm({"weight": bw, "bias": bb}, x[::-1], zeros, zeros, True)[::-1]
+    arrays = {"fw": p["fwd.weight"], "fb": p["fwd.bias"], "bw": p["bwd.weight"],
+              "bb": p["bwd.bias"], "x": x}
+    y = m.forward(x)
+    np.testing.assert_allclose(y, fn(**arrays), rtol=1e-12, atol=1e-14)
+    seed = rng.standard_normal(y.shape)
+    m.zero_grad_parameters()
+    gin = m.backward(x, seed)
+    exact = complex_step_grads(fn, arrays, seed)
+    np.testing.assert_allclose(gin, exact["x"], rtol=1e-10, atol=1e-12)
+    for ours, name in [("fw", "fwd.weight"), ("fb", "fwd.bias"), ("bw", "bwd.weight"),
+                       ("bb", "bwd.bias")]:
+        np.testing.assert_allclose(m.named_parameters()[name].grad, exact[ours], rtol=1e-10,
+                                   atol=1e-12, err_msg=name)
+    with pytest.raises(ShapeError, match="3-d input") as info:
+        m.forward(x[0])
+    assert "nn.SeqBRNN" in str(info.value)
+
+
+def test_seq_reverse_sequence_gradcheck_and_float32():
+    x, rng = _inputs(15, masked=False)
+    m = nn.SeqReverseSequence(0)
+    assert tn.testing.gradcheck_module(m, nn.MSECriterion(), x, rng.standard_normal(x.shape))
+    y = m.astype(np.float32).forward(x.astype(np.float32))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, x[::-1].astype(np.float32))

@@ -80,6 +80,7 @@ class _SeqBase(Sequencer):
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.output_size = int(output_size)
         self.batch_first, self.remember_mode = bool(batch_first), "neither"
+        self._views = None
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
         self.parameter("bias", (self.n_gates * H,), init="zeros")
@@ -131,7 +132,10 @@ class _SeqBase(Sequencer):
         with tracing.step(None):  # the input and recurrent blocks, sliced once for all steps
             D = self.input_size
             self._views = (self.weight[:D], self.weight[D:])
-        y = super().build(x)
+        try:
+            y = super().build(x)
+        finally:
+            self._views = None  # (symbolic values of this trace only)
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
 
     def _forms(self) -> list[str]:
