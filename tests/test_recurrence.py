@@ -150,3 +150,20 @@ def test_output_size_forms():
     assert out[0].shape == (2,) and out[1][0].shape == (3, 1)
     with pytest.raises(ValueError, match="output_size"):
         nn.Recurrence(nn.Identity(), "4", 1)
+
+
+def test_sequencer_lengths_match_the_rnn_cell():
+    tn.manual_seed(6)
+    rec = elman()
+    cell = nn.RNN(D, H)
+    for ours, theirs in NAMES.items():
+        getattr(cell, ours).data[...] = rec.named_parameters()[theirs].data
+    rng = np.random.default_rng(6)
+    xs, gs = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    lengths = np.array([4, 2, 3])
+    a, b = nn.Sequencer(rec), nn.Sequencer(cell)
+    np.testing.assert_allclose(a.forward(xs, lengths), b.forward(xs, lengths), rtol=1e-12,
+                               atol=1e-15)
+    np.testing.assert_allclose(a.backward(xs, gs), b.backward(xs, gs), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rec.get_hidden_state(-1)[0], cell.get_hidden_state(-1)[0],
+                               rtol=1e-12, atol=1e-15)
