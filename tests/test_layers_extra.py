@@ -76,6 +76,12 @@ CASES = {
     "ZeroGrad": (lambda: nn.ZeroGrad(), X, lambda p, x: x, lambda p, x, g: (0 * g, {})),
     "CopyGrad": (lambda: nn.CopyGrad(), X, lambda p, x: x, lambda p, x, g: (g, {})),
     "SAdd": (lambda: nn.SAdd(-1, negate=True), X, lambda p, x: 1 - x, lambda p, x, g: (-g, {})),
+    "Padding-left": (lambda: nn.Padding(0, -2, 2, value=0.5), X,
+                     lambda p, x: np.concatenate([np.full((2, 2, 4), 0.5), x], 1),
+                     lambda p, x, g: (g[:, 2:], {})),
+    "Padding-inside": (lambda: nn.Padding(-1, 1, index=1), X,
+                       lambda p, x: np.concatenate([x[..., :3], np.zeros((2, 3, 1)), x[..., 3:]], -1),
+                       lambda p, x, g: (np.delete(g, 3, -1), {})),
 }
 
 
@@ -145,6 +151,7 @@ def test_copy_converts_dtype_both_ways():
     (nn.Sum(2), np.zeros((2, 4)), "out of range"),
     (nn.Max(-3), np.zeros((2, 4)), "out of range"),
     (nn.Abs(), [np.zeros(2)], "got a list"),
+    (nn.Padding(0, 2, index=3), np.zeros((2, 4)), "index 3 out of range"),
 ])
 def test_bad_input_names_the_module(module, bad, match):
     with pytest.raises(ShapeError, match=match) as info:
@@ -162,3 +169,18 @@ def test_torch7_constructor_rules():
     np.testing.assert_array_equal(nn.Sum(0, 2).forward(x), x.sum(1))   # batch dim skipped
     np.testing.assert_array_equal(nn.Sum(0, 3).forward(x), x.sum(0))
     assert nn.Mul().weight.shape == (1,) and np.abs(nn.CMul(4).weight.data).max() <= 0.5
+
+
+def test_expand_as():
+    a, b = R.standard_normal((2, 3, 4)), R.standard_normal((2, 1, 4))
+    m = nn.ExpandAs()
+    out = m.forward([a, b])
+    np.testing.assert_array_equal(out[1], np.broadcast_to(b, a.shape))
+    ga, gb = R.standard_normal(a.shape), R.standard_normal(a.shape)
+    gin = m.backward([a, b], [ga, gb])
+    np.testing.assert_allclose(gin[0], ga, rtol=1e-14)
+    np.testing.assert_allclose(gin[1], gb.sum(1, keepdims=True), rtol=1e-12)
+    out32 = m.astype(np.float32).forward([a.astype(np.float32), b.astype(np.float32)])
+    assert out32[1].dtype == np.float32
+    with pytest.raises(ShapeError, match="cannot expand"):
+        nn.ExpandAs().forward([a, np.zeros((2, 2, 4))])

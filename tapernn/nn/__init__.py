@@ -6,9 +6,9 @@ from .criteria import (BCECriterion, ClassNLLCriterion, Criterion, CrossEntropyC
                        MSECriterion, SequencerCriterion)
 from .layers import (CAddTable, CMulTable, Dropout, Identity, Linear, LogSoftMax, LookupTable,
                      ReLU, Reshape, Sigmoid, SoftMax, Tanh)
-from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, HardTanh,
-                           LinearNoBias, Max, Mean, Mul, Narrow, SAdd, SoftSign, Sum, Transpose,
-                           View, ZeroGrad)
+from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, ExpandAs, HardTanh,
+                           LinearNoBias, Max, Mean, Mul, Narrow, Padding, SAdd, SoftSign, Sum,
+                           Transpose, View, ZeroGrad)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
 from .mufuru import MuFuRu
@@ -18,7 +18,7 @@ from .recurrent import AbstractRecurrent, Cell
 from .repeat import Recursor, Repeater, RepeaterCriterion
 from .seq_modules import SeqBRNN, SeqGRU, SeqLSTM, SeqLSTMP, SeqReverseSequence
 from .sequencer import Sequencer
-from .trimming import TrimZero
 from .tables import JoinTable, NarrowTable, SelectTable, SplitTable
+from .trimming import TrimZero
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -324,3 +324,45 @@ class ELU(Module):
 
     def extra_repr(self) -> str:
         return f"({self.alpha})"
+
+
+class Padding(Module):
+    """Inserts |pad| entries equal to `value` along `dim`: pad < 0 before position `index`
+    counted from the start (0: before the first entry), pad > 0 at `index` counted from the end
+    (0: after the last entry). `dim` shifts past a leading batch dim when the input has
+    n_input_dim + 1 dims.  Torch7: nn.Padding(dim, pad, nInputDim, value, index) (1-based)."""
+
+    def __init__(self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0,
+                 index: int = 0):
+        super().__init__()
+        self.dim, self.pad, self.n_input_dim = int(dim), int(pad), n_input_dim
+        self.value, self.index = float(value), int(index)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        d = _dim(self.dim, x.ndim, self.n_input_dim)
+        self.expect(0 <= d < x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}")
+        size = x.shape[d]
+        at = self.index if self.pad < 0 else size - self.index
+        self.expect(0 <= at <= size, f"index {self.index} out of range for dimension {d} of size "
+                                     f"{size}")
+        fill = F.zeros(x.shape[:d] + (abs(self.pad),) + x.shape[d + 1:], x.dtype) + self.value
+        lead = (slice(None),) * d
+        parts = [x[lead + (slice(0, at),)], fill, x[lead + (slice(at, size),)]]
+        return F.concat([p for p in parts if p.shape[d] > 0], axis=d)
+
+    def extra_repr(self) -> str:
+        return f"({self.dim}, {self.pad})"
+
+
+class ExpandAs(Module):
+    """[a, b] -> [a, b broadcast to a's shape]; b's gradient is summed back over the broadcast
+    dims.  Torch7: nn.ExpandAs (rnn)."""
+
+    def build(self, xs: Any) -> list:
+        self.expect(isinstance(xs, list) and len(xs) == 2 and all(isinstance(v, Var) for v in xs),
+                    "expects a list of two arrays [a, b]")
+        a, b = xs
+        self.expect(b.ndim == a.ndim and all(s in (1, t) for s, t in zip(b.shape, a.shape)),
+                    f"cannot expand shape {b.shape} as {a.shape}")
+        return [a, F.broadcast_to(b, a.shape)]
