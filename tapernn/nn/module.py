@@ -273,18 +273,18 @@ class Module:
             child._clear_memory(keep_initial)
 
     def reset(self, stdv: float | None = None) -> Module:
-        """Re-initialise this module's parameters as created (or U(±stdv)), then each child's
-        through its own `reset` (modules with a Torch7-specific init override it)."""
-        for p in self._params.values():
-            init, bound = getattr(p, "_init", ("uniform", None))
-            if stdv is not None:
-                p.data[...] = uniform(p.shape, stdv, None)
-            elif init == "uniform":
-                p.data[...] = uniform(p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None)
-            elif init == "normal":
-                p.data[...] = tn_random.generator().standard_normal(p.shape)
-        for child in self._children.values():
-            child.reset(stdv)
+        for m in self.modules():
+            if m is not self and type(m).reset is not Module.reset:  # its own init (Seq* modules)
+                m.reset(stdv)
+                continue
+            for name, p in m._params.items():
+                init, bound = getattr(p, "_init", ("uniform", None))
+                if stdv is not None:
+                    p.data[...] = uniform(p.shape, stdv, None)
+                elif init == "uniform":
+                    p.data[...] = uniform(p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None)
+                elif init == "normal":
+                    p.data[...] = tn_random.generator().standard_normal(p.shape)
         return self
 
     def astype(self, dtype: Any) -> Module:
