@@ -101,7 +101,8 @@ def _grads(m):
 
 def test_seqlstm_equals_sequencer_fastlstm_with_masked_rows():
     tn.manual_seed(4)
-    seq = nn.SeqLSTM(D, H, mask_zero=True)
+    seq = nn.SeqLSTM(D, H).mask_zero()  # (the method, as the constructor flag)
+    assert seq.masks_zero
     fast = nn.Sequencer(seq.to_fast_lstm())
     x, rng = _inputs(4)
     g = rng.standard_normal((T, B, H))

@@ -94,8 +94,14 @@ class _SeqBase(Sequencer):
     def _gate_std(self) -> float:
         return 1 / np.sqrt(self.input_size + self.output_size)
 
+    def mask_zero(self) -> _SeqBase:
+        """From now on, rows whose x_t is all zeros get zero output and state at that step (as
+        the constructor's mask_zero=True).  Torch7: seq:maskZero()."""
+        self.module.mask_zero()
+        return self
+
     @property
-    def mask_zero(self) -> bool:
+    def masks_zero(self) -> bool:
         return self.module._mask_zero
 
     def reset(self, stdv: float | None = None, rng: Any = None) -> _SeqBase:
@@ -161,7 +167,7 @@ class _SeqBase(Sequencer):
 
     def extra_repr(self) -> str:
         flags = "".join([", batch_first" if self.batch_first else "",
-                         ", mask_zero" if self.mask_zero else ""])
+                         ", mask_zero" if self.masks_zero else ""])
         return f"({self.input_size} -> {self.output_size}{flags})"
 
 
@@ -198,7 +204,7 @@ class SeqLSTM(_SeqBase):
         fast.i2g.weight.data[...] = _blocks(W[:D], H, order).T
         fast.i2g.bias.data[...] = _blocks(self.bias.data, H, order)
         fast.o2g.weight.data[...] = _blocks(W[D:], H, order).T
-        return fast.mask_zero() if self.mask_zero else fast
+        return fast.mask_zero() if self.masks_zero else fast
 
 
 class SeqLSTMP(_SeqBase):
@@ -253,7 +259,7 @@ class SeqGRU(_SeqBase):
             getattr(gru, f"w_x{gate}").data[...] = W[:D, cols].T
             getattr(gru, f"w_h{gate}").data[...] = W[D:, cols].T
             getattr(gru, f"b_{gate}").data[...] = b[cols]
-        return gru.mask_zero() if self.mask_zero else gru
+        return gru.mask_zero() if self.masks_zero else gru
 
 
 class SeqReverseSequence(Module):
