@@ -22,6 +22,16 @@ def _max_grad(x, g, axis):
     return hit * np.expand_dims(g, axis)
 
 
+def _positive(m):
+    """|x| + 0.5 -> m (Log and Sqrt need positive inputs)."""
+    return nn.Sequential().add(nn.Abs()).add(nn.AddConstant(0.5)).add(m)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def _euclid(p, x):
     return np.sqrt(((x[..., :, None] - p["weight"]) ** 2).sum(-2))
 
@@ -76,6 +86,37 @@ CASES = {
     "ZeroGrad": (lambda: nn.ZeroGrad(), X, lambda p, x: x, lambda p, x, g: (0 * g, {})),
     "CopyGrad": (lambda: nn.CopyGrad(), X, lambda p, x: x, lambda p, x, g: (g, {})),
     "SAdd": (lambda: nn.SAdd(-1, negate=True), X, lambda p, x: 1 - x, lambda p, x, g: (-g, {})),
+    "AddConstant": (lambda: nn.AddConstant(2.5), X, lambda p, x: x + 2.5, lambda p, x, g: (g, {})),
+    "MulConstant": (lambda: nn.MulConstant(-3), X, lambda p, x: -3 * x,
+                    lambda p, x, g: (-3 * g, {})),
+    "Power": (lambda: nn.Power(3), X, lambda p, x: x ** 3, lambda p, x, g: (3 * x ** 2 * g, {})),
+    "Exp": (lambda: nn.Exp(), X, lambda p, x: np.exp(x), lambda p, x, g: (g * np.exp(x), {})),
+    "Log": (lambda: _positive(nn.Log()), X, lambda p, x: np.log(np.abs(x) + 0.5),
+            lambda p, x, g: (g * np.sign(x) / (np.abs(x) + 0.5), {})),
+    "Sqrt": (lambda: _positive(nn.Sqrt()), X, lambda p, x: np.sqrt(np.abs(x) + 0.5),
+             lambda p, x, g: (g * np.sign(x) * 0.5 / np.sqrt(np.abs(x) + 0.5), {})),
+    "Square": (lambda: nn.Square(), X, lambda p, x: x * x, lambda p, x, g: (2 * x * g, {})),
+    "LogSigmoid": (lambda: nn.LogSigmoid(), X, lambda p, x: -np.log1p(np.exp(-x)),
+                   lambda p, x, g: (g / (1 + np.exp(x)), {})),
+    "SoftMin": (lambda: nn.SoftMin(), X, lambda p, x: _softmax(-x),
+                lambda p, x, g: (-_softmax(-x) * (g - (g * _softmax(-x)).sum(-1, keepdims=True)), {})),
+    "SoftPlus": (lambda: nn.SoftPlus(2.0, threshold=1.0), X,
+                 lambda p, x: np.where(2 * x > 1, x, np.log1p(np.exp(2 * x)) / 2),
+                 lambda p, x, g: (g * np.where(2 * x > 1, 1, 1 / (1 + np.exp(-2 * x))), {})),
+    "LeakyReLU": (lambda: nn.LeakyReLU(0.1), X, lambda p, x: np.where(x > 0, x, 0.1 * x),
+                  lambda p, x, g: (g * np.where(x > 0, 1, 0.1), {})),
+    "Clamp": (lambda: nn.Clamp(-0.5, 0.5), X, lambda p, x: np.clip(x, -0.5, 0.5),
+              lambda p, x, g: (_hardtanh_grad(x, g), {})),
+    "Min": (lambda: nn.Min(0, 2), X, lambda p, x: x.min(1),
+            lambda p, x, g: (_max_grad(-x, g, 1), {})),
+    "Select": (lambda: nn.Select(1, -1), X, lambda p, x: x[:, -1],
+               lambda p, x, g: (np.concatenate([np.zeros((2, 2, 4)), g[:, None]], 1), {})),
+    "Squeeze": (lambda: nn.Squeeze(), (2, 1, 4), lambda p, x: x[:, 0],
+                lambda p, x, g: (g[:, None], {})),
+    "Unsqueeze": (lambda: nn.Unsqueeze(0, 2), X, lambda p, x: x[:, None],
+                  lambda p, x, g: (g[:, 0], {})),
+    "Replicate": (lambda: nn.Replicate(3, 1), X, lambda p, x: np.repeat(x[:, None], 3, 1),
+                  lambda p, x, g: (g.sum(1), {})),
     "Padding-left": (lambda: nn.Padding(0, -2, 2, value=0.5), X,
                      lambda p, x: np.concatenate([np.full((2, 2, 4), 0.5), x], 1),
                      lambda p, x, g: (g[:, 2:], {})),
@@ -152,6 +193,9 @@ def test_copy_converts_dtype_both_ways():
     (nn.Max(-3), np.zeros((2, 4)), "out of range"),
     (nn.Abs(), [np.zeros(2)], "got a list"),
     (nn.Padding(0, 2, index=3), np.zeros((2, 4)), "index 3 out of range"),
+    (nn.Select(1, 4), np.zeros((2, 4)), "index 4 out of range"),
+    (nn.Unsqueeze(3), np.zeros((2, 4)), "position 3 out of range"),
+    (nn.Min(2), np.zeros((2, 4)), "out of range"),
 ])
 def test_bad_input_names_the_module(module, bad, match):
     with pytest.raises(ShapeError, match=match) as info:
@@ -184,3 +228,36 @@ def test_expand_as():
     assert out32[1].dtype == np.float32
     with pytest.raises(ShapeError, match="cannot expand"):
         nn.ExpandAs().forward([a, np.zeros((2, 2, 4))])
+
+
+@pytest.mark.parametrize("module,fn", [
+    (nn.CSubTable(), lambda a, b: (a - b, 1, -1)),
+    (nn.CDivTable(), lambda a, b: (a / b, 1 / b, -a / b ** 2)),
+    (nn.CMaxTable(), lambda a, b: (np.maximum(a, b), a > b, b > a)),
+    (nn.CMinTable(), lambda a, b: (np.minimum(a, b), a < b, b < a)),
+])
+def test_table_arithmetic(module, fn):
+    a, b = R.standard_normal(X), R.standard_normal(X) + 3
+    g = R.standard_normal(X)
+    y, da, db = fn(a, b)
+    np.testing.assert_allclose(module.forward([a, b]), y, rtol=1e-13)
+    ga, gb = module.backward([a, b], g)
+    np.testing.assert_allclose(ga, g * da, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gb, g * db, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ShapeError, match="entries have shapes"):
+        module.forward([a, b[0]])
+
+
+def test_map_table_shares_its_module():
+    tn.manual_seed(7)
+    lin = nn.Linear(4, 2)
+    m = nn.MapTable(lin)
+    xs = [R.standard_normal((3, 4)) for _ in range(3)]
+    ys = m.forward(xs)
+    for x, y in zip(xs, ys):
+        np.testing.assert_allclose(y, x @ lin.weight.data.T + lin.bias.data, rtol=1e-13)
+    m.zero_grad_parameters()
+    gs = [R.standard_normal((3, 2)) for _ in range(3)]
+    m.backward(xs, gs)
+    np.testing.assert_allclose(lin.weight.grad, sum(g.T @ x for g, x in zip(gs, xs)), rtol=1e-12)
+    assert list(m.named_parameters()) == ["0.weight", "0.bias"]

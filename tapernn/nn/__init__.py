@@ -9,6 +9,9 @@ from .layers import (CAddTable, CMulTable, Dropout, Identity, Linear, LogSoftMax
 from .layers_extra import (ELU, Abs, Add, CMul, Copy, CopyGrad, Euclidean, ExpandAs, HardTanh,
                            LinearNoBias, Max, Mean, Mul, Narrow, Padding, SAdd, SoftSign, Sum,
                            Transpose, View, ZeroGrad)
+from .layers_more import (AddConstant, CDivTable, Clamp, CMaxTable, CMinTable, CSubTable, Exp,
+                          LeakyReLU, Log, LogSigmoid, MapTable, Min, MulConstant, Power, Replicate,
+                          Select, SoftMin, SoftPlus, Sqrt, Square, Squeeze, Unsqueeze)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
 from .mufuru import MuFuRu
