@@ -261,3 +261,20 @@ def test_map_table_shares_its_module():
     m.backward(xs, gs)
     np.testing.assert_allclose(lin.weight.grad, sum(g.T @ x for g, x in zip(gs, xs)), rtol=1e-12)
     assert list(m.named_parameters()) == ["0.weight", "0.bias"]
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.View(2, -1, -1), "at most one -1"),
+    (lambda: nn.View(0), "sizes must be positive"),
+    (lambda: nn.Narrow(0, 0, 0), "length must be a non-zero"),
+    (lambda: nn.Padding(0, 0), "pad must be a non-zero"),
+    (lambda: nn.CMul(), "weight's shape"),
+    (lambda: nn.CMul(3, 0), r"size\[1\]"),
+    (lambda: nn.Transpose(0), "pair of dims"),
+    (lambda: nn.HardTanh(1, -1), "must be < max_value"),
+    (lambda: nn.SoftPlus(0), "beta must be a positive"),
+    (lambda: nn.ELU("1"), "alpha must be"),
+])
+def test_constructor_arguments_are_checked(make, match):
+    with pytest.raises(tn.errors.ArgumentError, match=match):
+        make()

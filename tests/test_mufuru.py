@@ -71,7 +71,7 @@ def test_gradcheck_float32_and_errors():
     y = seq.forward(xs.astype(np.float32))
     assert y.dtype == np.float32
     assert seq.backward(xs.astype(np.float32), np.ones_like(y)).dtype == np.float32
-    with pytest.raises(ValueError, match="MuFuRu ops"):
+    with pytest.raises(tn.errors.ArgumentError, match="MuFuRu: ops"):
         nn.MuFuRu(D, H, ["keep", "xor"])
     with pytest.raises(tn.errors.ShapeError, match=r"\(batch, 3\)"):
         nn.MuFuRu(D, H).forward(np.zeros((2, D + 1)))

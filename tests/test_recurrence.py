@@ -148,7 +148,7 @@ def test_output_size_forms():
     r = nn.Recurrence(nn.SelectTable(1), [2, [(3, 1)]], 1)
     out = r.forward(np.ones(4))  # unbatched: no batch dim in the zeros
     assert out[0].shape == (2,) and out[1][0].shape == (3, 1)
-    with pytest.raises(ValueError, match="output_size"):
+    with pytest.raises(tn.errors.ArgumentError, match="output_size"):
         nn.Recurrence(nn.Identity(), "4", 1)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..errors import DTypeError
+from .. import validation as check
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..tracing import Var
 from .layers import Linear, last_dim
 from .module import Module
@@ -33,8 +34,10 @@ class Add(Module):
 
     def __init__(self, input_size: int, scalar: bool = False, rng=None):
         super().__init__()
-        self.input_size, self.scalar = int(input_size), bool(scalar)
-        self.parameter("bias", (1,) if scalar else (self.input_size,),
+        self.input_size = check.size(self, "input_size", input_size)
+        self.scalar = check.flag(self, "scalar", scalar)
+        rng = check.generator(self, "rng", rng)
+        self.parameter("bias", (1,) if self.scalar else (self.input_size,),
                        bound=1 / np.sqrt(self.input_size), rng=rng)
 
     def build(self, x: Var) -> Var:
@@ -52,7 +55,7 @@ class Mul(Module):
 
     def __init__(self, rng=None):
         super().__init__()
-        self.parameter("weight", (1,), bound=1.0, rng=rng)
+        self.parameter("weight", (1,), bound=1.0, rng=check.generator(self, "rng", rng))
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -65,8 +68,11 @@ class CMul(Module):
 
     def __init__(self, *size: int, rng=None):
         super().__init__()
-        self.size = tuple(int(s) for s in size)
-        self.parameter("weight", self.size, bound=1 / np.sqrt(np.prod(self.size)), rng=rng)
+        self.size = check.sizes(self, "size", size)
+        if not self.size:
+            raise ArgumentError("nn.CMul: give the weight's shape, e.g. CMul(4)")
+        self.parameter("weight", self.size, bound=1 / np.sqrt(np.prod(self.size)),
+                       rng=check.generator(self, "rng", rng))
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -119,7 +125,8 @@ class SAdd(Module):
 
     def __init__(self, addend: float, negate: bool = False):
         super().__init__()
-        self.addend, self.negate = float(addend), bool(negate)
+        self.addend = check.number(self, "addend", addend)
+        self.negate = check.flag(self, "negate", negate)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -137,7 +144,12 @@ class Narrow(Module):
 
     def __init__(self, dimension: int, offset: int, length: int = 1):
         super().__init__()
-        self.dimension, self.offset, self.length = int(dimension), int(offset), int(length)
+        self.dimension = check.integer(self, "dimension", dimension)
+        self.offset = check.integer(self, "offset", offset)
+        self.length = check.integer(self, "length", length)
+        if self.length == 0:
+            raise ArgumentError("nn.Narrow: length must be a non-zero integer (negative: "
+                                      "counted from the end), got 0")
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -163,13 +175,14 @@ class View(Module):
 
     def __init__(self, *size: int):
         super().__init__()
-        self.size = tuple(int(s) for s in size)
-        if self.size.count(-1) > 1:
-            raise ValueError(f"nn.View: at most one -1 in {self.size}")
+        self.size = tuple(check.integer(self, f"size[{k}]", s) for k, s in enumerate(size))
+        if not self.size or self.size.count(-1) > 1 or any(s < 1 and s != -1 for s in self.size):
+            raise ArgumentError(f"nn.View: sizes must be positive with at most one -1, "
+                                      f"got {self.size}")
         self.num_input_dims: int | None = None
 
     def set_num_input_dims(self, n: int) -> View:
-        self.num_input_dims = int(n)
+        self.num_input_dims = check.size(self, "n", n)
         return self
 
     def build(self, x: Var) -> Var:
@@ -197,7 +210,12 @@ class Transpose(Module):
 
     def __init__(self, *permutations: tuple[int, int]):
         super().__init__()
-        self.permutations = tuple((int(a), int(b)) for a, b in permutations)
+        for pair in permutations:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise ArgumentTypeError(f"nn.Transpose: each argument must be a pair of "
+                                              f"dims (a, b), got {check.got(pair)}")
+        self.permutations = tuple((check.integer(self, "dim", a), check.integer(self, "dim", b))
+                                  for a, b in permutations)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -218,9 +236,10 @@ class Euclidean(Module):
 
     def __init__(self, input_size: int, output_size: int, rng=None):
         super().__init__()
-        self.input_size, self.output_size = int(input_size), int(output_size)
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
         self.parameter("weight", (self.input_size, self.output_size),
-                       bound=1 / np.sqrt(self.input_size), rng=rng)
+                       bound=1 / np.sqrt(self.input_size), rng=check.generator(self, "rng", rng))
 
     def build(self, x: Var) -> Var:
         last_dim(self, x, self.input_size)
@@ -236,7 +255,8 @@ class _Reduce(Module):
 
     def __init__(self, dimension: int = 0, n_input_dims: int | None = None):
         super().__init__()
-        self.dimension, self.n_input_dims = int(dimension), n_input_dims
+        self.dimension = check.integer(self, "dimension", dimension)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -258,7 +278,7 @@ class Sum(_Reduce):
     def __init__(self, dimension: int = 0, n_input_dims: int | None = None,
                  size_average: bool = False):
         super().__init__(dimension, n_input_dims)
-        self.size_average = bool(size_average)
+        self.size_average = check.flag(self, "size_average", size_average)
         self.reduce = F.mean if size_average else F.sum
 
 
@@ -295,9 +315,11 @@ class HardTanh(Module):
 
     def __init__(self, min_value: float = -1.0, max_value: float = 1.0):
         super().__init__()
-        if not min_value < max_value:
-            raise ValueError(f"nn.HardTanh: min_value {min_value} must be < max_value {max_value}")
-        self.min_value, self.max_value = float(min_value), float(max_value)
+        self.min_value = check.number(self, "min_value", min_value)
+        self.max_value = check.number(self, "max_value", max_value)
+        if not self.min_value < self.max_value:
+            raise ArgumentError(f"{check.who(self)}: min_value {min_value} must be < "
+                                      f"max_value {max_value}")
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -315,7 +337,7 @@ class ELU(Module):
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = check.number(self, "alpha", alpha)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -335,8 +357,13 @@ class Padding(Module):
     def __init__(self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0,
                  index: int = 0):
         super().__init__()
-        self.dim, self.pad, self.n_input_dim = int(dim), int(pad), n_input_dim
-        self.value, self.index = float(value), int(index)
+        self.dim = check.integer(self, "dim", dim)
+        self.pad = check.integer(self, "pad", pad)
+        if self.pad == 0:
+            raise ArgumentError("nn.Padding: pad must be a non-zero integer, got 0")
+        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
+        self.value = check.number(self, "value", value)
+        self.index = check.integer(self, "index", index)
 
     def build(self, x: Var) -> Var:
         _array(self, x)

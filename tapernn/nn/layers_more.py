@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import validation as check
 from ..tracing import Var
 from .containers import Container
 from .layers_extra import _array, _Pointwise, _Reduce
@@ -18,7 +19,7 @@ class AddConstant(Module):
 
     def __init__(self, constant: float):
         super().__init__()
-        self.constant = float(constant)
+        self.constant = check.number(self, "constant", constant)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -79,7 +80,8 @@ class SoftPlus(Module):
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
-        self.beta, self.threshold = float(beta), float(threshold)
+        self.beta = check.number(self, "beta", beta, "positive")
+        self.threshold = check.number(self, "threshold", threshold)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -96,7 +98,7 @@ class LeakyReLU(Module):
 
     def __init__(self, negval: float = 0.01):
         super().__init__()
-        self.negval = float(negval)
+        self.negval = check.number(self, "negval", negval)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -168,7 +170,7 @@ class MapTable(Container):
 
     def __init__(self, module: Module):
         super().__init__()
-        self.add(module)
+        self.add(check.module(self, "module", module))
 
     def build(self, xs: Any) -> list:
         self.expect(isinstance(xs, list), "expects a list")
@@ -186,7 +188,8 @@ class Select(Module):
 
     def __init__(self, dimension: int, index: int):
         super().__init__()
-        self.dimension, self.index = int(dimension), int(index)
+        self.dimension = check.integer(self, "dimension", dimension)
+        self.index = check.integer(self, "index", index)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -207,7 +210,8 @@ class Squeeze(Module):
 
     def __init__(self, dim: int | None = None, n_input_dims: int | None = None):
         super().__init__()
-        self.dim, self.n_input_dims = dim, n_input_dims
+        self.dim = None if dim is None else check.integer(self, "dim", dim)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -224,7 +228,8 @@ class Unsqueeze(Module):
 
     def __init__(self, pos: int, n_input_dims: int | None = None):
         super().__init__()
-        self.pos, self.n_input_dims = int(pos), n_input_dims
+        self.pos = check.integer(self, "pos", pos)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -243,7 +248,9 @@ class Replicate(Module):
 
     def __init__(self, n_features: int, dim: int = 0, n_dim: int | None = None):
         super().__init__()
-        self.n_features, self.dim, self.n_dim = int(n_features), int(dim), n_dim
+        self.n_features = check.size(self, "n_features", n_features)
+        self.dim = check.integer(self, "dim", dim)
+        self.n_dim = check.size(self, "n_dim", n_dim, allow_none=True)
 
     def build(self, x: Var) -> Var:
         _array(self, x)

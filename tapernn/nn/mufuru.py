@@ -4,6 +4,8 @@ Torch7: nn.MuFuRu(inputSize, outputSize, ops) (rnn)."""
 from __future__ import annotations
 
 from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentError, ArgumentTypeError
 from .layers import Linear
 from .recurrent import Cell
 
@@ -38,11 +40,14 @@ class MuFuRu(Cell):
     def __init__(self, input_size: int, output_size: int, ops: tuple | list | None = None,
                  rng=None):
         super().__init__(input_size, output_size)
+        if ops is not None and not isinstance(ops, (list, tuple)):
+            raise ArgumentTypeError(f"nn.MuFuRu: ops must be a list of op names from "
+                                          f"{ALL_OPS}, got {check.got(ops)}")
         self.ops = tuple(ALL_OPS if ops is None else ops)
-        unknown = [op for op in self.ops if op not in OPERATIONS]
-        if unknown or not self.ops:
-            raise ValueError(f"MuFuRu ops must be a non-empty list from {ALL_OPS}, got "
-                             f"{list(self.ops)}")
+        if not self.ops or any(op not in OPERATIONS for op in self.ops):
+            raise ArgumentError(f"nn.MuFuRu: ops must be a non-empty list from {ALL_OPS}, "
+                                      f"got {list(self.ops)}")
+        rng = check.generator(self, "rng", rng)
         D, H, J = self.input_size, self.hidden_size, len(self.ops)
         self.reset_x = Linear(D, H, rng=rng)
         self.reset_h = Linear(H, H, rng=rng)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import validation as check
 from ..tracing import Var
 from .context import current_build
 from .recurrent import AbstractRecurrent
@@ -26,7 +27,7 @@ class NormStabilizer(AbstractRecurrent):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        self.beta = float(beta)
+        self.beta = check.number(self, "beta", beta, "non-negative")
 
     def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
         return [tuple(x.shape)]

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentError
 from ..tracing import Var
 from .module import Module
 from .recurrent import AbstractRecurrent
@@ -16,14 +18,14 @@ from .tree import LEAF, flatten, unflatten
 def _size_tree(size: Any) -> Any:
     """output_size: an int n -> one (n,) array; a tuple of ints -> one array of that shape
     (Torch7's {a, b} / LongStorage); a list -> a table (nested list) of those."""
-    if isinstance(size, (int, np.integer)) and size > 0:
+    if check.is_integer(size) and size > 0:
         return (int(size),)
-    if isinstance(size, tuple) and size and all(isinstance(s, (int, np.integer)) for s in size):
+    if isinstance(size, tuple) and size and all(check.is_integer(s) and s > 0 for s in size):
         return tuple(int(s) for s in size)
     if isinstance(size, list) and size:
         return [_size_tree(s) for s in size]
-    raise ValueError(f"output_size must be an int, a shape tuple or a list of them (a table "
-                     f"state), got {size!r}")
+    raise ArgumentError(f"nn.Recurrence: output_size must be a positive int, a shape "
+                              f"tuple or a list of them (a table state), got {size!r}")
 
 
 def _shape_leaves(tree: Any) -> tuple[list[tuple[int, ...]], Any]:
@@ -49,8 +51,8 @@ class Recurrence(AbstractRecurrent):
     """
 
     def __init__(self, module: Module, output_size: Any, n_input_dim: int):
-        if not isinstance(module, Module):
-            raise TypeError(f"Recurrence wraps a module, got {type(module).__name__}")
+        check.module("nn.Recurrence", "module", module)
+        n_input_dim = check.size("nn.Recurrence", "n_input_dim", n_input_dim, minimum=0)
         self.shapes, self.tree = _shape_leaves(_size_tree(output_size))
         self.state_names = ("h",) if self.tree == LEAF else tuple(
             f"h{k}" for k in range(len(self.shapes)))

@@ -10,6 +10,7 @@ import numpy as np
 from .. import functional as F
 from .. import random as tn_random
 from .. import tracing
+from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .cells import GRU, FastLSTM
@@ -77,9 +78,13 @@ class _SeqBase(Sequencer):
     def __init__(self, input_size: int, hidden_size: int, output_size: int,
                  batch_first: bool, mask_zero: bool, rng: Any):
         Module.__init__(self)
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.output_size = int(output_size)
-        self.batch_first, self.remember_mode = bool(batch_first), "neither"
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
+        self.hidden_size = check.size(self, "hidden_size", hidden_size)
+        self.batch_first = check.flag(self, "batch_first", batch_first)
+        mask_zero = check.flag(self, "mask_zero", mask_zero)
+        rng = check.generator(self, "rng", rng)
+        self.remember_mode = "neither"
         self._views = None
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
@@ -268,7 +273,7 @@ class SeqReverseSequence(Module):
 
     def __init__(self, dim: int = 0):
         super().__init__()
-        self.dim = int(dim)
+        self.dim = check.integer(self, "dim", dim)
 
     def build(self, x: Var) -> Var:
         self.expect(isinstance(x, Var), "expects an array, got a list" if isinstance(x, list)
@@ -295,8 +300,11 @@ class SeqBRNN(Module):
         super().__init__()
         from .layers import CAddTable
 
-        self.input_size, self.output_size = int(input_size), int(output_size)
-        self.batch_first = bool(batch_first)
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
+        self.batch_first = check.flag(self, "batch_first", batch_first)
+        if merge is not None:
+            check.module(self, "merge", merge)
         self.add_child("fwd", SeqLSTM(input_size, output_size, mask_zero=mask_zero, rng=rng))
         self.add_child("bwd", SeqLSTM(input_size, output_size, mask_zero=mask_zero, rng=rng))
         self.add_child("reverse", SeqReverseSequence(0))

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .masking import MaskZero
@@ -27,7 +28,7 @@ class TrimZero(MaskZero):
 
     def __init__(self, module: Module, n_input_dim: int):
         super().__init__(module)
-        self.n_input_dim = int(n_input_dim)
+        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, minimum=0)
         self._rows: np.ndarray | None = None   # kept rows of the last trimmed forward
         self._trimmed: Any = None
 
@@ -36,10 +37,10 @@ class TrimZero(MaskZero):
         return self._children["0"]
 
     def _batched(self, first: Any) -> bool:
-        n, ndim = self.n_input_dim, np.ndim(first)
+        n, ndim = self.n_input_dim, first.ndim
         if ndim not in (n, n + 1):
             raise ShapeError(f"{self.describe()}: n_input_dim is {n}, so the input must have {n} "
-                             f"dims or {n + 1} with a batch, got shape {np.shape(first)}")
+                             f"dims or {n + 1} with a batch, got shape {first.shape}")
         return ndim == n + 1
 
     def build(self, x: Any) -> Any:
@@ -59,6 +60,8 @@ class TrimZero(MaskZero):
         leaves, tree = flatten(input)
         first = np.asarray(leaves[0])
         self._rows = None
+        if not np.issubdtype(first.dtype, np.number):
+            raise ShapeError(f"{self.describe()}: expects arrays, got {check.got(leaves[0])}")
         if self.module.is_recurrent or not self._batched(first):
             return super().forward(input)
         keep = np.abs(first).reshape(first.shape[0], -1).sum(1) > 0
