@@ -103,3 +103,9 @@ def test_containers_around_a_float32_module_compute_in_float32(wrap):
     y64 = ref.forward(steps)
     np.testing.assert_allclose(np.stack(leaves), np.stack(y64 if isinstance(y64, list) else [y64]),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_calling_a_sequencer_takes_lengths_like_forward():
+    seq = nn.Sequencer(nn.GRU(3, 4))
+    x = R.standard_normal((3, 2, 3))
+    np.testing.assert_array_equal(seq(x, lengths=[3, 1]), seq.forward(x, lengths=[3, 1]))

@@ -237,10 +237,10 @@ class Module:
     def build(self, x: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define build()")
 
-    def __call__(self, *args: Any) -> Any:
-        if _BUILD.get() is not None and _contains_var(args):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _BUILD.get() is not None and _contains_var(args) and not kwargs:
             return self.apply(*args)
-        return self.forward(*args)
+        return self.forward(*args, **kwargs)  # (forward's keywords, e.g. Sequencer's lengths=)
 
     def apply(self, *args: Any) -> Any:
         """Record this module on symbolic inputs, inside its own scope."""
