@@ -9,7 +9,7 @@ some returned twice (aliasing) or passed through unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -85,6 +85,26 @@ class CellSpec:
             else:
                 values.append(fn(*operands, **attrs))
         return tuple(values[r] for r in self.returns)
+
+    def pruned(self) -> CellSpec:
+        """The same cell without instructions no state reads (and their parameters): what a
+        failing case prints, once the failure is checked to survive pruning."""
+        n_in = 1 + self.states
+        live = set(self.returns)
+        for k in range(len(self.code) - 1, -1, -1):
+            if n_in + k in live:
+                live.update(self.code[k][1])
+        renum = {v: v for v in range(n_in)}
+        code, params = [], {}
+        for k, (op, args, attrs) in enumerate(self.code):
+            if n_in + k in live:
+                renum[n_in + k] = n_in + len(code)
+                code.append((op, tuple(renum[a] for a in args), attrs))
+                for key in ("w", "b"):
+                    if op in ("matmul", "bias") and key in attrs:
+                        params[attrs[key]] = self.params[attrs[key]]
+        return CellSpec(self.D, self.H, self.states, code, params,
+                        tuple(renum[r] for r in self.returns))
 
     def source(self, name: str = "FuzzCell") -> str:
         """The cell as Python source (for turning a failing case into a regression test)."""
@@ -250,6 +270,13 @@ class _Gen:
                     else self.emit("tanh", [r], self.spec.H) for r in dict.fromkeys(returns)}
         self.spec.returns = tuple(squashed[r] for r in returns)
         return self.spec
+
+
+def pruned_case(case: Case) -> Case:
+    """`case` with every cell pruned (CellSpec.pruned) and only the parameters it still uses."""
+    cells = [c.pruned() for c in case.cells]
+    params = [{k: p[k] for k in c.params} for c, p in zip(cells, case.params)]
+    return replace(case, cells=cells, params=params)
 
 
 def make_case(seed: int) -> Case:

@@ -104,3 +104,15 @@ def test_make_cell_is_a_plain_cell():
     cell = make_cell(case.cells[0], case.params[0])
     assert isinstance(cell, nn.Cell) and cell.state_names == tuple(
         f"s{k}" for k in range(case.cells[0].states))
+
+
+def test_pruning_keeps_what_the_states_read():
+    """pruned() drops only instructions no state reads: same outputs, fewer instructions."""
+    from cell_fuzz import pruned_case
+    shrunk = 0
+    for seed in range(20):
+        case = make_case(seed)
+        small = pruned_case(case)
+        np.testing.assert_array_equal(numpy_outputs(small), numpy_outputs(case))
+        shrunk += sum(len(a.code) < len(b.code) for a, b in zip(small.cells, case.cells))
+    assert shrunk >= 5

@@ -14,7 +14,7 @@ PIPELINES = {"default": None, "none": []}
 
 def _seq_run(cell, x, passes_=None):
     """Sequencer(cell) forward and backward (seed ones): output, grad input, param grads."""
-    m = nn.Sequencer(cell)
+    m = nn.Sequencer(cell).astype(x.dtype)
     if passes_ is not None:
         m.set_passes(passes_)
     y = m.forward(x)
@@ -159,3 +159,174 @@ def test_zero_d_input_to_a_module(dtype):
         dy = m.backward(x, np.array(1.0, dtype))
         np.testing.assert_allclose(dy, want * (1 - want) if isinstance(m, nn.Sigmoid)
                                    else 1 - want ** 2, rtol=1e-5)
+
+
+# ---- cases found by the random-cell fuzzer (tests/cell_fuzz.py; seed, pruned) -----------------
+# Each cell's step is written once against `F` (tapernn, or the NumPy stand-in below) and `p`
+# (its parameters: Vars inside tapernn, arrays for the NumPy evaluation).
+
+class _NumPyF:
+    tanh, exp, log, split = np.tanh, np.exp, np.log, np.split
+
+    @staticmethod
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    @staticmethod
+    def sum(v, axis=None, keepdims=False):
+        return np.sum(v, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def concat(vs, axis):
+        return np.concatenate(vs, axis=axis)
+
+
+def _fuzz_cell(name, D, H, n_states, shapes, step, seed=0):
+    rng = np.random.default_rng(seed)
+    values = {k: rng.standard_normal(s) * 0.6 for k, s in shapes.items()}
+
+    def __init__(self):
+        nn.Cell.__init__(self, D, H)
+        for key, value in values.items():
+            self.parameter(key, value.shape, init=value)
+
+    cls = type(name, (nn.Cell,), {"state_names": tuple(f"s{k}" for k in range(n_states)),
+                                  "__init__": __init__,
+                                  "step": lambda self, x, *s: step(tn, self, x, *s)})
+    def numpy_step(x, *s):
+        new = step(_NumPyF, _Params(values), x, *s)
+        return new if isinstance(new, tuple) else (new,)
+
+    cls.numpy_step = staticmethod(numpy_step)
+    cls.n_states, cls.H = n_states, H
+    return cls
+
+
+class _Params:
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+def _numpy_stack(classes, x):
+    states = [[np.zeros(x.shape[1:-1] + (c.H,))] * c.n_states for c in classes]
+    outs = []
+    for xt in x:
+        h = xt
+        for k, c in enumerate(classes):
+            states[k] = list(c.numpy_step(h, *states[k]))
+            h = states[k][0]
+        outs.append(h)
+    return np.stack(outs)
+
+
+def _check_fuzz_case(classes, x, dtype=np.float64):
+    def make():
+        cells = [c() for c in classes]
+        return cells[0] if len(cells) == 1 else nn.Sequential(*cells)
+    want = _numpy_stack(classes, x)
+    x = x.astype(dtype)
+    runs = {name: _seq_run(make(), x, p) for name, p in PIPELINES.items()}
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for y, dx, grads in runs.values():
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    for a, b in zip(runs["default"], runs["none"]):
+        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
+
+
+Seed156 = _fuzz_cell(  # a state returned twice; the first reads the third, the others the first
+    "Seed156", 1, 1, 3, {"w3": (1, 1), "b4": (1,), "w5": (1, 1), "b6": (1,)},
+    lambda F, p, x, s0, s1, s2: (F.tanh(s2 @ p.w3 + p.b4),) + (F.tanh(s0 @ p.w5 + p.b6 + x),) * 2)
+
+
+def test_fuzz_seed156_aliased_state_crossed_through_hoisting():
+    _check_fuzz_case([Seed156], np.random.default_rng(156).standard_normal((4, 1)))
+
+
+def _seed259(F, p, x, s0, s1, s2):  # gates cut by slice and split feed a crossed state
+    v3 = x @ p.w0 + s2 @ p.w1 + p.b2
+    v8 = x @ p.w3 + v3[..., 3:6] @ p.w4 + p.b5
+    v14 = s0 @ p.w8 + p.b9
+    return F.tanh(F.split(v8, 4, axis=-1)[3][..., 1:3] @ p.w7), s1, F.tanh(v14 + v14 * x)
+
+
+Seed259 = _fuzz_cell("Seed259", 1, 3, 3, {"w0": (1, 9), "w1": (3, 9), "b2": (9,), "w3": (1, 12),
+                                          "w4": (3, 12), "b5": (12,), "w7": (2, 3),
+                                          "w8": (3, 3), "b9": (3,)}, _seed259)
+
+
+def test_fuzz_seed259_gate_slices_and_a_passed_through_state():
+    _check_fuzz_case([Seed259], np.random.default_rng(259).standard_normal((3, 1)))
+
+
+Seed133a = _fuzz_cell("Seed133a", 1, 3, 1, {"w4": (3, 3)},
+                      lambda F, p, x, s0: F.tanh(s0 @ p.w4))
+
+
+def _seed133b(F, p, x, s0, s1, s2):
+    v5 = s0 @ p.w7
+    return (F.tanh(s1 @ p.w4 + p.b5 + F.tanh(x @ p.w6)), F.tanh(v5 + p.b8), F.tanh(v5))
+
+
+Seed133b = _fuzz_cell("Seed133b", 3, 4, 3, {"w4": (4, 4), "b5": (4,), "w6": (3, 4),
+                                            "w7": (4, 4), "b8": (4,)}, _seed133b)
+
+
+def test_fuzz_seed133_stacked_cells_crossed_states():
+    _check_fuzz_case([Seed133a, Seed133b], np.random.default_rng(133).standard_normal((5, 2, 1)))
+
+
+def _seed28a(F, p, x, s0, s1, s2):
+    v5 = F.exp(F.tanh((x @ p.w0 + s0 @ p.w1 + p.b2)[..., 0:4]))
+    v10 = (x @ p.w3 + v5 @ p.w4 + p.b5)[..., 0:4]
+    v12 = v10 @ p.w7
+    v14 = F.split(x @ p.w6 + v12, 2, axis=-1)[0]
+    return F.tanh(s1 @ p.w9 + p.b10), F.tanh(v12 @ p.w11), F.tanh(v14 @ p.w12)
+
+
+def _seed28b(F, p, x, s0, s1, s2):
+    v5 = F.tanh((x @ p.w1 + s2 @ p.w2 + p.b3) @ p.w6)
+    return v5, v5, F.tanh(s2 @ p.w7)
+
+
+Seed28a = _fuzz_cell("Seed28a", 1, 4, 3, {
+    "w0": (1, 8), "w1": (4, 8), "b2": (8,), "w3": (1, 8), "w4": (4, 8), "b5": (8,),
+    "w6": (1, 12), "w7": (4, 12), "w9": (4, 4), "b10": (4,), "w11": (12, 4), "w12": (6, 4)},
+    _seed28a)
+Seed28b = _fuzz_cell("Seed28b", 4, 1, 3, {"w1": (4, 4), "w2": (1, 4), "b3": (4,), "w6": (4, 1),
+                                          "w7": (1, 1)}, _seed28b)
+
+
+def test_fuzz_seed28_float32_stacked_three_state_cells():
+    _check_fuzz_case([Seed28a, Seed28b], np.random.default_rng(28).standard_normal((4, 1)),
+                     np.float32)
+
+
+def _seed75(F, p, x, s0, s1, s2):  # log(sigmoid) of a 0-d sum, inside a fused group
+    v8 = F.exp(F.tanh(F.tanh((x @ p.w0 + s2 @ p.w1 + p.b2)[..., 0:1])))
+    return F.tanh(v8), s1, F.tanh(v8 * F.log(F.sigmoid(F.sum(x) * 0.1)))
+
+
+Seed75 = _fuzz_cell("Seed75", 1, 1, 3, {"w0": (1, 4), "w1": (1, 4), "b2": (4,)}, _seed75)
+
+
+@pytest.mark.parametrize("batch", [(), (1,), (3,)])
+def test_fuzz_seed75_log_sigmoid_of_a_0d_sum(batch):
+    _check_fuzz_case([Seed75], np.random.default_rng(75).standard_normal((4,) + batch + (1,)))
+
+
+Seed55a = _fuzz_cell("Seed55a", 3, 4, 1, {"w0": (4, 8)},
+                     lambda F, p, x, s0: F.tanh(s0 * F.log(F.sigmoid(F.sum(s0 @ p.w0) * 0.1))))
+
+
+def _seed55b(F, p, x, s0):
+    v2 = s0 @ p.w1
+    return F.tanh(F.split((F.concat([s0, x], axis=-1) @ p.w0 - v2) * v2, 2, axis=-1)[1])
+
+
+Seed55b = _fuzz_cell("Seed55b", 4, 3, 1, {"w0": (7, 6), "w1": (3, 6)}, _seed55b)
+
+
+def test_fuzz_seed55_stacked_0d_log_sigmoid():
+    _check_fuzz_case([Seed55a, Seed55b], np.random.default_rng(55).standard_normal((3, 3, 3)))

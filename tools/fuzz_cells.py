@@ -16,7 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tapernn from this checkout, the fuzzer
 
-from cell_fuzz import check_case, make_case  # noqa: E402
+from cell_fuzz import check_case, make_case, pruned_case  # noqa: E402
+
+
+def _smallest_failing(case):
+    """The case pruned of code no state reads, if it still fails; else the case itself."""
+    small = pruned_case(case)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            check_case(small)
+    except Exception:  # noqa: BLE001
+        return small
+    return case
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(seed)
             print(f"FAIL seed {seed}: {type(e).__name__}: {str(e).strip()[:400]}")
             print("".join(traceback.format_exception(e)[-3:]).rstrip())
-            print(case.describe(), "\n", flush=True)
+            print(_smallest_failing(case).describe(), "\n", flush=True)
             if len(failures) >= args.max_failures:
                 break
         if (k + 1) % 100 == 0:
