@@ -24,6 +24,9 @@ def _np_sigmoid(v):
 # op -> (tapernn function, NumPy function, source template); operands are values, attrs follow
 OPS = {
     "matmul": (lambda a, w: a @ w, lambda a, w: a @ w, "{0} @ self.{w}"),
+    "matmul_t": (lambda a, w: a @ tn.transpose(w), lambda a, w: a @ w.T,
+                 "{0} @ tn.transpose(self.{w})"),  # a Linear: weight (out, in)
+    "rsub": (lambda a: 1.0 - a, lambda a: 1.0 - a, "1.0 - {0}"),
     "bias": (lambda a, b: a + b, lambda a, b: a + b, "{0} + self.{b}"),
     "add": (lambda a, b: a + b, lambda a, b: a + b, "{0} + {1}"),
     "sub": (lambda a, b: a - b, lambda a, b: a - b, "{0} - {1}"),
@@ -56,7 +59,7 @@ OPS = {
                lambda a: np.sum(a, axis=-1, keepdims=True) * 0.5,
                "tn.sum({0}, axis=-1, keepdims=True) * 0.5"),
 }
-UNARY = ["tanh", "sigmoid", "neg", "expt", "logsig"] * 2 + ["relu"]
+UNARY = ["tanh", "sigmoid", "neg", "expt", "logsig", "rsub"] * 2 + ["relu"]
 BINARY = ["add", "sub", "mul", "div", "stacksum"] * 3 + ["maximum", "minimum"]
 KINKS = {"relu", "maximum", "minimum", "rmax"}  # not differentiable everywhere
 
@@ -72,6 +75,7 @@ class CellSpec:
     code: list = field(default_factory=list)
     params: dict = field(default_factory=dict)  # name -> shape
     returns: tuple = ()
+    output: int = 0  # the state the cell outputs (an `output` override when not 0)
 
     def run(self, ops: int, values: list, params: dict) -> tuple:
         """Evaluate with ops=0 (tapernn) or 1 (NumPy); values = [x, *states]."""
@@ -79,8 +83,8 @@ class CellSpec:
         for op, args, attrs in self.code:
             fn = OPS[op][ops]
             operands = [values[a] for a in args]
-            if op in ("matmul", "bias"):
-                operands.append(params[attrs["w" if op == "matmul" else "b"]])
+            if op in ("matmul", "matmul_t", "bias"):
+                operands.append(params[attrs["b" if op == "bias" else "w"]])
                 values.append(fn(*operands))
             else:
                 values.append(fn(*operands, **attrs))
@@ -101,10 +105,10 @@ class CellSpec:
                 renum[n_in + k] = n_in + len(code)
                 code.append((op, tuple(renum[a] for a in args), attrs))
                 for key in ("w", "b"):
-                    if op in ("matmul", "bias") and key in attrs:
+                    if op in ("matmul", "matmul_t", "bias") and key in attrs:
                         params[attrs[key]] = self.params[attrs[key]]
         return CellSpec(self.D, self.H, self.states, code, params,
-                        tuple(renum[r] for r in self.returns))
+                        tuple(renum[r] for r in self.returns), self.output)
 
     def source(self, name: str = "FuzzCell") -> str:
         """The cell as Python source (for turning a failing case into a regression test)."""
@@ -122,6 +126,9 @@ class CellSpec:
             lines.append(f"        v{k} = " + OPS[op][2].format(*[names[a] for a in args],
                                                               **attrs))
         lines.append(f"        return {', '.join(names[r] for r in self.returns)}")
+        if self.output:
+            lines += ["", f"    def output(self, {', '.join(states)}):",
+                      f"        return s{self.output}"]
         return "\n".join(lines)
 
 
@@ -168,7 +175,15 @@ class _Gen:
         return name
 
     def matmul(self, a: int, out: int) -> int:
-        return self.emit("matmul", [a], out, w=self.param("w", (self.width[a], out)))
+        """a @ W, or a @ W^T with W (out, in) as Linear keeps it; a weight of the right shape
+        is often reused (one W read by several matmuls: gate fusion and hoisting material)."""
+        op, shape = ("matmul", (self.width[a], out)) if self.rng.random() < 0.7 else \
+            ("matmul_t", (out, self.width[a]))
+        prefix = "t" if op == "matmul_t" else "w"
+        same = [name for name, s in self.spec.params.items() if s == shape and name[0] == prefix]
+        name = str(self.rng.choice(same)) if same and self.rng.random() < 0.4 else \
+            self.param(prefix, shape)
+        return self.emit(op, [a], out, w=name)
 
     def gate_block(self) -> None:
         """x @ Wx + s @ Wh + b, cut into k gates by split (or slices)."""
@@ -269,6 +284,8 @@ class _Gen:
         squashed = {r: r if r <= S or self.spec.code[r - 1 - S][0] in ("tanh", "sigmoid")
                     else self.emit("tanh", [r], self.spec.H) for r in dict.fromkeys(returns)}
         self.spec.returns = tuple(squashed[r] for r in returns)
+        if S > 1 and self.rng.random() < 0.15:
+            self.spec.output = int(self.rng.integers(1, S))
         return self.spec
 
 
@@ -312,8 +329,11 @@ def make_cell(spec: CellSpec, params: dict, name: str = "FuzzCell") -> nn.Cell:
     def step(self, x, *states):
         return spec.run(0, [x, *states], {k: getattr(self, k) for k in spec.params})
 
-    cls = type(name, (nn.Cell,), {"state_names": tuple(f"s{k}" for k in range(spec.states)),
-                                  "__init__": __init__, "step": step})
+    body = {"state_names": tuple(f"s{k}" for k in range(spec.states)), "__init__": __init__,
+            "step": step}
+    if spec.output:
+        body["output"] = lambda self, *states: states[spec.output]
+    cls = type(name, (nn.Cell,), body)
     return cls(params)
 
 
@@ -327,7 +347,7 @@ def numpy_outputs(case: Case, params: list | None = None, x: np.ndarray | None =
         h = x[t]
         for k, cell in enumerate(case.cells):
             states[k] = list(cell.run(1, [h, *states[k]], params[k]))
-            h = states[k][0]
+            h = states[k][cell.output]
         outs.append(h)
     return np.stack(outs)
 
