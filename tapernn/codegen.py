@@ -32,8 +32,9 @@ _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divi
            "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
 
 
-# sigmoids read by a tail reader on at most this many elements are lowered inline through
-# logaddexp (Program._sigmoid_lines); larger ones call the exact op
+# sigmoids on at most this many elements are lowered inline through logaddexp (four calls,
+# Program._sigmoid_lines); larger ones through 1 / (1 + exp(min(-a, L))) (five calls, each
+# cheaper per element), or, where a tail reader reads them, the exact op
 EXACT_SIGMOID_INLINE_SIZE = 128
 
 # ops whose result depends on the relative precision of a small sigmoid beyond what an
@@ -190,8 +191,8 @@ class Program:
                 elif n.op == "fused":
                     lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
                 elif n.op == "sigmoid" and self._inline_sigmoid(n.shape, n in self.exact_sigmoid):
-                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype,
-                                                n in self.exact_sigmoid)
+                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype, n.size <=
+                                                EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid)
                 else:
                     lines = [self._call(n.op, args, n.attrs, out)]
                 if out is None and n.shape == ():
@@ -289,10 +290,11 @@ class Program:
             if op == "sigmoid" and self._inline_sigmoid(tuple(shape), j in exact):
                 # the last instruction's operand is a temporary dying here: all calls but the
                 # last run in it, only the last writes out (which may be a strided region of
-                # a larger storage, where a ufunc pays per row: 1 such call, not 5)
+                # a larger storage, where a ufunc pays per row: 1 such call, not 4 or 5)
                 work = ins[0] if out and slot_of[j] is None and refs[0] < 0 else None
-                lines += self._sigmoid_lines(ins[0], target or result, target, dtype,
-                                             j in exact, work)
+                logaddexp = j in exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE
+                lines += self._sigmoid_lines(ins[0], target or result, target, dtype, logaddexp,
+                                             work)
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
@@ -305,17 +307,18 @@ class Program:
         return shape != () and (not exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE)
 
     def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
-                       exact: bool, work: str | None = None) -> list[str]:
+                       logaddexp: bool, work: str | None = None) -> list[str]:
         """A sigmoid as ufunc lines writing `name` in place (no temporaries, no call frame);
-        the last line is a bare call: the caller prefixes the assignment.
-        Usually sigma(a) = 1 / (1 + exp(min(-a, L))), L = sigmoid_exp_limit(dtype): relative
-        error under 2 ulps wherever sigma(a) is a normal number, in both tails and both dtypes
-        (the tanh form 0.5 * tanh(0.5 * a) + 0.5 gave 0 below a = -17 in float32), and faster
-        than tanh. Exact (read by a tail reader, on small values): sigma(a) =
-        exp(-log(1 + exp(-a))), unclamped: log(sigma(a)) keeps its digits down to the last
-        subnormal (sigma itself has relative error ~ |a| * eps / 2 for |a| < 36). With `work` (a
-        temporary the caller may overwrite) all calls but the last write it, the last `out`."""
-        if exact:
+        the last line is a bare call: the caller prefixes the assignment. Both forms keep
+        relative accuracy in both tails, in float32 and float64 (the tanh form 0.5 * tanh(0.5 *
+        a) + 0.5 used for float32 before gave 0 below a = -17: Sigmoid -> BCE lost its
+        gradient). Small values (or read by a tail reader): sigma(a) = exp(-log(1 + exp(-a))),
+        four calls, unclamped: log(sigma(a)) keeps its digits down to the last subnormal, sigma
+        itself has relative error ~ |a| * eps / 2 for |a| < 36 (under 20 ulps). Larger values:
+        sigma(a) = 1 / (1 + exp(min(-a, L))), L = sigmoid_exp_limit(dtype): under 2 ulps
+        wherever sigma(a) is a normal number, and faster per element than tanh or logaddexp.
+        With `work` (a temporary the caller may overwrite) all calls but the last write it."""
+        if logaddexp:
             calls = [("negative", "{}"), ("logaddexp", "0.0, {}"), ("negative", "{}"),
                      ("exp", "{}")]
         else:
