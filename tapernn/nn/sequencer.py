@@ -131,7 +131,7 @@ class Sequencer(HiddenStateOf, Module):
         return f"nn.Sequencer @ {self.module.describe()}"
 
     def __repr__(self) -> str:
-        return f"nn.Sequencer @ {repr(self.module)}"
+        return f"nn.Sequencer @ {self.module!r}"
 
 
 def tracing_where(t: int) -> str:
