@@ -18,6 +18,7 @@ from ..passes import default_passes
 from ..tracing import Tape
 from .context import BuildContext
 from .packing import Packing
+from .reinforce_seeds import reinforce_seed
 from .state_grads import add_stepwise_state_grads, sequence_state_seeds
 from .tree import LEAF, count_leaves, flatten, unflatten
 
@@ -55,6 +56,10 @@ class Executable:
         final_nodes = [n for _, _, n in self.finals]
         self.history_mode = history_mode
         self.diff_outputs = self.real + (final_nodes if history_mode else [])
+        # REINFORCE log-probabilities: differentiated outputs seeded with -reward (nn.reinforce)
+        self.reinforce_pos = len(self.diff_outputs)
+        self.reinforce = [(m, t, v.node) for m, t, v in ctx.reinforce]
+        self.diff_outputs += [n for *_, n in self.reinforce]
         extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
         self.final_pos = len(self.real) if history_mode else len(self.diff_outputs)
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
@@ -211,6 +216,8 @@ def _binder(node, ctx: BuildContext):
         return lambda leaves, p=p: p.data
     if kind == "random":
         prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
+        if callable(prob):  # BuildContext.random_input: the module draws it
+            return lambda leaves, draw=prob: draw()
         shape, dtype = node.shape, node.dtype
 
         def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
@@ -403,6 +410,9 @@ class Runtime:
         seeds = []
         for k in exe.seeded:
             node = exe.diff_outputs[k]
+            if k >= exe.reinforce_pos:
+                seeds.append(reinforce_seed(*exe.reinforce[k - exe.reinforce_pos]))
+                continue
             if k < len(exe.real):
                 if k >= len(gleaves):
                     raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "
