@@ -39,6 +39,14 @@ class RecurrentAttention(Module):
         size = hidden_size if isinstance(hidden_size, (tuple, list)) else (hidden_size,)
         self.hidden_size = tuple(int(s) for s in size)
 
+    @property
+    def rnn(self) -> Module:
+        return self._children["rnn"]
+
+    @property
+    def action(self) -> Module:
+        return self._children["action"]
+
     def _before_forward(self) -> None:
         for m in (self._children["rnn"], self._children["action"]):
             m._clear_memory(keep_initial=True)  # Torch7: rnn:forget(), action:forget()
