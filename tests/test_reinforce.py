@@ -8,7 +8,7 @@ from tapernn import nn
 from tapernn.errors import ShapeError, StateError, TapernnError, ValueRangeError
 
 R = np.random.default_rng(0)
-TOL = dict(rtol=1e-10, atol=1e-12)
+TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
 def test_reinforce_normal_samples_and_gradient_is_reinforce():
@@ -115,16 +115,21 @@ def make_ram(seed=7, dtype=np.float64):
     tn.manual_seed(1)
     glimpse = nn.Sequential(nn.ParallelTable(nn.Linear(D, H), nn.Linear(2, H)), nn.CAddTable())
     rnn = nn.Recurrent(H, glimpse, nn.Linear(H, H), nn.Tanh())
-    action = nn.Sequential(nn.Linear(H, 2), nn.ReinforceNormal(SIGMA, rng=np.random.default_rng(seed)))
+    sampler = nn.ReinforceNormal(SIGMA, rng=np.random.default_rng(seed))
+    action = nn.Sequential(nn.Linear(H, 2), sampler)
     return nn.RecurrentAttention(rnn, action, T, H).astype(dtype)
 
 
+def ram_params(ram):
+    par, fb = ram.rnn._children["input"][0], ram.rnn._children["feedback"]
+    act = ram.action[0]
+    return {"Wi": par[0].weight, "bi": par[0].bias, "Wl": par[1].weight, "bl": par[1].bias,
+            "start": ram.rnn.start, "Wf": fb.weight, "bf": fb.bias, "Wa": act.weight,
+            "ba": act.bias}
+
+
 def ram_weights(ram):
-    rnn, action = ram.rnn, ram.action
-    par = rnn._children["input"][0]
-    return dict(Wi=par[0].weight.data, bi=par[0].bias.data, Wl=par[1].weight.data,
-                bl=par[1].bias.data, start=rnn.start.data, Wf=rnn._children["feedback"].weight.data,
-                bf=rnn._children["feedback"].bias.data, Wa=action[0].weight.data, ba=action[0].bias.data)
+    return {k: p.data for k, p in ram_params(ram).items()}
 
 
 def ram_reference(w, x, eps, G, rewards):
@@ -163,11 +168,7 @@ def ram_reference(w, x, eps, G, rewards):
 
 
 def ram_grads(ram):
-    rnn, action = ram.rnn, ram.action
-    par = rnn._children["input"][0]
-    return dict(Wi=par[0].weight.grad, bi=par[0].bias.grad, Wl=par[1].weight.grad,
-                bl=par[1].bias.grad, start=rnn.start.grad, Wf=rnn._children["feedback"].weight.grad,
-                bf=rnn._children["feedback"].bias.grad, Wa=action[0].weight.grad, ba=action[0].bias.grad)
+    return {k: p.grad for k, p in ram_params(ram).items()}
 
 
 @pytest.mark.parametrize("per_step", [False, True])
@@ -192,8 +193,8 @@ def test_recurrent_attention_matches_numpy_equations(per_step):
     # forget before every forward: a second call starts again from zeros (no retrace)
     out2 = ram.forward(x)
     eps2 = [draw.standard_normal((B, 2)) for _ in range(T)]
-    np.testing.assert_allclose(out2[-1], ram_reference(ram_weights(ram), x, eps2, G, rewards)[0][-1],
-                               **TOL)
+    hs2 = ram_reference(ram_weights(ram), x, eps2, G, rewards)[0]
+    np.testing.assert_allclose(out2[-1], hs2[-1], **TOL)
     assert ram.trace_count == 1
 
 
