@@ -9,6 +9,7 @@ from .layers import (CAddTable, CMulTable, Dropout, Identity, Linear, LogSoftMax
                      ReLU, Reshape, Sigmoid, SoftMax, Tanh)
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
+from .nce import NCECriterion, NCEModule
 from .recurrent import AbstractRecurrent, Cell
 from .reinforce import ReinforceNormal, VRClassReward
 from .repeat import Recursor, Repeater, RepeaterCriterion
