@@ -56,7 +56,7 @@ def test_nce_z_is_estimated_on_the_first_batch_only():
     m = nn.NCEModule(D, V, K, COUNTS)
     assert m.z == -1
     x, t = R.standard_normal((B, D)), np.array([0, 1, 2, 3, 4, 5])
-    pmt, pms, _, pns = m.forward([x, t])
+    _, pms, _, pns = m.forward([x, t])
     ids = noise_ids(m, pns)
     W, b = m.weight.data, m.bias.data
     e_s = np.exp(x @ W[ids].T + b[ids])

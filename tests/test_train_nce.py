@@ -3,10 +3,10 @@ reports the exact (full-softmax) validation perplexity, and resumes exactly."""
 from __future__ import annotations
 
 import numpy as np
+from test_train import TINY, parse, word_text
 
 from tapernn import nn
 from tapernn.train import Trainer
-from test_train import TINY, parse, word_text
 
 
 def test_nce_run_learns_and_reports_the_exact_perplexity(tmp_path, capsys):
