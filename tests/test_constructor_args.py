@@ -237,6 +237,9 @@ _SIZE_ARGS = {"input_size", "output_size", "hidden_size", "n_index", "n_output",
               "length", "n_input_dims"}
 _FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average"}
 _MODULE_ARGS = {"module", "fwd", "bwd", "merge", "input", "feedback", "transfer"}
+_SAMPLES.update({"rnn": lambda: nn.Linear(3, 3), "action": lambda: nn.Linear(3, 3),
+                 "stdev": 0.1, "k": 2, "noise": lambda: np.ones(3)})
+_MODULE_ARGS |= {"rnn", "action"}
 _ABSTRACT = {"Module", "Container", "Criterion", "AbstractRecurrent", "Cell"}
 
 

@@ -52,7 +52,7 @@ def test_reinforce_normal_float32_and_scalar_reward():
 
 
 def test_reinforce_bad_inputs_raise_named_errors():
-    with pytest.raises(ValueRangeError, match="stdev"):
+    with pytest.raises(tn.ArgumentError, match="stdev"):
         nn.ReinforceNormal(0)
     rn = nn.ReinforceNormal(0.1)
     x = R.standard_normal((3, 2))
@@ -62,7 +62,7 @@ def test_reinforce_bad_inputs_raise_named_errors():
     rn.reinforce(np.ones(4))
     with pytest.raises(ShapeError, match=r"reward has shape \(4,\)"):
         rn.backward(x, np.zeros((3, 2)))
-    with pytest.raises(ValueRangeError, match="finite"):
+    with pytest.raises(tn.ArgumentError, match="finite"):
         rn.reinforce(np.array([1.0, np.nan, 0.0]))
     with pytest.raises(ShapeError, match="ReinforceNormal"):
         rn.forward(np.zeros((2, 2, 2)))
@@ -102,7 +102,7 @@ def test_vr_class_reward_bad_inputs():
         crit.forward([s, b], np.array([0.0, 1.0]))
     with pytest.raises(ShapeError, match=r"\[scores, baseline\]"):
         crit.forward(s, np.array([0, 1]))
-    with pytest.raises(TypeError):
+    with pytest.raises(tn.ArgumentTypeError, match="module"):
         nn.VRClassReward("model")
 
 
@@ -225,7 +225,7 @@ def test_recurrent_attention_bad_inputs():
         nn.Linear(4, 2), T, 4)
     with pytest.raises(ShapeError, match=r"step 0.*\(4, 4\)"):
         bad.forward(np.zeros((B, D)))
-    with pytest.raises(ValueError, match="n_step"):
+    with pytest.raises(tn.ArgumentError, match="n_step"):
         nn.RecurrentAttention(nn.Identity(), nn.Identity(), 0, 3)
-    with pytest.raises(TypeError, match="rnn"):
+    with pytest.raises(tn.ArgumentTypeError, match="rnn"):
         nn.RecurrentAttention("rnn", nn.Identity(), 2, 3)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import functional as F
 from .. import tracing
+from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .module import Module
@@ -27,17 +28,13 @@ class RecurrentAttention(Module):
 
     def __init__(self, rnn: Module, action: Module, n_step: int, hidden_size: int | tuple):
         super().__init__()
-        for name, m in (("rnn", rnn), ("action", action)):
-            if not isinstance(m, Module):
-                raise TypeError(f"RecurrentAttention {name} must be a module, got "
-                                f"{type(m).__name__}")
-        if int(n_step) < 1:
-            raise ValueError(f"RecurrentAttention n_step must be >= 1, got {n_step}")
-        self.add_child("rnn", rnn)
-        self.add_child("action", action)
-        self.n_step = int(n_step)
-        size = hidden_size if isinstance(hidden_size, (tuple, list)) else (hidden_size,)
-        self.hidden_size = tuple(int(s) for s in size)
+        self.add_child("rnn", check.module(self, "rnn", rnn))
+        self.add_child("action", check.module(self, "action", action))
+        self.n_step = check.size(self, "n_step", n_step)
+        if isinstance(hidden_size, (tuple, list)):
+            self.hidden_size = check.sizes(self, "hidden_size", hidden_size)
+        else:
+            self.hidden_size = (check.size(self, "hidden_size", hidden_size),)
 
     @property
     def rnn(self) -> Module:

@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import random as tn_random
-from ..errors import ShapeError, ValueRangeError
+from .. import validation as check
+from ..errors import ArgumentError, ShapeError
 from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
@@ -34,19 +35,13 @@ class NCEModule(Module):
     def __init__(self, input_size: int, output_size: int, k: int, noise: Any, z: float = -1.0,
                  rng: np.random.Generator | None = None):
         super().__init__()
-        self.input_size, self.output_size, self.k = int(input_size), int(output_size), int(k)
-        if self.k < 1:
-            raise ValueRangeError(f"NCEModule: k (noise samples) must be >= 1, got {k}")
-        unigram = np.asarray(noise, dtype=np.float64)
-        if unigram.shape != (self.output_size,) or not np.all(np.isfinite(unigram)) or (
-                unigram.min() < 0 or unigram.sum() <= 0):
-            raise ValueRangeError(f"NCEModule: noise must be {self.output_size} non-negative "
-                                  f"unigram counts or probabilities with a positive sum, got "
-                                  f"shape {unigram.shape}")
-        self.unigram = unigram / unigram.sum()
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
+        self.k = check.size(self, "k", k)
+        self.unigram = _unigram(self, noise)
         self._cdf = np.cumsum(self.unigram)
-        self.z = float(z)
-        self.rng = rng
+        self.z = check.number(self, "z", z)
+        self.rng = check.generator(self, "rng", rng)
         self.parameter("weight", (self.output_size, self.input_size),
                        bound=1 / np.sqrt(self.input_size), rng=rng)
         self.parameter("bias", (self.output_size,),
@@ -93,6 +88,19 @@ class NCEModule(Module):
         return f"({self.input_size} -> {self.output_size}, k={self.k}, Z={self.z:g})"
 
 
+def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
+    try:
+        unigram = np.asarray(noise, dtype=np.float64)
+    except (TypeError, ValueError):
+        unigram = np.zeros(0)
+    V = module.output_size
+    if unigram.shape != (V,) or not np.all(np.isfinite(unigram)) or (
+            unigram.min() < 0 or unigram.sum() <= 0):
+        raise ArgumentError(f"nn.NCEModule: noise must be {V} non-negative unigram counts or "
+                            f"probabilities with a positive sum, got {check.got(noise)}")
+    return unigram / unigram.sum()
+
+
 class NCECriterion(Criterion):
     """NCE loss.  Torch7: nn.NCECriterion (eps = 1e-7 as the original).
 
@@ -107,7 +115,7 @@ class NCECriterion(Criterion):
 
     def __init__(self, size_average: bool = True):
         super().__init__()
-        self.size_average = size_average
+        self.size_average = check.flag(self, "size_average", size_average)
 
     def forward(self, input: Any, target: Any = None) -> float:
         ok = isinstance(input, (list, tuple)) and len(input) == 4

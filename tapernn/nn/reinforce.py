@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import random as tn_random
-from ..errors import ShapeError, ValueRangeError
+from .. import validation as check
+from ..errors import ArgumentError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion, MSECriterion
@@ -34,14 +35,9 @@ class ReinforceNormal(Module):
     def __init__(self, stdev: float, stochastic: bool = False,
                  rng: np.random.Generator | None = None):
         super().__init__()
-        if not np.isfinite(stdev) or stdev <= 0:
-            raise ValueRangeError(f"ReinforceNormal: stdev must be a positive number, got {stdev}")
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise TypeError(f"ReinforceNormal rng must be a numpy.random.Generator, got "
-                            f"{type(rng).__name__}")
-        self.stdev = float(stdev)
-        self.stochastic = bool(stochastic)
-        self.rng = rng
+        self.stdev = check.number(self, "stdev", stdev, "positive")
+        self.stochastic = check.flag(self, "stochastic", stochastic)
+        self.rng = check.generator(self, "rng", rng)
         self.reward: Any = None
 
     def build(self, mean: Var) -> Var:
@@ -74,7 +70,7 @@ class ReinforceNormal(Module):
 def _finite(module: Module, reward: Any) -> np.ndarray:
     r = np.asarray(reward, dtype=np.float64)
     if not np.all(np.isfinite(r)):
-        raise ValueRangeError(f"{module.describe()}: reward must be finite, got {r}")
+        raise ArgumentError(f"{module.describe()}.reinforce: reward must be finite, got {r}")
     return r
 
 
@@ -94,13 +90,12 @@ class VRClassReward(Criterion):
     def __init__(self, module: Module, scale: float = 1.0, criterion: Criterion | None = None,
                  size_average: bool = True):
         super().__init__()
-        if not isinstance(module, Module):
-            raise TypeError(f"VRClassReward needs the model to reinforce, got "
-                            f"{type(module).__name__}")
+        module = check.module(self, "module", module)
         object.__setattr__(self, "module", module)  # not a child: the model is not ours
-        self.scale = float(scale)
-        self.size_average = size_average
-        self.add_child("criterion", criterion if criterion is not None else MSECriterion())
+        self.scale = check.number(self, "scale", scale)
+        self.size_average = check.flag(self, "size_average", size_average)
+        criterion = MSECriterion() if criterion is None else criterion
+        self.add_child("criterion", check.module(self, "criterion", criterion, criterion=True))
         self.reward: np.ndarray | None = None
 
     def _unpack(self, input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
