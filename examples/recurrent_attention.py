@@ -42,7 +42,8 @@ def make_images(n: int, size: int, clutter: int, rng: np.random.Generator):
     g = SHAPES.shape[1]
     for img, label in zip(images, labels):
         for _ in range(clutter):
-            frag = SHAPES[rng.integers(len(SHAPES))][rng.integers(0, g - 2):, rng.integers(0, g - 2):][:3, :3]
+            r, c = rng.integers(0, g - 2, 2)
+            frag = SHAPES[rng.integers(len(SHAPES))][r:r + 3, c:c + 3]
             r, c = rng.integers(0, size - 3, 2)
             img[r:r + 3, c:c + 3] = np.maximum(img[r:r + 3, c:c + 3], frag)
         r, c = rng.integers(0, size - g + 1, 2)
@@ -130,7 +131,8 @@ def train(args) -> dict:
     rng = np.random.default_rng(args.seed)
     train_x, train_y = make_images(args.n_train, args.size, args.clutter, rng)
     test_x, test_y = make_images(args.n_test, args.size, args.clutter, rng)
-    agent = build_agent(len(SHAPES), args.hidden, 8, 3, args.glimpses, args.stdev)
+    agent = build_agent(len(SHAPES), args.hidden, args.patch, args.depth, args.glimpses,
+                        args.stdev)
     nll, reward = nn.ClassNLLCriterion(), nn.VRClassReward(agent, scale=1.0)
     optimizer = tn.optim.Adam(agent.parameters(), lr=args.lr)
     history = {"loss": [], "reward": [], "test": []}
@@ -167,7 +169,8 @@ def parse(argv=None):
               "lr": 3e-3})
     if args.epochs is not None:
         sizes["epochs"] = args.epochs
-    for key, value in {**sizes, "size": 24, "clutter": 3, "batch": 50, "stdev": 0.22}.items():
+    for key, value in {"size": 24, "clutter": 3, "batch": 50, "stdev": 0.22, "patch": 8,
+                       "depth": 3, **sizes}.items():
         setattr(args, key, value)
     return args
 

@@ -153,3 +153,17 @@ def test_nce_bad_inputs_raise_named_errors():
         m.forward([x, np.full(B, V)])
     with pytest.raises(ShapeError, match="ClassNLLCriterion"):
         nn.NCECriterion().forward(np.zeros((B, V)), np.zeros(B, np.int64))
+
+
+def test_nce_in_a_sequencer_estimates_z_at_the_first_step_only():
+    tn.manual_seed(7)
+    m = nn.NCEModule(D, V, K, COUNTS)
+    xs = [R.standard_normal((B, D)) for _ in range(3)]
+    ts = [R.integers(0, V, B) for _ in range(3)]
+    outs = nn.Sequencer(m).forward([[x, t] for x, t in zip(xs, ts)])
+    W, b = m.weight.data, m.bias.data
+    ids0 = noise_ids(m, outs[0][3])
+    z = V * np.exp(xs[0] @ W[ids0].T + b[ids0]).mean()
+    assert m.z == pytest.approx(z, rel=1e-12)
+    for x, t, (pmt, *_) in zip(xs, ts, outs):
+        np.testing.assert_allclose(pmt, np.exp((x * W[t]).sum(1) + b[t]) / z, **TOL)

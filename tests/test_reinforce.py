@@ -229,3 +229,15 @@ def test_recurrent_attention_bad_inputs():
         nn.RecurrentAttention(nn.Identity(), nn.Identity(), 0, 3)
     with pytest.raises(tn.ArgumentTypeError, match="rnn"):
         nn.RecurrentAttention("rnn", nn.Identity(), 2, 3)
+
+
+def test_recursor_of_reinforce_normal_receives_per_step_rewards_in_step_order():
+    """Element-RNN's test `reinforce`: stepped by hand, step t's backward uses reward[t]."""
+    rec = nn.Recursor(nn.ReinforceNormal(0.5, rng=np.random.default_rng(0)))
+    x = R.standard_normal((2, 3))
+    ys = [rec.forward(x) for _ in range(3)]
+    rewards = [R.standard_normal(2) for _ in range(3)]
+    rec.reinforce(rewards)
+    for t in reversed(range(3)):
+        g = rec.backward(x, np.zeros((2, 3)))
+        np.testing.assert_allclose(g, -rewards[t][:, None] * (ys[t] - x) / 0.25, **TOL)

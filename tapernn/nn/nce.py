@@ -70,10 +70,7 @@ class NCEModule(Module):
         score_t = F.sum(x * F.embedding(weight, target), -1) + F.gather(bias, target, 0)
         score_s = x @ F.embedding(weight, ids).T + F.gather(bias, ids, 0)
         exp_t, exp_s = F.exp(score_t), F.exp(score_s)
-        given = ctx.random_input((), x.dtype, lambda: np.asarray(self.z, x.dtype), "nce_z")
-        estimate = F.stop_gradient(F.mean(exp_s) * float(self.output_size))
-        z = F.where(F.greater(given, 0), given, estimate)  # Z <= 0: estimate on this batch
-        ctx.probe(self, "z", None, z)
+        z = _normaliser(self, ctx, exp_s)
         unigram = self.unigram.astype(x.dtype)
         p_noise_s = F.gather(unigram, ids, 0)
         return [exp_t / z, exp_s / z, F.gather(unigram, target, 0),
@@ -86,6 +83,20 @@ class NCEModule(Module):
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.output_size}, k={self.k}, Z={self.z:g})"
+
+
+def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
+    """Z: `module.z` if positive, else estimated as V * mean(exp(sample scores)) by the first
+    call of this forward (later calls, e.g. the steps of a Sequencer, reuse it, as Torch7's
+    first forward sets Z for the rest); written back to `module.z` after the forward."""
+    traced = ctx.__dict__.setdefault("nce_z", {})
+    if module not in traced:
+        given = ctx.random_input((), exp_s.dtype, lambda: np.asarray(module.z, exp_s.dtype),
+                                 "nce_z")
+        estimate = F.stop_gradient(F.mean(exp_s) * float(module.output_size))
+        traced[module] = F.where(F.greater(given, 0), given, estimate)
+        ctx.probe(module, "z", None, traced[module])
+    return traced[module]
 
 
 def _unigram(module: NCEModule, noise: Any) -> np.ndarray:

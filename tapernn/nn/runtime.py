@@ -360,9 +360,9 @@ class Runtime:
             saved = pair.saved(pair.forward.run(record.args))
             if not extra:
                 record.saved = saved
-        seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
+        step = self.dropped + self.history.index(record) if exe.history_mode else None
+        seeds = self._seeds(exe, grad_output, step) + [g for *_, g in extra]
         if exe.history_mode:
-            step = self.dropped + self.history.index(record)
             seeds = add_stepwise_state_grads(exe, step, self.dropped + len(self.history), seeds)
         grads = pair.run_backward(saved, record.args, seeds)
         record.done = True
@@ -409,13 +409,17 @@ class Runtime:
                                  f"(the latest step not yet backwarded), got a different input")
         return record
 
-    def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
+    def _seeds(self, exe: Executable, grad_output: Any, step: int | None = None
+               ) -> list[np.ndarray]:
+        """The backward's seeds: grad_output, final-state gradients, -reward (REINFORCE; at
+        step-wise `step` when the sample was drawn outside any traced step)."""
         gleaves = flatten(grad_output)[0] if grad_output is not None else []
         seeds = []
         for k in exe.seeded:
             node = exe.diff_outputs[k]
             if k >= exe.reinforce_pos:
-                seeds.append(reinforce_seed(*exe.reinforce[k - exe.reinforce_pos]))
+                m, t, rnode = exe.reinforce[k - exe.reinforce_pos]
+                seeds.append(reinforce_seed(m, step if t is None else t, rnode))
                 continue
             if k < len(exe.real):
                 if k >= len(gleaves):
