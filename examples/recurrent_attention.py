@@ -148,6 +148,7 @@ def train(args) -> dict:
             grad_reward = reward.backward(out, y)  # gives agent.reinforce(reward - baseline)
             agent.backward(x, [nll.backward(out[0], y) + grad_reward[0], grad_reward[1]])
             optimizer.step()
+        optimizer.lr *= args.decay  # a decaying rate keeps the late epochs from wandering off
         history["loss"].append(float(np.mean(losses)))
         history["reward"].append(float(np.mean(rewards)))
         history["test"].append(accuracy(agent, test_x, test_y, 250))
@@ -164,13 +165,13 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     sizes = ({"n_train": 1500, "n_test": 300, "hidden": 48, "glimpses": 4, "epochs": 8,
-              "lr": 5e-3} if args.tiny else
+              "lr": 5e-3, "patch": 8, "depth": 3, "decay": 1.0} if args.tiny else
              {"n_train": 6000, "n_test": 1000, "hidden": 96, "glimpses": 5, "epochs": 15,
               "lr": 3e-3})
     if args.epochs is not None:
         sizes["epochs"] = args.epochs
-    for key, value in {"size": 24, "clutter": 3, "batch": 50, "stdev": 0.22, "patch": 8,
-                       "depth": 3, **sizes}.items():
+    for key, value in {"size": 24, "clutter": 3, "batch": 50, "stdev": 0.22, "patch": 12,
+                       "depth": 2, "decay": 0.85, **sizes}.items():
         setattr(args, key, value)
     return args
 
