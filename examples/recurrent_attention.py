@@ -2,14 +2,15 @@
 rnn's examples/recurrent-visual-attention.lua: nn.RecurrentAttention + ReinforceNormal locator
 trained by REINFORCE (VRClassReward with a learned baseline) and the classifier by NLL.
 
-The task is generated here: a 28x28 canvas holds one 7x7 glyph (4 classes: box, plus, cross,
-tee) at a random place among clutter (3x3 fragments of random glyphs). The model sees the canvas
-only through glimpses: 3 scales of 8x8 (8, 16 and 32 pixels wide, the larger ones averaged down)
-around a location it picks from its previous hidden state.
+The task is generated here: a 24x24 canvas holds one 7x7 glyph (4 classes: box, plus, cross,
+tee) at a random place among clutter (three 3x3 fragments of random glyphs). The model sees the
+canvas only through glimpses -- 12x12 patches at 2 scales (12 and 24 pixels wide, the larger
+averaged down), 5 per image -- around locations it picks from its previous hidden state.
 
-Measured (defaults: 6 glimpses, 8000 training images, 12 epochs, 2 cores, about 3 minutes):
-test accuracy 0.95 or more vs 0.25 chance (last run: see the final line printed).
-`--tiny` trains a small model for a few seconds (CI): well above chance, loss falling.
+Measured (defaults: 6000 training and 1000 test images, hidden 96, 20 epochs of batch 50, Adam
+3e-3 decaying 0.9 per epoch, seed 1; about 4 minutes on 2 loaded cores): test accuracy 0.82
+after 20 epochs (0.28 after the first; chance 0.25). `--tiny` (1500 images, 8x8 patches at 3
+scales, 4 glimpses, 8 epochs) runs in a few seconds for CI and reaches about 0.5.
 
 Run: python examples/recurrent_attention.py [--tiny] [--epochs N] [--seed S]
 """
@@ -166,12 +167,12 @@ def parse(argv=None):
     args = p.parse_args(argv)
     sizes = ({"n_train": 1500, "n_test": 300, "hidden": 48, "glimpses": 4, "epochs": 8,
               "lr": 5e-3, "patch": 8, "depth": 3, "decay": 1.0} if args.tiny else
-             {"n_train": 6000, "n_test": 1000, "hidden": 96, "glimpses": 5, "epochs": 15,
+             {"n_train": 6000, "n_test": 1000, "hidden": 96, "glimpses": 5, "epochs": 20,
               "lr": 3e-3})
     if args.epochs is not None:
         sizes["epochs"] = args.epochs
     for key, value in {"size": 24, "clutter": 3, "batch": 50, "stdev": 0.22, "patch": 12,
-                       "depth": 2, "decay": 0.85, **sizes}.items():
+                       "depth": 2, "decay": 0.9, **sizes}.items():
         setattr(args, key, value)
     return args
 
