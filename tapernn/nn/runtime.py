@@ -438,10 +438,8 @@ class Runtime:
                                  f"(the latest step not yet backwarded), got a different input")
         return record
 
-    def _seeds(self, exe: Executable, grad_output: Any, step: int | None = None
-               ) -> list[np.ndarray]:
-        """The backward's seeds: grad_output, final-state gradients, -reward (REINFORCE; at
-        step-wise `step` when the sample was drawn outside any traced step)."""
+    def _seeds(self, exe: Executable, grad_output: Any, step: int | None = None) -> list:
+        """grad_output, final-state gradients, -reward (REINFORCE; of step-wise `step`)."""
         gleaves = flatten(grad_output)[0] if grad_output is not None else []
         seeds = []
         for k in exe.seeded:
