@@ -52,7 +52,7 @@ def numpy_outputs(rec, xs):
     for x1, x2 in xs:
         a = [lin("input.0", x1), lin("input.1", x2)]
         if h is None:
-            h = [sig(a[0] + p["start_module.0.bias"]), sig(a[1] + p["start_module.1.bias"])]
+            h = [sig(a[0] + p["start.0.bias"]), sig(a[1] + p["start.1.bias"])]
         else:  # merge = ParallelTable(CAddTable, CAddTable) of [input(x), feedback(h)]
             h = [sig(a[0] + a[1]), sig(feedback(0, h[0]) + feedback(1, h[1]))]
         outs.append(h)

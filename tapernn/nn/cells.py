@@ -161,7 +161,9 @@ class Recurrent(AbstractRecurrent):
             self.parameter("start", (self.start_size,), bound=1 / np.sqrt(self.start_size), rng=rng)
             self.start_module = None
         else:
-            self.start_module, self.start_size = start, None
+            # a plain attribute (not a second child): its parameters are named start.*
+            object.__setattr__(self, "start_module", start)
+            self.start_size = None
             self.add_child("start", start)
         self.add_child("input", input)
         self.add_child("feedback", feedback)

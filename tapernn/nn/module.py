@@ -147,15 +147,25 @@ class Module:
             value.name = value.name or name
             params[name] = value
         elif isinstance(value, Module) and children is not None and not name.startswith("_"):
+            self._adopt_dtype(value)
             children[name] = value
             joined(self, value)
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
         check.module(self, "a child" if name.isdigit() else name, module)
+        self._adopt_dtype(module)
         self._children[name] = module
         joined(self, module)
         return module
+
+    def _adopt_dtype(self, child: Module) -> None:
+        """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
+        in their dtype: it takes the child's while it holds no parameters of its own."""
+        if child._dtype != self._dtype and any(m._params for m in child.modules()) and not any(
+                m._params for m in self.modules()):
+            for m in self.modules():
+                m._dtype = child._dtype
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(self._children.items())
@@ -227,10 +237,10 @@ class Module:
     def build(self, x: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define build()")
 
-    def __call__(self, *args: Any) -> Any:
-        if _BUILD.get() is not None and _contains_var(args):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _BUILD.get() is not None and _contains_var(args) and not kwargs:
             return self.apply(*args)
-        return self.forward(*args)
+        return self.forward(*args, **kwargs)  # (forward's keywords, e.g. Sequencer's lengths=)
 
     def apply(self, *args: Any) -> Any:
         """Record this module on symbolic inputs, inside its own scope."""

@@ -106,11 +106,12 @@ class AbstractRecurrent(Module):
     def _apply_masks(self, ctx: Any, x: Var, out: Var, old: tuple, new: tuple) -> tuple:
         if self._mask_zero:  # an all-zero input row: zero output, state reset for that row
             keep = F.cast(F.greater(F.sum(F.abs(x), -1, keepdims=True), 0), out.dtype)
-            out, new = out * keep, tuple(s * keep for s in new)
+            out = map_leaves(lambda v: mask_rows(v, keep), out)
+            new = tuple(mask_rows(s, keep) for s in new)
         if ctx.step_mask is not None:  # past a row's length: zero output, state held
             m = ctx.step_mask
-            out = map_leaves(lambda v: v * m, out)
-            new = tuple(m * s + (1 - m) * o for s, o in zip(new, old))
+            out = map_leaves(lambda v: mask_rows(v, m), out)
+            new = tuple(mask_rows(s, m) + mask_rows(o, 1 - m) for s, o in zip(new, old))
         return out, new
 
     def _state_dtype(self, x: Any) -> np.dtype:
@@ -364,3 +365,10 @@ class Cell(AbstractRecurrent):
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.hidden_size})"
+
+
+def mask_rows(v: Var, mask: Var) -> Var:
+    """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis, whatever v's rank."""
+    if v.ndim == mask.ndim:
+        return v * mask
+    return v * F.reshape(mask, (mask.shape[0],) + (1,) * (v.ndim - 1))

@@ -13,7 +13,8 @@ from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .recurrent import HiddenStateOf
+from .recurrent import HiddenStateOf, mask_rows
+from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
 
@@ -116,7 +117,12 @@ class Sequencer(HiddenStateOf, Module):
             with tracing.step(t):
                 ctx.step_mask = None if step_mask is None else step_mask[t]
                 y = self.module(xt)
-                y = y if step_mask is None else y * ctx.step_mask
+                if step_mask is not None:
+                    y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
+                if as_array and not isinstance(y, Var):
+                    raise ShapeError(f"{self.describe()}: a (T, batch, features) array input "
+                                     f"needs one array output per step, but the module returned "
+                                     f"a table (list); pass the steps as a list instead")
                 outputs.append(F.reshape(y, (1,) + y.shape) if as_array else y)
         ctx.step_mask = None
         return F.concat(outputs, axis=0) if as_array else outputs
@@ -125,7 +131,7 @@ class Sequencer(HiddenStateOf, Module):
         return f"nn.Sequencer @ {self.module.describe()}"
 
     def __repr__(self) -> str:
-        return f"nn.Sequencer @ {repr(self.module)}"
+        return f"nn.Sequencer @ {self.module!r}"
 
 
 def tracing_where(t: int) -> str:
