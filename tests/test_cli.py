@@ -114,6 +114,7 @@ def test_version(capsys):
 
 def test_every_option_help_says_its_default():
     import argparse
+
     from tapernn.cli import build_parser
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.shape import show_index
-
 from ..graph import Node
+from ..ops.shape import show_index
 
 FONT = "Helvetica"
 GRAPH_ATTRS = {"rankdir": "LR", "fontname": FONT, "fontsize": "12",
