@@ -2,6 +2,7 @@
 config, with the real modules."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,6 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
     bench.time_interleaved(contenders, budget_s=0.01, min_reps=40, max_reps=40, progress=True)
     assert [len(c.times) for c in contenders] == [40, 40, 40]
     sides = [s == "peer" for s in order[4:]]  # from the last warm-up call (two per contender)
-    switches = sum(x != y for x, y in zip(sides, sides[1:]))
+    switches = sum(x != y for x, y in itertools.pairwise(sides))
     assert 1 <= len(rests) == switches <= bench.PEER_BLOCKS  # was a rest at each of ~80 switches
     assert sum(ticks) == 120  # the progress bar: one tick per timed run
