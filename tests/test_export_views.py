@@ -30,7 +30,7 @@ def test_collapse_draws_the_step_template_once_with_a_loop(steps, level):
     assert clusters(src) == ["cluster_step_0"], src  # was t=0, t=1 and "t = 2 … T-1" (or T=3: 3)
     assert f"t = 0 … {steps - 1}   ×{steps}" in src
     template = src[src.index("subgraph cluster_step_0"):]
-    template = set(re.findall(r"^\t\t(\w+) \[", template[:template.index("\t}")], re.M))
+    template = set(re.findall(r"^\t\t(\w+) \[", template[:template.index("\t}")], re.MULTILINE))
     loops = [re.match(r"\s*(\w+) -> (\w+)", line).groups() for line in src.splitlines()
              if "1a7f37" in line]  # the recurrent colour
     assert len(loops) == 1 and set(loops[0]) <= template  # h_t -> t+1 loops back into it
