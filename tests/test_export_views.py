@@ -3,6 +3,7 @@ and step, stacked layers told apart, the backward view, compiled programs and th
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -38,3 +39,60 @@ def test_collapse_draws_the_step_template_once_with_a_loop(steps, level):
         assert "t+1" in src and "getitem [t]" in src
         zeros = re.search(r'(n\d+) \[label="zeros\n2×4\nat t = 0"', src)
         assert zeros and src.index(zeros.group(0)) < src.index("subgraph cluster_step_0")
+
+
+def boxes(src: str) -> dict[str, str]:
+    """DOT node id -> label."""
+    found = re.findall(r'^\s*(\w+) \[label=(?:"([^"]*)"|([^\s\]]+))', src, re.MULTILINE)
+    return {k: quoted or bare for k, quoted, bare in found}
+
+
+def test_default_graph_draws_one_box_per_module_and_step_without_sequencer_twins():
+    src = tn.to_dot(traced("lstm"), level="module").source
+    labels = boxes(src)
+    assert not [v for v in labels.values() if "Sequencer" in v]  # was one beside each LSTM t=k
+    assert sorted(v for v in labels.values() if v.startswith("LSTM")) == [
+        f"LSTM\nt={t}" for t in range(3)]
+    pairs = set(re.findall(r"^\s*(\w+) -> (\w+)", src, re.MULTILINE))
+    assert not {(b, a) for a, b in pairs} & pairs  # no arrows both ways
+    by_label = {v: k for k, v in labels.items()}
+    assert (by_label["input"], by_label["LSTM\nt=1"]) in pairs
+    assert (by_label["LSTM\nt=2"], by_label["out0"]) in pairs
+
+
+def test_stacked_layers_are_named_apart():
+    labels = set(boxes(tn.to_dot(traced("stacked"), level="module").source).values())
+    assert {"LSTM layer 0\nt=0", "LSTM layer 1\nt=2", "Dropout(0.5)\nt=1"} <= labels
+
+
+def test_both_view_shows_select_table_and_gradients_by_module():
+    src = tn.to_dot(traced("tutorial-acceptor", backward=True), level="module",
+                    view="both").source
+    labels = list(boxes(src).values())
+    assert "SelectTable(-1)" in labels and "∂SelectTable(-1)" in labels  # recorded no op
+    assert [v for v in labels if "Σ over t" in v] == ["∂LSTM\nΣ over t"]  # not ∂Linear, ∂Sigmoid
+    assert "∂Linear" in labels and "∂Sigmoid" in labels
+    assert "∂ parameters ×15\nLSTM" in labels  # was a blob of 15 names
+    assert not [v for v in labels if v.count("grad_") > 1]
+    ids = {v: k for k, v in boxes(src).items()}
+    pairs = set(re.findall(r"^\s*(\w+) -> (\w+)", src, re.MULTILINE))
+    assert (ids["LSTM\nt=2"], ids["SelectTable(-1)"]) in pairs
+    assert (ids["SelectTable(-1)"], ids["Linear"]) in pairs
+    assert (ids["LSTM\nt=2"], ids["Linear"]) not in pairs
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+def test_step_clusters_sit_left_to_right_in_one_row():
+    import subprocess
+    src = tn.to_dot(traced("stacked"), level="module").source
+    plain = subprocess.run(["dot", "-Tplain"], input=src, capture_output=True, text=True,
+                           check=True).stdout
+    pos = {m[0]: (float(m[1]), float(m[2])) for m in
+           re.findall(r"^node (\w+) ([\d.]+) ([\d.]+)", plain, re.MULTILINE)}
+    ids = {v: k for k, v in boxes(src).items()}
+    for layer in (0, 1):
+        xy = [pos[ids[f"LSTM layer {layer}\nt={t}"]] for t in range(3)]
+        assert xy[0][0] < xy[1][0] < xy[2][0]
+        assert max(y for _, y in xy) - min(y for _, y in xy) < 0.1  # a row, not a staircase
+    last_of_0 = pos[ids["LSTM layer 1\nt=0"]][0]
+    assert last_of_0 < pos[ids["LSTM layer 0\nt=1"]][0]  # step 1 starts after step 0 ends
