@@ -96,3 +96,50 @@ def test_step_clusters_sit_left_to_right_in_one_row():
         assert max(y for _, y in xy) - min(y for _, y in xy) < 0.1  # a row, not a staircase
     last_of_0 = pos[ids["LSTM layer 1\nt=0"]][0]
     assert last_of_0 < pos[ids["LSTM layer 0\nt=1"]][0]  # step 1 starts after step 0 ends
+
+
+def test_compiled_views_draw_the_forward_the_backward_and_both_programs(tmp_path):
+    from tapernn.cli import main
+    sources = {}
+    for view in ("forward", "backward", "both"):
+        out = tmp_path / f"{view}.dot"
+        assert main(["graph", "--model", "rnn", "--level", "op", "--compiled", "--view", view,
+                     "-o", str(out)]) == 0
+        sources[view] = out.read_text()
+    assert len(set(sources.values())) == 3  # forward and both were byte-identical
+    backward_ops = lambda src: len(re.findall(r"style=\"rounded,filled,dashed\"", src))
+    assert backward_ops(sources["forward"]) == 0
+    assert backward_ops(sources["backward"]) > 5  # was an empty graph
+    assert backward_ops(sources["both"]) == backward_ops(sources["backward"])
+    assert "grad_0.b_h" in sources["backward"] and "grad_0.b_h" in sources["both"]
+
+
+def test_compiled_nodes_say_what_they_compute_and_where_the_value_lives():
+    model = traced("rnn", backward=True)
+    labels = list(boxes(tn.to_dot(model, compiled=True, view="both").source).values())
+    forward = [v for v in labels if "forward" in v.split("\n")[-1]]
+    assert forward and not [v for v in forward if "grad_" in v]  # was "grad_0.[w_xh w_hh]"
+    tanh_t0 = [v for v in labels if v.startswith("fused: add → tanh\n2×4  t=0")]
+    assert tanh_t0 and "saved for backward" in tanh_t0[0]
+    assert any(re.search(r"\nforward b\d+$", v) for v in labels)  # a preallocated buffer
+    assert any(v.startswith("grad_0.b_h\n") for v in labels)
+    module = list(boxes(tn.to_dot(model, compiled=True, view="both", level="module"
+                                  ).source).values())
+    assert not [v for v in module if re.search(r"(\w+) \1", v)]  # was "y_0 y_0 y_0 …"
+    assert module.count("out0") == 1 and "∂RNN\nt=1" in module
+
+
+def test_compiled_diagrams_carry_a_legend_of_the_colours_they_use():
+    src = tn.to_dot(traced("rnn", backward=True), compiled=True, view="both").source
+    legend = src[src.index("subgraph cluster_legend"):]
+    for text in ("data in", "parameter", "fused ops: one kernel", "backward op",
+                 "gradient out", "state to the next step", "gradient flow (backward)"):
+        assert text in legend
+    assert "fused ops" not in tn.to_dot(traced("rnn"), legend=True).source  # what is used only
+    assert "cluster_legend" not in tn.to_dot(traced("rnn")).source  # off unless compiled
+
+
+def test_an_empty_view_is_an_error_not_an_empty_file():
+    from tapernn.export.samples import lstm_graph
+    with pytest.raises(tn.TapernnError, match="backward view of this program is empty"):
+        tn.to_dot(tn.compile(lstm_graph(steps=2)), view="backward")

@@ -172,6 +172,8 @@ def _output_boxes(d: Drawing, box_of: dict[Node, Box | None],
         box = box_of[n]
         if box is None and not feeds.get(n) or box is not None and box[0] != "module":
             continue
+        if not output_name(d.graph, n) or d.graph.outputs.index(n) != k:
+            continue  # a compiled program's unnamed outputs: values kept or saved for backward
         if d.roles[n] == "gradient" and box is not None:
             grads.setdefault(box, []).append(k)
         else:
@@ -248,8 +250,10 @@ def _box_attrs(d: Drawing, b: Box, n: Node | None, stepped: set[str]) -> dict[st
     label = f"∂{name}" if phase == "backward" else name
     caption = d.step_label.get(t, "") if t is not None else ""
     when = "" if t is None else ("t" if "×" in caption else f"t={t}")
-    if t is None and phase == "backward" and scope in stepped:
-        when = "Σ over t"  # weight gradients: one sum of every step's contribution
+    if t is None and scope in stepped:
+        # weight gradients sum every step's contribution; a compiled program hoists work
+        # out of the steps (one matmul for all of them)
+        when = "Σ over t" if phase == "backward" else "all steps"
     attrs = role_attrs({"backward": "backward", "context": "context"}.get(phase, "op"))
     attrs.update(label=f"{label}\n{when}" if when else label, fontsize="12",
                  margin="0.15,0.08")

@@ -125,6 +125,13 @@ def _node_attrs(d: Drawing, n: Node, num: dict[Node, int]) -> dict[str, str]:
     if name and "×" in d.step_label.get(n.step, ""):
         name = re.sub(r"_?\d+$", "", name) + "_t"  # a folded template stands for every step
     label = node_label(n, name)
+    if d.programs:  # what it computes, then where the value lives
+        from .compiled import detail_line
+        detail = detail_line(d, n)
+        if n.step is not None and n.op != "input":
+            label += f"  t={n.step}"
+        if detail:
+            label += f"\n{detail}"
     if n in d.initial:
         label += f"\nat t = {n.step}"  # the initial value a folded recurrence starts from
     elif n.step is not None and "×" in d.step_label.get(n.step, ""):

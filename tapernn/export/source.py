@@ -30,6 +30,7 @@ class Drawing:
     step_label: dict[int, str] = field(default_factory=dict)
     compiled: Any = None
     initial: set[Node] = field(default_factory=set)  # collapsed: a template's initial values
+    programs: list = field(default_factory=list)  # the Compiled programs drawn, if any
 
 
 def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
@@ -81,7 +82,7 @@ def select(graph: Graph, view: str, compiled: Any = None) -> Drawing:
     roles = classify(graph, nodes, view)
     ids = {n: f"n{num[n]}" for n in nodes}
     return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
-                   compiled)
+                   compiled, programs=[compiled] if compiled is not None else [])
 
 
 def is_scalar_constant(n: Node) -> bool:
@@ -157,7 +158,7 @@ def collapse_steps(d: Drawing) -> Drawing:
     folded = {t for steps in classes if len(steps) > 1 for t in steps}
     initial = {n for n in nodes if n.step in folded and _is_source(n)}
     return Drawing(d.graph, d.view, nodes, d.ids, d.roles, d.edges, rep, labels, d.compiled,
-                   initial)
+                   initial, d.programs)
 
 
 def _is_source(n: Node) -> bool:
