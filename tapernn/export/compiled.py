@@ -46,8 +46,7 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
     graph = Graph(nodes, [n for n in nodes if n.op == "input"],
                   [o for c in programs for o in c.graph.outputs], dict(fwd.meta))
     graph.meta.update(n_forward_outputs=len(pair.forward.graph.outputs) if view != "backward"
-                      else 0, output_names=[names.get(o, "") if graph.outputs.index(o) == k
-                                            else "" for k, o in enumerate(graph.outputs)])
+                      else 0, output_names=_first_names(graph.outputs, names))
     roles = classify(graph, nodes, view)
     for n in nodes:
         if roles[n] == "output" and not names.get(n):
@@ -59,6 +58,16 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
     ids = {n: f"n{k}" for k, n in enumerate(nodes)}
     return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
                    programs[0], programs=programs)
+
+
+def _first_names(outputs: list[Node], names: dict[Node, str]) -> list[str]:
+    """Each named node's name at its first position among the outputs, "" elsewhere."""
+    seen: set[Node] = set()
+    out = []
+    for o in outputs:
+        out.append("" if o in seen else names.get(o, ""))
+        seen.add(o)
+    return out
 
 
 def _names(programs: list) -> dict[Node, str]:
@@ -79,37 +88,43 @@ def detail_line(d: Drawing, n: Node) -> str:
     module keeps in its fields) and where it lives: b3 (preallocated buffer 3), "in out0" (in
     its slot of a concatenated output), "view of b0", "in place", "new array"."""
     parts = []
-    for c in d.programs:
-        g = c.graph
-        if n in _saved(g):
+    names, per_program = _context(d)
+    for k, (c, saved, outputs) in enumerate(per_program):
+        if n in saved:
             parts.append("saved for backward")
-        elif n in g.outputs and not _name(d, n) and n.phase == "forward" and n.op != "input":
+        elif n in outputs and n not in names and n.phase == "forward" and n.op != "input":
             parts.append("returned")
         plan = getattr(getattr(c, "program", None), "plan", None)
         if plan is not None and n in plan.storage and n.op not in ("input", "constant"):
-            where = _where(d, plan, n)
-            if where and len(d.programs) > 1:
-                where = f"{'backward' if c is d.programs[-1] else 'forward'} {where}"
+            where = _where(plan, n, names)
+            if where and len(per_program) > 1:
+                where = f"{'backward' if k == len(per_program) - 1 else 'forward'} {where}"
             parts.append(where)
     return " · ".join(dict.fromkeys(p for p in parts if p))
 
 
-def _where(d: Drawing, plan: Any, n: Node) -> str:
+def _context(d: Drawing) -> tuple[dict[Node, str], list[tuple[Any, set, set]]]:
+    """(output name per node, [(program, its saved values, its outputs)]), built once."""
+    cached = getattr(d, "_detail_context", None)
+    if cached is None:
+        names: dict[Node, str] = {}
+        listed = d.graph.meta.get("output_names") or []
+        for k, o in enumerate(d.graph.outputs[:len(listed)]):
+            if listed[k]:
+                names.setdefault(o, str(listed[k]))
+        cached = names, [(c, _saved(c.graph), set(c.graph.outputs)) for c in d.programs]
+        d._detail_context = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _where(plan: Any, n: Node, names: dict[Node, str]) -> str:
     home = plan.storage.get(n, n)
     if n in plan.buffer_of:
         return f"b{plan.buffer_of[n]}"
     if n in plan.inplace:
         return "in place"
     if n in plan.placed:
-        return f"in {_name(d, home) or 'its slot of a concat'}"
+        return f"in {names.get(home) or 'its slot of a concat'}"
     if home is not n:
         return f"view of b{plan.buffer_of[home]}" if home in plan.buffer_of else "view"
     return "new array" if n in plan.fresh else ""
-
-
-def _name(d: Drawing, n: Node) -> str:
-    names = d.graph.meta.get("output_names") or []
-    for k, o in enumerate(d.graph.outputs[:len(names)]):
-        if o is n and names[k]:
-            return str(names[k])
-    return ""
