@@ -392,9 +392,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
     ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
                     help="repeatable; default float32 (quick) or both (--full)")
+    configs = " ".join(",".join(map(str, c)) for c in CONFIGS)
     ap.add_argument("--configs", nargs="+", metavar="B,T,H", type=config_triple,
-                    help="override configs, e.g. 32,50,512 (default: the first three "
-                         "of " + " ".join(",".join(map(str, c)) for c in CONFIGS) + ", all with --full)")
+                    help=f"override configs, e.g. 32,50,512 (default: the first three of "
+                         f"{configs}, all with --full)")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
     ap.add_argument("--ablation-cell", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
@@ -404,7 +405,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--orientation", action="store_true",
                     help="also time the reference in its other recurrent-GEMM orientation")
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
-    ap.add_argument("--budget", type=positive(float), help="seconds of timed runs per config (default 3, 10 with --full)")
+    ap.add_argument("--budget", type=positive(float),
+                    help="seconds of timed runs per config (default 3, 10 with --full)")
 
 
 def config_triple(text: str) -> tuple[int, int, int]:

@@ -62,9 +62,9 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
     for n, b in box_of.items():
         if b is not None:
             first_node.setdefault(b, n)
-    emitted = [(ids[b], ids[a], dict(_edge_attrs(k), dir="back"))
-               if k in ("backward", "recurrent_backward") else (ids[a], ids[b], _edge_attrs(k))
-               for (a, b), k in edges.items()]
+    emitted = [(ids[b], ids[a], dict(_edge_attrs(k, a == b), dir="back"))
+               if k in ("backward", "recurrent_backward")
+               else (ids[a], ids[b], _edge_attrs(k, a == b)) for (a, b), k in edges.items()]
     dot = new_digraph(title)
     dot.attr(newrank="true")  # rank all at once: step clusters stay in order, left to right
     stepped = _stepped_scopes(d)
@@ -80,11 +80,14 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
     return dot
 
 
-def _edge_attrs(kind: str) -> dict[str, str]:
-    """Module level: recurrent edges pull hard, so each module's boxes form one straight row."""
+def _edge_attrs(kind: str, loop: bool = False) -> dict[str, str]:
+    """Module level: recurrent edges pull hard, so each module's boxes form one straight row; in
+    a collapsed template they loop back into their box, labelled t+1 (t−1 backward)."""
     attrs = dict(EDGE_KIND_ATTRS[kind])
     if kind.startswith("recurrent"):
         attrs["weight"] = "100"
+        if loop:
+            attrs["label"] = "t+1" if kind == "recurrent" else "t−1"
     return attrs
 
 
