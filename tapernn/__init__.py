@@ -6,8 +6,9 @@ from .ops import load_families
 
 load_families()
 
-from .errors import (DTypeError, GradcheckError, GraphError, NumericError, ShapeError, StateError,
-                     TapernnError, ValueRangeError)
+from .errors import (ArgumentError, ArgumentTypeError, DTypeError, GradcheckError, GraphError,
+                     NumericError, ShapeError, StateError, TapernnError, TracingError,
+                     ValueRangeError)
 from .functional import (abs, add_n, broadcast_to, cast, concat, embedding, exp, gather, log,
                          log_softmax, logsumexp, matmul, max, maximum, mean, minimum, ones,
                          ones_like, relu, reshape, sigmoid, softmax, split, sqrt, stack,

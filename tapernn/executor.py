@@ -13,7 +13,7 @@ import numpy as np
 
 from .blas import limiter, program_threads
 from .codegen import Program, arena_layout, fused_scratch
-from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .passes import CompileReport, Pass, default_passes, run_passes
@@ -67,6 +67,10 @@ class Compiled:
             return self._run(args)
 
     def _run(self, args: Sequence[np.ndarray]) -> tuple:
+        """NumPy's floating-point warnings are off inside: NaN/Inf inputs give NaN/Inf outputs
+        (criteria and clip_grad_norm raise NumericError on them) without warnings naming
+        internal ops."""
+        token = _quiet_enter()
         try:
             return self.program.fn(*args)
         except TapernnError as e:
@@ -75,6 +79,8 @@ class Compiled:
             raise _locate(e, self.program.failing_node(e), ValueRangeError) from None
         except (ValueError, TypeError, FloatingPointError) as e:
             raise _locate(e, self.program.failing_node(e), TapernnError) from None
+        finally:
+            _quiet_exit(token)
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
@@ -89,6 +95,38 @@ def _gemm_flops(n: Node) -> float:
     a = n.inputs[0].shape
     k = a[-1] if a else 1
     return 2.0 * float(np.prod(n.shape, dtype=np.float64)) * k
+
+
+def _quiet(err: dict) -> dict:
+    """NumPy's error settings with "warn" turned off: a user's np.errstate(...="raise") still
+    raises (and the failure names the node), the default warnings do not leak."""
+    return {k: ("ignore" if v == "warn" else v) for k, v in err.items()}
+
+
+try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the last seen one
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+
+    _last_quiet: tuple = (None, None)
+
+    def _quiet_enter() -> Any:
+        global _last_quiet
+        current = _extobj_contextvar.get()
+        seen, quiet = _last_quiet
+        if current is not seen:
+            quiet = _make_extobj(**_quiet(np.geterr()))
+            _last_quiet = (current, quiet)
+        return _extobj_contextvar.set(quiet)
+
+    def _quiet_exit(token: Any) -> None:
+        _extobj_contextvar.reset(token)
+except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
+    def _quiet_enter() -> Any:
+        state = np.errstate(**_quiet(np.geterr()))
+        state.__enter__()
+        return state
+
+    def _quiet_exit(token: Any) -> None:
+        token.__exit__(None, None, None)
 
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
@@ -135,8 +173,13 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
 
 
 def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
+    from .passes import check_passes
+
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
+                                f"{type(graph).__name__}")
     graph.verify()
-    return run_passes(graph, default_passes() if passes is None else passes)
+    return run_passes(graph, default_passes() if passes is None else check_passes(passes))
 
 
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import ArgumentTypeError, ShapeError
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, emit
 
@@ -203,7 +203,8 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple:
         elif isinstance(item, (list, np.ndarray)) and np.asarray(item).dtype.kind in "iu":
             out.append(("a", tuple(int(v) for v in np.asarray(item).ravel())))
         else:
-            raise TypeError(f"unsupported index {item!r}; use ints, slices, None, ... or 1-D int lists")
+            raise ArgumentTypeError(f"unsupported index {item!r}; use ints, slices, None, ... or "
+                                    f"1-D int lists")
     key = tuple(out)
     from .ops.shape import index_shape  # the shape rule checks bounds
     index_shape(shape, index=key)

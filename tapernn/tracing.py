@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError, TapernnError, where
+from .errors import DTypeError, ShapeError, TapernnError, TracingError, where
 from .graph import Graph, Node
 from .ops.registry import get_op
 
@@ -132,14 +132,32 @@ class Var:
 
     def __len__(self) -> int:
         if not self.node.shape:
-            raise TypeError("len() of a 0-d Var")
+            raise TracingError("len() of a 0-d Var")
         return self.node.shape[0]
+
+    # NumPy on a Var: the operators NumPy routes here (ndarray + Var) record the op; any other
+    # NumPy function is a mistake inside a cell or traced function -> say which tn.* op to use
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        ops = _OPERATOR_UFUNCS.get(ufunc.__name__)
+        if ops is not None and method == "__call__" and not kwargs and len(inputs) == 2:
+            a, b = inputs
+            return getattr(a, ops[0])(b) if isinstance(a, Var) else getattr(b, ops[1])(a)
+        called = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        raise TracingError(_numpy_on_var(called, ufunc.__name__))
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        raise TracingError(_numpy_on_var(func.__name__, func.__name__))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TracingError("a symbolic tn.Var has no values while a graph is recorded (inside a "
+                           "cell's step, a module's build or a traced function): use the tn.* "
+                           f"ops on it, not NumPy{where(_SCOPE.get() or None, _STEP.get())}")
 
     def __repr__(self) -> str:
         return f"Var({self.node.op}, shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise TapernnError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
+        raise TracingError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
@@ -241,7 +259,7 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
         return tape.constant(a, np.float64 if isinstance(a, float) else np.int64).node
     if isinstance(a, (np.ndarray, np.generic)):
         return tape.constant(np.asarray(a)).node
-    raise TypeError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
+    raise TracingError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
 
 
 def as_var(a: Any, like: Var | None = None) -> Var:
@@ -259,7 +277,7 @@ def _flatten(out: Any) -> list[Var]:
         return [out]
     if isinstance(out, (list, tuple)):
         return [v for o in out for v in _flatten(o)]
-    raise TypeError(f"traced functions must return Vars (or nested lists/tuples of them), got "
+    raise TracingError(f"traced functions must return Vars (or nested lists/tuples of them), got "
                     f"{type(out).__name__}")
 
 
@@ -269,11 +287,13 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     Shapes: each example array fixes the shape and dtype of one input; `fn` returns a Var or a
     (nested) list/tuple of Vars, which become `graph.outputs` in order.
     """
+    if not callable(fn):
+        raise TracingError(f"tn.trace takes a function of Vars first, got {type(fn).__name__}")
     tape = Tape()
     with tape.recording():
         ins = []
         for k, a in enumerate(example_arrays):
-            arr = np.asarray(a)
+            arr = data_array("tn.trace", np.asarray(a))
             name = names[k] if names is not None else f"x{k}"
             ins.append(tape.input(arr.shape, arr.dtype, name=name))
         out = fn(*ins)
@@ -283,4 +303,31 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     return tape.graph
 
 
+_OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
+    "add": ("__add__", "__radd__"), "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"), "divide": ("__truediv__", "__rtruediv__"),
+    "true_divide": ("__truediv__", "__rtruediv__"), "power": ("__pow__", "__rpow__"),
+    "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
+    "less": ("__lt__", "__gt__"),
+}
+_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
+                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
+
+
+def _numpy_on_var(called: str, name: str) -> str:
+    import tapernn
+
+    where_ = where(_SCOPE.get() or None, _STEP.get())
+    tn_name = _TN_SPELLING.get(name, name)
+    if tn_name == "-x":
+        hint = "use -x"
+    elif callable(getattr(tapernn, tn_name, None)) and hasattr(F, tn_name):
+        hint = f"use tn.{tn_name}"
+    else:
+        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
+                "tn.tanh, tn.sigmoid, tn.sum, ...)")
+    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
+
+
 from . import functional as F  # noqa: E402  (functional builds on emit)
+from .validation import data_array

@@ -7,11 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentTypeError
 from ..tracing import Var
 from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
 from .module import Module
 from .recurrent import AbstractRecurrent, Cell
+from .tree import flatten
 
 
 class LSTM(Cell):
@@ -30,7 +33,7 @@ class LSTM(Cell):
     def __init__(self, input_size: int, output_size: int | None = None, peephole: bool = True, rng=None):
         super().__init__(input_size, input_size if output_size is None else output_size)
         D, H = self.input_size, self.hidden_size
-        self.peephole = peephole
+        self.peephole = peephole = check.flag(self, "peephole", peephole)
         for gate in "ifgo":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "ifgo":
@@ -94,7 +97,7 @@ class GRU(Cell):
     def __init__(self, input_size: int, output_size: int, reset_after: bool = False, rng=None):
         super().__init__(input_size, output_size)
         D, H = self.input_size, self.hidden_size
-        self.reset_after = reset_after
+        self.reset_after = reset_after = check.flag(self, "reset_after", reset_after)
         for gate in "rzn":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "rzn":
@@ -128,9 +131,7 @@ class RNN(Cell):
 
     def __init__(self, input_size: int, output_size: int, nonlinearity: str = "tanh", rng=None):
         super().__init__(input_size, output_size)
-        if nonlinearity not in _NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {sorted(_NONLINEARITIES)}, got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = check.choice(self, "nonlinearity", nonlinearity, _NONLINEARITIES)
         D, H = self.input_size, self.hidden_size
         self.parameter("w_xh", (H, D), bound=1 / np.sqrt(D), rng=rng)
         self.parameter("w_hh", (H, H), bound=1 / np.sqrt(H), rng=rng)
@@ -145,13 +146,18 @@ class Recurrent(AbstractRecurrent):
 
     Step 0: h = transfer(input(x) + start) (start: a size -> a learned bias, or a module applied
     to input(x)); later steps: h = transfer(merge([input(x), feedback(h_prev)])).
+
+    The modules may work on tables (ParallelTable, CAddTable ...): then the hidden state h is a
+    list of arrays, and `get_hidden_state(t)` returns `(h,)` with h that list.
     """
+
+    table_states = True
 
     def __init__(self, start: int | Module, input: Module, feedback: Module,
                  transfer: Module | None = None, merge: Module | None = None, rng=None):
         super().__init__()
-        if isinstance(start, (int, np.integer)):
-            self.start_size = int(start)
+        if not isinstance(start, Module):
+            self.start_size = check.size(self, "start (a size or a module)", start)
             self.parameter("start", (self.start_size,), bound=1 / np.sqrt(self.start_size), rng=rng)
             self.start_module = None
         else:
@@ -163,8 +169,8 @@ class Recurrent(AbstractRecurrent):
         self.add_child("merge", merge if merge is not None else CAddTable())
 
     def mask_zero(self) -> Recurrent:
-        raise TypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a Cell such "
-                        "as RNN, LSTM or GRU")
+        raise ArgumentTypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a "
+                                "Cell such as RNN, LSTM or GRU")
 
     def build(self, x):
         ctx = current_build()
@@ -176,7 +182,9 @@ class Recurrent(AbstractRecurrent):
         started = (projected + self._params["start"] if self.start_module is None
                    else self.start_module(projected))
         h = self._children["transfer"](started)
-        ctx.set_state(self, (h,))
+        leaves, tree = flatten(h)
+        self._leaf_tree = (tree,)  # h may be a table (list of arrays): the state's structure
+        ctx.set_state(self, tuple(leaves))
         ctx.probe(self, "inputs", t, x)
         ctx.probe(self, "outputs", t, h)
         ctx.probe(self, "state:h", t, h)
@@ -188,5 +196,8 @@ class Recurrent(AbstractRecurrent):
 
     def step_forward(self, x, state):
         c = self._children
-        h = c["transfer"](c["merge"]([c["input"](x), c["feedback"](state[0])]))
-        return h, (h,)
+        h = c["transfer"](c["merge"]([c["input"](x), c["feedback"](self._by_name(state)[0])]))
+        leaves, tree = flatten(h)
+        self.expect(tree == self._state_tree()[0], "the hidden state changed structure from one "
+                    "step to the next (a table must stay a table of the same length)")
+        return h, tuple(leaves)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import functional as F
-from ..errors import StateError, TapernnError
+from ..errors import ShapeError, StateError, TapernnError
 from ..tracing import Tape, Var, current_scope, current_step, step
 
 if TYPE_CHECKING:
@@ -24,6 +24,16 @@ def current_build() -> BuildContext:
     if ctx is None:
         raise TapernnError("symbolic module calls only happen inside a traced forward")
     return ctx
+
+
+def _wrong_state_shape(module: Any, k: int, got: tuple, needed: tuple) -> None:
+    at = f"{module.describe()} at {current_scope() or 'top'!r}"
+    name = module._leaf_name(k)
+    if module._state is None:  # the user's set_initial_state
+        raise ShapeError(f"{at}: initial state {name!r} given to set_initial_state has shape "
+                         f"{got}, but this input needs {needed}")
+    raise StateError(f"{at}: remembered state {name!r} has shape {got} but this input needs "
+                     f"{needed}; call forget() when the batch size changes")
 
 
 @dataclass
@@ -51,6 +61,12 @@ class BuildContext:
     aliases: list = field(default_factory=list)         # modules that record no op (diagrams)
     stack: list = field(default_factory=list)           # modules being built, outermost first
     step_mask: Any = None                                # (B, 1) 0/1 while a Sequencer has lengths
+    # a variant of a Sequencer program (nn.state_grads): each state passed from step t to t + 1
+    # gets a zero "tap" input (its gradient: what step t + 1 sends back into the state of step
+    # t), and for (module, t) in `cuts` the gradient from step t + 1 is stopped (it is replaced)
+    taps: bool = False
+    cuts: frozenset = frozenset()
+    tap_inputs: list = field(default_factory=list)     # (module, t, k, Node)
 
     def __enter__(self) -> BuildContext:
         self._token = _BUILD.set(self)
@@ -114,12 +130,9 @@ class BuildContext:
             state = []
             for k, (arr, s) in enumerate(zip(stored, shapes)):
                 if tuple(arr.shape) != tuple(s):
-                    raise StateError(
-                        f"{module.describe()} at {current_scope() or 'top'!r}: remembered state "
-                        f"{module.state_names[k]!r} has shape {tuple(arr.shape)} but this input needs "
-                        f"{tuple(s)}; call forget() when the batch size changes")
-                var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module.state_names[k]}0",
-                                      kind="state")
+                    _wrong_state_shape(module, k, tuple(arr.shape), tuple(s))
+                name = f"{current_scope() or 'state'}.{module._leaf_name(k, short=True)}0"
+                var = self.tape.input(s, dtype, name=name, kind="state")
                 user = module._state is None  # set_initial_state: its gradient is wanted
                 self.state_inputs.append((module, k, var.node, user))
                 state.append(var)
@@ -128,6 +141,16 @@ class BuildContext:
         return state
 
     def set_state(self, module: Any, state: tuple[Var, ...]) -> None:
+        if self.taps:
+            t = self.steps.get(module, 0) - 1
+            cut = (module, t) in self.cuts
+            tapped = []
+            for k, s in enumerate(state):
+                z = self.tape.input(s.shape, s.dtype, name=f"{current_scope() or 'state'}.tap{k}",
+                                    kind="tap")
+                self.tap_inputs.append((module, t, k, z.node))
+                tapped.append((F.stop_gradient(s) if cut else s) + z)
+            state = tuple(tapped)
         self.states[module] = state
 
     def next_step(self, module: Any) -> int:

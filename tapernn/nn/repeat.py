@@ -6,10 +6,11 @@ from typing import Any
 
 from .. import functional as F
 from .. import tracing
+from .. import validation as check
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
-from .recurrent import AbstractRecurrent
+from .recurrent import AbstractRecurrent, HiddenStateOf
 
 
 class Repeater(Module):
@@ -18,10 +19,8 @@ class Repeater(Module):
 
     def __init__(self, module: Module, n_step: int):
         super().__init__()
-        if n_step < 1:
-            raise ValueError(f"n_step must be positive, got {n_step}")
-        self.add_child("0", module)
-        self.n_step = int(n_step)
+        self.add_child("0", check.module(self, "module", module))
+        self.n_step = check.size(self, "n_step", n_step)
 
     def _before_forward(self) -> None:
         self._children["0"]._clear_memory(keep_initial=True)
@@ -42,7 +41,7 @@ class RepeaterCriterion(Criterion):
 
     def __init__(self, criterion: Criterion):
         super().__init__()
-        self.add_child("0", criterion)
+        self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
 
     def check_targets(self, input: Any, target: Any) -> None:
         for x in (input if isinstance(input, list) else list(input)):
@@ -60,16 +59,19 @@ class RepeaterCriterion(Criterion):
         return f"nn.RepeaterCriterion @ {self._children['0'].describe()}"
 
 
-class Recursor(AbstractRecurrent):
+class Recursor(HiddenStateOf, AbstractRecurrent):
     """Makes any module step-wise recurrent: each forward is one step sharing the parameters,
     backward runs once per step in reverse order (BPTT), `outputs`/`inputs` hold the steps.
-    Recurrent modules inside keep their own state.  Torch7: nn.Recursor."""
+    Recurrent modules inside keep their own state; `get_hidden_state`, `set_initial_state`,
+    `get_grad_initial_state`, `set_grad_hidden_state` and `get_grad_hidden_state` reach the
+    recurrent module inside (the module itself, or the one recurrent module in it).
+    Torch7: nn.Recursor."""
 
     state_names = ()
 
     def __init__(self, module: Module):
         super().__init__()
-        self.add_child("0", module)
+        self.add_child("0", check.module(self, "module", module))
 
     def build(self, x: Any) -> Any:
         ctx = current_build()
