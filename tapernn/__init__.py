@@ -22,6 +22,7 @@ from .testing import gradcheck
 __version__ = "0.1.0"
 from .random import manual_seed
 from .passes import set_default_passes
+from .blas import set_blas_threads
 from .serialization import load_into, save
 from .export import render, render_passes, to_dot, to_json
 from . import nn, optim, passes  # noqa: E402

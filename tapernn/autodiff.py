@@ -163,8 +163,10 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     kept = forward.union(fwd_inputs)
     fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs,
                 list(fwd_outs) + saved, dict(joint.meta))
+    names = list(joint.meta.get("output_names") or [])
     fwd.meta.update(n_forward_outputs=n_forward_outputs, single_output=False,
-                    saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))))
+                    saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))),
+                    output_names=names[:len(names) - len(grad_outs)] if grad_outs else names)
     bwd = _backward_graph(joint, backward, saved, read, grad_outs)
     fwd.meta["saved_names"] = list(bwd.meta["saved_names"])
     return fwd, bwd

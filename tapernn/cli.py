@@ -9,8 +9,29 @@ from collections.abc import Callable, Sequence
 from .errors import TapernnError
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help line says its default: appended unless the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        if action.nargs == 0:  # a flag
+            default = "on" if action.default else "off"
+        elif action.default is None:
+            default = "none"
+        else:
+            default = "%(default)s"
+        return f"{text} (default: {default})" if text else f"default: {default}"
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse prints the whole usage before an error; errors here are one line, exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -21,12 +42,14 @@ def _demo(args: argparse.Namespace) -> int:
     acceptor = tutorial.main()
     if args.diagram:
         try:
-            from .export import render
+            from .export.rendering import render_or_source
         except ImportError:
             print("\n(diagram export is not available in this build)")
             return 0
-        path = render(acceptor, args.diagram, level="module")
+        path, note = render_or_source(acceptor, args.diagram, level="module")
         print(f"\nWrote the acceptor's unrolled diagram to {path}")
+        if note:
+            print(note)
     return 0
 
 
@@ -67,6 +90,8 @@ def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"tapernn {__version__}")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = subs.add_parser("demo", help="the Element-RNN tutorial, step by step")
@@ -86,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--model", default="lstm",
                          help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
                               "or path.to.module:factory")
-    inspect.add_argument("--steps", type=_positive, default=10)
-    inspect.add_argument("--batch", type=_positive, default=4)
-    inspect.add_argument("--hidden", type=_positive, default=32)
-    inspect.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument("--steps", type=_positive, default=10, help="timesteps to unroll")
+    inspect.add_argument("--batch", type=_positive, default=4, help="batch size")
+    inspect.add_argument("--hidden", type=_positive, default=32, help="feature/hidden size")
+    inspect.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                         help="floating-point type of parameters and data")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the library generator")
     inspect.set_defaults(run=_inspect)
 
     bench = subs.add_parser("bench", help="speed and memory against a hand-written NumPy LSTM")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .blas import limiter, program_threads
 from .codegen import Program, arena_layout, fused_scratch
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
@@ -43,6 +44,8 @@ class Compiled:
         self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
                                     for n in graph.nodes if n.op == "fused"]
         self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
+        self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
+                                      default=0.0)
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs
@@ -55,9 +58,18 @@ class Compiled:
         return outs[0] if self._single else list(outs)
 
     def run(self, args: Sequence[np.ndarray]) -> tuple:
-        """Run on already-checked arrays (the fast path modules use). NumPy's floating-point
-        warnings are off inside: NaN/Inf inputs give NaN/Inf outputs (criteria and
-        clip_grad_norm raise NumericError on them) without warnings naming internal ops."""
+        """Run on already-checked arrays (the fast path modules use), with the BLAS threads
+        `tn.set_blas_threads` picks for this program's largest matmul."""
+        threads = program_threads(self.largest_gemm_flops)
+        if threads is None:
+            return self._run(args)
+        with limiter.limit(threads):
+            return self._run(args)
+
+    def _run(self, args: Sequence[np.ndarray]) -> tuple:
+        """NumPy's floating-point warnings are off inside: NaN/Inf inputs give NaN/Inf outputs
+        (criteria and clip_grad_norm raise NumericError on them) without warnings naming
+        internal ops."""
         token = _quiet_enter()
         try:
             return self.program.fn(*args)
@@ -76,6 +88,13 @@ class Compiled:
     def _repr_svg_(self) -> str | None:
         from .export import repr_svg
         return repr_svg(self)
+
+
+def _gemm_flops(n: Node) -> float:
+    """2·m·k·n (times the batch) of a matmul node."""
+    a = n.inputs[0].shape
+    k = a[-1] if a else 1
+    return 2.0 * float(np.prod(n.shape, dtype=np.float64)) * k
 
 
 def _quiet(err: dict) -> dict:

@@ -15,14 +15,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
                              "or path.to.module:factory (factory(steps, batch, size) -> "
                              "(model, input, grad_output))")
-    parser.add_argument("--steps", type=int, default=3, help="timesteps to unroll (default 3)")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timesteps to unroll")
+    parser.add_argument("--batch", type=int, default=2, help="batch size")
     parser.add_argument("--hidden", type=int, default=4, help="feature/hidden size")
-    parser.add_argument("--level", choices=("op", "module"), default="module")
-    parser.add_argument("--view", choices=("forward", "backward", "both"), default="forward")
-    parser.add_argument("--cluster-by", choices=("step", "scope"), default="step")
+    parser.add_argument("--level", choices=("op", "module"), default="module",
+                        help="one box per (module, step), or every op")
+    parser.add_argument("--view", choices=("forward", "backward", "both"), default="forward",
+                        help="the forward pass, the BPTT graph, or both")
+    parser.add_argument("--cluster-by", choices=("step", "scope"), default="step",
+                        help="one cluster per timestep, or nested clusters per module")
     parser.add_argument("--collapse", action="store_true", help="draw the step template once ×T")
-    parser.add_argument("--compiled", action="store_true", help="draw the compiled program")
+    parser.add_argument("--compiled", action="store_true",
+                        help="draw the compiled (optimised) program")
     parser.add_argument("-o", "--output", default="graph.svg",
                         help=f"output file; format from the suffix: {', '.join(FORMATS)}")
 

@@ -2,6 +2,7 @@
 config, with the real modules."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,27 @@ def test_failing_contender_is_disabled_with_its_error(bench):
 def test_flop_count_matches_the_documented_formula(bench):
     B, T, D, H = 32, 50, 128, 256
     assert bench.lstm_flops(B, T, D, H) == 3 * 2 * T * B * (D + H) * 4 * H
+
+
+def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
+    import tqdm
+    ticks = []
+
+    class Bar(tqdm.tqdm):
+        def update(self, n=1):
+            ticks.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    rests = []
+    monkeypatch.setattr(bench.time, "sleep", rests.append)
+    order = []
+    contenders = [bench.Contender("a", lambda: order.append("a"), 1.0),
+                  bench.Contender("b", lambda: order.append("b"), 1.0),
+                  bench.Contender("peer", lambda: order.append("peer"), 1.0, peer=True)]
+    bench.time_interleaved(contenders, budget_s=0.01, min_reps=40, max_reps=40, progress=True)
+    assert [len(c.times) for c in contenders] == [40, 40, 40]
+    sides = [s == "peer" for s in order[4:]]  # from the last warm-up call (two per contender)
+    switches = sum(x != y for x, y in itertools.pairwise(sides))
+    assert 1 <= len(rests) == switches <= bench.PEER_BLOCKS  # was a rest at each of ~80 switches
+    assert sum(ticks) == 120  # the progress bar: one tick per timed run

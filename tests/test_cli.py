@@ -79,3 +79,53 @@ def test_graph_command_writes_each_format(tmp_path):
         assert main(["graph", "--model", "tutorial-acceptor", "-o", str(svg)]) == 0
         assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
     assert main(["graph", "-o", str(tmp_path / "g.bmp")]) == 2
+
+
+def _no_graphviz(monkeypatch, tmp_path):
+    """PATH without the Graphviz `dot` program (an empty folder)."""
+    import shutil
+    empty = tmp_path / "empty_bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("dot") is None
+
+
+def test_demo_without_graphviz_writes_the_dot_source_and_says_how_to_render(
+        tmp_path, monkeypatch, capsys):
+    from tapernn import tutorial
+    from tapernn.models import build_model
+    model, x, _ = build_model("tutorial-acceptor", 3, 2, 4)
+    model.forward(x)
+    monkeypatch.setattr(tutorial, "main", lambda: model)  # the full tutorial is tested above
+    _no_graphviz(monkeypatch, tmp_path)
+    target = tmp_path / "acceptor.svg"
+    assert main(["demo", "--diagram", str(target)]) == 0
+    out = capsys.readouterr().out
+    source = tmp_path / "acceptor.dot"
+    assert source.read_text().startswith("digraph") and not target.exists()
+    assert f"dot -Tsvg {source} -o {target}" in out and "apt-get install graphviz" in out
+
+
+def test_version(capsys):
+    import tapernn
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"tapernn {tapernn.__version__}"
+
+
+def test_every_option_help_says_its_default():
+    import argparse
+
+    from tapernn.cli import build_parser
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subs.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            if "default" not in text:
+                missing.append(f"{name} {action.option_strings[0]}: {text!r}")
+    assert not missing, missing
+    assert "(default: 2)" in subs.choices["graph"].format_help()

@@ -21,6 +21,7 @@ from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_byte
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
 QUICK_CONFIGS = CONFIGS[:3]
 PEER_REST_S = 0.25  # OpenBLAS workers spin ~0.1 s after a call and slow the other library 2-3x
+PEER_BLOCKS = 4  # hand-overs between NumPy and a peer library per config, one rest each
 NOT_AVAILABLE = "tapernn nn not available"
 
 
@@ -203,10 +204,13 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
 # --- timing ------------------------------------------------------------------------------------
 
 
-def _timed(contender: Contender, rest: bool) -> float:
-    if rest:
-        time.sleep(PEER_REST_S)
-        contender.step()  # untimed: after a sleep the caches are cold and the first call pays
+def _rest(first: Contender) -> None:
+    """Let the other library's BLAS workers stop spinning, then pay the cold-cache call untimed."""
+    time.sleep(PEER_REST_S)
+    first.step()
+
+
+def _timed(contender: Contender) -> float:
     start = time.perf_counter()
     contender.step()
     return time.perf_counter() - start
@@ -221,26 +225,45 @@ def warm_up(contenders: list[Contender]) -> float:
             continue
         try:
             c.step()
-            total += _timed(c, rest=False)
+            total += _timed(c)
         except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
             c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
     return total
 
 
 def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int = 7,
-                     max_reps: int = 200) -> None:
+                     max_reps: int = 200, progress: bool = False, desc: str = "") -> None:
     """Repetition r runs every contender once before repetition r+1 starts, so drifts in machine
     load hit all of them alike; the order rotates so no contender always runs first after a
-    rest; medians then discard the outliers. NumPy and a peer library rest when they hand over."""
+    rest; medians then discard the outliers. A peer library runs in PEER_BLOCKS blocks of
+    repetitions alternating with NumPy's, with one rest at each hand-over (resting before every
+    repetition cost 100 s of silence); `progress` shows a tqdm bar, one tick per timed run."""
+    from tqdm import tqdm
+
     round_s = warm_up(contenders)
     reps = int(min(max_reps, max(min_reps, budget_s / max(round_s, 1e-9))))
     runnable = [c for c in contenders if c.step is not None]
-    previous_peer = False
-    for r in range(reps):
-        shift = r % max(len(runnable), 1)
-        for c in runnable[shift:] + runnable[:shift]:
-            c.times.append(_timed(c, rest=c.peer != previous_peer))
-            previous_peer = c.peer
+    previous_peer = runnable[-1].peer if runnable else False  # the last one warm_up ran
+    # the side warm_up ended on goes first: no hand-over before the first block
+    sides = [s for s in ([c for c in runnable if c.peer == previous_peer],
+                         [c for c in runnable if c.peer != previous_peer]) if s]
+    blocks = min(PEER_BLOCKS, reps) if len(sides) > 1 else 1
+    done = [0] * len(sides)
+    with tqdm(total=reps * len(runnable), desc=desc, disable=not progress, leave=False,
+              unit="run") as bar:
+        for b in range(blocks):
+            n = reps * (b + 1) // blocks - reps * b // blocks
+            for k in (range(len(sides)) if b % 2 == 0 else reversed(range(len(sides)))):
+                side = sides[k]
+                if side[0].peer != previous_peer:
+                    _rest(side[0])
+                    previous_peer = side[0].peer
+                for r in range(done[k], done[k] + n):
+                    shift = r % len(side)
+                    for c in side[shift:] + side[:shift]:
+                        c.times.append(_timed(c))
+                        bar.update()
+                done[k] += n
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -264,7 +287,8 @@ def format_rows(contenders: list[Contender]) -> list[str]:
 
 def report_config(B, T, D, H, dtype, args) -> None:
     contenders, reference = build_contenders(B, T, D, H, dtype, args)
-    time_interleaved(contenders, args.budget)
+    time_interleaved(contenders, args.budget, progress=True,
+                     desc=f"B={B} T={T} H={H} {np.dtype(dtype).name}")
     print(f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
           "GFLOP per LSTM step)")
     print(f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
@@ -368,8 +392,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
     ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
                     help="repeatable; default float32 (quick) or both (--full)")
+    configs = " ".join(",".join(map(str, c)) for c in CONFIGS)
     ap.add_argument("--configs", nargs="+", metavar="B,T,H", type=config_triple,
-                    help="override configs, e.g. 32,50,512")
+                    help=f"override configs, e.g. 32,50,512 (default: the first three of "
+                         f"{configs}, all with --full)")
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
     ap.add_argument("--ablation-cell", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
@@ -379,7 +405,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--orientation", action="store_true",
                     help="also time the reference in its other recurrent-GEMM orientation")
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
-    ap.add_argument("--budget", type=positive(float), help="seconds of timed runs per config")
+    ap.add_argument("--budget", type=positive(float),
+                    help="seconds of timed runs per config (default 3, 10 with --full)")
 
 
 def config_triple(text: str) -> tuple[int, int, int]:

@@ -16,12 +16,31 @@ Box = tuple  # ("module", scope, step, phase) or ("value", tape position)
 
 
 def module_name(d: Drawing, scope: str) -> str:
-    """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM")."""
-    described = (d.graph.meta.get("scopes") or {}).get(scope)
-    if not described:
+    """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM"); modules
+    of one class that appear several times (stacked LSTMs) are told apart: "LSTM layer 1"."""
+    scopes = d.graph.meta.get("scopes") or {}
+    if not scopes.get(scope):
         return scope or "inputs"
-    name = str(described).split("(")[0].strip()
-    return name.removeprefix("nn.")
+    name = _class_name(scopes[scope])
+    same = [s for s, described in scopes.items() if _class_name(described) == name
+            and s not in _containers(d)]
+    if len(same) > 1 and scope in same:
+        return f"{name} layer {same.index(scope)}"
+    described = str(scopes[scope]).removeprefix("nn.")
+    # arguments that change what a module does stay: SelectTable(-1), Dropout(0.5)
+    return described if "(" in described and "->" not in described and " @ " not in described \
+        and len(described) <= 24 else name
+
+
+def _class_name(described: object) -> str:
+    return str(described).split("(")[0].strip().split(" @ ")[0].removeprefix("nn.")
+
+
+def _containers(d: Drawing) -> set[str]:
+    """Scopes with child scopes: their own ops (a Sequencer's x[t] and stacking) are plumbing."""
+    scopes = d.graph.meta.get("scopes") or {}
+    return {s for s in scopes if any(o != s and (s == "" or o.startswith(s + "."))
+                                     for o in scopes)}
 
 
 def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
@@ -29,19 +48,27 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
     """Module-level DOT for a Drawing (see `tapernn.export.to_dot`)."""
     num = {n: k for k, n in enumerate(d.graph.nodes)}
     box_of = _assign_boxes(d, num)
-    outputs = _output_boxes(d, box_of)
-    boxes = list(dict.fromkeys(b for b in box_of.values() if b is not None)) + list(outputs)
+    feeds = _sources(d, box_of)
+    outputs = _output_boxes(d, box_of, feeds)
+    edges = _box_edges(d, box_of, feeds)
+    for b, n in outputs.items():
+        for s in feeds.get(n, ()):
+            edges.setdefault((box_of[d.rep[s]], b), _output_kind(d, n))
+    aliases = _route_aliases(d, box_of, edges)
+    boxes = (list(dict.fromkeys(b for b in box_of.values() if b is not None)) + aliases
+             + list(outputs))
     ids = {b: f"m{k}" for k, b in enumerate(boxes)}
     first_node = dict(outputs)
     for n, b in box_of.items():
-        first_node.setdefault(b, n)
-    edges = _box_edges(d, box_of)
-    edges.update({(box_of[n], b): _output_kind(d, n) for b, n in outputs.items()})
-    emitted = [(ids[b], ids[a], dict(EDGE_KIND_ATTRS[k], dir="back"))
-               if k in ("backward", "recurrent_backward") else (ids[a], ids[b], EDGE_KIND_ATTRS[k])
-               for (a, b), k in edges.items()]
+        if b is not None:
+            first_node.setdefault(b, n)
+    emitted = [(ids[b], ids[a], dict(_edge_attrs(k, a == b), dir="back"))
+               if k in ("backward", "recurrent_backward")
+               else (ids[a], ids[b], _edge_attrs(k, a == b)) for (a, b), k in edges.items()]
     dot = new_digraph(title)
-    draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node[b]))
+    dot.attr(newrank="true")  # rank all at once: step clusters stay in order, left to right
+    stepped = _stepped_scopes(d)
+    draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node.get(b), stepped))
     if cluster_by == "scope":
         place_by_scope(dot, boxes, _parent_scope, draw, _scope_names(d))
     else:
@@ -53,18 +80,78 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
     return dot
 
 
+def _edge_attrs(kind: str, loop: bool = False) -> dict[str, str]:
+    """Module level: recurrent edges pull hard, so each module's boxes form one straight row; in
+    a collapsed template they loop back into their box, labelled t+1 (t−1 backward)."""
+    attrs = dict(EDGE_KIND_ATTRS[kind])
+    if kind.startswith("recurrent"):
+        attrs["weight"] = "100"
+        if loop:
+            attrs["label"] = "t+1" if kind == "recurrent" else "t−1"
+    return attrs
+
+
 def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
-    """Box per node. Ops recorded outside any named module (the gradient bookkeeping autodiff
-    adds for graph inputs) join the box of the value they read, so no anonymous boxes appear."""
+    """Box per node (None: not a box of its own). Ops recorded outside any named module (the
+    gradient bookkeeping autodiff adds for graph inputs) join the box of the value they read, so
+    no anonymous boxes appear; a container's own ops (a Sequencer's x[t]) are plumbing, drawn as
+    the edges they carry."""
     named = d.graph.meta.get("scopes") or {}
+    containers = _containers(d)
     box_of: dict[Node, Box | None] = {}
     for n in d.nodes:
         box = _box(d, n, num)
-        if box is not None and box[0] == "module" and not n.scope and "" not in named:
+        if box is not None and box[0] == "module" and n.scope in containers:
+            box = None
+        elif box is not None and box[0] == "module" and not n.scope and "" not in named:
             box = next((box_of[i] for i in n.inputs
                         if box_of.get(i) is not None and box_of[i][0] == "module"), box)
         box_of[n] = box
     return box_of
+
+
+def _sources(d: Drawing, box_of: dict[Node, Box | None]) -> dict[Node, tuple[Node, ...]]:
+    """Per node, the boxed nodes its value comes from: itself, or through plumbing the boxed
+    nodes the plumbing reads (x -> x[t] -> LSTM draws x -> LSTM)."""
+    feeds: dict[Node, tuple[Node, ...]] = {}
+    for n in d.graph.nodes:
+        if n not in d.rep:
+            continue
+        if box_of.get(d.rep[n]) is not None:
+            feeds[n] = (n,)
+        elif d.roles[d.rep[n]] not in ("param", "constant"):
+            feeds[n] = tuple(dict.fromkeys(s for i in n.inputs for s in feeds.get(i, ())))
+    return feeds
+
+
+def _route_aliases(d: Drawing, box_of: dict[Node, Box | None],
+                   edges: dict[tuple[Box, Box], str]) -> list[Box]:
+    """Boxes for modules that record no op (SelectTable(-1) hands on the last step's Var): the
+    edges from the value it picks to what reads it afterwards go through its box, and the
+    matching backward edge through its ∂ box."""
+    made: list[Box] = []
+    for alias in d.graph.meta.get("aliases") or ():
+        picked = [n for n in d.graph.nodes if n.id in set(alias["outputs"]) and n in d.rep]
+        box = ("module", alias["scope"], alias["step"], "forward")
+        for n in picked:
+            a = box_of.get(d.rep[n])
+            readers = {box_of.get(d.rep[v]) for v in d.graph.nodes if v.id > alias["after"]
+                       and n in v.inputs and v in d.rep and v.phase == "forward"}
+            for b in readers - {None, a}:
+                if a is None or edges.pop((a, b), None) is None:
+                    continue
+                edges[(a, box)], edges[(box, b)] = "plain", "plain"
+                made.append(box)
+                back = _phase(b, "backward"), _phase(a, "backward")
+                if edges.pop(back, None) is not None:
+                    grad = _phase(box, "backward")
+                    edges[(back[0], grad)], edges[(grad, back[1])] = "backward", "backward"
+                    made.append(grad)
+    return list(dict.fromkeys(made))
+
+
+def _phase(b: Box, phase: str) -> Box:
+    return (*b[:3], phase) if b[0] == "module" else b
 
 
 def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
@@ -76,17 +163,24 @@ def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
     return ("module", n.scope, n.step, n.phase if role != "context" else "context")
 
 
-def _output_boxes(d: Drawing, box_of: dict[Node, Box | None]) -> dict[Box, Node]:
+def _output_boxes(d: Drawing, box_of: dict[Node, Box | None],
+                  feeds: dict[Node, tuple[Node, ...]]) -> dict[Box, Node]:
     """Graph outputs as ellipses, y_t, drawn in the step that computes them. The gradients one
-    box produces for many inputs (all of an LSTM's weights) share one ellipse."""
+    box produces for many parameters (all of an LSTM's weights) share one box."""
     out: dict[Box, Node] = {}
     grads: dict[Box, list[int]] = {}
     for k, n in enumerate(d.graph.outputs):
-        if n in box_of and d.rep[n] is n and box_of[n] is not None and box_of[n][0] == "module":
-            if d.roles[n] == "gradient":
-                grads.setdefault(box_of[n], []).append(k)
-            else:
-                out[("output", k)] = n
+        if n not in box_of or d.rep[n] is not n:
+            continue
+        box = box_of[n]
+        if box is None and not feeds.get(n) or box is not None and box[0] != "module":
+            continue
+        if not output_name(d.graph, n) or d.graph.outputs.index(n) != k:
+            continue  # a compiled program's unnamed outputs: values kept or saved for backward
+        if d.roles[n] == "gradient" and box is not None:
+            grads.setdefault(box, []).append(k)
+        else:
+            out[("output", k)] = n
     for ks in grads.values():
         group = [ks] if len(ks) > 3 else [[k] for k in ks]
         for members in group:
@@ -96,10 +190,11 @@ def _output_boxes(d: Drawing, box_of: dict[Node, Box | None]) -> dict[Box, Node]
 
 def _outputs_label(d: Drawing, b: Box) -> str:
     names = [output_name(d.graph, d.graph.outputs[k]) for k in b[1:]]
-    if len(names) > 12:
-        names = names[:11] + [f"… (+{len(names) - 11})"]
-    rows = [" ".join(names[r:r + 3]) for r in range(0, len(names), 3)]
-    return "\n".join(rows)
+    if len(names) == 1:
+        return names[0]
+    n = d.graph.outputs[b[1]]
+    owner = module_name(d, n.scope) if n.scope else "the model"
+    return f"∂ parameters ×{len(names)}\n{owner}"
 
 
 def _output_kind(d: Drawing, n: Node) -> str:
@@ -141,12 +236,13 @@ def _place_by_step(dot: graphviz.Digraph, d: Drawing, boxes: list[Box], first: d
     order_steps(dot, members, constraining(emitted))
 
 
-def _box_attrs(d: Drawing, b: Box, n: Node) -> dict[str, str]:
+def _box_attrs(d: Drawing, b: Box, n: Node | None, stepped: set[str]) -> dict[str, str]:
     if b[0] == "output":
         attrs = role_attrs("seed" if d.roles[n] == "gradient" else "data")
         attrs.update(label=_outputs_label(d, b), style="filled,bold")
-        if len(b) > 2:
-            attrs["shape"] = "box"  # a block of names reads better in a box than an ellipse
+        if len(b) > 2:  # one box for a module's many parameter gradients, names on hover
+            attrs.update(shape="box", tooltip=" ".join(
+                output_name(d.graph, d.graph.outputs[k]) for k in b[1:]))
         return attrs
     if b[0] == "value":
         attrs = role_attrs(d.roles[n])
@@ -155,25 +251,39 @@ def _box_attrs(d: Drawing, b: Box, n: Node) -> dict[str, str]:
     _, scope, t, phase = b
     name = module_name(d, scope)
     label = f"∂{name}" if phase == "backward" else name
-    when = "" if t is None else (d.step_label.get(t) or f"t={t}")
-    if t is None and phase == "backward":
-        when = "Σ over t"  # weight gradients: one sum of every step's contribution
+    caption = d.step_label.get(t, "") if t is not None else ""
+    when = "" if t is None else ("t" if "×" in caption else f"t={t}")
+    if t is None and scope in stepped:
+        # weight gradients sum every step's contribution; a compiled program hoists work
+        # out of the steps (one matmul for all of them)
+        when = "Σ over t" if phase == "backward" else "all steps"
     attrs = role_attrs({"backward": "backward", "context": "context"}.get(phase, "op"))
     attrs.update(label=f"{label}\n{when}" if when else label, fontsize="12",
                  margin="0.15,0.08")
+    if t is not None:  # with the heavy recurrent edges: one straight row per module
+        attrs["group"] = f"{scope}:{phase}"
     return attrs
 
 
-def _box_edges(d: Drawing, box_of: dict[Node, Box | None]) -> dict[tuple[Box, Box], str]:
-    """One edge per pair of boxes that any op edge connects, first kind seen wins."""
+def _stepped_scopes(d: Drawing) -> set[str]:
+    """Scopes that run once per step (their parameter gradients sum over t)."""
+    return {n.scope for n in d.graph.nodes if n.step is not None and n.phase == "forward"}
+
+
+def _box_edges(d: Drawing, box_of: dict[Node, Box | None],
+               feeds: dict[Node, tuple[Node, ...]]) -> dict[tuple[Box, Box], str]:
+    """One edge per pair of boxes that any op edge connects (through plumbing), first kind seen
+    wins."""
     edges: dict[tuple[Box, Box], str] = {}
     for u, v, _pos in d.edges:
-        a, b = box_of.get(d.rep[u]), box_of.get(d.rep[v])
-        if a is None or b is None or a == b and not _crosses(u, v):
+        b = box_of.get(d.rep[v])
+        if b is None:
             continue
-        if (a, b) in edges:
-            continue
-        edges[(a, b)] = _kind(d, u, v)
+        for s in feeds.get(u, ()):
+            a = box_of.get(d.rep[s])
+            if a is None or a == b and not _crosses(s, v) or (a, b) in edges:
+                continue
+            edges[(a, b)] = _kind(d, s, v)
     return edges
 
 

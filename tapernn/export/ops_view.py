@@ -62,7 +62,7 @@ def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> 
 
 def step_of(d: Drawing, n: Node) -> int | None:
     """The cluster a node sits in: parameters never sit in a step, they are shared by all."""
-    return None if d.roles[n] == "param" else n.step
+    return None if d.roles[n] == "param" or n in d.initial else n.step
 
 
 def _place_by_step(dot: graphviz.Digraph, d: Drawing, attrs: dict[Node, dict],
@@ -125,6 +125,17 @@ def _node_attrs(d: Drawing, n: Node, num: dict[Node, int]) -> dict[str, str]:
     if name and "×" in d.step_label.get(n.step, ""):
         name = re.sub(r"_?\d+$", "", name) + "_t"  # a folded template stands for every step
     label = node_label(n, name)
+    if d.programs:  # what it computes, then where the value lives
+        from .compiled import detail_line
+        detail = detail_line(d, n)
+        if n.step is not None and n.op != "input":
+            label += f"  t={n.step}"
+        if detail:
+            label += f"\n{detail}"
+    if n in d.initial:
+        label += f"\nat t = {n.step}"  # the initial value a folded recurrence starts from
+    elif n.step is not None and "×" in d.step_label.get(n.step, ""):
+        label = label.replace(f"[{n.step}]", "[t]", 1)  # getitem [0] stands for x[t]
     if role == "context":
         label = label.split("\n")[0]
     attrs["label"] = label

@@ -48,6 +48,23 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     return path
 
 
+def render_or_source(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any
+                     ) -> tuple[Path, str | None]:
+    """`render`, but where a format needs the missing `dot` program, write the DOT source beside
+    it (acceptor.svg -> acceptor.dot) instead of failing. Returns (path written, None) or
+    (the .dot path, a note saying how to install Graphviz and render the file)."""
+    path = Path(path)
+    if path.suffix.lower() in (".dot", ".gv") or path.suffix.lower() not in FORMATS \
+            or dot_available():
+        return render(obj, path, **to_dot_kwargs), None
+    source = render(obj, path.with_suffix(".dot"), **to_dot_kwargs)
+    fmt = path.suffix.lower().lstrip(".")
+    note = (f"Graphviz's `dot` program is not on PATH, so this is the diagram's DOT source. "
+            f"To draw it, install Graphviz (`apt-get install graphviz`, `brew install graphviz` "
+            f"or `conda install graphviz`) and run: dot -T{fmt} {source} -o {path}")
+    return source, note
+
+
 def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
     """Run `dot -T<fmt>` on the diagram; RenderError (with install instructions) if it is missing."""
     if not dot_available():

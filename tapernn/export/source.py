@@ -29,6 +29,8 @@ class Drawing:
     rep: dict[Node, Node] = field(default_factory=dict)
     step_label: dict[int, str] = field(default_factory=dict)
     compiled: Any = None
+    initial: set[Node] = field(default_factory=set)  # collapsed: a template's initial values
+    programs: list = field(default_factory=list)  # the Compiled programs drawn, if any
 
 
 def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
@@ -80,7 +82,7 @@ def select(graph: Graph, view: str, compiled: Any = None) -> Drawing:
     roles = classify(graph, nodes, view)
     ids = {n: f"n{num[n]}" for n in nodes}
     return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
-                   compiled)
+                   compiled, programs=[compiled] if compiled is not None else [])
 
 
 def is_scalar_constant(n: Node) -> bool:
@@ -124,43 +126,79 @@ def output_name(graph: Graph, node: Node) -> str:
 def collapse_steps(d: Drawing) -> Drawing:
     """Fold steps whose sub-graphs match into their first step (positional isomorphism).
 
-    Steps are compared by a signature: per node its op, shape and where each input comes from
-    (same step, previous/next step by position, or a shared node outside the steps). Each class
-    of equal signatures is drawn once, captioned "t = a … b  ×k".
+    Steps are compared node by node: op, shape, phase and where each input comes from (same
+    step, an earlier/later step by position, or a shared node outside the steps). A step that
+    reads an initial value (a shared input such as h0, or a source op such as `zeros`) where
+    the other reads the previous step is the same step: the first step of a recurrence folds
+    into the template, and its initial values feed the template from outside. Each class is
+    drawn once, captioned "t = a … b  ×k"; a recurrence of T >= 2 steps is one cluster.
     """
     by_step: dict[int, list[Node]] = {}
     for n in d.nodes:
-        if n.step is not None and d.roles[n] != "param":
+        if n.step is not None and d.roles[n] != "param" and not _is_source(n):
             by_step.setdefault(n.step, []).append(n)
     index = {n: k for members in by_step.values() for k, n in enumerate(members)}
-    classes: dict[tuple, list[int]] = {}
+    sigs = {t: _signature(ms, t, index, d.roles) for t, ms in by_step.items()}
+    classes: list[list[int]] = []
     for t in sorted(by_step):
-        classes.setdefault(_signature(by_step[t], t, index), []).append(t)
+        home = next((c for c in classes if _compatible(sigs[c[0]], sigs[t])), None)
+        if home is None:
+            classes.append([t])
+        else:
+            home.append(t)
     rep: dict[Node, Node] = {n: n for n in d.nodes}
     labels = {}
-    for steps in classes.values():
+    for steps in classes:
         first = steps[0]
         labels[first] = _steps_caption(steps)
         for t in steps[1:]:
             for n, template in zip(by_step[t], by_step[first]):
                 rep[n] = template
     nodes = [n for n in d.nodes if rep[n] is n]
-    return Drawing(d.graph, d.view, nodes, d.ids, d.roles, d.edges, rep, labels, d.compiled)
+    folded = {t for steps in classes if len(steps) > 1 for t in steps}
+    initial = {n for n in nodes if n.step in folded and _is_source(n)}
+    return Drawing(d.graph, d.view, nodes, d.ids, d.roles, d.edges, rep, labels, d.compiled,
+                   initial, d.programs)
 
 
-def _signature(members: list[Node], t: int, index: dict[Node, int]) -> tuple:
+def _is_source(n: Node) -> bool:
+    """An op that reads nothing (`zeros` of an initial state): drawn, never part of a template."""
+    return not n.inputs and n.op not in ("input", "constant")
+
+
+def _signature(members: list[Node], t: int, index: dict[Node, int], roles: dict[Node, str]
+               ) -> list[tuple]:
     sig = []
     for n in members:
         srcs = []
         for i in n.inputs:
             if is_scalar_constant(i):
                 srcs.append(("constant", i.value.item()))
-            elif i.step is None or i not in index:
+            elif i in index and i.step is not None:
+                srcs.append((i.step - t, index[i]))
+            elif roles.get(i) == "param":
                 srcs.append(("shared", i.id))
             else:
-                srcs.append((i.step - t, index[i]))
-        sig.append((n.op, n.shape, n.attrs.get("kind"), tuple(srcs)))
-    return tuple(sig)
+                srcs.append(("initial",))  # a shared node, a source op, an initial state
+        sig.append((n.op, n.shape, n.phase, n.attrs.get("kind"), tuple(srcs)))
+    return sig
+
+
+def _compatible(a: list[tuple], b: list[tuple]) -> bool:
+    """Same nodes in the same order, inputs alike up to "initial value" vs "another step's"."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x[:4] != y[:4] or len(x[4]) != len(y[4]):
+            return False
+        for p, q in zip(x[4], y[4]):
+            if p != q and not _initial_vs_recurrent(p, q) and not _initial_vs_recurrent(q, p):
+                return False
+    return True
+
+
+def _initial_vs_recurrent(p: tuple, q: tuple) -> bool:
+    return p == ("initial",) and isinstance(q[0], int) and q[0] != 0
 
 
 def _steps_caption(steps: list[int]) -> str:

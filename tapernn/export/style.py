@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.shape import show_index
-
 from ..graph import Node
+from ..ops.shape import show_index
 
 FONT = "Helvetica"
 GRAPH_ATTRS = {"rankdir": "LR", "fontname": FONT, "fontsize": "12",
@@ -91,6 +90,9 @@ def _is_scalar(n: Node) -> bool:
 
 def fused_ops(n: Node) -> list[str]:
     """The op names inside a fused node, however the compiler records them (defensive)."""
+    program = n.attrs.get("program")  # the compiler's fused node: (op, ...) instructions
+    if n.op == "fused" and isinstance(program, (list, tuple)) and program:
+        return [ins[0] if isinstance(ins, (list, tuple)) else str(ins) for ins in program]
     for key in ("ops", "fused_ops", "members"):
         ops = n.attrs.get(key)
         if isinstance(ops, (list, tuple)) and ops:

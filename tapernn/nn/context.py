@@ -59,6 +59,7 @@ class BuildContext:
     steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
     probes: list = field(default_factory=list)          # (module, field, step, Var)
     scopes: dict = field(default_factory=dict)          # scope path -> module description
+    aliases: list = field(default_factory=list)         # modules that record no op (diagrams)
     stack: list = field(default_factory=list)           # modules being built, outermost first
     step_mask: Any = None                                # (B, 1) 0/1 while a Sequencer has lengths
     # a variant of a Sequencer program (nn.state_grads): each state passed from step t to t + 1
@@ -88,6 +89,15 @@ class BuildContext:
 
     def path(self) -> str:
         return current_scope()
+
+    def note_alias(self, out: Any, last_id: int) -> None:
+        """A leaf module that recorded no op (SelectTable picks a Var): diagrams still draw it.
+        Kept as {"scope", "step", "outputs": node ids, "after": the last node id before it}."""
+        leaves = out if isinstance(out, (list, tuple)) else [out]
+        ids = [v.node.id for v in leaves if hasattr(v, "node")]
+        if ids:
+            self.aliases.append({"scope": current_scope(), "step": current_step(),
+                                 "outputs": ids, "after": last_id})
 
     # ---- parameters and randomness -------------------------------------------------------------
 

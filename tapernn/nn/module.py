@@ -248,10 +248,14 @@ class Module:
         with scope(ctx.child_name(self)):
             ctx.scopes.setdefault(current_scope(), self.describe())
             ctx.stack.append(self)
+            nodes = ctx.tape.graph.nodes
+            before = len(nodes)
             try:
                 out = self.build(*args)
             finally:
                 ctx.stack.pop()
+            if len(nodes) == before and next(self.named_children(), None) is None:
+                ctx.note_alias(out, nodes[-1].id if nodes else -1)
             if current_step() is None and not ctx.history_mode:
                 ctx.probe(self, "output", None, out)
         return out

@@ -77,7 +77,8 @@ class Executable:
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
-        graph.meta.update(scopes=dict(ctx.scopes), root=root.describe())
+        graph.meta.update(scopes=dict(ctx.scopes), root=root.describe(),
+                          aliases=list(ctx.aliases))
         self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, dict(graph.meta))
         # what `module.graph` shows: the model's own outputs, not the recorded fields
         self.display = Graph(graph.nodes, graph.inputs, self.real, dict(graph.meta))
