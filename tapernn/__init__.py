@@ -16,6 +16,7 @@ from .graph import Graph, Node
 from .tracing import Var, trace
 from .autodiff import grad
 from .executor import Compiled, compile
+from .regions import PlanOptions
 from .testing import gradcheck
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
 (a fused node: one line per instruction, or -- when the same fused program on large values
-recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
+recurs at least PlanOptions.kernel_min_uses times, as in every step of a long unrolled loop -- one call of
 a function made once for it), planned values written into buffers allocated once per program.
 """
 from __future__ import annotations
@@ -19,11 +19,9 @@ from .memory import BufferPlan, plan_buffers
 from .ops.fused import temp_slots
 from .ops.registry import get_op
 from .ops.shape import is_advanced, to_numpy_index
-from .regions import concat_slots
+from .regions import DEFAULT_OPTIONS, PlanOptions, concat_slots
 
 _program_ids = itertools.count()
-# a fused program used this often, on values this large, becomes one function (_fused_kernel)
-KERNEL_MIN_USES, KERNEL_MIN_SIZE = 16, 4096
 
 # ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
 _UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
@@ -64,9 +62,10 @@ class Program:
     """
 
     def __init__(self, graph: Graph, fn_name: str = "program",
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
-        self.graph = graph
-        self.plan = plan or plan_buffers(graph, scratch=fused_scratch)
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None,
+                 options: PlanOptions = DEFAULT_OPTIONS):
+        self.graph, self.options = graph, options
+        self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
@@ -183,8 +182,8 @@ class Program:
                 names[n] = f"v{k}"
                 out = self._out(n, names, views, body)
                 args = [names[i] for i in n.inputs]
-                if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
-                        and n.size >= KERNEL_MIN_SIZE:
+                if n.op == "fused" and uses[self._kernel_key(n)] >= self.options.kernel_min_uses \
+                        and n.size >= self.options.kernel_min_size:
                     kernel = self._fused_kernel(n)
                     operands = args + self._temps(n, views) + ([out] if out else [])
                     lines = [f"{kernel}({', '.join(operands)})"]
@@ -251,11 +250,11 @@ class Program:
 
     def _fused_kernel(self, n: Node) -> str:
         """The name of a function running n's program (made once per program): a program met
-        KERNEL_MIN_USES times or more (every step of a long unrolled loop) is compiled once
+        kernel_min_uses times or more (every step of a long unrolled loop) is compiled once
         instead of once per step -- its lines were most of a long program, and compiling the
         source a third of building it. The function takes the operands, the temporaries and
         the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
-        work on values of KERNEL_MIN_SIZE elements or more, but a few percent of a tiny model's
+        work on values of kernel_min_size elements or more, but a few percent of a tiny model's
         call, which keeps the lines inline."""
         key = self._kernel_key(n)
         if key not in self.fused_kernels:

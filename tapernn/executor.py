@@ -15,6 +15,7 @@ from .codegen import Program, arena_layout, fused_scratch
 from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
+from .regions import DEFAULT_OPTIONS, PlanOptions
 from .passes import CompileReport, Pass, default_passes, run_passes
 
 
@@ -28,10 +29,11 @@ class Compiled:
     """
 
     def __init__(self, graph: Graph, report: CompileReport | None = None,
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None,
+                 options: PlanOptions = DEFAULT_OPTIONS):
         self.graph = graph
         self.report = report or CompileReport()
-        self.program = Program(graph, arena=arena, plan=plan)
+        self.program = Program(graph, arena=arena, plan=plan, options=options)
         self.source = self.program.source
         plan = self.program.plan
         self.report.kernels = plan.kernels
@@ -110,10 +112,13 @@ def gc_paused():
         gc.enable()
 
 
-def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
-    """Optimise `graph` with `passes` (default: the default pipeline) and build its program."""
+def compile(graph: Graph, passes: Sequence[Pass] | None = None,
+            options: PlanOptions = DEFAULT_OPTIONS) -> Compiled:
+    """Optimise `graph` with `passes` (default: the default pipeline) and build its program;
+    `options` tunes the buffer planner and the code generator (regions.PlanOptions)."""
     with gc_paused():
-        return Compiled(*_optimise(graph, passes))
+        graph, report = _optimise(graph, passes)
+        return Compiled(graph, report, options=options)
 
 
 def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
@@ -121,22 +126,23 @@ def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, Compi
     return run_passes(graph, default_passes() if passes is None else passes)
 
 
-def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
-                   ) -> list[Compiled]:
+def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
+                   options: PlanOptions = DEFAULT_OPTIONS) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs)."""
     with gc_paused():
-        return _compile_shared(graphs, passes)
+        return _compile_shared(graphs, passes, options)
 
 
-def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None) -> list[Compiled]:
+def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None,
+                    options: PlanOptions) -> list[Compiled]:
     optimised = [_optimise(g, passes) for g in graphs]
-    plans = [plan_buffers(g, scratch=fused_scratch) for g, _ in optimised]
+    plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
     arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-    compiled = [Compiled(g, report, arena=arena, plan=plan)
+    compiled = [Compiled(g, report, arena=arena, plan=plan, options=options)
                 for (g, report), plan in zip(optimised, plans)]
     resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
     for c in compiled:

@@ -22,7 +22,8 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .regions import PSEUDO, apply_steps, bounds, cheap_strides, is_view, overlap, placements
+from .regions import (DEFAULT_OPTIONS, PSEUDO, PlanOptions, apply_steps, bounds, cheap_strides,
+                      is_view, overlap, placements)
 
 Scratch = Callable[[Node], list[tuple[tuple[int, ...], np.dtype]]]
 
@@ -119,22 +120,16 @@ def inplace_candidates(n: Node) -> tuple[int, ...]:
     return tuple(rule(n)) if rule is not None else op.inplace
 
 
-# False: the planner before regions (in place only over a whole dead buffer, no placed concat
-# pieces, returned values never written in place); kept for before/after comparisons
-REGIONS = True
-
-
 def plan_buffers(graph: Graph, scratch: Scratch | None = None,
-                 regions: bool | None = None) -> BufferPlan:
+                 options: PlanOptions = DEFAULT_OPTIONS) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype). A storage that
     ends up holding a returned value (through an in-place write or a placed piece) must be
     allocated per call: the walk switches it from its buffer when that happens; should one
     still end up in a buffer, it is forced fresh and the walk repeats."""
-    regions = REGIONS if regions is None else regions
-    static = _Static(graph, regions)
+    static = _Static(graph, options)
     force: set[Node] = set()
     while True:
-        plan = _Walk(graph, static, scratch, force, regions).run()
+        plan = _Walk(graph, static, scratch, force).run()
         need = {plan.storage[o] for o in graph.outputs
                 if plan.storage.get(o) is not None and plan.storage[o] in plan.buffer_of}
         if not need:
@@ -160,8 +155,8 @@ class _Static:
     """What does not depend on the walk: view roots, liveness, direct reads, view children,
     and which concat pieces are placed into their slot."""
 
-    def __init__(self, graph: Graph, regions: bool = True):
-        self.graph = graph
+    def __init__(self, graph: Graph, options: PlanOptions):
+        self.graph, self.options = graph, options
         nodes = graph.nodes
         self.N = len(nodes)
         self.pos = {n: k for k, n in enumerate(nodes)}
@@ -169,8 +164,8 @@ class _Static:
         self.last_use = liveness(graph, self.root)
         self.outputs = set(graph.outputs)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
-        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root) \
-            if regions else ({}, set(), {})
+        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options) \
+            if options.regions else ({}, set(), {})
         # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
         placed_slots: dict[Node, set[int]] = {}
         for q, (c, _) in self.placed.items():
@@ -192,10 +187,9 @@ class _Static:
 
 
 class _Walk:
-    def __init__(self, graph: Graph, static: _Static, scratch: Scratch | None, force: set,
-                 regions: bool = True):
+    def __init__(self, graph: Graph, static: _Static, scratch: Scratch | None, force: set):
         self.g, self.s, self.scratch, self.force = graph, static, scratch, force
-        self.regions = regions
+        self.options = static.options
         self.plan = BufferPlan(list(graph.nodes), static.root, static.last_use)
         self.plan.placed_concats = set(static.placed_concats)
         self.pool: dict[tuple[int, str], list[int]] = {}
@@ -313,7 +307,8 @@ class _Walk:
         st = plan.storage.get(i)
         if st is None or i.shape != n.shape or i.dtype != n.dtype or n.inputs.count(i) != 1:
             return False
-        if not self.regions and (st is not i or st not in plan.buffer_of or n in self.s.escaping):
+        if not self.options.regions and (st is not i or st not in plan.buffer_of
+                                         or n in self.s.escaping):
             return False
         if st in plan.fresh and st not in plan.placed_concats and (
                 st.ndim == 0 or not get_op(st.op).supports_out):
@@ -321,7 +316,7 @@ class _Walk:
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
             return False
-        if not cheap_strides(r, st.nbytes, escaping=n in self.s.escaping):
+        if not cheap_strides(r, st.nbytes, self.options, escaping=n in self.s.escaping):
             return False
         rb = bounds(r)
         for j in n.inputs:

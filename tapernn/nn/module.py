@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import random as tn_random
 from ..errors import DTypeError, ShapeError, StateError, where
+from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .packing import block_key, pack_module, storage
@@ -99,6 +100,7 @@ class Module:
         self.grad_input: Any = None
         self.is_training = True
         self._passes = None
+        self._plan_options = None
         self._runtime = None
         self._dtype = np.dtype(np.float64)
 
@@ -338,6 +340,17 @@ class Module:
         from ..passes import check_passes
 
         self._passes = None if passes is None else check_passes(passes)
+        if self._runtime is not None:
+            self._runtime.clear()
+        return self
+
+    def set_plan_options(self, options: PlanOptions | None) -> Module:
+        """Plan this module's programs with `options` (None: the production defaults); tests
+        use small thresholds to reach the planner's paths for large models on small ones."""
+        if options is not None and not isinstance(options, PlanOptions):
+            raise TypeError(f"set_plan_options takes a tapernn.PlanOptions, got "
+                            f"{type(options).__name__}")
+        self._plan_options = options
         if self._runtime is not None:
             self._runtime.clear()
         return self

@@ -15,6 +15,7 @@ from ..errors import ShapeError, StateError, TapernnError
 from ..executor import Compiled, compile, compile_shared, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
+from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .context import BuildContext
 from .packing import Packing
@@ -32,8 +33,9 @@ class Executable:
     """One traced model for one input signature."""
 
     def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
-                 training: bool, history_mode: bool, n_diff_leaves: int, passes: list):
-        self.passes = passes
+                 training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
+                 options: PlanOptions = DEFAULT_OPTIONS):
+        self.passes, self.options = passes, options
         tape = Tape()
         ctx = BuildContext(tape, training, history_mode)
         with tape.recording(), ctx:
@@ -100,7 +102,7 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes)
+            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -142,7 +144,7 @@ class Executable:
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -172,7 +174,8 @@ class TrainingPair:
     share one arena (they never run at the same time); `resident_bytes` is the pair's total:
     the arena plus both programs' per-call values."""
 
-    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
+    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
+                 options: PlanOptions = DEFAULT_OPTIONS):
         self.joint = joint  # forward and backward together, for diagrams
         self.n_saved = len(bwd.meta["saved_names"])
         self.n_seeds = len(bwd.meta["seed_names"])
@@ -180,7 +183,7 @@ class TrainingPair:
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
         # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes)
+        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
         self.resident_bytes = self.forward.report.resident_bytes
 
     def saved(self, outs: tuple) -> list:
@@ -288,8 +291,9 @@ class Runtime:
             n_diff = len(flatten(list(args[:n_diff_args]))[0])
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
+                options = root._plan_options or DEFAULT_OPTIONS
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes)
+                                 passes, options)
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe
