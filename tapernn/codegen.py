@@ -17,18 +17,10 @@ import numpy as np
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .ops.fused import temp_slots
-from .ops.registry import get_op
-from .ops.shape import is_advanced, to_numpy_index
+from .ops.registry import REGISTRY, get_op
 from .regions import DEFAULT_OPTIONS, PlanOptions, concat_slots
 
 _program_ids = itertools.count()
-
-# ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
-_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-           "power": np.power, "maximum": np.maximum, "minimum": np.minimum, "neg": np.negative,
-           "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
-           "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
-
 
 # exact sigmoids (float64, or read by a tail reader) on at most this many elements are lowered
 # inline through logaddexp (Program._sigmoid_logaddexp)
@@ -87,7 +79,9 @@ class Program:
         return name
 
     def _named(self, name: str, value: Any) -> str:
-        self.bound.setdefault(name, value)
+        bound = self.bound.setdefault(name, value)
+        if bound is not value and value is not None and bound != value:
+            raise ValueError(f"code generator: the name {name!r} is bound to another value")
         return name
 
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
@@ -210,32 +204,20 @@ class Program:
         return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+        """One op's call expression, as its OpDef says: its own lowering, a direct call of its
+        NumPy ufunc (no wrapper frame), or a call of its forward."""
+        opdef = get_op(op)
+        if opdef.lower is not None:
+            return opdef.lower(args, attrs, out, self._bind_for_lowering)
         tail = f", out={out}" if out else ""
-        if op == "concat":  # direct NumPy call: no wrapper frame per step
-            fn = self._named("np_concatenate", np.concatenate)
-            return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
-        if op == "add_n" and out:
-            # chained into out: only input 0 may share out (add_n's in-place rule), so the
-            # later operands are never overwritten before they are read
-            expr = args[0]
-            for a in args[1:]:
-                expr = f"{self._named('np_add', np.add)}({expr}, {a}, out={out})"
-            return expr
-        if op in _UFUNCS:
-            return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
-        if op == "getitem" and not is_advanced(attrs["index"]):
-            return f"{args[0]}[{self.bind('i', to_numpy_index(attrs['index']))}]"
-        if op == "reshape":
-            return f"{args[0]}.reshape({self.bind('s', tuple(int(d) for d in attrs['shape']))})"
-        if op == "transpose":
-            return f"{args[0]}.transpose({self.bind('s', tuple(int(d) for d in attrs['axes']))})"
-        if op == "sum":
-            fn = self._named("np_add_reduce", np.add.reduce)
-            axis = self.bind("s", tuple(int(d) for d in attrs["axis"]))
-            return f"{fn}({args[0]}, {axis}, None{tail}, keepdims={bool(attrs['keepdims'])})"
-        fn = self._named(f"f_{op}", get_op(op).forward)
+        if opdef.ufunc is not None:
+            return f"{self._named('np_' + op, opdef.ufunc)}({', '.join(args)}{tail})"
+        fn = self._named(f"f_{op}", opdef.forward)
         kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
         return f"{fn}({', '.join(args + kw)}{tail})"
+
+    def _bind_for_lowering(self, name: str, value: Any, fixed: bool = False) -> str:
+        return self._named(name, value) if fixed else self.bind(name, value)
 
     def _temps(self, n: Node, views: dict) -> list[str]:
         """The names of a fused node's preallocated temporaries (in slot order)."""
@@ -316,7 +298,7 @@ class Program:
             calls = [("neg", "{}"), ("logaddexp", "0.0, {}"), ("neg", "{}"), ("exp", "{}")]
         lines = []
         for k, (op, operands) in enumerate(calls):
-            fn = self._named(f"np_{op}", _UFUNCS.get(op) or getattr(np, op))
+            fn = self._named(f"np_{op}", get_op(op).ufunc if op in REGISTRY else getattr(np, op))
             src = operands.format(x if k == 0 else work or name)
             if work is not None:
                 lines.append(f"{fn}({src}, out={work if k < len(calls) - 1 else out})")

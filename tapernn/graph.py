@@ -15,7 +15,6 @@ import numpy as np
 from .errors import GraphError, ShapeError
 from .ops.registry import REGISTRY
 
-PSEUDO_OPS = ("input", "constant")
 _ids = itertools.count()
 
 
@@ -237,9 +236,6 @@ class Graph:
             return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
                      [mapping.get(n, n) for n in self.outputs], dict(self.meta))
-
-    def replace_all_uses_with(self, old: Node, new: Node) -> Graph:
-        return self.rebuild(lambda n, m: new if n is old else None)
 
     def eliminate_dead_code(self) -> Graph:
         """The graph without nodes no output depends on (this graph itself when there are none)."""

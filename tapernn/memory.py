@@ -115,9 +115,7 @@ def liveness(graph: Graph, root: dict[Node, Node]) -> dict[Node, int]:
 
 
 def inplace_candidates(n: Node) -> tuple[int, ...]:
-    op = get_op(n.op)
-    rule = op.extra.get("inplace_rule")
-    return tuple(rule(n)) if rule is not None else op.inplace
+    return get_op(n.op).inplace_inputs(n)
 
 
 def plan_buffers(graph: Graph, scratch: Scratch | None = None,

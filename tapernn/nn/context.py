@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import StateError, TapernnError
-from ..tracing import Tape, Var, current_scope, current_step, step
+from ..tracing import Tape, Var, current_scope, step
 
 if TYPE_CHECKING:
     from .module import Module, Parameter
@@ -24,15 +24,6 @@ def current_build() -> BuildContext:
     if ctx is None:
         raise TapernnError("symbolic module calls only happen inside a traced forward")
     return ctx
-
-
-@dataclass
-class Probe:
-    """A value written back to a module field after the forward program runs."""
-    module: Any
-    field: str
-    step: int | None
-    index: int  # position among the forward program's outputs
 
 
 @dataclass
@@ -127,6 +118,3 @@ class BuildContext:
 
     def probe(self, module: Any, name: str, t: int | None, value: Any) -> None:
         self.probes.append((module, name, t, value))
-
-    def inside_steps(self) -> bool:
-        return current_step() is not None

@@ -15,7 +15,10 @@ def _reshape_shape(x, shape, **_):
 
 
 register("reshape", forward=lambda x, shape, out=None: np.reshape(x, shape),
-         shape=_reshape_shape, supports_out=False, view=True, n_inputs=1,
+         shape=_reshape_shape, supports_out=False, view=True, layout=True, zero="first",
+         n_inputs=1,
+         lower=lambda args, attrs, out, bind: (
+             f"{args[0]}.reshape({bind('s', tuple(int(d) for d in attrs['shape']))})"),
          vjp=lambda g, y, x, wants, shape: (F.reshape(g, x.shape),))
 
 
@@ -26,7 +29,10 @@ def _transpose_shape(x, axes, **_):
 
 
 register("transpose", forward=lambda x, axes, out=None: np.transpose(x, axes),
-         shape=_transpose_shape, supports_out=False, view=True, n_inputs=1,
+         shape=_transpose_shape, supports_out=False, view=True, layout=True, zero="first",
+         n_inputs=1,
+         lower=lambda args, attrs, out, bind: (
+             f"{args[0]}.transpose({bind('s', tuple(int(d) for d in attrs['axes']))})"),
          vjp=lambda g, y, x, wants, axes: (F.transpose(g, tuple(np.argsort(axes))),))
 
 
@@ -52,7 +58,14 @@ def _concat_vjp(g, y, *xs, wants, axis):
     return tuple(grads)
 
 
-register("concat", forward=_concat, shape=_concat_shape, variadic=True, vjp=_concat_vjp)
+def _lower_concat(args, attrs, out, bind):  # np.concatenate directly: no wrapper frame
+    tail = f", out={out}" if out else ""
+    fn = bind("np_concatenate", np.concatenate, fixed=True)
+    return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
+
+
+register("concat", forward=_concat, shape=_concat_shape, vjp=_concat_vjp, layout=True,
+         zero="all", lower=_lower_concat)
 
 
 def to_numpy_index(key: tuple) -> tuple:
@@ -120,8 +133,15 @@ def _getitem(x, index, out=None):
     return y
 
 
+def _lower_getitem(args, attrs, out, bind):
+    if is_advanced(attrs["index"]):  # a copy: the forward
+        kw = bind("k", attrs["index"])
+        return f"{bind('f_getitem', _getitem, fixed=True)}({args[0]}, index={kw})"
+    return f"{args[0]}[{bind('i', to_numpy_index(attrs['index']))}]"
+
+
 register("getitem", forward=_getitem, shape=index_shape, n_inputs=1, view=True,
-         supports_out=False,
+         supports_out=False, layout=True, zero="first", lower=_lower_getitem,
          vjp=lambda g, y, x, wants, index: (F.emit_index_grad(g, x.shape, index),))
 
 
@@ -144,5 +164,5 @@ def _index_grad(g, shape, index, out=None):
     return out
 
 
-register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1,
+register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1, zero="first",
          vjp=lambda g, y, x, wants, shape, index: (F.emit("getitem", g, index=index),))

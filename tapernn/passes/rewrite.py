@@ -42,7 +42,7 @@ def is_zero(n: Node) -> bool:
         and not np.any(n.value)
 
 
-LAYOUT_OPS = ("transpose", "reshape", "concat", "getitem", "cast", "broadcast_to")
+PSEUDO = ("input", "constant")
 
 
 def invariant_nodes(g: Graph) -> set[Node]:
@@ -54,7 +54,8 @@ def invariant_nodes(g: Graph) -> set[Node]:
         if n.op == "input":
             if n.step is None:
                 out.add(n)
-        elif (n.step is None or n.op in LAYOUT_OPS) and out.issuperset(n.inputs):
+        elif (n.step is None or (n.op != "constant" and get_op(n.op).layout)) \
+                and out.issuperset(n.inputs):
             out.add(n)
     return out
 
