@@ -17,6 +17,7 @@ from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .regions import DEFAULT_OPTIONS, PlanOptions
 from .passes import CompileReport, Pass, default_passes, run_passes
+from .passes.driver import Dump
 
 
 class Compiled:
@@ -28,22 +29,12 @@ class Compiled:
     never write into them.
     """
 
-    def __init__(self, graph: Graph, report: CompileReport | None = None,
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None,
-                 options: PlanOptions = DEFAULT_OPTIONS):
+    def __init__(self, graph: Graph, program: Program | None = None,
+                 report: CompileReport | None = None):
         self.graph = graph
-        self.report = report or CompileReport()
-        self.program = Program(graph, arena=arena, plan=plan, options=options)
+        self.program = program or Program(graph)
         self.source = self.program.source
-        plan = self.program.plan
-        self.report.kernels = plan.kernels
-        self.report.naive_bytes = plan.naive_bytes
-        self.report.planned_bytes = plan.planned_bytes
-        self.report.peak_bytes = plan.peak_bytes
-        self.report.saved_for_backward_bytes = plan.saved_for_backward_bytes
-        self.report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
-        self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
-                                    for n in graph.nodes if n.op == "fused"]
+        self.report = fill_report(report or CompileReport(), graph, self.program.plan)
         self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
 
     def __call__(self, *arrays: Any) -> Any:
@@ -113,17 +104,30 @@ def gc_paused():
 
 
 def compile(graph: Graph, passes: Sequence[Pass] | None = None,
-            options: PlanOptions = DEFAULT_OPTIONS) -> Compiled:
-    """Optimise `graph` with `passes` (default: the default pipeline) and build its program;
-    `options` tunes the buffer planner and the code generator (regions.PlanOptions)."""
+            options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None) -> Compiled:
+    """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
+    verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
+    code generator (PlanOptions); `dump` sees the graph after each pass (run_passes)."""
     with gc_paused():
-        graph, report = _optimise(graph, passes)
-        return Compiled(graph, report, options=options)
+        graph.verify()
+        graph, report = run_passes(graph, default_passes() if passes is None else passes,
+                                   dump=dump)
+        plan = plan_buffers(graph, scratch=fused_scratch, options=options)
+        program = Program(graph, plan=plan, options=options)
+        return Compiled(graph, program, report)
 
 
-def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
-    graph.verify()
-    return run_passes(graph, default_passes() if passes is None else passes)
+def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> CompileReport:
+    """`report` (the passes' records) completed with the plan's bytes and kernels."""
+    report.kernels = plan.kernels
+    report.naive_bytes = plan.naive_bytes
+    report.planned_bytes = plan.planned_bytes
+    report.peak_bytes = plan.peak_bytes
+    report.saved_for_backward_bytes = plan.saved_for_backward_bytes
+    report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
+    report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
+                           for n in graph.nodes if n.op == "fused"]
+    return report
 
 
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
@@ -134,18 +138,16 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs)."""
     with gc_paused():
-        return _compile_shared(graphs, passes, options)
-
-
-def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None,
-                    options: PlanOptions) -> list[Compiled]:
-    optimised = [_optimise(g, passes) for g in graphs]
-    plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
-    arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-    compiled = [Compiled(g, report, arena=arena, plan=plan, options=options)
-                for (g, report), plan in zip(optimised, plans)]
-    resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
-    for c in compiled:
-        c.report.resident_bytes = resident
-        c.report.arena_bytes = arena.nbytes
-    return compiled
+        optimised = []
+        for graph in graphs:
+            graph.verify()
+            optimised.append(run_passes(graph, default_passes() if passes is None else passes))
+        plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
+        arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
+        compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options), report)
+                    for (g, report), plan in zip(optimised, plans)]
+        resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
+        for c in compiled:
+            c.report.resident_bytes = resident
+            c.report.arena_bytes = arena.nbytes
+        return compiled

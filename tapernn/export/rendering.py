@@ -87,24 +87,26 @@ def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequenc
     stage is verified; each title shows the node count and its change. Returns the paths written.
     """
     from ..passes import default_passes, run_passes
-    from ..passes.driver import pass_name
     from . import to_dot
 
     graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)
     width = max(2, len(str(len(passes))))
-    title = f"input: {len(graph.nodes)} nodes"
-    paths = [render(to_dot(graph, title=title, **to_dot_kwargs),
-                    folder / f"{0:0{width}d}_input.{fmt}")]
-    for k, p in enumerate(passes, start=1):
-        before = len(graph.nodes)
-        graph, _ = run_passes(graph, [p])
-        name = pass_name(p)
-        delta = len(graph.nodes) - before
-        title = f"after {name}: {before} → {len(graph.nodes)} nodes ({delta:+d})"
-        paths.append(render(to_dot(graph, title=title, **to_dot_kwargs),
-                            folder / f"{k:0{width}d}_{_file_safe(name)}.{fmt}"))
+    paths: list[Path] = []
+    sizes: list[int] = []
+
+    def draw(index: int, name: str, stage: Graph) -> None:  # the driver's dump hook
+        if index == 0:
+            title = f"input: {len(stage.nodes)} nodes"
+        else:
+            before, delta = sizes[-1], len(stage.nodes) - sizes[-1]
+            title = f"after {name}: {before} → {len(stage.nodes)} nodes ({delta:+d})"
+        sizes.append(len(stage.nodes))
+        paths.append(render(to_dot(stage, title=title, **to_dot_kwargs),
+                            folder / f"{index:0{width}d}_{_file_safe(name)}.{fmt}"))
+
+    run_passes(graph, passes, dump=draw)
     return paths
 
 
