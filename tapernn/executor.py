@@ -61,10 +61,6 @@ class Compiled:
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
 
-    def _repr_svg_(self) -> str | None:
-        from .export import repr_svg
-        return repr_svg(self)
-
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
     if node is None:

@@ -205,7 +205,7 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple:
         else:
             raise TypeError(f"unsupported index {item!r}; use ints, slices, None, ... or 1-D int lists")
     key = tuple(out)
-    from .ops.shape import index_shape  # the shape rule checks bounds
+    from .ops.indexing import index_shape  # the shape rule checks bounds
     index_shape(shape, index=key)
     return key
 
@@ -240,3 +240,35 @@ def gather(x: Var, ids: Var, axis: int = -1) -> Var:
 def emit_index_grad(g: Var, shape: tuple[int, ...], index: tuple) -> Var:
     """Zeros of `shape` with `g` placed (accumulated) at `index`: the adjoint of getitem."""
     return emit("index_grad", g, shape=tuple(shape), index=index)
+
+
+# ---- Var's operators and methods: the functions above (tracing.Var is defined a layer below) ----
+
+def _reshape_method(self: Var, *shape: Any) -> Var:
+    return reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+
+
+def _transpose_method(self: Var, *axes: Any) -> Var:
+    return transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int)
+                     else (axes or None))
+
+
+_OPERATORS = {
+    "__add__": lambda a, b: add(a, b), "__radd__": lambda a, b: add(b, a),
+    "__sub__": lambda a, b: sub(a, b), "__rsub__": lambda a, b: sub(b, a),
+    "__mul__": lambda a, b: mul(a, b), "__rmul__": lambda a, b: mul(b, a),
+    "__truediv__": lambda a, b: div(a, b), "__rtruediv__": lambda a, b: div(b, a),
+    "__pow__": lambda a, b: power(a, b), "__rpow__": lambda a, b: power(b, a),
+    "__matmul__": lambda a, b: matmul(a, b), "__rmatmul__": lambda a, b: matmul(b, a),
+    "__neg__": lambda a: neg(a), "__pos__": lambda a: a, "__abs__": lambda a: abs(a),
+    "__gt__": lambda a, b: greater(a, b), "__lt__": lambda a, b: greater(b, a),
+    "__getitem__": lambda a, idx: getitem(a, idx),
+    "T": property(lambda self: transpose(self)),
+    "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
+    "mean": lambda self, axis=None, keepdims=False: mean(self, axis, keepdims),
+    "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
+    "reshape": _reshape_method, "transpose": _transpose_method,
+    "astype": lambda self, dtype: cast(self, dtype),
+}
+for _name, _method in _OPERATORS.items():
+    setattr(Var, _name, _method)

@@ -319,10 +319,6 @@ class Graph:
         return (f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
                 f"{len(self.outputs)} outputs>")
 
-    def _repr_svg_(self) -> str | None:
-        from .export import repr_svg
-        return repr_svg(self)
-
 
 def _where(k: int, n: Node) -> str:
     # built only when reporting: formatting it for every node was a large share of verify()

@@ -114,7 +114,9 @@ def current_tape() -> Tape:
 
 
 class Var:
-    """A symbolic array: shape, dtype and the node that computes it. Supports NumPy operators."""
+    """A symbolic array: shape, dtype and the node that computes it. Its NumPy-style operators
+    and methods (`+`, `@`, `x[i]`, `.sum()`, `.T`, ...) are the symbolic functions of
+    `tapernn.functional`, attached there (the layer above this one)."""
 
     __slots__ = ("node", "tape")
     __array_priority__ = 1000  # ndarray (op) Var defers to Var's reflected operators
@@ -127,7 +129,6 @@ class Var:
     dtype = property(lambda self: self.node.dtype)
     ndim = property(lambda self: len(self.node.shape))
     size = property(lambda self: self.node.size)
-    T = property(lambda self: F.transpose(self))
 
     def __len__(self) -> int:
         if not self.node.shape:
@@ -142,43 +143,6 @@ class Var:
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
-
-    __add__ = lambda a, b: F.add(a, b)
-    __radd__ = lambda a, b: F.add(b, a)
-    __sub__ = lambda a, b: F.sub(a, b)
-    __rsub__ = lambda a, b: F.sub(b, a)
-    __mul__ = lambda a, b: F.mul(a, b)
-    __rmul__ = lambda a, b: F.mul(b, a)
-    __truediv__ = lambda a, b: F.div(a, b)
-    __rtruediv__ = lambda a, b: F.div(b, a)
-    __pow__ = lambda a, b: F.power(a, b)
-    __rpow__ = lambda a, b: F.power(b, a)
-    __matmul__ = lambda a, b: F.matmul(a, b)
-    __rmatmul__ = lambda a, b: F.matmul(b, a)
-    __neg__ = lambda a: F.neg(a)
-    __pos__ = lambda a: a
-    __abs__ = lambda a: F.abs(a)
-    __gt__ = lambda a, b: F.greater(a, b)
-    __lt__ = lambda a, b: F.greater(b, a)
-    __getitem__ = lambda a, idx: F.getitem(a, idx)
-
-    def sum(self, axis=None, keepdims=False) -> Var:
-        return F.sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False) -> Var:
-        return F.mean(self, axis, keepdims)
-
-    def max(self, axis=None, keepdims=False) -> Var:
-        return F.max(self, axis, keepdims)
-
-    def reshape(self, *shape) -> Var:
-        return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
-
-    def transpose(self, *axes) -> Var:
-        return F.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
-
-    def astype(self, dtype) -> Var:
-        return F.cast(self, dtype)
 
 
 def emit(opname: str, *args: Any, **attrs: Any) -> Var:
@@ -281,5 +245,3 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     tape.graph.meta["single_output"] = isinstance(out, Var)
     return tape.graph
 
-
-from . import functional as F  # noqa: E402  (functional builds on emit)

@@ -15,7 +15,7 @@ from tapernn.passes.driver import pass_name
 
 
 def test_default_is_what_runs_one_named_entry_per_rewrite():
-    g, arrays = lstm_graph(3, 2, 3, 4)
+    g, _ = lstm_graph(3, 2, 3, 4)
     names = [pass_name(p) for p in P.DEFAULT]
     assert [r.name for r in tn.compile(g).report.passes] == names
     repeated = {n for n in names if names.count(n) > 1}

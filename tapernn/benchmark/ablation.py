@@ -9,7 +9,7 @@ import numpy as np
 
 from ..nn import Sequencer
 from ..nn.packing import unpack_parameters
-from .harness import Contender, lstm_flops, tapernn_factories, time_interleaved
+from .timing import Contender, lstm_flops, tapernn_factories, time_interleaved
 
 
 def pass_variants() -> list[tuple[str, list, bool]] | str:

@@ -13,6 +13,7 @@ import graphviz
 
 from ..errors import RenderError
 from ..graph import Graph
+from .diagram import to_dot
 from .source import resolve
 
 FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
@@ -33,8 +34,6 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     Shapes: as `to_dot`; keyword arguments are passed to it. Returns the path written.
     Raises RenderError when the format needs the `dot` program and it is missing.
     """
-    from . import to_dot
-
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -64,8 +63,6 @@ def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
 def repr_svg(obj: Any, level: str = "op") -> str | None:
     """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr).
     Modules show themselves at module level; graphs and compiled programs at op level."""
-    from . import to_dot
-
     if not dot_available():
         return None
     try:
@@ -87,8 +84,6 @@ def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequenc
     stage is verified; each title shows the node count and its change. Returns the paths written.
     """
     from ..passes import default_passes, run_passes
-    from . import to_dot
-
     graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)

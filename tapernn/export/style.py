@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.shape import show_index
+from ..ops.indexing import show_index
 
 from ..graph import Node
 

@@ -384,10 +384,6 @@ class Module:
     def __repr__(self) -> str:
         return self.describe()
 
-    def _repr_svg_(self) -> str | None:
-        from ..export import repr_svg
-        return repr_svg(self, level="module") if self.graph is not None else None
-
 
 def _contains_var(obj: Any) -> bool:
     if isinstance(obj, Var) or hasattr(obj, "__tapernn_var__"):

@@ -19,7 +19,6 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..graph import Graph, Node
-from ..passes.concat import slice_axis
 
 
 class Block:
@@ -164,7 +163,12 @@ class Packing:
         if g is None:
             return None
         a, b = g.rows[g.nodes.index(n)]
-        return slice_axis(n, g.input, 0, a, b)
+        if (a, b) == (0, g.input.shape[0]):
+            return g.input
+        # rows a:b of the block, in the IR's slice encoding (ops/shape.py), tagged like n
+        return Node("getitem", (g.input,), {"index": (("s", a, b, None),)},
+                    (b - a,) + g.input.shape[1:], g.input.dtype, step=n.step, scope=n.scope,
+                    phase=n.phase)
 
     def inputs(self, inputs: list[Node]) -> list[Node]:
         """A rewritten graph's inputs: each block's at its first member's place."""

@@ -139,7 +139,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
                 raise GraphError(f"returned {type(result).__name__}, not a Graph")
             if result is not graph:  # an unchanged graph needs no second check
                 result.verify()
-        except Exception as e:  # noqa: BLE001 - any failure is reported with the pipeline
+        except Exception as e:  # any failure is reported with the pipeline
             cls = type(e) if isinstance(e, TapernnError) else GraphError
             raise cls(f"pass {names[k]!r} (position {k}, after {names[:k] or 'no pass'}) "
                       f"failed: {type(e).__name__}: {e}") from e
