@@ -1,24 +1,95 @@
-"""Saving and loading parameters as .npz (plain arrays keyed by dotted names; never pickle)."""
+"""Saving and loading parameters as .npz (plain arrays keyed by dotted names; never pickle),
+written whole or not at all, and read back only if every array is finite real floating point."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from .errors import StateError
+from .errors import DTypeError, NumericError, StateError, TapernnError
+from .fileio import atomic_write
+
+
+def npz_path(path: str | os.PathLike) -> str:
+    """`path` with `.npz` added when it has another ending (what np.savez writes)."""
+    text = os.fspath(path)
+    return text if text.endswith(".npz") else text + ".npz"
 
 
 def save(module: Any, path: str | os.PathLike) -> None:
-    """Write `module.state_dict()` to `path` (.npz)."""
-    np.savez(path, **module.state_dict())
+    """Write `module.state_dict()` to `path` (`.npz` is added when missing, as np.savez does).
+
+    Torch7's `torch.save(path, module)`, restricted to parameters. The file is replaced whole or
+    not at all: a temporary file in the same directory is written, fsynced and renamed over it.
+    Parameters holding NaN or Inf are refused (NumericError, the previous file is kept): a
+    diverged model must not overwrite a good checkpoint."""
+    state = module.state_dict()
+    check_arrays(state, f"{module.describe()} (not saved)")
+    where = npz_path(path)
+    try:
+        atomic_write(where, lambda f: write_npz(f, state))
+    except OSError as e:
+        raise StateError(f"cannot write parameters to {where!r}: {e.strerror or e}") from None
+
+
+def write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    np.savez(f, **arrays)
 
 
 def load_into(module: Any, path: str | os.PathLike) -> Any:
-    """Load parameters saved by `save` into `module` (names and shapes must match)."""
+    """Load parameters saved by `save` into `module` (names and shapes must match); `.npz` is
+    added to `path` when missing. An unreadable, truncated or corrupted file raises StateError,
+    NaN/Inf values NumericError, non-float arrays DTypeError, each naming the file."""
+    where = npz_path(path)
+    state = read_npz(where)
+    check_arrays(state, repr(where))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            state = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise StateError(f"cannot read parameters from {os.fspath(path)!r}: {e}") from None
-    return module.load_state_dict(state)
+        return module.load_state_dict(state)
+    except TapernnError as e:
+        raise type(e)(f"{where!r}: {e}") from None
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file, fully read (so CRC errors show here), or StateError."""
+    where = os.fspath(path)
+    try:
+        with np.load(where, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise StateError(f"{where!r} is a single .npy array, not an .npz file of "
+                                 f"named arrays written by tapernn.save")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise StateError(f"cannot read parameters: no such file {where!r}") from None
+    except StateError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise StateError(f"cannot read parameters from {where!r}: not an .npz archive of "
+                             f"arrays (truncated, corrupted or another kind of file; tapernn "
+                             f"never reads pickles)") from None
+        raise _damaged(where, e) from None
+    except AttributeError:  # np.load returned something without __enter__ (an old format)
+        raise StateError(f"{where!r} is not an .npz file written by tapernn.save") from None
+    except Exception as e:  # noqa: BLE001  # BadZipFile, EOFError, zlib.error, OSError, ...
+        raise _damaged(where, e) from None
+
+
+def _damaged(where: str, e: BaseException) -> StateError:
+    size = os.path.getsize(where) if os.path.exists(where) else None
+    detail = "it is empty" if size == 0 else f"{type(e).__name__}: {e}"
+    return StateError(f"cannot read parameters from {where!r}: the file is truncated, corrupted "
+                      f"or not an .npz file ({detail})")
+
+
+def check_arrays(arrays: dict[str, np.ndarray], what: str) -> None:
+    """Every array real floating point and finite, or DTypeError / NumericError naming it."""
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype.kind != "f":
+            raise DTypeError(f"{what}: array {name!r} has dtype {a.dtype}, expected float32 or "
+                             f"float64 parameters")
+        if not np.isfinite(a).all():
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise NumericError(f"{what}: array {name!r} holds {bad} NaN/Inf value(s) of "
+                               f"{a.size}; parameters must be finite")

@@ -18,9 +18,11 @@ from . import random as tn_random
 from .blas import blas_threads
 from .charlm import CellSpecError, CharLM, resolve_cell, unigram_nll
 from .checkpoint import (
+    Checkpoint,
     CheckpointError,
     ensure_writable,
-    read_config,
+    has_checkpoint,
+    load_checkpoint,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -114,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", metavar="DIR", help="save model, optimiser and position here each epoch, "
         "at the end and on Ctrl-C")
     add("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
+    add("--force", action="store_true", help="start a new run even though --checkpoint DIR holds "
+        "a checkpoint (replaced at this run's first save; default: refuse)")
     add("--temperature", type=_positive(float), default=0.8, help="sampling temperature (default 0.8)")
     add("--sample-len", type=int, default=200, help="characters per sample, 0 = none (default 200)")
     add("--threads", type=_positive(int), default=1, help="BLAS threads (default 1: this model's "
@@ -147,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         return INTERRUPTED
 
 
-def resolve_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
-    """Merge command line, checkpoint and defaults. Returns (options, checkpoint config)."""
+def resolve_options(args: argparse.Namespace) -> tuple[dict, Checkpoint | None]:
+    """Merge command line, checkpoint and defaults. Returns (options, verified checkpoint)."""
     given = {k: getattr(args, k, None) for k in DEFAULTS}
     if given["text"] is not None:  # absolute: a resume from another directory finds the same file
         given["text"] = os.path.abspath(given["text"])
@@ -156,19 +160,31 @@ def resolve_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
     if args.resume:
         if not args.checkpoint:
             raise UsageError("--resume needs --checkpoint DIR")
-        saved = read_config(args.checkpoint)
+        saved = load_checkpoint(args.checkpoint)
         for key, value in given.items():
-            if value is not None and value != saved["options"][key]:
+            if value is not None and value != saved.config["options"][key]:
                 raise UsageError(f"--{key.replace('_', '-')} {value} differs from the checkpoint's "
-                                 f"{saved['options'][key]}; drop it to resume, or start a new run")
-        options = dict(saved["options"])
+                                 f"{saved.config['options'][key]}; drop it to resume, or start a "
+                                 f"new run")
+        options = dict(saved.config["options"])
     else:
+        if args.checkpoint and has_checkpoint(args.checkpoint) and not args.force:
+            raise UsageError(f"{args.checkpoint!r} already holds the checkpoint of a run"
+                             f"{_step_of(args.checkpoint)}; continue it with --resume, or "
+                             f"overwrite it with --force")
         options = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
     if args.sample_len < 0:
         raise UsageError(f"--sample-len must be >= 0, got {args.sample_len}")
     if args.checkpoint:
         ensure_writable(args.checkpoint)
     return options, saved
+
+
+def _step_of(directory: str) -> str:
+    try:
+        return f" (step {load_checkpoint(directory).step})"
+    except TapernnError:
+        return " (unreadable)"
 
 
 class StopRequest:
@@ -216,20 +232,20 @@ class Trainer:
                           else optim.SGD(params, lr=opts["lr"]))
         self.step = 0
         if saved is not None:
-            restore_checkpoint(args.checkpoint, saved, self.lm, self.optimizer)
-            self.step = int(saved["step"])
+            restore_checkpoint(saved, self.lm, self.optimizer)
+            self.step = saved.step
         self.losses: list[float] = []  # this session's per-step training losses
         self.validation: list[tuple[int, float]] = []  # (step, perplexity)
         self.total = self._target_steps()
 
-    def _load_data(self, saved: dict | None) -> None:
+    def _load_data(self, saved: Checkpoint | None) -> None:
         opts = self.options
         text = read_text_file(opts["text"]) if opts["text"] else stdlib_docstrings(
             on_collect=lambda: self.say("collecting standard-library docstrings (cached for next "
                                         "time)..."))
         self.corpus_name = opts["text"] or "Python standard-library docstrings"
         self.text_digest = _digest(text)
-        if saved is not None and saved["text_digest"] != self.text_digest:
+        if saved is not None and saved.config["text_digest"] != self.text_digest:
             raise UsageError(f"the text of {self.corpus_name!r} changed since the checkpoint was "
                              f"saved; resuming on other data would not continue the run")
         train_text, val_text = split_train_validation(text)
@@ -255,6 +271,10 @@ class Trainer:
 
     def fit(self) -> int:
         started, first_step = time.perf_counter(), self.step
+        if self.step >= self.total:
+            self.say(f"nothing to do: the checkpoint is at step {self.step} and this run stops at "
+                     f"step {self.total} (--steps and --epochs count from the start of the run)")
+            return 0
         with StopRequest() as stop:  # installed first: a Ctrl-C from here on saves cleanly
             self._print_header()
             self._train(stop)

@@ -224,7 +224,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, text_file):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted at step" in err
-    assert (ckpt / "config.json").exists() and (ckpt / "model.npz").exists()
+    assert (ckpt / "CURRENT").exists()
     resumed = Trainer(parse("--text", str(text_file), "--resume", "--checkpoint", str(ckpt),
                             "--steps", "100000", "--no-progress"))
     assert resumed.step > 0

@@ -1,5 +1,10 @@
 """`Parameter` and `Module`: the Torch7-style module API (forward/backward/output/grad_input,
 parameters, modes, state dicts) over symbolic `build` methods traced by the outermost forward.
+
+Threads: every public call that runs or changes a module holds its tree's lock (nn.locking), so
+one model shared by threads runs one call at a time, each correct; separate models run in
+parallel. A backward paired with another thread's forward raises StateError: hold
+`with model.locked():` around forward+backward (or a step-wise sequence) when threads share a model.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ..errors import DTypeError, ShapeError, StateError, where
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
+from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import block_key, pack_module, storage
 
 
@@ -93,6 +99,10 @@ class Module:
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        lock_entry_points(cls)  # a subclass's own forward/backward/... hold the tree's locks too
+
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_children", {})
@@ -113,12 +123,14 @@ class Module:
             params[name] = value
         elif isinstance(value, Module) and children is not None and not name.startswith("_"):
             children[name] = value
+            joined(self, value)
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
         if not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__} children must be modules, got {type(module).__name__}")
         self._children[name] = module
+        joined(self, module)
         return module
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -178,7 +190,8 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            object.__setattr__(new, key, copy.deepcopy(value, memo))
+            if key != "_lock_group":  # the copy gets its own lock when first used
+                object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new
 
@@ -219,7 +232,14 @@ class Module:
 
     def backward(self, input: Any, grad_output: Any) -> Any:
         from .runtime import runtime_of
+        check_backward_pairing(self)
         return runtime_of(self).backward(input, grad_output)
+
+    def locked(self):
+        """A context manager holding this module's tree locks (re-entrant): wrap a sequence of
+        calls that must not interleave with other threads' calls on the model, e.g.
+        `with model.locked(): model.forward(x); model.backward(x, g)`."""
+        return tree_locked(self)
 
     def zero_grad_parameters(self) -> None:
         for _, grad in storage(self.parameters()):
@@ -383,6 +403,9 @@ class Module:
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+lock_entry_points(Module)
 
 
 def _contains_var(obj: Any) -> bool:

@@ -1,0 +1,89 @@
+"""Files written whole or not at all: write a temporary file in the target's directory, fsync
+it, rename it over the target, fsync the directory. Also the crash hook the kill-during-save
+tests use to die after the k-th durable operation (`crash_after`, or $TAPERNN_CRASH_AFTER)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+CRASH_EXIT_CODE = 75  # what a process killed by the crash hook exits with
+_crash = {"after": None, "count": 0}
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import (not thread-safe)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def crash_after(k: int | None) -> None:
+    """Test hook: make this process die (os._exit, no cleanup, as a kill -9 would) right after
+    its k-th durable file operation from now on (a file written, renamed, removed, or a
+    directory synced); None turns it off. $TAPERNN_CRASH_AFTER=k does the same for a whole
+    process (read when the first operation happens)."""
+    _crash["after"], _crash["count"] = k, 0
+
+
+def crash_point() -> None:
+    """Called after each durable file operation; dies here when the hook says so."""
+    after = _crash["after"]
+    if after is None:
+        env = os.environ.get("TAPERNN_CRASH_AFTER")
+        if not env:
+            return
+        after = _crash["after"] = int(env)
+    _crash["count"] += 1
+    if _crash["count"] >= after:
+        os._exit(CRASH_EXIT_CODE)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename or a new entry in `directory` survive a power cut."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+    crash_point()
+
+
+def write_file(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Create `path` (which must not be in use) by `write(f)`, then fsync it. For files in a
+    directory nobody reads yet (a checkpoint generation being built)."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    crash_point()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Replace `path` by what `write(f)` writes, whole or not at all: an interruption at any
+    point leaves either the previous file or the new one, never a mix or a truncated file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point()
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; ours need not be
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    crash_point()
+    fsync_dir(target.parent)

@@ -1,0 +1,177 @@
+"""One model, several threads. Every public call that runs or changes a module (forward,
+backward, zero_grad_parameters, update_parameters, training/evaluate, forget, the step-wise
+state API, ...) holds the re-entrant lock of the module's tree, so calls on one model from
+several threads run one at a time, each as if alone. Locks are per model, never global:
+separate models run in parallel. A backward paired with another thread's forward, or a
+step-wise forward continuing another thread's sequence, raises StateError instead of silently
+mixing them: hold `module.locked()` around a whole forward/backward pair (or a sequence), or
+give each thread its own copy (`copy.deepcopy(model)`).
+
+All modules of a tree share one lock (a group, created at the tree's first call and merged
+when a child is added to a tree in use or a module is shared by two trees), so a call takes one
+lock whatever the tree's size. A call on a module nested in another module's call (a custom
+forward calling another model) takes that model's lock too: two threads nesting two models'
+calls in opposite orders would deadlock; don't.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import StateError
+
+# the public entry points a Module subclass may define that run or change module state
+LOCKED = ("forward", "backward", "zero_grad_parameters", "update_parameters", "training",
+          "evaluate", "forget", "reset", "astype", "state_dict", "load_state_dict", "set_passes",
+          "flatten_parameters", "remember", "mask_zero", "max_bptt_step", "get_hidden_state",
+          "set_initial_state", "get_grad_initial_state", "set_grad_hidden_state",
+          "get_grad_hidden_state", "set_hidden_state")
+
+
+class _Group:
+    """The lock shared by the modules of one tree; merged groups point at one root group."""
+
+    __slots__ = ("lock", "parent")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.parent: _Group | None = None
+
+
+_MERGING = threading.Lock()  # held only while trees get or merge groups (construction, first use)
+
+
+def _root(g: _Group) -> _Group:
+    while g.parent is not None:
+        g = g.parent
+    return g
+
+
+def _merge(modules: list) -> _Group:
+    """One group for all `modules` (and every module already sharing a group with them)."""
+    with _MERGING:
+        roots = {}
+        for m in modules:
+            g = m.__dict__.get("_lock_group")
+            if g is not None:
+                r = _root(g)
+                roots[id(r)] = r
+        root = next(iter(roots.values())) if roots else _Group()
+        for r in roots.values():
+            if r is not root:
+                r.parent = root
+        for m in modules:
+            if m.__dict__.get("_lock_group") is None:
+                m.__dict__["_lock_group"] = root
+        return root
+
+
+def group_of(module: Any) -> _Group:
+    g = module.__dict__.get("_lock_group")
+    if g is None:  # first use of this tree: every module of it gets one group
+        g = _merge(list(module.modules()))
+    return _root(g)
+
+
+def joined(parent: Any, child: Any) -> None:
+    """`child` was registered under `parent`: a tree already in use takes it into its group
+    (a tree not used yet gets one group at its first call)."""
+    if parent.__dict__.get("_lock_group") is not None:
+        _merge([parent, *child.modules()])
+
+
+class tree_locked:  # (lower case: used like a function, `with tree_locked(m):`)
+    """Hold the lock of `module`'s tree (re-entrant)."""
+
+    __slots__ = ("lock", "module")
+
+    def __init__(self, module: Any):
+        self.module, self.lock = module, None
+
+    def __enter__(self) -> None:
+        self.lock = _acquire(self.module)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _acquire(module: Any) -> threading.RLock:
+    while True:
+        group = group_of(module)
+        group.lock.acquire()
+        if group.parent is None:  # still the tree's group (not merged away meanwhile)
+            return group.lock
+        group.lock.release()
+
+
+def locked_method(fn: Callable) -> Callable:
+    """`fn(self, ...)` run holding `self`'s tree lock; forward also records its thread."""
+    if getattr(fn, "_tapernn_locked", False):
+        return fn
+    is_forward = fn.__name__ == "forward"
+
+    @functools.wraps(fn)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = _acquire(self)
+        try:
+            if not is_forward:
+                return fn(self, *args, **kwargs)
+            check_sequence_owner(self)
+            out = fn(self, *args, **kwargs)
+            _stamp(self)
+            return out
+        finally:
+            lock.release()
+    run._tapernn_locked = True
+    return run
+
+
+def lock_entry_points(cls: type) -> None:
+    """Wrap the entry points `cls` itself defines (called for Module and every subclass)."""
+    for name in LOCKED:
+        fn = cls.__dict__.get(name)
+        if callable(fn) and hasattr(fn, "__name__") and not isinstance(fn, type):
+            setattr(cls, name, locked_method(fn))
+
+
+def _last_record(module: Any) -> Any:
+    rt = module.__dict__.get("_runtime")
+    return rt.history[-1] if rt is not None and rt.history else None
+
+
+def _stamp(module: Any) -> None:
+    rt = module.__dict__.get("_runtime")
+    if rt is not None and rt.history:
+        record = rt.history[-1]
+        if getattr(record, "thread", None) is None:  # (a nested forward stamped it already)
+            record.thread = threading.get_ident()
+
+
+def _other_thread(module: Any) -> int | None:
+    record = _last_record(module)
+    owner = getattr(record, "thread", None)
+    return owner if owner is not None and owner != threading.get_ident() else None
+
+
+def check_backward_pairing(module: Any) -> None:
+    """Refuse a backward whose forward ran in another thread (it would pair with that one)."""
+    owner = _other_thread(module)
+    if owner is not None:
+        raise StateError(f"{module.describe()}: backward in thread {threading.get_ident()} would "
+                         f"use the forward run by thread {owner} (a module keeps one forward's "
+                         f"values); run forward and backward in one thread, inside "
+                         f"`with model.locked():` when several threads share the model, or give "
+                         f"each thread its own copy (copy.deepcopy)")
+
+
+def check_sequence_owner(module: Any) -> None:
+    """Refuse a step-wise forward that would continue another thread's sequence."""
+    owner = _other_thread(module)  # (usually None: checked before the tree walk is_recurrent is)
+    if owner is not None and module.is_recurrent:
+        raise StateError(f"{module.describe()}: step-wise forward in thread "
+                         f"{threading.get_ident()} would continue the sequence stepped by thread "
+                         f"{owner} (a recurrent module remembers one sequence); call forget() "
+                         f"first to start a new one (inside `with model.locked():` when threads "
+                         f"share the model), or give each thread its own copy (copy.deepcopy)")
