@@ -15,7 +15,7 @@ PKG = ROOT / "tapernn"
 # lowest first; "x.*" names the package x and everything in it, other entries one module
 LAYERS = [
     ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
-              "tapernn.random",
+              "tapernn.random", "tapernn.fileio",
               "tapernn.blas", "tapernn.serialization"]),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),

@@ -4,13 +4,13 @@ pass that broke the graph), times them and records what each did in a `CompileRe
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GraphError, TapernnError
+from ..fileio import atomic_write
 from ..graph import Graph
 
 Pass = Callable[[Graph], Graph]
@@ -159,15 +159,6 @@ def _dumper(dump: Dump | str | os.PathLike | None) -> Dump | None:
 
     def write(index: int, name: str, graph: Graph) -> None:
         safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
-        path = folder / f"{index:02d}_{safe}.txt"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-        try:  # written whole or not at all
-            with os.fdopen(fd, "w") as f:
-                f.write(str(graph) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = (str(graph) + "\n").encode()
+        atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
     return write
