@@ -196,7 +196,7 @@ class Program:
             dead = [names[d] for d in dead_after.get(k, ()) if names[d].startswith("v")]
             if dead:
                 body.append(f"    del {', '.join(dead)}")
-        alias = set(g.meta.get("outputs_may_alias_inputs", ()))
+        alias = set(g.meta.outputs_may_alias_inputs)
         results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)

@@ -35,7 +35,7 @@ class Compiled:
         self.program = program or Program(graph)
         self.source = self.program.source
         self.report = fill_report(report or CompileReport(), graph, self.program.plan)
-        self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
+        self._single = graph.meta.single_output and len(graph.outputs) == 1
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import networkx as nx
@@ -158,18 +160,45 @@ def _same_types(new: tuple, old: tuple) -> bool:
     return True
 
 
-class Graph:
-    """A tape of nodes with designated inputs and outputs.
+@dataclass(frozen=True)
+class GraphMeta:
+    """What stages after tracing know about a graph's interface (immutable: change it with
+    `dataclasses.replace`, so graphs sharing one never see each other's changes).
 
-    `meta` carries whatever later stages attach (output names, scope -> module names, ...).
+    single_output: traced from a function returning one Var (a Compiled returns it bare).
+    output_names: one per output (seed inputs of `grad` are named after them).
+    n_forward_outputs: the first outputs that are the forward's (`grad`, a split forward).
+    wrt, seeds: the names of the inputs `grad` differentiated for, and of its seed inputs.
+    saved_outputs: in a split forward, the positions of the values saved for backward.
+    saved_names, seed_names, input_names: a split backward's inputs, in that order.
+    outputs_may_alias_inputs: positions of outputs returned as views of an input (not copied).
+    scopes: scope path -> module description (diagrams); root: the traced module's.
     """
 
+    single_output: bool = False
+    output_names: tuple[str, ...] = ()
+    n_forward_outputs: int | None = None
+    wrt: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
+    saved_outputs: tuple[int, ...] | None = None
+    saved_names: tuple[str, ...] = ()
+    seed_names: tuple[str, ...] = ()
+    input_names: tuple[str, ...] = ()
+    outputs_may_alias_inputs: tuple[int, ...] = ()
+    scopes: Mapping[str, str] = field(default_factory=dict)
+    root: str = ""
+
+
+class Graph:
+    """A tape of nodes with designated inputs and outputs; `meta` (GraphMeta) describes its
+    interface for the stages after tracing."""
+
     def __init__(self, nodes: list[Node] | None = None, inputs: list[Node] | None = None,
-                 outputs: list[Node] | None = None, meta: dict | None = None):
+                 outputs: list[Node] | None = None, meta: GraphMeta | None = None):
         self.nodes: list[Node] = list(nodes or [])
         self.inputs: list[Node] = list(inputs or [])
         self.outputs: list[Node] = list(outputs or [])
-        self.meta: dict = dict(meta or {})
+        self.meta: GraphMeta = meta if meta is not None else GraphMeta()
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -203,7 +232,7 @@ class Graph:
         return sorted({n.step for n in self.nodes if n.step is not None})
 
     def copy(self) -> Graph:
-        return Graph(self.nodes, self.inputs, self.outputs, dict(self.meta))
+        return Graph(self.nodes, self.inputs, self.outputs, self.meta)
 
     # ---- rewriting ----------------------------------------------------------------------------
 
@@ -235,7 +264,7 @@ class Graph:
         if not changed:
             return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
-                     [mapping.get(n, n) for n in self.outputs], dict(self.meta))
+                     [mapping.get(n, n) for n in self.outputs], self.meta)
 
     def eliminate_dead_code(self) -> Graph:
         """The graph without nodes no output depends on (this graph itself when there are none)."""
@@ -246,7 +275,7 @@ class Graph:
         kept = [n for n in self.nodes if n in live]
         if len(kept) == len(self.nodes):
             return self
-        return Graph(kept, self.inputs, self.outputs, dict(self.meta))
+        return Graph(kept, self.inputs, self.outputs, self.meta)
 
     # ---- checks and views ---------------------------------------------------------------------
 

@@ -402,7 +402,7 @@ def _account(graph: Graph, plan: BufferPlan) -> None:
                   if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
     plan.kernels = len(computed) - len(placed_all)
     plan.naive_bytes = sum(n.nbytes for n in computed)
-    alias = set(graph.meta.get("outputs_may_alias_inputs", ()))
+    alias = set(graph.meta.outputs_may_alias_inputs)
     plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
                             if plan.copied(o, k in alias))
     plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
@@ -433,7 +433,7 @@ def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
 def saved_bytes(graph: Graph) -> int:
     """Bytes kept from forward for backward: the outputs meta names as saved, else forward
     values (not inputs) read by backward nodes."""
-    saved = graph.meta.get("saved_outputs")
+    saved = graph.meta.saved_outputs
     if saved is not None:
         return sum(graph.outputs[k].nbytes for k in saved)
     kept = {i for n in graph.nodes if n.phase == "backward" for i in n.inputs

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, Sequence
 
@@ -242,6 +243,6 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
         out = fn(*ins)
         outs = _flatten(out)
     tape.graph.outputs = [v.node for v in outs]
-    tape.graph.meta["single_output"] = isinstance(out, Var)
+    tape.graph.meta = replace(tape.graph.meta, single_output=isinstance(out, Var))
     return tape.graph
 

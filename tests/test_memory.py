@@ -79,7 +79,7 @@ def test_saved_for_backward_bytes():
     g, arrays = lstm_graph(3, 2, 3, 4)
     joint = tn.compile(g, passes=[])
     fwd, _ = split_forward_backward(g, 1)
-    saved = sum(fwd.outputs[k].nbytes for k in fwd.meta["saved_outputs"])
+    saved = sum(fwd.outputs[k].nbytes for k in fwd.meta.saved_outputs)
     assert tn.compile(fwd, passes=[]).report.saved_for_backward_bytes == saved > 0
     assert joint.report.saved_for_backward_bytes > 0
 

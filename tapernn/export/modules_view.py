@@ -16,8 +16,8 @@ Box = tuple  # ("module", scope, step, phase) or ("value", tape position)
 
 
 def module_name(d: Drawing, scope: str) -> str:
-    """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM")."""
-    described = (d.graph.meta.get("scopes") or {}).get(scope)
+    """Class name for a scope from `graph.meta.scopes` ("nn.LSTM(3 -> 4)" -> "LSTM")."""
+    described = d.graph.meta.scopes.get(scope)
     if not described:
         return scope or "inputs"
     name = str(described).split("(")[0].strip()
@@ -56,7 +56,7 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
 def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
     """Box per node. Ops recorded outside any named module (the gradient bookkeeping autodiff
     adds for graph inputs) join the box of the value they read, so no anonymous boxes appear."""
-    named = d.graph.meta.get("scopes") or {}
+    named = d.graph.meta.scopes
     box_of: dict[Node, Box | None] = {}
     for n in d.nodes:
         box = _box(d, n, num)
@@ -111,7 +111,7 @@ def _parent_scope(b: Box) -> str:
 
 
 def _scope_names(d: Drawing) -> dict[str, str]:
-    return {s: module_name(d, s) for s in (d.graph.meta.get("scopes") or {})}
+    return {s: module_name(d, s) for s in d.graph.meta.scopes}
 
 
 def _box_step(b: Box, first: dict[Box, Node]) -> int | None:

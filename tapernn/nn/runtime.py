@@ -62,10 +62,10 @@ class Executable:
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
-        graph.meta.update(scopes=dict(ctx.scopes), root=root.describe())
-        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, dict(graph.meta))
+        graph.meta = replace(graph.meta, scopes=dict(ctx.scopes), root=root.describe())
+        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, graph.meta)
         # what `module.graph` shows: the model's own outputs, not the recorded fields
-        self.display = Graph(graph.nodes, graph.inputs, self.real, dict(graph.meta))
+        self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
         data_nodes = [v.node for v in data]
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
@@ -114,7 +114,7 @@ class Executable:
         if not alias:
             return graph
         return Graph(graph.nodes, graph.inputs, graph.outputs,
-                     dict(graph.meta, outputs_may_alias_inputs=alias))
+                     replace(graph.meta, outputs_may_alias_inputs=tuple(alias)))
 
     def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
         """The forward program that keeps what backward needs, and the backward program;
@@ -134,13 +134,13 @@ class Executable:
             return self._make_pair(outputs)
 
     def _make_pair(self, outputs: list) -> TrainingPair:
-        g = Graph(self.graph.nodes, self.graph.inputs, outputs, dict(self.graph.meta))
+        g = Graph(self.graph.nodes, self.graph.inputs, outputs, self.graph.meta)
         joint = grad(g, wrt=self.wrt, seeds="inputs")
         n = len(outputs)
         # the probes and final states are forward outputs too, but never differentiated
         joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
+        display = Graph(joint.nodes, joint.inputs, self.real + grads, joint.meta)
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
@@ -177,8 +177,8 @@ class TrainingPair:
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
                  options: PlanOptions = DEFAULT_OPTIONS):
         self.joint = joint  # forward and backward together, for diagrams
-        self.n_saved = len(bwd.meta["saved_names"])
-        self.n_seeds = len(bwd.meta["seed_names"])
+        self.n_saved = len(bwd.meta.saved_names)
+        self.n_seeds = len(bwd.meta.seed_names)
         position = {n: k for k, n in enumerate(fwd.inputs)}
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])

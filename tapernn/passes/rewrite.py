@@ -103,7 +103,7 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     nodes = head + _topological(rest, pos, placed)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
     return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
-                 dict(g.meta)).eliminate_dead_code()
+                 g.meta).eliminate_dead_code()
 
 
 def _give_positions(new: Node, pos: dict[Node, float], at: float) -> None:
