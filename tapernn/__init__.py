@@ -15,7 +15,7 @@ from .graph import Graph, Node
 from .tracing import Var, trace
 from .autodiff import grad
 from .executor import Compiled, compile
-from .regions import PlanOptions
+from .regions import PlanOptions  # noqa: F401
 from .testing import gradcheck
 
 __version__ = "0.1.0"
@@ -42,7 +42,7 @@ def __getattr__(name: str):
 
 
 try:  # Jupyter display of graphs, programs and modules (export attaches _repr_svg_)
-    from . import export
+    from . import export  # noqa: F401
 except ModuleNotFoundError as e:  # without graphviz: no diagrams, everything else works
     if e.name != "graphviz":
         raise

@@ -122,19 +122,19 @@ class Node:
         new.step, new.scope, new.phase, new.name, new.value = \
             self.step, self.scope, self.phase, self.name, self.value
         new._attrs_key = self._attrs_key
-        for field, v in changes.items():
-            if field == "inputs":
+        for name, v in changes.items():
+            if name == "inputs":
                 v = tuple(v)
-            elif field == "attrs":
+            elif name == "attrs":
                 v = dict(v or {})
                 new._attrs_key = None
-            elif field == "shape":
+            elif name == "shape":
                 v = tuple(int(s) for s in v)
-            elif field == "dtype":
+            elif name == "dtype":
                 v = np.dtype(v)
-            elif field not in _PLAIN_FIELDS:
-                raise TypeError(f"Node.replace() got an unexpected field {field!r}")
-            setattr(new, field, v)
+            elif name not in _PLAIN_FIELDS:
+                raise TypeError(f"Node.replace() got an unexpected field {name!r}")
+            setattr(new, name, v)
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time

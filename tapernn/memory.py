@@ -22,8 +22,17 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .regions import (DEFAULT_OPTIONS, PSEUDO, PlanOptions, apply_steps, bounds, cheap_strides,
-                      is_view, overlap, placements)
+from .regions import (
+    DEFAULT_OPTIONS,
+    PSEUDO,
+    PlanOptions,
+    apply_steps,
+    bounds,
+    cheap_strides,
+    is_view,
+    overlap,
+    placements,
+)
 
 Scratch = Callable[[Node], list[tuple[tuple[int, ...], np.dtype]]]
 

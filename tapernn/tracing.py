@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np

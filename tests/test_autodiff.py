@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn.interpret import interpret
 from tapernn import tracing
+from tapernn.interpret import interpret
 
 
 def hvp_check(fn, x, v, eps=1e-6):
@@ -87,9 +87,11 @@ def test_integer_inputs_are_not_differentiated():
 
 
 def test_split_forward_backward_equals_the_joint_graph():
-    import sys, os
+    import os
+    import sys
     sys.path.insert(0, os.path.dirname(__file__))
     from lstm_fixture import lstm_graph
+
     from tapernn.autodiff import split_forward_backward
     g, arrays = lstm_graph(3, 2, 3, 4, seed=5)
     fwd, bwd = split_forward_backward(g, 1)

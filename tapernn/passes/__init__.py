@@ -13,16 +13,33 @@ from ..errors import ArgumentTypeError
 from .batch_slices import batch_sliced_elementwise
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
-from .driver import (CompileReport, Pass, PassRecord, check_order, must_follow, run_passes,
-                     until_stable)
+from .driver import (
+    CompileReport,
+    Pass,
+    PassRecord,
+    check_order,
+    must_follow,
+    run_passes,
+    until_stable,
+)
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gate_matmuls, fuse_gates, fuse_row_sums, merge_matmul_sums_within_steps
-from .hoist import (hoist_across_time, merge_matmul_sums_over_time, merge_row_sums,
-                    pull_slices_out_of_sums, pull_transposes_out_of_sums, stack_index_grads,
-                    stack_matmuls_over_time)
-from .simplify import (flip_transposed_products, index_grads_to_concat, simplify_view_chains,
-                       simplify_views)
+from .hoist import (
+    hoist_across_time,
+    merge_matmul_sums_over_time,
+    merge_row_sums,
+    pull_slices_out_of_sums,
+    pull_transposes_out_of_sums,
+    stack_index_grads,
+    stack_matmuls_over_time,
+)
+from .simplify import (
+    flip_transposed_products,
+    index_grads_to_concat,
+    simplify_view_chains,
+    simplify_views,
+)
 from .stacks import share_stacks
 from .step_sums import sum_within_steps
 from .zeros import propagate_zeros, specialize_inputs

@@ -10,7 +10,6 @@ from .concat import basic_ranges, make_concat, slice_axis
 from .rewrite import PSEUDO, derive, invariant_nodes, spanning, substitute
 
 
-
 def _operand_key(i: Node, n: Node, inv: set[Node]) -> tuple | None:
     """('s', base, row range) for a 2-D block of a base, ('v',) for a loop-level row vector."""
     if i.ndim == 1 and i in inv and i.shape == n.shape[-1:]:
