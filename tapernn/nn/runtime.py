@@ -320,9 +320,8 @@ class Runtime:
             n_diff = len(flatten(list(args[:n_diff_args]))[0])
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
-                options = root._plan_options or DEFAULT_OPTIONS
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes, options)
+                                 passes, root._plan_options or DEFAULT_OPTIONS)
             exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
             self.cache[key] = exe
             self.trace_count += 1
