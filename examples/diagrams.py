@@ -47,8 +47,9 @@ def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int =
                     ys.append(F.matmul(h, V))
     graph = tape.graph
     graph.outputs = [y.node for y in ys]
-    graph.meta.update(output_names=[f"y_{t}" for t in range(steps)], single_output=False,
-                      scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"})
+    graph.meta = tn.graph.GraphMeta(
+        output_names=tuple(f"y_{t}" for t in range(steps)),
+        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"})
     return graph
 
 def main(out: Path) -> None:

@@ -1,11 +1,9 @@
 """tapernn: Element-Research's Torch7 `rnn` library on a graph-compiling reverse-mode autodiff."""
 from __future__ import annotations
 
-from . import errors, graph, tracing, functional  # noqa: I001  (order: ops register after tracing)
-from .ops import load_families
-
-load_families()
-
+from . import errors, graph, tracing, functional  # noqa: I001  (the layers, bottom up)
+from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
+from .ops import nn as _nn_ops  # noqa: F401
 from .errors import (ArgumentError, ArgumentTypeError, DTypeError, GradcheckError, GraphError,
                      NumericError, ShapeError, StateError, TapernnError, TracingError,
                      ValueRangeError)
@@ -17,6 +15,7 @@ from .graph import Graph, Node
 from .tracing import Var, trace
 from .autodiff import grad
 from .executor import Compiled, compile
+from .regions import PlanOptions  # noqa: F401
 from .testing import gradcheck
 
 __version__ = "0.1.0"
@@ -24,5 +23,27 @@ from .random import manual_seed
 from .passes import set_default_passes
 from .blas import set_blas_threads
 from .serialization import load_into, save
-from .export import render, render_passes, to_dot, to_json
 from . import nn, optim, passes  # noqa: E402
+
+_DIAGRAMS = ("render", "render_passes", "to_dot", "to_json")
+
+
+def __getattr__(name: str):
+    """The diagram functions load `tapernn.export` (and the graphviz package) on first use."""
+    if name in _DIAGRAMS:
+        try:
+            from . import export
+        except ModuleNotFoundError as e:
+            if e.name != "graphviz":
+                raise
+            raise ModuleNotFoundError(f"tapernn.{name} needs the graphviz package "
+                                      f"(pip install graphviz)", name="graphviz") from e
+        return getattr(export, name)
+    raise AttributeError(f"module 'tapernn' has no attribute {name!r}")
+
+
+try:  # Jupyter display of graphs, programs and modules (export attaches _repr_svg_)
+    from . import export  # noqa: F401
+except ModuleNotFoundError as e:  # without graphviz: no diagrams, everything else works
+    if e.name != "graphviz":
+        raise

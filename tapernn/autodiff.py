@@ -5,6 +5,7 @@ so every later stage (passes, buffer planning, diagrams) sees BPTT as plain grap
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -66,7 +67,7 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
     """
     wrt_nodes = _resolve(graph, wrt)
     outs = list(graph.outputs)
-    names = graph.meta.get("output_names") or [f"out{k}" for k in range(len(outs))]
+    names = graph.meta.output_names or [f"out{k}" for k in range(len(outs))]
     scalar_seed = seeds == "auto" and len(outs) == 1 and outs[0].shape == ()
     needs = _needs_gradient(graph, wrt_nodes)
     tape = Tape(graph.copy())
@@ -93,13 +94,11 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
                 grads.append(F.add_n(cot[w]) if w in cot else F.zeros(w.shape, w.dtype))
     result = tape.graph
     result.outputs = outs + [g.node for g in grads]
-    result.meta.update(
-        n_forward_outputs=len(outs),
-        output_names=list(names) + [f"grad_{w.name}" for w in wrt_nodes],
-        wrt=[w.name for w in wrt_nodes],
-        seeds=[s.name for s in seed_nodes if s.op == "input"],
-        single_output=False,
-    )
+    result.meta = replace(
+        result.meta, n_forward_outputs=len(outs),
+        output_names=(*names, *[f"grad_{w.name}" for w in wrt_nodes]),
+        wrt=tuple(w.name for w in wrt_nodes),
+        seeds=tuple(s.name for s in seed_nodes if s.op == "input"), single_output=False)
     return result
 
 
@@ -141,9 +140,9 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     Shapes: `fwd` takes the non-seed inputs of `joint` and returns the forward outputs followed
     by the saved values (forward nodes the backward reads; graph inputs are not saved, the
     backward takes them itself). `bwd` takes the saved values (inputs of kind "saved"), then
-    the seeds, then the original inputs it reads, and returns the gradients. `bwd.meta` holds
-    `saved_names`, `seed_names`, `input_names` in that order; `fwd.meta["saved_outputs"]` the
-    indices of the saved outputs. Running fwd then bwd equals running `joint`.
+    the seeds, then the original inputs it reads, and returns the gradients. `bwd.meta` (GraphMeta)
+    holds `saved_names`, `seed_names`, `input_names` in that order; `fwd.meta.saved_outputs`
+    the positions of the saved outputs. Running fwd then bwd equals running `joint`.
     """
     fwd_outs, grad_outs = joint.outputs[:n_forward_outputs], joint.outputs[n_forward_outputs:]
     forward = _needed(fwd_outs)
@@ -161,14 +160,14 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
              and n.op not in ("input", "constant")]
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
     kept = forward.union(fwd_inputs)
-    fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs,
-                list(fwd_outs) + saved, dict(joint.meta))
-    names = list(joint.meta.get("output_names") or [])
-    fwd.meta.update(n_forward_outputs=n_forward_outputs, single_output=False,
-                    saved_outputs=list(range(n_forward_outputs, n_forward_outputs + len(saved))),
-                    output_names=names[:len(names) - len(grad_outs)] if grad_outs else names)
     bwd = _backward_graph(joint, backward, saved, read, grad_outs)
-    fwd.meta["saved_names"] = list(bwd.meta["saved_names"])
+    names = tuple(joint.meta.output_names)
+    fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs, list(fwd_outs) + saved,
+                replace(joint.meta, n_forward_outputs=n_forward_outputs, single_output=False,
+                        saved_outputs=tuple(range(n_forward_outputs,
+                                                  n_forward_outputs + len(saved))),
+                        saved_names=bwd.meta.saved_names,
+                        output_names=names[:len(names) - len(grad_outs)] if grad_outs else names))
     return fwd, bwd
 
 
@@ -189,8 +188,10 @@ def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read:
         mapping[n] = new = n if ins == n.inputs else n.with_inputs(ins)
         nodes.append(new)
     inputs = [mapping[n] for n in saved] + seeds + originals
-    meta = dict(joint.meta)
-    meta.update(single_output=False, output_names=meta.get("output_names", [])[-len(grad_outs):]
-                if grad_outs else [], saved_names=[mapping[n].name for n in saved],
-                seed_names=[n.name for n in seeds], input_names=[n.name for n in originals])
+    names = joint.meta.output_names
+    meta = replace(joint.meta, single_output=False,
+                   output_names=names[-len(grad_outs):] if grad_outs else (),
+                   saved_names=tuple(mapping[n].name for n in saved),
+                   seed_names=tuple(n.name for n in seeds),
+                   input_names=tuple(n.name for n in originals))
     return Graph(nodes, inputs, [mapping.get(o, o) for o in grad_outs], meta)

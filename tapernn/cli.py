@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from .command_line import OneLineArgumentParser
 from .errors import TapernnError
-
-
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Every option's help line says its default: appended unless the text already names it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (not action.option_strings or "default" in text or action.default is argparse.SUPPRESS
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
-            return text
-        if action.nargs == 0:  # a flag
-            default = "on" if action.default else "off"
-        elif action.default is None:
-            default = "none"
-        else:
-            default = "%(default)s"
-        return f"{text} (default: {default})" if text else f"default: {default}"
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before an error; errors here are one line, exit code 2."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -67,27 +40,10 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lazy(module: str, what: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-        try:
-            mod = importlib.import_module(f"tapernn.{module}")
-        except ImportError:
-            raise TapernnError(f"`tapernn {what}` is not available in this build") from None
-        return mod.run(args)
-    return run
-
-
-def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> bool:
-    import importlib
-    try:
-        importlib.import_module(f"tapernn.{module}").add_arguments(sub)
-        return True
-    except ImportError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from . import benchmark, export_cli
+    from . import train as train_command
+
     parser = OneLineArgumentParser(
         prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff.")
     from . import __version__
@@ -100,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     train = subs.add_parser("train", help="train a character-level LSTM language model")
-    _add_lazy_arguments(train, "train")
-    train.set_defaults(run=_lazy("train", "train"))
+    train_command.add_arguments(train)
+    train.set_defaults(run=train_command.run)
 
     graph = subs.add_parser("graph", help="write an unrolled diagram of a model")
-    _add_lazy_arguments(graph, "export_cli")
-    graph.set_defaults(run=_lazy("export_cli", "graph"))
+    export_cli.add_arguments(graph)
+    graph.set_defaults(run=export_cli.run)
 
     inspect = subs.add_parser("inspect", help="print a model's compile report")
     inspect.add_argument("--model", default="lstm",
@@ -120,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     bench = subs.add_parser("bench", help="speed and memory against a hand-written NumPy LSTM")
-    _add_lazy_arguments(bench, "benchmark")
-    bench.set_defaults(run=_lazy("benchmark", "bench"))
+    benchmark.add_arguments(bench)
+    bench.set_defaults(run=benchmark.run)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Lowering a planned graph to a program: straight-line Python over NumPy, one line per node
 (a fused node: one line per instruction, or -- when the same fused program on large values
-recurs at least KERNEL_MIN_USES times, as in every step of a long unrolled loop -- one call of
+recurs at least PlanOptions.kernel_min_uses times, as in every step of a long unrolled loop -- one call of
 a function made once for it), planned values written into buffers allocated once per program.
 """
 from __future__ import annotations
@@ -18,19 +18,9 @@ from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .ops.fused import temp_slots
 from .ops.registry import get_op
-from .ops.shape import is_advanced, to_numpy_index
-from .regions import concat_slots
+from .regions import DEFAULT_OPTIONS, PlanOptions, concat_slots
 
 _program_ids = itertools.count()
-# a fused program used this often, on values this large, becomes one function (_fused_kernel)
-KERNEL_MIN_USES, KERNEL_MIN_SIZE = 16, 4096
-
-# ops lowered to a direct NumPy call (no wrapper frame): ufuncs take out= themselves
-_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-           "power": np.power, "maximum": np.maximum, "minimum": np.minimum, "neg": np.negative,
-           "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
-           "greater": np.greater, "equal": np.equal, "sign": np.sign, "matmul": np.matmul}
-
 
 # sigmoids on at most this many elements are lowered inline through logaddexp (four calls,
 # Program._sigmoid_lines); larger ones through 1 / (1 + exp(min(-a, L))) (five calls, each
@@ -64,9 +54,10 @@ class Program:
     """
 
     def __init__(self, graph: Graph, fn_name: str = "program",
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
-        self.graph = graph
-        self.plan = plan or plan_buffers(graph, scratch=fused_scratch)
+                 arena: np.ndarray | None = None, plan: BufferPlan | None = None,
+                 options: PlanOptions = DEFAULT_OPTIONS):
+        self.graph, self.options = graph, options
+        self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
@@ -88,7 +79,9 @@ class Program:
         return name
 
     def _named(self, name: str, value: Any) -> str:
-        self.bound.setdefault(name, value)
+        bound = self.bound.setdefault(name, value)
+        if bound is not value and value is not None and bound != value:
+            raise ValueError(f"code generator: the name {name!r} is bound to another value")
         return name
 
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
@@ -183,8 +176,8 @@ class Program:
                 names[n] = f"v{k}"
                 out = self._out(n, names, views, body)
                 args = [names[i] for i in n.inputs]
-                if n.op == "fused" and uses[self._kernel_key(n)] >= KERNEL_MIN_USES \
-                        and n.size >= KERNEL_MIN_SIZE:
+                if n.op == "fused" and uses[self._kernel_key(n)] >= self.options.kernel_min_uses \
+                        and n.size >= self.options.kernel_min_size:
                     kernel = self._fused_kernel(n)
                     operands = args + self._temps(n, views) + ([out] if out else [])
                     lines = [f"{kernel}({', '.join(operands)})"]
@@ -206,7 +199,7 @@ class Program:
             dead = [names[d] for d in dead_after.get(k, ()) if names[d].startswith("v")]
             if dead:
                 body.append(f"    del {', '.join(dead)}")
-        alias = set(g.meta.get("outputs_may_alias_inputs", ()))
+        alias = set(g.meta.outputs_may_alias_inputs)
         results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
@@ -214,32 +207,20 @@ class Program:
         return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+        """One op's call expression, as its OpDef says: its own lowering, a direct call of its
+        NumPy ufunc (no wrapper frame), or a call of its forward."""
+        opdef = get_op(op)
+        if opdef.lower is not None:
+            return opdef.lower(args, attrs, out, self._bind_for_lowering)
         tail = f", out={out}" if out else ""
-        if op == "concat":  # direct NumPy call: no wrapper frame per step
-            fn = self._named("np_concatenate", np.concatenate)
-            return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
-        if op == "add_n" and out:
-            # chained into out: only input 0 may share out (add_n's in-place rule), so the
-            # later operands are never overwritten before they are read
-            expr = args[0]
-            for a in args[1:]:
-                expr = f"{self._named('np_add', np.add)}({expr}, {a}, out={out})"
-            return expr
-        if op in _UFUNCS:
-            return f"{self._named('np_' + op, _UFUNCS[op])}({', '.join(args)}{tail})"
-        if op == "getitem" and not is_advanced(attrs["index"]):
-            return f"{args[0]}[{self.bind('i', to_numpy_index(attrs['index']))}]"
-        if op == "reshape":
-            return f"{args[0]}.reshape({self.bind('s', tuple(int(d) for d in attrs['shape']))})"
-        if op == "transpose":
-            return f"{args[0]}.transpose({self.bind('s', tuple(int(d) for d in attrs['axes']))})"
-        if op == "sum":
-            fn = self._named("np_add_reduce", np.add.reduce)
-            axis = self.bind("s", tuple(int(d) for d in attrs["axis"]))
-            return f"{fn}({args[0]}, {axis}, None{tail}, keepdims={bool(attrs['keepdims'])})"
-        fn = self._named(f"f_{op}", get_op(op).forward)
+        if opdef.ufunc is not None:
+            return f"{self._named('np_' + op, opdef.ufunc)}({', '.join(args)}{tail})"
+        fn = self._named(f"f_{op}", opdef.forward)
         kw = [f"{key}={self.bind('k', v)}" for key, v in attrs.items()]
         return f"{fn}({', '.join(args + kw)}{tail})"
+
+    def _bind_for_lowering(self, name: str, value: Any, fixed: bool = False) -> str:
+        return self._named(name, value) if fixed else self.bind(name, value)
 
     def _temps(self, n: Node, views: dict) -> list[str]:
         """The names of a fused node's preallocated temporaries (in slot order)."""
@@ -254,11 +235,11 @@ class Program:
 
     def _fused_kernel(self, n: Node) -> str:
         """The name of a function running n's program (made once per program): a program met
-        KERNEL_MIN_USES times or more (every step of a long unrolled loop) is compiled once
+        kernel_min_uses times or more (every step of a long unrolled loop) is compiled once
         instead of once per step -- its lines were most of a long program, and compiling the
         source a third of building it. The function takes the operands, the temporaries and
         the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
-        work on values of KERNEL_MIN_SIZE elements or more, but a few percent of a tiny model's
+        work on values of kernel_min_size elements or more, but a few percent of a tiny model's
         call, which keeps the lines inline."""
         key = self._kernel_key(n)
         if key not in self.fused_kernels:

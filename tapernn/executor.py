@@ -16,7 +16,9 @@ from .codegen import Program, arena_layout, fused_scratch
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
-from .passes import CompileReport, Pass, default_passes, run_passes
+from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
+from .passes.driver import Dump
+from .regions import DEFAULT_OPTIONS, PlanOptions
 
 
 class Compiled:
@@ -28,22 +30,13 @@ class Compiled:
     never write into them.
     """
 
-    def __init__(self, graph: Graph, report: CompileReport | None = None,
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None):
+    def __init__(self, graph: Graph, program: Program | None = None,
+                 report: CompileReport | None = None):
         self.graph = graph
-        self.report = report or CompileReport()
-        self.program = Program(graph, arena=arena, plan=plan)
+        self.program = program or Program(graph)
         self.source = self.program.source
-        plan = self.program.plan
-        self.report.kernels = plan.kernels
-        self.report.naive_bytes = plan.naive_bytes
-        self.report.planned_bytes = plan.planned_bytes
-        self.report.peak_bytes = plan.peak_bytes
-        self.report.saved_for_backward_bytes = plan.saved_for_backward_bytes
-        self.report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
-        self.report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
-                                    for n in graph.nodes if n.op == "fused"]
-        self._single = bool(graph.meta.get("single_output")) and len(graph.outputs) == 1
+        self.report = fill_report(report or CompileReport(), graph, self.program.plan)
+        self._single = graph.meta.single_output and len(graph.outputs) == 1
         self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
                                       default=0.0)
 
@@ -84,10 +77,6 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
-
-    def _repr_svg_(self) -> str | None:
-        from .export import repr_svg
-        return repr_svg(self)
 
 
 def _gemm_flops(n: Node) -> float:
@@ -166,41 +155,61 @@ def gc_paused():
         gc.enable()
 
 
-def compile(graph: Graph, passes: Sequence[Pass] | None = None) -> Compiled:
-    """Optimise `graph` with `passes` (default: the default pipeline) and build its program."""
+def compile(graph: Graph, passes: Sequence[Pass] | None = None,
+            options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None) -> Compiled:
+    """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
+    verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
+    code generator (PlanOptions); `dump` sees the graph after each pass (run_passes)."""
     with gc_paused():
-        return Compiled(*_optimise(graph, passes))
+        _verify(graph)
+        graph, report = run_passes(graph, _pipeline(passes), dump=dump)
+        plan = plan_buffers(graph, scratch=fused_scratch, options=options)
+        program = Program(graph, plan=plan, options=options)
+        return Compiled(graph, program, report)
 
 
-def _optimise(graph: Graph, passes: Sequence[Pass] | None) -> tuple[Graph, CompileReport]:
-    from .passes import check_passes
-
+def _verify(graph: Graph) -> None:
     if not isinstance(graph, Graph):
         raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
                                 f"{type(graph).__name__}")
     graph.verify()
-    return run_passes(graph, default_passes() if passes is None else check_passes(passes))
 
 
-def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
-                   ) -> list[Compiled]:
+def _pipeline(passes: Sequence[Pass] | None) -> list[Pass]:
+    return default_passes() if passes is None else check_passes(passes)
+
+
+def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> CompileReport:
+    """`report` (the passes' records) completed with the plan's bytes and kernels."""
+    report.kernels = plan.kernels
+    report.naive_bytes = plan.naive_bytes
+    report.planned_bytes = plan.planned_bytes
+    report.peak_bytes = plan.peak_bytes
+    report.saved_for_backward_bytes = plan.saved_for_backward_bytes
+    report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
+    report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
+                           for n in graph.nodes if n.op == "fused"]
+    return report
+
+
+def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
+                   options: PlanOptions = DEFAULT_OPTIONS) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs)."""
     with gc_paused():
-        return _compile_shared(graphs, passes)
-
-
-def _compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None) -> list[Compiled]:
-    optimised = [_optimise(g, passes) for g in graphs]
-    plans = [plan_buffers(g, scratch=fused_scratch) for g, _ in optimised]
-    arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-    compiled = [Compiled(g, report, arena=arena, plan=plan)
-                for (g, report), plan in zip(optimised, plans)]
-    resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
-    for c in compiled:
-        c.report.resident_bytes = resident
-        c.report.arena_bytes = arena.nbytes
-    return compiled
+        optimised = []
+        for graph in graphs:
+            _verify(graph)
+            optimised.append(run_passes(graph, _pipeline(passes)))
+        plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
+        arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
+        compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options), report)
+                    for (g, report), plan in zip(optimised, plans)]
+        resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
+        for c in compiled:
+            c.report.resident_bytes = resident
+            c.report.arena_bytes = arena.nbytes
+        return compiled

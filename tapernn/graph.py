@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import networkx as nx
@@ -15,7 +17,6 @@ import numpy as np
 from .errors import GraphError, ShapeError
 from .ops.registry import REGISTRY
 
-PSEUDO_OPS = ("input", "constant")
 _ids = itertools.count()
 
 
@@ -121,19 +122,19 @@ class Node:
         new.step, new.scope, new.phase, new.name, new.value = \
             self.step, self.scope, self.phase, self.name, self.value
         new._attrs_key = self._attrs_key
-        for field, v in changes.items():
-            if field == "inputs":
+        for name, v in changes.items():
+            if name == "inputs":
                 v = tuple(v)
-            elif field == "attrs":
+            elif name == "attrs":
                 v = dict(v or {})
                 new._attrs_key = None
-            elif field == "shape":
+            elif name == "shape":
                 v = tuple(int(s) for s in v)
-            elif field == "dtype":
+            elif name == "dtype":
                 v = np.dtype(v)
-            elif field not in _PLAIN_FIELDS:
-                raise TypeError(f"Node.replace() got an unexpected field {field!r}")
-            setattr(new, field, v)
+            elif name not in _PLAIN_FIELDS:
+                raise TypeError(f"Node.replace() got an unexpected field {name!r}")
+            setattr(new, name, v)
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time
@@ -159,18 +160,47 @@ def _same_types(new: tuple, old: tuple) -> bool:
     return True
 
 
-class Graph:
-    """A tape of nodes with designated inputs and outputs.
+@dataclass(frozen=True)
+class GraphMeta:
+    """What stages after tracing know about a graph's interface (immutable: change it with
+    `dataclasses.replace`, so graphs sharing one never see each other's changes).
 
-    `meta` carries whatever later stages attach (output names, scope -> module names, ...).
+    single_output: traced from a function returning one Var (a Compiled returns it bare).
+    output_names: one per output (seed inputs of `grad` are named after them).
+    n_forward_outputs: the first outputs that are the forward's (`grad`, a split forward).
+    wrt, seeds: the names of the inputs `grad` differentiated for, and of its seed inputs.
+    saved_outputs: in a split forward, the positions of the values saved for backward.
+    saved_names, seed_names, input_names: a split backward's inputs, in that order.
+    outputs_may_alias_inputs: positions of outputs returned as views of an input (not copied).
+    scopes: scope path -> module description (diagrams); root: the traced module's.
+    aliases: modules that record no op (SelectTable, Identity), for module-level diagrams.
     """
 
+    single_output: bool = False
+    output_names: tuple[str, ...] = ()
+    n_forward_outputs: int | None = None
+    wrt: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
+    saved_outputs: tuple[int, ...] | None = None
+    saved_names: tuple[str, ...] = ()
+    seed_names: tuple[str, ...] = ()
+    input_names: tuple[str, ...] = ()
+    outputs_may_alias_inputs: tuple[int, ...] = ()
+    scopes: Mapping[str, str] = field(default_factory=dict)
+    root: str = ""
+    aliases: tuple = ()
+
+
+class Graph:
+    """A tape of nodes with designated inputs and outputs; `meta` (GraphMeta) describes its
+    interface for the stages after tracing."""
+
     def __init__(self, nodes: list[Node] | None = None, inputs: list[Node] | None = None,
-                 outputs: list[Node] | None = None, meta: dict | None = None):
+                 outputs: list[Node] | None = None, meta: GraphMeta | None = None):
         self.nodes: list[Node] = list(nodes or [])
         self.inputs: list[Node] = list(inputs or [])
         self.outputs: list[Node] = list(outputs or [])
-        self.meta: dict = dict(meta or {})
+        self.meta: GraphMeta = meta if meta is not None else GraphMeta()
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -204,7 +234,7 @@ class Graph:
         return sorted({n.step for n in self.nodes if n.step is not None})
 
     def copy(self) -> Graph:
-        return Graph(self.nodes, self.inputs, self.outputs, dict(self.meta))
+        return Graph(self.nodes, self.inputs, self.outputs, self.meta)
 
     # ---- rewriting ----------------------------------------------------------------------------
 
@@ -236,10 +266,7 @@ class Graph:
         if not changed:
             return self
         return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
-                     [mapping.get(n, n) for n in self.outputs], dict(self.meta))
-
-    def replace_all_uses_with(self, old: Node, new: Node) -> Graph:
-        return self.rebuild(lambda n, m: new if n is old else None)
+                     [mapping.get(n, n) for n in self.outputs], self.meta)
 
     def eliminate_dead_code(self) -> Graph:
         """The graph without nodes no output depends on (this graph itself when there are none)."""
@@ -250,7 +277,7 @@ class Graph:
         kept = [n for n in self.nodes if n in live]
         if len(kept) == len(self.nodes):
             return self
-        return Graph(kept, self.inputs, self.outputs, dict(self.meta))
+        return Graph(kept, self.inputs, self.outputs, self.meta)
 
     # ---- checks and views ---------------------------------------------------------------------
 
@@ -322,10 +349,6 @@ class Graph:
     def __repr__(self) -> str:
         return (f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
                 f"{len(self.outputs)} outputs>")
-
-    def _repr_svg_(self) -> str | None:
-        from .export import repr_svg
-        return repr_svg(self)
 
 
 def _where(k: int, n: Node) -> str:

@@ -22,7 +22,17 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .regions import PSEUDO, apply_steps, bounds, cheap_strides, is_view, overlap, placements
+from .regions import (
+    DEFAULT_OPTIONS,
+    PSEUDO,
+    PlanOptions,
+    apply_steps,
+    bounds,
+    cheap_strides,
+    is_view,
+    overlap,
+    placements,
+)
 
 Scratch = Callable[[Node], list[tuple[tuple[int, ...], np.dtype]]]
 
@@ -114,27 +124,19 @@ def liveness(graph: Graph, root: dict[Node, Node]) -> dict[Node, int]:
 
 
 def inplace_candidates(n: Node) -> tuple[int, ...]:
-    op = get_op(n.op)
-    rule = op.extra.get("inplace_rule")
-    return tuple(rule(n)) if rule is not None else op.inplace
-
-
-# False: the planner before regions (in place only over a whole dead buffer, no placed concat
-# pieces, returned values never written in place); kept for before/after comparisons
-REGIONS = True
+    return get_op(n.op).inplace_inputs(n)
 
 
 def plan_buffers(graph: Graph, scratch: Scratch | None = None,
-                 regions: bool | None = None) -> BufferPlan:
+                 options: PlanOptions = DEFAULT_OPTIONS) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype). A storage that
     ends up holding a returned value (through an in-place write or a placed piece) must be
     allocated per call: the walk switches it from its buffer when that happens; should one
     still end up in a buffer, it is forced fresh and the walk repeats."""
-    regions = REGIONS if regions is None else regions
-    static = _Static(graph, regions)
+    static = _Static(graph, options)
     force: set[Node] = set()
     while True:
-        plan = _Walk(graph, static, scratch, force, regions).run()
+        plan = _Walk(graph, static, scratch, force).run()
         need = {plan.storage[o] for o in graph.outputs
                 if plan.storage.get(o) is not None and plan.storage[o] in plan.buffer_of}
         if not need:
@@ -160,8 +162,8 @@ class _Static:
     """What does not depend on the walk: view roots, liveness, direct reads, view children,
     and which concat pieces are placed into their slot."""
 
-    def __init__(self, graph: Graph, regions: bool = True):
-        self.graph = graph
+    def __init__(self, graph: Graph, options: PlanOptions):
+        self.graph, self.options = graph, options
         nodes = graph.nodes
         self.N = len(nodes)
         self.pos = {n: k for k, n in enumerate(nodes)}
@@ -169,8 +171,8 @@ class _Static:
         self.last_use = liveness(graph, self.root)
         self.outputs = set(graph.outputs)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
-        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root) \
-            if regions else ({}, set(), {})
+        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options) \
+            if options.regions else ({}, set(), {})
         # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
         placed_slots: dict[Node, set[int]] = {}
         for q, (c, _) in self.placed.items():
@@ -192,10 +194,9 @@ class _Static:
 
 
 class _Walk:
-    def __init__(self, graph: Graph, static: _Static, scratch: Scratch | None, force: set,
-                 regions: bool = True):
+    def __init__(self, graph: Graph, static: _Static, scratch: Scratch | None, force: set):
         self.g, self.s, self.scratch, self.force = graph, static, scratch, force
-        self.regions = regions
+        self.options = static.options
         self.plan = BufferPlan(list(graph.nodes), static.root, static.last_use)
         self.plan.placed_concats = set(static.placed_concats)
         self.pool: dict[tuple[int, str], list[int]] = {}
@@ -313,7 +314,8 @@ class _Walk:
         st = plan.storage.get(i)
         if st is None or i.shape != n.shape or i.dtype != n.dtype or n.inputs.count(i) != 1:
             return False
-        if not self.regions and (st is not i or st not in plan.buffer_of or n in self.s.escaping):
+        if not self.options.regions and (st is not i or st not in plan.buffer_of
+                                         or n in self.s.escaping):
             return False
         if st in plan.fresh and st not in plan.placed_concats and (
                 st.ndim == 0 or not get_op(st.op).supports_out):
@@ -321,7 +323,7 @@ class _Walk:
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
             return False
-        if not cheap_strides(r, st.nbytes, escaping=n in self.s.escaping):
+        if not cheap_strides(r, st.nbytes, self.options, escaping=n in self.s.escaping):
             return False
         rb = bounds(r)
         for j in n.inputs:
@@ -409,7 +411,7 @@ def _account(graph: Graph, plan: BufferPlan) -> None:
                   if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
     plan.kernels = len(computed) - len(placed_all)
     plan.naive_bytes = sum(n.nbytes for n in computed)
-    alias = set(graph.meta.get("outputs_may_alias_inputs", ()))
+    alias = set(graph.meta.outputs_may_alias_inputs)
     plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
                             if plan.copied(o, k in alias))
     plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
@@ -440,7 +442,7 @@ def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
 def saved_bytes(graph: Graph) -> int:
     """Bytes kept from forward for backward: the outputs meta names as saved, else forward
     values (not inputs) read by backward nodes."""
-    saved = graph.meta.get("saved_outputs")
+    saved = graph.meta.saved_outputs
     if saved is not None:
         return sum(graph.outputs[k].nbytes for k in saved)
     kept = {i for n in graph.nodes if n.phase == "backward" for i in n.inputs

@@ -3,6 +3,8 @@ concat, when a strided region is cheap enough to write into, and whether two reg
 (on dummy arrays shaped like the storages: NumPy compares pointers and strides only)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .graph import Graph, Node
@@ -16,26 +18,47 @@ def is_view(n: Node) -> bool:
     return n.op not in PSEUDO and get_op(n.op).view
 
 
-# Values are written into a strided region (a gate's columns of a step's rows, a dz_k's columns
-# of [dz_i dz_f ...]) only in storages of at least STRIDED_MIN_BYTES and with contiguous runs of
-# at least STRIDED_MIN_RUN elements: a ufunc on strided operands pays per row (here: (8, 32)
-# float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 -> 2.7 us). Without the limits FastLSTM's
-# training step went (8, 20, 32) 0.77 -> 0.99 ms and (32, 50, 128) 20.5 -> 21.3 ms; with them
-# those keep their speed, and (32, 50, 256), where the saved gates in the projection save
-# 6.25 MiB, runs as before (68.7 vs 68.4 ms). Contiguous regions: any size.
-STRIDED_MIN_BYTES = 1 << 20
-STRIDED_MIN_RUN = 256
+@dataclass(frozen=True)
+class PlanOptions:
+    """The planner's and the code generator's tuning values (production defaults); passed in to
+    `compile`, never module globals.
 
-# A value returned by the program (the gates the forward saves for backward) is written into a
-# strided region from runs of ESCAPING_MIN_RUN elements on (not STRIDED_MIN_RUN): the
-# alternative is not a reused buffer but a fresh array per step, kept until backward. At
-# (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB float32,
-# 1.33x -> 1.04x the reference's workspace; FastLSTM 12.36 -> 10.80) for 3 % of the step's time
-# in float32 (FastLSTM 20.7 -> 21.3 ms, LSTM 21.6 -> 22.3) and 1-2 % in float64.
-ESCAPING_MIN_RUN = 128
+    regions: in place into regions of larger values and concat pieces computed into their slot
+    (False: the planner before regions, in place only over a whole dead buffer; kept for
+    before/after comparisons).
+
+    strided_min_bytes, strided_min_run: values are written into a strided region (a gate's
+    columns of a step's rows, a dz_k's columns of [dz_i dz_f ...]) only in storages of at least
+    that many bytes and with contiguous runs of at least that many elements: a ufunc on strided
+    operands pays per row (here: (8, 32) float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 ->
+    2.7 us). Without the limits FastLSTM's training step went (8, 20, 32) 0.77 -> 0.99 ms and
+    (32, 50, 128) 20.5 -> 21.3 ms; with them those keep their speed, and (32, 50, 256), where
+    the saved gates in the projection save 6.25 MiB, runs as before (68.7 vs 68.4 ms).
+    Contiguous regions: any size.
+
+    escaping_min_run: a value returned by the program (the gates the forward saves for
+    backward) is written into a strided region from runs of this many elements on: the
+    alternative is not a reused buffer but a fresh array per step, kept until backward. At
+    (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB
+    float32; FastLSTM 12.36 -> 10.80) for 3 % of the step's time in float32.
+
+    kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
+    is lowered to one function called per use (codegen `_fused_kernel`) instead of inline lines.
+    """
+
+    regions: bool = True
+    strided_min_bytes: int = 1 << 20
+    strided_min_run: int = 256
+    escaping_min_run: int = 128
+    kernel_min_uses: int = 16
+    kernel_min_size: int = 4096
 
 
-def cheap_strides(region: np.ndarray, storage_bytes: int, escaping: bool = False) -> bool:
+DEFAULT_OPTIONS = PlanOptions()
+
+
+def cheap_strides(region: np.ndarray, storage_bytes: int, options: PlanOptions,
+                  escaping: bool = False) -> bool:
     if region.flags.c_contiguous:
         return True
     run = 1
@@ -43,8 +66,10 @@ def cheap_strides(region: np.ndarray, storage_bytes: int, escaping: bool = False
         if s != run * region.itemsize:
             break
         run *= n
-    min_run = min(STRIDED_MIN_RUN, ESCAPING_MIN_RUN) if escaping else STRIDED_MIN_RUN
-    return storage_bytes >= STRIDED_MIN_BYTES and run >= min_run
+    min_run = options.strided_min_run
+    if escaping:
+        min_run = min(min_run, options.escaping_min_run)
+    return storage_bytes >= options.strided_min_bytes and run >= min_run
 
 
 def concat_slots(c: Node):
@@ -57,7 +82,8 @@ def concat_slots(c: Node):
         offset += width
 
 
-def placements(graph: Graph, root: dict[Node, Node]) -> tuple[dict, set, dict]:
+def placements(graph: Graph, root: dict[Node, Node], options: PlanOptions
+               ) -> tuple[dict, set, dict]:
     """p -> (concat, steps into the concat's array) for each concat piece p that can be computed
     straight into its slot: a computed non-view value written by `out=`, used once by that
     concat and placed nowhere else (seen through a reshape when the slot is contiguous)."""
@@ -81,20 +107,22 @@ def placements(graph: Graph, root: dict[Node, Node]) -> tuple[dict, set, dict]:
     # slots must be true writable views (a reshape of a strided slot would copy): check on a
     # dummy array from each placement root down; a piece that fails is computed as usual
     for c in [c for c in graph.nodes if c in concats and c not in placed]:
-        _check_slots(c, np.empty(c.shape, c.dtype), placed, concats)
+        _check_slots(c, np.empty(c.shape, c.dtype), placed, concats, options)
     return placed, concats, slot_of
 
 
-def _check_slots(c: Node, region: np.ndarray, placed: dict, concats: set) -> None:
+def _check_slots(c: Node, region: np.ndarray, placed: dict, concats: set,
+                 options: PlanOptions) -> None:
     base = region if region.base is None else region.base
     for q in [q for q, (parent, _) in placed.items() if parent is c]:
         sub = apply_steps(region, placed[q][1])
-        if sub is None or not np.shares_memory(sub, base) or not cheap_strides(sub, base.nbytes):
+        if sub is None or not np.shares_memory(sub, base) \
+                or not cheap_strides(sub, base.nbytes, options):
             del placed[q]
             if q in concats:  # its own pieces stay placed, into q's own storage
-                _check_slots(q, np.empty(q.shape, q.dtype), placed, concats)
+                _check_slots(q, np.empty(q.shape, q.dtype), placed, concats, options)
         elif q in concats:
-            _check_slots(q, sub, placed, concats)
+            _check_slots(q, sub, placed, concats, options)
     if not any(parent is c for parent, _ in placed.values()):
         concats.discard(c)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from .errors import DTypeError, ShapeError, TapernnError, TracingError, where
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .validation import data_array
 
 _STEP: ContextVar[int | None] = ContextVar("tapernn_step", default=None)
 _SCOPE: ContextVar[str] = ContextVar("tapernn_scope", default="")
@@ -115,7 +117,9 @@ def current_tape() -> Tape:
 
 
 class Var:
-    """A symbolic array: shape, dtype and the node that computes it. Supports NumPy operators."""
+    """A symbolic array: shape, dtype and the node that computes it. Its NumPy-style operators
+    and methods (`+`, `@`, `x[i]`, `.sum()`, `.T`, ...) and its answers to NumPy functions are
+    those of `tapernn.functional`, attached there (the layer above this one)."""
 
     __slots__ = ("node", "tape")
     __array_priority__ = 1000  # ndarray (op) Var defers to Var's reflected operators
@@ -128,25 +132,11 @@ class Var:
     dtype = property(lambda self: self.node.dtype)
     ndim = property(lambda self: len(self.node.shape))
     size = property(lambda self: self.node.size)
-    T = property(lambda self: F.transpose(self))
 
     def __len__(self) -> int:
         if not self.node.shape:
             raise TracingError("len() of a 0-d Var")
         return self.node.shape[0]
-
-    # NumPy on a Var: the operators NumPy routes here (ndarray + Var) record the op; any other
-    # NumPy function is a mistake inside a cell or traced function -> say which tn.* op to use
-    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        ops = _OPERATOR_UFUNCS.get(ufunc.__name__)
-        if ops is not None and method == "__call__" and not kwargs and len(inputs) == 2:
-            a, b = inputs
-            return getattr(a, ops[0])(b) if isinstance(a, Var) else getattr(b, ops[1])(a)
-        called = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
-        raise TracingError(_numpy_on_var(called, ufunc.__name__))
-
-    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        raise TracingError(_numpy_on_var(func.__name__, func.__name__))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise TracingError("a symbolic tn.Var has no values while a graph is recorded (inside a "
@@ -161,43 +151,6 @@ class Var:
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
-
-    __add__ = lambda a, b: F.add(a, b)
-    __radd__ = lambda a, b: F.add(b, a)
-    __sub__ = lambda a, b: F.sub(a, b)
-    __rsub__ = lambda a, b: F.sub(b, a)
-    __mul__ = lambda a, b: F.mul(a, b)
-    __rmul__ = lambda a, b: F.mul(b, a)
-    __truediv__ = lambda a, b: F.div(a, b)
-    __rtruediv__ = lambda a, b: F.div(b, a)
-    __pow__ = lambda a, b: F.power(a, b)
-    __rpow__ = lambda a, b: F.power(b, a)
-    __matmul__ = lambda a, b: F.matmul(a, b)
-    __rmatmul__ = lambda a, b: F.matmul(b, a)
-    __neg__ = lambda a: F.neg(a)
-    __pos__ = lambda a: a
-    __abs__ = lambda a: F.abs(a)
-    __gt__ = lambda a, b: F.greater(a, b)
-    __lt__ = lambda a, b: F.greater(b, a)
-    __getitem__ = lambda a, idx: F.getitem(a, idx)
-
-    def sum(self, axis=None, keepdims=False) -> Var:
-        return F.sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False) -> Var:
-        return F.mean(self, axis, keepdims)
-
-    def max(self, axis=None, keepdims=False) -> Var:
-        return F.max(self, axis, keepdims)
-
-    def reshape(self, *shape) -> Var:
-        return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
-
-    def transpose(self, *axes) -> Var:
-        return F.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
-
-    def astype(self, dtype) -> Var:
-        return F.cast(self, dtype)
 
 
 def emit(opname: str, *args: Any, **attrs: Any) -> Var:
@@ -299,35 +252,5 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
         out = fn(*ins)
         outs = _flatten(out)
     tape.graph.outputs = [v.node for v in outs]
-    tape.graph.meta["single_output"] = isinstance(out, Var)
+    tape.graph.meta = replace(tape.graph.meta, single_output=isinstance(out, Var))
     return tape.graph
-
-
-_OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
-    "add": ("__add__", "__radd__"), "subtract": ("__sub__", "__rsub__"),
-    "multiply": ("__mul__", "__rmul__"), "divide": ("__truediv__", "__rtruediv__"),
-    "true_divide": ("__truediv__", "__rtruediv__"), "power": ("__pow__", "__rpow__"),
-    "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
-    "less": ("__lt__", "__gt__"),
-}
-_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
-                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
-
-
-def _numpy_on_var(called: str, name: str) -> str:
-    import tapernn
-
-    where_ = where(_SCOPE.get() or None, _STEP.get())
-    tn_name = _TN_SPELLING.get(name, name)
-    if tn_name == "-x":
-        hint = "use -x"
-    elif callable(getattr(tapernn, tn_name, None)) and hasattr(F, tn_name):
-        hint = f"use tn.{tn_name}"
-    else:
-        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
-                "tn.tanh, tn.sigmoid, tn.sum, ...)")
-    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
-
-
-from . import functional as F  # noqa: E402  (functional builds on emit)
-from .validation import data_array

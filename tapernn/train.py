@@ -26,7 +26,7 @@ from .checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from .cli import OneLineArgumentParser
+from .command_line import OneLineArgumentParser
 from .data import (
     Vocabulary,
     read_text_file,

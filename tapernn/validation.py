@@ -106,12 +106,15 @@ def choice(owner: Any, name: str, value: Any, options: Iterable[str]) -> str:
     raise cls(f"{who(owner)}: {name} must be one of {listed}, got {got(value)}")
 
 
+# the module classes `module` and `parameters` check for: registered by tapernn.nn (a layer
+# above this one) when it is imported -- "Module", "Parameter", "Criterion"
+NN_CLASSES: dict[str, type] = {}
+
+
 def module(owner: Any, name: str, value: Any, criterion: bool = False) -> Any:
     """An nn.Module instance (an nn.Criterion if `criterion`)."""
-    from .nn.criteria import Criterion
-    from .nn.module import Module
-
-    cls, what = (Criterion, "nn.Criterion") if criterion else (Module, "nn.Module")
+    what = "nn.Criterion" if criterion else "nn.Module"
+    cls = NN_CLASSES[what[3:]]
     if not isinstance(value, cls):
         raise ArgumentTypeError(f"{who(owner)}: {name} must be an {what}, got {got(value)}")
     return value
@@ -135,8 +138,7 @@ def seed(value: Any) -> int:
 
 def parameters(owner: Any, params: Any) -> list:
     """A non-empty list of Parameters (what `module.parameters()` returns)."""
-    from .nn.module import Module, Parameter
-
+    Module, Parameter = NN_CLASSES["Module"], NN_CLASSES["Parameter"]
     if isinstance(params, Module):
         raise ArgumentTypeError(f"{who(owner)}: params must be a list of Parameters, got the "
                                 f"module {got(params)}; pass module.parameters()")

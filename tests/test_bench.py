@@ -24,7 +24,7 @@ def test_quick_table_with_the_real_modules(bench, capsys):
         assert name in out
     assert "not available" not in out and "error:" not in out
     assert "DEFAULT (" in out and "planned MiB" in out
-    assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gates" in out
+    assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gate_matmuls" in out
 
 
 def test_ablation_of_another_cell(bench, capsys):

@@ -4,6 +4,7 @@ import pytest
 
 import tapernn as tn
 from tapernn import tracing
+from tapernn.interpret import interpret
 
 
 def test_source_is_straight_line_with_buffers_and_fresh_outputs():
@@ -93,11 +94,14 @@ def test_gc_paused_restores_the_collector_also_on_errors():
         gc.enable()
 
 
+# a fused program used 4 times on 8 elements becomes a shared function (production: 16, 4096)
+KERNELS = tn.PlanOptions(kernel_min_uses=4, kernel_min_size=8)
+
+
 def _repeated_chain(T, width=None):
     """T steps of the same elementwise chain: after fusion, one program used T times (on rows
-    just large enough for a shared function by default)."""
-    from tapernn.codegen import KERNEL_MIN_SIZE
-    width = KERNEL_MIN_SIZE if width is None else width
+    just large enough for a shared function under KERNELS by default)."""
+    width = KERNELS.kernel_min_size if width is None else width
 
     def fn(x, y):
         outs = []
@@ -109,26 +113,26 @@ def _repeated_chain(T, width=None):
 
 
 def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
-    from tapernn.codegen import KERNEL_MIN_SIZE, KERNEL_MIN_USES
-    T = KERNEL_MIN_USES + 4
+    T = KERNELS.kernel_min_uses + 4
     g = _repeated_chain(T)
-    c = tn.compile(g)
+    c = tn.compile(g, options=KERNELS)
     assert c.source.startswith("def program(")
     assert c.source.count("def fused_kernel") == 1 and c.source.count(" = fused_kernel0(") == T
+    assert "fused_kernel" not in tn.compile(g).source  # production thresholds: inline
     rng = np.random.default_rng(0)
-    x, y = rng.random((T, KERNEL_MIN_SIZE)), rng.random((T, KERNEL_MIN_SIZE))
-    for a, b in zip(c(x, y), tn.compile(g, passes=[])(x, y)):
+    x, y = rng.random((T, KERNELS.kernel_min_size)), rng.random((T, KERNELS.kernel_min_size))
+    for a, b in zip(c(x, y), interpret(g, x, y)):
         np.testing.assert_allclose(a, b, rtol=1e-15)
-    for few_or_small in (_repeated_chain(KERNEL_MIN_USES - 1), _repeated_chain(T, width=3)):
-        src = tn.compile(few_or_small).source  # inline below either threshold
+    for few_or_small in (_repeated_chain(KERNELS.kernel_min_uses - 1),
+                         _repeated_chain(T, width=3)):
+        src = tn.compile(few_or_small, options=KERNELS).source  # inline below either threshold
         assert "fused_kernel" not in src and "np_log" in src
 
 
 def test_an_error_inside_a_shared_fused_function_names_the_step():
-    from tapernn.codegen import KERNEL_MIN_SIZE, KERNEL_MIN_USES
-    T = KERNEL_MIN_USES + 4
-    c = tn.compile(_repeated_chain(T))
-    x, y = np.ones((T, KERNEL_MIN_SIZE)), np.ones((T, KERNEL_MIN_SIZE))
+    T = KERNELS.kernel_min_uses + 10
+    c = tn.compile(_repeated_chain(T), options=KERNELS)
+    x, y = np.ones((T, KERNELS.kernel_min_size)), np.ones((T, KERNELS.kernel_min_size))
     x[13, 1], y[13, 1] = -1.0, 1.0  # log(0) at step 13 only
     with np.errstate(divide="raise"), pytest.raises(tn.TapernnError) as e:
         c(x, y)

@@ -3,6 +3,7 @@ error path, JSON round trip, collapse, scope clusters, compiled programs and per
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -104,9 +105,9 @@ def test_module_level_backward_has_gradient_boxes():
 
 def test_module_names_come_from_meta_scopes():
     g = lstm_graph(steps=2)
-    g.meta["scopes"] = {"seq.lstm": "nn.LSTM(3 -> 4)"}
+    g.meta = dataclasses.replace(g.meta, scopes={"seq.lstm": "nn.LSTM(3 -> 4)"})
     assert '"LSTM\nt=1"' in tn.to_dot(g, level="module").source
-    g.meta["scopes"] = {}
+    g.meta = dataclasses.replace(g.meta, scopes={})
     assert '"seq.lstm\nt=1"' in tn.to_dot(g, level="module").source
 
 
@@ -236,8 +237,9 @@ def test_json_round_trips_through_networkx(both):
 
 def drop_gradients_of_inputs(graph):
     """A stand-in pass that changes the node count: keeps only the forward outputs."""
-    n = graph.meta.get("n_forward_outputs", len(graph.outputs))
-    return tn.Graph(graph.nodes, graph.inputs, graph.outputs[:n], dict(graph.meta)
+    n = graph.meta.n_forward_outputs
+    n = len(graph.outputs) if n is None else n
+    return tn.Graph(graph.nodes, graph.inputs, graph.outputs[:n], graph.meta
                     ).eliminate_dead_code()
 
 

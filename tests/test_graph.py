@@ -132,3 +132,20 @@ def test_rebuild_and_dead_code_return_the_graph_itself_when_nothing_changes():
     assert changed is not g and changed.op_counts()["tanh"] == 2 and g.op_counts()["exp"] == 1
     g.outputs = g.outputs[:1]
     assert g.eliminate_dead_code() is not g
+
+
+def test_meta_is_a_typed_immutable_record():
+    import dataclasses
+
+    from tapernn.autodiff import split_forward_backward
+    from tapernn.graph import GraphMeta
+
+    g = tn.grad(tn.trace(lambda x: tn.sum(tn.tanh(x)), np.ones(3)))
+    assert isinstance(g.meta, GraphMeta) and g.meta.wrt == ("x0",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.meta.single_output = True
+    fwd, bwd = split_forward_backward(g, 1)
+    assert fwd.meta.saved_outputs == tuple(range(1, len(fwd.outputs)))
+    assert fwd.meta.saved_names == bwd.meta.saved_names
+    assert [n.name for n in bwd.inputs] == list(bwd.meta.saved_names + bwd.meta.seed_names
+                                                + bwd.meta.input_names)

@@ -4,9 +4,9 @@ arrays never overwritten by later runs; values and gradients equal to the planne
 regions (float64, 1e-12)."""
 import numpy as np
 import pytest
-from plan_check import check_plan
+from plan_check import ANY_SIZE, check_plan
 
-from tapernn import memory, nn
+from tapernn import PlanOptions, memory, nn
 from tapernn import regions as tn_regions
 from tapernn.ops.registry import get_op
 
@@ -18,10 +18,12 @@ MODELS = {
 }
 
 
-def train_step(make, x, g, regions, monkeypatch, seed=0):
-    monkeypatch.setattr(memory, "REGIONS", regions)
+def train_step(make, x, g, regions, options=ANY_SIZE, seed=0):
+    from dataclasses import replace
+
     np.random.seed(seed)
     m = nn.Sequencer(make(x.shape[2])).astype(np.float64)
+    m.set_plan_options(replace(options, regions=regions))
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
     y = np.array(m.forward(x))
@@ -30,11 +32,11 @@ def train_step(make, x, g, regions, monkeypatch, seed=0):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_values_and_gradients_equal_the_planner_without_regions(name, monkeypatch):
+def test_values_and_gradients_equal_the_planner_without_regions(name):
     rng = np.random.default_rng(3)
     x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
-    _, y0, gx0, grads0 = train_step(MODELS[name], x, g, False, monkeypatch)
-    m, y1, gx1, grads1 = train_step(MODELS[name], x, g, True, monkeypatch)
+    _, y0, gx0, grads0 = train_step(MODELS[name], x, g, False)
+    m, y1, gx1, grads1 = train_step(MODELS[name], x, g, True)
     np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx1, gx0, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads1, grads0):
@@ -54,7 +56,7 @@ def _trained_fastlstm(monkeypatch):
     """Sequencer(FastLSTM) after one training step on T=6, B=3, H=4 (the regions planner)."""
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
-    return train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)[0]
+    return train_step(MODELS["FastLSTM"], x, g, True)[0]
 
 
 def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
@@ -92,10 +94,10 @@ def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["FastLSTM", "GRU"])
-def test_returned_arrays_survive_backward_and_the_next_forward(name, monkeypatch):
+def test_returned_arrays_survive_backward_and_the_next_forward(name):
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 3))
-    m, *_ = train_step(MODELS[name], x, g, True, monkeypatch)
+    m, *_ = train_step(MODELS[name], x, g, True)
     pair = m._runtime.last.training_pair
     y = m.forward(x)
     args = m._runtime.last.bind([x])
@@ -120,7 +122,7 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
 
     rng = np.random.default_rng(2)
     x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
-    m, *_ = train_step(MODELS["LSTM(np)"], x, g, True, monkeypatch)
+    m, *_ = train_step(MODELS["LSTM(np)"], x, g, True)
     pair = m._runtime.last.training_pair
     fwd, bwd = pair.forward, pair.backward
     arena = fwd.program.arrays[0].base
@@ -148,12 +150,10 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
 def test_small_models_keep_contiguous_regions(monkeypatch):
     # default limits: a small model's gates are not written into strided columns (per-row ufunc
     # overhead), only contiguous regions (a step's rows) are; large storages get strided ones
-    monkeypatch.setattr(tn_regions, "STRIDED_MIN_BYTES", 1 << 20)
-    monkeypatch.setattr(tn_regions, "STRIDED_MIN_RUN", 256)
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
-    _, *before = train_step(MODELS["FastLSTM"], x, g, False, monkeypatch)
-    m, *after = train_step(MODELS["FastLSTM"], x, g, True, monkeypatch)
+    _, *before = train_step(MODELS["FastLSTM"], x, g, False, PlanOptions())
+    m, *after = train_step(MODELS["FastLSTM"], x, g, True, PlanOptions())
     for a, b in zip([after[0], after[1]] + after[2], [before[0], before[1]] + before[2]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     pair = m._runtime.last.training_pair
@@ -164,9 +164,13 @@ def test_small_models_keep_contiguous_regions(monkeypatch):
             assert regions[n].flags.c_contiguous, n
     fwd = pair.forward.program.plan
     assert any(_view_of_matmul(i) for i in fwd.inplace.values())  # rows: still in place
-    assert tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20)
-    assert not tn_regions.cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20)
-    assert not tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19)
+    default = PlanOptions()
+    assert tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20,
+                                    default)
+    assert not tn_regions.cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20,
+                                        default)
+    assert not tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19,
+                                        default)
 
 
 def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
@@ -174,15 +178,13 @@ def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
     # of the projection from ESCAPING_MIN_RUN elements per row on; values that stay inside a
     # program (the backward's dz pieces) keep STRIDED_MIN_RUN. Peephole LSTM: its i, f and o
     # gates are one column block each (H = 4 here)
-    monkeypatch.setattr(tn_regions, "STRIDED_MIN_BYTES", 0)
-    monkeypatch.setattr(tn_regions, "STRIDED_MIN_RUN", 256)
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 3, 4)), rng.standard_normal((6, 3, 4))
-    _, *before = train_step(MODELS["LSTM"], x, g, False, monkeypatch)
+    _, *before = train_step(MODELS["LSTM"], x, g, False)
     peaks = {}
     for run in (256, 4):
-        monkeypatch.setattr(tn_regions, "ESCAPING_MIN_RUN", run)
-        m, *after = train_step(MODELS["LSTM"], x, g, True, monkeypatch)
+        options = PlanOptions(strided_min_bytes=0, strided_min_run=256, escaping_min_run=run)
+        m, *after = train_step(MODELS["LSTM"], x, g, True, options)
         for a, b in zip([after[0], after[1]] + after[2], [before[0], before[1]] + before[2]):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
         pair = m._runtime.last.training_pair
@@ -204,8 +206,8 @@ def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
         peaks[run] = pair.forward.report.peak_bytes
     assert peaks[4] <= peaks[256] - 2 * 6 * 3 * 4 * 8  # two T-stacks fewer
     big = np.empty((32, 512), np.float32)[:, 128:256]
-    assert tn_regions.cheap_strides(big, 6 << 20, escaping=True)
-    assert not tn_regions.cheap_strides(big, 6 << 20)
+    assert tn_regions.cheap_strides(big, 6 << 20, PlanOptions(), escaping=True)
+    assert not tn_regions.cheap_strides(big, 6 << 20, PlanOptions())
 
 
 def test_step_input_fields_are_views_of_the_callers_input(monkeypatch):
@@ -214,7 +216,7 @@ def test_step_input_fields_are_views_of_the_callers_input(monkeypatch):
     rng = np.random.default_rng(4)
     x, g = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 4))
     for regions in (True, False):
-        m, *_ = train_step(MODELS["FastLSTM"], x, g, regions, monkeypatch)
+        m, *_ = train_step(MODELS["FastLSTM"], x, g, regions)
         y = m.forward(x)
         inner = m.get(0)
         assert len(inner.inputs) == 5

@@ -111,7 +111,7 @@ def test_op_gradcheck(op, fn, arrays):
 def test_every_registered_op_has_a_row():
     covered = {p.values[0] for p in ROWS}
     # ops only passes create (after grad, so never differentiated) are tested with their pass
-    internal = {name for name, op in REGISTRY.items() if op.extra.get("compiler_internal")}
+    internal = {name for name, op in REGISTRY.items() if op.internal}
     assert internal <= {"fused"}
     assert set(REGISTRY) - covered - internal == set()
 

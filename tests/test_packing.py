@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
+from tapernn.interpret import interpret
 from tapernn import nn
 from tapernn import passes as P
 
@@ -256,7 +257,7 @@ def test_simplify_views_merges_runs_of_adjacent_slices_in_a_concat(rng):
 
 
 def assert_same_graph(graph, arrays):
-    expected = tn.compile(graph, passes=[])(*arrays)
+    expected = interpret(graph, *arrays)
     got = tn.compile(graph, passes=[P.simplify_views])(*arrays)
     for u, v in zip(got if isinstance(got, list) else [got],
                     expected if isinstance(expected, list) else [expected]):

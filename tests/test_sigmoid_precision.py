@@ -123,8 +123,8 @@ def test_sigmoid_gradient_keeps_the_negative_tail(dtype, passes):
 def test_sigmoid_in_a_fused_kernel(dtype):
     """A fused program met 16+ times on 4096+ elements becomes one function (codegen's
     _fused_kernel): its sigmoid lowering keeps the tails too."""
-    from tapernn.codegen import KERNEL_MIN_SIZE, KERNEL_MIN_USES
-    k, size = KERNEL_MIN_USES, KERNEL_MIN_SIZE
+    options = tn.PlanOptions()  # the production thresholds
+    k, size = options.kernel_min_uses, options.kernel_min_size
     row = np.resize(X, size).astype(dtype)
     x = np.tile(row, (k, 1))
     exact = reference(row)[0]

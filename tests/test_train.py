@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapernn.cli import OneLineArgumentParser
+from tapernn.command_line import OneLineArgumentParser
 from tapernn.data import Vocabulary, split_train_validation, stdlib_docstrings, time_major_batches
 from tapernn.data.corpus import _source_files, collect_docstrings
 from tapernn.train import Trainer, add_arguments, main

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..nn import Sequencer
 from ..nn.packing import unpack_parameters
-from .harness import Contender, lstm_flops, tapernn_factories, time_interleaved
+from .timing import Contender, lstm_flops, tapernn_factories, time_interleaved
 
 
 def pass_variants() -> list[tuple[str, list, bool]] | str:
@@ -21,9 +21,10 @@ def pass_variants() -> list[tuple[str, list, bool]] | str:
         return f"not available ({exc})"
     default = list(passes.DEFAULT)
     variants = [(f"DEFAULT ({len(default)} passes)", default, True)]
-    for i, p in enumerate(default):
-        variants.append((f"- {getattr(p, '__name__', repr(p))}", default[:i] + default[i + 1:],
-                         True))
+    names = [getattr(p, "__name__", repr(p)) for p in default]
+    for i, name in enumerate(names):
+        label = f"- {name}" + (f" @{i}" if names.count(name) > 1 else "")  # which CSE entry
+        variants.append((label, default[:i] + default[i + 1:], True))
     variants.append(("- parameter blocks", default, False))
     return variants
 
@@ -56,16 +57,16 @@ def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dty
 
         contenders.append(Contender(label, step, lstm_flops(B, T, H, H)))
     time_interleaved(contenders, budget)
-    print(f"  {'pass list':<34} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
+    print(f"  {'pass list':<44} {'median ms':>10} {'kernels':>8} {'planned MiB':>12}")
     for c, seq in zip(contenders, seqs):
         if not c.times:
-            print(f"  {c.name:<34} {c.note}")
+            print(f"  {c.name:<44} {c.note}")
             continue
         rep = seq.compile_report()
         kernels = getattr(rep, "kernels", "?")
         planned = getattr(rep, "planned_bytes", None)
         planned_s = f"{planned / 2**20:.2f}" if isinstance(planned, (int, float)) else "?"
-        print(f"  {c.name:<34} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
+        print(f"  {c.name:<44} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
               f"{planned_s:>12}")
 
 

@@ -5,39 +5,27 @@ Contenders run interleaved in one process and are reported as medians and ratios
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..blas import blas_threads
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
+from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
+    NOT_AVAILABLE,
+    PEER_BLOCKS,
+    Contender,
+    lstm_flops,
+    tapernn_factories,
+    time_interleaved,
+)
 
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
 QUICK_CONFIGS = CONFIGS[:3]
-PEER_REST_S = 0.25  # OpenBLAS workers spin ~0.1 s after a call and slow the other library 2-3x
-PEER_BLOCKS = 4  # hand-overs between NumPy and a peer library per config, one rest each
-NOT_AVAILABLE = "tapernn nn not available"
-
-
-def lstm_flops(B: int, T: int, D: int, H: int, gates: int = 4) -> float:
-    """Training FLOPs: forward 2*T*B*(D+H)*gates*H, backward twice that (dx, dh, dW_x, dW_h)."""
-    return 3 * 2.0 * T * B * (D + H) * gates * H
-
-
-@dataclass
-class Contender:
-    name: str
-    step: Callable[[], object] | None  # None: not runnable; `note` says why
-    flops: float = 0.0
-    peer: bool = False  # another library: rest before and after it
-    note: str = ""
-    times: list[float] = field(default_factory=list)
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -122,27 +110,6 @@ def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray) ->
     seq.backward(x, grad_h)
 
 
-@functools.cache
-def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
-    """name -> (module factory, gate count for FLOPs), or why tapernn's nn cannot be used.
-    Cached: the factories key the Sequencer cache, so later tables find the timed modules."""
-    try:
-        from tapernn import nn
-    except ImportError as exc:
-        return f"{NOT_AVAILABLE} ({exc})"
-    wanted = {"FastLSTM": ("FastLSTM", {}, 4),
-              "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
-              "LSTM": ("LSTM", {}, 4), "GRU": ("GRU", {}, 3)}
-    factories = {}
-    for label, (cls_name, kwargs, gates) in wanted.items():
-        cls = getattr(nn, cls_name, None)
-        if cls is None or not hasattr(nn, "Sequencer"):
-            factories[label] = (None, gates)
-        else:
-            factories[label] = ((lambda D, H, cls=cls, kw=kwargs: cls(D, H, **kw)), gates)
-    return factories
-
-
 def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
     factories = tapernn_factories()
     if isinstance(factories, str):
@@ -202,68 +169,6 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
 
 
 # --- timing ------------------------------------------------------------------------------------
-
-
-def _rest(first: Contender) -> None:
-    """Let the other library's BLAS workers stop spinning, then pay the cold-cache call untimed."""
-    time.sleep(PEER_REST_S)
-    first.step()
-
-
-def _timed(contender: Contender) -> float:
-    start = time.perf_counter()
-    contender.step()
-    return time.perf_counter() - start
-
-
-def warm_up(contenders: list[Contender]) -> float:
-    """Run each contender twice (the first call may compile); disable the ones that fail.
-    Returns the summed time of one round, to size the repetitions."""
-    total = 0.0
-    for c in contenders:
-        if c.step is None:
-            continue
-        try:
-            c.step()
-            total += _timed(c)
-        except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
-            c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
-    return total
-
-
-def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int = 7,
-                     max_reps: int = 200, progress: bool = False, desc: str = "") -> None:
-    """Repetition r runs every contender once before repetition r+1 starts, so drifts in machine
-    load hit all of them alike; the order rotates so no contender always runs first after a
-    rest; medians then discard the outliers. A peer library runs in PEER_BLOCKS blocks of
-    repetitions alternating with NumPy's, with one rest at each hand-over (resting before every
-    repetition cost 100 s of silence); `progress` shows a tqdm bar, one tick per timed run."""
-    from tqdm import tqdm
-
-    round_s = warm_up(contenders)
-    reps = int(min(max_reps, max(min_reps, budget_s / max(round_s, 1e-9))))
-    runnable = [c for c in contenders if c.step is not None]
-    previous_peer = runnable[-1].peer if runnable else False  # the last one warm_up ran
-    # the side warm_up ended on goes first: no hand-over before the first block
-    sides = [s for s in ([c for c in runnable if c.peer == previous_peer],
-                         [c for c in runnable if c.peer != previous_peer]) if s]
-    blocks = min(PEER_BLOCKS, reps) if len(sides) > 1 else 1
-    done = [0] * len(sides)
-    with tqdm(total=reps * len(runnable), desc=desc, disable=not progress, leave=False,
-              unit="run") as bar:
-        for b in range(blocks):
-            n = reps * (b + 1) // blocks - reps * b // blocks
-            for k in (range(len(sides)) if b % 2 == 0 else reversed(range(len(sides)))):
-                side = sides[k]
-                if side[0].peer != previous_peer:
-                    _rest(side[0])
-                    previous_peer = side[0].peer
-                for r in range(done[k], done[k] + n):
-                    shift = r % len(side)
-                    for c in side[shift:] + side[:shift]:
-                        c.times.append(_timed(c))
-                        bar.update()
-                done[k] += n
 
 
 # --- report ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the backward reads what the forward saved), and the secondary label line of a co
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..graph import Graph, Node
@@ -25,7 +26,7 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
                 "both": [pair.forward, pair.backward]}[view]
     stand_in: dict[Node, Node] = {}
     if view == "both":
-        saved = [fwd.outputs[k] for k in fwd.meta.get("saved_outputs", [])]
+        saved = [fwd.outputs[k] for k in fwd.meta.saved_outputs or ()]
         stand_in.update(zip(bwd.inputs[:pair.n_saved], saved))
         args = bwd.inputs[pair.n_saved + pair.n_seeds:]
         stand_in.update((a, fwd.inputs[k]) for a, k in zip(args, pair.reads))
@@ -44,9 +45,10 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
         edges = [e for e in edges if e[1].phase == "backward"]
     names = _names(programs)
     graph = Graph(nodes, [n for n in nodes if n.op == "input"],
-                  [o for c in programs for o in c.graph.outputs], dict(fwd.meta))
-    graph.meta.update(n_forward_outputs=len(pair.forward.graph.outputs) if view != "backward"
-                      else 0, output_names=_first_names(graph.outputs, names))
+                  [o for c in programs for o in c.graph.outputs], fwd.meta)
+    graph.meta = replace(graph.meta, output_names=tuple(_first_names(graph.outputs, names)),
+                         n_forward_outputs=len(pair.forward.graph.outputs)
+                         if view != "backward" else 0)
     roles = classify(graph, nodes, view)
     for n in nodes:
         if roles[n] == "output" and not names.get(n):
@@ -73,14 +75,14 @@ def _first_names(outputs: list[Node], names: dict[Node, str]) -> list[str]:
 def _names(programs: list) -> dict[Node, str]:
     out: dict[Node, str] = {}
     for c in programs:
-        names = c.graph.meta.get("output_names") or []
+        names = c.graph.meta.output_names
         for k, o in enumerate(c.graph.outputs[:len(names)]):
             out.setdefault(o, str(names[k]))
     return out
 
 
 def _saved(graph: Graph) -> set[Node]:
-    return {graph.outputs[k] for k in graph.meta.get("saved_outputs", ())}
+    return {graph.outputs[k] for k in graph.meta.saved_outputs or ()}
 
 
 def detail_line(d: Drawing, n: Node) -> str:
@@ -108,7 +110,7 @@ def _context(d: Drawing) -> tuple[dict[Node, str], list[tuple[Any, set, set]]]:
     cached = getattr(d, "_detail_context", None)
     if cached is None:
         names: dict[Node, str] = {}
-        listed = d.graph.meta.get("output_names") or []
+        listed = d.graph.meta.output_names
         for k, o in enumerate(d.graph.outputs[:len(listed)]):
             if listed[k]:
                 names.setdefault(o, str(listed[k]))

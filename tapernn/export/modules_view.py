@@ -18,7 +18,7 @@ Box = tuple  # ("module", scope, step, phase) or ("value", tape position)
 def module_name(d: Drawing, scope: str) -> str:
     """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM"); modules
     of one class that appear several times (stacked LSTMs) are told apart: "LSTM layer 1"."""
-    scopes = d.graph.meta.get("scopes") or {}
+    scopes = d.graph.meta.scopes
     if not scopes.get(scope):
         return scope or "inputs"
     name = _class_name(scopes[scope])
@@ -38,7 +38,7 @@ def _class_name(described: object) -> str:
 
 def _containers(d: Drawing) -> set[str]:
     """Scopes with child scopes: their own ops (a Sequencer's x[t] and stacking) are plumbing."""
-    scopes = d.graph.meta.get("scopes") or {}
+    scopes = d.graph.meta.scopes
     return {s for s in scopes if any(o != s and (s == "" or o.startswith(s + "."))
                                      for o in scopes)}
 
@@ -96,7 +96,7 @@ def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
     gradient bookkeeping autodiff adds for graph inputs) join the box of the value they read, so
     no anonymous boxes appear; a container's own ops (a Sequencer's x[t]) are plumbing, drawn as
     the edges they carry."""
-    named = d.graph.meta.get("scopes") or {}
+    named = d.graph.meta.scopes
     containers = _containers(d)
     box_of: dict[Node, Box | None] = {}
     for n in d.nodes:
@@ -130,7 +130,7 @@ def _route_aliases(d: Drawing, box_of: dict[Node, Box | None],
     edges from the value it picks to what reads it afterwards go through its box, and the
     matching backward edge through its ∂ box."""
     made: list[Box] = []
-    for alias in d.graph.meta.get("aliases") or ():
+    for alias in d.graph.meta.aliases:
         picked = [n for n in d.graph.nodes if n.id in set(alias["outputs"]) and n in d.rep]
         box = ("module", alias["scope"], alias["step"], "forward")
         for n in picked:
@@ -206,7 +206,7 @@ def _parent_scope(b: Box) -> str:
 
 
 def _scope_names(d: Drawing) -> dict[str, str]:
-    return {s: module_name(d, s) for s in (d.graph.meta.get("scopes") or {})}
+    return {s: module_name(d, s) for s in d.graph.meta.scopes}
 
 
 def _box_step(b: Box, first: dict[Box, Node]) -> int | None:

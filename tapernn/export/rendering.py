@@ -13,6 +13,7 @@ import graphviz
 
 from ..errors import RenderError
 from ..graph import Graph
+from .diagram import to_dot
 from .source import resolve
 
 FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
@@ -33,8 +34,6 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     Shapes: as `to_dot`; keyword arguments are passed to it. Returns the path written.
     Raises RenderError when the format needs the `dot` program and it is missing.
     """
-    from . import to_dot
-
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -81,8 +80,6 @@ def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
 def repr_svg(obj: Any, level: str = "op") -> str | None:
     """SVG text for Jupyter, or None when `dot` is missing (Jupyter then falls back to repr).
     Modules show themselves at module level; graphs and compiled programs at op level."""
-    from . import to_dot
-
     if not dot_available():
         return None
     try:
@@ -104,24 +101,24 @@ def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequenc
     stage is verified; each title shows the node count and its change. Returns the paths written.
     """
     from ..passes import default_passes, run_passes
-    from ..passes.driver import pass_name
-    from . import to_dot
-
     graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)
     width = max(2, len(str(len(passes))))
-    title = f"input: {len(graph.nodes)} nodes"
-    paths = [render(to_dot(graph, title=title, **to_dot_kwargs),
-                    folder / f"{0:0{width}d}_input.{fmt}")]
-    for k, p in enumerate(passes, start=1):
-        before = len(graph.nodes)
-        graph, _ = run_passes(graph, [p])
-        name = pass_name(p)
-        delta = len(graph.nodes) - before
-        title = f"after {name}: {before} → {len(graph.nodes)} nodes ({delta:+d})"
-        paths.append(render(to_dot(graph, title=title, **to_dot_kwargs),
-                            folder / f"{k:0{width}d}_{_file_safe(name)}.{fmt}"))
+    paths: list[Path] = []
+    sizes: list[int] = []
+
+    def draw(index: int, name: str, stage: Graph) -> None:  # the driver's dump hook
+        if index == 0:
+            title = f"input: {len(stage.nodes)} nodes"
+        else:
+            before, delta = sizes[-1], len(stage.nodes) - sizes[-1]
+            title = f"after {name}: {before} → {len(stage.nodes)} nodes ({delta:+d})"
+        sizes.append(len(stage.nodes))
+        paths.append(render(to_dot(stage, title=title, **to_dot_kwargs),
+                            folder / f"{index:0{width}d}_{_file_safe(name)}.{fmt}"))
+
+    run_passes(graph, passes, dump=draw)
     return paths
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..graph import Graph
+from ..graph import Graph, GraphMeta
 from ..tracing import Tape, Var, scope, step
 
 GATES = ("i", "f", "o", "g")
@@ -19,7 +19,7 @@ def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
 
     Shapes: x_t (batch, n_in); h0, c0 (batch, hidden); outputs h_t (batch, hidden), or
     y_t = h_t·V + c (batch, n_out) when `n_out` is given (a transducer head in scope "seq.out").
-    Nodes of step t carry `step=t`; the cell records in scope "seq.lstm". `meta["scopes"]` names
+    Nodes of step t carry `step=t`; the cell records in scope "seq.lstm". `meta.scopes` names
     the modules the way `tapernn.nn` does, so module-level diagrams have labels.
     """
     tape = Tape()
@@ -45,10 +45,9 @@ def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
                     outputs.append(F.matmul(h, head[0]) + head[1])
     graph = tape.graph
     graph.outputs = [v.node for v in outputs]
-    graph.meta.update(
-        output_names=[f"{'y' if head else 'h'}_{t}" for t in range(steps)],
-        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"},
-        single_output=False)
+    graph.meta = GraphMeta(
+        output_names=tuple(f"{'y' if head else 'h'}_{t}" for t in range(steps)),
+        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"})
     return graph
 
 

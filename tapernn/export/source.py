@@ -91,7 +91,8 @@ def is_scalar_constant(n: Node) -> bool:
 
 def classify(graph: Graph, nodes: list[Node], view: str) -> dict[Node, str]:
     """Role per node: param, data, state, seed, constant, output, gradient, op, backward, context."""
-    n_fwd = graph.meta.get("n_forward_outputs", len(graph.outputs))
+    n_fwd = graph.meta.n_forward_outputs
+    n_fwd = len(graph.outputs) if n_fwd is None else n_fwd
     outputs = {n: k for k, n in enumerate(graph.outputs)}
     roles = {}
     for n in nodes:
@@ -114,7 +115,7 @@ def classify(graph: Graph, nodes: list[Node], view: str) -> dict[Node, str]:
 
 
 def output_name(graph: Graph, node: Node) -> str:
-    names = graph.meta.get("output_names") or []
+    names = graph.meta.output_names
     k = graph.outputs.index(node)
     if k < len(names):
         return str(names[k])

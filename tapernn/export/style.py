@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Node
-from ..ops.shape import show_index
+from ..ops.indexing import show_index
 
 FONT = "Helvetica"
 GRAPH_ATTRS = {"rankdir": "LR", "fontname": FONT, "fontsize": "12",

@@ -37,15 +37,6 @@ def _wrong_state_shape(module: Any, k: int, got: tuple, needed: tuple) -> None:
 
 
 @dataclass
-class Probe:
-    """A value written back to a module field after the forward program runs."""
-    module: Any
-    field: str
-    step: int | None
-    index: int  # position among the forward program's outputs
-
-
-@dataclass
 class BuildContext:
     tape: Tape
     training: bool
@@ -174,6 +165,3 @@ class BuildContext:
 
     def probe(self, module: Any, name: str, t: int | None, value: Any) -> None:
         self.probes.append((module, name, t, value))
-
-    def inside_steps(self) -> bool:
-        return current_step() is not None

@@ -200,3 +200,6 @@ def _steps(seq: Any) -> list:
         return [seq[t] for t in range(seq.shape[0])]
     arr = np.asarray(seq)
     return [arr[t] for t in range(arr.shape[0])]
+
+
+check.NN_CLASSES.update(Criterion=Criterion)  # what validation.module/parameters accept

@@ -16,6 +16,7 @@ import numpy as np
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
+from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
@@ -136,6 +137,7 @@ class Module:
         self.grad_input: Any = None
         self.is_training = True
         self._passes = None
+        self._plan_options = None
         self._runtime = None
         self._dtype = np.dtype(np.float64)
 
@@ -433,6 +435,17 @@ class Module:
             self._runtime.clear()
         return self
 
+    def set_plan_options(self, options: PlanOptions | None) -> Module:
+        """Plan this module's programs with `options` (None: the production defaults); tests
+        use small thresholds to reach the planner's paths for large models on small ones."""
+        if options is not None and not isinstance(options, PlanOptions):
+            raise TypeError(f"set_plan_options takes a tapernn.PlanOptions, got "
+                            f"{type(options).__name__}")
+        self._plan_options = options
+        if self._runtime is not None:
+            self._runtime.clear()
+        return self
+
     @property
     def graph(self):
         return None if self._runtime is None else self._runtime.last_graph()
@@ -462,10 +475,6 @@ class Module:
     def __repr__(self) -> str:
         return self.describe()
 
-    def _repr_svg_(self) -> str | None:
-        from ..export import repr_svg
-        return repr_svg(self, level="module") if self.graph is not None else None
-
 
 lock_entry_points(Module)
 
@@ -476,3 +485,6 @@ def _contains_var(obj: Any) -> bool:
     if isinstance(obj, (list, tuple)):
         return any(_contains_var(o) for o in obj)
     return False
+
+
+check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # what validation.module/parameters accept

@@ -14,12 +14,12 @@ accumulate member by member; writing in place (`p.data[...] = x`) keeps the bloc
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable
 
 import numpy as np
 
 from ..graph import Graph, Node
-from ..passes.concat import slice_axis
 
 
 class Block:
@@ -164,7 +164,12 @@ class Packing:
         if g is None:
             return None
         a, b = g.rows[g.nodes.index(n)]
-        return slice_axis(n, g.input, 0, a, b)
+        if (a, b) == (0, g.input.shape[0]):
+            return g.input
+        # rows a:b of the block, in the IR's slice encoding (ops/shape.py), tagged like n
+        return Node("getitem", (g.input,), {"index": (("s", a, b, None),)},
+                    (b - a,) + g.input.shape[1:], g.input.dtype, step=n.step, scope=n.scope,
+                    phase=n.phase)
 
     def inputs(self, inputs: list[Node]) -> list[Node]:
         """A rewritten graph's inputs: each block's at its first member's place."""
@@ -186,7 +191,7 @@ class Packing:
         # each member's input becomes its rows of the block's input (placed before its first
         # slice by rebuild, as a missing operand)
         rebuilt = graph.rebuild(lambda n, _: self._rows(n))
-        nodes, outputs, meta = list(rebuilt.nodes), list(rebuilt.outputs), dict(graph.meta)
+        nodes, outputs, meta = list(rebuilt.nodes), list(rebuilt.outputs), graph.meta
         if param_grads is not None:
             start, stop = param_grads
             grads = outputs[start:stop]
@@ -207,13 +212,13 @@ class Packing:
             nodes += joined
             outputs = (outputs[:start] + [grads[k] for k in self.loose] + joined
                        + outputs[stop:])
-            names = meta.get("output_names")
+            names = meta.output_names
             tail = len(graph.outputs) - start  # names are aligned to the outputs' end
-            if names is not None and len(names) >= tail:
+            if names and len(names) >= tail:
                 head, rest = list(names[:len(names) - tail]), list(names[len(names) - tail:])
-                meta["output_names"] = (head + [rest[k] for k in self.loose]
-                                        + [f"grad_{g.input.name}" for g in self.groups]
-                                        + rest[stop - start:])
+                meta = replace(meta, output_names=tuple(
+                    head + [rest[k] for k in self.loose]
+                    + [f"grad_{g.input.name}" for g in self.groups] + rest[stop - start:]))
         return Graph(nodes, self.inputs(graph.inputs), outputs, meta)
 
     def binders(self, inputs: list[Node], bind_one) -> list:

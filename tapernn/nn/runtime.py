@@ -15,6 +15,7 @@ from ..errors import ShapeError, StateError, TapernnError
 from ..executor import Compiled, compile, compile_shared, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
+from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from ..validation import data_array
 from .backward_input import record_for_input
@@ -43,9 +44,9 @@ class Executable:
 
     def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
                  training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 cuts: frozenset | None = None):
+                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None):
         """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads)."""
-        self.passes = passes
+        self.passes, self.options = passes, options
         tape = Tape()
         ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
                            cuts=cuts or frozenset())
@@ -77,11 +78,11 @@ class Executable:
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
-        graph.meta.update(scopes=dict(ctx.scopes), root=root.describe(),
-                          aliases=list(ctx.aliases))
-        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, dict(graph.meta))
+        graph.meta = replace(graph.meta, scopes=dict(ctx.scopes), root=root.describe(),
+                             aliases=tuple(ctx.aliases))
+        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, graph.meta)
         # what `module.graph` shows: the model's own outputs, not the recorded fields
-        self.display = Graph(graph.nodes, graph.inputs, self.real, dict(graph.meta))
+        self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
         data_nodes = [v.node for v in data]
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
@@ -120,7 +121,7 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes)
+            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -132,7 +133,7 @@ class Executable:
         if not alias:
             return graph
         return Graph(graph.nodes, graph.inputs, graph.outputs,
-                     dict(graph.meta, outputs_may_alias_inputs=alias))
+                     replace(graph.meta, outputs_may_alias_inputs=tuple(alias)))
 
     def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
         """The forward program that keeps what backward needs, and the backward program;
@@ -152,17 +153,17 @@ class Executable:
             return self._make_pair(outputs)
 
     def _make_pair(self, outputs: list) -> TrainingPair:
-        g = Graph(self.graph.nodes, self.graph.inputs, outputs, dict(self.graph.meta))
+        g = Graph(self.graph.nodes, self.graph.inputs, outputs, self.graph.meta)
         joint = grad(g, wrt=self.wrt, seeds="inputs")
         n = len(outputs)
         # the probes and final states are forward outputs too, but never differentiated
         joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, self.real + grads, dict(joint.meta))
+        display = Graph(joint.nodes, joint.inputs, self.real + grads, joint.meta)
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
 
     def args_like(self, base_args: list) -> list:
         """A variant's arguments from the base program's (same trace, so the same inputs in the
@@ -198,15 +199,16 @@ class TrainingPair:
     share one arena (they never run at the same time); `resident_bytes` is the pair's total:
     the arena plus both programs' per-call values."""
 
-    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list):
+    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
+                 options: PlanOptions = DEFAULT_OPTIONS):
         self.joint = joint  # forward and backward together, for diagrams
-        self.n_saved = len(bwd.meta["saved_names"])
-        self.n_seeds = len(bwd.meta["seed_names"])
+        self.n_saved = len(bwd.meta.saved_names)
+        self.n_seeds = len(bwd.meta.seed_names)
         position = {n: k for k, n in enumerate(fwd.inputs)}
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
         # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes)
+        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
         self.resident_bytes = self.forward.report.resident_bytes
 
     def saved(self, outs: tuple) -> list:
@@ -320,7 +322,7 @@ class Runtime:
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes)
+                                 passes, root._plan_options or DEFAULT_OPTIONS)
             exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
             self.cache[key] = exe
             self.trace_count += 1

@@ -160,7 +160,7 @@ def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> 
                 m._state, m._user_initial = state, user
             with gc_paused():
                 variant = type(exe)(root, leaves, tree, names, root.is_training,
-                                    exe.history_mode, n_diff, passes, cuts=cuts)
+                                    exe.history_mode, n_diff, passes, exe.options, cuts=cuts)
         finally:
             for m, state, user in now:
                 m._state, m._user_initial = state, user

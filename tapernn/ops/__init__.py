@@ -1,18 +1,9 @@
-"""The op set: the registry and one module per family (elementwise, reduce, shape, linalg, nn).
+"""The op set: the registry (`registry.py`, the bottom layer) and one module per family
+(elementwise, reduce, shape, linalg, nn, fused), each registering its ops when imported.
 
-Families register on import; `tapernn/__init__` imports them once tracing exists (their VJPs are
-written with the symbolic functions).
+The families write their VJPs with `tapernn.functional`, so they sit above it (ARCHITECTURE.md);
+`tapernn/__init__` imports them. This package itself only re-exports the registry.
 """
 from .registry import REGISTRY, OpDef, get_op, register
 
-FAMILIES = ("elementwise", "reduce", "shape", "linalg", "nn", "fused")
-
-
-def load_families() -> None:
-    import importlib
-
-    for family in FAMILIES:
-        importlib.import_module(f"{__name__}.{family}")
-
-
-__all__ = ["REGISTRY", "OpDef", "get_op", "register", "load_families"]
+__all__ = ["REGISTRY", "OpDef", "get_op", "register"]

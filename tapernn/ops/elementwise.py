@@ -28,28 +28,28 @@ def _bool(*dtypes, **_):
     return np.bool_
 
 
-def _binary(name, forward, vjp, inplace=(0, 1)):
-    register(name, forward=forward, shape=broadcast_shape, vjp=vjp, elementwise=True,
-             inplace=inplace, n_inputs=2)
+def _binary(name, ufunc, vjp, zero=""):
+    register(name, forward=ufunc, ufunc=ufunc, shape=broadcast_shape, vjp=vjp, elementwise=True,
+             inplace=(0, 1), n_inputs=2, zero=zero)
 
 
-def _unary(name, forward, vjp, **kw):
-    register(name, forward=forward, shape=same_shape, vjp=vjp, elementwise=True, inplace=(0,),
-             n_inputs=1, **kw)
+def _unary(name, forward, vjp, zero="", ufunc=None):
+    register(name, forward=forward, ufunc=ufunc, shape=same_shape, vjp=vjp, elementwise=True,
+             inplace=(0,), n_inputs=1, zero=zero)
 
 
 _binary("add", np.add,
         lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
-                                   ub(g, b.shape) if wants[1] else None))
+                                   ub(g, b.shape) if wants[1] else None), zero="sum")
 _binary("sub", np.subtract,
         lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
-                                   ub(-g, b.shape) if wants[1] else None))
+                                   ub(-g, b.shape) if wants[1] else None), zero="difference")
 _binary("mul", np.multiply,
         lambda g, y, a, b, wants: (ub(g * b, a.shape) if wants[0] else None,
-                                   ub(g * a, b.shape) if wants[1] else None))
-_binary("div", np.divide,
+                                   ub(g * a, b.shape) if wants[1] else None), zero="any")
+_binary("div", np.divide,  # 0 / b == 0 (0 / 0 taken as 0, as for 0 * inf)
         lambda g, y, a, b, wants: (ub(g / b, a.shape) if wants[0] else None,
-                                   ub(-g * y / b, b.shape) if wants[1] else None))
+                                   ub(-g * y / b, b.shape) if wants[1] else None), zero="first")
 _binary("power", np.power,
         lambda g, y, a, b, wants: (ub(g * b * a ** (b - 1), a.shape) if wants[0] else None,
                                    ub(g * y * F.log(a), b.shape) if wants[1] else None))
@@ -66,21 +66,21 @@ def _maximum_vjp(g, y, a, b, wants, flip=False):
 _binary("maximum", np.maximum, _maximum_vjp)
 _binary("minimum", np.minimum, lambda *a, wants: _maximum_vjp(*a, wants=wants, flip=True))
 
-register("greater", forward=np.greater, shape=broadcast_shape, vjp=None, dtype=_bool,
+register("greater", forward=np.greater, ufunc=np.greater, shape=broadcast_shape, vjp=None,
+         dtype=_bool, elementwise=True, n_inputs=2, differentiable=False)
+register("equal", forward=np.equal, ufunc=np.equal, shape=broadcast_shape, vjp=None, dtype=_bool,
          elementwise=True, n_inputs=2, differentiable=False)
-register("equal", forward=np.equal, shape=broadcast_shape, vjp=None, dtype=_bool,
-         elementwise=True, n_inputs=2, differentiable=False)
-register("sign", forward=np.sign, shape=same_shape, vjp=None, elementwise=True, inplace=(0,),
-         n_inputs=1, differentiable=False)
+register("sign", forward=np.sign, ufunc=np.sign, shape=same_shape, vjp=None, elementwise=True,
+         inplace=(0,), n_inputs=1, differentiable=False, zero="first")
 
-_unary("neg", np.negative, lambda g, y, a, wants: (-g,))
-_unary("exp", np.exp, lambda g, y, a, wants: (g * y,))
-_unary("log", np.log, lambda g, y, a, wants: (g / a,))
-_unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),))
+_unary("neg", np.negative, lambda g, y, a, wants: (-g,), zero="first", ufunc=np.negative)
+_unary("exp", np.exp, lambda g, y, a, wants: (g * y,), ufunc=np.exp)
+_unary("log", np.log, lambda g, y, a, wants: (g / a,), ufunc=np.log)
+_unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),), zero="first", ufunc=np.tanh)
 _unary("sigmoid", _sigmoid, lambda g, y, a, wants: (g * y * (1 - y),))
-_unary("relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),))
-_unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,))
-_unary("abs", np.abs, lambda g, y, a, wants: (g * F.sign(a),))
+_unary("relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),), zero="first")
+_unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,), zero="first", ufunc=np.sqrt)
+_unary("abs", np.abs, lambda g, y, a, wants: (g * F.sign(a),), zero="first", ufunc=np.abs)
 
 
 def _where_shape(c, x, y, **_):
@@ -94,7 +94,7 @@ def _where_dtype(c, x, y, **_):
 
 
 register("where", forward=lambda c, x, y, out=None: np.where(c, x, y), shape=_where_shape,
-         dtype=_where_dtype, supports_out=False, elementwise=True, n_inputs=3,
+         dtype=_where_dtype, supports_out=False, elementwise=True, n_inputs=3, zero="branches",
          vjp=lambda g, y, c, a, b, wants: (
              None,
              ub(F.where(c, g, 0), a.shape) if wants[1] else None,
@@ -109,12 +109,12 @@ def _cast(x, dtype, out=None):
 
 
 register("cast", forward=_cast, shape=same_shape, dtype=lambda x, dtype: np.dtype(dtype),
-         elementwise=True, n_inputs=1,
+         elementwise=True, n_inputs=1, layout=True, zero="first",
          vjp=lambda g, y, a, wants, dtype: (
              F.cast(g, a.dtype) if a.dtype.kind == "f" else None,))
 
 register("stop_gradient", forward=lambda x, out=None: x, shape=same_shape, supports_out=False,
-         view=True, n_inputs=1, vjp=lambda g, y, a, wants: (None,))
+         view=True, n_inputs=1, zero="first", vjp=lambda g, y, a, wants: (None,))
 
 
 def _fill(value):
@@ -144,5 +144,17 @@ def _add_n(*xs, out=None):
     return out
 
 
-register("add_n", forward=_add_n, shape=_add_n_shape, elementwise=True, variadic=True,
-         inplace=(0,), vjp=lambda g, y, *xs, wants: tuple(g if w else None for w in wants))
+def _lower_add_n(args, attrs, out, bind):
+    if out is None:
+        return f"{bind('f_add_n', _add_n, fixed=True)}({', '.join(args)})"
+    # chained into out: only input 0 may share out (inplace=(0,)), so the later operands are
+    # never overwritten before they are read
+    expr = args[0]
+    for a in args[1:]:
+        expr = f"{bind('np_add', np.add, fixed=True)}({expr}, {a}, out={out})"
+    return expr
+
+
+register("add_n", forward=_add_n, shape=_add_n_shape, elementwise=True, inplace=(0,),
+         zero="sum", lower=_lower_add_n,
+         vjp=lambda g, y, *xs, wants: tuple(g if w else None for w in wants))

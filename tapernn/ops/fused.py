@@ -58,6 +58,6 @@ def _inplace_rule(node) -> tuple[int, ...]:
                  if i.shape == node.shape and i.dtype == node.dtype and k not in late)
 
 
-register("fused", forward=_forward, shape=_shape, vjp=None, differentiable=False, variadic=True,
-         dtype=lambda *dtypes, program: np.dtype(program[-1][4]),
-         extra={"inplace_rule": _inplace_rule, "compiler_internal": True})
+register("fused", forward=_forward, shape=_shape, vjp=None, differentiable=False,
+         dtype=lambda *dtypes, program: np.dtype(program[-1][4]), inplace_rule=_inplace_rule,
+         internal=True)

@@ -22,7 +22,7 @@ def matmul_shape(a, b, **_):
     return batch + (a[-2], b[-1])
 
 
-register("matmul", forward=np.matmul, shape=matmul_shape, n_inputs=2,
+register("matmul", forward=np.matmul, ufunc=np.matmul, shape=matmul_shape, n_inputs=2, zero="any",
          vjp=lambda g, y, a, b, wants: (
              F.unbroadcast(F.matmul(g, F.swap_last(b)), a.shape) if wants[0] else None,
              F.unbroadcast(F.matmul(F.swap_last(a), g), b.shape) if wants[1] else None))

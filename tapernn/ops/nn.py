@@ -79,7 +79,7 @@ def _embedding_grad_shape(g, ids, n):
 
 
 register("embedding_grad", forward=_embedding_grad, shape=_embedding_grad_shape,
-         dtype=lambda g, ids, n: g, n_inputs=2,
+         dtype=lambda g, ids, n: g, n_inputs=2, zero="first",
          vjp=lambda gg, y, g, ids, wants, n: (F.embedding(gg, ids) if wants[0] else None, None))
 
 
@@ -123,7 +123,7 @@ def _scatter_add(g, ids, axis, n, out=None):
 
 register("scatter_add", forward=_scatter_add,
          shape=lambda g, ids, axis, n: g[:axis] + (n,) + g[axis + 1:],
-         dtype=lambda g, ids, **_: g, n_inputs=2,
+         dtype=lambda g, ids, **_: g, n_inputs=2, zero="first",
          vjp=lambda gg, y, g, ids, wants, axis, n: (
              F.gather(gg, ids, axis) if wants[0] else None, None))
 

@@ -25,7 +25,14 @@ def _sum(x, axis, keepdims, out=None):
     return np.sum(x, axis=axis, keepdims=keepdims, out=out)
 
 
-register("sum", forward=_sum, shape=reduce_shape, n_inputs=1,
+def _lower_sum(args, attrs, out, bind):
+    axis = bind("s", tuple(int(d) for d in attrs["axis"]))
+    tail = f", out={out}" if out else ""
+    return (f"{bind('np_add_reduce', np.add.reduce, fixed=True)}({args[0]}, {axis}, None{tail}, "
+            f"keepdims={bool(attrs['keepdims'])})")
+
+
+register("sum", forward=_sum, shape=reduce_shape, n_inputs=1, zero="first", lower=_lower_sum,
          vjp=lambda g, y, x, wants, axis, keepdims: (F.broadcast_to(kept(g, x, axis), x.shape),))
 
 
@@ -39,7 +46,7 @@ def _max_vjp(g, y, x, wants, axis, keepdims):
     return (F.where(hit, kept(g, x, axis) / count, 0),)
 
 
-register("max", forward=_max, shape=reduce_shape, n_inputs=1, vjp=_max_vjp)
+register("max", forward=_max, shape=reduce_shape, n_inputs=1, vjp=_max_vjp, zero="first")
 
 
 def _logsumexp(x, axis, keepdims, out=None):
@@ -76,4 +83,5 @@ def _broadcast_to(x, shape, out=None):
 
 
 register("broadcast_to", forward=_broadcast_to, shape=_broadcast_shape, n_inputs=1, view=True,
+         layout=True, zero="first",
          vjp=lambda g, y, x, wants, shape: (F.unbroadcast(g, x.shape),))

@@ -5,8 +5,8 @@ autodiff, the passes and the executor all look ops up here by name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
@@ -15,9 +15,27 @@ from ..errors import ShapeError
 Shape = tuple[int, ...]
 
 
+# When an op's result is known to be zero from which operands are (passes/zeros.py):
+#   "first": when input 0 is (f(0, ...) == 0: tanh, sum, reshape, div, ...)
+#   "any": when any input is (mul, matmul)      "all": when every input is (concat)
+#   "branches": when inputs 1 and 2 are (where)  "sum": zero terms drop out (add, add_n)
+#   "difference": a - 0 == a, 0 - b == -b (sub)  "": never assumed
+ZeroRule = Literal["", "first", "any", "all", "branches", "sum", "difference"]
+
+
+class Lowering(Protocol):
+    """An op's own line of generated NumPy source: `lower(args, attrs, out, bind) -> str`, the
+    call expression (writing `out` when it is given). `bind(prefix, value) -> name` makes a value
+    available to the program under a fresh name; `bind(name, value, fixed=True)` under `name`."""
+
+    def __call__(self, args: list[str], attrs: dict, out: str | None,
+                 bind: Callable[..., str]) -> str: ...
+
+
 @dataclass(frozen=True)
 class OpDef:
-    """Everything the system knows about one op.
+    """Everything the system knows about one op: tracing, autodiff, every pass, the planner, the
+    code generator and the diagrams ask an op's OpDef, never a table of op names.
 
     forward(*arrays, out=None, **attrs) -> ndarray        (out only if `supports_out`)
     shape(*input_shapes, **attrs) -> Shape               (raises ShapeError)
@@ -25,6 +43,15 @@ class OpDef:
     vjp(g, y, *inputs, wants=(bool, ...), **attrs) -> tuple[Var | None, ...]
         g is the cotangent of the output y; inputs and y are Vars; returns one cotangent (or None)
         per input, computing only those with wants[k] true.
+    elementwise: applied per element after broadcasting, so fusible into one kernel with its
+        neighbours (when it also `supports_out`) and batchable over adjacent column blocks.
+    inplace / inplace_rule(node): the inputs the output may overwrite (the rule, when given,
+        decides per node). view: the output may alias input 0 (reshape, transpose, slicing).
+    layout: only re-lays out its input (no arithmetic): a layout of a loop-level value (a
+        weight) is loop-level too. zero: see ZeroRule.
+    ufunc: a NumPy function the code generator calls directly, `ufunc(*args, out=out)` (no
+        wrapper frame); lower: the op's own line of source (Lowering); else `forward` is called.
+    n_inputs: None for variadic ops. internal: made by the compiler only (not traced).
     """
 
     name: str
@@ -33,14 +60,30 @@ class OpDef:
     vjp: Callable[..., tuple] | None
     dtype: Callable[..., np.dtype] | None = None
     elementwise: bool = False
-    inplace: tuple[int, ...] = ()  # inputs the output may overwrite
-    view: bool = False  # output may alias input 0 (reshape, transpose, basic slicing)
+    inplace: tuple[int, ...] = ()
+    inplace_rule: Callable[[Any], tuple[int, ...]] | None = None
+    view: bool = False
+    layout: bool = False
+    zero: ZeroRule = ""
     supports_out: bool = True
-    variadic: bool = False
+    ufunc: Callable[..., np.ndarray] | None = None
+    lower: Lowering | None = None
     n_inputs: int | None = None
     differentiable: bool = True
-    doc: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    internal: bool = False
+
+    @property
+    def fusible(self) -> bool:
+        """Runs inside a fused elementwise kernel (which writes every result with `out=`)."""
+        return self.elementwise and self.supports_out
+
+    @property
+    def batchable(self) -> bool:
+        """op(concat of column blocks) == concat of op(block): true of any elementwise op."""
+        return self.elementwise
+
+    def inplace_inputs(self, node: Any) -> tuple[int, ...]:
+        return tuple(self.inplace_rule(node)) if self.inplace_rule is not None else self.inplace
 
     def infer_dtype(self, dtypes: list[np.dtype], attrs: dict) -> np.dtype:
         if self.dtype is not None:

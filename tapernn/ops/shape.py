@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import ShapeError
+from .indexing import index_shape, is_advanced, show_index, to_numpy_index
 from .registry import register
 
 
@@ -15,7 +16,10 @@ def _reshape_shape(x, shape, **_):
 
 
 register("reshape", forward=lambda x, shape, out=None: np.reshape(x, shape),
-         shape=_reshape_shape, supports_out=False, view=True, n_inputs=1,
+         shape=_reshape_shape, supports_out=False, view=True, layout=True, zero="first",
+         n_inputs=1,
+         lower=lambda args, attrs, out, bind: (
+             f"{args[0]}.reshape({bind('s', tuple(int(d) for d in attrs['shape']))})"),
          vjp=lambda g, y, x, wants, shape: (F.reshape(g, x.shape),))
 
 
@@ -26,7 +30,10 @@ def _transpose_shape(x, axes, **_):
 
 
 register("transpose", forward=lambda x, axes, out=None: np.transpose(x, axes),
-         shape=_transpose_shape, supports_out=False, view=True, n_inputs=1,
+         shape=_transpose_shape, supports_out=False, view=True, layout=True, zero="first",
+         n_inputs=1,
+         lower=lambda args, attrs, out, bind: (
+             f"{args[0]}.transpose({bind('s', tuple(int(d) for d in attrs['axes']))})"),
          vjp=lambda g, y, x, wants, axes: (F.transpose(g, tuple(np.argsort(axes))),))
 
 
@@ -52,64 +59,14 @@ def _concat_vjp(g, y, *xs, wants, axis):
     return tuple(grads)
 
 
-register("concat", forward=_concat, shape=_concat_shape, variadic=True, vjp=_concat_vjp)
+def _lower_concat(args, attrs, out, bind):  # np.concatenate directly: no wrapper frame
+    tail = f", out={out}" if out else ""
+    fn = bind("np_concatenate", np.concatenate, fixed=True)
+    return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
 
 
-def to_numpy_index(key: tuple) -> tuple:
-    out = []
-    for item in key:
-        if isinstance(item, tuple) and item[0] == "s":
-            out.append(slice(*item[1:]))
-        elif isinstance(item, tuple) and item[0] == "a":
-            out.append(np.asarray(item[1], dtype=np.intp))
-        else:
-            out.append(item)
-    return tuple(out)
-
-
-def is_advanced(key: tuple) -> bool:
-    return any(isinstance(i, tuple) and i[0] == "a" for i in key)
-
-
-_INDEX_SHAPES: dict[tuple, tuple] = {}
-_PLAIN_ITEMS = (tuple, int, type(None), type(Ellipsis))
-
-
-def index_shape(x, index, **_):
-    key = known = None
-    # pure in (shape, index), and every step slices alike; items are keys as they are unless
-    # equal-but-different (True == 1 indexes otherwise) or unhashable
-    if all(type(item) in _PLAIN_ITEMS for item in index):
-        try:
-            key = (tuple(x), index)
-            known = _INDEX_SHAPES.get(key)
-        except TypeError:
-            key = None
-    if known is not None:
-        return known
-    probe = np.broadcast_to(np.empty((), dtype=np.int8), x)  # no memory: strides are zero
-    try:
-        shape = probe[to_numpy_index(index)].shape
-    except IndexError as e:
-        raise ShapeError(f"index {show_index(index)} does not fit shape {x}: {e}") from None
-    if key is not None and len(_INDEX_SHAPES) < 100_000:
-        _INDEX_SHAPES[key] = shape
-    return shape
-
-
-def show_index(key: tuple) -> str:
-    """An index key as Python would write it: `[:, 4:8]`."""
-    parts = []
-    for item in key:
-        if isinstance(item, tuple) and item[0] == "s":
-            a, b, c = item[1:]
-            parts.append(f"{'' if a is None else a}:{'' if b is None else b}"
-                         + ("" if c is None else f":{c}"))
-        elif isinstance(item, tuple):
-            parts.append(str(list(item[1])))
-        else:
-            parts.append("..." if item is Ellipsis else str(item))
-    return "[" + ", ".join(parts) + "]"
+register("concat", forward=_concat, shape=_concat_shape, vjp=_concat_vjp, layout=True,
+         zero="all", lower=_lower_concat)
 
 
 def _getitem(x, index, out=None):
@@ -120,8 +77,15 @@ def _getitem(x, index, out=None):
     return y
 
 
+def _lower_getitem(args, attrs, out, bind):
+    if is_advanced(attrs["index"]):  # a copy: the forward
+        kw = bind("k", attrs["index"])
+        return f"{bind('f_getitem', _getitem, fixed=True)}({args[0]}, index={kw})"
+    return f"{args[0]}[{bind('i', to_numpy_index(attrs['index']))}]"
+
+
 register("getitem", forward=_getitem, shape=index_shape, n_inputs=1, view=True,
-         supports_out=False,
+         supports_out=False, layout=True, zero="first", lower=_lower_getitem,
          vjp=lambda g, y, x, wants, index: (F.emit_index_grad(g, x.shape, index),))
 
 
@@ -144,5 +108,5 @@ def _index_grad(g, shape, index, out=None):
     return out
 
 
-register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1,
+register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1, zero="first",
          vjp=lambda g, y, x, wants, shape, index: (F.emit("getitem", g, index=index),))

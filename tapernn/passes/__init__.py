@@ -1,9 +1,11 @@
-"""The compiler's pass pipeline: `DEFAULT` is a plain list read top to bottom; a pass is any
-`Graph -> Graph` function. `tn.set_default_passes` replaces the list used by `tn.compile`.
+"""The compiler's pass pipeline: `DEFAULT` is a plain list read top to bottom, one named entry
+per rewrite (repetition is an explicit `until_stable(...)`); a pass is any `Graph -> Graph`
+function. `tn.set_default_passes` replaces the list used by `tn.compile`.
 
-Order matters in one place: hoisting runs before gate fusion, so the per-gate input projections
-are first stacked over time and then fused, and in backward dx_t = dz_t @ W_x^T is hoisted
-before gate fusion could pair it with the recurrent dh_t = dz_t @ W_h^T of the same step.
+Order matters where a pass declares it (`must_follow`, checked by the driver): hoisting runs
+before gate fusion, so the per-gate input projections are first stacked over time and then
+fused, and in backward dx_t = dz_t @ W_x^T is hoisted before gate fusion could pair it with the
+recurrent dh_t = dz_t @ W_h^T of the same step.
 """
 from __future__ import annotations
 
@@ -11,12 +13,33 @@ from ..errors import ArgumentTypeError
 from .batch_slices import batch_sliced_elementwise
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
-from .driver import CompileReport, Pass, PassRecord, run_passes
+from .driver import (
+    CompileReport,
+    Pass,
+    PassRecord,
+    check_order,
+    must_follow,
+    run_passes,
+    until_stable,
+)
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
-from .gates import fuse_gates
-from .hoist import hoist_across_time
-from .simplify import simplify_views
+from .gates import fuse_gate_matmuls, fuse_gates, fuse_row_sums, merge_matmul_sums_within_steps
+from .hoist import (
+    hoist_across_time,
+    merge_matmul_sums_over_time,
+    merge_row_sums,
+    pull_slices_out_of_sums,
+    pull_transposes_out_of_sums,
+    stack_index_grads,
+    stack_matmuls_over_time,
+)
+from .simplify import (
+    flip_transposed_products,
+    index_grads_to_concat,
+    simplify_view_chains,
+    simplify_views,
+)
 from .stacks import share_stacks
 from .step_sums import sum_within_steps
 from .zeros import propagate_zeros, specialize_inputs
@@ -26,14 +49,26 @@ DEFAULT: list[Pass] = [
     fold_constants,
     propagate_zeros,
     eliminate_common_subexpressions,
-    hoist_across_time,  # x_t@W for all t -> one matmul; sum_t x_t^T dz_t -> one matmul
+    # hoisting across time
+    stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
+    pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
+    merge_matmul_sums_over_time,  # sum_t x_t^T dz_t -> one matmul of the stacked operands
+    merge_row_sums,  # sum_t rowsum(dz_t) (bias gradients) -> one sum of the stack
+    pull_slices_out_of_sums,  # sum_k b_k[idx] -> (sum_k b_k)[idx]
+    stack_index_grads,  # the gradient of x from its per-step slices x[t]: the stack of them
     eliminate_common_subexpressions,  # hoisted stacks of the same per-step values become one
-    fuse_gates,  # sum_k g_k@W_k^T -> one matmul; x@W_i, x@W_f, ... -> x@[W_i W_f ...]
+    # gate fusion
+    merge_matmul_sums_within_steps,  # sum_k g_k @ W_k^T -> one matmul
+    fuse_gate_matmuls,  # x @ W_i, x @ W_f, ... -> x @ [W_i W_f ...]
+    fuse_row_sums,  # the per-gate bias-gradient sums of the stacks -> one
     eliminate_common_subexpressions,  # per-step weight concats become one
-    simplify_views,  # rows-of-step then columns-of-gate slices: one slice
-    batch_sliced_elementwise,  # the four gates' x@W_k + h@U_k: one add on the 4H block
-    batch_sliced_elementwise,  # ... then + [b_i b_f b_o b_g], then one sigmoid for i, f, o
-    batch_sliced_elementwise,
+    # views
+    simplify_view_chains,  # rows-of-step then columns-of-gate slices: one slice
+    index_grads_to_concat,  # per-gate gradients of a split block: one concat
+    flip_transposed_products,  # weight gradients computed in the parameter's own layout
+    # the four gates' x@W_k + h@U_k: one add on the 4H block, then + [b_i b_f b_o b_g], then
+    # one sigmoid for i, f, o
+    until_stable(batch_sliced_elementwise),
     eliminate_common_subexpressions,  # the per-step bias concats become one
     share_stacks,  # [dz_r dz_z]_t and its stack over t: views of [dz_r dz_z dz_n]_t's (GRU)
     sum_within_steps,  # peephole gradients: sum each step's dz*c rows, stack T rows, not T*B
@@ -60,6 +95,7 @@ def check_passes(passes) -> list[Pass]:
             hint = (f"; use tapernn.passes.{p}" if isinstance(p, str) and p in __all__ else "")
             raise ArgumentTypeError(f"pass {k} is {p!r} ({type(p).__name__}), not a function "
                                     f"Graph -> Graph{hint}")
+    check_order(passes)
     return passes
 
 
@@ -70,7 +106,11 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 
 
 __all__ = ["DEFAULT", "eliminate_dead_code", "fold_constants", "propagate_zeros",
-           "specialize_inputs", "eliminate_common_subexpressions", "fuse_gates",
-           "hoist_across_time", "fuse_elementwise", "simplify_views",
-           "batch_sliced_elementwise", "share_stacks", "sum_within_steps", "CompileReport",
+           "specialize_inputs", "eliminate_common_subexpressions", "stack_matmuls_over_time",
+           "pull_transposes_out_of_sums", "merge_matmul_sums_over_time", "merge_row_sums",
+           "pull_slices_out_of_sums", "stack_index_grads", "hoist_across_time",
+           "merge_matmul_sums_within_steps", "fuse_gate_matmuls", "fuse_row_sums", "fuse_gates",
+           "simplify_view_chains", "index_grads_to_concat", "flip_transposed_products",
+           "simplify_views", "batch_sliced_elementwise", "share_stacks", "sum_within_steps",
+           "fuse_elementwise", "until_stable", "must_follow", "check_order", "CompileReport",
            "Pass", "PassRecord", "run_passes", "default_passes", "set_default_passes"]

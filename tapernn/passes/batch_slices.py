@@ -5,11 +5,9 @@ Loop-level vectors in the blocks (biases b_k) are concatenated once."""
 from __future__ import annotations
 
 from ..graph import Graph, Node
+from ..ops.registry import get_op
 from .concat import basic_ranges, make_concat, slice_axis
-from .rewrite import derive, invariant_nodes, spanning, substitute
-
-BATCHABLE = {"add", "sub", "mul", "div", "maximum", "minimum", "neg", "exp", "log", "tanh",
-             "sigmoid", "relu", "sqrt", "abs"}
+from .rewrite import PSEUDO, derive, invariant_nodes, spanning, substitute
 
 
 def _operand_key(i: Node, n: Node, inv: set[Node]) -> tuple | None:
@@ -30,7 +28,7 @@ def batch_sliced_elementwise(graph: Graph) -> Graph:
     inv: set[Node] | None = None
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
-        if n.op not in BATCHABLE or len(n.shape) != 2:
+        if len(n.shape) != 2 or n.op in PSEUDO or not get_op(n.op).batchable:
             continue
         for i in n.inputs:  # a block operand is a slice: without one, no key has an "s"
             if i.op == "getitem":

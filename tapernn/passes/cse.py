@@ -36,4 +36,4 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     if not changed:
         return graph.eliminate_dead_code()
     return Graph(nodes, [mapping.get(n, n) for n in graph.inputs],
-                 [mapping.get(n, n) for n in graph.outputs], dict(graph.meta)).eliminate_dead_code()
+                 [mapping.get(n, n) for n in graph.outputs], graph.meta).eliminate_dead_code()

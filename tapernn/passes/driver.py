@@ -3,11 +3,14 @@ pass that broke the graph), times them and records what each did in a `CompileRe
 """
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
 
-from ..errors import GraphError
+from ..errors import GraphError, TapernnError
+from ..fileio import atomic_write
 from ..graph import Graph
 
 Pass = Callable[[Graph], Graph]
@@ -71,25 +74,91 @@ def pass_name(p: Pass) -> str:
     return getattr(p, "__name__", type(p).__name__)
 
 
-def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | None = None
-               ) -> tuple[Graph, CompileReport]:
+def must_follow(*names: str) -> Callable[[Pass], Pass]:
+    """Declare that a pass must run after the passes named (when a list holds them at all): the
+    driver refuses a list that puts one of them later (`check_order`)."""
+    def mark(p: Pass) -> Pass:
+        p.must_follow = tuple(names)
+        return p
+    return mark
+
+
+def until_stable(*passes: Pass, max_rounds: int = 8) -> Pass:
+    """One pipeline entry running `passes` in turn, again and again, until a round changes
+    nothing (every pass returned its input graph) or `max_rounds` rounds have run."""
+    def run(graph: Graph) -> Graph:
+        for _ in range(max_rounds):
+            before = graph
+            for p in passes:
+                graph = p(graph)
+            if graph is before:
+                break
+        return graph
+    run.__name__ = f"until_stable({', '.join(pass_name(p) for p in passes)})"
+    run.members = tuple(pass_name(p) for p in passes)
+    run.must_follow = tuple(n for p in passes for n in getattr(p, "must_follow", ())
+                            if n not in run.members)
+    return run
+
+
+def check_order(passes: Sequence[Pass]) -> None:
+    """Raise GraphError when a pass runs before a pass it `must_follow`."""
+    names = [pass_name(p) for p in passes]
+    for k, p in enumerate(passes):
+        for name in getattr(p, "must_follow", ()):
+            later = [j for j, other in enumerate(passes) if j > k and _runs(other, name)]
+            if later:
+                raise GraphError(f"pass {names[k]!r} (position {k}) must follow {name!r}, "
+                                 f"which runs later (position {later[0]}); pipeline: {names}")
+
+
+def _runs(p: Pass, name: str) -> bool:
+    return pass_name(p) == name or name in getattr(p, "members", ())
+
+
+Dump = Callable[[int, str, Graph], None]
+
+
+def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | None = None,
+               dump: Dump | str | os.PathLike | None = None) -> tuple[Graph, CompileReport]:
+    """Run `passes` in order, verifying the graph after each; `dump` sees the graph before the
+    first pass (index 0, "input") and after each pass k (index k + 1, its name): a function
+    `dump(index, name, graph)`, or a directory where each is written as `NN_name.txt`."""
+    check_order(passes)
     report = report or CompileReport()
-    for p in passes:
-        name = pass_name(p)
+    dump = _dumper(dump)
+    names = [pass_name(p) for p in passes]
+    if dump is not None:
+        dump(0, "input", graph)
+    for k, p in enumerate(passes):
         before = len(graph.nodes)
         start = time.perf_counter()
         try:
             result = p(graph)
-        except GraphError as e:
-            raise GraphError(f"pass {name!r} failed: {e}") from None
-        elapsed = (time.perf_counter() - start) * 1e3
-        if not isinstance(result, Graph):
-            raise GraphError(f"pass {name!r} returned {type(result).__name__}, not a Graph")
-        if result is not graph:  # an unchanged graph needs no second check
-            try:
+            if not isinstance(result, Graph):
+                raise GraphError(f"returned {type(result).__name__}, not a Graph")
+            if result is not graph:  # an unchanged graph needs no second check
                 result.verify()
-            except GraphError as e:
-                raise GraphError(f"pass {name!r} produced an invalid graph: {e}") from None
-        report.passes.append(PassRecord(name, before, len(result.nodes), elapsed))
+        except Exception as e:  # any failure is reported with the pipeline
+            cls = type(e) if isinstance(e, TapernnError) else GraphError
+            raise cls(f"pass {names[k]!r} (position {k}, after {names[:k] or 'no pass'}) "
+                      f"failed: {type(e).__name__}: {e}") from e
+        elapsed = (time.perf_counter() - start) * 1e3
+        report.passes.append(PassRecord(names[k], before, len(result.nodes), elapsed))
         graph = result
+        if dump is not None:
+            dump(k + 1, names[k], graph)
     return graph, report
+
+
+def _dumper(dump: Dump | str | os.PathLike | None) -> Dump | None:
+    if dump is None or callable(dump):
+        return dump
+    folder = Path(dump)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(index: int, name: str, graph: Graph) -> None:
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+        text = (str(graph) + "\n").encode()
+        atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
+    return write

@@ -6,11 +6,14 @@ from __future__ import annotations
 import heapq
 
 from ..graph import Graph, Node
-from .rewrite import substitute
+from ..ops.registry import get_op
+from .rewrite import PSEUDO, substitute
 
-FUSIBLE = {"add", "sub", "mul", "div", "power", "maximum", "minimum", "neg", "exp", "log", "tanh",
-           "sqrt", "abs", "sigmoid", "relu", "greater", "equal", "sign", "cast", "add_n"}
 MAX_GROUP = 64
+
+
+def _fusible(n: Node) -> bool:
+    return n.op not in PSEUDO and get_op(n.op).fusible
 
 
 def fuse_elementwise(graph: Graph) -> Graph:
@@ -20,7 +23,7 @@ def fuse_elementwise(graph: Graph) -> Graph:
     taken: set[Node] = set()
     subst: dict[Node, Node] = {}
     for root in reversed(graph.nodes):
-        if root in taken or root.op not in FUSIBLE:
+        if root in taken or not _fusible(root):
             continue
         group = _grow(root, users, pos, outputs, taken)
         if len(group) >= 2:
@@ -40,7 +43,7 @@ def _grow(root: Node, users: dict, pos: dict, outputs: set, taken: set) -> set[N
         if p in seen:
             continue
         seen.add(p)
-        if (p.op not in FUSIBLE or p in taken or p in outputs or p.step != root.step
+        if (not _fusible(p) or p in taken or p in outputs or p.step != root.step
                 or p.phase != root.phase or not group.issuperset(users[p])):
             continue
         group.add(p)

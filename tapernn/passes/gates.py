@@ -7,12 +7,30 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
+from .driver import must_follow
 from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, read_once,
                       spanning, strip_transpose, substitute)
 
 
 def fuse_gates(graph: Graph) -> Graph:
-    graph = merge_matmul_sums(graph, lambda steps: len(steps) == 1)
+    """Every gate-fusion rewrite, in DEFAULT's order (DEFAULT lists them one by one)."""
+    for rewrite in (merge_matmul_sums_within_steps, fuse_gate_matmuls, fuse_row_sums):
+        graph = rewrite(graph)
+    return graph
+
+
+# hoisting first: the per-gate input projections are stacked over time before they are fused,
+# and in backward dx_t = dz_t @ W_x^T is hoisted before it could be paired with the recurrent
+# dh_t = dz_t @ W_h^T of the same step
+@must_follow("stack_matmuls_over_time", "merge_matmul_sums_over_time")
+def merge_matmul_sums_within_steps(graph: Graph) -> Graph:
+    """sum_k g_k @ B_k within one step -> [g_1 ... g_k] @ [B_1; ...; B_k]."""
+    return merge_matmul_sums(graph, lambda steps: len(steps) == 1)
+
+
+@must_follow("stack_matmuls_over_time")
+def fuse_gate_matmuls(graph: Graph) -> Graph:
+    """x @ W_i, x @ W_f, ... (one x, loop-level right operands) -> x @ [W_i W_f ...], sliced."""
     pos = {n: k for k, n in enumerate(graph.nodes)}
     inv = invariant_nodes(graph)
     groups: dict[Node, list[Node]] = {}
@@ -32,7 +50,7 @@ def fuse_gates(graph: Graph) -> Graph:
         members.sort(key=lambda m: (0, base_position(pos, m.inputs[1])) if m.inputs[1] in inv
                      else (1, first_use.get(m, 0)))
         subst.update(fuse_shared_left(members, inv))
-    return fuse_row_sums(substitute(graph, subst))
+    return substitute(graph, subst)
 
 
 def base_position(pos: dict[Node, int], n: Node) -> int:

@@ -13,6 +13,14 @@ from .rewrite import (accept_independent, derive, freeze, invariant_nodes, is_ma
 
 
 def hoist_across_time(graph: Graph) -> Graph:
+    """Every hoisting rewrite, in DEFAULT's order (DEFAULT lists them one by one)."""
+    for rewrite in HOISTING:
+        graph = rewrite(graph)
+    return graph
+
+
+def stack_matmuls_over_time(graph: Graph) -> Graph:
+    """x_t @ W for every step t (one loop-level W) -> one matmul of the stacked x_t, sliced."""
     groups: dict[Node, list[Node]] = {}
     inv = invariant_nodes(graph)
     for n in graph.nodes:
@@ -22,12 +30,12 @@ def hoist_across_time(graph: Graph) -> Graph:
     subst: dict[Node, Node] = {}
     for members in accept_independent(graph, groups, lambda m: m.inputs[:1]).values():
         subst.update(stack_rows(members))
-    graph = substitute(graph, subst)
-    graph = pull_transposes_out_of_sums(graph)
-    graph = merge_matmul_sums(graph, lambda steps: len(steps) > 1)
-    graph = merge_row_sums(graph)
-    graph = pull_slices_out_of_sums(graph)
-    return stack_index_grads(graph)
+    return substitute(graph, subst)
+
+
+def merge_matmul_sums_over_time(graph: Graph) -> Graph:
+    """sum_t x_t^T @ dz_t over several steps -> one matmul of the stacked operands."""
+    return merge_matmul_sums(graph, lambda steps: len(steps) > 1)
 
 
 def stack_rows(members: list[Node]) -> dict[Node, Node]:
@@ -138,3 +146,7 @@ def pull_slices_out_of_sums(graph: Graph) -> Graph:
         total = totals.setdefault(tuple(bases), derive(spanning(n), "add_n", bases))
         subst[n] = derive(n, "getitem", (total,), index=n.inputs[0].attrs["index"])
     return substitute(graph, subst)
+
+
+HOISTING = (stack_matmuls_over_time, pull_transposes_out_of_sums, merge_matmul_sums_over_time,
+            merge_row_sums, pull_slices_out_of_sums, stack_index_grads)

@@ -42,7 +42,7 @@ def is_zero(n: Node) -> bool:
         and not np.any(n.value)
 
 
-LAYOUT_OPS = ("transpose", "reshape", "concat", "getitem", "cast", "broadcast_to")
+PSEUDO = ("input", "constant")
 
 
 def invariant_nodes(g: Graph) -> set[Node]:
@@ -54,7 +54,8 @@ def invariant_nodes(g: Graph) -> set[Node]:
         if n.op == "input":
             if n.step is None:
                 out.add(n)
-        elif (n.step is None or n.op in LAYOUT_OPS) and out.issuperset(n.inputs):
+        elif (n.step is None or (n.op != "constant" and get_op(n.op).layout)) \
+                and out.issuperset(n.inputs):
             out.add(n)
     return out
 
@@ -102,7 +103,7 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     nodes = head + _topological(rest, pos, placed)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
     return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
-                 dict(g.meta)).eliminate_dead_code()
+                 g.meta).eliminate_dead_code()
 
 
 def _give_positions(new: Node, pos: dict[Node, float], at: float) -> None:

@@ -39,8 +39,20 @@ def _canonical_concat(n: Node, pieces: list[Node]) -> Node | None:
 
 
 def simplify_views(graph: Graph) -> Graph:
-    graph = index_grads_to_concat(graph.rebuild(_visitor(set())).eliminate_dead_code())
-    # the products to flip show once the concats are canonical (transpose(concat_1(P_k)))
+    """Every view rewrite, in DEFAULT's order (DEFAULT lists them one by one)."""
+    for rewrite in (simplify_view_chains, index_grads_to_concat, flip_transposed_products):
+        graph = rewrite(graph)
+    return graph
+
+
+def simplify_view_chains(graph: Graph) -> Graph:
+    """A slice of a slice, a transpose of a transpose, a reshape of a reshape: one view."""
+    return graph.rebuild(_visitor(set())).eliminate_dead_code()
+
+
+def flip_transposed_products(graph: Graph) -> Graph:
+    """transpose(A @ B) read only by the transpose -> B^T @ A^T (see transposed_products);
+    the products to flip show once the concats are canonical (transpose(concat_1(P_k)))."""
     flip = transposed_products(graph)
     return graph.rebuild(_visitor(flip)).eliminate_dead_code() if flip else graph
 

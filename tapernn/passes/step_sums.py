@@ -64,4 +64,4 @@ def sum_within_steps(graph: Graph) -> Graph:
         elif n not in moved:
             emit(n)
     outputs = [mapping.get(o, o) for o in graph.outputs]
-    return Graph(nodes, graph.inputs, outputs, dict(graph.meta)).eliminate_dead_code()
+    return Graph(nodes, graph.inputs, outputs, graph.meta).eliminate_dead_code()

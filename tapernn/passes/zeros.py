@@ -6,42 +6,33 @@ from __future__ import annotations
 
 from ..errors import ArgumentError
 from ..graph import Graph, Node
+from ..ops.registry import get_op
 from .rewrite import derive, is_zero, zeros_like_node
-
-# f(0) == 0 for these single-input ops (their other attrs only reshape or re-type the value)
-_ZERO_PRESERVING = {"neg", "tanh", "sqrt", "abs", "relu", "sign", "sum", "max", "reshape",
-                    "transpose", "broadcast_to", "getitem", "index_grad", "cast", "stop_gradient",
-                    "embedding_grad", "scatter_add"}
 
 
 def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
+    """n's replacement when some of `ins` are known zeros, by its op's zero rule (OpDef.zero)."""
     zero = [is_zero(i) for i in ins]
     if not any(zero):
         return None
-    op = n.op
-    if op in _ZERO_PRESERVING and zero[0]:
+    rule = get_op(n.op).zero
+    if (rule == "first" and zero[0]) or rule == "any" or (rule == "all" and all(zero)) \
+            or (rule == "branches" and zero[1] and zero[2]):
         return zeros_like_node(n)
-    if op in ("mul", "matmul") or (op == "div" and zero[0]):
-        return zeros_like_node(n)
-    if op == "concat" and all(zero):
-        return zeros_like_node(n)
-    if op == "where" and zero[1] and zero[2]:
-        return zeros_like_node(n)
-    if op in ("add", "sub"):
-        if all(zero):
+    if rule == "sum" or rule == "difference":
+        terms = [(i, k > 0 and rule == "difference") for k, (i, z) in enumerate(zip(ins, zero))
+                 if not z]
+        if not terms:
             return zeros_like_node(n)
-        other = ins[1] if zero[0] else ins[0]
-        if op == "sub" and zero[0]:
+        if len(terms) > 1:  # add_n of several non-zero terms
+            return derive(n, n.op, [i for i, _ in terms])
+        other, negated = terms[0]
+        if negated:
             other = derive(n, "neg", (other,))
         if other.dtype != n.dtype:  # e.g. int + float zeros: the sum was float
             other = derive(n, "cast", (other,), dtype=n.dtype.str)
         return other if other.shape == n.shape else derive(n, "broadcast_to", (other,),
                                                              shape=n.shape)
-    if op == "add_n":
-        rest = [i for i, z in zip(ins, zero) if not z]
-        if not rest:
-            return zeros_like_node(n)
-        return rest[0] if len(rest) == 1 else derive(n, "add_n", rest)
     return None
 
 

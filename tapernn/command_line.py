@@ -1,0 +1,32 @@
+"""Argument parsing shared by the `tapernn` commands (the CLI and its subcommand modules)."""
+from __future__ import annotations
+
+import argparse
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help line says its default: appended unless the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        if action.nargs == 0:  # a flag
+            default = "on" if action.default else "off"
+        elif action.default is None:
+            default = "none"
+        else:
+            default = "%(default)s"
+        return f"{text} (default: {default})" if text else f"default: {default}"
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; errors here are one line, exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
