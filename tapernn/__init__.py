@@ -14,6 +14,7 @@ from .graph import Graph, Node
 from .tracing import Var, trace
 from .autodiff import grad
 from .executor import Compiled, compile
+from .backends import get_backend, set_backend
 from .regions import PlanOptions
 from .testing import gradcheck
 

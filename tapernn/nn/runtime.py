@@ -165,7 +165,9 @@ class Executable:
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
                              kernels=fwd.kernels + bwd.kernels,
                              resident_bytes=self.training_pair.resident_bytes,
-                             arena_bytes=fwd.arena_bytes)
+                             arena_bytes=fwd.arena_bytes, backend=fwd.backend,
+                             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
+                             fallbacks=fwd.fallbacks + bwd.fallbacks)
 
 
 class TrainingPair:
