@@ -1,5 +1,16 @@
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """The suite runs on the backend $TAPERNN_TEST_BACKEND names (default numpy; numba runs
+    where it matters through the `backend` fixture and tests/test_backends.py: each distinct
+    fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it."""
+    import tapernn as tn
+    os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
+    tn.set_backend(os.environ["TAPERNN_BACKEND"])
 
 
 @pytest.fixture
