@@ -50,3 +50,14 @@ def test_failing_contender_is_disabled_with_its_error(bench):
 def test_flop_count_matches_the_documented_formula(bench):
     B, T, D, H = 32, 50, 128, 256
     assert bench.lstm_flops(B, T, D, H) == 3 * 2 * T * B * (D + H) * 4 * H
+
+
+def test_backends_side_by_side(bench, capsys):
+    from tapernn.backends import numba_available
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--backends", "numpy", "numba",
+                "--cells", "FastLSTM"])
+    out = capsys.readouterr().out
+    assert "tn FastLSTM [numpy]" in out and "tn FastLSTM [numba]" in out
+    assert "tn GRU" not in out and "error:" not in out
