@@ -47,7 +47,11 @@ def test_every_op_agrees_with_numpy_and_the_interpreter_float64():
     np.testing.assert_allclose(nba(*arrays), npy(*arrays), rtol=1e-12, atol=1e-12)
 
 
-def test_float32_stays_float32():
+def test_float32_stays_float32(monkeypatch):
+    from tapernn.backends import numba_backend
+    kept = tn.compile(tn.trace(every_op, *_arrays(np.float32)), backend="numba")
+    assert "kept on NumPy: float32 log/power/tanh" in kept.report.fallbacks[0]
+    monkeypatch.setattr(numba_backend, "SLOW_FLOAT32_OPS", frozenset())  # lower them anyway
     arrays = _arrays(np.float32)
     g, (npy, nba) = _both(every_op, arrays)
     out = nba(*arrays)

@@ -24,6 +24,28 @@ _lock = threading.RLock()
 _kernels: dict[str, tuple[Callable | None, str]] = {}
 
 
+# float32 groups with these ops stay on NumPy: without Intel SVML numba calls scalar libm
+# tanhf/logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (measured: the LSTM
+# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.67 ms numba vs 0.79 ms NumPy
+# on a loaded 2-core VM; float64 1.0 vs 1.4 ms: numba wins, as for exp-only groups in float32)
+SLOW_FLOAT32_OPS = frozenset({"tanh", "log", "power"})
+
+
+def _svml() -> bool:
+    from numba import config
+    return bool(getattr(config, "USING_SVML", False))
+
+
+def slower_than_numpy(program: tuple) -> str:
+    """Why numba would lose on this group ("" when it would not)."""
+    slow = {op for op, _, _, _, dtype in program
+            if op in SLOW_FLOAT32_OPS and np.dtype(dtype) == np.float32}
+    if slow and not _svml():
+        return f"kept on NumPy: float32 {'/'.join(sorted(slow))} without SVML is faster as a " \
+               f"NumPy SIMD ufunc"
+    return ""
+
+
 class Unsupported(Exception):
     """The group has an op or dtype this backend does not lower (the NumPy lowering runs it)."""
 
@@ -163,6 +185,9 @@ def _warm(kernel: Callable, operands: list[tuple[tuple, Any]], out: tuple[int, A
 def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
                out_dtype: Any) -> tuple[Callable | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group."""
+    slower = slower_than_numpy(program)
+    if slower:
+        return None, slower
     try:
         source = kernel_source(program, operands, out_shape)
     except Unsupported as e:
