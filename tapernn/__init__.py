@@ -4,8 +4,9 @@ from __future__ import annotations
 from . import errors, graph, tracing, functional  # noqa: I001  (the layers, bottom up)
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
-from .errors import (DTypeError, GradcheckError, GraphError, NumericError, ShapeError, StateError,
-                     TapernnError, ValueRangeError)
+from .errors import (ArgumentError, ArgumentTypeError, DTypeError, GradcheckError, GraphError,
+                     NumericError, ShapeError, StateError, TapernnError, TracingError,
+                     ValueRangeError)
 from .functional import (abs, add_n, broadcast_to, cast, concat, embedding, exp, gather, log,
                          log_softmax, logsumexp, matmul, max, maximum, mean, minimum, ones,
                          ones_like, relu, reshape, sigmoid, softmax, split, sqrt, stack,

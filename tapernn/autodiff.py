@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from . import functional as F
-from .errors import GraphError
+from .errors import ArgumentError, ArgumentTypeError, GraphError
 from .graph import Graph, Node
 from .ops.registry import get_op
 from .tracing import Tape, Var, phase, scope, step
@@ -27,9 +27,12 @@ def _resolve(graph: Graph, wrt: Sequence[Node | int | str] | None) -> list[Node]
         elif isinstance(w, (int, np.integer)):
             node = graph.inputs[int(w)]
         elif isinstance(w, str):
-            node = graph.input_named(w)
+            try:
+                node = graph.input_named(w)
+            except KeyError as e:
+                raise ArgumentError(e.args[0]) from None
         else:
-            raise TypeError(f"wrt entries are input nodes, indices or names, got {w!r}")
+            raise ArgumentTypeError(f"wrt entries are input nodes, indices or names, got {w!r}")
         if node not in graph.inputs:
             raise GraphError(f"can only differentiate with respect to graph inputs, not {node!r}")
         out.append(node)

@@ -29,6 +29,19 @@ class NumericError(TapernnError, FloatingPointError):
     """NaN or Inf where a finite number is required (a loss, a gradient)."""
 
 
+class ArgumentError(TapernnError, ValueError):
+    """An argument's value is outside what the call accepts: a size, a probability, a mode."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument has the wrong type: a string or float where a size goes, an int for a flag."""
+
+
+class TracingError(TapernnError, TypeError):
+    """Python or NumPy was asked for a symbolic value's data while tracing (`if var:`,
+    `np.tanh(var)`): use the tn.* ops instead."""
+
+
 class GraphError(TapernnError):
     """A graph is malformed (Graph.verify) or a pass produced a malformed graph."""
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from .codegen import Program, arena_layout, fused_scratch
-from .errors import DTypeError, ShapeError, TapernnError, ValueRangeError, where
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .regions import DEFAULT_OPTIONS, PlanOptions
-from .passes import CompileReport, Pass, default_passes, run_passes
+from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
 from .passes.driver import Dump
 
 
@@ -52,7 +52,10 @@ class Compiled:
         return outs[0] if self._single else list(outs)
 
     def run(self, args: Sequence[np.ndarray]) -> tuple:
-        """Run on already-checked arrays (the fast path modules use)."""
+        """Run on already-checked arrays (the fast path modules use). NumPy's floating-point
+        warnings are off inside: NaN/Inf inputs give NaN/Inf outputs (criteria and
+        clip_grad_norm raise NumericError on them) without warnings naming internal ops."""
+        token = _quiet_enter()
         try:
             return self.program.fn(*args)
         except TapernnError as e:
@@ -61,9 +64,43 @@ class Compiled:
             raise _locate(e, self.program.failing_node(e), ValueRangeError) from None
         except (ValueError, TypeError, FloatingPointError) as e:
             raise _locate(e, self.program.failing_node(e), TapernnError) from None
+        finally:
+            _quiet_exit(token)
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
+
+
+def _quiet(err: dict) -> dict:
+    """NumPy's error settings with "warn" turned off: a user's np.errstate(...="raise") still
+    raises (and the failure names the node), the default warnings do not leak."""
+    return {k: ("ignore" if v == "warn" else v) for k, v in err.items()}
+
+
+try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the last seen one
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+
+    _last_quiet: tuple = (None, None)
+
+    def _quiet_enter() -> Any:
+        global _last_quiet
+        current = _extobj_contextvar.get()
+        seen, quiet = _last_quiet
+        if current is not seen:
+            quiet = _make_extobj(**_quiet(np.geterr()))
+            _last_quiet = (current, quiet)
+        return _extobj_contextvar.set(quiet)
+
+    def _quiet_exit(token: Any) -> None:
+        _extobj_contextvar.reset(token)
+except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
+    def _quiet_enter() -> Any:
+        state = np.errstate(**_quiet(np.geterr()))
+        state.__enter__()
+        return state
+
+    def _quiet_exit(token: Any) -> None:
+        token.__exit__(None, None, None)
 
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
@@ -117,12 +154,22 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None,
     `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups."""
     options = with_backend(options, backend)
     with gc_paused():
-        graph.verify()
-        graph, report = run_passes(graph, default_passes() if passes is None else passes,
-                                   dump=dump)
+        _verify(graph)
+        graph, report = run_passes(graph, _pipeline(passes), dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
         program = Program(graph, plan=plan, options=options)
         return Compiled(graph, program, report)
+
+
+def _verify(graph: Graph) -> None:
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
+                                f"{type(graph).__name__}")
+    graph.verify()
+
+
+def _pipeline(passes: Sequence[Pass] | None) -> list[Pass]:
+    return default_passes() if passes is None else check_passes(passes)
 
 
 def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> CompileReport:
@@ -150,8 +197,8 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
     with gc_paused():
         optimised = []
         for graph in graphs:
-            graph.verify()
-            optimised.append(run_passes(graph, default_passes() if passes is None else passes))
+            _verify(graph)
+            optimised.append(run_passes(graph, _pipeline(passes)))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
         arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
         compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options), report)

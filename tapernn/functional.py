@@ -3,13 +3,15 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import ArgumentTypeError, ShapeError, TracingError
+from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
-from .tracing import Var, as_var, emit
+from .tracing import Var, as_var, current_scope, current_step, emit
 
 
 def _unary(name):
@@ -203,7 +205,8 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple:
         elif isinstance(item, (list, np.ndarray)) and np.asarray(item).dtype.kind in "iu":
             out.append(("a", tuple(int(v) for v in np.asarray(item).ravel())))
         else:
-            raise TypeError(f"unsupported index {item!r}; use ints, slices, None, ... or 1-D int lists")
+            raise ArgumentTypeError(f"unsupported index {item!r}; use ints, slices, None, ... or "
+                                    f"1-D int lists")
     key = tuple(out)
     from .ops.indexing import index_shape  # the shape rule checks bounds
     index_shape(shape, index=key)
@@ -270,5 +273,48 @@ _OPERATORS = {
     "reshape": _reshape_method, "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
 }
+
+
+# NumPy on a Var: the operators NumPy routes here (ndarray + Var) record the op; any other NumPy
+# function is a mistake inside a cell or traced function -> say which tn.* op to use
+_OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
+    "add": ("__add__", "__radd__"), "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"), "divide": ("__truediv__", "__rtruediv__"),
+    "true_divide": ("__truediv__", "__rtruediv__"), "power": ("__pow__", "__rpow__"),
+    "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
+    "less": ("__lt__", "__gt__"),
+}
+_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
+                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
+
+
+def _numpy_on_var(called: str, name: str) -> str:
+    public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
+    where_ = located(current_scope() or None, current_step())
+    tn_name = _TN_SPELLING.get(name, name)
+    if tn_name == "-x":
+        hint = "use -x"
+    elif callable(getattr(public, tn_name, None)) and callable(globals().get(tn_name)):
+        hint = f"use tn.{tn_name}"
+    else:
+        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
+                "tn.tanh, tn.sigmoid, tn.sum, ...)")
+    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
+
+
+def _array_ufunc(self: Var, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+    ops = _OPERATOR_UFUNCS.get(ufunc.__name__)
+    if ops is not None and method == "__call__" and not kwargs and len(inputs) == 2:
+        a, b = inputs
+        return getattr(a, ops[0])(b) if isinstance(a, Var) else getattr(b, ops[1])(a)
+    called = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+    raise TracingError(_numpy_on_var(called, ufunc.__name__))
+
+
+def _array_function(self: Var, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+    raise TracingError(_numpy_on_var(func.__name__, func.__name__))
+
+
+_OPERATORS.update(__array_ufunc__=_array_ufunc, __array_function__=_array_function)
 for _name, _method in _OPERATORS.items():
     setattr(Var, _name, _method)

@@ -59,6 +59,17 @@ MODELS: dict[str, Callable[[int, int, int], Built]] = {
 }
 
 
+def _checked(name: str, built: Any) -> Built:
+    """A factory's result must be (model, example input, example grad_output)."""
+    if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], nn.Module)):
+        shown = (f"a tuple of {len(built)}" if isinstance(built, tuple) and len(built) != 3
+                 else f"({type(built[0]).__name__}, ...)" if isinstance(built, tuple)
+                 else type(built).__name__)
+        raise TapernnError(f"model factory {name!r} must return (model, input, grad_output), got "
+                           f"{shown} (model: an nn.Module)")
+    return built
+
+
 def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
     """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
     if ":" in name:
@@ -67,7 +78,7 @@ def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Bui
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
-        return factory(steps, batch, size)
+        return _checked(name, factory(steps, batch, size))
     if name not in MODELS:
         raise TapernnError(f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory")
     return MODELS[name](steps, batch, size)

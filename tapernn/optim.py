@@ -6,17 +6,15 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import NumericError
+from . import validation as check
+from .errors import ArgumentTypeError, NumericError
 
 
 class Optimizer:
     def __init__(self, params: Iterable, lr: float):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("optimizer got no parameters")
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
-        self.lr = float(lr)
+        owner = f"optim.{type(self).__name__}"
+        self.params = check.parameters(owner, params)
+        self.lr = check.number(owner, "lr", lr, "positive")
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -34,7 +32,7 @@ class SGD(Optimizer):
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0):
         super().__init__(params, lr)
-        self.momentum = float(momentum)
+        self.momentum = check.number("optim.SGD", "momentum", momentum, "[0, 1)")
         self.buffers = [np.zeros_like(p.data) for p in self.params]
 
     def step(self) -> None:
@@ -60,8 +58,12 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         super().__init__(params, lr)
-        self.beta1, self.beta2 = betas
-        self.eps = eps
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ArgumentTypeError(f"optim.Adam: betas must be a pair (beta1, beta2), got "
+                                    f"{check.got(betas)}")
+        self.beta1, self.beta2 = (check.number("optim.Adam", f"betas[{k}]", b, "[0, 1)")
+                                  for k, b in enumerate(betas))
+        self.eps = check.number("optim.Adam", "eps", eps, "positive")
         self.t = 0
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
@@ -92,11 +94,12 @@ class Adam(Optimizer):
 
 def clip_grad_norm(params: Iterable, max_norm: float) -> float:
     """Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before."""
-    params = list(params)
+    params = check.parameters("optim.clip_grad_norm", params)
+    max_norm = check.number("optim.clip_grad_norm", "max_norm", max_norm, "positive")
     norm = float(np.sqrt(sum(float(np.sum(p.grad * p.grad)) for p in params)))
     if not np.isfinite(norm):
         raise NumericError(f"gradient norm is {norm}; the loss or a gradient is NaN/Inf")
-    if norm > max_norm > 0:
+    if norm > max_norm:
         scale = max_norm / (norm + 1e-12)
         for p in params:
             p.grad *= scale

@@ -8,10 +8,12 @@ from typing import Any, Callable
 import numpy as np
 
 from . import functional as F
+from . import validation as check
 from .autodiff import grad
-from .errors import GradcheckError
+from .errors import ArgumentTypeError, DTypeError, GradcheckError
 from .executor import Compiled
 from .tracing import _flatten, trace
+from .validation import data_array
 
 
 def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: float = 1e-6,
@@ -24,9 +26,20 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     (up to `max_entries` per input, chosen at random beyond that) is perturbed by +-eps.
     Returns True, or raises GradcheckError naming the input, the entry, analytic and numeric.
     """
+    if not callable(fn):
+        raise ArgumentTypeError(f"tn.gradcheck takes a function of Vars first, got "
+                                f"{type(fn).__name__}")
+    eps = check.number("tn.gradcheck", "eps", eps, "positive")
+    atol = check.number("tn.gradcheck", "atol", atol, "non-negative")
+    rtol = check.number("tn.gradcheck", "rtol", rtol, "non-negative")
+    max_entries = check.size("tn.gradcheck", "max_entries", max_entries)
     rng = np.random.default_rng(seed)
-    xs = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-          for a in arrays]
+    xs = [data_array("tn.gradcheck", np.asarray(a)) for a in arrays]
+    xs = [np.array(a, dtype=np.float64) if a.dtype.kind == "f" else a for a in xs]
+    if not any(x.dtype.kind == "f" for x in xs):
+        raise DTypeError(f"tn.gradcheck needs at least one floating-point array to differentiate, "
+                         f"got {', '.join(x.dtype.name for x in xs) or 'no arrays'} (integer "
+                         f"arrays are ids or targets: pass x.astype(float) to check x)")
     probe = trace(fn, *xs)
     projections = [rng.standard_normal(o.shape) for o in probe.outputs if o.dtype.kind == "f"]
 

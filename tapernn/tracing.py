@@ -10,9 +10,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError, TapernnError, where
+from .errors import DTypeError, ShapeError, TapernnError, TracingError, where
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .validation import data_array
 
 _STEP: ContextVar[int | None] = ContextVar("tapernn_step", default=None)
 _SCOPE: ContextVar[str] = ContextVar("tapernn_scope", default="")
@@ -79,6 +80,7 @@ class Tape:
 
     def __init__(self, graph: Graph | None = None):
         self.graph = graph if graph is not None else Graph()
+        self.trace_count = 0
 
     def add(self, node: Node) -> Node:
         self.graph.nodes.append(node)
@@ -116,8 +118,8 @@ def current_tape() -> Tape:
 
 class Var:
     """A symbolic array: shape, dtype and the node that computes it. Its NumPy-style operators
-    and methods (`+`, `@`, `x[i]`, `.sum()`, `.T`, ...) are the symbolic functions of
-    `tapernn.functional`, attached there (the layer above this one)."""
+    and methods (`+`, `@`, `x[i]`, `.sum()`, `.T`, ...) and its answers to NumPy functions are
+    those of `tapernn.functional`, attached there (the layer above this one)."""
 
     __slots__ = ("node", "tape")
     __array_priority__ = 1000  # ndarray (op) Var defers to Var's reflected operators
@@ -133,14 +135,19 @@ class Var:
 
     def __len__(self) -> int:
         if not self.node.shape:
-            raise TypeError("len() of a 0-d Var")
+            raise TracingError("len() of a 0-d Var")
         return self.node.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TracingError("a symbolic tn.Var has no values while a graph is recorded (inside a "
+                           "cell's step, a module's build or a traced function): use the tn.* "
+                           f"ops on it, not NumPy{where(_SCOPE.get() or None, _STEP.get())}")
 
     def __repr__(self) -> str:
         return f"Var({self.node.op}, shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise TapernnError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
+        raise TracingError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
@@ -205,7 +212,7 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
         return tape.constant(a, np.float64 if isinstance(a, float) else np.int64).node
     if isinstance(a, (np.ndarray, np.generic)):
         return tape.constant(np.asarray(a)).node
-    raise TypeError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
+    raise TracingError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
 
 
 def as_var(a: Any, like: Var | None = None) -> Var:
@@ -223,7 +230,7 @@ def _flatten(out: Any) -> list[Var]:
         return [out]
     if isinstance(out, (list, tuple)):
         return [v for o in out for v in _flatten(o)]
-    raise TypeError(f"traced functions must return Vars (or nested lists/tuples of them), got "
+    raise TracingError(f"traced functions must return Vars (or nested lists/tuples of them), got "
                     f"{type(out).__name__}")
 
 
@@ -233,11 +240,13 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     Shapes: each example array fixes the shape and dtype of one input; `fn` returns a Var or a
     (nested) list/tuple of Vars, which become `graph.outputs` in order.
     """
+    if not callable(fn):
+        raise TracingError(f"tn.trace takes a function of Vars first, got {type(fn).__name__}")
     tape = Tape()
     with tape.recording():
         ins = []
         for k, a in enumerate(example_arrays):
-            arr = np.asarray(a)
+            arr = data_array("tn.trace", np.asarray(a))
             name = names[k] if names is not None else f"x{k}"
             ins.append(tape.input(arr.shape, arr.dtype, name=name))
         out = fn(*ins)
@@ -245,4 +254,3 @@ def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | N
     tape.graph.outputs = [v.node for v in outs]
     tape.graph.meta = replace(tape.graph.meta, single_output=isinstance(out, Var))
     return tape.graph
-

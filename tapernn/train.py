@@ -135,8 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C)."""
+def run(args: argparse.Namespace, distributed: bool | None = None) -> int:
+    """Train as `args` says; returns the exit code (0, 2 for bad input, 130 on Ctrl-C). Under an
+    MPI launcher with several processes (`mpiexec -n N`), trains data-parallel on all of them."""
+    if distributed is None:
+        from .distributed import launched_by_mpi
+        distributed = launched_by_mpi()
+    if distributed:
+        from .distributed_train import run_distributed
+        return run_distributed(args)
     try:
         with blas_threads(args.threads):
             return Trainer(args).fit()
@@ -275,7 +282,7 @@ class Trainer:
             self.say(f"nothing to do: the checkpoint is at step {self.step} and this run stops at "
                      f"step {self.total} (--steps and --epochs count from the start of the run)")
             return 0
-        with StopRequest() as stop:  # installed first: a Ctrl-C from here on saves cleanly
+        with self.stop_request() as stop:  # installed first: a Ctrl-C from here on saves cleanly
             self._print_header()
             self._train(stop)
             if stop.requested:
@@ -286,6 +293,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         self.say(self._summary(first_step, elapsed))
         return INTERRUPTED if stop.requested else 0
+
+    def stop_request(self) -> StopRequest:
+        return StopRequest()  # (distributed_train: one all ranks agree on)
 
     def _train(self, stop: StopRequest) -> None:
         from tqdm import tqdm  # imported here: `tapernn --help` should not pay for it

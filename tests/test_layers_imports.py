@@ -15,7 +15,7 @@ PKG = ROOT / "tapernn"
 # lowest first; "x.*" names the package x and everything in it, other entries one module
 LAYERS = [
     ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
-              "tapernn.random", "tapernn.fileio",
+              "tapernn.random", "tapernn.fileio", "tapernn.validation",
               "tapernn.blas", "tapernn.serialization"]),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
@@ -32,7 +32,8 @@ LAYERS = [
     ("package", ["tapernn"]),  # tapernn/__init__: the public names
     ("apps", ["tapernn.cli", "tapernn.command_line", "tapernn.__main__", "tapernn.train",
               "tapernn.charlm", "tapernn.checkpoint", "tapernn.tutorial", "tapernn.models",
-              "tapernn.benchmark.*", "tapernn.data.*", "tapernn.export_cli"]),
+              "tapernn.benchmark.*", "tapernn.data.*", "tapernn.export_cli",
+              "tapernn.distributed", "tapernn.distributed_train"]),
 ]
 
 
@@ -106,9 +107,16 @@ def test_every_import_goes_down_the_layers():
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
 
 
+# Known cycles among the applications, which the lead reorganises (into a subpackage) once the
+# other branches have landed: `train` runs `distributed_train` under MPI, which builds on
+# train's Trainer. Exactly these; a new cycle, or this one gone, fails the test.
+KNOWN_APP_CYCLES = [["tapernn.distributed_train", "tapernn.train"]]
+
+
 def test_no_import_cycles():
-    cycles = [sorted(c) for c in nx.strongly_connected_components(import_graph()) if len(c) > 1]
-    assert not cycles, f"import cycles: {cycles}"
+    cycles = sorted(sorted(c) for c in nx.strongly_connected_components(import_graph())
+                    if len(c) > 1)
+    assert cycles == KNOWN_APP_CYCLES, f"import cycles: {cycles}"
 
 
 def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path, monkeypatch):

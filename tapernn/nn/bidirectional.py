@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import functional as F
 from .. import tracing
+from .. import validation as check
 from ..tracing import Var
 from .module import Module
 from .tables import JoinTable
@@ -24,6 +25,9 @@ def fresh_clone(module: Module) -> Module:
 class _Bidirectional(Module):
     def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
         super().__init__()
+        for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
+            if m is not None or name == "fwd":
+                check.module(self, name, m)
         self.add_child("fwd", fwd)
         self.add_child("bwd", bwd if bwd is not None else fresh_clone(fwd))
         self.add_child("merge", merge if merge is not None else JoinTable(-1))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentTypeError
 from ..tracing import Var
 from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
@@ -30,7 +32,7 @@ class LSTM(Cell):
     def __init__(self, input_size: int, output_size: int | None = None, peephole: bool = True, rng=None):
         super().__init__(input_size, input_size if output_size is None else output_size)
         D, H = self.input_size, self.hidden_size
-        self.peephole = peephole
+        self.peephole = peephole = check.flag(self, "peephole", peephole)
         for gate in "ifgo":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "ifgo":
@@ -94,7 +96,7 @@ class GRU(Cell):
     def __init__(self, input_size: int, output_size: int, reset_after: bool = False, rng=None):
         super().__init__(input_size, output_size)
         D, H = self.input_size, self.hidden_size
-        self.reset_after = reset_after
+        self.reset_after = reset_after = check.flag(self, "reset_after", reset_after)
         for gate in "rzn":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "rzn":
@@ -128,9 +130,7 @@ class RNN(Cell):
 
     def __init__(self, input_size: int, output_size: int, nonlinearity: str = "tanh", rng=None):
         super().__init__(input_size, output_size)
-        if nonlinearity not in _NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {sorted(_NONLINEARITIES)}, got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = check.choice(self, "nonlinearity", nonlinearity, _NONLINEARITIES)
         D, H = self.input_size, self.hidden_size
         self.parameter("w_xh", (H, D), bound=1 / np.sqrt(D), rng=rng)
         self.parameter("w_hh", (H, H), bound=1 / np.sqrt(H), rng=rng)
@@ -150,8 +150,8 @@ class Recurrent(AbstractRecurrent):
     def __init__(self, start: int | Module, input: Module, feedback: Module,
                  transfer: Module | None = None, merge: Module | None = None, rng=None):
         super().__init__()
-        if isinstance(start, (int, np.integer)):
-            self.start_size = int(start)
+        if not isinstance(start, Module):
+            self.start_size = check.size(self, "start (a size or a module)", start)
             self.parameter("start", (self.start_size,), bound=1 / np.sqrt(self.start_size), rng=rng)
             self.start_module = None
         else:
@@ -163,8 +163,8 @@ class Recurrent(AbstractRecurrent):
         self.add_child("merge", merge if merge is not None else CAddTable())
 
     def mask_zero(self) -> Recurrent:
-        raise TypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a Cell such "
-                        "as RNN, LSTM or GRU")
+        raise ArgumentTypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a "
+                                "Cell such as RNN, LSTM or GRU")
 
     def build(self, x):
         ctx = current_build()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..errors import ShapeError
+from .. import validation as check
+from ..errors import ShapeError, ValueRangeError
 from .module import Module
 
 
@@ -17,13 +18,13 @@ class Container(Module):
             self.add(m)
 
     def add(self, module: Module) -> Container:
-        self.add_child(str(len(self._children)), module)
+        self.add_child(str(len(self._children)), check.module(self, "module", module))
         return self
 
     def get(self, index: int) -> Module:
         mods = self.children()
-        if not -len(mods) <= index < len(mods):
-            raise IndexError(f"{self.describe()} has {len(mods)} modules; index {index} is out of range")
+        if not -len(mods) <= check.integer(self, "index", index) < len(mods):
+            raise ValueRangeError(f"{self.describe()} has {len(mods)} modules; index {index} is out of range")
         return mods[index]
 
     __getitem__ = get

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import functional as F
-from ..errors import StateError, TapernnError
+from ..errors import ShapeError, StateError, TapernnError
 from ..tracing import Tape, Var, current_scope, step
 
 if TYPE_CHECKING:
@@ -24,6 +24,16 @@ def current_build() -> BuildContext:
     if ctx is None:
         raise TapernnError("symbolic module calls only happen inside a traced forward")
     return ctx
+
+
+def _wrong_state_shape(module: Any, k: int, got: tuple, needed: tuple) -> None:
+    at = f"{module.describe()} at {current_scope() or 'top'!r}"
+    name = module.state_names[k]
+    if module._state is None:  # the user's set_initial_state
+        raise ShapeError(f"{at}: initial state {name!r} given to set_initial_state has shape "
+                         f"{got}, but this input needs {needed}")
+    raise StateError(f"{at}: remembered state {name!r} has shape {got} but this input needs "
+                     f"{needed}; call forget() when the batch size changes")
 
 
 @dataclass
@@ -95,10 +105,7 @@ class BuildContext:
             state = []
             for k, (arr, s) in enumerate(zip(stored, shapes)):
                 if tuple(arr.shape) != tuple(s):
-                    raise StateError(
-                        f"{module.describe()} at {current_scope() or 'top'!r}: remembered state "
-                        f"{module.state_names[k]!r} has shape {tuple(arr.shape)} but this input needs "
-                        f"{tuple(s)}; call forget() when the batch size changes")
+                    _wrong_state_shape(module, k, tuple(arr.shape), tuple(s))
                 var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module.state_names[k]}0",
                                       kind="state")
                 user = module._state is None  # set_initial_state: its gradient is wanted

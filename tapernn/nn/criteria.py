@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
 from ..errors import NumericError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .module import Module
@@ -65,7 +66,7 @@ class MSECriterion(Criterion):
 
     def __init__(self, size_average: bool = True):
         super().__init__()
-        self.size_average = size_average
+        self.size_average = check.flag(self, "size_average", size_average)
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -84,8 +85,8 @@ class BCECriterion(Criterion):
 
     def __init__(self, weights: np.ndarray | None = None, size_average: bool = True):
         super().__init__()
-        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self.size_average = size_average
+        self.weights = check.weights(self, "weights", weights)
+        self.size_average = check.flag(self, "size_average", size_average)
 
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
@@ -114,9 +115,9 @@ class ClassNLLCriterion(Criterion):
     def __init__(self, weights: np.ndarray | None = None, size_average: bool = True,
                  ignore_index: int = -100):
         super().__init__()
-        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self.size_average = size_average
-        self.ignore_index = int(ignore_index)
+        self.weights = check.weights(self, "weights", weights)
+        self.size_average = check.flag(self, "size_average", size_average)
+        self.ignore_index = check.integer(self, "ignore_index", ignore_index)
 
     def check_targets(self, input: Any, target: Any) -> None:
         x, t = np.asarray(input), np.asarray(target)
@@ -166,8 +167,8 @@ class SequencerCriterion(Criterion):
 
     def __init__(self, criterion: Criterion, size_average: bool = False):
         super().__init__()
-        self.add_child("0", criterion)
-        self.size_average = size_average
+        self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
+        self.size_average = check.flag(self, "size_average", size_average)
 
     @property
     def criterion(self) -> Criterion:
@@ -199,3 +200,6 @@ def _steps(seq: Any) -> list:
         return [seq[t] for t in range(seq.shape[0])]
     arr = np.asarray(seq)
     return [arr[t] for t in range(arr.shape[0])]
+
+
+check.NN_CLASSES.update(Criterion=Criterion)  # what validation.module/parameters accept

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .context import current_build
@@ -28,7 +29,9 @@ class Linear(Module):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True, rng=None):
         super().__init__()
-        self.input_size, self.output_size = int(input_size), int(output_size)
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
+        bias = check.flag(self, "bias", bias)
         bound = 1 / np.sqrt(self.input_size)
         self.parameter("weight", (self.output_size, self.input_size), bound=bound, rng=rng)
         if bias:
@@ -53,7 +56,8 @@ class LookupTable(Module):
 
     def __init__(self, n_index: int, n_output: int, rng=None):
         super().__init__()
-        self.n_index, self.n_output = int(n_index), int(n_output)
+        self.n_index = check.size(self, "n_index", n_index)
+        self.n_output = check.size(self, "n_output", n_output)
         self.parameter("weight", (self.n_index, self.n_output), init="normal", rng=rng)
 
     def build(self, ids: Var) -> Var:
@@ -108,13 +112,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise TypeError(f"Dropout rng must be a numpy.random.Generator, got "
-                            f"{type(rng).__name__}")
-        self.p = float(p)
-        self.rng = rng
+        self.p = check.number(self, "p", p, "[0, 1)")
+        self.rng = check.generator(self, "rng", rng)
 
     def build(self, x: Var) -> Var:
         ctx = current_build()
@@ -131,7 +130,7 @@ class Reshape(Module):
 
     def __init__(self, *shape: int):
         super().__init__()
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = check.sizes(self, "shape", shape)
 
     def build(self, x: Var) -> Var:
         size = int(np.prod(self.shape))

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentTypeError
 from ..tracing import Var
 from .criteria import Criterion
 from .layers import LookupTable
@@ -28,7 +30,7 @@ class MaskZero(Module):
 
     def __init__(self, module: Module):
         super().__init__()
-        self.add_child("0", module)
+        self.add_child("0", check.module(self, "module", module))
 
     def build(self, x: Any) -> Any:
         first = flatten(x)[0][0]
@@ -50,8 +52,10 @@ class MaskZeroCriterion(Criterion):
 
     def __init__(self, criterion: Criterion):
         super().__init__()
+        check.module(self, "criterion", criterion, criterion=True)
         if not hasattr(criterion, "build_masked"):
-            raise TypeError(f"MaskZeroCriterion cannot mask {criterion.describe()}")
+            raise ArgumentTypeError(f"nn.MaskZeroCriterion cannot mask {criterion.describe()}; "
+                                    f"it masks MSE, BCE, ClassNLL and CrossEntropy criteria")
         self.add_child("0", criterion)
 
     def check_targets(self, input: Any, target: Any) -> None:
@@ -75,7 +79,7 @@ class LookupTableMaskZero(LookupTable):
     ids are 1..n_index (the weight has n_index + 1 rows, row 0 unused).  Torch7: same name."""
 
     def __init__(self, n_index: int, n_output: int, rng=None):
-        super().__init__(n_index + 1, n_output, rng=rng)
+        super().__init__(check.size(self, "n_index", n_index) + 1, n_output, rng=rng)
         self.weight.data[0] = 0
 
     def build(self, ids: Var) -> Var:

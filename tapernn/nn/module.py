@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import random as tn_random
-from ..errors import DTypeError, ShapeError, StateError, where
+from .. import validation as check
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
@@ -33,11 +34,28 @@ class _BlockRows:
         return self if p is None else p.__dict__[self.slot]
 
     def __set__(self, p: Any, value: np.ndarray) -> None:
+        old = p.__dict__.get(self.slot)
+        if old is not None:
+            _check_rebind(p, self.slot[1:], old, value)
         block = p._block
         if block is not None and value is not p.__dict__[self.slot]:
             block.intact = False
             p._block = None
         p.__dict__[self.slot] = value
+
+
+def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
+    """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape."""
+    if not isinstance(value, np.ndarray):
+        raise ArgumentTypeError(f"parameter {p.name!r}: .{field} must be a numpy array, got "
+                                f"{type(value).__name__}")
+    if value.shape != old.shape:
+        raise ShapeError(f"parameter {p.name!r} has shape {old.shape}; cannot rebind its .{field} "
+                         f"to shape {value.shape} (assign into it, p.{field}[...] = ..., or "
+                         f"build a new module)")
+    if value.dtype.kind != "f":
+        raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got "
+                         f"{value.dtype}")
 
 
 class Parameter:
@@ -84,6 +102,15 @@ class Parameter:
     __getitem__ = lambda s, i: s.__tapernn_var__()[i]
     T = property(lambda s: s.__tapernn_var__().T)
 
+    # NumPy on a Parameter inside a build: as on its Var (operators record, np.tanh says tn.tanh)
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        inputs = tuple(i.__tapernn_var__() if isinstance(i, Parameter) else i for i in inputs)
+        var = next(i for i in inputs if isinstance(i, Var))
+        return var.__array_ufunc__(ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return self.__tapernn_var__().__array_function__(func, types, args, kwargs)
+
 
 def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
     return tn_random.generator(rng).uniform(-bound, bound, size=shape)
@@ -127,8 +154,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__} children must be modules, got {type(module).__name__}")
+        check.module(self, "a child" if name.isdigit() else name, module)
         self._children[name] = module
         joined(self, module)
         return module
@@ -163,7 +189,8 @@ class Module:
                   bound: float | None = None, rng: np.random.Generator | None = None) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
+        rng = check.generator(self, "rng", rng)
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(f"parameter {name!r}: init array has shape {init.shape}, expected {shape}")
@@ -177,7 +204,9 @@ class Module:
         elif init == "normal":
             data = tn_random.generator(rng).standard_normal(shape)
         else:
-            raise ValueError(f"unknown init {init!r}; use uniform, zeros, ones, normal or an array")
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r}: init must be one of "
+                                f"'uniform', 'zeros', 'ones', 'normal' or an array, got "
+                                f"{check.got(init)}")
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
         p._home = self
@@ -231,6 +260,10 @@ class Module:
         return runtime_of(self).forward(input)
 
     def backward(self, input: Any, grad_output: Any) -> Any:
+        """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
+        than the last forward's (same shapes), the gradient at *that* input, as Torch7's Linear
+        (gradWeight += grad_outputᵀ·input): recomputed with the forward's dropout masks and
+        states; `output` keeps the forward's value. Stepped by hand, each step's own input."""
         from .runtime import runtime_of
         check_backward_pairing(self)
         return runtime_of(self).backward(input, grad_output)
@@ -246,6 +279,7 @@ class Module:
             grad[...] = 0
 
     def update_parameters(self, lr: float) -> None:
+        lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
         for data, grad in storage(self.parameters()):
             data -= lr * grad
 
@@ -295,6 +329,8 @@ class Module:
             child._clear_memory(keep_initial)
 
     def reset(self, stdv: float | None = None) -> Module:
+        if stdv is not None:
+            stdv = check.number(f"{self.describe()}.reset", "stdv", stdv, "non-negative")
         for m in self.modules():
             for name, p in m._params.items():
                 init, bound = getattr(p, "_init", ("uniform", None))
@@ -340,6 +376,9 @@ class Module:
         return {name: p.data.copy() for name, p in self.named_parameters().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
+        if not hasattr(state, "keys"):
+            raise ArgumentTypeError(f"{self.describe()}.load_state_dict: expected a dict of arrays "
+                                    f"(from state_dict()), got {check.got(state)}")
         params = self.named_parameters()
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
@@ -414,3 +453,6 @@ def _contains_var(obj: Any) -> bool:
     if isinstance(obj, (list, tuple)):
         return any(_contains_var(o) for o in obj)
     return False
+
+
+check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # what validation.module/parameters accept

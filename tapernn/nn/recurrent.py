@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import validation as check
 from ..errors import ShapeError, StateError
 from ..tracing import Var
 from .context import current_build
@@ -161,9 +162,7 @@ class AbstractRecurrent(Module):
     def max_bptt_step(self, rho: int | None) -> AbstractRecurrent:
         """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded).
         Older steps' `outputs[t]`, `inputs[t]` and states become None (indices stay absolute)."""
-        if rho is not None and rho < 1:
-            raise ValueError(f"rho must be a positive number of steps, got {rho}")
-        self.rho = rho
+        self.rho = check.size(self, "rho", rho, allow_none=True)
         return self
 
     # ---- hidden-state API ------------------------------------------------------------------------
@@ -171,7 +170,7 @@ class AbstractRecurrent(Module):
     def get_hidden_state(self, t: int = -1) -> tuple[np.ndarray, ...]:
         """The state after step t (0-based; negative from the end), a tuple in `state_names` order."""
         n = len(self.outputs)
-        if not -n <= t < n:
+        if not -n <= check.integer(self.describe(), "t", t) < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
         if self.outputs[t] is None:
             raise StateError(f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
@@ -181,15 +180,15 @@ class AbstractRecurrent(Module):
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
         """Start the next sequence from `state` (tuple in `state_names` order) instead of zeros,
         until forget()."""
-        if isinstance(state, np.ndarray):
-            state = (state,)
-        if len(state) != len(self.state_names):
-            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} state arrays "
-                             f"{self.state_names}, got {len(state)}")
-        self._user_initial = tuple(np.asarray(s, dtype=self.dtype) for s in state)
+        self._user_initial = check.state_arrays(self.describe(), "state", state,
+                                                self.state_names, self.dtype)
+        self._check_state_sizes(self._user_initial)
         self._state = None
         self._grad_initial = None
         return self
+
+    def _check_state_sizes(self, state: tuple[np.ndarray, ...]) -> None:
+        """Hook: Cells know their states' sizes before any forward."""
 
     def get_grad_initial_state(self) -> tuple[np.ndarray, ...]:
         """d loss / d(initial state set by set_initial_state), once backward has reached step 0."""
@@ -201,12 +200,9 @@ class AbstractRecurrent(Module):
     def set_grad_hidden_state(self, t: int, grad: Any) -> AbstractRecurrent:
         """Add `grad` (tuple in `state_names` order) to the gradient flowing into the state after
         step t (0-based, negative from the end) in the next backward."""
-        if isinstance(grad, np.ndarray):
-            grad = (grad,)
-        if len(grad) != len(self.state_names):
-            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} gradient arrays "
-                             f"{self.state_names}, got {len(grad)}")
-        self._extra_state_grads[int(t)] = tuple(np.asarray(g, dtype=self.dtype) for g in grad)
+        t = check.integer(self.describe(), "t", t)
+        self._extra_state_grads[t] = check.state_arrays(self.describe(), "gradient", grad,
+                                                        self.state_names, self.dtype)
         return self
 
 
@@ -229,7 +225,17 @@ class Cell(AbstractRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.input_size = check.size(self, "input_size", input_size)
+        self.hidden_size = check.size(self, "output_size", hidden_size)
+
+    def _check_state_sizes(self, state: tuple[np.ndarray, ...]) -> None:
+        if type(self).state_shapes is not Cell.state_shapes:
+            return  # a cell with its own state shapes: checked at forward
+        H = self.hidden_size
+        for name, s in zip(self.state_names, state):
+            if s.ndim not in (1, 2) or s.shape[-1] != H:
+                raise ShapeError(f"{self.describe()}: state {name!r} must have shape ({H},) or "
+                                 f"(batch, {H}), got {s.shape}")
 
     def output(self, *state: Var) -> Var:
         return state[0]

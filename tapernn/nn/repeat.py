@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import functional as F
 from .. import tracing
+from .. import validation as check
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
@@ -18,10 +19,8 @@ class Repeater(Module):
 
     def __init__(self, module: Module, n_step: int):
         super().__init__()
-        if n_step < 1:
-            raise ValueError(f"n_step must be positive, got {n_step}")
-        self.add_child("0", module)
-        self.n_step = int(n_step)
+        self.add_child("0", check.module(self, "module", module))
+        self.n_step = check.size(self, "n_step", n_step)
 
     def _before_forward(self) -> None:
         self._children["0"]._clear_memory(keep_initial=True)
@@ -42,7 +41,7 @@ class RepeaterCriterion(Criterion):
 
     def __init__(self, criterion: Criterion):
         super().__init__()
-        self.add_child("0", criterion)
+        self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
 
     def check_targets(self, input: Any, target: Any) -> None:
         for x in (input if isinstance(input, list) else list(input)):
@@ -69,7 +68,7 @@ class Recursor(AbstractRecurrent):
 
     def __init__(self, module: Module):
         super().__init__()
-        self.add_child("0", module)
+        self.add_child("0", check.module(self, "module", module))
 
     def build(self, x: Any) -> Any:
         ctx = current_build()

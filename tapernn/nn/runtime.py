@@ -17,6 +17,8 @@ from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
+from ..validation import data_array
+from .backward_input import record_for_input
 from .context import BuildContext
 from .packing import Packing
 from .state_grads import add_stepwise_state_grads, sequence_state_seeds
@@ -348,6 +350,8 @@ class Runtime:
     def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
         record = self._next_record(input)
         exe = record.exe
+        if not exe.history_mode:  # Torch7: backward uses the input it is given
+            record = record_for_input(record, input, self.module, _as_array)
         extra = [] if exe.history_mode else sequence_state_seeds(exe)
         pair = exe.compile_training(tuple(node for *_, node, _ in extra))
         saved = record.saved
@@ -393,15 +397,15 @@ class Runtime:
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
         leaves = flatten(input)[0]
-        if len(self.history) > 1:  # step-wise use: backward must retrace steps in reverse order
+        if record.exe.history_mode:  # step-wise use: backward must retrace steps in reverse order
             same = len(leaves) <= len(record.leaves) and all(
                 np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, b.dtype), b)
                 for a, b in zip(leaves, record.leaves))
             if not same:
                 step = len(pending) - 1
-                raise StateError(f"{self.module.describe()}: step-wise backward must run in reverse "
-                                 f"order; expected the input of step {step} (the latest step not yet "
-                                 f"backwarded), got a different input")
+                raise StateError(f"{self.module.describe()}: step-wise backward takes each step's "
+                                 f"own input in reverse order; expected the input of step {step} "
+                                 f"(the latest step not yet backwarded), got a different input")
         return record
 
     def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
@@ -413,7 +417,8 @@ class Runtime:
                 if k >= len(gleaves):
                     raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "
                                      f"arrays, the output has {len(exe.real)}")
-                g = np.asarray(gleaves[k], dtype=node.dtype)
+                g = data_array(f"{self.module.describe()}: grad_output",
+                               np.asarray(gleaves[k])).astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
                                      f"expected {node.shape} (the output's shape)")
@@ -431,6 +436,7 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
+    data_array(root.describe(), x)
     if x.dtype.kind == "f" and x.dtype != root.dtype:
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
     if x.dtype.kind == "b":

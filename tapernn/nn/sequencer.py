@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import tracing
+from .. import validation as check
 from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
@@ -31,9 +32,7 @@ class Sequencer(Module):
 
     def __init__(self, module: Module):
         super().__init__()
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequencer wraps a module, got {type(module).__name__}")
-        self.add_child("0", module)
+        self.add_child("0", check.module(self, "module", module))
         self.remember_mode = "neither"
 
     @property
@@ -41,16 +40,14 @@ class Sequencer(Module):
         return self._children["0"]
 
     def get(self, index: int) -> Module:
-        if index not in (0, -1):
-            raise IndexError(f"a Sequencer holds one module (index 0), not {index}")
+        if check.integer(self, "index", index) not in (0, -1):
+            raise ValueRangeError(f"a Sequencer holds one module (index 0), not {index}")
         return self.module
 
     __getitem__ = get
 
     def remember(self, mode: str = "both") -> Sequencer:
-        if mode not in MODES:
-            raise ValueError(f"remember mode must be one of {MODES}, got {mode!r}")
-        self.remember_mode = mode
+        self.remember_mode = check.choice(self, "remember mode", mode, MODES)
         return self
 
     def remembers(self) -> bool:
@@ -77,6 +74,7 @@ class Sequencer(Module):
     def _length_mask(self, input: Any, lengths: Any) -> np.ndarray:
         steps = input if isinstance(input, list) else list(np.asarray(input))
         T = len(steps)
+        self.expect(T > 0, "expects at least one step, got none")
         first = np.asarray(steps[0])
         lengths = np.asarray(lengths)
         if first.ndim < 2 or lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
@@ -92,6 +90,8 @@ class Sequencer(Module):
         if as_array:
             self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list of steps, "
                                      f"got shape {x.shape}")
+            self.expect(x.shape[0] > 0, f"expects at least one step, got a (T, batch, features) "
+                                        f"array with T = 0 (shape {x.shape})")
             steps = []
             for t in range(x.shape[0]):
                 with tracing.step(t):  # the slice x[t] belongs to step t in diagrams

@@ -3,6 +3,7 @@ Dimensions and indices are 0-based; negative values count from the end."""
 from __future__ import annotations
 
 from .. import functional as F
+from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .module import Module
@@ -25,7 +26,8 @@ class SplitTable(Module):
 
     def __init__(self, dim: int, n_input_dims: int | None = None):
         super().__init__()
-        self.dim, self.n_input_dims = int(dim), n_input_dims
+        self.dim = check.integer(self, "dim", dim)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
 
     def build(self, x: Var) -> list:
         self.expect(isinstance(x, Var), "expects an array, got a list")
@@ -43,7 +45,8 @@ class JoinTable(Module):
 
     def __init__(self, dim: int, n_input_dims: int | None = None):
         super().__init__()
-        self.dim, self.n_input_dims = int(dim), n_input_dims
+        self.dim = check.integer(self, "dim", dim)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
 
     def build(self, xs: list) -> Var:
         self.expect(isinstance(xs, list) and len(xs) > 0, "expects a non-empty list", ShapeError)
@@ -61,7 +64,7 @@ class SelectTable(Module):
 
     def __init__(self, index: int):
         super().__init__()
-        self.index = int(index)
+        self.index = check.integer(self, "index", index)
 
     def build(self, xs: list):
         self.expect(isinstance(xs, list) or (isinstance(xs, Var) and xs.ndim >= 1),
@@ -79,7 +82,8 @@ class NarrowTable(Module):
 
     def __init__(self, offset: int, length: int = 1):
         super().__init__()
-        self.offset, self.length = int(offset), int(length)
+        self.offset = check.integer(self, "offset", offset)
+        self.length = check.size(self, "length", length)
 
     def build(self, xs: list) -> list:
         self.expect(isinstance(xs, list), "expects a list")

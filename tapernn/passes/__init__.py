@@ -9,6 +9,7 @@ recurrent dh_t = dz_t @ W_h^T of the same step.
 """
 from __future__ import annotations
 
+from ..errors import ArgumentTypeError
 from .batch_slices import batch_sliced_elementwise
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
@@ -66,17 +67,17 @@ def default_passes() -> list[Pass]:
 
 
 def check_passes(passes) -> list[Pass]:
-    """`passes` as a list, or a TypeError naming the first entry that is not a callable pass
+    """`passes` as a list, or an ArgumentTypeError (a TypeError) naming the first entry that is not a callable pass
     (a name string is the common slip: pass the function, e.g. `passes.eliminate_dead_code`)."""
     if isinstance(passes, (str, bytes)) or not hasattr(passes, "__iter__"):
-        raise TypeError(f"a pass list is a list of functions Graph -> Graph, got "
+        raise ArgumentTypeError(f"a pass list is a list of functions Graph -> Graph, got "
                         f"{type(passes).__name__}")
     passes = list(passes)
     for k, p in enumerate(passes):
         if not callable(p):
             hint = (f"; use tapernn.passes.{p}" if isinstance(p, str) and p in __all__ else "")
-            raise TypeError(f"pass {k} is {p!r} ({type(p).__name__}), not a function "
-                            f"Graph -> Graph{hint}")
+            raise ArgumentTypeError(f"pass {k} is {p!r} ({type(p).__name__}), not a function "
+                                    f"Graph -> Graph{hint}")
     check_order(passes)
     return passes
 

@@ -4,6 +4,7 @@ an acceptor whose per-step output gradients are zero folds away. `specialize_inp
 inputs into such zeros. (0 * inf is taken as 0 here, as every autodiff system does.)"""
 from __future__ import annotations
 
+from ..errors import ArgumentError
 from ..graph import Graph, Node
 from ..ops.registry import get_op
 from .rewrite import derive, is_zero, zeros_like_node
@@ -64,7 +65,7 @@ def specialize_inputs(graph: Graph, values: dict[str, str]) -> Graph:
     targets = {}
     for name, kind in values.items():
         if kind != "zeros":
-            raise ValueError(f"specialize_inputs: only 'zeros' is supported, got {kind!r}")
+            raise ArgumentError(f"specialize_inputs: only 'zeros' is supported, got {kind!r}")
         node = graph.input_named(name)
         targets[node] = zeros_like_node(node)
 

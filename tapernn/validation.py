@@ -1,0 +1,196 @@
+"""Argument checks shared by every public constructor and function (sizes, indices, flags,
+numbers, choices, modules, generators, parameter lists, input arrays): each failure is an
+ArgumentError / ArgumentTypeError / DTypeError naming the call, the argument, what is expected
+and what was got. Valid values come back normalised (numpy integers -> int, numbers -> float)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .errors import ArgumentError, ArgumentTypeError, DTypeError
+
+_INTERVALS = {  # name -> (description for type errors, test, description for range errors)
+    None: ("number", lambda v: True, "a finite number"),
+    "positive": ("positive number", lambda v: v > 0, "a positive number"),
+    "non-negative": ("non-negative number", lambda v: v >= 0, "a non-negative number"),
+    "[0, 1)": ("number in [0, 1)", lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def who(owner: Any) -> str:
+    """How a message names the call: a string as given, a tapernn object as `nn.Linear`."""
+    if isinstance(owner, str):
+        return owner
+    cls = owner if isinstance(owner, type) else type(owner)
+    return f"nn.{cls.__name__}" if cls.__module__.startswith("tapernn.nn") else cls.__name__
+
+
+def got(value: Any) -> str:
+    """`value` for a message: a module's description, or a short repr and the type."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} (an instance is needed: {value.__name__}(...))"
+    if getattr(value, "_params", None) is not None and callable(getattr(value, "describe", None)):
+        return value.describe()  # a module (built far enough to describe itself)
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if value is None else f"{text} ({type(value).__name__})"
+
+
+def _number_text(value: Any) -> str:
+    return repr(int(value)) if is_integer(value) else repr(float(value))
+
+
+def is_integer(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool (True is not a size)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """A Python or NumPy int/float, not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def size(owner: Any, name: str, value: Any, allow_none: bool = False,
+         minimum: int = 1) -> int | None:
+    """A positive integer (numpy integers accepted, bools refused), or None if `allow_none`;
+    `minimum=0` also accepts 0 (a non-negative integer)."""
+    if value is None and allow_none:
+        return None
+    kind = "positive" if minimum == 1 else "non-negative"
+    expected = f"{name} must be a {kind} integer{' or None' if allow_none else ''}"
+    if not is_integer(value):
+        raise ArgumentTypeError(f"{who(owner)}: {expected}, got {got(value)}")
+    if value < minimum:
+        raise ArgumentError(f"{who(owner)}: {expected}, got {int(value)}")
+    return int(value)
+
+
+def sizes(owner: Any, name: str, values: Iterable[Any]) -> tuple[int, ...]:
+    return tuple(size(owner, f"{name}[{k}]", v) for k, v in enumerate(values))
+
+
+def integer(owner: Any, name: str, value: Any) -> int:
+    """Any integer (a dimension or an index; negative counts from the end)."""
+    if not is_integer(value):
+        raise ArgumentTypeError(f"{who(owner)}: {name} must be an integer, got {got(value)}")
+    return int(value)
+
+
+def flag(owner: Any, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{who(owner)}: {name} must be True or False, got {got(value)}")
+    return bool(value)
+
+
+def number(owner: Any, name: str, value: Any, interval: str | None = None) -> float:
+    """A finite real number in `interval`: None (any), "positive", "non-negative", "[0, 1)"."""
+    kind, inside, described = _INTERVALS[interval]
+    if not is_real(value):
+        raise ArgumentTypeError(f"{who(owner)}: {name} must be a {kind}, got {got(value)}")
+    if not math.isfinite(float(value)) or not inside(value):
+        raise ArgumentError(f"{who(owner)}: {name} must be {described}, got "
+                            f"{_number_text(value)}")
+    return float(value)
+
+
+def choice(owner: Any, name: str, value: Any, options: Iterable[str]) -> str:
+    options = tuple(options)
+    if isinstance(value, str) and value in options:
+        return value
+    cls = ArgumentError if isinstance(value, str) else ArgumentTypeError
+    listed = ", ".join(repr(o) for o in options)
+    raise cls(f"{who(owner)}: {name} must be one of {listed}, got {got(value)}")
+
+
+# the module classes `module` and `parameters` check for: registered by tapernn.nn (a layer
+# above this one) when it is imported -- "Module", "Parameter", "Criterion"
+NN_CLASSES: dict[str, type] = {}
+
+
+def module(owner: Any, name: str, value: Any, criterion: bool = False) -> Any:
+    """An nn.Module instance (an nn.Criterion if `criterion`)."""
+    what = "nn.Criterion" if criterion else "nn.Module"
+    cls = NN_CLASSES[what[3:]]
+    if not isinstance(value, cls):
+        raise ArgumentTypeError(f"{who(owner)}: {name} must be an {what}, got {got(value)}")
+    return value
+
+
+def generator(owner: Any, name: str, value: Any) -> np.random.Generator | None:
+    if value is not None and not isinstance(value, np.random.Generator):
+        raise ArgumentTypeError(f"{who(owner)}: {name} must be a numpy.random.Generator or None, "
+                                f"got {got(value)}; make one with np.random.default_rng(seed)")
+    return value
+
+
+def seed(value: Any) -> int:
+    if not is_integer(value):
+        raise ArgumentTypeError(f"tn.manual_seed: seed must be a non-negative integer, got "
+                                f"{got(value)}")
+    if value < 0:
+        raise ArgumentError(f"tn.manual_seed: seed must be a non-negative integer, got {int(value)}")
+    return int(value)
+
+
+def parameters(owner: Any, params: Any) -> list:
+    """A non-empty list of Parameters (what `module.parameters()` returns)."""
+    Module, Parameter = NN_CLASSES["Module"], NN_CLASSES["Parameter"]
+    if isinstance(params, Module):
+        raise ArgumentTypeError(f"{who(owner)}: params must be a list of Parameters, got the "
+                                f"module {got(params)}; pass module.parameters()")
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise ArgumentTypeError(f"{who(owner)}: params must be a list of Parameters "
+                                f"(module.parameters()), got {got(params)}")
+    params = list(params)
+    for k, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise ArgumentTypeError(f"{who(owner)}: params[{k}] must be a Parameter (from "
+                                    f"module.parameters()), got {got(p)}")
+    if not params:
+        raise ArgumentError(f"{who(owner)}: got no parameters to optimise")
+    return params
+
+
+def weights(owner: Any, name: str, value: Any) -> np.ndarray | None:
+    """None, or a 1-D array of numbers (per-class weights), as float64."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    expected = f"{name} must be None or a 1-D array of numbers"
+    if arr.dtype.kind not in "iuf":
+        raise ArgumentTypeError(f"{who(owner)}: {expected}, got {got(value)}")
+    if arr.ndim != 1:
+        raise ArgumentError(f"{who(owner)}: {expected}, got shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def state_arrays(owner: Any, what: str, value: Any, names: tuple[str, ...],
+                 dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """One array per state (a bare array for a single state), numeric, as `dtype`."""
+    from .errors import ShapeError
+
+    if isinstance(value, np.ndarray):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise ArgumentTypeError(f"{who(owner)}: expected a tuple of {len(names)} {what} arrays "
+                                f"{names}, got {got(value)}")
+    if len(value) != len(names):
+        raise ShapeError(f"{who(owner)}: expected {len(names)} {what} arrays {names}, got "
+                         f"{len(value)}")
+    return tuple(data_array(owner, np.asarray(v)).astype(dtype) for v in value)
+
+
+def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
+    """`x` if its dtype is one the library computes with (float, int, uint, bool)."""
+    kind = x.dtype.kind
+    if kind in "fiub":
+        return x
+    if kind == "c":
+        raise DTypeError(f"{who(owner)}: complex inputs are not supported (got {x.dtype.name}); "
+                         f"pass real arrays (e.g. the real and imaginary parts separately)")
+    shown = x.dtype.str if kind in "USV" else x.dtype.name
+    raise DTypeError(f"{who(owner)}: expected a numeric array (float, int or bool), got {shown}")
