@@ -76,7 +76,9 @@ class CharLM:
         self.model.zero_grad_parameters()
         logits = self.model.forward(inputs)
         loss = self.criterion.forward(logits, targets)
-        self.model.backward(inputs, self.criterion.backward(logits, targets))
+        # the data input needs no gradient: the backward program without the dX work
+        self.model.backward(inputs, self.criterion.backward(logits, targets),
+                            need_grad_input=False)
         if clip > 0:
             optim.clip_grad_norm(self.parameters(), clip)
         optimizer.step()

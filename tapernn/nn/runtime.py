@@ -156,7 +156,7 @@ class Executable:
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
-        fwd, bwd = self.training_pair.forward.report, self.training_pair.backward.report
+        fwd, bwd = self.training_pair.forward.report, self.training_pair.last_backward.report
         labelled = [replace(r, program=program)
                     for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
         return CompileReport(passes=labelled,
@@ -189,12 +189,32 @@ class TrainingPair:
         # the two programs run alternately: their temporaries share one arena
         self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
         self.resident_bytes = self.forward.report.resident_bytes
+        self.bwd_graph, self.passes, self.options = bwd, passes, options
+        self.variants: dict[int, Compiled] = {}
+        self.last_backward = self.backward  # the program compile_report shows
 
     def saved(self, outs: tuple) -> list:
         return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
 
-    def run_backward(self, saved: list, args: list, seeds: list) -> tuple:
-        return self.backward.run(saved + seeds + [args[k] for k in self.reads])
+    def backward_program(self, skip: int) -> Compiled:
+        """The backward program without its first `skip` outputs (the data-input gradients,
+        for backward(..., need_grad_input=False)): the same inputs (the forward's saved values
+        are those of the full pair), the work only those gradients needed removed as dead code
+        by the pipeline. Compiled on first use."""
+        if skip == 0:
+            return self.backward
+        if skip not in self.variants:
+            g = self.bwd_graph
+            meta = replace(g.meta, output_names=g.meta.output_names[skip:])
+            self.variants[skip] = compile(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
+                                          self.passes, self.options)
+        return self.variants[skip]
+
+    def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
+        """The gradients; with `skip`, the first `skip` of them are not computed (None)."""
+        program = self.last_backward = self.backward_program(skip)
+        grads = program.run(saved + seeds + [args[k] for k in self.reads])
+        return (None,) * skip + tuple(grads) if skip else grads
 
 
 def _views_data(n) -> bool:
@@ -347,7 +367,8 @@ class Runtime:
 
     # ---- backward --------------------------------------------------------------------------------
 
-    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
+    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1,
+                 need_grad_input: bool = True) -> Any:
         record = self._next_record(input)
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
@@ -363,9 +384,9 @@ class Runtime:
         if exe.history_mode:
             step = self.dropped + self.history.index(record)
             seeds = add_stepwise_state_grads(exe, step, self.dropped + len(self.history), seeds)
-        grads = pair.run_backward(saved, record.args, seeds)
-        record.done = True
         n_data, n_params = len(exe.data_wrt), exe.packing.n_grads
+        grads = pair.run_backward(saved, record.args, seeds, 0 if need_grad_input else n_data)
+        record.done = True
         exe.packing.accumulate(grads[n_data: n_data + n_params])
         self.pending_state_grads = {}
         initial: dict[Any, dict[int, np.ndarray]] = {}
@@ -378,6 +399,9 @@ class Runtime:
             m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
         for m, t, *_ in extra:
             m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
+        if not need_grad_input:
+            self.module.grad_input = None
+            return None
         got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
         grad_leaves = [got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
                        for k, x in enumerate(record.leaves)]
