@@ -275,8 +275,10 @@ def test_torch_recurrent_module_matches_its_equations():
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
 @pytest.mark.parametrize("t", [1, -1])
 def test_set_grad_hidden_state_stepwise_equals_the_sequencer(cell, t):
-    """The extra state gradient reaches step t whether the module is stepped by hand (its
-    backward of step t seeds the final state with it) or unrolled by a Sequencer."""
+    """The set state gradient reaches step t whether the module is stepped by hand (its
+    backward of step t seeds the final state with it) or unrolled by a Sequencer, and in both it
+    REPLACES what step t + 1 sends back (t = 1: an earlier step; t = -1: the last, where nothing
+    comes from later steps). tests/test_hidden_state_api.py checks the replacing itself."""
     rng = np.random.default_rng(2)
     x, g = rng.standard_normal((4, 2, D)), rng.standard_normal((4, 2, H))
     extra = tuple(rng.standard_normal((2, H)) for _ in cell(D, H).state_names)

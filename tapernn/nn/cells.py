@@ -14,6 +14,7 @@ from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
 from .module import Module
 from .recurrent import AbstractRecurrent, Cell
+from .tree import flatten
 
 
 class LSTM(Cell):
@@ -145,7 +146,12 @@ class Recurrent(AbstractRecurrent):
 
     Step 0: h = transfer(input(x) + start) (start: a size -> a learned bias, or a module applied
     to input(x)); later steps: h = transfer(merge([input(x), feedback(h_prev)])).
+
+    The modules may work on tables (ParallelTable, CAddTable ...): then the hidden state h is a
+    list of arrays, and `get_hidden_state(t)` returns `(h,)` with h that list.
     """
+
+    table_states = True
 
     def __init__(self, start: int | Module, input: Module, feedback: Module,
                  transfer: Module | None = None, merge: Module | None = None, rng=None):
@@ -176,7 +182,9 @@ class Recurrent(AbstractRecurrent):
         started = (projected + self._params["start"] if self.start_module is None
                    else self.start_module(projected))
         h = self._children["transfer"](started)
-        ctx.set_state(self, (h,))
+        leaves, tree = flatten(h)
+        self._leaf_tree = (tree,)  # h may be a table (list of arrays): the state's structure
+        ctx.set_state(self, tuple(leaves))
         ctx.probe(self, "inputs", t, x)
         ctx.probe(self, "outputs", t, h)
         ctx.probe(self, "state:h", t, h)
@@ -188,5 +196,8 @@ class Recurrent(AbstractRecurrent):
 
     def step_forward(self, x, state):
         c = self._children
-        h = c["transfer"](c["merge"]([c["input"](x), c["feedback"](state[0])]))
-        return h, (h,)
+        h = c["transfer"](c["merge"]([c["input"](x), c["feedback"](self._by_name(state)[0])]))
+        leaves, tree = flatten(h)
+        self.expect(tree == self._state_tree()[0], "the hidden state changed structure from one "
+                    "step to the next (a table must stay a table of the same length)")
+        return h, tuple(leaves)

@@ -28,7 +28,7 @@ def current_build() -> BuildContext:
 
 def _wrong_state_shape(module: Any, k: int, got: tuple, needed: tuple) -> None:
     at = f"{module.describe()} at {current_scope() or 'top'!r}"
-    name = module.state_names[k]
+    name = module._leaf_name(k)
     if module._state is None:  # the user's set_initial_state
         raise ShapeError(f"{at}: initial state {name!r} given to set_initial_state has shape "
                          f"{got}, but this input needs {needed}")
@@ -51,6 +51,12 @@ class BuildContext:
     scopes: dict = field(default_factory=dict)          # scope path -> module description
     stack: list = field(default_factory=list)           # modules being built, outermost first
     step_mask: Any = None                                # (B, 1) 0/1 while a Sequencer has lengths
+    # a variant of a Sequencer program (nn.state_grads): each state passed from step t to t + 1
+    # gets a zero "tap" input (its gradient: what step t + 1 sends back into the state of step
+    # t), and for (module, t) in `cuts` the gradient from step t + 1 is stopped (it is replaced)
+    taps: bool = False
+    cuts: frozenset = frozenset()
+    tap_inputs: list = field(default_factory=list)     # (module, t, k, Node)
 
     def __enter__(self) -> BuildContext:
         self._token = _BUILD.set(self)
@@ -106,8 +112,8 @@ class BuildContext:
             for k, (arr, s) in enumerate(zip(stored, shapes)):
                 if tuple(arr.shape) != tuple(s):
                     _wrong_state_shape(module, k, tuple(arr.shape), tuple(s))
-                var = self.tape.input(s, dtype, name=f"{current_scope() or 'state'}.{module.state_names[k]}0",
-                                      kind="state")
+                name = f"{current_scope() or 'state'}.{module._leaf_name(k, short=True)}0"
+                var = self.tape.input(s, dtype, name=name, kind="state")
                 user = module._state is None  # set_initial_state: its gradient is wanted
                 self.state_inputs.append((module, k, var.node, user))
                 state.append(var)
@@ -116,6 +122,16 @@ class BuildContext:
         return state
 
     def set_state(self, module: Any, state: tuple[Var, ...]) -> None:
+        if self.taps:
+            t = self.steps.get(module, 0) - 1
+            cut = (module, t) in self.cuts
+            tapped = []
+            for k, s in enumerate(state):
+                z = self.tape.input(s.shape, s.dtype, name=f"{current_scope() or 'state'}.tap{k}",
+                                    kind="tap")
+                self.tap_inputs.append((module, t, k, z.node))
+                tapped.append((F.stop_gradient(s) if cut else s) + z)
+            state = tuple(tapped)
         self.states[module] = state
 
     def next_step(self, module: Any) -> int:

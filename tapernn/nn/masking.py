@@ -14,7 +14,7 @@ from ..tracing import Var
 from .criteria import Criterion
 from .layers import LookupTable
 from .module import Module
-from .tree import flatten
+from .tree import flatten, unflatten
 
 
 def row_keep(x: Var, dtype: np.dtype) -> Var:
@@ -26,7 +26,9 @@ def row_keep(x: Var, dtype: np.dtype) -> Var:
 
 class MaskZero(Module):
     """Zeroes the output rows of `module` whose input row is all zeros (and their gradients).
-    For recurrent cells prefer `cell.mask_zero()`, which also resets the row's state."""
+    Rows lie on axis 0 of the (first) input; a 1-D input is one unbatched row (Torch7's
+    MaskZero(module, 1) on a vector). For recurrent cells prefer `cell.mask_zero()`, which also
+    resets the row's state.  Torch7: nn.MaskZero."""
 
     def __init__(self, module: Module):
         super().__init__()
@@ -34,11 +36,18 @@ class MaskZero(Module):
 
     def build(self, x: Any) -> Any:
         first = flatten(x)[0][0]
+        self.expect(isinstance(first, Var) and first.ndim >= 1,
+                    f"expects rows: a vector (one row) or a batch with rows on axis 0, got "
+                    f"{getattr(first, 'shape', type(first).__name__)}")
         out = self._children["0"](x)
         keep = row_keep(first, first.dtype if first.dtype.kind == "f" else self.dtype)
-        leaves, _ = flatten(out)
-        masked = [v * F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) for v in leaves]
-        return masked[0] if isinstance(out, Var) else masked
+        leaves, tree = flatten(out)
+        if first.ndim == 1:  # one row: every output is kept or zeroed whole
+            one = F.reshape(keep, ())
+            masked = [v * one for v in leaves]
+        else:
+            masked = [v * F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) for v in leaves]
+        return unflatten(tree, masked)
 
     @property
     def is_recurrent(self) -> bool:
@@ -47,8 +56,10 @@ class MaskZero(Module):
 
 class MaskZeroCriterion(Criterion):
     """Applies `criterion` only to rows whose input row is not all zeros: the masked rows add
-    nothing to the loss (averages are over the kept rows) and get zero gradient; a batch that is
-    all padding gives loss 0 and gradient 0.  Works with MSE, BCE, ClassNLL and CrossEntropy."""
+    nothing to the loss (averages are over the kept rows) and get zero gradient, and their
+    targets are never read (padding targets may be anything, e.g. class -1); a batch that is
+    all padding gives loss 0 and gradient 0.  Works with MSE, BCE, ClassNLL and CrossEntropy.
+    Torch7: nn.MaskZeroCriterion."""
 
     def __init__(self, criterion: Criterion):
         super().__init__()
@@ -68,6 +79,10 @@ class MaskZeroCriterion(Criterion):
     def build(self, x: Var, y: Var) -> Var:
         self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
         keep = F.reshape(row_keep(x, x.dtype), (x.shape[0],))
+        if isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == x.shape[0]:
+            # a masked row's target is never read (padding may hold any value, e.g. -1)
+            rows = F.greater(F.reshape(keep, (y.shape[0],) + (1,) * (y.ndim - 1)), 0)
+            y = F.where(rows, y, 0)
         return self._children["0"].build_masked(x, y, keep)
 
     def describe(self) -> str:

@@ -322,6 +322,13 @@ class Module:
         self._clear_memory(keep_initial=False)
         return self
 
+    def max_bptt_step(self, rho: int | None) -> Module:
+        """Set `rho` (steps of history kept for step-wise BPTT) on every recurrent module inside.
+        Torch7: Module:maxBPTTstep."""
+        for child in self._children.values():
+            child.max_bptt_step(rho)
+        return self
+
     def _clear_memory(self, keep_initial: bool) -> None:
         """What forget does; a Sequencer's automatic forget keeps user-set initial states."""
         if self._runtime is not None:

@@ -16,6 +16,7 @@ from ..errors import ShapeError, StateError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
+from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
 
 
 class StepCount(int):
@@ -52,6 +53,7 @@ class AbstractRecurrent(Module):
 
     is_recurrent = True
     state_names: tuple[str, ...] = ("h",)
+    table_states = False  # a state may be a list of arrays (nn.Recurrent built from tables)
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,7 +64,10 @@ class AbstractRecurrent(Module):
         self._state: tuple[np.ndarray, ...] | None = None          # remembered: where to go on
         self._user_initial: tuple[np.ndarray, ...] | None = None   # set_initial_state
         self._grad_initial: tuple[np.ndarray, ...] | None = None   # d loss / d initial state
-        self._extra_state_grads: dict[int, tuple[np.ndarray, ...]] = {}
+        self._extra_state_grads: dict[int, tuple[np.ndarray, ...]] = {}  # set_grad_hidden_state
+        # per absolute step t: the gradient into the state after t from step t + 1 (leaves)
+        self._grad_hidden: Any = {}
+        self._leaf_tree: tuple | None = None  # per state name: LEAF, or a table's structure
         self._mask_zero = False
         self.rho: int | None = None
 
@@ -94,7 +99,7 @@ class AbstractRecurrent(Module):
         ctx.set_state(self, new_state)
         ctx.probe(self, "inputs", t, x)
         ctx.probe(self, "outputs", t, out)
-        for name, value in zip(self.state_names, new_state):
+        for name, value in zip(self.state_names, self._by_name(new_state)):
             ctx.probe(self, "state:" + name, t, value)
         return out
 
@@ -104,7 +109,7 @@ class AbstractRecurrent(Module):
             out, new = out * keep, tuple(s * keep for s in new)
         if ctx.step_mask is not None:  # past a row's length: zero output, state held
             m = ctx.step_mask
-            out = out * m
+            out = map_leaves(lambda v: v * m, out)
             new = tuple(m * s + (1 - m) * o for s, o in zip(new, old))
         return out, new
 
@@ -124,6 +129,8 @@ class AbstractRecurrent(Module):
         "append": step-wise training (history for BPTT); "latest": step-wise evaluation (only the
         newest step is kept, so sampling thousands of steps uses constant memory)."""
         n_new = sum(1 for name, _, _ in items if name == "outputs")
+        if mode == "sequence":
+            self._grad_hidden = {}  # steps of the previous call: gone with its fields
         if mode != "append":
             self.outputs, self.inputs = [], []
             self.states = {name: [] for name in self.state_names}
@@ -147,6 +154,7 @@ class AbstractRecurrent(Module):
         self.outputs, self.inputs = [], []
         self.states = {name: [] for name in self.state_names}
         self._n_steps = 0
+        self._grad_hidden = {}
         if not keep_initial:
             self._user_initial = None
             self._grad_initial = None
@@ -163,12 +171,52 @@ class AbstractRecurrent(Module):
         """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded).
         Older steps' `outputs[t]`, `inputs[t]` and states become None (indices stay absolute)."""
         self.rho = check.size(self, "rho", rho, allow_none=True)
+        super().max_bptt_step(rho)  # and the recurrent modules inside (a Recursor's)
         return self
 
     # ---- hidden-state API ------------------------------------------------------------------------
+    # A state is a tuple in `state_names` order; each entry is an array or (nn.Recurrent with a
+    # table state) a list of arrays. Internally the runtime threads the flat leaves.
 
-    def get_hidden_state(self, t: int = -1) -> tuple[np.ndarray, ...]:
-        """The state after step t (0-based; negative from the end), a tuple in `state_names` order."""
+    def _state_tree(self) -> tuple:
+        return self._leaf_tree if self._leaf_tree is not None else (LEAF,) * len(self.state_names)
+
+    def _state_leaves(self, state: Any, what: str) -> list:
+        """The leaves of a user-given state tuple, checked against `state_names`."""
+        if isinstance(state, np.ndarray):
+            state = (state,)
+        if not isinstance(state, (tuple, list)):
+            raise check.ArgumentTypeError(
+                f"{self.describe()}: expected a tuple of {len(self.state_names)} {what} "
+                f"{self.state_names}, got {check.got(state)}")
+        if len(state) != len(self.state_names):
+            got = len(state)
+            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} {what} "
+                             f"{self.state_names}, got {got}")
+        leaves, tree = flatten(list(state))
+        if self._leaf_tree is None and self.table_states and tree != self._state_tree():
+            self._leaf_tree = tree  # a table state given before the first forward
+        if tree != self._state_tree():
+            want = ("one array per state name" if self._leaf_tree is None else
+                    f"per state name an array or a list of arrays, as {self._state_tree()}")
+            raise ShapeError(f"{self.describe()}: {what} {self.state_names}: expected {want}, "
+                             f"got the nesting {tree}")
+        return [check.data_array(self.describe(), np.asarray(a)).astype(self.dtype) for a in leaves]
+
+    def _by_name(self, leaves: Any) -> tuple:
+        return tuple(unflatten(self._state_tree(), list(leaves)))
+
+    def _leaf_name(self, k: int, short: bool = False) -> str:
+        """State leaf k's name: "h", or for a table state "h (leaf 1)" (short: "h.1")."""
+        names = [n for n, sub in zip(self.state_names, self._state_tree())
+                 for _ in range(count_leaves(sub))]
+        if len(names) == len(self.state_names):
+            return names[k]
+        return f"{names[k]}.{k}" if short else f"{names[k]} (leaf {k})"
+
+    def get_hidden_state(self, t: int = -1) -> tuple:
+        """The state after step t (0-based; negative from the end), a tuple in `state_names` order.
+        Torch7: getHiddenState."""
         n = len(self.outputs)
         if not -n <= check.integer(self.describe(), "t", t) < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
@@ -179,10 +227,10 @@ class AbstractRecurrent(Module):
 
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
         """Start the next sequence from `state` (tuple in `state_names` order) instead of zeros,
-        until forget()."""
-        self._user_initial = check.state_arrays(self.describe(), "state", state,
-                                                self.state_names, self.dtype)
-        self._check_state_sizes(self._user_initial)
+        until forget().  Torch7: userPrevOutput / userPrevCell, setHiddenState(0)."""
+        self._user_initial = tuple(self._state_leaves(state, "state arrays"))
+        if len(self._user_initial) == len(self.state_names):
+            self._check_state_sizes(self._user_initial)
         self._state = None
         self._grad_initial = None
         return self
@@ -190,20 +238,76 @@ class AbstractRecurrent(Module):
     def _check_state_sizes(self, state: tuple[np.ndarray, ...]) -> None:
         """Hook: Cells know their states' sizes before any forward."""
 
-    def get_grad_initial_state(self) -> tuple[np.ndarray, ...]:
-        """d loss / d(initial state set by set_initial_state), once backward has reached step 0."""
+    def get_grad_initial_state(self) -> tuple:
+        """d loss / d(initial state set by set_initial_state), once backward has reached step 0.
+        Torch7: userGradPrevOutput / userGradPrevCell, getGradHiddenState(0)."""
         if self._grad_initial is None:
             raise StateError(f"{self.describe()}: no gradient for the initial state yet; call "
                              f"set_initial_state before forward, then backward through step 0")
-        return self._grad_initial
+        return self._by_name(self._grad_initial)
 
     def set_grad_hidden_state(self, t: int, grad: Any) -> AbstractRecurrent:
-        """Add `grad` (tuple in `state_names` order) to the gradient flowing into the state after
-        step t (0-based, negative from the end) in the next backward."""
+        """Set the gradient flowing into the state after step t (0-based, negative from the end)
+        from step t + 1, for the next backward through step t: `grad` (tuple in `state_names`
+        order) REPLACES what step t + 1 would give (at the last step nothing comes from later
+        steps, so it is the seed). To add instead, set `get_grad_hidden_state(t)` plus yours
+        (stepping by hand: after step t + 1's backward; in a Sequencer: after one backward, then
+        backward again).  Torch7: setGradHiddenState."""
         t = check.integer(self.describe(), "t", t)
-        self._extra_state_grads[t] = check.state_arrays(self.describe(), "gradient", grad,
-                                                        self.state_names, self.dtype)
+        self._extra_state_grads[t] = tuple(self._state_leaves(grad, "gradient arrays"))
         return self
+
+    def get_grad_hidden_state(self, t: int = -1) -> tuple:
+        """The gradient that flowed into the state after step t from step t + 1 in the last
+        backward (zeros at the newest step of a chunk, or what set_grad_hidden_state put there),
+        a tuple in `state_names` order; stepping by hand, available as soon as step t + 1 is
+        backwarded.  Torch7: getGradHiddenState."""
+        if callable(self._grad_hidden):  # a Sequencer backward computes them on first request
+            self._grad_hidden()
+        grads = self._grad_hidden
+        step = t + len(self.outputs) if t < 0 else t  # outputs[t] is step t, as in get_hidden_state
+        if step not in grads:
+            raise StateError(f"{self.describe()}: no gradient for the state of step {t}; the "
+                             f"last backward went through steps {sorted(grads) or 'none'}")
+        return self._by_name(grads[step])
+
+
+def recurrent_inside(owner: Module) -> AbstractRecurrent:
+    """The recurrent module whose hidden-state API a Recursor or Sequencer exposes: its module if
+    recurrent, else the one outermost recurrent module inside it."""
+    child = owner._children["0"]
+    if isinstance(child, AbstractRecurrent):
+        return child
+    found = [m for m in child.modules() if isinstance(m, AbstractRecurrent)]
+    outer = [m for m in found if not any(o is not m and any(i is m for i in o.modules())
+                                         for o in found)]
+    if len(outer) != 1:
+        which = ", ".join(m.describe() for m in outer) or "none"
+        raise StateError(f"{owner.describe()}: the hidden-state API needs exactly one recurrent "
+                         f"module inside, found {len(outer)} ({which}); call it on that module")
+    return outer[0]
+
+
+class HiddenStateOf:
+    """The hidden-state API of the recurrent module inside (see `recurrent_inside`), as Torch7's
+    Recursor and Sequencer forward getHiddenState & co. to their module."""
+
+    def get_hidden_state(self, t: int = -1) -> tuple:
+        return recurrent_inside(self).get_hidden_state(t)
+
+    def set_initial_state(self, state: Any) -> Any:
+        recurrent_inside(self).set_initial_state(state)
+        return self
+
+    def get_grad_initial_state(self) -> tuple:
+        return recurrent_inside(self).get_grad_initial_state()
+
+    def set_grad_hidden_state(self, t: int, grad: Any) -> Any:
+        recurrent_inside(self).set_grad_hidden_state(t, grad)
+        return self
+
+    def get_grad_hidden_state(self, t: int = -1) -> tuple:
+        return recurrent_inside(self).get_grad_hidden_state(t)
 
 
 class Cell(AbstractRecurrent):

@@ -10,7 +10,7 @@ from .. import validation as check
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
-from .recurrent import AbstractRecurrent
+from .recurrent import AbstractRecurrent, HiddenStateOf
 
 
 class Repeater(Module):
@@ -59,10 +59,13 @@ class RepeaterCriterion(Criterion):
         return f"nn.RepeaterCriterion @ {self._children['0'].describe()}"
 
 
-class Recursor(AbstractRecurrent):
+class Recursor(HiddenStateOf, AbstractRecurrent):
     """Makes any module step-wise recurrent: each forward is one step sharing the parameters,
     backward runs once per step in reverse order (BPTT), `outputs`/`inputs` hold the steps.
-    Recurrent modules inside keep their own state.  Torch7: nn.Recursor."""
+    Recurrent modules inside keep their own state; `get_hidden_state`, `set_initial_state`,
+    `get_grad_initial_state`, `set_grad_hidden_state` and `get_grad_hidden_state` reach the
+    recurrent module inside (the module itself, or the one recurrent module in it).
+    Torch7: nn.Recursor."""
 
     state_names = ()
 

@@ -21,7 +21,14 @@ from ..validation import data_array
 from .backward_input import record_for_input
 from .context import BuildContext
 from .packing import Packing
-from .state_grads import add_stepwise_state_grads, sequence_state_seeds
+from .state_grads import (
+    backward_variant,
+    forget_steps_before,
+    later_tap_grads,
+    sequence_cuts,
+    stepwise_seeds,
+    store_state_input_grads,
+)
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -36,10 +43,12 @@ class Executable:
 
     def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
                  training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS):
+                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None):
+        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads)."""
         self.passes, self.options = passes, options
         tape = Tape()
-        ctx = BuildContext(tape, training, history_mode)
+        ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
+                           cuts=cuts or frozenset())
         with tape.recording(), ctx:
             data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
             out = root.apply(*unflatten(tree, data))
@@ -75,11 +84,13 @@ class Executable:
         self.params = list(ctx.param_order)
         # blocked parameters reach the programs as one array per block (nn.packing)
         self.packing = Packing(self.params, [ctx.params[p].node for p in self.params])
-        self.binders = self.packing.binders(self.packing.inputs(graph.inputs),
-                                            lambda n: _binder(n, ctx))
+        self.arg_nodes = self.packing.inputs(graph.inputs)
+        self.binders = self.packing.binders(self.arg_nodes, lambda n: _binder(n, ctx))
         self.state_wrt = [(m, k, n, user) for m, k, n, user in ctx.state_inputs
                           if history_mode or user]
         self.wrt += [n for _, _, n, _ in self.state_wrt]
+        self.tap_inputs = ctx.tap_inputs  # (module, step, leaf, node): variants only
+        self.wrt += [n for *_, n in self.tap_inputs]
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
@@ -147,6 +158,12 @@ class Executable:
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
         return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
+
+    def args_like(self, base_args: list) -> list:
+        """A variant's arguments from the base program's (same trace, so the same inputs in the
+        same order, dropout masks included), zeros for the taps."""
+        it = iter(base_args)
+        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in self.arg_nodes]
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -247,6 +264,8 @@ def _binder(node, ctx: BuildContext):
     if kind == "state":
         m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)
         return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
+    if kind == "tap":  # a state-gradient variant's zero (its arguments come from args_like)
+        return lambda leaves, shape=node.shape, dtype=node.dtype: np.zeros(shape, dtype)
     raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
 
 
@@ -270,11 +289,12 @@ class Runtime:
         self.trace_count = 0
         self.last: Executable | None = None
         self.history: list[Record] = []
-        self.pending_state_grads: dict[tuple[int, int], np.ndarray] = {}
         self.dropped = 0  # step records discarded because of rho
+        self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
 
     def clear(self) -> None:
         self.cache.clear()
+        self.variants.clear()
         self.last = None
 
     def last_graph(self) -> Graph | None:
@@ -318,9 +338,13 @@ class Runtime:
                 options = root._plan_options or DEFAULT_OPTIONS
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
                                  passes, options)
+            exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe
+        # where each recurrent module started (a state-gradient variant is traced as this was)
+        starts = None if history else [(m, m._state, m._user_initial) for m in root.modules()
+                                       if hasattr(m, "_user_initial")]
         call_args = exe.bind(leaves)
         if root.is_training:
             program = exe.compile_training().forward
@@ -328,6 +352,7 @@ class Runtime:
             program = exe.compile_forward()
         outs = program.run(call_args)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
+        record.starts = starts
         self._write_back(exe, record, history)
         if history and root.is_training:
             self.history.append(record)  # step-wise BPTT walks these back in reverse order
@@ -335,6 +360,7 @@ class Runtime:
             if rho is not None and len(self.history) > rho:
                 self.dropped += len(self.history) - rho  # bounded memory: BPTT over rho steps
                 self.history = self.history[-rho:]
+                forget_steps_before(root, self.dropped)
         else:
             self.history = [record]
         return exe, leaves, record
@@ -373,32 +399,23 @@ class Runtime:
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
             record = record_for_input(record, input, self.module, _as_array)
-        extra = [] if exe.history_mode else sequence_state_seeds(exe)
-        pair = exe.compile_training(tuple(node for *_, node, _ in extra))
-        saved = record.saved
-        if saved is None or extra:  # evaluation forward, or a variant: recompute what it needs
-            saved = pair.saved(pair.forward.run(record.args))
-            if not extra:
-                record.saved = saved
-        seeds = self._seeds(exe, grad_output) + [g for *_, g in extra]
-        if exe.history_mode:
+        seeds = self._seeds(exe, grad_output)
+        if exe.history_mode:  # stepping by hand: this step's program, state seeds per step
             step = self.dropped + self.history.index(record)
-            seeds = add_stepwise_state_grads(exe, step, self.dropped + len(self.history), seeds)
-        n_data, n_params = len(exe.data_wrt), exe.packing.n_grads
-        grads = pair.run_backward(saved, record.args, seeds, 0 if need_grad_input else n_data)
-        record.done = True
-        exe.packing.accumulate(grads[n_data: n_data + n_params])
-        self.pending_state_grads = {}
-        initial: dict[Any, dict[int, np.ndarray]] = {}
-        for (m, k, _, user), g in zip(exe.state_wrt, grads[n_data + n_params:]):
-            if user:
-                initial.setdefault(m, {})[k] = g
+            seeds = stepwise_seeds(exe, step, self.dropped + len(self.history), seeds)
+            grads = self._run_backward(exe, record, seeds, need_grad_input)
+            store_state_input_grads(exe, step, self._state_grads(exe, grads))
+        else:
+            cuts = sequence_cuts(exe)
+            if cuts:  # set_grad_hidden_state: a variant program where the set values replace
+                exe, grads = backward_variant(self, record, cuts, seeds)
             else:
-                self.pending_state_grads[(id(m), k)] = g
-        for m, by_k in initial.items():
-            m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
-        for m, t, *_ in extra:
-            m._extra_state_grads.pop(t, None)  # an extra gradient applies to one backward
+                grads = self._run_backward(exe, record, seeds, need_grad_input)
+                later_tap_grads(self, record, seeds)
+            store_state_input_grads(exe, None, self._state_grads(exe, grads))
+        record.done = True
+        n_data = len(exe.data_wrt)
+        exe.packing.accumulate(grads[n_data: n_data + exe.packing.n_grads])
         if not need_grad_input:
             self.module.grad_input = None
             return None
@@ -409,6 +426,20 @@ class Runtime:
         grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
         self.module.grad_input = grad_input
         return grad_input
+
+    def _run_backward(self, exe: Executable, record: Record, seeds: list,
+                      need_grad_input: bool = True) -> tuple:
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant)."""
+        pair = exe.compile_training()
+        if record.saved is None:  # an evaluation forward: recompute what backward needs
+            record.saved = pair.saved(pair.forward.run(record.args))
+        skip = 0 if need_grad_input else len(exe.data_wrt)
+        return pair.run_backward(record.saved, record.args, seeds, skip)
+
+    @staticmethod
+    def _state_grads(exe: Executable, grads: tuple) -> list:
+        start = len(exe.data_wrt) + exe.packing.n_grads
+        return list(grads[start: start + len(exe.state_wrt)])
 
     def _next_record(self, input: Any) -> Record:
         if self.history and not self.history[-1].exe.history_mode:
@@ -446,10 +477,8 @@ class Runtime:
                 if g.shape != node.shape:
                     raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
                                      f"expected {node.shape} (the output's shape)")
-            else:
-                m, j, _ = exe.finals[k - len(exe.real)]
-                g = self.pending_state_grads.get((id(m), j))
-                g = np.zeros(node.shape, node.dtype) if g is None else g
+            else:  # a final state: stepwise_seeds fills it in
+                g = None
             seeds.append(g)
         return seeds
 

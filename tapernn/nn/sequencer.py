@@ -13,11 +13,12 @@ from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
+from .recurrent import HiddenStateOf
 
 MODES = ("both", "train", "eval", "neither")
 
 
-class Sequencer(Module):
+class Sequencer(HiddenStateOf, Module):
     """Decorates `module` to run over a whole sequence.  Torch7: nn.Sequencer.
 
     Input: a list of T arrays ((D,) or (B, D) each) -> list of T outputs; or a (T, B, D) array
@@ -28,6 +29,10 @@ class Sequencer(Module):
     any call is "neither": state is forgotten before every forward; `remember()` means "both").
     When remembering, the next forward starts from the last state and gradients stop at the
     chunk boundary (truncated BPTT). `forget()` resets; switching training()/evaluate() forgets.
+
+    Hidden state: `get_hidden_state(t)` & co. reach the recurrent module inside (steps t of the
+    last call); `set_grad_hidden_state(t, g)` replaces the gradient step t + 1 sends into the
+    state of step t, in the next backward.
     """
 
     def __init__(self, module: Module):

@@ -1,6 +1,6 @@
-"""Gradients a user adds to a recurrent module's state with `set_grad_hidden_state(t, grad)`:
-in a Sequencer's unrolled program they seed the state node of step t (a variant program with
-extra seeded outputs); stepped by hand, they join the final-state seed of step t's backward."""
+"""Gradients of recurrent states between steps (Torch7's gradOutputs/gradCells, kept per absolute
+step): what each step's backward receives from the step after it, `set_grad_hidden_state(t, g)`
+replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a Sequencer."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError, StateError
+from ..executor import gc_paused
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -22,37 +23,184 @@ def _checked(m: Any, k: int, g: Any, like: Any) -> np.ndarray:
     g = np.asarray(g, dtype=like.dtype)
     if g.shape != like.shape:
         raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
-                         f"{m.state_names[k]!r} has shape {g.shape}, the state has {like.shape}")
+                         f"{m._leaf_name(k)!r} has shape {g.shape}, the state has {like.shape}")
     return g
 
 
-def sequence_state_seeds(exe: Any) -> list:
-    """(module, t, k, state node, gradient) for each gradient pending on a recurrent module of
-    this (unrolled) program."""
+def _store(m: Any) -> dict:
+    if not isinstance(m._grad_hidden, dict):  # a Sequencer's lazy result: stepping restarts it
+        m._grad_hidden = {}
+    return m._grad_hidden
+
+
+def _pop_set(m: Any, step: int, n_steps: int) -> tuple | None:
+    """The set_grad_hidden_state gradient for absolute `step`, consumed (one backward)."""
+    for t in sorted(getattr(m, "_extra_state_grads", {})):
+        if _absolute_step(m, t, n_steps) == step:
+            return m._extra_state_grads.pop(t)
+    return None
+
+
+# ---- stepping by hand: one program per step ------------------------------------------------------
+
+def stepwise_seeds(exe: Any, step: int, n_steps: int, seeds: list) -> list:
+    """The final-state seeds of the backward of absolute `step` (of `n_steps` forwarded): per
+    module, its set_grad_hidden_state(step) gradient if any (it replaces), else what the backward
+    of step + 1 sent into this state, else zeros (the newest step of a chunk). What is used is
+    kept as get_grad_hidden_state(step)."""
+    position = {k: pos for pos, k in enumerate(exe.seeded)}  # diff output -> seed
+    given: dict[Any, tuple | None] = {}
+    used: dict[Any, dict[int, np.ndarray]] = {}
+    for j, (m, k, node) in enumerate(exe.finals):
+        pos = position.get(len(exe.real) + j)
+        if pos is None:
+            continue
+        if m not in given:
+            given[m] = _pop_set(m, step, n_steps)
+        if given[m] is not None:
+            g = _checked(m, k, given[m][k], node)
+        else:
+            kept = _store(m).get(step)
+            g = kept[k] if kept is not None else np.zeros(node.shape, node.dtype)
+        seeds[pos] = g
+        used.setdefault(m, {})[k] = g
+    for m, by_k in used.items():
+        m._grad_hidden[step] = tuple(by_k[k] for k in sorted(by_k))
+    return seeds
+
+
+def store_state_input_grads(exe: Any, step: int | None, grads: list) -> None:
+    """Gradients w.r.t. the states a program started from: a user-set initial state's go to
+    get_grad_initial_state(); stepping by hand, the others become what step `step` - 1's
+    backward receives (get_grad_hidden_state(step - 1))."""
+    initial: dict[Any, dict[int, np.ndarray]] = {}
+    earlier: dict[Any, dict[int, np.ndarray]] = {}
+    for (m, k, _, user), g in zip(exe.state_wrt, grads):
+        (initial if user else earlier).setdefault(m, {})[k] = g
+    for m, by_k in initial.items():
+        m._grad_initial = tuple(by_k[k] for k in sorted(by_k))
+    if step is not None:
+        for m, by_k in earlier.items():
+            _store(m)[step - 1] = tuple(by_k[k] for k in sorted(by_k))
+
+
+def forget_steps_before(root: Any, first_kept: int) -> None:
+    """max_bptt_step dropped the records before `first_kept`: drop their state gradients too
+    (the oldest kept step's backward may still write first_kept - 1)."""
+    for m in root.modules():
+        store = getattr(m, "_grad_hidden", None)
+        if isinstance(store, dict):
+            for t in [t for t in store if t < first_kept - 1]:
+                del store[t]
+
+
+# ---- a Sequencer: one unrolled program -----------------------------------------------------------
+
+def _recurrent_steps(exe: Any) -> dict:
+    """module -> its steps in this program (the `outputs` probes), for recurrent modules;
+    computed once per program (every backward asks)."""
+    cached = getattr(exe, "_recurrent_steps", None)
+    if cached is None:
+        steps: dict[Any, list] = {}
+        for m, f, t, _, _ in exe.probes:
+            if f == "outputs" and hasattr(m, "_extra_state_grads"):
+                steps.setdefault(m, []).append(t)
+        cached = exe._recurrent_steps = {m: sorted(ts) for m, ts in steps.items()}
+    return cached
+
+
+def sequence_cuts(exe: Any) -> frozenset:
+    """(module, step) for each set_grad_hidden_state pending on a module of this program: the
+    variant program stops the gradient from step + 1 there (the set value replaces it)."""
+    cuts = set()
+    for m, steps in _recurrent_steps(exe).items():
+        for t in list(m._extra_state_grads) if m._extra_state_grads else ():
+            cuts.add((m, steps[_absolute_step(m, t, len(steps))]))
+    return frozenset(cuts)
+
+
+def sequence_seeds(variant: Any) -> list:
+    """(module, step, leaf, state node, gradient) per set_grad_hidden_state leaf: extra seeds of
+    the variant program, on the state node of that step. Consumes the requests."""
     out = []
-    for m in [m for m, _ in exe.probe_plan() if getattr(m, "_extra_state_grads", None)]:
-        steps = sorted({t for mm, f, t, _, _ in exe.probes if mm is m and f == "outputs"})
+    for m, steps in _recurrent_steps(variant).items():
         for t, grads in sorted(m._extra_state_grads.items()):
             step = steps[_absolute_step(m, t, len(steps))]
-            for k, name in enumerate(m.state_names):
-                node = next(nodes[0] for mm, f, tt, _, nodes in exe.probes
-                            if mm is m and f == "state:" + name and tt == step)
-                out.append((m, t, k, node, _checked(m, k, grads[k], node)))
+            nodes = [n for name in m.state_names for mm, f, tt, _, ns in variant.probes
+                     if mm is m and f == "state:" + name and tt == step for n in ns]
+            out += [(m, step, k, node, _checked(m, k, grads[k], node))
+                    for k, node in enumerate(nodes)]
+        m._extra_state_grads.clear()
     return out
 
 
-def add_stepwise_state_grads(exe: Any, step: int, n_steps: int, seeds: list) -> list:
-    """Step-wise use: the backward of record `step` (absolute, of `n_steps` forwarded) adds a
-    set_grad_hidden_state(step) gradient to its final-state seeds -- the gradient the backward
-    of step + 1 would otherwise be alone in giving."""
-    position = {k: pos for pos, k in enumerate(exe.seeded)}  # diff output -> seed
-    for m in {m for m, _, _ in exe.finals if getattr(m, "_extra_state_grads", None)}:
-        for t in sorted(m._extra_state_grads):
-            if _absolute_step(m, t, n_steps) != step:
-                continue
-            grads = m._extra_state_grads.pop(t)  # applies to one backward
-            for j, (mm, k, _) in enumerate(exe.finals):
-                pos = position.get(len(exe.real) + j)
-                if mm is m and pos is not None:
-                    seeds[pos] = seeds[pos] + _checked(m, k, grads[k], seeds[pos])
-    return seeds
+def store_tap_grads(variant: Any, tap_grads: list, seeded: list) -> None:
+    """get_grad_hidden_state of a Sequencer call: the gradient of each tap (what step t + 1 sent
+    back into the state of step t), or where a set replaced it, the set value."""
+    by_step: dict[Any, dict[int, dict[int, np.ndarray]]] = {}
+    for (m, t, k, _), g in zip(variant.tap_inputs, tap_grads):
+        by_step.setdefault(m, {}).setdefault(t, {})[k] = g
+    for m, t, k, _, g in seeded:
+        by_step.setdefault(m, {}).setdefault(t, {})[k] = g
+    for m, steps in by_step.items():
+        m._grad_hidden = {t: tuple(ks[k] for k in sorted(ks)) for t, ks in steps.items()}
+
+
+def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> Any:
+    """`exe` traced again with state taps and `cuts`, cached on the runtime `rt`. The recurrent
+    modules are put back where they started that call, so the trace matches the forward's."""
+    key = (exe.key, frozenset((id(m), t) for m, t in cuts))
+    variant = rt.variants.get(key)
+    if variant is None:
+        tree, names, n_diff, passes = exe.trace_args
+        root = rt.module
+        now = [(m, m._state, m._user_initial) for m, _, _ in starts]
+        try:
+            for m, state, user in starts:
+                m._state, m._user_initial = state, user
+            with gc_paused():
+                variant = type(exe)(root, leaves, tree, names, root.is_training,
+                                    exe.history_mode, n_diff, passes, exe.options, cuts=cuts)
+        finally:
+            for m, state, user in now:
+                m._state, m._user_initial = state, user
+        rt.variants[key] = variant
+    return variant
+
+
+def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
+    """A Sequencer backward with set_grad_hidden_state requests: the variant program (same
+    arguments, dropout masks included) with the set values as extra seeds and the gradient from
+    the next step cut there. Returns (variant, its gradients)."""
+    variant = _variant(rt, record.exe, cuts, record.leaves, record.starts)
+    seeded = sequence_seeds(variant)
+    pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
+    args = variant.args_like(record.args)
+    saved = pair.saved(pair.forward.run(args))
+    grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
+    store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), seeded)
+    return variant, grads
+
+
+def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
+    """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
+    tapped variant, from copies of this call's arguments and seeds (a later parameter update or
+    refilled input buffer must not change what the backward saw)."""
+    exe = record.exe
+    modules = list(_recurrent_steps(exe))
+    if not modules:
+        return
+    args, seeds = [np.array(a) for a in record.args], [np.array(g) for g in seeds]
+    leaves, starts = record.leaves, record.starts
+
+    def compute() -> None:
+        variant = _variant(rt, exe, frozenset(), leaves, starts)
+        pair = variant.compile_training()
+        full = variant.args_like(args)
+        grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
+        for m in modules:
+            m._grad_hidden = {}
+        store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), [])
+
+    for m in modules:
+        m._grad_hidden = compute

@@ -2,7 +2,7 @@
 module's input and output."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 LEAF = "*"
 
@@ -27,6 +27,11 @@ def _build(tree: Any, it: Iterator[Any]) -> Any:
     if tree == LEAF:
         return next(it)
     return [_build(t, it) for t in tree]
+
+
+def map_leaves(fn: Callable[[Any], Any], obj: Any) -> Any:
+    leaves, tree = flatten(obj)
+    return unflatten(tree, [fn(x) for x in leaves])
 
 
 def count_leaves(tree: Any) -> int:
