@@ -12,7 +12,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, compile_shared, gc_paused
+from ..executor import Compiled, compile, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -29,6 +29,7 @@ from .state_grads import (
     stepwise_seeds,
     store_state_input_grads,
 )
+from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -187,51 +188,6 @@ class Executable:
                              arena_bytes=fwd.arena_bytes, backend=fwd.backend,
                              compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
                              fallbacks=fwd.fallbacks + bwd.fallbacks)
-
-
-class TrainingPair:
-    """Compiled forward (outputs, then saved values) and backward (saved values, seeds, then the
-    forward arguments it reads) programs of one joint graph. Their preallocated temporaries
-    share one arena (they never run at the same time); `resident_bytes` is the pair's total:
-    the arena plus both programs' per-call values."""
-
-    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS):
-        self.joint = joint  # forward and backward together, for diagrams
-        self.n_saved = len(bwd.meta.saved_names)
-        self.n_seeds = len(bwd.meta.seed_names)
-        position = {n: k for k, n in enumerate(fwd.inputs)}
-        self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
-        self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
-        # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
-        self.resident_bytes = self.forward.report.resident_bytes
-        self.bwd_graph, self.passes, self.options = bwd, passes, options
-        self.variants: dict[int, Compiled] = {}
-        self.last_backward = self.backward  # the program compile_report shows
-
-    def saved(self, outs: tuple) -> list:
-        return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
-
-    def backward_program(self, skip: int) -> Compiled:
-        """The backward program without its first `skip` outputs (the data-input gradients,
-        for backward(..., need_grad_input=False)): the same inputs (the forward's saved values
-        are those of the full pair), the work only those gradients needed removed as dead code
-        by the pipeline. Compiled on first use."""
-        if skip == 0:
-            return self.backward
-        if skip not in self.variants:
-            g = self.bwd_graph
-            meta = replace(g.meta, output_names=g.meta.output_names[skip:])
-            self.variants[skip] = compile(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
-                                          self.passes, self.options)
-        return self.variants[skip]
-
-    def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
-        """The gradients; with `skip`, the first `skip` of them are not computed (None)."""
-        program = self.last_backward = self.backward_program(skip)
-        grads = program.run(saved + seeds + [args[k] for k in self.reads])
-        return (None,) * skip + tuple(grads) if skip else grads
 
 
 def _views_data(n) -> bool:
