@@ -1,5 +1,5 @@
 """The character language model behind `tapernn train`: LookupTable -> Sequencer(stack of cells)
--> Sequencer(Linear) giving (T, B, V) logits; its training step, validation perplexity, unigram
+(or a stack of SeqLSTM / SeqGRU tensor modules) -> Sequencer(Linear) giving (T, B, V) logits; its training step, validation perplexity, unigram
 baseline, sampling, and the remembered state that truncated BPTT carries across batches."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 
 from . import nn, optim
 
-BUILTIN_CELLS = {"lstm": nn.LSTM, "fastlstm": nn.FastLSTM, "gru": nn.GRU, "rnn": nn.RNN}
+BUILTIN_CELLS = {"lstm": nn.LSTM, "fastlstm": nn.FastLSTM, "gru": nn.GRU, "rnn": nn.RNN,
+                 "seqlstm": nn.SeqLSTM, "seqgru": nn.SeqGRU}
 
 
 class CellSpecError(ValueError):
@@ -18,13 +19,15 @@ class CellSpecError(ValueError):
 
 
 def resolve_cell(spec: str) -> type:
-    """`lstm`, `fastlstm`, `gru`, `rnn`, or `module:Class` naming an importable nn.Cell subclass."""
+    """`lstm`, `fastlstm`, `gru`, `rnn`, `seqlstm`, `seqgru`, or `module:Class` naming an
+    importable nn.Cell subclass."""
     builtin = BUILTIN_CELLS.get(spec.lower())
     if builtin is not None:
         return builtin
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
-        raise CellSpecError(f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn or module:Class")
+        raise CellSpecError(f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn, seqlstm, "
+                            f"seqgru or module:Class")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001  # any import-time failure of user code is a bad --cell, not a crash
@@ -38,6 +41,20 @@ def resolve_cell(spec: str) -> type:
     return cls
 
 
+class SeqStack(nn.Sequential):
+    """Stacked tensor recurrent modules (SeqLSTM, SeqGRU: (T, B, D) in and out) that remember
+    together, standing where a Sequencer of cells would."""
+
+    remember_mode = "neither"
+
+    def remember(self, mode: str = "both") -> SeqStack:
+        for m in self.children():
+            if isinstance(m, nn.Sequencer):
+                m.remember(mode)
+        self.remember_mode = mode
+        return self
+
+
 class CharLM:
     """Embedding, `layers` recurrent cells (Dropout after each when dropout > 0), linear decoder.
 
@@ -47,7 +64,8 @@ class CharLM:
 
     def __init__(self, vocab_size: int, cell: type, layers: int, embed: int, hidden: int,
                  dropout: float = 0.0, remember: bool = True, dtype: str = "float64"):
-        stack = nn.Sequential()
+        tensor_modules = issubclass(cell, nn.Sequencer)  # SeqLSTM, SeqGRU: no Sequencer around
+        stack = SeqStack() if tensor_modules else nn.Sequential()
         for layer in range(layers):
             try:
                 stack.add(cell(embed if layer == 0 else hidden, hidden))
@@ -55,7 +73,7 @@ class CharLM:
                 raise CellSpecError(f"{cell.__name__}(input_size, hidden_size) failed: {e}") from None
             if dropout > 0:  # Zaremba et al.: dropout on the non-recurrent connections only
                 stack.add(nn.Dropout(dropout))
-        self.recurrent = nn.Sequencer(stack)
+        self.recurrent = stack if tensor_modules else nn.Sequencer(stack)
         self.recurrent.remember("both" if remember else "neither")
         self.model = nn.Sequential(nn.LookupTable(vocab_size, embed), self.recurrent,
                                    nn.Sequencer(nn.Linear(hidden, vocab_size)))

@@ -45,6 +45,13 @@ def stop_gradient(x: Var) -> Var:
     return emit("stop_gradient", x)
 
 
+def add_loss(x: Var, loss: Var) -> Var:
+    """`x` unchanged, with the scalar `loss` added to the objective being differentiated:
+    backward adds d loss/d(whatever it depends on), whatever gradient x itself receives
+    (a regulariser's penalty, e.g. NormStabilizer's)."""
+    return emit("add_loss", x, loss)
+
+
 def zeros(shape: Sequence[int], dtype: Any = np.float64) -> Var:
     return emit("zeros", shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype).str)
 

@@ -20,6 +20,13 @@ def _sequence(cell: Callable[[int, int], nn.Module], steps: int, batch: int, siz
     return model, x, np.ones((steps, batch, size))
 
 
+def _tensor_module(make: Callable[[int, int], nn.Module], steps: int, batch: int,
+                   size: int) -> Built:
+    """SeqLSTM / SeqGRU: (T, B, D) tensors in and out, no Sequencer around them."""
+    x = tn_random.generator().standard_normal((steps, batch, size))
+    return make(size, size), x, np.ones((steps, batch, size))
+
+
 def _stacked(steps: int, batch: int, size: int) -> Built:
     model = nn.Sequencer(nn.Sequential(nn.LSTM(size, size), nn.Dropout(0.5), nn.LSTM(size, size)))
     x = tn_random.generator().standard_normal((steps, batch, size))
@@ -53,6 +60,8 @@ MODELS: dict[str, Callable[[int, int, int], Built]] = {
     "fastlstm": lambda t, b, s: _sequence(nn.FastLSTM, t, b, s),
     "gru": lambda t, b, s: _sequence(nn.GRU, t, b, s),
     "rnn": lambda t, b, s: _sequence(nn.RNN, t, b, s),
+    "seqlstm": lambda t, b, s: _tensor_module(nn.SeqLSTM, t, b, s),
+    "seqgru": lambda t, b, s: _tensor_module(nn.SeqGRU, t, b, s),
     "stacked": _stacked,
     "tutorial-acceptor": _acceptor,
     "tutorial-transducer": _transducer,

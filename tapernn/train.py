@@ -92,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = model.add_argument
     add("--text", metavar="FILE", help="UTF-8 text to train on (default: the docstrings of the "
         "Python standard library, collected from source and cached)")
-    add("--cell", metavar="CELL", help=f"lstm | fastlstm | gru | rnn | module:Class (an importable "
-        f"nn.Cell subclass taking (input_size, hidden_size)); default {d['cell']}")
+    add("--cell", metavar="CELL", help=f"lstm | fastlstm | gru | rnn | seqlstm | seqgru (the "
+        f"tensor modules SeqLSTM, SeqGRU) | module:Class (an importable nn.Cell subclass taking "
+        f"(input_size, hidden_size)); default {d['cell']}")
     add("--layers", type=_positive(int), help=f"stacked recurrent layers (default {d['layers']})")
     add("--hidden", type=_positive(int), help=f"hidden size (default {d['hidden']})")
     add("--embed", type=_positive(int), help=f"character embedding size (default {d['embed']})")

@@ -232,12 +232,17 @@ _SAMPLES = {  # a valid value per argument name
     "module": lambda: nn.Linear(3, 3), "input": lambda: nn.Linear(3, 3),
     "feedback": lambda: nn.Linear(3, 3), "fwd": lambda: nn.LSTM(3, 3),
     "criterion": lambda: nn.MSECriterion(),
+    # issue 14's modules
+    "addend": 1.0, "pad": 1, "constant": 2.0, "min_value": -1.0, "max_value": 1.0,
+    "dimension": 0, "pos": 0, "n_features": 2, "n_input_dim": 1,
 }
 _SIZE_ARGS = {"input_size", "output_size", "hidden_size", "n_index", "n_output", "n_step",
-              "length", "n_input_dims"}
-_FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average"}
+              "length", "n_input_dims", "n_features"}
+_FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average", "batch_first", "mask_zero",
+              "scalar", "negate"}
 _MODULE_ARGS = {"module", "fwd", "bwd", "merge", "input", "feedback", "transfer"}
 _ABSTRACT = {"Module", "Container", "Criterion", "AbstractRecurrent", "Cell"}
+_VARARGS = {"CMul": (4,), "View": (-1,), "Transpose": ((0, 1),)}  # sizes, dims as *args
 
 
 def _public_constructors():
@@ -263,10 +268,13 @@ def _sample(name):
                                                for c in _public_constructors()])
 def test_every_public_constructor_checks_its_arguments(name, cls, params):
     required = {p.name: _sample(p.name) for p in params if p.default is p.empty}
-    cls(**required)  # the samples are valid
+    varargs = _VARARGS.get(name, ())
+    cls(*varargs, **required)  # the samples are valid
     checks = []
     for p in params:
-        if p.name in _SIZE_ARGS:
+        if (name, p.name) == ("Narrow", "length"):  # Torch7: a negative length counts from the end
+            checks += [(p.name, bad, tn.ArgumentError) for bad in (0, 2.5, True, "3")]
+        elif p.name in _SIZE_ARGS:
             checks += [(p.name, bad, tn.ArgumentError) for bad in (0, -1, 2.5, True, "3")]
         elif p.name in _FLAG_ARGS:
             checks += [(p.name, bad, tn.ArgumentTypeError) for bad in ("no", 1, None)]
@@ -276,12 +284,12 @@ def test_every_public_constructor_checks_its_arguments(name, cls, params):
             checks += [(p.name, "abc", tn.ArgumentTypeError)]
         elif p.name == "p":
             checks += [(p.name, bad, tn.ArgumentError) for bad in (1.5, -1, "0.5")]
-        elif p.name in ("dim", "index", "offset", "ignore_index"):
+        elif p.name in ("dim", "index", "offset", "ignore_index", "dimension", "pos", "pad"):
             checks += [(p.name, bad, tn.ArgumentTypeError) for bad in (1.5, "0", True)]
     for arg, bad, cls_expected in checks:
         kwargs = {**{k: _sample(k) for k in required}, arg: bad}
         with pytest.raises(cls_expected) as e:
-            cls(**kwargs)
+            cls(*varargs, **kwargs)
         assert arg in str(e.value) or "criterion" in str(e.value), str(e.value)
 
 

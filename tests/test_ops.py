@@ -46,6 +46,9 @@ for name, fn, x in [
     ("tanh", tn.tanh, randn(3, 4)), ("sigmoid", tn.sigmoid, 3 * randn(3, 4)),
     ("relu", tn.relu, randn(3, 4)), ("sqrt", tn.sqrt, pos(3, 4)), ("abs", tn.abs, randn(3, 4)),
     ("stop_gradient", lambda x: x * 2 + tn.stop_gradient(x * 0), randn(3, 4)),
+    # (its loss's gradient is not the derivative of its value: a zero loss keeps them equal;
+    # test_add_loss_adds_the_loss_gradient checks the loss's part)
+    ("add_loss", lambda x: F.add_loss(x * 2, tn.sum(x * 0)), randn(3, 4)),
     ("sign", lambda x: x * F.sign(x), randn(3, 4)),
     ("greater", lambda x: tn.where(F.greater(x, 0.1), x * x, -x), randn(3, 4)),
     ("equal", lambda x: tn.where(F.equal(x, x[:, :1]), 2 * x, x), randn(3, 4)),
@@ -161,6 +164,17 @@ def test_stop_gradient_blocks_the_gradient():
     x = randn(3)
     out = tn.compile(tn.grad(tn.trace(lambda v: tn.sum(v * tn.stop_gradient(v)), x)))(x)
     np.testing.assert_allclose(out[1], x)  # d/dv of v*c is c, not 2v
+
+
+def test_add_loss_adds_the_loss_gradient():
+    x = randn(3)
+    g = tn.grad(tn.trace(lambda v: tn.sum(F.add_loss(v * 2, tn.sum(v * v)) * 3), x))
+    for passes in ([], None):
+        out = tn.compile(g, passes=passes)(x)
+        np.testing.assert_allclose(out[0], 6 * x.sum())  # the value: x*2 only
+        np.testing.assert_allclose(out[1], 6 + 2 * x)    # d/dv: 3*2 from x, 2v from the loss
+    with pytest.raises(tn.errors.ShapeError, match="must be a scalar"):
+        tn.trace(lambda v: F.add_loss(v, v), x)
 
 
 def test_float32_sigmoid_lowering_is_close_and_log_keeps_the_tail():

@@ -122,6 +122,16 @@ def test_tiny_run_learns_and_beats_the_unigram_baseline(text_file, capsys):
     assert "validation perplexity" in out and "unigram baseline" in out and "--- sample" in out
 
 
+@pytest.mark.parametrize("cell", ["seqlstm", "seqgru"])
+def test_tensor_modules_train(text_file, cell):
+    trainer = Trainer(parse("--text", str(text_file), "--steps", "60", "--lr", "0.02", "--cell",
+                            cell, "--layers", "2", "--sample-len", "5", *TINY))
+    assert trainer.fit() == 0
+    assert np.mean(trainer.losses[-10:]) < np.mean(trainer.losses[:10]) - 0.3
+    names = list(trainer.lm.model.state_dict())
+    assert "1.0.weight" in names and "1.1.bias" in names  # two SeqLSTM/SeqGRU, no Sequencer
+
+
 def run_steps(text_file, ckpt, steps, *extra):
     trainer = Trainer(parse("--text", str(text_file), "--steps", str(steps), "--checkpoint",
                             str(ckpt), "--sample-len", "5", *extra, *TINY))
@@ -132,6 +142,7 @@ def run_steps(text_file, ckpt, steps, *extra):
 @pytest.mark.parametrize("options", [
     ("--cell", "lstm", "--layers", "2", "--dropout", "0.3"),          # RNG state + remembered state
     ("--cell", "gru", "--optim", "sgd", "--no-remember", "--dtype", "float32"),
+    ("--cell", "seqlstm", "--layers", "2", "--dropout", "0.3"),      # SeqLSTM's remembered state
 ])
 def test_resume_equals_an_uninterrupted_run(tmp_path, options):
     text = tmp_path / "t.txt"

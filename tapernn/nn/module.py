@@ -341,6 +341,9 @@ class Module:
         if stdv is not None:
             stdv = check.number(f"{self.describe()}.reset", "stdv", stdv, "non-negative")
         for m in self.modules():
+            if m is not self and type(m).reset is not Module.reset:  # its own init (Seq* modules)
+                m.reset(stdv)
+                continue
             for name, p in m._params.items():
                 init, bound = getattr(p, "_init", ("uniform", None))
                 if stdv is not None:

@@ -127,3 +127,16 @@ register("scatter_add", forward=_scatter_add,
          vjp=lambda gg, y, g, ids, wants, axis, n: (
              F.gather(gg, ids, axis) if wants[0] else None, None))
 
+
+def _add_loss_shape(x, loss, **_):
+    if tuple(loss) != ():
+        raise ShapeError(f"add_loss: the loss must be a scalar, got shape {tuple(loss)}")
+    return tuple(x)
+
+
+# forward: x itself; backward: the loss's cotangent is 1 whatever x's is, so the loss joins the
+# objective being differentiated (a regulariser's gradient, e.g. NormStabilizer's)
+register("add_loss", forward=lambda x, loss, out=None: x, shape=_add_loss_shape,
+         supports_out=False, view=True, n_inputs=2,
+         vjp=lambda g, y, x, loss, wants: (g if wants[0] else None,
+                                           F.ones_like(loss) if wants[1] else None))

@@ -1,0 +1,395 @@
+"""The torch/nn layers Element-RNN code uses around recurrent modules (Add, Mul, CMul, Copy,
+Narrow, View, Transpose, Euclidean, Mean, Sum, Max, Abs, HardTanh, ELU, SoftSign) and rnn's small
+helpers (LinearNoBias, ZeroGrad, CopyGrad, SAdd). Torch7 constructor arguments, 0-based dims."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from .. import validation as check
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError
+from ..tracing import Var
+from .layers import Linear, last_dim
+from .module import Module
+from .tables import _dim
+
+
+def _array(module: Module, x: Any) -> None:
+    module.expect(isinstance(x, Var), "expects an array, got a list" if isinstance(x, list)
+                  else f"expects an array, got {type(x).__name__}")
+
+
+class LinearNoBias(Linear):
+    """y = x Wᵀ, weight (out, in), init U(±1/√in).  Torch7: nn.LinearNoBias (rnn)."""
+
+    def __init__(self, input_size: int, output_size: int, rng=None):
+        super().__init__(input_size, output_size, bias=False, rng=rng)
+
+
+class Add(Module):
+    """y = x + b: b has `input_size` entries, or one when `scalar` (init U(±1/√input_size)).
+    Torch7: nn.Add(inputSize, scalar)."""
+
+    def __init__(self, input_size: int, scalar: bool = False, rng=None):
+        super().__init__()
+        self.input_size = check.size(self, "input_size", input_size)
+        self.scalar = check.flag(self, "scalar", scalar)
+        rng = check.generator(self, "rng", rng)
+        self.parameter("bias", (1,) if self.scalar else (self.input_size,),
+                       bound=1 / np.sqrt(self.input_size), rng=rng)
+
+    def build(self, x: Var) -> Var:
+        if not self.scalar:
+            last_dim(self, x, self.input_size)
+        _array(self, x)
+        return x + self.bias
+
+    def extra_repr(self) -> str:
+        return f"({self.input_size}{', scalar' if self.scalar else ''})"
+
+
+class Mul(Module):
+    """y = w x with one learned scalar w, init U(-1, 1).  Torch7: nn.Mul()."""
+
+    def __init__(self, rng=None):
+        super().__init__()
+        self.parameter("weight", (1,), bound=1.0, rng=check.generator(self, "rng", rng))
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        return x * self.weight
+
+
+class CMul(Module):
+    """y = x ⊙ w, w of shape `size` broadcast against the trailing dims of x (a batch leads),
+    init U(±1/√w.size).  Torch7: nn.CMul(size...)."""
+
+    def __init__(self, *size: int, rng=None):
+        super().__init__()
+        self.size = check.sizes(self, "size", size)
+        if not self.size:
+            raise ArgumentError("nn.CMul: give the weight's shape, e.g. CMul(4)")
+        self.parameter("weight", self.size, bound=1 / np.sqrt(np.prod(self.size)),
+                       rng=check.generator(self, "rng", rng))
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        n = len(self.size)
+        self.expect(x.ndim >= n and x.shape[x.ndim - n:] == self.size,
+                    f"expected input ending in shape {self.size}, got {x.shape}")
+        return x * self.weight
+
+    def extra_repr(self) -> str:
+        return f"({', '.join(map(str, self.size))})"
+
+
+class Copy(Module):
+    """Copies its input, converting to `out_dtype` if given (the gradient converts back).
+    Torch7: nn.Copy(intype, outtype)."""
+
+    def __init__(self, out_dtype: Any = None):
+        super().__init__()
+        self.out_dtype = None if out_dtype is None else np.dtype(out_dtype)
+        if self.out_dtype is not None and self.out_dtype.kind != "f":
+            raise DTypeError(f"nn.Copy: out_dtype must be a float dtype, got {self.out_dtype}")
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        return F.cast(x, self.out_dtype) if self.out_dtype is not None else x + 0
+
+    def extra_repr(self) -> str:
+        return "" if self.out_dtype is None else f"({self.out_dtype.name})"
+
+
+class ZeroGrad(Module):
+    """Identity forward, zero gradient backward.  Torch7: nn.ZeroGrad (rnn)."""
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        return F.stop_gradient(x)
+
+
+class CopyGrad(Module):
+    """Identity whose gradient is a copy of grad_output (in tapernn every gradient is already
+    its own array).  Torch7: nn.CopyGrad (rnn)."""
+
+    def build(self, x: Any) -> Any:
+        return x
+
+
+class SAdd(Module):
+    """y = x + addend, or -(x + addend) when `negate` (GRU's 1 - z is SAdd(-1, True)).
+    Torch7: nn.SAdd(addend, negate) (rnn)."""
+
+    def __init__(self, addend: float, negate: bool = False):
+        super().__init__()
+        self.addend = check.number(self, "addend", addend)
+        self.negate = check.flag(self, "negate", negate)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        y = x + self.addend
+        return -y if self.negate else y
+
+    def extra_repr(self) -> str:
+        return f"({self.addend}{', negate' if self.negate else ''})"
+
+
+class Narrow(Module):
+    """`length` entries of dim `dimension` from `offset` (0-based; a negative offset counts from
+    the end, a negative length -k stops k-1 entries before the end: -1 = to the end).
+    Torch7: nn.Narrow(dimension, offset, length) with 1-based dimension and offset."""
+
+    def __init__(self, dimension: int, offset: int, length: int = 1):
+        super().__init__()
+        self.dimension = check.integer(self, "dimension", dimension)
+        self.offset = check.integer(self, "offset", offset)
+        self.length = check.integer(self, "length", length)
+        if self.length == 0:
+            raise ArgumentError("nn.Narrow: length must be a non-zero integer (negative: "
+                                      "counted from the end), got 0")
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        self.expect(-x.ndim <= self.dimension < x.ndim,
+                    f"dimension {self.dimension} out of range for input shape {x.shape}")
+        d = self.dimension % x.ndim
+        size = x.shape[d]
+        start = self.offset + size if self.offset < 0 else self.offset
+        length = size - start + self.length + 1 if self.length < 0 else self.length
+        self.expect(0 <= start and length >= 1 and start + length <= size,
+                    f"offset {self.offset}, length {self.length} out of range for dimension {d} "
+                    f"of size {size} (input shape {x.shape})")
+        return x[(slice(None),) * d + (slice(start, start + length),)]
+
+    def extra_repr(self) -> str:
+        return f"({self.dimension}, {self.offset}, {self.length})"
+
+
+class View(Module):
+    """Reshape to `size` (one entry may be -1). With `set_num_input_dims(n)`, an input with more
+    than n dims keeps its leading (batch) dims; without it, an input holding a multiple of the
+    view's elements keeps its first dim as the batch.  Torch7: nn.View(sizes)."""
+
+    def __init__(self, *size: int):
+        super().__init__()
+        self.size = tuple(check.integer(self, f"size[{k}]", s) for k, s in enumerate(size))
+        if not self.size or self.size.count(-1) > 1 or any(s < 1 and s != -1 for s in self.size):
+            raise ArgumentError(f"nn.View: sizes must be positive with at most one -1, "
+                                      f"got {self.size}")
+        self.num_input_dims: int | None = None
+
+    def set_num_input_dims(self, n: int) -> View:
+        self.num_input_dims = check.size(self, "n", n)
+        return self
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        known = int(np.prod([s for s in self.size if s != -1]))
+        if self.num_input_dims is not None and x.ndim > self.num_input_dims:
+            lead = x.shape[:x.ndim - self.num_input_dims]
+        elif -1 not in self.size and x.size != known and x.ndim > 1:
+            lead = x.shape[:1]
+        else:
+            lead = ()
+        rest = x.size // max(int(np.prod(lead)), 1)
+        ok = rest % known == 0 if -1 in self.size else rest == known
+        self.expect(ok, f"cannot view input of shape {x.shape} as {self.size}"
+                        + (f" after batch dims {lead}" if lead else ""))
+        return F.reshape(x, lead + self.size)
+
+    def extra_repr(self) -> str:
+        return f"({', '.join(map(str, self.size))})"
+
+
+class Transpose(Module):
+    """Swaps each given pair of dims in turn: Transpose((0, 1), (2, 3)).
+    Torch7: nn.Transpose({1, 2}, {3, 4})."""
+
+    def __init__(self, *permutations: tuple[int, int]):
+        super().__init__()
+        for pair in permutations:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise ArgumentTypeError(f"nn.Transpose: each argument must be a pair of "
+                                              f"dims (a, b), got {check.got(pair)}")
+        self.permutations = tuple((check.integer(self, "dim", a), check.integer(self, "dim", b))
+                                  for a, b in permutations)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        axes = list(range(x.ndim))
+        for a, b in self.permutations:
+            self.expect(-x.ndim <= a < x.ndim and -x.ndim <= b < x.ndim,
+                        f"cannot swap dims {a} and {b} of input shape {x.shape}")
+            axes[a], axes[b] = axes[b], axes[a]
+        return F.transpose(x, axes)
+
+    def extra_repr(self) -> str:
+        return f"({', '.join(map(str, self.permutations))})"
+
+
+class Euclidean(Module):
+    """y_j = ‖x − w_j‖₂ for each column w_j of weight (input_size, output_size), init
+    U(±1/√input_size).  Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
+
+    def __init__(self, input_size: int, output_size: int, rng=None):
+        super().__init__()
+        self.input_size = check.size(self, "input_size", input_size)
+        self.output_size = check.size(self, "output_size", output_size)
+        self.parameter("weight", (self.input_size, self.output_size),
+                       bound=1 / np.sqrt(self.input_size), rng=check.generator(self, "rng", rng))
+
+    def build(self, x: Var) -> Var:
+        last_dim(self, x, self.input_size)
+        diff = F.reshape(x, x.shape + (1,)) - self.weight
+        return F.sqrt(F.sum(diff * diff, -2))
+
+    def extra_repr(self) -> str:
+        return f"({self.input_size} -> {self.output_size})"
+
+
+class _Reduce(Module):
+    reduce = staticmethod(F.sum)
+
+    def __init__(self, dimension: int = 0, n_input_dims: int | None = None):
+        super().__init__()
+        self.dimension = check.integer(self, "dimension", dimension)
+        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        d = _dim(self.dimension, x.ndim, self.n_input_dims)
+        self.expect(0 <= d < x.ndim, f"dimension {self.dimension} out of range for input shape "
+                                     f"{x.shape}")
+        return self.reduce(x, d)
+
+    def extra_repr(self) -> str:
+        extra = "" if self.n_input_dims is None else f", {self.n_input_dims}"
+        return f"({self.dimension}{extra})"
+
+
+class Sum(_Reduce):
+    """Sum over `dimension` (0-based; shifted past a leading batch dim when the input has
+    `n_input_dims` + 1 dims, as SplitTable); `size_average` divides by its length.
+    Torch7: nn.Sum(dimension, nInputDims, sizeAverage)."""
+
+    def __init__(self, dimension: int = 0, n_input_dims: int | None = None,
+                 size_average: bool = False):
+        super().__init__(dimension, n_input_dims)
+        self.size_average = check.flag(self, "size_average", size_average)
+        self.reduce = F.mean if size_average else F.sum
+
+
+class Mean(_Reduce):
+    """Mean over `dimension` (batch rule as Sum).  Torch7: nn.Mean(dimension, nInputDims)."""
+    reduce = staticmethod(F.mean)
+
+
+class Max(_Reduce):
+    """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum (split
+    evenly between ties).  Torch7: nn.Max(dimension, nInputDims) (values only)."""
+    reduce = staticmethod(F.max)
+
+
+class _Pointwise(Module):
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        return self.fn(x)
+
+
+class Abs(_Pointwise):
+    """|x|.  Torch7: nn.Abs."""
+    fn = staticmethod(F.abs)
+
+
+class SoftSign(_Pointwise):
+    """x / (1 + |x|).  Torch7: nn.SoftSign."""
+    fn = staticmethod(lambda x: x / (1 + F.abs(x)))
+
+
+class HardTanh(Module):
+    """min(max(x, min_value), max_value); gradient 1 strictly inside, 0 outside.
+    Torch7: nn.HardTanh(min_value=-1, max_value=1)."""
+
+    def __init__(self, min_value: float = -1.0, max_value: float = 1.0):
+        super().__init__()
+        self.min_value = check.number(self, "min_value", min_value)
+        self.max_value = check.number(self, "max_value", max_value)
+        if not self.min_value < self.max_value:
+            raise ArgumentError(f"{check.who(self)}: min_value {min_value} must be < "
+                                      f"max_value {max_value}")
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        above_min = F.cast(F.greater(x, self.min_value), x.dtype)
+        inside = above_min * F.cast(F.greater(self.max_value, x), x.dtype)
+        bound = self.min_value + (self.max_value - self.min_value) * above_min
+        return inside * x + (1 - inside) * bound  # the bounds are constants: gradient 0
+
+    def extra_repr(self) -> str:
+        return f"({self.min_value}, {self.max_value})"
+
+
+class ELU(Module):
+    """x if x > 0 else alpha (exp(x) − 1).  Torch7: nn.ELU(alpha=1)."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = check.number(self, "alpha", alpha)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        neg = self.alpha * (F.exp(F.minimum(x, 0.0)) - 1)  # exp never sees a large x
+        return F.where(F.greater(x, 0.0), x, neg)
+
+    def extra_repr(self) -> str:
+        return f"({self.alpha})"
+
+
+class Padding(Module):
+    """Inserts |pad| entries equal to `value` along `dim`: pad < 0 before position `index`
+    counted from the start (0: before the first entry), pad > 0 at `index` counted from the end
+    (0: after the last entry). `dim` shifts past a leading batch dim when the input has
+    n_input_dim + 1 dims.  Torch7: nn.Padding(dim, pad, nInputDim, value, index) (1-based)."""
+
+    def __init__(self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0,
+                 index: int = 0):
+        super().__init__()
+        self.dim = check.integer(self, "dim", dim)
+        self.pad = check.integer(self, "pad", pad)
+        if self.pad == 0:
+            raise ArgumentError("nn.Padding: pad must be a non-zero integer, got 0")
+        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
+        self.value = check.number(self, "value", value)
+        self.index = check.integer(self, "index", index)
+
+    def build(self, x: Var) -> Var:
+        _array(self, x)
+        d = _dim(self.dim, x.ndim, self.n_input_dim)
+        self.expect(0 <= d < x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}")
+        size = x.shape[d]
+        at = self.index if self.pad < 0 else size - self.index
+        self.expect(0 <= at <= size, f"index {self.index} out of range for dimension {d} of size "
+                                     f"{size}")
+        fill = F.zeros(x.shape[:d] + (abs(self.pad),) + x.shape[d + 1:], x.dtype) + self.value
+        lead = (slice(None),) * d
+        parts = [x[lead + (slice(0, at),)], fill, x[lead + (slice(at, size),)]]
+        return F.concat([p for p in parts if p.shape[d] > 0], axis=d)
+
+    def extra_repr(self) -> str:
+        return f"({self.dim}, {self.pad})"
+
+
+class ExpandAs(Module):
+    """[a, b] -> [a, b broadcast to a's shape]; b's gradient is summed back over the broadcast
+    dims.  Torch7: nn.ExpandAs (rnn)."""
+
+    def build(self, xs: Any) -> list:
+        self.expect(isinstance(xs, list) and len(xs) == 2 and all(isinstance(v, Var) for v in xs),
+                    "expects a list of two arrays [a, b]")
+        a, b = xs
+        self.expect(b.ndim == a.ndim and all(s in (1, t) for s, t in zip(b.shape, a.shape)),
+                    f"cannot expand shape {b.shape} as {a.shape}")
+        return [a, F.broadcast_to(b, a.shape)]

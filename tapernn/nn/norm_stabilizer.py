@@ -1,0 +1,56 @@
+"""NormStabilizer: an identity recurrent module whose backward adds the gradient of Krueger &
+Memisevic's norm-stabilising penalty.  Torch7: nn.NormStabilizer(beta) (rnn)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import functional as F
+from .. import validation as check
+from ..tracing import Var
+from .context import current_build
+from .recurrent import AbstractRecurrent
+
+
+class NormStabilizer(AbstractRecurrent):
+    """y_t = h_t; in training, backward adds the gradient of
+
+        β Σ_{t≥1} mean_b (‖h_t‖ − ‖h_{t−1}‖)²      (‖·‖ over features, mean over the batch)
+
+    to each h_t — summed over the step pairs, not divided by the number of steps, as Torch7
+    (whose reported loss divides by T but whose gradients do not). Put it after a recurrent
+    layer, step-wise or in a Sequencer; the first step (after forget) has no pair. When a
+    Sequencer remembers, the pair across the chunk boundary adds to the newer step only.
+
+    Shapes: h_t (B, H) (batch only, as Torch7).  The penalty reaches the gradients through
+    `tn.functional.add_loss`, so no backward is written by hand.
+    """
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = check.number(self, "beta", beta, "non-negative")
+
+    def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
+        return [tuple(x.shape)]
+
+    def build(self, x: Any) -> Any:
+        self.expect(isinstance(x, Var) and x.ndim == 2,
+                    f"expects a (batch, features) array, got "
+                    f"{getattr(x, 'shape', type(x).__name__)}")
+        ctx = current_build()
+        if self not in ctx.states and self._initial_state_arrays() is None:  # no pair yet
+            ctx.set_state(self, (x,))
+            t = ctx.next_step(self)
+            for field in ("inputs", "outputs", "state:h"):
+                ctx.probe(self, field, t, x)
+            return x
+        return super().build(x)
+
+    def step_forward(self, x: Var, state: tuple) -> tuple[Var, tuple]:
+        if not current_build().training:
+            return x, (x,)
+        norm, prev = F.sqrt(F.sum(x * x, -1)), F.sqrt(F.sum(state[0] * state[0], -1))
+        diff = norm - prev
+        return F.add_loss(x, self.beta * F.mean(diff * diff)), (x,)
+
+    def extra_repr(self) -> str:
+        return f"({self.beta})"
