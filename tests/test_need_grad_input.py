@@ -72,3 +72,21 @@ def test_stepwise_backward_without_input_gradients():
             assert (r is None) == (not need)
     for (name, p), q in zip(a.named_parameters().items(), b.parameters()):
         np.testing.assert_allclose(q.grad, p.grad, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_trimzero_passes_need_grad_input_to_its_module():
+    tn.manual_seed(0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, D))
+    x[1] = 0.0  # a padding row: TrimZero runs its module on the other rows
+    g = rng.standard_normal((5, H))
+    m = nn.TrimZero(nn.Linear(D, H), 1)
+    m.forward(x)
+    m.zero_grad_parameters()
+    m.backward(x, g)
+    full = _grads(m)
+    m.forward(x)
+    m.zero_grad_parameters()
+    assert m.backward(x, g, need_grad_input=False) is None and m.grad_input is None
+    for name, grad in _grads(m).items():
+        np.testing.assert_allclose(grad, full[name], rtol=1e-12, atol=1e-12, err_msg=name)
