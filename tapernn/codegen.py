@@ -18,27 +18,27 @@ from .backends import resolve_backend
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .ops.fused import temp_slots
-from .ops.registry import REGISTRY, get_op
+from .ops.registry import get_op
 from .regions import DEFAULT_OPTIONS, PlanOptions, concat_slots
 
 _program_ids = itertools.count()
 
-# exact sigmoids (float64, or read by a tail reader) on at most this many elements are lowered
-# inline through logaddexp (Program._sigmoid_logaddexp)
+# sigmoids on at most this many elements are lowered inline through logaddexp (four calls,
+# Program._sigmoid_lines); larger ones through 1 / (1 + exp(min(-a, L))) (five calls, each
+# cheaper per element), or, where a tail reader reads them, the exact op
 EXACT_SIGMOID_INLINE_SIZE = 128
 
-# ops whose result depends on the relative precision of a small sigmoid (log(sigmoid(a)) for
-# a << 0): their sigmoid operands keep the exact lowering
+# ops whose result depends on the relative precision of a small sigmoid beyond what an
+# underflowing exp keeps (log(sigmoid(a)) for a < -88 in float32): their sigmoid operands
+# keep an unclamped exact form
 _TAIL_READERS = ("log", "div", "power")
 
 
-def _fast_sigmoid(dtype) -> bool:
-    """float32 sigmoids are lowered through tanh: absolute error ~1 ulp of 0.5 (6e-8), the same
-    as the exact form's near 0.5; only far in the negative tail (a < -17) does the relative error
-    grow, and there the value is below float32's resolution of 1 - sigma anyway. float64 keeps
-    an exact form (inline on small values, see _sigmoid_lines): its tails are tested to 1e-12
-    relative (test_sigmoid_is_stable_in_both_tails, test_sigmoid_lowerings_keep_their_precision)."""
-    return np.dtype(dtype) == np.float32
+def sigmoid_exp_limit(dtype) -> float:
+    """The clamp of -a in the inline sigmoid 1 / (1 + exp(min(-a, limit))): exp(limit) is
+    finite in `dtype` (no overflow warning), and sigma(-limit) is below the smallest normal
+    number, so clamping changes a result by less than that (88.72 for float32)."""
+    return math.floor(math.log(float(np.finfo(dtype).max)) * 100) / 100
 
 
 class Program:
@@ -191,12 +191,15 @@ class Program:
                     lines = [f"{kernel}({', '.join(operands)})"]
                 elif n.op == "fused":
                     lines = self._fused_lines(n, args, out, self._temps(n, views), names[n])
-                elif n.op == "sigmoid" and self._inline_sigmoid(n.dtype, n.size,
-                                                                n in self.exact_sigmoid):
-                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype,
-                                                n in self.exact_sigmoid)
+                elif n.op == "sigmoid" and self._inline_sigmoid(n.shape, n in self.exact_sigmoid):
+                    lines = self._sigmoid_lines(args[0], names[n], out, n.dtype, n.size <=
+                                                EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid)
                 else:
                     lines = [self._call(n.op, args, n.attrs, out)]
+                if out is None and n.shape == ():
+                    # NumPy hands back 0-d results as scalars, which no later line could
+                    # write into (in place, out=): keep every value an array
+                    lines[-1] = f"np_asarray({lines[-1]})"
                 lines[-1] = f"{names[n]} = {lines[-1]}"
                 for line in lines:
                     body.append("    " + line)
@@ -295,40 +298,47 @@ class Program:
         for j, (op, refs, attrs, shape, dtype) in enumerate(program):
             ins = [args[r] if r >= 0 else results[-r - 1] for r in refs]
             target = out if slot_of[j] is None else temps[slot_of[j]]
-            if op == "sigmoid" and self._inline_sigmoid(dtype, math.prod(shape), j in exact):
-                # the last instruction's operand is a temporary dying here: the first three
-                # calls run in it, only the last writes out (which may be a strided region of
-                # a larger storage, where a ufunc pays per row: 1 such call, not 4)
+            if op == "sigmoid" and self._inline_sigmoid(tuple(shape), j in exact):
+                # the last instruction's operand is a temporary dying here: all calls but the
+                # last run in it, only the last writes out (which may be a strided region of
+                # a larger storage, where a ufunc pays per row: 1 such call, not 4 or 5)
                 work = ins[0] if out and slot_of[j] is None and refs[0] < 0 else None
-                lines += self._sigmoid_lines(ins[0], target or result, target, dtype,
-                                             j in exact, work)
+                logaddexp = j in exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE
+                lines += self._sigmoid_lines(ins[0], target or result, target, dtype, logaddexp,
+                                             work)
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
         return lines
 
     @staticmethod
-    def _inline_sigmoid(dtype, size: int, exact: bool) -> bool:
-        return (_fast_sigmoid(dtype) and not exact) or size <= EXACT_SIGMOID_INLINE_SIZE
+    def _inline_sigmoid(shape: tuple, exact: bool) -> bool:
+        # (a 0-d sigmoid is one call of the op: a ufunc on a 0-d array returns a scalar,
+        # which the later in-place lines could not write)
+        return shape != () and (not exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE)
 
     def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
-                       exact: bool, work: str | None = None) -> list[str]:
-        """A sigmoid as four ufunc lines writing `name` in place (no temporaries, no call
-        frame); the last line is a bare call: the caller prefixes the assignment.
-        float32: sigma(a) = 0.5 * tanh(0.5 * a) + 0.5. Exact (float64, or read by a tail
-        reader): sigma(a) = exp(-log(1 + exp(-a))), exact in both tails (relative error
-        ~ |a| * eps) -- faster than the exact op's six calls and three temporaries on small
-        values (1.6 vs 3.6 us at 15 float64 elements), slower from ~256 elements on (logaddexp
-        is two transcendentals), so only for those (_inline_sigmoid). With `work` (a
-        temporary the caller may overwrite) the first three calls write it and only the last
-        writes `out`."""
-        if _fast_sigmoid(dtype) and not exact:
-            calls = [("mul", "{}, 0.5"), ("tanh", "{}"), ("mul", "{}, 0.5"), ("add", "{}, 0.5")]
+                       logaddexp: bool, work: str | None = None) -> list[str]:
+        """A sigmoid as ufunc lines writing `name` in place (no temporaries, no call frame);
+        the last line is a bare call: the caller prefixes the assignment. Both forms keep
+        relative accuracy in both tails, in float32 and float64 (the tanh form 0.5 * tanh(0.5 *
+        a) + 0.5 used for float32 before gave 0 below a = -17: Sigmoid -> BCE lost its
+        gradient). Small values (or read by a tail reader): sigma(a) = exp(-log(1 + exp(-a))),
+        four calls, unclamped: log(sigma(a)) keeps its digits down to the last subnormal, sigma
+        itself has relative error ~ |a| * eps / 2 for |a| < 36 (under 20 ulps). Larger values:
+        sigma(a) = 1 / (1 + exp(min(-a, L))), L = sigmoid_exp_limit(dtype): under 2 ulps
+        wherever sigma(a) is a normal number, and faster per element than tanh or logaddexp.
+        With `work` (a temporary the caller may overwrite) all calls but the last write it."""
+        if logaddexp:
+            calls = [("negative", "{}"), ("logaddexp", "0.0, {}"), ("negative", "{}"),
+                     ("exp", "{}")]
         else:
-            calls = [("neg", "{}"), ("logaddexp", "0.0, {}"), ("neg", "{}"), ("exp", "{}")]
+            limit = repr(sigmoid_exp_limit(dtype))
+            calls = [("negative", "{}"), ("minimum", "{}, " + limit), ("exp", "{}"),
+                     ("add", "{}, 1.0"), ("divide", "1.0, {}")]
         lines = []
         for k, (op, operands) in enumerate(calls):
-            fn = self._named(f"np_{op}", get_op(op).ufunc if op in REGISTRY else getattr(np, op))
+            fn = self._named(f"np_{op}", getattr(np, op))
             src = operands.format(x if k == 0 else work or name)
             if work is not None:
                 lines.append(f"{fn}({src}, out={work if k < len(calls) - 1 else out})")

@@ -129,7 +129,9 @@ def fuse_row_sums(graph: Graph) -> Graph:
             first_use.setdefault(i, k)
     column_of = _column_blocks(graph)
     subst: dict[Node, Node] = {}
-    for members in groups.values():
+    # (a sum of a stack holding another member's result cannot join it: issue 15's
+    # a = sum(stack([x, h])); sum(stack([a, a])))
+    for members in accept_independent(graph, groups, lambda m: m.inputs).values():
         for part in _split_by_blocks(members, column_of):
             if len(part) >= 2:
                 subst.update(_one_sum(part))

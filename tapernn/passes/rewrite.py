@@ -221,14 +221,19 @@ def is_matmul_2d(n: Node) -> bool:
 def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[Any, list[Node]]:
     """Keep, per group, the members (in tape order) whose `needs(member)` operands do not depend
     on an already accepted member of the same group, so that one node computing the whole group
-    can be placed without creating a cycle. One sweep with per-node group bitmasks."""
+    can be placed without creating a cycle -- nor a cycle through other groups: a member whose
+    operands read group H's members makes the merged group depend on merged H, and is refused
+    when merged H already depends on its group (step(x, a, b) = (b@W1 + x, a@W2): a_1 = b_0@W1
+    feeds a_1@W2 while b_1 = a_0@W2 feeds b_1@W1). One sweep with per-node group bitmasks."""
     bit_of: dict[Node, int] = {}
     key_of: dict[Node, Any] = {}
+    index_of: dict[Node, int] = {}
     for k, (key, members) in enumerate(groups.items()):
         for m in members:
-            bit_of[m], key_of[m] = 1 << k, key
+            bit_of[m], key_of[m], index_of[m] = 1 << k, key, k
     taint: dict[Node, int] = {}
     accepted: dict[Any, list[Node]] = {key: [] for key in groups}
+    after = [0] * len(groups)  # per group: the groups its merged node depends on (closed)
     for n in g.nodes:
         t = 0
         for i in n.inputs:
@@ -238,12 +243,34 @@ def accept_independent(g: Graph, groups: dict[Any, list[Node]], needs) -> dict[A
             deps = 0
             for o in needs(n):
                 deps |= taint.get(o, 0)
-            if not deps & bit:
+            if not deps & bit and _add_group_edges(after, index_of[n], deps):
                 accepted[key_of[n]].append(n)
                 t |= bit
         if t:
             taint[n] = t
     return {key: ms for key, ms in accepted.items() if len(ms) >= 2}
+
+
+def _add_group_edges(after: list[int], k: int, deps: int) -> bool:
+    """Record that group k's merged node reads groups `deps` (a bitmask), keeping `after`
+    transitively closed; False (nothing recorded) if that would close a cycle."""
+    new = deps & ~after[k]
+    if not new:
+        return True
+    closure = deps | after[k]
+    rest = new
+    while rest:
+        low = rest & -rest
+        closure |= after[low.bit_length() - 1]
+        rest ^= low
+    if closure >> k & 1:
+        return False
+    after[k] = closure
+    bit = 1 << k
+    for j, a in enumerate(after):
+        if a & bit:
+            after[j] = a | closure
+    return True
 
 
 def read_once(g: Graph) -> Callable[[Node], bool]:
