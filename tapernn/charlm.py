@@ -82,6 +82,30 @@ class CharLM:
         self.criterion.astype(dtype)
         self.vocab_size = vocab_size
 
+    nce: nn.NCEModule | None = None  # set by use_nce
+
+    def use_nce(self, k: int, unigram: np.ndarray, z: float = 1.0) -> CharLM:
+        """Train the decoder by noise-contrastive estimation (`tapernn train --loss nce`): an
+        NCEModule with k noise samples from `unigram` replaces the Linear decoder, NCECriterion
+        the cross-entropy; evaluation and sampling use its exact full softmax. Z is fixed
+        (default 1: the bias starts at -log V) so a resumed run continues exactly."""
+        hidden = self.model.get(2).module.input_size
+        dtype = self.model.dtype
+        self.nce = nn.NCEModule(hidden, self.vocab_size, k, unigram, z=z)
+        body = nn.Sequential(self.model.get(0), self.recurrent)
+        self.model = nn.Sequential(nn.ParallelTable(body, nn.Identity()), TokenRows(self.nce))
+        self.criterion = nn.NCECriterion()
+        self.eval_criterion = nn.SequencerCriterion(nn.ClassNLLCriterion(), size_average=True)
+        for m in (self.model, self.criterion, self.eval_criterion):
+            m.astype(dtype)
+        return self
+
+    def _input(self, ids: np.ndarray, targets: np.ndarray | None = None):
+        """The model's input: the ids, or with NCE [ids, targets] (any targets in evaluation)."""
+        if self.nce is None:
+            return ids
+        return [ids, np.zeros(np.shape(ids), np.int64) if targets is None else targets]
+
     def parameters(self) -> list[nn.Parameter]:
         return self.model.parameters()
 
@@ -92,11 +116,11 @@ class CharLM:
                    clip: float) -> float:
         """One truncated-BPTT update on a (T, B) chunk; returns the mean NLL before the update."""
         self.model.zero_grad_parameters()
-        logits = self.model.forward(inputs)
+        x = self._input(inputs, targets)
+        logits = self.model.forward(x)
         loss = self.criterion.forward(logits, targets)
         # the data input needs no gradient: the backward program without the dX work
-        self.model.backward(inputs, self.criterion.backward(logits, targets),
-                            need_grad_input=False)
+        self.model.backward(x, self.criterion.backward(logits, targets), need_grad_input=False)
         if clip > 0:
             optim.clip_grad_norm(self.parameters(), clip)
         optimizer.step()
@@ -107,12 +131,13 @@ class CharLM:
         """Mean per-token NLL over (n, T, B) chunks in evaluation mode (state carried across
         chunks when remembering). Leaves the model in training mode with its state forgotten."""
         self.model.evaluate()
+        criterion = getattr(self, "eval_criterion", self.criterion)
         total, n = 0.0, 0
         try:
             for x, y in zip(inputs, targets):
                 if should_stop():
                     break
-                total += float(self.criterion.forward(self.model.forward(x), y))
+                total += float(criterion.forward(self.model.forward(self._input(x, y)), y))
                 n += 1
         finally:
             self.model.training()
@@ -132,11 +157,11 @@ class CharLM:
             out: list[int] = []
             logits = None
             for k in prime:
-                logits = self.model.forward(np.array([[k]]))
+                logits = self.model.forward(self._input(np.array([[k]])))
             for _ in range(length):
                 k = _draw(logits[0, 0], temperature, rng)
                 out.append(k)
-                logits = self.model.forward(np.array([[k]]))
+                logits = self.model.forward(self._input(np.array([[k]])))
             return out
         finally:
             self.recurrent.remember(mode)
@@ -157,6 +182,23 @@ class CharLM:
                 cell.forget()
             else:
                 cell._store_state(tuple(state))  # the runtime's own hook for a step's final state
+
+
+class TokenRows(nn.Module):
+    """[(T, B, H) hidden states, (T, B) targets] -> `module([h as (T*B, H), targets as (T*B,)])`:
+    an NCEModule over every token of the chunk (one set of k noise samples per chunk). Its
+    evaluation output (T*B, V) log-probabilities comes back as (T, B, V)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.add_child("0", module)
+
+    def build(self, xs: list):
+        from . import functional as F
+        h, y = xs
+        T, B = y.shape
+        out = self._children["0"]([F.reshape(h, (T * B, h.shape[-1])), F.reshape(y, (T * B,))])
+        return F.reshape(out, (T, B, out.shape[-1])) if not isinstance(out, list) else out
 
 
 def _draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:

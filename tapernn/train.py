@@ -43,7 +43,7 @@ PROG = "tapernn train"
 DEFAULTS: dict[str, Any] = {
     "text": None, "cell": "fastlstm", "layers": 1, "hidden": 256, "embed": 64, "seq_len": 32,
     "batch": 32, "dropout": 0.0, "lr": 5e-3, "optim": "adam", "clip": 5.0, "dtype": "float64",
-    "remember": True, "seed": 1,
+    "remember": True, "seed": 1, "loss": "ce", "k": 25,
 }
 INTERRUPTED = 130  # the shell's code for SIGINT
 
@@ -108,6 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--remember", action=argparse.BooleanOptionalAction, help="carry the hidden state across "
         "batches (truncated BPTT); --no-remember starts every batch from zeros (default: remember)")
     add("--seed", type=int, help=f"seed of the library generator (default {d['seed']})")
+    add("--loss", choices=("ce", "nce"), help="ce: full softmax cross-entropy; nce: noise-"
+        "contrastive estimation (NCEModule/NCECriterion, --k noise samples from the training "
+        "unigrams, Z fixed at 1); the loss shown while training is then the NCE loss, the "
+        f"validation perplexity stays exact (full softmax) (default {d['loss']})")
+    add("--k", type=_positive(int), help=f"NCE noise samples per chunk (default {d['k']})")
     run_group = parser.add_argument_group("run")
     add = run_group.add_argument
     add("--epochs", type=_positive(int), help="passes over the training text (default 1 unless "
@@ -170,11 +175,11 @@ def resolve_options(args: argparse.Namespace) -> tuple[dict, Checkpoint | None]:
             raise UsageError("--resume needs --checkpoint DIR")
         saved = load_checkpoint(args.checkpoint)
         for key, value in given.items():
-            if value is not None and value != saved.config["options"][key]:
+            if value is not None and value != saved.config["options"].get(key, DEFAULTS[key]):
                 raise UsageError(f"--{key.replace('_', '-')} {value} differs from the checkpoint's "
                                  f"{saved.config['options'][key]}; drop it to resume, or start a "
                                  f"new run")
-        options = dict(saved.config["options"])
+        options = {**DEFAULTS, **saved.config["options"]}  # (older checkpoints: no loss/k)
     else:
         if args.checkpoint and has_checkpoint(args.checkpoint) and not args.force:
             raise UsageError(f"{args.checkpoint!r} already holds the checkpoint of a run"
@@ -235,6 +240,9 @@ class Trainer:
         tn_random.manual_seed(opts["seed"])  # before building: initialisation draws from it
         self.lm = CharLM(len(self.vocab), cell, opts["layers"], opts["embed"], opts["hidden"],
                          opts["dropout"], opts["remember"], opts["dtype"])
+        if opts["loss"] == "nce":
+            counts = np.bincount(np.ravel(self.train_y), minlength=len(self.vocab))
+            self.lm.use_nce(opts["k"], counts.astype(np.float64))
         params = self.lm.parameters()
         self.optimizer = (optim.Adam(params, lr=opts["lr"]) if opts["optim"] == "adam"
                           else optim.SGD(params, lr=opts["lr"]))

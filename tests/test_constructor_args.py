@@ -241,6 +241,9 @@ _SIZE_ARGS = {"input_size", "output_size", "hidden_size", "n_index", "n_output",
 _FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average", "batch_first", "mask_zero",
               "scalar", "negate"}
 _MODULE_ARGS = {"module", "fwd", "bwd", "merge", "input", "feedback", "transfer"}
+_SAMPLES.update({"rnn": lambda: nn.Linear(3, 3), "action": lambda: nn.Linear(3, 3),
+                 "stdev": 0.1, "k": 2, "noise": lambda: np.ones(3)})
+_MODULE_ARGS |= {"rnn", "action"}
 _ABSTRACT = {"Module", "Container", "Criterion", "AbstractRecurrent", "Cell"}
 _VARARGS = {"CMul": (4,), "View": (-1,), "Transpose": ((0, 1),)}  # sizes, dims as *args
 

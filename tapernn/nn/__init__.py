@@ -1,4 +1,5 @@
 """Modules (`from tapernn import nn`): Torch7's nn and Element-Research rnn, 0-based."""
+from .attention import RecurrentAttention
 from .bidirectional import BiSequencer, BiSequencerLM
 from .cells import GRU, LSTM, RNN, FastLSTM, Recurrent
 from .containers import ConcatTable, Container, ParallelTable, Sequential
@@ -15,9 +16,11 @@ from .layers_more import (AddConstant, CDivTable, Clamp, CMaxTable, CMinTable, C
 from .masking import LookupTableMaskZero, MaskZero, MaskZeroCriterion
 from .module import Module, Parameter
 from .mufuru import MuFuRu
+from .nce import NCECriterion, NCEModule
 from .norm_stabilizer import NormStabilizer
 from .recurrence import Recurrence
 from .recurrent import AbstractRecurrent, Cell
+from .reinforce import ReinforceNormal, VRClassReward
 from .repeat import Recursor, Repeater, RepeaterCriterion
 from .seq_modules import SeqBRNN, SeqGRU, SeqLSTM, SeqLSTMP, SeqReverseSequence
 from .sequencer import Sequencer

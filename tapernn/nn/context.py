@@ -43,7 +43,8 @@ class BuildContext:
     history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
     params: dict = field(default_factory=dict)          # Parameter -> Var
     param_order: list = field(default_factory=list)     # Parameters in input order
-    randoms: list = field(default_factory=list)         # (Node, p, rng) dropout masks
+    randoms: list = field(default_factory=list)         # (Node, p or draw(), rng) random inputs
+    reinforce: list = field(default_factory=list)       # (module, step, Var) REINFORCE log-probs
     states: dict = field(default_factory=dict)          # recurrent module -> tuple[Var]
     state_inputs: list = field(default_factory=list)    # (module, k, Node, user-set) fed at run time
     steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
@@ -98,6 +99,19 @@ class BuildContext:
         var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
         self.randoms.append((var.node, p, rng))
         return var
+
+    def random_input(self, shape: tuple[int, ...], dtype: np.dtype, draw: Any, name: str) -> Var:
+        """An input bound to a fresh `draw()` at every call (noise, samples): the program stays
+        deterministic given its inputs, so backward sees the forward's draw."""
+        var = self.tape.input(shape, dtype, name=f"{name}{len(self.randoms)}", kind="random")
+        self.randoms.append((var.node, draw, None))
+        return var
+
+    def add_reinforce(self, module: Any, log_prob: Var) -> None:
+        """Register `log_prob` (one per sample) of a REINFORCE module's stochastic choice: the
+        backward seeds it with -reward (nn.reinforce), so the REINFORCE gradient is ordinary
+        reverse mode through the same graph."""
+        self.reinforce.append((module, current_step(), log_prob))
 
     # ---- recurrent state ---------------------------------------------------------------------
 

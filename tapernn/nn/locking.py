@@ -27,7 +27,7 @@ LOCKED = ("forward", "backward", "zero_grad_parameters", "update_parameters", "t
           "evaluate", "forget", "reset", "astype", "state_dict", "load_state_dict", "set_passes",
           "flatten_parameters", "remember", "mask_zero", "max_bptt_step", "get_hidden_state",
           "set_initial_state", "get_grad_initial_state", "set_grad_hidden_state",
-          "get_grad_hidden_state", "set_hidden_state")
+          "get_grad_hidden_state", "set_hidden_state", "reinforce")
 
 
 class _Group:

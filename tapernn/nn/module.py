@@ -337,6 +337,14 @@ class Module:
         for child in self._children.values():
             child._clear_memory(keep_initial)
 
+    def reinforce(self, reward: Any) -> Module:
+        """Give `reward` to every REINFORCE module inside (e.g. ReinforceNormal) for the next
+        backward: an array with one reward per sample (or one for the batch), or a list with one
+        such array per step.  Torch7: dpnn's Module:reinforce(reward)."""
+        for child in self._children.values():
+            child.reinforce(reward)
+        return self
+
     def reset(self, stdv: float | None = None) -> Module:
         if stdv is not None:
             stdv = check.number(f"{self.describe()}.reset", "stdv", stdv, "non-negative")

@@ -21,6 +21,7 @@ from ..validation import data_array
 from .backward_input import record_for_input
 from .context import BuildContext
 from .packing import Packing
+from .reinforce_seeds import reinforce_seed
 from .state_grads import (
     backward_variant,
     forget_steps_before,
@@ -69,6 +70,10 @@ class Executable:
         final_nodes = [n for _, _, n in self.finals]
         self.history_mode = history_mode
         self.diff_outputs = self.real + (final_nodes if history_mode else [])
+        # REINFORCE log-probabilities: differentiated outputs seeded with -reward (nn.reinforce)
+        self.reinforce_pos = len(self.diff_outputs)
+        self.reinforce = [(m, t, v.node) for m, t, v in ctx.reinforce]
+        self.diff_outputs += [n for *_, n in self.reinforce]
         extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
         self.final_pos = len(self.real) if history_mode else len(self.diff_outputs)
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
@@ -211,6 +216,8 @@ def _binder(node, ctx: BuildContext):
         return lambda leaves, p=p: p.data
     if kind == "random":
         prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
+        if callable(prob):  # BuildContext.random_input: the module draws it
+            return lambda leaves, draw=prob: draw()
         shape, dtype = node.shape, node.dtype
 
         def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
@@ -355,9 +362,9 @@ class Runtime:
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
             record = record_for_input(record, input, self.module, _as_array)
-        seeds = self._seeds(exe, grad_output)
+        step = self.dropped + self.history.index(record) if exe.history_mode else None
+        seeds = self._seeds(exe, grad_output, step)
         if exe.history_mode:  # stepping by hand: this step's program, state seeds per step
-            step = self.dropped + self.history.index(record)
             seeds = stepwise_seeds(exe, step, self.dropped + len(self.history), seeds)
             grads = self._run_backward(exe, record, seeds, need_grad_input)
             store_state_input_grads(exe, step, self._state_grads(exe, grads))
@@ -419,11 +426,16 @@ class Runtime:
                                  f"(the latest step not yet backwarded), got a different input")
         return record
 
-    def _seeds(self, exe: Executable, grad_output: Any) -> list[np.ndarray]:
+    def _seeds(self, exe: Executable, grad_output: Any, step: int | None = None) -> list:
+        """grad_output, final-state gradients, -reward (REINFORCE; of step-wise `step`)."""
         gleaves = flatten(grad_output)[0] if grad_output is not None else []
         seeds = []
         for k in exe.seeded:
             node = exe.diff_outputs[k]
+            if k >= exe.reinforce_pos:
+                m, t, rnode = exe.reinforce[k - exe.reinforce_pos]
+                seeds.append(reinforce_seed(m, step if t is None else t, rnode))
+                continue
             if k < len(exe.real):
                 if k >= len(gleaves):
                     raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "

@@ -1,0 +1,144 @@
+"""REINFORCE (Williams 1992) as in Torch7's dpnn: ReinforceNormal samples an action, and
+VRClassReward turns classification hits into a variance-reduced reward for `reinforce(reward)`.
+
+No hand-written backward: ReinforceNormal records log N(sample; mean, stdev) per sample and the
+backward seeds it with -reward, so reverse mode over the same graph yields Torch7's gradient
+-reward * (sample - mean) / stdev^2 (nn.reinforce_seeds).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from .. import random as tn_random
+from .. import validation as check
+from ..errors import ArgumentError, ShapeError, ValueRangeError
+from ..tracing import Var
+from .context import current_build
+from .criteria import Criterion, MSECriterion
+from .module import Module
+
+
+class ReinforceNormal(Module):
+    """Samples `mean + stdev * N(0, 1)` in training (the mean in evaluation, unless
+    `stochastic`).  Torch7: dpnn's nn.ReinforceNormal(stdev, stochastic).
+
+    The sample is not differentiable: the gradient arriving at the output is dropped, and the
+    gradient w.r.t. the mean is REINFORCE's -r (sample - mean) / stdev^2 with r the reward given
+    by `reinforce(reward)` (one per sample, or a list with one array per step) before backward.
+
+    Shapes: mean (B, D) -> sample (B, D), reward (B,); or mean (D,) with one scalar reward.
+    """
+
+    def __init__(self, stdev: float, stochastic: bool = False,
+                 rng: np.random.Generator | None = None):
+        super().__init__()
+        self.stdev = check.number(self, "stdev", stdev, "positive")
+        self.stochastic = check.flag(self, "stochastic", stochastic)
+        self.rng = check.generator(self, "rng", rng)
+        self.reward: Any = None
+
+    def build(self, mean: Var) -> Var:
+        self.expect(isinstance(mean, Var) and mean.dtype.kind == "f" and mean.ndim in (1, 2),
+                    f"expects a float mean of shape (D,) or (batch, D), got "
+                    f"{getattr(mean, 'shape', type(mean).__name__)}")
+        ctx = current_build()
+        if not (ctx.training or self.stochastic):
+            return mean
+        shape, dtype, rng = mean.shape, mean.dtype, self.rng
+        noise = ctx.random_input(shape, dtype, lambda: tn_random.generator(rng).standard_normal(
+            shape).astype(dtype), "noise")
+        sample = F.stop_gradient(mean + self.stdev * noise)
+        if ctx.training:
+            d = sample - mean
+            ctx.add_reinforce(self, F.sum(d * d, axis=-1) * (-0.5 / self.stdev ** 2))
+        return sample
+
+    def reinforce(self, reward: Any) -> Module:
+        if isinstance(reward, (list, tuple)):
+            self.reward = [_finite(self, r) for r in reward]
+        else:
+            self.reward = _finite(self, reward)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"({self.stdev}{', stochastic' if self.stochastic else ''})"
+
+
+def _finite(module: Module, reward: Any) -> np.ndarray:
+    r = np.asarray(reward, dtype=np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ArgumentError(f"{module.describe()}.reinforce: reward must be finite, got {r}")
+    return r
+
+
+class VRClassReward(Criterion):
+    """Variance-reduced classification reward for REINFORCE.  Torch7: dpnn's
+    nn.VRClassReward(module, scale, criterion).
+
+    Input `[scores, baseline]`, target class ids (0-based). reward = scale * (argmax(scores) ==
+    target); the loss is -sum(reward) (divided by the batch size when `size_average`). Backward
+    gives `module.reinforce((reward - baseline) / B)` (the REINFORCE modules of the model), a zero
+    gradient for the scores, and the gradient of `criterion(baseline, reward)` (MSE by default)
+    for the baseline, which so learns the expected reward.
+
+    Shapes: scores (B, C), baseline (B,) or (B, 1), target (B,).
+    """
+
+    def __init__(self, module: Module, scale: float = 1.0, criterion: Criterion | None = None,
+                 size_average: bool = True):
+        super().__init__()
+        module = check.module(self, "module", module)
+        object.__setattr__(self, "module", module)  # not a child: the model is not ours
+        self.scale = check.number(self, "scale", scale)
+        self.size_average = check.flag(self, "size_average", size_average)
+        criterion = MSECriterion() if criterion is None else criterion
+        self.add_child("criterion", check.module(self, "criterion", criterion, criterion=True))
+        self.reward: np.ndarray | None = None
+
+    def _unpack(self, input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ok = isinstance(input, (list, tuple)) and len(input) == 2
+        if not ok:
+            raise ShapeError(f"{self.describe()}: expects input [scores, baseline], got "
+                             f"{type(input).__name__}")
+        scores, baseline = np.asarray(input[0]), np.asarray(input[1])
+        t = np.asarray(target)
+        if scores.ndim != 2:
+            raise ShapeError(f"{self.describe()}: scores must be (batch, classes), got "
+                             f"{scores.shape}")
+        B, C = scores.shape
+        if baseline.shape not in ((B,), (B, 1)):
+            raise ShapeError(f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got "
+                             f"{baseline.shape}")
+        if t.shape != (B,) or t.dtype.kind not in "iu":
+            raise ShapeError(f"{self.describe()}: target must be {B} integer class ids, got "
+                             f"{t.dtype} {t.shape}")
+        if t.size and (t.min() < 0 or t.max() >= C):
+            raise ValueRangeError(f"{self.describe()}: class target out of range: expected "
+                                  f"0 <= target < {C} (0-based), got {t.min()}..{t.max()}")
+        return scores, baseline, t
+
+    def forward(self, input: Any, target: Any) -> float:
+        scores, _, t = self._unpack(input, target)
+        self.reward = self.scale * (np.argmax(scores, axis=1) == t).astype(scores.dtype)
+        loss = -float(self.reward.sum())
+        self.output = loss / len(t) if self.size_average else loss
+        return self.output
+
+    def backward(self, input: Any, target: Any) -> list:
+        scores, baseline, t = self._unpack(input, target)
+        self.forward(input, target)
+        vr = self.reward - baseline.reshape(-1)
+        if self.size_average:
+            vr = vr / len(t)
+        self.module.reinforce(vr)
+        reward = self.reward.reshape(baseline.shape).astype(baseline.dtype)
+        crit = self._children["criterion"]
+        crit.forward(baseline, reward)
+        self.grad_input = [np.zeros_like(scores), crit.backward(baseline, reward)]
+        return self.grad_input
+
+    def extra_repr(self) -> str:
+        return f"(scale={self.scale})"
