@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import ShapeError, StateError, TapernnError
-from ..tracing import Tape, Var, current_scope, step
+from ..tracing import Tape, Var, current_scope, current_step, step
 
 if TYPE_CHECKING:
     from .module import Module, Parameter
