@@ -15,7 +15,8 @@ from .graph import Graph, Node
 from .tracing import Var, trace
 from .autodiff import grad
 from .executor import Compiled, compile
-from .regions import PlanOptions  # noqa: F401
+from .backends import get_backend, set_backend
+from .regions import PlanOptions
 from .testing import gradcheck
 
 __version__ = "0.1.0"

@@ -119,7 +119,8 @@ class CharLM:
         x = self._input(inputs, targets)
         logits = self.model.forward(x)
         loss = self.criterion.forward(logits, targets)
-        self.model.backward(x, self.criterion.backward(logits, targets))
+        # the data input needs no gradient: the backward program without the dX work
+        self.model.backward(x, self.criterion.backward(logits, targets), need_grad_input=False)
         if clip > 0:
             optim.clip_grad_norm(self.parameters(), clip)
         optimizer.step()

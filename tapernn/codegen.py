@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import resolve_backend
 from .graph import Graph, Node
 from .memory import BufferPlan, plan_buffers
 from .ops.fused import temp_slots
@@ -64,6 +65,9 @@ class Program:
         self.line_nodes: dict[int, Node] = {}
         self.kernels = self.plan.kernels
         self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
+        self.backend = resolve_backend(options.backend)
+        self.compiled_kernels: dict[int, str] = {}  # id(numba kernel) -> its bound name
+        self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
         self.source = self._generate(fn_name)
         namespace: dict[str, Any] = {}
         exec(builtins.compile(self.source, self.filename, "exec"), namespace)
@@ -159,8 +163,8 @@ class Program:
         for k, n in enumerate(g.nodes):
             if n.op == "input":
                 continue
-            if n.op == "constant":
-                names[n] = self.bind("c", n.value)
+            if n.op == "constant":  # an array (a NumPy scalar's 0-d array: numba indexes it)
+                names[n] = self.bind("c", np.asarray(n.value))
                 continue
             for r in roots_at.get(k, ()):
                 if r in plan.fresh:  # returned: allocated per call, before its first piece
@@ -176,7 +180,11 @@ class Program:
                 names[n] = f"v{k}"
                 out = self._out(n, names, views, body)
                 args = [names[i] for i in n.inputs]
-                if n.op == "fused" and uses[self._kernel_key(n)] >= self.options.kernel_min_uses \
+                compiled = self._compiled_call(n, args, out) if n.op == "fused" \
+                    and self.backend == "numba" else None
+                if compiled is not None:
+                    lines = [compiled]
+                elif n.op == "fused" and uses[self._kernel_key(n)] >= self.options.kernel_min_uses \
                         and n.size >= self.options.kernel_min_size:
                     kernel = self._fused_kernel(n)
                     operands = args + self._temps(n, views) + ([out] if out else [])
@@ -205,6 +213,28 @@ class Program:
         params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
         source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
         return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
+
+    def _compiled_call(self, n: Node, args: list[str], out: str | None) -> str | None:
+        """A call of n's numba kernel (backends/numba_backend.py) writing `out` (or an array
+        allocated per call), or None when the group falls back to the NumPy lowering (the
+        reason is kept in self.fallbacks and shown in the CompileReport). 0-d operands are
+        passed as arrays (a 0-d result of a reduction may be a NumPy scalar)."""
+        from .backends.numba_backend import get_kernel
+        operands = [(i.shape, i.dtype) for i in n.inputs]
+        kernel, why = get_kernel(n.attrs["program"], operands, n.shape, n.dtype)
+        if kernel is None:
+            ops = "+".join(ins[0] for ins in n.attrs["program"])
+            self.fallbacks.append(f"{ops}: {why}")
+            return None
+        name = self.compiled_kernels.get(id(kernel))
+        if name is None:
+            name = self.compiled_kernels[id(kernel)] = self.bind("nk", kernel)
+        args = [f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
+                for a, i in zip(args, n.inputs)]
+        if out is None:
+            out = f"{self._named('np_empty', np.empty)}({self.bind('s', n.shape)}, " \
+                  f"{self.bind('d', n.dtype)})"
+        return f"{name}({', '.join(args + [out])})"
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         """One op's call expression, as its OpDef says: its own lowering, a direct call of its

@@ -5,6 +5,7 @@ run at once sharing one arena (`compile_shared`), and the GC pause around compil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,9 @@ class Compiled:
         self.program = program or Program(graph)
         self.source = self.program.source
         self.report = fill_report(report or CompileReport(), graph, self.program.plan)
+        self.report.backend = self.program.backend
+        self.report.compiled_kernels = len(self.program.compiled_kernels)
+        self.report.fallbacks = list(self.program.fallbacks)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
         self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
                                       default=0.0)
@@ -155,11 +159,19 @@ def gc_paused():
         gc.enable()
 
 
+def with_backend(options: PlanOptions, backend: str | None) -> PlanOptions:
+    """`options` with its backend set (None: as it is; "numpy" / "numba", see tapernn.backends)."""
+    return options if backend is None else dataclasses.replace(options, backend=backend)
+
+
 def compile(graph: Graph, passes: Sequence[Pass] | None = None,
-            options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None) -> Compiled:
+            options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None,
+            backend: str | None = None) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
     verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
-    code generator (PlanOptions); `dump` sees the graph after each pass (run_passes)."""
+    code generator (PlanOptions); `dump` sees the graph after each pass (run_passes);
+    `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups."""
+    options = with_backend(options, backend)
     with gc_paused():
         _verify(graph)
         graph, report = run_passes(graph, _pipeline(passes), dump=dump)
@@ -193,12 +205,14 @@ def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> Compil
 
 
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
-                   options: PlanOptions = DEFAULT_OPTIONS) -> list[Compiled]:
+                   options: PlanOptions = DEFAULT_OPTIONS,
+                   backend: str | None = None) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs)."""
+    options = with_backend(options, backend)
     with gc_paused():
         optimised = []
         for graph in graphs:

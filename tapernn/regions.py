@@ -44,6 +44,9 @@ class PlanOptions:
 
     kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
     is lowered to one function called per use (codegen `_fused_kernel`) instead of inline lines.
+
+    backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
+    per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
     """
 
     regions: bool = True
@@ -52,6 +55,7 @@ class PlanOptions:
     escaping_min_run: int = 128
     kernel_min_uses: int = 16
     kernel_min_size: int = 4096
+    backend: str = ""
 
 
 DEFAULT_OPTIONS = PlanOptions()

@@ -1,7 +1,32 @@
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """The suite runs on the backend $TAPERNN_TEST_BACKEND names (default numpy; numba runs
+    where it matters through the `backend` fixture and tests/test_backends.py: each distinct
+    fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it."""
+    import tapernn as tn
+    os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
+    tn.set_backend(os.environ["TAPERNN_BACKEND"])
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request):
+    """Run the test under each backend (tn.set_backend), restoring the previous one after."""
+    import tapernn as tn
+    from tapernn.backends import numba_available
+
+    if request.param == "numba" and not numba_available():
+        pytest.skip("numba is not installed (pip install -e '.[fast]')")
+    before = tn.get_backend()
+    tn.set_backend(request.param)
+    yield request.param
+    tn.set_backend(before)

@@ -75,3 +75,14 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
     switches = sum(x != y for x, y in itertools.pairwise(sides))
     assert 1 <= len(rests) == switches <= bench.PEER_BLOCKS  # was a rest at each of ~80 switches
     assert sum(ticks) == 120  # the progress bar: one tick per timed run
+
+
+def test_backends_side_by_side(bench, capsys):
+    from tapernn.backends import numba_available
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--backends", "numpy", "numba",
+                "--cells", "FastLSTM"])
+    out = capsys.readouterr().out
+    assert "tn FastLSTM [numpy]" in out and "tn FastLSTM [numba]" in out
+    assert "tn GRU" not in out and "error:" not in out

@@ -30,6 +30,24 @@ def test_random_cell(seed):
         raise
 
 
+NUMBA_CASES = int(os.environ.get("TAPERNN_FUZZ_NUMBA_CASES", "8"))
+
+
+@pytest.mark.parametrize("seed", range(START, START + NUMBA_CASES))
+def test_random_cell_on_the_numba_backend(seed):
+    """The same cases with the fused groups lowered by numba (fewer by default: every new
+    fused group is a cold numba compilation; TAPERNN_FUZZ_NUMBA_CASES=N runs more)."""
+    from tapernn.backends import numba_available
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    try:
+        test_random_cell(seed)
+    finally:
+        tn.set_backend(before)
+
+
 def test_the_cases_cover_what_the_fuzzer_promises():
     """Over the CI seeds: several states, gates cut by split and slice, a state returned twice
     and one passed through, stacked cells, 0-d reductions (and ops on them), recurrent
@@ -89,12 +107,14 @@ def test_the_oracle_catches_a_wrong_op(monkeypatch):
     disagree with NumPy."""
     import dataclasses
 
+    from tapernn import backends
     from tapernn.ops import registry
 
-    # (ufunc=None: the code generator calls the op's forward, not np.tanh itself)
+    # (ufunc=None: the NumPy backend's code generator calls the op's forward, not np.tanh)
     wrong = dataclasses.replace(registry.REGISTRY["tanh"], ufunc=None,
                                 forward=lambda x, out=None: np.add(np.tanh(x), 1e-6, out=out))
     monkeypatch.setitem(registry.REGISTRY, "tanh", wrong)
+    monkeypatch.setattr(backends, "_chosen", "numpy")
     from cell_fuzz import pruned_case
     seed = next(s for s in range(50) if make_case(s).dtype == np.float64 and any(
         op == "tanh" for c in pruned_case(make_case(s)).cells for op, _, _ in c.code))

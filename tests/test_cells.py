@@ -29,7 +29,7 @@ def params_of(m):
 
 @pytest.mark.parametrize("batch", [None, 2], ids=["unbatched", "batched"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cell_matches_numpy_equations(case, batch):
+def test_cell_matches_numpy_equations(case, batch, backend):
     make, step, n_states = CASES[case]
     tn.manual_seed(3)
     cell = make()

@@ -24,6 +24,7 @@ LAYERS = [
     ("autodiff", ["tapernn.autodiff"]),
     ("passes", ["tapernn.passes.*"]),
     ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.interpret"]),
+    ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen"]),
     ("executor", ["tapernn.executor", "tapernn.testing", "tapernn.optim"]),
     ("nn", ["tapernn.nn.*"]),

@@ -62,3 +62,26 @@ def test_default_pipeline_preserves_values_and_gradients(ops, T, seed):
     for a, b in zip(again, got):
         np.testing.assert_array_equal(a, b)
     assert compiled.report.kernels <= len(g.nodes)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.integers(0, len(STEP_OPS) - 1), min_size=1, max_size=4),
+       T=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_numba_backend_agrees_with_numpy_and_the_interpreter(ops, T, seed):
+    """The same random graphs and gradients lowered by both backends (fewer examples: each new
+    fused group is a numba compilation, ~1 s cold)."""
+    from tapernn.backends import numba_available
+    if not numba_available():
+        return
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((T, B, D)), rng.standard_normal((D, D)) * 0.5,
+              rng.standard_normal((D, D)) * 0.5, rng.standard_normal((B, D))]
+    g = tn.grad(tn.trace(build(ops, T), *arrays))
+    expected = interpret(g, *arrays)
+    by_numpy = tn.compile(g, options=ANY_SIZE, backend="numpy")(*arrays)
+    compiled = tn.compile(g, options=ANY_SIZE, backend="numba")
+    assert not compiled.report.fallbacks
+    for a, b, c in zip(compiled(*arrays), by_numpy, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a, c, rtol=1e-11, atol=1e-12)

@@ -123,13 +123,14 @@ def test_sigmoid_gradient_keeps_the_negative_tail(dtype, passes):
 def test_sigmoid_in_a_fused_kernel(dtype):
     """A fused program met 16+ times on 4096+ elements becomes one function (codegen's
     _fused_kernel): its sigmoid lowering keeps the tails too."""
-    options = tn.PlanOptions()  # the production thresholds
-    k, size = options.kernel_min_uses, options.kernel_min_size
+    from tapernn.regions import DEFAULT_OPTIONS
+    k, size = DEFAULT_OPTIONS.kernel_min_uses, DEFAULT_OPTIONS.kernel_min_size
     row = np.resize(X, size).astype(dtype)
     x = np.tile(row, (k, 1))
     exact = reference(row)[0]
     compiled = tn.compile(tn.trace(
-        lambda v: tn.stack([tn.sigmoid(v[j] * 1.0) * 1.0 for j in range(k)]), x))
+        lambda v: tn.stack([tn.sigmoid(v[j] * 1.0) * 1.0 for j in range(k)]), x),
+        backend="numpy")
     assert "fused_kernel" in compiled.source
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         y = compiled(x)

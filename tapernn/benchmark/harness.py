@@ -93,35 +93,50 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
 _sequencers: dict[tuple, object] = {}
 
 
-def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray) -> None:
+def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray,
+                 backend: str | None = None) -> None:
     """One tapernn training step of `Sequencer(module_factory(D, H))`. The Sequencer is built
-    once per (factory, shapes, dtype) and cached, so construction and compilation stay out of
-    the timed calls (the first, untimed warm-up call compiles)."""
+    once per (factory, shapes, dtype, backend) and cached, so construction and compilation stay
+    out of the timed calls (the first, untimed warm-up call compiles, under `backend`)."""
+    import tapernn as tn
     from tapernn import nn
 
     T, B, D = x.shape
     H = grad_h.shape[2]
-    key = (module_factory, B, T, D, H, x.dtype)
-    if key not in _sequencers:
-        _sequencers[key] = nn.Sequencer(module_factory(D, H)).astype(x.dtype)
-    seq = _sequencers[key]
-    seq.forward(x)
-    seq.zero_grad_parameters()
-    seq.backward(x, grad_h)
+    key = (module_factory, B, T, D, H, x.dtype, backend)
+    before = tn.get_backend()
+    if backend:
+        tn.set_backend(backend)
+    try:
+        if key not in _sequencers:
+            _sequencers[key] = nn.Sequencer(module_factory(D, H)).astype(x.dtype)
+        seq = _sequencers[key]
+        seq.forward(x)
+        seq.zero_grad_parameters()
+        seq.backward(x, grad_h)
+    finally:
+        tn.set_backend(before)
 
 
-def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h) -> list[Contender]:
+def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h, cells=None,
+                            backends=(None,)) -> list[Contender]:
+    """One contender per cell (all, or those named in `cells`) and backend (None: the
+    current one; a name is shown in the label)."""
     factories = tapernn_factories()
     if isinstance(factories, str):
         return [Contender(f"tn {name}", None, note=NOT_AVAILABLE)
                 for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU")]
     contenders = []
     for label, (factory, gates) in factories.items():
+        if cells and label not in cells:
+            continue
         if factory is None:
             contenders.append(Contender(f"tn {label}", None, note=NOT_AVAILABLE))
             continue
-        step = lambda factory=factory: tapernn_step(factory, x, grad_h)
-        contenders.append(Contender(f"tn {label}", step, lstm_flops(B, T, D, H, gates)))
+        for backend in backends:
+            step = lambda f=factory, b=backend: tapernn_step(f, x, grad_h, b)
+            name = f"tn {label}" + (f" [{backend}]" if backend else "")
+            contenders.append(Contender(name, step, lstm_flops(B, T, D, H, gates)))
     return contenders
 
 
@@ -161,7 +176,9 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
         alt = ReferenceLSTM(D, H, dtype, orientation=other)
         contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h),
                                     flops))
-    contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h)
+    contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h,
+                                          getattr(args, "cells", None),
+                                          getattr(args, "backends", None) or (None,))
     if args.peers:
         peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
         contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
@@ -178,6 +195,8 @@ def format_rows(contenders: list[Contender]) -> list[str]:
     reference, matmul = contenders[0], contenders[1]
     ref_s = statistics.median(reference.times) if reference.times else float("nan")
     mm_rate = matmul.flops / statistics.median(matmul.times) if matmul.times else float("nan")
+    peer = next((c for c in contenders if c.peer and c.times), None)
+    peer_s = statistics.median(peer.times) if peer else float("nan")
     rows = []
     for c in contenders:
         if not c.times:
@@ -186,7 +205,8 @@ def format_rows(contenders: list[Contender]) -> list[str]:
         med = statistics.median(c.times)
         rate = c.flops / med
         rows.append(f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
-                    f"{rate / mm_rate:>8.1%} {len(c.times):>5}")
+                    f"{rate / mm_rate:>8.1%} {len(c.times):>5}"
+                    + (f" {med / peer_s:>8.2f}x" if peer else ""))
     return rows
 
 
@@ -197,7 +217,7 @@ def report_config(B, T, D, H, dtype, args) -> None:
     print(f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
           "GFLOP per LSTM step)")
     print(f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
-          f"{'reps':>5}")
+          f"{'reps':>5}" + (f" {'vs torch':>9}" if args.peers else ""))
     for row in format_rows(contenders):
         print(row)
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
@@ -310,6 +330,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--orientation", action="store_true",
                     help="also time the reference in its other recurrent-GEMM orientation")
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
+    ap.add_argument("--backends", nargs="+", choices=["numpy", "numba"],
+                    help="time tapernn under each of these backends (default: the current one)")
+    ap.add_argument("--cells", nargs="+", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
+                    help="tapernn cells to time (default: all)")
+    ap.add_argument("--first-call", action="store_true",
+                    help="numba: first training step of a (32, 50, 256) FastLSTM in a fresh process, "
+                         "with an empty and with a warm kernel cache")
     ap.add_argument("--budget", type=positive(float),
                     help="seconds of timed runs per config (default 3, 10 with --full)")
 
@@ -380,6 +407,9 @@ def run(args: argparse.Namespace) -> int:
                          getattr(args, "ablation_cell", "FastLSTM"))
         if getattr(args, "compile_time", False):
             run_compile_times(args.dtypes)
+    if getattr(args, "first_call", False):
+        from .first_call import run_first_call
+        run_first_call()
     return 0
 
 

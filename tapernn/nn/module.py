@@ -273,14 +273,16 @@ class Module:
         from .runtime import runtime_of
         return runtime_of(self).forward(input)
 
-    def backward(self, input: Any, grad_output: Any) -> Any:
+    def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
         than the last forward's (same shapes), the gradient at *that* input, as Torch7's Linear
         (gradWeight += grad_outputᵀ·input): recomputed with the forward's dropout masks and
-        states; `output` keeps the forward's value. Stepped by hand, each step's own input."""
+        states; `output` keeps the forward's value. Stepped by hand, each step's own input.
+        need_grad_input=False: parameter (and state) gradients only, by a backward program
+        without the input-gradient work; returns None (and grad_input is None)."""
         from .runtime import runtime_of
         check_backward_pairing(self)
-        return runtime_of(self).backward(input, grad_output)
+        return runtime_of(self).backward(input, grad_output, need_grad_input=need_grad_input)
 
     def locked(self):
         """A context manager holding this module's tree locks (re-entrant): wrap a sequence of

@@ -12,7 +12,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, compile_shared, gc_paused
+from ..executor import Compiled, compile, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -30,6 +30,7 @@ from .state_grads import (
     stepwise_seeds,
     store_state_input_grads,
 )
+from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -179,7 +180,7 @@ class Executable:
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
-        fwd, bwd = self.training_pair.forward.report, self.training_pair.backward.report
+        fwd, bwd = self.training_pair.forward.report, self.training_pair.last_backward.report
         labelled = [replace(r, program=program)
                     for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
         return CompileReport(passes=labelled,
@@ -190,32 +191,9 @@ class Executable:
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
                              kernels=fwd.kernels + bwd.kernels,
                              resident_bytes=self.training_pair.resident_bytes,
-                             arena_bytes=fwd.arena_bytes)
-
-
-class TrainingPair:
-    """Compiled forward (outputs, then saved values) and backward (saved values, seeds, then the
-    forward arguments it reads) programs of one joint graph. Their preallocated temporaries
-    share one arena (they never run at the same time); `resident_bytes` is the pair's total:
-    the arena plus both programs' per-call values."""
-
-    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS):
-        self.joint = joint  # forward and backward together, for diagrams
-        self.n_saved = len(bwd.meta.saved_names)
-        self.n_seeds = len(bwd.meta.seed_names)
-        position = {n: k for k, n in enumerate(fwd.inputs)}
-        self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
-        self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
-        # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
-        self.resident_bytes = self.forward.report.resident_bytes
-
-    def saved(self, outs: tuple) -> list:
-        return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
-
-    def run_backward(self, saved: list, args: list, seeds: list) -> tuple:
-        return self.backward.run(saved + seeds + [args[k] for k in self.reads])
+                             arena_bytes=fwd.arena_bytes, backend=fwd.backend,
+                             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
+                             fallbacks=fwd.fallbacks + bwd.fallbacks)
 
 
 def _views_data(n) -> bool:
@@ -378,7 +356,8 @@ class Runtime:
 
     # ---- backward --------------------------------------------------------------------------------
 
-    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1) -> Any:
+    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1,
+                 need_grad_input: bool = True) -> Any:
         record = self._next_record(input)
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
@@ -387,19 +366,22 @@ class Runtime:
         seeds = self._seeds(exe, grad_output, step)
         if exe.history_mode:  # stepping by hand: this step's program, state seeds per step
             seeds = stepwise_seeds(exe, step, self.dropped + len(self.history), seeds)
-            grads = self._run_backward(exe, record, seeds)
+            grads = self._run_backward(exe, record, seeds, need_grad_input)
             store_state_input_grads(exe, step, self._state_grads(exe, grads))
         else:
             cuts = sequence_cuts(exe)
             if cuts:  # set_grad_hidden_state: a variant program where the set values replace
                 exe, grads = backward_variant(self, record, cuts, seeds)
             else:
-                grads = self._run_backward(exe, record, seeds)
+                grads = self._run_backward(exe, record, seeds, need_grad_input)
                 later_tap_grads(self, record, seeds)
             store_state_input_grads(exe, None, self._state_grads(exe, grads))
         record.done = True
         n_data = len(exe.data_wrt)
         exe.packing.accumulate(grads[n_data: n_data + exe.packing.n_grads])
+        if not need_grad_input:
+            self.module.grad_input = None
+            return None
         got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
         grad_leaves = [got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
                        for k, x in enumerate(record.leaves)]
@@ -408,11 +390,14 @@ class Runtime:
         self.module.grad_input = grad_input
         return grad_input
 
-    def _run_backward(self, exe: Executable, record: Record, seeds: list) -> tuple:
+    def _run_backward(self, exe: Executable, record: Record, seeds: list,
+                      need_grad_input: bool = True) -> tuple:
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant)."""
         pair = exe.compile_training()
         if record.saved is None:  # an evaluation forward: recompute what backward needs
             record.saved = pair.saved(pair.forward.run(record.args))
-        return pair.run_backward(record.saved, record.args, seeds)
+        skip = 0 if need_grad_input else len(exe.data_wrt)
+        return pair.run_backward(record.saved, record.args, seeds, skip)
 
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:

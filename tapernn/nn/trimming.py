@@ -74,9 +74,9 @@ class TrimZero(MaskZero):
         self.output = full[0] if out_tree == LEAF else unflatten(out_tree, full)
         return self.output
 
-    def backward(self, input: Any, grad_output: Any) -> Any:
+    def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         if self._rows is None:
-            return super().backward(input, grad_output)
+            return super().backward(input, grad_output, need_grad_input=need_grad_input)
         rows, leaves, tree = self._rows, *flatten(input)
         n = np.shape(leaves[0])[0]
         if rows.size == 0:
@@ -84,8 +84,11 @@ class TrimZero(MaskZero):
         else:
             g_leaves, g_tree = flatten(grad_output)
             trimmed_g = unflatten(g_tree, [np.asarray(g)[rows] for g in g_leaves])
-            g_in = self.module.backward(self._trimmed, trimmed_g)
-            grads = [_scatter(g, rows, n) for g in flatten(g_in)[0]]
+            g_in = self.module.backward(self._trimmed, trimmed_g, need_grad_input=need_grad_input)
+            grads = [] if g_in is None else [_scatter(g, rows, n) for g in flatten(g_in)[0]]
+        if not need_grad_input:
+            self.grad_input = None
+            return None
         self.grad_input = grads[0] if tree == LEAF else unflatten(tree, grads)
         return self.grad_input
 

@@ -49,6 +49,9 @@ class CompileReport:
     kernels: int = 0
     resident_bytes: int = 0
     arena_bytes: int = 0
+    backend: str = ""  # "numpy" / "numba": how the fused groups were lowered
+    compiled_kernels: int = 0  # distinct numba kernels the program calls
+    fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
 
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.passes] + [28]) + 2
@@ -62,6 +65,10 @@ class CompileReport:
         rows.append("")
         rows.append(f"fused groups              {len(self.fused_groups)}")
         rows.append(f"kernels per call          {self.kernels}")
+        if self.backend:
+            rows.append(f"backend                   {self.backend} ({self.compiled_kernels} "
+                        f"compiled kernels, {len(self.fallbacks)} groups on NumPy)")
+            rows += [f"  on NumPy: {why}" for why in self.fallbacks[:5]]
         rows.append(f"naive bytes               {self.naive_bytes:,}")
         rows.append(f"planned bytes             {self.planned_bytes:,}")
         rows.append(f"peak bytes                {self.peak_bytes:,}")

@@ -1,0 +1,53 @@
+"""Which backend lowers fused elementwise groups: "numpy" (ufunc calls with preallocated
+temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py).
+`set_backend` chooses for later compiles. The default is numpy: numba is opt-in (set_backend,
+$TAPERNN_BACKEND=numba) until its cold first call (~1 s of compile per distinct kernel) is paid
+once per machine in the background; see BENCHMARKS.md."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ..errors import TapernnError
+
+BACKENDS = ("numpy", "numba")
+_chosen: str | None = None
+
+
+def numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def default_backend() -> str:
+    """$TAPERNN_BACKEND when set, else numpy (numba is opt-in: its cold compile costs seconds)."""
+    env = os.environ.get("TAPERNN_BACKEND", "")
+    if env:
+        return check_backend(env, "$TAPERNN_BACKEND")
+    return "numpy"
+
+
+def check_backend(name: str, what: str = "backend") -> str:
+    if name not in BACKENDS:
+        raise TapernnError(f"{what}: expected one of {BACKENDS}, got {name!r}")
+    if name == "numba" and not numba_available():
+        raise TapernnError(f"{what} 'numba': numba is not installed "
+                           f"(pip install 'tapernn[fast]'), use 'numpy'")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend of every later `compile` (a compile's `backend=` overrides it)."""
+    global _chosen
+    _chosen = check_backend(name)
+
+
+def get_backend() -> str:
+    global _chosen
+    if _chosen is None:
+        _chosen = default_backend()
+    return _chosen
+
+
+def resolve_backend(name: str | None) -> str:
+    """A compile option's backend: None or "" means the current one (get_backend)."""
+    return check_backend(name) if name else get_backend()
