@@ -12,9 +12,9 @@ tn.manual_seed(0)
 words = ["I", "you", "the", "this", "to", "fire", "Hey", "is", "just", "zee", "And", "rain", "cray",
          "met", "Set"]
 V = {w: k for k, w in enumerate(words)}
-songs = np.array([[V[w] for w in "Hey I just met you".split()],
-                  [V[w] for w in "And this is cray zee".split()],
-                  [V[w] for w in "Set fire to the rain".split()]]).T   # time-major (5, 3)
+songs = np.array([[V[w] for w in ["Hey", "I", "just", "met", "you"]],
+                  [V[w] for w in ["And", "this", "is", "cray", "zee"]],
+                  [V[w] for w in ["Set", "fire", "to", "the", "rain"]]]).T   # time-major (5, 3)
 labels = np.array([[1.0], [1.0], [0.0]])
 
 embed = 6

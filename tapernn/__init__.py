@@ -1,30 +1,71 @@
 """tapernn: Element-Research's Torch7 `rnn` library on a graph-compiling reverse-mode autodiff."""
 from __future__ import annotations
 
-from . import errors, graph, tracing, functional  # noqa: I001  (the layers, bottom up)
+from . import errors, functional, graph, tracing
+from .autodiff import grad
+from .backends import get_backend, set_backend
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    GradcheckError,
+    GraphError,
+    NumericError,
+    ShapeError,
+    StateError,
+    TapernnError,
+    TracingError,
+    ValueRangeError,
+)
+from .executor import Compiled, compile
+from .functional import (
+    abs,
+    add_n,
+    broadcast_to,
+    cast,
+    concat,
+    embedding,
+    exp,
+    gather,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    ones,
+    ones_like,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    split,
+    sqrt,
+    stack,
+    stop_gradient,
+    sum,
+    tanh,
+    transpose,
+    unbroadcast,
+    where,
+    zeros,
+    zeros_like,
+)
+from .graph import Graph, Node
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
-from .errors import (ArgumentError, ArgumentTypeError, DTypeError, GradcheckError, GraphError,
-                     NumericError, ShapeError, StateError, TapernnError, TracingError,
-                     ValueRangeError)
-from .functional import (abs, add_n, broadcast_to, cast, concat, embedding, exp, gather, log,
-                         log_softmax, logsumexp, matmul, max, maximum, mean, minimum, ones,
-                         ones_like, relu, reshape, sigmoid, softmax, split, sqrt, stack,
-                         stop_gradient, sum, tanh, transpose, unbroadcast, where, zeros, zeros_like)
-from .graph import Graph, Node
-from .tracing import Var, trace
-from .autodiff import grad
-from .executor import Compiled, compile
-from .backends import get_backend, set_backend
 from .regions import PlanOptions
 from .testing import gradcheck
+from .tracing import Var, trace
 
 __version__ = "0.1.0"
-from .random import manual_seed
-from .passes import set_default_passes
+from . import nn, optim, passes
 from .blas import set_blas_threads
+from .passes import set_default_passes
+from .random import manual_seed
 from .serialization import load_into, save
-from . import nn, optim, passes  # noqa: E402
 
 _DIAGRAMS = ("render", "render_passes", "to_dot", "to_json")
 

@@ -5,8 +5,8 @@ so every later stage (passes, buffer planning, diagrams) sees BPTT as plain grap
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 

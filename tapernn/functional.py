@@ -4,7 +4,8 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -54,8 +54,22 @@ class Node:
     `value`.
     """
 
-    __slots__ = ("id", "op", "inputs", "attrs", "shape", "dtype", "step", "scope", "phase",
-                 "name", "value", "verified", "_attrs_key", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_attrs_key",
+        "attrs",
+        "dtype",
+        "id",
+        "inputs",
+        "name",
+        "op",
+        "phase",
+        "scope",
+        "shape",
+        "step",
+        "value",
+        "verified",
+    )
 
     def __init__(self, op: str, inputs: Iterable[Node], attrs: dict | None, shape: tuple,
                  dtype: Any, step: int | None = None, scope: str = "", phase: str = "forward",

@@ -3,13 +3,14 @@ returns (model, example input, example grad_output) for T steps."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from . import nn
 from . import random as tn_random
 from .errors import TapernnError
-from . import nn
 
 Built = tuple[nn.Module, Any, Any]
 

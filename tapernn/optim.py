@@ -2,7 +2,7 @@
 update `Parameter.data` in place, so compiled programs never need rebuilding."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -3,7 +3,8 @@ differences of a random projection of the outputs, and names the worst entry whe
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .validation import data_array
 _STEP: ContextVar[int | None] = ContextVar("tapernn_step", default=None)
 _SCOPE: ContextVar[str] = ContextVar("tapernn_scope", default="")
 _PHASE: ContextVar[str] = ContextVar("tapernn_phase", default="forward")
-_TAPE: ContextVar["Tape | None"] = ContextVar("tapernn_tape", default=None)
+_TAPE: ContextVar[Tape | None] = ContextVar("tapernn_tape", default=None)
 
 
 class step:

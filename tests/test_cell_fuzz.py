@@ -10,11 +10,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from cell_fuzz import check_case, make_case, make_cell, numpy_outputs
 
 import tapernn as tn
 from tapernn import nn
-
-from cell_fuzz import check_case, make_case, make_cell, numpy_outputs
 
 CASES = int(os.environ.get("TAPERNN_FUZZ_CASES", "200"))
 START = int(os.environ.get("TAPERNN_FUZZ_SEED", "0"))

@@ -2,11 +2,10 @@
 batched and unbatched, stepped and sequenced."""
 import numpy as np
 import pytest
+from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, rnn_step, run
 
 import tapernn as tn
 from tapernn import nn
-
-from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, rnn_step, run
 
 D, H, T = 3, 4, 4
 

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import tapernn as tn
 from tapernn import nn
 
 R = np.random.default_rng(0)

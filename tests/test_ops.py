@@ -130,6 +130,7 @@ def test_op_forward_matches_numpy_on_float32(op, fn, arrays):
 
 def test_gradcheck_detects_a_wrong_vjp(monkeypatch):
     import dataclasses
+
     from tapernn.ops import registry
     wrong = dataclasses.replace(REGISTRY["tanh"], vjp=lambda g, y, a, wants: (g * y,))
     monkeypatch.setitem(registry.REGISTRY, "tanh", wrong)

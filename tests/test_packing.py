@@ -4,13 +4,12 @@ import copy
 
 import numpy as np
 import pytest
+from cell_reference import lstm_step, run
 
 import tapernn as tn
-from tapernn.interpret import interpret
 from tapernn import nn
 from tapernn import passes as P
-
-from cell_reference import lstm_step, run
+from tapernn.interpret import interpret
 
 T, B, D, H = 4, 2, 3, 5
 

@@ -2,15 +2,13 @@
 before and after to 1e-12 in float64; then the whole DEFAULT pipeline on a hand-written LSTM."""
 import numpy as np
 import pytest
-
-import tapernn as tn
-from tapernn.interpret import interpret
-from tapernn import passes as P
-from tapernn import tracing
-
 from lstm_fixture import lstm_graph
 from pass_check import assert_same, randn, run
 
+import tapernn as tn
+from tapernn import passes as P
+from tapernn import tracing
+from tapernn.interpret import interpret
 
 # ---- dead code, CSE, folding, zeros --------------------------------------------------------------
 

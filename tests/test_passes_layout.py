@@ -1,12 +1,11 @@
 """Layout passes: view simplification, shared gradient stacks, per-step sums -- structure on
 small graphs and on the cells' backward programs, values equal to no passes at 1e-12."""
 import numpy as np
+from pass_check import assert_same, randn
 
 import tapernn as tn
 from tapernn import passes as P
 from tapernn import tracing
-
-from pass_check import assert_same, randn
 
 
 def default_equals_no_passes(m, x, g):

@@ -4,12 +4,11 @@ after every entry of the DEFAULT pipeline, compiled, and under the reference int
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plan_check import ANY_SIZE, check_plan
 
 import tapernn as tn
 from tapernn import tracing
 from tapernn.interpret import interpret
-
-from plan_check import ANY_SIZE, check_plan
 
 B, D = 3, 4
 

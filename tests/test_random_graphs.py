@@ -3,10 +3,9 @@ their gradients vs finite differences."""
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plan_check import ANY_SIZE, check_plan
 
 import tapernn as tn
-
-from plan_check import ANY_SIZE, check_plan
 
 
 def _softplus_np(x):

@@ -2,11 +2,10 @@
 generic rebuild) and `read_once` (equals the users map)."""
 import numpy as np
 import pytest
+from pass_check import randn
 
 import tapernn as tn
 from tapernn.passes.rewrite import substitute
-
-from pass_check import randn
 
 
 def test_substitute_reorders_when_a_replacement_reads_later_nodes(rng):

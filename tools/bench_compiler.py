@@ -23,8 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import tapernn as tn  # noqa: E402
-from lstm_fixture import fast_lstm_graph, lstm_graph  # noqa: E402
+from lstm_fixture import fast_lstm_graph, lstm_graph
+
+import tapernn as tn
 
 
 def best_time(fn, repeats: int = 5) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tapernn from this checkout, the fuzzer
 
-from cell_fuzz import check_case, make_case, pruned_case  # noqa: E402
+from cell_fuzz import check_case, make_case, pruned_case
 
 
 def _smallest_failing(case):

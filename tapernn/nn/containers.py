@@ -2,7 +2,8 @@
 ParallelTable (child k on input[k] -> list)."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .. import validation as check
 from ..errors import ShapeError, ValueRangeError

@@ -16,7 +16,7 @@ from ..tracing import Tape, Var, current_scope, current_step, step
 if TYPE_CHECKING:
     from .module import Module, Parameter
 
-_BUILD: ContextVar["BuildContext | None"] = ContextVar("tapernn_build", default=None)
+_BUILD: ContextVar[BuildContext | None] = ContextVar("tapernn_build", default=None)
 
 
 def current_build() -> BuildContext:
@@ -64,7 +64,7 @@ class BuildContext:
         self._token = _BUILD.set(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _BUILD.reset(self._token)
 
     # ---- modules ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ parallel. A backward paired with another thread's forward raises StateError: hol
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -14,8 +14,9 @@ accumulate member by member; writing in place (`p.data[...] = x`) keeps the bloc
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class Block:
     """Parameters stored as row ranges [start, stop) of one data and one grad array.
     `intact` turns False for good when a member's `.data` or `.grad` is rebound."""
 
-    __slots__ = ("members", "rows", "data", "grad", "intact")
+    __slots__ = ("data", "grad", "intact", "members", "rows")
 
     def __init__(self, members: Iterable[Any]):
         self.members = tuple(members)

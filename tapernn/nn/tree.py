@@ -2,7 +2,8 @@
 module's input and output."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 LEAF = "*"
 

@@ -8,8 +8,16 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
 from .driver import must_follow
-from .rewrite import (accept_independent, derive, invariant_nodes, is_matmul_2d, read_once,
-                      spanning, strip_transpose, substitute)
+from .rewrite import (
+    accept_independent,
+    derive,
+    invariant_nodes,
+    is_matmul_2d,
+    read_once,
+    spanning,
+    strip_transpose,
+    substitute,
+)
 
 
 def fuse_gates(graph: Graph) -> Graph:

@@ -8,8 +8,16 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
 from .gates import merge_matmul_sums
-from .rewrite import (accept_independent, derive, freeze, invariant_nodes, is_matmul_2d,
-                      read_once, spanning, substitute)
+from .rewrite import (
+    accept_independent,
+    derive,
+    freeze,
+    invariant_nodes,
+    is_matmul_2d,
+    read_once,
+    spanning,
+    substitute,
+)
 
 
 def hoist_across_time(graph: Graph) -> Graph:
