@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = model.add_argument
     add("--text", metavar="FILE", help="UTF-8 text to train on (default: the docstrings of the "
         "Python standard library, collected from source and cached)")
-    add("--cell", metavar="CELL", help=f"lstm | fastlstm | gru | rnn | seqlstm | seqgru (the "
+    add("--cell", "--model", metavar="CELL", help=f"(--model is an alias) lstm | fastlstm | gru | rnn | seqlstm | seqgru (the "
         f"tensor modules SeqLSTM, SeqGRU) | module:Class (an importable nn.Cell subclass taking "
         f"(input_size, hidden_size)); default {d['cell']}")
     add("--layers", type=_positive(int), help=f"stacked recurrent layers (default {d['layers']})")

@@ -269,3 +269,12 @@ def test_resume_from_another_directory_finds_a_relative_text(tmp_path, monkeypat
     resumed = Trainer(parse("--resume", "--checkpoint", str(tmp_path / "r"), "--steps", "3",
                             "--no-progress", "--sample-len", "0"))
     assert resumed.step == 2 and resumed.fit() == 0 and resumed.step == 3
+
+
+def test_model_is_an_alias_of_cell():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--model", "seqlstm"]).cell == "seqlstm"
+    assert parser.parse_args(["--cell", "gru"]).cell == "gru"
