@@ -184,16 +184,7 @@ class DistributedTrainer(Trainer):
                 if self._traces() == traces:  # steps that compiled do not count in the speed
                     self.train_seconds += seconds
                     self.train_tokens += tokens
-                speed = tokens / max(seconds, 1e-9)
-                rate = speed if rate is None else 0.9 * rate + 0.1 * speed
-                self.losses.append(float(loss))
-                self.step += 1
-                self.bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}", tok_s=f"{rate:,.0f}",
-                                     refresh=False)
-                self.bar.update(1)
-                if self.step % n_batches == 0 and not stop.requested:
-                    self._evaluate(stop, f"epoch {self.step // n_batches}")
-                    self._save()
+                rate = self._record_step(loss, tokens / max(seconds, 1e-9), rate, n_batches, stop)
         finally:
             self.bar.close()
             self.bar = None

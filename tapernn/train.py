@@ -319,18 +319,25 @@ class Trainer:
                 loss = self.lm.train_step(self.train_x[k], self.train_y[k], self.optimizer,
                                           self.options["clip"])
                 speed = tokens / max(time.perf_counter() - tick, 1e-9)
-                rate = speed if rate is None else 0.9 * rate + 0.1 * speed  # smooth the jitter
-                self.losses.append(loss)
-                self.step += 1
-                self.bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}", tok_s=f"{rate:,.0f}",
-                                     refresh=False)
-                self.bar.update(1)
-                if self.step % n_batches == 0 and not stop.requested:
-                    self._evaluate(stop, f"epoch {self.step // n_batches}")
-                    self._save()
+                rate = self._record_step(loss, speed, rate, n_batches, stop)
         finally:
             self.bar.close()
             self.bar = None
+
+    def _record_step(self, loss: float, speed: float, rate: float | None, n_batches: int,
+                     stop: StopRequest) -> float:
+        """Log one finished step (loss, smoothed tokens/s on the bar); validate and save at an
+        epoch's end. Returns the smoothed rate."""
+        rate = speed if rate is None else 0.9 * rate + 0.1 * speed  # smooth the jitter
+        self.losses.append(float(loss))
+        self.step += 1
+        self.bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}", tok_s=f"{rate:,.0f}",
+                             refresh=False)
+        self.bar.update(1)
+        if self.step % n_batches == 0 and not stop.requested:
+            self._evaluate(stop, f"epoch {self.step // n_batches}")
+            self._save()
+        return rate
 
     def _evaluate(self, stop: StopRequest, label: str) -> None:
         nll = self.lm.mean_nll(self.val_x, self.val_y, stop)
