@@ -136,12 +136,14 @@ def abort(message: str, code: int = 1) -> None:
     """Print `message` (prefixed with the rank) and end every rank of the job with `code`."""
     print(f"tapernn: rank {rank()} of {world_size()}: {message}", file=sys.stderr, flush=True)
     if world_size() > 1:
+        time.sleep(0.2)  # the launcher forwards output asynchronously: let the last lines arrive
         _comm().Abort(code)
     raise SystemExit(code)
 
 
 def _abort_excepthook(kind: type, value: BaseException, tb: Any) -> None:
     traceback.print_exception(kind, value, tb)
+    sys.stderr.flush()
     abort(f"uncaught {kind.__name__}; aborting the job so no rank waits forever",
           130 if issubclass(kind, KeyboardInterrupt) else 1)
 
