@@ -83,4 +83,9 @@ def main(out: Path) -> None:
         print(f"wrote {path}")
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "diagrams"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the example diagrams (SVG) to a folder.")
+    parser.add_argument("out", nargs="?", default="diagrams",
+                        help="folder to write into (default: diagrams)")
+    main(Path(parser.parse_args().out))
