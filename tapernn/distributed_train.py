@@ -206,11 +206,7 @@ class DistributedTrainer(Trainer):
         stop.requested = stops > 0
         if stop.requested:
             return
-        ppl = float(np.exp(nll))
-        self.validation.append((self.step, ppl))
-        recent = f"train loss {np.mean(self.losses[-50:]):.3f}, " if self.losses else ""
-        self.say(f"{label} (step {self.step}): {recent}validation perplexity {ppl:.2f} "
-                 f"(unigram baseline {self.unigram_ppl:.2f})")
+        self._report_validation(nll, label)
         if self.rank == 0 and self.args.sample_len > 0:
             self.say(f"--- sample, temperature {self.args.temperature} ---\n{self._sample()}\n---")
         elif self.args.sample_len > 0:

@@ -339,15 +339,19 @@ class Trainer:
             self._save()
         return rate
 
-    def _evaluate(self, stop: StopRequest, label: str) -> None:
-        nll = self.lm.mean_nll(self.val_x, self.val_y, stop)
-        if stop.requested:
-            return
+    def _report_validation(self, nll: float, label: str) -> None:
+        """Record and print the validation perplexity of mean NLL `nll`."""
         ppl = float(np.exp(nll))
         self.validation.append((self.step, ppl))
         recent = f"train loss {np.mean(self.losses[-50:]):.3f}, " if self.losses else ""
         self.say(f"{label} (step {self.step}): {recent}validation perplexity {ppl:.2f} "
                  f"(unigram baseline {self.unigram_ppl:.2f})")
+
+    def _evaluate(self, stop: StopRequest, label: str) -> None:
+        nll = self.lm.mean_nll(self.val_x, self.val_y, stop)
+        if stop.requested:
+            return
+        self._report_validation(nll, label)
         if self.args.sample_len > 0:
             self.say(f"--- sample, temperature {self.args.temperature} ---\n{self._sample()}\n---")
 
