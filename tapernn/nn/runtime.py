@@ -101,6 +101,7 @@ class Executable:
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
+        self.recurrent: list | None = None  # recurrent modules of the model (Runtime.forward)
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
@@ -306,8 +307,9 @@ class Runtime:
             self.trace_count += 1
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
-        starts = None if history else [(m, m._state, m._user_initial) for m in root.modules()
-                                       if hasattr(m, "_user_initial")]
+        if exe.recurrent is None:  # the model's recurrent modules, found once per trace
+            exe.recurrent = [m for m in root.modules() if hasattr(m, "_user_initial")]
+        starts = None if history else [(m, m._state, m._user_initial) for m in exe.recurrent]
         call_args = exe.bind(leaves)
         if root.is_training:
             program = exe.compile_training().forward
