@@ -22,6 +22,7 @@ from .backward_input import record_for_input
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
+from .rolled import Stacked, stacked_fields
 from .state_grads import (
     backward_variant,
     forget_steps_before,
@@ -45,12 +46,15 @@ class Executable:
 
     def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
                  training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None):
-        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads)."""
+                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None,
+                 templates: dict | None = None, unroll: bool = False):
+        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads);
+        `templates` caches rolled loops' step templates across traces (nn.rolled); `unroll`
+        traces every step of every loop into the graph."""
         self.passes, self.options = passes, options
         tape = Tape()
         ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
-                           cuts=cuts or frozenset())
+                           cuts=cuts or frozenset(), templates=templates, unroll=unroll)
         with tape.recording(), ctx:
             data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
             out = root.apply(*unflatten(tree, data))
@@ -59,6 +63,9 @@ class Executable:
             if not hasattr(v, "node"):
                 raise TapernnError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
+        # a trace that only re-emitted cached step templates (a new length) traced no step
+        self.traced_steps = ctx.fresh_steps or not ctx.reused
+        self.notes = list(ctx.notes)
         self.finals = [(m, k, v.node) for m, st in ctx.states.items() for k, v in enumerate(st)]
         self.probes = []  # (module, field, step, tree, [nodes])
         for m, name, t, value in ctx.probes:
@@ -180,7 +187,7 @@ class Executable:
     def report(self):
         from ..passes import CompileReport
         if self.training_pair is None:
-            return self.compile_forward().report
+            return replace(self.compile_forward().report, notes=list(self.notes))
         fwd, bwd = self.training_pair.forward.report, self.training_pair.last_backward.report
         labelled = [replace(r, program=program)
                     for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
@@ -194,7 +201,7 @@ class Executable:
                              resident_bytes=self.training_pair.resident_bytes,
                              arena_bytes=fwd.arena_bytes, backend=fwd.backend,
                              compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
-                             fallbacks=fwd.fallbacks + bwd.fallbacks)
+                             fallbacks=fwd.fallbacks + bwd.fallbacks, notes=list(self.notes))
 
 
 def _views_data(n) -> bool:
@@ -256,10 +263,12 @@ class Runtime:
         self.history: list[Record] = []
         self.dropped = 0  # step records discarded because of rho
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
+        self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
 
     def clear(self) -> None:
         self.cache.clear()
         self.variants.clear()
+        self.templates.clear()
         self.last = None
 
     def last_graph(self) -> Graph | None:
@@ -301,10 +310,11 @@ class Runtime:
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes, root._plan_options or DEFAULT_OPTIONS)
+                                 passes, root._plan_options or DEFAULT_OPTIONS,
+                                 templates=self.templates)
             exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
             self.cache[key] = exe
-            self.trace_count += 1
+            self.trace_count += exe.traced_steps
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
         if exe.recurrent is None:  # the model's recurrent modules, found once per trace
@@ -348,6 +358,9 @@ class Runtime:
         for m, items in exe.probe_plan():
             fields = []
             for name, t, tree, pos, stop in items:
+                if isinstance(t, Stacked):  # a loop's field: one array stacked over its steps
+                    fields += stacked_fields(name, t, tree, outs[pos:stop])
+                    continue
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
                 if name == "output":
                     m.output = value

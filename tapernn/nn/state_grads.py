@@ -104,7 +104,7 @@ def _recurrent_steps(exe: Any) -> dict:
         steps: dict[Any, list] = {}
         for m, f, t, _, _ in exe.probes:
             if f == "outputs" and hasattr(m, "_extra_state_grads"):
-                steps.setdefault(m, []).append(t)
+                steps.setdefault(m, []).extend(t.steps() if hasattr(t, "steps") else [t])
         cached = exe._recurrent_steps = {m: sorted(ts) for m, ts in steps.items()}
     return cached
 

@@ -52,6 +52,7 @@ class CompileReport:
     backend: str = ""  # "numpy" / "numba": how the fused groups were lowered
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
+    notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
 
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.passes] + [28]) + 2
@@ -74,6 +75,7 @@ class CompileReport:
         rows.append(f"peak bytes                {self.peak_bytes:,}")
         rows.append(f"saved for backward bytes  {self.saved_for_backward_bytes:,}")
         rows.append(f"resident bytes            {self.resident_bytes:,}")
+        rows += [f"note: {n}" for n in self.notes]
         return "\n".join(rows)
 
 
