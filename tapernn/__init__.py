@@ -57,6 +57,7 @@ from .graph import Graph, Node
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
 from .regions import PlanOptions
+from .scan import ScanResult, inline, scan, unroll_scans
 from .testing import gradcheck
 from .tracing import Var, trace
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,16 +164,27 @@ def with_backend(options: PlanOptions, backend: str | None) -> PlanOptions:
     return options if backend is None else dataclasses.replace(options, backend=backend)
 
 
+_unroller: list[Callable[[Graph], Graph]] = []
+
+
+def set_unroller(fn: Callable[[Graph], Graph]) -> None:
+    """Hand the executor `unroll_scans` (the loops layer, above this one) for `unroll=True`."""
+    _unroller[:] = [fn]
+
+
 def compile(graph: Graph, passes: Sequence[Pass] | None = None,
             options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None,
-            backend: str | None = None) -> Compiled:
+            backend: str | None = None, unroll: bool = False) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
     verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
     code generator (PlanOptions); `dump` sees the graph after each pass (run_passes);
-    `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups."""
+    `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups;
+    `unroll=True` compiles every scan loop unrolled into its steps (`tn.unroll_scans`)."""
     options = with_backend(options, backend)
     with gc_paused():
         _verify(graph)
+        if unroll and _unroller:
+            graph = _unroller[0](graph)
         graph, report = run_passes(graph, _pipeline(passes), dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
         program = Program(graph, plan=plan, options=options)
