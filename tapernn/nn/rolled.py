@@ -82,9 +82,11 @@ class _StepContext(BuildContext):
         self.stack = list(outer.stack)
         self.carry_nodes: list = []
         self.carry_in: list = []
+        self.loop_scope = tracing.current_scope()
         self.delegated: list = []
-        self.base = dict(steps)
-        self.steps = dict(steps)
+        self.base = {m: plain(c) for m, c in steps.items()}
+        # the module step counters: reading one (not just counting on) is a step-number read
+        self.steps = {m: StepNumber(c) for m, c in self.base.items()}
         self.step_calls: dict = {}
         by_module: dict[Any, list] = {}
         for (m, k), (shape, dtype) in carry_specs:
@@ -93,6 +95,7 @@ class _StepContext(BuildContext):
 
     def _carry(self, m: Any, k: int, shape: tuple, dtype: Any) -> Var:
         var = self.tape.input(shape, dtype, name=f"carry{len(self.carry_nodes)}", kind="carry")
+        var.node.scope = self.loop_scope  # made lazily inside a module or up front: the same
         self.carry_nodes.append(var.node)
         self.carry_in.append((m, k))
         return var
@@ -108,8 +111,8 @@ class _StepContext(BuildContext):
         return state
 
     def next_step(self, module: Any) -> int:
-        t = self.steps.get(module, 0)
-        self.steps[module] = t + 1
+        t = plain(self.steps.get(module, 0))
+        self.steps[module] = StepNumber(t + 1)
         self.step_calls[module] = self.step_calls.get(module, 0) + 1
         return StepNumber(t)
 
@@ -147,7 +150,7 @@ def trace_step(call: Any, t: int, outer: BuildContext, carry_specs: list, xs_spe
     body = _assemble(tape, ctx, out, xs, invs)
     for n in body.graph.nodes:
         n.step = plain(n.step)
-    return body, bool(reads), ctx.steps
+    return body, bool(reads), {m: plain(c) for m, c in ctx.steps.items()}
 
 
 def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> StepBody:
@@ -182,7 +185,9 @@ def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> 
     if len(dtypes) > 1 or any(d.kind != "f" for d in dtypes):
         raise NotRollable(f"the step's states and outputs are not of one float dtype "
                           f"({sorted(str(d) for d in dtypes)})")
-    graph = Graph(tape.graph.nodes, inputs, carry_nodes + ys)
+    # inputs first, in role order (a lazily made carry input is not a different step)
+    graph = Graph(inputs + [n for n in tape.graph.nodes if n.op != "input"], inputs,
+                  carry_nodes + ys)
     body = StepBody(graph, list(ctx.carry_in), carry_out, len(xs), params, ctx.delegated,
                     out_tree, out_refs, probes, dict(ctx.step_calls), dict(ctx.scopes),
                     n_ys=len(ys))
