@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import Compiled, compile, gc_paused
@@ -19,9 +18,11 @@ from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from ..validation import data_array
 from .backward_input import record_for_input
+from .binding import _binder
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
+from .roll_view import trace_starts, view_graph
 from .rolled import Stacked, stacked_fields
 from .state_grads import (
     backward_variant,
@@ -66,6 +67,7 @@ class Executable:
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
         self.notes = list(ctx.notes)
+        self.rolled = any(": rolled:" in n for n in self.notes)  # holds a scan loop
         self.finals = [(m, k, v.node) for m, st in ctx.states.items() for k, v in enumerate(st)]
         self.probes = []  # (module, field, step, tree, [nodes])
         for m, name, t, value in ctx.probes:
@@ -215,32 +217,6 @@ def _views_data(n) -> bool:
     return n.kind == "data"
 
 
-def _binder(node, ctx: BuildContext):
-    kind = node.kind
-    if kind == "data":  # data inputs are recorded first, in leaf order
-        k = next(i for i, n in enumerate(ctx.tape.graph.inputs) if n is node)
-        return lambda leaves, k=k: leaves[k]
-    if kind == "param":
-        p = next(p for p, v in ctx.params.items() if v.node is node)
-        return lambda leaves, p=p: p.data
-    if kind == "random":
-        prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
-        if callable(prob):  # BuildContext.random_input: the module draws it
-            return lambda leaves, draw=prob: draw()
-        shape, dtype = node.shape, node.dtype
-
-        def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
-            keep = (rng or tn_random.generator()).random(shape) >= prob
-            return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
-        return mask
-    if kind == "state":
-        m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)
-        return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
-    if kind == "tap":  # a state-gradient variant's zero (its arguments come from args_like)
-        return lambda leaves, shape=node.shape, dtype=node.dtype: np.zeros(shape, dtype)
-    raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
-
-
 class Record:
     """One forward call: what backward needs."""
 
@@ -275,6 +251,8 @@ class Runtime:
         """The last traced model: forward and (after a training forward) backward nodes."""
         if self.last is None:
             return None
+        if self.last.rolled:  # shown unrolled, one sub-graph per step (nn.roll_view)
+            return view_graph(self, self.last)
         pair = self.last.training_pair
         return pair.joint if pair is not None else self.last.display
 
@@ -313,6 +291,7 @@ class Runtime:
                                  passes, root._plan_options or DEFAULT_OPTIONS,
                                  templates=self.templates)
             exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
+            trace_starts(exe, root)
             self.cache[key] = exe
             self.trace_count += exe.traced_steps
         self.last = exe
