@@ -2,6 +2,8 @@
 fresh random masks, recurrent states, zero taps (nn.runtime's Executable.bind)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import random as tn_random
@@ -33,3 +35,10 @@ def _binder(node, ctx: BuildContext):
     if kind == "tap":  # a state-gradient variant's zero (its arguments come from args_like)
         return lambda leaves, shape=node.shape, dtype=node.dtype: np.zeros(shape, dtype)
     raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
+
+
+def _state_signature(m: Any) -> tuple:
+    start = m._initial_state_arrays()
+    kind = None if start is None else ("remembered" if m._state is not None else "user")
+    shapes = None if start is None else tuple(a.shape for a in start)
+    return (kind, shapes, m._mask_zero)

@@ -14,6 +14,7 @@ from .. import tracing
 from ..errors import TapernnError
 from ..graph import Graph
 from ..tracing import Tape, Var
+from .binding import _state_signature
 from .context import BuildContext
 from .step_watch import StepNumber, plain, unwatched, watching
 from .tree import LEAF, flatten, unflatten
@@ -396,8 +397,6 @@ def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
 def loop_key(owner: Any, ctx: BuildContext, xs: list, invs: list, *extra: Any) -> tuple:
     """What a loop's templates depend on besides T: the step's input slices, mode, dtype,
     the states it starts from and how each recurrent module inside starts."""
-    from .runtime import _state_signature
-
     inside = list(owner.modules())
     return (owner, tuple((v.shape[1:], v.dtype.str) for v in xs),
             tuple((v.shape, v.dtype.str) for v in invs), ctx.training, owner.dtype.str,

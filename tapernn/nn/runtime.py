@@ -18,7 +18,7 @@ from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from ..validation import data_array
 from .backward_input import record_for_input
-from .binding import _binder
+from .binding import _binder, _state_signature
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
@@ -466,13 +466,6 @@ def _leaf_names(tree: Any, n_args: int) -> list[str]:
         prefix = base[k] if k < len(base) else f"arg{k}"
         names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
     return names
-
-
-def _state_signature(m: Any) -> tuple:
-    start = m._initial_state_arrays()
-    kind = None if start is None else ("remembered" if m._state is not None else "user")
-    shapes = None if start is None else tuple(a.shape for a in start)
-    return (kind, shapes, m._mask_zero)
 
 
 def _rho(root: Any) -> int | None:
