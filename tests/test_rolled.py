@@ -209,11 +209,11 @@ def test_new_length_reuses_the_template_without_tracing_a_step():
     seq.forward(rng.standard_normal((50, B, D)))
     traced = len(calls)
     assert seq.trace_count == 1 and traced <= 3  # the period check, not 50 steps
-    template = [n for n in seq.graph.nodes if n.op == "scan"]
+    template = [n for n in seq._runtime.last.graph.nodes if n.op == "scan"]
     y = seq.forward(rng.standard_normal((73, B, D)))
     assert y.shape == (73, B, H) and len(calls) == traced and seq.trace_count == 1
     if template:  # the scan node holds the same body Graph object: compiled once
-        again = [n for n in seq.graph.nodes if n.op == "scan"]
+        again = [n for n in seq._runtime.last.graph.nodes if n.op == "scan"]
         assert again[0].attrs["body"] is template[0].attrs["body"]
     seq.forward(rng.standard_normal((50, B + 1, D)))  # a new batch size: a new step signature
     assert seq.trace_count == 2
@@ -242,3 +242,16 @@ def test_grad_hidden_state_api_matches_unrolled():
         seq.set_grad_hidden_state(2, gh)
     r, u = run_pair(rolled, unrolled, x, g)
     assert_same(r, u)
+
+
+def test_display_graph_is_the_unrolled_view():
+    a, b = twins(CELLS["gru"][0], seed=15)
+    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    x, g = np.ones((4, B, D)), np.ones((4, B, H))
+    for seq in (rolled, unrolled):
+        seq.forward(x)
+        seq.backward(x, g)
+    shown, want = rolled.graph, unrolled.graph
+    assert shown.steps() == want.steps() == [0, 1, 2, 3]
+    assert shown.op_counts() == want.op_counts() and "scan" not in shown.op_counts()
+    assert str(shown) == str(want)
