@@ -194,7 +194,8 @@ class Executable:
                              resident_bytes=self.training_pair.resident_bytes,
                              arena_bytes=fwd.arena_bytes, backend=fwd.backend,
                              compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
-                             fallbacks=fwd.fallbacks + bwd.fallbacks)
+                             fallbacks=fwd.fallbacks + bwd.fallbacks,
+                             loops=fwd.loops + bwd.loops)
 
 
 def _views_data(n) -> bool:
