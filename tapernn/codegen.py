@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import builtins
 import itertools
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 import math
 import re
 import traceback
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np

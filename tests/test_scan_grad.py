@@ -48,7 +48,7 @@ def test_gradcheck_a_gradient_that_flows_only_through_the_carry_and_invariants()
                     np.zeros((2, 3)), np.zeros(2, np.int64), np.zeros((4, 3)), np.zeros(3))
     ids = np.array([[0, 3], [1, 1], [2, 0]])
     rng = np.random.default_rng(2)
-    fn = lambda h, i, w, v: tn.scan(body, [h], [i], [w, v]).carries  # noqa: E731
+    fn = lambda h, i, w, v: tn.scan(body, [h], [i], [w, v]).carries
     assert tn.gradcheck(fn, rng.standard_normal((2, 3)), ids, rng.standard_normal((4, 3)),
                         rng.standard_normal(3))
 
