@@ -36,7 +36,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
     body = attrs["body"]
-    compiled = compiled_body(body, ctx.passes, ctx.options)
+    compiled = compiled_body(_without_fixed(body, attrs["n_carry"]), ctx.passes, ctx.options)
     runner = make_runner(compiled, attrs)
     c, y = slab_sizes(body, attrs["n_carry"])
     itemsize = body_dtype(body).itemsize
@@ -46,6 +46,26 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         step_bytes=y * itemsize))
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
+
+
+_FIXED: weakref.WeakKeyDictionary[Graph, Graph] = weakref.WeakKeyDictionary()
+
+
+def fixed_carries(body: Graph, n_carry: int) -> list[int]:
+    """Carries the body returns unchanged (an accumulation push-out moved out of the loop)."""
+    return [k for k in range(n_carry) if body.outputs[k] is body.inputs[k]]
+
+
+def _without_fixed(body: Graph, n_carry: int) -> Graph:
+    """The body without its fixed carries among the outputs (the loop keeps them in place
+    instead of copying them every step); made once per body."""
+    fixed = fixed_carries(body, n_carry)
+    if not fixed:
+        return body
+    if body not in _FIXED:
+        outs = [o for k, o in enumerate(body.outputs) if k not in fixed]
+        _FIXED[body] = Graph(body.nodes, body.inputs, outs, body.meta)
+    return _FIXED[body]
 
 
 def _scope_of(body: Graph) -> str:
@@ -76,8 +96,9 @@ def make_runner(compiled: Compiled, attrs: dict):
         lines.append(f"    {', '.join(ys)}, = ys_views(slab)")
     lines += ["    t = None", "    try:", f"        for t in {order}:",
               f"            r = fn({step_args})"]
-    lines += [f"            {cv} = r[{k}]" for k, cv in enumerate(cs)]
-    lines += [f"            {yv}[t] = r[{nc + j}]" for j, yv in enumerate(ys)]
+    live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
+    lines += [f"            {cv} = r[{k}]" for k, cv in enumerate(live)]
+    lines += [f"            {yv}[t] = r[{len(live) + j}]" for j, yv in enumerate(ys)]
     lines += ["    except Exception as e:", "        raise fail(e, t) from None"]
     if cs:
         lines.append(f"    {', '.join(f'v{k}' for k in range(nc))}, = carry_views(slab)")
