@@ -40,6 +40,7 @@ class Compiled:
         self.report.backend = self.program.backend
         self.report.compiled_kernels = len(self.program.compiled_kernels)
         self.report.fallbacks = list(self.program.fallbacks)
+        self.report.loops = list(self.program.sub_reports)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
         self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
                                       default=0.0)
@@ -185,9 +186,10 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None,
         _verify(graph)
         if unroll and _unroller:
             graph = _unroller[0](graph)
-        graph, report = run_passes(graph, _pipeline(passes), dump=dump)
+        pipeline = _pipeline(passes)
+        graph, report = run_passes(graph, pipeline, dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
-        program = Program(graph, plan=plan, options=options)
+        program = Program(graph, plan=plan, options=options, passes=pipeline)
         return Compiled(graph, program, report)
 
 
@@ -226,12 +228,14 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
     options = with_backend(options, backend)
     with gc_paused():
         optimised = []
+        pipeline = _pipeline(passes)
         for graph in graphs:
             _verify(graph)
-            optimised.append(run_passes(graph, _pipeline(passes)))
+            optimised.append(run_passes(graph, pipeline))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
         arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-        compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options), report)
+        compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options,
+                                        passes=pipeline), report)
                     for (g, report), plan in zip(optimised, plans)]
         resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
         for c in compiled:

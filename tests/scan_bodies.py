@@ -86,3 +86,24 @@ def scanned(body, n_carry, n_xs, reverse=False, outputs="all"):
                     reverse=reverse)
         return r.carries + r.ys
     return fn
+
+
+def random_body(rng, B=3, D=4, dtype=np.float64):
+    """A random step over (h, x, W, U) from the pipeline fuzzer's step ops (0-3 of them after a
+    tanh(x W + h U) start, so the carry always depends on h and x): carries [h], ys [h, h*x]."""
+    from test_pipeline_random import STEP_OPS
+    ops = [int(k) for k in rng.integers(0, len(STEP_OPS), size=int(rng.integers(0, 4)))]
+
+    def step(h, x, w, u):
+        h = STEP_OPS[0](h, x, w, u)
+        for k in ops:
+            h = STEP_OPS[k](h, x, w, u)
+        return [h, h, h * x]
+    z = np.zeros
+    return tn.trace(step, z((B, D), dtype), z((B, D), dtype), z((D, D), dtype), z((D, D), dtype),
+                    names=["h", "x", "W", "U"]), ops
+
+
+def random_arrays(rng, T, B=3, D=4):
+    return [rng.standard_normal((B, D)), rng.standard_normal((T, B, D)),
+            rng.standard_normal((D, D)) * 0.5, rng.standard_normal((D, D)) * 0.5]

@@ -203,7 +203,8 @@ class Executable:
                              resident_bytes=self.training_pair.resident_bytes,
                              arena_bytes=fwd.arena_bytes, backend=fwd.backend,
                              compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
-                             fallbacks=fwd.fallbacks + bwd.fallbacks, notes=list(self.notes))
+                             fallbacks=fwd.fallbacks + bwd.fallbacks,
+                             loops=fwd.loops + bwd.loops, notes=list(self.notes))
 
 
 def _views_data(n) -> bool:
