@@ -165,10 +165,11 @@ class Executable:
 
     def _make_pair(self, outputs: list) -> TrainingPair:
         g = Graph(self.graph.nodes, self.graph.inputs, outputs, self.graph.meta)
-        joint = grad(g, wrt=self.wrt, seeds="inputs")
+        joint = grad(g, wrt=self.wrt, seeds="inputs", also=self.extras)
         n = len(outputs)
-        # the probes and final states are forward outputs too, but never differentiated
-        joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
+        # the probes and final states are forward outputs too, but never differentiated (a
+        # scan's VJP may rewire the graph: `also` gives the nodes standing for them now)
+        joint.outputs = joint.outputs[:n] + joint.also + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
         display = Graph(joint.nodes, joint.inputs, self.real + grads, joint.meta)
         start = n + len(self.extras) + len(self.data_wrt)
