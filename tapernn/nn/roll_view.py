@@ -53,3 +53,14 @@ def view_graph(rt: Any, exe: Any) -> Graph:
         joint = view.view_joint = Graph(j.nodes, j.inputs,
                                         view.real + j.outputs[len(view.diff_outputs):], j.meta)
     return joint
+
+
+def view_executable(rt: Any, exe: Any) -> Any:
+    """What diagrams of the compiled program draw for a rolled `exe`: its unrolled view,
+    compiled as `exe` was (training pair or forward only)."""
+    view = unrolled_view(rt, exe)
+    if exe.training_pair is not None:
+        view.compile_training()
+    else:
+        view.compile_forward()
+    return view

@@ -22,7 +22,7 @@ from .binding import _binder, _state_signature
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
-from .roll_view import trace_starts, view_graph
+from .roll_view import trace_starts, view_executable, view_graph
 from .rolled import Stacked, stacked_fields
 from .state_grads import (
     backward_variant,
@@ -257,6 +257,12 @@ class Runtime:
             return view_graph(self, self.last)
         pair = self.last.training_pair
         return pair.joint if pair is not None else self.last.display
+
+    def display_executable(self) -> Executable | None:
+        """The last program as diagrams draw it (a rolled one: its unrolled view)."""
+        if self.last is None or not self.last.rolled:
+            return self.last
+        return view_executable(self, self.last)
 
     def last_compiled(self) -> Compiled | None:
         if self.last is None:
