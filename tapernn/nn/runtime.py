@@ -171,7 +171,8 @@ class Executable:
         # scan's VJP may rewire the graph: `also` gives the nodes standing for them now)
         joint.outputs = joint.outputs[:n] + joint.also + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, self.real + grads, joint.meta)
+        display = Graph(joint.nodes, joint.inputs, joint.outputs[:len(self.real)] + grads,
+                        joint.meta)
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
