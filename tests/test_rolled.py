@@ -4,6 +4,7 @@ input, parameters and initial states), the fields filled per step, step-dependen
 dropout unrolled with the reason reported, a new length without re-tracing the step."""
 import numpy as np
 import pytest
+from cell_fuzz import make_case, make_cell, numpy_outputs
 from cell_reference import fastlstm_step, gru_step, lstm_step, rnn_step, run
 
 import tapernn as tn
@@ -255,3 +256,60 @@ def test_display_graph_is_the_unrolled_view():
     assert shown.steps() == want.steps() == [0, 1, 2, 3]
     assert shown.op_counts() == want.op_counts() and "scan" not in shown.op_counts()
     assert str(shown) == str(want)
+
+
+def test_bisequencer_and_repeater_rolled_equal_unrolled():
+    tn.manual_seed(16)
+    a = nn.BiSequencer(nn.LSTM(D, H), nn.GRU(D, H))
+    b = nn.BiSequencer(nn.LSTM(D, H), nn.GRU(D, H))
+    b.load_state_dict(a.state_dict())
+    b.unroll = True
+    rng = np.random.default_rng(17)
+    x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, 2 * H))
+    r, u = run_pair(a, b, x, g)
+    assert len(rolled_note(a)) == 3 and not rolled_note(b)  # fwd, bwd (reversed), merge
+    assert_same(r, u)
+    for name in ("fwd", "bwd"):  # bwd's steps in its own (reversed) order, as unrolled
+        ma, mb = a._children[name], b._children[name]
+        for t in range(6):
+            np.testing.assert_allclose(ma.outputs[t], mb.outputs[t], rtol=1e-12, atol=1e-13)
+    c, d = nn.Repeater(nn.RNN(D, H), 5), nn.Repeater(nn.RNN(D, H), 5)
+    d.load_state_dict(c.state_dict())
+    d.unroll = True
+    x1, g1 = rng.standard_normal((B, D)), list(rng.standard_normal((5, B, H)))
+    r, u = run_pair(c, d, x1, g1)
+    assert rolled_note(c) and not rolled_note(d)
+    assert_same(r, u)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cells_rolled_equal_unrolled_and_numpy(seed):
+    case = make_case(seed)
+    models = []
+    for unroll in (False, True):
+        cells = [make_cell(c, p, f"FuzzCell{k}") for k, (c, p) in enumerate(zip(case.cells,
+                                                                                  case.params))]
+        inner = cells[0] if len(cells) == 1 else nn.Sequential(*cells)
+        models.append(nn.Sequencer(inner, unroll=unroll).astype(case.dtype))
+    x, g = case.x.astype(case.dtype), case.seed_grad.astype(case.dtype)
+    r, u = run_pair(*models, x, g)
+    tol = 1e-12 if case.dtype == np.float64 else 1e-5
+    assert_same(r, u, tol)
+    want = numpy_outputs(case)
+    np.testing.assert_allclose(r[0], want, rtol=1e-9 if tol == 1e-12 else 2e-3,
+                               atol=1e-9 if tol == 1e-12 else 2e-3)
+    assert rolled_note(models[0]) or case.T == 1
+
+
+def test_parameter_gradients_without_the_input_gradient_rolled():
+    a, b = twins(CELLS["lstm"][0], seed=18)
+    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rng = np.random.default_rng(19)
+    x, g = rng.standard_normal((5, B, D)), rng.standard_normal((5, B, H))
+    for seq in (rolled, unrolled):
+        seq.forward(x)
+        seq.zero_grad_parameters()
+        assert seq.backward(x, g, need_grad_input=False) is None
+    assert rolled_note(rolled)
+    for k, p in a.named_parameters().items():
+        np.testing.assert_allclose(p.grad, b.named_parameters()[k].grad, rtol=1e-12, atol=1e-13)
