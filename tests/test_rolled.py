@@ -313,3 +313,28 @@ def test_parameter_gradients_without_the_input_gradient_rolled():
     assert rolled_note(rolled)
     for k, p in a.named_parameters().items():
         np.testing.assert_allclose(p.grad, b.named_parameters()[k].grad, rtol=1e-12, atol=1e-13)
+
+
+def test_state_gradient_variants_bind_a_rolled_programs_inputs_by_name():
+    """A rolled program binds the initial-state inputs before the parameters (the step traced
+    first); the unrolled state-gradient variant after the Linear's: mapped by name, not order."""
+    def make(unroll):
+        tn.manual_seed(20)
+        return nn.Sequencer(nn.Sequential(nn.Linear(D, D), nn.LSTM(D, H)), unroll=unroll)
+    a, b = make(False), make(True)
+    rng = np.random.default_rng(21)
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    x, g = rng.standard_normal((5, B, D)), rng.standard_normal((5, B, H))
+    for m in (a, b):
+        m.set_initial_state((h0, c0))
+        m.forward(x)
+        m.backward(x, g)
+    for ga, gb in zip(a.get_grad_hidden_state(1), b.get_grad_hidden_state(1)):
+        np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-13)
+    gh = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
+    for m in (a, b):
+        m.set_grad_hidden_state(2, gh)
+    r, u = run_pair(a, b, x, g)
+    assert_same(r, u)
+    for ga, gb in zip(a.get_grad_initial_state(), b.get_grad_initial_state()):
+        np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-13)

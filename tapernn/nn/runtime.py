@@ -178,11 +178,24 @@ class Executable:
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
         return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
 
-    def args_like(self, base_args: list) -> list:
-        """A variant's arguments from the base program's (same trace, so the same inputs in the
-        same order, dropout masks included), zeros for the taps."""
-        it = iter(base_args)
-        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in self.arg_nodes]
+    def args_like(self, base_args: list, base: Executable | None = None) -> list:
+        """A variant's arguments from the base program's (same inputs, dropout masks included),
+        zeros for the taps. A rolled base binds its inputs in another order than the unrolled
+        variant: then each is found by kind and name (each must be there exactly once)."""
+        mine = [(n.kind, n.name) for n in self.arg_nodes if n.kind != "tap"]
+        theirs = mine if base is None else [(n.kind, n.name) for n in base.arg_nodes]
+        if theirs == mine:
+            it = iter(base_args)
+            return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it)
+                    for n in self.arg_nodes]
+        by: dict[tuple, list] = {}
+        for key, a in zip(theirs, base_args):
+            by.setdefault(key, []).append(a)
+        if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
+            raise TapernnError(f"{base.graph.meta.root}: the state-gradient variant's inputs "
+                               f"do not match the program's ({sorted(set(mine) ^ set(by))})")
+        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
+                for n in self.arg_nodes]
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""

@@ -175,7 +175,7 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     variant = _variant(rt, record.exe, cuts, record.leaves, record.starts)
     seeded = sequence_seeds(variant)
     pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
-    args = variant.args_like(record.args)
+    args = variant.args_like(record.args, record.exe)
     saved = pair.saved(pair.forward.run(args))
     grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
     store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), seeded)
@@ -196,7 +196,7 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
     def compute() -> None:
         variant = _variant(rt, exe, frozenset(), leaves, starts)
         pair = variant.compile_training()
-        full = variant.args_like(args)
+        full = variant.args_like(args, exe)
         grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
         for m in modules:
             m._grad_hidden = {}
