@@ -42,7 +42,8 @@ class Compiled:
         self.report.fallbacks = list(self.program.fallbacks)
         self.report.loops = list(self.program.sub_reports)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
-        self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
+        self.largest_gemm_flops = max([_gemm_flops(n) for n in graph.nodes if n.op == "matmul"]
+                                      + [loop.largest_gemm_flops for loop in self.report.loops],
                                       default=0.0)
 
     def __call__(self, *arrays: Any) -> Any:

@@ -106,3 +106,13 @@ def test_the_loop_report_states_bytes_per_step_and_per_sequence():
     assert loop.bytes_per_sequence(1000) == loop.fixed_bytes + 1000 * loop.step_bytes
     assert "T x 128 per step" in str(c.report)
     np.testing.assert_allclose(c(*arrays)[2], lstm_numpy(*arrays)[2], atol=1e-12)
+
+
+def test_the_outer_program_picks_blas_threads_for_the_body_gemms():
+    body = rnn_body(64, 8, 512)
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(s) for s in [(64, 512), (3, 64, 8), (8, 512), (512, 512),
+                                               (512,)]]
+    c = tn.compile(tn.trace(scanned(body, 1, 1), *arrays), passes=[])
+    assert "matmul" not in c.graph.op_counts()
+    assert c.largest_gemm_flops == 2.0 * 64 * 512 * 512  # h @ U inside the loop

@@ -40,6 +40,7 @@ class LoopReport:
     body_nodes: int
     carry_bytes: int
     step_bytes: int
+    largest_gemm_flops: float = 0.0  # the body's (the BLAS thread choice of the outer program)
 
     @property
     def fixed_bytes(self) -> int:
