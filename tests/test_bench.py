@@ -12,7 +12,7 @@ _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
 
 @pytest.fixture
 def bench():
-    from tapernn.benchmark import harness
+    from tapernn.apps.benchmark import harness
     return harness
 
 

@@ -13,9 +13,10 @@ from typing import Any, Self
 
 import numpy as np
 
-from . import optim
-from . import random as tn_random
-from .blas import blas_threads
+from .. import optim
+from .. import random as tn_random
+from ..blas import blas_threads
+from ..errors import TapernnError
 from .charlm import CellSpecError, CharLM, resolve_cell, unigram_nll
 from .checkpoint import (
     Checkpoint,
@@ -35,7 +36,6 @@ from .data import (
     time_major_batches,
 )
 from .data.corpus import CorpusError
-from .errors import TapernnError
 
 PROG = "tapernn train"
 # options that define the model, data and optimiser: a resumed run takes them from the checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..blas import blas_threads
+from ...blas import blas_threads
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
     NOT_AVAILABLE,

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import random as tn_random
+from ..blas import blas_threads
+from ..errors import TapernnError
 from . import distributed as dist
-from . import random as tn_random
-from .blas import blas_threads
 from .charlm import CellSpecError
 from .checkpoint import CheckpointError
 from .data.corpus import CorpusError
-from .errors import TapernnError
 from .train import DEFAULTS, INTERRUPTED, PROG, StopRequest, Trainer, UsageError
 
 SETUP_ERRORS = (UsageError, CorpusError, CellSpecError, CheckpointError)
