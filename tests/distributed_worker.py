@@ -72,7 +72,8 @@ def train_and_dump(out: str, argv: list[str], fail: str | None = None) -> int:
     """Train with the `tapernn train` options `argv`; write OUT/rank<r>.npz; the exit code."""
     from tapernn.apps import distributed as dist
     from tapernn.apps.cli import OneLineArgumentParser
-    from tapernn.apps.train import Trainer, add_arguments
+    from tapernn.apps.train import add_arguments
+    from tapernn.apps.trainer import Trainer
     parser = OneLineArgumentParser(prog="tapernn train")
     add_arguments(parser)
     args = parser.parse_args(argv)

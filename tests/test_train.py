@@ -21,7 +21,8 @@ from tapernn.apps.data import (
     time_major_batches,
 )
 from tapernn.apps.data.corpus import _source_files, collect_docstrings
-from tapernn.apps.train import Trainer, add_arguments, main
+from tapernn.apps.train import add_arguments, main
+from tapernn.apps.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8", "--no-progress"]
