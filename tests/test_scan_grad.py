@@ -143,3 +143,21 @@ def test_gradcheck_nested_scans_and_a_carry_passed_through():
                     np.zeros(2))
     assert tn.gradcheck(scanned(body, 2, 1), rng.standard_normal(2), np.array(0.5),
                         rng.standard_normal((4, 2)))
+
+
+def test_float32_training_graph_and_a_gradient_for_some_inputs_only():
+    rng = np.random.default_rng(7)
+    arrays = lstm_arrays(rng, 6, 3, 4, 5, np.float32)
+    body = lstm_body(3, 4, 5, np.float32)
+    graph = tn.trace(lambda *v: tn.sum(scanned(body, 2, 1)(*v)[2] ** 2), *arrays)
+    joint = tn.grad(graph)
+    rolled, unrolled = tn.compile(joint)(*arrays), tn.compile(joint, unroll=True)(*arrays)
+    for a, b in zip(rolled, unrolled):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    some = tn.grad(graph, wrt=[4])  # U only: the carries' cotangents still flow back in time
+    got = tn.compile(some)(*arrays)
+    np.testing.assert_allclose(got[1], rolled[5], rtol=2e-5, atol=2e-5)
+    scans = [n for n in some.nodes if n.op == "scan" and n.attrs["reverse"]]
+    assert len(scans) == 1 and scans[0].shape[0] < \
+        next(n for n in joint.nodes if n.op == "scan" and n.attrs["reverse"]).shape[0]
