@@ -114,3 +114,22 @@ def test_a_returned_output_projection_is_one_gemm_after_the_loop():
     assert any(n.op == "matmul" and n.shape == (T * B, 6) for n in out.nodes)
     joint = tn.grad(tn.trace(lambda *v: tn.sum(tn.tanh(scanned(body, 1, 1)(*v)[1])), *arrays))
     assert_same(joint, P.DEFAULT, arrays)
+
+
+def test_an_accumulation_read_inside_the_loop_stays_in_the_loop():
+    """acc' = acc + x_t^T x_t also read by a ys (the running sum per step, or a function of
+    it): pushing the sum out would leave those reading a never-updated acc."""
+    def running(acc, x, w):
+        new = acc + tn.transpose(x) @ (x @ w)
+        return [new, new]
+
+    def through(acc, x, w):
+        new = acc + tn.transpose(x) @ x
+        return [new, tn.tanh(new) * w]
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal((3, 3)), rng.standard_normal((4, 2, 3)),
+              rng.standard_normal((3, 3))]
+    for step in (running, through):
+        body = tn.trace(step, np.zeros((3, 3)), np.zeros((2, 3)), np.zeros((3, 3)))
+        g = tn.trace(scanned(body, 1, 1), *arrays)
+        assert_same(g, [P.push_out_of_loops], arrays)

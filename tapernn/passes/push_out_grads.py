@@ -49,8 +49,9 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     for k in range(nc):
         acc, new = body.inputs[k], body.outputs[k]
         if new.op != "add" or acc not in new.inputs or users.get(acc) != 1 or acc in outs \
-                or new.inputs[0] is new.inputs[1]:
-            continue
+                or new.inputs[0] is new.inputs[1] or users.get(new) or \
+                body.outputs.count(new) != 1:
+            continue  # acc and acc' must be read by nothing else in the loop
         m = new.inputs[1] if new.inputs[0] is acc else new.inputs[0]
         if m.shape != acc.shape:
             continue
@@ -60,7 +61,7 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             p = p.inputs[0] if transposed else p
             terms = tuple(_term(v, xs_pos, extra) for v in (p, q))
             found.append(Accumulation(k, "matmul", terms, transposed))
-        elif m.op == "sum" and not m.attrs.get("keepdims"):
+        elif m.op == "sum" and not m.attrs.get("keepdims") and m.attrs.get("axis") is not None:
             q = m.inputs[0]
             axes = tuple(m.attrs["axis"])
             if q.ndim - len(axes) != m.ndim:
