@@ -16,10 +16,9 @@ from .blas import limiter, program_threads
 from .codegen import Program, arena_layout, fused_scratch
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
-from .memory import BufferPlan, plan_buffers
+from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
 from .passes.driver import Dump
-from .regions import DEFAULT_OPTIONS, PlanOptions
 
 
 class Compiled:

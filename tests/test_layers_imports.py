@@ -25,7 +25,7 @@ LAYERS = [
     ("passes", ["tapernn.passes.*"]),
     ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.interpret"]),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.codegen"]),
+    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.testing", "tapernn.optim"]),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
