@@ -41,7 +41,7 @@ class Program(FusedLowering):
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
         self.line_nodes: dict[int, Node] = {}
-        self.kernels = self.plan.kernels
+        self.kernels = self.plan.stats.kernels
         self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
         self.backend = resolve_backend(options.backend)
         self.compiled_kernels: dict[int, str] = {}  # id(numba kernel) -> its bound name

@@ -192,12 +192,8 @@ def _pipeline(passes: Sequence[Pass] | None) -> list[Pass]:
 
 def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> CompileReport:
     """`report` (the passes' records) completed with the plan's bytes and kernels."""
-    report.kernels = plan.kernels
-    report.naive_bytes = plan.naive_bytes
-    report.planned_bytes = plan.planned_bytes
-    report.peak_bytes = plan.peak_bytes
-    report.saved_for_backward_bytes = plan.saved_for_backward_bytes
-    report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
+    report.plan = plan.stats
+    report.resident_bytes = plan.stats.planned_bytes  # compile_shared: the shared total
     report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
                            for n in graph.nodes if n.op == "fused"]
     return report

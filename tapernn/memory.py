@@ -13,6 +13,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .passes.driver import PlanStats
 
 PSEUDO = ("input", "constant")
 
@@ -112,12 +113,8 @@ class BufferPlan:
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
     fresh: set[Node] = field(default_factory=set)
-    copied_bytes: int = 0
-    naive_bytes: int = 0
-    planned_bytes: int = 0
-    peak_bytes: int = 0
-    saved_for_backward_bytes: int = 0
-    kernels: int = 0
+    copied_bytes: int = 0  # copies of returned values that alias an input or a buffer
+    stats: PlanStats = field(default_factory=PlanStats)  # what it comes to (_account)
 
     @property
     def buffer_bytes(self) -> int:
@@ -341,15 +338,15 @@ def _account(graph: Graph, plan: BufferPlan) -> None:
     # a concat whose pieces are all computed into its slots runs no kernel
     placed_all = [c for c in plan.placed_concats
                   if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
-    plan.kernels = len(computed) - len(placed_all)
-    plan.naive_bytes = sum(n.nbytes for n in computed)
     alias = set(graph.meta.outputs_may_alias_inputs)
     plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
                             if plan.copied(o, k in alias))
-    plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
-    plan.peak_bytes = _peak(graph, plan) if not plan.copied_bytes else max(
+    peak = _peak(graph, plan) if not plan.copied_bytes else max(
         _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    plan.saved_for_backward_bytes = saved_bytes(graph)
+    plan.stats = PlanStats(kernels=len(computed) - len(placed_all),
+                           naive_bytes=sum(n.nbytes for n in computed),
+                           planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
+                           peak_bytes=peak, saved_for_backward_bytes=saved_bytes(graph))
 
 
 def _peak(graph: Graph, plan: BufferPlan) -> int:

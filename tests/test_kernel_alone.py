@@ -2,6 +2,7 @@
 no passes and the plain planner (PlanOptions(regions=False, inline_sigmoid=False)) calls
 nothing of the region planner (regions.py), the fused lowering (fused_lowering.py) or a
 rewrite (passes/), and computes what the reference interpreter computes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,12 @@ def test_the_guard_sees_the_optimisation_tier(no_optimisation_tier):
 
 def test_plain_and_region_plans_agree_with_the_interpreter_in_float32():
     graph, arrays = _lstm_step_and_grad()
-    graph32 = tn.grad(tn.trace(lambda *a: tn.sum(tn.tanh(a[0]) * tn.sigmoid(a[1][:, :4])),
-                               *(a.astype(np.float32) for a in arrays[:2])))
+    graph32 = tn.grad(
+        tn.trace(
+            lambda *a: tn.sum(tn.tanh(a[0]) * tn.sigmoid(a[1][:, :4])),
+            *(a.astype(np.float32) for a in arrays[:2]),
+        )
+    )
     for g, xs in ((graph, arrays), (graph32, tuple(a.astype(np.float32) for a in arrays[:2]))):
         want = interpret(g, *xs)
         for options in (PLAIN, tn.PlanOptions()):

@@ -17,6 +17,7 @@ from .driver import (
     CompileReport,
     Pass,
     PassRecord,
+    PlanStats,
     check_order,
     must_follow,
     run_passes,
@@ -108,6 +109,7 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 __all__ = [
     "DEFAULT",
     "CompileReport",
+    "PlanStats",
     "Pass",
     "PassRecord",
     "batch_sliced_elementwise",
