@@ -29,15 +29,16 @@ class Program(FusedLowering):
     through a view) into that input's array; concat pieces into their slot of the concat.
     Graph outputs live in storage allocated on every call (or are copied when they alias an
     input or a buffer), so results handed to callers are never overwritten by the next call.
-    Buffers may be views of an arena shared with programs that never run at the same time.
+    `buffers`: the plan's buffers, made by the caller (views of an arena shared with programs
+    that never run at the same time, arena.py); else allocated here.
     """
 
     def __init__(self, graph: Graph, fn_name: str = "program",
-                 arena: np.ndarray | None = None, plan: BufferPlan | None = None,
+                 buffers: list[np.ndarray] | None = None, plan: BufferPlan | None = None,
                  options: PlanOptions = DEFAULT_OPTIONS):
         self.graph, self.options = graph, options
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
-        self.arena_arrays = arena_views(arena, self.plan.buffers) if arena is not None else None
+        self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}
         self.line_nodes: dict[int, Node] = {}
@@ -69,7 +70,7 @@ class Program(FusedLowering):
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
         """One array object per (buffer, shape), made once: values of different shapes but
         equal size share a buffer through reshaped views."""
-        self.arrays = self.arena_arrays if self.arena_arrays is not None else [
+        self.arrays = self.given_buffers if self.given_buffers is not None else [
             np.empty(size, dtype) for size, dtype in self.plan.buffers]
         wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
         for n, temps in self.plan.scratch_of.items():
@@ -228,24 +229,3 @@ def _owned(n: Node, name: str, plan: BufferPlan, may_alias_input: bool = False) 
     if not plan.copied(n, may_alias_input):
         return f"np_asarray({name})" if n.shape == () else name
     return f"np_array({name})"
-
-
-def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
-    """Byte offsets (64-aligned) of `buffers` laid out one after another, and the total."""
-    offsets, total = [], 0
-    for size, dtype in buffers:
-        total = -(-total // 64) * 64
-        offsets.append(total)
-        total += size * dtype.itemsize
-    return offsets, total
-
-
-def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[np.ndarray]:
-    """A program's buffers carved from a shared byte arena: programs that never run at the same
-    time (a TrainingPair's forward and backward) keep one set of temporaries between them. Safe
-    because no value a program returns or keeps between calls lives in a buffer."""
-    offsets, total = arena_layout(buffers)
-    if arena.nbytes < total:
-        raise ValueError(f"arena of {arena.nbytes} bytes, the program needs {total}")
-    return [arena[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
-            zip(offsets, buffers)]

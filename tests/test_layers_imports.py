@@ -26,7 +26,7 @@ LAYERS = [
     ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.interpret"]),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
-    ("executor", ["tapernn.executor", "tapernn.testing", "tapernn.optim"]),
+    ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
     ("package", ["tapernn"]),  # tapernn/__init__: the public names

@@ -28,6 +28,7 @@ PARTS = [
     # tests/test_kernel_alone.py checks the kernel then calls none of it
     ("optimisation", "passes", ["passes/*.py"]),  # DEFAULT, rewrite helpers, the rewrites
     ("optimisation", "region planner", ["regions.py"]),
+    ("optimisation", "shared arena", ["arena.py"]),  # a training pair's programs share buffers
     ("optimisation", "fused lowering", ["ops/fused.py", "fused_lowering.py", "backends/*.py"]),
     ("rest", "oracle, gradcheck", ["interpret.py", "testing.py"]),
     ("rest", "argument checks", ["validation.py"]),

@@ -47,7 +47,7 @@ class CompileReport:
     bytes kept from forward for backward, and kernels executed per call.
 
     `resident_bytes`: what the program holds between calls plus what it hands out per call.
-    Alone that is `planned_bytes`; for programs compiled together with `compile_shared` (a
+    Alone that is `planned_bytes`; for programs compiled together by `arena.compile_shared` (a
     TrainingPair's forward and backward, which run alternately) it is their joint total: the
     shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
     program with buffers of its own) plus each program's per-call values (outputs, values saved
