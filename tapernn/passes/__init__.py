@@ -109,9 +109,9 @@ def set_default_passes(passes: list[Pass] | None) -> None:
 __all__ = [
     "DEFAULT",
     "CompileReport",
-    "PlanStats",
     "Pass",
     "PassRecord",
+    "PlanStats",
     "batch_sliced_elementwise",
     "check_order",
     "default_passes",
