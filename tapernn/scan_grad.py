@@ -145,7 +145,7 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
                                f"(or bool)")
     saved_ops = [n for n in saved if n.op != "input"]
     bwd = _backward_graph(joint, backward, saved_ops, read, grad_outs)
-    ys = list(body.outputs[n_carry:])
+    ys = list(joint.outputs[n_carry:len(body.outputs)])  # (rewired if the body has loops)
     res_from_ys = tuple(ys.index(n) if n in ys and n.op != "input" else None for n in saved)
     own = [n for n, j in zip(saved, res_from_ys) if j is None]
     fwd = _extended_body(body, joint, own, dtype)
@@ -161,7 +161,8 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
 
 def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:
     """The body returning `own` residuals too (bool ones cast to the slab dtype)."""
-    forward = _needed(body.outputs)
+    outputs = joint.outputs[:len(body.outputs)]  # the body's, rewired if it has loops
+    forward = _needed(outputs)
     nodes = [n for n in joint.nodes if n in forward or n in body.inputs]
     outs = []
     for n in own:
@@ -169,7 +170,7 @@ def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) 
             n = Node("cast", (n,), {"dtype": dtype}, n.shape, dtype, scope=n.scope)
             nodes.append(n)
         outs.append(n)
-    return Graph(nodes, list(body.inputs), list(body.outputs) + outs, body.meta)
+    return Graph(nodes, list(body.inputs), list(outputs) + outs, body.meta)
 
 
 def _reverse_body(body: Graph, nc: int, bwd: Graph, saved: list[Node], wrt: tuple[int, ...],

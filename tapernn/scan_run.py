@@ -43,7 +43,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     ctx.sub_reports.append(LoopReport(
         scope=_scope_of(body), length=attrs["length"], reverse=attrs["reverse"],
         body=compiled.report, body_nodes=len(compiled.graph.nodes), carry_bytes=c * itemsize,
-        step_bytes=y * itemsize))
+        step_bytes=y * itemsize, largest_gemm_flops=compiled.largest_gemm_flops))
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 

@@ -50,6 +50,10 @@ def test_weight_gradient_gemms_come_after_the_reverse_loop():
         assert body.outputs[k] is body.inputs[k]
     assert not any(n.op == "matmul" and n.shape in ((D, 4 * H), (H, 4 * H))
                    for n in body.nodes)
+    # dx_t = dz_t @ W^T is one GEMM after the loop too: only dh = dz @ U^T stays inside
+    (inner,) = [n for n in body.nodes if n.op == "matmul"]
+    assert inner.shape == (B, H)
+    assert any(n.op == "matmul" and n.shape == (T * B, D) for n in out.nodes)
     after = {n.shape: n for n in out.nodes if n.op == "matmul" and n.phase == "backward"}
     dw, du = after[(D, 4 * H)], after[(H, 4 * H)]
     assert dw.inputs[0].shape == (D, T * B) and du.inputs[0].shape == (H, T * B)
@@ -94,3 +98,38 @@ def test_pushed_bodies_are_compiled_once_across_compiles():
     assert COMPILES[0] == before
     for a, b in zip(first(*arrays), second(*arrays)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_returned_output_projection_is_one_gemm_after_the_loop():
+    def step(h, x, W, U, V):
+        h2 = tn.tanh(x @ W + h @ U)
+        return [h2, h2 @ V]
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, D), (D, H), (H, H), (H, 6)]]
+    body = tn.trace(step, *[a[0] if k == 1 else a for k, a in enumerate(arrays)])
+    g = tn.trace(scanned(body, 1, 1), *arrays)
+    out = assert_same(g, [P.push_out_of_loops], arrays)
+    (s,) = _scan_nodes(out)
+    assert [n.shape for n in s.attrs["body"].nodes if n.op == "matmul"] == [(B, H)]
+    assert any(n.op == "matmul" and n.shape == (T * B, 6) for n in out.nodes)
+    joint = tn.grad(tn.trace(lambda *v: tn.sum(tn.tanh(scanned(body, 1, 1)(*v)[1])), *arrays))
+    assert_same(joint, P.DEFAULT, arrays)
+
+
+def test_an_accumulation_read_inside_the_loop_stays_in_the_loop():
+    """acc' = acc + x_t^T x_t also read by a ys (the running sum per step, or a function of
+    it): pushing the sum out would leave those reading a never-updated acc."""
+    def running(acc, x, w):
+        new = acc + tn.transpose(x) @ (x @ w)
+        return [new, new]
+
+    def through(acc, x, w):
+        new = acc + tn.transpose(x) @ x
+        return [new, tn.tanh(new) * w]
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal((3, 3)), rng.standard_normal((4, 2, 3)),
+              rng.standard_normal((3, 3))]
+    for step in (running, through):
+        body = tn.trace(step, np.zeros((3, 3)), np.zeros((2, 3)), np.zeros((3, 3)))
+        g = tn.trace(scanned(body, 1, 1), *arrays)
+        assert_same(g, [P.push_out_of_loops], arrays)

@@ -120,3 +120,44 @@ def test_a_scan_read_other_than_through_its_views_keeps_one_forward_loop():
     want = interpret(joint, *arrays)
     for a, b in zip(tn.compile(joint)(*arrays), want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_nested_scans_and_a_carry_passed_through():
+    inner = tn.trace(lambda a, x, w: [tn.tanh(a * w + x), a * x], np.zeros(2), np.zeros(2),
+                     np.zeros(2))
+
+    def outer_step(s, x, w):
+        r = tn.scan(inner, [s], [tn.stack([x, x * 2.0, x * 3.0])], [w])
+        return [r.carries[0], r.ys[0]]
+    outer = tn.trace(outer_step, np.zeros(2), np.zeros(2), np.zeros(2))
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(2), rng.standard_normal((3, 2)), rng.standard_normal(2)]
+    fn = scanned(outer, 1, 1)
+    assert tn.gradcheck(fn, *arrays)
+    joint = tn.grad(tn.trace(lambda *v: tn.add_n([tn.sum(o) for o in fn(*v)]), *arrays))
+    want = interpret(joint, *arrays)
+    for unroll in (False, True):
+        for a, b in zip(tn.compile(joint, unroll=unroll)(*arrays), want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    body = tn.trace(lambda c, k, x: [c, k + tn.sum(c * x), c * x], np.zeros(2), np.zeros(()),
+                    np.zeros(2))
+    assert tn.gradcheck(scanned(body, 2, 1), rng.standard_normal(2), np.array(0.5),
+                        rng.standard_normal((4, 2)))
+
+
+def test_float32_training_graph_and_a_gradient_for_some_inputs_only():
+    rng = np.random.default_rng(7)
+    arrays = lstm_arrays(rng, 6, 3, 4, 5, np.float32)
+    body = lstm_body(3, 4, 5, np.float32)
+    graph = tn.trace(lambda *v: tn.sum(scanned(body, 2, 1)(*v)[2] ** 2), *arrays)
+    joint = tn.grad(graph)
+    rolled, unrolled = tn.compile(joint)(*arrays), tn.compile(joint, unroll=True)(*arrays)
+    for a, b in zip(rolled, unrolled):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    some = tn.grad(graph, wrt=[4])  # U only: the carries' cotangents still flow back in time
+    got = tn.compile(some)(*arrays)
+    np.testing.assert_allclose(got[1], rolled[5], rtol=2e-5, atol=2e-5)
+    scans = [n for n in some.nodes if n.op == "scan" and n.attrs["reverse"]]
+    assert len(scans) == 1 and scans[0].shape[0] < \
+        next(n for n in joint.nodes if n.op == "scan" and n.attrs["reverse"]).shape[0]

@@ -106,3 +106,32 @@ def test_the_loop_report_states_bytes_per_step_and_per_sequence():
     assert loop.bytes_per_sequence(1000) == loop.fixed_bytes + 1000 * loop.step_bytes
     assert "T x 128 per step" in str(c.report)
     np.testing.assert_allclose(c(*arrays)[2], lstm_numpy(*arrays)[2], atol=1e-12)
+
+
+def test_the_outer_program_picks_blas_threads_for_the_body_gemms():
+    body = rnn_body(64, 8, 512)
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(s) for s in [(64, 512), (3, 64, 8), (8, 512), (512, 512),
+                                               (512,)]]
+    c = tn.compile(tn.trace(scanned(body, 1, 1), *arrays), passes=[])
+    assert "matmul" not in c.graph.op_counts()
+    assert c.largest_gemm_flops == 2.0 * 64 * 512 * 512  # h @ U inside the loop
+
+
+def test_a_slab_planned_into_a_concat_slot_or_a_strided_region():
+    body = rnn_body(2, 3, 4)
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(s) for s in [(2, 4), (5, 2, 3), (3, 4), (4, 4), (4,)]]
+
+    def fn(h, x, W, U, b):
+        slab = tn.scan(body, [h], [x], [W, U, b]).slab
+        flat = tn.concat([slab * 1.0, tn.reshape(x, (-1,)), slab])
+        wide = tn.concat([tn.reshape(tn.scan(body, [h * 2.0], [x], [W, U, b]).slab, (6, 8)),
+                          tn.reshape(h, (1, 8)).__rmul__(1.0) + tn.zeros((6, 8))], axis=1)
+        return [flat, wide]
+    g = tn.trace(fn, *arrays)
+    from plan_check import ANY_SIZE
+    for options in (ANY_SIZE, tn.PlanOptions()):
+        got = tn.compile(g, options=options)(*arrays)
+        for a, b in zip(got, interpret(g, *arrays)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -1,8 +1,8 @@
 """Scan push-out (Theano's scan_push_out_non_seq / _seq, XLA's while-loop invariant code
 motion): in a `scan`'s body, work on the invariants alone leaves the loop (computed once, a new
 invariant), and work on the xs and invariants alone leaves it time-batched over the stacked xs
-(the LSTM input projection x_t @ W: one GEMM over the (T*B, D) view), a new xs. The reverse-loop
-half (parameter-gradient GEMMs after the loop) is in push_out_grads.py."""
+(the LSTM input projection x_t @ W: one GEMM over the (T*B, D) view), a new xs. GEMMs after
+the loop: push_out_grads.py (parameter gradients), push_out_ys.py (returned products)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..graph import Graph, Node
 from ..ops.registry import get_op
 from .push_out_grads import accumulations_out, grad_recipe
+from .push_out_ys import products_out, ys_recipe
 from .rewrite import derive, substitute
 
 
@@ -33,13 +34,21 @@ _VIEWS = ("getitem", "reshape", "transpose")
 
 def push_out_of_loops(graph: Graph) -> Graph:
     """Every scan whose body has loop-invariant or time-parallel work: that work outside;
-    accumulations of per-step products (parameter cotangents): one GEMM after the loop."""
+    accumulations of per-step products (parameter cotangents) and returned products q_t @ W:
+    one GEMM after the loop."""
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op == "scan":
             recipe = grad_recipe(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
             if recipe is not None:
                 subst.update(accumulations_out(graph, n, recipe))
+    graph = substitute(graph, subst) if subst else graph
+    subst = {}
+    for n in graph.nodes:
+        if n.op == "scan":
+            found = ys_recipe(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
+            if found is not None:
+                subst.update(products_out(graph, n, found))
     graph = substitute(graph, subst) if subst else graph
     subst = {}
     for n in graph.nodes:
