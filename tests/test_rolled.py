@@ -338,3 +338,38 @@ def test_state_gradient_variants_bind_a_rolled_programs_inputs_by_name():
     assert_same(r, u)
     for ga, gb in zip(a.get_grad_initial_state(), b.get_grad_initial_state()):
         np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-13)
+
+
+PEELED = {  # model, input is a list, steps peeled before the template
+    "recurrent": (lambda: nn.Recurrent(H, nn.Linear(D, H), nn.Linear(H, H), nn.Tanh()), False, 1),
+    "normstabilizer": (lambda: nn.Sequential(nn.LSTM(D, H), nn.NormStabilizer(1.0)), False, 1),
+    "recursor": (lambda: nn.Recursor(nn.Sequential(nn.LSTM(D, H), nn.Tanh())), False, 0),
+    "table_output": (lambda: nn.ConcatTable(nn.Linear(D, H), nn.Tanh()), True, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PEELED))
+@pytest.mark.parametrize("train", [True, False])
+def test_other_steps_rolled_equal_unrolled(name, train):
+    make, as_list, peeled = PEELED[name]
+    tn.manual_seed(22)
+    a = nn.Sequencer(make())
+    b = nn.Sequencer(make(), unroll=True)
+    b.load_state_dict(a.state_dict())
+    rng = np.random.default_rng(23)
+    x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, H))
+    if as_list:
+        x, g = list(x), [[gt, np.ones((B, D))] for gt in g]
+    outs = []
+    for m in (a, b):
+        if not train:
+            m.evaluate()  # an evaluation forward, then backward (recomputes what it needs)
+        m.zero_grad_parameters()
+        y, gx = m.forward(x), m.backward(x, g)
+        flat = [np.ravel(v) for v in tn.nn.tree.flatten([y, gx])[0]]
+        outs.append((np.concatenate(flat), grads_of(m)))
+    note = rolled_note(a)
+    assert note and f": rolled: {peeled} peeled" in note[0]
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-13)
+    for k in outs[0][1]:
+        np.testing.assert_allclose(outs[0][1][k], outs[1][1][k], rtol=1e-12, atol=1e-13)
