@@ -2,6 +2,7 @@
 one scan over the template; rolled == unroll=True == NumPy equations (values and gradients of
 input, parameters and initial states), the fields filled per step, step-dependent cells and
 dropout unrolled with the reason reported, a new length without re-tracing the step."""
+
 import numpy as np
 import pytest
 from cell_fuzz import make_case, make_cell, numpy_outputs
@@ -125,7 +126,7 @@ def test_lengths_mask_zero_and_remember_across_chunks():
         lengths = np.array([T, max(1, T - 2), 1])
         r, u = run_pair(rolled, unrolled, x, g, lengths=lengths)
         assert_same(r, u)
-        np.testing.assert_array_equal(r[0][lengths[2]:, 2], 0)
+        np.testing.assert_array_equal(r[0][lengths[2] :, 2], 0)
         np.testing.assert_allclose(a._state[0], b._state[0], rtol=1e-12, atol=1e-13)
     # traced from zeros, then from a remembered state (a state input): later lengths reuse it
     assert rolled.trace_count == 2
@@ -140,8 +141,10 @@ def test_stacks_and_sequential_inside():
     tn.manual_seed(7)
 
     def model():
-        return nn.Sequential(nn.Sequencer(nn.LSTM(D, H)),
-                             nn.Sequencer(nn.Sequential(nn.GRU(H, H), nn.Linear(H, 2))))
+        return nn.Sequential(
+            nn.Sequencer(nn.LSTM(D, H)), nn.Sequencer(nn.Sequential(nn.GRU(H, H), nn.Linear(H, 2)))
+        )
+
     a, b = model(), model()
     b.load_state_dict(a.state_dict())
     for m in b.modules():
@@ -174,6 +177,7 @@ class StepSwitch(nn.Cell):
 
 def current_count(cell):
     from tapernn.nn.context import current_build
+
     ctx = current_build()
     return ctx.steps.get(cell, 0) - 1  # counted before the step function runs
 
@@ -204,6 +208,7 @@ def test_new_length_reuses_the_template_without_tracing_a_step():
         def step(self, x, h):
             calls.append(1)
             return super().step(x, h)
+
     tn.manual_seed(10)
     seq = nn.Sequencer(Counted(D, H))
     rng = np.random.default_rng(11)
@@ -287,8 +292,9 @@ def test_random_cells_rolled_equal_unrolled_and_numpy(seed):
     case = make_case(seed)
     models = []
     for unroll in (False, True):
-        cells = [make_cell(c, p, f"FuzzCell{k}") for k, (c, p) in enumerate(zip(case.cells,
-                                                                                  case.params))]
+        cells = [
+            make_cell(c, p, f"FuzzCell{k}") for k, (c, p) in enumerate(zip(case.cells, case.params))
+        ]
         inner = cells[0] if len(cells) == 1 else nn.Sequential(*cells)
         models.append(nn.Sequencer(inner, unroll=unroll).astype(case.dtype))
     x, g = case.x.astype(case.dtype), case.seed_grad.astype(case.dtype)
@@ -296,8 +302,9 @@ def test_random_cells_rolled_equal_unrolled_and_numpy(seed):
     tol = 1e-12 if case.dtype == np.float64 else 1e-5
     assert_same(r, u, tol)
     want = numpy_outputs(case)
-    np.testing.assert_allclose(r[0], want, rtol=1e-9 if tol == 1e-12 else 2e-3,
-                               atol=1e-9 if tol == 1e-12 else 2e-3)
+    np.testing.assert_allclose(
+        r[0], want, rtol=1e-9 if tol == 1e-12 else 2e-3, atol=1e-9 if tol == 1e-12 else 2e-3
+    )
     assert rolled_note(models[0]) or case.T == 1
 
 
@@ -318,9 +325,11 @@ def test_parameter_gradients_without_the_input_gradient_rolled():
 def test_state_gradient_variants_bind_a_rolled_programs_inputs_by_name():
     """A rolled program binds the initial-state inputs before the parameters (the step traced
     first); the unrolled state-gradient variant after the Linear's: mapped by name, not order."""
+
     def make(unroll):
         tn.manual_seed(20)
         return nn.Sequencer(nn.Sequential(nn.Linear(D, D), nn.LSTM(D, H)), unroll=unroll)
+
     a, b = make(False), make(True)
     rng = np.random.default_rng(21)
     h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))

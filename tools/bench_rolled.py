@@ -4,6 +4,7 @@ at T = 10 .. 20,000: time and peak RSS above the interpreter's baseline (tapernn
 (2) compile (trace + passes + codegen + first run) of Sequencer(LSTM(256)) fwd+bwd in float32 at
 T = 50, then T = 73 (no step re-trace: trace_count); (3) steady-state training step, rolled vs
 unroll=True side by side, at (32, 50, 256) and (1, 5, 5) float32."""
+
 from __future__ import annotations
 
 import json
@@ -67,15 +68,25 @@ for unroll in (False, True):
     out["unrolled" if unroll else "rolled"] = min(_t(step) for _ in range(reps))
 print(json.dumps(out))
 """
-_STEADY = _STEADY.replace("from tapernn import nn\n", "from tapernn import nn\n"
-                          "def _t(f):\n    t0 = time.perf_counter(); f(); "
-                          "return time.perf_counter() - t0\n", 1)
+_STEADY = _STEADY.replace(
+    "from tapernn import nn\n",
+    "from tapernn import nn\n"
+    "def _t(f):\n    t0 = time.perf_counter(); f(); "
+    "return time.perf_counter() - t0\n",
+    1,
+)
 
 
 def _run(code: str, *args: str, timeout: float = 900) -> dict:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=root, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,20 +104,26 @@ def rolled_main(lengths: tuple = (10, 1_000, 10_000, 20_000), unrolled_up_to: in
             if "error" in r:
                 print(f"{T:>8}{'unrolled' if unroll else 'rolled':>10}  error: {r['error']}")
                 continue
-            print(f"{T:>8}{'unrolled' if unroll else 'rolled':>10}{r['first']:>10.2f}"
-                  f"{r['again']:>10.3f}{r['mb']:>15.0f}")
+            print(
+                f"{T:>8}{'unrolled' if unroll else 'rolled':>10}{r['first']:>10.2f}"
+                f"{r['again']:>10.3f}{r['mb']:>15.0f}"
+            )
     r = _run(_COMPILE)
-    print(f"\nSequencer(LSTM(256)) f32, B = 32, first fwd+bwd (compile + first run): "
-          f"T = 50 {r.get(50, r.get('50', float('nan'))):.2f} s, then T = 73 "
-          f"{r.get('73', float('nan')):.2f} s; trace_count {r.get('trace_count')}")
+    print(
+        f"\nSequencer(LSTM(256)) f32, B = 32, first fwd+bwd (compile + first run): "
+        f"T = 50 {r.get(50, r.get('50', float('nan'))):.2f} s, then T = 73 "
+        f"{r.get('73', float('nan')):.2f} s; trace_count {r.get('trace_count')}"
+    )
     print("\nsteady-state training step (zero_grad, forward, backward, update), min over reps:")
     for shape in ((32, 50, 256), (1, 5, 5)):
         r = _run(_STEADY, *map(str, shape))
         if "error" in r:
             print(f"  (B, T, H) = {shape}: error: {r['error']}")
             continue
-        print(f"  (B, T, H) = {shape}: rolled {r['rolled'] * 1e3:.2f} ms, unrolled "
-              f"{r['unrolled'] * 1e3:.2f} ms, rolled / unrolled {r['rolled'] / r['unrolled']:.2f}")
+        print(
+            f"  (B, T, H) = {shape}: rolled {r['rolled'] * 1e3:.2f} ms, unrolled "
+            f"{r['unrolled'] * 1e3:.2f} ms, rolled / unrolled {r['rolled'] / r['unrolled']:.2f}"
+        )
     print(f"load average: {os.getloadavg()}")
     return 0
 

@@ -1,5 +1,6 @@
 """How a traced program's inputs get their values at each call: data leaves, parameter arrays,
 fresh random masks, recurrent states, zero taps (nn.runtime's Executable.bind)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,6 +29,7 @@ def _binder(node, ctx: BuildContext):
         def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
             keep = (rng or tn_random.generator()).random(shape) >= prob
             return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
+
         return mask
     if kind == "state":
         m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)

@@ -1,6 +1,7 @@
 """The unrolled view of a rolled program: what `module.graph`, `tn.render(model)`, printing and
 `tapernn graph` show (one sub-graph per step, as before issue 16), traced on demand with every
 loop unrolled, from the same signature and starting states as the rolled program."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,9 @@ from ..graph import Graph
 
 def trace_starts(exe: Any, root: Any) -> None:
     """Remember what the view must trace like: the leaves' shapes and the modules' starts."""
-    exe.view_starts = [(m, m._state, m._user_initial) for m in root.modules()
-                       if hasattr(m, "_user_initial")]
+    exe.view_starts = [
+        (m, m._state, m._user_initial) for m in root.modules() if hasattr(m, "_user_initial")
+    ]
 
 
 def unrolled_view(rt: Any, exe: Any) -> Any:
@@ -31,8 +33,18 @@ def unrolled_view(rt: Any, exe: Any) -> Any:
         for m, state, user in exe.view_starts:
             m._state, m._user_initial = state, user
         with gc_paused():
-            view = type(exe)(root, leaves, tree, names, exe.key[2], exe.history_mode, n_diff,
-                             passes, exe.options, unroll=True)
+            view = type(exe)(
+                root,
+                leaves,
+                tree,
+                names,
+                exe.key[2],
+                exe.history_mode,
+                n_diff,
+                passes,
+                exe.options,
+                unroll=True,
+            )
     finally:
         for m, state, user in now:
             m._state, m._user_initial = state, user
@@ -50,8 +62,9 @@ def view_graph(rt: Any, exe: Any) -> Graph:
     if joint is None:
         g = Graph(view.graph.nodes, view.graph.inputs, view.diff_outputs, view.graph.meta)
         j = grad(g, wrt=view.wrt, seeds="inputs")
-        joint = view.view_joint = Graph(j.nodes, j.inputs,
-                                        view.real + j.outputs[len(view.diff_outputs):], j.meta)
+        joint = view.view_joint = Graph(
+            j.nodes, j.inputs, view.real + j.outputs[len(view.diff_outputs) :], j.meta
+        )
     return joint
 
 

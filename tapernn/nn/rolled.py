@@ -4,6 +4,7 @@ equal up to renaming; then the peeled steps are inlined and ONE `scan` runs the 
 the rest. A step that reads its step number, never settles, draws random masks or holds
 REINFORCE choices runs unrolled, the reason noted in the compile report. Templates are cached
 per step signature, so a new length T re-emits them without tracing a step again."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,15 +51,15 @@ class StepBody:
     outputs [new carries] + [ys]) and how its inputs and outputs map to the model."""
 
     graph: Graph
-    carry_in: list            # (module, k) per carry input
-    carry_out: list           # (module, k) per carry output
+    carry_in: list  # (module, k) per carry input
+    carry_out: list  # (module, k) per carry output
     n_xs: int
-    params: list              # Parameters read (the last invariants), with their input names
-    delegated: list           # (module, shapes, dtype): initial states made by the outer context
+    params: list  # Parameters read (the last invariants), with their input names
+    delegated: list  # (module, shapes, dtype): initial states made by the outer context
     out_tree: Any
-    out_refs: list            # per output leaf: ("ys", j) or ("xs", j)
-    probes: list              # (module, field, offset, tree, refs)
-    step_calls: dict          # module -> steps it counted (BuildContext.next_step)
+    out_refs: list  # per output leaf: ("ys", j) or ("xs", j)
+    probes: list  # (module, field, offset, tree, refs)
+    step_calls: dict  # module -> steps it counted (BuildContext.next_step)
     scopes: dict
     sig: tuple = ()
     n_ys: int = 0
@@ -131,16 +132,24 @@ class _StepContext(BuildContext):
         raise NotRollable("REINFORCE choices are seeded per step")
 
 
-def trace_step(call: Any, t: int, outer: BuildContext, carry_specs: list, xs_specs: list,
-               inv_specs: list, steps: dict) -> tuple[StepBody, bool, dict]:
+def trace_step(
+    call: Any,
+    t: int,
+    outer: BuildContext,
+    carry_specs: list,
+    xs_specs: list,
+    inv_specs: list,
+    steps: dict,
+) -> tuple[StepBody, bool, dict]:
     """Trace `call(xs, invs)` as step t's body. Returns the body, whether the step read its
     step number, and the module step counts after it."""
     tape = Tape()
     ctx = _StepContext(tape, outer, carry_specs, steps)
     with tape.recording(), ctx, tracing.step(StepNumber(t)):
         xs = [tape.input(s, d, name=f"xs{j}", kind="xs") for j, (s, d) in enumerate(xs_specs)]
-        invs = [tape.input(s, d, name=f"inv{j}", kind="invariant")
-                for j, (s, d) in enumerate(inv_specs)]
+        invs = [
+            tape.input(s, d, name=f"inv{j}", kind="invariant") for j, (s, d) in enumerate(inv_specs)
+        ]
         with watching() as reads:
             try:
                 out = call(xs, invs)
@@ -170,6 +179,7 @@ def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> 
         if node not in ys:
             ys.append(node)
         return ("ys", ys.index(node))
+
     leaves, out_tree = flatten(out)
     out_refs = [ref(v) for v in leaves]
     probes = []
@@ -177,21 +187,39 @@ def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> 
         pl, pt = flatten(value)
         probes.append((m, name, offset, pt, [ref(v) for v in pl]))
     params = [(p, ctx.params[p].node.name) for p in ctx.param_order]
-    inputs = ctx.carry_nodes + [v.node for v in xs] + [v.node for v in invs] + [
-        ctx.params[p].node for p in ctx.param_order]
+    inputs = (
+        ctx.carry_nodes
+        + [v.node for v in xs]
+        + [v.node for v in invs]
+        + [ctx.params[p].node for p in ctx.param_order]
+    )
     others = [n for n in tape.graph.inputs if n not in set(inputs)]
     if others:
         raise NotRollable(f"the step makes inputs of kind {others[0].kind!r}")
     dtypes = {n.dtype for n in carry_nodes + ys}
     if len(dtypes) > 1 or any(d.kind != "f" for d in dtypes):
-        raise NotRollable(f"the step's states and outputs are not of one float dtype "
-                          f"({sorted(str(d) for d in dtypes)})")
+        raise NotRollable(
+            f"the step's states and outputs are not of one float dtype "
+            f"({sorted(str(d) for d in dtypes)})"
+        )
     # inputs first, in role order (a lazily made carry input is not a different step)
-    graph = Graph(inputs + [n for n in tape.graph.nodes if n.op != "input"], inputs,
-                  carry_nodes + ys)
-    body = StepBody(graph, list(ctx.carry_in), carry_out, len(xs), params, ctx.delegated,
-                    out_tree, out_refs, probes, dict(ctx.step_calls), dict(ctx.scopes),
-                    n_ys=len(ys))
+    graph = Graph(
+        inputs + [n for n in tape.graph.nodes if n.op != "input"], inputs, carry_nodes + ys
+    )
+    body = StepBody(
+        graph,
+        list(ctx.carry_in),
+        carry_out,
+        len(xs),
+        params,
+        ctx.delegated,
+        out_tree,
+        out_refs,
+        probes,
+        dict(ctx.step_calls),
+        dict(ctx.scopes),
+        n_ys=len(ys),
+    )
     body.sig = _structure(body)
     return body
 
@@ -207,23 +235,39 @@ def _structure(b: StepBody) -> tuple:
     the role of every input and output (which state, which parameter, which field)."""
     g = b.graph
     num = {n: k for k, n in enumerate(g.nodes)}
-    rows = tuple((n.op, n.attrs_key, n.shape, n.dtype.str, tuple(num[i] for i in n.inputs),
-                  n.scope, None if n.value is None else (n.value.dtype.str, n.value.shape,
-                                                         n.value.tobytes()))
-                 for n in g.nodes)
-    return (rows, tuple(num[i] for i in g.inputs), tuple(num[o] for o in g.outputs),
-            tuple((id(m), k) for m, k in b.carry_in), tuple((id(m), k) for m, k in b.carry_out),
-            tuple((id(p), name) for p, name in b.params), b.out_tree, tuple(b.out_refs),
-            tuple((id(m), f, o, t, tuple(r)) for m, f, o, t, r in b.probes),
-            tuple(sorted((id(m), c) for m, c in b.step_calls.items())))
+    rows = tuple(
+        (
+            n.op,
+            n.attrs_key,
+            n.shape,
+            n.dtype.str,
+            tuple(num[i] for i in n.inputs),
+            n.scope,
+            None if n.value is None else (n.value.dtype.str, n.value.shape, n.value.tobytes()),
+        )
+        for n in g.nodes
+    )
+    return (
+        rows,
+        tuple(num[i] for i in g.inputs),
+        tuple(num[o] for o in g.outputs),
+        tuple((id(m), k) for m, k in b.carry_in),
+        tuple((id(m), k) for m, k in b.carry_out),
+        tuple((id(p), name) for p, name in b.params),
+        b.out_tree,
+        tuple(b.out_refs),
+        tuple((id(m), f, o, t, tuple(r)) for m, f, o, t, r in b.probes),
+        tuple(sorted((id(m), c) for m, c in b.step_calls.items())),
+    )
 
 
 def _carry_specs(b: StepBody) -> list:
     return [(mk, (n.shape, n.dtype)) for mk, n in zip(b.carry_out, b.graph.outputs)]
 
 
-def find_period(call: Any, T: int, outer: BuildContext, xs_specs: list, inv_specs: list,
-                carried: list) -> tuple[list, StepBody | None]:
+def find_period(
+    call: Any, T: int, outer: BuildContext, xs_specs: list, inv_specs: list, carried: list
+) -> tuple[list, StepBody | None]:
     """Trace steps 0, 1, ... until two consecutive bodies are equal: (peeled bodies, template),
     or with T too short to tell (every step traced), (all bodies, None). `carried`: the states
     ((module, k), Var) the loop starts from in the model's context."""
@@ -233,20 +277,24 @@ def find_period(call: Any, T: int, outer: BuildContext, xs_specs: list, inv_spec
     for t in range(min(T, MAX_TRACED + 1)):
         body, read, steps = trace_step(call, t, outer, specs, xs_specs, inv_specs, steps)
         if read:
-            raise NotRollable(f"step {t} reads its step number (tracing.current_step(), a "
-                              f"module's step counter): its graph may change at any step")
+            raise NotRollable(
+                f"step {t} reads its step number (tracing.current_step(), a "
+                f"module's step counter): its graph may change at any step"
+            )
         if bodies and body.sig == bodies[-1].sig and not body.delegated:
             prev = bodies.pop()
-            if prev.carry_in != prev.carry_out or [n.shape for n in prev.graph.inputs[
-                    :len(prev.carry_in)]] != [n.shape for n in prev.graph.outputs[
-                        :len(prev.carry_out)]]:
+            if prev.carry_in != prev.carry_out or [
+                n.shape for n in prev.graph.inputs[: len(prev.carry_in)]
+            ] != [n.shape for n in prev.graph.outputs[: len(prev.carry_out)]]:
                 raise NotRollable("the step changes its recurrent states' set or shapes")
             return bodies, prev
         bodies.append(body)
         specs = _carry_specs(body)
     if len(bodies) < T:
-        raise NotRollable(f"the step graph did not repeat within steps 0..{len(bodies) - 1} "
-                          f"(Python control flow on the step number?)")
+        raise NotRollable(
+            f"the step graph did not repeat within steps 0..{len(bodies) - 1} "
+            f"(Python control flow on the step number?)"
+        )
     return bodies, None
 
 
@@ -296,6 +344,7 @@ def emit_step(ctx: BuildContext, body: StepBody, t: int, xs_t: list, invs: list)
 
     def value(r: tuple) -> Var:
         return outs[n + r[1]] if r[0] == "ys" else xs_t[r[1]]
+
     for m, name, offset, tree, refs in body.probes:
         t_m = None if offset is None else ctx.steps.get(m, 0) + offset
         ctx.probe(m, name, t_m, unflatten(tree, [value(r) for r in refs]))
@@ -304,8 +353,9 @@ def emit_step(ctx: BuildContext, body: StepBody, t: int, xs_t: list, invs: list)
     return unflatten(body.out_tree, [value(r) for r in body.out_refs])
 
 
-def emit_scan(ctx: BuildContext, body: StepBody, xs: list, invs: list, length: int,
-              reverse: bool) -> Any:
+def emit_scan(
+    ctx: BuildContext, body: StepBody, xs: list, invs: list, length: int, reverse: bool
+) -> Any:
     """ONE scan of `body` over xs (each (length, ...)); returns the output stacked over the
     steps (row j: position j) and registers the probes stacked (nn.rolled.Stacked)."""
     from .scan_bridge import scan
@@ -317,10 +367,14 @@ def emit_scan(ctx: BuildContext, body: StepBody, xs: list, invs: list, length: i
 
     def value(r: tuple) -> Var:
         return res.ys[r[1]] if r[0] == "ys" else xs[r[1]]
+
     for m, name, offset, tree, refs in body.probes:
         calls = body.step_calls.get(m, 0)
-        at = None if offset is None else Stacked(ctx.steps.get(m, 0) + offset, length,
-                                                 max(calls, 1), reverse)
+        at = (
+            None
+            if offset is None
+            else Stacked(ctx.steps.get(m, 0) + offset, length, max(calls, 1), reverse)
+        )
         ctx.probe(m, name, at, unflatten(tree, [value(r) for r in refs]))
     for m, c in body.step_calls.items():
         ctx.steps[m] = ctx.steps.get(m, 0) + c * length
@@ -334,8 +388,16 @@ def slice_rows(x: Var, start: int, stop: int) -> Var:
         return x[start:stop]
 
 
-def run_loop(ctx: BuildContext, key: Any, call: Any, T: int, xs: list, invs: list,
-             xs_step: Any, reverse: bool = False) -> list:
+def run_loop(
+    ctx: BuildContext,
+    key: Any,
+    call: Any,
+    T: int,
+    xs: list,
+    invs: list,
+    xs_step: Any,
+    reverse: bool = False,
+) -> list:
     """Run `call(xs_t, invs)` over T steps rolled. xs: (T, ...) Vars; xs_step(t) -> the
     per-step slices (for peeled steps). Returns segments in step order: ("step", position,
     output) and ("scan", first position, length, stacked output). Raises NotRollable."""
@@ -365,11 +427,14 @@ def run_loop(ctx: BuildContext, key: Any, call: Any, T: int, xs: list, invs: lis
         segments.append(("step", pos(j), emit_step(ctx, body, pos(j), xs_step(pos(j)), invs)))
     k = len(peeled)
     if template is not None and T > k:
-        ctx.notes.append(f"{key[0].describe()}: rolled: {k} peeled step(s) + one scan over the "
-                         f"step template ({len(template.graph.nodes)} nodes) for {T - k} steps")
+        ctx.notes.append(
+            f"{key[0].describe()}: rolled: {k} peeled step(s) + one scan over the "
+            f"step template ({len(template.graph.nodes)} nodes) for {T - k} steps"
+        )
         lo, hi = (0, T - k) if reverse else (k, T)
-        stacked = emit_scan(ctx, template, [slice_rows(x, lo, hi) for x in xs], invs,
-                            T - k, reverse)
+        stacked = emit_scan(
+            ctx, template, [slice_rows(x, lo, hi) for x in xs], invs, T - k, reverse
+        )
         segments.append(("scan", lo, T - k, stacked))
     if reverse:
         segments.sort(key=lambda s: s[1])
@@ -398,12 +463,16 @@ def loop_key(owner: Any, ctx: BuildContext, xs: list, invs: list, *extra: Any) -
     """What a loop's templates depend on besides T: the step's input slices, mode, dtype,
     the states it starts from and how each recurrent module inside starts."""
     inside = list(owner.modules())
-    return (owner, tuple((v.shape[1:], v.dtype.str) for v in xs),
-            tuple((v.shape, v.dtype.str) for v in invs), ctx.training, owner.dtype.str,
-            tuple((id(m), tuple(v.shape for v in ctx.states[m])) for m in inside
-                  if m in ctx.states),
-            tuple(_state_signature(m) for m in inside
-                  if m.is_recurrent and hasattr(m, "state_names")), extra)
+    return (
+        owner,
+        tuple((v.shape[1:], v.dtype.str) for v in xs),
+        tuple((v.shape, v.dtype.str) for v in invs),
+        ctx.training,
+        owner.dtype.str,
+        tuple((id(m), tuple(v.shape for v in ctx.states[m])) for m in inside if m in ctx.states),
+        tuple(_state_signature(m) for m in inside if m.is_recurrent and hasattr(m, "state_names")),
+        extra,
+    )
 
 
 def join_segments(segments: list, as_array: bool) -> Any:
@@ -443,6 +512,7 @@ def stacked_fields(name: str, at: Stacked, tree: Any, outs: Any) -> list:
     out = []
     for j, t in enumerate(at.steps()):
         r = at.row(j)
-        out.append((name, t, arrays[0][r] if tree == LEAF else
-                    unflatten(tree, [a[r] for a in arrays])))
+        out.append(
+            (name, t, arrays[0][r] if tree == LEAF else unflatten(tree, [a[r] for a in arrays]))
+        )
     return out

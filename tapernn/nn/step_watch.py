@@ -2,6 +2,7 @@
 the step tag (tracing.current_step()), a module's step counter (BuildContext.next_step) and a
 Cell's `self.step` are `StepNumber`s; comparing, formatting or computing with one marks the
 step as step-dependent, and such a step runs unrolled (a template would be wrong)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,18 +32,61 @@ def _watch(name: str) -> None:
     def method(self: Any, *args: Any) -> Any:
         _note()
         return base(self, *args)
+
     method.__name__ = name
     setattr(StepNumber, name, method)
 
 
-for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__",
-              "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-              "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__divmod__",
-              "__rdivmod__", "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__neg__",
-              "__pos__", "__abs__", "__invert__", "__and__", "__rand__", "__or__", "__ror__",
-              "__xor__", "__rxor__", "__lshift__", "__rlshift__", "__rshift__", "__rrshift__",
-              "__index__", "__int__", "__float__", "__bool__", "__format__", "__str__",
-              "__repr__", "__round__", "__trunc__", "__floor__", "__ceil__"):
+for _name in (
+    "__eq__",
+    "__ne__",
+    "__lt__",
+    "__le__",
+    "__gt__",
+    "__ge__",
+    "__hash__",
+    "__add__",
+    "__radd__",
+    "__sub__",
+    "__rsub__",
+    "__mul__",
+    "__rmul__",
+    "__floordiv__",
+    "__rfloordiv__",
+    "__mod__",
+    "__rmod__",
+    "__divmod__",
+    "__rdivmod__",
+    "__truediv__",
+    "__rtruediv__",
+    "__pow__",
+    "__rpow__",
+    "__neg__",
+    "__pos__",
+    "__abs__",
+    "__invert__",
+    "__and__",
+    "__rand__",
+    "__or__",
+    "__ror__",
+    "__xor__",
+    "__rxor__",
+    "__lshift__",
+    "__rlshift__",
+    "__rshift__",
+    "__rrshift__",
+    "__index__",
+    "__int__",
+    "__float__",
+    "__bool__",
+    "__format__",
+    "__str__",
+    "__repr__",
+    "__round__",
+    "__trunc__",
+    "__floor__",
+    "__ceil__",
+):
     _watch(_name)
 
 
