@@ -11,7 +11,7 @@ from .. import validation as check
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .rolled import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 from .tables import JoinTable
 
 

@@ -12,7 +12,7 @@ from .context import current_build
 from .criteria import Criterion
 from .module import Module
 from .recurrent import AbstractRecurrent, HiddenStateOf
-from .rolled import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 
 
 class Repeater(Module):

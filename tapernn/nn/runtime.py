@@ -22,8 +22,9 @@ from .binding import _binder, _state_signature
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
+from .roll_api import stacked_fields
 from .roll_view import trace_starts, view_executable, view_graph
-from .rolled import Stacked, stacked_fields
+from .rolled import Stacked
 from .state_grads import (
     backward_variant,
     forget_steps_before,

@@ -14,7 +14,7 @@ from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .recurrent import HiddenStateOf, mask_rows
-from .rolled import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
