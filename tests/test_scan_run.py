@@ -141,7 +141,8 @@ def test_a_body_nothing_uses_any_more_is_freed_with_its_program():
     import gc
     import weakref
     body = tn.trace(lambda h, x: [h + x], np.zeros(2), np.zeros(2))
-    g = tn.trace(lambda h, xs: tn.scan(body, [h], [xs]).carries, np.zeros(2), np.zeros((3, 2)))
+    g = tn.trace(lambda h, xs, body=body: tn.scan(body, [h], [xs]).carries, np.zeros(2),
+                 np.zeros((3, 2)))
     np.testing.assert_allclose(tn.compile(g, passes=[])(np.ones(2), np.ones((3, 2)))[0],
                                [4.0, 4.0])
     alive = weakref.ref(body)
