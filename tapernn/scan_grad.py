@@ -33,7 +33,8 @@ def scan_vjp(g: Var, y: Var, *inputs: Var, wants: tuple[bool, ...], body: Graph,
         _rewire(y, ext, body, nc, length)
     n_ys = len(body.outputs) - nc
     own = iter(ext.ys[n_ys:])
-    res = [ext.ys[j] if j is not None else next(own) for j in plan.res_from_ys]
+    res = [next(own) if src is None else ext.ys[src[1]] if src[0] == "ys" else
+           _previous(ext.ys[src[1]], inputs[src[2]], reverse) for src in plan.res_from_ys]
     cot = ScanResult(g, body, nc, length)
     acc = [F.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
     back = scan(plan.bwd, cot.carries + acc, cot.ys + res + [inputs[k] for k in plan.xs_read],
@@ -91,7 +92,9 @@ class BodyVJP:
     fwd: Graph
     bwd: Graph
     n_res: int  # residual ys of fwd (after the body's own ys)
-    res_from_ys: tuple  # per residual: the index of a body ys it equals, or None (own ys)
+    # per residual: ("ys", j) a body ys it equals, ("prev", j, k) carry k's input = ys j of the
+    # step before (the initial carry at the first step), or None (written as an own ys)
+    res_from_ys: tuple
     xs_read: tuple[int, ...]  # body input positions of the xs the backward reads
     inv_read: tuple[int, ...]  # ... and of the invariants
     wrt_xs: tuple[int, ...]  # body input positions of the differentiated xs
@@ -146,7 +149,7 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
     saved_ops = [n for n in saved if n.op != "input"]
     bwd = _backward_graph(joint, backward, saved_ops, read, grad_outs)
     ys = list(joint.outputs[n_carry:len(body.outputs)])  # (rewired if the body has loops)
-    res_from_ys = tuple(ys.index(n) if n in ys and n.op != "input" else None for n in saved)
+    res_from_ys = tuple(_source(n, ys, body, joint, n_carry) for n in saved)
     own = [n for n, j in zip(saved, res_from_ys) if j is None]
     fwd = _extended_body(body, joint, own, dtype)
     n_in = len(body.inputs)
@@ -157,6 +160,28 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
     plan = BodyVJP(fwd, Graph(), len(own), res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
     return BodyVJP(fwd, _reverse_body(body, n_carry, bwd, saved, wrt, plan, dtype), len(own),
                    res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
+
+
+def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tuple | None:
+    """Where the reverse loop finds residual `n` without the forward writing it again."""
+    if n.op != "input":
+        return ("ys", ys.index(n)) if n in ys else None
+    k = body.inputs.index(n)
+    new = joint.outputs[k]  # carry k's next value: a ys too (an LSTM's h and c)?
+    if k < nc and new is not n and new in ys:
+        return ("prev", ys.index(new), k)
+    return None
+
+
+def _previous(stack: Var, init: Var, reverse: bool) -> Var:
+    """The carry entering each step from the stack of the carry each step left, in loop order
+    (one copy outside the loop instead of a row per step inside it)."""
+    if stack.shape[0] == 0:
+        return stack
+    first = F.reshape(init, (1, *init.shape))
+    if reverse:
+        return F.concat([stack[1:], first], axis=0) if stack.shape[0] > 1 else first
+    return F.concat([first, stack[:-1]], axis=0) if stack.shape[0] > 1 else first
 
 
 def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:

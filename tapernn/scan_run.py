@@ -28,7 +28,9 @@ def compiled_body(body: Graph, passes: Any, options: Any) -> Compiled:
     found = cache.get(key)
     if found is None:
         COMPILES[0] += 1
-        found = cache[key] = compile(body, passes=passes, options=options)
+        # (a copy: the Compiled may hold the graph it was given, and a cached value holding its
+        # weak key would keep it alive forever)
+        found = cache[key] = compile(body.copy(), passes=passes, options=options)
     return found
 
 

@@ -161,3 +161,19 @@ def test_float32_training_graph_and_a_gradient_for_some_inputs_only():
     scans = [n for n in some.nodes if n.op == "scan" and n.attrs["reverse"]]
     assert len(scans) == 1 and scans[0].shape[0] < \
         next(n for n in joint.nodes if n.op == "scan" and n.attrs["reverse"]).shape[0]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_carry_residuals_come_from_the_ys_of_the_step_before(reverse):
+    """An LSTM's h and c are carries and ys: the backward's h_{t-1}, c_{t-1} are read from the
+    ys shifted by one step (the initial carry first), not written again per step; T = 1 and 2
+    are the boundary cases."""
+    body = lstm_body(2, 3, 4)
+    for T in (1, 2, 5):
+        arrays = lstm_arrays(np.random.default_rng(T), T, 2, 3, 4)
+        assert tn.gradcheck(scanned(body, 2, 1, reverse=reverse), *arrays)
+    joint = _training(body, arrays, 2, reverse)
+    ext = next(n for n in joint.nodes if n.op == "scan").attrs["body"]
+    saved = ext.outputs[len(body.outputs):]
+    assert body.inputs[0] not in saved and body.inputs[1] not in saved
+    assert not any(o.op == "input" for o in saved)

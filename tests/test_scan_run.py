@@ -41,7 +41,7 @@ def test_compiled_lstm_and_gru_scans_equal_the_interpreter(reverse):
 
 def test_random_bodies_compiled_equal_the_interpreter():
     rng = np.random.default_rng(5)
-    for _ in range(8):
+    for _ in range(5):
         body, _ops = random_body(rng)
         arrays = random_arrays(rng, 4)
         g = tn.trace(scanned(body, 1, 1, reverse=bool(rng.integers(2))), *arrays)
@@ -135,3 +135,17 @@ def test_a_slab_planned_into_a_concat_slot_or_a_strided_region():
         got = tn.compile(g, options=options)(*arrays)
         for a, b in zip(got, interpret(g, *arrays)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_body_nothing_uses_any_more_is_freed_with_its_program():
+    import gc
+    import weakref
+    body = tn.trace(lambda h, x: [h + x], np.zeros(2), np.zeros(2))
+    g = tn.trace(lambda h, xs, body=body: tn.scan(body, [h], [xs]).carries, np.zeros(2),
+                 np.zeros((3, 2)))
+    np.testing.assert_allclose(tn.compile(g, passes=[])(np.ones(2), np.ones((3, 2)))[0],
+                               [4.0, 4.0])
+    alive = weakref.ref(body)
+    del body, g
+    gc.collect()
+    assert alive() is None
