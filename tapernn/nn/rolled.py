@@ -13,6 +13,7 @@ from typing import Any
 from .. import tracing
 from ..errors import TapernnError
 from ..graph import Graph
+from ..scan import inline, scan
 from ..tracing import Tape, Var
 from .context import BuildContext
 from .step_watch import StepNumber, plain, unwatched, watching
@@ -332,8 +333,6 @@ def _leave(ctx: BuildContext, body: StepBody, carries: list) -> None:
 
 def emit_step(ctx: BuildContext, body: StepBody, t: int, xs_t: list, invs: list) -> Any:
     """Inline `body` as step t (xs_t: its data slices); returns the step's output."""
-    from .scan_bridge import inline
-
     carries, params = _enter(ctx, body, t)
     with tracing.step(t):
         outs = inline(body.graph, carries + xs_t + invs + params)
@@ -356,8 +355,6 @@ def emit_scan(
 ) -> Any:
     """ONE scan of `body` over xs (each (length, ...)); returns the output stacked over the
     steps (row j: position j) and registers the probes stacked (nn.rolled.Stacked)."""
-    from .scan_bridge import scan
-
     carries, params = _enter(ctx, body, None)
     with tracing.step(None):
         res = scan(body.graph, carries, xs, invs + params, reverse=reverse, length=length)
