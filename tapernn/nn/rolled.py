@@ -29,7 +29,8 @@ class NotRollable(Exception):
 @dataclass(frozen=True)
 class Stacked:
     """The probe steps of a scan: the module's steps start, start + stride, ... (n of them);
-    the probe's value is stacked over them (row j is step start + j * stride)."""
+    the value is stacked over positions: the module's j-th step is row j (row n - 1 - j
+    when `reverse`: a reverse loop runs its positions backwards)."""
 
     start: int
     n: int
@@ -38,10 +39,6 @@ class Stacked:
 
     def steps(self) -> list[int]:
         return [self.start + j * self.stride for j in range(self.n)]
-
-    def row(self, j: int) -> int:
-        """The row of the stacked value holding the module's j-th step of the scan."""
-        return self.n - 1 - j if self.reverse else j
 
 
 @dataclass
