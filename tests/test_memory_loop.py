@@ -1,0 +1,96 @@
+"""The memory a steady training loop really holds (tracemalloc) against the compile report's
+number, and the release of saved activations once backward has consumed them (with the
+semantics kept: a second backward of one forward, step-wise BPTT, get_grad_hidden_state)."""
+import numpy as np
+import pytest
+
+from tapernn import nn
+from tapernn.benchmark.memory import loop_peak_bytes, tapernn_loop_step
+
+CELLS = {"FastLSTM": lambda H: nn.FastLSTM(H, H), "LSTM": lambda H: nn.LSTM(H, H),
+         "GRU": lambda H: nn.GRU(H, H)}
+
+
+def _data(T, B, H, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((T, B, H)).astype(dtype),
+            rng.standard_normal((T, B, H)).astype(dtype))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_steady_loop_peak_is_the_reported_peak(cell, dtype):
+    T, B, H = 10, 16, 64
+    x, g = _data(T, B, H, dtype)
+    seq = nn.Sequencer(CELLS[cell](H)).astype(dtype)
+    real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
+    reported = seq.compile_report().peak_bytes
+    assert abs(real - reported) <= 0.1 * reported, \
+        f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+
+
+def test_saved_activations_are_released_after_backward():
+    x, g = _data(6, 4, 8, np.float64)
+    seq = nn.Sequencer(nn.FastLSTM(8, 8))
+    seq.forward(x)
+    record = seq._runtime.history[-1]
+    assert record.saved  # kept from forward for backward
+    seq.backward(x, g)
+    assert record.saved is None
+
+
+def test_a_second_backward_of_one_forward_accumulates_the_same_gradients():
+    """Torch7: any number of backwards after one forward, the gradients add up; once the saved
+    values are released the second one recomputes them from the forward's arguments."""
+    x, g = _data(6, 4, 8, np.float64)
+    seq = nn.Sequencer(nn.FastLSTM(8, 8))
+    seq.zero_grad_parameters()
+    seq.forward(x)
+    gx1 = np.array(seq.backward(x, g))
+    once = [p.grad.copy() for p in seq.parameters()]
+    gx2 = np.array(seq.backward(x, 2 * g))
+    np.testing.assert_allclose(gx2, 2 * gx1, rtol=1e-12, atol=1e-14)
+    for p, g1 in zip(seq.parameters(), once):
+        np.testing.assert_allclose(p.grad, 3 * g1, rtol=1e-12, atol=1e-14)
+
+
+def test_a_second_backward_reuses_the_forwards_dropout_masks():
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((5, 3, 6)), rng.standard_normal((5, 3, 6))
+    seq = nn.Sequencer(nn.Sequential().add(nn.Dropout(0.5)).add(nn.FastLSTM(6, 6)))
+    seq.forward(x)
+    gx1 = np.array(seq.backward(x, g))
+    gx2 = np.array(seq.backward(x, g))
+    np.testing.assert_allclose(gx2, gx1, rtol=1e-12, atol=1e-14)
+
+
+def test_stepwise_backward_releases_each_steps_saved_values():
+    lstm = nn.FastLSTM(3, 4)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((2, 3)) for _ in range(4)]
+    for x in xs:
+        lstm.forward(x)
+    records = list(lstm._runtime.history)
+    for t in reversed(range(4)):
+        lstm.backward(xs[t], np.ones((2, 4)))
+        assert records[t].saved is None and all(r.saved for r in records[:t])
+
+
+def test_grad_hidden_state_after_release_equals_a_set_hidden_state_probe():
+    """get_grad_hidden_state (computed lazily by a variant program from copies of the call's
+    arguments) is unchanged by the release of the saved values and a later update."""
+    x, g = _data(5, 3, 4, np.float64)
+    seq = nn.Sequencer(nn.FastLSTM(4, 4))
+    seq.forward(x)
+    seq.backward(x, g)
+    before = [p.data.copy() for p in seq.parameters()]
+    seq.update_parameters(0.5)
+    got = seq.get_grad_hidden_state(2)
+    fresh = nn.Sequencer(nn.FastLSTM(4, 4))
+    for p, d in zip(fresh.parameters(), before):
+        p.data[...] = d
+    fresh.forward(x)
+    fresh.backward(x, g)
+    want = fresh.get_grad_hidden_state(2)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
