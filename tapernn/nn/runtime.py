@@ -29,6 +29,7 @@ from .state_grads import (
     sequence_cuts,
     stepwise_seeds,
     store_state_input_grads,
+    tap_copy_bytes,
 )
 from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
@@ -188,7 +189,8 @@ class Executable:
                              fused_groups=fwd.fused_groups + bwd.fused_groups,
                              naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
                              planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
-                             peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
+                             peak_bytes=self.training_pair.step_peak_bytes(
+                                 len(self.data_wrt), tap_copy_bytes(self)),
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
                              kernels=fwd.kernels + bwd.kernels,
                              resident_bytes=self.training_pair.resident_bytes,
@@ -394,12 +396,15 @@ class Runtime:
 
     def _run_backward(self, exe: Executable, record: Record, seeds: list,
                       need_grad_input: bool = True) -> tuple:
-        """The gradients (data inputs' None without need_grad_input: TrainingPair variant)."""
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant).
+        The saved values are released when backward has read them: a second backward of the
+        same forward recomputes them from the forward's arguments (its masks and states)."""
         pair = exe.compile_training()
         if record.saved is None:  # an evaluation forward: recompute what backward needs
             record.saved = pair.saved(pair.forward.run(record.args))
         skip = 0 if need_grad_input else len(exe.data_wrt)
-        return pair.run_backward(record.saved, record.args, seeds, skip)
+        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
+        return pair.run_backward(saved, record.args, seeds, skip)
 
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:

@@ -1,12 +1,13 @@
 """A training pair: the compiled forward and backward programs of one joint graph (their
-temporaries in one arena), and the backward variants without the data-input gradients."""
+temporaries in one arena), the backward variants without the data-input gradients, and the
+most bytes a steady training loop over the pair holds at once (`step_peak_bytes`)."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 from ..executor import Compiled, compile, compile_shared
 from ..graph import Graph
-from ..regions import DEFAULT_OPTIONS, PlanOptions
+from ..regions import DEFAULT_OPTIONS, PSEUDO, PlanOptions
 
 
 class TrainingPair:
@@ -52,3 +53,44 @@ class TrainingPair:
         program = self.last_backward = self.backward_program(skip)
         grads = program.run(saved + seeds + [args[k] for k in self.reads])
         return (None,) * skip + tuple(grads) if skip else grads
+
+    def step_peak_bytes(self, n_data_grads: int, tap_bytes: int = 0) -> int:
+        """Most bytes a steady training loop (forward, backward, update; the Runtime's
+        lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
+        what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
+        the variant backward's own) always; the last call's kept outputs (`output`, per-step
+        fields, final states) and `grad_input` until the next call replaces them; then the
+        larger of three moments: the forward's end (its per-call peak: the new outputs and
+        saved values), backward (the saved values it reads, released when it returns, plus
+        its per-call peak: gradients and temporaries), and just after it (the gradients it
+        returned, plus `tap_bytes`: the copies a Sequencer keeps for get_grad_hidden_state)."""
+        fwd, bwd = self.forward, self.last_backward
+        n_kept = len(fwd.graph.outputs) - self.n_saved
+        kept = _storages(fwd, range(n_kept))
+        saved_only = {k: b for k, b in _storages(fwd, range(n_kept, len(fwd.graph.outputs)))
+                      .items() if k not in kept}
+        n_dx = n_data_grads if bwd is self.backward else 0
+        grad_input = sum(_storages(bwd, range(n_dx)).values())
+        returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
+        buffers = fwd.report.arena_bytes + sum(v.program.plan.buffer_bytes
+                                               for v in self.variants.values())
+        moments = (fwd.program.plan.fresh_peak_bytes,
+                   sum(saved_only.values()) + bwd.program.plan.fresh_peak_bytes,
+                   returned + tap_bytes)
+        return buffers + sum(kept.values()) + grad_input + max(moments)
+
+
+def _storages(c: Compiled, positions) -> dict:
+    """Bytes of the arrays a program returns at `positions`, once per storage (a value and its
+    views, or values computed into one array, count once; a returned copy, once per place)."""
+    plan, graph = c.program.plan, c.graph
+    alias = set(graph.meta.outputs_may_alias_inputs)
+    out: dict = {}
+    for k in positions:
+        o = graph.outputs[k]
+        if plan.copied(o, k in alias):
+            out[("copy", k)] = o.nbytes
+        elif o.op not in PSEUDO and plan.storage.get(o) is not None:
+            st = plan.storage[o]
+            out[st] = st.nbytes
+    return out
