@@ -72,7 +72,6 @@ class BufferPlan:
     naive_bytes: int = 0
     planned_bytes: int = 0
     peak_bytes: int = 0
-    fresh_peak_bytes: int = 0  # per-call storage only (what a call adds to the buffers)
     saved_for_backward_bytes: int = 0
     kernels: int = 0
 
@@ -418,19 +417,13 @@ def _account(graph: Graph, plan: BufferPlan) -> None:
     plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
     plan.peak_bytes = _peak(graph, plan) if not plan.copied_bytes else max(
         _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    plan.fresh_peak_bytes = max(_peak(graph, plan, plan.fresh),
-                                _live_at_end(graph, plan, plan.fresh) + plan.copied_bytes)
     plan.saved_for_backward_bytes = saved_bytes(graph)
 
 
-def _peak(graph: Graph, plan: BufferPlan, only: set | None = None) -> int:
-    """Most bytes of owned storage live at once (in-place and placed values share theirs);
-    with `only`, of those storages alone (the per-call ones: a call frees each `del`-ed at its
-    last read, see codegen._fresh_deaths)."""
+def _peak(graph: Graph, plan: BufferPlan) -> int:
+    """Most bytes of owned storage live at once (in-place and placed values share theirs)."""
     delta = [0] * (len(graph.nodes) + 2)
     for st, start in plan.alloc_at.items():
-        if only is not None and st not in only:
-            continue
         end = min(plan.release_at.get(st, start), len(graph.nodes))
         delta[start] += st.nbytes
         delta[end + 1] -= st.nbytes
@@ -441,10 +434,9 @@ def _peak(graph: Graph, plan: BufferPlan, only: set | None = None) -> int:
     return peak
 
 
-def _live_at_end(graph: Graph, plan: BufferPlan, only: set | None = None) -> int:
+def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
     end = len(graph.nodes)
-    return sum(st.nbytes for st, r in plan.release_at.items()
-               if r >= end and (only is None or st in only))
+    return sum(st.nbytes for st, r in plan.release_at.items() if r >= end)
 
 
 def saved_bytes(graph: Graph) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import random as tn_random
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, gc_paused
+from ..executor import Arena, Compiled, compile, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -102,6 +102,7 @@ class Executable:
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
+        self.arena: Arena | None = None  # the buffers of the Runtime's programs (set by it)
         self.recurrent: list | None = None  # recurrent modules of the model (Runtime.forward)
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
@@ -124,7 +125,8 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options)
+            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options,
+                                        arena=self.arena)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -166,7 +168,8 @@ class Executable:
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
+                            self.arena)
 
     def args_like(self, base_args: list) -> list:
         """A variant's arguments from the base program's (same trace, so the same inputs in the
@@ -258,11 +261,13 @@ class Runtime:
         self.history: list[Record] = []
         self.dropped = 0  # step records discarded because of rho
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
+        self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
 
     def clear(self) -> None:
         self.cache.clear()
         self.variants.clear()
         self.last = None
+        self.arena = Arena()
 
     def last_graph(self) -> Graph | None:
         """The last traced model: forward and (after a training forward) backward nodes."""
@@ -304,7 +309,7 @@ class Runtime:
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
                                  passes, root._plan_options or DEFAULT_OPTIONS)
-            exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
+            exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..executor import Compiled, compile, compile_shared
+from ..executor import Arena, Compiled, compile, compile_shared
 from ..graph import Graph
 from ..regions import DEFAULT_OPTIONS, PSEUDO, PlanOptions
 
@@ -17,7 +17,7 @@ class TrainingPair:
     the arena plus both programs' per-call values."""
 
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS):
+                 options: PlanOptions = DEFAULT_OPTIONS, arena: Arena | None = None):
         self.joint = joint  # forward and backward together, for diagrams
         self.n_saved = len(bwd.meta.saved_names)
         self.n_seeds = len(bwd.meta.seed_names)
@@ -25,7 +25,8 @@ class TrainingPair:
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
         # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
+        self.arena = arena  # shared with the module's other programs (None: the pair's own)
+        self.forward, self.backward = compile_shared([fwd, bwd], passes, options, arena=arena)
         self.resident_bytes = self.forward.report.resident_bytes
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
@@ -45,7 +46,7 @@ class TrainingPair:
             g = self.bwd_graph
             meta = replace(g.meta, output_names=g.meta.output_names[skip:])
             self.variants[skip] = compile(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
-                                          self.passes, self.options)
+                                          self.passes, self.options, arena=self.arena)
         return self.variants[skip]
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
@@ -58,7 +59,7 @@ class TrainingPair:
         """Most bytes a steady training loop (forward, backward, update; the Runtime's
         lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
         what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
-        the variant backward's own) always; the last call's kept outputs (`output`, per-step
+        the variant backward's own; or the module's one Arena) always; the last call's kept outputs (`output`, per-step
         fields, final states) and `grad_input` until the next call replaces them; then the
         larger of three moments: the forward's end (its per-call peak: the new outputs and
         saved values), backward (the saved values it reads, released when it returns, plus
@@ -72,12 +73,13 @@ class TrainingPair:
         n_dx = n_data_grads if bwd is self.backward else 0
         grad_input = sum(_storages(bwd, range(n_dx)).values())
         returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
-        buffers = fwd.report.arena_bytes + sum(v.program.plan.buffer_bytes
-                                               for v in self.variants.values())
-        moments = (fwd.program.plan.fresh_peak_bytes,
-                   sum(saved_only.values()) + bwd.program.plan.fresh_peak_bytes,
+        buffers = self.arena.nbytes if self.arena is not None else fwd.report.arena_bytes + sum(
+            v.program.plan.buffer_bytes for v in self.variants.values())
+        moments = (per_call_peak(fwd), sum(saved_only.values()) + per_call_peak(bwd),
                    returned + tap_bytes)
-        return buffers + sum(kept.values()) + grad_input + max(moments)
+        # the dropout masks the last forward drew stay with its record until the next one's
+        masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
+        return buffers + sum(kept.values()) + masks + grad_input + max(moments)
 
 
 def _storages(c: Compiled, positions) -> dict:
@@ -94,3 +96,23 @@ def _storages(c: Compiled, positions) -> dict:
             st = plan.storage[o]
             out[st] = st.nbytes
     return out
+
+
+def per_call_peak(c: Compiled) -> int:
+    """Most bytes of a program's per-call storage live at once during a call: each is allocated
+    at its first write and freed at its last read (codegen `del`s it), returned ones live to
+    the end, where copies of returned buffer values are added (memory._peak for them alone)."""
+    plan, end = c.program.plan, len(c.graph.nodes)
+    delta = [0] * (end + 2)
+    at_end = 0
+    for st in plan.fresh:
+        start = plan.alloc_at.get(st, 0)
+        stop = min(plan.release_at.get(st, start), end)
+        delta[start] += st.nbytes
+        delta[stop + 1] -= st.nbytes
+        at_end += st.nbytes if plan.release_at.get(st, start) >= end else 0
+    live = peak = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return max(peak, at_end + plan.copied_bytes)
