@@ -11,8 +11,8 @@ import pytest
 
 import tapernn as tn
 from tapernn import nn, optim
-from tapernn.cli import main as cli_main
-from tapernn.models import build_model
+from tapernn.apps.cli import main as cli_main
+from tapernn.apps.models import build_model
 
 
 class _NpTanhCell(nn.Cell):

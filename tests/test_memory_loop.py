@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tapernn import nn
-from tapernn.benchmark.memory import loop_peak_bytes, tapernn_loop_step
+from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 
 CELLS = {"FastLSTM": lambda H: nn.FastLSTM(H, H), "LSTM": lambda H: nn.LSTM(H, H),
          "GRU": lambda H: nn.GRU(H, H)}
@@ -94,3 +94,38 @@ def test_grad_hidden_state_after_release_equals_a_set_hidden_state_probe():
     want = fresh.get_grad_hidden_state(2)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_charlm_training_loop_peak_is_the_reported_peak():
+    """The loop `tapernn train` runs: LookupTable -> Sequencer(LSTM, Dropout) -> Sequencer(Linear),
+    remembered state (two signatures: the first chunk and the remembered ones), backward without
+    the input gradient, clipping and SGD; the model's report against what the model holds (the
+    criterion's own programs and arrays are measured apart: its compile report is its own)."""
+    from tapernn import optim
+    from tapernn.apps.charlm import CharLM
+
+    lm = CharLM(20, nn.FastLSTM, 1, 24, 96, dropout=0.2, remember=True, dtype="float32")
+    rng = np.random.default_rng(0)
+    ids, grad = rng.integers(0, 20, (12, 16)), rng.standard_normal((12, 16, 20)).astype(np.float32)
+    opt = optim.SGD(lm.parameters(), lr=0.1)
+
+    def step():
+        lm.model.zero_grad_parameters()
+        lm.model.forward(ids)
+        lm.model.backward(ids, grad, need_grad_input=False)
+        optim.clip_grad_norm(lm.parameters(), 5.0)
+        opt.step()
+
+    real = loop_peak_bytes(step)
+    reported = lm.model.compile_report().peak_bytes
+    assert abs(real - reported) <= 0.1 * reported, \
+        f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+
+
+def test_remembering_sequencer_loop_peak_is_the_reported_peak():
+    x, g = _data(10, 16, 64, np.float64)
+    seq = nn.Sequencer(nn.FastLSTM(64, 64)).remember("both")
+    real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
+    reported = seq.compile_report().peak_bytes
+    assert abs(real - reported) <= 0.1 * reported, \
+        f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"

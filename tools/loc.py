@@ -27,7 +27,8 @@ PARTS = [
     ("optimisation", "region planner", ["regions.py"]),
     ("rest", "nn", ["nn/*.py"]),
     ("rest", "export", ["export/*.py"]),
-    ("rest", "applications", ["*.py", "benchmark/*.py", "data/*.py"]),
+    ("rest", "applications", ["apps/**/*.py", "__main__.py"]),
+    ("rest", "package", ["*.py"]),
 ]
 
 

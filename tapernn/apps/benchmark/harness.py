@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..blas import blas_threads
+from ...blas import blas_threads
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
     NOT_AVAILABLE,
@@ -226,23 +226,29 @@ def report_config(B, T, D, H, dtype, args) -> None:
     print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, theoretical BPTT "
           f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
           "per cell below)")
-    for row in memory_rows(B, T, D, H, dtype, workspace):
+    for row in memory_rows(B, T, D, H, dtype, workspace, args.cells,
+                           getattr(args, "backends", None) or (None,)):
         print(row)
 
 
-def training_pair_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
-    """The compiled forward/backward pair of a cached benchmark Sequencer (None if not run)."""
-    seq = _sequencers.get((factory, B, T, D, H, np.dtype(dtype)))
-    runtime = getattr(seq, "_runtime", None)
-    last = getattr(runtime, "last", None)
-    return getattr(last, "training_pair", None)
+def training_pairs_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
+    """(backend, Sequencer, compiled forward/backward pair) of each cached benchmark Sequencer of
+    this cell and shape, one per backend it was timed under (None: the current backend)."""
+    found = []
+    for key, seq in _sequencers.items():
+        if key[:6] == (factory, B, T, D, H, np.dtype(dtype)):
+            last = getattr(getattr(seq, "_runtime", None), "last", None)
+            pair = getattr(last, "training_pair", None)
+            if pair is not None:
+                found.append((key[6], seq, pair))
+    return found
 
 
-def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
+def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,)) -> list[str]:
     """Per tapernn contender: bytes kept for backward, buffers each program allocates, what is
     resident across a training step and the most bytes live at once, against the reference and
     the theoretical minimum (with the contender's own parameter count); saved/5H: what the
-    forward keeps over the T*B*5H an LSTM must keep."""
+    forward keeps over the T*B*5H an LSTM must keep. Only the cells and backends timed now."""
     factories = tapernn_factories()
     if isinstance(factories, str):
         return []
@@ -251,11 +257,11 @@ def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
     header = (f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
               f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/5H':>9}")
     rows = [header]
-    for label, (factory, _) in factories.items():
-        pair = training_pair_of(factory, B, T, D, H, dtype) if factory else None
-        if pair is None:
-            continue
-        seq = _sequencers[(factory, B, T, D, H, np.dtype(dtype))]
+    timed = [(label + (f" [{backend}]" if backend else ""), seq, pair)
+             for label, (factory, _) in factories.items() if factory and label in (cells or [label])
+             for backend, seq, pair in training_pairs_of(factory, B, T, D, H, dtype)
+             if backend in backends]
+    for label, seq, pair in timed:
         n_params = sum(p.data.size for p in seq.parameters())
         minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype, n_params)
         fwd, bwd = pair.forward.report, pair.backward.report

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import random as tn_random
-from .errors import StateError, TapernnError
-from .fileio import atomic_write, crash_point, fsync_dir, write_file
-from .serialization import check_arrays, read_npz, write_npz
+from .. import random as tn_random
+from ..errors import StateError, TapernnError
+from ..fileio import atomic_write, crash_point, fsync_dir, write_file
+from ..serialization import check_arrays, read_npz, write_npz
 
 FORMAT = "tapernn-train-checkpoint-2"
 LEGACY_FORMAT = "tapernn-train-checkpoint-1"  # files directly in DIR, no manifest (before 2026-12)

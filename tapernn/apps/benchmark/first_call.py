@@ -36,7 +36,7 @@ print(json.dumps({"import_numba": t1 - t0, "first_step": t3 - t2, "second_step":
 
 
 def first_call_times() -> list[tuple[str, dict]]:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = []
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, TAPERNN_KERNEL_CACHE=cache, PYTHONPATH=str(root))
