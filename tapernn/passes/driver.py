@@ -38,7 +38,10 @@ class CompileReport:
     shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
     program with buffers of its own) plus each program's per-call values (outputs, values saved
     for backward, gradients), so the forward and backward reports carry the same number and it
-    must not be added up."""
+    must not be added up. A module's report after a training step (`compile_report()`) joins
+    its two programs: there `peak_bytes` is the most bytes a steady training loop holds at once
+    beyond the parameters, their gradients and the caller's data (TrainingPair.step_peak_bytes:
+    what tracemalloc shows), `resident_bytes` the pair's."""
 
     passes: list[PassRecord] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)

@@ -101,3 +101,36 @@ def torch_loop_peak_bytes(B: int, T: int, D: int, H: int, dtype, warmup: int = 2
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
+                  cells: list[str] | None = None) -> list[str]:
+    """The measured table: per tapernn cell (a fresh Sequencer, so its compilation counts) the
+    steady loop's tracemalloc peak, the compile report's number for it and their ratio, against
+    the BPTT minimum T*B*5H*itemsize; with `peers`, PyTorch nn.LSTM's loop peak."""
+    from .reference import min_saved_bytes
+    from .timing import tapernn_factories
+
+    minimum = min_saved_bytes(B, T, H, dtype)
+    unit, scale = ("MiB", 2**20) if minimum >= 2**20 else ("KiB", 2**10)
+    rows = [f"  {'loop peak ' + unit + ' (tracemalloc)':<34} {'real':>8} {'real/min':>9} "
+            f"{'report':>8} {'real/report':>12}"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    factories = tapernn_factories()
+    for label, (factory, _) in ({} if isinstance(factories, str) else factories).items():
+        if factory is None or (cells and label not in cells):
+            continue
+        from tapernn import nn
+        seq = nn.Sequencer(factory(D, H)).astype(dtype)
+        real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
+        report = seq.compile_report().peak_bytes
+        rows.append(f"  {'tn ' + label:<34} {real / scale:>8.2f} "
+                    f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x")
+    if peers:
+        real = torch_loop_peak_bytes(B, T, D, H, dtype)
+        name = "torch nn.LSTM (profiler)"
+        rows.append(f"  {name:<34} " + ("torch not importable" if real is None else
+                                        f"{real / scale:>8.2f} {real / minimum:>8.2f}x"))
+    return rows
