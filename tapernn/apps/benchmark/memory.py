@@ -113,8 +113,9 @@ def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
 
     minimum = min_saved_bytes(B, T, H, dtype)
     unit, scale = ("MiB", 2**20) if minimum >= 2**20 else ("KiB", 2**10)
-    rows = [f"  {'loop peak ' + unit + ' (tracemalloc)':<34} {'real':>8} {'real/min':>9} "
-            f"{'report':>8} {'real/report':>12}"]
+    header = (f"  {'loop peak ' + unit + ' (tracemalloc)':<34} {'real':>8} {'real/min':>9} "
+              f"{'report':>8} {'real/report':>12}")
+    rows = [header]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(dtype)
     g = rng.standard_normal((T, B, H)).astype(dtype)
