@@ -113,7 +113,7 @@ def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
 
     minimum = min_saved_bytes(B, T, H, dtype)
     unit, scale = ("MiB", 2**20) if minimum >= 2**20 else ("KiB", 2**10)
-    header = (f"  {'loop peak ' + unit + ' (tracemalloc)':<34} {'real':>8} {'real/min':>9} "
+    header = (f"  {'tapernn loop peak ' + unit:<34} {'real':>8} {'real/min':>9} "
               f"{'report':>8} {'real/report':>12}")
     rows = [header]
     rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
         seq = nn.Sequencer(factory(D, H)).astype(dtype)
         real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
         report = seq.compile_report().peak_bytes
-        rows.append(f"  {'tn ' + label:<34} {real / scale:>8.2f} "
+        rows.append(f"  {label + ' (tracemalloc)':<34} {real / scale:>8.2f} "
                     f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x")
     if peers:
         real = torch_loop_peak_bytes(B, T, D, H, dtype)
