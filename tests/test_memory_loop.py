@@ -129,3 +129,67 @@ def test_remembering_sequencer_loop_peak_is_the_reported_peak():
     reported = seq.compile_report().peak_bytes
     assert abs(real - reported) <= 0.1 * reported, \
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+
+
+def _root_array(a):
+    while a.base is not None:
+        a = a.base
+    return a
+
+
+def test_all_programs_of_a_module_share_one_arena_and_stay_exact():
+    """Two batch sizes alternating, a backward without dX and an evaluation forward: every
+    program's buffers are views of the module's one arena, and every gradient equals the one
+    a fresh module computes alone (float64, 1e-12)."""
+    rng = np.random.default_rng(7)
+    xa, ga = rng.standard_normal((5, 4, 6)), rng.standard_normal((5, 4, 6))
+    xb, gb = rng.standard_normal((5, 2, 6)), rng.standard_normal((5, 2, 6))
+    seq = nn.Sequencer(nn.FastLSTM(6, 6))
+    state = seq.state_dict()
+
+    def alone(x, g, need_grad_input=True):
+        m = nn.Sequencer(nn.FastLSTM(6, 6))
+        m.load_state_dict(state)
+        m.zero_grad_parameters()
+        m.forward(x)
+        gx = m.backward(x, g, need_grad_input=need_grad_input)
+        return gx, [p.grad.copy() for p in m.parameters()]
+
+    for x, g, ngi in ((xa, ga, True), (xb, gb, True), (xa, ga, False), (xb, gb, True)):
+        seq.zero_grad_parameters()
+        seq.forward(x)
+        gx = seq.backward(x, g, need_grad_input=ngi)
+        want_gx, want = alone(x, g, ngi)
+        if ngi:
+            np.testing.assert_allclose(gx, want_gx, rtol=1e-12, atol=1e-14)
+        for p, w in zip(seq.parameters(), want):
+            np.testing.assert_allclose(p.grad, w, rtol=1e-12, atol=1e-14)
+    seq.evaluate()
+    seq.forward(xa)
+    rt = seq._runtime
+    programs = [exe.forward_only for exe in rt.cache.values() if exe.forward_only]
+    for exe in rt.cache.values():
+        if exe.training_pair is not None:
+            pair = exe.training_pair
+            programs += [pair.forward, pair.backward, *pair.variants.values()]
+    assert len(programs) >= 6
+    arenas = {id(_root_array(a)) for c in programs for a in c.program.arrays}
+    assert arenas <= {id(a) for a in rt.arena.given} and len(rt.arena.given) <= 2
+
+
+def test_a_second_backward_after_an_update_sees_the_updated_parameters():
+    """The documented cost of releasing the saved values: a second backward of one forward
+    recomputes them with the parameters as they are then (as a fresh forward would)."""
+    x, g = _data(4, 3, 5, np.float64)
+    seq = nn.Sequencer(nn.FastLSTM(5, 5))
+    seq.forward(x)
+    seq.backward(x, g)
+    seq.update_parameters(0.1)
+    seq.zero_grad_parameters()
+    gx = np.array(seq.backward(x, g))
+    fresh = nn.Sequencer(nn.FastLSTM(5, 5))
+    fresh.load_state_dict(seq.state_dict())
+    fresh.forward(x)
+    np.testing.assert_allclose(gx, fresh.backward(x, g), rtol=1e-12, atol=1e-14)
+    for p, q in zip(seq.parameters(), fresh.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
