@@ -193,3 +193,25 @@ def test_a_second_backward_after_an_update_sees_the_updated_parameters():
     np.testing.assert_allclose(gx, fresh.backward(x, g), rtol=1e-12, atol=1e-14)
     for p, q in zip(seq.parameters(), fresh.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_stepwise_bptt_loop_peak_is_the_reported_peak():
+    """Stepping by hand: T steps' records (outputs, saved values, input copies) are held until
+    their backward; the report counts the most steps held at once."""
+    T, B, H = 10, 16, 64
+    x, g = _data(T, B, H, np.float64)
+    lstm = nn.FastLSTM(H, H)
+
+    def step():
+        lstm.zero_grad_parameters()
+        for t in range(T):
+            lstm.forward(x[t])
+        for t in reversed(range(T)):
+            lstm.backward(x[t], g[t])
+        lstm.update_parameters(1e-3)
+        lstm.forget()
+
+    real = loop_peak_bytes(step)
+    reported = lstm.compile_report().peak_bytes
+    assert abs(real - reported) <= 0.1 * reported, \
+        f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"

@@ -181,7 +181,8 @@ class Executable:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
         return [b(leaves) for b in self.binders]
 
-    def report(self):
+    def report(self, steps: int = 1):
+        """The joined report; step-wise, `steps` records held at once count in its peak."""
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
@@ -193,13 +194,21 @@ class Executable:
                              naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
                              planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
                              peak_bytes=self.training_pair.step_peak_bytes(
-                                 len(self.data_wrt), tap_copy_bytes(self)),
+                                 len(self.data_wrt), tap_copy_bytes(self),
+                                 self._held_steps(steps)),
                              saved_for_backward_bytes=self.training_pair.saved_bytes,
                              kernels=fwd.kernels + bwd.kernels,
                              resident_bytes=self.training_pair.resident_bytes,
                              arena_bytes=fwd.arena_bytes, backend=fwd.backend,
                              compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
                              fallbacks=fwd.fallbacks + bwd.fallbacks)
+
+
+    def _held_steps(self, steps: int) -> tuple[int, int] | None:
+        """Step-wise: (records held, bytes of the input copies each keeps); else None."""
+        if not self.history_mode:
+            return None
+        return steps, sum(n.nbytes for n in self.graph.inputs[:self.n_data])
 
 
 def _views_data(n) -> bool:
@@ -260,6 +269,7 @@ class Runtime:
         self.last: Executable | None = None
         self.history: list[Record] = []
         self.dropped = 0  # step records discarded because of rho
+        self.most_steps = 1  # most step-wise records held at once (the report's peak counts them)
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
 
@@ -333,6 +343,7 @@ class Runtime:
                 self.dropped += len(self.history) - rho  # bounded memory: BPTT over rho steps
                 self.history = self.history[-rho:]
                 forget_steps_before(root, self.dropped)
+            self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
         return exe, leaves, record

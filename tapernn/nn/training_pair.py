@@ -55,7 +55,8 @@ class TrainingPair:
         grads = program.run(saved + seeds + [args[k] for k in self.reads])
         return (None,) * skip + tuple(grads) if skip else grads
 
-    def step_peak_bytes(self, n_data_grads: int, tap_bytes: int = 0) -> int:
+    def step_peak_bytes(self, n_data_grads: int, tap_bytes: int = 0,
+                        held: tuple[int, int] | None = None) -> int:
         """Most bytes a steady training loop (forward, backward, update; the Runtime's
         lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
         what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
@@ -64,7 +65,9 @@ class TrainingPair:
         larger of three moments: the forward's end (its per-call peak: the new outputs and
         saved values), backward (the saved values it reads, released when it returns, plus
         its per-call peak: gradients and temporaries), and just after it (the gradients it
-        returned, plus `tap_bytes`: the copies a Sequencer keeps for get_grad_hidden_state)."""
+        returned, plus `tap_bytes`: the copies a Sequencer keeps for get_grad_hidden_state).
+        Stepped by hand (`held` = (n, input bytes)): n steps' records (kept outputs, saved
+        values, masks, the copy of the step's input) are held at once before backward."""
         fwd, bwd = self.forward, self.last_backward
         n_kept = len(fwd.graph.outputs) - self.n_saved
         kept = _storages(fwd, range(n_kept))
@@ -79,7 +82,13 @@ class TrainingPair:
                    returned + tap_bytes)
         # the dropout masks the last forward drew stay with its record until the next one's
         masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
-        return buffers + sum(kept.values()) + masks + grad_input + max(moments)
+        kept_b, saved_b = sum(kept.values()), sum(saved_only.values())
+        if held is None:
+            return buffers + kept_b + masks + grad_input + max(moments)
+        steps, inputs = held
+        step_bytes = kept_b + saved_b + masks + inputs
+        moments = (moments[0], kept_b + moments[1], moments[2])
+        return buffers + (steps - 1) * step_bytes + masks + inputs + grad_input + max(moments)
 
 
 def _storages(c: Compiled, positions) -> dict:
