@@ -73,7 +73,8 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
 
     monkeypatch.setattr(tqdm, "tqdm", Bar)
     rests = []
-    monkeypatch.setattr(bench.time, "sleep", rests.append)
+    from tapernn.apps.benchmark import timing
+    monkeypatch.setattr(timing.time, "sleep", rests.append)
     order = []
     contenders = [bench.Contender("a", lambda: order.append("a"), 1.0),
                   bench.Contender("b", lambda: order.append("b"), 1.0),

@@ -16,7 +16,7 @@ PKG = ROOT / "tapernn"
 LAYERS = [
     ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
               "tapernn.random", "tapernn.fileio", "tapernn.validation",
-              "tapernn.blas", "tapernn.serialization"]),
+              "tapernn.blas", "tapernn.serialization", "tapernn.graph_text"]),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
     ("functional", ["tapernn.functional"]),
@@ -25,8 +25,8 @@ LAYERS = [
     ("passes", ["tapernn.passes.*"]),
     ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.interpret"]),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.codegen"]),
-    ("executor", ["tapernn.executor", "tapernn.testing", "tapernn.optim"]),
+    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
+    ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
     ("package", ["tapernn"]),  # tapernn/__init__: the public names

@@ -233,11 +233,6 @@ def _json(file: Path, blob: bytes | None = None) -> dict:
     return value
 
 
-def read_config(directory: str | os.PathLike) -> dict:
-    """The verified config of the current checkpoint (see load_checkpoint)."""
-    return load_checkpoint(directory).config
-
-
 def restore_checkpoint(checkpoint: Checkpoint, lm: Any, optimizer: Any) -> None:
     """Load what `load_checkpoint` read into a freshly built model and optimizer, and restore
     the library RNG state."""

@@ -206,5 +206,3 @@ def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tup
         return result
 
 
-def kernels_loaded() -> int:
-    return sum(1 for k, _ in _kernels.values() if k is not None)

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from .. import random as tn_random
+from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Arena, Compiled, compile, gc_paused
+from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -125,8 +126,8 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options,
-                                        arena=self.arena)
+            self.forward_only = compile_into(self.aliasing_probes(packed), self.arena,
+                                             self.passes, self.options)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -186,23 +187,11 @@ class Executable:
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
-        fwd, bwd = self.training_pair.forward.report, self.training_pair.last_backward.report
-        labelled = [replace(r, program=program)
-                    for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
-        return CompileReport(passes=labelled,
-                             fused_groups=fwd.fused_groups + bwd.fused_groups,
-                             naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
-                             planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
-                             peak_bytes=self.training_pair.step_peak_bytes(
-                                 len(self.data_wrt), tap_copy_bytes(self),
-                                 self._held_steps(steps)),
-                             saved_for_backward_bytes=self.training_pair.saved_bytes,
-                             kernels=fwd.kernels + bwd.kernels,
-                             resident_bytes=self.training_pair.resident_bytes,
-                             arena_bytes=fwd.arena_bytes, backend=fwd.backend,
-                             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
-                             fallbacks=fwd.fallbacks + bwd.fallbacks)
-
+        pair = self.training_pair
+        return CompileReport.joined(pair.forward.report, pair.last_backward.report,
+                                    pair.saved_bytes, pair.resident_bytes,
+                                    pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
+                                                         self._held_steps(steps)))
 
     def _held_steps(self, steps: int) -> tuple[int, int] | None:
         """Step-wise: (records held, bytes of the input copies each keeps); else None."""

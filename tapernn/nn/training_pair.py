@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..executor import Arena, Compiled, compile, compile_shared
+from ..arena import Arena, compile_into, compile_shared
+from ..executor import Compiled
 from ..graph import Graph
-from ..regions import DEFAULT_OPTIONS, PSEUDO, PlanOptions
+from ..memory import PSEUDO
+from ..regions import DEFAULT_OPTIONS, PlanOptions
 
 
 class TrainingPair:
@@ -45,8 +47,8 @@ class TrainingPair:
         if skip not in self.variants:
             g = self.bwd_graph
             meta = replace(g.meta, output_names=g.meta.output_names[skip:])
-            self.variants[skip] = compile(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
-                                          self.passes, self.options, arena=self.arena)
+            self.variants[skip] = compile_into(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
+                                               self.arena, self.passes, self.options)
         return self.variants[skip]
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:

@@ -1,5 +1,5 @@
 """LSTM training-step benchmark: tapernn's Sequencer cells against the hand-written NumPy floor
-(tapernn/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
+(tapernn/apps/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
 Contenders run interleaved in one process and are reported as medians and ratios, never alone.
 """
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -277,48 +276,6 @@ def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,))
     return rows
 
 
-# --- compile time ------------------------------------------------------------------------------
-
-
-def compile_times(cell: str, B: int, T: int, H: int, dtype, repeats: int = 3) -> tuple[float, float]:
-    """(first training step, steady training step) seconds of a fresh Sequencer(cell(H, H)):
-    the first call traces, differentiates, runs the passes, plans memory and generates code.
-    Medians over `repeats` fresh Sequencers."""
-    from tapernn import nn
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
-    firsts, steadies = [], []
-    for _ in range(repeats):
-        seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
-        start = time.perf_counter()
-        seq.forward(x)
-        seq.backward(x, grad_h)
-        firsts.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        seq.forward(x)
-        seq.backward(x, grad_h)
-        steadies.append(time.perf_counter() - start)
-    return statistics.median(firsts), statistics.median(steadies)
-
-
-def run_compile_times(dtypes) -> None:
-    print("\nCompile time (first forward+backward of a fresh Sequencer minus a steady one; "
-          "median of 3), B=32, H=256:")
-    print(f"  {'cell':<10} {'dtype':<8} {'T=50 s':>8} {'T=100 s':>8} {'ratio':>6} "
-          f"{'T=100 first':>12}")
-    for dtype in dtypes:
-        for cell in ("LSTM", "FastLSTM"):
-            compile_s = {}
-            for T in (50, 100):
-                first, steady = compile_times(cell, 32, T, 256, dtype)
-                compile_s[T] = (first - steady, first)
-            print(f"  {cell:<10} {np.dtype(dtype).name:<8} {compile_s[50][0]:>8.2f} "
-                  f"{compile_s[100][0]:>8.2f} {compile_s[100][0] / compile_s[50][0]:>6.2f} "
-                  f"{compile_s[100][1]:>12.2f}")
-
-
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -415,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
             run_ablation(args.config_list, args.dtypes, args.budget,
                          getattr(args, "ablation_cell", "FastLSTM"))
         if getattr(args, "compile_time", False):
+            from .compile_time import run_compile_times
             run_compile_times(args.dtypes)
     if getattr(args, "first_call", False):
         from .first_call import run_first_call
