@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, gc_paused
+from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -32,6 +33,7 @@ from .state_grads import (
     sequence_cuts,
     stepwise_seeds,
     store_state_input_grads,
+    tap_copy_bytes,
 )
 from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
@@ -111,6 +113,7 @@ class Executable:
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
+        self.arena: Arena | None = None  # the buffers of the Runtime's programs (set by it)
         self.recurrent: list | None = None  # recurrent modules of the model (Runtime.forward)
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
@@ -133,7 +136,8 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options)
+            self.forward_only = compile_into(self.aliasing_probes(packed), self.arena,
+                                             self.passes, self.options)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -177,39 +181,30 @@ class Executable:
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
-
-    def args_like(self, base_args: list, base: Executable | None = None) -> list:
-        """A variant's arguments from the base program's (same inputs, dropout masks included),
-        zeros for the taps. A rolled base binds its inputs in another order than the unrolled
-        variant: then each is found by kind and name (each must be there exactly once)."""
-        mine = [(n.kind, n.name) for n in self.arg_nodes if n.kind != "tap"]
-        theirs = mine if base is None else [(n.kind, n.name) for n in base.arg_nodes]
-        if theirs == mine:
-            it = iter(base_args)
-            return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it)
-                    for n in self.arg_nodes]
-        by: dict[tuple, list] = {}
-        for key, a in zip(theirs, base_args):
-            by.setdefault(key, []).append(a)
-        if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
-            raise TapernnError(f"{base.graph.meta.root}: the state-gradient variant's inputs "
-                               f"do not match the program's ({sorted(set(mine) ^ set(by))})")
-        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
-                for n in self.arg_nodes]
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
+                            self.arena)
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
         return [b(leaves) for b in self.binders]
 
-    def report(self):
+    def report(self, steps: int = 1):
+        """The joined report; step-wise, `steps` records held at once count in its peak."""
         from ..passes import CompileReport
         if self.training_pair is None:
             return replace(self.compile_forward().report, notes=list(self.notes))
         pair = self.training_pair
-        return replace(CompileReport.joined(pair.forward.report, pair.last_backward.report,
-                                            pair.saved_bytes, pair.resident_bytes),
-                       notes=list(self.notes))
+        return replace(CompileReport.joined(
+            pair.forward.report, pair.last_backward.report, pair.saved_bytes,
+            pair.resident_bytes, pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
+                                                      self._held_steps(steps))),
+            notes=list(self.notes))
+
+    def _held_steps(self, steps: int) -> tuple[int, int] | None:
+        """Step-wise: (records held, bytes of the input copies each keeps); else None."""
+        if not self.history_mode:
+            return None
+        return steps, sum(n.nbytes for n in self.graph.inputs[:self.n_data])
 
 
 def _views_data(n) -> bool:
@@ -244,14 +239,17 @@ class Runtime:
         self.last: Executable | None = None
         self.history: list[Record] = []
         self.dropped = 0  # step records discarded because of rho
+        self.most_steps = 1  # most step-wise records held at once (the report's peak counts them)
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
+        self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
 
     def clear(self) -> None:
         self.cache.clear()
         self.variants.clear()
         self.templates.clear()
         self.last = None
+        self.arena = Arena()
 
     def last_graph(self) -> Graph | None:
         """The last traced model: forward and (after a training forward) backward nodes."""
@@ -302,7 +300,7 @@ class Runtime:
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
                                  passes, root._plan_options or DEFAULT_OPTIONS,
                                  templates=self.templates)
-            exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
+            exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
             trace_starts(exe, root)
             self.cache[key] = exe
             self.trace_count += exe.traced_steps
@@ -327,6 +325,7 @@ class Runtime:
                 self.dropped += len(self.history) - rho  # bounded memory: BPTT over rho steps
                 self.history = self.history[-rho:]
                 forget_steps_before(root, self.dropped)
+            self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
         return exe, leaves, record
@@ -398,12 +397,15 @@ class Runtime:
 
     def _run_backward(self, exe: Executable, record: Record, seeds: list,
                       need_grad_input: bool = True) -> tuple:
-        """The gradients (data inputs' None without need_grad_input: TrainingPair variant)."""
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant).
+        The saved values are released when backward has read them: a second backward of the
+        same forward recomputes them from the forward's arguments (its masks and states)."""
         pair = exe.compile_training()
         if record.saved is None:  # an evaluation forward: recompute what backward needs
             record.saved = pair.saved(pair.forward.run(record.args))
         skip = 0 if need_grad_input else len(exe.data_wrt)
-        return pair.run_backward(record.saved, record.args, seeds, skip)
+        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
+        return pair.run_backward(saved, record.args, seeds, skip)
 
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:
