@@ -14,10 +14,19 @@ from ..graph import Graph
 
 
 def trace_starts(exe: Any, root: Any) -> None:
-    """Remember what the view must trace like: the leaves' shapes and the modules' starts."""
+    """Remember what the view must trace like: the modules' starts, as zero-byte stand-ins of
+    the same shapes (holding the arrays would keep the last call's output buffers alive)."""
     exe.view_starts = [
-        (m, m._state, m._user_initial) for m in root.modules() if hasattr(m, "_user_initial")
+        (m, _stand_in(m._state), _stand_in(m._user_initial))
+        for m in root.modules()
+        if hasattr(m, "_user_initial")
     ]
+
+
+def _stand_in(state: Any) -> Any:
+    if state is None:
+        return None
+    return tuple(np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in state)
 
 
 def unrolled_view(rt: Any, exe: Any) -> Any:
