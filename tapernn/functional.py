@@ -3,6 +3,7 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -189,7 +190,7 @@ def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> li
         points = [int(p) for p in indices_or_sections]
     bounds = [0] + points + [n]
     lead = (slice(None),) * ax
-    return [x[lead + (slice(a, b),)] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [x[lead + (slice(a, b),)] for a, b in itertools.pairwise(bounds)]
 
 
 def getitem(x: Var, index: Any) -> Var:

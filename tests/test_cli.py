@@ -29,7 +29,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tapernn inspect: error: unknown model 'nope'")
     proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 2 and "positive integer" in proc.stderr and "Traceback" not in proc.stderr
 
 

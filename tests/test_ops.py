@@ -104,7 +104,7 @@ row("scatter_add", "targets", lambda g, t: emit("scatter_add", g, t, axis=1, n=4
 def test_op_gradcheck(op, fn, arrays):
     graph = tn.trace(fn, *arrays)
     assert op in graph.op_counts(), f"row for {op} does not use it"
-    options = dict(eps=1e-2, atol=1e-4) if op == "cast" else {}
+    options = {"eps": 1e-2, "atol": 1e-4} if op == "cast" else {}
     assert tn.gradcheck(fn, *arrays, **options)
 
 
