@@ -16,7 +16,8 @@ PKG = ROOT / "tapernn"
 LAYERS = [
     ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
               "tapernn.random", "tapernn.fileio", "tapernn.validation",
-              "tapernn.blas", "tapernn.serialization", "tapernn.graph_text"]),
+              "tapernn.blas", "tapernn.serialization", "tapernn.views",
+              "tapernn.keys", "tapernn.tuning"]),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
     ("functional", ["tapernn.functional"]),

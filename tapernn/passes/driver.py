@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import views
 from ..errors import GraphError, TapernnError
 from ..fileio import atomic_write
 from ..graph import Graph
@@ -87,27 +88,7 @@ class CompileReport:
                    + bwd.compiled_kernels, fallbacks=fwd.fallbacks + bwd.fallbacks)
 
     def __str__(self) -> str:
-        width = max([len(p.name) for p in self.passes] + [28]) + 2
-        labelled = any(p.program for p in self.passes)
-        lead = f"{'program':<10}" if labelled else ""
-        rows = [f"{lead}{'pass':<{width}}{'nodes before':>13}{'nodes after':>13}{'ms':>10}"]
-        for p in self.passes:
-            lead = f"{p.program:<10}" if labelled else ""
-            rows.append(f"{lead}{p.name:<{width}}{p.nodes_before:>13}{p.nodes_after:>13}"
-                        f"{p.milliseconds:>10.2f}")
-        rows.append("")
-        rows.append(f"fused groups              {len(self.fused_groups)}")
-        rows.append(f"kernels per call          {self.kernels}")
-        if self.backend:
-            rows.append(f"backend                   {self.backend} ({self.compiled_kernels} "
-                        f"compiled kernels, {len(self.fallbacks)} groups on NumPy)")
-            rows += [f"  on NumPy: {why}" for why in self.fallbacks[:5]]
-        rows.append(f"naive bytes               {self.naive_bytes:,}")
-        rows.append(f"planned bytes             {self.planned_bytes:,}")
-        rows.append(f"peak bytes                {self.peak_bytes:,}")
-        rows.append(f"saved for backward bytes  {self.saved_for_backward_bytes:,}")
-        rows.append(f"resident bytes            {self.resident_bytes:,}")
-        return "\n".join(rows)
+        return views.format_report(self)
 
 
 def pass_name(p: Pass) -> str:

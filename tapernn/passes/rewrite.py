@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import GraphError
-from ..graph import Graph, Node, freeze  # noqa: F401 (freeze: passes import it from here)
+from ..graph import Graph, Node
+from ..keys import freeze  # noqa: F401 (freeze: passes import it from here)
 from ..ops.registry import get_op
 
 
