@@ -33,7 +33,6 @@ from .functional import (
     matmul,
     max,
     maximum,
-    mean,
     minimum,
     ones,
     ones_like,
@@ -41,9 +40,7 @@ from .functional import (
     reshape,
     sigmoid,
     softmax,
-    split,
     sqrt,
-    stack,
     stop_gradient,
     sum,
     tanh,
@@ -54,6 +51,7 @@ from .functional import (
     zeros_like,
 )
 from .graph import Graph, Node
+from .library import mean, split, stack
 from .memory import PlanOptions
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401

@@ -3,7 +3,6 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -87,13 +86,6 @@ def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
     return emit("sum", x, axis=axes, keepdims=bool(keepdims))
 
 
-def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
-    x = as_var(x)
-    axes = normalize_axes(axis, x.ndim)
-    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-    return sum(x, axes, keepdims) / float(count or 1)
-
-
 def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
     x = as_var(x)
     return emit("max", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
@@ -165,32 +157,6 @@ def concat(xs: Sequence[Var], axis: int = 0) -> Var:
     if len(xs) == 1:
         return xs[0]
     return emit("concat", *xs, axis=normalize_axis(axis, xs[0].ndim))
-
-
-def stack(xs: Sequence[Var], axis: int = 0) -> Var:
-    xs = list(xs)
-    if not xs:
-        raise ShapeError("stack: needs at least one value")
-    like = next((x for x in xs if isinstance(x, Var)), None)
-    xs = [as_var(x, like) for x in xs]
-    ax = normalize_axis(axis, xs[0].ndim + 1)
-    return concat([reshape(x, x.shape[:ax] + (1,) + x.shape[ax:]) for x in xs], axis=ax)
-
-
-def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Var]:
-    """NumPy's split: an int is a number of equal sections, a list the split points."""
-    ax = normalize_axis(axis, x.ndim)
-    n = x.shape[ax]
-    if isinstance(indices_or_sections, (int, np.integer)):
-        k = int(indices_or_sections)
-        if k <= 0 or n % k:
-            raise ShapeError(f"split: axis of length {n} does not divide into {k} equal parts")
-        points = [n // k * j for j in range(1, k)]
-    else:
-        points = [int(p) for p in indices_or_sections]
-    bounds = [0] + points + [n]
-    lead = (slice(None),) * ax
-    return [x[lead + (slice(a, b),)] for a, b in itertools.pairwise(bounds)]
 
 
 def getitem(x: Var, index: Any) -> Var:
@@ -277,7 +243,6 @@ _OPERATORS = {
     "__getitem__": lambda a, idx: getitem(a, idx),
     "T": property(lambda self: transpose(self)),
     "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
-    "mean": lambda self, axis=None, keepdims=False: mean(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
     "reshape": _reshape_method, "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
@@ -297,13 +262,16 @@ _TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "nega
                 "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
 
 
+_SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions
+
+
 def _numpy_on_var(called: str, name: str) -> str:
     public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
     where_ = located(current_scope() or None, current_step())
     tn_name = _TN_SPELLING.get(name, name)
     if tn_name == "-x":
         hint = "use -x"
-    elif callable(getattr(public, tn_name, None)) and callable(globals().get(tn_name)):
+    elif getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
         hint = f"use tn.{tn_name}"
     else:
         hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "

@@ -21,6 +21,7 @@ LAYERS = [
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
     ("functional", ["tapernn.functional"]),
+    ("library", ["tapernn.library"]),  # compositions of the functional ops
     ("op set", ["tapernn.ops.*"]),  # the families: their VJPs are written with functional
     ("autodiff", ["tapernn.autodiff"]),
     ("passes", ["tapernn.passes.*"]),

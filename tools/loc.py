@@ -13,8 +13,7 @@ KERNEL_TARGET = 2000
 
 # (tier, part, files relative to tapernn/); a file is counted in the first part naming it
 PARTS = [
-    ("kernel", "IR", ["graph.py", "graph_text.py", "ops/registry.py", "ops/indexing.py",
-                      "ops/__init__.py"]),
+    ("kernel", "IR", ["graph.py", "ops/registry.py", "ops/indexing.py", "ops/__init__.py"]),
     ("kernel", "errors", ["errors.py"]),
     ("kernel", "tracing", ["tracing.py", "functional.py"]),
     ("kernel", "ops", ["ops/elementwise.py", "ops/reduce.py", "ops/shape.py", "ops/linalg.py",
@@ -27,11 +26,15 @@ PARTS = [
     # switched off by compile(passes=[], options=PlanOptions(regions=False, inline_sigmoid=False));
     # tests/test_kernel_alone.py checks the kernel then calls none of it
     ("optimisation", "passes", ["passes/*.py"]),  # DEFAULT, rewrite helpers, the rewrites
+    ("optimisation", "CSE keys", ["keys.py"]),  # hashable attribute keys the passes compare
+    ("optimisation", "tuning", ["tuning.py"]),  # GC pause while compiling, fast errstate
     ("optimisation", "region planner", ["regions.py"]),
     ("optimisation", "shared arena", ["arena.py"]),  # a training pair's programs share buffers
     ("optimisation", "fused lowering", ["ops/fused.py", "fused_lowering.py", "backends/*.py"]),
     ("rest", "oracle, gradcheck", ["interpret.py", "testing.py"]),
     ("rest", "argument checks", ["validation.py"]),
+    ("rest", "views", ["views.py"]),  # graph text, networkx form, the compile report's table
+    ("rest", "library", ["library.py"]),  # functions composed of kernel ops (mean, stack, split)
     ("rest", "nn", ["nn/*.py"]),
     ("rest", "export", ["export/*.py"]),
     ("rest", "applications", ["apps/**/*.py", "__main__.py"]),
