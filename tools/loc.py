@@ -28,12 +28,14 @@ PARTS = [
     ("optimisation", "passes", ["passes/*.py"]),  # DEFAULT, rewrite helpers, the rewrites
     ("optimisation", "CSE keys", ["keys.py"]),  # hashable attribute keys the passes compare
     ("optimisation", "tuning", ["tuning.py"]),  # GC pause while compiling, fast errstate
+    ("optimisation", "plan options", ["plan_options.py"]),  # the tier's switches, thresholds
     ("optimisation", "region planner", ["regions.py"]),
     ("optimisation", "shared arena", ["arena.py"]),  # a training pair's programs share buffers
     ("optimisation", "fused lowering", ["ops/fused.py", "fused_lowering.py", "backends/*.py"]),
     ("rest", "oracle, gradcheck", ["interpret.py", "testing.py"]),
     ("rest", "argument checks", ["validation.py"]),
     ("rest", "views", ["views.py"]),  # graph text, networkx form, the compile report's table
+    ("rest", "accounting", ["accounting.py"]),  # bytes and kernels of a plan, for the report
     ("rest", "library", ["library.py"]),  # functions composed of kernel ops (mean, stack, split)
     ("rest", "nn", ["nn/*.py"]),
     ("rest", "export", ["export/*.py"]),
