@@ -3,7 +3,6 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from .errors import ArgumentTypeError, ShapeError, TracingError
 from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, current_scope, current_step, emit
+from .validation import numpy_on_var
 
 
 def _unary(name):
@@ -258,25 +258,8 @@ _OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
     "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
     "less": ("__lt__", "__gt__"),
 }
-_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
-                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
-
-
-_SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions
-
-
-def _numpy_on_var(called: str, name: str) -> str:
-    public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
-    where_ = located(current_scope() or None, current_step())
-    tn_name = _TN_SPELLING.get(name, name)
-    if tn_name == "-x":
-        hint = "use -x"
-    elif getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
-        hint = f"use tn.{tn_name}"
-    else:
-        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
-                "tn.tanh, tn.sigmoid, tn.sum, ...)")
-    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
+def _where() -> str:
+    return located(current_scope() or None, current_step())
 
 
 def _array_ufunc(self: Var, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
@@ -285,11 +268,11 @@ def _array_ufunc(self: Var, ufunc: Any, method: str, *inputs: Any, **kwargs: Any
         a, b = inputs
         return getattr(a, ops[0])(b) if isinstance(a, Var) else getattr(b, ops[1])(a)
     called = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
-    raise TracingError(_numpy_on_var(called, ufunc.__name__))
+    raise TracingError(numpy_on_var(called, ufunc.__name__, _where()))
 
 
 def _array_function(self: Var, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-    raise TracingError(_numpy_on_var(func.__name__, func.__name__))
+    raise TracingError(numpy_on_var(func.__name__, func.__name__, _where()))
 
 
 _OPERATORS.update(__array_ufunc__=_array_ufunc, __array_function__=_array_function)

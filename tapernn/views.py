@@ -1,12 +1,18 @@
 """Views of the IR and of compile reports, for people and tools (no compiler work): the text of
 a graph (`Graph.__str__`: one line per node, also diagram tooltips), its networkx form
-(`Graph.to_networkx`), the table of a `CompileReport` (`str(report)`)."""
+(`Graph.to_networkx`), the table of a `CompileReport` (`str(report)`), the graph after each pass
+as files (`compile(..., dump=folder)`)."""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
+
+from .fileio import atomic_write
 
 if TYPE_CHECKING:
     from .graph import Graph, Node
@@ -98,3 +104,15 @@ def format_report(report: CompileReport) -> str:
     rows.append(f"saved for backward bytes  {report.saved_for_backward_bytes:,}")
     rows.append(f"resident bytes            {report.resident_bytes:,}")
     return "\n".join(rows)
+
+
+def graph_files(folder: str | os.PathLike) -> Callable[[int, str, Graph], None]:
+    """The `dump=` hook of run_passes for a folder: `NN_pass.txt`, the graph after each pass."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(index: int, name: str, graph: Graph) -> None:
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+        text = (str(graph) + "\n").encode()
+        atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
+    return write

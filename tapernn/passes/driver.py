@@ -7,11 +7,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from .. import views
 from ..errors import GraphError, TapernnError
-from ..fileio import atomic_write
 from ..graph import Graph
 
 Pass = Callable[[Graph], Graph]
@@ -147,7 +145,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
     `dump(index, name, graph)`, or a directory where each is written as `NN_name.txt`."""
     check_order(passes)
     report = report or CompileReport()
-    dump = _dumper(dump)
+    dump = dump if dump is None or callable(dump) else views.graph_files(dump)
     names = [pass_name(p) for p in passes]
     if dump is not None:
         dump(0, "input", graph)
@@ -170,16 +168,3 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
         if dump is not None:
             dump(k + 1, names[k], graph)
     return graph, report
-
-
-def _dumper(dump: Dump | str | os.PathLike | None) -> Dump | None:
-    if dump is None or callable(dump):
-        return dump
-    folder = Path(dump)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write(index: int, name: str, graph: Graph) -> None:
-        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
-        text = (str(graph) + "\n").encode()
-        atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
-    return write
