@@ -56,6 +56,7 @@ from .memory import PlanOptions
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
 from .regions import RegionWalk  # noqa: F401  (hands the region planner to memory)
+from .scan import ScanResult, inline, scan, unroll_scans
 from .testing import gradcheck
 from .tracing import Var, trace
 
@@ -77,6 +78,7 @@ __all__ = [
     "Node",
     "NumericError",
     "PlanOptions",
+    "ScanResult",
     "ShapeError",
     "StateError",
     "TapernnError",
@@ -99,6 +101,7 @@ __all__ = [
     "grad",
     "gradcheck",
     "graph",
+    "inline",
     "load_into",
     "log",
     "log_softmax",
@@ -117,6 +120,7 @@ __all__ = [
     "relu",
     "reshape",
     "save",
+    "scan",
     "set_backend",
     "set_blas_threads",
     "set_default_passes",
@@ -132,6 +136,7 @@ __all__ = [
     "tracing",
     "transpose",
     "unbroadcast",
+    "unroll_scans",
     "where",
     "zeros",
     "zeros_like"

@@ -103,6 +103,7 @@ def format_report(report: CompileReport) -> str:
     rows.append(f"peak bytes                {report.peak_bytes:,}")
     rows.append(f"saved for backward bytes  {report.saved_for_backward_bytes:,}")
     rows.append(f"resident bytes            {report.resident_bytes:,}")
+    rows += [str(loop) for loop in report.loops]
     return "\n".join(rows)
 
 

@@ -32,6 +32,7 @@ PARTS = [
     ("optimisation", "region planner", ["regions.py"]),
     ("optimisation", "shared arena", ["arena.py"]),  # a training pair's programs share buffers
     ("optimisation", "fused lowering", ["ops/fused.py", "fused_lowering.py", "backends/*.py"]),
+    ("loops", "scan", ["scan*.py"]),  # tn.scan: the loop node, its lowering and VJP
     ("rest", "oracle, gradcheck", ["interpret.py", "testing.py"]),
     ("rest", "argument checks", ["validation.py"]),
     ("rest", "views", ["views.py"]),  # graph text, networkx form, the compile report's table
