@@ -1,6 +1,6 @@
-"""Programs that never run at the same time (a TrainingPair's forward and backward) compiled with
-their buffers in one shared byte arena (optimisation tier: compiled alone, each program
-allocates its own)."""
+"""Programs that never run at the same time (a TrainingPair's forward and backward; all the
+programs of one module: `Arena`) compiled with their buffers in one shared byte arena
+(optimisation tier: compiled alone, each program allocates its own)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,21 +8,45 @@ from collections.abc import Sequence
 import numpy as np
 
 from .codegen import Program
-from .executor import Compiled, gc_paused, pipeline_of, verify_input, with_backend
+from .executor import Compiled, compile, gc_paused, pipeline_of, verify_input, with_backend
 from .fused_lowering import fused_scratch
 from .graph import Graph
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
 from .passes import Pass, run_passes
 
 
+class Arena:
+    """One byte arena for the buffers of programs that never run at the same time (all the
+    programs of one outermost module: every input signature, training and evaluation, the
+    backward variants; a module's calls never overlap): safe because no value a program returns
+    or keeps between calls lives in a buffer. `take(n)` returns it grown to at least n bytes (a
+    program compiled before a growth keeps the smaller array it was given)."""
+
+    def __init__(self) -> None:
+        self.array = np.empty(0, np.uint8)
+        self.given: list[np.ndarray] = []  # every array handed out (for the byte count)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        if self.array.nbytes < nbytes:
+            self.array = np.empty(nbytes, np.uint8)
+            self.given.append(self.array)
+        return self.array
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array handed out (the programs keep them alive)."""
+        return sum(a.nbytes for a in self.given)
+
+
 def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
-                   options: PlanOptions = DEFAULT_OPTIONS,
-                   backend: str | None = None) -> list[Compiled]:
+                   options: PlanOptions = DEFAULT_OPTIONS, backend: str | None = None,
+                   arena: Arena | None = None) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
-    returned views of inputs)."""
+    returned views of inputs). With `arena` the group's arena is that shared Arena's (grown
+    if it is too small), and the reports count all of it."""
     options = with_backend(options, backend)
     with gc_paused():
         optimised = []
@@ -30,15 +54,26 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
             verify_input(graph)
             optimised.append(run_passes(graph, pipeline_of(passes)))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
-        arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-        compiled = [Compiled(g, Program(g, buffers=arena_views(arena, plan.buffers), plan=plan,
+        size = max(arena_layout(p.buffers)[1] for p in plans)
+        shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
+        compiled = [Compiled(g, Program(g, buffers=arena_views(shared, plan.buffers), plan=plan,
                                        options=options), report)
                     for (g, report), plan in zip(optimised, plans)]
-        resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
+        arena_bytes = shared.nbytes if arena is None else arena.nbytes
+        resident = arena_bytes + sum(p.per_call_bytes for p in plans)
         for c in compiled:
             c.report.resident_bytes = resident
-            c.report.arena_bytes = arena.nbytes
+            c.report.arena_bytes = arena_bytes
         return compiled
+
+
+def compile_into(graph: Graph, arena: Arena | None, passes: Sequence[Pass] | None = None,
+                 options: PlanOptions = DEFAULT_OPTIONS) -> Compiled:
+    """`executor.compile(graph, passes, options)` with the buffers carved from `arena` (None:
+    the program's own)."""
+    if arena is None:
+        return compile(graph, passes, options)
+    return compile_shared([graph], passes, options, arena=arena)[0]
 
 
 def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:

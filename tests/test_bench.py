@@ -29,6 +29,10 @@ def test_quick_table_with_the_real_modules(bench, capsys):
     for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"):
         rows = [line.split() for line in memory if line.split()[:2] == ["tn", name]]
         assert len(rows) == 1 and len(rows[0]) == 10 and rows[0][-1].endswith("x"), (name, memory)
+    # and a measured loop-peak row: tracemalloc bytes, over the minimum, the report, the ratio
+    loop = out[out.index("tapernn loop peak KiB"):].splitlines()
+    rows = [line.split() for line in loop if line.split()[:2] == ["FastLSTM", "(tracemalloc)"]]
+    assert len(rows) == 1 and len(rows[0]) == 6 and rows[0][-1].endswith("x"), loop
     assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gate_matmuls" in out
 
 

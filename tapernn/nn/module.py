@@ -368,7 +368,7 @@ class Module:
     def compile_report(self):
         if self._runtime is None or self._runtime.last is None:
             raise StateError(f"{self.describe()}: no compiled program yet; call forward first")
-        return self._runtime.last.report()
+        return self._runtime.last.report(self._runtime.most_steps)
 
     @property
     def trace_count(self) -> int:

@@ -119,6 +119,13 @@ class AbstractRecurrent(Module):
 
     # ---- runtime state ---------------------------------------------------------------------------
 
+    def _before_forward(self) -> None:
+        """A Sequencer backward's pending get_grad_hidden_state (it holds copies of that call's
+        arguments) is dropped now: the coming call's write-back would drop it anyway, and the
+        copies need not sit through the forward (the peak of a training loop)."""
+        if callable(self._grad_hidden):
+            self._grad_hidden = {}
+
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return self._state if self._state is not None else self._user_initial
 

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from .. import random as tn_random
+from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
-from ..executor import Compiled, compile, gc_paused
+from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
@@ -29,6 +30,7 @@ from .state_grads import (
     sequence_cuts,
     stepwise_seeds,
     store_state_input_grads,
+    tap_copy_bytes,
 )
 from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
@@ -101,6 +103,7 @@ class Executable:
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
         self.n_data = len(data_nodes)
         self.forward_only: Compiled | None = None
+        self.arena: Arena | None = None  # the buffers of the Runtime's programs (set by it)
         self.recurrent: list | None = None  # recurrent modules of the model (Runtime.forward)
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
@@ -123,7 +126,8 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile(self.aliasing_probes(packed), self.passes, self.options)
+            self.forward_only = compile_into(self.aliasing_probes(packed), self.arena,
+                                             self.passes, self.options)
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -165,7 +169,8 @@ class Executable:
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options)
+        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
+                            self.arena)
 
     def args_like(self, base_args: list) -> list:
         """A variant's arguments from the base program's (same trace, so the same inputs in the
@@ -177,13 +182,22 @@ class Executable:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
         return [b(leaves) for b in self.binders]
 
-    def report(self):
+    def report(self, steps: int = 1):
+        """The joined report; step-wise, `steps` records held at once count in its peak."""
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
         pair = self.training_pair
         return CompileReport.joined(pair.forward.report, pair.last_backward.report,
-                                    pair.saved_bytes, pair.resident_bytes)
+                                    pair.saved_bytes, pair.resident_bytes,
+                                    pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
+                                                         self._held_steps(steps)))
+
+    def _held_steps(self, steps: int) -> tuple[int, int] | None:
+        """Step-wise: (records held, bytes of the input copies each keeps); else None."""
+        if not self.history_mode:
+            return None
+        return steps, sum(n.nbytes for n in self.graph.inputs[:self.n_data])
 
 
 def _views_data(n) -> bool:
@@ -244,12 +258,15 @@ class Runtime:
         self.last: Executable | None = None
         self.history: list[Record] = []
         self.dropped = 0  # step records discarded because of rho
+        self.most_steps = 1  # most step-wise records held at once (the report's peak counts them)
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
+        self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
 
     def clear(self) -> None:
         self.cache.clear()
         self.variants.clear()
         self.last = None
+        self.arena = Arena()
 
     def last_graph(self) -> Graph | None:
         """The last traced model: forward and (after a training forward) backward nodes."""
@@ -291,7 +308,7 @@ class Runtime:
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
                                  passes, root._plan_options or DEFAULT_OPTIONS)
-            exe.key, exe.trace_args = key, (tree, names, n_diff, passes)
+            exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
             self.cache[key] = exe
             self.trace_count += 1
         self.last = exe
@@ -315,6 +332,7 @@ class Runtime:
                 self.dropped += len(self.history) - rho  # bounded memory: BPTT over rho steps
                 self.history = self.history[-rho:]
                 forget_steps_before(root, self.dropped)
+            self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
         return exe, leaves, record
@@ -383,12 +401,15 @@ class Runtime:
 
     def _run_backward(self, exe: Executable, record: Record, seeds: list,
                       need_grad_input: bool = True) -> tuple:
-        """The gradients (data inputs' None without need_grad_input: TrainingPair variant)."""
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant).
+        The saved values are released when backward has read them: a second backward of the
+        same forward recomputes them from the forward's arguments (its masks and states)."""
         pair = exe.compile_training()
         if record.saved is None:  # an evaluation forward: recompute what backward needs
             record.saved = pair.saved(pair.forward.run(record.args))
         skip = 0 if need_grad_input else len(exe.data_wrt)
-        return pair.run_backward(record.saved, record.args, seeds, skip)
+        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
+        return pair.run_backward(saved, record.args, seeds, skip)
 
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:

@@ -204,3 +204,12 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
 
     for m in modules:
         m._grad_hidden = compute
+
+
+def tap_copy_bytes(exe: Any) -> int:
+    """Bytes later_tap_grads copies on every plain Sequencer backward of `exe` (its arguments
+    and seeds), 0 where it copies nothing (no recurrent module, or step-wise use)."""
+    if exe.history_mode or not _recurrent_steps(exe):
+        return 0
+    args = sum(n.nbytes for n in exe.arg_nodes if n.kind != "tap")
+    return args + sum(exe.diff_outputs[k].nbytes for k in exe.seeded)

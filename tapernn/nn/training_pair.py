@@ -1,12 +1,14 @@
 """A training pair: the compiled forward and backward programs of one joint graph (their
-temporaries in one arena), and the backward variants without the data-input gradients."""
+temporaries in one arena), the backward variants without the data-input gradients, and the
+most bytes a steady training loop over the pair holds at once (`step_peak_bytes`)."""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..arena import compile_shared
-from ..executor import Compiled, compile
+from ..arena import Arena, compile_into, compile_shared
+from ..executor import Compiled
 from ..graph import Graph
+from ..memory import PSEUDO
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 
 
@@ -17,7 +19,7 @@ class TrainingPair:
     the arena plus both programs' per-call values."""
 
     def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS):
+                 options: PlanOptions = DEFAULT_OPTIONS, arena: Arena | None = None):
         self.joint = joint  # forward and backward together, for diagrams
         self.n_saved = len(bwd.meta.saved_names)
         self.n_seeds = len(bwd.meta.seed_names)
@@ -25,7 +27,8 @@ class TrainingPair:
         self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
         # the two programs run alternately: their temporaries share one arena
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options)
+        self.arena = arena  # shared with the module's other programs (None: the pair's own)
+        self.forward, self.backward = compile_shared([fwd, bwd], passes, options, arena=arena)
         self.resident_bytes = self.forward.report.resident_bytes
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
@@ -44,8 +47,8 @@ class TrainingPair:
         if skip not in self.variants:
             g = self.bwd_graph
             meta = replace(g.meta, output_names=g.meta.output_names[skip:])
-            self.variants[skip] = compile(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
-                                          self.passes, self.options)
+            self.variants[skip] = compile_into(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
+                                               self.arena, self.passes, self.options)
         return self.variants[skip]
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
@@ -53,3 +56,74 @@ class TrainingPair:
         program = self.last_backward = self.backward_program(skip)
         grads = program.run(saved + seeds + [args[k] for k in self.reads])
         return (None,) * skip + tuple(grads) if skip else grads
+
+    def step_peak_bytes(self, n_data_grads: int, tap_bytes: int = 0,
+                        held: tuple[int, int] | None = None) -> int:
+        """Most bytes a steady training loop (forward, backward, update; the Runtime's
+        lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
+        what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
+        the variant backward's own; or the module's one Arena) always; the last call's kept outputs (`output`, per-step
+        fields, final states) and `grad_input` until the next call replaces them; then the
+        larger of three moments: the forward's end (its per-call peak: the new outputs and
+        saved values), backward (the saved values it reads, released when it returns, plus
+        its per-call peak: gradients and temporaries), and just after it (the gradients it
+        returned, plus `tap_bytes`: the copies a Sequencer keeps for get_grad_hidden_state).
+        Stepped by hand (`held` = (n, input bytes)): n steps' records (kept outputs, saved
+        values, masks, the copy of the step's input) are held at once before backward."""
+        fwd, bwd = self.forward, self.last_backward
+        n_kept = len(fwd.graph.outputs) - self.n_saved
+        kept = _storages(fwd, range(n_kept))
+        saved_only = {k: b for k, b in _storages(fwd, range(n_kept, len(fwd.graph.outputs)))
+                      .items() if k not in kept}
+        n_dx = n_data_grads if bwd is self.backward else 0
+        grad_input = sum(_storages(bwd, range(n_dx)).values())
+        returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
+        buffers = self.arena.nbytes if self.arena is not None else fwd.report.arena_bytes + sum(
+            v.program.plan.buffer_bytes for v in self.variants.values())
+        moments = (per_call_peak(fwd), sum(saved_only.values()) + per_call_peak(bwd),
+                   returned + tap_bytes)
+        # the dropout masks the last forward drew stay with its record until the next one's
+        masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
+        kept_b, saved_b = sum(kept.values()), sum(saved_only.values())
+        if held is None:
+            return buffers + kept_b + masks + grad_input + max(moments)
+        steps, inputs = held
+        step_bytes = kept_b + saved_b + masks + inputs
+        moments = (moments[0], kept_b + moments[1], moments[2])
+        return buffers + (steps - 1) * step_bytes + masks + inputs + grad_input + max(moments)
+
+
+def _storages(c: Compiled, positions) -> dict:
+    """Bytes of the arrays a program returns at `positions`, once per storage (a value and its
+    views, or values computed into one array, count once; a returned copy, once per place)."""
+    plan, graph = c.program.plan, c.graph
+    alias = set(graph.meta.outputs_may_alias_inputs)
+    out: dict = {}
+    for k in positions:
+        o = graph.outputs[k]
+        if plan.copied(o, k in alias):
+            out[("copy", k)] = o.nbytes
+        elif o.op not in PSEUDO and plan.storage.get(o) is not None:
+            st = plan.storage[o]
+            out[st] = st.nbytes
+    return out
+
+
+def per_call_peak(c: Compiled) -> int:
+    """Most bytes of a program's per-call storage live at once during a call: each is allocated
+    at its first write and freed at its last read (codegen `del`s it), returned ones live to
+    the end, where copies of returned buffer values are added (memory._peak for them alone)."""
+    plan, end = c.program.plan, len(c.graph.nodes)
+    delta = [0] * (end + 2)
+    at_end = 0
+    for st in plan.fresh:
+        start = plan.alloc_at.get(st, 0)
+        stop = min(plan.release_at.get(st, start), end)
+        delta[start] += st.nbytes
+        delta[stop + 1] -= st.nbytes
+        at_end += st.nbytes if plan.release_at.get(st, start) >= end else 0
+    live = peak = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return max(peak, at_end + plan.copied_bytes)

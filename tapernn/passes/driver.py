@@ -82,7 +82,10 @@ class CompileReport:
     shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
     program with buffers of its own) plus each program's per-call values (outputs, values saved
     for backward, gradients), so the forward and backward reports carry the same number and it
-    must not be added up."""
+    must not be added up. A module's report after a training step (`compile_report()`) joins
+    its two programs: there `peak_bytes` is the most bytes a steady training loop holds at once
+    beyond the parameters, their gradients and the caller's data (TrainingPair.step_peak_bytes:
+    what tracemalloc shows), `resident_bytes` the pair's."""
 
     passes: list[PassRecord] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)
@@ -102,15 +105,16 @@ class CompileReport:
 
     @classmethod
     def joined(cls, fwd: CompileReport, bwd: CompileReport, saved_for_backward_bytes: int,
-               resident_bytes: int) -> CompileReport:
+               resident_bytes: int, peak_bytes: int | None = None) -> CompileReport:
         """One report of a training pair's forward and backward programs (compiled together:
         one arena, one backend): passes labelled by program, bytes and kernels added up, the
-        peak the larger one's."""
+        peak `peak_bytes` (a module's: its training loop's) or else the larger program's."""
         labelled = [replace(r, program=program)
                     for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
         a, b = fwd.plan, bwd.plan
         plan = PlanStats(a.kernels + b.kernels, a.naive_bytes + b.naive_bytes,
-                         a.planned_bytes + b.planned_bytes, max(a.peak_bytes, b.peak_bytes),
+                         a.planned_bytes + b.planned_bytes,
+                         max(a.peak_bytes, b.peak_bytes) if peak_bytes is None else peak_bytes,
                          saved_for_backward_bytes)
         return cls(passes=labelled, fused_groups=fwd.fused_groups + bwd.fused_groups, plan=plan,
                    resident_bytes=resident_bytes, arena_bytes=fwd.arena_bytes,

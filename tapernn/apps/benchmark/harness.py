@@ -228,6 +228,9 @@ def report_config(B, T, D, H, dtype, args) -> None:
     for row in memory_rows(B, T, D, H, dtype, workspace, args.cells,
                            getattr(args, "backends", None) or (None,)):
         print(row)
+    from .memory import measured_rows
+    for row in measured_rows(B, T, D, H, dtype, args.peers, args.cells):
+        print(row)
 
 
 def training_pairs_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
