@@ -4,6 +4,8 @@ keyed by structure (ops, dtypes, broadcast pattern; not sizes), written as modul
 directory so numba's cache=True works across processes, and compiled once per process."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import importlib.util
 import os
@@ -21,7 +23,7 @@ from ..fileio import atomic_write
 SOURCE_VERSION = 1
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()
-_kernels: dict[str, tuple[Callable | None, str]] = {}
+_kernels: dict[str, Kernel] = {}
 
 
 # float32 groups with these ops stay on NumPy: without Intel SVML numba calls scalar libm
@@ -31,7 +33,17 @@ _kernels: dict[str, tuple[Callable | None, str]] = {}
 SLOW_FLOAT32_OPS = frozenset({"tanh", "log", "power"})
 
 
+@functools.cache
 def _svml() -> bool:
+    """numba's config.USING_SVML, without importing numba (0.5-1 s) where it is certainly
+    False: SVML disabled by its variable, or no libsvml to load (numba/__init__.py)."""
+    if "numba" not in sys.modules:
+        if os.environ.get("NUMBA_DISABLE_INTEL_SVML", "0") not in ("", "0"):
+            return False
+        try:
+            ctypes.CDLL("libsvml.so")
+        except OSError:
+            return False
     from numba import config
     return bool(getattr(config, "USING_SVML", False))
 
@@ -182,9 +194,47 @@ def _warm(kernel: Callable, operands: list[tuple[tuple, Any]], out: tuple[int, A
     kernel(*args, np.zeros((1,) * out[0], out[1]))
 
 
-def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
-               out_dtype: Any) -> tuple[Callable | None, str]:
-    """(kernel, "") or (None, why not): the NumPy lowering then runs the group."""
+class Kernel:
+    """One generated kernel (shared by every group of the same structure in every program):
+    its module loaded from the cache directory, and the argument types it is compiled for."""
+
+    def __init__(self, source: str, operands: list[tuple[tuple, Any]], out: tuple[int, Any]):
+        self.source, self.operands, self.out = source, operands, out
+        self.kernel: Callable | None = None
+        self.error = ""  # why it could not be made (its groups then run on NumPy)
+        self.types: set[tuple] = set()  # background.type_key of the compiled signatures
+
+    def has(self, key: tuple | None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
+
+    def prepare(self, key: tuple | None = None, warm: bool = False) -> Callable | None:
+        """Load the kernel (and compile it for `key`, or for C-contiguous arrays with `warm`);
+        None when that failed (self.error says why)."""
+        with _lock:
+            if self.error:
+                return None
+            try:
+                if self.kernel is None:
+                    self.kernel = _load(self.source)
+                if warm:
+                    _warm(self.kernel, self.operands, self.out)
+                if key is not None and key not in self.types:
+                    from .background import numba_signature
+                    self.kernel.compile(numba_signature(key))
+                    self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
+                self.kernel = None
+                self.error = f"numba failed: {type(e).__name__}: " \
+                             f"{str(e).splitlines()[0][:200]}"
+                return None
+            return self.kernel
+
+
+def plan_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
+                out_dtype: Any, background: bool = False) -> tuple[Kernel | None, str]:
+    """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
+    `background` the kernel is compiled (C-contiguous) before this returns; with it this returns
+    at once, and the group's call sites have the worker thread compile it (backends/background)."""
     slower = slower_than_numpy(program)
     if slower:
         return None, slower
@@ -193,18 +243,22 @@ def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tup
     except Unsupported as e:
         return None, f"unsupported: {e}"
     with _lock:
-        known = _kernels.get(source)
-        if known is not None:
-            return known
-        try:
-            kernel = _load(source)
-            _warm(kernel, operands, (len(out_shape), out_dtype))
-            result: tuple[Callable | None, str] = (kernel, "")
-        except Exception as e:  # noqa: BLE001 -- any failure: this group runs on NumPy
-            result = (None, f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        _kernels[source] = result
-        return result
+        handle = _kernels.get(source)
+        if handle is None:
+            handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
+    if background:
+        return (None, handle.error) if handle.error else (handle, "")
+    if handle.prepare(warm=True) is None:
+        return None, handle.error
+    return handle, ""
+
+
+def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
+               out_dtype: Any) -> tuple[Callable | None, str]:
+    """(compiled kernel, "") or (None, why not), compiled before this returns."""
+    handle, why = plan_kernel(program, operands, out_shape, out_dtype)
+    return (handle.kernel, "") if handle is not None else (None, why)
 
 
 def kernels_loaded() -> int:
-    return sum(1 for k, _ in _kernels.values() if k is not None)
+    return sum(1 for k in _kernels.values() if k.kernel is not None)
