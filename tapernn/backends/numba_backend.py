@@ -20,7 +20,7 @@ import numpy as np
 from ..fileio import atomic_write
 
 # bump when the generated source changes meaning (part of every kernel's file name)
-SOURCE_VERSION = 1
+SOURCE_VERSION = 2
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()
 _kernels: dict[str, Kernel] = {}
@@ -102,8 +102,6 @@ def _scalar(op: str, xs: list[str], attrs: dict, dt: str) -> str:
         return f"-{xs[0]}"
     if op in ("exp", "log", "tanh", "sqrt", "abs", "sign", "power"):
         return f"np.{op}({', '.join(xs)})"
-    if op == "sigmoid":  # exact in both tails: exp(-|a|) never overflows (ops/elementwise.py)
-        return f"_sigmoid_{dt}({xs[0]})"
     if op == "cast":
         return f"({xs[0]} != 0)" if dt == "bool" else f"np.{dt}({xs[0]})"
     raise Unsupported(f"op {op!r}")
@@ -121,45 +119,45 @@ ONE_float64, ZERO_float64 = np.float64(1.0), np.float64(0.0)
 ONE_bool, ZERO_bool = True, False
 
 
-@njit(inline="always", error_model="numpy")
-def _sigmoid_float32(a):
-    e = np.exp(-np.abs(a))
-    return (ONE_float32 if a >= ZERO_float32 else e) / (ONE_float32 + e)
-
-
-@njit(inline="always", error_model="numpy")
-def _sigmoid_float64(a):
-    e = np.exp(-np.abs(a))
-    return (ONE_float64 if a >= ZERO_float64 else e) / (ONE_float64 + e)
-
-
 @njit(cache=True, error_model="numpy", nogil=True)
 '''
 
 
+def _sigmoid_lines(j: int, x: str, dt: str) -> list[str]:
+    """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
+    written out (an inlined helper costs numba an inlining pass per kernel at compile time)."""
+    one, zero = _typed(dt, 1), _typed(dt, 0)
+    return [f"a{j} = {x}", f"e{j} = np.exp(-np.abs(a{j}))",
+            f"v{j} = ({one} if a{j} >= {zero} else e{j}) / ({one} + e{j})"]
+
+
 def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple) -> str:
     """The module text of `program` (ops/fused.py) over operands of these (shape, dtype),
-    writing an output of out_shape: sizes enter only as which dimensions broadcast."""
+    writing an output of out_shape: sizes enter only as which dimensions broadcast. An operand
+    is cast only where its dtype is not the instruction's (every op here keeps the dtype of
+    same-dtype operands, as in NumPy): fewer calls to type and lower at compile time."""
     ndim = len(out_shape)
     idx = [f"i{d}" for d in range(ndim)]
     loads = []
     for k, (shape, dtype) in enumerate(operands):
-        _dtype_name(dtype)
         lead = ndim - len(shape)
         sub = [("0" if s == 1 and out_shape[lead + j] != 1 else idx[lead + j])
                for j, s in enumerate(shape)]
-        loads.append(f"x{k}[{', '.join(sub) if sub else '()'}]")
-    lines, values = [], []
+        loads.append((f"x{k}[{', '.join(sub) if sub else '()'}]", _dtype_name(dtype)))
+    lines: list[str] = []
+    values: list[tuple[str, str]] = []
     for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
         dt = _dtype_name(dtype)
-        xs = [loads[r] if r >= 0 else values[-r - 1] for r in refs]
-        if op in _CASTS_OPERANDS and dt != "bool":
-            xs = [f"np.{dt}({x})" for x in xs]
-        expr = _scalar(op, xs, dict(attrs), dt)
-        lines.append(f"v{j} = {expr}" if dt == "bool" else f"v{j} = np.{dt}({expr})")
-        values.append(f"v{j}")
+        ins = [loads[r] if r >= 0 else values[-r - 1] for r in refs]
+        casts = op in _CASTS_OPERANDS and dt != "bool"
+        xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
+        if op == "sigmoid":
+            lines += _sigmoid_lines(j, xs[0], dt)
+        else:
+            lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
+        values.append((f"v{j}", dt))
     target = f"out[{', '.join(idx) if idx else '()'}]"
-    body = lines + [f"{target} = {values[-1]}"]
+    body = lines + [f"{target} = {values[-1][0]}"]
     text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
     pad = "    "
     for d in range(ndim):
