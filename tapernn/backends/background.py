@@ -1,14 +1,15 @@
-"""Compiling numba kernels off the caller's thread: a program's fused groups first run their NumPy
-lowering through a `Site` (a call slot in the program's bound names); from a site's second call
-on, a worker thread imports numba, loads or compiles the kernel for the argument types the site
-saw, then swaps the kernel into the slot: later calls run it with no per-call check and no
-compile on the caller's path. A program run once never imports numba."""
+"""Compiling numba kernels off the caller's thread. A program's fused group is called through a
+`Site` (a bound name of the program): its first call runs the group's NumPy lowering while a
+worker thread imports numba and loads or compiles the kernel for the argument types that call
+saw; its second call waits for that kernel if it is not ready yet and puts it in the Site's place,
+so every later call runs it directly. Which call ran which lowering is fixed (the first NumPy,
+the others numba), never a matter of timing: runs stay reproducible bit for bit."""
 from __future__ import annotations
 
-import atexit
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 
 
 def enabled() -> bool:
-    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles every kernel before `compile` returns."""
+    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles every kernel before `compile` returns
+    (then even a program's first call runs numba)."""
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
 
 
@@ -39,109 +41,114 @@ def numba_signature(key: tuple) -> tuple:
 
 
 class Site:
-    """One call site of a kernel in one program: runs `numpy_fn(*operands, *temps, out)` (the
-    NumPy lowering of the group) until the worker has the kernel compiled for the types of the
-    site's first call, then replaces itself by the kernel in the program's bound names."""
+    """One call site of a kernel in one program (see the module docstring): `numpy_fn(*operands,
+    *temps, out)` is the group's NumPy lowering, `handle` the numba_backend.Kernel."""
 
-    __slots__ = ("__weakref__", "calls", "handle", "name", "numpy_fn", "owner", "temps")
+    __slots__ = ("__weakref__", "calls", "handle", "key", "name", "numpy_fn", "owner", "ready",
+                 "temps")
 
     def __init__(self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray]):
         self.handle, self.numpy_fn, self.temps = handle, numpy_fn, temps
         self.owner: weakref.ref | None = None
         self.name = ""
         self.calls = 0
+        self.key: tuple | None = None
+        self.ready: threading.Event | None = None
 
     def attach(self, fn: Callable, name: str) -> None:
         """The program function whose keyword default `name` is this site."""
         self.owner, self.name = weakref.ref(fn), name
 
     def __call__(self, *args: np.ndarray) -> np.ndarray:
-        # the first call is left alone: the worker's Python (numba's import, type inference)
-        # would share the interpreter lock with it -- the first call of a program is mostly
-        # Python (tracing, passes, code generation) -- and a program run once needs no kernel
         self.calls += 1
-        if self.calls <= 2:
+        if self.calls == 1:
             try:
-                key = type_key(args)
+                self.key = type_key(args)
             except AttributeError:  # not all arrays: this site stays on NumPy
-                self.calls = 3
-            else:
-                if self.handle.has(key):  # compiled for these types already
-                    self.swap(self.handle.kernel)
-                    return self.handle.kernel(*args)
-                if self.calls == 2:
-                    submit(self.handle, key, self)
+                return self._numpy(args)
+            if self.handle.has(self.key):  # compiled for these types already
+                return self._swap()(*args)
+            self.ready = request(self.handle, self.key)
+            return self._numpy(args)
+        if self.ready is not None:
+            self.ready.wait()
+            self.ready = None
+            if self.handle.has(self.key):
+                return self._swap()(*args)
+        return self._numpy(args)  # the kernel failed (handle.error says why): NumPy from now on
+
+    def _numpy(self, args: tuple) -> np.ndarray:
         return self.numpy_fn(*args[:-1], *self.temps, args[-1])
 
-    def swap(self, kernel: Callable) -> None:
+    def _swap(self) -> Callable:
+        kernel = self.handle.kernel
         fn = self.owner() if self.owner is not None else None
         if fn is not None and fn.__kwdefaults__.get(self.name) is self:
             defaults = dict(fn.__kwdefaults__)
             defaults[self.name] = kernel
-            fn.__kwdefaults__ = defaults  # one assignment: a call sees the old or the new slot
+            fn.__kwdefaults__ = defaults
+        return kernel
 
 
 _jobs: queue.Queue = queue.Queue()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
-_stopping = False
+_requests: dict[tuple[int, tuple], tuple[Any, threading.Event]] = {}
 
 
-def submit(handle: Any, key: tuple | None, site: Site | None = None) -> None:
-    """Have the worker make `handle`'s kernel ready (key None: only load it) and, for a site,
-    compile it for `key` and swap it in. Already compiled for key: swapped now."""
-    if site is not None and handle.has(key):
-        site.swap(handle.kernel)
-        return
-    _ensure_worker()
-    _jobs.put((handle, key, weakref.ref(site) if site is not None else None))
+def request(handle: Any, key: tuple) -> threading.Event:
+    """An event set once the worker has made `handle`'s kernel for argument types `key` (or
+    failed: handle.error); one job per (kernel, types)."""
+    with _start_lock:
+        known = _requests.get((id(handle), key))
+        if known is not None:
+            return known[1]
+        event = threading.Event()
+        _requests[(id(handle), key)] = (handle, event)
+        _jobs.put((handle, key, event))
+        _ensure_worker()
+        return event
 
 
 def _ensure_worker() -> None:
     global _worker
-    with _start_lock:
-        if _worker is None or not _worker.is_alive():
-            _worker = threading.Thread(target=_work, name="tapernn-numba-compiler", daemon=True)
-            _worker.start()
+    if _worker is None or not _worker.is_alive():
+        _worker = threading.Thread(target=_work, name="tapernn-numba-compiler", daemon=True)
+        _worker.start()
 
 
 def _work() -> None:
     while True:
-        handle, key, site_ref = _jobs.get()
+        handle, key, event = _jobs.get()
         try:
-            if not _stopping:
-                kernel = handle.prepare(key)  # None: failed (the handle keeps why)
-                site = site_ref() if site_ref is not None else None
-                if kernel is not None and site is not None:
-                    site.swap(kernel)
+            handle.prepare(key)  # on failure the handle keeps why; its sites stay on NumPy
         finally:
+            event.set()
             _jobs.task_done()
 
 
 def wait(timeout: float | None = None) -> bool:
-    """Block until every submitted kernel is compiled and swapped in (True), or `timeout`
-    seconds have passed (False)."""
-    if timeout is None:
-        _jobs.join()
-        return True
-    done = threading.Event()
-
-    def join() -> None:
-        _jobs.join()
-        done.set()
-    threading.Thread(target=join, daemon=True).start()
-    return done.wait(timeout)
+    """Block until every requested kernel is ready (True), or `timeout` seconds have passed
+    (False)."""
+    with _start_lock:
+        events = [e for _, e in _requests.values()]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for event in events:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not event.wait(left):
+            return False
+    return True
 
 
-def pending() -> int:
-    return _jobs.unfinished_tasks
+def _after_fork_in_child() -> None:
+    """A forked child has no worker: queue its unfinished requests again."""
+    global _jobs, _worker, _start_lock
+    _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
+    for (_, key), (handle, event) in list(_requests.items()):
+        if not event.is_set():
+            _jobs.put((handle, key, event))
+    if _jobs.qsize():
+        _ensure_worker()
 
 
-@atexit.register
-def _stop() -> None:
-    """At exit: drop queued jobs and give the running one a moment (numba writes its cache
-    files whole, so an interrupted compile leaves no broken entry)."""
-    global _stopping
-    _stopping = True
-    if _worker is not None and _worker.is_alive():
-        wait(timeout=5.0)
+os.register_at_fork(after_in_child=_after_fork_in_child)
