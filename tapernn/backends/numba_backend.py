@@ -18,19 +18,22 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
+from .vecmath import tanh_lines
 
 # bump when the generated source changes meaning (part of every kernel's file name)
-SOURCE_VERSION = 2
+SOURCE_VERSION = 4
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()
 _kernels: dict[str, Kernel] = {}
 
 
 # float32 groups with these ops stay on NumPy: without Intel SVML numba calls scalar libm
-# tanhf/logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (measured: the LSTM
-# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.67 ms numba vs 0.79 ms NumPy
-# on a loaded 2-core VM; float64 1.0 vs 1.4 ms: numba wins, as for exp-only groups in float32)
-SLOW_FLOAT32_OPS = frozenset({"tanh", "log", "power"})
+# logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (as tanhf was: the LSTM
+# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.6-1.7x NumPy's time with
+# libm tanhf, 0.7-1.1x with backends/vecmath.py's tanh; a vectorised exp lost to libm expf,
+# 1.0-1.3x vs 0.7-1.0x: exp stays libm). Measured interleaved on a loaded 2-core VM.
+SLOW_FLOAT32_OPS = frozenset({"log", "power"})
+VECTOR_FLOAT32 = {"tanh": tanh_lines}
 
 
 @functools.cache
@@ -153,6 +156,8 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
         xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
         if op == "sigmoid":
             lines += _sigmoid_lines(j, xs[0], dt)
+        elif op in VECTOR_FLOAT32 and dt == "float32":
+            lines += VECTOR_FLOAT32[op](f"t{j}", xs[0], f"v{j}")
         else:
             lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
         values.append((f"v{j}", dt))
