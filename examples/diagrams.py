@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tapernn as tn
 from tapernn import functional as F
 from tapernn import tracing
-from tapernn.models import build_model
+from tapernn.apps.models import build_model
 
 
 def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,

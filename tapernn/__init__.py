@@ -54,9 +54,10 @@ from .functional import (
     zeros_like,
 )
 from .graph import Graph, Node
+from .memory import PlanOptions
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
-from .regions import PlanOptions
+from .regions import RegionWalk  # noqa: F401  (hands the region planner to memory)
 from .testing import gradcheck
 from .tracing import Var, trace
 

@@ -1,6 +1,6 @@
 """`python -m tapernn` runs the command line."""
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Running compiled programs: `compile` (passes, memory plan, code generation), `Compiled`
-(checks its inputs and turns a failure into an error naming the node), programs that never
-run at once sharing one arena (`compile_shared`), and the GC pause around compilation.
+(checks its inputs and turns a failure into an error naming the node), and the GC pause around
+compilation. Programs that never run at once sharing one arena: arena.py.
 """
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 
 from .blas import limiter, program_threads
-from .codegen import Program, arena_layout, fused_scratch
+from .codegen import Program, fused_scratch
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
-from .memory import BufferPlan, plan_buffers
+from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
 from .passes.driver import Dump
-from .regions import DEFAULT_OPTIONS, PlanOptions
 
 
 class Compiled:
@@ -173,57 +172,28 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None,
     `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups."""
     options = with_backend(options, backend)
     with gc_paused():
-        _verify(graph)
-        graph, report = run_passes(graph, _pipeline(passes), dump=dump)
+        verify_input(graph)
+        graph, report = run_passes(graph, pipeline_of(passes), dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
         program = Program(graph, plan=plan, options=options)
         return Compiled(graph, program, report)
 
 
-def _verify(graph: Graph) -> None:
+def verify_input(graph: Graph) -> None:
     if not isinstance(graph, Graph):
         raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
                                 f"{type(graph).__name__}")
     graph.verify()
 
 
-def _pipeline(passes: Sequence[Pass] | None) -> list[Pass]:
+def pipeline_of(passes: Sequence[Pass] | None) -> list[Pass]:
     return default_passes() if passes is None else check_passes(passes)
 
 
 def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> CompileReport:
     """`report` (the passes' records) completed with the plan's bytes and kernels."""
-    report.kernels = plan.kernels
-    report.naive_bytes = plan.naive_bytes
-    report.planned_bytes = plan.planned_bytes
-    report.peak_bytes = plan.peak_bytes
-    report.saved_for_backward_bytes = plan.saved_for_backward_bytes
-    report.resident_bytes = plan.planned_bytes  # compile_shared: the shared total
+    report.plan = plan.stats
+    report.resident_bytes = plan.stats.planned_bytes  # arena.compile_shared: the shared total
     report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
                            for n in graph.nodes if n.op == "fused"]
     return report
-
-
-def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
-                   options: PlanOptions = DEFAULT_OPTIONS,
-                   backend: str | None = None) -> list[Compiled]:
-    """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
-    backward run one after the other) with their buffers in one arena, as large as the largest
-    program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
-    plus every program's per-call values (returned values, values saved for backward, copies of
-    returned views of inputs)."""
-    options = with_backend(options, backend)
-    with gc_paused():
-        optimised = []
-        for graph in graphs:
-            _verify(graph)
-            optimised.append(run_passes(graph, _pipeline(passes)))
-        plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
-        arena = np.empty(max(arena_layout(p.buffers)[1] for p in plans), np.uint8)
-        compiled = [Compiled(g, Program(g, arena=arena, plan=plan, options=options), report)
-                    for (g, report), plan in zip(optimised, plans)]
-        resident = arena.nbytes + sum(p.per_call_bytes for p in plans)
-        for c in compiled:
-            c.report.resident_bytes = resident
-            c.report.arena_bytes = arena.nbytes
-        return compiled

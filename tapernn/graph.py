@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import GraphError, ShapeError
+from .graph_text import format_node, printable_attrs
 from .ops.registry import REGISTRY
 
 _ids = itertools.count()
@@ -342,7 +343,7 @@ class Graph:
         for n, k in num.items():
             g.add_node(k, op=n.op, shape=list(n.shape), dtype=str(n.dtype), step=n.step,
                        scope=n.scope, phase=n.phase, name=n.name, kind=n.kind,
-                       output=outs.get(n), attrs=_printable_attrs(n.attrs))
+                       output=outs.get(n), attrs=printable_attrs(n.attrs))
         for n, k in num.items():
             for pos, i in enumerate(n.inputs):
                 g.add_edge(num[i], k, key=pos, arg=pos)
@@ -401,41 +402,3 @@ def _check_op_node(n: Node, k: int) -> None:
         raise GraphError(f"{_where(k, n)}: recorded shape {n.shape}, but its inputs give {shape}")
     if dtype != n.dtype:
         raise GraphError(f"{_where(k, n)}: recorded dtype {n.dtype}, but its inputs give {dtype}")
-
-
-def _printable_attrs(attrs: dict) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-            for k, v in attrs.items()}
-
-
-def format_attrs(attrs: dict) -> str:
-    items = [f"{k}={_short(v)}" for k, v in attrs.items() if k != "kind"]
-    return "[" + ", ".join(items) + "]" if items else ""
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, np.ndarray):
-        return f"array{v.shape}"
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def format_node(n: Node, num: dict[Node, int]) -> str:
-    """One line: `%5 = tanh %3  (2, 4) float64  step=1 scope=seq.lstm [bwd]`."""
-    if n.op == "input":
-        rhs = f"input {n.attrs.get('kind', 'data')}:{n.name}"
-    elif n.op == "constant":
-        v = n.value
-        rhs = f"constant {v.item()!r}" if v is not None and v.size == 1 else "constant"
-    else:
-        args = " ".join(f"%{num[i]}" if i in num else f"?{i.op}" for i in n.inputs)
-        rhs = f"{n.op}{format_attrs(n.attrs)} {args}".rstrip()
-    tags = []
-    if n.step is not None:
-        tags.append(f"step={n.step}")
-    if n.scope:
-        tags.append(f"scope={n.scope}")
-    if n.phase != "forward":
-        tags.append("bwd")
-    shape = "(" + ", ".join(map(str, n.shape)) + ("," if len(n.shape) == 1 else "") + ")"
-    return f"%{num[n]} = {rhs}  {shape} {n.dtype}  {' '.join(tags)}".rstrip()

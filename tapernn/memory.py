@@ -1,17 +1,8 @@
 """Memory planning over the tape schedule: storage roots (views alias their base), liveness,
-a buffer plan (reuse of dead buffers of equal size and dtype, in-place where an op allows, also
-into a dead region of a larger value, and concat pieces computed straight into their slot of
-the concat), and byte accounting. Analyses only: they return a `BufferPlan`, never a graph.
-
-Regions. Every computed value lives in one *storage* (a preallocated buffer, or an array
-allocated per call), possibly as a strided region of it: a view, a value computed in place into
-a view of a larger value (a step's gate pre-activations written over that step's rows of the
-hoisted input projection), or a concat piece written into its slot. The planner tracks each
-value's region as a view of a dummy array shaped like its storage (never touched: NumPy only
-compares pointers and strides), so "do these two values overlap" is `np.shares_memory`. An
-in-place write into region r at step k is allowed only when no value whose data was produced
-before k, overlapping r, is read after k (or returned). Slot placement and the region tests
-live in `regions`.
+a buffer plan (reuse of dead buffers of equal size and dtype, in place where an op allows) and
+byte accounting. Analyses only: they return a `BufferPlan`, never a graph. This is the plain
+planner (in place only over a whole dead buffer); regions.py (the optimisation tier) extends
+its walk to strided regions of larger values and concat slots.
 """
 from __future__ import annotations
 
@@ -22,17 +13,71 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .regions import (
-    DEFAULT_OPTIONS,
-    PSEUDO,
-    PlanOptions,
-    apply_steps,
-    bounds,
-    cheap_strides,
-    is_view,
-    overlap,
-    placements,
-)
+from .passes.driver import PlanStats
+
+PSEUDO = ("input", "constant")
+
+
+def is_view(n: Node) -> bool:
+    return n.op not in PSEUDO and get_op(n.op).view
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The planner's and the code generator's tuning values (production defaults); passed in to
+    `compile`, never module globals.
+
+    regions: in place into regions of larger values and concat pieces computed into their slot
+    (False: the planner before regions, in place only over a whole dead buffer; kept for
+    before/after comparisons).
+
+    strided_min_bytes, strided_min_run: values are written into a strided region (a gate's
+    columns of a step's rows, a dz_k's columns of [dz_i dz_f ...]) only in storages of at least
+    that many bytes and with contiguous runs of at least that many elements: a ufunc on strided
+    operands pays per row (here: (8, 32) float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 ->
+    2.7 us). Without the limits FastLSTM's training step went (8, 20, 32) 0.77 -> 0.99 ms and
+    (32, 50, 128) 20.5 -> 21.3 ms; with them those keep their speed, and (32, 50, 256), where
+    the saved gates in the projection save 6.25 MiB, runs as before (68.7 vs 68.4 ms).
+    Contiguous regions: any size.
+
+    escaping_min_run: a value returned by the program (the gates the forward saves for
+    backward) is written into a strided region from runs of this many elements on: the
+    alternative is not a reused buffer but a fresh array per step, kept until backward. At
+    (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB
+    float32; FastLSTM 12.36 -> 10.80) for 3 % of the step's time in float32.
+
+    kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
+    is lowered to one function called per use (fused_lowering `_fused_kernel`), not inline.
+
+    backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
+    per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
+
+    inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
+    tails, no call frame); False: one call of the op's forward.
+    """
+
+    regions: bool = True
+    strided_min_bytes: int = 1 << 20
+    strided_min_run: int = 256
+    escaping_min_run: int = 128
+    kernel_min_uses: int = 16
+    kernel_min_size: int = 4096
+    backend: str = ""
+    inline_sigmoid: bool = True
+
+
+DEFAULT_OPTIONS = PlanOptions()
+
+
+def concat_slots(c: Node):
+    """(piece index, piece, index of its slot in the concat's result) for each operand."""
+    axis = int(c.attrs["axis"]) % c.ndim
+    offset = 0
+    for j, piece in enumerate(c.inputs):
+        width = piece.shape[axis]
+        yield j, piece, (slice(None),) * axis + (slice(offset, offset + width),)
+        offset += width
+
 
 Scratch = Callable[[Node], list[tuple[tuple[int, ...], np.dtype]]]
 
@@ -68,12 +113,8 @@ class BufferPlan:
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
     fresh: set[Node] = field(default_factory=set)
-    copied_bytes: int = 0
-    naive_bytes: int = 0
-    planned_bytes: int = 0
-    peak_bytes: int = 0
-    saved_for_backward_bytes: int = 0
-    kernels: int = 0
+    copied_bytes: int = 0  # copies of returned values that alias an input or a buffer
+    stats: PlanStats = field(default_factory=PlanStats)  # what it comes to (_account)
 
     @property
     def buffer_bytes(self) -> int:
@@ -129,14 +170,16 @@ def inplace_candidates(n: Node) -> tuple[int, ...]:
 
 def plan_buffers(graph: Graph, scratch: Scratch | None = None,
                  options: PlanOptions = DEFAULT_OPTIONS) -> BufferPlan:
-    """Assign storage in one walk over the tape (pools keyed by size and dtype). A storage that
-    ends up holding a returned value (through an in-place write or a placed piece) must be
-    allocated per call: the walk switches it from its buffer when that happens; should one
-    still end up in a buffer, it is forced fresh and the walk repeats."""
-    static = _Static(graph, options)
+    """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
+    below, or with `options.regions` the region planner's (regions.py). A storage that ends up
+    holding a returned value (through an in-place write or a placed piece) must be allocated
+    per call: the walk switches it from its buffer when that happens; should one still end up
+    in a buffer, it is forced fresh and the walk repeats."""
+    walk = _walks["regions"] if options.regions else Walk
+    static = walk.Static(graph, options)
     force: set[Node] = set()
     while True:
-        plan = _Walk(graph, static, scratch, force).run()
+        plan = walk(graph, static, scratch, force).run()
         need = {plan.storage[o] for o in graph.outputs
                 if plan.storage.get(o) is not None and plan.storage[o] in plan.buffer_of}
         if not need:
@@ -145,6 +188,12 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None,
     _drop_unused_buffers(plan)
     _account(graph, plan)
     return plan
+
+
+def register_region_walk(walk: type[Walk]) -> None:
+    """The region planner (regions.py, the optimisation tier) hands its walk in; the kernel
+    never imports it. `import tapernn` loads it."""
+    _walks["regions"] = walk
 
 
 def _drop_unused_buffers(plan: BufferPlan) -> None:
@@ -158,73 +207,34 @@ def _drop_unused_buffers(plan: BufferPlan) -> None:
     plan.scratch_of = {n: [new[b] for b in ts] for n, ts in plan.scratch_of.items()}
 
 
-class _Static:
-    """What does not depend on the walk: view roots, liveness, direct reads, view children,
-    and which concat pieces are placed into their slot."""
+class WalkStatic:
+    """What does not depend on the walk: view roots, liveness, returned storages."""
 
     def __init__(self, graph: Graph, options: PlanOptions):
         self.graph, self.options = graph, options
-        nodes = graph.nodes
-        self.N = len(nodes)
-        self.pos = {n: k for k, n in enumerate(nodes)}
+        self.N = len(graph.nodes)
+        self.pos = {n: k for k, n in enumerate(graph.nodes)}
         self.root = storage_roots(graph)
         self.last_use = liveness(graph, self.root)
-        self.outputs = set(graph.outputs)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
-        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options) \
-            if options.regions else ({}, set(), {})
-        # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
-        placed_slots: dict[Node, set[int]] = {}
-        for q, (c, _) in self.placed.items():
-            placed_slots.setdefault(c, set()).add(self.slot_of[q])
-        self.reads: dict[Node, int] = {}
-        self.children: dict[Node, list[Node]] = {}
-        for k, n in enumerate(nodes):
-            if n.op in PSEUDO:
-                continue
-            if is_view(n):
-                self.children.setdefault(n.inputs[0], []).append(n)
-                continue
-            slots = placed_slots.get(n, ())
-            for j, i in enumerate(n.inputs):
-                if j not in slots:  # a placed concat reads only the pieces it copies
-                    self.reads[i] = k
-        for o in graph.outputs:
-            self.reads[o] = self.N
 
 
-class _Walk:
-    def __init__(self, graph: Graph, static: _Static, scratch: Scratch | None, force: set):
+class Walk:
+    """The plain planner: every value in a buffer of its own size and dtype taken from a pool
+    when it is first written and given back after its last read, or written in place over an
+    input whose whole buffer dies there; returned values allocated per call."""
+
+    Static = WalkStatic
+
+    def __init__(self, graph: Graph, static: WalkStatic, scratch: Scratch | None, force: set):
         self.g, self.s, self.scratch, self.force = graph, static, scratch, force
         self.options = static.options
         self.plan = BufferPlan(list(graph.nodes), static.root, static.last_use)
-        self.plan.placed_concats = set(static.placed_concats)
         self.pool: dict[tuple[int, str], list[int]] = {}
-        self.region: dict[Node, np.ndarray] = {}  # value -> view of its storage's dummy
-        self.base: dict[Node, np.ndarray] = {}  # storage -> dummy array
-        self.grid: dict[Node, tuple[int, int]] = {}  # storage -> (address, bucket bytes)
-        # storage -> address bucket -> [(region, bounds, produced, last read)]
-        self.entries: dict[Node, dict[int, list]] = {}
         self.released: set[Node] = set()
-        # placement roots are allocated when their first (transitively) placed piece is written
-        self.roots_at: dict[int, list[Node]] = {}
-        self.place_root: dict[Node, tuple[Node, tuple]] = {}
-        for q in sorted(static.placed, key=static.pos.get, reverse=True):  # parents first
-            parent, steps = static.placed[q]
-            r, outer = self.place_root.get(parent, (parent, ()))
-            self.place_root[q] = (r, outer + steps)
-        first: dict[Node, int] = {}
-        for q, (r, _) in self.place_root.items():
-            first[r] = min(first.get(r, static.N), static.pos[q])
-        for r, k in first.items():
-            self.roots_at.setdefault(k, []).append(r)
-        self.plan.placed = {q: self.place_root[q] for q in static.placed}
-        self.root_escapes = {r for q, (r, _) in self.place_root.items() if q in static.escaping}
-        self.plan.placed_slots = {(static.placed[q][0], j) for q, j in static.slot_of.items()
-                                  if q in static.placed}
 
     def run(self) -> BufferPlan:
-        plan, s = self.plan, self.s
+        plan = self.plan
         for k, n in enumerate(self.g.nodes):
             if n.op in PSEUDO:
                 continue
@@ -233,17 +243,7 @@ class _Walk:
                 if st is not None:
                     plan.storage[n] = st
                 continue
-            for r in self.roots_at.get(k, ()):
-                self._open_root(r, k)
-            if n in plan.placed:
-                r, steps = plan.placed[n]
-                plan.storage[n] = r
-                if n not in s.placed_concats:
-                    self._produce(n, k, apply_steps(self.base[r], steps))
-            elif n in plan.placed_concats:
-                pass  # a placement root: opened at its first piece
-            else:
-                self._compute(n, k)
+            self._node(n, k)
             self._scratch(n)
             done = {plan.storage.get(i) for i in n.inputs} | {plan.storage.get(n)}
             for st in done:
@@ -251,7 +251,8 @@ class _Walk:
                     self._release(st)
         return plan
 
-    # ---- storage ---------------------------------------------------------------------------
+    def _node(self, n: Node, k: int) -> None:
+        self._compute(n, k)
 
     def _new_storage(self, st: Node, k: int, fresh: bool) -> None:
         plan = self.plan
@@ -262,8 +263,6 @@ class _Walk:
             plan.fresh.add(st)
         else:
             plan.buffer_of[st] = self._take(st.size, st.dtype)
-        base = self.base[st] = np.empty(st.shape, st.dtype)
-        self.grid[st] = (base.__array_interface__["data"][0], max(1, -(-base.nbytes // 64)))
 
     def _make_fresh(self, st: Node) -> None:
         """A buffered storage that a returned value is written into: allocate it per call
@@ -271,22 +270,6 @@ class _Walk:
         b = self.plan.buffer_of.pop(st)
         self.plan.fresh.add(st)
         self._give(b)
-
-    def _open_root(self, r: Node, k: int) -> None:
-        """A placement root: its storage exists from its first placed piece on, and holds every
-        value placed in it (transitively) and their views."""
-        escaping = r in self.s.escaping or r in self.force or r in self.root_escapes
-        self._new_storage(r, k, fresh=escaping)
-        plan = self.plan
-        for q, (root, _) in plan.placed.items():
-            if root is r:
-                plan.release_at[r] = max(plan.release_at[r], self.s.last_use.get(q, k))
-        # the placed concats' data (the root's and nested ones') counts as produced now
-        self._produce(r, k, self.base[r])
-        for q, (root, steps) in plan.placed.items():
-            if root is r and q in self.s.placed_concats:
-                plan.storage[q] = r
-                self._produce(q, k, apply_steps(self.base[r], steps))
 
     def _compute(self, n: Node, k: int) -> None:
         plan, s = self.plan, self.s
@@ -303,80 +286,23 @@ class _Walk:
                     plan.inplace[n] = i
                     plan.storage[n] = st
                     plan.release_at[st] = max(plan.release_at[st], s.last_use.get(n, k))
-                    self._produce(n, k, self.region[i])
+                    self._produced(n, k, i)
                     return
         fresh = n in s.escaping or n in self.force or not op.supports_out
         self._new_storage(n, k, fresh)
-        self._produce(n, k, self.base[n])
+        self._produced(n, k, None)
+
+    def _produced(self, n: Node, k: int, over: Node | None) -> None:
+        """n was written at k, in place over input `over` or into its own new storage (the
+        region planner records regions here)."""
 
     def _can_overwrite(self, n: Node, i: Node, k: int) -> bool:
+        """Plain: only over an input that owns its whole buffer, read by nothing after n."""
         plan = self.plan
         st = plan.storage.get(i)
-        if st is None or i.shape != n.shape or i.dtype != n.dtype or n.inputs.count(i) != 1:
-            return False
-        if not self.options.regions and (st is not i or st not in plan.buffer_of
-                                         or n in self.s.escaping):
-            return False
-        if st in plan.fresh and st not in plan.placed_concats and (
-                st.ndim == 0 or not get_op(st.op).supports_out):
-            return False  # an op's own result may alias its inputs, or be a NumPy scalar
-        r = self.region.get(i)
-        if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
-            return False
-        if not cheap_strides(r, st.nbytes, self.options, escaping=n in self.s.escaping):
-            return False
-        rb = bounds(r)
-        for j in n.inputs:
-            if j is not i and plan.storage.get(j) is st:
-                rj = self.region.get(j)
-                if rj is None or overlap(r, rb, rj, bounds(rj)):
-                    return False
-        buckets = self.entries.get(st)
-        if buckets is None:
-            return True
-        for key in self._buckets(st, rb):
-            live = buckets.get(key)
-            if not live:
-                continue
-            keep = [e for e in live if e[3] > k]
-            buckets[key] = keep
-            if any(e[2] < k and overlap(r, rb, e[0], e[1]) for e in keep):
-                return False
-        return True
-
-    def _buckets(self, st: Node, bounds: tuple[int, int]) -> range:
-        """Entries are filed by address in 64 buckets per storage, so a check only looks at
-        the regions near its own (a step's rows of the projection, not all T steps')."""
-        lo0, size = self.grid[st]
-        return range((bounds[0] - lo0) // size, (bounds[1] - 1 - lo0) // size + 1)
-
-    def _file(self, st: Node, entry: tuple) -> None:
-        buckets = self.entries.setdefault(st, {})
-        for key in self._buckets(st, entry[1]):
-            buckets.setdefault(key, []).append(entry)
-
-    def _produce(self, n: Node, k: int, region: np.ndarray) -> None:
-        """n's data is written at k into `region` of its storage: record the regions of n and of
-        its views with the last step reading them directly."""
-        st = self.plan.storage[n]
-        stack = [(n, region)]
-        while stack:
-            v, r = stack.pop()
-            self.region[v] = r
-            last = self.s.reads.get(v, -1)
-            if last > k and r.size:
-                self._file(st, (r, bounds(r), k, last))
-            for w in self.s.children.get(v, ()):
-                try:
-                    rw = np.asarray(get_op(w.op).forward(r, **w.attrs))
-                except Exception:  # noqa: BLE001 - a view op that cannot run on the dummy
-                    rw = None
-                if rw is None or not np.shares_memory(rw, r):
-                    # a copying view reads all of r when made; views of it live elsewhere
-                    if r.size:
-                        self._file(st, (r, bounds(r), k, max(self.s.pos[w], last)))
-                    continue
-                stack.append((w, rw))
+        return (st is i and st in plan.buffer_of and n not in self.s.escaping
+                and i.shape == n.shape and i.dtype == n.dtype and n.inputs.count(i) == 1
+                and plan.release_at[st] <= k)
 
     def _scratch(self, n: Node) -> None:
         temps = [self._take(int(np.prod(s, dtype=np.int64)), np.dtype(d))
@@ -404,20 +330,23 @@ class _Walk:
         self.pool.setdefault((size, dtype.str), []).append(b)
 
 
+_walks: dict[str, type[Walk]] = {}
+
+
 def _account(graph: Graph, plan: BufferPlan) -> None:
     computed = [n for n in graph.nodes if n.op not in PSEUDO]
     # a concat whose pieces are all computed into its slots runs no kernel
     placed_all = [c for c in plan.placed_concats
                   if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
-    plan.kernels = len(computed) - len(placed_all)
-    plan.naive_bytes = sum(n.nbytes for n in computed)
     alias = set(graph.meta.outputs_may_alias_inputs)
     plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
                             if plan.copied(o, k in alias))
-    plan.planned_bytes = plan.buffer_bytes + plan.per_call_bytes
-    plan.peak_bytes = _peak(graph, plan) if not plan.copied_bytes else max(
+    peak = _peak(graph, plan) if not plan.copied_bytes else max(
         _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    plan.saved_for_backward_bytes = saved_bytes(graph)
+    plan.stats = PlanStats(kernels=len(computed) - len(placed_all),
+                           naive_bytes=sum(n.nbytes for n in computed),
+                           planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
+                           peak_bytes=peak, saved_for_backward_bytes=saved_bytes(graph))
 
 
 def _peak(graph: Graph, plan: BufferPlan) -> int:

@@ -1,65 +1,33 @@
-"""Regions of storages: which concat pieces are computed straight into their slot of the
-concat, when a strided region is cheap enough to write into, and whether two regions overlap
-(on dummy arrays shaped like the storages: NumPy compares pointers and strides only)."""
-from __future__ import annotations
+"""The region planner (optimisation tier; PlanOptions.regions): extends memory.py's plain walk
+so a value can be computed in place into a dead region of a larger value and a concat piece
+straight into its slot of the concat.
 
-from dataclasses import dataclass
+Every computed value lives in one *storage* (a preallocated buffer, or an array allocated per
+call), possibly as a strided region of it: a view, a value computed in place into a view of a
+larger value (a step's gate pre-activations written over that step's rows of the hoisted input
+projection), or a concat piece written into its slot. The walk tracks each value's region as a
+view of a dummy array shaped like its storage (never touched: NumPy only compares pointers and
+strides), so "do these two values overlap" is `np.shares_memory`. An in-place write into
+region r at step k is allowed only when no value whose data was produced before k, overlapping
+r, is read after k (or returned)."""
+from __future__ import annotations
 
 import numpy as np
 
 from .graph import Graph, Node
+from .memory import (  # noqa: F401  (PlanOptions, DEFAULT_OPTIONS: re-exported)
+    DEFAULT_OPTIONS,
+    PSEUDO,
+    PlanOptions,
+    Walk,
+    WalkStatic,
+    concat_slots,
+    is_view,
+    register_region_walk,
+)
 from .ops.registry import get_op
 
-PSEUDO = ("input", "constant")
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
-
-
-def is_view(n: Node) -> bool:
-    return n.op not in PSEUDO and get_op(n.op).view
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """The planner's and the code generator's tuning values (production defaults); passed in to
-    `compile`, never module globals.
-
-    regions: in place into regions of larger values and concat pieces computed into their slot
-    (False: the planner before regions, in place only over a whole dead buffer; kept for
-    before/after comparisons).
-
-    strided_min_bytes, strided_min_run: values are written into a strided region (a gate's
-    columns of a step's rows, a dz_k's columns of [dz_i dz_f ...]) only in storages of at least
-    that many bytes and with contiguous runs of at least that many elements: a ufunc on strided
-    operands pays per row (here: (8, 32) float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 ->
-    2.7 us). Without the limits FastLSTM's training step went (8, 20, 32) 0.77 -> 0.99 ms and
-    (32, 50, 128) 20.5 -> 21.3 ms; with them those keep their speed, and (32, 50, 256), where
-    the saved gates in the projection save 6.25 MiB, runs as before (68.7 vs 68.4 ms).
-    Contiguous regions: any size.
-
-    escaping_min_run: a value returned by the program (the gates the forward saves for
-    backward) is written into a strided region from runs of this many elements on: the
-    alternative is not a reused buffer but a fresh array per step, kept until backward. At
-    (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB
-    float32; FastLSTM 12.36 -> 10.80) for 3 % of the step's time in float32.
-
-    kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
-    is lowered to one function called per use (codegen `_fused_kernel`) instead of inline lines.
-
-    backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
-    per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
-    """
-
-    regions: bool = True
-    strided_min_bytes: int = 1 << 20
-    strided_min_run: int = 256
-    escaping_min_run: int = 128
-    kernel_min_uses: int = 16
-    kernel_min_size: int = 4096
-    backend: str = ""
-
-
-DEFAULT_OPTIONS = PlanOptions()
-
 
 def cheap_strides(region: np.ndarray, storage_bytes: int, options: PlanOptions,
                   escaping: bool = False) -> bool:
@@ -74,16 +42,6 @@ def cheap_strides(region: np.ndarray, storage_bytes: int, options: PlanOptions,
     if escaping:
         min_run = min(min_run, options.escaping_min_run)
     return storage_bytes >= options.strided_min_bytes and run >= min_run
-
-
-def concat_slots(c: Node):
-    """(piece index, piece, index of its slot in the concat's result) for each operand."""
-    axis = int(c.attrs["axis"]) % c.ndim
-    offset = 0
-    for j, piece in enumerate(c.inputs):
-        width = piece.shape[axis]
-        yield j, piece, (slice(None),) * axis + (slice(offset, offset + width),)
-        offset += width
 
 
 def placements(graph: Graph, root: dict[Node, Node], options: PlanOptions
@@ -163,3 +121,166 @@ def overlap(a: np.ndarray, ab: tuple, b: np.ndarray, bb: tuple) -> bool:
         return bool(np.shares_memory(a, b, max_work=10_000))
     except _TooHard:
         return True
+
+
+class RegionStatic(WalkStatic):
+    """Also: which concat pieces are placed into their slot, direct reads, view children."""
+
+    def __init__(self, graph: Graph, options: PlanOptions):
+        super().__init__(graph, options)
+        self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options)
+        # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
+        placed_slots: dict[Node, set[int]] = {}
+        for q, (c, _) in self.placed.items():
+            placed_slots.setdefault(c, set()).add(self.slot_of[q])
+        self.reads: dict[Node, int] = {}
+        self.children: dict[Node, list[Node]] = {}
+        for k, n in enumerate(graph.nodes):
+            if n.op in PSEUDO:
+                continue
+            if is_view(n):
+                self.children.setdefault(n.inputs[0], []).append(n)
+                continue
+            slots = placed_slots.get(n, ())
+            for j, i in enumerate(n.inputs):
+                if j not in slots:  # a placed concat reads only the pieces it copies
+                    self.reads[i] = k
+        for o in graph.outputs:
+            self.reads[o] = self.N
+
+
+class RegionWalk(Walk):
+    """The plain walk plus regions: placement roots opened at their first placed piece, and
+    in place into any dead region (checked against the regions still to be read)."""
+
+    Static = RegionStatic
+
+    def __init__(self, graph: Graph, static: RegionStatic, scratch, force: set):
+        super().__init__(graph, static, scratch, force)
+        self.plan.placed_concats = set(static.placed_concats)
+        self.region: dict[Node, np.ndarray] = {}  # value -> view of its storage's dummy
+        self.base: dict[Node, np.ndarray] = {}  # storage -> dummy array
+        self.grid: dict[Node, tuple[int, int]] = {}  # storage -> (address, bucket bytes)
+        # storage -> address bucket -> [(region, bounds, produced, last read)]
+        self.entries: dict[Node, dict[int, list]] = {}
+        # placement roots are allocated when their first (transitively) placed piece is written
+        self.roots_at: dict[int, list[Node]] = {}
+        self.place_root: dict[Node, tuple[Node, tuple]] = {}
+        for q in sorted(static.placed, key=static.pos.get, reverse=True):  # parents first
+            parent, steps = static.placed[q]
+            r, outer = self.place_root.get(parent, (parent, ()))
+            self.place_root[q] = (r, outer + steps)
+        first: dict[Node, int] = {}
+        for q, (r, _) in self.place_root.items():
+            first[r] = min(first.get(r, static.N), static.pos[q])
+        for r, k in first.items():
+            self.roots_at.setdefault(k, []).append(r)
+        self.plan.placed = {q: self.place_root[q] for q in static.placed}
+        self.root_escapes = {r for q, (r, _) in self.place_root.items() if q in static.escaping}
+        self.plan.placed_slots = {(static.placed[q][0], j) for q, j in static.slot_of.items()
+                                  if q in static.placed}
+
+    def _node(self, n: Node, k: int) -> None:
+        plan = self.plan
+        for r in self.roots_at.get(k, ()):
+            self._open_root(r, k)
+        if n in plan.placed:
+            r, steps = plan.placed[n]
+            plan.storage[n] = r
+            if n not in self.s.placed_concats:
+                self._produce(n, k, apply_steps(self.base[r], steps))
+        elif n not in plan.placed_concats:  # (a placement root: opened at its first piece)
+            self._compute(n, k)
+
+    def _new_storage(self, st: Node, k: int, fresh: bool) -> None:
+        super()._new_storage(st, k, fresh)
+        base = self.base[st] = np.empty(st.shape, st.dtype)
+        self.grid[st] = (base.__array_interface__["data"][0], max(1, -(-base.nbytes // 64)))
+
+    def _open_root(self, r: Node, k: int) -> None:
+        """A placement root: its storage exists from its first placed piece on, and holds every
+        value placed in it (transitively) and their views."""
+        escaping = r in self.s.escaping or r in self.force or r in self.root_escapes
+        self._new_storage(r, k, fresh=escaping)
+        plan = self.plan
+        for q, (root, _) in plan.placed.items():
+            if root is r:
+                plan.release_at[r] = max(plan.release_at[r], self.s.last_use.get(q, k))
+        # the placed concats' data (the root's and nested ones') counts as produced now
+        self._produce(r, k, self.base[r])
+        for q, (root, steps) in plan.placed.items():
+            if root is r and q in self.s.placed_concats:
+                plan.storage[q] = r
+                self._produce(q, k, apply_steps(self.base[r], steps))
+
+    def _produced(self, n: Node, k: int, over: Node | None) -> None:
+        self._produce(n, k, self.base[n] if over is None else self.region[over])
+
+    def _can_overwrite(self, n: Node, i: Node, k: int) -> bool:
+        plan = self.plan
+        st = plan.storage.get(i)
+        if st is None or i.shape != n.shape or i.dtype != n.dtype or n.inputs.count(i) != 1:
+            return False
+        if st in plan.fresh and st not in plan.placed_concats and (
+                st.ndim == 0 or not get_op(st.op).supports_out):
+            return False  # an op's own result may alias its inputs, or be a NumPy scalar
+        r = self.region.get(i)
+        if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
+            return False
+        if not cheap_strides(r, st.nbytes, self.options, escaping=n in self.s.escaping):
+            return False
+        rb = bounds(r)
+        for j in n.inputs:
+            if j is not i and plan.storage.get(j) is st:
+                rj = self.region.get(j)
+                if rj is None or overlap(r, rb, rj, bounds(rj)):
+                    return False
+        buckets = self.entries.get(st)
+        if buckets is None:
+            return True
+        for key in self._buckets(st, rb):
+            live = buckets.get(key)
+            if not live:
+                continue
+            keep = [e for e in live if e[3] > k]
+            buckets[key] = keep
+            if any(e[2] < k and overlap(r, rb, e[0], e[1]) for e in keep):
+                return False
+        return True
+
+    def _buckets(self, st: Node, bounds: tuple[int, int]) -> range:
+        """Entries are filed by address in 64 buckets per storage, so a check only looks at
+        the regions near its own (a step's rows of the projection, not all T steps')."""
+        lo0, size = self.grid[st]
+        return range((bounds[0] - lo0) // size, (bounds[1] - 1 - lo0) // size + 1)
+
+    def _file(self, st: Node, entry: tuple) -> None:
+        buckets = self.entries.setdefault(st, {})
+        for key in self._buckets(st, entry[1]):
+            buckets.setdefault(key, []).append(entry)
+
+    def _produce(self, n: Node, k: int, region: np.ndarray) -> None:
+        """n's data is written at k into `region` of its storage: record the regions of n and of
+        its views with the last step reading them directly."""
+        st = self.plan.storage[n]
+        stack = [(n, region)]
+        while stack:
+            v, r = stack.pop()
+            self.region[v] = r
+            last = self.s.reads.get(v, -1)
+            if last > k and r.size:
+                self._file(st, (r, bounds(r), k, last))
+            for w in self.s.children.get(v, ()):
+                try:
+                    rw = np.asarray(get_op(w.op).forward(r, **w.attrs))
+                except Exception:  # noqa: BLE001 - a view op that cannot run on the dummy
+                    rw = None
+                if rw is None or not np.shares_memory(rw, r):
+                    # a copying view reads all of r when made; views of it live elsewhere
+                    if r.size:
+                        self._file(st, (r, bounds(r), k, max(self.s.pos[w], last)))
+                    continue
+                stack.append((w, rw))
+
+
+register_region_walk(RegionWalk)

@@ -81,7 +81,6 @@ class Tape:
 
     def __init__(self, graph: Graph | None = None):
         self.graph = graph if graph is not None else Graph()
-        self.trace_count = 0
 
     def add(self, node: Node) -> Node:
         self.graph.nodes.append(node)

@@ -168,22 +168,6 @@ def weights(owner: Any, name: str, value: Any) -> np.ndarray | None:
     return arr.astype(np.float64)
 
 
-def state_arrays(owner: Any, what: str, value: Any, names: tuple[str, ...],
-                 dtype: np.dtype) -> tuple[np.ndarray, ...]:
-    """One array per state (a bare array for a single state), numeric, as `dtype`."""
-    from .errors import ShapeError
-
-    if isinstance(value, np.ndarray):
-        value = (value,)
-    if not isinstance(value, (tuple, list)):
-        raise ArgumentTypeError(f"{who(owner)}: expected a tuple of {len(names)} {what} arrays "
-                                f"{names}, got {got(value)}")
-    if len(value) != len(names):
-        raise ShapeError(f"{who(owner)}: expected {len(names)} {what} arrays {names}, got "
-                         f"{len(value)}")
-    return tuple(data_array(owner, np.asarray(v)).astype(dtype) for v in value)
-
-
 def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
     """`x` if its dtype is one the library computes with (float, int, uint, bool)."""
     kind = x.dtype.kind

@@ -32,8 +32,8 @@ def collectives(out: str) -> int:
     """allreduce_gradients (in-place and packed buckets, float64 and float32, this rank's weight),
     broadcast_parameters and the object collectives on a model whose values depend on the rank;
     writes what this rank ends with to OUT/coll<r>.npz."""
-    from tapernn import distributed as dist
     from tapernn import nn
+    from tapernn.apps import distributed as dist
     dist.init()
     r = dist.rank()
     linear = nn.Linear(4, 5).astype("float32")  # two dtypes: one packed bucket per dtype
@@ -57,8 +57,8 @@ def collectives(out: str) -> int:
 
 def failing_cli(argv: list[str], fail: str) -> int:
     """`tapernn train argv` with the failure armed when the trainer starts to fit."""
-    from tapernn.distributed_train import DistributedTrainer
-    from tapernn.train import main as train_main
+    from tapernn.apps.distributed_train import DistributedTrainer
+    from tapernn.apps.train import main as train_main
     fit = DistributedTrainer.fit
 
     def failing_fit(trainer):
@@ -70,14 +70,15 @@ def failing_cli(argv: list[str], fail: str) -> int:
 
 def train_and_dump(out: str, argv: list[str], fail: str | None = None) -> int:
     """Train with the `tapernn train` options `argv`; write OUT/rank<r>.npz; the exit code."""
-    from tapernn import distributed as dist
-    from tapernn.cli import OneLineArgumentParser
-    from tapernn.train import Trainer, add_arguments
+    from tapernn.apps import distributed as dist
+    from tapernn.apps.cli import OneLineArgumentParser
+    from tapernn.apps.train import add_arguments
+    from tapernn.apps.trainer import Trainer
     parser = OneLineArgumentParser(prog="tapernn train")
     add_arguments(parser)
     args = parser.parse_args(argv)
     if dist.launched_by_mpi():
-        from tapernn.distributed_train import DistributedTrainer
+        from tapernn.apps.distributed_train import DistributedTrainer
         dist.init()
         trainer = DistributedTrainer.create(args)
         assert not isinstance(trainer, int), "set-up failed"
@@ -104,7 +105,7 @@ def train_and_dump(out: str, argv: list[str], fail: str | None = None) -> int:
 
 
 def _arm_failure(trainer, step: str, rank: str, how: str) -> None:
-    from tapernn import distributed as dist
+    from tapernn.apps import distributed as dist
     if dist.rank() != int(rank):
         return
     train_step = trainer.lm.train_step

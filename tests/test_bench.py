@@ -12,7 +12,7 @@ _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
 
 @pytest.fixture
 def bench():
-    from tapernn.benchmark import harness
+    from tapernn.apps.benchmark import harness
     return harness
 
 
@@ -24,6 +24,11 @@ def test_quick_table_with_the_real_modules(bench, capsys):
         assert name in out
     assert "not available" not in out and "error:" not in out
     assert "DEFAULT (" in out and "planned MiB" in out
+    # each cell has a timing row and a memory row (saved, buffers, ..., saved/5H)
+    memory = out[out.index("tapernn KiB"):].splitlines()
+    for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"):
+        rows = [line.split() for line in memory if line.split()[:2] == ["tn", name]]
+        assert len(rows) == 1 and len(rows[0]) == 10 and rows[0][-1].endswith("x"), (name, memory)
     assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gate_matmuls" in out
 
 
@@ -64,7 +69,8 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
 
     monkeypatch.setattr(tqdm, "tqdm", Bar)
     rests = []
-    monkeypatch.setattr(bench.time, "sleep", rests.append)
+    from tapernn.apps.benchmark import timing
+    monkeypatch.setattr(timing.time, "sleep", rests.append)
     order = []
     contenders = [bench.Contender("a", lambda: order.append("a"), 1.0),
                   bench.Contender("b", lambda: order.append("b"), 1.0),

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from tapernn import fileio
-from tapernn.checkpoint import CheckpointError, load_checkpoint
-from tapernn.cli import OneLineArgumentParser
-from tapernn.train import Trainer, add_arguments, main
+from tapernn.apps.checkpoint import CheckpointError, load_checkpoint
+from tapernn.apps.cli import OneLineArgumentParser
+from tapernn.apps.train import add_arguments, main
+from tapernn.apps.trainer import Trainer
 
 TINY = ["--hidden", "8", "--embed", "4", "--batch", "2", "--seq-len", "6", "--no-progress",
         "--sample-len", "0", "--cell", "gru"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapernn.cli import main
+from tapernn.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_song_acceptor_example_reaches_zero_error(capsys):
 
 
 def test_models_build_and_run():
-    from tapernn.models import MODELS, build_model
+    from tapernn.apps.models import MODELS, build_model
     for name in MODELS:
         model, x, g = build_model(name, steps=3, batch=2, size=4)
         out = model.forward(x)
@@ -92,8 +92,8 @@ def _no_graphviz(monkeypatch, tmp_path):
 
 def test_demo_without_graphviz_writes_the_dot_source_and_says_how_to_render(
         tmp_path, monkeypatch, capsys):
-    from tapernn import tutorial
-    from tapernn.models import build_model
+    from tapernn.apps import tutorial
+    from tapernn.apps.models import build_model
     model, x, _ = build_model("tutorial-acceptor", 3, 2, 4)
     model.forward(x)
     monkeypatch.setattr(tutorial, "main", lambda: model)  # the full tutorial is tested above
@@ -115,7 +115,7 @@ def test_version(capsys):
 def test_every_option_help_says_its_default():
     import argparse
 
-    from tapernn.cli import build_parser
+    from tapernn.apps.cli import build_parser
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     missing = []

@@ -1,4 +1,4 @@
-"""tapernn.distributed and `mpiexec -n 2 tapernn train`: 2 ranks on half a batch each equal one
+"""tapernn.apps.distributed and `mpiexec -n 2 tapernn train`: 2 ranks on half a batch each equal one
 process on the whole batch (float64, 1e-12), ranks stay identical, rank-0 checkpoints resume under
 any N, a dead, hung or failing rank ends the job non-zero, and a missing mpi4py names the extra.
 The MPI runs are subprocesses under a timeout (tests/distributed_worker.py)."""
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from distributed_worker import train_and_dump
 
-from tapernn import distributed as dist
 from tapernn import nn
-from tapernn.checkpoint import load_checkpoint
-from tapernn.train import main as train_main
+from tapernn.apps import distributed as dist
+from tapernn.apps.checkpoint import load_checkpoint
+from tapernn.apps.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "distributed_worker.py")

@@ -168,7 +168,7 @@ def test_sigmoid_lowerings_keep_their_precision(size, dtype):
     L))) on larger ones, both dtypes (exact in both tails; tests/test_sigmoid_precision.py
     checks them against a 40-digit reference); those read by a log through logaddexp on small
     values, the exact op on larger ones."""
-    from tapernn.codegen import EXACT_SIGMOID_INLINE_SIZE
+    from tapernn.fused_lowering import EXACT_SIGMOID_INLINE_SIZE
     x = np.linspace(-60.0, 60.0, size).astype(dtype)
     compiled = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x), backend="numpy")
     y = compiled(x)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import tapernn as tn
-from tapernn.models import build_model
+from tapernn.apps.models import build_model
 
 
 def traced(name: str, steps: int = 3, backward: bool = False):
@@ -100,7 +100,7 @@ def test_step_clusters_sit_left_to_right_in_one_row():
 
 
 def test_compiled_views_draw_the_forward_the_backward_and_both_programs(tmp_path):
-    from tapernn.cli import main
+    from tapernn.apps.cli import main
     sources = {}
     for view in ("forward", "backward", "both"):
         out = tmp_path / f"{view}.dot"

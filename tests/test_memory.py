@@ -18,9 +18,9 @@ def test_lstm_plan_is_safe_and_smaller(rng):
     for passes in ([], None):
         compiled, plan = plan_of(g, passes)
         assert check_plan(compiled.graph, plan) > 0
-        assert plan.planned_bytes < plan.naive_bytes
-        assert plan.peak_bytes <= plan.naive_bytes
-        assert compiled.report.planned_bytes == plan.planned_bytes
+        assert plan.stats.planned_bytes < plan.stats.naive_bytes
+        assert plan.stats.peak_bytes <= plan.stats.naive_bytes
+        assert compiled.report.planned_bytes == plan.stats.planned_bytes
 
 
 def test_a_chain_runs_in_one_buffer():
@@ -147,3 +147,26 @@ def test_concat_pieces_are_computed_into_their_slots():
         np.testing.assert_array_equal(a, b)
     for got, w in zip(compiled(x), ref(x)):
         np.testing.assert_allclose(got, w, rtol=1e-12)
+
+
+def test_the_report_holds_the_plan_record_and_a_pair_joins_two():
+    # one typed record from the plan to the report (not copied field by field), and a training
+    # pair's report adds kernels and bytes up from its two programs' records
+    g, _ = lstm_graph(3, 2, 3, 4)
+    c = tn.compile(g, passes=[])
+    assert c.report.plan is c.program.plan.stats
+    assert (c.report.kernels, c.report.planned_bytes) == (c.report.plan.kernels,
+                                                          c.report.plan.planned_bytes)
+    seq = tn.nn.Sequencer(tn.nn.LSTM(3, 4))
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    seq.forward(x)
+    seq.backward(x, np.ones((5, 2, 4)))
+    pair = seq._runtime.last.training_pair
+    fwd, bwd, joint = pair.forward.report.plan, pair.last_backward.report.plan, \
+        seq.compile_report().plan
+    assert joint == tn.passes.PlanStats(
+        fwd.kernels + bwd.kernels, fwd.naive_bytes + bwd.naive_bytes,
+        fwd.planned_bytes + bwd.planned_bytes, max(fwd.peak_bytes, bwd.peak_bytes),
+        pair.saved_bytes)
+    assert seq.compile_report().resident_bytes == pair.resident_bytes > 0
+    assert len(seq.compile_report().passes) == len(pair.forward.report.passes) * 2

@@ -75,7 +75,8 @@ def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
     assert out in plan.placed_concats and plan.storage[out] is out
     assert sum(1 for q, (r, _) in plan.placed.items() if r is out) == 6
     # forward peak: the saved values, the output and a few per-step temporaries
-    assert plan.peak_bytes <= plan.saved_for_backward_bytes + out.nbytes + 16 * 3 * 4 * 8
+    stats = plan.stats
+    assert stats.peak_bytes <= stats.saved_for_backward_bytes + out.nbytes + 16 * 3 * 4 * 8
 
 
 def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
@@ -89,7 +90,8 @@ def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
     concat_kernels = sum(1 for n in bwd.graph.nodes if n.op == "concat") - len(
         [c for c in plan.placed_concats
          if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))])
-    assert plan.kernels == sum(1 for n in bwd.graph.nodes if n.op not in ("input", "constant")) \
+    computed = sum(1 for n in bwd.graph.nodes if n.op not in ("input", "constant"))
+    assert plan.stats.kernels == computed \
         - (sum(1 for n in bwd.graph.nodes if n.op == "concat") - concat_kernels)
 
 
@@ -117,7 +119,7 @@ def test_returned_arrays_survive_backward_and_the_next_forward(name):
 
 
 def test_training_pair_programs_share_one_arena(monkeypatch):
-    from tapernn.codegen import arena_layout
+    from tapernn.arena import arena_layout
     from tapernn.executor import compile
 
     rng = np.random.default_rng(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tapernn.benchmark import reference as reference_lstm
+from tapernn.apps.benchmark import reference as reference_lstm
 
 B, T, D, H = 2, 3, 4, 5
 ORIENTATIONS = ["batch", "feature"]

@@ -67,7 +67,7 @@ def test_sigmoid_value_is_relatively_accurate(dtype, passes, form):
 def test_small_sigmoids_keep_both_tails(dtype, reader):
     """Values of at most EXACT_SIGMOID_INLINE_SIZE elements take the logaddexp form (four
     calls; relative error ~ |a| eps / 2 for |a| < 36: up to ~20 ulps in float64)."""
-    from tapernn.codegen import EXACT_SIGMOID_INLINE_SIZE
+    from tapernn.fused_lowering import EXACT_SIGMOID_INLINE_SIZE
     n = EXACT_SIGMOID_INLINE_SIZE
     x = np.resize(X, (len(X) + n - 1) // n * n).reshape(-1, n).astype(dtype)
     exact = reference(x.ravel())[0].reshape(x.shape)

@@ -13,10 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapernn.command_line import OneLineArgumentParser
-from tapernn.data import Vocabulary, split_train_validation, stdlib_docstrings, time_major_batches
-from tapernn.data.corpus import _source_files, collect_docstrings
-from tapernn.train import Trainer, add_arguments, main
+from tapernn.apps.command_line import OneLineArgumentParser
+from tapernn.apps.data import (
+    Vocabulary,
+    split_train_validation,
+    stdlib_docstrings,
+    time_major_batches,
+)
+from tapernn.apps.data.corpus import _source_files, collect_docstrings
+from tapernn.apps.train import add_arguments, main
+from tapernn.apps.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8", "--no-progress"]
@@ -224,7 +230,7 @@ def test_resume_refuses_changed_options(tmp_path, capsys, text_file):
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, text_file):
     ckpt = tmp_path / "ck"
-    code = "import sys; from tapernn.train import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from tapernn.apps.train import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, "--text", str(text_file), "--steps", "100000",
            "--checkpoint", str(ckpt), *TINY]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

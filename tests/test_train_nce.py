@@ -6,7 +6,7 @@ import numpy as np
 from test_train import TINY, parse, word_text
 
 from tapernn import nn
-from tapernn.train import Trainer
+from tapernn.apps.trainer import Trainer
 
 
 def test_nce_run_learns_and_reports_the_exact_perplexity(tmp_path, capsys):

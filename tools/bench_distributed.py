@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tapernn import distributed as dist
+from tapernn.apps import distributed as dist
 
 
 def parse() -> argparse.Namespace:
@@ -39,8 +39,8 @@ def train_worker(a: argparse.Namespace) -> dict:
     """Time `a.steps` char-LM steps on this rank's rows of a random (T, B) batch stream."""
     from tapernn import optim
     from tapernn import random as tn_random
+    from tapernn.apps.charlm import CharLM
     from tapernn.blas import blas_threads
-    from tapernn.charlm import CharLM
     from tapernn.nn import FastLSTM
     if dist.launched_by_mpi():
         dist.init()

@@ -261,7 +261,3 @@ def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tup
     """(compiled kernel, "") or (None, why not), compiled before this returns."""
     handle, why = plan_kernel(program, operands, out_shape, out_dtype)
     return (handle.kernel, "") if handle is not None else (None, why)
-
-
-def kernels_loaded() -> int:
-    return sum(1 for k in _kernels.values() if k.kernel is not None)

@@ -11,7 +11,8 @@ from typing import Any
 
 import graphviz
 
-from ..graph import Node, format_node
+from ..graph import Node
+from ..graph_text import format_node
 from .buses import route_buses
 from .source import Drawing, output_name
 from .style import (

@@ -1,4 +1,4 @@
-"""`Parameter` and `Module`: the Torch7-style module API (forward/backward/output/grad_input,
+"""`Module`: the Torch7-style module API (forward/backward/output/grad_input,
 parameters, modes, state dicts) over symbolic `build` methods traced by the outermost forward.
 
 Threads: every public call that runs or changes a module holds its tree's lock (nn.locking), so
@@ -22,99 +22,7 @@ from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import block_key, pack_module, storage
-
-
-class _BlockRows:
-    """`Parameter.data` / `.grad`: rebinding one to another array takes the parameter out of its
-    block (nn.packing), which then stops being used; assigning it the same array does not."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = "_" + name
-
-    def __get__(self, p: Any, owner: type | None = None) -> Any:
-        return self if p is None else p.__dict__[self.slot]
-
-    def __set__(self, p: Any, value: np.ndarray) -> None:
-        old = p.__dict__.get(self.slot)
-        if old is not None:
-            _check_rebind(p, self.slot[1:], old, value)
-        block = p._block
-        if block is not None and value is not p.__dict__[self.slot]:
-            block.intact = False
-            p._block = None
-        p.__dict__[self.slot] = value
-
-
-def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
-    """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape."""
-    if not isinstance(value, np.ndarray):
-        raise ArgumentTypeError(f"parameter {p.name!r}: .{field} must be a numpy array, got "
-                                f"{type(value).__name__}")
-    if value.shape != old.shape:
-        raise ShapeError(f"parameter {p.name!r} has shape {old.shape}; cannot rebind its .{field} "
-                         f"to shape {value.shape} (assign into it, p.{field}[...] = ..., or "
-                         f"build a new module)")
-    if value.dtype.kind != "f":
-        raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got "
-                         f"{value.dtype}")
-
-
-class Parameter:
-    """A trainable array: `.data`, `.grad` (same shape, accumulated by backward), `.name`.
-
-    Inside a module's symbolic build a Parameter behaves like the `tn.Var` bound to it.
-    """
-
-    _block = None  # the packing.Block holding .data/.grad as rows of one array, if any
-    _home = None  # the module whose `parameter()` created it: only it may block it
-    data = _BlockRows()
-    grad = _BlockRows()
-
-    def __init__(self, data: np.ndarray, name: str = ""):
-        self.data = np.asarray(data)
-        self.grad = np.zeros_like(self.data)
-        self.name = name
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.data.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.data.dtype
-
-    def __tapernn_var__(self) -> Var:
-        return current_build().bind(self)
-
-    def __repr__(self) -> str:
-        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
-
-    # operators make `x @ self.w + self.b` read naturally inside build/step
-    __add__ = lambda s, o: s.__tapernn_var__() + o
-    __radd__ = lambda s, o: o + s.__tapernn_var__()
-    __sub__ = lambda s, o: s.__tapernn_var__() - o
-    __rsub__ = lambda s, o: o - s.__tapernn_var__()
-    __mul__ = lambda s, o: s.__tapernn_var__() * o
-    __rmul__ = lambda s, o: o * s.__tapernn_var__()
-    __truediv__ = lambda s, o: s.__tapernn_var__() / o
-    __matmul__ = lambda s, o: s.__tapernn_var__() @ o
-    __rmatmul__ = lambda s, o: o @ s.__tapernn_var__()
-    __neg__ = lambda s: -s.__tapernn_var__()
-    __getitem__ = lambda s, i: s.__tapernn_var__()[i]
-    T = property(lambda s: s.__tapernn_var__().T)
-
-    # NumPy on a Parameter inside a build: as on its Var (operators record, np.tanh says tn.tanh)
-    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        inputs = tuple(i.__tapernn_var__() if isinstance(i, Parameter) else i for i in inputs)
-        var = next(i for i in inputs if isinstance(i, Var))
-        return var.__array_ufunc__(ufunc, method, *inputs, **kwargs)
-
-    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        return self.__tapernn_var__().__array_function__(func, types, args, kwargs)
-
-
-def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
-    return tn_random.generator(rng).uniform(-bound, bound, size=shape)
+from .parameter import Parameter, uniform
 
 
 class Module:

@@ -181,20 +181,9 @@ class Executable:
         from ..passes import CompileReport
         if self.training_pair is None:
             return self.compile_forward().report
-        fwd, bwd = self.training_pair.forward.report, self.training_pair.last_backward.report
-        labelled = [replace(r, program=program)
-                    for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
-        return CompileReport(passes=labelled,
-                             fused_groups=fwd.fused_groups + bwd.fused_groups,
-                             naive_bytes=fwd.naive_bytes + bwd.naive_bytes,
-                             planned_bytes=fwd.planned_bytes + bwd.planned_bytes,
-                             peak_bytes=max(fwd.peak_bytes, bwd.peak_bytes),
-                             saved_for_backward_bytes=self.training_pair.saved_bytes,
-                             kernels=fwd.kernels + bwd.kernels,
-                             resident_bytes=self.training_pair.resident_bytes,
-                             arena_bytes=fwd.arena_bytes, backend=fwd.backend,
-                             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
-                             fallbacks=fwd.fallbacks + bwd.fallbacks)
+        pair = self.training_pair
+        return CompileReport.joined(pair.forward.report, pair.last_backward.report,
+                                    pair.saved_bytes, pair.resident_bytes)
 
 
 def _views_data(n) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..executor import Compiled, compile, compile_shared
+from ..arena import compile_shared
+from ..executor import Compiled, compile
 from ..graph import Graph
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 

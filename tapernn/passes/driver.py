@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import GraphError, TapernnError
@@ -25,6 +25,20 @@ class PassRecord:
     program: str = ""  # "forward" / "backward" when a report joins a training pair's two
 
 
+@dataclass(frozen=True)
+class PlanStats:
+    """What a buffer plan comes to (memory.BufferPlan.stats; CompileReport.plan): kernels run per
+    call; bytes if every value had a buffer of its own (naive), after reuse (planned: the
+    preallocated buffers plus what each call allocates), most bytes live at once (peak), and
+    bytes kept from forward for backward."""
+
+    kernels: int = 0
+    naive_bytes: int = 0
+    planned_bytes: int = 0
+    peak_bytes: int = 0
+    saved_for_backward_bytes: int = 0
+
+
 @dataclass
 class CompileReport:
     """What compilation did: per pass `(name, nodes_before, nodes_after, milliseconds)`, fused
@@ -33,7 +47,7 @@ class CompileReport:
     bytes kept from forward for backward, and kernels executed per call.
 
     `resident_bytes`: what the program holds between calls plus what it hands out per call.
-    Alone that is `planned_bytes`; for programs compiled together with `compile_shared` (a
+    Alone that is `planned_bytes`; for programs compiled together by `arena.compile_shared` (a
     TrainingPair's forward and backward, which run alternately) it is their joint total: the
     shared buffer arena once (`arena_bytes`, as large as the larger program's buffers; 0 for a
     program with buffers of its own) plus each program's per-call values (outputs, values saved
@@ -42,16 +56,35 @@ class CompileReport:
 
     passes: list[PassRecord] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)
-    naive_bytes: int = 0
-    planned_bytes: int = 0
-    peak_bytes: int = 0
-    saved_for_backward_bytes: int = 0
-    kernels: int = 0
+    plan: PlanStats = field(default_factory=PlanStats)  # the bytes and kernels of the plan
     resident_bytes: int = 0
     arena_bytes: int = 0
     backend: str = ""  # "numpy" / "numba": how the fused groups were lowered
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
+
+    kernels = property(lambda self: self.plan.kernels)
+    naive_bytes = property(lambda self: self.plan.naive_bytes)
+    planned_bytes = property(lambda self: self.plan.planned_bytes)
+    peak_bytes = property(lambda self: self.plan.peak_bytes)
+    saved_for_backward_bytes = property(lambda self: self.plan.saved_for_backward_bytes)
+
+    @classmethod
+    def joined(cls, fwd: CompileReport, bwd: CompileReport, saved_for_backward_bytes: int,
+               resident_bytes: int) -> CompileReport:
+        """One report of a training pair's forward and backward programs (compiled together:
+        one arena, one backend): passes labelled by program, bytes and kernels added up, the
+        peak the larger one's."""
+        labelled = [replace(r, program=program)
+                    for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
+        a, b = fwd.plan, bwd.plan
+        plan = PlanStats(a.kernels + b.kernels, a.naive_bytes + b.naive_bytes,
+                         a.planned_bytes + b.planned_bytes, max(a.peak_bytes, b.peak_bytes),
+                         saved_for_backward_bytes)
+        return cls(passes=labelled, fused_groups=fwd.fused_groups + bwd.fused_groups, plan=plan,
+                   resident_bytes=resident_bytes, arena_bytes=fwd.arena_bytes,
+                   backend=fwd.backend, compiled_kernels=fwd.compiled_kernels
+                   + bwd.compiled_kernels, fallbacks=fwd.fallbacks + bwd.fallbacks)
 
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.passes] + [28]) + 2

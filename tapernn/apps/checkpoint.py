@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import random as tn_random
-from .errors import StateError, TapernnError
-from .fileio import atomic_write, crash_point, fsync_dir, write_file
-from .serialization import check_arrays, read_npz, write_npz
+from .. import random as tn_random
+from ..errors import StateError, TapernnError
+from ..fileio import atomic_write, crash_point, fsync_dir, write_file
+from ..serialization import check_arrays, read_npz, write_npz
 
 FORMAT = "tapernn-train-checkpoint-2"
 LEGACY_FORMAT = "tapernn-train-checkpoint-1"  # files directly in DIR, no manifest (before 2026-12)
@@ -231,11 +231,6 @@ def _json(file: Path, blob: bytes | None = None) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{os.fspath(file)!r} is not a tapernn checkpoint file")
     return value
-
-
-def read_config(directory: str | os.PathLike) -> dict:
-    """The verified config of the current checkpoint (see load_checkpoint)."""
-    return load_checkpoint(directory).config
 
 
 def restore_checkpoint(checkpoint: Checkpoint, lm: Any, optimizer: Any) -> None:

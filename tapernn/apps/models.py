@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
-from . import random as tn_random
-from .errors import TapernnError
+from .. import nn
+from .. import random as tn_random
+from ..errors import TapernnError
 
 Built = tuple[nn.Module, Any, Any]
 

@@ -10,14 +10,22 @@ from typing import Any
 
 import numpy as np
 
+from .. import random as tn_random
+from ..blas import blas_threads
+from ..errors import TapernnError
 from . import distributed as dist
-from . import random as tn_random
-from .blas import blas_threads
 from .charlm import CellSpecError
 from .checkpoint import CheckpointError
 from .data.corpus import CorpusError
-from .errors import TapernnError
-from .train import DEFAULTS, INTERRUPTED, PROG, StopRequest, Trainer, UsageError
+from .trainer import (
+    DEFAULTS,
+    INTERRUPTED,
+    PROG,
+    StopRequest,
+    Trainer,
+    UsageError,
+    run_single,
+)
 
 SETUP_ERRORS = (UsageError, CorpusError, CellSpecError, CheckpointError)
 
@@ -33,8 +41,7 @@ def run_distributed(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     if comm.Get_size() == 1:
-        from .train import run
-        return run(args, distributed=False)
+        return run_single(args)
     try:
         with blas_threads(args.threads):
             trainer = DistributedTrainer.create(args)

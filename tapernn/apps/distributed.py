@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from . import optim
-from .errors import TapernnError
-from .nn.packing import storage
+from .. import optim
+from ..errors import TapernnError
+from ..nn.packing import storage
 
 MPI_EXTRA = 'pip install "tapernn[mpi]"'
 TIMEOUT_ENV = "TAPERNN_MPI_TIMEOUT"

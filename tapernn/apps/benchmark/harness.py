@@ -1,5 +1,5 @@
 """LSTM training-step benchmark: tapernn's Sequencer cells against the hand-written NumPy floor
-(tapernn/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
+(tapernn/apps/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
 Contenders run interleaved in one process and are reported as medians and ratios, never alone.
 """
 from __future__ import annotations
@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..blas import blas_threads
+from ...blas import blas_threads
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
     NOT_AVAILABLE,
@@ -226,23 +225,29 @@ def report_config(B, T, D, H, dtype, args) -> None:
     print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, theoretical BPTT "
           f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
           "per cell below)")
-    for row in memory_rows(B, T, D, H, dtype, workspace):
+    for row in memory_rows(B, T, D, H, dtype, workspace, args.cells,
+                           getattr(args, "backends", None) or (None,)):
         print(row)
 
 
-def training_pair_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
-    """The compiled forward/backward pair of a cached benchmark Sequencer (None if not run)."""
-    seq = _sequencers.get((factory, B, T, D, H, np.dtype(dtype)))
-    runtime = getattr(seq, "_runtime", None)
-    last = getattr(runtime, "last", None)
-    return getattr(last, "training_pair", None)
+def training_pairs_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
+    """(backend, Sequencer, compiled forward/backward pair) of each cached benchmark Sequencer of
+    this cell and shape, one per backend it was timed under (None: the current backend)."""
+    found = []
+    for key, seq in _sequencers.items():
+        if key[:6] == (factory, B, T, D, H, np.dtype(dtype)):
+            last = getattr(getattr(seq, "_runtime", None), "last", None)
+            pair = getattr(last, "training_pair", None)
+            if pair is not None:
+                found.append((key[6], seq, pair))
+    return found
 
 
-def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
+def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,)) -> list[str]:
     """Per tapernn contender: bytes kept for backward, buffers each program allocates, what is
     resident across a training step and the most bytes live at once, against the reference and
     the theoretical minimum (with the contender's own parameter count); saved/5H: what the
-    forward keeps over the T*B*5H an LSTM must keep."""
+    forward keeps over the T*B*5H an LSTM must keep. Only the cells and backends timed now."""
     factories = tapernn_factories()
     if isinstance(factories, str):
         return []
@@ -251,11 +256,11 @@ def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
     header = (f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
               f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/5H':>9}")
     rows = [header]
-    for label, (factory, _) in factories.items():
-        pair = training_pair_of(factory, B, T, D, H, dtype) if factory else None
-        if pair is None:
-            continue
-        seq = _sequencers[(factory, B, T, D, H, np.dtype(dtype))]
+    timed = [(label + (f" [{backend}]" if backend else ""), seq, pair)
+             for label, (factory, _) in factories.items() if factory and label in (cells or [label])
+             for backend, seq, pair in training_pairs_of(factory, B, T, D, H, dtype)
+             if backend in backends]
+    for label, seq, pair in timed:
         n_params = sum(p.data.size for p in seq.parameters())
         minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype, n_params)
         fwd, bwd = pair.forward.report, pair.backward.report
@@ -266,48 +271,6 @@ def memory_rows(B, T, D, H, dtype, workspace: int) -> list[str]:
                     f"{resident / workspace:>7.2f}x {peak / minimum:>8.2f}x "
                     f"{pair.saved_bytes / min_saved_bytes(B, T, H, dtype):>8.2f}x")
     return rows
-
-
-# --- compile time ------------------------------------------------------------------------------
-
-
-def compile_times(cell: str, B: int, T: int, H: int, dtype, repeats: int = 3) -> tuple[float, float]:
-    """(first training step, steady training step) seconds of a fresh Sequencer(cell(H, H)):
-    the first call traces, differentiates, runs the passes, plans memory and generates code.
-    Medians over `repeats` fresh Sequencers."""
-    from tapernn import nn
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    grad_h = rng.standard_normal((T, B, H)).astype(dtype)
-    firsts, steadies = [], []
-    for _ in range(repeats):
-        seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
-        start = time.perf_counter()
-        seq.forward(x)
-        seq.backward(x, grad_h)
-        firsts.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        seq.forward(x)
-        seq.backward(x, grad_h)
-        steadies.append(time.perf_counter() - start)
-    return statistics.median(firsts), statistics.median(steadies)
-
-
-def run_compile_times(dtypes) -> None:
-    print("\nCompile time (first forward+backward of a fresh Sequencer minus a steady one; "
-          "median of 3), B=32, H=256:")
-    print(f"  {'cell':<10} {'dtype':<8} {'T=50 s':>8} {'T=100 s':>8} {'ratio':>6} "
-          f"{'T=100 first':>12}")
-    for dtype in dtypes:
-        for cell in ("LSTM", "FastLSTM"):
-            compile_s = {}
-            for T in (50, 100):
-                first, steady = compile_times(cell, 32, T, 256, dtype)
-                compile_s[T] = (first - steady, first)
-            print(f"  {cell:<10} {np.dtype(dtype).name:<8} {compile_s[50][0]:>8.2f} "
-                  f"{compile_s[100][0]:>8.2f} {compile_s[100][0] / compile_s[50][0]:>6.2f} "
-                  f"{compile_s[100][1]:>12.2f}")
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -407,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
             run_ablation(args.config_list, args.dtypes, args.budget,
                          getattr(args, "ablation_cell", "FastLSTM"))
         if getattr(args, "compile_time", False):
+            from .compile_time import run_compile_times
             run_compile_times(args.dtypes)
     if getattr(args, "first_call", False):
         from .first_call import run_first_call

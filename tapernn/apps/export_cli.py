@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import TapernnError
+from ..errors import TapernnError
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".json")
 
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import random as tn_random
-    from .export import render, to_json
+    from .. import random as tn_random
+    from ..export import render, to_json
     from .models import build_model
 
     path = Path(args.output)

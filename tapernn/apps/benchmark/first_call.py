@@ -39,7 +39,7 @@ RUNS = [("numpy", "1", "numpy"),
 
 
 def first_call_times() -> list[tuple[str, dict]]:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = []
     for label, background, backend in RUNS:
         if label.endswith("cold") or backend == "numpy":

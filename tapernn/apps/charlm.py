@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import nn, optim
+from .. import nn, optim
 
 BUILTIN_CELLS = {"lstm": nn.LSTM, "fastlstm": nn.FastLSTM, "gru": nn.GRU, "rnn": nn.RNN,
                  "seqlstm": nn.SeqLSTM, "seqgru": nn.SeqGRU}
@@ -194,7 +194,7 @@ class TokenRows(nn.Module):
         self.add_child("0", module)
 
     def build(self, xs: list):
-        from . import functional as F
+        from .. import functional as F
         h, y = xs
         T, B = y.shape
         out = self._children["0"]([F.reshape(h, (T * B, h.shape[-1])), F.reshape(y, (T * B,))])

@@ -7,8 +7,8 @@ import statistics
 
 import numpy as np
 
-from ..nn import Sequencer
-from ..nn.packing import unpack_parameters
+from ...nn import Sequencer
+from ...nn.packing import unpack_parameters
 from .timing import Contender, lstm_flops, tapernn_factories, time_interleaved
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..errors import TapernnError
 from .command_line import OneLineArgumentParser
-from .errors import TapernnError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def _demo(args: argparse.Namespace) -> int:
     acceptor = tutorial.main()
     if args.diagram:
         try:
-            from .export.rendering import render_or_source
+            from ..export.rendering import render_or_source
         except ImportError:
             print("\n(diagram export is not available in this build)")
             return 0
@@ -27,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from . import random as tn_random
+    from .. import random as tn_random
     from .models import build_model
     tn_random.manual_seed(args.seed)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineArgumentParser(
         prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff.")
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"tapernn {__version__}")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
