@@ -115,3 +115,43 @@ def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
                            text=True, check=True).stdout.split() for _ in range(2)]
     assert runs[0] == runs[1]  # cold (compiling while call 1 runs) and warm: the same bits
     assert runs[0][1] == runs[0][2]  # calls 2 and 3 both ran the kernel
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_compiles_the_kernels_its_parent_was_compiling(later, monkeypatch):
+    import threading
+    import time
+    parent, gate = os.getpid(), threading.Event()
+    prepare = numba_backend.Kernel.prepare
+
+    def held_in_the_parent(self, key=None, warm=False):
+        if os.getpid() == parent:
+            gate.wait(60)  # the parent's worker is busy with this job when the fork happens
+        return prepare(self, key, warm)
+    monkeypatch.setattr(numba_backend.Kernel, "prepare", held_in_the_parent)
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    x = _arrays(np.float64, seed=8)
+    g = tn.trace(every_op, *x)
+    ref = interpret(g, *x)[0]
+    c = tn.compile(g, backend="numba")
+    c(*x)  # requests the kernel: the parent's worker holds it
+    pid = os.fork()
+    if pid == 0:  # the child: no worker thread was copied; its second call must not hang
+        try:
+            out = c(*x)
+            swapped = not any(isinstance(v, background.Site) for v in _slots(c).values())
+            os._exit(0 if swapped and np.allclose(out, ref, rtol=1e-12, atol=1e-12) else 1)
+        except BaseException:
+            os._exit(2)
+    try:
+        deadline = time.monotonic() + 120
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung waiting for a kernel its parent was compiling")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        gate.set()
+    assert background.wait(timeout=120)
