@@ -55,7 +55,8 @@ class Program(FusedLowering):
             self.bound[name] = kernel = namespace[name]
             kernel.__kwdefaults__ = {u: self.bound[u] for u in used}
         self.fn = namespace[fn_name]
-        self._make_sites()
+        if self.sites:  # numba kernels compiling in the background (fused_lowering.py)
+            self._make_sites()
         self.fn.__kwdefaults__ = dict(self.bound)
 
     def bind(self, prefix: str, value: Any) -> str:
