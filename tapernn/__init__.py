@@ -58,6 +58,7 @@ from .memory import PlanOptions
 from .ops import elementwise, fused, linalg, reduce, shape  # noqa: F401  (register the op set)
 from .ops import nn as _nn_ops  # noqa: F401
 from .regions import RegionWalk  # noqa: F401  (hands the region planner to memory)
+from .scan import ScanResult, inline, scan, unroll_scans
 from .testing import gradcheck
 from .tracing import Var, trace
 

@@ -94,12 +94,44 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
                 grads.append(F.add_n(cot[w]) if w in cot else F.zeros(w.shape, w.dtype))
     result = tape.graph
     result.outputs = outs + [g.node for g in grads]
+    if tape.replacements:
+        result = _apply_replacements(result, {n: v.node for n, v in tape.replacements.items()})
     result.meta = replace(
         result.meta, n_forward_outputs=len(outs),
         output_names=(*names, *[f"grad_{w.name}" for w in wrt_nodes]),
         wrt=tuple(w.name for w in wrt_nodes),
         seeds=tuple(s.name for s in seed_nodes if s.op == "input"), single_output=False)
     return result
+
+
+def _apply_replacements(graph: Graph, replacements: dict[Node, Node]) -> Graph:
+    """`graph` with each key of `replacements` replaced by its value (recorded later on the
+    tape, by a VJP), and the replacement nodes nothing reads dropped again."""
+    made: dict[Node, Node] = {}
+
+    def remap(x: Node, mapping: dict[Node, Node]) -> Node:
+        if x in mapping:
+            return mapping[x]
+        if x not in made:
+            ins = tuple([remap(i, mapping) for i in x.inputs])
+            made[x] = x if ins == x.inputs else x.with_inputs(ins)
+        return made[x]
+
+    def visit(n: Node, mapping: dict[Node, Node]) -> Node | None:
+        if n in made:
+            return made[n]
+        rep = replacements.get(n)
+        return None if rep is None else remap(rep, mapping)
+
+    new = graph.rebuild(visit)
+    droppable = set(made.values()) - set(new.outputs)
+    used: set[Node] = set()
+    kept = []
+    for n in reversed(new.nodes):
+        if n not in droppable or n in used:
+            kept.append(n)
+            used.update(n.inputs)
+    return Graph(kept[::-1], new.inputs, new.outputs, new.meta)
 
 
 def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import builtins
 import itertools
 import traceback
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,27 @@ from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, concat_slots, plan
 from .ops.registry import get_op
 
 _program_ids = itertools.count()
+
+
+@dataclass
+class LoweringContext:
+    """What an op's own lowering may ask of the compilation it is part of (a loop op compiles
+    its body with the caller's pipeline and options): `passes` (None: the default pipeline),
+    `options`, and `sub_reports`, where nested programs leave their reports (CompileReport.loops)."""
+
+    passes: Any = None
+    options: PlanOptions = DEFAULT_OPTIONS
+    sub_reports: list = field(default_factory=list)
+
+
+_LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
+
+
+def lowering_context() -> LoweringContext:
+    """The LoweringContext of the program being generated (a default one outside any)."""
+    ctx = _LOWERING.get()
+    return ctx if ctx is not None else LoweringContext()
+
 
 class Program(FusedLowering):
     """Generated source for one graph plus the values it closes over.
@@ -35,7 +58,7 @@ class Program(FusedLowering):
 
     def __init__(self, graph: Graph, fn_name: str = "program",
                  buffers: list[np.ndarray] | None = None, plan: BufferPlan | None = None,
-                 options: PlanOptions = DEFAULT_OPTIONS):
+                 options: PlanOptions = DEFAULT_OPTIONS, passes: Any = None):
         self.graph, self.options = graph, options
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None
@@ -48,7 +71,12 @@ class Program(FusedLowering):
         self.compiled_kernels: dict[int, str] = {}  # id(numba kernel) -> its bound name
         self.sites: list[tuple[str, Any, str, list[str]]] = []  # fused_lowering._compiled_call
         self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
-        self.source = self._generate(fn_name)
+        self.sub_reports: list = []  # reports of nested programs (loop bodies)
+        token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports))
+        try:
+            self.source = self._generate(fn_name)
+        finally:
+            _LOWERING.reset(token)
         namespace: dict[str, Any] = {}
         exec(builtins.compile(self.source, self.filename, "exec"), namespace)
         for name, used, _ in self.fused_kernels.values():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,10 @@ class Compiled:
         self.report.backend = self.program.backend
         self.report.compiled_kernels = len(self.program.compiled_kernels)
         self.report.fallbacks = list(self.program.fallbacks)
+        self.report.loops = list(self.program.sub_reports)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
-        self.largest_gemm_flops = max((_gemm_flops(n) for n in graph.nodes if n.op == "matmul"),
+        self.largest_gemm_flops = max([_gemm_flops(n) for n in graph.nodes if n.op == "matmul"]
+                                      + [loop.largest_gemm_flops for loop in self.report.loops],
                                       default=0.0)
 
     def __call__(self, *arrays: Any) -> Any:
@@ -163,19 +165,31 @@ def with_backend(options: PlanOptions, backend: str | None) -> PlanOptions:
     return options if backend is None else dataclasses.replace(options, backend=backend)
 
 
+_unroller: list[Callable[[Graph], Graph]] = []
+
+
+def set_unroller(fn: Callable[[Graph], Graph]) -> None:
+    """Hand the executor `unroll_scans` (the loops layer, above this one) for `unroll=True`."""
+    _unroller[:] = [fn]
+
+
 def compile(graph: Graph, passes: Sequence[Pass] | None = None,
             options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None,
-            backend: str | None = None) -> Compiled:
+            backend: str | None = None, unroll: bool = False) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
     verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
     code generator (PlanOptions); `dump` sees the graph after each pass (run_passes);
-    `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups."""
+    `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups;
+    `unroll=True` compiles every scan loop unrolled into its steps (`tn.unroll_scans`)."""
     options = with_backend(options, backend)
     with gc_paused():
         verify_input(graph)
-        graph, report = run_passes(graph, pipeline_of(passes), dump=dump)
+        if unroll and _unroller:
+            graph = _unroller[0](graph)
+        pipeline = pipeline_of(passes)
+        graph, report = run_passes(graph, pipeline, dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
-        program = Program(graph, plan=plan, options=options)
+        program = Program(graph, plan=plan, options=options, passes=pipeline)
         return Compiled(graph, program, report)
 
 

@@ -81,6 +81,9 @@ class Tape:
 
     def __init__(self, graph: Graph | None = None):
         self.graph = graph if graph is not None else Graph()
+        # node -> Var: nodes `grad` rewires to another value once the sweep is done (a scan's
+        # VJP replaces the forward loop by its extension that also writes the residuals)
+        self.replacements: dict[Node, Var] = {}
 
     def add(self, node: Node) -> Node:
         self.graph.nodes.append(node)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench_compiler.py"
@@ -39,3 +40,16 @@ def test_arguments_are_validated(tool, capsys):
             tool.parse_args(bad)
         assert exc.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_scan_mode_runs_at_small_sizes(tool, monkeypatch, capsys):
+    import sys
+    sys.path.insert(0, str(_PATH.parent))
+    import bench_scan
+    r = bench_scan.first_call(5)
+    assert set(r) == {"trace", "grad", "compile", "first run", "nodes"} and r["nodes"] > 0
+    rolled, unrolled, diff = bench_scan.rolled_vs_unrolled(3, 1, 2, np.float64, repeats=1)
+    assert rolled > 0 and unrolled > 0 and diff < 1e-12
+    per_step, alone = bench_scan.loop_overhead(T=50, repeats=1)
+    assert per_step > 0 and alone > 0
+    assert tool.parse_args(["--scan"]).scan

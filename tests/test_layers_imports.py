@@ -27,6 +27,7 @@ LAYERS = [
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
+    ("loops", ["tapernn.scan", "tapernn.scan_ir", "tapernn.scan_grad", "tapernn.scan_run"]),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
     ("package", ["tapernn"]),  # tapernn/__init__: the public names

@@ -99,6 +99,17 @@ TGT = np.array([[2], [0], [3]])
 row("gather", "targets", lambda x, t: tn.gather(x, t, axis=1), randn(3, 4), TGT)
 row("scatter_add", "targets", lambda g, t: emit("scatter_add", g, t, axis=1, n=4), randn(3, 1), TGT)
 
+def _scan_rnn(h, xs, w):  # a body of the inputs' dtype, traced inside the outer trace
+    body = tn.trace(lambda h, x, w: [tn.tanh(x @ w + h), tn.tanh(x @ w + h) * 2.0],
+                    np.zeros(h.shape, h.dtype), np.zeros(xs.shape[1:], h.dtype),
+                    np.zeros(w.shape, h.dtype))
+    r = tn.scan(body, [h], [xs], [w])
+    return r.carries + r.ys
+
+
+ROWS.append(pytest.param("scan", _scan_rnn, (randn(2, 3), randn(5, 2, 4), randn(4, 3)),
+                         id="scan-rnn"))
+
 
 @pytest.mark.parametrize("op,fn,arrays", ROWS)
 def test_op_gradcheck(op, fn, arrays):

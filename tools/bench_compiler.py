@@ -8,6 +8,10 @@ grad, split, every pass on both programs, memory plans, code generation and the 
 at T=50 and T=100, each repeat in a fresh interpreter (T=50 then T=100, as a user would meet
 them), with medians and the ratio. Target: T=100 <= 1.0 s and T=100 <= 2.2 x T=50; `--check`
 exits 1 when the first cell's medians miss it.
+
+`--scan`: the rolled loop (issue 16, tools/bench_scan.py): compile + first run of a scanned
+LSTM at T = 10, 1,000, 10,000, rolled vs unrolled steady state at (32, 50, 256) float32 and
+(1, 5, 5), and the loop's per-step cost.
 """
 from __future__ import annotations
 
@@ -146,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"comma-separated, from {', '.join(CELLS)} (--sequencer)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh interpreters per cell")
     ap.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument("--scan", action="store_true",
+                    help="the rolled loop: compile time vs T, rolled vs unrolled steady state")
     args = ap.parse_args(argv)
     if len(args.shape) > 4 or any(v <= 0 for v in args.shape):
         ap.error(f"at most four positive sizes T B I H, got {args.shape}")
@@ -162,4 +168,8 @@ if __name__ == "__main__":
     args = parse_args()
     if args.sequencer:
         sys.exit(sequencer_main(args.cells, args.repeats, args.check))
+    if args.scan:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_scan import scan_main
+        sys.exit(scan_main())
     main(*args.shape)

@@ -35,6 +35,7 @@ from .hoist import (
     stack_index_grads,
     stack_matmuls_over_time,
 )
+from .push_out import push_out_of_loops
 from .simplify import (
     flip_transposed_products,
     index_grads_to_concat,
@@ -50,6 +51,7 @@ DEFAULT: list[Pass] = [
     fold_constants,
     propagate_zeros,
     eliminate_common_subexpressions,
+    push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
     # hoisting across time
     stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
     pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
@@ -132,6 +134,7 @@ __all__ = [
     "propagate_zeros",
     "pull_slices_out_of_sums",
     "pull_transposes_out_of_sums",
+    "push_out_of_loops",
     "run_passes",
     "set_default_passes",
     "share_stacks",

@@ -40,6 +40,37 @@ class PlanStats:
 
 
 @dataclass
+class LoopReport:
+    """A compiled loop (a `scan` node): its body's own CompileReport (passes, kernels, bytes of
+    one step's program, reused every step) and the bytes of its slab as a function of the
+    length T: `bytes_per_sequence(T) = fixed_bytes + T * step_bytes`, where `step_bytes` is one
+    row of ys (the values written per step, the residuals backward reads among them) and
+    `fixed_bytes` the final carries plus the body program's buffers."""
+
+    scope: str
+    length: int
+    reverse: bool
+    body: CompileReport
+    body_nodes: int
+    carry_bytes: int
+    step_bytes: int
+    largest_gemm_flops: float = 0.0  # the body's (the BLAS thread choice of the outer program)
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.carry_bytes + self.body.resident_bytes
+
+    def bytes_per_sequence(self, length: int | None = None) -> int:
+        return self.fixed_bytes + (self.length if length is None else length) * self.step_bytes
+
+    def __str__(self) -> str:
+        kind = "reverse loop" if self.reverse else "loop"
+        return (f"{kind} {self.scope or '(top)'}: T = {self.length}, body {self.body_nodes} "
+                f"nodes, {self.body.kernels} kernels per step; bytes {self.fixed_bytes:,} + "
+                f"T x {self.step_bytes:,} per step = {self.bytes_per_sequence():,}")
+
+
+@dataclass
 class CompileReport:
     """What compilation did: per pass `(name, nodes_before, nodes_after, milliseconds)`, fused
     groups, bytes (naive = every value its own buffer; planned = after reuse: the program's
@@ -62,6 +93,7 @@ class CompileReport:
     backend: str = ""  # "numpy" / "numba": how the fused groups were lowered
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
+    loops: list[LoopReport] = field(default_factory=list)  # compiled scan bodies
 
     kernels = property(lambda self: self.plan.kernels)
     naive_bytes = property(lambda self: self.plan.naive_bytes)
@@ -84,7 +116,8 @@ class CompileReport:
         return cls(passes=labelled, fused_groups=fwd.fused_groups + bwd.fused_groups, plan=plan,
                    resident_bytes=resident_bytes, arena_bytes=fwd.arena_bytes,
                    backend=fwd.backend, compiled_kernels=fwd.compiled_kernels
-                   + bwd.compiled_kernels, fallbacks=fwd.fallbacks + bwd.fallbacks)
+                   + bwd.compiled_kernels, fallbacks=fwd.fallbacks + bwd.fallbacks,
+                   loops=fwd.loops + bwd.loops)
 
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.passes] + [28]) + 2
@@ -107,6 +140,7 @@ class CompileReport:
         rows.append(f"peak bytes                {self.peak_bytes:,}")
         rows.append(f"saved for backward bytes  {self.saved_for_backward_bytes:,}")
         rows.append(f"resident bytes            {self.resident_bytes:,}")
+        rows += [str(loop) for loop in self.loops]
         return "\n".join(rows)
 
 

@@ -1,0 +1,125 @@
+"""Scan push-out, reverse-loop half: a carry accumulating acc + a_t^T b_t (a parameter's
+cotangent in the reverse loop of BPTT) or acc + sum(b_t, axis=0) (a bias's) whose terms are
+per-step values becomes ys of the loop (or reads xs the loop already has) and one GEMM (or sum)
+over the stacked values after it -- what `merge_matmul_sums_over_time` does to unrolled graphs."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from ..graph import Graph, Node
+from .rewrite import derive, is_zero
+from .slab import carry_view, relayout, rows_of, ys_view
+
+
+@dataclass(frozen=True)
+class Accumulation:
+    carry: int  # the carry position
+    op: str  # "matmul" (terms P_t @ Q_t) or "sum" (terms sum(Q_t, axes))
+    terms: tuple  # per operand: ("x", xs position) | ("y", new ys position); P's transposed?
+    transposed: bool
+    axes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GradRecipe:
+    body: Graph  # the body with the accumulating carries passed through, the terms as ys
+    found: tuple[Accumulation, ...]
+
+
+_RECIPES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def grad_recipe(body: Graph, nc: int, nx: int) -> GradRecipe | None:
+    cache = _RECIPES.setdefault(body, {})
+    if (nc, nx) not in cache:
+        cache[(nc, nx)] = _make(body, nc, nx)
+    return cache[(nc, nx)]
+
+
+def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
+    users: dict[Node, int] = {}
+    for n in body.nodes:
+        for i in n.inputs:
+            users[i] = users.get(i, 0) + 1
+    xs_pos = {i: k for k, i in enumerate(body.inputs) if nc <= k < nc + nx}
+    outs = set(body.outputs)
+    extra: list[Node] = []
+    found = []
+    for k in range(nc):
+        acc, new = body.inputs[k], body.outputs[k]
+        if new.op != "add" or acc not in new.inputs or users.get(acc) != 1 or acc in outs \
+                or new.inputs[0] is new.inputs[1] or users.get(new) or \
+                body.outputs.count(new) != 1:
+            continue  # acc and acc' must be read by nothing else in the loop
+        m = new.inputs[1] if new.inputs[0] is acc else new.inputs[0]
+        if m.shape != acc.shape:
+            continue
+        if m.op == "matmul" and m.ndim == 2 and all(i.ndim == 2 for i in m.inputs):
+            p, q = m.inputs
+            transposed = p.op == "transpose" and p.inputs[0].ndim == 2
+            p = p.inputs[0] if transposed else p
+            terms = tuple(_term(v, xs_pos, extra) for v in (p, q))
+            found.append(Accumulation(k, "matmul", terms, transposed))
+        elif m.op == "sum" and not m.attrs.get("keepdims") and m.attrs.get("axis") is not None:
+            q = m.inputs[0]
+            axes = tuple(m.attrs["axis"])
+            if q.ndim - len(axes) != m.ndim:
+                continue
+            found.append(Accumulation(k, "sum", (_term(q, xs_pos, extra),), False, axes))
+    if not found:
+        return None
+    outputs = list(body.outputs)
+    for a in found:
+        outputs[a.carry] = body.inputs[a.carry]
+    new = Graph(body.nodes, body.inputs, outputs + extra, body.meta).eliminate_dead_code()
+    return GradRecipe(new, tuple(found))
+
+
+def _term(v: Node, xs_pos: dict[Node, int], extra: list[Node]) -> tuple[str, int]:
+    if v in xs_pos:
+        return ("x", xs_pos[v])
+    if v not in extra:
+        extra.append(v)
+    return ("y", extra.index(v))
+
+
+def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, Node]:
+    """Substitutions putting `recipe` into `graph` for scan node `s`: the new scan, each
+    accumulation as one op over the stacked terms after it, and `s`'s readers rewired."""
+    a = s.attrs
+    body, nc, length = a["body"], a["n_carry"], a["length"]
+    new = derive(s, "scan", s.inputs, body=recipe.body, n_carry=nc, n_xs=a["n_xs"],
+                 length=length, reverse=a["reverse"])
+    rows = rows_of(new)
+    n_out = len(body.outputs)
+    stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
+    finals = {acc.carry: _final(s, acc, stacked[n_out - nc:], body) for acc in recipe.found}
+    carries = [finals[k] if k in finals else carry_view(new, k) for k in range(nc)]
+    return relayout(graph, s, carries, stacked[:n_out - nc])
+
+
+def _final(s: Node, acc: Accumulation, extra: list[Node], body: Graph) -> Node:
+    """The accumulated carry's final value: its initial value plus one op over the stacks."""
+    length = s.attrs["length"]
+    m = next(i for i in body.outputs[acc.carry].inputs if i is not body.inputs[acc.carry])
+
+    def stack(term: tuple) -> Node:
+        return s.inputs[term[1]] if term[0] == "x" else extra[term[1]]
+    if acc.op == "matmul":
+        p, q = m.inputs
+        p = p.inputs[0] if acc.transposed else p
+        ps, qs = stack(acc.terms[0]), stack(acc.terms[1])
+        if acc.transposed:  # sum_t a_t^T q_t = A^T Q over the (T*B, .) views
+            left = derive(s, "transpose", (derive(s, "reshape", (ps,), shape=(
+                length * p.shape[0], p.shape[1])),), axes=(1, 0))
+        else:  # sum_t P_t Q_t = [P_0 P_1 ...] [Q_0; Q_1; ...]
+            left = derive(s, "reshape", (derive(s, "transpose", (ps,), axes=(1, 0, 2)),),
+                          shape=(p.shape[0], length * p.shape[1]))
+        right = derive(s, "reshape", (qs,), shape=(length * q.shape[0], q.shape[1]))
+        total = derive(s, "matmul", (left, right))
+    else:
+        total = derive(s, "sum", (stack(acc.terms[0]),), axis=(0, *[x + 1 for x in acc.axes]),
+                       keepdims=False)
+    init = s.inputs[acc.carry]
+    return total if is_zero(init) else derive(s, "add", (init, total))

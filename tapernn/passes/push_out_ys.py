@@ -1,0 +1,90 @@
+"""Scan push-out of per-step products that are only returned: a ys y_t = q_t @ W (W an
+invariant; in BPTT's reverse loop dx_t = dz_t @ W^T) becomes, when the loop writes q_t anyway
+(or q_t is no larger), ys q_t and one GEMM over the (T*B, K) stack after the loop -- what
+`stack_matmuls_over_time` does to unrolled graphs."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from ..graph import Graph, Node
+from .rewrite import derive
+from .slab import carry_view, relayout, rows_of, ys_view
+
+
+@dataclass(frozen=True)
+class YsRecipe:
+    body: Graph
+    # per old ys: ("ys", new ys index) or ("gemm", new ys index of q, W's input position,
+    # W transposed)
+    sources: tuple
+
+
+_RECIPES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def ys_recipe(body: Graph, nc: int, nx: int) -> YsRecipe | None:
+    cache = _RECIPES.setdefault(body, {})
+    if (nc, nx) not in cache:
+        cache[(nc, nx)] = _make(body, nc, nx)
+    return cache[(nc, nx)]
+
+
+def _product(y: Node, inv: dict[Node, int]) -> tuple[Node, int, bool] | None:
+    if y.op != "matmul" or y.ndim != 2 or y.inputs[0].ndim != 2:
+        return None
+    q, w = y.inputs
+    if w in inv:
+        return q, inv[w], False
+    if w.op == "transpose" and w.inputs[0] in inv and w.inputs[0].ndim == 2:
+        return q, inv[w.inputs[0]], True
+    return None
+
+
+def _make(body: Graph, nc: int, nx: int) -> YsRecipe | None:
+    inv = {i: k for k, i in enumerate(body.inputs) if k >= nc + nx}
+    read = {i for n in body.nodes for i in n.inputs}
+    outs = list(body.outputs)
+    ys = outs[nc:]
+    found: dict[int, tuple[Node, int, bool]] = {}
+    for j, y in enumerate(ys):
+        p = _product(y, inv)
+        if p is None or y in read or outs.count(y) != 1:
+            continue
+        q = p[0]
+        if q in ys or q.size <= y.size or any(f[0] is q for f in found.values()):
+            found[j] = p
+    if not found:
+        return None
+    new_ys = [y for j, y in enumerate(ys) if j not in found]
+    for q, _, _ in found.values():
+        if q not in new_ys:
+            new_ys.append(q)
+    sources = tuple(("ys", new_ys.index(y)) if j not in found else
+                    ("gemm", new_ys.index(found[j][0]), found[j][1], found[j][2])
+                    for j, y in enumerate(ys))
+    new = Graph(body.nodes, body.inputs, outs[:nc] + new_ys, body.meta).eliminate_dead_code()
+    return YsRecipe(new, sources)
+
+
+def products_out(graph: Graph, s: Node, recipe: YsRecipe) -> dict[Node, Node]:
+    """Substitutions for scan node `s`: the new scan and each pushed ys as one GEMM after it."""
+    a = s.attrs
+    nc, length = a["n_carry"], a["length"]
+    new = derive(s, "scan", s.inputs, body=recipe.body, n_carry=nc, n_xs=a["n_xs"],
+                 length=length, reverse=a["reverse"])
+    rows = rows_of(new)
+    stacks = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
+    values = []
+    for src in recipe.sources:
+        if src[0] == "ys":
+            values.append(stacks[src[1]])
+            continue
+        q, w = stacks[src[1]], s.inputs[src[2]]
+        if src[3]:
+            w = derive(s, "transpose", (w,), axes=(1, 0))
+        flat = derive(s, "reshape", (q,), shape=(length * q.shape[1], q.shape[2]))
+        product = derive(s, "matmul", (flat, w))
+        values.append(derive(s, "reshape", (product,), shape=(length, q.shape[1], w.shape[1])))
+    return relayout(graph, s, [carry_view(new, k) for k in range(nc)], values)
+

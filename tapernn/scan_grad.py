@@ -1,0 +1,239 @@
+"""The VJP of `scan`: the reverse scan of the body's VJP (JAX's scan transpose, Theano's grad of
+Scan). The values the body's backward reads are written per step by a forward scan over the body
+extended with them as extra ys, which replaces the original loop (`grad` rewires its readers:
+the forward runs once); parameter cotangents are carries of the reverse loop, summed."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import functional as F
+from .autodiff import _backward_graph, _needed, grad
+from .errors import TapernnError
+from .graph import Graph, Node
+from .ops.registry import get_op
+from .scan_ir import ScanResult, body_dtype, inline, scan, slab_sizes
+from .tracing import Var, phase, trace
+
+
+def scan_vjp(g: Var, y: Var, *inputs: Var, wants: tuple[bool, ...], body: Graph, n_carry: int,
+             n_xs: int, length: int, reverse: bool = False) -> tuple[Var | None, ...]:
+    """The scan op's VJP: an extended forward scan (replacing the original one) and the
+    reverse scan of the body's backward."""
+    nc, nx = n_carry, n_xs
+    wrt = tuple(k for k, i in enumerate(body.inputs)
+                if i.dtype.kind == "f" and (k < nc or wants[k]))
+    plan = body_vjp(body, nc, nx, wrt)
+    dtype = body_dtype(body)
+    with phase("forward"):
+        ext = scan(plan.fwd, inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:], reverse=reverse)
+        _rewire(y, ext, body, nc, length)
+    n_ys = len(body.outputs) - nc
+    own = iter(ext.ys[n_ys:])
+    res = [next(own) if src is None else ext.ys[src[1]] if src[0] == "ys" else
+           _previous(ext.ys[src[1]], inputs[src[2]], reverse) for src in plan.res_from_ys]
+    cot = ScanResult(g, body, nc, length)
+    acc = [F.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
+    back = scan(plan.bwd, cot.carries + acc, cot.ys + res + [inputs[k] for k in plan.xs_read],
+                [inputs[k] for k in plan.inv_read], reverse=not reverse, length=length)
+    out: list[Var | None] = [None] * len(inputs)
+    for k in range(nc):
+        out[k] = back.carries[k] if wants[k] else None
+    for j, k in enumerate(plan.wrt_inv):
+        out[k] = back.carries[nc + j]
+    for j, k in enumerate(plan.wrt_xs):
+        out[k] = back.ys[j]
+    return tuple(out)
+
+
+def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
+    """Have `grad` replace the original loop's slab by the extended one's: its final-carry
+    slices and its (length, Y) ys block by views of the extended slab, anything else reading
+    the slab by a copy (a concat of the carries and the ys columns)."""
+    s, e = y.node, ext.slab
+    c, width = slab_sizes(body, nc)
+    wide = slab_sizes(ext.body, nc)[1]
+    rows = F.getitem(F.reshape(F.getitem(e, slice(c, c + length * wide)), (length, wide)),
+                     (slice(None), slice(0, width)))
+    pieces = ([F.getitem(e, slice(0, c))] if c else []) + (
+        [F.reshape(rows, (length * width,))] if length * width else [])
+    repl = y.tape.replacements
+    repl[s] = F.concat(pieces) if pieces else F.zeros((0,), e.dtype)
+    users: dict[Node, list[Node]] = {}
+    for n in y.tape.graph.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    for u in users.get(s, ()):
+        key = u.attrs.get("index") if u.op == "getitem" else None
+        if not key or len(key) != 1 or not isinstance(key[0], tuple) or key[0][0] != "s" \
+                or key[0][3] not in (None, 1):
+            continue
+        a, b = key[0][1], key[0][2]
+        if a is not None and b is not None and 0 <= a <= b <= c:
+            repl[u] = F.getitem(e, slice(a, b))
+        elif a == c and b == c + length * width and width:
+            for w in users.get(u, ()):
+                if w.op == "reshape" and w.shape == (length, width):
+                    repl[w] = rows
+
+
+@dataclass(frozen=True)
+class BodyVJP:
+    """The two bodies of a scan's VJP, made once per (body, differentiated inputs).
+
+    fwd: the body with extra ys, the residuals (values its backward reads, per step).
+    bwd: (carry cotangents, accumulators) + (ys cotangents, residuals, xs read) + (invariants
+    read) -> (previous carry cotangents, accumulators + this step's) + (xs cotangents).
+    """
+
+    fwd: Graph
+    bwd: Graph
+    n_res: int  # residual ys of fwd (after the body's own ys)
+    # per residual: ("ys", j) a body ys it equals, ("prev", j, k) carry k's input = ys j of the
+    # step before (the initial carry at the first step), or None (written as an own ys)
+    res_from_ys: tuple
+    xs_read: tuple[int, ...]  # body input positions of the xs the backward reads
+    inv_read: tuple[int, ...]  # ... and of the invariants
+    wrt_xs: tuple[int, ...]  # body input positions of the differentiated xs
+    wrt_inv: tuple[int, ...]  # ... and invariants
+
+
+_PLANS: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -> BodyVJP:
+    cache = _PLANS.setdefault(body, {})
+    if wrt not in cache:
+        cache[wrt] = _make_body_vjp(body, n_carry, n_xs, wrt)
+    return cache[wrt]
+
+
+def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
+    """grad of the body, then what the backward recomputes (work on invariants only, views
+    of inputs), what it reads per step (residuals) and which inputs it reads."""
+    joint = grad(body, wrt=[body.inputs[k] for k in wrt], seeds="inputs")
+    n_out = len(body.outputs)
+    fwd_outs, grad_outs = joint.outputs[:n_out], joint.outputs[n_out:]
+    forward = _needed(fwd_outs)
+    varying = set(body.inputs[:n_carry + n_xs])
+    redo: set[Node] = set()
+    for n in joint.nodes:
+        if n.op in ("input", "constant"):
+            continue
+        if any(i in varying for i in n.inputs) and not (
+                get_op(n.op).view and all(i.op == "input" for i in n.inputs)):
+            varying.add(n)
+        else:
+            redo.add(n)  # from invariants and constants only (push-out hoists it), or a view
+    needed = _needed(grad_outs)
+    backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
+    read = dict.fromkeys(i for n in backward for i in n.inputs)
+    read.update(dict.fromkeys(grad_outs))
+    saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
+             and n.op not in ("input", "constant")]
+    saved += [c for c in body.inputs[:n_carry] if c in read]  # carry inputs: per step too
+    return joint, backward, saved, read, grad_outs
+
+
+def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -> BodyVJP:
+    dtype = body_dtype(body)
+    joint, backward, saved, read, grad_outs = _split(body, n_carry, n_xs, wrt)
+    for n in saved:
+        if n.dtype != dtype and n.dtype != np.bool_:
+            raise TapernnError(f"scan: the body's backward reads a {n.dtype} value per step "
+                               f"({n.op}, scope {n.scope!r}); a scan's residuals are {dtype} "
+                               f"(or bool)")
+    saved_ops = [n for n in saved if n.op != "input"]
+    bwd = _backward_graph(joint, backward, saved_ops, read, grad_outs)
+    ys = list(joint.outputs[n_carry:len(body.outputs)])  # (rewired if the body has loops)
+    res_from_ys = tuple(_source(n, ys, body, joint, n_carry) for n in saved)
+    own = [n for n, j in zip(saved, res_from_ys) if j is None]
+    fwd = _extended_body(body, joint, own, dtype)
+    n_in = len(body.inputs)
+    xs_read = tuple(k for k in range(n_carry, n_carry + n_xs) if body.inputs[k] in read)
+    inv_read = tuple(k for k in range(n_carry + n_xs, n_in) if body.inputs[k] in read)
+    wrt_xs = tuple(k for k in wrt if n_carry <= k < n_carry + n_xs)
+    wrt_inv = tuple(k for k in wrt if k >= n_carry + n_xs)
+    plan = BodyVJP(fwd, Graph(), len(own), res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
+    return BodyVJP(fwd, _reverse_body(body, n_carry, bwd, saved, wrt, plan, dtype), len(own),
+                   res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
+
+
+def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tuple | None:
+    """Where the reverse loop finds residual `n` without the forward writing it again."""
+    if n.op != "input":
+        return ("ys", ys.index(n)) if n in ys else None
+    k = body.inputs.index(n)
+    new = joint.outputs[k]  # carry k's next value: a ys too (an LSTM's h and c)?
+    if k < nc and new is not n and new in ys:
+        return ("prev", ys.index(new), k)
+    return None
+
+
+def _previous(stack: Var, init: Var, reverse: bool) -> Var:
+    """The carry entering each step from the stack of the carry each step left, in loop order
+    (one copy outside the loop instead of a row per step inside it)."""
+    if stack.shape[0] == 0:
+        return stack
+    first = F.reshape(init, (1, *init.shape))
+    if reverse:
+        return F.concat([stack[1:], first], axis=0) if stack.shape[0] > 1 else first
+    return F.concat([first, stack[:-1]], axis=0) if stack.shape[0] > 1 else first
+
+
+def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:
+    """The body returning `own` residuals too (bool ones cast to the slab dtype)."""
+    outputs = joint.outputs[:len(body.outputs)]  # the body's, rewired if it has loops
+    forward = _needed(outputs)
+    nodes = [n for n in joint.nodes if n in forward or n in body.inputs]
+    outs = []
+    for n in own:
+        if n.dtype != dtype:
+            n = Node("cast", (n,), {"dtype": dtype}, n.shape, dtype, scope=n.scope)
+            nodes.append(n)
+        outs.append(n)
+    return Graph(nodes, list(body.inputs), list(outputs) + outs, body.meta)
+
+
+def _reverse_body(body: Graph, nc: int, bwd: Graph, saved: list[Node], wrt: tuple[int, ...],
+                  plan: BodyVJP, dtype: np.dtype) -> Graph:
+    """(carry cotangents, accumulators) + (ys cotangents, residuals, xs read) + (invariants
+    read) -> (previous carry cotangents, accumulators + this step's) + (xs cotangents)."""
+    n_saved_ops = sum(1 for n in saved if n.op != "input")
+    saved_ops, seeds_at = bwd.inputs[:n_saved_ops], n_saved_ops
+    n_out, n_acc, n_ys = len(body.outputs), len(plan.wrt_inv), len(body.outputs) - nc
+    read = plan.xs_read + plan.inv_read
+    position = {n: k for k, n in enumerate(body.inputs)}
+
+    def step(*v: Var) -> list[Var]:
+        dc, acc = v[:nc], v[nc:nc + n_acc]
+        gy = v[nc + n_acc:nc + n_acc + n_ys]
+        res = v[nc + n_acc + n_ys:nc + n_acc + n_ys + len(saved)]
+        given = dict(zip(read, v[nc + n_acc + n_ys + len(saved):]))
+        value = {n: (F.cast(r, n.dtype) if n.dtype != r.dtype else r) for n, r in zip(saved, res)}
+        args = [value[n] for n in _originals(saved_ops, saved)]
+        args += list(dc) + list(gy)
+        for i in bwd.inputs[seeds_at + n_out:]:
+            k = position[i]
+            args.append(value[i] if k < nc else given[k])
+        grads = dict(zip(wrt, inline(bwd, args)))
+        return ([grads[k] for k in range(nc)] + [a + grads[k] for a, k in zip(acc, plan.wrt_inv)]
+                + [grads[k] for k in plan.wrt_xs])
+
+    examples = ([np.zeros(o.shape, dtype) for o in body.outputs[:nc]]
+                + [np.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
+                + [np.zeros(o.shape, dtype) for o in body.outputs[nc:]]
+                + [np.zeros(n.shape, dtype) for n in saved]
+                + [np.zeros(body.inputs[k].shape, body.inputs[k].dtype) for k in read])
+    with phase("backward"):
+        return trace(step, *examples)
+
+
+def _originals(saved_ops: list[Node], saved: list[Node]) -> list[Node]:
+    """The forward nodes behind the backward's "saved" inputs (in order: `_backward_graph`
+    makes them from `saved`'s non-input entries)."""
+    ops = [n for n in saved if n.op != "input"]
+    assert len(ops) == len(saved_ops)
+    return ops
