@@ -78,7 +78,7 @@ class Program(FusedLowering):
         finally:
             _LOWERING.reset(token)
         namespace: dict[str, Any] = {}
-        exec(builtins.compile(self.source, self.filename, "exec"), namespace)
+        exec(builtins.compile(self.source, self.filename, "exec"), namespace)  # noqa: S102 (our source)
         for name, used, _ in self.fused_kernels.values():
             self.bound[name] = kernel = namespace[name]
             kernel.__kwdefaults__ = {u: self.bound[u] for u in used}
