@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 # OpenBLAS builds export the setter under several names (numpy's wheels prefix and suffix it)
 _SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
@@ -87,6 +88,13 @@ def set_blas_threads(n: int | str | None) -> None:
     if not (n is None or n == "auto" or isinstance(n, int) and not isinstance(n, bool) and n > 0):
         raise TapernnError(f"set_blas_threads expects a positive int, 'auto' or None, got {n!r}")
     _policy = n
+
+
+def largest_gemm_flops(nodes: Iterable) -> float:
+    """2·m·k·n (times the batch) of the largest matmul among graph `nodes`."""
+    return max((2.0 * float(math.prod(n.shape))
+                * (n.inputs[0].shape[-1] if n.inputs[0].shape else 1)
+                for n in nodes if n.op == "matmul"), default=0.0)
 
 
 def program_threads(largest_gemm_flops: float) -> int | None:

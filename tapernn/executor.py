@@ -1,24 +1,23 @@
 """Running compiled programs: `compile` (passes, memory plan, code generation), `Compiled`
-(checks its inputs and turns a failure into an error naming the node), and the GC pause around
-compilation. Programs that never run at once sharing one arena: arena.py.
+(checks its inputs and turns a failure into an error naming the node). The GC pause and the
+quiet-NumPy fast path: tuning.py. Programs that never run at once sharing one arena: arena.py.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .blas import limiter, program_threads
+from .blas import largest_gemm_flops, limiter, program_threads
 from .codegen import Program, fused_scratch
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
 from .passes.driver import Dump
+from .tuning import gc_paused, quiet_enter, quiet_exit
 
 
 class Compiled:
@@ -41,9 +40,8 @@ class Compiled:
         self.report.fallbacks = list(self.program.fallbacks)
         self.report.loops = list(self.program.sub_reports)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
-        self.largest_gemm_flops = max([_gemm_flops(n) for n in graph.nodes if n.op == "matmul"]
-                                      + [loop.largest_gemm_flops for loop in self.report.loops],
-                                      default=0.0)
+        self.largest_gemm_flops = max([largest_gemm_flops(graph.nodes)]
+                                      + [loop.largest_gemm_flops for loop in self.report.loops])
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs
@@ -68,7 +66,7 @@ class Compiled:
         """NumPy's floating-point warnings are off inside: NaN/Inf inputs give NaN/Inf outputs
         (criteria and clip_grad_norm raise NumericError on them) without warnings naming
         internal ops."""
-        token = _quiet_enter()
+        token = quiet_enter()
         try:
             return self.program.fn(*args)
         except TapernnError as e:
@@ -78,49 +76,10 @@ class Compiled:
         except (ValueError, TypeError, FloatingPointError) as e:
             raise _locate(e, self.program.failing_node(e), TapernnError) from None
         finally:
-            _quiet_exit(token)
+            quiet_exit(token)
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
-
-
-def _gemm_flops(n: Node) -> float:
-    """2·m·k·n (times the batch) of a matmul node."""
-    a = n.inputs[0].shape
-    k = a[-1] if a else 1
-    return 2.0 * float(np.prod(n.shape, dtype=np.float64)) * k
-
-
-def _quiet(err: dict) -> dict:
-    """NumPy's error settings with "warn" turned off: a user's np.errstate(...="raise") still
-    raises (and the failure names the node), the default warnings do not leak."""
-    return {k: ("ignore" if v == "warn" else v) for k, v in err.items()}
-
-
-try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the last seen one
-    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
-
-    _last_quiet: tuple = (None, None)
-
-    def _quiet_enter() -> Any:
-        global _last_quiet
-        current = _extobj_contextvar.get()
-        seen, quiet = _last_quiet
-        if current is not seen:
-            quiet = _make_extobj(**_quiet(np.geterr()))
-            _last_quiet = (current, quiet)
-        return _extobj_contextvar.set(quiet)
-
-    def _quiet_exit(token: Any) -> None:
-        _extobj_contextvar.reset(token)
-except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
-    def _quiet_enter() -> Any:
-        state = np.errstate(**_quiet(np.geterr()))
-        state.__enter__()
-        return state
-
-    def _quiet_exit(token: Any) -> None:
-        token.__exit__(None, None, None)
 
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
@@ -139,25 +98,6 @@ def check_input(n: Node, a: Any) -> np.ndarray:
             return arr.astype(n.dtype)
         raise DTypeError(f"input {n.name!r}: expected dtype {n.dtype}, got {arr.dtype}")
     return arr
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Run the body with Python's cyclic garbage collector off (restored after, also on errors).
-
-    Compiling allocates hundreds of thousands of small objects that stay alive until the end
-    (nodes, tuples, dicts), and each full collection walks all of them: with it on, collections
-    took ~0.2 s of a T=100 LSTM's ~1.4 s compile, and grew faster than T. Compile-time
-    garbage is freed by reference counting; anything cyclic is collected at the next run after.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def with_backend(options: PlanOptions, backend: str | None) -> PlanOptions:

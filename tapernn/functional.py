@@ -3,7 +3,6 @@ arguments and record ops. VJP rules are written with these too, so gradients are
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from .errors import ArgumentTypeError, ShapeError, TracingError
 from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, current_scope, current_step, emit
+from .validation import numpy_on_var
 
 
 def _unary(name):
@@ -86,13 +86,6 @@ def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
     return emit("sum", x, axis=axes, keepdims=bool(keepdims))
 
 
-def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
-    x = as_var(x)
-    axes = normalize_axes(axis, x.ndim)
-    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-    return sum(x, axes, keepdims) / float(count or 1)
-
-
 def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
     x = as_var(x)
     return emit("max", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
@@ -164,32 +157,6 @@ def concat(xs: Sequence[Var], axis: int = 0) -> Var:
     if len(xs) == 1:
         return xs[0]
     return emit("concat", *xs, axis=normalize_axis(axis, xs[0].ndim))
-
-
-def stack(xs: Sequence[Var], axis: int = 0) -> Var:
-    xs = list(xs)
-    if not xs:
-        raise ShapeError("stack: needs at least one value")
-    like = next((x for x in xs if isinstance(x, Var)), None)
-    xs = [as_var(x, like) for x in xs]
-    ax = normalize_axis(axis, xs[0].ndim + 1)
-    return concat([reshape(x, x.shape[:ax] + (1,) + x.shape[ax:]) for x in xs], axis=ax)
-
-
-def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Var]:
-    """NumPy's split: an int is a number of equal sections, a list the split points."""
-    ax = normalize_axis(axis, x.ndim)
-    n = x.shape[ax]
-    if isinstance(indices_or_sections, (int, np.integer)):
-        k = int(indices_or_sections)
-        if k <= 0 or n % k:
-            raise ShapeError(f"split: axis of length {n} does not divide into {k} equal parts")
-        points = [n // k * j for j in range(1, k)]
-    else:
-        points = [int(p) for p in indices_or_sections]
-    bounds = [0] + points + [n]
-    lead = (slice(None),) * ax
-    return [x[lead + (slice(a, b),)] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def getitem(x: Var, index: Any) -> Var:
@@ -276,7 +243,6 @@ _OPERATORS = {
     "__getitem__": lambda a, idx: getitem(a, idx),
     "T": property(lambda self: transpose(self)),
     "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
-    "mean": lambda self, axis=None, keepdims=False: mean(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
     "reshape": _reshape_method, "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
@@ -292,22 +258,8 @@ _OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
     "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
     "less": ("__lt__", "__gt__"),
 }
-_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
-                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
-
-
-def _numpy_on_var(called: str, name: str) -> str:
-    public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
-    where_ = located(current_scope() or None, current_step())
-    tn_name = _TN_SPELLING.get(name, name)
-    if tn_name == "-x":
-        hint = "use -x"
-    elif callable(getattr(public, tn_name, None)) and callable(globals().get(tn_name)):
-        hint = f"use tn.{tn_name}"
-    else:
-        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
-                "tn.tanh, tn.sigmoid, tn.sum, ...)")
-    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
+def _where() -> str:
+    return located(current_scope() or None, current_step())
 
 
 def _array_ufunc(self: Var, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
@@ -316,11 +268,11 @@ def _array_ufunc(self: Var, ufunc: Any, method: str, *inputs: Any, **kwargs: Any
         a, b = inputs
         return getattr(a, ops[0])(b) if isinstance(a, Var) else getattr(b, ops[1])(a)
     called = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
-    raise TracingError(_numpy_on_var(called, ufunc.__name__))
+    raise TracingError(numpy_on_var(called, ufunc.__name__, _where()))
 
 
 def _array_function(self: Var, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-    raise TracingError(_numpy_on_var(func.__name__, func.__name__))
+    raise TracingError(numpy_on_var(func.__name__, func.__name__, _where()))
 
 
 _OPERATORS.update(__array_ufunc__=_array_ufunc, __array_function__=_array_function)

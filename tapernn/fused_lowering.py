@@ -52,7 +52,7 @@ class FusedLowering:
                 return None
             return self._sigmoid_lines(args[0], name, out, n.dtype, n.size <=
                                        EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid)
-        compiled = self._compiled_call(n, args, out) if self.backend == "numba" else None
+        compiled = self._compiled_call(n, args, out, views) if self.backend == "numba" else None
         if compiled is not None:
             return [compiled]
         temps = self._temps(n, views)
@@ -62,21 +62,32 @@ class FusedLowering:
             return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
         return self._fused_lines(n, args, out, temps, name)
 
-    def _compiled_call(self, n: Node, args: list[str], out: str | None) -> str | None:
+    def _compiled_call(self, n: Node, args: list[str], out: str | None,
+                       views: dict) -> str | None:
         """A call of n's numba kernel (backends/numba_backend.py) writing `out` (or an array
         allocated per call), or None when the group falls back to the NumPy lowering (the
         reason is kept in self.fallbacks and shown in the CompileReport). 0-d operands are
-        passed as arrays (a 0-d result of a reduction may be a NumPy scalar)."""
-        from .backends.numba_backend import get_kernel
+        passed as arrays (a 0-d result of a reduction may be a NumPy scalar). With background
+        compilation (backends/background.py) the call goes through a Site, a bound name its
+        second call rebinds to the kernel (made by _make_sites once the program exists)."""
+        from .backends import background, numba_backend
         operands = [(i.shape, i.dtype) for i in n.inputs]
-        kernel, why = get_kernel(n.attrs["program"], operands, n.shape, n.dtype)
-        if kernel is None:
+        later = background.enabled()
+        handle, why = numba_backend.plan_kernel(n.attrs["program"], operands, n.shape, n.dtype,
+                                                background=later)
+        if handle is None:
             ops = "+".join(ins[0] for ins in n.attrs["program"])
             self.fallbacks.append(f"{ops}: {why}")
             return None
-        name = self.compiled_kernels.get(id(kernel))
-        if name is None:
-            name = self.compiled_kernels[id(kernel)] = self.bind("nk", kernel)
+        if later:
+            name = self.bind("nks", None)
+            self.sites.append((name, handle, self._fused_kernel(n, with_out=True),
+                               self._temps(n, views)))
+            self.compiled_kernels.setdefault(id(handle), "")
+        else:
+            name = self.compiled_kernels.get(id(handle))
+            if name is None:
+                name = self.compiled_kernels[id(handle)] = self.bind("nk", handle.kernel)
         args = [f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
                 for a, i in zip(args, n.inputs)]
         if out is None:
@@ -84,26 +95,35 @@ class FusedLowering:
                   f"{self.bind('d', n.dtype)})"
         return f"{name}({', '.join(args + [out])})"
 
+    def _make_sites(self) -> None:
+        """Each background-compiled call site becomes a Site running the group's NumPy function
+        (with its temporaries) until its second call puts the kernel in its bound name."""
+        from .backends.background import Site
+        for name, handle, fused, temps in self.sites:
+            site = Site(handle, self.bound[fused], [self.bound[t] for t in temps])
+            site.attach(self.fn, name)
+            self.bound[name] = site
+
     def _temps(self, n: Node, views: dict) -> list[str]:
         """The names of a fused node's preallocated temporaries (in slot order)."""
         slots = fused_slots(n)[1]
         return [views[(b, s)] for b, (s, _) in zip(self.plan.scratch_of.get(n, []), slots)]
 
-    def _kernel_key(self, n: Node) -> tuple:
+    def _kernel_key(self, n: Node, with_out: bool = False) -> tuple:
         # what a fused node's lines depend on besides its operand and buffer names
         plan = self.plan
-        has_out = n in plan.inplace or n in plan.placed or n in plan.buffer_of  # see _out
-        return (n.attrs["program"], has_out, n in self.exact_sigmoid)
+        has_out = with_out or n in plan.inplace or n in plan.placed or n in plan.buffer_of
+        return (n.attrs["program"], has_out, n in self.exact_sigmoid)  # (has_out: see _out)
 
-    def _fused_kernel(self, n: Node) -> str:
+    def _fused_kernel(self, n: Node, with_out: bool = False) -> str:
         """The name of a function running n's program (made once per program): a program met
         kernel_min_uses times or more (every step of a long unrolled loop) is compiled once
         instead of once per step -- its lines were most of a long program, and compiling the
         source a third of building it. The function takes the operands, the temporaries and
-        the output buffer (when planned). One call per use costs ~0.3 us: nothing next to the
-        work on values of kernel_min_size elements or more, but a few percent of a tiny model's
-        call, which keeps the lines inline."""
-        key = self._kernel_key(n)
+        the output buffer (when planned, or `with_out`). One call per use costs ~0.3 us: nothing
+        next to the work on values of kernel_min_size elements or more, but a few percent of a
+        tiny model's call, which keeps the lines inline."""
+        key = self._kernel_key(n, with_out)
         if key not in self.fused_kernels:
             args = [f"x{k}" for k in range(len(n.inputs))]
             temps = [f"t{k}" for k in range(len(fused_slots(n)[1]))]

@@ -9,41 +9,23 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
+from . import views
 from .errors import GraphError, ShapeError
-from .graph_text import format_node, printable_attrs
+from .keys import freeze
 from .ops.registry import REGISTRY
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _ids = itertools.count()
 
 
 _PLAIN_FIELDS = frozenset({"op", "step", "scope", "phase", "name", "value"})
 _REWIRING = frozenset({"inputs", "step", "scope", "phase"})
-_SIMPLE = (int, float, str, bool, type(None), np.dtype)
-
-
-def freeze(v: Any) -> Any:
-    """A hashable stand-in for an attribute value (for CSE keys)."""
-    if isinstance(v, dict):
-        return tuple(sorted((k, freeze(x)) for k, x in v.items())) if v else ()
-    if isinstance(v, tuple):
-        for x in v:  # the usual attrs (axes, shapes, slices of ints) are their own key
-            if not isinstance(x, _SIMPLE):
-                return tuple(freeze(x) for x in v)
-        return v
-    if isinstance(v, list):
-        return tuple(freeze(x) for x in v)
-    if isinstance(v, np.ndarray):
-        return ("nd", v.dtype.str, v.shape, v.tobytes())
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return repr(v)
 
 
 class Node:
@@ -337,29 +319,10 @@ class Graph:
 
     def to_networkx(self) -> nx.MultiDiGraph:
         """A networkx MultiDiGraph: node keys are tape positions, edges carry the argument index."""
-        num = self.numbering()
-        g = nx.MultiDiGraph()
-        outs = {n: k for k, n in enumerate(self.outputs)}
-        for n, k in num.items():
-            g.add_node(k, op=n.op, shape=list(n.shape), dtype=str(n.dtype), step=n.step,
-                       scope=n.scope, phase=n.phase, name=n.name, kind=n.kind,
-                       output=outs.get(n), attrs=printable_attrs(n.attrs))
-        for n, k in num.items():
-            for pos, i in enumerate(n.inputs):
-                g.add_edge(num[i], k, key=pos, arg=pos)
-        return g
+        return views.to_networkx(self)
 
     def __str__(self) -> str:
-        num = self.numbering()
-        lines = []
-        ins = ", ".join(f"%{num[n]}:{n.name}" for n in self.inputs)
-        lines.append(f"graph({ins}) {{")
-        for n in self.nodes:
-            lines.append("  " + format_node(n, num))
-        outs = ", ".join(f"%{num[n]}" for n in self.outputs)
-        lines.append(f"  return {outs}")
-        lines.append("}")
-        return "\n".join(lines)
+        return views.format_graph(self)
 
     def __repr__(self) -> str:
         return (f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "

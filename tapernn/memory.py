@@ -1,6 +1,6 @@
 """Memory planning over the tape schedule: storage roots (views alias their base), liveness,
-a buffer plan (reuse of dead buffers of equal size and dtype, in place where an op allows) and
-byte accounting. Analyses only: they return a `BufferPlan`, never a graph. This is the plain
+a buffer plan (reuse of dead buffers of equal size and dtype, in place where an op allows); its
+bytes are counted by accounting.py. Analyses only: they return a `BufferPlan`, never a graph. This is the plain
 planner (in place only over a whole dead buffer); regions.py (the optimisation tier) extends
 its walk to strided regions of larger values and concat slots.
 """
@@ -11,62 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .accounting import account
 from .graph import Graph, Node
-from .ops.registry import get_op
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import PlanStats
-
-PSEUDO = ("input", "constant")
+from .plan_options import DEFAULT_OPTIONS, PlanOptions
 
 
 def is_view(n: Node) -> bool:
     return n.op not in PSEUDO and get_op(n.op).view
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """The planner's and the code generator's tuning values (production defaults); passed in to
-    `compile`, never module globals.
-
-    regions: in place into regions of larger values and concat pieces computed into their slot
-    (False: the planner before regions, in place only over a whole dead buffer; kept for
-    before/after comparisons).
-
-    strided_min_bytes, strided_min_run: values are written into a strided region (a gate's
-    columns of a step's rows, a dz_k's columns of [dz_i dz_f ...]) only in storages of at least
-    that many bytes and with contiguous runs of at least that many elements: a ufunc on strided
-    operands pays per row (here: (8, 32) float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 ->
-    2.7 us). Without the limits FastLSTM's training step went (8, 20, 32) 0.77 -> 0.99 ms and
-    (32, 50, 128) 20.5 -> 21.3 ms; with them those keep their speed, and (32, 50, 256), where
-    the saved gates in the projection save 6.25 MiB, runs as before (68.7 vs 68.4 ms).
-    Contiguous regions: any size.
-
-    escaping_min_run: a value returned by the program (the gates the forward saves for
-    backward) is written into a strided region from runs of this many elements on: the
-    alternative is not a reused buffer but a fresh array per step, kept until backward. At
-    (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB
-    float32; FastLSTM 12.36 -> 10.80) for 3 % of the step's time in float32.
-
-    kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
-    is lowered to one function called per use (fused_lowering `_fused_kernel`), not inline.
-
-    backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
-    per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
-
-    inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
-    tails, no call frame); False: one call of the op's forward.
-    """
-
-    regions: bool = True
-    strided_min_bytes: int = 1 << 20
-    strided_min_run: int = 256
-    escaping_min_run: int = 128
-    kernel_min_uses: int = 16
-    kernel_min_size: int = 4096
-    backend: str = ""
-    inline_sigmoid: bool = True
-
-
-DEFAULT_OPTIONS = PlanOptions()
 
 
 def concat_slots(c: Node):
@@ -114,7 +67,7 @@ class BufferPlan:
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
     fresh: set[Node] = field(default_factory=set)
     copied_bytes: int = 0  # copies of returned values that alias an input or a buffer
-    stats: PlanStats = field(default_factory=PlanStats)  # what it comes to (_account)
+    stats: PlanStats = field(default_factory=PlanStats)  # what it comes to (accounting.py)
 
     @property
     def buffer_bytes(self) -> int:
@@ -186,7 +139,7 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None,
             break
         force |= need
     _drop_unused_buffers(plan)
-    _account(graph, plan)
+    account(graph, plan)
     return plan
 
 
@@ -331,49 +284,3 @@ class Walk:
 
 
 _walks: dict[str, type[Walk]] = {}
-
-
-def _account(graph: Graph, plan: BufferPlan) -> None:
-    computed = [n for n in graph.nodes if n.op not in PSEUDO]
-    # a concat whose pieces are all computed into its slots runs no kernel
-    placed_all = [c for c in plan.placed_concats
-                  if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
-    alias = set(graph.meta.outputs_may_alias_inputs)
-    plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
-                            if plan.copied(o, k in alias))
-    peak = _peak(graph, plan) if not plan.copied_bytes else max(
-        _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    plan.stats = PlanStats(kernels=len(computed) - len(placed_all),
-                           naive_bytes=sum(n.nbytes for n in computed),
-                           planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
-                           peak_bytes=peak, saved_for_backward_bytes=saved_bytes(graph))
-
-
-def _peak(graph: Graph, plan: BufferPlan) -> int:
-    """Most bytes of owned storage live at once (in-place and placed values share theirs)."""
-    delta = [0] * (len(graph.nodes) + 2)
-    for st, start in plan.alloc_at.items():
-        end = min(plan.release_at.get(st, start), len(graph.nodes))
-        delta[start] += st.nbytes
-        delta[end + 1] -= st.nbytes
-    live = peak = 0
-    for d in delta:
-        live += d
-        peak = max(peak, live)
-    return peak
-
-
-def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
-    end = len(graph.nodes)
-    return sum(st.nbytes for st, r in plan.release_at.items() if r >= end)
-
-
-def saved_bytes(graph: Graph) -> int:
-    """Bytes kept from forward for backward: the outputs meta names as saved, else forward
-    values (not inputs) read by backward nodes."""
-    saved = graph.meta.saved_outputs
-    if saved is not None:
-        return sum(graph.outputs[k].nbytes for k in saved)
-    kept = {i for n in graph.nodes if n.phase == "backward" for i in n.inputs
-            if i.phase == "forward" and i.op not in PSEUDO}
-    return sum(n.nbytes for n in kept)

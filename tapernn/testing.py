@@ -80,8 +80,8 @@ def _compare(checks: list, loss_at: Callable[[], float], rng: np.random.Generato
             a = float(analytic[idx])
             excess = abs(a - numeric) - (atol + rtol * abs(numeric))
             if excess > 0 and (worst is None or excess > worst[0]):
-                worst = (excess, f"{name} entry {tuple(int(i) for i in idx)}: analytic {a:.10g} "
-                                 f"vs numeric {numeric:.10g}")
+                where = tuple(int(i) for i in idx)
+                worst = (excess, f"{name} entry {where}: analytic {a:.10g} vs numeric {numeric:.10g}")
     return None if worst is None else worst[1]
 
 

@@ -5,6 +5,7 @@ and what was got. Valid values come back normalised (numpy integers -> int, numb
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -178,3 +179,23 @@ def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
                          f"pass real arrays (e.g. the real and imaginary parts separately)")
     shown = x.dtype.str if kind in "USV" else x.dtype.name
     raise DTypeError(f"{who(owner)}: expected a numeric array (float, int or bool), got {shown}")
+
+
+_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
+                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
+_SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions
+
+
+def numpy_on_var(called: str, name: str, where_: str) -> str:
+    """The error for NumPy function `called` (`name`) applied to a symbolic Var: which tn.* op to
+    use instead."""
+    public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
+    tn_name = _TN_SPELLING.get(name, name)
+    if tn_name == "-x":
+        hint = "use -x"
+    elif getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
+        hint = f"use tn.{tn_name}"
+    else:
+        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
+                "tn.tanh, tn.sigmoid, tn.sum, ...)")
+    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"

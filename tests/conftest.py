@@ -7,8 +7,12 @@ import pytest
 def pytest_configure(config):
     """The suite runs on the backend $TAPERNN_TEST_BACKEND names (default numpy; numba runs
     where it matters through the `backend` fixture and tests/test_backends.py: each distinct
-    fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it."""
+    fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it.
+    numba kernels are compiled before `compile` returns (TAPERNN_NUMBA_BACKGROUND=0), so every
+    test on numba runs its kernels from the first call; tests/test_numba_background.py tests
+    the background compilation."""
     import tapernn as tn
+    os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
     os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
     tn.set_backend(os.environ["TAPERNN_BACKEND"])
 

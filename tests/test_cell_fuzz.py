@@ -94,7 +94,7 @@ def test_the_printed_source_is_the_cell():
         case = make_case(seed)
         namespace = {"nn": nn, "tn": tn}
         for k, spec in enumerate(case.cells):
-            exec(spec.source(f"FuzzCell{k}"), namespace)
+            exec(spec.source(f"FuzzCell{k}"), namespace)  # noqa: S102 (generated cell)
         cells = [namespace[f"FuzzCell{k}"](p) for k, p in enumerate(case.params)]
         m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells))
         np.testing.assert_allclose(m.forward(case.x), numpy_outputs(case), rtol=1e-9,

@@ -1,4 +1,5 @@
 """The command line and the examples, run as a user would."""
+import os
 import runpy
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tapernn inspect: error: unknown model 'nope'")
     proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 2 and "positive integer" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -129,3 +130,17 @@ def test_every_option_help_says_its_default():
                 missing.append(f"{name} {action.option_strings[0]}: {text!r}")
     assert not missing, missing
     assert "(default: 2)" in subs.choices["graph"].format_help()
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`tapernn inspect | head -1`: the reader has gone, so the command stops without a traceback
+    (Unix tools exit quietly on a broken pipe); the pipe here is closed before anything is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "2"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`

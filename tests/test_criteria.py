@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tapernn import nn
+from tapernn import DTypeError, nn
 
 R = np.random.default_rng(0)
 
@@ -71,3 +71,35 @@ def test_sequencer_criterion_sums_steps(size_average):
         np.testing.assert_allclose(g, inner.backward(x, t) / k, rtol=1e-13)
     arr = c.forward(np.stack(xs), np.stack(ts))  # time on axis 0
     assert np.isclose(arr, sum(per_step) / k)
+
+
+def _nll_case(dtype):
+    x = np.log(np.full((4, 3), 1 / 3)).astype(dtype)
+    return x, np.array([0, 1, 2, 0])
+
+
+@pytest.mark.parametrize("make, case", [
+    (lambda: nn.MSECriterion(), lambda d: (np.ones((2, 3), d), np.zeros((2, 3)))),
+    (lambda: nn.ClassNLLCriterion(), _nll_case),
+    (lambda: nn.SequencerCriterion(nn.CrossEntropyCriterion()),
+     lambda d: ([np.ones((2, 3), d)] * 2, [np.array([0, 1])] * 2)),
+])
+def test_a_criterion_has_its_own_type_and_refuses_another(make, case):
+    """Torch7: criteria have their own type (`criterion:float()`), and a FloatTensor input to a
+    double criterion fails. Here too, with a DTypeError that says what to do, instead of quietly
+    computing a float32 model's loss and gradient in float64."""
+    x32, t = case(np.float32)
+    c = make()
+    with pytest.raises(DTypeError, match=r"input is float32.*float64.*\.float\(\)"):
+        c.forward(x32, t)
+    with pytest.raises(DTypeError, match="input is float32"):
+        c.backward(x32, t)
+    c.float()
+    loss = c.forward(x32, t)
+    grad = c.backward(x32, t)
+    grads = grad if isinstance(grad, list) else [grad]
+    assert all(g.dtype == np.float32 for g in grads)
+    x64, _ = case(np.float64)
+    with pytest.raises(DTypeError, match=r"input is float64.*float32.*\.double\(\)"):
+        c.forward(x64, t)
+    assert np.isclose(c.double().forward(x64, t), loss, rtol=1e-6)

@@ -95,7 +95,8 @@ def test_gc_paused_restores_the_collector_also_on_errors():
 
 
 # a fused program used 4 times on 8 elements becomes a shared function (production: 16, 4096)
-KERNELS = tn.PlanOptions(kernel_min_uses=4, kernel_min_size=8)
+# of the NumPy backend's lowering (the numba backend calls its compiled kernels instead)
+KERNELS = tn.PlanOptions(kernel_min_uses=4, kernel_min_size=8, backend="numpy")
 
 
 def _repeated_chain(T, width=None):
@@ -118,7 +119,7 @@ def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
     c = tn.compile(g, options=KERNELS)
     assert c.source.startswith("def program(")
     assert c.source.count("def fused_kernel") == 1 and c.source.count(" = fused_kernel0(") == T
-    assert "fused_kernel" not in tn.compile(g).source  # production thresholds: inline
+    assert "fused_kernel" not in tn.compile(g, backend="numpy").source  # production: inline
     rng = np.random.default_rng(0)
     x, y = rng.random((T, KERNELS.kernel_min_size)), rng.random((T, KERNELS.kernel_min_size))
     for a, b in zip(c(x, y), interpret(g, x, y)):
@@ -146,7 +147,8 @@ def test_a_fused_sigmoid_runs_in_its_temporary_and_writes_its_output_once(dtype)
     a larger storage, where a ufunc pays per row) is written by one call, not four."""
     rng = np.random.default_rng(0)
     a, b, w = (rng.standard_normal(s).astype(dtype) for s in ((4, 8), (4, 8), (8, 3)))
-    compiled = tn.compile(tn.trace(lambda a, b, w: tn.sigmoid(a * b + 1.0) @ w, a, b, w))
+    compiled = tn.compile(tn.trace(lambda a, b, w: tn.sigmoid(a * b + 1.0) @ w, a, b, w),
+                          backend="numpy")  # (the NumPy lowering's lines)
     lines = compiled.source.splitlines()
     [fused] = [n for n in compiled.graph.nodes if n.op == "fused"]
     out = next(line for line in lines if line.strip().startswith("v")
@@ -168,7 +170,7 @@ def test_sigmoid_lowerings_keep_their_precision(size, dtype):
     values, the exact op on larger ones."""
     from tapernn.fused_lowering import EXACT_SIGMOID_INLINE_SIZE
     x = np.linspace(-60.0, 60.0, size).astype(dtype)
-    compiled = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x))
+    compiled = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x), backend="numpy")
     y = compiled(x)
     exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
     rtol = 1e-13 if dtype == "float64" else 1e-6
@@ -176,6 +178,6 @@ def test_sigmoid_lowerings_keep_their_precision(size, dtype):
     small = size <= EXACT_SIGMOID_INLINE_SIZE
     assert ("np_minimum" in compiled.source) != small and "np_tanh" not in compiled.source
     assert ("np_logaddexp" in compiled.source) == small
-    logs = tn.compile(tn.trace(lambda v: tn.log(tn.sigmoid(v)), x))
+    logs = tn.compile(tn.trace(lambda v: tn.log(tn.sigmoid(v)), x), backend="numpy")
     assert ("np_logaddexp" in logs.source) == (size <= EXACT_SIGMOID_INLINE_SIZE)
     np.testing.assert_allclose(logs(x), np.log(exact), rtol=rtol, atol=rtol)

@@ -1,15 +1,19 @@
 """The kernel runs without the optimisation tier (ARCHITECTURE.md, tools/loc.py): compiling with
 no passes and the plain planner (PlanOptions(regions=False, inline_sigmoid=False)) calls
-nothing of the region planner (regions.py), the fused lowering (fused_lowering.py) or a
-rewrite (passes/), and computes what the reference interpreter computes."""
+nothing of the region planner (regions.py), the fused lowering (fused_lowering.py), a rewrite
+(passes/) or the CSE keys (keys.py), runs as well with plain stand-ins for tuning.py (no GC
+pause, np.errstate), and computes what the reference interpreter computes."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import fused_lowering, regions
+from tapernn import executor, fused_lowering, regions
+from tapernn import graph as graph_module
 from tapernn.interpret import interpret
 from tapernn.passes import DEFAULT
 
@@ -50,6 +54,16 @@ def no_optimisation_tier(monkeypatch):
             monkeypatch.setattr(fn, "__code__", _refuse.__code__)
             patched += 1
     assert patched >= len(DEFAULT) - 2
+    monkeypatch.setattr(graph_module, "freeze", _refuse)  # keys.py: Node.attrs_key
+    monkeypatch.setattr(executor, "gc_paused", contextlib.nullcontext)  # tuning.py, plainly
+    monkeypatch.setattr(executor, "quiet_enter", _plain_quiet_enter)
+    monkeypatch.setattr(executor, "quiet_exit", lambda state: state.__exit__(None, None, None))
+
+
+def _plain_quiet_enter():
+    state = np.errstate(**{k: "ignore" if v == "warn" else v for k, v in np.geterr().items()})
+    state.__enter__()
+    return state
 
 
 def test_plain_compile_calls_no_optimisation_and_matches_the_interpreter(no_optimisation_tier):

@@ -16,14 +16,16 @@ PKG = ROOT / "tapernn"
 LAYERS = [
     ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
               "tapernn.random", "tapernn.fileio", "tapernn.validation",
-              "tapernn.blas", "tapernn.serialization", "tapernn.graph_text"]),
+              "tapernn.blas", "tapernn.serialization", "tapernn.views",
+              "tapernn.keys", "tapernn.tuning", "tapernn.plan_options"]),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
     ("functional", ["tapernn.functional"]),
+    ("library", ["tapernn.library"]),  # compositions of the functional ops
     ("op set", ["tapernn.ops.*"]),  # the families: their VJPs are written with functional
     ("autodiff", ["tapernn.autodiff"]),
     ("passes", ["tapernn.passes.*"]),
-    ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.interpret"]),
+    ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.accounting", "tapernn.interpret"]),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),

@@ -14,7 +14,7 @@ def plan_of(graph, passes=None, options=ANY_SIZE):
 
 
 def test_lstm_plan_is_safe_and_smaller(rng):
-    g, arrays = lstm_graph(5, 3, 4, 6)
+    g, _arrays = lstm_graph(5, 3, 4, 6)
     for passes in ([], None):
         compiled, plan = plan_of(g, passes)
         assert check_plan(compiled.graph, plan) > 0
@@ -76,7 +76,7 @@ def test_results_survive_the_next_call(rng):
 
 def test_saved_for_backward_bytes():
     from tapernn.autodiff import split_forward_backward
-    g, arrays = lstm_graph(3, 2, 3, 4)
+    g, _arrays = lstm_graph(3, 2, 3, 4)
     joint = tn.compile(g, passes=[])
     fwd, _ = split_forward_backward(g, 1)
     saved = sum(fwd.outputs[k].nbytes for k in fwd.meta.saved_outputs)

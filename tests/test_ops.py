@@ -115,7 +115,7 @@ ROWS.append(pytest.param("scan", _scan_rnn, (randn(2, 3), randn(5, 2, 4), randn(
 def test_op_gradcheck(op, fn, arrays):
     graph = tn.trace(fn, *arrays)
     assert op in graph.op_counts(), f"row for {op} does not use it"
-    options = dict(eps=1e-2, atol=1e-4) if op == "cast" else {}
+    options = {"eps": 1e-2, "atol": 1e-4} if op == "cast" else {}
     assert tn.gradcheck(fn, *arrays, **options)
 
 

@@ -263,7 +263,7 @@ def test_lstm_runs_like_a_fused_hoisted_lstm(T):
 
 
 def test_pass_pipeline_keeps_every_step_tag(rng):
-    g, arrays = lstm_graph(3, 2, 3, 4)
+    g, _arrays = lstm_graph(3, 2, 3, 4)
     out, _ = P.run_passes(g, P.DEFAULT)
     steps = {n.step for n in out.nodes}
     assert {0, 1, 2} <= steps
@@ -288,8 +288,8 @@ def test_per_gate_lstm_compiles_like_the_fused_weight_lstm():
     # FastLSTM's split-gradient scatter became one concat per step (index_grads_to_concat),
     # which the per-gate LSTM never needed: the fused-weight model gained 15 kernels here
     assert per_gate.report.kernels <= fast.report.kernels + 16
-    g, arrays = lstm_graph(5, 2, 3, 4)
-    fg, fast_arrays = fast_lstm_graph(5, 2, 3, 4)
+    _g, arrays = lstm_graph(5, 2, 3, 4)
+    _fg, fast_arrays = fast_lstm_graph(5, 2, 3, 4)
     np.testing.assert_allclose(per_gate(*arrays)[0], fast(*fast_arrays)[0], rtol=1e-12)
 
 

@@ -56,7 +56,7 @@ class LSTMStep(nn.Module):
 
     def build(self, inputs):
         x, (h, c) = inputs
-        i, g, f, o = F.split(self.i2g(x) + self.o2g(h), 4, axis=-1)
+        i, g, f, o = tn.split(self.i2g(x) + self.o2g(h), 4, axis=-1)
         c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
         return [F.sigmoid(o) * F.tanh(c), c]
 

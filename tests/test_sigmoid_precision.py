@@ -154,8 +154,8 @@ def test_nn_sigmoid_module_and_bce_gradient(dtype):
     neg = X <= 0
     assert_relative(dx[neg], slope[neg], dtype, ulps=2 * ULPS, what="nn.Sigmoid backward")
     logits = np.array([[-20.0], [-19.0], [-10.0]], dtype)
-    crit = nn.BCECriterion(size_average=False)
-    m = nn.Sigmoid().float() if dtype == np.float32 else nn.Sigmoid()
+    crit = nn.BCECriterion(size_average=False).astype(dtype)  # criteria have their own dtype too
+    m = nn.Sigmoid().astype(dtype)
     p = m.forward(logits)
     crit.forward(p, np.ones_like(logits))
     dl = m.backward(logits, crit.backward(p, np.ones_like(logits)))
@@ -176,7 +176,7 @@ def test_linear_sigmoid_bce_bias_gradient_is_minus_one(dtype):
     m.get(0).bias.data[...] = 0.0
     x = np.array([[-20.0]], dtype)
     y = m.forward(x)
-    crit = nn.BCECriterion()
+    crit = nn.BCECriterion().astype(dtype)
     crit.forward(y, np.ones_like(y))
     m.backward(x, crit.backward(y, np.ones_like(y)))
     s = float(reference(np.array([-20.0]))[0][0])

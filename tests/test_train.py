@@ -284,3 +284,19 @@ def test_model_is_an_alias_of_cell():
     add_arguments(parser)
     assert parser.parse_args(["--model", "seqlstm"]).cell == "seqlstm"
     assert parser.parse_args(["--cell", "gru"]).cell == "gru"
+
+
+@pytest.mark.parametrize("steps, shown", [(1, "train loss {0:.3f} (1 step)"),
+                                          (5, "train loss {1:.3f} (first 2) -> {2:.3f} (last 2)"),
+                                          (21, "train loss {3:.3f} (first 10) -> {4:.3f} (last 10)")])
+def test_summary_compares_windows_that_do_not_overlap(text_file, steps, shown):
+    """Under 20 steps, "first 10" and "last 10" were the same steps: the summary printed one mean
+    twice as if it were a trend. The windows are halves of the run now, never overlapping."""
+    trainer = Trainer(parse("--text", str(text_file), "--steps", str(steps), "--sample-len", "0",
+                            *TINY))
+    trainer.losses = [float(k) for k in range(steps)]
+    losses = trainer.losses
+    means = [losses[0], np.mean(losses[:2]), np.mean(losses[-2:]), np.mean(losses[:10]),
+             np.mean(losses[-10:])]
+    line = trainer._summary(0, 1.0)
+    assert shown.format(*means) in line, line

@@ -1,8 +1,9 @@
 """The `tapernn` command (also `python -m tapernn`): demo, train, graph, inspect, bench.
-Errors in arguments or files print one line and exit with code 2."""
+Errors in arguments or files print one line and exit with code 2; a closed pipe exits quietly."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -91,7 +92,32 @@ def _positive(text: str) -> int:
     return value
 
 
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that went away (`tapernn inspect | head -3`) ends it quietly."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a non-file (e.g. under a test)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

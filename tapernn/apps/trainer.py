@@ -305,11 +305,21 @@ class Trainer:
 
     def _summary(self, first_step: int, elapsed: float) -> str:
         done = self.step - first_step
-        losses = (f"; train loss {np.mean(self.losses[:10]):.3f} (first 10) -> "
-                  f"{np.mean(self.losses[-10:]):.3f} (last 10)" if self.losses else "")
+        losses = _loss_trend(self.losses)
         ppl = (f"; validation perplexity {self.validation[-1][1]:.2f} vs unigram "
                f"{self.unigram_ppl:.2f}" if self.validation else "")
         return f"done: {done} steps in {elapsed:.1f} s{losses}{ppl}"
+
+
+def _loss_trend(losses: list[float]) -> str:
+    """Mean training loss of the first and last (up to) 10 steps; the windows never overlap."""
+    if not losses:
+        return ""
+    k = min(10, len(losses) // 2)
+    if k == 0:
+        return f"; train loss {losses[0]:.3f} (1 step)"
+    return (f"; train loss {np.mean(losses[:k]):.3f} (first {k}) -> "
+            f"{np.mean(losses[-k:]):.3f} (last {k})")
 
 
 def _digest(text: str) -> str:

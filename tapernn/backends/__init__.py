@@ -1,8 +1,11 @@
 """Which backend lowers fused elementwise groups: "numpy" (ufunc calls with preallocated
-temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py).
+temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
+compiled in a background thread while NumPy serves each group's first call, backends/background).
 `set_backend` chooses for later compiles. The default is numpy: numba is opt-in (set_backend,
-$TAPERNN_BACKEND=numba) until its cold first call (~1 s of compile per distinct kernel) is paid
-once per machine in the background; see BENCHMARKS.md."""
+$TAPERNN_BACKEND=numba) because its start-up costs more than it saves in most runs -- numba's
+import and first-use setup (~2 s, even with every kernel cached), ~1-2 s of compile per kernel
+the first time, paid at a model's second call (the first runs on NumPy), for steps about as fast
+as NumPy's at these sizes; measured in BENCHMARKS.md."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +22,7 @@ def numba_available() -> bool:
 
 
 def default_backend() -> str:
-    """$TAPERNN_BACKEND when set, else numpy (numba is opt-in: its cold compile costs seconds)."""
+    """$TAPERNN_BACKEND when set, else numpy (numba is opt-in: see the module docstring)."""
     env = os.environ.get("TAPERNN_BACKEND", "")
     if env:
         return check_backend(env, "$TAPERNN_BACKEND")
@@ -51,3 +54,13 @@ def get_backend() -> str:
 def resolve_backend(name: str | None) -> str:
     """A compile option's backend: None or "" means the current one (get_backend)."""
     return check_backend(name) if name else get_backend()
+
+
+def wait_for_kernels(timeout: float | None = None) -> bool:
+    """Block until the numba kernels compiling in the background are ready (True), or `timeout`
+    seconds have passed (False). Without numba in use: True at once."""
+    import sys
+    if "tapernn.backends.background" not in sys.modules:
+        return True
+    from .background import wait
+    return wait(timeout)

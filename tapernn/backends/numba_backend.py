@@ -4,6 +4,8 @@ keyed by structure (ops, dtypes, broadcast pattern; not sizes), written as modul
 directory so numba's cache=True works across processes, and compiled once per process."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import importlib.util
 import os
@@ -16,22 +18,35 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
+from .vecmath import tanh_lines
 
 # bump when the generated source changes meaning (part of every kernel's file name)
-SOURCE_VERSION = 1
+SOURCE_VERSION = 4
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()
-_kernels: dict[str, tuple[Callable | None, str]] = {}
+_kernels: dict[str, Kernel] = {}
 
 
 # float32 groups with these ops stay on NumPy: without Intel SVML numba calls scalar libm
-# tanhf/logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (measured: the LSTM
-# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.67 ms numba vs 0.79 ms NumPy
-# on a loaded 2-core VM; float64 1.0 vs 1.4 ms: numba wins, as for exp-only groups in float32)
-SLOW_FLOAT32_OPS = frozenset({"tanh", "log", "power"})
+# logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (as tanhf was: the LSTM
+# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.6-1.7x NumPy's time with
+# libm tanhf, 0.7-1.1x with backends/vecmath.py's tanh; a vectorised exp lost to libm expf,
+# 1.0-1.3x vs 0.7-1.0x: exp stays libm). Measured interleaved on a loaded 2-core VM.
+SLOW_FLOAT32_OPS = frozenset({"log", "power"})
+VECTOR_FLOAT32 = {"tanh": tanh_lines}
 
 
+@functools.cache
 def _svml() -> bool:
+    """numba's config.USING_SVML, without importing numba (0.5-1 s) where it is certainly
+    False: SVML disabled by its variable, or no libsvml to load (numba/__init__.py)."""
+    if "numba" not in sys.modules:
+        if os.environ.get("NUMBA_DISABLE_INTEL_SVML", "0") not in ("", "0"):
+            return False
+        try:
+            ctypes.CDLL("libsvml.so")
+        except OSError:
+            return False
     from numba import config
     return bool(getattr(config, "USING_SVML", False))
 
@@ -90,8 +105,6 @@ def _scalar(op: str, xs: list[str], attrs: dict, dt: str) -> str:
         return f"-{xs[0]}"
     if op in ("exp", "log", "tanh", "sqrt", "abs", "sign", "power"):
         return f"np.{op}({', '.join(xs)})"
-    if op == "sigmoid":  # exact in both tails: exp(-|a|) never overflows (ops/elementwise.py)
-        return f"_sigmoid_{dt}({xs[0]})"
     if op == "cast":
         return f"({xs[0]} != 0)" if dt == "bool" else f"np.{dt}({xs[0]})"
     raise Unsupported(f"op {op!r}")
@@ -109,45 +122,47 @@ ONE_float64, ZERO_float64 = np.float64(1.0), np.float64(0.0)
 ONE_bool, ZERO_bool = True, False
 
 
-@njit(inline="always", error_model="numpy")
-def _sigmoid_float32(a):
-    e = np.exp(-np.abs(a))
-    return (ONE_float32 if a >= ZERO_float32 else e) / (ONE_float32 + e)
-
-
-@njit(inline="always", error_model="numpy")
-def _sigmoid_float64(a):
-    e = np.exp(-np.abs(a))
-    return (ONE_float64 if a >= ZERO_float64 else e) / (ONE_float64 + e)
-
-
 @njit(cache=True, error_model="numpy", nogil=True)
 '''
 
 
+def _sigmoid_lines(j: int, x: str, dt: str) -> list[str]:
+    """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
+    written out (an inlined helper costs numba an inlining pass per kernel at compile time)."""
+    one, zero = _typed(dt, 1), _typed(dt, 0)
+    return [f"a{j} = {x}", f"e{j} = np.exp(-np.abs(a{j}))",
+            f"v{j} = ({one} if a{j} >= {zero} else e{j}) / ({one} + e{j})"]
+
+
 def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple) -> str:
     """The module text of `program` (ops/fused.py) over operands of these (shape, dtype),
-    writing an output of out_shape: sizes enter only as which dimensions broadcast."""
+    writing an output of out_shape: sizes enter only as which dimensions broadcast. An operand
+    is cast only where its dtype is not the instruction's (every op here keeps the dtype of
+    same-dtype operands, as in NumPy): fewer calls to type and lower at compile time."""
     ndim = len(out_shape)
     idx = [f"i{d}" for d in range(ndim)]
     loads = []
     for k, (shape, dtype) in enumerate(operands):
-        _dtype_name(dtype)
         lead = ndim - len(shape)
         sub = [("0" if s == 1 and out_shape[lead + j] != 1 else idx[lead + j])
                for j, s in enumerate(shape)]
-        loads.append(f"x{k}[{', '.join(sub) if sub else '()'}]")
-    lines, values = [], []
+        loads.append((f"x{k}[{', '.join(sub) if sub else '()'}]", _dtype_name(dtype)))
+    lines: list[str] = []
+    values: list[tuple[str, str]] = []
     for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
         dt = _dtype_name(dtype)
-        xs = [loads[r] if r >= 0 else values[-r - 1] for r in refs]
-        if op in _CASTS_OPERANDS and dt != "bool":
-            xs = [f"np.{dt}({x})" for x in xs]
-        expr = _scalar(op, xs, dict(attrs), dt)
-        lines.append(f"v{j} = {expr}" if dt == "bool" else f"v{j} = np.{dt}({expr})")
-        values.append(f"v{j}")
+        ins = [loads[r] if r >= 0 else values[-r - 1] for r in refs]
+        casts = op in _CASTS_OPERANDS and dt != "bool"
+        xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
+        if op == "sigmoid":
+            lines += _sigmoid_lines(j, xs[0], dt)
+        elif op in VECTOR_FLOAT32 and dt == "float32":
+            lines += VECTOR_FLOAT32[op](f"t{j}", xs[0], f"v{j}")
+        else:
+            lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
+        values.append((f"v{j}", dt))
     target = f"out[{', '.join(idx) if idx else '()'}]"
-    body = lines + [f"{target} = {values[-1]}"]
+    body = lines + [f"{target} = {values[-1][0]}"]
     text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
     pad = "    "
     for d in range(ndim):
@@ -182,9 +197,47 @@ def _warm(kernel: Callable, operands: list[tuple[tuple, Any]], out: tuple[int, A
     kernel(*args, np.zeros((1,) * out[0], out[1]))
 
 
-def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
-               out_dtype: Any) -> tuple[Callable | None, str]:
-    """(kernel, "") or (None, why not): the NumPy lowering then runs the group."""
+class Kernel:
+    """One generated kernel (shared by every group of the same structure in every program):
+    its module loaded from the cache directory, and the argument types it is compiled for."""
+
+    def __init__(self, source: str, operands: list[tuple[tuple, Any]], out: tuple[int, Any]):
+        self.source, self.operands, self.out = source, operands, out
+        self.kernel: Callable | None = None
+        self.error = ""  # why it could not be made (its groups then run on NumPy)
+        self.types: set[tuple] = set()  # background.type_key of the compiled signatures
+
+    def has(self, key: tuple | None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
+
+    def prepare(self, key: tuple | None = None, warm: bool = False) -> Callable | None:
+        """Load the kernel (and compile it for `key`, or for C-contiguous arrays with `warm`);
+        None when that failed (self.error says why)."""
+        with _lock:
+            if self.error:
+                return None
+            try:
+                if self.kernel is None:
+                    self.kernel = _load(self.source)
+                if warm:
+                    _warm(self.kernel, self.operands, self.out)
+                if key is not None and key not in self.types:
+                    from .background import numba_signature
+                    self.kernel.compile(numba_signature(key))
+                    self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
+                self.kernel = None
+                self.error = f"numba failed: {type(e).__name__}: " \
+                             f"{str(e).splitlines()[0][:200]}"
+                return None
+            return self.kernel
+
+
+def plan_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
+                out_dtype: Any, background: bool = False) -> tuple[Kernel | None, str]:
+    """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
+    `background` the kernel is compiled (C-contiguous) before this returns; with it this returns
+    at once, and the group's call sites have the worker thread compile it (backends/background)."""
     slower = slower_than_numpy(program)
     if slower:
         return None, slower
@@ -193,16 +246,18 @@ def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tup
     except Unsupported as e:
         return None, f"unsupported: {e}"
     with _lock:
-        known = _kernels.get(source)
-        if known is not None:
-            return known
-        try:
-            kernel = _load(source)
-            _warm(kernel, operands, (len(out_shape), out_dtype))
-            result: tuple[Callable | None, str] = (kernel, "")
-        except Exception as e:  # noqa: BLE001 -- any failure: this group runs on NumPy
-            result = (None, f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        _kernels[source] = result
-        return result
+        handle = _kernels.get(source)
+        if handle is None:
+            handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
+    if background:
+        return (None, handle.error) if handle.error else (handle, "")
+    if handle.prepare(warm=True) is None:
+        return None, handle.error
+    return handle, ""
 
 
+def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
+               out_dtype: Any) -> tuple[Callable | None, str]:
+    """(compiled kernel, "") or (None, why not), compiled before this returns."""
+    handle, why = plan_kernel(program, operands, out_shape, out_dtype)
+    return (handle.kernel, "") if handle is not None else (None, why)

@@ -12,7 +12,7 @@ from typing import Any
 import graphviz
 
 from ..graph import Node
-from ..graph_text import format_node
+from ..views import format_node
 from .buses import route_buses
 from .source import Drawing, output_name
 from .style import (

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from .. import functional as F
-from .. import tracing
+from .. import library, tracing
 from .. import validation as check
 from ..tracing import Var
 from .context import current_build
@@ -58,7 +58,7 @@ class _Bidirectional(Module):
         for t, pair in enumerate(pairs):
             with tracing.step(t):
                 merged.append(self._children["merge"](pair))
-        return F.stack(merged, 0) if as_array else merged
+        return library.stack(merged, 0) if as_array else merged
 
     def describe(self) -> str:
         c = self._children

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..errors import ArgumentTypeError
 from ..tracing import Var
@@ -79,7 +80,7 @@ class FastLSTM(Cell):
         self.o2g = Linear(self.hidden_size, 4 * self.hidden_size, bias=False, rng=rng)
 
     def step(self, x, h, c):
-        i, g, f, o = F.split(self.i2g(x) + self.o2g(h), 4, axis=-1)
+        i, g, f, o = library.split(self.i2g(x) + self.o2g(h), 4, axis=-1)
         c_new = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
         return F.sigmoid(o) * F.tanh(c_new), c_new
 

@@ -14,6 +14,8 @@ from ..errors import ShapeError, StateError, TapernnError
 from ..tracing import Tape, Var, current_scope, current_step, step
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .module import Module, Parameter
 
 _BUILD: ContextVar[BuildContext | None] = ContextVar("tapernn_build", default=None)
@@ -68,7 +70,7 @@ class BuildContext:
     reused: bool = False
     unroll: bool = False
 
-    def __enter__(self) -> BuildContext:
+    def __enter__(self) -> Self:
         self._token = _BUILD.set(self)
         return self
 

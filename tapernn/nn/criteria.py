@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import NumericError, ShapeError, ValueRangeError
+from ..errors import DTypeError, NumericError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .module import Module
 from .runtime import runtime_of
@@ -17,9 +17,12 @@ from .tree import flatten
 
 
 class Criterion(Module):
-    """Base class: `build(input, target)` returns the scalar loss symbolically."""
+    """Base class: `build(input, target)` returns the scalar loss symbolically. A criterion has
+    its own dtype, as in Torch7 (`criterion:float()`): float64 until `.float()` is called on it;
+    a floating-point input array of another dtype is refused (DTypeError), never converted."""
 
     def forward(self, input: Any, target: Any) -> float:
+        self.check_input_dtype(input)
         self.check_targets(input, target)
         rt = runtime_of(self)
         _, _, record = rt._run((input, target), n_diff_args=1)
@@ -31,6 +34,7 @@ class Criterion(Module):
         return loss
 
     def backward(self, input: Any, target: Any) -> Any:
+        self.check_input_dtype(input)
         rt = runtime_of(self)
         last = rt.history[-1] if rt.history else None
         now = [np.asarray(a) for a in flatten([input, target])[0]]
@@ -41,6 +45,18 @@ class Criterion(Module):
 
     def check_targets(self, input: Any, target: Any) -> None:
         """Validate targets in Python, before any program runs (clear errors)."""
+
+    def check_input_dtype(self, input: Any) -> None:
+        """A float32 model's output into a float64 criterion would compute the loss and its
+        gradient in float64 without a word; Torch7 fails there too (its THNN call for a
+        FloatTensor input gets the criterion's DoubleTensor buffers)."""
+        for a in flatten(input)[0]:
+            if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != self.dtype:
+                fix = ".float()" if a.dtype == np.float32 else ".double()"
+                raise DTypeError(f"{self.describe()}: the input is {a.dtype.name} but the "
+                                 f"criterion is {self.dtype.name}; criteria have their own type "
+                                 f"as in Torch7: convert it with criterion{fix} (or "
+                                 f".astype(dtype))")
 
     def __call__(self, input: Any, target: Any) -> Any:
         if isinstance(input, Var) or (isinstance(input, list) and input and isinstance(input[0], Var)):

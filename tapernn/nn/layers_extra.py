@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..tracing import Var
@@ -279,12 +280,12 @@ class Sum(_Reduce):
                  size_average: bool = False):
         super().__init__(dimension, n_input_dims)
         self.size_average = check.flag(self, "size_average", size_average)
-        self.reduce = F.mean if size_average else F.sum
+        self.reduce = library.mean if size_average else F.sum
 
 
 class Mean(_Reduce):
     """Mean over `dimension` (batch rule as Sum).  Torch7: nn.Mean(dimension, nInputDims)."""
-    reduce = staticmethod(F.mean)
+    reduce = staticmethod(library.mean)
 
 
 class Max(_Reduce):

@@ -275,7 +275,7 @@ class Module:
             if m is not self and type(m).reset is not Module.reset:  # its own init (Seq* modules)
                 m.reset(stdv)
                 continue
-            for name, p in m._params.items():
+            for p in m._params.values():
                 init, bound = getattr(p, "_init", ("uniform", None))
                 if stdv is not None:
                     p.data[...] = uniform(p.shape, stdv, None)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import library
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ShapeError
@@ -93,7 +94,7 @@ def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
     if module not in traced:
         given = ctx.random_input((), exp_s.dtype, lambda: np.asarray(module.z, exp_s.dtype),
                                  "nce_z")
-        estimate = F.stop_gradient(F.mean(exp_s) * float(module.output_size))
+        estimate = F.stop_gradient(library.mean(exp_s) * float(module.output_size))
         traced[module] = F.where(F.greater(given, 0), given, estimate)
         ctx.probe(module, "z", None, traced[module])
     return traced[module]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..tracing import Var
 from .context import current_build
@@ -50,7 +51,7 @@ class NormStabilizer(AbstractRecurrent):
             return x, (x,)
         norm, prev = F.sqrt(F.sum(x * x, -1)), F.sqrt(F.sum(state[0] * state[0], -1))
         diff = norm - prev
-        return F.add_loss(x, self.beta * F.mean(diff * diff)), (x,)
+        return F.add_loss(x, self.beta * library.mean(diff * diff)), (x,)
 
     def extra_repr(self) -> str:
         return f"({self.beta})"

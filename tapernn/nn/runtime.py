@@ -275,7 +275,7 @@ class Runtime:
     # ---- forward ---------------------------------------------------------------------------------
 
     def forward(self, *args: Any) -> Any:
-        exe, leaves, record = self._run(args, n_diff_args=1)
+        exe, _leaves, record = self._run(args, n_diff_args=1)
         outs = record.outputs
         self.module.output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
         return self.module.output

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
+from .. import library, tracing
 from .. import random as tn_random
-from .. import tracing
 from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
@@ -49,7 +49,7 @@ class _LSTMStep(_SeqCell):
         o = self._owner
         w_x, w_h = o._views
         a = x @ w_x + o.bias + h @ w_h
-        i, f, og, g = F.split(a, 4, axis=-1)  # blocks [i, f, o, g]
+        i, f, og, g = library.split(a, 4, axis=-1)  # blocks [i, f, o, g]
         c_new = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
         h_new = F.sigmoid(og) * F.tanh(c_new)
         return (h_new @ o.weight_o if o.projected else h_new), c_new

@@ -15,6 +15,8 @@ from ..errors import ShapeError
 
 Shape = tuple[int, ...]
 
+PSEUDO = ("input", "constant")  # graph nodes that are no op application
+
 
 # When an op's result is known to be zero from which operands are (passes/zeros.py):
 #   "first": when input 0 is (f(0, ...) == 0: tanh, sum, reshape, div, ...)

@@ -4,6 +4,8 @@ after gate fusion) becomes one op on the whole block, then slices -- one call in
 Loop-level vectors in the blocks (biases b_k) are concatenated once."""
 from __future__ import annotations
 
+import itertools
+
 from ..graph import Graph, Node
 from ..ops.registry import get_op
 from .concat import basic_ranges, make_concat, slice_axis
@@ -53,7 +55,7 @@ def _adjacent_runs(members: list[Node]) -> list[list[Node]]:
     """Maximal runs whose column blocks follow each other in every sliced operand."""
     members = sorted(members, key=lambda m: next(c for c in _columns(m) if c is not None))
     runs, run = [], [members[0]]
-    for prev, cur in zip(members, members[1:]):
+    for prev, cur in itertools.pairwise(members):
         a, b = _columns(prev), _columns(cur)
         follows = all((x is None) == (y is None) and (x is None or x[1] == y[0])
                       for x, y in zip(a, b))

@@ -3,6 +3,8 @@ hoisting passes create meet their duals under CSE (concat of transposes = transp
 concat of x[0], x[1], ... = a reshape of x; concat of adjacent slices = one slice)."""
 from __future__ import annotations
 
+import itertools
+
 from ..graph import Node
 from .rewrite import derive
 
@@ -118,7 +120,7 @@ def _adjacent_slices(like: Node, pieces: list[Node], axis: int) -> Node | None:
     ranges = [basic_ranges(p) for p in pieces]
     if any(r is None for r in ranges) or len({p.inputs[0] for p in pieces}) != 1:
         return None
-    for prev, cur in zip(ranges, ranges[1:]):
+    for prev, cur in itertools.pairwise(ranges):
         same_elsewhere = all(a == b for k, (a, b) in enumerate(zip(prev, cur)) if k != axis)
         if not same_elsewhere or prev[axis][1] != cur[axis][0]:
             return None

@@ -7,10 +7,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
+from .. import views
 from ..errors import GraphError, TapernnError
-from ..fileio import atomic_write
 from ..graph import Graph
 
 Pass = Callable[[Graph], Graph]
@@ -125,29 +124,7 @@ class CompileReport:
                    loops=fwd.loops + bwd.loops)
 
     def __str__(self) -> str:
-        width = max([len(p.name) for p in self.passes] + [28]) + 2
-        labelled = any(p.program for p in self.passes)
-        lead = f"{'program':<10}" if labelled else ""
-        rows = [f"{lead}{'pass':<{width}}{'nodes before':>13}{'nodes after':>13}{'ms':>10}"]
-        for p in self.passes:
-            lead = f"{p.program:<10}" if labelled else ""
-            rows.append(f"{lead}{p.name:<{width}}{p.nodes_before:>13}{p.nodes_after:>13}"
-                        f"{p.milliseconds:>10.2f}")
-        rows.append("")
-        rows.append(f"fused groups              {len(self.fused_groups)}")
-        rows.append(f"kernels per call          {self.kernels}")
-        if self.backend:
-            rows.append(f"backend                   {self.backend} ({self.compiled_kernels} "
-                        f"compiled kernels, {len(self.fallbacks)} groups on NumPy)")
-            rows += [f"  on NumPy: {why}" for why in self.fallbacks[:5]]
-        rows.append(f"naive bytes               {self.naive_bytes:,}")
-        rows.append(f"planned bytes             {self.planned_bytes:,}")
-        rows.append(f"peak bytes                {self.peak_bytes:,}")
-        rows.append(f"saved for backward bytes  {self.saved_for_backward_bytes:,}")
-        rows.append(f"resident bytes            {self.resident_bytes:,}")
-        rows += [str(loop) for loop in self.loops]
-        rows += [f"note: {n}" for n in self.notes]
-        return "\n".join(rows)
+        return views.format_report(self)
 
 
 def pass_name(p: Pass) -> str:
@@ -206,7 +183,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
     `dump(index, name, graph)`, or a directory where each is written as `NN_name.txt`."""
     check_order(passes)
     report = report or CompileReport()
-    dump = _dumper(dump)
+    dump = dump if dump is None or callable(dump) else views.graph_files(dump)
     names = [pass_name(p) for p in passes]
     if dump is not None:
         dump(0, "input", graph)
@@ -229,16 +206,3 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
         if dump is not None:
             dump(k + 1, names[k], graph)
     return graph, report
-
-
-def _dumper(dump: Dump | str | os.PathLike | None) -> Dump | None:
-    if dump is None or callable(dump):
-        return dump
-    folder = Path(dump)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write(index: int, name: str, graph: Graph) -> None:
-        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
-        text = (str(graph) + "\n").encode()
-        atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
-    return write

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import GraphError
-from ..graph import Graph, Node, freeze  # noqa: F401 (freeze: passes import it from here)
-from ..ops.registry import get_op
+from ..graph import Graph, Node
+from ..keys import freeze  # noqa: F401 (freeze: passes import it from here)
+from ..ops.registry import PSEUDO, get_op  # noqa: F401 (PSEUDO: passes import it from here)
 
 
 def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
@@ -43,7 +44,6 @@ def is_zero(n: Node) -> bool:
         and not np.any(n.value)
 
 
-PSEUDO = ("input", "constant")
 
 
 def invariant_nodes(g: Graph) -> set[Node]:

@@ -3,6 +3,8 @@ transpose (or none), a reshape of a reshape one reshape -- fewer view calls per 
 hoisting and gate fusion have sliced the same product twice (rows per step, columns per gate)."""
 from __future__ import annotations
 
+import itertools
+
 from ..graph import Graph, Node
 from .concat import basic_ranges, make_concat, slice_axis
 from .rewrite import derive, is_matmul_2d, read_once, substitute
@@ -135,7 +137,7 @@ def index_grads_to_concat(graph: Graph) -> Graph:
         edges = [blocks[k][1:] for k in order]
         axis = blocks[0][0]
         if edges[0][0] != 0 or edges[-1][1] != n.shape[axis] or any(
-                a[1] != b[0] for a, b in zip(edges, edges[1:])):
+                a[1] != b[0] for a, b in itertools.pairwise(edges)):
             continue
         subst[n] = make_concat(n, [n.inputs[k].inputs[0] for k in order], axis=axis)
     return substitute(graph, subst)

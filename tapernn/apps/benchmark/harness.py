@@ -301,7 +301,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cells", nargs="+", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
                     help="tapernn cells to time (default: all)")
     ap.add_argument("--first-call", action="store_true",
-                    help="numba: first training step of a (32, 50, 256) FastLSTM in a fresh process, "
+                    help="first three training steps of a (32, 50, 256) FastLSTM in fresh processes: "
+                         "NumPy, numba compiling in the background / before the first step, "
                          "with an empty and with a warm kernel cache")
     ap.add_argument("--budget", type=positive(float),
                     help="seconds of timed runs per config (default 3, 10 with --full)")

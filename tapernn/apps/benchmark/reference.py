@@ -154,10 +154,10 @@ class _BatchMajor(_Kernel):
 
     def shapes(self) -> dict[str, tuple]:
         B, T, D, H = self.B, self.T, self.D, self.H
-        return dict(gates=(T, B, 4 * H), dgates=(T, B, 4 * H), h=(T + 1, B, H), c=(T + 1, B, H),
-                    tanh_c=(T, B, H), rec=(B, 4 * H), slope_block=(B, 4 * H), dh=(B, H),
-                    dc=(B, H), tmp=(B, H), dx=(T, B, D), w_i_scaled=(4 * H, D),
-                    w_h_scaled=(H, 4 * H), bias_scaled=(4 * H,))
+        return {"gates": (T, B, 4 * H), "dgates": (T, B, 4 * H), "h": (T + 1, B, H), "c": (T + 1, B, H),
+                    "tanh_c": (T, B, H), "rec": (B, 4 * H), "slope_block": (B, 4 * H), "dh": (B, H),
+                    "dc": (B, H), "tmp": (B, H), "dx": (T, B, D), "w_i_scaled": (4 * H, D),
+                    "w_h_scaled": (H, 4 * H), "bias_scaled": (4 * H,)}
 
     def project(self, x) -> np.ndarray:
         b, TB = self.buffers, self.T * self.B
@@ -194,12 +194,12 @@ class _FeatureMajor(_Kernel):
 
     def shapes(self) -> dict[str, tuple]:
         B, T, D, H = self.B, self.T, self.D, self.H
-        return dict(proj=(T, B, 4 * H), gates=(T, 4 * H, B), dgates=(T, 4 * H, B),
-                    h=(T + 1, H, B), c=(T + 1, H, B), tanh_c=(T, H, B), rec=(4 * H, B),
-                    slope_block=(4 * H, B), dh=(H, B), dc=(H, B), tmp=(H, B), grad_h=(T, H, B),
-                    h_out=(T, B, H), h_prev=(T, B, H), dgates_stacked=(4 * H, T, B),
-                    dx=(T, B, D), w_i_scaled=(4 * H, D), w_h_scaled=(4 * H, H),
-                    bias_scaled=(4 * H,))
+        return {"proj": (T, B, 4 * H), "gates": (T, 4 * H, B), "dgates": (T, 4 * H, B),
+                    "h": (T + 1, H, B), "c": (T + 1, H, B), "tanh_c": (T, H, B), "rec": (4 * H, B),
+                    "slope_block": (4 * H, B), "dh": (H, B), "dc": (H, B), "tmp": (H, B), "grad_h": (T, H, B),
+                    "h_out": (T, B, H), "h_prev": (T, B, H), "dgates_stacked": (4 * H, T, B),
+                    "dx": (T, B, D), "w_i_scaled": (4 * H, D), "w_h_scaled": (4 * H, H),
+                    "bias_scaled": (4 * H,)}
 
     def project(self, x) -> np.ndarray:
         b, TB = self.buffers, self.T * self.B

@@ -1,0 +1,59 @@
+"""What a buffer plan comes to, for the CompileReport (moved out of memory.py as it was): kernels
+per call, naive / planned / peak bytes, bytes kept from forward for backward. Measurement only:
+nothing here decides where a value lives."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .graph import Graph
+from .ops.registry import PSEUDO
+from .passes.driver import PlanStats
+
+if TYPE_CHECKING:
+    from .memory import BufferPlan
+
+
+def account(graph: Graph, plan: BufferPlan) -> None:
+    computed = [n for n in graph.nodes if n.op not in PSEUDO]
+    # a concat whose pieces are all computed into its slots runs no kernel
+    placed_all = [c for c in plan.placed_concats
+                  if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
+    alias = set(graph.meta.outputs_may_alias_inputs)
+    plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
+                            if plan.copied(o, k in alias))
+    peak = _peak(graph, plan) if not plan.copied_bytes else max(
+        _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
+    plan.stats = PlanStats(kernels=len(computed) - len(placed_all),
+                           naive_bytes=sum(n.nbytes for n in computed),
+                           planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
+                           peak_bytes=peak, saved_for_backward_bytes=saved_bytes(graph))
+
+
+def _peak(graph: Graph, plan: BufferPlan) -> int:
+    """Most bytes of owned storage live at once (in-place and placed values share theirs)."""
+    delta = [0] * (len(graph.nodes) + 2)
+    for st, start in plan.alloc_at.items():
+        end = min(plan.release_at.get(st, start), len(graph.nodes))
+        delta[start] += st.nbytes
+        delta[end + 1] -= st.nbytes
+    live = peak = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
+def _live_at_end(graph: Graph, plan: BufferPlan) -> int:
+    end = len(graph.nodes)
+    return sum(st.nbytes for st, r in plan.release_at.items() if r >= end)
+
+
+def saved_bytes(graph: Graph) -> int:
+    """Bytes kept from forward for backward: the outputs meta names as saved, else forward
+    values (not inputs) read by backward nodes."""
+    saved = graph.meta.saved_outputs
+    if saved is not None:
+        return sum(graph.outputs[k].nbytes for k in saved)
+    kept = {i for n in graph.nodes if n.phase == "backward" for i in n.inputs
+            if i.phase == "forward" and i.op not in PSEUDO}
+    return sum(n.nbytes for n in kept)

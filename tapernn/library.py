@@ -1,0 +1,51 @@
+"""Functions composed of kernel ops, with no op of their own (`tn.mean`, `tn.stack`, `tn.split`,
+`Var.mean`): a library above the op set, so the kernel's functional.py holds only what records
+an op."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ShapeError
+from .functional import concat, reshape
+from .functional import sum as _sum
+from .ops.registry import normalize_axes, normalize_axis
+from .tracing import Var, as_var
+
+
+def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    x = as_var(x)
+    axes = normalize_axes(axis, x.ndim)
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    return _sum(x, axes, keepdims) / float(count or 1)
+
+
+def stack(xs: Sequence[Var], axis: int = 0) -> Var:
+    xs = list(xs)
+    if not xs:
+        raise ShapeError("stack: needs at least one value")
+    like = next((x for x in xs if isinstance(x, Var)), None)
+    xs = [as_var(x, like) for x in xs]
+    ax = normalize_axis(axis, xs[0].ndim + 1)
+    return concat([reshape(x, x.shape[:ax] + (1,) + x.shape[ax:]) for x in xs], axis=ax)
+
+
+def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Var]:
+    """NumPy's split: an int is a number of equal sections, a list the split points."""
+    ax = normalize_axis(axis, x.ndim)
+    n = x.shape[ax]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        k = int(indices_or_sections)
+        if k <= 0 or n % k:
+            raise ShapeError(f"split: axis of length {n} does not divide into {k} equal parts")
+        points = [n // k * j for j in range(1, k)]
+    else:
+        points = [int(p) for p in indices_or_sections]
+    bounds = [0] + points + [n]
+    lead = (slice(None),) * ax
+    return [x[lead + (slice(a, b),)] for a, b in itertools.pairwise(bounds)]
+
+
+Var.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)

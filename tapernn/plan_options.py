@@ -1,0 +1,54 @@
+"""`PlanOptions`: the switches and thresholds of the optimisation tier (region planner, fused
+kernels, backend, inline sigmoid), passed to `compile`; moved out of memory.py as it was (memory
+re-exports it). The kernel reads only `regions`, `backend` and `inline_sigmoid`: whether to call
+that tier."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The planner's and the code generator's tuning values (production defaults); passed in to
+    `compile`, never module globals.
+
+    regions: in place into regions of larger values and concat pieces computed into their slot
+    (False: the planner before regions, in place only over a whole dead buffer; kept for
+    before/after comparisons).
+
+    strided_min_bytes, strided_min_run: values are written into a strided region (a gate's
+    columns of a step's rows, a dz_k's columns of [dz_i dz_f ...]) only in storages of at least
+    that many bytes and with contiguous runs of at least that many elements: a ufunc on strided
+    operands pays per row (here: (8, 32) float32 tanh 0.40 -> 0.88 us, (32, 256) mul 1.0 ->
+    2.7 us). Without the limits FastLSTM's training step went (8, 20, 32) 0.77 -> 0.99 ms and
+    (32, 50, 128) 20.5 -> 21.3 ms; with them those keep their speed, and (32, 50, 256), where
+    the saved gates in the projection save 6.25 MiB, runs as before (68.7 vs 68.4 ms).
+    Contiguous regions: any size.
+
+    escaping_min_run: a value returned by the program (the gates the forward saves for
+    backward) is written into a strided region from runs of this many elements on: the
+    alternative is not a reused buffer but a fresh array per step, kept until backward. At
+    (32, 50, 128) that is two T-stacks for the peephole LSTM (resident 14.05 -> 10.95 MiB
+    float32; FastLSTM 12.36 -> 10.80) for 3 % of the step's time in float32.
+
+    kernel_min_uses, kernel_min_size: a fused program used this often, on values this large,
+    is lowered to one function called per use (fused_lowering `_fused_kernel`), not inline.
+
+    backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
+    per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
+
+    inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
+    tails, no call frame); False: one call of the op's forward.
+    """
+
+    regions: bool = True
+    strided_min_bytes: int = 1 << 20
+    strided_min_run: int = 256
+    escaping_min_run: int = 128
+    kernel_min_uses: int = 16
+    kernel_min_size: int = 4096
+    backend: str = ""
+    inline_sigmoid: bool = True
+
+
+DEFAULT_OPTIONS = PlanOptions()

@@ -1,0 +1,157 @@
+"""numba kernels compiled in the background (tapernn/backends/background.py): a fused group's
+first call runs its NumPy lowering while the worker compiles, every later call the kernel --
+whatever the timing, so runs stay reproducible bit for bit -- and every call agrees with the
+reference interpreter and the NumPy backend to 1e-12 in float64."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_backends import _arrays, every_op
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.backends import background, numba_available, numba_backend
+from tapernn.interpret import interpret
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def later(monkeypatch):
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+
+
+def _slots(compiled):
+    return {k: v for k, v in compiled.program.fn.__kwdefaults__.items() if k.startswith("nks")}
+
+
+def test_first_call_runs_numpy_the_second_the_kernel(later, monkeypatch):
+    monkeypatch.setattr(numba_backend, "_kernels", {})  # a kernel not compiled in this process
+    x = _arrays(np.float64, seed=5)
+    g = tn.trace(every_op, *x)
+    c = tn.compile(g, backend="numba")
+    assert c.report.backend == "numba" and c.report.compiled_kernels == 1
+    assert _slots(c) and all(isinstance(v, background.Site) for v in _slots(c).values())
+    ref = interpret(g, *x)[0]
+    first = c(*x)
+    np.testing.assert_array_equal(first, tn.compile(g, backend="numpy")(*x))  # NumPy ran
+    assert all(isinstance(v, background.Site) for v in _slots(c).values())
+    second = c(*x)  # waits for the kernel, then runs it and puts it in the site's place
+    assert not any(isinstance(v, background.Site) for v in _slots(c).values())
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    np.testing.assert_array_equal(second, tn.compile(g, backend="numba")(*x))  # numba ran
+    np.testing.assert_array_equal(c(*x), second)
+    assert np.abs(first - second).max() > 0  # (the two lowerings differ in the last bits)
+    np.testing.assert_allclose(first, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(second, ref, rtol=1e-12, atol=1e-12)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    again = tn.compile(g, backend="numba")  # compiled already: numba from its first call
+    np.testing.assert_array_equal(again(*x), second)
+    assert not any(isinstance(v, background.Site) for v in _slots(again).values())
+
+
+def test_a_kernel_that_fails_in_the_background_leaves_its_groups_on_numpy(later, monkeypatch):
+    def broken(source):
+        raise RuntimeError("simulated compile failure")
+    monkeypatch.setattr(numba_backend, "_load", broken)
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    x = _arrays(np.float64, seed=6)
+    g = tn.trace(every_op, *x)
+    c = tn.compile(g, backend="numba")
+    outs = [c(*x) for _ in range(3)]
+    assert all(isinstance(v, background.Site) for v in _slots(c).values())
+    assert "simulated compile failure" in next(iter(numba_backend._kernels.values())).error
+    for out in outs:
+        np.testing.assert_allclose(out, interpret(g, *x)[0], rtol=1e-12, atol=1e-12)
+
+
+def _train(steps, x, gy):
+    seq = nn.Sequencer(nn.FastLSTM(3, 4))
+    outs = []
+    for _ in range(steps):
+        y = seq.forward(x)
+        seq.zero_grad_parameters()
+        gx = seq.backward(x, gy)
+        outs.append([y.copy(), gx.copy()] + [p.grad.copy() for p in seq.parameters()])
+    return outs
+
+
+def test_training_steps_agree_with_numpy_while_kernels_arrive(later):
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 4))
+    before = tn.get_backend()
+    try:
+        tn.set_backend("numpy")
+        tn.manual_seed(7)
+        ref = _train(3, x, gy)
+        tn.set_backend("numba")
+        tn.manual_seed(7)
+        got = _train(3, x, gy)
+    finally:
+        tn.set_backend(before)
+    for step, (a, b) in enumerate(zip(ref, got)):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
+
+
+_CHILD = """
+import hashlib, numpy as np, tapernn as tn
+x = np.linspace(-3, 3, 12).reshape(3, 4)
+c = tn.compile(tn.trace(lambda a: tn.tanh(a) * tn.sigmoid(a) + tn.exp(a), x), backend="numba")
+outs = [c(x) for _ in range(3)]
+assert abs(outs[2] - (np.tanh(x) / (1 + np.exp(-x)) + np.exp(x))).max() < 1e-12
+print(" ".join(hashlib.sha1(o.tobytes()).hexdigest()[:12] for o in outs))
+"""
+
+
+def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
+    env = dict(os.environ, TAPERNN_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(ROOT),
+               TAPERNN_NUMBA_BACKGROUND="1")
+    runs = [subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == runs[1]  # cold (compiling while call 1 runs) and warm: the same bits
+    assert runs[0][1] == runs[0][2]  # calls 2 and 3 both ran the kernel
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_compiles_the_kernels_its_parent_was_compiling(later, monkeypatch):
+    import threading
+    import time
+    parent, gate = os.getpid(), threading.Event()
+    prepare = numba_backend.Kernel.prepare
+
+    def held_in_the_parent(self, key=None, warm=False):
+        if os.getpid() == parent:
+            gate.wait(60)  # the parent's worker is busy with this job when the fork happens
+        return prepare(self, key, warm)
+    monkeypatch.setattr(numba_backend.Kernel, "prepare", held_in_the_parent)
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    x = _arrays(np.float64, seed=8)
+    g = tn.trace(every_op, *x)
+    ref = interpret(g, *x)[0]
+    c = tn.compile(g, backend="numba")
+    c(*x)  # requests the kernel: the parent's worker holds it
+    pid = os.fork()
+    if pid == 0:  # the child: no worker thread was copied; its second call must not hang
+        try:
+            out = c(*x)
+            swapped = not any(isinstance(v, background.Site) for v in _slots(c).values())
+            os._exit(0 if swapped and np.allclose(out, ref, rtol=1e-12, atol=1e-12) else 1)
+        except BaseException:  # noqa: BLE001 -- a forked child must never return into pytest
+            os._exit(2)
+    try:
+        deadline = time.monotonic() + 120
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung waiting for a kernel its parent was compiling")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        gate.set()
+    assert background.wait(timeout=120)
