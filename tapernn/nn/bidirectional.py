@@ -99,7 +99,7 @@ class BiSequencer(_Bidirectional):
             self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
         T = x.shape[0] if as_array else len(x)
         with tracing.step(None):
-            xs = x if as_array else F.stack(x, 0)
+            xs = x if as_array else library.stack(x, 0)
 
         def one(m: Module) -> Any:
             def call(v: list, _: list) -> Any:

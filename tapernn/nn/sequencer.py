@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .. import tracing
+from .. import library, tracing
 from .. import validation as check
 from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
@@ -138,7 +138,7 @@ class Sequencer(HiddenStateOf, Module):
     def _build_rolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
         T = x.shape[0] if as_array else len(x)
         with tracing.step(None):
-            stacked = x if as_array else F.stack(x, 0)
+            stacked = x if as_array else library.stack(x, 0)
         xs = [stacked] + ([step_mask] if step_mask is not None else [])
 
         def xs_step(t: int) -> list:
