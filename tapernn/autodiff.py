@@ -57,7 +57,7 @@ def _needs_gradient(graph: Graph, wrt: list[Node]) -> set[Node]:
 
 
 def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
-         seeds: str = "auto") -> Graph:
+         seeds: str = "auto", also: Sequence[Node] = ()) -> Graph:
     """Append reverse-mode gradient nodes to (a copy of) `graph`.
 
     Returns a graph whose outputs are the original outputs followed by d(outputs)/d(w) for each
@@ -93,9 +93,11 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
             with step(w.step), scope(w.scope, absolute=True):
                 grads.append(F.add_n(cot[w]) if w in cot else F.zeros(w.shape, w.dtype))
     result = tape.graph
-    result.outputs = outs + [g.node for g in grads]
+    result.outputs = outs + [g.node for g in grads] + list(also)
     if tape.replacements:
         result = _apply_replacements(result, {n: v.node for n, v in tape.replacements.items()})
+    kept = len(result.outputs) - len(also)
+    result.also, result.outputs = result.outputs[kept:], result.outputs[:kept]
     result.meta = replace(
         result.meta, n_forward_outputs=len(outs),
         output_names=(*names, *[f"grad_{w.name}" for w in wrt_nodes]),

@@ -28,7 +28,8 @@ def scan_vjp(g: Var, y: Var, *inputs: Var, wants: tuple[bool, ...], body: Graph,
     plan = body_vjp(body, nc, nx, wrt)
     dtype = body_dtype(body)
     with phase("forward"):
-        ext = scan(plan.fwd, inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:], reverse=reverse)
+        ext = scan(plan.fwd, inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:], reverse=reverse,
+                   length=length)
         _rewire(y, ext, body, nc, length)
     n_ys = len(body.outputs) - nc
     own = iter(ext.ys[n_ys:])

@@ -104,6 +104,7 @@ def format_report(report: CompileReport) -> str:
     rows.append(f"saved for backward bytes  {report.saved_for_backward_bytes:,}")
     rows.append(f"resident bytes            {report.resident_bytes:,}")
     rows += [str(loop) for loop in report.loops]
+    rows += [f"note: {n}" for n in report.notes]
     return "\n".join(rows)
 
 

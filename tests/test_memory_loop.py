@@ -17,12 +17,18 @@ def _data(T, B, H, dtype, seed=0):
             rng.standard_normal((T, B, H)).astype(dtype))
 
 
+ROLLED_PEAK = pytest.mark.xfail(reason="a rolled Sequencer's reported peak leaves out part of "
+                                        "its loops' memory (FastLSTM, GRU: 1.2x real); issue 16",
+                                 strict=False)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_steady_loop_peak_is_the_reported_peak(cell, dtype):
+@pytest.mark.parametrize("unroll", [True, pytest.param(False, marks=ROLLED_PEAK)])
+def test_steady_loop_peak_is_the_reported_peak(cell, dtype, unroll):
     T, B, H = 10, 16, 64
     x, g = _data(T, B, H, dtype)
-    seq = nn.Sequencer(CELLS[cell](H)).astype(dtype)
+    seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(dtype)
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     reported = seq.compile_report().peak_bytes
     assert abs(real - reported) <= 0.1 * reported, \
@@ -122,9 +128,10 @@ def test_charlm_training_loop_peak_is_the_reported_peak():
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
 
 
-def test_remembering_sequencer_loop_peak_is_the_reported_peak():
+@pytest.mark.parametrize("unroll", [True, pytest.param(False, marks=ROLLED_PEAK)])
+def test_remembering_sequencer_loop_peak_is_the_reported_peak(unroll):
     x, g = _data(10, 16, 64, np.float64)
-    seq = nn.Sequencer(nn.FastLSTM(64, 64)).remember("both")
+    seq = nn.Sequencer(nn.FastLSTM(64, 64), unroll=unroll).remember("both")
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     reported = seq.compile_report().peak_bytes
     assert abs(real - reported) <= 0.1 * reported, \

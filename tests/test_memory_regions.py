@@ -22,7 +22,8 @@ def train_step(make, x, g, regions, options=ANY_SIZE, seed=0):
     from dataclasses import replace
 
     np.random.seed(seed)
-    m = nn.Sequencer(make(x.shape[2])).astype(np.float64)
+    # the planner of the unrolled program (a rolled one plans the loop body: tests/test_rolled)
+    m = nn.Sequencer(make(x.shape[2]), unroll=True).astype(np.float64)
     m.set_plan_options(replace(options, regions=regions))
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3

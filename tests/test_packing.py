@@ -49,7 +49,7 @@ def test_modules_without_same_shaped_parameters_have_no_blocks():
 
 def _lstm_model(seed=0):
     tn.manual_seed(seed)
-    m = nn.Sequencer(nn.LSTM(D, H, peephole=False))
+    m = nn.Sequencer(nn.LSTM(D, H, peephole=False), unroll=True)  # its blocks, unrolled
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.4
     return m

@@ -71,7 +71,7 @@ def test_peephole_bias_sums_share_the_gate_gradient_stack():
     from tapernn import nn
 
     T, B, H = 4, 3, 5
-    m = nn.Sequencer(nn.LSTM(H, H)).astype(np.float64)
+    m = nn.Sequencer(nn.LSTM(H, H), unroll=True).astype(np.float64)  # the unrolled layout
     rng = np.random.default_rng(0)
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
@@ -113,7 +113,7 @@ def test_gru_backward_keeps_one_gate_gradient_stack():
     from tapernn import nn
 
     T, B, H = 4, 3, 5
-    m = nn.Sequencer(nn.GRU(H, H)).astype(np.float64)
+    m = nn.Sequencer(nn.GRU(H, H), unroll=True).astype(np.float64)  # the unrolled layout
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(k).standard_normal(p.data.shape) * 0.3
     rng = np.random.default_rng(0)

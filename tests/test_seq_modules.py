@@ -103,7 +103,7 @@ def test_seqlstm_equals_sequencer_fastlstm_with_masked_rows():
     tn.manual_seed(4)
     seq = nn.SeqLSTM(D, H).mask_zero()  # (the method, as the constructor flag)
     assert seq.masks_zero
-    fast = nn.Sequencer(seq.to_fast_lstm())
+    fast = nn.Sequencer(seq.to_fast_lstm(), unroll=True)  # per-step kernels, unrolled
     x, rng = _inputs(4)
     g = rng.standard_normal((T, B, H))
     outs, gins = [], []
@@ -270,7 +270,7 @@ def _kernels(m, steps):
 def test_compiles_like_sequencer_fastlstm():
     tn.manual_seed(13)
     seq = nn.SeqLSTM(D, H)
-    fast = nn.Sequencer(seq.to_fast_lstm())
+    fast = nn.Sequencer(seq.to_fast_lstm(), unroll=True)  # per-step kernels, unrolled
     (s4, s8), (f4, f8) = [[_kernels(m, steps) for steps in (4, 8)] for m in (seq, fast)]
     # per step: no more kernels ([i, f, o] are adjacent in SeqLSTM's layout, one sigmoid where
     # FastLSTM's [i, g, f, o] needs separate ones); once per call: at most the weight's two

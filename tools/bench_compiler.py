@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     ap.add_argument("--scan", action="store_true",
                     help="the rolled loop: compile time vs T, rolled vs unrolled steady state")
+    ap.add_argument("--rolled", action="store_true",
+                    help="the rolled Sequencer: first fwd+bwd at T up to 20,000 (time, RSS), "
+                         "compile at T = 50 then 73, rolled vs unroll=True steady state")
     args = ap.parse_args(argv)
     if len(args.shape) > 4 or any(v <= 0 for v in args.shape):
         ap.error(f"at most four positive sizes T B I H, got {args.shape}")
@@ -168,6 +171,10 @@ if __name__ == "__main__":
     args = parse_args()
     if args.sequencer:
         sys.exit(sequencer_main(args.cells, args.repeats, args.check))
+    if args.rolled:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_rolled import rolled_main
+        sys.exit(rolled_main())
     if args.scan:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from bench_scan import scan_main

@@ -14,7 +14,7 @@ from .source import Drawing, classify, is_scalar_constant
 def training_pair(obj: Any) -> Any:
     """The compiled forward/backward pair of a module after a training forward, else None."""
     runtime = getattr(obj, "_runtime", None)
-    last = getattr(runtime, "last", None)
+    last = runtime.display_executable() if runtime is not None else None
     return getattr(last, "training_pair", None)
 
 

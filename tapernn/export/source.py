@@ -45,6 +45,11 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
     if isinstance(obj, Compiled) or _looks_compiled(obj):
         return obj.graph, obj
     if compiled and getattr(obj, "compiled", None) is not None:
+        runtime = getattr(obj, "_runtime", None)  # a rolled program is drawn unrolled
+        last = runtime.display_executable() if runtime is not None else None
+        if last is not None and last is not runtime.last:
+            return resolve(last.training_pair.forward if last.training_pair is not None
+                           else last.forward_only)
         return resolve(obj.compiled)
     graph = getattr(obj, "graph", None)
     if isinstance(graph, Graph):

@@ -9,7 +9,9 @@ from .. import functional as F
 from .. import library, tracing
 from .. import validation as check
 from ..tracing import Var
+from .context import current_build
 from .module import Module
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 from .tables import JoinTable
 
 
@@ -23,6 +25,7 @@ def fresh_clone(module: Module) -> Module:
 
 
 class _Bidirectional(Module):
+    unroll = False  # True: trace every step into the graph (the rolled loops' baseline)
     def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
         super().__init__()
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
@@ -71,11 +74,55 @@ class BiSequencer(_Bidirectional):
     """
 
     def build(self, x: Any) -> Any:
+        ctx = current_build()
+        why = rolled_refusal(self, ctx, x)
+        if why is None:
+            try:
+                return self._build_rolled(ctx, x)
+            except NotRollable as e:
+                why = str(e)
+        ctx.notes.append(f"{self.describe()}: unrolled ({why})")
+        ctx.fresh_steps = True
         steps, as_array = self._steps(x)
         T = len(steps)
         f = self._run(self._children["fwd"], steps, range(T))
         b = self._run(self._children["bwd"], steps, range(T - 1, -1, -1))
         return self._merge([[f[t], b[t]] for t in range(T)], as_array)
+
+
+    def _build_rolled(self, ctx: Any, x: Any) -> Any:
+        """fwd as a loop, bwd as a reverse loop, merge as a loop over both (nn.rolled)."""
+        as_array = isinstance(x, Var)
+        if as_array:
+            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}")
+        else:
+            self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
+        T = x.shape[0] if as_array else len(x)
+        with tracing.step(None):
+            xs = x if as_array else library.stack(x, 0)
+
+        def one(m: Module) -> Any:
+            def call(v: list, _: list) -> Any:
+                y = m(v[0])
+                if not isinstance(y, Var):
+                    raise NotRollable("the step returns a table")
+                return y
+            return call
+
+        def step_of(stacked: list) -> Any:
+            def at(t: int) -> list:
+                with tracing.step(t):
+                    return [v[t] for v in stacked]
+            return at
+        c = self._children
+        f = run_loop(ctx, loop_key(c["fwd"], ctx, [xs], [], "fwd"), one(c["fwd"]), T, [xs], [],
+                     (lambda t: [x[t]]) if not as_array else step_of([xs]))
+        b = run_loop(ctx, loop_key(c["bwd"], ctx, [xs], [], "bwd"), one(c["bwd"]), T, [xs], [],
+                     (lambda t: [x[t]]) if not as_array else step_of([xs]), reverse=True)
+        pair = [join_segments(f, True), join_segments(b, True)]
+        merged = run_loop(ctx, loop_key(c["merge"], ctx, pair, [], "merge"),
+                          lambda v, _: c["merge"](v), T, pair, [], step_of(pair))
+        return join_segments(merged, as_array)
 
 
 class BiSequencerLM(_Bidirectional):

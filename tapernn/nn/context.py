@@ -61,6 +61,14 @@ class BuildContext:
     taps: bool = False
     cuts: frozenset = frozenset()
     tap_inputs: list = field(default_factory=list)     # (module, t, k, Node)
+    # rolled loops (nn.rolled): step templates by step signature (the runtime's, kept across
+    # lengths), compile-report notes, whether this trace traced a step or only re-emitted
+    # cached templates, and `unroll` (trace every step into the graph)
+    templates: dict | None = None
+    notes: list = field(default_factory=list)
+    fresh_steps: bool = False
+    reused: bool = False
+    unroll: bool = False
 
     def __enter__(self) -> Self:
         self._token = _BUILD.set(self)

@@ -372,6 +372,9 @@ class Module:
 
     @property
     def trace_count(self) -> int:
+        """How many times this module, used as the outermost one, traced its steps: every new
+        input signature counts, except one a rolled loop serves by re-emitting its cached step
+        template (a new sequence length T: nothing is traced again, nn.rolled)."""
         return 0 if self._runtime is None else self._runtime.trace_count
 
     # ---- display ---------------------------------------------------------------------------------

@@ -7,15 +7,20 @@ from typing import Any
 from .. import functional as F
 from .. import tracing
 from .. import validation as check
+from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
 from .recurrent import AbstractRecurrent, HiddenStateOf
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 
 
 class Repeater(Module):
     """Feeds the same input to `module` for `n_step` steps; returns the list of outputs. The
-    input's gradient is the sum over steps. Forgets before every forward.  Torch7: nn.Repeater."""
+    input's gradient is the sum over steps. Forgets before every forward.  Torch7: nn.Repeater.
+    The steps run as one loop over the step template (nn.rolled); `unroll = True` traces each."""
+
+    unroll = False
 
     def __init__(self, module: Module, n_step: int):
         super().__init__()
@@ -26,6 +31,18 @@ class Repeater(Module):
         self._children["0"]._clear_memory(keep_initial=True)
 
     def build(self, x: Any) -> list:
+        ctx = current_build()
+        why = rolled_refusal(self, ctx, [x] if isinstance(x, Var) else x)
+        if why is None and isinstance(x, Var):
+            m = self._children["0"]
+            try:  # the input is an invariant of the loop; no xs
+                segments = run_loop(ctx, loop_key(self, ctx, [], [x]), lambda _, inv: m(inv[0]),
+                                    self.n_step, [], [x], lambda t: [])
+                return join_segments(segments, False)
+            except NotRollable as e:
+                why = str(e)
+        ctx.notes.append(f"{self.describe()}: unrolled ({why or 'a table input'})")
+        ctx.fresh_steps = True
         out = []
         for t in range(self.n_step):
             with tracing.step(t):

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import random as tn_random
 from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
 from ..errors import ShapeError, StateError, TapernnError
@@ -20,9 +19,13 @@ from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from ..validation import data_array
 from .backward_input import record_for_input
+from .binding import _binder, _state_signature
 from .context import BuildContext
 from .packing import Packing
 from .reinforce_seeds import reinforce_seed
+from .roll_api import stacked_fields
+from .roll_view import trace_starts, view_executable, view_graph
+from .rolled import Stacked
 from .state_grads import (
     backward_variant,
     forget_steps_before,
@@ -47,12 +50,15 @@ class Executable:
 
     def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
                  training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None):
-        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads)."""
+                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None,
+                 templates: dict | None = None, unroll: bool = False):
+        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads);
+        `templates` caches rolled loops' step templates across traces (nn.rolled); `unroll`
+        traces every step of every loop into the graph."""
         self.passes, self.options = passes, options
         tape = Tape()
         ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
-                           cuts=cuts or frozenset())
+                           cuts=cuts or frozenset(), templates=templates, unroll=unroll)
         with tape.recording(), ctx:
             data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
             out = root.apply(*unflatten(tree, data))
@@ -61,6 +67,10 @@ class Executable:
             if not hasattr(v, "node"):
                 raise TapernnError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
+        # a trace that only re-emitted cached step templates (a new length) traced no step
+        self.traced_steps = ctx.fresh_steps or not ctx.reused
+        self.notes = list(ctx.notes)
+        self.rolled = any(": rolled:" in n for n in self.notes)  # holds a scan loop
         self.finals = [(m, k, v.node) for m, st in ctx.states.items() for k, v in enumerate(st)]
         self.probes = []  # (module, field, step, tree, [nodes])
         for m, name, t, value in ctx.probes:
@@ -160,23 +170,19 @@ class Executable:
 
     def _make_pair(self, outputs: list) -> TrainingPair:
         g = Graph(self.graph.nodes, self.graph.inputs, outputs, self.graph.meta)
-        joint = grad(g, wrt=self.wrt, seeds="inputs")
+        joint = grad(g, wrt=self.wrt, seeds="inputs", also=self.extras)
         n = len(outputs)
-        # the probes and final states are forward outputs too, but never differentiated
-        joint.outputs = joint.outputs[:n] + self.extras + joint.outputs[n:]
+        # the probes and final states are forward outputs too, but never differentiated (a
+        # scan's VJP may rewire the graph: `also` gives the nodes standing for them now)
+        joint.outputs = joint.outputs[:n] + joint.also + joint.outputs[n:]
         grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, self.real + grads, joint.meta)
+        display = Graph(joint.nodes, joint.inputs, joint.outputs[:len(self.real)] + grads,
+                        joint.meta)
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
         return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
                             self.arena)
-
-    def args_like(self, base_args: list) -> list:
-        """A variant's arguments from the base program's (same trace, so the same inputs in the
-        same order, dropout masks included), zeros for the taps."""
-        it = iter(base_args)
-        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in self.arg_nodes]
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -186,12 +192,13 @@ class Executable:
         """The joined report; step-wise, `steps` records held at once count in its peak."""
         from ..passes import CompileReport
         if self.training_pair is None:
-            return self.compile_forward().report
+            return replace(self.compile_forward().report, notes=list(self.notes))
         pair = self.training_pair
-        return CompileReport.joined(pair.forward.report, pair.last_backward.report,
-                                    pair.saved_bytes, pair.resident_bytes,
-                                    pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
-                                                         self._held_steps(steps)))
+        return replace(CompileReport.joined(
+            pair.forward.report, pair.last_backward.report, pair.saved_bytes,
+            pair.resident_bytes, pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
+                                                      self._held_steps(steps))),
+            notes=list(self.notes))
 
     def _held_steps(self, steps: int) -> tuple[int, int] | None:
         """Step-wise: (records held, bytes of the input copies each keeps); else None."""
@@ -209,32 +216,6 @@ def _views_data(n) -> bool:
             return False
         n = n.inputs[0]
     return n.kind == "data"
-
-
-def _binder(node, ctx: BuildContext):
-    kind = node.kind
-    if kind == "data":  # data inputs are recorded first, in leaf order
-        k = next(i for i, n in enumerate(ctx.tape.graph.inputs) if n is node)
-        return lambda leaves, k=k: leaves[k]
-    if kind == "param":
-        p = next(p for p, v in ctx.params.items() if v.node is node)
-        return lambda leaves, p=p: p.data
-    if kind == "random":
-        prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
-        if callable(prob):  # BuildContext.random_input: the module draws it
-            return lambda leaves, draw=prob: draw()
-        shape, dtype = node.shape, node.dtype
-
-        def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
-            keep = (rng or tn_random.generator()).random(shape) >= prob
-            return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
-        return mask
-    if kind == "state":
-        m, k = next((m, k) for m, k, n, _ in ctx.state_inputs if n is node)
-        return lambda leaves, m=m, k=k: m._initial_state_arrays()[k]
-    if kind == "tap":  # a state-gradient variant's zero (its arguments come from args_like)
-        return lambda leaves, shape=node.shape, dtype=node.dtype: np.zeros(shape, dtype)
-    raise TapernnError(f"input {node.name!r} of kind {kind!r} has no binding")
 
 
 class Record:
@@ -260,11 +241,13 @@ class Runtime:
         self.dropped = 0  # step records discarded because of rho
         self.most_steps = 1  # most step-wise records held at once (the report's peak counts them)
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
+        self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
 
     def clear(self) -> None:
         self.cache.clear()
         self.variants.clear()
+        self.templates.clear()
         self.last = None
         self.arena = Arena()
 
@@ -272,8 +255,16 @@ class Runtime:
         """The last traced model: forward and (after a training forward) backward nodes."""
         if self.last is None:
             return None
+        if self.last.rolled:  # shown unrolled, one sub-graph per step (nn.roll_view)
+            return view_graph(self, self.last)
         pair = self.last.training_pair
         return pair.joint if pair is not None else self.last.display
+
+    def display_executable(self) -> Executable | None:
+        """The last program as diagrams draw it (a rolled one: its unrolled view)."""
+        if self.last is None or not self.last.rolled:
+            return self.last
+        return view_executable(self, self.last)
 
     def last_compiled(self) -> Compiled | None:
         if self.last is None:
@@ -307,10 +298,12 @@ class Runtime:
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
                 exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes, root._plan_options or DEFAULT_OPTIONS)
+                                 passes, root._plan_options or DEFAULT_OPTIONS,
+                                 templates=self.templates)
             exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
+            trace_starts(exe, root)
             self.cache[key] = exe
-            self.trace_count += 1
+            self.trace_count += exe.traced_steps
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
         if exe.recurrent is None:  # the model's recurrent modules, found once per trace
@@ -355,6 +348,9 @@ class Runtime:
         for m, items in exe.probe_plan():
             fields = []
             for name, t, tree, pos, stop in items:
+                if isinstance(t, Stacked):  # a loop's field: one array stacked over its steps
+                    fields += stacked_fields(name, t, tree, outs[pos:stop])
+                    continue
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
                 if name == "output":
                     m.output = value
@@ -484,13 +480,6 @@ def _leaf_names(tree: Any, n_args: int) -> list[str]:
         prefix = base[k] if k < len(base) else f"arg{k}"
         names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
     return names
-
-
-def _state_signature(m: Any) -> tuple:
-    start = m._initial_state_arrays()
-    kind = None if start is None else ("remembered" if m._state is not None else "user")
-    shapes = None if start is None else tuple(a.shape for a in start)
-    return (kind, shapes, m._mask_zero)
 
 
 def _rho(root: Any) -> int | None:

@@ -7,13 +7,14 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .. import tracing
+from .. import library, tracing
 from .. import validation as check
 from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .recurrent import HiddenStateOf, mask_rows
+from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
@@ -36,10 +37,11 @@ class Sequencer(HiddenStateOf, Module):
     state of step t, in the next backward.
     """
 
-    def __init__(self, module: Module):
+    def __init__(self, module: Module, unroll: bool = False):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
         self.remember_mode = "neither"
+        self.unroll = check.flag(self, "unroll", unroll)
 
     @property
     def module(self) -> Module:
@@ -98,33 +100,71 @@ class Sequencer(HiddenStateOf, Module):
                                      f"got shape {x.shape}")
             self.expect(x.shape[0] > 0, f"expects at least one step, got a (T, batch, features) "
                                         f"array with T = 0 (shape {x.shape})")
+        else:
+            self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
+            first = x[0]
+            for t, xt in enumerate(x):
+                if isinstance(xt, Var) and isinstance(first, Var) and xt.shape != first.shape:
+                    raise ShapeError(f"{self.describe()}{tracing_where(t)}: step {t} has shape "
+                                     f"{xt.shape} but step 0 has {first.shape}; every step of a "
+                                     f"batch must have the same shape")
+        ctx = current_build()
+        why = rolled_refusal(self, ctx, x)
+        if why is None:
+            try:
+                return self._build_rolled(ctx, x, as_array, step_mask)
+            except NotRollable as e:
+                why = str(e)
+        ctx.notes.append(f"{self.describe()}: unrolled ({why})")
+        ctx.fresh_steps = True
+        return self._build_unrolled(ctx, x, as_array, step_mask)
+
+    def _step(self, as_array: bool, masked: bool) -> Any:
+        """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=)."""
+        def call(xs: list, invs: list) -> Any:
+            ctx = current_build()
+            ctx.step_mask = xs[1] if masked else None
+            y = self.module(xs[0])
+            if masked:
+                y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
+            ctx.step_mask = None
+            if as_array and not isinstance(y, Var):
+                raise ShapeError(f"{self.describe()}: a (T, batch, features) array input "
+                                 f"needs one array output per step, but the module returned "
+                                 f"a table (list); pass the steps as a list instead")
+            return y
+        return call
+
+    def _build_rolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
+        T = x.shape[0] if as_array else len(x)
+        with tracing.step(None):
+            stacked = x if as_array else library.stack(x, 0)
+        xs = [stacked] + ([step_mask] if step_mask is not None else [])
+
+        def xs_step(t: int) -> list:
+            with tracing.step(t):
+                xt = x[t]
+                return [xt] if step_mask is None else [xt, step_mask[t]]
+        key = loop_key(self, ctx, xs, [], as_array)
+        segments = run_loop(ctx, key, self._step(as_array, step_mask is not None), T, xs, [],
+                            xs_step)
+        return join_segments(segments, as_array)
+
+    def _build_unrolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
+        if as_array:
             steps = []
             for t in range(x.shape[0]):
                 with tracing.step(t):  # the slice x[t] belongs to step t in diagrams
                     steps.append(x[t])
         else:
-            self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
             steps = list(x)
-        first = steps[0]
-        for t, xt in enumerate(steps):
-            if isinstance(xt, Var) and isinstance(first, Var) and xt.shape != first.shape:
-                raise ShapeError(f"{self.describe()}{tracing_where(t)}: step {t} has shape "
-                                 f"{xt.shape} but step 0 has {first.shape}; every step of a "
-                                 f"batch must have the same shape")
-        ctx = current_build()
+        call = self._step(as_array, step_mask is not None)
         outputs = []
         for t, xt in enumerate(steps):
             with tracing.step(t):
-                ctx.step_mask = None if step_mask is None else step_mask[t]
-                y = self.module(xt)
-                if step_mask is not None:
-                    y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
-                if as_array and not isinstance(y, Var):
-                    raise ShapeError(f"{self.describe()}: a (T, batch, features) array input "
-                                     f"needs one array output per step, but the module returned "
-                                     f"a table (list); pass the steps as a list instead")
+                mask = [] if step_mask is None else [step_mask[t]]
+                y = call([xt] + mask, [])
                 outputs.append(F.reshape(y, (1,) + y.shape) if as_array else y)
-        ctx.step_mask = None
         return F.concat(outputs, axis=0) if as_array else outputs
 
     def describe(self) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError, StateError
+from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
 
 
@@ -104,7 +104,7 @@ def _recurrent_steps(exe: Any) -> dict:
         steps: dict[Any, list] = {}
         for m, f, t, _, _ in exe.probes:
             if f == "outputs" and hasattr(m, "_extra_state_grads"):
-                steps.setdefault(m, []).append(t)
+                steps.setdefault(m, []).extend(t.steps() if hasattr(t, "steps") else [t])
         cached = exe._recurrent_steps = {m: sorted(ts) for m, ts in steps.items()}
     return cached
 
@@ -168,6 +168,26 @@ def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> 
     return variant
 
 
+def args_like(variant: Any, base_args: list, base: Any) -> list:
+    """A variant's arguments from the base program's (same inputs, dropout masks included),
+    zeros for the taps. A rolled base binds its inputs in another order than the unrolled
+    variant: then each is found by kind and name (each must be there exactly once)."""
+    mine = [(n.kind, n.name) for n in variant.arg_nodes if n.kind != "tap"]
+    theirs = [(n.kind, n.name) for n in base.arg_nodes]
+    if theirs == mine:
+        it = iter(base_args)
+        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it)
+                for n in variant.arg_nodes]
+    by: dict[tuple, list] = {}
+    for key, a in zip(theirs, base_args):
+        by.setdefault(key, []).append(a)
+    if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
+        raise TapernnError(f"{base.graph.meta.root}: the state-gradient variant's inputs "
+                           f"do not match the program's ({sorted(set(mine) ^ set(by))})")
+    return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
+            for n in variant.arg_nodes]
+
+
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
     """A Sequencer backward with set_grad_hidden_state requests: the variant program (same
     arguments, dropout masks included) with the set values as extra seeds and the gradient from
@@ -175,7 +195,7 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     variant = _variant(rt, record.exe, cuts, record.leaves, record.starts)
     seeded = sequence_seeds(variant)
     pair = variant.compile_training(tuple(node for *_, node, _ in seeded))
-    args = variant.args_like(record.args)
+    args = args_like(variant, record.args, record.exe)
     saved = pair.saved(pair.forward.run(args))
     grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
     store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), seeded)
@@ -196,7 +216,7 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
     def compute() -> None:
         variant = _variant(rt, exe, frozenset(), leaves, starts)
         pair = variant.compile_training()
-        full = variant.args_like(args)
+        full = args_like(variant, args, exe)
         grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
         for m in modules:
             m._grad_hidden = {}

@@ -96,6 +96,7 @@ class CompileReport:
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
     loops: list[LoopReport] = field(default_factory=list)  # compiled scan bodies
+    notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
 
     kernels = property(lambda self: self.plan.kernels)
     naive_bytes = property(lambda self: self.plan.naive_bytes)
