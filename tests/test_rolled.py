@@ -80,7 +80,7 @@ def assert_same(a, b, tol=1e-12):
 def test_cells_rolled_equal_unrolled_and_numpy(name):
     make, step, n_states = CELLS[name]
     a, b = twins(make)
-    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rolled, unrolled = nn.Sequencer(a, unroll=False), nn.Sequencer(b, unroll=True)
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((7, B, D)), rng.standard_normal((7, B, H))
     r, u = run_pair(rolled, unrolled, x, g)
@@ -100,7 +100,7 @@ def test_cells_rolled_equal_unrolled_and_numpy(name):
 
 def test_list_input_float32_and_initial_state_gradients():
     a, b = twins(CELLS["lstm"][0], seed=2, dtype=np.float32)
-    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rolled, unrolled = nn.Sequencer(a, unroll=False), nn.Sequencer(b, unroll=True)
     rng = np.random.default_rng(3)
     h0 = rng.standard_normal((B, H)).astype(np.float32)
     c0 = rng.standard_normal((B, H)).astype(np.float32)
@@ -118,7 +118,7 @@ def test_list_input_float32_and_initial_state_gradients():
 
 def test_lengths_mask_zero_and_remember_across_chunks():
     a, b = twins(CELLS["gru"][0], seed=4)
-    rolled = nn.Sequencer(a).remember("both")
+    rolled = nn.Sequencer(a, unroll=False).remember("both")
     unrolled = nn.Sequencer(b, unroll=True).remember("both")
     rng = np.random.default_rng(5)
     for T in (5, 8, 3, 6):  # chunks of different lengths: the template serves every one
@@ -133,7 +133,7 @@ def test_lengths_mask_zero_and_remember_across_chunks():
     c, d = twins(lambda: nn.RNN(D, H).mask_zero(), seed=6)
     x = rng.standard_normal((6, B, D))
     x[:2, 0] = 0  # left padding
-    r, u = run_pair(nn.Sequencer(c), nn.Sequencer(d, unroll=True), x, np.ones((6, B, H)))
+    r, u = run_pair(nn.Sequencer(c, unroll=False), nn.Sequencer(d, unroll=True), x, np.ones((6, B, H)))
     assert_same(r, u)
 
 
@@ -142,7 +142,8 @@ def test_stacks_and_sequential_inside():
 
     def model():
         return nn.Sequential(
-            nn.Sequencer(nn.LSTM(D, H)), nn.Sequencer(nn.Sequential(nn.GRU(H, H), nn.Linear(H, 2)))
+            nn.Sequencer(nn.LSTM(D, H), unroll=False),
+            nn.Sequencer(nn.Sequential(nn.GRU(H, H), nn.Linear(H, 2)), unroll=False),
         )
 
     a, b = model(), model()
@@ -193,7 +194,7 @@ def step_switch_numpy(w, x, at):
 @pytest.mark.parametrize("at,how", [(7, "tracing"), (30, "tracing"), (30, "counter")])
 def test_step_dependent_cell_runs_unrolled_and_says_why(at, how):
     cell = StepSwitch(D, H, at, how)
-    seq = nn.Sequencer(cell)
+    seq = nn.Sequencer(cell, unroll=False)
     x = np.random.default_rng(9).standard_normal((35, B, D)) * 0.3
     y = seq.forward(x)
     np.testing.assert_allclose(y, step_switch_numpy(cell.w.data, x, at), rtol=1e-12, atol=1e-13)
@@ -210,7 +211,7 @@ def test_new_length_reuses_the_template_without_tracing_a_step():
             return super().step(x, h)
 
     tn.manual_seed(10)
-    seq = nn.Sequencer(Counted(D, H))
+    seq = nn.Sequencer(Counted(D, H), unroll=False)
     rng = np.random.default_rng(11)
     seq.forward(rng.standard_normal((50, B, D)))
     traced = len(calls)
@@ -227,14 +228,14 @@ def test_new_length_reuses_the_template_without_tracing_a_step():
 
 def test_dropout_runs_unrolled_and_says_why():
     tn.manual_seed(12)
-    seq = nn.Sequencer(nn.Sequential(nn.Dropout(0.5), nn.RNN(D, H)))
+    seq = nn.Sequencer(nn.Sequential(nn.Dropout(0.5), nn.RNN(D, H)), unroll=False)
     seq.forward(np.ones((4, B, D)))
     assert any("dropout" in n for n in seq.compile_report().notes) and not rolled_note(seq)
 
 
 def test_grad_hidden_state_api_matches_unrolled():
     a, b = twins(CELLS["lstm"][0], seed=13)
-    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rolled, unrolled = nn.Sequencer(a, unroll=False), nn.Sequencer(b, unroll=True)
     rng = np.random.default_rng(14)
     x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, H))
     gh = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
@@ -252,7 +253,7 @@ def test_grad_hidden_state_api_matches_unrolled():
 
 def test_display_graph_is_the_unrolled_view():
     a, b = twins(CELLS["gru"][0], seed=15)
-    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rolled, unrolled = nn.Sequencer(a, unroll=False), nn.Sequencer(b, unroll=True)
     x, g = np.ones((4, B, D)), np.ones((4, B, H))
     for seq in (rolled, unrolled):
         seq.forward(x)
@@ -268,7 +269,7 @@ def test_bisequencer_and_repeater_rolled_equal_unrolled():
     a = nn.BiSequencer(nn.LSTM(D, H), nn.GRU(D, H))
     b = nn.BiSequencer(nn.LSTM(D, H), nn.GRU(D, H))
     b.load_state_dict(a.state_dict())
-    b.unroll = True
+    a.unroll, b.unroll = False, True
     rng = np.random.default_rng(17)
     x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, 2 * H))
     r, u = run_pair(a, b, x, g)
@@ -280,7 +281,7 @@ def test_bisequencer_and_repeater_rolled_equal_unrolled():
             np.testing.assert_allclose(ma.outputs[t], mb.outputs[t], rtol=1e-12, atol=1e-13)
     c, d = nn.Repeater(nn.RNN(D, H), 5), nn.Repeater(nn.RNN(D, H), 5)
     d.load_state_dict(c.state_dict())
-    d.unroll = True
+    c.unroll, d.unroll = False, True
     x1, g1 = rng.standard_normal((B, D)), list(rng.standard_normal((5, B, H)))
     r, u = run_pair(c, d, x1, g1)
     assert rolled_note(c) and not rolled_note(d)
@@ -310,7 +311,7 @@ def test_random_cells_rolled_equal_unrolled_and_numpy(seed):
 
 def test_parameter_gradients_without_the_input_gradient_rolled():
     a, b = twins(CELLS["lstm"][0], seed=18)
-    rolled, unrolled = nn.Sequencer(a), nn.Sequencer(b, unroll=True)
+    rolled, unrolled = nn.Sequencer(a, unroll=False), nn.Sequencer(b, unroll=True)
     rng = np.random.default_rng(19)
     x, g = rng.standard_normal((5, B, D)), rng.standard_normal((5, B, H))
     for seq in (rolled, unrolled):
@@ -362,7 +363,7 @@ PEELED = {  # model, input is a list, steps peeled before the template
 def test_other_steps_rolled_equal_unrolled(name, train):
     make, as_list, peeled = PEELED[name]
     tn.manual_seed(22)
-    a = nn.Sequencer(make())
+    a = nn.Sequencer(make(), unroll=False)
     b = nn.Sequencer(make(), unroll=True)
     b.load_state_dict(a.state_dict())
     rng = np.random.default_rng(23)
@@ -382,3 +383,21 @@ def test_other_steps_rolled_equal_unrolled(name, train):
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-13)
     for k in outs[0][1]:
         np.testing.assert_allclose(outs[0][1][k], outs[1][1][k], rtol=1e-12, atol=1e-13)
+
+
+def test_by_default_short_loops_run_unrolled_and_long_ones_rolled():
+    """unroll=None (the default): below ROLL_MIN_STEPS steps the faster-per-step unrolled
+    program, from there one loop; the compile report says which and why."""
+    from tapernn.nn.roll_api import ROLL_MIN_STEPS
+
+    tn.manual_seed(21)
+    short, long_ = nn.Sequencer(nn.LSTM(D, H)), nn.Sequencer(nn.LSTM(D, H))
+    assert short.unroll is None
+    rng = np.random.default_rng(22)
+    short.forward(rng.standard_normal((5, B, D)))
+    notes = short.compile_report().notes
+    assert not rolled_note(short) and any(f"< {ROLL_MIN_STEPS}" in n for n in notes)
+    long_.forward(rng.standard_normal((ROLL_MIN_STEPS, B, D)))
+    assert rolled_note(long_)
+    with pytest.raises(tn.TapernnError, match="unroll must be True or False"):
+        nn.Sequencer(nn.LSTM(D, H), unroll="yes")

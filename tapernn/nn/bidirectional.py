@@ -25,7 +25,7 @@ def fresh_clone(module: Module) -> Module:
 
 
 class _Bidirectional(Module):
-    unroll = False  # True: trace every step into the graph (the rolled loops' baseline)
+    unroll: bool | None = None  # True: every step traced (baseline); None: by length (roll_api)
     def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
         super().__init__()
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):

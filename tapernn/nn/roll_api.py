@@ -24,10 +24,25 @@ __all__ = [
 ]
 
 
-def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
-    """None when `owner`'s steps may be traced as a loop, else why they are unrolled."""
-    if getattr(owner, "unroll", False):
+# With `unroll=None` (the default) a loop of at most this many steps runs unrolled: measured
+# side by side (BENCHMARKS.md, "Rolled or unrolled"), the unrolled program's training step is
+# faster (FastLSTM (32, 50, 256) f32: rolled 1.35x its time, (1, 5, 5): ~2x), while its compile
+# time and graph memory grow with T (LSTM(8, 8), B = 2: T = 1,000 unrolled ~2 min / 457 MB,
+# rolled ~1 s / 5 MB). `unroll=False` rolls any length; `unroll=True` never rolls.
+ROLL_MIN_STEPS = 129
+
+
+def rolled_refusal(owner: Any, ctx: BuildContext, x: Any, steps: int | None = None) -> str | None:
+    """None when `owner`'s steps may be traced as a loop, else why they are unrolled. `steps`:
+    the loop's length (default: the length of `x`, a list of steps or a (T, ...) Var)."""
+    unroll = getattr(owner, "unroll", None)
+    if unroll:
         return "unroll=True"
+    if steps is None:
+        steps = len(x) if isinstance(x, list) else (x.shape[0] if isinstance(x, Var) else None)
+    if unroll is None and steps is not None and steps < ROLL_MIN_STEPS:
+        return (f"{steps} steps < {ROLL_MIN_STEPS}: a short loop runs faster unrolled; "
+                f"unroll=False rolls it")
     if ctx.unroll:
         return "the unrolled view"
     if ctx.taps:

@@ -37,11 +37,11 @@ class Sequencer(HiddenStateOf, Module):
     state of step t, in the next backward.
     """
 
-    def __init__(self, module: Module, unroll: bool = False):
+    def __init__(self, module: Module, unroll: bool | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
         self.remember_mode = "neither"
-        self.unroll = check.flag(self, "unroll", unroll)
+        self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
 
     @property
     def module(self) -> Module:
