@@ -7,7 +7,7 @@ from typing import Any
 
 from .executor import Compiled, compile, pipeline_of
 from .graph import Graph, Node
-from .passes import run_passes
+from .passes import CompileReport, run_passes
 
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
@@ -17,7 +17,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
     with `passes`; if the optimised body computes anything from the invariants alone, that
     part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
     per loop call and its values are the step program's extra trailing inputs."""
-    graph, _ = run_passes(body, pipeline_of(passes))
+    graph, report = run_passes(body, pipeline_of(passes))
     invariant = set(graph.inputs[n_variant:])
     cheap = set(invariant)  # inputs, constants and views of them: left in the step program
     for n in graph.nodes:
@@ -30,7 +30,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
                 cheap.add(n)
     moved = invariant - cheap
     if not moved:
-        return _plain(graph, options)
+        return _plain(graph, options, report)
     stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
     read = {i for n in stay for i in n.inputs} | set(graph.outputs)
     hoisted = [n for n in graph.nodes if n in moved and n in read]
@@ -48,13 +48,19 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
     step = Graph(nodes, inputs, outputs, graph.meta).eliminate_dead_code()
     pre = Graph([n for n in graph.nodes if n in invariant], list(graph.inputs[n_variant:]),
                 hoisted, graph.meta).eliminate_dead_code()
-    compiled = _plain(step, options)
-    compiled.prologue = _plain(pre, options)
+    compiled = _plain(step, options, report)
+    compiled.prologue = _plain(pre, options, None)
+    compiled.report.notes.append(
+        f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "
+        f"{', '.join(n.op for n in hoisted)}")
     return compiled
 
 
-def _plain(graph: Graph, options: Any) -> Compiled:
-    """`graph`, already optimised, compiled without further passes."""
+def _plain(graph: Graph, options: Any, report: CompileReport | None) -> Compiled:
+    """`graph`, already optimised, compiled without further passes (their records: `report`)."""
     compiled = compile(graph, passes=[], options=options)
     compiled.prologue = None
+    if report is not None:
+        compiled.report.passes[:0] = report.passes
+        compiled.report.notes[:0] = report.notes
     return compiled
