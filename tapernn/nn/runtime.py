@@ -4,24 +4,20 @@ results back into module fields. Parameters are inputs, so updates never recompi
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..arena import Arena, compile_into
-from ..autodiff import grad, split_forward_backward
+from ..arena import Arena
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
-from ..regions import DEFAULT_OPTIONS, PlanOptions
-from ..tracing import Tape
+from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .backward_input import record_for_input
-from .binding import _binder, _state_signature
-from .context import BuildContext
-from .packing import Packing
+from .binding import _state_signature
+from .executable import Executable
 from .reinforce_seeds import reinforce_seed
 from .roll_api import stacked_fields
 from .roll_view import trace_starts, view_executable, view_graph
@@ -33,9 +29,7 @@ from .state_grads import (
     sequence_cuts,
     stepwise_seeds,
     store_state_input_grads,
-    tap_copy_bytes,
 )
-from .training_pair import TrainingPair
 from .tree import LEAF, count_leaves, flatten, unflatten
 
 
@@ -43,179 +37,6 @@ def runtime_of(module: Any) -> Runtime:
     if module._runtime is None:
         module._runtime = Runtime(module)
     return module._runtime
-
-
-class Executable:
-    """One traced model for one input signature."""
-
-    def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
-                 training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None,
-                 templates: dict | None = None, unroll: bool = False):
-        """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads);
-        `templates` caches rolled loops' step templates across traces (nn.rolled); `unroll`
-        traces every step of every loop into the graph."""
-        self.passes, self.options = passes, options
-        tape = Tape()
-        ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
-                           cuts=cuts or frozenset(), templates=templates, unroll=unroll)
-        with tape.recording(), ctx:
-            data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
-            out = root.apply(*unflatten(tree, data))
-        out_leaves, self.out_tree = flatten(out)
-        for v in out_leaves:
-            if not hasattr(v, "node"):
-                raise TapernnError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
-        self.real = [v.node for v in out_leaves]
-        # a trace that only re-emitted cached step templates (a new length) traced no step
-        self.traced_steps = ctx.fresh_steps or not ctx.reused
-        self.notes = list(ctx.notes)
-        self.rolled = any(": rolled:" in n for n in self.notes)  # holds a scan loop
-        self.finals = [(m, k, v.node) for m, st in ctx.states.items() for k, v in enumerate(st)]
-        self.probes = []  # (module, field, step, tree, [nodes])
-        for m, name, t, value in ctx.probes:
-            pl, pt = flatten(value)
-            self.probes.append((m, name, t, pt, [v.node for v in pl]))
-        # program outputs: the differentiated ones (real outputs; in step-wise use also the final
-        # states), then the final states (sequence use), then the probes, then (training) the
-        # values saved for backward
-        final_nodes = [n for _, _, n in self.finals]
-        self.history_mode = history_mode
-        self.diff_outputs = self.real + (final_nodes if history_mode else [])
-        # REINFORCE log-probabilities: differentiated outputs seeded with -reward (nn.reinforce)
-        self.reinforce_pos = len(self.diff_outputs)
-        self.reinforce = [(m, t, v.node) for m, t, v in ctx.reinforce]
-        self.diff_outputs += [n for *_, n in self.reinforce]
-        extras = ([] if history_mode else final_nodes) + [n for p in self.probes for n in p[4]]
-        self.final_pos = len(self.real) if history_mode else len(self.diff_outputs)
-        self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
-        self.n_out = len(self.diff_outputs)
-        graph = tape.graph
-        graph.meta = replace(graph.meta, scopes=dict(ctx.scopes), root=root.describe(),
-                             aliases=tuple(ctx.aliases))
-        self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, graph.meta)
-        # what `module.graph` shows: the model's own outputs, not the recorded fields
-        self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
-        self.extras = extras
-        data_nodes = [v.node for v in data]
-        self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
-        self.wrt += [ctx.params[p].node for p in ctx.param_order]
-        self.params = list(ctx.param_order)
-        # blocked parameters reach the programs as one array per block (nn.packing)
-        self.packing = Packing(self.params, [ctx.params[p].node for p in self.params])
-        self.arg_nodes = self.packing.inputs(graph.inputs)
-        self.binders = self.packing.binders(self.arg_nodes, lambda n: _binder(n, ctx))
-        self.state_wrt = [(m, k, n, user) for m, k, n, user in ctx.state_inputs
-                          if history_mode or user]
-        self.wrt += [n for _, _, n, _ in self.state_wrt]
-        self.tap_inputs = ctx.tap_inputs  # (module, step, leaf, node): variants only
-        self.wrt += [n for *_, n in self.tap_inputs]
-        self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]
-        self.n_data = len(data_nodes)
-        self.forward_only: Compiled | None = None
-        self.arena: Arena | None = None  # the buffers of the Runtime's programs (set by it)
-        self.recurrent: list | None = None  # recurrent modules of the model (Runtime.forward)
-        self.training_pair: TrainingPair | None = None
-        self.seeded_variants: dict[tuple, TrainingPair] = {}
-        self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
-
-    def probe_plan(self) -> list:
-        """Per module, its probes' (field, step, tree, output positions): computed once, so a
-        call does no grouping and no tree walks for single-array probes (per-call overhead
-        dominates small models)."""
-        plan = getattr(self, "_probe_plan", None)
-        if plan is None:
-            by_module: dict[Any, list] = {}
-            pos = self.probe_pos
-            for m, name, t, tree, nodes in self.probes:
-                by_module.setdefault(m, []).append((name, t, tree, pos, pos + len(nodes)))
-                pos += len(nodes)
-            plan = self._probe_plan = list(by_module.items())
-        return plan
-
-    def compile_forward(self) -> Compiled:
-        if self.forward_only is None:
-            packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile_into(self.aliasing_probes(packed), self.arena,
-                                             self.passes, self.options)
-        return self.forward_only
-
-    def aliasing_probes(self, graph: Graph) -> Graph:
-        """`graph` with meta naming the outputs that are probes of a view of a data input (a
-        Sequencer's per-step `input` field, x[t]): returned as views of the caller's array,
-        as in Torch, instead of copies (T*B*D bytes and T copies per call)."""
-        probes = {n for p in self.probes for n in p[4]}
-        alias = [k for k, o in enumerate(graph.outputs) if o in probes and _views_data(o)]
-        if not alias:
-            return graph
-        return Graph(graph.nodes, graph.inputs, graph.outputs,
-                     replace(graph.meta, outputs_may_alias_inputs=tuple(alias)))
-
-    def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
-        """The forward program that keeps what backward needs, and the backward program;
-        `extra_seeded` nodes (states given a gradient by set_grad_hidden_state) become extra
-        seeded outputs of a variant pair."""
-        if not extra_seeded:
-            if self.training_pair is None:
-                self.training_pair = self._pair(self.diff_outputs)
-            return self.training_pair
-        key = tuple(n.id for n in extra_seeded)
-        if key not in self.seeded_variants:
-            self.seeded_variants[key] = self._pair(self.diff_outputs + list(extra_seeded))
-        return self.seeded_variants[key]
-
-    def _pair(self, outputs: list) -> TrainingPair:
-        with gc_paused():
-            return self._make_pair(outputs)
-
-    def _make_pair(self, outputs: list) -> TrainingPair:
-        g = Graph(self.graph.nodes, self.graph.inputs, outputs, self.graph.meta)
-        joint = grad(g, wrt=self.wrt, seeds="inputs", also=self.extras)
-        n = len(outputs)
-        # the probes and final states are forward outputs too, but never differentiated (a
-        # scan's VJP may rewire the graph: `also` gives the nodes standing for them now)
-        joint.outputs = joint.outputs[:n] + joint.also + joint.outputs[n:]
-        grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, joint.outputs[:len(self.real)] + grads,
-                        joint.meta)
-        start = n + len(self.extras) + len(self.data_wrt)
-        joint = self.packing.rewrite(joint, (start, start + len(self.params)))
-        fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
-                            self.arena)
-
-    def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
-        """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
-        return [b(leaves) for b in self.binders]
-
-    def report(self, steps: int = 1):
-        """The joined report; step-wise, `steps` records held at once count in its peak."""
-        from ..passes import CompileReport
-        if self.training_pair is None:
-            return replace(self.compile_forward().report, notes=list(self.notes))
-        pair = self.training_pair
-        return replace(CompileReport.joined(
-            pair.forward.report, pair.last_backward.report, pair.saved_bytes,
-            pair.resident_bytes, pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
-                                                      self._held_steps(steps))),
-            notes=list(self.notes))
-
-    def _held_steps(self, steps: int) -> tuple[int, int] | None:
-        """Step-wise: (records held, bytes of the input copies each keeps); else None."""
-        if not self.history_mode:
-            return None
-        return steps, sum(n.nbytes for n in self.graph.inputs[:self.n_data])
-
-
-def _views_data(n) -> bool:
-    """n is a data input or a chain of view ops over one."""
-    from ..ops.registry import get_op
-
-    while n.op != "input":
-        if n.op == "constant" or not get_op(n.op).view:
-            return False
-        n = n.inputs[0]
-    return n.kind == "data"
 
 
 class Record:
