@@ -1,6 +1,7 @@
 """Loop-invariant code motion on a compiled scan body: work the body's own passes made from
 the invariants alone (the per-gate weights concatenated by gate fusion, [W_i; W_f; ...]) runs
 once per loop call, in a prologue program, and the step program reads its results."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,9 +35,20 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
     stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
     read = {i for n in stay for i in n.inputs} | set(graph.outputs)
     hoisted = [n for n in graph.nodes if n in moved and n in read]
-    stand_in = {n: Node("input", (), {"kind": "param"}, n.shape, n.dtype, step=n.step,
-                        scope=n.scope, phase=n.phase, name=f"hoisted{k}_{n.op}")
-                for k, n in enumerate(hoisted)}
+    stand_in = {
+        n: Node(
+            "input",
+            (),
+            {"kind": "param"},
+            n.shape,
+            n.dtype,
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+            name=f"hoisted{k}_{n.op}",
+        )
+        for k, n in enumerate(hoisted)
+    }
     inputs = list(graph.inputs) + [stand_in[n] for n in hoisted]
     env: dict[Node, Node] = dict(stand_in)
     nodes: list[Node] = list(inputs)
@@ -46,13 +58,18 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
         nodes.append(env[n])
     outputs = [env.get(o, o) for o in graph.outputs]
     step = Graph(nodes, inputs, outputs, graph.meta).eliminate_dead_code()
-    pre = Graph([n for n in graph.nodes if n in invariant], list(graph.inputs[n_variant:]),
-                hoisted, graph.meta).eliminate_dead_code()
+    pre = Graph(
+        [n for n in graph.nodes if n in invariant],
+        list(graph.inputs[n_variant:]),
+        hoisted,
+        graph.meta,
+    ).eliminate_dead_code()
     compiled = _plain(step, options, report)
     compiled.prologue = _plain(pre, options, None)
     compiled.report.notes.append(
         f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "
-        f"{', '.join(n.op for n in hoisted)}")
+        f"{', '.join(n.op for n in hoisted)}"
+    )
     return compiled
 
 

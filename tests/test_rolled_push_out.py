@@ -60,19 +60,29 @@ def test_rolled_bodies_have_no_pushable_work(name):
     assert len(fwd) == 1 and len(bwd) == 1
     graph, nc, nx, _ = fwd[0]
     kind = origins(graph, nc, nx)
-    projections = [n for n in graph.nodes if n.op == "matmul" and "x" in kind[n]
-                   and "c" not in kind[n]]
+    projections = [
+        n for n in graph.nodes if n.op == "matmul" and "x" in kind[n] and "c" not in kind[n]
+    ]
     assert not projections, f"forward body computes the input projection: {projections}"
     graph, nc, nx, body = bwd[0]
     kind = origins(graph, nc, nx)
-    per_step = [n for n in graph.nodes if n.op == "matmul"
-                and all("i" not in kind[i] for i in n.inputs)]
+    per_step = [
+        n for n in graph.nodes if n.op == "matmul" and all("i" not in kind[i] for i in n.inputs)
+    ]
     assert not per_step, f"backward body computes a weight-gradient GEMM: {per_step}"
-    invariant = [n for n in graph.nodes if n.op not in ("input", "constant")
-                 and kind[n] <= {"i"} and n.op not in ("transpose", "reshape", "getitem")]
+    invariant = [
+        n
+        for n in graph.nodes
+        if n.op not in ("input", "constant")
+        and kind[n] <= {"i"}
+        and n.op not in ("transpose", "reshape", "getitem")
+    ]
     assert not invariant, f"backward body recomputes invariant work each step: {invariant}"
-    accumulating = [k for k in range(nc) if body.inputs[k].shape[:1] != (B,)
-                    and body.outputs[k] is not body.inputs[k]]
+    accumulating = [
+        k
+        for k in range(nc)
+        if body.inputs[k].shape[:1] != (B,) and body.outputs[k] is not body.inputs[k]
+    ]
     assert not accumulating, f"weight gradients still accumulated in the loop: {accumulating}"
 
 

@@ -11,13 +11,23 @@ from tapernn import scan_run
 
 def body(B, H, dtype):
     """h' = tanh(h @ (U * 2) + x @ [Wa Wb]): (U * 2) and the concat depend on invariants only."""
+
     def step(h, x, Wa, Wb, U):
         h2 = tn.tanh(h @ (U * 2.0) + x @ tn.concat([Wa, Wb], axis=1))
         return [h2, h2]
+
     def z(shape):
         return np.zeros(shape, dtype)
-    return tn.trace(step, z((B, 2 * H)), z((B, 3)), z((3, H)), z((3, H)), z((2 * H, 2 * H)),
-                    names=["h", "x", "Wa", "Wb", "U"])
+
+    return tn.trace(
+        step,
+        z((B, 2 * H)),
+        z((B, 3)),
+        z((3, H)),
+        z((3, H)),
+        z((2 * H, 2 * H)),
+        names=["h", "x", "Wa", "Wb", "U"],
+    )
 
 
 def numpy_loop(h, xs, Wa, Wb, U):
@@ -43,11 +53,17 @@ def test_invariant_work_runs_once_per_call_and_the_loop_is_unchanged(dtype):
     assert any("computed once per loop call" in s for s in compiled.report.notes)
 
     rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(s).astype(dtype) for s in
-              [(B, 2 * H), (T, B, 3), (3, H), (3, H), (2 * H, 2 * H)]]
+    arrays = [
+        rng.standard_normal(s).astype(dtype)
+        for s in [(B, 2 * H), (T, B, 3), (3, H), (3, H), (2 * H, 2 * H)]
+    ]
     pipeline = [p for p in P.DEFAULT if p is not P.push_out_of_loops]  # the body keeps them
-    g = tn.trace(lambda h, xs, Wa, Wb, U: (lambda r: [r.carries[0], r.ys[0]])(
-        tn.scan(b, [h], [xs], [Wa, Wb, U])), *arrays)
+
+    def loop(h, xs, Wa, Wb, U):
+        r = tn.scan(b, [h], [xs], [Wa, Wb, U])
+        return [r.carries[0], r.ys[0]]
+
+    g = tn.trace(loop, *arrays)
     run = tn.compile(g, passes=pipeline)
     assert any(n.op == "concat" for n in _scan_body(run).nodes)  # the case under test
     tol = 1e-12 if dtype == np.float64 else 1e-5
