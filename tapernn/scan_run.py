@@ -14,6 +14,7 @@ from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
 from .passes.driver import LoopReport
+from .scan_hoist import compile_hoisted
 from .scan_ir import body_dtype, offsets, slab_sizes
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another
@@ -22,7 +23,10 @@ _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 COMPILES = [0]  # bodies compiled so far (tests count recompilations)
 
 
-def compiled_body(body: Graph, passes: Any, options: Any) -> Compiled:
+def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None = None
+                  ) -> Compiled:
+    """`body` compiled (cached); given `n_variant` (its carries + xs), work on its invariants
+    alone runs once per loop call in the result's `.prologue` (scan_hoist)."""
     key = (None if passes is None else tuple(passes), options)
     cache = _BODIES.setdefault(body, {})
     found = cache.get(key)
@@ -30,7 +34,9 @@ def compiled_body(body: Graph, passes: Any, options: Any) -> Compiled:
         COMPILES[0] += 1
         # (a copy: the Compiled may hold the graph it was given, and a cached value holding its
         # weak key would keep it alive forever)
-        found = cache[key] = compile(body.copy(), passes=passes, options=options)
+        found = cache[key] = (compile(body.copy(), passes=passes, options=options)
+                              if n_variant is None else
+                              compile_hoisted(body.copy(), n_variant, passes, options))
     return found
 
 
@@ -38,7 +44,8 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
     body = attrs["body"]
-    compiled = compiled_body(_without_fixed(body, attrs["n_carry"]), ctx.passes, ctx.options)
+    compiled = compiled_body(_without_fixed(body, attrs["n_carry"]), ctx.passes, ctx.options,
+                             attrs["n_carry"] + attrs["n_xs"])
     runner = make_runner(compiled, attrs)
     c, y = slab_sizes(body, attrs["n_carry"])
     itemsize = body_dtype(body).itemsize
@@ -87,11 +94,16 @@ def make_runner(compiled: Compiled, attrs: dict):
     y_shapes = [o.shape for o in body.outputs[nc:]]
     params = [f"a{k}" for k in range(n_in)]
     cs, xs, inv = params[:nc], params[nc:nc + nx], params[nc + nx:]
-    step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv)
+    prologue = getattr(compiled, "prologue", None)
+    hoisted = [f"h{k}" for k in range(len(prologue.graph.outputs))] if prologue else []
+    step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv + hoisted)
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
     head = (f"def run({', '.join(params)}, out=None, *, fn, fail, np_empty, np_copyto, "
-            f"ys_views, carry_views):")
-    lines = [head, (f"    slab = out if out is not None and out.flags.c_contiguous else "
+            f"ys_views, carry_views, pre):")
+    lines = [head]
+    if hoisted:  # the invariant work, once per call
+        lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(inv)})")
+    lines += [(f"    slab = out if out is not None and out.flags.c_contiguous else "
                    f"np_empty({c + length * y}, dtype)")]
     ys = [f"y{j}" for j in range(len(y_shapes))]
     if ys:
@@ -114,7 +126,8 @@ def make_runner(compiled: Compiled, attrs: dict):
     run.__kwdefaults__ = {
         "fn": compiled.program.fn, "fail": _failure(compiled, attrs), "np_empty": np.empty,
         "np_copyto": np.copyto, "ys_views": _ys_views(c, length, y, y_shapes),
-        "carry_views": _carry_views(carry_shapes)}
+        "carry_views": _carry_views(carry_shapes),
+        "pre": prologue.program.fn if prologue else None}
     return run
 
 

@@ -29,7 +29,8 @@ LAYERS = [
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
-    ("loops", ["tapernn.scan", "tapernn.scan_ir", "tapernn.scan_grad", "tapernn.scan_run"]),
+    ("loops", ["tapernn.scan", "tapernn.scan_ir", "tapernn.scan_grad", "tapernn.scan_run",
+                "tapernn.scan_hoist"]),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
     ("package", ["tapernn"]),  # tapernn/__init__: the public names

@@ -26,9 +26,9 @@ __all__ = [
 
 # With `unroll=None` (the default) a loop of at most this many steps runs unrolled: measured
 # side by side (BENCHMARKS.md, "Rolled or unrolled"), the unrolled program's training step is
-# faster (FastLSTM (32, 50, 256) f32: rolled 1.35x its time, (1, 5, 5): ~2x), while its compile
-# time and graph memory grow with T (LSTM(8, 8), B = 2: T = 1,000 unrolled ~2 min / 457 MB,
-# rolled ~1 s / 5 MB). `unroll=False` rolls any length; `unroll=True` never rolls.
+# faster on small problems (FastLSTM f32 (1, 5, 5): rolled ~1.3x its time; (32, 50, 256) ~1.01x),
+# while its compile time and graph memory grow with T (LSTM(8, 8), B = 2: T = 1,000 unrolled
+# ~2 min / 457 MB, rolled ~1 s / 5 MB). `unroll=False` rolls any length; `unroll=True` never rolls.
 ROLL_MIN_STEPS = 129
 
 

@@ -19,6 +19,7 @@ class Accumulation:
     terms: tuple  # per operand: ("x", xs position) | ("y", new ys position); P's transposed?
     transposed: bool
     axes: tuple[int, ...] = ()
+    outer: bool = False  # terms (P_t @ Q_t)^T: the total transposed (a weight's own layout)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
         for i in n.inputs:
             users[i] = users.get(i, 0) + 1
     xs_pos = {i: k for k, i in enumerate(body.inputs) if nc <= k < nc + nx}
+    ys_pos: dict[Node, int] = {}
+    for j, o in enumerate(body.outputs[nc:]):
+        ys_pos.setdefault(o, j)
     outs = set(body.outputs)
     extra: list[Node] = []
     found = []
@@ -55,18 +59,20 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
         m = new.inputs[1] if new.inputs[0] is acc else new.inputs[0]
         if m.shape != acc.shape:
             continue
+        outer = _swap(m) and m.inputs[0].op == "matmul"
+        m = m.inputs[0] if outer else m
         if m.op == "matmul" and m.ndim == 2 and all(i.ndim == 2 for i in m.inputs):
             p, q = m.inputs
-            transposed = p.op == "transpose" and p.inputs[0].ndim == 2
+            transposed = _swap(p)
             p = p.inputs[0] if transposed else p
-            terms = tuple(_term(v, xs_pos, extra) for v in (p, q))
-            found.append(Accumulation(k, "matmul", terms, transposed))
+            terms = tuple(_term(v, xs_pos, ys_pos, extra) for v in (p, q))
+            found.append(Accumulation(k, "matmul", terms, transposed, outer=outer))
         elif m.op == "sum" and not m.attrs.get("keepdims") and m.attrs.get("axis") is not None:
             q = m.inputs[0]
             axes = tuple(m.attrs["axis"])
             if q.ndim - len(axes) != m.ndim:
                 continue
-            found.append(Accumulation(k, "sum", (_term(q, xs_pos, extra),), False, axes))
+            found.append(Accumulation(k, "sum", (_term(q, xs_pos, ys_pos, extra),), False, axes))
     if not found:
         return None
     outputs = list(body.outputs)
@@ -76,9 +82,20 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     return GradRecipe(new, tuple(found))
 
 
-def _term(v: Node, xs_pos: dict[Node, int], extra: list[Node]) -> tuple[str, int]:
+def _swap(n: Node) -> bool:
+    """Is `n` the transpose of a matrix (axes (1, 0))?"""
+    return n.op == "transpose" and n.ndim == 2 and n.inputs[0].ndim == 2 and tuple(
+        int(a) for a in n.attrs["axes"]) == (1, 0)
+
+
+def _term(v: Node, xs_pos: dict[Node, int], ys_pos: dict[Node, int],
+          extra: list[Node]) -> tuple[str, int]:
+    """Where the loop's stack of the per-step value `v` is: an xs ("x"), a ys the body already
+    returns ("o"), or a new ys ("y")."""
     if v in xs_pos:
         return ("x", xs_pos[v])
+    if v in ys_pos:
+        return ("o", ys_pos[v])
     if v not in extra:
         extra.append(v)
     return ("y", extra.index(v))
@@ -94,18 +111,22 @@ def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, N
     rows = rows_of(new)
     n_out = len(body.outputs)
     stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
-    finals = {acc.carry: _final(s, acc, stacked[n_out - nc:], body) for acc in recipe.found}
+    finals = {acc.carry: _final(s, acc, stacked, n_out - nc, body) for acc in recipe.found}
     carries = [finals[k] if k in finals else carry_view(new, k) for k in range(nc)]
     return relayout(graph, s, carries, stacked[:n_out - nc])
 
 
-def _final(s: Node, acc: Accumulation, extra: list[Node], body: Graph) -> Node:
-    """The accumulated carry's final value: its initial value plus one op over the stacks."""
+def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Graph) -> Node:
+    """The accumulated carry's final value: its initial value plus one op over the stacks
+    (`stacked`: the new loop's ys stacks, its old `n_ys` ones first)."""
     length = s.attrs["length"]
     m = next(i for i in body.outputs[acc.carry].inputs if i is not body.inputs[acc.carry])
+    m = m.inputs[0] if acc.outer else m
 
     def stack(term: tuple) -> Node:
-        return s.inputs[term[1]] if term[0] == "x" else extra[term[1]]
+        if term[0] == "x":
+            return s.inputs[term[1]]
+        return stacked[term[1]] if term[0] == "o" else stacked[n_ys + term[1]]
     if acc.op == "matmul":
         p, q = m.inputs
         p = p.inputs[0] if acc.transposed else p
@@ -118,6 +139,8 @@ def _final(s: Node, acc: Accumulation, extra: list[Node], body: Graph) -> Node:
                           shape=(p.shape[0], length * p.shape[1]))
         right = derive(s, "reshape", (qs,), shape=(length * q.shape[0], q.shape[1]))
         total = derive(s, "matmul", (left, right))
+        if acc.outer:
+            total = derive(s, "transpose", (total,), axes=(1, 0))
     else:
         total = derive(s, "sum", (stack(acc.terms[0]),), axis=(0, *[x + 1 for x in acc.axes]),
                        keepdims=False)

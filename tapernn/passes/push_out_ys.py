@@ -34,10 +34,12 @@ def _product(y: Node, inv: dict[Node, int]) -> tuple[Node, int, bool] | None:
     if y.op != "matmul" or y.ndim != 2 or y.inputs[0].ndim != 2:
         return None
     q, w = y.inputs
+    transposed = False
+    while w.op == "transpose" and w.ndim == 2 and w.inputs[0].ndim == 2 and tuple(
+            int(a) for a in w.attrs["axes"]) == (1, 0):  # W^T, (W^T)^T, ...
+        w, transposed = w.inputs[0], not transposed
     if w in inv:
-        return q, inv[w], False
-    if w.op == "transpose" and w.inputs[0] in inv and w.inputs[0].ndim == 2:
-        return q, inv[w.inputs[0]], True
+        return q, inv[w], transposed
     return None
 
 

@@ -1,0 +1,83 @@
+"""Loop-invariant code motion on a compiled scan body: work the body's own passes made from
+the invariants alone (the per-gate weights concatenated by gate fusion, [W_i; W_f; ...]) runs
+once per loop call, in a prologue program, and the step program reads its results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .executor import Compiled, compile, pipeline_of
+from .graph import Graph, Node
+from .passes import CompileReport, run_passes
+
+_FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
+
+
+def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> Compiled:
+    """`body` (its first `n_variant` inputs the carries and xs, the rest invariants) compiled
+    with `passes`; if the optimised body computes anything from the invariants alone, that
+    part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
+    per loop call and its values are the step program's extra trailing inputs."""
+    graph, report = run_passes(body, pipeline_of(passes))
+    invariant = set(graph.inputs[n_variant:])
+    cheap = set(invariant)  # inputs, constants and views of them: left in the step program
+    for n in graph.nodes:
+        if n.op == "constant":
+            invariant.add(n)
+            cheap.add(n)
+        elif n.op != "input" and n.inputs and all(i in invariant for i in n.inputs):
+            invariant.add(n)
+            if n.op in _FREE and all(i in cheap for i in n.inputs):
+                cheap.add(n)
+    moved = invariant - cheap
+    if not moved:
+        return _plain(graph, options, report)
+    stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
+    read = {i for n in stay for i in n.inputs} | set(graph.outputs)
+    hoisted = [n for n in graph.nodes if n in moved and n in read]
+    stand_in = {
+        n: Node(
+            "input",
+            (),
+            {"kind": "param"},
+            n.shape,
+            n.dtype,
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+            name=f"hoisted{k}_{n.op}",
+        )
+        for k, n in enumerate(hoisted)
+    }
+    inputs = list(graph.inputs) + [stand_in[n] for n in hoisted]
+    env: dict[Node, Node] = dict(stand_in)
+    nodes: list[Node] = list(inputs)
+    for n in stay:
+        ins = tuple(env.get(i, i) for i in n.inputs)
+        env[n] = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(env[n])
+    outputs = [env.get(o, o) for o in graph.outputs]
+    step = Graph(nodes, inputs, outputs, graph.meta).eliminate_dead_code()
+    pre = Graph(
+        [n for n in graph.nodes if n in invariant],
+        list(graph.inputs[n_variant:]),
+        hoisted,
+        graph.meta,
+    ).eliminate_dead_code()
+    compiled = _plain(step, options, report)
+    compiled.prologue = _plain(pre, options, None)
+    compiled.report.notes.append(
+        f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "
+        f"{', '.join(n.op for n in hoisted)}"
+    )
+    return compiled
+
+
+def _plain(graph: Graph, options: Any, report: CompileReport | None) -> Compiled:
+    """`graph`, already optimised, compiled without further passes (their records: `report`)."""
+    compiled = compile(graph, passes=[], options=options)
+    compiled.prologue = None
+    if report is not None:
+        compiled.report.passes[:0] = report.passes
+        compiled.report.notes[:0] = report.notes
+    return compiled

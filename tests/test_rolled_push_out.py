@@ -1,0 +1,99 @@
+"""The rolled Sequencer's loop bodies after push-out (issue 16): no input projection in the
+forward body, no weight-gradient GEMM and no concat of invariants in the backward body (they
+run once per loop call); rolled == unroll=True to 1e-12 in float64 with them moved out."""
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn, scan_run
+from tapernn.nn.runtime import runtime_of
+
+CELLS = {"fastlstm": nn.FastLSTM, "lstm": nn.LSTM, "gru": nn.GRU}
+T, B, D, H = 6, 3, 4, 5
+
+
+def trained(make, unroll, dtype=np.float64, seed=0):
+    tn.manual_seed(seed)
+    m = nn.Sequencer(make(D, H), unroll=unroll).astype(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    m.zero_grad_parameters()
+    y = np.array(m.forward(x))
+    gx = np.array(m.backward(x, g))
+    return m, y, gx, {k: p.grad.copy() for k, p in m.named_parameters().items()}
+
+
+def loop_bodies(m):
+    """(forward, backward) lists of (compiled body, n_carry, n_xs, scan body) of the rolled
+    program."""
+    pair = runtime_of(m).last.training_pair
+    found = []
+    for program in (pair.forward, pair.backward):
+        bodies = []
+        for n in program.graph.nodes:
+            if n.op == "scan":
+                a = n.attrs
+                body = scan_run._without_fixed(a["body"], a["n_carry"])
+                compiled = next(iter(scan_run._BODIES[body].values()))
+                bodies.append((compiled.graph, a["n_carry"], a["n_xs"], a["body"]))
+        found.append(bodies)
+    return found
+
+
+def origins(graph, nc, nx):
+    """Per node: the set of body-input kinds it depends on ("c" carry, "x" xs, "i" invariant)."""
+    kind = {}
+    for k, i in enumerate(graph.inputs):
+        kind[i] = {"c" if k < nc else "x" if k < nc + nx else "i"}
+    for n in graph.nodes:
+        if n not in kind:
+            kind[n] = set().union(*(kind[i] for i in n.inputs)) if n.inputs else set()
+    return kind
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_rolled_bodies_have_no_pushable_work(name):
+    m = trained(CELLS[name], False)[0]
+    fwd, bwd = loop_bodies(m)
+    assert len(fwd) == 1 and len(bwd) == 1
+    graph, nc, nx, _ = fwd[0]
+    kind = origins(graph, nc, nx)
+    projections = [
+        n for n in graph.nodes if n.op == "matmul" and "x" in kind[n] and "c" not in kind[n]
+    ]
+    assert not projections, f"forward body computes the input projection: {projections}"
+    graph, nc, nx, body = bwd[0]
+    kind = origins(graph, nc, nx)
+    per_step = [
+        n for n in graph.nodes if n.op == "matmul" and all("i" not in kind[i] for i in n.inputs)
+    ]
+    assert not per_step, f"backward body computes a weight-gradient GEMM: {per_step}"
+    invariant = [
+        n
+        for n in graph.nodes
+        if n.op not in ("input", "constant")
+        and kind[n] <= {"i"}
+        and n.op not in ("transpose", "reshape", "getitem")
+    ]
+    assert not invariant, f"backward body recomputes invariant work each step: {invariant}"
+    accumulating = [
+        k
+        for k in range(nc)
+        if body.inputs[k].shape[:1] != (B,) and body.outputs[k] is not body.inputs[k]
+    ]
+    assert not accumulating, f"weight gradients still accumulated in the loop: {accumulating}"
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pushed_out_rolled_equals_unrolled(name, dtype):
+    _, *r = trained(CELLS[name], False, dtype)
+    _, *u = trained(CELLS[name], True, dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(r[0], u[0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(r[1], u[1], rtol=tol, atol=tol)
+    assert r[2].keys() == u[2].keys()
+    for k in r[2]:
+        np.testing.assert_allclose(r[2][k], u[2][k], rtol=tol, atol=tol, err_msg=k)
