@@ -3,6 +3,7 @@ collapsed for long sequences, and one diagram per compiler pass. Writes into ./d
 
 Usage: python examples/diagrams.py [out_dir]     (SVG/PNG need Graphviz `dot`; .dot files do not)
 """
+
 from __future__ import annotations
 
 import shutil
@@ -17,8 +18,9 @@ from tapernn import tracing
 from tapernn.apps.models import build_model
 
 
-def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
-                    n_out: int = 2) -> tn.Graph:
+def lstm_transducer(
+    steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4, n_out: int = 2
+) -> tn.Graph:
     """A per-gate LSTM written with the functional API, unrolled over `steps`, with a linear
     output per step (a transducer). Each step records `with tracing.step(t), tracing.scope(...)`,
     which is all the diagrams need to put it in cluster t and in the "LSTM" box.
@@ -30,9 +32,14 @@ def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int =
         h = tape.input((batch, hidden), name="h0", kind="state")
         c = tape.input((batch, hidden), name="c0", kind="state")
         with tracing.scope("seq.lstm"):
-            gates = {g: (tape.input((n_in, hidden), name=f"W_{g}", kind="param"),
-                         tape.input((hidden, hidden), name=f"U_{g}", kind="param"),
-                         tape.input((hidden,), name=f"b_{g}", kind="param")) for g in "ifog"}
+            gates = {
+                g: (
+                    tape.input((n_in, hidden), name=f"W_{g}", kind="param"),
+                    tape.input((hidden, hidden), name=f"U_{g}", kind="param"),
+                    tape.input((hidden,), name=f"b_{g}", kind="param"),
+                )
+                for g in "ifog"
+            }
         with tracing.scope("seq.out"):
             V = tape.input((hidden, n_out), name="V", kind="param")
         ys = []
@@ -49,8 +56,10 @@ def lstm_transducer(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int =
     graph.outputs = [y.node for y in ys]
     graph.meta = tn.graph.GraphMeta(
         output_names=tuple(f"y_{t}" for t in range(steps)),
-        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"})
+        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"},
+    )
     return graph
+
 
 def main(out: Path) -> None:
     fmt = "svg" if shutil.which("dot") else "dot"
@@ -65,8 +74,12 @@ def main(out: Path) -> None:
         tn.render(both, out / f"lstm_op_backward.{fmt}", view="backward"),
         tn.render(both, out / f"lstm_op_both.{fmt}", view="both"),
         tn.render(forward, out / f"lstm_op_by_scope.{fmt}", cluster_by="scope"),
-        tn.render(tn.grad(lstm_transducer(steps=50)), out / f"lstm50_collapsed.{fmt}",
-                  view="both", collapse=True),
+        tn.render(
+            tn.grad(lstm_transducer(steps=50)),
+            out / f"lstm50_collapsed.{fmt}",
+            view="both",
+            collapse=True,
+        ),
     ]
     written += tn.render_passes(both, out / "passes", fmt=fmt)
     # the tutorial's acceptor and transducer, drawn from the real modules after a forward/backward
@@ -76,16 +89,19 @@ def main(out: Path) -> None:
         model.backward(x, grad_out)
         stem = name.replace("tutorial-", "")
         written.append(tn.render(model, out / f"{stem}_module.{fmt}", level="module"))
-        written.append(tn.render(model, out / f"{stem}_module_both.{fmt}", level="module",
-                                 view="both"))
+        written.append(
+            tn.render(model, out / f"{stem}_module_both.{fmt}", level="module", view="both")
+        )
         written.append(tn.render(model, out / f"{stem}_compiled.{fmt}", compiled=True))
     for path in written:
         print(f"wrote {path}")
+
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the example diagrams (SVG) to a folder.")
-    parser.add_argument("out", nargs="?", default="diagrams",
-                        help="folder to write into (default: diagrams)")
+    parser.add_argument(
+        "out", nargs="?", default="diagrams", help="folder to write into (default: diagrams)"
+    )
     main(Path(parser.parse_args().out))

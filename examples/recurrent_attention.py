@@ -14,6 +14,7 @@ scales, 4 glimpses, 8 epochs) runs in a few seconds for CI and reaches about 0.5
 
 Run: python examples/recurrent_attention.py [--tiny] [--epochs N] [--seed S]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ GLYPHS = {  # 7x7, '#' = ink
     "cross": ["#.....#", ".#...#.", "..#.#..", "...#...", "..#.#..", ".#...#.", "#.....#"],
     "tee": ["#######", "...#...", "...#...", "...#...", "...#...", "...#...", "...#..."],
 }
-SHAPES = np.array([[[c == "#" for c in row] for row in rows] for rows in GLYPHS.values()],
-                  dtype=np.float64)
+SHAPES = np.array(
+    [[[c == "#" for c in row] for row in rows] for rows in GLYPHS.values()], dtype=np.float64
+)
 
 
 def make_images(n: int, size: int, clutter: int, rng: np.random.Generator):
@@ -44,11 +46,11 @@ def make_images(n: int, size: int, clutter: int, rng: np.random.Generator):
     for img, label in zip(images, labels):
         for _ in range(clutter):
             r, c = rng.integers(0, g - 2, 2)
-            frag = SHAPES[rng.integers(len(SHAPES))][r:r + 3, c:c + 3]
+            frag = SHAPES[rng.integers(len(SHAPES))][r : r + 3, c : c + 3]
             r, c = rng.integers(0, size - 3, 2)
-            img[r:r + 3, c:c + 3] = np.maximum(img[r:r + 3, c:c + 3], frag)
+            img[r : r + 3, c : c + 3] = np.maximum(img[r : r + 3, c : c + 3], frag)
         r, c = rng.integers(0, size - g + 1, 2)
-        img[r:r + g, c:c + g] = np.maximum(img[r:r + g, c:c + g], SHAPES[label])
+        img[r : r + g, c : c + g] = np.maximum(img[r : r + g, c : c + g], SHAPES[label])
     return images, labels
 
 
@@ -70,7 +72,7 @@ class Glimpse(nn.Module):
         pixel = np.arange(S, dtype=np.float64)[None, None, :]
         patches = []
         for k in range(self.depth):
-            s = self.scale ** k
+            s = self.scale**k
             cell = (np.arange(self.size, dtype=np.float64) * s)[None, :, None]
             select = []
             for axis in (0, 1):
@@ -102,27 +104,33 @@ class Baseline(nn.Module):
         return self._children["linear"](F.stop_gradient(h))
 
 
-def build_agent(n_classes: int, hidden: int, glimpse: int, depth: int, n_step: int,
-                stdev: float):
+def build_agent(n_classes: int, hidden: int, glimpse: int, depth: int, n_step: int, stdev: float):
     """RecurrentAttention(rnn, locator) -> last hidden state -> [log-probabilities, baseline]."""
     where = nn.Sequential(nn.SelectTable(1), nn.Linear(2, hidden // 4), nn.ReLU())
-    what = nn.Sequential(Glimpse(glimpse, depth, 2), nn.Linear(depth * glimpse ** 2, hidden),
-                         nn.ReLU())
-    sensor = nn.Sequential(nn.ConcatTable(where, what), nn.JoinTable(-1),
-                           nn.Linear(hidden + hidden // 4, hidden), nn.ReLU())
+    what = nn.Sequential(
+        Glimpse(glimpse, depth, 2), nn.Linear(depth * glimpse**2, hidden), nn.ReLU()
+    )
+    sensor = nn.Sequential(
+        nn.ConcatTable(where, what),
+        nn.JoinTable(-1),
+        nn.Linear(hidden + hidden // 4, hidden),
+        nn.ReLU(),
+    )
     rnn = nn.Recurrent(hidden, sensor, nn.Linear(hidden, hidden), nn.ReLU())
-    locator = nn.Sequential(nn.Linear(hidden, 2), HardTanh(), nn.ReinforceNormal(stdev),
-                            HardTanh())
+    locator = nn.Sequential(nn.Linear(hidden, 2), HardTanh(), nn.ReinforceNormal(stdev), HardTanh())
     attention = nn.RecurrentAttention(rnn, locator, n_step, hidden)
-    heads = nn.ConcatTable(nn.Sequential(nn.Linear(hidden, n_classes), nn.LogSoftMax()),
-                           Baseline(hidden))
+    heads = nn.ConcatTable(
+        nn.Sequential(nn.Linear(hidden, n_classes), nn.LogSoftMax()), Baseline(hidden)
+    )
     return nn.Sequential(attention, nn.SelectTable(-1), heads)
 
 
 def accuracy(agent: nn.Module, images: np.ndarray, labels: np.ndarray, batch: int) -> float:
     agent.evaluate()
-    hits = sum(int((agent.forward(images[k:k + batch])[0].argmax(1) == labels[k:k + batch]).sum())
-               for k in range(0, len(images), batch))
+    hits = sum(
+        int((agent.forward(images[k : k + batch])[0].argmax(1) == labels[k : k + batch]).sum())
+        for k in range(0, len(images), batch)
+    )
     agent.training()
     return hits / len(images)
 
@@ -132,8 +140,7 @@ def train(args) -> dict:
     rng = np.random.default_rng(args.seed)
     train_x, train_y = make_images(args.n_train, args.size, args.clutter, rng)
     test_x, test_y = make_images(args.n_test, args.size, args.clutter, rng)
-    agent = build_agent(len(SHAPES), args.hidden, args.patch, args.depth, args.glimpses,
-                        args.stdev)
+    agent = build_agent(len(SHAPES), args.hidden, args.patch, args.depth, args.glimpses, args.stdev)
     nll, reward = nn.ClassNLLCriterion(), nn.VRClassReward(agent, scale=1.0)
     optimizer = tn.optim.Adam(agent.parameters(), lr=args.lr)
     history = {"loss": [], "reward": [], "test": []}
@@ -141,7 +148,7 @@ def train(args) -> dict:
         started, order = time.perf_counter(), rng.permutation(args.n_train)
         losses, rewards = [], []
         for k in range(0, args.n_train - args.batch + 1, args.batch):
-            x, y = train_x[order[k:k + args.batch]], train_y[order[k:k + args.batch]]
+            x, y = train_x[order[k : k + args.batch]], train_y[order[k : k + args.batch]]
             agent.zero_grad_parameters()
             out = agent.forward(x)  # [log-probabilities (B, C), baseline (B, 1)]
             losses.append(nll.forward(out[0], y))
@@ -153,9 +160,12 @@ def train(args) -> dict:
         history["loss"].append(float(np.mean(losses)))
         history["reward"].append(float(np.mean(rewards)))
         history["test"].append(accuracy(agent, test_x, test_y, 250))
-        print(f"epoch {epoch:2d}  nll {history['loss'][-1]:.3f}  train reward "
-              f"{history['reward'][-1]:.3f}  test accuracy {history['test'][-1]:.3f}  "
-              f"({time.perf_counter() - started:.1f} s)", flush=True)
+        print(
+            f"epoch {epoch:2d}  nll {history['loss'][-1]:.3f}  train reward "
+            f"{history['reward'][-1]:.3f}  test accuracy {history['test'][-1]:.3f}  "
+            f"({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     return history
 
 
@@ -165,14 +175,40 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    sizes = ({"n_train": 1500, "n_test": 300, "hidden": 48, "glimpses": 4, "epochs": 8,
-              "lr": 5e-3, "patch": 8, "depth": 3, "decay": 1.0} if args.tiny else
-             {"n_train": 6000, "n_test": 1000, "hidden": 96, "glimpses": 5, "epochs": 20,
-              "lr": 3e-3})
+    sizes = (
+        {
+            "n_train": 1500,
+            "n_test": 300,
+            "hidden": 48,
+            "glimpses": 4,
+            "epochs": 8,
+            "lr": 5e-3,
+            "patch": 8,
+            "depth": 3,
+            "decay": 1.0,
+        }
+        if args.tiny
+        else {
+            "n_train": 6000,
+            "n_test": 1000,
+            "hidden": 96,
+            "glimpses": 5,
+            "epochs": 20,
+            "lr": 3e-3,
+        }
+    )
     if args.epochs is not None:
         sizes["epochs"] = args.epochs
-    for key, value in {"size": 24, "clutter": 3, "batch": 50, "stdev": 0.22, "patch": 12,
-                       "depth": 2, "decay": 0.9, **sizes}.items():
+    for key, value in {
+        "size": 24,
+        "clutter": 3,
+        "batch": 50,
+        "stdev": 0.22,
+        "patch": 12,
+        "depth": 2,
+        "decay": 0.9,
+        **sizes,
+    }.items():
         setattr(args, key, value)
     return args
 

@@ -3,6 +3,7 @@
 The code lives in `tapernn/apps/tutorial.py` so that `tapernn demo` runs exactly the same walk-through;
 read it there. Run: python examples/rnn_basics.py
 """
+
 from tapernn.apps.tutorial import main
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ encoder (set_initial_state / get_grad_initial_state / set_grad_hidden_state).
 
 Run: python examples/seq2seq.py [--steps 1500]
 """
+
 import argparse
 import time
 
@@ -16,7 +17,7 @@ DIGITS, GO, LENGTH = 10, 10, 5
 
 
 def batch(rng, size):
-    x = rng.integers(0, DIGITS, size=(LENGTH, size))       # time-major
+    x = rng.integers(0, DIGITS, size=(LENGTH, size))  # time-major
     y = x[::-1]
     dec_in = np.concatenate([np.full((1, size), GO), y[:-1]])  # teacher forcing
     return x, dec_in, y
@@ -26,8 +27,11 @@ class Seq2Seq:
     def __init__(self, embed=32, hidden=128):
         self.enc_cell, self.dec_cell = nn.LSTM(embed, hidden), nn.LSTM(embed, hidden)
         self.encoder = nn.Sequential(nn.LookupTable(DIGITS + 1, embed), nn.Sequencer(self.enc_cell))
-        self.decoder = nn.Sequential(nn.LookupTable(DIGITS + 1, embed), nn.Sequencer(self.dec_cell),
-                                     nn.Sequencer(nn.Linear(hidden, DIGITS)))
+        self.decoder = nn.Sequential(
+            nn.LookupTable(DIGITS + 1, embed),
+            nn.Sequencer(self.dec_cell),
+            nn.Sequencer(nn.Linear(hidden, DIGITS)),
+        )
         self.criterion = nn.SequencerCriterion(nn.CrossEntropyCriterion(), size_average=True)
         self.params = self.encoder.parameters() + self.decoder.parameters()
 
@@ -79,8 +83,10 @@ def main(argv=None):
         if step % 250 == 0:
             x, _, y = batch(np.random.default_rng(1), 1000)
             acc = np.mean(np.all(model.greedy(x) == y, axis=0))
-            print(f"step {step:5d}  loss {loss:.4f}  exact-sequence accuracy {acc:.3f}  "
-                  f"({time.perf_counter() - start:.0f} s)")
+            print(
+                f"step {step:5d}  loss {loss:.4f}  exact-sequence accuracy {acc:.3f}  "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
     x, _, y = batch(np.random.default_rng(2), 2000)
     acc = float(np.mean(np.all(model.greedy(x) == y, axis=0)))
     print(f"final exact-sequence accuracy on 2000 held-out sequences: {acc:.3f}")

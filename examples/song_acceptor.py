@@ -3,24 +3,49 @@
 LookupTable -> SplitTable -> Sequencer(LSTM) -> SelectTable(-1) -> Linear -> Sigmoid, BCE loss.
 Run: python examples/song_acceptor.py
 """
+
 import numpy as np
 
 import tapernn as tn
 from tapernn import nn
 
 tn.manual_seed(0)
-words = ["I", "you", "the", "this", "to", "fire", "Hey", "is", "just", "zee", "And", "rain", "cray",
-         "met", "Set"]
+words = [
+    "I",
+    "you",
+    "the",
+    "this",
+    "to",
+    "fire",
+    "Hey",
+    "is",
+    "just",
+    "zee",
+    "And",
+    "rain",
+    "cray",
+    "met",
+    "Set",
+]
 V = {w: k for k, w in enumerate(words)}
-songs = np.array([[V[w] for w in ["Hey", "I", "just", "met", "you"]],
-                  [V[w] for w in ["And", "this", "is", "cray", "zee"]],
-                  [V[w] for w in ["Set", "fire", "to", "the", "rain"]]]).T   # time-major (5, 3)
+songs = np.array(
+    [
+        [V[w] for w in ["Hey", "I", "just", "met", "you"]],
+        [V[w] for w in ["And", "this", "is", "cray", "zee"]],
+        [V[w] for w in ["Set", "fire", "to", "the", "rain"]],
+    ]
+).T  # time-major (5, 3)
 labels = np.array([[1.0], [1.0], [0.0]])
 
 embed = 6
-model = nn.Sequential(nn.LookupTable(len(words), embed), nn.SplitTable(0),
-                      nn.Sequencer(nn.LSTM(embed, embed)), nn.SelectTable(-1),
-                      nn.Linear(embed, 1), nn.Sigmoid())
+model = nn.Sequential(
+    nn.LookupTable(len(words), embed),
+    nn.SplitTable(0),
+    nn.Sequencer(nn.LSTM(embed, embed)),
+    nn.SelectTable(-1),
+    nn.Linear(embed, 1),
+    nn.Sigmoid(),
+)
 criterion = nn.BCECriterion()
 for epoch in range(1, 501):
     preds = model.forward(songs)

@@ -1,4 +1,5 @@
 """tapernn: Element-Research's Torch7 `rnn` library on a graph-compiling reverse-mode autodiff."""
+
 from __future__ import annotations
 
 from . import errors, functional, graph, tracing
@@ -139,7 +140,7 @@ __all__ = [
     "unroll_scans",
     "where",
     "zeros",
-    "zeros_like"
+    "zeros_like",
 ]
 
 _DIAGRAMS = ("render", "render_passes", "to_dot", "to_json")
@@ -153,8 +154,9 @@ def __getattr__(name: str):
         except ModuleNotFoundError as e:
             if e.name != "graphviz":
                 raise
-            raise ModuleNotFoundError(f"tapernn.{name} needs the graphviz package "
-                                      f"(pip install graphviz)", name="graphviz") from e
+            raise ModuleNotFoundError(
+                f"tapernn.{name} needs the graphviz package (pip install graphviz)", name="graphviz"
+            ) from e
         return getattr(export, name)
     raise AttributeError(f"module 'tapernn' has no attribute {name!r}")
 

@@ -1,4 +1,5 @@
 """`python -m tapernn` runs the command line."""
+
 import sys
 
 from .apps.cli import main

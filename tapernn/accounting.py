@@ -1,6 +1,7 @@
 """What a buffer plan comes to, for the CompileReport (moved out of memory.py as it was): kernels
 per call, naive / planned / peak bytes, bytes kept from forward for backward. Measurement only:
 nothing here decides where a value lives."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,17 +17,27 @@ if TYPE_CHECKING:
 def account(graph: Graph, plan: BufferPlan) -> None:
     computed = [n for n in graph.nodes if n.op not in PSEUDO]
     # a concat whose pieces are all computed into its slots runs no kernel
-    placed_all = [c for c in plan.placed_concats
-                  if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))]
+    placed_all = [
+        c
+        for c in plan.placed_concats
+        if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))
+    ]
     alias = set(graph.meta.outputs_may_alias_inputs)
-    plan.copied_bytes = sum(o.nbytes for k, o in enumerate(graph.outputs)
-                            if plan.copied(o, k in alias))
-    peak = _peak(graph, plan) if not plan.copied_bytes else max(
-        _peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    plan.stats = PlanStats(kernels=len(computed) - len(placed_all),
-                           naive_bytes=sum(n.nbytes for n in computed),
-                           planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
-                           peak_bytes=peak, saved_for_backward_bytes=saved_bytes(graph))
+    plan.copied_bytes = sum(
+        o.nbytes for k, o in enumerate(graph.outputs) if plan.copied(o, k in alias)
+    )
+    peak = (
+        _peak(graph, plan)
+        if not plan.copied_bytes
+        else max(_peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
+    )
+    plan.stats = PlanStats(
+        kernels=len(computed) - len(placed_all),
+        naive_bytes=sum(n.nbytes for n in computed),
+        planned_bytes=plan.buffer_bytes + plan.per_call_bytes,
+        peak_bytes=peak,
+        saved_for_backward_bytes=saved_bytes(graph),
+    )
 
 
 def _peak(graph: Graph, plan: BufferPlan) -> int:
@@ -54,6 +65,11 @@ def saved_bytes(graph: Graph) -> int:
     saved = graph.meta.saved_outputs
     if saved is not None:
         return sum(graph.outputs[k].nbytes for k in saved)
-    kept = {i for n in graph.nodes if n.phase == "backward" for i in n.inputs
-            if i.phase == "forward" and i.op not in PSEUDO}
+    kept = {
+        i
+        for n in graph.nodes
+        if n.phase == "backward"
+        for i in n.inputs
+        if i.phase == "forward" and i.op not in PSEUDO
+    }
     return sum(n.nbytes for n in kept)

@@ -1,6 +1,7 @@
 """Programs that never run at the same time (a TrainingPair's forward and backward; all the
 programs of one module: `Arena`) compiled with their buffers in one shared byte arena
 (optimisation tier: compiled alone, each program allocates its own)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,9 +39,13 @@ class Arena:
         return sum(a.nbytes for a in self.given)
 
 
-def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None,
-                   options: PlanOptions = DEFAULT_OPTIONS, backend: str | None = None,
-                   arena: Arena | None = None) -> list[Compiled]:
+def compile_shared(
+    graphs: Sequence[Graph],
+    passes: Sequence[Pass] | None = None,
+    options: PlanOptions = DEFAULT_OPTIONS,
+    backend: str | None = None,
+    arena: Arena | None = None,
+) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
@@ -56,9 +61,14 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
-        compiled = [Compiled(g, Program(g, buffers=arena_views(shared, plan.buffers), plan=plan,
-                                       options=options), report)
-                    for (g, report), plan in zip(optimised, plans)]
+        compiled = [
+            Compiled(
+                g,
+                Program(g, buffers=arena_views(shared, plan.buffers), plan=plan, options=options),
+                report,
+            )
+            for (g, report), plan in zip(optimised, plans)
+        ]
         arena_bytes = shared.nbytes if arena is None else arena.nbytes
         resident = arena_bytes + sum(p.per_call_bytes for p in plans)
         for c in compiled:
@@ -67,8 +77,12 @@ def compile_shared(graphs: Sequence[Graph], passes: Sequence[Pass] | None = None
         return compiled
 
 
-def compile_into(graph: Graph, arena: Arena | None, passes: Sequence[Pass] | None = None,
-                 options: PlanOptions = DEFAULT_OPTIONS) -> Compiled:
+def compile_into(
+    graph: Graph,
+    arena: Arena | None,
+    passes: Sequence[Pass] | None = None,
+    options: PlanOptions = DEFAULT_OPTIONS,
+) -> Compiled:
     """`executor.compile(graph, passes, options)` with the buffers carved from `arena` (None:
     the program's own)."""
     if arena is None:
@@ -93,5 +107,7 @@ def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[
     offsets, total = arena_layout(buffers)
     if arena.nbytes < total:
         raise ValueError(f"arena of {arena.nbytes} bytes, the program needs {total}")
-    return [arena[o: o + size * dtype.itemsize].view(dtype) for o, (size, dtype) in
-            zip(offsets, buffers)]
+    return [
+        arena[o : o + size * dtype.itemsize].view(dtype)
+        for o, (size, dtype) in zip(offsets, buffers)
+    ]

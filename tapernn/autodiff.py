@@ -3,6 +3,7 @@
 Appended nodes keep the step and scope of the node they differentiate and have phase "backward",
 so every later stage (passes, buffer planning, diagrams) sees BPTT as plain graph structure.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,8 +57,12 @@ def _needs_gradient(graph: Graph, wrt: list[Node]) -> set[Node]:
     return forward & backward
 
 
-def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
-         seeds: str = "auto", also: Sequence[Node] = ()) -> Graph:
+def grad(
+    graph: Graph,
+    wrt: Sequence[Node | int | str] | None = None,
+    seeds: str = "auto",
+    also: Sequence[Node] = (),
+) -> Graph:
     """Append reverse-mode gradient nodes to (a copy of) `graph`.
 
     Returns a graph whose outputs are the original outputs followed by d(outputs)/d(w) for each
@@ -78,8 +83,11 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
             if out.dtype.kind != "f":
                 continue
             with step(out.step), scope(out.scope, absolute=True):
-                seed = (tape.constant(1.0, out.dtype) if scalar_seed
-                        else tape.input(out.shape, out.dtype, name=f"grad_{names[k]}", kind="seed"))
+                seed = (
+                    tape.constant(1.0, out.dtype)
+                    if scalar_seed
+                    else tape.input(out.shape, out.dtype, name=f"grad_{names[k]}", kind="seed")
+                )
             seed_nodes.append(seed.node)
             if out in needs:
                 cot.setdefault(out, []).append(seed)
@@ -99,10 +107,13 @@ def grad(graph: Graph, wrt: Sequence[Node | int | str] | None = None,
     kept = len(result.outputs) - len(also)
     result.also, result.outputs = result.outputs[kept:], result.outputs[:kept]
     result.meta = replace(
-        result.meta, n_forward_outputs=len(outs),
+        result.meta,
+        n_forward_outputs=len(outs),
         output_names=(*names, *[f"grad_{w.name}" for w in wrt_nodes]),
         wrt=tuple(w.name for w in wrt_nodes),
-        seeds=tuple(s.name for s in seed_nodes if s.op == "input"), single_output=False)
+        seeds=tuple(s.name for s in seed_nodes if s.op == "input"),
+        single_output=False,
+    )
     return result
 
 
@@ -136,7 +147,9 @@ def _apply_replacements(graph: Graph, replacements: dict[Node, Node]) -> Graph:
     return Graph(kept[::-1], new.inputs, new.outputs, new.meta)
 
 
-def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]) -> None:
+def _backprop_node(
+    n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node, list[Var]]
+) -> None:
     wants = tuple([i in needs for i in n.inputs])
     if True not in wants:
         return
@@ -146,8 +159,10 @@ def _backprop_node(n: Node, g: Var, needs: set[Node], tape: Tape, cot: dict[Node
         if not w or gi is None:
             continue
         if gi.shape != i.shape:
-            raise GraphError(f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
-                             f"of shape {i.shape}")
+            raise GraphError(
+                f"VJP of {n.op} produced a gradient of shape {gi.shape} for an input "
+                f"of shape {i.shape}"
+            )
         if gi.dtype != i.dtype:
             gi = F.cast(gi, i.dtype)
         acc = cot.get(i)
@@ -183,34 +198,49 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     # views of inputs (x[t], W.T) are free to redo: the backward recomputes them, never saves
     redo: set[Node] = set()
     for n in joint.nodes:
-        if n.op not in ("input", "constant") and get_op(n.op).view and all(
-                i.op in ("input", "constant") or i in redo for i in n.inputs):
+        if (
+            n.op not in ("input", "constant")
+            and get_op(n.op).view
+            and all(i.op in ("input", "constant") or i in redo for i in n.inputs)
+        ):
             redo.add(n)
     needed = _needed(grad_outs)
     backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
     read = dict.fromkeys(i for n in backward for i in n.inputs)
     read.update(dict.fromkeys(grad_outs))
-    saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
-             and n.op not in ("input", "constant")]
+    saved = [
+        n
+        for n in joint.nodes
+        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
+    ]
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
     kept = forward.union(fwd_inputs)
     bwd = _backward_graph(joint, backward, saved, read, grad_outs)
     names = tuple(joint.meta.output_names)
-    fwd = Graph([n for n in joint.nodes if n in kept], fwd_inputs, list(fwd_outs) + saved,
-                replace(joint.meta, n_forward_outputs=n_forward_outputs, single_output=False,
-                        saved_outputs=tuple(range(n_forward_outputs,
-                                                  n_forward_outputs + len(saved))),
-                        saved_names=bwd.meta.saved_names,
-                        output_names=names[:len(names) - len(grad_outs)] if grad_outs else names))
+    fwd = Graph(
+        [n for n in joint.nodes if n in kept],
+        fwd_inputs,
+        list(fwd_outs) + saved,
+        replace(
+            joint.meta,
+            n_forward_outputs=n_forward_outputs,
+            single_output=False,
+            saved_outputs=tuple(range(n_forward_outputs, n_forward_outputs + len(saved))),
+            saved_names=bwd.meta.saved_names,
+            output_names=names[: len(names) - len(grad_outs)] if grad_outs else names,
+        ),
+    )
     return fwd, bwd
 
 
-def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read: dict,
-                    grad_outs: list[Node]) -> Graph:
+def _backward_graph(
+    joint: Graph, backward: list[Node], saved: list[Node], read: dict, grad_outs: list[Node]
+) -> Graph:
     mapping: dict[Node, Node] = {}
     for k, n in enumerate(saved):
-        mapping[n] = n.replace(op="input", inputs=(), attrs={"kind": "saved"}, value=None,
-                               name=f"saved{k}_{n.op}")
+        mapping[n] = n.replace(
+            op="input", inputs=(), attrs={"kind": "saved"}, value=None, name=f"saved{k}_{n.op}"
+        )
     seeds = [n for n in joint.inputs if n.kind == "seed"]
     originals = [n for n in joint.inputs if n.kind != "seed" and n in read]
     constants = [n for n in joint.nodes if n.op == "constant" and n in read]
@@ -223,9 +253,12 @@ def _backward_graph(joint: Graph, backward: list[Node], saved: list[Node], read:
         nodes.append(new)
     inputs = [mapping[n] for n in saved] + seeds + originals
     names = joint.meta.output_names
-    meta = replace(joint.meta, single_output=False,
-                   output_names=names[-len(grad_outs):] if grad_outs else (),
-                   saved_names=tuple(mapping[n].name for n in saved),
-                   seed_names=tuple(n.name for n in seeds),
-                   input_names=tuple(n.name for n in originals))
+    meta = replace(
+        joint.meta,
+        single_output=False,
+        output_names=names[-len(grad_outs) :] if grad_outs else (),
+        saved_names=tuple(mapping[n].name for n in saved),
+        seed_names=tuple(n.name for n in seeds),
+        input_names=tuple(n.name for n in originals),
+    )
     return Graph(nodes, inputs, [mapping.get(o, o) for o in grad_outs], meta)

@@ -1,6 +1,7 @@
 """Limiting the BLAS thread pool. An RNN's matrices are small (batch x hidden): on a 2-core machine
 OpenBLAS threads cost more in hand-offs and spinning than they gain (measured 4-8x slower), so
 compiled programs with small GEMMs run with one thread by default (`set_blas_threads`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,12 @@ import threading
 from collections.abc import Iterable, Iterator
 
 # OpenBLAS builds export the setter under several names (numpy's wheels prefix and suffix it)
-_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-            "openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
+_SETTERS = (
+    "openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+)
 _GETTERS = tuple(name.replace("set_", "get_") for name in _SETTERS)
 
 
@@ -44,6 +49,7 @@ def blas_threads(n: int | None) -> Iterator[None]:
 def _openblas_libraries() -> list:
     """(set, get) function pairs of every OpenBLAS loaded in this process (Linux /proc maps)."""
     import numpy  # noqa: F401  (loads numpy's BLAS so it shows up in the maps)
+
     try:
         with open("/proc/self/maps") as maps:
             paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
@@ -85,6 +91,7 @@ def set_blas_threads(n: int | str | None) -> None:
     """
     global _policy
     from .errors import TapernnError
+
     if not (n is None or n == "auto" or isinstance(n, int) and not isinstance(n, bool) and n > 0):
         raise TapernnError(f"set_blas_threads expects a positive int, 'auto' or None, got {n!r}")
     _policy = n
@@ -92,9 +99,14 @@ def set_blas_threads(n: int | str | None) -> None:
 
 def largest_gemm_flops(nodes: Iterable) -> float:
     """2·m·k·n (times the batch) of the largest matmul among graph `nodes`."""
-    return max((2.0 * float(math.prod(n.shape))
-                * (n.inputs[0].shape[-1] if n.inputs[0].shape else 1)
-                for n in nodes if n.op == "matmul"), default=0.0)
+    return max(
+        (
+            2.0 * float(math.prod(n.shape)) * (n.inputs[0].shape[-1] if n.inputs[0].shape else 1)
+            for n in nodes
+            if n.op == "matmul"
+        ),
+        default=0.0,
+    )
 
 
 def program_threads(largest_gemm_flops: float) -> int | None:
@@ -120,6 +132,7 @@ class _Limiter:
         if self._pools is None:
             try:
                 from threadpoolctl import ThreadpoolController
+
                 libs = ThreadpoolController().select(user_api="blas").lib_controllers
                 self._pools = [(lib.set_num_threads, lib.get_num_threads) for lib in libs]
             except ImportError:

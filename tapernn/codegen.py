@@ -2,6 +2,7 @@
 (its op's own lowering, ufunc or forward), planned values written into buffers allocated once
 per program. Fused nodes and inline sigmoids are lowered by fused_lowering.py (optimisation
 tier), which Program inherits."""
+
 from __future__ import annotations
 
 import builtins
@@ -56,9 +57,15 @@ class Program(FusedLowering):
     that never run at the same time, arena.py); else allocated here.
     """
 
-    def __init__(self, graph: Graph, fn_name: str = "program",
-                 buffers: list[np.ndarray] | None = None, plan: BufferPlan | None = None,
-                 options: PlanOptions = DEFAULT_OPTIONS, passes: Any = None):
+    def __init__(
+        self,
+        graph: Graph,
+        fn_name: str = "program",
+        buffers: list[np.ndarray] | None = None,
+        plan: BufferPlan | None = None,
+        options: PlanOptions = DEFAULT_OPTIONS,
+        passes: Any = None,
+    ):
         self.graph, self.options = graph, options
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None
@@ -101,8 +108,11 @@ class Program(FusedLowering):
     def _buffer_views(self) -> dict[tuple[int, tuple], str]:
         """One array object per (buffer, shape), made once: values of different shapes but
         equal size share a buffer through reshaped views."""
-        self.arrays = self.given_buffers if self.given_buffers is not None else [
-            np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        self.arrays = (
+            self.given_buffers
+            if self.given_buffers is not None
+            else [np.empty(size, dtype) for size, dtype in self.plan.buffers]
+        )
         wanted = [(b, n.shape) for n, b in self.plan.buffer_of.items()]
         for n, temps in self.plan.scratch_of.items():
             wanted += [(b, shape) for b, (shape, _) in zip(temps, fused_slots(n)[1])]
@@ -123,8 +133,11 @@ class Program(FusedLowering):
             return self.bind("r", arr)
         expr = names[root]
         for kind, arg in steps:
-            expr += f"[{self.bind('i', arg)}]" if kind == "getitem" \
+            expr += (
+                f"[{self.bind('i', arg)}]"
+                if kind == "getitem"
                 else f".reshape({self.bind('s', arg)})"
+            )
         body.append(f"    o{self.pos[n]} = {expr}")
         return f"o{self.pos[n]}"
 
@@ -159,8 +172,11 @@ class Program(FusedLowering):
         names: dict[Node, str] = {n: f"a{k}" for k, n in enumerate(g.inputs)}
         self.pos = {n: k for k, n in enumerate(g.nodes)}
         dead_after = _fresh_deaths(g, plan)
-        special = {n for n in g.nodes if n.op == "fused"
-                   or n.op == "sigmoid" and self.options.inline_sigmoid}
+        special = {
+            n
+            for n in g.nodes
+            if n.op == "fused" or n.op == "sigmoid" and self.options.inline_sigmoid
+        }
         uses = self._prepare_special(g) if special else {}
         body: list[str] = []
         roots_at: dict[int, list[Node]] = {}
@@ -177,8 +193,10 @@ class Program(FusedLowering):
                 if r in plan.fresh:  # returned: allocated per call, before its first piece
                     names[r] = f"v{self.pos[r]}"
                     empty = self._named("np_empty", np.empty)
-                    body.append(f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
-                                f"{self.bind('d', r.dtype)})")
+                    body.append(
+                        f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
+                        f"{self.bind('d', r.dtype)})"
+                    )
                 else:
                     names[r] = views[(plan.buffer_of[r], r.shape)]
             if n in plan.placed_concats:
@@ -187,8 +205,11 @@ class Program(FusedLowering):
                 names[n] = f"v{k}"
                 out = self._out(n, names, views, body)
                 args = [names[i] for i in n.inputs]
-                lines = self._special_lines(n, args, out, views, names[n], uses) \
-                    if n in special else None
+                lines = (
+                    self._special_lines(n, args, out, views, names[n], uses)
+                    if n in special
+                    else None
+                )
                 if lines is None:
                     lines = [self._call(n.op, args, n.attrs, out)]
                 if out is None and n.shape == ():
@@ -245,8 +266,11 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
     out: dict[int, list[Node]] = {}
     for value, k in last.items():
         root = plan.root.get(value, value)
-        if value not in keep and root.op not in ("input", "constant") \
-                and root not in plan.buffer_of:
+        if (
+            value not in keep
+            and root.op not in ("input", "constant")
+            and root not in plan.buffer_of
+        ):
             out.setdefault(k, []).append(value)
     return out
 

@@ -2,6 +2,7 @@
 
 Messages name the module path (or op scope), the timestep when there is one, and expected vs actual.
 """
+
 from __future__ import annotations
 
 

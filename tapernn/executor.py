@@ -2,6 +2,7 @@
 (checks its inputs and turns a failure into an error naming the node). The GC pause and the
 quiet-NumPy fast path: tuning.py. Programs that never run at once sharing one arena: arena.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ class Compiled:
     never write into them.
     """
 
-    def __init__(self, graph: Graph, program: Program | None = None,
-                 report: CompileReport | None = None):
+    def __init__(
+        self, graph: Graph, program: Program | None = None, report: CompileReport | None = None
+    ):
         self.graph = graph
         self.program = program or Program(graph)
         self.source = self.program.source
@@ -40,15 +42,18 @@ class Compiled:
         self.report.fallbacks = list(self.program.fallbacks)
         self.report.loops = list(self.program.sub_reports)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
-        self.largest_gemm_flops = max([largest_gemm_flops(graph.nodes)]
-                                      + [loop.largest_gemm_flops for loop in self.report.loops])
+        self.largest_gemm_flops = max(
+            [largest_gemm_flops(graph.nodes)]
+            + [loop.largest_gemm_flops for loop in self.report.loops]
+        )
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs
         if len(arrays) != len(inputs):
             names = [n.name for n in inputs]
-            raise TapernnError(f"compiled program takes {len(inputs)} arrays {names}, "
-                               f"got {len(arrays)}")
+            raise TapernnError(
+                f"compiled program takes {len(inputs)} arrays {names}, got {len(arrays)}"
+            )
         args = [check_input(n, a) for n, a in zip(inputs, arrays)]
         outs = self.run(args)
         return outs[0] if self._single else list(outs)
@@ -91,8 +96,10 @@ def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
 def check_input(n: Node, a: Any) -> np.ndarray:
     arr = np.asarray(a)
     if arr.shape != n.shape:
-        raise ShapeError(f"input {n.name!r}{where(n.scope or None, n.step)}: expected shape "
-                         f"{n.shape}, got {arr.shape}")
+        raise ShapeError(
+            f"input {n.name!r}{where(n.scope or None, n.step)}: expected shape "
+            f"{n.shape}, got {arr.shape}"
+        )
     if arr.dtype != n.dtype:
         if arr.dtype.kind in "iu" and n.dtype.kind in "iu":
             return arr.astype(n.dtype)
@@ -113,9 +120,14 @@ def set_unroller(fn: Callable[[Graph], Graph]) -> None:
     _unroller[:] = [fn]
 
 
-def compile(graph: Graph, passes: Sequence[Pass] | None = None,
-            options: PlanOptions = DEFAULT_OPTIONS, dump: Dump | str | None = None,
-            backend: str | None = None, unroll: bool = False) -> Compiled:
+def compile(
+    graph: Graph,
+    passes: Sequence[Pass] | None = None,
+    options: PlanOptions = DEFAULT_OPTIONS,
+    dump: Dump | str | None = None,
+    backend: str | None = None,
+    unroll: bool = False,
+) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
     verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
     code generator (PlanOptions); `dump` sees the graph after each pass (run_passes);
@@ -135,8 +147,9 @@ def compile(graph: Graph, passes: Sequence[Pass] | None = None,
 
 def verify_input(graph: Graph) -> None:
     if not isinstance(graph, Graph):
-        raise ArgumentTypeError(f"tn.compile takes a Graph (from tn.trace or tn.grad), got "
-                                f"{type(graph).__name__}")
+        raise ArgumentTypeError(
+            f"tn.compile takes a Graph (from tn.trace or tn.grad), got {type(graph).__name__}"
+        )
     graph.verify()
 
 
@@ -148,6 +161,7 @@ def fill_report(report: CompileReport, graph: Graph, plan: BufferPlan) -> Compil
     """`report` (the passes' records) completed with the plan's bytes and kernels."""
     report.plan = plan.stats
     report.resident_bytes = plan.stats.planned_bytes  # arena.compile_shared: the shared total
-    report.fused_groups = [[ins[0] for ins in n.attrs["program"]]
-                           for n in graph.nodes if n.op == "fused"]
+    report.fused_groups = [
+        [ins[0] for ins in n.attrs["program"]] for n in graph.nodes if n.op == "fused"
+    ]
     return report

@@ -1,6 +1,7 @@
 """Files written whole or not at all: write a temporary file in the target's directory, fsync
 it, rename it over the target, fsync the directory. Also the crash hook the kill-during-save
 tests use to die after the k-th durable operation (`crash_after`, or $TAPERNN_CRASH_AFTER)."""
+
 from __future__ import annotations
 
 import os

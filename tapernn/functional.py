@@ -1,6 +1,7 @@
 """The symbolic functions users call (`tn.tanh`, `tn.concat`, ...): thin wrappers that normalise
 arguments and record ops. VJP rules are written with these too, so gradients are graphs as well.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -62,7 +63,9 @@ def ones(shape: Sequence[int], dtype: Any = np.float64) -> Var:
 
 
 def zeros_like(x: Var) -> Var:
-    return emit("zeros", shape=x.shape, dtype=x.dtype.str) if isinstance(x, Var) else np.zeros_like(x)
+    return (
+        emit("zeros", shape=x.shape, dtype=x.dtype.str) if isinstance(x, Var) else np.zeros_like(x)
+    )
 
 
 def ones_like(x: Var) -> Var:
@@ -115,8 +118,9 @@ def unbroadcast(g: Var, shape: Sequence[int]) -> Var:
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + k for k, s in enumerate(shape)
-                                      if s == 1 and g.shape[lead + k] != 1)
+    axes = tuple(range(lead)) + tuple(
+        lead + k for k, s in enumerate(shape) if s == 1 and g.shape[lead + k] != 1
+    )
     return reshape(sum(g, axes), shape)
 
 
@@ -138,7 +142,11 @@ def reshape(x: Var, shape: Sequence[int] | int) -> Var:
 
 def transpose(x: Var, axes: Sequence[int] | None = None) -> Var:
     x = as_var(x)
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(normalize_axis(a, x.ndim) for a in axes)
+    axes = (
+        tuple(reversed(range(x.ndim)))
+        if axes is None
+        else tuple(normalize_axis(a, x.ndim) for a in axes)
+    )
     return x if axes == tuple(range(x.ndim)) else emit("transpose", x, axes=axes)
 
 
@@ -180,10 +188,12 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple:
         elif isinstance(item, (list, np.ndarray)) and np.asarray(item).dtype.kind in "iu":
             out.append(("a", tuple(int(v) for v in np.asarray(item).ravel())))
         else:
-            raise ArgumentTypeError(f"unsupported index {item!r}; use ints, slices, None, ... or "
-                                    f"1-D int lists")
+            raise ArgumentTypeError(
+                f"unsupported index {item!r}; use ints, slices, None, ... or 1-D int lists"
+            )
     key = tuple(out)
     from .ops.indexing import index_shape  # the shape rule checks bounds
+
     index_shape(shape, index=key)
     return key
 
@@ -222,29 +232,41 @@ def emit_index_grad(g: Var, shape: tuple[int, ...], index: tuple) -> Var:
 
 # ---- Var's operators and methods: the functions above (tracing.Var is defined a layer below) ----
 
+
 def _reshape_method(self: Var, *shape: Any) -> Var:
     return reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
 
 
 def _transpose_method(self: Var, *axes: Any) -> Var:
-    return transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int)
-                     else (axes or None))
+    return transpose(
+        self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None)
+    )
 
 
 _OPERATORS = {
-    "__add__": lambda a, b: add(a, b), "__radd__": lambda a, b: add(b, a),
-    "__sub__": lambda a, b: sub(a, b), "__rsub__": lambda a, b: sub(b, a),
-    "__mul__": lambda a, b: mul(a, b), "__rmul__": lambda a, b: mul(b, a),
-    "__truediv__": lambda a, b: div(a, b), "__rtruediv__": lambda a, b: div(b, a),
-    "__pow__": lambda a, b: power(a, b), "__rpow__": lambda a, b: power(b, a),
-    "__matmul__": lambda a, b: matmul(a, b), "__rmatmul__": lambda a, b: matmul(b, a),
-    "__neg__": lambda a: neg(a), "__pos__": lambda a: a, "__abs__": lambda a: abs(a),
-    "__gt__": lambda a, b: greater(a, b), "__lt__": lambda a, b: greater(b, a),
+    "__add__": lambda a, b: add(a, b),
+    "__radd__": lambda a, b: add(b, a),
+    "__sub__": lambda a, b: sub(a, b),
+    "__rsub__": lambda a, b: sub(b, a),
+    "__mul__": lambda a, b: mul(a, b),
+    "__rmul__": lambda a, b: mul(b, a),
+    "__truediv__": lambda a, b: div(a, b),
+    "__rtruediv__": lambda a, b: div(b, a),
+    "__pow__": lambda a, b: power(a, b),
+    "__rpow__": lambda a, b: power(b, a),
+    "__matmul__": lambda a, b: matmul(a, b),
+    "__rmatmul__": lambda a, b: matmul(b, a),
+    "__neg__": lambda a: neg(a),
+    "__pos__": lambda a: a,
+    "__abs__": lambda a: abs(a),
+    "__gt__": lambda a, b: greater(a, b),
+    "__lt__": lambda a, b: greater(b, a),
     "__getitem__": lambda a, idx: getitem(a, idx),
     "T": property(lambda self: transpose(self)),
     "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
-    "reshape": _reshape_method, "transpose": _transpose_method,
+    "reshape": _reshape_method,
+    "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
 }
 
@@ -252,12 +274,18 @@ _OPERATORS = {
 # NumPy on a Var: the operators NumPy routes here (ndarray + Var) record the op; any other NumPy
 # function is a mistake inside a cell or traced function -> say which tn.* op to use
 _OPERATOR_UFUNCS = {  # ufunc -> (Var's operator, its reflected form)
-    "add": ("__add__", "__radd__"), "subtract": ("__sub__", "__rsub__"),
-    "multiply": ("__mul__", "__rmul__"), "divide": ("__truediv__", "__rtruediv__"),
-    "true_divide": ("__truediv__", "__rtruediv__"), "power": ("__pow__", "__rpow__"),
-    "matmul": ("__matmul__", "__rmatmul__"), "greater": ("__gt__", "__lt__"),
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "divide": ("__truediv__", "__rtruediv__"),
+    "true_divide": ("__truediv__", "__rtruediv__"),
+    "power": ("__pow__", "__rpow__"),
+    "matmul": ("__matmul__", "__rmatmul__"),
+    "greater": ("__gt__", "__lt__"),
     "less": ("__lt__", "__gt__"),
 }
+
+
 def _where() -> str:
     return located(current_scope() or None, current_step())
 

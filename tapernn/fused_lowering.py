@@ -3,6 +3,7 @@
 PlanOptions.kernel_min_uses times (every step of a long unrolled loop), one call of a function
 made once for it, or with the numba backend one call of a compiled loop -- and sigmoids as
 inline ufunc lines (PlanOptions.inline_sigmoid). codegen.Program inherits FusedLowering."""
+
 from __future__ import annotations
 
 import math
@@ -44,26 +45,33 @@ class FusedLowering:
                 uses[key] = uses.get(key, 0) + 1
         return uses
 
-    def _special_lines(self, n: Node, args: list[str], out: str | None, views: dict,
-                       name: str, uses: dict) -> list[str] | None:
+    def _special_lines(
+        self, n: Node, args: list[str], out: str | None, views: dict, name: str, uses: dict
+    ) -> list[str] | None:
         """n's lines, or None for the plain lowering (codegen Program._call)."""
         if n.op == "sigmoid":
             if not self._inline_sigmoid(n.shape, n in self.exact_sigmoid):
                 return None
-            return self._sigmoid_lines(args[0], name, out, n.dtype, n.size <=
-                                       EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid)
+            return self._sigmoid_lines(
+                args[0],
+                name,
+                out,
+                n.dtype,
+                n.size <= EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid,
+            )
         compiled = self._compiled_call(n, args, out, views) if self.backend == "numba" else None
         if compiled is not None:
             return [compiled]
         temps = self._temps(n, views)
-        if uses[self._kernel_key(n)] >= self.options.kernel_min_uses \
-                and n.size >= self.options.kernel_min_size:
+        if (
+            uses[self._kernel_key(n)] >= self.options.kernel_min_uses
+            and n.size >= self.options.kernel_min_size
+        ):
             operands = args + temps + ([out] if out else [])
             return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
         return self._fused_lines(n, args, out, temps, name)
 
-    def _compiled_call(self, n: Node, args: list[str], out: str | None,
-                       views: dict) -> str | None:
+    def _compiled_call(self, n: Node, args: list[str], out: str | None, views: dict) -> str | None:
         """A call of n's numba kernel (backends/numba_backend.py) writing `out` (or an array
         allocated per call), or None when the group falls back to the NumPy lowering (the
         reason is kept in self.fallbacks and shown in the CompileReport). 0-d operands are
@@ -71,34 +79,42 @@ class FusedLowering:
         compilation (backends/background.py) the call goes through a Site, a bound name its
         second call rebinds to the kernel (made by _make_sites once the program exists)."""
         from .backends import background, numba_backend
+
         operands = [(i.shape, i.dtype) for i in n.inputs]
         later = background.enabled()
-        handle, why = numba_backend.plan_kernel(n.attrs["program"], operands, n.shape, n.dtype,
-                                                background=later)
+        handle, why = numba_backend.plan_kernel(
+            n.attrs["program"], operands, n.shape, n.dtype, background=later
+        )
         if handle is None:
             ops = "+".join(ins[0] for ins in n.attrs["program"])
             self.fallbacks.append(f"{ops}: {why}")
             return None
         if later:
             name = self.bind("nks", None)
-            self.sites.append((name, handle, self._fused_kernel(n, with_out=True),
-                               self._temps(n, views)))
+            self.sites.append(
+                (name, handle, self._fused_kernel(n, with_out=True), self._temps(n, views))
+            )
             self.compiled_kernels.setdefault(id(handle), "")
         else:
             name = self.compiled_kernels.get(id(handle))
             if name is None:
                 name = self.compiled_kernels[id(handle)] = self.bind("nk", handle.kernel)
-        args = [f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
-                for a, i in zip(args, n.inputs)]
+        args = [
+            f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
+            for a, i in zip(args, n.inputs)
+        ]
         if out is None:
-            out = f"{self._named('np_empty', np.empty)}({self.bind('s', n.shape)}, " \
-                  f"{self.bind('d', n.dtype)})"
+            out = (
+                f"{self._named('np_empty', np.empty)}({self.bind('s', n.shape)}, "
+                f"{self.bind('d', n.dtype)})"
+            )
         return f"{name}({', '.join(args + [out])})"
 
     def _make_sites(self) -> None:
         """Each background-compiled call site becomes a Site running the group's NumPy function
         (with its temporaries) until its second call puts the kernel in its bound name."""
         from .backends.background import Site
+
         for name, handle, fused, temps in self.sites:
             site = Site(handle, self.bound[fused], [self.bound[t] for t in temps])
             site.attach(self.fn, name)
@@ -137,8 +153,9 @@ class FusedLowering:
             self.fused_kernels[key] = (name, used, f"def {name}({params}):\n{body}\n")
         return self.fused_kernels[key][0]
 
-    def _fused_lines(self, n: Node, args: list[str], out: str | None, temps: list[str],
-                     result: str) -> list[str]:
+    def _fused_lines(
+        self, n: Node, args: list[str], out: str | None, temps: list[str], result: str
+    ) -> list[str]:
         """The fused program inline: each instruction writes its preallocated temporary, the
         last one the node's output."""
         slot_of = fused_slots(n)[0]
@@ -156,8 +173,9 @@ class FusedLowering:
                 # a larger storage, where a ufunc pays per row: 1 such call, not 4 or 5)
                 work = ins[0] if out and slot_of[j] is None and refs[0] < 0 else None
                 logaddexp = j in exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE
-                lines += self._sigmoid_lines(ins[0], target or result, target, dtype, logaddexp,
-                                             work)
+                lines += self._sigmoid_lines(
+                    ins[0], target or result, target, dtype, logaddexp, work
+                )
             else:
                 lines.append(self._call(op, ins, dict(attrs), target))
             results.append(target)
@@ -169,8 +187,9 @@ class FusedLowering:
         # which the later in-place lines could not write)
         return shape != () and (not exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE)
 
-    def _sigmoid_lines(self, x: str, name: str, out: str | None, dtype,
-                       logaddexp: bool, work: str | None = None) -> list[str]:
+    def _sigmoid_lines(
+        self, x: str, name: str, out: str | None, dtype, logaddexp: bool, work: str | None = None
+    ) -> list[str]:
         """A sigmoid as ufunc lines writing `name` in place (no temporaries, no call frame);
         the last line is a bare call: the caller prefixes the assignment. Both forms keep
         relative accuracy in both tails, in float32 and float64 (the tanh form 0.5 * tanh(0.5 *
@@ -182,12 +201,21 @@ class FusedLowering:
         wherever sigma(a) is a normal number, and faster per element than tanh or logaddexp.
         With `work` (a temporary the caller may overwrite) all calls but the last write it."""
         if logaddexp:
-            calls = [("negative", "{}"), ("logaddexp", "0.0, {}"), ("negative", "{}"),
-                     ("exp", "{}")]
+            calls = [
+                ("negative", "{}"),
+                ("logaddexp", "0.0, {}"),
+                ("negative", "{}"),
+                ("exp", "{}"),
+            ]
         else:
             limit = repr(sigmoid_exp_limit(dtype))
-            calls = [("negative", "{}"), ("minimum", "{}, " + limit), ("exp", "{}"),
-                     ("add", "{}, 1.0"), ("divide", "1.0, {}")]
+            calls = [
+                ("negative", "{}"),
+                ("minimum", "{}, " + limit),
+                ("exp", "{}"),
+                ("add", "{}, 1.0"),
+                ("divide", "1.0, {}"),
+            ]
         lines = []
         for k, (op, operands) in enumerate(calls):
             fn = self._named(f"np_{op}", getattr(np, op))

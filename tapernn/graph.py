@@ -3,6 +3,7 @@
 A Graph is a tape: nodes in the order they were recorded, which is always a topological order.
 Nodes are immutable once made; passes build new graphs (see `Graph.rebuild`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,9 +55,19 @@ class Node:
         "verified",
     )
 
-    def __init__(self, op: str, inputs: Iterable[Node], attrs: dict | None, shape: tuple,
-                 dtype: Any, step: int | None = None, scope: str = "", phase: str = "forward",
-                 name: str | None = None, value: np.ndarray | None = None):
+    def __init__(
+        self,
+        op: str,
+        inputs: Iterable[Node],
+        attrs: dict | None,
+        shape: tuple,
+        dtype: Any,
+        step: int | None = None,
+        scope: str = "",
+        phase: str = "forward",
+        name: str | None = None,
+        value: np.ndarray | None = None,
+    ):
         self.id = next(_ids)
         self.op = op
         self.inputs = tuple(inputs)
@@ -100,10 +111,31 @@ class Node:
         a rewrite is rebuilt this way), so it sets the fields in one go."""
         new = _new_node(Node)
         new.id = next(_ids)
-        (new.op, new.inputs, new.attrs, new.shape, new.dtype, new.step, new.scope, new.phase,
-         new.name, new.value, new._attrs_key) = (
-            self.op, inputs, self.attrs, self.shape, self.dtype, self.step, self.scope,
-            self.phase, self.name, self.value, self._attrs_key)
+        (
+            new.op,
+            new.inputs,
+            new.attrs,
+            new.shape,
+            new.dtype,
+            new.step,
+            new.scope,
+            new.phase,
+            new.name,
+            new.value,
+            new._attrs_key,
+        ) = (
+            self.op,
+            inputs,
+            self.attrs,
+            self.shape,
+            self.dtype,
+            self.step,
+            self.scope,
+            self.phase,
+            self.name,
+            self.value,
+            self._attrs_key,
+        )
         new.verified = self.verified and _same_types(inputs, self.inputs)
         return new
 
@@ -114,10 +146,20 @@ class Node:
         # copies the fields directly; only changed ones are normalised as __init__ would
         new = _new_node(Node)
         new.id = next(_ids)
-        new.op, new.inputs, new.attrs, new.shape, new.dtype = \
-            self.op, self.inputs, self.attrs, self.shape, self.dtype
-        new.step, new.scope, new.phase, new.name, new.value = \
-            self.step, self.scope, self.phase, self.name, self.value
+        new.op, new.inputs, new.attrs, new.shape, new.dtype = (
+            self.op,
+            self.inputs,
+            self.attrs,
+            self.shape,
+            self.dtype,
+        )
+        new.step, new.scope, new.phase, new.name, new.value = (
+            self.step,
+            self.scope,
+            self.phase,
+            self.name,
+            self.value,
+        )
         new._attrs_key = self._attrs_key
         for name, v in changes.items():
             if name == "inputs":
@@ -135,8 +177,9 @@ class Node:
         # rewiring to inputs of the same shapes and dtypes keeps the op rules satisfied: passes
         # rebuild every node downstream of a rewrite this way, and re-checking them all made
         # verify() a third of compile time
-        new.verified = (self.verified and changes.keys() <= _REWIRING
-                        and _same_types(new.inputs, self.inputs))
+        new.verified = (
+            self.verified and changes.keys() <= _REWIRING and _same_types(new.inputs, self.inputs)
+        )
         return new
 
     def __repr__(self) -> str:
@@ -192,8 +235,13 @@ class Graph:
     """A tape of nodes with designated inputs and outputs; `meta` (GraphMeta) describes its
     interface for the stages after tracing."""
 
-    def __init__(self, nodes: list[Node] | None = None, inputs: list[Node] | None = None,
-                 outputs: list[Node] | None = None, meta: GraphMeta | None = None):
+    def __init__(
+        self,
+        nodes: list[Node] | None = None,
+        inputs: list[Node] | None = None,
+        outputs: list[Node] | None = None,
+        meta: GraphMeta | None = None,
+    ):
         self.nodes: list[Node] = list(nodes or [])
         self.inputs: list[Node] = list(inputs or [])
         self.outputs: list[Node] = list(outputs or [])
@@ -219,7 +267,9 @@ class Graph:
         for n in self.inputs:
             if n.name == name:
                 return n
-        raise KeyError(f"graph has no input named {name!r}; inputs: {[n.name for n in self.inputs]}")
+        raise KeyError(
+            f"graph has no input named {name!r}; inputs: {[n.name for n in self.inputs]}"
+        )
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -262,8 +312,12 @@ class Graph:
                     _append_with_missing(new, nodes, seen)
         if not changed:
             return self
-        return Graph(nodes, [mapping.get(n, n) for n in self.inputs],
-                     [mapping.get(n, n) for n in self.outputs], self.meta)
+        return Graph(
+            nodes,
+            [mapping.get(n, n) for n in self.inputs],
+            [mapping.get(n, n) for n in self.outputs],
+            self.meta,
+        )
 
     def eliminate_dead_code(self) -> Graph:
         """The graph without nodes no output depends on (this graph itself when there are none)."""
@@ -292,8 +346,9 @@ class Graph:
                 raise GraphError(f"{_where(k, n)} appears twice on the tape")
             if not placed.issuperset(n.inputs):
                 i = next(i for i in n.inputs if i not in placed)
-                raise GraphError(f"{_where(k, n)} reads a value that is not earlier on the "
-                                 f"tape: {i!r}")
+                raise GraphError(
+                    f"{_where(k, n)} reads a value that is not earlier on the tape: {i!r}"
+                )
             if n.op == "input":
                 if n not in inputs:
                     raise GraphError(f"{_where(k, n)} is an input node but not in graph.inputs")
@@ -301,8 +356,9 @@ class Graph:
                 pass
             elif n.op == "constant":
                 if n.value is None or tuple(n.value.shape) != n.shape:
-                    raise GraphError(f"{_where(k, n)}: constant value does not match shape "
-                                     f"{n.shape}")
+                    raise GraphError(
+                        f"{_where(k, n)}: constant value does not match shape {n.shape}"
+                    )
             else:
                 _check_op_node(n, k)
                 n.verified = True
@@ -325,8 +381,10 @@ class Graph:
         return views.format_graph(self)
 
     def __repr__(self) -> str:
-        return (f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
-                f"{len(self.outputs)} outputs>")
+        return (
+            f"<Graph {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
+            f"{len(self.outputs)} outputs>"
+        )
 
 
 def _where(k: int, n: Node) -> str:

@@ -1,5 +1,6 @@
 """Hashable keys of attribute values: what common-subexpression elimination and the grouping
 passes compare (`Node.attrs_key` caches a node's). Optimisation tier: the kernel never compares."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,6 +1,7 @@
 """Functions composed of kernel ops, with no op of their own (`tn.mean`, `tn.stack`, `tn.split`,
 `Var.mean`): a library above the op set, so the kernel's functional.py holds only what records
 an op."""
+
 from __future__ import annotations
 
 import itertools

@@ -4,6 +4,7 @@ bytes are counted by accounting.py. Analyses only: they return a `BufferPlan`, n
 planner (in place only over a whole dead buffer); regions.py (the optimisation tier) extends
 its walk to strided regions of larger values and concat slots.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -121,8 +122,9 @@ def inplace_candidates(n: Node) -> tuple[int, ...]:
     return get_op(n.op).inplace_inputs(n)
 
 
-def plan_buffers(graph: Graph, scratch: Scratch | None = None,
-                 options: PlanOptions = DEFAULT_OPTIONS) -> BufferPlan:
+def plan_buffers(
+    graph: Graph, scratch: Scratch | None = None, options: PlanOptions = DEFAULT_OPTIONS
+) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
     below, or with `options.regions` the region planner's (regions.py). A storage that ends up
     holding a returned value (through an in-place write or a placed piece) must be allocated
@@ -133,8 +135,11 @@ def plan_buffers(graph: Graph, scratch: Scratch | None = None,
     force: set[Node] = set()
     while True:
         plan = walk(graph, static, scratch, force).run()
-        need = {plan.storage[o] for o in graph.outputs
-                if plan.storage.get(o) is not None and plan.storage[o] in plan.buffer_of}
+        need = {
+            plan.storage[o]
+            for o in graph.outputs
+            if plan.storage.get(o) is not None and plan.storage[o] in plan.buffer_of
+        }
         if not need:
             break
         force |= need
@@ -253,13 +258,21 @@ class Walk:
         """Plain: only over an input that owns its whole buffer, read by nothing after n."""
         plan = self.plan
         st = plan.storage.get(i)
-        return (st is i and st in plan.buffer_of and n not in self.s.escaping
-                and i.shape == n.shape and i.dtype == n.dtype and n.inputs.count(i) == 1
-                and plan.release_at[st] <= k)
+        return (
+            st is i
+            and st in plan.buffer_of
+            and n not in self.s.escaping
+            and i.shape == n.shape
+            and i.dtype == n.dtype
+            and n.inputs.count(i) == 1
+            and plan.release_at[st] <= k
+        )
 
     def _scratch(self, n: Node) -> None:
-        temps = [self._take(int(np.prod(s, dtype=np.int64)), np.dtype(d))
-                 for s, d in (self.scratch(n) if self.scratch else [])]
+        temps = [
+            self._take(int(np.prod(s, dtype=np.int64)), np.dtype(d))
+            for s, d in (self.scratch(n) if self.scratch else [])
+        ]
         if temps:
             self.plan.scratch_of[n] = temps
         for b in temps:

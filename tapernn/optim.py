@@ -1,5 +1,6 @@
 """Training helpers: SGD (with momentum), Adam, and global-norm gradient clipping. Optimisers
 update `Parameter.data` in place, so compiled programs never need rebuilding."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -55,14 +56,21 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ArgumentTypeError(f"optim.Adam: betas must be a pair (beta1, beta2), got "
-                                    f"{check.got(betas)}")
-        self.beta1, self.beta2 = (check.number("optim.Adam", f"betas[{k}]", b, "[0, 1)")
-                                  for k, b in enumerate(betas))
+            raise ArgumentTypeError(
+                f"optim.Adam: betas must be a pair (beta1, beta2), got {check.got(betas)}"
+            )
+        self.beta1, self.beta2 = (
+            check.number("optim.Adam", f"betas[{k}]", b, "[0, 1)") for k, b in enumerate(betas)
+        )
         self.eps = check.number("optim.Adam", "eps", eps, "positive")
         self.t = 0
         self.m = [np.zeros_like(p.data) for p in self.params]
@@ -70,8 +78,8 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         self.t += 1
-        c1 = 1 - self.beta1 ** self.t
-        c2 = 1 - self.beta2 ** self.t
+        c1 = 1 - self.beta1**self.t
+        c2 = 1 - self.beta2**self.t
         for p, m, v in zip(self.params, self.m, self.v):
             m *= self.beta1
             m += (1 - self.beta1) * p.grad

@@ -2,6 +2,7 @@
 kernels, backend, inline sigmoid), passed to `compile`; moved out of memory.py as it was (memory
 re-exports it). The kernel reads only `regions`, `backend` and `inline_sigmoid`: whether to call
 that tier."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """The library's random generator: `tn.manual_seed(seed)` makes initialisation and dropout
 reproducible bit for bit."""
+
 from __future__ import annotations
 
 import numpy as np

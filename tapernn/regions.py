@@ -10,6 +10,7 @@ view of a dummy array shaped like its storage (never touched: NumPy only compare
 strides), so "do these two values overlap" is `np.shares_memory`. An in-place write into
 region r at step k is allowed only when no value whose data was produced before k, overlapping
 r, is read after k (or returned)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ from .ops.registry import get_op
 
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
-def cheap_strides(region: np.ndarray, storage_bytes: int, options: PlanOptions,
-                  escaping: bool = False) -> bool:
+
+def cheap_strides(
+    region: np.ndarray, storage_bytes: int, options: PlanOptions, escaping: bool = False
+) -> bool:
     if region.flags.c_contiguous:
         return True
     run = 1
@@ -44,8 +47,9 @@ def cheap_strides(region: np.ndarray, storage_bytes: int, options: PlanOptions,
     return storage_bytes >= options.strided_min_bytes and run >= min_run
 
 
-def placements(graph: Graph, root: dict[Node, Node], options: PlanOptions
-               ) -> tuple[dict, set, dict]:
+def placements(
+    graph: Graph, root: dict[Node, Node], options: PlanOptions
+) -> tuple[dict, set, dict]:
     """p -> (concat, steps into the concat's array) for each concat piece p that can be computed
     straight into its slot: a computed non-view value written by `out=`, used once by that
     concat and placed nowhere else (seen through a reshape when the slot is contiguous)."""
@@ -60,8 +64,15 @@ def placements(graph: Graph, root: dict[Node, Node], options: PlanOptions
             q, steps = piece, (("getitem", index),)
             if q.op == "reshape" and q.inputs[0].op not in PSEUDO:
                 q, steps = q.inputs[0], steps + (("reshape", q.inputs[0].shape),)
-            if q.op in PSEUDO or q in inputs or is_view(q) or not get_op(q.op).supports_out \
-                    or q in placed or c.inputs.count(piece) != 1 or root[q] is not q:
+            if (
+                q.op in PSEUDO
+                or q in inputs
+                or is_view(q)
+                or not get_op(q.op).supports_out
+                or q in placed
+                or c.inputs.count(piece) != 1
+                or root[q] is not q
+            ):
                 continue
             placed[q] = (c, steps)
             slot_of[q] = j
@@ -73,13 +84,17 @@ def placements(graph: Graph, root: dict[Node, Node], options: PlanOptions
     return placed, concats, slot_of
 
 
-def _check_slots(c: Node, region: np.ndarray, placed: dict, concats: set,
-                 options: PlanOptions) -> None:
+def _check_slots(
+    c: Node, region: np.ndarray, placed: dict, concats: set, options: PlanOptions
+) -> None:
     base = region if region.base is None else region.base
     for q in [q for q, (parent, _) in placed.items() if parent is c]:
         sub = apply_steps(region, placed[q][1])
-        if sub is None or not np.shares_memory(sub, base) \
-                or not cheap_strides(sub, base.nbytes, options):
+        if (
+            sub is None
+            or not np.shares_memory(sub, base)
+            or not cheap_strides(sub, base.nbytes, options)
+        ):
             del placed[q]
             if q in concats:  # its own pieces stay placed, into q's own storage
                 _check_slots(q, np.empty(q.shape, q.dtype), placed, concats, options)
@@ -177,8 +192,9 @@ class RegionWalk(Walk):
             self.roots_at.setdefault(k, []).append(r)
         self.plan.placed = {q: self.place_root[q] for q in static.placed}
         self.root_escapes = {r for q, (r, _) in self.place_root.items() if q in static.escaping}
-        self.plan.placed_slots = {(static.placed[q][0], j) for q, j in static.slot_of.items()
-                                  if q in static.placed}
+        self.plan.placed_slots = {
+            (static.placed[q][0], j) for q, j in static.slot_of.items() if q in static.placed
+        }
 
     def _node(self, n: Node, k: int) -> None:
         plan = self.plan
@@ -221,8 +237,11 @@ class RegionWalk(Walk):
         st = plan.storage.get(i)
         if st is None or i.shape != n.shape or i.dtype != n.dtype or n.inputs.count(i) != 1:
             return False
-        if st in plan.fresh and st not in plan.placed_concats and (
-                st.ndim == 0 or not get_op(st.op).supports_out):
+        if (
+            st in plan.fresh
+            and st not in plan.placed_concats
+            and (st.ndim == 0 or not get_op(st.op).supports_out)
+        ):
             return False  # an op's own result may alias its inputs, or be a NumPy scalar
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):

@@ -2,6 +2,7 @@
 Scan). The values the body's backward reads are written per step by a forward scan over the body
 extended with them as extra ys, which replaces the original loop (`grad` rewires its readers:
 the forward runs once); parameter cotangents are carries of the reverse loop, summed."""
+
 from __future__ import annotations
 
 import weakref
@@ -18,27 +19,55 @@ from .scan_ir import ScanResult, body_dtype, inline, scan, slab_sizes
 from .tracing import Var, phase, trace
 
 
-def scan_vjp(g: Var, y: Var, *inputs: Var, wants: tuple[bool, ...], body: Graph, n_carry: int,
-             n_xs: int, length: int, reverse: bool = False) -> tuple[Var | None, ...]:
+def scan_vjp(
+    g: Var,
+    y: Var,
+    *inputs: Var,
+    wants: tuple[bool, ...],
+    body: Graph,
+    n_carry: int,
+    n_xs: int,
+    length: int,
+    reverse: bool = False,
+) -> tuple[Var | None, ...]:
     """The scan op's VJP: an extended forward scan (replacing the original one) and the
     reverse scan of the body's backward."""
     nc, nx = n_carry, n_xs
-    wrt = tuple(k for k, i in enumerate(body.inputs)
-                if i.dtype.kind == "f" and (k < nc or wants[k]))
+    wrt = tuple(
+        k for k, i in enumerate(body.inputs) if i.dtype.kind == "f" and (k < nc or wants[k])
+    )
     plan = body_vjp(body, nc, nx, wrt)
     dtype = body_dtype(body)
     with phase("forward"):
-        ext = scan(plan.fwd, inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:], reverse=reverse,
-                   length=length)
+        ext = scan(
+            plan.fwd,
+            inputs[:nc],
+            inputs[nc : nc + nx],
+            inputs[nc + nx :],
+            reverse=reverse,
+            length=length,
+        )
         _rewire(y, ext, body, nc, length)
     n_ys = len(body.outputs) - nc
     own = iter(ext.ys[n_ys:])
-    res = [next(own) if src is None else ext.ys[src[1]] if src[0] == "ys" else
-           _previous(ext.ys[src[1]], inputs[src[2]], reverse) for src in plan.res_from_ys]
+    res = [
+        next(own)
+        if src is None
+        else ext.ys[src[1]]
+        if src[0] == "ys"
+        else _previous(ext.ys[src[1]], inputs[src[2]], reverse)
+        for src in plan.res_from_ys
+    ]
     cot = ScanResult(g, body, nc, length)
     acc = [F.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
-    back = scan(plan.bwd, cot.carries + acc, cot.ys + res + [inputs[k] for k in plan.xs_read],
-                [inputs[k] for k in plan.inv_read], reverse=not reverse, length=length)
+    back = scan(
+        plan.bwd,
+        cot.carries + acc,
+        cot.ys + res + [inputs[k] for k in plan.xs_read],
+        [inputs[k] for k in plan.inv_read],
+        reverse=not reverse,
+        length=length,
+    )
     out: list[Var | None] = [None] * len(inputs)
     for k in range(nc):
         out[k] = back.carries[k] if wants[k] else None
@@ -56,10 +85,13 @@ def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
     s, e = y.node, ext.slab
     c, width = slab_sizes(body, nc)
     wide = slab_sizes(ext.body, nc)[1]
-    rows = F.getitem(F.reshape(F.getitem(e, slice(c, c + length * wide)), (length, wide)),
-                     (slice(None), slice(0, width)))
+    rows = F.getitem(
+        F.reshape(F.getitem(e, slice(c, c + length * wide)), (length, wide)),
+        (slice(None), slice(0, width)),
+    )
     pieces = ([F.getitem(e, slice(0, c))] if c else []) + (
-        [F.reshape(rows, (length * width,))] if length * width else [])
+        [F.reshape(rows, (length * width,))] if length * width else []
+    )
     repl = y.tape.replacements
     repl[s] = F.concat(pieces) if pieces else F.zeros((0,), e.dtype)
     users: dict[Node, list[Node]] = {}
@@ -68,8 +100,13 @@ def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
             users.setdefault(i, []).append(n)
     for u in users.get(s, ()):
         key = u.attrs.get("index") if u.op == "getitem" else None
-        if not key or len(key) != 1 or not isinstance(key[0], tuple) or key[0][0] != "s" \
-                or key[0][3] not in (None, 1):
+        if (
+            not key
+            or len(key) != 1
+            or not isinstance(key[0], tuple)
+            or key[0][0] != "s"
+            or key[0][3] not in (None, 1)
+        ):
             continue
         a, b = key[0][1], key[0][2]
         if a is not None and b is not None and 0 <= a <= b <= c:
@@ -118,13 +155,14 @@ def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
     n_out = len(body.outputs)
     fwd_outs, grad_outs = joint.outputs[:n_out], joint.outputs[n_out:]
     forward = _needed(fwd_outs)
-    varying = set(body.inputs[:n_carry + n_xs])
+    varying = set(body.inputs[: n_carry + n_xs])
     redo: set[Node] = set()
     for n in joint.nodes:
         if n.op in ("input", "constant"):
             continue
         if any(i in varying for i in n.inputs) and not (
-                get_op(n.op).view and all(i.op == "input" for i in n.inputs)):
+            get_op(n.op).view and all(i.op == "input" for i in n.inputs)
+        ):
             varying.add(n)
         else:
             redo.add(n)  # from invariants and constants only (push-out hoists it), or a view
@@ -132,8 +170,11 @@ def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
     backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
     read = dict.fromkeys(i for n in backward for i in n.inputs)
     read.update(dict.fromkeys(grad_outs))
-    saved = [n for n in joint.nodes if n in forward and n in read and n not in redo
-             and n.op not in ("input", "constant")]
+    saved = [
+        n
+        for n in joint.nodes
+        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
+    ]
     saved += [c for c in body.inputs[:n_carry] if c in read]  # carry inputs: per step too
     return joint, backward, saved, read, grad_outs
 
@@ -143,12 +184,14 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
     joint, backward, saved, read, grad_outs = _split(body, n_carry, n_xs, wrt)
     for n in saved:
         if n.dtype != dtype and n.dtype != np.bool_:
-            raise TapernnError(f"scan: the body's backward reads a {n.dtype} value per step "
-                               f"({n.op}, scope {n.scope!r}); a scan's residuals are {dtype} "
-                               f"(or bool)")
+            raise TapernnError(
+                f"scan: the body's backward reads a {n.dtype} value per step "
+                f"({n.op}, scope {n.scope!r}); a scan's residuals are {dtype} "
+                f"(or bool)"
+            )
     saved_ops = [n for n in saved if n.op != "input"]
     bwd = _backward_graph(joint, backward, saved_ops, read, grad_outs)
-    ys = list(joint.outputs[n_carry:len(body.outputs)])  # (rewired if the body has loops)
+    ys = list(joint.outputs[n_carry : len(body.outputs)])  # (rewired if the body has loops)
     res_from_ys = tuple(_source(n, ys, body, joint, n_carry) for n in saved)
     own = [n for n, j in zip(saved, res_from_ys) if j is None]
     fwd = _extended_body(body, joint, own, dtype)
@@ -158,8 +201,16 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
     wrt_xs = tuple(k for k in wrt if n_carry <= k < n_carry + n_xs)
     wrt_inv = tuple(k for k in wrt if k >= n_carry + n_xs)
     plan = BodyVJP(fwd, Graph(), len(own), res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
-    return BodyVJP(fwd, _reverse_body(body, n_carry, bwd, saved, wrt, plan, dtype), len(own),
-                   res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
+    return BodyVJP(
+        fwd,
+        _reverse_body(body, n_carry, bwd, saved, wrt, plan, dtype),
+        len(own),
+        res_from_ys,
+        xs_read,
+        inv_read,
+        wrt_xs,
+        wrt_inv,
+    )
 
 
 def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tuple | None:
@@ -186,7 +237,7 @@ def _previous(stack: Var, init: Var, reverse: bool) -> Var:
 
 def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:
     """The body returning `own` residuals too (bool ones cast to the slab dtype)."""
-    outputs = joint.outputs[:len(body.outputs)]  # the body's, rewired if it has loops
+    outputs = joint.outputs[: len(body.outputs)]  # the body's, rewired if it has loops
     forward = _needed(outputs)
     nodes = [n for n in joint.nodes if n in forward or n in body.inputs]
     outs = []
@@ -198,8 +249,15 @@ def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) 
     return Graph(nodes, list(body.inputs), list(outputs) + outs, body.meta)
 
 
-def _reverse_body(body: Graph, nc: int, bwd: Graph, saved: list[Node], wrt: tuple[int, ...],
-                  plan: BodyVJP, dtype: np.dtype) -> Graph:
+def _reverse_body(
+    body: Graph,
+    nc: int,
+    bwd: Graph,
+    saved: list[Node],
+    wrt: tuple[int, ...],
+    plan: BodyVJP,
+    dtype: np.dtype,
+) -> Graph:
     """(carry cotangents, accumulators) + (ys cotangents, residuals, xs read) + (invariants
     read) -> (previous carry cotangents, accumulators + this step's) + (xs cotangents)."""
     n_saved_ops = sum(1 for n in saved if n.op != "input")
@@ -209,25 +267,30 @@ def _reverse_body(body: Graph, nc: int, bwd: Graph, saved: list[Node], wrt: tupl
     position = {n: k for k, n in enumerate(body.inputs)}
 
     def step(*v: Var) -> list[Var]:
-        dc, acc = v[:nc], v[nc:nc + n_acc]
-        gy = v[nc + n_acc:nc + n_acc + n_ys]
-        res = v[nc + n_acc + n_ys:nc + n_acc + n_ys + len(saved)]
-        given = dict(zip(read, v[nc + n_acc + n_ys + len(saved):]))
+        dc, acc = v[:nc], v[nc : nc + n_acc]
+        gy = v[nc + n_acc : nc + n_acc + n_ys]
+        res = v[nc + n_acc + n_ys : nc + n_acc + n_ys + len(saved)]
+        given = dict(zip(read, v[nc + n_acc + n_ys + len(saved) :]))
         value = {n: (F.cast(r, n.dtype) if n.dtype != r.dtype else r) for n, r in zip(saved, res)}
         args = [value[n] for n in _originals(saved_ops, saved)]
         args += list(dc) + list(gy)
-        for i in bwd.inputs[seeds_at + n_out:]:
+        for i in bwd.inputs[seeds_at + n_out :]:
             k = position[i]
             args.append(value[i] if k < nc else given[k])
         grads = dict(zip(wrt, inline(bwd, args)))
-        return ([grads[k] for k in range(nc)] + [a + grads[k] for a, k in zip(acc, plan.wrt_inv)]
-                + [grads[k] for k in plan.wrt_xs])
+        return (
+            [grads[k] for k in range(nc)]
+            + [a + grads[k] for a, k in zip(acc, plan.wrt_inv)]
+            + [grads[k] for k in plan.wrt_xs]
+        )
 
-    examples = ([np.zeros(o.shape, dtype) for o in body.outputs[:nc]]
-                + [np.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
-                + [np.zeros(o.shape, dtype) for o in body.outputs[nc:]]
-                + [np.zeros(n.shape, dtype) for n in saved]
-                + [np.zeros(body.inputs[k].shape, body.inputs[k].dtype) for k in read])
+    examples = (
+        [np.zeros(o.shape, dtype) for o in body.outputs[:nc]]
+        + [np.zeros(body.inputs[k].shape, dtype) for k in plan.wrt_inv]
+        + [np.zeros(o.shape, dtype) for o in body.outputs[nc:]]
+        + [np.zeros(n.shape, dtype) for n in saved]
+        + [np.zeros(body.inputs[k].shape, body.inputs[k].dtype) for k in read]
+    )
     with phase("backward"):
         return trace(step, *examples)
 

@@ -1,6 +1,7 @@
 """The `scan` loop node's rules and builder (issue 16; Theano's scan, JAX's lax.scan): its shape
 and dtype rules, the reference forward (a loop over `interpret(body)`), the slab layout, the
 builder `scan(...) -> ScanResult`, `inline` (replay a body into the tape) and `unroll_scans`."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ from .interpret import interpret
 from .tracing import _PHASE, _SCOPE, _STEP, Tape, Var, as_var, current_tape, phase, scope, step
 
 # ---- the slab layout ----------------------------------------------------------------------------
+
 
 def slab_sizes(body: Graph, n_carry: int) -> tuple[int, int]:
     """(C, Y): the total size of the carry outputs, and of one step's ys."""
@@ -40,24 +42,32 @@ def body_dtype(body: Graph) -> np.dtype:
 def check_body(body: Any, n_carry: int, n_xs: int, err: type = ShapeError) -> None:
     """Raise (ShapeError / DTypeError / `err` for mixed dtypes) unless `body` can be scanned."""
     if not isinstance(body, Graph):
-        raise ArgumentTypeError(f"scan: the body is a Graph (from tn.trace), got "
-                                f"{type(body).__name__}")
+        raise ArgumentTypeError(
+            f"scan: the body is a Graph (from tn.trace), got {type(body).__name__}"
+        )
     if n_carry < 0 or n_xs < 0 or n_carry + n_xs > len(body.inputs):
-        raise ShapeError(f"scan: the body has {len(body.inputs)} inputs, fewer than its "
-                         f"{n_carry} carries + {n_xs} xs")
+        raise ShapeError(
+            f"scan: the body has {len(body.inputs)} inputs, fewer than its "
+            f"{n_carry} carries + {n_xs} xs"
+        )
     if len(body.outputs) < n_carry:
-        raise ShapeError(f"scan: the body returns {len(body.outputs)} values, fewer than its "
-                         f"{n_carry} carries")
+        raise ShapeError(
+            f"scan: the body returns {len(body.outputs)} values, fewer than its {n_carry} carries"
+        )
     dtypes = {o.dtype for o in body.outputs}
     if len(dtypes) > 1 or any(d.kind != "f" for d in dtypes):
         shown = ", ".join(f"{k}: {o.dtype}" for k, o in enumerate(body.outputs))
-        raise err(f"scan: the body's outputs must all have one floating-point dtype (the "
-                  f"slab's), got {shown}")
+        raise err(
+            f"scan: the body's outputs must all have one floating-point dtype (the "
+            f"slab's), got {shown}"
+        )
     for k in range(n_carry):
         i, o = body.inputs[k], body.outputs[k]
         if i.shape != o.shape or i.dtype != o.dtype:
-            raise ShapeError(f"scan: carry {k} ({i.name!r}) enters the body as {i.shape} "
-                             f"{i.dtype} but the body returns it as {o.shape} {o.dtype}")
+            raise ShapeError(
+                f"scan: carry {k} ({i.name!r}) enters the body as {i.shape} "
+                f"{i.dtype} but the body returns it as {o.shape} {o.dtype}"
+            )
 
 
 def _role(k: int, n_carry: int, n_xs: int, body: Graph) -> str:
@@ -69,44 +79,58 @@ def _role(k: int, n_carry: int, n_xs: int, body: Graph) -> str:
     return f"invariant {k - n_carry - n_xs} (body input {name!r})"
 
 
-def scan_shape(*shapes: tuple, body: Graph, n_carry: int, n_xs: int, length: int,
-               reverse: bool = False) -> tuple[int]:
+def scan_shape(
+    *shapes: tuple, body: Graph, n_carry: int, n_xs: int, length: int, reverse: bool = False
+) -> tuple[int]:
     """The slab's shape (C + length * Y,), after checking every input against the body."""
     check_body(body, n_carry, n_xs)
     n_inv = len(body.inputs) - n_carry - n_xs
     if len(shapes) != len(body.inputs):
-        raise ShapeError(f"scan: the body takes {len(body.inputs)} inputs ({n_carry} carries, "
-                         f"{n_xs} xs, {n_inv} invariants), got {len(shapes)}")
+        raise ShapeError(
+            f"scan: the body takes {len(body.inputs)} inputs ({n_carry} carries, "
+            f"{n_xs} xs, {n_inv} invariants), got {len(shapes)}"
+        )
     if not isinstance(length, (int, np.integer)) or length < 0:
         raise ShapeError(f"scan: length must be a non-negative int, got {length!r}")
     for k, (s, i) in enumerate(zip(shapes, body.inputs)):
         want = (int(length), *i.shape) if n_carry <= k < n_carry + n_xs else i.shape
         if tuple(s) != want:
-            raise ShapeError(f"scan: {_role(k, n_carry, n_xs, body)}: expected shape {want}, "
-                             f"got {tuple(s)}")
+            raise ShapeError(
+                f"scan: {_role(k, n_carry, n_xs, body)}: expected shape {want}, got {tuple(s)}"
+            )
     c, y = slab_sizes(body, n_carry)
     return (c + int(length) * y,)
 
 
-def scan_dtype(*dtypes: np.dtype, body: Graph, n_carry: int, n_xs: int, length: int = 0,
-               reverse: bool = False) -> np.dtype:
+def scan_dtype(
+    *dtypes: np.dtype, body: Graph, n_carry: int, n_xs: int, length: int = 0, reverse: bool = False
+) -> np.dtype:
     for k, (d, i) in enumerate(zip(dtypes, body.inputs)):
         if np.dtype(d) != i.dtype:
-            raise DTypeError(f"scan: {_role(k, n_carry, n_xs, body)}: expected dtype "
-                             f"{i.dtype}, got {np.dtype(d)}")
+            raise DTypeError(
+                f"scan: {_role(k, n_carry, n_xs, body)}: expected dtype "
+                f"{i.dtype}, got {np.dtype(d)}"
+            )
     return body_dtype(body)
 
 
-def scan_forward(*arrays: np.ndarray, out: np.ndarray | None = None, body: Graph, n_carry: int,
-                 n_xs: int, length: int, reverse: bool = False) -> np.ndarray:
+def scan_forward(
+    *arrays: np.ndarray,
+    out: np.ndarray | None = None,
+    body: Graph,
+    n_carry: int,
+    n_xs: int,
+    length: int,
+    reverse: bool = False,
+) -> np.ndarray:
     """The reference semantics: step t runs `interpret(body)` on the carries and xs[t] (t from
     length - 1 down to 0 when `reverse`), ys row t holds step t's ys; then the final carries."""
     carries = list(arrays[:n_carry])
-    xs, inv = arrays[n_carry:n_carry + n_xs], arrays[n_carry + n_xs:]
+    xs, inv = arrays[n_carry : n_carry + n_xs], arrays[n_carry + n_xs :]
     c, y = slab_sizes(body, n_carry)
     slab = np.empty(c + length * y, body_dtype(body))
     rows = slab[c:].reshape(length, y)
-    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+    for t in range(length - 1, -1, -1) if reverse else range(length):
         outs = interpret(body, *carries, *[x[t] for x in xs], *inv)
         carries = outs[:n_carry]
         if y:
@@ -121,6 +145,7 @@ def scan_forward(*arrays: np.ndarray, out: np.ndarray | None = None, body: Graph
 
 # ---- the builder --------------------------------------------------------------------------------
 
+
 class ScanResult:
     """What `scan` returns: `node` (the slab), `carries` (final carries) and `ys` (each
     (length, *shape)): views of the slab (getitem + reshape)."""
@@ -129,8 +154,10 @@ class ScanResult:
         self.slab, self.body, self.n_carry, self.length = slab, body, n_carry, length
         c, y = slab_sizes(body, n_carry)
         carry_shapes = [o.shape for o in body.outputs[:n_carry]]
-        self.carries = [F.reshape(F.getitem(slab, slice(a, b)), s)
-                        for (a, b), s in zip(offsets(carry_shapes), carry_shapes)]
+        self.carries = [
+            F.reshape(F.getitem(slab, slice(a, b)), s)
+            for (a, b), s in zip(offsets(carry_shapes), carry_shapes)
+        ]
         y_shapes = [o.shape for o in body.outputs[n_carry:]]
         self.ys: list[Var] = []
         if y_shapes:
@@ -144,37 +171,48 @@ class ScanResult:
         return self.slab.node
 
     def __repr__(self) -> str:
-        return (f"ScanResult({len(self.carries)} carries, {len(self.ys)} ys, "
-                f"length {self.length})")
+        return f"ScanResult({len(self.carries)} carries, {len(self.ys)} ys, length {self.length})"
 
 
 def _vars(label: str, values: Any) -> list[Var]:
     if isinstance(values, (Var, np.ndarray)) or hasattr(values, "__tapernn_var__"):
-        raise ArgumentTypeError(f"scan: {label} is a list of Vars, got one "
-                                f"{type(values).__name__} (wrap it in a list)")
+        raise ArgumentTypeError(
+            f"scan: {label} is a list of Vars, got one {type(values).__name__} (wrap it in a list)"
+        )
     try:
         return [as_var(v) for v in values]
     except TypeError:
-        raise ArgumentTypeError(f"scan: {label} is a list of Vars, got "
-                                f"{type(values).__name__}") from None
+        raise ArgumentTypeError(
+            f"scan: {label} is a list of Vars, got {type(values).__name__}"
+        ) from None
 
 
-def scan(body: Graph, inits: Sequence[Var], xs: Sequence[Var] = (),
-         invariants: Sequence[Var] = (), reverse: bool = False,
-         length: int | None = None) -> ScanResult:
+def scan(
+    body: Graph,
+    inits: Sequence[Var],
+    xs: Sequence[Var] = (),
+    invariants: Sequence[Var] = (),
+    reverse: bool = False,
+    length: int | None = None,
+) -> ScanResult:
     """Run `body` as a loop: `body(carries, xs[t], invariants) -> (new carries, ys)` for t in
     range(length) (reversed with `reverse`); the Torch7 counterpart is a Recurrence stepped over
     a sequence. `length` is xs[0].shape[0]; give it when there are no xs. The body is compiled
     once, whatever the length (tapernn/scan_run.py)."""
-    inits, xs, invariants = (_vars("inits", inits), _vars("xs", xs),
-                             _vars("invariants", invariants))
+    inits, xs, invariants = (
+        _vars("inits", inits),
+        _vars("xs", xs),
+        _vars("invariants", invariants),
+    )
     n_carry, n_xs = len(inits), len(xs)
     check_body(body, n_carry, n_xs, err=TracingError)
     body.verify()
     given = n_carry + n_xs + len(invariants)
     if given != len(body.inputs):
-        raise ShapeError(f"scan: the body takes {len(body.inputs)} inputs, got {n_carry} "
-                         f"carries + {n_xs} xs + {len(invariants)} invariants = {given}")
+        raise ShapeError(
+            f"scan: the body takes {len(body.inputs)} inputs, got {n_carry} "
+            f"carries + {n_xs} xs + {len(invariants)} invariants = {given}"
+        )
     if xs:
         for k, x in enumerate(xs):
             if x.ndim == 0:
@@ -189,8 +227,17 @@ def scan(body: Graph, inits: Sequence[Var], xs: Sequence[Var] = (),
         raise ArgumentError("scan: with no xs, give the number of steps as length=")
     if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
         raise ArgumentError(f"scan: length is a non-negative int, got {length!r}")
-    slab = F.emit("scan", *inits, *xs, *invariants, body=body, n_carry=n_carry, n_xs=n_xs,
-                  length=int(length), reverse=bool(reverse))
+    slab = F.emit(
+        "scan",
+        *inits,
+        *xs,
+        *invariants,
+        body=body,
+        n_carry=n_carry,
+        n_xs=n_xs,
+        length=int(length),
+        reverse=bool(reverse),
+    )
     return ScanResult(slab, body, n_carry, int(length))
 
 
@@ -203,8 +250,10 @@ def inline(body: Graph, inputs: Sequence[Var], step: int | None = None) -> list[
         raise ShapeError(f"inline: the body takes {len(body.inputs)} inputs, got {len(inputs)}")
     for k, (v, i) in enumerate(zip(inputs, body.inputs)):
         if v.shape != i.shape or v.dtype != i.dtype:
-            raise ShapeError(f"inline: input {k} ({i.name!r}): expected {i.shape} {i.dtype}, "
-                             f"got {v.shape} {v.dtype}")
+            raise ShapeError(
+                f"inline: input {k} ({i.name!r}): expected {i.shape} {i.dtype}, "
+                f"got {v.shape} {v.dtype}"
+            )
     tape = inputs[0].tape if inputs else current_tape()
     st = step if step is not None else _STEP.get()
     here, ph = _SCOPE.get(), _PHASE.get()
@@ -212,9 +261,18 @@ def inline(body: Graph, inputs: Sequence[Var], step: int | None = None) -> list[
     for n in body.nodes:
         if n.op == "input":
             continue
-        new = Node(n.op, [env[i] for i in n.inputs], n.attrs, n.shape, n.dtype,
-                   step=n.step if st is None else st, scope=n.scope or here,
-                   phase=n.phase if n.phase != "forward" else ph, name=n.name, value=n.value)
+        new = Node(
+            n.op,
+            [env[i] for i in n.inputs],
+            n.attrs,
+            n.shape,
+            n.dtype,
+            step=n.step if st is None else st,
+            scope=n.scope or here,
+            phase=n.phase if n.phase != "forward" else ph,
+            name=n.name,
+            value=n.value,
+        )
         new.verified = n.verified
         env[n] = tape.add(new)
     return [Var(env[o], tape) for o in body.outputs]
@@ -242,16 +300,25 @@ def unroll_scans(graph: Graph) -> Graph:
 def _unrolled(n: Node, ins: list[Var], tape: Tape) -> Node:
     a = n.attrs
     body, nc, nx, length = unroll_scans(a["body"]), a["n_carry"], a["n_xs"], a["length"]
-    carries, xs, inv = ins[:nc], ins[nc:nc + nx], ins[nc + nx:]
+    carries, xs, inv = ins[:nc], ins[nc : nc + nx], ins[nc + nx :]
     ys: dict[int, list[Var]] = {}
     with scope(n.scope, absolute=True), phase(n.phase):
-        for t in (range(length - 1, -1, -1) if a["reverse"] else range(length)):
+        for t in range(length - 1, -1, -1) if a["reverse"] else range(length):
             with step(t):
                 outs = inline(body, carries + [F.getitem(x, t) for x in xs] + inv, step=t)
             carries, ys[t] = outs[:nc], outs[nc:]
         pieces = [F.reshape(v, (-1,)) for v in carries]
         pieces += [F.reshape(v, (-1,)) for t in range(length) for v in ys[t]]
         if not pieces or n.shape == (0,):
-            return tape.add(Node("zeros", (), {"shape": (0,), "dtype": n.dtype.str}, (0,),
-                                 n.dtype, scope=n.scope, phase=n.phase))
+            return tape.add(
+                Node(
+                    "zeros",
+                    (),
+                    {"shape": (0,), "dtype": n.dtype.str},
+                    (0,),
+                    n.dtype,
+                    scope=n.scope,
+                    phase=n.phase,
+                )
+            )
         return F.concat(pieces).node

@@ -1,6 +1,7 @@
 """Lowering the `scan` op: its body compiled once (the caller's pass pipeline and PlanOptions,
 its own memory plan), cached per body Graph object, and run by a generated loop that carries the
 states from step to step and writes each step's ys into its row of the slab."""
+
 from __future__ import annotations
 
 import builtins
@@ -23,8 +24,7 @@ _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 COMPILES = [0]  # bodies compiled so far (tests count recompilations)
 
 
-def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None = None
-                  ) -> Compiled:
+def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None = None) -> Compiled:
     """`body` compiled (cached); given `n_variant` (its carries + xs), work on its invariants
     alone runs once per loop call in the result's `.prologue` (scan_hoist)."""
     key = (None if passes is None else tuple(passes), options)
@@ -34,9 +34,11 @@ def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None 
         COMPILES[0] += 1
         # (a copy: the Compiled may hold the graph it was given, and a cached value holding its
         # weak key would keep it alive forever)
-        found = cache[key] = (compile(body.copy(), passes=passes, options=options)
-                              if n_variant is None else
-                              compile_hoisted(body.copy(), n_variant, passes, options))
+        found = cache[key] = (
+            compile(body.copy(), passes=passes, options=options)
+            if n_variant is None
+            else compile_hoisted(body.copy(), n_variant, passes, options)
+        )
     return found
 
 
@@ -44,15 +46,27 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
     body = attrs["body"]
-    compiled = compiled_body(_without_fixed(body, attrs["n_carry"]), ctx.passes, ctx.options,
-                             attrs["n_carry"] + attrs["n_xs"])
+    compiled = compiled_body(
+        _without_fixed(body, attrs["n_carry"]),
+        ctx.passes,
+        ctx.options,
+        attrs["n_carry"] + attrs["n_xs"],
+    )
     runner = make_runner(compiled, attrs)
     c, y = slab_sizes(body, attrs["n_carry"])
     itemsize = body_dtype(body).itemsize
-    ctx.sub_reports.append(LoopReport(
-        scope=_scope_of(body), length=attrs["length"], reverse=attrs["reverse"],
-        body=compiled.report, body_nodes=len(compiled.graph.nodes), carry_bytes=c * itemsize,
-        step_bytes=y * itemsize, largest_gemm_flops=compiled.largest_gemm_flops))
+    ctx.sub_reports.append(
+        LoopReport(
+            scope=_scope_of(body),
+            length=attrs["length"],
+            reverse=attrs["reverse"],
+            body=compiled.report,
+            body_nodes=len(compiled.graph.nodes),
+            carry_bytes=c * itemsize,
+            step_bytes=y * itemsize,
+            largest_gemm_flops=compiled.largest_gemm_flops,
+        )
+    )
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 
@@ -93,23 +107,33 @@ def make_runner(compiled: Compiled, attrs: dict):
     carry_shapes = [o.shape for o in body.outputs[:nc]]
     y_shapes = [o.shape for o in body.outputs[nc:]]
     params = [f"a{k}" for k in range(n_in)]
-    cs, xs, inv = params[:nc], params[nc:nc + nx], params[nc + nx:]
+    cs, xs, inv = params[:nc], params[nc : nc + nx], params[nc + nx :]
     prologue = getattr(compiled, "prologue", None)
     hoisted = [f"h{k}" for k in range(len(prologue.graph.outputs))] if prologue else []
     step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv + hoisted)
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
-    head = (f"def run({', '.join(params)}, out=None, *, fn, fail, np_empty, np_copyto, "
-            f"ys_views, carry_views, pre):")
+    head = (
+        f"def run({', '.join(params)}, out=None, *, fn, fail, np_empty, np_copyto, "
+        f"ys_views, carry_views, pre):"
+    )
     lines = [head]
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(inv)})")
-    lines += [(f"    slab = out if out is not None and out.flags.c_contiguous else "
-                   f"np_empty({c + length * y}, dtype)")]
+    lines += [
+        (
+            f"    slab = out if out is not None and out.flags.c_contiguous else "
+            f"np_empty({c + length * y}, dtype)"
+        )
+    ]
     ys = [f"y{j}" for j in range(len(y_shapes))]
     if ys:
         lines.append(f"    {', '.join(ys)}, = ys_views(slab)")
-    lines += ["    t = None", "    try:", f"        for t in {order}:",
-              f"            r = fn({step_args})"]
+    lines += [
+        "    t = None",
+        "    try:",
+        f"        for t in {order}:",
+        f"            r = fn({step_args})",
+    ]
     live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
     lines += [f"            {cv} = r[{k}]" for k, cv in enumerate(live)]
     lines += [f"            {yv}[t] = r[{len(live) + j}]" for j, yv in enumerate(ys)]
@@ -117,17 +141,25 @@ def make_runner(compiled: Compiled, attrs: dict):
     if cs:
         lines.append(f"    {', '.join(f'v{k}' for k in range(nc))}, = carry_views(slab)")
         lines += [f"    v{k}[...] = {cv}" for k, cv in enumerate(cs)]
-    lines += ["    if out is not None and slab is not out:", "        np_copyto(out, slab)",
-              "        return out", "    return slab"]
+    lines += [
+        "    if out is not None and slab is not out:",
+        "        np_copyto(out, slab)",
+        "        return out",
+        "    return slab",
+    ]
     namespace: dict[str, Any] = {"dtype": body_dtype(body)}
     source = "\n".join(lines) + "\n"
     exec(builtins.compile(source, "<tapernn scan runner>", "exec"), namespace)  # noqa: S102
     run = namespace["run"]
     run.__kwdefaults__ = {
-        "fn": compiled.program.fn, "fail": _failure(compiled, attrs), "np_empty": np.empty,
-        "np_copyto": np.copyto, "ys_views": _ys_views(c, length, y, y_shapes),
+        "fn": compiled.program.fn,
+        "fail": _failure(compiled, attrs),
+        "np_empty": np.empty,
+        "np_copyto": np.copyto,
+        "ys_views": _ys_views(c, length, y, y_shapes),
         "carry_views": _carry_views(carry_shapes),
-        "pre": prologue.program.fn if prologue else None}
+        "pre": prologue.program.fn if prologue else None,
+    }
     return run
 
 
@@ -135,7 +167,7 @@ def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
     spans = offsets(shapes)
 
     def views(slab: np.ndarray) -> list[np.ndarray]:
-        rows = slab[c:c + length * y].reshape(length, y)
+        rows = slab[c : c + length * y].reshape(length, y)
         out = []
         for (a, b), s in zip(spans, shapes):
             v = rows[:, a:b].reshape((length, *s))  # splits a contiguous run: a view
@@ -143,6 +175,7 @@ def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
                 raise TapernnError("scan: internal error, a ys view of the slab is a copy")
             out.append(v)
         return out
+
     return views
 
 
@@ -151,11 +184,13 @@ def _carry_views(shapes: list[tuple]):
 
     def views(slab: np.ndarray) -> list[np.ndarray]:
         return [slab[a:b].reshape(s) for (a, b), s in zip(spans, shapes)]
+
     return views
 
 
 def _failure(compiled: Compiled, attrs: dict):
     """The error a failing step raises: the body node and the step it failed at."""
+
     def fail(e: BaseException, t: int | None) -> TapernnError:
         node = compiled.program.failing_node(e)
         what = f"{node.op}{where(node.scope or None)}" if node is not None else "the body"
@@ -165,4 +200,5 @@ def _failure(compiled: Compiled, attrs: dict):
         if isinstance(e, IndexError):
             return ValueRangeError(msg)
         return TapernnError(msg)
+
     return fail

@@ -1,5 +1,6 @@
 """Saving and loading parameters as .npz (plain arrays keyed by dotted names; never pickle),
 written whole or not at all, and read back only if every array is finite real floating point."""
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(where, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise StateError(f"{where!r} is a single .npy array, not an .npz file of "
-                                 f"named arrays written by tapernn.save")
+                raise StateError(
+                    f"{where!r} is a single .npy array, not an .npz file of "
+                    f"named arrays written by tapernn.save"
+                )
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise StateError(f"cannot read parameters: no such file {where!r}") from None
@@ -65,9 +68,11 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise
     except ValueError as e:
         if "pickle" in str(e):
-            raise StateError(f"cannot read parameters from {where!r}: not an .npz archive of "
-                             f"arrays (truncated, corrupted or another kind of file; tapernn "
-                             f"never reads pickles)") from None
+            raise StateError(
+                f"cannot read parameters from {where!r}: not an .npz archive of "
+                f"arrays (truncated, corrupted or another kind of file; tapernn "
+                f"never reads pickles)"
+            ) from None
         raise _damaged(where, e) from None
     except AttributeError:  # np.load returned something without __enter__ (an old format)
         raise StateError(f"{where!r} is not an .npz file written by tapernn.save") from None
@@ -78,8 +83,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def _damaged(where: str, e: BaseException) -> StateError:
     size = os.path.getsize(where) if os.path.exists(where) else None
     detail = "it is empty" if size == 0 else f"{type(e).__name__}: {e}"
-    return StateError(f"cannot read parameters from {where!r}: the file is truncated, corrupted "
-                      f"or not an .npz file ({detail})")
+    return StateError(
+        f"cannot read parameters from {where!r}: the file is truncated, corrupted "
+        f"or not an .npz file ({detail})"
+    )
 
 
 def check_arrays(arrays: dict[str, np.ndarray], what: str) -> None:
@@ -87,9 +94,13 @@ def check_arrays(arrays: dict[str, np.ndarray], what: str) -> None:
     for name, a in arrays.items():
         a = np.asarray(a)
         if a.dtype.kind != "f":
-            raise DTypeError(f"{what}: array {name!r} has dtype {a.dtype}, expected float32 or "
-                             f"float64 parameters")
+            raise DTypeError(
+                f"{what}: array {name!r} has dtype {a.dtype}, expected float32 or "
+                f"float64 parameters"
+            )
         if not np.isfinite(a).all():
             bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise NumericError(f"{what}: array {name!r} holds {bad} NaN/Inf value(s) of "
-                               f"{a.size}; parameters must be finite")
+            raise NumericError(
+                f"{what}: array {name!r} holds {bad} NaN/Inf value(s) of "
+                f"{a.size}; parameters must be finite"
+            )

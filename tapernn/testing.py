@@ -1,6 +1,7 @@
 """Checking gradients: `gradcheck` compares reverse-mode gradients with float64 central
 differences of a random projection of the outputs, and names the worst entry when they differ.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,15 @@ from .tracing import _flatten, trace
 from .validation import data_array
 
 
-def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: float = 1e-6,
-              rtol: float = 1e-4, seed: int = 0, max_entries: int = 400) -> bool:
+def gradcheck(
+    fn: Callable[..., Any],
+    *arrays: Any,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+    rtol: float = 1e-4,
+    seed: int = 0,
+    max_entries: int = 400,
+) -> bool:
     """Check the reverse-mode gradient of `fn` against central differences.
 
     `fn` takes one Var per array and returns Vars. Floating arrays are checked in float64 (they
@@ -28,8 +36,9 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     Returns True, or raises GradcheckError naming the input, the entry, analytic and numeric.
     """
     if not callable(fn):
-        raise ArgumentTypeError(f"tn.gradcheck takes a function of Vars first, got "
-                                f"{type(fn).__name__}")
+        raise ArgumentTypeError(
+            f"tn.gradcheck takes a function of Vars first, got {type(fn).__name__}"
+        )
     eps = check.number("tn.gradcheck", "eps", eps, "positive")
     atol = check.number("tn.gradcheck", "atol", atol, "non-negative")
     rtol = check.number("tn.gradcheck", "rtol", rtol, "non-negative")
@@ -38,9 +47,11 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     xs = [data_array("tn.gradcheck", np.asarray(a)) for a in arrays]
     xs = [np.array(a, dtype=np.float64) if a.dtype.kind == "f" else a for a in xs]
     if not any(x.dtype.kind == "f" for x in xs):
-        raise DTypeError(f"tn.gradcheck needs at least one floating-point array to differentiate, "
-                         f"got {', '.join(x.dtype.name for x in xs) or 'no arrays'} (integer "
-                         f"arrays are ids or targets: pass x.astype(float) to check x)")
+        raise DTypeError(
+            f"tn.gradcheck needs at least one floating-point array to differentiate, "
+            f"got {', '.join(x.dtype.name for x in xs) or 'no arrays'} (integer "
+            f"arrays are ids or targets: pass x.astype(float) to check x)"
+        )
     probe = trace(fn, *xs)
     projections = [rng.standard_normal(o.shape) for o in probe.outputs if o.dtype.kind == "f"]
 
@@ -59,8 +70,15 @@ def gradcheck(fn: Callable[..., Any], *arrays: Any, eps: float = 1e-6, atol: flo
     return True
 
 
-def _compare(checks: list, loss_at: Callable[[], float], rng: np.random.Generator, eps: float,
-             atol: float, rtol: float, max_entries: int) -> str | None:
+def _compare(
+    checks: list,
+    loss_at: Callable[[], float],
+    rng: np.random.Generator,
+    eps: float,
+    atol: float,
+    rtol: float,
+    max_entries: int,
+) -> str | None:
     """Central differences of `loss_at` for entries of each (name, array, analytic) in `checks`
     (perturbed in place); returns a description of the worst violation, or None."""
     worst: tuple[float, str] | None = None
@@ -81,13 +99,25 @@ def _compare(checks: list, loss_at: Callable[[], float], rng: np.random.Generato
             excess = abs(a - numeric) - (atol + rtol * abs(numeric))
             if excess > 0 and (worst is None or excess > worst[0]):
                 where = tuple(int(i) for i in idx)
-                worst = (excess, f"{name} entry {where}: analytic {a:.10g} vs numeric {numeric:.10g}")
+                worst = (
+                    excess,
+                    f"{name} entry {where}: analytic {a:.10g} vs numeric {numeric:.10g}",
+                )
     return None if worst is None else worst[1]
 
 
-def gradcheck_module(model: Any, criterion: Any, input: Any, target: Any, *, seed: int = 0,
-                     eps: float = 1e-6, atol: float = 1e-6, rtol: float = 1e-4,
-                     max_entries: int = 60) -> bool:
+def gradcheck_module(
+    model: Any,
+    criterion: Any,
+    input: Any,
+    target: Any,
+    *,
+    seed: int = 0,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+    rtol: float = 1e-4,
+    max_entries: int = 60,
+) -> bool:
     """Check `model.backward` (parameter gradients and float grad_input) against central
     differences of `criterion(model(input), target)`.
 

@@ -1,6 +1,7 @@
 """Recording: `Var` (a symbolic value with NumPy-style operators), the recording context
 (current step, scope and phase) and `trace`, which turns a Python function into a `Graph`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,18 +90,41 @@ class Tape:
         self.graph.nodes.append(node)
         return node
 
-    def input(self, shape: Sequence[int], dtype: Any = np.float64, name: str | None = None,
-              kind: str = "data") -> Var:
+    def input(
+        self,
+        shape: Sequence[int],
+        dtype: Any = np.float64,
+        name: str | None = None,
+        kind: str = "data",
+    ) -> Var:
         name = name or f"x{len(self.graph.inputs)}"
-        node = Node("input", (), {"kind": kind}, tuple(shape), dtype, step=_STEP.get(),
-                    scope=_SCOPE.get(), phase=_PHASE.get(), name=name)
+        node = Node(
+            "input",
+            (),
+            {"kind": kind},
+            tuple(shape),
+            dtype,
+            step=_STEP.get(),
+            scope=_SCOPE.get(),
+            phase=_PHASE.get(),
+            name=name,
+        )
         self.graph.inputs.append(node)
         return Var(self.add(node), self)
 
     def constant(self, value: Any, dtype: Any = None) -> Var:
         arr = np.asarray(value, dtype=dtype)
-        node = Node("constant", (), {}, arr.shape, arr.dtype, step=_STEP.get(), scope=_SCOPE.get(),
-                    phase=_PHASE.get(), value=arr)
+        node = Node(
+            "constant",
+            (),
+            {},
+            arr.shape,
+            arr.dtype,
+            step=_STEP.get(),
+            scope=_SCOPE.get(),
+            phase=_PHASE.get(),
+            value=arr,
+        )
         return Var(self.add(node), self)
 
     @contextlib.contextmanager
@@ -142,15 +166,19 @@ class Var:
         return self.node.shape[0]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise TracingError("a symbolic tn.Var has no values while a graph is recorded (inside a "
-                           "cell's step, a module's build or a traced function): use the tn.* "
-                           f"ops on it, not NumPy{where(_SCOPE.get() or None, _STEP.get())}")
+        raise TracingError(
+            "a symbolic tn.Var has no values while a graph is recorded (inside a "
+            "cell's step, a module's build or a traced function): use the tn.* "
+            f"ops on it, not NumPy{where(_SCOPE.get() or None, _STEP.get())}"
+        )
 
     def __repr__(self) -> str:
         return f"Var({self.node.op}, shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise TracingError("a symbolic Var has no truth value; use tn.where for data-dependent choices")
+        raise TracingError(
+            "a symbolic Var has no truth value; use tn.where for data-dependent choices"
+        )
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))
@@ -182,10 +210,12 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
         dtype = op.infer_dtype([n.dtype for n in nodes], attrs)
     except (ShapeError, DTypeError) as e:
         shown = ", ".join(map(str, shapes))
-        raise type(e)(f"{opname}: {e} [input shapes {shown}]"
-                      f"{where(_SCOPE.get() or None, _STEP.get())}") from None
-    node = Node(opname, nodes, attrs, shape, dtype, step=_STEP.get(), scope=_SCOPE.get(),
-                phase=_PHASE.get())
+        raise type(e)(
+            f"{opname}: {e} [input shapes {shown}]{where(_SCOPE.get() or None, _STEP.get())}"
+        ) from None
+    node = Node(
+        opname, nodes, attrs, shape, dtype, step=_STEP.get(), scope=_SCOPE.get(), phase=_PHASE.get()
+    )
     node.verified = op.n_inputs is None or len(nodes) == op.n_inputs  # rules ran just above
     return Var(tape.add(node), tape)
 
@@ -197,8 +227,10 @@ def _operand_nodes(opname: str, args: tuple) -> tuple[Tape, list[Node]]:
     for a in args:
         if isinstance(a, Var) and a.tape is not tape:
             raise TapernnError(f"{opname}: operands were recorded in different graphs")
-    ref = next((a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
-               next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)))
+    ref = next(
+        (a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
+        next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)),
+    )
     return tape, [_as_node(a, tape, ref) for a in args]
 
 
@@ -233,11 +265,15 @@ def _flatten(out: Any) -> list[Var]:
         return [out]
     if isinstance(out, (list, tuple)):
         return [v for o in out for v in _flatten(o)]
-    raise TracingError(f"traced functions must return Vars (or nested lists/tuples of them), got "
-                    f"{type(out).__name__}")
+    raise TracingError(
+        f"traced functions must return Vars (or nested lists/tuples of them), got "
+        f"{type(out).__name__}"
+    )
 
 
-def trace(fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | None = None) -> Graph:
+def trace(
+    fn: Callable[..., Any], *example_arrays: Any, names: Sequence[str] | None = None
+) -> Graph:
     """Record `fn` applied to symbolic inputs shaped like `example_arrays` into a Graph.
 
     Shapes: each example array fixes the shape and dtype of one input; `fn` returns a Var or a

@@ -1,6 +1,7 @@
 """Speed of compiling and running, not semantics: Python's cyclic GC paused while compiling, and
 the NumPy error state a program runs in entered without np.errstate's per-call cost (moved out
 of executor.py as they were)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,6 +53,7 @@ try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the l
     def quiet_exit(token: Any) -> None:
         _extobj_contextvar.reset(token)
 except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
+
     def quiet_enter() -> Any:
         state = np.errstate(**_quiet(np.geterr()))
         state.__enter__()

@@ -2,6 +2,7 @@
 numbers, choices, modules, generators, parameter lists, input arrays): each failure is an
 ArgumentError / ArgumentTypeError / DTypeError naming the call, the argument, what is expected
 and what was got. Valid values come back normalised (numpy integers -> int, numbers -> float)."""
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,13 @@ def is_integer(value: Any) -> bool:
 def is_real(value: Any) -> bool:
     """A Python or NumPy int/float, not a bool."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
+        value, (bool, np.bool_)
+    )
 
 
-def size(owner: Any, name: str, value: Any, allow_none: bool = False,
-         minimum: int = 1) -> int | None:
+def size(
+    owner: Any, name: str, value: Any, allow_none: bool = False, minimum: int = 1
+) -> int | None:
     """A positive integer (numpy integers accepted, bools refused), or None if `allow_none`;
     `minimum=0` also accepts 0 (a non-negative integer)."""
     if value is None and allow_none:
@@ -93,8 +96,7 @@ def number(owner: Any, name: str, value: Any, interval: str | None = None) -> fl
     if not is_real(value):
         raise ArgumentTypeError(f"{who(owner)}: {name} must be a {kind}, got {got(value)}")
     if not math.isfinite(float(value)) or not inside(value):
-        raise ArgumentError(f"{who(owner)}: {name} must be {described}, got "
-                            f"{_number_text(value)}")
+        raise ArgumentError(f"{who(owner)}: {name} must be {described}, got {_number_text(value)}")
     return float(value)
 
 
@@ -123,17 +125,22 @@ def module(owner: Any, name: str, value: Any, criterion: bool = False) -> Any:
 
 def generator(owner: Any, name: str, value: Any) -> np.random.Generator | None:
     if value is not None and not isinstance(value, np.random.Generator):
-        raise ArgumentTypeError(f"{who(owner)}: {name} must be a numpy.random.Generator or None, "
-                                f"got {got(value)}; make one with np.random.default_rng(seed)")
+        raise ArgumentTypeError(
+            f"{who(owner)}: {name} must be a numpy.random.Generator or None, "
+            f"got {got(value)}; make one with np.random.default_rng(seed)"
+        )
     return value
 
 
 def seed(value: Any) -> int:
     if not is_integer(value):
-        raise ArgumentTypeError(f"tn.manual_seed: seed must be a non-negative integer, got "
-                                f"{got(value)}")
+        raise ArgumentTypeError(
+            f"tn.manual_seed: seed must be a non-negative integer, got {got(value)}"
+        )
     if value < 0:
-        raise ArgumentError(f"tn.manual_seed: seed must be a non-negative integer, got {int(value)}")
+        raise ArgumentError(
+            f"tn.manual_seed: seed must be a non-negative integer, got {int(value)}"
+        )
     return int(value)
 
 
@@ -141,16 +148,22 @@ def parameters(owner: Any, params: Any) -> list:
     """A non-empty list of Parameters (what `module.parameters()` returns)."""
     Module, Parameter = NN_CLASSES["Module"], NN_CLASSES["Parameter"]
     if isinstance(params, Module):
-        raise ArgumentTypeError(f"{who(owner)}: params must be a list of Parameters, got the "
-                                f"module {got(params)}; pass module.parameters()")
+        raise ArgumentTypeError(
+            f"{who(owner)}: params must be a list of Parameters, got the "
+            f"module {got(params)}; pass module.parameters()"
+        )
     if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
-        raise ArgumentTypeError(f"{who(owner)}: params must be a list of Parameters "
-                                f"(module.parameters()), got {got(params)}")
+        raise ArgumentTypeError(
+            f"{who(owner)}: params must be a list of Parameters "
+            f"(module.parameters()), got {got(params)}"
+        )
     params = list(params)
     for k, p in enumerate(params):
         if not isinstance(p, Parameter):
-            raise ArgumentTypeError(f"{who(owner)}: params[{k}] must be a Parameter (from "
-                                    f"module.parameters()), got {got(p)}")
+            raise ArgumentTypeError(
+                f"{who(owner)}: params[{k}] must be a Parameter (from "
+                f"module.parameters()), got {got(p)}"
+            )
     if not params:
         raise ArgumentError(f"{who(owner)}: got no parameters to optimise")
     return params
@@ -175,14 +188,23 @@ def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
     if kind in "fiub":
         return x
     if kind == "c":
-        raise DTypeError(f"{who(owner)}: complex inputs are not supported (got {x.dtype.name}); "
-                         f"pass real arrays (e.g. the real and imaginary parts separately)")
+        raise DTypeError(
+            f"{who(owner)}: complex inputs are not supported (got {x.dtype.name}); "
+            f"pass real arrays (e.g. the real and imaginary parts separately)"
+        )
     shown = x.dtype.str if kind in "USV" else x.dtype.name
     raise DTypeError(f"{who(owner)}: expected a numeric array (float, int or bool), got {shown}")
 
 
-_TN_SPELLING = {"absolute": "abs", "concatenate": "concat", "amax": "max", "negative": "-x",
-                "expand_dims": "reshape", "squeeze": "reshape", "swapaxes": "transpose"}
+_TN_SPELLING = {
+    "absolute": "abs",
+    "concatenate": "concat",
+    "amax": "max",
+    "negative": "-x",
+    "expand_dims": "reshape",
+    "squeeze": "reshape",
+    "swapaxes": "transpose",
+}
 _SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions
 
 
@@ -196,6 +218,8 @@ def numpy_on_var(called: str, name: str, where_: str) -> str:
     elif getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
         hint = f"use tn.{tn_name}"
     else:
-        hint = ("tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
-                "tn.tanh, tn.sigmoid, tn.sum, ...)")
+        hint = (
+            "tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
+            "tn.tanh, tn.sigmoid, tn.sum, ...)"
+        )
     return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"

@@ -2,6 +2,7 @@
 a graph (`Graph.__str__`: one line per node, also diagram tooltips), its networkx form
 (`Graph.to_networkx`), the table of a `CompileReport` (`str(report)`), the graph after each pass
 as files (`compile(..., dump=folder)`)."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,19 @@ def to_networkx(graph: Graph) -> nx.MultiDiGraph:
     g = nx.MultiDiGraph()
     outs = {n: k for k, n in enumerate(graph.outputs)}
     for n, k in num.items():
-        g.add_node(k, op=n.op, shape=list(n.shape), dtype=str(n.dtype), step=n.step,
-                   scope=n.scope, phase=n.phase, name=n.name, kind=n.kind,
-                   output=outs.get(n), attrs=printable_attrs(n.attrs))
+        g.add_node(
+            k,
+            op=n.op,
+            shape=list(n.shape),
+            dtype=str(n.dtype),
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+            name=n.name,
+            kind=n.kind,
+            output=outs.get(n),
+            attrs=printable_attrs(n.attrs),
+        )
     for n, k in num.items():
         for pos, i in enumerate(n.inputs):
             g.add_edge(num[i], k, key=pos, arg=pos)
@@ -44,8 +55,10 @@ def to_networkx(graph: Graph) -> nx.MultiDiGraph:
 
 
 def printable_attrs(attrs: dict) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-            for k, v in attrs.items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+        for k, v in attrs.items()
+    }
 
 
 def format_attrs(attrs: dict) -> str:
@@ -89,14 +102,17 @@ def format_report(report: CompileReport) -> str:
     rows = [f"{lead}{'pass':<{width}}{'nodes before':>13}{'nodes after':>13}{'ms':>10}"]
     for p in report.passes:
         lead = f"{p.program:<10}" if labelled else ""
-        rows.append(f"{lead}{p.name:<{width}}{p.nodes_before:>13}{p.nodes_after:>13}"
-                    f"{p.milliseconds:>10.2f}")
+        rows.append(
+            f"{lead}{p.name:<{width}}{p.nodes_before:>13}{p.nodes_after:>13}{p.milliseconds:>10.2f}"
+        )
     rows.append("")
     rows.append(f"fused groups              {len(report.fused_groups)}")
     rows.append(f"kernels per call          {report.kernels}")
     if report.backend:
-        rows.append(f"backend                   {report.backend} ({report.compiled_kernels} "
-                    f"compiled kernels, {len(report.fallbacks)} groups on NumPy)")
+        rows.append(
+            f"backend                   {report.backend} ({report.compiled_kernels} "
+            f"compiled kernels, {len(report.fallbacks)} groups on NumPy)"
+        )
         rows += [f"  on NumPy: {why}" for why in report.fallbacks[:5]]
     rows.append(f"naive bytes               {report.naive_bytes:,}")
     rows.append(f"planned bytes             {report.planned_bytes:,}")
@@ -117,4 +133,5 @@ def graph_files(folder: str | os.PathLike) -> Callable[[int, str, Graph], None]:
         safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
         text = (str(graph) + "\n").encode()
         atomic_write(folder / f"{index:02d}_{safe}.txt", lambda f: f.write(text))
+
     return write

@@ -7,6 +7,7 @@ with NumPy, step by step (the oracle: it shares nothing with tapernn's tracer or
 A case stacks 1-2 such cells in a Sequencer over T in 1..5, batched or not, with 1-3 states,
 some returned twice (aliasing) or passed through unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -24,8 +25,11 @@ def _np_sigmoid(v):
 # op -> (tapernn function, NumPy function, source template); operands are values, attrs follow
 OPS = {
     "matmul": (lambda a, w: a @ w, lambda a, w: a @ w, "{0} @ self.{w}"),
-    "matmul_t": (lambda a, w: a @ tn.transpose(w), lambda a, w: a @ w.T,
-                 "{0} @ tn.transpose(self.{w})"),  # a Linear: weight (out, in)
+    "matmul_t": (
+        lambda a, w: a @ tn.transpose(w),
+        lambda a, w: a @ w.T,
+        "{0} @ tn.transpose(self.{w})",
+    ),  # a Linear: weight (out, in)
     "rsub": (lambda a: 1.0 - a, lambda a: 1.0 - a, "1.0 - {0}"),
     "bias": (lambda a, b: a + b, lambda a, b: a + b, "{0} + self.{b}"),
     "add": (lambda a, b: a + b, lambda a, b: a + b, "{0} + {1}"),
@@ -33,31 +37,50 @@ OPS = {
     "mul": (lambda a, b: a * b, lambda a, b: a * b, "{0} * {1}"),
     "maximum": (tn.maximum, np.maximum, "tn.maximum({0}, {1})"),
     "minimum": (tn.minimum, np.minimum, "tn.minimum({0}, {1})"),
-    "div": (lambda a, b: a / (2.0 + tn.tanh(b)), lambda a, b: a / (2.0 + np.tanh(b)),
-            "{0} / (2.0 + tn.tanh({1}))"),
+    "div": (
+        lambda a, b: a / (2.0 + tn.tanh(b)),
+        lambda a, b: a / (2.0 + np.tanh(b)),
+        "{0} / (2.0 + tn.tanh({1}))",
+    ),
     "tanh": (tn.tanh, np.tanh, "tn.tanh({0})"),
     "sigmoid": (tn.sigmoid, _np_sigmoid, "tn.sigmoid({0})"),
     "relu": (tn.relu, lambda a: np.maximum(a, 0), "tn.relu({0})"),
     "neg": (lambda a: -a, np.negative, "-{0}"),
     "expt": (lambda a: tn.exp(tn.tanh(a)), lambda a: np.exp(np.tanh(a)), "tn.exp(tn.tanh({0}))"),
-    "logsig": (lambda a: tn.log(tn.sigmoid(a)), lambda a: -np.logaddexp(0, -a),
-               "tn.log(tn.sigmoid({0}))"),
+    "logsig": (
+        lambda a: tn.log(tn.sigmoid(a)),
+        lambda a: -np.logaddexp(0, -a),
+        "tn.log(tn.sigmoid({0}))",
+    ),
     "scale": (lambda a, c: a * c, lambda a, c: a * c, "{0} * {c!r}"),
-    "split": (lambda a, k, j: tn.split(a, k, axis=-1)[j],
-              lambda a, k, j: np.split(a, k, axis=-1)[j], "tn.split({0}, {k}, axis=-1)[{j}]"),
-    "slice": (lambda a, lo, hi: a[..., lo:hi], lambda a, lo, hi: a[..., lo:hi],
-              "{0}[..., {lo}:{hi}]"),
-    "concat": (lambda a, b: tn.concat([a, b], axis=-1),
-               lambda a, b: np.concatenate([a, b], axis=-1), "tn.concat([{0}, {1}], axis=-1)"),
-    "stacksum": (lambda a, b: tn.sum(tn.stack([a, b]), axis=0),
-                 lambda a, b: np.sum(np.stack([a, b]), axis=0),
-                 "tn.sum(tn.stack([{0}, {1}]), axis=0)"),
+    "split": (
+        lambda a, k, j: tn.split(a, k, axis=-1)[j],
+        lambda a, k, j: np.split(a, k, axis=-1)[j],
+        "tn.split({0}, {k}, axis=-1)[{j}]",
+    ),
+    "slice": (
+        lambda a, lo, hi: a[..., lo:hi],
+        lambda a, lo, hi: a[..., lo:hi],
+        "{0}[..., {lo}:{hi}]",
+    ),
+    "concat": (
+        lambda a, b: tn.concat([a, b], axis=-1),
+        lambda a, b: np.concatenate([a, b], axis=-1),
+        "tn.concat([{0}, {1}], axis=-1)",
+    ),
+    "stacksum": (
+        lambda a, b: tn.sum(tn.stack([a, b]), axis=0),
+        lambda a, b: np.sum(np.stack([a, b]), axis=0),
+        "tn.sum(tn.stack([{0}, {1}]), axis=0)",
+    ),
     "rsum": (lambda a: tn.sum(a) * 0.1, lambda a: np.sum(a) * 0.1, "tn.sum({0}) * 0.1"),
     "rmax": (tn.max, np.max, "tn.max({0})"),
     "rmean": (tn.mean, np.mean, "tn.mean({0})"),
-    "rowsum": (lambda a: tn.sum(a, axis=-1, keepdims=True) * 0.5,
-               lambda a: np.sum(a, axis=-1, keepdims=True) * 0.5,
-               "tn.sum({0}, axis=-1, keepdims=True) * 0.5"),
+    "rowsum": (
+        lambda a: tn.sum(a, axis=-1, keepdims=True) * 0.5,
+        lambda a: np.sum(a, axis=-1, keepdims=True) * 0.5,
+        "tn.sum({0}, axis=-1, keepdims=True) * 0.5",
+    ),
 }
 UNARY = ["tanh", "sigmoid", "neg", "expt", "logsig", "rsub"] * 2 + ["relu"]
 BINARY = ["add", "sub", "mul", "div", "stacksum"] * 3 + ["maximum", "minimum"]
@@ -69,6 +92,7 @@ class CellSpec:
     """One random cell: D inputs, H hidden, `states` state names; `code` is a list of
     (op, operand ids, attrs); value 0 is x, 1..states the states, then one per instruction
     (kinds: width w >= 1 over the lead dims, or 0 for a 0-d value)."""
+
     D: int
     H: int
     states: int
@@ -107,28 +131,42 @@ class CellSpec:
                 for key in ("w", "b"):
                     if op in ("matmul", "matmul_t", "bias") and key in attrs:
                         params[attrs[key]] = self.params[attrs[key]]
-        return CellSpec(self.D, self.H, self.states, code, params,
-                        tuple(renum[r] for r in self.returns), self.output)
+        return CellSpec(
+            self.D,
+            self.H,
+            self.states,
+            code,
+            params,
+            tuple(renum[r] for r in self.returns),
+            self.output,
+        )
 
     def source(self, name: str = "FuzzCell") -> str:
         """The cell as Python source (for turning a failing case into a regression test)."""
         states = [f"s{k}" for k in range(self.states)]
         names = ["x"] + states
-        lines = [f"class {name}(nn.Cell):", f"    state_names = {tuple(states)!r}", "",
-                 "    def __init__(self, params):",
-                 f"        super().__init__({self.D}, {self.H})",
-                 "        for key, value in params.items():  # " + ", ".join(
-                     f"{k}{tuple(s)}" for k, s in self.params.items()),
-                 "            self.parameter(key, value.shape, init=value)", "",
-                 f"    def step(self, x, {', '.join(states)}):"]
+        lines = [
+            f"class {name}(nn.Cell):",
+            f"    state_names = {tuple(states)!r}",
+            "",
+            "    def __init__(self, params):",
+            f"        super().__init__({self.D}, {self.H})",
+            "        for key, value in params.items():  # "
+            + ", ".join(f"{k}{tuple(s)}" for k, s in self.params.items()),
+            "            self.parameter(key, value.shape, init=value)",
+            "",
+            f"    def step(self, x, {', '.join(states)}):",
+        ]
         for k, (op, args, attrs) in enumerate(self.code):
             names.append(f"v{k}")
-            lines.append(f"        v{k} = " + OPS[op][2].format(*[names[a] for a in args],
-                                                              **attrs))
+            lines.append(f"        v{k} = " + OPS[op][2].format(*[names[a] for a in args], **attrs))
         lines.append(f"        return {', '.join(names[r] for r in self.returns)}")
         if self.output:
-            lines += ["", f"    def output(self, {', '.join(states)}):",
-                      f"        return s{self.output}"]
+            lines += [
+                "",
+                f"    def output(self, {', '.join(states)}):",
+                f"        return s{self.output}",
+            ]
         return "\n".join(lines)
 
 
@@ -145,8 +183,10 @@ class Case:
     seed_grad: np.ndarray
 
     def describe(self) -> str:
-        head = (f"# seed {self.seed}: T={self.T} batch={self.batch} "
-                f"dtype={np.dtype(self.dtype).name} cells={len(self.cells)}")
+        head = (
+            f"# seed {self.seed}: T={self.T} batch={self.batch} "
+            f"dtype={np.dtype(self.dtype).name} cells={len(self.cells)}"
+        )
         return "\n\n".join([head] + [c.source(f"FuzzCell{k}") for k, c in enumerate(self.cells)])
 
 
@@ -177,12 +217,18 @@ class _Gen:
     def matmul(self, a: int, out: int) -> int:
         """a @ W, or a @ W^T with W (out, in) as Linear keeps it; a weight of the right shape
         is often reused (one W read by several matmuls: gate fusion and hoisting material)."""
-        op, shape = ("matmul", (self.width[a], out)) if self.rng.random() < 0.7 else \
-            ("matmul_t", (out, self.width[a]))
+        op, shape = (
+            ("matmul", (self.width[a], out))
+            if self.rng.random() < 0.7
+            else ("matmul_t", (out, self.width[a]))
+        )
         prefix = "t" if op == "matmul_t" else "w"
         same = [name for name, s in self.spec.params.items() if s == shape and name[0] == prefix]
-        name = str(self.rng.choice(same)) if same and self.rng.random() < 0.4 else \
-            self.param(prefix, shape)
+        name = (
+            str(self.rng.choice(same))
+            if same and self.rng.random() < 0.4
+            else self.param(prefix, shape)
+        )
         return self.emit(op, [a], out, w=name)
 
     def gate_block(self) -> None:
@@ -205,8 +251,11 @@ class _Gen:
         if r < 0.15:
             self.gate_block()
         elif r < 0.3:
-            a = self.pick(lambda w: w > 0) if self.rng.random() < 0.6 else \
-                int(self.rng.integers(1, 1 + self.spec.states))  # a state: recurrent matmuls
+            a = (
+                self.pick(lambda w: w > 0)
+                if self.rng.random() < 0.6
+                else int(self.rng.integers(1, 1 + self.spec.states))
+            )  # a state: recurrent matmuls
             self.matmul(a, int(self.rng.choice([H, 2 * H])))
         elif r < 0.45:
             a = self.pick()
@@ -214,8 +263,11 @@ class _Gen:
         elif r < 0.7:
             a = self.pick(lambda w: w > 0)
             w = self.width[a]
-            b = self.pick(lambda v: v == w or v == 0 or v == 1 and w > 1) if \
-                self.rng.random() < 0.8 else a  # (b is a: x * x, stack([a, a]))
+            b = (
+                self.pick(lambda v: v == w or v == 0 or v == 1 and w > 1)
+                if self.rng.random() < 0.8
+                else a
+            )  # (b is a: x * x, stack([a, a]))
             op = str(self.rng.choice(BINARY))
             if op == "stacksum" and self.width[b] != w:
                 op = "add"
@@ -275,14 +327,21 @@ class _Gen:
                     v = self.emit("add", [v, self.to_width_h(0)], self.spec.H)
                 returns.append(v)
             else:  # the last values computed, else any
-                a = computed[-1 - k] if k < len(computed) and self.rng.random() < 0.7 \
+                a = (
+                    computed[-1 - k]
+                    if k < len(computed) and self.rng.random() < 0.7
                     else self.pick()
+                )
                 returns.append(self.to_width_h(a))
         if all(r <= S for r in returns):  # something computed should come out
             returns[0] = self.to_width_h(len(self.width) - 1)
         # states stay in [-1, 1]: no growth compounding over the steps (overflow)
-        squashed = {r: r if r <= S or self.spec.code[r - 1 - S][0] in ("tanh", "sigmoid")
-                    else self.emit("tanh", [r], self.spec.H) for r in dict.fromkeys(returns)}
+        squashed = {
+            r: r
+            if r <= S or self.spec.code[r - 1 - S][0] in ("tanh", "sigmoid")
+            else self.emit("tanh", [r], self.spec.H)
+            for r in dict.fromkeys(returns)
+        }
         self.spec.returns = tuple(squashed[r] for r in returns)
         if S > 1 and self.rng.random() < 0.15:
             self.spec.output = int(self.rng.integers(1, S))
@@ -329,8 +388,11 @@ def make_cell(spec: CellSpec, params: dict, name: str = "FuzzCell") -> nn.Cell:
     def step(self, x, *states):
         return spec.run(0, [x, *states], {k: getattr(self, k) for k in spec.params})
 
-    body = {"state_names": tuple(f"s{k}" for k in range(spec.states)), "__init__": __init__,
-            "step": step}
+    body = {
+        "state_names": tuple(f"s{k}" for k in range(spec.states)),
+        "__init__": __init__,
+        "step": step,
+    }
     if spec.output:
         body["output"] = lambda self, *states: states[spec.output]
     cls = type(name, (nn.Cell,), body)
@@ -355,8 +417,9 @@ def numpy_outputs(case: Case, params: list | None = None, x: np.ndarray | None =
 def tapernn_run(case: Case, passes=None):
     """Sequencer over the case's cells: outputs, grad of input, per-cell param grads (seed
     case.seed_grad), and a second forward (buffers reused across calls)."""
-    cells = [make_cell(s, p, f"FuzzCell{k}") for k, (s, p) in enumerate(zip(case.cells,
-                                                                          case.params))]
+    cells = [
+        make_cell(s, p, f"FuzzCell{k}") for k, (s, p) in enumerate(zip(case.cells, case.params))
+    ]
     m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells))
     if case.dtype == np.float32:
         m.float()
@@ -366,8 +429,7 @@ def tapernn_run(case: Case, passes=None):
     y = np.array(m.forward(x))
     m.zero_grad_parameters()
     dx = np.array(m.backward(x, case.seed_grad.astype(case.dtype)))
-    grads = [{k: np.array(getattr(c, k).grad) for k in s.params} for c, s in
-             zip(cells, case.cells)]
+    grads = [{k: np.array(getattr(c, k).grad) for k in s.params} for c, s in zip(cells, case.cells)]
     again = np.array(m.forward(x))
     return y, dx, grads, again
 
@@ -407,6 +469,7 @@ def check_finite_differences(case: Case, dx: np.ndarray, grads: list) -> None:
 
     h = 1e-6
     numeric = (loss(h) - loss(-h)) / (2 * h)
-    analytic = float(np.sum(dx * vx)) + sum(float(np.sum(g[k] * v[k])) for g, v in
-                                            zip(grads, vp) for k in v)
+    analytic = float(np.sum(dx * vx)) + sum(
+        float(np.sum(g[k] * v[k])) for g, v in zip(grads, vp) for k in v
+    )
     assert abs(analytic - numeric) <= 1e-5 * max(1.0, abs(numeric)), (analytic, numeric)

@@ -1,5 +1,6 @@
 """Hand-written NumPy equations of the built-in cells (the Element-Research math), written so
 they run on complex arrays too: complex-step differentiation then gives exact gradients."""
+
 import numpy as np
 
 
@@ -10,6 +11,7 @@ def sigmoid(z):
 def lstm_step(p, x, h, c, peephole=True):
     def pre(g):
         return x @ p[f"w_x{g}"].T + p[f"b_{g}"] + h @ p[f"w_h{g}"].T
+
     i_pre, f_pre = pre("i"), pre("f")
     if peephole:
         i_pre, f_pre = i_pre + p["p_i"] * c, f_pre + p["p_f"] * c

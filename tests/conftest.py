@@ -12,6 +12,7 @@ def pytest_configure(config):
     test on numba runs its kernels from the first call; tests/test_numba_background.py tests
     the background compilation."""
     import tapernn as tn
+
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
     os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
     tn.set_backend(os.environ["TAPERNN_BACKEND"])

@@ -1,6 +1,7 @@
 """The golden DOT diagrams: name -> how to draw it. `tools/update_goldens.py` writes them to
 tests/golden/<name>.dot; tests/test_export_golden.py compares. Shapes are fixed so ids are stable.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """A per-gate LSTM written by hand with the functional API (four input and four recurrent
 weight matrices), shared by the compiler tests and tools/bench_compiler.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,11 @@ GATES = ("i", "f", "o", "g")
 
 def lstm_arrays(T: int, B: int, I: int, H: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.1,
-              rng.standard_normal((B, H)) * 0.1]
+    arrays = [
+        rng.standard_normal((T, B, I)),
+        rng.standard_normal((B, H)) * 0.1,
+        rng.standard_normal((B, H)) * 0.1,
+    ]
     arrays += [rng.standard_normal((I, H)) / np.sqrt(I) for _ in GATES]
     arrays += [rng.standard_normal((H, H)) / np.sqrt(H) for _ in GATES]
     arrays += [rng.standard_normal(H) * 0.1 for _ in GATES]
@@ -21,8 +25,12 @@ def lstm_arrays(T: int, B: int, I: int, H: int, seed: int = 0) -> list[np.ndarra
 
 
 def lstm_names() -> list[str]:
-    return (["x", "h0", "c0"] + [f"w_x{g}" for g in GATES] + [f"w_h{g}" for g in GATES]
-            + [f"b_{g}" for g in GATES])
+    return (
+        ["x", "h0", "c0"]
+        + [f"w_x{g}" for g in GATES]
+        + [f"w_h{g}" for g in GATES]
+        + [f"b_{g}" for g in GATES]
+    )
 
 
 def lstm_loss(x, h, c, wxi, wxf, wxo, wxg, whi, whf, who, whg, bi, bf, bo, bg):
@@ -53,8 +61,8 @@ def fast_lstm_loss(x, h, c, wx, wh, b):
     for t in range(x.shape[0]):
         with tracing.step(t):
             z = x[t] @ wx + h @ wh + b
-            i, f, o = (tn.sigmoid(z[:, k * H:(k + 1) * H]) for k in range(3))
-            g = tn.tanh(z[:, 3 * H:])
+            i, f, o = (tn.sigmoid(z[:, k * H : (k + 1) * H]) for k in range(3))
+            g = tn.tanh(z[:, 3 * H :])
             c = f * c + i * g
             h = o * tn.tanh(c)
             term = tn.sum(h * h)
@@ -64,6 +72,9 @@ def fast_lstm_loss(x, h, c, wx, wh, b):
 
 def fast_lstm_graph(T: int, B: int, I: int, H: int, seed: int = 0) -> tuple[tn.Graph, list]:
     a = lstm_arrays(T, B, I, H, seed)
-    arrays = a[:3] + [np.concatenate(a[3:7], 1), np.concatenate(a[7:11], 1),
-                      np.concatenate(a[11:15])]
+    arrays = a[:3] + [
+        np.concatenate(a[3:7], 1),
+        np.concatenate(a[7:11], 1),
+        np.concatenate(a[11:15]),
+    ]
     return tn.grad(tn.trace(fast_lstm_loss, *arrays)), arrays

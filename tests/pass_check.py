@@ -1,6 +1,7 @@
 """Helpers of the pass tests: run a graph under a pass list, and check a pass keeps its values
 against the reference interpreter (tapernn.interpret: op forwards only, nothing the passes, the
 planner or the code generator share)."""
+
 import numpy as np
 from plan_check import ANY_SIZE, check_plan
 

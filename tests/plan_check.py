@@ -2,6 +2,7 @@
 arrays and its live interval from the tape, then asserts no two values of different data share
 memory while both are live (in-place handover excepted), that buffers shared by storages are
 never shared while both are live, and that returned values never live in a preallocated buffer."""
+
 from itertools import pairwise
 
 import numpy as np

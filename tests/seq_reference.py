@@ -1,6 +1,7 @@
 """Hand-written NumPy equations of Element-RNN's Seq* modules (SeqLSTM, SeqLSTMP, SeqGRU),
 written from the Torch7 source's loops; they run on complex arrays, so complex-step
 differentiation gives exact gradients of every parameter, input and initial-state entry."""
+
 import numpy as np
 
 
@@ -24,7 +25,7 @@ def seqlstm(p, x, h0, c0, mask_zero=False):
     for xt in x:
         a = xt @ W[:D] + h @ W[D:] + b
         H = a.shape[-1] // 4
-        i, f, o, g = (a[:, k * H:(k + 1) * H] for k in range(4))
+        i, f, o, g = (a[:, k * H : (k + 1) * H] for k in range(4))
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h = sigmoid(o) * np.tanh(c)
         if "weight_o" in p:
@@ -43,8 +44,8 @@ def seqgru(p, x, h0, mask_zero=False):
     for xt in x:
         g = xt @ W[:D] + b
         r = sigmoid(g[:, :H] + h @ W[D:, :H])
-        u = sigmoid(g[:, H:2 * H] + h @ W[D:, H:2 * H])
-        hc = np.tanh(g[:, 2 * H:] + (r * h) @ W[D:, 2 * H:])
+        u = sigmoid(g[:, H : 2 * H] + h @ W[D:, H : 2 * H])
+        hc = np.tanh(g[:, 2 * H :] + (r * h) @ W[D:, 2 * H :])
         h = ((1 - u) * hc + u * h) * keep_rows(xt, mask_zero)
         outs.append(h)
     return np.stack(outs)

@@ -1,4 +1,5 @@
 """grad: tags on appended nodes, seeds, wrt selection, second order against finite differences."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,8 @@ from tapernn.interpret import interpret
 
 def hvp_check(fn, x, v, eps=1e-6):
     """grad(grad(f)) gives H v; compare with central differences of the first gradient."""
-    g1 = tn.grad(tn.trace(lambda a: tn.sum(fn(a)), x))           # outputs: f, df/dx
-    g2 = tn.grad(g1, wrt=[0], seeds="inputs")                    # seeds for f and df/dx
+    g1 = tn.grad(tn.trace(lambda a: tn.sum(fn(a)), x))  # outputs: f, df/dx
+    g2 = tn.grad(g1, wrt=[0], seeds="inputs")  # seeds for f and df/dx
     hv = tn.compile(g2)(x, np.zeros(()), v)[-1]
     first = tn.compile(g1)
     numeric = np.zeros_like(x)
@@ -25,12 +26,15 @@ def hvp_check(fn, x, v, eps=1e-6):
 W = np.random.default_rng(0).standard_normal((4, 3))
 
 
-@pytest.mark.parametrize("name,fn", [
-    ("tanh", tn.tanh),
-    ("sigmoid", tn.sigmoid),
-    ("matmul", lambda a: tn.tanh(a @ W) @ W.T * a),
-    ("log_softmax", lambda a: tn.log_softmax(a) * np.arange(4.0)),
-])
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        ("tanh", tn.tanh),
+        ("sigmoid", tn.sigmoid),
+        ("matmul", lambda a: tn.tanh(a @ W) @ W.T * a),
+        ("log_softmax", lambda a: tn.log_softmax(a) * np.arange(4.0)),
+    ],
+)
 def test_second_order(name, fn):
     rng = np.random.default_rng(1)
     hvp_check(fn, rng.standard_normal((2, 4)), rng.standard_normal((2, 4)))
@@ -80,7 +84,9 @@ def test_gradient_accumulates_over_reuse_with_one_add_n():
 
 
 def test_integer_inputs_are_not_differentiated():
-    g = tn.grad(tn.trace(lambda w, ids: tn.sum(tn.embedding(w, ids)), np.ones((5, 2)), np.array([1, 1, 4])))
+    g = tn.grad(
+        tn.trace(lambda w, ids: tn.sum(tn.embedding(w, ids)), np.ones((5, 2)), np.array([1, 1, 4]))
+    )
     assert g.meta.wrt == ("x0",)
     out = tn.compile(g)(np.ones((5, 2)), np.array([1, 1, 4]))
     np.testing.assert_array_equal(out[1][:, 0], [0, 2, 0, 0, 1])
@@ -89,10 +95,12 @@ def test_integer_inputs_are_not_differentiated():
 def test_split_forward_backward_equals_the_joint_graph():
     import os
     import sys
+
     sys.path.insert(0, os.path.dirname(__file__))
     from lstm_fixture import lstm_graph
 
     from tapernn.autodiff import split_forward_backward
+
     g, arrays = lstm_graph(3, 2, 3, 4, seed=5)
     fwd, bwd = split_forward_backward(g, 1)
     fwd.verify()
@@ -101,7 +109,7 @@ def test_split_forward_backward_equals_the_joint_graph():
     outs = tn.compile(fwd)(*arrays)
     saved = outs[1:]
     assert len(saved) == len(bwd.meta.saved_names) == len(fwd.meta.saved_outputs)
-    assert {n.kind for n in bwd.inputs[:len(saved)]} == {"saved"}
+    assert {n.kind for n in bwd.inputs[: len(saved)]} == {"saved"}
     by_name = dict(zip([n.name for n in g.inputs], arrays))
     grads = tn.compile(bwd)(*saved, *[by_name[n] for n in bwd.meta.input_names])
     np.testing.assert_allclose(outs[0], joint[0], rtol=1e-12)
@@ -114,6 +122,7 @@ def test_split_forward_backward_equals_the_joint_graph():
 
 def test_split_with_seeds():
     from tapernn.autodiff import split_forward_backward
+
     x = np.linspace(-1, 1, 6).reshape(2, 3)
     w = np.linspace(0, 1, 12).reshape(3, 4)
     g = tn.grad(tn.trace(lambda a, b: (tn.tanh(a @ b), tn.sum(a)), x, w))

@@ -1,6 +1,7 @@
 """The numba backend (tapernn/backends): every fused op it lowers agrees with the NumPy backend
 and the reference interpreter (1e-12 in float64), float32 stays float32, kernels are shared by
 structure and cached on disk across processes, and a group it cannot lower runs on NumPy."""
+
 import os
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_every_op_agrees_with_numpy_and_the_interpreter_float64():
 
 def test_float32_stays_float32(monkeypatch):
     from tapernn.backends import numba_backend
+
     kept = tn.compile(tn.trace(every_op, *_arrays(np.float32)), backend="numba")
     assert "kept on NumPy: float32 log/power" in kept.report.fallbacks[0]
     monkeypatch.setattr(numba_backend, "SLOW_FLOAT32_OPS", frozenset())  # lower them anyway
@@ -66,6 +68,7 @@ def test_float32_stays_float32(monkeypatch):
         assert all("float64" not in str(t) for t in sig), sig
     import contextlib
     import io
+
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         kernel.inspect_types()
@@ -88,6 +91,7 @@ def test_sigmoid_is_exact_in_both_tails(dtype, rtol):
 
 def test_kernels_are_shared_by_structure_not_size():
     from tapernn.backends import numba_backend
+
     small = tn.compile(tn.trace(every_op, *_arrays(np.float64)), backend="numba")
     before = len(numba_backend._kernels)
     rng = np.random.default_rng(1)
@@ -102,6 +106,7 @@ def test_kernels_are_shared_by_structure_not_size():
 
 def test_a_group_numba_cannot_lower_runs_on_numpy_and_is_reported(monkeypatch):
     from tapernn.backends import numba_backend
+
     xi = np.arange(12).reshape(3, 4)
     c = tn.compile(tn.trace(lambda a: a * 3 + a, xi), backend="numba")  # int64: not lowered
     assert c.report.fallbacks and "dtype int64" in c.report.fallbacks[0]
@@ -109,6 +114,7 @@ def test_a_group_numba_cannot_lower_runs_on_numpy_and_is_reported(monkeypatch):
 
     def broken(source):
         raise RuntimeError("simulated compile failure")
+
     monkeypatch.setattr(numba_backend, "_load", broken)
     monkeypatch.setattr(numba_backend, "_kernels", {})
     x = _arrays(np.float64, seed=3)
@@ -148,8 +154,12 @@ print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
 
 def test_kernels_are_cached_on_disk_across_processes(tmp_path):
     env = dict(os.environ, TAPERNN_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    runs = [subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
-                           text=True, check=True).stdout.split() for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
     assert runs[0] == ["0", "1"]  # compiled, written to the cache
     assert runs[1] == ["1", "0"]  # the second process loads it: no compilation
     assert len(list(tmp_path.glob("tapernn_k*.py"))) == 1

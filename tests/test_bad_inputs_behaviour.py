@@ -1,6 +1,7 @@
 """Behaviours that replace silent wrong answers on odd input (API.md section 8): backward with
 a new input (Torch7's gradient at that input, or a clear refusal), NaN inputs and losses without
 leaked NumPy warnings. The table of bad calls is test_bad_inputs.py."""
+
 from __future__ import annotations
 
 import warnings
@@ -16,7 +17,11 @@ def test_linear_backward_with_a_new_input_uses_it_as_torch7():
     """Torch7's Linear:backward(x2, g) accumulates g^T x2 whatever the last forward saw."""
     rng = np.random.default_rng(0)
     m = nn.Linear(3, 2)
-    x1, x2, g = rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    x1, x2, g = (
+        rng.standard_normal((4, 3)),
+        rng.standard_normal((4, 3)),
+        rng.standard_normal((4, 2)),
+    )
     y1 = m.forward(x1)
     m.zero_grad_parameters()
     gx = m.backward(x2, g)
@@ -38,7 +43,11 @@ def test_backward_with_an_input_of_another_shape_is_refused():
 def test_tanh_backward_with_a_new_input_is_the_gradient_at_that_input():
     rng = np.random.default_rng(1)
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
-    x1, x2, g = rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    x1, x2, g = (
+        rng.standard_normal((2, 3)),
+        rng.standard_normal((2, 3)),
+        rng.standard_normal((2, 3)),
+    )
     model.forward(x1)
     model.zero_grad_parameters()
     gx = model.backward(x2, g)
@@ -50,6 +59,7 @@ def test_tanh_backward_with_a_new_input_is_the_gradient_at_that_input():
 
 def test_sequencer_backward_with_a_new_input_equals_forward_then_backward_at_it():
     import copy
+
     rng = np.random.default_rng(2)
     model = nn.Sequencer(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)))
     twin = copy.deepcopy(model)
@@ -84,12 +94,15 @@ def test_nan_inputs_leak_no_numpy_warnings():
         model.backward(np.full((2, 3), np.inf), np.ones((2, 2)))
 
 
-@pytest.mark.parametrize("crit, target", [
-    (nn.MSECriterion(), np.zeros((2, 3))),
-    (nn.CrossEntropyCriterion(), np.array([0, 1])),
-    (nn.ClassNLLCriterion(), np.array([0, 1])),
-    (nn.SequencerCriterion(nn.MSECriterion()), np.zeros((2, 3))),
-])
+@pytest.mark.parametrize(
+    "crit, target",
+    [
+        (nn.MSECriterion(), np.zeros((2, 3))),
+        (nn.CrossEntropyCriterion(), np.array([0, 1])),
+        (nn.ClassNLLCriterion(), np.array([0, 1])),
+        (nn.SequencerCriterion(nn.MSECriterion()), np.zeros((2, 3))),
+    ],
+)
 def test_nan_in_a_loss_raises_without_numpy_warnings(crit, target):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -1,5 +1,6 @@
 """tools/bench.py wiring: the table, the tapernn step and the pass ablation on the smallest
 config, with the real modules."""
+
 from __future__ import annotations
 
 import itertools
@@ -13,6 +14,7 @@ _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
 @pytest.fixture
 def bench():
     from tapernn.apps.benchmark import harness
+
     return harness
 
 
@@ -25,12 +27,12 @@ def test_quick_table_with_the_real_modules(bench, capsys):
     assert "not available" not in out and "error:" not in out
     assert "DEFAULT (" in out and "planned MiB" in out
     # each cell has a timing row and a memory row (saved, buffers, ..., saved/5H)
-    memory = out[out.index("tapernn KiB"):].splitlines()
+    memory = out[out.index("tapernn KiB") :].splitlines()
     for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"):
         rows = [line.split() for line in memory if line.split()[:2] == ["tn", name]]
         assert len(rows) == 1 and len(rows[0]) == 10 and rows[0][-1].endswith("x"), (name, memory)
     # and a measured loop-peak row: tracemalloc bytes, over the minimum, the report, the ratio
-    loop = out[out.index("tapernn loop peak KiB"):].splitlines()
+    loop = out[out.index("tapernn loop peak KiB") :].splitlines()
     rows = [line.split() for line in loop if line.split()[:2] == ["FastLSTM", "(tracemalloc)"]]
     assert len(rows) == 1 and len(rows[0]) == 6 and rows[0][-1].endswith("x"), loop
     assert "Pass ablation, Sequencer(FastLSTM)" in out and "- fuse_gate_matmuls" in out
@@ -38,8 +40,18 @@ def test_quick_table_with_the_real_modules(bench, capsys):
 
 def test_ablation_of_another_cell(bench, capsys):
     from tapernn import passes
-    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--ablation",
-                "--ablation-cell", "LSTM(peephole=False)"])
+
+    bench.main(
+        [
+            "--configs",
+            "1,5,5",
+            "--budget",
+            "0.02",
+            "--ablation",
+            "--ablation-cell",
+            "LSTM(peephole=False)",
+        ]
+    )
     out = capsys.readouterr().out
     assert "Pass ablation, Sequencer(LSTM(peephole=False))" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("DEFAULT (", "- "))]
@@ -64,6 +76,7 @@ def test_flop_count_matches_the_documented_formula(bench):
 
 def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
     import tqdm
+
     ticks = []
 
     class Bar(tqdm.tqdm):
@@ -74,11 +87,14 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
     monkeypatch.setattr(tqdm, "tqdm", Bar)
     rests = []
     from tapernn.apps.benchmark import timing
+
     monkeypatch.setattr(timing.time, "sleep", rests.append)
     order = []
-    contenders = [bench.Contender("a", lambda: order.append("a"), 1.0),
-                  bench.Contender("b", lambda: order.append("b"), 1.0),
-                  bench.Contender("peer", lambda: order.append("peer"), 1.0, peer=True)]
+    contenders = [
+        bench.Contender("a", lambda: order.append("a"), 1.0),
+        bench.Contender("b", lambda: order.append("b"), 1.0),
+        bench.Contender("peer", lambda: order.append("peer"), 1.0, peer=True),
+    ]
     bench.time_interleaved(contenders, budget_s=0.01, min_reps=40, max_reps=40, progress=True)
     assert [len(c.times) for c in contenders] == [40, 40, 40]
     sides = [s == "peer" for s in order[4:]]  # from the last warm-up call (two per contender)
@@ -89,10 +105,22 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
 
 def test_backends_side_by_side(bench, capsys):
     from tapernn.backends import numba_available
+
     if not numba_available():
         pytest.skip("numba is not installed")
-    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--backends", "numpy", "numba",
-                "--cells", "FastLSTM"])
+    bench.main(
+        [
+            "--configs",
+            "1,5,5",
+            "--budget",
+            "0.02",
+            "--backends",
+            "numpy",
+            "numba",
+            "--cells",
+            "FastLSTM",
+        ]
+    )
     out = capsys.readouterr().out
     assert "tn FastLSTM [numpy]" in out and "tn FastLSTM [numba]" in out
     assert "tn GRU" not in out and "error:" not in out

@@ -1,5 +1,6 @@
 """tools/bench_compiler.py --sequencer: the report and the --check verdict (times faked; the
 real measurement is a tool run, never a timed assertion)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,8 +45,10 @@ def test_arguments_are_validated(tool, capsys):
 
 def test_scan_mode_runs_at_small_sizes(tool, monkeypatch, capsys):
     import sys
+
     sys.path.insert(0, str(_PATH.parent))
     import bench_scan
+
     r = bench_scan.first_call(5)
     assert set(r) == {"trace", "grad", "compile", "first run", "nodes"} and r["nodes"] > 0
     rolled, unrolled, diff = bench_scan.rolled_vs_unrolled(3, 1, 2, np.float64, repeats=1)

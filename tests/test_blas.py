@@ -1,5 +1,6 @@
 """The library's BLAS thread default: compiled programs with small GEMMs run with one thread
 (measured 4-8x faster on a busy 2-core machine), big ones and user settings are left alone."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,6 +83,7 @@ def test_big_gemms_explicit_counts_none_and_env_vars(two_threads, monkeypatch):
 
 def test_module_steps_use_the_default():
     from tapernn import nn
+
     seq = nn.Sequencer(nn.LSTM(3, 4))
     seq.forward(np.ones((2, 1, 3)))
     assert 0 < seq.compiled.largest_gemm_flops < blas.SMALL_GEMM_FLOPS

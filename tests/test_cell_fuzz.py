@@ -3,6 +3,7 @@ and gradients with the default passes and with none, against a NumPy evaluation 
 random program, some with finite differences. TAPERNN_FUZZ_CASES=N runs N cases (default 200)
 from seed TAPERNN_FUZZ_SEED (default 0); `python tools/fuzz_cells.py --cases 5000` runs many
 and prints each failing cell as source, ready for tests/test_regressions_compiler.py."""
+
 from __future__ import annotations
 
 import os
@@ -37,6 +38,7 @@ def test_random_cell_on_the_numba_backend(seed):
     """The same cases with the fused groups lowered by numba (fewer by default: every new
     fused group is a cold numba compilation; TAPERNN_FUZZ_NUMBA_CASES=N runs more)."""
     from tapernn.backends import numba_available
+
     if not numba_available():
         pytest.skip("numba is not installed")
     before = tn.get_backend()
@@ -70,20 +72,51 @@ def test_the_cases_cover_what_the_fuzzer_promises():
             seen["output override"] += cell.output != 0
             weights = [a["w"] for op, _, a in cell.code if op in ("matmul", "matmul_t")]
             seen["shared weight"] += len(set(weights)) < len(weights)
-            seen["recurrent matmul"] += any(op == "matmul" and 1 <= args[0] < n_in
-                                            for op, args, _ in cell.code)
-            zero_d = {n_in + k for k, (op, _, _) in enumerate(cell.code)
-                      if op in ("rsum", "rmax", "rmean")}
-            seen["op on 0-d"] += any(args and args[0] in zero_d and op not in ("mul", "add")
-                                     for op, args, _ in cell.code)
+            seen["recurrent matmul"] += any(
+                op == "matmul" and 1 <= args[0] < n_in for op, args, _ in cell.code
+            )
+            zero_d = {
+                n_in + k
+                for k, (op, _, _) in enumerate(cell.code)
+                if op in ("rsum", "rmax", "rmean")
+            }
+            seen["op on 0-d"] += any(
+                args and args[0] in zero_d and op not in ("mul", "add") for op, args, _ in cell.code
+            )
             seen["stacksum of stacksum"] += any(
                 op == "stacksum" and cell.code[args[0] - n_in][0] == "stacksum"
-                for op, args, _ in cell.code if args[0] >= n_in)
-    for feature in ["T=1", "T=5", "batched", "unbatched", "float32", "fd", "stacked",
-                    "states>1", "aliased", "passthrough", "split", "slice", "concat",
-                    "stacksum", "rsum", "rmax", "rmean", "rowsum", "sigmoid", "logsig",
-                    "recurrent matmul", "op on 0-d", "stacksum of stacksum", "matmul_t",
-                    "rsub", "output override", "shared weight"]:
+                for op, args, _ in cell.code
+                if args[0] >= n_in
+            )
+    for feature in [
+        "T=1",
+        "T=5",
+        "batched",
+        "unbatched",
+        "float32",
+        "fd",
+        "stacked",
+        "states>1",
+        "aliased",
+        "passthrough",
+        "split",
+        "slice",
+        "concat",
+        "stacksum",
+        "rsum",
+        "rmax",
+        "rmean",
+        "rowsum",
+        "sigmoid",
+        "logsig",
+        "recurrent matmul",
+        "op on 0-d",
+        "stacksum of stacksum",
+        "matmul_t",
+        "rsub",
+        "output override",
+        "shared weight",
+    ]:
         assert seen[feature] >= 3, (feature, seen)
 
 
@@ -97,8 +130,7 @@ def test_the_printed_source_is_the_cell():
             exec(spec.source(f"FuzzCell{k}"), namespace)  # noqa: S102 (generated cell)
         cells = [namespace[f"FuzzCell{k}"](p) for k, p in enumerate(case.params)]
         m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells))
-        np.testing.assert_allclose(m.forward(case.x), numpy_outputs(case), rtol=1e-9,
-                                   atol=1e-9)
+        np.testing.assert_allclose(m.forward(case.x), numpy_outputs(case), rtol=1e-9, atol=1e-9)
 
 
 def test_the_oracle_catches_a_wrong_op(monkeypatch):
@@ -110,13 +142,21 @@ def test_the_oracle_catches_a_wrong_op(monkeypatch):
     from tapernn.ops import registry
 
     # (ufunc=None: the NumPy backend's code generator calls the op's forward, not np.tanh)
-    wrong = dataclasses.replace(registry.REGISTRY["tanh"], ufunc=None,
-                                forward=lambda x, out=None: np.add(np.tanh(x), 1e-6, out=out))
+    wrong = dataclasses.replace(
+        registry.REGISTRY["tanh"],
+        ufunc=None,
+        forward=lambda x, out=None: np.add(np.tanh(x), 1e-6, out=out),
+    )
     monkeypatch.setitem(registry.REGISTRY, "tanh", wrong)
     monkeypatch.setattr(backends, "_chosen", "numpy")
     from cell_fuzz import pruned_case
-    seed = next(s for s in range(50) if make_case(s).dtype == np.float64 and any(
-        op == "tanh" for c in pruned_case(make_case(s)).cells for op, _, _ in c.code))
+
+    seed = next(
+        s
+        for s in range(50)
+        if make_case(s).dtype == np.float64
+        and any(op == "tanh" for c in pruned_case(make_case(s)).cells for op, _, _ in c.code)
+    )
     with pytest.raises(AssertionError, match="vs NumPy"):
         check_case(make_case(seed))
 
@@ -125,12 +165,14 @@ def test_make_cell_is_a_plain_cell():
     case = make_case(3)
     cell = make_cell(case.cells[0], case.params[0])
     assert isinstance(cell, nn.Cell) and cell.state_names == tuple(
-        f"s{k}" for k in range(case.cells[0].states))
+        f"s{k}" for k in range(case.cells[0].states)
+    )
 
 
 def test_pruning_keeps_what_the_states_read():
     """pruned() drops only instructions no state reads: same outputs, fewer instructions."""
     from cell_fuzz import pruned_case
+
     shrunk = 0
     for seed in range(20):
         case = make_case(seed)

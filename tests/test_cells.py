@@ -1,5 +1,6 @@
 """Built-in cells against hand-written NumPy equations: forward and every gradient (1e-10),
 batched and unbatched, stepped and sequenced."""
+
 import numpy as np
 import pytest
 from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, rnn_step, run
@@ -11,12 +12,18 @@ D, H, T = 3, 4, 4
 
 CASES = {
     "lstm": (lambda: nn.LSTM(D, H), lstm_step, 2),
-    "lstm-nopeep": (lambda: nn.LSTM(D, H, peephole=False),
-                    lambda p, x, h, c: lstm_step(p, x, h, c, peephole=False), 2),
+    "lstm-nopeep": (
+        lambda: nn.LSTM(D, H, peephole=False),
+        lambda p, x, h, c: lstm_step(p, x, h, c, peephole=False),
+        2,
+    ),
     "fastlstm": (lambda: nn.FastLSTM(D, H), fastlstm_step, 2),
     "gru": (lambda: nn.GRU(D, H), gru_step, 1),
-    "gru-reset-after": (lambda: nn.GRU(D, H, reset_after=True),
-                        lambda p, x, h: gru_step(p, x, h, reset_after=True), 1),
+    "gru-reset-after": (
+        lambda: nn.GRU(D, H, reset_after=True),
+        lambda p, x, h: gru_step(p, x, h, reset_after=True),
+        1,
+    ),
     "rnn-tanh": (lambda: nn.RNN(D, H), rnn_step, 1),
     "rnn-relu": (lambda: nn.RNN(D, H, "relu"), lambda p, x, h: rnn_step(p, x, h, "relu"), 1),
 }
@@ -81,14 +88,29 @@ def test_fastlstm_equals_lstm_without_peepholes_after_relayout():
         getattr(slow, f"b_{gate}").data[...] = b[rows]
         getattr(slow, f"w_h{gate}").data[...] = U[rows]
     xs = np.random.default_rng(2).standard_normal((5, 3, D))
-    np.testing.assert_allclose(nn.Sequencer(fast).forward(xs), nn.Sequencer(slow).forward(xs),
-                               rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        nn.Sequencer(fast).forward(xs), nn.Sequencer(slow).forward(xs), rtol=1e-13, atol=1e-14
+    )
 
 
 def test_parameter_names_follow_the_contract():
     assert list(nn.LSTM(D, H).named_parameters()) == [
-        "w_xi", "w_xf", "w_xg", "w_xo", "w_hi", "w_hf", "w_hg", "w_ho",
-        "b_i", "b_f", "b_g", "b_o", "p_i", "p_f", "p_o"]
+        "w_xi",
+        "w_xf",
+        "w_xg",
+        "w_xo",
+        "w_hi",
+        "w_hf",
+        "w_hg",
+        "w_ho",
+        "b_i",
+        "b_f",
+        "b_g",
+        "b_o",
+        "p_i",
+        "p_f",
+        "p_o",
+    ]
     assert list(nn.FastLSTM(D, H).named_parameters()) == ["i2g.weight", "i2g.bias", "o2g.weight"]
     assert list(nn.GRU(D, H, reset_after=True).named_parameters())[-1] == "b_hn"
     assert list(nn.RNN(D, H).named_parameters()) == ["w_xh", "w_hh", "b_h"]

@@ -3,6 +3,7 @@ steps resumes from the previous or the new checkpoint (never a mix) and ends whe
 uninterrupted run ends; a checkpoint whose parts disagree is refused naming the file; old-format
 checkpoints load; `tapernn train` refuses to overwrite another run and says when there is
 nothing to do."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,21 @@ from tapernn.apps.cli import OneLineArgumentParser
 from tapernn.apps.train import add_arguments, main
 from tapernn.apps.trainer import Trainer
 
-TINY = ["--hidden", "8", "--embed", "4", "--batch", "2", "--seq-len", "6", "--no-progress",
-        "--sample-len", "0", "--cell", "gru"]
+TINY = [
+    "--hidden",
+    "8",
+    "--embed",
+    "4",
+    "--batch",
+    "2",
+    "--seq-len",
+    "6",
+    "--no-progress",
+    "--sample-len",
+    "0",
+    "--cell",
+    "gru",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +49,11 @@ def text(tmp_path_factory):
 def trainer(text, ckpt, steps: int, *extra: str) -> Trainer:
     parser = OneLineArgumentParser(prog="tapernn train")
     add_arguments(parser)
-    return Trainer(parser.parse_args(["--text", str(text), "--steps", str(steps), "--checkpoint",
-                                      str(ckpt), *extra, *TINY]))
+    return Trainer(
+        parser.parse_args(
+            ["--text", str(text), "--steps", str(steps), "--checkpoint", str(ckpt), *extra, *TINY]
+        )
+    )
 
 
 def run(text, ckpt, steps: int, *extra: str) -> Trainer:
@@ -128,7 +145,9 @@ def test_a_legacy_checkpoint_loads_and_the_next_save_converts_it(tmp_path, text,
     for name in ("model.npz", "optimizer.npz", "states.npz"):
         shutil.copy(gen / name, legacy / name)
     config = json.loads((gen / "config.json").read_text())
-    (legacy / "config.json").write_text(json.dumps(dict(config, format="tapernn-train-checkpoint-1")))
+    (legacy / "config.json").write_text(
+        json.dumps(dict(config, format="tapernn-train-checkpoint-1"))
+    )
     resumed = trainer(text, legacy, 5, "--resume")
     assert resumed.step == 3 and "older tapernn" in capsys.readouterr().err
     assert same(weights(resumed), weights(trainer(text, new, 3, "--resume")))
@@ -146,8 +165,10 @@ def test_train_refuses_to_overwrite_another_runs_checkpoint(tmp_path, text, caps
     assert len(err.splitlines()) == 1 and "already holds" in err and "step 3" in err, err
     assert "--resume" in err and "--force" in err
     assert same(load_checkpoint(ckpt).model, before)
-    assert main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), "--force",
-                 *TINY]) == 0
+    assert (
+        main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), "--force", *TINY])
+        == 0
+    )
     assert load_checkpoint(ckpt).step == 2
 
 
@@ -156,8 +177,21 @@ def test_resume_past_the_requested_steps_says_nothing_to_do(tmp_path, text, caps
     run(text, ckpt, 3)
     pointer = (ckpt / "CURRENT").read_text()
     capsys.readouterr()
-    assert main(["--resume", "--checkpoint", str(ckpt), "--steps", "2", "--no-progress",
-                 "--sample-len", "0"]) == 0
+    assert (
+        main(
+            [
+                "--resume",
+                "--checkpoint",
+                str(ckpt),
+                "--steps",
+                "2",
+                "--no-progress",
+                "--sample-len",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "nothing to do" in out and "step 3" in out, out
     assert (ckpt / "CURRENT").read_text() == pointer  # not saved again
@@ -183,7 +217,9 @@ def test_force_into_a_directory_with_foreign_files_keeps_them(tmp_path, text):
     ckpt.mkdir()
     (ckpt / "config.json").write_text('{"mine": true}')  # not a tapernn checkpoint
     assert main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), *TINY]) == 2
-    assert main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), "--force",
-                 *TINY]) == 0
+    assert (
+        main(["--text", str(text), "--steps", "2", "--checkpoint", str(ckpt), "--force", *TINY])
+        == 0
+    )
     assert (ckpt / "config.json").read_text() == '{"mine": true}'
     assert load_checkpoint(ckpt).step == 2

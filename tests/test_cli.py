@@ -1,4 +1,5 @@
 """The command line and the examples, run as a user would."""
+
 import os
 import runpy
 import subprocess
@@ -29,14 +30,31 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     assert main(["inspect", "--model", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tapernn inspect: error: unknown model 'nope'")
-    proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
-                          capture_output=True, text=True, cwd=ROOT, check=False)
-    assert proc.returncode == 2 and "positive integer" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "tapernn", "inspect", "--steps", "-3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert (
+        proc.returncode == 2
+        and "positive integer" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
-@pytest.mark.parametrize("argv", [["--configs", "1,2"], ["--configs", "1,0,3"],
-                                  ["--configs", "a,b,c"], ["--threads", "0"],
-                                  ["--budget", "-1"], ["--budget", "nan"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--configs", "1,2"],
+        ["--configs", "1,0,3"],
+        ["--configs", "a,b,c"],
+        ["--threads", "0"],
+        ["--budget", "-1"],
+        ["--budget", "nan"],
+    ],
+)
 def test_bench_rejects_bad_arguments_in_one_line(argv, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -50,15 +68,21 @@ def test_song_acceptor_example_reaches_zero_error(capsys):
 
 def test_models_build_and_run():
     from tapernn.apps.models import MODELS, build_model
+
     for name in MODELS:
         model, x, g = build_model(name, steps=3, batch=2, size=4)
         out = model.forward(x)
         model.backward(x, g)
-        assert np.all(np.isfinite(np.concatenate([np.ravel(o) for o in (out if isinstance(out, list) else [out])])))
+        assert np.all(
+            np.isfinite(
+                np.concatenate([np.ravel(o) for o in (out if isinstance(out, list) else [out])])
+            )
+        )
 
 
 def test_demo_writes_the_acceptor_diagram(tmp_path, capsys):
     import shutil
+
     target = tmp_path / ("acceptor.svg" if shutil.which("dot") else "acceptor.dot")
     assert main(["demo", "--diagram", str(target)]) == 0
     assert target.exists() and target.stat().st_size > 500
@@ -68,6 +92,7 @@ def test_demo_writes_the_acceptor_diagram(tmp_path, capsys):
 def test_graph_command_writes_each_format(tmp_path):
     import json
     import shutil
+
     out = tmp_path / "g.json"
     assert main(["graph", "--model", "tutorial-transducer", "--view", "both", "-o", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -85,6 +110,7 @@ def test_graph_command_writes_each_format(tmp_path):
 def _no_graphviz(monkeypatch, tmp_path):
     """PATH without the Graphviz `dot` program (an empty folder)."""
     import shutil
+
     empty = tmp_path / "empty_bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -92,9 +118,11 @@ def _no_graphviz(monkeypatch, tmp_path):
 
 
 def test_demo_without_graphviz_writes_the_dot_source_and_says_how_to_render(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     from tapernn.apps import tutorial
     from tapernn.apps.models import build_model
+
     model, x, _ = build_model("tutorial-acceptor", 3, 2, 4)
     model.forward(x)
     monkeypatch.setattr(tutorial, "main", lambda: model)  # the full tutorial is tested above
@@ -109,6 +137,7 @@ def test_demo_without_graphviz_writes_the_dot_source_and_says_how_to_render(
 
 def test_version(capsys):
     import tapernn
+
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"tapernn {tapernn.__version__}"
 
@@ -117,6 +146,7 @@ def test_every_option_help_says_its_default():
     import argparse
 
     from tapernn.apps.cli import build_parser
+
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     missing = []
@@ -138,8 +168,14 @@ def test_a_closed_pipe_ends_quietly():
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "tapernn", "inspect", "--steps", "2"], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tapernn", "inspect", "--steps", "2"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
     finally:
         os.close(write_end)
     assert proc.stderr == "", proc.stderr

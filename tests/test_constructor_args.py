@@ -2,6 +2,7 @@
 integers, numpy integers accepted, bools refused), flags (bools), probabilities, modes, module,
 criterion and generator arguments; optimiser numbers. Listed by hand, then found by introspection
 so new modules are swept too."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,14 +46,20 @@ SIZES = [  # (id, make(value), can be None)
     ("JoinTable.n_input_dims", lambda v: nn.JoinTable(0, v), True),
     ("max_bptt_step.rho", lambda v: nn.LSTM(3, 3).max_bptt_step(v), True),
 ]
-BAD_SIZES = [(0, "ArgumentError"), (-2, "ArgumentError"), (2.5, "ArgumentTypeError"),
-             ("2", "ArgumentTypeError"), (True, "ArgumentTypeError"),
-             (np.float64(2.0), "ArgumentTypeError")]
+BAD_SIZES = [
+    (0, "ArgumentError"),
+    (-2, "ArgumentError"),
+    (2.5, "ArgumentTypeError"),
+    ("2", "ArgumentTypeError"),
+    (True, "ArgumentTypeError"),
+    (np.float64(2.0), "ArgumentTypeError"),
+]
 
 
 @pytest.mark.parametrize("make, nullable", [pytest.param(m, n, id=i) for i, m, n in SIZES])
-@pytest.mark.parametrize("value, cls_name", BAD_SIZES + [(None, "ArgumentTypeError")],
-                         ids=lambda v: repr(v))
+@pytest.mark.parametrize(
+    "value, cls_name", BAD_SIZES + [(None, "ArgumentTypeError")], ids=lambda v: repr(v)
+)
 def test_sizes_must_be_positive_integers(make, nullable, value, cls_name):
     if value is None and nullable:
         make(None)  # documented default
@@ -99,8 +106,10 @@ FLAGS = [
     ("BCECriterion.size_average", lambda v: nn.BCECriterion(size_average=v)),
     ("ClassNLLCriterion.size_average", lambda v: nn.ClassNLLCriterion(size_average=v)),
     ("CrossEntropyCriterion.size_average", lambda v: nn.CrossEntropyCriterion(size_average=v)),
-    ("SequencerCriterion.size_average",
-     lambda v: nn.SequencerCriterion(nn.MSECriterion(), size_average=v)),
+    (
+        "SequencerCriterion.size_average",
+        lambda v: nn.SequencerCriterion(nn.MSECriterion(), size_average=v),
+    ),
 ]
 
 
@@ -173,15 +182,18 @@ def test_criterion_arguments_must_be_criteria(make):
             make(bad)
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda r: nn.Linear(3, 2, rng=r), id="Linear"),
-    pytest.param(lambda r: nn.LookupTable(3, 2, rng=r), id="LookupTable"),
-    pytest.param(lambda r: nn.LSTM(3, 2, rng=r), id="LSTM"),
-    pytest.param(lambda r: nn.FastLSTM(3, 2, rng=r), id="FastLSTM"),
-    pytest.param(lambda r: nn.GRU(3, 2, rng=r), id="GRU"),
-    pytest.param(lambda r: nn.RNN(3, 2, rng=r), id="RNN"),
-    pytest.param(lambda r: nn.Dropout(0.5, rng=r), id="Dropout"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda r: nn.Linear(3, 2, rng=r), id="Linear"),
+        pytest.param(lambda r: nn.LookupTable(3, 2, rng=r), id="LookupTable"),
+        pytest.param(lambda r: nn.LSTM(3, 2, rng=r), id="LSTM"),
+        pytest.param(lambda r: nn.FastLSTM(3, 2, rng=r), id="FastLSTM"),
+        pytest.param(lambda r: nn.GRU(3, 2, rng=r), id="GRU"),
+        pytest.param(lambda r: nn.RNN(3, 2, rng=r), id="RNN"),
+        pytest.param(lambda r: nn.Dropout(0.5, rng=r), id="Dropout"),
+    ],
+)
 def test_rng_arguments(make):
     make(None), make(np.random.default_rng(0))
     for bad in (0, "abc", np.random.RandomState(0)):
@@ -190,8 +202,12 @@ def test_rng_arguments(make):
 
 
 def test_optimizer_numbers():
-    for bad, cls in ((0, tn.ArgumentError), (float("nan"), tn.ArgumentError),
-                     ("1", tn.ArgumentTypeError), (None, tn.ArgumentTypeError)):
+    for bad, cls in (
+        (0, tn.ArgumentError),
+        (float("nan"), tn.ArgumentError),
+        ("1", tn.ArgumentTypeError),
+        (None, tn.ArgumentTypeError),
+    ):
         with pytest.raises(cls, match="lr must be a positive number"):
             optim.SGD(_params(), lr=bad)
         with pytest.raises(cls, match="lr must be a positive number"):
@@ -227,22 +243,64 @@ def test_rebinding_a_parameter_to_the_same_shape_still_works():
 # ---- every public nn constructor, found by introspection ---------------------------------
 
 _SAMPLES = {  # a valid value per argument name
-    "input_size": 3, "output_size": 3, "hidden_size": 3, "n_index": 4, "n_output": 3,
-    "n_step": 2, "start": 3, "dim": 0, "index": 0, "offset": 0, "length": 1,
-    "module": lambda: nn.Linear(3, 3), "input": lambda: nn.Linear(3, 3),
-    "feedback": lambda: nn.Linear(3, 3), "fwd": lambda: nn.LSTM(3, 3),
+    "input_size": 3,
+    "output_size": 3,
+    "hidden_size": 3,
+    "n_index": 4,
+    "n_output": 3,
+    "n_step": 2,
+    "start": 3,
+    "dim": 0,
+    "index": 0,
+    "offset": 0,
+    "length": 1,
+    "module": lambda: nn.Linear(3, 3),
+    "input": lambda: nn.Linear(3, 3),
+    "feedback": lambda: nn.Linear(3, 3),
+    "fwd": lambda: nn.LSTM(3, 3),
     "criterion": lambda: nn.MSECriterion(),
     # issue 14's modules
-    "addend": 1.0, "pad": 1, "constant": 2.0, "min_value": -1.0, "max_value": 1.0,
-    "dimension": 0, "pos": 0, "n_features": 2, "n_input_dim": 1,
+    "addend": 1.0,
+    "pad": 1,
+    "constant": 2.0,
+    "min_value": -1.0,
+    "max_value": 1.0,
+    "dimension": 0,
+    "pos": 0,
+    "n_features": 2,
+    "n_input_dim": 1,
 }
-_SIZE_ARGS = {"input_size", "output_size", "hidden_size", "n_index", "n_output", "n_step",
-              "length", "n_input_dims", "n_features"}
-_FLAG_ARGS = {"bias", "peephole", "reset_after", "size_average", "batch_first", "mask_zero",
-              "scalar", "negate"}
+_SIZE_ARGS = {
+    "input_size",
+    "output_size",
+    "hidden_size",
+    "n_index",
+    "n_output",
+    "n_step",
+    "length",
+    "n_input_dims",
+    "n_features",
+}
+_FLAG_ARGS = {
+    "bias",
+    "peephole",
+    "reset_after",
+    "size_average",
+    "batch_first",
+    "mask_zero",
+    "scalar",
+    "negate",
+}
 _MODULE_ARGS = {"module", "fwd", "bwd", "merge", "input", "feedback", "transfer"}
-_SAMPLES.update({"rnn": lambda: nn.Linear(3, 3), "action": lambda: nn.Linear(3, 3),
-                 "stdev": 0.1, "k": 2, "noise": lambda: np.ones(3)})
+_SAMPLES.update(
+    {
+        "rnn": lambda: nn.Linear(3, 3),
+        "action": lambda: nn.Linear(3, 3),
+        "stdev": 0.1,
+        "k": 2,
+        "noise": lambda: np.ones(3),
+    }
+)
 _MODULE_ARGS |= {"rnn", "action"}
 _ABSTRACT = {"Module", "Container", "Criterion", "AbstractRecurrent", "Cell"}
 _VARARGS = {"CMul": (4,), "View": (-1,), "Transpose": ((0, 1),)}  # sizes, dims as *args
@@ -256,8 +314,11 @@ def _public_constructors():
         cls = getattr(nn, name)
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or name in _ABSTRACT:
             continue
-        params = [p for p in inspect.signature(cls.__init__).parameters.values()
-                  if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        params = [
+            p
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+        ]
         out.append((name, cls, params))
     return out
 
@@ -267,8 +328,9 @@ def _sample(name):
     return value() if callable(value) else value
 
 
-@pytest.mark.parametrize("name, cls, params", [pytest.param(*c, id=c[0])
-                                               for c in _public_constructors()])
+@pytest.mark.parametrize(
+    "name, cls, params", [pytest.param(*c, id=c[0]) for c in _public_constructors()]
+)
 def test_every_public_constructor_checks_its_arguments(name, cls, params):
     required = {p.name: _sample(p.name) for p in params if p.default is p.empty}
     varargs = _VARARGS.get(name, ())
@@ -298,6 +360,22 @@ def test_every_public_constructor_checks_its_arguments(name, cls, params):
 
 def test_the_constructor_sweep_reaches_the_known_modules():
     reached = {name for name, _, _ in _public_constructors()}
-    assert {"Linear", "LSTM", "GRU", "RNN", "FastLSTM", "Recurrent", "Sequencer", "Repeater",
-            "Recursor", "BiSequencer", "Dropout", "LookupTable", "SequencerCriterion",
-            "ClassNLLCriterion", "NarrowTable", "SplitTable", "MaskZeroCriterion"} <= reached
+    assert {
+        "Linear",
+        "LSTM",
+        "GRU",
+        "RNN",
+        "FastLSTM",
+        "Recurrent",
+        "Sequencer",
+        "Repeater",
+        "Recursor",
+        "BiSequencer",
+        "Dropout",
+        "LookupTable",
+        "SequencerCriterion",
+        "ClassNLLCriterion",
+        "NarrowTable",
+        "SplitTable",
+        "MaskZeroCriterion",
+    } <= reached

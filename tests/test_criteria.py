@@ -1,4 +1,5 @@
 """Criteria against the torch/nn formulas."""
+
 import numpy as np
 import pytest
 
@@ -41,8 +42,10 @@ def test_class_nll_weights_and_ignore_index():
     exp_g = np.zeros_like(x)
     exp_g[np.where(keep)[0], t[keep]] = -wt / wt.sum()
     np.testing.assert_allclose(g, exp_g, rtol=1e-13)
-    assert np.isclose(nn.ClassNLLCriterion(size_average=False).forward(x, np.array([0, 1, 2, 3, 0])),
-                      -(x[np.arange(5), [0, 1, 2, 3, 0]]).sum())
+    assert np.isclose(
+        nn.ClassNLLCriterion(size_average=False).forward(x, np.array([0, 1, 2, 3, 0])),
+        -(x[np.arange(5), [0, 1, 2, 3, 0]]).sum(),
+    )
     assert np.isclose(nn.ClassNLLCriterion().forward(x[0], np.array(2)), -x[0, 2])
 
 
@@ -78,12 +81,17 @@ def _nll_case(dtype):
     return x, np.array([0, 1, 2, 0])
 
 
-@pytest.mark.parametrize("make, case", [
-    (lambda: nn.MSECriterion(), lambda d: (np.ones((2, 3), d), np.zeros((2, 3)))),
-    (lambda: nn.ClassNLLCriterion(), _nll_case),
-    (lambda: nn.SequencerCriterion(nn.CrossEntropyCriterion()),
-     lambda d: ([np.ones((2, 3), d)] * 2, [np.array([0, 1])] * 2)),
-])
+@pytest.mark.parametrize(
+    "make, case",
+    [
+        (lambda: nn.MSECriterion(), lambda d: (np.ones((2, 3), d), np.zeros((2, 3)))),
+        (lambda: nn.ClassNLLCriterion(), _nll_case),
+        (
+            lambda: nn.SequencerCriterion(nn.CrossEntropyCriterion()),
+            lambda d: ([np.ones((2, 3), d)] * 2, [np.array([0, 1])] * 2),
+        ),
+    ],
+)
 def test_a_criterion_has_its_own_type_and_refuses_another(make, case):
     """Torch7: criteria have their own type (`criterion:float()`), and a FloatTensor input to a
     double criterion fails. Here too, with a DTypeError that says what to do, instead of quietly

@@ -2,6 +2,7 @@
 process on the whole batch (float64, 1e-12), ranks stay identical, rank-0 checkpoints resume under
 any N, a dead, hung or failing rank ends the job non-zero, and a missing mpi4py names the extra.
 The MPI runs are subprocesses under a timeout (tests/distributed_worker.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +28,24 @@ from tapernn.apps.train import main as train_main
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "distributed_worker.py")
 LIMIT = 120  # seconds any one launch may take before the test fails (instead of hanging CI)
-needs_mpiexec = pytest.mark.skipif(dist.find_mpiexec() is None,
-                                   reason="mpiexec is not installed (pip install \"tapernn[mpi]\")")
-TINY = ["--hidden", "12", "--embed", "6", "--seq-len", "6", "--sample-len", "0", "--no-progress",
-        "--lr", "0.01", "--clip", "0.1"]  # below every gradient norm: clipped after averaging
+needs_mpiexec = pytest.mark.skipif(
+    dist.find_mpiexec() is None, reason='mpiexec is not installed (pip install "tapernn[mpi]")'
+)
+TINY = [
+    "--hidden",
+    "12",
+    "--embed",
+    "6",
+    "--seq-len",
+    "6",
+    "--sample-len",
+    "0",
+    "--no-progress",
+    "--lr",
+    "0.01",
+    "--clip",
+    "0.1",
+]  # below every gradient norm: clipped after averaging
 
 
 def word_text(n_lines: int, seed: int = 0) -> str:
@@ -50,8 +65,15 @@ def launch(n: int, argv: list[str], env: dict | None = None) -> subprocess.Compl
     """`argv` (after the interpreter) alone (n = 0) or under `mpiexec -n n`, within LIMIT."""
     prefix = [] if n == 0 else dist.launcher_command(n)
     environment = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run(prefix + [sys.executable, *argv], capture_output=True, text=True,
-                          timeout=LIMIT, env=environment, cwd=ROOT, check=False)
+    return subprocess.run(
+        prefix + [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        env=environment,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def train(n: int, *argv: str) -> str:
@@ -91,6 +113,7 @@ def assert_close(a: dict, b: dict, tol: float = 1e-12) -> None:
 
 # ---- without MPI processes --------------------------------------------------------------------
 
+
 def test_shard_covers_the_batch_in_rank_order_with_near_equal_sizes():
     for n in (1, 2, 5, 7, 32):
         for size in range(1, n + 1):
@@ -105,8 +128,9 @@ def test_shard_covers_the_batch_in_rank_order_with_near_equal_sizes():
 
 def test_buckets_cover_every_gradient_once_large_blocks_in_place():
     lstm = nn.LSTM(40, 60)  # its 12 gate parameters live in 3 blocks
-    model = nn.Sequential(nn.LookupTable(50, 40), nn.Sequencer(lstm),
-                          nn.Sequencer(nn.Linear(60, 50)))
+    model = nn.Sequential(
+        nn.LookupTable(50, 40), nn.Sequencer(lstm), nn.Sequencer(nn.Linear(60, 50))
+    )
     params = model.parameters()
     buckets = dist.plan_buckets(params, bucket_bytes=8 * 2000)
     covered = [a for b in buckets for a in b.arrays]
@@ -132,8 +156,9 @@ def test_allreduce_alone_scales_by_the_weight_and_bucket_finish_scatters_back():
     assert not bucket.in_place
     bucket.buffer = np.arange(8.0)
     bucket.finish()
-    assert np.array_equal(np.concatenate([p.grad.ravel() for p in model.parameters()]),
-                          np.arange(8.0))
+    assert np.array_equal(
+        np.concatenate([p.grad.ravel() for p in model.parameters()]), np.arange(8.0)
+    )
 
 
 def test_without_mpi4py_the_error_names_the_extra(monkeypatch):
@@ -143,8 +168,9 @@ def test_without_mpi4py_the_error_names_the_extra(monkeypatch):
         dist.init()
 
 
-def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(text_file, monkeypatch,
-                                                                       capsys):
+def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(
+    text_file, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setattr(dist._group, "comm", None)
     monkeypatch.setenv("PMI_RANK", "0")  # what mpiexec would set
@@ -154,6 +180,7 @@ def test_train_under_a_launcher_without_mpi4py_exits_2_naming_the_extra(text_fil
 
 
 # ---- under mpiexec -n 2 ------------------------------------------------------------------------
+
 
 @needs_mpiexec
 def test_collectives_against_numpy(tmp_path):
@@ -166,13 +193,16 @@ def test_collectives_against_numpy(tmp_path):
     plan = dist.plan_buckets(same.parameters(), bucket_bytes=400)
     assert {b.in_place for b in plan} == {True, False}  # both kinds of bucket are exercised
     assert {a.dtype for b in plan if not b.in_place for a in b.arrays} == {
-        np.dtype("float32"), np.dtype("float64")}
+        np.dtype("float32"),
+        np.dtype("float64"),
+    }
     for k in range(n):  # sum_r weight_r * grad_r, in every rank, in the gradient's dtype
         expected = r0["weight"] * r0[f"grad{k}"] + r1["weight"] * r1[f"grad{k}"]
         for r in (r0, r1):
             assert r[f"after{k}"].dtype == r0[f"grad{k}"].dtype
-            np.testing.assert_allclose(r[f"after{k}"], expected,
-                                       rtol=1e-6 if r0[f"grad{k}"].dtype == np.float32 else 1e-15)
+            np.testing.assert_allclose(
+                r[f"after{k}"], expected, rtol=1e-6 if r0[f"grad{k}"].dtype == np.float32 else 1e-15
+            )
         assert np.array_equal(r0[f"data{k}"], r1[f"data{k}"])  # rank 0's parameters everywhere
     for r in (r0, r1):
         assert list(r["gathered"]) == [0, 1] and str(r["told"]) == "from 1"
@@ -191,12 +221,14 @@ def test_two_ranks_on_half_batches_equal_one_process_and_each_other(tmp_path, te
     for k in params:  # the ranks hold bit-identical parameters ...
         assert np.array_equal(r0[k], r1[k]), k
     # ... equal to one process on the whole batch; the logged loss is the whole batch's
-    assert_close({k: r0[k] for k in params + ["losses"]},
-                 {k: single[k] for k in params + ["losses"]})
+    assert_close(
+        {k: r0[k] for k in params + ["losses"]}, {k: single[k] for k in params + ["losses"]}
+    )
     states = [k for k in single if k.startswith("state")]
     assert states  # each rank carries its own rows of the remembered state (truncated BPTT)
-    assert_close({k: np.concatenate([r0[k], r1[k]]) for k in states},
-                 {k: single[k] for k in states})
+    assert_close(
+        {k: np.concatenate([r0[k], r1[k]]) for k in states}, {k: single[k] for k in states}
+    )
 
 
 @needs_mpiexec
@@ -208,12 +240,30 @@ def test_checkpoint_from_two_ranks_resumes_under_two_or_one_equal_to_one_run(tmp
     assert "epoch 1" in out  # the runs cross an epoch end (evaluation, state forgotten, save)
     train(2, *argv, "--steps", "5", "--checkpoint", str(half))
     shutil.copytree(half, tmp_path / "half_for_one")
-    out = train(2, "--steps", "12", "--resume", "--checkpoint", str(half), "--no-progress",
-                "--sample-len", "0")
+    out = train(
+        2,
+        "--steps",
+        "12",
+        "--resume",
+        "--checkpoint",
+        str(half),
+        "--no-progress",
+        "--sample-len",
+        "0",
+    )
     assert out.count("resuming at step 5") == 1  # rank 0 alone logs
     assert "tokens/s over 2 ranks" in out  # the whole job's speed
-    train(0, "--steps", "12", "--resume", "--checkpoint", str(tmp_path / "half_for_one"),
-          "--no-progress", "--sample-len", "0")
+    train(
+        0,
+        "--steps",
+        "12",
+        "--resume",
+        "--checkpoint",
+        str(tmp_path / "half_for_one"),
+        "--no-progress",
+        "--sample-len",
+        "0",
+    )
     reference = load_checkpoint(straight)
     for resumed in (load_checkpoint(half), load_checkpoint(tmp_path / "half_for_one")):
         assert resumed.step == reference.step == 12
@@ -223,15 +273,17 @@ def test_checkpoint_from_two_ranks_resumes_under_two_or_one_equal_to_one_run(tmp
 
 @needs_mpiexec
 @pytest.mark.parametrize(("how", "cli"), [("kill", True), ("raise", True), ("hang", False)])
-def test_a_rank_failing_mid_run_ends_the_job_non_zero_with_a_message(tmp_path, text_file, how,
-                                                                     cli):
+def test_a_rank_failing_mid_run_ends_the_job_non_zero_with_a_message(tmp_path, text_file, how, cli):
     argv = ["--text", str(text_file), "--batch", "4", "--steps", "400", *TINY]
     started = time.monotonic()
     out = tmp_path / "out"
     out.mkdir()
     extra = ["--cli"] if cli else []  # tapernn train's error handling, or an uncaught exception
-    done = launch(2, [WORKER, str(out), "--fail", f"3:1:{how}", *extra, "--", *argv],
-                  env={"TAPERNN_MPI_TIMEOUT": "3"})
+    done = launch(
+        2,
+        [WORKER, str(out), "--fail", f"3:1:{how}", *extra, "--", *argv],
+        env={"TAPERNN_MPI_TIMEOUT": "3"},
+    )
     took = time.monotonic() - started
     said = done.stdout + done.stderr
     assert done.returncode != 0, said

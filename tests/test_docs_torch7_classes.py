@@ -1,5 +1,6 @@
 """docs/torch7_classes.md stays true: every tapernn name it gives exists, and every public
 tapernn.nn module class is listed (or is tapernn's own, without a Torch7 counterpart)."""
+
 import re
 from pathlib import Path
 
@@ -20,8 +21,11 @@ def named(cell):
     if not cell.startswith("`"):
         return []
     head = cell.split(" — ")[0]
-    return [re.match(r"[\w.]+", item.strip("` ")).group(0) for item in head.split(", ")
-            if item.startswith("`")]
+    return [
+        re.match(r"[\w.]+", item.strip("` ")).group(0)
+        for item in head.split(", ")
+        if item.startswith("`")
+    ]
 
 
 def test_every_named_class_exists():
@@ -29,7 +33,7 @@ def test_every_named_class_exists():
     for torch_name, cell in rows():
         for name in named(cell):
             obj = tn
-            for part in (name.split(".")[1:] if name.startswith("tn.") else ["nn", name]):
+            for part in name.split(".")[1:] if name.startswith("tn.") else ["nn", name]:
                 assert hasattr(obj, part), f"{torch_name}: {name} does not exist"
                 obj = getattr(obj, part)
             found += 1
@@ -45,6 +49,13 @@ def test_every_module_class_is_listed():
 
 def test_rows_cover_the_torch7_libraries():
     torch_names = {name for name, _ in rows()}
-    for name in ("SeqLSTM", "Recurrence", "TrimZero", "SpatialConvolution", "Euclidean",
-                 "NCEModule", "RecurrentAttention"):
+    for name in (
+        "SeqLSTM",
+        "Recurrence",
+        "TrimZero",
+        "SpatialConvolution",
+        "Euclidean",
+        "NCEModule",
+        "RecurrentAttention",
+    ):
         assert name in torch_names

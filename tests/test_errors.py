@@ -1,4 +1,5 @@
 """Bad input raises TapernnError subclasses naming the module path, step and expected vs actual."""
+
 import numpy as np
 import pytest
 
@@ -16,7 +17,9 @@ def test_wrong_input_size_names_module_path_and_step():
 
 
 def test_linear_wrong_size():
-    with pytest.raises(tn.ShapeError, match=r"expected input size 3 in the last dimension, got shape \(2, 4\)"):
+    with pytest.raises(
+        tn.ShapeError, match=r"expected input size 3 in the last dimension, got shape \(2, 4\)"
+    ):
         nn.Linear(3, 2).forward(np.ones((2, 4)))
 
 
@@ -39,7 +42,9 @@ def test_lookup_id_out_of_range():
 
 def test_class_target_out_of_range():
     crit = nn.ClassNLLCriterion()
-    with pytest.raises(tn.ValueRangeError, match=r"class target 5 out of range: expected 0 <= target < 5"):
+    with pytest.raises(
+        tn.ValueRangeError, match=r"class target 5 out of range: expected 0 <= target < 5"
+    ):
         crit.forward(np.zeros((2, 5)), np.array([0, 5]))
     seq_crit = nn.SequencerCriterion(nn.ClassNLLCriterion())
     with pytest.raises(tn.ValueRangeError):
@@ -100,7 +105,9 @@ def test_errors_are_tapernn_errors_not_numpy_tracebacks():
 def test_a_pass_list_of_names_is_refused_where_it_is_set():
     from tapernn import nn
 
-    with pytest.raises(TypeError, match=r"pass 1 is 'fuse_gates' \(str\).*tapernn.passes.fuse_gates"):
+    with pytest.raises(
+        TypeError, match=r"pass 1 is 'fuse_gates' \(str\).*tapernn.passes.fuse_gates"
+    ):
         nn.Linear(2, 2).set_passes([tn.passes.eliminate_dead_code, "fuse_gates"])
     with pytest.raises(TypeError, match="got str"):
         tn.set_default_passes("eliminate_dead_code")

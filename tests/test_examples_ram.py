@@ -1,6 +1,7 @@
 """examples/recurrent_attention.py --tiny: the recurrent attention model, trained by REINFORCE
 and NLL on its generated glimpse task, learns (test accuracy well above the 0.25 chance, NLL
 falling, reward rising) in a few seconds."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,7 +27,7 @@ def test_generated_images_hold_one_glyph_of_the_labelled_class():
     for img, label in zip(images, labels):
         rows, cols = np.nonzero(img)
         r, c = rows.min(), cols.min()
-        np.testing.assert_array_equal(img[r:r + 7, c:c + 7], ra.SHAPES[label])
+        np.testing.assert_array_equal(img[r : r + 7, c : c + 7], ra.SHAPES[label])
         assert img.sum() == ra.SHAPES[label].sum()
 
 
@@ -41,9 +42,9 @@ def test_glimpse_matches_numpy_crops():
         padded = np.pad(images[b], 16)
         for k, s in enumerate((1, 2)):
             top = np.round(centre - 4 * s / 2).astype(int) + 16
-            crop = padded[top[0]:top[0] + 4 * s, top[1]:top[1] + 4 * s]
+            crop = padded[top[0] : top[0] + 4 * s, top[1] : top[1] + 4 * s]
             want = crop.reshape(4, s, 4, s).mean(axis=(1, 3))
-            np.testing.assert_allclose(got[b, 16 * k:16 * (k + 1)], want.ravel(), rtol=1e-12)
+            np.testing.assert_allclose(got[b, 16 * k : 16 * (k + 1)], want.ravel(), rtol=1e-12)
 
 
 def test_tiny_ram_learns_well_above_chance():

@@ -1,4 +1,5 @@
 """Compiled programs: source, calling convention, input checks, errors located at a node."""
+
 import numpy as np
 import pytest
 
@@ -55,6 +56,7 @@ def test_runtime_range_error_names_scope_and_step():
     def fn(w, ids):
         with tracing.scope("model.0"), tracing.step(2):
             return tn.embedding(w, ids)
+
     c = tn.compile(tn.trace(fn, np.ones((5, 2)), np.array([0, 1])))
     with pytest.raises(tn.ValueRangeError) as e:
         c(np.ones((5, 2)), np.array([0, 7]))
@@ -80,6 +82,7 @@ def test_gc_paused_restores_the_collector_also_on_errors():
     import gc
 
     from tapernn.executor import gc_paused
+
     assert gc.isenabled()
     with pytest.raises(RuntimeError), gc_paused():
         assert not gc.isenabled()
@@ -110,6 +113,7 @@ def _repeated_chain(T, width=None):
             with tracing.scope("cell"), tracing.step(t):
                 outs.append(tn.log(x[t] * y[t] + 1.0) * 2.0 - y[t])
         return outs
+
     return tn.trace(fn, np.ones((T, width)), np.ones((T, width)))
 
 
@@ -124,8 +128,7 @@ def test_a_program_used_by_many_steps_is_compiled_once_as_a_function():
     x, y = rng.random((T, KERNELS.kernel_min_size)), rng.random((T, KERNELS.kernel_min_size))
     for a, b in zip(c(x, y), interpret(g, x, y)):
         np.testing.assert_allclose(a, b, rtol=1e-15)
-    for few_or_small in (_repeated_chain(KERNELS.kernel_min_uses - 1),
-                         _repeated_chain(T, width=3)):
+    for few_or_small in (_repeated_chain(KERNELS.kernel_min_uses - 1), _repeated_chain(T, width=3)):
         src = tn.compile(few_or_small, options=KERNELS).source  # inline below either threshold
         assert "fused_kernel" not in src and "np_log" in src
 
@@ -147,17 +150,29 @@ def test_a_fused_sigmoid_runs_in_its_temporary_and_writes_its_output_once(dtype)
     a larger storage, where a ufunc pays per row) is written by one call, not four."""
     rng = np.random.default_rng(0)
     a, b, w = (rng.standard_normal(s).astype(dtype) for s in ((4, 8), (4, 8), (8, 3)))
-    compiled = tn.compile(tn.trace(lambda a, b, w: tn.sigmoid(a * b + 1.0) @ w, a, b, w),
-                          backend="numpy")  # (the NumPy lowering's lines)
+    compiled = tn.compile(
+        tn.trace(lambda a, b, w: tn.sigmoid(a * b + 1.0) @ w, a, b, w), backend="numpy"
+    )  # (the NumPy lowering's lines)
     lines = compiled.source.splitlines()
     [fused] = [n for n in compiled.graph.nodes if n.op == "fused"]
-    out = next(line for line in lines if line.strip().startswith("v")
-               and "out=" in line and "matmul" not in line).split("out=")[1].rstrip(")")
+    out = (
+        next(
+            line
+            for line in lines
+            if line.strip().startswith("v") and "out=" in line and "matmul" not in line
+        )
+        .split("out=")[1]
+        .rstrip(")")
+    )
     assert sum(f"out={out})" in line for line in lines) == 1, compiled.source
     assert sum("out=" in line for line in lines) == 2 + 4  # a*b, +1, the sigmoid's four calls
     z = a.astype(np.float64) * b + 1.0
-    np.testing.assert_allclose(compiled(a, b, w), (1.0 / (1.0 + np.exp(-z))) @ w,
-                               rtol=1e-12 if dtype == "float64" else 1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        compiled(a, b, w),
+        (1.0 / (1.0 + np.exp(-z))) @ w,
+        rtol=1e-12 if dtype == "float64" else 1e-5,
+        atol=1e-6,
+    )
     assert fused.attrs["program"][-1][0] == "sigmoid"
 
 
@@ -169,6 +184,7 @@ def test_sigmoid_lowerings_keep_their_precision(size, dtype):
     checks them against a 40-digit reference); those read by a log through logaddexp on small
     values, the exact op on larger ones."""
     from tapernn.fused_lowering import EXACT_SIGMOID_INLINE_SIZE
+
     x = np.linspace(-60.0, 60.0, size).astype(dtype)
     compiled = tn.compile(tn.trace(lambda v: tn.sigmoid(v) * 1.0, x), backend="numpy")
     y = compiled(x)

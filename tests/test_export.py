@@ -1,6 +1,7 @@
 """Diagrams: DOT structure per level/view, real SVG/PNG rendering with Graphviz, the missing-`dot`
 error path, JSON round trip, collapse, scope clusters, compiled programs and per-pass diagrams.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,11 +37,15 @@ def both(forward):
 
 def cluster_titles(svg: bytes) -> list[str]:
     root = ET.fromstring(svg)
-    return [g.find(f"{SVG}title").text for g in root.iter(f"{SVG}g")
-            if g.get("id", "").startswith("clust")]
+    return [
+        g.find(f"{SVG}title").text
+        for g in root.iter(f"{SVG}g")
+        if g.get("id", "").startswith("clust")
+    ]
 
 
 # ---- DOT structure -------------------------------------------------------------------------------
+
 
 def test_parameters_are_drawn_once_outside_the_step_clusters(forward):
     src = tn.to_dot(forward).source
@@ -70,7 +75,7 @@ def test_views_select_phases(both):
 def test_backward_edges_are_reversed_for_layout_but_point_backwards(both):
     src = tn.to_dot(both, view="both").source
     assert "dir=back" in src
-    assert 'style=dashed' in src
+    assert "style=dashed" in src
 
 
 def test_node_ids_come_from_tape_positions(forward):
@@ -137,8 +142,12 @@ def test_collapse_backward_keeps_steps_that_differ():
 
 
 def test_bad_arguments_raise_tapernn_errors(forward):
-    for kwargs in ({"level": "cell"}, {"view": "sideways"}, {"cluster_by": "time"},
-                   {"compiled": True}):
+    for kwargs in (
+        {"level": "cell"},
+        {"view": "sideways"},
+        {"cluster_by": "time"},
+        {"compiled": True},
+    ):
         with pytest.raises(TapernnError):
             tn.to_dot(forward, **kwargs)
     with pytest.raises(TapernnError):
@@ -146,6 +155,7 @@ def test_bad_arguments_raise_tapernn_errors(forward):
 
 
 # ---- compiled programs and modules ----------------------------------------------------------------
+
 
 def test_compiled_objects_and_modules_are_drawn(forward):
     program = tn.compile(forward, passes=[])
@@ -169,6 +179,7 @@ def test_fused_nodes_list_their_ops_and_buffers_label_edges(forward):
 
 
 # ---- rendering ---------------------------------------------------------------------------------
+
 
 @needs_dot
 @pytest.mark.parametrize("level", ["op", "module"])
@@ -197,7 +208,9 @@ def test_missing_dot_raises_render_error_with_install_hint(forward, tmp_path, mo
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     with pytest.raises(RenderError, match="apt-get install graphviz") as info:
         tn.render(forward, tmp_path / "lstm.svg")
-    assert "brew install graphviz" in str(info.value) and "conda install graphviz" in str(info.value)
+    assert "brew install graphviz" in str(info.value) and "conda install graphviz" in str(
+        info.value
+    )
     assert isinstance(info.value, TapernnError)
     assert repr_svg(forward) is None and forward._repr_svg_() is None
 
@@ -224,6 +237,7 @@ def test_repr_svg_for_graphs_and_compiled(forward):
 
 # ---- JSON and per-pass diagrams ------------------------------------------------------------------
 
+
 def test_json_round_trips_through_networkx(both):
     data = json.loads(json.dumps(tn.to_json(both)))
     g = nx.node_link_graph(data, edges="edges")
@@ -239,8 +253,7 @@ def drop_gradients_of_inputs(graph):
     """A stand-in pass that changes the node count: keeps only the forward outputs."""
     n = graph.meta.n_forward_outputs
     n = len(graph.outputs) if n is None else n
-    return tn.Graph(graph.nodes, graph.inputs, graph.outputs[:n], graph.meta
-                    ).eliminate_dead_code()
+    return tn.Graph(graph.nodes, graph.inputs, graph.outputs[:n], graph.meta).eliminate_dead_code()
 
 
 @needs_dot
@@ -270,14 +283,16 @@ def test_long_sequences_route_shared_parameters_through_buses():
     src = tn.to_dot(lstm_graph(steps=6)).source
     assert src.count('label="W_i\n') == 1
     assert "bus_" in src  # one junction per step instead of a long edge per step
-    long_edges = [line for line in src.splitlines() if re.match(r"\s*n\d+ -> n\d+", line)
-                  and 'd9b84a' in line]
+    long_edges = [
+        line for line in src.splitlines() if re.match(r"\s*n\d+ -> n\d+", line) and "d9b84a" in line
+    ]
     assert not long_edges  # every parameter edge now goes through the step's junction
     assert src.count("subgraph cluster_step_") == 6
 
 
 def test_large_drawings_limit_dot_layout_iterations_and_small_ones_do_not():
     from tapernn.export.ops_view import LARGE_DRAWING
+
     small = tn.grad(lstm_graph(steps=2))
     large = tn.grad(lstm_graph(steps=15))
     assert len(small.nodes) < LARGE_DRAWING < len(large.nodes)
@@ -288,6 +303,7 @@ def test_large_drawings_limit_dot_layout_iterations_and_small_ones_do_not():
 
 def test_render_passes_takes_a_module_and_explains_an_untraced_one(tmp_path):
     from tapernn import nn
+
     seq = nn.Sequencer(nn.LSTM(3, 4))
     with pytest.raises(TapernnError, match="nothing traced yet; call forward first"):
         tn.render_passes(seq, tmp_path / "none", fmt="dot")

@@ -1,4 +1,5 @@
 """Golden DOT files for a 3-step functional LSTM; regenerate with `python tools/update_goldens.py`."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,8 @@ def test_dot_matches_golden_file(name):
     expected = golden_path(name).read_text()
     assert CASES[name]().source == expected, (
         f"{name}: DOT output changed; if intended, run `python tools/update_goldens.py` and "
-        f"review the diff of tests/golden/{name}.dot")
+        f"review the diff of tests/golden/{name}.dot"
+    )
 
 
 def test_dot_is_deterministic_across_builds():

@@ -1,4 +1,5 @@
 """Graph IR: printing, verify, networkx view, rebuilding, shape errors at trace time."""
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ def small():
     def fn(x, w):
         with tracing.step(1), tracing.scope("seq.lstm"):
             return tn.tanh(x @ w) * 2.0
+
     return tn.trace(fn, np.ones((2, 3)), np.ones((3, 4), np.float32), names=["x", "w"])
 
 
@@ -32,7 +34,9 @@ def test_verify_accepts_traced_and_rejects_broken_graphs():
     with pytest.raises(tn.GraphError, match="not earlier on the tape"):
         broken.verify()
     tanh = next(n for n in g.nodes if n.op == "tanh")
-    bad = g.rebuild(lambda n, m: n.replace(shape=(9, 9), inputs=(m[n.inputs[0]],)) if n is tanh else None)
+    bad = g.rebuild(
+        lambda n, m: n.replace(shape=(9, 9), inputs=(m[n.inputs[0]],)) if n is tanh else None
+    )
     with pytest.raises(tn.GraphError, match=r"recorded shape \(9, 9\)"):
         bad.verify()
     dangling = Graph([n for n in g.nodes if n.op != "matmul"], g.inputs, g.outputs)
@@ -53,19 +57,29 @@ def test_shape_error_names_op_shapes_and_scope():
     def fn(x, y):
         with tracing.scope("model.0"), tracing.step(4):
             return x + y
+
     with pytest.raises(tn.ShapeError) as e:
         tn.trace(fn, np.ones((2, 3)), np.ones((4,)))
     msg = str(e.value)
-    assert "add" in msg and "(2, 3)" in msg and "(4,)" in msg and "model.0" in msg and "step 4" in msg
+    assert (
+        "add" in msg and "(2, 3)" in msg and "(4,)" in msg and "model.0" in msg and "step 4" in msg
+    )
 
 
-@pytest.mark.parametrize("fn,arrays,fragment", [
-    (lambda a, b: a @ b, (np.ones((2, 3)), np.ones((2, 3))), "inner dimensions"),
-    (lambda a: tn.reshape(a, (4, 2)), (np.ones((2, 3)),), "cannot reshape"),
-    (lambda a: a[5], (np.ones((2, 3)),), "does not fit shape"),
-    (lambda a, b: tn.concat([a, b], axis=1), (np.ones((2, 3)), np.ones((3, 3))), "differ off that axis"),
-    (lambda a: tn.sum(a, axis=2), (np.ones((2, 3)),), "out of range"),
-])
+@pytest.mark.parametrize(
+    "fn,arrays,fragment",
+    [
+        (lambda a, b: a @ b, (np.ones((2, 3)), np.ones((2, 3))), "inner dimensions"),
+        (lambda a: tn.reshape(a, (4, 2)), (np.ones((2, 3)),), "cannot reshape"),
+        (lambda a: a[5], (np.ones((2, 3)),), "does not fit shape"),
+        (
+            lambda a, b: tn.concat([a, b], axis=1),
+            (np.ones((2, 3)), np.ones((3, 3))),
+            "differ off that axis",
+        ),
+        (lambda a: tn.sum(a, axis=2), (np.ones((2, 3)),), "out of range"),
+    ],
+)
 def test_shape_errors_are_tapernn_errors(fn, arrays, fragment):
     with pytest.raises(tn.ShapeError, match=fragment):
         tn.trace(fn, *arrays)
@@ -103,8 +117,14 @@ def test_replace_copies_fields_and_normalises_only_what_changes():
     same_shape = Node("input", (), {"kind": "data"}, (2, 3), np.float64, name="y")
     moved = t.replace(inputs=[same_shape])
     assert moved.inputs == (same_shape,) and moved.id != t.id and moved.verified
-    assert (moved.op, moved.shape, moved.dtype, moved.step, moved.scope, moved.phase) == \
-        ("tanh", (2, 3), np.dtype(np.float64), 2, "m", "backward")
+    assert (moved.op, moved.shape, moved.dtype, moved.step, moved.scope, moved.phase) == (
+        "tanh",
+        (2, 3),
+        np.dtype(np.float64),
+        2,
+        "m",
+        "backward",
+    )
     other = Node("input", (), {"kind": "data"}, (3, 2), np.float64, name="z")
     assert not t.replace(inputs=(other,)).verified  # rules must run again: shapes differ
     assert not t.replace(op="exp").verified
@@ -119,8 +139,10 @@ def test_attrs_key_is_cached_and_follows_attrs():
     s = Node("sum", (a,), {"axis": (0,), "keepdims": False}, (3,), np.float64)
     assert s.attrs_key == (("axis", (0,)), ("keepdims", False))
     assert s.replace(inputs=(a,)).attrs_key is s.attrs_key
-    assert s.replace(attrs={"axis": (1,), "keepdims": True}).attrs_key == \
-        (("axis", (1,)), ("keepdims", True))
+    assert s.replace(attrs={"axis": (1,), "keepdims": True}).attrs_key == (
+        ("axis", (1,)),
+        ("keepdims", True),
+    )
 
 
 def test_rebuild_and_dead_code_return_the_graph_itself_when_nothing_changes():
@@ -147,5 +169,6 @@ def test_meta_is_a_typed_immutable_record():
     fwd, bwd = split_forward_backward(g, 1)
     assert fwd.meta.saved_outputs == tuple(range(1, len(fwd.outputs)))
     assert fwd.meta.saved_names == bwd.meta.saved_names
-    assert [n.name for n in bwd.inputs] == list(bwd.meta.saved_names + bwd.meta.seed_names
-                                                + bwd.meta.input_names)
+    assert [n.name for n in bwd.inputs] == list(
+        bwd.meta.saved_names + bwd.meta.seed_names + bwd.meta.input_names
+    )

@@ -1,6 +1,7 @@
 """The hidden-state API (Element-RNN test `getHiddenState`): Recursor and Sequencer reach their
 module's; set_grad_hidden_state REPLACES the gradient step t + 1 sends into the state of step t
 (Torch7 setGradHiddenState); get_grad_hidden_state(t) exists for every step of the last backward."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,8 +67,11 @@ def test_recursor_and_sequencer_reach_the_hidden_state_of_their_module(name):
     ref_out = [ref.forward(x[t]) for t in range(T)]
     for wrapper in (nn.Recursor(twin(m, name)), nn.Sequencer(twin(m, name))):
         wrapper.set_initial_state(start)
-        out = wrapper.forward(x) if isinstance(wrapper, nn.Sequencer) else [
-            wrapper.forward(x[t]) for t in range(T)]
+        out = (
+            wrapper.forward(x)
+            if isinstance(wrapper, nn.Sequencer)
+            else [wrapper.forward(x[t]) for t in range(T)]
+        )
         close(out, ref_out, f"{wrapper.describe()} outputs from the initial state")
         for t in range(T):
             close(wrapper.get_hidden_state(t), ref.get_hidden_state(t), f"state {t}")
@@ -129,14 +133,13 @@ def test_get_grad_hidden_state_every_step_and_the_recipe_to_add(name, how):
         ref = twin(m, name)
         for k in range(t + 1):
             ref.forward(x[k])
-        run(ref2 := twin(m, name), x[t + 1:], g[t + 1:], "hand", start=ref.get_hidden_state(t))
+        run(ref2 := twin(m, name), x[t + 1 :], g[t + 1 :], "hand", start=ref.get_hidden_state(t))
         close(a.get_grad_hidden_state(t), ref2.get_grad_initial_state(), f"step {t}")
     # to add: read it, set the sum; equals the plain gradients plus `extra` seeded at step 1
     extra = state_like(m, np.random.default_rng(4))
     added = [u + v for u, v in zip(a.get_grad_hidden_state(1), extra)]
     gx, grads = run(a, x, g, how, sets=[(1, added)])
-    seeded_gx, seeded = run(twin(m, name), x[:2], np.zeros_like(g[:2]), "hand",
-                            sets=[(-1, extra)])
+    seeded_gx, seeded = run(twin(m, name), x[:2], np.zeros_like(g[:2]), "hand", sets=[(-1, extra)])
     close(gx, [u + v for u, v in zip(plain_gx, seeded_gx + [0, 0])], "added grad inputs")
     close(grads, [u + v for u, v in zip(plain, seeded)], "added parameter gradients")
 

@@ -1,5 +1,6 @@
 """The reference interpreter: hand-written NumPy equations, and why it is the oracle -- a bug
 in the code generator cancels out when the compiler is compared with itself, not here."""
+
 import dataclasses
 
 import numpy as np
@@ -17,6 +18,7 @@ def test_interpret_matches_numpy_equations(rng):
     def f(x, w):
         h = tn.tanh(x @ w)
         return tn.sum(h * tn.sigmoid(h), axis=1), tn.concat([h, x[:, :2]], axis=0)
+
     g = tn.grad(tn.trace(f, x, w))
     seeds = [rng.standard_normal(3), rng.standard_normal((6, 2))]
     y, cat, dx, dw = interpret(g, x, w, *seeds)
@@ -43,7 +45,8 @@ def test_interpret_checks_its_arguments_and_the_recorded_types():
 
 
 def test_a_lowering_bug_cancels_in_a_self_comparison_but_not_against_the_interpreter(
-        rng, monkeypatch):
+    rng, monkeypatch
+):
     x = rng.standard_normal(5)
     g = tn.trace(lambda x: tn.tanh(x) * 2.0, x)
     wrong = dataclasses.replace(REGISTRY["tanh"], ufunc=np.sin)  # a wrong lowering

@@ -1,4 +1,5 @@
 """Layers, tables and containers against hand-written NumPy equations."""
+
 import numpy as np
 import pytest
 
@@ -36,15 +37,24 @@ def test_lookup_table_accumulates_repeated_ids():
     np.testing.assert_allclose(lt.weight.grad[:, 0], [1, 0, 0, 3, 0])
 
 
-@pytest.mark.parametrize("module,fn", [
-    (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))), (nn.Tanh(), np.tanh),
-    (nn.ReLU(), lambda x: np.maximum(x, 0)),
-    (nn.SoftMax(), lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
-    (nn.LogSoftMax(), lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
-    (nn.Identity(), lambda x: x), (nn.Reshape(6), lambda x: x.reshape(2, 6)),
-])
+@pytest.mark.parametrize(
+    "module,fn",
+    [
+        (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (nn.Tanh(), np.tanh),
+        (nn.ReLU(), lambda x: np.maximum(x, 0)),
+        (nn.SoftMax(), lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+        (nn.LogSoftMax(), lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
+        (nn.Identity(), lambda x: x),
+        (nn.Reshape(6), lambda x: x.reshape(2, 6)),
+    ],
+)
 def test_transfer_layers(module, fn):
-    x = R.standard_normal((2, 6)) if not isinstance(module, nn.Reshape) else R.standard_normal((2, 2, 3))
+    x = (
+        R.standard_normal((2, 6))
+        if not isinstance(module, nn.Reshape)
+        else R.standard_normal((2, 2, 3))
+    )
     np.testing.assert_allclose(module.forward(x), fn(x), rtol=1e-12)
     assert module.backward(x, np.ones_like(module.output)).shape == x.shape
 
@@ -66,10 +76,12 @@ def test_split_join_select_narrow():
     x = R.standard_normal((3, 4, 5))
     parts = nn.SplitTable(0).forward(x)
     assert len(parts) == 3 and parts[1].shape == (4, 5)
-    assert len(nn.SplitTable(0, 2).forward(x)) == 4        # 3-d input, 2 input dims: skip batch
+    assert len(nn.SplitTable(0, 2).forward(x)) == 4  # 3-d input, 2 input dims: skip batch
     assert len(nn.SplitTable(-1).forward(x)) == 5
     np.testing.assert_allclose(nn.JoinTable(0).forward(parts), x.reshape(12, 5))
-    np.testing.assert_allclose(nn.JoinTable(0, 1).forward([x[0], x[1]]), np.concatenate([x[0], x[1]], 1))
+    np.testing.assert_allclose(
+        nn.JoinTable(0, 1).forward([x[0], x[1]]), np.concatenate([x[0], x[1]], 1)
+    )
     sel = nn.SelectTable(-1)
     np.testing.assert_allclose(sel.forward(parts), x[2])
     grads = sel.backward(parts, np.ones((4, 5)))

@@ -2,6 +2,7 @@
 function-level, TYPE_CHECKING blocks excluded -- goes from a module to one in its own layer or
 a lower one, and no set of modules imports itself in a cycle. `import tapernn` and compiling
 work without the graphviz package."""
+
 import ast
 import subprocess
 import sys
@@ -14,10 +15,24 @@ PKG = ROOT / "tapernn"
 
 # lowest first; "x.*" names the package x and everything in it, other entries one module
 LAYERS = [
-    ("base", ["tapernn.errors", "tapernn.ops", "tapernn.ops.registry", "tapernn.ops.indexing",
-              "tapernn.random", "tapernn.fileio", "tapernn.validation",
-              "tapernn.blas", "tapernn.serialization", "tapernn.views",
-              "tapernn.keys", "tapernn.tuning", "tapernn.plan_options"]),
+    (
+        "base",
+        [
+            "tapernn.errors",
+            "tapernn.ops",
+            "tapernn.ops.registry",
+            "tapernn.ops.indexing",
+            "tapernn.random",
+            "tapernn.fileio",
+            "tapernn.validation",
+            "tapernn.blas",
+            "tapernn.serialization",
+            "tapernn.views",
+            "tapernn.keys",
+            "tapernn.tuning",
+            "tapernn.plan_options",
+        ],
+    ),
     ("graph", ["tapernn.graph"]),
     ("tracing", ["tapernn.tracing"]),
     ("functional", ["tapernn.functional"]),
@@ -29,8 +44,16 @@ LAYERS = [
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
-    ("loops", ["tapernn.scan", "tapernn.scan_ir", "tapernn.scan_grad", "tapernn.scan_run",
-                "tapernn.scan_hoist"]),
+    (
+        "loops",
+        [
+            "tapernn.scan",
+            "tapernn.scan_ir",
+            "tapernn.scan_grad",
+            "tapernn.scan_run",
+            "tapernn.scan_hoist",
+        ],
+    ),
     ("nn", ["tapernn.nn.*"]),
     ("export", ["tapernn.export.*"]),
     ("package", ["tapernn"]),  # tapernn/__init__: the public names
@@ -81,7 +104,7 @@ class _Imports(ast.NodeVisitor):
         base = node.module or ""
         if node.level:
             parts = self.module.split(".") if self.is_pkg else self.module.split(".")[:-1]
-            parts = parts[:len(parts) - node.level + 1]
+            parts = parts[: len(parts) - node.level + 1]
             base = ".".join(parts + ([node.module] if node.module else []))
         if base.split(".")[0] != "tapernn":
             return
@@ -103,14 +126,18 @@ def import_graph() -> nx.DiGraph:
 
 def test_every_import_goes_down_the_layers():
     g = import_graph()
-    upward = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
-              for a, b in g.edges if layer_of(b) > layer_of(a)]
+    upward = [
+        f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+        for a, b in g.edges
+        if layer_of(b) > layer_of(a)
+    ]
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
 
 
 def test_no_import_cycles():
-    cycles = sorted(sorted(c) for c in nx.strongly_connected_components(import_graph())
-                    if len(c) > 1)
+    cycles = sorted(
+        sorted(c) for c in nx.strongly_connected_components(import_graph()) if len(c) > 1
+    )
     assert not cycles, f"import cycles: {cycles}"
 
 
@@ -125,18 +152,22 @@ def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path, monkeypatch):
     g = import_graph()
     assert ("tapernn.graph", "tapernn.export") in g.edges
     assert layer_of("tapernn.export") > layer_of("tapernn.graph")
-    assert [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1] == \
-        [["tapernn.export", "tapernn.graph"]]
+    assert [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1] == [
+        ["tapernn.export", "tapernn.graph"]
+    ]
 
 
 def test_import_and_compile_without_graphviz():
-    probe = ("import sys; sys.modules['graphviz'] = None\n"
-             "import numpy as np, tapernn as tn\n"
-             "f = tn.compile(tn.trace(lambda x: tn.tanh(x) * 2, np.ones(3)))\n"
-             "assert np.allclose(f(np.ones(3)), 2 * np.tanh(1))\n"
-             "assert 'graphviz' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
-             "try:\n    tn.to_dot\nexcept ImportError as e:\n    assert 'graphviz' in str(e)\n"
-             "else:\n    raise AssertionError('to_dot without graphviz')\n")
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
-                       check=False)
+    probe = (
+        "import sys; sys.modules['graphviz'] = None\n"
+        "import numpy as np, tapernn as tn\n"
+        "f = tn.compile(tn.trace(lambda x: tn.tanh(x) * 2, np.ones(3)))\n"
+        "assert np.allclose(f(np.ones(3)), 2 * np.tanh(1))\n"
+        "assert 'graphviz' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+        "try:\n    tn.to_dot\nexcept ImportError as e:\n    assert 'graphviz' in str(e)\n"
+        "else:\n    raise AssertionError('to_dot without graphviz')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False
+    )
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,7 @@
 """MaskZero on an unbatched input (one 1-D vector is one row, Element-RNN's MaskZero(m, 1)) and
 MaskZeroCriterion never reading a masked row's target (Element-RNN tests MaskZero_main,
 MaskZeroCriterion, SequencerCriterion)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def test_mask_zero_takes_one_unbatched_vector_as_one_row():
     np.testing.assert_array_equal(m.backward(np.zeros(10), np.ones(10)), np.zeros(10))
     x = np.linspace(-1, 1, 10)
     m.forward(x)
-    np.testing.assert_allclose(m.backward(x, np.ones(10)), sigmoid(x) * (1 - sigmoid(x)),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        m.backward(x, np.ones(10)), sigmoid(x) * (1 - sigmoid(x)), rtol=1e-14
+    )
 
 
 def test_mask_zero_unbatched_with_another_output_shape_and_batched_rows():
@@ -35,8 +37,9 @@ def test_mask_zero_unbatched_with_another_output_shape_and_batched_rows():
     batch = np.stack([x, np.zeros(4), -x])
     out = m.forward(batch)
     np.testing.assert_array_equal(out[1], 0)
-    np.testing.assert_allclose(out[[0, 2]], batch[[0, 2]] @ lin.weight.data.T + lin.bias.data,
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        out[[0, 2]], batch[[0, 2]] @ lin.weight.data.T + lin.bias.data, rtol=1e-14
+    )
     with pytest.raises(tn.TapernnError):
         m.forward(np.float64(1.0))  # a scalar is no row
 
@@ -48,8 +51,9 @@ def test_mask_zero_criterion_never_reads_a_masked_rows_class_target():
     target = np.array([2, -1, 0])  # -1: not a class, but its row is masked
     crit = nn.MaskZeroCriterion(nn.ClassNLLCriterion())
     kept = nn.ClassNLLCriterion()
-    assert crit.forward(x, target) == pytest.approx(kept.forward(x[[0, 2]], target[[0, 2]]),
-                                                    rel=1e-14)
+    assert crit.forward(x, target) == pytest.approx(
+        kept.forward(x[[0, 2]], target[[0, 2]]), rel=1e-14
+    )
     g = crit.backward(x, target)
     np.testing.assert_array_equal(g[1], 0)
     np.testing.assert_allclose(g[[0, 2]], kept.backward(x[[0, 2]], target[[0, 2]]), rtol=1e-14)
@@ -79,8 +83,10 @@ def test_sequencer_criterion_of_mask_zero_criterion_with_padding_targets():
         xs[t][t] = 0.0
         ts[t][t] = -1
     crit = nn.SequencerCriterion(nn.MaskZeroCriterion(nn.ClassNLLCriterion()))
-    expected = sum(nn.ClassNLLCriterion().forward(np.delete(xs[t], t, 0), np.delete(ts[t], t))
-                   for t in range(T))
+    expected = sum(
+        nn.ClassNLLCriterion().forward(np.delete(xs[t], t, 0), np.delete(ts[t], t))
+        for t in range(T)
+    )
     assert crit.forward(xs, ts) == pytest.approx(expected, rel=1e-13)
     grads = crit.backward(xs, ts)
     for t in range(T):

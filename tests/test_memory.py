@@ -1,5 +1,6 @@
 """The buffer plan: no two simultaneously live values share a buffer, in-place only where the
 overwritten value is dead, never into inputs or views; byte accounting; outputs owned by callers."""
+
 import numpy as np
 from lstm_fixture import lstm_graph
 from plan_check import ANY_SIZE, check_plan
@@ -24,8 +25,9 @@ def test_lstm_plan_is_safe_and_smaller(rng):
 
 
 def test_a_chain_runs_in_one_buffer():
-    c = tn.compile(tn.trace(lambda x: tn.sum(tn.exp(tn.tanh(tn.sigmoid(x) * 2.0))), np.ones(8)),
-                   passes=[])
+    c = tn.compile(
+        tn.trace(lambda x: tn.sum(tn.exp(tn.tanh(tn.sigmoid(x) * 2.0))), np.ones(8)), passes=[]
+    )
     plan = c.program.plan
     assert len(plan.buffers) == 1 and len(plan.inplace) == 3  # mul, tanh, exp overwrite in turn
     np.testing.assert_allclose(c(np.ones(8)), 8 * np.exp(np.tanh(2 / (1 + np.exp(-1.0)))))
@@ -36,6 +38,7 @@ def test_no_inplace_into_a_value_read_later():
         a = tn.tanh(x)
         b = tn.exp(a)  # a is still read below: exp must not overwrite it
         return tn.sum(a * b)
+
     c = tn.compile(tn.trace(f, np.ones(4)), passes=[])
     plan = c.program.plan
     exp = next(n for n in c.graph.nodes if n.op == "exp")
@@ -48,6 +51,7 @@ def test_no_inplace_through_an_alias():
     def f(x):
         a = tn.tanh(x)
         return tn.sum(a + tn.transpose(a))  # the transpose is a view of a
+
     x = np.arange(9.0).reshape(3, 3) / 9
     c = tn.compile(tn.trace(f, x), passes=[])
     add = next(n for n in c.graph.nodes if n.op == "add")
@@ -76,6 +80,7 @@ def test_results_survive_the_next_call(rng):
 
 def test_saved_for_backward_bytes():
     from tapernn.autodiff import split_forward_backward
+
     g, _arrays = lstm_graph(3, 2, 3, 4)
     joint = tn.compile(g, passes=[])
     fwd, _ = split_forward_backward(g, 1)
@@ -89,6 +94,7 @@ def test_fused_temporaries_never_alias_live_values(rng):
         a = tn.tanh(x * y + 1.0)
         b = tn.sigmoid(a * x - y)
         return tn.sum(b * a), tn.exp(a) @ tn.transpose(b)
+
     arrays = [rng.standard_normal((3, 3)) for _ in range(2)]
     c = tn.compile(tn.trace(f, *arrays))
     assert "fused" in c.graph.op_counts()
@@ -106,12 +112,14 @@ def test_a_buffer_read_through_several_views_is_freed_once():
         s = tn.concat([y[0], y[1]], axis=0)
         a, b, c = tn.exp(s), tn.tanh(s), tn.sqrt(s * s)
         return tn.sum(a * b * c + s)
+
     x = np.random.default_rng(0).standard_normal((2, 3))
     compiled, plan = plan_of(tn.trace(f, x), passes=[])
     check_plan(compiled.graph, plan)
     y = np.tanh(x).reshape(-1)
-    np.testing.assert_allclose(compiled(x), np.sum(np.exp(y) * np.tanh(y) * np.abs(y) + y),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        compiled(x), np.sum(np.exp(y) * np.tanh(y) * np.abs(y) + y), rtol=1e-12
+    )
 
 
 def test_concat_pieces_are_computed_into_their_slots():
@@ -124,6 +132,7 @@ def test_concat_pieces_are_computed_into_their_slots():
         out = tn.concat([a, x, b, a, tn.transpose(r), flat], axis=0)  # 6 blocks of (2, 3)
         tmp = tn.concat([a * b, x], axis=1)
         return out, tn.sum(tmp * tmp, axis=1)
+
     x = np.random.default_rng(0).standard_normal((2, 3))
     compiled, plan = plan_of(tn.trace(f, x), passes=[])
     check_plan(compiled.graph, plan)
@@ -136,8 +145,10 @@ def test_concat_pieces_are_computed_into_their_slots():
         a, b = np.tanh(xs), np.exp(xs)
         r = (1 / (1 + np.exp(-xs)) * 2.0).reshape(3, 2)
         flat = (np.tanh(xs.reshape(6)) * 3.0).reshape(2, 3)
-        want = [np.concatenate([a, xs, b, a, r.T, flat], axis=0),
-                np.sum(np.concatenate([a * b, xs], axis=1) ** 2, axis=1)]
+        want = [
+            np.concatenate([a, xs, b, a, r.T, flat], axis=0),
+            np.sum(np.concatenate([a * b, xs], axis=1) ** 2, axis=1),
+        ]
         for got, w in zip(compiled(xs), want):
             np.testing.assert_allclose(got, w, rtol=1e-12)
     first = compiled(x)
@@ -155,8 +166,10 @@ def test_the_report_holds_the_plan_record_and_a_pair_joins_two():
     g, _ = lstm_graph(3, 2, 3, 4)
     c = tn.compile(g, passes=[])
     assert c.report.plan is c.program.plan.stats
-    assert (c.report.kernels, c.report.planned_bytes) == (c.report.plan.kernels,
-                                                          c.report.plan.planned_bytes)
+    assert (c.report.kernels, c.report.planned_bytes) == (
+        c.report.plan.kernels,
+        c.report.plan.planned_bytes,
+    )
     from tapernn.nn.state_grads import tap_copy_bytes
 
     seq = tn.nn.Sequencer(tn.nn.LSTM(3, 4))
@@ -164,13 +177,18 @@ def test_the_report_holds_the_plan_record_and_a_pair_joins_two():
     seq.forward(x)
     seq.backward(x, np.ones((5, 2, 4)))
     pair = seq._runtime.last.training_pair
-    fwd, bwd, joint = pair.forward.report.plan, pair.last_backward.report.plan, \
-        seq.compile_report().plan
+    fwd, bwd, joint = (
+        pair.forward.report.plan,
+        pair.last_backward.report.plan,
+        seq.compile_report().plan,
+    )
     assert joint == tn.passes.PlanStats(
-        fwd.kernels + bwd.kernels, fwd.naive_bytes + bwd.naive_bytes,
+        fwd.kernels + bwd.kernels,
+        fwd.naive_bytes + bwd.naive_bytes,
         fwd.planned_bytes + bwd.planned_bytes,  # the peak: the training loop's (see
         pair.step_peak_bytes(1, tap_copy_bytes(seq._runtime.last)),  # test_memory_loop)
-        pair.saved_bytes)
+        pair.saved_bytes,
+    )
     assert joint.peak_bytes > max(fwd.peak_bytes, bwd.peak_bytes)
     assert seq.compile_report().resident_bytes == pair.resident_bytes > 0
     assert len(seq.compile_report().passes) == len(pair.forward.report.passes) * 2

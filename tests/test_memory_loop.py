@@ -1,25 +1,33 @@
 """The memory a steady training loop really holds (tracemalloc) against the compile report's
 number, and the release of saved activations once backward has consumed them (with the
 semantics kept: a second backward of one forward, step-wise BPTT, get_grad_hidden_state)."""
+
 import numpy as np
 import pytest
 
 from tapernn import nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 
-CELLS = {"FastLSTM": lambda H: nn.FastLSTM(H, H), "LSTM": lambda H: nn.LSTM(H, H),
-         "GRU": lambda H: nn.GRU(H, H)}
+CELLS = {
+    "FastLSTM": lambda H: nn.FastLSTM(H, H),
+    "LSTM": lambda H: nn.LSTM(H, H),
+    "GRU": lambda H: nn.GRU(H, H),
+}
 
 
 def _data(T, B, H, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((T, B, H)).astype(dtype),
-            rng.standard_normal((T, B, H)).astype(dtype))
+    return (
+        rng.standard_normal((T, B, H)).astype(dtype),
+        rng.standard_normal((T, B, H)).astype(dtype),
+    )
 
 
-ROLLED_PEAK = pytest.mark.xfail(reason="a rolled Sequencer's reported peak leaves out part of "
-                                        "its loops' memory (FastLSTM, GRU: 1.2x real); issue 16",
-                                 strict=False)
+ROLLED_PEAK = pytest.mark.xfail(
+    reason="a rolled Sequencer's reported peak leaves out part of "
+    "its loops' memory (FastLSTM, GRU: 1.2x real); issue 16",
+    strict=False,
+)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -31,8 +39,9 @@ def test_steady_loop_peak_is_the_reported_peak(cell, dtype, unroll):
     seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(dtype)
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     reported = seq.compile_report().peak_bytes
-    assert abs(real - reported) <= 0.1 * reported, \
+    assert abs(real - reported) <= 0.1 * reported, (
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+    )
 
 
 def test_saved_activations_are_released_after_backward():
@@ -124,8 +133,9 @@ def test_charlm_training_loop_peak_is_the_reported_peak():
 
     real = loop_peak_bytes(step)
     reported = lm.model.compile_report().peak_bytes
-    assert abs(real - reported) <= 0.1 * reported, \
+    assert abs(real - reported) <= 0.1 * reported, (
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+    )
 
 
 @pytest.mark.parametrize("unroll", [True, pytest.param(False, marks=ROLLED_PEAK)])
@@ -134,8 +144,9 @@ def test_remembering_sequencer_loop_peak_is_the_reported_peak(unroll):
     seq = nn.Sequencer(nn.FastLSTM(64, 64), unroll=unroll).remember("both")
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     reported = seq.compile_report().peak_bytes
-    assert abs(real - reported) <= 0.1 * reported, \
+    assert abs(real - reported) <= 0.1 * reported, (
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+    )
 
 
 def _root_array(a):
@@ -220,5 +231,6 @@ def test_stepwise_bptt_loop_peak_is_the_reported_peak():
 
     real = loop_peak_bytes(step)
     reported = lstm.compile_report().peak_bytes
-    assert abs(real - reported) <= 0.1 * reported, \
+    assert abs(real - reported) <= 0.1 * reported, (
         f"tracemalloc peak {real:,} B, compile report {reported:,} B ({real / reported:.2f}x)"
+    )

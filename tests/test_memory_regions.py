@@ -2,6 +2,7 @@
 input projection (and saved from there), concat pieces computed into their slots, returned
 arrays never overwritten by later runs; values and gradients equal to the planner without
 regions (float64, 1e-12)."""
+
 import numpy as np
 import pytest
 from plan_check import ANY_SIZE, check_plan
@@ -68,7 +69,7 @@ def test_gates_are_computed_in_place_over_the_hoisted_projection(monkeypatch):
     assert projection in plan.fresh  # the saved gates live in it: allocated per call
     over = [n for n, i in plan.inplace.items() if _view_of_matmul(i)]
     assert len({n.step for n in over}) == 6  # every step's pre-activations, in its rows
-    saved = fwd.graph.outputs[len(fwd.graph.outputs) - m._runtime.last.training_pair.n_saved:]
+    saved = fwd.graph.outputs[len(fwd.graph.outputs) - m._runtime.last.training_pair.n_saved :]
     gates = [o for o in saved if o.op in ("sigmoid", "tanh") and plan.storage[o] is projection]
     assert len(gates) >= 2 * 6  # sigmoid(i), sigmoid([f o]) and tanh(g) saved from the rows
     # the step's h is computed into its slot of the returned sequence
@@ -89,11 +90,16 @@ def test_backward_gate_gradients_are_computed_into_the_stack(monkeypatch):
     nested = [q for q, (r, _) in plan.placed.items() if r is stacks[0]]
     assert len(nested) >= 6 * 4  # each step's [dz_i dz_f dz_o dz_g] pieces
     concat_kernels = sum(1 for n in bwd.graph.nodes if n.op == "concat") - len(
-        [c for c in plan.placed_concats
-         if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))])
+        [
+            c
+            for c in plan.placed_concats
+            if all((c, j) in plan.placed_slots for j in range(len(c.inputs)))
+        ]
+    )
     computed = sum(1 for n in bwd.graph.nodes if n.op not in ("input", "constant"))
-    assert plan.stats.kernels == computed \
-        - (sum(1 for n in bwd.graph.nodes if n.op == "concat") - concat_kernels)
+    assert plan.stats.kernels == computed - (
+        sum(1 for n in bwd.graph.nodes if n.op == "concat") - concat_kernels
+    )
 
 
 @pytest.mark.parametrize("name", ["FastLSTM", "GRU"])
@@ -131,13 +137,21 @@ def test_training_pair_programs_share_one_arena(monkeypatch):
     arena = fwd.program.arrays[0].base
     while arena.base is not None:
         arena = arena.base
-    assert arena.nbytes == fwd.report.arena_bytes == max(
-        arena_layout(p.program.plan.buffers)[1] for p in (fwd, bwd))
+    assert (
+        arena.nbytes
+        == fwd.report.arena_bytes
+        == max(arena_layout(p.program.plan.buffers)[1] for p in (fwd, bwd))
+    )
     for p in (fwd, bwd):
         assert all(np.shares_memory(a, arena) for a in p.program.arrays)
     fresh = fwd.program.plan.per_call_bytes + bwd.program.plan.per_call_bytes
-    assert pair.resident_bytes == fwd.report.resident_bytes == bwd.report.resident_bytes \
-        == arena.nbytes + fresh < fwd.report.planned_bytes + bwd.report.planned_bytes
+    assert (
+        pair.resident_bytes
+        == fwd.report.resident_bytes
+        == bwd.report.resident_bytes
+        == arena.nbytes + fresh
+        < fwd.report.planned_bytes + bwd.report.planned_bytes
+    )
     assert m._runtime.last.report().resident_bytes == pair.resident_bytes
     # the same graphs compiled apart (own buffers each) give the same numbers, run alternately
     apart = [compile(fwd.graph, passes=[]), compile(bwd.graph, passes=[])]
@@ -168,12 +182,13 @@ def test_small_models_keep_contiguous_regions(monkeypatch):
     fwd = pair.forward.program.plan
     assert any(_view_of_matmul(i) for i in fwd.inplace.values())  # rows: still in place
     default = PlanOptions()
-    assert tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20,
-                                    default)
-    assert not tn_regions.cheap_strides(np.empty((32, 512), np.float32)[:, 128:256], 6 << 20,
-                                        default)
-    assert not tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19,
-                                        default)
+    assert tn_regions.cheap_strides(np.empty((32, 1024), np.float32)[:, 256:512], 6 << 20, default)
+    assert not tn_regions.cheap_strides(
+        np.empty((32, 512), np.float32)[:, 128:256], 6 << 20, default
+    )
+    assert not tn_regions.cheap_strides(
+        np.empty((32, 1024), np.float32)[:, 256:512], 1 << 19, default
+    )
 
 
 def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
@@ -195,8 +210,11 @@ def test_saved_gates_take_strided_columns_from_shorter_runs(monkeypatch):
         for name, program in (("fwd", pair.forward), ("bwd", pair.backward)):
             plan, regions = program.program.plan, {}
             check_plan(program.graph, plan, regions)
-            strided[name] = [n for n in list(plan.inplace) + list(plan.placed)
-                             if not regions[n].flags.c_contiguous]
+            strided[name] = [
+                n
+                for n in list(plan.inplace) + list(plan.placed)
+                if not regions[n].flags.c_contiguous
+            ]
         assert not strided["bwd"]
         root = memory.storage_roots(pair.forward.graph)
         returned = {root[o] for o in pair.forward.graph.outputs}  # itself or through views

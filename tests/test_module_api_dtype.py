@@ -1,4 +1,5 @@
 """Module dtype conversion: astype / float / double, and refusal of non-float dtypes."""
+
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """MuFuRu against hand-written NumPy equations (complex-step gradients, 1e-10), batched and
 unbatched, op subsets, gradcheck, float32 and errors."""
+
 import numpy as np
 import pytest
 from cell_reference import complex_step_grads, run, sigmoid
@@ -19,10 +20,14 @@ def _min(a, b):
 
 
 NUMPY_OPS = {
-    "keep": lambda s, v: s, "replace": lambda s, v: v, "mul": lambda s, v: s * v,
-    "diff": lambda s, v: s - v, "forget": lambda s, v: 0 * s,
+    "keep": lambda s, v: s,
+    "replace": lambda s, v: v,
+    "mul": lambda s, v: s * v,
+    "diff": lambda s, v: s - v,
+    "forget": lambda s, v: 0 * s,
     "sqrt_diff": lambda s, v: 0.25 * ((s - v) ** 2) ** 0.25,  # ¼√|s−v|, analytic off s = v
-    "max": _max, "min": _min,
+    "max": _max,
+    "min": _min,
 }
 
 
@@ -30,17 +35,22 @@ def mufuru_step(ops):
     def step(p, x, s):
         def lin(name, v):
             return v @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
         r = sigmoid(lin("reset_x", x) + lin("reset_h", s))
         v = sigmoid(lin("feature", np.concatenate([x, r * s], -1)))
         a = lin("op_weights", np.concatenate([x, s], -1)).reshape(s.shape[:-1] + (len(ops), H))
         e = np.exp(a - a.real.max(-2, keepdims=True))
         prob = e / e.sum(-2, keepdims=True)
         return (sum(prob[..., j, :] * NUMPY_OPS[op](s, v) for j, op in enumerate(ops)),)
+
     return step
 
 
-@pytest.mark.parametrize("ops", [None, ("keep", "replace"), ("max", "min", "sqrt_diff")],
-                         ids=["all", "gru-like", "max-min-sqrt"])
+@pytest.mark.parametrize(
+    "ops",
+    [None, ("keep", "replace"), ("max", "min", "sqrt_diff")],
+    ids=["all", "gru-like", "max-min-sqrt"],
+)
 @pytest.mark.parametrize("batch", [None, 2], ids=["unbatched", "batched"])
 def test_mufuru_matches_numpy_equations(ops, batch):
     tn.manual_seed(0)

@@ -1,5 +1,6 @@
 """NCEModule and NCECriterion against hand-written NumPy equations (noise-contrastive estimation,
 Torch7's dpnn / torch/rnn semantics with batch noise)."""
+
 import numpy as np
 import pytest
 
@@ -90,8 +91,10 @@ def test_nce_criterion_matches_equations():
     pmt, pms = R.random(B) * 0.3, R.random((B, K)) * 0.3
     pnt, pns = R.random(B) * 0.2, np.broadcast_to(R.random(K) * 0.2, (B, K)).copy()
     eps, k = 1e-7, float(K)
-    ref = -(np.log(pmt / (pmt + k * pnt + eps)).sum()
-            + np.log(k * pns / (pms + k * pns + eps)).sum()) / B
+    ref = (
+        -(np.log(pmt / (pmt + k * pnt + eps)).sum() + np.log(k * pns / (pms + k * pns + eps)).sum())
+        / B
+    )
     crit = nn.NCECriterion()
     assert crit.forward([pmt, pms, pnt, pns], None) == pytest.approx(ref, rel=1e-12)
     g = crit.backward([pmt, pms, pnt, pns], None)

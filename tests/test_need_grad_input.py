@@ -1,6 +1,7 @@
 """backward(input, grad_output, need_grad_input=False): parameter gradients equal the full
 backward's, no input gradient is returned, and the backward program it runs has no dX work
 (no node shaped like the input's gradient, fewer kernels in the compile report)."""
+
 import numpy as np
 import pytest
 
@@ -13,8 +14,11 @@ T, B, D, H = 4, 2, 3, 5
 
 def _model(kind):
     tn.manual_seed(7)
-    cell = {"fastlstm": lambda: nn.FastLSTM(D, H), "gru": lambda: nn.GRU(D, H),
-            "lstm": lambda: nn.LSTM(D, H)}[kind]()
+    cell = {
+        "fastlstm": lambda: nn.FastLSTM(D, H),
+        "gru": lambda: nn.GRU(D, H),
+        "lstm": lambda: nn.LSTM(D, H),
+    }[kind]()
     return nn.Sequencer(cell, unroll=True)  # dX looked for in the unrolled programs
 
 
@@ -47,9 +51,16 @@ def test_parameter_gradients_equal_without_the_input_gradient(kind):
     lean, whole = pair.last_backward.graph, pair.backward.graph
 
     def computed_like_dx(graph):  # arithmetic (not views of x) shaped like dX or its rows
-        return [n for n in graph.nodes if n.op not in ("input", "constant")
-                and not get_op(n.op).view and n.shape[-1:] == (D,) and n.ndim >= 2
-                and n.shape[0] in (T, B, T * B)]  # weight gradients: (gates * H, D)
+        return [
+            n
+            for n in graph.nodes
+            if n.op not in ("input", "constant")
+            and not get_op(n.op).view
+            and n.shape[-1:] == (D,)
+            and n.ndim >= 2
+            and n.shape[0] in (T, B, T * B)
+        ]  # weight gradients: (gates * H, D)
+
     assert computed_like_dx(whole)  # the full backward computes dX
     assert not computed_like_dx(lean)
     # and the full backward is still there: asking for grad_input again gives it

@@ -1,6 +1,7 @@
 """NormStabilizer: identity forward; backward = grad_output + the hand-written gradient of the
 norm-stabilising penalty (Torch7's formula, not divided by T); finite differences of the penalty;
 step-wise == Sequencer; evaluation; remember across chunks; errors; float32."""
+
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ T, B, H = 5, 3, 4
 
 
 def penalty(hs, beta):
-    n = np.sqrt((hs * hs).sum(-1))                       # (T, B)
+    n = np.sqrt((hs * hs).sum(-1))  # (T, B)
     return beta * ((n[1:] - n[:-1]) ** 2).mean(-1).sum()
 
 
@@ -34,8 +35,9 @@ def test_matches_torch7_gradient(beta):
     hs, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
     seq = nn.Sequencer(nn.NormStabilizer(beta))
     np.testing.assert_array_equal(seq.forward(hs), hs)
-    np.testing.assert_allclose(seq.backward(hs, g), torch7_grad(hs, g, beta), rtol=1e-10,
-                               atol=1e-13)
+    np.testing.assert_allclose(
+        seq.backward(hs, g), torch7_grad(hs, g, beta), rtol=1e-10, atol=1e-13
+    )
 
 
 def test_gradient_is_the_penalty_derivative():
@@ -73,8 +75,9 @@ def test_stepwise_equals_sequencer_and_after_an_lstm():
     # the same as the plain LSTM given the stabilised gradient of its outputs
     plain.zero_grad_parameters()
     hs2 = plain.forward(xs)
-    np.testing.assert_allclose(gin, plain.backward(xs, torch7_grad(hs2, g, 1.0)), rtol=1e-10,
-                               atol=1e-13)
+    np.testing.assert_allclose(
+        gin, plain.backward(xs, torch7_grad(hs2, g, 1.0)), rtol=1e-10, atol=1e-13
+    )
 
 
 def test_evaluation_is_the_identity_and_remember_pairs_across_chunks():

@@ -2,6 +2,7 @@
 first call runs its NumPy lowering while the worker compiles, every later call the kernel --
 whatever the timing, so runs stay reproducible bit for bit -- and every call agrees with the
 reference interpreter and the NumPy backend to 1e-12 in float64."""
+
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def test_first_call_runs_numpy_the_second_the_kernel(later, monkeypatch):
 def test_a_kernel_that_fails_in_the_background_leaves_its_groups_on_numpy(later, monkeypatch):
     def broken(source):
         raise RuntimeError("simulated compile failure")
+
     monkeypatch.setattr(numba_backend, "_load", broken)
     monkeypatch.setattr(numba_backend, "_kernels", {})
     x = _arrays(np.float64, seed=6)
@@ -109,10 +111,18 @@ print(" ".join(hashlib.sha1(o.tobytes()).hexdigest()[:12] for o in outs))
 
 
 def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
-    env = dict(os.environ, TAPERNN_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(ROOT),
-               TAPERNN_NUMBA_BACKGROUND="1")
-    runs = [subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
-                           text=True, check=True).stdout.split() for _ in range(2)]
+    env = dict(
+        os.environ,
+        TAPERNN_KERNEL_CACHE=str(tmp_path),
+        PYTHONPATH=str(ROOT),
+        TAPERNN_NUMBA_BACKGROUND="1",
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]  # cold (compiling while call 1 runs) and warm: the same bits
     assert runs[0][1] == runs[0][2]  # calls 2 and 3 both ran the kernel
 
@@ -121,6 +131,7 @@ def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
 def test_a_forked_child_compiles_the_kernels_its_parent_was_compiling(later, monkeypatch):
     import threading
     import time
+
     parent, gate = os.getpid(), threading.Event()
     prepare = numba_backend.Kernel.prepare
 
@@ -128,6 +139,7 @@ def test_a_forked_child_compiles_the_kernels_its_parent_was_compiling(later, mon
         if os.getpid() == parent:
             gate.wait(60)  # the parent's worker is busy with this job when the fork happens
         return prepare(self, key, warm)
+
     monkeypatch.setattr(numba_backend.Kernel, "prepare", held_in_the_parent)
     monkeypatch.setattr(numba_backend, "_kernels", {})
     x = _arrays(np.float64, seed=8)

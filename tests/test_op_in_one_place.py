@@ -1,6 +1,7 @@
 """One op, one place: an elementwise op defined here alone (one `register` call, nothing edited
 anywhere else) is traced, gradchecked, fused, batched over column blocks, lowered to source,
 run equal to the reference interpreter and NumPy, and drawn."""
+
 import numpy as np
 import pytest
 
@@ -21,8 +22,15 @@ def _softsign(x, out=None):  # x / (1 + |x|)
 
 @pytest.fixture(scope="module", autouse=True)
 def softsign():
-    register(OP, forward=_softsign, shape=same_shape, elementwise=True, inplace=(0,), n_inputs=1,
-             vjp=lambda g, y, x, wants: (g / ((1 + abs(x)) * (1 + abs(x))),))
+    register(
+        OP,
+        forward=_softsign,
+        shape=same_shape,
+        elementwise=True,
+        inplace=(0,),
+        n_inputs=1,
+        vjp=lambda g, y, x, wants: (g / ((1 + abs(x)) * (1 + abs(x))),),
+    )
     yield
     del REGISTRY[OP]  # the op table test requires a test row for every registered op
 
@@ -55,6 +63,7 @@ def test_new_op_is_batched_over_column_blocks(rng):
 
     def f(x):
         return [emit(OP, x[:, 0:4]), emit(OP, x[:, 4:8])]
+
     g = tn.trace(f, x)
     out, _ = P.run_passes(g, [P.batch_sliced_elementwise, P.eliminate_dead_code])
     ops = [n for n in out.nodes if n.op == OP]

@@ -1,4 +1,5 @@
 """Every registered op, gradchecked in float64 from a table; a meta-test fails if an op has no row."""
+
 import numpy as np
 import pytest
 
@@ -19,8 +20,13 @@ def pos(*shape):
 
 
 BROADCAST = {  # shape pairs: scalar, row, column, full, and the reversed orders
-    "scalar": ((3, 4), ()), "row": ((3, 4), (4,)), "column": ((3, 4), (3, 1)), "full": ((3, 4), (3, 4)),
-    "scalar_first": ((), (3, 4)), "row_first": ((4,), (3, 4)), "outer": ((3, 1), (1, 4)),
+    "scalar": ((3, 4), ()),
+    "row": ((3, 4), (4,)),
+    "column": ((3, 4), (3, 1)),
+    "full": ((3, 4), (3, 4)),
+    "scalar_first": ((), (3, 4)),
+    "row_first": ((4,), (3, 4)),
+    "outer": ((3, 1), (1, 4)),
 }
 
 ROWS = []  # (op name, row id, fn, arrays)
@@ -31,20 +37,33 @@ def row(op, rid, fn, *arrays):
 
 
 for name, fn, make in [
-    ("add", lambda a, b: a + b, randn), ("sub", lambda a, b: a - b, randn),
-    ("mul", lambda a, b: a * b, randn), ("div", lambda a, b: a / b, pos),
-    ("power", lambda a, b: a ** b, pos), ("maximum", tn.maximum, randn),
+    ("add", lambda a, b: a + b, randn),
+    ("sub", lambda a, b: a - b, randn),
+    ("mul", lambda a, b: a * b, randn),
+    ("div", lambda a, b: a / b, pos),
+    ("power", lambda a, b: a**b, pos),
+    ("maximum", tn.maximum, randn),
     ("minimum", tn.minimum, randn),
 ]:
     for rid, (sa, sb) in BROADCAST.items():
         row(name, rid, fn, make(*sa) if name != "power" else pos(*sa), make(*sb))
 
-row("power", "const-exponent", lambda a: a ** 3, randn(3, 4))
-row("maximum", "ties", lambda a: tn.maximum(a, a[:, :1]), np.array([[1.0, 1.0, 2.0], [0.5, 3.0, 0.5]]))
+row("power", "const-exponent", lambda a: a**3, randn(3, 4))
+row(
+    "maximum",
+    "ties",
+    lambda a: tn.maximum(a, a[:, :1]),
+    np.array([[1.0, 1.0, 2.0], [0.5, 3.0, 0.5]]),
+)
 for name, fn, x in [
-    ("neg", lambda x: -x, randn(3, 4)), ("exp", tn.exp, randn(3, 4)), ("log", tn.log, pos(3, 4)),
-    ("tanh", tn.tanh, randn(3, 4)), ("sigmoid", tn.sigmoid, 3 * randn(3, 4)),
-    ("relu", tn.relu, randn(3, 4)), ("sqrt", tn.sqrt, pos(3, 4)), ("abs", tn.abs, randn(3, 4)),
+    ("neg", lambda x: -x, randn(3, 4)),
+    ("exp", tn.exp, randn(3, 4)),
+    ("log", tn.log, pos(3, 4)),
+    ("tanh", tn.tanh, randn(3, 4)),
+    ("sigmoid", tn.sigmoid, 3 * randn(3, 4)),
+    ("relu", tn.relu, randn(3, 4)),
+    ("sqrt", tn.sqrt, pos(3, 4)),
+    ("abs", tn.abs, randn(3, 4)),
     ("stop_gradient", lambda x: x * 2 + tn.stop_gradient(x * 0), randn(3, 4)),
     # (its loss's gradient is not the derivative of its value: a zero loss keeps them equal;
     # test_add_loss_adds_the_loss_gradient checks the loss's part)
@@ -90,25 +109,43 @@ row("getitem", "int-neg", lambda x: x[-1], randn(3, 4))
 row("getitem", "step-newaxis", lambda x: x[::2, None, ...], randn(3, 4))
 row("getitem", "advanced-dupes", lambda x: x[[0, 2, 0]], randn(3, 4))
 row("getitem", "split", lambda x: tn.concat(tn.split(x, [1, 3], axis=1)[::-1], axis=1), randn(3, 4))
-row("index_grad", "slice", lambda g: F.emit_index_grad(g, (4, 5), (("s", 1, 3, None),)), randn(2, 5))
-row("index_grad", "advanced", lambda g: F.emit_index_grad(g, (4, 5), (("a", (1, 1, 3)),)), randn(3, 5))
+row(
+    "index_grad", "slice", lambda g: F.emit_index_grad(g, (4, 5), (("s", 1, 3, None),)), randn(2, 5)
+)
+row(
+    "index_grad",
+    "advanced",
+    lambda g: F.emit_index_grad(g, (4, 5), (("a", (1, 1, 3)),)),
+    randn(3, 5),
+)
 IDS = np.array([[0, 3, 3], [1, 0, 2]])
 row("embedding", "2d-ids", lambda w, ids: tn.embedding(w, ids), randn(4, 5), IDS)
-row("embedding_grad", "dupes", lambda g, ids: emit("embedding_grad", g, ids, n=4), randn(2, 3, 5), IDS)
+row(
+    "embedding_grad",
+    "dupes",
+    lambda g, ids: emit("embedding_grad", g, ids, n=4),
+    randn(2, 3, 5),
+    IDS,
+)
 TGT = np.array([[2], [0], [3]])
 row("gather", "targets", lambda x, t: tn.gather(x, t, axis=1), randn(3, 4), TGT)
 row("scatter_add", "targets", lambda g, t: emit("scatter_add", g, t, axis=1, n=4), randn(3, 1), TGT)
 
+
 def _scan_rnn(h, xs, w):  # a body of the inputs' dtype, traced inside the outer trace
-    body = tn.trace(lambda h, x, w: [tn.tanh(x @ w + h), tn.tanh(x @ w + h) * 2.0],
-                    np.zeros(h.shape, h.dtype), np.zeros(xs.shape[1:], h.dtype),
-                    np.zeros(w.shape, h.dtype))
+    body = tn.trace(
+        lambda h, x, w: [tn.tanh(x @ w + h), tn.tanh(x @ w + h) * 2.0],
+        np.zeros(h.shape, h.dtype),
+        np.zeros(xs.shape[1:], h.dtype),
+        np.zeros(w.shape, h.dtype),
+    )
     r = tn.scan(body, [h], [xs], [w])
     return r.carries + r.ys
 
 
-ROWS.append(pytest.param("scan", _scan_rnn, (randn(2, 3), randn(5, 2, 4), randn(4, 3)),
-                         id="scan-rnn"))
+ROWS.append(
+    pytest.param("scan", _scan_rnn, (randn(2, 3), randn(5, 2, 4), randn(4, 3)), id="scan-rnn")
+)
 
 
 @pytest.mark.parametrize("op,fn,arrays", ROWS)
@@ -133,8 +170,10 @@ def test_op_forward_matches_numpy_on_float32(op, fn, arrays):
     arrays32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]
     g64 = tn.compile(tn.trace(fn, *arrays), passes=[])(*arrays)
     g32 = tn.compile(tn.trace(fn, *arrays32), passes=[])(*arrays32)
-    for a, b in zip(np.atleast_1d(g64) if isinstance(g64, np.ndarray) else g64,
-                    np.atleast_1d(g32) if isinstance(g32, np.ndarray) else g32):
+    for a, b in zip(
+        np.atleast_1d(g64) if isinstance(g64, np.ndarray) else g64,
+        np.atleast_1d(g32) if isinstance(g32, np.ndarray) else g32,
+    ):
         assert np.asarray(b).dtype == (np.float64 if op == "cast" else np.float32)
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
 
@@ -143,6 +182,7 @@ def test_gradcheck_detects_a_wrong_vjp(monkeypatch):
     import dataclasses
 
     from tapernn.ops import registry
+
     wrong = dataclasses.replace(REGISTRY["tanh"], vjp=lambda g, y, a, wants: (g * y,))
     monkeypatch.setitem(registry.REGISTRY, "tanh", wrong)
     with pytest.raises(tn.GradcheckError, match=r"input 0 \(x0\) entry"):
@@ -185,7 +225,7 @@ def test_add_loss_adds_the_loss_gradient():
     for passes in ([], None):
         out = tn.compile(g, passes=passes)(x)
         np.testing.assert_allclose(out[0], 6 * x.sum())  # the value: x*2 only
-        np.testing.assert_allclose(out[1], 6 + 2 * x)    # d/dv: 3*2 from x, 2v from the loss
+        np.testing.assert_allclose(out[1], 6 + 2 * x)  # d/dv: 3*2 from x, 2v from the loss
     with pytest.raises(tn.errors.ShapeError, match="must be a scalar"):
         tn.trace(lambda v: F.add_loss(v, v), x)
 

@@ -1,5 +1,6 @@
 """Parameter blocks (nn.packing): layout, the programs reading and writing whole blocks, and
 the fallbacks when a user rebinds a member -- results never depend on whether a block is used."""
+
 import copy
 
 import numpy as np
@@ -33,7 +34,8 @@ def test_lstm_parameters_are_rows_of_three_blocks_in_gate_order():
     assert [[name for _, name in v] for v in layout] == [
         ["b_i", "b_f", "b_g", "b_o", "p_i", "p_f", "p_o"],
         ["w_hi", "w_hf", "w_hg", "w_ho"],
-        ["w_xi", "w_xf", "w_xg", "w_xo"]]
+        ["w_xi", "w_xf", "w_xg", "w_xo"],
+    ]
     assert cell.w_xi._block.data.shape == (4 * H, D)
     # D == H: the input and recurrent weights share one trailing shape, so one block
     square = nn.LSTM(H, H, peephole=False)
@@ -181,6 +183,7 @@ def test_deepcopy_and_astype_rebuild_blocks():
 
 def test_unpacked_parameters_compile_without_blocks_to_the_same_values():
     from tapernn.nn.packing import unpack_parameters
+
     a, b = _lstm_model(), _lstm_model()
     unpack_parameters(b)
     assert all(p._block is None and p.data.base is None for p in b.parameters())
@@ -213,11 +216,15 @@ def test_a_model_stepped_before_and_after_rebinding_keeps_training():
 def test_simplify_views_rejoins_concats_of_transposed_column_blocks(rng):
     def f(a, b, c):
         p = a @ b  # (D, 4H): the fused weight gradient's layout
-        pieces = [tn.transpose(p[:, k * H:(k + 1) * H], (1, 0)) for k in range(4)]
+        pieces = [tn.transpose(p[:, k * H : (k + 1) * H], (1, 0)) for k in range(4)]
         q = a @ c
         return tn.concat(pieces + [tn.transpose(q, (1, 0))], axis=0)
-    arrays = [rng.standard_normal((D, 6)), rng.standard_normal((6, 4 * H)),
-              rng.standard_normal((6, H))]
+
+    arrays = [
+        rng.standard_normal((D, 6)),
+        rng.standard_normal((6, 4 * H)),
+        rng.standard_normal((6, H)),
+    ]
     g = tn.trace(f, *arrays)
     assert g.op_counts()["concat"] == 1 and g.op_counts()["getitem"] == 4
     out = assert_same_graph(g, arrays)
@@ -228,8 +235,9 @@ def test_simplify_views_rejoins_concats_of_transposed_column_blocks(rng):
     assert out.outputs[0] is cat and cat.attrs["axis"] == 0
     assert [i.op for i in cat.inputs] == ["matmul", "matmul"]
     assert [i.shape for i in cat.inputs] == [(4 * H, D), (H, D)]
-    assert all(i.inputs[1].op == "transpose" and i.inputs[1].inputs[0].op == "input"
-               for i in cat.inputs)
+    assert all(
+        i.inputs[1].op == "transpose" and i.inputs[1].inputs[0].op == "input" for i in cat.inputs
+    )
 
 
 def test_transposed_products_only_when_nothing_else_reads_the_product(rng):
@@ -238,9 +246,11 @@ def test_transposed_products_only_when_nothing_else_reads_the_product(rng):
     out = assert_same_graph(g, arrays)
     (m,) = [n for n in out.nodes if n.op == "matmul"]
     assert out.outputs[0] is m and m.shape == (4, 3)
+
     def both(a, b):
         p = a @ b
         return [tn.transpose(p, (1, 0)), p]
+
     g = tn.trace(both, *arrays)
     out = assert_same_graph(g, arrays)
     assert out.outputs[0].op == "transpose" and out.outputs[0].inputs[0] is out.outputs[1]
@@ -249,6 +259,7 @@ def test_transposed_products_only_when_nothing_else_reads_the_product(rng):
 def test_simplify_views_merges_runs_of_adjacent_slices_in_a_concat(rng):
     def f(x, y):
         return tn.concat([x[0:2], x[2:3], y, x[3:5], x[5:6]], axis=0)
+
     arrays = [rng.standard_normal((6, 3)), rng.standard_normal((2, 3))]
     out = assert_same_graph(tn.trace(f, *arrays), arrays)
     (cat,) = [n for n in out.nodes if n.op == "concat"]
@@ -258,8 +269,10 @@ def test_simplify_views_merges_runs_of_adjacent_slices_in_a_concat(rng):
 def assert_same_graph(graph, arrays):
     expected = interpret(graph, *arrays)
     got = tn.compile(graph, passes=[P.simplify_views])(*arrays)
-    for u, v in zip(got if isinstance(got, list) else [got],
-                    expected if isinstance(expected, list) else [expected]):
+    for u, v in zip(
+        got if isinstance(got, list) else [got],
+        expected if isinstance(expected, list) else [expected],
+    ):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
     out, _ = P.run_passes(graph, [P.simplify_views])
     return out

@@ -1,5 +1,6 @@
 """Each pass: structure on a small printed graph, and values (outputs and gradients) equal
 before and after to 1e-12 in float64; then the whole DEFAULT pipeline on a hand-written LSTM."""
+
 import numpy as np
 import pytest
 from lstm_fixture import lstm_graph
@@ -17,6 +18,7 @@ def test_dead_code_is_removed_but_inputs_stay(rng):
     def f(x, y):
         tn.exp(y)  # unused
         return tn.tanh(x)
+
     g = tn.trace(f, randn(rng, 3), randn(rng, 3))
     out = assert_same(g, [P.eliminate_dead_code], [randn(rng, 3), randn(rng, 3)])
     assert "exp" not in out.op_counts() and len(out.inputs) == 2
@@ -25,6 +27,7 @@ def test_dead_code_is_removed_but_inputs_stay(rng):
 def test_cse_merges_equal_nodes_and_constants_not_inputs(rng):
     def f(x, y, z):
         return tn.tanh(x) * 2.0 + tn.tanh(x) * 2.0 + y * z + z * 3.0 + y
+
     arrays = [randn(rng, 3) for _ in range(3)]
     g = tn.trace(f, *arrays)
     assert g.op_counts()["tanh"] == 2 and g.op_counts()["constant"] == 3
@@ -36,8 +39,11 @@ def test_cse_merges_equal_nodes_and_constants_not_inputs(rng):
 
 def test_fold_constants_small_only(rng):
     small, big = np.linspace(0, 1, 6), np.linspace(0, 1, 5000)
-    g = tn.trace(lambda x, y: (x * tn.exp(tracing.as_var(small, x)),
-                               y + tn.exp(tracing.as_var(big, y))), randn(rng, 6), randn(rng, 5000))
+    g = tn.trace(
+        lambda x, y: (x * tn.exp(tracing.as_var(small, x)), y + tn.exp(tracing.as_var(big, y))),
+        randn(rng, 6),
+        randn(rng, 5000),
+    )
     arrays = [randn(rng, 6), randn(rng, 5000)]
     out = assert_same(g, [P.fold_constants], arrays)
     assert out.op_counts()["exp"] == 1  # the 5000-element one stays a runtime op
@@ -50,6 +56,7 @@ def test_known_zeros_propagate(rng):
         zero_sum = tn.broadcast_to(tn.sum(z, axis=0), (3, 4))
         b = tn.add_n([a, ((z @ tn.transpose(w)) * x) @ w, zero_sum])
         return b - tn.concat([z[:1], z[1:]], axis=0)
+
     arrays = [randn(rng, 3, 5), randn(rng, 5, 4)]
     g = tn.trace(f, *arrays)
     out = assert_same(g, [P.propagate_zeros, P.eliminate_dead_code], arrays)
@@ -74,6 +81,7 @@ def test_specialize_seeds_to_zeros_folds_the_backward(rng):
                 h = tn.tanh(x[t] @ w + h)
                 outs.append(h)
         return outs
+
     arrays = [randn(rng, T, 2, 3), randn(rng, 3, 3), randn(rng, 2, 3)]
     g = tn.grad(tn.trace(f, *arrays))
     seeds = [f"grad_out{t}" for t in range(T - 1)]
@@ -98,6 +106,7 @@ def test_specialize_seeds_to_zeros_folds_the_backward(rng):
 def test_gate_fusion_concats_weights_and_slices(rng):
     def f(x, wi, wf, wo):
         return tn.sigmoid(x @ wi) * tn.tanh(x @ wf) + x @ tn.transpose(wo)
+
     arrays = [randn(rng, 2, 3), randn(rng, 3, 4), randn(rng, 3, 4), randn(rng, 4, 3)]
     g = tn.grad(tn.trace(lambda *a: tn.sum(f(*a)), *arrays))
     assert g.op_counts()["matmul"] == 9
@@ -113,9 +122,11 @@ def test_gate_fusion_concats_weights_and_slices(rng):
 def test_gate_fusion_dual_sums_of_products_become_one(rng):
     def f(g1, g2, w1, w2):
         return g1 @ tn.transpose(w1) + g2 @ tn.transpose(w2)
+
     arrays = [randn(rng, 2, 4), randn(rng, 2, 5), randn(rng, 3, 4), randn(rng, 3, 5)]
-    g = tn.trace(lambda *a: tn.add_n([a[0] @ tn.transpose(a[2]), a[1] @ tn.transpose(a[3])]),
-                 *arrays)
+    g = tn.trace(
+        lambda *a: tn.add_n([a[0] @ tn.transpose(a[2]), a[1] @ tn.transpose(a[3])]), *arrays
+    )
     out = assert_same(g, [P.fuse_gates, P.eliminate_dead_code], arrays)
     assert out.op_counts()["matmul"] == 1
     mm = next(n for n in out.nodes if n.op == "matmul")
@@ -126,6 +137,7 @@ def test_gate_fusion_keeps_step_and_scope(rng):
     def f(x, wi, wf):
         with tracing.step(3), tracing.scope("cell"):
             return tn.tanh(x @ wi) + x @ wf
+
     arrays = [randn(rng, 2, 3), randn(rng, 3, 4), randn(rng, 3, 4)]
     out, _ = P.run_passes(tn.trace(f, *arrays), [P.fuse_gates])
     mm = next(n for n in out.nodes if n.op == "matmul")
@@ -151,8 +163,11 @@ def rnn_loss(x, w, u, h):
 def test_hoisting_makes_one_input_projection_and_one_weight_gradient(rng, T):
     arrays = [randn(rng, T, 3, 4), randn(rng, 4, 5), randn(rng, 5, 5) * 0.3, randn(rng, 3, 5)]
     g = tn.grad(tn.trace(rnn_loss, *arrays))
-    out = assert_same(g, [P.eliminate_common_subexpressions, P.hoist_across_time,
-                          P.eliminate_common_subexpressions], arrays)
+    out = assert_same(
+        g,
+        [P.eliminate_common_subexpressions, P.hoist_across_time, P.eliminate_common_subexpressions],
+        arrays,
+    )
     mms = [n for n in out.nodes if n.op == "matmul"]
     by_shape = {}
     for n in mms:
@@ -174,6 +189,7 @@ def test_hoisting_stacks_separate_per_step_inputs_of_any_batch(rng):
                 h = tn.sum(y, axis=0, keepdims=True) * 0.1 + h
                 total = tn.sum(y * y) if total is None else total + tn.sum(y * y)
         return total
+
     xs = [randn(rng, k + 1, 3) for k in range(4)]  # ragged: 1, 2, 3, 4 rows
     arrays = [randn(rng, 3, 5), randn(rng, 5, 5), randn(rng, 1, 5)] + xs
     out = assert_same(tn.grad(tn.trace(f, *arrays)), P.DEFAULT, arrays)
@@ -181,8 +197,9 @@ def test_hoisting_stacks_separate_per_step_inputs_of_any_batch(rng):
     assert [n.shape for n in mms].count((10, 5)) == 1  # one projection of all 10 rows
     per_step_x = set(out.inputs[3:])
     assert not any(n.inputs[0] in per_step_x for n in mms)  # no per-step x_t @ W is left
-    assert not any(n.inputs[0].op == "transpose" and n.inputs[0].inputs[0] in per_step_x
-                   for n in mms)  # nor a per-step x_t^T dz_t for dW
+    assert not any(
+        n.inputs[0].op == "transpose" and n.inputs[0].inputs[0] in per_step_x for n in mms
+    )  # nor a per-step x_t^T dz_t for dW
 
 
 def test_hoisting_never_hoists_the_recurrence(rng):
@@ -203,6 +220,7 @@ def test_elementwise_fusion_groups_chains_and_keeps_shared_values_out(rng):
         s = tn.sigmoid(a)
         shared = tn.tanh(a)  # `a` has three readers, all inside the group
         return s * shared - a, tn.exp(x) @ tn.transpose(y)
+
     arrays = [randn(rng, 3, 4), randn(rng, 3, 4), randn(rng, 4)]
     g = tn.trace(f, *arrays)
     out = assert_same(g, [P.fuse_elementwise, P.eliminate_dead_code], arrays)
@@ -221,6 +239,7 @@ def test_elementwise_fusion_stays_inside_one_step(rng):
             a = tn.tanh(x) * 2.0
         with tracing.step(1):
             return tn.exp(a) + 1.0
+
     out = assert_same(tn.trace(f, randn(rng, 3)), [P.fuse_elementwise], [randn(rng, 3)])
     fused = [n for n in out.nodes if n.op == "fused"]
     assert sorted(n.step for n in fused) == [0, 1]
@@ -230,6 +249,7 @@ def test_elementwise_fusion_does_not_absorb_values_read_outside(rng):
     def f(x):
         a = tn.tanh(x)
         return tn.exp(a) + 1.0, a @ tn.transpose(a)
+
     out = assert_same(tn.trace(f, randn(rng, 2, 2)), [P.fuse_elementwise], [randn(rng, 2, 2)])
     fused = next(n for n in out.nodes if n.op == "fused")
     assert "tanh" not in [ins[0] for ins in fused.attrs["program"]]
@@ -278,12 +298,16 @@ def test_optimised_graph_grows_linearly_with_steps():
 
 def test_per_gate_lstm_compiles_like_the_fused_weight_lstm():
     from lstm_fixture import fast_lstm_graph
+
     per_gate = tn.compile(lstm_graph(5, 2, 3, 4)[0])
     fast = tn.compile(fast_lstm_graph(5, 2, 3, 4)[0])
     assert fast.graph.op_counts()["matmul"] == per_gate.graph.op_counts()["matmul"]
     # per step the same or less work; once per call the weight concats (and gradient slices)
-    per_step = [tn.compile(build(T, 2, 3, 4)[0]).report.kernels
-                for build in (lstm_graph, fast_lstm_graph) for T in (5, 6)]
+    per_step = [
+        tn.compile(build(T, 2, 3, 4)[0]).report.kernels
+        for build in (lstm_graph, fast_lstm_graph)
+        for T in (5, 6)
+    ]
     assert per_step[1] - per_step[0] <= per_step[3] - per_step[2]
     # FastLSTM's split-gradient scatter became one concat per step (index_grads_to_concat),
     # which the per-gate LSTM never needed: the fused-weight model gained 15 kernels here
@@ -297,6 +321,7 @@ def test_batching_sliced_elementwise_work_on_gate_blocks(rng):
     def f(x, w, b1, b2):
         z = x @ w  # (2, 8): two gate blocks of 4 columns
         return tn.sigmoid(z[:, :4] + b1) * tn.sigmoid(z[:, 4:] + b2)
+
     arrays = [randn(rng, 2, 3), randn(rng, 3, 8), randn(rng, 4), randn(rng, 4)]
     g = tn.trace(f, *arrays)
     passes = [P.batch_sliced_elementwise, P.batch_sliced_elementwise, P.eliminate_dead_code]
@@ -312,6 +337,7 @@ def test_batching_needs_adjacent_blocks(rng):
     def f(x, w):
         z = x @ w
         return tn.tanh(z[:, :2]) + tn.tanh(z[:, 4:6])  # a gap: columns 2..4 are not computed
+
     arrays = [randn(rng, 2, 3), randn(rng, 3, 8)]
     out = assert_same(tn.trace(f, *arrays), [P.batch_sliced_elementwise], arrays)
     assert out.op_counts()["tanh"] == 2
@@ -319,6 +345,7 @@ def test_batching_needs_adjacent_blocks(rng):
 
 def test_training_report_labels_each_pass_with_its_program():
     from tapernn import nn
+
     seq = nn.Sequencer(nn.LSTM(3, 4))
     x = np.random.default_rng(0).standard_normal((4, 2, 3))
     seq.forward(x)

@@ -1,5 +1,6 @@
 """Layout passes: view simplification, shared gradient stacks, per-step sums -- structure on
 small graphs and on the cells' backward programs, values equal to no passes at 1e-12."""
+
 import numpy as np
 from pass_check import assert_same, randn
 
@@ -29,6 +30,7 @@ def test_simplify_views_composes_slices_transposes_and_reshapes(rng):
         b = tn.transpose(tn.transpose(x, (1, 0)), (1, 0))  # no transpose at all
         c = tn.reshape(tn.reshape(x, (4, 12)), (8, 6))  # one reshape
         return tn.sum(tn.tanh(a)) + tn.sum(b * b) + tn.sum(c * c)
+
     arrays = [randn(rng, 6, 8)]
     g = tn.trace(f, *arrays)
     before = g.op_counts()
@@ -46,6 +48,7 @@ def test_simplify_views_composes_slices_transposes_and_reshapes(rng):
 def test_simplify_views_turns_tiling_slice_gradients_into_one_concat(rng):
     def f(x):  # the gradient of x is add_n of three index_grads tiling its columns
         return tn.sum(tn.tanh(x[:, :2])) + tn.sum(tn.sigmoid(x[:, 2:5])) + tn.sum(x[:, 5:] ** 2)
+
     arrays = [randn(rng, 3, 7)]
     g = tn.grad(tn.trace(f, *arrays))
     assert g.op_counts()["index_grad"] == 3
@@ -59,6 +62,7 @@ def test_simplify_views_turns_tiling_slice_gradients_into_one_concat(rng):
 def test_simplify_views_keeps_gradients_that_do_not_tile(rng):
     def f(x):  # columns 2..4 get no gradient: scatter-add into zeros must stay
         return tn.sum(tn.tanh(x[:, :2])) + tn.sum(x[:, 4:] ** 2)
+
     arrays = [randn(rng, 3, 7)]
     out = assert_same(tn.grad(tn.trace(f, *arrays)), [P.simplify_views], arrays)
     assert out.op_counts()["index_grad"] == 2 and "concat" not in out.op_counts()
@@ -98,6 +102,7 @@ def test_share_stacks_makes_runs_and_their_stacks_views(rng):
         total = tn.sum(tn.concat(runs, axis=0) @ w2) + tn.sum(tn.concat(wides, axis=0) @ w3)
         total = total + tn.sum(tn.concat(cs, axis=0) @ w1)
         return total + tn.sum(runs[1] * wides[1][:, :4])
+
     arrays = [randn(rng, 3, 2, 2), randn(rng, 4, 3), randn(rng, 6, 3), randn(rng, 2, 3)]
     g = tn.trace(f, *arrays)
     out = assert_same(g, [P.share_stacks], arrays)
@@ -119,11 +124,18 @@ def test_gru_backward_keeps_one_gate_gradient_stack():
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
     bwd = default_equals_no_passes(m, x, g)
-    stacks = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 0
-              and n.shape[0] == T * B and n.inputs[0].op == "concat"]
+    stacks = [
+        n
+        for n in bwd.nodes
+        if n.op == "concat"
+        and n.attrs["axis"] == 0
+        and n.shape[0] == T * B
+        and n.inputs[0].op == "concat"
+    ]
     assert [n.shape for n in stacks] == [(T * B, 3 * H)]  # [dz_r dz_z dz_n]_t only
-    per_step = [n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 1
-                and n.step is not None]
+    per_step = [
+        n for n in bwd.nodes if n.op == "concat" and n.attrs["axis"] == 1 and n.step is not None
+    ]
     assert {n.shape for n in per_step} == {(B, 3 * H)}  # [dz_r dz_z]_t: views of those
 
 
@@ -143,6 +155,7 @@ def _stacked_products(T, rows, cols, also_read=False):
         stack = tn.concat(pieces, axis=0)
         total = tn.sum(stack, axis=0)
         return [total, stack * 2.0] if also_read else total
+
     return f
 
 
@@ -154,8 +167,7 @@ def test_sum_within_steps_sums_each_step_where_it_is_made(rng):
     stacks = [n for n in out.nodes if n.op == "concat" and n.attrs["axis"] == 0]
     assert [n.shape for n in stacks] == [(T, 2 * cols)]  # T rows, not T * rows
     row_sums = stacks[0].inputs
-    assert all(r.op == "sum" and r.attrs["keepdims"] and r.shape == (1, 2 * cols)
-               for r in row_sums)
+    assert all(r.op == "sum" and r.attrs["keepdims"] and r.shape == (1, 2 * cols) for r in row_sums)
     # each step's piece and row sum come before the next step's work: no product outlives
     # its step (the pieces were joined after the last step)
     pos = {n: k for k, n in enumerate(out.nodes)}

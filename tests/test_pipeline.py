@@ -3,6 +3,7 @@ explicit until_stable, ordering constraints are checked, a failing pass names it
 predecessors, `dump=` sees every stage -- and every entry of DEFAULT, at its place in the
 pipeline, keeps the values the reference interpreter gives for the unoptimised graph (per-gate
 LSTM, the built-in cells' training graphs)."""
+
 import numpy as np
 import pytest
 from lstm_fixture import lstm_graph
@@ -35,6 +36,7 @@ def test_until_stable_repeats_until_nothing_changes():
         out = graph.copy()
         out.outputs = out.outputs[:-1]
         return out.eliminate_dead_code()
+
     g = tn.trace(lambda x: [tn.exp(x), tn.tanh(x), -x, x * 2.0], np.ones(2))
     stable = P.until_stable(peel)
     assert pass_name(stable) == "until_stable(peel)"
@@ -46,8 +48,11 @@ def test_until_stable_repeats_until_nothing_changes():
 def test_ordering_constraints_are_checked_by_the_driver():
     g, _ = lstm_graph(2, 2, 3, 4)
     wrong = [P.fuse_gate_matmuls, P.stack_matmuls_over_time]
-    with pytest.raises(tn.GraphError, match=r"'fuse_gate_matmuls' \(position 0\) must follow "
-                                            r"'stack_matmuls_over_time'.*position 1"):
+    with pytest.raises(
+        tn.GraphError,
+        match=r"'fuse_gate_matmuls' \(position 0\) must follow "
+        r"'stack_matmuls_over_time'.*position 1",
+    ):
         tn.compile(g, passes=wrong)
     with pytest.raises(tn.GraphError, match="must follow"):
         tn.set_default_passes(wrong)
@@ -69,12 +74,19 @@ def test_a_failing_pass_names_itself_and_its_predecessors():
 
     def no_graph(graph):
         return None
-    with pytest.raises(tn.GraphError, match=r"pass 'broken' \(position 2, after "
-                                            r"\['eliminate_dead_code', 'fold_constants'\]\) "
-                                            r"failed: KeyError: 'boom'"):
+
+    with pytest.raises(
+        tn.GraphError,
+        match=r"pass 'broken' \(position 2, after "
+        r"\['eliminate_dead_code', 'fold_constants'\]\) "
+        r"failed: KeyError: 'boom'",
+    ):
         tn.compile(g, passes=[P.eliminate_dead_code, P.fold_constants, broken])
-    with pytest.raises(tn.GraphError, match=r"'no_graph' \(position 0, after no pass\) failed: "
-                                            r"GraphError: returned NoneType"):
+    with pytest.raises(
+        tn.GraphError,
+        match=r"'no_graph' \(position 0, after no pass\) failed: "
+        r"GraphError: returned NoneType",
+    ):
         tn.compile(g, passes=[no_graph])
 
 
@@ -98,8 +110,9 @@ def _assert_every_stage_keeps_values(graph, arrays, rtol=1e-11):
     assert len(stages) == len(P.DEFAULT) + 1
     for k, (name, stage) in enumerate(stages):
         for a, b in zip(interpret(stage, *arrays), expected):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12,
-                                       err_msg=f"after entry {k - 1}: {name}")
+            np.testing.assert_allclose(
+                a, b, rtol=rtol, atol=1e-12, err_msg=f"after entry {k - 1}: {name}"
+            )
 
 
 def test_every_default_entry_keeps_the_values_of_a_per_gate_lstm():
@@ -107,8 +120,12 @@ def test_every_default_entry_keeps_the_values_of_a_per_gate_lstm():
     _assert_every_stage_keeps_values(g, arrays)
 
 
-CELLS = {"FastLSTM": lambda: nn.FastLSTM(3, 4), "LSTM": lambda: nn.LSTM(3, 4),
-         "GRU": lambda: nn.GRU(3, 4), "RNN": lambda: nn.RNN(3, 4)}
+CELLS = {
+    "FastLSTM": lambda: nn.FastLSTM(3, 4),
+    "LSTM": lambda: nn.LSTM(3, 4),
+    "GRU": lambda: nn.GRU(3, 4),
+    "RNN": lambda: nn.RNN(3, 4),
+}
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -119,6 +136,10 @@ def test_every_default_entry_keeps_the_values_of_a_cells_training_graph(name):
     m.forward(x)
     m.backward(x, rng.standard_normal((4, 2, 4)))
     joint = m._runtime.last.training_pair.joint  # forward + backward, before any pass
-    arrays = [rng.standard_normal(n.shape).astype(n.dtype) if n.dtype.kind == "f"
-              else np.zeros(n.shape, n.dtype) for n in joint.inputs]
+    arrays = [
+        rng.standard_normal(n.shape).astype(n.dtype)
+        if n.dtype.kind == "f"
+        else np.zeros(n.shape, n.dtype)
+        for n in joint.inputs
+    ]
     _assert_every_stage_keeps_values(joint, arrays)

@@ -1,6 +1,7 @@
 """Hypothesis: random unrolled graphs (elementwise, matmuls against shared weights, reductions,
 slices, concat; several steps tagged with tracing.step), differentiated, give identical values
 after every entry of the DEFAULT pipeline, compiled, and under the reference interpreter."""
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,17 +36,26 @@ def build(ops, T):
                 term = tn.sum(h * h) * 0.01
                 total = term if total is None else total + term
         return total
+
     return f
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(st.integers(0, len(STEP_OPS) - 1), min_size=1, max_size=4),
-       T=st.integers(1, 4), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    ops=st.lists(st.integers(0, len(STEP_OPS) - 1), min_size=1, max_size=4),
+    T=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
 def test_default_pipeline_preserves_values_and_gradients(ops, T, seed):
     rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((T, B, D)), rng.standard_normal((D, D)) * 0.5,
-              rng.standard_normal((D, D)) * 0.5, rng.standard_normal((B, D))]
+    arrays = [
+        rng.standard_normal((T, B, D)),
+        rng.standard_normal((D, D)) * 0.5,
+        rng.standard_normal((D, D)) * 0.5,
+        rng.standard_normal((B, D)),
+    ]
     g = tn.grad(tn.trace(build(ops, T), *arrays))
     expected = interpret(g, *arrays)
     stages = []  # every entry of DEFAULT, at its place, against the reference interpreter
@@ -63,19 +73,28 @@ def test_default_pipeline_preserves_values_and_gradients(ops, T, seed):
     assert compiled.report.kernels <= len(g.nodes)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(st.integers(0, len(STEP_OPS) - 1), min_size=1, max_size=4),
-       T=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    ops=st.lists(st.integers(0, len(STEP_OPS) - 1), min_size=1, max_size=4),
+    T=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_numba_backend_agrees_with_numpy_and_the_interpreter(ops, T, seed):
     """The same random graphs and gradients lowered by both backends (fewer examples: each new
     fused group is a numba compilation, ~1 s cold)."""
     from tapernn.backends import numba_available
+
     if not numba_available():
         return
     rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((T, B, D)), rng.standard_normal((D, D)) * 0.5,
-              rng.standard_normal((D, D)) * 0.5, rng.standard_normal((B, D))]
+    arrays = [
+        rng.standard_normal((T, B, D)),
+        rng.standard_normal((D, D)) * 0.5,
+        rng.standard_normal((D, D)) * 0.5,
+        rng.standard_normal((B, D)),
+    ]
     g = tn.grad(tn.trace(build(ops, T), *arrays))
     expected = interpret(g, *arrays)
     by_numpy = tn.compile(g, options=ANY_SIZE, backend="numpy")(*arrays)

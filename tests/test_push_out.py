@@ -1,6 +1,7 @@
 """The scan push-out pass (passes/push_out.py, push_out_grads.py): by structure (the input
 projection is one GEMM over the (T*B, D) view outside the loop; the weight-gradient GEMMs come
 after the reverse loop) and against the reference interpreter on LSTM and random bodies."""
+
 import numpy as np
 import pytest
 from pass_check import assert_same
@@ -21,6 +22,7 @@ def _lstm_loss(body):
     def loss(*v):
         r = tn.scan(body, v[:2], v[2:3], v[3:])
         return tn.sum(r.ys[0] * r.ys[0]) + tn.sum(r.carries[1])
+
     return loss
 
 
@@ -48,8 +50,7 @@ def test_weight_gradient_gemms_come_after_the_reverse_loop():
     # the W, U, b accumulators are passed through unchanged: nothing accumulates in the loop
     for k in range(2, 5):
         assert body.outputs[k] is body.inputs[k]
-    assert not any(n.op == "matmul" and n.shape in ((D, 4 * H), (H, 4 * H))
-                   for n in body.nodes)
+    assert not any(n.op == "matmul" and n.shape in ((D, 4 * H), (H, 4 * H)) for n in body.nodes)
     # dx_t = dz_t @ W^T is one GEMM after the loop too: only dh = dz @ U^T stays inside
     (inner,) = [n for n in body.nodes if n.op == "matmul"]
     assert inner.shape == (B, H)
@@ -57,8 +58,10 @@ def test_weight_gradient_gemms_come_after_the_reverse_loop():
     after = {n.shape: n for n in out.nodes if n.op == "matmul" and n.phase == "backward"}
     dw, du = after[(D, 4 * H)], after[(H, 4 * H)]
     assert dw.inputs[0].shape == (D, T * B) and du.inputs[0].shape == (H, T * B)
-    assert any(n.op == "sum" and n.shape == (4 * H,) and n.inputs[0].shape == (T, B, 4 * H)
-               for n in out.nodes)
+    assert any(
+        n.op == "sum" and n.shape == (4 * H,) and n.inputs[0].shape == (T, B, 4 * H)
+        for n in out.nodes
+    )
     assert_same(joint, P.DEFAULT, arrays)
 
 
@@ -70,23 +73,28 @@ def test_random_bodies_and_their_gradients_keep_their_values(reverse):
         arrays = random_arrays(rng, 4)
         g = tn.trace(scanned(body, 1, 1, reverse=reverse), *arrays)
         assert_same(g, [P.push_out_of_loops], arrays)
-        loss = tn.trace(lambda *v, body=body: tn.sum(tn.tanh(tn.add_n(
-            scanned(body, 1, 1, reverse=reverse)(*v)[1:2]))), *arrays)
+        loss = tn.trace(
+            lambda *v, body=body: tn.sum(
+                tn.tanh(tn.add_n(scanned(body, 1, 1, reverse=reverse)(*v)[1:2]))
+            ),
+            *arrays,
+        )
         assert_same(tn.grad(loss), [P.push_out_of_loops], arrays)
         assert_same(tn.grad(loss), P.DEFAULT, arrays)
 
 
 def test_gru_training_graph_keeps_its_values():
     rng = np.random.default_rng(3)
-    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, D), (D, 3 * H), (H, 2 * H),
-                                               (H, H)]]
+    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, D), (D, 3 * H), (H, 2 * H), (H, H)]]
     body = gru_body(B, D, H)
     loss = tn.trace(lambda *v: tn.sum(scanned(body, 1, 1)(*v)[1] ** 2), *arrays)
     joint = tn.grad(loss)
     out = assert_same(joint, P.DEFAULT, arrays)
     fwd = next(s for s in _scan_nodes(out) if not s.attrs["reverse"])
-    assert not any(n.op == "matmul" and n.inputs[0] is fwd.attrs["body"].inputs[1]
-                   for n in fwd.attrs["body"].nodes)  # x_t @ W left the loop
+    assert not any(
+        n.op == "matmul" and n.inputs[0] is fwd.attrs["body"].inputs[1]
+        for n in fwd.attrs["body"].nodes
+    )  # x_t @ W left the loop
 
 
 def test_pushed_bodies_are_compiled_once_across_compiles():
@@ -104,6 +112,7 @@ def test_a_returned_output_projection_is_one_gemm_after_the_loop():
     def step(h, x, W, U, V):
         h2 = tn.tanh(x @ W + h @ U)
         return [h2, h2 @ V]
+
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, D), (D, H), (H, H), (H, 6)]]
     body = tn.trace(step, *[a[0] if k == 1 else a for k, a in enumerate(arrays)])
@@ -119,6 +128,7 @@ def test_a_returned_output_projection_is_one_gemm_after_the_loop():
 def test_an_accumulation_read_inside_the_loop_stays_in_the_loop():
     """acc' = acc + x_t^T x_t also read by a ys (the running sum per step, or a function of
     it): pushing the sum out would leave those reading a never-updated acc."""
+
     def running(acc, x, w):
         new = acc + tn.transpose(x) @ (x @ w)
         return [new, new]
@@ -126,9 +136,13 @@ def test_an_accumulation_read_inside_the_loop_stays_in_the_loop():
     def through(acc, x, w):
         new = acc + tn.transpose(x) @ x
         return [new, tn.tanh(new) * w]
+
     rng = np.random.default_rng(8)
-    arrays = [rng.standard_normal((3, 3)), rng.standard_normal((4, 2, 3)),
-              rng.standard_normal((3, 3))]
+    arrays = [
+        rng.standard_normal((3, 3)),
+        rng.standard_normal((4, 2, 3)),
+        rng.standard_normal((3, 3)),
+    ]
     for step in (running, through):
         body = tn.trace(step, np.zeros((3, 3)), np.zeros((2, 3)), np.zeros((3, 3)))
         g = tn.trace(scanned(body, 1, 1), *arrays)

@@ -1,5 +1,6 @@
 """Hypothesis: random expression DAGs over the op set, traced + compiled vs direct NumPy, and
 their gradients vs finite differences."""
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,18 +21,35 @@ UNARY = [
     ("log_pos", lambda a: tn.log(a * a + 1.0), lambda a: np.log(a * a + 1.0)),
     ("sqrt_pos", lambda a: tn.sqrt(a * a + 0.5), lambda a: np.sqrt(a * a + 0.5)),
     ("neg", lambda a: -a, np.negative),
-    ("row_sum", lambda a: a * tn.sum(a, axis=1, keepdims=True), lambda a: a * a.sum(1, keepdims=True)),
+    (
+        "row_sum",
+        lambda a: a * tn.sum(a, axis=1, keepdims=True),
+        lambda a: a * a.sum(1, keepdims=True),
+    ),
     ("col_mean", lambda a: a - tn.mean(a, axis=0), lambda a: a - a.mean(0)),
     ("softmax", lambda a: tn.softmax(a), lambda a: np.exp(a) / np.exp(a).sum(-1, keepdims=True)),
-    ("log_softmax", lambda a: tn.log_softmax(a),
-     lambda a: a - np.log(np.exp(a).sum(-1, keepdims=True))),
-    ("lse", lambda a: a * tn.logsumexp(a, 1, keepdims=True),
-     lambda a: a * np.log(np.exp(a).sum(1, keepdims=True))),
-    ("roll_cols", lambda a: tn.concat([a[:, 1:], a[:, :1]], axis=1), lambda a: np.roll(a, -1, axis=1)),
+    (
+        "log_softmax",
+        lambda a: tn.log_softmax(a),
+        lambda a: a - np.log(np.exp(a).sum(-1, keepdims=True)),
+    ),
+    (
+        "lse",
+        lambda a: a * tn.logsumexp(a, 1, keepdims=True),
+        lambda a: a * np.log(np.exp(a).sum(1, keepdims=True)),
+    ),
+    (
+        "roll_cols",
+        lambda a: tn.concat([a[:, 1:], a[:, :1]], axis=1),
+        lambda a: np.roll(a, -1, axis=1),
+    ),
     ("flip_rows", lambda a: a[::-1], lambda a: a[::-1]),
     ("square_mm", lambda a: tn.tanh(a @ a.T) @ a, lambda a: np.tanh(a @ a.T) @ a),
-    ("reshape", lambda a: tn.reshape(tn.reshape(a, (4, 3)).T, (3, 4)),
-     lambda a: a.reshape(4, 3).T.reshape(3, 4)),
+    (
+        "reshape",
+        lambda a: tn.reshape(tn.reshape(a, (4, 3)).T, (3, 4)),
+        lambda a: a.reshape(4, 3).T.reshape(3, 4),
+    ),
 ]
 BINARY = [
     ("add", lambda a, b: a + b, np.add),
@@ -48,9 +66,12 @@ BINARY = [
 steps = st.lists(
     st.one_of(
         st.tuples(st.just(1), st.integers(0, len(UNARY) - 1), st.integers(0, 99), st.just(0)),
-        st.tuples(st.just(2), st.integers(0, len(BINARY) - 1), st.integers(0, 99), st.integers(0, 99)),
+        st.tuples(
+            st.just(2), st.integers(0, len(BINARY) - 1), st.integers(0, 99), st.integers(0, 99)
+        ),
     ),
-    min_size=1, max_size=8,
+    min_size=1,
+    max_size=8,
 )
 
 
@@ -62,11 +83,13 @@ def build(program, lib):
             fn = UNARY[k][lib] if arity == 1 else BINARY[k][lib]
             pool.append(fn(a) if arity == 1 else fn(a, b))
         return pool[-1] * 0.5 + pool[len(inputs)]  # use an early and the last value
+
     return run
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(program=steps, seed=st.integers(0, 2**16))
 def test_random_graph_value_and_gradient(program, seed):
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
 """Recurrence: modules made recurrent, against NumPy equations (complex-step gradients), against
 FastLSTM for a table state (with zero-masked rows), step-wise vs Sequencer, errors, float32."""
+
 import numpy as np
 import pytest
 from cell_reference import complex_step_grads, fastlstm_step, rnn_step, run
@@ -13,15 +14,22 @@ T, B, D, H = 4, 3, 3, 4
 
 
 def elman(D=D, H=H):
-    step = (nn.Sequential().add(nn.ParallelTable().add(nn.Linear(D, H)).add(nn.LinearNoBias(H, H)))
-            .add(nn.CAddTable()).add(nn.Tanh()))
+    step = (
+        nn.Sequential()
+        .add(nn.ParallelTable().add(nn.Linear(D, H)).add(nn.LinearNoBias(H, H)))
+        .add(nn.CAddTable())
+        .add(nn.Tanh())
+    )
     return nn.Recurrence(step, H, 1)
 
 
 def elman_params(r):
     p = r.named_parameters()
-    return {"w_xh": p["0.0.0.weight"].data.copy(), "b_h": p["0.0.0.bias"].data.copy(),
-            "w_hh": p["0.0.1.weight"].data.copy()}
+    return {
+        "w_xh": p["0.0.0.weight"].data.copy(),
+        "b_h": p["0.0.0.bias"].data.copy(),
+        "w_hh": p["0.0.1.weight"].data.copy(),
+    }
 
 
 NAMES = {"w_xh": "0.0.0.weight", "b_h": "0.0.0.bias", "w_hh": "0.0.1.weight"}
@@ -42,8 +50,9 @@ def test_recurrence_matches_numpy_equations(batch):
     exact = complex_step_grads(rnn_step, elman_params(r), xs, 1, H, seed)
     np.testing.assert_allclose(gin, exact["input"], rtol=1e-10, atol=1e-12)
     for ours, theirs in NAMES.items():
-        np.testing.assert_allclose(r.named_parameters()[theirs].grad, exact[ours], rtol=1e-10,
-                                   atol=1e-12, err_msg=ours)
+        np.testing.assert_allclose(
+            r.named_parameters()[theirs].grad, exact[ours], rtol=1e-10, atol=1e-12, err_msg=ours
+        )
 
 
 class LSTMStep(nn.Module):
@@ -82,8 +91,9 @@ def test_table_state_equals_fastlstm_with_masked_rows():
     for t in range(T):
         np.testing.assert_allclose(gin_a[t], gin_b[t], rtol=1e-12, atol=1e-14)
     for k, p in fast.named_parameters().items():
-        np.testing.assert_allclose(rec.named_parameters()["0." + k].grad, p.grad, rtol=1e-12,
-                                   atol=1e-14, err_msg=k)
+        np.testing.assert_allclose(
+            rec.named_parameters()["0." + k].grad, p.grad, rtol=1e-12, atol=1e-14, err_msg=k
+        )
 
 
 def test_fastlstm_reference_agrees_with_the_table_module():
@@ -130,11 +140,14 @@ class WrongState(nn.Module):
         return [inputs[1], inputs[1]]
 
 
-@pytest.mark.parametrize("module,size,n_dim,x,match", [
-    (WrongState(), H, 1, np.zeros((B, D)), "structured like output_size"),
-    (nn.SelectTable(0), H, 1, np.zeros((B, H + 1)), r"state h of shape \(3, 5\), expected"),
-    (nn.SelectTable(1), H, 2, np.zeros(D), "n_input_dim is 2"),
-])
+@pytest.mark.parametrize(
+    "module,size,n_dim,x,match",
+    [
+        (WrongState(), H, 1, np.zeros((B, D)), "structured like output_size"),
+        (nn.SelectTable(0), H, 1, np.zeros((B, H + 1)), r"state h of shape \(3, 5\), expected"),
+        (nn.SelectTable(1), H, 2, np.zeros(D), "n_input_dim is 2"),
+    ],
+)
 def test_bad_step_module_or_input(module, size, n_dim, x, match):
     r = nn.Recurrence(module, size, n_dim)
     with pytest.raises(ShapeError, match=match) as info:
@@ -162,8 +175,10 @@ def test_sequencer_lengths_match_the_rnn_cell():
     xs, gs = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
     lengths = np.array([4, 2, 3])
     a, b = nn.Sequencer(rec), nn.Sequencer(cell)
-    np.testing.assert_allclose(a.forward(xs, lengths), b.forward(xs, lengths), rtol=1e-12,
-                               atol=1e-15)
+    np.testing.assert_allclose(
+        a.forward(xs, lengths), b.forward(xs, lengths), rtol=1e-12, atol=1e-15
+    )
     np.testing.assert_allclose(a.backward(xs, gs), b.backward(xs, gs), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(rec.get_hidden_state(-1)[0], cell.get_hidden_state(-1)[0],
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        rec.get_hidden_state(-1)[0], cell.get_hidden_state(-1)[0], rtol=1e-12, atol=1e-15
+    )

@@ -1,6 +1,7 @@
 """nn.Recurrent whose start/input/feedback/transfer/merge work on tables, so the hidden state is a
 list of arrays (Element-RNN test `Recurrent_TestTable`): stepped by hand, in a Sequencer, in
 chunks, with the hidden-state API, against hand-written NumPy equations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +28,14 @@ class Add(nn.Module):
 def table_recurrent():
     def feedback():
         return nn.Sequential(nn.Linear(O, 4), nn.Sigmoid(), nn.Linear(4, O))
-    return nn.Recurrent(nn.ParallelTable(Add(O), Add(O)),
-                        nn.ParallelTable(nn.Linear(I, O), nn.Linear(I, O)),
-                        nn.ParallelTable(feedback(), feedback()),
-                        nn.ParallelTable(nn.Sigmoid(), nn.Sigmoid()),
-                        merge=nn.ParallelTable(nn.CAddTable(), nn.CAddTable()))
+
+    return nn.Recurrent(
+        nn.ParallelTable(Add(O), Add(O)),
+        nn.ParallelTable(nn.Linear(I, O), nn.Linear(I, O)),
+        nn.ParallelTable(feedback(), feedback()),
+        nn.ParallelTable(nn.Sigmoid(), nn.Sigmoid()),
+        merge=nn.ParallelTable(nn.CAddTable(), nn.CAddTable()),
+    )
 
 
 def numpy_outputs(rec, xs):
@@ -101,8 +105,9 @@ def test_table_state_sequencer_equals_stepping_and_gradchecks():
             np.testing.assert_allclose(gx[t][k], gh[t][k], rtol=1e-11, atol=1e-13)
     for p, q in zip(rec.parameters(), twin.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-11, atol=1e-13, err_msg=p.name)
-    model = nn.Sequencer(nn.Sequential(nn.ConcatTable(nn.Identity(), nn.Identity()), rec,
-                                       nn.JoinTable(-1)))
+    model = nn.Sequencer(
+        nn.Sequential(nn.ConcatTable(nn.Identity(), nn.Identity()), rec, nn.JoinTable(-1))
+    )
     x = np.random.default_rng(2).standard_normal((4, B, I))
     assert gradcheck_module(model, nn.MSECriterion(), x, np.zeros((4, B, 2 * O)), max_entries=8)
 

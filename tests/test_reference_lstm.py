@@ -1,5 +1,6 @@
 """The benchmark's hand-written LSTM (tools/reference_lstm.py) must be right before it is a
 yardstick: forward against an obvious per-step loop, gradients against central differences."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,11 +93,13 @@ def test_buffers_are_reused_across_calls(rng):
 def test_theoretical_minimum_formula():
     # saved activations bound the peak when backward starts, returned gradients when it ends
     assert reference_lstm.theoretical_min_bptt_bytes(32, 50, 128, 128, np.float32) == (
-        50 * 32 * 5 * 128 * 4)
+        50 * 32 * 5 * 128 * 4
+    )
     P = 4 * 5 * (5 + 5) + 4 * 5
     assert reference_lstm.theoretical_min_bptt_bytes(1, 5, 5, 5, np.float64) == (P + 25) * 8
     assert reference_lstm.theoretical_min_bptt_bytes(1, 5, 5, 5, np.float64, n_params=50) == (
-        5 * 5 * 5 * 8)
+        5 * 5 * 5 * 8
+    )
     model = reference_lstm.ReferenceLSTM(5, 5, np.float64)
     model.step(np.ones((5, 1, 5)), np.ones((5, 1, 5)))
     assert sum(g.nbytes for name, g in model.grads.items() if name != "x") == P * 8

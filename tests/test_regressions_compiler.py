@@ -1,6 +1,7 @@
 """Compiler crashes and wrong answers found by issue 15 and by the random-cell fuzzer
 (tests/cell_fuzz.py), one named test each: the program, the values from plain NumPy, and the
 same values with the default passes and with none."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,13 +38,18 @@ def _assert_pipelines_agree(make_cell, x, oracle=None):
 class CrossedStates(nn.Cell):
     """Issue 15 item 5: a = b @ w1 + b1 + x, b = a @ w2 + b2 -- each state's matmul reads the
     other's: hoisting both weight groups across time made a cycle through the two groups."""
+
     state_names = ("a", "b")
 
     def __init__(self, size):
         super().__init__(size, size)
         rng = np.random.default_rng(0)
-        for name, shape in (("w1", (size, size)), ("b1", (size,)), ("w2", (size, size)),
-                            ("b2", (size,))):
+        for name, shape in (
+            ("w1", (size, size)),
+            ("b1", (size,)),
+            ("w2", (size, size)),
+            ("b2", (size,)),
+        ):
             self.parameter(name, shape, init=rng.standard_normal(shape) * 0.5)
 
     def step(self, x, a, b):
@@ -81,6 +87,7 @@ def test_accept_independent_refuses_a_cycle_through_two_groups():
 class StackOfStacks(nn.Cell):
     """Issue 15 item 6: a = sum(stack([x, h])); sum(stack([a, a])) -- fuse_row_sums merged the
     two stack sums, the second of which reads the first."""
+
     state_names = ("h",)
 
     def step(self, x, h):
@@ -118,9 +125,11 @@ def test_stack_of_stacks_cell(T, batch):
 
 # ---- issue 15 item 7: 0-d values ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("pipeline", list(PIPELINES))
-@pytest.mark.parametrize("case", ["sigmoid_sum", "tanh_max", "sigmoid_of_getitem",
-                                  "exp_mean", "chain"])
+@pytest.mark.parametrize(
+    "case", ["sigmoid_sum", "tanh_max", "sigmoid_of_getitem", "exp_mean", "chain"]
+)
 def test_zero_d_values(pipeline, case):
     a = np.array([0.3, -1.2, 2.0])
     fn, want = {
@@ -128,8 +137,10 @@ def test_zero_d_values(pipeline, case):
         "tanh_max": (lambda v: tn.tanh(tn.max(v)), np.tanh(a.max())),
         "sigmoid_of_getitem": (lambda v: tn.sigmoid(v[1]), 1 / (1 + np.exp(-a[1]))),
         "exp_mean": (lambda v: tn.exp(tn.mean(v)) * 2.0, np.exp(a.mean()) * 2),
-        "chain": (lambda v: tn.tanh(tn.sigmoid(tn.sum(v)) * 3.0) + tn.sigmoid(v[0]),
-                  np.tanh(3 / (1 + np.exp(-a.sum()))) + 1 / (1 + np.exp(-a[0]))),
+        "chain": (
+            lambda v: tn.tanh(tn.sigmoid(tn.sum(v)) * 3.0) + tn.sigmoid(v[0]),
+            np.tanh(3 / (1 + np.exp(-a.sum()))) + 1 / (1 + np.exp(-a[0])),
+        ),
     }[case]
     g = tn.trace(fn, a)
     compiled = tn.compile(g, passes=PIPELINES[pipeline])
@@ -157,13 +168,15 @@ def test_zero_d_input_to_a_module(dtype):
         assert np.shape(y) == () and y.dtype == dtype
         np.testing.assert_allclose(y, want, rtol=1e-6)
         dy = m.backward(x, np.array(1.0, dtype))
-        np.testing.assert_allclose(dy, want * (1 - want) if isinstance(m, nn.Sigmoid)
-                                   else 1 - want ** 2, rtol=1e-5)
+        np.testing.assert_allclose(
+            dy, want * (1 - want) if isinstance(m, nn.Sigmoid) else 1 - want**2, rtol=1e-5
+        )
 
 
 # ---- cases found by the random-cell fuzzer (tests/cell_fuzz.py; seed, pruned) -----------------
 # Each cell's step is written once against `F` (tapernn, or the NumPy stand-in below) and `p`
 # (its parameters: Vars inside tapernn, arrays for the NumPy evaluation).
+
 
 class _NumPyF:
     tanh, exp, log, split = np.tanh, np.exp, np.log, np.split
@@ -190,9 +203,16 @@ def _fuzz_cell(name, D, H, n_states, shapes, step, seed=0):
         for key, value in values.items():
             self.parameter(key, value.shape, init=value)
 
-    cls = type(name, (nn.Cell,), {"state_names": tuple(f"s{k}" for k in range(n_states)),
-                                  "__init__": __init__,
-                                  "step": lambda self, x, *s: step(tn, self, x, *s)})
+    cls = type(
+        name,
+        (nn.Cell,),
+        {
+            "state_names": tuple(f"s{k}" for k in range(n_states)),
+            "__init__": __init__,
+            "step": lambda self, x, *s: step(tn, self, x, *s),
+        },
+    )
+
     def numpy_step(x, *s):
         new = step(_NumPyF, _Params(values), x, *s)
         return new if isinstance(new, tuple) else (new,)
@@ -223,6 +243,7 @@ def _check_fuzz_case(classes, x, dtype=np.float64):
     def make():
         cells = [c() for c in classes]
         return cells[0] if len(cells) == 1 else nn.Sequential(*cells)
+
     want = _numpy_stack(classes, x)
     x = x.astype(dtype)
     runs = {name: _seq_run(make(), x, p) for name, p in PIPELINES.items()}
@@ -236,8 +257,13 @@ def _check_fuzz_case(classes, x, dtype=np.float64):
 
 
 Seed156 = _fuzz_cell(  # a state returned twice; the first reads the third, the others the first
-    "Seed156", 1, 1, 3, {"w3": (1, 1), "b4": (1,), "w5": (1, 1), "b6": (1,)},
-    lambda F, p, x, s0, s1, s2: (F.tanh(s2 @ p.w3 + p.b4),) + (F.tanh(s0 @ p.w5 + p.b6 + x),) * 2)
+    "Seed156",
+    1,
+    1,
+    3,
+    {"w3": (1, 1), "b4": (1,), "w5": (1, 1), "b6": (1,)},
+    lambda F, p, x, s0, s1, s2: (F.tanh(s2 @ p.w3 + p.b4),) + (F.tanh(s0 @ p.w5 + p.b6 + x),) * 2,
+)
 
 
 def test_fuzz_seed156_aliased_state_crossed_through_hoisting():
@@ -251,17 +277,31 @@ def _seed259(F, p, x, s0, s1, s2):  # gates cut by slice and split feed a crosse
     return F.tanh(F.split(v8, 4, axis=-1)[3][..., 1:3] @ p.w7), s1, F.tanh(v14 + v14 * x)
 
 
-Seed259 = _fuzz_cell("Seed259", 1, 3, 3, {"w0": (1, 9), "w1": (3, 9), "b2": (9,), "w3": (1, 12),
-                                          "w4": (3, 12), "b5": (12,), "w7": (2, 3),
-                                          "w8": (3, 3), "b9": (3,)}, _seed259)
+Seed259 = _fuzz_cell(
+    "Seed259",
+    1,
+    3,
+    3,
+    {
+        "w0": (1, 9),
+        "w1": (3, 9),
+        "b2": (9,),
+        "w3": (1, 12),
+        "w4": (3, 12),
+        "b5": (12,),
+        "w7": (2, 3),
+        "w8": (3, 3),
+        "b9": (3,),
+    },
+    _seed259,
+)
 
 
 def test_fuzz_seed259_gate_slices_and_a_passed_through_state():
     _check_fuzz_case([Seed259], np.random.default_rng(259).standard_normal((3, 1)))
 
 
-Seed133a = _fuzz_cell("Seed133a", 1, 3, 1, {"w4": (3, 3)},
-                      lambda F, p, x, s0: F.tanh(s0 @ p.w4))
+Seed133a = _fuzz_cell("Seed133a", 1, 3, 1, {"w4": (3, 3)}, lambda F, p, x, s0: F.tanh(s0 @ p.w4))
 
 
 def _seed133b(F, p, x, s0, s1, s2):
@@ -269,8 +309,14 @@ def _seed133b(F, p, x, s0, s1, s2):
     return (F.tanh(s1 @ p.w4 + p.b5 + F.tanh(x @ p.w6)), F.tanh(v5 + p.b8), F.tanh(v5))
 
 
-Seed133b = _fuzz_cell("Seed133b", 3, 4, 3, {"w4": (4, 4), "b5": (4,), "w6": (3, 4),
-                                            "w7": (4, 4), "b8": (4,)}, _seed133b)
+Seed133b = _fuzz_cell(
+    "Seed133b",
+    3,
+    4,
+    3,
+    {"w4": (4, 4), "b5": (4,), "w6": (3, 4), "w7": (4, 4), "b8": (4,)},
+    _seed133b,
+)
 
 
 def test_fuzz_seed133_stacked_cells_crossed_states():
@@ -290,17 +336,41 @@ def _seed28b(F, p, x, s0, s1, s2):
     return v5, v5, F.tanh(s2 @ p.w7)
 
 
-Seed28a = _fuzz_cell("Seed28a", 1, 4, 3, {
-    "w0": (1, 8), "w1": (4, 8), "b2": (8,), "w3": (1, 8), "w4": (4, 8), "b5": (8,),
-    "w6": (1, 12), "w7": (4, 12), "w9": (4, 4), "b10": (4,), "w11": (12, 4), "w12": (6, 4)},
-    _seed28a)
-Seed28b = _fuzz_cell("Seed28b", 4, 1, 3, {"w1": (4, 4), "w2": (1, 4), "b3": (4,), "w6": (4, 1),
-                                          "w7": (1, 1)}, _seed28b)
+Seed28a = _fuzz_cell(
+    "Seed28a",
+    1,
+    4,
+    3,
+    {
+        "w0": (1, 8),
+        "w1": (4, 8),
+        "b2": (8,),
+        "w3": (1, 8),
+        "w4": (4, 8),
+        "b5": (8,),
+        "w6": (1, 12),
+        "w7": (4, 12),
+        "w9": (4, 4),
+        "b10": (4,),
+        "w11": (12, 4),
+        "w12": (6, 4),
+    },
+    _seed28a,
+)
+Seed28b = _fuzz_cell(
+    "Seed28b",
+    4,
+    1,
+    3,
+    {"w1": (4, 4), "w2": (1, 4), "b3": (4,), "w6": (4, 1), "w7": (1, 1)},
+    _seed28b,
+)
 
 
 def test_fuzz_seed28_float32_stacked_three_state_cells():
-    _check_fuzz_case([Seed28a, Seed28b], np.random.default_rng(28).standard_normal((4, 1)),
-                     np.float32)
+    _check_fuzz_case(
+        [Seed28a, Seed28b], np.random.default_rng(28).standard_normal((4, 1)), np.float32
+    )
 
 
 def _seed75(F, p, x, s0, s1, s2):  # log(sigmoid) of a 0-d sum, inside a fused group
@@ -316,8 +386,14 @@ def test_fuzz_seed75_log_sigmoid_of_a_0d_sum(batch):
     _check_fuzz_case([Seed75], np.random.default_rng(75).standard_normal((4,) + batch + (1,)))
 
 
-Seed55a = _fuzz_cell("Seed55a", 3, 4, 1, {"w0": (4, 8)},
-                     lambda F, p, x, s0: F.tanh(s0 * F.log(F.sigmoid(F.sum(s0 @ p.w0) * 0.1))))
+Seed55a = _fuzz_cell(
+    "Seed55a",
+    3,
+    4,
+    1,
+    {"w0": (4, 8)},
+    lambda F, p, x, s0: F.tanh(s0 * F.log(F.sigmoid(F.sum(s0 @ p.w0) * 0.1))),
+)
 
 
 def _seed55b(F, p, x, s0):

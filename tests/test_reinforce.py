@@ -1,5 +1,6 @@
 """REINFORCE and the recurrent attention model against hand-written NumPy equations:
 ReinforceNormal, VRClassReward, Module.reinforce, RecurrentAttention."""
+
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ def test_reinforce_normal_samples_and_gradient_is_reinforce():
     model.reinforce(reward)
     model.zero_grad_parameters()
     g = model.backward(x, R.standard_normal((4, 2)) * 1e3)  # the output's gradient is dropped
-    dmu = -reward[:, None] * (y - mu) / 0.3 ** 2
+    dmu = -reward[:, None] * (y - mu) / 0.3**2
     np.testing.assert_allclose(g, dmu @ lin.weight.data, **TOL)
     np.testing.assert_allclose(lin.weight.grad, dmu.T @ x, **TOL)
     np.testing.assert_allclose(lin.bias.grad, dmu.sum(0), **TOL)
@@ -36,8 +37,9 @@ def test_reinforce_normal_evaluation_gives_the_mean_unless_stochastic():
     assert nn.ReinforceNormal(0.5).evaluate().forward(x) is not None
     np.testing.assert_array_equal(nn.ReinforceNormal(0.5).evaluate().forward(x), x)
     rn = nn.ReinforceNormal(0.5, stochastic=True, rng=np.random.default_rng(1)).evaluate()
-    np.testing.assert_allclose(rn.forward(x),
-                               x + 0.5 * np.random.default_rng(1).standard_normal((2, 3)), **TOL)
+    np.testing.assert_allclose(
+        rn.forward(x), x + 0.5 * np.random.default_rng(1).standard_normal((2, 3)), **TOL
+    )
 
 
 def test_reinforce_normal_float32_and_scalar_reward():
@@ -123,9 +125,17 @@ def make_ram(seed=7, dtype=np.float64):
 def ram_params(ram):
     par, fb = ram.rnn._children["input"][0], ram.rnn._children["feedback"]
     act = ram.action[0]
-    return {"Wi": par[0].weight, "bi": par[0].bias, "Wl": par[1].weight, "bl": par[1].bias,
-            "start": ram.rnn.start, "Wf": fb.weight, "bf": fb.bias, "Wa": act.weight,
-            "ba": act.bias}
+    return {
+        "Wi": par[0].weight,
+        "bi": par[0].bias,
+        "Wl": par[1].weight,
+        "bl": par[1].bias,
+        "start": ram.rnn.start,
+        "Wf": fb.weight,
+        "bf": fb.bias,
+        "Wa": act.weight,
+        "ba": act.bias,
+    }
 
 
 def ram_weights(ram):
@@ -154,7 +164,7 @@ def ram_reference(w, x, eps, G, rewards):
         g["Wl"] += da.T @ ls[t]
         g["bl"] += da.sum(0)
         dx += da @ w["Wi"]
-        dmu = -rewards[t][:, None] * (ls[t] - mus[t]) / SIGMA ** 2
+        dmu = -rewards[t][:, None] * (ls[t] - mus[t]) / SIGMA**2
         g["Wa"] += dmu.T @ h_prev
         g["ba"] += dmu.sum(0)
         carry = dmu @ w["Wa"]
@@ -220,9 +230,16 @@ def test_recurrent_attention_bad_inputs():
     ram = make_ram()
     with pytest.raises(ShapeError, match="RecurrentAttention"):
         ram.forward([np.zeros((B, D))])
-    bad = nn.RecurrentAttention(nn.Recurrent(H, nn.Sequential(
-        nn.ParallelTable(nn.Linear(D, H), nn.Linear(2, H)), nn.CAddTable()), nn.Linear(H, H)),
-        nn.Linear(4, 2), T, 4)
+    bad = nn.RecurrentAttention(
+        nn.Recurrent(
+            H,
+            nn.Sequential(nn.ParallelTable(nn.Linear(D, H), nn.Linear(2, H)), nn.CAddTable()),
+            nn.Linear(H, H),
+        ),
+        nn.Linear(4, 2),
+        T,
+        4,
+    )
     with pytest.raises(ShapeError, match=r"step 0.*\(4, 4\)"):
         bad.forward(np.zeros((B, D)))
     with pytest.raises(tn.ArgumentError, match="n_step"):

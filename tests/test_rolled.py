@@ -133,7 +133,9 @@ def test_lengths_mask_zero_and_remember_across_chunks():
     c, d = twins(lambda: nn.RNN(D, H).mask_zero(), seed=6)
     x = rng.standard_normal((6, B, D))
     x[:2, 0] = 0  # left padding
-    r, u = run_pair(nn.Sequencer(c, unroll=False), nn.Sequencer(d, unroll=True), x, np.ones((6, B, H)))
+    r, u = run_pair(
+        nn.Sequencer(c, unroll=False), nn.Sequencer(d, unroll=True), x, np.ones((6, B, H))
+    )
     assert_same(r, u)
 
 

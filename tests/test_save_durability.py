@@ -1,6 +1,7 @@
 """tn.save / tn.load_into: one file name rule, whole-or-nothing writes (killed at every durable
 step, and by SIGKILL at random times), damaged files -> StateError naming the file, non-finite
 or non-float arrays refused."""
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ def test_save_and_load_into_agree_on_the_npz_suffix(tmp_path):
     a, b = linear(0), linear(1)
     tn.save(a, tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
-    tn.load_into(b, tmp_path / "ckpt")          # was: "no such file"
+    tn.load_into(b, tmp_path / "ckpt")  # was: "no such file"
     assert same(weights(a), weights(b))
     tn.load_into(linear(2), str(tmp_path / "ckpt.npz"))
     with pytest.raises(tn.StateError, match="cannot write parameters to .*no_dir"):
@@ -54,9 +55,14 @@ def test_damaged_files_raise_state_error_naming_the_file(tmp_path, damage):
     path = tmp_path / "m.npz"
     tn.save(linear(0, n=50), path)
     good = path.read_bytes()
-    bad = {"empty": b"", "cut10": good[:10], "cut_half": good[: len(good) // 2],
-           "cut_end": good[:-7], "garbage": b"not an archive\n" * 20,
-           "flip": good[:200] + bytes([good[200] ^ 0xFF]) + good[201:]}[damage]
+    bad = {
+        "empty": b"",
+        "cut10": good[:10],
+        "cut_half": good[: len(good) // 2],
+        "cut_end": good[:-7],
+        "garbage": b"not an archive\n" * 20,
+        "flip": good[:200] + bytes([good[200] ^ 0xFF]) + good[201:],
+    }[damage]
     path.write_bytes(bad)
     with pytest.raises(tn.StateError) as info:
         tn.load_into(linear(1, n=50), path)
@@ -64,9 +70,15 @@ def test_damaged_files_raise_state_error_naming_the_file(tmp_path, damage):
     assert str(path) in message and "allow_pickle" not in message, message
 
 
-@pytest.mark.parametrize("value, error, words", [
-    (np.nan, tn.NumericError, "NaN/Inf"), (np.inf, tn.NumericError, "NaN/Inf"),
-    (1 + 2j, tn.DTypeError, "complex128"), (3, tn.DTypeError, "int64")])
+@pytest.mark.parametrize(
+    "value, error, words",
+    [
+        (np.nan, tn.NumericError, "NaN/Inf"),
+        (np.inf, tn.NumericError, "NaN/Inf"),
+        (1 + 2j, tn.DTypeError, "complex128"),
+        (3, tn.DTypeError, "int64"),
+    ],
+)
 def test_non_finite_or_non_float_arrays_are_refused_on_load(tmp_path, value, error, words):
     weight = np.ones((2, 3), dtype=np.asarray(value).dtype)
     weight[1, 2] = value
@@ -96,9 +108,11 @@ def test_killed_at_every_durable_step_of_a_save_leaves_old_or_new(tmp_path):
     tn.save(old, path)
     outcomes = []
     for k in range(1, 20):
+
         def save_new(k=k):
             fileio.crash_after(k)
             tn.save(new, path)
+
         code = run_child(save_new)
         got = linear(2, n=40)
         tn.load_into(got, path)  # never damaged

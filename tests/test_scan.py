@@ -1,5 +1,6 @@
 """The scan node (issue 16): the builder and the reference interpreter against NumPy equations
 written in tests/scan_bodies.py, `unroll_scans` and `inline`, and bad inputs."""
+
 import numpy as np
 import pytest
 from scan_bodies import lstm_arrays, lstm_body, lstm_numpy, rnn_body, rnn_numpy, scanned
@@ -9,10 +10,16 @@ from tapernn.interpret import interpret
 
 
 def _rnn_arrays(rng, T, B, D, H, dtype):
-    return [a.astype(dtype) for a in (
-        rng.standard_normal((B, H)), rng.standard_normal((T, B, D)),
-        rng.standard_normal((D, H)) / np.sqrt(D), rng.standard_normal((H, H)) / np.sqrt(H),
-        rng.standard_normal(H) * 0.1)]
+    return [
+        a.astype(dtype)
+        for a in (
+            rng.standard_normal((B, H)),
+            rng.standard_normal((T, B, D)),
+            rng.standard_normal((D, H)) / np.sqrt(D),
+            rng.standard_normal((H, H)) / np.sqrt(H),
+            rng.standard_normal(H) * 0.1,
+        )
+    ]
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
@@ -59,8 +66,9 @@ def test_slab_layout_is_the_contract():
     np.testing.assert_allclose(slab[:16], np.concatenate([h.ravel(), c.ravel()]), atol=1e-12)
     rows = slab[16:].reshape(3, 16)
     for t in range(3):
-        np.testing.assert_allclose(rows[t], np.concatenate([hs[t].ravel(), cs[t].ravel()]),
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            rows[t], np.concatenate([hs[t].ravel(), cs[t].ravel()]), atol=1e-12
+        )
 
 
 def test_scan_without_xs_takes_length_and_nested_scans_unroll():
@@ -69,9 +77,16 @@ def test_scan_without_xs_takes_length_and_nested_scans_unroll():
     def outer_step(s, w):
         r = tn.scan(inner, [s], [], [w], length=3)
         return [r.carries[0], r.ys[0]]
+
     outer = tn.trace(outer_step, np.zeros(2), np.zeros(2))
-    g = tn.trace(lambda s, w: tn.scan(outer, [s], [], [w], length=2).carries + [
-        tn.scan(outer, [s], [], [w], length=2).ys[0]], np.ones(2), np.ones(2))
+    g = tn.trace(
+        lambda s, w: (
+            tn.scan(outer, [s], [], [w], length=2).carries
+            + [tn.scan(outer, [s], [], [w], length=2).ys[0]]
+        ),
+        np.ones(2),
+        np.ones(2),
+    )
     s, w = np.array([0.5, -1.0]), np.array([2.0, 0.5])
     want_s, want_ys = s.copy(), []
     for _ in range(2):
@@ -95,6 +110,7 @@ def test_inline_replays_the_body_with_step_and_scope():
     def fn(h, x, W, U, b):
         with tn.tracing.scope("cell"):
             return tn.inline(body, [h, x, W, U, b], step=5)[0]
+
     arrays = _rnn_arrays(np.random.default_rng(3), 1, 2, 3, 4, np.float64)
     arrays[1] = arrays[1][0]
     g = tn.trace(fn, *arrays)
@@ -106,6 +122,7 @@ def test_inline_replays_the_body_with_step_and_scope():
 
 # ---- bad inputs ----------------------------------------------------------------------------------
 
+
 def _trace_bad(fn, *arrays):
     return tn.trace(fn, *arrays)
 
@@ -114,15 +131,21 @@ def test_wrong_carry_shape_names_the_carry():
     body = rnn_body(2, 3, 4)
     arrays = _rnn_arrays(np.random.default_rng(0), 5, 2, 3, 4, np.float64)
     arrays[0] = np.zeros((2, 5))
-    with pytest.raises(tn.ShapeError, match=r"initial carry 0 \(body input 'h'\).*\(2, 4\).*"
-                                            r"\(2, 5\)"):
+    with pytest.raises(
+        tn.ShapeError,
+        match=r"initial carry 0 \(body input 'h'\).*\(2, 4\).*"
+        r"\(2, 5\)",
+    ):
         _trace_bad(scanned(body, 1, 1), *arrays)
 
 
 def test_body_whose_carry_changes_shape_is_refused():
     body = tn.trace(lambda h, x: [tn.concat([h, x]), h], np.zeros(2), np.zeros(2))
-    with pytest.raises(tn.ShapeError, match=r"carry 0 \('x0'\) enters the body as \(2,\).*"
-                                            r"returns it as \(4,\)"):
+    with pytest.raises(
+        tn.ShapeError,
+        match=r"carry 0 \('x0'\) enters the body as \(2,\).*"
+        r"returns it as \(4,\)",
+    ):
         _trace_bad(scanned(body, 1, 1), np.zeros(2), np.zeros((3, 2)))
 
 
@@ -146,8 +169,7 @@ def test_xs_of_different_lengths_are_refused():
 def test_wrong_input_counts_and_missing_length():
     body = rnn_body(2, 3, 4)
     with pytest.raises(tn.ShapeError, match="takes 5 inputs, got 1 carries \\+ 1 xs \\+ 0"):
-        _trace_bad(lambda h, x: tn.scan(body, [h], [x]).ys, np.zeros((2, 4)),
-                   np.zeros((3, 2, 3)))
+        _trace_bad(lambda h, x: tn.scan(body, [h], [x]).ys, np.zeros((2, 4)), np.zeros((3, 2, 3)))
     lone = tn.trace(lambda h: [h * 2.0], np.zeros(2))
     with pytest.raises(tn.ArgumentError, match="length="):
         _trace_bad(lambda h: tn.scan(lone, [h]).carries, np.zeros(2))
@@ -164,8 +186,11 @@ def test_verify_checks_a_scan_node_against_its_body():
     node = next(n for n in g.nodes if n.op == "scan")
     bad = node.replace(attrs={**node.attrs, "length": 4})
     g2 = g.rebuild(lambda n, m: bad if n is node else None)
-    with pytest.raises(tn.GraphError, match=r"xs 0 \(body input 'x'\): expected shape "
-                                            r"\(4, 2, 3\), got \(5, 2, 3\)"):
+    with pytest.raises(
+        tn.GraphError,
+        match=r"xs 0 \(body input 'x'\): expected shape "
+        r"\(4, 2, 3\), got \(5, 2, 3\)",
+    ):
         g2.verify()
 
 

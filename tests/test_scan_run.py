@@ -1,6 +1,7 @@
 """Lowering the scan op (tapernn/scan_run.py): compiled == the reference interpreter to 1e-12,
 the body compiled once per body Graph (not per length), failures name the step, the existing
 passes and the memory plan keep a graph with scan nodes intact, and the loop report."""
+
 import numpy as np
 import pytest
 from pass_check import assert_same
@@ -55,17 +56,29 @@ def test_the_body_is_compiled_once_for_every_length_and_node():
     before = COMPILES[0]
     for T in (3, 7, 50):
         arrays = [rng.standard_normal(s) for s in [(2, 4), (T, 2, 3), (3, 4), (4, 4), (4,)]]
-        g = tn.trace(lambda h, x, W, U, b: tn.scan(body, [h], [x], [W, U, b]).ys
-                     + tn.scan(body, [h * 2.0], [x], [W, U, b]).ys, *arrays)
+        g = tn.trace(
+            lambda h, x, W, U, b: (
+                tn.scan(body, [h], [x], [W, U, b]).ys + tn.scan(body, [h * 2.0], [x], [W, U, b]).ys
+            ),
+            *arrays,
+        )
         _check(g, arrays)  # rolled (the unrolled compile has no scan)
     assert COMPILES[0] - before == 1
 
 
 def test_a_failing_step_names_the_step_and_the_body_node():
-    body = tn.trace(lambda h, ids, w: [h + tn.embedding(w, ids), h], np.zeros((2, 3)),
-                    np.zeros(2, np.int64), np.zeros((4, 3)))
-    g = tn.trace(lambda h, ids, w: tn.scan(body, [h], [ids], [w]).carries, np.zeros((2, 3)),
-                 np.zeros((3, 2), np.int64), np.zeros((4, 3)))
+    body = tn.trace(
+        lambda h, ids, w: [h + tn.embedding(w, ids), h],
+        np.zeros((2, 3)),
+        np.zeros(2, np.int64),
+        np.zeros((4, 3)),
+    )
+    g = tn.trace(
+        lambda h, ids, w: tn.scan(body, [h], [ids], [w]).carries,
+        np.zeros((2, 3)),
+        np.zeros((3, 2), np.int64),
+        np.zeros((4, 3)),
+    )
     ids = np.array([[0, 1], [2, 3], [9, 0]])
     with pytest.raises(tn.TapernnError, match="scan step 2 of 3: embedding"):
         tn.compile(g)(np.zeros((2, 3)), ids, np.ones((4, 3)))
@@ -85,13 +98,18 @@ def test_existing_passes_leave_scan_nodes_intact():
         tn.scan(body, [h, c], [x * 2.0], [W, U, b])  # dead
         const = tn.scan(body, [tn.zeros((2, 4)), tn.ones((2, 4))], [x], [W, U, b])
         return [a.ys[0] + same.ys[0], other.carries[1] * 2.0, const.ys[1] + a.carries[0]]
+
     g = tn.trace(fn, *arrays)
     assert g.op_counts()["scan"] == 5
     out = assert_same(g, P.DEFAULT, arrays)
     assert out.op_counts()["scan"] == 3  # CSE merged `same`, DCE dropped the dead one
     _check(g, arrays)
-    for passes in ([P.fold_constants], [P.propagate_zeros],
-                   [P.hoist_across_time], [P.eliminate_common_subexpressions]):
+    for passes in (
+        [P.fold_constants],
+        [P.propagate_zeros],
+        [P.hoist_across_time],
+        [P.eliminate_common_subexpressions],
+    ):
         assert_same(g, passes, arrays)
 
 
@@ -111,8 +129,7 @@ def test_the_loop_report_states_bytes_per_step_and_per_sequence():
 def test_the_outer_program_picks_blas_threads_for_the_body_gemms():
     body = rnn_body(64, 8, 512)
     rng = np.random.default_rng(6)
-    arrays = [rng.standard_normal(s) for s in [(64, 512), (3, 64, 8), (8, 512), (512, 512),
-                                               (512,)]]
+    arrays = [rng.standard_normal(s) for s in [(64, 512), (3, 64, 8), (8, 512), (512, 512), (512,)]]
     c = tn.compile(tn.trace(scanned(body, 1, 1), *arrays), passes=[])
     assert "matmul" not in c.graph.op_counts()
     assert c.largest_gemm_flops == 2.0 * 64 * 512 * 512  # h @ U inside the loop
@@ -126,11 +143,18 @@ def test_a_slab_planned_into_a_concat_slot_or_a_strided_region():
     def fn(h, x, W, U, b):
         slab = tn.scan(body, [h], [x], [W, U, b]).slab
         flat = tn.concat([slab * 1.0, tn.reshape(x, (-1,)), slab])
-        wide = tn.concat([tn.reshape(tn.scan(body, [h * 2.0], [x], [W, U, b]).slab, (6, 8)),
-                          tn.reshape(h, (1, 8)).__rmul__(1.0) + tn.zeros((6, 8))], axis=1)
+        wide = tn.concat(
+            [
+                tn.reshape(tn.scan(body, [h * 2.0], [x], [W, U, b]).slab, (6, 8)),
+                tn.reshape(h, (1, 8)).__rmul__(1.0) + tn.zeros((6, 8)),
+            ],
+            axis=1,
+        )
         return [flat, wide]
+
     g = tn.trace(fn, *arrays)
     from plan_check import ANY_SIZE
+
     for options in (ANY_SIZE, tn.PlanOptions()):
         got = tn.compile(g, options=options)(*arrays)
         for a, b in zip(got, interpret(g, *arrays)):
@@ -140,11 +164,12 @@ def test_a_slab_planned_into_a_concat_slot_or_a_strided_region():
 def test_a_body_nothing_uses_any_more_is_freed_with_its_program():
     import gc
     import weakref
+
     body = tn.trace(lambda h, x: [h + x], np.zeros(2), np.zeros(2))
-    g = tn.trace(lambda h, xs, body=body: tn.scan(body, [h], [xs]).carries, np.zeros(2),
-                 np.zeros((3, 2)))
-    np.testing.assert_allclose(tn.compile(g, passes=[])(np.ones(2), np.ones((3, 2)))[0],
-                               [4.0, 4.0])
+    g = tn.trace(
+        lambda h, xs, body=body: tn.scan(body, [h], [xs]).carries, np.zeros(2), np.zeros((3, 2))
+    )
+    np.testing.assert_allclose(tn.compile(g, passes=[])(np.ones(2), np.ones((3, 2)))[0], [4.0, 4.0])
     alive = weakref.ref(body)
     del body, g
     gc.collect()

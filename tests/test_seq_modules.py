@@ -1,6 +1,7 @@
 """SeqLSTM, SeqLSTMP, SeqGRU, SeqBRNN and SeqReverseSequence: NumPy equations (forward and every
 gradient at 1e-10, with zero-masked rows and initial states), equivalence with the cell
 modules they mirror (1e-12), gradcheck, float32, Torch7 initialisation and named errors."""
+
 import copy
 
 import numpy as np
@@ -18,8 +19,8 @@ def _inputs(seed=0, masked=True):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, D))
     if masked:
-        x[:2, 0] = 0   # row 0 left-padded for two steps
-        x[1, 2] = 0    # row 2 has a zero step mid-sequence (a reset)
+        x[:2, 0] = 0  # row 0 left-padded for two steps
+        x[1, 2] = 0  # row 2 has a zero step mid-sequence (a reset)
     return x, rng
 
 
@@ -51,10 +52,11 @@ def _lstm_fn(mask_zero, with_h0=True, with_c0=True):
         p = {"weight": weight, "bias": bias}
         if weight_o is not None:
             p["weight_o"] = weight_o
-        r = (weight.shape[0] - x.shape[-1])
+        r = weight.shape[0] - x.shape[-1]
         h = h0 if h0 is not None else np.zeros((x.shape[1], r))
         c = c0 if c0 is not None else np.zeros((x.shape[1], bias.shape[0] // 4))
         return seqlstm(p, x, h, c, mask_zero)
+
     return fn
 
 
@@ -92,6 +94,7 @@ def test_seqgru_matches_numpy_equations(with_h0):
     def fn(weight, bias, x, h0=None):
         h = h0 if h0 is not None else np.zeros((x.shape[1], H))
         return seqgru({"weight": weight, "bias": bias}, x, h, mask_zero=True)
+
     _check_against_numpy(m, fn, x, states, rng)
 
 
@@ -117,7 +120,8 @@ def test_seqlstm_equals_sequencer_fastlstm_with_masked_rows():
     fg, order = _grads(fast), [0, 2, 3, 1]  # FastLSTM [i, g, f, o] blocks -> SeqLSTM [i, f, o, g]
 
     def back(a):
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order], 0)
+        return np.concatenate([a[k * H : (k + 1) * H] for k in order], 0)
+
     sg = _grads(seq)
     np.testing.assert_allclose(sg["weight"][:D], back(fg["0.i2g.weight"]).T, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sg["weight"][D:], back(fg["0.o2g.weight"]).T, rtol=1e-12, atol=1e-14)
@@ -139,8 +143,12 @@ def test_seqgru_equals_gru_with_masked_rows():
     sg, gg = res[0][2], res[1][2]
     for k, gate in enumerate("rzn"):
         cols = slice(k * H, (k + 1) * H)
-        np.testing.assert_allclose(sg["weight"][:D, cols], gg[f"0.w_x{gate}"].T, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(sg["weight"][D:, cols], gg[f"0.w_h{gate}"].T, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            sg["weight"][:D, cols], gg[f"0.w_x{gate}"].T, rtol=1e-12, atol=1e-14
+        )
+        np.testing.assert_allclose(
+            sg["weight"][D:, cols], gg[f"0.w_h{gate}"].T, rtol=1e-12, atol=1e-14
+        )
         np.testing.assert_allclose(sg["bias"][cols], gg[f"0.b_{gate}"], rtol=1e-12, atol=1e-14)
 
 
@@ -148,8 +156,9 @@ def test_seqgru_equals_gru_with_masked_rows():
 def test_seqbrnn_equals_bisequencer_with_caddtable(batch_first):
     tn.manual_seed(6)
     brnn = nn.SeqBRNN(D, H, batch_first=batch_first, mask_zero=True)
-    bi = nn.BiSequencer(brnn.forward_module.to_fast_lstm(), brnn.backward_module.to_fast_lstm(),
-                        nn.CAddTable())
+    bi = nn.BiSequencer(
+        brnn.forward_module.to_fast_lstm(), brnn.backward_module.to_fast_lstm(), nn.CAddTable()
+    )
     x, rng = _inputs(6)
     g = rng.standard_normal((T, B, H))
     swap = (lambda a: a.transpose(1, 0, 2)) if batch_first else (lambda a: a)
@@ -187,8 +196,11 @@ def test_batch_first_is_the_transposed_layout():
     x, rng = _inputs(9, masked=False)
     g = rng.standard_normal((T, B, H))
     np.testing.assert_allclose(b.forward(x.transpose(1, 0, 2)), a.forward(x).transpose(1, 0, 2))
-    np.testing.assert_allclose(b.backward(x.transpose(1, 0, 2), g.transpose(1, 0, 2)),
-                               a.backward(x, g).transpose(1, 0, 2), rtol=1e-13)
+    np.testing.assert_allclose(
+        b.backward(x.transpose(1, 0, 2), g.transpose(1, 0, 2)),
+        a.backward(x, g).transpose(1, 0, 2),
+        rtol=1e-13,
+    )
 
 
 def test_remember_carries_state_like_a_sequencer():
@@ -223,15 +235,24 @@ def test_torch7_initialisation():
     np.testing.assert_array_equal(nested.get(0).bias.data, m.bias.data)
     assert abs(nested.get(0).weight.data.std() * np.sqrt(70) - 1) < 0.05
     clone = copy.deepcopy(m)
-    np.testing.assert_array_equal(clone.forward(np.ones((2, 1, 30))), m.forward(np.ones((2, 1, 30))))
+    np.testing.assert_array_equal(
+        clone.forward(np.ones((2, 1, 30))), m.forward(np.ones((2, 1, 30)))
+    )
     p = nn.SeqLSTMP(30, 40, 20)
     assert abs(p.weight.data.std() * np.sqrt(70) - 1) < 0.05
     assert abs(p.weight_o.data.std() * np.sqrt(60) - 1) < 0.05
 
 
-@pytest.mark.parametrize("make", [lambda: nn.SeqLSTM(D, H, mask_zero=True),
-                                  lambda: nn.SeqLSTMP(D, H, R), lambda: nn.SeqGRU(D, H),
-                                  lambda: nn.SeqBRNN(D, H)], ids=["lstm", "lstmp", "gru", "brnn"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.SeqLSTM(D, H, mask_zero=True),
+        lambda: nn.SeqLSTMP(D, H, R),
+        lambda: nn.SeqGRU(D, H),
+        lambda: nn.SeqBRNN(D, H),
+    ],
+    ids=["lstm", "lstmp", "gru", "brnn"],
+)
 def test_gradcheck_and_float32(make):
     tn.manual_seed(12)
     m = make()
@@ -247,12 +268,15 @@ def test_gradcheck_and_float32(make):
     assert m32.backward(x.astype(np.float32), np.ones_like(y32)).dtype == np.float32
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((T, D)), "3-d input"),
-    (np.zeros((T, B, D + 1)), "3-d input"),
-    ([np.zeros((B, H + 1)), np.zeros((T, B, D))], r"initial state h0 must have shape \(3, 4\)"),
-    ([np.zeros((B, H))] * 3 + [np.zeros((T, B, D))], "list of"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((T, D)), "3-d input"),
+        (np.zeros((T, B, D + 1)), "3-d input"),
+        ([np.zeros((B, H + 1)), np.zeros((T, B, D))], r"initial state h0 must have shape \(3, 4\)"),
+        ([np.zeros((B, H))] * 3 + [np.zeros((T, B, D))], "list of"),
+    ],
+)
 def test_bad_input_raises_shape_error(bad, match):
     m = nn.SeqLSTM(D, H)
     with pytest.raises(ShapeError, match=match) as info:
@@ -289,8 +313,14 @@ def test_seqbrnn_matches_numpy_equations():
         zeros = np.zeros((x.shape[1], H))
         fwd = seqlstm({"weight": fw, "bias": fb}, x, zeros, zeros, True)
         return fwd + seqlstm({"weight": bw, "bias": bb}, x[::-1], zeros, zeros, True)[::-1]
-    arrays = {"fw": p["fwd.weight"], "fb": p["fwd.bias"], "bw": p["bwd.weight"],
-              "bb": p["bwd.bias"], "x": x}
+
+    arrays = {
+        "fw": p["fwd.weight"],
+        "fb": p["fwd.bias"],
+        "bw": p["bwd.weight"],
+        "bb": p["bwd.bias"],
+        "x": x,
+    }
     y = m.forward(x)
     np.testing.assert_allclose(y, fn(**arrays), rtol=1e-12, atol=1e-14)
     seed = rng.standard_normal(y.shape)
@@ -298,10 +328,15 @@ def test_seqbrnn_matches_numpy_equations():
     gin = m.backward(x, seed)
     exact = complex_step_grads(fn, arrays, seed)
     np.testing.assert_allclose(gin, exact["x"], rtol=1e-10, atol=1e-12)
-    for ours, name in [("fw", "fwd.weight"), ("fb", "fwd.bias"), ("bw", "bwd.weight"),
-                       ("bb", "bwd.bias")]:
-        np.testing.assert_allclose(m.named_parameters()[name].grad, exact[ours], rtol=1e-10,
-                                   atol=1e-12, err_msg=name)
+    for ours, name in [
+        ("fw", "fwd.weight"),
+        ("fb", "fwd.bias"),
+        ("bw", "bwd.weight"),
+        ("bb", "bwd.bias"),
+    ]:
+        np.testing.assert_allclose(
+            m.named_parameters()[name].grad, exact[ours], rtol=1e-10, atol=1e-12, err_msg=name
+        )
     with pytest.raises(ShapeError, match="3-d input") as info:
         m.forward(x[0])
     assert "nn.SeqBRNN" in str(info.value)

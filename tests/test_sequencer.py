@@ -1,5 +1,6 @@
 """Sequencer: lists and arrays, remember/forget modes, truncated BPTT across chunks, stacking,
 field filling, trace caching, whole-model gradcheck, a custom cell trained without a backward."""
+
 import numpy as np
 import pytest
 
@@ -42,7 +43,7 @@ def test_remembered_chunks_equal_one_long_sequence_with_chunk_local_bptt():
     seq = nn.Sequencer(b).remember("both")
     start, outs = 0, []
     for n in (5, 4, 5, 3):
-        outs.append(seq.forward(x[start:start + n]))
+        outs.append(seq.forward(x[start : start + n]))
         start += n
     np.testing.assert_allclose(np.concatenate(outs), whole, rtol=1e-12, atol=1e-14)
     # gradients of the last chunk are chunk-local BPTT: the same as stepping from its start state
@@ -65,8 +66,15 @@ def b_state_before_last_chunk(a, x):
     return a.get_hidden_state(-1)
 
 
-@pytest.mark.parametrize("mode,remember_train,remember_eval", [
-    ("neither", False, False), ("train", True, False), ("eval", False, True), ("both", True, True)])
+@pytest.mark.parametrize(
+    "mode,remember_train,remember_eval",
+    [
+        ("neither", False, False),
+        ("train", True, False),
+        ("eval", False, True),
+        ("both", True, True),
+    ],
+)
 def test_remember_modes(mode, remember_train, remember_eval):
     tn.manual_seed(0)
     seq = nn.Sequencer(nn.LSTM(D, H)).remember(mode)
@@ -103,7 +111,9 @@ def test_stack_in_one_sequencer_equals_stacked_sequencers():
     l1, l2 = nn.LSTM(D, H), nn.FastLSTM(H, H)
     inner = nn.Sequential().add(l1).add(nn.Linear(H, H)).add(l2)
     one = nn.Sequencer(inner)
-    stacked = nn.Sequential().add(nn.Sequencer(l1)).add(nn.Sequencer(inner.get(1))).add(nn.Sequencer(l2))
+    stacked = (
+        nn.Sequential().add(nn.Sequencer(l1)).add(nn.Sequencer(inner.get(1))).add(nn.Sequencer(l2))
+    )
     x = np.random.default_rng(1).standard_normal((4, 2, D))
     g = np.random.default_rng(2).standard_normal((4, 2, H))
     a = one.forward(x)
@@ -124,7 +134,7 @@ def test_inner_fields_are_filled_as_if_stepped():
     lt = nn.LookupTable(10, D)
     model = nn.Sequential().add(lt).add(nn.SplitTable(0)).add(nn.Sequencer(nn.LSTM(D, H)))
     model.add(nn.Sequencer(nn.LSTM(H, H)))
-    ids = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 1]])   # (T=4, B=3)
+    ids = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 1]])  # (T=4, B=3)
     model.forward(ids)
     first, second = model.get(2).get(0), model.get(3).get(0)
     assert len(first.inputs) == 4 and first.step == 4 and len(first.cells) == 4
@@ -149,7 +159,7 @@ def test_second_forward_does_not_retrace_and_updates_do_not_recompile():
     compiled = model.compiled
     model.forward(x)
     assert model.compiled is compiled
-    model.forward([np.ones((5, D))] * 3)   # a new batch size is a new signature
+    model.forward([np.ones((5, D))] * 3)  # a new batch size is a new signature
     assert model.trace_count == 2
 
 
@@ -185,7 +195,9 @@ class MGU(nn.Cell):  # the contract's example cell: no backward anywhere
 
 def test_custom_cell_trains_through_sequencer():
     tn.manual_seed(0)
-    model = nn.Sequential().add(nn.Sequencer(MGU(2, 8))).add(nn.SelectTable(-1)).add(nn.Linear(8, 1))
+    model = (
+        nn.Sequential().add(nn.Sequencer(MGU(2, 8))).add(nn.SelectTable(-1)).add(nn.Linear(8, 1))
+    )
     crit = nn.MSECriterion()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 16, 2))

@@ -3,6 +3,7 @@ the inline codegen forms, fused groups and fused kernels), with default passes a
 and so does its gradient where sigma(x) is small -- checked against a 40-digit Decimal
 reference (no code shared with tapernn). Issue 15 item 4: the float32 tanh form returned 0
 below x = -17, so Sigmoid -> BCECriterion had zero gradient on confidently wrong examples."""
+
 from __future__ import annotations
 
 from decimal import Decimal, localcontext
@@ -39,9 +40,11 @@ def assert_relative(got, ref, dtype, ulps=ULPS, what=""):
     got = np.asarray(got, np.float64)
     bound = ulps * info.eps * np.abs(ref) + info.tiny
     bad = np.abs(got - ref) > bound
-    assert not bad.any(), (f"{what} {np.dtype(dtype)}: relative error up to "
-                           f"{np.max(np.abs(got - ref)[bad] / np.abs(ref[bad])):.3g} at indices "
-                           f"{np.flatnonzero(bad)[:5]} (got {got[bad][:3]}, want {ref[bad][:3]})")
+    assert not bad.any(), (
+        f"{what} {np.dtype(dtype)}: relative error up to "
+        f"{np.max(np.abs(got - ref)[bad] / np.abs(ref[bad])):.3g} at indices "
+        f"{np.flatnonzero(bad)[:5]} (got {got[bad][:3]}, want {ref[bad][:3]})"
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -52,14 +55,21 @@ def test_sigmoid_value_is_relatively_accurate(dtype, passes, form):
     tail_reader: read by a log (the codegen keeps an exact form for those)."""
     x = X.astype(dtype)
     exact = reference(x)[0]
-    fn = {"alone": tn.sigmoid,
-          "fused": lambda v: tn.sigmoid(v * 1.0) * 1.0,
-          "tail_reader": lambda v: tn.sigmoid(v) + 0.0 * tn.log(tn.sigmoid(v))}[form]
+    fn = {
+        "alone": tn.sigmoid,
+        "fused": lambda v: tn.sigmoid(v * 1.0) * 1.0,
+        "tail_reader": lambda v: tn.sigmoid(v) + 0.0 * tn.log(tn.sigmoid(v)),
+    }[form]
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         y = tn.compile(tn.trace(fn, x), passes=PASSES[passes])(x)
     assert y.dtype == dtype
-    assert_relative(y, exact, dtype, ulps=24 if form == "tail_reader" else ULPS,
-                    what=f"sigmoid {form} passes={passes}")
+    assert_relative(
+        y,
+        exact,
+        dtype,
+        ulps=24 if form == "tail_reader" else ULPS,
+        what=f"sigmoid {form} passes={passes}",
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -68,6 +78,7 @@ def test_small_sigmoids_keep_both_tails(dtype, reader):
     """Values of at most EXACT_SIGMOID_INLINE_SIZE elements take the logaddexp form (four
     calls; relative error ~ |a| eps / 2 for |a| < 36: up to ~20 ulps in float64)."""
     from tapernn.fused_lowering import EXACT_SIGMOID_INLINE_SIZE
+
     n = EXACT_SIGMOID_INLINE_SIZE
     x = np.resize(X, (len(X) + n - 1) // n * n).reshape(-1, n).astype(dtype)
     exact = reference(x.ravel())[0].reshape(x.shape)
@@ -81,9 +92,10 @@ def test_small_sigmoids_keep_both_tails(dtype, reader):
     compiled = tn.compile(tn.trace(f, x))
     assert "np_logaddexp" in compiled.source and "np_tanh" not in compiled.source
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        y = compiled(x)[:x.shape[0]]
-    assert_relative(y.ravel(), exact.ravel(), dtype, ulps=24,
-                    what=f"small sigmoid read by {reader}")
+        y = compiled(x)[: x.shape[0]]
+    assert_relative(
+        y.ravel(), exact.ravel(), dtype, ulps=24, what=f"small sigmoid read by {reader}"
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -95,8 +107,9 @@ def test_log_sigmoid_is_finite_and_accurate(dtype, passes):
         got = tn.compile(tn.trace(lambda v: tn.log(tn.sigmoid(v)), x), passes=PASSES[passes])(x)
     normal = np.abs(logs) < -np.log(np.finfo(dtype).tiny)  # sigma(x) a normal number
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got[normal], logs[normal], rtol=ULPS * np.finfo(dtype).eps,
-                               atol=ULPS * np.finfo(dtype).eps)
+    np.testing.assert_allclose(
+        got[normal], logs[normal], rtol=ULPS * np.finfo(dtype).eps, atol=ULPS * np.finfo(dtype).eps
+    )
     # where sigma(x) is subnormal its digits run out: the log is still close
     np.testing.assert_allclose(got[~normal], logs[~normal], rtol=1e-2)
     if dtype == np.float32:
@@ -115,8 +128,9 @@ def test_sigmoid_gradient_keeps_the_negative_tail(dtype, passes):
         _, dx = tn.compile(g, passes=PASSES[passes])(x)
     neg = X <= 0
     assert_relative(dx[neg], slope[neg], dtype, ulps=2 * ULPS, what="sigmoid gradient")
-    np.testing.assert_allclose(dx[~neg], slope[~neg], rtol=2 * ULPS * np.finfo(dtype).eps,
-                               atol=2 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(
+        dx[~neg], slope[~neg], rtol=2 * ULPS * np.finfo(dtype).eps, atol=2 * np.finfo(dtype).eps
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -124,13 +138,15 @@ def test_sigmoid_in_a_fused_kernel(dtype):
     """A fused program met 16+ times on 4096+ elements becomes one function (codegen's
     _fused_kernel): its sigmoid lowering keeps the tails too."""
     from tapernn.regions import DEFAULT_OPTIONS
+
     k, size = DEFAULT_OPTIONS.kernel_min_uses, DEFAULT_OPTIONS.kernel_min_size
     row = np.resize(X, size).astype(dtype)
     x = np.tile(row, (k, 1))
     exact = reference(row)[0]
-    compiled = tn.compile(tn.trace(
-        lambda v: tn.stack([tn.sigmoid(v[j] * 1.0) * 1.0 for j in range(k)]), x),
-        backend="numpy")
+    compiled = tn.compile(
+        tn.trace(lambda v: tn.stack([tn.sigmoid(v[j] * 1.0) * 1.0 for j in range(k)]), x),
+        backend="numpy",
+    )
     assert "fused_kernel" in compiled.source
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         y = compiled(x)
@@ -182,4 +198,3 @@ def test_linear_sigmoid_bce_bias_gradient_is_minus_one(dtype):
     s = float(reference(np.array([-20.0]))[0][0])
     want = -(1 - s) * s / (s + 1e-12)
     np.testing.assert_allclose(m.get(0).bias.grad, [want], rtol=1e-5)
-

@@ -1,6 +1,7 @@
 """Differential test of the stateful API: random chunkings of one sequence, stepped by hand,
 through a Recursor and through Sequencer(remember='both') (update after every chunk), against a
 plain NumPy truncated-BPTT written here (forward and hand-derived backward of RNN and LSTM)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,6 +24,7 @@ def sigmoid(z):
 
 # ---- NumPy: one step forward (keeping what backward needs) and its hand-derived backward ----
 
+
 def rnn_forward(p, x, state):
     (h,) = state
     h2 = np.tanh(x @ p["w_xh"].T + p["b_h"] + h @ p["w_hh"].T)
@@ -31,7 +33,7 @@ def rnn_forward(p, x, state):
 
 def rnn_backward(p, cache, d_state, grads):
     x, h, h2 = cache
-    da = d_state[0] * (1 - h2 ** 2)
+    da = d_state[0] * (1 - h2**2)
     grads["w_xh"] += da.T @ x
     grads["w_hh"] += da.T @ h
     grads["b_h"] += da.sum(0)
@@ -43,6 +45,7 @@ def lstm_forward(p, x, state):
 
     def pre(g):
         return x @ p[f"w_x{g}"].T + p[f"b_{g}"] + h @ p[f"w_h{g}"].T
+
     i = sigmoid(pre("i") + p["p_i"] * c)
     f = sigmoid(pre("f") + p["p_f"] * c)
     g = np.tanh(pre("g"))
@@ -56,10 +59,10 @@ def lstm_backward(p, cache, d_state, grads):
     x, h, c, i, f, g, o, c2, tc2 = cache
     dh2, dc2 = d_state
     da = {"o": dh2 * tc2 * o * (1 - o)}
-    dc2 = dc2 + dh2 * o * (1 - tc2 ** 2) + da["o"] * p["p_o"]
+    dc2 = dc2 + dh2 * o * (1 - tc2**2) + da["o"] * p["p_o"]
     da["i"] = dc2 * g * i * (1 - i)
     da["f"] = dc2 * c * f * (1 - f)
-    da["g"] = dc2 * i * (1 - g ** 2)
+    da["g"] = dc2 * i * (1 - g**2)
     dc = dc2 * f + da["i"] * p["p_i"] + da["f"] * p["p_f"]
     grads["p_o"] += (da["o"] * c2).sum(0)
     grads["p_i"] += (da["i"] * c).sum(0)
@@ -73,8 +76,10 @@ def lstm_backward(p, cache, d_state, grads):
     return dx, (dh, dc)
 
 
-CELLS = {"RNN": (lambda: nn.RNN(D, H), rnn_forward, rnn_backward, 1),
-         "LSTM": (lambda: nn.LSTM(D, H), lstm_forward, lstm_backward, 2)}
+CELLS = {
+    "RNN": (lambda: nn.RNN(D, H), rnn_forward, rnn_backward, 1),
+    "LSTM": (lambda: nn.LSTM(D, H), lstm_forward, lstm_backward, 2),
+}
 
 
 def numpy_truncated_bptt(kind, params, chunks):
@@ -110,8 +115,11 @@ _RUNNERS: dict = {}
 def runner(kind, how):
     if (kind, how) not in _RUNNERS:
         cell = CELLS[kind][0]()
-        outer = {"hand": cell, "recursor": nn.Recursor(cell),
-                 "sequencer": nn.Sequencer(cell).remember("both")}[how]
+        outer = {
+            "hand": cell,
+            "recursor": nn.Recursor(cell),
+            "sequencer": nn.Sequencer(cell).remember("both"),
+        }[how]
         _RUNNERS[kind, how] = (cell, outer)
     return _RUNNERS[kind, how]
 
@@ -126,9 +134,10 @@ def run_tapernn(kind, how, params, chunks, rho):
         outer.zero_grad_parameters()
         steps = range(start, start + n)
         if how == "sequencer":
-            outs += list(np.array(outer.forward(XS[start:start + n])))
-            gins[start:start + n] = list(np.array(outer.backward(XS[start:start + n],
-                                                                  GS[start:start + n])))
+            outs += list(np.array(outer.forward(XS[start : start + n])))
+            gins[start : start + n] = list(
+                np.array(outer.backward(XS[start : start + n], GS[start : start + n]))
+            )
         else:
             if rho:
                 outer.max_bptt_step(n)
@@ -143,8 +152,9 @@ def run_tapernn(kind, how, params, chunks, rho):
 
 def initial_params(kind):
     rng = np.random.default_rng(11)
-    return {k: rng.uniform(-0.6, 0.6, q.shape)
-            for k, q in CELLS[kind][0]().named_parameters().items()}
+    return {
+        k: rng.uniform(-0.6, 0.6, q.shape) for k, q in CELLS[kind][0]().named_parameters().items()
+    }
 
 
 def test_numpy_forward_matches_the_reference_cell_equations():
@@ -159,10 +169,12 @@ def test_numpy_forward_matches_the_reference_cell_equations():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(kind=st.sampled_from(sorted(CELLS)),
-       how=st.sampled_from(["hand", "recursor", "sequencer"]),
-       chunks=st.lists(st.integers(1, 4), min_size=1, max_size=4),
-       rho=st.booleans())
+@given(
+    kind=st.sampled_from(sorted(CELLS)),
+    how=st.sampled_from(["hand", "recursor", "sequencer"]),
+    chunks=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    rho=st.booleans(),
+)
 def test_random_chunkings_agree_with_numpy_truncated_bptt(kind, how, chunks, rho):
     params = initial_params(kind)
     want = numpy_truncated_bptt(kind, params, chunks)
@@ -173,11 +185,13 @@ def test_random_chunkings_agree_with_numpy_truncated_bptt(kind, how, chunks, rho
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"grad input {t}")
     for c, (a, b) in enumerate(zip(got[2], want[2], strict=True)):
         for k in b:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-12,
-                                       err_msg=f"chunk {c} grad {k}")
+            np.testing.assert_allclose(
+                a[k], b[k], rtol=1e-12, atol=1e-12, err_msg=f"chunk {c} grad {k}"
+            )
 
 
 @pytest.mark.parametrize("how", ["hand", "recursor", "sequencer"])
 def test_the_chunking_of_the_issue_agrees_with_numpy(how):
     test_random_chunkings_agree_with_numpy_truncated_bptt.hypothesis.inner_test(
-        kind="LSTM", how=how, chunks=[5, 4, 5, 3, 7, 3], rho=how != "sequencer")
+        kind="LSTM", how=how, chunks=[5, 4, 5, 3, 7, 3], rho=how != "sequencer"
+    )

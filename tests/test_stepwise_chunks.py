@@ -1,6 +1,7 @@
 """Chunk-by-chunk stepping by hand is truncated BPTT, exactly: a module stepped by hand, the same
 module inside a Recursor, and inside Sequencer(remember='both') give the same outputs, gradInputs
 and parameter gradients over chunks 5, 4, 5, 3, 7, 3 (Element-RNN test `Sequencer`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,9 @@ def wrapped(kind, module, remember="neither"):
     """A pooled Recursor or Sequencer around `module`, forgotten and training."""
     key = (kind, id(module), remember)
     if key not in _POOL:
-        _POOL[key] = (nn.Recursor(module) if kind == "Recursor"
-                      else nn.Sequencer(module).remember(remember))
+        _POOL[key] = (
+            nn.Recursor(module) if kind == "Recursor" else nn.Sequencer(module).remember(remember)
+        )
     return _POOL[key].forget().training().max_bptt_step(None)
 
 
@@ -98,7 +100,7 @@ def by_sequencer(module, xs, gs, as_array):
     seq = wrapped("Sequencer", module, "both")
     outs, gins, pgrads, start = [], [], [], 0
     for n in CHUNKS:
-        x, g = xs[start:start + n], gs[start:start + n]
+        x, g = xs[start : start + n], gs[start : start + n]
         if as_array:
             x, g = np.stack(x), np.stack(g)
         outs += list(copy(seq.forward(x)))
@@ -140,8 +142,11 @@ def test_minimal_reproducer_newest_step_starts_from_zero_gradient(name):
     assert_same(got, copy(ref.backward(xs[2], gs[2])), "step-2 gradInput")
 
 
-@pytest.mark.parametrize("name,rho", [(name, None) for name in MAKERS] + [
-    ("LSTM", "chunk"), ("table", "chunk"), ("RNN", 7), ("GRU", 7)])
+@pytest.mark.parametrize(
+    "name,rho",
+    [(name, None) for name in MAKERS]
+    + [("LSTM", "chunk"), ("table", "chunk"), ("RNN", 7), ("GRU", 7)],
+)
 def test_chunks_by_hand_equal_recursor_and_sequencer(name, rho):
     base = fresh(name)
     xs, gs = data(name)
@@ -177,11 +182,11 @@ def test_chunks_equal_fresh_module_started_from_the_chunk_start_state(name):
         for k, r in enumerate(inner(ref, name)):
             if state is not None:
                 r.set_initial_state(state[k])
-        out = seq.forward(xs[start:start + n])
+        out = seq.forward(xs[start : start + n])
         ref.zero_grad_parameters()
-        gin = seq.backward(xs[start:start + n], gs[start:start + n])
-        assert_same(copy(out), hand[0][start:start + n], f"{name} chunk {c} outputs")
-        assert_same(copy(gin), hand[1][start:start + n], f"{name} chunk {c} gradInputs")
+        gin = seq.backward(xs[start : start + n], gs[start : start + n])
+        assert_same(copy(out), hand[0][start : start + n], f"{name} chunk {c} outputs")
+        assert_same(copy(gin), hand[1][start : start + n], f"{name} chunk {c} gradInputs")
         assert_same([p.grad for p in ref.parameters()], hand[2][c], f"{name} chunk {c} grads")
         # carry on: the next chunk starts where this one ended, parameters updated
         state = [r.get_hidden_state(-1) for r in inner(ref, name)]
@@ -202,7 +207,7 @@ def test_evaluation_chunks_then_training_chunks(name):
     got_rec = [copy(rec.forward(x)) for x in xs]
     got_seq, start = [], 0
     for n in CHUNKS:
-        got_seq += copy(seq.forward(xs[start:start + n]))
+        got_seq += copy(seq.forward(xs[start : start + n]))
         start += n
     for got, label in ((got_hand, "hand"), (got_rec, "Recursor"), (got_seq, "Sequencer")):
         assert_same(got, copy(full), f"{name} evaluation {label}")

@@ -1,5 +1,6 @@
 """One model shared by threads: every call correct (as if run alone) or a StateError, never a
 silent mix; separate models keep running in parallel (no global lock)."""
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,12 @@ def fast_switching():
 
 def model() -> nn.Module:
     tn.manual_seed(0)
-    return nn.Sequential().add(nn.Sequencer(nn.LSTM(3, 5))).add(nn.SelectTable(-1)).add(
-        nn.Linear(5, 2))
+    return (
+        nn.Sequential()
+        .add(nn.Sequencer(nn.LSTM(3, 5)))
+        .add(nn.SelectTable(-1))
+        .add(nn.Linear(5, 2))
+    )
 
 
 def inputs(n: int = 6) -> list[np.ndarray]:
@@ -43,6 +48,7 @@ def hammer(work, n_threads: int = 4) -> list:
             work(i)
         except Exception as e:  # noqa: BLE001  # reported to the test
             errors.append(e)
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
     for t in threads:
         t.start()
@@ -63,6 +69,7 @@ def test_forwards_from_four_threads_equal_serial_results(mode):
             k = (i + r) % len(xs)
             if not np.array_equal(m.forward(xs[k]), expected[k]):
                 wrong.append(k)
+
     assert hammer(work) == [] and wrong == [], f"{len(wrong)} of 160 forwards wrong"
 
 
@@ -86,6 +93,7 @@ def test_forward_backward_pairs_under_locked_equal_serial_results():
                 m.forward(xs[k])
                 if not np.array_equal(m.backward(xs[k], g), serial[k]):
                     wrong.append(k)
+
     assert hammer(work, 3) == [] and wrong == []
     for k, p in m.named_parameters().items():  # each thread accumulated every input's gradient
         np.testing.assert_allclose(p.grad, 3 * total[k], rtol=1e-10, atol=1e-12)
@@ -112,6 +120,7 @@ def test_unlocked_forward_backward_pairs_are_right_or_refused():
                 continue
             if not np.array_equal(got, serial[k]):
                 wrong.append(k)
+
     assert hammer(work) == [] and wrong == [], f"{len(wrong)} backwards silently wrong"
 
 
@@ -123,6 +132,7 @@ def in_thread(fn):
             box["value"] = fn()
         except Exception as e:  # noqa: BLE001
             box["error"] = e
+
     t = threading.Thread(target=run)
     t.start()
     t.join(timeout=60)
@@ -151,8 +161,9 @@ def test_stepping_another_threads_sequence_is_refused_until_forget():
     lstm.forward(x)
 
 
-def blocked_while_held(holder: nn.Module, other: nn.Module, x: np.ndarray,
-                       wait: float = 30.0) -> bool:
+def blocked_while_held(
+    holder: nn.Module, other: nn.Module, x: np.ndarray, wait: float = 30.0
+) -> bool:
     """Whether other.forward(x) in another thread waits (`wait` s) while this thread holds
     holder's lock."""
     done = threading.Event()
@@ -169,7 +180,7 @@ def test_separate_models_are_not_serialised_but_shared_modules_are():
     a, b = model(), model()
     a.forward(x)
     b.forward(x)
-    assert not blocked_while_held(a, b, x)            # no global lock
+    assert not blocked_while_held(a, b, x)  # no global lock
     assert not blocked_while_held(a, copy.deepcopy(a), x)  # a copy has its own lock
     shared = nn.Linear(3, 3)
     t1 = nn.Sequential().add(shared).add(nn.Tanh())

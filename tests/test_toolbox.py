@@ -1,5 +1,6 @@
 """The rest of the Element-RNN toolbox: bidirectional, Repeater, Recursor, masking, lengths,
 hidden-state handoff, rho and constant-memory evaluation."""
+
 import tracemalloc
 
 import numpy as np
@@ -53,8 +54,8 @@ def test_bisequencer_lm_padding_and_gradients():
     x = R.standard_normal((4, 2, D))
     out = lm.forward(x)
     assert out.shape == (4, 2, 2 * H)
-    np.testing.assert_array_equal(out[0, :, :H], 0)       # no past at step 0
-    np.testing.assert_array_equal(out[-1, :, H:], 0)      # no future at the last step
+    np.testing.assert_array_equal(out[0, :, :H], 0)  # no past at step 0
+    np.testing.assert_array_equal(out[-1, :, H:], 0)  # no future at the last step
     f = nn.Sequencer(copy_params(lm.get_fwd(), nn.RNN(D, H))) if hasattr(lm, "get_fwd") else None
     fwd_only = nn.Sequencer(copy_params(lm._children["fwd"], nn.RNN(D, H))).forward(x[:3])
     np.testing.assert_allclose(out[1:, :, :H], fwd_only, rtol=1e-13)
@@ -104,21 +105,23 @@ def test_recursor_steps_any_module_with_bptt():
         lstm_rec.backward(xs[0], np.ones((2, H)))
 
 
-@pytest.mark.parametrize("make", [lambda: nn.LSTM(D, H), lambda: nn.GRU(D, H), lambda: nn.FastLSTM(D, H)])
+@pytest.mark.parametrize(
+    "make", [lambda: nn.LSTM(D, H), lambda: nn.GRU(D, H), lambda: nn.FastLSTM(D, H)]
+)
 def test_mask_zero_left_padded_prefixes(make):
     tn.manual_seed(0)
     seq = nn.Sequencer(make().mask_zero())
     T = 4
     full = R.standard_normal((T, D))
-    x = np.zeros((T, T, D))     # row k: the last k+1 elements of `full`... left-padded
+    x = np.zeros((T, T, D))  # row k: the last k+1 elements of `full`... left-padded
     for k in range(T):
         n = k + 1
-        x[T - n:, k] = full[:n]
+        x[T - n :, k] = full[:n]
     out = seq.forward(x)
     for k in range(T):
         n = k + 1
         np.testing.assert_array_equal(out[: T - n, k], 0)
-        np.testing.assert_allclose(out[T - n:, k], out[:n, T - 1], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(out[T - n :, k], out[:n, T - 1], rtol=1e-12, atol=1e-15)
 
 
 def test_recurrent_rejects_mask_zero():
@@ -140,13 +143,13 @@ def test_lengths_equal_running_each_sequence_alone():
     total = {k: np.zeros_like(p.data) for k, p in cell.named_parameters().items()}
     for b, n in enumerate(lengths):
         alone = nn.Sequencer(copy_params(cell, nn.LSTM(D, H)))
-        o = alone.forward(x[:n, b:b + 1])
-        np.testing.assert_allclose(out[:n, b:b + 1], o, rtol=1e-12, atol=1e-15)
+        o = alone.forward(x[:n, b : b + 1])
+        np.testing.assert_allclose(out[:n, b : b + 1], o, rtol=1e-12, atol=1e-15)
         np.testing.assert_array_equal(out[n:, b], 0)
         np.testing.assert_allclose(final_h[b], o[-1, 0], rtol=1e-12)
         alone.zero_grad_parameters()
-        gi = alone.backward(x[:n, b:b + 1], g[:n, b:b + 1])
-        np.testing.assert_allclose(gx[:n, b:b + 1], gi, rtol=1e-11, atol=1e-14)
+        gi = alone.backward(x[:n, b : b + 1], g[:n, b : b + 1])
+        np.testing.assert_allclose(gx[:n, b : b + 1], gi, rtol=1e-11, atol=1e-14)
         np.testing.assert_array_equal(gx[n:, b], 0)
         for k, p in alone.get(0).named_parameters().items():
             total[k] += p.grad
@@ -185,7 +188,11 @@ def test_encoder_decoder_handoff_gradcheck():
     enc, dec = nn.LSTM(D, H), nn.LSTM(D, H)
     enc_seq, dec_seq = nn.Sequencer(enc), nn.Sequencer(dec)
     head, crit = nn.Sequencer(nn.Linear(H, 2)), nn.MSECriterion()
-    xe, xd, y = R.standard_normal((3, 2, D)), R.standard_normal((2, 2, D)), R.standard_normal((2, 2, 2))
+    xe, xd, y = (
+        R.standard_normal((3, 2, D)),
+        R.standard_normal((2, 2, D)),
+        R.standard_normal((2, 2, 2)),
+    )
 
     def loss_and_grads():
         enc_seq.forward(xe)
@@ -200,7 +207,9 @@ def test_encoder_decoder_handoff_gradcheck():
     for m in (enc, dec, head):
         m.zero_grad_parameters()
     loss_and_grads()
-    analytic_grads = {(id(m), k): p.grad.copy() for m in (enc, dec) for k, p in m.named_parameters().items()}
+    analytic_grads = {
+        (id(m), k): p.grad.copy() for m in (enc, dec) for k, p in m.named_parameters().items()
+    }
     assert np.abs(analytic_grads[(id(enc), "w_xi")]).sum() > 0  # the handoff carried a gradient
     eps = 1e-6
     for module in (enc, dec):
@@ -262,14 +271,15 @@ def test_torch_recurrent_module_matches_its_equations():
     out = nn.Sequencer(rec).forward(xs)
     W_in, b_in = rec._children["input"].weight.data, rec._children["input"].bias.data
     W_fb, b_fb = rec._children["feedback"].weight.data, rec._children["feedback"].bias.data
-    h = np.tanh(xs[0] @ W_in.T + b_in + rec.start.data)      # step 0: the start bias
+    h = np.tanh(xs[0] @ W_in.T + b_in + rec.start.data)  # step 0: the start bias
     expected = [h]
     for x in xs[1:]:
-        h = np.tanh(x @ W_in.T + b_in + h @ W_fb.T + b_fb)   # later steps: merge(input, feedback)
+        h = np.tanh(x @ W_in.T + b_in + h @ W_fb.T + b_fb)  # later steps: merge(input, feedback)
         expected.append(h)
     np.testing.assert_allclose(out, np.stack(expected), rtol=1e-13)
-    assert gradcheck_module(nn.Sequencer(rec), nn.MSECriterion(), xs, R.standard_normal((4, 2, H)),
-                            max_entries=10)
+    assert gradcheck_module(
+        nn.Sequencer(rec), nn.MSECriterion(), xs, R.standard_normal((4, 2, H)), max_entries=10
+    )
 
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])

@@ -1,5 +1,6 @@
 """`tapernn train --loss nce`: the character LM trained by noise-contrastive estimation learns,
 reports the exact (full-softmax) validation perplexity, and resumes exactly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,13 +13,28 @@ from tapernn.apps.trainer import Trainer
 def test_nce_run_learns_and_reports_the_exact_perplexity(tmp_path, capsys):
     text = tmp_path / "words.txt"
     text.write_text(word_text(200), encoding="utf-8")
-    trainer = Trainer(parse("--text", str(text), "--steps", "80", "--lr", "0.02", "--loss", "nce",
-                            "--k", "25", "--sample-len", "20", *TINY))
+    trainer = Trainer(
+        parse(
+            "--text",
+            str(text),
+            "--steps",
+            "80",
+            "--lr",
+            "0.02",
+            "--loss",
+            "nce",
+            "--k",
+            "25",
+            "--sample-len",
+            "20",
+            *TINY,
+        )
+    )
     assert isinstance(trainer.lm.nce, nn.NCEModule) and trainer.lm.nce.k == 25
     assert trainer.fit() == 0
     losses = trainer.losses
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5
-    (step, ppl), = trainer.validation
+    ((step, ppl),) = trainer.validation
     assert step == 80 and ppl < trainer.unigram_ppl
     # the reported perplexity is the full softmax's, computed here from the log-probabilities
     lm = trainer.lm
@@ -39,12 +55,36 @@ def test_nce_resume_equals_an_uninterrupted_run(tmp_path):
     text.write_text(word_text(7), encoding="utf-8")
     runs = {}
     for name, steps in (("a", 12), ("b", 6)):
-        runs[name] = Trainer(parse("--text", str(text), "--steps", str(steps), "--checkpoint",
-                                   str(tmp_path / name), "--loss", "nce", "--k", "5",
-                                   "--sample-len", "0", *TINY))
+        runs[name] = Trainer(
+            parse(
+                "--text",
+                str(text),
+                "--steps",
+                str(steps),
+                "--checkpoint",
+                str(tmp_path / name),
+                "--loss",
+                "nce",
+                "--k",
+                "5",
+                "--sample-len",
+                "0",
+                *TINY,
+            )
+        )
         assert runs[name].fit() == 0
-    resumed = Trainer(parse("--text", str(text), "--steps", "12", "--checkpoint",
-                            str(tmp_path / "b"), "--resume", "--no-progress"))
+    resumed = Trainer(
+        parse(
+            "--text",
+            str(text),
+            "--steps",
+            "12",
+            "--checkpoint",
+            str(tmp_path / "b"),
+            "--resume",
+            "--no-progress",
+        )
+    )
     assert resumed.lm.nce is not None and resumed.fit() == 0
     assert resumed.losses == runs["a"].losses[6:]
     a, b = runs["a"].lm.model.state_dict(), resumed.lm.model.state_dict()

@@ -1,4 +1,5 @@
 """Optimisers, clipping, save/load, float32 models, seeding."""
+
 import numpy as np
 import pytest
 
@@ -12,7 +13,9 @@ def test_sgd_momentum_and_adam_follow_their_formulas():
     opt = tn.optim.SGD([p], lr=0.1, momentum=0.9)
     opt.step()
     opt.step()
-    np.testing.assert_allclose(p.data, [1.0 - 0.1 * 0.5 - 0.1 * 0.95, -2.0 - 0.1 * 0.25 - 0.1 * 0.475])
+    np.testing.assert_allclose(
+        p.data, [1.0 - 0.1 * 0.5 - 0.1 * 0.95, -2.0 - 0.1 * 0.25 - 0.1 * 0.475]
+    )
     q = nn.Parameter(np.array([1.0]))
     q.grad[...] = 2.0
     adam = tn.optim.Adam([q], lr=0.1)
@@ -52,14 +55,18 @@ def test_save_and_load_into(tmp_path):
 
 def test_float32_model_end_to_end():
     tn.manual_seed(0)
-    model = nn.Sequential(nn.Sequencer(nn.LSTM(3, 4)), nn.SelectTable(-1), nn.Linear(4, 2)).astype(np.float32)
-    x = np.random.default_rng(0).standard_normal((5, 2, 3))   # float64 data follows the model
+    model = nn.Sequential(nn.Sequencer(nn.LSTM(3, 4)), nn.SelectTable(-1), nn.Linear(4, 2)).astype(
+        np.float32
+    )
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))  # float64 data follows the model
     out = model.forward(x)
     assert out.dtype == np.float32
     crit = nn.CrossEntropyCriterion().astype(np.float32)
     loss = crit.forward(out, np.array([0, 1]))
     model.backward(x, crit.backward(out, np.array([0, 1])))
-    assert all(p.grad.dtype == np.float32 and p.data.dtype == np.float32 for p in model.parameters())
+    assert all(
+        p.grad.dtype == np.float32 and p.data.dtype == np.float32 for p in model.parameters()
+    )
     ref = nn.Sequential(nn.Sequencer(nn.LSTM(3, 4)), nn.SelectTable(-1), nn.Linear(4, 2))
     ref.load_state_dict({k: v.astype(np.float64) for k, v in model.state_dict().items()})
     np.testing.assert_allclose(out, ref.forward(x), rtol=1e-5, atol=1e-6)
@@ -71,6 +78,7 @@ def test_manual_seed_reproduces_bit_for_bit():
         tn.manual_seed(42)
         m = nn.Sequential(nn.Sequencer(nn.GRU(3, 3)), nn.Sequencer(nn.Dropout(0.5)))
         return m.forward(np.ones((4, 2, 3)))
+
     np.testing.assert_array_equal(run(), run())
 
 

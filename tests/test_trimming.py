@@ -1,5 +1,6 @@
 """TrimZero: NumPy equations, equivalence with MaskZero (1e-12, also around recurrent modules
 and all-padding batches), real trimming (the module sees only the kept rows), errors."""
+
 import numpy as np
 import pytest
 

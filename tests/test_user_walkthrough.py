@@ -1,5 +1,6 @@
 """Defects found by using tapernn as its users do (README, docs, API.md): each test reproduces one
 and checks the fixed behaviour against hand-written NumPy or a run without the feature."""
+
 import numpy as np
 import pytest
 
@@ -17,11 +18,22 @@ def test_recurrent_start_module_is_registered_once_as_start():
     start = nn.Linear(4, 4)
     rnn = nn.Recurrent(start, nn.Linear(3, 4), nn.Linear(4, 4))
     names = list(rnn.named_parameters())
-    assert names == ["start.weight", "start.bias", "input.weight", "input.bias",
-                     "feedback.weight", "feedback.bias"]
+    assert names == [
+        "start.weight",
+        "start.bias",
+        "input.weight",
+        "input.bias",
+        "feedback.weight",
+        "feedback.bias",
+    ]
     assert list(rnn.state_dict()) == names
-    assert [n for n, _ in rnn.named_children()] == ["start", "input", "feedback", "transfer",
-                                                    "merge"]
+    assert [n for n, _ in rnn.named_children()] == [
+        "start",
+        "input",
+        "feedback",
+        "transfer",
+        "merge",
+    ]
     assert sum(m is start for m in rnn.modules()) == 1
     assert rnn.start_module is start
     # the numbers: h0 = σ(start(input(x0))), h1 = σ(input(x1) + feedback(h0))
@@ -31,8 +43,12 @@ def test_recurrent_start_module_is_registered_once_as_start():
     y = seq.forward(x)
     a0 = x[0] @ p["input.weight"].T + p["input.bias"]
     h0 = _sig(a0 @ p["start.weight"].T + p["start.bias"])
-    h1 = _sig(x[1] @ p["input.weight"].T + p["input.bias"]
-              + h0 @ p["feedback.weight"].T + p["feedback.bias"])
+    h1 = _sig(
+        x[1] @ p["input.weight"].T
+        + p["input.bias"]
+        + h0 @ p["feedback.weight"].T
+        + p["feedback.bias"]
+    )
     np.testing.assert_allclose(y, np.stack([h0, h1]), rtol=1e-12)
     # a state_dict round trip into a fresh model reproduces it
     other = nn.Recurrent(nn.Linear(4, 4), nn.Linear(3, 4), nn.Linear(4, 4))
@@ -42,8 +58,9 @@ def test_recurrent_start_module_is_registered_once_as_start():
 
 def _table_module():
     # output is a table [Linear(x), tanh(Linear(x))]
-    return nn.Sequential().add(nn.Linear(3, 4)).add(
-        nn.ConcatTable().add(nn.Identity()).add(nn.Tanh()))
+    return (
+        nn.Sequential().add(nn.Linear(3, 4)).add(nn.ConcatTable().add(nn.Identity()).add(nn.Tanh()))
+    )
 
 
 def test_sequencer_lengths_with_table_outputs():
@@ -83,9 +100,16 @@ def test_sequencer_lengths_masks_rows_of_non_2d_outputs():
     np.testing.assert_array_equal(np.asarray(out), ref)
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda m: nn.Sequencer(m), lambda m: nn.Sequencer(nn.Sequential().add(m).add(nn.Tanh())),
-    lambda m: nn.Recursor(m), lambda m: nn.Repeater(m, 3), lambda m: nn.BiSequencer(m)])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda m: nn.Sequencer(m),
+        lambda m: nn.Sequencer(nn.Sequential().add(m).add(nn.Tanh())),
+        lambda m: nn.Recursor(m),
+        lambda m: nn.Repeater(m, 3),
+        lambda m: nn.BiSequencer(m),
+    ],
+)
 def test_containers_around_a_float32_module_compute_in_float32(wrap):
     model = wrap(nn.LSTM(3, 4).float())
     assert model.dtype == np.float32
@@ -94,15 +118,18 @@ def test_containers_around_a_float32_module_compute_in_float32(wrap):
     y = model.forward(steps)
     leaves = y if isinstance(y, list) else [y]
     assert all(v.dtype == np.float32 for v in leaves)
-    g = model.backward(steps, [np.ones_like(v) for v in y] if isinstance(y, list) else np.ones_like(y))
+    g = model.backward(
+        steps, [np.ones_like(v) for v in y] if isinstance(y, list) else np.ones_like(y)
+    )
     assert all(v.dtype == np.float32 for v in (g if isinstance(g, list) else [g]))
     assert all(p.grad.dtype == np.float32 for p in model.parameters())
     ref = wrap(nn.LSTM(3, 4).float())
     ref.load_state_dict(model.state_dict())
     ref.astype(np.float64)
     y64 = ref.forward(steps)
-    np.testing.assert_allclose(np.stack(leaves), np.stack(y64 if isinstance(y64, list) else [y64]),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(leaves), np.stack(y64 if isinstance(y64, list) else [y64]), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_calling_a_sequencer_takes_lengths_like_forward():

@@ -1,6 +1,7 @@
 """The numba backend's float32 tanh (tapernn/backends/vecmath.py): against float64 NumPy rounded
 to float32 over a dense grid (every float32 magnitude from subnormals to the largest, the
 saturation region), signed zeros, NaN and +-Inf; and the generated loop is vectorised."""
+
 import re
 
 import numpy as np
@@ -31,8 +32,12 @@ def test_float32_tanh_within_one_ulp_of_float64_rounded_to_float32():
     x = _grid()
     c = tn.compile(tn.trace(lambda a: tn.tanh(a) * 1.0, x), backend="numba")
     assert c.report.compiled_kernels == 1 and not c.report.fallbacks  # lowered, not on NumPy
-    assert "np.tanh" not in c.program.fn.__kwdefaults__[
-        next(k for k in c.program.fn.__kwdefaults__ if k.startswith("nk"))].py_func.__code__.co_names
+    assert (
+        "np.tanh"
+        not in c.program.fn.__kwdefaults__[
+            next(k for k in c.program.fn.__kwdefaults__ if k.startswith("nk"))
+        ].py_func.__code__.co_names
+    )
     got = c(x)
     assert got.dtype == np.float32
     want = np.tanh(x.astype(np.float64)).astype(np.float32)
@@ -48,6 +53,7 @@ def test_float32_tanh_within_one_ulp_of_float64_rounded_to_float32():
 
 def test_float32_tanh_loop_is_vectorised(tmp_path, monkeypatch):
     from tapernn.backends import numba_backend
+
     monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path))  # compiled here: inspectable
     monkeypatch.setattr(numba_backend, "_kernels", {})
     x = np.linspace(-3, 3, 64, dtype=np.float32)

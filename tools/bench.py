@@ -3,6 +3,7 @@ NumPy reference, the BLAS matmul rate and optional peers, measured side by side.
 
 Run: python tools/bench.py [--full] [--ablation] [--peers] [--threads 1]
 """
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 Targets: full diagram (DOT build + `dot -Tsvg`) < 30 s; collapsed view < 2 s. Prints, never asserts.
 Usage: python tools/bench_diagrams.py [--steps 100] [--hidden 256] [--format svg]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,22 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="tapernn_bench_"))
     fmt = args.format
     timed("to_dot, op level, both (no rendering)", lambda: tn.to_dot(graph, view="both"))
-    full = timed(f"render op level, both -> .{fmt}",
-                 lambda: tn.render(graph, out / f"full.{fmt}", view="both"))
-    coll = timed(f"render op level, both, collapse=True -> .{fmt}",
-                 lambda: tn.render(graph, out / f"collapsed.{fmt}", view="both", collapse=True))
-    timed(f"render module level, both -> .{fmt}",
-          lambda: tn.render(graph, out / f"module.{fmt}", level="module", view="both"))
-    print(f"targets: full < 30 s ({'ok' if full < 30 else 'MISSED'}), "
-          f"collapsed < 2 s ({'ok' if coll < 2 else 'MISSED'}); files in {out}")
+    full = timed(
+        f"render op level, both -> .{fmt}",
+        lambda: tn.render(graph, out / f"full.{fmt}", view="both"),
+    )
+    coll = timed(
+        f"render op level, both, collapse=True -> .{fmt}",
+        lambda: tn.render(graph, out / f"collapsed.{fmt}", view="both", collapse=True),
+    )
+    timed(
+        f"render module level, both -> .{fmt}",
+        lambda: tn.render(graph, out / f"module.{fmt}", level="module", view="both"),
+    )
+    print(
+        f"targets: full < 30 s ({'ok' if full < 30 else 'MISSED'}), "
+        f"collapsed < 2 s ({'ok' if coll < 2 else 'MISSED'}); files in {out}"
+    )
 
 
 if __name__ == "__main__":

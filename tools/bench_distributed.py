@@ -2,6 +2,7 @@
 and the share of each step spent averaging gradients; then the allreduce of the parameter bytes
 timed with more processes over the network path on one host, to show where adding ranks stops
 paying. Usage: python tools/bench_distributed.py [--steps 20] [--ranks 1,2] [--simulate 2,4,8]"""
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,16 @@ def train_worker(a: argparse.Namespace) -> dict:
     from tapernn.apps.charlm import CharLM
     from tapernn.blas import blas_threads
     from tapernn.nn import FastLSTM
+
     if dist.launched_by_mpi():
         dist.init()
     tn_random.manual_seed(1)
     lm = CharLM(a.vocab, FastLSTM, 1, a.embed, a.hidden)
     dist.broadcast_parameters(lm.parameters())
     lo, hi = dist.shard(a.batch)
-    opt = dist.DistributedOptimizer(optim.Adam(lm.parameters(), lr=1e-3), clip=5.0,
-                                    weight=(hi - lo) / a.batch)
+    opt = dist.DistributedOptimizer(
+        optim.Adam(lm.parameters(), lr=1e-3), clip=5.0, weight=(hi - lo) / a.batch
+    )
     reduce_seconds = [0.0]
     synchronize = opt.synchronize
 
@@ -57,6 +60,7 @@ def train_worker(a: argparse.Namespace) -> dict:
         tick = time.perf_counter()
         synchronize()
         reduce_seconds[0] += time.perf_counter() - tick
+
     opt.synchronize = timed_synchronize
     ids = np.random.default_rng(0).integers(1, a.vocab, size=(a.seq_len + 1, a.batch))
     x, y = ids[:-1, lo:hi].copy(), ids[1:, lo:hi].copy()
@@ -69,15 +73,20 @@ def train_worker(a: argparse.Namespace) -> dict:
         for _ in range(a.steps):
             lm.train_step(x, y, opt, 0)
         seconds = time.perf_counter() - tick
-    return {"n": dist.world_size(), "rows": hi - lo, "step_s": seconds / a.steps,
-            "tokens_per_s": a.seq_len * a.batch * a.steps / seconds,
-            "allreduce_s": reduce_seconds[0] / a.steps,
-            "param_bytes": sum(p.data.nbytes for p in lm.parameters())}
+    return {
+        "n": dist.world_size(),
+        "rows": hi - lo,
+        "step_s": seconds / a.steps,
+        "tokens_per_s": a.seq_len * a.batch * a.steps / seconds,
+        "allreduce_s": reduce_seconds[0] / a.steps,
+        "param_bytes": sum(p.data.nbytes for p in lm.parameters()),
+    }
 
 
 def allreduce_worker(a: argparse.Namespace) -> dict:
     """Time allreduce_gradients on `a.bytes` of float64 gradients laid out like the char LM's."""
     from tapernn.nn import Parameter
+
     dist.init()
     params = [Parameter(np.ones(n)) for n in _split(a.bytes // 8)]
     for _ in range(3):
@@ -94,16 +103,23 @@ def _split(n: int) -> list[int]:  # a few large arrays and a small one, as the L
     return [n // 2, n // 4, n // 4 - n // 64, n // 64]
 
 
-def launch(n: int, a: argparse.Namespace, worker: str, env: dict | None = None,
-           **extra: int) -> dict:
+def launch(
+    n: int, a: argparse.Namespace, worker: str, env: dict | None = None, **extra: int
+) -> dict:
     argv = [sys.executable, __file__, "--worker", worker]
     for key in ("steps", "batch", "seq_len", "hidden", "embed", "vocab"):
         argv += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
     for key, value in extra.items():
         argv += [f"--{key}", str(value)]
     prefix = [] if n == 1 and worker == "train" else dist.launcher_command(n)
-    done = subprocess.run(prefix + argv, capture_output=True, text=True, timeout=1800,
-                          env=dict(os.environ, **(env or {})), check=False)
+    done = subprocess.run(
+        prefix + argv,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, **(env or {})),
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"N={n} {worker} failed:\n{done.stdout}{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -117,40 +133,55 @@ def main() -> None:
             print(json.dumps(result), flush=True)
         return
     ranks = [int(n) for n in a.ranks.split(",")]
-    print(f"char LM: FastLSTM hidden {a.hidden}, embed {a.embed}, vocab {a.vocab}, global batch "
-          f"{a.batch} x seq-len {a.seq_len}, float64, Adam, 1 BLAS thread per rank, "
-          f"{os.cpu_count()} cores\n")
-    print("| N | global batch | rows/rank | step (ms) | tokens/s (job) | allreduce (ms) | "
-          "share of step |")
+    print(
+        f"char LM: FastLSTM hidden {a.hidden}, embed {a.embed}, vocab {a.vocab}, global batch "
+        f"{a.batch} x seq-len {a.seq_len}, float64, Adam, 1 BLAS thread per rank, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        "| N | global batch | rows/rank | step (ms) | tokens/s (job) | allreduce (ms) | "
+        "share of step |"
+    )
     print("|---|---|---|---|---|---|---|")
     param_bytes = 0
     for n in ranks:  # the same global batch split N ways, then B rows on every rank
         for batch in dict.fromkeys([a.batch, a.batch * n]):
             r = launch(n, argparse.Namespace(**{**vars(a), "batch": batch}), "train")
             param_bytes = r["param_bytes"]
-            print(f"| {n} | {batch} | {r['rows']} | {r['step_s'] * 1e3:.1f} | "
-                  f"{r['tokens_per_s']:,.0f} | {r['allreduce_s'] * 1e3:.2f} | "
-                  f"{r['allreduce_s'] / r['step_s']:.1%} |")
+            print(
+                f"| {n} | {batch} | {r['rows']} | {r['step_s'] * 1e3:.1f} | "
+                f"{r['tokens_per_s']:,.0f} | {r['allreduce_s'] * 1e3:.2f} | "
+                f"{r['allreduce_s'] / r['step_s']:.1%} |"
+            )
     print(f"\nparameter bytes = bytes each rank sends and receives per step: {param_bytes:,}")
-    print("\nallreduce of those bytes with N processes on one host, network path "
-          "(MPIR_CVAR_NOLOCAL=1: loopback, not shared memory); predicted step = compute of "
-          "B/N rows on one process + allreduce:\n")
-    print("| N | allreduce (ms) | compute B/N rows (ms) | tokens/s, global batch B | "
-          "tokens/s, B rows per rank |")
+    print(
+        "\nallreduce of those bytes with N processes on one host, network path "
+        "(MPIR_CVAR_NOLOCAL=1: loopback, not shared memory); predicted step = compute of "
+        "B/N rows on one process + allreduce:\n"
+    )
+    print(
+        "| N | allreduce (ms) | compute B/N rows (ms) | tokens/s, global batch B | "
+        "tokens/s, B rows per rank |"
+    )
     print("|---|---|---|---|---|")
     one = launch(1, a, "train")
-    print(f"| 1 | 0 | {one['step_s'] * 1e3:.1f} | {one['tokens_per_s']:,.0f} (1.00x) | "
-          f"{one['tokens_per_s']:,.0f} (1.00x) |")
+    print(
+        f"| 1 | 0 | {one['step_s'] * 1e3:.1f} | {one['tokens_per_s']:,.0f} (1.00x) | "
+        f"{one['tokens_per_s']:,.0f} (1.00x) |"
+    )
     for n in [int(n) for n in a.simulate.split(",")]:
-        reduce_s = launch(n, a, "allreduce", env={"MPIR_CVAR_NOLOCAL": "1"},
-                          bytes=param_bytes)["allreduce_s"]
+        reduce_s = launch(n, a, "allreduce", env={"MPIR_CVAR_NOLOCAL": "1"}, bytes=param_bytes)[
+            "allreduce_s"
+        ]
         shard = argparse.Namespace(**{**vars(a), "batch": max(a.batch // n, 1)})
         compute_s = launch(1, shard, "train")["step_s"]
         strong = a.seq_len * a.batch / (compute_s + reduce_s)
         weak = n * a.seq_len * a.batch / (one["step_s"] + reduce_s)
-        print(f"| {n} | {reduce_s * 1e3:.2f} | {compute_s * 1e3:.1f} | {strong:,.0f} "
-              f"({strong / one['tokens_per_s']:.2f}x) | {weak:,.0f} "
-              f"({weak / one['tokens_per_s']:.2f}x) |")
+        print(
+            f"| {n} | {reduce_s * 1e3:.2f} | {compute_s * 1e3:.1f} | {strong:,.0f} "
+            f"({strong / one['tokens_per_s']:.2f}x) | {weak:,.0f} "
+            f"({weak / one['tokens_per_s']:.2f}x) |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ suite runs 200), each failing cell printed as source for tests/test_regressions_
 Run: python tools/fuzz_cells.py [--cases 5000] [--seed 0] [--max-failures 20]
 Exit status 1 if any case failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2000, help="cases to run (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--max-failures", type=int, default=20,
-                        help="stop after this many failures (default 20)")
+    parser.add_argument(
+        "--max-failures", type=int, default=20, help="stop after this many failures (default 20)"
+    )
     args = parser.parse_args(argv)
     failures, start = [], time.perf_counter()
     for k, seed in enumerate(range(args.seed, args.seed + args.cases)):
@@ -53,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             if len(failures) >= args.max_failures:
                 break
         if (k + 1) % 100 == 0:
-            print(f"{k + 1} cases, {len(failures)} failed, {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{k + 1} cases, {len(failures)} failed, {time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"{k + 1} cases from seed {args.seed}: {len(failures)} failed {failures}")
     return 1 if failures else 0
 

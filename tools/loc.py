@@ -4,6 +4,7 @@ optimisation tier (passes, region planner) and the rest. Counts non-blank, non-c
 
 Run: python tools/loc.py [checkout]   (default: this checkout)
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,11 @@ PARTS = [
     ("kernel", "IR", ["graph.py", "ops/registry.py", "ops/indexing.py", "ops/__init__.py"]),
     ("kernel", "errors", ["errors.py"]),
     ("kernel", "tracing", ["tracing.py", "functional.py"]),
-    ("kernel", "ops", ["ops/elementwise.py", "ops/reduce.py", "ops/shape.py", "ops/linalg.py",
-                       "ops/nn.py"]),
+    (
+        "kernel",
+        "ops",
+        ["ops/elementwise.py", "ops/reduce.py", "ops/shape.py", "ops/linalg.py", "ops/nn.py"],
+    ),
     ("kernel", "autodiff", ["autodiff.py"]),
     ("kernel", "driver", ["passes/driver.py", "passes/dce.py"]),
     ("kernel", "plain planner", ["memory.py"]),
@@ -46,8 +50,11 @@ PARTS = [
 
 
 def code_lines(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.strip().startswith("#"))
+    return sum(
+        1
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
 
 
 def count(root: Path) -> list[tuple[str, str, int, list[str]]]:
@@ -57,8 +64,14 @@ def count(root: Path) -> list[tuple[str, str, int, list[str]]]:
     for tier, part, patterns in PARTS:
         files = [f for p in patterns for f in sorted(pkg.glob(p)) if f.exists() and f not in seen]
         seen.update(files)
-        rows.append((tier, part, sum(code_lines(f) for f in files),
-                     [str(f.relative_to(pkg)) for f in files]))
+        rows.append(
+            (
+                tier,
+                part,
+                sum(code_lines(f) for f in files),
+                [str(f.relative_to(pkg)) for f in files],
+            )
+        )
     return rows
 
 

@@ -2,6 +2,7 @@
 
 Usage: python tools/update_goldens.py [--check]   (--check: report differences, write nothing)
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,7 @@
 """The character language model behind `tapernn train`: LookupTable -> Sequencer(stack of cells)
 (or a stack of SeqLSTM / SeqGRU tensor modules) -> Sequencer(Linear) giving (T, B, V) logits; its training step, validation perplexity, unigram
 baseline, sampling, and the remembered state that truncated BPTT carries across batches."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,14 @@ import numpy as np
 
 from .. import nn, optim
 
-BUILTIN_CELLS = {"lstm": nn.LSTM, "fastlstm": nn.FastLSTM, "gru": nn.GRU, "rnn": nn.RNN,
-                 "seqlstm": nn.SeqLSTM, "seqgru": nn.SeqGRU}
+BUILTIN_CELLS = {
+    "lstm": nn.LSTM,
+    "fastlstm": nn.FastLSTM,
+    "gru": nn.GRU,
+    "rnn": nn.RNN,
+    "seqlstm": nn.SeqLSTM,
+    "seqgru": nn.SeqGRU,
+}
 
 
 class CellSpecError(ValueError):
@@ -26,13 +33,15 @@ def resolve_cell(spec: str) -> type:
         return builtin
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
-        raise CellSpecError(f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn, seqlstm, "
-                            f"seqgru or module:Class")
+        raise CellSpecError(
+            f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn, seqlstm, seqgru or module:Class"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001  # any import-time failure of user code is a bad --cell, not a crash
-        raise CellSpecError(f"cannot import {module_name!r} for --cell {spec}: "
-                            f"{type(e).__name__}: {e}") from None
+        raise CellSpecError(
+            f"cannot import {module_name!r} for --cell {spec}: {type(e).__name__}: {e}"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise CellSpecError(f"module {module_name!r} has no {class_name!r} (--cell {spec})")
@@ -62,21 +71,35 @@ class CharLM:
     (SequencerCriterion(CrossEntropyCriterion(), size_average=True)).
     """
 
-    def __init__(self, vocab_size: int, cell: type, layers: int, embed: int, hidden: int,
-                 dropout: float = 0.0, remember: bool = True, dtype: str = "float64"):
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: type,
+        layers: int,
+        embed: int,
+        hidden: int,
+        dropout: float = 0.0,
+        remember: bool = True,
+        dtype: str = "float64",
+    ):
         tensor_modules = issubclass(cell, nn.Sequencer)  # SeqLSTM, SeqGRU: no Sequencer around
         stack = SeqStack() if tensor_modules else nn.Sequential()
         for layer in range(layers):
             try:
                 stack.add(cell(embed if layer == 0 else hidden, hidden))
             except TypeError as e:
-                raise CellSpecError(f"{cell.__name__}(input_size, hidden_size) failed: {e}") from None
+                raise CellSpecError(
+                    f"{cell.__name__}(input_size, hidden_size) failed: {e}"
+                ) from None
             if dropout > 0:  # Zaremba et al.: dropout on the non-recurrent connections only
                 stack.add(nn.Dropout(dropout))
         self.recurrent = stack if tensor_modules else nn.Sequencer(stack)
         self.recurrent.remember("both" if remember else "neither")
-        self.model = nn.Sequential(nn.LookupTable(vocab_size, embed), self.recurrent,
-                                   nn.Sequencer(nn.Linear(hidden, vocab_size)))
+        self.model = nn.Sequential(
+            nn.LookupTable(vocab_size, embed),
+            self.recurrent,
+            nn.Sequencer(nn.Linear(hidden, vocab_size)),
+        )
         self.criterion = nn.SequencerCriterion(nn.CrossEntropyCriterion(), size_average=True)
         self.model.astype(dtype)
         self.criterion.astype(dtype)
@@ -112,8 +135,9 @@ class CharLM:
     def n_parameters(self) -> int:
         return sum(p.data.size for p in self.parameters())
 
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, optimizer: optim.Optimizer,
-                   clip: float) -> float:
+    def train_step(
+        self, inputs: np.ndarray, targets: np.ndarray, optimizer: optim.Optimizer, clip: float
+    ) -> float:
         """One truncated-BPTT update on a (T, B) chunk; returns the mean NLL before the update."""
         self.model.zero_grad_parameters()
         x = self._input(inputs, targets)
@@ -126,8 +150,12 @@ class CharLM:
         optimizer.step()
         return float(loss)
 
-    def mean_nll(self, inputs: np.ndarray, targets: np.ndarray,
-                 should_stop: Callable[[], bool] = lambda: False) -> float:
+    def mean_nll(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> float:
         """Mean per-token NLL over (n, T, B) chunks in evaluation mode (state carried across
         chunks when remembering). Leaves the model in training mode with its state forgotten."""
         self.model.evaluate()
@@ -143,8 +171,9 @@ class CharLM:
             self.model.training()
         return total / max(n, 1)
 
-    def sample(self, prime: list[int], length: int, temperature: float,
-               rng: np.random.Generator) -> list[int]:
+    def sample(
+        self, prime: list[int], length: int, temperature: float, rng: np.random.Generator
+    ) -> list[int]:
         """Feed `prime` one id at a time, then draw `length` ids from softmax(logits / T).
 
         <unk> (id 0) is never drawn. Uses `rng` only, so sampling never shifts the training
@@ -195,6 +224,7 @@ class TokenRows(nn.Module):
 
     def build(self, xs: list):
         from .. import functional as F
+
         h, y = xs
         T, B = y.shape
         out = self._children["0"]([F.reshape(h, (T * B, h.shape[-1])), F.reshape(y, (T * B,))])

@@ -9,6 +9,7 @@ A crash at any point leaves CURRENT naming either the previous complete generati
 one; older generations are removed only after the switch. `load_checkpoint` checks every file
 against the manifest and refuses, naming the file, a checkpoint whose parts disagree.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,6 +46,7 @@ class CheckpointError(StateError):
 class Checkpoint:
     """What `load_checkpoint` read and verified: `config` (the `info` given to save_checkpoint,
     plus format, rng, states), and the arrays of the model, optimizer and remembered states."""
+
     path: Path  # the generation directory (or, for a legacy checkpoint, DIR itself)
     config: dict
     model: dict[str, np.ndarray]
@@ -65,8 +67,9 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CheckpointError(f"checkpoint directory {os.fspath(directory)!r} is not writable: "
-                              f"{e.strerror or e}") from None
+        raise CheckpointError(
+            f"checkpoint directory {os.fspath(directory)!r} is not writable: {e.strerror or e}"
+        ) from None
     return path
 
 
@@ -79,21 +82,29 @@ def save_checkpoint(directory: str | os.PathLike, lm: Any, optimizer: Any, info:
     Returns the generation directory. One writer per directory at a time."""
     path = Path(directory)
     states = lm.remembered_states()
-    arrays = {f"cell{k}.{j}": a for k, st in enumerate(states) if st is not None
-              for j, a in enumerate(st)}
-    config = dict(info, format=FORMAT, rng=tn_random.generator().bit_generator.state,
-                  states=[None if st is None else len(st) for st in states])
+    arrays = {
+        f"cell{k}.{j}": a for k, st in enumerate(states) if st is not None for j, a in enumerate(st)
+    }
+    config = dict(
+        info,
+        format=FORMAT,
+        rng=tn_random.generator().bit_generator.state,
+        states=[None if st is None else len(st) for st in states],
+    )
     model = lm.model.state_dict()
     check_arrays(model, f"checkpoint {os.fspath(path)!r} (not saved)")
-    blobs = {"model.npz": _npz_bytes(model),
-             "optimizer.npz": _npz_bytes(optimizer.state_dict()),
-             "states.npz": _npz_bytes(arrays),
-             "config.json": json.dumps(config, indent=1).encode()}
+    blobs = {
+        "model.npz": _npz_bytes(model),
+        "optimizer.npz": _npz_bytes(optimizer.state_dict()),
+        "states.npz": _npz_bytes(arrays),
+        "config.json": json.dumps(config, indent=1).encode(),
+    }
     try:
         return _write_generation(path, blobs, int(info["step"]))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint to {os.fspath(path)!r}: "
-                              f"{e.strerror or e}") from None
+        raise CheckpointError(
+            f"cannot write checkpoint to {os.fspath(path)!r}: {e.strerror or e}"
+        ) from None
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -110,9 +121,14 @@ def _write_generation(path: Path, blobs: dict[str, bytes], step: int) -> Path:
     crash_point()
     for name, blob in blobs.items():
         write_file(gen / name, lambda f, blob=blob: f.write(blob))
-    manifest = {"format": FORMAT, "step": step,
-                "files": {name: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
-                          for name, blob in blobs.items()}}
+    manifest = {
+        "format": FORMAT,
+        "step": step,
+        "files": {
+            name: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+            for name, blob in blobs.items()
+        },
+    }
     write_file(gen / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     fsync_dir(gen)  # the generation is complete on disk before anything points at it
     fsync_dir(path)
@@ -159,13 +175,16 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     if not pointer.is_file():
         if (path / "config.json").is_file():
             return _load_legacy(path)
-        raise CheckpointError(f"no checkpoint to resume in {os.fspath(directory)!r} "
-                              f"({POINTER} is missing)")
+        raise CheckpointError(
+            f"no checkpoint to resume in {os.fspath(directory)!r} ({POINTER} is missing)"
+        )
     name = _read(pointer).decode("utf-8", "replace").strip()
     gen = path / name
     if not _GENERATION.match(name) or not gen.is_dir():
-        raise CheckpointError(f"{os.fspath(pointer)!r} names {name!r}, which is not a "
-                              f"generation directory of this checkpoint")
+        raise CheckpointError(
+            f"{os.fspath(pointer)!r} names {name!r}, which is not a "
+            f"generation directory of this checkpoint"
+        )
     manifest = _json(gen / MANIFEST)
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{os.fspath(gen / MANIFEST)!r} is not a tapernn checkpoint manifest")
@@ -174,9 +193,11 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         blobs[file] = _verified(gen / file, manifest["files"].get(file))
     config = _json(gen / "config.json", blobs["config.json"])
     if config.get("step") != manifest.get("step"):
-        raise CheckpointError(f"{os.fspath(gen / 'config.json')!r} is at step {config.get('step')}"
-                              f" but the manifest says step {manifest.get('step')}; refusing a "
-                              f"checkpoint whose parts disagree")
+        raise CheckpointError(
+            f"{os.fspath(gen / 'config.json')!r} is at step {config.get('step')}"
+            f" but the manifest says step {manifest.get('step')}; refusing a "
+            f"checkpoint whose parts disagree"
+        )
     return _assemble(gen, config, legacy=False)
 
 
@@ -185,17 +206,20 @@ def _verified(file: Path, entry: Any) -> bytes:
         raise CheckpointError(f"{os.fspath(file)!r} is not listed in the manifest")
     blob = _read(file)
     if len(blob) != entry.get("bytes") or hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
-        raise CheckpointError(f"{os.fspath(file)!r} does not match the checkpoint's manifest "
-                              f"({len(blob)} bytes, manifest says {entry.get('bytes')}; sha256 "
-                              f"differs): it was changed or damaged; refusing to resume from it")
+        raise CheckpointError(
+            f"{os.fspath(file)!r} does not match the checkpoint's manifest "
+            f"({len(blob)} bytes, manifest says {entry.get('bytes')}; sha256 "
+            f"differs): it was changed or damaged; refusing to resume from it"
+        )
     return blob
 
 
 def _load_legacy(path: Path) -> Checkpoint:
     config = _json(path / "config.json")
     if config.get("format") != LEGACY_FORMAT:
-        raise CheckpointError(f"{os.fspath(path / 'config.json')!r} is not a tapernn train "
-                              f"checkpoint")
+        raise CheckpointError(
+            f"{os.fspath(path / 'config.json')!r} is not a tapernn train checkpoint"
+        )
     return _assemble(path, config, legacy=True)
 
 
@@ -240,14 +264,21 @@ def restore_checkpoint(checkpoint: Checkpoint, lm: Any, optimizer: Any) -> None:
     try:
         lm.model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
-        states = [None if n is None else tuple(checkpoint.states[f"cell{k}.{j}"] for j in range(n))
-                  for k, n in enumerate(config["states"])]
+        states = [
+            None if n is None else tuple(checkpoint.states[f"cell{k}.{j}"] for j in range(n))
+            for k, n in enumerate(config["states"])
+        ]
     except Exception as e:  # noqa: BLE001  # a checkpoint of another model: one line
-        raise CheckpointError(f"cannot restore checkpoint from {os.fspath(checkpoint.path)!r}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointError(
+            f"cannot restore checkpoint from {os.fspath(checkpoint.path)!r}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     lm.restore_states(states)
     tn_random.generator().bit_generator.state = config["rng"]
     if checkpoint.legacy:
-        print(f"note: {os.fspath(checkpoint.path)!r} was written by an older tapernn without a "
-              f"manifest, so its files cannot be checked against each other; the next save "
-              f"rewrites it in the current format", file=sys.stderr)
+        print(
+            f"note: {os.fspath(checkpoint.path)!r} was written by an older tapernn without a "
+            f"manifest, so its files cannot be checked against each other; the next save "
+            f"rewrites it in the current format",
+            file=sys.stderr,
+        )

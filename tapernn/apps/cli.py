@@ -1,5 +1,6 @@
 """The `tapernn` command (also `python -m tapernn`): demo, train, graph, inspect, bench.
 Errors in arguments or files print one line and exit with code 2; a closed pipe exits quietly."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from .command_line import OneLineArgumentParser
 
 def _demo(args: argparse.Namespace) -> int:
     from . import tutorial
+
     acceptor = tutorial.main()
     if args.diagram:
         try:
@@ -30,6 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from .. import random as tn_random
     from .models import build_model
+
     tn_random.manual_seed(args.seed)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
     if args.dtype == "float32":
@@ -46,14 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     from . import train as train_command
 
     parser = OneLineArgumentParser(
-        prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff.")
+        prog="tapernn", description="Torch7's rnn library on a graph-compiling NumPy autodiff."
+    )
     from .. import __version__
+
     parser.add_argument("--version", action="version", version=f"tapernn {__version__}")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = subs.add_parser("demo", help="the Element-RNN tutorial, step by step")
-    demo.add_argument("--diagram", default="acceptor.svg",
-                      help="where to write the acceptor's unrolled diagram ('' to skip)")
+    demo.add_argument(
+        "--diagram",
+        default="acceptor.svg",
+        help="where to write the acceptor's unrolled diagram ('' to skip)",
+    )
     demo.set_defaults(run=_demo)
 
     train = subs.add_parser("train", help="train a character-level LSTM language model")
@@ -65,14 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     graph.set_defaults(run=export_cli.run)
 
     inspect = subs.add_parser("inspect", help="print a model's compile report")
-    inspect.add_argument("--model", default="lstm",
-                         help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
-                              "or path.to.module:factory")
+    inspect.add_argument(
+        "--model",
+        default="lstm",
+        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
+        "or path.to.module:factory",
+    )
     inspect.add_argument("--steps", type=_positive, default=10, help="timesteps to unroll")
     inspect.add_argument("--batch", type=_positive, default=4, help="batch size")
     inspect.add_argument("--hidden", type=_positive, default=32, help="feature/hidden size")
-    inspect.add_argument("--dtype", choices=("float32", "float64"), default="float64",
-                         help="floating-point type of parameters and data")
+    inspect.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="floating-point type of parameters and data",
+    )
     inspect.add_argument("--seed", type=int, default=0, help="seed of the library generator")
     inspect.set_defaults(run=_inspect)
 

@@ -1,4 +1,5 @@
 """Argument parsing shared by the `tapernn` commands (the CLI and its subcommand modules)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,12 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or "default" in text or action.default is argparse.SUPPRESS
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
             return text
         if action.nargs == 0:  # a flag
             default = "on" if action.default else "off"

@@ -2,6 +2,7 @@
 broadcast, gradient averaging in a few large buckets with non-blocking allreduce, a
 DistributedOptimizer, collectives that time out instead of hanging, and abort-on-error.
 Application layer: nothing in the core imports it, and it imports mpi4py only in `init()`."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait: above any step, evalua
 BUCKET_BYTES = 256 * 1024  # gradient arrays below this are packed together into one bucket
 # what MPI launchers (mpiexec/mpirun of MPICH, Intel MPI, Open MPI, MVAPICH; srun's PMI/PMIx
 # plugins) put in each process's environment
-_LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
-                       "MV2_COMM_WORLD_SIZE")
+_LAUNCHER_VARIABLES = (
+    "PMI_RANK",
+    "PMI_SIZE",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+)
 
 
 class DistributedError(TapernnError, RuntimeError):
@@ -64,7 +70,8 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> Any:
         except ImportError as e:
             raise DistributedError(
                 f"distributed training needs mpi4py and an MPI library, which are not installed "
-                f"({e}); install them with {MPI_EXTRA}") from None
+                f"({e}); install them with {MPI_EXTRA}"
+            ) from None
         _group.comm = MPI.COMM_WORLD
         if abort_on_error and _group.comm.Get_size() > 1:
             sys.excepthook = _abort_excepthook
@@ -74,7 +81,8 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> Any:
             timeout = float(env) if env else _group.timeout
         except ValueError:
             raise DistributedError(
-                f"${TIMEOUT_ENV} must be a number of seconds, got {env!r}") from None
+                f"${TIMEOUT_ENV} must be a number of seconds, got {env!r}"
+            ) from None
     if not timeout > 0:
         raise DistributedError(f"the collective timeout must be positive, got {timeout}")
     _group.timeout = float(timeout)
@@ -103,14 +111,17 @@ def shard(n: int, of_rank: int | None = None, size: int | None = None) -> tuple[
     r = rank() if of_rank is None else of_rank
     size = world_size() if size is None else size
     if not (n >= 0 and size >= 1 and 0 <= r < size):
-        raise DistributedError(f"shard: expected n >= 0 rows and a rank in 0..size-1, got n={n}, "
-                               f"rank {r} of size {size}")
+        raise DistributedError(
+            f"shard: expected n >= 0 rows and a rank in 0..size-1, got n={n}, "
+            f"rank {r} of size {size}"
+        )
     base, extra = divmod(n, size)
     lo = r * base + min(r, extra)
     return lo, lo + base + (r < extra)
 
 
 # ---- waiting with a deadline -------------------------------------------------------------------
+
 
 def wait(requests: Sequence[Any], what: str) -> None:
     """Complete non-blocking `requests`, raising CollectiveTimeout after the group's timeout.
@@ -120,6 +131,7 @@ def wait(requests: Sequence[Any], what: str) -> None:
     if not requests:
         return
     from mpi4py import MPI
+
     deadline = time.monotonic() + _group.timeout
     pause = 1e-5
     while not MPI.Request.Testall(list(requests)):
@@ -127,7 +139,8 @@ def wait(requests: Sequence[Any], what: str) -> None:
             raise CollectiveTimeout(
                 f"rank {rank()}: no reply from the other ranks within {_group.timeout:g} s while "
                 f"{what}; a rank has died, hangs, or took another path (raise ${TIMEOUT_ENV} if a "
-                f"step, evaluation or checkpoint legitimately takes longer)")
+                f"step, evaluation or checkpoint legitimately takes longer)"
+            )
         time.sleep(pause)
         pause = min(pause * 2, 1e-3)
 
@@ -144,17 +157,21 @@ def abort(message: str, code: int = 1) -> None:
 def _abort_excepthook(kind: type, value: BaseException, tb: Any) -> None:
     traceback.print_exception(kind, value, tb)
     sys.stderr.flush()
-    abort(f"uncaught {kind.__name__}; aborting the job so no rank waits forever",
-          130 if issubclass(kind, KeyboardInterrupt) else 1)
+    abort(
+        f"uncaught {kind.__name__}; aborting the job so no rank waits forever",
+        130 if issubclass(kind, KeyboardInterrupt) else 1,
+    )
 
 
 # ---- small collectives --------------------------------------------------------------------
+
 
 def allreduce_values(values: Iterable[float], what: str = "combining values") -> np.ndarray:
     """Sum a few float64 values over all ranks (losses, counts, flags)."""
     buf = np.array(list(values), dtype=np.float64)
     if world_size() > 1:
         from mpi4py import MPI
+
         wait([_comm().Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)], what)
     return buf
 
@@ -167,8 +184,11 @@ def broadcast_object(obj: Any, root: int = 0, what: str = "broadcasting") -> Any
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if rank() == root else b""
     size = np.array([len(data)], dtype=np.int64)
     wait([comm.Ibcast(size, root=root)], what)
-    buf = np.frombuffer(data, dtype=np.uint8).copy() if rank() == root else np.empty(
-        int(size[0]), dtype=np.uint8)
+    buf = (
+        np.frombuffer(data, dtype=np.uint8).copy()
+        if rank() == root
+        else np.empty(int(size[0]), dtype=np.uint8)
+    )
     wait([comm.Ibcast(buf, root=root)], what)
     return obj if rank() == root else pickle.loads(buf.tobytes())
 
@@ -184,10 +204,11 @@ def allgather_object(obj: Any, what: str = "gathering") -> list[Any]:
     out = np.empty(int(sizes.sum()), dtype=np.uint8)
     wait([comm.Iallgatherv(data, [out, sizes.tolist()])], what)
     ends = np.cumsum(sizes)
-    return [pickle.loads(out[e - s:e].tobytes()) for s, e in zip(sizes, ends)]
+    return [pickle.loads(out[e - s : e].tobytes()) for s, e in zip(sizes, ends)]
 
 
 # ---- parameters and gradients -------------------------------------------------------------
+
 
 def _parameters(model_or_params: Any) -> list:
     if hasattr(model_or_params, "parameters"):
@@ -206,6 +227,7 @@ class Bucket:
 
     def start(self, comm: Any, op: Any) -> Any:
         from mpi4py import MPI
+
         if self.in_place:
             return comm.Iallreduce(MPI.IN_PLACE, self.arrays[0], op=op)
         self.buffer = np.concatenate([a.ravel() for a in self.arrays])
@@ -216,7 +238,7 @@ class Bucket:
             return
         at = 0
         for a in self.arrays:
-            a[...] = self.buffer[at:at + a.size].reshape(a.shape)
+            a[...] = self.buffer[at : at + a.size].reshape(a.shape)
             at += a.size
         del self.buffer
 
@@ -249,8 +271,9 @@ def broadcast_parameters(model_or_params: Any, root: int = 0) -> None:
             a[...] = s
 
 
-def allreduce_gradients(model_or_params: Any, weight: float | None = None,
-                        bucket_bytes: int = BUCKET_BYTES) -> None:
+def allreduce_gradients(
+    model_or_params: Any, weight: float | None = None, bucket_bytes: int = BUCKET_BYTES
+) -> None:
     """Replace every parameter's `.grad` by the weighted sum over ranks, sum_r weight_r grad_r.
 
     `weight` (this rank's share) defaults to 1 / world_size(), the average; a rank training on
@@ -266,6 +289,7 @@ def allreduce_gradients(model_or_params: Any, weight: float | None = None,
     if world_size() == 1:
         return
     from mpi4py import MPI
+
     comm = _comm()
     buckets = plan_buckets(params, bucket_bytes)
     requests = [b.start(comm, MPI.SUM) for b in buckets]
@@ -284,8 +308,13 @@ class DistributedOptimizer:
     `hvd.DistributedOptimizer`.
     """
 
-    def __init__(self, optimizer: optim.Optimizer, clip: float = 0.0, weight: float | None = None,
-                 bucket_bytes: int = BUCKET_BYTES):
+    def __init__(
+        self,
+        optimizer: optim.Optimizer,
+        clip: float = 0.0,
+        weight: float | None = None,
+        bucket_bytes: int = BUCKET_BYTES,
+    ):
         self.optimizer = optimizer
         self.clip = float(clip)
         self.weight = weight
@@ -307,6 +336,7 @@ class DistributedOptimizer:
 def find_mpiexec(name: str = "mpiexec") -> str | None:
     """`name` on PATH, else beside this interpreter (where the `mpich` wheel installs it)."""
     import shutil
+
     found = shutil.which(name)
     if found is None:
         beside = os.path.join(os.path.dirname(sys.executable), name)
@@ -318,10 +348,12 @@ def launcher_command(n: int, mpiexec: str = "mpiexec") -> list[str]:
     """`mpiexec -n N` with the flag the installed MPI needs to start more ranks than cores:
     Open MPI refuses without --oversubscribe; MPICH's Hydra (the `mpich` wheel) needs none."""
     import subprocess
+
     path = find_mpiexec(mpiexec)
     if path is None:
         raise DistributedError(f"no {mpiexec!r} on PATH; install an MPI with {MPI_EXTRA}")
-    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False)
+    version = subprocess.run(
+        [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
     is_open_mpi = "open mpi" in (version.stdout + version.stderr).lower()
     return [path, "-n", str(n)] + (["--oversubscribe"] if is_open_mpi else [])

@@ -1,6 +1,7 @@
 """`mpiexec -n N tapernn train ...`: the char-LM trainer on N MPI ranks. Each rank trains on its
 slice of the B batch streams, gradients are averaged so N ranks equal one process on B rows, and
 rank 0 alone logs, samples and writes checkpoints (which hold all B rows: resume under any N)."""
+
 from __future__ import annotations
 
 import argparse
@@ -110,21 +111,33 @@ class DistributedTrainer(Trainer):
         if leader:  # rank 0 alone reads the checkpoint: it need not be on a shared file system
             trainer, failure = _build(cls, args, args.checkpoint)
         failure, options = dist.broadcast_object(
-            (failure, None if trainer is None else trainer.options), what="starting up")
+            (failure, None if trainer is None else trainer.options), what="starting up"
+        )
         if failure is None and options["batch"] < dist.world_size():
             n = dist.world_size()
-            failure = (2, (f"--batch {options['batch']} gives fewer streams than the {n} ranks; "
-                          f"use --batch {n} or more"))
+            failure = (
+                2,
+                (
+                    f"--batch {options['batch']} gives fewer streams than the {n} ranks; "
+                    f"use --batch {n} or more"
+                ),
+            )
         if failure is not None:
             return _report(failure)
         if not leader:
             trainer, failure = _build(cls, _follower_args(args, options), args.checkpoint)
         reports = dist.allgather_object(
-            (failure, None if trainer is None else trainer.text_digest), what="starting up")
+            (failure, None if trainer is None else trainer.text_digest), what="starting up"
+        )
         for r, (fail, digest) in enumerate(reports):
             if fail is None and digest != reports[0][1]:
-                fail = (2, ("the training text differs from rank 0's (every host must read the "
-                           "same file)"))
+                fail = (
+                    2,
+                    (
+                        "the training text differs from rank 0's (every host must read the "
+                        "same file)"
+                    ),
+                )
             if fail is not None:
                 return _report(fail, r)
         trainer._synchronize_start()
@@ -140,19 +153,30 @@ class DistributedTrainer(Trainer):
         then each rank keeps its own rows of the batch streams and of the remembered state."""
         lm, opts = self.lm, self.options
         dist.broadcast_parameters(lm.parameters())
-        start = dist.broadcast_object((self.step, self.optimizer.state_dict(),
-                                       lm.remembered_states()), what="broadcasting the start state")
+        start = dist.broadcast_object(
+            (self.step, self.optimizer.state_dict(), lm.remembered_states()),
+            what="broadcasting the start state",
+        )
         self.step, optimizer_state, full_states = start
         self.optimizer.load_state_dict(optimizer_state)
         if self.rank > 0:  # dropout masks: a stream of each rank's own, reproducible from the seed
-            tn_random.manual_seed(int(np.random.SeedSequence(
-                [opts["seed"], self.rank, self.step]).generate_state(1)[0]))
+            tn_random.manual_seed(
+                int(
+                    np.random.SeedSequence([opts["seed"], self.rank, self.step]).generate_state(1)[
+                        0
+                    ]
+                )
+            )
         self.global_batch = opts["batch"]
         self.rows = dist.shard(self.global_batch)
         lo, hi = self.rows
         self.weight = (hi - lo) / self.global_batch
-        lm.restore_states([None if st is None else tuple(_rows(a, lo, hi, self.global_batch)
-                                                         for a in st) for st in full_states])
+        lm.restore_states(
+            [
+                None if st is None else tuple(_rows(a, lo, hi, self.global_batch) for a in st)
+                for st in full_states
+            ]
+        )
         self.train_x, self.train_y = (_columns(a, lo, hi) for a in (self.train_x, self.train_y))
         n_val = self.val_x.shape[2]
         self.val_rows = dist.shard(n_val)
@@ -171,10 +195,17 @@ class DistributedTrainer(Trainer):
 
     def _train(self, stop: AgreedStop) -> None:
         from tqdm import tqdm
+
         n_batches = len(self.train_x)
         tokens = self.train_x.shape[1] * self.global_batch  # the whole job's, per step
-        self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True,
-                        disable=self.args.no_progress or self.rank > 0, file=sys.stderr)
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=self.args.no_progress or self.rank > 0,
+            file=sys.stderr,
+        )
         rate = None
         try:
             while self.step < self.total and not stop.requested:
@@ -184,8 +215,10 @@ class DistributedTrainer(Trainer):
                 loss = self.lm.train_step(self.train_x[k], self.train_y[k], self.dist_optimizer, 0)
                 # the global batch's loss, and whether any rank was asked to stop: all ranks
                 # finish this step and then stop together
-                loss, stops = dist.allreduce_values([self.weight * loss, float(stop.pending)],
-                                                    f"combining the loss of step {self.step}")
+                loss, stops = dist.allreduce_values(
+                    [self.weight * loss, float(stop.pending)],
+                    f"combining the loss of step {self.step}",
+                )
                 stop.requested = stops > 0
                 seconds = time.perf_counter() - tick
                 if self._traces() == traces:  # steps that compiled do not count in the speed
@@ -208,8 +241,9 @@ class DistributedTrainer(Trainer):
             nll = 0.0
             self.lm.model.evaluate()
             self.lm.model.training()
-        nll, stops = dist.allreduce_values([self.val_weight * nll, float(stop.pending)],
-                                           "combining the validation loss")
+        nll, stops = dist.allreduce_values(
+            [self.val_weight * nll, float(stop.pending)], "combining the validation loss"
+        )
         stop.requested = stops > 0
         if stop.requested:
             return
@@ -233,8 +267,9 @@ class DistributedTrainer(Trainer):
             if all(st is None for st in parts):
                 full.append(None)
             elif any(st is None for st in parts):
-                raise dist.DistributedError(f"ranks disagree on whether cell {k} remembers a "
-                                            f"state; cannot checkpoint")
+                raise dist.DistributedError(
+                    f"ranks disagree on whether cell {k} remembers a state; cannot checkpoint"
+                )
             else:
                 full.append(tuple(np.concatenate(arrays, axis=0) for arrays in zip(*parts)))
         self.lm.restore_states(full)
@@ -246,8 +281,11 @@ class DistributedTrainer(Trainer):
     def _interrupted(self) -> int:
         self._save()
         if self.rank == 0:
-            where = (f"checkpoint saved to {self.checkpoint_dir} (continue with --resume)"
-                     if self.checkpoint_dir else "no --checkpoint given, nothing saved")
+            where = (
+                f"checkpoint saved to {self.checkpoint_dir} (continue with --resume)"
+                if self.checkpoint_dir
+                else "no --checkpoint given, nothing saved"
+            )
             print(f"{PROG}: interrupted at step {self.step}; {where}", file=sys.stderr)
         return INTERRUPTED
 
@@ -260,16 +298,20 @@ class DistributedTrainer(Trainer):
     def _print_header(self) -> None:
         super()._print_header()
         lo, hi = self.rows
-        self.say(f"distributed: {self.size} MPI ranks, rank 0 on streams {lo}..{hi - 1} of "
-                 f"{self.global_batch}; gradients averaged each step "
-                 f"({sum(p.data.nbytes for p in self.lm.parameters()):,} bytes)")
+        self.say(
+            f"distributed: {self.size} MPI ranks, rank 0 on streams {lo}..{hi - 1} of "
+            f"{self.global_batch}; gradients averaged each step "
+            f"({sum(p.data.nbytes for p in self.lm.parameters()):,} bytes)"
+        )
 
     def _summary(self, first_step: int, elapsed: float) -> str:
         if not self.train_seconds:  # every step compiled (a very short run)
             return f"{super()._summary(first_step, elapsed)}; {self.size} ranks"
         speed = self.train_tokens / self.train_seconds
-        return (f"{super()._summary(first_step, elapsed)}; {speed:,.0f} tokens/s over "
-                f"{self.size} ranks (steps that compiled left out)")
+        return (
+            f"{super()._summary(first_step, elapsed)}; {speed:,.0f} tokens/s over "
+            f"{self.size} ranks (steps that compiled left out)"
+        )
 
 
 def _columns(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -279,6 +321,8 @@ def _columns(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
 def _rows(state: Any, lo: int, hi: int, batch: int) -> np.ndarray:
     state = np.asarray(state)
     if state.ndim == 0 or state.shape[0] != batch:
-        raise CheckpointError(f"a remembered state has shape {state.shape}; expected {batch} rows "
-                              f"(one per batch stream) to split among the ranks")
+        raise CheckpointError(
+            f"a remembered state has shape {state.shape}; expected {batch} rows "
+            f"(one per batch stream) to split among the ranks"
+        )
     return np.ascontiguousarray(state[lo:hi])

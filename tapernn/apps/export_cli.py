@@ -1,5 +1,6 @@
 """`tapernn graph`: build a named model (or path.to.module:factory), run one forward and backward,
 and write its unrolled diagram."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,24 +12,44 @@ FORMATS = (".svg", ".png", ".pdf", ".dot", ".json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="lstm",
-                        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
-                             "or path.to.module:factory (factory(steps, batch, size) -> "
-                             "(model, input, grad_output))")
+    parser.add_argument(
+        "--model",
+        default="lstm",
+        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
+        "or path.to.module:factory (factory(steps, batch, size) -> "
+        "(model, input, grad_output))",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timesteps to unroll")
     parser.add_argument("--batch", type=int, default=2, help="batch size")
     parser.add_argument("--hidden", type=int, default=4, help="feature/hidden size")
-    parser.add_argument("--level", choices=("op", "module"), default="module",
-                        help="one box per (module, step), or every op")
-    parser.add_argument("--view", choices=("forward", "backward", "both"), default="forward",
-                        help="the forward pass, the BPTT graph, or both")
-    parser.add_argument("--cluster-by", choices=("step", "scope"), default="step",
-                        help="one cluster per timestep, or nested clusters per module")
+    parser.add_argument(
+        "--level",
+        choices=("op", "module"),
+        default="module",
+        help="one box per (module, step), or every op",
+    )
+    parser.add_argument(
+        "--view",
+        choices=("forward", "backward", "both"),
+        default="forward",
+        help="the forward pass, the BPTT graph, or both",
+    )
+    parser.add_argument(
+        "--cluster-by",
+        choices=("step", "scope"),
+        default="step",
+        help="one cluster per timestep, or nested clusters per module",
+    )
     parser.add_argument("--collapse", action="store_true", help="draw the step template once ×T")
-    parser.add_argument("--compiled", action="store_true",
-                        help="draw the compiled (optimised) program")
-    parser.add_argument("-o", "--output", default="graph.svg",
-                        help=f"output file; format from the suffix: {', '.join(FORMATS)}")
+    parser.add_argument(
+        "--compiled", action="store_true", help="draw the compiled (optimised) program"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="graph.svg",
+        help=f"output file; format from the suffix: {', '.join(FORMATS)}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.output)
     if path.suffix not in FORMATS:
-        raise TapernnError(f"unknown output format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+        raise TapernnError(
+            f"unknown output format {path.suffix!r}; use one of {', '.join(FORMATS)}"
+        )
     if min(args.steps, args.batch, args.hidden) < 1:
         raise TapernnError("--steps, --batch and --hidden must be positive")
     if not path.parent.exists():
@@ -50,9 +73,17 @@ def run(args: argparse.Namespace) -> int:
         model.backward(x, grad_out)
     if path.suffix == ".json":
         import json
+
         path.write_text(json.dumps(to_json(model)))
     else:
-        render(model, path, level=args.level, view=args.view, cluster_by=args.cluster_by,
-               collapse=args.collapse, compiled=args.compiled)
+        render(
+            model,
+            path,
+            level=args.level,
+            view=args.view,
+            cluster_by=args.cluster_by,
+            collapse=args.collapse,
+            compiled=args.compiled,
+        )
     print(f"wrote {path}")
     return 0

@@ -1,5 +1,6 @@
 """Named example models for the command line (`tapernn graph`, `tapernn inspect`): each factory
 returns (model, example input, example grad_output) for T steps."""
+
 from __future__ import annotations
 
 import importlib
@@ -21,8 +22,9 @@ def _sequence(cell: Callable[[int, int], nn.Module], steps: int, batch: int, siz
     return model, x, np.ones((steps, batch, size))
 
 
-def _tensor_module(make: Callable[[int, int], nn.Module], steps: int, batch: int,
-                   size: int) -> Built:
+def _tensor_module(
+    make: Callable[[int, int], nn.Module], steps: int, batch: int, size: int
+) -> Built:
     """SeqLSTM / SeqGRU: (T, B, D) tensors in and out, no Sequencer around them."""
     x = tn_random.generator().standard_normal((steps, batch, size))
     return make(size, size), x, np.ones((steps, batch, size))
@@ -38,9 +40,14 @@ def _acceptor(steps: int, batch: int, size: int) -> Built:
     """The tutorial's song acceptor: LookupTable -> SplitTable -> Sequencer(LSTM) ->
     SelectTable(-1) -> Linear -> Sigmoid."""
     vocab = 16
-    model = nn.Sequential(nn.LookupTable(vocab, size), nn.SplitTable(0),
-                          nn.Sequencer(nn.LSTM(size, size)), nn.SelectTable(-1),
-                          nn.Linear(size, 1), nn.Sigmoid())
+    model = nn.Sequential(
+        nn.LookupTable(vocab, size),
+        nn.SplitTable(0),
+        nn.Sequencer(nn.LSTM(size, size)),
+        nn.SelectTable(-1),
+        nn.Linear(size, 1),
+        nn.Sigmoid(),
+    )
     ids = tn_random.generator().integers(0, vocab, size=(steps, batch) if batch > 1 else (steps,))
     return model, ids, np.ones((batch, 1) if batch > 1 else (1,))
 
@@ -49,9 +56,13 @@ def _transducer(steps: int, batch: int, size: int) -> Built:
     """The tutorial's transducer: LookupTable -> SplitTable -> Sequencer(LSTM) ->
     Sequencer(Linear) -> Sequencer(LogSoftMax)."""
     vocab, classes = 16, 4
-    model = nn.Sequential(nn.LookupTable(vocab, size), nn.SplitTable(0),
-                          nn.Sequencer(nn.LSTM(size, size)), nn.Sequencer(nn.Linear(size, classes)),
-                          nn.Sequencer(nn.LogSoftMax()))
+    model = nn.Sequential(
+        nn.LookupTable(vocab, size),
+        nn.SplitTable(0),
+        nn.Sequencer(nn.LSTM(size, size)),
+        nn.Sequencer(nn.Linear(size, classes)),
+        nn.Sequencer(nn.LogSoftMax()),
+    )
     ids = tn_random.generator().integers(0, vocab, size=(steps, batch))
     return model, ids, [np.ones((batch, classes)) for _ in range(steps)]
 
@@ -72,11 +83,17 @@ MODELS: dict[str, Callable[[int, int, int], Built]] = {
 def _checked(name: str, built: Any) -> Built:
     """A factory's result must be (model, example input, example grad_output)."""
     if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], nn.Module)):
-        shown = (f"a tuple of {len(built)}" if isinstance(built, tuple) and len(built) != 3
-                 else f"({type(built[0]).__name__}, ...)" if isinstance(built, tuple)
-                 else type(built).__name__)
-        raise TapernnError(f"model factory {name!r} must return (model, input, grad_output), got "
-                           f"{shown} (model: an nn.Module)")
+        shown = (
+            f"a tuple of {len(built)}"
+            if isinstance(built, tuple) and len(built) != 3
+            else f"({type(built[0]).__name__}, ...)"
+            if isinstance(built, tuple)
+            else type(built).__name__
+        )
+        raise TapernnError(
+            f"model factory {name!r} must return (model, input, grad_output), got "
+            f"{shown} (model: an nn.Module)"
+        )
     return built
 
 
@@ -90,5 +107,7 @@ def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Bui
             raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
         return _checked(name, factory(steps, batch, size))
     if name not in MODELS:
-        raise TapernnError(f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory")
+        raise TapernnError(
+            f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory"
+        )
     return MODELS[name](steps, batch, size)

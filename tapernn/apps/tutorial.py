@@ -3,6 +3,7 @@
 Lua is 1-based, Python 0-based: `lstm.outputs[1]` there is `lstm.outputs[0]` here, `SplitTable(1)`
 is `SplitTable(0)`, `SelectTable(-1)` is unchanged; Lua tables are Python lists.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -63,12 +64,12 @@ def main() -> nn.Module:
 
     # --- Element RNN basics: an LSTM keeps its state between forward calls ---------------------
     section("Stepping an LSTM")
-    n, d_in, d_hid = 3, 5, 5                     # sequence length, input size, hidden size
-    lstm = nn.LSTM(d_in, d_hid)                  # expects inputs in R^d_in, outputs in R^d_hid
-    data = rng.standard_normal((n, d_in))        # a sequence x_0, x_1, x_2
+    n, d_in, d_hid = 3, 5, 5  # sequence length, input size, hidden size
+    lstm = nn.LSTM(d_in, d_hid)  # expects inputs in R^d_in, outputs in R^d_hid
+    data = rng.standard_normal((n, d_in))  # a sequence x_0, x_1, x_2
     outputs = np.zeros((n, d_hid))
     for i in range(n):
-        outputs[i] = lstm.forward(data[i])       # no need to track the states s_i ourselves
+        outputs[i] = lstm.forward(data[i])  # no need to track the states s_i ourselves
     print(outputs)
 
     section("lstm.outputs and lstm.cells (h_t and c_t, 0-based)")
@@ -79,14 +80,14 @@ def main() -> nn.Module:
 
     # --- BPTT by hand: backward once per step, in reverse order ------------------------------
     section("Step-wise BPTT")
-    for i in reversed(range(n)):                 # gradients w.r.t. h_t flow back through the state
+    for i in reversed(range(n)):  # gradients w.r.t. h_t flow back through the state
         lstm.backward(data[i], np.ones(d_hid) if i == n - 1 else np.zeros(d_hid))
     print("grad of w_xi after BPTT, norm:", np.linalg.norm(lstm.w_xi.grad))
 
     # --- Sequencers ----------------------------------------------------------------------------
     section("Sequencer over a Linear")
     seq_lin = nn.Sequencer(nn.Linear(d_in, d_hid))
-    t_i = np.split(data, n)                      # a list of three (1, d_in) arrays (torch.split)
+    t_i = np.split(data, n)  # a list of three (1, d_in) arrays (torch.split)
     t_o = seq_lin.forward(t_i)
     print([o.shape for o in t_o])
 
@@ -101,7 +102,7 @@ def main() -> nn.Module:
     rand_target = rng.standard_normal(t_o[-1].shape)
     print("loss:", mse.forward(t_o[-1], rand_target))
     grad_output[-1] = mse.backward(t_o[-1], rand_target)
-    grad_input = seq_lstm.backward(t_i, grad_output)   # BPTT with a single call
+    grad_input = seq_lstm.backward(t_i, grad_output)  # BPTT with a single call
     print("grad_input shapes:", [g.shape for g in grad_input])
 
     # --- Avoiding tables -------------------------------------------------------------------------
@@ -122,23 +123,42 @@ def main() -> nn.Module:
 
     # --- A more realistic example: song lyrics 5-grams ------------------------------------------
     section("Song-lyrics acceptor (LookupTable -> LSTM -> Linear -> Sigmoid)")
-    words = ["I", "you", "the", "this", "to", "fire", "Hey", "is", "just", "zee", "And", "rain",
-             "cray", "met", "Set"]
-    V = {w: k for k, w in enumerate(words)}      # 0-based ids
-    song_data = np.array([[V["Hey"], V["I"], V["just"], V["met"], V["you"]],
-                          [V["And"], V["this"], V["is"], V["cray"], V["zee"]],
-                          [V["Set"], V["fire"], V["to"], V["the"], V["rain"]]])
-    masterpiece_or_not = np.array([[1.0], [1.0], [0.0]])   # #carlyrae4ever
+    words = [
+        "I",
+        "you",
+        "the",
+        "this",
+        "to",
+        "fire",
+        "Hey",
+        "is",
+        "just",
+        "zee",
+        "And",
+        "rain",
+        "cray",
+        "met",
+        "Set",
+    ]
+    V = {w: k for k, w in enumerate(words)}  # 0-based ids
+    song_data = np.array(
+        [
+            [V["Hey"], V["I"], V["just"], V["met"], V["you"]],
+            [V["And"], V["this"], V["is"], V["cray"], V["zee"]],
+            [V["Set"], V["fire"], V["to"], V["the"], V["rain"]],
+        ]
+    )
+    masterpiece_or_not = np.array([[1.0], [1.0], [0.0]])  # #carlyrae4ever
     print(song_data)
     vocab_size, embed_dim = len(words), 6
     LT = nn.LookupTable(vocab_size, embed_dim)
     song_lstm = nn.Sequential()
-    song_lstm.add(LT)                            # one sequence: (5,) ids -> (5, 6)
-    song_lstm.add(nn.SplitTable(0))              # -> list of five (6,) vectors
+    song_lstm.add(LT)  # one sequence: (5,) ids -> (5, 6)
+    song_lstm.add(nn.SplitTable(0))  # -> list of five (6,) vectors
     song_lstm.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))
-    song_lstm.add(nn.SelectTable(-1))            # the last state
-    song_lstm.add(nn.Linear(embed_dim, 1))       # a score
-    song_lstm.add(nn.Sigmoid())                  # a probability
+    song_lstm.add(nn.SelectTable(-1))  # the last state
+    song_lstm.add(nn.Linear(embed_dim, 1))  # a score
+    song_lstm.add(nn.Sigmoid())  # a probability
     first_song_pred = song_lstm.forward(song_data[0])
     print(first_song_pred)
 
@@ -157,8 +177,8 @@ def main() -> nn.Module:
     section("Batched song acceptor (time-major ids: (5, 3))")
     song_data_t = song_data.T
     batch_song_lstm = nn.Sequential()
-    batch_song_lstm.add(LT)                      # (5, 3) ids -> (5, 3, 6)
-    batch_song_lstm.add(nn.SplitTable(0, 3))     # -> five (3, 6) steps
+    batch_song_lstm.add(LT)  # (5, 3) ids -> (5, 3, 6)
+    batch_song_lstm.add(nn.SplitTable(0, 3))  # -> five (3, 6) steps
     print([o.shape for o in batch_song_lstm.forward(song_data_t)])
     batch_song_lstm.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))
     batch_song_lstm.add(nn.SelectTable(-1))
@@ -173,8 +193,14 @@ def main() -> nn.Module:
 
     # --- FastLSTM --------------------------------------------------------------------------------
     section("FastLSTM: no peepholes, fused gates")
-    print([o.shape for o in nn.Sequencer(nn.FastLSTM(d_in, d_hid)).forward(
-        [rng.standard_normal((batch_size, d_in)), rng.standard_normal((batch_size, d_in))])])
+    print(
+        [
+            o.shape
+            for o in nn.Sequencer(nn.FastLSTM(d_in, d_hid)).forward(
+                [rng.standard_normal((batch_size, d_in)), rng.standard_normal((batch_size, d_in))]
+            )
+        ]
+    )
 
     # --- Transducers -----------------------------------------------------------------------------
     section("Transducer: a prediction at every step, SequencerCriterion(ClassNLL)")
@@ -184,7 +210,7 @@ def main() -> nn.Module:
     transducer.add(nn.Sequencer(nn.Linear(embed_dim, n_class)))
     transducer.add(nn.Sequencer(nn.LogSoftMax()))
     crit = nn.SequencerCriterion(nn.ClassNLLCriterion())
-    targets = [rng.integers(0, n_class, size=3) for _ in range(5)]   # 0-based classes
+    targets = [rng.integers(0, n_class, size=3) for _ in range(5)]  # 0-based classes
     preds = transducer.forward(song_data_t)
     print("loss summed over steps:", crit.forward(preds, targets))
     transducer.backward(song_data_t, crit.backward(preds, targets))  # non-zero at every step
@@ -192,12 +218,12 @@ def main() -> nn.Module:
     # --- Stacking --------------------------------------------------------------------------------
     section("Stacked LSTMs")
     stacked = nn.Sequential().add(LT).add(nn.SplitTable(0, 3))
-    stacked.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))   # first layer
-    stacked.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))   # second layer
+    stacked.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))  # first layer
+    stacked.add(nn.Sequencer(nn.LSTM(embed_dim, embed_dim)))  # second layer
     print([o.shape for o in stacked.forward(song_data_t)])
     embedded = LT.forward(song_data_t)
     print("embeddings sent into the LSTM:\n", embedded)
-    first_layer = stacked.get(2).get(0)          # Torch: stackedSongLSTM:get(3):get(1)
+    first_layer = stacked.get(2).get(0)  # Torch: stackedSongLSTM:get(3):get(1)
     print("first layer input at step 2:\n", first_layer.inputs[2])
     assert np.allclose(first_layer.inputs[2], embedded[2])
     print("first layer output at step 2:\n", first_layer.outputs[2])

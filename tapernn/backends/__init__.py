@@ -6,6 +6,7 @@ $TAPERNN_BACKEND=numba) because its start-up costs more than it saves in most ru
 import and first-use setup (~2 s, even with every kernel cached), ~1-2 s of compile per kernel
 the first time, paid at a model's second call (the first runs on NumPy), for steps about as fast
 as NumPy's at these sizes; measured in BENCHMARKS.md."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,9 @@ def check_backend(name: str, what: str = "backend") -> str:
     if name not in BACKENDS:
         raise TapernnError(f"{what}: expected one of {BACKENDS}, got {name!r}")
     if name == "numba" and not numba_available():
-        raise TapernnError(f"{what} 'numba': numba is not installed "
-                           f"(pip install 'tapernn[fast]'), use 'numpy'")
+        raise TapernnError(
+            f"{what} 'numba': numba is not installed (pip install 'tapernn[fast]'), use 'numpy'"
+        )
     return name
 
 
@@ -60,7 +62,9 @@ def wait_for_kernels(timeout: float | None = None) -> bool:
     """Block until the numba kernels compiling in the background are ready (True), or `timeout`
     seconds have passed (False). Without numba in use: True at once."""
     import sys
+
     if "tapernn.backends.background" not in sys.modules:
         return True
     from .background import wait
+
     return wait(timeout)

@@ -4,6 +4,7 @@ worker thread imports numba and loads or compiles the kernel for the argument ty
 saw; its second call waits for that kernel if it is not ready yet and puts it in the Site's place,
 so every later call runs it directly. Which call ran which lowering is fixed (the first NumPy,
 the others numba), never a matter of timing: runs stay reproducible bit for bit."""
+
 from __future__ import annotations
 
 import os
@@ -36,16 +37,28 @@ def type_key(args: tuple) -> tuple:
 
 def numba_signature(key: tuple) -> tuple:
     from numba import from_dtype, types
-    return tuple(types.Array(from_dtype(np.dtype(dt)), ndim, layout, readonly=ro)
-                 for dt, ndim, layout, ro in key)
+
+    return tuple(
+        types.Array(from_dtype(np.dtype(dt)), ndim, layout, readonly=ro)
+        for dt, ndim, layout, ro in key
+    )
 
 
 class Site:
     """One call site of a kernel in one program (see the module docstring): `numpy_fn(*operands,
     *temps, out)` is the group's NumPy lowering, `handle` the numba_backend.Kernel."""
 
-    __slots__ = ("__weakref__", "calls", "handle", "key", "name", "numpy_fn", "owner", "ready",
-                 "temps")
+    __slots__ = (
+        "__weakref__",
+        "calls",
+        "handle",
+        "key",
+        "name",
+        "numpy_fn",
+        "owner",
+        "ready",
+        "temps",
+    )
 
     def __init__(self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray]):
         self.handle, self.numpy_fn, self.temps = handle, numpy_fn, temps

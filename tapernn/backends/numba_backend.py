@@ -2,6 +2,7 @@
 over the output, every instruction a scalar expression in registers, no temporaries. Kernels are
 keyed by structure (ops, dtypes, broadcast pattern; not sizes), written as modules to a cache
 directory so numba's cache=True works across processes, and compiled once per process."""
+
 from __future__ import annotations
 
 import ctypes
@@ -48,16 +49,22 @@ def _svml() -> bool:
         except OSError:
             return False
     from numba import config
+
     return bool(getattr(config, "USING_SVML", False))
 
 
 def slower_than_numpy(program: tuple) -> str:
     """Why numba would lose on this group ("" when it would not)."""
-    slow = {op for op, _, _, _, dtype in program
-            if op in SLOW_FLOAT32_OPS and np.dtype(dtype) == np.float32}
+    slow = {
+        op
+        for op, _, _, _, dtype in program
+        if op in SLOW_FLOAT32_OPS and np.dtype(dtype) == np.float32
+    }
     if slow and not _svml():
-        return f"kept on NumPy: float32 {'/'.join(sorted(slow))} without SVML is faster as a " \
-               f"NumPy SIMD ufunc"
+        return (
+            f"kept on NumPy: float32 {'/'.join(sorted(slow))} without SVML is faster as a "
+            f"NumPy SIMD ufunc"
+        )
     return ""
 
 
@@ -110,8 +117,25 @@ def _scalar(op: str, xs: list[str], attrs: dict, dt: str) -> str:
     raise Unsupported(f"op {op!r}")
 
 
-_CASTS_OPERANDS = ("add", "sub", "mul", "div", "add_n", "maximum", "minimum", "power", "neg",
-                   "exp", "log", "tanh", "sqrt", "abs", "sign", "sigmoid", "relu")
+_CASTS_OPERANDS = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "add_n",
+    "maximum",
+    "minimum",
+    "power",
+    "neg",
+    "exp",
+    "log",
+    "tanh",
+    "sqrt",
+    "abs",
+    "sign",
+    "sigmoid",
+    "relu",
+)
 
 _HEADER = '''"""tapernn generated kernel (numba backend); safe to delete."""
 import numpy as np
@@ -130,8 +154,11 @@ def _sigmoid_lines(j: int, x: str, dt: str) -> list[str]:
     """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
     written out (an inlined helper costs numba an inlining pass per kernel at compile time)."""
     one, zero = _typed(dt, 1), _typed(dt, 0)
-    return [f"a{j} = {x}", f"e{j} = np.exp(-np.abs(a{j}))",
-            f"v{j} = ({one} if a{j} >= {zero} else e{j}) / ({one} + e{j})"]
+    return [
+        f"a{j} = {x}",
+        f"e{j} = np.exp(-np.abs(a{j}))",
+        f"v{j} = ({one} if a{j} >= {zero} else e{j}) / ({one} + e{j})",
+    ]
 
 
 def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple) -> str:
@@ -144,8 +171,10 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
     loads = []
     for k, (shape, dtype) in enumerate(operands):
         lead = ndim - len(shape)
-        sub = [("0" if s == 1 and out_shape[lead + j] != 1 else idx[lead + j])
-               for j, s in enumerate(shape)]
+        sub = [
+            ("0" if s == 1 and out_shape[lead + j] != 1 else idx[lead + j])
+            for j, s in enumerate(shape)
+        ]
         loads.append((f"x{k}[{', '.join(sub) if sub else '()'}]", _dtype_name(dtype)))
     lines: list[str] = []
     values: list[tuple[str, str]] = []
@@ -223,18 +252,23 @@ class Kernel:
                     _warm(self.kernel, self.operands, self.out)
                 if key is not None and key not in self.types:
                     from .background import numba_signature
+
                     self.kernel.compile(numba_signature(key))
                     self.types.add(key)
             except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
                 self.kernel = None
-                self.error = f"numba failed: {type(e).__name__}: " \
-                             f"{str(e).splitlines()[0][:200]}"
+                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 return None
             return self.kernel
 
 
-def plan_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
-                out_dtype: Any, background: bool = False) -> tuple[Kernel | None, str]:
+def plan_kernel(
+    program: tuple,
+    operands: list[tuple[tuple, Any]],
+    out_shape: tuple,
+    out_dtype: Any,
+    background: bool = False,
+) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
     `background` the kernel is compiled (C-contiguous) before this returns; with it this returns
     at once, and the group's call sites have the worker thread compile it (backends/background)."""
@@ -256,8 +290,9 @@ def plan_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tu
     return handle, ""
 
 
-def get_kernel(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple,
-               out_dtype: Any) -> tuple[Callable | None, str]:
+def get_kernel(
+    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, out_dtype: Any
+) -> tuple[Callable | None, str]:
     """(compiled kernel, "") or (None, why not), compiled before this returns."""
     handle, why = plan_kernel(program, operands, out_shape, out_dtype)
     return (handle.kernel, "") if handle is not None else (None, why)

@@ -2,6 +2,7 @@
 `dot` program, node-link JSON, per-pass diagrams -- and Jupyter's `_repr_svg_` of graphs,
 compiled programs and modules, attached here (the core never imports this package).
 """
+
 from __future__ import annotations
 
 from ..errors import RenderError

@@ -3,6 +3,7 @@ gradient) that touches many steps gets a "bus" — one chain of junction points,
 instead of one long edge per step. Long edges cost dot a virtual node per rank they cross, which
 made a T=100 diagram quadratic; a bus keeps every edge within one step boundary.
 """
+
 from __future__ import annotations
 
 from itertools import pairwise
@@ -11,8 +12,9 @@ BUS_MIN_STEPS = 4  # below this, direct edges read better and cost nothing
 Edge = tuple[str, str, dict]
 
 
-def route_buses(edges: list[Edge], cluster_of: dict[str, int | None]
-                ) -> tuple[list[Edge], dict[int, list[tuple[str, dict]]]]:
+def route_buses(
+    edges: list[Edge], cluster_of: dict[str, int | None]
+) -> tuple[list[Edge], dict[int, list[tuple[str, dict]]]]:
     """Rewrite fan-outs/fan-ins between an outside node and >= BUS_MIN_STEPS steps as buses.
 
     Returns the new edge list and, per step, the junction points to draw inside that step.
@@ -45,14 +47,26 @@ def _style_key(attrs: dict) -> str:
     return repr(sorted((k, v) for k, v in attrs.items() if k not in ("label",)))
 
 
-def _bus(hub: str, name: str, edges: list[Edge], steps: list[int], cluster_of: dict,
-         points: dict[int, list[tuple[str, dict]]], way: str) -> list[Edge]:
-    style = {k: v for k, v in edges[0][2].items()
-             if k not in ("label", "dir", "weight", "constraint")}
+def _bus(
+    hub: str,
+    name: str,
+    edges: list[Edge],
+    steps: list[int],
+    cluster_of: dict,
+    points: dict[int, list[tuple[str, dict]]],
+    way: str,
+) -> list[Edge]:
+    style = {
+        k: v for k, v in edges[0][2].items() if k not in ("label", "dir", "weight", "constraint")
+    }
     backwards = edges[0][2].get("dir") == "back"
     line = dict(style, dir="none", weight="0")
-    junction = {"shape": "point", "width": "0.04", "color": style.get("color", "#555555"),
-                "label": ""}
+    junction = {
+        "shape": "point",
+        "width": "0.04",
+        "color": style.get("color", "#555555"),
+        "label": "",
+    }
     ids = {t: f"bus_{hub}_{name}_{t}" for t in steps}
     for t in steps:
         points.setdefault(t, []).append((ids[t], junction))

@@ -2,6 +2,7 @@
 the backward reads what the forward saved), and the secondary label line of a compiled node
 (its output name, "saved for backward", its buffer).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -22,13 +23,16 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
     """The forward program, the backward program, or both: the backward's saved-value and
     argument inputs are drawn as the forward nodes they receive."""
     fwd, bwd = pair.forward.graph, pair.backward.graph
-    programs = {"forward": [pair.forward], "backward": [pair.backward],
-                "both": [pair.forward, pair.backward]}[view]
+    programs = {
+        "forward": [pair.forward],
+        "backward": [pair.backward],
+        "both": [pair.forward, pair.backward],
+    }[view]
     stand_in: dict[Node, Node] = {}
     if view == "both":
         saved = [fwd.outputs[k] for k in fwd.meta.saved_outputs or ()]
-        stand_in.update(zip(bwd.inputs[:pair.n_saved], saved))
-        args = bwd.inputs[pair.n_saved + pair.n_seeds:]
+        stand_in.update(zip(bwd.inputs[: pair.n_saved], saved))
+        args = bwd.inputs[pair.n_saved + pair.n_seeds :]
         stand_in.update((a, fwd.inputs[k]) for a, k in zip(args, pair.reads))
         stand_in = {a: b for a, b in stand_in.items() if a is not b}
     nodes = list(dict.fromkeys(n for c in programs for n in c.graph.nodes if n not in stand_in))
@@ -39,16 +43,26 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
         nodes = [n for n in nodes if n in keep]
     nodes = [n for n in nodes if not is_scalar_constant(n)]
     drawn = set(nodes)
-    edges = [(stand_in.get(i, i), n, pos) for n in nodes for pos, i in enumerate(n.inputs)
-             if stand_in.get(i, i) in drawn]
+    edges = [
+        (stand_in.get(i, i), n, pos)
+        for n in nodes
+        for pos, i in enumerate(n.inputs)
+        if stand_in.get(i, i) in drawn
+    ]
     if view == "backward":
         edges = [e for e in edges if e[1].phase == "backward"]
     names = _names(programs)
-    graph = Graph(nodes, [n for n in nodes if n.op == "input"],
-                  [o for c in programs for o in c.graph.outputs], fwd.meta)
-    graph.meta = replace(graph.meta, output_names=tuple(_first_names(graph.outputs, names)),
-                         n_forward_outputs=len(pair.forward.graph.outputs)
-                         if view != "backward" else 0)
+    graph = Graph(
+        nodes,
+        [n for n in nodes if n.op == "input"],
+        [o for c in programs for o in c.graph.outputs],
+        fwd.meta,
+    )
+    graph.meta = replace(
+        graph.meta,
+        output_names=tuple(_first_names(graph.outputs, names)),
+        n_forward_outputs=len(pair.forward.graph.outputs) if view != "backward" else 0,
+    )
     roles = classify(graph, nodes, view)
     for n in nodes:
         if roles[n] == "output" and not names.get(n):
@@ -58,8 +72,18 @@ def pair_drawing(pair: Any, view: str) -> Drawing:
             if o in roles:
                 roles[o] = "context" if view == "backward" else "op"
     ids = {n: f"n{k}" for k, n in enumerate(nodes)}
-    return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
-                   programs[0], programs=programs)
+    return Drawing(
+        graph,
+        view,
+        nodes,
+        ids,
+        roles,
+        edges,
+        {n: n for n in nodes},
+        {},
+        programs[0],
+        programs=programs,
+    )
 
 
 def _first_names(outputs: list[Node], names: dict[Node, str]) -> list[str]:
@@ -76,7 +100,7 @@ def _names(programs: list) -> dict[Node, str]:
     out: dict[Node, str] = {}
     for c in programs:
         names = c.graph.meta.output_names
-        for k, o in enumerate(c.graph.outputs[:len(names)]):
+        for k, o in enumerate(c.graph.outputs[: len(names)]):
             out.setdefault(o, str(names[k]))
     return out
 
@@ -111,7 +135,7 @@ def _context(d: Drawing) -> tuple[dict[Node, str], list[tuple[Any, set, set]]]:
     if cached is None:
         names: dict[Node, str] = {}
         listed = d.graph.meta.output_names
-        for k, o in enumerate(d.graph.outputs[:len(listed)]):
+        for k, o in enumerate(d.graph.outputs[: len(listed)]):
             if listed[k]:
                 names.setdefault(o, str(listed[k]))
         cached = names, [(c, _saved(c.graph), set(c.graph.outputs)) for c in d.programs]

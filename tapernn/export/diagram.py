@@ -1,4 +1,5 @@
 """DOT diagrams (via the `graphviz` package) and node-link JSON of graphs, programs and modules."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,9 +17,16 @@ LEVELS = ("op", "module")
 CLUSTERINGS = ("step", "scope")
 
 
-def to_dot(obj: Any, level: str = "op", view: str = "forward", compiled: bool = False,
-           cluster_by: str = "step", collapse: bool = False,
-           title: str | None = None, legend: bool | None = None) -> graphviz.Digraph:
+def to_dot(
+    obj: Any,
+    level: str = "op",
+    view: str = "forward",
+    compiled: bool = False,
+    cluster_by: str = "step",
+    collapse: bool = False,
+    title: str | None = None,
+    legend: bool | None = None,
+) -> graphviz.Digraph:
     """A Graphviz diagram of an unrolled graph, one cluster per timestep.
 
     Parameters
@@ -55,16 +63,20 @@ def to_dot(obj: Any, level: str = "op", view: str = "forward", compiled: bool = 
         graph, program = resolve(obj, compiled)
         drawing = select(graph, view, program)
     if not drawing.nodes:
-        raise TapernnError(f"the {view} view of this {'program' if drawing.programs else 'graph'}"
-                           f" is empty: it has no {view} nodes (draw a module after forward and "
-                           f"backward, or a graph from tn.grad, for the backward view)")
+        raise TapernnError(
+            f"the {view} view of this {'program' if drawing.programs else 'graph'}"
+            f" is empty: it has no {view} nodes (draw a module after forward and "
+            f"backward, or a graph from tn.grad, for the backward view)"
+        )
     if collapse:
         drawing = collapse_steps(drawing)
     if level == "module":
         from .modules_view import draw_modules
+
         dot = draw_modules(drawing, cluster_by, title)
     else:
         from .ops_view import draw_ops
+
         dot = draw_ops(drawing, cluster_by, title)
     if legend if legend is not None else bool(drawing.programs):
         add_legend(dot, drawing, level)

@@ -1,6 +1,7 @@
 """The key to a diagram's colours: one sample per node role and edge kind the diagram uses, in a
 "legend" cluster beside it.
 """
+
 from __future__ import annotations
 
 import graphviz
@@ -9,9 +10,15 @@ from .source import Drawing
 from .style import CLUSTER_ATTRS, EDGE_KIND_ATTRS, fused_ops, role_attrs
 
 ROLE_TEXT = {
-    "data": "data in", "state": "initial state", "param": "parameter",
-    "op": "op", "fused": "fused ops: one kernel", "output": "output",
-    "seed": "gradient in (seed)", "backward": "backward op", "gradient": "gradient out",
+    "data": "data in",
+    "state": "initial state",
+    "param": "parameter",
+    "op": "op",
+    "fused": "fused ops: one kernel",
+    "output": "output",
+    "seed": "gradient in (seed)",
+    "backward": "backward op",
+    "gradient": "gradient out",
     "context": "forward value the backward reads",
 }
 EDGE_TEXT = {
@@ -42,9 +49,14 @@ def add_legend(dot: graphviz.Digraph, d: Drawing, level: str) -> None:
                     column.node(f"legend_{role}", **attrs)
             for kind, text in EDGE_TEXT.items():
                 if kind in kinds:
-                    column.node(f"legend_edge_{kind}", label=text, shape="plaintext",
-                                style="", fontsize="9",
-                                fontcolor=EDGE_KIND_ATTRS[kind].get("color", "#555555"))
+                    column.node(
+                        f"legend_edge_{kind}",
+                        label=text,
+                        shape="plaintext",
+                        style="",
+                        fontsize="9",
+                        fontcolor=EDGE_KIND_ATTRS[kind].get("color", "#555555"),
+                    )
 
 
 def _edge_kinds(d: Drawing, level: str) -> set[str]:
@@ -53,8 +65,13 @@ def _edge_kinds(d: Drawing, level: str) -> set[str]:
     kinds = set()
     for u, v, _ in d.edges:
         kind = edge_kind(d, u, v)
-        kinds.add("recurrent" if kind == "recurrent" else
-                  "backward" if kind in ("backward", "recurrent_backward") else kind)
+        kinds.add(
+            "recurrent"
+            if kind == "recurrent"
+            else "backward"
+            if kind in ("backward", "recurrent_backward")
+            else kind
+        )
     if level == "module":
         kinds.discard("param")
     return kinds

@@ -1,6 +1,7 @@
 """The module-level diagram: one box per (leaf module scope, step, phase), inputs and outputs as
 ellipses x_t / y_t, recurrent state edges between a module's boxes at t and t+1.
 """
+
 from __future__ import annotations
 
 import graphviz
@@ -22,14 +23,23 @@ def module_name(d: Drawing, scope: str) -> str:
     if not scopes.get(scope):
         return scope or "inputs"
     name = _class_name(scopes[scope])
-    same = [s for s, described in scopes.items() if _class_name(described) == name
-            and s not in _containers(d)]
+    same = [
+        s
+        for s, described in scopes.items()
+        if _class_name(described) == name and s not in _containers(d)
+    ]
     if len(same) > 1 and scope in same:
         return f"{name} layer {same.index(scope)}"
     described = str(scopes[scope]).removeprefix("nn.")
     # arguments that change what a module does stay: SelectTable(-1), Dropout(0.5)
-    return described if "(" in described and "->" not in described and " @ " not in described \
-        and len(described) <= 24 else name
+    return (
+        described
+        if "(" in described
+        and "->" not in described
+        and " @ " not in described
+        and len(described) <= 24
+        else name
+    )
 
 
 def _class_name(described: object) -> str:
@@ -39,12 +49,12 @@ def _class_name(described: object) -> str:
 def _containers(d: Drawing) -> set[str]:
     """Scopes with child scopes: their own ops (a Sequencer's x[t] and stacking) are plumbing."""
     scopes = d.graph.meta.scopes
-    return {s for s in scopes if any(o != s and (s == "" or o.startswith(s + "."))
-                                     for o in scopes)}
+    return {s for s in scopes if any(o != s and (s == "" or o.startswith(s + ".")) for o in scopes)}
 
 
-def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
-                 ) -> graphviz.Digraph:
+def draw_modules(
+    d: Drawing, cluster_by: str = "step", title: str | None = None
+) -> graphviz.Digraph:
     """Module-level DOT for a Drawing (see `tapernn.export.to_dot`)."""
     num = {n: k for k, n in enumerate(d.graph.nodes)}
     box_of = _assign_boxes(d, num)
@@ -55,16 +65,20 @@ def draw_modules(d: Drawing, cluster_by: str = "step", title: str | None = None
         for s in feeds.get(n, ()):
             edges.setdefault((box_of[d.rep[s]], b), _output_kind(d, n))
     aliases = _route_aliases(d, box_of, edges)
-    boxes = (list(dict.fromkeys(b for b in box_of.values() if b is not None)) + aliases
-             + list(outputs))
+    boxes = (
+        list(dict.fromkeys(b for b in box_of.values() if b is not None)) + aliases + list(outputs)
+    )
     ids = {b: f"m{k}" for k, b in enumerate(boxes)}
     first_node = dict(outputs)
     for n, b in box_of.items():
         if b is not None:
             first_node.setdefault(b, n)
-    emitted = [(ids[b], ids[a], dict(_edge_attrs(k, a == b), dir="back"))
-               if k in ("backward", "recurrent_backward")
-               else (ids[a], ids[b], _edge_attrs(k, a == b)) for (a, b), k in edges.items()]
+    emitted = [
+        (ids[b], ids[a], dict(_edge_attrs(k, a == b), dir="back"))
+        if k in ("backward", "recurrent_backward")
+        else (ids[a], ids[b], _edge_attrs(k, a == b))
+        for (a, b), k in edges.items()
+    ]
     dot = new_digraph(title)
     dot.attr(newrank="true")  # rank all at once: step clusters stay in order, left to right
     stepped = _stepped_scopes(d)
@@ -104,8 +118,14 @@ def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
         if box is not None and box[0] == "module" and n.scope in containers:
             box = None
         elif box is not None and box[0] == "module" and not n.scope and "" not in named:
-            box = next((box_of[i] for i in n.inputs
-                        if box_of.get(i) is not None and box_of[i][0] == "module"), box)
+            box = next(
+                (
+                    box_of[i]
+                    for i in n.inputs
+                    if box_of.get(i) is not None and box_of[i][0] == "module"
+                ),
+                box,
+            )
         box_of[n] = box
     return box_of
 
@@ -124,8 +144,9 @@ def _sources(d: Drawing, box_of: dict[Node, Box | None]) -> dict[Node, tuple[Nod
     return feeds
 
 
-def _route_aliases(d: Drawing, box_of: dict[Node, Box | None],
-                   edges: dict[tuple[Box, Box], str]) -> list[Box]:
+def _route_aliases(
+    d: Drawing, box_of: dict[Node, Box | None], edges: dict[tuple[Box, Box], str]
+) -> list[Box]:
     """Boxes for modules that record no op (SelectTable(-1) hands on the last step's Var): the
     edges from the value it picks to what reads it afterwards go through its box, and the
     matching backward edge through its ∂ box."""
@@ -135,8 +156,11 @@ def _route_aliases(d: Drawing, box_of: dict[Node, Box | None],
         box = ("module", alias["scope"], alias["step"], "forward")
         for n in picked:
             a = box_of.get(d.rep[n])
-            readers = {box_of.get(d.rep[v]) for v in d.graph.nodes if v.id > alias["after"]
-                       and n in v.inputs and v in d.rep and v.phase == "forward"}
+            readers = {
+                box_of.get(d.rep[v])
+                for v in d.graph.nodes
+                if v.id > alias["after"] and n in v.inputs and v in d.rep and v.phase == "forward"
+            }
             for b in readers - {None, a}:
                 if a is None or edges.pop((a, b), None) is None:
                     continue
@@ -163,8 +187,9 @@ def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
     return ("module", n.scope, n.step, n.phase if role != "context" else "context")
 
 
-def _output_boxes(d: Drawing, box_of: dict[Node, Box | None],
-                  feeds: dict[Node, tuple[Node, ...]]) -> dict[Box, Node]:
+def _output_boxes(
+    d: Drawing, box_of: dict[Node, Box | None], feeds: dict[Node, tuple[Node, ...]]
+) -> dict[Box, Node]:
     """Graph outputs as ellipses, y_t, drawn in the step that computes them. The gradients one
     box produces for many parameters (all of an LSTM's weights) share one box."""
     out: dict[Box, Node] = {}
@@ -213,8 +238,16 @@ def _box_step(b: Box, first: dict[Box, Node]) -> int | None:
     return b[2] if b[0] == "module" else first[b].step
 
 
-def _place_by_step(dot: graphviz.Digraph, d: Drawing, boxes: list[Box], first: dict[Box, Node],
-                   ids: dict[Box, str], draw, points: dict, emitted: list) -> None:
+def _place_by_step(
+    dot: graphviz.Digraph,
+    d: Drawing,
+    boxes: list[Box],
+    first: dict[Box, Node],
+    ids: dict[Box, str],
+    draw,
+    points: dict,
+    emitted: list,
+) -> None:
     clusters: dict[int, list[Box]] = {}
     for b in boxes:
         t = _box_step(b, first)
@@ -241,8 +274,10 @@ def _box_attrs(d: Drawing, b: Box, n: Node | None, stepped: set[str]) -> dict[st
         attrs = role_attrs("seed" if d.roles[n] == "gradient" else "data")
         attrs.update(label=_outputs_label(d, b), style="filled,bold")
         if len(b) > 2:  # one box for a module's many parameter gradients, names on hover
-            attrs.update(shape="box", tooltip=" ".join(
-                output_name(d.graph, d.graph.outputs[k]) for k in b[1:]))
+            attrs.update(
+                shape="box",
+                tooltip=" ".join(output_name(d.graph, d.graph.outputs[k]) for k in b[1:]),
+            )
         return attrs
     if b[0] == "value":
         attrs = role_attrs(d.roles[n])
@@ -258,8 +293,7 @@ def _box_attrs(d: Drawing, b: Box, n: Node | None, stepped: set[str]) -> dict[st
         # out of the steps (one matmul for all of them)
         when = "Σ over t" if phase == "backward" else "all steps"
     attrs = role_attrs({"backward": "backward", "context": "context"}.get(phase, "op"))
-    attrs.update(label=f"{label}\n{when}" if when else label, fontsize="12",
-                 margin="0.15,0.08")
+    attrs.update(label=f"{label}\n{when}" if when else label, fontsize="12", margin="0.15,0.08")
     if t is not None:  # with the heavy recurrent edges: one straight row per module
         attrs["group"] = f"{scope}:{phase}"
     return attrs
@@ -270,8 +304,9 @@ def _stepped_scopes(d: Drawing) -> set[str]:
     return {n.scope for n in d.graph.nodes if n.step is not None and n.phase == "forward"}
 
 
-def _box_edges(d: Drawing, box_of: dict[Node, Box | None],
-               feeds: dict[Node, tuple[Node, ...]]) -> dict[tuple[Box, Box], str]:
+def _box_edges(
+    d: Drawing, box_of: dict[Node, Box | None], feeds: dict[Node, tuple[Node, ...]]
+) -> dict[tuple[Box, Box], str]:
     """One edge per pair of boxes that any op edge connects (through plumbing), first kind seen
     wins."""
     edges: dict[tuple[Box, Box], str] = {}

@@ -3,6 +3,7 @@
 Layout trick: backward edges are emitted head-to-tail with `dir=back`, so BPTT runs right to left
 under the forward pass it mirrors instead of folding the step clusters back onto themselves.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,9 @@ LARGE_GRAPH_ATTRS = {"nslimit": "0.1", "mclimit": "0.3"}
 
 def new_digraph(title: str | None = None, large: bool = False) -> graphviz.Digraph:
     graph_attr = dict(GRAPH_ATTRS, **LARGE_GRAPH_ATTRS) if large else dict(GRAPH_ATTRS)
-    dot = graphviz.Digraph("tapernn", graph_attr=graph_attr, node_attr=dict(NODE_ATTRS),
-                           edge_attr=dict(EDGE_ATTRS))
+    dot = graphviz.Digraph(
+        "tapernn", graph_attr=graph_attr, node_attr=dict(NODE_ATTRS), edge_attr=dict(EDGE_ATTRS)
+    )
     if title:
         dot.attr(label=title, labelloc="t", fontsize="14")
     return dot
@@ -55,6 +57,7 @@ def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> 
         _place_by_step(dot, d, attrs, points, edges)
     else:
         from .scopes import place_by_scope
+
         place_by_scope(dot, d.nodes, lambda n: n.scope, lambda g, n: g.node(d.ids[n], **attrs[n]))
     for u, v, edge_attrs in edges:
         dot.edge(u, v, **edge_attrs)
@@ -66,8 +69,13 @@ def step_of(d: Drawing, n: Node) -> int | None:
     return None if d.roles[n] == "param" or n in d.initial else n.step
 
 
-def _place_by_step(dot: graphviz.Digraph, d: Drawing, attrs: dict[Node, dict],
-                   points: dict[int, list[tuple[str, dict]]], edges: list) -> None:
+def _place_by_step(
+    dot: graphviz.Digraph,
+    d: Drawing,
+    attrs: dict[Node, dict],
+    points: dict[int, list[tuple[str, dict]]],
+    edges: list,
+) -> None:
     clusters: dict[int, list[tuple[str, dict]]] = {}
     for n in d.nodes:
         t = step_of(d, n)
@@ -82,8 +90,9 @@ def _place_by_step(dot: graphviz.Digraph, d: Drawing, attrs: dict[Node, dict],
             c.attr(label=d.step_label.get(t, f"t = {t}"), **CLUSTER_ATTRS)
             for name, node_attrs in clusters[t]:
                 c.node(name, **node_attrs)
-    order_steps(dot, {t: [name for name, _ in ms] for t, ms in clusters.items()},
-                constraining(edges))
+    order_steps(
+        dot, {t: [name for name, _ in ms] for t, ms in clusters.items()}, constraining(edges)
+    )
 
 
 def constraining(edges: list) -> list[tuple[str, str]]:
@@ -91,8 +100,9 @@ def constraining(edges: list) -> list[tuple[str, str]]:
     return [(u, v) for u, v, a in edges if a.get("constraint") != "false"]
 
 
-def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
-                edges: list[tuple[str, str]]) -> None:
+def order_steps(
+    dot: graphviz.Digraph, members: dict[int, list[str]], edges: list[tuple[str, str]]
+) -> None:
     """Keep step clusters in separate columns, t=0 … T-1 left to right.
 
     Without this dot starts every step's input nodes at the left and the clusters slide into a
@@ -100,8 +110,12 @@ def order_steps(dot: graphviz.Digraph, members: dict[int, list[str]],
     of step a and gives one to every first node of step b (linear in size, unlike all pairs).
     """
     step_of = {m: t for t, ms in members.items() for m in ms}
-    has_out = {u for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)}
-    has_in = {v for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)}
+    has_out = {
+        u for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)
+    }
+    has_in = {
+        v for u, v in edges if step_of.get(u) is not None and step_of.get(u) == step_of.get(v)
+    }
     steps = sorted(members)
     for a, b in pairwise(steps):
         tails = [m for m in members[a] if m not in has_out]
@@ -128,6 +142,7 @@ def _node_attrs(d: Drawing, n: Node, num: dict[Node, int]) -> dict[str, str]:
     label = node_label(n, name)
     if d.programs:  # what it computes, then where the value lives
         from .compiled import detail_line
+
         detail = detail_line(d, n)
         if n.step is not None and n.op != "input":
             label += f"  t={n.step}"
@@ -197,8 +212,13 @@ def buffer_ids(compiled: Any) -> dict[Node, Any]:
     if compiled is None:
         return {}
     report = getattr(compiled, "report", None)
-    for owner in (compiled, getattr(compiled, "plan", None), report,
-                  getattr(report, "plan", None), getattr(report, "buffer_plan", None)):
+    for owner in (
+        compiled,
+        getattr(compiled, "plan", None),
+        report,
+        getattr(report, "plan", None),
+        getattr(report, "buffer_plan", None),
+    ):
         for name in ("buffer_of", "buffers", "assignment"):
             table = getattr(owner, name, None)
             if isinstance(table, dict) and table:

@@ -1,6 +1,7 @@
 """Turning diagrams into files: `render` (format from the suffix), `render_passes` (one diagram per
 compiler stage) and `repr_svg` for Jupyter. Everything but .dot needs the Graphviz `dot` program.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,11 @@ from .diagram import to_dot
 from .source import resolve
 
 FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
-INSTALL_HINT = ("install Graphviz so that `dot` is on PATH: `apt-get install graphviz` "
-                "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`; "
-                "or write a .dot file, which needs no Graphviz program")
+INSTALL_HINT = (
+    "install Graphviz so that `dot` is on PATH: `apt-get install graphviz` "
+    "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`; "
+    "or write a .dot file, which needs no Graphviz program"
+)
 # Jupyter should stay responsive: beyond this many nodes a notebook shows the collapsed view
 REPR_COLLAPSE_NODES = 400
 
@@ -47,28 +50,36 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     return path
 
 
-def render_or_source(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any
-                     ) -> tuple[Path, str | None]:
+def render_or_source(
+    obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any
+) -> tuple[Path, str | None]:
     """`render`, but where a format needs the missing `dot` program, write the DOT source beside
     it (acceptor.svg -> acceptor.dot) instead of failing. Returns (path written, None) or
     (the .dot path, a note saying how to install Graphviz and render the file)."""
     path = Path(path)
-    if path.suffix.lower() in (".dot", ".gv") or path.suffix.lower() not in FORMATS \
-            or dot_available():
+    if (
+        path.suffix.lower() in (".dot", ".gv")
+        or path.suffix.lower() not in FORMATS
+        or dot_available()
+    ):
         return render(obj, path, **to_dot_kwargs), None
     source = render(obj, path.with_suffix(".dot"), **to_dot_kwargs)
     fmt = path.suffix.lower().lstrip(".")
-    note = (f"Graphviz's `dot` program is not on PATH, so this is the diagram's DOT source. "
-            f"To draw it, install Graphviz (`apt-get install graphviz`, `brew install graphviz` "
-            f"or `conda install graphviz`) and run: dot -T{fmt} {source} -o {path}")
+    note = (
+        f"Graphviz's `dot` program is not on PATH, so this is the diagram's DOT source. "
+        f"To draw it, install Graphviz (`apt-get install graphviz`, `brew install graphviz` "
+        f"or `conda install graphviz`) and run: dot -T{fmt} {source} -o {path}"
+    )
     return source, note
 
 
 def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
     """Run `dot -T<fmt>` on the diagram; RenderError (with install instructions) if it is missing."""
     if not dot_available():
-        raise RenderError(f"rendering {fmt.upper()} needs the Graphviz `dot` program, which is "
-                          f"not on PATH; {INSTALL_HINT}")
+        raise RenderError(
+            f"rendering {fmt.upper()} needs the Graphviz `dot` program, which is "
+            f"not on PATH; {INSTALL_HINT}"
+        )
     try:
         return dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
@@ -85,15 +96,24 @@ def repr_svg(obj: Any, level: str = "op") -> str | None:
     try:
         graph, _ = resolve(obj)
         big = len(graph.nodes) > REPR_COLLAPSE_NODES
-        dot = to_dot(obj, level=level, view="forward" if level == "module" else "both",
-                     collapse=big and level == "op")
+        dot = to_dot(
+            obj,
+            level=level,
+            view="forward" if level == "module" else "both",
+            collapse=big and level == "op",
+        )
         return pipe(dot, "svg").decode("utf-8")
     except RenderError:
         return None
 
 
-def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequence | None = None,
-                  fmt: str = "svg", **to_dot_kwargs: Any) -> list[Path]:
+def render_passes(
+    graph: Graph | Any,
+    folder: str | os.PathLike,
+    passes: Sequence | None = None,
+    fmt: str = "svg",
+    **to_dot_kwargs: Any,
+) -> list[Path]:
     """One diagram per compiler stage: `00_input.svg`, `01_<pass>.svg`, ... in `folder`.
 
     `graph` is a Graph or a module after forward (its traced graph, with BPTT after a backward).
@@ -101,6 +121,7 @@ def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequenc
     stage is verified; each title shows the node count and its change. Returns the paths written.
     """
     from ..passes import default_passes, run_passes
+
     graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)
@@ -115,8 +136,12 @@ def render_passes(graph: Graph | Any, folder: str | os.PathLike, passes: Sequenc
             before, delta = sizes[-1], len(stage.nodes) - sizes[-1]
             title = f"after {name}: {before} → {len(stage.nodes)} nodes ({delta:+d})"
         sizes.append(len(stage.nodes))
-        paths.append(render(to_dot(stage, title=title, **to_dot_kwargs),
-                            folder / f"{index:0{width}d}_{_file_safe(name)}.{fmt}"))
+        paths.append(
+            render(
+                to_dot(stage, title=title, **to_dot_kwargs),
+                folder / f"{index:0{width}d}_{_file_safe(name)}.{fmt}",
+            )
+        )
 
     run_passes(graph, passes, dump=draw)
     return paths

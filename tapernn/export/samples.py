@@ -2,6 +2,7 @@
 
 Nothing here depends on `tapernn.nn`: the LSTM is written gate by gate, as a user's custom cell.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,14 @@ from ..tracing import Tape, Var, scope, step
 GATES = ("i", "f", "o", "g")
 
 
-def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
-               n_out: int | None = None, dtype=np.float64) -> Graph:
+def lstm_graph(
+    steps: int = 3,
+    batch: int = 2,
+    n_in: int = 3,
+    hidden: int = 4,
+    n_out: int | None = None,
+    dtype=np.float64,
+) -> Graph:
     """A per-gate LSTM unrolled over `steps`, one data input `x_t` and one output per step.
 
     Shapes: x_t (batch, n_in); h0, c0 (batch, hidden); outputs h_t (batch, hidden), or
@@ -30,8 +37,10 @@ def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
         head = None
         if n_out is not None:
             with scope("seq.out"):
-                head = (tape.input((hidden, n_out), dtype, name="V", kind="param"),
-                        tape.input((n_out,), dtype, name="c", kind="param"))
+                head = (
+                    tape.input((hidden, n_out), dtype, name="V", kind="param"),
+                    tape.input((n_out,), dtype, name="c", kind="param"),
+                )
         outputs = []
         for t in range(steps):
             with step(t):
@@ -47,7 +56,8 @@ def lstm_graph(steps: int = 3, batch: int = 2, n_in: int = 3, hidden: int = 4,
     graph.outputs = [v.node for v in outputs]
     graph.meta = GraphMeta(
         output_names=tuple(f"{'y' if head else 'h'}_{t}" for t in range(steps)),
-        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"})
+        scopes={"seq": "Sequencer", "seq.lstm": "LSTM", "seq.out": "Linear"},
+    )
     return graph
 
 
@@ -55,9 +65,11 @@ def _lstm_params(tape: Tape, n_in: int, hidden: int, dtype) -> dict[str, tuple[V
     params = {}
     with scope("seq.lstm"):
         for g in GATES:
-            params[g] = (tape.input((n_in, hidden), dtype, name=f"W_{g}", kind="param"),
-                         tape.input((hidden, hidden), dtype, name=f"U_{g}", kind="param"),
-                         tape.input((hidden,), dtype, name=f"b_{g}", kind="param"))
+            params[g] = (
+                tape.input((n_in, hidden), dtype, name=f"W_{g}", kind="param"),
+                tape.input((hidden, hidden), dtype, name=f"U_{g}", kind="param"),
+                tape.input((hidden,), dtype, name=f"b_{g}", kind="param"),
+            )
     return params
 
 

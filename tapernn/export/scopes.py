@@ -1,5 +1,5 @@
-"""Nested clusters by dotted module scope ("seq.lstm" sits inside "seq"), for `cluster_by="scope"`.
-"""
+"""Nested clusters by dotted module scope ("seq.lstm" sits inside "seq"), for `cluster_by="scope"`."""
+
 from __future__ import annotations
 
 import re
@@ -15,9 +15,13 @@ def cluster_name(scope: str) -> str:
     return "cluster_scope_" + (re.sub(r"[^0-9A-Za-z_]", "_", scope) or "root")
 
 
-def place_by_scope(dot: graphviz.Digraph, items: Iterable[Any], scope_of: Callable[[Any], str],
-                   draw: Callable[[graphviz.Digraph, Any], None],
-                   names: dict[str, str] | None = None) -> None:
+def place_by_scope(
+    dot: graphviz.Digraph,
+    items: Iterable[Any],
+    scope_of: Callable[[Any], str],
+    draw: Callable[[graphviz.Digraph, Any], None],
+    names: dict[str, str] | None = None,
+) -> None:
     """Draw each item inside the nested clusters of its scope; scope "" draws at the top level."""
     tree: dict[str, list[Any]] = {}
     for item in items:
@@ -33,11 +37,18 @@ def _prefixes(scope: str) -> list[str]:
     return [".".join(parts[: k + 1]) for k in range(len(parts))]
 
 
-def _draw_level(parent: graphviz.Digraph, prefix: str, scopes: list[str], tree: dict,
-                draw: Callable, names: dict[str, str]) -> None:
+def _draw_level(
+    parent: graphviz.Digraph,
+    prefix: str,
+    scopes: list[str],
+    tree: dict,
+    draw: Callable,
+    names: dict[str, str],
+) -> None:
     depth = 0 if not prefix else prefix.count(".") + 1
-    children = [s for s in scopes if s.count(".") == depth and (not prefix or
-                                                                  s.startswith(prefix + "."))]
+    children = [
+        s for s in scopes if s.count(".") == depth and (not prefix or s.startswith(prefix + "."))
+    ]
     for s in children:
         with parent.subgraph(name=cluster_name(s)) as c:
             label = f"{names[s]}  ({s})" if s in names else s

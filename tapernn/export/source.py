@@ -1,6 +1,7 @@
 """What a diagram shows: resolving the object to draw, picking the nodes of a view, classifying
 them (param, data, seed, gradient, ...) and, for `collapse=True`, folding isomorphic steps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
 
     if isinstance(obj, Graph):
         if compiled:
-            raise TapernnError("compiled=True needs a Compiled object or a module after forward, "
-                               "not a bare Graph; use tn.compile(graph) first")
+            raise TapernnError(
+                "compiled=True needs a Compiled object or a module after forward, "
+                "not a bare Graph; use tn.compile(graph) first"
+            )
         return obj, None
     if isinstance(obj, Compiled) or _looks_compiled(obj):
         return obj.graph, obj
@@ -48,18 +51,23 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
         runtime = getattr(obj, "_runtime", None)  # a rolled program is drawn unrolled
         last = runtime.display_executable() if runtime is not None else None
         if last is not None and last is not runtime.last:
-            return resolve(last.training_pair.forward if last.training_pair is not None
-                           else last.forward_only)
+            return resolve(
+                last.training_pair.forward if last.training_pair is not None else last.forward_only
+            )
         return resolve(obj.compiled)
     graph = getattr(obj, "graph", None)
     if isinstance(graph, Graph):
         return graph, None
     if graph is None and hasattr(obj, "compile_report"):
         name = obj.describe() if hasattr(obj, "describe") else type(obj).__name__
-        raise TapernnError(f"cannot draw {name}: nothing traced yet; call forward first "
-                           f"(set_passes clears the traced programs)")
-    raise TapernnError(f"cannot draw {type(obj).__name__}: expected a Graph, a Compiled program "
-                       f"or a module after forward (an object with a .graph)")
+        raise TapernnError(
+            f"cannot draw {name}: nothing traced yet; call forward first "
+            f"(set_passes clears the traced programs)"
+        )
+    raise TapernnError(
+        f"cannot draw {type(obj).__name__}: expected a Graph, a Compiled program "
+        f"or a module after forward (an object with a .graph)"
+    )
 
 
 def _looks_compiled(obj: Any) -> bool:
@@ -86,8 +94,18 @@ def select(graph: Graph, view: str, compiled: Any = None) -> Drawing:
         edges = [(i, n, pos) for i, n, pos in edges if n.phase == "backward"]
     roles = classify(graph, nodes, view)
     ids = {n: f"n{num[n]}" for n in nodes}
-    return Drawing(graph, view, nodes, ids, roles, edges, {n: n for n in nodes}, {},
-                   compiled, programs=[compiled] if compiled is not None else [])
+    return Drawing(
+        graph,
+        view,
+        nodes,
+        ids,
+        roles,
+        edges,
+        {n: n for n in nodes},
+        {},
+        compiled,
+        programs=[compiled] if compiled is not None else [],
+    )
 
 
 def is_scalar_constant(n: Node) -> bool:
@@ -129,6 +147,7 @@ def output_name(graph: Graph, node: Node) -> str:
 
 # ---- collapse: one cluster per class of isomorphic steps ----------------------------------------
 
+
 def collapse_steps(d: Drawing) -> Drawing:
     """Fold steps whose sub-graphs match into their first step (positional isomorphism).
 
@@ -163,8 +182,19 @@ def collapse_steps(d: Drawing) -> Drawing:
     nodes = [n for n in d.nodes if rep[n] is n]
     folded = {t for steps in classes if len(steps) > 1 for t in steps}
     initial = {n for n in nodes if n.step in folded and _is_source(n)}
-    return Drawing(d.graph, d.view, nodes, d.ids, d.roles, d.edges, rep, labels, d.compiled,
-                   initial, d.programs)
+    return Drawing(
+        d.graph,
+        d.view,
+        nodes,
+        d.ids,
+        d.roles,
+        d.edges,
+        rep,
+        labels,
+        d.compiled,
+        initial,
+        d.programs,
+    )
 
 
 def _is_source(n: Node) -> bool:
@@ -172,8 +202,9 @@ def _is_source(n: Node) -> bool:
     return not n.inputs and n.op not in ("input", "constant")
 
 
-def _signature(members: list[Node], t: int, index: dict[Node, int], roles: dict[Node, str]
-               ) -> list[tuple]:
+def _signature(
+    members: list[Node], t: int, index: dict[Node, int], roles: dict[Node, str]
+) -> list[tuple]:
     sig = []
     for n in members:
         srcs = []

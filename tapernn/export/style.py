@@ -3,6 +3,7 @@
 Colours follow one rule a reader can learn from a single diagram: blue = data in, gold =
 parameters, green = recurrent state, red = gradients (dashed = backward), grey = context.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,26 +14,52 @@ from ..graph import Node
 from ..ops.indexing import show_index
 
 FONT = "Helvetica"
-GRAPH_ATTRS = {"rankdir": "LR", "fontname": FONT, "fontsize": "12",
-               "nodesep": "0.18", "ranksep": "0.3", "compound": "true"}
-NODE_ATTRS = {"fontname": FONT, "fontsize": "10", "shape": "box", "style": "rounded,filled",
-              "fillcolor": "white", "color": "#444444", "margin": "0.06,0.03", "height": "0.3"}
+GRAPH_ATTRS = {
+    "rankdir": "LR",
+    "fontname": FONT,
+    "fontsize": "12",
+    "nodesep": "0.18",
+    "ranksep": "0.3",
+    "compound": "true",
+}
+NODE_ATTRS = {
+    "fontname": FONT,
+    "fontsize": "10",
+    "shape": "box",
+    "style": "rounded,filled",
+    "fillcolor": "white",
+    "color": "#444444",
+    "margin": "0.06,0.03",
+    "height": "0.3",
+}
 EDGE_ATTRS = {"fontname": FONT, "fontsize": "8", "color": "#555555", "arrowsize": "0.6"}
 
 ROLE_ATTRS: dict[str, dict[str, str]] = {
     "data": {"shape": "ellipse", "style": "filled", "fillcolor": "#cfe2ff"},
     "state": {"shape": "ellipse", "style": "filled", "fillcolor": "#d1f2d6"},
     "param": {"shape": "box", "style": "filled", "fillcolor": "#ffe8a3", "color": "#a07800"},
-    "seed": {"shape": "ellipse", "style": "filled,dashed", "fillcolor": "#ffd6d6",
-             "color": "#b00020"},
+    "seed": {
+        "shape": "ellipse",
+        "style": "filled,dashed",
+        "fillcolor": "#ffd6d6",
+        "color": "#b00020",
+    },
     "constant": {"shape": "plaintext", "style": "", "fontcolor": "#666666", "height": "0.2"},
     "op": {},
     "output": {"style": "rounded,filled,bold", "fillcolor": "#cfe2ff", "penwidth": "2"},
     "backward": {"style": "rounded,filled,dashed", "fillcolor": "#fff0f0", "color": "#b00020"},
-    "gradient": {"style": "rounded,filled,bold", "fillcolor": "#ffd6d6", "color": "#b00020",
-                 "penwidth": "2"},
-    "context": {"style": "rounded,filled", "fillcolor": "#f2f2f2", "color": "#aaaaaa",
-                "fontcolor": "#888888"},
+    "gradient": {
+        "style": "rounded,filled,bold",
+        "fillcolor": "#ffd6d6",
+        "color": "#b00020",
+        "penwidth": "2",
+    },
+    "context": {
+        "style": "rounded,filled",
+        "fillcolor": "#f2f2f2",
+        "color": "#aaaaaa",
+        "fontcolor": "#888888",
+    },
     "fused": {"shape": "box", "style": "filled", "fillcolor": "#e8ddff", "color": "#5b3fa0"},
 }
 
@@ -41,14 +68,25 @@ EDGE_KIND_ATTRS: dict[str, dict[str, str]] = {
     "param": {"color": "#d9b84a", "arrowsize": "0.4", "penwidth": "0.7", "constraint": "false"},
     "recurrent": {"color": "#1a7f37", "penwidth": "2.4", "weight": "8"},
     "backward": {"color": "#b00020", "style": "dashed"},
-    "recurrent_backward": {"color": "#b00020", "style": "dashed", "penwidth": "2.4",
-                           "weight": "8"},
-    "context": {"color": "#c8c8c8", "style": "dotted", "constraint": "false", "penwidth": "0.6",
-                "arrowhead": "none"},
+    "recurrent_backward": {"color": "#b00020", "style": "dashed", "penwidth": "2.4", "weight": "8"},
+    "context": {
+        "color": "#c8c8c8",
+        "style": "dotted",
+        "constraint": "false",
+        "penwidth": "0.6",
+        "arrowhead": "none",
+    },
 }
 
-CLUSTER_ATTRS = {"style": "rounded,filled", "fillcolor": "#fafafa", "color": "#999999",
-                 "fontname": FONT, "fontsize": "12", "labeljust": "l", "margin": "10"}
+CLUSTER_ATTRS = {
+    "style": "rounded,filled",
+    "fillcolor": "#fafafa",
+    "color": "#999999",
+    "fontname": FONT,
+    "fontsize": "12",
+    "labeljust": "l",
+    "margin": "10",
+}
 
 
 def shape_text(shape: tuple) -> str:

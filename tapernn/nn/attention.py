@@ -1,6 +1,7 @@
 """RecurrentAttention: the recurrent attention model (Mnih et al. 2014) as Torch7 rnn's
 nn.RecurrentAttention -- an action module picks where to look from the previous hidden state,
 an rnn reads `[input, action]`; all n_step steps are one traced graph."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,9 +53,11 @@ class RecurrentAttention(Module):
         self._before_forward()
 
     def build(self, x: Any) -> list:
-        self.expect(isinstance(x, Var) and x.ndim >= 1,
-                    f"expects a batched array input (batch, ...), got "
-                    f"{getattr(x, 'shape', type(x).__name__)}")
+        self.expect(
+            isinstance(x, Var) and x.ndim >= 1,
+            f"expects a batched array input (batch, ...), got "
+            f"{getattr(x, 'shape', type(x).__name__)}",
+        )
         rnn, action = self._children["rnn"], self._children["action"]
         dtype = x.dtype if x.dtype.kind == "f" else self.dtype
         h = F.zeros((x.shape[0],) + self.hidden_size, dtype)
@@ -63,9 +66,11 @@ class RecurrentAttention(Module):
             with tracing.step(t):
                 h = rnn([x, action(h)])
                 if not (isinstance(h, Var) and h.shape == (x.shape[0],) + self.hidden_size):
-                    raise ShapeError(f"{self.describe()} (step {t}): the rnn must return "
-                                     f"{(x.shape[0],) + self.hidden_size} (batch + hidden_size), "
-                                     f"got {getattr(h, 'shape', type(h).__name__)}")
+                    raise ShapeError(
+                        f"{self.describe()} (step {t}): the rnn must return "
+                        f"{(x.shape[0],) + self.hidden_size} (batch + hidden_size), "
+                        f"got {getattr(h, 'shape', type(h).__name__)}"
+                    )
                 outputs.append(h)
         return outputs
 

@@ -1,5 +1,6 @@
 """Bidirectional sequencers: BiSequencer (forward and reversed passes merged per step) and
 BiSequencerLM (each step sees the past from one side and the future from the other)."""
+
 from __future__ import annotations
 
 import copy
@@ -26,6 +27,7 @@ def fresh_clone(module: Module) -> Module:
 
 class _Bidirectional(Module):
     unroll: bool | None = None  # True: every step traced (baseline); None: by length (roll_api)
+
     def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
         super().__init__()
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
@@ -41,7 +43,9 @@ class _Bidirectional(Module):
 
     def _steps(self, x: Any) -> tuple[list, bool]:
         if isinstance(x, Var):
-            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}")
+            self.expect(
+                x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}"
+            )
             return [x[t] for t in range(x.shape[0])], True
         self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
         return list(x), False
@@ -89,12 +93,13 @@ class BiSequencer(_Bidirectional):
         b = self._run(self._children["bwd"], steps, range(T - 1, -1, -1))
         return self._merge([[f[t], b[t]] for t in range(T)], as_array)
 
-
     def _build_rolled(self, ctx: Any, x: Any) -> Any:
         """fwd as a loop, bwd as a reverse loop, merge as a loop over both (nn.rolled)."""
         as_array = isinstance(x, Var)
         if as_array:
-            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}")
+            self.expect(
+                x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}"
+            )
         else:
             self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
         T = x.shape[0] if as_array else len(x)
@@ -107,21 +112,46 @@ class BiSequencer(_Bidirectional):
                 if not isinstance(y, Var):
                     raise NotRollable("the step returns a table")
                 return y
+
             return call
 
         def step_of(stacked: list) -> Any:
             def at(t: int) -> list:
                 with tracing.step(t):
                     return [v[t] for v in stacked]
+
             return at
+
         c = self._children
-        f = run_loop(ctx, loop_key(c["fwd"], ctx, [xs], [], "fwd"), one(c["fwd"]), T, [xs], [],
-                     (lambda t: [x[t]]) if not as_array else step_of([xs]))
-        b = run_loop(ctx, loop_key(c["bwd"], ctx, [xs], [], "bwd"), one(c["bwd"]), T, [xs], [],
-                     (lambda t: [x[t]]) if not as_array else step_of([xs]), reverse=True)
+        f = run_loop(
+            ctx,
+            loop_key(c["fwd"], ctx, [xs], [], "fwd"),
+            one(c["fwd"]),
+            T,
+            [xs],
+            [],
+            (lambda t: [x[t]]) if not as_array else step_of([xs]),
+        )
+        b = run_loop(
+            ctx,
+            loop_key(c["bwd"], ctx, [xs], [], "bwd"),
+            one(c["bwd"]),
+            T,
+            [xs],
+            [],
+            (lambda t: [x[t]]) if not as_array else step_of([xs]),
+            reverse=True,
+        )
         pair = [join_segments(f, True), join_segments(b, True)]
-        merged = run_loop(ctx, loop_key(c["merge"], ctx, pair, [], "merge"),
-                          lambda v, _: c["merge"](v), T, pair, [], step_of(pair))
+        merged = run_loop(
+            ctx,
+            loop_key(c["merge"], ctx, pair, [], "merge"),
+            lambda v, _: c["merge"](v),
+            T,
+            pair,
+            [],
+            step_of(pair),
+        )
         return join_segments(merged, as_array)
 
 

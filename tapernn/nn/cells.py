@@ -2,6 +2,7 @@
 FastLSTM (fused gates [i, g, f, o]), GRU (reset before the matmul, or after), RNN, and Torch7's
 generic `Recurrent`. Math: ../shared/reference/element-rnn.md §2.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,9 @@ class LSTM(Cell):
 
     state_names = ("h", "c")
 
-    def __init__(self, input_size: int, output_size: int | None = None, peephole: bool = True, rng=None):
+    def __init__(
+        self, input_size: int, output_size: int | None = None, peephole: bool = True, rng=None
+    ):
         super().__init__(input_size, input_size if output_size is None else output_size)
         D, H = self.input_size, self.hidden_size
         self.peephole = peephole = check.flag(self, "peephole", peephole)
@@ -60,7 +63,9 @@ class LSTM(Cell):
         return o * F.tanh(c_new), c_new
 
     def extra_repr(self) -> str:
-        return f"({self.input_size} -> {self.hidden_size}{'' if self.peephole else ', no peephole'})"
+        return (
+            f"({self.input_size} -> {self.hidden_size}{'' if self.peephole else ', no peephole'})"
+        )
 
 
 class FastLSTM(Cell):
@@ -154,8 +159,15 @@ class Recurrent(AbstractRecurrent):
 
     table_states = True
 
-    def __init__(self, start: int | Module, input: Module, feedback: Module,
-                 transfer: Module | None = None, merge: Module | None = None, rng=None):
+    def __init__(
+        self,
+        start: int | Module,
+        input: Module,
+        feedback: Module,
+        transfer: Module | None = None,
+        merge: Module | None = None,
+        rng=None,
+    ):
         super().__init__()
         if not isinstance(start, Module):
             self.start_size = check.size(self, "start (a size or a module)", start)
@@ -172,8 +184,10 @@ class Recurrent(AbstractRecurrent):
         self.add_child("merge", merge if merge is not None else CAddTable())
 
     def mask_zero(self) -> Recurrent:
-        raise ArgumentTypeError("nn.Recurrent does not support mask_zero (as in Torch7); use a "
-                                "Cell such as RNN, LSTM or GRU")
+        raise ArgumentTypeError(
+            "nn.Recurrent does not support mask_zero (as in Torch7); use a "
+            "Cell such as RNN, LSTM or GRU"
+        )
 
     def build(self, x):
         ctx = current_build()
@@ -182,8 +196,11 @@ class Recurrent(AbstractRecurrent):
             return super().build(x)
         t = ctx.next_step(self)
         projected = self._children["input"](x)
-        started = (projected + self._params["start"] if self.start_module is None
-                   else self.start_module(projected))
+        started = (
+            projected + self._params["start"]
+            if self.start_module is None
+            else self.start_module(projected)
+        )
         h = self._children["transfer"](started)
         leaves, tree = flatten(h)
         self._leaf_tree = (tree,)  # h may be a table (list of arrays): the state's structure
@@ -201,6 +218,9 @@ class Recurrent(AbstractRecurrent):
         c = self._children
         h = c["transfer"](c["merge"]([c["input"](x), c["feedback"](self._by_name(state)[0])]))
         leaves, tree = flatten(h)
-        self.expect(tree == self._state_tree()[0], "the hidden state changed structure from one "
-                    "step to the next (a table must stay a table of the same length)")
+        self.expect(
+            tree == self._state_tree()[0],
+            "the hidden state changed structure from one "
+            "step to the next (a table must stay a table of the same length)",
+        )
         return h, tuple(leaves)

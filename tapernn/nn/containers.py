@@ -1,5 +1,6 @@
 """Containers: Sequential (a chain), ConcatTable (every child on the same input -> list) and
 ParallelTable (child k on input[k] -> list)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ class Container(Module):
     def get(self, index: int) -> Module:
         mods = self.children()
         if not -len(mods) <= check.integer(self, "index", index) < len(mods):
-            raise ValueRangeError(f"{self.describe()} has {len(mods)} modules; index {index} is out of range")
+            raise ValueRangeError(
+                f"{self.describe()} has {len(mods)} modules; index {index} is out of range"
+            )
         return mods[index]
 
     __getitem__ = get
@@ -72,7 +75,10 @@ class ParallelTable(Container):
     """Applies child k to input[k]; returns the list of their outputs."""
 
     def build(self, xs: Any) -> list:
-        self.expect(isinstance(xs, list) and len(xs) == len(self),
-                    f"expected a list of {len(self)} inputs, got "
-                    f"{len(xs) if isinstance(xs, list) else type(xs).__name__}", ShapeError)
+        self.expect(
+            isinstance(xs, list) and len(xs) == len(self),
+            f"expected a list of {len(self)} inputs, got "
+            f"{len(xs) if isinstance(xs, list) else type(xs).__name__}",
+            ShapeError,
+        )
         return [m(x) for m, x in zip(self.children(), xs)]

@@ -1,6 +1,7 @@
 """The build context: what a module sees while the outermost `forward` traces the whole model —
 parameter bindings, recurrent state threaded between steps, random masks, recorded fields.
 """
+
 from __future__ import annotations
 
 from contextvars import ContextVar
@@ -32,10 +33,14 @@ def _wrong_state_shape(module: Any, k: int, got: tuple, needed: tuple) -> None:
     at = f"{module.describe()} at {current_scope() or 'top'!r}"
     name = module._leaf_name(k)
     if module._state is None:  # the user's set_initial_state
-        raise ShapeError(f"{at}: initial state {name!r} given to set_initial_state has shape "
-                         f"{got}, but this input needs {needed}")
-    raise StateError(f"{at}: remembered state {name!r} has shape {got} but this input needs "
-                     f"{needed}; call forget() when the batch size changes")
+        raise ShapeError(
+            f"{at}: initial state {name!r} given to set_initial_state has shape "
+            f"{got}, but this input needs {needed}"
+        )
+    raise StateError(
+        f"{at}: remembered state {name!r} has shape {got} but this input needs "
+        f"{needed}; call forget() when the batch size changes"
+    )
 
 
 @dataclass
@@ -43,24 +48,24 @@ class BuildContext:
     tape: Tape
     training: bool
     history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
-    params: dict = field(default_factory=dict)          # Parameter -> Var
-    param_order: list = field(default_factory=list)     # Parameters in input order
-    randoms: list = field(default_factory=list)         # (Node, p or draw(), rng) random inputs
-    reinforce: list = field(default_factory=list)       # (module, step, Var) REINFORCE log-probs
-    states: dict = field(default_factory=dict)          # recurrent module -> tuple[Var]
-    state_inputs: list = field(default_factory=list)    # (module, k, Node, user-set) fed at run time
-    steps: dict = field(default_factory=dict)           # recurrent module -> steps traced
-    probes: list = field(default_factory=list)          # (module, field, step, Var)
-    scopes: dict = field(default_factory=dict)          # scope path -> module description
-    aliases: list = field(default_factory=list)         # modules that record no op (diagrams)
-    stack: list = field(default_factory=list)           # modules being built, outermost first
-    step_mask: Any = None                                # (B, 1) 0/1 while a Sequencer has lengths
+    params: dict = field(default_factory=dict)  # Parameter -> Var
+    param_order: list = field(default_factory=list)  # Parameters in input order
+    randoms: list = field(default_factory=list)  # (Node, p or draw(), rng) random inputs
+    reinforce: list = field(default_factory=list)  # (module, step, Var) REINFORCE log-probs
+    states: dict = field(default_factory=dict)  # recurrent module -> tuple[Var]
+    state_inputs: list = field(default_factory=list)  # (module, k, Node, user-set) fed at run time
+    steps: dict = field(default_factory=dict)  # recurrent module -> steps traced
+    probes: list = field(default_factory=list)  # (module, field, step, Var)
+    scopes: dict = field(default_factory=dict)  # scope path -> module description
+    aliases: list = field(default_factory=list)  # modules that record no op (diagrams)
+    stack: list = field(default_factory=list)  # modules being built, outermost first
+    step_mask: Any = None  # (B, 1) 0/1 while a Sequencer has lengths
     # a variant of a Sequencer program (nn.state_grads): each state passed from step t to t + 1
     # gets a zero "tap" input (its gradient: what step t + 1 sends back into the state of step
     # t), and for (module, t) in `cuts` the gradient from step t + 1 is stopped (it is replaced)
     taps: bool = False
     cuts: frozenset = frozenset()
-    tap_inputs: list = field(default_factory=list)     # (module, t, k, Node)
+    tap_inputs: list = field(default_factory=list)  # (module, t, k, Node)
     # rolled loops (nn.rolled): step templates by step signature (the runtime's, kept across
     # lengths), compile-report notes, whether this trace traced a step or only re-emitted
     # cached templates, and `unroll` (trace every step into the graph)
@@ -97,8 +102,9 @@ class BuildContext:
         leaves = out if isinstance(out, (list, tuple)) else [out]
         ids = [v.node.id for v in leaves if hasattr(v, "node")]
         if ids:
-            self.aliases.append({"scope": current_scope(), "step": current_step(),
-                                 "outputs": ids, "after": last_id})
+            self.aliases.append(
+                {"scope": current_scope(), "step": current_step(), "outputs": ids, "after": last_id}
+            )
 
     # ---- parameters and randomness -------------------------------------------------------------
 
@@ -113,8 +119,13 @@ class BuildContext:
             self.param_order.append(p)
         return var
 
-    def random_mask(self, shape: tuple[int, ...], p: float, dtype: np.dtype,
-                    rng: np.random.Generator | None = None) -> Var:
+    def random_mask(
+        self,
+        shape: tuple[int, ...],
+        p: float,
+        dtype: np.dtype,
+        rng: np.random.Generator | None = None,
+    ) -> Var:
         """A fresh dropout mask per call, drawn from `rng` (None: tapernn's global generator)."""
         var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
         self.randoms.append((var.node, p, rng))
@@ -135,7 +146,9 @@ class BuildContext:
 
     # ---- recurrent state ---------------------------------------------------------------------
 
-    def state_of(self, module: Any, shapes: list[tuple[int, ...]], dtype: np.dtype) -> tuple[Var, ...]:
+    def state_of(
+        self, module: Any, shapes: list[tuple[int, ...]], dtype: np.dtype
+    ) -> tuple[Var, ...]:
         if module in self.states:
             return self.states[module]
         stored = module._initial_state_arrays()
@@ -161,8 +174,9 @@ class BuildContext:
             cut = (module, t) in self.cuts
             tapped = []
             for k, s in enumerate(state):
-                z = self.tape.input(s.shape, s.dtype, name=f"{current_scope() or 'state'}.tap{k}",
-                                    kind="tap")
+                z = self.tape.input(
+                    s.shape, s.dtype, name=f"{current_scope() or 'state'}.tap{k}", kind="tap"
+                )
                 self.tap_inputs.append((module, t, k, z.node))
                 tapped.append((F.stop_gradient(s) if cut else s) + z)
             state = tuple(tapped)

@@ -1,6 +1,7 @@
 """Criteria (losses) with torch/nn formulas: MSE, BCE, ClassNLL, CrossEntropy, and
 SequencerCriterion (sum over steps). `forward(input, target) -> float`,
 `backward(input, target) -> grad_input`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,10 @@ class Criterion(Module):
         _, _, record = rt._run((input, target), n_diff_args=1)
         loss = float(record.outputs[0])
         if not np.isfinite(loss):
-            raise NumericError(f"{self.describe()}: the loss is {loss} (NaN/Inf); check the "
-                               f"inputs and the learning rate")
+            raise NumericError(
+                f"{self.describe()}: the loss is {loss} (NaN/Inf); check the "
+                f"inputs and the learning rate"
+            )
         self.output = loss
         return loss
 
@@ -38,8 +41,13 @@ class Criterion(Module):
         rt = runtime_of(self)
         last = rt.history[-1] if rt.history else None
         now = [np.asarray(a) for a in flatten([input, target])[0]]
-        if last is None or len(now) != len(last.leaves) or not all(
-                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(now, last.leaves)):
+        if (
+            last is None
+            or len(now) != len(last.leaves)
+            or not all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(now, last.leaves)
+            )
+        ):
             self.forward(input, target)  # Torch7 criteria take input and target again
         return rt.backward(input, np.ones((), dtype=self.dtype))
 
@@ -53,13 +61,17 @@ class Criterion(Module):
         for a in flatten(input)[0]:
             if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != self.dtype:
                 fix = ".float()" if a.dtype == np.float32 else ".double()"
-                raise DTypeError(f"{self.describe()}: the input is {a.dtype.name} but the "
-                                 f"criterion is {self.dtype.name}; criteria have their own type "
-                                 f"as in Torch7: convert it with criterion{fix} (or "
-                                 f".astype(dtype))")
+                raise DTypeError(
+                    f"{self.describe()}: the input is {a.dtype.name} but the "
+                    f"criterion is {self.dtype.name}; criteria have their own type "
+                    f"as in Torch7: convert it with criterion{fix} (or "
+                    f".astype(dtype))"
+                )
 
     def __call__(self, input: Any, target: Any) -> Any:
-        if isinstance(input, Var) or (isinstance(input, list) and input and isinstance(input[0], Var)):
+        if isinstance(input, Var) or (
+            isinstance(input, list) and input and isinstance(input[0], Var)
+        ):
             return self.apply(input, target)
         return self.forward(input, target)
 
@@ -107,8 +119,10 @@ class BCECriterion(Criterion):
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
         if x.size and (x.min() < 0 or x.max() > 1):
-            raise ValueRangeError(f"{self.describe()}: inputs must be probabilities in [0, 1], got "
-                                  f"values in [{x.min():.4g}, {x.max():.4g}]")
+            raise ValueRangeError(
+                f"{self.describe()}: inputs must be probabilities in [0, 1], got "
+                f"values in [{x.min():.4g}, {x.max():.4g}]"
+            )
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -128,8 +142,9 @@ class ClassNLLCriterion(Criterion):
     Shapes: input (B, C) log-probabilities with target (B,), or input (C,) with a scalar target.
     """
 
-    def __init__(self, weights: np.ndarray | None = None, size_average: bool = True,
-                 ignore_index: int = -100):
+    def __init__(
+        self, weights: np.ndarray | None = None, size_average: bool = True, ignore_index: int = -100
+    ):
         super().__init__()
         self.weights = check.weights(self, "weights", weights)
         self.size_average = check.flag(self, "size_average", size_average)
@@ -142,9 +157,11 @@ class ClassNLLCriterion(Criterion):
         n_class = x.shape[-1] if x.ndim else 0
         bad = t[(t != self.ignore_index) & ((t < 0) | (t >= n_class))]
         if bad.size:
-            raise ValueRangeError(f"{self.describe()}: class target {bad.ravel()[0]} out of range: "
-                                  f"expected 0 <= target < {n_class} (0-based) or ignore_index "
-                                  f"{self.ignore_index}")
+            raise ValueRangeError(
+                f"{self.describe()}: class target {bad.ravel()[0]} out of range: "
+                f"expected 0 <= target < {n_class} (0-based) or ignore_index "
+                f"{self.ignore_index}"
+            )
 
     def build(self, x: Var, t: Var) -> Var:
         return self.build_masked(x, t, None)
@@ -153,7 +170,9 @@ class ClassNLLCriterion(Criterion):
         self.expect(x.ndim in (1, 2), f"expects input (C,) or (batch, C), got {x.shape}")
         if x.ndim == 1:
             x, t = F.reshape(x, (1, -1)), F.reshape(t, (1,))
-        self.expect(t.shape == (x.shape[0],), f"target shape {t.shape} does not match input {x.shape}")
+        self.expect(
+            t.shape == (x.shape[0],), f"target shape {t.shape} does not match input {x.shape}"
+        )
         valid = F.greater(F.abs(t - self.ignore_index), 0)
         safe = F.where(valid, t, 0)
         picked = F.reshape(F.gather(x, F.reshape(safe, (-1, 1)), axis=1), (-1,))
@@ -198,6 +217,7 @@ class SequencerCriterion(Criterion):
         xs, ys = _steps(xs), _steps(ys)
         self.expect(len(xs) == len(ys), f"{len(xs)} input steps but {len(ys)} target steps")
         from .. import tracing
+
         losses = []
         for t, (x, y) in enumerate(zip(xs, ys)):
             with tracing.step(t):

@@ -1,6 +1,7 @@
 """One traced model for one input signature (`Executable`): the trace of the outermost module,
 its outputs, final states and per-step fields, and its forward / training programs (compiled
 lazily). `nn.runtime` keeps one per signature and runs them."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -28,24 +29,46 @@ from .tree import flatten, unflatten
 class Executable:
     """One traced model for one input signature."""
 
-    def __init__(self, root: Any, leaves: list[np.ndarray], tree: Any, names: list[str],
-                 training: bool, history_mode: bool, n_diff_leaves: int, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS, cuts: frozenset | None = None,
-                 templates: dict | None = None, unroll: bool = False):
+    def __init__(
+        self,
+        root: Any,
+        leaves: list[np.ndarray],
+        tree: Any,
+        names: list[str],
+        training: bool,
+        history_mode: bool,
+        n_diff_leaves: int,
+        passes: list,
+        options: PlanOptions = DEFAULT_OPTIONS,
+        cuts: frozenset | None = None,
+        templates: dict | None = None,
+        unroll: bool = False,
+    ):
         """`cuts` (a set, maybe empty) traces the state-gradient variant (nn.state_grads);
         `templates` caches rolled loops' step templates across traces (nn.rolled); `unroll`
         traces every step of every loop into the graph."""
         self.passes, self.options = passes, options
         tape = Tape()
-        ctx = BuildContext(tape, training, history_mode, taps=cuts is not None,
-                           cuts=cuts or frozenset(), templates=templates, unroll=unroll)
+        ctx = BuildContext(
+            tape,
+            training,
+            history_mode,
+            taps=cuts is not None,
+            cuts=cuts or frozenset(),
+            templates=templates,
+            unroll=unroll,
+        )
         with tape.recording(), ctx:
-            data = [tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)]
+            data = [
+                tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)
+            ]
             out = root.apply(*unflatten(tree, data))
         out_leaves, self.out_tree = flatten(out)
         for v in out_leaves:
             if not hasattr(v, "node"):
-                raise TapernnError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
+                raise TapernnError(
+                    f"{root.describe()}.build returned {type(v).__name__}, not a Var"
+                )
         self.real = [v.node for v in out_leaves]
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
@@ -71,8 +94,9 @@ class Executable:
         self.probe_pos = len(self.diff_outputs) + (0 if history_mode else len(final_nodes))
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
-        graph.meta = replace(graph.meta, scopes=dict(ctx.scopes), root=root.describe(),
-                             aliases=tuple(ctx.aliases))
+        graph.meta = replace(
+            graph.meta, scopes=dict(ctx.scopes), root=root.describe(), aliases=tuple(ctx.aliases)
+        )
         self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, graph.meta)
         # what `module.graph` shows: the model's own outputs, not the recorded fields
         self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
@@ -85,8 +109,9 @@ class Executable:
         self.packing = Packing(self.params, [ctx.params[p].node for p in self.params])
         self.arg_nodes = self.packing.inputs(graph.inputs)
         self.binders = self.packing.binders(self.arg_nodes, lambda n: _binder(n, ctx))
-        self.state_wrt = [(m, k, n, user) for m, k, n, user in ctx.state_inputs
-                          if history_mode or user]
+        self.state_wrt = [
+            (m, k, n, user) for m, k, n, user in ctx.state_inputs if history_mode or user
+        ]
         self.wrt += [n for _, _, n, _ in self.state_wrt]
         self.tap_inputs = ctx.tap_inputs  # (module, step, leaf, node): variants only
         self.wrt += [n for *_, n in self.tap_inputs]
@@ -116,8 +141,9 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile_into(self.aliasing_probes(packed), self.arena,
-                                             self.passes, self.options)
+            self.forward_only = compile_into(
+                self.aliasing_probes(packed), self.arena, self.passes, self.options
+            )
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -128,8 +154,12 @@ class Executable:
         alias = [k for k, o in enumerate(graph.outputs) if o in probes and _views_data(o)]
         if not alias:
             return graph
-        return Graph(graph.nodes, graph.inputs, graph.outputs,
-                     replace(graph.meta, outputs_may_alias_inputs=tuple(alias)))
+        return Graph(
+            graph.nodes,
+            graph.inputs,
+            graph.outputs,
+            replace(graph.meta, outputs_may_alias_inputs=tuple(alias)),
+        )
 
     def compile_training(self, extra_seeded: tuple = ()) -> TrainingPair:
         """The forward program that keeps what backward needs, and the backward program;
@@ -155,14 +185,16 @@ class Executable:
         # the probes and final states are forward outputs too, but never differentiated (a
         # scan's VJP may rewire the graph: `also` gives the nodes standing for them now)
         joint.outputs = joint.outputs[:n] + joint.also + joint.outputs[n:]
-        grads = joint.outputs[n + len(self.extras):]
-        display = Graph(joint.nodes, joint.inputs, joint.outputs[:len(self.real)] + grads,
-                        joint.meta)
+        grads = joint.outputs[n + len(self.extras) :]
+        display = Graph(
+            joint.nodes, joint.inputs, joint.outputs[: len(self.real)] + grads, joint.meta
+        )
         start = n + len(self.extras) + len(self.data_wrt)
         joint = self.packing.rewrite(joint, (start, start + len(self.params)))
         fwd, bwd = split_forward_backward(joint, n + len(self.extras))
-        return TrainingPair(self.aliasing_probes(fwd), bwd, display, self.passes, self.options,
-                            self.arena)
+        return TrainingPair(
+            self.aliasing_probes(fwd), bwd, display, self.passes, self.options, self.arena
+        )
 
     def bind(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """The program's arguments: data leaves, parameter arrays, fresh dropout masks, states."""
@@ -171,20 +203,28 @@ class Executable:
     def report(self, steps: int = 1):
         """The joined report; step-wise, `steps` records held at once count in its peak."""
         from ..passes import CompileReport
+
         if self.training_pair is None:
             return replace(self.compile_forward().report, notes=list(self.notes))
         pair = self.training_pair
-        return replace(CompileReport.joined(
-            pair.forward.report, pair.last_backward.report, pair.saved_bytes,
-            pair.resident_bytes, pair.step_peak_bytes(len(self.data_wrt), tap_copy_bytes(self),
-                                                      self._held_steps(steps))),
-            notes=list(self.notes))
+        return replace(
+            CompileReport.joined(
+                pair.forward.report,
+                pair.last_backward.report,
+                pair.saved_bytes,
+                pair.resident_bytes,
+                pair.step_peak_bytes(
+                    len(self.data_wrt), tap_copy_bytes(self), self._held_steps(steps)
+                ),
+            ),
+            notes=list(self.notes),
+        )
 
     def _held_steps(self, steps: int) -> tuple[int, int] | None:
         """Step-wise: (records held, bytes of the input copies each keeps); else None."""
         if not self.history_mode:
             return None
-        return steps, sum(n.nbytes for n in self.graph.inputs[:self.n_data])
+        return steps, sum(n.nbytes for n in self.graph.inputs[: self.n_data])
 
 
 def _views_data(n) -> bool:

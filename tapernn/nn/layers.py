@@ -1,5 +1,6 @@
 """Simple layers: Linear, LookupTable, transfer functions, Dropout, Identity, Reshape and the
 elementwise table reducers CAddTable / CMulTable."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,10 +16,16 @@ from .module import Module
 
 
 def last_dim(module: Module, x: Var, size: int, what: str = "input") -> None:
-    module.expect(isinstance(x, Var), f"expected an array {what}, got a list of {len(x)}"
-                  if isinstance(x, list) else f"expected an array {what}")
-    module.expect(x.ndim >= 1 and x.shape[-1] == size,
-                  f"expected {what} size {size} in the last dimension, got shape {x.shape}")
+    module.expect(
+        isinstance(x, Var),
+        f"expected an array {what}, got a list of {len(x)}"
+        if isinstance(x, list)
+        else f"expected an array {what}",
+    )
+    module.expect(
+        x.ndim >= 1 and x.shape[-1] == size,
+        f"expected {what} size {size} in the last dimension, got shape {x.shape}",
+    )
 
 
 class Linear(Module):
@@ -44,7 +51,9 @@ class Linear(Module):
         return y + self.bias if self.has_bias else y
 
     def extra_repr(self) -> str:
-        return f"({self.input_size} -> {self.output_size}{'' if self.has_bias else ' without bias'})"
+        return (
+            f"({self.input_size} -> {self.output_size}{'' if self.has_bias else ' without bias'})"
+        )
 
 
 class LookupTable(Module):
@@ -61,8 +70,10 @@ class LookupTable(Module):
         self.parameter("weight", (self.n_index, self.n_output), init="normal", rng=rng)
 
     def build(self, ids: Var) -> Var:
-        self.expect(isinstance(ids, Var) and ids.dtype.kind in "iu",
-                    f"expects integer ids, got {getattr(ids, 'dtype', type(ids).__name__)}")
+        self.expect(
+            isinstance(ids, Var) and ids.dtype.kind in "iu",
+            f"expects integer ids, got {getattr(ids, 'dtype', type(ids).__name__)}",
+        )
         return F.embedding(self.weight, ids)
 
     def extra_repr(self) -> str:
@@ -91,11 +102,13 @@ class ReLU(_Transfer):
 
 class SoftMax(_Transfer):
     """Softmax over the last dimension."""
+
     fn = staticmethod(F.softmax)
 
 
 class LogSoftMax(_Transfer):
     """Log-softmax over the last dimension."""
+
     fn = staticmethod(F.log_softmax)
 
 
@@ -136,8 +149,10 @@ class Reshape(Module):
         size = int(np.prod(self.shape))
         if x.size == size:
             return F.reshape(x, self.shape)
-        self.expect(x.ndim >= 1 and x.size == x.shape[0] * size,
-                    f"cannot reshape {x.shape} into {self.shape} (or batch x {self.shape})")
+        self.expect(
+            x.ndim >= 1 and x.size == x.shape[0] * size,
+            f"cannot reshape {x.shape} into {self.shape} (or batch x {self.shape})",
+        )
         return F.reshape(x, (x.shape[0],) + self.shape)
 
     def extra_repr(self) -> str:

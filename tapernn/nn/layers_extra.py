@@ -1,6 +1,7 @@
 """The torch/nn layers Element-RNN code uses around recurrent modules (Add, Mul, CMul, Copy,
 Narrow, View, Transpose, Euclidean, Mean, Sum, Max, Abs, HardTanh, ELU, SoftSign) and rnn's small
 helpers (LinearNoBias, ZeroGrad, CopyGrad, SAdd). Torch7 constructor arguments, 0-based dims."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,12 @@ from .tables import _dim
 
 
 def _array(module: Module, x: Any) -> None:
-    module.expect(isinstance(x, Var), "expects an array, got a list" if isinstance(x, list)
-                  else f"expects an array, got {type(x).__name__}")
+    module.expect(
+        isinstance(x, Var),
+        "expects an array, got a list"
+        if isinstance(x, list)
+        else f"expects an array, got {type(x).__name__}",
+    )
 
 
 class LinearNoBias(Linear):
@@ -38,8 +43,12 @@ class Add(Module):
         self.input_size = check.size(self, "input_size", input_size)
         self.scalar = check.flag(self, "scalar", scalar)
         rng = check.generator(self, "rng", rng)
-        self.parameter("bias", (1,) if self.scalar else (self.input_size,),
-                       bound=1 / np.sqrt(self.input_size), rng=rng)
+        self.parameter(
+            "bias",
+            (1,) if self.scalar else (self.input_size,),
+            bound=1 / np.sqrt(self.input_size),
+            rng=rng,
+        )
 
     def build(self, x: Var) -> Var:
         if not self.scalar:
@@ -72,14 +81,20 @@ class CMul(Module):
         self.size = check.sizes(self, "size", size)
         if not self.size:
             raise ArgumentError("nn.CMul: give the weight's shape, e.g. CMul(4)")
-        self.parameter("weight", self.size, bound=1 / np.sqrt(np.prod(self.size)),
-                       rng=check.generator(self, "rng", rng))
+        self.parameter(
+            "weight",
+            self.size,
+            bound=1 / np.sqrt(np.prod(self.size)),
+            rng=check.generator(self, "rng", rng),
+        )
 
     def build(self, x: Var) -> Var:
         _array(self, x)
         n = len(self.size)
-        self.expect(x.ndim >= n and x.shape[x.ndim - n:] == self.size,
-                    f"expected input ending in shape {self.size}, got {x.shape}")
+        self.expect(
+            x.ndim >= n and x.shape[x.ndim - n :] == self.size,
+            f"expected input ending in shape {self.size}, got {x.shape}",
+        )
         return x * self.weight
 
     def extra_repr(self) -> str:
@@ -149,20 +164,26 @@ class Narrow(Module):
         self.offset = check.integer(self, "offset", offset)
         self.length = check.integer(self, "length", length)
         if self.length == 0:
-            raise ArgumentError("nn.Narrow: length must be a non-zero integer (negative: "
-                                      "counted from the end), got 0")
+            raise ArgumentError(
+                "nn.Narrow: length must be a non-zero integer (negative: "
+                "counted from the end), got 0"
+            )
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        self.expect(-x.ndim <= self.dimension < x.ndim,
-                    f"dimension {self.dimension} out of range for input shape {x.shape}")
+        self.expect(
+            -x.ndim <= self.dimension < x.ndim,
+            f"dimension {self.dimension} out of range for input shape {x.shape}",
+        )
         d = self.dimension % x.ndim
         size = x.shape[d]
         start = self.offset + size if self.offset < 0 else self.offset
         length = size - start + self.length + 1 if self.length < 0 else self.length
-        self.expect(0 <= start and length >= 1 and start + length <= size,
-                    f"offset {self.offset}, length {self.length} out of range for dimension {d} "
-                    f"of size {size} (input shape {x.shape})")
+        self.expect(
+            0 <= start and length >= 1 and start + length <= size,
+            f"offset {self.offset}, length {self.length} out of range for dimension {d} "
+            f"of size {size} (input shape {x.shape})",
+        )
         return x[(slice(None),) * d + (slice(start, start + length),)]
 
     def extra_repr(self) -> str:
@@ -178,8 +199,9 @@ class View(Module):
         super().__init__()
         self.size = tuple(check.integer(self, f"size[{k}]", s) for k, s in enumerate(size))
         if not self.size or self.size.count(-1) > 1 or any(s < 1 and s != -1 for s in self.size):
-            raise ArgumentError(f"nn.View: sizes must be positive with at most one -1, "
-                                      f"got {self.size}")
+            raise ArgumentError(
+                f"nn.View: sizes must be positive with at most one -1, got {self.size}"
+            )
         self.num_input_dims: int | None = None
 
     def set_num_input_dims(self, n: int) -> View:
@@ -190,15 +212,18 @@ class View(Module):
         _array(self, x)
         known = int(np.prod([s for s in self.size if s != -1]))
         if self.num_input_dims is not None and x.ndim > self.num_input_dims:
-            lead = x.shape[:x.ndim - self.num_input_dims]
+            lead = x.shape[: x.ndim - self.num_input_dims]
         elif -1 not in self.size and x.size != known and x.ndim > 1:
             lead = x.shape[:1]
         else:
             lead = ()
         rest = x.size // max(int(np.prod(lead)), 1)
         ok = rest % known == 0 if -1 in self.size else rest == known
-        self.expect(ok, f"cannot view input of shape {x.shape} as {self.size}"
-                        + (f" after batch dims {lead}" if lead else ""))
+        self.expect(
+            ok,
+            f"cannot view input of shape {x.shape} as {self.size}"
+            + (f" after batch dims {lead}" if lead else ""),
+        )
         return F.reshape(x, lead + self.size)
 
     def extra_repr(self) -> str:
@@ -213,17 +238,22 @@ class Transpose(Module):
         super().__init__()
         for pair in permutations:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise ArgumentTypeError(f"nn.Transpose: each argument must be a pair of "
-                                              f"dims (a, b), got {check.got(pair)}")
-        self.permutations = tuple((check.integer(self, "dim", a), check.integer(self, "dim", b))
-                                  for a, b in permutations)
+                raise ArgumentTypeError(
+                    f"nn.Transpose: each argument must be a pair of "
+                    f"dims (a, b), got {check.got(pair)}"
+                )
+        self.permutations = tuple(
+            (check.integer(self, "dim", a), check.integer(self, "dim", b)) for a, b in permutations
+        )
 
     def build(self, x: Var) -> Var:
         _array(self, x)
         axes = list(range(x.ndim))
         for a, b in self.permutations:
-            self.expect(-x.ndim <= a < x.ndim and -x.ndim <= b < x.ndim,
-                        f"cannot swap dims {a} and {b} of input shape {x.shape}")
+            self.expect(
+                -x.ndim <= a < x.ndim and -x.ndim <= b < x.ndim,
+                f"cannot swap dims {a} and {b} of input shape {x.shape}",
+            )
             axes[a], axes[b] = axes[b], axes[a]
         return F.transpose(x, axes)
 
@@ -239,8 +269,12 @@ class Euclidean(Module):
         super().__init__()
         self.input_size = check.size(self, "input_size", input_size)
         self.output_size = check.size(self, "output_size", output_size)
-        self.parameter("weight", (self.input_size, self.output_size),
-                       bound=1 / np.sqrt(self.input_size), rng=check.generator(self, "rng", rng))
+        self.parameter(
+            "weight",
+            (self.input_size, self.output_size),
+            bound=1 / np.sqrt(self.input_size),
+            rng=check.generator(self, "rng", rng),
+        )
 
     def build(self, x: Var) -> Var:
         last_dim(self, x, self.input_size)
@@ -262,8 +296,9 @@ class _Reduce(Module):
     def build(self, x: Var) -> Var:
         _array(self, x)
         d = _dim(self.dimension, x.ndim, self.n_input_dims)
-        self.expect(0 <= d < x.ndim, f"dimension {self.dimension} out of range for input shape "
-                                     f"{x.shape}")
+        self.expect(
+            0 <= d < x.ndim, f"dimension {self.dimension} out of range for input shape {x.shape}"
+        )
         return self.reduce(x, d)
 
     def extra_repr(self) -> str:
@@ -276,8 +311,9 @@ class Sum(_Reduce):
     `n_input_dims` + 1 dims, as SplitTable); `size_average` divides by its length.
     Torch7: nn.Sum(dimension, nInputDims, sizeAverage)."""
 
-    def __init__(self, dimension: int = 0, n_input_dims: int | None = None,
-                 size_average: bool = False):
+    def __init__(
+        self, dimension: int = 0, n_input_dims: int | None = None, size_average: bool = False
+    ):
         super().__init__(dimension, n_input_dims)
         self.size_average = check.flag(self, "size_average", size_average)
         self.reduce = library.mean if size_average else F.sum
@@ -285,12 +321,14 @@ class Sum(_Reduce):
 
 class Mean(_Reduce):
     """Mean over `dimension` (batch rule as Sum).  Torch7: nn.Mean(dimension, nInputDims)."""
+
     reduce = staticmethod(library.mean)
 
 
 class Max(_Reduce):
     """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum (split
     evenly between ties).  Torch7: nn.Max(dimension, nInputDims) (values only)."""
+
     reduce = staticmethod(F.max)
 
 
@@ -302,11 +340,13 @@ class _Pointwise(Module):
 
 class Abs(_Pointwise):
     """|x|.  Torch7: nn.Abs."""
+
     fn = staticmethod(F.abs)
 
 
 class SoftSign(_Pointwise):
     """x / (1 + |x|).  Torch7: nn.SoftSign."""
+
     fn = staticmethod(lambda x: x / (1 + F.abs(x)))
 
 
@@ -319,8 +359,9 @@ class HardTanh(Module):
         self.min_value = check.number(self, "min_value", min_value)
         self.max_value = check.number(self, "max_value", max_value)
         if not self.min_value < self.max_value:
-            raise ArgumentError(f"{check.who(self)}: min_value {min_value} must be < "
-                                      f"max_value {max_value}")
+            raise ArgumentError(
+                f"{check.who(self)}: min_value {min_value} must be < max_value {max_value}"
+            )
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -355,8 +396,9 @@ class Padding(Module):
     (0: after the last entry). `dim` shifts past a leading batch dim when the input has
     n_input_dim + 1 dims.  Torch7: nn.Padding(dim, pad, nInputDim, value, index) (1-based)."""
 
-    def __init__(self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0,
-                 index: int = 0):
+    def __init__(
+        self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0, index: int = 0
+    ):
         super().__init__()
         self.dim = check.integer(self, "dim", dim)
         self.pad = check.integer(self, "pad", pad)
@@ -372,9 +414,10 @@ class Padding(Module):
         self.expect(0 <= d < x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}")
         size = x.shape[d]
         at = self.index if self.pad < 0 else size - self.index
-        self.expect(0 <= at <= size, f"index {self.index} out of range for dimension {d} of size "
-                                     f"{size}")
-        fill = F.zeros(x.shape[:d] + (abs(self.pad),) + x.shape[d + 1:], x.dtype) + self.value
+        self.expect(
+            0 <= at <= size, f"index {self.index} out of range for dimension {d} of size {size}"
+        )
+        fill = F.zeros(x.shape[:d] + (abs(self.pad),) + x.shape[d + 1 :], x.dtype) + self.value
         lead = (slice(None),) * d
         parts = [x[lead + (slice(0, at),)], fill, x[lead + (slice(at, size),)]]
         return F.concat([p for p in parts if p.shape[d] > 0], axis=d)
@@ -388,9 +431,13 @@ class ExpandAs(Module):
     dims.  Torch7: nn.ExpandAs (rnn)."""
 
     def build(self, xs: Any) -> list:
-        self.expect(isinstance(xs, list) and len(xs) == 2 and all(isinstance(v, Var) for v in xs),
-                    "expects a list of two arrays [a, b]")
+        self.expect(
+            isinstance(xs, list) and len(xs) == 2 and all(isinstance(v, Var) for v in xs),
+            "expects a list of two arrays [a, b]",
+        )
         a, b = xs
-        self.expect(b.ndim == a.ndim and all(s in (1, t) for s, t in zip(b.shape, a.shape)),
-                    f"cannot expand shape {b.shape} as {a.shape}")
+        self.expect(
+            b.ndim == a.ndim and all(s in (1, t) for s, t in zip(b.shape, a.shape)),
+            f"cannot expand shape {b.shape} as {a.shape}",
+        )
         return [a, F.broadcast_to(b, a.shape)]

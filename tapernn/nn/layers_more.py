@@ -1,6 +1,7 @@
 """More torch/nn layers that ported rnn code uses (MuFuRu's ops, attention and LM heads):
 constant arithmetic, pointwise functions, table arithmetic, MapTable, Select / Squeeze /
 Unsqueeze / Replicate and Min. Torch7 constructor arguments, 0-based dims."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,36 +43,42 @@ class Power(AddConstant):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        return x ** self.constant
+        return x**self.constant
 
 
 class Exp(_Pointwise):
     """exp(x).  Torch7: nn.Exp."""
+
     fn = staticmethod(F.exp)
 
 
 class Log(_Pointwise):
     """log(x).  Torch7: nn.Log."""
+
     fn = staticmethod(F.log)
 
 
 class Sqrt(_Pointwise):
     """√x.  Torch7: nn.Sqrt."""
+
     fn = staticmethod(F.sqrt)
 
 
 class Square(_Pointwise):
     """x².  Torch7: nn.Square."""
+
     fn = staticmethod(lambda x: x * x)
 
 
 class LogSigmoid(_Pointwise):
     """log σ(x) = −softplus(−x), stable in both tails.  Torch7: nn.LogSigmoid."""
+
     fn = staticmethod(lambda x: -(F.relu(-x) + F.log(1 + F.exp(-F.abs(x)))))
 
 
 class SoftMin(_Pointwise):
     """softmax(−x) over the last dim.  Torch7: nn.SoftMin."""
+
     fn = staticmethod(lambda x: F.softmax(-x))
 
 
@@ -133,9 +140,13 @@ class _TableOp(Module):
     arity: int | None = 2
 
     def build(self, xs: Any) -> Var:
-        self.expect(isinstance(xs, list) and len(xs) >= 2 and all(isinstance(v, Var) for v in xs)
-                    and (self.arity is None or len(xs) == self.arity),
-                    f"expects a list of {self.arity or 'two or more'} arrays")
+        self.expect(
+            isinstance(xs, list)
+            and len(xs) >= 2
+            and all(isinstance(v, Var) for v in xs)
+            and (self.arity is None or len(xs) == self.arity),
+            f"expects a list of {self.arity or 'two or more'} arrays",
+        )
         out = xs[0]
         for x in xs[1:]:
             self.expect(x.shape == out.shape, f"entries have shapes {out.shape} and {x.shape}")
@@ -149,17 +160,20 @@ class CSubTable(_TableOp):
 
 class CDivTable(_TableOp):
     """a / b for [a, b].  Torch7: nn.CDivTable."""
+
     op = staticmethod(F.div)
 
 
 class CMaxTable(_TableOp):
     """Elementwise maximum of the entries (ties split the gradient).  Torch7: nn.CMaxTable."""
+
     op = staticmethod(F.maximum)
     arity = None
 
 
 class CMinTable(_TableOp):
     """Elementwise minimum of the entries (ties split the gradient).  Torch7: nn.CMinTable."""
+
     op = staticmethod(F.minimum)
     arity = None
 
@@ -179,6 +193,7 @@ class MapTable(Container):
 
 class Min(_Reduce):
     """Minimum over `dimension` (batch rule as Sum).  Torch7: nn.Min(dimension, nInputDims)."""
+
     reduce = staticmethod(lambda x, d: -F.max(-x, d))
 
 
@@ -193,11 +208,15 @@ class Select(Module):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        self.expect(-x.ndim <= self.dimension < x.ndim,
-                    f"dimension {self.dimension} out of range for input shape {x.shape}")
+        self.expect(
+            -x.ndim <= self.dimension < x.ndim,
+            f"dimension {self.dimension} out of range for input shape {x.shape}",
+        )
         d = self.dimension % x.ndim
-        self.expect(-x.shape[d] <= self.index < x.shape[d],
-                    f"index {self.index} out of range for dimension {d} of size {x.shape[d]}")
+        self.expect(
+            -x.shape[d] <= self.index < x.shape[d],
+            f"index {self.index} out of range for dimension {d} of size {x.shape[d]}",
+        )
         return x[(slice(None),) * d + (self.index,)]
 
     def extra_repr(self) -> str:
@@ -219,7 +238,7 @@ class Squeeze(Module):
             return F.reshape(x, tuple(s for s in x.shape if s != 1))
         d = _dim(int(self.dim), x.ndim, self.n_input_dims)
         self.expect(0 <= d < x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}")
-        return F.reshape(x, x.shape[:d] + x.shape[d + 1:]) if x.shape[d] == 1 else x
+        return F.reshape(x, x.shape[:d] + x.shape[d + 1 :]) if x.shape[d] == 1 else x
 
 
 class Unsqueeze(Module):
@@ -233,8 +252,11 @@ class Unsqueeze(Module):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        p = self.pos + 1 if (self.n_input_dims is not None and x.ndim == self.n_input_dims + 1) \
+        p = (
+            self.pos + 1
+            if (self.n_input_dims is not None and x.ndim == self.n_input_dims + 1)
             else self.pos
+        )
         self.expect(0 <= p <= x.ndim, f"position {self.pos} out of range for input shape {x.shape}")
         return F.reshape(x, x.shape[:p] + (1,) + x.shape[p:])
 
@@ -255,7 +277,9 @@ class Replicate(Module):
     def build(self, x: Var) -> Var:
         _array(self, x)
         d = self.dim + 1 if (self.n_dim is not None and x.ndim == self.n_dim + 1) else self.dim
-        self.expect(0 <= d <= x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}")
+        self.expect(
+            0 <= d <= x.ndim, f"dimension {self.dim} out of range for input shape {x.shape}"
+        )
         y = F.reshape(x, x.shape[:d] + (1,) + x.shape[d:])
         return F.broadcast_to(y, x.shape[:d] + (self.n_features,) + x.shape[d:])
 

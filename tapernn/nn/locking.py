@@ -13,6 +13,7 @@ lock whatever the tree's size. A call on a module nested in another module's cal
 forward calling another model) takes that model's lock too: two threads nesting two models'
 calls in opposite orders would deadlock; don't.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,11 +24,31 @@ from typing import Any
 from ..errors import StateError
 
 # the public entry points a Module subclass may define that run or change module state
-LOCKED = ("forward", "backward", "zero_grad_parameters", "update_parameters", "training",
-          "evaluate", "forget", "reset", "astype", "state_dict", "load_state_dict", "set_passes",
-          "flatten_parameters", "remember", "mask_zero", "max_bptt_step", "get_hidden_state",
-          "set_initial_state", "get_grad_initial_state", "set_grad_hidden_state",
-          "get_grad_hidden_state", "set_hidden_state", "reinforce")
+LOCKED = (
+    "forward",
+    "backward",
+    "zero_grad_parameters",
+    "update_parameters",
+    "training",
+    "evaluate",
+    "forget",
+    "reset",
+    "astype",
+    "state_dict",
+    "load_state_dict",
+    "set_passes",
+    "flatten_parameters",
+    "remember",
+    "mask_zero",
+    "max_bptt_step",
+    "get_hidden_state",
+    "set_initial_state",
+    "get_grad_initial_state",
+    "set_grad_hidden_state",
+    "get_grad_hidden_state",
+    "set_hidden_state",
+    "reinforce",
+)
 
 
 class _Group:
@@ -124,6 +145,7 @@ def locked_method(fn: Callable) -> Callable:
             return out
         finally:
             lock.release()
+
     run._tapernn_locked = True
     return run
 
@@ -159,19 +181,23 @@ def check_backward_pairing(module: Any) -> None:
     """Refuse a backward whose forward ran in another thread (it would pair with that one)."""
     owner = _other_thread(module)
     if owner is not None:
-        raise StateError(f"{module.describe()}: backward in thread {threading.get_ident()} would "
-                         f"use the forward run by thread {owner} (a module keeps one forward's "
-                         f"values); run forward and backward in one thread, inside "
-                         f"`with model.locked():` when several threads share the model, or give "
-                         f"each thread its own copy (copy.deepcopy)")
+        raise StateError(
+            f"{module.describe()}: backward in thread {threading.get_ident()} would "
+            f"use the forward run by thread {owner} (a module keeps one forward's "
+            f"values); run forward and backward in one thread, inside "
+            f"`with model.locked():` when several threads share the model, or give "
+            f"each thread its own copy (copy.deepcopy)"
+        )
 
 
 def check_sequence_owner(module: Any) -> None:
     """Refuse a step-wise forward that would continue another thread's sequence."""
     owner = _other_thread(module)  # (usually None: checked before the tree walk is_recurrent is)
     if owner is not None and module.is_recurrent:
-        raise StateError(f"{module.describe()}: step-wise forward in thread "
-                         f"{threading.get_ident()} would continue the sequence stepped by thread "
-                         f"{owner} (a recurrent module remembers one sequence); call forget() "
-                         f"first to start a new one (inside `with model.locked():` when threads "
-                         f"share the model), or give each thread its own copy (copy.deepcopy)")
+        raise StateError(
+            f"{module.describe()}: step-wise forward in thread "
+            f"{threading.get_ident()} would continue the sequence stepped by thread "
+            f"{owner} (a recurrent module remembers one sequence); call forget() "
+            f"first to start a new one (inside `with model.locked():` when threads "
+            f"share the model), or give each thread its own copy (copy.deepcopy)"
+        )

@@ -1,6 +1,7 @@
 """Masking for variable-length batches (Torch7 rnn's MaskZero family): rows whose input is all
 zeros are padding. Pad on the left for recurrent modules with mask_zero(): a masked row's state
 is reset, so its real elements start from a zero state."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,9 +37,11 @@ class MaskZero(Module):
 
     def build(self, x: Any) -> Any:
         first = flatten(x)[0][0]
-        self.expect(isinstance(first, Var) and first.ndim >= 1,
-                    f"expects rows: a vector (one row) or a batch with rows on axis 0, got "
-                    f"{getattr(first, 'shape', type(first).__name__)}")
+        self.expect(
+            isinstance(first, Var) and first.ndim >= 1,
+            f"expects rows: a vector (one row) or a batch with rows on axis 0, got "
+            f"{getattr(first, 'shape', type(first).__name__)}",
+        )
         out = self._children["0"](x)
         keep = row_keep(first, first.dtype if first.dtype.kind == "f" else self.dtype)
         leaves, tree = flatten(out)
@@ -65,8 +68,10 @@ class MaskZeroCriterion(Criterion):
         super().__init__()
         check.module(self, "criterion", criterion, criterion=True)
         if not hasattr(criterion, "build_masked"):
-            raise ArgumentTypeError(f"nn.MaskZeroCriterion cannot mask {criterion.describe()}; "
-                                    f"it masks MSE, BCE, ClassNLL and CrossEntropy criteria")
+            raise ArgumentTypeError(
+                f"nn.MaskZeroCriterion cannot mask {criterion.describe()}; "
+                f"it masks MSE, BCE, ClassNLL and CrossEntropy criteria"
+            )
         self.add_child("0", criterion)
 
     def check_targets(self, input: Any, target: Any) -> None:

@@ -6,6 +6,7 @@ one model shared by threads runs one call at a time, each correct; separate mode
 parallel. A backward paired with another thread's forward raises StateError: hold
 `with model.locked():` around forward+backward (or a step-wise sequence) when threads share a model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,8 +74,11 @@ class Module:
     def _adopt_dtype(self, child: Module) -> None:
         """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
         in their dtype: it takes the child's while it holds no parameters of its own."""
-        if child._dtype != self._dtype and any(m._params for m in child.modules()) and not any(
-                m._params for m in self.modules()):
+        if (
+            child._dtype != self._dtype
+            and any(m._params for m in child.modules())
+            and not any(m._params for m in self.modules())
+        ):
             for m in self.modules():
                 m._dtype = child._dtype
 
@@ -104,15 +108,23 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return list(self.named_parameters().values())
 
-    def parameter(self, name: str, shape: tuple[int, ...], init: Any = "uniform",
-                  bound: float | None = None, rng: np.random.Generator | None = None) -> Parameter:
+    def parameter(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        init: Any = "uniform",
+        bound: float | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
         if isinstance(init, np.ndarray):
             if init.shape != shape:
-                raise ShapeError(f"parameter {name!r}: init array has shape {init.shape}, expected {shape}")
+                raise ShapeError(
+                    f"parameter {name!r}: init array has shape {init.shape}, expected {shape}"
+                )
             data = init.astype(self._dtype, copy=True)
         elif init == "uniform":
             data = uniform(shape, bound if bound is not None else 1 / np.sqrt(shape[-1]), rng)
@@ -123,9 +135,11 @@ class Module:
         elif init == "normal":
             data = tn_random.generator(rng).standard_normal(shape)
         else:
-            raise ArgumentError(f"{check.who(self)}: parameter {name!r}: init must be one of "
-                                f"'uniform', 'zeros', 'ones', 'normal' or an array, got "
-                                f"{check.got(init)}")
+            raise ArgumentError(
+                f"{check.who(self)}: parameter {name!r}: init must be one of "
+                f"'uniform', 'zeros', 'ones', 'normal' or an array, got "
+                f"{check.got(init)}"
+            )
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
         p._home = self
@@ -174,12 +188,15 @@ class Module:
     def expect(self, ok: bool, message: str, cls: type = ShapeError) -> None:
         """Raise `cls` naming this module's path and step unless `ok`."""
         if not ok:
-            raise cls(f"{self.describe()}{where(current_scope() or 'top', current_step())}: {message}")
+            raise cls(
+                f"{self.describe()}{where(current_scope() or 'top', current_step())}: {message}"
+            )
 
     # ---- running -----------------------------------------------------------------------------
 
     def forward(self, input: Any) -> Any:
         from .runtime import runtime_of
+
         return runtime_of(self).forward(input)
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
@@ -190,6 +207,7 @@ class Module:
         need_grad_input=False: parameter (and state) gradients only, by a backward program
         without the input-gradient work; returns None (and grad_input is None)."""
         from .runtime import runtime_of
+
         check_backward_pairing(self)
         return runtime_of(self).backward(input, grad_output, need_grad_input=need_grad_input)
 
@@ -280,7 +298,9 @@ class Module:
                 if stdv is not None:
                     p.data[...] = uniform(p.shape, stdv, None)
                 elif init == "uniform":
-                    p.data[...] = uniform(p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None)
+                    p.data[...] = uniform(
+                        p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
+                    )
                 elif init == "normal":
                     p.data[...] = tn_random.generator().standard_normal(p.shape)
         return self
@@ -293,8 +313,9 @@ class Module:
         except TypeError:
             raise DTypeError(f"{self.describe()}.astype: {dtype!r} is not a dtype") from None
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise DTypeError(f"{self.describe()}.astype: parameters must be float32 or float64, "
-                             f"not {dtype.name}")
+            raise DTypeError(
+                f"{self.describe()}.astype: parameters must be float32 or float64, not {dtype.name}"
+            )
         for m in self.modules():
             m._dtype = dtype
             for p in m._params.values():
@@ -320,14 +341,18 @@ class Module:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
         if not hasattr(state, "keys"):
-            raise ArgumentTypeError(f"{self.describe()}.load_state_dict: expected a dict of arrays "
-                                    f"(from state_dict()), got {check.got(state)}")
+            raise ArgumentTypeError(
+                f"{self.describe()}.load_state_dict: expected a dict of arrays "
+                f"(from state_dict()), got {check.got(state)}"
+            )
         params = self.named_parameters()
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         if missing or unexpected:
-            raise StateError(f"state dict does not match {self.describe()}: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise StateError(
+                f"state dict does not match {self.describe()}: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
         for name, p in params.items():
             arr = np.asarray(state[name])
             if arr.shape != p.shape:
@@ -350,8 +375,9 @@ class Module:
         """Plan this module's programs with `options` (None: the production defaults); tests
         use small thresholds to reach the planner's paths for large models on small ones."""
         if options is not None and not isinstance(options, PlanOptions):
-            raise TypeError(f"set_plan_options takes a tapernn.PlanOptions, got "
-                            f"{type(options).__name__}")
+            raise TypeError(
+                f"set_plan_options takes a tapernn.PlanOptions, got {type(options).__name__}"
+            )
         self._plan_options = options
         if self._runtime is not None:
             self._runtime.clear()
@@ -401,4 +427,6 @@ def _contains_var(obj: Any) -> bool:
     return False
 
 
-check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # what validation.module/parameters accept
+check.NN_CLASSES.update(
+    Module=Module, Parameter=Parameter
+)  # what validation.module/parameters accept

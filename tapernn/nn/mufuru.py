@@ -1,6 +1,7 @@
 """MuFuRu, the multi-function recurrent unit (Weissenborn & Rocktäschel 2016): a GRU-like cell
 whose new state mixes composition ops of the old state and a feature by a softmax per unit.
 Torch7: nn.MuFuRu(inputSize, outputSize, ops) (rnn)."""
+
 from __future__ import annotations
 
 from .. import functional as F
@@ -37,16 +38,19 @@ class MuFuRu(Cell):
     (H×(D+H)), op_weights (JH×(D+H)) Linear layers, init U(±1/√fan_in).
     """
 
-    def __init__(self, input_size: int, output_size: int, ops: tuple | list | None = None,
-                 rng=None):
+    def __init__(
+        self, input_size: int, output_size: int, ops: tuple | list | None = None, rng=None
+    ):
         super().__init__(input_size, output_size)
         if ops is not None and not isinstance(ops, (list, tuple)):
-            raise ArgumentTypeError(f"nn.MuFuRu: ops must be a list of op names from "
-                                          f"{ALL_OPS}, got {check.got(ops)}")
+            raise ArgumentTypeError(
+                f"nn.MuFuRu: ops must be a list of op names from {ALL_OPS}, got {check.got(ops)}"
+            )
         self.ops = tuple(ALL_OPS if ops is None else ops)
         if not self.ops or any(op not in OPERATIONS for op in self.ops):
-            raise ArgumentError(f"nn.MuFuRu: ops must be a non-empty list from {ALL_OPS}, "
-                                      f"got {list(self.ops)}")
+            raise ArgumentError(
+                f"nn.MuFuRu: ops must be a non-empty list from {ALL_OPS}, got {list(self.ops)}"
+            )
         rng = check.generator(self, "rng", rng)
         D, H, J = self.input_size, self.hidden_size, len(self.ops)
         self.reset_x = Linear(D, H, rng=rng)

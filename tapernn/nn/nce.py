@@ -1,6 +1,7 @@
 """Noise-contrastive estimation (Gutmann & Hyvärinen 2010; Mnih & Teh 2012) for large output
 vocabularies, as Torch7's NCEModule / NCECriterion (dpnn, later torch/rnn): in training the
 output layer scores the target and k noise samples only; in evaluation it is the full softmax."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,8 +34,15 @@ class NCEModule(Module):
     weight (V, D) ~ U(±1/√D), bias (V,) = -log V (so P_m starts near 1/V with Z = 1).
     """
 
-    def __init__(self, input_size: int, output_size: int, k: int, noise: Any, z: float = -1.0,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        k: int,
+        noise: Any,
+        z: float = -1.0,
+        rng: np.random.Generator | None = None,
+    ):
         super().__init__()
         self.input_size = check.size(self, "input_size", input_size)
         self.output_size = check.size(self, "output_size", output_size)
@@ -43,29 +51,38 @@ class NCEModule(Module):
         self._cdf = np.cumsum(self.unigram)
         self.z = check.number(self, "z", z)
         self.rng = check.generator(self, "rng", rng)
-        self.parameter("weight", (self.output_size, self.input_size),
-                       bound=1 / np.sqrt(self.input_size), rng=rng)
-        self.parameter("bias", (self.output_size,),
-                       init=np.full(self.output_size, -np.log(self.output_size)))
+        self.parameter(
+            "weight",
+            (self.output_size, self.input_size),
+            bound=1 / np.sqrt(self.input_size),
+            rng=rng,
+        )
+        self.parameter(
+            "bias", (self.output_size,), init=np.full(self.output_size, -np.log(self.output_size))
+        )
 
     def draw_noise(self) -> np.ndarray:
         """k ids from the unigram distribution (with replacement)."""
         u = tn_random.generator(self.rng).random(self.k)
-        return np.minimum(np.searchsorted(self._cdf, u * self._cdf[-1], side="right"),
-                          self.output_size - 1)
+        return np.minimum(
+            np.searchsorted(self._cdf, u * self._cdf[-1], side="right"), self.output_size - 1
+        )
 
     def build(self, inp: Any) -> Any:
         ctx = current_build()
         x, target = (inp[0], inp[1]) if isinstance(inp, list) and len(inp) == 2 else (inp, None)
-        self.expect(isinstance(x, Var) and x.ndim == 2 and x.shape[1] == self.input_size,
-                    f"expects input [x (batch, {self.input_size}), target (batch,)], got "
-                    f"{getattr(x, 'shape', type(x).__name__)}")
+        self.expect(
+            isinstance(x, Var) and x.ndim == 2 and x.shape[1] == self.input_size,
+            f"expects input [x (batch, {self.input_size}), target (batch,)], got "
+            f"{getattr(x, 'shape', type(x).__name__)}",
+        )
         if not ctx.training:
             return F.log_softmax(x @ self.weight.T + self.bias)
-        self.expect(isinstance(target, Var) and target.dtype.kind in "iu"
-                    and target.shape == (x.shape[0],),
-                    f"training needs [x, target] with {x.shape[0]} integer target ids, got "
-                    f"{getattr(target, 'shape', None) if target is not None else 'no target'}")
+        self.expect(
+            isinstance(target, Var) and target.dtype.kind in "iu" and target.shape == (x.shape[0],),
+            f"training needs [x, target] with {x.shape[0]} integer target ids, got "
+            f"{getattr(target, 'shape', None) if target is not None else 'no target'}",
+        )
         ids = ctx.random_input((self.k,), np.dtype(np.int64), self.draw_noise, "noise_ids")
         weight, bias = ctx.bind(self.weight), ctx.bind(self.bias)
         score_t = F.sum(x * F.embedding(weight, target), -1) + F.gather(bias, target, 0)
@@ -74,8 +91,12 @@ class NCEModule(Module):
         z = _normaliser(self, ctx, exp_s)
         unigram = self.unigram.astype(x.dtype)
         p_noise_s = F.gather(unigram, ids, 0)
-        return [exp_t / z, exp_s / z, F.gather(unigram, target, 0),
-                F.broadcast_to(p_noise_s, (x.shape[0], self.k))]
+        return [
+            exp_t / z,
+            exp_s / z,
+            F.gather(unigram, target, 0),
+            F.broadcast_to(p_noise_s, (x.shape[0], self.k)),
+        ]
 
     def _write_fields(self, items: list, mode: str) -> None:
         for name, _, value in items:
@@ -92,8 +113,9 @@ def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
     first forward sets Z for the rest); written back to `module.z` after the forward."""
     traced = ctx.__dict__.setdefault("nce_z", {})
     if module not in traced:
-        given = ctx.random_input((), exp_s.dtype, lambda: np.asarray(module.z, exp_s.dtype),
-                                 "nce_z")
+        given = ctx.random_input(
+            (), exp_s.dtype, lambda: np.asarray(module.z, exp_s.dtype), "nce_z"
+        )
         estimate = F.stop_gradient(library.mean(exp_s) * float(module.output_size))
         traced[module] = F.where(F.greater(given, 0), given, estimate)
         ctx.probe(module, "z", None, traced[module])
@@ -106,10 +128,15 @@ def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
     except (TypeError, ValueError):
         unigram = np.zeros(0)
     V = module.output_size
-    if unigram.shape != (V,) or not np.all(np.isfinite(unigram)) or (
-            unigram.min() < 0 or unigram.sum() <= 0):
-        raise ArgumentError(f"nn.NCEModule: noise must be {V} non-negative unigram counts or "
-                            f"probabilities with a positive sum, got {check.got(noise)}")
+    if (
+        unigram.shape != (V,)
+        or not np.all(np.isfinite(unigram))
+        or (unigram.min() < 0 or unigram.sum() <= 0)
+    ):
+        raise ArgumentError(
+            f"nn.NCEModule: noise must be {V} non-negative unigram counts or "
+            f"probabilities with a positive sum, got {check.got(noise)}"
+        )
     return unigram / unigram.sum()
 
 
@@ -132,11 +159,13 @@ class NCECriterion(Criterion):
     def forward(self, input: Any, target: Any = None) -> float:
         ok = isinstance(input, (list, tuple)) and len(input) == 4
         if not ok:
-            raise ShapeError(f"{self.describe()}: expects [P_m(target), P_m(samples), "
-                             f"P_n(target), P_n(samples)] (an NCEModule in training), got "
-                             f"{np.shape(input) if not isinstance(input, list) else len(input)}"
-                             f"; in evaluation NCEModule gives log-probabilities: use "
-                             f"ClassNLLCriterion")
+            raise ShapeError(
+                f"{self.describe()}: expects [P_m(target), P_m(samples), "
+                f"P_n(target), P_n(samples)] (an NCEModule in training), got "
+                f"{np.shape(input) if not isinstance(input, list) else len(input)}"
+                f"; in evaluation NCEModule gives log-probabilities: use "
+                f"ClassNLLCriterion"
+            )
         return super().forward(list(input), np.zeros(0) if target is None else target)
 
     def backward(self, input: Any, target: Any = None) -> Any:
@@ -145,10 +174,15 @@ class NCECriterion(Criterion):
     def build(self, p: list, target: Any) -> Var:
         pmt, pms, pnt, pns = p
         B = pmt.shape[0]
-        self.expect(pmt.shape == (B,) and pnt.shape == (B,) and pms.ndim == 2
-                    and pms.shape[0] == B and pns.shape == pms.shape,
-                    f"expects shapes (B,), (B, k), (B,), (B, k), got {pmt.shape}, {pms.shape}, "
-                    f"{pnt.shape}, {pns.shape}")
+        self.expect(
+            pmt.shape == (B,)
+            and pnt.shape == (B,)
+            and pms.ndim == 2
+            and pms.shape[0] == B
+            and pns.shape == pms.shape,
+            f"expects shapes (B,), (B, k), (B,), (B, k), got {pmt.shape}, {pms.shape}, "
+            f"{pnt.shape}, {pns.shape}",
+        )
         k = float(pms.shape[1])
         pnt, pns = F.stop_gradient(pnt), F.stop_gradient(pns)
         from_model = F.log(pmt / (pmt + k * pnt + self.eps))

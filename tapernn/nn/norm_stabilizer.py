@@ -1,5 +1,6 @@
 """NormStabilizer: an identity recurrent module whose backward adds the gradient of Krueger &
 Memisevic's norm-stabilising penalty.  Torch7: nn.NormStabilizer(beta) (rnn)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,9 +35,10 @@ class NormStabilizer(AbstractRecurrent):
         return [tuple(x.shape)]
 
     def build(self, x: Any) -> Any:
-        self.expect(isinstance(x, Var) and x.ndim == 2,
-                    f"expects a (batch, features) array, got "
-                    f"{getattr(x, 'shape', type(x).__name__)}")
+        self.expect(
+            isinstance(x, Var) and x.ndim == 2,
+            f"expects a (batch, features) array, got {getattr(x, 'shape', type(x).__name__)}",
+        )
         ctx = current_build()
         if self not in ctx.states and self._initial_state_arrays() is None:  # no pair yet
             ctx.set_state(self, (x,))

@@ -12,6 +12,7 @@ other`) marks its block broken, and programs then concatenate the members per ca
 accumulate member by member; writing in place (`p.data[...] = x`) keeps the block.
 `Module.flatten_parameters()` rebuilds the blocks from the current arrays.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -115,15 +116,21 @@ class Group:
         self.rows = list(block.rows)
         self.nodes = [nodes.get(p) for p in self.members]  # None: not read by this graph
         first = next(n for n in self.nodes if n is not None)
-        self.input = Node("input", (), {"kind": "param"}, block.data.shape, block.data.dtype,
-                          scope=first.scope, name=_block_name(first.name, self.members))
+        self.input = Node(
+            "input",
+            (),
+            {"kind": "param"},
+            block.data.shape,
+            block.data.dtype,
+            scope=first.scope,
+            name=_block_name(first.name, self.members),
+        )
 
     def bind(self) -> np.ndarray:
         if self.block.intact:
             return self.block.data
         # a member was rebound (p.data = other) or the block rebuilt: copy the members
-        return np.concatenate([p.data for p in self.members], axis=0,
-                              dtype=self.block.data.dtype)
+        return np.concatenate([p.data for p in self.members], axis=0, dtype=self.block.data.dtype)
 
     def accumulate(self, g: np.ndarray) -> None:
         if self.block.intact:
@@ -168,9 +175,16 @@ class Packing:
         if (a, b) == (0, g.input.shape[0]):
             return g.input
         # rows a:b of the block, in the IR's slice encoding (ops/shape.py), tagged like n
-        return Node("getitem", (g.input,), {"index": (("s", a, b, None),)},
-                    (b - a,) + g.input.shape[1:], g.input.dtype, step=n.step, scope=n.scope,
-                    phase=n.phase)
+        return Node(
+            "getitem",
+            (g.input,),
+            {"index": (("s", a, b, None),)},
+            (b - a,) + g.input.shape[1:],
+            g.input.dtype,
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+        )
 
     def inputs(self, inputs: list[Node]) -> list[Node]:
         """A rewritten graph's inputs: each block's at its first member's place."""
@@ -203,34 +217,56 @@ class Packing:
                 for p in g.members:
                     q = by_param.get(p)
                     if q is None:  # not read by this graph: no gradient
-                        q = Node("zeros", (), {"shape": p.data.shape, "dtype": p.data.dtype.str},
-                                 p.data.shape, p.data.dtype, scope=g.input.scope,
-                                 phase="backward")
+                        q = Node(
+                            "zeros",
+                            (),
+                            {"shape": p.data.shape, "dtype": p.data.dtype.str},
+                            p.data.shape,
+                            p.data.dtype,
+                            scope=g.input.scope,
+                            phase="backward",
+                        )
                         nodes.append(q)
                     pieces.append(q)
-                joined.append(Node("concat", tuple(pieces), {"axis": 0}, g.input.shape,
-                                   g.input.dtype, scope=g.input.scope, phase="backward"))
+                joined.append(
+                    Node(
+                        "concat",
+                        tuple(pieces),
+                        {"axis": 0},
+                        g.input.shape,
+                        g.input.dtype,
+                        scope=g.input.scope,
+                        phase="backward",
+                    )
+                )
             nodes += joined
-            outputs = (outputs[:start] + [grads[k] for k in self.loose] + joined
-                       + outputs[stop:])
+            outputs = outputs[:start] + [grads[k] for k in self.loose] + joined + outputs[stop:]
             names = meta.output_names
             tail = len(graph.outputs) - start  # names are aligned to the outputs' end
             if names and len(names) >= tail:
-                head, rest = list(names[:len(names) - tail]), list(names[len(names) - tail:])
-                meta = replace(meta, output_names=tuple(
-                    head + [rest[k] for k in self.loose]
-                    + [f"grad_{g.input.name}" for g in self.groups] + rest[stop - start:]))
+                head, rest = list(names[: len(names) - tail]), list(names[len(names) - tail :])
+                meta = replace(
+                    meta,
+                    output_names=tuple(
+                        head
+                        + [rest[k] for k in self.loose]
+                        + [f"grad_{g.input.name}" for g in self.groups]
+                        + rest[stop - start :]
+                    ),
+                )
         return Graph(nodes, self.inputs(graph.inputs), outputs, meta)
 
     def binders(self, inputs: list[Node], bind_one) -> list:
         """Per input of a rewritten graph: a block's `bind`, or `bind_one(node)`."""
         by_input = {g.input: g for g in self.groups}
-        return [(lambda leaves, g=by_input[n]: g.bind()) if n in by_input else bind_one(n)
-                for n in inputs]
+        return [
+            (lambda leaves, g=by_input[n]: g.bind()) if n in by_input else bind_one(n)
+            for n in inputs
+        ]
 
     def accumulate(self, grads: list) -> None:
         """Add the parameter gradients of one backward (loose, then per block) into `.grad`."""
         for k, g in zip(self.loose, grads):
             self.params[k].grad += g
-        for grp, g in zip(self.groups, grads[len(self.loose):]):
+        for grp, g in zip(self.groups, grads[len(self.loose) :]):
             grp.accumulate(g)

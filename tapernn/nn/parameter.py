@@ -1,5 +1,6 @@
 """`Parameter`: a module's trainable array and its gradient (`data`, `grad`), usable inside a
 build as its Var (operators and NumPy calls record ops); rows of a packed block (nn.packing)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,15 +37,17 @@ class _BlockRows:
 def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
     """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape."""
     if not isinstance(value, np.ndarray):
-        raise ArgumentTypeError(f"parameter {p.name!r}: .{field} must be a numpy array, got "
-                                f"{type(value).__name__}")
+        raise ArgumentTypeError(
+            f"parameter {p.name!r}: .{field} must be a numpy array, got {type(value).__name__}"
+        )
     if value.shape != old.shape:
-        raise ShapeError(f"parameter {p.name!r} has shape {old.shape}; cannot rebind its .{field} "
-                         f"to shape {value.shape} (assign into it, p.{field}[...] = ..., or "
-                         f"build a new module)")
+        raise ShapeError(
+            f"parameter {p.name!r} has shape {old.shape}; cannot rebind its .{field} "
+            f"to shape {value.shape} (assign into it, p.{field}[...] = ..., or "
+            f"build a new module)"
+        )
     if value.dtype.kind != "f":
-        raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got "
-                         f"{value.dtype}")
+        raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got {value.dtype}")
 
 
 class Parameter:

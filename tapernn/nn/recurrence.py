@@ -1,5 +1,6 @@
 """Recurrence: any module mapping [x_t, h_{t-1}] -> h_t (an array or a nested list of arrays)
 as a recurrent module, with h_0 zeros sized from the batch.  Torch7: nn.Recurrence."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,10 @@ def _size_tree(size: Any) -> Any:
         return tuple(int(s) for s in size)
     if isinstance(size, list) and size:
         return [_size_tree(s) for s in size]
-    raise ArgumentError(f"nn.Recurrence: output_size must be a positive int, a shape "
-                              f"tuple or a list of them (a table state), got {size!r}")
+    raise ArgumentError(
+        f"nn.Recurrence: output_size must be a positive int, a shape "
+        f"tuple or a list of them (a table state), got {size!r}"
+    )
 
 
 def _shape_leaves(tree: Any) -> tuple[list[tuple[int, ...]], Any]:
@@ -54,8 +57,9 @@ class Recurrence(AbstractRecurrent):
         check.module("nn.Recurrence", "module", module)
         n_input_dim = check.size("nn.Recurrence", "n_input_dim", n_input_dim, minimum=0)
         self.shapes, self.tree = _shape_leaves(_size_tree(output_size))
-        self.state_names = ("h",) if self.tree == LEAF else tuple(
-            f"h{k}" for k in range(len(self.shapes)))
+        self.state_names = (
+            ("h",) if self.tree == LEAF else tuple(f"h{k}" for k in range(len(self.shapes)))
+        )
         super().__init__()
         self.output_size, self.n_input_dim = output_size, int(n_input_dim)
         self.add_child("0", module)
@@ -72,9 +76,11 @@ class Recurrence(AbstractRecurrent):
     def state_shapes(self, x: Any) -> list[tuple[int, ...]]:
         first = self._first(x)
         n = self.n_input_dim
-        self.expect(first.ndim in (n, n + 1),
-                    f"n_input_dim is {n}, so x_t must have {n} dims or {n + 1} with a batch, "
-                    f"got shape {first.shape}")
+        self.expect(
+            first.ndim in (n, n + 1),
+            f"n_input_dim is {n}, so x_t must have {n} dims or {n + 1} with a batch, "
+            f"got shape {first.shape}",
+        )
         lead = first.shape[:1] if first.ndim == n + 1 else ()
         return [lead + s for s in self.shapes]
 
@@ -85,13 +91,17 @@ class Recurrence(AbstractRecurrent):
         h_prev = state[0] if self.tree == LEAF else unflatten(self.tree, state)
         out = self.module([x, h_prev])
         leaves, tree = flatten(out)
-        self.expect(tree == self.tree and all(isinstance(v, Var) for v in leaves),
-                    f"the module must return a state structured like output_size "
-                    f"{self.output_size!r}, got {_describe(out)}")
+        self.expect(
+            tree == self.tree and all(isinstance(v, Var) for v in leaves),
+            f"the module must return a state structured like output_size "
+            f"{self.output_size!r}, got {_describe(out)}",
+        )
         for name, old, new in zip(self.state_names, state, leaves):
-            self.expect(new.shape == old.shape,
-                        f"the module returned state {name} of shape {new.shape}, expected "
-                        f"{old.shape} (from output_size {self.output_size!r})")
+            self.expect(
+                new.shape == old.shape,
+                f"the module returned state {name} of shape {new.shape}, expected "
+                f"{old.shape} (from output_size {self.output_size!r})",
+            )
         return out, tuple(leaves)
 
     def _apply_masks(self, ctx: Any, x: Any, out: Any, old: tuple, new: tuple) -> tuple:
@@ -103,8 +113,9 @@ class Recurrence(AbstractRecurrent):
             new = tuple(s * _rows(keep, s, batched) for s in new)
         if ctx.step_mask is not None:  # past a row's length (Sequencer lengths): state held
             m = F.reshape(ctx.step_mask, (-1,))
-            new = tuple(_rows(m, s, True) * s + (1 - _rows(m, s, True)) * o
-                        for s, o in zip(new, old))
+            new = tuple(
+                _rows(m, s, True) * s + (1 - _rows(m, s, True)) * o for s, o in zip(new, old)
+            )
         if self._mask_zero or ctx.step_mask is not None:
             out = new[0] if self.tree == LEAF else unflatten(self.tree, new)
             if ctx.step_mask is not None:
@@ -136,4 +147,3 @@ def _describe(out: Any) -> str:
     if isinstance(out, (list, tuple)):
         return "[" + ", ".join(_describe(o) for o in out) + "]"
     return type(out).__name__
-

@@ -4,6 +4,7 @@ A recurrent module threads its state through the build context: each symbolic ca
 step. Stepped directly (`forward(x_t)` per step) it keeps a history for BPTT; inside a Sequencer
 the whole sequence is one unrolled graph.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,9 +62,9 @@ class AbstractRecurrent(Module):
         self.inputs: list = []
         self.states: dict[str, list] = {name: [] for name in self.state_names}
         self._n_steps = 0
-        self._state: tuple[np.ndarray, ...] | None = None          # remembered: where to go on
-        self._user_initial: tuple[np.ndarray, ...] | None = None   # set_initial_state
-        self._grad_initial: tuple[np.ndarray, ...] | None = None   # d loss / d initial state
+        self._state: tuple[np.ndarray, ...] | None = None  # remembered: where to go on
+        self._user_initial: tuple[np.ndarray, ...] | None = None  # set_initial_state
+        self._grad_initial: tuple[np.ndarray, ...] | None = None  # d loss / d initial state
         self._extra_state_grads: dict[int, tuple[np.ndarray, ...]] = {}  # set_grad_hidden_state
         # per absolute step t: the gradient into the state after t from step t + 1 (leaves)
         self._grad_hidden: Any = {}
@@ -78,7 +79,9 @@ class AbstractRecurrent(Module):
     @property
     def cells(self) -> list:
         if "c" not in self.states:
-            raise AttributeError(f"{self.describe()} has no cell state (states: {self.state_names})")
+            raise AttributeError(
+                f"{self.describe()} has no cell state (states: {self.state_names})"
+            )
         return self.states["c"]
 
     # ---- symbolic step -------------------------------------------------------------------------
@@ -196,19 +199,27 @@ class AbstractRecurrent(Module):
         if not isinstance(state, (tuple, list)):
             raise check.ArgumentTypeError(
                 f"{self.describe()}: expected a tuple of {len(self.state_names)} {what} "
-                f"{self.state_names}, got {check.got(state)}")
+                f"{self.state_names}, got {check.got(state)}"
+            )
         if len(state) != len(self.state_names):
             got = len(state)
-            raise ShapeError(f"{self.describe()}: expected {len(self.state_names)} {what} "
-                             f"{self.state_names}, got {got}")
+            raise ShapeError(
+                f"{self.describe()}: expected {len(self.state_names)} {what} "
+                f"{self.state_names}, got {got}"
+            )
         leaves, tree = flatten(list(state))
         if self._leaf_tree is None and self.table_states and tree != self._state_tree():
             self._leaf_tree = tree  # a table state given before the first forward
         if tree != self._state_tree():
-            want = ("one array per state name" if self._leaf_tree is None else
-                    f"per state name an array or a list of arrays, as {self._state_tree()}")
-            raise ShapeError(f"{self.describe()}: {what} {self.state_names}: expected {want}, "
-                             f"got the nesting {tree}")
+            want = (
+                "one array per state name"
+                if self._leaf_tree is None
+                else f"per state name an array or a list of arrays, as {self._state_tree()}"
+            )
+            raise ShapeError(
+                f"{self.describe()}: {what} {self.state_names}: expected {want}, "
+                f"got the nesting {tree}"
+            )
         return [check.data_array(self.describe(), np.asarray(a)).astype(self.dtype) for a in leaves]
 
     def _by_name(self, leaves: Any) -> tuple:
@@ -216,8 +227,11 @@ class AbstractRecurrent(Module):
 
     def _leaf_name(self, k: int, short: bool = False) -> str:
         """State leaf k's name: "h", or for a table state "h (leaf 1)" (short: "h.1")."""
-        names = [n for n, sub in zip(self.state_names, self._state_tree())
-                 for _ in range(count_leaves(sub))]
+        names = [
+            n
+            for n, sub in zip(self.state_names, self._state_tree())
+            for _ in range(count_leaves(sub))
+        ]
         if len(names) == len(self.state_names):
             return names[k]
         return f"{names[k]}.{k}" if short else f"{names[k]} (leaf {k})"
@@ -229,8 +243,10 @@ class AbstractRecurrent(Module):
         if not -n <= check.integer(self.describe(), "t", t) < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
         if self.outputs[t] is None:
-            raise StateError(f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
-                             f"last {self.rho} steps")
+            raise StateError(
+                f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
+                f"last {self.rho} steps"
+            )
         return tuple(self.states[name][t] for name in self.state_names)
 
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
@@ -250,8 +266,10 @@ class AbstractRecurrent(Module):
         """d loss / d(initial state set by set_initial_state), once backward has reached step 0.
         Torch7: userGradPrevOutput / userGradPrevCell, getGradHiddenState(0)."""
         if self._grad_initial is None:
-            raise StateError(f"{self.describe()}: no gradient for the initial state yet; call "
-                             f"set_initial_state before forward, then backward through step 0")
+            raise StateError(
+                f"{self.describe()}: no gradient for the initial state yet; call "
+                f"set_initial_state before forward, then backward through step 0"
+            )
         return self._by_name(self._grad_initial)
 
     def set_grad_hidden_state(self, t: int, grad: Any) -> AbstractRecurrent:
@@ -275,8 +293,10 @@ class AbstractRecurrent(Module):
         grads = self._grad_hidden
         step = t + len(self.outputs) if t < 0 else t  # outputs[t] is step t, as in get_hidden_state
         if step not in grads:
-            raise StateError(f"{self.describe()}: no gradient for the state of step {t}; the "
-                             f"last backward went through steps {sorted(grads) or 'none'}")
+            raise StateError(
+                f"{self.describe()}: no gradient for the state of step {t}; the "
+                f"last backward went through steps {sorted(grads) or 'none'}"
+            )
         return self._by_name(grads[step])
 
 
@@ -287,12 +307,15 @@ def recurrent_inside(owner: Module) -> AbstractRecurrent:
     if isinstance(child, AbstractRecurrent):
         return child
     found = [m for m in child.modules() if isinstance(m, AbstractRecurrent)]
-    outer = [m for m in found if not any(o is not m and any(i is m for i in o.modules())
-                                         for o in found)]
+    outer = [
+        m for m in found if not any(o is not m and any(i is m for i in o.modules()) for o in found)
+    ]
     if len(outer) != 1:
         which = ", ".join(m.describe() for m in outer) or "none"
-        raise StateError(f"{owner.describe()}: the hidden-state API needs exactly one recurrent "
-                         f"module inside, found {len(outer)} ({which}); call it on that module")
+        raise StateError(
+            f"{owner.describe()}: the hidden-state API needs exactly one recurrent "
+            f"module inside, found {len(outer)} ({which}); call it on that module"
+        )
     return outer[0]
 
 
@@ -346,27 +369,35 @@ class Cell(AbstractRecurrent):
         H = self.hidden_size
         for name, s in zip(self.state_names, state):
             if s.ndim not in (1, 2) or s.shape[-1] != H:
-                raise ShapeError(f"{self.describe()}: state {name!r} must have shape ({H},) or "
-                                 f"(batch, {H}), got {s.shape}")
+                raise ShapeError(
+                    f"{self.describe()}: state {name!r} must have shape ({H},) or "
+                    f"(batch, {H}), got {s.shape}"
+                )
 
     def output(self, *state: Var) -> Var:
         return state[0]
 
     def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
         self.expect(isinstance(x, Var), "expects an array input, got a list")
-        self.expect(x.ndim in (1, 2) and x.shape[-1] == self.input_size,
-                    f"expected input of shape ({self.input_size},) or (batch, {self.input_size}), "
-                    f"got {x.shape}")
+        self.expect(
+            x.ndim in (1, 2) and x.shape[-1] == self.input_size,
+            f"expected input of shape ({self.input_size},) or (batch, {self.input_size}), "
+            f"got {x.shape}",
+        )
         lead = x.shape[:-1]
         return [lead + (self.hidden_size,) for _ in self.state_names]
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
         new = self._cell_step(x, *state)
         new = new if isinstance(new, tuple) else (new,)
-        self.expect(len(new) == len(self.state_names),
-                    f"step returned {len(new)} states, state_names has {len(self.state_names)}")
+        self.expect(
+            len(new) == len(self.state_names),
+            f"step returned {len(new)} states, state_names has {len(self.state_names)}",
+        )
         for name, old, s in zip(self.state_names, state, new):
-            self.expect(s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}")
+            self.expect(
+                s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"
+            )
         # `output` is also the Torch7 result field on instances: call the class's method
         return type(self).output(self, *new), new
 

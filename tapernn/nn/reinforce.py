@@ -5,6 +5,7 @@ No hand-written backward: ReinforceNormal records log N(sample; mean, stdev) per
 backward seeds it with -reward, so reverse mode over the same graph yields Torch7's gradient
 -reward * (sample - mean) / stdev^2 (nn.reinforce_seeds).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,9 @@ class ReinforceNormal(Module):
     Shapes: mean (B, D) -> sample (B, D), reward (B,); or mean (D,) with one scalar reward.
     """
 
-    def __init__(self, stdev: float, stochastic: bool = False,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self, stdev: float, stochastic: bool = False, rng: np.random.Generator | None = None
+    ):
         super().__init__()
         self.stdev = check.number(self, "stdev", stdev, "positive")
         self.stochastic = check.flag(self, "stochastic", stochastic)
@@ -41,19 +43,25 @@ class ReinforceNormal(Module):
         self.reward: Any = None
 
     def build(self, mean: Var) -> Var:
-        self.expect(isinstance(mean, Var) and mean.dtype.kind == "f" and mean.ndim in (1, 2),
-                    f"expects a float mean of shape (D,) or (batch, D), got "
-                    f"{getattr(mean, 'shape', type(mean).__name__)}")
+        self.expect(
+            isinstance(mean, Var) and mean.dtype.kind == "f" and mean.ndim in (1, 2),
+            f"expects a float mean of shape (D,) or (batch, D), got "
+            f"{getattr(mean, 'shape', type(mean).__name__)}",
+        )
         ctx = current_build()
         if not (ctx.training or self.stochastic):
             return mean
         shape, dtype, rng = mean.shape, mean.dtype, self.rng
-        noise = ctx.random_input(shape, dtype, lambda: tn_random.generator(rng).standard_normal(
-            shape).astype(dtype), "noise")
+        noise = ctx.random_input(
+            shape,
+            dtype,
+            lambda: tn_random.generator(rng).standard_normal(shape).astype(dtype),
+            "noise",
+        )
         sample = F.stop_gradient(mean + self.stdev * noise)
         if ctx.training:
             d = sample - mean
-            ctx.add_reinforce(self, F.sum(d * d, axis=-1) * (-0.5 / self.stdev ** 2))
+            ctx.add_reinforce(self, F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2))
         return sample
 
     def reinforce(self, reward: Any) -> Module:
@@ -87,8 +95,13 @@ class VRClassReward(Criterion):
     Shapes: scores (B, C), baseline (B,) or (B, 1), target (B,).
     """
 
-    def __init__(self, module: Module, scale: float = 1.0, criterion: Criterion | None = None,
-                 size_average: bool = True):
+    def __init__(
+        self,
+        module: Module,
+        scale: float = 1.0,
+        criterion: Criterion | None = None,
+        size_average: bool = True,
+    ):
         super().__init__()
         module = check.module(self, "module", module)
         object.__setattr__(self, "module", module)  # not a child: the model is not ours
@@ -101,23 +114,29 @@ class VRClassReward(Criterion):
     def _unpack(self, input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ok = isinstance(input, (list, tuple)) and len(input) == 2
         if not ok:
-            raise ShapeError(f"{self.describe()}: expects input [scores, baseline], got "
-                             f"{type(input).__name__}")
+            raise ShapeError(
+                f"{self.describe()}: expects input [scores, baseline], got {type(input).__name__}"
+            )
         scores, baseline = np.asarray(input[0]), np.asarray(input[1])
         t = np.asarray(target)
         if scores.ndim != 2:
-            raise ShapeError(f"{self.describe()}: scores must be (batch, classes), got "
-                             f"{scores.shape}")
+            raise ShapeError(
+                f"{self.describe()}: scores must be (batch, classes), got {scores.shape}"
+            )
         B, C = scores.shape
         if baseline.shape not in ((B,), (B, 1)):
-            raise ShapeError(f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got "
-                             f"{baseline.shape}")
+            raise ShapeError(
+                f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got {baseline.shape}"
+            )
         if t.shape != (B,) or t.dtype.kind not in "iu":
-            raise ShapeError(f"{self.describe()}: target must be {B} integer class ids, got "
-                             f"{t.dtype} {t.shape}")
+            raise ShapeError(
+                f"{self.describe()}: target must be {B} integer class ids, got {t.dtype} {t.shape}"
+            )
         if t.size and (t.min() < 0 or t.max() >= C):
-            raise ValueRangeError(f"{self.describe()}: class target out of range: expected "
-                                  f"0 <= target < {C} (0-based), got {t.min()}..{t.max()}")
+            raise ValueRangeError(
+                f"{self.describe()}: class target out of range: expected "
+                f"0 <= target < {C} (0-based), got {t.min()}..{t.max()}"
+            )
         return scores, baseline, t
 
     def forward(self, input: Any, target: Any) -> float:

@@ -1,5 +1,6 @@
 """Repeater (the same input at every step), RepeaterCriterion (the same target at every step)
 and Recursor (any module as a step-wise recurrent module)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,8 +37,15 @@ class Repeater(Module):
         if why is None and isinstance(x, Var):
             m = self._children["0"]
             try:  # the input is an invariant of the loop; no xs
-                segments = run_loop(ctx, loop_key(self, ctx, [], [x]), lambda _, inv: m(inv[0]),
-                                    self.n_step, [], [x], lambda t: [])
+                segments = run_loop(
+                    ctx,
+                    loop_key(self, ctx, [], [x]),
+                    lambda _, inv: m(inv[0]),
+                    self.n_step,
+                    [],
+                    [x],
+                    lambda t: [],
+                )
                 return join_segments(segments, False)
             except NotRollable as e:
                 why = str(e)
@@ -61,7 +69,7 @@ class RepeaterCriterion(Criterion):
         self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
 
     def check_targets(self, input: Any, target: Any) -> None:
-        for x in (input if isinstance(input, list) else list(input)):
+        for x in input if isinstance(input, list) else list(input):
             self._children["0"].check_targets(x, target)
 
     def build(self, xs: Any, target: Any) -> Any:

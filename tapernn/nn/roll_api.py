@@ -41,8 +41,10 @@ def rolled_refusal(owner: Any, ctx: BuildContext, x: Any, steps: int | None = No
     if steps is None:
         steps = len(x) if isinstance(x, list) else (x.shape[0] if isinstance(x, Var) else None)
     if unroll is None and steps is not None and steps < ROLL_MIN_STEPS:
-        return (f"{steps} steps < {ROLL_MIN_STEPS}: a short loop runs faster unrolled; "
-                f"unroll=False rolls it")
+        return (
+            f"{steps} steps < {ROLL_MIN_STEPS}: a short loop runs faster unrolled; "
+            f"unroll=False rolls it"
+        )
     if ctx.unroll:
         return "the unrolled view"
     if ctx.taps:

@@ -2,6 +2,7 @@
 forward (and lazily a backward) program, bind parameters/masks/states at call time, write the
 results back into module fields. Parameters are inputs, so updates never recompile.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -118,9 +119,18 @@ class Runtime:
             n_diff = len(flatten(list(args[:n_diff_args]))[0])
             passes = root._passes if root._passes is not None else default_passes()
             with gc_paused():  # tracing allocates like compiling (see gc_paused)
-                exe = Executable(root, leaves, tree, names, root.is_training, history, n_diff,
-                                 passes, root._plan_options or DEFAULT_OPTIONS,
-                                 templates=self.templates)
+                exe = Executable(
+                    root,
+                    leaves,
+                    tree,
+                    names,
+                    root.is_training,
+                    history,
+                    n_diff,
+                    passes,
+                    root._plan_options or DEFAULT_OPTIONS,
+                    templates=self.templates,
+                )
             exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
             trace_starts(exe, root)
             self.cache[key] = exe
@@ -153,10 +163,19 @@ class Runtime:
 
     def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
         root = self.module
-        states = tuple(_state_signature(m) for m in root.modules()
-                       if m.is_recurrent and hasattr(m, "state_names"))
-        return (tree, tuple((x.shape, x.dtype.str) for x in leaves), root.is_training, states,
-                root.dtype.str, history)
+        states = tuple(
+            _state_signature(m)
+            for m in root.modules()
+            if m.is_recurrent and hasattr(m, "state_names")
+        )
+        return (
+            tree,
+            tuple((x.shape, x.dtype.str) for x in leaves),
+            root.is_training,
+            states,
+            root.dtype.str,
+            history,
+        )
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
         outs = record.outputs
@@ -182,8 +201,9 @@ class Runtime:
 
     # ---- backward --------------------------------------------------------------------------------
 
-    def backward(self, input: Any, grad_output: Any, n_diff_args: int = 1,
-                 need_grad_input: bool = True) -> Any:
+    def backward(
+        self, input: Any, grad_output: Any, n_diff_args: int = 1, need_grad_input: bool = True
+    ) -> Any:
         record = self._next_record(input)
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
@@ -204,20 +224,23 @@ class Runtime:
             store_state_input_grads(exe, None, self._state_grads(exe, grads))
         record.done = True
         n_data = len(exe.data_wrt)
-        exe.packing.accumulate(grads[n_data: n_data + exe.packing.n_grads])
+        exe.packing.accumulate(grads[n_data : n_data + exe.packing.n_grads])
         if not need_grad_input:
             self.module.grad_input = None
             return None
         got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
-        grad_leaves = [got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
-                       for k, x in enumerate(record.leaves)]
+        grad_leaves = [
+            got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
+            for k, x in enumerate(record.leaves)
+        ]
         in_leaves, in_tree = flatten(input)
         grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
         self.module.grad_input = grad_input
         return grad_input
 
-    def _run_backward(self, exe: Executable, record: Record, seeds: list,
-                      need_grad_input: bool = True) -> tuple:
+    def _run_backward(
+        self, exe: Executable, record: Record, seeds: list, need_grad_input: bool = True
+    ) -> tuple:
         """The gradients (data inputs' None without need_grad_input: TrainingPair variant).
         The saved values are released when backward has read them: a second backward of the
         same forward recomputes them from the forward's arguments (its masks and states)."""
@@ -231,28 +254,37 @@ class Runtime:
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:
         start = len(exe.data_wrt) + exe.packing.n_grads
-        return list(grads[start: start + len(exe.state_wrt)])
+        return list(grads[start : start + len(exe.state_wrt)])
 
     def _next_record(self, input: Any) -> Record:
         if self.history and not self.history[-1].exe.history_mode:
             return self.history[-1]  # one forward, any number of backwards (grads accumulate)
         pending = [r for r in self.history if not r.done]
         if not pending:
-            what = "forward" if not self.history else "another forward (every step was already backwarded)"
+            what = (
+                "forward"
+                if not self.history
+                else "another forward (every step was already backwarded)"
+            )
             if self.history and self.dropped:
-                what += f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
+                what += (
+                    f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
+                )
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
         leaves = flatten(input)[0]
         if record.exe.history_mode:  # step-wise use: backward must retrace steps in reverse order
             same = len(leaves) <= len(record.leaves) and all(
                 np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, b.dtype), b)
-                for a, b in zip(leaves, record.leaves))
+                for a, b in zip(leaves, record.leaves)
+            )
             if not same:
                 step = len(pending) - 1
-                raise StateError(f"{self.module.describe()}: step-wise backward takes each step's "
-                                 f"own input in reverse order; expected the input of step {step} "
-                                 f"(the latest step not yet backwarded), got a different input")
+                raise StateError(
+                    f"{self.module.describe()}: step-wise backward takes each step's "
+                    f"own input in reverse order; expected the input of step {step} "
+                    f"(the latest step not yet backwarded), got a different input"
+                )
         return record
 
     def _seeds(self, exe: Executable, grad_output: Any, step: int | None = None) -> list:
@@ -267,13 +299,18 @@ class Runtime:
                 continue
             if k < len(exe.real):
                 if k >= len(gleaves):
-                    raise ShapeError(f"{self.module.describe()}: grad_output has {len(gleaves)} "
-                                     f"arrays, the output has {len(exe.real)}")
-                g = data_array(f"{self.module.describe()}: grad_output",
-                               np.asarray(gleaves[k])).astype(node.dtype, copy=False)
+                    raise ShapeError(
+                        f"{self.module.describe()}: grad_output has {len(gleaves)} "
+                        f"arrays, the output has {len(exe.real)}"
+                    )
+                g = data_array(
+                    f"{self.module.describe()}: grad_output", np.asarray(gleaves[k])
+                ).astype(node.dtype, copy=False)
                 if g.shape != node.shape:
-                    raise ShapeError(f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
-                                     f"expected {node.shape} (the output's shape)")
+                    raise ShapeError(
+                        f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
+                        f"expected {node.shape} (the output's shape)"
+                    )
             else:  # a final state: stepwise_seeds fills it in
                 g = None
             seeds.append(g)

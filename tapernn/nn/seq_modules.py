@@ -1,6 +1,7 @@
 """Element-RNN's tensor-in/tensor-out recurrent layers: SeqLSTM, SeqLSTMP, SeqGRU (one
 (D+H) x kH weight, x W layout) as Sequencers over an internal symbolic cell, so they compile to
 the same program as Sequencer(FastLSTM) / Sequencer(GRU). Math: reference/element-rnn.md §2."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,7 +23,7 @@ from .sequencer import Sequencer
 
 def _blocks(a: np.ndarray, size: int, order: tuple[int, ...]) -> np.ndarray:
     """The column blocks of `a` (each `size` wide) in `order`."""
-    return np.concatenate([a[..., k * size:(k + 1) * size] for k in order], axis=-1)
+    return np.concatenate([a[..., k * size : (k + 1) * size] for k in order], axis=-1)
 
 
 class _SeqCell(Cell):
@@ -60,10 +61,10 @@ class _GRUStep(_SeqCell):
         o, H = self._owner, self.hidden_size
         w_x, w_h = o._views
         gx = x @ w_x + o.bias
-        gh = h @ w_h[:, :2 * H]
+        gh = h @ w_h[:, : 2 * H]
         r = F.sigmoid(gx[..., :H] + gh[..., :H])
-        u = F.sigmoid(gx[..., H:2 * H] + gh[..., H:])
-        hc = F.tanh(gx[..., 2 * H:] + (r * h) @ w_h[:, 2 * H:])
+        u = F.sigmoid(gx[..., H : 2 * H] + gh[..., H:])
+        hc = F.tanh(gx[..., 2 * H :] + (r * h) @ w_h[:, 2 * H :])
         return (1 - u) * hc + u * h
 
 
@@ -75,8 +76,15 @@ class _SeqBase(Sequencer):
     n_gates = 4
     projected = False
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int,
-                 batch_first: bool, mask_zero: bool, rng: Any):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        batch_first: bool,
+        mask_zero: bool,
+        rng: Any,
+    ):
         Module.__init__(self)
         self.input_size = check.size(self, "input_size", input_size)
         self.output_size = check.size(self, "output_size", output_size)
@@ -116,7 +124,7 @@ class _SeqBase(Sequencer):
         H, R = self.hidden_size, self.output_size
         self.weight.data[...] = gen.normal(0, stdv or self._gate_std(), self.weight.shape)
         self.bias.data[...] = 0
-        self.bias.data[H:2 * H] = 1
+        self.bias.data[H : 2 * H] = 1
         if self.projected:
             self.weight_o.data[...] = gen.normal(0, stdv or 1 / np.sqrt(R + H), (H, R))
         return self
@@ -129,13 +137,17 @@ class _SeqBase(Sequencer):
         n_states = len(self.module.state_names)
         given: list = []
         if isinstance(x, list):
-            self.expect(1 < len(x) <= n_states + 1 and all(isinstance(v, Var) for v in x),
-                        f"expects x, or a list of {' or '.join(self._forms())} arrays")
+            self.expect(
+                1 < len(x) <= n_states + 1 and all(isinstance(v, Var) for v in x),
+                f"expects x, or a list of {' or '.join(self._forms())} arrays",
+            )
             *given, x = x
-        self.expect(isinstance(x, Var) and x.ndim == 3 and x.shape[-1] == self.input_size,
-                    f"expects a 3-d input ({'B, T' if self.batch_first else 'T, B'}, "
-                    f"{self.input_size}) (batch mode only), got "
-                    f"{getattr(x, 'shape', type(x).__name__)}")
+        self.expect(
+            isinstance(x, Var) and x.ndim == 3 and x.shape[-1] == self.input_size,
+            f"expects a 3-d input ({'B, T' if self.batch_first else 'T, B'}, "
+            f"{self.input_size}) (batch mode only), got "
+            f"{getattr(x, 'shape', type(x).__name__)}",
+        )
         if self.batch_first:
             x = F.transpose(x, (1, 0, 2))
         if given:
@@ -150,7 +162,7 @@ class _SeqBase(Sequencer):
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
 
     def _forms(self) -> list[str]:
-        names = ["h0", "c0"][:len(self.module.state_names)]
+        names = ["h0", "c0"][: len(self.module.state_names)]
         return ["[" + ", ".join(names[:k][::-1] + ["x"]) + "]" for k in range(1, len(names) + 1)]
 
     def _start_from(self, x: Var, given: list) -> None:
@@ -159,10 +171,12 @@ class _SeqBase(Sequencer):
         shapes = cell.state_shapes(x[0])
         for name, v, shape in zip(cell.state_names, given, shapes):
             if v.shape != shape:
-                raise ShapeError(f"{self.describe()}: initial state {name}0 must have shape "
-                                 f"{shape}, got {v.shape}")
+                raise ShapeError(
+                    f"{self.describe()}: initial state {name}0 must have shape "
+                    f"{shape}, got {v.shape}"
+                )
         state = ctx.state_of(cell, shapes, cell._state_dtype(x))
-        ctx.set_state(cell, tuple(given) + tuple(state[len(given):]))
+        ctx.set_state(cell, tuple(given) + tuple(state[len(given) :]))
 
     def describe(self) -> str:
         return f"nn.{type(self).__name__}{self.extra_repr()}"
@@ -171,8 +185,9 @@ class _SeqBase(Sequencer):
         return self.describe()
 
     def extra_repr(self) -> str:
-        flags = "".join([", batch_first" if self.batch_first else "",
-                         ", mask_zero" if self.masks_zero else ""])
+        flags = "".join(
+            [", batch_first" if self.batch_first else "", ", mask_zero" if self.masks_zero else ""]
+        )
         return f"({self.input_size} -> {self.output_size}{flags})"
 
 
@@ -191,8 +206,14 @@ class SeqLSTM(_SeqBase):
 
     _step_class = _LSTMStep
 
-    def __init__(self, input_size: int, output_size: int, batch_first: bool = False,
-                 mask_zero: bool = False, rng: Any = None):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        batch_first: bool = False,
+        mask_zero: bool = False,
+        rng: Any = None,
+    ):
         super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
 
     @property
@@ -225,8 +246,15 @@ class SeqLSTMP(_SeqBase):
     _step_class = _LSTMStep
     projected = True
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int,
-                 batch_first: bool = False, mask_zero: bool = False, rng: Any = None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        batch_first: bool = False,
+        mask_zero: bool = False,
+        rng: Any = None,
+    ):
         super().__init__(input_size, hidden_size, output_size, batch_first, mask_zero, rng)
 
     def _gate_std(self) -> float:
@@ -249,8 +277,14 @@ class SeqGRU(_SeqBase):
     _step_class = _GRUStep
     n_gates = 3
 
-    def __init__(self, input_size: int, output_size: int, batch_first: bool = False,
-                 mask_zero: bool = False, rng: Any = None):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        batch_first: bool = False,
+        mask_zero: bool = False,
+        rng: Any = None,
+    ):
         super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
 
     def to_gru(self) -> GRU:
@@ -276,10 +310,16 @@ class SeqReverseSequence(Module):
         self.dim = check.integer(self, "dim", dim)
 
     def build(self, x: Var) -> Var:
-        self.expect(isinstance(x, Var), "expects an array, got a list" if isinstance(x, list)
-                    else f"expects an array, got {type(x).__name__}")
-        self.expect(-x.ndim <= self.dim < x.ndim,
-                    f"dimension {self.dim} out of range for input shape {x.shape}")
+        self.expect(
+            isinstance(x, Var),
+            "expects an array, got a list"
+            if isinstance(x, list)
+            else f"expects an array, got {type(x).__name__}",
+        )
+        self.expect(
+            -x.ndim <= self.dim < x.ndim,
+            f"dimension {self.dim} out of range for input shape {x.shape}",
+        )
         d = self.dim % x.ndim
         return x[(slice(None),) * d + (slice(None, None, -1),)]
 
@@ -295,8 +335,15 @@ class SeqBRNN(Module):
     Shapes: (T, B, D) -> (T, B, H) ((B, T, ·) with batch_first; a JoinTable(-1) merge gives 2H).
     Each forward is a whole sequence (no memory across calls)."""
 
-    def __init__(self, input_size: int, output_size: int, batch_first: bool = False,
-                 merge: Module | None = None, mask_zero: bool = False, rng: Any = None):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        batch_first: bool = False,
+        merge: Module | None = None,
+        mask_zero: bool = False,
+        rng: Any = None,
+    ):
         super().__init__()
         from .layers import CAddTable
 
@@ -319,8 +366,10 @@ class SeqBRNN(Module):
         return self._children["bwd"]
 
     def build(self, x: Var) -> Any:
-        self.expect(isinstance(x, Var) and x.ndim == 3,
-                    f"expects a 3-d input, got {getattr(x, 'shape', type(x).__name__)}")
+        self.expect(
+            isinstance(x, Var) and x.ndim == 3,
+            f"expects a 3-d input, got {getattr(x, 'shape', type(x).__name__)}",
+        )
         c = self._children
         if self.batch_first:
             x = F.transpose(x, (1, 0, 2))
@@ -328,5 +377,7 @@ class SeqBRNN(Module):
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
 
     def describe(self) -> str:
-        return (f"nn.SeqBRNN({self.input_size} -> {self.output_size}"
-                f"{', batch_first' if self.batch_first else ''})")
+        return (
+            f"nn.SeqBRNN({self.input_size} -> {self.output_size}"
+            f"{', batch_first' if self.batch_first else ''})"
+        )

@@ -1,5 +1,6 @@
 """Sequencer: applies a module at every step of a sequence, unrolled into one graph (one
 sub-graph per timestep), with Torch7's remember/forget semantics for state across calls."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,8 +66,11 @@ class Sequencer(HiddenStateOf, Module):
 
     def remembers(self) -> bool:
         mode = self.remember_mode
-        return mode == "both" or (mode == "train" and self.is_training) or (
-            mode == "eval" and not self.is_training)
+        return (
+            mode == "both"
+            or (mode == "train" and self.is_training)
+            or (mode == "eval" and not self.is_training)
+        )
 
     def _before_forward(self) -> None:
         if not self.remembers():
@@ -82,6 +86,7 @@ class Sequencer(HiddenStateOf, Module):
         if lengths is None:
             return super().forward(input)
         from .runtime import runtime_of
+
         return runtime_of(self).forward(input, self._length_mask(input, lengths))
 
     def _length_mask(self, input: Any, lengths: Any) -> np.ndarray:
@@ -91,28 +96,39 @@ class Sequencer(HiddenStateOf, Module):
         first = np.asarray(steps[0])
         lengths = np.asarray(lengths)
         if first.ndim < 2 or lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
-            raise ShapeError(f"{self.describe()}: lengths must be integers, one per batch row "
-                             f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}")
+            raise ShapeError(
+                f"{self.describe()}: lengths must be integers, one per batch row "
+                f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}"
+            )
         if lengths.min() < 1 or lengths.max() > T:
-            raise ValueRangeError(f"{self.describe()}: lengths must lie in [1, {T}], got "
-                                  f"{lengths.min()}..{lengths.max()}")
+            raise ValueRangeError(
+                f"{self.describe()}: lengths must lie in [1, {T}], got "
+                f"{lengths.min()}..{lengths.max()}"
+            )
         return (np.arange(T)[:, None] < lengths[None, :]).astype(self.dtype)[..., None]
 
     def build(self, x: Any, step_mask: Var | None = None) -> Any:
         as_array = isinstance(x, Var)
         if as_array:
-            self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list of steps, "
-                                     f"got shape {x.shape}")
-            self.expect(x.shape[0] > 0, f"expects at least one step, got a (T, batch, features) "
-                                        f"array with T = 0 (shape {x.shape})")
+            self.expect(
+                x.ndim >= 2,
+                f"expects a (T, batch, features) array or a list of steps, got shape {x.shape}",
+            )
+            self.expect(
+                x.shape[0] > 0,
+                f"expects at least one step, got a (T, batch, features) "
+                f"array with T = 0 (shape {x.shape})",
+            )
         else:
             self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
             first = x[0]
             for t, xt in enumerate(x):
                 if isinstance(xt, Var) and isinstance(first, Var) and xt.shape != first.shape:
-                    raise ShapeError(f"{self.describe()}{tracing_where(t)}: step {t} has shape "
-                                     f"{xt.shape} but step 0 has {first.shape}; every step of a "
-                                     f"batch must have the same shape")
+                    raise ShapeError(
+                        f"{self.describe()}{tracing_where(t)}: step {t} has shape "
+                        f"{xt.shape} but step 0 has {first.shape}; every step of a "
+                        f"batch must have the same shape"
+                    )
         ctx = current_build()
         why = rolled_refusal(self, ctx, x)
         if why is None:
@@ -126,6 +142,7 @@ class Sequencer(HiddenStateOf, Module):
 
     def _step(self, as_array: bool, masked: bool) -> Any:
         """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=)."""
+
         def call(xs: list, invs: list) -> Any:
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
@@ -134,10 +151,13 @@ class Sequencer(HiddenStateOf, Module):
                 y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
             ctx.step_mask = None
             if as_array and not isinstance(y, Var):
-                raise ShapeError(f"{self.describe()}: a (T, batch, features) array input "
-                                 f"needs one array output per step, but the module returned "
-                                 f"a table (list); pass the steps as a list instead")
+                raise ShapeError(
+                    f"{self.describe()}: a (T, batch, features) array input "
+                    f"needs one array output per step, but the module returned "
+                    f"a table (list); pass the steps as a list instead"
+                )
             return y
+
         return call
 
     def _build_rolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
@@ -150,9 +170,11 @@ class Sequencer(HiddenStateOf, Module):
             with tracing.step(t):
                 xt = x[t]
                 return [xt] if step_mask is None else [xt, step_mask[t]]
+
         key = loop_key(self, ctx, xs, [], as_array)
-        segments = run_loop(ctx, key, self._step(as_array, step_mask is not None), T, xs, [],
-                            xs_step)
+        segments = run_loop(
+            ctx, key, self._step(as_array, step_mask is not None), T, xs, [], xs_step
+        )
         return join_segments(segments, as_array)
 
     def _build_unrolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:

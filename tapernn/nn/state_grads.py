@@ -1,6 +1,7 @@
 """Gradients of recurrent states between steps (Torch7's gradOutputs/gradCells, kept per absolute
 step): what each step's backward receives from the step after it, `set_grad_hidden_state(t, g)`
 replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a Sequencer."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,16 +15,19 @@ from ..executor import gc_paused
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
     if not -n_steps <= t < n_steps:
         m._extra_state_grads.pop(t)  # reported once, not on every later backward
-        raise StateError(f"{m.describe()}: set_grad_hidden_state({t}) but {n_steps} steps were "
-                         "forwarded")
+        raise StateError(
+            f"{m.describe()}: set_grad_hidden_state({t}) but {n_steps} steps were forwarded"
+        )
     return t if t >= 0 else n_steps + t
 
 
 def _checked(m: Any, k: int, g: Any, like: Any) -> np.ndarray:
     g = np.asarray(g, dtype=like.dtype)
     if g.shape != like.shape:
-        raise ShapeError(f"{m.describe()}: set_grad_hidden_state gradient for "
-                         f"{m._leaf_name(k)!r} has shape {g.shape}, the state has {like.shape}")
+        raise ShapeError(
+            f"{m.describe()}: set_grad_hidden_state gradient for "
+            f"{m._leaf_name(k)!r} has shape {g.shape}, the state has {like.shape}"
+        )
     return g
 
 
@@ -42,6 +46,7 @@ def _pop_set(m: Any, step: int, n_steps: int) -> tuple | None:
 
 
 # ---- stepping by hand: one program per step ------------------------------------------------------
+
 
 def stepwise_seeds(exe: Any, step: int, n_steps: int, seeds: list) -> list:
     """The final-state seeds of the backward of absolute `step` (of `n_steps` forwarded): per
@@ -96,6 +101,7 @@ def forget_steps_before(root: Any, first_kept: int) -> None:
 
 # ---- a Sequencer: one unrolled program -----------------------------------------------------------
 
+
 def _recurrent_steps(exe: Any) -> dict:
     """module -> its steps in this program (the `outputs` probes), for recurrent modules;
     computed once per program (every backward asks)."""
@@ -126,10 +132,16 @@ def sequence_seeds(variant: Any) -> list:
     for m, steps in _recurrent_steps(variant).items():
         for t, grads in sorted(m._extra_state_grads.items()):
             step = steps[_absolute_step(m, t, len(steps))]
-            nodes = [n for name in m.state_names for mm, f, tt, _, ns in variant.probes
-                     if mm is m and f == "state:" + name and tt == step for n in ns]
-            out += [(m, step, k, node, _checked(m, k, grads[k], node))
-                    for k, node in enumerate(nodes)]
+            nodes = [
+                n
+                for name in m.state_names
+                for mm, f, tt, _, ns in variant.probes
+                if mm is m and f == "state:" + name and tt == step
+                for n in ns
+            ]
+            out += [
+                (m, step, k, node, _checked(m, k, grads[k], node)) for k, node in enumerate(nodes)
+            ]
         m._extra_state_grads.clear()
     return out
 
@@ -159,8 +171,18 @@ def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> 
             for m, state, user in starts:
                 m._state, m._user_initial = state, user
             with gc_paused():
-                variant = type(exe)(root, leaves, tree, names, root.is_training,
-                                    exe.history_mode, n_diff, passes, exe.options, cuts=cuts)
+                variant = type(exe)(
+                    root,
+                    leaves,
+                    tree,
+                    names,
+                    root.is_training,
+                    exe.history_mode,
+                    n_diff,
+                    passes,
+                    exe.options,
+                    cuts=cuts,
+                )
         finally:
             for m, state, user in now:
                 m._state, m._user_initial = state, user
@@ -176,16 +198,21 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
     theirs = [(n.kind, n.name) for n in base.arg_nodes]
     if theirs == mine:
         it = iter(base_args)
-        return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it)
-                for n in variant.arg_nodes]
+        return [
+            np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
+        ]
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
     if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
-        raise TapernnError(f"{base.graph.meta.root}: the state-gradient variant's inputs "
-                           f"do not match the program's ({sorted(set(mine) ^ set(by))})")
-    return [np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
-            for n in variant.arg_nodes]
+        raise TapernnError(
+            f"{base.graph.meta.root}: the state-gradient variant's inputs "
+            f"do not match the program's ({sorted(set(mine) ^ set(by))})"
+        )
+    return [
+        np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
+        for n in variant.arg_nodes
+    ]
 
 
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
@@ -198,7 +225,7 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     args = args_like(variant, record.args, record.exe)
     saved = pair.saved(pair.forward.run(args))
     grads = pair.run_backward(saved, args, seeds + [g for *_, g in seeded])
-    store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), seeded)
+    store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs) :]), seeded)
     return variant, grads
 
 
@@ -220,7 +247,7 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
         grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
         for m in modules:
             m._grad_hidden = {}
-        store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs):]), [])
+        store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs) :]), [])
 
     for m in modules:
         m._grad_hidden = compute

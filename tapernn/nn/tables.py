@@ -1,5 +1,6 @@
 """Table modules: SplitTable and JoinTable (array <-> list), SelectTable and NarrowTable.
 Dimensions and indices are 0-based; negative values count from the end."""
+
 from __future__ import annotations
 
 from .. import functional as F
@@ -67,10 +68,15 @@ class SelectTable(Module):
         self.index = check.integer(self, "index", index)
 
     def build(self, xs: list):
-        self.expect(isinstance(xs, list) or (isinstance(xs, Var) and xs.ndim >= 1),
-                    "expects a list (or an array indexed along axis 0)")
-        self.expect(-len(xs) <= self.index < len(xs),
-                    f"index {self.index} out of range for a list of {len(xs)}", ShapeError)
+        self.expect(
+            isinstance(xs, list) or (isinstance(xs, Var) and xs.ndim >= 1),
+            "expects a list (or an array indexed along axis 0)",
+        )
+        self.expect(
+            -len(xs) <= self.index < len(xs),
+            f"index {self.index} out of range for a list of {len(xs)}",
+            ShapeError,
+        )
         return xs[self.index]
 
     def extra_repr(self) -> str:
@@ -88,10 +94,12 @@ class NarrowTable(Module):
     def build(self, xs: list) -> list:
         self.expect(isinstance(xs, list), "expects a list")
         start = self.offset + len(xs) if self.offset < 0 else self.offset
-        self.expect(0 <= start and start + self.length <= len(xs),
-                    f"[{self.offset}, {self.offset + self.length}) out of range for a list of {len(xs)}",
-                    ShapeError)
-        return xs[start: start + self.length]
+        self.expect(
+            0 <= start and start + self.length <= len(xs),
+            f"[{self.offset}, {self.offset + self.length}) out of range for a list of {len(xs)}",
+            ShapeError,
+        )
+        return xs[start : start + self.length]
 
     def extra_repr(self) -> str:
         return f"({self.offset}, {self.length})"

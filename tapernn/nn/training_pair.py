@@ -1,6 +1,7 @@
 """A training pair: the compiled forward and backward programs of one joint graph (their
 temporaries in one arena), the backward variants without the data-input gradients, and the
 most bytes a steady training loop over the pair holds at once (`step_peak_bytes`)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,14 +19,21 @@ class TrainingPair:
     share one arena (they never run at the same time); `resident_bytes` is the pair's total:
     the arena plus both programs' per-call values."""
 
-    def __init__(self, fwd: Graph, bwd: Graph, joint: Graph, passes: list,
-                 options: PlanOptions = DEFAULT_OPTIONS, arena: Arena | None = None):
+    def __init__(
+        self,
+        fwd: Graph,
+        bwd: Graph,
+        joint: Graph,
+        passes: list,
+        options: PlanOptions = DEFAULT_OPTIONS,
+        arena: Arena | None = None,
+    ):
         self.joint = joint  # forward and backward together, for diagrams
         self.n_saved = len(bwd.meta.saved_names)
         self.n_seeds = len(bwd.meta.seed_names)
         position = {n: k for k, n in enumerate(fwd.inputs)}
-        self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds:]]
-        self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved:])
+        self.reads = [position[n] for n in bwd.inputs[self.n_saved + self.n_seeds :]]
+        self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved :])
         # the two programs run alternately: their temporaries share one arena
         self.arena = arena  # shared with the module's other programs (None: the pair's own)
         self.forward, self.backward = compile_shared([fwd, bwd], passes, options, arena=arena)
@@ -35,7 +43,7 @@ class TrainingPair:
         self.last_backward = self.backward  # the program compile_report shows
 
     def saved(self, outs: tuple) -> list:
-        return list(outs[len(outs) - self.n_saved:]) if self.n_saved else []
+        return list(outs[len(outs) - self.n_saved :]) if self.n_saved else []
 
     def backward_program(self, skip: int) -> Compiled:
         """The backward program without its first `skip` outputs (the data-input gradients,
@@ -47,8 +55,12 @@ class TrainingPair:
         if skip not in self.variants:
             g = self.bwd_graph
             meta = replace(g.meta, output_names=g.meta.output_names[skip:])
-            self.variants[skip] = compile_into(Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
-                                               self.arena, self.passes, self.options)
+            self.variants[skip] = compile_into(
+                Graph(g.nodes, g.inputs, g.outputs[skip:], meta),
+                self.arena,
+                self.passes,
+                self.options,
+            )
         return self.variants[skip]
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
@@ -57,8 +69,9 @@ class TrainingPair:
         grads = program.run(saved + seeds + [args[k] for k in self.reads])
         return (None,) * skip + tuple(grads) if skip else grads
 
-    def step_peak_bytes(self, n_data_grads: int, tap_bytes: int = 0,
-                        held: tuple[int, int] | None = None) -> int:
+    def step_peak_bytes(
+        self, n_data_grads: int, tap_bytes: int = 0, held: tuple[int, int] | None = None
+    ) -> int:
         """Most bytes a steady training loop (forward, backward, update; the Runtime's
         lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
         what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
@@ -73,15 +86,25 @@ class TrainingPair:
         fwd, bwd = self.forward, self.last_backward
         n_kept = len(fwd.graph.outputs) - self.n_saved
         kept = _storages(fwd, range(n_kept))
-        saved_only = {k: b for k, b in _storages(fwd, range(n_kept, len(fwd.graph.outputs)))
-                      .items() if k not in kept}
+        saved_only = {
+            k: b
+            for k, b in _storages(fwd, range(n_kept, len(fwd.graph.outputs))).items()
+            if k not in kept
+        }
         n_dx = n_data_grads if bwd is self.backward else 0
         grad_input = sum(_storages(bwd, range(n_dx)).values())
         returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
-        buffers = self.arena.nbytes if self.arena is not None else fwd.report.arena_bytes + sum(
-            v.program.plan.buffer_bytes for v in self.variants.values())
-        moments = (per_call_peak(fwd), sum(saved_only.values()) + per_call_peak(bwd),
-                   returned + tap_bytes)
+        buffers = (
+            self.arena.nbytes
+            if self.arena is not None
+            else fwd.report.arena_bytes
+            + sum(v.program.plan.buffer_bytes for v in self.variants.values())
+        )
+        moments = (
+            per_call_peak(fwd),
+            sum(saved_only.values()) + per_call_peak(bwd),
+            returned + tap_bytes,
+        )
         # the dropout masks the last forward drew stay with its record until the next one's
         masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
         kept_b, saved_b = sum(kept.values()), sum(saved_only.values())

@@ -1,5 +1,6 @@
 """Nested lists of arrays (Torch7 tables) flattened to leaves and rebuilt: the structure of a
 module's input and output."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -1,5 +1,6 @@
 """TrimZero: MaskZero's results, computed on the non-zero rows only (the module runs on a
 smaller batch and the zero rows are put back).  Torch7: nn.TrimZero(module, nInputDim)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,7 +30,7 @@ class TrimZero(MaskZero):
     def __init__(self, module: Module, n_input_dim: int):
         super().__init__(module)
         self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, minimum=0)
-        self._rows: np.ndarray | None = None   # kept rows of the last trimmed forward
+        self._rows: np.ndarray | None = None  # kept rows of the last trimmed forward
         self._trimmed: Any = None
 
     @property
@@ -39,8 +40,10 @@ class TrimZero(MaskZero):
     def _batched(self, first: Any) -> bool:
         n, ndim = self.n_input_dim, first.ndim
         if ndim not in (n, n + 1):
-            raise ShapeError(f"{self.describe()}: n_input_dim is {n}, so the input must have {n} "
-                             f"dims or {n + 1} with a batch, got shape {first.shape}")
+            raise ShapeError(
+                f"{self.describe()}: n_input_dim is {n}, so the input must have {n} "
+                f"dims or {n + 1} with a batch, got shape {first.shape}"
+            )
         return ndim == n + 1
 
     def build(self, x: Any) -> Any:
@@ -52,8 +55,10 @@ class TrimZero(MaskZero):
         keep = F.cast(F.greater(F.sum(F.abs(first), axes), 0), dtype)
         out = self.module(x)
         leaves, tree = flatten(out)
-        masked = [v * (F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) if batched else keep)
-                  for v in leaves]
+        masked = [
+            v * (F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) if batched else keep)
+            for v in leaves
+        ]
         return masked[0] if tree == LEAF else unflatten(tree, masked)
 
     def forward(self, input: Any) -> Any:

@@ -2,6 +2,7 @@
 
 Each block: shape rule, NumPy forward (ufuncs take `out=` directly), VJP, flags.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,49 +30,126 @@ def _bool(*dtypes, **_):
 
 
 def _binary(name, ufunc, vjp, zero=""):
-    register(name, forward=ufunc, ufunc=ufunc, shape=broadcast_shape, vjp=vjp, elementwise=True,
-             inplace=(0, 1), n_inputs=2, zero=zero)
+    register(
+        name,
+        forward=ufunc,
+        ufunc=ufunc,
+        shape=broadcast_shape,
+        vjp=vjp,
+        elementwise=True,
+        inplace=(0, 1),
+        n_inputs=2,
+        zero=zero,
+    )
 
 
 def _unary(name, forward, vjp, zero="", ufunc=None):
-    register(name, forward=forward, ufunc=ufunc, shape=same_shape, vjp=vjp, elementwise=True,
-             inplace=(0,), n_inputs=1, zero=zero)
+    register(
+        name,
+        forward=forward,
+        ufunc=ufunc,
+        shape=same_shape,
+        vjp=vjp,
+        elementwise=True,
+        inplace=(0,),
+        n_inputs=1,
+        zero=zero,
+    )
 
 
-_binary("add", np.add,
-        lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
-                                   ub(g, b.shape) if wants[1] else None), zero="sum")
-_binary("sub", np.subtract,
-        lambda g, y, a, b, wants: (ub(g, a.shape) if wants[0] else None,
-                                   ub(-g, b.shape) if wants[1] else None), zero="difference")
-_binary("mul", np.multiply,
-        lambda g, y, a, b, wants: (ub(g * b, a.shape) if wants[0] else None,
-                                   ub(g * a, b.shape) if wants[1] else None), zero="any")
-_binary("div", np.divide,  # 0 / b == 0 (0 / 0 taken as 0, as for 0 * inf)
-        lambda g, y, a, b, wants: (ub(g / b, a.shape) if wants[0] else None,
-                                   ub(-g * y / b, b.shape) if wants[1] else None), zero="first")
-_binary("power", np.power,
-        lambda g, y, a, b, wants: (ub(g * b * a ** (b - 1), a.shape) if wants[0] else None,
-                                   ub(g * y * F.log(a), b.shape) if wants[1] else None))
+_binary(
+    "add",
+    np.add,
+    lambda g, y, a, b, wants: (
+        ub(g, a.shape) if wants[0] else None,
+        ub(g, b.shape) if wants[1] else None,
+    ),
+    zero="sum",
+)
+_binary(
+    "sub",
+    np.subtract,
+    lambda g, y, a, b, wants: (
+        ub(g, a.shape) if wants[0] else None,
+        ub(-g, b.shape) if wants[1] else None,
+    ),
+    zero="difference",
+)
+_binary(
+    "mul",
+    np.multiply,
+    lambda g, y, a, b, wants: (
+        ub(g * b, a.shape) if wants[0] else None,
+        ub(g * a, b.shape) if wants[1] else None,
+    ),
+    zero="any",
+)
+_binary(
+    "div",
+    np.divide,  # 0 / b == 0 (0 / 0 taken as 0, as for 0 * inf)
+    lambda g, y, a, b, wants: (
+        ub(g / b, a.shape) if wants[0] else None,
+        ub(-g * y / b, b.shape) if wants[1] else None,
+    ),
+    zero="first",
+)
+_binary(
+    "power",
+    np.power,
+    lambda g, y, a, b, wants: (
+        ub(g * b * a ** (b - 1), a.shape) if wants[0] else None,
+        ub(g * y * F.log(a), b.shape) if wants[1] else None,
+    ),
+)
 
 
 def _maximum_vjp(g, y, a, b, wants, flip=False):
     wins = F.greater(b, a) if flip else F.greater(a, b)
     share = F.where(wins, 1.0, F.where(F.equal(a, b), 0.5, 0.0))  # ties split the gradient
     share = F.cast(share, g.dtype)
-    return (ub(g * share, a.shape) if wants[0] else None,
-            ub(g * (1 - share), b.shape) if wants[1] else None)
+    return (
+        ub(g * share, a.shape) if wants[0] else None,
+        ub(g * (1 - share), b.shape) if wants[1] else None,
+    )
 
 
 _binary("maximum", np.maximum, _maximum_vjp)
 _binary("minimum", np.minimum, lambda *a, wants: _maximum_vjp(*a, wants=wants, flip=True))
 
-register("greater", forward=np.greater, ufunc=np.greater, shape=broadcast_shape, vjp=None,
-         dtype=_bool, elementwise=True, n_inputs=2, differentiable=False)
-register("equal", forward=np.equal, ufunc=np.equal, shape=broadcast_shape, vjp=None, dtype=_bool,
-         elementwise=True, n_inputs=2, differentiable=False)
-register("sign", forward=np.sign, ufunc=np.sign, shape=same_shape, vjp=None, elementwise=True,
-         inplace=(0,), n_inputs=1, differentiable=False, zero="first")
+register(
+    "greater",
+    forward=np.greater,
+    ufunc=np.greater,
+    shape=broadcast_shape,
+    vjp=None,
+    dtype=_bool,
+    elementwise=True,
+    n_inputs=2,
+    differentiable=False,
+)
+register(
+    "equal",
+    forward=np.equal,
+    ufunc=np.equal,
+    shape=broadcast_shape,
+    vjp=None,
+    dtype=_bool,
+    elementwise=True,
+    n_inputs=2,
+    differentiable=False,
+)
+register(
+    "sign",
+    forward=np.sign,
+    ufunc=np.sign,
+    shape=same_shape,
+    vjp=None,
+    elementwise=True,
+    inplace=(0,),
+    n_inputs=1,
+    differentiable=False,
+    zero="first",
+)
 
 _unary("neg", np.negative, lambda g, y, a, wants: (-g,), zero="first", ufunc=np.negative)
 _unary("exp", np.exp, lambda g, y, a, wants: (g * y,), ufunc=np.exp)
@@ -93,12 +171,21 @@ def _where_dtype(c, x, y, **_):
     return np.result_type(x, y)
 
 
-register("where", forward=lambda c, x, y, out=None: np.where(c, x, y), shape=_where_shape,
-         dtype=_where_dtype, supports_out=False, elementwise=True, n_inputs=3, zero="branches",
-         vjp=lambda g, y, c, a, b, wants: (
-             None,
-             ub(F.where(c, g, 0), a.shape) if wants[1] else None,
-             ub(F.where(c, 0, g), b.shape) if wants[2] else None))
+register(
+    "where",
+    forward=lambda c, x, y, out=None: np.where(c, x, y),
+    shape=_where_shape,
+    dtype=_where_dtype,
+    supports_out=False,
+    elementwise=True,
+    n_inputs=3,
+    zero="branches",
+    vjp=lambda g, y, c, a, b, wants: (
+        None,
+        ub(F.where(c, g, 0), a.shape) if wants[1] else None,
+        ub(F.where(c, 0, g), b.shape) if wants[2] else None,
+    ),
+)
 
 
 def _cast(x, dtype, out=None):
@@ -108,13 +195,28 @@ def _cast(x, dtype, out=None):
     return out
 
 
-register("cast", forward=_cast, shape=same_shape, dtype=lambda x, dtype: np.dtype(dtype),
-         elementwise=True, n_inputs=1, layout=True, zero="first",
-         vjp=lambda g, y, a, wants, dtype: (
-             F.cast(g, a.dtype) if a.dtype.kind == "f" else None,))
+register(
+    "cast",
+    forward=_cast,
+    shape=same_shape,
+    dtype=lambda x, dtype: np.dtype(dtype),
+    elementwise=True,
+    n_inputs=1,
+    layout=True,
+    zero="first",
+    vjp=lambda g, y, a, wants, dtype: (F.cast(g, a.dtype) if a.dtype.kind == "f" else None,),
+)
 
-register("stop_gradient", forward=lambda x, out=None: x, shape=same_shape, supports_out=False,
-         view=True, n_inputs=1, zero="first", vjp=lambda g, y, a, wants: (None,))
+register(
+    "stop_gradient",
+    forward=lambda x, out=None: x,
+    shape=same_shape,
+    supports_out=False,
+    view=True,
+    n_inputs=1,
+    zero="first",
+    vjp=lambda g, y, a, wants: (None,),
+)
 
 
 def _fill(value):
@@ -123,12 +225,19 @@ def _fill(value):
             return np.full(shape, value, dtype=dtype)
         out.fill(value)
         return out
+
     return forward
 
 
 for _name, _value in (("zeros", 0), ("ones", 1)):
-    register(_name, forward=_fill(_value), shape=lambda shape, dtype: tuple(shape),
-             dtype=lambda shape, dtype: np.dtype(dtype), n_inputs=0, vjp=lambda g, y, wants, **_: ())
+    register(
+        _name,
+        forward=_fill(_value),
+        shape=lambda shape, dtype: tuple(shape),
+        dtype=lambda shape, dtype: np.dtype(dtype),
+        n_inputs=0,
+        vjp=lambda g, y, wants, **_: (),
+    )
 
 
 def _add_n_shape(*shapes, **_):
@@ -155,6 +264,13 @@ def _lower_add_n(args, attrs, out, bind):
     return expr
 
 
-register("add_n", forward=_add_n, shape=_add_n_shape, elementwise=True, inplace=(0,),
-         zero="sum", lower=_lower_add_n,
-         vjp=lambda g, y, *xs, wants: tuple(g if w else None for w in wants))
+register(
+    "add_n",
+    forward=_add_n,
+    shape=_add_n_shape,
+    elementwise=True,
+    inplace=(0,),
+    zero="sum",
+    lower=_lower_add_n,
+    vjp=lambda g, y, *xs, wants: tuple(g if w else None for w in wants),
+)

@@ -2,6 +2,7 @@
 instructions (op, refs, attrs, shape, dtype); a ref k >= 0 names the node's k-th input, -(j+1)
 the result of instruction j; the last instruction's result is the node's value. The executor
 inlines the program with preallocated temporaries; `forward` here interprets it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,16 @@ def temp_slots(program: tuple) -> tuple[list[int | None], list[tuple[tuple, np.d
             break
         # add_n adds its inputs one by one into out: only its first input may share out
         aliasable = refs[:1] if program[j][0] == "add_n" else refs
-        reuse = next((slot_of[-r - 1] for r in aliasable if r < 0 and last[-r - 1] == j
-                      and slots[slot_of[-r - 1]] == (tuple(shape), np.dtype(dtype))), None)
+        reuse = next(
+            (
+                slot_of[-r - 1]
+                for r in aliasable
+                if r < 0
+                and last[-r - 1] == j
+                and slots[slot_of[-r - 1]] == (tuple(shape), np.dtype(dtype))
+            ),
+            None,
+        )
         if reuse is None:
             slots.append((tuple(shape), np.dtype(dtype)))
             reuse = len(slots) - 1
@@ -54,10 +63,20 @@ def _inplace_rule(node) -> tuple[int, ...]:
     # only the last instruction writes the output, after every other has read its inputs
     op, refs = node.attrs["program"][-1][:2]
     late = set(refs[2:]) if op == "add_n" else set()  # add_n reads these after writing out
-    return tuple(k for k, i in enumerate(node.inputs)
-                 if i.shape == node.shape and i.dtype == node.dtype and k not in late)
+    return tuple(
+        k
+        for k, i in enumerate(node.inputs)
+        if i.shape == node.shape and i.dtype == node.dtype and k not in late
+    )
 
 
-register("fused", forward=_forward, shape=_shape, vjp=None, differentiable=False,
-         dtype=lambda *dtypes, program: np.dtype(program[-1][4]), inplace_rule=_inplace_rule,
-         internal=True)
+register(
+    "fused",
+    forward=_forward,
+    shape=_shape,
+    vjp=None,
+    differentiable=False,
+    dtype=lambda *dtypes, program: np.dtype(program[-1][4]),
+    inplace_rule=_inplace_rule,
+    internal=True,
+)

@@ -1,6 +1,7 @@
 """The IR's index keys (getitem/index_grad attrs): ("s", start, stop, step) for a slice,
 ("a", ids) for an integer array, ints, None and Ellipsis as they are; their NumPy form, shape
 rule and printed form. Used by the shape ops, `functional.getitem` and the diagrams."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,10 @@ def show_index(key: tuple) -> str:
     for item in key:
         if isinstance(item, tuple) and item[0] == "s":
             a, b, c = item[1:]
-            parts.append(f"{'' if a is None else a}:{'' if b is None else b}"
-                         + ("" if c is None else f":{c}"))
+            parts.append(
+                f"{'' if a is None else a}:{'' if b is None else b}"
+                + ("" if c is None else f":{c}")
+            )
         elif isinstance(item, tuple):
             parts.append(str(list(item[1])))
         else:

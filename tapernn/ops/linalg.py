@@ -1,4 +1,5 @@
 """Matrix multiplication (both operands at least 2-D; `tn.matmul` promotes 1-D operands)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,15 @@ def matmul_shape(a, b, **_):
     return batch + (a[-2], b[-1])
 
 
-register("matmul", forward=np.matmul, ufunc=np.matmul, shape=matmul_shape, n_inputs=2, zero="any",
-         vjp=lambda g, y, a, b, wants: (
-             F.unbroadcast(F.matmul(g, F.swap_last(b)), a.shape) if wants[0] else None,
-             F.unbroadcast(F.matmul(F.swap_last(a), g), b.shape) if wants[1] else None))
+register(
+    "matmul",
+    forward=np.matmul,
+    ufunc=np.matmul,
+    shape=matmul_shape,
+    n_inputs=2,
+    zero="any",
+    vjp=lambda g, y, a, b, wants: (
+        F.unbroadcast(F.matmul(g, F.swap_last(b)), a.shape) if wants[0] else None,
+        F.unbroadcast(F.matmul(F.swap_last(a), g), b.shape) if wants[1] else None,
+    ),
+)

@@ -1,4 +1,5 @@
 """Neural-network ops: softmax, log_softmax, embedding lookup, gather (and their adjoints)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,13 @@ def _softmax(x, axis, out=None):
     return e
 
 
-register("softmax", forward=_softmax, shape=same_shape, n_inputs=1,
-         vjp=lambda g, y, x, wants, axis: (y * (g - F.sum(g * y, axis, keepdims=True)),))
+register(
+    "softmax",
+    forward=_softmax,
+    shape=same_shape,
+    n_inputs=1,
+    vjp=lambda g, y, x, wants, axis: (y * (g - F.sum(g * y, axis, keepdims=True)),),
+)
 
 
 def _log_softmax(x, axis, out=None):
@@ -25,8 +31,13 @@ def _log_softmax(x, axis, out=None):
     return s
 
 
-register("log_softmax", forward=_log_softmax, shape=same_shape, n_inputs=1,
-         vjp=lambda g, y, x, wants, axis: (g - F.exp(y) * F.sum(g, axis, keepdims=True),))
+register(
+    "log_softmax",
+    forward=_log_softmax,
+    shape=same_shape,
+    n_inputs=1,
+    vjp=lambda g, y, x, wants, axis: (g - F.exp(y) * F.sum(g, axis, keepdims=True),),
+)
 
 
 def _int_ids(dtype):
@@ -56,10 +67,17 @@ def _embedding_dtype(w, ids, **_):
     return w
 
 
-register("embedding", forward=_embedding, shape=_embedding_shape, dtype=_embedding_dtype,
-         n_inputs=2,
-         vjp=lambda g, y, w, ids, wants: (
-             F.emit("embedding_grad", g, ids, n=w.shape[0]) if wants[0] else None, None))
+register(
+    "embedding",
+    forward=_embedding,
+    shape=_embedding_shape,
+    dtype=_embedding_dtype,
+    n_inputs=2,
+    vjp=lambda g, y, w, ids, wants: (
+        F.emit("embedding_grad", g, ids, n=w.shape[0]) if wants[0] else None,
+        None,
+    ),
+)
 
 
 def _embedding_grad(g, ids, n, out=None):
@@ -78,9 +96,15 @@ def _embedding_grad_shape(g, ids, n):
     return (n, g[-1])
 
 
-register("embedding_grad", forward=_embedding_grad, shape=_embedding_grad_shape,
-         dtype=lambda g, ids, n: g, n_inputs=2, zero="first",
-         vjp=lambda gg, y, g, ids, wants, n: (F.embedding(gg, ids) if wants[0] else None, None))
+register(
+    "embedding_grad",
+    forward=_embedding_grad,
+    shape=_embedding_grad_shape,
+    dtype=lambda g, ids, n: g,
+    n_inputs=2,
+    zero="first",
+    vjp=lambda gg, y, g, ids, wants, n: (F.embedding(gg, ids) if wants[0] else None, None),
+)
 
 
 def _gather_shape(x, ids, axis):
@@ -103,14 +127,21 @@ def _gather_dtype(x, ids, **_):
     return x
 
 
-register("gather", forward=_gather, shape=_gather_shape, dtype=_gather_dtype, n_inputs=2,
-         vjp=lambda g, y, x, ids, wants, axis: (
-             F.emit("scatter_add", g, ids, axis=axis, n=x.shape[axis]) if wants[0] else None,
-             None))
+register(
+    "gather",
+    forward=_gather,
+    shape=_gather_shape,
+    dtype=_gather_dtype,
+    n_inputs=2,
+    vjp=lambda g, y, x, ids, wants, axis: (
+        F.emit("scatter_add", g, ids, axis=axis, n=x.shape[axis]) if wants[0] else None,
+        None,
+    ),
+)
 
 
 def _scatter_add(g, ids, axis, n, out=None):
-    shape = g.shape[:axis] + (n,) + g.shape[axis + 1:]
+    shape = g.shape[:axis] + (n,) + g.shape[axis + 1 :]
     if out is None:
         out = np.zeros(shape, dtype=g.dtype)
     else:
@@ -121,11 +152,15 @@ def _scatter_add(g, ids, axis, n, out=None):
     return out
 
 
-register("scatter_add", forward=_scatter_add,
-         shape=lambda g, ids, axis, n: g[:axis] + (n,) + g[axis + 1:],
-         dtype=lambda g, ids, **_: g, n_inputs=2, zero="first",
-         vjp=lambda gg, y, g, ids, wants, axis, n: (
-             F.gather(gg, ids, axis) if wants[0] else None, None))
+register(
+    "scatter_add",
+    forward=_scatter_add,
+    shape=lambda g, ids, axis, n: g[:axis] + (n,) + g[axis + 1 :],
+    dtype=lambda g, ids, **_: g,
+    n_inputs=2,
+    zero="first",
+    vjp=lambda gg, y, g, ids, wants, axis, n: (F.gather(gg, ids, axis) if wants[0] else None, None),
+)
 
 
 def _add_loss_shape(x, loss, **_):
@@ -136,7 +171,15 @@ def _add_loss_shape(x, loss, **_):
 
 # forward: x itself; backward: the loss's cotangent is 1 whatever x's is, so the loss joins the
 # objective being differentiated (a regulariser's gradient, e.g. NormStabilizer's)
-register("add_loss", forward=lambda x, loss, out=None: x, shape=_add_loss_shape,
-         supports_out=False, view=True, n_inputs=2,
-         vjp=lambda g, y, x, loss, wants: (g if wants[0] else None,
-                                           F.ones_like(loss) if wants[1] else None))
+register(
+    "add_loss",
+    forward=lambda x, loss, out=None: x,
+    shape=_add_loss_shape,
+    supports_out=False,
+    view=True,
+    n_inputs=2,
+    vjp=lambda g, y, x, loss, wants: (
+        g if wants[0] else None,
+        F.ones_like(loss) if wants[1] else None,
+    ),
+)

@@ -1,4 +1,5 @@
 """Reductions (sum, max, logsumexp) and broadcast_to, their adjoint."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +29,21 @@ def _sum(x, axis, keepdims, out=None):
 def _lower_sum(args, attrs, out, bind):
     axis = bind("s", tuple(int(d) for d in attrs["axis"]))
     tail = f", out={out}" if out else ""
-    return (f"{bind('np_add_reduce', np.add.reduce, fixed=True)}({args[0]}, {axis}, None{tail}, "
-            f"keepdims={bool(attrs['keepdims'])})")
+    return (
+        f"{bind('np_add_reduce', np.add.reduce, fixed=True)}({args[0]}, {axis}, None{tail}, "
+        f"keepdims={bool(attrs['keepdims'])})"
+    )
 
 
-register("sum", forward=_sum, shape=reduce_shape, n_inputs=1, zero="first", lower=_lower_sum,
-         vjp=lambda g, y, x, wants, axis, keepdims: (F.broadcast_to(kept(g, x, axis), x.shape),))
+register(
+    "sum",
+    forward=_sum,
+    shape=reduce_shape,
+    n_inputs=1,
+    zero="first",
+    lower=_lower_sum,
+    vjp=lambda g, y, x, wants, axis, keepdims: (F.broadcast_to(kept(g, x, axis), x.shape),),
+)
 
 
 def _max(x, axis, keepdims, out=None):
@@ -61,9 +71,13 @@ def _logsumexp(x, axis, keepdims, out=None):
     return s
 
 
-register("logsumexp", forward=_logsumexp, shape=reduce_shape, n_inputs=1,
-         vjp=lambda g, y, x, wants, axis, keepdims: (
-             kept(g, x, axis) * F.exp(x - kept(y, x, axis)),))
+register(
+    "logsumexp",
+    forward=_logsumexp,
+    shape=reduce_shape,
+    n_inputs=1,
+    vjp=lambda g, y, x, wants, axis, keepdims: (kept(g, x, axis) * F.exp(x - kept(y, x, axis)),),
+)
 
 
 def _broadcast_shape(x, shape, **_):
@@ -82,6 +96,13 @@ def _broadcast_to(x, shape, out=None):
     return out
 
 
-register("broadcast_to", forward=_broadcast_to, shape=_broadcast_shape, n_inputs=1, view=True,
-         layout=True, zero="first",
-         vjp=lambda g, y, x, wants, shape: (F.unbroadcast(g, x.shape),))
+register(
+    "broadcast_to",
+    forward=_broadcast_to,
+    shape=_broadcast_shape,
+    n_inputs=1,
+    view=True,
+    layout=True,
+    zero="first",
+    vjp=lambda g, y, x, wants, shape: (F.unbroadcast(g, x.shape),),
+)

@@ -3,6 +3,7 @@
 An op is registered once, in its family file (elementwise, reduce, shape, linalg, nn); tracing,
 autodiff, the passes and the executor all look ops up here by name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,8 +32,9 @@ class Lowering(Protocol):
     call expression (writing `out` when it is given). `bind(prefix, value) -> name` makes a value
     available to the program under a fresh name; `bind(name, value, fixed=True)` under `name`."""
 
-    def __call__(self, args: list[str], attrs: dict, out: str | None,
-                 bind: Callable[..., str]) -> str: ...
+    def __call__(
+        self, args: list[str], attrs: dict, out: str | None, bind: Callable[..., str]
+    ) -> str: ...
 
 
 @dataclass(frozen=True)

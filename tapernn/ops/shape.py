@@ -1,4 +1,5 @@
 """Shape ops: reshape, transpose, concat, indexing (getitem) and its adjoint index_grad."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,20 @@ def _reshape_shape(x, shape, **_):
     return tuple(shape)
 
 
-register("reshape", forward=lambda x, shape, out=None: np.reshape(x, shape),
-         shape=_reshape_shape, supports_out=False, view=True, layout=True, zero="first",
-         n_inputs=1,
-         lower=lambda args, attrs, out, bind: (
-             f"{args[0]}.reshape({bind('s', tuple(int(d) for d in attrs['shape']))})"),
-         vjp=lambda g, y, x, wants, shape: (F.reshape(g, x.shape),))
+register(
+    "reshape",
+    forward=lambda x, shape, out=None: np.reshape(x, shape),
+    shape=_reshape_shape,
+    supports_out=False,
+    view=True,
+    layout=True,
+    zero="first",
+    n_inputs=1,
+    lower=lambda args, attrs, out, bind: (
+        f"{args[0]}.reshape({bind('s', tuple(int(d) for d in attrs['shape']))})"
+    ),
+    vjp=lambda g, y, x, wants, shape: (F.reshape(g, x.shape),),
+)
 
 
 def _transpose_shape(x, axes, **_):
@@ -29,21 +38,33 @@ def _transpose_shape(x, axes, **_):
     return tuple(x[a] for a in axes)
 
 
-register("transpose", forward=lambda x, axes, out=None: np.transpose(x, axes),
-         shape=_transpose_shape, supports_out=False, view=True, layout=True, zero="first",
-         n_inputs=1,
-         lower=lambda args, attrs, out, bind: (
-             f"{args[0]}.transpose({bind('s', tuple(int(d) for d in attrs['axes']))})"),
-         vjp=lambda g, y, x, wants, axes: (F.transpose(g, tuple(np.argsort(axes))),))
+register(
+    "transpose",
+    forward=lambda x, axes, out=None: np.transpose(x, axes),
+    shape=_transpose_shape,
+    supports_out=False,
+    view=True,
+    layout=True,
+    zero="first",
+    n_inputs=1,
+    lower=lambda args, attrs, out, bind: (
+        f"{args[0]}.transpose({bind('s', tuple(int(d) for d in attrs['axes']))})"
+    ),
+    vjp=lambda g, y, x, wants, axes: (F.transpose(g, tuple(np.argsort(axes))),),
+)
 
 
 def _concat_shape(*shapes, axis):
     first = shapes[0]
     for s in shapes[1:]:
-        if len(s) != len(first) or any(a != b for k, (a, b) in enumerate(zip(s, first)) if k != axis):
-            raise ShapeError(f"concat along axis {axis}: shapes {', '.join(map(str, shapes))} "
-                             f"differ off that axis")
-    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+        if len(s) != len(first) or any(
+            a != b for k, (a, b) in enumerate(zip(s, first)) if k != axis
+        ):
+            raise ShapeError(
+                f"concat along axis {axis}: shapes {', '.join(map(str, shapes))} "
+                f"differ off that axis"
+            )
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1 :]
 
 
 def _concat(*xs, axis, out=None):
@@ -65,8 +86,15 @@ def _lower_concat(args, attrs, out, bind):  # np.concatenate directly: no wrappe
     return f"{fn}(({', '.join(args)},), axis={int(attrs['axis'])}{tail})"
 
 
-register("concat", forward=_concat, shape=_concat_shape, vjp=_concat_vjp, layout=True,
-         zero="all", lower=_lower_concat)
+register(
+    "concat",
+    forward=_concat,
+    shape=_concat_shape,
+    vjp=_concat_vjp,
+    layout=True,
+    zero="all",
+    lower=_lower_concat,
+)
 
 
 def _getitem(x, index, out=None):
@@ -84,9 +112,18 @@ def _lower_getitem(args, attrs, out, bind):
     return f"{args[0]}[{bind('i', to_numpy_index(attrs['index']))}]"
 
 
-register("getitem", forward=_getitem, shape=index_shape, n_inputs=1, view=True,
-         supports_out=False, layout=True, zero="first", lower=_lower_getitem,
-         vjp=lambda g, y, x, wants, index: (F.emit_index_grad(g, x.shape, index),))
+register(
+    "getitem",
+    forward=_getitem,
+    shape=index_shape,
+    n_inputs=1,
+    view=True,
+    supports_out=False,
+    layout=True,
+    zero="first",
+    lower=_lower_getitem,
+    vjp=lambda g, y, x, wants, index: (F.emit_index_grad(g, x.shape, index),),
+)
 
 
 def _index_grad_shape(g, shape, index):
@@ -108,5 +145,11 @@ def _index_grad(g, shape, index, out=None):
     return out
 
 
-register("index_grad", forward=_index_grad, shape=_index_grad_shape, n_inputs=1, zero="first",
-         vjp=lambda g, y, x, wants, shape, index: (F.emit("getitem", g, index=index),))
+register(
+    "index_grad",
+    forward=_index_grad,
+    shape=_index_grad_shape,
+    n_inputs=1,
+    zero="first",
+    vjp=lambda g, y, x, wants, shape, index: (F.emit("getitem", g, index=index),),
+)

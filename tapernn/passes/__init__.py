@@ -7,6 +7,7 @@ before gate fusion, so the per-gate input projections are first stacked over tim
 fused, and in backward dx_t = dz_t @ W_x^T is hoisted before gate fusion could pair it with the
 recurrent dh_t = dz_t @ W_h^T of the same step.
 """
+
 from __future__ import annotations
 
 from ..errors import ArgumentTypeError
@@ -90,14 +91,16 @@ def check_passes(passes) -> list[Pass]:
     """`passes` as a list, or an ArgumentTypeError (a TypeError) naming the first entry that is not a callable pass
     (a name string is the common slip: pass the function, e.g. `passes.eliminate_dead_code`)."""
     if isinstance(passes, (str, bytes)) or not hasattr(passes, "__iter__"):
-        raise ArgumentTypeError(f"a pass list is a list of functions Graph -> Graph, got "
-                        f"{type(passes).__name__}")
+        raise ArgumentTypeError(
+            f"a pass list is a list of functions Graph -> Graph, got {type(passes).__name__}"
+        )
     passes = list(passes)
     for k, p in enumerate(passes):
         if not callable(p):
-            hint = (f"; use tapernn.passes.{p}" if isinstance(p, str) and p in __all__ else "")
-            raise ArgumentTypeError(f"pass {k} is {p!r} ({type(p).__name__}), not a function "
-                                    f"Graph -> Graph{hint}")
+            hint = f"; use tapernn.passes.{p}" if isinstance(p, str) and p in __all__ else ""
+            raise ArgumentTypeError(
+                f"pass {k} is {p!r} ({type(p).__name__}), not a function Graph -> Graph{hint}"
+            )
     check_order(passes)
     return passes
 

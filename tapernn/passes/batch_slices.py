@@ -2,6 +2,7 @@
 column blocks of the same values (the four gate pre-activations x@W[:, k] + h@U[:, k] + b_k
 after gate fusion) becomes one op on the whole block, then slices -- one call instead of four.
 Loop-level vectors in the blocks (biases b_k) are concatenated once."""
+
 from __future__ import annotations
 
 import itertools
@@ -57,8 +58,9 @@ def _adjacent_runs(members: list[Node]) -> list[list[Node]]:
     runs, run = [], [members[0]]
     for prev, cur in itertools.pairwise(members):
         a, b = _columns(prev), _columns(cur)
-        follows = all((x is None) == (y is None) and (x is None or x[1] == y[0])
-                      for x, y in zip(a, b))
+        follows = all(
+            (x is None) == (y is None) and (x is None or x[1] == y[0]) for x, y in zip(a, b)
+        )
         if follows:
             run.append(cur)
         else:

@@ -1,6 +1,7 @@
 """Building slices and concatenations in a canonical form, so that the stacks the fusion and
 hoisting passes create meet their duals under CSE (concat of transposes = transpose of concat;
 concat of x[0], x[1], ... = a reshape of x; concat of adjacent slices = one slice)."""
+
 from __future__ import annotations
 
 import itertools

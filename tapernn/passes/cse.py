@@ -1,5 +1,6 @@
 """Common-subexpression elimination: nodes with equal (op, inputs, attrs) become one; constants
 merge by value; inputs never merge. One pass over the tape with a dict, so linear time."""
+
 from __future__ import annotations
 
 from ..graph import Graph, Node
@@ -35,5 +36,9 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
             changed = True
     if not changed:
         return graph.eliminate_dead_code()
-    return Graph(nodes, [mapping.get(n, n) for n in graph.inputs],
-                 [mapping.get(n, n) for n in graph.outputs], graph.meta).eliminate_dead_code()
+    return Graph(
+        nodes,
+        [mapping.get(n, n) for n in graph.inputs],
+        [mapping.get(n, n) for n in graph.outputs],
+        graph.meta,
+    ).eliminate_dead_code()

@@ -1,5 +1,6 @@
 """Dead-code elimination: drop nodes no output depends on (graph inputs always stay, so the
 calling convention never changes)."""
+
 from __future__ import annotations
 
 from ..graph import Graph

@@ -1,6 +1,7 @@
 """The pass driver: runs a list of `Graph -> Graph` passes, verifies after each one (naming the
 pass that broke the graph), times them and records what each did in a `CompileReport`.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,11 @@ class LoopReport:
 
     def __str__(self) -> str:
         kind = "reverse loop" if self.reverse else "loop"
-        return (f"{kind} {self.scope or '(top)'}: T = {self.length}, body {self.body_nodes} "
-                f"nodes, {self.body.kernels} kernels per step; bytes {self.fixed_bytes:,} + "
-                f"T x {self.step_bytes:,} per step = {self.bytes_per_sequence():,}")
+        return (
+            f"{kind} {self.scope or '(top)'}: T = {self.length}, body {self.body_nodes} "
+            f"nodes, {self.body.kernels} kernels per step; bytes {self.fixed_bytes:,} + "
+            f"T x {self.step_bytes:,} per step = {self.bytes_per_sequence():,}"
+        )
 
 
 @dataclass
@@ -105,23 +108,41 @@ class CompileReport:
     saved_for_backward_bytes = property(lambda self: self.plan.saved_for_backward_bytes)
 
     @classmethod
-    def joined(cls, fwd: CompileReport, bwd: CompileReport, saved_for_backward_bytes: int,
-               resident_bytes: int, peak_bytes: int | None = None) -> CompileReport:
+    def joined(
+        cls,
+        fwd: CompileReport,
+        bwd: CompileReport,
+        saved_for_backward_bytes: int,
+        resident_bytes: int,
+        peak_bytes: int | None = None,
+    ) -> CompileReport:
         """One report of a training pair's forward and backward programs (compiled together:
         one arena, one backend): passes labelled by program, bytes and kernels added up, the
         peak `peak_bytes` (a module's: its training loop's) or else the larger program's."""
-        labelled = [replace(r, program=program)
-                    for program, rep in (("forward", fwd), ("backward", bwd)) for r in rep.passes]
+        labelled = [
+            replace(r, program=program)
+            for program, rep in (("forward", fwd), ("backward", bwd))
+            for r in rep.passes
+        ]
         a, b = fwd.plan, bwd.plan
-        plan = PlanStats(a.kernels + b.kernels, a.naive_bytes + b.naive_bytes,
-                         a.planned_bytes + b.planned_bytes,
-                         max(a.peak_bytes, b.peak_bytes) if peak_bytes is None else peak_bytes,
-                         saved_for_backward_bytes)
-        return cls(passes=labelled, fused_groups=fwd.fused_groups + bwd.fused_groups, plan=plan,
-                   resident_bytes=resident_bytes, arena_bytes=fwd.arena_bytes,
-                   backend=fwd.backend, compiled_kernels=fwd.compiled_kernels
-                   + bwd.compiled_kernels, fallbacks=fwd.fallbacks + bwd.fallbacks,
-                   loops=fwd.loops + bwd.loops)
+        plan = PlanStats(
+            a.kernels + b.kernels,
+            a.naive_bytes + b.naive_bytes,
+            a.planned_bytes + b.planned_bytes,
+            max(a.peak_bytes, b.peak_bytes) if peak_bytes is None else peak_bytes,
+            saved_for_backward_bytes,
+        )
+        return cls(
+            passes=labelled,
+            fused_groups=fwd.fused_groups + bwd.fused_groups,
+            plan=plan,
+            resident_bytes=resident_bytes,
+            arena_bytes=fwd.arena_bytes,
+            backend=fwd.backend,
+            compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
+            fallbacks=fwd.fallbacks + bwd.fallbacks,
+            loops=fwd.loops + bwd.loops,
+        )
 
     def __str__(self) -> str:
         return views.format_report(self)
@@ -134,15 +155,18 @@ def pass_name(p: Pass) -> str:
 def must_follow(*names: str) -> Callable[[Pass], Pass]:
     """Declare that a pass must run after the passes named (when a list holds them at all): the
     driver refuses a list that puts one of them later (`check_order`)."""
+
     def mark(p: Pass) -> Pass:
         p.must_follow = tuple(names)
         return p
+
     return mark
 
 
 def until_stable(*passes: Pass, max_rounds: int = 8) -> Pass:
     """One pipeline entry running `passes` in turn, again and again, until a round changes
     nothing (every pass returned its input graph) or `max_rounds` rounds have run."""
+
     def run(graph: Graph) -> Graph:
         for _ in range(max_rounds):
             before = graph
@@ -151,10 +175,12 @@ def until_stable(*passes: Pass, max_rounds: int = 8) -> Pass:
             if graph is before:
                 break
         return graph
+
     run.__name__ = f"until_stable({', '.join(pass_name(p) for p in passes)})"
     run.members = tuple(pass_name(p) for p in passes)
-    run.must_follow = tuple(n for p in passes for n in getattr(p, "must_follow", ())
-                            if n not in run.members)
+    run.must_follow = tuple(
+        n for p in passes for n in getattr(p, "must_follow", ()) if n not in run.members
+    )
     return run
 
 
@@ -165,8 +191,10 @@ def check_order(passes: Sequence[Pass]) -> None:
         for name in getattr(p, "must_follow", ()):
             later = [j for j, other in enumerate(passes) if j > k and _runs(other, name)]
             if later:
-                raise GraphError(f"pass {names[k]!r} (position {k}) must follow {name!r}, "
-                                 f"which runs later (position {later[0]}); pipeline: {names}")
+                raise GraphError(
+                    f"pass {names[k]!r} (position {k}) must follow {name!r}, "
+                    f"which runs later (position {later[0]}); pipeline: {names}"
+                )
 
 
 def _runs(p: Pass, name: str) -> bool:
@@ -176,8 +204,12 @@ def _runs(p: Pass, name: str) -> bool:
 Dump = Callable[[int, str, Graph], None]
 
 
-def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | None = None,
-               dump: Dump | str | os.PathLike | None = None) -> tuple[Graph, CompileReport]:
+def run_passes(
+    graph: Graph,
+    passes: Sequence[Pass],
+    report: CompileReport | None = None,
+    dump: Dump | str | os.PathLike | None = None,
+) -> tuple[Graph, CompileReport]:
     """Run `passes` in order, verifying the graph after each; `dump` sees the graph before the
     first pass (index 0, "input") and after each pass k (index k + 1, its name): a function
     `dump(index, name, graph)`, or a directory where each is written as `NN_name.txt`."""
@@ -198,8 +230,10 @@ def run_passes(graph: Graph, passes: Sequence[Pass], report: CompileReport | Non
                 result.verify()
         except Exception as e:  # any failure is reported with the pipeline
             cls = type(e) if isinstance(e, TapernnError) else GraphError
-            raise cls(f"pass {names[k]!r} (position {k}, after {names[:k] or 'no pass'}) "
-                      f"failed: {type(e).__name__}: {e}") from e
+            raise cls(
+                f"pass {names[k]!r} (position {k}, after {names[:k] or 'no pass'}) "
+                f"failed: {type(e).__name__}: {e}"
+            ) from e
         elapsed = (time.perf_counter() - start) * 1e3
         report.passes.append(PassRecord(names[k], before, len(result.nodes), elapsed))
         graph = result

@@ -1,5 +1,6 @@
 """Constant folding: nodes whose inputs are all constants are evaluated at compile time when the
 result is small (<= FOLD_LIMIT elements), so big fills stay lazy `zeros`/`ones` nodes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,16 @@ def fold_constants(graph: Graph) -> Graph:
             return None
         value = get_op(n.op).forward(*[i.value for i in ins], **n.attrs)
         value = np.array(value, dtype=n.dtype).reshape(n.shape)  # own it: never a view
-        return Node("constant", (), {}, n.shape, n.dtype, step=n.step, scope=n.scope,
-                    phase=n.phase, value=value)
+        return Node(
+            "constant",
+            (),
+            {},
+            n.shape,
+            n.dtype,
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+            value=value,
+        )
 
     return graph.rebuild(visit).eliminate_dead_code()

@@ -1,6 +1,7 @@
 """Elementwise fusion: convex groups of elementwise nodes inside one step (a root and the
 producers only it reads, transitively) become one `fused` node whose program the executor runs
 with preallocated temporaries and `out=` ufunc calls. Linear: one reverse sweep with a heap."""
+
 from __future__ import annotations
 
 import heapq
@@ -43,8 +44,14 @@ def _grow(root: Node, users: dict, pos: dict, outputs: set, taken: set) -> set[N
         if p in seen:
             continue
         seen.add(p)
-        if (not _fusible(p) or p in taken or p in outputs or p.step != root.step
-                or p.phase != root.phase or not group.issuperset(users[p])):
+        if (
+            not _fusible(p)
+            or p in taken
+            or p in outputs
+            or p.step != root.step
+            or p.phase != root.phase
+            or not group.issuperset(users[p])
+        ):
             continue
         group.add(p)
         for i in dict.fromkeys(p.inputs):
@@ -71,5 +78,13 @@ def fused_node(members: list[Node]) -> Node:
                 refs.append(slot[i])
         program.append((m.op, tuple(refs), m.attrs_key, m.shape, m.dtype.str))
     root = members[-1]
-    return Node("fused", inputs, {"program": tuple(program)}, root.shape, root.dtype,
-                step=root.step, scope=root.scope, phase=root.phase)
+    return Node(
+        "fused",
+        inputs,
+        {"program": tuple(program)},
+        root.shape,
+        root.dtype,
+        step=root.step,
+        scope=root.scope,
+        phase=root.phase,
+    )

@@ -3,6 +3,7 @@
 operands, then column slices -- x@W_i, x@W_f, ... runs as x@[W_i W_f ...], like FastLSTM.
 Dual (backward): a sum of matmuls within one step, sum_k g_k @ B_k, becomes one matmul
 [g_1 ... g_k] @ [B_1; ...; B_k]. The weight concat is recomputed per call (params change)."""
+
 from __future__ import annotations
 
 from ..graph import Graph, Node
@@ -55,8 +56,13 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
             first_use.setdefault(i, pos[n])
     subst: dict[Node, Node] = {}
     for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
-        members.sort(key=lambda m: (0, base_position(pos, m.inputs[1])) if m.inputs[1] in inv
-                     else (1, first_use.get(m, 0)))
+        members.sort(
+            key=lambda m: (
+                (0, base_position(pos, m.inputs[1]))
+                if m.inputs[1] in inv
+                else (1, first_use.get(m, 0))
+            )
+        )
         subst.update(fuse_shared_left(members, inv))
     return substitute(graph, subst)
 
@@ -152,8 +158,13 @@ def fuse_row_sums(graph: Graph) -> Graph:
 
 def _one_sum(members: list[Node]) -> dict[Node, Node]:
     stacks = [m.inputs[0] for m in members]
-    total = derive(members[0], "sum", (make_concat(spanning(members[0]), stacks, 1),),
-                   axis=(0,), keepdims=False)
+    total = derive(
+        members[0],
+        "sum",
+        (make_concat(spanning(members[0]), stacks, 1),),
+        axis=(0,),
+        keepdims=False,
+    )
     out, start = {}, 0
     for m, x in zip(members, stacks):
         out[m] = slice_axis(m, total, 0, start, start + x.shape[1])
@@ -181,8 +192,9 @@ def _split_by_blocks(members: list[Node], column_of: dict) -> list[list[Node]]:
         for c, j in column_of.get(pieces[0], {}).items():
             cs = [c]
             for p in pieces[1:]:
-                match = [cc for cc, jj in column_of.get(p, {}).items() if jj == j
-                         and len(cc) == len(c)]
+                match = [
+                    cc for cc, jj in column_of.get(p, {}).items() if jj == j and len(cc) == len(c)
+                ]
                 if len(match) != 1:
                     break
                 cs.append(match[0])

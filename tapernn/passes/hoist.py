@@ -3,6 +3,7 @@ is done once for all steps. Matmuls x_t @ W (one loop-level W, lefts independent
 become one matmul of the row-stacked x_t, sliced back per step; sums over steps of per-step
 products (the weight gradient sum_t x_t^T dz_t) and of per-step row sums (the bias gradient)
 become one matmul / one sum over the stacked operands."""
+
 from __future__ import annotations
 
 from ..graph import Graph, Node
@@ -72,8 +73,12 @@ def pull_transposes_out_of_sums(graph: Graph) -> Graph:
             continue
         by_axes: dict[tuple, list[Node]] = {}
         for t in dict.fromkeys(n.inputs):
-            if t.op == "transpose" and once(t) and is_matmul_2d(t.inputs[0]) \
-                    and t.inputs[0].step is not None:
+            if (
+                t.op == "transpose"
+                and once(t)
+                and is_matmul_2d(t.inputs[0])
+                and t.inputs[0].step is not None
+            ):
                 by_axes.setdefault(tuple(t.attrs["axes"]), []).append(t)
         for axes, terms in by_axes.items():
             if len(terms) < 2 or len({t.inputs[0].step for t in terms}) < len(terms):
@@ -101,8 +106,9 @@ def merge_row_sums(graph: Graph) -> Graph:
         terms = [t for t in dict.fromkeys(n.inputs) if _row_sum(t) and once(t)]
         by_attrs: dict[tuple, list[Node]] = {}
         for t in terms:
-            by_attrs.setdefault((t.attrs["axis"], t.attrs["keepdims"], t.inputs[0].shape[1:]),
-                                []).append(t)
+            by_attrs.setdefault(
+                (t.attrs["axis"], t.attrs["keepdims"], t.inputs[0].shape[1:]), []
+            ).append(t)
         merged, used = [], set()
         for (axis, keepdims, _), group in by_attrs.items():
             steps = {t.step for t in group}
@@ -148,13 +154,23 @@ def pull_slices_out_of_sums(graph: Graph) -> Graph:
         if n.op != "add_n" or any(i.op != "getitem" for i in n.inputs):
             continue
         bases = [i.inputs[0] for i in n.inputs]
-        if len({freeze(i.attrs["index"]) for i in n.inputs}) != 1 or len(set(bases)) != len(bases) \
-                or len({b.shape for b in bases}) != 1 or any(b.step is not None for b in bases):
+        if (
+            len({freeze(i.attrs["index"]) for i in n.inputs}) != 1
+            or len(set(bases)) != len(bases)
+            or len({b.shape for b in bases}) != 1
+            or any(b.step is not None for b in bases)
+        ):
             continue
         total = totals.setdefault(tuple(bases), derive(spanning(n), "add_n", bases))
         subst[n] = derive(n, "getitem", (total,), index=n.inputs[0].attrs["index"])
     return substitute(graph, subst)
 
 
-HOISTING = (stack_matmuls_over_time, pull_transposes_out_of_sums, merge_matmul_sums_over_time,
-            merge_row_sums, pull_slices_out_of_sums, stack_index_grads)
+HOISTING = (
+    stack_matmuls_over_time,
+    pull_transposes_out_of_sums,
+    merge_matmul_sums_over_time,
+    merge_row_sums,
+    pull_slices_out_of_sums,
+    stack_index_grads,
+)

@@ -3,6 +3,7 @@ motion): in a `scan`'s body, work on the invariants alone leaves the loop (compu
 invariant), and work on the xs and invariants alone leaves it time-batched over the stacked xs
 (the LSTM input projection x_t @ W: one GEMM over the (T*B, D) view), a new xs. GEMMs after
 the loop: push_out_grads.py (parameter gradients), push_out_ys.py (returned products)."""
+
 from __future__ import annotations
 
 import math
@@ -79,11 +80,14 @@ def _batchable(n: Node, mode: dict[Node, str]) -> bool:
         a, b = n.inputs
         return ins == ["x", "i"] and b.ndim == 2 and a.ndim >= 2
     if n.op in _VIEWS:
-        return not (n.op == "getitem" and any(isinstance(k, tuple) and k[0] == "a"
-                                               for k in n.attrs["index"]))
+        return not (
+            n.op == "getitem"
+            and any(isinstance(k, tuple) and k[0] == "a" for k in n.attrs["index"])
+        )
     if op.elementwise:
         return all(i.shape == n.shape for i, m in zip(n.inputs, ins) if m == "x") and all(
-            i.ndim <= n.ndim for i in n.inputs)
+            i.ndim <= n.ndim for i in n.inputs
+        )
     return False
 
 
@@ -109,28 +113,43 @@ def _make_recipe(body: Graph, nc: int, nx: int) -> Recipe | None:
             mode[n] = "x"
             outside.append((n, "x"))
     worth = any(n.op == "matmul" and m == "x" for n, m in outside) or any(
-        m == "i" and n.op not in _VIEWS and n.op != "zeros" for n, m in outside)
+        m == "i" and n.op not in _VIEWS and n.op != "zeros" for n, m in outside
+    )
     if not worth:
         return None
     return _new_body(body, nc, nx, mode, tuple(outside))
 
 
-def _new_body(body: Graph, nc: int, nx: int, mode: dict[Node, str],
-              outside: tuple[tuple[Node, str], ...]) -> Recipe:
+def _new_body(
+    body: Graph, nc: int, nx: int, mode: dict[Node, str], outside: tuple[tuple[Node, str], ...]
+) -> Recipe:
     moved = {n for n, _ in outside}
-    kept = [n for n in body.nodes if n.op != "input" and n not in moved
-            and not (n.op == "constant" and n not in _read_by(body, moved))]
+    kept = [
+        n
+        for n in body.nodes
+        if n.op != "input"
+        and n not in moved
+        and not (n.op == "constant" and n not in _read_by(body, moved))
+    ]
     read = {i for n in kept for i in n.inputs} | set(body.outputs)
     frontier = [n for n, _ in outside if n in read]
-    old_x = [i for i in body.inputs[nc:nc + nx] if i in read]
-    old_i = [i for i in body.inputs[nc + nx:] if i in read]
+    old_x = [i for i in body.inputs[nc : nc + nx] if i in read]
+    old_i = [i for i in body.inputs[nc + nx :] if i in read]
     new_x = [n for n in frontier if mode[n] == "x"]
     new_i = [n for n in frontier if mode[n] == "i"]
     stand_in: dict[Node, Node] = {}
     for k, n in enumerate(new_x + new_i):
-        stand_in[n] = Node("input", (), {"kind": "data" if mode[n] == "x" else "param"},
-                           n.shape, n.dtype, step=n.step, scope=n.scope, phase=n.phase,
-                           name=f"pushed{k}_{n.op}")
+        stand_in[n] = Node(
+            "input",
+            (),
+            {"kind": "data" if mode[n] == "x" else "param"},
+            n.shape,
+            n.dtype,
+            step=n.step,
+            scope=n.scope,
+            phase=n.phase,
+            name=f"pushed{k}_{n.op}",
+        )
     origins = tuple(body.inputs[:nc]) + tuple(old_x + new_x + old_i + new_i)
     inputs = [stand_in.get(o, o) for o in origins]
     nodes: list[Node] = list(inputs)
@@ -160,14 +179,31 @@ def _apply(s: Node, recipe: Recipe) -> Node:
         ins = [_outer(i, env, s) for i in n.inputs]
         env[n] = _batched(s, n, ins, length) if m == "x" else derive(s, n.op, ins, **n.attrs)
     ins = [_outer(o, env, s) for o in recipe.origins]
-    return derive(s, "scan", ins, body=recipe.body, n_carry=nc, n_xs=recipe.n_xs,
-                  length=length, reverse=a["reverse"])
+    return derive(
+        s,
+        "scan",
+        ins,
+        body=recipe.body,
+        n_carry=nc,
+        n_xs=recipe.n_xs,
+        length=length,
+        reverse=a["reverse"],
+    )
 
 
 def _outer(i: Node, env: dict[Node, Node], s: Node) -> Node:
     if i not in env:  # a body constant read outside
-        env[i] = Node("constant", (), {}, i.shape, i.dtype, step=s.step, scope=s.scope,
-                      phase=s.phase, value=i.value)
+        env[i] = Node(
+            "constant",
+            (),
+            {},
+            i.shape,
+            i.dtype,
+            step=s.step,
+            scope=s.scope,
+            phase=s.phase,
+            value=i.value,
+        )
     return env[i]
 
 
@@ -175,8 +211,12 @@ def _batched(s: Node, n: Node, ins: list[Node], length: int) -> Node:
     """`n` over the stacked xs: its inputs' time-batched values are (length, *shape)."""
     if n.op == "matmul":
         a, w = ins
-        rows = derive(s, "reshape", (a,), shape=(length * math.prod(n.inputs[0].shape[:-1]),
-                                                 n.inputs[0].shape[-1]))
+        rows = derive(
+            s,
+            "reshape",
+            (a,),
+            shape=(length * math.prod(n.inputs[0].shape[:-1]), n.inputs[0].shape[-1]),
+        )
         product = derive(s, "matmul", (rows, w))
         return derive(s, "reshape", (product,), shape=(length, *n.shape))
     if n.op == "reshape":

@@ -2,6 +2,7 @@
 cotangent in the reverse loop of BPTT) or acc + sum(b_t, axis=0) (a bias's) whose terms are
 per-step values becomes ys of the loop (or reads xs the loop already has) and one GEMM (or sum)
 over the stacked values after it -- what `merge_matmul_sums_over_time` does to unrolled graphs."""
+
 from __future__ import annotations
 
 import weakref
@@ -52,9 +53,15 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     found = []
     for k in range(nc):
         acc, new = body.inputs[k], body.outputs[k]
-        if new.op != "add" or acc not in new.inputs or users.get(acc) != 1 or acc in outs \
-                or new.inputs[0] is new.inputs[1] or users.get(new) or \
-                body.outputs.count(new) != 1:
+        if (
+            new.op != "add"
+            or acc not in new.inputs
+            or users.get(acc) != 1
+            or acc in outs
+            or new.inputs[0] is new.inputs[1]
+            or users.get(new)
+            or body.outputs.count(new) != 1
+        ):
             continue  # acc and acc' must be read by nothing else in the loop
         m = new.inputs[1] if new.inputs[0] is acc else new.inputs[0]
         if m.shape != acc.shape:
@@ -84,12 +91,17 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
 
 def _swap(n: Node) -> bool:
     """Is `n` the transpose of a matrix (axes (1, 0))?"""
-    return n.op == "transpose" and n.ndim == 2 and n.inputs[0].ndim == 2 and tuple(
-        int(a) for a in n.attrs["axes"]) == (1, 0)
+    return (
+        n.op == "transpose"
+        and n.ndim == 2
+        and n.inputs[0].ndim == 2
+        and tuple(int(a) for a in n.attrs["axes"]) == (1, 0)
+    )
 
 
-def _term(v: Node, xs_pos: dict[Node, int], ys_pos: dict[Node, int],
-          extra: list[Node]) -> tuple[str, int]:
+def _term(
+    v: Node, xs_pos: dict[Node, int], ys_pos: dict[Node, int], extra: list[Node]
+) -> tuple[str, int]:
     """Where the loop's stack of the per-step value `v` is: an xs ("x"), a ys the body already
     returns ("o"), or a new ys ("y")."""
     if v in xs_pos:
@@ -106,14 +118,22 @@ def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, N
     accumulation as one op over the stacked terms after it, and `s`'s readers rewired."""
     a = s.attrs
     body, nc, length = a["body"], a["n_carry"], a["length"]
-    new = derive(s, "scan", s.inputs, body=recipe.body, n_carry=nc, n_xs=a["n_xs"],
-                 length=length, reverse=a["reverse"])
+    new = derive(
+        s,
+        "scan",
+        s.inputs,
+        body=recipe.body,
+        n_carry=nc,
+        n_xs=a["n_xs"],
+        length=length,
+        reverse=a["reverse"],
+    )
     rows = rows_of(new)
     n_out = len(body.outputs)
     stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
     finals = {acc.carry: _final(s, acc, stacked, n_out - nc, body) for acc in recipe.found}
     carries = [finals[k] if k in finals else carry_view(new, k) for k in range(nc)]
-    return relayout(graph, s, carries, stacked[:n_out - nc])
+    return relayout(graph, s, carries, stacked[: n_out - nc])
 
 
 def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Graph) -> Node:
@@ -127,22 +147,32 @@ def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Gra
         if term[0] == "x":
             return s.inputs[term[1]]
         return stacked[term[1]] if term[0] == "o" else stacked[n_ys + term[1]]
+
     if acc.op == "matmul":
         p, q = m.inputs
         p = p.inputs[0] if acc.transposed else p
         ps, qs = stack(acc.terms[0]), stack(acc.terms[1])
         if acc.transposed:  # sum_t a_t^T q_t = A^T Q over the (T*B, .) views
-            left = derive(s, "transpose", (derive(s, "reshape", (ps,), shape=(
-                length * p.shape[0], p.shape[1])),), axes=(1, 0))
+            left = derive(
+                s,
+                "transpose",
+                (derive(s, "reshape", (ps,), shape=(length * p.shape[0], p.shape[1])),),
+                axes=(1, 0),
+            )
         else:  # sum_t P_t Q_t = [P_0 P_1 ...] [Q_0; Q_1; ...]
-            left = derive(s, "reshape", (derive(s, "transpose", (ps,), axes=(1, 0, 2)),),
-                          shape=(p.shape[0], length * p.shape[1]))
+            left = derive(
+                s,
+                "reshape",
+                (derive(s, "transpose", (ps,), axes=(1, 0, 2)),),
+                shape=(p.shape[0], length * p.shape[1]),
+            )
         right = derive(s, "reshape", (qs,), shape=(length * q.shape[0], q.shape[1]))
         total = derive(s, "matmul", (left, right))
         if acc.outer:
             total = derive(s, "transpose", (total,), axes=(1, 0))
     else:
-        total = derive(s, "sum", (stack(acc.terms[0]),), axis=(0, *[x + 1 for x in acc.axes]),
-                       keepdims=False)
+        total = derive(
+            s, "sum", (stack(acc.terms[0]),), axis=(0, *[x + 1 for x in acc.axes]), keepdims=False
+        )
     init = s.inputs[acc.carry]
     return total if is_zero(init) else derive(s, "add", (init, total))

@@ -2,6 +2,7 @@
 invariant; in BPTT's reverse loop dx_t = dz_t @ W^T) becomes, when the loop writes q_t anyway
 (or q_t is no larger), ys q_t and one GEMM over the (T*B, K) stack after the loop -- what
 `stack_matmuls_over_time` does to unrolled graphs."""
+
 from __future__ import annotations
 
 import weakref
@@ -35,8 +36,12 @@ def _product(y: Node, inv: dict[Node, int]) -> tuple[Node, int, bool] | None:
         return None
     q, w = y.inputs
     transposed = False
-    while w.op == "transpose" and w.ndim == 2 and w.inputs[0].ndim == 2 and tuple(
-            int(a) for a in w.attrs["axes"]) == (1, 0):  # W^T, (W^T)^T, ...
+    while (
+        w.op == "transpose"
+        and w.ndim == 2
+        and w.inputs[0].ndim == 2
+        and tuple(int(a) for a in w.attrs["axes"]) == (1, 0)
+    ):  # W^T, (W^T)^T, ...
         w, transposed = w.inputs[0], not transposed
     if w in inv:
         return q, inv[w], transposed
@@ -62,9 +67,12 @@ def _make(body: Graph, nc: int, nx: int) -> YsRecipe | None:
     for q, _, _ in found.values():
         if q not in new_ys:
             new_ys.append(q)
-    sources = tuple(("ys", new_ys.index(y)) if j not in found else
-                    ("gemm", new_ys.index(found[j][0]), found[j][1], found[j][2])
-                    for j, y in enumerate(ys))
+    sources = tuple(
+        ("ys", new_ys.index(y))
+        if j not in found
+        else ("gemm", new_ys.index(found[j][0]), found[j][1], found[j][2])
+        for j, y in enumerate(ys)
+    )
     new = Graph(body.nodes, body.inputs, outs[:nc] + new_ys, body.meta).eliminate_dead_code()
     return YsRecipe(new, sources)
 
@@ -73,8 +81,16 @@ def products_out(graph: Graph, s: Node, recipe: YsRecipe) -> dict[Node, Node]:
     """Substitutions for scan node `s`: the new scan and each pushed ys as one GEMM after it."""
     a = s.attrs
     nc, length = a["n_carry"], a["length"]
-    new = derive(s, "scan", s.inputs, body=recipe.body, n_carry=nc, n_xs=a["n_xs"],
-                 length=length, reverse=a["reverse"])
+    new = derive(
+        s,
+        "scan",
+        s.inputs,
+        body=recipe.body,
+        n_carry=nc,
+        n_xs=a["n_xs"],
+        length=length,
+        reverse=a["reverse"],
+    )
     rows = rows_of(new)
     stacks = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
     values = []
@@ -89,4 +105,3 @@ def products_out(graph: Graph, s: Node, recipe: YsRecipe) -> dict[Node, Node]:
         product = derive(s, "matmul", (flat, w))
         values.append(derive(s, "reshape", (product,), shape=(length, q.shape[1], w.shape[1])))
     return relayout(graph, s, [carry_view(new, k) for k in range(nc)], values)
-

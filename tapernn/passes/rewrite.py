@@ -1,6 +1,7 @@
 """Shared machinery for passes: building derived nodes that inherit step/scope/phase, loop
 invariance, and `substitute`, which applies a node -> replacement map and re-sorts the tape.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -24,8 +25,7 @@ def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
     opdef = get_op(op)
     shape = tuple(opdef.shape(*[i.shape for i in inputs], **attrs))
     dtype = opdef.infer_dtype([i.dtype for i in inputs], attrs)
-    node = Node(op, inputs, attrs, shape, dtype, step=like.step, scope=like.scope,
-                phase=like.phase)
+    node = Node(op, inputs, attrs, shape, dtype, step=like.step, scope=like.scope, phase=like.phase)
     node.verified = opdef.n_inputs is None or len(inputs) == opdef.n_inputs  # rules just ran
     return node
 
@@ -33,17 +33,27 @@ def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
 def zeros_like_node(like: Node, shape: tuple | None = None, dtype: Any = None) -> Node:
     shape = like.shape if shape is None else tuple(shape)
     dtype = np.dtype(like.dtype if dtype is None else dtype)
-    return Node("zeros", (), {"shape": shape, "dtype": dtype.str}, shape, dtype, step=like.step,
-                scope=like.scope, phase=like.phase)
+    return Node(
+        "zeros",
+        (),
+        {"shape": shape, "dtype": dtype.str},
+        shape,
+        dtype,
+        step=like.step,
+        scope=like.scope,
+        phase=like.phase,
+    )
 
 
 def is_zero(n: Node) -> bool:
     if n.op == "zeros":
         return True
-    return n.op == "constant" and n.value is not None and n.value.dtype.kind in "fiub" \
+    return (
+        n.op == "constant"
+        and n.value is not None
+        and n.value.dtype.kind in "fiub"
         and not np.any(n.value)
-
-
+    )
 
 
 def invariant_nodes(g: Graph) -> set[Node]:
@@ -55,8 +65,9 @@ def invariant_nodes(g: Graph) -> set[Node]:
         if n.op == "input":
             if n.step is None:
                 out.add(n)
-        elif (n.step is None or (n.op != "constant" and get_op(n.op).layout)) \
-                and out.issuperset(n.inputs):
+        elif (n.step is None or (n.op != "constant" and get_op(n.op).layout)) and out.issuperset(
+            n.inputs
+        ):
             out.add(n)
     return out
 
@@ -103,8 +114,9 @@ def substitute(g: Graph, subst: dict[Node, Node]) -> Graph:
     rest = [x for x in dict.fromkeys([final[n] for n in g.nodes[first:]]) if x not in placed]
     nodes = head + _topological(rest, pos, placed)
     # replaced nodes' old operands may be dead now; later rewrites count users, so drop them
-    return Graph(nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs],
-                 g.meta).eliminate_dead_code()
+    return Graph(
+        nodes, [final[n] for n in g.inputs], [final[n] for n in g.outputs], g.meta
+    ).eliminate_dead_code()
 
 
 def _give_positions(new: Node, pos: dict[Node, float], at: float) -> None:
@@ -117,8 +129,9 @@ def _give_positions(new: Node, pos: dict[Node, float], at: float) -> None:
         stack.extend(n.inputs)
 
 
-def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
-              pos: dict[Node, float]) -> Node:
+def _finalize(
+    root: Node, subst: dict[Node, Node], final: dict[Node, Node], pos: dict[Node, float]
+) -> Node:
     """final(x): x with substitutions applied to it and (transitively) to its inputs."""
     stack = [root]
     expanded: set[Node] = set()  # expanded but not final: on the DFS path ("grey")
@@ -147,8 +160,9 @@ def _finalize(root: Node, subst: dict[Node, Node], final: dict[Node, Node],
     return final[root]
 
 
-def _topological(nodes: list[Node], pos: dict[Node, float],
-                 placed: set[Node] | None = None) -> list[Node]:
+def _topological(
+    nodes: list[Node], pos: dict[Node, float], placed: set[Node] | None = None
+) -> list[Node]:
     """`nodes` (and the unlisted nodes they read) in topological order, after `placed` (nodes
     already on the tape, with lesser keys than any of these)."""
     order = list(nodes)
@@ -211,8 +225,16 @@ def _topological(nodes: list[Node], pos: dict[Node, float],
 
 def spanning(like: Node) -> Node:
     """A tag template for nodes that serve many steps at once (stacks, hoisted matmuls)."""
-    return Node(like.op, (), like.attrs, like.shape, like.dtype, step=None, scope=like.scope,
-                phase=like.phase)
+    return Node(
+        like.op,
+        (),
+        like.attrs,
+        like.shape,
+        like.dtype,
+        step=None,
+        scope=like.scope,
+        phase=like.phase,
+    )
 
 
 def is_matmul_2d(n: Node) -> bool:

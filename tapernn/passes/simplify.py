@@ -1,6 +1,7 @@
 """View simplification: a slice of a slice is one slice, a transpose of a transpose one
 transpose (or none), a reshape of a reshape one reshape -- fewer view calls per step once
 hoisting and gate fusion have sliced the same product twice (rows per step, columns per gate)."""
+
 from __future__ import annotations
 
 import itertools
@@ -11,8 +12,13 @@ from .rewrite import derive, is_matmul_2d, read_once, substitute
 
 
 def _simplified(n: Node, x: Node) -> Node | None:
-    if n.op == "getitem" and x.op == "getitem" and basic_ranges(n) is not None \
-            and basic_ranges(x) is not None and n.ndim == x.ndim == x.inputs[0].ndim:
+    if (
+        n.op == "getitem"
+        and x.op == "getitem"
+        and basic_ranges(n) is not None
+        and basic_ranges(x) is not None
+        and n.ndim == x.ndim == x.inputs[0].ndim
+    ):
         result = x
         for axis, (start, stop) in enumerate(basic_ranges(n)):
             if (start, stop) != (0, x.shape[axis]):
@@ -70,6 +76,7 @@ def _visitor(flip: set[Node]):
         if n.op not in ("getitem", "transpose", "reshape"):
             return None
         return _simplified(n, mapping.get(n.inputs[0], n.inputs[0]))
+
     return visit
 
 
@@ -93,8 +100,12 @@ def transposed_products(graph: Graph) -> set[Node]:
         x = n.inputs[0]
         if is_matmul_2d(x) and once(x):
             flip.add(x)
-        elif x.op == "concat" and x.attrs["axis"] == 1 and once(x) and all(
-                is_matmul_2d(p) and once(p) and reader[p] is x for p in x.inputs):
+        elif (
+            x.op == "concat"
+            and x.attrs["axis"] == 1
+            and once(x)
+            and all(is_matmul_2d(p) and once(p) and reader[p] is x for p in x.inputs)
+        ):
             flip.update(x.inputs)
     return flip
 
@@ -110,8 +121,13 @@ def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
     full on every axis but one, else None."""
     if t.op != "index_grad" or tuple(t.attrs["shape"]) != shape:
         return None
-    probe = Node("getitem", (Node("input", (), {}, shape, t.dtype),), {"index": t.attrs["index"]},
-                 t.inputs[0].shape, t.dtype)
+    probe = Node(
+        "getitem",
+        (Node("input", (), {}, shape, t.dtype),),
+        {"index": t.attrs["index"]},
+        t.inputs[0].shape,
+        t.dtype,
+    )
     ranges = basic_ranges(probe)
     if ranges is None:
         return None
@@ -136,8 +152,11 @@ def index_grads_to_concat(graph: Graph) -> Graph:
         order = sorted(range(len(blocks)), key=lambda k: blocks[k][1])
         edges = [blocks[k][1:] for k in order]
         axis = blocks[0][0]
-        if edges[0][0] != 0 or edges[-1][1] != n.shape[axis] or any(
-                a[1] != b[0] for a, b in itertools.pairwise(edges)):
+        if (
+            edges[0][0] != 0
+            or edges[-1][1] != n.shape[axis]
+            or any(a[1] != b[0] for a, b in itertools.pairwise(edges))
+        ):
             continue
         subst[n] = make_concat(n, [n.inputs[k].inputs[0] for k in order], axis=axis)
     return substitute(graph, subst)

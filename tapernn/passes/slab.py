@@ -1,6 +1,7 @@
 """A scan's slab seen from the passes: its layout (final carries, then a (length, Y) block of
 ys rows), views of a carry or a ys in it, and `relayout`, which rewires the readers of an old
 slab to new values for its carries and ys when a push-out changes what the loop writes."""
+
 from __future__ import annotations
 
 import math
@@ -30,15 +31,20 @@ def layout(s: Node) -> tuple[list[tuple], list[tuple], int, int]:
 def carry_view(s: Node, k: int) -> Node:
     cs, _, _, _ = layout(s)
     a, b = spans(cs)[k]
-    return derive(s, "reshape", (derive(s, "getitem", (s,), index=(("s", a, b, None),)),),
-                  shape=cs[k])
+    return derive(
+        s, "reshape", (derive(s, "getitem", (s,), index=(("s", a, b, None),)),), shape=cs[k]
+    )
 
 
 def rows_of(s: Node) -> Node:
     _, _, c, y = layout(s)
     t = s.attrs["length"]
-    return derive(s, "reshape", (derive(s, "getitem", (s,), index=(("s", c, c + t * y, None),)),),
-                  shape=(t, y))
+    return derive(
+        s,
+        "reshape",
+        (derive(s, "getitem", (s,), index=(("s", c, c + t * y, None),)),),
+        shape=(t, y),
+    )
 
 
 def ys_view(s: Node, j: int, rows: Node | None = None) -> Node:
@@ -51,16 +57,29 @@ def ys_view(s: Node, j: int, rows: Node | None = None) -> Node:
 
 def _slice(u: Node) -> tuple[int, int] | None:
     key = u.attrs.get("index") if u.op == "getitem" else None
-    if not key or len(key) != 1 or not isinstance(key[0], tuple) or key[0][0] != "s" \
-            or key[0][3] not in (None, 1) or None in key[0][1:3]:
+    if (
+        not key
+        or len(key) != 1
+        or not isinstance(key[0], tuple)
+        or key[0][0] != "s"
+        or key[0][3] not in (None, 1)
+        or None in key[0][1:3]
+    ):
         return None
     return key[0][1], key[0][2]
 
 
 def _columns(u: Node) -> tuple[int, int] | None:
     key = u.attrs.get("index") if u.op == "getitem" else None
-    if not key or len(key) != 2 or key[0] != ALL or not isinstance(key[1], tuple) \
-            or key[1][0] != "s" or key[1][3] not in (None, 1) or None in key[1][1:3]:
+    if (
+        not key
+        or len(key) != 2
+        or key[0] != ALL
+        or not isinstance(key[1], tuple)
+        or key[1][0] != "s"
+        or key[1][3] not in (None, 1)
+        or None in key[1][1:3]
+    ):
         return None
     return key[1][1], key[1][2]
 
@@ -77,11 +96,14 @@ def relayout(graph: Graph, s: Node, carries: list[Node], ys: list[Node]) -> dict
             users.setdefault(i, []).append(n)
     flat = [derive(s, "reshape", (v,), shape=(math.prod(sh),)) for v, sh in zip(carries, cs)]
     flat += [derive(s, "reshape", (v,), shape=(t, math.prod(sh))) for v, sh in zip(ys, yshapes)]
-    block = (derive(s, "concat", flat[len(cs):], axis=1) if len(ys) > 1 else flat[-1]) \
-        if ys else None
-    pieces = [p for p in flat[:len(cs)] if p.size] + (
-        [derive(s, "reshape", (block,), shape=(t * width,))] if block is not None and t * width
-        else [])
+    block = (
+        (derive(s, "concat", flat[len(cs) :], axis=1) if len(ys) > 1 else flat[-1]) if ys else None
+    )
+    pieces = [p for p in flat[: len(cs)] if p.size] + (
+        [derive(s, "reshape", (block,), shape=(t * width,))]
+        if block is not None and t * width
+        else []
+    )
     subst: dict[Node, Node] = {}
     if pieces:
         subst[s] = derive(s, "concat", pieces, axis=0) if len(pieces) > 1 else pieces[0]
@@ -94,12 +116,19 @@ def relayout(graph: Graph, s: Node, carries: list[Node], ys: list[Node]) -> dict
         elif ab == (c, c + t * width) and ys:
             for r in users.get(u, ()):
                 if r.op == "reshape" and r.shape == (t, width):
-                    _rows_readers(r, users, ys, yshapes, ys_at, flat[len(cs):], subst)
+                    _rows_readers(r, users, ys, yshapes, ys_at, flat[len(cs) :], subst)
     return subst
 
 
-def _rows_readers(r: Node, users: dict, ys: list[Node], yshapes: list, ys_at: dict,
-                  flat_ys: list[Node], subst: dict[Node, Node]) -> None:
+def _rows_readers(
+    r: Node,
+    users: dict,
+    ys: list[Node],
+    yshapes: list,
+    ys_at: dict,
+    flat_ys: list[Node],
+    subst: dict[Node, Node],
+) -> None:
     t = r.shape[0]
     for w in users.get(r, ()):
         ab = _columns(w)

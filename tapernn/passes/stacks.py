@@ -3,6 +3,7 @@ and a stack over steps of such runs (or of single pieces) is a column slice of t
 A GRU's backward builds [dz_r dz_z]_t for the recurrent GEMM and [dz_r dz_z dz_n]_t for the
 input GEMM, then stacks of each over time (and of dz_n alone) for the weight gradients: three
 copies of the same values. After this pass there is one stack and views of it."""
+
 from __future__ import annotations
 
 from ..graph import Graph, Node
@@ -54,10 +55,15 @@ def _runs(graph: Graph) -> dict[Node, Node]:
         axis = int(c.attrs["axis"]) % c.ndim
         k = len(c.inputs)
         for d in holders.get(c.inputs[0], ()):
-            if d is c or len(d.inputs) <= k or int(d.attrs["axis"]) % d.ndim != axis \
-                    or d.ndim != c.ndim or d in subst:
+            if (
+                d is c
+                or len(d.inputs) <= k
+                or int(d.attrs["axis"]) % d.ndim != axis
+                or d.ndim != c.ndim
+                or d in subst
+            ):
                 continue
-            starts = [j for j in range(len(d.inputs) - k + 1) if d.inputs[j:j + k] == c.inputs]
+            starts = [j for j in range(len(d.inputs) - k + 1) if d.inputs[j : j + k] == c.inputs]
             if not starts or _reaches(d, c, subst):
                 continue
             offsets = _offsets(d)
@@ -95,11 +101,21 @@ def _candidates(pieces: tuple, where: dict):
     first = pieces[0]
     options = []
     if first.op == "getitem" and _cols(first) is not None:
-        options.append((_cols(first), lambda p: p.inputs[0] if p.op == "getitem"
-                        and _cols(p) == _cols(first) else None))
+        options.append(
+            (
+                _cols(first),
+                lambda p: p.inputs[0] if p.op == "getitem" and _cols(p) == _cols(first) else None,
+            )
+        )
     for whole, a, b in where.get(first, ()):
-        options.append(((a, b), lambda p, a=a, b=b: next(
-            (w for w, x, y in where.get(p, ()) if (x, y) == (a, b)), None)))
+        options.append(
+            (
+                (a, b),
+                lambda p, a=a, b=b: next(
+                    (w for w, x, y in where.get(p, ()) if (x, y) == (a, b)), None
+                ),
+            )
+        )
     for cols, whole_of in options:
         wholes = tuple(whole_of(p) for p in pieces)
         if all(w is not None for w in wholes):

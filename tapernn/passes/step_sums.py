@@ -7,6 +7,7 @@ products only to add it up (4.7 MiB at B=32, T=50, H=256 float32, its backward's
 Stacks another node reads too (the gate gradients [dz_i dz_g dz_f dz_o]_t the weight GEMM
 needs, whose column sums are the bias gradients) are left alone, as are small stacks, where T
 more reductions would cost more than the memory they save."""
+
 from __future__ import annotations
 
 from ..graph import Graph, Node
@@ -25,8 +26,11 @@ def sum_within_steps(graph: Graph) -> Graph:
             continue
         if n.attrs["axis"] != (0,) or n.attrs["keepdims"] or not once(x):
             continue
-        if x.nbytes < MIN_STACK_BYTES or len(set(x.inputs)) != len(x.inputs) \
-                or any(p.shape[0] < 2 or p in pieces for p in x.inputs):
+        if (
+            x.nbytes < MIN_STACK_BYTES
+            or len(set(x.inputs)) != len(x.inputs)
+            or any(p.shape[0] < 2 or p in pieces for p in x.inputs)
+        ):
             continue
         targets.add(n)
         pieces.update(x.inputs)

@@ -2,6 +2,7 @@
 flow through the ops that keep them zero or pass their other operand on, so e.g. the backward of
 an acceptor whose per-step output gradients are zero folds away. `specialize_inputs` turns named
 inputs into such zeros. (0 * inf is taken as 0 here, as every autodiff system does.)"""
+
 from __future__ import annotations
 
 from ..errors import ArgumentError
@@ -16,12 +17,17 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
     if not any(zero):
         return None
     rule = get_op(n.op).zero
-    if (rule == "first" and zero[0]) or rule == "any" or (rule == "all" and all(zero)) \
-            or (rule == "branches" and zero[1] and zero[2]):
+    if (
+        (rule == "first" and zero[0])
+        or rule == "any"
+        or (rule == "all" and all(zero))
+        or (rule == "branches" and zero[1] and zero[2])
+    ):
         return zeros_like_node(n)
     if rule == "sum" or rule == "difference":
-        terms = [(i, k > 0 and rule == "difference") for k, (i, z) in enumerate(zip(ins, zero))
-                 if not z]
+        terms = [
+            (i, k > 0 and rule == "difference") for k, (i, z) in enumerate(zip(ins, zero)) if not z
+        ]
         if not terms:
             return zeros_like_node(n)
         if len(terms) > 1:  # add_n of several non-zero terms
@@ -31,8 +37,9 @@ def _rewrite(n: Node, ins: tuple[Node, ...]) -> Node | None:
             other = derive(n, "neg", (other,))
         if other.dtype != n.dtype:  # e.g. int + float zeros: the sum was float
             other = derive(n, "cast", (other,), dtype=n.dtype.str)
-        return other if other.shape == n.shape else derive(n, "broadcast_to", (other,),
-                                                             shape=n.shape)
+        return (
+            other if other.shape == n.shape else derive(n, "broadcast_to", (other,), shape=n.shape)
+        )
     return None
 
 

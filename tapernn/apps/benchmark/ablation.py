@@ -1,6 +1,7 @@
 """The pass ablation of `tools/bench.py --ablation`: one Sequencer cell compiled with DEFAULT, with
 each pass removed in turn and without parameter blocks, timed interleaved; time, kernels per
 call and planned bytes."""
+
 from __future__ import annotations
 
 import statistics
@@ -24,13 +25,20 @@ def pass_variants() -> list[tuple[str, list, bool]] | str:
     names = [getattr(p, "__name__", repr(p)) for p in default]
     for i, name in enumerate(names):
         label = f"- {name}" + (f" @{i}" if names.count(name) > 1 else "")  # which CSE entry
-        variants.append((label, default[:i] + default[i + 1:], True))
+        variants.append((label, default[:i] + default[i + 1 :], True))
     variants.append(("- parameter blocks", default, False))
     return variants
 
 
-def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dtype,
-             budget: float, cell: str = "FastLSTM") -> None:
+def ablation(
+    variants: list[tuple[str, list, bool]],
+    B: int,
+    T: int,
+    H: int,
+    dtype,
+    budget: float,
+    cell: str = "FastLSTM",
+) -> None:
     """Time Sequencer(cell) compiled with each pass list; print kernels and planned bytes."""
     try:
         factory = tapernn_factories()[cell][0]
@@ -50,6 +58,7 @@ def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dty
         seq.set_passes(list(pass_list))
         if not packed:
             unpack_parameters(seq)
+
         def step(seq=seq) -> None:
             seq.forward(x)
             seq.zero_grad_parameters()
@@ -66,8 +75,10 @@ def ablation(variants: list[tuple[str, list, bool]], B: int, T: int, H: int, dty
         kernels = getattr(rep, "kernels", "?")
         planned = getattr(rep, "planned_bytes", None)
         planned_s = f"{planned / 2**20:.2f}" if isinstance(planned, (int, float)) else "?"
-        print(f"  {c.name:<44} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
-              f"{planned_s:>12}")
+        print(
+            f"  {c.name:<44} {statistics.median(c.times) * 1e3:>10.3f} {kernels!s:>8} "
+            f"{planned_s:>12}"
+        )
 
 
 def run_ablation(configs, dtypes, budget: float, cell: str = "FastLSTM") -> None:

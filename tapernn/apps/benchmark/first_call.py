@@ -3,6 +3,7 @@ runs three (32, 50, 256) float32 training steps, on the NumPy backend, and on nu
 kernels compiled in the background (the default: step 1 on NumPy, step 2 waits for the kernels)
 or before the first step (TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel cache (cold)
 and with the cache a previous run left (warm)."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,13 @@ print(json.dumps({"steps": steps, "kernels": rep.compiled_kernels,
                   "fallbacks": len(rep.fallbacks), "numba_imported": "numba" in sys.modules}))
 """
 
-RUNS = [("numpy", "1", "numpy"),
-        ("numba, background, cold", "1", "numba"), ("numba, background, warm", "1", "numba"),
-        ("numba, before step 1, cold", "0", "numba"), ("numba, before step 1, warm", "0", "numba")]
+RUNS = [
+    ("numpy", "1", "numpy"),
+    ("numba, background, cold", "1", "numba"),
+    ("numba, background, warm", "1", "numba"),
+    ("numba, before step 1, cold", "0", "numba"),
+    ("numba, before step 1, warm", "0", "numba"),
+]
 
 
 def first_call_times() -> list[tuple[str, dict]]:
@@ -44,18 +49,31 @@ def first_call_times() -> list[tuple[str, dict]]:
     for label, background, backend in RUNS:
         if label.endswith("cold") or backend == "numpy":
             cache = tempfile.mkdtemp(prefix="tapernn-kernels-")
-        env = dict(os.environ, TAPERNN_KERNEL_CACHE=cache, PYTHONPATH=str(root),
-                   TAPERNN_NUMBA_BACKGROUND=background)
-        run = subprocess.run([sys.executable, "-c", _CHILD, backend], env=env,
-                             capture_output=True, text=True, check=True)
+        env = dict(
+            os.environ,
+            TAPERNN_KERNEL_CACHE=cache,
+            PYTHONPATH=str(root),
+            TAPERNN_NUMBA_BACKGROUND=background,
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", _CHILD, backend],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out.append((label, json.loads(run.stdout.strip().splitlines()[-1])))
     return out
 
 
 def run_first_call() -> None:
-    print("\nfirst calls, (32, 50, 256) float32 FastLSTM training step, fresh interpreter "
-          "(build + trace + compile + step):")
+    print(
+        "\nfirst calls, (32, 50, 256) float32 FastLSTM training step, fresh interpreter "
+        "(build + trace + compile + step):"
+    )
     for label, r in first_call_times():
         steps = "  ".join(f"{s:6.2f} s" for s in r["steps"])
-        print(f"  {label:<28} steps 1-3 {steps}   {r['kernels']} kernels, "
-              f"{r['fallbacks']} groups on NumPy")
+        print(
+            f"  {label:<28} steps 1-3 {steps}   {r['kernels']} kernels, "
+            f"{r['fallbacks']} groups on NumPy"
+        )

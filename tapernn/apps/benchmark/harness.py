@@ -2,6 +2,7 @@
 (tapernn/apps/benchmark/reference.py), the BLAS matmul rate for the same GEMMs, and optionally PyTorch.
 Contenders run interleaved in one process and are reported as medians and ratios, never alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,22 +35,31 @@ def describe_blas() -> list[str]:
     lines = []
     try:
         from threadpoolctl import threadpool_info
+
         for pool in threadpool_info():
-            lines.append(f"BLAS: {pool.get('internal_api')} {pool.get('version')} "
-                         f"arch={pool.get('architecture')} threads={pool.get('num_threads')} "
-                         f"({Path(pool.get('filepath', '')).name})")
+            lines.append(
+                f"BLAS: {pool.get('internal_api')} {pool.get('version')} "
+                f"arch={pool.get('architecture')} threads={pool.get('num_threads')} "
+                f"({Path(pool.get('filepath', '')).name})"
+            )
     except ImportError:
-        lines.append("BLAS: threadpoolctl not installed (pip install tapernn[bench]); "
-                     "numpy.show_config() has the details")
+        lines.append(
+            "BLAS: threadpoolctl not installed (pip install tapernn[bench]); "
+            "numpy.show_config() has the details"
+        )
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
-            lines.append(f"WARNING: {var}={os.environ[var]} is set; BLAS kernels may not match "
-                         "this CPU and every ratio below is suspect")
+            lines.append(
+                f"WARNING: {var}={os.environ[var]} is set; BLAS kernels may not match "
+                "this CPU and every ratio below is suspect"
+            )
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     lines.append(f"numpy {np.__version__}, {cpus} CPUs, load average {load:.2f}")
     if load > 0.5 * cpus:
-        lines.append("WARNING: busy machine. A multi-threaded GEMM waits for its slowest thread, "
-                     "so other processes inflate times 10-100x; try --threads 1")
+        lines.append(
+            "WARNING: busy machine. A multi-threaded GEMM waits for its slowest thread, "
+            "so other processes inflate times 10-100x; try --threads 1"
+        )
     return lines
 
 
@@ -92,8 +102,9 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
 _sequencers: dict[tuple, object] = {}
 
 
-def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray,
-                 backend: str | None = None) -> None:
+def tapernn_step(
+    module_factory: Callable, x: np.ndarray, grad_h: np.ndarray, backend: str | None = None
+) -> None:
     """One tapernn training step of `Sequencer(module_factory(D, H))`. The Sequencer is built
     once per (factory, shapes, dtype, backend) and cached, so construction and compilation stay
     out of the timed calls (the first, untimed warm-up call compiles, under `backend`)."""
@@ -117,14 +128,17 @@ def tapernn_step(module_factory: Callable, x: np.ndarray, grad_h: np.ndarray,
         tn.set_backend(before)
 
 
-def make_tapernn_contenders(B, T, D, H, dtype, x, grad_h, cells=None,
-                            backends=(None,)) -> list[Contender]:
+def make_tapernn_contenders(
+    B, T, D, H, dtype, x, grad_h, cells=None, backends=(None,)
+) -> list[Contender]:
     """One contender per cell (all, or those named in `cells`) and backend (None: the
     current one; a name is shown in the label)."""
     factories = tapernn_factories()
     if isinstance(factories, str):
-        return [Contender(f"tn {name}", None, note=NOT_AVAILABLE)
-                for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU")]
+        return [
+            Contender(f"tn {name}", None, note=NOT_AVAILABLE)
+            for name in ("FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU")
+        ]
     contenders = []
     for label, (factory, gates) in factories.items():
         if cells and label not in cells:
@@ -166,18 +180,33 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
     grad_h = rng.standard_normal((T, B, H)).astype(dtype)
     flops = lstm_flops(B, T, D, H)
     reference = ReferenceLSTM(D, H, dtype)
-    contenders = [Contender(f"reference ({reference.orientation}-major)",
-                            lambda: reference.step(x, grad_h), flops),
-                  Contender("numpy matmul, same GEMMs",
-                            make_gemm_step(B, T, D, H, dtype, reference.orientation), flops)]
+    contenders = [
+        Contender(
+            f"reference ({reference.orientation}-major)", lambda: reference.step(x, grad_h), flops
+        ),
+        Contender(
+            "numpy matmul, same GEMMs",
+            make_gemm_step(B, T, D, H, dtype, reference.orientation),
+            flops,
+        ),
+    ]
     if args.orientation:
         other = "feature" if reference.orientation == "batch" else "batch"
         alt = ReferenceLSTM(D, H, dtype, orientation=other)
-        contenders.append(Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h),
-                                    flops))
-    contenders += make_tapernn_contenders(B, T, D, H, dtype, x, grad_h,
-                                          getattr(args, "cells", None),
-                                          getattr(args, "backends", None) or (None,))
+        contenders.append(
+            Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h), flops)
+        )
+    contenders += make_tapernn_contenders(
+        B,
+        T,
+        D,
+        H,
+        dtype,
+        x,
+        grad_h,
+        getattr(args, "cells", None),
+        getattr(args, "backends", None) or (None,),
+    )
     if args.peers:
         peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
         contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
@@ -203,32 +232,43 @@ def format_rows(contenders: list[Contender]) -> list[str]:
             continue
         med = statistics.median(c.times)
         rate = c.flops / med
-        rows.append(f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
-                    f"{rate / mm_rate:>8.1%} {len(c.times):>5}"
-                    + (f" {med / peer_s:>8.2f}x" if peer else ""))
+        rows.append(
+            f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
+            f"{rate / mm_rate:>8.1%} {len(c.times):>5}"
+            + (f" {med / peer_s:>8.2f}x" if peer else "")
+        )
     return rows
 
 
 def report_config(B, T, D, H, dtype, args) -> None:
     contenders, reference = build_contenders(B, T, D, H, dtype, args)
-    time_interleaved(contenders, args.budget, progress=True,
-                     desc=f"B={B} T={T} H={H} {np.dtype(dtype).name}")
-    print(f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
-          "GFLOP per LSTM step)")
-    print(f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
-          f"{'reps':>5}" + (f" {'vs torch':>9}" if args.peers else ""))
+    time_interleaved(
+        contenders, args.budget, progress=True, desc=f"B={B} T={T} H={H} {np.dtype(dtype).name}"
+    )
+    print(
+        f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
+        "GFLOP per LSTM step)"
+    )
+    print(
+        f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
+        f"{'reps':>5}" + (f" {'vs torch':>9}" if args.peers else "")
+    )
     for row in format_rows(contenders):
         print(row)
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
     workspace = reference.workspace_bytes()
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
-    print(f"  memory: reference workspace {workspace / scale:.2f} {unit}, theoretical BPTT "
-          f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
-          "per cell below)")
-    for row in memory_rows(B, T, D, H, dtype, workspace, args.cells,
-                           getattr(args, "backends", None) or (None,)):
+    print(
+        f"  memory: reference workspace {workspace / scale:.2f} {unit}, theoretical BPTT "
+        f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
+        "per cell below)"
+    )
+    for row in memory_rows(
+        B, T, D, H, dtype, workspace, args.cells, getattr(args, "backends", None) or (None,)
+    ):
         print(row)
     from .memory import measured_rows
+
     for row in measured_rows(B, T, D, H, dtype, args.peers, args.cells):
         print(row)
 
@@ -256,23 +296,30 @@ def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,))
         return []
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
     mib = lambda b: f"{b / scale:.2f}"
-    header = (f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
-              f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/5H':>9}")
+    header = (
+        f"  {'tapernn ' + unit:<34} {'saved':>7} {'fwd buf':>8} {'bwd buf':>8} "
+        f"{'resident':>9} {'peak':>7} {'res/ref':>8} {'peak/min':>9} {'saved/5H':>9}"
+    )
     rows = [header]
-    timed = [(label + (f" [{backend}]" if backend else ""), seq, pair)
-             for label, (factory, _) in factories.items() if factory and label in (cells or [label])
-             for backend, seq, pair in training_pairs_of(factory, B, T, D, H, dtype)
-             if backend in backends]
+    timed = [
+        (label + (f" [{backend}]" if backend else ""), seq, pair)
+        for label, (factory, _) in factories.items()
+        if factory and label in (cells or [label])
+        for backend, seq, pair in training_pairs_of(factory, B, T, D, H, dtype)
+        if backend in backends
+    ]
     for label, seq, pair in timed:
         n_params = sum(p.data.size for p in seq.parameters())
         minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype, n_params)
         fwd, bwd = pair.forward.report, pair.backward.report
         resident = getattr(pair, "resident_bytes", fwd.planned_bytes + bwd.planned_bytes)
         peak = max(fwd.peak_bytes, bwd.peak_bytes)
-        rows.append(f"  {'tn ' + label:<34} {mib(pair.saved_bytes):>7} {mib(fwd.planned_bytes):>8} "
-                    f"{mib(bwd.planned_bytes):>8} {mib(resident):>9} {mib(peak):>7} "
-                    f"{resident / workspace:>7.2f}x {peak / minimum:>8.2f}x "
-                    f"{pair.saved_bytes / min_saved_bytes(B, T, H, dtype):>8.2f}x")
+        rows.append(
+            f"  {'tn ' + label:<34} {mib(pair.saved_bytes):>7} {mib(fwd.planned_bytes):>8} "
+            f"{mib(bwd.planned_bytes):>8} {mib(resident):>9} {mib(peak):>7} "
+            f"{resident / workspace:>7.2f}x {peak / minimum:>8.2f}x "
+            f"{pair.saved_bytes / min_saved_bytes(B, T, H, dtype):>8.2f}x"
+        )
     return rows
 
 
@@ -281,31 +328,64 @@ def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,))
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--full", action="store_true", help="all configs (default: first three)")
-    ap.add_argument("--dtype", choices=["float32", "float64"], action="append",
-                    help="repeatable; default float32 (quick) or both (--full)")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        action="append",
+        help="repeatable; default float32 (quick) or both (--full)",
+    )
     configs = " ".join(",".join(map(str, c)) for c in CONFIGS)
-    ap.add_argument("--configs", nargs="+", metavar="B,T,H", type=config_triple,
-                    help=f"override configs, e.g. 32,50,512 (default: the first three of "
-                         f"{configs}, all with --full)")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="B,T,H",
+        type=config_triple,
+        help=f"override configs, e.g. 32,50,512 (default: the first three of "
+        f"{configs}, all with --full)",
+    )
     ap.add_argument("--peers", action="store_true", help="add torch.nn.LSTM if importable")
     ap.add_argument("--ablation", action="store_true", help="time tapernn with each pass removed")
-    ap.add_argument("--ablation-cell", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
-                    default="FastLSTM", help="the Sequencer cell the ablation compiles")
-    ap.add_argument("--compile-time", action="store_true",
-                    help="time compiling Sequencer(LSTM) and (FastLSTM) at B=32, H=256, T=50/100")
-    ap.add_argument("--orientation", action="store_true",
-                    help="also time the reference in its other recurrent-GEMM orientation")
+    ap.add_argument(
+        "--ablation-cell",
+        choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
+        default="FastLSTM",
+        help="the Sequencer cell the ablation compiles",
+    )
+    ap.add_argument(
+        "--compile-time",
+        action="store_true",
+        help="time compiling Sequencer(LSTM) and (FastLSTM) at B=32, H=256, T=50/100",
+    )
+    ap.add_argument(
+        "--orientation",
+        action="store_true",
+        help="also time the reference in its other recurrent-GEMM orientation",
+    )
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
-    ap.add_argument("--backends", nargs="+", choices=["numpy", "numba"],
-                    help="time tapernn under each of these backends (default: the current one)")
-    ap.add_argument("--cells", nargs="+", choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
-                    help="tapernn cells to time (default: all)")
-    ap.add_argument("--first-call", action="store_true",
-                    help="first three training steps of a (32, 50, 256) FastLSTM in fresh processes: "
-                         "NumPy, numba compiling in the background / before the first step, "
-                         "with an empty and with a warm kernel cache")
-    ap.add_argument("--budget", type=positive(float),
-                    help="seconds of timed runs per config (default 3, 10 with --full)")
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["numpy", "numba"],
+        help="time tapernn under each of these backends (default: the current one)",
+    )
+    ap.add_argument(
+        "--cells",
+        nargs="+",
+        choices=["FastLSTM", "LSTM(peephole=False)", "LSTM", "GRU"],
+        help="tapernn cells to time (default: all)",
+    )
+    ap.add_argument(
+        "--first-call",
+        action="store_true",
+        help="first three training steps of a (32, 50, 256) FastLSTM in fresh processes: "
+        "NumPy, numba compiling in the background / before the first step, "
+        "with an empty and with a warm kernel cache",
+    )
+    ap.add_argument(
+        "--budget",
+        type=positive(float),
+        help="seconds of timed runs per config (default 3, 10 with --full)",
+    )
 
 
 def config_triple(text: str) -> tuple[int, int, int]:
@@ -360,8 +440,10 @@ def run(args: argparse.Namespace) -> int:
         finish_args(args)
     for line in describe_blas():
         print(line)
-    print("Training step = forward + backward + parameter gradients, zero initial state; "
-          "'vs ref' = time / reference time; 'of matmul' = GFLOP/s / GEMM-only GFLOP/s.")
+    print(
+        "Training step = forward + backward + parameter gradients, zero initial state; "
+        "'vs ref' = time / reference time; 'of matmul' = GFLOP/s / GEMM-only GFLOP/s."
+    )
     if args.threads:
         print(f"BLAS threads limited to {args.threads}")
     with blas_threads(args.threads):
@@ -370,13 +452,20 @@ def run(args: argparse.Namespace) -> int:
                 report_config(B, T, H, H, dtype, args)
         if args.ablation:
             from .ablation import run_ablation
-            run_ablation(args.config_list, args.dtypes, args.budget,
-                         getattr(args, "ablation_cell", "FastLSTM"))
+
+            run_ablation(
+                args.config_list,
+                args.dtypes,
+                args.budget,
+                getattr(args, "ablation_cell", "FastLSTM"),
+            )
         if getattr(args, "compile_time", False):
             from .compile_time import run_compile_times
+
             run_compile_times(args.dtypes)
     if getattr(args, "first_call", False):
         from .first_call import run_first_call
+
         run_first_call()
     return 0
 

@@ -1,6 +1,7 @@
 """Measured memory of a steady training loop: tracemalloc for tapernn (NumPy reports its array
 allocations to it), the profiler's allocation events for PyTorch; side by side with the BPTT
 minimum and with the compile report's number (`memory` table of tools/bench.py)."""
+
 from __future__ import annotations
 
 import gc
@@ -51,16 +52,19 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3)
 def tapernn_loop_step(seq, x: np.ndarray, grad_h: np.ndarray) -> Callable[[], None]:
     """One step of the loop the bench times: zero the gradients, forward, backward with a
     fixed output gradient (held by the caller, like the data), SGD update."""
+
     def step() -> None:
         seq.zero_grad_parameters()
         seq.forward(x)
         seq.backward(x, grad_h)
         seq.update_parameters(1e-3)
+
     return step
 
 
-def torch_loop_peak_bytes(B: int, T: int, D: int, H: int, dtype, warmup: int = 2,
-                          steps: int = 3) -> int | None:
+def torch_loop_peak_bytes(
+    B: int, T: int, D: int, H: int, dtype, warmup: int = 2, steps: int = 3
+) -> int | None:
     """The same measure for PyTorch's nn.LSTM (None if torch is not importable): its CPU
     allocations are not seen by tracemalloc, so they are read from the profiler's memory events
     (each allocation and free, in time order) over `steps` steady steps. The parameter
@@ -94,8 +98,11 @@ def torch_loop_peak_bytes(B: int, T: int, D: int, H: int, dtype, warmup: int = 2
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(steps):
             step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -103,8 +110,9 @@ def torch_loop_peak_bytes(B: int, T: int, D: int, H: int, dtype, warmup: int = 2
     return peak
 
 
-def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
-                  cells: list[str] | None = None) -> list[str]:
+def measured_rows(
+    B: int, T: int, D: int, H: int, dtype, peers: bool, cells: list[str] | None = None
+) -> list[str]:
     """The measured table: per tapernn cell (a fresh Sequencer, so its compilation counts) the
     steady loop's tracemalloc peak, the compile report's number for it and their ratio, against
     the BPTT minimum T*B*5H*itemsize; with `peers`, PyTorch nn.LSTM's loop peak."""
@@ -113,8 +121,10 @@ def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
 
     minimum = min_saved_bytes(B, T, H, dtype)
     unit, scale = ("MiB", 2**20) if minimum >= 2**20 else ("KiB", 2**10)
-    header = (f"  {'tapernn loop peak ' + unit:<34} {'real':>8} {'real/min':>9} "
-              f"{'report':>8} {'real/report':>12}")
+    header = (
+        f"  {'tapernn loop peak ' + unit:<34} {'real':>8} {'real/min':>9} "
+        f"{'report':>8} {'real/report':>12}"
+    )
     rows = [header]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(dtype)
@@ -124,14 +134,23 @@ def measured_rows(B: int, T: int, D: int, H: int, dtype, peers: bool,
         if factory is None or (cells and label not in cells):
             continue
         from tapernn import nn
+
         seq = nn.Sequencer(factory(D, H)).astype(dtype)
         real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
         report = seq.compile_report().peak_bytes
-        rows.append(f"  {label + ' (tracemalloc)':<34} {real / scale:>8.2f} "
-                    f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x")
+        rows.append(
+            f"  {label + ' (tracemalloc)':<34} {real / scale:>8.2f} "
+            f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x"
+        )
     if peers:
         real = torch_loop_peak_bytes(B, T, D, H, dtype)
         name = "torch nn.LSTM (profiler)"
-        rows.append(f"  {name:<34} " + ("torch not importable" if real is None else
-                                        f"{real / scale:>8.2f} {real / minimum:>8.2f}x"))
+        rows.append(
+            f"  {name:<34} "
+            + (
+                "torch not importable"
+                if real is None
+                else f"{real / scale:>8.2f} {real / minimum:>8.2f}x"
+            )
+        )
     return rows

@@ -1,6 +1,7 @@
 """Hand-written NumPy FastLSTM training step: the floor a NumPy framework can reach (fused gates,
 one GEMM for all input projections, preallocated buffers, analytic BPTT). Not part of the library.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def lstm_parameter_count(D: int, H: int) -> int:
     return 4 * H * (D + H) + 4 * H
 
 
-def theoretical_min_bptt_bytes(B: int, T: int, D: int, H: int, dtype,
-                               n_params: int | None = None) -> int:
+def theoretical_min_bptt_bytes(
+    B: int, T: int, D: int, H: int, dtype, n_params: int | None = None
+) -> int:
     """Fewest bytes a BPTT training step must hold at one instant without recomputing any
     GEMM: ``max(T*B*5H, P + T*B*D) * itemsize``, P the parameter count (default: the LSTM's,
     4H(D+H) + 4H). Two lower bounds on the peak, the larger one counts:
@@ -66,8 +68,20 @@ def _cell_forward(block, gates: list, c_prev, c, tanh_c, h, tmp, scale, offset) 
     np.multiply(o, tanh_c, out=h)
 
 
-def _cell_backward(block, dblock, gates: list, dgates: list, dh, dc, c_prev, tanh_c, tmp,
-                   slope_block, slope, one_minus_slope) -> None:
+def _cell_backward(
+    block,
+    dblock,
+    gates: list,
+    dgates: list,
+    dh,
+    dc,
+    c_prev,
+    tanh_c,
+    tmp,
+    slope_block,
+    slope,
+    one_minus_slope,
+) -> None:
     """Writes d(pre-activation) into dblock; dc holds dL/dc_t on entry, dL/dc_{t-1} on exit."""
     i, g, f, o = gates
     di, dg, df, do = dgates
@@ -96,7 +110,8 @@ class _Kernel:
         self.B, self.T, self.D, self.H = B, T, D, H
         as_column = (lambda v: v[:, None]) if self.gate_axis == 0 else (lambda v: v)
         self.scale, self.offset, self.slope, self.one_minus_slope = (
-            as_column(v) for v in gate_affine(H, dtype))
+            as_column(v) for v in gate_affine(H, dtype)
+        )
         self.buffers = {name: np.empty(shape, dtype) for name, shape in self.shapes().items()}
 
     def shapes(self) -> dict[str, tuple]:
@@ -125,8 +140,17 @@ class _Kernel:
         for t in range(self.T):
             if t > 0:  # h_0 = 0: the first recurrent GEMM would add zeros
                 gates[t] += self.recurrent(h[t])
-            _cell_forward(gates[t], self._split(gates[t]), c[t], c[t + 1], b["tanh_c"][t],
-                          h[t + 1], b["tmp"], self.scale, self.offset)
+            _cell_forward(
+                gates[t],
+                self._split(gates[t]),
+                c[t],
+                c[t + 1],
+                b["tanh_c"][t],
+                h[t + 1],
+                b["tmp"],
+                self.scale,
+                self.offset,
+            )
         return self.output()
 
     def backward(self, x, grad_h, w_i, w_h, grads: dict) -> None:
@@ -140,9 +164,20 @@ class _Kernel:
             else:
                 self.back_recurrent(dgates[t + 1], w_h, out=dh)
                 dh += grad_h[t]
-            _cell_backward(gates[t], dgates[t], self._split(gates[t]), self._split(dgates[t]),
-                           dh, dc, b["c"][t], b["tanh_c"][t], b["tmp"], b["slope_block"],
-                           self.slope, self.one_minus_slope)
+            _cell_backward(
+                gates[t],
+                dgates[t],
+                self._split(gates[t]),
+                self._split(dgates[t]),
+                dh,
+                dc,
+                b["c"][t],
+                b["tanh_c"][t],
+                b["tmp"],
+                b["slope_block"],
+                self.slope,
+                self.one_minus_slope,
+            )
         self.weight_grads(x, w_i, grads)
         grads["x"] = b["dx"]
 
@@ -154,10 +189,22 @@ class _BatchMajor(_Kernel):
 
     def shapes(self) -> dict[str, tuple]:
         B, T, D, H = self.B, self.T, self.D, self.H
-        return {"gates": (T, B, 4 * H), "dgates": (T, B, 4 * H), "h": (T + 1, B, H), "c": (T + 1, B, H),
-                    "tanh_c": (T, B, H), "rec": (B, 4 * H), "slope_block": (B, 4 * H), "dh": (B, H),
-                    "dc": (B, H), "tmp": (B, H), "dx": (T, B, D), "w_i_scaled": (4 * H, D),
-                    "w_h_scaled": (H, 4 * H), "bias_scaled": (4 * H,)}
+        return {
+            "gates": (T, B, 4 * H),
+            "dgates": (T, B, 4 * H),
+            "h": (T + 1, B, H),
+            "c": (T + 1, B, H),
+            "tanh_c": (T, B, H),
+            "rec": (B, 4 * H),
+            "slope_block": (B, 4 * H),
+            "dh": (B, H),
+            "dc": (B, H),
+            "tmp": (B, H),
+            "dx": (T, B, D),
+            "w_i_scaled": (4 * H, D),
+            "w_h_scaled": (H, 4 * H),
+            "bias_scaled": (4 * H,),
+        }
 
     def project(self, x) -> np.ndarray:
         b, TB = self.buffers, self.T * self.B
@@ -194,12 +241,27 @@ class _FeatureMajor(_Kernel):
 
     def shapes(self) -> dict[str, tuple]:
         B, T, D, H = self.B, self.T, self.D, self.H
-        return {"proj": (T, B, 4 * H), "gates": (T, 4 * H, B), "dgates": (T, 4 * H, B),
-                    "h": (T + 1, H, B), "c": (T + 1, H, B), "tanh_c": (T, H, B), "rec": (4 * H, B),
-                    "slope_block": (4 * H, B), "dh": (H, B), "dc": (H, B), "tmp": (H, B), "grad_h": (T, H, B),
-                    "h_out": (T, B, H), "h_prev": (T, B, H), "dgates_stacked": (4 * H, T, B),
-                    "dx": (T, B, D), "w_i_scaled": (4 * H, D), "w_h_scaled": (4 * H, H),
-                    "bias_scaled": (4 * H,)}
+        return {
+            "proj": (T, B, 4 * H),
+            "gates": (T, 4 * H, B),
+            "dgates": (T, 4 * H, B),
+            "h": (T + 1, H, B),
+            "c": (T + 1, H, B),
+            "tanh_c": (T, H, B),
+            "rec": (4 * H, B),
+            "slope_block": (4 * H, B),
+            "dh": (H, B),
+            "dc": (H, B),
+            "tmp": (H, B),
+            "grad_h": (T, H, B),
+            "h_out": (T, B, H),
+            "h_prev": (T, B, H),
+            "dgates_stacked": (4 * H, T, B),
+            "dx": (T, B, D),
+            "w_i_scaled": (4 * H, D),
+            "w_h_scaled": (4 * H, H),
+            "bias_scaled": (4 * H,),
+        }
 
     def project(self, x) -> np.ndarray:
         b, TB = self.buffers, self.T * self.B
@@ -245,14 +307,18 @@ class ReferenceLSTM:
     Shapes: x (T, B, D), grad_h (T, B, H) -> h (T, B, H), grads of the weights and x.
     """
 
-    def __init__(self, D: int, H: int, dtype=np.float64, orientation: str | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, D: int, H: int, dtype=np.float64, orientation: str | None = None, seed: int = 0
+    ) -> None:
         self.D, self.H, self.dtype = D, H, np.dtype(dtype)
         self.orientation = orientation or DEFAULT_ORIENTATION[self.dtype]
         rng = np.random.default_rng(seed)
         u = lambda bound, *shape: rng.uniform(-bound, bound, shape).astype(self.dtype)
-        self.params = {"i2g.weight": u(D ** -0.5, 4 * H, D), "i2g.bias": u(D ** -0.5, 4 * H),
-                       "o2g.weight": u(H ** -0.5, 4 * H, H)}
+        self.params = {
+            "i2g.weight": u(D**-0.5, 4 * H, D),
+            "i2g.bias": u(D**-0.5, 4 * H),
+            "o2g.weight": u(H**-0.5, 4 * H, H),
+        }
         self.grads = {k: np.empty_like(v) for k, v in self.params.items()}
         self._kernels: dict[tuple[int, int], _Kernel] = {}
 
@@ -277,4 +343,5 @@ class ReferenceLSTM:
         """Bytes of all preallocated buffers (every (B, T) seen so far), gradients included."""
         buffers = [a for k in self._kernels.values() for a in k.buffers.values()]
         return sum(a.nbytes for a in buffers) + sum(
-            g.nbytes for name, g in self.grads.items() if name != "x")
+            g.nbytes for name, g in self.grads.items() if name != "x"
+        )

@@ -1,5 +1,6 @@
 """What the benchmark tables and the pass ablation share: contenders, FLOP counts, interleaved
 timing and the tapernn cell factories."""
+
 from __future__ import annotations
 
 import functools
@@ -35,9 +36,12 @@ def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
         from tapernn import nn
     except ImportError as exc:
         return f"{NOT_AVAILABLE} ({exc})"
-    wanted = {"FastLSTM": ("FastLSTM", {}, 4),
-              "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
-              "LSTM": ("LSTM", {}, 4), "GRU": ("GRU", {}, 3)}
+    wanted = {
+        "FastLSTM": ("FastLSTM", {}, 4),
+        "LSTM(peephole=False)": ("LSTM", {"peephole": False}, 4),
+        "LSTM": ("LSTM", {}, 4),
+        "GRU": ("GRU", {}, 3),
+    }
     factories = {}
     for label, (cls_name, kwargs, gates) in wanted.items():
         cls = getattr(nn, cls_name, None)
@@ -75,8 +79,14 @@ def warm_up(contenders: list[Contender]) -> float:
     return total
 
 
-def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int = 7,
-                     max_reps: int = 200, progress: bool = False, desc: str = "") -> None:
+def time_interleaved(
+    contenders: list[Contender],
+    budget_s: float,
+    min_reps: int = 7,
+    max_reps: int = 200,
+    progress: bool = False,
+    desc: str = "",
+) -> None:
     """Repetition r runs every contender once before repetition r+1 starts, so drifts in machine
     load hit all of them alike; the order rotates so no contender always runs first after a
     rest; medians then discard the outliers. A peer library runs in PEER_BLOCKS blocks of
@@ -89,15 +99,22 @@ def time_interleaved(contenders: list[Contender], budget_s: float, min_reps: int
     runnable = [c for c in contenders if c.step is not None]
     previous_peer = runnable[-1].peer if runnable else False  # the last one warm_up ran
     # the side warm_up ended on goes first: no hand-over before the first block
-    sides = [s for s in ([c for c in runnable if c.peer == previous_peer],
-                         [c for c in runnable if c.peer != previous_peer]) if s]
+    sides = [
+        s
+        for s in (
+            [c for c in runnable if c.peer == previous_peer],
+            [c for c in runnable if c.peer != previous_peer],
+        )
+        if s
+    ]
     blocks = min(PEER_BLOCKS, reps) if len(sides) > 1 else 1
     done = [0] * len(sides)
-    with tqdm(total=reps * len(runnable), desc=desc, disable=not progress, leave=False,
-              unit="run") as bar:
+    with tqdm(
+        total=reps * len(runnable), desc=desc, disable=not progress, leave=False, unit="run"
+    ) as bar:
         for b in range(blocks):
             n = reps * (b + 1) // blocks - reps * b // blocks
-            for k in (range(len(sides)) if b % 2 == 0 else reversed(range(len(sides)))):
+            for k in range(len(sides)) if b % 2 == 0 else reversed(range(len(sides))):
                 side = sides[k]
                 if side[0].peer != previous_peer:
                     _rest(side[0])

@@ -1,5 +1,6 @@
 """Characters to ids and ids to time-major batches: B parallel streams cut into seq_len chunks,
 targets shifted by one character, so consecutive batches continue each stream (truncated BPTT)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -38,8 +39,9 @@ class Vocabulary:
         return "".join(UNK_TEXT if k == 0 else self.chars[k - 1] for k in np.asarray(ids).ravel())
 
 
-def split_train_validation(text: str, fraction: float = 0.05,
-                           max_validation: int = 50_000) -> tuple[str, str]:
+def split_train_validation(
+    text: str, fraction: float = 0.05, max_validation: int = 50_000
+) -> tuple[str, str]:
     """The last `fraction` of the text (at most `max_validation` chars) is validation.
 
     The cap bounds the time spent evaluating per epoch on the 1.5 MB default corpus.
@@ -61,12 +63,15 @@ def time_major_batches(ids: np.ndarray, batch: int, seq_len: int) -> tuple[np.nd
     stream = (len(ids) - 1) // batch
     n_chunks = stream // seq_len
     if n_chunks == 0:
-        raise CorpusError(f"{len(ids)} characters are too few for batch {batch} x seq-len "
-                          f"{seq_len}: need at least {batch * seq_len + 1}")
+        raise CorpusError(
+            f"{len(ids)} characters are too few for batch {batch} x seq-len "
+            f"{seq_len}: need at least {batch * seq_len + 1}"
+        )
     used = n_chunks * seq_len
     streams_in = ids[: batch * stream].reshape(batch, stream)[:, :used]
-    streams_out = ids[1: batch * stream + 1].reshape(batch, stream)[:, :used]
+    streams_out = ids[1 : batch * stream + 1].reshape(batch, stream)[:, :used]
 
     def chunks(streams: np.ndarray) -> np.ndarray:  # (B, n*T) -> (n, T, B)
         return np.ascontiguousarray(streams.reshape(batch, n_chunks, seq_len).transpose(1, 2, 0))
+
     return chunks(streams_in), chunks(streams_out)

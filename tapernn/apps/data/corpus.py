@@ -1,5 +1,6 @@
 """The default training corpus: docstrings of the Python standard library, read from source with
 `ast` (no module is imported, nothing is downloaded), in sorted file order, cached per Python."""
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,11 @@ class CorpusError(Exception):
     """The text cannot be read or is unusable; the message is one line for the user."""
 
 
-def stdlib_docstrings(cap: int = DEFAULT_CAP, cache_dir: str | os.PathLike | None = None,
-                      on_collect: Callable[[], None] | None = None) -> str:
+def stdlib_docstrings(
+    cap: int = DEFAULT_CAP,
+    cache_dir: str | os.PathLike | None = None,
+    on_collect: Callable[[], None] | None = None,
+) -> str:
     """Docstrings of the standard library (modules, classes, functions), at most `cap` chars.
 
     Deterministic for a given Python installation. The result is cached under `cache_dir`
@@ -65,8 +69,11 @@ def _file_docstrings(path: Path) -> list[str]:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except (OSError, SyntaxError, ValueError, RecursionError, UnicodeDecodeError):
         return []  # a few stdlib files are deliberately unparsable (lib2to3 data, bad encodings)
-    nodes = [tree] + [n for n in ast.walk(tree)
-                      if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    nodes = [tree] + [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
     docs = (ast.get_docstring(n, clean=True) for n in nodes)
     return [d for d in docs if d and d.strip()]
 
@@ -102,7 +109,9 @@ def read_text_file(path: str | os.PathLike) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{os.fspath(path)!r} is not UTF-8 text (bad byte at offset {e.start})") from None
+        raise CorpusError(
+            f"{os.fspath(path)!r} is not UTF-8 text (bad byte at offset {e.start})"
+        ) from None
     if not text.strip():
         raise CorpusError(f"{os.fspath(path)!r} is empty")
     return text
