@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..graph import Graph, Node
 from .rewrite import derive, is_zero
-from .slab import carry_view, relayout, rows_of, ys_view
+from .slab import carry_view, relayout, rows_of, with_body, ys_view
 
 
 @dataclass(frozen=True)
@@ -117,17 +117,8 @@ def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, N
     """Substitutions putting `recipe` into `graph` for scan node `s`: the new scan, each
     accumulation as one op over the stacked terms after it, and `s`'s readers rewired."""
     a = s.attrs
-    body, nc, length = a["body"], a["n_carry"], a["length"]
-    new = derive(
-        s,
-        "scan",
-        s.inputs,
-        body=recipe.body,
-        n_carry=nc,
-        n_xs=a["n_xs"],
-        length=length,
-        reverse=a["reverse"],
-    )
+    body, nc = a["body"], a["n_carry"]
+    new = with_body(s, recipe.body)
     rows = rows_of(new)
     n_out = len(body.outputs)
     stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]

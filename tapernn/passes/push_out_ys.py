@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..graph import Graph, Node
 from .rewrite import derive
-from .slab import carry_view, relayout, rows_of, ys_view
+from .slab import carry_view, relayout, rows_of, with_body, ys_view
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,7 @@ def products_out(graph: Graph, s: Node, recipe: YsRecipe) -> dict[Node, Node]:
     """Substitutions for scan node `s`: the new scan and each pushed ys as one GEMM after it."""
     a = s.attrs
     nc, length = a["n_carry"], a["length"]
-    new = derive(
-        s,
-        "scan",
-        s.inputs,
-        body=recipe.body,
-        n_carry=nc,
-        n_xs=a["n_xs"],
-        length=length,
-        reverse=a["reverse"],
-    )
+    new = with_body(s, recipe.body)
     rows = rows_of(new)
     stacks = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
     values = []

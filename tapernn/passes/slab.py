@@ -28,6 +28,13 @@ def layout(s: Node) -> tuple[list[tuple], list[tuple], int, int]:
     return cs, ys, sum(map(math.prod, cs)), sum(map(math.prod, ys))
 
 
+def with_body(s: Node, body: Graph) -> Node:
+    """Scan node `s` over the same inputs with another body (a pass's rewritten loop)."""
+    a = s.attrs
+    keep = {k: a[k] for k in ("n_carry", "n_xs", "length", "reverse")}
+    return derive(s, "scan", s.inputs, body=body, **keep)
+
+
 def carry_view(s: Node, k: int) -> Node:
     cs, _, _, _ = layout(s)
     a, b = spans(cs)[k]
