@@ -37,26 +37,20 @@ def push_out_of_loops(graph: Graph) -> Graph:
     """Every scan whose body has loop-invariant or time-parallel work: that work outside;
     accumulations of per-step products (parameter cotangents) and returned products q_t @ W:
     one GEMM after the loop."""
+    graph = _each_scan(graph, grad_recipe, accumulations_out)
+    graph = _each_scan(graph, ys_recipe, products_out)
+    return _each_scan(graph, recipe_for, lambda graph, s, recipe: {s: _apply(s, recipe)})
+
+
+def _each_scan(graph: Graph, find, rewrite) -> Graph:
+    """`graph` with every scan node whose body `find(body, n_carry, n_xs)` gives a recipe for
+    rewritten by `rewrite(graph, node, recipe)` (a substitution dict)."""
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op == "scan":
-            recipe = grad_recipe(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
+            recipe = find(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
             if recipe is not None:
-                subst.update(accumulations_out(graph, n, recipe))
-    graph = substitute(graph, subst) if subst else graph
-    subst = {}
-    for n in graph.nodes:
-        if n.op == "scan":
-            found = ys_recipe(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
-            if found is not None:
-                subst.update(products_out(graph, n, found))
-    graph = substitute(graph, subst) if subst else graph
-    subst = {}
-    for n in graph.nodes:
-        if n.op == "scan":
-            recipe = recipe_for(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
-            if recipe is not None:
-                subst[n] = _apply(n, recipe)
+                subst.update(rewrite(graph, n, recipe))
     return substitute(graph, subst) if subst else graph
 
 
