@@ -13,11 +13,14 @@ from .passes import CompileReport, run_passes
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
 
-def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> Compiled:
+def compile_hoisted(
+    body: Graph, n_variant: int, passes: Any, options: Any, written: tuple[int, ...] = ()
+) -> Compiled:
     """`body` (its first `n_variant` inputs the carries and xs, the rest invariants) compiled
     with `passes`; if the optimised body computes anything from the invariants alone, that
     part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
-    per loop call and its values are the step program's extra trailing inputs."""
+    per loop call and its values are the step program's extra trailing inputs. `written`: the
+    outputs the step program writes into its caller's arrays (codegen.Program)."""
     graph, report = run_passes(body, pipeline_of(passes))
     invariant = set(graph.inputs[n_variant:])
     cheap = set(invariant)  # inputs, constants and views of them: left in the step program
@@ -31,7 +34,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
                 cheap.add(n)
     moved = invariant - cheap
     if not moved:
-        return _plain(graph, options, report)
+        return _plain(graph, options, report, written)
     stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
     read = {i for n in stay for i in n.inputs} | set(graph.outputs)
     hoisted = [n for n in graph.nodes if n in moved and n in read]
@@ -64,7 +67,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
         hoisted,
         graph.meta,
     ).eliminate_dead_code()
-    compiled = _plain(step, options, report)
+    compiled = _plain(step, options, report, written)
     compiled.prologue = _plain(pre, options, None)
     compiled.report.notes.append(
         f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "
@@ -73,9 +76,11 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
     return compiled
 
 
-def _plain(graph: Graph, options: Any, report: CompileReport | None) -> Compiled:
+def _plain(
+    graph: Graph, options: Any, report: CompileReport | None, written: tuple[int, ...] = ()
+) -> Compiled:
     """`graph`, already optimised, compiled without further passes (their records: `report`)."""
-    compiled = compile(graph, passes=[], options=options)
+    compiled = compile(graph, passes=[], options=options, written=written)
     compiled.prologue = None
     if report is not None:
         compiled.report.passes[:0] = report.passes

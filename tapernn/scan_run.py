@@ -24,10 +24,17 @@ _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 COMPILES = [0]  # bodies compiled so far (tests count recompilations)
 
 
-def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None = None) -> Compiled:
+def compiled_body(
+    body: Graph,
+    passes: Any,
+    options: Any,
+    n_variant: int | None = None,
+    written: tuple[int, ...] = (),
+) -> Compiled:
     """`body` compiled (cached); given `n_variant` (its carries + xs), work on its invariants
-    alone runs once per loop call in the result's `.prologue` (scan_hoist)."""
-    key = (None if passes is None else tuple(passes), options)
+    alone runs once per loop call in the result's `.prologue` (scan_hoist); `written`: the
+    outputs (the ys) its program computes into arrays the caller passes (the slab rows)."""
+    key = (None if passes is None else tuple(passes), options, tuple(written))
     cache = _BODIES.setdefault(body, {})
     found = cache.get(key)
     if found is None:
@@ -35,9 +42,9 @@ def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None 
         # (a copy: the Compiled may hold the graph it was given, and a cached value holding its
         # weak key would keep it alive forever)
         found = cache[key] = (
-            compile(body.copy(), passes=passes, options=options)
+            compile(body.copy(), passes=passes, options=options, written=written)
             if n_variant is None
-            else compile_hoisted(body.copy(), n_variant, passes, options)
+            else compile_hoisted(body.copy(), n_variant, passes, options, written)
         )
     return found
 
@@ -45,12 +52,11 @@ def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None 
 def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
-    body = attrs["body"]
+    body, nc = attrs["body"], attrs["n_carry"]
+    used = _without_fixed(body, nc)
+    n_live = nc - len(fixed_carries(body, nc))
     compiled = compiled_body(
-        _without_fixed(body, attrs["n_carry"]),
-        ctx.passes,
-        ctx.options,
-        attrs["n_carry"] + attrs["n_xs"],
+        used, ctx.passes, ctx.options, nc + attrs["n_xs"], tuple(range(n_live, len(used.outputs)))
     )
     runner = make_runner(compiled, attrs)
     c, y = slab_sizes(body, attrs["n_carry"])
@@ -98,8 +104,9 @@ def _scope_of(body: Graph) -> str:
 
 def make_runner(compiled: Compiled, attrs: dict):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
-    body once per step: generated source with one statement per carry, xs and ys, so a step
-    costs the body program's call plus one slice per xs and one row copy per ys."""
+    body once per step: generated source, the carries in locals, so a step costs the body
+    program's call plus one slice per xs and one row view per ys (the body computes its ys
+    into their rows of the slab: `compiled` writes its ys outputs, codegen.Program(written=))."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     length, reverse = attrs["length"], attrs["reverse"]
     n_in = len(body.inputs)
@@ -110,7 +117,8 @@ def make_runner(compiled: Compiled, attrs: dict):
     cs, xs, inv = params[:nc], params[nc : nc + nx], params[nc + nx :]
     prologue = getattr(compiled, "prologue", None)
     hoisted = [f"h{k}" for k in range(len(prologue.graph.outputs))] if prologue else []
-    step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv + hoisted)
+    ys = [f"y{j}" for j in range(len(y_shapes))]
+    step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv + hoisted + [f"{y}[t]" for y in ys])
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
     head = (
         f"def run({', '.join(params)}, out=None, *, fn, fail, np_empty, np_copyto, "
@@ -125,18 +133,16 @@ def make_runner(compiled: Compiled, attrs: dict):
             f"np_empty({c + length * y}, dtype)"
         )
     ]
-    ys = [f"y{j}" for j in range(len(y_shapes))]
     if ys:
         lines.append(f"    {', '.join(ys)}, = ys_views(slab)")
     lines += [
         "    t = None",
         "    try:",
         f"        for t in {order}:",
-        f"            r = fn({step_args})",
     ]
     live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
-    lines += [f"            {cv} = r[{k}]" for k, cv in enumerate(live)]
-    lines += [f"            {yv}[t] = r[{len(live) + j}]" for j, yv in enumerate(ys)]
+    call = f"fn({step_args})"
+    lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
     lines += ["    except Exception as e:", "        raise fail(e, t) from None"]
     if cs:
         lines.append(f"    {', '.join(f'v{k}' for k in range(nc))}, = carry_views(slab)")
@@ -151,6 +157,7 @@ def make_runner(compiled: Compiled, attrs: dict):
     source = "\n".join(lines) + "\n"
     exec(builtins.compile(source, "<tapernn scan runner>", "exec"), namespace)  # noqa: S102
     run = namespace["run"]
+    run.source = source
     run.__kwdefaults__ = {
         "fn": compiled.program.fn,
         "fail": _failure(compiled, attrs),
