@@ -202,7 +202,10 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
 
 
 def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
+    """(length, *shape) views of the slab per ys; a 0-d ys as (length, 1), so that its row is
+    an array the body can write (a (length,) array's row would be a NumPy scalar)."""
     spans = offsets(shapes)
+    shapes = [s or (1,) for s in shapes]
 
     def views(slab: np.ndarray) -> list[np.ndarray]:
         rows = slab[c : c + length * y].reshape(length, y)

@@ -179,14 +179,14 @@ def test_a_body_nothing_uses_any_more_is_freed_with_its_program():
 def _awkward_body(B, H):
     """ys: the new carry (also returned as a carry), the same node twice, a view of it, the
     xs slice itself, an invariant, a concat of two computed pieces, a value computed in place
-    over a temporary."""
+    over a temporary, a 0-d value."""
 
     def step(h, x, U, W):
         a = x @ W
         h2 = tn.tanh(a + h @ U)
         e = tn.exp(-(h2 * h2))
         cat = tn.concat([h2 * 2.0, a - 1.0], axis=1)
-        return [h2, h2, h2, h2.reshape((H * B,)), x, U, cat, e]
+        return [h2, h2, h2, h2.reshape((H * B,)), x, U, cat, e, tn.sum(e)]
 
     z = np.zeros
     return tn.trace(step, z((B, H)), z((B, H)), z((H, H)), z((H, H)), names=["h", "x", "U", "W"])
@@ -195,12 +195,12 @@ def _awkward_body(B, H):
 def _awkward_numpy(h, xs, U, W, reverse):
     T, B, H = xs.shape
     out = [np.empty((T, B, H)), np.empty((T, B, H)), np.empty((T, B * H)), np.empty((T, B, H))]
-    out += [np.empty((T, H, H)), np.empty((T, B, 2 * H)), np.empty((T, B, H))]
+    out += [np.empty((T, H, H)), np.empty((T, B, 2 * H)), np.empty((T, B, H)), np.empty(T)]
     for t in range(T - 1, -1, -1) if reverse else range(T):
         a = xs[t] @ W
         h = np.tanh(a + h @ U)
         vals = [h, h, h.reshape(-1), xs[t], U, np.concatenate([h * 2.0, a - 1.0], 1)]
-        for o, v in zip(out, vals + [np.exp(-(h * h))]):
+        for o, v in zip(out, vals + [np.exp(-(h * h)), np.exp(-(h * h)).sum()]):
             o[t] = v
     return [h, *out]
 
