@@ -246,9 +246,7 @@ class Program(FusedLowering):
                 copyto = self._named("np_copyto", np.copyto)
                 body.append(f"    {copyto}({w}, {names[g.outputs[k]]})")
         results = [
-            _owned(n, names[n], plan, k in alias)
-            for k, n in enumerate(g.outputs)
-            if k not in given
+            _owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs) if k not in given
         ]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         params = [names[n] for n in g.inputs] + list(given.values()) + ["*"] + list(self.bound)

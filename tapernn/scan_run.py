@@ -197,7 +197,7 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     if not ret.startswith("    return ("):
         return None
     if live:
-        statements.append(f"    {', '.join(live)}, = {ret[len('    return '):]}")
+        statements.append(f"    {', '.join(live)}, = {ret[len('    return ') :]}")
     return statements, dict(program.fn.__kwdefaults__)
 
 
