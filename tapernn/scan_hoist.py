@@ -21,7 +21,7 @@ def compile_hoisted(
     part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
     per loop call and its values are the step program's extra trailing inputs. `written`: the
     outputs the step program writes into its caller's arrays (codegen.Program)."""
-    graph, report = run_passes(body, pipeline_of(passes))
+    graph, report = run_passes(loop_level(body, n_variant), pipeline_of(passes))
     invariant = set(graph.inputs[n_variant:])
     cheap = set(invariant)  # inputs, constants and views of them: left in the step program
     for n in graph.nodes:
@@ -74,6 +74,39 @@ def compile_hoisted(
         f"{', '.join(n.op for n in hoisted)}"
     )
     return compiled
+
+
+def loop_level(body: Graph, n_variant: int) -> Graph:
+    """`body` with its invariants (inputs from `n_variant` on) as loop-level values (step None):
+    a template traced at step k tags the weights it reads with k, and the passes fuse only
+    products with loop-level weights (fuse_gate_matmuls: h @ U_i, h @ U_f, ... -> one GEMM,
+    its weight concat then computed once per loop call here)."""
+    fresh = {
+        i: Node(
+            "input",
+            (),
+            i.attrs,
+            i.shape,
+            i.dtype,
+            step=None,
+            scope=i.scope,
+            phase=i.phase,
+            name=i.name,
+        )
+        for i in body.inputs[n_variant:]
+        if i.step is not None
+    }
+    if not fresh:
+        return body
+    env: dict[Node, Node] = dict(fresh)
+    nodes: list[Node] = []
+    for n in body.nodes:
+        if n not in fresh:
+            ins = tuple(env.get(i, i) for i in n.inputs)
+            env[n] = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(env[n])
+    inputs = [env.get(i, i) for i in body.inputs]
+    return Graph(nodes, inputs, [env.get(o, o) for o in body.outputs], body.meta)
 
 
 def _plain(

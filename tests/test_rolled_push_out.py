@@ -121,3 +121,15 @@ def test_backward_body_computes_only_the_carried_gradient_products(name):
     feeds_carry = _ancestors(graph.outputs[:live])
     returned_only = [n for n in graph.nodes if n.op == "matmul" and n not in feeds_carry]
     assert not returned_only, f"backward body computes a returned product: {returned_only}"
+
+
+@pytest.mark.parametrize("name, products", [("fastlstm", 1), ("lstm", 1), ("gru", 2)])
+def test_forward_body_fuses_the_gate_products(name, products):
+    """h @ U_i, h @ U_f, ... in the step template are one GEMM h @ [U_i U_f ...] as in the
+    unrolled program (the template's weights count as loop-level values; their concat runs
+    once per loop call), GRU's candidate product (r * h) @ U_c apart."""
+    m = trained(CELLS[name], False)[0]
+    fwd, _ = loop_bodies(m)
+    graph = fwd[0][0]
+    matmuls = [n for n in graph.nodes if n.op == "matmul"]
+    assert len(matmuls) == products, matmuls
