@@ -17,8 +17,15 @@ import numpy as np
 from .backends import resolve_backend
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
-from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, concat_slots, plan_buffers
-from .ops.registry import get_op
+from .memory import (
+    DEFAULT_OPTIONS,
+    BufferPlan,
+    PlanOptions,
+    concat_slots,
+    is_view,
+    plan_buffers,
+)
+from .ops.registry import PSEUDO, get_op
 
 _program_ids = itertools.count()
 
@@ -54,7 +61,10 @@ class Program(FusedLowering):
     Graph outputs live in storage allocated on every call (or are copied when they alias an
     input or a buffer), so results handed to callers are never overwritten by the next call.
     `buffers`: the plan's buffers, made by the caller (views of an arena shared with programs
-    that never run at the same time, arena.py); else allocated here.
+    that never run at the same time, arena.py); else allocated here. `written`: positions of
+    outputs the caller gives arrays for (a loop body's ys: its rows of the slab), passed after
+    the inputs in that order; they are computed into those arrays (or copied there when their
+    storage is not their own) and not returned.
     """
 
     def __init__(
@@ -65,8 +75,9 @@ class Program(FusedLowering):
         plan: BufferPlan | None = None,
         options: PlanOptions = DEFAULT_OPTIONS,
         passes: Any = None,
+        written: tuple[int, ...] = (),
     ):
-        self.graph, self.options = graph, options
+        self.graph, self.options, self.written = graph, options, tuple(written)
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None
         self.filename = f"<tapernn program {next(_program_ids)}>"
@@ -179,6 +190,7 @@ class Program(FusedLowering):
         }
         uses = self._prepare_special(g) if special else {}
         body: list[str] = []
+        claimed = self._claim_written()
         roots_at: dict[int, list[Node]] = {}
         for r in plan.placed_concats:
             if r not in plan.placed:
@@ -190,7 +202,9 @@ class Program(FusedLowering):
                 names[n] = self.bind("c", np.asarray(n.value))
                 continue
             for r in roots_at.get(k, ()):
-                if r in plan.fresh:  # returned: allocated per call, before its first piece
+                if r in claimed:  # a concat computed into the caller's array
+                    names[r] = claimed[r]
+                elif r in plan.fresh:  # returned: allocated per call, before its first piece
                     names[r] = f"v{self.pos[r]}"
                     empty = self._named("np_empty", np.empty)
                     body.append(
@@ -204,6 +218,8 @@ class Program(FusedLowering):
             else:
                 names[n] = f"v{k}"
                 out = self._out(n, names, views, body)
+                if out is None and n in claimed:
+                    out = claimed[n]
                 args = [names[i] for i in n.inputs]
                 lines = (
                     self._special_lines(n, args, out, views, names[n], uses)
@@ -224,11 +240,42 @@ class Program(FusedLowering):
             if dead:
                 body.append(f"    del {', '.join(dead)}")
         alias = set(g.meta.outputs_may_alias_inputs)
-        results = [_owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs)]
+        given = {k: f"w{j}" for j, k in enumerate(self.written)}
+        for k, w in given.items():
+            if w not in claimed.values():  # not its own storage: copied into the caller's array
+                copyto = self._named("np_copyto", np.copyto)
+                body.append(f"    {copyto}({w}, {names[g.outputs[k]]})")
+        results = [
+            _owned(n, names[n], plan, k in alias) for k, n in enumerate(g.outputs) if k not in given
+        ]
         body.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
-        params = [names[n] for n in g.inputs] + ["*"] + list(self.bound)
+        params = [names[n] for n in g.inputs] + list(given.values()) + ["*"] + list(self.bound)
         source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
         return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
+
+    def _claim_written(self) -> dict[Node, str]:
+        """Storage -> the caller's array ("w<j>") it is computed into: a written output whose
+        storage is its own, allocated per call by an op that takes `out=` (or a placed concat),
+        of its shape and dtype; one output per storage."""
+        g, plan = self.graph, self.plan
+        claimed: dict[Node, str] = {}
+        for j, k in enumerate(self.written):
+            n = g.outputs[k]
+            st = plan.storage.get(n)
+            if (
+                n.op in PSEUDO
+                or is_view(n)
+                or n.shape == ()
+                or st is None
+                or st in claimed
+                or st not in plan.fresh
+                or st in plan.placed
+                or (st.shape, st.dtype) != (n.shape, n.dtype)
+                or not (st in plan.placed_concats or get_op(st.op).supports_out)
+            ):
+                continue
+            claimed[st] = f"w{j}"
+        return claimed
 
     def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
         """One op's call expression, as its OpDef says: its own lowering, a direct call of its

@@ -127,12 +127,14 @@ def compile(
     dump: Dump | str | None = None,
     backend: str | None = None,
     unroll: bool = False,
+    written: tuple[int, ...] = (),
 ) -> Compiled:
     """Optimise `graph` with `passes` (default: the default pipeline) and build its program:
     verify -> passes -> plan -> lower -> report. `options` tunes the buffer planner and the
     code generator (PlanOptions); `dump` sees the graph after each pass (run_passes);
     `backend` ("numpy" / "numba"; default: tapernn.get_backend()) lowers the fused groups;
-    `unroll=True` compiles every scan loop unrolled into its steps (`tn.unroll_scans`)."""
+    `unroll=True` compiles every scan loop unrolled into its steps (`tn.unroll_scans`);
+    `written`: outputs the program writes into arrays its caller passes (codegen.Program)."""
     options = with_backend(options, backend)
     with gc_paused():
         verify_input(graph)
@@ -141,7 +143,7 @@ def compile(
         pipeline = pipeline_of(passes)
         graph, report = run_passes(graph, pipeline, dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
-        program = Program(graph, plan=plan, options=options, passes=pipeline)
+        program = Program(graph, plan=plan, options=options, passes=pipeline, written=written)
         return Compiled(graph, program, report)
 
 

@@ -13,12 +13,15 @@ from .passes import CompileReport, run_passes
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
 
-def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> Compiled:
+def compile_hoisted(
+    body: Graph, n_variant: int, passes: Any, options: Any, written: tuple[int, ...] = ()
+) -> Compiled:
     """`body` (its first `n_variant` inputs the carries and xs, the rest invariants) compiled
     with `passes`; if the optimised body computes anything from the invariants alone, that
     part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
-    per loop call and its values are the step program's extra trailing inputs."""
-    graph, report = run_passes(body, pipeline_of(passes))
+    per loop call and its values are the step program's extra trailing inputs. `written`: the
+    outputs the step program writes into its caller's arrays (codegen.Program)."""
+    graph, report = run_passes(loop_level(body, n_variant), pipeline_of(passes))
     invariant = set(graph.inputs[n_variant:])
     cheap = set(invariant)  # inputs, constants and views of them: left in the step program
     for n in graph.nodes:
@@ -31,7 +34,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
                 cheap.add(n)
     moved = invariant - cheap
     if not moved:
-        return _plain(graph, options, report)
+        return _plain(graph, options, report, written)
     stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
     read = {i for n in stay for i in n.inputs} | set(graph.outputs)
     hoisted = [n for n in graph.nodes if n in moved and n in read]
@@ -64,7 +67,7 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
         hoisted,
         graph.meta,
     ).eliminate_dead_code()
-    compiled = _plain(step, options, report)
+    compiled = _plain(step, options, report, written)
     compiled.prologue = _plain(pre, options, None)
     compiled.report.notes.append(
         f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "
@@ -73,9 +76,44 @@ def compile_hoisted(body: Graph, n_variant: int, passes: Any, options: Any) -> C
     return compiled
 
 
-def _plain(graph: Graph, options: Any, report: CompileReport | None) -> Compiled:
+def loop_level(body: Graph, n_variant: int) -> Graph:
+    """`body` with its invariants (inputs from `n_variant` on) as loop-level values (step None):
+    a template traced at step k tags the weights it reads with k, and the passes fuse only
+    products with loop-level weights (fuse_gate_matmuls: h @ U_i, h @ U_f, ... -> one GEMM,
+    its weight concat then computed once per loop call here)."""
+    fresh = {
+        i: Node(
+            "input",
+            (),
+            i.attrs,
+            i.shape,
+            i.dtype,
+            step=None,
+            scope=i.scope,
+            phase=i.phase,
+            name=i.name,
+        )
+        for i in body.inputs[n_variant:]
+        if i.step is not None
+    }
+    if not fresh:
+        return body
+    env: dict[Node, Node] = dict(fresh)
+    nodes: list[Node] = []
+    for n in body.nodes:
+        if n not in fresh:
+            ins = tuple(env.get(i, i) for i in n.inputs)
+            env[n] = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(env[n])
+    inputs = [env.get(i, i) for i in body.inputs]
+    return Graph(nodes, inputs, [env.get(o, o) for o in body.outputs], body.meta)
+
+
+def _plain(
+    graph: Graph, options: Any, report: CompileReport | None, written: tuple[int, ...] = ()
+) -> Compiled:
     """`graph`, already optimised, compiled without further passes (their records: `report`)."""
-    compiled = compile(graph, passes=[], options=options)
+    compiled = compile(graph, passes=[], options=options, written=written)
     compiled.prologue = None
     if report is not None:
         compiled.report.passes[:0] = report.passes

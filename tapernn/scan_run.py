@@ -5,6 +5,8 @@ states from step to step and writes each step's ys into its row of the slab."""
 from __future__ import annotations
 
 import builtins
+import itertools
+import traceback
 import weakref
 from typing import Any
 
@@ -24,10 +26,17 @@ _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 COMPILES = [0]  # bodies compiled so far (tests count recompilations)
 
 
-def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None = None) -> Compiled:
+def compiled_body(
+    body: Graph,
+    passes: Any,
+    options: Any,
+    n_variant: int | None = None,
+    written: tuple[int, ...] = (),
+) -> Compiled:
     """`body` compiled (cached); given `n_variant` (its carries + xs), work on its invariants
-    alone runs once per loop call in the result's `.prologue` (scan_hoist)."""
-    key = (None if passes is None else tuple(passes), options)
+    alone runs once per loop call in the result's `.prologue` (scan_hoist); `written`: the
+    outputs (the ys) its program computes into arrays the caller passes (the slab rows)."""
+    key = (None if passes is None else tuple(passes), options, tuple(written))
     cache = _BODIES.setdefault(body, {})
     found = cache.get(key)
     if found is None:
@@ -35,9 +44,9 @@ def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None 
         # (a copy: the Compiled may hold the graph it was given, and a cached value holding its
         # weak key would keep it alive forever)
         found = cache[key] = (
-            compile(body.copy(), passes=passes, options=options)
+            compile(body.copy(), passes=passes, options=options, written=written)
             if n_variant is None
-            else compile_hoisted(body.copy(), n_variant, passes, options)
+            else compile_hoisted(body.copy(), n_variant, passes, options, written)
         )
     return found
 
@@ -45,12 +54,11 @@ def compiled_body(body: Graph, passes: Any, options: Any, n_variant: int | None 
 def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
-    body = attrs["body"]
+    body, nc = attrs["body"], attrs["n_carry"]
+    used = _without_fixed(body, nc)
+    n_live = nc - len(fixed_carries(body, nc))
     compiled = compiled_body(
-        _without_fixed(body, attrs["n_carry"]),
-        ctx.passes,
-        ctx.options,
-        attrs["n_carry"] + attrs["n_xs"],
+        used, ctx.passes, ctx.options, nc + attrs["n_xs"], tuple(range(n_live, len(used.outputs)))
     )
     runner = make_runner(compiled, attrs)
     c, y = slab_sizes(body, attrs["n_carry"])
@@ -98,8 +106,10 @@ def _scope_of(body: Graph) -> str:
 
 def make_runner(compiled: Compiled, attrs: dict):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
-    body once per step: generated source with one statement per carry, xs and ys, so a step
-    costs the body program's call plus one slice per xs and one row copy per ys."""
+    body once per step: generated source, the carries in locals, the body program's
+    statements inlined into the loop (no call per step; `_inlined`), its ys computed into
+    their rows of the slab (`compiled` writes its ys outputs, codegen.Program(written=)), so
+    a step costs the body's own lines plus one slice per xs and one row view per ys."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     length, reverse = attrs["length"], attrs["reverse"]
     n_in = len(body.inputs)
@@ -109,62 +119,93 @@ def make_runner(compiled: Compiled, attrs: dict):
     params = [f"a{k}" for k in range(n_in)]
     cs, xs, inv = params[:nc], params[nc : nc + nx], params[nc + nx :]
     prologue = getattr(compiled, "prologue", None)
-    hoisted = [f"h{k}" for k in range(len(prologue.graph.outputs))] if prologue else []
-    step_args = ", ".join(cs + [f"{x}[t]" for x in xs] + inv + hoisted)
+    n_hoisted = len(prologue.graph.outputs) if prologue else 0
+    hoisted = [f"a{n_in + k}" for k in range(n_hoisted)]
+    ys = [f"_Y{j}" for j in range(len(y_shapes))]
+    live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
+    inline = _inlined(compiled, n_in + n_hoisted, len(ys), live)
+    xs_params = [f"_X{k}" for k in range(nx)] if inline else xs
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
+    bound = list(inline[1]) if inline else ["_fn"]
     head = (
-        f"def run({', '.join(params)}, out=None, *, fn, fail, np_empty, np_copyto, "
-        f"ys_views, carry_views, pre):"
+        f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound)}, _fail, "
+        f"_np_empty, _np_copyto, _ys_views, _carry_views, _pre, _dtype):"
     )
     lines = [head]
     if hoisted:  # the invariant work, once per call
-        lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(inv)})")
-    lines += [
-        (
-            f"    slab = out if out is not None and out.flags.c_contiguous else "
-            f"np_empty({c + length * y}, dtype)"
-        )
-    ]
-    ys = [f"y{j}" for j in range(len(y_shapes))]
+        lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
+    lines.append(
+        f"    _slab = out if out is not None and out.flags.c_contiguous else "
+        f"_np_empty({c + length * y}, _dtype)"
+    )
     if ys:
-        lines.append(f"    {', '.join(ys)}, = ys_views(slab)")
-    lines += [
-        "    t = None",
-        "    try:",
-        f"        for t in {order}:",
-        f"            r = fn({step_args})",
-    ]
-    live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
-    lines += [f"            {cv} = r[{k}]" for k, cv in enumerate(live)]
-    lines += [f"            {yv}[t] = r[{len(live) + j}]" for j, yv in enumerate(ys)]
-    lines += ["    except Exception as e:", "        raise fail(e, t) from None"]
+        lines.append(f"    {', '.join(ys)}, = _ys_views(_slab)")
+    lines += ["    _t = None", "    try:", f"        for _t in {order}:"]
+    if inline:
+        lines += [f"            {x} = {p}[_t]" for x, p in zip(xs, xs_params)]
+        lines += [f"            w{j} = {yv}[_t]" for j, yv in enumerate(ys)]
+        first = len(lines) + 1  # the runner's line of the body's first statement
+        lines += ["        " + line for line in inline[0]]
+    else:
+        first = 0
+        step = cs + [f"{x}[_t]" for x in xs] + inv + hoisted + [f"{yv}[_t]" for yv in ys]
+        call = f"_fn({', '.join(step)})"
+        lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
+    lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
     if cs:
-        lines.append(f"    {', '.join(f'v{k}' for k in range(nc))}, = carry_views(slab)")
-        lines += [f"    v{k}[...] = {cv}" for k, cv in enumerate(cs)]
+        lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab)")
+        lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
     lines += [
-        "    if out is not None and slab is not out:",
-        "        np_copyto(out, slab)",
+        "    if out is not None and _slab is not out:",
+        "        _np_copyto(out, _slab)",
         "        return out",
-        "    return slab",
+        "    return _slab",
     ]
-    namespace: dict[str, Any] = {"dtype": body_dtype(body)}
     source = "\n".join(lines) + "\n"
-    exec(builtins.compile(source, "<tapernn scan runner>", "exec"), namespace)  # noqa: S102
+    filename = f"<tapernn scan runner {next(_runner_ids)}>"
+    namespace: dict[str, Any] = {}
+    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
     run = namespace["run"]
+    run.source = source
     run.__kwdefaults__ = {
-        "fn": compiled.program.fn,
-        "fail": _failure(compiled, attrs),
-        "np_empty": np.empty,
-        "np_copyto": np.copyto,
-        "ys_views": _ys_views(c, length, y, y_shapes),
-        "carry_views": _carry_views(carry_shapes),
-        "pre": prologue.program.fn if prologue else None,
+        **(inline[1] if inline else {"_fn": compiled.program.fn}),
+        "_fail": _failure(compiled, attrs, filename, first),
+        "_np_empty": np.empty,
+        "_np_copyto": np.copyto,
+        "_ys_views": _ys_views(c, length, y, y_shapes),
+        "_carry_views": _carry_views(carry_shapes),
+        "_pre": prologue.program.fn if prologue else None,
+        "_dtype": body_dtype(body),
     }
     return run
 
 
+_runner_ids = itertools.count()
+
+
+def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
+    """(the body program's statements with its return turned into the carries' assignment,
+    the names it binds) to inline into the loop, or None when it cannot be: the program's
+    bound names must stay its own (numba kernels compiled in the background rebind them)."""
+    program = compiled.program
+    code = program.fn.__code__
+    expected = tuple([f"a{k}" for k in range(n_params)] + [f"w{j}" for j in range(n_ys)])
+    if program.sites or code.co_varnames[: code.co_argcount] != expected:
+        return None
+    text = program.source.split("\n\n", 1)[0].splitlines()
+    statements, ret = text[1:-1], text[-1]
+    if not ret.startswith("    return ("):
+        return None
+    if live:
+        statements.append(f"    {', '.join(live)}, = {ret[len('    return ') :]}")
+    return statements, dict(program.fn.__kwdefaults__)
+
+
 def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
+    """(length, *shape) views of the slab per ys; a 0-d ys as (length, 1), so that its row is
+    an array the body can write (a (length,) array's row would be a NumPy scalar)."""
     spans = offsets(shapes)
+    shapes = [s or (1,) for s in shapes]
 
     def views(slab: np.ndarray) -> list[np.ndarray]:
         rows = slab[c : c + length * y].reshape(length, y)
@@ -187,11 +228,16 @@ def _carry_views(shapes: list[tuple]):
     return views
 
 
-def _failure(compiled: Compiled, attrs: dict):
-    """The error a failing step raises: the body node and the step it failed at."""
+def _failure(compiled: Compiled, attrs: dict, filename: str, first: int):
+    """The error a failing step raises: the body node and the step it failed at (its line in
+    the body program, or in the runner from line `first` when the body is inlined)."""
 
     def fail(e: BaseException, t: int | None) -> TapernnError:
         node = compiled.program.failing_node(e)
+        if node is None and first:
+            for frame, lineno in traceback.walk_tb(e.__traceback__):
+                if frame.f_code.co_filename == filename:
+                    node = compiled.program.line_nodes.get(lineno - first + 2)
         what = f"{node.op}{where(node.scope or None)}" if node is not None else "the body"
         msg = f"scan step {t} of {attrs['length']}: {what} failed: {e}"
         if isinstance(e, TapernnError):

@@ -47,9 +47,9 @@ def test_weight_gradient_gemms_come_after_the_reverse_loop():
     out = assert_same(joint, [P.push_out_of_loops], arrays)
     back = next(s for s in _scan_nodes(out) if s.attrs["reverse"])
     body = back.attrs["body"]
-    # the W, U, b accumulators are passed through unchanged: nothing accumulates in the loop
-    for k in range(2, 5):
-        assert body.outputs[k] is body.inputs[k]
+    # the W, U, b accumulators leave the loop (no carry, no slab space): dh, dc are carried
+    assert back.attrs["n_carry"] == 2
+    assert [i.shape for i in body.inputs[:2]] == [(B, H), (B, H)]
     assert not any(n.op == "matmul" and n.shape in ((D, 4 * H), (H, 4 * H)) for n in body.nodes)
     # dx_t = dz_t @ W^T is one GEMM after the loop too: only dh = dz @ U^T stays inside
     (inner,) = [n for n in body.nodes if n.op == "matmul"]
@@ -147,3 +147,30 @@ def test_an_accumulation_read_inside_the_loop_stays_in_the_loop():
         body = tn.trace(step, np.zeros((3, 3)), np.zeros((2, 3)), np.zeros((3, 3)))
         g = tn.trace(scanned(body, 1, 1), *arrays)
         assert_same(g, [P.push_out_of_loops], arrays)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_returned_sum_of_products_leaves_the_loop(reverse):
+    """ys y_t = q1_t @ W1 + q2_t @ W2^T (an LSTM's dx_t = sum over gates of dz_g,t @ W_g^T)
+    whose q's the loop returns anyway: a sum of GEMMs over the stacked q's after the loop, no
+    product left in the body; values == the interpreter."""
+
+    def step(h, x, U, W1, W2):
+        h2 = tn.tanh(x + h @ U)
+        q1, q2 = h2 * 2.0, tn.sigmoid(h2)
+        return [h2, q1, q2, q1 @ W1 + q2 @ tn.transpose(W2, (1, 0)), h2]
+
+    z = np.zeros
+    body = tn.trace(step, z((B, H)), z((B, H)), z((H, H)), z((H, D)), z((D, H)))
+
+    def loop(h, xs, U, W1, W2):
+        r = tn.scan(body, [h], [xs], [U, W1, W2], reverse=reverse)
+        return [r.carries[0], *r.ys]
+
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, H), (H, H), (H, D), (D, H)]]
+    out = assert_same(tn.trace(loop, *arrays), [P.push_out_of_loops], arrays)
+    (s,) = _scan_nodes(out)
+    inner = [n for n in s.attrs["body"].nodes if n.op == "matmul"]
+    assert len(inner) == 1 and inner[0].shape == (B, H)  # h @ U only
+    assert any(n.op == "matmul" and n.shape == (T * B, D) for n in out.nodes)

@@ -387,19 +387,23 @@ def test_other_steps_rolled_equal_unrolled(name, train):
         np.testing.assert_allclose(outs[0][1][k], outs[1][1][k], rtol=1e-12, atol=1e-13)
 
 
-def test_by_default_short_loops_run_unrolled_and_long_ones_rolled():
-    """unroll=None (the default): below ROLL_MIN_STEPS steps the faster-per-step unrolled
-    program, from there one loop; the compile report says which and why."""
-    from tapernn.nn.roll_api import ROLL_MIN_STEPS
-
+def test_by_default_every_length_runs_rolled_and_a_new_length_does_not_retrace():
+    """unroll=None (the default) rolls loops of any length, even 1 or 5 steps: one step
+    template serves T = 5, then 1, then 73 without tracing a step again (trace_count 1);
+    unroll=True is the unrolled baseline, said so in the report."""
     tn.manual_seed(21)
-    short, long_ = nn.Sequencer(nn.LSTM(D, H)), nn.Sequencer(nn.LSTM(D, H))
-    assert short.unroll is None
+    seq = nn.Sequencer(nn.LSTM(D, H))
+    assert seq.unroll is None
     rng = np.random.default_rng(22)
-    short.forward(rng.standard_normal((5, B, D)))
-    notes = short.compile_report().notes
-    assert not rolled_note(short) and any(f"< {ROLL_MIN_STEPS}" in n for n in notes)
-    long_.forward(rng.standard_normal((ROLL_MIN_STEPS, B, D)))
-    assert rolled_note(long_)
+    for T in (5, 1, 73):
+        x = rng.standard_normal((T, B, D))
+        y = seq.forward(x)
+        seq.backward(x, np.ones_like(y))
+        assert y.shape == (T, B, H) and rolled_note(seq), (T, seq.compile_report().notes)
+    assert seq.trace_count == 1
+    base = nn.Sequencer(nn.LSTM(D, H), unroll=True)
+    base.forward(rng.standard_normal((5, B, D)))
+    assert not rolled_note(base)
+    assert any("unrolled (unroll=True)" in n for n in base.compile_report().notes)
     with pytest.raises(tn.TapernnError, match="unroll must be True or False"):
         nn.Sequencer(nn.LSTM(D, H), unroll="yes")

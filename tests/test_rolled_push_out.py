@@ -97,3 +97,39 @@ def test_pushed_out_rolled_equals_unrolled(name, dtype):
     assert r[2].keys() == u[2].keys()
     for k in r[2]:
         np.testing.assert_allclose(r[2][k], u[2][k], rtol=tol, atol=tol, err_msg=k)
+
+
+def _ancestors(outputs):
+    seen, todo = set(), list(outputs)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.inputs)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_backward_body_computes_only_the_carried_gradient_products(name):
+    """dx_t = sum over gates of dz_g,t @ W_g^T is only returned: one GEMM over the stacked dz
+    after the loop (nn.LSTM writes it as a sum of four products), so every matmul left in the
+    backward body feeds the carried dh."""
+    m = trained(CELLS[name], False)[0]
+    _, bwd = loop_bodies(m)
+    graph, nc, _, body = bwd[0]
+    live = nc - len(scan_run.fixed_carries(body, nc))
+    feeds_carry = _ancestors(graph.outputs[:live])
+    returned_only = [n for n in graph.nodes if n.op == "matmul" and n not in feeds_carry]
+    assert not returned_only, f"backward body computes a returned product: {returned_only}"
+
+
+@pytest.mark.parametrize("name, products", [("fastlstm", 1), ("lstm", 1), ("gru", 2)])
+def test_forward_body_fuses_the_gate_products(name, products):
+    """h @ U_i, h @ U_f, ... in the step template are one GEMM h @ [U_i U_f ...] as in the
+    unrolled program (the template's weights count as loop-level values; their concat runs
+    once per loop call), GRU's candidate product (r * h) @ U_c apart."""
+    m = trained(CELLS[name], False)[0]
+    fwd, _ = loop_bodies(m)
+    graph = fwd[0][0]
+    matmuls = [n for n in graph.nodes if n.op == "matmul"]
+    assert len(matmuls) == products, matmuls

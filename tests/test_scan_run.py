@@ -174,3 +174,63 @@ def test_a_body_nothing_uses_any_more_is_freed_with_its_program():
     del body, g
     gc.collect()
     assert alive() is None
+
+
+def _awkward_body(B, H):
+    """ys: the new carry (also returned as a carry), the same node twice, a view of it, the
+    xs slice itself, an invariant, a concat of two computed pieces, a value computed in place
+    over a temporary, a 0-d value."""
+
+    def step(h, x, U, W):
+        a = x @ W
+        h2 = tn.tanh(a + h @ U)
+        e = tn.exp(-(h2 * h2))
+        cat = tn.concat([h2 * 2.0, a - 1.0], axis=1)
+        return [h2, h2, h2, h2.reshape((H * B,)), x, U, cat, e, tn.sum(e)]
+
+    z = np.zeros
+    return tn.trace(step, z((B, H)), z((B, H)), z((H, H)), z((H, H)), names=["h", "x", "U", "W"])
+
+
+def _awkward_numpy(h, xs, U, W, reverse):
+    T, B, H = xs.shape
+    out = [np.empty((T, B, H)), np.empty((T, B, H)), np.empty((T, B * H)), np.empty((T, B, H))]
+    out += [np.empty((T, H, H)), np.empty((T, B, 2 * H)), np.empty((T, B, H)), np.empty(T)]
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        a = xs[t] @ W
+        h = np.tanh(a + h @ U)
+        vals = [h, h, h.reshape(-1), xs[t], U, np.concatenate([h * 2.0, a - 1.0], 1)]
+        for o, v in zip(out, vals + [np.exp(-(h * h)), np.exp(-(h * h)).sum()]):
+            o[t] = v
+    return [h, *out]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_body_computes_its_ys_into_the_slab_rows(reverse):
+    """The body program writes each ys into its row of the slab (given as arrays after its
+    inputs), or copies it there when its storage is not its own (an input, a view, the same
+    node twice); the runner copies no rows. Values == a NumPy loop and the interpreter."""
+    B, H, T = 2, 3, 5
+    body = _awkward_body(B, H)
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, H), (H, H), (H, H)]]
+
+    def loop(h, xs, U, W):
+        r = tn.scan(body, [h], [xs], [U, W], reverse=reverse)
+        return [r.carries[0], *r.ys]
+
+    g = tn.trace(loop, *arrays)
+    c = tn.compile(g)
+    want = _awkward_numpy(*arrays, reverse)
+    for _ in range(2):  # a second call: fresh rows, nothing kept from the first
+        got = c(*arrays)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    _check(g, arrays)
+    (runner,) = [v for k, v in c.program.fn.__kwdefaults__.items() if k.startswith("scan_run")]
+    source = runner.source
+    assert "[_t] =" not in source and "_fn(" not in source, source  # no row copies, no call
+    n_ys = len(body.outputs) - 1
+    assert all(f"w{j} = _Y{j}[_t]" in source for j in range(n_ys))  # the rows, given
+    assert "out=w" in source and "np_copyto(w" in source  # computed there, or copied

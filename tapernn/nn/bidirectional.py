@@ -26,7 +26,7 @@ def fresh_clone(module: Module) -> Module:
 
 
 class _Bidirectional(Module):
-    unroll: bool | None = None  # True: every step traced (baseline); None: by length (roll_api)
+    unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
     def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
         super().__init__()

@@ -21,7 +21,7 @@ class Repeater(Module):
     input's gradient is the sum over steps. Forgets before every forward.  Torch7: nn.Repeater.
     The steps run as one loop over the step template (nn.rolled); `unroll = True` traces each."""
 
-    unroll: bool | None = None  # None: rolled from ROLL_MIN_STEPS steps (nn.roll_api)
+    unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
     def __init__(self, module: Module, n_step: int):
         super().__init__()
@@ -33,7 +33,7 @@ class Repeater(Module):
 
     def build(self, x: Any) -> list:
         ctx = current_build()
-        why = rolled_refusal(self, ctx, [x] if isinstance(x, Var) else x, self.n_step)
+        why = rolled_refusal(self, ctx, [x] if isinstance(x, Var) else x)
         if why is None and isinstance(x, Var):
             m = self._children["0"]
             try:  # the input is an invariant of the loop; no xs

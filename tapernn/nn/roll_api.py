@@ -24,27 +24,15 @@ __all__ = [
 ]
 
 
-# With `unroll=None` (the default) a loop of at most this many steps runs unrolled: measured
-# side by side (BENCHMARKS.md, "Rolled or unrolled"), the unrolled program's training step is
-# faster on small problems (FastLSTM f32 (1, 5, 5): rolled ~1.3x its time; (32, 50, 256) ~1.01x),
-# while its compile time and graph memory grow with T (LSTM(8, 8), B = 2: T = 1,000 unrolled
-# ~2 min / 457 MB, rolled ~1 s / 5 MB). `unroll=False` rolls any length; `unroll=True` never rolls.
-ROLL_MIN_STEPS = 129
-
-
-def rolled_refusal(owner: Any, ctx: BuildContext, x: Any, steps: int | None = None) -> str | None:
-    """None when `owner`'s steps may be traced as a loop, else why they are unrolled. `steps`:
-    the loop's length (default: the length of `x`, a list of steps or a (T, ...) Var)."""
-    unroll = getattr(owner, "unroll", None)
-    if unroll:
+def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
+    """None when `owner`'s steps may be traced as a loop, else why they are unrolled. Every
+    length is rolled unless `owner.unroll` is True (the unrolled research baseline): measured
+    side by side (BENCHMARKS.md, "Rolled or unrolled"), the rolled training step costs about
+    what the unrolled one does at (32, 50, 256) and (32, 50, 512) f32, ~1.2x at (1, 50, 5) and
+    ~1.5x at (1, 5, 5) (fixed per-call work), while the unrolled program's compile time grows
+    with T and every new length compiles again."""
+    if getattr(owner, "unroll", None):
         return "unroll=True"
-    if steps is None:
-        steps = len(x) if isinstance(x, list) else (x.shape[0] if isinstance(x, Var) else None)
-    if unroll is None and steps is not None and steps < ROLL_MIN_STEPS:
-        return (
-            f"{steps} steps < {ROLL_MIN_STEPS}: a short loop runs faster unrolled; "
-            f"unroll=False rolls it"
-        )
     if ctx.unroll:
         return "the unrolled view"
     if ctx.taps:

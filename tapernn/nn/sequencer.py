@@ -33,10 +33,10 @@ class Sequencer(HiddenStateOf, Module):
     When remembering, the next forward starts from the last state and gradients stop at the
     chunk boundary (truncated BPTT). `forget()` resets; switching training()/evaluate() forgets.
 
-    Program: `unroll=None` (default) runs loops of fewer than `roll_api.ROLL_MIN_STEPS` (129)
-    steps unrolled (one graph, the faster step today) and longer ones as one rolled loop over
-    the step template (flat compile time and memory in T; a new T never recompiles);
-    `unroll=False` always rolls, `unroll=True` always unrolls. The compile report says which.
+    Program: `unroll=None` (default) or `False` runs the steps as one rolled loop over the step
+    template, at every length (compile time and memory flat in T; a new T never recompiles;
+    BENCHMARKS.md "Rolled or unrolled" for the per-step cost); `unroll=True` traces every step
+    into one unrolled graph (the research baseline). The compile report says which.
 
     Hidden state: `get_hidden_state(t)` & co. reach the recurrent module inside (steps t of the
     last call); `set_grad_hidden_state(t, g)` replaces the gradient step t + 1 sends into the

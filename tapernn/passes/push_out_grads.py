@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..graph import Graph, Node
 from .rewrite import derive, is_zero
-from .slab import carry_view, relayout, rows_of, with_body, ys_view
+from .slab import carry_view, relayout, rows_of, ys_view
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Accumulation:
 
 @dataclass(frozen=True)
 class GradRecipe:
-    body: Graph  # the body with the accumulating carries passed through, the terms as ys
+    body: Graph  # the body without the accumulating carries, the terms as ys
     found: tuple[Accumulation, ...]
 
 
@@ -82,10 +82,13 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             found.append(Accumulation(k, "sum", (_term(q, xs_pos, ys_pos, extra),), False, axes))
     if not found:
         return None
-    outputs = list(body.outputs)
-    for a in found:
-        outputs[a.carry] = body.inputs[a.carry]
-    new = Graph(body.nodes, body.inputs, outputs + extra, body.meta).eliminate_dead_code()
+    # the accumulating carries leave the loop altogether (no input, no output, no slab space)
+    gone = {a.carry for a in found}
+    inputs = [i for k, i in enumerate(body.inputs) if k not in gone]
+    outputs = [o for k, o in enumerate(body.outputs[:nc]) if k not in gone]
+    outputs += list(body.outputs[nc:]) + extra
+    nodes = [n for n in body.nodes if n.op != "input" or n in inputs]
+    new = Graph(nodes, inputs, outputs, body.meta).eliminate_dead_code()
     return GradRecipe(new, tuple(found))
 
 
@@ -118,12 +121,21 @@ def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, N
     accumulation as one op over the stacked terms after it, and `s`'s readers rewired."""
     a = s.attrs
     body, nc = a["body"], a["n_carry"]
-    new = with_body(s, recipe.body)
+    gone = {acc.carry for acc in recipe.found}
+    kept = [k for k in range(nc) if k not in gone]
+    new = derive(
+        s,
+        "scan",
+        [i for k, i in enumerate(s.inputs) if k not in gone],
+        body=recipe.body,
+        n_carry=len(kept),
+        **{k: a[k] for k in ("n_xs", "length", "reverse")},
+    )
     rows = rows_of(new)
     n_out = len(body.outputs)
-    stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
+    stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - len(kept))]
     finals = {acc.carry: _final(s, acc, stacked, n_out - nc, body) for acc in recipe.found}
-    carries = [finals[k] if k in finals else carry_view(new, k) for k in range(nc)]
+    carries = [finals[k] if k in finals else carry_view(new, kept.index(k)) for k in range(nc)]
     return relayout(graph, s, carries, stacked[: n_out - nc])
 
 

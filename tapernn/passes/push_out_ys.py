@@ -1,7 +1,9 @@
 """Scan push-out of per-step products that are only returned: a ys y_t = q_t @ W (W an
 invariant; in BPTT's reverse loop dx_t = dz_t @ W^T) becomes, when the loop writes q_t anyway
 (or q_t is no larger), ys q_t and one GEMM over the (T*B, K) stack after the loop -- what
-`stack_matmuls_over_time` does to unrolled graphs."""
+`stack_matmuls_over_time` does to unrolled graphs. A sum of such products whose q's the loop
+writes anyway (an LSTM's dx_t = sum over gates of dz_g,t @ W_g^T) becomes a sum of GEMMs after
+the loop (which gate fusion makes one)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from .slab import carry_view, relayout, rows_of, with_body, ys_view
 @dataclass(frozen=True)
 class YsRecipe:
     body: Graph
-    # per old ys: ("ys", new ys index) or ("gemm", new ys index of q, W's input position,
-    # W transposed)
+    # per old ys: ("ys", new ys index) or ("gemm", ((new ys index of q, W's input position,
+    # W transposed), ...)): the sum of those products
     sources: tuple
 
 
@@ -48,29 +50,46 @@ def _product(y: Node, inv: dict[Node, int]) -> tuple[Node, int, bool] | None:
     return None
 
 
+def _products(y: Node, inv: dict[Node, int], ys: list[Node]) -> list | None:
+    """y as a sum (add / add_n) of products q_t @ W whose q's are all returned already, with
+    shapes y's (a broadcast term is no sum of products), else None."""
+    if y.op not in ("add", "add_n") or y.ndim != 2:
+        return None
+    terms = [_product(t, inv) for t in y.inputs]
+    if any(t is None or t[0] not in ys for t in terms) or any(t.shape != y.shape for t in y.inputs):
+        return None
+    return terms
+
+
 def _make(body: Graph, nc: int, nx: int) -> YsRecipe | None:
     inv = {i: k for k, i in enumerate(body.inputs) if k >= nc + nx}
     read = {i for n in body.nodes for i in n.inputs}
     outs = list(body.outputs)
     ys = outs[nc:]
-    found: dict[int, tuple[Node, int, bool]] = {}
+    found: dict[int, list[tuple[Node, int, bool]]] = {}
     for j, y in enumerate(ys):
+        if y in read or outs.count(y) != 1:
+            continue
         p = _product(y, inv)
-        if p is None or y in read or outs.count(y) != 1:
+        if p is None:
+            terms = _products(y, inv, ys)
+            if terms is not None:
+                found[j] = terms
             continue
         q = p[0]
-        if q in ys or q.size <= y.size or any(f[0] is q for f in found.values()):
-            found[j] = p
+        if q in ys or q.size <= y.size or any(f[0][0] is q for f in found.values()):
+            found[j] = [p]
     if not found:
         return None
     new_ys = [y for j, y in enumerate(ys) if j not in found]
-    for q, _, _ in found.values():
-        if q not in new_ys:
-            new_ys.append(q)
+    for terms in found.values():
+        for q, _, _ in terms:
+            if q not in new_ys:
+                new_ys.append(q)
     sources = tuple(
         ("ys", new_ys.index(y))
         if j not in found
-        else ("gemm", new_ys.index(found[j][0]), found[j][1], found[j][2])
+        else ("gemm", tuple((new_ys.index(q), w, tr) for q, w, tr in found[j]))
         for j, y in enumerate(ys)
     )
     new = Graph(body.nodes, body.inputs, outs[:nc] + new_ys, body.meta).eliminate_dead_code()
@@ -89,10 +108,13 @@ def products_out(graph: Graph, s: Node, recipe: YsRecipe) -> dict[Node, Node]:
         if src[0] == "ys":
             values.append(stacks[src[1]])
             continue
-        q, w = stacks[src[1]], s.inputs[src[2]]
-        if src[3]:
-            w = derive(s, "transpose", (w,), axes=(1, 0))
-        flat = derive(s, "reshape", (q,), shape=(length * q.shape[1], q.shape[2]))
-        product = derive(s, "matmul", (flat, w))
-        values.append(derive(s, "reshape", (product,), shape=(length, q.shape[1], w.shape[1])))
+        products = []
+        for qj, wj, transposed in src[1]:
+            q, w = stacks[qj], s.inputs[wj]
+            if transposed:
+                w = derive(s, "transpose", (w,), axes=(1, 0))
+            flat = derive(s, "reshape", (q,), shape=(length * q.shape[1], q.shape[2]))
+            products.append(derive(s, "matmul", (flat, w)))
+        total = products[0] if len(products) == 1 else derive(s, "add_n", products)
+        values.append(derive(s, "reshape", (total,), shape=(length, q.shape[1], w.shape[1])))
     return relayout(graph, s, [carry_view(new, k) for k in range(nc)], values)
