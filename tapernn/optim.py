@@ -9,6 +9,7 @@ import numpy as np
 
 from . import validation as check
 from .errors import ArgumentTypeError, NumericError
+from .nn.parameter import subtract_scaled
 
 
 class Optimizer:
@@ -41,9 +42,9 @@ class SGD(Optimizer):
             if self.momentum:
                 buf *= self.momentum
                 buf += p.grad
-                p.data -= self.lr * buf
+                subtract_scaled(p.data, buf, self.lr)
             else:
-                p.data -= self.lr * p.grad
+                subtract_scaled(p.data, p.grad, self.lr)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"momentum.{k}": b for k, b in enumerate(self.buffers)}

@@ -23,7 +23,7 @@ from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import block_key, pack_module, storage
-from .parameter import Parameter, uniform
+from .parameter import Parameter, subtract_scaled, uniform
 
 
 class Module:
@@ -224,7 +224,7 @@ class Module:
     def update_parameters(self, lr: float) -> None:
         lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
         for data, grad in storage(self.parameters()):
-            data -= lr * grad
+            subtract_scaled(data, grad, lr)
 
     def flatten_parameters(self) -> Module:
         """Store each module's parameters of one dtype and trailing shape as rows of one array

@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 
 from ..graph import Graph, Node
-from .concat import basic_ranges, make_concat, slice_axis
-from .rewrite import derive, is_matmul_2d, read_once, substitute
+from .concat import _ranges, basic_ranges, make_concat, slice_axis
+from .rewrite import derive, is_matmul_2d, read_once, substitute, zeros_like_node
 
 
 def _simplified(n: Node, x: Node) -> Node | None:
@@ -24,6 +24,8 @@ def _simplified(n: Node, x: Node) -> Node | None:
             if (start, stop) != (0, x.shape[axis]):
                 result = slice_axis(n, result, axis, start, stop)
         return result
+    if n.op == "getitem" and x.op == "index_grad":
+        return _slice_of_scatter(n, x)
     if n.op == "transpose" and x.op == "transpose":
         axes = tuple(x.attrs["axes"][a] for a in n.attrs["axes"])
         inner = x.inputs[0]
@@ -33,6 +35,22 @@ def _simplified(n: Node, x: Node) -> Node | None:
     if n.op == "reshape" and x.op == "reshape":
         inner = x.inputs[0]
         return inner if inner.shape == n.shape else n.replace(inputs=(inner,))
+    return None
+
+
+def _slice_of_scatter(n: Node, x: Node) -> Node | None:
+    """index_grad(g, S, idx)[idx] is g; a block of it disjoint from idx is zeros (a rolled
+    loop's output gradient is scattered into the shape of its slab of saved values, and the
+    reverse loop reads it back block by block: without this, two slab-sized zero-padded
+    copies of the seed)."""
+    outer, inner = basic_ranges(n), _ranges(x.attrs["index"], tuple(x.attrs["shape"]))
+    if outer is None or inner is None or n.ndim != x.ndim:
+        return None
+    g = x.inputs[0]
+    if list(inner) == outer and g.shape == n.shape:
+        return g
+    if any(b <= c or d <= a for (a, b), (c, d) in zip(outer, inner)):
+        return zeros_like_node(n)
     return None
 
 
