@@ -18,12 +18,13 @@ import numpy as np
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
+from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import block_key, pack_module, storage
-from .parameter import Parameter, subtract_scaled, uniform
+from .parameter import Parameter, uniform
 
 
 class Module:

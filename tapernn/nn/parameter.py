@@ -107,25 +107,3 @@ class Parameter:
 def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
     return tn_random.generator(rng).uniform(-bound, bound, size=shape)
 
-
-CHUNK = 1 << 13  # elements per piece of an in-place update (its one temporary: 32 KiB at f32)
-
-
-def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
-    """data -= lr * step in place, bit for bit, in pieces of CHUNK elements: the temporary
-    `lr * step` is one piece, not a copy of the whole (packed) parameter array, which would be
-    the peak of a training loop's update."""
-    flat_d, flat_s = data.reshape(-1), step.reshape(-1)
-    if (
-        data.size <= CHUNK
-        or not np.shares_memory(flat_d, data)
-        or flat_s.shape != flat_d.shape
-        or np.shares_memory(flat_d, flat_s)
-    ):
-        data -= lr * step
-        return
-    scratch = np.empty(CHUNK, dtype=np.result_type(lr, step))
-    for a in range(0, flat_d.size, CHUNK):
-        piece = flat_d[a : a + CHUNK]
-        tmp = np.multiply(flat_s[a : a + CHUNK], lr, out=scratch[: piece.size])
-        np.subtract(piece, tmp, out=piece)

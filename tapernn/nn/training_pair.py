@@ -95,7 +95,6 @@ class TrainingPair:
         }
         n_dx = n_data_grads if bwd is self.backward else 0
         grad_input = sum(_storages(bwd, range(n_dx)).values())
-        returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
         buffers = (
             self.arena.nbytes
             if self.arena is not None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..graph import Graph, Node
 from .rewrite import derive, is_zero
-from .slab import carry_view, relayout, rows_of, with_body, ys_view
+from .slab import carry_view, relayout, rows_of, ys_view
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,12 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             found.append(Accumulation(k, "sum", (_term(q, xs_pos, ys_pos, extra),), False, axes))
     if not found:
         return None
-    outputs = list(body.outputs)
-    for a in found:
-        outputs[a.carry] = body.inputs[a.carry]
-    new = Graph(body.nodes, body.inputs, outputs + extra, body.meta).eliminate_dead_code()
+    # the accumulating carries leave the loop: no longer inputs or outputs of the body (they
+    # would sit unchanged in the slab and be passed to every step)
+    drop = {a.carry for a in found}
+    inputs = [i for k, i in enumerate(body.inputs) if k not in drop]
+    outputs = [o for k, o in enumerate(body.outputs) if k not in drop]
+    new = Graph(body.nodes, inputs, outputs + extra, body.meta).eliminate_dead_code()
     return GradRecipe(new, tuple(found))
 
 
@@ -118,12 +120,23 @@ def accumulations_out(graph: Graph, s: Node, recipe: GradRecipe) -> dict[Node, N
     accumulation as one op over the stacked terms after it, and `s`'s readers rewired."""
     a = s.attrs
     body, nc = a["body"], a["n_carry"]
-    new = with_body(s, recipe.body)
+    drop = {acc.carry for acc in recipe.found}
+    left = [k for k in range(nc) if k not in drop]  # the carries still carried
+    new = derive(
+        s,
+        "scan",
+        tuple(i for k, i in enumerate(s.inputs) if k not in drop),
+        body=recipe.body,
+        n_carry=len(left),
+        n_xs=a["n_xs"],
+        length=a["length"],
+        reverse=a["reverse"],
+    )
     rows = rows_of(new)
     n_out = len(body.outputs)
-    stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - nc)]
+    stacked = [ys_view(new, j, rows) for j in range(len(recipe.body.outputs) - len(left))]
     finals = {acc.carry: _final(s, acc, stacked, n_out - nc, body) for acc in recipe.found}
-    carries = [finals[k] if k in finals else carry_view(new, k) for k in range(nc)]
+    carries = [finals[k] if k in finals else carry_view(new, left.index(k)) for k in range(nc)]
     return relayout(graph, s, carries, stacked[: n_out - nc])
 
 
