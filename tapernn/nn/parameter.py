@@ -106,4 +106,3 @@ class Parameter:
 
 def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
     return tn_random.generator(rng).uniform(-bound, bound, size=shape)
-
