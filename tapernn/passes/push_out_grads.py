@@ -25,7 +25,7 @@ class Accumulation:
 
 @dataclass(frozen=True)
 class GradRecipe:
-    body: Graph  # the body with the accumulating carries passed through, the terms as ys
+    body: Graph  # the body without the accumulating carries, their terms as ys
     found: tuple[Accumulation, ...]
 
 
