@@ -26,6 +26,13 @@ class Arena:
     def __init__(self) -> None:
         self.array = np.empty(0, np.uint8)
         self.given: list[np.ndarray] = []  # every array handed out (for the byte count)
+        self.loops: dict[int, int] = {}  # compiled loop body -> its own buffers' bytes
+
+    def note_loops(self, compiled: Compiled) -> None:
+        """Count the buffers of `compiled`'s loop bodies (each body once): they are the
+        module's too, kept between calls beside the arena (a body runs inside its program)."""
+        for loop in compiled.report.loops:
+            self.loops[loop.body_key] = loop.buffer_bytes
 
     def take(self, nbytes: int) -> np.ndarray:
         if self.array.nbytes < nbytes:
@@ -35,8 +42,9 @@ class Arena:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every array handed out (the programs keep them alive)."""
-        return sum(a.nbytes for a in self.given)
+        """Bytes of every array handed out (the programs keep them alive), and of the loop
+        bodies' own buffers."""
+        return sum(a.nbytes for a in self.given) + sum(self.loops.values())
 
 
 def compile_shared(
@@ -69,6 +77,9 @@ def compile_shared(
             )
             for (g, report), plan in zip(optimised, plans)
         ]
+        if arena is not None:
+            for c in compiled:
+                arena.note_loops(c)
         arena_bytes = shared.nbytes if arena is None else arena.nbytes
         resident = arena_bytes + sum(p.per_call_bytes for p in plans)
         for c in compiled:

@@ -204,10 +204,11 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
             and all(i.op in ("input", "constant") or i in redo for i in n.inputs)
         ):
             redo.add(n)
-    needed = _needed(grad_outs)
-    backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
-    read = dict.fromkeys(i for n in backward for i in n.inputs)
-    read.update(dict.fromkeys(grad_outs))
+    backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    cheap = redone_cheaply(forward, read, redo, fwd_outs)
+    if cheap:
+        redo |= cheap
+        backward, read = backward_nodes(joint, forward, redo, grad_outs)
     saved = [
         n
         for n in joint.nodes
@@ -231,6 +232,55 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
         ),
     )
     return fwd, bwd
+
+
+def backward_nodes(joint: Graph, forward: set, redo: set, grad_outs: list) -> tuple[list, dict]:
+    """The backward's nodes (the gradients' work, and forward work it redoes) and what they
+    read (the gradients too)."""
+    needed = _needed(grad_outs)
+    backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
+    read = dict.fromkeys(i for n in backward for i in n.inputs)
+    read.update(dict.fromkeys(grad_outs))
+    return _just_in_time(backward, redo), read
+
+
+def _just_in_time(nodes: list, redo: set) -> list:
+    """`nodes` with each redone elementwise value moved to just before its first reader (on
+    the forward's place in the tape, all T steps' values would be live at once)."""
+    late = {n for n in nodes if n in redo and n.op in RECOMPUTED}
+    if not late:
+        return nodes
+    out: list = []
+    placed: set = set()
+    for n in nodes:
+        if n in late:
+            continue
+        for i in n.inputs:
+            if i in late and i not in placed:
+                placed.add(i)
+                out.append(i)
+        out.append(n)
+    return out + [n for n in nodes if n in late and n not in placed]
+
+
+RECOMPUTED = frozenset({"tanh", "sigmoid"})  # one cheap elementwise pass over its input
+
+
+def redone_cheaply(forward: set, read: dict, redo: set, kept) -> set[Node]:
+    """Values the backward reads that are one cheap elementwise op (`RECOMPUTED`) of a value
+    it has anyway (one it reads and so keeps too, or one the forward returns: an LSTM's
+    tanh(c_t) from c_t, the cell state its `cells` field holds): redone by the backward
+    instead of kept from the forward -- a T*B*H array less between forward and backward for
+    one tanh per step. Deterministic, so the backward sees the same values."""
+    free = set(kept)
+    out = set()
+    for n in read:
+        if n not in forward or n in redo or n in free or n.op not in RECOMPUTED:
+            continue
+        (x,) = n.inputs
+        if x.op != "constant" and (x in free or (x in read and x in forward)):
+            out.add(n)
+    return out
 
 
 def _backward_graph(

@@ -10,6 +10,28 @@ import numpy as np
 from . import validation as check
 from .errors import ArgumentTypeError, NumericError
 
+CHUNK = 1 << 13  # elements per piece of an in-place update (its one temporary: 32 KiB at f32)
+
+
+def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
+    """data -= lr * step in place, bit for bit, in pieces of CHUNK elements: the temporary
+    `lr * step` is one piece, not a copy of the whole (packed) parameter array, which would be
+    the peak of a training loop's update."""
+    flat_d, flat_s = data.reshape(-1), step.reshape(-1)
+    if (
+        data.size <= CHUNK
+        or not np.may_share_memory(flat_d, data)  # reshape copied: not contiguous
+        or flat_s.shape != flat_d.shape
+        or np.may_share_memory(flat_d, flat_s)
+    ):
+        data -= lr * step
+        return
+    scratch = np.empty(CHUNK, dtype=np.result_type(lr, step))
+    for a in range(0, flat_d.size, CHUNK):
+        piece = flat_d[a : a + CHUNK]
+        tmp = np.multiply(flat_s[a : a + CHUNK], lr, out=scratch[: piece.size])
+        np.subtract(piece, tmp, out=piece)
+
 
 class Optimizer:
     def __init__(self, params: Iterable, lr: float):
@@ -41,9 +63,9 @@ class SGD(Optimizer):
             if self.momentum:
                 buf *= self.momentum
                 buf += p.grad
-                p.data -= self.lr * buf
+                subtract_scaled(p.data, buf, self.lr)
             else:
-                p.data -= self.lr * p.grad
+                subtract_scaled(p.data, p.grad, self.lr)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"momentum.{k}": b for k, b in enumerate(self.buffers)}

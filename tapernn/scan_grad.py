@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import functional as F
-from .autodiff import _backward_graph, _needed, grad
+from .autodiff import _backward_graph, _needed, backward_nodes, grad, redone_cheaply
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
@@ -166,10 +166,11 @@ def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
             varying.add(n)
         else:
             redo.add(n)  # from invariants and constants only (push-out hoists it), or a view
-    needed = _needed(grad_outs)
-    backward = [n for n in joint.nodes if n in needed and (n not in forward or n in redo)]
-    read = dict.fromkeys(i for n in backward for i in n.inputs)
-    read.update(dict.fromkeys(grad_outs))
+    backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    cheap = redone_cheaply(forward, read, redo, fwd_outs[n_carry:])  # ys: residuals for free
+    if cheap:
+        redo |= cheap
+        backward, read = backward_nodes(joint, forward, redo, grad_outs)
     saved = [
         n
         for n in joint.nodes

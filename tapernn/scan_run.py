@@ -73,10 +73,19 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             carry_bytes=c * itemsize,
             step_bytes=y * itemsize,
             largest_gemm_flops=compiled.largest_gemm_flops,
+            buffer_bytes=_buffer_bytes(compiled),
+            body_key=id(compiled),
         )
     )
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
+
+
+def _buffer_bytes(compiled: Compiled) -> int:
+    """Bytes of the buffers a compiled body keeps (its invariant prologue's included)."""
+    prologue = getattr(compiled, "prologue", None)
+    extra = prologue.program.plan.buffer_bytes if prologue is not None else 0
+    return compiled.program.plan.buffer_bytes + extra
 
 
 _FIXED: weakref.WeakKeyDictionary[Graph, Graph] = weakref.WeakKeyDictionary()

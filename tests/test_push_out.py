@@ -50,6 +50,7 @@ def test_weight_gradient_gemms_come_after_the_reverse_loop():
     # the W, U, b accumulators leave the loop (no carry, no slab space): dh, dc are carried
     assert back.attrs["n_carry"] == 2
     assert [i.shape for i in body.inputs[:2]] == [(B, H), (B, H)]
+    assert [o.shape for o in body.outputs[:2]] == [(B, H), (B, H)]
     assert not any(n.op == "matmul" and n.shape in ((D, 4 * H), (H, 4 * H)) for n in body.nodes)
     # dx_t = dz_t @ W^T is one GEMM after the loop too: only dh = dz @ U^T stays inside
     (inner,) = [n for n in body.nodes if n.op == "matmul"]

@@ -18,6 +18,7 @@ import numpy as np
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
+from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
@@ -224,7 +225,7 @@ class Module:
     def update_parameters(self, lr: float) -> None:
         lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
         for data, grad in storage(self.parameters()):
-            data -= lr * grad
+            subtract_scaled(data, grad, lr)
 
     def flatten_parameters(self) -> Module:
         """Store each module's parameters of one dtype and trailing shape as rows of one array

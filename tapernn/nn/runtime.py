@@ -145,6 +145,8 @@ class Runtime:
             program = exe.compile_training().forward
         else:
             program = exe.compile_forward()
+        if not history:
+            self._release_previous(exe)
         outs = program.run(call_args)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
         record.starts = starts
@@ -160,6 +162,23 @@ class Runtime:
         else:
             self.history = [record]
         return exe, leaves, record
+
+    def _release_previous(self, exe: Executable) -> None:
+        """Drop the library's references to the previous call's results before this call makes
+        new ones (its record; `output`, per-step fields and `grad_input`, which this call's
+        write-back replaces): arrays the caller no longer holds are freed now, so a training loop
+        never holds two steps' outputs (a rolled loop's output is a view of its whole slab of
+        saved values). After a failed call they stay None."""
+        self.history = []
+        root = self.module
+        root.output = root.grad_input = None
+        for m, items in exe.probe_plan():
+            for name, *_ in items:
+                if name == "output":
+                    m.output = None
+                elif hasattr(m, "_n_steps"):  # a recurrent module's per-step fields
+                    m.outputs, m.inputs = [], []
+                    m.states = {k: [] for k in m.state_names}
 
     def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
         root = self.module
@@ -181,7 +200,7 @@ class Runtime:
         outs = record.outputs
         finals: dict[Any, list] = {}
         for j, (m, _, _) in enumerate(exe.finals):
-            finals.setdefault(m, []).append(outs[exe.final_pos + j])
+            finals.setdefault(m, []).append(_own(outs[exe.final_pos + j]))
         for m, st in finals.items():
             m._store_state(tuple(st))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
@@ -210,6 +229,7 @@ class Runtime:
             record = record_for_input(record, input, self.module, _as_array)
         step = self.dropped + self.history.index(record) if exe.history_mode else None
         seeds = self._seeds(exe, grad_output, step)
+        taps = False
         if exe.history_mode:  # stepping by hand: this step's program, state seeds per step
             seeds = stepwise_seeds(exe, step, self.dropped + len(self.history), seeds)
             grads = self._run_backward(exe, record, seeds, need_grad_input)
@@ -220,15 +240,18 @@ class Runtime:
                 exe, grads = backward_variant(self, record, cuts, seeds)
             else:
                 grads = self._run_backward(exe, record, seeds, need_grad_input)
-                later_tap_grads(self, record, seeds)
+                taps = True
             store_state_input_grads(exe, None, self._state_grads(exe, grads))
         record.done = True
         n_data = len(exe.data_wrt)
         exe.packing.accumulate(grads[n_data : n_data + exe.packing.n_grads])
+        got = dict(zip(exe.data_wrt, grads[:n_data])) if need_grad_input else {}
+        del grads  # the parameter gradients are accumulated: freed before the copies below
+        if taps:  # copies for a lazy get_grad_hidden_state (made once the saved values are gone)
+            later_tap_grads(self, record, seeds)
         if not need_grad_input:
             self.module.grad_input = None
             return None
-        got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
         grad_leaves = [
             got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
             for k, x in enumerate(record.leaves)
@@ -329,6 +352,13 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     if x.dtype.kind == "b":
         return x.astype(root.dtype)
     return x.copy() if copy else x
+
+
+def _own(state: np.ndarray) -> np.ndarray:
+    """A final state that is a view of a larger array (a rolled loop's slab) as its own copy:
+    the state the next call starts from must not keep the whole slab alive through it."""
+    base = state.base
+    return state.copy() if base is not None and base.nbytes > state.nbytes else state
 
 
 def _leaf_names(tree: Any, n_args: int) -> list[str]:

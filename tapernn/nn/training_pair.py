@@ -74,13 +74,15 @@ class TrainingPair:
     ) -> int:
         """Most bytes a steady training loop (forward, backward, update; the Runtime's
         lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
-        what tracemalloc shows (tests/test_memory_loop.py). The buffers (the shared arena, and
-        the variant backward's own; or the module's one Arena) always; the last call's kept outputs (`output`, per-step
-        fields, final states) and `grad_input` until the next call replaces them; then the
-        larger of three moments: the forward's end (its per-call peak: the new outputs and
-        saved values), backward (the saved values it reads, released when it returns, plus
-        its per-call peak: gradients and temporaries), and just after it (the gradients it
-        returned, plus `tap_bytes`: the copies a Sequencer keeps for get_grad_hidden_state).
+        what tracemalloc shows (tests/test_memory_loop.py). The buffers (the module's one Arena,
+        or the pair's own and its variants') and the dropout masks always; then the larger of
+        the forward's end (its per-call peak: the new outputs and saved values; the previous
+        call's outputs and `grad_input` were dropped before it ran) and, with this call's kept
+        outputs (`output`, per-step fields, final states; a rolled loop's whole slab, which
+        they are views of), the larger of backward (the saved values it reads, released when
+        it returns, plus its per-call peak: gradients and temporaries) and just after it
+        (`grad_input`, plus `tap_bytes`: the copies a Sequencer keeps for
+        get_grad_hidden_state, made once the parameter gradients are accumulated).
         Stepped by hand (`held` = (n, input bytes)): n steps' records (kept outputs, saved
         values, masks, the copy of the step's input) are held at once before backward."""
         fwd, bwd = self.forward, self.last_backward
@@ -93,7 +95,6 @@ class TrainingPair:
         }
         n_dx = n_data_grads if bwd is self.backward else 0
         grad_input = sum(_storages(bwd, range(n_dx)).values())
-        returned = sum(_storages(bwd, range(len(bwd.graph.outputs))).values())
         buffers = (
             self.arena.nbytes
             if self.arena is not None
@@ -103,13 +104,13 @@ class TrainingPair:
         moments = (
             per_call_peak(fwd),
             sum(saved_only.values()) + per_call_peak(bwd),
-            returned + tap_bytes,
+            grad_input + tap_bytes,  # the parameter gradients are accumulated before the copies
         )
         # the dropout masks the last forward drew stay with its record until the next one's
         masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
         kept_b, saved_b = sum(kept.values()), sum(saved_only.values())
-        if held is None:
-            return buffers + kept_b + masks + grad_input + max(moments)
+        if held is None:  # the previous call's outputs and grad_input are dropped before a forward
+            return buffers + masks + max(moments[0], kept_b + max(moments[1:]))
         steps, inputs = held
         step_bytes = kept_b + saved_b + masks + inputs
         moments = (moments[0], kept_b + moments[1], moments[2])

@@ -55,6 +55,8 @@ class LoopReport:
     carry_bytes: int
     step_bytes: int
     largest_gemm_flops: float = 0.0  # the body's (the BLAS thread choice of the outer program)
+    buffer_bytes: int = 0  # the body program's own buffers (kept between calls, one per body)
+    body_key: int = 0  # which compiled body (one body serves every loop over it: count once)
 
     @property
     def fixed_bytes(self) -> int:

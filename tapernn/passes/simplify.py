@@ -5,13 +5,16 @@ hoisting and gate fusion have sliced the same product twice (rows per step, colu
 from __future__ import annotations
 
 import itertools
+import weakref
 
 from ..graph import Graph, Node
-from .concat import basic_ranges, make_concat, slice_axis
-from .rewrite import derive, is_matmul_2d, read_once, substitute
+from .concat import _ranges, basic_ranges, make_concat, slice_axis
+from .rewrite import derive, is_matmul_2d, is_zero, read_once, substitute, zeros_like_node
 
 
 def _simplified(n: Node, x: Node) -> Node | None:
+    if x.op == "zeros":  # a view of zeros: zeros of its shape
+        return zeros_like_node(n)
     if (
         n.op == "getitem"
         and x.op == "getitem"
@@ -24,6 +27,8 @@ def _simplified(n: Node, x: Node) -> Node | None:
             if (start, stop) != (0, x.shape[axis]):
                 result = slice_axis(n, result, axis, start, stop)
         return result
+    if n.op == "getitem" and x.op == "index_grad":
+        return _slice_of_scatter(n, x)
     if n.op == "transpose" and x.op == "transpose":
         axes = tuple(x.attrs["axes"][a] for a in n.attrs["axes"])
         inner = x.inputs[0]
@@ -34,6 +39,49 @@ def _simplified(n: Node, x: Node) -> Node | None:
         inner = x.inputs[0]
         return inner if inner.shape == n.shape else n.replace(inputs=(inner,))
     return None
+
+
+def _slice_of_scatter(n: Node, x: Node) -> Node | None:
+    """index_grad(g, S, idx)[idx] is g; a block of it disjoint from idx is zeros (a rolled
+    loop's output gradient is scattered into the shape of its slab of saved values, and the
+    reverse loop reads it back block by block: without this, two slab-sized zero-padded
+    copies of the seed)."""
+    outer, inner = basic_ranges(n), _ranges(x.attrs["index"], tuple(x.attrs["shape"]))
+    if outer is None or inner is None or n.ndim != x.ndim:
+        return None
+    g = x.inputs[0]
+    if list(inner) == outer and g.shape == n.shape:
+        return g
+    if any(b <= c or d <= a for (a, b), (c, d) in zip(outer, inner)):
+        return zeros_like_node(n)
+    return None
+
+
+_ZERO_XS: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def _zero_xs_inside(s: Node, ins: tuple[Node, ...]) -> Node | None:
+    """A scan reading an all-zero xs (a reverse loop's seed for a state nothing downstream
+    reads, once `_slice_of_scatter` has shown it zero): the body reads zeros in its place
+    (its own pipeline folds them away), so no (length, ...) array of zeros is made and sliced.
+    The new body is made once per (body, positions): its compiled program stays cached."""
+    a = s.attrs
+    nc, nx = a["n_carry"], a["n_xs"]
+    zero = tuple(k for k in range(nc, nc + nx) if is_zero(ins[k]))
+    if not zero:
+        return None
+    body = a["body"]
+    cache = _ZERO_XS.setdefault(body, {})
+    if zero not in cache:
+        gone = {body.inputs[k]: zeros_like_node(body.inputs[k]) for k in zero}
+        inner = Graph(body.nodes, body.inputs, body.outputs, body.meta).rebuild(
+            lambda n, mapping: gone.get(n)
+        )
+        inputs = [i for k, i in enumerate(body.inputs) if k not in zero]
+        cache[zero] = Graph(inner.nodes, inputs, inner.outputs, body.meta).eliminate_dead_code()
+    keep = {k: a[k] for k in ("n_carry", "length", "reverse")}
+    rest = tuple(i for k, i in enumerate(ins) if k not in zero)
+    return derive(s, "scan", rest, body=cache[zero], n_xs=nx - len(zero), **keep)
 
 
 def _canonical_concat(n: Node, pieces: list[Node]) -> Node | None:
@@ -73,6 +121,8 @@ def _visitor(flip: set[Node]):
             return derive(n, "transpose", (product,), axes=(1, 0))
         if n.op == "concat":
             return _canonical_concat(n, [mapping.get(i, i) for i in n.inputs])
+        if n.op == "scan":
+            return _zero_xs_inside(n, tuple([mapping.get(i, i) for i in n.inputs]))
         if n.op not in ("getitem", "transpose", "reshape"):
             return None
         return _simplified(n, mapping.get(n.inputs[0], n.inputs[0]))

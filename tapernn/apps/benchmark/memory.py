@@ -113,8 +113,8 @@ def torch_loop_peak_bytes(
 def measured_rows(
     B: int, T: int, D: int, H: int, dtype, peers: bool, cells: list[str] | None = None
 ) -> list[str]:
-    """The measured table: per tapernn cell (a fresh Sequencer, so its compilation counts) the
-    steady loop's tracemalloc peak, the compile report's number for it and their ratio, against
+    """The measured table: per tapernn cell (a fresh Sequencer, so its compilation counts; for
+    FastLSTM also rolled, `unroll=False`) the steady loop's tracemalloc peak, the compile report's number for it and their ratio, against
     the BPTT minimum T*B*5H*itemsize; with `peers`, PyTorch nn.LSTM's loop peak."""
     from .reference import min_saved_bytes
     from .timing import tapernn_factories
@@ -135,13 +135,16 @@ def measured_rows(
             continue
         from tapernn import nn
 
-        seq = nn.Sequencer(factory(D, H)).astype(dtype)
-        real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
-        report = seq.compile_report().peak_bytes
-        rows.append(
-            f"  {label + ' (tracemalloc)':<34} {real / scale:>8.2f} "
-            f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x"
-        )
+        # the default program, then (FastLSTM) the other one: rolled below 129 steps
+        programs = [(label, None)] + ([(label + " rolled", False)] if label == "FastLSTM" else [])
+        for name, unroll in programs:
+            seq = nn.Sequencer(factory(D, H), unroll=unroll).astype(dtype)
+            real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
+            report = seq.compile_report().peak_bytes
+            rows.append(
+                f"  {name + ' (tracemalloc)':<34} {real / scale:>8.2f} "
+                f"{real / minimum:>8.2f}x {report / scale:>8.2f} {real / report:>11.3f}x"
+            )
     if peers:
         real = torch_loop_peak_bytes(B, T, D, H, dtype)
         name = "torch nn.LSTM (profiler)"
