@@ -10,6 +10,7 @@ parallel. A backward paired with another thread's forward raises StateError: hol
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,9 @@ from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
+from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
+from .packing import changed as packing_changed
 from .parameter import Parameter, uniform
 
 
@@ -54,14 +57,17 @@ class Module:
     # ---- registration ---------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
-        params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
-        if isinstance(value, Parameter) and params is not None:
-            value.name = value.name or name
-            params[name] = value
-        elif isinstance(value, Module) and children is not None and not name.startswith("_"):
-            self._adopt_dtype(value)
-            children[name] = value
-            joined(self, value)
+        if isinstance(value, (Parameter, Module)):  # (other values: fields, set every call)
+            params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
+            if isinstance(value, Parameter) and params is not None:
+                value.name = value.name or name
+                params[name] = value
+                packing_changed()
+            elif isinstance(value, Module) and children is not None and not name.startswith("_"):
+                self._adopt_dtype(value)
+                children[name] = value
+                joined(self, value)
+                packing_changed()
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
@@ -69,6 +75,7 @@ class Module:
         self._adopt_dtype(module)
         self._children[name] = module
         joined(self, module)
+        packing_changed()
         return module
 
     def _adopt_dtype(self, child: Module) -> None:
@@ -152,7 +159,7 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key != "_lock_group":  # the copy gets its own lock when first used
+            if key not in ("_lock_group", "_storage_cache"):  # (its own lock at first use)
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new
@@ -218,13 +225,25 @@ class Module:
         return tree_locked(self)
 
     def zero_grad_parameters(self) -> None:
-        for _, grad in storage(self.parameters()):
+        for _, grad in self._storage():
             grad[...] = 0
 
     def update_parameters(self, lr: float) -> None:
-        lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
-        for data, grad in storage(self.parameters()):
+        if type(lr) is not float or not math.isfinite(lr):  # (the checks' message otherwise)
+            lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
+        for data, grad in self._storage():
             data -= lr * grad
+
+    def _storage(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`packing.storage(self.parameters())`, cached until anything changes which arrays
+        the parameters are (packing.VERSION): walking the tree cost more than the update."""
+        cached = self.__dict__.get("_storage_cache")
+        if cached is not None and cached[0] == STORAGE_VERSION[0]:
+            return cached[1]
+        version = STORAGE_VERSION[0]
+        arrays = storage(self.parameters())
+        self.__dict__["_storage_cache"] = (version, arrays)
+        return arrays
 
     def flatten_parameters(self) -> Module:
         """Store each module's parameters of one dtype and trailing shape as rows of one array
