@@ -148,7 +148,8 @@ class Group:
             self.block.grad += g
             return
         for p, (a, b) in zip(self.members, self.rows):
-            p.grad += g[a:b]
+            grad = p.grad  # (in place; `p.grad += ...` would also rebind it through the setter)
+            grad += g[a:b]
 
 
 def _block_name(first: str, members: tuple) -> str:
@@ -277,7 +278,9 @@ class Packing:
 
     def accumulate(self, grads: list) -> None:
         """Add the parameter gradients of one backward (loose, then per block) into `.grad`."""
+        params = self.params
         for k, g in zip(self.loose, grads):
-            self.params[k].grad += g
+            grad = params[k].grad  # (in place, as Group.accumulate)
+            grad += g
         for grp, g in zip(self.groups, grads[len(self.loose) :]):
             grp.accumulate(g)

@@ -19,6 +19,8 @@ from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
 from .executable import Executable
+from .module import Module
+from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
 from .roll_api import stacked_fields
 from .roll_view import trace_starts, view_executable, view_graph
@@ -65,6 +67,7 @@ class Runtime:
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
+        self._tree_cache: tuple | None = None  # (packing.VERSION, hooks, stateful): _tree
 
     def clear(self) -> None:
         self.cache.clear()
@@ -104,15 +107,16 @@ class Runtime:
 
     def _run(self, args: tuple, n_diff_args: int) -> tuple[Executable, list, Record]:
         root = self.module
-        for m in root.modules():
-            m._before_forward()
+        hooks, stateful = self._tree()
+        for hook in hooks:
+            hook()
         leaves, tree = flatten(list(args))
         history = bool(root.is_recurrent)
         # step-wise training keeps each step's input until its backward: a copy (Torch7's
         # copyInputs), so a caller refilling one buffer every step does not rewrite the history
         keep = history and root.is_training
         leaves = [_as_array(x, root, copy=keep) for x in leaves]
-        key = self._signature(leaves, tree, history)
+        key = self._signature(leaves, tree, history, stateful)
         exe = self.cache.get(key)
         if exe is None:
             names = _leaf_names(tree, len(args))
@@ -161,13 +165,26 @@ class Runtime:
             self.history = [record]
         return exe, leaves, record
 
-    def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
+    def _tree(self) -> tuple[list, list]:
+        """The model's `_before_forward` hooks that do something (in `modules()` order) and its
+        recurrent modules with states: walked once per change of the tree (packing.VERSION
+        counts every registration), not on every call."""
+        cached = self._tree_cache
+        if cached is not None and cached[0] == TREE_VERSION[0]:
+            return cached[1], cached[2]
+        version, modules = TREE_VERSION[0], list(self.module.modules())
+        hooks = [m._before_forward for m in modules if _has_hook(m)]
+        stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
+        self._tree_cache = (version, hooks, stateful)
+        return hooks, stateful
+
+    def _signature(
+        self, leaves: list[np.ndarray], tree: Any, history: bool, stateful: list | None = None
+    ) -> tuple:
         root = self.module
-        states = tuple(
-            _state_signature(m)
-            for m in root.modules()
-            if m.is_recurrent and hasattr(m, "state_names")
-        )
+        if stateful is None:
+            stateful = self._tree()[1]
+        states = tuple(_state_signature(m) for m in stateful)
         return (
             tree,
             tuple((x.shape, x.dtype.str) for x in leaves),
@@ -179,11 +196,8 @@ class Runtime:
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
         outs = record.outputs
-        finals: dict[Any, list] = {}
-        for j, (m, _, _) in enumerate(exe.finals):
-            finals.setdefault(m, []).append(outs[exe.final_pos + j])
-        for m, st in finals.items():
-            m._store_state(tuple(st))
+        for m, positions in exe.final_plan():
+            m._store_state(tuple([outs[k] for k in positions]))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
         for m, items in exe.probe_plan():
             fields = []
@@ -303,9 +317,10 @@ class Runtime:
                         f"{self.module.describe()}: grad_output has {len(gleaves)} "
                         f"arrays, the output has {len(exe.real)}"
                     )
-                g = data_array(
-                    f"{self.module.describe()}: grad_output", np.asarray(gleaves[k])
-                ).astype(node.dtype, copy=False)
+                g = np.asarray(gleaves[k])
+                if g.dtype.kind not in "fiub":
+                    data_array(f"{self.module.describe()}: grad_output", g)
+                g = g.astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(
                         f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
@@ -317,13 +332,22 @@ class Runtime:
         return seeds
 
 
+_NO_HOOK = Module._before_forward
+
+
+def _has_hook(m: Any) -> bool:
+    """m's class overrides Module._before_forward (or the instance sets its own)."""
+    return "_before_forward" in m.__dict__ or type(m)._before_forward is not _NO_HOOK
+
+
 def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
-    data_array(root.describe(), x)
+    if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
+        data_array(root.describe(), x)
     if x.dtype.kind == "f" and x.dtype != root.dtype:
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
     if x.dtype.kind == "b":
