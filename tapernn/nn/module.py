@@ -226,7 +226,7 @@ class Module:
 
     def zero_grad_parameters(self) -> None:
         for _, grad in self._storage():
-            grad[...] = 0
+            grad.fill(0)
 
     def update_parameters(self, lr: float) -> None:
         if type(lr) is not float or not math.isfinite(lr):  # (the checks' message otherwise)

@@ -199,17 +199,17 @@ class Runtime:
         for m, positions in exe.final_plan():
             m._store_state(tuple([outs[k] for k in positions]))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
-        for m, items in exe.probe_plan():
-            fields = []
-            for name, t, tree, pos, stop in items:
+        for m, output, leaves, others in _write_plan(exe):
+            if output is not None:  # (the last "output" probe: each one replaced the one before)
+                _, tree, pos, stop = output
+                value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
+                object.__setattr__(m, "output", value)  # (a field: no registration check)
+            fields = [(name, t, outs[pos]) for name, t, pos in leaves]
+            for name, t, tree, pos, stop in others:
                 if isinstance(t, Stacked):  # a loop's field: one array stacked over its steps
                     fields += stacked_fields(name, t, tree, outs[pos:stop])
-                    continue
-                value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
-                if name == "output":
-                    m.output = value
                 else:
-                    fields.append((name, t, value))
+                    fields.append((name, t, unflatten(tree, list(outs[pos:stop]))))
             if fields:
                 m._write_fields(fields, mode)
 
@@ -240,16 +240,19 @@ class Runtime:
         n_data = len(exe.data_wrt)
         exe.packing.accumulate(grads[n_data : n_data + exe.packing.n_grads])
         if not need_grad_input:
-            self.module.grad_input = None
+            object.__setattr__(self.module, "grad_input", None)  # (a field, as `output`)
             return None
-        got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
-        grad_leaves = [
-            got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
-            for k, x in enumerate(record.leaves)
-        ]
-        in_leaves, in_tree = flatten(input)
-        grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
-        self.module.grad_input = grad_input
+        if isinstance(input, np.ndarray) and exe.data_wrt[:1] == [0]:
+            grad_input = grads[0]  # one array in: its gradient (what the general path gives)
+        else:
+            got = dict(zip(exe.data_wrt, grads[:n_data]))  # zeros only where no gradient comes
+            grad_leaves = [
+                got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
+                for k, x in enumerate(record.leaves)
+            ]
+            in_leaves, in_tree = flatten(input)
+            grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
+        object.__setattr__(self.module, "grad_input", grad_input)
         return grad_input
 
     def _run_backward(
@@ -333,6 +336,29 @@ class Runtime:
 
 
 _NO_HOOK = Module._before_forward
+
+
+def _write_plan(exe: Executable) -> list:
+    """`exe.probe_plan()` sorted out once per program: per module, its last "output" probe
+    (field, tree, start, stop) or None, its single-array field probes (field, step, position),
+    and the rest (stacked loop fields, tables) as probe_plan gives them. A call then writes
+    the fields without testing each probe (fields go to different lists per name, so the
+    order between kinds does not matter; _write_fields orders each by step)."""
+    plan = getattr(exe, "_write_plan", None)
+    if plan is None:
+        plan = []
+        for m, items in exe.probe_plan():
+            output, leaves, others = None, [], []
+            for name, t, tree, pos, stop in items:
+                if name == "output" and not isinstance(t, Stacked):
+                    output = (name, tree, pos, stop)
+                elif tree == LEAF and not isinstance(t, Stacked):
+                    leaves.append((name, t, pos))
+                else:
+                    others.append((name, t, tree, pos, stop))
+            plan.append((m, output, leaves, others))
+        exe._write_plan = plan
+    return plan
 
 
 def _has_hook(m: Any) -> bool:
