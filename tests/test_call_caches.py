@@ -138,3 +138,17 @@ def test_training_evaluate_remember_and_shapes_keep_forward_right(unroll):
     np.testing.assert_allclose(second, both[2:])
     seq.forget()
     np.testing.assert_allclose(seq.forward(xs[0]), first)
+
+
+def test_a_sequencer_added_after_the_first_call_still_forgets_before_each_forward():
+    """Forward runs the before-forward hooks (a Sequencer's forget) of the model as it is now,
+    not as it was at an earlier call."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 3))
+    model = nn.Sequential(nn.Linear(3, 3))
+    model.forward(x)
+    model.add(nn.Sequencer(nn.LSTM(3, 3)))
+    first = model.forward(x).copy()
+    np.testing.assert_allclose(model.forward(x), first)  # starts from zeros again
+    solo = nn.Sequential(copy.deepcopy(model.get(0)), copy.deepcopy(model.get(1)))
+    np.testing.assert_allclose(solo.forward(x), first)

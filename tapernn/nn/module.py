@@ -274,6 +274,8 @@ class Module:
     def _before_forward(self) -> None:
         """Hook run on every module before the outermost forward traces or runs."""
 
+    _before_forward.does_nothing = True  # (the runtime calls only the hooks that do something)
+
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return None  # recurrent modules: the state the next forward starts from
 

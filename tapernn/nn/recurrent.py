@@ -20,7 +20,6 @@ from .context import current_build
 from .module import Module
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
 
-
 _BY_STEP = itemgetter(1)  # a field item's step: (name, t, value)
 
 

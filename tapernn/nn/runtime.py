@@ -19,7 +19,6 @@ from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
 from .executable import Executable
-from .module import Module
 from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
 from .roll_api import stacked_fields
@@ -335,9 +334,6 @@ class Runtime:
         return seeds
 
 
-_NO_HOOK = Module._before_forward
-
-
 def _write_plan(exe: Executable) -> list:
     """`exe.probe_plan()` sorted out once per program: per module, its last "output" probe
     (field, tree, start, stop) or None, its single-array field probes (field, step, position),
@@ -363,7 +359,8 @@ def _write_plan(exe: Executable) -> list:
 
 def _has_hook(m: Any) -> bool:
     """m's class overrides Module._before_forward (or the instance sets its own)."""
-    return "_before_forward" in m.__dict__ or type(m)._before_forward is not _NO_HOOK
+    hook = m.__dict__.get("_before_forward") or type(m)._before_forward
+    return not getattr(hook, "does_nothing", False)
 
 
 def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
