@@ -202,9 +202,12 @@ class Module:
     # ---- running -----------------------------------------------------------------------------
 
     def forward(self, input: Any) -> Any:
-        from .runtime import runtime_of
+        rt = self._runtime
+        if rt is None:
+            from .runtime import runtime_of
 
-        return runtime_of(self).forward(input)
+            rt = runtime_of(self)
+        return rt.forward(input)
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
@@ -213,10 +216,13 @@ class Module:
         states; `output` keeps the forward's value. Stepped by hand, each step's own input.
         need_grad_input=False: parameter (and state) gradients only, by a backward program
         without the input-gradient work; returns None (and grad_input is None)."""
-        from .runtime import runtime_of
-
         check_backward_pairing(self)
-        return runtime_of(self).backward(input, grad_output, need_grad_input=need_grad_input)
+        rt = self._runtime
+        if rt is None:
+            from .runtime import runtime_of
+
+            rt = runtime_of(self)
+        return rt.backward(input, grad_output, need_grad_input=need_grad_input)
 
     def locked(self):
         """A context manager holding this module's tree locks (re-entrant): wrap a sequence of

@@ -101,8 +101,12 @@ class Runtime:
     def forward(self, *args: Any) -> Any:
         exe, _leaves, record = self._run(args, n_diff_args=1)
         outs = record.outputs
-        self.module.output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
-        return self.module.output
+        if exe.out_tree == LEAF:
+            output = outs[0]
+        else:
+            output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
+        object.__setattr__(self.module, "output", output)  # (a field: no registration check)
+        return output
 
     def _run(self, args: tuple, n_diff_args: int) -> tuple[Executable, list, Record]:
         root = self.module
