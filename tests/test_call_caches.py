@@ -152,3 +152,50 @@ def test_a_sequencer_added_after_the_first_call_still_forgets_before_each_forwar
     np.testing.assert_allclose(model.forward(x), first)  # starts from zeros again
     solo = nn.Sequential(copy.deepcopy(model.get(0)), copy.deepcopy(model.get(1)))
     np.testing.assert_allclose(solo.forward(x), first)
+
+
+def _fields(m):
+    return (
+        [None if o is None else o.copy() for o in m.outputs],
+        [None if i is None else i.copy() for i in m.inputs],
+        {k: [None if s is None else s.copy() for s in v] for k, v in m.states.items()},
+        int(m.step),
+    )
+
+
+def _assert_same_fields(a, b):
+    assert a[3] == b[3]
+    for x, y in zip(a[:2] + tuple(a[2].values()), b[:2] + tuple(b[2].values())):
+        assert len(x) == len(y)
+        for u, v in zip(x, y):
+            assert (u is None) == (v is None)
+            if u is not None:
+                np.testing.assert_array_equal(u, v)
+    assert a[2].keys() == b[2].keys()
+
+
+@pytest.mark.parametrize("how", ["unrolled", "rolled", "stepped", "stepped-rho", "evaluate"])
+def test_grouped_field_writes_match_write_fields(how, monkeypatch):
+    """The runtime writes a recurrent module's per-step fields grouped once per program
+    (`_write_steps`); the result equals `_write_fields` given the items one by one."""
+    from tapernn.nn.recurrent import AbstractRecurrent
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 2, 3))
+    base = nn.LSTM(3, 4)
+    results = []
+    for grouped in (True, False):
+        monkeypatch.setattr(AbstractRecurrent._write_fields, "by_steps", grouped)
+        lstm = copy.deepcopy(base)
+        if how in ("unrolled", "rolled"):
+            nn.Sequencer(lstm, unroll=how == "unrolled").forward(x)
+        else:
+            if how == "stepped-rho":
+                lstm.max_bptt_step(2)
+            if how == "evaluate":
+                lstm.evaluate()
+            for t in range(4):
+                lstm.forward(x[t])
+        results.append(_fields(lstm))
+    _assert_same_fields(*results)
+    assert results[0][3] == 4

@@ -142,24 +142,37 @@ class AbstractRecurrent(Module):
         """Record per-step values. mode "sequence": a Sequencer call (fields hold its T steps);
         "append": step-wise training (history for BPTT); "latest": step-wise evaluation (only the
         newest step is kept, so sampling thousands of steps uses constant memory)."""
-        # (plain fields: written into __dict__, as object.__setattr__ would, without the
-        # registration check of Module.__setattr__ -- this runs on every call)
-        fields = self.__dict__
-        if mode == "sequence":
-            fields["_grad_hidden"] = {}  # steps of the previous call: gone with its fields
-        if mode != "append":
-            fields["outputs"], fields["inputs"] = [], []
-            fields["states"] = {name: [] for name in self.state_names}
-        outputs, inputs, states = self.outputs, self.inputs, self.states
-        n_new = 0
+        outputs, inputs = [], []
+        states: dict[str, list] = {name: [] for name in self.state_names}
         for name, _, value in sorted(items, key=_BY_STEP):
             if name == "outputs":
                 outputs.append(value)
-                n_new += 1
             elif name == "inputs":
                 inputs.append(value)
             else:
                 states[name[6:]].append(value)  # "state:<name>"
+        self._write_steps(outputs, inputs, states, mode)
+
+    # the runtime may call _write_steps itself with the fields grouped and ordered by step (once
+    # per program, not per call) where a class keeps this _write_fields
+    _write_fields.by_steps = True
+
+    def _write_steps(self, outputs: list, inputs: list, states: dict, mode: str) -> None:
+        """_write_fields' values grouped: new lists (ordered by step) of outputs, inputs and,
+        per state name (every one of `state_names`), states."""
+        # (plain fields: written into __dict__, as object.__setattr__ would, without the
+        # registration check of Module.__setattr__ -- this runs on every call)
+        fields = self.__dict__
+        n_new = len(outputs)
+        if mode == "sequence":
+            fields["_grad_hidden"] = {}  # steps of the previous call: gone with its fields
+        if mode != "append":
+            fields["outputs"], fields["inputs"], fields["states"] = outputs, inputs, states
+        else:
+            self.outputs.extend(outputs)
+            self.inputs.extend(inputs)
+            for name, values in states.items():
+                self.states[name].extend(values)
         fields["_n_steps"] = n_new if mode == "sequence" else self._n_steps + n_new
         if mode == "append" and self.rho is not None and len(self.outputs) > self.rho:
             # older steps are dropped (None) but keep their places: outputs[t] is still step t

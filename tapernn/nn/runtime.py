@@ -113,7 +113,10 @@ class Runtime:
         hooks, stateful = self._tree()
         for hook in hooks:
             hook()
-        leaves, tree = flatten(list(args))
+        if len(args) == 1 and type(args[0]) is np.ndarray:
+            leaves, tree = [args[0]], (LEAF,)  # (what flatten gives for one array)
+        else:
+            leaves, tree = flatten(list(args))
         history = bool(root.is_recurrent)
         # step-wise training keeps each step's input until its backward: a copy (Torch7's
         # copyInputs), so a caller refilling one buffer every step does not rewrite the history
@@ -187,10 +190,10 @@ class Runtime:
         root = self.module
         if stateful is None:
             stateful = self._tree()[1]
-        states = tuple(_state_signature(m) for m in stateful)
+        states = tuple([_state_signature(m) for m in stateful])
         return (
             tree,
-            tuple((x.shape, x.dtype.str) for x in leaves),
+            tuple([(x.shape, x.dtype.str) for x in leaves]),
             root.is_training,
             states,
             root.dtype.str,
@@ -202,11 +205,20 @@ class Runtime:
         for m, positions in exe.final_plan():
             m._store_state(tuple([outs[k] for k in positions]))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
-        for m, output, leaves, others in _write_plan(exe):
+        for m, output, leaves, others, by_steps in _write_plan(exe):
             if output is not None:  # (the last "output" probe: each one replaced the one before)
                 _, tree, pos, stop = output
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
                 object.__setattr__(m, "output", value)  # (a field: no registration check)
+            if by_steps is not None:  # a recurrent module's fields, grouped once per program
+                outputs, inputs, states = by_steps
+                m._write_steps(
+                    [outs[k] for k in outputs],
+                    [outs[k] for k in inputs],
+                    {name: [outs[k] for k in at] for name, at in states},
+                    mode,
+                )
+                continue
             fields = [(name, t, outs[pos]) for name, t, pos in leaves]
             for name, t, tree, pos, stop in others:
                 if isinstance(t, Stacked):  # a loop's field: one array stacked over its steps
@@ -356,9 +368,28 @@ def _write_plan(exe: Executable) -> list:
                     leaves.append((name, t, pos))
                 else:
                     others.append((name, t, tree, pos, stop))
-            plan.append((m, output, leaves, others))
+            plan.append((m, output, leaves, others, _by_steps(m, leaves, others)))
         exe._write_plan = plan
     return plan
+
+
+def _by_steps(m: Any, leaves: list, others: list) -> tuple | None:
+    """(outputs, inputs, [(state name, positions)]) output positions, each ordered by step as
+    _write_fields orders them, where m's class writes its fields by `_write_steps`; else None."""
+    if others or not leaves or not getattr(type(m)._write_fields, "by_steps", False):
+        return None
+    ordered = sorted(leaves, key=lambda item: item[1])
+    names = {name for name, _, _ in leaves} - {"outputs", "inputs"}
+    if any(name[6:] not in m.state_names or not name.startswith("state:") for name in names):
+        return None  # (_write_fields raises on such a field, as it did)
+    return (
+        [pos for name, _, pos in ordered if name == "outputs"],
+        [pos for name, _, pos in ordered if name == "inputs"],
+        [
+            (state, [pos for name, _, pos in ordered if name == "state:" + state])
+            for state in m.state_names
+        ],
+    )
 
 
 def _has_hook(m: Any) -> bool:
