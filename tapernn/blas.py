@@ -109,24 +109,43 @@ def largest_gemm_flops(nodes: Iterable) -> float:
     )
 
 
+def _user_env_check():
+    """A function telling whether the user set one of _ENV_VARS (non-empty), read at each call
+    (a test or a program may set them at any time): os.environ's own byte-keyed dict where
+    CPython has it (0.1 us a lookup; os.environ.get costs ~2 us), else os.environ.get."""
+    data, encode = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encode):
+        try:
+            keys = tuple(encode(v) for v in _ENV_VARS)
+        except (TypeError, ValueError, AttributeError):  # another layout: the public way
+            keys = None
+        if keys is not None:
+            return lambda: any(data.get(k) for k in keys)
+    return lambda: any(os.environ.get(v) for v in _ENV_VARS)
+
+
+_user_set_threads = _user_env_check()
+
+
 def program_threads(largest_gemm_flops: float) -> int | None:
     """The thread count a program with this largest matmul runs with (None: leave the pool)."""
     if _policy != "auto":
         return _policy  # type: ignore[return-value]
-    if any(os.environ.get(v) for v in _ENV_VARS):
+    if _user_set_threads():
         return None
     return 1 if largest_gemm_flops < SMALL_GEMM_FLOPS else None
 
 
 class _Limiter:
     """Sets the BLAS pools to n threads for the outermost of nested or concurrent uses and
-    restores them after the last; the pools are looked up once (a call costs microseconds)."""
+    restores them after the last; the pools are looked up once, and set (and restored) only
+    where they hold another count: `enter`/`exit` cost about a microsecond per program call."""
 
     def __init__(self) -> None:
         self._pools: list | None = None
         self._lock = threading.Lock()
         self._depth = 0
-        self._saved: list[int] = []
+        self._saved: list[tuple] = []  # (set, count before) of the pools the outermost changed
 
     def pools(self) -> list:
         if self._pools is None:
@@ -134,28 +153,57 @@ class _Limiter:
                 from threadpoolctl import ThreadpoolController
 
                 libs = ThreadpoolController().select(user_api="blas").lib_controllers
-                self._pools = [(lib.set_num_threads, lib.get_num_threads) for lib in libs]
+                self._pools = [_raw_pair(lib) for lib in libs]
             except ImportError:
                 self._pools = _openblas_libraries()
         return self._pools
 
-    @contextlib.contextmanager
-    def limit(self, n: int) -> Iterator[None]:
+    def enter(self, n: int) -> None:
+        """Start a use with `n` threads (the outermost use sets them); pair with `exit()`."""
         with self._lock:
             if self._depth == 0:
-                pools = self.pools()
-                self._saved = [get() for _, get in pools]
-                for set_, _ in pools:
-                    set_(n)
+                saved = []
+                for set_, get in self.pools():
+                    count = get()
+                    if count != n:
+                        set_(n)
+                        saved.append((set_, count))
+                self._saved = saved
             self._depth += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for set_, count in self._saved:
+                    set_(count)
+                self._saved = []
+
+    @contextlib.contextmanager
+    def limit(self, n: int) -> Iterator[None]:
+        self.enter(n)
         try:
             yield
         finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    for (set_, _), count in zip(self.pools(), self._saved):
-                        set_(count)
+            self.exit()
+
+
+def _raw_pair(lib) -> tuple:
+    """(set, get) of a threadpoolctl controller: OpenBLAS's own C functions where its library
+    exports them (a ctypes call, 0.3-0.6 us; the controller's methods cost 1-2 us), else the
+    controller's methods."""
+    try:
+        dll = ctypes.CDLL(lib.filepath)
+        for set_name, get_name in zip(_SETTERS, _GETTERS):
+            if hasattr(dll, set_name) and hasattr(dll, get_name):
+                set_, get = getattr(dll, set_name), getattr(dll, get_name)
+                set_.restype, get.restype = None, ctypes.c_int
+                set_.argtypes, get.argtypes = [ctypes.c_int], []
+                if get() == lib.get_num_threads():  # the same pool
+                    return set_, get
+    except (OSError, AttributeError, TypeError):
+        pass
+    return lib.set_num_threads, lib.get_num_threads
 
 
 limiter = _Limiter()

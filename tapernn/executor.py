@@ -64,8 +64,11 @@ class Compiled:
         threads = program_threads(self.largest_gemm_flops)
         if threads is None:
             return self._run(args)
-        with limiter.limit(threads):
+        limiter.enter(threads)  # (not a `with`: its generator costs microseconds per call)
+        try:
             return self._run(args)
+        finally:
+            limiter.exit()
 
     def _run(self, args: Sequence[np.ndarray]) -> tuple:
         """NumPy's floating-point warnings are off inside: NaN/Inf inputs give NaN/Inf outputs

@@ -138,6 +138,16 @@ class Executable:
             plan = self._probe_plan = list(by_module.items())
         return plan
 
+    def final_plan(self) -> list:
+        """Per module, the output positions of its final state's leaves (computed once)."""
+        plan = getattr(self, "_final_plan", None)
+        if plan is None:
+            by_module: dict[Any, list] = {}
+            for j, (m, _, _) in enumerate(self.finals):
+                by_module.setdefault(m, []).append(self.final_pos + j)
+            plan = self._final_plan = list(by_module.items())
+        return plan
+
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)

@@ -120,11 +120,16 @@ class tree_locked:  # (lower case: used like a function, `with tree_locked(m):`)
 
 def _acquire(module: Any) -> threading.RLock:
     while True:
-        group = group_of(module)
-        group.lock.acquire()
+        group = module.__dict__.get("_lock_group")  # (group_of, inlined: every call runs this)
+        if group is None:
+            group = group_of(module)
+        while group.parent is not None:
+            group = group.parent
+        lock = group.lock
+        lock.acquire()
         if group.parent is None:  # still the tree's group (not merged away meanwhile)
-            return group.lock
-        group.lock.release()
+            return lock
+        lock.release()
 
 
 def locked_method(fn: Callable) -> Callable:

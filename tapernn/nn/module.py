@@ -10,6 +10,7 @@ parallel. A backward paired with another thread's forward raises StateError: hol
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,9 @@ from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
+from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
+from .packing import changed as packing_changed
 from .parameter import Parameter, uniform
 
 
@@ -55,14 +58,17 @@ class Module:
     # ---- registration ---------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
-        params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
-        if isinstance(value, Parameter) and params is not None:
-            value.name = value.name or name
-            params[name] = value
-        elif isinstance(value, Module) and children is not None and not name.startswith("_"):
-            self._adopt_dtype(value)
-            children[name] = value
-            joined(self, value)
+        if isinstance(value, (Parameter, Module)):  # (other values: fields, set every call)
+            params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
+            if isinstance(value, Parameter) and params is not None:
+                value.name = value.name or name
+                params[name] = value
+                packing_changed()
+            elif isinstance(value, Module) and children is not None and not name.startswith("_"):
+                self._adopt_dtype(value)
+                children[name] = value
+                joined(self, value)
+                packing_changed()
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
@@ -70,6 +76,7 @@ class Module:
         self._adopt_dtype(module)
         self._children[name] = module
         joined(self, module)
+        packing_changed()
         return module
 
     def _adopt_dtype(self, child: Module) -> None:
@@ -153,7 +160,7 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key != "_lock_group":  # the copy gets its own lock when first used
+            if key not in ("_lock_group", "_storage_cache"):  # (its own lock at first use)
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new
@@ -196,9 +203,12 @@ class Module:
     # ---- running -----------------------------------------------------------------------------
 
     def forward(self, input: Any) -> Any:
-        from .runtime import runtime_of
+        rt = self._runtime
+        if rt is None:
+            from .runtime import runtime_of
 
-        return runtime_of(self).forward(input)
+            rt = runtime_of(self)
+        return rt.forward(input)
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
@@ -207,10 +217,13 @@ class Module:
         states; `output` keeps the forward's value. Stepped by hand, each step's own input.
         need_grad_input=False: parameter (and state) gradients only, by a backward program
         without the input-gradient work; returns None (and grad_input is None)."""
-        from .runtime import runtime_of
-
         check_backward_pairing(self)
-        return runtime_of(self).backward(input, grad_output, need_grad_input=need_grad_input)
+        rt = self._runtime
+        if rt is None:
+            from .runtime import runtime_of
+
+            rt = runtime_of(self)
+        return rt.backward(input, grad_output, need_grad_input=need_grad_input)
 
     def locked(self):
         """A context manager holding this module's tree locks (re-entrant): wrap a sequence of
@@ -219,13 +232,25 @@ class Module:
         return tree_locked(self)
 
     def zero_grad_parameters(self) -> None:
-        for _, grad in storage(self.parameters()):
-            grad[...] = 0
+        for _, grad in self._storage():
+            grad.fill(0)
 
     def update_parameters(self, lr: float) -> None:
-        lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
-        for data, grad in storage(self.parameters()):
+        if type(lr) is not float or not math.isfinite(lr):  # (the checks' message otherwise)
+            lr = check.number(f"{self.describe()}.update_parameters", "lr", lr)
+        for data, grad in self._storage():
             subtract_scaled(data, grad, lr)
+
+    def _storage(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`packing.storage(self.parameters())`, cached until anything changes which arrays
+        the parameters are (packing.VERSION): walking the tree cost more than the update."""
+        cached = self.__dict__.get("_storage_cache")
+        if cached is not None and cached[0] == STORAGE_VERSION[0]:
+            return cached[1]
+        version = STORAGE_VERSION[0]
+        arrays = storage(self.parameters())
+        self.__dict__["_storage_cache"] = (version, arrays)
+        return arrays
 
     def flatten_parameters(self) -> Module:
         """Store each module's parameters of one dtype and trailing shape as rows of one array
@@ -255,6 +280,8 @@ class Module:
 
     def _before_forward(self) -> None:
         """Hook run on every module before the outermost forward traces or runs."""
+
+    _before_forward.does_nothing = True  # (the runtime calls only the hooks that do something)
 
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return None  # recurrent modules: the state the next forward starts from

@@ -23,6 +23,15 @@ import numpy as np
 
 from ..graph import Graph, Node
 
+# Bumped by every change that can alter which arrays a model's parameters are (a parameter or a
+# child registered, `.data`/`.grad` rebound, blocks built): `Module` caches its parameters'
+# storage for zero_grad_parameters/update_parameters under the value it saw.
+VERSION = [0]
+
+
+def changed() -> None:
+    VERSION[0] += 1
+
 
 class Block:
     """Parameters stored as row ranges [start, stop) of one data and one grad array.
@@ -42,6 +51,7 @@ class Block:
             p.data, p.grad = self.data[a:b], self.grad[a:b]  # (leaves any older block)
             p._block = self
         self.intact = True
+        changed()
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.members)
@@ -70,6 +80,7 @@ def pack_module(module: Any, only: tuple | None = None) -> None:
         elif members[0]._block is not None:  # its block-mates left (rebound): it is loose
             members[0]._block.intact = False
             members[0]._block = None
+            changed()
 
 
 def unpack_parameters(module: Any) -> None:
@@ -137,7 +148,8 @@ class Group:
             self.block.grad += g
             return
         for p, (a, b) in zip(self.members, self.rows):
-            p.grad += g[a:b]
+            grad = p.grad  # (in place; `p.grad += ...` would also rebind it through the setter)
+            grad += g[a:b]
 
 
 def _block_name(first: str, members: tuple) -> str:
@@ -266,7 +278,9 @@ class Packing:
 
     def accumulate(self, grads: list) -> None:
         """Add the parameter gradients of one backward (loose, then per block) into `.grad`."""
+        params = self.params
         for k, g in zip(self.loose, grads):
-            self.params[k].grad += g
+            grad = params[k].grad  # (in place, as Group.accumulate)
+            grad += g
         for grp, g in zip(self.groups, grads[len(self.loose) :]):
             grp.accumulate(g)

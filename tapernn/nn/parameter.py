@@ -11,6 +11,7 @@ from .. import random as tn_random
 from ..errors import ArgumentTypeError, DTypeError, ShapeError
 from ..tracing import Var
 from .context import current_build
+from .packing import changed as packing_changed
 
 
 class _BlockRows:
@@ -31,6 +32,8 @@ class _BlockRows:
         if block is not None and value is not p.__dict__[self.slot]:
             block.intact = False
             p._block = None
+        if value is not old:
+            packing_changed()  # modules' cached parameter storage is stale
         p.__dict__[self.slot] = value
 
 

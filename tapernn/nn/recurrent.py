@@ -7,6 +7,7 @@ the whole sequence is one unrolled graph.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
+
+_BY_STEP = itemgetter(1)  # a field item's step: (name, t, value)
 
 
 class StepCount(int):
@@ -139,20 +142,38 @@ class AbstractRecurrent(Module):
         """Record per-step values. mode "sequence": a Sequencer call (fields hold its T steps);
         "append": step-wise training (history for BPTT); "latest": step-wise evaluation (only the
         newest step is kept, so sampling thousands of steps uses constant memory)."""
-        n_new = sum(1 for name, _, _ in items if name == "outputs")
-        if mode == "sequence":
-            self._grad_hidden = {}  # steps of the previous call: gone with its fields
-        if mode != "append":
-            self.outputs, self.inputs = [], []
-            self.states = {name: [] for name in self.state_names}
-        for name, t, value in sorted(items, key=lambda it: it[1]):
+        outputs, inputs = [], []
+        states: dict[str, list] = {name: [] for name in self.state_names}
+        for name, _, value in sorted(items, key=_BY_STEP):
             if name == "outputs":
-                self.outputs.append(value)
+                outputs.append(value)
             elif name == "inputs":
-                self.inputs.append(value)
+                inputs.append(value)
             else:
-                self.states[name.split(":", 1)[1]].append(value)
-        self._n_steps = n_new if mode == "sequence" else self._n_steps + n_new
+                states[name[6:]].append(value)  # "state:<name>"
+        self._write_steps(outputs, inputs, states, mode)
+
+    # the runtime may call _write_steps itself with the fields grouped and ordered by step (once
+    # per program, not per call) where a class keeps this _write_fields
+    _write_fields.by_steps = True
+
+    def _write_steps(self, outputs: list, inputs: list, states: dict, mode: str) -> None:
+        """_write_fields' values grouped: new lists (ordered by step) of outputs, inputs and,
+        per state name (every one of `state_names`), states."""
+        # (plain fields: written into __dict__, as object.__setattr__ would, without the
+        # registration check of Module.__setattr__ -- this runs on every call)
+        fields = self.__dict__
+        n_new = len(outputs)
+        if mode == "sequence":
+            fields["_grad_hidden"] = {}  # steps of the previous call: gone with its fields
+        if mode != "append":
+            fields["outputs"], fields["inputs"], fields["states"] = outputs, inputs, states
+        else:
+            self.outputs.extend(outputs)
+            self.inputs.extend(inputs)
+            for name, values in states.items():
+                self.states[name].extend(values)
+        fields["_n_steps"] = n_new if mode == "sequence" else self._n_steps + n_new
         if mode == "append" and self.rho is not None and len(self.outputs) > self.rho:
             # older steps are dropped (None) but keep their places: outputs[t] is still step t
             for values in [self.outputs, self.inputs, *self.states.values()]:
@@ -161,11 +182,12 @@ class AbstractRecurrent(Module):
                         values[k] = None
 
     def _clear_memory(self, keep_initial: bool) -> None:
-        self._state = None
-        self.outputs, self.inputs = [], []
-        self.states = {name: [] for name in self.state_names}
-        self._n_steps = 0
-        self._grad_hidden = {}
+        fields = self.__dict__  # (plain fields, as in _write_fields)
+        fields["_state"] = None
+        fields["outputs"], fields["inputs"] = [], []
+        fields["states"] = {name: [] for name in self.state_names}
+        fields["_n_steps"] = 0
+        fields["_grad_hidden"] = {}
         if not keep_initial:
             self._user_initial = None
             self._grad_initial = None

@@ -19,6 +19,7 @@ from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
 from .executable import Executable
+from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
 from .roll_api import stacked_fields
 from .roll_view import trace_starts, view_executable, view_graph
@@ -65,6 +66,7 @@ class Runtime:
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
+        self._tree_cache: tuple | None = None  # (packing.VERSION, hooks, stateful): _tree
 
     def clear(self) -> None:
         self.cache.clear()
@@ -99,20 +101,28 @@ class Runtime:
     def forward(self, *args: Any) -> Any:
         exe, _leaves, record = self._run(args, n_diff_args=1)
         outs = record.outputs
-        self.module.output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
-        return self.module.output
+        if exe.out_tree == LEAF:
+            output = outs[0]
+        else:
+            output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
+        object.__setattr__(self.module, "output", output)  # (a field: no registration check)
+        return output
 
     def _run(self, args: tuple, n_diff_args: int) -> tuple[Executable, list, Record]:
         root = self.module
-        for m in root.modules():
-            m._before_forward()
-        leaves, tree = flatten(list(args))
+        hooks, stateful = self._tree()
+        for hook in hooks:
+            hook()
+        if len(args) == 1 and type(args[0]) is np.ndarray:
+            leaves, tree = [args[0]], (LEAF,)  # (what flatten gives for one array)
+        else:
+            leaves, tree = flatten(list(args))
         history = bool(root.is_recurrent)
         # step-wise training keeps each step's input until its backward: a copy (Torch7's
         # copyInputs), so a caller refilling one buffer every step does not rewrite the history
         keep = history and root.is_training
         leaves = [_as_array(x, root, copy=keep) for x in leaves]
-        key = self._signature(leaves, tree, history)
+        key = self._signature(leaves, tree, history, stateful)
         exe = self.cache.get(key)
         if exe is None:
             names = _leaf_names(tree, len(args))
@@ -180,16 +190,29 @@ class Runtime:
                     m.outputs, m.inputs = [], []
                     m.states = {k: [] for k in m.state_names}
 
-    def _signature(self, leaves: list[np.ndarray], tree: Any, history: bool) -> tuple:
+    def _tree(self) -> tuple[list, list]:
+        """The model's `_before_forward` hooks that do something (in `modules()` order) and its
+        recurrent modules with states: walked once per change of the tree (packing.VERSION
+        counts every registration), not on every call."""
+        cached = self._tree_cache
+        if cached is not None and cached[0] == TREE_VERSION[0]:
+            return cached[1], cached[2]
+        version, modules = TREE_VERSION[0], list(self.module.modules())
+        hooks = [m._before_forward for m in modules if _has_hook(m)]
+        stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
+        self._tree_cache = (version, hooks, stateful)
+        return hooks, stateful
+
+    def _signature(
+        self, leaves: list[np.ndarray], tree: Any, history: bool, stateful: list | None = None
+    ) -> tuple:
         root = self.module
-        states = tuple(
-            _state_signature(m)
-            for m in root.modules()
-            if m.is_recurrent and hasattr(m, "state_names")
-        )
+        if stateful is None:
+            stateful = self._tree()[1]
+        states = tuple([_state_signature(m) for m in stateful])
         return (
             tree,
-            tuple((x.shape, x.dtype.str) for x in leaves),
+            tuple([(x.shape, x.dtype.str) for x in leaves]),
             root.is_training,
             states,
             root.dtype.str,
@@ -198,23 +221,29 @@ class Runtime:
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
         outs = record.outputs
-        finals: dict[Any, list] = {}
-        for j, (m, _, _) in enumerate(exe.finals):
-            finals.setdefault(m, []).append(_own(outs[exe.final_pos + j]))
-        for m, st in finals.items():
-            m._store_state(tuple(st))
+        for m, positions in exe.final_plan():
+            m._store_state(tuple([_own(outs[k]) for k in positions]))
         mode = "sequence" if not history else ("append" if self.module.is_training else "latest")
-        for m, items in exe.probe_plan():
-            fields = []
-            for name, t, tree, pos, stop in items:
+        for m, output, leaves, others, by_steps in _write_plan(exe):
+            if output is not None:  # (the last "output" probe: each one replaced the one before)
+                _, tree, pos, stop = output
+                value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
+                object.__setattr__(m, "output", value)  # (a field: no registration check)
+            if by_steps is not None:  # a recurrent module's fields, grouped once per program
+                outputs, inputs, states = by_steps
+                m._write_steps(
+                    [outs[k] for k in outputs],
+                    [outs[k] for k in inputs],
+                    {name: [outs[k] for k in at] for name, at in states},
+                    mode,
+                )
+                continue
+            fields = [(name, t, outs[pos]) for name, t, pos in leaves]
+            for name, t, tree, pos, stop in others:
                 if isinstance(t, Stacked):  # a loop's field: one array stacked over its steps
                     fields += stacked_fields(name, t, tree, outs[pos:stop])
-                    continue
-                value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
-                if name == "output":
-                    m.output = value
                 else:
-                    fields.append((name, t, value))
+                    fields.append((name, t, unflatten(tree, list(outs[pos:stop]))))
             if fields:
                 m._write_fields(fields, mode)
 
@@ -250,15 +279,18 @@ class Runtime:
         if taps:  # copies for a lazy get_grad_hidden_state (made once the saved values are gone)
             later_tap_grads(self, record, seeds)
         if not need_grad_input:
-            self.module.grad_input = None
+            object.__setattr__(self.module, "grad_input", None)  # (a field, as `output`)
             return None
-        grad_leaves = [
-            got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
-            for k, x in enumerate(record.leaves)
-        ]
-        in_leaves, in_tree = flatten(input)
-        grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
-        self.module.grad_input = grad_input
+        if isinstance(input, np.ndarray) and exe.data_wrt[:1] == [0]:
+            grad_input = got[0]  # one array in: its gradient (what the general path gives)
+        else:
+            grad_leaves = [
+                got[k] if k in got else np.zeros(np.shape(x), dtype=self.module.dtype)
+                for k, x in enumerate(record.leaves)
+            ]
+            in_leaves, in_tree = flatten(input)
+            grad_input = unflatten(in_tree, grad_leaves[: len(in_leaves)])
+        object.__setattr__(self.module, "grad_input", grad_input)
         return grad_input
 
     def _run_backward(
@@ -326,9 +358,10 @@ class Runtime:
                         f"{self.module.describe()}: grad_output has {len(gleaves)} "
                         f"arrays, the output has {len(exe.real)}"
                     )
-                g = data_array(
-                    f"{self.module.describe()}: grad_output", np.asarray(gleaves[k])
-                ).astype(node.dtype, copy=False)
+                g = np.asarray(gleaves[k])
+                if g.dtype.kind not in "fiub":
+                    data_array(f"{self.module.describe()}: grad_output", g)
+                g = g.astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(
                         f"{self.module.describe()}: grad_output {k} has shape {g.shape}, "
@@ -340,13 +373,62 @@ class Runtime:
         return seeds
 
 
+def _write_plan(exe: Executable) -> list:
+    """`exe.probe_plan()` sorted out once per program: per module, its last "output" probe
+    (field, tree, start, stop) or None, its single-array field probes (field, step, position),
+    and the rest (stacked loop fields, tables) as probe_plan gives them. A call then writes
+    the fields without testing each probe (fields go to different lists per name, so the
+    order between kinds does not matter; _write_fields orders each by step)."""
+    plan = getattr(exe, "_write_plan", None)
+    if plan is None:
+        plan = []
+        for m, items in exe.probe_plan():
+            output, leaves, others = None, [], []
+            for name, t, tree, pos, stop in items:
+                if name == "output" and not isinstance(t, Stacked):
+                    output = (name, tree, pos, stop)
+                elif tree == LEAF and not isinstance(t, Stacked):
+                    leaves.append((name, t, pos))
+                else:
+                    others.append((name, t, tree, pos, stop))
+            plan.append((m, output, leaves, others, _by_steps(m, leaves, others)))
+        exe._write_plan = plan
+    return plan
+
+
+def _by_steps(m: Any, leaves: list, others: list) -> tuple | None:
+    """(outputs, inputs, [(state name, positions)]) output positions, each ordered by step as
+    _write_fields orders them, where m's class writes its fields by `_write_steps`; else None."""
+    if others or not leaves or not getattr(type(m)._write_fields, "by_steps", False):
+        return None
+    ordered = sorted(leaves, key=lambda item: item[1])
+    names = {name for name, _, _ in leaves} - {"outputs", "inputs"}
+    if any(name[6:] not in m.state_names or not name.startswith("state:") for name in names):
+        return None  # (_write_fields raises on such a field, as it did)
+    return (
+        [pos for name, _, pos in ordered if name == "outputs"],
+        [pos for name, _, pos in ordered if name == "inputs"],
+        [
+            (state, [pos for name, _, pos in ordered if name == "state:" + state])
+            for state in m.state_names
+        ],
+    )
+
+
+def _has_hook(m: Any) -> bool:
+    """m's class overrides Module._before_forward (or the instance sets its own)."""
+    hook = m.__dict__.get("_before_forward") or type(m)._before_forward
+    return not getattr(hook, "does_nothing", False)
+
+
 def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
-    data_array(root.describe(), x)
+    if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
+        data_array(root.describe(), x)
     if x.dtype.kind == "f" and x.dtype != root.dtype:
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
     if x.dtype.kind == "b":

@@ -83,8 +83,8 @@ class Sequencer(HiddenStateOf, Module):
         """Run over `input`; with `lengths` (one per batch row) a right-padded batch gives each
         row exactly the outputs, final state and gradients of running it alone (outputs past a
         row's length are zeros)."""
-        if lengths is None:
-            return super().forward(input)
+        if lengths is None:  # (this call holds the lock and made the checks: Module's own body)
+            return _MODULE_FORWARD(self, input)
         from .runtime import runtime_of
 
         return runtime_of(self).forward(input, self._length_mask(input, lengths))
@@ -199,6 +199,9 @@ class Sequencer(HiddenStateOf, Module):
 
     def __repr__(self) -> str:
         return f"nn.Sequencer @ {self.module!r}"
+
+
+_MODULE_FORWARD = Module.forward.__wrapped__  # Module.forward without its locking wrapper
 
 
 def tracing_where(t: int) -> str:
