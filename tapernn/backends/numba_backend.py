@@ -205,6 +205,9 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
 def _load(source: str) -> Callable:
     """Import the module holding `source` from the cache directory (written once, atomically:
     concurrent processes write the same text to the same name)."""
+    from .numba_setup import setup
+
+    setup()  # numba's first-use setup, without its scipy import (once per process)
     digest = hashlib.sha1(source.encode()).hexdigest()[:20]
     name = f"tapernn_k{SOURCE_VERSION}_{digest}"
     directory = cache_dir()
