@@ -53,6 +53,7 @@ class Site:
         "calls",
         "handle",
         "key",
+        "later",
         "name",
         "numpy_fn",
         "owner",
@@ -60,8 +61,10 @@ class Site:
         "temps",
     )
 
-    def __init__(self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray]):
-        self.handle, self.numpy_fn, self.temps = handle, numpy_fn, temps
+    def __init__(
+        self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray], later: bool = True
+    ):
+        self.handle, self.numpy_fn, self.temps, self.later = handle, numpy_fn, temps, later
         self.owner: weakref.ref | None = None
         self.name = ""
         self.calls = 0
@@ -79,8 +82,12 @@ class Site:
                 self.key = type_key(args)
             except AttributeError:  # not all arrays: this site stays on NumPy
                 return self._numpy(args)
-            if self.handle.has(self.key):  # compiled for these types already
+            if not self.later:  # compiled now, for these types (TAPERNN_NUMBA_BACKGROUND=0)
+                self.handle.prepare(self.key)
+            if self.handle.has(self.key):  # compiled for these types
                 return self._swap()(*args)
+            if not self.later:
+                return self._numpy(args)  # the kernel failed (handle.error says why)
             self.ready = request(self.handle, self.key)
             return self._numpy(args)
         if self.ready is not None:

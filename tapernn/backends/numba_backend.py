@@ -273,8 +273,9 @@ def plan_kernel(
     background: bool = False,
 ) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
-    `background` the kernel is compiled (C-contiguous) before this returns; with it this returns
-    at once, and the group's call sites have the worker thread compile it (backends/background)."""
+    `background` the kernel's module is loaded before this returns (numba compiles it at a call
+    site's first call, for the types that call passes); with it this returns at once, and the
+    group's call sites have the worker thread load and compile it (backends/background)."""
     slower = slower_than_numpy(program)
     if slower:
         return None, slower
@@ -288,7 +289,7 @@ def plan_kernel(
             handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
     if background:
         return (None, handle.error) if handle.error else (handle, "")
-    if handle.prepare(warm=True) is None:
+    if handle.prepare() is None:  # loaded now; compiled at the first call, for its types
         return None, handle.error
     return handle, ""
 
@@ -296,6 +297,9 @@ def plan_kernel(
 def get_kernel(
     program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, out_dtype: Any
 ) -> tuple[Callable | None, str]:
-    """(compiled kernel, "") or (None, why not), compiled before this returns."""
+    """(compiled kernel, "") or (None, why not), compiled (for C-contiguous arrays) before this
+    returns."""
     handle, why = plan_kernel(program, operands, out_shape, out_dtype)
-    return (handle.kernel, "") if handle is not None else (None, why)
+    if handle is None:
+        return None, why
+    return (None, handle.error) if handle.prepare(warm=True) is None else (handle.kernel, "")
