@@ -84,7 +84,7 @@ class FusedLowering:
         operands = [(i.shape, i.dtype) for i in n.inputs]
         later = background.enabled()
         handle, why = numba_backend.plan_kernel(
-            n.attrs["program"], operands, n.shape, n.dtype, background=later
+            n.attrs["program"], operands, n.shape, n.dtype, background=later, memo=self.kernel_plans
         )
         if handle is None:
             ops = "+".join(ins[0] for ins in n.attrs["program"])

@@ -265,24 +265,49 @@ class Kernel:
             return self.kernel
 
 
+def _source_for(
+    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, memo: dict | None
+) -> tuple[str, str]:
+    """(kernel_source, "") or ("", why numba does not lower the group), kept in `memo` (one
+    compile's: a program's groups repeat the same few structures, one per timestep)."""
+    key = None
+    if memo is not None:
+        key = (program, tuple((tuple(s), np.dtype(d).str) for s, d in operands), tuple(out_shape))
+        try:
+            known = memo.get(key)
+        except TypeError:  # an unhashable attribute: not remembered
+            key, known = None, None
+        if known is not None:
+            return known
+    slower = slower_than_numpy(program)
+    if slower:
+        made = "", slower
+    else:
+        try:
+            made = kernel_source(program, operands, out_shape), ""
+        except Unsupported as e:
+            made = "", f"unsupported: {e}"
+    if key is not None:
+        memo[key] = made
+    return made
+
+
 def plan_kernel(
     program: tuple,
     operands: list[tuple[tuple, Any]],
     out_shape: tuple,
     out_dtype: Any,
     background: bool = False,
+    memo: dict | None = None,
 ) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
     `background` the kernel's module is loaded before this returns (numba compiles it at a call
     site's first call, for the types that call passes); with it this returns at once, and the
-    group's call sites have the worker thread load and compile it (backends/background)."""
-    slower = slower_than_numpy(program)
-    if slower:
-        return None, slower
-    try:
-        source = kernel_source(program, operands, out_shape)
-    except Unsupported as e:
-        return None, f"unsupported: {e}"
+    group's call sites have the worker thread load and compile it (backends/background). `memo`:
+    a dict kept for one compile (saves re-deriving the source of a repeated group)."""
+    source, why = _source_for(program, operands, out_shape, memo)
+    if not source:
+        return None, why
     with _lock:
         handle = _kernels.get(source)
         if handle is None:
