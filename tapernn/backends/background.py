@@ -1,5 +1,6 @@
 """Compiling numba kernels off the caller's thread. A program's fused group is called through a
-`Site` (a bound name of the program): its first call runs the group's NumPy lowering while a
+`Site` (a bound name of the program; with $TAPERNN_NUMBA_BACKGROUND=0 its first call compiles
+the kernel there and runs it): its first call runs the group's NumPy lowering while a
 worker thread imports numba and loads or compiles the kernel for the argument types that call
 saw; its second call waits for that kernel if it is not ready yet and puts it in the Site's place,
 so every later call runs it directly. Which call ran which lowering is fixed (the first NumPy,
@@ -19,8 +20,8 @@ import numpy as np
 
 
 def enabled() -> bool:
-    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles every kernel before `compile` returns
-    (then even a program's first call runs numba)."""
+    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles each kernel at its call site's first
+    call, for that call's argument types, which then runs numba (a program's first call too)."""
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
 
 
