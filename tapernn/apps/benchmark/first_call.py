@@ -92,4 +92,4 @@ def run_first_call() -> None:
     print("\n100-step runs, float32 FastLSTM, fresh interpreter (start to last step; CPU s):")
     for size in SIZES:
         for label, r in first_call_times(size, 100):
-            print(f"  {str(size):<14} {label:<28} {r['total']:7.2f} s  cpu {r['cpu']:7.2f} s")
+            print(f"  {size!s:<14} {label:<28} {r['total']:7.2f} s  cpu {r['cpu']:7.2f} s")
