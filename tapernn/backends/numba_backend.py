@@ -202,14 +202,28 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
     return _HEADER + "\n".join(text) + "\n"
 
 
+def _module_name(source: str) -> str:
+    return f"tapernn_k{SOURCE_VERSION}_{hashlib.sha1(source.encode()).hexdigest()[:20]}"
+
+
+def _drop_numba_cache(source: str) -> bool:
+    """Remove numba's cache files (index and data) of `source`'s kernel; True if there were
+    any. A truncated or corrupt one makes numba's load fail, and the kernel then compiles anew
+    (numba writes the new ones whole: temporary file and rename)."""
+    dropped = False
+    for path in (cache_dir() / "__pycache__").glob(f"{_module_name(source)}.*.nb[ic]"):
+        path.unlink(missing_ok=True)
+        dropped = True
+    return dropped
+
+
 def _load(source: str) -> Callable:
     """Import the module holding `source` from the cache directory (written once, atomically:
     concurrent processes write the same text to the same name)."""
     from .numba_setup import setup
 
     setup()  # numba's first-use setup, without its scipy import (once per process)
-    digest = hashlib.sha1(source.encode()).hexdigest()[:20]
-    name = f"tapernn_k{SOURCE_VERSION}_{digest}"
+    name = _module_name(source)
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.py"
@@ -248,21 +262,29 @@ class Kernel:
         with _lock:
             if self.error:
                 return None
-            try:
-                if self.kernel is None:
-                    self.kernel = _load(self.source)
-                if warm:
-                    _warm(self.kernel, self.operands, self.out)
-                if key is not None and key not in self.types:
-                    from .background import numba_signature
+            for attempt in (1, 2):
+                try:
+                    return self._make(key, warm)
+                except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
+                    why = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                # once more without numba's cache files, if any (a corrupt one fails the load)
+                self.kernel, self.types = None, set()
+                if attempt == 2 or not _drop_numba_cache(self.source):
+                    break
+            self.error = why
+            return None
 
-                    self.kernel.compile(numba_signature(key))
-                    self.types.add(key)
-            except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
-                self.kernel = None
-                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                return None
-            return self.kernel
+    def _make(self, key: tuple | None, warm: bool) -> Callable:
+        if self.kernel is None:
+            self.kernel = _load(self.source)
+        if warm:
+            _warm(self.kernel, self.operands, self.out)
+        if key is not None and key not in self.types:
+            from .background import numba_signature
+
+            self.kernel.compile(numba_signature(key))
+            self.types.add(key)
+        return self.kernel
 
 
 def _source_for(
