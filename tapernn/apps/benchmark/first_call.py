@@ -1,10 +1,10 @@
 """The numba backend's first calls: a fresh interpreter imports tapernn, builds
 Sequencer(FastLSTM(H, H)) and runs float32 training steps, on the NumPy backend, and on numba with
 the kernels compiled in the background (the default: step 1 on NumPy, step 2 waits for the
-kernels) or before the first step (TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel cache
-(cold) and with the cache a previous run left (warm): the first three steps at (32, 50, 256), and
-whole 100-step runs (process start to the last step) at (32, 50, 256) and (1, 5, 5) -- what
-decides the default backend (tapernn/backends/__init__.py)."""
+kernels) or at each group's first call (TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel
+cache (cold) and with the cache a previous run left (warm): the first three steps at
+(32, 50, 256), and whole 100-step runs (process start to the last step) at (32, 50, 256) and
+(1, 5, 5) -- what decides the default backend (tapernn/backends/__init__.py)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ RUNS = [
     ("numpy", "1", "numpy"),
     ("numba, background, cold", "1", "numba"),
     ("numba, background, warm", "1", "numba"),
-    ("numba, before step 1, cold", "0", "numba"),
-    ("numba, before step 1, warm", "0", "numba"),
+    ("numba, at first call, cold", "0", "numba"),
+    ("numba, at first call, warm", "0", "numba"),
 ]
 SIZES = ((32, 50, 256), (1, 5, 5))
 
