@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 import threading
 
-# numba releases whose setup this was checked against (tests/test_numba_setup.py): the BLAS
-# check is numba.np.arraymath._HAVE_BLAS = _check_blas() at import, whose only reader is
-# _get_inner_prod (np.convolve/np.correlate); on any other release numba sets up as usual
-CHECKED_VERSIONS = ((0, 60), (0, 68))
+# the numba releases (lowest, highest) whose setup this was read and tested against
+# (tests/test_numba_setup.py; 0.68.1): the BLAS check is numba.np.arraymath._HAVE_BLAS =
+# _check_blas() at import, whose only reader is _get_inner_prod (np.convolve/np.correlate); on
+# any other release numba sets up as usual (a newer one: check, then widen the range)
+CHECKED_VERSIONS = ((0, 68), (0, 68))
 _done = False
 _lock = threading.Lock()
 
