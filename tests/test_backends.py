@@ -98,6 +98,7 @@ def test_kernels_are_shared_by_structure_not_size():
     big = [rng.standard_normal(s) for s in ((30, 40), (40,), (), (30, 1))]
     large = tn.compile(tn.trace(every_op, *big), backend="numba")
     assert len(numba_backend._kernels) == before  # same expression signature: same kernel
+
     def kernels(compiled):  # a call site's bound name: the kernel once called
         return [v for n, v in compiled.program.fn.__kwdefaults__.items() if n.startswith("nk")]
 
