@@ -87,7 +87,8 @@ class Program(FusedLowering):
         self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
         self.backend = resolve_backend(options.backend)
         self.compiled_kernels: dict[int, str] = {}  # id(numba kernel) -> its bound name
-        self.sites: list[tuple[str, Any, str, list[str]]] = []  # fused_lowering._compiled_call
+        self.sites: list[tuple[str, Any, str, list[str], bool]] = []  # fused_lowering's
+        self.kernel_plans: dict = {}  # numba_backend.plan_kernel's memo for this program
         self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
         self.sub_reports: list = []  # reports of nested programs (loop bodies)
         token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports))
@@ -101,7 +102,7 @@ class Program(FusedLowering):
             self.bound[name] = kernel = namespace[name]
             kernel.__kwdefaults__ = {u: self.bound[u] for u in used}
         self.fn = namespace[fn_name]
-        if self.sites:  # numba kernels compiling in the background (fused_lowering.py)
+        if self.sites:  # numba kernels' call sites (fused_lowering.py)
             self._make_sites()
         self.fn.__kwdefaults__ = dict(self.bound)
 

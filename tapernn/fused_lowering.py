@@ -75,30 +75,26 @@ class FusedLowering:
         """A call of n's numba kernel (backends/numba_backend.py) writing `out` (or an array
         allocated per call), or None when the group falls back to the NumPy lowering (the
         reason is kept in self.fallbacks and shown in the CompileReport). 0-d operands are
-        passed as arrays (a 0-d result of a reduction may be a NumPy scalar). With background
-        compilation (backends/background.py) the call goes through a Site, a bound name its
-        second call rebinds to the kernel (made by _make_sites once the program exists)."""
+        passed as arrays (a 0-d result of a reduction may be a NumPy scalar). The call goes
+        through a Site (backends/background.py; made by _make_sites once the program exists), a
+        bound name rebound to the kernel once it is compiled for the argument types the first
+        call saw: at that first call, or with background compilation at the second."""
         from .backends import background, numba_backend
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
         later = background.enabled()
         handle, why = numba_backend.plan_kernel(
-            n.attrs["program"], operands, n.shape, n.dtype, background=later
+            n.attrs["program"], operands, n.shape, n.dtype, background=later, memo=self.kernel_plans
         )
         if handle is None:
             ops = "+".join(ins[0] for ins in n.attrs["program"])
             self.fallbacks.append(f"{ops}: {why}")
             return None
-        if later:
-            name = self.bind("nks", None)
-            self.sites.append(
-                (name, handle, self._fused_kernel(n, with_out=True), self._temps(n, views))
-            )
-            self.compiled_kernels.setdefault(id(handle), "")
-        else:
-            name = self.compiled_kernels.get(id(handle))
-            if name is None:
-                name = self.compiled_kernels[id(handle)] = self.bind("nk", handle.kernel)
+        name = self.bind("nks", None)
+        self.sites.append(
+            (name, handle, self._fused_kernel(n, with_out=True), self._temps(n, views), later)
+        )
+        self.compiled_kernels.setdefault(id(handle), "")
         args = [
             f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
             for a, i in zip(args, n.inputs)
@@ -111,12 +107,12 @@ class FusedLowering:
         return f"{name}({', '.join(args + [out])})"
 
     def _make_sites(self) -> None:
-        """Each background-compiled call site becomes a Site running the group's NumPy function
-        (with its temporaries) until its second call puts the kernel in its bound name."""
+        """Each numba call site becomes a Site: the group's NumPy function (with its
+        temporaries) runs until the Site puts the kernel in its bound name."""
         from .backends.background import Site
 
-        for name, handle, fused, temps in self.sites:
-            site = Site(handle, self.bound[fused], [self.bound[t] for t in temps])
+        for name, handle, fused, temps, later in self.sites:
+            site = Site(handle, self.bound[fused], [self.bound[t] for t in temps], later)
             site.attach(self.fn, name)
             self.bound[name] = site
 

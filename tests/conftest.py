@@ -8,8 +8,8 @@ def pytest_configure(config):
     """The suite runs on the backend $TAPERNN_TEST_BACKEND names (default numpy; numba runs
     where it matters through the `backend` fixture and tests/test_backends.py: each distinct
     fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it.
-    numba kernels are compiled before `compile` returns (TAPERNN_NUMBA_BACKGROUND=0), so every
-    test on numba runs its kernels from the first call; tests/test_numba_background.py tests
+    numba kernels are compiled at their call sites' first calls (TAPERNN_NUMBA_BACKGROUND=0), so
+    every test on numba runs its kernels from the first call; tests/test_numba_background.py tests
     the background compilation."""
     import tapernn as tn
 

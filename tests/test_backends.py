@@ -98,10 +98,15 @@ def test_kernels_are_shared_by_structure_not_size():
     big = [rng.standard_normal(s) for s in ((30, 40), (40,), (), (30, 1))]
     large = tn.compile(tn.trace(every_op, *big), backend="numba")
     assert len(numba_backend._kernels) == before  # same expression signature: same kernel
-    k = [v for n, v in small.program.fn.__kwdefaults__.items() if n.startswith("nk")]
-    assert k == [v for n, v in large.program.fn.__kwdefaults__.items() if n.startswith("nk")]
+
+    def kernels(compiled):  # a call site's bound name: the kernel once called
+        return [v for n, v in compiled.program.fn.__kwdefaults__.items() if n.startswith("nk")]
+
+    assert [s.handle for s in kernels(small)] == [s.handle for s in kernels(large)]
     g = tn.trace(every_op, *big)
     np.testing.assert_allclose(large(*big), interpret(g, *big)[0], rtol=1e-12, atol=1e-12)
+    small(*_arrays(np.float64))
+    assert kernels(small) == kernels(large) and callable(kernels(large)[0].py_func)
 
 
 def test_a_group_numba_cannot_lower_runs_on_numpy_and_is_reported(monkeypatch):

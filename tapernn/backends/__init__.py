@@ -2,10 +2,13 @@
 temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
 compiled in a background thread while NumPy serves each group's first call, backends/background).
 `set_backend` chooses for later compiles. The default is numpy: numba is opt-in (set_backend,
-$TAPERNN_BACKEND=numba) because its start-up costs more than it saves in most runs -- numba's
-import and first-use setup (~2 s, even with every kernel cached), ~1-2 s of compile per kernel
-the first time, paid at a model's second call (the first runs on NumPy), for steps about as fast
-as NumPy's at these sizes; measured in BENCHMARKS.md."""
+$TAPERNN_BACKEND=numba) because its start-up costs more than it saves in the runs the default
+was decided on (100 float32 FastLSTM training steps at (1, 5, 5) and (32, 50, 256), first call
+included: numba slower at both, warm kernel cache or cold). numba's import and first-use setup
+take ~1 s of CPU per process even with every kernel cached (its scipy import avoided,
+backends/numba_setup.py), and each kernel specialisation ~0.4 s of compile the first time, paid
+at a model's second call (the first runs on NumPy) -- for steps about as fast as NumPy's at
+these sizes; measured in BENCHMARKS.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Compiling numba kernels off the caller's thread. A program's fused group is called through a
-`Site` (a bound name of the program): its first call runs the group's NumPy lowering while a
+`Site` (a bound name of the program; with $TAPERNN_NUMBA_BACKGROUND=0 its first call compiles
+the kernel there and runs it): its first call runs the group's NumPy lowering while a
 worker thread imports numba and loads or compiles the kernel for the argument types that call
 saw; its second call waits for that kernel if it is not ready yet and puts it in the Site's place,
 so every later call runs it directly. Which call ran which lowering is fixed (the first NumPy,
@@ -19,8 +20,8 @@ import numpy as np
 
 
 def enabled() -> bool:
-    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles every kernel before `compile` returns
-    (then even a program's first call runs numba)."""
+    """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles each kernel at its call site's first
+    call, for that call's argument types, which then runs numba (a program's first call too)."""
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
 
 
@@ -53,6 +54,7 @@ class Site:
         "calls",
         "handle",
         "key",
+        "later",
         "name",
         "numpy_fn",
         "owner",
@@ -60,8 +62,10 @@ class Site:
         "temps",
     )
 
-    def __init__(self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray]):
-        self.handle, self.numpy_fn, self.temps = handle, numpy_fn, temps
+    def __init__(
+        self, handle: Any, numpy_fn: Callable, temps: list[np.ndarray], later: bool = True
+    ):
+        self.handle, self.numpy_fn, self.temps, self.later = handle, numpy_fn, temps, later
         self.owner: weakref.ref | None = None
         self.name = ""
         self.calls = 0
@@ -79,8 +83,12 @@ class Site:
                 self.key = type_key(args)
             except AttributeError:  # not all arrays: this site stays on NumPy
                 return self._numpy(args)
-            if self.handle.has(self.key):  # compiled for these types already
+            if not self.later:  # compiled now, for these types (TAPERNN_NUMBA_BACKGROUND=0)
+                self.handle.prepare(self.key)
+            if self.handle.has(self.key):  # compiled for these types
                 return self._swap()(*args)
+            if not self.later:
+                return self._numpy(args)  # the kernel failed (handle.error says why)
             self.ready = request(self.handle, self.key)
             return self._numpy(args)
         if self.ready is not None:

@@ -202,11 +202,28 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
     return _HEADER + "\n".join(text) + "\n"
 
 
+def _module_name(source: str) -> str:
+    return f"tapernn_k{SOURCE_VERSION}_{hashlib.sha1(source.encode()).hexdigest()[:20]}"
+
+
+def _drop_numba_cache(source: str) -> bool:
+    """Remove numba's cache files (index and data) of `source`'s kernel; True if there were
+    any. A truncated or corrupt one makes numba's load fail, and the kernel then compiles anew
+    (numba writes the new ones whole: temporary file and rename)."""
+    dropped = False
+    for path in (cache_dir() / "__pycache__").glob(f"{_module_name(source)}.*.nb[ic]"):
+        path.unlink(missing_ok=True)
+        dropped = True
+    return dropped
+
+
 def _load(source: str) -> Callable:
     """Import the module holding `source` from the cache directory (written once, atomically:
     concurrent processes write the same text to the same name)."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:20]
-    name = f"tapernn_k{SOURCE_VERSION}_{digest}"
+    from .numba_setup import setup
+
+    setup()  # numba's first-use setup, without its scipy import (once per process)
+    name = _module_name(source)
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.py"
@@ -245,21 +262,56 @@ class Kernel:
         with _lock:
             if self.error:
                 return None
-            try:
-                if self.kernel is None:
-                    self.kernel = _load(self.source)
-                if warm:
-                    _warm(self.kernel, self.operands, self.out)
-                if key is not None and key not in self.types:
-                    from .background import numba_signature
+            for attempt in (1, 2):
+                try:
+                    return self._make(key, warm)
+                except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
+                    why = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                # once more without numba's cache files, if any (a corrupt one fails the load)
+                self.kernel, self.types = None, set()
+                if attempt == 2 or not _drop_numba_cache(self.source):
+                    break
+            self.error = why
+            return None
 
-                    self.kernel.compile(numba_signature(key))
-                    self.types.add(key)
-            except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
-                self.kernel = None
-                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                return None
-            return self.kernel
+    def _make(self, key: tuple | None, warm: bool) -> Callable:
+        if self.kernel is None:
+            self.kernel = _load(self.source)
+        if warm:
+            _warm(self.kernel, self.operands, self.out)
+        if key is not None and key not in self.types:
+            from .background import numba_signature
+
+            self.kernel.compile(numba_signature(key))
+            self.types.add(key)
+        return self.kernel
+
+
+def _source_for(
+    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, memo: dict | None
+) -> tuple[str, str]:
+    """(kernel_source, "") or ("", why numba does not lower the group), kept in `memo` (one
+    compile's: a program's groups repeat the same few structures, one per timestep)."""
+    key = None
+    if memo is not None:
+        key = (program, tuple((tuple(s), np.dtype(d).str) for s, d in operands), tuple(out_shape))
+        try:
+            known = memo.get(key)
+        except TypeError:  # an unhashable attribute: not remembered
+            key, known = None, None
+        if known is not None:
+            return known
+    slower = slower_than_numpy(program)
+    if slower:
+        made = "", slower
+    else:
+        try:
+            made = kernel_source(program, operands, out_shape), ""
+        except Unsupported as e:
+            made = "", f"unsupported: {e}"
+    if key is not None:
+        memo[key] = made
+    return made
 
 
 def plan_kernel(
@@ -268,24 +320,23 @@ def plan_kernel(
     out_shape: tuple,
     out_dtype: Any,
     background: bool = False,
+    memo: dict | None = None,
 ) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
-    `background` the kernel is compiled (C-contiguous) before this returns; with it this returns
-    at once, and the group's call sites have the worker thread compile it (backends/background)."""
-    slower = slower_than_numpy(program)
-    if slower:
-        return None, slower
-    try:
-        source = kernel_source(program, operands, out_shape)
-    except Unsupported as e:
-        return None, f"unsupported: {e}"
+    `background` the kernel's module is loaded before this returns (numba compiles it at a call
+    site's first call, for the types that call passes); with it this returns at once, and the
+    group's call sites have the worker thread load and compile it (backends/background). `memo`:
+    a dict kept for one compile (saves re-deriving the source of a repeated group)."""
+    source, why = _source_for(program, operands, out_shape, memo)
+    if not source:
+        return None, why
     with _lock:
         handle = _kernels.get(source)
         if handle is None:
             handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
     if background:
         return (None, handle.error) if handle.error else (handle, "")
-    if handle.prepare(warm=True) is None:
+    if handle.prepare() is None:  # loaded now; compiled at the first call, for its types
         return None, handle.error
     return handle, ""
 
@@ -293,6 +344,9 @@ def plan_kernel(
 def get_kernel(
     program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, out_dtype: Any
 ) -> tuple[Callable | None, str]:
-    """(compiled kernel, "") or (None, why not), compiled before this returns."""
+    """(compiled kernel, "") or (None, why not), compiled (for C-contiguous arrays) before this
+    returns."""
     handle, why = plan_kernel(program, operands, out_shape, out_dtype)
-    return (handle.kernel, "") if handle is not None else (None, why)
+    if handle is None:
+        return None, why
+    return (None, handle.error) if handle.prepare(warm=True) is None else (handle.kernel, "")

@@ -377,9 +377,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--first-call",
         action="store_true",
-        help="first three training steps of a (32, 50, 256) FastLSTM in fresh processes: "
-        "NumPy, numba compiling in the background / before the first step, "
-        "with an empty and with a warm kernel cache",
+        help="first three training steps of a (32, 50, 256) FastLSTM, and 100-step runs at "
+        "(32, 50, 256) and (1, 5, 5), in fresh processes: NumPy, numba compiling in the "
+        "background / at the first call, with an empty and with a warm kernel cache",
     )
     ap.add_argument(
         "--budget",

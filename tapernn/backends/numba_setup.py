@@ -1,0 +1,81 @@
+"""numba's first-use setup (its CPU target's registries), done once before tapernn loads or
+compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
+(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+# the numba releases (lowest, highest) whose setup this was read and tested against
+# (tests/test_numba_setup.py; 0.68.1): the BLAS check is numba.np.arraymath._HAVE_BLAS =
+# _check_blas() at import, whose only reader is _get_inner_prod (np.convolve/np.correlate); on
+# any other release numba sets up as usual (a newer one: check, then widen the range)
+CHECKED_VERSIONS = ((0, 68), (0, 68))
+_done = False
+_lock = threading.Lock()
+
+
+class DeferredBlasCheck:
+    """Stands for numba's `_HAVE_BLAS`: runs numba's own check (`_check_blas`, which imports
+    scipy.linalg) the first time its truth is asked, and keeps the answer."""
+
+    def __init__(self, check) -> None:
+        self._check, self._value = check, None
+
+    def __bool__(self) -> bool:
+        if self._value is None:
+            self._value = bool(self._check())
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"DeferredBlasCheck({'unchecked' if self._value is None else self._value})"
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+def deferrable() -> bool:
+    """Whether the BLAS check can be deferred: a checked numba release whose numba.np.arraymath
+    is not imported yet (once it is, the check has run and there is nothing to save)."""
+    import numba
+
+    low, high = CHECKED_VERSIONS
+    return low <= _version(numba.__version__) <= high and "numba.np.arraymath" not in sys.modules
+
+
+def setup() -> bool:
+    """numba's CPU target set up (once per process); True when the BLAS check was deferred."""
+    global _done
+    with _lock:
+        if _done:
+            return False
+        _done = True
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+
+        with global_compiler_lock:  # no numba compile sees the stand-in check half-installed
+            if not deferrable():
+                cpu_target.target_context.refresh()
+                return False
+            from numba.np import linalg
+
+            ensure_blas = linalg.ensure_blas
+
+            def later() -> None:
+                raise ImportError("tapernn: numba's BLAS check deferred to first need")
+
+            linalg.ensure_blas = later
+            try:
+                from numba.np import arraymath  # runs _HAVE_BLAS = _check_blas(): False
+            finally:
+                linalg.ensure_blas = ensure_blas
+            arraymath.ensure_blas = ensure_blas
+            arraymath._HAVE_BLAS = DeferredBlasCheck(arraymath._check_blas)
+            cpu_target.target_context.refresh()
+            return True
