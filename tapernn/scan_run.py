@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import resolve_backend
 from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
@@ -46,13 +47,21 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
     body = attrs["body"]
-    compiled = compiled_body(
-        _without_fixed(body, attrs["n_carry"]),
-        ctx.passes,
-        ctx.options,
-        attrs["n_carry"] + attrs["n_xs"],
-    )
-    runner = make_runner(compiled, attrs)
+
+    def compile_body(options: Any) -> Compiled:
+        n_variant = attrs["n_carry"] + attrs["n_xs"]
+        return compiled_body(_without_fixed(body, attrs["n_carry"]), ctx.passes, options, n_variant)
+
+    if resolve_backend(ctx.options.backend) == "numba":  # one @njit function for the whole loop
+        from .backends import numba_loop
+
+        fixed = fixed_carries(body, attrs["n_carry"])
+        compiled, runner, kernel = numba_loop.lower(
+            attrs, compile_body, make_runner, ctx.options, fixed
+        )
+    else:
+        compiled = compile_body(ctx.options)
+        runner, kernel = make_runner(compiled, attrs), "Python loop"
     c, y = slab_sizes(body, attrs["n_carry"])
     itemsize = body_dtype(body).itemsize
     ctx.sub_reports.append(
@@ -65,6 +74,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             carry_bytes=c * itemsize,
             step_bytes=y * itemsize,
             largest_gemm_flops=compiled.largest_gemm_flops,
+            kernel=kernel,
         )
     )
     name = bind("scan_run", runner)

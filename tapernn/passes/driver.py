@@ -55,6 +55,7 @@ class LoopReport:
     carry_bytes: int
     step_bytes: int
     largest_gemm_flops: float = 0.0  # the body's (the BLAS thread choice of the outer program)
+    kernel: str = ""  # what runs the steps: the Python loop, or a numba loop kernel (and why)
 
     @property
     def fixed_bytes(self) -> int:
@@ -69,6 +70,7 @@ class LoopReport:
             f"{kind} {self.scope or '(top)'}: T = {self.length}, body {self.body_nodes} "
             f"nodes, {self.body.kernels} kernels per step; bytes {self.fixed_bytes:,} + "
             f"T x {self.step_bytes:,} per step = {self.bytes_per_sequence():,}"
+            + (f"; {self.kernel}" if self.kernel else "")
         )
 
 

@@ -1,0 +1,435 @@
+"""The source of a whole-loop numba kernel (backends/numba_loop.py): a scan body's optimised
+graph lowered to one function running every step -- views (getitem, transpose, reshape,
+broadcast_to) as index arithmetic, every other node a loop nest into a buffer made once per call
+(np.dot for large 2-D matmuls), elementwise instructions by numba_backend's scalar lowering."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..graph import Graph, Node
+from .numba_backend import (
+    _CASTS_OPERANDS,
+    _HEADER,
+    VECTOR_FLOAT32,
+    Unsupported,
+    _dtype_name,
+    _scalar,
+    _sigmoid_lines,
+    _typed,
+)
+
+# matmuls with M*N*K at least this go to np.dot (BLAS); smaller ones are explicit loops (a
+# BLAS call's fixed cost is most of a tiny product's time)
+DOT_MIN = 4096
+_NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_"}
+_VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
+
+
+def _strides(shape: tuple) -> list[int]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return out[::-1]
+
+
+def _flat(idx: list[str], shape: tuple) -> str:
+    terms = [i if st == 1 else f"{i} * {st}" for i, st, s in zip(idx, _strides(shape), shape)]
+    return " + ".join(t for t, s in zip(terms, shape) if s != 1) or "0"
+
+
+def _bcast(idx: list[str], shape: tuple, out_shape: tuple) -> list[str]:
+    """Indices of an operand of `shape` broadcast to `out_shape` at out index `idx`."""
+    lead = len(out_shape) - len(shape)
+    return ["0" if s == 1 else idx[lead + j] for j, s in enumerate(shape)]
+
+
+class Val:
+    """How the kernel reads a body value: `at(idx)` a scalar expression, `arr()` an array
+    expression of C (or, for `.T`, F) layout, or None when there is none without a copy."""
+
+    def __init__(self, shape: tuple, dtype: str):
+        self.shape, self.dtype = tuple(shape), dtype
+
+    def at(self, idx: list[str]) -> str:
+        raise NotImplementedError
+
+    def arr(self) -> str | None:
+        return None
+
+
+class Arr(Val):
+    """An array variable (`lead`: indices taken first, ["t"] for an xs row); `empty` the index
+    of a 0-d value (a 1-element buffer: "0", a 0-d argument: "()")."""
+
+    def __init__(self, name: str, shape: tuple, dtype: str, lead=(), empty: str = "0"):
+        super().__init__(shape, dtype)
+        self.name, self.lead, self.empty = name, list(lead), empty
+
+    def at(self, idx: list[str]) -> str:
+        parts = self.lead + list(idx)
+        return f"{self.name}[{', '.join(parts) if parts else self.empty}]"
+
+    def arr(self) -> str | None:
+        if not self.shape:
+            return None
+        return f"{self.name}[{', '.join(self.lead)}]" if self.lead else self.name
+
+
+class View(Val):
+    """A view of `base`: `fn` maps this value's indices to base's; `array` its array
+    expression when one exists (a transposed matrix, a reshaped C array)."""
+
+    def __init__(self, base: Val, shape: tuple, fn: Callable, array: str | None = None):
+        super().__init__(shape, base.dtype)
+        self.base, self.fn, self.array = base, fn, array
+
+    def at(self, idx: list[str]) -> str:
+        return self.base.at(self.fn(list(idx)))
+
+    def arr(self) -> str | None:
+        return self.array
+
+
+def _getitem_map(index: tuple, in_shape: tuple) -> Callable:
+    """Basic indexing (slices, ints, None, Ellipsis) as index arithmetic; anything else
+    (advanced or boolean indices) is Unsupported."""
+    items = list(index)
+    full = ("s", None, None, None)
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    if any(it is Ellipsis for it in items):
+        k = next(j for j, it in enumerate(items) if it is Ellipsis)
+        items[k : k + 1] = [full] * (len(in_shape) - n_real)
+    else:
+        items += [full] * (len(in_shape) - n_real)
+    plan: list[Any] = []  # per out dim: None (new axis) or (in dim, start, step)
+    fixed: dict[int, int] = {}
+    d = 0
+    for it in items:
+        if it is not None and d >= len(in_shape):
+            raise Unsupported(f"index {index!r} of shape {in_shape}")
+        if it is None:
+            plan.append(None)
+        elif isinstance(it, slice) or (isinstance(it, tuple) and it and it[0] == "s"):
+            sl = it if isinstance(it, slice) else slice(*it[1:])
+            start, _stop, step = sl.indices(in_shape[d])
+            plan.append((d, start, step))
+            d += 1
+        elif isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_)):
+            fixed[d] = int(it) % in_shape[d]
+            d += 1
+        else:
+            raise Unsupported(f"index item {it!r}")
+    if d != len(in_shape):
+        raise Unsupported(f"index {index!r} of shape {in_shape}")
+
+    def fn(idx: list[str]) -> list[str]:
+        out = [str(fixed.get(k, "")) for k in range(len(in_shape))]
+        for entry, i in zip(plan, idx):
+            if entry is not None:
+                dim, start, step = entry
+                term = i if step == 1 else f"{step} * {i}"
+                out[dim] = term if start == 0 else f"({start} + {term})"
+        return out
+
+    return fn
+
+
+def _reshape_map(in_shape: tuple, out_shape: tuple) -> Callable:
+    if [s for s in in_shape if s != 1] == [s for s in out_shape if s != 1]:
+        ins = [k for k, s in enumerate(in_shape) if s != 1]
+        outs = [k for k, s in enumerate(out_shape) if s != 1]
+
+        def squeeze(idx: list[str]) -> list[str]:
+            out = ["0"] * len(in_shape)
+            for a, b in zip(ins, outs):
+                out[a] = idx[b]
+            return out
+
+        return squeeze
+    strides = _strides(in_shape)
+
+    def general(idx: list[str]) -> list[str]:
+        flat = _flat(idx, out_shape)
+        return [f"(({flat}) // {st}) % {s}" for st, s in zip(strides, in_shape)]
+
+    return general
+
+
+class LoopSource:
+    """Generates the kernel `kernel(slab, length, reverse, *inputs, *constants)` of a compiled
+    body `graph` (inputs: carries, xs, invariants, hoisted values; outputs: the `live` carries
+    then the ys). `constants`: the constant nodes' values, passed as arguments."""
+
+    def __init__(self, graph: Graph, n_carry: int, n_xs: int, live: list[int]):
+        self.graph, self.nc, self.nx, self.live = graph, n_carry, n_xs, live
+        self.vals: dict[Node, Val] = {}
+        self.setup: list[str] = []  # before the loop
+        self.step: list[str] = []  # the loop body
+        self.constants: list[np.ndarray] = []
+        self.names = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.names += 1
+        return f"{prefix}{self.names}"
+
+    def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
+        name = self.fresh("buf")
+        fill = "zeros" if zero else "empty"
+        self.setup.append(f"{name} = np.{fill}({tuple(shape) or (1,)}, {_NP_DTYPE[dtype]})")
+        return Arr(name, shape, dtype)
+
+    def source(self) -> str:
+        g = self.graph
+        n_in = len(g.inputs)
+        args = [f"arg{k}" for k in range(n_in)]
+        carries = {}
+        for k, node in enumerate(g.inputs):
+            dt = _dtype_name(node.dtype)
+            if k < self.nc and k in self.live:
+                cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
+                self.loops(self.setup, node.shape, lambda i, c=cur, k=k, s=node.shape: (
+                    [f"{c.at(i)} = {Arr(f'arg{k}', s, dt, empty='()').at(i)}"]
+                ))
+                carries[k] = (cur, nxt)
+                self.vals[node] = cur
+            elif self.nc <= k < self.nc + self.nx:
+                self.vals[node] = Arr(args[k], node.shape, dt, lead=["t"])
+            else:
+                self.vals[node] = Arr(args[k], node.shape, dt, empty="()")
+        for node in g.nodes:
+            if node.op != "input":
+                self.vals[node] = self.lower(node)
+        self.write_outputs(carries)
+        consts = [f"const{k}" for k in range(len(self.constants))]
+        head = f"def kernel(slab, length, reverse, {', '.join(args + consts)}):"
+        text = [head] + ["    " + line for line in self.setup]
+        text += [
+            "    for s in range(length):",
+            "        t = length - 1 - s if reverse else s",
+        ]
+        text += ["        " + line for line in self.step]
+        text += ["    " + line for line in self.final]
+        text.append("    return slab")
+        return _HEADER + "\n".join(text) + "\n"
+
+    def write_outputs(self, carries: dict) -> None:
+        g, nl = self.graph, len(self.live)
+        c_sizes = [math.prod(i.shape) for i in g.inputs[: self.nc]]
+        y_shapes = [o.shape for o in g.outputs[nl:]]
+        c_total, y_total = sum(c_sizes), sum(math.prod(s) for s in y_shapes)
+        self.step.append(f"row = {c_total} + t * {y_total}")
+        off = 0
+        for o, shape in zip(g.outputs[nl:], y_shapes):
+            v = self.vals[o]
+            self.loops(self.step, shape, lambda i, v=v, off=off, s=shape: (
+                [f"slab[row + {off} + {_flat(i, s)}] = {v.at(i)}"]
+            ))
+            off += math.prod(shape)
+        swaps = []
+        for j, k in enumerate(self.live):
+            cur, nxt = carries[k]
+            v = self.vals[g.outputs[j]]
+            self.loops(self.step, cur.shape, lambda i, v=v, n=nxt: [f"{n.at(i)} = {v.at(i)}"])
+            swaps.append((cur.name, nxt.name))
+        if swaps:
+            left = ", ".join(f"{c}, {n}" for c, n in swaps)
+            right = ", ".join(f"{n}, {c}" for c, n in swaps)
+            self.step.append(f"{left} = {right}")
+        self.final: list[str] = []
+        off = 0
+        for k, node in enumerate(g.inputs[: self.nc]):
+            src = carries[k][0] if k in carries else self.vals[node]
+            self.loops(self.final, node.shape, lambda i, v=src, off=off, s=node.shape: (
+                [f"slab[{off} + {_flat(i, s)}] = {v.at(i)}"]
+            ))
+            off += c_sizes[k]
+
+    def loops(self, lines: list[str], shape: tuple, body: Callable, pre: str = "i") -> None:
+        """A loop nest over `shape` (indices {pre}0, {pre}1, ...) around body(indices)."""
+        idx = [f"{pre}{d}" for d in range(len(shape))]
+        pad = ""
+        for d, s in enumerate(shape):
+            lines.append(f"{pad}for {idx[d]} in range({s}):")
+            pad += "    "
+        lines += [pad + line for line in body(idx)]
+
+    # ---- nodes ----------------------------------------------------------------------------
+
+    def lower(self, n: Node) -> Val:
+        dt = _dtype_name(n.dtype)
+        ins = [self.vals[i] for i in n.inputs]
+        a = n.attrs
+        if n.op in _VIEWS:
+            return self.view(n, ins[0], dt)
+        if n.op == "constant":
+            self.constants.append(np.array(n.value, dtype=n.dtype, order="C"))
+            return Arr(f"const{len(self.constants) - 1}", n.shape, dt, empty="()")
+        if n.op in ("zeros", "ones"):
+            out = self.buffer(n.shape, dt, zero=True)
+            if n.op == "ones":
+                self.loops(self.setup, n.shape, lambda i: [f"{out.at(i)} = {_typed(dt, 1)}"])
+            return out
+        if n.op == "fused":
+            return self.elementwise(n, a["program"], ins)
+        if n.op == "matmul":
+            return self.matmul(n, ins, dt)
+        if n.op == "sum":
+            return self.reduce_sum(n, ins[0], dt)
+        if n.op == "concat":
+            return self.concat(n, ins, dt)
+        if n.op == "index_grad":
+            return self.index_grad(n, ins[0], dt)
+        from ..ops.registry import get_op
+
+        if get_op(n.op).elementwise:
+            program = ((n.op, tuple(range(len(ins))), tuple(sorted(a.items())), n.shape, n.dtype),)
+            return self.elementwise(n, program, ins)
+        raise Unsupported(f"op {n.op!r}")
+
+    def view(self, n: Node, x: Val, dt: str) -> Val:
+        op, a = n.op, n.attrs
+        if op == "stop_gradient":
+            return x
+        if op == "transpose":
+            axes = tuple(int(d) for d in a["axes"])
+
+            def fn(idx: list[str]) -> list[str]:
+                out = [""] * len(axes)
+                for d, ax in enumerate(axes):
+                    out[ax] = idx[d]
+                return out
+
+            base = x.arr()
+            array = f"{base}.T" if base and len(axes) == 2 and axes == (1, 0) else None
+            return View(x, n.shape, fn, array)
+        if op == "getitem":
+            return View(x, n.shape, _getitem_map(a["index"], x.shape))
+        if op == "reshape":
+            base = x.arr() if isinstance(x, Arr) else None
+            array = f"{base}.reshape({tuple(n.shape)})" if base and n.shape else None
+            return View(x, n.shape, _reshape_map(x.shape, n.shape), array)
+        shape = x.shape  # broadcast_to
+        return View(x, n.shape, lambda idx: _bcast(idx, shape, n.shape))
+
+    def elementwise(self, n: Node, program: tuple, ins: list[Val]) -> Val:
+        out = self.buffer(n.shape, _dtype_name(n.dtype))
+        tag = self.fresh("")
+
+        def body(idx: list[str]) -> list[str]:
+            lines, loads, values = [], {}, []
+            for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
+                dt = _dtype_name(dtype)
+                xs = []
+                for r in refs:
+                    if r >= 0:
+                        if r not in loads:
+                            v = ins[r]
+                            loads[r] = (f"l{tag}_{r}", v.dtype)
+                            lines.append(f"l{tag}_{r} = {v.at(_bcast(idx, v.shape, n.shape))}")
+                        xs.append(loads[r])
+                    else:
+                        xs.append(values[-r - 1])
+                casts = op in _CASTS_OPERANDS + ("where",) and dt != "bool"
+                start = 1 if op == "where" else 0
+                xs = [
+                    f"np.{dt}({x})" if casts and k >= start and t != dt else x
+                    for k, (x, t) in enumerate(xs)
+                ]
+                name = f"v{tag}_{j}"
+                if op == "sigmoid":
+                    lines += _sigmoid_lines(f"{tag}_{j}", xs[0], dt)
+                elif op in VECTOR_FLOAT32 and dt == "float32":
+                    lines += VECTOR_FLOAT32[op](f"t{tag}_{j}", xs[0], name)
+                elif op == "where":
+                    lines.append(f"{name} = {xs[1]} if {xs[0]} else {xs[2]}")
+                else:
+                    lines.append(f"{name} = {_scalar(op, xs, dict(attrs), dt)}")
+                values.append((name, dt))
+            return lines + [f"{out.at(idx)} = {values[-1][0]}"]
+
+        self.loops(self.step, n.shape, body)
+        return out
+
+    def array_of(self, v: Val) -> str:
+        """An array expression of v for np.dot (a copy into a buffer made once when v has
+        no C or F array of its own)."""
+        a = v.arr()
+        if a is not None:
+            return a
+        buf = self.buffer(v.shape, v.dtype)
+        self.loops(self.step, v.shape, lambda i: [f"{buf.at(i)} = {v.at(i)}"])
+        return buf.name
+
+    def matmul(self, n: Node, ins: list[Val], dt: str) -> Val:
+        x, y = ins
+        out = self.buffer(n.shape, dt)
+        m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
+        if len(n.shape) == 2 and len(x.shape) == len(y.shape) == 2 and m * k * p >= DOT_MIN:
+            if dt != x.dtype or dt != y.dtype or dt == "bool":
+                raise Unsupported(f"matmul of {x.dtype} and {y.dtype}")
+            self.step.append(f"np.dot({self.array_of(x)}, {self.array_of(y)}, {out.name})")
+            return out
+        zero = _typed(dt, 0)
+        batch = n.shape[:-2]
+
+        def body(idx: list[str]) -> list[str]:
+            b, i, j = idx[:-2], idx[-2], idx[-1]
+            xi = _bcast(b + [i, "kk"], x.shape, n.shape[:-2] + (m, k))
+            yi = _bcast(b + ["kk", j], y.shape, n.shape[:-2] + (k, p))
+            acc = f"acc{self.fresh('')}"
+            return [
+                f"{acc} = {zero}",
+                f"for kk in range({k}):",
+                f"    {acc} += {x.at(xi)} * {y.at(yi)}",
+                f"{out.at(idx)} = {acc}",
+            ]
+
+        self.loops(self.step, batch + (m, p), body)
+        return out
+
+    def reduce_sum(self, n: Node, x: Val, dt: str) -> Val:
+        axes = {int(d) for d in n.attrs["axis"]}
+        keep = n.attrs["keepdims"]
+        out = self.buffer(n.shape, dt)
+        self.loops(self.step, n.shape, lambda i: [f"{out.at(i)} = {_typed(dt, 0)}"])
+
+        def target(idx: list[str]) -> list[str]:
+            if keep:
+                return ["0" if d in axes else i for d, i in enumerate(idx)]
+            return [i for d, i in enumerate(idx) if d not in axes]
+
+        cast = (lambda e: f"np.{dt}({e})") if x.dtype != dt else (lambda e: e)
+        self.loops(
+            self.step,
+            x.shape,
+            lambda i: [f"{out.at(target(i))} += {cast(x.at(i))}"],
+            pre="r",
+        )
+        return out
+
+    def concat(self, n: Node, ins: list[Val], dt: str) -> Val:
+        axis = int(n.attrs["axis"])
+        out = self.buffer(n.shape, dt)
+        off = 0
+        for v in ins:
+
+            def body(idx: list[str], v=v, off=off) -> list[str]:
+                at = list(idx)
+                at[axis] = f"{idx[axis]} + {off}" if off else idx[axis]
+                return [f"{out.at(at)} = {v.at(idx)}"]
+
+            self.loops(self.step, v.shape, body)
+            off += v.shape[axis]
+        return out
+
+    def index_grad(self, n: Node, x: Val, dt: str) -> Val:
+        out = self.buffer(n.shape, dt, zero=True)  # the slots outside the index stay zero
+        fn = _getitem_map(n.attrs["index"], n.shape)
+        self.loops(self.step, x.shape, lambda i: [f"{out.at(fn(i))} = {x.at(i)}"])
+        return out

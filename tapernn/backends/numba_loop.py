@@ -1,0 +1,176 @@
+"""Whole-loop numba kernels for rolled scans (issue 19): a scan node's compiled body becomes ONE
+@njit function running every step (its source: backends/loop_source.py), called with scan_run's
+runner convention `run(*carries, *xs, *invariants, out=None) -> slab`, same slab layout. A body
+with a node the generator does not lower keeps the Python runner (LoopReport.kernel says why)."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import background
+from .loop_source import LoopSource
+from .numba_backend import Unsupported, _load
+
+_lock = threading.RLock()
+_loops: dict[str, LoopKernel] = {}  # by source: one dispatcher per distinct kernel per process
+KEY = ("whole-loop",)  # background.request's key: a loop kernel has one signature
+
+
+class LoopKernel:
+    """One generated whole-loop kernel: its module loaded from the numba cache directory and
+    compiled (or loaded from numba's cache) by one call over zero steps (`warm`: the argument
+    arrays of that call, C-contiguous like every call's)."""
+
+    def __init__(self, source: str, warm: list[np.ndarray], constants: list[np.ndarray]):
+        self.source, self.warm, self.constants = source, warm, constants
+        self.kernel: Callable | None = None
+        self.error = ""
+
+    def has(self, key: Any = None) -> bool:
+        return self.kernel is not None
+
+    def prepare(self, key: Any = None) -> Callable | None:
+        with _lock:
+            if self.kernel is None and not self.error:
+                try:
+                    kernel = _load(self.source)
+                    kernel(self.warm[0], 0, False, *self.warm[1:])
+                    self.kernel = kernel
+                except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
+                    self.error = (
+                        f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    )
+            return self.kernel
+
+
+def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | None, str]:
+    """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
+    (None, why not)."""
+    graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
+    live = [k for k in range(nc) if k not in fixed]
+    gen = LoopSource(graph, nc, nx, live)
+    try:
+        source = gen.source()
+    except Unsupported as e:
+        return None, f"unsupported: {e}"
+    with _lock:
+        handle = _loops.get(source)
+        if handle is None:
+            c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
+            warm = [np.zeros(c, attrs["body"].outputs[0].dtype)]
+            for k, i in enumerate(graph.inputs):
+                shape = (0, *i.shape) if nc <= k < nc + nx else i.shape
+                warm.append(np.zeros(shape, i.dtype))
+            handle = LoopKernel(source, warm + gen.constants, gen.constants)
+            _loops[source] = handle
+    return handle, ""
+
+
+def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype) -> Callable:
+    """`run(*inputs, out=None) -> slab` calling the loaded kernel once: C-contiguous operands,
+    the prologue (invariant-only work, scan_hoist) run first."""
+    graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
+    prologue = getattr(compiled, "prologue", None)
+    n_hoisted = len(prologue.graph.outputs) if prologue else 0
+    n_in = len(graph.inputs) - n_hoisted
+    params = [f"a{k}" for k in range(n_in)]
+    hoisted = [f"h{k}" for k in range(n_hoisted)]
+    consts = [f"k{k}" for k in range(len(handle.constants))]
+    operands = [
+        f"asc({p})" if i.shape else p for p, i in zip(params + hoisted, graph.inputs)
+    ]
+    c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
+    y = sum(math.prod(o.shape) for o in attrs["body"].outputs[nc:])
+    size = c + attrs["length"] * y
+    lines = [
+        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, asc, copyto, dtype"
+        + "".join(f", {k}" for k in consts)
+        + "):",
+        f"    slab = out if out is not None and out.flags.c_contiguous else empty({size}, dtype)",
+    ]
+    if hoisted:
+        lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
+    lines += [
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, "
+        f"{', '.join(operands + consts)})",
+        "    if out is not None and slab is not out:",
+        "        copyto(out, slab)",
+        "        return out",
+        "    return slab",
+    ]
+    namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn whole-loop runner>", "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.__kwdefaults__ = {
+        "kernel": handle.kernel,
+        "pre": prologue.program.fn if prologue else None,
+        "empty": np.empty,
+        "asc": np.ascontiguousarray,
+        "copyto": np.copyto,
+        "dtype": dtype,
+        **dict(zip(consts, handle.constants)),
+    }
+    return run
+
+
+class Switch:
+    """The background-compile protocol of backends/background.py for a loop: the first call
+    runs the Python loop while the worker compiles the kernel, the second waits for it and
+    from then on the kernel runs (the Python loop if it failed). Fixed per call, never timing."""
+
+    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable):
+        self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
+        self.ready: threading.Event | None = None
+        self.fn: Callable = self._first
+
+    def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.fn(*args, out=out)
+
+    def _use_kernel(self) -> Callable:
+        self.fn = self.make_kernel_run() if self.handle.has() else self.runner
+        return self.fn
+
+    def _first(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if self.handle.has():  # compiled for an earlier program
+            return self._use_kernel()(*args, out=out)
+        self.ready = background.request(self.handle, KEY)
+        self.fn = self._second
+        return self.runner(*args, out=out)
+
+    def _second(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        self.ready.wait()
+        return self._use_kernel()(*args, out=out)
+
+
+def lower(
+    attrs: dict,
+    compile_body: Callable[[Any], Any],
+    make_runner: Callable[[Any, dict], Callable],
+    options: Any,
+    fixed: list[int],
+) -> tuple[Any, Callable, str]:
+    """(compiled body, loop function, what runs the loop) for a scan on the numba backend. The
+    body is compiled for the NumPy backend (its program only runs the first call, or when the
+    kernel fails: its fused groups need no kernels of their own); a body the kernel cannot
+    lower is compiled for `options`' backend and run by the Python loop."""
+    compiled = compile_body(dataclasses.replace(options, backend="numpy"))
+    handle, why = plan(compiled, attrs, fixed)
+    if handle is None:
+        compiled = compile_body(options)
+        return compiled, make_runner(compiled, attrs), f"Python loop (no numba loop kernel: {why})"
+    dtype = attrs["body"].outputs[0].dtype
+    runner = make_runner(compiled, attrs)
+    if background.enabled():
+        switch = Switch(handle, lambda: kernel_runner(handle, compiled, attrs, dtype), runner)
+        return compiled, switch, "numba loop kernel (compiled in the background from call 1)"
+    if handle.prepare() is None:
+        return compiled, runner, f"Python loop (numba loop kernel: {handle.error})"
+    return compiled, kernel_runner(handle, compiled, attrs, dtype), "numba loop kernel"
