@@ -64,19 +64,20 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         runner, kernel = make_runner(compiled, attrs), "Python loop"
     c, y = slab_sizes(body, attrs["n_carry"])
     itemsize = body_dtype(body).itemsize
-    ctx.sub_reports.append(
-        LoopReport(
-            scope=_scope_of(body),
-            length=attrs["length"],
-            reverse=attrs["reverse"],
-            body=compiled.report,
-            body_nodes=len(compiled.graph.nodes),
-            carry_bytes=c * itemsize,
-            step_bytes=y * itemsize,
-            largest_gemm_flops=compiled.largest_gemm_flops,
-            kernel=kernel,
-        )
+    report = LoopReport(
+        scope=_scope_of(body),
+        length=attrs["length"],
+        reverse=attrs["reverse"],
+        body=compiled.report,
+        body_nodes=len(compiled.graph.nodes),
+        carry_bytes=c * itemsize,
+        step_bytes=y * itemsize,
+        largest_gemm_flops=compiled.largest_gemm_flops,
+        kernel=kernel,
     )
+    ctx.sub_reports.append(report)
+    if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
+        runner.report = report
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 

@@ -193,9 +193,13 @@ class LoopSource:
             dt = _dtype_name(node.dtype)
             if k < self.nc and k in self.live:
                 cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
-                self.loops(self.setup, node.shape, lambda i, c=cur, k=k, s=node.shape: (
-                    [f"{c.at(i)} = {Arr(f'arg{k}', s, dt, empty='()').at(i)}"]
-                ))
+                self.loops(
+                    self.setup,
+                    node.shape,
+                    lambda i, c=cur, k=k, s=node.shape: (
+                        [f"{c.at(i)} = {Arr(f'arg{k}', s, dt, empty='()').at(i)}"]
+                    ),
+                )
                 carries[k] = (cur, nxt)
                 self.vals[node] = cur
             elif self.nc <= k < self.nc + self.nx:
@@ -227,9 +231,13 @@ class LoopSource:
         off = 0
         for o, shape in zip(g.outputs[nl:], y_shapes):
             v = self.vals[o]
-            self.loops(self.step, shape, lambda i, v=v, off=off, s=shape: (
-                [f"slab[row + {off} + {_flat(i, s)}] = {v.at(i)}"]
-            ))
+            self.loops(
+                self.step,
+                shape,
+                lambda i, v=v, off=off, s=shape: (
+                    [f"slab[row + {off} + {_flat(i, s)}] = {v.at(i)}"]
+                ),
+            )
             off += math.prod(shape)
         swaps = []
         for j, k in enumerate(self.live):
@@ -245,9 +253,13 @@ class LoopSource:
         off = 0
         for k, node in enumerate(g.inputs[: self.nc]):
             src = carries[k][0] if k in carries else self.vals[node]
-            self.loops(self.final, node.shape, lambda i, v=src, off=off, s=node.shape: (
-                [f"slab[{off} + {_flat(i, s)}] = {v.at(i)}"]
-            ))
+            self.loops(
+                self.final,
+                node.shape,
+                lambda i, v=src, off=off, s=node.shape: (
+                    [f"slab[{off} + {_flat(i, s)}] = {v.at(i)}"]
+                ),
+            )
             off += c_sizes[k]
 
     def loops(self, lines: list[str], shape: tuple, body: Callable, pre: str = "i") -> None:

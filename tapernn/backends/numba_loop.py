@@ -10,6 +10,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,28 +26,35 @@ KEY = ("whole-loop",)  # background.request's key: a loop kernel has one signatu
 
 class LoopKernel:
     """One generated whole-loop kernel: its module loaded from the numba cache directory and
-    compiled (or loaded from numba's cache) by one call over zero steps (`warm`: the argument
-    arrays of that call, C-contiguous like every call's)."""
+    compiled (or loaded from numba's cache) for the argument types of the calls that asked
+    (background.type_key of the slab, the inputs, the hoisted values and the constants)."""
 
-    def __init__(self, source: str, warm: list[np.ndarray], constants: list[np.ndarray]):
-        self.source, self.warm, self.constants = source, warm, constants
+    def __init__(self, source: str, constants: list[np.ndarray]):
+        self.source, self.constants = source, constants
         self.kernel: Callable | None = None
         self.error = ""
+        self.types: set[tuple] = set()
 
-    def has(self, key: Any = None) -> bool:
-        return self.kernel is not None
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
 
-    def prepare(self, key: Any = None) -> Callable | None:
+    def prepare(self, key: tuple) -> Callable | None:
         with _lock:
-            if self.kernel is None and not self.error:
-                try:
-                    kernel = _load(self.source)
-                    kernel(self.warm[0], 0, False, *self.warm[1:])
-                    self.kernel = kernel
-                except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
-                    self.error = (
-                        f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                    )
+            if self.error:
+                return None
+            try:
+                if self.kernel is None:
+                    self.kernel = _load(self.source)
+                if key not in self.types:
+                    from numba import types
+
+                    sig = background.numba_signature(key)
+                    self.kernel.compile((sig[0], types.int64, types.boolean, *sig[1:]))
+                    self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
+                self.kernel = None
+                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                return None
             return self.kernel
 
 
@@ -63,13 +71,7 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     with _lock:
         handle = _loops.get(source)
         if handle is None:
-            c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
-            warm = [np.zeros(c, attrs["body"].outputs[0].dtype)]
-            for k, i in enumerate(graph.inputs):
-                shape = (0, *i.shape) if nc <= k < nc + nx else i.shape
-                warm.append(np.zeros(shape, i.dtype))
-            handle = LoopKernel(source, warm + gen.constants, gen.constants)
-            _loops[source] = handle
+            handle = _loops[source] = LoopKernel(source, gen.constants)
     return handle, ""
 
 
@@ -84,13 +86,13 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     hoisted = [f"h{k}" for k in range(n_hoisted)]
     consts = [f"k{k}" for k in range(len(handle.constants))]
     operands = [
-        f"asc({p})" if i.shape else p for p, i in zip(params + hoisted, graph.inputs)
-    ]
+        p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
+    ]  # (a 0-d value may come as a NumPy scalar)
     c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
     y = sum(math.prod(o.shape) for o in attrs["body"].outputs[nc:])
     size = c + attrs["length"] * y
     lines = [
-        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, asc, copyto, dtype"
+        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
         + "".join(f", {k}" for k in consts)
         + "):",
         f"    slab = out if out is not None and out.flags.c_contiguous else empty({size}, dtype)",
@@ -113,8 +115,8 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
         "kernel": handle.kernel,
         "pre": prologue.program.fn if prologue else None,
         "empty": np.empty,
-        "asc": np.ascontiguousarray,
         "copyto": np.copyto,
+        "asarray": np.asarray,
         "dtype": dtype,
         **dict(zip(consts, handle.constants)),
     }
@@ -122,26 +124,45 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
 
 
 class Switch:
-    """The background-compile protocol of backends/background.py for a loop: the first call
-    runs the Python loop while the worker compiles the kernel, the second waits for it and
-    from then on the kernel runs (the Python loop if it failed). Fixed per call, never timing."""
+    """What a scan node calls on the numba backend. Call 1 computes the argument types; without
+    background compilation it compiles the kernel for them and runs it, with it (background.py's
+    protocol) it runs the Python loop while the worker compiles, and call 2 waits for the kernel.
+    From then on the kernel runs -- or the Python loop if the kernel failed (`report.kernel`
+    says why). Fixed per call, never a matter of timing."""
 
-    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable):
+    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable, ins: Any):
         self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
+        self.later = background.enabled()
+        self.report: Any = None  # the LoopReport (scan_run attaches it)
         self.ready: threading.Event | None = None
         self.fn: Callable = self._first
+        slab = np.empty(0, ins.dtype)
+        self.hoisted = [np.empty((0,) * len(i.shape), i.dtype) for i in ins.hoisted]
+
+        def key(args: tuple) -> tuple:
+            args = tuple(np.asarray(a) if not np.ndim(a) else a for a in args)
+            return background.type_key((slab, *args, *self.hoisted, *handle.constants))
+
+        self.key = key
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return self.fn(*args, out=out)
 
     def _use_kernel(self) -> Callable:
-        self.fn = self.make_kernel_run() if self.handle.has() else self.runner
+        if self.handle.has():
+            self.fn = self.make_kernel_run()
+        else:
+            self.fn = self.runner
+            if self.report is not None:
+                self.report.kernel = f"Python loop (numba loop kernel: {self.handle.error})"
         return self.fn
 
     def _first(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if self.handle.has():  # compiled for an earlier program
+        key = self.key(args)
+        if self.handle.has(key) or not self.later:  # compiled already, or compile now
+            self.handle.prepare(key)
             return self._use_kernel()(*args, out=out)
-        self.ready = background.request(self.handle, KEY)
+        self.ready = background.request(self.handle, key)
         self.fn = self._second
         return self.runner(*args, out=out)
 
@@ -167,10 +188,13 @@ def lower(
         compiled = compile_body(options)
         return compiled, make_runner(compiled, attrs), f"Python loop (no numba loop kernel: {why})"
     dtype = attrs["body"].outputs[0].dtype
-    runner = make_runner(compiled, attrs)
-    if background.enabled():
-        switch = Switch(handle, lambda: kernel_runner(handle, compiled, attrs, dtype), runner)
-        return compiled, switch, "numba loop kernel (compiled in the background from call 1)"
-    if handle.prepare() is None:
-        return compiled, runner, f"Python loop (numba loop kernel: {handle.error})"
-    return compiled, kernel_runner(handle, compiled, attrs, dtype), "numba loop kernel"
+    prologue = getattr(compiled, "prologue", None)
+    ins = SimpleNamespace(dtype=dtype, hoisted=prologue.graph.outputs if prologue else [])
+    switch = Switch(
+        handle,
+        lambda: kernel_runner(handle, compiled, attrs, dtype),
+        make_runner(compiled, attrs),
+        ins,
+    )
+    later = " (compiled in the background from call 1)" if switch.later else ""
+    return compiled, switch, f"numba loop kernel{later}"
