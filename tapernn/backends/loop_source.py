@@ -49,6 +49,11 @@ def _bcast(idx: list[str], shape: tuple, out_shape: tuple) -> list[str]:
     return ["0" if s == 1 else idx[lead + j] for j, s in enumerate(shape)]
 
 
+def _reads(v: Val) -> set[str]:
+    """The arrays reading v reads."""
+    return _reads(v.base) if isinstance(v, View) else {v.name}
+
+
 class Val:
     """How the kernel reads a body value: `at(idx)` a scalar expression, `arr()` an array
     expression of C (or, for `.T`, F) layout, or None when there is none without a copy."""
@@ -173,6 +178,8 @@ class LoopSource:
         self.step: list[str] = []  # the loop body
         self.constants: list[np.ndarray] = []
         self.names = 0
+        # the open loop nest: (shape, bodies, buffers written at its index, written elsewhere)
+        self.group: tuple | None = None
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
@@ -193,12 +200,9 @@ class LoopSource:
             dt = _dtype_name(node.dtype)
             if k < self.nc and k in self.live:
                 cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
+                first = Arr(args[k], node.shape, dt, empty="()")
                 self.loops(
-                    self.setup,
-                    node.shape,
-                    lambda i, c=cur, k=k, s=node.shape: (
-                        [f"{c.at(i)} = {Arr(f'arg{k}', s, dt, empty='()').at(i)}"]
-                    ),
+                    self.setup, node.shape, lambda i, c=cur, a=first: [f"{c.at(i)} = {a.at(i)}"]
                 )
                 carries[k] = (cur, nxt)
                 self.vals[node] = cur
@@ -227,28 +231,29 @@ class LoopSource:
         c_sizes = [math.prod(i.shape) for i in g.inputs[: self.nc]]
         y_shapes = [o.shape for o in g.outputs[nl:]]
         c_total, y_total = sum(c_sizes), sum(math.prod(s) for s in y_shapes)
-        self.step.append(f"row = {c_total} + t * {y_total}")
+        self.step.insert(0, f"row = {c_total} + t * {y_total}")
         off = 0
         for o, shape in zip(g.outputs[nl:], y_shapes):
             v = self.vals[o]
-            self.loops(
-                self.step,
+            self.emit(
                 shape,
                 lambda i, v=v, off=off, s=shape: (
                     [f"slab[row + {off} + {_flat(i, s)}] = {v.at(i)}"]
                 ),
+                [v],
             )
             off += math.prod(shape)
         swaps = []
         for j, k in enumerate(self.live):
             cur, nxt = carries[k]
             v = self.vals[g.outputs[j]]
-            self.loops(self.step, cur.shape, lambda i, v=v, n=nxt: [f"{n.at(i)} = {v.at(i)}"])
+            self.emit(cur.shape, lambda i, v=v, n=nxt: [f"{n.at(i)} = {v.at(i)}"], same=[v])
             swaps.append((cur.name, nxt.name))
         if swaps:
             left = ", ".join(f"{c}, {n}" for c, n in swaps)
             right = ", ".join(f"{n}, {c}" for c, n in swaps)
-            self.step.append(f"{left} = {right}")
+            self.statement(f"{left} = {right}")
+        self.flush()
         self.final: list[str] = []
         off = 0
         for k, node in enumerate(g.inputs[: self.nc]):
@@ -261,6 +266,52 @@ class LoopSource:
                 ),
             )
             off += c_sizes[k]
+
+    def emit(
+        self,
+        shape: tuple,
+        body: Callable,
+        same=(),
+        reads=(),
+        writes: str | None = None,
+        scatter: bool = False,
+    ) -> None:
+        """A loop nest over `shape` in the step running body(indices), merged into the open one
+        when that has the same shape and writes nothing this one reads elsewhere than at the
+        loop's own index (`same`: values read at the loop's index, `reads`: at others;
+        `scatter`: `writes` is written at other indices than the loop's own). numba
+        compiles each loop nest slowly (~0.1-0.3 s): fewer, longer loops compile faster."""
+        g = self.group
+        if g is None or g[0] != shape or not self._independent(g, shape, same, reads):
+            self.flush()
+            g = self.group = (shape, [], set(), set())
+        g[1].append(body)
+        if writes:
+            g[3 if scatter else 2].add(writes)
+
+    @staticmethod
+    def _independent(group: tuple, shape: tuple, same, reads) -> bool:
+        written, scattered = group[2] | group[3], group[3]
+        for v in reads:
+            if _reads(v) & written:
+                return False
+        return all(
+            not (_reads(v) & written)
+            or (
+                not _reads(v) & scattered and isinstance(v, Arr) and not v.lead and v.shape == shape
+            )
+            for v in same
+        )
+
+    def flush(self) -> None:
+        if self.group is not None:
+            bodies = self.group[1]
+            self.loops(self.step, self.group[0], lambda i: [x for b in bodies for x in b(i)])
+            self.group = None
+
+    def statement(self, line: str) -> None:
+        self.flush()
+        self.step.append(line)
 
     def loops(self, lines: list[str], shape: tuple, body: Callable, pre: str = "i") -> None:
         """A loop nest over `shape` (indices {pre}0, {pre}1, ...) around body(indices)."""
@@ -365,7 +416,8 @@ class LoopSource:
                 values.append((name, dt))
             return lines + [f"{out.at(idx)} = {values[-1][0]}"]
 
-        self.loops(self.step, n.shape, body)
+        same = [v for v in ins if v.shape == n.shape]
+        self.emit(n.shape, body, same, [v for v in ins if v.shape != n.shape], out.name)
         return out
 
     def array_of(self, v: Val) -> str:
@@ -375,7 +427,7 @@ class LoopSource:
         if a is not None:
             return a
         buf = self.buffer(v.shape, v.dtype)
-        self.loops(self.step, v.shape, lambda i: [f"{buf.at(i)} = {v.at(i)}"])
+        self.emit(v.shape, lambda i: [f"{buf.at(i)} = {v.at(i)}"], [v], (), buf.name)
         return buf.name
 
     def matmul(self, n: Node, ins: list[Val], dt: str) -> Val:
@@ -385,7 +437,7 @@ class LoopSource:
         if len(n.shape) == 2 and len(x.shape) == len(y.shape) == 2 and m * k * p >= DOT_MIN:
             if dt != x.dtype or dt != y.dtype or dt == "bool":
                 raise Unsupported(f"matmul of {x.dtype} and {y.dtype}")
-            self.step.append(f"np.dot({self.array_of(x)}, {self.array_of(y)}, {out.name})")
+            self.statement(f"np.dot({self.array_of(x)}, {self.array_of(y)}, {out.name})")
             return out
         zero = _typed(dt, 0)
         batch = n.shape[:-2]
@@ -402,14 +454,14 @@ class LoopSource:
                 f"{out.at(idx)} = {acc}",
             ]
 
-        self.loops(self.step, batch + (m, p), body)
+        self.emit(batch + (m, p), body, (), [x, y], out.name)
         return out
 
     def reduce_sum(self, n: Node, x: Val, dt: str) -> Val:
         axes = {int(d) for d in n.attrs["axis"]}
         keep = n.attrs["keepdims"]
         out = self.buffer(n.shape, dt)
-        self.loops(self.step, n.shape, lambda i: [f"{out.at(i)} = {_typed(dt, 0)}"])
+        self.emit(n.shape, lambda i: [f"{out.at(i)} = {_typed(dt, 0)}"], (), (), out.name)
 
         def target(idx: list[str]) -> list[str]:
             if keep:
@@ -417,11 +469,13 @@ class LoopSource:
             return [i for d, i in enumerate(idx) if d not in axes]
 
         cast = (lambda e: f"np.{dt}({e})") if x.dtype != dt else (lambda e: e)
-        self.loops(
-            self.step,
+        self.emit(
             x.shape,
             lambda i: [f"{out.at(target(i))} += {cast(x.at(i))}"],
-            pre="r",
+            [x],
+            [out],
+            out.name,
+            True,
         )
         return out
 
@@ -436,12 +490,12 @@ class LoopSource:
                 at[axis] = f"{idx[axis]} + {off}" if off else idx[axis]
                 return [f"{out.at(at)} = {v.at(idx)}"]
 
-            self.loops(self.step, v.shape, body)
+            self.emit(v.shape, body, [v], (), out.name, True)
             off += v.shape[axis]
         return out
 
     def index_grad(self, n: Node, x: Val, dt: str) -> Val:
         out = self.buffer(n.shape, dt, zero=True)  # the slots outside the index stay zero
         fn = _getitem_map(n.attrs["index"], n.shape)
-        self.loops(self.step, x.shape, lambda i: [f"{out.at(fn(i))} = {x.at(i)}"])
+        self.emit(x.shape, lambda i: [f"{out.at(fn(i))} = {x.at(i)}"], [x], (), out.name, True)
         return out

@@ -100,8 +100,7 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
     lines += [
-        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, "
-        f"{', '.join(operands + consts)})",
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(operands + consts)})",
         "    if out is not None and slab is not out:",
         "        copyto(out, slab)",
         "        return out",
