@@ -127,6 +127,13 @@ class _Limiter:
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list[int] = []
+        self._stale = False
+
+    def refresh(self) -> None:
+        """Look the pools up again at the next outermost use: a library loaded since (numba's
+        np.dot calls scipy's own OpenBLAS) would otherwise keep its default threads."""
+        with self._lock:
+            self._stale = True
 
     def pools(self) -> list:
         if self._pools is None:
@@ -143,6 +150,8 @@ class _Limiter:
     def limit(self, n: int) -> Iterator[None]:
         with self._lock:
             if self._depth == 0:
+                if self._stale:
+                    self._pools, self._stale = None, False
                 pools = self.pools()
                 self._saved = [get() for _, get in pools]
                 for set_, _ in pools:

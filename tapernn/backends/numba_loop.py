@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..blas import limiter
 from . import background
 from .loop_source import LoopSource
 from .numba_backend import Unsupported, _load
@@ -51,6 +52,8 @@ class LoopKernel:
                     sig = background.numba_signature(key)
                     self.kernel.compile((sig[0], types.int64, types.boolean, *sig[1:]))
                     self.types.add(key)
+                    if "np.dot(" in self.source:  # scipy's BLAS is loaded now
+                        limiter.refresh()
             except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
                 self.kernel = None
                 self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
