@@ -195,3 +195,21 @@ def test_background_compilation_call_one_python_loop_call_two_kernel(monkeypatch
     for got in (first, second, c(*arrays)):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_large_body_keeps_the_python_loop():
+    from tapernn.backends.numba_loop import MAX_SIZE
+
+    def step(h, x):
+        return [h * x, h]
+
+    z = np.zeros((1, MAX_SIZE + 1))
+    body = tn.trace(step, z, z, names=["h", "x"])
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(z.shape), rng.standard_normal((T, *z.shape))]
+    g = tn.trace(scanned(body, 1, 1), *arrays)
+    c = tn.compile(g, backend="numba")
+    (note,) = kernels_of(c.report)
+    assert note.startswith("Python loop (no numba loop kernel: body values of up to 4097")
+    for got, want in zip(c(*arrays), interpret(g, *arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

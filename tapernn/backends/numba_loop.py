@@ -22,7 +22,12 @@ from .numba_backend import Unsupported, _load
 
 _lock = threading.RLock()
 _loops: dict[str, LoopKernel] = {}  # by source: one dispatcher per distinct kernel per process
-KEY = ("whole-loop",)  # background.request's key: a loop kernel has one signature
+# bodies with a value larger than this keep the Python loop (with numba's fused-group kernels):
+# there NumPy's SIMD ufuncs beat the kernel's scalar loops more than the loop overhead costs. An
+# LSTM training step (fwd + bwd programs, T = 50, float32, 1 BLAS thread, load ~5), Python loop
+# / kernel: B x 4H = 4 x 128: 3.2x faster, 8 x 256: 1.5x; 32 x 256: 0.91x, 16 x 512: 0.76x,
+# 32 x 1024: 0.85x
+MAX_SIZE = 4096
 
 
 class LoopKernel:
@@ -185,7 +190,11 @@ def lower(
     kernel fails: its fused groups need no kernels of their own); a body the kernel cannot
     lower is compiled for `options`' backend and run by the Python loop."""
     compiled = compile_body(dataclasses.replace(options, backend="numpy"))
-    handle, why = plan(compiled, attrs, fixed)
+    largest = max((math.prod(n.shape) for n in compiled.graph.nodes), default=0)
+    if largest > MAX_SIZE:
+        handle, why = None, f"body values of up to {largest} elements > {MAX_SIZE}"
+    else:
+        handle, why = plan(compiled, attrs, fixed)
     if handle is None:
         compiled = compile_body(options)
         return compiled, make_runner(compiled, attrs), f"Python loop (no numba loop kernel: {why})"
