@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from ..graph import Graph, Node
+from .loop_values import Arr, Val, View, bcast, flat, getitem_map, reads, reshape_map
 from .numba_backend import (
     _CASTS_OPERANDS,
     _HEADER,
@@ -28,142 +28,6 @@ from .numba_backend import (
 DOT_MIN = 4096
 _NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_"}
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
-
-
-def _strides(shape: tuple) -> list[int]:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= s
-    return out[::-1]
-
-
-def _flat(idx: list[str], shape: tuple) -> str:
-    terms = [i if st == 1 else f"{i} * {st}" for i, st, s in zip(idx, _strides(shape), shape)]
-    return " + ".join(t for t, s in zip(terms, shape) if s != 1) or "0"
-
-
-def _bcast(idx: list[str], shape: tuple, out_shape: tuple) -> list[str]:
-    """Indices of an operand of `shape` broadcast to `out_shape` at out index `idx`."""
-    lead = len(out_shape) - len(shape)
-    return ["0" if s == 1 else idx[lead + j] for j, s in enumerate(shape)]
-
-
-def _reads(v: Val) -> set[str]:
-    """The arrays reading v reads."""
-    return _reads(v.base) if isinstance(v, View) else {v.name}
-
-
-class Val:
-    """How the kernel reads a body value: `at(idx)` a scalar expression, `arr()` an array
-    expression of C (or, for `.T`, F) layout, or None when there is none without a copy."""
-
-    def __init__(self, shape: tuple, dtype: str):
-        self.shape, self.dtype = tuple(shape), dtype
-
-    def at(self, idx: list[str]) -> str:
-        raise NotImplementedError
-
-    def arr(self) -> str | None:
-        return None
-
-
-class Arr(Val):
-    """An array variable (`lead`: indices taken first, ["t"] for an xs row); `empty` the index
-    of a 0-d value (a 1-element buffer: "0", a 0-d argument: "()")."""
-
-    def __init__(self, name: str, shape: tuple, dtype: str, lead=(), empty: str = "0"):
-        super().__init__(shape, dtype)
-        self.name, self.lead, self.empty = name, list(lead), empty
-
-    def at(self, idx: list[str]) -> str:
-        parts = self.lead + list(idx)
-        return f"{self.name}[{', '.join(parts) if parts else self.empty}]"
-
-    def arr(self) -> str | None:
-        if not self.shape:
-            return None
-        return f"{self.name}[{', '.join(self.lead)}]" if self.lead else self.name
-
-
-class View(Val):
-    """A view of `base`: `fn` maps this value's indices to base's; `array` its array
-    expression when one exists (a transposed matrix, a reshaped C array)."""
-
-    def __init__(self, base: Val, shape: tuple, fn: Callable, array: str | None = None):
-        super().__init__(shape, base.dtype)
-        self.base, self.fn, self.array = base, fn, array
-
-    def at(self, idx: list[str]) -> str:
-        return self.base.at(self.fn(list(idx)))
-
-    def arr(self) -> str | None:
-        return self.array
-
-
-def _getitem_map(index: tuple, in_shape: tuple) -> Callable:
-    """Basic indexing (slices, ints, None, Ellipsis) as index arithmetic; anything else
-    (advanced or boolean indices) is Unsupported."""
-    items = list(index)
-    full = ("s", None, None, None)
-    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
-    if any(it is Ellipsis for it in items):
-        k = next(j for j, it in enumerate(items) if it is Ellipsis)
-        items[k : k + 1] = [full] * (len(in_shape) - n_real)
-    else:
-        items += [full] * (len(in_shape) - n_real)
-    plan: list[Any] = []  # per out dim: None (new axis) or (in dim, start, step)
-    fixed: dict[int, int] = {}
-    d = 0
-    for it in items:
-        if it is not None and d >= len(in_shape):
-            raise Unsupported(f"index {index!r} of shape {in_shape}")
-        if it is None:
-            plan.append(None)
-        elif isinstance(it, slice) or (isinstance(it, tuple) and it and it[0] == "s"):
-            sl = it if isinstance(it, slice) else slice(*it[1:])
-            start, _stop, step = sl.indices(in_shape[d])
-            plan.append((d, start, step))
-            d += 1
-        elif isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_)):
-            fixed[d] = int(it) % in_shape[d]
-            d += 1
-        else:
-            raise Unsupported(f"index item {it!r}")
-    if d != len(in_shape):
-        raise Unsupported(f"index {index!r} of shape {in_shape}")
-
-    def fn(idx: list[str]) -> list[str]:
-        out = [str(fixed.get(k, "")) for k in range(len(in_shape))]
-        for entry, i in zip(plan, idx):
-            if entry is not None:
-                dim, start, step = entry
-                term = i if step == 1 else f"{step} * {i}"
-                out[dim] = term if start == 0 else f"({start} + {term})"
-        return out
-
-    return fn
-
-
-def _reshape_map(in_shape: tuple, out_shape: tuple) -> Callable:
-    if [s for s in in_shape if s != 1] == [s for s in out_shape if s != 1]:
-        ins = [k for k, s in enumerate(in_shape) if s != 1]
-        outs = [k for k, s in enumerate(out_shape) if s != 1]
-
-        def squeeze(idx: list[str]) -> list[str]:
-            out = ["0"] * len(in_shape)
-            for a, b in zip(ins, outs):
-                out[a] = idx[b]
-            return out
-
-        return squeeze
-    strides = _strides(in_shape)
-
-    def general(idx: list[str]) -> list[str]:
-        flat = _flat(idx, out_shape)
-        return [f"(({flat}) // {st}) % {s}" for st, s in zip(strides, in_shape)]
-
-    return general
 
 
 class LoopSource:
@@ -196,13 +60,14 @@ class LoopSource:
         n_in = len(g.inputs)
         args = [f"arg{k}" for k in range(n_in)]
         carries = {}
+        copies: dict[tuple, list] = {}  # one loop per shape copies the initial carries
         for k, node in enumerate(g.inputs):
             dt = _dtype_name(node.dtype)
             if k < self.nc and k in self.live:
                 cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
                 first = Arr(args[k], node.shape, dt, empty="()")
-                self.loops(
-                    self.setup, node.shape, lambda i, c=cur, a=first: [f"{c.at(i)} = {a.at(i)}"]
+                copies.setdefault(node.shape, []).append(
+                    lambda i, c=cur, a=first: [f"{c.at(i)} = {a.at(i)}"]
                 )
                 carries[k] = (cur, nxt)
                 self.vals[node] = cur
@@ -210,6 +75,8 @@ class LoopSource:
                 self.vals[node] = Arr(args[k], node.shape, dt, lead=["t"])
             else:
                 self.vals[node] = Arr(args[k], node.shape, dt, empty="()")
+        for shape, bodies in copies.items():
+            self.loops(self.setup, shape, lambda i, b=bodies: [x for f in b for x in f(i)])
         for node in g.nodes:
             if node.op != "input":
                 self.vals[node] = self.lower(node)
@@ -242,7 +109,7 @@ class LoopSource:
             self.emit(
                 shape,
                 lambda i, v=v, off=off, s=shape: (
-                    [f"slab[row + {off} + {_flat(i, s)}] = {v.at(i)}"]
+                    [f"slab[row + {off} + {flat(i, s)}] = {v.at(i)}"]
                 ),
                 [v],
             )
@@ -259,17 +126,18 @@ class LoopSource:
             self.statement(f"{left} = {right}")
         self.flush()
         self.final: list[str] = []
+        finals: dict[tuple, list] = {}  # one loop per shape writes the final carries
         off = 0
         for k, node in enumerate(g.inputs[: self.nc]):
             src = carries[k][0] if k in carries else self.vals[node]
-            self.loops(
-                self.final,
-                node.shape,
+            finals.setdefault(node.shape, []).append(
                 lambda i, v=src, off=off, s=node.shape: (
-                    [f"slab[{off} + {_flat(i, s)}] = {v.at(i)}"]
-                ),
+                    [f"slab[{off} + {flat(i, s)}] = {v.at(i)}"]
+                )
             )
             off += c_sizes[k]
+        for shape, bodies in finals.items():
+            self.loops(self.final, shape, lambda i, b=bodies: [x for f in b for x in f(i)])
 
     def emit(
         self,
@@ -294,16 +162,14 @@ class LoopSource:
             g[3 if scatter else 2].add(writes)
 
     @staticmethod
-    def _independent(group: tuple, shape: tuple, same, reads) -> bool:
+    def _independent(group: tuple, shape: tuple, same, others) -> bool:
         written, scattered = group[2] | group[3], group[3]
-        for v in reads:
-            if _reads(v) & written:
+        for v in others:
+            if reads(v) & written:
                 return False
         return all(
-            not (_reads(v) & written)
-            or (
-                not _reads(v) & scattered and isinstance(v, Arr) and not v.lead and v.shape == shape
-            )
+            not (reads(v) & written)
+            or (not reads(v) & scattered and isinstance(v, Arr) and not v.lead and v.shape == shape)
             for v in same
         )
 
@@ -376,13 +242,13 @@ class LoopSource:
             array = f"{base}.T" if base and len(axes) == 2 and axes == (1, 0) else None
             return View(x, n.shape, fn, array)
         if op == "getitem":
-            return View(x, n.shape, _getitem_map(a["index"], x.shape))
+            return View(x, n.shape, getitem_map(a["index"], x.shape))
         if op == "reshape":
             base = x.arr() if isinstance(x, Arr) else None
             array = f"{base}.reshape({tuple(n.shape)})" if base and n.shape else None
-            return View(x, n.shape, _reshape_map(x.shape, n.shape), array)
+            return View(x, n.shape, reshape_map(x.shape, n.shape), array)
         shape = x.shape  # broadcast_to
-        return View(x, n.shape, lambda idx: _bcast(idx, shape, n.shape))
+        return View(x, n.shape, lambda idx: bcast(idx, shape, n.shape))
 
     def elementwise(self, n: Node, program: tuple, ins: list[Val]) -> Val:
         out = self.buffer(n.shape, _dtype_name(n.dtype))
@@ -398,7 +264,7 @@ class LoopSource:
                         if r not in loads:
                             v = ins[r]
                             loads[r] = (f"l{tag}_{r}", v.dtype)
-                            lines.append(f"l{tag}_{r} = {v.at(_bcast(idx, v.shape, n.shape))}")
+                            lines.append(f"l{tag}_{r} = {v.at(bcast(idx, v.shape, n.shape))}")
                         xs.append(loads[r])
                     else:
                         xs.append(values[-r - 1])
@@ -448,8 +314,8 @@ class LoopSource:
 
         def body(idx: list[str]) -> list[str]:
             b, i, j = idx[:-2], idx[-2], idx[-1]
-            xi = _bcast(b + [i, "kk"], x.shape, n.shape[:-2] + (m, k))
-            yi = _bcast(b + ["kk", j], y.shape, n.shape[:-2] + (k, p))
+            xi = bcast(b + [i, "kk"], x.shape, n.shape[:-2] + (m, k))
+            yi = bcast(b + ["kk", j], y.shape, n.shape[:-2] + (k, p))
             acc = f"acc{self.fresh('')}"
             return [
                 f"{acc} = {zero}",
@@ -500,6 +366,6 @@ class LoopSource:
 
     def index_grad(self, n: Node, x: Val, dt: str) -> Val:
         out = self.buffer(n.shape, dt, zero=True)  # the slots outside the index stay zero
-        fn = _getitem_map(n.attrs["index"], n.shape)
+        fn = getitem_map(n.attrs["index"], n.shape)
         self.emit(x.shape, lambda i: [f"{out.at(fn(i))} = {x.at(i)}"], [x], (), out.name, True)
         return out
