@@ -27,8 +27,7 @@ CELLS = {
 }
 
 
-@pytest.fixture
-def no_python_loop(monkeypatch):
+def forbid_python_loop(monkeypatch):
     """The Python loop raises if it runs: the test passes only if the kernels ran."""
 
     def make_runner(compiled, attrs):
@@ -38,6 +37,11 @@ def no_python_loop(monkeypatch):
         return run
 
     monkeypatch.setattr(scan_run, "make_runner", make_runner)
+
+
+@pytest.fixture
+def no_python_loop(monkeypatch):
+    forbid_python_loop(monkeypatch)
 
 
 def kernels_of(report):
@@ -80,7 +84,7 @@ def test_float32_training_steps_agree_with_the_numpy_backend(monkeypatch):
     out = []
     for cell, backend in ((b, "numpy"), (a, "numba")):
         if backend == "numba":
-            no_python_loop.__wrapped__(monkeypatch)
+            forbid_python_loop(monkeypatch)
         seq = nn.Sequencer(cell, unroll=False)
         tn.set_backend(backend)
         try:
