@@ -146,6 +146,13 @@ class _Limiter:
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list[tuple] = []  # (set, count before) of the pools the outermost changed
+        self._stale = False
+
+    def refresh(self) -> None:
+        """Look the pools up again at the next outermost use: a library loaded since (numba's
+        np.dot calls scipy's own OpenBLAS) would otherwise keep its default threads."""
+        with self._lock:
+            self._stale = True
 
     def pools(self) -> list:
         if self._pools is None:
@@ -162,6 +169,8 @@ class _Limiter:
         """Start a use with `n` threads (the outermost use sets them); pair with `exit()`."""
         with self._lock:
             if self._depth == 0:
+                if self._stale:
+                    self._pools, self._stale = None, False
                 saved = []
                 for set_, get in self.pools():
                     count = get()

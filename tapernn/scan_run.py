@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import resolve_backend
 from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
@@ -57,26 +58,38 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     body, nc = attrs["body"], attrs["n_carry"]
     used = _without_fixed(body, nc)
     n_live = nc - len(fixed_carries(body, nc))
-    compiled = compiled_body(
-        used, ctx.passes, ctx.options, nc + attrs["n_xs"], tuple(range(n_live, len(used.outputs)))
-    )
-    runner = make_runner(compiled, attrs)
-    c, y = slab_sizes(body, attrs["n_carry"])
-    itemsize = body_dtype(body).itemsize
-    ctx.sub_reports.append(
-        LoopReport(
-            scope=_scope_of(body),
-            length=attrs["length"],
-            reverse=attrs["reverse"],
-            body=compiled.report,
-            body_nodes=len(compiled.graph.nodes),
-            carry_bytes=c * itemsize,
-            step_bytes=y * itemsize,
-            largest_gemm_flops=compiled.largest_gemm_flops,
-            buffer_bytes=_buffer_bytes(compiled),
-            body_key=id(compiled),
+    written = tuple(range(n_live, len(used.outputs)))
+
+    def compile_body(options: Any) -> Compiled:
+        return compiled_body(used, ctx.passes, options, nc + attrs["n_xs"], written)
+
+    if resolve_backend(ctx.options.backend) == "numba":  # one @njit function for the whole loop
+        from .backends import numba_loop
+
+        compiled, runner, kernel = numba_loop.lower(
+            attrs, compile_body, make_runner, ctx.options, fixed_carries(body, nc)
         )
+    else:
+        compiled = compile_body(ctx.options)
+        runner, kernel = make_runner(compiled, attrs), "Python loop"
+    c, y = slab_sizes(body, nc)
+    itemsize = body_dtype(body).itemsize
+    report = LoopReport(
+        scope=_scope_of(body),
+        length=attrs["length"],
+        reverse=attrs["reverse"],
+        body=compiled.report,
+        body_nodes=len(compiled.graph.nodes),
+        carry_bytes=c * itemsize,
+        step_bytes=y * itemsize,
+        largest_gemm_flops=compiled.largest_gemm_flops,
+        buffer_bytes=_buffer_bytes(compiled),
+        body_key=id(compiled),
+        kernel=kernel,
     )
+    ctx.sub_reports.append(report)
+    if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
+        runner.report = report
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 

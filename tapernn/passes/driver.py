@@ -57,6 +57,7 @@ class LoopReport:
     largest_gemm_flops: float = 0.0  # the body's (the BLAS thread choice of the outer program)
     buffer_bytes: int = 0  # the body program's own buffers (kept between calls, one per body)
     body_key: int = 0  # which compiled body (one body serves every loop over it: count once)
+    kernel: str = ""  # what runs the steps: the Python loop, or a numba loop kernel (and why)
 
     @property
     def fixed_bytes(self) -> int:
@@ -71,6 +72,7 @@ class LoopReport:
             f"{kind} {self.scope or '(top)'}: T = {self.length}, body {self.body_nodes} "
             f"nodes, {self.body.kernels} kernels per step; bytes {self.fixed_bytes:,} + "
             f"T x {self.step_bytes:,} per step = {self.bytes_per_sequence():,}"
+            + (f"; {self.kernel}" if self.kernel else "")
         )
 
 

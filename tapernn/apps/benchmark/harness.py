@@ -100,6 +100,8 @@ def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> C
 
 
 _sequencers: dict[tuple, object] = {}
+_UNROLL = {"auto": None, "rolled": False, "unrolled": True}
+unroll: list = [None]  # the Sequencers' `unroll` (--unroll)
 
 
 def tapernn_step(
@@ -113,13 +115,14 @@ def tapernn_step(
 
     T, B, D = x.shape
     H = grad_h.shape[2]
-    key = (module_factory, B, T, D, H, x.dtype, backend)
+    key = (module_factory, B, T, D, H, x.dtype, backend, unroll[0])
     before = tn.get_backend()
     if backend:
         tn.set_backend(backend)
     try:
         if key not in _sequencers:
-            _sequencers[key] = nn.Sequencer(module_factory(D, H)).astype(x.dtype)
+            seq = nn.Sequencer(module_factory(D, H), unroll=unroll[0])
+            _sequencers[key] = seq.astype(x.dtype)
         seq = _sequencers[key]
         seq.forward(x)
         seq.zero_grad_parameters()
@@ -382,6 +385,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "background / at the first call, with an empty and with a warm kernel cache",
     )
     ap.add_argument(
+        "--unroll",
+        choices=sorted(_UNROLL),
+        default="auto",
+        help="the tapernn Sequencers' loops: rolled (one scan), unrolled, or auto (the default "
+        "rule by length)",
+    )
+    ap.add_argument(
         "--budget",
         type=positive(float),
         help="seconds of timed runs per config (default 3, 10 with --full)",
@@ -421,6 +431,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     names = args.dtype or (["float32", "float64"] if args.full else ["float32"])
     args.dtypes = [np.dtype(n) for n in names]
     args.budget = args.budget or (10.0 if args.full else 3.0)
+    unroll[0] = _UNROLL[getattr(args, "unroll", "auto")]
     return args
 
 

@@ -1,0 +1,148 @@
+"""How a whole-loop kernel (backends/loop_source.py) reads a body value: array variables and
+views of them (getitem, transpose, reshape, broadcast) as index arithmetic on generated source
+strings -- no copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .numba_backend import Unsupported
+
+
+def strides(shape: tuple) -> list[int]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return out[::-1]
+
+
+def flat(idx: list[str], shape: tuple) -> str:
+    terms = [i if st == 1 else f"{i} * {st}" for i, st, s in zip(idx, strides(shape), shape)]
+    return " + ".join(t for t, s in zip(terms, shape) if s != 1) or "0"
+
+
+def bcast(idx: list[str], shape: tuple, out_shape: tuple) -> list[str]:
+    """Indices of an operand of `shape` broadcast to `out_shape` at out index `idx`."""
+    lead = len(out_shape) - len(shape)
+    return ["0" if s == 1 else idx[lead + j] for j, s in enumerate(shape)]
+
+
+def reads(v: Val) -> set[str]:
+    """The arrays reading v reads."""
+    return reads(v.base) if isinstance(v, View) else {v.name}
+
+
+class Val:
+    """How the kernel reads a body value: `at(idx)` a scalar expression, `arr()` an array
+    expression of C (or, for `.T`, F) layout, or None when there is none without a copy."""
+
+    def __init__(self, shape: tuple, dtype: str):
+        self.shape, self.dtype = tuple(shape), dtype
+
+    def at(self, idx: list[str]) -> str:
+        raise NotImplementedError
+
+    def arr(self) -> str | None:
+        return None
+
+
+class Arr(Val):
+    """An array variable (`lead`: indices taken first, ["t"] for an xs row); `empty` the index
+    of a 0-d value (a 1-element buffer: "0", a 0-d argument: "()")."""
+
+    def __init__(self, name: str, shape: tuple, dtype: str, lead=(), empty: str = "0"):
+        super().__init__(shape, dtype)
+        self.name, self.lead, self.empty = name, list(lead), empty
+
+    def at(self, idx: list[str]) -> str:
+        parts = self.lead + list(idx)
+        return f"{self.name}[{', '.join(parts) if parts else self.empty}]"
+
+    def arr(self) -> str | None:
+        if not self.shape:
+            return None
+        return f"{self.name}[{', '.join(self.lead)}]" if self.lead else self.name
+
+
+class View(Val):
+    """A view of `base`: `fn` maps this value's indices to base's; `array` its array
+    expression when one exists (a transposed matrix, a reshaped C array)."""
+
+    def __init__(self, base: Val, shape: tuple, fn: Callable, array: str | None = None):
+        super().__init__(shape, base.dtype)
+        self.base, self.fn, self.array = base, fn, array
+
+    def at(self, idx: list[str]) -> str:
+        return self.base.at(self.fn(list(idx)))
+
+    def arr(self) -> str | None:
+        return self.array
+
+
+def getitem_map(index: tuple, in_shape: tuple) -> Callable:
+    """Basic indexing (slices, ints, None, Ellipsis) as index arithmetic; anything else
+    (advanced or boolean indices) is Unsupported."""
+    items = list(index)
+    full = ("s", None, None, None)
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    if any(it is Ellipsis for it in items):
+        k = next(j for j, it in enumerate(items) if it is Ellipsis)
+        items[k : k + 1] = [full] * (len(in_shape) - n_real)
+    else:
+        items += [full] * (len(in_shape) - n_real)
+    plan: list[Any] = []  # per out dim: None (new axis) or (in dim, start, step)
+    fixed: dict[int, int] = {}
+    d = 0
+    for it in items:
+        if it is not None and d >= len(in_shape):
+            raise Unsupported(f"index {index!r} of shape {in_shape}")
+        if it is None:
+            plan.append(None)
+        elif isinstance(it, slice) or (isinstance(it, tuple) and it and it[0] == "s"):
+            sl = it if isinstance(it, slice) else slice(*it[1:])
+            start, _stop, step = sl.indices(in_shape[d])
+            plan.append((d, start, step))
+            d += 1
+        elif isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_)):
+            fixed[d] = int(it) % in_shape[d]
+            d += 1
+        else:
+            raise Unsupported(f"index item {it!r}")
+    if d != len(in_shape):
+        raise Unsupported(f"index {index!r} of shape {in_shape}")
+
+    def fn(idx: list[str]) -> list[str]:
+        out = [str(fixed.get(k, "")) for k in range(len(in_shape))]
+        for entry, i in zip(plan, idx):
+            if entry is not None:
+                dim, start, step = entry
+                term = i if step == 1 else f"{step} * {i}"
+                out[dim] = term if start == 0 else f"({start} + {term})"
+        return out
+
+    return fn
+
+
+def reshape_map(in_shape: tuple, out_shape: tuple) -> Callable:
+    if [s for s in in_shape if s != 1] == [s for s in out_shape if s != 1]:
+        ins = [k for k, s in enumerate(in_shape) if s != 1]
+        outs = [k for k, s in enumerate(out_shape) if s != 1]
+
+        def squeeze(idx: list[str]) -> list[str]:
+            out = ["0"] * len(in_shape)
+            for a, b in zip(ins, outs):
+                out[a] = idx[b]
+            return out
+
+        return squeeze
+    in_strides = strides(in_shape)
+
+    def general(idx: list[str]) -> list[str]:
+        at = flat(idx, out_shape)
+        return [f"(({at}) // {st}) % {s}" for st, s in zip(in_strides, in_shape)]
+
+    return general

@@ -1,0 +1,211 @@
+"""Whole-loop numba kernels for rolled scans (issue 19): a scan node's compiled body becomes ONE
+@njit function running every step (its source: backends/loop_source.py), called with scan_run's
+runner convention `run(*carries, *xs, *invariants, out=None) -> slab`, same slab layout. A body
+with a node the generator does not lower keeps the Python runner (LoopReport.kernel says why)."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..blas import limiter
+from . import background
+from .loop_source import LoopSource
+from .numba_backend import Unsupported, _load
+
+_lock = threading.RLock()
+_loops: dict[str, LoopKernel] = {}  # by source: one dispatcher per distinct kernel per process
+# bodies with a value larger than this keep the Python loop (with numba's fused-group kernels):
+# there NumPy's SIMD ufuncs beat the kernel's scalar loops more than the loop overhead costs. An
+# LSTM training step (fwd + bwd programs, T = 50, float32, 1 BLAS thread, load ~5), Python loop
+# / kernel: B x 4H = 4 x 128: 3.2x faster, 8 x 256: 1.5x; 32 x 256: 0.91x, 16 x 512: 0.76x,
+# 32 x 1024: 0.85x
+MAX_SIZE = 4096
+
+
+class LoopKernel:
+    """One generated whole-loop kernel: its module loaded from the numba cache directory and
+    compiled (or loaded from numba's cache) for the argument types of the calls that asked
+    (background.type_key of the slab, the inputs, the hoisted values and the constants)."""
+
+    def __init__(self, source: str, constants: list[np.ndarray]):
+        self.source, self.constants = source, constants
+        self.kernel: Callable | None = None
+        self.error = ""
+        self.types: set[tuple] = set()
+
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
+
+    def prepare(self, key: tuple) -> Callable | None:
+        with _lock:
+            if self.error:
+                return None
+            try:
+                if self.kernel is None:
+                    self.kernel = _load(self.source)
+                if key not in self.types:
+                    from numba import types
+
+                    sig = background.numba_signature(key)
+                    self.kernel.compile((sig[0], types.int64, types.boolean, *sig[1:]))
+                    self.types.add(key)
+                    if "np.dot(" in self.source:  # scipy's BLAS is loaded now
+                        limiter.refresh()
+            except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
+                self.kernel = None
+                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                return None
+            return self.kernel
+
+
+def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | None, str]:
+    """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
+    (None, why not)."""
+    graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
+    live = [k for k in range(nc) if k not in fixed]
+    gen = LoopSource(graph, nc, nx, live)
+    try:
+        source = gen.source()
+    except Unsupported as e:
+        return None, f"unsupported: {e}"
+    with _lock:
+        handle = _loops.get(source)
+        if handle is None:
+            handle = _loops[source] = LoopKernel(source, gen.constants)
+    return handle, ""
+
+
+def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype) -> Callable:
+    """`run(*inputs, out=None) -> slab` calling the loaded kernel once: C-contiguous operands,
+    the prologue (invariant-only work, scan_hoist) run first."""
+    graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
+    prologue = getattr(compiled, "prologue", None)
+    n_hoisted = len(prologue.graph.outputs) if prologue else 0
+    n_in = len(graph.inputs) - n_hoisted
+    params = [f"a{k}" for k in range(n_in)]
+    hoisted = [f"h{k}" for k in range(n_hoisted)]
+    consts = [f"k{k}" for k in range(len(handle.constants))]
+    operands = [
+        p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
+    ]  # (a 0-d value may come as a NumPy scalar)
+    c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
+    y = sum(math.prod(o.shape) for o in attrs["body"].outputs[nc:])
+    size = c + attrs["length"] * y
+    lines = [
+        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
+        + "".join(f", {k}" for k in consts)
+        + "):",
+        f"    slab = out if out is not None and out.flags.c_contiguous else empty({size}, dtype)",
+    ]
+    if hoisted:
+        lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
+    lines += [
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(operands + consts)})",
+        "    if out is not None and slab is not out:",
+        "        copyto(out, slab)",
+        "        return out",
+        "    return slab",
+    ]
+    namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn whole-loop runner>", "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.__kwdefaults__ = {
+        "kernel": handle.kernel,
+        "pre": prologue.program.fn if prologue else None,
+        "empty": np.empty,
+        "copyto": np.copyto,
+        "asarray": np.asarray,
+        "dtype": dtype,
+        **dict(zip(consts, handle.constants)),
+    }
+    return run
+
+
+class Switch:
+    """What a scan node calls on the numba backend. Call 1 computes the argument types; without
+    background compilation it compiles the kernel for them and runs it, with it (background.py's
+    protocol) it runs the Python loop while the worker compiles, and call 2 waits for the kernel.
+    From then on the kernel runs -- or the Python loop if the kernel failed (`report.kernel`
+    says why). Fixed per call, never a matter of timing."""
+
+    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable, ins: Any):
+        self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
+        self.later = background.enabled()
+        self.report: Any = None  # the LoopReport (scan_run attaches it)
+        self.ready: threading.Event | None = None
+        self.fn: Callable = self._first
+        slab = np.empty(0, ins.dtype)
+        self.hoisted = [np.empty((0,) * len(i.shape), i.dtype) for i in ins.hoisted]
+
+        def key(args: tuple) -> tuple:
+            args = tuple(np.asarray(a) if not np.ndim(a) else a for a in args)
+            return background.type_key((slab, *args, *self.hoisted, *handle.constants))
+
+        self.key = key
+
+    def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.fn(*args, out=out)
+
+    def _use_kernel(self) -> Callable:
+        if self.handle.has():
+            self.fn = self.make_kernel_run()
+        else:
+            self.fn = self.runner
+            if self.report is not None:
+                self.report.kernel = f"Python loop (numba loop kernel: {self.handle.error})"
+        return self.fn
+
+    def _first(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        key = self.key(args)
+        if self.handle.has(key) or not self.later:  # compiled already, or compile now
+            self.handle.prepare(key)
+            return self._use_kernel()(*args, out=out)
+        self.ready = background.request(self.handle, key)
+        self.fn = self._second
+        return self.runner(*args, out=out)
+
+    def _second(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        self.ready.wait()
+        return self._use_kernel()(*args, out=out)
+
+
+def lower(
+    attrs: dict,
+    compile_body: Callable[[Any], Any],
+    make_runner: Callable[[Any, dict], Callable],
+    options: Any,
+    fixed: list[int],
+) -> tuple[Any, Callable, str]:
+    """(compiled body, loop function, what runs the loop) for a scan on the numba backend. The
+    body is compiled for the NumPy backend (its program only runs the first call, or when the
+    kernel fails: its fused groups need no kernels of their own); a body the kernel cannot
+    lower is compiled for `options`' backend and run by the Python loop."""
+    compiled = compile_body(dataclasses.replace(options, backend="numpy"))
+    largest = max((math.prod(n.shape) for n in compiled.graph.nodes), default=0)
+    if largest > MAX_SIZE:
+        handle, why = None, f"body values of up to {largest} elements > {MAX_SIZE}"
+    else:
+        handle, why = plan(compiled, attrs, fixed)
+    if handle is None:
+        compiled = compile_body(options)
+        return compiled, make_runner(compiled, attrs), f"Python loop (no numba loop kernel: {why})"
+    dtype = attrs["body"].outputs[0].dtype
+    prologue = getattr(compiled, "prologue", None)
+    ins = SimpleNamespace(dtype=dtype, hoisted=prologue.graph.outputs if prologue else [])
+    switch = Switch(
+        handle,
+        lambda: kernel_runner(handle, compiled, attrs, dtype),
+        make_runner(compiled, attrs),
+        ins,
+    )
+    later = " (compiled in the background from call 1)" if switch.later else ""
+    return compiled, switch, f"numba loop kernel{later}"
