@@ -252,15 +252,25 @@ def _just_in_time(nodes: list, redo: set) -> list:
         return nodes
     out: list = []
     placed: set = set()
+
+    def place(i: Node) -> None:  # a redone value after the redone values it reads (a chain)
+        placed.add(i)
+        for j in i.inputs:
+            if j in late and j not in placed:
+                place(j)
+        out.append(i)
+
     for n in nodes:
         if n in late:
             continue
         for i in n.inputs:
             if i in late and i not in placed:
-                placed.add(i)
-                out.append(i)
+                place(i)
         out.append(n)
-    return out + [n for n in nodes if n in late and n not in placed]
+    for n in nodes:
+        if n in late and n not in placed:
+            place(n)
+    return out
 
 
 RECOMPUTED = frozenset({"tanh", "sigmoid"})  # one cheap elementwise pass over its input
