@@ -17,13 +17,14 @@ _IDENTITY = ("stop_gradient", "add_loss")
 def copying_reshapes(graph: Graph) -> set[Node]:
     """The reshape nodes of `graph` whose input's layout makes NumPy copy: their result is an
     allocation of its own (it lives until its last read, through its views), where the memory
-    plan sees a view. A value whose layout is unknown (an advanced index) counts as a view."""
+    plan sees a view. Every chain starts from a C-contiguous array (an input, a constant, an
+    op's result: a value the plan computes into a slot of a concat is not followed); a value
+    whose layout is unknown (an advanced index, broadcast_to) counts as a view."""
     probes: dict[Node, np.ndarray | None] = {}
     copies: set[Node] = set()
     for n in graph.nodes:
         if n.op in PSEUDO or not get_op(n.op).view:
-            probes[n] = _contiguous(n)
-            continue
+            continue  # its own storage: C-contiguous (its probe made when a view reads it)
         i = n.inputs[0]
         x = probes[i] if i in probes else _contiguous(i)
         probes[n] = _view(n, x, copies) if x is not None else None
