@@ -204,16 +204,7 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
             and all(i.op in ("input", "constant") or i in redo for i in n.inputs)
         ):
             redo.add(n)
-    backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    cheap = redone_cheaply(forward, read, redo, fwd_outs)
-    if cheap:
-        redo |= cheap
-        backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    saved = [
-        n
-        for n in joint.nodes
-        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
-    ]
+    backward, read, saved = saved_split(joint, forward, redo, grad_outs, fwd_outs)
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
     kept = forward.union(fwd_inputs)
     bwd = _backward_graph(joint, backward, saved, read, grad_outs)
@@ -232,6 +223,25 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
         ),
     )
     return fwd, bwd
+
+
+def saved_split(
+    joint: Graph, forward: set, redo: set, grad_outs: list, kept
+) -> tuple[list, dict, list]:
+    """(the backward's nodes, what they read, the forward values it keeps): `redo` (values
+    the backward recomputes) grows by the ones redone cheaply from values it has anyway
+    (`redone_cheaply`; `kept`: the values the forward returns)."""
+    backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    cheap = redone_cheaply(forward, read, redo, kept)
+    if cheap:
+        redo |= cheap
+        backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    saved = [
+        n
+        for n in joint.nodes
+        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
+    ]
+    return backward, read, saved
 
 
 def backward_nodes(joint: Graph, forward: set, redo: set, grad_outs: list) -> tuple[list, dict]:
