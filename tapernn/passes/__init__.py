@@ -27,6 +27,7 @@ from .driver import (
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gate_matmuls, fuse_gates, fuse_row_sums, merge_matmul_sums_within_steps
+from .layout import feature_major_loops
 from .hoist import (
     hoist_across_time,
     merge_matmul_sums_over_time,
@@ -53,6 +54,7 @@ DEFAULT: list[Pass] = [
     propagate_zeros,
     eliminate_common_subexpressions,
     push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
+    feature_major_loops,  # carried (B, n) states held as (n, B) where PlanOptions.layout says
     # hoisting across time
     stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
     pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
@@ -122,6 +124,7 @@ __all__ = [
     "default_passes",
     "eliminate_common_subexpressions",
     "eliminate_dead_code",
+    "feature_major_loops",
     "flip_transposed_products",
     "fold_constants",
     "fuse_elementwise",

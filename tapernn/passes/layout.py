@@ -1,0 +1,391 @@
+"""Feature-major recurrent state (issue 19; cuDNN's layout choice, no Torch7 counterpart): a
+scan's (B, n) carries run as (n, B), so h @ U^T becomes U @ h^T ((4H, H) @ (H, B)); transposes
+are pushed through elementwise ops, matmuls, slices and concats, ys are stored as computed and
+read through transposed views. The choice: PlanOptions.layout ("batch" | "feature" | "auto")."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from ..graph import Graph, Node
+from ..ops.registry import get_op
+from .layout_rule import choose
+from .rewrite import derive, substitute, zeros_like_node
+
+LAYOUTS = ("batch", "feature", "auto")
+
+
+@dataclass
+class Session:
+    """One compile's layout choice and the report lines the pass wrote."""
+
+    mode: str = "auto"  # (PlanOptions.layout's default)
+    notes: list[str] = field(default_factory=list)
+
+
+_SESSION: ContextVar[Session | None] = ContextVar("tapernn_layout", default=None)
+
+
+@contextmanager
+def layout_session(mode: str) -> Iterator[Session]:
+    """Run passes under layout `mode` (executor.compile opens one per compile)."""
+    token = _SESSION.set(Session(mode))
+    try:
+        yield _SESSION.get()
+    finally:
+        _SESSION.reset(token)
+
+
+def _session() -> Session:
+    return _SESSION.get() or Session()
+
+
+@dataclass(frozen=True)
+class Relayout:
+    """A body rewritten: `carries[k]` carry k held transposed; `inputs` per new xs/invariant
+    input (old body input index, transposed?); `ys[j]` ys j stored transposed."""
+
+    body: Graph
+    carries: tuple[bool, ...]
+    inputs: tuple[tuple[int, bool], ...]
+    n_xs: int
+    ys: tuple[bool, ...]
+
+
+_MADE: weakref.WeakSet[Graph] = weakref.WeakSet()  # bodies this pass made: never redone
+_CACHE: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def feature_major_loops(graph: Graph) -> Graph:
+    """Every scan the layout choice makes feature-major: its 2-D carries held as (n, B), the
+    initial ones transposed at the loop boundary, the body rewritten so no per-step transpose
+    remains, the slab's carries and ys read through transposed views. In a differentiated or
+    split graph (a training program's halves) only ys computed as per-step transposes are
+    stored untransposed: the carries' layout is chosen once, before differentiation
+    (`relayout_before_grad`), so a loop's backward is derived feature-major."""
+    session = _session()
+    if session.mode == "batch":
+        return graph
+    carries_too = not _differentiated(graph)
+    subst: dict[Node, Node] = {}
+    for s in graph.nodes:
+        if s.op != "scan":
+            continue
+        a = s.attrs
+        body, nc, nx = a["body"], a["n_carry"], a["n_xs"]
+        relayout_carries = carries_too and body not in _MADE
+        if relayout_carries and session.mode == "auto":
+            pick, why = choose(body, nc)
+            relayout_carries = pick == "feature"
+            session.notes.append(f"layout{_where(body)}: {pick}-major (auto: {why})")
+        elif relayout_carries:
+            session.notes.append(f"layout{_where(body)}: feature-major (layout='feature')")
+        r = relayout(body, nc, nx, relayout_carries)
+        if r is None:
+            continue
+        found = _rewire(graph, s, r)
+        if found is None:
+            if relayout_carries:
+                session.notes.append(
+                    f"layout{_where(body)}: kept batch-major (the loop's slab is read in a "
+                    "way the pass does not follow)"
+                )
+            continue
+        subst.update(found)
+    return substitute(graph, subst) if subst else graph
+
+
+def relayout_before_grad(graph: Graph, mode: str) -> tuple[Graph, list[str]]:
+    """`graph` (a traced forward) with its loops' layout chosen (the nn runtime runs this before
+    `grad`, so the backward loop is derived from the chosen forward); the report lines."""
+    with layout_session(mode) as session:
+        out = feature_major_loops(graph)
+    return out, session.notes
+
+
+def _differentiated(graph: Graph) -> bool:
+    m = graph.meta
+    return bool(m.wrt or m.seeds or m.saved_names or m.saved_outputs is not None) or any(
+        n.phase == "backward" for n in graph.nodes
+    )
+
+
+def _where(body: Graph) -> str:
+    scopes = [n.scope for n in body.nodes if n.op != "input" and n.scope]
+    return f" (loop {min(scopes, key=len)})" if scopes else ""
+
+
+def relayout(body: Graph, nc: int, nx: int, carries: bool) -> Relayout | None:
+    """`body` rewritten (cached per body): with `carries`, its 2-D carries transposed; always,
+    ys computed as transposes of per-step values stored untransposed. None: nothing changes."""
+    cache = _CACHE.setdefault(body, {})
+    key = (nc, nx, carries)
+    if key not in cache:
+        cache[key] = _Walk(body, nc, nx, carries).result()
+        if cache[key] is not None:
+            _MADE.add(cache[key].body)
+    return cache[key]
+
+
+def _input_like(i: Node, shape: tuple) -> Node:
+    return Node(
+        "input",
+        (),
+        dict(i.attrs),
+        tuple(shape),
+        i.dtype,
+        step=i.step,
+        scope=i.scope,
+        phase=i.phase,
+        name=f"{i.name}^T",
+    )
+
+
+def _swap(index: tuple) -> tuple | None:
+    """A 2-D basic-slice index with its two axes swapped, or None."""
+    full = ("s", None, None, None)
+    index = tuple(index) + (full,) * (2 - len(index))
+    if len(index) != 2 or not all(isinstance(k, tuple) and k[0] == "s" for k in index):
+        return None
+    return (index[1], index[0])
+
+
+class _Walk:
+    """One pass over a body: `T[n]` is n's transposed (feature-major) form, `O[n]` its form in
+    the old layout; each made lazily from the other when a user needs it."""
+
+    def __init__(self, body: Graph, nc: int, nx: int, carries: bool):
+        self.body, self.nc, self.nx = body, nc, nx
+        self.T: dict[Node, Node] = {}
+        self.O: dict[Node, Node] = {}
+        self.used: set[Node] = set()  # old-layout inputs read
+        self.t_inputs: dict[Node, Node] = {}
+        self.made: list[Node] = []
+        self.carries = tuple(carries and k < nc and i.ndim == 2 for k, i in enumerate(body.inputs))
+        for k, i in enumerate(body.inputs):
+            if k < nc and self.carries[k]:
+                self.T[i] = _input_like(i, i.shape[::-1])
+            else:
+                self.O[i] = i
+
+    def _add(self, n: Node) -> Node:
+        self.made.append(n)
+        return n
+
+    def orig(self, n: Node) -> Node:
+        if n in self.O:
+            if n.op == "input":
+                self.used.add(n)
+            return self.O[n]
+        self.O[n] = self._add(derive(n, "transpose", (self.T[n],), axes=(1, 0)))
+        return self.O[n]
+
+    def tof(self, n: Node) -> Node:
+        """n as an operand of a feature-major op."""
+        if n in self.T:
+            return self.T[n]
+        if n.ndim == 0:
+            return self.orig(n)
+        if n.ndim == 1:
+            return self._add(derive(n, "reshape", (self.orig(n),), shape=(n.shape[0], 1)))
+        if n.op == "input":  # an xs or invariant: transposed once outside the loop
+            if n not in self.t_inputs:
+                self.t_inputs[n] = _input_like(n, n.shape[::-1])
+            return self.t_inputs[n]
+        o = self.orig(n)
+        if o.op == "transpose" and o.inputs[0].ndim == 2:
+            t = o.inputs[0]  # (x^T)^T
+        elif o.op == "zeros":
+            t = self._add(zeros_like_node(o, o.shape[::-1]))
+        else:
+            t = self._add(derive(n, "transpose", (o,), axes=(1, 0)))
+        self.T[n] = t
+        return t
+
+    def convert(self, n: Node) -> Node | None:
+        """n computed feature-major from its inputs' transposed forms, or None."""
+        if n.ndim != 2 or not any(i in self.T for i in n.inputs):
+            return None
+        ins = n.inputs
+        if get_op(n.op).elementwise and all(i.ndim <= 2 for i in ins):
+            return derive(n, n.op, [self.tof(i) for i in ins], **n.attrs)
+        if n.op == "matmul" and all(i.ndim == 2 for i in ins):
+            return derive(n, "matmul", (self.tof(ins[1]), self.tof(ins[0])))
+        if n.op in ("getitem", "index_grad") and ins[0].ndim == 2:
+            index = _swap(n.attrs["index"])
+            if index is None:
+                return None
+            attrs = {"index": index}
+            if n.op == "index_grad":
+                attrs["shape"] = tuple(n.attrs["shape"])[::-1]
+            return derive(n, n.op, (self.tof(ins[0]),), **attrs)
+        if n.op == "concat" and all(i.ndim == 2 for i in ins):
+            return derive(n, "concat", [self.tof(i) for i in ins], axis=1 - n.attrs["axis"] % 2)
+        return None
+
+    def result(self) -> Relayout | None:
+        body, nc = self.body, self.nc
+        for n in body.nodes:
+            if n.op == "input":
+                continue
+            t = self.convert(n)
+            if t is not None:
+                self.T[n] = self._add(t)
+            else:
+                ins = tuple(self.orig(i) for i in n.inputs)
+                self.O[n] = self._add(n if ins == n.inputs else n.with_inputs(ins))
+        outs, ys = [], []
+        for k, o in enumerate(body.outputs):
+            if k < nc:
+                outs.append(self.tof(o) if self.carries[k] else self.orig(o))
+                continue
+            if o not in self.T:
+                v = self.orig(o)
+                if v.op == "transpose" and v.ndim == 2:
+                    self.T[o] = v.inputs[0]  # a per-step transpose: stored as computed
+            flag = o in self.T and o.ndim == 2
+            outs.append(self.T[o] if flag else self.orig(o))
+            ys.append(flag)
+        if not any(self.carries) and not any(ys):
+            return None
+        inputs = [self.T[i] if self.carries[k] else i for k, i in enumerate(body.inputs[:nc])]
+        kinds: list[tuple[int, bool]] = []
+        for k in range(nc, len(body.inputs)):
+            i = body.inputs[k]
+            if i in self.used or i not in self.t_inputs:
+                kinds.append((k, False))
+                inputs.append(i)
+            if i in self.t_inputs:
+                kinds.append((k, True))
+                inputs.append(self.t_inputs[i])
+        n_xs = sum(1 for k, _ in kinds if k < nc + self.nx)
+        nodes = inputs + [n for n in dict.fromkeys(self.made) if n.op != "input"]
+        new = Graph(nodes, inputs, outs, body.meta).eliminate_dead_code()
+        new.inputs = inputs  # (unused inputs stay: the scan's interface)
+        new.verify()
+        return Relayout(new, self.carries[:nc], tuple(kinds), n_xs, tuple(ys))
+
+
+def _users(graph: Graph) -> dict[Node, list[Node]]:
+    out: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for i in dict.fromkeys(n.inputs):
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _span(n: Node) -> tuple | None:
+    """(start, stop) of a getitem reading one plain slice of a 1-D value."""
+    index = n.attrs.get("index", ())
+    if n.op != "getitem" or len(index) != 1 or not isinstance(index[0], tuple):
+        return None
+    k = index[0]
+    return (k[1], k[2]) if k[0] == "s" and k[3] in (None, 1) else None
+
+
+def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
+    """The substitution running scan `s` as `r` says, its slab's readers reading through
+    transposed views; None when some reader is not one the pass follows."""
+    from ..scan_ir import offsets, slab_sizes
+
+    a = s.attrs
+    body, nc, length = a["body"], a["n_carry"], a["length"]
+    if s in graph.outputs:
+        return None
+    ins = [
+        derive(i, "transpose", (i,), axes=(1, 0)) if t else i for i, t in zip(s.inputs, r.carries)
+    ]
+    for k, t in r.inputs:
+        i = s.inputs[k]
+        if t:
+            axes = (0, 2, 1) if k < nc + a["n_xs"] else (1, 0)
+            i = derive(i, "transpose", (i,), axes=axes)
+        ins.append(i)
+    s2 = derive(
+        s, "scan", ins, body=r.body, n_carry=nc, n_xs=r.n_xs, length=length, reverse=a["reverse"]
+    )
+    subst: dict[Node, Node] = {s: s2}
+    users = _users(graph)
+    c, y = slab_sizes(body, nc)
+    spans = offsets([o.shape for o in body.outputs[:nc]])
+    for u in users.get(s, []):
+        span = _span(u)
+        if span in spans and r.carries[spans.index(span)]:
+            k = spans.index(span)
+            shape = body.outputs[k].shape
+            for v in users.get(u, []):
+                if v.op != "reshape" or v.shape != shape:
+                    return None
+                part = derive(u, "getitem", (s2,), index=u.attrs["index"])
+                held = derive(v, "reshape", (part,), shape=shape[::-1])
+                subst[v] = derive(v, "transpose", (held,), axes=(1, 0))
+        elif span == (c, c + length * y) and y:
+            if not _rewire_ys(body, nc, length, r, s2, u, users, subst):
+                return None
+        elif span is None or span not in spans:
+            return None
+    return subst
+
+
+def _rewire_ys(body, nc, length, r, s2, u, users, subst) -> bool:
+    """The readers of the ys region `u`: (length, y) rows, a ys' columns, its (length, *shape)
+    view; a stored-transposed ys read through a transposed view."""
+    from ..scan_ir import offsets
+
+    if not any(r.ys):
+        return True
+    shapes = [o.shape for o in body.outputs[nc:]]
+    spans = offsets(shapes)
+    y = spans[-1][1]
+    part = derive(u, "getitem", (s2,), index=u.attrs["index"])
+    for rows in users.get(u, []):
+        if rows.op != "reshape" or rows.shape != (length, y):
+            return False
+        rows2 = derive(rows, "reshape", (part,), shape=(length, y))
+        for blk in users.get(rows, []):
+            j, cols = _block(blk, rows, spans, y)
+            if j is None:
+                return False
+            if not r.ys[j]:
+                continue
+            block2 = rows2 if cols is None else derive(blk, "getitem", (rows2,), index=cols)
+            n, b = shapes[j][1], shapes[j][0]
+            held = derive(blk, "reshape", (block2,), shape=(length, n, b))
+            view = derive(blk, "transpose", (held,), axes=(0, 2, 1))
+            targets = [blk] if cols is None else users.get(blk, [])
+            for v in targets:
+                if v.op != "reshape":
+                    return False
+                same = v.shape == view.shape
+                subst[v] = view if same else derive(v, "reshape", (view,), shape=v.shape)
+    return True
+
+
+def _block(blk: Node, rows: Node, spans: list, y: int) -> tuple:
+    """(ys index, the columns' index or None) of a reader of the rows: a whole-row reshape
+    (one ys) or a getitem of exactly one ys' columns; (None, None) for anything else."""
+    if blk.op == "reshape":
+        return (0, None) if spans == [(0, y)] else (None, None)
+    index = blk.attrs.get("index", ())
+    if blk.op != "getitem" or len(index) != 2 or not _whole(index[0], rows.shape[0]):
+        return None, None
+    k = index[1]
+    if not (isinstance(k, tuple) and k[0] == "s" and k[3] in (None, 1)):
+        return None, None
+    start, stop = k[1] or 0, y if k[2] is None else k[2]
+    return (spans.index((start, stop)), index) if (start, stop) in spans else (None, None)
+
+
+def _whole(k, n: int) -> bool:
+    """k is a slice over all n rows."""
+    return (
+        isinstance(k, tuple)
+        and k[0] == "s"
+        and k[1] in (None, 0)
+        and k[2] in (None, n)
+        and k[3] in (None, 1)
+    )
