@@ -132,7 +132,7 @@ class Executable:
         """Run feature_major_loops (when in `passes`) on the traced graph, before any `grad`:
         a loop's backward is then derived from the layout its forward runs in, and the forward
         and backward programs agree on the slab between them. The output nodes are remapped."""
-        if feature_major_loops not in passes or options.layout == "batch":
+        if feature_major_loops not in passes:
             return
         old = self.graph
         new, notes = relayout_before_grad(old, options.layout)

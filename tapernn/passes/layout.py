@@ -68,9 +68,15 @@ def feature_major_loops(graph: Graph) -> Graph:
     stored untransposed: the carries' layout is chosen once, before differentiation
     (`relayout_before_grad`), so a loop's backward is derived feature-major."""
     session = _session()
-    if session.mode == "batch":
-        return graph
     carries_too = not _differentiated(graph)
+    if session.mode == "batch":
+        if carries_too:
+            session.notes += [
+                f"layout{_where(n.attrs['body'])}: batch-major (layout='batch')"
+                for n in graph.nodes
+                if n.op == "scan" and n.attrs["body"] not in _MADE
+            ]
+        return graph
     subst: dict[Node, Node] = {}
     for s in graph.nodes:
         if s.op != "scan":
