@@ -27,7 +27,6 @@ from .driver import (
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
 from .gates import fuse_gate_matmuls, fuse_gates, fuse_row_sums, merge_matmul_sums_within_steps
-from .layout import feature_major_loops
 from .hoist import (
     hoist_across_time,
     merge_matmul_sums_over_time,
@@ -37,6 +36,7 @@ from .hoist import (
     stack_index_grads,
     stack_matmuls_over_time,
 )
+from .layout import feature_major_loops
 from .push_out import push_out_of_loops
 from .simplify import (
     flip_transposed_products,

@@ -5,6 +5,7 @@ read through transposed views. The choice: PlanOptions.layout ("batch" | "featur
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -276,6 +277,16 @@ class _Walk:
         return Relayout(new, self.carries[:nc], tuple(kinds), n_xs, tuple(ys))
 
 
+def offsets(shapes: list) -> list[tuple[int, int]]:
+    """(start, stop) of each flattened shape laid out one after another (the slab's layout,
+    scan_ir.offsets; the loops layer sits above the passes)."""
+    out, start = [], 0
+    for s in shapes:
+        out.append((start, start + math.prod(s)))
+        start += math.prod(s)
+    return out
+
+
 def _users(graph: Graph) -> dict[Node, list[Node]]:
     out: dict[Node, list[Node]] = {}
     for n in graph.nodes:
@@ -296,8 +307,6 @@ def _span(n: Node) -> tuple | None:
 def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
     """The substitution running scan `s` as `r` says, its slab's readers reading through
     transposed views; None when some reader is not one the pass follows."""
-    from ..scan_ir import offsets, slab_sizes
-
     a = s.attrs
     body, nc, length = a["body"], a["n_carry"], a["length"]
     if s in graph.outputs:
@@ -316,7 +325,9 @@ def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
     )
     subst: dict[Node, Node] = {s: s2}
     users = _users(graph)
-    c, y = slab_sizes(body, nc)
+    c, y = (
+        sum(math.prod(o.shape) for o in outs) for outs in (body.outputs[:nc], body.outputs[nc:])
+    )
     spans = offsets([o.shape for o in body.outputs[:nc]])
     for u in users.get(s, []):
         span = _span(u)
@@ -340,8 +351,6 @@ def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
 def _rewire_ys(body, nc, length, r, s2, u, users, subst) -> bool:
     """The readers of the ys region `u`: (length, y) rows, a ys' columns, its (length, *shape)
     view; a stored-transposed ys read through a transposed view."""
-    from ..scan_ir import offsets
-
     if not any(r.ys):
         return True
     shapes = [o.shape for o in body.outputs[nc:]]
