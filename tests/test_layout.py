@@ -101,7 +101,8 @@ def test_feature_major_body_has_the_transposed_gemm_and_no_per_step_transpose(la
         for body, s in zip((fwd, bwd), scans):
             nv = s.attrs["n_carry"] + s.attrs["n_xs"]
             assert per_step_transposes(body, nv) == []
-            assert all(i.shape[-1] == B for i in body.inputs[: s.attrs["n_carry"]])
+            carries = body.inputs[: s.attrs["n_carry"]]
+            assert all(i.shape[-1] == B for i in carries if i.ndim == 2)
         assert layout_notes(m) == ["layout (loop 0): feature-major (layout='feature')"]
     else:
         assert ((B, H), (H, 4 * H)) in products and not layout_notes(m)[0].find("batch") < 0
@@ -250,3 +251,22 @@ def test_the_pass_is_in_the_default_list_and_bad_layouts_raise():
     assert tn.passes.feature_major_loops in tn.passes.DEFAULT
     with pytest.raises(ArgumentError, match="'batch', 'feature' or 'auto', got 'rows'"):
         tn.PlanOptions(layout="rows")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tn_compile_of_a_scan_equals_the_reference_interpreter(layout, rng):
+    from tapernn.interpret import interpret
+
+    h0, xs = rng.standard_normal((B, H)), rng.standard_normal((6, B, D))
+    w, u = rng.standard_normal((D, H)), rng.standard_normal((H, H))
+    step = tn.trace(lambda h, x, w, u: [tn.tanh(x @ w + h @ u)] * 2, h0, xs[0], w, u)
+    g = tn.trace(lambda h, xs, w, u: tn.scan(step, [h], [xs], [w, u]).ys[0], h0, xs, w, u)
+    c = tn.compile(g, options=opts(layout))
+    np.testing.assert_allclose(
+        c(h0, xs, w, u), interpret(g, h0, xs, w, u)[0], rtol=1e-12, atol=1e-12
+    )
+    (body,) = [n.attrs["body"] for n in c.graph.nodes if n.op == "scan"]
+    products = {tuple(n.inputs[1].shape) for n in body.nodes if n.op == "matmul"}
+    assert ((H, B) in products) == (layout == "feature")
+    notes = [n for n in c.report.notes if n.startswith("layout")]
+    assert len(notes) == 1 and f"{layout}-major" in notes[0]

@@ -48,13 +48,13 @@ def _session() -> Session:
 @dataclass(frozen=True)
 class Relayout:
     """A body rewritten: `carries[k]` carry k held transposed; `inputs` per new xs/invariant
-    input (old body input index, transposed?); `ys[j]` ys j stored transposed."""
+    input (old body input index, transposed?); `ys[j]` where old ys j is now (_ys_kinds)."""
 
     body: Graph
     carries: tuple[bool, ...]
     inputs: tuple[tuple[int, bool], ...]
     n_xs: int
-    ys: tuple[bool, ...]
+    ys: tuple[tuple, ...]
 
 
 _MADE: weakref.WeakSet[Graph] = weakref.WeakSet()  # bodies this pass made: never redone
@@ -204,7 +204,10 @@ class _Walk:
                 self.t_inputs[n] = _input_like(n, n.shape[::-1])
             return self.t_inputs[n]
         o = self.orig(n)
-        if o.op == "transpose" and o.inputs[0].ndim == 2:
+        if get_op(n.op).elementwise and all(i.ndim <= 2 for i in n.inputs):
+            # pushed through (x_t W + b: its transpose is the time-batched, contiguous xs)
+            t = self._add(derive(n, n.op, [self.tof(i) for i in n.inputs], **n.attrs))
+        elif o.op == "transpose" and o.inputs[0].ndim == 2:
             t = o.inputs[0]  # (x^T)^T
         elif o.op == "zeros":
             t = self._add(zeros_like_node(o, o.shape[::-1]))
@@ -245,7 +248,7 @@ class _Walk:
             else:
                 ins = tuple(self.orig(i) for i in n.inputs)
                 self.O[n] = self._add(n if ins == n.inputs else n.with_inputs(ins))
-        outs, ys = [], []
+        outs, stored = [], []
         for k, o in enumerate(body.outputs):
             if k < nc:
                 outs.append(self.tof(o) if self.carries[k] else self.orig(o))
@@ -255,10 +258,7 @@ class _Walk:
                 if v.op == "transpose" and v.ndim == 2:
                     self.T[o] = v.inputs[0]  # a per-step transpose: stored as computed
             flag = o in self.T and o.ndim == 2
-            outs.append(self.T[o] if flag else self.orig(o))
-            ys.append(flag)
-        if not any(self.carries) and not any(ys):
-            return None
+            stored.append((self.T[o] if flag else self.orig(o), flag))
         inputs = [self.T[i] if self.carries[k] else i for k, i in enumerate(body.inputs[:nc])]
         kinds: list[tuple[int, bool]] = []
         for k in range(nc, len(body.inputs)):
@@ -270,11 +270,31 @@ class _Walk:
                 kinds.append((k, True))
                 inputs.append(self.t_inputs[i])
         n_xs = sum(1 for k, _ in kinds if k < nc + self.nx)
+        ys = _ys_kinds(stored, inputs[nc : nc + n_xs], nc, outs)
+        if not any(self.carries) and all(y == ("ys", j, False) for j, y in enumerate(ys)):
+            return None
         nodes = inputs + [n for n in dict.fromkeys(self.made) if n.op != "input"]
         new = Graph(nodes, inputs, outs, body.meta).eliminate_dead_code()
         new.inputs = inputs  # (unused inputs stay: the scan's interface)
         new.verify()
         return Relayout(new, self.carries[:nc], tuple(kinds), n_xs, tuple(ys))
+
+
+def _ys_kinds(stored: list, xs: list, nc: int, outs: list) -> list[tuple]:
+    """Per old ys: ("ys", new ys index, transposed?), or ("xs", scan input position,
+    transposed?) for a per-step copy of an xs (read from the stacked xs itself); a value
+    stored twice is stored once. Appends the stored ys to `outs`."""
+    kinds: list[tuple] = []
+    where: dict[Node, int] = {}
+    for v, flag in stored:
+        if v in xs:
+            kinds.append(("xs", nc + xs.index(v), flag))
+            continue
+        if v not in where:
+            where[v] = len(outs) - nc
+            outs.append(v)
+        kinds.append(("ys", where[v], flag))
+    return kinds
 
 
 def offsets(shapes: list) -> list[tuple[int, int]]:
@@ -350,29 +370,36 @@ def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
 
 def _rewire_ys(body, nc, length, r, s2, u, users, subst) -> bool:
     """The readers of the ys region `u`: (length, y) rows, a ys' columns, its (length, *shape)
-    view; a stored-transposed ys read through a transposed view."""
-    if not any(r.ys):
-        return True
+    view; each now read where `r.ys` says (through a transposed view where stored so)."""
     shapes = [o.shape for o in body.outputs[nc:]]
     spans = offsets(shapes)
     y = spans[-1][1]
-    part = derive(u, "getitem", (s2,), index=u.attrs["index"])
+    new_shapes = [o.shape for o in r.body.outputs[nc:]]
+    new_spans = offsets(new_shapes)
+    new_y = new_spans[-1][1] if new_spans else 0
+    part = derive(u, "getitem", (s2,), index=(("s", u.attrs["index"][0][1], None, None),))
+    rows2 = None
     for rows in users.get(u, []):
         if rows.op != "reshape" or rows.shape != (length, y):
             return False
-        rows2 = derive(rows, "reshape", (part,), shape=(length, y))
         for blk in users.get(rows, []):
             j, cols = _block(blk, rows, spans, y)
             if j is None:
                 return False
-            if not r.ys[j]:
-                continue
-            block2 = rows2 if cols is None else derive(blk, "getitem", (rows2,), index=cols)
-            n, b = shapes[j][1], shapes[j][0]
-            held = derive(blk, "reshape", (block2,), shape=(length, n, b))
-            view = derive(blk, "transpose", (held,), axes=(0, 2, 1))
-            targets = [blk] if cols is None else users.get(blk, [])
-            for v in targets:
+            kind, at, flag = r.ys[j]
+            if kind == "xs":
+                view = s2.inputs[at]
+            else:
+                if rows2 is None:
+                    rows2 = derive(rows, "reshape", (part,), shape=(length, new_y))
+                a, b = new_spans[at]
+                whole = (a, b) == (0, new_y)
+                index = (("s", None, None, None), ("s", a, b, None))
+                block2 = rows2 if whole else derive(blk, "getitem", (rows2,), index=index)
+                view = derive(blk, "reshape", (block2,), shape=(length, *new_shapes[at]))
+            if flag:
+                view = derive(blk, "transpose", (view,), axes=(0, 2, 1))
+            for v in [blk] if cols is None else users.get(blk, []):
                 if v.op != "reshape":
                     return False
                 same = v.shape == view.shape
