@@ -73,11 +73,12 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
 
 
 def _order_in_a_stack(graph: Graph, rights: list[Node], canon: dict) -> dict[Node, int]:
-    """{right: its position} in a column concat already in the graph whose pieces are exactly
-    `rights` up to common subexpressions and reshape chains (e.g. the dz stack [dz_i dz_f dz_o dz_g] that
-    dx = dz @ W^T reads), so that the weight-gradient GEMM X^T @ [dz ...] reads that same
-    stack (one after CSE) instead of a second concat of the pieces in another order; {} when
-    there is none. `canon`: node -> its first equal node (filled on first use)."""
+    """{right: its position} in a column concat already in the graph of which `rights` are a
+    run of adjacent pieces, up to common subexpressions and reshape chains (e.g. the dz stack
+    [dz_i dz_f dz_o dz_g] that dx = dz @ W^T reads; GRU's [dz_r dz_z] in [dz_r dz_z dz_n]), so
+    that the weight-gradient GEMM X^T @ [dz ...] reads that stack or a slice of it (after CSE)
+    instead of a second concat of the pieces in another order; {} when there is none.
+    `canon`: node -> its first equal node (filled on first use)."""
     if not canon:
         table: dict[tuple, Node] = {}
         for n in graph.nodes:
@@ -98,14 +99,13 @@ def _order_in_a_stack(graph: Graph, rights: list[Node], canon: dict) -> dict[Nod
     if len(want) != len(rights):
         return {}
     for n in graph.nodes:
-        if (
-            n.op == "concat"
-            and n.ndim == 2
-            and n.attrs["axis"] in (1, -1)
-            and len(n.inputs) == len(want)
-            and {canon[p] for p in n.inputs} == want.keys()
-        ):
-            return {want[canon[p]]: k for k, p in enumerate(n.inputs)}
+        if n.op != "concat" or n.ndim != 2 or n.attrs["axis"] not in (1, -1):
+            continue
+        at = {canon[p]: k for k, p in enumerate(n.inputs)}
+        if len(at) == len(n.inputs) and want.keys() <= at.keys():
+            spots = [at[c] for c in want]
+            if max(spots) - min(spots) == len(spots) - 1:  # a run of its pieces: a slice of it
+                return {r: at[c] for c, r in want.items()}
     return {}
 
 
