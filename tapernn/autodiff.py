@@ -204,16 +204,7 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
             and all(i.op in ("input", "constant") or i in redo for i in n.inputs)
         ):
             redo.add(n)
-    backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    cheap = redone_cheaply(forward, read, redo, fwd_outs)
-    if cheap:
-        redo |= cheap
-        backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    saved = [
-        n
-        for n in joint.nodes
-        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
-    ]
+    backward, read, saved = saved_split(joint, forward, redo, grad_outs, fwd_outs)
     fwd_inputs = [n for n in joint.inputs if n.kind != "seed"]
     kept = forward.union(fwd_inputs)
     bwd = _backward_graph(joint, backward, saved, read, grad_outs)
@@ -234,6 +225,25 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
     return fwd, bwd
 
 
+def saved_split(
+    joint: Graph, forward: set, redo: set, grad_outs: list, kept
+) -> tuple[list, dict, list]:
+    """(the backward's nodes, what they read, the forward values it keeps): `redo` (values
+    the backward recomputes) grows by the ones redone cheaply from values it has anyway
+    (`redone_cheaply`; `kept`: the values the forward returns)."""
+    backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    cheap = redone_cheaply(forward, read, redo, kept)
+    if cheap:
+        redo |= cheap
+        backward, read = backward_nodes(joint, forward, redo, grad_outs)
+    saved = [
+        n
+        for n in joint.nodes
+        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
+    ]
+    return backward, read, saved
+
+
 def backward_nodes(joint: Graph, forward: set, redo: set, grad_outs: list) -> tuple[list, dict]:
     """The backward's nodes (the gradients' work, and forward work it redoes) and what they
     read (the gradients too)."""
@@ -252,15 +262,25 @@ def _just_in_time(nodes: list, redo: set) -> list:
         return nodes
     out: list = []
     placed: set = set()
+
+    def place(i: Node) -> None:  # a redone value after the redone values it reads (a chain)
+        placed.add(i)
+        for j in i.inputs:
+            if j in late and j not in placed:
+                place(j)
+        out.append(i)
+
     for n in nodes:
         if n in late:
             continue
         for i in n.inputs:
             if i in late and i not in placed:
-                placed.add(i)
-                out.append(i)
+                place(i)
         out.append(n)
-    return out + [n for n in nodes if n in late and n not in placed]
+    for n in nodes:
+        if n in late and n not in placed:
+            place(n)
+    return out
 
 
 RECOMPUTED = frozenset({"tanh", "sigmoid"})  # one cheap elementwise pass over its input

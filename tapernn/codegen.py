@@ -26,6 +26,7 @@ from .memory import (
     plan_buffers,
 )
 from .ops.registry import PSEUDO, get_op
+from .view_strides import copy_roots, copying_reshapes
 
 _program_ids = itertools.count()
 
@@ -305,19 +306,19 @@ def _fresh_deaths(g: Graph, plan: BufferPlan) -> dict[int, list[Node]]:
     """Schedule index -> per-call values (and views of them) read for the last time there:
     `del` them so NumPy can recycle their memory. Planned buffers persist, and so do inputs and
     constants: their values and views need no `del` (it would free nothing; a long program had
-    hundreds of such lines, each compiled)."""
+    hundreds of such lines, each compiled), except the copies reshapes of their strided views
+    make (view_strides.py) and the views of those."""
     keep = set(g.outputs)
     last: dict[Node, int] = {}
     for k, n in enumerate(g.nodes):
         for i in n.inputs:
             last[i] = k
+    copied = copy_roots(g, copying_reshapes(g))
     out: dict[int, list[Node]] = {}
     for value, k in last.items():
         root = plan.root.get(value, value)
-        if (
-            value not in keep
-            and root.op not in ("input", "constant")
-            and root not in plan.buffer_of
+        if value not in keep and (
+            value in copied or root.op not in ("input", "constant") and root not in plan.buffer_of
         ):
             out.setdefault(k, []).append(value)
     return out

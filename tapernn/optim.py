@@ -33,6 +33,13 @@ def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
         np.subtract(piece, tmp, out=piece)
 
 
+def update_temp_bytes(nbytes: list[int], itemsize: int) -> int:
+    """Most bytes `subtract_scaled` allocates at once updating arrays of `nbytes` each (one
+    piece of CHUNK elements, or the whole `lr * step` of an array that small): the update's
+    share of a training loop's peak (compile_report)."""
+    return min(max(nbytes, default=0), CHUNK * itemsize)
+
+
 class Optimizer:
     def __init__(self, params: Iterable, lr: float):
         owner = f"optim.{type(self).__name__}"

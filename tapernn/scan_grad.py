@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import functional as F
-from .autodiff import _backward_graph, _needed, backward_nodes, grad, redone_cheaply
+from .autodiff import _backward_graph, _needed, grad, saved_split
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
@@ -166,16 +166,8 @@ def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
             varying.add(n)
         else:
             redo.add(n)  # from invariants and constants only (push-out hoists it), or a view
-    backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    cheap = redone_cheaply(forward, read, redo, fwd_outs[n_carry:])  # ys: residuals for free
-    if cheap:
-        redo |= cheap
-        backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    saved = [
-        n
-        for n in joint.nodes
-        if n in forward and n in read and n not in redo and n.op not in ("input", "constant")
-    ]
+    # (the ys are kept anyway: a value redone from one needs no residual of its own)
+    backward, read, saved = saved_split(joint, forward, redo, grad_outs, fwd_outs[n_carry:])
     saved += [c for c in body.inputs[:n_carry] if c in read]  # carry inputs: per step too
     return joint, backward, saved, read, grad_outs
 

@@ -40,7 +40,16 @@ LAYERS = [
     ("op set", ["tapernn.ops.*"]),  # the families: their VJPs are written with functional
     ("autodiff", ["tapernn.autodiff"]),
     ("passes", ["tapernn.passes.*"]),
-    ("plan", ["tapernn.regions", "tapernn.memory", "tapernn.accounting", "tapernn.interpret"]),
+    (
+        "plan",
+        [
+            "tapernn.regions",
+            "tapernn.memory",
+            "tapernn.accounting",
+            "tapernn.interpret",
+            "tapernn.view_strides",
+        ],
+    ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),

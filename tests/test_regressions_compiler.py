@@ -406,3 +406,31 @@ Seed55b = _fuzz_cell("Seed55b", 4, 3, 1, {"w0": (7, 6), "w1": (3, 6)}, _seed55b)
 
 def test_fuzz_seed55_stacked_0d_log_sigmoid():
     _check_fuzz_case([Seed55a, Seed55b], np.random.default_rng(55).standard_normal((3, 3, 3)))
+
+
+def test_redone_chain_of_tanh_of_sigmoid_in_a_scan_body():
+    """A scan body whose backward reads tanh(sigmoid(z)) where z is a ys: both are redone
+    (autodiff.redone_cheaply) instead of kept, and the inner one must be placed before the outer
+    (the rolled default met it in the cell fuzzer: KeyError in scan_ir.inline)."""
+    B, H, T = 2, 3, 4
+    rng = np.random.default_rng(3)
+
+    def step(h, x):
+        z = x + h
+        t = tn.tanh(tn.sigmoid(z))
+        return [t * h, z]
+
+    body = tn.trace(step, np.zeros((B, H)), np.zeros((B, H)))
+
+    def f(h0, xs):
+        return tn.scan(body, [h0], [xs]).slab.sum()
+
+    h0, xs = rng.standard_normal((B, H)), rng.standard_normal((T, B, H))
+    tn.gradcheck(f, h0, xs)
+    hs, h = [], h0
+    for t in range(T):  # the NumPy equations of the loop
+        z = xs[t] + h
+        h = np.tanh(1 / (1 + np.exp(-z))) * h
+        hs.append(z)
+    g = tn.trace(f, h0, xs)
+    np.testing.assert_allclose(tn.compile(g)(h0, xs), h.sum() + np.sum(hs), rtol=1e-12)

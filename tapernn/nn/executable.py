@@ -14,6 +14,7 @@ from ..autodiff import grad, split_forward_backward
 from ..errors import TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
+from ..optim import update_temp_bytes
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .binding import _binder
@@ -224,11 +225,22 @@ class Executable:
                 pair.saved_bytes,
                 pair.resident_bytes,
                 pair.step_peak_bytes(
-                    len(self.data_wrt), tap_copy_bytes(self), self._held_steps(steps)
+                    len(self.data_wrt),
+                    tap_copy_bytes(self) + self._update_bytes(),
+                    self._held_steps(steps),
                 ),
             ),
             notes=list(self.notes),
         )
+
+    def _update_bytes(self) -> int:
+        """The temporary of the update after backward (optim.subtract_scaled), at most one
+        piece: the parameters' total bytes bound each (packed) array it updates."""
+        params = [n for n in self.graph.inputs if n.kind == "param"]
+        if not params:
+            return 0
+        total = sum(n.nbytes for n in params)
+        return update_temp_bytes([total], max(np.dtype(n.dtype).itemsize for n in params))
 
     def _held_steps(self, steps: int) -> tuple[int, int] | None:
         """Step-wise: (records held, bytes of the input copies each keeps); else None."""

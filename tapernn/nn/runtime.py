@@ -182,13 +182,14 @@ class Runtime:
         self.history = []
         root = self.module
         root.output = root.grad_input = None
-        for m, items in exe.probe_plan():
-            for name, *_ in items:
-                if name == "output":
-                    m.output = None
-                elif hasattr(m, "_n_steps"):  # a recurrent module's per-step fields
-                    m.outputs, m.inputs = [], []
-                    m.states = {k: [] for k in m.state_names}
+        for m, output, leaves, others, _ in _write_plan(exe):  # (each module once)
+            if output is not None or any(name == "output" for name, *_ in others):
+                m.output = None
+            if hasattr(m, "_n_steps") and (
+                leaves or any(name != "output" for name, *_ in others)
+            ):  # a recurrent module's per-step fields
+                m.outputs, m.inputs = [], []
+                m.states = {k: [] for k in m.state_names}
 
     def _tree(self) -> tuple[list, list]:
         """The model's `_before_forward` hooks that do something (in `modules()` order) and its
@@ -204,11 +205,9 @@ class Runtime:
         return hooks, stateful
 
     def _signature(
-        self, leaves: list[np.ndarray], tree: Any, history: bool, stateful: list | None = None
+        self, leaves: list[np.ndarray], tree: Any, history: bool, stateful: list
     ) -> tuple:
         root = self.module
-        if stateful is None:
-            stateful = self._tree()[1]
         states = tuple([_state_signature(m) for m in stateful])
         return (
             tree,

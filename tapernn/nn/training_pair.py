@@ -11,6 +11,7 @@ from ..executor import Compiled
 from ..graph import Graph
 from ..memory import PSEUDO
 from ..regions import DEFAULT_OPTIONS, PlanOptions
+from ..view_strides import copy_roots, copying_reshapes
 
 
 class TrainingPair:
@@ -82,7 +83,8 @@ class TrainingPair:
         they are views of), the larger of backward (the saved values it reads, released when
         it returns, plus its per-call peak: gradients and temporaries) and just after it
         (`grad_input`, plus `tap_bytes`: the copies a Sequencer keeps for
-        get_grad_hidden_state, made once the parameter gradients are accumulated).
+        get_grad_hidden_state, made once the parameter gradients are accumulated; the caller adds
+        the update's temporary, optim.update_temp_bytes, which is made while they are held).
         Stepped by hand (`held` = (n, input bytes)): n steps' records (kept outputs, saved
         values, masks, the copy of the step's input) are held at once before backward."""
         fwd, bwd = self.forward, self.last_backward
@@ -133,10 +135,30 @@ def _storages(c: Compiled, positions) -> dict:
     return out
 
 
+def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
+    """(schedule index, last read through its views or len(nodes) if returned, bytes) of each
+    reshape NumPy will copy (view_strides.py): codegen `del`s it after that read."""
+    copies = copying_reshapes(graph)
+    if not copies:
+        return []
+    roots, end = copy_roots(graph, copies), len(graph.nodes)
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    last = {r: pos[r] for r in copies}
+    for k, n in enumerate(graph.nodes):
+        for i in n.inputs:
+            if i in roots:
+                last[roots[i]] = max(last[roots[i]], k)
+    for o in graph.outputs:
+        if o in roots:
+            last[roots[o]] = end
+    return [(pos[r], last[r], r.nbytes) for r in copies]
+
+
 def per_call_peak(c: Compiled) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
-    the end, where copies of returned buffer values are added (memory._peak for them alone)."""
+    the end, where copies of returned buffer values are added (memory._peak for them alone);
+    and the copies reshapes of strided views make, which the plan sees as views."""
     plan, end = c.program.plan, len(c.graph.nodes)
     delta = [0] * (end + 2)
     at_end = 0
@@ -146,6 +168,10 @@ def per_call_peak(c: Compiled) -> int:
         delta[start] += st.nbytes
         delta[stop + 1] -= st.nbytes
         at_end += st.nbytes if plan.release_at.get(st, start) >= end else 0
+    for start, stop, nbytes in reshape_copies(c.graph):
+        delta[start] += nbytes
+        delta[min(stop, end) + 1] -= nbytes
+        at_end += nbytes if stop >= end else 0
     live = peak = 0
     for d in delta:
         live += d
