@@ -135,8 +135,10 @@ class Executable:
         if feature_major_loops not in passes:
             return
         old = self.graph
-        new, notes = relayout_before_grad(old, options.layout)
+        new, notes, chosen = relayout_before_grad(old, options.layout)
         self.notes += notes
+        # the programs compile with the choice made here (their graphs are differentiated)
+        self.options = replace(options, layout=chosen)
         if new is old:
             return
         m = dict(zip(old.outputs, new.outputs))

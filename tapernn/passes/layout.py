@@ -26,6 +26,7 @@ class Session:
 
     mode: str = "auto"  # (PlanOptions.layout's default)
     notes: list[str] = field(default_factory=list)
+    feature: bool = False  # some loop went feature-major
 
 
 _SESSION: ContextVar[Session | None] = ContextVar("tapernn_layout", default=None)
@@ -64,54 +65,51 @@ _CACHE: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 def feature_major_loops(graph: Graph) -> Graph:
     """Every scan the layout choice makes feature-major: its 2-D carries held as (n, B), the
     initial ones transposed at the loop boundary, the body rewritten so no per-step transpose
-    remains, the slab's carries and ys read through transposed views. In a differentiated or
-    split graph (a training program's halves) only ys computed as per-step transposes are
-    stored untransposed: the carries' layout is chosen once, before differentiation
-    (`relayout_before_grad`), so a loop's backward is derived feature-major."""
+    remains, the slab's carries and ys read through transposed views. The carries' layout is
+    chosen in graphs not yet differentiated (a Sequencer's, before `grad`: its backward loop
+    is then derived feature-major); under "feature", the loops of differentiated or split
+    graphs (a training program's halves) get the rest: ys computed as per-step transposes
+    stored as computed, ys that copy an xs read from the xs, a value stored twice once."""
     session = _session()
     carries_too = not _differentiated(graph)
-    if session.mode == "batch":
-        if carries_too:
-            session.notes += [
-                f"layout{_where(n.attrs['body'])}: batch-major (layout='batch')"
-                for n in graph.nodes
-                if n.op == "scan" and n.attrs["body"] not in _MADE
-            ]
-        return graph
     subst: dict[Node, Node] = {}
     for s in graph.nodes:
         if s.op != "scan":
             continue
         a = s.attrs
         body, nc, nx = a["body"], a["n_carry"], a["n_xs"]
-        relayout_carries = carries_too and body not in _MADE
-        if relayout_carries and session.mode == "auto":
+        fresh = carries_too and body not in _MADE
+        pick, why = "batch", "layout='batch'"
+        if session.mode == "feature":
+            pick, why = "feature", "layout='feature'"
+        elif session.mode == "auto" and fresh:
             pick, why = choose(body, nc)
-            relayout_carries = pick == "feature"
-            session.notes.append(f"layout{_where(body)}: {pick}-major (auto: {why})")
-        elif relayout_carries:
-            session.notes.append(f"layout{_where(body)}: feature-major (layout='feature')")
-        r = relayout(body, nc, nx, relayout_carries)
-        if r is None:
+            why = f"auto: {why}"
+        if fresh:
+            session.notes.append(f"layout{_where(body)}: {pick}-major ({why})")
+        if pick == "batch":
             continue
-        found = _rewire(graph, s, r)
+        r = relayout(body, nc, nx, fresh)
+        found = None if r is None else _rewire(graph, s, r)
         if found is None:
-            if relayout_carries:
+            if fresh:
                 session.notes.append(
                     f"layout{_where(body)}: kept batch-major (the loop's slab is read in a "
                     "way the pass does not follow)"
                 )
             continue
+        session.feature = session.feature or fresh
         subst.update(found)
     return substitute(graph, subst) if subst else graph
 
 
-def relayout_before_grad(graph: Graph, mode: str) -> tuple[Graph, list[str]]:
+def relayout_before_grad(graph: Graph, mode: str) -> tuple[Graph, list[str], str]:
     """`graph` (a traced forward) with its loops' layout chosen (the nn runtime runs this before
-    `grad`, so the backward loop is derived from the chosen forward); the report lines."""
+    `grad`, so the backward loop is derived from the chosen forward); the report lines, and
+    the layout its programs compile with ("feature" if a loop went feature-major)."""
     with layout_session(mode) as session:
         out = feature_major_loops(graph)
-    return out, session.notes
+    return out, session.notes, "feature" if session.feature else "batch"
 
 
 def _differentiated(graph: Graph) -> bool:
@@ -354,6 +352,8 @@ def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
         if span in spans and r.carries[spans.index(span)]:
             k = spans.index(span)
             shape = body.outputs[k].shape
+            if u in graph.outputs:
+                return None
             for v in users.get(u, []):
                 if v.op != "reshape" or v.shape != shape:
                     return None
@@ -361,14 +361,14 @@ def _rewire(graph: Graph, s: Node, r: Relayout) -> dict[Node, Node] | None:
                 held = derive(v, "reshape", (part,), shape=shape[::-1])
                 subst[v] = derive(v, "transpose", (held,), axes=(1, 0))
         elif span == (c, c + length * y) and y:
-            if not _rewire_ys(body, nc, length, r, s2, u, users, subst):
+            if not _rewire_ys(body, nc, length, r, s2, u, users, subst, graph.outputs):
                 return None
         elif span is None or span not in spans:
             return None
     return subst
 
 
-def _rewire_ys(body, nc, length, r, s2, u, users, subst) -> bool:
+def _rewire_ys(body, nc, length, r, s2, u, users, subst, outputs) -> bool:
     """The readers of the ys region `u`: (length, y) rows, a ys' columns, its (length, *shape)
     view; each now read where `r.ys` says (through a transposed view where stored so)."""
     shapes = [o.shape for o in body.outputs[nc:]]
@@ -379,12 +379,15 @@ def _rewire_ys(body, nc, length, r, s2, u, users, subst) -> bool:
     new_y = new_spans[-1][1] if new_spans else 0
     part = derive(u, "getitem", (s2,), index=(("s", u.attrs["index"][0][1], None, None),))
     rows2 = None
+    outputs = set(outputs)
+    if u in outputs:
+        return False
     for rows in users.get(u, []):
-        if rows.op != "reshape" or rows.shape != (length, y):
+        if rows.op != "reshape" or rows.shape != (length, y) or rows in outputs:
             return False
         for blk in users.get(rows, []):
             j, cols = _block(blk, rows, spans, y)
-            if j is None:
+            if j is None or (cols is not None and blk in outputs):
                 return False
             kind, at, flag = r.ys[j]
             if kind == "xs":
