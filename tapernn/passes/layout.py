@@ -85,18 +85,21 @@ def feature_major_loops(graph: Graph) -> Graph:
         elif session.mode == "auto" and fresh:
             pick, why = choose(body, nc)
             why = f"auto: {why}"
+        r = None if pick == "batch" else relayout(body, nc, nx, fresh)
+        found = None if r is None else _rewire(graph, s, r)
+        if found is None and pick == "feature" and fresh:
+            pick, why = (
+                "batch",
+                f"{why} asked feature-major, but "
+                + (
+                    "the loop carries no (B, n) state"
+                    if r is None
+                    else "a reader of the loop's slab is not one the pass follows"
+                ),
+            )
         if fresh:
             session.notes.append(f"layout{_where(body)}: {pick}-major ({why})")
-        if pick == "batch":
-            continue
-        r = relayout(body, nc, nx, fresh)
-        found = None if r is None else _rewire(graph, s, r)
         if found is None:
-            if fresh:
-                session.notes.append(
-                    f"layout{_where(body)}: kept batch-major (the loop's slab is read in a "
-                    "way the pass does not follow)"
-                )
             continue
         session.feature = session.feature or fresh
         subst.update(found)
