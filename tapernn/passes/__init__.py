@@ -36,6 +36,7 @@ from .hoist import (
     stack_index_grads,
     stack_matmuls_over_time,
 )
+from .layout import feature_major_loops
 from .push_out import push_out_of_loops
 from .simplify import (
     flip_transposed_products,
@@ -53,6 +54,7 @@ DEFAULT: list[Pass] = [
     propagate_zeros,
     eliminate_common_subexpressions,
     push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
+    feature_major_loops,  # carried (B, n) states held as (n, B) where PlanOptions.layout says
     # hoisting across time
     stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
     pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
@@ -122,6 +124,7 @@ __all__ = [
     "default_passes",
     "eliminate_common_subexpressions",
     "eliminate_dead_code",
+    "feature_major_loops",
     "flip_transposed_products",
     "fold_constants",
     "fuse_elementwise",
