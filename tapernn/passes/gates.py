@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from .concat import make_concat, slice_axis
 from .driver import must_follow
+from .merge_ys import ys_blocks, ys_piece
 from .rewrite import (
     accept_independent,
     derive,
@@ -54,13 +55,16 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
     for n in graph.nodes:
         for i in n.inputs:
             first_use.setdefault(i, pos[n])
+    # a loop's ys stacks in the order another column concat of them has (the dx GEMM's
+    # [dz_i dz_f dz_g dz_o]): both concats then are one view (merge_concatenated_ys)
+    rank = ys_blocks(graph)
     subst: dict[Node, Node] = {}
     for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
         members.sort(
             key=lambda m: (
                 (0, base_position(pos, m.inputs[1]))
                 if m.inputs[1] in inv
-                else (1, first_use.get(m, 0))
+                else (1, rank.get(ys_piece(m.inputs[1]), len(rank)), first_use.get(m, 0))
             )
         )
         subst.update(fuse_shared_left(members, inv))

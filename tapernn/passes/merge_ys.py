@@ -31,7 +31,7 @@ def merge_concatenated_ys(graph: Graph) -> Graph:
     return substitute(graph, subst) if subst else graph
 
 
-def _ys_piece(p: Node) -> tuple[Node, int] | None:
+def ys_piece(p: Node) -> tuple[Node, int] | None:
     """(scan, j) when p is the (T*R, w_j) stack of scan's ys j (reshapes of its column block
     of the slab rows; a reshape chain keeps the element order), else None."""
     q = p
@@ -56,12 +56,23 @@ def _ys_piece(p: Node) -> tuple[Node, int] | None:
     return s, j
 
 
+def ys_blocks(graph: Graph) -> dict[tuple[Node, int], int]:
+    """(scan, ys j) -> its block index in the first column concat of a scan's ys stacks."""
+    rank: dict[tuple[Node, int], int] = {}
+    for c in graph.nodes:
+        found = _concat_of_ys(c)
+        if found is not None:
+            for k, j in enumerate(found[1]):
+                rank.setdefault((found[0], j), k)
+    return rank
+
+
 def _concat_of_ys(c: Node) -> tuple[Node, tuple[int, ...]] | None:
     """(scan, its ys indices in the concat's order) for a 2-D concat along the columns of >= 2
     distinct ys stacks of one scan whose ys are all (R, w) with one R, else None."""
     if c.op != "concat" or c.ndim != 2 or int(c.attrs["axis"]) % 2 != 1 or len(c.inputs) < 2:
         return None
-    found = [_ys_piece(p) for p in c.inputs]
+    found = [ys_piece(p) for p in c.inputs]
     if any(f is None for f in found) or len({f[0] for f in found}) != 1:
         return None
     s = found[0][0]
@@ -88,10 +99,9 @@ def merged_body(body: Graph, nc: int, order: tuple[int, ...]) -> Graph:
 
 
 def _merge(graph: Graph, s: Node, order: tuple[int, ...]) -> dict[Node, Node]:
-    """Substitutions: the merged scan's views for the old slab's readers; a concat of the
-    merged pieces in merged order is the view of their columns; one in another order read
-    by matmuls as the right operand: the matmul of those columns, its result's columns
-    reordered (small: the weight gradients)."""
+    """Substitutions: the merged scan's views for the old slab's readers; a concat of
+    merged pieces in merged order is the view of their columns (one in another order stays a
+    concat, of views: gate fusion orders the weight-gradient concat like the dx one)."""
     nc = s.attrs["n_carry"]
     t = s.attrs["length"]
     _, ys, _, _ = layout(s)
@@ -104,10 +114,6 @@ def _merge(graph: Graph, s: Node, order: tuple[int, ...]) -> dict[Node, Node]:
         start += ys[j][1]
     stacks = [_cols(s, stack, *cols[j]) for j in range(len(ys))]
     subst = relayout(graph, s, [carry_view(new, k) for k in range(nc)], stacks)
-    users: dict[Node, list[Node]] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            users.setdefault(i, []).append(n)
     for c in graph.nodes:
         found = _concat_of_ys(c)
         if found is None or found[0] is not s:
@@ -115,34 +121,6 @@ def _merge(graph: Graph, s: Node, order: tuple[int, ...]) -> dict[Node, Node]:
         js = found[1]
         if all(cols[x][1] == cols[y][0] for x, y in itertools.pairwise(js)):
             subst[c] = _flat_cols(c, stack, cols[js[0]][0], cols[js[-1]][1], start)
-            continue
-        readers = users.get(c, ())
-        if (
-            not readers
-            or any(
-                m.op != "matmul" or m.inputs[1] is not c or m.inputs[0] is c or m.ndim != 2
-                for m in readers
-            )
-            or c in graph.outputs
-        ):
-            continue
-        lo = min(cols[j][0] for j in js)
-        hi = max(cols[j][1] for j in js)
-        if hi - lo != sum(ys[j][1] for j in js):
-            continue
-        whole = _flat_cols(c, stack, lo, hi, start)
-        for m in readers:
-            prod = derive(m, "matmul", (m.inputs[0], whole))
-            parts = [
-                derive(
-                    m,
-                    "getitem",
-                    (prod,),
-                    index=(ALL, ("s", cols[j][0] - lo, cols[j][1] - lo, None)),
-                )
-                for j in js
-            ]
-            subst[m] = derive(m, "concat", parts, axis=1)
     return subst
 
 
