@@ -56,17 +56,6 @@ def ys_piece(p: Node) -> tuple[Node, int] | None:
     return s, j
 
 
-def ys_blocks(graph: Graph) -> dict[tuple[Node, int], int]:
-    """(scan, ys j) -> its block index in the first column concat of a scan's ys stacks."""
-    rank: dict[tuple[Node, int], int] = {}
-    for c in graph.nodes:
-        found = _concat_of_ys(c)
-        if found is not None:
-            for k, j in enumerate(found[1]):
-                rank.setdefault((found[0], j), k)
-    return rank
-
-
 def _concat_of_ys(c: Node) -> tuple[Node, tuple[int, ...]] | None:
     """(scan, its ys indices in the concat's order) for a 2-D concat along the columns of >= 2
     distinct ys stacks of one scan whose ys are all (R, w) with one R, else None."""
