@@ -6,6 +6,7 @@ the NumPy equations)."""
 import numpy as np
 import pytest
 
+import tapernn as tn
 from tapernn import nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 
@@ -90,3 +91,50 @@ def test_rolled_gated_loop_peak_is_close_to_fastlstms(cell):
     base = loop_peak_bytes(tapernn_loop_step(fast, x, g))
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     assert real <= 1.09 * base, f"{cell} rolled {real:,} B vs FastLSTM rolled {base:,} B"
+
+
+def _two_ys_body(B, H):
+    """h' = tanh(h @ U + x); ys a = h' * x, b = h' - x (both (B, H))."""
+
+    def step(h, x, U):
+        h2 = tn.tanh(h @ U + x)
+        return [h2, h2 * x, h2 - x]
+
+    z = np.zeros((B, H))
+    return tn.trace(step, z, z, np.zeros((H, H)), names=["h", "x", "U"])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_scans_concatenated_ys_become_one_in_any_loop(reverse):
+    """tn.scan directly: [a b] @ M and [b a] @ N after the loop (the first concat's order is
+    the merged ys' order, the second stays a concat of views) and b read alone, against a
+    NumPy loop; the compiled loop has one ys, and no (T*B, 2H) concat of [a b] is left."""
+    T, B, H = 5, 3, 4
+    rng = np.random.default_rng(3)
+    h0, xs = rng.standard_normal((B, H)), rng.standard_normal((T, B, H))
+    U, M, N = (rng.standard_normal(s) for s in ((H, H), (2 * H, 2), (2 * H, 3)))
+    body = _two_ys_body(B, H)
+
+    def f(h0, xs, U, M, N):
+        r = tn.scan(body, [h0], [xs], [U], reverse=reverse)
+        a, b = (tn.reshape(y, (T * B, H)) for y in r.ys)
+        return [
+            tn.concat([a, b], axis=1) @ M,
+            tn.concat([b, a], axis=1) @ N,
+            r.ys[1] * 2.0,
+            r.carries[0],
+        ]
+
+    compiled = tn.compile(tn.trace(f, h0, xs, U, M, N))
+    (s,) = [n for n in compiled.graph.nodes if n.op == "scan"]
+    assert len(s.attrs["body"].outputs) == 2, "carry + one merged ys"
+    stacks = [n for n in compiled.graph.nodes if n.op == "concat" and n.shape == (T * B, 2 * H)]
+    assert len(stacks) == 1, f"[a b] is a view, [b a] a concat: {len(stacks)} concats"
+    h, ys_a, ys_b = h0, np.empty((T, B, H)), np.empty((T, B, H))
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        h = np.tanh(h @ U + xs[t])
+        ys_a[t], ys_b[t] = h * xs[t], h - xs[t]
+    a, b = ys_a.reshape(T * B, H), ys_b.reshape(T * B, H)
+    want = [np.hstack([a, b]) @ M, np.hstack([b, a]) @ N, ys_b * 2.0, h]
+    for got, w in zip(compiled(h0, xs, U, M, N), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
