@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import math
 import traceback
 import weakref
 from typing import Any
@@ -157,8 +158,8 @@ def make_runner(compiled: Compiled, attrs: dict):
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     lines.append(
-        f"    _slab = out if out is not None and out.flags.c_contiguous else "
-        f"_np_empty({c + length * y}, _dtype)"
+        f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype "
+        f"else _np_empty({c + length * y}, _dtype)"
     )
     if ys:
         lines.append(f"    {', '.join(ys)}, = _ys_views(_slab)")
@@ -194,8 +195,8 @@ def make_runner(compiled: Compiled, attrs: dict):
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
         "_np_copyto": np.copyto,
-        "_ys_views": _ys_views(c, length, y, y_shapes),
-        "_carry_views": _carry_views(carry_shapes),
+        "_ys_views": _ys_views(c, length, y, y_shapes, body_dtype(body)),
+        "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
     }
@@ -223,29 +224,50 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     return statements, dict(program.fn.__kwdefaults__)
 
 
-def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
-    """(length, *shape) views of the slab per ys; a 0-d ys as (length, 1), so that its row is
-    an array the body can write (a (length,) array's row would be a NumPy scalar)."""
-    spans = offsets(shapes)
-    shapes = [s or (1,) for s in shapes]
-
-    def views(slab: np.ndarray) -> list[np.ndarray]:
-        rows = slab[c : c + length * y].reshape(length, y)
-        return [rows[:, a:b].reshape((length, *s)) for (a, b), s in zip(spans, shapes)]
-
-    # each view splits a contiguous run of a row, so it is a view whatever the slab's values:
+def _ys_views(c: int, length: int, y: int, shapes: list[tuple], dtype: np.dtype):
+    """(length, *shape) views of the slab per ys (its rows start at `c`, `y` apart); a 0-d ys
+    as (length, 1), so that its row is an array the body can write (a (length,) array's row
+    would be a NumPy scalar)."""
+    views = _slab_views(c, [s or (1,) for s in shapes], length, y, dtype)
+    # each view is a strided window into the slab, so it is a view whatever the slab's values:
     # checked once here (np.empty touches no memory), not on every loop call
-    probe = np.empty(c + length * y)
+    probe = np.empty(c + length * y, dtype)
     if length and not all(np.shares_memory(v, probe) for v in views(probe)):
         raise TapernnError("scan: internal error, a ys view of the slab is a copy")
     return views
 
 
-def _carry_views(shapes: list[tuple]):
-    spans = offsets(shapes)
+def _carry_views(shapes: list[tuple], dtype: np.dtype):
+    return _slab_views(0, shapes, None, 0, dtype)
 
-    def views(slab: np.ndarray) -> list[np.ndarray]:
-        return [slab[a:b].reshape(s) for (a, b), s in zip(spans, shapes)]
+
+def _slab_views(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
+    """slab -> per shape a view of the slab laid out from `start` one after another (offsets):
+    `shape` itself or, given `length`, (length, *shape) with rows `row` elements apart. A run of
+    equal shapes is ONE strided array made by np.ndarray over the slab's buffer and split by
+    NumPy's own iteration (each loop call pays a few views, not two reshapes per ys)."""
+    item, specs = dtype.itemsize, []
+    for (a, _), s in zip(offsets(shapes), shapes):
+        if specs and specs[-1][1] == s:
+            specs[-1][0] += 1
+            continue
+        inner = tuple(int(v) for v in np.empty(s, dtype).strides) if s else ()
+        specs.append([1, s, a, inner])
+    made = []
+    for k, s, a, inner in specs:
+        size = math.prod(s) * item
+        shape, strides = ((k, *s), (size, *inner)) if length is None else (
+            (k, length, *s), (size, row * item, *inner)
+        )
+        made.append((shape, (start + a) * item, strides))
+    nd = np.ndarray
+
+    def views(slab: np.ndarray) -> list:
+        # (the slab is C-contiguous and of `dtype`: the runner allocates it or checks `out`)
+        out: list = []
+        for shape, offset, strides in made:
+            out.extend(nd(shape, dtype, slab, offset, strides))
+        return out
 
     return views
 
