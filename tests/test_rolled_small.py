@@ -108,3 +108,42 @@ def test_rolled_fields_are_written_grouped_once_per_program(name, monkeypatch):
         _assert_same(a, b)
         for u, v in zip(a[0], c[0]):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+
+
+def _runners(program):
+    return [v for k, v in program.fn.__kwdefaults__.items() if k.startswith("scan_run")]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "FastLSTM", "GRU"])
+def test_the_loop_takes_its_step_rows_by_iteration_and_keeps_views_of_its_buffer(cell):
+    """The generated loop gets each step's xs slices and ys rows from iterating the arrays in
+    its header (no Python index per array per step), and a loop writing into a buffer of its
+    program makes that slab's views once. Training steps with new inputs, two lengths and
+    repeated calls still equal the unrolled program's (float64)."""
+    rng = np.random.default_rng(7)
+    rolled = nn.Sequencer(getattr(nn, cell)(3, 4))
+    unrolled = copy.deepcopy(rolled)
+    unrolled.unroll = True
+    for T in (5, 3, 5):
+        x, g = rng.standard_normal((T, 2, 3)), rng.standard_normal((T, 2, 4))
+        for m in (rolled, unrolled):
+            m.zero_grad_parameters()
+            m.forward(x)
+            m.backward(x, g)
+        np.testing.assert_allclose(rolled.output, unrolled.output, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(rolled.grad_input, unrolled.grad_input, rtol=1e-11, atol=1e-12)
+        for (k, p), q in zip(rolled.named_parameters().items(), unrolled.parameters()):
+            np.testing.assert_allclose(p.grad, q.grad, rtol=1e-11, atol=1e-12, err_msg=k)
+    pair = rolled._runtime.last.compile_training()
+    fwd, bwd = _runners(pair.forward.program), _runners(pair.last_backward.program)
+    assert fwd and bwd
+    for run in fwd + bwd:
+        assert "[_t]" not in run.source, run.source
+        (header,) = [line for line in run.source.splitlines() if "for _t" in line]
+        assert "zip(" in header and "_X0" in header and "_Y0" in header, header
+    (back,) = bwd
+    assert "_ys_views(_slab, _slab is out)" in back.source  # its out= is a program buffer
+    views = back.__kwdefaults__["_ys_views"]
+    slab = np.empty(10_000)
+    assert views(slab, True) is views(slab, True)  # made once for that buffer
+    assert views(slab) is not views(slab)  # a fresh slab (a forward's): made per call
