@@ -181,16 +181,26 @@ class Runtime:
         never holds two steps' outputs (a rolled loop's output is a view of its whole slab of
         saved values). After a failed call they stay None."""
         self.history = []
-        root = self.module
-        root.output = root.grad_input = None
-        for m, output, leaves, others, _ in _write_plan(exe):  # (each module once)
-            if output is not None or any(name == "output" for name, *_ in others):
-                m.output = None
-            if hasattr(m, "_n_steps") and (
-                leaves or any(name != "output" for name, *_ in others)
-            ):  # a recurrent module's per-step fields
-                m.outputs, m.inputs = [], []
-                m.states = {k: [] for k in m.state_names}
+        fields = self.module.__dict__  # (plain fields: no registration check, as _write_back)
+        fields["output"] = fields["grad_input"] = None
+        release = getattr(exe, "_release_plan", None)
+        if release is None:  # what each module's write-back replaces: found once per program
+            release = exe._release_plan = [
+                (
+                    m,
+                    output is not None or any(name == "output" for name, *_ in others),
+                    hasattr(m, "_n_steps")  # a recurrent module's per-step fields
+                    and bool(leaves or any(name != "output" for name, *_ in others)),
+                )
+                for m, output, leaves, others, _ in _write_plan(exe)  # (each module once)
+            ]
+        for m, output, steps in release:
+            fields = m.__dict__
+            if output:
+                fields["output"] = None
+            if steps:
+                fields["outputs"], fields["inputs"] = [], []
+                fields["states"] = {k: [] for k in m.state_names}
 
     def _tree(self) -> tuple[list, list]:
         """The model's `_before_forward` hooks that do something (in `modules()` order) and its
