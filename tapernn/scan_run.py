@@ -172,8 +172,8 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
     lines += ["    _t = None", "    try:"]
     if inline and (xs or ys):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
-        # (in step order: reversed views for a reverse loop), not from a Python index each
-        rows = [f"{p}[::-1]" if reverse else p for p in xs_params + ys]
+        # (in step order: reversed() for a reverse loop), not from a Python index each
+        rows = [f"reversed({p})" if reverse else p for p in xs_params + ys]
         names = xs + [f"w{j}" for j in range(len(ys))]
         lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
     else:
