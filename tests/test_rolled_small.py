@@ -117,10 +117,10 @@ def _runners(program):
 @pytest.mark.parametrize("cell", ["LSTM", "FastLSTM", "GRU"])
 def test_the_loop_takes_its_step_rows_by_iteration_and_keeps_views_of_its_buffer(cell):
     """The generated loop gets each step's xs slices and ys rows from iterating the arrays in
-    its header (no Python index per array per step) and copies rows by slice assignment, and
-    a loop writing into a buffer of its
-    program makes that slab's views once. Training steps with new inputs, two lengths and
-    repeated calls still equal the unrolled program's (float64)."""
+    its header (no Python index per array per step), copies rows by slice assignment, binds
+    the inline sigmoid's scalars as 0-d arrays, and a loop writing into a buffer of its program
+    makes that slab's views once. Training steps with new inputs, two lengths and repeated
+    calls still equal the unrolled program's (float64)."""
     rng = np.random.default_rng(7)
     rolled = nn.Sequencer(getattr(nn, cell)(3, 4))
     unrolled = copy.deepcopy(rolled)
