@@ -473,10 +473,8 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
     if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
         data_array(root.describe(), x)
-    if x.dtype.kind == "f" and x.dtype != root.dtype:
+    if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
-    if x.dtype.kind == "b":
-        return x.astype(root.dtype)
     return x.copy() if copy else x
 
 
