@@ -70,6 +70,8 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
     (None, why not)."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
+    if attrs.get("shifted"):  # (the kernel writes the plain rows layout only)
+        return None, "a slab with shifted state blocks (scan_ir.ys_places)"
     live = [k for k in range(nc) if k not in fixed]
     gen = LoopSource(graph, nc, nx, live)
     try:
