@@ -402,7 +402,10 @@ def _unrolled(n: Node, ins: list[Var], tape: Tape) -> Node:
         moved = dict(a.get("shifted", ()))
         pieces = [F.reshape(v, (-1,)) for v in carries]
         pieces += [
-            F.reshape(v, (-1,)) for t in range(length) for j, v in enumerate(ys[t]) if j not in moved
+            F.reshape(v, (-1,))
+            for t in range(length)
+            for j, v in enumerate(ys[t])
+            if j not in moved
         ]
         for j, k in a.get("shifted", ()):  # ys j's block: the initial carry k first (last)
             block = [ys[t][j] for t in range(length)]

@@ -251,10 +251,10 @@ def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
     kept = [j for j in range(len(shapes)) if j not in moved]
     width = sum(math.prod(shapes[j]) for j in kept)
     parts = [(kept, _slab_views(c, [shapes[j] for j in kept], length, width, dtype))]
-    parts += [([j], _slab_views(places[j][0], [shapes[j]], length, places[j][1], dtype)) for j in moved]
-    firsts = [
-        _slab_views(at, [body.outputs[k].shape], None, 0, dtype) for k, at in inits
+    parts += [
+        ([j], _slab_views(places[j][0], [shapes[j]], length, places[j][1], dtype)) for j in moved
     ]
+    firsts = [_slab_views(at, [body.outputs[k].shape], None, 0, dtype) for k, at in inits]
 
     kept_out: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
 
