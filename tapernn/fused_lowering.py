@@ -115,8 +115,15 @@ class FusedLowering:
             if lone
             else n.attrs["program"]
         )
+        inplace = next((k for k, a in enumerate(args) if out is not None and a == out), None)
         handle, why = numba_backend.plan_kernel(
-            program, operands, n.shape, n.dtype, background=later, memo=self.kernel_plans
+            program,
+            operands,
+            n.shape,
+            n.dtype,
+            background=later,
+            memo=self.kernel_plans,
+            inplace=inplace,
         )
         if handle is None:
             ops = "+".join(ins[0] for ins in program)

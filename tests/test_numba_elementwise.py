@@ -124,3 +124,40 @@ def test_kernels_over_strided_and_broadcast_operands(dtype):
         tol = 1e-12 if dtype == np.float64 else 2e-6
         assert got.dtype == dtype
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol, err_msg=label)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_in_place_kernel_variant_is_right_whether_or_not_out_aliases(dtype):
+    from tapernn.backends import numba_backend
+
+    S = (8, 16)
+    program = (
+        ("mul", (0, 1), (), S, dtype),
+        ("sigmoid", (-1,), (), S, dtype),
+        ("sub", (2, 0), (), S, dtype),
+        ("mul", (-2, -3), (), S, dtype),
+    )
+    operands = [(S, dtype), ((1, 16), dtype), ((), dtype)]
+    handle, why = numba_backend.plan_kernel(program, operands, S, dtype, inplace=0)
+    assert handle is not None, why
+    assert "r0[i1] = v3" in handle.source  # the row loop stores through x0's row view
+    kernel = handle.prepare(warm=True)
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((8, 40)).astype(dtype)
+    b, c = rng.standard_normal((1, 16)).astype(dtype), np.array(0.5, dtype)
+
+    def want(x):
+        return 1 / (1 + np.exp(-(x * b))) * (c - x)
+
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    cuts = (lambda a: a[:, 4:20].copy(), lambda a: a[:, 4:20], lambda a: a[:, ::2][:, :16])
+    for cut in cuts:
+        x = cut(base)
+        expected = want(x)
+        np.testing.assert_allclose(kernel(x, b, c, np.empty(S, dtype)), expected, rtol=tol)
+        y = x.copy()
+        kernel(y, b, c, y)  # out is operand 0: the in-place row loop
+        np.testing.assert_allclose(y, expected, rtol=tol)
+        z = cut(base.copy())
+        kernel(z, b, c, np.empty(S, dtype))  # out not operand 0 despite the variant
+        np.testing.assert_allclose(z, x, rtol=0)  # operand untouched

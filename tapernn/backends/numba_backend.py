@@ -217,14 +217,19 @@ def _nest(pad: str, ndim: int, body: list[str], row_lines: list[str]) -> list[st
     return text + [pad + line for line in body]
 
 
-def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple) -> str:
+def kernel_source(
+    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, inplace: int | None = None
+) -> str:
     """The module text of `program` (ops/fused.py) over operands of these (shape, dtype),
     writing an output of out_shape: sizes enter only as which dimensions broadcast. An operand
     is cast only where its dtype is not the instruction's (every op here keeps the dtype of
     same-dtype operands, as in NumPy): fewer calls to type and lower at compile time. A 2-D
     output gets two loop nests: one over C-contiguous row views (c_row) where every 2-D
     operand's rows are contiguous -- strided gate views included, whose plain loops numba types
-    as layout "A" and LLVM does not vectorise (2-7x slower) -- and the plain one otherwise."""
+    as layout "A" and LLVM does not vectorise (2-7x slower) -- and the plain one otherwise.
+    `inplace`: the operand the call site passes as `out` too; the row loop then stores through
+    that operand's row view where `out` is the same memory (LLVM vectorises a loop reading and
+    writing one row at the same index, not two rows it cannot prove apart: 10x slower)."""
     ndim = len(out_shape)
     idx = [f"i{d}" for d in range(ndim)]
     target = f"out[{', '.join(idx) if idx else '()'}]"
@@ -234,11 +239,22 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
     text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
     if ndim == 2:
         loads = _loads(operands, out_shape, rows=True)
-        row_lines = [r for _, _, r in loads if r] + ["ro = c_row(out, i0)"]
+        row_lines = [r for _, _, r in loads if r]
         checks = [f"x{k}.strides[1] == x{k}.itemsize" for k, (*_, r) in enumerate(loads) if r]
         checks.append("out.strides[1] == out.itemsize")
+        store = "ro"
+        if inplace is not None and loads[inplace][2] and tuple(operands[inplace][0]) == tuple(
+            out_shape
+        ):
+            store = f"r{inplace}"
+            checks += [
+                f"out.ctypes.data == x{inplace}.ctypes.data",
+                f"out.strides[0] == x{inplace}.strides[0]",
+            ]
+        else:
+            row_lines.append("ro = c_row(out, i0)")
         text.append(f"    if {' and '.join(checks)}:")
-        text += _nest("        ", 2, _body(program, loads) + [f"ro[i1] = {result}"], row_lines)
+        text += _nest("        ", 2, _body(program, loads) + [f"{store}[i1] = {result}"], row_lines)
         text.append("    else:")
         text += _nest("        ", 2, lines + [f"{target} = {result}"], [])
     else:
@@ -333,13 +349,18 @@ class Kernel:
 
 
 def _source_for(
-    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, memo: dict | None
+    program: tuple,
+    operands: list[tuple[tuple, Any]],
+    out_shape: tuple,
+    memo: dict | None,
+    inplace: int | None = None,
 ) -> tuple[str, str]:
     """(kernel_source, "") or ("", why numba does not lower the group), kept in `memo` (one
     compile's: a program's groups repeat the same few structures, one per timestep)."""
     key = None
     if memo is not None:
-        key = (program, tuple((tuple(s), np.dtype(d).str) for s, d in operands), tuple(out_shape))
+        shapes = tuple((tuple(s), np.dtype(d).str) for s, d in operands)
+        key = (program, shapes, tuple(out_shape), inplace)
         try:
             known = memo.get(key)
         except TypeError:  # an unhashable attribute: not remembered
@@ -351,7 +372,7 @@ def _source_for(
         made = "", slower
     else:
         try:
-            made = kernel_source(program, operands, out_shape), ""
+            made = kernel_source(program, operands, out_shape, inplace), ""
         except Unsupported as e:
             made = "", f"unsupported: {e}"
     if key is not None:
@@ -366,13 +387,15 @@ def plan_kernel(
     out_dtype: Any,
     background: bool = False,
     memo: dict | None = None,
+    inplace: int | None = None,
 ) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
     `background` the kernel's module is loaded before this returns (numba compiles it at a call
     site's first call, for the types that call passes); with it this returns at once, and the
     group's call sites have the worker thread load and compile it (backends/background). `memo`:
-    a dict kept for one compile (saves re-deriving the source of a repeated group)."""
-    source, why = _source_for(program, operands, out_shape, memo)
+    a dict kept for one compile (saves re-deriving the source of a repeated group); `inplace`:
+    the operand its call sites also pass as `out` (kernel_source)."""
+    source, why = _source_for(program, operands, out_shape, memo, inplace)
     if not source:
         return None, why
     with _lock:
