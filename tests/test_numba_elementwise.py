@@ -97,6 +97,7 @@ def test_fastlstm_numba_float32_within_tolerance():
     expected, _ = run(fastlstm_step, params, xs.astype(np.float64), 2, 64)
     assert out.dtype == gx.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx, gx_np, rtol=1e-4, atol=1e-5)
     for name in grads:
         np.testing.assert_allclose(grads[name], grads_np[name], rtol=1e-4, atol=1e-4)

@@ -26,8 +26,26 @@ def _grid():
     wide = np.linspace(-110, 95, 400_001, dtype=f32)  # exp's overflow / subnormal / 0 edges
     magnitudes = np.logspace(-45.5, 38.5, 400_000).astype(f32)
     special = np.array(
-        [0.0, 1e-45, 1.2e-38, 3e-4, 0.625, 9.0, 9.01, 9.75, 10.0, 87.3, 88.72, 88.7229, 88.73,
-         103.9, 103.98, 104.0, 3.4e38], f32
+        [
+            0.0,
+            1e-45,
+            1.2e-38,
+            3e-4,
+            0.625,
+            9.0,
+            9.01,
+            9.75,
+            10.0,
+            87.3,
+            88.72,
+            88.7229,
+            88.73,
+            103.9,
+            103.98,
+            104.0,
+            3.4e38,
+        ],
+        f32,
     )
     x = np.concatenate([dense, wide, magnitudes, special])
     return np.concatenate([x, -x, np.array([np.inf, -np.inf, np.nan], f32)])

@@ -140,18 +140,22 @@ _CASTS_OPERANDS = (
     "relu",
 )
 
-_HEADER = '''"""tapernn generated kernel (numba backend); safe to delete."""
+_HEADER = (
+    '''"""tapernn generated kernel (numba backend); safe to delete."""
 import numpy as np
 from numba import njit
 
 ONE_float32, ZERO_float32 = np.float32(1.0), np.float32(0.0)
 ONE_float64, ZERO_float64 = np.float64(1.0), np.float64(0.0)
 ONE_bool, ZERO_bool = True, False
-''' + vecmath.HEADER + '''
+'''
+    + vecmath.HEADER
+    + """
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-'''
+"""
+)
 
 
 def _sigmoid_lines(j: int | str, x: str, dt: str) -> list[str]:
@@ -243,8 +247,10 @@ def kernel_source(
         checks = [f"x{k}.strides[1] == x{k}.itemsize" for k, (*_, r) in enumerate(loads) if r]
         checks.append("out.strides[1] == out.itemsize")
         store = "ro"
-        if inplace is not None and loads[inplace][2] and tuple(operands[inplace][0]) == tuple(
-            out_shape
+        if (
+            inplace is not None
+            and loads[inplace][2]
+            and tuple(operands[inplace][0]) == tuple(out_shape)
         ):
             store = f"r{inplace}"
             checks += [

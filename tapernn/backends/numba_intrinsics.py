@@ -4,7 +4,7 @@ and a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate vie
 
 from __future__ import annotations
 
-import llvmlite.ir as ir
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
@@ -48,8 +48,9 @@ def c_row(typingctx, array, index):
         strides = cgutils.unpack_tuple(builder, ary.strides, 2)
         data = cgutils.pointer_add(builder, ary.data, builder.mul(i, strides[0]))
         row = make_array(row_type)(context, builder)
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
-            context.get_data_type(array_type.dtype)))
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+        )
         populate_array(
             row,
             data=builder.bitcast(data, ary.data.type),
