@@ -162,3 +162,30 @@ def test_in_place_kernel_variant_is_right_whether_or_not_out_aliases(dtype):
         z = cut(base.copy())
         kernel(z, b, c, np.empty(S, dtype))  # out not operand 0 despite the variant
         np.testing.assert_allclose(z, x, rtol=0)  # operand untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lone_op_sites_in_the_background_first_call_numpy_then_kernel(dtype, monkeypatch):
+    from tapernn.backends import background, numba_backend
+
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    monkeypatch.setattr(numba_backend, "_kernels", {})  # not compiled in this process yet
+    x = np.random.default_rng(7).uniform(-40, 40, (32, 48)).astype(dtype)
+    fn = (lambda a: [tn.sigmoid(a), a * 2.0]) if dtype == np.float64 else tn.tanh
+    g = tn.trace(fn, x)
+    c = tn.compile(g, backend="numba")
+    sites = {k: v for k, v in c.program.fn.__kwdefaults__.items() if k.startswith("nks")}
+    assert sites and all(isinstance(v, background.Site) for v in sites.values())
+    first = c(x)
+    reference = tn.compile(g, backend="numpy")(x)
+    for got, want in zip(first, reference):
+        np.testing.assert_array_equal(got, want)  # the NumPy lowering ran, bit for bit
+    second = c(x)
+    assert not any(
+        isinstance(v, background.Site)
+        for k, v in c.program.fn.__kwdefaults__.items()
+        if k.startswith("nks")
+    )
+    tol = 1e-12 if dtype == np.float64 else 2e-7
+    for got, want in zip(second, reference):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
