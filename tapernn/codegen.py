@@ -191,7 +191,8 @@ class Program(FusedLowering):
             if n.op == "fused"
             or n.op == "sigmoid"
             and self.options.inline_sigmoid
-            or self.numba_lone(n)
+            or self.backend == "numba"
+            and self.numba_lone(n)
         }
         uses = self._prepare_special(g) if special else {}
         body: list[str] = []
