@@ -7,10 +7,10 @@ was decided on (100 float32 FastLSTM training steps at (1, 5, 5) and (32, 50, 25
 included: numba slower at both, warm kernel cache or cold). numba's import and first-use setup
 take ~1 s of CPU per process even with every kernel cached (its scipy import avoided,
 backends/numba_setup.py), and each kernel specialisation ~0.4 s of compile the first time, paid
-at a model's second call (the first runs on NumPy) -- for steps 5-12 % faster than NumPy's at
+at a model's second call (the first runs on NumPy) -- for steps 0-12 % faster than NumPy's at
 (32, 50, 256) and (32, 50, 512) float32 since its float32 exp/tanh/sigmoid vectorise
-(backends/vecmath.py), not enough to win a 100-step run from process start; measured in
-BENCHMARKS.md."""
+(backends/vecmath.py; its kernels 1.5-2x NumPy's per group), not enough to win a 100-step run
+from process start in CPU time; measured in BENCHMARKS.md."""
 
 from __future__ import annotations
 
