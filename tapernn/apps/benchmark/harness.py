@@ -67,8 +67,6 @@ def describe_blas() -> list[str]:
 # --- contenders --------------------------------------------------------------------------------
 
 
-
-
 _sequencers: dict[tuple, object] = {}
 _UNROLL = {"auto": None, "rolled": False, "unrolled": True}
 unroll: list = [None]  # the Sequencers' `unroll` (--unroll)
@@ -126,8 +124,6 @@ def make_tapernn_contenders(
             flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
             contenders.append(Contender(name, step, flops))
     return contenders
-
-
 
 
 def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], ReferenceLSTM]:
