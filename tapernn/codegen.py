@@ -188,7 +188,11 @@ class Program(FusedLowering):
         special = {
             n
             for n in g.nodes
-            if n.op == "fused" or n.op == "sigmoid" and self.options.inline_sigmoid
+            if n.op == "fused"
+            or n.op == "sigmoid"
+            and self.options.inline_sigmoid
+            or self.backend == "numba"
+            and self.numba_lone(n)
         }
         uses = self._prepare_special(g) if special else {}
         body: list[str] = []

@@ -24,6 +24,15 @@ EXACT_SIGMOID_INLINE_SIZE = 128
 # keep an unclamped exact form
 _TAIL_READERS = ("log", "div", "power")
 
+# lone elementwise ops (not fused: their values are saved for backward, or read by several
+# groups) that the numba backend runs as a one-instruction kernel on values of at least
+# NUMBA_LONE_MIN_SIZE elements: one pass over memory with vecmath's vectorised float32 exp /
+# tanh where NumPy makes one (tanh, exp) or five (sigmoid) passes at libm speed (2x faster at
+# (32, 512) float32; BENCHMARKS.md issue-19 helem). float64 tanh/exp stay NumPy ufuncs (numba's
+# are scalar libm calls).
+NUMBA_LONE_OPS = {"float32": ("sigmoid", "tanh", "exp"), "float64": ("sigmoid",)}
+NUMBA_LONE_MIN_SIZE = 1024
+
 
 def sigmoid_exp_limit(dtype) -> float:
     """The clamp of -a in the inline sigmoid 1 / (1 + exp(min(-a, limit))): exp(limit) is
@@ -49,8 +58,16 @@ class FusedLowering:
         self, n: Node, args: list[str], out: str | None, views: dict, name: str, uses: dict
     ) -> list[str] | None:
         """n's lines, or None for the plain lowering (codegen Program._call)."""
-        if n.op == "sigmoid":
-            if not self._inline_sigmoid(n.shape, n in self.exact_sigmoid):
+        if n.op != "fused":
+            if self.numba_lone(n):
+                compiled = self._compiled_call(n, args, out, views)
+                if compiled is not None:
+                    return [compiled]
+            if not (
+                n.op == "sigmoid"
+                and self.options.inline_sigmoid
+                and self._inline_sigmoid(n.shape, n in self.exact_sigmoid)
+            ):
                 return None
             return self._sigmoid_lines(
                 args[0],
@@ -71,6 +88,15 @@ class FusedLowering:
             return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
         return self._fused_lines(n, args, out, temps, name)
 
+    def numba_lone(self, n: Node) -> bool:
+        """Whether n is a lone elementwise op the numba backend runs as a kernel."""
+        return (
+            self.backend == "numba"
+            and n.size >= NUMBA_LONE_MIN_SIZE
+            and not n.attrs
+            and n.op in NUMBA_LONE_OPS.get(np.dtype(n.dtype).name, ())
+        )
+
     def _compiled_call(self, n: Node, args: list[str], out: str | None, views: dict) -> str | None:
         """A call of n's numba kernel (backends/numba_backend.py) writing `out` (or an array
         allocated per call), or None when the group falls back to the NumPy lowering (the
@@ -83,17 +109,30 @@ class FusedLowering:
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
         later = background.enabled()
+        lone = n.op != "fused"
+        program = (
+            ((n.op, tuple(range(len(n.inputs))), (), n.shape, n.dtype),)
+            if lone
+            else n.attrs["program"]
+        )
+        inplace = next((k for k, a in enumerate(args) if out is not None and a == out), None)
         handle, why = numba_backend.plan_kernel(
-            n.attrs["program"], operands, n.shape, n.dtype, background=later, memo=self.kernel_plans
+            program,
+            operands,
+            n.shape,
+            n.dtype,
+            background=later,
+            memo=self.kernel_plans,
+            inplace=inplace,
         )
         if handle is None:
-            ops = "+".join(ins[0] for ins in n.attrs["program"])
+            ops = "+".join(ins[0] for ins in program)
             self.fallbacks.append(f"{ops}: {why}")
             return None
         name = self.bind("nks", None)
-        self.sites.append(
-            (name, handle, self._fused_kernel(n, with_out=True), self._temps(n, views), later)
-        )
+        numpy_fn = self._lone_function(n) if lone else self._fused_kernel(n, with_out=True)
+        temps = [] if lone else self._temps(n, views)
+        self.sites.append((name, handle, numpy_fn, temps, later))
         self.compiled_kernels.setdefault(id(handle), "")
         args = [
             f"np_asarray({a})" if i.shape == () and i.op != "constant" else a
@@ -105,6 +144,25 @@ class FusedLowering:
                 f"{self.bind('d', n.dtype)})"
             )
         return f"{name}({', '.join(args + [out])})"
+
+    def _lone_function(self, n: Node) -> str:
+        """The name of a function (x0, ..., out) running lone op n's NumPy lowering into out
+        (the Site's lowering until its kernel is there): made once per (op, dtype, form)."""
+        exact = n in self.exact_sigmoid
+        key = ("lone", n.op, len(n.inputs), np.dtype(n.dtype).str, exact)
+        if key not in self.fused_kernels:
+            args = [f"x{k}" for k in range(len(n.inputs))]
+            if n.op == "sigmoid" and self._inline_sigmoid(n.shape, exact):
+                small = n.size <= EXACT_SIGMOID_INLINE_SIZE or exact
+                lines = self._sigmoid_lines(args[0], "out", "out", n.dtype, small)
+            else:
+                lines = [self._call(n.op, args, {}, "out")]
+            body = "\n".join("    " + line for line in lines + ["return out"])
+            used = sorted(set(re.findall(r"[A-Za-z_]\w*", body)) & self.bound.keys())
+            name = self._named(f"lone_kernel{len(self.fused_kernels)}", None)  # set after exec
+            params = ", ".join(args + ["out", "*"] + used)
+            self.fused_kernels[key] = (name, used, f"def {name}({params}):\n{body}\n")
+        return self.fused_kernels[key][0]
 
     def _make_sites(self) -> None:
         """Each numba call site becomes a Site: the group's NumPy function (with its

@@ -1,6 +1,7 @@
-"""The numba backend's float32 tanh (tapernn/backends/vecmath.py): against float64 NumPy rounded
-to float32 over a dense grid (every float32 magnitude from subnormals to the largest, the
-saturation region), signed zeros, NaN and +-Inf; and the generated loop is vectorised."""
+"""The numba backend's float32 exp, tanh and sigmoid (tapernn/backends/vecmath.py): against
+float64 NumPy rounded to float32 over a dense grid (every float32 magnitude from subnormals to
+the largest, the saturation and underflow regions), signed zeros, NaN and +-Inf; and the
+generated loops are vectorised float32 code with no libm call left."""
 
 import re
 
@@ -22,44 +23,97 @@ def _ulps(a, b):
 def _grid():
     f32 = np.float32
     dense = np.linspace(-12, 12, 1_000_001, dtype=f32)
+    wide = np.linspace(-110, 95, 400_001, dtype=f32)  # exp's overflow / subnormal / 0 edges
     magnitudes = np.logspace(-45.5, 38.5, 400_000).astype(f32)
-    special = np.array([0.0, 1e-45, 1.2e-38, 3e-4, 9.0, 9.01, 9.75, 3.4e38], f32)
-    x = np.concatenate([dense, magnitudes, special])
+    special = np.array(
+        [
+            0.0,
+            1e-45,
+            1.2e-38,
+            3e-4,
+            0.625,
+            9.0,
+            9.01,
+            9.75,
+            10.0,
+            87.3,
+            88.72,
+            88.7229,
+            88.73,
+            103.9,
+            103.98,
+            104.0,
+            3.4e38,
+        ],
+        f32,
+    )
+    x = np.concatenate([dense, wide, magnitudes, special])
     return np.concatenate([x, -x, np.array([np.inf, -np.inf, np.nan], f32)])
 
 
-def test_float32_tanh_within_one_ulp_of_float64_rounded_to_float32():
-    x = _grid()
-    c = tn.compile(tn.trace(lambda a: tn.tanh(a) * 1.0, x), backend="numba")
+def _run(fn, x):
+    c = tn.compile(tn.trace(lambda a: fn(a) * 1.0, x), backend="numba")
     assert c.report.compiled_kernels == 1 and not c.report.fallbacks  # lowered, not on NumPy
-    assert (
-        "np.tanh"
-        not in c.program.fn.__kwdefaults__[
-            next(k for k in c.program.fn.__kwdefaults__ if k.startswith("nk"))
-        ].handle.kernel.py_func.__code__.co_names  # a call site, bound to the kernel once called
-    )
     got = c(x)
     assert got.dtype == np.float32
-    want = np.tanh(x.astype(np.float64)).astype(np.float32)
-    finite = np.isfinite(x)
-    assert _ulps(got[finite], want[finite]).max() <= 1
-    assert (_ulps(got[finite], want[finite]) > 0).mean() < 1e-3  # nearly always correctly rounded
-    np.testing.assert_array_equal(got[~finite], np.tanh(x[~finite]))  # +-1 at +-Inf, NaN
+    return got
+
+
+def _sigmoid64(x):
+    x = x.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+@pytest.mark.parametrize(
+    "name, fn, ref, max_ulps, off",
+    [
+        ("exp", tn.exp, np.exp, 1, 0.1),  # NumPy's own float32 exp: up to 2 ulps
+        ("tanh", tn.tanh, np.tanh, 1, 0.02),  # NumPy's own: up to 1 ulp
+        ("sigmoid", tn.sigmoid, _sigmoid64, 2, 0.3),  # the NumPy lowering's: up to 2 ulps
+    ],
+)
+def test_float32_function_against_float64_rounded(name, fn, ref, max_ulps, off):
+    x = _grid()
+    got = _run(fn, x)
+    with np.errstate(over="ignore"):
+        want = ref(x.astype(np.float64)).astype(np.float32)
+    finite = np.isfinite(x) & np.isfinite(want)
+    ulps = _ulps(got[finite], want[finite])
+    assert ulps.max() <= max_ulps, (name, x[finite][ulps.argmax()])
+    assert (ulps > 0).mean() < off  # mostly correctly rounded
+    np.testing.assert_array_equal(got[~finite], want[~finite])  # Inf, overflow, +-1, 0, NaN
     zeros = x == 0
-    np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(x[zeros]))  # tanh(-0) = -0
-    tiny = (np.abs(x) < 1e-4) & finite
-    np.testing.assert_array_equal(got[tiny], x[tiny])  # tanh(x) = x to float32 precision
+    np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(want[zeros]))  # -0
+    if name == "tanh":
+        tiny = (np.abs(x) < 1e-4) & np.isfinite(x)
+        np.testing.assert_array_equal(got[tiny], x[tiny])  # tanh(x) = x to float32 precision
+    if name == "exp":  # subnormal results round once: within 1 unit of the smallest subnormal
+        sub = (want > 0) & (want < np.finfo(np.float32).tiny)
+        assert sub.sum() > 1000 and _ulps(got[sub], want[sub]).max() <= 1
 
 
-def test_float32_tanh_loop_is_vectorised(tmp_path, monkeypatch):
+def test_sigmoid_tails_keep_relative_precision():
+    x = np.array([-103.0, -90.0, -88.0, -40.0, -17.0, 17.0, 40.0], np.float32)
+    got = _run(tn.sigmoid, x)
+    want = _sigmoid64(x).astype(np.float32)
+    assert np.all(got[:5] > 0)  # no underflow to 0 above the smallest subnormal
+    assert _ulps(got, want).max() <= 2
+
+
+def test_float32_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
     from tapernn.backends import numba_backend
 
     monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path))  # compiled here: inspectable
     monkeypatch.setattr(numba_backend, "_kernels", {})
     x = np.linspace(-3, 3, 64, dtype=np.float32)
-    c = tn.compile(tn.trace(lambda a: tn.tanh(a) * 2.0, x), backend="numba")
+    c = tn.compile(
+        tn.trace(lambda a: tn.tanh(a) * 2.0 + tn.sigmoid(a * 3.0) + tn.exp(a), x),
+        backend="numba",
+    )
     c(x)  # compiled at the first call, for the types it passes
     kernel = next(v for k, v in c.program.fn.__kwdefaults__.items() if k.startswith("nk"))
     asm = "\n".join(kernel.inspect_asm().values())
-    assert re.search(r"\bv?\w+pd\s+.*%[xyz]mm", asm)  # packed double arithmetic: SIMD
-    assert "tanh" not in asm  # no libm call left
+    assert re.search(r"\bvmulps\s+.*%ymm", asm)  # packed single arithmetic, 8 wide: SIMD
+    assert re.search(r"\bvroundps\b", asm) and re.search(r"\bvcvttps2dq\b", asm)  # exp's 2^n
+    assert not re.search(r"(exp|tanh)f?\b", asm.replace("kernel", ""))  # no libm call left

@@ -19,22 +19,25 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
-from .vecmath import tanh_lines
+from . import vecmath
 
 # bump when the generated source changes meaning (part of every kernel's file name)
-SOURCE_VERSION = 4
+SOURCE_VERSION = 5
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()
 _kernels: dict[str, Kernel] = {}
 
 
 # float32 groups with these ops stay on NumPy: without Intel SVML numba calls scalar libm
-# logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs (as tanhf was: the LSTM
-# cell update sigma(f)*c + sigma(i)*tanh(g) at (32, 256) float32 1.6-1.7x NumPy's time with
-# libm tanhf, 0.7-1.1x with backends/vecmath.py's tanh; a vectorised exp lost to libm expf,
-# 1.0-1.3x vs 0.7-1.0x: exp stays libm). Measured interleaved on a loaded 2-core VM.
+# logf/powf per element, 4-7x slower than NumPy's SIMD float32 ufuncs. float32 exp, tanh and
+# sigmoid are vecmath.py's vectorisable float32 arithmetic instead (libm expf/tanhf, or tanh in
+# float64 as before, were 1-3x NumPy's time; these 0.1-0.4x, BENCHMARKS.md issue-19 helem).
 SLOW_FLOAT32_OPS = frozenset({"log", "power"})
-VECTOR_FLOAT32 = {"tanh": tanh_lines}
+VECTOR_FLOAT32 = {
+    "tanh": vecmath.tanh_lines,
+    "exp": vecmath.exp_lines,
+    "sigmoid": vecmath.sigmoid_lines,
+}
 
 
 @functools.cache
@@ -137,22 +140,30 @@ _CASTS_OPERANDS = (
     "relu",
 )
 
-_HEADER = '''"""tapernn generated kernel (numba backend); safe to delete."""
+_HEADER = (
+    '''"""tapernn generated kernel (numba backend); safe to delete."""
 import numpy as np
 from numba import njit
 
 ONE_float32, ZERO_float32 = np.float32(1.0), np.float32(0.0)
 ONE_float64, ZERO_float64 = np.float64(1.0), np.float64(0.0)
 ONE_bool, ZERO_bool = True, False
+'''
+    + vecmath.HEADER
+    + """
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-'''
+"""
+)
 
 
-def _sigmoid_lines(j: int, x: str, dt: str) -> list[str]:
+def _sigmoid_lines(j: int | str, x: str, dt: str) -> list[str]:
     """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
-    written out (an inlined helper costs numba an inlining pass per kernel at compile time)."""
+    written out (an inlined helper costs numba an inlining pass per kernel at compile time);
+    float32 through vecmath's vectorisable exp."""
+    if dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
+        return VECTOR_FLOAT32["sigmoid"](f"s{j}", x, f"v{j}")
     one, zero = _typed(dt, 1), _typed(dt, 0)
     return [
         f"a{j} = {x}",
@@ -161,11 +172,10 @@ def _sigmoid_lines(j: int, x: str, dt: str) -> list[str]:
     ]
 
 
-def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple) -> str:
-    """The module text of `program` (ops/fused.py) over operands of these (shape, dtype),
-    writing an output of out_shape: sizes enter only as which dimensions broadcast. An operand
-    is cast only where its dtype is not the instruction's (every op here keeps the dtype of
-    same-dtype operands, as in NumPy): fewer calls to type and lower at compile time."""
+def _loads(operands: list[tuple[tuple, Any]], out_shape: tuple, rows: bool) -> list[tuple]:
+    """Per operand (load expression, dtype name, its row view line or None). With `rows` (2-D
+    outputs): an operand whose last axis is not broadcast is read through c_row's C-contiguous
+    view of its row (numba_intrinsics)."""
     ndim = len(out_shape)
     idx = [f"i{d}" for d in range(ndim)]
     loads = []
@@ -175,12 +185,20 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
             ("0" if s == 1 and out_shape[lead + j] != 1 else idx[lead + j])
             for j, s in enumerate(shape)
         ]
-        loads.append((f"x{k}[{', '.join(sub) if sub else '()'}]", _dtype_name(dtype)))
+        if rows and len(shape) == 2 and sub[1] != "0":
+            loads.append((f"r{k}[i1]", _dtype_name(dtype), f"r{k} = c_row(x{k}, {sub[0]})"))
+        else:
+            loads.append((f"x{k}[{', '.join(sub) if sub else '()'}]", _dtype_name(dtype), None))
+    return loads
+
+
+def _body(program: tuple, loads: list[tuple]) -> list[str]:
+    """The group's instructions as scalar lines; the result is in the last line's v{j}."""
     lines: list[str] = []
     values: list[tuple[str, str]] = []
     for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
         dt = _dtype_name(dtype)
-        ins = [loads[r] if r >= 0 else values[-r - 1] for r in refs]
+        ins = [loads[r][:2] if r >= 0 else values[-r - 1] for r in refs]
         casts = op in _CASTS_OPERANDS and dt != "bool"
         xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
         if op == "sigmoid":
@@ -190,14 +208,63 @@ def kernel_source(program: tuple, operands: list[tuple[tuple, Any]], out_shape: 
         else:
             lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
         values.append((f"v{j}", dt))
-    target = f"out[{', '.join(idx) if idx else '()'}]"
-    body = lines + [f"{target} = {values[-1][0]}"]
-    text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
-    pad = "    "
+    return lines
+
+
+def _nest(pad: str, ndim: int, body: list[str], row_lines: list[str]) -> list[str]:
+    text = []
     for d in range(ndim):
         text.append(f"{pad}for i{d} in range(out.shape[{d}]):")
         pad += "    "
-    text += [pad + line for line in body]
+        if d == 0 and row_lines:  # the row views, once per row
+            text += [pad + line for line in row_lines]
+    return text + [pad + line for line in body]
+
+
+def kernel_source(
+    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, inplace: int | None = None
+) -> str:
+    """The module text of `program` (ops/fused.py) over operands of these (shape, dtype),
+    writing an output of out_shape: sizes enter only as which dimensions broadcast. An operand
+    is cast only where its dtype is not the instruction's (every op here keeps the dtype of
+    same-dtype operands, as in NumPy): fewer calls to type and lower at compile time. A 2-D
+    output gets two loop nests: one over C-contiguous row views (c_row) where every 2-D
+    operand's rows are contiguous -- strided gate views included, whose plain loops numba types
+    as layout "A" and LLVM does not vectorise (2-7x slower) -- and the plain one otherwise.
+    `inplace`: the operand the call site passes as `out` too; the row loop then stores through
+    that operand's row view where `out` is the same memory (LLVM vectorises a loop reading and
+    writing one row at the same index, not two rows it cannot prove apart: 10x slower)."""
+    ndim = len(out_shape)
+    idx = [f"i{d}" for d in range(ndim)]
+    target = f"out[{', '.join(idx) if idx else '()'}]"
+    plain = _loads(operands, out_shape, rows=False)
+    lines = _body(program, plain)
+    result = f"v{len(program) - 1}"
+    text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
+    if ndim == 2:
+        loads = _loads(operands, out_shape, rows=True)
+        row_lines = [r for _, _, r in loads if r]
+        checks = [f"x{k}.strides[1] == x{k}.itemsize" for k, (*_, r) in enumerate(loads) if r]
+        checks.append("out.strides[1] == out.itemsize")
+        store = "ro"
+        if (
+            inplace is not None
+            and loads[inplace][2]
+            and tuple(operands[inplace][0]) == tuple(out_shape)
+        ):
+            store = f"r{inplace}"
+            checks += [
+                f"out.ctypes.data == x{inplace}.ctypes.data",
+                f"out.strides[0] == x{inplace}.strides[0]",
+            ]
+        else:
+            row_lines.append("ro = c_row(out, i0)")
+        text.append(f"    if {' and '.join(checks)}:")
+        text += _nest("        ", 2, _body(program, loads) + [f"{store}[i1] = {result}"], row_lines)
+        text.append("    else:")
+        text += _nest("        ", 2, lines + [f"{target} = {result}"], [])
+    else:
+        text += _nest("    ", ndim, lines + [f"{target} = {result}"], [])
     text.append("    return out")
     return _HEADER + "\n".join(text) + "\n"
 
@@ -288,13 +355,18 @@ class Kernel:
 
 
 def _source_for(
-    program: tuple, operands: list[tuple[tuple, Any]], out_shape: tuple, memo: dict | None
+    program: tuple,
+    operands: list[tuple[tuple, Any]],
+    out_shape: tuple,
+    memo: dict | None,
+    inplace: int | None = None,
 ) -> tuple[str, str]:
     """(kernel_source, "") or ("", why numba does not lower the group), kept in `memo` (one
     compile's: a program's groups repeat the same few structures, one per timestep)."""
     key = None
     if memo is not None:
-        key = (program, tuple((tuple(s), np.dtype(d).str) for s, d in operands), tuple(out_shape))
+        shapes = tuple((tuple(s), np.dtype(d).str) for s, d in operands)
+        key = (program, shapes, tuple(out_shape), inplace)
         try:
             known = memo.get(key)
         except TypeError:  # an unhashable attribute: not remembered
@@ -306,7 +378,7 @@ def _source_for(
         made = "", slower
     else:
         try:
-            made = kernel_source(program, operands, out_shape), ""
+            made = kernel_source(program, operands, out_shape, inplace), ""
         except Unsupported as e:
             made = "", f"unsupported: {e}"
     if key is not None:
@@ -321,13 +393,15 @@ def plan_kernel(
     out_dtype: Any,
     background: bool = False,
     memo: dict | None = None,
+    inplace: int | None = None,
 ) -> tuple[Kernel | None, str]:
     """(kernel, "") or (None, why not): the NumPy lowering then runs the group. Without
     `background` the kernel's module is loaded before this returns (numba compiles it at a call
     site's first call, for the types that call passes); with it this returns at once, and the
     group's call sites have the worker thread load and compile it (backends/background). `memo`:
-    a dict kept for one compile (saves re-deriving the source of a repeated group)."""
-    source, why = _source_for(program, operands, out_shape, memo)
+    a dict kept for one compile (saves re-deriving the source of a repeated group); `inplace`:
+    the operand its call sites also pass as `out` (kernel_source)."""
+    source, why = _source_for(program, operands, out_shape, memo, inplace)
     if not source:
         return None, why
     with _lock:

@@ -1,22 +1,67 @@
-"""float32 tanh for the numba kernels as straight-line float64 arithmetic LLVM vectorises (numba
-without Intel SVML calls scalar libm tanhf per element, 3-4x slower than NumPy's SIMD ufunc):
-range reduction by ln 2, a Taylor polynomial in float64 (relative error < 2e-12, far below
-float32's 6e-8), one rounding to float32 -- tests/test_vecmath.py checks it against float64
-NumPy rounded to float32 over a dense grid with the extremes, signed zeros, NaN and Inf. (The
-same for exp lost to libm expf: numba_backend.VECTOR_FLOAT32.)"""
+"""float32 exp, tanh and sigmoid for the numba kernels as straight-line float32 arithmetic LLVM
+vectorises (numba without Intel SVML calls scalar libm expf/tanhf per element, and float64
+arithmetic on float32 data does not vectorise well either: both 3-8x slower than this). Cephes'
+expf (Cody-Waite reduction by ln 2, degree-6 polynomial, 2^n from its bit pattern in two
+halves, so subnormal results round once) and tanhf (odd polynomial below 0.625, 1 - 2/(e^2|x|
++ 1) above); tests/test_vecmath.py checks them against float64 NumPy rounded to float32 over a
+dense grid with the extremes, subnormals, signed zeros, NaN and Inf."""
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
-LN2 = repr(math.log(2.0))
-INV_LN2 = repr(1.0 / math.log(2.0))
-# e^r - 1 = r * P(r), P(r) = sum_k r^k / (k + 1)!, k = 0..11: on [0, ln 2) the remainder is below
-# ln2^12 / 13! < 2e-12 of the value
-_EXPM1 = [repr(1.0 / math.factorial(k + 1)) for k in range(12)]
+# module globals of every generated kernel (numba freezes them as float32 constants: a Python
+# literal would promote float32 arithmetic to float64)
+_CONSTANTS = {
+    "VM_LOG2E": 1.4426950408889634,
+    "VM_LN2_HI": 0.693359375,  # 9 significant bits: n * LN2_HI is exact for |n| < 2^15
+    "VM_LN2_LO": -2.12194440e-4,
+    "VM_HALF": 0.5,
+    "VM_ONE": 1.0,
+    "VM_TWO": 2.0,
+    "VM_127": 127.0,
+    "VM_2P23": 8388608.0,
+    "VM_ZERO": 0.0,
+    "VM_INF": float("inf"),
+    "VM_EXP_HI": 88.72283935546875,  # largest float32 x with exp(x) <= FLT_MAX (rounded)
+    "VM_EXP_LO": -103.97208404541016,  # exp(x) below half the smallest subnormal: 0
+    "VM_TANH_SMALL": 0.625,
+    "VM_TANH_CLAMP": 10.0,  # 1 - 2 / (e^20 + 1) rounds to 1 in float32
+}
+# Cephes expf: exp(r) = 1 + r + r^2 P(r) on |r| <= ln2 / 2
+_EXP_P = (
+    1.9875691500e-4,
+    1.3981999507e-3,
+    8.3334519073e-3,
+    4.1665795894e-2,
+    1.6666665459e-1,
+    5.0000001201e-1,
+)
+# Cephes tanhf: tanh(x) = x + x^3 Q(x^2) on |x| < 0.625
+_TANH_Q = (
+    -5.70498872745e-3,
+    2.06390887954e-2,
+    -5.37397155531e-2,
+    1.33314422036e-1,
+    -3.33332819422e-1,
+)
+for _k, _c in enumerate(_EXP_P):
+    _CONSTANTS[f"VM_EP{_k}"] = _c
+for _k, _c in enumerate(_TANH_Q):
+    _CONSTANTS[f"VM_TQ{_k}"] = _c
+
+HEADER = "from tapernn.backends.numba_intrinsics import c_row, f32_bits\n" + "".join(
+    f"{name} = np.float32({value!r})\n" if np.isfinite(value) else f"{name} = np.float32(np.inf)\n"
+    for name, value in _CONSTANTS.items()
+)
+
+
+def constants() -> dict[str, np.float32]:
+    return {name: np.float32(value) for name, value in _CONSTANTS.items()}
 
 
 def _horner(coefficients: list[str], r: str) -> str:
+    """c0 + r (c1 + r (...)): constant term first."""
     return (
         "".join(f"({c} + {r} * " for c in coefficients[:-1])
         + coefficients[-1]
@@ -24,17 +69,58 @@ def _horner(coefficients: list[str], r: str) -> str:
     )
 
 
-def tanh_lines(t: str, x: str, out: str) -> list[str]:
-    """{out} = np.float32(tanh({x})) for a float32 {x}: tanh|x| = m / (m + 2), m = expm1(2|x|)
-    = 2^k (1 + em1(r)) - 1 (no cancellation: m >= 0), |x| clamped at 9.75 where tanh rounds to
-    1 in float32; the sign copied (tanh(-0) = -0), NaN passed through."""
+def _exp_core(t: str, c: str) -> list[str]:
+    """{t}v = exp({c}) for a float32 {c} in [VM_EXP_LO, VM_EXP_HI] (no NaN)."""
+    poly = _horner([f"VM_EP{k}" for k in reversed(range(len(_EXP_P)))], f"{t}r")
     return [
-        f"{t}a = np.float64({x})",
-        f"{t}y = min(np.abs({t}a) * 2.0, 19.5)",
-        f"{t}k = np.int32({t}y * {INV_LN2})",
-        f"{t}r = {t}y - np.float64({t}k) * {LN2}",
-        f"{t}p = np.float64(np.int32(1) << {t}k)",  # k <= 28 (int32 -> float64 vectorises)
-        f"{t}m = {t}p * ({t}r * {_horner(_EXPM1, t + 'r')}) + ({t}p - 1.0)",
-        f"{t}m = np.copysign({t}m / ({t}m + 2.0), {t}a)",
-        f"{out} = np.float32({t}a if {t}a != {t}a else {t}m)",
+        f"{t}n = np.floor({c} * VM_LOG2E + VM_HALF)",
+        f"{t}r = ({c} - {t}n * VM_LN2_HI) - {t}n * VM_LN2_LO",
+        f"{t}p = {poly} * ({t}r * {t}r) + {t}r + VM_ONE",
+        # 2^n = 2^h 2^(n-h), both halves normal for n in [-150, 128]: a subnormal result
+        # rounds once, in the last product
+        f"{t}h = np.floor({t}n * VM_HALF)",
+        f"{t}s = f32_bits(np.int32(({t}h + VM_127) * VM_2P23))",
+        f"{t}q = f32_bits(np.int32((({t}n - {t}h) + VM_127) * VM_2P23))",
+        f"{t}v = ({t}p * {t}s) * {t}q",
+    ]
+
+
+def exp_lines(t: str, x: str, out: str) -> list[str]:
+    """{out} = exp({x}) for a float32 {x}: +Inf above VM_EXP_HI, 0 below VM_EXP_LO, NaN
+    passed through."""
+    return [
+        f"{t}x = {x}",
+        f"{t}c = VM_EXP_LO if {t}x < VM_EXP_LO else ({t}x if {t}x < VM_EXP_HI else VM_EXP_HI)",
+        *_exp_core(t, f"{t}c"),
+        f"{t}v = VM_ZERO if {t}x < VM_EXP_LO else ({t}v if {t}x <= VM_EXP_HI else VM_INF)",
+        f"{out} = {t}x if {t}x != {t}x else {t}v",
+    ]
+
+
+def tanh_lines(t: str, x: str, out: str) -> list[str]:
+    """{out} = tanh({x}) for a float32 {x}: the odd polynomial below 0.625 (tanh(-0) = -0,
+    tanh(x) = x for tiny x), 1 - 2 / (e^(2|x|) + 1) with |x| clamped at 10 above (+-1 there and
+    at +-Inf), the sign copied; NaN passed through."""
+    q = _horner([f"VM_TQ{k}" for k in reversed(range(len(_TANH_Q)))], f"{t}z")
+    return [
+        f"{t}x = {x}",
+        f"{t}a = np.abs({t}x)",
+        f"{t}z = {t}x * {t}x",
+        f"{t}y = {t}a + {t}a * ({t}z * {q})",
+        f"{t}c = VM_TWO * ({t}a if {t}a < VM_TANH_CLAMP else VM_TANH_CLAMP)",
+        *_exp_core(t, f"{t}c"),
+        f"{t}l = VM_ONE - VM_TWO / ({t}v + VM_ONE)",
+        f"{t}m = np.copysign({t}y if {t}a < VM_TANH_SMALL else {t}l, {t}x)",
+        f"{out} = {t}x if {t}x != {t}x else {t}m",
+    ]
+
+
+def sigmoid_lines(t: str, x: str, out: str) -> list[str]:
+    """{out} = sigma({x}) for a float32 {x}, exact in both tails as numba_backend's form:
+    e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below -103.97, NaN passed
+    through (exp_lines')."""
+    return [
+        f"{t}i = {x}",
+        *exp_lines(t, f"-np.abs({t}i)", f"{t}e"),
+        f"{out} = (VM_ONE if {t}i >= VM_ZERO else {t}e) / (VM_ONE + {t}e)",
     ]

@@ -1,0 +1,64 @@
+"""Two LLVM-level helpers the generated numba kernels call (imported by their module header, so
+only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py)
+and a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise)."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
+
+
+@intrinsic
+def f32_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the low 32 bits of the integer `bits` (a bitcast:
+    vectorises, where building 2^k from int64 shifts or ldexp does not)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            value = builder.sext(value, ir.IntType(32))
+        return builder.bitcast(value, context.get_value_type(types.float32))
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def c_row(typingctx, array, index):
+    """Row `index` of a 2-D array as a 1-D C-contiguous array (no copy, no reference: it
+    borrows the array's memory). Only correct where array.strides[1] == array.itemsize (the
+    generated kernel checks that first): numba types a strided view's rows as layout "A", whose
+    loops LLVM does not vectorise (a float32 exp over a (32, 512) gate view 5-7x slower)."""
+    if not (isinstance(array, types.Array) and array.ndim == 2):
+        return None
+    if not isinstance(index, types.Integer):
+        return None
+    row_type = types.Array(array.dtype, 1, "C", readonly=not array.mutable)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        ary = make_array(array_type)(context, builder, args[0])
+        i = context.cast(builder, args[1], index_type, types.intp)
+        shape = cgutils.unpack_tuple(builder, ary.shape, 2)
+        strides = cgutils.unpack_tuple(builder, ary.strides, 2)
+        data = cgutils.pointer_add(builder, ary.data, builder.mul(i, strides[0]))
+        row = make_array(row_type)(context, builder)
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+        )
+        populate_array(
+            row,
+            data=builder.bitcast(data, ary.data.type),
+            shape=[shape[1]],
+            strides=[itemsize],
+            itemsize=itemsize,
+            meminfo=None,
+        )
+        return row._getvalue()
+
+    return row_type(array, index), codegen
