@@ -93,3 +93,29 @@ def test_a_reverse_loop_keeps_its_initial_state_in_the_last_row():
     for u, v in zip(rolled, unrolled):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
     tn.gradcheck(f, *args)
+
+
+def test_the_numba_loop_kernel_writes_shifted_blocks_forward_and_reverse(monkeypatch):
+    """The whole-loop kernel (backends/loop_source.py) lays the slab out like the Python loop
+    (the Python loop forbidden): BiSequencer (a forward and a reverse loop) on numba equals
+    the NumPy backend."""
+    pytest.importorskip("numba")
+    from test_numba_loop import forbid_python_loop
+
+    T, B, H = 5, 2, 3
+    x = np.random.default_rng(3).standard_normal((T, B, H))
+    got = []
+    for backend in ("numpy", "numba"):
+        tn.manual_seed(4)
+        m = nn.BiSequencer(nn.FastLSTM(H, H), nn.GRU(H, H))
+        if backend == "numba":
+            forbid_python_loop(monkeypatch)
+        tn.set_backend(backend)
+        try:
+            y = np.array(m.forward(x))
+            gx = np.array(m.backward(x, np.ones_like(y)))
+        finally:
+            tn.set_backend("numpy")
+        got.append([y, gx] + [p.grad.copy() for p in m.parameters()])
+    for u, v in zip(*got):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)

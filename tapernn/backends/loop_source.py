@@ -35,8 +35,13 @@ class LoopSource:
     body `graph` (inputs: carries, xs, invariants, hoisted values; outputs: the `live` carries
     then the ys). `constants`: the constant nodes' values, passed as arguments."""
 
-    def __init__(self, graph: Graph, n_carry: int, n_xs: int, live: list[int]):
+    def __init__(
+        self, graph: Graph, n_carry: int, n_xs: int, live: list[int], layout: tuple | None = None
+    ):
         self.graph, self.nc, self.nx, self.live = graph, n_carry, n_xs, live
+        # (per ys (start, stride), per shifted ys (carry k, offset of its initial value)):
+        # scan_ir.ys_places' slab layout, None for the plain rows
+        self.layout = layout
         self.vals: dict[Node, Val] = {}
         self.setup: list[str] = []  # before the loop
         self.step: list[str] = []  # the loop body
@@ -104,12 +109,13 @@ class LoopSource:
         # LSTM cell update ~4x slower
         self.flush()
         off = 0
-        for o, shape in zip(g.outputs[nl:], y_shapes):
+        for j, (o, shape) in enumerate(zip(g.outputs[nl:], y_shapes)):
             v = self.vals[o]
+            at = "row + " if self.layout is None else "{} + t * {} + ".format(*self.layout[0][j])
             self.emit(
                 shape,
-                lambda i, v=v, off=off, s=shape: (
-                    [f"slab[row + {off} + {flat(i, s)}] = {v.at(i)}"]
+                lambda i, v=v, off=off, s=shape, at=at: (
+                    [f"slab[{at}{0 if self.layout else off} + {flat(i, s)}] = {v.at(i)}"]
                 ),
                 [v],
             )
@@ -136,6 +142,12 @@ class LoopSource:
                 )
             )
             off += c_sizes[k]
+        for k, at in self.layout[1] if self.layout else ():  # shifted ys: the initial carries
+            node = g.inputs[k]
+            first = Arr(f"arg{k}", node.shape, _dtype_name(node.dtype), empty="()")
+            finals.setdefault(node.shape, []).append(
+                lambda i, v=first, at=at, s=node.shape: ([f"slab[{at} + {flat(i, s)}] = {v.at(i)}"])
+            )
         for shape, bodies in finals.items():
             self.loops(self.final, shape, lambda i, b=bodies: [x for f in b for x in f(i)])
 

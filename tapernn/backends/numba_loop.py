@@ -17,6 +17,7 @@ import numpy as np
 
 from ..blas import limiter
 from . import background
+from ..scan_ir import ys_places
 from .loop_source import LoopSource
 from .numba_backend import Unsupported, _load
 
@@ -70,10 +71,9 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
     (None, why not)."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
-    if attrs.get("shifted"):  # (the kernel writes the plain rows layout only)
-        return None, "a slab with shifted state blocks (scan_ir.ys_places)"
     live = [k for k in range(nc) if k not in fixed]
-    gen = LoopSource(graph, nc, nx, live)
+    layout = _shifted_layout(attrs) if attrs.get("shifted") else None
+    gen = LoopSource(graph, nc, nx, live, layout)
     try:
         source = gen.source()
     except Unsupported as e:
@@ -83,6 +83,30 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         if handle is None:
             handle = _loops[source] = LoopKernel(source, gen.constants)
     return handle, ""
+
+
+def _shifted_layout(attrs: dict) -> tuple:
+    """scan_ir.ys_places' layout as expressions of the kernel's `length` argument (a kernel
+    serves every length): per ys (start, stride), per shifted ys (carry k, initial offset)."""
+    body, nc, shifted, reverse = attrs["body"], attrs["n_carry"], attrs["shifted"], attrs["reverse"]
+    sizes = [math.prod(o.shape) for o in body.outputs]
+    c, ys = sum(sizes[:nc]), sizes[nc:]
+    moved = {j for j, _ in shifted}
+    width = sum(w for j, w in enumerate(ys) if j not in moved)
+    places: list = [None] * len(ys)
+    start = c
+    for j, w in enumerate(ys):
+        if j not in moved:
+            places[j] = (str(start), width)
+            start += w
+    inits, before = [], 0
+    for j, k in shifted:
+        w = ys[j]
+        base = f"({c} + length * {width} + (length + 1) * {before})"
+        places[j] = (base if reverse else f"({base} + {w})", w)
+        inits.append((k, f"({base} + length * {w})" if reverse else base))
+        before += w
+    return places, inits
 
 
 def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype) -> Callable:
@@ -98,9 +122,9 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     operands = [
         p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
     ]  # (a 0-d value may come as a NumPy scalar)
-    c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
-    y = sum(math.prod(o.shape) for o in attrs["body"].outputs[nc:])
-    size = c + attrs["length"] * y
+    size = ys_places(
+        attrs["body"], nc, attrs["length"], attrs["reverse"], attrs.get("shifted", ())
+    )[0]
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
         + "".join(f", {k}" for k in consts)
