@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
-from . import background
 from ..scan_ir import ys_places
+from . import background
 from .loop_source import LoopSource
 from .numba_backend import Unsupported, _load
 
