@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
-from ..scan_ir import ys_places
 from . import background
 from .loop_source import LoopSource
 from .numba_backend import Unsupported, _load
@@ -122,9 +121,9 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     operands = [
         p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
     ]  # (a 0-d value may come as a NumPy scalar)
-    size = ys_places(
-        attrs["body"], nc, attrs["length"], attrs["reverse"], attrs.get("shifted", ())
-    )[0]
+    sizes = [math.prod(o.shape) for o in attrs["body"].outputs]
+    moved = sum(sizes[nc + j] for j, _ in attrs.get("shifted", ()))  # (length + 1 rows each)
+    size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
         + "".join(f", {k}" for k in consts)
