@@ -1,0 +1,114 @@
+"""Whole-program numba kernels (issue 19): on the numba backend a small top-level program (every
+value at most numba_loop.MAX_SIZE elements: a training step's forward or backward at tutorial
+sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
+inlined (backends/program_source.py) -- called in place of the generated NumPy program. A
+program with a node the generator does not lower keeps its NumPy program (CompileReport.kernel
+says why)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import background
+from .numba_backend import Unsupported
+from .numba_loop import MAX_SIZE, LoopKernel
+from .program_source import ProgramSource
+
+_lock = threading.Lock()
+_programs: dict[str, ProgramKernel] = {}  # by source: one dispatcher per distinct kernel
+ENABLED = [True]  # tests of the loop kernels alone switch whole-program kernels off
+WHOLE = "numba whole-program kernel"
+
+
+class ProgramKernel(LoopKernel):
+    """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel)."""
+
+    def signature(self, key: tuple) -> tuple:
+        return background.numba_signature(key)
+
+
+def attach(compiled: Any) -> None:
+    """Give `compiled` (a top-level executor.Compiled on the numba backend) a whole-program
+    kernel when it is small and every node lowers; `compiled.report.kernel` says which."""
+    if not ENABLED[0]:
+        return
+    graph, report = compiled.graph, compiled.report
+    largest = max((math.prod(n.shape) for n in graph.nodes), default=0)
+    if largest > MAX_SIZE:
+        report.kernel = f"NumPy program (values of up to {largest} elements > {MAX_SIZE})"
+        return
+    gen = ProgramSource(graph, compiled.program.bodies)
+    try:
+        source = gen.source()
+    except Unsupported as e:
+        report.kernel = f"NumPy program (no {WHOLE}: {e})"
+        return
+    with _lock:
+        handle = _programs.get(source)
+        if handle is None:
+            handle = _programs[source] = ProgramKernel(source, gen.constants)
+    loops = [found[2:] for found in compiled.program.bodies.values()]
+    switch = ProgramSwitch(handle, compiled, loops)
+    later = " (compiled in the background from call 1)" if switch.later else ""
+    report.kernel = WHOLE + later
+    compiled.program_kernel = switch
+    compiled.program.fn = switch
+
+
+class ProgramSwitch:
+    """What a program with a whole-program kernel calls (loop_kernel.Switch's protocol): call 1
+    compiles the kernel for its argument types and runs it, or -- compiling in the background --
+    runs the NumPy program while the worker compiles, and call 2 waits. Then the kernel takes
+    the program's place (`program.fn`); if it failed, the NumPy program does, with its loops'
+    own kernels, and the report says why."""
+
+    def __init__(self, handle: ProgramKernel, compiled: Any, loops: list[tuple]):
+        self.handle, self.compiled, self.loops = handle, compiled, loops
+        self.numpy_fn = compiled.program.fn
+        self.later = background.enabled()
+        self.ready: threading.Event | None = None
+        self.fn: Callable = self._first
+        self.notes = [loop_report.kernel for _, loop_report in loops]
+        for switch, loop_report in loops:  # the loops run inside the kernel
+            switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
+            loop_report.kernel = f"inlined in the {WHOLE}"
+
+    def __call__(self, *args: np.ndarray) -> tuple:
+        return self.fn(*args)
+
+    def _first(self, *args: np.ndarray) -> tuple:
+        try:
+            key = background.type_key((*self.handle.constants, *args))
+        except AttributeError:  # not all arrays: the NumPy program runs
+            self.handle = None
+            return self._use()(*args)
+        if self.handle.has(key) or not self.later:
+            self.handle.prepare(key)
+            return self._use()(*args)
+        self.ready = background.request(self.handle, key)
+        self.fn = self._second
+        return self.numpy_fn(*args)
+
+    def _second(self, *args: np.ndarray) -> tuple:
+        self.ready.wait()
+        return self._use()(*args)
+
+    def _use(self) -> Callable:
+        handle = self.handle
+        if handle is not None and handle.has():
+            self.fn = functools.partial(handle.kernel, *handle.constants)
+        else:
+            self.fn = self.numpy_fn
+            why = handle.error if handle is not None else "an argument is not an array"
+            self.compiled.report.kernel = f"NumPy program ({WHOLE} failed: {why})"
+            for (switch, loop_report), note in zip(self.loops, self.notes):
+                switch.fn = switch._first
+                loop_report.kernel = note
+        self.compiled.program.fn = self.fn  # no switch in between from now on
+        return self.fn
