@@ -23,6 +23,9 @@ from .program_source import ProgramSource
 _lock = threading.Lock()
 _programs: dict[str, ProgramKernel] = {}  # by source: one dispatcher per distinct kernel
 ENABLED = [True]  # tests of the loop kernels alone switch whole-program kernels off
+# programs with more loop nests keep the NumPy program: numba compiles each nest slowly (~0.1-0.3
+# s cold). The built-in cells' training programs at B=1 have 10-32 (LSTM's backward: 32)
+MAX_NESTS = 40
 WHOLE = "numba whole-program kernel"
 
 
@@ -48,6 +51,10 @@ def attach(compiled: Any) -> None:
         source = gen.source()
     except Unsupported as e:
         report.kernel = f"NumPy program (no {WHOLE}: {e})"
+        return
+    nests = source.count("for i0 in ")
+    if nests > MAX_NESTS:
+        report.kernel = f"NumPy program (no {WHOLE}: {nests} loop nests > {MAX_NESTS})"
         return
     with _lock:
         handle = _programs.get(source)

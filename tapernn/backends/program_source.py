@@ -67,7 +67,9 @@ class ProgramSource(LoopSource):
                 names[o] = v.name
                 continue
             copy = self.buffer(o.shape, v.dtype)
-            self.emit(o.shape, lambda i, c=copy, v=v: [f"{c.at(i)} = {v.at(i)}"], [v], (), copy.name)
+            self.emit(
+                o.shape, lambda i, c=copy, v=v: [f"{c.at(i)} = {v.at(i)}"], [v], (), copy.name
+            )
             names[o] = copy.name
         return [names[o] for o in self.graph.outputs]
 
@@ -99,7 +101,10 @@ class ProgramSource(LoopSource):
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
         self.graph, self.nc, self.live, self.slab = saved
-        outer += [f"for s in range({length}):", f"    t = {f'{length - 1} - s' if a['reverse'] else 's'}"]
+        outer += [
+            f"for s in range({length}):",
+            f"    t = {f'{length - 1} - s' if a['reverse'] else 's'}",
+        ]
         outer += ["    " + line for line in self.step]
         outer += self.final
         self.step = outer
