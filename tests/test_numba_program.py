@@ -92,7 +92,7 @@ def test_the_tutorial_step_calls_one_kernel_per_program(monkeypatch):
     for compiled in (pair.forward, pair.backward):
         assert compiled.report.kernel == WHOLE
         kernel = compiled.program_kernel.handle.kernel
-        assert compiled.program.fn.func is kernel  # functools.partial(kernel, *constants)
+        assert compiled.program.fn.kernel is kernel  # (numba_program.runner)
     assert f"program                   forward: {WHOLE}; backward: {WHOLE}" in str(
         seq.compile_report()
     )
@@ -215,8 +215,27 @@ def test_background_compilation_call_one_numpy_program_call_two_kernel(monkeypat
     for a, b in zip(first, numpy_first):
         np.testing.assert_array_equal(a, b)  # ...with the Python loop: bit for bit NumPy's
     second = c(*arrays)
-    assert c.program.fn.func is switch.handle.kernel
+    assert c.program.fn.kernel is switch.handle.kernel
     assert background.wait(0)
     for got in (first, second, c(*arrays)):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_0d_outputs_repeated_outputs_and_constants():
+    """A 0-d result, one value returned twice (one array, as the NumPy program returns), a
+    constant returned twice (two arrays: the caller may write one)."""
+    arrays = [np.arange(6.0).reshape(2, 3), np.linspace(0, 1, 6).reshape(2, 3)]
+
+    def f(a, b):
+        p = tn.sigmoid(a * b)
+        return [tn.sum(p), p, p, tn.zeros((2,)), tn.zeros((2,)), tn.transpose(b)]
+
+    g = tn.trace(f, *arrays)
+    c = tn.compile(g, backend="numba")
+    assert c.report.kernel == WHOLE
+    got = c(*arrays)
+    assert got[0].shape == () and isinstance(got[0], np.ndarray)
+    assert got[1] is got[2] and not np.shares_memory(got[3], got[4])
+    for a, b in zip(got, interpret(g, *arrays)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

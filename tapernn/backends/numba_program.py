@@ -7,7 +7,7 @@ says why)."""
 
 from __future__ import annotations
 
-import functools
+import builtins
 import math
 import threading
 from collections.abc import Callable
@@ -61,7 +61,7 @@ def attach(compiled: Any) -> None:
         if handle is None:
             handle = _programs[source] = ProgramKernel(source, gen.constants)
     loops = [found[2:] for found in compiled.program.bodies.values()]
-    switch = ProgramSwitch(handle, compiled, loops)
+    switch = ProgramSwitch(handle, compiled, loops, gen)
     later = " (compiled in the background from call 1)" if switch.later else ""
     report.kernel = WHOLE + later
     compiled.program_kernel = switch
@@ -75,8 +75,10 @@ class ProgramSwitch:
     the program's place (`program.fn`); if it failed, the NumPy program does, with its loops'
     own kernels, and the report says why."""
 
-    def __init__(self, handle: ProgramKernel, compiled: Any, loops: list[tuple]):
+    def __init__(self, handle: ProgramKernel, compiled: Any, loops: list[tuple], gen: Any):
         self.handle, self.compiled, self.loops = handle, compiled, loops
+        self.outs = [(o.shape, o.dtype) for o, _ in gen.outs.values()]
+        self.returns = gen.returns
         self.numpy_fn = compiled.program.fn
         self.later = background.enabled()
         self.ready: threading.Event | None = None
@@ -91,7 +93,8 @@ class ProgramSwitch:
 
     def _first(self, *args: np.ndarray) -> tuple:
         try:
-            key = background.type_key((*self.handle.constants, *args))
+            outs = [np.empty(shape, dtype) for shape, dtype in self.outs]
+            key = background.type_key((*outs, *self.handle.constants, *args))
         except AttributeError:  # not all arrays: the NumPy program runs
             self.handle = None
             return self._use()(*args)
@@ -109,7 +112,8 @@ class ProgramSwitch:
     def _use(self) -> Callable:
         handle = self.handle
         if handle is not None and handle.has():
-            self.fn = functools.partial(handle.kernel, *handle.constants)
+            self.fn = runner(handle, self.outs, self.returns, len(self.compiled.graph.inputs))
+            self.compiled.uses_blas = "np.dot(" in handle.source
         else:
             self.fn = self.numpy_fn
             why = handle.error if handle is not None else "an argument is not an array"
@@ -119,3 +123,34 @@ class ProgramSwitch:
                 loop_report.kernel = note
         self.compiled.program.fn = self.fn  # no switch in between from now on
         return self.fn
+
+
+def runner(handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int) -> Callable:
+    """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
+    generated: every name a keyword default, as codegen.Program's)."""
+    params = [f"a{k}" for k in range(n_in)]
+    made = [f"o{j}" for j in range(len(outs))]
+    consts = [f"k{k}" for k in range(len(handle.constants))]
+    results = [f"a{r[1]}" if isinstance(r, tuple) else f"o{r}" for r in returns]
+    bound = (
+        ["kernel", "empty"]
+        + [f"s{j}" for j in range(len(outs))]
+        + [f"d{j}" for j in range(len(outs))]
+    )
+    lines = [f"def run({', '.join(params + ['*'] + bound + consts)}):"]
+    lines += [f"    o{j} = empty(s{j}, d{j})" for j in range(len(outs))]
+    lines.append(f"    kernel({', '.join(made + consts + params)})")
+    lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
+    namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn whole-program runner>", "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.__kwdefaults__ = {
+        "kernel": handle.kernel,
+        "empty": np.empty,
+        **{f"s{j}": shape for j, (shape, _) in enumerate(outs)},
+        **{f"d{j}": dtype for j, (_, dtype) in enumerate(outs)},
+        **dict(zip(consts, handle.constants)),
+    }
+    run.kernel = handle.kernel
+    return run

@@ -9,25 +9,45 @@ import math
 from typing import Any
 
 from ..graph import Graph, Node
-from .loop_source import LoopSource
+from .loop_source import _VIEWS, LoopSource
 from .loop_values import Arr, Val, View
-from .numba_backend import _HEADER, Unsupported, _dtype_name
+from .numba_backend import _HEADER, Unsupported, _dtype_name, _typed
 
 
 class ProgramSource(LoopSource):
-    """Generates `kernel(const0, ..., arg0, ...) -> (outputs,)` for `graph`; `bodies`:
-    id(scan attrs) -> (compiled body, fixed carries, ...) of its loops (LoweringContext.bodies).
-    Per call every value has a buffer of its own (np.empty in the function), so an output that
-    is a node's buffer is returned as it is; views, inputs and constants are copied out."""
+    """Generates `kernel(out0, ..., const0, ..., arg0, ...)` for `graph`, writing its outputs
+    into `out<j>` (C arrays of the outputs' shapes the caller makes per call: a kernel returning
+    arrays pays ~3 us per array to box it); `bodies`: id(scan attrs) -> (compiled body, fixed
+    carries, ...) of its loops (LoweringContext.bodies). `returns`: per graph output, the
+    out<j> index, or ("input", k) for an output the graph lets alias its input k."""
 
     def __init__(self, graph: Graph, bodies: dict):
         super().__init__(graph, 0, 0, [])
         self.bodies = bodies
-        self.owned: set[str] = set()  # buffers made by this call (returnable as they are)
+        alias = set(graph.meta.outputs_may_alias_inputs)
+        position = {n: k for k, n in enumerate(graph.inputs)}
+        # (output node or (node, position) -> its out array: an output the program computes is
+        # one array at every position it is returned at, as in the NumPy program; an input or a
+        # constant is copied, once per position)
+        self.outs: dict[Any, tuple[Node, Arr]] = {}
+        self.returns: list = []
+        for k, o in enumerate(graph.outputs):
+            if o.op == "input" and k in alias:
+                self.returns.append(("input", position[o]))
+                continue
+            key = (o, k) if o.op in ("input", "constant") else o
+            if key not in self.outs:
+                j = len(self.outs)
+                self.outs[key] = (o, Arr(f"out{j}", o.shape, _dtype_name(o.dtype), empty="()"))
+            self.returns.append(int(self.outs[key][1].name[3:]))
+        self.pending: Arr | None = None  # the out array the next buffer() hands out
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
-        out = super().buffer(shape, dtype, zero)
-        self.owned.add(out.name)
+        out, self.pending = self.pending, None
+        if out is None:
+            return super().buffer(shape, dtype, zero)
+        if zero:
+            self.loops(self.setup, shape, lambda i: [f"{out.at(i)} = {_typed(dtype, 0)}"])
         return out
 
     def source(self) -> str:
@@ -42,36 +62,28 @@ class ProgramSource(LoopSource):
                 continue
             if node.op == "scan":
                 self.vals[node] = self.scan(node)
-            else:
-                self.vals[node] = self.lower(node)
-        results = self.results()
+                continue
+            if node in self.outs and node.op not in _VIEWS:
+                self.pending = self.outs[node][1]  # computed straight into its out array
+            self.vals[node] = self.lower(node)
+            self.pending = None
+        self.results()
         self.flush()
+        outs = [a.name for _, a in self.outs.values()]
         consts = [f"const{k}" for k in range(len(self.constants))]
-        text = [f"def kernel({', '.join(consts + args)}):"]
+        text = [f"def kernel({', '.join(outs + consts + args)}):"]
         text += ["    " + line for line in self.setup + self.step]
-        text.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
         return _HEADER + "\n".join(text) + "\n"
 
-    def results(self) -> list[str]:
-        """The outputs' array names: a buffer made by this call as it is, anything else (views,
-        inputs, constants) copied into one (once per node)."""
-        names: dict[Node, str] = {}
-        for o in self.graph.outputs:
-            if o in names:
-                continue
-            if not o.shape:
-                raise Unsupported("a 0-d output")
+    def results(self) -> None:
+        """Outputs not computed into their out arrays (views, inputs, constants, loops' slabs)
+        copied there."""
+        for o, out in self.outs.values():
             v = self.vals[o]
-            mine = isinstance(v, Arr) and v.name in self.owned and not v.lead
-            if mine and v.name not in names.values():
-                names[o] = v.name
-                continue
-            copy = self.buffer(o.shape, v.dtype)
-            self.emit(
-                o.shape, lambda i, c=copy, v=v: [f"{c.at(i)} = {v.at(i)}"], [v], (), copy.name
-            )
-            names[o] = copy.name
-        return [names[o] for o in self.graph.outputs]
+            if not (isinstance(v, Arr) and v.name == out.name):
+                self.emit(
+                    o.shape, lambda i, c=out, v=v: [f"{c.at(i)} = {v.at(i)}"], [v], (), out.name
+                )
 
     # ---- a scan loop, inlined ---------------------------------------------------------------
 
