@@ -47,7 +47,6 @@ class Compiled:
             + [loop.largest_gemm_flops for loop in self.report.loops]
         )
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
-        self.uses_blas = True  # False: a whole-program kernel without BLAS calls runs
         if self.program.backend == "numba" and not nested():
             from .backends import numba_program
 
@@ -67,7 +66,7 @@ class Compiled:
     def run(self, args: Sequence[np.ndarray]) -> tuple:
         """Run on already-checked arrays (the fast path modules use), with the BLAS threads
         `tn.set_blas_threads` picks for this program's largest matmul."""
-        threads = program_threads(self.largest_gemm_flops) if self.uses_blas else None
+        threads = program_threads(self.largest_gemm_flops)
         if threads is None:
             return self._run(args)
         limiter.enter(threads)  # (not a `with`: its generator costs microseconds per call)

@@ -124,7 +124,7 @@ def test_float32_training_steps_agree_with_the_numpy_backend(monkeypatch):
             np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed", [0, 3, 7])
+@pytest.mark.parametrize("seed", [1, 2, 7])  # (T > 1; 2: a backward over 40 loop nests)
 def test_random_cells_equal_their_oracle_and_the_numpy_backend(seed, monkeypatch):
     from cell_fuzz import make_case, make_cell, numpy_outputs
 
@@ -137,7 +137,7 @@ def test_random_cells_equal_their_oracle_and_the_numpy_backend(seed, monkeypatch
         cells = [
             make_cell(s, p, f"FuzzCell{k}") for k, (s, p) in enumerate(zip(case.cells, case.params))
         ]
-        m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells))
+        m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells), unroll=False)
         tn.set_backend(backend)
         try:
             y = np.array(m.forward(x))
@@ -150,7 +150,10 @@ def test_random_cells_equal_their_oracle_and_the_numpy_backend(seed, monkeypatch
         results.append((y, dx, grads, again, m))
     (want_y, want_dx, want_grads, _, _), (y, dx, grads, again, m) = results
     pair = m._runtime.last.training_pair
-    assert [pair.forward.report.kernel, pair.backward.report.kernel] == [WHOLE] * 2
+    assert pair.forward.report.kernel == WHOLE
+    assert pair.backward.report.kernel == WHOLE or (
+        seed == 2 and "loop nests > 40" in pair.backward.report.kernel
+    )
     np.testing.assert_allclose(y, numpy_outputs(case), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(again, y)
@@ -169,12 +172,31 @@ def _scan_graph(step_fn, hidden=5):
     return tn.trace(scanned(body, 1, 1), *arrays), arrays
 
 
+def _body(hidden=3):
+    z = np.zeros((B, hidden))
+    step = lambda h, x, w: [tn.tanh(h @ w) + x, h * x]
+    return tn.trace(step, z, z, np.zeros((hidden, hidden)), names=["h", "x", "W"])
+
+
+def _arrays(hidden=3):
+    rng = np.random.default_rng(hidden)
+    return [rng.standard_normal(s) for s in [(B, hidden), (T, B, hidden), (hidden, hidden)]]
+
+
 def test_a_program_with_an_op_it_does_not_lower_keeps_the_numpy_program():
-    arrays = [np.arange(6.0).reshape(2, 3), np.ones((2, 3))]
-    g = tn.trace(lambda a, b: tn.max(a * b, axis=1) + 1.0, *arrays)
+    body, arrays = _body(), _arrays()
+
+    def f(h, xs, w):
+        r = tn.scan(body, [h], [xs], [w])
+        return tn.max(r.ys[0], axis=2)
+
+    g = tn.trace(f, *arrays)
     c = tn.compile(g, backend="numba")
     assert c.report.kernel == f"NumPy program (no {WHOLE}: op 'max')"
+    assert [loop.kernel for loop in c.report.loops] == ["numba loop kernel"]
     np.testing.assert_allclose(c(*arrays), interpret(g, *arrays)[0], rtol=1e-12)
+    no_loop = tn.compile(tn.trace(lambda a: tn.tanh(a) * 2.0, arrays[0]), backend="numba")
+    assert no_loop.report.kernel == "" and no_loop.program_kernel is None  # fused groups
 
 
 def test_a_kernel_numba_rejects_falls_back_to_the_numpy_program(monkeypatch):
@@ -225,11 +247,11 @@ def test_background_compilation_call_one_numpy_program_call_two_kernel(monkeypat
 def test_0d_outputs_repeated_outputs_and_constants():
     """A 0-d result, one value returned twice (one array, as the NumPy program returns), a
     constant returned twice (two arrays: the caller may write one)."""
-    arrays = [np.arange(6.0).reshape(2, 3), np.linspace(0, 1, 6).reshape(2, 3)]
+    body, arrays = _body(), _arrays()
 
-    def f(a, b):
-        p = tn.sigmoid(a * b)
-        return [tn.sum(p), p, p, tn.zeros((2,)), tn.zeros((2,)), tn.transpose(b)]
+    def f(h, xs, w):
+        p = tn.sigmoid(tn.scan(body, [h], [xs], [w]).ys[0])
+        return [tn.sum(p), p, p, tn.zeros((2,)), tn.zeros((2,)), tn.transpose(w)]
 
     g = tn.trace(f, *arrays)
     c = tn.compile(g, backend="numba")

@@ -1,6 +1,6 @@
-"""Whole-program numba kernels (issue 19): on the numba backend a small top-level program (every
-value at most numba_loop.MAX_SIZE elements: a training step's forward or backward at tutorial
-sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
+"""Whole-program numba kernels (issue 19): on the numba backend a small top-level program with a
+loop (every value at most numba_loop.MAX_SIZE elements: a rolled training step's forward or
+backward at tutorial sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
 inlined (backends/program_source.py) -- called in place of the generated NumPy program. A
 program with a node the generator does not lower keeps its NumPy program (CompileReport.kernel
 says why)."""
@@ -39,15 +39,15 @@ class ProgramKernel(LoopKernel):
 def attach(compiled: Any) -> None:
     """Give `compiled` (a top-level executor.Compiled on the numba backend) a whole-program
     kernel when it is small and every node lowers; `compiled.report.kernel` says which."""
-    if not ENABLED[0]:
-        return
+    if not ENABLED[0] or not compiled.program.bodies:
+        return  # (a program without a loop kernel keeps numba's fused-group kernels)
     graph, report = compiled.graph, compiled.report
     largest = max((math.prod(n.shape) for n in graph.nodes), default=0)
     if largest > MAX_SIZE:
         report.kernel = f"NumPy program (values of up to {largest} elements > {MAX_SIZE})"
         return
-    gen = ProgramSource(graph, compiled.program.bodies)
     try:
+        gen = ProgramSource(graph, compiled.program.bodies)
         source = gen.source()
     except Unsupported as e:
         report.kernel = f"NumPy program (no {WHOLE}: {e})"
@@ -113,7 +113,8 @@ class ProgramSwitch:
         handle = self.handle
         if handle is not None and handle.has():
             self.fn = runner(handle, self.outs, self.returns, len(self.compiled.graph.inputs))
-            self.compiled.uses_blas = "np.dot(" in handle.source
+            if "np.dot(" not in handle.source:  # no BLAS call: no thread limits around it
+                self.compiled.run = self.compiled._run
         else:
             self.fn = self.numpy_fn
             why = handle.error if handle is not None else "an argument is not an array"
