@@ -72,6 +72,32 @@ def test_failing_contender_is_disabled_with_its_error(bench):
 def test_flop_count_matches_the_documented_formula(bench):
     B, T, D, H = 32, 50, 128, 256
     assert bench.lstm_flops(B, T, D, H) == 3 * 2 * T * B * (D + H) * 4 * H
+    # without dX: forward 2*T*B*(D+H)*4H, backward dh, dW_x, dW_h
+    assert bench.lstm_flops(B, T, D, H, dx=False) == 2 * T * B * (2 * D + 3 * H) * 4 * H
+
+
+def test_no_grad_input_table_drops_dx_everywhere(bench, capsys, monkeypatch):
+    from tapernn import nn
+
+    try:
+        bench.main(["--configs", "1,5,5", "--budget", "0.02", "--no-grad-input", "--cells", "GRU"])
+        out = capsys.readouterr().out
+        assert "no input gradient anywhere" in out and "tn GRU" in out and "error:" not in out
+        calls = []
+        real = nn.Module.backward
+
+        def spy(self, input, grad_output, need_grad_input=True):
+            calls.append(need_grad_input)
+            return real(self, input, grad_output, need_grad_input=need_grad_input)
+
+        monkeypatch.setattr(nn.Module, "backward", spy)
+        args = bench.parse_args(["--configs", "1,5,5", "--no-grad-input", "--cells", "GRU"])
+        contenders, _ = bench.build_contenders(1, 5, 5, 5, "float64", args)
+        (tn,) = [c for c in contenders if c.name.startswith("tn GRU")]
+        tn.step()
+        assert calls == [False]
+    finally:
+        bench.need_dx[0] = True
 
 
 def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):

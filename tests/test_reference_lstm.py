@@ -103,3 +103,19 @@ def test_theoretical_minimum_formula():
     model = reference_lstm.ReferenceLSTM(5, 5, np.float64)
     model.step(np.ones((5, 1, 5)), np.ones((5, 1, 5)))
     assert sum(g.nbytes for name, g in model.grads.items() if name != "x") == P * 8
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_without_the_input_gradient_the_weight_gradients_are_unchanged(rng, orientation):
+    """bench.py --no-grad-input: the reference skips only its dX GEMM."""
+    x = rng.standard_normal((T, B, D))
+    probe = rng.standard_normal((T, B, H))
+    full = reference_lstm.ReferenceLSTM(D, H, np.float64, orientation, seed=6)
+    h_full, grads = full.step(x, probe)
+    expected = {k: v.copy() for k, v in grads.items()}
+    lean = reference_lstm.ReferenceLSTM(D, H, np.float64, orientation, seed=6)
+    h_lean, lean_grads = lean.step(x, probe, need_grad_input=False)
+    np.testing.assert_array_equal(h_lean, h_full)
+    assert "x" not in lean_grads and "x" in expected
+    for name in full.params:
+        np.testing.assert_allclose(lean_grads[name], expected[name], rtol=1e-13, atol=1e-13)

@@ -133,3 +133,17 @@ def test_forward_body_fuses_the_gate_products(name, products):
     graph = fwd[0][0]
     matmuls = [n for n in graph.nodes if n.op == "matmul"]
     assert len(matmuls) == products, matmuls
+
+
+@pytest.mark.parametrize("name, gates", [("fastlstm", 4), ("lstm", 4), ("gru", 3)])
+def test_backward_program_stacks_the_gate_gradients_once(name, gates):
+    """After the reverse loop the weight-gradient GEMMs (dW = X^T [dz_i dz_f ...], dU = H^T
+    [...]) and dx = [dz_i dz_f ...] W^T read one (T*B, gates*H) stack of the gate gradients;
+    before, dW's stack was a second concat of the same dz pieces in the reverse order (GRU's
+    dU one of [dz_z dz_r], not the slice of [dz_r dz_z dz_n] it is now)."""
+    m = trained(CELLS[name], False)[0]
+    graph = runtime_of(m).last.training_pair.backward.graph
+    stacks = [n for n in graph.nodes if n.op == "concat" and n.shape[0] == T * B]
+    assert [s.shape for s in stacks] in ([], [(T * B, gates * H)]), [
+        [p.inputs[0].attrs.get("index") for p in s.inputs] for s in stacks
+    ]

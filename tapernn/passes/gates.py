@@ -55,16 +55,58 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
         for i in n.inputs:
             first_use.setdefault(i, pos[n])
     subst: dict[Node, Node] = {}
+    canon: dict[Node, Node] = {}
     for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
+        rights = [m.inputs[1] for m in members]
+        stacked = {} if any(r in inv for r in rights) else _order_in_a_stack(graph, rights, canon)
         members.sort(
             key=lambda m: (
                 (0, base_position(pos, m.inputs[1]))
                 if m.inputs[1] in inv
-                else (1, first_use.get(m, 0))
+                else (1, stacked[m.inputs[1]])
+                if stacked
+                else (2, first_use.get(m, 0))
             )
         )
         subst.update(fuse_shared_left(members, inv))
     return substitute(graph, subst)
+
+
+def _order_in_a_stack(graph: Graph, rights: list[Node], canon: dict) -> dict[Node, int]:
+    """{right: its position} in a column concat already in the graph of which `rights` are a
+    run of adjacent pieces, up to common subexpressions and reshape chains (e.g. the dz stack
+    [dz_i dz_f dz_o dz_g] that dx = dz @ W^T reads; GRU's [dz_r dz_z] in [dz_r dz_z dz_n]), so
+    that the weight-gradient GEMM X^T @ [dz ...] reads that stack or a slice of it (after CSE)
+    instead of a second concat of the pieces in another order; {} when there is none.
+    `canon`: node -> its first equal node (filled on first use)."""
+    if not canon:
+        table: dict[tuple, Node] = {}
+        for n in graph.nodes:
+            if n.op in ("input", "constant"):
+                key: tuple = (n,)
+            elif n.op == "reshape":  # a chain of reshapes is one reshape of its base
+                base = canon[n.inputs[0]]
+                while base.op == "reshape":
+                    base = canon[base.inputs[0]]
+                if base.shape == n.shape:
+                    canon[n] = base
+                    continue
+                key = ("reshape", base, n.shape)
+            else:
+                key = (n.op, tuple(canon[i] for i in n.inputs), n.attrs_key)
+            canon[n] = table.setdefault(key, n)
+    want = {canon[r]: r for r in rights}
+    if len(want) != len(rights):
+        return {}
+    for n in graph.nodes:
+        if n.op != "concat" or n.ndim != 2 or n.attrs["axis"] not in (1, -1):
+            continue
+        at = {canon[p]: k for k, p in enumerate(n.inputs)}
+        if len(at) == len(n.inputs) and want.keys() <= at.keys():
+            spots = [at[c] for c in want]
+            if max(spots) - min(spots) == len(spots) - 1:  # a run of its pieces: a slice of it
+                return {r: at[c] for c, r in want.items()}
+    return {}
 
 
 def base_position(pos: dict[Node, int], n: Node) -> int:

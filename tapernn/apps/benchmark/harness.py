@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...blas import blas_threads
+from .peers import make_gemm_step, make_torch_contender
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
     NOT_AVAILABLE,
@@ -66,42 +67,12 @@ def describe_blas() -> list[str]:
 # --- contenders --------------------------------------------------------------------------------
 
 
-def make_gemm_step(B: int, T: int, D: int, H: int, dtype, orientation: str) -> Callable[[], None]:
-    """Only the GEMMs of one training step, with the reference's shapes and operand layouts: the
-    BLAS rate these shapes allow is the physical limit for any NumPy implementation."""
-    rng = np.random.default_rng(0)
-    r = lambda *shape: rng.standard_normal(shape).astype(dtype)
-    x, w_i, w_h = r(T * B, D), r(4 * H, D), r(4 * H, H)
-    dgates, hs, gates = r(T * B, 4 * H), r(T * B, H), np.empty((T * B, 4 * H), dtype)
-    dw_i, dw_h, dx = np.empty_like(w_i), np.empty_like(w_h), np.empty_like(x)
-    if orientation == "batch":
-        h_t, dg_t = r(B, H), r(B, 4 * H)
-        rec, dh = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype)
-        w_h_t = np.ascontiguousarray(w_h.T)  # the reference keeps W_h^T contiguous (NN GEMM)
-        recurrent = lambda: np.matmul(h_t, w_h_t, out=rec)
-        back = lambda: np.matmul(dg_t, w_h, out=dh)
-    else:
-        h_t, dg_t = r(H, B), r(4 * H, B)
-        rec, dh = np.empty((4 * H, B), dtype), np.empty((H, B), dtype)
-        recurrent = lambda: np.matmul(w_h, h_t, out=rec)
-        back = lambda: np.matmul(w_h.T, dg_t, out=dh)
-
-    def step() -> None:
-        np.matmul(x, w_i.T, out=gates)
-        for _ in range(T):
-            recurrent()
-        for _ in range(T):
-            back()
-        np.matmul(dgates.T, x, out=dw_i)
-        np.matmul(dgates.T, hs, out=dw_h)
-        np.matmul(dgates, w_i, out=dx)
-
-    return step
 
 
 _sequencers: dict[tuple, object] = {}
 _UNROLL = {"auto": None, "rolled": False, "unrolled": True}
 unroll: list = [None]  # the Sequencers' `unroll` (--unroll)
+need_dx: list = [True]  # every contender computes the input's gradient (not: --no-grad-input)
 
 
 def tapernn_step(
@@ -126,7 +97,7 @@ def tapernn_step(
         seq = _sequencers[key]
         seq.forward(x)
         seq.zero_grad_parameters()
-        seq.backward(x, grad_h)
+        seq.backward(x, grad_h, need_grad_input=need_dx[0])
     finally:
         tn.set_backend(before)
 
@@ -152,53 +123,37 @@ def make_tapernn_contenders(
         for backend in backends:
             step = lambda f=factory, b=backend: tapernn_step(f, x, grad_h, b)
             name = f"tn {label}" + (f" [{backend}]" if backend else "")
-            contenders.append(Contender(name, step, lstm_flops(B, T, D, H, gates)))
+            flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
+            contenders.append(Contender(name, step, flops))
     return contenders
 
 
-def make_torch_contender(B, T, D, H, dtype, x, grad_h, threads) -> Contender | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if threads:
-        torch.set_num_threads(threads)
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
-    lstm = torch.nn.LSTM(D, H).to(tdtype)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    gt = torch.from_numpy(grad_h)
-
-    def step() -> None:
-        lstm.zero_grad(set_to_none=True)
-        xt.grad = None
-        out, _ = lstm(xt)
-        out.backward(gt)
-
-    return Contender(f"torch {torch.__version__} nn.LSTM", step, lstm_flops(B, T, D, H), peer=True)
 
 
 def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], ReferenceLSTM]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(dtype)
     grad_h = rng.standard_normal((T, B, H)).astype(dtype)
-    flops = lstm_flops(B, T, D, H)
+    dx = need_dx[0]
+    flops = lstm_flops(B, T, D, H, dx=dx)
     reference = ReferenceLSTM(D, H, dtype)
     contenders = [
         Contender(
-            f"reference ({reference.orientation}-major)", lambda: reference.step(x, grad_h), flops
+            f"reference ({reference.orientation}-major)",
+            lambda: reference.step(x, grad_h, need_grad_input=dx),
+            flops,
         ),
         Contender(
             "numpy matmul, same GEMMs",
-            make_gemm_step(B, T, D, H, dtype, reference.orientation),
+            make_gemm_step(B, T, D, H, dtype, reference.orientation, need_dx=dx),
             flops,
         ),
     ]
     if args.orientation:
         other = "feature" if reference.orientation == "batch" else "batch"
         alt = ReferenceLSTM(D, H, dtype, orientation=other)
-        contenders.append(
-            Contender(f"reference ({other}-major)", lambda: alt.step(x, grad_h), flops)
-        )
+        step = lambda: alt.step(x, grad_h, need_grad_input=dx)
+        contenders.append(Contender(f"reference ({other}-major)", step, flops))
     contenders += make_tapernn_contenders(
         B,
         T,
@@ -211,7 +166,7 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
         getattr(args, "backends", None) or (None,),
     )
     if args.peers:
-        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads)
+        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads, need_dx=dx)
         contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
     return contenders, reference
 
@@ -249,8 +204,10 @@ def report_config(B, T, D, H, dtype, args) -> None:
         contenders, args.budget, progress=True, desc=f"B={B} T={T} H={H} {np.dtype(dtype).name}"
     )
     print(
-        f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  ({lstm_flops(B, T, D, H) / 1e9:.3f} "
-        "GFLOP per LSTM step)"
+        f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  "
+        f"({lstm_flops(B, T, D, H, dx=need_dx[0]) / 1e9:.3f} GFLOP per LSTM step"
+        + ("" if need_dx[0] else ", no input gradient anywhere")
+        + ")"
     )
     print(
         f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
@@ -392,6 +349,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "rule by length)",
     )
     ap.add_argument(
+        "--no-grad-input",
+        action="store_true",
+        help="no timed contender computes the input's gradient (tapernn need_grad_input=False, "
+        "torch input without requires_grad, the reference and the GEMMs without the dX GEMM; "
+        "the memory tables keep it)",
+    )
+    ap.add_argument(
         "--budget",
         type=positive(float),
         help="seconds of timed runs per config (default 3, 10 with --full)",
@@ -432,6 +396,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     args.dtypes = [np.dtype(n) for n in names]
     args.budget = args.budget or (10.0 if args.full else 3.0)
     unroll[0] = _UNROLL[getattr(args, "unroll", "auto")]
+    need_dx[0] = not getattr(args, "no_grad_input", False)
     return args
 
 

@@ -153,7 +153,7 @@ class _Kernel:
             )
         return self.output()
 
-    def backward(self, x, grad_h, w_i, w_h, grads: dict) -> None:
+    def backward(self, x, grad_h, w_i, w_h, grads: dict, need_dx: bool = True) -> None:
         b = self.buffers
         gates, dgates, dh, dc = b["gates"], b["dgates"], b["dh"], b["dc"]
         grad_h = self.step_major(grad_h)
@@ -178,8 +178,11 @@ class _Kernel:
                 self.slope,
                 self.one_minus_slope,
             )
-        self.weight_grads(x, w_i, grads)
-        grads["x"] = b["dx"]
+        self.weight_grads(x, w_i, grads, need_dx)
+        if need_dx:
+            grads["x"] = b["dx"]
+        else:
+            grads.pop("x", None)
 
 
 class _BatchMajor(_Kernel):
@@ -224,13 +227,14 @@ class _BatchMajor(_Kernel):
     def output(self) -> np.ndarray:
         return self.buffers["h"][1:]
 
-    def weight_grads(self, x, w_i, grads: dict) -> None:
+    def weight_grads(self, x, w_i, grads: dict, need_dx: bool) -> None:
         b, TB, H = self.buffers, self.T * self.B, self.H
         stacked = b["dgates"].reshape(TB, 4 * H)
         np.matmul(stacked.T, x.reshape(TB, self.D), out=grads["i2g.weight"])
         np.sum(stacked, axis=0, out=grads["i2g.bias"])
         np.matmul(stacked.T, b["h"][: self.T].reshape(TB, H), out=grads["o2g.weight"])
-        np.matmul(stacked, w_i, out=b["dx"].reshape(TB, self.D))
+        if need_dx:
+            np.matmul(stacked, w_i, out=b["dx"].reshape(TB, self.D))
 
 
 class _FeatureMajor(_Kernel):
@@ -283,7 +287,7 @@ class _FeatureMajor(_Kernel):
         self.buffers["h_out"][...] = self.buffers["h"][1:].transpose(0, 2, 1)
         return self.buffers["h_out"]
 
-    def weight_grads(self, x, w_i, grads: dict) -> None:
+    def weight_grads(self, x, w_i, grads: dict, need_dx: bool) -> None:
         b, TB, H = self.buffers, self.T * self.B, self.H
         b["dgates_stacked"][...] = b["dgates"].transpose(1, 0, 2)
         stacked = b["dgates_stacked"].reshape(4 * H, TB)
@@ -291,7 +295,8 @@ class _FeatureMajor(_Kernel):
         np.matmul(stacked, x.reshape(TB, self.D), out=grads["i2g.weight"])
         np.sum(stacked, axis=1, out=grads["i2g.bias"])
         np.matmul(stacked, b["h_prev"].reshape(TB, H), out=grads["o2g.weight"])
-        np.matmul(stacked.T, w_i, out=b["dx"].reshape(TB, self.D))
+        if need_dx:
+            np.matmul(stacked.T, w_i, out=b["dx"].reshape(TB, self.D))
 
 
 _KERNELS = {"batch": _BatchMajor, "feature": _FeatureMajor}
@@ -328,15 +333,18 @@ class ReferenceLSTM:
             self._kernels[key] = _KERNELS[self.orientation](B, T, self.D, self.H, self.dtype)
         return self._kernels[key]
 
-    def step(self, x: np.ndarray, grad_h: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Forward, BPTT and parameter gradients for one sequence batch."""
+    def step(
+        self, x: np.ndarray, grad_h: np.ndarray, need_grad_input: bool = True
+    ) -> tuple[np.ndarray, dict]:
+        """Forward, BPTT and parameter gradients for one sequence batch (and the input's, under
+        grads["x"], unless need_grad_input is False: then its GEMM is skipped)."""
         T, B, _ = x.shape
         x = np.ascontiguousarray(x, dtype=self.dtype)
         grad_h = np.ascontiguousarray(grad_h, dtype=self.dtype)
         p = self.params
         kernel = self._kernel(B, T)
         h = kernel.forward(x, p["i2g.weight"], p["i2g.bias"], p["o2g.weight"])
-        kernel.backward(x, grad_h, p["i2g.weight"], p["o2g.weight"], self.grads)
+        kernel.backward(x, grad_h, p["i2g.weight"], p["o2g.weight"], self.grads, need_grad_input)
         return h, self.grads
 
     def workspace_bytes(self) -> int:

@@ -13,9 +13,10 @@ PEER_BLOCKS = 4  # hand-overs between NumPy and a peer library per config, one r
 NOT_AVAILABLE = "tapernn nn not available"
 
 
-def lstm_flops(B: int, T: int, D: int, H: int, gates: int = 4) -> float:
-    """Training FLOPs: forward 2*T*B*(D+H)*gates*H, backward twice that (dx, dh, dW_x, dW_h)."""
-    return 3 * 2.0 * T * B * (D + H) * gates * H
+def lstm_flops(B: int, T: int, D: int, H: int, gates: int = 4, dx: bool = True) -> float:
+    """Training FLOPs: forward 2*T*B*(D+H)*gates*H, backward twice that (dx, dh, dW_x, dW_h);
+    dx=False leaves out the input gradient's 2*T*B*D*gates*H."""
+    return (3 if dx else 2) * 2.0 * T * B * D * gates * H + 3 * 2.0 * T * B * H * gates * H
 
 
 @dataclass
