@@ -149,7 +149,9 @@ class CompileReport:
             fallbacks=fwd.fallbacks + bwd.fallbacks,
             loops=fwd.loops + bwd.loops,
             kernel="; ".join(
-                f"{name}: {r.kernel}" for name, r in (("forward", fwd), ("backward", bwd)) if r.kernel
+                f"{name}: {r.kernel}"
+                for name, r in (("forward", fwd), ("backward", bwd))
+                if r.kernel
             ),
         )
 
