@@ -9,11 +9,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from .codegen import Program
-from .executor import Compiled, compile, gc_paused, pipeline_of, verify_input, with_backend
+from .executor import (
+    Compiled,
+    compile,
+    gc_paused,
+    optimise,
+    pipeline_of,
+    verify_input,
+    with_backend,
+)
 from .fused_lowering import fused_scratch
 from .graph import Graph
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
-from .passes import Pass, run_passes
+from .passes import Pass
 
 
 class Arena:
@@ -65,7 +73,7 @@ def compile_shared(
         optimised = []
         for graph in graphs:
             verify_input(graph)
-            optimised.append(run_passes(graph, pipeline_of(passes)))
+            optimised.append(optimise(graph, pipeline_of(passes), options))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)

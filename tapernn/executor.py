@@ -18,6 +18,7 @@ from .graph import Graph, Node
 from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
 from .passes.driver import Dump
+from .passes.layout import layout_session
 from .tuning import gc_paused, quiet_enter, quiet_exit
 
 
@@ -149,10 +150,20 @@ def compile(
         if unroll and _unroller:
             graph = _unroller[0](graph)
         pipeline = pipeline_of(passes)
-        graph, report = run_passes(graph, pipeline, dump=dump)
+        graph, report = optimise(graph, pipeline, options, dump=dump)
         plan = plan_buffers(graph, scratch=fused_scratch, options=options)
         program = Program(graph, plan=plan, options=options, passes=pipeline, written=written)
         return Compiled(graph, program, report)
+
+
+def optimise(
+    graph: Graph, pipeline: Sequence[Pass], options: PlanOptions, dump: Dump | str | None = None
+) -> tuple[Graph, CompileReport]:
+    """`run_passes` under the options' loop layout (passes/layout.py); its choices noted."""
+    with layout_session(options.layout) as session:
+        graph, report = run_passes(graph, pipeline, dump=dump)
+    report.notes.extend(session.notes)
+    return graph, report
 
 
 def verify_input(graph: Graph) -> None:

@@ -177,6 +177,16 @@ class FusedLowering:
             results.append(target)
         return lines
 
+    def _scalar(self, value: float, dtype) -> str:
+        """A bound 0-d array of `dtype` holding `value`, one per (value, dtype) and program: a
+        ufunc converts a Python float operand on every call (~2 us of a 4 us logaddexp on a
+        few elements); the value in the dtype's loop is the same."""
+        names = self.__dict__.setdefault("_scalars", {})
+        key = (float(value), np.dtype(dtype).str)
+        if key not in names:
+            names[key] = self.bind("z", np.array(value, dtype=dtype))
+        return names[key]
+
     @staticmethod
     def _inline_sigmoid(shape: tuple, exact: bool) -> bool:
         # (a 0-d sigmoid is one call of the op: a ufunc on a 0-d array returns a scalar,
@@ -199,18 +209,19 @@ class FusedLowering:
         if logaddexp:
             calls = [
                 ("negative", "{}"),
-                ("logaddexp", "0.0, {}"),
+                ("logaddexp", self._scalar(0.0, dtype) + ", {}"),
                 ("negative", "{}"),
                 ("exp", "{}"),
             ]
         else:
-            limit = repr(sigmoid_exp_limit(dtype))
+            limit = self._scalar(sigmoid_exp_limit(dtype), dtype)
+            one = self._scalar(1.0, dtype)
             calls = [
                 ("negative", "{}"),
                 ("minimum", "{}, " + limit),
                 ("exp", "{}"),
-                ("add", "{}, 1.0"),
-                ("divide", "1.0, {}"),
+                ("add", "{}, " + one),
+                ("divide", one + ", {}"),
             ]
         lines = []
         for k, (op, operands) in enumerate(calls):

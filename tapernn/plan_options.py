@@ -38,6 +38,12 @@ class PlanOptions:
     backend: how fused elementwise groups are lowered, "numpy" or "numba" (one compiled loop
     per group, tapernn/backends); "" means the current `tapernn.set_backend` choice.
 
+    layout: the recurrent state of scan loops (passes/layout.py): "batch" keeps carried states
+    (B, n) as traced; "feature" holds them as (n, B), so the recurrent GEMM is U @ h^T
+    ((4H, H) @ (H, B)); "auto" times both orientations of the loop's recurrent GEMMs once per
+    shape, dtype and BLAS (passes/layout_rule.py) and picks feature-major only when its GEMMs
+    take under MARGIN of batch-major's. The compile report says which and why.
+
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
     """
@@ -50,6 +56,15 @@ class PlanOptions:
     kernel_min_size: int = 4096
     backend: str = ""
     inline_sigmoid: bool = True
+    layout: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("batch", "feature", "auto"):
+            from .errors import ArgumentError
+
+            raise ArgumentError(
+                f"PlanOptions.layout is 'batch', 'feature' or 'auto', got {self.layout!r}"
+            )
 
 
 DEFAULT_OPTIONS = PlanOptions()

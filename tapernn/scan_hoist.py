@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .executor import Compiled, compile, pipeline_of
+from .executor import Compiled, compile, optimise, pipeline_of
 from .graph import Graph, Node
-from .passes import CompileReport, run_passes
+from .passes import CompileReport
 
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
@@ -21,7 +21,7 @@ def compile_hoisted(
     part is compiled apart: the result's `.prologue` (invariants -> hoisted values) runs once
     per loop call and its values are the step program's extra trailing inputs. `written`: the
     outputs the step program writes into its caller's arrays (codegen.Program)."""
-    graph, report = run_passes(loop_level(body, n_variant), pipeline_of(passes))
+    graph, report = optimise(loop_level(body, n_variant), pipeline_of(passes), options)
     invariant = set(graph.inputs[n_variant:])
     cheap = set(invariant)  # inputs, constants and views of them: left in the step program
     for n in graph.nodes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import math
+import re
 import traceback
 import weakref
 from typing import Any
@@ -71,7 +73,9 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         )
     else:
         compiled = compile_body(ctx.options)
-        runner, kernel = make_runner(compiled, attrs), "Python loop"
+        # `out` a buffer of the program (bound once, the same every call): its slab views too
+        keep = out is not None and re.fullmatch(r"b\d+", out) is not None
+        runner, kernel = make_runner(compiled, attrs, keep), "Python loop"
     c, y = slab_sizes(body, nc)
     itemsize = body_dtype(body).itemsize
     report = LoopReport(
@@ -127,13 +131,16 @@ def _scope_of(body: Graph) -> str:
     return min(scopes, key=len) if scopes else ""
 
 
-def make_runner(compiled: Compiled, attrs: dict):
+def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
     statements inlined into the loop (no call per step; `_inlined`), its ys computed into
     their rows of the slab (`compiled` writes its ys outputs, codegen.Program(written=)), so
-    a step costs the body's own lines plus one slice per xs and one row view per ys."""
+    a step costs the body's own lines plus its xs slices and ys rows, made by iterating the
+    arrays in the loop header. `keep_out`: the caller passes the same `out` every call (a buffer
+    of its program), so the slab views of it are made once and kept."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
+    given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
     length, reverse = attrs["length"], attrs["reverse"]
     n_in = len(body.inputs)
     c, y = slab_sizes(body, nc)
@@ -158,15 +165,21 @@ def make_runner(compiled: Compiled, attrs: dict):
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     lines.append(
-        f"    _slab = out if out is not None and out.flags.c_contiguous else "
-        f"_np_empty({c + length * y}, _dtype)"
+        f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype "
+        f"else _np_empty({c + length * y}, _dtype)"
     )
     if ys:
-        lines.append(f"    {', '.join(ys)}, = _ys_views(_slab)")
-    lines += ["    _t = None", "    try:", f"        for _t in {order}:"]
+        lines.append(f"    {', '.join(ys)}, = _ys_views(_slab{given})")
+    lines += ["    _t = None", "    try:"]
+    if inline and (xs or ys):
+        # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
+        # (in step order: reversed() for a reverse loop), not from a Python index each
+        rows = [f"reversed({p})" if reverse else p for p in xs_params + ys]
+        names = xs + [f"w{j}" for j in range(len(ys))]
+        lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
+    else:
+        lines.append(f"        for _t in {order}:")
     if inline:
-        lines += [f"            {x} = {p}[_t]" for x, p in zip(xs, xs_params)]
-        lines += [f"            w{j} = {yv}[_t]" for j, yv in enumerate(ys)]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
@@ -176,7 +189,7 @@ def make_runner(compiled: Compiled, attrs: dict):
         lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
     if cs:
-        lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab)")
+        lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
     lines += [
         "    if out is not None and _slab is not out:",
@@ -195,8 +208,8 @@ def make_runner(compiled: Compiled, attrs: dict):
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
         "_np_copyto": np.copyto,
-        "_ys_views": _ys_views(c, length, y, y_shapes),
-        "_carry_views": _carry_views(carry_shapes),
+        "_ys_views": _ys_views(c, length, y, y_shapes, body_dtype(body)),
+        "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
     }
@@ -224,29 +237,60 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     return statements, dict(program.fn.__kwdefaults__)
 
 
-def _ys_views(c: int, length: int, y: int, shapes: list[tuple]):
-    """(length, *shape) views of the slab per ys; a 0-d ys as (length, 1), so that its row is
-    an array the body can write (a (length,) array's row would be a NumPy scalar)."""
-    spans = offsets(shapes)
-    shapes = [s or (1,) for s in shapes]
-
-    def views(slab: np.ndarray) -> list[np.ndarray]:
-        rows = slab[c : c + length * y].reshape(length, y)
-        return [rows[:, a:b].reshape((length, *s)) for (a, b), s in zip(spans, shapes)]
-
-    # each view splits a contiguous run of a row, so it is a view whatever the slab's values:
+def _ys_views(c: int, length: int, y: int, shapes: list[tuple], dtype: np.dtype):
+    """(length, *shape) views of the slab per ys (its rows start at `c`, `y` apart); a 0-d ys
+    as (length, 1), so that its row is an array the body can write (a (length,) array's row
+    would be a NumPy scalar)."""
+    views = _slab_views(c, [s or (1,) for s in shapes], length, y, dtype)
+    # each view is a strided window into the slab, so it is a view whatever the slab's values:
     # checked once here (np.empty touches no memory), not on every loop call
-    probe = np.empty(c + length * y)
+    probe = np.empty(c + length * y, dtype)
     if length and not all(np.shares_memory(v, probe) for v in views(probe)):
         raise TapernnError("scan: internal error, a ys view of the slab is a copy")
     return views
 
 
-def _carry_views(shapes: list[tuple]):
-    spans = offsets(shapes)
+def _carry_views(shapes: list[tuple], dtype: np.dtype):
+    return _slab_views(0, shapes, None, 0, dtype)
 
-    def views(slab: np.ndarray) -> list[np.ndarray]:
-        return [slab[a:b].reshape(s) for (a, b), s in zip(spans, shapes)]
+
+def _slab_views(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
+    """slab -> per shape a view of the slab laid out from `start` one after another (offsets):
+    `shape` itself or, given `length`, (length, *shape) with rows `row` elements apart. A run of
+    equal shapes is ONE strided array made by np.ndarray over the slab's buffer and split by
+    NumPy's own iteration (each loop call pays a few views, not two reshapes per ys)."""
+    item, specs = dtype.itemsize, []
+    for (a, _), s in zip(offsets(shapes), shapes):
+        if specs and specs[-1][1] == s:
+            specs[-1][0] += 1
+            continue
+        inner = tuple(int(v) for v in np.empty(s, dtype).strides) if s else ()
+        specs.append([1, s, a, inner])
+    made = []
+    for k, s, a, inner in specs:
+        size = math.prod(s) * item
+        rows = () if length is None else (length,)
+        steps = () if length is None else (row * item,)
+        if k == 1:  # (no leading axis to split)
+            made.append((None, (*rows, *s), (start + a) * item, (*steps, *inner)))
+        else:
+            made.append((k, (k, *rows, *s), (start + a) * item, (size, *steps, *inner)))
+    nd = np.ndarray
+    kept: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
+
+    def views(slab: np.ndarray, given: bool = False) -> list:
+        # (the slab is C-contiguous and of `dtype`: the runner allocates it or checks `out`)
+        if given and kept and kept[0] is slab:
+            return kept[1]
+        out: list = []
+        for k, shape, offset, strides in made:
+            if k is None:
+                out.append(nd(shape, dtype, slab, offset, strides))
+            else:
+                out.extend(nd(shape, dtype, slab, offset, strides))
+        if given:  # (a buffer the caller's program holds anyway: keeping it costs no memory)
+            kept[:] = [slab, out]
+        return out
 
     return views
 

@@ -4,7 +4,8 @@ at T = 10 .. 20,000: time and peak RSS above the interpreter's baseline (tapernn
 (2) compile of Sequencer(LSTM(256)) fwd+bwd in float32 at T = 50, then T = 73 (the default
 program; no step re-trace: trace_count), as the first call minus a steady call; (3) steady-state
 training step, rolled vs unroll=True interleaved in one process (CPU time, min over reps: the
-machine is shared), at (32, 50, 256), (32, 50, 512) and (1, 5, 5) float32."""
+machine is shared), at (32, 50, 256), (32, 50, 512), (1, 5, 5) and (1, 50, 5) float32 LSTM, and
+(1, 5, 5) FastLSTM and GRU."""
 
 from __future__ import annotations
 
@@ -60,11 +61,12 @@ import json, sys, time
 import numpy as np
 from tapernn import nn
 B, T, H = map(int, sys.argv[1:4])
+cell = getattr(nn, sys.argv[4] if len(sys.argv) > 4 else "LSTM")
 x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
 g = np.ones((T, B, H), np.float32)
 steps = {}
 for unroll in (False, True):
-    m = nn.Sequencer(nn.LSTM(H, H), unroll=unroll).astype(np.float32)
+    m = nn.Sequencer(cell(H, H), unroll=unroll).astype(np.float32)
     def step(m=m):
         m.zero_grad_parameters(); y = m.forward(x); m.backward(x, g); m.update_parameters(0.01)
     step(); step()
@@ -129,13 +131,15 @@ def rolled_main(lengths: tuple = (10, 1_000, 10_000, 20_000), unrolled_up_to: in
         "\nsteady-state training step (zero_grad, forward, backward, update), CPU time, min "
         "over 5 interleaved rounds:"
     )
-    for shape in ((32, 50, 256), (32, 50, 512), (1, 5, 5), (1, 50, 5)):
-        r = _run(_STEADY, *map(str, shape))
+    cases = [(shape, "LSTM") for shape in ((32, 50, 256), (32, 50, 512), (1, 5, 5), (1, 50, 5))]
+    cases += [((1, 5, 5), "FastLSTM"), ((1, 5, 5), "GRU")]
+    for shape, cell in cases:
+        r = _run(_STEADY, *map(str, shape), cell)
         if "error" in r:
-            print(f"  (B, T, H) = {shape}: error: {r['error']}")
+            print(f"  {cell} (B, T, H) = {shape}: error: {r['error']}")
             continue
         print(
-            f"  (B, T, H) = {shape}: rolled {r['rolled'] * 1e3:.2f} ms, unrolled "
+            f"  {cell} (B, T, H) = {shape}: rolled {r['rolled'] * 1e3:.2f} ms, unrolled "
             f"{r['unrolled'] * 1e3:.2f} ms, rolled / unrolled {r['rolled'] / r['unrolled']:.2f}"
         )
     print(f"load average: {os.getloadavg()}")

@@ -15,6 +15,8 @@ from ..errors import TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..optim import update_temp_bytes
+from ..passes import feature_major_loops
+from ..passes.layout import relayout_before_grad
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .binding import _binder
@@ -102,6 +104,7 @@ class Executable:
         # what `module.graph` shows: the model's own outputs, not the recorded fields
         self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
+        self._choose_layout(passes, options)
         data_nodes = [v.node for v in data]
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
         self.wrt += [ctx.params[p].node for p in ctx.param_order]
@@ -124,6 +127,29 @@ class Executable:
         self.training_pair: TrainingPair | None = None
         self.seeded_variants: dict[tuple, TrainingPair] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
+
+    def _choose_layout(self, passes: list, options: PlanOptions) -> None:
+        """Run feature_major_loops (when in `passes`) on the traced graph, before any `grad`:
+        a loop's backward is then derived from the layout its forward runs in, and the forward
+        and backward programs agree on the slab between them. The output nodes are remapped."""
+        if feature_major_loops not in passes:
+            return
+        old = self.graph
+        new, notes, chosen = relayout_before_grad(old, options.layout)
+        self.notes += notes
+        # the programs compile with the choice made here (their graphs are differentiated)
+        self.options = replace(options, layout=chosen)
+        if new is old:
+            return
+        m = dict(zip(old.outputs, new.outputs))
+        self.graph = new
+        self.real = [m[n] for n in self.real]
+        self.diff_outputs = [m[n] for n in self.diff_outputs]
+        self.extras = [m[n] for n in self.extras]
+        self.finals = [(mod, k, m[n]) for mod, k, n in self.finals]
+        self.reinforce = [(mod, t, m[n]) for mod, t, n in self.reinforce]
+        self.probes = [(*p[:4], [m[n] for n in p[4]]) for p in self.probes]
+        self.display = Graph(new.nodes, new.inputs, self.real, new.meta)
 
     def probe_plan(self) -> list:
         """Per module, its probes' (field, step, tree, output positions): computed once, so a

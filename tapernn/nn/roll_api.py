@@ -29,7 +29,8 @@ def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
     length is rolled unless `owner.unroll` is True (the unrolled research baseline): measured
     side by side (BENCHMARKS.md, "Rolled or unrolled"), the rolled training step costs about
     what the unrolled one does at (32, 50, 256) and (32, 50, 512) f32, ~1.2x at (1, 50, 5) and
-    ~1.5x at (1, 5, 5) (fixed per-call work), while the unrolled program's compile time grows
+    ~1.4x at (1, 5, 5) for LSTM, ~1.2x for FastLSTM (fixed per-call work; BENCHMARKS.md "The
+    rolled step's fixed cost"), while the unrolled program's compile time grows
     with T and every new length compiles again."""
     if getattr(owner, "unroll", None):
         return "unroll=True"

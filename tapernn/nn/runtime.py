@@ -5,6 +5,7 @@ results back into module fields. Parameters are inputs, so updates never recompi
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -180,16 +181,26 @@ class Runtime:
         never holds two steps' outputs (a rolled loop's output is a view of its whole slab of
         saved values). After a failed call they stay None."""
         self.history = []
-        root = self.module
-        root.output = root.grad_input = None
-        for m, output, leaves, others, _ in _write_plan(exe):  # (each module once)
-            if output is not None or any(name == "output" for name, *_ in others):
-                m.output = None
-            if hasattr(m, "_n_steps") and (
-                leaves or any(name != "output" for name, *_ in others)
-            ):  # a recurrent module's per-step fields
-                m.outputs, m.inputs = [], []
-                m.states = {k: [] for k in m.state_names}
+        fields = self.module.__dict__  # (plain fields: no registration check, as _write_back)
+        fields["output"] = fields["grad_input"] = None
+        release = getattr(exe, "_release_plan", None)
+        if release is None:  # what each module's write-back replaces: found once per program
+            release = exe._release_plan = [
+                (
+                    m,
+                    output is not None or any(name == "output" for name, *_ in others),
+                    hasattr(m, "_n_steps")  # a recurrent module's per-step fields
+                    and bool(leaves or any(name != "output" for name, *_ in others)),
+                )
+                for m, output, leaves, others, _ in _write_plan(exe)  # (each module once)
+            ]
+        for m, output, steps in release:
+            fields = m.__dict__
+            if output:
+                fields["output"] = None
+            if steps:
+                fields["outputs"], fields["inputs"] = [], []
+                fields["states"] = {k: [] for k in m.state_names}
 
     def _tree(self) -> tuple[list, list]:
         """The model's `_before_forward` hooks that do something (in `modules()` order) and its
@@ -231,9 +242,9 @@ class Runtime:
             if by_steps is not None:  # a recurrent module's fields, grouped once per program
                 outputs, inputs, states = by_steps
                 m._write_steps(
-                    [outs[k] for k in outputs],
-                    [outs[k] for k in inputs],
-                    {name: [outs[k] for k in at] for name, at in states},
+                    _gather(outs, outputs),
+                    _gather(outs, inputs),
+                    {name: _gather(outs, at) for name, at in states},
                     mode,
                 )
                 continue
@@ -396,22 +407,56 @@ def _write_plan(exe: Executable) -> list:
 
 
 def _by_steps(m: Any, leaves: list, others: list) -> tuple | None:
-    """(outputs, inputs, [(state name, positions)]) output positions, each ordered by step as
-    _write_fields orders them, where m's class writes its fields by `_write_steps`; else None."""
-    if others or not leaves or not getattr(type(m)._write_fields, "by_steps", False):
+    """(outputs, inputs, [(state name, sources)]), each field's sources in step order as
+    _write_fields orders them (see _gather), where m's class writes its fields by `_write_steps`
+    and every field is single arrays per step or a loop's stacked rows (nn.rolled.Stacked)
+    whose steps do not interleave with the field's other sources; else None."""
+    if not (leaves or others) or not getattr(type(m)._write_fields, "by_steps", False):
         return None
-    ordered = sorted(leaves, key=lambda item: item[1])
-    names = {name for name, _, _ in leaves} - {"outputs", "inputs"}
-    if any(name[6:] not in m.state_names or not name.startswith("state:") for name in names):
+    fields: dict[str, list] = {}  # name -> [(first step, last step, position, rows)]
+    for name, t, pos in leaves:
+        if not isinstance(t, int):
+            return None
+        fields.setdefault(name, []).append((t, t, pos, None))
+    for name, at, tree, pos, stop in others:
+        if not isinstance(at, Stacked) or tree != LEAF or stop != pos + 1 or at.n < 1:
+            return None
+        last = at.start + (at.n - 1) * at.stride
+        fields.setdefault(name, []).append((at.start, last, pos, -1 if at.reverse else 1))
+    odd = [name for name in fields if name not in ("outputs", "inputs")]
+    if any(not name.startswith("state:") or name[6:] not in m.state_names for name in odd):
         return None  # (_write_fields raises on such a field, as it did)
+    ordered = {}
+    for name, sources in fields.items():
+        sources.sort(key=lambda s: s[0])
+        if any(a[1] >= b[0] for a, b in pairwise(sources)):
+            return None  # interleaved steps: _write_fields sorts them item by item
+        if all(rows is None for *_, rows in sources):
+            ordered[name] = tuple(pos for _, _, pos, _ in sources)
+        else:
+            ordered[name] = [(pos, rows) for _, _, pos, rows in sources]
     return (
-        [pos for name, _, pos in ordered if name == "outputs"],
-        [pos for name, _, pos in ordered if name == "inputs"],
-        [
-            (state, [pos for name, _, pos in ordered if name == "state:" + state])
-            for state in m.state_names
-        ],
+        ordered.get("outputs", ()),
+        ordered.get("inputs", ()),
+        [(state, ordered.get("state:" + state, ())) for state in m.state_names],
     )
+
+
+def _gather(outs: tuple, sources: tuple | list) -> list:
+    """A field's values in step order: a tuple of output positions (one array per step), or
+    a list of (position, rows): rows None one array, 1 a loop's stacked steps split into row
+    views (NumPy's own iteration), -1 the same stacked in reverse (a reverse loop)."""
+    if type(sources) is tuple:
+        return [outs[k] for k in sources]
+    if len(sources) == 1 and sources[0][1] == 1:
+        return list(outs[sources[0][0]])
+    values: list = []
+    for pos, rows in sources:
+        if rows is None:
+            values.append(outs[pos])
+        else:
+            values += list(outs[pos] if rows == 1 else outs[pos][::-1])
+    return values
 
 
 def _has_hook(m: Any) -> bool:
@@ -428,10 +473,8 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
     if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
         data_array(root.describe(), x)
-    if x.dtype.kind == "f" and x.dtype != root.dtype:
+    if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
-    if x.dtype.kind == "b":
-        return x.astype(root.dtype)
     return x.copy() if copy else x
 
 

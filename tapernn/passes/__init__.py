@@ -36,6 +36,8 @@ from .hoist import (
     stack_index_grads,
     stack_matmuls_over_time,
 )
+from .layout import feature_major_loops
+from .merge_ys import merge_concatenated_ys
 from .push_out import push_out_of_loops
 from .simplify import (
     flip_transposed_products,
@@ -53,6 +55,7 @@ DEFAULT: list[Pass] = [
     propagate_zeros,
     eliminate_common_subexpressions,
     push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
+    feature_major_loops,  # carried (B, n) states held as (n, B) where PlanOptions.layout says
     # hoisting across time
     stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
     pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
@@ -66,6 +69,7 @@ DEFAULT: list[Pass] = [
     fuse_gate_matmuls,  # x @ W_i, x @ W_f, ... -> x @ [W_i W_f ...]
     fuse_row_sums,  # the per-gate bias-gradient sums of the stacks -> one
     eliminate_common_subexpressions,  # per-step weight concats become one
+    merge_concatenated_ys,  # a loop's concatenated gate-gradient ys: one ys, the concat a view
     # views
     simplify_view_chains,  # rows-of-step then columns-of-gate slices: one slice
     index_grads_to_concat,  # per-gate gradients of a split block: one concat
@@ -122,6 +126,7 @@ __all__ = [
     "default_passes",
     "eliminate_common_subexpressions",
     "eliminate_dead_code",
+    "feature_major_loops",
     "flip_transposed_products",
     "fold_constants",
     "fuse_elementwise",
@@ -130,6 +135,7 @@ __all__ = [
     "fuse_row_sums",
     "hoist_across_time",
     "index_grads_to_concat",
+    "merge_concatenated_ys",
     "merge_matmul_sums_over_time",
     "merge_matmul_sums_within_steps",
     "merge_row_sums",

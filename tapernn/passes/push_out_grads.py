@@ -49,6 +49,7 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     for j, o in enumerate(body.outputs[nc:]):
         ys_pos.setdefault(o, j)
     outs = set(body.outputs)
+    gemm_terms = _gemm_terms(body, nc)
     extra: list[Node] = []
     found = []
     for k in range(nc):
@@ -79,6 +80,10 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             axes = tuple(m.attrs["axis"])
             if q.ndim - len(axes) != m.ndim:
                 continue
+            if q not in xs_pos and q not in ys_pos and q not in gemm_terms and m.size < q.size:
+                # a peephole's sum_t sum_b dz_t * c_t: pushed out it would be a new (B, H) ys
+                # per step (T*B*H slab) to save an (H,) carry; it stays in the loop
+                continue
             found.append(Accumulation(k, "sum", (_term(q, xs_pos, ys_pos, extra),), False, axes))
     if not found:
         return None
@@ -90,6 +95,21 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     nodes = [n for n in body.nodes if n.op != "input" or n in inputs]
     new = Graph(nodes, inputs, outputs, body.meta).eliminate_dead_code()
     return GradRecipe(new, tuple(found))
+
+
+def _gemm_terms(body: Graph, nc: int) -> set[Node]:
+    """The per-step operands of the matmul terms accumulated into carries (ys once pushed
+    out): a sum of one of them costs no new ys."""
+    terms: set[Node] = set()
+    for k in range(nc):
+        new = body.outputs[k]
+        if new.op != "add" or body.inputs[k] not in new.inputs:
+            continue
+        for m in new.inputs:
+            m = m.inputs[0] if _swap(m) else m
+            if m.op == "matmul":
+                terms.update(i.inputs[0] if _swap(i) else i for i in m.inputs)
+    return terms
 
 
 def _swap(n: Node) -> bool:

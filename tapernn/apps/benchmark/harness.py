@@ -67,8 +67,6 @@ def describe_blas() -> list[str]:
 # --- contenders --------------------------------------------------------------------------------
 
 
-
-
 _sequencers: dict[tuple, object] = {}
 _UNROLL = {"auto": None, "rolled": False, "unrolled": True}
 unroll: list = [None]  # the Sequencers' `unroll` (--unroll)
@@ -76,7 +74,11 @@ need_dx: list = [True]  # every contender computes the input's gradient (not: --
 
 
 def tapernn_step(
-    module_factory: Callable, x: np.ndarray, grad_h: np.ndarray, backend: str | None = None
+    module_factory: Callable,
+    x: np.ndarray,
+    grad_h: np.ndarray,
+    backend: str | None = None,
+    layout: str | None = None,
 ) -> None:
     """One tapernn training step of `Sequencer(module_factory(D, H))`. The Sequencer is built
     once per (factory, shapes, dtype, backend) and cached, so construction and compilation stay
@@ -86,13 +88,15 @@ def tapernn_step(
 
     T, B, D = x.shape
     H = grad_h.shape[2]
-    key = (module_factory, B, T, D, H, x.dtype, backend, unroll[0])
+    key = (module_factory, B, T, D, H, x.dtype, backend, unroll[0], layout)
     before = tn.get_backend()
     if backend:
         tn.set_backend(backend)
     try:
         if key not in _sequencers:
             seq = nn.Sequencer(module_factory(D, H), unroll=unroll[0])
+            if layout:  # the recurrent state's layout (passes/layout.py)
+                seq.set_plan_options(tn.PlanOptions(layout=layout))
             _sequencers[key] = seq.astype(x.dtype)
         seq = _sequencers[key]
         seq.forward(x)
@@ -103,10 +107,10 @@ def tapernn_step(
 
 
 def make_tapernn_contenders(
-    B, T, D, H, dtype, x, grad_h, cells=None, backends=(None,)
+    B, T, D, H, dtype, x, grad_h, cells=None, backends=(None,), layouts=(None,)
 ) -> list[Contender]:
-    """One contender per cell (all, or those named in `cells`) and backend (None: the
-    current one; a name is shown in the label)."""
+    """One contender per cell (all, or those named in `cells`), backend (None: the
+    current one; a name is shown in the label) and layout (None: the default, "auto")."""
     factories = tapernn_factories()
     if isinstance(factories, str):
         return [
@@ -121,13 +125,13 @@ def make_tapernn_contenders(
             contenders.append(Contender(f"tn {label}", None, note=NOT_AVAILABLE))
             continue
         for backend in backends:
-            step = lambda f=factory, b=backend: tapernn_step(f, x, grad_h, b)
-            name = f"tn {label}" + (f" [{backend}]" if backend else "")
-            flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
-            contenders.append(Contender(name, step, flops))
+            for layout in layouts:
+                step = lambda f=factory, b=backend, ly=layout: tapernn_step(f, x, grad_h, b, ly)
+                name = f"tn {label}" + (f" [{backend}]" if backend else "")
+                name += f" [{layout}]" if layout else ""
+                flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
+                contenders.append(Contender(name, step, flops))
     return contenders
-
-
 
 
 def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], ReferenceLSTM]:
@@ -164,6 +168,7 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
         grad_h,
         getattr(args, "cells", None),
         getattr(args, "backends", None) or (None,),
+        ("batch", "feature", "auto") if args.orientation else (None,),
     )
     if args.peers:
         peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads, need_dx=dx)
@@ -246,6 +251,11 @@ def training_pairs_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
     return found
 
 
+def _layout_label(seq) -> str:
+    options = getattr(seq, "_plan_options", None)
+    return f" [{options.layout}]" if options is not None else ""
+
+
 def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,)) -> list[str]:
     """Per tapernn contender: bytes kept for backward, buffers each program allocates, what is
     resident across a training step and the most bytes live at once, against the reference and
@@ -262,7 +272,7 @@ def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,))
     )
     rows = [header]
     timed = [
-        (label + (f" [{backend}]" if backend else ""), seq, pair)
+        (label + (f" [{backend}]" if backend else "") + _layout_label(seq), seq, pair)
         for label, (factory, _) in factories.items()
         if factory and label in (cells or [label])
         for backend, seq, pair in training_pairs_of(factory, B, T, D, H, dtype)
@@ -319,7 +329,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--orientation",
         action="store_true",
-        help="also time the reference in its other recurrent-GEMM orientation",
+        help="also time the reference in its other recurrent-GEMM orientation, and tapernn "
+        "with each PlanOptions.layout (batch, feature, auto)",
     )
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
     ap.add_argument(

@@ -1,0 +1,97 @@
+"""The "auto" layout rule (issue 19): time the loop's recurrent GEMMs in both orientations once
+per (shapes, dtype, BLAS) and keep the answer for the process (FFTW-style planning); tiny
+GEMMs stay batch-major without timing (Python overhead, not the GEMM, is their cost)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..blas import blas_threads, program_threads
+from ..graph import Graph
+
+MIN_FLOPS = 2_000_000  # a recurrent GEMM pair smaller than this is not timed: batch-major
+# Feature-major is picked when its GEMMs take under MARGIN of batch-major's, in two rounds of
+# timing. Measured (BENCHMARKS.md, 2026-12-03, OpenBLAS, 1 thread, f32): where the GEMMs tie,
+# the whole step ties at (32, 50, 256) and gains ~7 % at (32, 50, 512), while the transposed
+# copies at the loop's edges cost T*B*4H more bytes (resident +50 %): only a large GEMM
+# advantage pays for that. Under load the ratio wanders (0.74-1.25 seen for equal GEMMs).
+MARGIN = 0.7
+BUDGET = 0.05  # seconds of timing per shape, roughly (each orientation is timed twice)
+_DECIDED: dict[tuple, tuple[str, str]] = {}
+
+
+def recurrent_gemms(body: Graph, nc: int) -> list[tuple[int, int, int]]:
+    """(B, K, N) of each matmul (B, K) @ (K, N) in `body` reading a 2-D carry."""
+    carries = {i for i in body.inputs[:nc] if i.ndim == 2}
+    out = []
+    for n in body.nodes:
+        if n.op == "matmul" and n.inputs[0] in carries and n.inputs[1].ndim == 2:
+            (b, k), n_ = n.inputs[0].shape, n.inputs[1].shape[1]
+            out.append((b, k, n_))
+    return out
+
+
+def choose(body: Graph, nc: int) -> tuple[str, str]:
+    """("batch" | "feature", why) for the loop over `body`."""
+    gemms = recurrent_gemms(body, nc)
+    dtype = np.dtype(body.outputs[0].dtype if body.outputs else np.float64)
+    if not gemms:
+        return "batch", "no recurrent GEMM on a 2-D carry"
+    flops = sum(4 * b * k * n for b, k, n in gemms)  # forward and backward products
+    if flops < MIN_FLOPS:
+        return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
+    key = (tuple(gemms), dtype.str, _blas())
+    if key not in _DECIDED:
+        largest = max(2 * b * k * n for b, k, n in gemms)
+        rounds = []
+        with blas_threads(program_threads(largest)):  # as the compiled loop will run
+            for _ in range(2):
+                times = [time_orientations(b, k, n, dtype) for b, k, n in gemms]
+                rounds.append((sum(t[0] for t in times), sum(t[1] for t in times)))
+        pick = "feature" if all(f < MARGIN * b for b, f in rounds) else "batch"
+        tb, tf = min(r[0] for r in rounds), min(r[1] for r in rounds)
+        shown = ", ".join(f"({b}, {k}) @ ({k}, {n})" for b, k, n in gemms)
+        why = (
+            f"{shown} {dtype.name}, forward + backward GEMMs measured: batch-major "
+            f"{tb * 1e6:.0f} us, feature-major {tf * 1e6:.0f} us (feature-major below "
+            f"{MARGIN:.0%} of batch-major in both rounds: {pick == 'feature'})"
+        )
+        _DECIDED[key] = (pick, why)
+    return _DECIDED[key]
+
+
+def _blas() -> tuple:
+    """The BLAS as a cache key: its libraries' thread counts (the numpy build is the process's)."""
+    from ..blas import _openblas_libraries
+
+    try:
+        return tuple(get() for _, get in _openblas_libraries())
+    except Exception:  # noqa: BLE001 (only a cache key)
+        return ()
+
+
+def time_orientations(b: int, k: int, n: int, dtype: np.dtype) -> tuple[float, float]:
+    """Best-of seconds of one step's recurrent GEMMs, batch-major (h @ U^T, dz @ U) and
+    feature-major (U @ h^T, U^T @ dz^T), the operands laid out as the compiled loop has them."""
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, k)).astype(dtype)
+    h, dz = rng.standard_normal((b, k)).astype(dtype), rng.standard_normal((b, n)).astype(dtype)
+    ht, dzt = np.ascontiguousarray(h.T), np.ascontiguousarray(dz.T)
+    ob, obk = np.empty((b, n), dtype), np.empty((b, k), dtype)
+    of, ofk = np.empty((n, b), dtype), np.empty((k, b), dtype)
+    batch = lambda: (np.matmul(h, u.T, out=ob), np.matmul(dz, u, out=obk))
+    feature = lambda: (np.matmul(u, ht, out=of), np.matmul(u.T, dzt, out=ofk))
+    best = [float("inf"), float("inf")]
+    deadline = time.perf_counter() + BUDGET / 2
+    for rep in range(7):
+        for j, f in enumerate((batch, feature) if rep % 2 == 0 else (feature, batch)):
+            start = time.perf_counter()
+            f()
+            elapsed = time.perf_counter() - start
+            k_ = j if rep % 2 == 0 else 1 - j
+            best[k_] = min(best[k_], elapsed)
+        if rep % 2 == 1 and time.perf_counter() > deadline:  # each timed at least twice
+            break
+    return best[0], best[1]

@@ -1,0 +1,293 @@
+"""Feature-major recurrent state (passes/layout.py, issue 19): the loop body runs U @ h^T with no
+per-step transpose; both layouts equal the NumPy equations and the unrolled program without
+passes (outputs, input, parameter and state gradients) at 1e-12 in float64, also float32."""
+
+import numpy as np
+import pytest
+from cell_fuzz import make_case, make_cell, numpy_outputs
+from cell_reference import fastlstm_step, gru_step, lstm_step, run
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.errors import ArgumentError
+from tapernn.passes import layout_rule
+
+D, H, B = 3, 5, 2  # H != B, so a wrongly transposed (B, H) cannot pass as (H, B)
+LAYOUTS = ("batch", "feature")
+
+
+class Leaky(nn.Cell):
+    """A custom cell: h' = tanh(W x + U h) * a + h * (1 - a)."""
+
+    state_names = ("h",)
+
+    def __init__(self, d, h):
+        super().__init__(d, h)
+        self.parameter("w", (h, d))
+        self.parameter("u", (h, h))
+
+    def step(self, x, h):
+        return tn.tanh(x @ self.w.T + h @ self.u.T) * 0.3 + h * 0.7
+
+
+def leaky_step(p, x, h):
+    return (np.tanh(x @ p["w"].T + h @ p["u"].T) * 0.3 + h * 0.7,)
+
+
+CELLS = {
+    "fastlstm": (lambda: nn.FastLSTM(D, H), fastlstm_step, 2),
+    "lstm": (lambda: nn.LSTM(D, H), lstm_step, 2),
+    "gru": (lambda: nn.GRU(D, H), gru_step, 1),
+    "custom": (lambda: Leaky(D, H), leaky_step, 1),
+}
+
+
+def opts(layout):
+    return tn.PlanOptions(layout=layout)
+
+
+def step_result(m, x, g, **kw):
+    m.zero_grad_parameters()
+    y = np.array(m.forward(x, **kw))
+    gx = np.array(m.backward(x, g))
+    return [y, gx] + [p.grad.copy() for p in m.parameters()]
+
+
+def oracle(make, x, g, seed=0, dtype=np.float64, **kw):
+    """The unrolled Sequencer compiled without any pass: shares no rewrite with the pass."""
+    tn.manual_seed(seed)
+    m = nn.Sequencer(make(), unroll=True).astype(dtype).set_passes([])
+    return step_result(m, x, g, **kw), m
+
+
+def layout_notes(m):
+    return [n for n in m.compile_report().notes if n.startswith("layout")]
+
+
+def scan_bodies(m):
+    pair = m._runtime.last.training_pair
+    return [
+        [n.attrs["body"] for n in c.graph.nodes if n.op == "scan"]
+        for c in (pair.forward, pair.last_backward)
+    ]
+
+
+def per_step_transposes(body, n_variant):
+    """Transposes in `body` of anything but its invariants (weights): per-step copies."""
+    invariant = set(body.inputs[n_variant:])
+    return [n for n in body.nodes if n.op == "transpose" and n.inputs[0] not in invariant]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_feature_major_body_has_the_transposed_gemm_and_no_per_step_transpose(layout, rng):
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.FastLSTM(D, H)).set_plan_options(opts(layout))
+    x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, H))
+    step_result(m, x, g)
+    pair = m._runtime.last.training_pair
+    (fwd,), (bwd,) = scan_bodies(m)
+    scans = [
+        next(n for n in c.graph.nodes if n.op == "scan") for c in (pair.forward, pair.last_backward)
+    ]
+    products = {
+        (tuple(n.inputs[0].shape), tuple(n.inputs[1].shape)) for n in fwd.nodes if n.op == "matmul"
+    }
+    back = {
+        (tuple(n.inputs[0].shape), tuple(n.inputs[1].shape)) for n in bwd.nodes if n.op == "matmul"
+    }
+    if layout == "feature":
+        assert ((4 * H, H), (H, B)) in products  # U @ h^T
+        assert ((H, 4 * H), (4 * H, B)) in back  # U^T @ dz^T
+        for body, s in zip((fwd, bwd), scans):
+            nv = s.attrs["n_carry"] + s.attrs["n_xs"]
+            assert per_step_transposes(body, nv) == []
+            carries = body.inputs[: s.attrs["n_carry"]]
+            assert all(i.shape[-1] == B for i in carries if i.ndim == 2)
+        assert layout_notes(m) == ["layout (loop 0): feature-major (layout='feature')"]
+    else:
+        assert ((B, H), (H, 4 * H)) in products and not layout_notes(m)[0].find("batch") < 0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_cells_equal_numpy_and_the_unrolled_program_without_passes(name, layout, rng):
+    make, step, n_states = CELLS[name]
+    x, g = rng.standard_normal((7, B, D)), rng.standard_normal((7, B, H))
+    want, ref = oracle(make, x, g)
+    tn.manual_seed(0)
+    cell = make()
+    m = nn.Sequencer(cell).set_plan_options(opts(layout))
+    got = step_result(m, x, g)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    params = {k: p.data for k, p in ref.named_parameters().items()}
+    eq, states = run(step, {k.split(".", 1)[1]: v for k, v in params.items()}, x, n_states, H)
+    np.testing.assert_allclose(got[0], eq, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cell.get_hidden_state(-1)[0], states[-1][0], rtol=1e-12, atol=1e-12)
+    assert any("layout" in n and f"{layout}-major" in n for n in layout_notes(m))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_masked_lengths_and_remember_across_chunks(layout):
+    rng = np.random.default_rng(5)
+    tn.manual_seed(4)
+    a, b = nn.GRU(D, H), nn.GRU(D, H)
+    b.load_state_dict(a.state_dict())
+    m = nn.Sequencer(a).remember("both").set_plan_options(opts(layout))
+    ref = nn.Sequencer(b, unroll=True).remember("both").set_passes([])
+    for T in (5, 8, 3):
+        x, g = rng.standard_normal((T, 3, D)), rng.standard_normal((T, 3, H))
+        lengths = np.array([T, max(1, T - 2), 1])
+        got, want = step_result(m, x, g, lengths=lengths), step_result(ref, x, g, lengths=lengths)
+        for u, v in zip(got, want):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(got[0][lengths[2] :, 2], 0)
+        np.testing.assert_allclose(a._state[0], b._state[0], rtol=1e-12, atol=1e-12)
+
+
+def lstm_of(net):
+    return next(s for s in net.modules() if isinstance(s, nn.LSTM))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_stacked_sequencers_and_initial_state_gradients(layout):
+    rng = np.random.default_rng(8)
+
+    def model():
+        tn.manual_seed(7)
+        return nn.Sequential(
+            nn.Sequencer(nn.LSTM(D, H)),
+            nn.Sequencer(nn.Sequential(nn.GRU(H, H), nn.Linear(H, 2))),
+        )
+
+    m, ref = model().set_plan_options(opts(layout)), model().set_passes([])
+    for s in ref.modules():
+        if isinstance(s, nn.Sequencer):
+            s.unroll = True
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    for net in (m, ref):
+        lstm_of(net).set_initial_state((h0, c0))
+    x, g = rng.standard_normal((6, B, D)), rng.standard_normal((6, B, 2))
+    for u, v in zip(step_result(m, x, g), step_result(ref, x, g)):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    for u, v in zip(lstm_of(m).get_grad_initial_state(), lstm_of(ref).get_grad_initial_state()):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    if layout == "feature":
+        assert len([n for n in layout_notes(m) if "feature-major" in n]) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32(layout, rng):
+    make = CELLS["fastlstm"][0]
+    x = rng.standard_normal((6, B, D)).astype(np.float32)
+    g = rng.standard_normal((6, B, H)).astype(np.float32)
+    want, _ = oracle(make, x.astype(np.float64), g.astype(np.float64))
+    tn.manual_seed(0)
+    m = nn.Sequencer(make()).float().set_plan_options(opts(layout))
+    got = step_result(m, x, g)
+    assert got[0].dtype == np.float32
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 5])
+def test_random_cells_feature_major(seed):
+    case = make_case(seed)
+    runs = []
+    for layout in LAYOUTS:
+        cells = [make_cell(c, p, f"F{k}") for k, (c, p) in enumerate(zip(case.cells, case.params))]
+        inner = cells[0] if len(cells) == 1 else nn.Sequential(*cells)
+        m = nn.Sequencer(inner).astype(case.dtype).set_plan_options(opts(layout))
+        x, g = case.x.astype(case.dtype), case.seed_grad.astype(case.dtype)
+        runs.append(step_result(m, x, g))
+    tol = 1e-12 if case.dtype == np.float64 else 1e-5
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(
+        runs[1][0],
+        numpy_outputs(case),
+        rtol=1e-9 if tol == 1e-12 else 2e-3,
+        atol=1e-9 if tol == 1e-12 else 2e-3,
+    )
+
+
+def test_inference_forward_and_tn_compile(rng):
+    tn.manual_seed(0)
+    x = rng.standard_normal((5, B, D))
+    ys = []
+    for layout in LAYOUTS:
+        tn.manual_seed(0)
+        m = nn.Sequencer(nn.FastLSTM(D, H)).set_plan_options(opts(layout)).evaluate()
+        ys.append(np.array(m.forward(x)))
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-12, atol=1e-12)
+
+
+def test_auto_rule_times_once_and_says_why(monkeypatch):
+    calls = []
+
+    def fake(b, k, n, dtype):
+        calls.append((b, k, n))
+        return 1.0, 0.5  # feature-major twice as fast
+
+    monkeypatch.setattr(layout_rule, "time_orientations", fake)
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    tn.manual_seed(0)
+    big = 64
+    m = nn.Sequencer(nn.FastLSTM(4, big)).set_plan_options(opts("auto"))
+    x, g = np.ones((3, 32, 4)), np.ones((3, 32, big))
+    step_result(m, x, g)
+    (note,) = layout_notes(m)
+    assert "feature-major (auto:" in note and "(32, 64) @ (64, 256)" in note
+    assert calls == [(32, 64, 256)] * 2  # two rounds
+    m2 = nn.Sequencer(nn.FastLSTM(4, big)).set_plan_options(opts("auto"))
+    step_result(m2, x, g)
+    assert calls == [(32, 64, 256)] * 2  # cached for the process
+    tiny = nn.Sequencer(nn.FastLSTM(D, H)).set_plan_options(opts("auto"))
+    step_result(tiny, np.ones((3, B, D)), np.ones((3, B, H)))
+    assert "batch-major (auto: recurrent GEMMs of" in layout_notes(tiny)[0]
+
+
+def test_the_pass_is_in_the_default_list_and_bad_layouts_raise():
+    assert tn.passes.feature_major_loops in tn.passes.DEFAULT
+    with pytest.raises(ArgumentError, match="'batch', 'feature' or 'auto', got 'rows'"):
+        tn.PlanOptions(layout="rows")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tn_compile_of_a_scan_equals_the_reference_interpreter(layout, rng):
+    from tapernn.interpret import interpret
+
+    h0, xs = rng.standard_normal((B, H)), rng.standard_normal((6, B, D))
+    w, u = rng.standard_normal((D, H)), rng.standard_normal((H, H))
+    step = tn.trace(lambda h, x, w, u: [tn.tanh(x @ w + h @ u)] * 2, h0, xs[0], w, u)
+    g = tn.trace(lambda h, xs, w, u: tn.scan(step, [h], [xs], [w, u]).ys[0], h0, xs, w, u)
+    c = tn.compile(g, options=opts(layout))
+    np.testing.assert_allclose(
+        c(h0, xs, w, u), interpret(g, h0, xs, w, u)[0], rtol=1e-12, atol=1e-12
+    )
+    (body,) = [n.attrs["body"] for n in c.graph.nodes if n.op == "scan"]
+    products = {tuple(n.inputs[1].shape) for n in body.nodes if n.op == "matmul"}
+    assert ((H, B) in products) == (layout == "feature")
+    notes = [n for n in c.report.notes if n.startswith("layout")]
+    assert len(notes) == 1 and f"{layout}-major" in notes[0]
+
+
+@pytest.mark.parametrize("name", ["fastlstm", "gru"])
+def test_feature_major_on_each_backend(name, backend, rng):
+    make = CELLS[name][0]
+    x, g = rng.standard_normal((5, B, D)), rng.standard_normal((5, B, H))
+    want, _ = oracle(make, x, g)
+    tn.manual_seed(0)
+    m = nn.Sequencer(make()).set_plan_options(opts("feature"))
+    for a, b in zip(step_result(m, x, g), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ratio, pick", [(0.5, "feature"), (0.8, "batch"), (1.2, "batch")])
+def test_auto_rule_needs_a_large_gemm_advantage(ratio, pick, monkeypatch):
+    monkeypatch.setattr(layout_rule, "time_orientations", lambda b, k, n, d: (1.0, ratio))
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
+    got, why = layout_rule.choose(body, 1)
+    assert got == pick and "(32, 64) @ (64, 256) float64" in why
