@@ -480,11 +480,9 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
 
 def _own(state: np.ndarray) -> np.ndarray:
     """A final state that is a view of a larger array (a rolled loop's slab) as its own copy:
-    the state the next call starts from must not keep the whole slab alive through it. (An
-    array a numba kernel returned owns its memory: its base is numba's, not an ndarray.)"""
+    the state the next call starts from must not keep the whole slab alive through it."""
     base = state.base
-    large = isinstance(base, np.ndarray) and base.nbytes > state.nbytes
-    return state.copy() if large else state
+    return state.copy() if base is not None and base.nbytes > state.nbytes else state
 
 
 def _leaf_names(tree: Any, n_args: int) -> list[str]:
