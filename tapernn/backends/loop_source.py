@@ -44,6 +44,7 @@ class LoopSource:
         self.names = 0
         # the open loop nest: (shape, bodies, buffers written at its index, written elsewhere)
         self.group: tuple | None = None
+        self.slab = "slab"  # the array the loop's results go to (a buffer, when inlined)
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
@@ -94,6 +95,8 @@ class LoopSource:
         return _HEADER + "\n".join(text) + "\n"
 
     def write_outputs(self, carries: dict) -> None:
+        """The step's ys into their slab rows, the live carries swapped; `self.final`: the
+        lines after the loop writing the final carries."""
         g, nl = self.graph, len(self.live)
         c_sizes = [math.prod(i.shape) for i in g.inputs[: self.nc]]
         y_shapes = [o.shape for o in g.outputs[nl:]]
@@ -109,7 +112,7 @@ class LoopSource:
             self.emit(
                 shape,
                 lambda i, v=v, off=off, s=shape: (
-                    [f"slab[row + {off} + {flat(i, s)}] = {v.at(i)}"]
+                    [f"{self.slab}[row + {off} + {flat(i, s)}] = {v.at(i)}"]
                 ),
                 [v],
             )
@@ -132,7 +135,7 @@ class LoopSource:
             src = carries[k][0] if k in carries else self.vals[node]
             finals.setdefault(node.shape, []).append(
                 lambda i, v=src, off=off, s=node.shape: (
-                    [f"slab[{off} + {flat(i, s)}] = {v.at(i)}"]
+                    [f"{self.slab}[{off} + {flat(i, s)}] = {v.at(i)}"]
                 )
             )
             off += c_sizes[k]
