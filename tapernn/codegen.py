@@ -35,14 +35,22 @@ _program_ids = itertools.count()
 class LoweringContext:
     """What an op's own lowering may ask of the compilation it is part of (a loop op compiles
     its body with the caller's pipeline and options): `passes` (None: the default pipeline),
-    `options`, and `sub_reports`, where nested programs leave their reports (CompileReport.loops)."""
+    `options`, and `sub_reports`, where nested programs leave their reports (CompileReport.loops);
+    `bodies`: id(scan attrs) -> (compiled body, fixed carries, loop Switch, LoopReport) of the
+    loops lowered to numba loop kernels (a whole-program kernel inlines them: numba_program.py)."""
 
     passes: Any = None
     options: PlanOptions = DEFAULT_OPTIONS
     sub_reports: list = field(default_factory=list)
+    bodies: dict = field(default_factory=dict)
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
+
+
+def nested() -> bool:
+    """True while a program is being generated (a loop body's compile is nested in it)."""
+    return _LOWERING.get() is not None
 
 
 def lowering_context() -> LoweringContext:
@@ -92,7 +100,8 @@ class Program(FusedLowering):
         self.kernel_plans: dict = {}  # numba_backend.plan_kernel's memo for this program
         self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
         self.sub_reports: list = []  # reports of nested programs (loop bodies)
-        token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports))
+        self.bodies: dict = {}  # LoweringContext.bodies
+        token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports, self.bodies))
         try:
             self.source = self._generate(fn_name)
         finally:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .blas import largest_gemm_flops, limiter, program_threads
-from .codegen import Program, fused_scratch
+from .codegen import Program, fused_scratch, nested
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
 from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
@@ -47,6 +47,11 @@ class Compiled:
             [largest_gemm_flops(graph.nodes)]
             + [loop.largest_gemm_flops for loop in self.report.loops]
         )
+        self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
+        if self.program.backend == "numba" and not nested():
+            from .backends import numba_program
+
+            numba_program.attach(self)
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs

@@ -94,6 +94,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     ctx.sub_reports.append(report)
     if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
         runner.report = report
+        ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 

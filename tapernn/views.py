@@ -114,6 +114,8 @@ def format_report(report: CompileReport) -> str:
             f"compiled kernels, {len(report.fallbacks)} groups on NumPy)"
         )
         rows += [f"  on NumPy: {why}" for why in report.fallbacks[:5]]
+    if report.kernel:
+        rows.append(f"program                   {report.kernel}")
     rows.append(f"naive bytes               {report.naive_bytes:,}")
     rows.append(f"planned bytes             {report.planned_bytes:,}")
     rows.append(f"peak bytes                {report.peak_bytes:,}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cell_fuzz import make_case, make_cell, numpy_outputs
 from cell_reference import fastlstm_step, gru_step, lstm_step, run
+from test_rolled import Leaky  # the custom cell test_rolled checks rolled against unrolled
 
 import tapernn as tn
 from tapernn import nn
@@ -14,20 +15,6 @@ from tapernn.passes import layout_rule
 
 D, H, B = 3, 5, 2  # H != B, so a wrongly transposed (B, H) cannot pass as (H, B)
 LAYOUTS = ("batch", "feature")
-
-
-class Leaky(nn.Cell):
-    """A custom cell: h' = tanh(W x + U h) * a + h * (1 - a)."""
-
-    state_names = ("h",)
-
-    def __init__(self, d, h):
-        super().__init__(d, h)
-        self.parameter("w", (h, d))
-        self.parameter("u", (h, h))
-
-    def step(self, x, h):
-        return tn.tanh(x @ self.w.T + h @ self.u.T) * 0.3 + h * 0.7
 
 
 def leaky_step(p, x, h):

@@ -27,6 +27,15 @@ CELLS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def loop_kernels_alone(monkeypatch):
+    """These tests are about the loop kernels: no whole-program kernel inlines them
+    (tests/test_numba_program.py tests those)."""
+    from tapernn.backends import numba_program
+
+    monkeypatch.setattr(numba_program, "ENABLED", [False])
+
+
 def forbid_python_loop(monkeypatch):
     """The Python loop raises if it runs: the test passes only if the kernels ran."""
 

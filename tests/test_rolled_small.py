@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pytest
 
+import tapernn as tn
 from tapernn import nn
 from tapernn.nn import roll_api
 from tapernn.nn.recurrent import AbstractRecurrent
@@ -114,8 +115,19 @@ def _runners(program):
     return [v for k, v in program.fn.__kwdefaults__.items() if k.startswith("scan_run")]
 
 
+@pytest.fixture
+def numpy_backend():
+    """The Python loop runner is what these tests read (on numba a loop kernel replaces it)."""
+    before = tn.get_backend()
+    tn.set_backend("numpy")
+    yield
+    tn.set_backend(before)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "FastLSTM", "GRU"])
-def test_the_loop_takes_its_step_rows_by_iteration_and_keeps_views_of_its_buffer(cell):
+def test_the_loop_takes_its_step_rows_by_iteration_and_keeps_views_of_its_buffer(
+    cell, numpy_backend
+):
     """The generated loop gets each step's xs slices and ys rows from iterating the arrays in
     its header (no Python index per array per step), copies rows by slice assignment, binds
     the inline sigmoid's scalars as 0-d arrays, and a loop writing into a buffer of its program

@@ -220,7 +220,7 @@ def test_the_body_computes_its_ys_into_the_slab_rows(reverse):
         return [r.carries[0], *r.ys]
 
     g = tn.trace(loop, *arrays)
-    c = tn.compile(g)
+    c = tn.compile(g, backend="numpy")  # (the Python loop's runner; numba runs a kernel)
     want = _awkward_numpy(*arrays, reverse)
     for _ in range(2):  # a second call: fresh rows, nothing kept from the first
         got = c(*arrays)

@@ -49,6 +49,7 @@ class LoopSource:
         self.names = 0
         # the open loop nest: (shape, bodies, buffers written at its index, written elsewhere)
         self.group: tuple | None = None
+        self.slab = "slab"  # the array the loop's results go to (a buffer, when inlined)
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
@@ -99,6 +100,8 @@ class LoopSource:
         return _HEADER + "\n".join(text) + "\n"
 
     def write_outputs(self, carries: dict) -> None:
+        """The step's ys into their slab rows, the live carries swapped; `self.final`: the
+        lines after the loop writing the final carries."""
         g, nl = self.graph, len(self.live)
         c_sizes = [math.prod(i.shape) for i in g.inputs[: self.nc]]
         y_shapes = [o.shape for o in g.outputs[nl:]]
@@ -115,7 +118,7 @@ class LoopSource:
             self.emit(
                 shape,
                 lambda i, v=v, off=off, s=shape, at=at: (
-                    [f"slab[{at}{0 if self.layout else off} + {flat(i, s)}] = {v.at(i)}"]
+                    [f"{self.slab}[{at}{0 if self.layout else off} + {flat(i, s)}] = {v.at(i)}"]
                 ),
                 [v],
             )
@@ -138,7 +141,7 @@ class LoopSource:
             src = carries[k][0] if k in carries else self.vals[node]
             finals.setdefault(node.shape, []).append(
                 lambda i, v=src, off=off, s=node.shape: (
-                    [f"slab[{off} + {flat(i, s)}] = {v.at(i)}"]
+                    [f"{self.slab}[{off} + {flat(i, s)}] = {v.at(i)}"]
                 )
             )
             off += c_sizes[k]
@@ -146,7 +149,9 @@ class LoopSource:
             node = g.inputs[k]
             first = Arr(f"arg{k}", node.shape, _dtype_name(node.dtype), empty="()")
             finals.setdefault(node.shape, []).append(
-                lambda i, v=first, at=at, s=node.shape: ([f"slab[{at} + {flat(i, s)}] = {v.at(i)}"])
+                lambda i, v=first, at=at, s=node.shape: (
+                    [f"{self.slab}[{at} + {flat(i, s)}] = {v.at(i)}"]
+                )
             )
         for shape, bodies in finals.items():
             self.loops(self.final, shape, lambda i, b=bodies: [x for f in b for x in f(i)])

@@ -44,6 +44,14 @@ class LoopKernel:
     def has(self, key: tuple | None = None) -> bool:
         return self.kernel is not None and (key is None or key in self.types)
 
+    def signature(self, key: tuple) -> tuple:
+        """numba's signature of a call with arrays of types `key` (slab, length, reverse,
+        arrays...)."""
+        from numba import types
+
+        sig = background.numba_signature(key)
+        return (sig[0], types.int64, types.boolean, *sig[1:])
+
     def prepare(self, key: tuple) -> Callable | None:
         with _lock:
             if self.error:
@@ -52,10 +60,7 @@ class LoopKernel:
                 if self.kernel is None:
                     self.kernel = _load(self.source)
                 if key not in self.types:
-                    from numba import types
-
-                    sig = background.numba_signature(key)
-                    self.kernel.compile((sig[0], types.int64, types.boolean, *sig[1:]))
+                    self.kernel.compile(self.signature(key))
                     self.types.add(key)
                     if "np.dot(" in self.source:  # scipy's BLAS is loaded now
                         limiter.refresh()

@@ -103,6 +103,8 @@ class CompileReport:
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
     loops: list[LoopReport] = field(default_factory=list)  # compiled scan bodies
+    # numba: what runs the program -- a whole-program kernel, or the NumPy program (and why)
+    kernel: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
 
     kernels = property(lambda self: self.plan.kernels)
@@ -146,6 +148,11 @@ class CompileReport:
             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
             fallbacks=fwd.fallbacks + bwd.fallbacks,
             loops=fwd.loops + bwd.loops,
+            kernel="; ".join(
+                f"{name}: {r.kernel}"
+                for name, r in (("forward", fwd), ("backward", bwd))
+                if r.kernel
+            ),
         )
 
     def __str__(self) -> str:

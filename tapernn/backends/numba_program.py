@@ -1,0 +1,157 @@
+"""Whole-program numba kernels (issue 19): on the numba backend a small top-level program with a
+loop (every value at most numba_loop.MAX_SIZE elements: a rolled training step's forward or
+backward at tutorial sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
+inlined (backends/program_source.py) -- called in place of the generated NumPy program. A
+program with a node the generator does not lower keeps its NumPy program (CompileReport.kernel
+says why)."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import background
+from .numba_backend import Unsupported
+from .numba_loop import MAX_SIZE, LoopKernel
+from .program_source import ProgramSource
+
+_lock = threading.Lock()
+_programs: dict[str, ProgramKernel] = {}  # by source: one dispatcher per distinct kernel
+ENABLED = [True]  # tests of the loop kernels alone switch whole-program kernels off
+# programs with more loop nests keep the NumPy program: numba compiles each nest slowly (~0.1-0.3
+# s cold). The built-in cells' training programs at B=1 have 10-32 (LSTM's backward: 32)
+MAX_NESTS = 40
+WHOLE = "numba whole-program kernel"
+
+
+class ProgramKernel(LoopKernel):
+    """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel)."""
+
+    def signature(self, key: tuple) -> tuple:
+        return background.numba_signature(key)
+
+
+def attach(compiled: Any) -> None:
+    """Give `compiled` (a top-level executor.Compiled on the numba backend) a whole-program
+    kernel when it is small and every node lowers; `compiled.report.kernel` says which."""
+    if not ENABLED[0] or not compiled.program.bodies:
+        return  # (a program without a loop kernel keeps numba's fused-group kernels)
+    graph, report = compiled.graph, compiled.report
+    largest = max((math.prod(n.shape) for n in graph.nodes), default=0)
+    if largest > MAX_SIZE:
+        report.kernel = f"NumPy program (values of up to {largest} elements > {MAX_SIZE})"
+        return
+    try:
+        gen = ProgramSource(graph, compiled.program.bodies)
+        source = gen.source()
+    except Unsupported as e:
+        report.kernel = f"NumPy program (no {WHOLE}: {e})"
+        return
+    nests = source.count("for i0 in ")
+    if nests > MAX_NESTS:
+        report.kernel = f"NumPy program (no {WHOLE}: {nests} loop nests > {MAX_NESTS})"
+        return
+    with _lock:
+        handle = _programs.get(source)
+        if handle is None:
+            handle = _programs[source] = ProgramKernel(source, gen.constants)
+    loops = [found[2:] for found in compiled.program.bodies.values()]
+    switch = ProgramSwitch(handle, compiled, loops, gen)
+    later = " (compiled in the background from call 1)" if switch.later else ""
+    report.kernel = WHOLE + later
+    compiled.program_kernel = switch
+    compiled.program.fn = switch
+
+
+class ProgramSwitch:
+    """What a program with a whole-program kernel calls (loop_kernel.Switch's protocol): call 1
+    compiles the kernel for its argument types and runs it, or -- compiling in the background --
+    runs the NumPy program while the worker compiles, and call 2 waits. Then the kernel takes
+    the program's place (`program.fn`); if it failed, the NumPy program does, with its loops'
+    own kernels, and the report says why."""
+
+    def __init__(self, handle: ProgramKernel, compiled: Any, loops: list[tuple], gen: Any):
+        self.handle, self.compiled, self.loops = handle, compiled, loops
+        self.outs = [(o.shape, o.dtype) for o, _ in gen.outs.values()]
+        self.returns = gen.returns
+        self.numpy_fn = compiled.program.fn
+        self.later = background.enabled()
+        self.ready: threading.Event | None = None
+        self.fn: Callable = self._first
+        self.notes = [loop_report.kernel for _, loop_report in loops]
+        for switch, loop_report in loops:  # the loops run inside the kernel
+            switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
+            loop_report.kernel = f"inlined in the {WHOLE}"
+
+    def __call__(self, *args: np.ndarray) -> tuple:
+        return self.fn(*args)
+
+    def _first(self, *args: np.ndarray) -> tuple:
+        try:
+            outs = [np.empty(shape, dtype) for shape, dtype in self.outs]
+            key = background.type_key((*outs, *self.handle.constants, *args))
+        except AttributeError:  # not all arrays: the NumPy program runs
+            self.handle = None
+            return self._use()(*args)
+        if self.handle.has(key) or not self.later:
+            self.handle.prepare(key)
+            return self._use()(*args)
+        self.ready = background.request(self.handle, key)
+        self.fn = self._second
+        return self.numpy_fn(*args)
+
+    def _second(self, *args: np.ndarray) -> tuple:
+        self.ready.wait()
+        return self._use()(*args)
+
+    def _use(self) -> Callable:
+        handle = self.handle
+        if handle is not None and handle.has():
+            self.fn = runner(handle, self.outs, self.returns, len(self.compiled.graph.inputs))
+            if "np.dot(" not in handle.source:  # no BLAS call: no thread limits around it
+                self.compiled.run = self.compiled._run
+        else:
+            self.fn = self.numpy_fn
+            why = handle.error if handle is not None else "an argument is not an array"
+            self.compiled.report.kernel = f"NumPy program ({WHOLE} failed: {why})"
+            for (switch, loop_report), note in zip(self.loops, self.notes):
+                switch.fn = switch._first
+                loop_report.kernel = note
+        self.compiled.program.fn = self.fn  # no switch in between from now on
+        return self.fn
+
+
+def runner(handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int) -> Callable:
+    """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
+    generated: every name a keyword default, as codegen.Program's)."""
+    params = [f"a{k}" for k in range(n_in)]
+    made = [f"o{j}" for j in range(len(outs))]
+    consts = [f"k{k}" for k in range(len(handle.constants))]
+    results = [f"a{r[1]}" if isinstance(r, tuple) else f"o{r}" for r in returns]
+    bound = (
+        ["kernel", "empty"]
+        + [f"s{j}" for j in range(len(outs))]
+        + [f"d{j}" for j in range(len(outs))]
+    )
+    lines = [f"def run({', '.join(params + ['*'] + bound + consts)}):"]
+    lines += [f"    o{j} = empty(s{j}, d{j})" for j in range(len(outs))]
+    lines.append(f"    kernel({', '.join(made + consts + params)})")
+    lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
+    namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn whole-program runner>", "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.__kwdefaults__ = {
+        "kernel": handle.kernel,
+        "empty": np.empty,
+        **{f"s{j}": shape for j, (shape, _) in enumerate(outs)},
+        **{f"d{j}": dtype for j, (_, dtype) in enumerate(outs)},
+        **dict(zip(consts, handle.constants)),
+    }
+    run.kernel = handle.kernel
+    return run
