@@ -17,7 +17,7 @@ import numpy as np
 
 from ..blas import limiter
 from . import background
-from .loop_source import LoopSource
+from .loop_source import LoopSource, shifted_layout
 from .numba_backend import Unsupported, _load
 
 _lock = threading.RLock()
@@ -76,7 +76,7 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     (None, why not)."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
     live = [k for k in range(nc) if k not in fixed]
-    layout = _shifted_layout(attrs) if attrs.get("shifted") else None
+    layout = shifted_layout(attrs) if attrs.get("shifted") else None
     gen = LoopSource(graph, nc, nx, live, layout)
     try:
         source = gen.source()
@@ -87,30 +87,6 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         if handle is None:
             handle = _loops[source] = LoopKernel(source, gen.constants)
     return handle, ""
-
-
-def _shifted_layout(attrs: dict) -> tuple:
-    """scan_ir.ys_places' layout as expressions of the kernel's `length` argument (a kernel
-    serves every length): per ys (start, stride), per shifted ys (carry k, initial offset)."""
-    body, nc, shifted, reverse = attrs["body"], attrs["n_carry"], attrs["shifted"], attrs["reverse"]
-    sizes = [math.prod(o.shape) for o in body.outputs]
-    c, ys = sum(sizes[:nc]), sizes[nc:]
-    moved = {j for j, _ in shifted}
-    width = sum(w for j, w in enumerate(ys) if j not in moved)
-    places: list = [None] * len(ys)
-    start = c
-    for j, w in enumerate(ys):
-        if j not in moved:
-            places[j] = (str(start), width)
-            start += w
-    inits, before = [], 0
-    for j, k in shifted:
-        w = ys[j]
-        base = f"({c} + length * {width} + (length + 1) * {before})"
-        places[j] = (base if reverse else f"({base} + {w})", w)
-        inits.append((k, f"({base} + length * {w})" if reverse else base))
-        before += w
-    return places, inits
 
 
 def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype) -> Callable:
