@@ -5,6 +5,7 @@ the forward runs once); parameter cotangents are carries of the reverse loop, su
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from .autodiff import _backward_graph, _needed, grad, saved_split
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .scan_ir import ScanResult, body_dtype, inline, scan, slab_sizes
+from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes
 from .tracing import Var, phase, trace
 
 
@@ -29,15 +30,24 @@ def scan_vjp(
     n_xs: int,
     length: int,
     reverse: bool = False,
+    shifted: tuple = (),
 ) -> tuple[Var | None, ...]:
     """The scan op's VJP: an extended forward scan (replacing the original one) and the
-    reverse scan of the body's backward."""
+    reverse scan of the body's VJP. A carry the backward reads whose new value is a ys (an
+    LSTM's h and c) is a shifted ys of the extended scan: the stack of the carries entering
+    the steps is a view of its block (scan_ir.ys_places), not a concat."""
+    if shifted:
+        raise TapernnError(
+            "scan: differentiating a scan with shifted state blocks (a VJP's own forward loop, "
+            "made by grad) is not supported; differentiate the original graph again instead"
+        )
     nc, nx = n_carry, n_xs
     wrt = tuple(
         k for k, i in enumerate(body.inputs) if i.dtype.kind == "f" and (k < nc or wants[k])
     )
     plan = body_vjp(body, nc, nx, wrt)
     dtype = body_dtype(body)
+    pairs = dict(src[1:] for src in plan.res_from_ys if src is not None and src[0] == "prev")
     with phase("forward"):
         ext = scan(
             plan.fwd,
@@ -46,6 +56,7 @@ def scan_vjp(
             inputs[nc + nx :],
             reverse=reverse,
             length=length,
+            shifted=tuple(pairs.items()) if length else (),
         )
         _rewire(y, ext, body, nc, length)
     n_ys = len(body.outputs) - nc
@@ -55,7 +66,7 @@ def scan_vjp(
         if src is None
         else ext.ys[src[1]]
         if src[0] == "ys"
-        else _previous(ext.ys[src[1]], inputs[src[2]], reverse)
+        else ext.previous.get(src[1], ext.ys[src[1]])  # (length 0: an empty stack)
         for src in plan.res_from_ys
     ]
     cot = ScanResult(g, body, nc, length)
@@ -80,15 +91,14 @@ def scan_vjp(
 
 def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
     """Have `grad` replace the original loop's slab by the extended one's: its final-carry
-    slices and its (length, Y) ys block by views of the extended slab, anything else reading
-    the slab by a copy (a concat of the carries and the ys columns)."""
+    slices and its ys (the (length, Y) rows block's column views, or the whole block) by views
+    of the extended slab, anything else reading the slab by a copy (a concat of the carries
+    and the ys columns)."""
     s, e = y.node, ext.slab
     c, width = slab_sizes(body, nc)
-    wide = slab_sizes(ext.body, nc)[1]
-    rows = F.getitem(
-        F.reshape(F.getitem(e, slice(c, c + length * wide)), (length, wide)),
-        (slice(None), slice(0, width)),
-    )
+    y_shapes = [o.shape for o in body.outputs[nc:]]
+    flat = [F.reshape(ext.ys[j], (length, math.prod(sh))) for j, sh in enumerate(y_shapes)]
+    rows = (F.concat(flat, axis=1) if len(flat) > 1 else flat[0]) if flat else None
     pieces = ([F.getitem(e, slice(0, c))] if c else []) + (
         [F.reshape(rows, (length * width,))] if length * width else []
     )
@@ -98,23 +108,44 @@ def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
     for n in y.tape.graph.nodes:
         for i in n.inputs:
             users.setdefault(i, []).append(n)
+    spans = {ab: j for j, ab in enumerate(offsets(y_shapes))}
     for u in users.get(s, ()):
-        key = u.attrs.get("index") if u.op == "getitem" else None
-        if (
-            not key
-            or len(key) != 1
-            or not isinstance(key[0], tuple)
-            or key[0][0] != "s"
-            or key[0][3] not in (None, 1)
-        ):
+        ab = _slice_of(u)
+        if ab is None:
             continue
-        a, b = key[0][1], key[0][2]
+        a, b = ab
         if a is not None and b is not None and 0 <= a <= b <= c:
             repl[u] = F.getitem(e, slice(a, b))
         elif a == c and b == c + length * width and width:
             for w in users.get(u, ()):
                 if w.op == "reshape" and w.shape == (length, width):
-                    repl[w] = rows
+                    _rewire_rows(w, users, flat, y_shapes, spans, ext, repl)
+
+
+def _slice_of(u: Node) -> tuple | None:
+    key = u.attrs.get("index") if u.op == "getitem" else None
+    if (
+        not key
+        or len(key) != 1
+        or not isinstance(key[0], tuple)
+        or key[0][0] != "s"
+        or key[0][3] not in (None, 1)
+    ):
+        return None
+    return key[0][1], key[0][2]
+
+
+def _rewire_rows(w, users, flat, y_shapes, spans, ext, repl) -> None:
+    """The readers of the original (length, Y) rows block `w`: a ys's columns, or the block
+    reshaped as the only ys, by the extended slab's view of that ys."""
+    for u in users.get(w, ()):
+        key = u.attrs.get("index") if u.op == "getitem" else None
+        cols = key[1] if key and len(key) == 2 and isinstance(key[1], tuple) else None
+        full = key and key[0] == ("s", None, None, None)
+        if full and cols and cols[0] == "s" and cols[3] in (None, 1) and cols[1:3] in spans:
+            repl[u] = flat[spans[cols[1:3]]]
+        elif u.op == "reshape" and len(y_shapes) == 1 and u.shape == (w.shape[0], *y_shapes[0]):
+            repl[u] = ext.ys[0]
 
 
 @dataclass(frozen=True)
@@ -215,17 +246,6 @@ def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tupl
     if k < nc and new is not n and new in ys:
         return ("prev", ys.index(new), k)
     return None
-
-
-def _previous(stack: Var, init: Var, reverse: bool) -> Var:
-    """The carry entering each step from the stack of the carry each step left, in loop order
-    (one copy outside the loop instead of a row per step inside it)."""
-    if stack.shape[0] == 0:
-        return stack
-    first = F.reshape(init, (1, *init.shape))
-    if reverse:
-        return F.concat([stack[1:], first], axis=0) if stack.shape[0] > 1 else first
-    return F.concat([first, stack[:-1]], axis=0) if stack.shape[0] > 1 else first
 
 
 def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:

@@ -35,6 +35,53 @@ def offsets(shapes: Sequence[tuple]) -> list[tuple[int, int]]:
     return out
 
 
+def ys_places(
+    body: Graph, n_carry: int, length: int, reverse: bool = False, shifted: tuple = ()
+) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+    """(slab size, per ys (start, stride): row t at start + t * stride, per shifted pair
+    (carry k, offset of its initial value)). The layout: the final carries, then the rows of
+    the ys not `shifted`, then per shifted (j, k) (ys j is carry k's new value) ys j's own
+    block of length + 1 rows, the initial carry k in its first row (its last when `reverse`):
+    the carry entering every step is then the view block[:-1] (block[1:] when `reverse`)."""
+    sizes = [math.prod(o.shape) for o in body.outputs]
+    c, ys = sum(sizes[:n_carry]), sizes[n_carry:]
+    moved = {j for j, _ in shifted}
+    width = sum(w for j, w in enumerate(ys) if j not in moved)
+    places: list[tuple[int, int]] = [(0, 0)] * len(ys)
+    start = c
+    for j, w in enumerate(ys):
+        if j not in moved:
+            places[j] = (start, width)
+            start += w
+    at = c + length * width
+    inits = []
+    for j, k in shifted:
+        w = ys[j]
+        places[j] = (at if reverse else at + w, w)
+        inits.append((k, at + length * w if reverse else at))
+        at += (length + 1) * w
+    return at, places, inits
+
+
+def check_shifted(body: Graph, n_carry: int, shifted: Any) -> None:
+    """Raise ShapeError unless every (j, k) of `shifted` pairs a ys with a carry of its shape."""
+    n_ys = len(body.outputs) - n_carry
+    seen = set()
+    for pair in shifted:
+        j, k = pair
+        if not (0 <= j < n_ys and 0 <= k < n_carry) or j in seen:
+            raise ShapeError(
+                f"scan: shifted pairs are (ys index, carry index), each ys once, got {pair!r} "
+                f"({n_ys} ys, {n_carry} carries)"
+            )
+        if body.outputs[n_carry + j].shape != body.outputs[k].shape:
+            raise ShapeError(
+                f"scan: shifted ys {j} {body.outputs[n_carry + j].shape} and carry {k} "
+                f"{body.outputs[k].shape} differ in shape"
+            )
+        seen.add(j)
+
+
 def body_dtype(body: Graph) -> np.dtype:
     return body.outputs[0].dtype if body.outputs else np.dtype(np.float64)
 
@@ -80,10 +127,18 @@ def _role(k: int, n_carry: int, n_xs: int, body: Graph) -> str:
 
 
 def scan_shape(
-    *shapes: tuple, body: Graph, n_carry: int, n_xs: int, length: int, reverse: bool = False
+    *shapes: tuple,
+    body: Graph,
+    n_carry: int,
+    n_xs: int,
+    length: int,
+    reverse: bool = False,
+    shifted: tuple = (),
 ) -> tuple[int]:
-    """The slab's shape (C + length * Y,), after checking every input against the body."""
+    """The slab's shape (C + length * Y,, one row more per shifted ys), after checking every
+    input against the body."""
     check_body(body, n_carry, n_xs)
+    check_shifted(body, n_carry, shifted)
     n_inv = len(body.inputs) - n_carry - n_xs
     if len(shapes) != len(body.inputs):
         raise ShapeError(
@@ -98,12 +153,17 @@ def scan_shape(
             raise ShapeError(
                 f"scan: {_role(k, n_carry, n_xs, body)}: expected shape {want}, got {tuple(s)}"
             )
-    c, y = slab_sizes(body, n_carry)
-    return (c + int(length) * y,)
+    return (ys_places(body, n_carry, int(length), reverse, shifted)[0],)
 
 
 def scan_dtype(
-    *dtypes: np.dtype, body: Graph, n_carry: int, n_xs: int, length: int = 0, reverse: bool = False
+    *dtypes: np.dtype,
+    body: Graph,
+    n_carry: int,
+    n_xs: int,
+    length: int = 0,
+    reverse: bool = False,
+    shifted: tuple = (),
 ) -> np.dtype:
     for k, (d, i) in enumerate(zip(dtypes, body.inputs)):
         if np.dtype(d) != i.dtype:
@@ -122,19 +182,23 @@ def scan_forward(
     n_xs: int,
     length: int,
     reverse: bool = False,
+    shifted: tuple = (),
 ) -> np.ndarray:
     """The reference semantics: step t runs `interpret(body)` on the carries and xs[t] (t from
-    length - 1 down to 0 when `reverse`), ys row t holds step t's ys; then the final carries."""
+    length - 1 down to 0 when `reverse`), ys row t holds step t's ys; then the final carries
+    (laid out by `ys_places`: a shifted ys's block holds the initial carry too)."""
     carries = list(arrays[:n_carry])
     xs, inv = arrays[n_carry : n_carry + n_xs], arrays[n_carry + n_xs :]
-    c, y = slab_sizes(body, n_carry)
-    slab = np.empty(c + length * y, body_dtype(body))
-    rows = slab[c:].reshape(length, y)
+    c = slab_sizes(body, n_carry)[0]
+    size, places, inits = ys_places(body, n_carry, length, reverse, shifted)
+    slab = np.empty(size, body_dtype(body))
+    for k, at in inits:
+        slab[at : at + carries[k].size] = np.ravel(carries[k])
     for t in range(length - 1, -1, -1) if reverse else range(length):
         outs = interpret(body, *carries, *[x[t] for x in xs], *inv)
         carries = outs[:n_carry]
-        if y:
-            rows[t] = np.concatenate([o.ravel() for o in outs[n_carry:]])
+        for (start, stride), o in zip(places, outs[n_carry:]):
+            slab[start + t * stride : start + t * stride + np.size(o)] = np.ravel(o)
     if c:
         slab[:c] = np.concatenate([np.ravel(v) for v in carries])
     if out is not None:
@@ -148,23 +212,47 @@ def scan_forward(
 
 class ScanResult:
     """What `scan` returns: `node` (the slab), `carries` (final carries) and `ys` (each
-    (length, *shape)): views of the slab (getitem + reshape)."""
+    (length, *shape)): views of the slab (getitem + reshape); `previous[j]` for a shifted ys j:
+    the (length, *shape) view of the carry entering each step."""
 
-    def __init__(self, slab: Var, body: Graph, n_carry: int, length: int):
+    def __init__(
+        self,
+        slab: Var,
+        body: Graph,
+        n_carry: int,
+        length: int,
+        reverse: bool = False,
+        shifted: tuple = (),
+    ):
         self.slab, self.body, self.n_carry, self.length = slab, body, n_carry, length
-        c, y = slab_sizes(body, n_carry)
+        c, _ = slab_sizes(body, n_carry)
         carry_shapes = [o.shape for o in body.outputs[:n_carry]]
         self.carries = [
             F.reshape(F.getitem(slab, slice(a, b)), s)
             for (a, b), s in zip(offsets(carry_shapes), carry_shapes)
         ]
         y_shapes = [o.shape for o in body.outputs[n_carry:]]
-        self.ys: list[Var] = []
-        if y_shapes:
+        moved = {j for j, _ in shifted}
+        kept = [s for j, s in enumerate(y_shapes) if j not in moved]
+        y = sum(math.prod(s) for s in kept)
+        self.ys: list[Var] = [None] * len(y_shapes)  # type: ignore[list-item]
+        self.previous: dict[int, Var] = {}
+        if kept:
             rows = F.reshape(F.getitem(slab, slice(c, c + length * y)), (length, y))
-            for (a, b), s in zip(offsets(y_shapes), y_shapes):
+            at = iter(offsets(kept))
+            for j, s in enumerate(y_shapes):
+                if j in moved:
+                    continue
+                a, b = next(at)
                 block = rows if (a, b) == (0, y) else F.getitem(rows, (slice(None), slice(a, b)))
-                self.ys.append(F.reshape(block, (length, *s)))
+                self.ys[j] = F.reshape(block, (length, *s))
+        _, places, _ = ys_places(body, n_carry, length, reverse, shifted)
+        for j, _k in shifted:
+            s, w = y_shapes[j], math.prod(y_shapes[j])
+            first = places[j][0] - (0 if reverse else w)
+            block = F.reshape(F.getitem(slab, slice(first, first + (length + 1) * w)), (-1, *s))
+            self.ys[j] = block[:length] if reverse else block[1:]
+            self.previous[j] = block[1:] if reverse else block[:length]
 
     @property
     def node(self) -> Node:
@@ -194,11 +282,14 @@ def scan(
     invariants: Sequence[Var] = (),
     reverse: bool = False,
     length: int | None = None,
+    shifted: tuple = (),
 ) -> ScanResult:
     """Run `body` as a loop: `body(carries, xs[t], invariants) -> (new carries, ys)` for t in
     range(length) (reversed with `reverse`); the Torch7 counterpart is a Recurrence stepped over
     a sequence. `length` is xs[0].shape[0]; give it when there are no xs. The body is compiled
-    once, whatever the length (tapernn/scan_run.py)."""
+    once, whatever the length (tapernn/scan_run.py). `shifted`: (ys j, carry k) pairs, ys j
+    being carry k's new value, stored as one block with the initial carry (`ys_places`), so
+    that `.previous[j]`, the carry entering each step, is a view."""
     inits, xs, invariants = (
         _vars("inits", inits),
         _vars("xs", xs),
@@ -237,8 +328,9 @@ def scan(
         n_xs=n_xs,
         length=int(length),
         reverse=bool(reverse),
+        **({"shifted": tuple(shifted)} if shifted else {}),
     )
-    return ScanResult(slab, body, n_carry, int(length))
+    return ScanResult(slab, body, n_carry, int(length), bool(reverse), tuple(shifted))
 
 
 def inline(body: Graph, inputs: Sequence[Var], step: int | None = None) -> list[Var]:
@@ -307,8 +399,18 @@ def _unrolled(n: Node, ins: list[Var], tape: Tape) -> Node:
             with step(t):
                 outs = inline(body, carries + [F.getitem(x, t) for x in xs] + inv, step=t)
             carries, ys[t] = outs[:nc], outs[nc:]
+        moved = dict(a.get("shifted", ()))
         pieces = [F.reshape(v, (-1,)) for v in carries]
-        pieces += [F.reshape(v, (-1,)) for t in range(length) for v in ys[t]]
+        pieces += [
+            F.reshape(v, (-1,))
+            for t in range(length)
+            for j, v in enumerate(ys[t])
+            if j not in moved
+        ]
+        for j, k in a.get("shifted", ()):  # ys j's block: the initial carry k first (last)
+            block = [ys[t][j] for t in range(length)]
+            block = block + [ins[k]] if a["reverse"] else [ins[k], *block]
+            pieces += [F.reshape(v, (-1,)) for v in block]
         if not pieces or n.shape == (0,):
             return tape.add(
                 Node(

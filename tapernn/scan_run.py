@@ -21,7 +21,7 @@ from .executor import Compiled, compile
 from .graph import Graph
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
-from .scan_ir import body_dtype, offsets, slab_sizes
+from .scan_ir import body_dtype, offsets, slab_sizes, ys_places
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another
 # scan node over the same body) is not compiled again
@@ -141,9 +141,9 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
     of its program), so the slab views of it are made once and kept."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
-    length, reverse = attrs["length"], attrs["reverse"]
+    length, reverse, shifted = attrs["length"], attrs["reverse"], attrs.get("shifted", ())
     n_in = len(body.inputs)
-    c, y = slab_sizes(body, nc)
+    size = ys_places(body, nc, length, reverse, shifted)[0]
     carry_shapes = [o.shape for o in body.outputs[:nc]]
     y_shapes = [o.shape for o in body.outputs[nc:]]
     params = [f"a{k}" for k in range(n_in)]
@@ -166,10 +166,12 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     lines.append(
         f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype "
-        f"else _np_empty({c + length * y}, _dtype)"
+        f"else _np_empty({size}, _dtype)"
     )
+    inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
     if ys:
-        lines.append(f"    {', '.join(ys)}, = _ys_views(_slab{given})")
+        lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
+    lines += [f"    {i}[...] = {cs[k]}" for i, (_, k) in zip(inits, shifted)]
     lines += ["    _t = None", "    try:"]
     if inline and (xs or ys):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
@@ -208,7 +210,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
         "_np_copyto": np.copyto,
-        "_ys_views": _ys_views(c, length, y, y_shapes, body_dtype(body)),
+        "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
@@ -237,14 +239,44 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     return statements, dict(program.fn.__kwdefaults__)
 
 
-def _ys_views(c: int, length: int, y: int, shapes: list[tuple], dtype: np.dtype):
-    """(length, *shape) views of the slab per ys (its rows start at `c`, `y` apart); a 0-d ys
-    as (length, 1), so that its row is an array the body can write (a (length,) array's row
-    would be a NumPy scalar)."""
-    views = _slab_views(c, [s or (1,) for s in shapes], length, y, dtype)
+def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
+    """(length, *shape) views of the slab per ys (laid out by scan_ir.ys_places: the rows of
+    the ys not shifted from `c`, `y` apart, then each shifted ys's own block), then the
+    initial-carry row of each shifted ys; a 0-d ys as (length, 1), so that its row is an array
+    the body can write (a (length,) array's row would be a NumPy scalar)."""
+    length, shifted = attrs["length"], attrs.get("shifted", ())
+    size, places, inits = ys_places(body, nc, length, attrs["reverse"], shifted)
+    c, _ = slab_sizes(body, nc)
+    shapes = [o.shape or (1,) for o in body.outputs[nc:]]
+    moved = [j for j, _ in shifted]
+    kept = [j for j in range(len(shapes)) if j not in moved]
+    width = sum(math.prod(shapes[j]) for j in kept)
+    parts = [(kept, _slab_views(c, [shapes[j] for j in kept], length, width, dtype))]
+    parts += [
+        ([j], _slab_views(places[j][0], [shapes[j]], length, places[j][1], dtype)) for j in moved
+    ]
+    firsts = [_slab_views(at, [body.outputs[k].shape], None, 0, dtype) for k, at in inits]
+
+    kept_out: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
+
+    def views(slab: np.ndarray, given: bool = False) -> list:
+        if given and kept_out and kept_out[0] is slab:
+            return kept_out[1]
+        out: list = [None] * len(shapes)
+        for js, made in parts:
+            for j, v in zip(js, made(slab)):
+                out[j] = v
+        out += [f(slab)[0] for f in firsts]
+        if given:
+            kept_out[:] = [slab, out]
+        return out
+
+    if not shifted:
+        views = parts[0][1]  # (the plain layout: no reordering)
+
     # each view is a strided window into the slab, so it is a view whatever the slab's values:
     # checked once here (np.empty touches no memory), not on every loop call
-    probe = np.empty(c + length * y, dtype)
+    probe = np.empty(size, dtype)
     if length and not all(np.shares_memory(v, probe) for v in views(probe)):
         raise TapernnError("scan: internal error, a ys view of the slab is a copy")
     return views

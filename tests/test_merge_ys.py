@@ -82,7 +82,11 @@ def test_rolled_gated_loop_peak_is_close_to_fastlstms(cell):
     within 9 % of a rolled FastLSTM's (same T, B, H; the rest is parameter-sized: per-gate
     weight-gradient blocks): before, they held a (T*B, 4H) gate-gradient concat FastLSTM does
     not, and LSTM three (B, H) peephole terms per step (1.20x, 1.35x); GRU, with 3 gates, is
-    a guard."""
+    a guard. Since the shifted state stacks are views (test_shifted_states.py), FastLSTM's
+    rolled peak is ~1.9 U lower (19.3 U here, 21.1 U before): at this small H the LSTM's and
+    GRU's peak is in their forward (the per-gate x @ W_g + b_g stacks, which FastLSTM adds in
+    place), which that change does not touch, so the margin is 25 % (1.19x measured; at
+    (32, 50, 256) float32 LSTM(peephole=False) and FastLSTM peak equal, BENCHMARKS.md)."""
     T, B, H = 10, 16, 64
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
@@ -90,7 +94,7 @@ def test_rolled_gated_loop_peak_is_close_to_fastlstms(cell):
     seq = nn.Sequencer(CELLS[cell](H), unroll=False)
     base = loop_peak_bytes(tapernn_loop_step(fast, x, g))
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
-    assert real <= 1.09 * base, f"{cell} rolled {real:,} B vs FastLSTM rolled {base:,} B"
+    assert real <= 1.25 * base, f"{cell} rolled {real:,} B vs FastLSTM rolled {base:,} B"
 
 
 def _two_ys_body(B, H):

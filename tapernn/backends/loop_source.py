@@ -30,13 +30,44 @@ _NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
 
 
+def shifted_layout(attrs: dict, length: str = "length") -> tuple:
+    """scan_ir.ys_places' layout as expressions of the kernel's `length` argument (a kernel
+    serves every length; an inlined loop gives its own `length`): per ys (start, stride), per
+    shifted ys (carry k, initial offset)."""
+    body, nc, shifted, reverse = attrs["body"], attrs["n_carry"], attrs["shifted"], attrs["reverse"]
+    sizes = [math.prod(o.shape) for o in body.outputs]
+    c, ys = sum(sizes[:nc]), sizes[nc:]
+    moved = {j for j, _ in shifted}
+    width = sum(w for j, w in enumerate(ys) if j not in moved)
+    places: list = [None] * len(ys)
+    start = c
+    for j, w in enumerate(ys):
+        if j not in moved:
+            places[j] = (str(start), width)
+            start += w
+    inits, before = [], 0
+    for j, k in shifted:
+        w = ys[j]
+        base = f"({c} + {length} * {width} + ({length} + 1) * {before})"
+        places[j] = (base if reverse else f"({base} + {w})", w)
+        inits.append((k, f"({base} + {length} * {w})" if reverse else base))
+        before += w
+    return places, inits
+
+
 class LoopSource:
     """Generates the kernel `kernel(slab, length, reverse, *inputs, *constants)` of a compiled
     body `graph` (inputs: carries, xs, invariants, hoisted values; outputs: the `live` carries
     then the ys). `constants`: the constant nodes' values, passed as arguments."""
 
-    def __init__(self, graph: Graph, n_carry: int, n_xs: int, live: list[int]):
+    def __init__(
+        self, graph: Graph, n_carry: int, n_xs: int, live: list[int], layout: tuple | None = None
+    ):
         self.graph, self.nc, self.nx, self.live = graph, n_carry, n_xs, live
+        # (per ys (start, stride), per shifted ys (carry k, offset of its initial value)):
+        # scan_ir.ys_places' slab layout, None for the plain rows
+        self.layout = layout
+        self.firsts: dict | None = None  # carry k -> its initial value (an inlined loop's)
         self.vals: dict[Node, Val] = {}
         self.setup: list[str] = []  # before the loop
         self.step: list[str] = []  # the loop body
@@ -107,12 +138,13 @@ class LoopSource:
         # LSTM cell update ~4x slower
         self.flush()
         off = 0
-        for o, shape in zip(g.outputs[nl:], y_shapes):
+        for j, (o, shape) in enumerate(zip(g.outputs[nl:], y_shapes)):
             v = self.vals[o]
+            at = "row + " if self.layout is None else "{} + t * {} + ".format(*self.layout[0][j])
             self.emit(
                 shape,
-                lambda i, v=v, off=off, s=shape: (
-                    [f"{self.slab}[row + {off} + {flat(i, s)}] = {v.at(i)}"]
+                lambda i, v=v, off=off, s=shape, at=at: (
+                    [f"{self.slab}[{at}{0 if self.layout else off} + {flat(i, s)}] = {v.at(i)}"]
                 ),
                 [v],
             )
@@ -139,6 +171,18 @@ class LoopSource:
                 )
             )
             off += c_sizes[k]
+        for k, at in self.layout[1] if self.layout else ():  # shifted ys: the initial carries
+            node = g.inputs[k]
+            first = (
+                self.firsts[k]
+                if self.firsts is not None
+                else Arr(f"arg{k}", node.shape, _dtype_name(node.dtype), empty="()")
+            )
+            finals.setdefault(node.shape, []).append(
+                lambda i, v=first, at=at, s=node.shape: (
+                    [f"{self.slab}[{at} + {flat(i, s)}] = {v.at(i)}"]
+                )
+            )
         for shape, bodies in finals.items():
             self.loops(self.final, shape, lambda i, b=bodies: [x for f in b for x in f(i)])
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..blas import limiter
 from . import background
-from .loop_source import LoopSource
+from .loop_source import LoopSource, shifted_layout
 from .numba_backend import Unsupported, _load
 
 _lock = threading.RLock()
@@ -76,7 +76,8 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     (None, why not)."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
     live = [k for k in range(nc) if k not in fixed]
-    gen = LoopSource(graph, nc, nx, live)
+    layout = shifted_layout(attrs) if attrs.get("shifted") else None
+    gen = LoopSource(graph, nc, nx, live, layout)
     try:
         source = gen.source()
     except Unsupported as e:
@@ -101,9 +102,9 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     operands = [
         p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
     ]  # (a 0-d value may come as a NumPy scalar)
-    c = sum(math.prod(i.shape) for i in graph.inputs[:nc])
-    y = sum(math.prod(o.shape) for o in attrs["body"].outputs[nc:])
-    size = c + attrs["length"] * y
+    sizes = [math.prod(o.shape) for o in attrs["body"].outputs]
+    moved = sum(sizes[nc + j] for j, _ in attrs.get("shifted", ()))  # (length + 1 rows each)
+    size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
         + "".join(f", {k}" for k in consts)

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from ..graph import Graph, Node
-from .loop_source import _VIEWS, LoopSource
+from .loop_source import _VIEWS, LoopSource, shifted_layout
 from .loop_values import Arr, Val, View
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _typed
 
@@ -101,18 +101,22 @@ class ProgramSource(LoopSource):
         c = sum(math.prod(i.shape) for i in g.inputs[:nc])
         y = sum(math.prod(o.shape) for o in a["body"].outputs[nc:])
         dt = _dtype_name(a["body"].outputs[0].dtype)
-        slab = self.buffer((c + length * y,), dt)
+        shifted = a.get("shifted", ())  # (scan_ir.ys_places: + 1 row per shifted ys)
+        moved = sum(math.prod(a["body"].outputs[nc + j].shape) for j, _ in shifted)
+        slab = self.buffer((c + length * y + moved,), dt)
         live = [k for k in range(nc) if k not in fixed]
         carries = self.enter(g, nc, nx, live, ins, invariants + hoisted)
         self.flush()
         outer, self.step = self.step, []
-        saved = (self.graph, self.nc, self.live, self.slab)
+        saved = (self.graph, self.nc, self.live, self.slab, self.layout, self.firsts)
         self.graph, self.nc, self.live, self.slab = g, nc, live, slab.name
+        if shifted:
+            self.layout, self.firsts = shifted_layout(a, str(length)), dict(enumerate(ins[:nc]))
         for node in g.nodes:
             if node.op != "input":
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
-        self.graph, self.nc, self.live, self.slab = saved
+        self.graph, self.nc, self.live, self.slab, self.layout, self.firsts = saved
         outer += [
             f"for s in range({length}):",
             f"    t = {f'{length - 1} - s' if a['reverse'] else 's'}",

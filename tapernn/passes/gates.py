@@ -58,13 +58,15 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
     canon: dict[Node, Node] = {}
     for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
         rights = [m.inputs[1] for m in members]
-        stacked = {} if any(r in inv for r in rights) else _order_in_a_stack(graph, rights, canon)
+        # (a stack's pieces first: in a rolled graph everything outside the loop is loop-level,
+        # the gate-gradient stacks of a reverse loop too)
+        stacked = _order_in_a_stack(graph, rights, canon)
         members.sort(
             key=lambda m: (
-                (0, base_position(pos, m.inputs[1]))
-                if m.inputs[1] in inv
-                else (1, stacked[m.inputs[1]])
+                (1, stacked[m.inputs[1]])
                 if stacked
+                else (0, base_position(pos, m.inputs[1]))
+                if m.inputs[1] in inv
                 else (2, first_use.get(m, 0))
             )
         )

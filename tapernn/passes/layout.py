@@ -74,7 +74,7 @@ def feature_major_loops(graph: Graph) -> Graph:
     carries_too = not _differentiated(graph)
     subst: dict[Node, Node] = {}
     for s in graph.nodes:
-        if s.op != "scan":
+        if s.op != "scan" or s.attrs.get("shifted"):  # (a grad's forward loop: its layout is set)
             continue
         a = s.attrs
         body, nc, nx = a["body"], a["n_carry"], a["n_xs"]

@@ -42,7 +42,7 @@ def ys_piece(p: Node) -> tuple[Node, int] | None:
         return None
     r = q.inputs[0]
     u = r.inputs[0]
-    if u.op != "getitem" or u.inputs[0].op != "scan":
+    if u.op != "getitem" or u.inputs[0].op != "scan" or u.inputs[0].attrs.get("shifted"):
         return None
     s = u.inputs[0]
     _, ys, c, width = layout(s)

@@ -47,7 +47,8 @@ def _each_scan(graph: Graph, find, rewrite) -> Graph:
     rewritten by `rewrite(graph, node, recipe)` (a substitution dict)."""
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
-        if n.op == "scan":
+        if n.op == "scan" and (find is recipe_for or not n.attrs.get("shifted")):
+            # (a shifted slab's ys stay as they are: only the xs-side push-out keeps them)
             recipe = find(n.attrs["body"], n.attrs["n_carry"], n.attrs["n_xs"])
             if recipe is not None:
                 subst.update(rewrite(graph, n, recipe))
@@ -182,6 +183,7 @@ def _apply(s: Node, recipe: Recipe) -> Node:
         n_xs=recipe.n_xs,
         length=length,
         reverse=a["reverse"],
+        **({"shifted": a["shifted"]} if a.get("shifted") else {}),  # (the same ys)
     )
 
 

@@ -79,7 +79,7 @@ def _zero_xs_inside(s: Node, ins: tuple[Node, ...]) -> Node | None:
         )
         inputs = [i for k, i in enumerate(body.inputs) if k not in zero]
         cache[zero] = Graph(inner.nodes, inputs, inner.outputs, body.meta).eliminate_dead_code()
-    keep = {k: a[k] for k in ("n_carry", "length", "reverse")}
+    keep = {k: a[k] for k in ("n_carry", "length", "reverse", "shifted") if k in a}
     rest = tuple(i for k, i in enumerate(ins) if k not in zero)
     return derive(s, "scan", rest, body=cache[zero], n_xs=nx - len(zero), **keep)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import GraphError
 from ..graph import Graph, Node
 from .rewrite import derive
 
@@ -31,6 +32,8 @@ def layout(s: Node) -> tuple[list[tuple], list[tuple], int, int]:
 def with_body(s: Node, body: Graph) -> Node:
     """Scan node `s` over the same inputs with another body (a pass's rewritten loop)."""
     a = s.attrs
+    if a.get("shifted"):
+        raise GraphError("with_body: a scan with shifted state blocks keeps its body (internal)")
     keep = {k: a[k] for k in ("n_carry", "n_xs", "length", "reverse")}
     return derive(s, "scan", s.inputs, body=body, **keep)
 
