@@ -16,7 +16,7 @@ from .autodiff import _backward_graph, _needed, grad, saved_split
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes
+from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes, slice_bounds
 from .tracing import Var, phase, trace
 
 
@@ -110,29 +110,16 @@ def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
             users.setdefault(i, []).append(n)
     spans = {ab: j for j, ab in enumerate(offsets(y_shapes))}
     for u in users.get(s, ()):
-        ab = _slice_of(u)
+        ab = slice_bounds(u)
         if ab is None:
             continue
         a, b = ab
-        if a is not None and b is not None and 0 <= a <= b <= c:
+        if 0 <= a <= b <= c:
             repl[u] = F.getitem(e, slice(a, b))
         elif a == c and b == c + length * width and width:
             for w in users.get(u, ()):
                 if w.op == "reshape" and w.shape == (length, width):
                     _rewire_rows(w, users, flat, y_shapes, spans, ext, repl)
-
-
-def _slice_of(u: Node) -> tuple | None:
-    key = u.attrs.get("index") if u.op == "getitem" else None
-    if (
-        not key
-        or len(key) != 1
-        or not isinstance(key[0], tuple)
-        or key[0][0] != "s"
-        or key[0][3] not in (None, 1)
-    ):
-        return None
-    return key[0][1], key[0][2]
 
 
 def _rewire_rows(w, users, flat, y_shapes, spans, ext, repl) -> None:

@@ -10,8 +10,9 @@ import itertools
 import weakref
 
 from ..graph import Graph, Node
+from ..scan_ir import slice_bounds
 from .rewrite import derive, substitute
-from .slab import ALL, _columns, _slice, carry_view, layout, relayout, rows_of, spans, with_body
+from .slab import ALL, _columns, carry_view, layout, relayout, rows_of, spans, with_body
 
 _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 
@@ -47,7 +48,7 @@ def ys_piece(p: Node) -> tuple[Node, int] | None:
     s = u.inputs[0]
     _, ys, c, width = layout(s)
     t = s.attrs["length"]
-    if _slice(u) != (c, c + t * width) or r.shape != (t, width):
+    if slice_bounds(u) != (c, c + t * width) or r.shape != (t, width):
         return None
     at = {span: j for j, span in enumerate(spans(ys))}
     j = at.get(ab)

@@ -8,6 +8,7 @@ import math
 
 from ..errors import GraphError
 from ..graph import Graph, Node
+from ..scan_ir import slice_bounds
 from .rewrite import derive
 
 ALL = ("s", None, None, None)
@@ -65,20 +66,6 @@ def ys_view(s: Node, j: int, rows: Node | None = None) -> Node:
     return derive(s, "reshape", (block,), shape=(s.attrs["length"], *ys[j]))
 
 
-def _slice(u: Node) -> tuple[int, int] | None:
-    key = u.attrs.get("index") if u.op == "getitem" else None
-    if (
-        not key
-        or len(key) != 1
-        or not isinstance(key[0], tuple)
-        or key[0][0] != "s"
-        or key[0][3] not in (None, 1)
-        or None in key[0][1:3]
-    ):
-        return None
-    return key[0][1], key[0][2]
-
-
 def _columns(u: Node) -> tuple[int, int] | None:
     key = u.attrs.get("index") if u.op == "getitem" else None
     if (
@@ -120,7 +107,7 @@ def relayout(graph: Graph, s: Node, carries: list[Node], ys: list[Node]) -> dict
     carry_at = {ab: k for k, ab in enumerate(spans(cs))}
     ys_at = {ab: j for j, ab in enumerate(spans(yshapes))}
     for u in users.get(s, ()):
-        ab = _slice(u)
+        ab = slice_bounds(u)
         if ab in carry_at:
             subst[u] = flat[carry_at[ab]]
         elif ab == (c, c + t * width) and ys:
