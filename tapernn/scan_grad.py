@@ -16,7 +16,8 @@ from .autodiff import _backward_graph, _needed, grad, saved_split
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
-from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes, slice_bounds
+from .passes.slab import slice_bounds
+from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes
 from .tracing import Var, phase, trace
 
 

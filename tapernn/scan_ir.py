@@ -63,22 +63,6 @@ def ys_places(
     return at, places, inits
 
 
-def slice_bounds(u: Node) -> tuple[int, int] | None:
-    """(a, b) when `u` reads x[a:b] of a 1-D value with constant bounds and step 1 (how the
-    slab's readers pick their part of it), else None."""
-    key = u.attrs.get("index") if u.op == "getitem" else None
-    if (
-        not key
-        or len(key) != 1
-        or not isinstance(key[0], tuple)
-        or key[0][0] != "s"
-        or key[0][3] not in (None, 1)
-        or None in key[0][1:3]
-    ):
-        return None
-    return key[0][1], key[0][2]
-
-
 def check_shifted(body: Graph, n_carry: int, shifted: Any) -> None:
     """Raise ShapeError unless every (j, k) of `shifted` pairs a ys with a carry of its shape."""
     n_ys = len(body.outputs) - n_carry

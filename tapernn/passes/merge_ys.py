@@ -10,9 +10,18 @@ import itertools
 import weakref
 
 from ..graph import Graph, Node
-from ..scan_ir import slice_bounds
 from .rewrite import derive, substitute
-from .slab import ALL, _columns, carry_view, layout, relayout, rows_of, spans, with_body
+from .slab import (
+    ALL,
+    _columns,
+    carry_view,
+    layout,
+    relayout,
+    rows_of,
+    slice_bounds,
+    spans,
+    with_body,
+)
 
 _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 

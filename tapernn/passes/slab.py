@@ -8,7 +8,6 @@ import math
 
 from ..errors import GraphError
 from ..graph import Graph, Node
-from ..scan_ir import slice_bounds
 from .rewrite import derive
 
 ALL = ("s", None, None, None)
@@ -56,6 +55,22 @@ def rows_of(s: Node) -> Node:
         (derive(s, "getitem", (s,), index=(("s", c, c + t * y, None),)),),
         shape=(t, y),
     )
+
+
+def slice_bounds(u: Node) -> tuple[int, int] | None:
+    """(a, b) when `u` reads x[a:b] of a 1-D value with constant bounds and step 1 (how the
+    slab's readers pick their part of it), else None."""
+    key = u.attrs.get("index") if u.op == "getitem" else None
+    if (
+        not key
+        or len(key) != 1
+        or not isinstance(key[0], tuple)
+        or key[0][0] != "s"
+        or key[0][3] not in (None, 1)
+        or None in key[0][1:3]
+    ):
+        return None
+    return key[0][1], key[0][2]
 
 
 def ys_view(s: Node, j: int, rows: Node | None = None) -> Node:
