@@ -37,7 +37,9 @@ def machine() -> str:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
     except OSError:
         cpu = platform.processor()  # (runs `uname -p`: ~8 ms)
     blas: list[str] = []
