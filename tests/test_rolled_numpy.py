@@ -16,7 +16,7 @@ import tapernn as tn
 from tapernn import nn
 
 D, H, B, T = 3, 4, 2, 6
-TOL = dict(rtol=1e-12, atol=1e-12)
+TOL = {"rtol": 1e-12, "atol": 1e-12}
 CELLS = dict(test_cells.CASES)  # LSTM (+ no peepholes), FastLSTM, GRU (+ reset after), RNNs
 CELLS["mufuru"] = (lambda: nn.MuFuRu(D, H), None, 1)  # (its step: mufuru_step(cell.ops))
 CELLS["custom"] = (lambda: Leaky(D, H), leaky_step, 1)
