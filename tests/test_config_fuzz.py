@@ -86,7 +86,9 @@ def _run_case(name, unroll, layout, ngi, shapes, seed, backend, dtype=np.float64
     np.testing.assert_allclose(np.concatenate(outs), run(step, p, xs, ns, H)[0], atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("case", _cases(10, seed=2026), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+@pytest.mark.parametrize(
+    "case", _cases(10, seed=2026), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}"
+)
 def test_numpy_backend_against_equations(case):
     _run_case(*case, backend="numpy")
 
