@@ -37,6 +37,7 @@ from .hoist import (
     stack_matmuls_over_time,
 )
 from .layout import feature_major_loops
+from .loop_operands import contiguous_loop_weights
 from .merge_ys import merge_concatenated_ys
 from .push_out import push_out_of_loops
 from .simplify import (
@@ -81,6 +82,7 @@ DEFAULT: list[Pass] = [
     share_stacks,  # [dz_r dz_z]_t and its stack over t: views of [dz_r dz_z dz_n]_t's (GRU)
     sum_within_steps,  # peephole gradients: sum each step's dz*c rows, stack T rows, not T*B
     fuse_elementwise,  # gate nonlinearities and cell updates: one node per chain
+    contiguous_loop_weights,  # a loop's transposed weight copied once per call: NN step GEMMs
     eliminate_dead_code,
 ]
 
@@ -123,6 +125,7 @@ __all__ = [
     "PlanStats",
     "batch_sliced_elementwise",
     "check_order",
+    "contiguous_loop_weights",
     "default_passes",
     "eliminate_common_subexpressions",
     "eliminate_dead_code",

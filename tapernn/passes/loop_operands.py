@@ -1,0 +1,43 @@
+"""contiguous_loop_weights: a loop's weight passed in transposed (a view, h @ U^T in a batch-major
+recurrent step) and read by a matmul in the body is copied C-contiguous once per loop call, so
+every step's GEMM is NN instead of NT (OpenBLAS float32: 6-9 % faster, BENCHMARKS.md "hspeed")."""
+
+from __future__ import annotations
+
+import math
+
+from ..graph import Graph, Node
+from .rewrite import derive, substitute
+
+# weights smaller than this keep the view: the copy would cost more than the steps save, and the
+# numba whole-loop kernels (values of at most 4096 elements) see exactly the graphs they did
+MIN_ELEMENTS = 65536
+
+
+def contiguous_loop_weights(graph: Graph) -> Graph:
+    """Each `scan` invariant that is `transpose(W)` of a 2-D W with at least MIN_ELEMENTS
+    elements and a matmul operand in the body becomes `transpose_copy(W)` (one per W)."""
+    copies: dict[Node, Node] = {}
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op != "scan":
+            continue
+        body, first = n.attrs["body"], n.attrs["n_carry"] + n.attrs["n_xs"]
+        operands = {i for m in body.nodes if m.op == "matmul" for i in m.inputs}
+        ins = list(n.inputs)
+        for k in range(first, len(ins)):
+            t = ins[k]
+            if (
+                t.op == "transpose"
+                and len(t.shape) == 2
+                and tuple(t.attrs["axes"]) == (1, 0)
+                and math.prod(t.shape) >= MIN_ELEMENTS
+                and body.inputs[k] in operands
+            ):
+                w = t.inputs[0]
+                if w not in copies:
+                    copies[w] = derive(t, "transpose_copy", [w])
+                ins[k] = copies[w]
+        if tuple(ins) != n.inputs:
+            subst[n] = n.with_inputs(tuple(ins))
+    return substitute(graph, subst)
