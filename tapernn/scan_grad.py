@@ -256,7 +256,6 @@ def _own_residuals(extra: list[Var], plan: BodyVJP) -> list[Var]:
     return [v if v is not None else next(rest) for v in out]
 
 
-
 def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tuple | None:
     """Where the reverse loop finds residual `n` without the forward writing it again."""
     if n.op != "input":

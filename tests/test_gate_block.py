@@ -64,7 +64,7 @@ def test_the_rolled_forward_writes_its_gates_as_one_block(cell, B):
         return  # (numba: one kernel, no runner source; the layout above is what it writes)
     (source,) = _runner_sources(seq)
     copies = re.findall(
-        r"concatenate\(.*out=w\d+\)|^\s*w\d+\[\.\.\.\] =|copyto\(w", source, flags=re.M
+        r"concatenate\(.*out=w\d+\)|^\s*w\d+\[\.\.\.\] =|copyto\(w", source, flags=re.MULTILINE
     )
     assert len(copies) <= 1, f"{cell}: copies into the slab rows per step:\n{source}"
 
