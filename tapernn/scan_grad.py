@@ -16,6 +16,7 @@ from .autodiff import _backward_graph, _needed, grad, saved_split
 from .errors import TapernnError
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .passes.rewrite import derive
 from .passes.slab import slice_bounds
 from .scan_ir import ScanResult, body_dtype, inline, offsets, scan, slab_sizes
 from .tracing import Var, phase, trace
@@ -60,8 +61,7 @@ def scan_vjp(
             shifted=tuple(pairs.items()) if length else (),
         )
         _rewire(y, ext, body, nc, length)
-    n_ys = len(body.outputs) - nc
-    own = iter(ext.ys[n_ys:])
+    own = iter(_own_residuals(ext.ys[len(body.outputs) - nc :], plan))
     res = [
         next(own)
         if src is None
@@ -155,6 +155,9 @@ class BodyVJP:
     inv_read: tuple[int, ...]  # ... and of the invariants
     wrt_xs: tuple[int, ...]  # body input positions of the differentiated xs
     wrt_inv: tuple[int, ...]  # ... and invariants
+    # (position in the own residuals, its width) of those stored as one ys block: the first
+    # extra ys of fwd, their concat along the last axis (a gated cell's gates: one slab write)
+    block: tuple = ()
 
 
 _PLANS: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
@@ -206,23 +209,51 @@ def _make_body_vjp(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]) -
     ys = list(joint.outputs[n_carry : len(body.outputs)])  # (rewired if the body has loops)
     res_from_ys = tuple(_source(n, ys, body, joint, n_carry) for n in saved)
     own = [n for n, j in zip(saved, res_from_ys) if j is None]
-    fwd = _extended_body(body, joint, own, dtype)
+    block = gate_block(own)
+    fwd = _extended_body(body, joint, own, dtype, [k for k, _ in block])
+    n_res = len(own) - len(block) + (1 if block else 0)
     n_in = len(body.inputs)
     xs_read = tuple(k for k in range(n_carry, n_carry + n_xs) if body.inputs[k] in read)
     inv_read = tuple(k for k in range(n_carry + n_xs, n_in) if body.inputs[k] in read)
     wrt_xs = tuple(k for k in wrt if n_carry <= k < n_carry + n_xs)
     wrt_inv = tuple(k for k in wrt if k >= n_carry + n_xs)
-    plan = BodyVJP(fwd, Graph(), len(own), res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv)
+    plan = BodyVJP(fwd, Graph(), n_res, res_from_ys, xs_read, inv_read, wrt_xs, wrt_inv, block)
     return BodyVJP(
         fwd,
         _reverse_body(body, n_carry, bwd, saved, wrt, plan, dtype),
-        len(own),
+        n_res,
         res_from_ys,
         xs_read,
         inv_read,
         wrt_xs,
         wrt_inv,
+        block,
     )
+
+
+def gate_block(own: list[Node]) -> tuple:
+    """(position, width) of the own residuals stored as one block: the largest group (>= 2)
+    of those sharing all but their last axis (an LSTM's four (B, H) gates), in their order."""
+    groups: dict[tuple, list[int]] = {}
+    for k, n in enumerate(own):
+        if n.ndim >= 1:
+            groups.setdefault(n.shape[:-1], []).append(k)
+    best = max(groups.values(), key=len, default=[])
+    return tuple((k, own[k].shape[-1]) for k in best) if len(best) >= 2 else ()
+
+
+def _own_residuals(extra: list[Var], plan: BodyVJP) -> list[Var]:
+    """The (length, *shape) stacks of the own residuals: views of the block's columns (the
+    first extra ys) for those in it, the other extra ys in order for the rest."""
+    n_own = plan.n_res - (1 if plan.block else 0) + len(plan.block)
+    out: list[Var | None] = [None] * n_own
+    rest = iter(extra[1:] if plan.block else extra)
+    at = 0
+    for k, w in plan.block:
+        index = (slice(None),) * (extra[0].ndim - 1) + (slice(at, at + w),)
+        out[k] = F.getitem(extra[0], index)
+        at += w
+    return [v if v is not None else next(rest) for v in out]
 
 
 def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tuple | None:
@@ -236,8 +267,11 @@ def _source(n: Node, ys: list[Node], body: Graph, joint: Graph, nc: int) -> tupl
     return None
 
 
-def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) -> Graph:
-    """The body returning `own` residuals too (bool ones cast to the slab dtype)."""
+def _extended_body(
+    body: Graph, joint: Graph, own: list[Node], dtype: np.dtype, block: list[int]
+) -> Graph:
+    """The body returning `own` residuals too (bool ones cast to the slab dtype), those at
+    `block` first, as one concat along their last axis."""
     outputs = joint.outputs[: len(body.outputs)]  # the body's, rewired if it has loops
     forward = _needed(outputs)
     nodes = [n for n in joint.nodes if n in forward or n in body.inputs]
@@ -247,6 +281,11 @@ def _extended_body(body: Graph, joint: Graph, own: list[Node], dtype: np.dtype) 
             n = Node("cast", (n,), {"dtype": dtype}, n.shape, dtype, scope=n.scope)
             nodes.append(n)
         outs.append(n)
+    if block:
+        pieces = [outs[k] for k in block]
+        cat = derive(pieces[0], "concat", pieces, axis=pieces[0].ndim - 1)
+        nodes.append(cat)
+        outs = [cat] + [n for k, n in enumerate(outs) if k not in block]
     return Graph(nodes, list(body.inputs), list(outputs) + outs, body.meta)
 
 
