@@ -1,0 +1,126 @@
+"""The steady-state fast path of a module call (issue 19): a call whose signature equals the
+previous call's (one array input of the same shape and dtype, the same parameters' arrays, mode,
+model dtype and initial-state kinds) runs its compiled program again without re-deriving what
+cannot have changed -- no flattening, signature, cache lookup or record checks -- and its
+backward (the same input array, one output gradient of the output's shape and dtype, no
+set_grad_hidden_state pending) goes straight to the backward program. Everything else takes
+nn.runtime's general path, which plans the next steady call (`plan`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .binding import _state_signature
+from .packing import VERSION
+from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
+from .tree import LEAF
+
+MISS = object()  # a steady backward that must take the general path
+
+
+class Steady:
+    """What the last general forward derived, for calls with its signature (see module doc)."""
+
+    def __init__(
+        self, rt: Any, exe: Any, x: np.ndarray, hooks: list, stateful: list, states: tuple
+    ):
+        root = rt.module
+        self.rt, self.root, self.exe = rt, root, exe
+        self.version = VERSION[0]  # parameters' arrays, hooks, stateful modules: all as then
+        self.shape, self.dtype = x.shape, x.dtype
+        self.training, self.root_dtype = root.is_training, root._dtype
+        self.hooks, self.stateful = hooks, stateful
+        self.states = list(states)  # the initial states' kinds, as the hooks left them
+        self.recurrent = exe.recurrent
+        self.record: Any = None  # the last forward's (the one a steady backward pairs with)
+        self.pair = exe.compile_training() if root.is_training else None
+        self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
+        node = exe.diff_outputs[0]
+        self.gshape, self.gdtype = node.shape, node.dtype
+        self.n_grads = exe.packing.n_grads
+        self.cut_modules = list(_recurrent_steps(exe))  # set_grad_hidden_state is read there
+
+    def forward(self, x: Any) -> Any:
+        rt, root = self.rt, self.root
+        if (
+            type(x) is not np.ndarray
+            or x.shape != self.shape
+            or x.dtype != self.dtype
+            or VERSION[0] != self.version
+            or root.is_training is not self.training
+            or root._dtype != self.root_dtype
+        ):
+            return rt.slow_forward((x,))
+        for hook in self.hooks:
+            hook()
+        if self.stateful and [_state_signature(m) for m in self.stateful] != self.states:
+            return rt.slow_forward((x,), hooks_done=True)
+        exe = self.exe
+        rt.last = exe
+        starts = [(m, m._state, m._user_initial) for m in self.recurrent]
+        leaves = [x]
+        args = exe.bind(leaves)
+        rt._release_previous(exe)
+        outs = self.program.run(args)
+        record = rt.record_type(exe, leaves, args, outs, saving=self.training)
+        record.starts = starts
+        rt._write_back(exe, record, False)
+        rt.history = [record]
+        self.record = record
+        output = record.outputs[0]
+        root.__dict__["output"] = output  # (a field: no registration check)
+        return output
+
+    def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
+        """grad_input, or MISS (nothing done) when the call is not the steady one."""
+        record, rt = self.record, self.rt
+        history = rt.history
+        if (
+            len(history) != 1
+            or history[0] is not record
+            or record.saved is None  # an evaluation forward, or a second backward
+            or input is not record.leaves[0]
+            or type(grad_output) is not np.ndarray
+            or grad_output.shape != self.gshape
+            or grad_output.dtype != self.gdtype
+            or any(m._extra_state_grads for m in self.cut_modules)
+        ):
+            return MISS
+        exe = self.exe
+        seeds = [grad_output]
+        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
+        grads = self.pair.run_backward(saved, record.args, seeds, 0 if need_grad_input else 1)
+        del saved
+        if exe.state_wrt:  # a user-set initial state's gradient
+            start = 1 + self.n_grads
+            store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
+        record.done = True
+        exe.packing.accumulate(grads[1 : 1 + self.n_grads])
+        grad_input = grads[0]
+        del grads  # the parameter gradients are accumulated: freed before the copies below
+        if self.cut_modules:  # copies for a lazy get_grad_hidden_state
+            later_tap_grads(rt, record, seeds)
+        self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
+        return grad_input
+
+
+def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: list) -> Any:
+    """A Steady for calls like this general one, or None where the fast path does not apply:
+    step-wise use (history), several or nested inputs, a table output, several seeds (final
+    states, REINFORCE), an input that is not differentiated (integers), or an input the general
+    path converted (its dtype or a list)."""
+    if (
+        exe.history_mode
+        or len(args) != 1
+        or type(args[0]) is not np.ndarray
+        or len(leaves) != 1
+        or leaves[0] is not args[0]
+        or exe.out_tree != LEAF
+        or exe.reinforce
+        or exe.seeded != [0]
+        or exe.data_wrt != [0]
+    ):
+        return None
+    return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
