@@ -34,6 +34,7 @@ from .state_grads import (
 )
 from .steady import MISS, plan
 from .tree import LEAF, count_leaves, flatten, unflatten
+from .write_plan import Pending
 from .write_plan import gather as _gather
 from .write_plan import write_plan as _write_plan
 
@@ -192,8 +193,6 @@ class Runtime:
             self.history = [record]
             if n_diff_args == 1:
                 self.steady = plan(self, exe, args, leaves, hooks, stateful)
-                if self.steady is not None:
-                    self.steady.record = record
         return exe, leaves, record
 
     def _release_previous(self, exe: Executable) -> None:
@@ -262,7 +261,10 @@ class Runtime:
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
                 object.__setattr__(m, "output", value)  # (a field: no registration check)
             if by_steps is not None:  # a recurrent module's fields, grouped once per program
-                outputs, inputs, states = by_steps
+                if mode == "sequence":  # made into step rows when first read
+                    m._write_pending(Pending(outs, by_steps), by_steps[3])
+                    continue
+                outputs, inputs, states, _ = by_steps
                 m._write_steps(
                     _gather(outs, outputs),
                     _gather(outs, inputs),

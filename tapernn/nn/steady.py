@@ -34,7 +34,6 @@ class Steady:
         self.hooks, self.stateful = hooks, stateful
         self.states = list(states)  # the initial states' kinds, as the hooks left them
         self.recurrent = exe.recurrent
-        self.record: Any = None  # the last forward's (the one a steady backward pairs with)
         self.pair = exe.compile_training() if root.is_training else None
         self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
         node = exe.diff_outputs[0]
@@ -68,18 +67,19 @@ class Steady:
         record.starts = starts
         rt._write_back(exe, record, False)
         rt.history = [record]
-        self.record = record
         output = record.outputs[0]
         root.__dict__["output"] = output  # (a field: no registration check)
         return output
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
         """grad_input, or MISS (nothing done) when the call is not the steady one."""
-        record, rt = self.record, self.rt
+        rt = self.rt
         history = rt.history
+        if len(history) != 1:
+            return MISS
+        record = history[0]
         if (
-            len(history) != 1
-            or history[0] is not record
+            record.exe is not self.exe
             or record.saved is None  # an evaluation forward, or a second backward
             or input is not record.leaves[0]
             or type(grad_output) is not np.ndarray

@@ -35,21 +35,24 @@ def write_plan(exe: Any) -> list:
 
 
 def by_steps(m: Any, leaves: list, others: list) -> tuple | None:
-    """(outputs, inputs, [(state name, sources)]), each field's sources in step order as
+    """(outputs, inputs, [(state name, sources)], n steps), each field's sources in step order as
     _write_fields orders them (see gather), where m's class writes its fields by `_write_steps`
     and every field is single arrays per step or a loop's stacked rows (nn.rolled.Stacked)
     whose steps do not interleave with the field's other sources; else None."""
     if not (leaves or others) or not getattr(type(m)._write_fields, "by_steps", False):
         return None
     fields: dict[str, list] = {}  # name -> [(first step, last step, position, rows)]
+    n_outputs = 0  # the steps of the `outputs` field (the module's step count after the call)
     for name, t, pos in leaves:
         if not isinstance(t, int):
             return None
         fields.setdefault(name, []).append((t, t, pos, None))
+        n_outputs += name == "outputs"
     for name, at, tree, pos, stop in others:
         if not isinstance(at, Stacked) or tree != LEAF or stop != pos + 1 or at.n < 1:
             return None
         last = at.start + (at.n - 1) * at.stride
+        n_outputs += at.n if name == "outputs" else 0
         fields.setdefault(name, []).append((at.start, last, pos, -1 if at.reverse else 1))
     odd = [name for name in fields if name not in ("outputs", "inputs")]
     if any(not name.startswith("state:") or name[6:] not in m.state_names for name in odd):
@@ -67,7 +70,29 @@ def by_steps(m: Any, leaves: list, others: list) -> tuple | None:
         ordered.get("outputs", ()),
         ordered.get("inputs", ()),
         [(state, ordered.get("state:" + state, ())) for state in m.state_names],
+        n_outputs,
     )
+
+
+class Pending:
+    """A Sequencer call's per-step fields of one recurrent module (`outputs`, `inputs`,
+    `states`) before they are split into step rows: nn.recurrent's fields make their lists
+    from it when first read (a training loop that never reads them never makes them). `outs`
+    is the call's kept outputs (Record.outputs: no saved values), which the call's record and
+    fields hold anyway."""
+
+    __slots__ = ("outs", "plan")
+
+    def __init__(self, outs: tuple, plan: tuple):
+        self.outs, self.plan = outs, plan  # plan: by_steps's
+
+    def field(self, name: str) -> Any:
+        outs, (outputs, inputs, states, _) = self.outs, self.plan
+        if name == "outputs":
+            return gather(outs, outputs)
+        if name == "inputs":
+            return gather(outs, inputs)
+        return {state: gather(outs, at) for state, at in states}
 
 
 def gather(outs: tuple, sources: tuple | list) -> list:
