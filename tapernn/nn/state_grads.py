@@ -229,12 +229,14 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     return variant, grads
 
 
-def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
+def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = None) -> None:
     """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
     tapped variant, from copies of this call's arguments and seeds (a later parameter update or
-    refilled input buffer must not change what the backward saw)."""
+    refilled input buffer must not change what the backward saw). `modules`: the program's
+    recurrent modules (`_recurrent_steps`), when the caller has them."""
     exe = record.exe
-    modules = list(_recurrent_steps(exe))
+    if modules is None:
+        modules = list(_recurrent_steps(exe))
     if not modules:
         return
     args, seeds = [_copy(a) for a in record.args], [_copy(g) for g in seeds]

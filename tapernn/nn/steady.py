@@ -40,6 +40,7 @@ class Steady:
         self.gshape, self.gdtype = node.shape, node.dtype
         self.n_grads = exe.packing.n_grads
         self.cut_modules = list(_recurrent_steps(exe))  # set_grad_hidden_state is read there
+        self.args, self.data_at, self.dynamic = _bind_plan(exe, x)
 
     def forward(self, x: Any) -> Any:
         rt, root = self.rt, self.root
@@ -60,9 +61,12 @@ class Steady:
         rt.last = exe
         starts = [(m, m._state, m._user_initial) for m in self.recurrent]
         leaves = [x]
-        args = exe.bind(leaves)
+        args = self.args.copy()  # the parameters' arrays (the same while VERSION is)
+        args[self.data_at] = x
+        for k, bind in self.dynamic:  # dropout masks drawn, states read, per call
+            args[k] = bind(leaves)
         rt._release_previous(exe)
-        outs = self.program.run(args)
+        outs = _run(self.program, args)
         record = rt.record_type(exe, leaves, args, outs, saving=self.training)
         record.starts = starts
         rt._write_back(exe, record, False)
@@ -88,20 +92,25 @@ class Steady:
             or any(m._extra_state_grads for m in self.cut_modules)
         ):
             return MISS
-        exe = self.exe
+        exe, pair = self.exe, self.pair
         seeds = [grad_output]
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
-        grads = self.pair.run_backward(saved, record.args, seeds, 0 if need_grad_input else 1)
+        program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
+        args = record.args
+        saved += seeds
+        saved += [args[k] for k in pair.reads]
+        grads = _run(program, saved)
         del saved
+        first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
         if exe.state_wrt:  # a user-set initial state's gradient
-            start = 1 + self.n_grads
+            start = first + self.n_grads
             store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
         record.done = True
-        exe.packing.accumulate(grads[1 : 1 + self.n_grads])
-        grad_input = grads[0]
+        exe.packing.accumulate(grads[first : first + self.n_grads])
+        grad_input = grads[0] if need_grad_input else None
         del grads  # the parameter gradients are accumulated: freed before the copies below
         if self.cut_modules:  # copies for a lazy get_grad_hidden_state
-            later_tap_grads(rt, record, seeds)
+            later_tap_grads(rt, record, seeds, self.cut_modules)
         self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
         return grad_input
 
@@ -124,3 +133,31 @@ def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: li
     ):
         return None
     return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
+
+
+def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
+    """(arguments with the parameters' arrays bound, the data input's position, [(position,
+    binder)] of the arguments bound per call: dropout masks, states, a block whose member was
+    rebound (its members concatenated per call))."""
+    args = exe.bind([x])
+    dynamic, data_at = [], 0
+    blocks = {g.input: g for g in exe.packing.groups}
+    for k, (node, bind) in enumerate(zip(exe.arg_nodes, exe.binders)):
+        if node.kind == "data":
+            data_at = k
+        elif node.kind != "param" or (node in blocks and not blocks[node].block.intact):
+            dynamic.append((k, bind))
+    return args, data_at, dynamic
+
+
+def _run(compiled: Any, args: list) -> tuple:
+    """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program: its
+    `run` is `_run`) called directly: it reads no NumPy error state. A failure runs it again
+    through `run`, which names the failing node."""
+    fn = compiled.program.fn
+    if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
+        return compiled.run(args)
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
+        return compiled.run(args)
