@@ -239,7 +239,9 @@ def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = No
         modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    args, seeds = [_copy(a) for a in record.args], [_copy(g) for g in seeds]
+    ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
+    args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
+    seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
     leaves, starts = record.leaves, record.starts
 
     def compute() -> None:

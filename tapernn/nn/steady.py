@@ -16,6 +16,7 @@ from .binding import _state_signature
 from .packing import VERSION
 from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
 from .tree import LEAF
+from .write_plan import Pending, write_plan
 
 MISS = object()  # a steady backward that must take the general path
 
@@ -38,9 +39,12 @@ class Steady:
         self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
         node = exe.diff_outputs[0]
         self.gshape, self.gdtype = node.shape, node.dtype
-        self.n_grads = exe.packing.n_grads
+        self.n_kept = exe.n_out + len(exe.extras)  # (Record.outputs; the rest is saved)
         self.cut_modules = list(_recurrent_steps(exe))  # set_grad_hidden_state is read there
         self.args, self.data_at, self.dynamic = _bind_plan(exe, x)
+        self.fields = _fields_plan(exe)
+        self.grads = [exe.params[k].grad for k in exe.packing.loose]  # (the same while VERSION)
+        self.groups = exe.packing.groups
 
     def forward(self, x: Any) -> Any:
         rt, root = self.rt, self.root
@@ -69,16 +73,33 @@ class Steady:
         outs = _run(self.program, args)
         record = rt.record_type(exe, leaves, args, outs, saving=self.training)
         record.starts = starts
-        rt._write_back(exe, record, False)
+        if self.fields is None:
+            rt._write_back(exe, record, False)
+        else:
+            self._write_back(record.outputs)
         rt.history = [record]
         output = record.outputs[0]
         root.__dict__["output"] = output  # (a field: no registration check)
         return output
 
+    def _write_back(self, outs: tuple) -> None:
+        """Runtime._write_back of a Sequencer call, from the plan `_fields_plan` made."""
+        finals, outputs, pending = self.fields
+        for m, positions in finals:
+            state = []
+            for k in positions:  # (runtime._own: a view of a slab is copied)
+                s = outs[k]
+                base = s.base
+                state.append(s.copy() if base is not None and base.nbytes > s.nbytes else s)
+            m._store_state(tuple(state))
+        for m, pos in outputs:
+            m.__dict__["output"] = outs[pos]
+        for m, steps in pending:
+            m._write_pending(Pending(outs, steps), steps[3])
+
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
         """grad_input, or MISS (nothing done) when the call is not the steady one."""
-        rt = self.rt
-        history = rt.history
+        history = self.rt.history
         if len(history) != 1:
             return MISS
         record = history[0]
@@ -89,28 +110,32 @@ class Steady:
             or type(grad_output) is not np.ndarray
             or grad_output.shape != self.gshape
             or grad_output.dtype != self.gdtype
+            or VERSION[0] != self.version
             or any(m._extra_state_grads for m in self.cut_modules)
         ):
             return MISS
         exe, pair = self.exe, self.pair
-        seeds = [grad_output]
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
         program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
         args = record.args
-        saved += seeds
+        saved.append(grad_output)
         saved += [args[k] for k in pair.reads]
         grads = _run(program, saved)
         del saved
         first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
+        n_loose = len(self.grads)
         if exe.state_wrt:  # a user-set initial state's gradient
-            start = first + self.n_grads
+            start = first + n_loose + len(self.groups)
             store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
         record.done = True
-        exe.packing.accumulate(grads[first : first + self.n_grads])
+        for grad, g in zip(self.grads, grads[first : first + n_loose]):
+            grad += g  # (packing.Packing.accumulate, the loose parameters' arrays planned)
+        for group, g in zip(self.groups, grads[first + n_loose :]):
+            group.accumulate(g)
         grad_input = grads[0] if need_grad_input else None
         del grads  # the parameter gradients are accumulated: freed before the copies below
         if self.cut_modules:  # copies for a lazy get_grad_hidden_state
-            later_tap_grads(rt, record, seeds, self.cut_modules)
+            later_tap_grads(self.rt, record, [grad_output], self.cut_modules)
         self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
         return grad_input
 
@@ -148,6 +173,24 @@ def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
         elif node.kind != "param" or (node in blocks and not blocks[node].block.intact):
             dynamic.append((k, bind))
     return args, data_at, dynamic
+
+
+def _fields_plan(exe: Any) -> tuple | None:
+    """(final states [(module, positions)], `output` fields [(module, position)], pending
+    per-step fields [(module, by_steps plan)]) of Runtime._write_back in "sequence" mode, or None
+    where a module has fields only the general write-back writes (tables, unplanned steps)."""
+    outputs, pending = [], []
+    for m, output, leaves, others, by_steps in write_plan(exe):
+        if output is not None:
+            _, tree, pos, _ = output
+            if tree != LEAF:
+                return None
+            outputs.append((m, pos))
+        if by_steps is not None:
+            pending.append((m, by_steps))
+        elif leaves or others:
+            return None
+    return exe.final_plan(), outputs, pending
 
 
 def _run(compiled: Any, args: list) -> tuple:
