@@ -154,8 +154,9 @@ class AbstractRecurrent(Module):
         """A Sequencer backward's pending get_grad_hidden_state (it holds copies of that call's
         arguments) is dropped now: the coming call's write-back would drop it anyway, and the
         copies need not sit through the forward (the peak of a training loop)."""
-        if callable(self._grad_hidden):
-            self._grad_hidden = {}
+        fields = self.__dict__  # (a plain field: no registration check; every call runs this)
+        if callable(fields["_grad_hidden"]):
+            fields["_grad_hidden"] = {}
 
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return self._state if self._state is not None else self._user_initial

@@ -32,8 +32,12 @@ class Steady:
         self.version = VERSION[0]  # parameters' arrays, hooks, stateful modules: all as then
         self.shape, self.dtype = x.shape, x.dtype
         self.training, self.root_dtype = root.is_training, root._dtype
-        self.hooks, self.stateful = hooks, stateful
-        self.states = list(states)  # the initial states' kinds, as the hooks left them
+        self.hooks = hooks
+        # per stateful module: its initial state's kind as the hooks left it (_state_signature),
+        # and whether that is "none" of the built-in kind (checked inline)
+        self.stateful = [
+            (m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)
+        ]
         self.recurrent = exe.recurrent
         self.pair = exe.compile_training() if root.is_training else None
         self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
@@ -59,8 +63,17 @@ class Steady:
             return rt.slow_forward((x,))
         for hook in self.hooks:
             hook()
-        if self.stateful and [_state_signature(m) for m in self.stateful] != self.states:
-            return rt.slow_forward((x,), hooks_done=True)
+        for m, signature, none in self.stateful:  # the initial states' kinds: as planned
+            if none:  # no initial state (_state_signature inlined)
+                fields = m.__dict__
+                if (
+                    fields["_state"] is not None
+                    or fields["_user_initial"] is not None
+                    or fields["_mask_zero"] != signature[2]
+                ):
+                    return rt.slow_forward((x,), hooks_done=True)
+            elif _state_signature(m) != signature:
+                return rt.slow_forward((x,), hooks_done=True)
         exe = self.exe
         rt.last = exe
         starts = [(m, m._state, m._user_initial) for m in self.recurrent]
@@ -158,6 +171,15 @@ def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: li
     ):
         return None
     return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
+
+
+def _plain_state(m: Any) -> bool:
+    """m keeps its initial state as AbstractRecurrent does (fields `_state`, `_user_initial`,
+    a bool `_mask_zero`)."""
+    from .recurrent import AbstractRecurrent
+
+    own = type(m)._initial_state_arrays is AbstractRecurrent._initial_state_arrays
+    return own and isinstance(m, AbstractRecurrent) and type(m.__dict__.get("_mask_zero")) is bool
 
 
 def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
