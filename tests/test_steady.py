@@ -268,3 +268,31 @@ def test_bad_inputs_on_a_steady_call_raise(backend):
     with pytest.raises(StateError, match="backward called before forward"):
         seq.backward(x, g)
     check_step(seq, x, g)
+
+
+def test_initial_state_and_mask_zero_changes_take_the_general_path(backend, monkeypatch):
+    seq = model()
+    general = count_general(monkeypatch)
+    x, g = data(0)
+    check_step(seq, x, g)
+    check_step(seq, x, g)
+    r = np.random.default_rng(9)
+    h0, c0 = r.standard_normal((B, H)), r.standard_normal((B, H))
+    seq.module.set_initial_state((h0, c0))
+    for _ in range(2):  # a user-set initial state: the general path, then steady again
+        want, _, _ = equations(seq.module, x, None, h0, c0)
+        np.testing.assert_allclose(seq.forward(x), want, rtol=1e-12, atol=1e-12)
+        seq.backward(x, g)
+        assert all(np.all(np.isfinite(s)) for s in seq.module.get_grad_initial_state())
+    assert len(general) == 2
+    seq.forget()  # the user's initial state is dropped: zeros again
+    check_step(seq, x, g)
+    assert len(general) == 3
+    x[1, 0] = 0.0  # an all-zero row
+    fresh = model()
+    fresh.module.mask_zero()
+    seq.module.mask_zero()
+    y = seq.forward(x)
+    assert len(general) == 4
+    np.testing.assert_array_equal(y[1, 0], 0.0)
+    np.testing.assert_allclose(y, fresh.forward(x), rtol=1e-12, atol=1e-13)

@@ -35,9 +35,7 @@ class Steady:
         self.hooks = hooks
         # per stateful module: its initial state's kind as the hooks left it (_state_signature),
         # and whether that is "none" of the built-in kind (checked inline)
-        self.stateful = [
-            (m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)
-        ]
+        self.stateful = [(m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)]
         self.recurrent = exe.recurrent
         self.pair = exe.compile_training() if root.is_training else None
         self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
