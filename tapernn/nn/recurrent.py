@@ -161,6 +161,8 @@ class AbstractRecurrent(Module):
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return self._state if self._state is not None else self._user_initial
 
+    _initial_state_arrays.plain = True  # (nn.steady checks these fields inline)
+
     def _store_state(self, state: tuple[np.ndarray, ...]) -> None:
         self._state = state
 

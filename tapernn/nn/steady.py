@@ -173,11 +173,10 @@ def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: li
 
 def _plain_state(m: Any) -> bool:
     """m keeps its initial state as AbstractRecurrent does (fields `_state`, `_user_initial`,
-    a bool `_mask_zero`)."""
-    from .recurrent import AbstractRecurrent
-
-    own = type(m)._initial_state_arrays is AbstractRecurrent._initial_state_arrays
-    return own and isinstance(m, AbstractRecurrent) and type(m.__dict__.get("_mask_zero")) is bool
+    a bool `_mask_zero`; its `_initial_state_arrays` marked `plain`)."""
+    own = getattr(type(m)._initial_state_arrays, "plain", False)
+    fields = m.__dict__
+    return own and "_state" in fields and type(fields.get("_mask_zero")) is bool
 
 
 def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
