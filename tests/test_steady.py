@@ -296,3 +296,21 @@ def test_initial_state_and_mask_zero_changes_take_the_general_path(backend, monk
     assert len(general) == 4
     np.testing.assert_array_equal(y[1, 0], 0.0)
     np.testing.assert_allclose(y, fresh.forward(x), rtol=1e-12, atol=1e-13)
+
+
+def test_the_steady_loop_holds_no_more_than_the_general_one(monkeypatch):
+    """tracemalloc peak of a steady training loop (zero, forward, backward, update) with the
+    fast path and without it (nn.steady.plan patched to plan nothing): equal within 1 %."""
+    from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
+
+    r = np.random.default_rng(0)
+    x, g = r.standard_normal((10, 16, 64)), r.standard_normal((10, 16, 64))
+    peaks = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(runtime, "plan", lambda *a: None)
+        tn.manual_seed(1)
+        seq = nn.Sequencer(nn.FastLSTM(64, 64))
+        peaks.append(loop_peak_bytes(tapernn_loop_step(seq, x, g)))
+        assert (seq._runtime.steady is not None) == fast
+    assert abs(peaks[0] - peaks[1]) <= 0.01 * peaks[1], peaks

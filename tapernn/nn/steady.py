@@ -139,10 +139,7 @@ class Steady:
             start = first + n_loose + len(self.groups)
             store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
         record.done = True
-        for grad, g in zip(self.grads, grads[first : first + n_loose]):
-            grad += g  # (packing.Packing.accumulate, the loose parameters' arrays planned)
-        for group, g in zip(self.groups, grads[first + n_loose :]):
-            group.accumulate(g)
+        _accumulate(self.grads, self.groups, grads, first)
         grad_input = grads[0] if need_grad_input else None
         del grads  # the parameter gradients are accumulated: freed before the copies below
         if self.cut_modules:  # copies for a lazy get_grad_hidden_state
@@ -179,6 +176,16 @@ def _plain_state(m: Any) -> bool:
     return own and "_state" in fields and type(fields.get("_mask_zero")) is bool
 
 
+def _accumulate(loose: list, groups: list, grads: tuple, first: int) -> None:
+    """packing.Packing.accumulate, the loose parameters' gradient arrays planned (a function:
+    no loop variable keeps the last gradient alive through the copies after it)."""
+    n = len(loose)
+    for grad, g in zip(loose, grads[first : first + n]):
+        grad += g
+    for group, g in zip(groups, grads[first + n :]):
+        group.accumulate(g)
+
+
 def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
     """(arguments with the parameters' arrays bound, the data input's position, [(position,
     binder)] of the arguments bound per call: dropout masks, states, a block whose member was
@@ -191,6 +198,8 @@ def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
             data_at = k
         elif node.kind != "param" or (node in blocks and not blocks[node].block.intact):
             dynamic.append((k, bind))
+    for k in [data_at] + [k for k, _ in dynamic]:  # (bound per call: this call's not kept)
+        args[k] = None
     return args, data_at, dynamic
 
 
