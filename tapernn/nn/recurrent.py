@@ -19,6 +19,7 @@ from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
+from .write_plan import Pending
 
 _BY_STEP = itemgetter(1)  # a field item's step: (name, t, value)
 
@@ -52,10 +53,34 @@ class _CellStep:
         return StepCount(obj._n_steps, self.fn.__get__(obj, owner))
 
 
+class _StepField:
+    """`outputs`, `inputs`, `states` of a recurrent module: plain fields, except that a Sequencer
+    call leaves them pending (write_plan.Pending) and the first read makes them (lists of
+    step rows, a dict of them)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, m: Any, owner: type | None = None) -> Any:
+        if m is None:
+            return self
+        fields = m.__dict__
+        value = fields[self.name]
+        if type(value) is Pending:
+            value = fields[self.name] = value.field(self.name)
+        return value
+
+    def __set__(self, m: Any, value: Any) -> None:
+        m.__dict__[self.name] = value
+
+
 class AbstractRecurrent(Module):
     """State-carrying module: `outputs[t]`, `inputs[t]`, `states[name][t]`, `step`, `forget()`."""
 
     is_recurrent = True
+    outputs = _StepField()
+    inputs = _StepField()
+    states = _StepField()
     state_names: tuple[str, ...] = ("h",)
     table_states = False  # a state may be a list of arrays (nn.Recurrent built from tables)
 
@@ -129,11 +154,14 @@ class AbstractRecurrent(Module):
         """A Sequencer backward's pending get_grad_hidden_state (it holds copies of that call's
         arguments) is dropped now: the coming call's write-back would drop it anyway, and the
         copies need not sit through the forward (the peak of a training loop)."""
-        if callable(self._grad_hidden):
-            self._grad_hidden = {}
+        fields = self.__dict__  # (a plain field: no registration check; every call runs this)
+        if callable(fields["_grad_hidden"]):
+            fields["_grad_hidden"] = {}
 
     def _initial_state_arrays(self) -> tuple[np.ndarray, ...] | None:
         return self._state if self._state is not None else self._user_initial
+
+    _initial_state_arrays.plain = True  # (nn.steady checks these fields inline)
 
     def _store_state(self, state: tuple[np.ndarray, ...]) -> None:
         self._state = state
@@ -180,6 +208,13 @@ class AbstractRecurrent(Module):
                 for k in range(len(values) - self.rho - n_new, len(values) - self.rho):
                     if k >= 0:
                         values[k] = None
+
+    def _write_pending(self, pending: Pending, n_steps: int) -> None:
+        """_write_steps of a Sequencer call ("sequence" mode), its lists made when first read."""
+        fields = self.__dict__
+        fields["_grad_hidden"] = {}  # steps of the previous call: gone with its fields
+        fields["outputs"] = fields["inputs"] = fields["states"] = pending
+        fields["_n_steps"] = n_steps
 
     def _clear_memory(self, keep_initial: bool) -> None:
         fields = self.__dict__  # (plain fields, as in _write_fields)

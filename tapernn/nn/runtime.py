@@ -5,7 +5,6 @@ results back into module fields. Parameters are inputs, so updates never recompi
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,11 @@ from .state_grads import (
     stepwise_seeds,
     store_state_input_grads,
 )
+from .steady import MISS, plan
 from .tree import LEAF, count_leaves, flatten, unflatten
+from .write_plan import Pending
+from .write_plan import gather as _gather
+from .write_plan import write_plan as _write_plan
 
 
 def runtime_of(module: Any) -> Runtime:
@@ -68,6 +71,7 @@ class Runtime:
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
         self._tree_cache: tuple | None = None  # (packing.VERSION, hooks, stateful): _tree
+        self.steady = None  # the fast path of calls like the last one (nn.steady)
 
     def clear(self) -> None:
         self.cache.clear()
@@ -75,6 +79,7 @@ class Runtime:
         self.templates.clear()
         self.last = None
         self.arena = Arena()
+        self.steady = None
 
     def last_graph(self) -> Graph | None:
         """The last traced model: forward and (after a training forward) backward nodes."""
@@ -99,8 +104,19 @@ class Runtime:
 
     # ---- forward ---------------------------------------------------------------------------------
 
+    record_type = Record
+
     def forward(self, *args: Any) -> Any:
-        exe, _leaves, record = self._run(args, n_diff_args=1)
+        steady = self.steady
+        if steady is not None and len(args) == 1:
+            return steady.forward(args[0])  # (it takes slow_forward unless the call is steady)
+        return self.slow_forward(args)
+
+    def slow_forward(self, args: tuple, hooks_done: bool = False) -> Any:
+        """The general forward (`hooks_done`: the steady path ran the hooks already); plans the
+        steady path for the next call like this one."""
+        self.steady = None
+        exe, _leaves, record = self._run(args, n_diff_args=1, hooks_done=hooks_done)
         outs = record.outputs
         if exe.out_tree == LEAF:
             output = outs[0]
@@ -109,11 +125,14 @@ class Runtime:
         object.__setattr__(self.module, "output", output)  # (a field: no registration check)
         return output
 
-    def _run(self, args: tuple, n_diff_args: int) -> tuple[Executable, list, Record]:
+    def _run(
+        self, args: tuple, n_diff_args: int, hooks_done: bool = False
+    ) -> tuple[Executable, list, Record]:
         root = self.module
         hooks, stateful = self._tree()
-        for hook in hooks:
-            hook()
+        if not hooks_done:
+            for hook in hooks:
+                hook()
         if len(args) == 1 and type(args[0]) is np.ndarray:
             leaves, tree = [args[0]], (LEAF,)  # (what flatten gives for one array)
         else:
@@ -172,6 +191,8 @@ class Runtime:
             self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
+            if n_diff_args == 1:
+                self.steady = plan(self, exe, args, leaves, hooks, stateful)
         return exe, leaves, record
 
     def _release_previous(self, exe: Executable) -> None:
@@ -240,7 +261,10 @@ class Runtime:
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
                 object.__setattr__(m, "output", value)  # (a field: no registration check)
             if by_steps is not None:  # a recurrent module's fields, grouped once per program
-                outputs, inputs, states = by_steps
+                if mode == "sequence":  # made into step rows when first read
+                    m._write_pending(Pending(outs, by_steps), by_steps[3])
+                    continue
+                outputs, inputs, states, _ = by_steps
                 m._write_steps(
                     _gather(outs, outputs),
                     _gather(outs, inputs),
@@ -262,6 +286,11 @@ class Runtime:
     def backward(
         self, input: Any, grad_output: Any, n_diff_args: int = 1, need_grad_input: bool = True
     ) -> Any:
+        steady = self.steady
+        if steady is not None and n_diff_args == 1:
+            grad_input = steady.backward(input, grad_output, need_grad_input)
+            if grad_input is not MISS:
+                return grad_input
         record = self._next_record(input)
         exe = record.exe
         if not exe.history_mode:  # Torch7: backward uses the input it is given
@@ -381,82 +410,6 @@ class Runtime:
                 g = None
             seeds.append(g)
         return seeds
-
-
-def _write_plan(exe: Executable) -> list:
-    """`exe.probe_plan()` sorted out once per program: per module, its last "output" probe
-    (field, tree, start, stop) or None, its single-array field probes (field, step, position),
-    and the rest (stacked loop fields, tables) as probe_plan gives them. A call then writes
-    the fields without testing each probe (fields go to different lists per name, so the
-    order between kinds does not matter; _write_fields orders each by step)."""
-    plan = getattr(exe, "_write_plan", None)
-    if plan is None:
-        plan = []
-        for m, items in exe.probe_plan():
-            output, leaves, others = None, [], []
-            for name, t, tree, pos, stop in items:
-                if name == "output" and not isinstance(t, Stacked):
-                    output = (name, tree, pos, stop)
-                elif tree == LEAF and not isinstance(t, Stacked):
-                    leaves.append((name, t, pos))
-                else:
-                    others.append((name, t, tree, pos, stop))
-            plan.append((m, output, leaves, others, _by_steps(m, leaves, others)))
-        exe._write_plan = plan
-    return plan
-
-
-def _by_steps(m: Any, leaves: list, others: list) -> tuple | None:
-    """(outputs, inputs, [(state name, sources)]), each field's sources in step order as
-    _write_fields orders them (see _gather), where m's class writes its fields by `_write_steps`
-    and every field is single arrays per step or a loop's stacked rows (nn.rolled.Stacked)
-    whose steps do not interleave with the field's other sources; else None."""
-    if not (leaves or others) or not getattr(type(m)._write_fields, "by_steps", False):
-        return None
-    fields: dict[str, list] = {}  # name -> [(first step, last step, position, rows)]
-    for name, t, pos in leaves:
-        if not isinstance(t, int):
-            return None
-        fields.setdefault(name, []).append((t, t, pos, None))
-    for name, at, tree, pos, stop in others:
-        if not isinstance(at, Stacked) or tree != LEAF or stop != pos + 1 or at.n < 1:
-            return None
-        last = at.start + (at.n - 1) * at.stride
-        fields.setdefault(name, []).append((at.start, last, pos, -1 if at.reverse else 1))
-    odd = [name for name in fields if name not in ("outputs", "inputs")]
-    if any(not name.startswith("state:") or name[6:] not in m.state_names for name in odd):
-        return None  # (_write_fields raises on such a field, as it did)
-    ordered = {}
-    for name, sources in fields.items():
-        sources.sort(key=lambda s: s[0])
-        if any(a[1] >= b[0] for a, b in pairwise(sources)):
-            return None  # interleaved steps: _write_fields sorts them item by item
-        if all(rows is None for *_, rows in sources):
-            ordered[name] = tuple(pos for _, _, pos, _ in sources)
-        else:
-            ordered[name] = [(pos, rows) for _, _, pos, rows in sources]
-    return (
-        ordered.get("outputs", ()),
-        ordered.get("inputs", ()),
-        [(state, ordered.get("state:" + state, ())) for state in m.state_names],
-    )
-
-
-def _gather(outs: tuple, sources: tuple | list) -> list:
-    """A field's values in step order: a tuple of output positions (one array per step), or
-    a list of (position, rows): rows None one array, 1 a loop's stacked steps split into row
-    views (NumPy's own iteration), -1 the same stacked in reverse (a reverse loop)."""
-    if type(sources) is tuple:
-        return [outs[k] for k in sources]
-    if len(sources) == 1 and sources[0][1] == 1:
-        return list(outs[sources[0][0]])
-    values: list = []
-    for pos, rows in sources:
-        if rows is None:
-            values.append(outs[pos])
-        else:
-            values += list(outs[pos] if rows == 1 else outs[pos][::-1])
-    return values
 
 
 def _has_hook(m: Any) -> bool:

@@ -229,15 +229,19 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     return variant, grads
 
 
-def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
+def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = None) -> None:
     """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
     tapped variant, from copies of this call's arguments and seeds (a later parameter update or
-    refilled input buffer must not change what the backward saw)."""
+    refilled input buffer must not change what the backward saw). `modules`: the program's
+    recurrent modules (`_recurrent_steps`), when the caller has them."""
     exe = record.exe
-    modules = list(_recurrent_steps(exe))
+    if modules is None:
+        modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    args, seeds = [_copy(a) for a in record.args], [_copy(g) for g in seeds]
+    ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
+    args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
+    seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
     leaves, starts = record.leaves, record.starts
 
     def compute() -> None:
@@ -250,7 +254,7 @@ def later_tap_grads(rt: Any, record: Any, seeds: list) -> None:
         store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs) :]), [])
 
     for m in modules:
-        m._grad_hidden = compute
+        m.__dict__["_grad_hidden"] = compute  # (a plain field: no registration check)
 
 
 def tap_copy_bytes(exe: Any) -> int:

@@ -1,0 +1,234 @@
+"""The steady-state fast path of a module call (issue 19): a call whose signature equals the
+previous call's (one array input of the same shape and dtype, the same parameters' arrays, mode,
+model dtype and initial-state kinds) runs its compiled program again without re-deriving what
+cannot have changed -- no flattening, signature, cache lookup or record checks -- and its
+backward (the same input array, one output gradient of the output's shape and dtype, no
+set_grad_hidden_state pending) goes straight to the backward program. Everything else takes
+nn.runtime's general path, which plans the next steady call (`plan`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .binding import _state_signature
+from .packing import VERSION
+from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
+from .tree import LEAF
+from .write_plan import Pending, write_plan
+
+MISS = object()  # a steady backward that must take the general path
+
+
+class Steady:
+    """What the last general forward derived, for calls with its signature (see module doc)."""
+
+    def __init__(
+        self, rt: Any, exe: Any, x: np.ndarray, hooks: list, stateful: list, states: tuple
+    ):
+        root = rt.module
+        self.rt, self.root, self.exe = rt, root, exe
+        self.version = VERSION[0]  # parameters' arrays, hooks, stateful modules: all as then
+        self.shape, self.dtype = x.shape, x.dtype
+        self.training, self.root_dtype = root.is_training, root._dtype
+        self.hooks = hooks
+        # per stateful module: its initial state's kind as the hooks left it (_state_signature),
+        # and whether that is "none" of the built-in kind (checked inline)
+        self.stateful = [(m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)]
+        self.recurrent = exe.recurrent
+        self.pair = exe.compile_training() if root.is_training else None
+        self.program = self.pair.forward if self.pair is not None else exe.compile_forward()
+        node = exe.diff_outputs[0]
+        self.gshape, self.gdtype = node.shape, node.dtype
+        self.n_kept = exe.n_out + len(exe.extras)  # (Record.outputs; the rest is saved)
+        self.cut_modules = list(_recurrent_steps(exe))  # set_grad_hidden_state is read there
+        self.args, self.data_at, self.dynamic = _bind_plan(exe, x)
+        self.fields = _fields_plan(exe)
+        self.grads = [exe.params[k].grad for k in exe.packing.loose]  # (the same while VERSION)
+        self.groups = exe.packing.groups
+
+    def forward(self, x: Any) -> Any:
+        rt, root = self.rt, self.root
+        if (
+            type(x) is not np.ndarray
+            or x.shape != self.shape
+            or x.dtype != self.dtype
+            or VERSION[0] != self.version
+            or root.is_training is not self.training
+            or root._dtype != self.root_dtype
+        ):
+            return rt.slow_forward((x,))
+        for hook in self.hooks:
+            hook()
+        for m, signature, none in self.stateful:  # the initial states' kinds: as planned
+            if none:  # no initial state (_state_signature inlined)
+                fields = m.__dict__
+                if (
+                    fields["_state"] is not None
+                    or fields["_user_initial"] is not None
+                    or fields["_mask_zero"] != signature[2]
+                ):
+                    return rt.slow_forward((x,), hooks_done=True)
+            elif _state_signature(m) != signature:
+                return rt.slow_forward((x,), hooks_done=True)
+        exe = self.exe
+        rt.last = exe
+        starts = [(m, m._state, m._user_initial) for m in self.recurrent]
+        leaves = [x]
+        args = self.args.copy()  # the parameters' arrays (the same while VERSION is)
+        args[self.data_at] = x
+        for k, bind in self.dynamic:  # dropout masks drawn, states read, per call
+            args[k] = bind(leaves)
+        rt._release_previous(exe)
+        outs = _run(self.program, args)
+        record = rt.record_type(exe, leaves, args, outs, saving=self.training)
+        record.starts = starts
+        if self.fields is None:
+            rt._write_back(exe, record, False)
+        else:
+            self._write_back(record.outputs)
+        rt.history = [record]
+        output = record.outputs[0]
+        root.__dict__["output"] = output  # (a field: no registration check)
+        return output
+
+    def _write_back(self, outs: tuple) -> None:
+        """Runtime._write_back of a Sequencer call, from the plan `_fields_plan` made."""
+        finals, outputs, pending = self.fields
+        for m, positions in finals:
+            state = []
+            for k in positions:  # (runtime._own: a view of a slab is copied)
+                s = outs[k]
+                base = s.base
+                state.append(s.copy() if base is not None and base.nbytes > s.nbytes else s)
+            m._store_state(tuple(state))
+        for m, pos in outputs:
+            m.__dict__["output"] = outs[pos]
+        for m, steps in pending:
+            m._write_pending(Pending(outs, steps), steps[3])
+
+    def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
+        """grad_input, or MISS (nothing done) when the call is not the steady one."""
+        history = self.rt.history
+        if len(history) != 1:
+            return MISS
+        record = history[0]
+        if (
+            record.exe is not self.exe
+            or record.saved is None  # an evaluation forward, or a second backward
+            or input is not record.leaves[0]
+            or type(grad_output) is not np.ndarray
+            or grad_output.shape != self.gshape
+            or grad_output.dtype != self.gdtype
+            or VERSION[0] != self.version
+            or any(m._extra_state_grads for m in self.cut_modules)
+        ):
+            return MISS
+        exe, pair = self.exe, self.pair
+        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
+        program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
+        args = record.args
+        saved.append(grad_output)
+        saved += [args[k] for k in pair.reads]
+        grads = _run(program, saved)
+        del saved
+        first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
+        n_loose = len(self.grads)
+        if exe.state_wrt:  # a user-set initial state's gradient
+            start = first + n_loose + len(self.groups)
+            store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
+        record.done = True
+        _accumulate(self.grads, self.groups, grads, first)
+        grad_input = grads[0] if need_grad_input else None
+        del grads  # the parameter gradients are accumulated: freed before the copies below
+        if self.cut_modules:  # copies for a lazy get_grad_hidden_state
+            later_tap_grads(self.rt, record, [grad_output], self.cut_modules)
+        self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
+        return grad_input
+
+
+def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: list) -> Any:
+    """A Steady for calls like this general one, or None where the fast path does not apply:
+    step-wise use (history), several or nested inputs, a table output, several seeds (final
+    states, REINFORCE), an input that is not differentiated (integers), or an input the general
+    path converted (its dtype or a list)."""
+    if (
+        exe.history_mode
+        or len(args) != 1
+        or type(args[0]) is not np.ndarray
+        or len(leaves) != 1
+        or leaves[0] is not args[0]
+        or exe.out_tree != LEAF
+        or exe.reinforce
+        or exe.seeded != [0]
+        or exe.data_wrt != [0]
+    ):
+        return None
+    return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
+
+
+def _plain_state(m: Any) -> bool:
+    """m keeps its initial state as AbstractRecurrent does (fields `_state`, `_user_initial`,
+    a bool `_mask_zero`; its `_initial_state_arrays` marked `plain`)."""
+    own = getattr(type(m)._initial_state_arrays, "plain", False)
+    fields = m.__dict__
+    return own and "_state" in fields and type(fields.get("_mask_zero")) is bool
+
+
+def _accumulate(loose: list, groups: list, grads: tuple, first: int) -> None:
+    """packing.Packing.accumulate, the loose parameters' gradient arrays planned (a function:
+    no loop variable keeps the last gradient alive through the copies after it)."""
+    n = len(loose)
+    for grad, g in zip(loose, grads[first : first + n]):
+        grad += g
+    for group, g in zip(groups, grads[first + n :]):
+        group.accumulate(g)
+
+
+def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
+    """(arguments with the parameters' arrays bound, the data input's position, [(position,
+    binder)] of the arguments bound per call: dropout masks, states, a block whose member was
+    rebound (its members concatenated per call))."""
+    args = exe.bind([x])
+    dynamic, data_at = [], 0
+    blocks = {g.input: g for g in exe.packing.groups}
+    for k, (node, bind) in enumerate(zip(exe.arg_nodes, exe.binders)):
+        if node.kind == "data":
+            data_at = k
+        elif node.kind != "param" or (node in blocks and not blocks[node].block.intact):
+            dynamic.append((k, bind))
+    for k in [data_at] + [k for k, _ in dynamic]:  # (bound per call: this call's not kept)
+        args[k] = None
+    return args, data_at, dynamic
+
+
+def _fields_plan(exe: Any) -> tuple | None:
+    """(final states [(module, positions)], `output` fields [(module, position)], pending
+    per-step fields [(module, by_steps plan)]) of Runtime._write_back in "sequence" mode, or None
+    where a module has fields only the general write-back writes (tables, unplanned steps)."""
+    outputs, pending = [], []
+    for m, output, leaves, others, by_steps in write_plan(exe):
+        if output is not None:
+            _, tree, pos, _ = output
+            if tree != LEAF:
+                return None
+            outputs.append((m, pos))
+        if by_steps is not None:
+            pending.append((m, by_steps))
+        elif leaves or others:
+            return None
+    return exe.final_plan(), outputs, pending
+
+
+def _run(compiled: Any, args: list) -> tuple:
+    """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program: its
+    `run` is `_run`) called directly: it reads no NumPy error state. A failure runs it again
+    through `run`, which names the failing node."""
+    fn = compiled.program.fn
+    if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
+        return compiled.run(args)
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
+        return compiled.run(args)
