@@ -158,11 +158,11 @@ ONE_bool, ZERO_bool = True, False
 )
 
 
-def _sigmoid_lines(j: int | str, x: str, dt: str) -> list[str]:
+def _sigmoid_lines(j: int | str, x: str, dt: str, vector: bool = True) -> list[str]:
     """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
     written out (an inlined helper costs numba an inlining pass per kernel at compile time);
-    float32 through vecmath's vectorisable exp."""
-    if dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
+    float32 through vecmath's vectorisable exp (with `vector`; else libm's expf)."""
+    if vector and dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
         return VECTOR_FLOAT32["sigmoid"](f"s{j}", x, f"v{j}")
     one, zero = _typed(dt, 1), _typed(dt, 0)
     return [
@@ -192,8 +192,10 @@ def _loads(operands: list[tuple[tuple, Any]], out_shape: tuple, rows: bool) -> l
     return loads
 
 
-def _body(program: tuple, loads: list[tuple]) -> list[str]:
-    """The group's instructions as scalar lines; the result is in the last line's v{j}."""
+def _body(program: tuple, loads: list[tuple], vector: bool = True) -> list[str]:
+    """The group's instructions as scalar lines; the result is in the last line's v{j}.
+    `vector`: float32 exp/tanh/sigmoid as vecmath's vectorisable arithmetic (else libm's
+    scalar expf/tanhf: a few lines instead of ~15 each, for the 2-D kernels' fallback nest)."""
     lines: list[str] = []
     values: list[tuple[str, str]] = []
     for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
@@ -202,8 +204,8 @@ def _body(program: tuple, loads: list[tuple]) -> list[str]:
         casts = op in _CASTS_OPERANDS and dt != "bool"
         xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
         if op == "sigmoid":
-            lines += _sigmoid_lines(j, xs[0], dt)
-        elif op in VECTOR_FLOAT32 and dt == "float32":
+            lines += _sigmoid_lines(j, xs[0], dt, vector)
+        elif vector and op in VECTOR_FLOAT32 and dt == "float32":
             lines += VECTOR_FLOAT32[op](f"t{j}", xs[0], f"v{j}")
         else:
             lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
@@ -238,7 +240,9 @@ def kernel_source(
     idx = [f"i{d}" for d in range(ndim)]
     target = f"out[{', '.join(idx) if idx else '()'}]"
     plain = _loads(operands, out_shape, rows=False)
-    lines = _body(program, plain)
+    # (a 2-D output's plain nest is the rare fallback: scalar libm there, so numba compiles the
+    # long vecmath lines once -- 0.5 s less per kernel, BENCHMARKS.md hcold2)
+    lines = _body(program, plain, vector=ndim != 2)
     result = f"v{len(program) - 1}"
     text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
     if ndim == 2:
