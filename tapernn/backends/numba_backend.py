@@ -307,25 +307,51 @@ def _load(source: str) -> Callable:
     return module.kernel
 
 
-def _warm(kernel: Callable, operands: list[tuple[tuple, Any]], out: tuple[int, Any]) -> None:
+def _warm(handle: Kernel, operands: list[tuple[tuple, Any]], out: tuple[int, Any]) -> None:
     """Compile (or load from numba's cache) the C-contiguous specialisation now, so a kernel
     that does not compile is found at compile time: size-1 operands index only position 0."""
+    from .background import type_key
+
     args = [np.zeros((1,) * len(s), d) for s, d in operands]
-    kernel(*args, np.zeros((1,) * out[0], out[1]))
+    args.append(np.zeros((1,) * out[0], out[1]))
+    handle._make(type_key(tuple(args)), False)
+    handle.kernel(*args)
 
 
 class Kernel:
     """One generated kernel (shared by every group of the same structure in every program):
     its module loaded from the cache directory, and the argument types it is compiled for."""
 
-    def __init__(self, source: str, operands: list[tuple[tuple, Any]], out: tuple[int, Any]):
+    def __init__(
+        self,
+        source: str,
+        operands: list[tuple[tuple, Any]],
+        out: tuple[int, Any],
+        inplace: int | None = None,
+    ):
         self.source, self.operands, self.out = source, operands, out
         self.kernel: Callable | None = None
         self.error = ""  # why it could not be made (its groups then run on NumPy)
-        self.types: set[tuple] = set()  # background.type_key of the compiled signatures
+        self.types: set[tuple] = set()  # general() of the compiled signatures' type_keys
+        # a 2-D kernel reads rows through c_row whatever its arrays' layout: ONE specialisation
+        # (arrays typed "A", inputs read-only) serves every layout and write flag -- each was
+        # one more cold compile (~0.5 s; FastLSTM (32,50,256): 11 -> 8) -- and numba's
+        # dispatcher, its compiling disabled, converts a call's arrays to it (same call cost)
+        self.one_signature = out[0] == 2
+        self.inplace = inplace  # (the operand written through: stays writable)
+
+    def general(self, key: tuple | None) -> tuple | None:
+        """The signature `key` (background.type_key) is compiled as."""
+        if key is None or not self.one_signature:
+            return key
+        last = len(key) - 1
+        return tuple(
+            (dt, nd, "A" if nd else layout, ro or (k < last and k != self.inplace))
+            for k, (dt, nd, layout, ro) in enumerate(key)
+        )
 
     def has(self, key: tuple | None) -> bool:
-        return self.kernel is not None and (key is None or key in self.types)
+        return self.kernel is not None and (key is None or self.general(key) in self.types)
 
     def prepare(self, key: tuple | None = None, warm: bool = False) -> Callable | None:
         """Load the kernel (and compile it for `key`, or for C-contiguous arrays with `warm`);
@@ -337,7 +363,7 @@ class Kernel:
                 try:
                     return self._make(key, warm)
                 except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
-                    why = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    why = f"numba failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 # once more without numba's cache files, if any (a corrupt one fails the load)
                 self.kernel, self.types = None, set()
                 if attempt == 2 or not _drop_numba_cache(self.source):
@@ -349,11 +375,16 @@ class Kernel:
         if self.kernel is None:
             self.kernel = _load(self.source)
         if warm:
-            _warm(self.kernel, self.operands, self.out)
+            _warm(self, self.operands, self.out)
+        key = self.general(key)
         if key is not None and key not in self.types:
             from .background import numba_signature
 
-            self.kernel.compile(numba_signature(key))
+            self.kernel.disable_compile(False)
+            try:
+                self.kernel.compile(numba_signature(key))
+            finally:  # (compiled only here, for general() types: calls convert)
+                self.kernel.disable_compile(self.one_signature and bool(self.kernel.signatures))
             self.types.add(key)
         return self.kernel
 
@@ -411,7 +442,8 @@ def plan_kernel(
     with _lock:
         handle = _kernels.get(source)
         if handle is None:
-            handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
+            out = (len(out_shape), out_dtype)
+            handle = _kernels[source] = Kernel(source, operands, out, inplace)
     if background:
         return (None, handle.error) if handle.error else (handle, "")
     if handle.prepare() is None:  # loaded now; compiled at the first call, for its types
