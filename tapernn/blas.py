@@ -83,8 +83,9 @@ def set_blas_threads(n: int | str | None) -> None:
     """BLAS threads while tapernn's compiled programs run.
 
     "auto" (the default): one thread for programs whose largest matmul is below
-    SMALL_GEMM_FLOPS (an RNN's small GEMMs lose more to thread hand-offs than they gain), the
-    pool as it is otherwise, and always the pool as it is when the user set OPENBLAS_NUM_THREADS,
+    SMALL_GEMM_FLOPS, or whose smaller matmuls (a loop body's counted per step) have more than a
+    tenth of the big ones' flops (an RNN's small GEMMs lose more to thread hand-offs than they
+    gain: BIG_SHARE), the pool as it is otherwise, and always the pool as it is when the user set OPENBLAS_NUM_THREADS,
     OMP_NUM_THREADS, MKL_NUM_THREADS or BLIS_NUM_THREADS. An int: that many threads for every
     program. None: never touch the pool. Uses threadpoolctl when installed (any BLAS), else
     OpenBLAS's own setter.
@@ -107,6 +108,35 @@ def largest_gemm_flops(nodes: Iterable) -> float:
         ),
         default=0.0,
     )
+
+
+# A program runs with the pool's threads only when its GEMMs of at least SMALL_GEMM_FLOPS carry
+# BIG_SHARE times the flops of its smaller ones (a loop body's counted once per step): threads
+# gain at most ~1.4x on the big GEMMs (0.7x measured at 1024^2) and lose 3.6-7.6x on the small
+# ones (a Sequencer(LSTM(256)) at (73, 32) has 1.2 GFLOP time-batched GEMMs and a loop of
+# (32, 256) GEMMs: with the pool's 2 threads its step ran 4-15x slower under load).
+BIG_SHARE = 10.0
+
+
+def thread_flops(nodes: Iterable) -> float:
+    """The largest GEMM's flops (what `program_threads` takes) when the big GEMMs dominate
+    `nodes`' matmul work (see BIG_SHARE), else 0.0 (a program of small GEMMs)."""
+    small = big = 0.0
+    largest = 0.0
+    stack = [(nodes, 1)]
+    while stack:
+        group, times = stack.pop()
+        for n in group:
+            if n.op == "scan":
+                stack.append((n.attrs["body"].nodes, times * n.attrs["length"]))
+            elif n.op == "matmul":
+                f = largest_gemm_flops([n])
+                largest = max(largest, f)
+                if f >= SMALL_GEMM_FLOPS:
+                    big += f * times
+                else:
+                    small += f * times
+    return largest if big >= BIG_SHARE * small else 0.0
 
 
 def _user_env_check():

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .blas import largest_gemm_flops, limiter, program_threads
+from .blas import largest_gemm_flops, limiter, program_threads, thread_flops
 from .codegen import Program, fused_scratch, nested
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
@@ -47,6 +47,8 @@ class Compiled:
             [largest_gemm_flops(graph.nodes)]
             + [loop.largest_gemm_flops for loop in self.report.loops]
         )
+        # what the BLAS thread choice reads: 0.0 unless big GEMMs dominate (blas.BIG_SHARE)
+        self.thread_flops = thread_flops(graph.nodes)
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
         if self.program.backend == "numba" and not nested():
             from .backends import numba_program
@@ -66,8 +68,8 @@ class Compiled:
 
     def run(self, args: Sequence[np.ndarray]) -> tuple:
         """Run on already-checked arrays (the fast path modules use), with the BLAS threads
-        `tn.set_blas_threads` picks for this program's largest matmul."""
-        threads = program_threads(self.largest_gemm_flops)
+        `tn.set_blas_threads` picks for this program's matmuls (blas.thread_flops)."""
+        threads = program_threads(self.thread_flops)
         if threads is None:
             return self._run(args)
         limiter.enter(threads)  # (not a `with`: its generator costs microseconds per call)

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,8 +16,18 @@ def pytest_configure(config):
     import tapernn as tn
 
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
+    # the layout rule's decisions (passes/layout_cache) go to a file of this session: tests that
+    # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs
+    cache = os.path.join(tempfile.mkdtemp(prefix="tapernn-tests-"), "layout-rule.json")
+    os.environ["TAPERNN_LAYOUT_CACHE"] = cache
     os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
     tn.set_backend(os.environ["TAPERNN_BACKEND"])
+
+
+def pytest_unconfigure(config):
+    cache = os.environ.get("TAPERNN_LAYOUT_CACHE", "")
+    if os.path.basename(os.path.dirname(cache)).startswith("tapernn-tests-"):
+        shutil.rmtree(os.path.dirname(cache), ignore_errors=True)
 
 
 @pytest.fixture

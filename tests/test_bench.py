@@ -55,8 +55,13 @@ def test_ablation_of_another_cell(bench, capsys):
     out = capsys.readouterr().out
     assert "Pass ablation, Sequencer(LSTM(peephole=False))" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("DEFAULT (", "- "))]
-    assert len(rows) == len(passes.DEFAULT) + 2 and "not available" not in out
-    assert rows[-1].strip().startswith("- parameter blocks")
+    assert len(rows) == len(passes.DEFAULT) + 3 and "not available" not in out
+    assert rows[-2].strip().startswith("- parameter blocks")
+    # issue 16's rolled-vs-unrolled row: the same passes on the unroll=True program, whose
+    # kernels grow with T (5 steps here) where the rolled program's body is compiled once
+    assert rows[-1].strip().startswith("- rolled loops (unroll=True)")
+    rolled, unrolled = (int(r.split()[-2]) for r in (rows[0], rows[-1]))
+    assert unrolled > rolled, (rows[0], rows[-1])
 
 
 def test_failing_contender_is_disabled_with_its_error(bench):

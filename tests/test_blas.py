@@ -63,7 +63,7 @@ def test_small_programs_run_with_one_thread_and_restore_the_pool(two_threads):
 @needs_pool
 def test_big_gemms_explicit_counts_none_and_env_vars(two_threads, monkeypatch):
     big = program(8)
-    big.largest_gemm_flops = blas.SMALL_GEMM_FLOPS  # as if 1024x1024
+    big.thread_flops = blas.SMALL_GEMM_FLOPS  # as if one 1024x1024 GEMM
     seen = spy(big)
     big(np.ones((8, 8)), np.ones((8, 8)))
     tn.set_blas_threads(None)
@@ -94,3 +94,34 @@ def test_module_steps_use_the_default():
 def test_set_blas_threads_rejects_bad_counts(bad):
     with pytest.raises(tn.TapernnError, match="positive int, 'auto' or None"):
         tn.set_blas_threads(bad)
+
+
+def loop_and_gemm(steps: int, n_big: int):
+    """A program with a scan of `steps` small GEMMs (h @ U, (32, 256) @ (256, 256): 4.2 MFLOP
+    each) and one top-level (n_big, n_big) @ (n_big, n_big) GEMM."""
+    rng = np.random.default_rng(0)
+    h0, xs = rng.standard_normal((32, 256)), rng.standard_normal((steps, 32, 256))
+    u, a = rng.standard_normal((256, 256)) * 0.05, rng.standard_normal((n_big, n_big))
+    step = tn.trace(lambda h, x, u: [tn.tanh(x + h @ u)] * 2, h0, xs[0], u)
+
+    def f(h0, xs, u, a):
+        return [tn.scan(step, [h0], [xs], [u]).ys[0], a @ a]
+
+    return tn.compile(tn.trace(f, h0, xs, u, a)), (h0, xs, u, a)
+
+
+@needs_pool
+def test_a_loop_of_small_gemms_runs_with_one_thread_beside_a_big_gemm(two_threads):
+    """A rolled Sequencer at (T*B, H) = (73*32, 256) has time-batched GEMMs over 1 GFLOP and a
+    loop of (32, 256) GEMMs: run with the pool's threads, its loop ran 4-15x slower under load.
+    A program's small GEMMs (loop bodies counted per step) outweighing a tenth of the big
+    ones' flops keep it on one thread; a big GEMM with little else around gets the pool."""
+    busy, args = loop_and_gemm(400, 1024)  # 400 x 4.2 MFLOP in the loop vs 2.1 GFLOP
+    assert busy.largest_gemm_flops >= blas.SMALL_GEMM_FLOPS
+    seen = spy(busy)
+    busy(*args)
+    assert seen == [[1] * len(pools)]
+    lone, args = loop_and_gemm(4, 1024)  # 4 x 4.2 MFLOP vs 2.1 GFLOP: the big GEMM's program
+    seen = spy(lone)
+    lone(*args)
+    assert seen == [[2] * len(pools)]

@@ -209,6 +209,13 @@ def test_inference_forward_and_tn_compile(rng):
     np.testing.assert_allclose(ys[0], ys[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """Faked timings decide into a file of the test's own (not the session's)."""
+    monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(tmp_path / "layout-rule.json"))
+
+
+@pytest.mark.usefixtures("own_cache")
 def test_auto_rule_times_once_and_says_why(monkeypatch):
     calls = []
 
@@ -271,6 +278,7 @@ def test_feature_major_on_each_backend(name, backend, rng):
 
 
 @pytest.mark.parametrize("ratio, pick", [(0.5, "feature"), (0.8, "batch"), (1.2, "batch")])
+@pytest.mark.usefixtures("own_cache")
 def test_auto_rule_needs_a_large_gemm_advantage(ratio, pick, monkeypatch):
     monkeypatch.setattr(layout_rule, "time_orientations", lambda b, k, n, d: (1.0, ratio))
     monkeypatch.setattr(layout_rule, "_DECIDED", {})

@@ -1,15 +1,19 @@
 """The "auto" layout rule (issue 19): time the loop's recurrent GEMMs in both orientations once
-per (shapes, dtype, BLAS) and keep the answer for the process (FFTW-style planning); tiny
-GEMMs stay batch-major without timing (Python overhead, not the GEMM, is their cost)."""
+per (shapes, dtype, BLAS) and keep the answer for the process and on disk (FFTW-style planning,
+wisdom included: passes/layout_cache); tiny GEMMs stay batch-major without timing (Python
+overhead, not the GEMM, is their cost)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
 
 import numpy as np
 
-from ..blas import blas_threads, program_threads
+from ..blas import limiter, program_threads
 from ..graph import Graph
+from . import layout_cache
 
 MIN_FLOPS = 2_000_000  # a recurrent GEMM pair smaller than this is not timed: batch-major
 # Feature-major is picked when its GEMMs take under MARGIN of batch-major's, in two rounds of
@@ -34,7 +38,8 @@ def recurrent_gemms(body: Graph, nc: int) -> list[tuple[int, int, int]]:
 
 
 def choose(body: Graph, nc: int) -> tuple[str, str]:
-    """("batch" | "feature", why) for the loop over `body`."""
+    """("batch" | "feature", why) for the loop over `body`: decided once per (GEMMs, dtype, BLAS
+    threads) in the process, and kept on disk for later processes (layout_cache)."""
     gemms = recurrent_gemms(body, nc)
     dtype = np.dtype(body.outputs[0].dtype if body.outputs else np.float64)
     if not gemms:
@@ -42,28 +47,45 @@ def choose(body: Graph, nc: int) -> tuple[str, str]:
     flops = sum(4 * b * k * n for b, k, n in gemms)  # forward and backward products
     if flops < MIN_FLOPS:
         return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
-    key = (tuple(gemms), dtype.str, _blas())
+    counts = tuple(sorted(Counter(gemms).items()))
+    threads = program_threads(max(2 * b * k * n for b, k, n in gemms))  # as the loop runs
+    key = (counts, dtype.str, threads, _blas())
     if key not in _DECIDED:
-        largest = max(2 * b * k * n for b, k, n in gemms)
-        rounds = []
-        with blas_threads(program_threads(largest)):  # as the compiled loop will run
-            for _ in range(2):
-                times = [time_orientations(b, k, n, dtype) for b, k, n in gemms]
-                rounds.append((sum(t[0] for t in times), sum(t[1] for t in times)))
-        pick = "feature" if all(f < MARGIN * b for b, f in rounds) else "batch"
-        tb, tf = min(r[0] for r in rounds), min(r[1] for r in rounds)
-        shown = ", ".join(f"({b}, {k}) @ ({k}, {n})" for b, k, n in gemms)
-        why = (
-            f"{shown} {dtype.name}, forward + backward GEMMs measured: batch-major "
-            f"{tb * 1e6:.0f} us, feature-major {tf * 1e6:.0f} us (feature-major below "
-            f"{MARGIN:.0%} of batch-major in both rounds: {pick == 'feature'})"
-        )
-        _DECIDED[key] = (pick, why)
+        disk = layout_cache.key(counts, dtype.str, key[2:])
+        found = layout_cache.lookup(disk)
+        if found is not None:
+            _DECIDED[key] = (found[0], f"{found[1]}; decided by an earlier process")
+        else:
+            _DECIDED[key] = _measure(counts, dtype, threads)
+            layout_cache.store(disk, *_DECIDED[key])
     return _DECIDED[key]
 
 
+def _measure(counts: tuple, dtype: np.dtype, threads: int | None) -> tuple[str, str]:
+    """Time each distinct GEMM (weighted by how often the body has it) in both orientations;
+    feature-major when it is under MARGIN of batch-major in two rounds (a first round that is
+    not ends it: the second could not change the pick)."""
+    rounds = []
+    with limiter.limit(threads) if threads is not None else contextlib.nullcontext():
+        for _ in range(2):
+            times = [(c, time_orientations(b, k, n, dtype)) for (b, k, n), c in counts]
+            rounds.append((sum(c * t[0] for c, t in times), sum(c * t[1] for c, t in times)))
+            if not rounds[-1][1] < MARGIN * rounds[-1][0]:
+                break
+    pick = "feature" if len(rounds) == 2 and all(f < MARGIN * b for b, f in rounds) else "batch"
+    tb, tf = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    shown = ", ".join(
+        f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
+    )
+    return pick, (
+        f"{shown} {dtype.name}, forward + backward GEMMs measured: batch-major "
+        f"{tb * 1e6:.0f} us, feature-major {tf * 1e6:.0f} us (feature-major below "
+        f"{MARGIN:.0%} of batch-major in both rounds: {pick == 'feature'})"
+    )
+
+
 def _blas() -> tuple:
-    """The BLAS as a cache key: its libraries' thread counts (the numpy build is the process's)."""
+    """The BLAS pools' thread counts now (the key of a decision made with the pool as it is)."""
     from ..blas import _openblas_libraries
 
     try:

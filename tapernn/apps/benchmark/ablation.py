@@ -1,6 +1,7 @@
 """The pass ablation of `tools/bench.py --ablation`: one Sequencer cell compiled with DEFAULT, with
-each pass removed in turn and without parameter blocks, timed interleaved; time, kernels per
-call and planned bytes."""
+each pass removed in turn, without parameter blocks, and unrolled (issue 16's rolled-vs-unrolled
+row: `unroll=True`, every step traced), timed interleaved; time, kernels per call and planned
+bytes."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from ...nn.packing import unpack_parameters
 from .timing import Contender, lstm_flops, tapernn_factories, time_interleaved
 
 
-def pass_variants() -> list[tuple[str, list, bool]] | str:
-    """(label, pass list, parameter blocks on): tapernn.passes.DEFAULT, DEFAULT with each pass
-    removed in turn, and DEFAULT over unpacked parameters (nn.packing)."""
+def pass_variants() -> list[tuple] | str:
+    """(label, pass list, parameter blocks on[, unroll]): tapernn.passes.DEFAULT, DEFAULT with
+    each pass removed in turn, DEFAULT over unpacked parameters (nn.packing), and DEFAULT on
+    the unrolled program (Sequencer unroll=True: the loop not rolled)."""
     try:
         from tapernn import passes
     except ImportError as exc:
@@ -27,11 +29,12 @@ def pass_variants() -> list[tuple[str, list, bool]] | str:
         label = f"- {name}" + (f" @{i}" if names.count(name) > 1 else "")  # which CSE entry
         variants.append((label, default[:i] + default[i + 1 :], True))
     variants.append(("- parameter blocks", default, False))
+    variants.append(("- rolled loops (unroll=True)", default, True, True))
     return variants
 
 
 def ablation(
-    variants: list[tuple[str, list, bool]],
+    variants: list[tuple],
     B: int,
     T: int,
     H: int,
@@ -44,7 +47,9 @@ def ablation(
         factory = tapernn_factories()[cell][0]
         if factory is None:
             raise ImportError(f"nn.{cell} missing")
-        seqs = [Sequencer(factory(H, H)).astype(dtype) for _ in variants]
+        seqs = [
+            Sequencer(factory(H, H), unroll=(v[3:] or (None,))[0]).astype(dtype) for v in variants
+        ]
         if not all(hasattr(s, "set_passes") and hasattr(s, "compile_report") for s in seqs):
             raise AttributeError("Sequencer has no set_passes/compile_report")
     except (ImportError, AttributeError) as exc:
@@ -54,7 +59,7 @@ def ablation(
     x = rng.standard_normal((T, B, H)).astype(dtype)
     grad_h = rng.standard_normal((T, B, H)).astype(dtype)
     contenders = []
-    for (label, pass_list, packed), seq in zip(variants, seqs):
+    for (label, pass_list, packed, *_), seq in zip(variants, seqs):
         seq.set_passes(list(pass_list))
         if not packed:
             unpack_parameters(seq)

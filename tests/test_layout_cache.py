@@ -1,0 +1,150 @@
+"""The layout rule's cost (issue 16: compile <= 0.2 s): decisions kept on disk across processes
+($TAPERNN_LAYOUT_CACHE; a corrupt, foreign or unwritable cache is ignored, never a crash), each
+distinct recurrent GEMM timed once, and a second round only when the first favours
+feature-major."""
+
+import json
+import os
+import subprocess
+import sys
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn.passes import layout_rule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh decision file, an empty process cache, and the GEMM timing recorded and faked
+    (`cache.ratio`: feature-major time / batch-major time)."""
+    path = tmp_path / "layout-rule.json"
+    monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(path))
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+
+    class Fake:
+        ratio = 0.5
+        calls: ClassVar[list] = []
+        file = path
+
+    def fake(b, k, n, dtype):
+        Fake.calls.append((b, k, n))
+        return 1.0, Fake.ratio
+
+    monkeypatch.setattr(layout_rule, "time_orientations", fake)
+    Fake.calls = []
+    return Fake
+
+
+def body(b=32, k=64, n=256, gemms=1):
+    """A loop body whose carry h (b, k) feeds `gemms` recurrent GEMMs h @ U_j, U_j (k, n)."""
+    h, u = np.ones((b, k)), np.ones((k, n))
+
+    def step(h, u):
+        z = h @ u
+        for _ in range(gemms - 1):
+            z = z + h @ (u * 2.0)
+        return [tn.tanh(z)[:, :k]]
+
+    return tn.trace(step, h, u)
+
+
+def test_a_second_process_reads_the_decision(cache):
+    pick, _ = layout_rule.choose(body(), 1)
+    assert pick == "feature" and len(cache.calls) == 2  # (faked: the real GEMMs tie)
+    data = json.loads(cache.file.read_text())
+    assert isinstance(data, dict) and data
+    # a fresh interpreter with the same shapes reads it: its timing would fail the test
+    code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from test_layout_cache import body\n"
+        "from tapernn.passes import layout_rule\n"
+        "def boom(*a): raise SystemExit('timed again')\n"
+        "layout_rule.time_orientations = boom\n"
+        "print(*layout_rule.choose(body(), 1), sep='|')\n"
+    )
+    env = dict(os.environ, TAPERNN_LAYOUT_CACHE=str(cache.file), PYTHONPATH=ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    pick, why = run.stdout.strip().split("|")
+    assert pick == "feature" and "earlier process" in why
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x00\xffnot json{", b'{"format": "tapernn-layout-rule/1", "entr', b"[1, 2, 3]", b'"x"'],
+    ids=["binary", "truncated", "a list", "a string"],
+)
+def test_a_corrupt_cache_file_is_ignored_and_replaced(cache, content):
+    cache.file.write_bytes(content)
+    pick, _ = layout_rule.choose(body(), 1)
+    assert pick == "feature" and cache.calls  # timed, no crash
+    layout_rule._DECIDED.clear()
+    cache.calls.clear()
+    assert layout_rule.choose(body(), 1)[0] == "feature"
+    assert not cache.calls  # read back from the rewritten file
+    json.loads(cache.file.read_text())
+
+
+def test_entries_of_another_format_or_machine_are_not_used(cache, monkeypatch):
+    from tapernn.passes import layout_cache
+
+    layout_rule.choose(body(), 1)
+    data = json.loads(cache.file.read_text())
+    layout_rule._DECIDED.clear()
+    cache.calls.clear()
+    cache.file.write_text(json.dumps(dict(data, format="tapernn-layout-rule/0")))
+    cache.ratio = 1.2
+    assert layout_rule.choose(body(), 1)[0] == "batch" and cache.calls  # timed again
+    layout_rule._DECIDED.clear()
+    cache.calls.clear()
+    monkeypatch.setattr(layout_cache, "machine", lambda: "another machine")
+    cache.ratio = 0.5
+    assert layout_rule.choose(body(), 1)[0] == "feature" and cache.calls
+    # both machines' decisions are kept side by side in the one file
+    assert len(json.loads(cache.file.read_text())["entries"]) == 2
+
+
+def test_an_unwritable_cache_or_off_is_no_crash_and_no_file(cache, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(blocker / "layout-rule.json"))
+    assert layout_rule.choose(body(), 1)[0] == "feature"
+    monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", "off")
+    layout_rule._DECIDED.clear()
+    assert layout_rule.choose(body(), 1)[0] == "feature"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_the_file_is_written_whole_with_no_temporaries_left(cache):
+    for k in (64, 96, 128):
+        layout_rule.choose(body(k=k), 1)
+    assert [p.name for p in cache.file.parent.iterdir()] == [cache.file.name]
+    assert len(json.loads(cache.file.read_text())["entries"]) == 3
+
+
+def test_equal_gemms_are_timed_once_and_batch_needs_one_round(cache):
+    cache.ratio = 1.2  # batch-major clearly: a second round could not make it feature-major
+    pick, why = layout_rule.choose(body(gemms=4), 1)
+    assert pick == "batch" and cache.calls == [(32, 64, 256)]
+    assert "4 x (32, 64) @ (64, 256)" in why
+    layout_rule._DECIDED.clear()
+    cache.calls.clear()
+    cache.ratio = 0.5  # feature-major needs both rounds under the margin
+    cache.file.unlink()
+    assert layout_rule.choose(body(gemms=4), 1)[0] == "feature"
+    assert cache.calls == [(32, 64, 256)] * 2
+
+
+def test_the_suite_never_writes_the_users_cache():
+    """conftest points $TAPERNN_LAYOUT_CACHE at a temporary file for the whole session."""
+    from tapernn.passes import layout_cache
+
+    home = os.path.join(os.path.expanduser("~"), ".cache")
+    assert not str(layout_cache.cache_path()).startswith(home)
