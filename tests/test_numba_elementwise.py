@@ -189,3 +189,32 @@ def test_lone_op_sites_in_the_background_first_call_numpy_then_kernel(dtype, mon
     tol = 1e-12 if dtype == np.float64 else 2e-7
     for got, want in zip(second, reference):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_a_2d_kernel_is_compiled_once_for_every_layout_and_write_flag():
+    """One specialisation per 2-D kernel: it reads rows through c_row whatever the layout, so
+    contiguous, strided (numba's "A") and read-only operands share the compile (each was one
+    more cold compile, ~0.5 s); results right for each, and an exact-layout compile never runs
+    (numba's dispatcher converts to the one signature)."""
+    from tapernn.backends import background, numba_backend
+
+    S, dtype = (6, 8), np.float32
+    program = (("tanh", (0,), (), S, dtype), ("mul", (-1, 1), (), S, dtype))
+    handle, why = numba_backend.plan_kernel(program, [(S, dtype), (S, dtype)], S, dtype)
+    assert handle is not None, why
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((6, 24)).astype(dtype)
+    frozen = base[:, 8:16].copy()
+    frozen.flags.writeable = False
+    cases = [
+        (np.ascontiguousarray(base[:, :8]), base[:, 8:16].copy()),
+        (base[:, :8], base[:, 8:16]),  # strided rows ("A")
+        (base[:, ::3], frozen),  # inner stride 3, read-only
+    ]
+    for x, y in cases:
+        out = np.empty(S, dtype)
+        key = background.type_key((x, y, out))
+        kernel = handle.prepare(key)
+        assert handle.has(key)
+        np.testing.assert_allclose(kernel(x, y, out), np.tanh(x) * y, rtol=2e-6, atol=1e-7)
+    assert len(handle.kernel.signatures) == 1

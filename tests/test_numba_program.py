@@ -70,7 +70,7 @@ def test_cells_run_as_one_kernel_per_program_and_equal_numpy_equations(name, mon
     seq, got, grad_x = training_step(cell, xs, seed, "numba", calls=2)
     pair = seq._runtime.last.training_pair
     assert [pair.forward.report.kernel, pair.backward.report.kernel] == [WHOLE] * 2
-    assert [loop.kernel for loop in seq.compile_report().loops] == [f"inlined in the {WHOLE}"] * 2
+    assert [loop.kernel for loop in seq.compile_report().loops] == [f"called from the {WHOLE}"] * 2
     expected, _ = run(step, params_of(cell), xs, n_states, H)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
     exact = complex_step_grads(step, params_of(cell), xs, n_states, H, seed)
@@ -213,7 +213,7 @@ def test_a_kernel_numba_rejects_falls_back_to_the_numpy_program(monkeypatch):
     g, arrays = _scan_graph(lambda h, x, w: [tn.sigmoid(h @ w - x), h * x], hidden=3)
     c = tn.compile(g, backend="numba")
     assert c.report.kernel == WHOLE
-    assert [loop.kernel for loop in c.report.loops] == [f"inlined in the {WHOLE}"]
+    assert [loop.kernel for loop in c.report.loops] == [f"called from the {WHOLE}"]
     for _ in range(2):
         for got, want in zip(c(*arrays), interpret(g, *arrays)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -261,3 +261,40 @@ def test_0d_outputs_repeated_outputs_and_constants():
     assert got[1] is got[2] and not np.shares_memory(got[3], got[4])
     for a, b in zip(got, interpret(g, *arrays)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_program_kernel_calls_its_loops_own_kernel_shared_with_the_loop_path(
+    monkeypatch, tmp_path
+):
+    """The whole-program kernel calls the loop's separately cached @njit kernel (not a copy of
+    its source): after the program kernel alone ran, the loop's dispatcher holds the one
+    compiled loop function, referenced by the program kernel; the loop path of another program
+    with the same loop (whole-program kernels off) reuses that function, compiling nothing.
+    (An empty kernel cache and a body of its own: a program kernel loaded from numba's cache
+    holds the loop's code without compiling the loop's dispatcher.)"""
+    from tapernn.backends import numba_program
+
+    monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path))
+    g, arrays = _scan_graph(lambda h, x, w: [tn.tanh(h @ w) * x - w[0], h + x], hidden=3)
+    want = interpret(g, *arrays)
+    forbid_numpy_programs(monkeypatch)
+    c = tn.compile(g, backend="numba")
+    assert c.report.kernel == WHOLE
+    assert [loop.kernel for loop in c.report.loops] == [f"called from the {WHOLE}"]
+    for _ in range(2):
+        for got, expected in zip(c(*arrays), want):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    (found,) = c.program.bodies.values()
+    loop = found[2].handle  # (numba_loop.LoopKernel)
+    assert loop.kernel is not None and len(loop.kernel.signatures) == 1
+    program_globals = c.program_kernel.handle.kernel.py_func.__globals__
+    assert any(v is loop.kernel for v in program_globals.values())
+    assert "for s in range(" not in c.program_kernel.handle.source  # (not inlined)
+
+    monkeypatch.setattr(numba_program, "ENABLED", [False])
+    loop_path = tn.compile(g, backend="numba")
+    assert [r.kernel for r in loop_path.report.loops] == ["numba loop kernel"]
+    for got, expected in zip(loop_path(*arrays), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    (found,) = loop_path.program.bodies.values()
+    assert found[2].handle is loop and len(loop.kernel.signatures) == 1  # nothing new

@@ -158,11 +158,11 @@ ONE_bool, ZERO_bool = True, False
 )
 
 
-def _sigmoid_lines(j: int | str, x: str, dt: str) -> list[str]:
+def _sigmoid_lines(j: int | str, x: str, dt: str, vector: bool = True) -> list[str]:
     """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
     written out (an inlined helper costs numba an inlining pass per kernel at compile time);
-    float32 through vecmath's vectorisable exp."""
-    if dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
+    float32 through vecmath's vectorisable exp (with `vector`; else libm's expf)."""
+    if vector and dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
         return VECTOR_FLOAT32["sigmoid"](f"s{j}", x, f"v{j}")
     one, zero = _typed(dt, 1), _typed(dt, 0)
     return [
@@ -192,8 +192,10 @@ def _loads(operands: list[tuple[tuple, Any]], out_shape: tuple, rows: bool) -> l
     return loads
 
 
-def _body(program: tuple, loads: list[tuple]) -> list[str]:
-    """The group's instructions as scalar lines; the result is in the last line's v{j}."""
+def _body(program: tuple, loads: list[tuple], vector: bool = True) -> list[str]:
+    """The group's instructions as scalar lines; the result is in the last line's v{j}.
+    `vector`: float32 exp/tanh/sigmoid as vecmath's vectorisable arithmetic (else libm's
+    scalar expf/tanhf: a few lines instead of ~15 each, for the 2-D kernels' fallback nest)."""
     lines: list[str] = []
     values: list[tuple[str, str]] = []
     for j, (op, refs, attrs, _shape, dtype) in enumerate(program):
@@ -202,8 +204,8 @@ def _body(program: tuple, loads: list[tuple]) -> list[str]:
         casts = op in _CASTS_OPERANDS and dt != "bool"
         xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
         if op == "sigmoid":
-            lines += _sigmoid_lines(j, xs[0], dt)
-        elif op in VECTOR_FLOAT32 and dt == "float32":
+            lines += _sigmoid_lines(j, xs[0], dt, vector)
+        elif vector and op in VECTOR_FLOAT32 and dt == "float32":
             lines += VECTOR_FLOAT32[op](f"t{j}", xs[0], f"v{j}")
         else:
             lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
@@ -238,7 +240,9 @@ def kernel_source(
     idx = [f"i{d}" for d in range(ndim)]
     target = f"out[{', '.join(idx) if idx else '()'}]"
     plain = _loads(operands, out_shape, rows=False)
-    lines = _body(program, plain)
+    # (a 2-D output's plain nest is the rare fallback: scalar libm there, so numba compiles the
+    # long vecmath lines once -- 0.5 s less per kernel, BENCHMARKS.md hcold2)
+    lines = _body(program, plain, vector=ndim != 2)
     result = f"v{len(program) - 1}"
     text = [f"def kernel({', '.join(f'x{k}' for k in range(len(operands)))}, out):"]
     if ndim == 2:
@@ -303,25 +307,52 @@ def _load(source: str) -> Callable:
     return module.kernel
 
 
-def _warm(kernel: Callable, operands: list[tuple[tuple, Any]], out: tuple[int, Any]) -> None:
+def _warm(handle: Kernel, operands: list[tuple[tuple, Any]], out: tuple[int, Any]) -> None:
     """Compile (or load from numba's cache) the C-contiguous specialisation now, so a kernel
     that does not compile is found at compile time: size-1 operands index only position 0."""
+    from .background import type_key
+
     args = [np.zeros((1,) * len(s), d) for s, d in operands]
-    kernel(*args, np.zeros((1,) * out[0], out[1]))
+    args.append(np.zeros((1,) * out[0], out[1]))
+    handle._make(type_key(tuple(args)), False)
+    handle.kernel(*args)
 
 
 class Kernel:
     """One generated kernel (shared by every group of the same structure in every program):
     its module loaded from the cache directory, and the argument types it is compiled for."""
 
-    def __init__(self, source: str, operands: list[tuple[tuple, Any]], out: tuple[int, Any]):
+    def __init__(
+        self,
+        source: str,
+        operands: list[tuple[tuple, Any]],
+        out: tuple[int, Any],
+        inplace: int | None = None,
+    ):
         self.source, self.operands, self.out = source, operands, out
         self.kernel: Callable | None = None
         self.error = ""  # why it could not be made (its groups then run on NumPy)
-        self.types: set[tuple] = set()  # background.type_key of the compiled signatures
+        self.types: set[tuple] = set()  # general() of the compiled signatures' type_keys
+        # a 2-D kernel reads rows through c_row whatever its arrays' layout: ONE specialisation
+        # (arrays typed "A", inputs read-only) serves every layout and write flag -- each was
+        # one more cold compile (~0.5 s; FastLSTM (32,50,256): 9 -> 8 specialisations of 8
+        # kernels) -- and numba's dispatcher, its compiling disabled, converts a call's arrays
+        # to it (same call cost)
+        self.one_signature = out[0] == 2
+        self.inplace = inplace  # (the operand written through: stays writable)
+
+    def general(self, key: tuple | None) -> tuple | None:
+        """The signature `key` (background.type_key) is compiled as."""
+        if key is None or not self.one_signature:
+            return key
+        last = len(key) - 1
+        return tuple(
+            (dt, nd, "A" if nd else layout, ro or (k < last and k != self.inplace))
+            for k, (dt, nd, layout, ro) in enumerate(key)
+        )
 
     def has(self, key: tuple | None) -> bool:
-        return self.kernel is not None and (key is None or key in self.types)
+        return self.kernel is not None and (key is None or self.general(key) in self.types)
 
     def prepare(self, key: tuple | None = None, warm: bool = False) -> Callable | None:
         """Load the kernel (and compile it for `key`, or for C-contiguous arrays with `warm`);
@@ -333,7 +364,7 @@ class Kernel:
                 try:
                     return self._make(key, warm)
                 except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
-                    why = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    why = f"numba failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 # once more without numba's cache files, if any (a corrupt one fails the load)
                 self.kernel, self.types = None, set()
                 if attempt == 2 or not _drop_numba_cache(self.source):
@@ -345,11 +376,16 @@ class Kernel:
         if self.kernel is None:
             self.kernel = _load(self.source)
         if warm:
-            _warm(self.kernel, self.operands, self.out)
+            _warm(self, self.operands, self.out)
+        key = self.general(key)
         if key is not None and key not in self.types:
             from .background import numba_signature
 
-            self.kernel.compile(numba_signature(key))
+            self.kernel.disable_compile(False)
+            try:
+                self.kernel.compile(numba_signature(key))
+            finally:  # (compiled only here, for general() types: calls convert)
+                self.kernel.disable_compile(self.one_signature and bool(self.kernel.signatures))
             self.types.add(key)
         return self.kernel
 
@@ -407,7 +443,8 @@ def plan_kernel(
     with _lock:
         handle = _kernels.get(source)
         if handle is None:
-            handle = _kernels[source] = Kernel(source, operands, (len(out_shape), out_dtype))
+            out = (len(out_shape), out_dtype)
+            handle = _kernels[source] = Kernel(source, operands, out, inplace)
     if background:
         return (None, handle.error) if handle.error else (handle, "")
     if handle.prepare() is None:  # loaded now; compiled at the first call, for its types

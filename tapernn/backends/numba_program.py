@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import background
+from . import background, numba_loop
 from .numba_backend import Unsupported
 from .numba_loop import MAX_SIZE, LoopKernel
 from .program_source import ProgramSource
@@ -30,10 +30,25 @@ WHOLE = "numba whole-program kernel"
 
 
 class ProgramKernel(LoopKernel):
-    """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel)."""
+    """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel); `loops`:
+    the loop kernels it calls (their modules loaded before its own imports them)."""
+
+    def __init__(self, source: str, constants: list[np.ndarray], loops: list[LoopKernel]):
+        super().__init__(source, constants)
+        self.loops = loops
 
     def signature(self, key: tuple) -> tuple:
         return background.numba_signature(key)
+
+    def prepare(self, key: tuple) -> Callable | None:
+        with numba_loop._lock:
+            for loop in self.loops:
+                if loop.kernel is None and not loop.error and not self.error:
+                    try:
+                        loop.kernel = numba_loop._load(loop.source)
+                    except Exception as e:  # noqa: BLE001 -- the program kernel fails with it
+                        self.error = f"its loop kernel failed: {type(e).__name__}: {e}"[:200]
+            return super().prepare(key)
 
 
 def attach(compiled: Any) -> None:
@@ -59,7 +74,7 @@ def attach(compiled: Any) -> None:
     with _lock:
         handle = _programs.get(source)
         if handle is None:
-            handle = _programs[source] = ProgramKernel(source, gen.constants)
+            handle = _programs[source] = ProgramKernel(source, gen.constants, gen.called)
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
     later = " (compiled in the background from call 1)" if switch.later else ""
@@ -86,7 +101,8 @@ class ProgramSwitch:
         self.notes = [loop_report.kernel for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
             switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
-            loop_report.kernel = f"inlined in the {WHOLE}"
+            called = switch.handle in gen.called
+            loop_report.kernel = f"{'called from' if called else 'inlined in'} the {WHOLE}"
 
     def __call__(self, *args: np.ndarray) -> tuple:
         return self.fn(*args)

@@ -1,7 +1,9 @@
 """The source of a whole-program numba kernel (backends/numba_program.py): a small outer program
 (a training step's forward or backward) lowered to one function -- its nodes by loop_source's
-generator, its scan loops inlined (their compiled bodies' steps as a loop in the function), its
-results fresh arrays returned as a tuple."""
+generator, each scan loop a call of the loop's own cached @njit kernel (backends/numba_loop.py:
+compiled once, shared with the loop path and every program with that loop; inlined, its steps
+as a loop in the function, only where its operands cannot be passed), its results written into
+the out arrays the caller passes."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 from ..graph import Graph, Node
 from .loop_source import _VIEWS, LoopSource, shifted_layout
 from .loop_values import Arr, Val, View
-from .numba_backend import _HEADER, Unsupported, _dtype_name, _typed
+from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
 
 
 class ProgramSource(LoopSource):
@@ -41,6 +43,7 @@ class ProgramSource(LoopSource):
                 self.outs[key] = (o, Arr(f"out{j}", o.shape, _dtype_name(o.dtype), empty="()"))
             self.returns.append(int(self.outs[key][1].name[3:]))
         self.pending: Arr | None = None  # the out array the next buffer() hands out
+        self.called: list = []  # the numba_loop.LoopKernel handles the kernel calls (loop<j>)
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
         out, self.pending = self.pending, None
@@ -73,7 +76,12 @@ class ProgramSource(LoopSource):
         consts = [f"const{k}" for k in range(len(self.constants))]
         text = [f"def kernel({', '.join(outs + consts + args)}):"]
         text += ["    " + line for line in self.setup + self.step]
-        return _HEADER + "\n".join(text) + "\n"
+        imports = "".join(
+            f"from {_module_name(h.source)} import kernel as loop{j}\n"
+            for j, h in enumerate(self.called)
+        )  # (numba_loop's modules, loaded first: ProgramKernel.prepare)
+        head, _, decorator = _HEADER.rpartition("\n\n\n")
+        return head + "\n" + imports + "\n\n" + decorator + "\n".join(text) + "\n"
 
     def results(self) -> None:
         """Outputs not computed into their out arrays (views, inputs, constants, loops' slabs)
@@ -92,18 +100,69 @@ class ProgramSource(LoopSource):
         if found is None:
             raise Unsupported("a loop without a numba loop kernel")
         compiled, fixed = found[0], found[1]
+        handle = getattr(found[2], "handle", None) if len(found) > 2 else None
+        if handle is not None and self.callable(n, compiled):
+            return self.call(n, compiled, handle)
+        return self.inline(n, compiled, fixed)
+
+    def slab_shape(self, n: Node) -> tuple[tuple, str]:
+        """(shape, dtype) of a loop's slab (scan_ir.ys_places: + 1 row per shifted ys)."""
+        a = n.attrs
+        nc, length, outs = a["n_carry"], a["length"], a["body"].outputs
+        c = sum(math.prod(o.shape) for o in outs[:nc])
+        y = sum(math.prod(o.shape) for o in outs[nc:])
+        moved = sum(math.prod(outs[nc + j].shape) for j, _ in a.get("shifted", ()))
+        return (c + length * y + moved,), _dtype_name(outs[0].dtype)
+
+    @staticmethod
+    def callable(n: Node, compiled: Any) -> bool:
+        """Whether the loop kernel can be called here: every operand an array of >= 1 dim (a
+        0-d value is a 1-element buffer in this kernel, a 0-d array in the loop's)."""
+        pre = getattr(compiled, "prologue", None)
+        hoisted = pre.graph.outputs if pre is not None else []
+        return all(v.shape for v in [*n.inputs, *hoisted])
+
+    def call(self, n: Node, compiled: Any, handle: Any) -> Val:
+        """The loop as a call of its own kernel `kernel(slab, length, reverse, *inputs,
+        *hoisted, *constants)` (numba_loop.kernel_runner's call), with C arrays: a view without
+        one is copied into a buffer first, so the call's types are the loop path's."""
+        a = n.attrs
+        nc, nx = a["n_carry"], a["n_xs"]
+        ins = [self.vals[i] for i in n.inputs]
+        hoisted = self.prologue(compiled, ins[nc + nx :])
+        operands = [self.c_array(v) for v in ins + hoisted]
+        consts = []
+        for value in handle.constants:
+            self.constants.append(value)
+            consts.append(f"const{len(self.constants) - 1}")
+        slab = self.buffer(*self.slab_shape(n))
+        if handle not in self.called:
+            self.called.append(handle)
+        loop = f"loop{self.called.index(handle)}"
+        length, reverse = f"np.int64({a['length']})", f"np.bool_({bool(a['reverse'])})"
+        self.statement(f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts])})")
+        return slab
+
+    def c_array(self, v: Val) -> str:
+        """The name of a C array holding v: its own array, or a buffer v is copied into."""
+        if isinstance(v, Arr) and not v.lead and v.shape:
+            return v.name
+        array = v.arr()
+        if array and array.startswith("buf") and array.endswith(")"):  # a buffer reshaped: C
+            return array
+        buf = self.buffer(v.shape, v.dtype)
+        self.emit(v.shape, lambda i: [f"{buf.at(i)} = {v.at(i)}"], [v], (), buf.name)
+        return buf.name
+
+    def inline(self, n: Node, compiled: Any, fixed: list) -> Val:
         a = n.attrs
         nc, nx, length = a["n_carry"], a["n_xs"], a["length"]
         ins = [self.vals[i] for i in n.inputs]
         invariants = ins[nc + nx :]
         hoisted = self.prologue(compiled, invariants)
         g = compiled.graph
-        c = sum(math.prod(i.shape) for i in g.inputs[:nc])
-        y = sum(math.prod(o.shape) for o in a["body"].outputs[nc:])
-        dt = _dtype_name(a["body"].outputs[0].dtype)
-        shifted = a.get("shifted", ())  # (scan_ir.ys_places: + 1 row per shifted ys)
-        moved = sum(math.prod(a["body"].outputs[nc + j].shape) for j, _ in shifted)
-        slab = self.buffer((c + length * y + moved,), dt)
+        shifted = a.get("shifted", ())
+        slab = self.buffer(*self.slab_shape(n))
         live = [k for k in range(nc) if k not in fixed]
         carries = self.enter(g, nc, nx, live, ins, invariants + hoisted)
         self.flush()
