@@ -101,3 +101,19 @@ def test_trimzero_passes_need_grad_input_to_its_module():
     assert m.backward(x, g, need_grad_input=False) is None and m.grad_input is None
     for name, grad in _grads(m).items():
         np.testing.assert_allclose(grad, full[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", ["no", 0, None, 1.0])
+@pytest.mark.parametrize("trim", [False, True])
+def test_need_grad_input_that_is_not_a_bool_is_refused(bad, trim):
+    # "no" is truthy: accepted silently before, it computed (and returned) the input gradient
+    tn.manual_seed(0)
+    x = np.random.default_rng(3).standard_normal((T, B, D))
+    m = _model("fastlstm")
+    if trim:  # TrimZero's own backward (rows of zeros skipped)
+        x = x[0]
+        m = nn.TrimZero(nn.Linear(D, H), 1)
+    y = m.forward(x)
+    with pytest.raises(tn.TapernnError, match="need_grad_input must be True or False"):
+        m.backward(x, np.ones_like(y), need_grad_input=bad)
+    assert m.backward(x, np.ones_like(y), need_grad_input=np.True_).shape == x.shape

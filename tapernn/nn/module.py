@@ -217,6 +217,10 @@ class Module:
         states; `output` keeps the forward's value. Stepped by hand, each step's own input.
         need_grad_input=False: parameter (and state) gradients only, by a backward program
         without the input-gradient work; returns None (and grad_input is None)."""
+        if need_grad_input is not True and need_grad_input is not False:
+            need_grad_input = check.flag(
+                f"{self.describe()}.backward", "need_grad_input", need_grad_input
+            )
         check_backward_pairing(self)
         rt = self._runtime
         if rt is None:

@@ -80,6 +80,9 @@ class TrimZero(MaskZero):
         return self.output
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
+        need_grad_input = check.flag(
+            f"{self.describe()}.backward", "need_grad_input", need_grad_input
+        )
         if self._rows is None:
             return super().backward(input, grad_output, need_grad_input=need_grad_input)
         rows, leaves, tree = self._rows, *flatten(input)
