@@ -158,12 +158,19 @@ _user_set_threads = _user_env_check()
 
 
 def program_threads(largest_gemm_flops: float) -> int | None:
-    """The thread count a program with this largest matmul runs with (None: leave the pool)."""
+    """The thread count a program with this largest matmul runs with (None: leave the pool)
+    when its calls are not timed (blas_tuning: "auto" times programs with big enough GEMMs)."""
     if _policy != "auto":
         return _policy  # type: ignore[return-value]
     if _user_set_threads():
         return None
     return 1 if largest_gemm_flops < SMALL_GEMM_FLOPS else None
+
+
+def measuring() -> bool:
+    """Whether "auto" is in force (not a fixed count, None, or a user's environment variable):
+    then programs with big enough GEMMs time their thread count (blas_tuning)."""
+    return _policy == "auto" and not _user_set_threads()
 
 
 class _Limiter:
@@ -194,6 +201,18 @@ class _Limiter:
             except ImportError:
                 self._pools = _openblas_libraries()
         return self._pools
+
+    def pool_count(self) -> int:
+        """The pools' thread count outside any use (the first pool's; 0 inside a use, e.g. a
+        program nested in another's call, or where no pool can be set): what "auto" measures
+        one thread against."""
+        if self._depth:
+            return 0
+        with self._lock:
+            if self._stale:
+                self._pools, self._stale = None, False
+            pools = self.pools()
+            return pools[0][1]() if pools else 0
 
     def enter(self, n: int) -> None:
         """Start a use with `n` threads (the outermost use sets them); pair with `exit()`."""

@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from .blas import largest_gemm_flops, limiter, program_threads, thread_flops
+from .blas import (
+    SMALL_GEMM_FLOPS,
+    largest_gemm_flops,
+    limiter,
+    measuring,
+    program_threads,
+    thread_flops,
+)
+from .blas_tuning import ThreadChoice, timed
 from .codegen import Program, fused_scratch, nested
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
@@ -49,6 +57,10 @@ class Compiled:
         )
         # what the BLAS thread choice reads: 0.0 unless big GEMMs dominate (blas.BIG_SHARE)
         self.thread_flops = thread_flops(graph.nodes)
+        # "auto": measured per argument signature when the GEMMs are big enough (blas_tuning)
+        self.threads = ThreadChoice(
+            self.largest_gemm_flops, 1 if self.thread_flops < SMALL_GEMM_FLOPS else None
+        )
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
         if self.program.backend == "numba" and not nested():
             from .backends import numba_program
@@ -68,7 +80,13 @@ class Compiled:
 
     def run(self, args: Sequence[np.ndarray]) -> tuple:
         """Run on already-checked arrays (the fast path modules use), with the BLAS threads
-        `tn.set_blas_threads` picks for this program's matmuls (blas.thread_flops)."""
+        `tn.set_blas_threads` picks for this program's matmuls: under "auto", measured
+        (blas_tuning) when they are big enough, else blas.thread_flops's rule."""
+        if self.threads.tunable and measuring():
+            pool = limiter.pool_count()
+            if pool > 1:
+                arm = self.threads.arm(args, pool)
+                return timed(self._run, args, arm.next_count(), arm, limiter.enter, limiter.exit)
         threads = program_threads(self.thread_flops)
         if threads is None:
             return self._run(args)
@@ -93,6 +111,11 @@ class Compiled:
             raise _locate(e, self.program.failing_node(e), TapernnError) from None
         finally:
             quiet_exit(token)
+
+    def blas_threads(self) -> str:
+        """The BLAS thread count this program's calls run with and, under "auto", what was
+        measured: one line per argument signature (blas_tuning)."""
+        return self.threads.describe()
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"

@@ -1,0 +1,160 @@
+"""The BLAS thread count of one compiled program under `tn.set_blas_threads("auto")`, measured.
+
+Whether a multi-threaded BLAS helps an RNN's GEMMs depends on the machine's load more than on
+the shapes: on an idle 2-core machine a (32, 50, 256) float32 LSTM training step ran in 40 ms
+with the pool's 2 OpenBLAS threads and 67 ms with one, while on the same machine with the other
+core busy two threads made such steps 4-15x slower (README, "BLAS threads"). No rule on shapes
+gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's benchmark mode):
+
+- a program whose largest GEMM is below TUNE_MIN_GEMM_FLOPS runs with one thread (OpenBLAS
+  itself runs GEMMs under 64^3 on one thread) and is never timed;
+- a bigger one, per signature of its arguments (a rolled program serves every length T, and a
+  call's time depends on it), alternates one thread and the pool's count for its first
+  2 x EXPLORE_CALLS calls after the first (the first call pays first-touch costs), then runs with
+  the faster -- the pool's count only when it is at least 1 / MARGIN times faster, since one
+  thread leaves the other cores to everything else;
+- every `period` calls one call runs with the other count, and the choice follows the medians
+  of the last three calls of each; `period` doubles (up to RECHECK_MAX) while the choice holds
+  and drops back to RECHECK_FIRST when it changes, so a settled choice costs at most one call
+  in RECHECK_MAX; and when the last three calls' median gets slower than the other count's
+  was (the other cores got busy, and the pool's threads wait for them), the other count is
+  tried at the next call.
+
+Results do not depend on the count: OpenBLAS splits a GEMM's output between threads, never
+its inner sum (tests/test_blas_tuning.py checks bit-identical steps); with a BLAS that does split
+it, pass a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+TUNE_MIN_GEMM_FLOPS = 2.0 * 64**3
+EXPLORE_CALLS = 3
+RECHECK_FIRST = 32
+RECHECK_MAX = 1024
+MARGIN = 0.9
+KEEP = 5  # the last KEEP times of each count are what the medians read
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+class _Arm:
+    """One argument signature's measurements and choice between 1 and `pool` threads."""
+
+    __slots__ = ("calls", "countdown", "current", "explore", "period", "pool", "switches", "times")
+
+    def __init__(self, guess: int, pool: int):
+        self.pool = pool
+        self.current = guess if guess in (1, pool) else 1
+        self.times: dict[int, list[float]] = {1: [], pool: []}
+        self.calls = 0  # calls seen (the first is not timed)
+        self.explore = 2 * EXPLORE_CALLS  # calls left in the first, alternating round
+        self.period = RECHECK_FIRST
+        self.countdown = RECHECK_FIRST
+        self.switches = 0
+
+    def other(self) -> int:
+        return self.pool if self.current == 1 else 1
+
+    def next_count(self) -> int:
+        """The count the next call runs with."""
+        if self.calls == 0:
+            return self.current
+        if self.explore > 0:
+            return self.pool if self.explore % 2 == 0 else 1
+        if self.countdown <= 0:
+            return self.other()
+        return self.current
+
+    def record(self, n: int, seconds: float) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            return  # first-touch costs: not a measurement
+        times = self.times[n]
+        times.append(seconds)
+        if len(times) > KEEP:
+            del times[0]
+        if self.explore > 0:
+            self.explore -= 1
+            if self.explore == 0:
+                self._decide()
+            return
+        if n != self.current:  # the periodic check of the other count
+            self._decide()
+        else:
+            self.countdown -= 1
+            other = self.times[self.other()]
+            if len(times) >= 3 and other and _median(times[-3:]) > _median(other[-3:]):
+                self.countdown = 0  # slower than the other count was: check it at once
+
+    def _decide(self) -> None:
+        one, pool = self.times[1], self.times[self.pool]
+        if not one or not pool:
+            return
+        best = self.pool if _median(pool[-3:]) < MARGIN * _median(one[-3:]) else 1
+        if best != self.current:
+            self.current, self.period = best, RECHECK_FIRST
+            self.switches += 1
+        else:
+            self.period = min(2 * self.period, RECHECK_MAX)
+        self.countdown = self.period
+
+    def describe(self) -> str:
+        def ms(n: int) -> str:
+            t = self.times[n]
+            return f"{_median(t[-3:]) * 1e3:.3g} ms" if t else "not timed"
+
+        return (
+            f"{self.current} thread{'s' if self.current > 1 else ''} "
+            f"(1: {ms(1)}, {self.pool}: {ms(self.pool)}; {self.calls} calls, "
+            f"{self.switches} switches, next check in {max(self.countdown, 0)})"
+        )
+
+
+class ThreadChoice:
+    """The thread count of one program's calls under "auto": `guess` (the shape rule's count,
+    None = the pool's) for programs too small to time, else measured per argument signature.
+    `runs(args)` -> (count or None, arm or None); after the call, `arm.record(count, seconds)`."""
+
+    __slots__ = ("_arms", "_lock", "guess", "tunable")
+
+    def __init__(self, largest_gemm_flops: float, guess: int | None):
+        self.tunable = largest_gemm_flops >= TUNE_MIN_GEMM_FLOPS
+        self.guess = guess
+        self._arms: dict[tuple, _Arm] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, args: Any, pool: int) -> _Arm:
+        key = (pool, *(getattr(a, "shape", None) for a in args))
+        arm = self._arms.get(key)
+        if arm is None:
+            with self._lock:
+                arm = self._arms.setdefault(key, _Arm(pool if self.guess is None else 1, pool))
+        return arm
+
+    def describe(self) -> str:
+        """One line per argument signature timed so far (what `Compiled.blas_threads()` shows)."""
+        if not self.tunable:
+            return "1 thread (GEMMs too small to time)"
+        if not self._arms:
+            return "not called yet"
+        return "\n".join(arm.describe() for arm in self._arms.values())
+
+
+def timed(run: Any, args: Any, n: int, arm: _Arm, enter: Any, exit_: Any) -> Any:
+    """run(args) with `n` BLAS threads, its wall time recorded in `arm` (not when it raises)."""
+    enter(n)
+    try:
+        start = time.perf_counter()
+        out = run(args)
+        seconds = time.perf_counter() - start
+    finally:
+        exit_()
+    arm.record(n, seconds)
+    return out

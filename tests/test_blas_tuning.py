@@ -1,0 +1,145 @@
+"""`tn.set_blas_threads("auto")` measures: a program with big enough GEMMs alternates one
+thread and the pool's count for its first calls, runs with the faster, checks the other now and
+then, and follows a change of load; results do not depend on the count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_blas import needs_pool, pools, spy, threads_now, two_threads  # noqa: F401
+
+import tapernn as tn
+from tapernn import blas, blas_tuning, nn
+from tapernn.blas_tuning import EXPLORE_CALLS, RECHECK_FIRST, RECHECK_MAX, ThreadChoice, _Arm
+
+
+def drive(arm: _Arm, cost: dict, calls: int) -> list[int]:
+    """Run `calls` calls on `arm` where a call with n threads takes cost[n] seconds."""
+    seen = []
+    for _ in range(calls):
+        n = arm.next_count()
+        seen.append(n)
+        arm.record(n, cost[n])
+    return seen
+
+
+def test_explores_both_counts_then_keeps_the_faster():
+    arm = _Arm(guess=1, pool=2)
+    seen = drive(arm, {1: 0.06, 2: 0.04}, 1 + 2 * EXPLORE_CALLS + 5)
+    assert seen[0] == 1  # the guess, untimed (first-touch costs)
+    explored = seen[1 : 1 + 2 * EXPLORE_CALLS]
+    assert sorted(explored) == [1] * EXPLORE_CALLS + [2] * EXPLORE_CALLS
+    assert seen[1 + 2 * EXPLORE_CALLS :] == [2] * 5 and arm.current == 2
+
+
+def test_one_thread_unless_the_pool_is_faster_by_the_margin():
+    arm = _Arm(guess=2, pool=2)
+    drive(arm, {1: 0.050, 2: 0.048}, 1 + 2 * EXPLORE_CALLS)  # 4 % faster: not worth a core
+    assert arm.current == 1
+    arm = _Arm(guess=1, pool=4)
+    drive(arm, {1: 0.050, 4: 0.040}, 1 + 2 * EXPLORE_CALLS)
+    assert arm.current == 4
+
+
+def test_periodic_checks_back_off_and_follow_a_change_of_load():
+    arm = _Arm(guess=1, pool=2)
+    quiet, busy = {1: 0.06, 2: 0.04}, {1: 0.06, 2: 0.5}
+    drive(arm, quiet, 1 + 2 * EXPLORE_CALLS)
+    assert arm.current == 2 and arm.period == RECHECK_FIRST
+    seen = drive(arm, quiet, 4 * RECHECK_FIRST)
+    checks = [i for i, n in enumerate(seen) if n == 1]
+    assert len(checks) >= 2 and checks[0] == RECHECK_FIRST  # one check per period
+    assert checks[1] - checks[0] == 2 * RECHECK_FIRST + 1  # the period doubled: choice held
+    # the other core gets busy: two threads now wait for it; the choice moves to one thread
+    # at the latest after one period's calls plus one check (medians of the last three)
+    limit, calls = arm.period + 2, 0
+    while arm.current == 2 and calls < limit:
+        drive(arm, busy, 1)
+        calls += 1
+    assert arm.current == 1 and arm.switches == 2  # 1 -> 2 (explored) -> 1 (load)
+    assert arm.period == RECHECK_FIRST  # checks come often again after a change
+    assert drive(arm, busy, 5) == [1] * 5
+    # a long quiet run: the checks back off up to RECHECK_MAX calls
+    arm2 = _Arm(guess=1, pool=2)
+    drive(arm2, {1: 0.05, 2: 0.5}, 10 * RECHECK_MAX)
+    assert arm2.current == 1 and arm2.period == RECHECK_MAX
+
+
+def test_small_programs_are_not_timed():
+    assert not ThreadChoice(blas_tuning.TUNE_MIN_GEMM_FLOPS / 2, 1).tunable
+    assert ThreadChoice(blas_tuning.TUNE_MIN_GEMM_FLOPS, 1).tunable
+    small = tn.compile(tn.trace(lambda a, b: a @ b, np.ones((8, 8)), np.ones((8, 8))))
+    assert not small.threads.tunable and "too small" in small.blas_threads()
+
+
+def gemm_program(n: int):
+    return tn.compile(tn.trace(lambda a, b: tn.tanh(a @ b), np.ones((n, n)), np.ones((n, n))))
+
+
+@needs_pool
+def test_a_big_gemm_program_alternates_then_settles(two_threads):  # noqa: F811
+    prog = gemm_program(96)  # 96^3 > 64^3: OpenBLAS would thread it
+    assert prog.threads.tunable
+    seen = spy(prog)
+    a = np.random.default_rng(0).standard_normal((96, 96))
+    outs = [prog(a, a) for _ in range(1 + 2 * EXPLORE_CALLS + 3)]
+    counts = [s[0] for s in seen]
+    assert sorted(counts[1 : 1 + 2 * EXPLORE_CALLS]) == [1] * EXPLORE_CALLS + [2] * EXPLORE_CALLS
+    assert len(set(counts[1 + 2 * EXPLORE_CALLS :])) == 1  # settled on one of them
+    assert threads_now() == [2] * len(pools)  # the pool is restored after every call
+    for out in outs[1:]:
+        assert np.array_equal(out, outs[0])  # bit for bit, whatever the count
+    assert "calls" in prog.blas_threads()
+    # each argument signature is timed on its own
+    b = np.random.default_rng(1).standard_normal((96, 96)).astype(np.float64)
+    prog(b[None][0], b)
+    assert len(prog.threads._arms) == 1  # same shapes: the same signature
+
+
+@needs_pool
+def test_fixed_counts_env_vars_and_nested_calls_are_not_timed(two_threads, monkeypatch):  # noqa: F811
+    prog = gemm_program(96)
+    a = np.ones((96, 96))
+    tn.set_blas_threads(1)
+    prog(a, a)
+    tn.set_blas_threads("auto")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    prog(a, a)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with blas.limiter.limit(1):  # as inside another program's call
+        prog(a, a)
+    assert prog.threads._arms == {}
+
+
+@needs_pool
+def test_training_steps_are_bit_identical_with_one_or_two_threads(two_threads):  # noqa: F811
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16, 96)).astype(np.float32)
+    g = rng.standard_normal((6, 16, 96)).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        tn.set_blas_threads(n)
+        tn.manual_seed(0)
+        seq = nn.Sequencer(nn.FastLSTM(96, 96)).float()
+        y = seq.forward(x)
+        seq.zero_grad_parameters()
+        gx = seq.backward(x, g)
+        results.append([y, gx] + [p.grad.copy() for p in seq.parameters()])
+    tn.set_blas_threads("auto")
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [0, "fast"])
+def test_bad_policies_still_refused(bad):
+    with pytest.raises(tn.TapernnError, match="positive int, 'auto' or None"):
+        tn.set_blas_threads(bad)
+
+
+def test_a_slowdown_of_the_current_count_is_checked_at_once():
+    arm = _Arm(guess=1, pool=2)
+    drive(arm, {1: 0.06, 2: 0.04}, 1 + 2 * EXPLORE_CALLS + 2 * RECHECK_FIRST + 2)
+    assert arm.current == 2 and arm.period > RECHECK_FIRST and arm.countdown > 5
+    # the other core gets busy: two calls slower than one thread was, then the check
+    seen = drive(arm, {1: 0.06, 2: 0.5}, 4)
+    assert seen == [2, 2, 1, 1] and arm.current == 1
