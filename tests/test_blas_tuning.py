@@ -77,15 +77,22 @@ def gemm_program(n: int):
 
 
 @needs_pool
-def test_a_big_gemm_program_alternates_then_settles(two_threads):  # noqa: F811
+def test_a_big_gemm_program_alternates_then_settles(two_threads, monkeypatch):  # noqa: F811
     prog = gemm_program(96)  # 96^3 > 64^3: OpenBLAS would thread it
     assert prog.threads.tunable
+    ticks = [0.0]
+
+    def clock():  # a call costs 2 units with one thread, 1 with two (read inside the call)
+        ticks[0] += 1.0 if threads_now()[0] == 2 else 2.0
+        return ticks[0]
+
+    monkeypatch.setattr(blas_tuning, "_clock", clock)
     seen = spy(prog)
     a = np.random.default_rng(0).standard_normal((96, 96))
     outs = [prog(a, a) for _ in range(1 + 2 * EXPLORE_CALLS + 3)]
     counts = [s[0] for s in seen]
     assert sorted(counts[1 : 1 + 2 * EXPLORE_CALLS]) == [1] * EXPLORE_CALLS + [2] * EXPLORE_CALLS
-    assert len(set(counts[1 + 2 * EXPLORE_CALLS :])) == 1  # settled on one of them
+    assert counts[1 + 2 * EXPLORE_CALLS :] == [2, 2, 2]  # settled on the faster
     assert threads_now() == [2] * len(pools)  # the pool is restored after every call
     for out in outs[1:]:
         assert np.array_equal(out, outs[0])  # bit for bit, whatever the count
