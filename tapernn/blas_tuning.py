@@ -26,7 +26,6 @@ it, pass a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -123,20 +122,18 @@ class ThreadChoice:
     None = the pool's) for programs too small to time, else measured per argument signature.
     `runs(args)` -> (count or None, arm or None); after the call, `arm.record(count, seconds)`."""
 
-    __slots__ = ("_arms", "_lock", "guess", "tunable")
+    __slots__ = ("_arms", "guess", "tunable")
 
     def __init__(self, largest_gemm_flops: float, guess: int | None):
         self.tunable = largest_gemm_flops >= TUNE_MIN_GEMM_FLOPS
         self.guess = guess
-        self._arms: dict[tuple, _Arm] = {}
-        self._lock = threading.Lock()
+        self._arms: dict[tuple, _Arm] = {}  # (no lock: a module's deep copy copies this)
 
     def arm(self, args: Any, pool: int) -> _Arm:
         key = (pool, *(getattr(a, "shape", None) for a in args))
         arm = self._arms.get(key)
-        if arm is None:
-            with self._lock:
-                arm = self._arms.setdefault(key, _Arm(pool if self.guess is None else 1, pool))
+        if arm is None:  # (setdefault: one arm per key when threads race here)
+            arm = self._arms.setdefault(key, _Arm(pool if self.guess is None else 1, pool))
         return arm
 
     def describe(self) -> str:

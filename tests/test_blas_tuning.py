@@ -150,3 +150,20 @@ def test_a_slowdown_of_the_current_count_is_checked_at_once():
     # the other core gets busy: two calls slower than one thread was, then the check
     seen = drive(arm, {1: 0.06, 2: 0.5}, 4)
     assert seen == [2, 2, 1, 1] and arm.current == 1
+
+
+def test_programs_with_measurements_deep_copy_and_pickle():
+    import copy
+    import pickle
+
+    prog = gemm_program(96)
+    a = np.ones((96, 96))
+    for _ in range(3):
+        prog(a, a)
+    choice = copy.deepcopy(prog.threads)
+    assert choice.describe() == prog.threads.describe()
+    assert pickle.loads(pickle.dumps(prog.threads)).describe() == prog.threads.describe()
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(96, 96))
+    seq.forward(np.ones((3, 16, 96)))
+    copy.deepcopy(seq).forward(np.ones((3, 16, 96)))  # a model's copy copies its programs
