@@ -47,8 +47,32 @@ def merge_gate_xs(graph: Graph) -> Graph:
             key = (b["n_carry"], b["n_xs"], weights)
             if key not in cache:
                 cache[key] = _merged_weights(b["body"], *key)
-            subst[s] = _with_weights(new, weights, cache[key])
+            subst[s] = new = _with_weights(new, weights, cache[key])
+        dead = _unread_invariants(new)
+        if dead:
+            subst[s] = _without_inputs(new, dead)
     return substitute(graph, subst) if subst else graph
+
+
+def _unread_invariants(s: Node) -> tuple[int, ...]:
+    """The loop's invariant inputs its body never reads (an LSTM reverse loop's W_x, whose
+    products were pushed out): each costs the program a slice and the runner an argument."""
+    body, first = s.attrs["body"], s.attrs["n_carry"] + s.attrs["n_xs"]
+    read = {i for n in body.nodes for i in n.inputs} | set(body.outputs)
+    return tuple(k for k in range(first, len(body.inputs)) if body.inputs[k] not in read)
+
+
+def _without_inputs(s: Node, dead: tuple[int, ...]) -> Node:
+    a, body = s.attrs, s.attrs["body"]
+    cache = _WEIGHTS.setdefault(body, {})
+    key = ("dead", dead)
+    if key not in cache:
+        inputs = [i for k, i in enumerate(body.inputs) if k not in dead]
+        nodes = [n for n in body.nodes if n.op != "input" or n in inputs]
+        cache[key] = Graph(nodes, inputs, list(body.outputs), body.meta)
+    ins = [i for k, i in enumerate(s.inputs) if k not in dead]
+    keep = {k: a[k] for k in ("n_carry", "n_xs", "length", "reverse", "shifted") if k in a}
+    return derive(s, "scan", ins, body=cache[key], **keep)
 
 
 _WEIGHTS: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
