@@ -283,3 +283,57 @@ def _apply(s: Node, recipe: XsRecipe) -> Node:
         reverse=a["reverse"],
         **({"shifted": a["shifted"]} if a.get("shifted") else {}),
     )
+
+
+def merge_concatenated_ops(graph: Graph) -> Graph:
+    """A concat along the last axis of the same elementwise op on column blocks that follow
+    each other (after gate fusion, a merged xs: [x @ W_k + b_k for k]) -> that op once on the
+    whole blocks (x @ [W_i ...] + [b_i ...]): one call, no copy."""
+    subst: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op == "concat" and n.ndim == 3 and n.attrs["axis"] in (2, -1):
+            one = _one_op(list(n.inputs))
+            if one is not None:
+                subst[n] = one
+    return substitute(graph, subst) if subst else graph
+
+
+def _one_op(pieces: list[Node]) -> Node | None:
+    """The concat of the pieces along their last axis as ONE elementwise op, when each piece is
+    the same op on column blocks that follow each other: (T*B, n) blocks reshaped to (T, B, n)
+    and (n,) vector blocks -- x @ [W_i ...] + [b_i ...] as one add, not four adds and a copy
+    (after gate fusion the input projections are column blocks of one GEMM); else None."""
+    first = pieces[0]
+    if first.op not in ("add", "sub", "mul") or any(
+        p.op != first.op or p.attrs_key != first.attrs_key or p.shape[:-1] != first.shape[:-1]
+        for p in pieces
+    ):
+        return None
+    operands = []
+    for j in range(len(first.inputs)):
+        column = [p.inputs[j] for p in pieces]
+        if any(c.shape[-1:] != p.shape[-1:] for c, p in zip(column, pieces)):
+            return None  # (a broadcast operand: its blocks are not the pieces' blocks)
+        if all(c.ndim == 1 for c in column):  # (vectors: a concat of them is cheap)
+            operands.append(make_concat(first, column, axis=0))
+            continue
+        elif all(
+            c.op == "reshape"
+            and c.ndim == 3
+            and c.inputs[0].ndim == 2
+            and c.shape[-1] == (c.inputs[0].shape[-1])
+            for c in column
+        ):
+            merged = make_concat(first, [c.inputs[0] for c in column], axis=1)
+        else:
+            return None
+        if merged.op == "concat":  # (blocks of different values: the pieces stay as they are)
+            return None
+        operands.append(merged)
+    if sum(o.ndim == 2 for o in operands) < 1:
+        return None
+    rows = next(o.shape[0] for o in operands if o.ndim == 2)
+    if rows != first.shape[0] * first.shape[1]:
+        return None
+    total = derive(first, first.op, operands)
+    return derive(first, "reshape", (total,), shape=(*first.shape[:-1], total.shape[-1]))
