@@ -66,6 +66,9 @@ def test_the_forward_loop_adds_one_gate_block_per_step(backend):
         adds = [line for line in step.splitlines() if "np_add(a2," in line]
         assert len(adds) == 1, step
         assert "_pre(" not in runner.source  # no per-call concat of the weights
+        bwd = rolled._runtime.last.training_pair.backward.program
+        back = next(v for k, v in bwd.bound.items() if k.startswith("scan_run"))
+        assert "_pre(" not in back.source  # dh = [dz_i ... dz_o] @ [W_hi; ...]: a view too
 
 
 def _lstm_scan_graph(B, H, D=3):

@@ -95,8 +95,8 @@ def _weight_runs(s: Node) -> tuple:
             if m.op != "matmul" or m.ndim != 2:
                 continue
             w, flipped = m.inputs[1], False
-            if w.op == "transpose" and w.ndim == 2:
-                w, flipped = w.inputs[0], True
+            while w.op == "transpose" and w.ndim == 2:  # (W^T, (W^T)^T, ...)
+                w, flipped = w.inputs[0], not flipped
             if w in candidates:
                 found.append((m.inputs[0], flipped, candidates[w]))
         if n.op == "matmul" and found:  # grouped by the shared left operand: columns
