@@ -44,7 +44,7 @@ def merge_column_sums(graph: Graph) -> Graph:
         else:
             total = sum(m.inputs[0].nbytes for m in members)
             if len(members) >= 2 and total <= SMALL_CONCAT_BYTES:
-                subst.update(_one_sum(members))
+                subst.update(_one_stacked_sum(members))
     return substitute(graph, subst) if subst else graph
 
 
@@ -81,3 +81,20 @@ def _one_sum(members: list[Node]) -> dict[Node, Node]:
         out[m] = slice_axis(m, total, 0, start, start + width)
         start += width
     return out
+
+
+def _one_stacked_sum(members: list[Node]) -> dict[Node, Node]:
+    """Equal-width values: stacked along a new leading axis (each one a contiguous block the
+    planner can compute it into, where a last-axis concat would be strided), summed over the
+    rest; else the last-axis concat of `_one_sum`."""
+    first = members[0]
+    x = first.inputs[0]
+    if any(m.inputs[0].shape != x.shape for m in members):
+        return _one_sum(members)
+    rows = [derive(m.inputs[0], "reshape", (m.inputs[0],), shape=(1, *x.shape)) for m in members]
+    stack = make_concat(first, rows, axis=0)
+    axes = tuple(range(1, x.ndim))
+    block = derive(first, "sum", (stack,), axis=axes, keepdims=False)
+    total = derive(first, "reshape", (block,), shape=(len(members) * x.shape[-1],))
+    width = x.shape[-1]
+    return {m: slice_axis(m, total, 0, k * width, (k + 1) * width) for k, m in enumerate(members)}
