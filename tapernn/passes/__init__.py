@@ -38,6 +38,8 @@ from .hoist import (
 )
 from .layout import feature_major_loops
 from .loop_operands import contiguous_loop_weights
+from .merge_sums import merge_column_sums
+from .merge_xs import merge_concatenated_ops, merge_gate_xs
 from .merge_ys import merge_concatenated_ys
 from .push_out import push_out_of_loops
 from .simplify import (
@@ -57,6 +59,7 @@ DEFAULT: list[Pass] = [
     eliminate_common_subexpressions,
     push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
     feature_major_loops,  # carried (B, n) states held as (n, B) where PlanOptions.layout says
+    merge_gate_xs,  # small loops: per-gate xs added to h @ W_k, one xs (one add after fusion)
     # hoisting across time
     stack_matmuls_over_time,  # x_t @ W for all t -> one matmul of the stacked x_t
     pull_transposes_out_of_sums,  # sum_t (x_t^T dz_t)^T -> (sum_t x_t^T dz_t)^T
@@ -75,6 +78,8 @@ DEFAULT: list[Pass] = [
     simplify_view_chains,  # rows-of-step then columns-of-gate slices: one slice
     index_grads_to_concat,  # per-gate gradients of a split block: one concat
     flip_transposed_products,  # weight gradients computed in the parameter's own layout
+    merge_concatenated_ops,  # a merged xs [x @ W_k + b_k]_k: one add on the fused GEMM's block
+    merge_column_sums,  # column sums of a rolled loop's slab views (bias, peephole grads): one
     # the four gates' x@W_k + h@U_k: one add on the 4H block, then + [b_i b_f b_o b_g], then
     # one sigmoid for i, f, o
     until_stable(batch_sliced_elementwise),
@@ -138,7 +143,10 @@ __all__ = [
     "fuse_row_sums",
     "hoist_across_time",
     "index_grads_to_concat",
+    "merge_column_sums",
+    "merge_concatenated_ops",
     "merge_concatenated_ys",
+    "merge_gate_xs",
     "merge_matmul_sums_over_time",
     "merge_matmul_sums_within_steps",
     "merge_row_sums",

@@ -24,6 +24,8 @@ def contiguous_loop_weights(graph: Graph) -> Graph:
             continue
         body, first = n.attrs["body"], n.attrs["n_carry"] + n.attrs["n_xs"]
         operands = {i for m in body.nodes if m.op == "matmul" for i in m.inputs}
+        # (a merged gate weight is read through its blocks' slices: merge_xs.py)
+        operands |= {m.inputs[0] for m in body.nodes if m.op == "getitem" and m in operands}
         ins = list(n.inputs)
         for k in range(first, len(ins)):
             t = ins[k]

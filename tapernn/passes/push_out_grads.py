@@ -16,7 +16,7 @@ from .slab import carry_view, relayout, rows_of, ys_view
 @dataclass(frozen=True)
 class Accumulation:
     carry: int  # the carry position
-    op: str  # "matmul" (terms P_t @ Q_t) or "sum" (terms sum(Q_t, axes))
+    op: str  # "matmul" (terms P_t @ Q_t), "sum" (sum(Q_t, axes)), "sum_mul" (sum(A_t * B_t, axes))
     terms: tuple  # per operand: ("x", xs position) | ("y", new ys position); P's transposed?
     transposed: bool
     axes: tuple[int, ...] = ()
@@ -30,6 +30,9 @@ class GradRecipe:
 
 
 _RECIPES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+# a per-step product at most this large is summed over the stacks after the loop even where
+# that costs a (T, B, H) temporary the in-loop (H,) carry did not: its per-step calls cost more
+SMALL_PRODUCT_BYTES = 16 * 1024
 
 
 def grad_recipe(body: Graph, nc: int, nx: int) -> GradRecipe | None:
@@ -80,10 +83,19 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             axes = tuple(m.attrs["axis"])
             if q.ndim - len(axes) != m.ndim:
                 continue
-            if q not in xs_pos and q not in ys_pos and q not in gemm_terms and m.size < q.size:
-                # a peephole's sum_t sum_b dz_t * c_t: pushed out it would be a new (B, H) ys
-                # per step (T*B*H slab) to save an (H,) carry; it stays in the loop
-                continue
+            stored = (xs_pos, ys_pos, gemm_terms)
+            if q not in xs_pos and q not in ys_pos and q not in gemm_terms:
+                pair = _stored_product(q, stored)
+                if pair is not None and (m.size == q.size or q.nbytes <= SMALL_PRODUCT_BYTES):
+                    # a peephole's sum_t sum_b dz_t * c_t of stored dz and c: one product
+                    # over the stacks after the loop, no per-step work, no new ys
+                    terms = tuple(_term(v, xs_pos, ys_pos, extra) for v in pair)
+                    found.append(Accumulation(k, "sum_mul", terms, False, axes))
+                    continue
+                if m.size < q.size:
+                    # otherwise pushed out it would be a new (B, H) ys per step (T*B*H
+                    # slab) to save an (H,) carry; it stays in the loop
+                    continue
             found.append(Accumulation(k, "sum", (_term(q, xs_pos, ys_pos, extra),), False, axes))
     if not found:
         return None
@@ -95,6 +107,16 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
     nodes = [n for n in body.nodes if n.op != "input" or n in inputs]
     new = Graph(nodes, inputs, outputs, body.meta).eliminate_dead_code()
     return GradRecipe(new, tuple(found))
+
+
+def _stored_product(q: Node, stored: tuple) -> tuple[Node, Node] | None:
+    """q = a * b with a and b per-step values of q's shape the loop stacks anyway (xs, ys, or
+    operands of pushed-out GEMMs), else None."""
+    if q.op != "mul" or len(q.inputs) != 2:
+        return None
+    if all(v.shape == q.shape and any(v in where for where in stored) for v in q.inputs):
+        return q.inputs[0], q.inputs[1]
+    return None
 
 
 def _gemm_terms(body: Graph, nc: int) -> set[Node]:
@@ -194,8 +216,9 @@ def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Gra
         if acc.outer:
             total = derive(s, "transpose", (total,), axes=(1, 0))
     else:
-        total = derive(
-            s, "sum", (stack(acc.terms[0]),), axis=(0, *[x + 1 for x in acc.axes]), keepdims=False
-        )
+        summed = stack(acc.terms[0])
+        if acc.op == "sum_mul":  # sum over steps and axes of a_t * b_t: one product of stacks
+            summed = derive(s, "mul", (summed, stack(acc.terms[1])))
+        total = derive(s, "sum", (summed,), axis=(0, *[x + 1 for x in acc.axes]), keepdims=False)
     init = s.inputs[acc.carry]
     return total if is_zero(init) else derive(s, "add", (init, total))
