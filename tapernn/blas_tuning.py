@@ -13,12 +13,15 @@ gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's
   2 x EXPLORE_CALLS calls after the first (the first call pays first-touch costs), then runs with
   the faster -- the pool's count only when it is at least 1 / MARGIN times faster, since one
   thread leaves the other cores to everything else;
+- the first round stops early when one count's call took EARLY times the other's (on a busy
+  machine a call with the pool's threads can take 10-30x longer: one such call is enough);
 - every `period` calls one call runs with the other count, and the choice follows the medians
-  of the last three calls of each; `period` doubles (up to RECHECK_MAX) while the choice holds
-  and drops back to RECHECK_FIRST when it changes, so a settled choice costs at most one call
-  in RECHECK_MAX; and when the last three calls' median gets slower than the other count's
-  was (the other cores got busy, and the pool's threads wait for them), the other count is
-  tried at the next call.
+  of the last three calls of each; `period` doubles (up to RECHECK_MAX) while the choice holds,
+  is at least the other count's slowdown times RECHECK_FIRST (a check costs that many calls),
+  and drops back to RECHECK_FIRST when the choice changes, so a settled choice costs at most
+  one call in RECHECK_MAX; and when the last three calls' medians say the other count would
+  now be chosen (the other cores got busy, and the pool's threads wait for them), the other
+  count is tried at the next call.
 
 Results do not depend on the count: OpenBLAS splits a GEMM's output between threads, never
 its inner sum (tests/test_blas_tuning.py checks bit-identical steps); with a BLAS that does split
@@ -34,6 +37,7 @@ EXPLORE_CALLS = 3
 RECHECK_FIRST = 32
 RECHECK_MAX = 1024
 MARGIN = 0.9
+EARLY = 2.0  # the first round stops once one count's call took EARLY times the other's
 KEEP = 5  # the last KEEP times of each count are what the medians read
 _clock = time.perf_counter  # (a test replaces it with a clock that depends on the count)
 
@@ -82,27 +86,38 @@ class _Arm:
             del times[0]
         if self.explore > 0:
             self.explore -= 1
-            if self.explore == 0:
+            one, pool = self.times[1], self.times[self.pool]
+            if self.explore == 0 or (
+                one and pool and max(one[-1], pool[-1]) > EARLY * min(one[-1], pool[-1])
+            ):
+                self.explore = 0  # (a count EARLY times slower needs no more calls to tell)
                 self._decide()
             return
         if n != self.current:  # the periodic check of the other count
             self._decide()
         else:
             self.countdown -= 1
-            other = self.times[self.other()]
-            if len(times) >= 3 and other and _median(times[-3:]) > _median(other[-3:]):
-                self.countdown = 0  # slower than the other count was: check it at once
+            if len(times) >= 3 and self._best() != self.current:
+                self.countdown = 0  # the current count's calls got slower: check the other
 
-    def _decide(self) -> None:
+    def _best(self) -> int:
         one, pool = self.times[1], self.times[self.pool]
         if not one or not pool:
-            return
-        best = self.pool if _median(pool[-3:]) < MARGIN * _median(one[-3:]) else 1
+            return self.current
+        return self.pool if _median(pool[-3:]) < MARGIN * _median(one[-3:]) else 1
+
+    def _decide(self) -> None:
+        best = self._best()
         if best != self.current:
             self.current, self.period = best, RECHECK_FIRST
             self.switches += 1
         else:
             self.period = min(2 * self.period, RECHECK_MAX)
+        # a check of a much slower count costs that many calls: space the checks to match
+        mine, other = self.times[self.current], self.times[self.other()]
+        if mine and other:
+            ratio = _median(other[-3:]) / max(_median(mine[-3:]), 1e-9)
+            self.period = max(self.period, min(RECHECK_MAX, int(ratio * RECHECK_FIRST)))
         self.countdown = self.period
 
     def describe(self) -> str:

@@ -43,26 +43,37 @@ def test_one_thread_unless_the_pool_is_faster_by_the_margin():
 
 def test_periodic_checks_back_off_and_follow_a_change_of_load():
     arm = _Arm(guess=1, pool=2)
-    quiet, busy = {1: 0.06, 2: 0.04}, {1: 0.06, 2: 0.5}
+    quiet, busy = {1: 0.05, 2: 0.04}, {1: 0.05, 2: 0.5}  # one thread 1.25x slower when quiet
     drive(arm, quiet, 1 + 2 * EXPLORE_CALLS)
-    assert arm.current == 2 and arm.period == RECHECK_FIRST
-    seen = drive(arm, quiet, 4 * RECHECK_FIRST)
+    first = int(1.25 * RECHECK_FIRST)  # a check costs 1.25 calls: at least 1.25 x 32 apart
+    assert arm.current == 2 and arm.period == first
+    seen = drive(arm, quiet, 4 * first)
     checks = [i for i, n in enumerate(seen) if n == 1]
-    assert len(checks) >= 2 and checks[0] == RECHECK_FIRST  # one check per period
-    assert checks[1] - checks[0] == 2 * RECHECK_FIRST + 1  # the period doubled: choice held
-    # the other core gets busy: two threads now wait for it; the choice moves to one thread
-    # at the latest after one period's calls plus one check (medians of the last three)
-    limit, calls = arm.period + 2, 0
-    while arm.current == 2 and calls < limit:
-        drive(arm, busy, 1)
-        calls += 1
-    assert arm.current == 1 and arm.switches == 2  # 1 -> 2 (explored) -> 1 (load)
-    assert arm.period == RECHECK_FIRST  # checks come often again after a change
-    assert drive(arm, busy, 5) == [1] * 5
-    # a long quiet run: the checks back off up to RECHECK_MAX calls
-    arm2 = _Arm(guess=1, pool=2)
-    drive(arm2, {1: 0.05, 2: 0.5}, 10 * RECHECK_MAX)
-    assert arm2.current == 1 and arm2.period == RECHECK_MAX
+    assert len(checks) >= 2 and checks[0] == first  # one check per period
+    assert checks[1] - checks[0] == 2 * first + 1  # the period doubled: the choice held
+    # the other core gets busy: two threads now wait for it; after two slow calls the medians
+    # favour one thread, which is tried at once and kept
+    seen = drive(arm, busy, 4)
+    assert seen == [2, 2, 1, 1] and arm.current == 1 and arm.switches == 2  # 1 -> 2 -> 1
+    # two threads were 10x slower: checking them costs 10 calls, so they come 320 calls apart
+    assert arm.period == 10 * RECHECK_FIRST
+    # a long busy run: the checks back off up to RECHECK_MAX calls
+    drive(arm, busy, 10 * RECHECK_MAX)
+    assert arm.current == 1 and arm.period == RECHECK_MAX
+
+
+def test_a_much_slower_count_ends_the_first_round_at_once():
+    arm = _Arm(guess=1, pool=2)
+    seen = drive(arm, {1: 0.05, 2: 1.0}, 3 + 3)  # a busy machine: two threads 20x slower
+    assert seen == [1, 2, 1, 1, 1, 1]  # one call with two threads, not EXPLORE_CALLS of them
+    assert arm.current == 1 and arm.period == 20 * RECHECK_FIRST  # a check costs 20 calls
+
+
+def test_a_tie_within_the_margin_does_not_flip_flop():
+    arm = _Arm(guess=1, pool=2)
+    seen = drive(arm, {1: 0.050, 2: 0.048}, 1 + 2 * EXPLORE_CALLS + 200)
+    assert arm.current == 1 and arm.switches == 0
+    assert seen[1 + 2 * EXPLORE_CALLS :].count(2) <= 3  # only the spaced checks
 
 
 def test_small_programs_are_not_timed():
