@@ -129,6 +129,8 @@ class FusedLowering:
             ops = "+".join(ins[0] for ins in program)
             self.fallbacks.append(f"{ops}: {why}")
             return None
+        if later:  # its argument types known now: compiling starts before the first call
+            background.request_planned(handle)
         name = self.bind("nks", None)
         numpy_fn = self._lone_function(n) if lone else self._fused_kernel(n, with_out=True)
         temps = [] if lone else self._temps(n, views)
