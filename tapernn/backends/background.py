@@ -211,10 +211,11 @@ def request_planned(handle: Any) -> None:
     if key is not None:
         request(handle, key)
     else:
-        _start_numba()
+        start_numba()
 
 
-def _start_numba() -> None:
+def start_numba() -> None:
+    """Have the worker import and set up numba (once), ahead of the kernels it will compile."""
     with _start_lock:
         if _numba_started[0]:
             return

@@ -220,5 +220,7 @@ def lower(
         make_runner(compiled, attrs),
         ins,
     )
+    if switch.later:  # numba's import and setup start now, before the first call asks
+        background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     return compiled, switch, f"numba loop kernel{later}"

@@ -77,6 +77,8 @@ def attach(compiled: Any) -> None:
             handle = _programs[source] = ProgramKernel(source, gen.constants, gen.called)
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
+    if switch.later:  # numba's import and setup start now, before the first call asks
+        background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     report.kernel = WHOLE + later
     compiled.program_kernel = switch
