@@ -190,6 +190,46 @@ def test_the_switch_call_is_fixed_whatever_the_compile_time(later, monkeypatch, 
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
 
 
+@pytest.mark.parametrize("hidden", [4, 520])
+def test_a_model_whose_kernels_fail_in_the_background_runs_numpy_and_says_so(
+    later, monkeypatch, hidden
+):
+    from tapernn.backends import numba_loop, numba_program
+
+    def broken(source):
+        raise RuntimeError("simulated compile failure")
+
+    for module in (numba_backend, numba_loop):
+        monkeypatch.setattr(module, "_load", broken)
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    monkeypatch.setattr(numba_loop, "_loops", {})
+    monkeypatch.setattr(numba_program, "_programs", {})
+    rng = np.random.default_rng(4)
+    x, gy = rng.standard_normal((3, 2, 3)), rng.standard_normal((3, 2, hidden))
+    before = tn.get_backend()
+    try:
+        tn.set_backend("numpy")
+        tn.manual_seed(7)
+        ref = _train(3, x, gy, hidden)
+        tn.set_backend("numba")
+        tn.manual_seed(7)
+        seq = nn.Sequencer(nn.FastLSTM(3, hidden))
+        got = []
+        for _ in range(3):  # nothing raises in the user's steps
+            y = seq.forward(x)
+            seq.zero_grad_parameters()
+            gx = seq.backward(x, gy)
+            got.append([y.copy(), gx.copy()] + [p.grad.copy() for p in seq.parameters()])
+        report = seq.compile_report()
+    finally:
+        tn.set_backend(before)
+    for step, (a, b) in enumerate(zip(ref, got)):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
+    said = [*report.fallbacks, report.kernel, *(loop.kernel for loop in report.loops)]
+    assert any("simulated compile failure" in why for why in said), said
+
+
 def test_the_switch_call_is_a_setting(later, monkeypatch):
     x = _arrays(np.float64, seed=9)
     g = tn.trace(every_op, *x)

@@ -77,7 +77,20 @@ class Gate:
                 _local.call = 0
         if self.calls >= self.at and self.compiled.__dict__.get("run") is self:
             del self.compiled.run  # (a whole-program kernel may have set its own `run`)
+            _lift_failures(self.compiled.report)
         return out
+
+
+def _lift_failures(report: Any) -> None:
+    """Copy the background failures of loop bodies' kernels (their Sites report to the body's
+    CompileReport) into the top-level report's fallbacks, where a model's report shows them."""
+    for loop in report.loops:
+        for why in loop.body.fallbacks:
+            if FAILED in why and why not in report.fallbacks:
+                report.fallbacks.append(why)
+
+
+FAILED = "(in the background; NumPy runs it)"
 
 
 def install_gate(compiled: Any) -> None:
@@ -169,7 +182,7 @@ class Site:
     def _failed(self) -> None:
         why = self.handle.error or "not compiled for these argument types"
         if self.report is not None:
-            self.report.fallbacks.append(f"{self.name}: {why} (in the background; NumPy runs it)")
+            self.report.fallbacks.append(f"{self.name}: {why} {FAILED}")
 
     def _swap(self) -> Callable:
         kernel = self.handle.kernel
