@@ -104,7 +104,8 @@ class FusedLowering:
         passed as arrays (a 0-d result of a reduction may be a NumPy scalar). The call goes
         through a Site (backends/background.py; made by _make_sites once the program exists), a
         bound name rebound to the kernel once it is compiled for the argument types the first
-        call saw: at that first call, or with background compilation at the second."""
+        call saw: at that first call, or with background compilation at the top-level program's
+        switch call (backends/background.py)."""
         from .backends import background, numba_backend
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
