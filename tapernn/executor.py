@@ -62,10 +62,13 @@ class Compiled:
             self.largest_gemm_flops, 1 if self.thread_flops < SMALL_GEMM_FLOPS else None
         )
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
+        for name, *_ in self.program.sites:  # (a kernel failing in the background reports here)
+            self.program.bound[name].report = self.report
         if self.program.backend == "numba" and not nested():
-            from .backends import numba_program
+            from .backends import background, numba_program
 
             numba_program.attach(self)
+            background.install_gate(self)  # numbers the calls: which ones run numba's kernels
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs

@@ -104,7 +104,8 @@ class FusedLowering:
         passed as arrays (a 0-d result of a reduction may be a NumPy scalar). The call goes
         through a Site (backends/background.py; made by _make_sites once the program exists), a
         bound name rebound to the kernel once it is compiled for the argument types the first
-        call saw: at that first call, or with background compilation at the second."""
+        call saw: at that first call, or with background compilation at the top-level program's
+        switch call (backends/background.py)."""
         from .backends import background, numba_backend
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
@@ -129,6 +130,8 @@ class FusedLowering:
             ops = "+".join(ins[0] for ins in program)
             self.fallbacks.append(f"{ops}: {why}")
             return None
+        if later:  # its argument types known now: compiling starts before the first call
+            background.request_planned(handle)
         name = self.bind("nks", None)
         numpy_fn = self._lone_function(n) if lone else self._fused_kernel(n, with_out=True)
         temps = [] if lone else self._temps(n, views)

@@ -1,7 +1,8 @@
-"""numba kernels compiled in the background (tapernn/backends/background.py): a fused group's
-first call runs its NumPy lowering while the worker compiles, every later call the kernel --
-whatever the timing, so runs stay reproducible bit for bit -- and every call agrees with the
-reference interpreter and the NumPy backend to 1e-12 in float64."""
+"""numba kernels compiled in the background (tapernn/backends/background.py): a top-level
+program's calls before the switch call ($TAPERNN_NUMBA_SWITCH_CALL, default 2) run NumPy --
+loop bodies too, however often a loop calls them -- while the worker compiles, every later call
+the kernels, whatever the timing, so runs stay reproducible bit for bit; and every call agrees
+with the reference interpreter and the NumPy backend to 1e-12 in float64."""
 
 import os
 import subprocess
@@ -50,7 +51,10 @@ def test_first_call_runs_numpy_the_second_the_kernel(later, monkeypatch):
     np.testing.assert_allclose(first, ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(second, ref, rtol=1e-12, atol=1e-12)
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
-    again = tn.compile(g, backend="numba")  # compiled already: numba from its first call
+    # compiled already in this process: still NumPy at call 1 (whether a kernel is ready must
+    # never decide which lowering a call runs), numba from the switch call
+    again = tn.compile(g, backend="numba")
+    np.testing.assert_array_equal(again(*x), first)
     np.testing.assert_array_equal(again(*x), second)
     assert not any(isinstance(v, background.Site) for v in _slots(again).values())
 
@@ -64,15 +68,16 @@ def test_a_kernel_that_fails_in_the_background_leaves_its_groups_on_numpy(later,
     x = _arrays(np.float64, seed=6)
     g = tn.trace(every_op, *x)
     c = tn.compile(g, backend="numba")
-    outs = [c(*x) for _ in range(3)]
+    outs = [c(*x) for _ in range(3)]  # no exception in the caller's calls
     assert all(isinstance(v, background.Site) for v in _slots(c).values())
     assert "simulated compile failure" in next(iter(numba_backend._kernels.values())).error
+    assert any("simulated compile failure" in why for why in c.report.fallbacks)  # reported
     for out in outs:
         np.testing.assert_allclose(out, interpret(g, *x)[0], rtol=1e-12, atol=1e-12)
 
 
-def _train(steps, x, gy):
-    seq = nn.Sequencer(nn.FastLSTM(3, 4))
+def _train(steps, x, gy, hidden=4):
+    seq = nn.Sequencer(nn.FastLSTM(x.shape[-1], hidden))
     outs = []
     for _ in range(steps):
         y = seq.forward(x)
@@ -125,6 +130,163 @@ def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
     ]
     assert runs[0] == runs[1]  # cold (compiling while call 1 runs) and warm: the same bits
     assert runs[0][1] == runs[0][2]  # calls 2 and 3 both ran the kernel
+
+
+def _numba_train(steps, x, gy, hidden):
+    before = tn.get_backend()
+    try:
+        tn.set_backend("numba")
+        tn.manual_seed(7)
+        return _train(steps, x, gy, hidden)
+    finally:
+        tn.set_backend(before)
+
+
+def _assert_same(a, b, same=True):
+    equal = [np.array_equal(u, v) for u, v in zip(a, b)]
+    assert all(equal) if same else not all(equal)
+
+
+# (4, 2): a whole-program kernel calling a loop kernel; (520, 2): values of 4 * 520 * 2 > 4096
+# elements, so a Python loop calling the body's fused-group kernels once per timestep
+@pytest.mark.parametrize("hidden", [4, 520])
+def test_the_switch_call_is_fixed_whatever_the_compile_time(later, monkeypatch, hidden):
+    rng = np.random.default_rng(1)
+    x, gy = rng.standard_normal((3, 2, 3)), rng.standard_normal((3, 2, hidden))
+    before = tn.get_backend()
+    try:
+        tn.set_backend("numpy")
+        tn.manual_seed(7)
+        ref = _train(3, x, gy, hidden)
+    finally:
+        tn.set_backend(before)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    eager = _numba_train(3, x, gy, hidden)  # numba from call 1 (and every kernel compiled now)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    ready = _numba_train(3, x, gy, hidden)  # kernels compiled already in this process
+    # a slow compile: new handles (loaded again from numba's cache), each held 0.2 s
+    from tapernn.backends import numba_loop, numba_program
+
+    for module, name in ((numba_backend, "_kernels"), (numba_loop, "_loops")):
+        monkeypatch.setattr(module, name, {})
+    monkeypatch.setattr(numba_program, "_programs", {})
+    import time
+
+    for cls in (numba_backend.Kernel, numba_loop.LoopKernel, numba_program.ProgramKernel):
+        slow = cls.__dict__["prepare"]
+
+        def held(self, *a, _slow=slow, **k):
+            time.sleep(0.2)
+            return _slow(self, *a, **k)
+
+        monkeypatch.setattr(cls, "prepare", held)
+    slowly = _numba_train(3, x, gy, hidden)
+    assert background.wait(timeout=120)
+    for step in range(3):
+        _assert_same(ready[step], slowly[step])  # bit for bit, whatever the compile time
+        # call 1 (its loop's every step) on NumPy, calls 2 and 3 on the kernels
+        _assert_same(eager[step], slowly[step], same=step > 0)
+        for u, v in zip(ref[step], slowly[step]):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("hidden", [4, 520])
+def test_a_model_whose_kernels_fail_in_the_background_runs_numpy_and_says_so(
+    later, monkeypatch, hidden
+):
+    from tapernn.backends import numba_loop, numba_program
+
+    def broken(source):
+        raise RuntimeError("simulated compile failure")
+
+    for module in (numba_backend, numba_loop):
+        monkeypatch.setattr(module, "_load", broken)
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    monkeypatch.setattr(numba_loop, "_loops", {})
+    monkeypatch.setattr(numba_program, "_programs", {})
+    rng = np.random.default_rng(4)
+    x, gy = rng.standard_normal((3, 2, 3)), rng.standard_normal((3, 2, hidden))
+    before = tn.get_backend()
+    try:
+        tn.set_backend("numpy")
+        tn.manual_seed(7)
+        ref = _train(3, x, gy, hidden)
+        tn.set_backend("numba")
+        tn.manual_seed(7)
+        seq = nn.Sequencer(nn.FastLSTM(3, hidden))
+        got = []
+        for _ in range(3):  # nothing raises in the user's steps
+            y = seq.forward(x)
+            seq.zero_grad_parameters()
+            gx = seq.backward(x, gy)
+            got.append([y.copy(), gx.copy()] + [p.grad.copy() for p in seq.parameters()])
+        report = seq.compile_report()
+    finally:
+        tn.set_backend(before)
+    for step, (a, b) in enumerate(zip(ref, got)):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
+    said = [*report.fallbacks, report.kernel, *(loop.kernel for loop in report.loops)]
+    assert any("simulated compile failure" in why for why in said), said
+
+
+def test_the_switch_call_is_a_setting(later, monkeypatch):
+    x = _arrays(np.float64, seed=9)
+    g = tn.trace(every_op, *x)
+    monkeypatch.setenv("TAPERNN_NUMBA_SWITCH_CALL", "3")
+    c = tn.compile(g, backend="numba")
+    outs = [c(*x) for _ in range(4)]
+    np.testing.assert_array_equal(outs[0], outs[1])  # calls 1 and 2: NumPy
+    np.testing.assert_array_equal(outs[0], tn.compile(g, backend="numpy")(*x))
+    np.testing.assert_array_equal(outs[2], outs[3])  # calls 3 and 4: the kernel
+    assert np.abs(outs[1] - outs[2]).max() > 0
+    assert not any(isinstance(v, background.Site) for v in _slots(c).values())
+    monkeypatch.setenv("TAPERNN_NUMBA_SWITCH_CALL", "0")
+    with pytest.raises(tn.TapernnError, match="TAPERNN_NUMBA_SWITCH_CALL"):
+        tn.compile(g, backend="numba")
+
+
+def test_one_worker_thread_however_many_programs_compile(later):
+    import threading
+
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        x = rng.standard_normal((2, 3 + k))
+        c = tn.compile(tn.trace(lambda a: tn.tanh(a) * tn.exp(a) + a, x), backend="numba")
+        c(x)
+        c(x)
+    assert background.wait(timeout=120)
+    workers = [t for t in threading.enumerate() if t.name == "tapernn-numba-compiler"]
+    assert len(workers) <= 1 and all(t.daemon for t in workers)
+
+
+_EXIT = """
+import sys, threading, numpy as np, tapernn as tn
+from tapernn.backends import background
+x = np.linspace(-2, 2, 15).reshape(3, 5)
+c = tn.compile(tn.trace(lambda a: tn.tanh(a) * tn.sigmoid(a) + tn.exp(-a), x), backend="numba")
+c(x)
+print("in flight" if not background.wait(0) else "done", flush=True)
+"""
+
+
+def test_the_interpreter_exits_while_a_kernel_compiles(tmp_path):
+    env = dict(
+        os.environ,
+        TAPERNN_KERNEL_CACHE=str(tmp_path),  # empty: a cold compile is in flight at exit
+        PYTHONPATH=str(ROOT),
+        TAPERNN_NUMBA_BACKGROUND="1",
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _EXIT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "in flight" and "Fatal" not in run.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

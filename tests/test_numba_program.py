@@ -233,7 +233,7 @@ def test_background_compilation_call_one_numpy_program_call_two_kernel(monkeypat
     want = interpret(g, *arrays)
     numpy_first = tn.compile(g, backend="numpy")(*arrays)
     first = c(*arrays)
-    assert switch.fn == switch._second  # call 1 ran the NumPy program...
+    assert switch.fn == switch._pending  # call 1 ran the NumPy program...
     for a, b in zip(first, numpy_first):
         np.testing.assert_array_equal(a, b)  # ...with the Python loop: bit for bit NumPy's
     second = c(*arrays)

@@ -1,14 +1,16 @@
 """Which backend lowers fused elementwise groups: "numpy" (ufunc calls with preallocated
 temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
-compiled in a background thread while NumPy serves each group's first call, backends/background).
+compiled in a background thread while NumPy serves each top-level program's first call -- its
+loops' every step too -- backends/background).
 `set_backend` chooses for later compiles. The default is numpy: numba is opt-in (set_backend,
 $TAPERNN_BACKEND=numba) because its start-up costs more than it saves in the runs the default
 was decided on (100 float32 FastLSTM training steps at (1, 5, 5) and (32, 50, 256), first call
 included: numba slower at both, warm kernel cache or cold). numba's import and first-use setup
 take ~1 s of CPU per process even with every kernel cached (its scipy import avoided,
 backends/numba_setup.py), and each kernel specialisation ~0.4-0.8 s of compile the first time (one
-per 2-D kernel whatever its arrays' layout; the float32 ones with vecmath's exp/tanh the most), paid
-at a model's second call (the first runs on NumPy) -- for steps 0-12 % faster than NumPy's at
+per 2-D kernel whatever its arrays' layout; the float32 ones with vecmath's exp/tanh the most),
+waited for at a model's second call (the first runs on NumPy while they compile;
+$TAPERNN_NUMBA_SWITCH_CALL) -- for steps 0-12 % faster than NumPy's at
 (32, 50, 256) and (32, 50, 512) float32 since its float32 exp/tanh/sigmoid vectorise
 (backends/vecmath.py; its kernels 1.5-2x NumPy's per group), not enough to win a 100-step run
 from process start in CPU time; measured in BENCHMARKS.md."""

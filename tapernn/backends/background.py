@@ -1,10 +1,14 @@
 """Compiling numba kernels off the caller's thread. A program's fused group is called through a
 `Site` (a bound name of the program; with $TAPERNN_NUMBA_BACKGROUND=0 its first call compiles
-the kernel there and runs it): its first call runs the group's NumPy lowering while a
-worker thread imports numba and loads or compiles the kernel for the argument types that call
-saw; its second call waits for that kernel if it is not ready yet and puts it in the Site's place,
-so every later call runs it directly. Which call ran which lowering is fixed (the first NumPy,
-the others numba), never a matter of timing: runs stay reproducible bit for bit."""
+the kernel there and runs it). With background compilation (the default) a top-level program
+is called through a `Gate` until its kernels take over: calls before the switch call
+($TAPERNN_NUMBA_SWITCH_CALL, default 2) run every group's NumPy lowering -- loop bodies too,
+however many times a loop calls them -- while a worker thread imports numba and loads or
+compiles the kernels (asked for when the program is compiled, where their argument types are
+known then, else at the group's first call); the switch call waits for those not ready yet and
+puts each in its Site's place. Which call ran which lowering is fixed by the top-level call
+count, never by timing: runs stay reproducible bit for bit, cold or warm kernel cache. A kernel
+that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`)."""
 
 from __future__ import annotations
 
@@ -18,11 +22,82 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TapernnError
+
 
 def enabled() -> bool:
     """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles each kernel at its call site's first
     call, for that call's argument types, which then runs numba (a program's first call too)."""
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
+
+
+def switch_call() -> int:
+    """$TAPERNN_NUMBA_SWITCH_CALL (default 2): the top-level program call from which numba's
+    kernels run (the calls before it run NumPy while they compile)."""
+    text = os.environ.get("TAPERNN_NUMBA_SWITCH_CALL", "2")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise TapernnError(f"$TAPERNN_NUMBA_SWITCH_CALL: expected an integer >= 1, got {text!r}")
+    return value
+
+
+_local = threading.local()  # .call: the running top-level program's call number (Gate)
+
+
+def due(own_calls: int) -> bool:
+    """Whether a pending kernel takes over in this call: the running top-level program's call
+    number -- or, called outside any Gate, the caller's own call count -- has reached the switch
+    call."""
+    return (getattr(_local, "call", 0) or own_calls) >= switch_call()
+
+
+class Gate:
+    """A top-level numba program's `run` until its switch call has run: numbers its calls for
+    every Site and loop or program switch they reach (the module docstring), then takes itself
+    out (executor.Compiled.run again)."""
+
+    __slots__ = ("at", "calls", "compiled", "inner")
+
+    def __init__(self, compiled: Any):
+        self.compiled, self.inner = compiled, compiled.run
+        self.calls, self.at = 0, switch_call()
+
+    def __call__(self, args: Any) -> Any:
+        self.calls += 1
+        outer = getattr(_local, "call", 0)
+        if not outer:
+            _local.call = self.calls
+        try:
+            out = self.inner(args)
+        finally:
+            if not outer:
+                _local.call = 0
+        if self.calls >= self.at and self.compiled.__dict__.get("run") is self:
+            del self.compiled.run  # (a whole-program kernel may have set its own `run`)
+            _lift_failures(self.compiled.report)
+        return out
+
+
+def _lift_failures(report: Any) -> None:
+    """Copy the background failures of loop bodies' kernels (their Sites report to the body's
+    CompileReport) into the top-level report's fallbacks, where a model's report shows them."""
+    for loop in report.loops:
+        for why in loop.body.fallbacks:
+            if FAILED in why and why not in report.fallbacks:
+                report.fallbacks.append(why)
+
+
+FAILED = "(in the background; NumPy runs it)"
+
+
+def install_gate(compiled: Any) -> None:
+    """Call `compiled` (a top-level executor.Compiled on the numba backend) through a Gate while
+    its kernels compile in the background."""
+    if enabled():
+        compiled.run = Gate(compiled)
 
 
 def type_key(args: tuple) -> tuple:
@@ -47,7 +122,8 @@ def numba_signature(key: tuple) -> tuple:
 
 class Site:
     """One call site of a kernel in one program (see the module docstring): `numpy_fn(*operands,
-    *temps, out)` is the group's NumPy lowering, `handle` the numba_backend.Kernel."""
+    *temps, out)` is the group's NumPy lowering, `handle` the numba_backend.Kernel; `report`
+    (the program's CompileReport, set by executor.Compiled) gets a line if the kernel fails."""
 
     __slots__ = (
         "__weakref__",
@@ -59,6 +135,7 @@ class Site:
         "numpy_fn",
         "owner",
         "ready",
+        "report",
         "temps",
     )
 
@@ -71,6 +148,7 @@ class Site:
         self.calls = 0
         self.key: tuple | None = None
         self.ready: threading.Event | None = None
+        self.report: Any = None
 
     def attach(self, fn: Callable, name: str) -> None:
         """The program function whose keyword default `name` is this site."""
@@ -82,24 +160,29 @@ class Site:
             try:
                 self.key = type_key(args)
             except AttributeError:  # not all arrays: this site stays on NumPy
+                self.later = False
                 return self._numpy(args)
             if not self.later:  # compiled now, for these types (TAPERNN_NUMBA_BACKGROUND=0)
                 self.handle.prepare(self.key)
-            if self.handle.has(self.key):  # compiled for these types
-                return self._swap()(*args)
-            if not self.later:
+                if self.handle.has(self.key):
+                    return self._swap()(*args)
                 return self._numpy(args)  # the kernel failed (handle.error says why)
             self.ready = request(self.handle, self.key)
-            return self._numpy(args)
-        if self.ready is not None:
+        if self.ready is not None and due(self.calls):
             self.ready.wait()
             self.ready = None
             if self.handle.has(self.key):
                 return self._swap()(*args)
-        return self._numpy(args)  # the kernel failed (handle.error says why): NumPy from now on
+            self._failed()
+        return self._numpy(args)  # before the switch call, or the kernel failed: NumPy
 
     def _numpy(self, args: tuple) -> np.ndarray:
         return self.numpy_fn(*args[:-1], *self.temps, args[-1])
+
+    def _failed(self) -> None:
+        why = self.handle.error or "not compiled for these argument types"
+        if self.report is not None:
+            self.report.fallbacks.append(f"{self.name}: {why} {FAILED}")
 
     def _swap(self) -> Callable:
         kernel = self.handle.kernel
@@ -120,15 +203,47 @@ _requests: dict[tuple[int, tuple], tuple[Any, threading.Event]] = {}
 def request(handle: Any, key: tuple) -> threading.Event:
     """An event set once the worker has made `handle`'s kernel for argument types `key` (or
     failed: handle.error); one job per (kernel, types)."""
+    general = getattr(handle, "general", None)
+    ident = (id(handle), general(key) if general is not None else key)
     with _start_lock:
-        known = _requests.get((id(handle), key))
+        known = _requests.get(ident)
         if known is not None:
             return known[1]
         event = threading.Event()
-        _requests[(id(handle), key)] = (handle, event)
+        _requests[ident] = (handle, event)
         _jobs.put((handle, key, event))
         _ensure_worker()
         return event
+
+
+def request_planned(handle: Any) -> None:
+    """Ask for `handle`'s kernel (a numba_backend.Kernel) at compile time when its one
+    signature is known without a call (2-D kernels: Kernel.planned_key); else only have the
+    worker import and set up numba meanwhile."""
+    key = handle.planned_key()
+    if key is not None:
+        request(handle, key)
+    else:
+        start_numba()
+
+
+def start_numba() -> None:
+    """Have the worker import and set up numba (once), ahead of the kernels it will compile."""
+    with _start_lock:
+        if _numba_started[0]:
+            return
+        _numba_started[0] = True
+        _jobs.put((None, None, threading.Event()))
+        _ensure_worker()
+
+
+_numba_started = [False]
+
+
+def _setup_numba() -> None:
+    from .numba_setup import setup
+
+    setup()
 
 
 def _ensure_worker() -> None:
@@ -142,7 +257,13 @@ def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
         try:
-            handle.prepare(key)  # on failure the handle keeps why; its sites stay on NumPy
+            if handle is None:  # numba's import and setup, ahead of the kernels
+                try:
+                    _setup_numba()
+                except Exception:  # noqa: BLE001,S110 -- the kernels' own jobs will say why
+                    pass
+            else:
+                handle.prepare(key)  # on failure the handle keeps why; its sites stay on NumPy
         finally:
             event.set()
             _jobs.task_done()

@@ -24,7 +24,10 @@ from . import vecmath
 # bump when the generated source changes meaning (part of every kernel's file name)
 SOURCE_VERSION = 5
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
-_lock = threading.RLock()
+_lock = threading.RLock()  # held while a kernel loads or compiles
+# held only to look up or add a kernel: a compile of the caller's thread (plan_kernel) must not
+# wait for the worker thread's compile of another kernel (BENCHMARKS.md hcold3)
+_registry_lock = threading.Lock()
 _kernels: dict[str, Kernel] = {}
 
 
@@ -351,6 +354,15 @@ class Kernel:
             for k, (dt, nd, layout, ro) in enumerate(key)
         )
 
+    def planned_key(self) -> tuple | None:
+        """The signature its call sites will compile, when known before any call: a 2-D
+        kernel's one signature (general() of any layout); else None."""
+        if not self.one_signature:
+            return None
+        key = [(np.dtype(d).str, len(s), "C", False) for s, d in self.operands]
+        key.append((np.dtype(self.out[1]).str, self.out[0], "C", False))
+        return self.general(tuple(key))
+
     def has(self, key: tuple | None) -> bool:
         return self.kernel is not None and (key is None or self.general(key) in self.types)
 
@@ -440,7 +452,7 @@ def plan_kernel(
     source, why = _source_for(program, operands, out_shape, memo, inplace)
     if not source:
         return None, why
-    with _lock:
+    with _registry_lock:
         handle = _kernels.get(source)
         if handle is None:
             out = (len(out_shape), out_dtype)

@@ -20,7 +20,10 @@ from . import background
 from .loop_source import LoopSource, shifted_layout
 from .numba_backend import Unsupported, _load
 
-_lock = threading.RLock()
+_lock = threading.RLock()  # held while a kernel loads or compiles
+# held only to look up or add a kernel: a compile of the caller's thread (plan_kernel) must not
+# wait for the worker thread's compile of another kernel (BENCHMARKS.md hcold3)
+_registry_lock = threading.Lock()
 _loops: dict[str, LoopKernel] = {}  # by source: one dispatcher per distinct kernel per process
 # bodies with a value larger than this keep the Python loop (with numba's fused-group kernels):
 # there NumPy's SIMD ufuncs beat the kernel's scalar loops more than the loop overhead costs. An
@@ -82,7 +85,7 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         source = gen.source()
     except Unsupported as e:
         return None, f"unsupported: {e}"
-    with _lock:
+    with _registry_lock:
         handle = _loops.get(source)
         if handle is None:
             handle = _loops[source] = LoopKernel(source, gen.constants)
@@ -138,16 +141,17 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
 
 class Switch:
     """What a scan node calls on the numba backend. Call 1 computes the argument types; without
-    background compilation it compiles the kernel for them and runs it, with it (background.py's
-    protocol) it runs the Python loop while the worker compiles, and call 2 waits for the kernel.
-    From then on the kernel runs -- or the Python loop if the kernel failed (`report.kernel`
-    says why). Fixed per call, never a matter of timing."""
+    background compilation it compiles the kernel for them and runs it; with it (background.py's
+    protocol) the Python loop runs while the worker compiles, until the top-level program's
+    switch call, which waits for the kernel. From then on the kernel runs -- or the Python loop
+    if the kernel failed (`report.kernel` says why). Fixed per call, never a matter of timing."""
 
     def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable, ins: Any):
         self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
         self.later = background.enabled()
         self.report: Any = None  # the LoopReport (scan_run attaches it)
         self.ready: threading.Event | None = None
+        self.calls = 0
         self.fn: Callable = self._first
         slab = np.empty(0, ins.dtype)
         self.hoisted = [np.empty((0,) * len(i.shape), i.dtype) for i in ins.hoisted]
@@ -172,14 +176,17 @@ class Switch:
 
     def _first(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         key = self.key(args)
-        if self.handle.has(key) or not self.later:  # compiled already, or compile now
+        if not self.later:  # compile now
             self.handle.prepare(key)
             return self._use_kernel()(*args, out=out)
         self.ready = background.request(self.handle, key)
-        self.fn = self._second
-        return self.runner(*args, out=out)
+        self.fn = self._pending
+        return self._pending(*args, out=out)
 
-    def _second(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _pending(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        self.calls += 1
+        if not background.due(self.calls):
+            return self.runner(*args, out=out)
         self.ready.wait()
         return self._use_kernel()(*args, out=out)
 
@@ -213,5 +220,7 @@ def lower(
         make_runner(compiled, attrs),
         ins,
     )
+    if switch.later:  # numba's import and setup start now, before the first call asks
+        background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     return compiled, switch, f"numba loop kernel{later}"

@@ -77,6 +77,8 @@ def attach(compiled: Any) -> None:
             handle = _programs[source] = ProgramKernel(source, gen.constants, gen.called)
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
+    if switch.later:  # numba's import and setup start now, before the first call asks
+        background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     report.kernel = WHOLE + later
     compiled.program_kernel = switch
@@ -86,7 +88,7 @@ def attach(compiled: Any) -> None:
 class ProgramSwitch:
     """What a program with a whole-program kernel calls (loop_kernel.Switch's protocol): call 1
     compiles the kernel for its argument types and runs it, or -- compiling in the background --
-    runs the NumPy program while the worker compiles, and call 2 waits. Then the kernel takes
+    the NumPy program runs while the worker compiles, until the switch call, which waits. Then the kernel takes
     the program's place (`program.fn`); if it failed, the NumPy program does, with its loops'
     own kernels, and the report says why."""
 
@@ -97,6 +99,7 @@ class ProgramSwitch:
         self.numpy_fn = compiled.program.fn
         self.later = background.enabled()
         self.ready: threading.Event | None = None
+        self.calls = 0
         self.fn: Callable = self._first
         self.notes = [loop_report.kernel for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
@@ -114,14 +117,17 @@ class ProgramSwitch:
         except AttributeError:  # not all arrays: the NumPy program runs
             self.handle = None
             return self._use()(*args)
-        if self.handle.has(key) or not self.later:
+        if not self.later:
             self.handle.prepare(key)
             return self._use()(*args)
         self.ready = background.request(self.handle, key)
-        self.fn = self._second
-        return self.numpy_fn(*args)
+        self.fn = self._pending
+        return self._pending(*args)
 
-    def _second(self, *args: np.ndarray) -> tuple:
+    def _pending(self, *args: np.ndarray) -> tuple:
+        self.calls += 1
+        if not background.due(self.calls):
+            return self.numpy_fn(*args)
         self.ready.wait()
         return self._use()(*args)
 

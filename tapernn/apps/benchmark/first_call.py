@@ -1,10 +1,12 @@
 """The numba backend's first calls: a fresh interpreter imports tapernn, builds
 Sequencer(FastLSTM(H, H)) and runs float32 training steps, on the NumPy backend, and on numba with
-the kernels compiled in the background (the default: step 1 on NumPy, step 2 waits for the
-kernels) or at each group's first call (TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel
-cache (cold) and with the cache a previous run left (warm): the first three steps at
-(32, 50, 256), and whole 100-step runs (process start to the last step) at (32, 50, 256) and
-(1, 5, 5) -- what decides the default backend (tapernn/backends/__init__.py)."""
+the kernels compiled in the background (the default: step 1 -- every call of each program before
+the switch call -- on NumPy, step 2 waits for the kernels) or at each group's first call
+(TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel cache (cold) and with the cache a
+previous run left (warm): the first three steps at (32, 50, 256) (wall, and the main thread's
+CPU: the rest of the process's is the compiler thread's), and whole 100-step runs (process
+start to the last step) at (32, 50, 256) and (1, 5, 5) -- what decides the default backend
+(tapernn/backends/__init__.py)."""
 
 from __future__ import annotations
 
@@ -27,13 +29,14 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((T, B, H)).astype(np.float32)
 g = rng.standard_normal((T, B, H)).astype(np.float32)
 seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(np.float32)
-steps = []
+steps, main_cpu = [], []
 for _ in range(n):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     seq.forward(x); seq.zero_grad_parameters(); seq.backward(x, g)
     steps.append(time.perf_counter() - t)
+    main_cpu.append(time.thread_time() - c)
 rep = seq.compile_report()
-print(json.dumps({"steps": steps[:3], "total": time.perf_counter() - start,
+print(json.dumps({"steps": steps[:3], "main_cpu": main_cpu[:3], "total": time.perf_counter() - start,
                   "cpu": time.process_time(), "kernels": rep.compiled_kernels,
                   "fallbacks": len(rep.fallbacks), "numba_imported": "numba" in sys.modules}))
 """
@@ -81,10 +84,10 @@ def first_call_times(size: tuple = (32, 50, 256), steps: int = 3) -> list[tuple[
 def run_first_call() -> None:
     print(
         "\nfirst calls, (32, 50, 256) float32 FastLSTM training step, fresh interpreter "
-        "(build + trace + compile + step):"
+        "(build + trace + compile + step), wall (main thread's CPU):"
     )
     for label, r in first_call_times():
-        steps = "  ".join(f"{s:6.2f} s" for s in r["steps"])
+        steps = "  ".join(f"{s:5.2f} s ({c:4.2f})" for s, c in zip(r["steps"], r["main_cpu"]))
         print(
             f"  {label:<28} steps 1-3 {steps}   {r['kernels']} kernels, "
             f"{r['fallbacks']} groups on NumPy"
