@@ -111,7 +111,8 @@ def format_report(report: CompileReport) -> str:
     if report.backend:
         rows.append(
             f"backend                   {report.backend} ({report.compiled_kernels} "
-            f"compiled kernels, {len(report.fallbacks)} groups on NumPy)"
+            f"compiled kernels, {report.loop_compiled_kernels} in loop bodies, "
+            f"{len(report.fallbacks)} groups on NumPy)"
         )
         rows += [f"  on NumPy: {why}" for why in report.fallbacks[:5]]
     if report.kernel:

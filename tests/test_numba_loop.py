@@ -214,7 +214,7 @@ def test_a_large_body_keeps_the_python_loop():
     from tapernn.backends.numba_loop import MAX_SIZE
 
     def step(h, x):
-        return [h * x, h]
+        return [tn.tanh(h * x), h]  # one fused group: a numba kernel inside the Python loop
 
     z = np.zeros((1, MAX_SIZE + 1))
     body = tn.trace(step, z, z, names=["h", "x"])
@@ -226,3 +226,6 @@ def test_a_large_body_keeps_the_python_loop():
     assert note.startswith("Python loop (no numba loop kernel: body values of up to 4097")
     for got, want in zip(c(*arrays), interpret(g, *arrays)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # the body's elementwise kernel is counted in the report (it said "0 compiled kernels")
+    assert c.report.compiled_kernels == 0 and c.report.loop_compiled_kernels == 1
+    assert "0 compiled kernels, 1 in loop bodies" in str(c.report)

@@ -108,6 +108,16 @@ class CompileReport:
     notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
 
     kernels = property(lambda self: self.plan.kernels)
+
+    @property
+    def loop_compiled_kernels(self) -> int:
+        """numba kernels of the loop bodies (each compiled body counted once, nested loops
+        included): a rolled Sequencer's elementwise kernels are all there."""
+        seen: dict[int, int] = {}
+        for loop in self.loops:
+            body = loop.body
+            seen[loop.body_key or id(body)] = body.compiled_kernels + body.loop_compiled_kernels
+        return sum(seen.values())
     naive_bytes = property(lambda self: self.plan.naive_bytes)
     planned_bytes = property(lambda self: self.plan.planned_bytes)
     peak_bytes = property(lambda self: self.plan.peak_bytes)

@@ -37,7 +37,7 @@ for _ in range(n):
     main_cpu.append(time.thread_time() - c)
 rep = seq.compile_report()
 print(json.dumps({"steps": steps[:3], "main_cpu": main_cpu[:3], "total": time.perf_counter() - start,
-                  "cpu": time.process_time(), "kernels": rep.compiled_kernels,
+                  "cpu": time.process_time(), "kernels": rep.compiled_kernels + rep.loop_compiled_kernels,
                   "fallbacks": len(rep.fallbacks), "numba_imported": "numba" in sys.modules}))
 """
 
