@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any
 
 from ..errors import StateError
@@ -163,23 +164,21 @@ def lock_entry_points(cls: type) -> None:
             setattr(cls, name, locked_method(fn))
 
 
-def _last_record(module: Any) -> Any:
-    rt = module.__dict__.get("_runtime")
-    return rt.history[-1] if rt is not None and rt.history else None
-
-
 def _stamp(module: Any) -> None:
     rt = module.__dict__.get("_runtime")
     if rt is not None and rt.history:
         record = rt.history[-1]
         if getattr(record, "thread", None) is None:  # (a nested forward stamped it already)
-            record.thread = threading.get_ident()
+            record.thread = get_ident()
 
 
 def _other_thread(module: Any) -> int | None:
-    record = _last_record(module)
-    owner = getattr(record, "thread", None)
-    return owner if owner is not None and owner != threading.get_ident() else None
+    """The thread that ran module's last forward, when that is not this thread."""
+    rt = module.__dict__.get("_runtime")  # (every forward and backward runs this: inlined)
+    if rt is None or not rt.history:
+        return None
+    owner = getattr(rt.history[-1], "thread", None)
+    return owner if owner is not None and owner != get_ident() else None
 
 
 def check_backward_pairing(module: Any) -> None:
@@ -187,7 +186,7 @@ def check_backward_pairing(module: Any) -> None:
     owner = _other_thread(module)
     if owner is not None:
         raise StateError(
-            f"{module.describe()}: backward in thread {threading.get_ident()} would "
+            f"{module.describe()}: backward in thread {get_ident()} would "
             f"use the forward run by thread {owner} (a module keeps one forward's "
             f"values); run forward and backward in one thread, inside "
             f"`with model.locked():` when several threads share the model, or give "
@@ -201,7 +200,7 @@ def check_sequence_owner(module: Any) -> None:
     if owner is not None and module.is_recurrent:
         raise StateError(
             f"{module.describe()}: step-wise forward in thread "
-            f"{threading.get_ident()} would continue the sequence stepped by thread "
+            f"{get_ident()} would continue the sequence stepped by thread "
             f"{owner} (a recurrent module remembers one sequence); call forget() "
             f"first to start a new one (inside `with model.locked():` when threads "
             f"share the model), or give each thread its own copy (copy.deepcopy)"

@@ -208,7 +208,10 @@ class Module:
             from .runtime import runtime_of
 
             rt = runtime_of(self)
-        return rt.forward(input)
+        steady = rt.steady  # (Runtime.forward inlined: the steady path, nn.steady)
+        if steady is not None:
+            return steady.forward(input)
+        return rt.slow_forward((input,))
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other

@@ -16,7 +16,7 @@ from .binding import _state_signature
 from .packing import VERSION
 from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
 from .tree import LEAF
-from .write_plan import Pending, write_plan
+from .write_plan import Pending, release_plan, write_plan
 
 MISS = object()  # a steady backward that must take the general path
 
@@ -32,7 +32,7 @@ class Steady:
         self.version = VERSION[0]  # parameters' arrays, hooks, stateful modules: all as then
         self.shape, self.dtype = x.shape, x.dtype
         self.training, self.root_dtype = root.is_training, root._dtype
-        self.hooks = hooks
+        self.hooks = plan_hooks(hooks)
         # per stateful module: its initial state's kind as the hooks left it (_state_signature),
         # and whether that is "none" of the built-in kind (checked inline)
         self.stateful = [(m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)]
@@ -47,6 +47,15 @@ class Steady:
         self.fields = _fields_plan(exe)
         self.grads = [exe.params[k].grad for k in exe.packing.loose]  # (the same while VERSION)
         self.groups = exe.packing.groups
+        self.release = [  # (Runtime._release_previous's plan)
+            (m.__dict__, output, tuple(m.state_names) if steps else None)
+            for m, output, steps in release_plan(exe)
+        ]
+
+    def __deepcopy__(self, memo: dict) -> None:
+        """A copied model plans its own steady path (this one's planned hooks and field
+        references are the original model's)."""
+        return
 
     def forward(self, x: Any) -> Any:
         rt, root = self.rt, self.root
@@ -80,7 +89,7 @@ class Steady:
         args[self.data_at] = x
         for k, bind in self.dynamic:  # dropout masks drawn, states read, per call
             args[k] = bind(leaves)
-        rt._release_previous(exe)
+        self._release()
         outs = _run(self.program, args)
         record = rt.record_type(exe, leaves, args, outs, saving=self.training)
         record.starts = starts
@@ -92,6 +101,19 @@ class Steady:
         output = record.outputs[0]
         root.__dict__["output"] = output  # (a field: no registration check)
         return output
+
+    def _release(self) -> None:
+        """Runtime._release_previous, from the plan it made for this program."""
+        rt = self.rt
+        rt.history = []
+        fields = self.root.__dict__
+        fields["output"] = fields["grad_input"] = None
+        for fields, output, names in self.release:
+            if output:
+                fields["output"] = None
+            if names is not None:
+                fields["outputs"], fields["inputs"] = [], []
+                fields["states"] = {k: [] for k in names}
 
     def _write_back(self, outs: tuple) -> None:
         """Runtime._write_back of a Sequencer call, from the plan `_fields_plan` made."""
@@ -122,9 +144,11 @@ class Steady:
             or grad_output.shape != self.gshape
             or grad_output.dtype != self.gdtype
             or VERSION[0] != self.version
-            or any(m._extra_state_grads for m in self.cut_modules)
         ):
             return MISS
+        for m in self.cut_modules:
+            if m._extra_state_grads:
+                return MISS
         exe, pair = self.exe, self.pair
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
         program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
@@ -166,6 +190,24 @@ def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: li
     ):
         return None
     return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
+
+
+def plan_hooks(hooks: list) -> list:
+    """The model's hooks (bound `_before_forward`s, in modules() order) with each one whose
+    module plans it (`_planned_before_forward`: a Sequencer's forget) replaced by the planned
+    function, and the hooks that function covers dropped."""
+    planned, covered = [], set()
+    for hook in hooks:
+        owner = getattr(hook, "__self__", None)
+        plan_of = getattr(owner, "_planned_before_forward", None)
+        found = plan_of() if plan_of is not None and hook == owner._before_forward else None
+        if found is None:
+            planned.append(hook)
+            continue
+        fn, modules = found
+        planned.append(fn)
+        covered.update(id(m) for m in modules)
+    return [h for h in planned if id(getattr(h, "__self__", None)) not in covered]
 
 
 def _plain_state(m: Any) -> bool:
