@@ -8,15 +8,16 @@ nn.runtime's general path, which plans the next steady call (`plan`)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from .binding import _state_signature
 from .packing import VERSION
 from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
+from .steady_source import forward_function
 from .tree import LEAF
-from .write_plan import Pending, release_plan, write_plan
+from .write_plan import release_plan, write_plan
 
 MISS = object()  # a steady backward that must take the general path
 
@@ -47,88 +48,38 @@ class Steady:
         self.fields = _fields_plan(exe)
         self.grads = [exe.params[k].grad for k in exe.packing.loose]  # (the same while VERSION)
         self.groups = exe.packing.groups
+        self.saved_at = range(self.n_kept, sys.maxsize)  # forward results only backward reads
+        self.n_params = len(self.grads) + len(self.groups)  # backward results accumulated at once
+        self.scratch: dict[int, tuple] = {}  # id(program) -> (its fn, the runner used: _run)
         self.release = [  # (Runtime._release_previous's plan)
             (m.__dict__, output, tuple(m.state_names) if steps else None)
             for m, output, steps in release_plan(exe)
         ]
+        self.forward = forward_function(self)  # forward(x) -> output (nn.steady_source)
 
     def __deepcopy__(self, memo: dict) -> None:
         """A copied model plans its own steady path (this one's planned hooks and field
         references are the original model's)."""
         return
 
-    def forward(self, x: Any) -> Any:
-        rt, root = self.rt, self.root
-        if (
-            type(x) is not np.ndarray
-            or x.shape != self.shape
-            or x.dtype != self.dtype
-            or VERSION[0] != self.version
-            or root.is_training is not self.training
-            or root._dtype != self.root_dtype
-        ):
-            return rt.slow_forward((x,))
-        for hook in self.hooks:
-            hook()
-        for m, signature, none in self.stateful:  # the initial states' kinds: as planned
-            if none:  # no initial state (_state_signature inlined)
-                fields = m.__dict__
-                if (
-                    fields["_state"] is not None
-                    or fields["_user_initial"] is not None
-                    or fields["_mask_zero"] != signature[2]
-                ):
-                    return rt.slow_forward((x,), hooks_done=True)
-            elif _state_signature(m) != signature:
-                return rt.slow_forward((x,), hooks_done=True)
-        exe = self.exe
-        rt.last = exe
-        starts = [(m, m._state, m._user_initial) for m in self.recurrent]
-        leaves = [x]
-        args = self.args.copy()  # the parameters' arrays (the same while VERSION is)
-        args[self.data_at] = x
-        for k, bind in self.dynamic:  # dropout masks drawn, states read, per call
-            args[k] = bind(leaves)
-        self._release()
-        outs = _run(self.program, args)
-        record = rt.record_type(exe, leaves, args, outs, saving=self.training)
-        record.starts = starts
-        if self.fields is None:
-            rt._write_back(exe, record, False)
-        else:
-            self._write_back(record.outputs)
-        rt.history = [record]
-        output = record.outputs[0]
-        root.__dict__["output"] = output  # (a field: no registration check)
-        return output
+    def _run(self, compiled: Any, args: list, private: range) -> tuple:
+        """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program:
+        its `run` is `_run`) called directly -- it reads no NumPy error state -- writing the
+        results at `private` positions (never seen outside this steady path, dead by its next
+        call) into scratch arrays reused by every call (numba_program.scratch_runner). A
+        failure runs it again through `run`, which names the failing node."""
+        fn = compiled.program.fn
+        if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
+            return compiled.run(args)
+        entry = self.scratch.get(id(compiled))
+        if entry is None or entry[0] is not fn:  # (first call, or the kernel arrived since)
+            from ..backends.numba_program import scratch_runner
 
-    def _release(self) -> None:
-        """Runtime._release_previous, from the plan it made for this program."""
-        rt = self.rt
-        rt.history = []
-        fields = self.root.__dict__
-        fields["output"] = fields["grad_input"] = None
-        for fields, output, names in self.release:
-            if output:
-                fields["output"] = None
-            if names is not None:
-                fields["outputs"], fields["inputs"] = [], []
-                fields["states"] = {k: [] for k in names}
-
-    def _write_back(self, outs: tuple) -> None:
-        """Runtime._write_back of a Sequencer call, from the plan `_fields_plan` made."""
-        finals, outputs, pending = self.fields
-        for m, positions in finals:
-            state = []
-            for k in positions:  # (runtime._own: a view of a slab is copied)
-                s = outs[k]
-                base = s.base
-                state.append(s.copy() if base is not None and base.nbytes > s.nbytes else s)
-            m._store_state(tuple(state))
-        for m, pos in outputs:
-            m.__dict__["output"] = outs[pos]
-        for m, steps in pending:
-            m._write_pending(Pending(outs, steps), steps[3])
+            entry = self.scratch[id(compiled)] = (fn, scratch_runner(fn, private) or fn)
+        try:
+            return entry[1](*args)
+        except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
+            return compiled.run(args)
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
         """grad_input, or MISS (nothing done) when the call is not the steady one."""
@@ -155,9 +106,9 @@ class Steady:
         args = record.args
         saved.append(grad_output)
         saved += [args[k] for k in pair.reads]
-        grads = _run(program, saved)
-        del saved
         first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
+        grads = self._run(program, saved, range(first, first + self.n_params))
+        del saved
         n_loose = len(self.grads)
         if exe.state_wrt:  # a user-set initial state's gradient
             start = first + n_loose + len(self.groups)
@@ -261,16 +212,3 @@ def _fields_plan(exe: Any) -> tuple | None:
         elif leaves or others:
             return None
     return exe.final_plan(), outputs, pending
-
-
-def _run(compiled: Any, args: list) -> tuple:
-    """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program: its
-    `run` is `_run`) called directly: it reads no NumPy error state. A failure runs it again
-    through `run`, which names the failing node."""
-    fn = compiled.program.fn
-    if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
-        return compiled.run(args)
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
-        return compiled.run(args)

@@ -1,0 +1,146 @@
+"""The steady forward of one plan (nn.steady) as a generated Python function: the key check,
+the hooks, the initial-state checks, the arguments, the release of the previous call's fields,
+the program and the write-back each spelled out for this plan's modules and positions (no loops
+over plan lists, no attribute walks), as codegen.Program spells out a graph's NumPy calls."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .binding import _state_signature
+from .packing import VERSION
+from .write_plan import Pending
+
+
+def forward_function(steady: Any) -> Callable:
+    """`forward(x) -> output` for `steady` (a Steady): what the general path does for a call
+    with its signature, or `rt.slow_forward` where the call is not such a call."""
+    ns: dict[str, Any] = {
+        "ndarray": np.ndarray,
+        "VERSION": VERSION,
+        "Pending": Pending,
+        "state_signature": _state_signature,
+        "steady": steady,
+        "rt": steady.rt,
+        "root": steady.root,
+        "rf": steady.root.__dict__,
+        "exe": steady.exe,
+        "slow": steady.rt.slow_forward,
+        "Record": steady.rt.record_type,
+        "run": steady._run,
+        "program": steady.program,
+        "saved_at": steady.saved_at,
+        "shape": steady.shape,
+        "dtype": steady.dtype,
+        "version": steady.version,
+        "training": steady.training,
+        "root_dtype": steady.root_dtype,
+    }
+
+    def bind(value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(ns)}"
+        ns[name] = value
+        return name
+
+    lines = [
+        "def forward(x):",
+        "    if (type(x) is not ndarray or x.shape != shape or x.dtype != dtype",
+        "            or VERSION[0] != version or root.is_training is not training",
+        "            or root._dtype != root_dtype):",
+        "        return slow((x,))",
+    ]
+    lines += [f"    {bind(hook, 'hook')}()" for hook in steady.hooks]
+    lines += _state_checks(steady, bind)
+    lines.append("    rt.last = exe")
+    starts = []
+    for m in steady.recurrent:
+        r = bind(m, "r")
+        starts.append(f"({r}, {r}._state, {r}._user_initial)")
+    lines.append(f"    starts = [{', '.join(starts)}]")
+    lines.append("    leaves = [x]")
+    args = [bind(a, "p") if a is not None else "None" for a in steady.args]
+    args[steady.data_at] = "x"
+    for k, binder in steady.dynamic:  # dropout masks drawn, states read, per call
+        args[k] = f"{bind(binder, 'bind')}(leaves)"
+    lines.append(f"    args = [{', '.join(args)}]")
+    lines += _release(steady, bind)
+    lines += [
+        "    outs = run(program, args, saved_at)",
+        "    record = Record(exe, leaves, args, outs, saving=training)",
+        "    record.starts = starts",
+        "    outs = record.outputs",
+    ]
+    lines += _write_back(steady, bind)
+    lines += [
+        "    rt.history = [record]",
+        "    output = outs[0]",
+        '    rf["output"] = output',
+        "    return output",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn steady forward>", "exec"), ns)  # noqa: S102
+    forward = ns["forward"]
+    forward.source = source
+    return forward
+
+
+def _state_checks(steady: Any, bind: Callable) -> list[str]:
+    """The initial states' kinds as planned (_state_signature; inlined for the built-in kind
+    with no initial state), else the general path (the hooks already run)."""
+    lines = []
+    for m, signature, none in steady.stateful:
+        if none:
+            f = bind(m.__dict__, "f")
+            test = (
+                f'{f}["_state"] is not None or {f}["_user_initial"] is not None'
+                f' or {f}["_mask_zero"] != {bind(signature[2], "z")}'
+            )
+        else:
+            test = f"state_signature({bind(m, 'm')}) != {bind(signature, 'sig')}"
+        lines += [f"    if {test}:", "        return slow((x,), hooks_done=True)"]
+    return lines
+
+
+def _release(steady: Any, bind: Callable) -> list[str]:
+    """Runtime._release_previous for this program."""
+    lines = ["    rt.history = []", '    rf["output"] = rf["grad_input"] = None']
+    for fields, output, names in steady.release:
+        f = bind(fields, "f")
+        if output:
+            lines.append(f'    {f}["output"] = None')
+        if names is not None:
+            states = ", ".join(f"{name!r}: []" for name in names)
+            lines.append(f'    {f}["outputs"], {f}["inputs"] = [], []')
+            lines.append(f'    {f}["states"] = {{{states}}}')
+    return lines
+
+
+def _write_back(steady: Any, bind: Callable) -> list[str]:
+    """Runtime._write_back of a Sequencer call from the plan steady._fields_plan made (final
+    states, `output` fields, per-step fields made when first read), or the general one."""
+    if steady.fields is None:
+        return ["    rt._write_back(exe, record, False)"]
+    finals, outputs, pending = steady.fields
+    lines = []
+    for m, positions in finals:
+        names = []
+        for k in positions:  # (runtime._own: a view of a slab is copied)
+            s = f"s{k}"
+            lines += [
+                f"    {s} = outs[{k}]",
+                f"    b = {s}.base",
+                f"    if b is not None and b.nbytes > {s}.nbytes:",
+                f"        {s} = {s}.copy()",
+            ]
+            names.append(s)
+        lines.append(f"    {bind(m, 'm')}._store_state(({', '.join(names)},))")
+    for m, pos in outputs:
+        lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
+    for m, steps in pending:
+        plan = bind(steps, "steps")
+        lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
+    return lines
