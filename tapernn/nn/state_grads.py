@@ -242,6 +242,13 @@ def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = No
     ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
     args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
     seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
+    tap_later(rt, record, args, seeds, modules)
+
+
+def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
+    """later_tap_grads with the copies of the call's arguments and seeds made (nn.steady's
+    generated backward makes them itself)."""
+    exe = record.exe
     leaves, starts = record.leaves, record.starts
 
     def compute() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from .packing import VERSION
-from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
-from .steady_source import forward_function
+from .state_grads import _recurrent_steps
+from .steady_source import backward_function, forward_function
 from .tree import LEAF
 from .write_plan import release_plan, write_plan
 
@@ -56,11 +56,18 @@ class Steady:
             for m, output, steps in release_plan(exe)
         ]
         self.forward = forward_function(self)  # forward(x) -> output (nn.steady_source)
+        if self.pair is not None:  # backward(input, g, need_grad_input) -> grad_input | MISS
+            self.backward = backward_function(self, MISS)
 
     def __deepcopy__(self, memo: dict) -> None:
         """A copied model plans its own steady path (this one's planned hooks and field
         references are the original model's)."""
         return
+
+    def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
+        """An evaluation forward's steady plan: every backward takes the general path (a
+        training plan's backward is generated: nn.steady_source.backward_function)."""
+        return MISS
 
     def _run(self, compiled: Any, args: list, private: range) -> tuple:
         """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program:
@@ -80,47 +87,6 @@ class Steady:
             return entry[1](*args)
         except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
             return compiled.run(args)
-
-    def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
-        """grad_input, or MISS (nothing done) when the call is not the steady one."""
-        history = self.rt.history
-        if len(history) != 1:
-            return MISS
-        record = history[0]
-        if (
-            record.exe is not self.exe
-            or record.saved is None  # an evaluation forward, or a second backward
-            or input is not record.leaves[0]
-            or type(grad_output) is not np.ndarray
-            or grad_output.shape != self.gshape
-            or grad_output.dtype != self.gdtype
-            or VERSION[0] != self.version
-        ):
-            return MISS
-        for m in self.cut_modules:
-            if m._extra_state_grads:
-                return MISS
-        exe, pair = self.exe, self.pair
-        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
-        program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
-        args = record.args
-        saved.append(grad_output)
-        saved += [args[k] for k in pair.reads]
-        first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
-        grads = self._run(program, saved, range(first, first + self.n_params))
-        del saved
-        n_loose = len(self.grads)
-        if exe.state_wrt:  # a user-set initial state's gradient
-            start = first + n_loose + len(self.groups)
-            store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
-        record.done = True
-        _accumulate(self.grads, self.groups, grads, first)
-        grad_input = grads[0] if need_grad_input else None
-        del grads  # the parameter gradients are accumulated: freed before the copies below
-        if self.cut_modules:  # copies for a lazy get_grad_hidden_state
-            later_tap_grads(self.rt, record, [grad_output], self.cut_modules)
-        self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
-        return grad_input
 
 
 def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: list) -> Any:
@@ -167,16 +133,6 @@ def _plain_state(m: Any) -> bool:
     own = getattr(type(m)._initial_state_arrays, "plain", False)
     fields = m.__dict__
     return own and "_state" in fields and type(fields.get("_mask_zero")) is bool
-
-
-def _accumulate(loose: list, groups: list, grads: tuple, first: int) -> None:
-    """packing.Packing.accumulate, the loose parameters' gradient arrays planned (a function:
-    no loop variable keeps the last gradient alive through the copies after it)."""
-    n = len(loose)
-    for grad, g in zip(loose, grads[first : first + n]):
-        grad += g
-    for group, g in zip(groups, grads[first + n :]):
-        group.accumulate(g)
 
 
 def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:

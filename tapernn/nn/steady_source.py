@@ -13,6 +13,7 @@ import numpy as np
 
 from .binding import _state_signature
 from .packing import VERSION
+from .state_grads import store_state_input_grads, tap_later
 from .write_plan import Pending
 
 
@@ -144,3 +145,101 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
         plan = bind(steps, "steps")
         lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
     return lines
+
+
+def backward_function(steady: Any, miss: object) -> Callable:
+    """`backward(input, grad_output, need_grad_input) -> grad_input` for `steady`: the backward
+    paired with its forward (the same input array, one output gradient of the output's shape
+    and dtype, no set_grad_hidden_state pending), or `miss` (nothing done) for any other."""
+    pair, exe = steady.pair, steady.exe
+    n_loose, n_params = len(steady.grads), steady.n_params
+    ns: dict[str, Any] = {
+        "ndarray": np.ndarray,
+        "np_array": np.array,
+        "VERSION": VERSION,
+        "MISS": miss,
+        "rt": steady.rt,
+        "rf": steady.root.__dict__,
+        "exe": exe,
+        "pair": pair,
+        "full": pair.backward_program(0),
+        "run": steady._run,
+        "with_dx": range(1, 1 + n_params),  # (the gradients accumulated at once: scratch)
+        "without_dx": range(n_params),
+        "gshape": steady.gshape,
+        "gdtype": steady.gdtype,
+        "version": steady.version,
+        "store_state_input_grads": store_state_input_grads,
+        "tap_later": tap_later,
+        "modules": steady.cut_modules,
+    }
+
+    def bind(value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(ns)}"
+        ns[name] = value
+        return name
+
+    lines = [
+        "def backward(input, grad_output, need_grad_input):",
+        "    history = rt.history",
+        "    if len(history) != 1:",
+        "        return MISS",
+        "    record = history[0]",
+        "    if (record.exe is not exe or record.saved is None or input is not record.leaves[0]",
+        "            or type(grad_output) is not ndarray or grad_output.shape != gshape",
+        "            or grad_output.dtype != gdtype or VERSION[0] != version):",
+        "        return MISS",  # (record.saved None: an evaluation forward, or a second backward)
+    ]
+    for m in steady.cut_modules:  # a set_grad_hidden_state pending: the general path
+        lines += [f"    if {bind(m, 'm')}._extra_state_grads:", "        return MISS"]
+    reads = ", ".join(f"args[{k}]" for k in pair.reads)
+    lines += [
+        "    saved = record.saved",
+        "    record.saved = None",  # (consumed: freed as soon as backward returns)
+        "    if need_grad_input:",
+        "        program = pair.last_backward = full",
+        "        first, private = 1, with_dx",
+        "    else:",
+        "        program = pair.last_backward = pair.backward_program(1)",
+        "        first, private = 0, without_dx",
+        "    args = record.args",
+        "    saved.append(grad_output)",
+        f"    saved += [{reads}]",
+        "    grads = run(program, saved, private)",
+        "    del saved",
+    ]
+    if exe.state_wrt:  # a user-set initial state's gradient
+        start, n = n_params, len(exe.state_wrt)
+        lines.append(
+            f"    store_state_input_grads(exe, None, list(grads[first + {start}:"
+            f" first + {start + n}]))"
+        )
+    lines.append("    record.done = True")
+    for k, grad in enumerate(steady.grads):  # (in place: the planned gradient arrays)
+        lines += [f"    g = {bind(grad, 'grad')}", f"    g += grads[first + {k}]"]
+    for j, group in enumerate(steady.groups):
+        lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {n_loose + j}])")
+    lines += [
+        "    grad_input = grads[0] if need_grad_input else None",
+        "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
+    ]
+    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state (state_grads.tap_later)
+        dynamic = {k for k, _ in steady.dynamic}
+        copies = [
+            f"np_array(args[{k}]) if type(args[{k}]) is not ndarray else args[{k}].copy()"
+            if k in dynamic
+            else f"args[{k}].copy()"
+            for k in range(len(steady.args))
+        ]
+        lines.append(
+            f"    tap_later(rt, record, [{', '.join(copies)}], [grad_output.copy()], modules)"
+        )
+    lines += [
+        '    rf["grad_input"] = grad_input',  # (None without need_grad_input)
+        "    return grad_input",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn steady backward>", "exec"), ns)  # noqa: S102
+    backward = ns["backward"]
+    backward.source = source
+    return backward
