@@ -19,7 +19,8 @@ from .write_plan import Pending
 
 def forward_function(steady: Any) -> Callable:
     """`forward(x) -> output` for `steady` (a Steady): what the general path does for a call
-    with its signature, or `rt.slow_forward` where the call is not such a call."""
+    with its signature, or `rt.slow_forward` where the call is not such a call (looked up per
+    such call)."""
     ns: dict[str, Any] = {
         "ndarray": np.ndarray,
         "VERSION": VERSION,
@@ -30,7 +31,6 @@ def forward_function(steady: Any) -> Callable:
         "root": steady.root,
         "rf": steady.root.__dict__,
         "exe": steady.exe,
-        "slow": steady.rt.slow_forward,
         "Record": steady.rt.record_type,
         "run": steady._run,
         "program": steady.program,
@@ -52,7 +52,7 @@ def forward_function(steady: Any) -> Callable:
         "    if (type(x) is not ndarray or x.shape != shape or x.dtype != dtype",
         "            or VERSION[0] != version or root.is_training is not training",
         "            or root._dtype != root_dtype):",
-        "        return slow((x,))",
+        "        return rt.slow_forward((x,))",
     ]
     lines += [f"    {bind(hook, 'hook')}()" for hook in steady.hooks]
     lines += _state_checks(steady, bind)
@@ -102,7 +102,7 @@ def _state_checks(steady: Any, bind: Callable) -> list[str]:
             )
         else:
             test = f"state_signature({bind(m, 'm')}) != {bind(signature, 'sig')}"
-        lines += [f"    if {test}:", "        return slow((x,), hooks_done=True)"]
+        lines += [f"    if {test}:", "        return rt.slow_forward((x,), hooks_done=True)"]
     return lines
 
 
