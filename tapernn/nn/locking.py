@@ -137,23 +137,46 @@ def locked_method(fn: Callable) -> Callable:
     """`fn(self, ...)` run holding `self`'s tree lock; forward also records its thread."""
     if getattr(fn, "_tapernn_locked", False):
         return fn
-    is_forward = fn.__name__ == "forward"
 
-    @functools.wraps(fn)
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        lock = _acquire(self)
-        try:
-            if not is_forward:
+    if fn.__name__ != "forward":
+
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = _enter(self)
+            try:
                 return fn(self, *args, **kwargs)
-            check_sequence_owner(self)
-            out = fn(self, *args, **kwargs)
-            _stamp(self)
-            return out
-        finally:
-            lock.release()
+            finally:
+                lock.release()
+
+    else:
+
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = _enter(self)
+            try:
+                rt = self.__dict__.get("_runtime")
+                if rt is not None and rt.history:  # (check_sequence_owner: a last record)
+                    check_sequence_owner(self)
+                out = fn(self, *args, **kwargs)
+                _stamp(self)
+                return out
+            finally:
+                lock.release()
 
     run._tapernn_locked = True
     return run
+
+
+def _enter(module: Any) -> threading.RLock:
+    """_acquire, its common case first: the tree's group found and still the root after."""
+    group = module.__dict__.get("_lock_group")
+    if group is not None and group.parent is None:
+        lock = group.lock
+        lock.acquire()
+        if group.parent is None:
+            return lock
+        lock.release()
+    return _acquire(module)
 
 
 def lock_entry_points(cls: type) -> None:
