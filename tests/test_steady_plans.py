@@ -65,7 +65,7 @@ def count_general(monkeypatch):
 
 def uses_scratch(seq):
     """Whether the steady calls ran a whole-program kernel writing into scratch arrays."""
-    return any(run is not fn for fn, run in seq._runtime.steady.scratch.values())
+    return any(d not in (None, fn) for fn, _, d in seq._runtime.steady.scratch.values())
 
 
 def test_returned_values_survive_later_steady_calls(backend, monkeypatch):

@@ -50,7 +50,7 @@ class Steady:
         self.groups = exe.packing.groups
         self.saved_at = range(self.n_kept, sys.maxsize)  # forward results only backward reads
         self.n_params = len(self.grads) + len(self.groups)  # backward results accumulated at once
-        self.scratch: dict[int, tuple] = {}  # id(program) -> (its fn, the runner used: _run)
+        self.scratch: dict[int, tuple] = {}  # id(program) -> (fn, run, what _run calls)
         self.release = [  # (Runtime._release_previous's plan)
             (m.__dict__, output, tuple(m.state_names) if steps else None)
             for m, output, steps in release_plan(exe)
@@ -74,17 +74,24 @@ class Steady:
         its `run` is `_run`) called directly -- it reads no NumPy error state -- writing the
         results at `private` positions (never seen outside this steady path, dead by its next
         call) into scratch arrays reused by every call (numba_program.scratch_runner). A
-        failure runs it again through `run`, which names the failing node."""
-        fn = compiled.program.fn
-        if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
-            return compiled.run(args)
+        failure runs it again through `run`, which names the failing node; a `run` replaced
+        by someone else (a wrapper) is called as it is."""
+        fn, run = compiled.program.fn, compiled.__dict__.get("run")
         entry = self.scratch.get(id(compiled))
-        if entry is None or entry[0] is not fn:  # (first call, or the kernel arrived since)
-            from ..backends.numba_program import scratch_runner
+        if entry is None or entry[0] is not fn or entry[1] is not run:  # (new, or changed)
+            direct = None
+            if getattr(fn, "kernel", None) is not None and (
+                getattr(run, "__func__", None) is type(compiled)._run
+            ):
+                from ..backends.numba_program import scratch_runner
 
-            entry = self.scratch[id(compiled)] = (fn, scratch_runner(fn, private) or fn)
+                direct = scratch_runner(fn, private) or fn
+            entry = self.scratch[id(compiled)] = (fn, run, direct)
+        direct = entry[2]
+        if direct is None:
+            return compiled.run(args)
         try:
-            return entry[1](*args)
+            return direct(*args)
         except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
             return compiled.run(args)
 
