@@ -25,6 +25,8 @@ MISS = object()  # a steady backward that must take the general path
 class Steady:
     """What the last general forward derived, for calls with its signature (see module doc)."""
 
+    MISS = MISS  # (what backward returns for a call that is not the steady one)
+
     def __init__(
         self, rt: Any, exe: Any, x: np.ndarray, hooks: list, stateful: list, states: tuple
     ):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .binding import _state_signature
 from .packing import VERSION
+from .recurrent import AbstractRecurrent
 from .state_grads import store_state_input_grads, tap_later
 from .write_plan import Pending
 
@@ -32,6 +33,7 @@ def forward_function(steady: Any) -> Callable:
         "rf": steady.root.__dict__,
         "exe": steady.exe,
         "Record": steady.rt.record_type,
+        "new_record": object.__new__,
         "run": steady._run,
         "program": steady.program,
         "saved_at": steady.saved_at,
@@ -69,12 +71,24 @@ def forward_function(steady: Any) -> Callable:
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind)
-    lines += [
-        "    outs = run(program, args, saved_at)",
-        "    record = Record(exe, leaves, args, outs, saving=training)",
-        "    record.starts = starts",
-        "    outs = record.outputs",
-    ]
+    lines.append("    outs = run(program, args, saved_at)")
+    from .runtime import Record  # (runtime imports this module)
+
+    if steady.rt.record_type.__init__ is Record.__init__:  # (inlined: n is this plan's)
+        saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
+        lines += [
+            "    record = new_record(Record)",
+            "    record.exe, record.leaves, record.args = exe, leaves, args",
+            f"    record.saved = {saved}",  # (before outs is cut to the kept outputs)
+            f"    record.outputs = outs = outs[:{steady.n_kept}]",
+            "    record.done = False",
+        ]
+    else:
+        lines += [
+            "    record = Record(exe, leaves, args, outs, saving=training)",
+            "    outs = record.outputs",
+        ]
+    lines.append("    record.starts = starts")
     lines += _write_back(steady, bind)
     lines += [
         "    rt.history = [record]",
@@ -138,12 +152,24 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
                 f"        {s} = {s}.copy()",
             ]
             names.append(s)
-        lines.append(f"    {bind(m, 'm')}._store_state(({', '.join(names)},))")
+        state = f"({', '.join(names)},)"
+        if type(m)._store_state is AbstractRecurrent._store_state:  # (its body, inlined)
+            lines.append(f'    {bind(m.__dict__, "f")}["_state"] = {state}')
+        else:
+            lines.append(f"    {bind(m, 'm')}._store_state({state})")
     for m, pos in outputs:
         lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
     for m, steps in pending:
         plan = bind(steps, "steps")
-        lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
+        if type(m)._write_pending is AbstractRecurrent._write_pending:  # (its body, inlined)
+            f = bind(m.__dict__, "f")
+            lines += [
+                f'    {f}["_grad_hidden"] = {{}}',
+                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = Pending(outs, {plan})',
+                f'    {f}["_n_steps"] = {steps[3]}',
+            ]
+        else:
+            lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
     return lines
 
 
