@@ -55,6 +55,8 @@ class Record:
         self.saved = list(outs[n:]) if saving else None
         self.done = False
 
+    __init__.plain = True  # (nn.steady_source sets these fields itself)
+
 
 class Runtime:
     """The compile cache and call history of one module used as the outermost module."""

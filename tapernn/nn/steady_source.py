@@ -13,7 +13,6 @@ import numpy as np
 
 from .binding import _state_signature
 from .packing import VERSION
-from .recurrent import AbstractRecurrent
 from .state_grads import store_state_input_grads, tap_later
 from .write_plan import Pending
 
@@ -72,9 +71,7 @@ def forward_function(steady: Any) -> Callable:
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind)
     lines.append("    outs = run(program, args, saved_at)")
-    from .runtime import Record  # (runtime imports this module)
-
-    if steady.rt.record_type.__init__ is Record.__init__:  # (inlined: n is this plan's)
+    if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
         saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
         lines += [
             "    record = new_record(Record)",
@@ -153,7 +150,7 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
             ]
             names.append(s)
         state = f"({', '.join(names)},)"
-        if type(m)._store_state is AbstractRecurrent._store_state:  # (its body, inlined)
+        if getattr(type(m)._store_state, "plain", False):  # (AbstractRecurrent's, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_state"] = {state}')
         else:
             lines.append(f"    {bind(m, 'm')}._store_state({state})")
@@ -161,7 +158,7 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
         lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
     for m, steps in pending:
         plan = bind(steps, "steps")
-        if type(m)._write_pending is AbstractRecurrent._write_pending:  # (its body, inlined)
+        if getattr(type(m)._write_pending, "plain", False):  # (AbstractRecurrent's, inlined)
             f = bind(m.__dict__, "f")
             lines += [
                 f'    {f}["_grad_hidden"] = {{}}',
