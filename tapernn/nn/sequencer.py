@@ -248,7 +248,8 @@ def planned_forget(seq: Sequencer) -> tuple[Callable, list] | None:
             fields["_n_steps"] = 0
             fields["_grad_hidden"] = {}
 
-    return hook, covered
+    hook.plan = (seq, every, [(f, tuple(m.state_names)) for f, m in cell_fields], covered_fields)
+    return hook, covered  # (hook.plan: what nn.steady_source spells out in place of a call)
 
 
 def _hook_of(m: Module) -> Any:

@@ -53,6 +53,7 @@ class Steady:
         self.saved_at = range(self.n_kept, sys.maxsize)  # forward results only backward reads
         self.n_params = len(self.grads) + len(self.groups)  # backward results accumulated at once
         self.scratch: dict[int, tuple] = {}  # id(program) -> (fn, run, what _run calls)
+        self.fast: dict[int, tuple] = {}  # id(program) -> where generated code keeps those
         self.release = [  # (Runtime._release_previous's plan)
             (m.__dict__, output, tuple(m.state_names) if steps else None)
             for m, output, steps in release_plan(exe)
@@ -89,6 +90,18 @@ class Steady:
 
                 direct = scratch_runner(fn, private) or fn
             entry = self.scratch[id(compiled)] = (fn, run, direct)
+            fast = self.fast.get(id(compiled))
+            if fast is not None:  # (steady_source._call: the generated code's inline case)
+                ns, fn_name, run_name, direct_name = fast
+                ns[fn_name], ns[run_name], ns[direct_name] = (
+                    (fn, run, direct)
+                    if direct
+                    else (
+                        None,
+                        None,
+                        None,
+                    )
+                )
         direct = entry[2]
         if direct is None:
             return compiled.run(args)

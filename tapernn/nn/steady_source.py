@@ -55,7 +55,9 @@ def forward_function(steady: Any) -> Callable:
         "            or root._dtype != root_dtype):",
         "        return rt.slow_forward((x,))",
     ]
-    lines += [f"    {bind(hook, 'hook')}()" for hook in steady.hooks]
+    for hook in steady.hooks:
+        plan = getattr(hook, "plan", None)
+        lines += _forget(plan, bind) if plan is not None else [f"    {bind(hook, 'hook')}()"]
     lines += _state_checks(steady, bind)
     lines.append("    rt.last = exe")
     starts = []
@@ -70,7 +72,7 @@ def forward_function(steady: Any) -> Callable:
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind)
-    lines.append("    outs = run(program, args, saved_at)")
+    lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
         saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
         lines += [
@@ -98,6 +100,55 @@ def forward_function(steady: Any) -> Callable:
     forward = ns["forward"]
     forward.source = source
     return forward
+
+
+def _forget(plan: tuple, bind: Callable) -> list[str]:
+    """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out."""
+    seq, every, cells, covered = plan
+    lines = [f"    if {bind(seq, 'seq')}.remembers():"]
+    for fields in covered:
+        f = bind(fields, "f")
+        lines += [
+            f'        if callable({f}["_grad_hidden"]):',
+            f'            {f}["_grad_hidden"] = {{}}',
+        ]
+    lines.append("    else:" if covered else "        pass\n    else:")
+    for fields in every:  # Module._clear_memory
+        lines += [
+            f'        r = {bind(fields, "f")}.get("_runtime")',
+            "        if r is not None:",
+            "            r.history = []",
+            "            r.dropped = 0",
+        ]
+    for fields, names in cells:  # AbstractRecurrent._clear_memory(keep_initial=True)
+        f = bind(fields, "f")
+        states = ", ".join(f"{name!r}: []" for name in names)
+        lines += [
+            f'        {f}["_state"] = None',
+            f'        {f}["outputs"], {f}["inputs"] = [], []',
+            f'        {f}["states"] = {{{states}}}',
+            f'        {f}["_n_steps"] = 0',
+            f'        {f}["_grad_hidden"] = {{}}',
+        ]
+    return lines
+
+
+def _call(result: str, program: str, args: str, private: str, steady: Any, ns: dict) -> list[str]:
+    """`result = steady._run(program, args, private)`, its common case inline: while the
+    program's fn and run are the ones steady._run last saw (it keeps them in `ns`, this
+    function's globals), the runner it chose called directly."""
+    fn, run, direct = f"{program}_fn", f"{program}_run", f"{program}_direct"
+    ns[fn] = ns[run] = ns[direct] = None
+    steady.fast[id(ns[program])] = (ns, fn, run, direct)
+    return [
+        f"    if {program}.program.fn is {fn} and {program}.__dict__.get('run') is {run}:",
+        "        try:",
+        f"            {result} = {direct}(*{args})",
+        "        except Exception:",
+        f"            {result} = {program}.run({args})",
+        "    else:",
+        f"        {result} = run({program}, {args}, {private})",
+    ]
 
 
 def _state_checks(steady: Any, bind: Callable) -> list[str]:
@@ -219,16 +270,19 @@ def backward_function(steady: Any, miss: object) -> Callable:
     lines += [
         "    saved = record.saved",
         "    record.saved = None",  # (consumed: freed as soon as backward returns)
-        "    if need_grad_input:",
-        "        program = pair.last_backward = full",
-        "        first, private = 1, with_dx",
-        "    else:",
-        "        program = pair.last_backward = pair.backward_program(1)",
-        "        first, private = 0, without_dx",
         "    args = record.args",
         "    saved.append(grad_output)",
         f"    saved += [{reads}]",
-        "    grads = run(program, saved, private)",
+        "    if need_grad_input:",
+        "        pair.last_backward = full",
+        "        first = 1",
+    ]
+    lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
+    lines += [
+        "    else:",
+        "        program = pair.last_backward = pair.backward_program(1)",
+        "        first = 0",
+        "        grads = run(program, saved, without_dx)",
         "    del saved",
     ]
     if exe.state_wrt:  # a user-set initial state's gradient
