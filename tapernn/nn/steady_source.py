@@ -55,9 +55,15 @@ def forward_function(steady: Any) -> Callable:
         "            or root._dtype != root_dtype):",
         "        return rt.slow_forward((x,))",
     ]
+    cleared: dict[int, str] = {}  # id(a module's fields) -> the flag: a forget cleared them
     for hook in steady.hooks:
         plan = getattr(hook, "plan", None)
-        lines += _forget(plan, bind) if plan is not None else [f"    {bind(hook, 'hook')}()"]
+        if plan is None:
+            lines.append(f"    {bind(hook, 'hook')}()")
+            continue
+        flag = f"forgot{len(cleared)}"
+        lines += _forget(plan, bind, flag)
+        cleared.update((id(fields), flag) for fields, _ in plan[2])
     lines += _state_checks(steady, bind)
     lines.append("    rt.last = exe")
     starts = []
@@ -71,7 +77,7 @@ def forward_function(steady: Any) -> Callable:
     for k, binder in steady.dynamic:  # dropout masks drawn, states read, per call
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
-    lines += _release(steady, bind)
+    lines += _release(steady, bind, cleared)
     lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
         saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
@@ -102,17 +108,18 @@ def forward_function(steady: Any) -> Callable:
     return forward
 
 
-def _forget(plan: tuple, bind: Callable) -> list[str]:
-    """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out."""
+def _forget(plan: tuple, bind: Callable, flag: str) -> list[str]:
+    """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out; `flag`
+    says whether it forgot (the release need not clear those fields again)."""
     seq, every, cells, covered = plan
-    lines = [f"    if {bind(seq, 'seq')}.remembers():"]
+    lines = [f"    if {bind(seq, 'seq')}.remembers():", f"        {flag} = False"]
     for fields in covered:
         f = bind(fields, "f")
         lines += [
             f'        if callable({f}["_grad_hidden"]):',
             f'            {f}["_grad_hidden"] = {{}}',
         ]
-    lines.append("    else:" if covered else "        pass\n    else:")
+    lines += ["    else:", f"        {flag} = True"]
     for fields in every:  # Module._clear_memory
         lines += [
             f'        r = {bind(fields, "f")}.get("_runtime")',
@@ -168,8 +175,9 @@ def _state_checks(steady: Any, bind: Callable) -> list[str]:
     return lines
 
 
-def _release(steady: Any, bind: Callable) -> list[str]:
-    """Runtime._release_previous for this program."""
+def _release(steady: Any, bind: Callable, cleared: dict) -> list[str]:
+    """Runtime._release_previous for this program (per-step fields a forget just cleared
+    (`cleared`: their flag) are not cleared again)."""
     lines = ["    rt.history = []", '    rf["output"] = rf["grad_input"] = None']
     for fields, output, names in steady.release:
         f = bind(fields, "f")
@@ -177,8 +185,12 @@ def _release(steady: Any, bind: Callable) -> list[str]:
             lines.append(f'    {f}["output"] = None')
         if names is not None:
             states = ", ".join(f"{name!r}: []" for name in names)
-            lines.append(f'    {f}["outputs"], {f}["inputs"] = [], []')
-            lines.append(f'    {f}["states"] = {{{states}}}')
+            clear = [f'{f}["outputs"], {f}["inputs"] = [], []', f'{f}["states"] = {{{states}}}']
+            flag = cleared.get(id(fields))
+            if flag is None:
+                lines += ["    " + line for line in clear]
+            else:
+                lines += [f"    if not {flag}:"] + ["        " + line for line in clear]
     return lines
 
 
