@@ -154,11 +154,18 @@ def locked_method(fn: Callable) -> Callable:
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
             lock = _enter(self)
             try:
-                rt = self.__dict__.get("_runtime")
-                if rt is not None and rt.history:  # (check_sequence_owner: a last record)
-                    check_sequence_owner(self)
+                fields = self.__dict__  # (check_sequence_owner's common case inlined)
+                rt = fields.get("_runtime")
+                if rt is not None and rt.history:
+                    owner = getattr(rt.history[-1], "thread", None)
+                    if owner is not None and owner != get_ident():
+                        check_sequence_owner(self)
                 out = fn(self, *args, **kwargs)
-                _stamp(self)
+                rt = fields.get("_runtime")
+                if rt is not None and rt.history:
+                    record = rt.history[-1]
+                    if getattr(record, "thread", None) is None:  # (a nested forward stamped it)
+                        record.thread = get_ident()
                 return out
             finally:
                 lock.release()
@@ -185,14 +192,6 @@ def lock_entry_points(cls: type) -> None:
         fn = cls.__dict__.get(name)
         if callable(fn) and hasattr(fn, "__name__") and not isinstance(fn, type):
             setattr(cls, name, locked_method(fn))
-
-
-def _stamp(module: Any) -> None:
-    rt = module.__dict__.get("_runtime")
-    if rt is not None and rt.history:
-        record = rt.history[-1]
-        if getattr(record, "thread", None) is None:  # (a nested forward stamped it already)
-            record.thread = get_ident()
 
 
 def _other_thread(module: Any) -> int | None:
