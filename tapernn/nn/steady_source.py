@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .binding import _state_signature
 from .packing import VERSION
-from .state_grads import store_state_input_grads, tap_later
+from .state_grads import store_state_input_grads, tap_grads_now
 from .write_plan import Pending
 
 
@@ -50,7 +51,8 @@ def forward_function(steady: Any) -> Callable:
 
     lines = [
         "def forward(x):",
-        "    if (type(x) is not ndarray or x.shape != shape or x.dtype != dtype",
+        "    if (type(x) is not ndarray or x.shape != shape",
+        "            or (x.dtype is not dtype and x.dtype != dtype)",
         "            or VERSION[0] != version or root.is_training is not training",
         "            or root._dtype != root_dtype):",
         "        return rt.slow_forward((x,))",
@@ -256,7 +258,8 @@ def backward_function(steady: Any, miss: object) -> Callable:
         "gdtype": steady.gdtype,
         "version": steady.version,
         "store_state_input_grads": store_state_input_grads,
-        "tap_later": tap_later,
+        "partial": partial,
+        "tap_grads_now": tap_grads_now,
         "modules": steady.cut_modules,
     }
 
@@ -273,7 +276,8 @@ def backward_function(steady: Any, miss: object) -> Callable:
         "    record = history[0]",
         "    if (record.exe is not exe or record.saved is None or input is not record.leaves[0]",
         "            or type(grad_output) is not ndarray or grad_output.shape != gshape",
-        "            or grad_output.dtype != gdtype or VERSION[0] != version):",
+        "            or (grad_output.dtype is not gdtype and grad_output.dtype != gdtype)",
+        "            or VERSION[0] != version):",
         "        return MISS",  # (record.saved None: an evaluation forward, or a second backward)
     ]
     for m in steady.cut_modules:  # a set_grad_hidden_state pending: the general path
@@ -312,7 +316,7 @@ def backward_function(steady: Any, miss: object) -> Callable:
         "    grad_input = grads[0] if need_grad_input else None",
         "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
     ]
-    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state (state_grads.tap_later)
+    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state
         dynamic = {k for k, _ in steady.dynamic}
         copies = [
             f"np_array(args[{k}]) if type(args[{k}]) is not ndarray else args[{k}].copy()"
@@ -321,8 +325,11 @@ def backward_function(steady: Any, miss: object) -> Callable:
             for k in range(len(steady.args))
         ]
         lines.append(
-            f"    tap_later(rt, record, [{', '.join(copies)}], [grad_output.copy()], modules)"
+            f"    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts,"
+            f" [{', '.join(copies)}], [grad_output.copy()], modules)"
         )
+        for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
+            lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
     lines += [
         '    rf["grad_input"] = grad_input',  # (None without need_grad_input)
         "    return grad_input",
