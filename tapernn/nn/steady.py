@@ -4,7 +4,8 @@ model dtype and initial-state kinds) runs its compiled program again without re-
 cannot have changed -- no flattening, signature, cache lookup or record checks -- and its
 backward (the same input array, one output gradient of the output's shape and dtype, no
 set_grad_hidden_state pending) goes straight to the backward program. Everything else takes
-nn.runtime's general path, which plans the next steady call (`plan`)."""
+nn.runtime's general path, which plans the next steady call (`plan`). A plan's forward and
+backward are Python functions generated for it (nn.steady_source)."""
 
 from __future__ import annotations
 
