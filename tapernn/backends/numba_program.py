@@ -148,20 +148,27 @@ class ProgramSwitch:
         return self.fn
 
 
-def runner(handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int) -> Callable:
+def runner(
+    handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int, fixed: dict | None = None
+) -> Callable:
     """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
-    generated: every name a keyword default, as codegen.Program's)."""
+    generated: every name a keyword default, as codegen.Program's). `fixed`: out index ->
+    the array that out is written into on every call instead of a new one (the caller's
+    scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`)."""
+    fixed = fixed or {}
     params = [f"a{k}" for k in range(n_in)]
     made = [f"o{j}" for j in range(len(outs))]
     consts = [f"k{k}" for k in range(len(handle.constants))]
     results = [f"a{r[1]}" if isinstance(r, tuple) else f"o{r}" for r in returns]
+    new = [j for j in range(len(outs)) if j not in fixed]
     bound = (
         ["kernel", "empty"]
-        + [f"s{j}" for j in range(len(outs))]
-        + [f"d{j}" for j in range(len(outs))]
+        + [f"s{j}" for j in new]
+        + [f"d{j}" for j in new]
+        + [f"o{j}" for j in fixed]
     )
     lines = [f"def run({', '.join(params + ['*'] + bound + consts)}):"]
-    lines += [f"    o{j} = empty(s{j}, d{j})" for j in range(len(outs))]
+    lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
     lines.append(f"    kernel({', '.join(made + consts + params)})")
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {}
@@ -171,9 +178,32 @@ def runner(handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int) -
     run.__kwdefaults__ = {
         "kernel": handle.kernel,
         "empty": np.empty,
-        **{f"s{j}": shape for j, (shape, _) in enumerate(outs)},
-        **{f"d{j}": dtype for j, (_, dtype) in enumerate(outs)},
+        **{f"s{j}": outs[j][0] for j in new},
+        **{f"d{j}": outs[j][1] for j in new},
+        **{f"o{j}": array for j, array in fixed.items()},
         **dict(zip(consts, handle.constants)),
     }
     run.kernel = handle.kernel
+    run.plan = (handle, outs, returns, n_in)  # (scratch_runner makes variants of it)
     return run
+
+
+def scratch_runner(run: Callable, private: set[int]) -> Callable | None:
+    """A variant of `run` (a `runner`) whose outs returned only at result positions in
+    `private` are written into arrays made once (scratch reused by every call), for a caller
+    that never lets those results outlive the next call (nn.steady: saved values, gradients
+    accumulated at once); None when no out qualifies or `run` is not a runner."""
+    plan = getattr(run, "plan", None)
+    if plan is None:
+        return None
+    handle, outs, returns, n_in = plan
+    at: dict[int, list[int]] = {}  # out index -> the result positions it is returned at
+    for position, r in enumerate(returns):
+        if not isinstance(r, tuple):
+            at.setdefault(r, []).append(position)
+    fixed = {
+        j: np.empty(*outs[j])
+        for j, positions in at.items()
+        if all(position in private for position in positions)
+    }
+    return runner(handle, outs, returns, n_in, fixed) if fixed else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any
 
 from ..errors import StateError
@@ -136,23 +137,53 @@ def locked_method(fn: Callable) -> Callable:
     """`fn(self, ...)` run holding `self`'s tree lock; forward also records its thread."""
     if getattr(fn, "_tapernn_locked", False):
         return fn
-    is_forward = fn.__name__ == "forward"
 
-    @functools.wraps(fn)
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        lock = _acquire(self)
-        try:
-            if not is_forward:
+    if fn.__name__ != "forward":
+
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = _enter(self)
+            try:
                 return fn(self, *args, **kwargs)
-            check_sequence_owner(self)
-            out = fn(self, *args, **kwargs)
-            _stamp(self)
-            return out
-        finally:
-            lock.release()
+            finally:
+                lock.release()
+
+    else:
+
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = _enter(self)
+            try:
+                fields = self.__dict__  # (check_sequence_owner's common case inlined)
+                rt = fields.get("_runtime")
+                if rt is not None and rt.history:
+                    owner = getattr(rt.history[-1], "thread", None)
+                    if owner is not None and owner != get_ident():
+                        check_sequence_owner(self)
+                out = fn(self, *args, **kwargs)
+                rt = fields.get("_runtime")
+                if rt is not None and rt.history:
+                    record = rt.history[-1]
+                    if getattr(record, "thread", None) is None:  # (a nested forward stamped it)
+                        record.thread = get_ident()
+                return out
+            finally:
+                lock.release()
 
     run._tapernn_locked = True
     return run
+
+
+def _enter(module: Any) -> threading.RLock:
+    """_acquire, its common case first: the tree's group found and still the root after."""
+    group = module.__dict__.get("_lock_group")
+    if group is not None and group.parent is None:
+        lock = group.lock
+        lock.acquire()
+        if group.parent is None:
+            return lock
+        lock.release()
+    return _acquire(module)
 
 
 def lock_entry_points(cls: type) -> None:
@@ -163,23 +194,13 @@ def lock_entry_points(cls: type) -> None:
             setattr(cls, name, locked_method(fn))
 
 
-def _last_record(module: Any) -> Any:
-    rt = module.__dict__.get("_runtime")
-    return rt.history[-1] if rt is not None and rt.history else None
-
-
-def _stamp(module: Any) -> None:
-    rt = module.__dict__.get("_runtime")
-    if rt is not None and rt.history:
-        record = rt.history[-1]
-        if getattr(record, "thread", None) is None:  # (a nested forward stamped it already)
-            record.thread = threading.get_ident()
-
-
 def _other_thread(module: Any) -> int | None:
-    record = _last_record(module)
-    owner = getattr(record, "thread", None)
-    return owner if owner is not None and owner != threading.get_ident() else None
+    """The thread that ran module's last forward, when that is not this thread."""
+    rt = module.__dict__.get("_runtime")  # (every forward and backward runs this: inlined)
+    if rt is None or not rt.history:
+        return None
+    owner = getattr(rt.history[-1], "thread", None)
+    return owner if owner is not None and owner != get_ident() else None
 
 
 def check_backward_pairing(module: Any) -> None:
@@ -187,7 +208,7 @@ def check_backward_pairing(module: Any) -> None:
     owner = _other_thread(module)
     if owner is not None:
         raise StateError(
-            f"{module.describe()}: backward in thread {threading.get_ident()} would "
+            f"{module.describe()}: backward in thread {get_ident()} would "
             f"use the forward run by thread {owner} (a module keeps one forward's "
             f"values); run forward and backward in one thread, inside "
             f"`with model.locked():` when several threads share the model, or give "
@@ -201,7 +222,7 @@ def check_sequence_owner(module: Any) -> None:
     if owner is not None and module.is_recurrent:
         raise StateError(
             f"{module.describe()}: step-wise forward in thread "
-            f"{threading.get_ident()} would continue the sequence stepped by thread "
+            f"{get_ident()} would continue the sequence stepped by thread "
             f"{owner} (a recurrent module remembers one sequence); call forget() "
             f"first to start a new one (inside `with model.locked():` when threads "
             f"share the model), or give each thread its own copy (copy.deepcopy)"

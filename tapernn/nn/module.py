@@ -208,7 +208,10 @@ class Module:
             from .runtime import runtime_of
 
             rt = runtime_of(self)
-        return rt.forward(input)
+        steady = rt.steady  # (Runtime.forward inlined: the steady path, nn.steady)
+        if steady is not None:
+            return steady.forward(input)
+        return rt.slow_forward((input,))
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool = True) -> Any:
         """grad_input, accumulating parameter gradients (Torch7 semantics). Given an input other
@@ -227,6 +230,11 @@ class Module:
             from .runtime import runtime_of
 
             rt = runtime_of(self)
+        steady = rt.steady  # (Runtime.backward's steady case inlined: nn.steady)
+        if steady is not None:
+            grad_input = steady.backward(input, grad_output, need_grad_input)
+            if grad_input is not steady.MISS:  # (MISS: the general path)
+                return grad_input
         return rt.backward(input, grad_output, need_grad_input=need_grad_input)
 
     def locked(self):

@@ -166,6 +166,8 @@ class AbstractRecurrent(Module):
     def _store_state(self, state: tuple[np.ndarray, ...]) -> None:
         self._state = state
 
+    _store_state.plain = True  # (nn.steady_source writes the field itself)
+
     def _write_fields(self, items: list, mode: str) -> None:
         """Record per-step values. mode "sequence": a Sequencer call (fields hold its T steps);
         "append": step-wise training (history for BPTT); "latest": step-wise evaluation (only the
@@ -215,6 +217,8 @@ class AbstractRecurrent(Module):
         fields["_grad_hidden"] = {}  # steps of the previous call: gone with its fields
         fields["outputs"] = fields["inputs"] = fields["states"] = pending
         fields["_n_steps"] = n_steps
+
+    _write_pending.plain = True  # (nn.steady_source writes these fields itself)
 
     def _clear_memory(self, keep_initial: bool) -> None:
         fields = self.__dict__  # (plain fields, as in _write_fields)

@@ -34,7 +34,7 @@ from .state_grads import (
 )
 from .steady import MISS, plan
 from .tree import LEAF, count_leaves, flatten, unflatten
-from .write_plan import Pending
+from .write_plan import Pending, release_plan
 from .write_plan import gather as _gather
 from .write_plan import write_plan as _write_plan
 
@@ -54,6 +54,8 @@ class Record:
         self.outputs = outs[:n]
         self.saved = list(outs[n:]) if saving else None
         self.done = False
+
+    __init__.plain = True  # (nn.steady_source sets these fields itself)
 
 
 class Runtime:
@@ -204,18 +206,7 @@ class Runtime:
         self.history = []
         fields = self.module.__dict__  # (plain fields: no registration check, as _write_back)
         fields["output"] = fields["grad_input"] = None
-        release = getattr(exe, "_release_plan", None)
-        if release is None:  # what each module's write-back replaces: found once per program
-            release = exe._release_plan = [
-                (
-                    m,
-                    output is not None or any(name == "output" for name, *_ in others),
-                    hasattr(m, "_n_steps")  # a recurrent module's per-step fields
-                    and bool(leaves or any(name != "output" for name, *_ in others)),
-                )
-                for m, output, leaves, others, _ in _write_plan(exe)  # (each module once)
-            ]
-        for m, output, steps in release:
+        for m, output, steps in release_plan(exe):
             fields = m.__dict__
             if output:
                 fields["output"] = None

@@ -3,6 +3,7 @@ sub-graph per timestep), with Torch7's remember/forget semantics for state acros
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .recurrent import HiddenStateOf, mask_rows
+from .recurrent import AbstractRecurrent, HiddenStateOf, mask_rows
 from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
 from .tree import map_leaves
 
@@ -75,6 +76,12 @@ class Sequencer(HiddenStateOf, Module):
     def _before_forward(self) -> None:
         if not self.remembers():
             self.module._clear_memory(keep_initial=True)
+
+    def _planned_before_forward(self) -> tuple[Callable, list] | None:
+        """(this hook and the hooks of the recurrent modules inside as one function, those
+        modules) for the steady path (nn.steady: planned again whenever the tree changes), or
+        None where a module inside clears its memory its own way."""
+        return planned_forget(self)
 
     def _mode_changed(self) -> None:
         self.module._clear_memory(keep_initial=True)
@@ -202,6 +209,53 @@ class Sequencer(HiddenStateOf, Module):
 
 
 _MODULE_FORWARD = Module.forward.__wrapped__  # Module.forward without its locking wrapper
+
+
+def planned_forget(seq: Sequencer) -> tuple[Callable, list] | None:
+    """Sequencer._before_forward followed by the AbstractRecurrent hooks of the modules inside
+    it, as one function without the _clear_memory recursion: what a forget does to each module
+    (Module's and AbstractRecurrent's _clear_memory, keep_initial=True) written into its fields.
+    None where a module inside defines its own _clear_memory (it runs the general hook)."""
+    plain, recurrent = Module._clear_memory, AbstractRecurrent._clear_memory
+    modules = list(seq.module.modules())
+    for m in modules:  # (every class on its MRO that defines _clear_memory: one of these two)
+        defined = [
+            c.__dict__["_clear_memory"] for c in type(m).__mro__ if "_clear_memory" in c.__dict__
+        ]
+        if "_clear_memory" in m.__dict__ or any(f not in (plain, recurrent) for f in defined):
+            return None
+    every = [m.__dict__ for m in modules]
+    cells = [m for m in modules if type(m)._clear_memory is recurrent]
+    covered = [m for m in cells if _hook_of(m) is AbstractRecurrent._before_forward]
+    cell_fields = [(m.__dict__, m) for m in cells]
+    covered_fields = [m.__dict__ for m in covered]
+
+    def hook() -> None:
+        if seq.remembers():  # (no forget: the recurrent modules' own hooks only)
+            for fields in covered_fields:
+                if callable(fields["_grad_hidden"]):
+                    fields["_grad_hidden"] = {}
+            return
+        for fields in every:  # Module._clear_memory
+            rt = fields.get("_runtime")
+            if rt is not None:
+                rt.history = []
+                rt.dropped = 0
+        for fields, m in cell_fields:  # AbstractRecurrent._clear_memory(keep_initial=True)
+            fields["_state"] = None
+            fields["outputs"], fields["inputs"] = [], []
+            fields["states"] = {name: [] for name in m.state_names}
+            fields["_n_steps"] = 0
+            fields["_grad_hidden"] = {}
+
+    hook.plan = (seq, every, [(f, tuple(m.state_names)) for f, m in cell_fields], covered_fields)
+    return hook, covered  # (hook.plan: what nn.steady_source spells out in place of a call)
+
+
+def _hook_of(m: Module) -> Any:
+    """The function m's _before_forward runs (an instance's own, or its class's)."""
+    own = m.__dict__.get("_before_forward")
+    return own if own is not None else type(m)._before_forward
 
 
 def tracing_where(t: int) -> str:

@@ -4,6 +4,7 @@ replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -242,19 +243,32 @@ def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = No
     ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
     args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
     seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
-    leaves, starts = record.leaves, record.starts
+    tap_later(rt, record, args, seeds, modules)
 
-    def compute() -> None:
-        variant = _variant(rt, exe, frozenset(), leaves, starts)
-        pair = variant.compile_training()
-        full = args_like(variant, args, exe)
-        grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
-        for m in modules:
-            m._grad_hidden = {}
-        store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs) :]), [])
 
+def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
+    """later_tap_grads with the copies of the call's arguments and seeds made (nn.steady's
+    generated backward makes them, and this partial, itself)."""
+    compute = partial(
+        tap_grads_now, rt, record.exe, record.leaves, record.starts, args, seeds, modules
+    )
     for m in modules:
         m.__dict__["_grad_hidden"] = compute  # (a plain field: no registration check)
+
+
+def tap_grads_now(
+    rt: Any, exe: Any, leaves: list, starts: list, args: list, seeds: list, modules: list
+) -> None:
+    """The gradients into the states of a plain Sequencer backward (its program `exe`, its
+    input `leaves`, initial states `starts`, copies of its arguments and seeds), computed by
+    the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state)."""
+    variant = _variant(rt, exe, frozenset(), leaves, starts)
+    pair = variant.compile_training()
+    full = args_like(variant, args, exe)
+    grads = pair.run_backward(pair.saved(pair.forward.run(full)), full, seeds)
+    for m in modules:
+        m._grad_hidden = {}
+    store_tap_grads(variant, list(grads[len(grads) - len(variant.tap_inputs) :]), [])
 
 
 def tap_copy_bytes(exe: Any) -> int:

@@ -4,25 +4,29 @@ model dtype and initial-state kinds) runs its compiled program again without re-
 cannot have changed -- no flattening, signature, cache lookup or record checks -- and its
 backward (the same input array, one output gradient of the output's shape and dtype, no
 set_grad_hidden_state pending) goes straight to the backward program. Everything else takes
-nn.runtime's general path, which plans the next steady call (`plan`)."""
+nn.runtime's general path, which plans the next steady call (`plan`). A plan's forward and
+backward are Python functions generated for it (nn.steady_source)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from .binding import _state_signature
 from .packing import VERSION
-from .state_grads import _recurrent_steps, later_tap_grads, store_state_input_grads
+from .state_grads import _recurrent_steps
+from .steady_source import backward_function, forward_function
 from .tree import LEAF
-from .write_plan import Pending, write_plan
+from .write_plan import release_plan, write_plan
 
 MISS = object()  # a steady backward that must take the general path
 
 
 class Steady:
     """What the last general forward derived, for calls with its signature (see module doc)."""
+
+    MISS = MISS  # (what backward returns for a call that is not the steady one)
 
     def __init__(
         self, rt: Any, exe: Any, x: np.ndarray, hooks: list, stateful: list, states: tuple
@@ -32,7 +36,7 @@ class Steady:
         self.version = VERSION[0]  # parameters' arrays, hooks, stateful modules: all as then
         self.shape, self.dtype = x.shape, x.dtype
         self.training, self.root_dtype = root.is_training, root._dtype
-        self.hooks = hooks
+        self.hooks = plan_hooks(hooks)
         # per stateful module: its initial state's kind as the hooks left it (_state_signature),
         # and whether that is "none" of the built-in kind (checked inline)
         self.stateful = [(m, s, s[0] is None and _plain_state(m)) for m, s in zip(stateful, states)]
@@ -47,105 +51,65 @@ class Steady:
         self.fields = _fields_plan(exe)
         self.grads = [exe.params[k].grad for k in exe.packing.loose]  # (the same while VERSION)
         self.groups = exe.packing.groups
+        self.saved_at = range(self.n_kept, sys.maxsize)  # forward results only backward reads
+        self.n_params = len(self.grads) + len(self.groups)  # backward results accumulated at once
+        self.scratch: dict[int, tuple] = {}  # id(program) -> (fn, run, what _run calls)
+        self.fast: dict[int, tuple] = {}  # id(program) -> where generated code keeps those
+        self.release = [  # (Runtime._release_previous's plan)
+            (m.__dict__, output, tuple(m.state_names) if steps else None)
+            for m, output, steps in release_plan(exe)
+        ]
+        self.forward = forward_function(self)  # forward(x) -> output (nn.steady_source)
+        if self.pair is not None:  # backward(input, g, need_grad_input) -> grad_input | MISS
+            self.backward = backward_function(self, MISS)
 
-    def forward(self, x: Any) -> Any:
-        rt, root = self.rt, self.root
-        if (
-            type(x) is not np.ndarray
-            or x.shape != self.shape
-            or x.dtype != self.dtype
-            or VERSION[0] != self.version
-            or root.is_training is not self.training
-            or root._dtype != self.root_dtype
-        ):
-            return rt.slow_forward((x,))
-        for hook in self.hooks:
-            hook()
-        for m, signature, none in self.stateful:  # the initial states' kinds: as planned
-            if none:  # no initial state (_state_signature inlined)
-                fields = m.__dict__
-                if (
-                    fields["_state"] is not None
-                    or fields["_user_initial"] is not None
-                    or fields["_mask_zero"] != signature[2]
-                ):
-                    return rt.slow_forward((x,), hooks_done=True)
-            elif _state_signature(m) != signature:
-                return rt.slow_forward((x,), hooks_done=True)
-        exe = self.exe
-        rt.last = exe
-        starts = [(m, m._state, m._user_initial) for m in self.recurrent]
-        leaves = [x]
-        args = self.args.copy()  # the parameters' arrays (the same while VERSION is)
-        args[self.data_at] = x
-        for k, bind in self.dynamic:  # dropout masks drawn, states read, per call
-            args[k] = bind(leaves)
-        rt._release_previous(exe)
-        outs = _run(self.program, args)
-        record = rt.record_type(exe, leaves, args, outs, saving=self.training)
-        record.starts = starts
-        if self.fields is None:
-            rt._write_back(exe, record, False)
-        else:
-            self._write_back(record.outputs)
-        rt.history = [record]
-        output = record.outputs[0]
-        root.__dict__["output"] = output  # (a field: no registration check)
-        return output
-
-    def _write_back(self, outs: tuple) -> None:
-        """Runtime._write_back of a Sequencer call, from the plan `_fields_plan` made."""
-        finals, outputs, pending = self.fields
-        for m, positions in finals:
-            state = []
-            for k in positions:  # (runtime._own: a view of a slab is copied)
-                s = outs[k]
-                base = s.base
-                state.append(s.copy() if base is not None and base.nbytes > s.nbytes else s)
-            m._store_state(tuple(state))
-        for m, pos in outputs:
-            m.__dict__["output"] = outs[pos]
-        for m, steps in pending:
-            m._write_pending(Pending(outs, steps), steps[3])
+    def __deepcopy__(self, memo: dict) -> None:
+        """A copied model plans its own steady path (this one's planned hooks and field
+        references are the original model's)."""
+        return
 
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
-        """grad_input, or MISS (nothing done) when the call is not the steady one."""
-        history = self.rt.history
-        if len(history) != 1:
-            return MISS
-        record = history[0]
-        if (
-            record.exe is not self.exe
-            or record.saved is None  # an evaluation forward, or a second backward
-            or input is not record.leaves[0]
-            or type(grad_output) is not np.ndarray
-            or grad_output.shape != self.gshape
-            or grad_output.dtype != self.gdtype
-            or VERSION[0] != self.version
-            or any(m._extra_state_grads for m in self.cut_modules)
-        ):
-            return MISS
-        exe, pair = self.exe, self.pair
-        saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
-        program = pair.last_backward = pair.backward_program(0 if need_grad_input else 1)
-        args = record.args
-        saved.append(grad_output)
-        saved += [args[k] for k in pair.reads]
-        grads = _run(program, saved)
-        del saved
-        first = 1 if need_grad_input else 0  # (the program without dX returns no grad_input)
-        n_loose = len(self.grads)
-        if exe.state_wrt:  # a user-set initial state's gradient
-            start = first + n_loose + len(self.groups)
-            store_state_input_grads(exe, None, list(grads[start : start + len(exe.state_wrt)]))
-        record.done = True
-        _accumulate(self.grads, self.groups, grads, first)
-        grad_input = grads[0] if need_grad_input else None
-        del grads  # the parameter gradients are accumulated: freed before the copies below
-        if self.cut_modules:  # copies for a lazy get_grad_hidden_state
-            later_tap_grads(self.rt, record, [grad_output], self.cut_modules)
-        self.root.__dict__["grad_input"] = grad_input  # (None without need_grad_input)
-        return grad_input
+        """An evaluation forward's steady plan: every backward takes the general path (a
+        training plan's backward is generated: nn.steady_source.backward_function)."""
+        return MISS
+
+    def _run(self, compiled: Any, args: list, private: range) -> tuple:
+        """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program:
+        its `run` is `_run`) called directly -- it reads no NumPy error state -- writing the
+        results at `private` positions (never seen outside this steady path, dead by its next
+        call) into scratch arrays reused by every call (numba_program.scratch_runner). A
+        failure runs it again through `run`, which names the failing node; a `run` replaced
+        by someone else (a wrapper) is called as it is."""
+        fn, run = compiled.program.fn, compiled.__dict__.get("run")
+        entry = self.scratch.get(id(compiled))
+        if entry is None or entry[0] is not fn or entry[1] is not run:  # (new, or changed)
+            direct = None
+            if getattr(fn, "kernel", None) is not None and (
+                getattr(run, "__func__", None) is type(compiled)._run
+            ):
+                from ..backends.numba_program import scratch_runner
+
+                direct = scratch_runner(fn, private) or fn
+            entry = self.scratch[id(compiled)] = (fn, run, direct)
+            fast = self.fast.get(id(compiled))
+            if fast is not None:  # (steady_source._call: the generated code's inline case)
+                ns, fn_name, run_name, direct_name = fast
+                ns[fn_name], ns[run_name], ns[direct_name] = (
+                    (fn, run, direct)
+                    if direct
+                    else (
+                        None,
+                        None,
+                        None,
+                    )
+                )
+        direct = entry[2]
+        if direct is None:
+            return compiled.run(args)
+        try:
+            return direct(*args)
+        except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
+            return compiled.run(args)
 
 
 def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: list) -> Any:
@@ -168,22 +132,30 @@ def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: li
     return Steady(rt, exe, leaves[0], hooks, stateful, exe.key[3])
 
 
+def plan_hooks(hooks: list) -> list:
+    """The model's hooks (bound `_before_forward`s, in modules() order) with each one whose
+    module plans it (`_planned_before_forward`: a Sequencer's forget) replaced by the planned
+    function, and the hooks that function covers dropped."""
+    planned, covered = [], set()
+    for hook in hooks:
+        owner = getattr(hook, "__self__", None)
+        plan_of = getattr(owner, "_planned_before_forward", None)
+        found = plan_of() if plan_of is not None and hook == owner._before_forward else None
+        if found is None:
+            planned.append(hook)
+            continue
+        fn, modules = found
+        planned.append(fn)
+        covered.update(id(m) for m in modules)
+    return [h for h in planned if id(getattr(h, "__self__", None)) not in covered]
+
+
 def _plain_state(m: Any) -> bool:
     """m keeps its initial state as AbstractRecurrent does (fields `_state`, `_user_initial`,
     a bool `_mask_zero`; its `_initial_state_arrays` marked `plain`)."""
     own = getattr(type(m)._initial_state_arrays, "plain", False)
     fields = m.__dict__
     return own and "_state" in fields and type(fields.get("_mask_zero")) is bool
-
-
-def _accumulate(loose: list, groups: list, grads: tuple, first: int) -> None:
-    """packing.Packing.accumulate, the loose parameters' gradient arrays planned (a function:
-    no loop variable keeps the last gradient alive through the copies after it)."""
-    n = len(loose)
-    for grad, g in zip(loose, grads[first : first + n]):
-        grad += g
-    for group, g in zip(groups, grads[first + n :]):
-        group.accumulate(g)
 
 
 def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
@@ -219,16 +191,3 @@ def _fields_plan(exe: Any) -> tuple | None:
         elif leaves or others:
             return None
     return exe.final_plan(), outputs, pending
-
-
-def _run(compiled: Any, args: list) -> tuple:
-    """compiled.run(args); a whole-program numba kernel without BLAS calls (numba_program: its
-    `run` is `_run`) called directly: it reads no NumPy error state. A failure runs it again
-    through `run`, which names the failing node."""
-    fn = compiled.program.fn
-    if getattr(fn, "kernel", None) is None or compiled.__dict__.get("run") is None:
-        return compiled.run(args)
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
-        return compiled.run(args)

@@ -34,6 +34,24 @@ def write_plan(exe: Any) -> list:
     return plan
 
 
+def release_plan(exe: Any) -> list:
+    """Per module whose fields a call of `exe` writes: (module, whether it writes `output`,
+    whether it writes a recurrent module's per-step fields): what Runtime._release_previous
+    drops before the call. Found once per program."""
+    release = getattr(exe, "_release_plan", None)
+    if release is None:
+        release = exe._release_plan = [
+            (
+                m,
+                output is not None or any(name == "output" for name, *_ in others),
+                hasattr(m, "_n_steps")  # a recurrent module's per-step fields
+                and bool(leaves or any(name != "output" for name, *_ in others)),
+            )
+            for m, output, leaves, others, _ in write_plan(exe)  # (each module once)
+        ]
+    return release
+
+
 def by_steps(m: Any, leaves: list, others: list) -> tuple | None:
     """(outputs, inputs, [(state name, sources)], n steps), each field's sources in step order as
     _write_fields orders them (see gather), where m's class writes its fields by `_write_steps`

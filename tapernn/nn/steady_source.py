@@ -1,0 +1,341 @@
+"""The steady forward of one plan (nn.steady) as a generated Python function: the key check,
+the hooks, the initial-state checks, the arguments, the release of the previous call's fields,
+the program and the write-back each spelled out for this plan's modules and positions (no loops
+over plan lists, no attribute walks), as codegen.Program spells out a graph's NumPy calls."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from .binding import _state_signature
+from .packing import VERSION
+from .state_grads import store_state_input_grads, tap_grads_now
+from .write_plan import Pending
+
+
+def forward_function(steady: Any) -> Callable:
+    """`forward(x) -> output` for `steady` (a Steady): what the general path does for a call
+    with its signature, or `rt.slow_forward` where the call is not such a call (looked up per
+    such call)."""
+    ns: dict[str, Any] = {
+        "ndarray": np.ndarray,
+        "VERSION": VERSION,
+        "Pending": Pending,
+        "state_signature": _state_signature,
+        "steady": steady,
+        "rt": steady.rt,
+        "root": steady.root,
+        "rf": steady.root.__dict__,
+        "exe": steady.exe,
+        "Record": steady.rt.record_type,
+        "new_record": object.__new__,
+        "run": steady._run,
+        "program": steady.program,
+        "saved_at": steady.saved_at,
+        "shape": steady.shape,
+        "dtype": steady.dtype,
+        "version": steady.version,
+        "training": steady.training,
+        "root_dtype": steady.root_dtype,
+    }
+
+    def bind(value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(ns)}"
+        ns[name] = value
+        return name
+
+    lines = [
+        "def forward(x):",
+        "    if (type(x) is not ndarray or x.shape != shape",
+        "            or (x.dtype is not dtype and x.dtype != dtype)",
+        "            or VERSION[0] != version or root.is_training is not training",
+        "            or root._dtype != root_dtype):",
+        "        return rt.slow_forward((x,))",
+    ]
+    cleared: dict[int, str] = {}  # id(a module's fields) -> the flag: a forget cleared them
+    for hook in steady.hooks:
+        plan = getattr(hook, "plan", None)
+        if plan is None:
+            lines.append(f"    {bind(hook, 'hook')}()")
+            continue
+        flag = f"forgot{len(cleared)}"
+        lines += _forget(plan, bind, flag)
+        cleared.update((id(fields), flag) for fields, _ in plan[2])
+    lines += _state_checks(steady, bind)
+    lines.append("    rt.last = exe")
+    starts = []
+    for m in steady.recurrent:
+        r = bind(m, "r")
+        starts.append(f"({r}, {r}._state, {r}._user_initial)")
+    lines.append(f"    starts = [{', '.join(starts)}]")
+    lines.append("    leaves = [x]")
+    args = [bind(a, "p") if a is not None else "None" for a in steady.args]
+    args[steady.data_at] = "x"
+    for k, binder in steady.dynamic:  # dropout masks drawn, states read, per call
+        args[k] = f"{bind(binder, 'bind')}(leaves)"
+    lines.append(f"    args = [{', '.join(args)}]")
+    lines += _release(steady, bind, cleared)
+    lines += _call("outs", "program", "args", "saved_at", steady, ns)
+    if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
+        saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
+        lines += [
+            "    record = new_record(Record)",
+            "    record.exe, record.leaves, record.args = exe, leaves, args",
+            f"    record.saved = {saved}",  # (before outs is cut to the kept outputs)
+            f"    record.outputs = outs = outs[:{steady.n_kept}]",
+            "    record.done = False",
+        ]
+    else:
+        lines += [
+            "    record = Record(exe, leaves, args, outs, saving=training)",
+            "    outs = record.outputs",
+        ]
+    lines.append("    record.starts = starts")
+    lines += _write_back(steady, bind)
+    lines += [
+        "    rt.history = [record]",
+        "    output = outs[0]",
+        '    rf["output"] = output',
+        "    return output",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn steady forward>", "exec"), ns)  # noqa: S102
+    forward = ns["forward"]
+    forward.source = source
+    return forward
+
+
+def _forget(plan: tuple, bind: Callable, flag: str) -> list[str]:
+    """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out; `flag`
+    says whether it forgot (the release need not clear those fields again)."""
+    seq, every, cells, covered = plan
+    lines = [f"    if {bind(seq, 'seq')}.remembers():", f"        {flag} = False"]
+    for fields in covered:
+        f = bind(fields, "f")
+        lines += [
+            f'        if callable({f}["_grad_hidden"]):',
+            f'            {f}["_grad_hidden"] = {{}}',
+        ]
+    lines += ["    else:", f"        {flag} = True"]
+    for fields in every:  # Module._clear_memory
+        lines += [
+            f'        r = {bind(fields, "f")}.get("_runtime")',
+            "        if r is not None:",
+            "            r.history = []",
+            "            r.dropped = 0",
+        ]
+    for fields, names in cells:  # AbstractRecurrent._clear_memory(keep_initial=True)
+        f = bind(fields, "f")
+        states = ", ".join(f"{name!r}: []" for name in names)
+        lines += [
+            f'        {f}["_state"] = None',
+            f'        {f}["outputs"], {f}["inputs"] = [], []',
+            f'        {f}["states"] = {{{states}}}',
+            f'        {f}["_n_steps"] = 0',
+            f'        {f}["_grad_hidden"] = {{}}',
+        ]
+    return lines
+
+
+def _call(result: str, program: str, args: str, private: str, steady: Any, ns: dict) -> list[str]:
+    """`result = steady._run(program, args, private)`, its common case inline: while the
+    program's fn and run are the ones steady._run last saw (it keeps them in `ns`, this
+    function's globals), the runner it chose called directly."""
+    fn, run, direct = f"{program}_fn", f"{program}_run", f"{program}_direct"
+    ns[fn] = ns[run] = ns[direct] = None
+    steady.fast[id(ns[program])] = (ns, fn, run, direct)
+    return [
+        f"    if {program}.program.fn is {fn} and {program}.__dict__.get('run') is {run}:",
+        "        try:",
+        f"            {result} = {direct}(*{args})",
+        "        except Exception:",
+        f"            {result} = {program}.run({args})",
+        "    else:",
+        f"        {result} = run({program}, {args}, {private})",
+    ]
+
+
+def _state_checks(steady: Any, bind: Callable) -> list[str]:
+    """The initial states' kinds as planned (_state_signature; inlined for the built-in kind
+    with no initial state), else the general path (the hooks already run)."""
+    lines = []
+    for m, signature, none in steady.stateful:
+        if none:
+            f = bind(m.__dict__, "f")
+            test = (
+                f'{f}["_state"] is not None or {f}["_user_initial"] is not None'
+                f' or {f}["_mask_zero"] != {bind(signature[2], "z")}'
+            )
+        else:
+            test = f"state_signature({bind(m, 'm')}) != {bind(signature, 'sig')}"
+        lines += [f"    if {test}:", "        return rt.slow_forward((x,), hooks_done=True)"]
+    return lines
+
+
+def _release(steady: Any, bind: Callable, cleared: dict) -> list[str]:
+    """Runtime._release_previous for this program (per-step fields a forget just cleared
+    (`cleared`: their flag) are not cleared again)."""
+    lines = ["    rt.history = []", '    rf["output"] = rf["grad_input"] = None']
+    for fields, output, names in steady.release:
+        f = bind(fields, "f")
+        if output:
+            lines.append(f'    {f}["output"] = None')
+        if names is not None:
+            states = ", ".join(f"{name!r}: []" for name in names)
+            clear = [f'{f}["outputs"], {f}["inputs"] = [], []', f'{f}["states"] = {{{states}}}']
+            flag = cleared.get(id(fields))
+            if flag is None:
+                lines += ["    " + line for line in clear]
+            else:
+                lines += [f"    if not {flag}:"] + ["        " + line for line in clear]
+    return lines
+
+
+def _write_back(steady: Any, bind: Callable) -> list[str]:
+    """Runtime._write_back of a Sequencer call from the plan steady._fields_plan made (final
+    states, `output` fields, per-step fields made when first read), or the general one."""
+    if steady.fields is None:
+        return ["    rt._write_back(exe, record, False)"]
+    finals, outputs, pending = steady.fields
+    lines = []
+    for m, positions in finals:
+        names = []
+        for k in positions:  # (runtime._own: a view of a slab is copied)
+            s = f"s{k}"
+            lines += [
+                f"    {s} = outs[{k}]",
+                f"    b = {s}.base",
+                f"    if b is not None and b.nbytes > {s}.nbytes:",
+                f"        {s} = {s}.copy()",
+            ]
+            names.append(s)
+        state = f"({', '.join(names)},)"
+        if getattr(type(m)._store_state, "plain", False):  # (AbstractRecurrent's, inlined)
+            lines.append(f'    {bind(m.__dict__, "f")}["_state"] = {state}')
+        else:
+            lines.append(f"    {bind(m, 'm')}._store_state({state})")
+    for m, pos in outputs:
+        lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
+    for m, steps in pending:
+        plan = bind(steps, "steps")
+        if getattr(type(m)._write_pending, "plain", False):  # (AbstractRecurrent's, inlined)
+            f = bind(m.__dict__, "f")
+            lines += [
+                f'    {f}["_grad_hidden"] = {{}}',
+                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = Pending(outs, {plan})',
+                f'    {f}["_n_steps"] = {steps[3]}',
+            ]
+        else:
+            lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
+    return lines
+
+
+def backward_function(steady: Any, miss: object) -> Callable:
+    """`backward(input, grad_output, need_grad_input) -> grad_input` for `steady`: the backward
+    paired with its forward (the same input array, one output gradient of the output's shape
+    and dtype, no set_grad_hidden_state pending), or `miss` (nothing done) for any other."""
+    pair, exe = steady.pair, steady.exe
+    n_loose, n_params = len(steady.grads), steady.n_params
+    ns: dict[str, Any] = {
+        "ndarray": np.ndarray,
+        "np_array": np.array,
+        "VERSION": VERSION,
+        "MISS": miss,
+        "rt": steady.rt,
+        "rf": steady.root.__dict__,
+        "exe": exe,
+        "pair": pair,
+        "full": pair.backward_program(0),
+        "run": steady._run,
+        "with_dx": range(1, 1 + n_params),  # (the gradients accumulated at once: scratch)
+        "without_dx": range(n_params),
+        "gshape": steady.gshape,
+        "gdtype": steady.gdtype,
+        "version": steady.version,
+        "store_state_input_grads": store_state_input_grads,
+        "partial": partial,
+        "tap_grads_now": tap_grads_now,
+        "modules": steady.cut_modules,
+    }
+
+    def bind(value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(ns)}"
+        ns[name] = value
+        return name
+
+    lines = [
+        "def backward(input, grad_output, need_grad_input):",
+        "    history = rt.history",
+        "    if len(history) != 1:",
+        "        return MISS",
+        "    record = history[0]",
+        "    if (record.exe is not exe or record.saved is None or input is not record.leaves[0]",
+        "            or type(grad_output) is not ndarray or grad_output.shape != gshape",
+        "            or (grad_output.dtype is not gdtype and grad_output.dtype != gdtype)",
+        "            or VERSION[0] != version):",
+        "        return MISS",  # (record.saved None: an evaluation forward, or a second backward)
+    ]
+    for m in steady.cut_modules:  # a set_grad_hidden_state pending: the general path
+        lines += [f"    if {bind(m, 'm')}._extra_state_grads:", "        return MISS"]
+    reads = ", ".join(f"args[{k}]" for k in pair.reads)
+    lines += [
+        "    saved = record.saved",
+        "    record.saved = None",  # (consumed: freed as soon as backward returns)
+        "    args = record.args",
+        "    saved.append(grad_output)",
+        f"    saved += [{reads}]",
+        "    if need_grad_input:",
+        "        pair.last_backward = full",
+        "        first = 1",
+    ]
+    lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
+    lines += [
+        "    else:",
+        "        program = pair.last_backward = pair.backward_program(1)",
+        "        first = 0",
+        "        grads = run(program, saved, without_dx)",
+        "    del saved",
+    ]
+    if exe.state_wrt:  # a user-set initial state's gradient
+        start, n = n_params, len(exe.state_wrt)
+        lines.append(
+            f"    store_state_input_grads(exe, None, list(grads[first + {start}:"
+            f" first + {start + n}]))"
+        )
+    lines.append("    record.done = True")
+    for k, grad in enumerate(steady.grads):  # (in place: the planned gradient arrays)
+        lines += [f"    g = {bind(grad, 'grad')}", f"    g += grads[first + {k}]"]
+    for j, group in enumerate(steady.groups):
+        lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {n_loose + j}])")
+    lines += [
+        "    grad_input = grads[0] if need_grad_input else None",
+        "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
+    ]
+    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state
+        dynamic = {k for k, _ in steady.dynamic}
+        copies = [
+            f"np_array(args[{k}]) if type(args[{k}]) is not ndarray else args[{k}].copy()"
+            if k in dynamic
+            else f"args[{k}].copy()"
+            for k in range(len(steady.args))
+        ]
+        lines.append(
+            f"    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts,"
+            f" [{', '.join(copies)}], [grad_output.copy()], modules)"
+        )
+        for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
+            lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
+    lines += [
+        '    rf["grad_input"] = grad_input',  # (None without need_grad_input)
+        "    return grad_input",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<tapernn steady backward>", "exec"), ns)  # noqa: S102
+    backward = ns["backward"]
+    backward.source = source
+    return backward

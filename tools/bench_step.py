@@ -1,0 +1,122 @@
+"""The tutorial-size training step (issue 19): `seq.forward(x); seq.zero_grad_parameters();
+seq.backward(x, g)` of Sequencer(<cell>(H, H)), per-step thread CPU time and wall, this checkout
+and (with --baseline) another checkout's package in the same process, in alternating rounds.
+
+    python tools/bench_step.py --backends numba numpy --cells FastLSTM LSTM GRU
+    python tools/bench_step.py --baseline /tmp/main_checkout --rounds 5 --steps 2000
+
+Prints per contender the best and the median of the rounds' per-step means (us).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(HERE, "tools"))
+
+from bench_overhead import load_package
+
+
+def make_step(tn, cell: str, backend: str, B: int, T: int, H: int, dtype: str):
+    before = tn.get_backend()
+    tn.set_backend(backend)
+    try:
+        seq = tn.nn.Sequencer(getattr(tn.nn, cell)(H, H)).astype(dtype)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H)).astype(dtype)
+        g = rng.standard_normal((T, B, H)).astype(dtype)
+        for _ in range(3):  # compile (the backend is read when programs compile)
+            seq.forward(x)
+            seq.zero_grad_parameters()
+            seq.backward(x, g)
+    finally:
+        tn.set_backend(before)
+
+    def step() -> None:
+        seq.forward(x)
+        seq.zero_grad_parameters()
+        seq.backward(x, g)
+
+    return step
+
+
+def measure(step, n: int) -> tuple[float, float]:
+    c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+    for _ in range(n):
+        step()
+    c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+    return (c1 - c0) / n / 1e3, (w1 - w0) / n / 1e3
+
+
+def torch_step(B: int, T: int, H: int):
+    import torch
+
+    torch.set_num_threads(1)
+    lstm = torch.nn.LSTM(H, H)
+    x = torch.randn(T, B, H, requires_grad=True)
+    g = torch.randn(T, B, H)
+
+    def step() -> None:
+        lstm.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = lstm(x)
+        out.backward(g)
+
+    for _ in range(20):
+        step()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", help="another checkout (its tapernn runs interleaved)")
+    ap.add_argument("--backends", nargs="+", default=["numba"])
+    ap.add_argument("--cells", nargs="+", default=["FastLSTM"])
+    ap.add_argument("--config", default="1,5,5")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--torch", action="store_true", help="time torch nn.LSTM too")
+    args = ap.parse_args()
+    B, T, H = (int(v) for v in args.config.split(","))
+    os.environ.setdefault("TAPERNN_NUMBA_BACKGROUND", "0")
+    packages = [("this", load_package(HERE, "tapernn_this"))]
+    if args.baseline:
+        packages.insert(0, ("base", load_package(args.baseline, "tapernn_base")))
+    steps = {}
+    for cell in args.cells:
+        for backend in args.backends:
+            for name, tn in packages:
+                steps[f"{cell} [{backend}] {name}"] = make_step(
+                    tn, cell, backend, B, T, H, args.dtype
+                )
+    if args.torch:
+        steps["torch nn.LSTM"] = torch_step(B, T, H)
+    cpu: dict[str, list] = {k: [] for k in steps}
+    wall: dict[str, list] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for k, step in steps.items():
+            c, w = measure(step, args.steps)
+            cpu[k].append(c)
+            wall[k].append(w)
+    print(
+        f"(B, T, H) = ({B}, {T}, {H}) {args.dtype}, {args.rounds} rounds x {args.steps} steps, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'contender':32s} {'cpu best':>9s} {'cpu med':>9s} {'wall best':>9s} {'wall med':>9s}")
+    for k in steps:
+        print(
+            f"{k:32s} {min(cpu[k]):9.1f} {statistics.median(cpu[k]):9.1f} "
+            f"{min(wall[k]):9.1f} {statistics.median(wall[k]):9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
