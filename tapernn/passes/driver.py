@@ -118,6 +118,7 @@ class CompileReport:
             body = loop.body
             seen[loop.body_key or id(body)] = body.compiled_kernels + body.loop_compiled_kernels
         return sum(seen.values())
+
     naive_bytes = property(lambda self: self.plan.naive_bytes)
     planned_bytes = property(lambda self: self.plan.planned_bytes)
     peak_bytes = property(lambda self: self.plan.peak_bytes)
