@@ -22,6 +22,7 @@ from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, S
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
+from .config_key import is_setting
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import VERSION as STORAGE_VERSION
@@ -69,6 +70,10 @@ class Module:
                 children[name] = value
                 joined(self, value)
                 packing_changed()
+        elif name in self.__dict__ and is_setting(name, value):  # d.p = 0.2 after a call
+            old = self.__dict__[name]
+            if type(old) is not type(value) or repr(old) != repr(value):
+                packing_changed()  # (the steady path and the tree cache look again: config_key)
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:

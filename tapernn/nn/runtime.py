@@ -18,6 +18,7 @@ from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
+from .config_key import structure_key
 from .executable import Executable
 from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
@@ -70,7 +71,7 @@ class Runtime:
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
-        self._tree_cache: tuple | None = None  # (packing.VERSION, hooks, stateful): _tree
+        self._tree_cache: tuple | None = None  # (VERSION, hooks, stateful, structure): _tree
         self.steady = None  # the fast path of calls like the last one (nn.steady)
 
     def clear(self) -> None:
@@ -233,7 +234,14 @@ class Runtime:
         version, modules = TREE_VERSION[0], list(self.module.modules())
         hooks = [m._before_forward for m in modules if _has_hook(m)]
         stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
-        self._tree_cache = (version, hooks, stateful)
+        structure = structure_key(modules)
+        if self._tree_cache is not None and self._tree_cache[3] != structure:
+            # another tree or setting (config_key): programs traced before never run again
+            self.cache.clear()
+            self.variants.clear()
+            self.templates.clear()
+            self.steady = None
+        self._tree_cache = (version, hooks, stateful, structure)
         return hooks, stateful
 
     def _signature(
@@ -248,6 +256,7 @@ class Runtime:
             states,
             root.dtype.str,
             history,
+            self._tree_cache[3],  # the tree and its settings (config_key), as _tree saw them
         )
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:

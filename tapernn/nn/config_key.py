@@ -1,0 +1,59 @@
+"""What a model's programs were traced from besides its inputs: the tree (which module objects,
+in which places) and each module's plain settings (`Dropout.p`, `HardTanh.max_value`, a child's
+training flag, ...). A program traced before `Sequential.add`, a replaced child or `d.p = 0.2`
+would otherwise run again as if nothing changed (a silent wrong answer): `structure_key` is
+part of every call's signature, and `Module.__setattr__` calls `setting_changed` so the
+steady path and the tree cache look again."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+_serials = itertools.count()
+_SCALARS = (bool, int, float, str, type(None), np.generic)
+# fields the runtime or a module's own calls write: results, not settings
+RESULT_FIELDS = frozenset(
+    {"output", "grad_input", "outputs", "inputs", "cells", "states", "step", "trace_count"}
+)
+
+
+def is_setting(name: str, value: Any) -> bool:
+    """A public plain value (scalar or tuple of scalars) a module's build may read."""
+    if name.startswith("_") or name in RESULT_FIELDS:
+        return False
+    if isinstance(value, tuple):
+        return all(isinstance(v, _SCALARS) for v in value)
+    return isinstance(value, _SCALARS)
+
+
+def _serial(m: Any) -> int:
+    fields = m.__dict__
+    serial = fields.get("_serial")
+    if serial is None:  # (a deep copy keeps its original's: its own runtime, its own cache)
+        serial = fields["_serial"] = next(_serials)
+    return serial
+
+
+def structure_key(modules: list) -> tuple:
+    """One entry per module (in `modules()` order): its type, identity, whether it is in the
+    root's mode (the signature holds the root's) and its settings, compared by repr (exact for
+    floats; NaN equals itself)."""
+    training = modules[0].is_training
+    return tuple(
+        (
+            type(m),
+            _serial(m),
+            m.is_training is training,
+            tuple(
+                sorted(
+                    (k, repr(v))
+                    for k, v in m.__dict__.items()
+                    if k != "is_training" and is_setting(k, v)
+                )
+            ),
+        )
+        for m in modules
+    )

@@ -1,0 +1,118 @@
+"""A model changed after its first call runs as changed: a child added or replaced
+(`Sequential.add`), a module's setting (`Dropout.p`, `HardTanh.max_value`) or a child's mode
+(`model.get(1).evaluate()`) set between calls. Before nn/config_key.py the program traced for
+the first call ran again unchanged: a silent wrong answer. Oracle: a model built with the
+change from the start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+
+rng = np.random.default_rng(0)
+X2 = rng.standard_normal((3, 4))
+X3 = rng.standard_normal((5, 3, 4))
+
+
+def results(m, x):
+    """Output, input gradient and parameter gradients of one forward/backward."""
+    y = np.array(m.forward(x), copy=True)
+    m.zero_grad_parameters()
+    gx = np.array(m.backward(x, np.full_like(y, 0.3)), copy=True)
+    return [y, gx] + [p.grad.copy() for p in m.parameters()]
+
+
+def assert_same(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def changed_vs_fresh(build, change, x, seed=5):
+    """`change` applied after two calls (the steady path planned) vs before any call."""
+    tn.manual_seed(1)
+    m = build()
+    results(m, x)
+    results(m, x)
+    change(m)
+    tn.manual_seed(seed)
+    got = results(m, x)
+    tn.manual_seed(1)
+    fresh = build()
+    change(fresh)
+    tn.manual_seed(seed)
+    return got, results(fresh, x)
+
+
+def test_a_layer_added_after_a_call_runs():
+    got, want = changed_vs_fresh(
+        lambda: nn.Sequential(nn.Linear(4, 4)), lambda m: m.add(nn.Tanh()), X2
+    )
+    assert_same(got, want)
+    assert np.all(np.abs(got[0]) < 1)  # the tanh ran
+
+
+def test_a_replaced_child_runs():
+    got, want = changed_vs_fresh(
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.Tanh()),
+        lambda m: m.add_child("1", nn.Sigmoid()),
+        X2,
+    )
+    assert_same(got, want)
+    assert np.all(got[0] > 0)  # the sigmoid ran
+
+
+@pytest.mark.parametrize("unroll", [None, True])
+def test_a_setting_changed_after_a_call_is_used(unroll):
+    def build():
+        return nn.Sequencer(nn.Sequential(nn.Linear(4, 6), nn.HardTanh()), unroll=unroll)
+
+    got, want = changed_vs_fresh(build, lambda m: setattr(m.get(0).get(1), "max_value", 0.1), X3)
+    assert_same(got, want)
+    assert got[0].max() <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize("stepwise", [False, True])
+def test_dropout_p_changed_between_calls(stepwise):
+    d = nn.Dropout(0.5)
+    model = d if stepwise else nn.Sequencer(d)
+    x = np.ones((200, 50)) if stepwise else np.ones((3, 200, 50))
+    model.forward(x)
+    model.forward(x)
+    d.p = 0.2
+    y = model.forward(x)
+    assert y.max() == pytest.approx(1 / 0.8)  # kept entries scaled by 1 / (1 - p)
+    assert 0.15 < np.mean(y == 0) < 0.25
+
+
+def test_a_child_put_in_evaluation_mode_alone():
+    def build():
+        return nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+
+    got, want = changed_vs_fresh(build, lambda m: m.get(1).evaluate(), X2)
+    assert_same(got, want)
+    tn.manual_seed(1)
+    lin = nn.Linear(4, 4)
+    np.testing.assert_allclose(got[0], lin.forward(X2), rtol=1e-12)  # dropout is the identity
+
+
+def test_unchanged_settings_and_mode_switches_do_not_retrace():
+    m = nn.Sequencer(nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3)))
+    for _ in range(3):
+        m.training()
+        results(m, X3)
+        m.evaluate()
+        m.forward(X3)
+    count = m.trace_count
+    m.training()
+    m.get(0).get(1).p = 0.3  # the same value: nothing changes
+    for _ in range(3):
+        results(m, X3)
+    assert m.trace_count == count
+    m.get(0).get(1).p = 0.25
+    results(m, X3)
+    results(m, X3)
+    assert m.trace_count == count + 1  # traced once for the new setting
