@@ -116,3 +116,43 @@ def test_unchanged_settings_and_mode_switches_do_not_retrace():
     results(m, X3)
     results(m, X3)
     assert m.trace_count == count + 1  # traced once for the new setting
+
+
+def _log_probs():
+    x = rng.standard_normal((6, 4))
+    return x - np.log(np.exp(x).sum(1, keepdims=True)), np.array([0, 1, 2, 3, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "make, change",
+    [
+        (nn.ClassNLLCriterion, lambda c: c.weights.__setitem__(slice(None), [1, 2, 3, 4])),
+        (nn.ClassNLLCriterion, lambda c: setattr(c, "weights", np.array([1.0, 2, 3, 4]))),
+        (nn.CrossEntropyCriterion, lambda c: c.weights.__setitem__(slice(None), [1, 2, 3, 4])),
+        (nn.BCECriterion, lambda c: c.weights.__setitem__(slice(None), [1, 2, 3, 4])),
+        (nn.ClassNLLCriterion, lambda c: setattr(c, "ignore_index", 1)),
+    ],
+)
+def test_criterion_weights_changed_between_calls(make, change):
+    x, t = _log_probs()
+    if make is nn.BCECriterion:
+        x, t = np.exp(x), (rng.random((6, 4)) > 0.5).astype(float)
+    crit = make(weights=np.ones(4))
+    for _ in range(2):
+        crit.forward(x, t)
+        crit.backward(x, t)
+    change(crit)
+    fresh = make(weights=np.ones(4))
+    change(fresh)
+    assert crit.forward(x, t) == pytest.approx(fresh.forward(x, t), rel=1e-12)
+    np.testing.assert_allclose(crit.backward(x, t), fresh.backward(x, t), rtol=1e-12)
+
+
+def test_weights_changed_at_every_call_keep_one_program():
+    x, t = _log_probs()
+    crit = nn.ClassNLLCriterion(weights=np.ones(4))
+    for k in range(5):
+        crit.weights[:] = [1, 2, 3, 4 + k]
+        want = nn.ClassNLLCriterion(weights=np.array([1.0, 2, 3, 4 + k])).forward(x, t)
+        assert crit.forward(x, t) == pytest.approx(want, rel=1e-12)
+    assert len(crit._runtime.cache) == 1  # the programs of earlier weights were dropped

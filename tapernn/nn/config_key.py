@@ -57,3 +57,20 @@ def structure_key(modules: list) -> tuple:
         )
         for m in modules
     )
+
+
+def array_settings(modules: list) -> list[tuple[Any, str]]:
+    """(module, name) of the arrays modules build constants from (a class's `array_settings`:
+    a criterion's `weights`), whose values a call's signature holds (`array_key`)."""
+    return [(m, name) for m in modules for name in getattr(type(m), "array_settings", ())]
+
+
+def array_key(pairs: list[tuple[Any, str]]) -> tuple:
+    """The current values of `pairs`, read at every call (an in-place change calls no setter)."""
+    out = []
+    for m, name in pairs:
+        a = m.__dict__.get(name)
+        if a is not None:
+            a = np.asarray(a)
+        out.append(None if a is None else (a.shape, a.dtype.str, np.ascontiguousarray(a).tobytes()))
+    return tuple(out)

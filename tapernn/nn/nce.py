@@ -34,6 +34,8 @@ class NCEModule(Module):
     weight (V, D) ~ U(±1/√D), bias (V,) = -log V (so P_m starts near 1/V with Z = 1).
     """
 
+    array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
+
     def __init__(
         self,
         input_size: int,
