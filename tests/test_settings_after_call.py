@@ -156,3 +156,20 @@ def test_weights_changed_at_every_call_keep_one_program():
         want = nn.ClassNLLCriterion(weights=np.array([1.0, 2, 3, 4 + k])).forward(x, t)
         assert crit.forward(x, t) == pytest.approx(want, rel=1e-12)
     assert len(crit._runtime.cache) == 1  # the programs of earlier weights were dropped
+
+
+def test_a_child_replaced_by_its_changed_deep_copy_runs_the_copy():
+    import copy
+
+    lin = nn.Linear(4, 4)
+    m = nn.Sequential(lin, nn.Tanh())
+    m.forward(X2)
+    m.forward(X2)
+    twin = copy.deepcopy(lin)
+    twin.weight.data[...] = 0.0
+    twin.bias.data[...] = 0.5
+    m.add_child("0", twin)
+    np.testing.assert_allclose(m.forward(X2), np.tanh(0.5), rtol=1e-12)
+    # and a deep copy of a called model runs as its original
+    c = copy.deepcopy(m)
+    np.testing.assert_array_equal(c.forward(X2), m.forward(X2))

@@ -32,7 +32,7 @@ def is_setting(name: str, value: Any) -> bool:
 def _serial(m: Any) -> int:
     fields = m.__dict__
     serial = fields.get("_serial")
-    if serial is None:  # (a deep copy keeps its original's: its own runtime, its own cache)
+    if serial is None:  # (a deep copy gets its own: Module.__deepcopy__ leaves it out)
         serial = fields["_serial"] = next(_serials)
     return serial
 

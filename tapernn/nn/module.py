@@ -165,7 +165,8 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key not in ("_lock_group", "_storage_cache"):  # (its own lock at first use)
+            # (its own lock at first use; its own serial: another module to config_key)
+            if key not in ("_lock_group", "_storage_cache", "_serial"):
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new
