@@ -61,16 +61,33 @@ def structure_key(modules: list) -> tuple:
 
 def array_settings(modules: list) -> list[tuple[Any, str]]:
     """(module, name) of the arrays modules build constants from (a class's `array_settings`:
-    a criterion's `weights`), whose values a call's signature holds (`array_key`)."""
+    a criterion's `weights`), whose values every call compares with the last call's (`same_arrays`)."""
     return [(m, name) for m in modules for name in getattr(type(m), "array_settings", ())]
 
 
-def array_key(pairs: list[tuple[Any, str]]) -> tuple:
-    """The current values of `pairs`, read at every call (an in-place change calls no setter)."""
+def array_copies(pairs: list[tuple[Any, str]]) -> list:
+    """Copies of the current values of `pairs` (None where a module holds none)."""
     out = []
     for m, name in pairs:
         a = m.__dict__.get(name)
-        if a is not None:
-            a = np.asarray(a)
-        out.append(None if a is None else (a.shape, a.dtype.str, np.ascontiguousarray(a).tobytes()))
-    return tuple(out)
+        out.append(None if a is None else np.array(a, copy=True))
+    return out
+
+
+def same_arrays(pairs: list[tuple[Any, str]], copies: list | None) -> bool:
+    """Whether `pairs` hold the values `copies` took, read at every call (an in-place change
+    calls no setter): shape, dtype and every element (NaN equal to NaN)."""
+    if copies is None or len(copies) != len(pairs):
+        return False
+    for (m, name), old in zip(pairs, copies):
+        a = m.__dict__.get(name)
+        if a is None or old is None:
+            if a is not old:
+                return False
+            continue
+        a = np.asarray(a)
+        if a.shape != old.shape or a.dtype != old.dtype:
+            return False
+        if not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
+            return False
+    return True

@@ -18,7 +18,7 @@ from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
-from .config_key import array_key, array_settings, structure_key
+from .config_key import array_copies, array_settings, same_arrays, structure_key
 from .executable import Executable
 from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
@@ -74,7 +74,8 @@ class Runtime:
         self._tree_cache: tuple | None = None  # (VERSION, hooks, stateful, structure): _tree
         self.steady = None  # the fast path of calls like the last one (nn.steady)
         self._arrays: list = []  # (module, name) of array settings (config_key.array_settings)
-        self._last_arrays: tuple | None = None  # their values at the last call
+        self._last_arrays: list | None = None  # copies of their values at the last call
+        self._arrays_version = 0  # counts their changes (the signature holds it)
 
     def clear(self) -> None:
         self.cache.clear()
@@ -237,7 +238,7 @@ class Runtime:
         hooks = [m._before_forward for m in modules if _has_hook(m)]
         stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
         structure = structure_key(modules)
-        self._arrays = array_settings(modules)  # (read at every call: array_key)
+        self._arrays = array_settings(modules)  # (read at every call: same_arrays)
         if self._tree_cache is not None and self._tree_cache[3] != structure:
             self._drop_programs()
         self._tree_cache = (version, hooks, stateful, structure)
@@ -258,11 +259,12 @@ class Runtime:
         states = tuple([_state_signature(m) for m in stateful])
         arrays = None
         if self._arrays:  # a criterion's weights, changed in place or rebound
-            arrays = array_key(self._arrays)
-            if arrays != self._last_arrays:
+            if not same_arrays(self._arrays, self._last_arrays):
                 if self._last_arrays is not None:
                     self._drop_programs()
-                self._last_arrays = arrays
+                self._last_arrays = array_copies(self._arrays)
+                self._arrays_version += 1
+            arrays = self._arrays_version
         return (
             tree,
             tuple([(x.shape, x.dtype.str) for x in leaves]),
