@@ -88,6 +88,8 @@ def same_arrays(pairs: list[tuple[Any, str]], copies: list | None) -> bool:
         a = np.asarray(a)
         if a.shape != old.shape or a.dtype != old.dtype:
             return False
-        if not np.array_equal(a, old, equal_nan=a.dtype.kind in "fc"):
+        if not np.array_equal(a, old) and not (  # (NaN only checked when something differs)
+            a.dtype.kind in "fc" and np.array_equal(a, old, equal_nan=True)
+        ):
             return False
     return True
