@@ -173,3 +173,40 @@ def test_a_child_replaced_by_its_changed_deep_copy_runs_the_copy():
     # and a deep copy of a called model runs as its original
     c = copy.deepcopy(m)
     np.testing.assert_array_equal(c.forward(X2), m.forward(X2))
+
+
+def test_a_replaced_parameter_is_used():
+    from tapernn.nn.parameter import Parameter
+
+    lin = nn.Linear(4, 4)
+    m = nn.Sequential(lin, nn.Tanh())
+    m.forward(X2)
+    m.forward(X2)
+    lin.weight = Parameter(np.zeros((4, 4)))
+    np.testing.assert_allclose(m.forward(X2), np.tanh(lin.bias.data) + 0 * X2, rtol=1e-12)
+
+
+class _Shift(nn.Module):
+    """A custom module with an array constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.offset = np.zeros(4)
+
+    def build(self, x):
+        return x + self.offset
+
+
+def test_a_custom_modules_array_constant_changed_in_place_or_rebound():
+    shift = _Shift()
+    m = nn.Sequential(nn.Linear(4, 4), shift)
+    y = m.forward(X2).copy()
+    m.forward(X2)
+    shift.offset[:] = 1.0
+    np.testing.assert_allclose(m.forward(X2), y + 1, rtol=1e-12)
+    shift.offset = np.full(4, 2.0)
+    np.testing.assert_allclose(m.forward(X2), y + 2, rtol=1e-12)
+    count = m.trace_count
+    for _ in range(3):
+        m.forward(X2)
+    assert m.trace_count == count

@@ -16,7 +16,17 @@ _serials = itertools.count()
 _SCALARS = (bool, int, float, str, type(None), np.generic)
 # fields the runtime or a module's own calls write: results, not settings
 RESULT_FIELDS = frozenset(
-    {"output", "grad_input", "outputs", "inputs", "cells", "states", "step", "trace_count"}
+    {
+        "output",
+        "grad_input",
+        "outputs",
+        "inputs",
+        "cells",
+        "states",
+        "step",
+        "trace_count",
+        "reward",  # (ReinforceNormal's: given per call by reinforce(), bound as an input)
+    }
 )
 
 
@@ -37,6 +47,15 @@ def _serial(m: Any) -> int:
     return serial
 
 
+def _param_serial(p: Any) -> int:
+    """A Parameter's own number (a replaced one, `lin.weight = Parameter(...)`, is another;
+    an id could be reused once the old one is freed)."""
+    serial = p.__dict__.get("_serial")
+    if serial is None or serial[0] != id(p):  # (a copy carries its original's number)
+        serial = p.__dict__["_serial"] = (id(p), next(_serials))
+    return serial[1]
+
+
 def structure_key(modules: list) -> tuple:
     """One entry per module (in `modules()` order): its type, identity, whether it is in the
     root's mode (the signature holds the root's) and its settings, compared by repr (exact for
@@ -47,6 +66,7 @@ def structure_key(modules: list) -> tuple:
             type(m),
             _serial(m),
             m.is_training is training,
+            tuple((k, _param_serial(p)) for k, p in m.__dict__.get("_params", {}).items()),
             tuple(
                 sorted(
                     (k, repr(v))
@@ -61,8 +81,21 @@ def structure_key(modules: list) -> tuple:
 
 def array_settings(modules: list) -> list[tuple[Any, str]]:
     """(module, name) of the arrays modules build constants from (a class's `array_settings`:
-    a criterion's `weights`), whose values every call compares with the last call's (`same_arrays`)."""
-    return [(m, name) for m in modules for name in getattr(type(m), "array_settings", ())]
+    a criterion's `weights`, which may be None; and every public ndarray field), whose values
+    every call compares with the last call's (`same_arrays`)."""
+    pairs = []
+    for m in modules:
+        names = list(getattr(type(m), "array_settings", ()))
+        names += [  # a custom module's array constants (`self.offset = np.zeros(4)`) too
+            k
+            for k, v in m.__dict__.items()
+            if isinstance(v, np.ndarray)
+            and not k.startswith("_")
+            and k not in RESULT_FIELDS
+            and k not in names
+        ]
+        pairs += [(m, name) for name in names]
+    return pairs
 
 
 def array_copies(pairs: list[tuple[Any, str]]) -> list:

@@ -74,6 +74,8 @@ class Module:
             old = self.__dict__[name]
             if type(old) is not type(value) or repr(old) != repr(value):
                 packing_changed()  # (the steady path and the tree cache look again: config_key)
+        elif isinstance(value, np.ndarray) and not name.startswith("_"):
+            packing_changed()  # an array constant (re)bound: config_key.array_settings
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
