@@ -210,3 +210,10 @@ def test_a_custom_modules_array_constant_changed_in_place_or_rebound():
     for _ in range(3):
         m.forward(X2)
     assert m.trace_count == count
+
+
+def test_nce_noise_follows_a_unigram_changed_in_place():
+    m = nn.NCEModule(3, 4, 4000, np.ones(4), rng=np.random.default_rng(0))
+    m.draw_noise()
+    m.unigram[:] = [0.0, 0.0, 0.5, 0.5]  # (an NCEModule's unigram: normalised probabilities)
+    assert set(np.unique(m.draw_noise())) == {2, 3}
