@@ -217,3 +217,23 @@ def test_nce_noise_follows_a_unigram_changed_in_place():
     m.draw_noise()
     m.unigram[:] = [0.0, 0.0, 0.5, 0.5]  # (an NCEModule's unigram: normalised probabilities)
     assert set(np.unique(m.draw_noise())) == {2, 3}
+
+
+def test_fields_written_by_calls_are_not_settings():
+    from tapernn.nn import packing
+
+    # TrimZero writes its `output` array through setattr; NCEModule estimates and sets `z`
+    m = nn.TrimZero(nn.Linear(4, 4), 1)
+    x = np.vstack([X2, np.zeros((1, 4))])
+    m.forward(x)
+    version = packing.VERSION[0]
+    for _ in range(3):
+        m.forward(x)
+    assert packing.VERSION[0] == version  # (the steady path and the tree cache stay)
+    nce = nn.NCEModule(3, 5, 2, np.ones(5), rng=np.random.default_rng(0))
+    ids = np.array([0, 1, 2])
+    nce.forward([rng.standard_normal((3, 3)), ids])
+    count = nce.trace_count
+    for _ in range(3):
+        nce.forward([rng.standard_normal((3, 3)), ids])
+    assert nce.z > 0 and nce.trace_count == count  # z is an input of every call: no retrace

@@ -39,6 +39,11 @@ def is_setting(name: str, value: Any) -> bool:
     return isinstance(value, _SCALARS)
 
 
+def is_array_setting(name: str) -> bool:
+    """A public ndarray field a module's build may read as a constant."""
+    return not name.startswith("_") and name not in RESULT_FIELDS
+
+
 def _serial(m: Any) -> int:
     fields = m.__dict__
     serial = fields.get("_serial")
@@ -71,7 +76,7 @@ def structure_key(modules: list) -> tuple:
                 sorted(
                     (k, repr(v))
                     for k, v in m.__dict__.items()
-                    if k != "is_training" and is_setting(k, v)
+                    if k != "is_training" and k not in type(m).call_inputs and is_setting(k, v)
                 )
             ),
         )
@@ -90,8 +95,8 @@ def array_settings(modules: list) -> list[tuple[Any, str]]:
             k
             for k, v in m.__dict__.items()
             if isinstance(v, np.ndarray)
-            and not k.startswith("_")
-            and k not in RESULT_FIELDS
+            and is_array_setting(k)
+            and k not in type(m).call_inputs
             and k not in names
         ]
         pairs += [(m, name) for name in names]

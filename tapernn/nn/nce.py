@@ -35,6 +35,7 @@ class NCEModule(Module):
     """
 
     array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
+    call_inputs = ("z",)  # bound at every call (its first call estimates and sets it)
 
     def __init__(
         self,
