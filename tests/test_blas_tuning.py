@@ -178,3 +178,21 @@ def test_programs_with_measurements_deep_copy_and_pickle():
     seq = nn.Sequencer(nn.FastLSTM(96, 96))
     seq.forward(np.ones((3, 16, 96)))
     copy.deepcopy(seq).forward(np.ones((3, 16, 96)))  # a model's copy copies its programs
+
+
+@needs_pool
+def test_matrix_vector_products_are_not_timed_so_calls_agree_bit_for_bit(two_threads):  # noqa: F811
+    # OpenBLAS splits a GEMV's inner sums between threads: float32 (1, 1000) @ (1000, 1000)
+    # differs in the last bits with 1 and 2 threads; "auto" alternated them on one program's
+    # calls, so the same inputs gave different results from call to call (a batch of one)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1000, 1000)).astype(np.float32)
+    v = rng.standard_normal((1, 1000)).astype(np.float32)
+    prog = tn.compile(tn.trace(lambda a, b: a @ b, v, w))
+    outs = [prog(v, w) for _ in range(1 + 2 * EXPLORE_CALLS)]
+    assert all(np.array_equal(out, outs[0]) for out in outs[1:])
+    assert not prog.threads.tunable and "matrix-vector" in prog.blas_threads()
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(256, 256)).float()  # one sequence: GEMVs in the loop
+    seq.forward(np.ones((4, 1, 256), np.float32))
+    assert not seq.compiled.threads.tunable
