@@ -329,3 +329,35 @@ def test_a_forked_child_compiles_the_kernels_its_parent_was_compiling(later, mon
     finally:
         gate.set()
     assert background.wait(timeout=120)
+
+
+_TWICE = """
+import numpy as np, tapernn as tn
+from tapernn import nn
+tn.set_backend("numba")
+rng = np.random.default_rng(0)
+x, g = rng.standard_normal((5, 4, 24)), rng.standard_normal((5, 4, 24))
+runs = []
+for _ in range(2):  # the same model twice: the second finds the first's kernels compiled
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.GRU(24, 24))
+    out = []
+    for _ in range(3):
+        y = m.forward(x)
+        m.zero_grad_parameters()
+        out += [y.copy(), m.backward(x, g).copy()] + [p.grad.copy() for p in m.parameters()]
+        m.update_parameters(0.1)
+    runs.append(out)
+print(all(np.array_equal(a, b) for a, b in zip(*runs)))
+"""
+
+
+def test_a_model_built_twice_in_one_process_computes_the_same_bits():
+    # before: the second model's first call ran the kernels the first model had compiled,
+    # the first model's ran NumPy; the step's results differed in the last bits (a fresh
+    # process; the kernel disk cache warm or cold, either shows it)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TAPERNN_NUMBA_BACKGROUND="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _TWICE], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True"]
