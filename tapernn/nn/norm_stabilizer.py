@@ -49,7 +49,7 @@ class NormStabilizer(AbstractRecurrent):
         return super().build(x)
 
     def step_forward(self, x: Var, state: tuple) -> tuple[Var, tuple]:
-        if not current_build().training:
+        if not (current_build().training and self.is_training):  # its own mode too (Torch7)
             return x, (x,)
         norm, prev = F.sqrt(F.sum(x * x, -1)), F.sqrt(F.sum(state[0] * state[0], -1))
         diff = norm - prev

@@ -49,8 +49,10 @@ class ReinforceNormal(Module):
             f"{getattr(mean, 'shape', type(mean).__name__)}",
         )
         ctx = current_build()
-        if not (ctx.training or self.stochastic):
-            return mean
+        training = ctx.training and self.is_training  # its own mode too (Torch7's self.train)
+        if not (training or self.stochastic):
+            # Torch7's gradient -r (output - mean) / stdev^2 is 0 for output = mean
+            return F.stop_gradient(mean) if ctx.training else mean
         shape, dtype, rng = mean.shape, mean.dtype, self.rng
         noise = ctx.random_input(
             shape,
