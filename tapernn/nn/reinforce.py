@@ -18,7 +18,7 @@ from .. import validation as check
 from ..errors import ArgumentError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
-from .criteria import Criterion, MSECriterion
+from .criteria import Criterion, MSECriterion, nonempty
 from .module import Module
 
 
@@ -126,6 +126,7 @@ class VRClassReward(Criterion):
                 f"{self.describe()}: scores must be (batch, classes), got {scores.shape}"
             )
         B, C = scores.shape
+        nonempty(self, scores, "scores")
         if baseline.shape not in ((B,), (B, 1)):
             raise ShapeError(
                 f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got {baseline.shape}"
