@@ -18,7 +18,15 @@ import numpy as np
 
 from .. import random as tn_random
 from .. import validation as check
-from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
+from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    NotPicklableError,
+    ShapeError,
+    StateError,
+    where,
+)
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
@@ -164,6 +172,15 @@ class Module:
         setattr(self, name, p)
         pack_module(self, block_key(p))
         return p
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NotPicklableError(
+            f"{self.describe()} cannot be pickled (it holds compiled programs and a lock): save "
+            f"its parameters with tn.save(model, path) and read them back into a model built the "
+            f"same way with tn.load_into(model, path) (or model.state_dict() / "
+            f"load_state_dict(d)); a training run: tapernn.apps.checkpoint.save_checkpoint; a "
+            f"copy in this process: copy.deepcopy(model)"
+        )
 
     def __deepcopy__(self, memo: dict) -> Module:
         # numpy copies views as independent arrays: rebuild the copy's parameter blocks
