@@ -188,7 +188,9 @@ class Module:
         memo[id(self)] = new
         for key, value in self.__dict__.items():
             # (its own lock at first use; its own serial: another module to config_key)
-            if key not in ("_lock_group", "_storage_cache", "_serial"):
+            if key == "_runtime":  # traced again: the programs' bindings (closures, which
+                new.__dict__[key] = None  # deepcopy shares) read this module's parameters
+            elif key not in ("_lock_group", "_storage_cache", "_serial"):
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new

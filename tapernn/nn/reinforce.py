@@ -53,11 +53,11 @@ class ReinforceNormal(Module):
         if not (training or self.stochastic):
             # Torch7's gradient -r (output - mean) / stdev^2 is 0 for output = mean
             return F.stop_gradient(mean) if ctx.training else mean
-        shape, dtype, rng = mean.shape, mean.dtype, self.rng
-        noise = ctx.random_input(
+        shape, dtype = mean.shape, mean.dtype
+        noise = ctx.random_input(  # (self.rng read at each call: one set later is used)
             shape,
             dtype,
-            lambda: tn_random.generator(rng).standard_normal(shape).astype(dtype),
+            lambda: tn_random.generator(self.rng).standard_normal(shape).astype(dtype),
             "noise",
         )
         sample = F.stop_gradient(mean + self.stdev * noise)
