@@ -87,3 +87,28 @@ def test_a_generator_set_after_the_first_call_is_used(kind):
     d.rng = np.random.default_rng(7)  # (before: the traced program kept drawing from the old)
     want = nn.Sequencer(make(np.random.default_rng(7))).forward(x)
     np.testing.assert_array_equal(m.forward(x), want)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: nn.Sequencer(nn.Sequential(nn.GRU(3, 4), nn.Linear(4, 4))),  # (KeyError '_data')
+        lambda: nn.Sequencer(nn.LSTM(3, 4)),  # (numba: "cannot pickle '_thread.lock'")
+    ],
+)
+def test_a_model_deep_copies_after_training(build, backend):
+    tn.manual_seed(0)
+    m = build()
+    g = np.random.default_rng(1).standard_normal((4, 2, 4))
+    for _ in range(3):
+        m.forward(X3)
+        m.zero_grad_parameters()
+        m.backward(X3, g)
+    c = copy.deepcopy(m)
+    rec = [r for r in m.modules() if hasattr(r, "get_grad_hidden_state")][-1]
+    rec_c = [r for r in c.modules() if hasattr(r, "get_grad_hidden_state")][-1]
+    for a, b in zip(rec_c.get_grad_hidden_state(1), rec.get_grad_hidden_state(1)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(c.parameters(), m.parameters()):
+        np.testing.assert_array_equal(a.grad, b.grad)
+    np.testing.assert_allclose(c.forward(X3), m.forward(X3), rtol=1e-12)

@@ -186,6 +186,8 @@ class Module:
         # numpy copies views as independent arrays: rebuild the copy's parameter blocks
         new = type(self).__new__(type(self))
         memo[id(self)] = new
+        if callable(self.__dict__.get("_grad_hidden")):  # a backward's pending state gradients
+            self._grad_hidden()  # (computed now, as on request: a partial over its programs)
         for key, value in self.__dict__.items():
             # (its own lock at first use; its own serial: another module to config_key)
             if key == "_runtime":  # traced again: the programs' bindings (closures, which
