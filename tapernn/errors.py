@@ -50,6 +50,16 @@ class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
     saved with `tn.save` (.npz, never pickle). Also a TypeError and a PicklingError, as what
     pickle raises for other objects it cannot pickle."""
 
+    @classmethod
+    def of(cls, what: str) -> NotPicklableError:
+        return cls(
+            f"{what} cannot be pickled (it holds compiled programs and a lock): save its "
+            f"parameters with tn.save(model, path) and read them back into a model built the "
+            f"same way with tn.load_into(model, path) (or model.state_dict() / "
+            f"load_state_dict(d)); a training run: tapernn.apps.checkpoint.save_checkpoint; a "
+            f"copy in this process: copy.deepcopy(model)"
+        )
+
 
 class GraphError(TapernnError):
     """A graph is malformed (Graph.verify) or a pass produced a malformed graph."""

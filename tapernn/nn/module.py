@@ -174,13 +174,7 @@ class Module:
         return p
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise NotPicklableError(
-            f"{self.describe()} cannot be pickled (it holds compiled programs and a lock): save "
-            f"its parameters with tn.save(model, path) and read them back into a model built the "
-            f"same way with tn.load_into(model, path) (or model.state_dict() / "
-            f"load_state_dict(d)); a training run: tapernn.apps.checkpoint.save_checkpoint; a "
-            f"copy in this process: copy.deepcopy(model)"
-        )
+        raise NotPicklableError.of(self.describe())
 
     def __deepcopy__(self, memo: dict) -> Module:
         # numpy copies views as independent arrays: rebuild the copy's parameter blocks
