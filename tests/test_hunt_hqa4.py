@@ -21,3 +21,29 @@ def test_seq_modules_refuse_lengths_by_name_and_the_suggested_route_works(make):
     np.testing.assert_allclose(y[:, :1], m.forward(x)[:, :1], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(y[:3, 1:], m.forward(x[:3, 1:]), rtol=1e-12, atol=1e-12)
     assert np.all(y[3:, 1] == 0)
+
+
+@pytest.mark.parametrize("unroll", [None, True])
+def test_reinforce_normal_under_lengths_adds_nothing_past_a_rows_end(unroll, backend):
+    # (before: the padded rows' REINFORCE terms reached the layer below: a wrong bias gradient)
+    import tapernn as tn
+
+    rng = np.random.default_rng(0)
+    T, B, D, H, s = 4, 3, 3, 2, 0.5
+    x = rng.standard_normal((T, B, D))
+    lengths = np.array([4, 1, 2])
+    valid = (np.arange(T)[:, None] < lengths[None, :])[..., None]
+    x = x * valid
+    tn.manual_seed(0)
+    lin, rn = nn.Linear(D, H), nn.ReinforceNormal(s, rng=np.random.default_rng(3))
+    m = nn.Sequencer(nn.Sequential(lin, rn), unroll=unroll)
+    y = np.array(m.forward(x, lengths=lengths), copy=True)
+    r = np.array([1.0, 2.0, -1.0])
+    rn.reinforce(r)
+    m.zero_grad_parameters()
+    m.backward(x, np.zeros_like(y))
+    # NumPy: d(-r log N(y; mean, s)) / d mean = -r (y - mean) / s^2 on the rows' own steps
+    mean = x @ lin.weight.data.T + lin.bias.data
+    g = -r[None, :, None] * (y - mean) * valid / s**2
+    np.testing.assert_allclose(lin.weight.grad, np.einsum("tbh,tbd->hd", g, x), atol=1e-12)
+    np.testing.assert_allclose(lin.bias.grad, g.sum((0, 1)), atol=1e-12)

@@ -63,7 +63,10 @@ class ReinforceNormal(Module):
         sample = F.stop_gradient(mean + self.stdev * noise)
         if ctx.training:
             d = sample - mean
-            ctx.add_reinforce(self, F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2))
+            log_prob = F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2)
+            if ctx.step_mask is not None and mean.ndim == 2:  # lengths=: none past a row's end
+                log_prob = log_prob * F.reshape(ctx.step_mask, (mean.shape[0],))
+            ctx.add_reinforce(self, log_prob)
         return sample
 
     def reinforce(self, reward: Any) -> Module:
