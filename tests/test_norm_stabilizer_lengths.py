@@ -43,3 +43,35 @@ def test_padded_steps_add_no_penalty_and_no_nan(unroll, backend):
             want[k] += r[k]
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_rows_of_mask_zero_give_finite_gradients_equal_to_finite_differences():
+    # (before: the norm of a row LSTM.mask_zero() zeroed had a NaN gradient, and the mask
+    # multiplies it: NaN * 0 = NaN in every gradient)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3))
+    x[:2, 1] = 0  # row 1 left-padded
+    g = rng.standard_normal((4, 2, 4))
+    beta = 3.0
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.Sequential(nn.LSTM(3, 4).mask_zero(), nn.NormStabilizer(beta)))
+
+    def loss() -> float:  # NumPy: <y, g> + beta sum_t mean_b (|h_t| - |h_t-1|)^2
+        y = m.forward(x)
+        n = np.linalg.norm(y, axis=-1)
+        return float((y * g).sum() + beta * ((n[1:] - n[:-1]) ** 2).mean(1).sum())
+
+    m.forward(x)
+    m.zero_grad_parameters()
+    m.backward(x, g)
+    grads = [p.grad.copy() for p in m.parameters()]
+    assert all(np.all(np.isfinite(a)) for a in grads)
+    for p, grad in zip(m.parameters(), grads):
+        for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape)]:
+            old = p.data[idx]
+            p.data[idx] = old + 1e-6
+            up = loss()
+            p.data[idx] = old - 1e-6
+            down = loss()
+            p.data[idx] = old
+            assert (up - down) / 2e-6 == pytest.approx(grad[idx], rel=1e-5, abs=1e-7)

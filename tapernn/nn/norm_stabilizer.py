@@ -55,12 +55,18 @@ class NormStabilizer(AbstractRecurrent):
         if not (ctx.training and self.is_training):  # its own mode too (Torch7)
             return x, (x,)
         keep = ctx.step_mask  # (B, 1) with lengths=: 0 past a row's length, where x is zeros
-        cur = x if keep is None else x + (1 - keep)  # (no norm of a zero row: its gradient NaN)
-        norm, prev = F.sqrt(F.sum(cur * cur, -1)), F.sqrt(F.sum(state[0] * state[0], -1))
-        diff = norm - prev
+        diff = _norm(x) - _norm(state[0])
         if keep is not None:  # no pair past a row's length; the mean stays over the batch
             diff = diff * F.reshape(keep, (x.shape[0],))
         return F.add_loss(x, self.beta * library.mean(diff * diff)), (x,)
 
     def extra_repr(self) -> str:
         return f"({self.beta})"
+
+
+def _norm(v: Var) -> Var:
+    """‖v‖ over the last axis, with gradient 0 (not NaN) at a zero row: a row zeroed by
+    `lengths=` or `mask_zero()` (whose mask multiplies the gradient: NaN * 0 = NaN)."""
+    s = F.sum(v * v, -1)
+    pos = F.greater(s, 0)
+    return F.where(pos, F.sqrt(F.where(pos, s, 1.0)), 0.0)
