@@ -47,3 +47,31 @@ def test_reinforce_normal_under_lengths_adds_nothing_past_a_rows_end(unroll, bac
     g = -r[None, :, None] * (y - mean) * valid / s**2
     np.testing.assert_allclose(lin.weight.grad, np.einsum("tbh,tbd->hd", g, x), atol=1e-12)
     np.testing.assert_allclose(lin.bias.grad, g.sum((0, 1)), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (5, 40, 100)])  # whole-program / loop kernels
+def test_numba_kernels_with_one_source_and_other_constants_use_their_own(shape):
+    # (before: kernels were registered by source alone and bound the constants of the first
+    # program registered: NormStabilizer(0.29) ran with another model's beta from the numba
+    # switch call on, in the same process)
+    import tapernn as tn
+    from tapernn.backends import numba_available
+
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(0)
+    hs, g = rng.standard_normal(shape), rng.standard_normal(shape)
+    got, want = {}, {}
+    before = tn.get_backend()
+    try:
+        for backend, into in (("numba", got), ("numpy", want)):
+            tn.set_backend(backend)
+            for beta in (1.0, 0.29):
+                seq = nn.Sequencer(nn.NormStabilizer(beta))
+                for _ in range(4):  # past the numba switch call
+                    seq.forward(hs)
+                    into[beta] = np.array(seq.backward(hs, g), copy=True)
+    finally:
+        tn.set_backend(before)
+    for beta, value in got.items():
+        np.testing.assert_allclose(value, want[beta], rtol=1e-10, atol=1e-12)
