@@ -191,7 +191,7 @@ class ClassNLLCriterion(Criterion):
             raise ValueRangeError(
                 f"{self.describe()}: expects at least one target that is not ignore_index "
                 f"({self.ignore_index}); every target of the batch is ignored (a step that is all "
-                f"padding: leave it out, or mask its rows with MaskZeroCriterion)"
+                f"padding: leave it out of the sequence)"
             )
         w = self.weights
         if self.size_average and w is not None and t.size and w[t[valid]].sum() == 0:
