@@ -30,12 +30,17 @@ RESULT_FIELDS = frozenset(
 )
 
 
+MAX_ITEMS = 64  # longer lists and dicts are not settings
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
-    """A scalar, or (nested) tuples, lists and str-keyed dicts of scalars."""
+    """A scalar, or (nested) tuples, lists (up to MAX_ITEMS) and str-keyed dicts of scalars."""
     if isinstance(value, _SCALARS):
         return True
     if depth > 3:
         return False
+    if isinstance(value, (list, dict)) and len(value) > MAX_ITEMS:
+        return False  # (data, e.g. a vocabulary: not compared at every call)
     if isinstance(value, (tuple, list)):
         return all(_plain(v, depth + 1) for v in value)
     if isinstance(value, dict):
