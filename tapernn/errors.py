@@ -5,6 +5,8 @@ Messages name the module path (or op scope), the timestep when there is one, and
 
 from __future__ import annotations
 
+import pickle
+
 
 class TapernnError(Exception):
     """Base class of every error tapernn raises deliberately."""
@@ -41,6 +43,22 @@ class ArgumentTypeError(ArgumentError, TypeError):
 class TracingError(TapernnError, TypeError):
     """Python or NumPy was asked for a symbolic value's data while tracing (`if var:`,
     `np.tanh(var)`): use the tn.* ops instead."""
+
+
+class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
+    """`pickle.dumps(module)`: a module holds compiled programs and a lock; its parameters are
+    saved with `tn.save` (.npz, never pickle). Also a TypeError and a PicklingError, as what
+    pickle raises for other objects it cannot pickle."""
+
+    @classmethod
+    def of(cls, what: str) -> NotPicklableError:
+        return cls(
+            f"{what} cannot be pickled (it holds compiled programs and a lock): save its "
+            f"parameters with tn.save(model, path) and read them back into a model built the "
+            f"same way with tn.load_into(model, path) (or model.state_dict() / "
+            f"load_state_dict(d)); a training run: tapernn.apps.checkpoint.save_checkpoint; a "
+            f"copy in this process: copy.deepcopy(model)"
+        )
 
 
 class GraphError(TapernnError):

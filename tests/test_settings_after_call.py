@@ -237,3 +237,35 @@ def test_fields_written_by_calls_are_not_settings():
     for _ in range(3):
         nce.forward([rng.standard_normal((3, 3)), ids])
     assert nce.z > 0 and nce.trace_count == count  # z is an input of every call: no retrace
+
+
+class _Factors(nn.Module):
+    """A custom module with list and dict settings."""
+
+    def __init__(self):
+        super().__init__()
+        self.factors = [2.0, 3.0]
+        self.opts = {"k": 1.0}
+
+    def build(self, x):
+        return x * self.factors[0] * self.opts["k"]
+
+
+def test_a_custom_modules_list_and_dict_settings_rebound_or_changed_in_place():
+    # (before: lists and dicts were not settings: the first program ran again, silently)
+    m = nn.Sequential(nn.Linear(4, 4), _Factors())
+    y = m.forward(X2).copy()
+    m.forward(X2)
+    f = m.get(1)
+    f.factors = [5.0, 1.0]
+    np.testing.assert_allclose(m.forward(X2), y * 2.5, rtol=1e-12)
+    f.factors[0] = 7.0
+    np.testing.assert_allclose(m.forward(X2), y * 3.5, rtol=1e-12)
+    f.opts = {"k": 10.0}
+    np.testing.assert_allclose(m.forward(X2), y * 35, rtol=1e-12)
+    f.opts["k"] = 1.0
+    np.testing.assert_allclose(m.forward(X2), y * 3.5, rtol=1e-12)
+    count = m.trace_count
+    for _ in range(3):
+        m.forward(X2)
+    assert m.trace_count == count

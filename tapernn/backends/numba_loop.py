@@ -24,7 +24,7 @@ _lock = threading.RLock()  # held while a kernel loads or compiles
 # held only to look up or add a kernel: a compile of the caller's thread (plan_kernel) must not
 # wait for the worker thread's compile of another kernel (BENCHMARKS.md hcold3)
 _registry_lock = threading.Lock()
-_loops: dict[str, LoopKernel] = {}  # by source: one dispatcher per distinct kernel per process
+_loops: dict[tuple, LoopKernel] = {}  # by source and constants (constants_key): see there
 # bodies with a value larger than this keep the Python loop (with numba's fused-group kernels):
 # there NumPy's SIMD ufuncs beat the kernel's scalar loops more than the loop overhead costs. An
 # LSTM training step (fwd + bwd programs, T = 50, float32, 1 BLAS thread, load ~5), Python loop
@@ -74,6 +74,13 @@ class LoopKernel:
             return self.kernel
 
 
+def constants_key(constants: list[np.ndarray]) -> tuple:
+    """A kernel's constants are arguments its runner binds from its handle: two programs with
+    one source but other constants (NormStabilizer(1.0) and (0.3)) need two handles, or the
+    second runs with the first's values (a silent wrong answer, before)."""
+    return tuple((c.dtype.str, c.shape, c.tobytes()) for c in constants)
+
+
 def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | None, str]:
     """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
     (None, why not)."""
@@ -86,9 +93,10 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     except Unsupported as e:
         return None, f"unsupported: {e}"
     with _registry_lock:
-        handle = _loops.get(source)
+        key = (source, constants_key(gen.constants))
+        handle = _loops.get(key)
         if handle is None:
-            handle = _loops[source] = LoopKernel(source, gen.constants)
+            handle = _loops[key] = LoopKernel(source, gen.constants)
     return handle, ""
 
 

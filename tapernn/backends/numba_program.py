@@ -21,7 +21,7 @@ from .numba_loop import MAX_SIZE, LoopKernel
 from .program_source import ProgramSource
 
 _lock = threading.Lock()
-_programs: dict[str, ProgramKernel] = {}  # by source: one dispatcher per distinct kernel
+_programs: dict[tuple, ProgramKernel] = {}  # by source and constants (numba_loop.constants_key)
 ENABLED = [True]  # tests of the loop kernels alone switch whole-program kernels off
 # programs with more loop nests keep the NumPy program: numba compiles each nest slowly (~0.1-0.3
 # s cold). The built-in cells' training programs at B=1 have 10-32 (LSTM's backward: 32)
@@ -72,9 +72,10 @@ def attach(compiled: Any) -> None:
         report.kernel = f"NumPy program (no {WHOLE}: {nests} loop nests > {MAX_NESTS})"
         return
     with _lock:
-        handle = _programs.get(source)
+        key = (source, numba_loop.constants_key(gen.constants))
+        handle = _programs.get(key)
         if handle is None:
-            handle = _programs[source] = ProgramKernel(source, gen.constants, gen.called)
+            handle = _programs[key] = ProgramKernel(source, gen.constants, gen.called)
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
     if switch.later:  # numba's import and setup start now, before the first call asks

@@ -27,7 +27,8 @@ def _binder(node, ctx: BuildContext):
         shape, dtype = node.shape, node.dtype
 
         def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
-            keep = (rng or tn_random.generator()).random(shape) >= prob
+            gen = rng() if callable(rng) else rng  # (a module's current generator)
+            keep = (gen or tn_random.generator()).random(shape) >= prob
             return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
 
         return mask

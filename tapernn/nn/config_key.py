@@ -30,13 +30,36 @@ RESULT_FIELDS = frozenset(
 )
 
 
+MAX_ITEMS = 64  # longer lists and dicts are not settings
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """A scalar, or (nested) tuples, lists (up to MAX_ITEMS) and str-keyed dicts of scalars."""
+    if isinstance(value, _SCALARS):
+        return True
+    if depth > 3:
+        return False
+    if isinstance(value, (list, dict)) and len(value) > MAX_ITEMS:
+        return False  # (data, e.g. a vocabulary: not compared at every call)
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def is_setting(name: str, value: Any) -> bool:
-    """A public plain value (scalar or tuple of scalars) a module's build may read."""
+    """A public plain value (a scalar; tuples, lists, dicts of scalars) a module's build may
+    read."""
     if name.startswith("_") or name in RESULT_FIELDS:
         return False
-    if isinstance(value, tuple):
-        return all(isinstance(v, _SCALARS) for v in value)
-    return isinstance(value, _SCALARS)
+    return _plain(value)
+
+
+def is_mutable_setting(name: str, value: Any) -> bool:
+    """A list or dict setting: changed in place, no setter sees it (compared at every call, as
+    the array settings)."""
+    return isinstance(value, (list, dict)) and is_setting(name, value)
 
 
 def is_array_setting(name: str) -> bool:
@@ -91,11 +114,10 @@ def array_settings(modules: list) -> list[tuple[Any, str]]:
     pairs = []
     for m in modules:
         names = list(getattr(type(m), "array_settings", ()))
-        names += [  # a custom module's array constants (`self.offset = np.zeros(4)`) too
-            k
+        names += [  # a custom module's array constants (`self.offset = np.zeros(4)`) too,
+            k  # and its list / dict settings (`self.sizes = [2, 3]`, changed in place)
             for k, v in m.__dict__.items()
-            if isinstance(v, np.ndarray)
-            and is_array_setting(k)
+            if ((isinstance(v, np.ndarray) and is_array_setting(k)) or is_mutable_setting(k, v))
             and k not in type(m).call_inputs
             and k not in names
         ]
@@ -108,7 +130,10 @@ def array_copies(pairs: list[tuple[Any, str]]) -> list:
     out = []
     for m, name in pairs:
         a = m.__dict__.get(name)
-        out.append(None if a is None else np.array(a, copy=True))
+        if isinstance(a, (list, dict)):
+            out.append((type(a), repr(a)))
+        else:
+            out.append(None if a is None else np.array(a, copy=True))
     return out
 
 
@@ -119,6 +144,10 @@ def same_arrays(pairs: list[tuple[Any, str]], copies: list | None) -> bool:
         return False
     for (m, name), old in zip(pairs, copies):
         a = m.__dict__.get(name)
+        if isinstance(old, tuple) or isinstance(a, (list, dict)):  # a list / dict setting
+            if not isinstance(old, tuple) or old != (type(a), repr(a)):
+                return False
+            continue
         if a is None or old is None:
             if a is not old:
                 return False

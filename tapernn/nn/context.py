@@ -124,9 +124,10 @@ class BuildContext:
         shape: tuple[int, ...],
         p: float,
         dtype: np.dtype,
-        rng: np.random.Generator | None = None,
+        rng: Any = None,
     ) -> Var:
-        """A fresh dropout mask per call, drawn from `rng` (None: tapernn's global generator)."""
+        """A fresh dropout mask per call, drawn from `rng` (None: tapernn's global generator; a
+        function: the generator it returns at each call, e.g. a module's current `rng`)."""
         var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
         self.randoms.append((var.node, p, rng))
         return var

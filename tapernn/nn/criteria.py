@@ -27,7 +27,7 @@ class Criterion(Module):
         self.check_targets(input, target)
         rt = runtime_of(self)
         _, _, record = rt._run((input, target), n_diff_args=1)
-        loss = float(record.outputs[0])
+        loss = float(record.outputs[0]) + 0.0  # (-0.0, e.g. every row masked: 0.0)
         if not np.isfinite(loss):
             raise NumericError(
                 f"{self.describe()}: the loss is {loss} (NaN/Inf); check the "
@@ -53,6 +53,8 @@ class Criterion(Module):
 
     def check_targets(self, input: Any, target: Any) -> None:
         """Validate targets in Python, before any program runs (clear errors)."""
+        for a in flatten(input)[0]:
+            nonempty(self, a)
 
     def check_input_dtype(self, input: Any) -> None:
         """A float32 model's output into a float64 criterion would compute the loss and its
@@ -76,6 +78,18 @@ class Criterion(Module):
         return self.forward(input, target)
 
 
+def nonempty(criterion: Criterion, a: Any, what: str = "input") -> None:
+    """An empty input has no loss to average (0 / 0) and, summed, is most likely a bug: Torch7's
+    documentation says nothing of it, so every criterion refuses it by name (ShapeError) instead of
+    a NaN, a misleading 0 or an IndexError."""
+    shape = np.shape(a)
+    if 0 in shape:
+        raise ShapeError(
+            f"{criterion.describe()}: expects at least one element in the {what}, got shape "
+            f"{shape} (an empty batch or sequence has no loss)"
+        )
+
+
 def _masked_total(per_elem: Var, keep: Var | None, size_average: bool) -> Var:
     """Sum (or mean) of `per_elem` over the rows kept by `keep` ((B,) of 0/1; None: all rows)."""
     if keep is None:
@@ -95,6 +109,9 @@ class MSECriterion(Criterion):
     def __init__(self, size_average: bool = True):
         super().__init__()
         self.size_average = check.flag(self, "size_average", size_average)
+
+    def check_targets(self, input: Any, target: Any) -> None:
+        nonempty(self, input)
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -120,7 +137,8 @@ class BCECriterion(Criterion):
 
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
-        if x.size and (x.min() < 0 or x.max() > 1):
+        nonempty(self, x)
+        if x.min() < 0 or x.max() > 1:
             raise ValueRangeError(
                 f"{self.describe()}: inputs must be probabilities in [0, 1], got "
                 f"values in [{x.min():.4g}, {x.max():.4g}]"
@@ -158,13 +176,28 @@ class ClassNLLCriterion(Criterion):
         x, t = np.asarray(input), np.asarray(target)
         if t.dtype.kind not in "iu":
             raise ShapeError(f"{self.describe()}: targets must be integer class ids, got {t.dtype}")
+        nonempty(self, x)
         n_class = x.shape[-1] if x.ndim else 0
-        bad = t[(t != self.ignore_index) & ((t < 0) | (t >= n_class))]
+        valid = t != self.ignore_index
+        bad = t[valid & ((t < 0) | (t >= n_class))]
         if bad.size:
             raise ValueRangeError(
                 f"{self.describe()}: class target {bad.ravel()[0]} out of range: "
                 f"expected 0 <= target < {n_class} (0-based) or ignore_index "
                 f"{self.ignore_index}"
+            )
+        # (PyTorch gives NaN here, Torch7's THNN 0; its documentation says neither)
+        if t.size and not valid.any():
+            raise ValueRangeError(
+                f"{self.describe()}: expects at least one target that is not ignore_index "
+                f"({self.ignore_index}); every target of the batch is ignored (a step that is all "
+                f"padding: leave it out of the sequence)"
+            )
+        w = self.weights
+        if self.size_average and w is not None and t.size and w[t[valid]].sum() == 0:
+            raise ValueRangeError(
+                f"{self.describe()}: the targets' class weights sum to 0: nothing to "
+                f"average (size_average); expected at least one target of nonzero weight"
             )
 
     def build(self, x: Var, t: Var) -> Var:
@@ -214,7 +247,10 @@ class SequencerCriterion(Criterion):
         return self._children["0"]
 
     def check_targets(self, input: Any, target: Any) -> None:
-        for x, y in zip(_steps(input), _steps(target)):
+        xs = _steps(input)
+        if not xs:
+            raise ShapeError(f"{self.describe()}: expects at least one step, got none")
+        for x, y in zip(xs, _steps(target)):
             self.criterion.check_targets(x, y)
 
     def build(self, xs: Any, ys: Any) -> Var:

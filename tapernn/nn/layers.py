@@ -132,7 +132,8 @@ class Dropout(Module):
         ctx = current_build()
         if not (ctx.training and self.is_training) or self.p == 0:  # (its own mode too: Torch7)
             return x
-        return x * ctx.random_mask(x.shape, self.p, x.dtype, self.rng)
+        # (self.rng read at each call: a generator set after the first call is used)
+        return x * ctx.random_mask(x.shape, self.p, x.dtype, lambda: self.rng)
 
     def extra_repr(self) -> str:
         return f"({self.p})"

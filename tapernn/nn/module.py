@@ -18,7 +18,15 @@ import numpy as np
 
 from .. import random as tn_random
 from .. import validation as check
-from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, StateError, where
+from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    NotPicklableError,
+    ShapeError,
+    StateError,
+    where,
+)
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
@@ -165,13 +173,20 @@ class Module:
         pack_module(self, block_key(p))
         return p
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NotPicklableError.of(self.describe())
+
     def __deepcopy__(self, memo: dict) -> Module:
         # numpy copies views as independent arrays: rebuild the copy's parameter blocks
         new = type(self).__new__(type(self))
         memo[id(self)] = new
+        if callable(self.__dict__.get("_grad_hidden")):  # a backward's pending state gradients
+            self._grad_hidden()  # (computed now, as on request: a partial over its programs)
         for key, value in self.__dict__.items():
             # (its own lock at first use; its own serial: another module to config_key)
-            if key not in ("_lock_group", "_storage_cache", "_serial"):
+            if key == "_runtime":  # traced again: the programs' bindings (closures, which
+                new.__dict__[key] = None  # deepcopy shares) read this module's parameters
+            elif key not in ("_lock_group", "_storage_cache", "_serial"):
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new

@@ -81,7 +81,7 @@ class NCEModule(Module):
             f"expects input [x (batch, {self.input_size}), target (batch,)], got "
             f"{getattr(x, 'shape', type(x).__name__)}",
         )
-        if not ctx.training:
+        if not (ctx.training and self.is_training):  # its own mode too (Torch7's self.train)
             return F.log_softmax(x @ self.weight.T + self.bias)
         self.expect(
             isinstance(target, Var) and target.dtype.kind in "iu" and target.shape == (x.shape[0],),

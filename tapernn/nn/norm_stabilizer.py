@@ -21,7 +21,9 @@ class NormStabilizer(AbstractRecurrent):
     to each h_t — summed over the step pairs, not divided by the number of steps, as Torch7
     (whose reported loss divides by T but whose gradients do not). Put it after a recurrent
     layer, step-wise or in a Sequencer; the first step (after forget) has no pair. When a
-    Sequencer remembers, the pair across the chunk boundary adds to the newer step only.
+    Sequencer remembers, the pair across the chunk boundary adds to the newer step only. With a
+    Sequencer's `lengths=`, a row adds no pair past its length (the mean stays over the whole
+    batch: each row's gradients are those of running it alone with beta / B).
 
     Shapes: h_t (B, H) (batch only, as Torch7).  The penalty reaches the gradients through
     `tn.functional.add_loss`, so no backward is written by hand.
@@ -49,11 +51,22 @@ class NormStabilizer(AbstractRecurrent):
         return super().build(x)
 
     def step_forward(self, x: Var, state: tuple) -> tuple[Var, tuple]:
-        if not current_build().training:
+        ctx = current_build()
+        if not (ctx.training and self.is_training):  # its own mode too (Torch7)
             return x, (x,)
-        norm, prev = F.sqrt(F.sum(x * x, -1)), F.sqrt(F.sum(state[0] * state[0], -1))
-        diff = norm - prev
+        keep = ctx.step_mask  # (B, 1) with lengths=: 0 past a row's length, where x is zeros
+        diff = _norm(x) - _norm(state[0])
+        if keep is not None:  # no pair past a row's length; the mean stays over the batch
+            diff = diff * F.reshape(keep, (x.shape[0],))
         return F.add_loss(x, self.beta * library.mean(diff * diff)), (x,)
 
     def extra_repr(self) -> str:
         return f"({self.beta})"
+
+
+def _norm(v: Var) -> Var:
+    """‖v‖ over the last axis, with gradient 0 (not NaN) at a zero row: a row zeroed by
+    `lengths=` or `mask_zero()` (whose mask multiplies the gradient: NaN * 0 = NaN)."""
+    s = F.sum(v * v, -1)
+    pos = F.greater(s, 0)
+    return F.where(pos, F.sqrt(F.where(pos, s, 1.0)), 0.0)

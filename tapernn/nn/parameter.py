@@ -3,6 +3,7 @@ build as its Var (operators and NumPy calls record ops); rows of a packed block 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,17 @@ class Parameter:
         self.data = np.asarray(data)
         self.grad = np.zeros_like(self.data)
         self.name = name
+
+    def __deepcopy__(self, memo: dict) -> Parameter:
+        """Its own fields first, its home module last: a copy reached before its module (through
+        a field holding parameters) is complete when the module's copy packs it (Module.
+        __deepcopy__); before, that raised KeyError '_data'."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        fields = self.__dict__
+        for key in sorted(fields, key=lambda k: k == "_home"):
+            new.__dict__[key] = copy.deepcopy(fields[key], memo)
+        return new
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from .. import validation as check
 from ..errors import ArgumentError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
-from .criteria import Criterion, MSECriterion
+from .criteria import Criterion, MSECriterion, nonempty
 from .module import Module
 
 
@@ -49,19 +49,24 @@ class ReinforceNormal(Module):
             f"{getattr(mean, 'shape', type(mean).__name__)}",
         )
         ctx = current_build()
-        if not (ctx.training or self.stochastic):
-            return mean
-        shape, dtype, rng = mean.shape, mean.dtype, self.rng
-        noise = ctx.random_input(
+        training = ctx.training and self.is_training  # its own mode too (Torch7's self.train)
+        if not (training or self.stochastic):
+            # Torch7's gradient -r (output - mean) / stdev^2 is 0 for output = mean
+            return F.stop_gradient(mean) if ctx.training else mean
+        shape, dtype = mean.shape, mean.dtype
+        noise = ctx.random_input(  # (self.rng read at each call: one set later is used)
             shape,
             dtype,
-            lambda: tn_random.generator(rng).standard_normal(shape).astype(dtype),
+            lambda: tn_random.generator(self.rng).standard_normal(shape).astype(dtype),
             "noise",
         )
         sample = F.stop_gradient(mean + self.stdev * noise)
         if ctx.training:
             d = sample - mean
-            ctx.add_reinforce(self, F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2))
+            log_prob = F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2)
+            if ctx.step_mask is not None and mean.ndim == 2:  # lengths=: none past a row's end
+                log_prob = log_prob * F.reshape(ctx.step_mask, (mean.shape[0],))
+            ctx.add_reinforce(self, log_prob)
         return sample
 
     def reinforce(self, reward: Any) -> Module:
@@ -124,6 +129,7 @@ class VRClassReward(Criterion):
                 f"{self.describe()}: scores must be (batch, classes), got {scores.shape}"
             )
         B, C = scores.shape
+        nonempty(self, scores, "scores")
         if baseline.shape not in ((B,), (B, 1)):
             raise ShapeError(
                 f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got {baseline.shape}"

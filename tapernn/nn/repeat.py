@@ -8,6 +8,7 @@ from typing import Any
 from .. import functional as F
 from .. import tracing
 from .. import validation as check
+from ..errors import ShapeError
 from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
@@ -69,7 +70,10 @@ class RepeaterCriterion(Criterion):
         self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
 
     def check_targets(self, input: Any, target: Any) -> None:
-        for x in input if isinstance(input, list) else list(input):
+        steps = input if isinstance(input, list) else list(input)
+        if not steps:
+            raise ShapeError(f"{self.describe()}: expects at least one step, got none")
+        for x in steps:
             self._children["0"].check_targets(x, target)
 
     def build(self, xs: Any, target: Any) -> Any:

@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import library, tracing
 from .. import random as tn_random
 from .. import validation as check
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from ..tracing import Var
 from .cells import GRU, FastLSTM
 from .context import current_build
@@ -129,8 +129,14 @@ class _SeqBase(Sequencer):
             self.weight_o.data[...] = gen.normal(0, stdv or 1 / np.sqrt(R + H), (H, R))
         return self
 
-    def forward(self, input: Any) -> Any:
+    def forward(self, input: Any, lengths: Any = None) -> Any:
         """Run over a (T, B, D) array (or [h0, x] / [c0, h0, x]); returns (T, B, output)."""
+        if lengths is not None:  # (a Sequencer's keyword: refused by name, not a bare TypeError)
+            raise ArgumentError(
+                f"{self.describe()} takes no lengths=: pad with zero rows and use mask_zero=True "
+                f"(Torch7's maskzero), or a Sequencer of the equivalent cell with lengths= "
+                f"(to_fast_lstm() / to_gru())"
+            )
         return Module.forward(self, input)
 
     def build(self, x: Any) -> Any:
