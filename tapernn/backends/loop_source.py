@@ -27,6 +27,9 @@ from .numba_backend import (
 # BLAS call's fixed cost is most of a tiny product's time)
 DOT_MIN = 4096
 _NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_"}
+_ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
+# a workspace buffer starts at a multiple of this many bytes of its workspace (a cache line)
+WORK_ALIGN = 64
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
 
 
@@ -76,16 +79,43 @@ class LoopSource:
         # the open loop nest: (shape, bodies, buffers written at its index, written elsewhere)
         self.group: tuple | None = None
         self.slab = "slab"  # the array the loop's results go to (a buffer, when inlined)
+        # dtype -> elements of the kernel's workspace `work_<dtype>` taken so far: every buffer
+        # is a C view of a slice of it (the caller makes each workspace once and passes it to
+        # every call: no allocation per call)
+        self.work: dict[str, int] = {}
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
         return f"{prefix}{self.names}"
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
+        """A C array of `shape` for one value: a view of the next slice of the workspace of
+        its dtype, aligned to WORK_ALIGN bytes (zero-filled per call when asked)."""
         name = self.fresh("buf")
-        fill = "zeros" if zero else "empty"
-        self.setup.append(f"{name} = np.{fill}({tuple(shape) or (1,)}, {_NP_DTYPE[dtype]})")
-        return Arr(name, shape, dtype)
+        size = math.prod(shape)
+        start = self.reserve(dtype, max(size, 1))
+        region = f"work_{dtype}[{start}:{start + max(size, 1)}]"
+        shape = tuple(shape)
+        self.setup.append(f"{name} = {region}{f'.reshape({shape})' if len(shape) > 1 else ''}")
+        out = Arr(name, shape, dtype)
+        if zero:
+            zero_value = _typed(dtype, 0)
+            self.loops(self.setup, shape, lambda i: [f"{out.at(i)} = {zero_value}"])
+        return out
+
+    def reserve(self, dtype: str, size: int) -> int:
+        """The start of `size` elements of the workspace of `dtype`, taken for one buffer."""
+        step = max(WORK_ALIGN // _ITEMSIZE[dtype], 1)
+        start = -(-self.work.get(dtype, 0) // step) * step
+        self.work[dtype] = start + size
+        return start
+
+    def work_params(self) -> list[str]:
+        return [f"work_{dtype}" for dtype in self.work]
+
+    def work_sizes(self) -> list[tuple[str, int]]:
+        """(dtype name, elements) of each workspace, in the kernel's parameter order."""
+        return list(self.work.items())
 
     def source(self) -> str:
         g = self.graph
@@ -114,7 +144,7 @@ class LoopSource:
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
         consts = [f"const{k}" for k in range(len(self.constants))]
-        head = f"def kernel(slab, length, reverse, {', '.join(args + consts)}):"
+        head = f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
         text = [head] + ["    " + line for line in self.setup]
         text += [
             "    for s in range(length):",

@@ -33,8 +33,14 @@ class ProgramKernel(LoopKernel):
     """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel); `loops`:
     the loop kernels it calls (their modules loaded before its own imports them)."""
 
-    def __init__(self, source: str, constants: list[np.ndarray], loops: list[LoopKernel]):
-        super().__init__(source, constants)
+    def __init__(
+        self,
+        source: str,
+        constants: list[np.ndarray],
+        loops: list[LoopKernel],
+        work: list[tuple[str, int]],
+    ):
+        super().__init__(source, constants, work)
         self.loops = loops
 
     def signature(self, key: tuple) -> tuple:
@@ -74,7 +80,9 @@ def attach(compiled: Any) -> None:
     with _lock:
         handle = _programs.get(source)
         if handle is None:
-            handle = _programs[source] = ProgramKernel(source, gen.constants, gen.called)
+            handle = _programs[source] = ProgramKernel(
+                source, gen.constants, gen.called, gen.work_sizes()
+            )
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
     if switch.later:  # numba's import and setup start now, before the first call asks
@@ -113,7 +121,8 @@ class ProgramSwitch:
     def _first(self, *args: np.ndarray) -> tuple:
         try:
             outs = [np.empty(shape, dtype) for shape, dtype in self.outs]
-            key = background.type_key((*outs, *self.handle.constants, *args))
+            work = [np.empty(0, np.dtype(dtype)) for dtype, _ in self.handle.work]
+            key = background.type_key((*outs, *self.handle.constants, *args, *work))
         except AttributeError:  # not all arrays: the NumPy program runs
             self.handle = None
             return self._use()(*args)
@@ -149,13 +158,22 @@ class ProgramSwitch:
 
 
 def runner(
-    handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int, fixed: dict | None = None
+    handle: ProgramKernel,
+    outs: list[tuple],
+    returns: list,
+    n_in: int,
+    fixed: dict | None = None,
+    work: list[np.ndarray] | None = None,
 ) -> Callable:
     """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
     generated: every name a keyword default, as codegen.Program's). `fixed`: out index ->
     the array that out is written into on every call instead of a new one (the caller's
-    scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`)."""
+    scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`). `work`: the
+    kernel's workspaces (made here when not given): the program's own, used by one call at a
+    time as its NumPy program's buffers are; no value in them outlives the call."""
     fixed = fixed or {}
+    work = numba_loop.make_work(handle.work) if work is None else work
+    works = [f"w{k}" for k in range(len(work))]
     params = [f"a{k}" for k in range(n_in)]
     made = [f"o{j}" for j in range(len(outs))]
     consts = [f"k{k}" for k in range(len(handle.constants))]
@@ -167,9 +185,9 @@ def runner(
         + [f"d{j}" for j in new]
         + [f"o{j}" for j in fixed]
     )
-    lines = [f"def run({', '.join(params + ['*'] + bound + consts)}):"]
+    lines = [f"def run({', '.join(params + ['*'] + bound + consts + works)}):"]
     lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
-    lines.append(f"    kernel({', '.join(made + consts + params)})")
+    lines.append(f"    kernel({', '.join(made + consts + params + works)})")
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {}
     source = "\n".join(lines) + "\n"
@@ -182,8 +200,10 @@ def runner(
         **{f"d{j}": outs[j][1] for j in new},
         **{f"o{j}": array for j, array in fixed.items()},
         **dict(zip(consts, handle.constants)),
+        **dict(zip(works, work)),
     }
     run.kernel = handle.kernel
+    run.work = work
     run.plan = (handle, outs, returns, n_in)  # (scratch_runner makes variants of it)
     return run
 
@@ -206,4 +226,5 @@ def scratch_runner(run: Callable, private: set[int]) -> Callable | None:
         for j, positions in at.items()
         if all(position in private for position in positions)
     }
-    return runner(handle, outs, returns, n_in, fixed) if fixed else None
+    # (the same workspaces: both runners are one program's, run by one caller at a time)
+    return runner(handle, outs, returns, n_in, fixed, run.work) if fixed else None
