@@ -144,7 +144,9 @@ class LoopSource:
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
         consts = [f"const{k}" for k in range(len(self.constants))]
-        head = f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
+        head = (
+            f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
+        )
         text = [head] + ["    " + line for line in self.setup]
         text += [
             "    for s in range(length):",

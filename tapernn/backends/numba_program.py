@@ -89,6 +89,8 @@ def attach(compiled: Any) -> None:
         background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     report.kernel = WHOLE + later
+    report.workspace_bytes = numba_loop.work_bytes(handle.work)
+    report.resident_bytes += report.workspace_bytes
     compiled.program_kernel = switch
     compiled.program.fn = switch
 
@@ -110,10 +112,12 @@ class ProgramSwitch:
         self.calls = 0
         self.fn: Callable = self._first
         self.notes = [loop_report.kernel for _, loop_report in loops]
+        self.loop_work = [loop_report.workspace_bytes for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
             switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
             called = switch.handle in gen.called
             loop_report.kernel = f"{'called from' if called else 'inlined in'} the {WHOLE}"
+            loop_report.workspace_bytes = 0  # (slices of the program kernel's: counted there)
 
     def __call__(self, *args: np.ndarray) -> tuple:
         return self.fn(*args)
@@ -149,10 +153,14 @@ class ProgramSwitch:
         else:
             self.fn = self.numpy_fn
             why = handle.error if handle is not None else "an argument is not an array"
-            self.compiled.report.kernel = f"NumPy program ({WHOLE} failed: {why})"
-            for (switch, loop_report), note in zip(self.loops, self.notes):
+            report = self.compiled.report
+            report.kernel = f"NumPy program ({WHOLE} failed: {why})"
+            report.resident_bytes -= report.workspace_bytes  # (never made)
+            report.workspace_bytes = 0
+            for (switch, loop_report), note, work in zip(self.loops, self.notes, self.loop_work):
                 switch.fn = switch._first
                 loop_report.kernel = note
+                loop_report.workspace_bytes = work
         self.compiled.program.fn = self.fn  # no switch in between from now on
         return self.fn
 
