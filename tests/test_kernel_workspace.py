@@ -109,10 +109,10 @@ def test_results_equal_numpy_equations_and_are_never_overwritten(name, numba_bac
         np.testing.assert_allclose(got, want, **TOL)
         np.testing.assert_allclose(kept, want, **TOL)
     for gx in (gx_a, gx_b):
-        np.testing.assert_allclose(gx, exact["input"], rtol=1e-10, atol=1e-12)
-    for k in grads_a:
-        np.testing.assert_allclose(grads_a[k], exact[k], rtol=1e-10, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(grads_b[k], 2 * exact[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(gx, exact["input"], rtol=1e-12, atol=1e-12)
+    for k, grad in grads_a.items():
+        np.testing.assert_allclose(grad, exact[k], rtol=1e-12, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(grads_b[k], 2 * exact[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 def test_two_models_of_one_shape_have_their_own_workspaces_also_in_two_threads(numba_backend):
@@ -151,9 +151,9 @@ def test_two_models_of_one_shape_have_their_own_workspaces_also_in_two_threads(n
         for x, g, y, gx, grads in results[key]:
             want, _, exact = expected("fastlstm", seq, x, g)
             np.testing.assert_allclose(y, want, **TOL)
-            np.testing.assert_allclose(gx, exact["input"], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(gx, exact["input"], rtol=1e-12, atol=1e-12)
             for k, grad in grads.items():
-                np.testing.assert_allclose(grad, exact[k], rtol=1e-10, atol=1e-12, err_msg=k)
+                np.testing.assert_allclose(grad, exact[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 def test_workspaces_are_counted_in_the_report(numba_backend):
@@ -188,7 +188,7 @@ def test_a_loop_kernel_on_its_own_has_a_workspace_per_runner(numba_backend, monk
     gx = seq.backward(x, g)
     want, _, exact = expected("gru", seq, x, g)
     np.testing.assert_allclose(y, want, **TOL)
-    np.testing.assert_allclose(gx, exact["input"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gx, exact["input"], rtol=1e-12, atol=1e-12)
     loops = seq.compile_report().loops
     assert [loop.kernel for loop in loops] == ["numba loop kernel"] * 2
     assert all(loop.workspace_bytes > 0 for loop in loops)

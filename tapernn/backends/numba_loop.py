@@ -123,6 +123,7 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     sizes = [math.prod(o.shape) for o in attrs["body"].outputs]
     moved = sum(sizes[nc + j] for j, _ in attrs.get("shifted", ()))  # (length + 1 rows each)
     size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
+    call = operands + consts + works
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
         + "".join(f", {k}" for k in consts + works)
@@ -132,8 +133,7 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
     lines += [
-        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, "
-        f"{', '.join(operands + consts + works)})",
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(call)})",
         "    if out is not None and slab is not out:",
         "        copyto(out, slab)",
         "        return out",
