@@ -139,6 +139,22 @@ def thread_flops(nodes: Iterable) -> float:
     return largest if big >= BIG_SHARE * small else 0.0
 
 
+def vector_products(nodes: Iterable) -> bool:
+    """Whether a matmul among `nodes` (loop bodies included) is a matrix-vector product or a
+    dot: a 1-D operand, or one row or one column (OpenBLAS's GEMV and DOT split their inner
+    sums between threads, so their last bits depend on the thread count)."""
+    stack = [nodes]
+    while stack:
+        for n in stack.pop():
+            if n.op == "scan":
+                stack.append(n.attrs["body"].nodes)
+            elif n.op == "matmul":
+                a, b = n.inputs[0].shape, n.inputs[1].shape
+                if len(a) < 2 or len(b) < 2 or a[-2] == 1 or b[-1] == 1:
+                    return True
+    return False
+
+
 def _user_env_check():
     """A function telling whether the user set one of _ENV_VARS (non-empty), read at each call
     (a test or a program may set them at any time): os.environ's own byte-keyed dict where

@@ -24,8 +24,10 @@ gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's
   count is tried at the next call.
 
 Results do not depend on the count: OpenBLAS splits a GEMM's output between threads, never
-its inner sum (tests/test_blas_tuning.py checks bit-identical steps); with a BLAS that does split
-it, pass a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
+its inner sum (tests/test_blas_tuning.py checks bit-identical steps); it does split a
+matrix-vector product's (GEMV: a batch of one) and a long dot's, so programs with such a matmul
+are not timed (blas.vector_products) and keep one count; with a BLAS that splits GEMMs too, pass
+a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
 
 from __future__ import annotations
 
@@ -137,10 +139,18 @@ class ThreadChoice:
     None = the pool's) for programs too small to time, else measured per argument signature.
     `runs(args)` -> (count or None, arm or None); after the call, `arm.record(count, seconds)`."""
 
-    __slots__ = ("_arms", "guess", "tunable")
+    __slots__ = ("_arms", "guess", "tunable", "untimed")
 
-    def __init__(self, largest_gemm_flops: float, guess: int | None):
-        self.tunable = largest_gemm_flops >= TUNE_MIN_GEMM_FLOPS
+    def __init__(self, largest_gemm_flops: float, guess: int | None, vector_products: bool = False):
+        # a matrix-vector product (GEMV) is not timed: OpenBLAS splits its inner sums between
+        # threads (float32 (1, 1000) @ (1000, 1000): the last bits differ with 1 and 2 threads),
+        # so alternating counts would make one program's calls differ (blas.vector_products)
+        self.tunable = largest_gemm_flops >= TUNE_MIN_GEMM_FLOPS and not vector_products
+        self.untimed = (
+            "not timed: a matrix-vector product, whose bits depend on the thread count"
+            if vector_products and largest_gemm_flops >= TUNE_MIN_GEMM_FLOPS
+            else "1 thread (GEMMs too small to time)"
+        )
         self.guess = guess
         self._arms: dict[tuple, _Arm] = {}  # (no lock: a module's deep copy copies this)
 
@@ -154,7 +164,7 @@ class ThreadChoice:
     def describe(self) -> str:
         """One line per argument signature timed so far (what `Compiled.blas_threads()` shows)."""
         if not self.tunable:
-            return "1 thread (GEMMs too small to time)"
+            return self.untimed
         if not self._arms:
             return "not called yet"
         return "\n".join(arm.describe() for arm in self._arms.values())

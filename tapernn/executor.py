@@ -18,6 +18,7 @@ from .blas import (
     measuring,
     program_threads,
     thread_flops,
+    vector_products,
 )
 from .blas_tuning import ThreadChoice, timed
 from .codegen import Program, fused_scratch, nested
@@ -59,7 +60,9 @@ class Compiled:
         self.thread_flops = thread_flops(graph.nodes)
         # "auto": measured per argument signature when the GEMMs are big enough (blas_tuning)
         self.threads = ThreadChoice(
-            self.largest_gemm_flops, 1 if self.thread_flops < SMALL_GEMM_FLOPS else None
+            self.largest_gemm_flops,
+            1 if self.thread_flops < SMALL_GEMM_FLOPS else None,
+            vector_products(graph.nodes),
         )
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
         for name, *_ in self.program.sites:  # (a kernel failing in the background reports here)

@@ -139,6 +139,9 @@ def test_training_steps_are_bit_identical_with_one_or_two_threads(two_threads): 
         tn.set_blas_threads(n)
         tn.manual_seed(0)
         seq = nn.Sequencer(nn.FastLSTM(96, 96)).float()
+        # one layout for both: the "auto" layout rule times GEMMs per thread count, and a
+        # feature-major program sums in another order (that choice is made at compile time)
+        seq.set_plan_options(tn.PlanOptions(layout="batch"))
         y = seq.forward(x)
         seq.zero_grad_parameters()
         gx = seq.backward(x, g)
@@ -178,3 +181,21 @@ def test_programs_with_measurements_deep_copy_and_pickle():
     seq = nn.Sequencer(nn.FastLSTM(96, 96))
     seq.forward(np.ones((3, 16, 96)))
     copy.deepcopy(seq).forward(np.ones((3, 16, 96)))  # a model's copy copies its programs
+
+
+@needs_pool
+def test_matrix_vector_products_are_not_timed_so_calls_agree_bit_for_bit(two_threads):  # noqa: F811
+    # OpenBLAS splits a GEMV's inner sums between threads: float32 (1, 1000) @ (1000, 1000)
+    # differs in the last bits with 1 and 2 threads; "auto" alternated them on one program's
+    # calls, so the same inputs gave different results from call to call (a batch of one)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1000, 1000)).astype(np.float32)
+    v = rng.standard_normal((1, 1000)).astype(np.float32)
+    prog = tn.compile(tn.trace(lambda a, b: a @ b, v, w))
+    outs = [prog(v, w) for _ in range(1 + 2 * EXPLORE_CALLS)]
+    assert all(np.array_equal(out, outs[0]) for out in outs[1:])
+    assert not prog.threads.tunable and "matrix-vector" in prog.blas_threads()
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(256, 256)).float()  # one sequence: GEMVs in the loop
+    seq.forward(np.ones((4, 1, 256), np.float32))
+    assert not seq.compiled.threads.tunable

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if path.suffix == ".json":
         import json
 
-        path.write_text(json.dumps(to_json(model)))
+        from ..export.rendering import write_whole
+
+        write_whole(path, json.dumps(to_json(model)))
     else:
         render(
             model,

@@ -13,6 +13,7 @@ from typing import Any
 import graphviz
 
 from ..errors import RenderError
+from ..fileio import atomic_write
 from ..graph import Graph
 from .diagram import to_dot
 from .source import resolve
@@ -42,12 +43,21 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     if suffix not in FORMATS:
         raise RenderError(f"cannot tell the format of {str(path)!r}: use one of {FORMATS}")
     dot = obj if isinstance(obj, graphviz.Digraph) else to_dot(obj, **to_dot_kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in (".dot", ".gv"):
-        path.write_text(dot.source)
-        return path
-    path.write_bytes(pipe(dot, suffix[1:]))
+    data = dot.source if suffix in (".dot", ".gv") else pipe(dot, suffix[1:])
+    write_whole(path, data)
     return path
+
+
+def write_whole(path: Path, data: str | bytes) -> None:
+    """Replace `path` by `data` whole or not at all (fileio.atomic_write): an existing file is
+    never left truncated by a failed write; RenderError naming the path when it cannot be."""
+    try:
+        blob = data.encode("utf-8") if isinstance(data, str) else data
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(blob))
+    except (OSError, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RenderError(f"cannot write {str(path)!r}: {reason}") from None
 
 
 def render_or_source(

@@ -109,6 +109,8 @@ class BCECriterion(Criterion):
     """-sum(w [y log(x + eps) + (1 - y) log(1 - x + eps)]), eps = 1e-12, divided by the number
     of elements when size_average. Inputs must lie in [0, 1] (use a Sigmoid before)."""
 
+    array_settings = ("weights",)  # its program reads them (nn/config_key.py)
+
     eps = 1e-12
 
     def __init__(self, weights: np.ndarray | None = None, size_average: bool = True):
@@ -141,6 +143,8 @@ class ClassNLLCriterion(Criterion):
 
     Shapes: input (B, C) log-probabilities with target (B,), or input (C,) with a scalar target.
     """
+
+    array_settings = ("weights",)  # its program reads them (nn/config_key.py)
 
     def __init__(
         self, weights: np.ndarray | None = None, size_average: bool = True, ignore_index: int = -100

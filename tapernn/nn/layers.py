@@ -130,7 +130,7 @@ class Dropout(Module):
 
     def build(self, x: Var) -> Var:
         ctx = current_build()
-        if not ctx.training or self.p == 0:
+        if not (ctx.training and self.is_training) or self.p == 0:  # (its own mode too: Torch7)
             return x
         return x * ctx.random_mask(x.shape, self.p, x.dtype, self.rng)
 

@@ -22,6 +22,7 @@ from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, S
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
+from .config_key import is_array_setting, is_setting
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import VERSION as STORAGE_VERSION
@@ -39,6 +40,7 @@ class Module:
     """
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
+    call_inputs: tuple[str, ...] = ()  # plain fields bound at call time, not traced (config_key)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,6 +71,14 @@ class Module:
                 children[name] = value
                 joined(self, value)
                 packing_changed()
+        elif name in type(self).call_inputs:
+            pass  # bound at every call (NCEModule.z): not part of what was traced
+        elif name in self.__dict__ and is_setting(name, value):  # d.p = 0.2 after a call
+            old = self.__dict__[name]
+            if type(old) is not type(value) or repr(old) != repr(value):
+                packing_changed()  # (the steady path and the tree cache look again: config_key)
+        elif isinstance(value, np.ndarray) and is_array_setting(name):
+            packing_changed()  # an array constant (re)bound: config_key.array_settings
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
@@ -160,7 +170,8 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key not in ("_lock_group", "_storage_cache"):  # (its own lock at first use)
+            # (its own lock at first use; its own serial: another module to config_key)
+            if key not in ("_lock_group", "_storage_cache", "_serial"):
                 object.__setattr__(new, key, copy.deepcopy(value, memo))
         pack_module(new)
         return new

@@ -34,6 +34,9 @@ class NCEModule(Module):
     weight (V, D) ~ U(±1/√D), bias (V,) = -log V (so P_m starts near 1/V with Z = 1).
     """
 
+    array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
+    call_inputs = ("z",)  # bound at every call (its first call estimates and sets it)
+
     def __init__(
         self,
         input_size: int,
@@ -48,7 +51,7 @@ class NCEModule(Module):
         self.output_size = check.size(self, "output_size", output_size)
         self.k = check.size(self, "k", k)
         self.unigram = _unigram(self, noise)
-        self._cdf = np.cumsum(self.unigram)
+        self._cdf, self._cdf_of = np.cumsum(self.unigram), self.unigram.copy()
         self.z = check.number(self, "z", z)
         self.rng = check.generator(self, "rng", rng)
         self.parameter(
@@ -64,6 +67,8 @@ class NCEModule(Module):
     def draw_noise(self) -> np.ndarray:
         """k ids from the unigram distribution (with replacement)."""
         u = tn_random.generator(self.rng).random(self.k)
+        if not np.array_equal(self.unigram, self._cdf_of):  # changed since: draw from the new
+            self._cdf, self._cdf_of = np.cumsum(self.unigram), np.array(self.unigram, copy=True)
         return np.minimum(
             np.searchsorted(self._cdf, u * self._cdf[-1], side="right"), self.output_size - 1
         )

@@ -18,6 +18,7 @@ from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
+from .config_key import array_copies, array_settings, same_arrays, structure_key
 from .executable import Executable
 from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
@@ -72,8 +73,11 @@ class Runtime:
         self.variants: dict[tuple, Executable] = {}  # (signature, cuts) -> state-gradient variant
         self.templates: dict = {}  # rolled loops' step templates (nn.rolled), across lengths
         self.arena = Arena()  # one set of buffers for all its programs (they run one at a time)
-        self._tree_cache: tuple | None = None  # (packing.VERSION, hooks, stateful): _tree
+        self._tree_cache: tuple | None = None  # (VERSION, hooks, stateful, structure): _tree
         self.steady = None  # the fast path of calls like the last one (nn.steady)
+        self._arrays: list = []  # (module, name) of array settings (config_key.array_settings)
+        self._last_arrays: list | None = None  # copies of their values at the last call
+        self._arrays_version = 0  # counts their changes (the signature holds it)
 
     def clear(self) -> None:
         self.cache.clear()
@@ -193,7 +197,7 @@ class Runtime:
             self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
-            if n_diff_args == 1:
+            if n_diff_args == 1 and not self._arrays:  # (arrays: read at every call)
                 self.steady = plan(self, exe, args, leaves, hooks, stateful)
         return exe, leaves, record
 
@@ -224,14 +228,34 @@ class Runtime:
         version, modules = TREE_VERSION[0], list(self.module.modules())
         hooks = [m._before_forward for m in modules if _has_hook(m)]
         stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
-        self._tree_cache = (version, hooks, stateful)
+        structure = structure_key(modules)
+        self._arrays = array_settings(modules)  # (read at every call: same_arrays)
+        if self._tree_cache is not None and self._tree_cache[3] != structure:
+            self._drop_programs()
+        self._tree_cache = (version, hooks, stateful, structure)
         return hooks, stateful
+
+    def _drop_programs(self) -> None:
+        """Another tree, setting or array setting (config_key): programs traced before never
+        run again (what the last call ran stays referenced by its record)."""
+        self.cache.clear()
+        self.variants.clear()
+        self.templates.clear()
+        self.steady = None
 
     def _signature(
         self, leaves: list[np.ndarray], tree: Any, history: bool, stateful: list
     ) -> tuple:
         root = self.module
         states = tuple([_state_signature(m) for m in stateful])
+        arrays = None
+        if self._arrays:  # a criterion's weights, changed in place or rebound
+            if not same_arrays(self._arrays, self._last_arrays):
+                if self._last_arrays is not None:
+                    self._drop_programs()
+                self._last_arrays = array_copies(self._arrays)
+                self._arrays_version += 1
+            arrays = self._arrays_version
         return (
             tree,
             tuple([(x.shape, x.dtype.str) for x in leaves]),
@@ -239,6 +263,8 @@ class Runtime:
             states,
             root.dtype.str,
             history,
+            self._tree_cache[3],  # the tree and its settings (config_key), as _tree saw them
+            arrays,
         )
 
     def _write_back(self, exe: Executable, record: Record, history: bool) -> None:
