@@ -92,11 +92,9 @@ class LoopSource:
         """A C array of `shape` for one value: a view of the next slice of the workspace of
         its dtype, aligned to WORK_ALIGN bytes (zero-filled per call when asked)."""
         name = self.fresh("buf")
-        size = math.prod(shape)
-        start = self.reserve(dtype, max(size, 1))
-        region = f"work_{dtype}[{start}:{start + max(size, 1)}]"
         shape = tuple(shape)
-        self.setup.append(f"{name} = {region}{f'.reshape({shape})' if len(shape) > 1 else ''}")
+        start = self.reserve(dtype, max(math.prod(shape), 1))
+        self.setup.append(f"{name} = {self.work_view(dtype, start, shape or (1,))}")
         out = Arr(name, shape, dtype)
         if zero:
             zero_value = _typed(dtype, 0)
@@ -110,8 +108,22 @@ class LoopSource:
         self.work[dtype] = start + size
         return start
 
+    @staticmethod
+    def work_view(dtype: str, start: int, shape: tuple) -> str:
+        """A C array of `shape` at element `start` of the workspace of `dtype` (c_view: a slice
+        and a reshape without their checks, which slowed numba's cold compile ~30 %)."""
+        return f"c_view(work_{dtype}, {start}, {shape})"
+
     def work_params(self) -> list[str]:
         return [f"work_{dtype}" for dtype in self.work]
+
+    def work_checks(self) -> list[str]:
+        """The kernel's first lines: each workspace at least as large as its buffers need
+        (c_view does not check; a runner always passes LoopKernel.work's sizes)."""
+        return [
+            f"if work_{dtype}.size < {size}:\n    raise ValueError('workspace too small')"
+            for dtype, size in self.work.items()
+        ]
 
     def work_sizes(self) -> list[tuple[str, int]]:
         """(dtype name, elements) of each workspace, in the kernel's parameter order."""
@@ -147,7 +159,8 @@ class LoopSource:
         head = (
             f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
         )
-        text = [head] + ["    " + line for line in self.setup]
+        setup = [*self.work_checks(), *self.setup]
+        text = [head] + ["    " + line for s in setup for line in s.split("\n")]
         text += [
             "    for s in range(length):",
             "        t = length - 1 - s if reverse else s",

@@ -77,7 +77,8 @@ class ProgramSource(LoopSource):
         outs = [a.name for _, a in self.outs.values()]
         consts = [f"const{k}" for k in range(len(self.constants))]
         text = [f"def kernel({', '.join(outs + consts + args + self.work_params())}):"]
-        text += ["    " + line for line in self.setup + self.step]
+        lines = [*self.work_checks(), *self.setup, *self.step]
+        text += ["    " + line for s in lines for line in s.split("\n")]
         imports = "".join(
             f"from {_module_name(h.source)} import kernel as loop{j}\n"
             for j, h in enumerate(self.called)
@@ -145,7 +146,7 @@ class ProgramSource(LoopSource):
         work = []  # the loop kernel's workspaces: slices of this kernel's own
         for dtype, size in handle.work:
             start = self.reserve(dtype, size)
-            work.append(f"work_{dtype}[{start}:{start + size}]")
+            work.append(self.work_view(dtype, start, (size,)))
         self.statement(
             f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
         )
