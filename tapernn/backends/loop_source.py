@@ -1,7 +1,9 @@
 """The source of a whole-loop numba kernel (backends/numba_loop.py): a scan body's optimised
 graph lowered to one function running every step -- views (getitem, transpose, reshape,
-broadcast_to) as index arithmetic, every other node a loop nest into a buffer made once per call
-(np.dot for large 2-D matmuls), elementwise instructions by numba_backend's scalar lowering."""
+broadcast_to) as index arithmetic, every other node a loop nest into a buffer (np.dot for large 2-D
+matmuls), elementwise instructions by numba_backend's scalar lowering. Buffers are C views of the
+kernel's workspaces (one 1-D array per dtype, its last parameters), which the caller makes once and
+passes to every call: no allocation per call (LoopSource.buffer)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Two LLVM-level helpers the generated numba kernels call (imported by their module header, so
-only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py)
-and a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise)."""
+"""Three LLVM-level helpers the generated numba kernels call (imported by their module header, so
+only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py),
+a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), and a
+C array of any shape inside a kernel's workspace (its buffers: loop_source.LoopSource.buffer)."""
 
 from __future__ import annotations
 
