@@ -192,3 +192,31 @@ def test_a_loop_kernel_on_its_own_has_a_workspace_per_runner(numba_backend, monk
     loops = seq.compile_report().loops
     assert [loop.kernel for loop in loops] == ["numba loop kernel"] * 2
     assert all(loop.workspace_bytes > 0 for loop in loops)
+
+
+def test_a_kernel_given_too_small_a_workspace_raises(numba_backend):
+    """c_view does not check its bounds: the kernel checks each workspace's size first."""
+    from tapernn.backends import numba_program
+
+    seq = make("fastlstm")
+    warm(seq)
+    compiled = seq._runtime.last.training_pair.forward
+    run = compiled.program.fn
+    seen = []
+
+    def spy(*args):
+        seen.append(args)
+        return run(*args)
+
+    compiled.program.fn = spy
+    try:
+        seq.forward(data(3)[0])
+    finally:
+        compiled.program.fn = run
+    assert seen
+    handle, outs, returns, n_in = run.plan
+    small = [np.empty(w.size - 1, w.dtype) for w in run.work]
+    too_small = numba_program.runner(handle, outs, returns, n_in, None, small)
+    with pytest.raises(ValueError, match="workspace too small"):
+        too_small(*seen[0])
+    np.testing.assert_array_equal(run(*seen[0])[0], seq.output)
