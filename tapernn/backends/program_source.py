@@ -213,7 +213,7 @@ class ProgramSource(LoopSource):
         for k, node in enumerate(g.inputs):
             if k < nc and k in live:
                 dt = _dtype_name(node.dtype)
-                cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
+                cur, nxt = self.carry_buffer(node.shape, dt), self.carry_buffer(node.shape, dt)
                 first = ins[k]
                 self.emit(
                     node.shape,
