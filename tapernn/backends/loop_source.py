@@ -30,8 +30,10 @@ from .numba_backend import (
 DOT_MIN = 4096
 _NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_"}
 _ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
-# a workspace buffer starts at a multiple of this many bytes of its workspace (a cache line)
-WORK_ALIGN = 64
+# a workspace buffer of at least WORK_ALIGN bytes starts at a multiple of WORK_ALIGN bytes of
+# its workspace (a cache line: its vector loops start aligned), a smaller one at a multiple of
+# SMALL_ALIGN (a 5-element float32 buffer padded to 64 bytes tripled the (1, 5, 5) workspaces)
+WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
 
 
@@ -92,7 +94,8 @@ class LoopSource:
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
         """A C array of `shape` for one value: a view of the next slice of the workspace of
-        its dtype, aligned to WORK_ALIGN bytes (zero-filled per call when asked)."""
+        its dtype, aligned to WORK_ALIGN bytes (small ones: SMALL_ALIGN; zero-filled per call
+        when asked)."""
         name = self.fresh("buf")
         shape = tuple(shape)
         start = self.reserve(dtype, max(math.prod(shape), 1))
@@ -115,7 +118,9 @@ class LoopSource:
 
     def reserve(self, dtype: str, size: int) -> int:
         """The start of `size` elements of the workspace of `dtype`, taken for one buffer."""
-        step = max(WORK_ALIGN // _ITEMSIZE[dtype], 1)
+        itemsize = _ITEMSIZE[dtype]
+        align = WORK_ALIGN if size * itemsize >= WORK_ALIGN else SMALL_ALIGN
+        step = max(align // itemsize, 1)
         start = -(-self.work.get(dtype, 0) // step) * step
         self.work[dtype] = start + size
         return start
