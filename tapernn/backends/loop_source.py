@@ -3,7 +3,8 @@ graph lowered to one function running every step -- views (getitem, transpose, r
 broadcast_to) as index arithmetic, every other node a loop nest into a buffer (np.dot for large 2-D
 matmuls), elementwise instructions by numba_backend's scalar lowering. Buffers are C views of the
 kernel's workspaces (one 1-D array per dtype, its last parameters), which the caller makes once and
-passes to every call: no allocation per call (LoopSource.buffer)."""
+passes to every call (LoopSource.buffer); only the live carries' swapped pairs are made per call
+(LoopSource.carry_buffer says why)."""
 
 from __future__ import annotations
 
