@@ -220,3 +220,29 @@ def test_a_kernel_given_too_small_a_workspace_raises(numba_backend):
     with pytest.raises(ValueError, match="workspace too small"):
         too_small(*seen[0])
     np.testing.assert_array_equal(run(*seen[0])[0], seq.output)
+
+
+def test_two_threads_on_one_model_take_turns_with_its_workspace(numba_backend):
+    """One model's calls from two threads run one at a time (its lock): every forward's output,
+    computed in the one workspace, equals the equations for that call's input."""
+    seq = make("lstm")
+    warm(seq)
+    assert workspaces(seq)
+    results, errors = {0: [], 1: []}, []
+
+    def run(key):
+        try:
+            for k in range(40):
+                x, _ = data(2 * k + key)
+                results[key].append((x, seq.forward(x)))
+        except Exception as e:  # noqa: BLE001 -- reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for x, y in results[0] + results[1]:
+        np.testing.assert_allclose(y, expected("lstm", seq, x)[0], **TOL)
