@@ -40,7 +40,9 @@ class Arena:
         """Count the buffers of `compiled`'s loop bodies (each body once): they are the
         module's too, kept between calls beside the arena (a body runs inside its program)."""
         for loop in compiled.report.loops:
-            self.loops[loop.body_key] = loop.buffer_bytes
+            self.loops[loop.body_key] = loop.buffer_bytes + loop.workspace_bytes
+        # (and its numba kernel's workspaces: the program's own, kept between calls)
+        self.loops[id(compiled)] = compiled.report.workspace_bytes
 
     def take(self, nbytes: int) -> np.ndarray:
         if self.array.nbytes < nbytes:
@@ -90,6 +92,8 @@ def compile_shared(
                 arena.note_loops(c)
         arena_bytes = shared.nbytes if arena is None else arena.nbytes
         resident = arena_bytes + sum(p.per_call_bytes for p in plans)
+        if arena is None:  # (an Arena counts the kernels' workspaces itself: note_loops)
+            resident += sum(c.report.workspace_bytes for c in compiled)
         for c in compiled:
             c.report.resident_bytes = resident
             c.report.arena_bytes = arena_bytes

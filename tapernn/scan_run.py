@@ -90,6 +90,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         buffer_bytes=_buffer_bytes(compiled),
         body_key=id(compiled),
         kernel=kernel,
+        workspace_bytes=_workspace_bytes(runner),
     )
     ctx.sub_reports.append(report)
     if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
@@ -97,6 +98,16 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
+
+
+def _workspace_bytes(runner: Any) -> int:
+    """A numba loop kernel's workspaces (made once by its runner)."""
+    handle = getattr(runner, "handle", None)
+    if handle is None:
+        return 0
+    from .backends import numba_loop
+
+    return numba_loop.work_bytes(handle.work)
 
 
 def _buffer_bytes(compiled: Compiled) -> int:

@@ -122,6 +122,8 @@ def format_report(report: CompileReport) -> str:
     rows.append(f"peak bytes                {report.peak_bytes:,}")
     rows.append(f"saved for backward bytes  {report.saved_for_backward_bytes:,}")
     rows.append(f"resident bytes            {report.resident_bytes:,}")
+    if report.workspace_bytes:
+        rows.append(f"  kernel workspace bytes  {report.workspace_bytes:,} (in resident bytes)")
     rows += [str(loop) for loop in report.loops]
     rows += [f"note: {n}" for n in report.notes]
     return "\n".join(rows)

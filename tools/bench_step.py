@@ -38,6 +38,9 @@ def make_step(tn, cell: str, backend: str, B: int, T: int, H: int, dtype: str):
             seq.backward(x, g)
     finally:
         tn.set_backend(before)
+    report = seq.compile_report()
+    if report.kernel:  # (what runs: a kernel that failed to compile would time NumPy)
+        print(f"{cell} [{backend}] {tn.__name__}: {report.kernel}", file=sys.stderr)
 
     def step() -> None:
         seq.forward(x)

@@ -1,7 +1,10 @@
 """The source of a whole-loop numba kernel (backends/numba_loop.py): a scan body's optimised
 graph lowered to one function running every step -- views (getitem, transpose, reshape,
-broadcast_to) as index arithmetic, every other node a loop nest into a buffer made once per call
-(np.dot for large 2-D matmuls), elementwise instructions by numba_backend's scalar lowering."""
+broadcast_to) as index arithmetic, every other node a loop nest into a buffer (np.dot for large 2-D
+matmuls), elementwise instructions by numba_backend's scalar lowering. Buffers are C views of the
+kernel's workspaces (one 1-D array per dtype, its last parameters), which the caller makes once and
+passes to every call (LoopSource.buffer); only the live carries' swapped pairs are made per call
+(LoopSource.carry_buffer says why)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ from .numba_backend import (
 # BLAS call's fixed cost is most of a tiny product's time)
 DOT_MIN = 4096
 _NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "bool": "np.bool_"}
+_ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
+# a workspace buffer of at least WORK_ALIGN bytes starts at a multiple of WORK_ALIGN bytes of
+# its workspace (a cache line: its vector loops start aligned), a smaller one at a multiple of
+# SMALL_ALIGN (a 5-element float32 buffer padded to 64 bytes tripled the (1, 5, 5) workspaces)
+WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
 
 
@@ -76,16 +84,68 @@ class LoopSource:
         # the open loop nest: (shape, bodies, buffers written at its index, written elsewhere)
         self.group: tuple | None = None
         self.slab = "slab"  # the array the loop's results go to (a buffer, when inlined)
+        # dtype -> elements of the kernel's workspace `work_<dtype>` taken so far: every buffer
+        # is a C view of a slice of it (the caller makes each workspace once and passes it to
+        # every call: no allocation per call)
+        self.work: dict[str, int] = {}
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
         return f"{prefix}{self.names}"
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
+        """A C array of `shape` for one value: a view of the next slice of the workspace of
+        its dtype, aligned to WORK_ALIGN bytes (small ones: SMALL_ALIGN; zero-filled per call
+        when asked)."""
         name = self.fresh("buf")
-        fill = "zeros" if zero else "empty"
-        self.setup.append(f"{name} = np.{fill}({tuple(shape) or (1,)}, {_NP_DTYPE[dtype]})")
+        shape = tuple(shape)
+        start = self.reserve(dtype, max(math.prod(shape), 1))
+        self.setup.append(f"{name} = {self.work_view(dtype, start, shape or (1,))}")
+        out = Arr(name, shape, dtype)
+        if zero:
+            zero_value = _typed(dtype, 0)
+            self.loops(self.setup, shape, lambda i: [f"{out.at(i)} = {zero_value}"])
+        return out
+
+    def carry_buffer(self, shape: tuple, dtype: str) -> Arr:
+        """One of a live carry's two buffers (swapped every step): made per call by np.empty,
+        not in the workspace. Measured (FastLSTM (4, 8, 32) forward loop kernel, Zen 4): with
+        the carries as workspace views swapped through the step loop's phi, LLVM's loops ran
+        3.8x slower (47 vs 12 us a call; the slices of numba's own `work[a:b].reshape` were
+        fine, but they cost more per call than np.empty); carries made apart: 12 us."""
+        name = self.fresh("buf")
+        self.setup.append(f"{name} = np.empty({tuple(shape) or (1,)}, {_NP_DTYPE[dtype]})")
         return Arr(name, shape, dtype)
+
+    def reserve(self, dtype: str, size: int) -> int:
+        """The start of `size` elements of the workspace of `dtype`, taken for one buffer."""
+        itemsize = _ITEMSIZE[dtype]
+        align = WORK_ALIGN if size * itemsize >= WORK_ALIGN else SMALL_ALIGN
+        step = max(align // itemsize, 1)
+        start = -(-self.work.get(dtype, 0) // step) * step
+        self.work[dtype] = start + size
+        return start
+
+    @staticmethod
+    def work_view(dtype: str, start: int, shape: tuple) -> str:
+        """A C array of `shape` at element `start` of the workspace of `dtype` (c_view: a slice
+        and a reshape without their checks, which slowed numba's cold compile ~30 %)."""
+        return f"c_view(work_{dtype}, {start}, {shape})"
+
+    def work_params(self) -> list[str]:
+        return [f"work_{dtype}" for dtype in self.work]
+
+    def work_checks(self) -> list[str]:
+        """The kernel's first lines: each workspace at least as large as its buffers need
+        (c_view does not check; a runner always passes LoopKernel.work's sizes)."""
+        return [
+            f"if work_{dtype}.size < {size}:\n    raise ValueError('workspace too small')"
+            for dtype, size in self.work.items()
+        ]
+
+    def work_sizes(self) -> list[tuple[str, int]]:
+        """(dtype name, elements) of each workspace, in the kernel's parameter order."""
+        return list(self.work.items())
 
     def source(self) -> str:
         g = self.graph
@@ -96,7 +156,7 @@ class LoopSource:
         for k, node in enumerate(g.inputs):
             dt = _dtype_name(node.dtype)
             if k < self.nc and k in self.live:
-                cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
+                cur, nxt = self.carry_buffer(node.shape, dt), self.carry_buffer(node.shape, dt)
                 first = Arr(args[k], node.shape, dt, empty="()")
                 copies.setdefault(node.shape, []).append(
                     lambda i, c=cur, a=first: [f"{c.at(i)} = {a.at(i)}"]
@@ -114,8 +174,11 @@ class LoopSource:
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
         consts = [f"const{k}" for k in range(len(self.constants))]
-        head = f"def kernel(slab, length, reverse, {', '.join(args + consts)}):"
-        text = [head] + ["    " + line for line in self.setup]
+        head = (
+            f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
+        )
+        setup = [*self.work_checks(), *self.setup]
+        text = [head] + ["    " + line for s in setup for line in s.split("\n")]
         text += [
             "    for s in range(length):",
             "        t = length - 1 - s if reverse else s",

@@ -38,8 +38,13 @@ class LoopKernel:
     compiled (or loaded from numba's cache) for the argument types of the calls that asked
     (background.type_key of the slab, the inputs, the hoisted values and the constants)."""
 
-    def __init__(self, source: str, constants: list[np.ndarray]):
+    def __init__(
+        self, source: str, constants: list[np.ndarray], work: list[tuple[str, int]] | None = None
+    ):
         self.source, self.constants = source, constants
+        # (dtype name, elements) per workspace: the kernel's last parameters, 1-D C arrays its
+        # caller makes once (a runner's own, or a slice of the calling program kernel's)
+        self.work = work or []
         self.kernel: Callable | None = None
         self.error = ""
         self.types: set[tuple] = set()
@@ -81,6 +86,15 @@ def constants_key(constants: list[np.ndarray]) -> tuple:
     return tuple((c.dtype.str, c.shape, c.tobytes()) for c in constants)
 
 
+def make_work(work: list[tuple[str, int]]) -> list[np.ndarray]:
+    """A kernel's workspaces (LoopKernel.work), made once by the caller that owns them."""
+    return [np.empty(size, np.dtype(dtype)) for dtype, size in work]
+
+
+def work_bytes(work: list[tuple[str, int]]) -> int:
+    return sum(size * np.dtype(dtype).itemsize for dtype, size in work)
+
+
 def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | None, str]:
     """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
     (None, why not)."""
@@ -96,7 +110,7 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         key = (source, constants_key(gen.constants))
         handle = _loops.get(key)
         if handle is None:
-            handle = _loops[key] = LoopKernel(source, gen.constants)
+            handle = _loops[key] = LoopKernel(source, gen.constants, gen.work_sizes())
     return handle, ""
 
 
@@ -110,22 +124,24 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     params = [f"a{k}" for k in range(n_in)]
     hoisted = [f"h{k}" for k in range(n_hoisted)]
     consts = [f"k{k}" for k in range(len(handle.constants))]
+    works = [f"w{k}" for k in range(len(handle.work))]
     operands = [
         p if i.shape else f"asarray({p})" for p, i in zip(params + hoisted, graph.inputs)
     ]  # (a 0-d value may come as a NumPy scalar)
     sizes = [math.prod(o.shape) for o in attrs["body"].outputs]
     moved = sum(sizes[nc + j] for j, _ in attrs.get("shifted", ()))  # (length + 1 rows each)
     size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
+    call = operands + consts + works
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
-        + "".join(f", {k}" for k in consts)
+        + "".join(f", {k}" for k in consts + works)
         + "):",
         f"    slab = out if out is not None and out.flags.c_contiguous else empty({size}, dtype)",
     ]
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
     lines += [
-        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(operands + consts)})",
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(call)})",
         "    if out is not None and slab is not out:",
         "        copyto(out, slab)",
         "        return out",
@@ -143,6 +159,7 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
         "asarray": np.asarray,
         "dtype": dtype,
         **dict(zip(consts, handle.constants)),
+        **dict(zip(works, make_work(handle.work))),  # this runner's own (its Switch's)
     }
     return run
 
@@ -163,10 +180,11 @@ class Switch:
         self.fn: Callable = self._first
         slab = np.empty(0, ins.dtype)
         self.hoisted = [np.empty((0,) * len(i.shape), i.dtype) for i in ins.hoisted]
+        work = [np.empty(0, np.dtype(dtype)) for dtype, _ in handle.work]
 
         def key(args: tuple) -> tuple:
             args = tuple(np.asarray(a) if not np.ndim(a) else a for a in args)
-            return background.type_key((slab, *args, *self.hoisted, *handle.constants))
+            return background.type_key((slab, *args, *self.hoisted, *handle.constants, *work))
 
         self.key = key
 

@@ -33,8 +33,14 @@ class ProgramKernel(LoopKernel):
     """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel); `loops`:
     the loop kernels it calls (their modules loaded before its own imports them)."""
 
-    def __init__(self, source: str, constants: list[np.ndarray], loops: list[LoopKernel]):
-        super().__init__(source, constants)
+    def __init__(
+        self,
+        source: str,
+        constants: list[np.ndarray],
+        loops: list[LoopKernel],
+        work: list[tuple[str, int]],
+    ):
+        super().__init__(source, constants, work)
         self.loops = loops
 
     def signature(self, key: tuple) -> tuple:
@@ -75,13 +81,17 @@ def attach(compiled: Any) -> None:
         key = (source, numba_loop.constants_key(gen.constants))
         handle = _programs.get(key)
         if handle is None:
-            handle = _programs[key] = ProgramKernel(source, gen.constants, gen.called)
+            handle = _programs[key] = ProgramKernel(
+                source, gen.constants, gen.called, gen.work_sizes()
+            )
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
     if switch.later:  # numba's import and setup start now, before the first call asks
         background.start_numba()
     later = " (compiled in the background from call 1)" if switch.later else ""
     report.kernel = WHOLE + later
+    report.workspace_bytes = numba_loop.work_bytes(handle.work)
+    report.resident_bytes += report.workspace_bytes
     compiled.program_kernel = switch
     compiled.program.fn = switch
 
@@ -103,10 +113,12 @@ class ProgramSwitch:
         self.calls = 0
         self.fn: Callable = self._first
         self.notes = [loop_report.kernel for _, loop_report in loops]
+        self.loop_work = [loop_report.workspace_bytes for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
             switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
             called = switch.handle in gen.called
             loop_report.kernel = f"{'called from' if called else 'inlined in'} the {WHOLE}"
+            loop_report.workspace_bytes = 0  # (slices of the program kernel's: counted there)
 
     def __call__(self, *args: np.ndarray) -> tuple:
         return self.fn(*args)
@@ -114,7 +126,8 @@ class ProgramSwitch:
     def _first(self, *args: np.ndarray) -> tuple:
         try:
             outs = [np.empty(shape, dtype) for shape, dtype in self.outs]
-            key = background.type_key((*outs, *self.handle.constants, *args))
+            work = [np.empty(0, np.dtype(dtype)) for dtype, _ in self.handle.work]
+            key = background.type_key((*outs, *self.handle.constants, *args, *work))
         except AttributeError:  # not all arrays: the NumPy program runs
             self.handle = None
             return self._use()(*args)
@@ -141,22 +154,35 @@ class ProgramSwitch:
         else:
             self.fn = self.numpy_fn
             why = handle.error if handle is not None else "an argument is not an array"
-            self.compiled.report.kernel = f"NumPy program ({WHOLE} failed: {why})"
-            for (switch, loop_report), note in zip(self.loops, self.notes):
+            report = self.compiled.report
+            report.kernel = f"NumPy program ({WHOLE} failed: {why})"
+            report.resident_bytes -= report.workspace_bytes  # (never made)
+            report.workspace_bytes = 0
+            for (switch, loop_report), note, work in zip(self.loops, self.notes, self.loop_work):
                 switch.fn = switch._first
                 loop_report.kernel = note
+                loop_report.workspace_bytes = work
         self.compiled.program.fn = self.fn  # no switch in between from now on
         return self.fn
 
 
 def runner(
-    handle: ProgramKernel, outs: list[tuple], returns: list, n_in: int, fixed: dict | None = None
+    handle: ProgramKernel,
+    outs: list[tuple],
+    returns: list,
+    n_in: int,
+    fixed: dict | None = None,
+    work: list[np.ndarray] | None = None,
 ) -> Callable:
     """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
     generated: every name a keyword default, as codegen.Program's). `fixed`: out index ->
     the array that out is written into on every call instead of a new one (the caller's
-    scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`)."""
+    scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`). `work`: the
+    kernel's workspaces (made here when not given): the program's own, used by one call at a
+    time as its NumPy program's buffers are; no value in them outlives the call."""
     fixed = fixed or {}
+    work = numba_loop.make_work(handle.work) if work is None else work
+    works = [f"w{k}" for k in range(len(work))]
     params = [f"a{k}" for k in range(n_in)]
     made = [f"o{j}" for j in range(len(outs))]
     consts = [f"k{k}" for k in range(len(handle.constants))]
@@ -168,9 +194,9 @@ def runner(
         + [f"d{j}" for j in new]
         + [f"o{j}" for j in fixed]
     )
-    lines = [f"def run({', '.join(params + ['*'] + bound + consts)}):"]
+    lines = [f"def run({', '.join(params + ['*'] + bound + consts + works)}):"]
     lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
-    lines.append(f"    kernel({', '.join(made + consts + params)})")
+    lines.append(f"    kernel({', '.join(made + consts + params + works)})")
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {}
     source = "\n".join(lines) + "\n"
@@ -183,8 +209,10 @@ def runner(
         **{f"d{j}": outs[j][1] for j in new},
         **{f"o{j}": array for j, array in fixed.items()},
         **dict(zip(consts, handle.constants)),
+        **dict(zip(works, work)),
     }
     run.kernel = handle.kernel
+    run.work = work
     run.plan = (handle, outs, returns, n_in)  # (scratch_runner makes variants of it)
     return run
 
@@ -207,4 +235,5 @@ def scratch_runner(run: Callable, private: set[int]) -> Callable | None:
         for j, positions in at.items()
         if all(position in private for position in positions)
     }
-    return runner(handle, outs, returns, n_in, fixed) if fixed else None
+    # (the same workspaces: both runners are one program's, run by one caller at a time)
+    return runner(handle, outs, returns, n_in, fixed, run.work) if fixed else None

@@ -17,7 +17,9 @@ from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typ
 
 
 class ProgramSource(LoopSource):
-    """Generates `kernel(out0, ..., const0, ..., arg0, ...)` for `graph`, writing its outputs
+    """Generates `kernel(out0, ..., const0, ..., arg0, ..., work_<dtype>, ...)` for `graph`
+    (work_*: its workspaces, one per dtype, each a C array the caller makes once and passes to
+    every call; the buffers and the called loops' workspaces are slices), writing its outputs
     into `out<j>` (C arrays of the outputs' shapes the caller makes per call: a kernel returning
     arrays pays ~3 us per array to box it); `bodies`: id(scan attrs) -> (compiled body, fixed
     carries, ...) of its loops (LoweringContext.bodies). `returns`: per graph output, the
@@ -74,8 +76,9 @@ class ProgramSource(LoopSource):
         self.flush()
         outs = [a.name for _, a in self.outs.values()]
         consts = [f"const{k}" for k in range(len(self.constants))]
-        text = [f"def kernel({', '.join(outs + consts + args)}):"]
-        text += ["    " + line for line in self.setup + self.step]
+        text = [f"def kernel({', '.join(outs + consts + args + self.work_params())}):"]
+        lines = [*self.work_checks(), *self.setup, *self.step]
+        text += ["    " + line for s in lines for line in s.split("\n")]
         imports = "".join(
             f"from {_module_name(h.source)} import kernel as loop{j}\n"
             for j, h in enumerate(self.called)
@@ -140,7 +143,13 @@ class ProgramSource(LoopSource):
             self.called.append(handle)
         loop = f"loop{self.called.index(handle)}"
         length, reverse = f"np.int64({a['length']})", f"np.bool_({bool(a['reverse'])})"
-        self.statement(f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts])})")
+        work = []  # the loop kernel's workspaces: slices of this kernel's own
+        for dtype, size in handle.work:
+            start = self.reserve(dtype, size)
+            work.append(self.work_view(dtype, start, (size,)))
+        self.statement(
+            f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
+        )
         return slab
 
     def c_array(self, v: Val) -> str:
@@ -204,7 +213,7 @@ class ProgramSource(LoopSource):
         for k, node in enumerate(g.inputs):
             if k < nc and k in live:
                 dt = _dtype_name(node.dtype)
-                cur, nxt = self.buffer(node.shape, dt), self.buffer(node.shape, dt)
+                cur, nxt = self.carry_buffer(node.shape, dt), self.carry_buffer(node.shape, dt)
                 first = ins[k]
                 self.emit(
                     node.shape,

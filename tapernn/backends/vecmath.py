@@ -50,7 +50,7 @@ for _k, _c in enumerate(_EXP_P):
 for _k, _c in enumerate(_TANH_Q):
     _CONSTANTS[f"VM_TQ{_k}"] = _c
 
-HEADER = "from tapernn.backends.numba_intrinsics import c_row, f32_bits\n" + "".join(
+HEADER = "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits\n" + "".join(
     f"{name} = np.float32({value!r})\n" if np.isfinite(value) else f"{name} = np.float32(np.inf)\n"
     for name, value in _CONSTANTS.items()
 )

@@ -102,6 +102,8 @@ class TrainingPair:
             if self.arena is not None
             else fwd.report.arena_bytes
             + sum(v.program.plan.buffer_bytes for v in self.variants.values())
+            + fwd.report.workspace_bytes
+            + bwd.report.workspace_bytes
         )
         moments = (
             per_call_peak(fwd),

@@ -58,10 +58,13 @@ class LoopReport:
     buffer_bytes: int = 0  # the body program's own buffers (kept between calls, one per body)
     body_key: int = 0  # which compiled body (one body serves every loop over it: count once)
     kernel: str = ""  # what runs the steps: the Python loop, or a numba loop kernel (and why)
+    # a numba loop kernel's workspaces (its buffers, made once by its runner; 0 when a
+    # whole-program kernel calls it: then they are slices of that kernel's, counted there)
+    workspace_bytes: int = 0
 
     @property
     def fixed_bytes(self) -> int:
-        return self.carry_bytes + self.body.resident_bytes
+        return self.carry_bytes + self.body.resident_bytes + self.workspace_bytes
 
     def bytes_per_sequence(self, length: int | None = None) -> int:
         return self.fixed_bytes + (self.length if length is None else length) * self.step_bytes
@@ -106,6 +109,9 @@ class CompileReport:
     # numba: what runs the program -- a whole-program kernel, or the NumPy program (and why)
     kernel: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
+    # numba: the whole-program kernel's workspaces (its buffers and its loop kernels', made once
+    # per program and reused by every call), included in resident_bytes
+    workspace_bytes: int = 0
 
     kernels = property(lambda self: self.plan.kernels)
 
@@ -157,6 +163,7 @@ class CompileReport:
             arena_bytes=fwd.arena_bytes,
             backend=fwd.backend,
             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
+            workspace_bytes=fwd.workspace_bytes + bwd.workspace_bytes,
             fallbacks=fwd.fallbacks + bwd.fallbacks,
             loops=fwd.loops + bwd.loops,
             kernel="; ".join(
