@@ -168,3 +168,20 @@ def test_kernels_are_cached_on_disk_across_processes(tmp_path):
     assert runs[0] == ["0", "1"]  # compiled, written to the cache
     assert runs[1] == ["1", "0"]  # the second process loads it: no compilation
     assert len(list(tmp_path.glob("tapernn_k*.py"))) == 1
+
+
+def test_a_changed_intrinsics_module_changes_every_kernels_cache_name(monkeypatch, tmp_path):
+    # numba's disk cache checks only a kernel module's own file: a kernel whose text is the same
+    # but whose imported intrinsics changed loaded the old machine code (found by htiny4)
+    from tapernn.backends import numba_backend as nb
+
+    source = "def kernel(x):\n    return x\n"
+    monkeypatch.setattr(nb, "_imported_digest", None)
+    before = nb._module_name(source)
+    assert nb._module_name(source) == before  # stable
+    fake = tmp_path / "numba_intrinsics.py"
+    real = Path(nb.__file__).resolve().parent / "numba_intrinsics.py"
+    fake.write_bytes(real.read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(nb, "_IMPORTED", (str(fake),))  # (an absolute path joins as itself)
+    monkeypatch.setattr(nb, "_imported_digest", None)
+    assert nb._module_name(source) != before

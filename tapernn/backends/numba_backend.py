@@ -276,8 +276,22 @@ def kernel_source(
     return _HEADER + "\n".join(text) + "\n"
 
 
+# modules whose code generated kernels import (their header: `from tapernn.backends.
+# numba_intrinsics import ...`); numba's disk cache checks only the kernel module's own file, so
+# their text is part of every kernel's name: a changed intrinsic never loads old machine code
+_IMPORTED = ("numba_intrinsics.py",)
+_imported_digest: bytes | None = None
+
+
 def _module_name(source: str) -> str:
-    return f"tapernn_k{SOURCE_VERSION}_{hashlib.sha1(source.encode()).hexdigest()[:20]}"
+    global _imported_digest
+    if _imported_digest is None:
+        here = Path(__file__).resolve().parent
+        _imported_digest = hashlib.sha1(
+            b"".join((here / f).read_bytes() for f in _IMPORTED)
+        ).digest()
+    digest = hashlib.sha1(_imported_digest + source.encode()).hexdigest()[:20]
+    return f"tapernn_k{SOURCE_VERSION}_{digest}"
 
 
 def _drop_numba_cache(source: str) -> bool:
