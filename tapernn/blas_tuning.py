@@ -13,11 +13,14 @@ gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's
   2 x EXPLORE_CALLS calls after the first (the first call pays first-touch costs), then runs with
   the faster -- the pool's count only when it is at least 1 / MARGIN times faster, since one
   thread leaves the other cores to everything else;
-- the first round stops early when one count's call took EARLY times the other's (on a busy
-  machine a call with the pool's threads can take 10-30x longer: one such call is enough);
+- the first round stops early when one count's last two calls each took EARLY times the
+  other's slowest (on a busy machine a call with the pool's threads can take 10-30x longer);
+  one slow call decides nothing, since a call can also be slow for other reasons (numba's
+  switch call waits for its kernels' compile);
 - every `period` calls one call runs with the other count, and the choice follows the medians
   of the last three calls of each; `period` doubles (up to RECHECK_MAX) while the choice holds,
-  is at least the other count's slowdown times RECHECK_FIRST (a check costs that many calls),
+  is at least the other count's slowdown (its best recent call) times RECHECK_FIRST (a check
+  costs that many calls),
   and drops back to RECHECK_FIRST when the choice changes, so a settled choice costs at most
   one call in RECHECK_MAX; and when the last three calls' medians say the other count would
   now be chosen (the other cores got busy, and the pool's threads wait for them), the other
@@ -39,7 +42,7 @@ EXPLORE_CALLS = 3
 RECHECK_FIRST = 32
 RECHECK_MAX = 1024
 MARGIN = 0.9
-EARLY = 2.0  # the first round stops once one count's call took EARLY times the other's
+EARLY = 2.0  # the first round stops once one count's two calls took EARLY times the other's
 KEEP = 5  # the last KEEP times of each count are what the medians read
 _clock = time.perf_counter  # (a test replaces it with a clock that depends on the count)
 
@@ -88,11 +91,8 @@ class _Arm:
             del times[0]
         if self.explore > 0:
             self.explore -= 1
-            one, pool = self.times[1], self.times[self.pool]
-            if self.explore == 0 or (
-                one and pool and max(one[-1], pool[-1]) > EARLY * min(one[-1], pool[-1])
-            ):
-                self.explore = 0  # (a count EARLY times slower needs no more calls to tell)
+            if self.explore == 0 or self._clearly_slower():
+                self.explore = 0  # (a count EARLY times slower twice needs no more calls)
                 self._decide()
             return
         if n != self.current:  # the periodic check of the other count
@@ -101,6 +101,17 @@ class _Arm:
             self.countdown -= 1
             if len(times) >= 3 and self._best() != self.current:
                 self.countdown = 0  # the current count's calls got slower: check the other
+
+    def _clearly_slower(self) -> bool:
+        """Both of one count's last two calls took EARLY times the other's slowest: one slow
+        call proves nothing (a first-touch, a kernel compile waited for, a burst of load)."""
+        for slow, fast in (
+            (self.times[1], self.times[self.pool]),
+            (self.times[self.pool], self.times[1]),
+        ):
+            if len(slow) >= 2 and fast and min(slow[-2:]) > EARLY * max(fast):
+                return True
+        return False
 
     def _best(self) -> int:
         one, pool = self.times[1], self.times[self.pool]
@@ -117,8 +128,8 @@ class _Arm:
             self.period = min(2 * self.period, RECHECK_MAX)
         # a check of a much slower count costs that many calls: space the checks to match
         mine, other = self.times[self.current], self.times[self.other()]
-        if mine and other:
-            ratio = _median(other[-3:]) / max(_median(mine[-3:]), 1e-9)
+        if mine and other:  # (the other count's best call: one slow call does not space them)
+            ratio = min(other[-3:]) / max(_median(mine[-3:]), 1e-9)
             self.period = max(self.period, min(RECHECK_MAX, int(ratio * RECHECK_FIRST)))
         self.countdown = self.period
 
