@@ -144,16 +144,7 @@ def _merged_weights(body: Graph, nc: int, nx: int, runs: tuple) -> Graph:
             views.append(env[body.inputs[k]])
     gone = {k for ks, _ in runs for k in ks[1:]}
     inputs = [merged.get(k, i) for k, i in enumerate(body.inputs) if k not in gone]
-    nodes: list[Node] = list(inputs) + views
-    for n in body.nodes:
-        if n.op == "input":
-            continue
-        ins = tuple(env.get(i, i) for i in n.inputs)
-        env[n] = n if ins == n.inputs else n.with_inputs(ins)
-        nodes.append(env[n])
-    new = Graph(nodes, inputs, [env.get(o, o) for o in body.outputs], body.meta)
-    new.verify()
-    return new
+    return _rebuilt(body, inputs, views, env)
 
 
 def _with_weights(s: Node, runs: tuple, body: Graph) -> Node:
@@ -249,16 +240,7 @@ def _new_body(body: Graph, nc: int, nx: int, order: list) -> Graph:
             views.append(env[p])
             start = stop
     inputs = list(body.inputs[:nc]) + new_xs + list(body.inputs[nc + nx :])
-    nodes: list[Node] = list(inputs) + views
-    for n in body.nodes:
-        if n.op == "input":
-            continue
-        ins = tuple(env.get(i, i) for i in n.inputs)
-        env[n] = n if ins == n.inputs else n.with_inputs(ins)
-        nodes.append(env[n])
-    new = Graph(nodes, inputs, [env.get(o, o) for o in body.outputs], body.meta)
-    new.verify()
-    return new
+    return _rebuilt(body, inputs, views, env)
 
 
 def _apply(s: Node, recipe: XsRecipe) -> Node:
@@ -337,3 +319,18 @@ def _one_op(pieces: list[Node]) -> Node | None:
         return None
     total = derive(first, first.op, operands)
     return derive(first, "reshape", (total,), shape=(*first.shape[:-1], total.shape[-1]))
+
+
+def _rebuilt(body: Graph, inputs: list, views: list, env: dict) -> Graph:
+    """`body` over new `inputs`: the `views` of them first, then every non-input node with its
+    inputs substituted through `env` (which maps old nodes to their replacements)."""
+    nodes: list[Node] = list(inputs) + views
+    for n in body.nodes:
+        if n.op == "input":
+            continue
+        ins = tuple(env.get(i, i) for i in n.inputs)
+        env[n] = n if ins == n.inputs else n.with_inputs(ins)
+        nodes.append(env[n])
+    new = Graph(nodes, inputs, [env.get(o, o) for o in body.outputs], body.meta)
+    new.verify()
+    return new
