@@ -44,10 +44,7 @@ def forward_function(steady: Any) -> Callable:
         "root_dtype": steady.root_dtype,
     }
 
-    def bind(value: Any, prefix: str) -> str:
-        name = f"{prefix}{len(ns)}"
-        ns[name] = value
-        return name
+    bind = _binder(ns)
 
     lines = [
         "def forward(x):",
@@ -103,11 +100,28 @@ def forward_function(steady: Any) -> Callable:
         '    rf["output"] = output',
         "    return output",
     ]
+    return _defined(lines, ns, "forward")
+
+
+def _binder(ns: dict) -> Callable[[Any, str], str]:
+    """`bind(value, prefix) -> name`: `value` put into the generated function's namespace `ns`
+    under a fresh name."""
+
+    def bind(value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(ns)}"
+        ns[name] = value
+        return name
+
+    return bind
+
+
+def _defined(lines: list[str], ns: dict, name: str) -> Callable:
+    """The function `name` that `lines` define, executed in `ns`; its text as `.source`."""
     source = "\n".join(lines) + "\n"
-    exec(builtins.compile(source, "<tapernn steady forward>", "exec"), ns)  # noqa: S102
-    forward = ns["forward"]
-    forward.source = source
-    return forward
+    exec(builtins.compile(source, f"<tapernn steady {name}>", "exec"), ns)  # noqa: S102
+    fn = ns[name]
+    fn.source = source
+    return fn
 
 
 def _forget(plan: tuple, bind: Callable, flag: str) -> list[str]:
@@ -263,10 +277,7 @@ def backward_function(steady: Any, miss: object) -> Callable:
         "modules": steady.cut_modules,
     }
 
-    def bind(value: Any, prefix: str) -> str:
-        name = f"{prefix}{len(ns)}"
-        ns[name] = value
-        return name
+    bind = _binder(ns)
 
     lines = [
         "def backward(input, grad_output, need_grad_input):",
@@ -334,8 +345,4 @@ def backward_function(steady: Any, miss: object) -> Callable:
         '    rf["grad_input"] = grad_input',  # (None without need_grad_input)
         "    return grad_input",
     ]
-    source = "\n".join(lines) + "\n"
-    exec(builtins.compile(source, "<tapernn steady backward>", "exec"), ns)  # noqa: S102
-    backward = ns["backward"]
-    backward.source = source
-    return backward
+    return _defined(lines, ns, "backward")
