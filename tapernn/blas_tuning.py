@@ -37,6 +37,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .blas import limiter
+
 TUNE_MIN_GEMM_FLOPS = 2.0 * 64**3
 EXPLORE_CALLS = 3
 RECHECK_FIRST = 32
@@ -148,7 +150,7 @@ class _Arm:
 class ThreadChoice:
     """The thread count of one program's calls under "auto": `guess` (the shape rule's count,
     None = the pool's) for programs too small to time, else measured per argument signature.
-    `runs(args)` -> (count or None, arm or None); after the call, `arm.record(count, seconds)`."""
+    `run(fn, args, pool)` calls fn(args) with the count its argument signature's arm picks."""
 
     __slots__ = ("_arms", "guess", "tunable", "untimed")
 
@@ -172,6 +174,21 @@ class ThreadChoice:
             arm = self._arms.setdefault(key, _Arm(pool if self.guess is None else 1, pool))
         return arm
 
+    def run(self, fn: Any, args: Any, pool: int) -> Any:
+        """fn(args) with the BLAS thread count the arm of `args`' signature picks (1 or
+        `pool`), its wall time recorded there (not when it raises)."""
+        arm = self.arm(args, pool)
+        n = arm.next_count()
+        limiter.enter(n)
+        try:
+            start = _clock()
+            out = fn(args)
+            seconds = _clock() - start
+        finally:
+            limiter.exit()
+        arm.record(n, seconds)
+        return out
+
     def describe(self) -> str:
         """One line per argument signature timed so far (what `Compiled.blas_threads()` shows)."""
         if not self.tunable:
@@ -179,16 +196,3 @@ class ThreadChoice:
         if not self._arms:
             return "not called yet"
         return "\n".join(arm.describe() for arm in self._arms.values())
-
-
-def timed(run: Any, args: Any, n: int, arm: _Arm, enter: Any, exit_: Any) -> Any:
-    """run(args) with `n` BLAS threads, its wall time recorded in `arm` (not when it raises)."""
-    enter(n)
-    try:
-        start = _clock()
-        out = run(args)
-        seconds = _clock() - start
-    finally:
-        exit_()
-    arm.record(n, seconds)
-    return out

@@ -20,7 +20,7 @@ from .blas import (
     thread_flops,
     vector_products,
 )
-from .blas_tuning import ThreadChoice, timed
+from .blas_tuning import ThreadChoice
 from .codegen import Program, fused_scratch, nested
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
 from .graph import Graph, Node
@@ -91,8 +91,7 @@ class Compiled:
         if self.threads.tunable and measuring():
             pool = limiter.pool_count()
             if pool > 1:
-                arm = self.threads.arm(args, pool)
-                return timed(self._run, args, arm.next_count(), arm, limiter.enter, limiter.exit)
+                return self.threads.run(self._run, args, pool)
         threads = program_threads(self.thread_flops)
         if threads is None:
             return self._run(args)
