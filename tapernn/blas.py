@@ -10,6 +10,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 # OpenBLAS builds export the setter under several names (numpy's wheels prefix and suffix it)
 _SETTERS = (
@@ -118,11 +119,9 @@ def largest_gemm_flops(nodes: Iterable) -> float:
 BIG_SHARE = 10.0
 
 
-def thread_flops(nodes: Iterable) -> float:
-    """The largest GEMM's flops (what `program_threads` takes) when the big GEMMs dominate
-    `nodes`' matmul work (see BIG_SHARE), else 0.0 (a program of small GEMMs)."""
-    small = big = 0.0
-    largest = 0.0
+def _matmuls(nodes: Iterable) -> Iterator[tuple[Any, int]]:
+    """(matmul node, times it runs per call) among `nodes`, loop bodies included (a body's
+    matmuls run once per step)."""
     stack = [(nodes, 1)]
     while stack:
         group, times = stack.pop()
@@ -130,12 +129,21 @@ def thread_flops(nodes: Iterable) -> float:
             if n.op == "scan":
                 stack.append((n.attrs["body"].nodes, times * n.attrs["length"]))
             elif n.op == "matmul":
-                f = largest_gemm_flops([n])
-                largest = max(largest, f)
-                if f >= SMALL_GEMM_FLOPS:
-                    big += f * times
-                else:
-                    small += f * times
+                yield n, times
+
+
+def thread_flops(nodes: Iterable) -> float:
+    """The largest GEMM's flops (what `program_threads` takes) when the big GEMMs dominate
+    `nodes`' matmul work (see BIG_SHARE), else 0.0 (a program of small GEMMs)."""
+    small = big = 0.0
+    largest = 0.0
+    for n, times in _matmuls(nodes):
+        f = largest_gemm_flops([n])
+        largest = max(largest, f)
+        if f >= SMALL_GEMM_FLOPS:
+            big += f * times
+        else:
+            small += f * times
     return largest if big >= BIG_SHARE * small else 0.0
 
 
@@ -143,15 +151,10 @@ def vector_products(nodes: Iterable) -> bool:
     """Whether a matmul among `nodes` (loop bodies included) is a matrix-vector product or a
     dot: a 1-D operand, or one row or one column (OpenBLAS's GEMV and DOT split their inner
     sums between threads, so their last bits depend on the thread count)."""
-    stack = [nodes]
-    while stack:
-        for n in stack.pop():
-            if n.op == "scan":
-                stack.append(n.attrs["body"].nodes)
-            elif n.op == "matmul":
-                a, b = n.inputs[0].shape, n.inputs[1].shape
-                if len(a) < 2 or len(b) < 2 or a[-2] == 1 or b[-1] == 1:
-                    return True
+    for n, _ in _matmuls(nodes):
+        a, b = n.inputs[0].shape, n.inputs[1].shape
+        if len(a) < 2 or len(b) < 2 or a[-2] == 1 or b[-1] == 1:
+            return True
     return False
 
 
