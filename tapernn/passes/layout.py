@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..graph import Graph, Node
 from ..ops.registry import get_op
 from .layout_rule import choose
-from .rewrite import derive, substitute, zeros_like_node
+from .rewrite import derive, input_like, substitute, zeros_like_node
 
 LAYOUTS = ("batch", "feature", "auto")
 
@@ -139,20 +139,6 @@ def relayout(body: Graph, nc: int, nx: int, carries: bool) -> Relayout | None:
     return cache[key]
 
 
-def _input_like(i: Node, shape: tuple) -> Node:
-    return Node(
-        "input",
-        (),
-        dict(i.attrs),
-        tuple(shape),
-        i.dtype,
-        step=i.step,
-        scope=i.scope,
-        phase=i.phase,
-        name=f"{i.name}^T",
-    )
-
-
 def _swap(index: tuple) -> tuple | None:
     """A 2-D basic-slice index with its two axes swapped, or None."""
     full = ("s", None, None, None)
@@ -176,7 +162,7 @@ class _Walk:
         self.carries = tuple(carries and k < nc and i.ndim == 2 for k, i in enumerate(body.inputs))
         for k, i in enumerate(body.inputs):
             if k < nc and self.carries[k]:
-                self.T[i] = _input_like(i, i.shape[::-1])
+                self.T[i] = input_like(i, i.shape[::-1], f"{i.name}^T")
             else:
                 self.O[i] = i
 
@@ -202,7 +188,7 @@ class _Walk:
             return self._add(derive(n, "reshape", (self.orig(n),), shape=(n.shape[0], 1)))
         if n.op == "input":  # an xs or invariant: transposed once outside the loop
             if n not in self.t_inputs:
-                self.t_inputs[n] = _input_like(n, n.shape[::-1])
+                self.t_inputs[n] = input_like(n, n.shape[::-1], f"{n.name}^T")
             return self.t_inputs[n]
         o = self.orig(n)
         if get_op(n.op).elementwise and all(i.ndim <= 2 for i in n.inputs):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..graph import Graph, Node
 from .concat import make_concat
-from .rewrite import derive, strip_transpose, substitute
+from .rewrite import derive, input_like, strip_transpose, substitute
 
 SMALL_STEP_BYTES = 16 * 1024  # a merged group's (B, sum H_k) row, per step
 
@@ -124,17 +124,7 @@ def _merged_weights(body: Graph, nc: int, nx: int, runs: tuple) -> Graph:
         first = body.inputs[ks[0]]
         shape = list(first.shape)
         shape[axis] *= len(ks)
-        block = Node(
-            "input",
-            (),
-            dict(first.attrs),
-            tuple(shape),
-            first.dtype,
-            step=first.step,
-            scope=first.scope,
-            phase=first.phase,
-            name=f"merged_w{ks[0]}",
-        )
+        block = input_like(first, shape, f"merged_w{ks[0]}")
         merged[ks[0]] = block
         width = first.shape[axis]
         for j, k in enumerate(ks):
@@ -220,17 +210,7 @@ def _new_body(body: Graph, nc: int, nx: int, order: list) -> Graph:
         parts = [xs[j] for j in item]
         first = parts[0]
         width = sum(p.shape[-1] for p in parts)
-        block = Node(
-            "input",
-            (),
-            dict(first.attrs),
-            (*first.shape[:-1], width),
-            first.dtype,
-            step=first.step,
-            scope=first.scope,
-            phase=first.phase,
-            name=f"merged_xs{len(new_xs)}",
-        )
+        block = input_like(first, (*first.shape[:-1], width), f"merged_xs{len(new_xs)}")
         new_xs.append(block)
         start = 0
         for p in parts:

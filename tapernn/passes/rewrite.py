@@ -30,6 +30,22 @@ def derive(like: Node, op: str, inputs: Iterable[Node], **attrs: Any) -> Node:
     return node
 
 
+def input_like(like: Node, shape: tuple, name: str) -> Node:
+    """A new graph input named `name` of `shape`, with `like`'s attrs (its kind), dtype, step,
+    scope and phase: a stand-in for `like` (transposed, merged with its neighbours, ...)."""
+    return Node(
+        "input",
+        (),
+        dict(like.attrs),
+        tuple(shape),
+        like.dtype,
+        step=like.step,
+        scope=like.scope,
+        phase=like.phase,
+        name=name,
+    )
+
+
 def zeros_like_node(like: Node, shape: tuple | None = None, dtype: Any = None) -> Node:
     shape = like.shape if shape is None else tuple(shape)
     dtype = np.dtype(like.dtype if dtype is None else dtype)
