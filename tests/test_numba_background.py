@@ -76,8 +76,10 @@ def test_a_kernel_that_fails_in_the_background_leaves_its_groups_on_numpy(later,
         np.testing.assert_allclose(out, interpret(g, *x)[0], rtol=1e-12, atol=1e-12)
 
 
-def _train(steps, x, gy, hidden=4):
+def _train(steps, x, gy, hidden=4, built=None):
     seq = nn.Sequencer(nn.FastLSTM(x.shape[-1], hidden))
+    if built is not None:
+        built.append(seq)
     outs = []
     for _ in range(steps):
         y = seq.forward(x)
@@ -132,12 +134,12 @@ def test_runs_are_reproducible_bit_for_bit_cold_or_warm_cache(tmp_path):
     assert runs[0][1] == runs[0][2]  # calls 2 and 3 both ran the kernel
 
 
-def _numba_train(steps, x, gy, hidden):
+def _train_on(backend, steps, x, gy, hidden, built=None):
     before = tn.get_backend()
     try:
-        tn.set_backend("numba")
+        tn.set_backend(backend)
         tn.manual_seed(7)
-        return _train(steps, x, gy, hidden)
+        return _train(steps, x, gy, hidden, built)
     finally:
         tn.set_backend(before)
 
@@ -153,17 +155,13 @@ def _assert_same(a, b, same=True):
 def test_the_switch_call_is_fixed_whatever_the_compile_time(later, monkeypatch, hidden):
     rng = np.random.default_rng(1)
     x, gy = rng.standard_normal((3, 2, 3)), rng.standard_normal((3, 2, hidden))
-    before = tn.get_backend()
-    try:
-        tn.set_backend("numpy")
-        tn.manual_seed(7)
-        ref = _train(3, x, gy, hidden)
-    finally:
-        tn.set_backend(before)
+    ref = _train_on("numpy", 3, x, gy, hidden)
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
-    eager = _numba_train(3, x, gy, hidden)  # numba from call 1 (and every kernel compiled now)
+    eager = _train_on(
+        "numba", 3, x, gy, hidden
+    )  # numba from call 1 (and every kernel compiled now)
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
-    ready = _numba_train(3, x, gy, hidden)  # kernels compiled already in this process
+    ready = _train_on("numba", 3, x, gy, hidden)  # kernels compiled already in this process
     # a slow compile: new handles (loaded again from numba's cache), each held 0.2 s
     from tapernn.backends import numba_loop, numba_program
 
@@ -180,7 +178,7 @@ def test_the_switch_call_is_fixed_whatever_the_compile_time(later, monkeypatch, 
             return _slow(self, *a, **k)
 
         monkeypatch.setattr(cls, "prepare", held)
-    slowly = _numba_train(3, x, gy, hidden)
+    slowly = _train_on("numba", 3, x, gy, hidden)
     assert background.wait(timeout=120)
     for step in range(3):
         _assert_same(ready[step], slowly[step])  # bit for bit, whatever the compile time
@@ -206,23 +204,10 @@ def test_a_model_whose_kernels_fail_in_the_background_runs_numpy_and_says_so(
     monkeypatch.setattr(numba_program, "_programs", {})
     rng = np.random.default_rng(4)
     x, gy = rng.standard_normal((3, 2, 3)), rng.standard_normal((3, 2, hidden))
-    before = tn.get_backend()
-    try:
-        tn.set_backend("numpy")
-        tn.manual_seed(7)
-        ref = _train(3, x, gy, hidden)
-        tn.set_backend("numba")
-        tn.manual_seed(7)
-        seq = nn.Sequencer(nn.FastLSTM(3, hidden))
-        got = []
-        for _ in range(3):  # nothing raises in the user's steps
-            y = seq.forward(x)
-            seq.zero_grad_parameters()
-            gx = seq.backward(x, gy)
-            got.append([y.copy(), gx.copy()] + [p.grad.copy() for p in seq.parameters()])
-        report = seq.compile_report()
-    finally:
-        tn.set_backend(before)
+    ref = _train_on("numpy", 3, x, gy, hidden)
+    built = []
+    got = _train_on("numba", 3, x, gy, hidden, built)  # nothing raises in the user's steps
+    report = built[0].compile_report()
     for step, (a, b) in enumerate(zip(ref, got)):
         for u, v in zip(a, b):
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
