@@ -8,10 +8,10 @@ import copy
 
 import numpy as np
 from cell_reference import complex_step_grads, fastlstm_step
+from test_steady import count_general
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.nn import runtime
 
 T, B, D, H = 5, 2, 3, 4
 
@@ -49,18 +49,6 @@ def warm(seq):
         seq.forward(x)
         seq.backward(x, g)
     assert seq._runtime.steady is not None
-
-
-def count_general(monkeypatch):
-    calls = []
-    slow = runtime.Runtime.slow_forward
-
-    def counted(self, *a, **k):
-        calls.append(1)
-        return slow(self, *a, **k)
-
-    monkeypatch.setattr(runtime.Runtime, "slow_forward", counted)
-    return calls
 
 
 def uses_scratch(seq):
