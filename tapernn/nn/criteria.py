@@ -24,6 +24,8 @@ class Criterion(Module):
 
     def forward(self, input: Any, target: Any) -> float:
         self.check_input_dtype(input)
+        for a in flatten(input)[0]:  # (every criterion: an empty input has no loss)
+            nonempty(self, a)
         self.check_targets(input, target)
         rt = runtime_of(self)
         _, _, record = rt._run((input, target), n_diff_args=1)
@@ -52,9 +54,8 @@ class Criterion(Module):
         return rt.backward(input, np.ones((), dtype=self.dtype))
 
     def check_targets(self, input: Any, target: Any) -> None:
-        """Validate targets in Python, before any program runs (clear errors)."""
-        for a in flatten(input)[0]:
-            nonempty(self, a)
+        """Validate targets in Python, before any program runs (clear errors); `forward` has
+        checked that no input array is empty."""
 
     def check_input_dtype(self, input: Any) -> None:
         """A float32 model's output into a float64 criterion would compute the loss and its
@@ -78,14 +79,14 @@ class Criterion(Module):
         return self.forward(input, target)
 
 
-def nonempty(criterion: Criterion, a: Any, what: str = "input") -> None:
+def nonempty(criterion: Criterion, a: Any) -> None:
     """An empty input has no loss to average (0 / 0) and, summed, is most likely a bug: Torch7's
     documentation says nothing of it, so every criterion refuses it by name (ShapeError) instead of
     a NaN, a misleading 0 or an IndexError."""
     shape = np.shape(a)
     if 0 in shape:
         raise ShapeError(
-            f"{criterion.describe()}: expects at least one element in the {what}, got shape "
+            f"{criterion.describe()}: expects at least one element in the input, got shape "
             f"{shape} (an empty batch or sequence has no loss)"
         )
 
@@ -109,9 +110,6 @@ class MSECriterion(Criterion):
     def __init__(self, size_average: bool = True):
         super().__init__()
         self.size_average = check.flag(self, "size_average", size_average)
-
-    def check_targets(self, input: Any, target: Any) -> None:
-        nonempty(self, input)
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -137,7 +135,6 @@ class BCECriterion(Criterion):
 
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
-        nonempty(self, x)
         if x.min() < 0 or x.max() > 1:
             raise ValueRangeError(
                 f"{self.describe()}: inputs must be probabilities in [0, 1], got "
@@ -176,7 +173,6 @@ class ClassNLLCriterion(Criterion):
         x, t = np.asarray(input), np.asarray(target)
         if t.dtype.kind not in "iu":
             raise ShapeError(f"{self.describe()}: targets must be integer class ids, got {t.dtype}")
-        nonempty(self, x)
         n_class = x.shape[-1] if x.ndim else 0
         valid = t != self.ignore_index
         bad = t[valid & ((t < 0) | (t >= n_class))]

@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentTypeError
 from ..tracing import Var
-from .criteria import Criterion, nonempty
+from .criteria import Criterion
 from .layers import LookupTable
 from .module import Module
 from .tree import flatten, unflatten
@@ -76,7 +76,6 @@ class MaskZeroCriterion(Criterion):
 
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
-        nonempty(self, x)
         keep = np.abs(x).reshape(x.shape[0], -1).sum(1) > 0 if x.ndim > 1 else np.array([True])
         if keep.any():
             t = np.asarray(target)

@@ -128,8 +128,8 @@ class VRClassReward(Criterion):
             raise ShapeError(
                 f"{self.describe()}: scores must be (batch, classes), got {scores.shape}"
             )
+        nonempty(self, scores)  # (its own forward: Criterion.forward's check does not run)
         B, C = scores.shape
-        nonempty(self, scores, "scores")
         if baseline.shape not in ((B,), (B, 1)):
             raise ShapeError(
                 f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got {baseline.shape}"
