@@ -2,6 +2,7 @@
 and the reference interpreter (1e-12 in float64), float32 stays float32, kernels are shared by
 structure and cached on disk across processes, and a group it cannot lower runs on NumPy."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -185,3 +186,25 @@ def test_a_changed_intrinsics_module_changes_every_kernels_cache_name(monkeypatc
     monkeypatch.setattr(nb, "_IMPORTED", (str(fake),))  # (an absolute path joins as itself)
     monkeypatch.setattr(nb, "_imported_digest", None)
     assert nb._module_name(source) != before
+
+
+def test_kernels_compiled_with_and_without_scipy_have_other_cache_names(monkeypatch):
+    # numba's matmul calls scipy's BLAS, looked up when a cached kernel runs: a kernel compiled
+    # where scipy is installed, loaded from a shared cache where it is not, aborted the process
+    from tapernn.backends import numba_backend as nb
+
+    source = "def kernel(x):\n    return x\n"
+    real = importlib.util.find_spec
+    names = []
+    for present in (True, False):
+
+        def find_spec(name, *a, _present=present):
+            if name == "scipy":
+                return object() if _present else None
+            return real(name, *a)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        monkeypatch.setattr(nb, "_imported_digest", None)
+        names.append(nb._module_name(source))
+    monkeypatch.undo()
+    assert names[0] != names[1]

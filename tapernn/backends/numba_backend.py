@@ -278,7 +278,11 @@ def kernel_source(
 
 # modules whose code generated kernels import (their header: `from tapernn.backends.
 # numba_intrinsics import ...`); numba's disk cache checks only the kernel module's own file, so
-# their text is part of every kernel's name: a changed intrinsic never loads old machine code
+# their text is part of every kernel's name: a changed intrinsic never loads old machine code.
+# So is whether scipy is installed: numba's matmul calls scipy's BLAS, looked up when a cached
+# kernel runs -- a kernel compiled where scipy is, loaded where it is not, aborted the process
+# ("Fatal Python error: BLAS wrapper returned with an error"); compiled anew there, it fails
+# at compile time and its program runs NumPy, saying so in the compile report
 _IMPORTED = ("numba_intrinsics.py",)
 _imported_digest: bytes | None = None
 
@@ -287,8 +291,9 @@ def _module_name(source: str) -> str:
     global _imported_digest
     if _imported_digest is None:
         here = Path(__file__).resolve().parent
+        blas = b"scipy" if importlib.util.find_spec("scipy") is not None else b"no scipy"
         _imported_digest = hashlib.sha1(
-            b"".join((here / f).read_bytes() for f in _IMPORTED)
+            b"".join((here / f).read_bytes() for f in _IMPORTED) + blas
         ).digest()
     digest = hashlib.sha1(_imported_digest + source.encode()).hexdigest()[:20]
     return f"tapernn_k{SOURCE_VERSION}_{digest}"
