@@ -1,19 +1,23 @@
 """Which backend lowers fused elementwise groups: "numpy" (ufunc calls with preallocated
-temporaries) or "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
-compiled in a background thread while NumPy serves each top-level program's first call -- its
-loops' every step too -- backends/background).
-`set_backend` chooses for later compiles. The default is numpy: numba is opt-in (set_backend,
-$TAPERNN_BACKEND=numba) because its start-up costs more than it saves in the runs the default
-was decided on (100 float32 FastLSTM training steps at (1, 5, 5) and (32, 50, 256), first call
-included: numba slower at both, warm kernel cache or cold). numba's import and first-use setup
-take ~1 s of CPU per process even with every kernel cached (its scipy import avoided,
-backends/numba_setup.py), and each kernel specialisation ~0.4-0.8 s of compile the first time (one
-per 2-D kernel whatever its arrays' layout; the float32 ones with vecmath's exp/tanh the most),
-waited for at a model's second call (the first runs on NumPy while they compile;
-$TAPERNN_NUMBA_SWITCH_CALL) -- for steps 0-12 % faster than NumPy's at
-(32, 50, 256) and (32, 50, 512) float32 since its float32 exp/tanh/sigmoid vectorise
-(backends/vecmath.py; its kernels 1.5-2x NumPy's per group), not enough to win a 100-step run
-from process start in CPU time; measured in BENCHMARKS.md."""
+temporaries), "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
+whole loops and small whole programs as one @njit function; compiled in a background thread while
+NumPy serves each top-level program's calls before its switch call -- backends/background) or
+"auto", the default: numba's kernels for the programs a run calls often, NumPy for the others.
+
+Under "auto" a top-level program runs NumPy (its loop bodies too) until its AUTO_START-th call;
+only then does the worker thread import numba and load or compile that program's kernels, which
+take over at its AUTO_SWITCH-th call (that call waits for those not ready). A program called fewer
+than AUTO_START times never imports numba: its run costs what the NumPy backend's does. Both are
+call counts, never timings, so a run gives the same bits cold or warm and for the same model
+built twice ($TAPERNN_AUTO_CALLS="start,switch" changes them). Why: numba's per-step gain does not
+repay its start-up in short runs -- importing and setting up numba ~0.45 s of CPU per process,
+each kernel ~0.3-3 s of compile the first time on a machine (each whole-program kernel of a tiny
+model 2-3 s) -- and `tapernn demo` (many small models, each called a few times) ran 17x slower
+cold and 2x warm with every program on numba from its second call (BENCHMARKS.md, "numba as the
+default backend"). Without numba installed, or without scipy (numba's matmul calls scipy's BLAS:
+loop and program kernels would fail), "auto" is "numpy" and the compile report says why
+(`CompileReport.backend_note`). "numba" puts every program on numba from its
+$TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time)."""
 
 from __future__ import annotations
 
@@ -22,20 +26,40 @@ import os
 
 from ..errors import TapernnError
 
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "auto")
+# "auto": the top-level call that has the worker start on a program's kernels, and the one
+# from which they run (BENCHMARKS.md, "numba as the default backend")
+AUTO_START, AUTO_SWITCH = 20, 60
 _chosen: str | None = None
+_missing: list[str] = []  # numba_missing()'s answer, once per process
 
 
 def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def numba_missing() -> str:
+    """Why "auto" cannot use numba here ("" when it can): found without importing anything."""
+    if not _missing:
+        if not numba_available():
+            why = "numba is not installed (pip install 'tapernn[fast]')"
+        elif importlib.util.find_spec("scipy") is None:
+            why = (
+                "scipy is not installed: numba's matmul needs its BLAS (pip install "
+                "'tapernn[fast]')"
+            )
+        else:
+            why = ""
+        _missing.append(why)
+    return _missing[0]
+
+
 def default_backend() -> str:
-    """$TAPERNN_BACKEND when set, else numpy (numba is opt-in: see the module docstring)."""
+    """$TAPERNN_BACKEND when set, else "auto" (see the module docstring)."""
     env = os.environ.get("TAPERNN_BACKEND", "")
     if env:
         return check_backend(env, "$TAPERNN_BACKEND")
-    return "numpy"
+    return "auto"
 
 
 def check_backend(name: str, what: str = "backend") -> str:
@@ -43,32 +67,82 @@ def check_backend(name: str, what: str = "backend") -> str:
         raise TapernnError(f"{what}: expected one of {BACKENDS}, got {name!r}")
     if name == "numba" and not numba_available():
         raise TapernnError(
-            f"{what} 'numba': numba is not installed (pip install 'tapernn[fast]'), use 'numpy'"
+            f"{what} 'numba': numba is not installed (pip install 'tapernn[fast]'), use 'numpy' "
+            f"or 'auto'"
         )
     return name
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend of every later `compile` (a compile's `backend=` overrides it)."""
+    """Choose the backend of every later `compile` (a compile's `backend=` overrides it):
+    "numpy", "numba" or "auto" (the default; see the module docstring)."""
     global _chosen
     _chosen = check_backend(name)
 
 
 def get_backend() -> str:
+    """The backend later compiles use: "numpy", "numba" or "auto"."""
     global _chosen
     if _chosen is None:
         _chosen = default_backend()
     return _chosen
 
 
-def resolve_backend(name: str | None) -> str:
-    """A compile option's backend: None or "" means the current one (get_backend)."""
+def policy(name: str | None) -> str:
+    """A compile option's backend as chosen ("numpy" / "numba" / "auto"): None or "" means the
+    current one (get_backend)."""
     return check_backend(name) if name else get_backend()
 
 
+def resolve_backend(name: str | None) -> str:
+    """The backend that lowers a program: "numpy" or "numba" ("auto" is numba when
+    numba_missing() is "")."""
+    chosen = policy(name)
+    if chosen == "auto":
+        return "numpy" if numba_missing() else "numba"
+    return chosen
+
+
+def auto_calls() -> tuple[int, int]:
+    """(start, switch) of the "auto" backend: $TAPERNN_AUTO_CALLS="start,switch", else
+    (AUTO_START, AUTO_SWITCH)."""
+    text = os.environ.get("TAPERNN_AUTO_CALLS", "")
+    if not text:
+        return AUTO_START, AUTO_SWITCH
+    try:
+        start, switch = (int(part) for part in text.split(","))
+    except ValueError:
+        start, switch = 0, 0
+    if not 1 <= start <= switch:
+        raise TapernnError(
+            f"$TAPERNN_AUTO_CALLS: expected 'start,switch' with 1 <= start <= switch, got {text!r}"
+        )
+    return start, switch
+
+
+def backend_note(name: str | None) -> str:
+    """The compile report's line on the backend choice ("" for an explicit "numpy"/"numba")."""
+    if policy(name) != "auto":
+        return ""
+    why = numba_missing()
+    if why:
+        return f"auto: NumPy, since {why}"
+    start, switch = auto_calls()
+    return (
+        f"auto: NumPy until call {switch}; numba's kernels asked for at call {start}, run from "
+        f"call {switch}"
+    )
+
+
+def deferred(name: str | None) -> bool:
+    """Whether a numba program's kernels wait for its AUTO_START-th call ("auto" backend)."""
+    return policy(name) == "auto"
+
+
 def wait_for_kernels(timeout: float | None = None) -> bool:
-    """Block until the numba kernels compiling in the background are ready (True), or `timeout`
-    seconds have passed (False). Without numba in use: True at once."""
+    """Block until the numba kernels asked for so far are ready (True), or `timeout` seconds
+    have passed (False). Without numba in use: True at once. (Under "auto", a program's kernels
+    are asked for at its AUTO_START-th call.)"""
     import sys
 
     if "tapernn.backends.background" not in sys.modules:

@@ -176,6 +176,7 @@ class Switch:
         self.later = background.enabled()
         self.report: Any = None  # the LoopReport (scan_run attaches it)
         self.ready: threading.Event | None = None
+        self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
         self.calls = 0
         self.fn: Callable = self._first
         slab = np.empty(0, ins.dtype)
@@ -205,12 +206,16 @@ class Switch:
         if not self.later:  # compile now
             self.handle.prepare(key)
             return self._use_kernel()(*args, out=out)
-        self.ready = background.request(self.handle, key)
+        self.asked = key
         self.fn = self._pending
         return self._pending(*args, out=out)
 
     def _pending(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
+        if self.ready is None:
+            if not background.started(self.calls):
+                return self.runner(*args, out=out)
+            self.ready = background.request(self.handle, self.asked)
         if not background.due(self.calls):
             return self.runner(*args, out=out)
         self.ready.wait()
@@ -246,7 +251,9 @@ def lower(
         make_runner(compiled, attrs),
         ins,
     )
-    if switch.later:  # numba's import and setup start now, before the first call asks
-        background.start_numba()
-    later = " (compiled in the background from call 1)" if switch.later else ""
+    later = ""
+    if switch.later:
+        later = background.when(options.backend)
+        if later.endswith(" 1)"):  # numba's import and setup start now, before call 1 asks
+            background.start_numba()
     return compiled, switch, f"numba loop kernel{later}"
