@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import auto_calls, deferred
 from .blas import (
     SMALL_GEMM_FLOPS,
     largest_gemm_flops,
@@ -20,7 +21,6 @@ from .blas import (
     thread_flops,
     vector_products,
 )
-from .backends import auto_calls, backend_note, deferred
 from .blas_tuning import ThreadChoice
 from .codegen import Program, fused_scratch, nested
 from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
@@ -68,7 +68,7 @@ class Compiled:
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
         for name, *_ in self.program.sites:  # (a kernel failing in the background reports here)
             self.program.bound[name].report = self.report
-        self.report.backend_note = "" if nested() else backend_note(self.program.options.backend)
+        self.report.backend_note = self.program.backend_note
         if self.program.backend == "numba" and not nested():
             from .backends import background, numba_program
 

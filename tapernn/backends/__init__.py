@@ -21,15 +21,21 @@ $TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
+from typing import Any
 
 from ..errors import TapernnError
 
 BACKENDS = ("numpy", "numba", "auto")
 # "auto": the top-level call that has the worker start on a program's kernels, and the one
 # from which they run (BENCHMARKS.md, "numba as the default backend")
-AUTO_START, AUTO_SWITCH = 20, 60
+AUTO_START, AUTO_SWITCH = 1000, 2000
+# the most elements of a loop body's value for a numba loop kernel (numba_loop.MAX_SIZE; the
+# measurements behind it are there)
+LOOP_MAX_SIZE = 4096
 _chosen: str | None = None
 _missing: list[str] = []  # numba_missing()'s answer, once per process
 
@@ -120,18 +126,38 @@ def auto_calls() -> tuple[int, int]:
     return start, switch
 
 
-def backend_note(name: str | None) -> str:
-    """The compile report's line on the backend choice ("" for an explicit "numpy"/"numba")."""
-    if policy(name) != "auto":
-        return ""
+def small_loops(graph: Any) -> int:
+    """How many of `graph`'s loops have bodies small enough for one numba loop kernel
+    (LOOP_MAX_SIZE elements per value): where numba's steady step beats NumPy's."""
+    count = 0
+    for n in graph.nodes:
+        if n.op == "scan":
+            body = n.attrs["body"]
+            if max((math.prod(b.shape) for b in body.nodes), default=0) <= LOOP_MAX_SIZE:
+                count += 1
+    return count
+
+
+def auto_choice(graph: Any, options: Any) -> tuple[Any, str]:
+    """(options, the report's line on the choice) for a top-level program: under "auto" numba
+    when numba can be used and the program has a small loop (small_loops), else NumPy (options'
+    backend set to "numpy"). Other backends: (options, "")."""
+    if policy(options.backend) != "auto":
+        return options, ""
     why = numba_missing()
+    if not why and not small_loops(graph):
+        why = (
+            "no loop small enough for a numba loop kernel (its fused-group kernels alone run "
+            "no faster than NumPy's)"
+        )
     if why:
-        return f"auto: NumPy, since {why}"
+        return dataclasses.replace(options, backend="numpy"), f"auto: NumPy, since {why}"
     start, switch = auto_calls()
-    return (
-        f"auto: NumPy until call {switch}; numba's kernels asked for at call {start}, run from "
-        f"call {switch}"
+    note = (
+        f"auto: NumPy until call {switch} (numba's kernels asked for at call {start}, run from "
+        f"call {switch})"
     )
+    return options, note
 
 
 def deferred(name: str | None) -> bool:

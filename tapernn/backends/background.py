@@ -96,15 +96,6 @@ class Gate:
         return out
 
 
-def when(backend: str | None) -> str:
-    """The report's words on when a program's numba kernels are asked for (`backend`: its
-    compile option, "auto" or not)."""
-    from . import auto_calls, deferred
-
-    start = auto_calls()[0] if deferred(backend) else 1
-    return f" (compiled in the background from call {start})"
-
-
 def _lift_failures(report: Any) -> None:
     """Copy the background failures of loop bodies' kernels (their Sites report to the body's
     CompileReport) into the top-level report's fallbacks, where a model's report shows them."""

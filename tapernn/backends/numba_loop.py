@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
-from . import background
+from . import LOOP_MAX_SIZE, auto_calls, background, deferred
 from .loop_source import LoopSource, shifted_layout
 from .numba_backend import Unsupported, _load
 
@@ -30,7 +30,7 @@ _loops: dict[tuple, LoopKernel] = {}  # by source and constants (constants_key):
 # LSTM training step (fwd + bwd programs, T = 50, float32, 1 BLAS thread, load ~5), Python loop
 # / kernel: B x 4H = 4 x 128: 3.2x faster, 8 x 256: 1.5x; 32 x 256: 0.91x, 16 x 512: 0.76x,
 # 32 x 1024: 0.85x
-MAX_SIZE = 4096
+MAX_SIZE = LOOP_MAX_SIZE
 
 
 class LoopKernel:
@@ -222,6 +222,13 @@ class Switch:
         return self._use_kernel()(*args, out=out)
 
 
+def when(backend: str | None) -> str:
+    """The report's words on when a program's numba kernels are asked for (`backend`: its
+    compile option, "auto" or not)."""
+    start = auto_calls()[0] if deferred(backend) else 1
+    return f" (compiled in the background from call {start})"
+
+
 def lower(
     attrs: dict,
     compile_body: Callable[[Any], Any],
@@ -253,7 +260,7 @@ def lower(
     )
     later = ""
     if switch.later:
-        later = background.when(options.backend)
+        later = when(options.backend)
         if later.endswith(" 1)"):  # numba's import and setup start now, before call 1 asks
             background.start_numba()
     return compiled, switch, f"numba loop kernel{later}"

@@ -88,7 +88,7 @@ def attach(compiled: Any) -> None:
     switch = ProgramSwitch(handle, compiled, loops, gen)
     later = ""
     if switch.later:
-        later = background.when(compiled.program.options.backend)
+        later = numba_loop.when(compiled.program.options.backend)
         if later.endswith(" 1)"):  # numba's import and setup start now, before call 1 asks
             background.start_numba()
     report.kernel = WHOLE + later
