@@ -109,7 +109,7 @@ class FusedLowering:
         from .backends import background, deferred, numba_backend
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
-        later = background.enabled()
+        later = background.enabled(deferred(self.options.backend))
         lone = n.op != "fused"
         program = (
             ((n.op, tuple(range(len(n.inputs))), (), n.shape, n.dtype),)

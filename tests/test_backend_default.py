@@ -151,7 +151,10 @@ def _same(a, b):
 
 
 @needs_numba
-def test_auto_asks_for_kernels_at_the_start_call_and_runs_them_from_the_switch_call(monkeypatch):
+@pytest.mark.parametrize("background_setting", ["1", "0"])  # ("0": numba's, not auto's)
+def test_auto_asks_for_kernels_at_the_start_call_and_runs_them_from_the_switch_call(
+    monkeypatch, background_setting
+):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
     monkeypatch.setenv("TAPERNN_AUTO_CALLS", "3,4")
     rng = np.random.default_rng(2)
@@ -174,6 +177,7 @@ def test_auto_asks_for_kernels_at_the_start_call_and_runs_them_from_the_switch_c
 
     monkeypatch.setattr(background, "request", asking)
     monkeypatch.setattr(background, "start_numba", starting)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", background_setting)
     built = []
     auto = _train("auto", 5, 4, x, gy, built)
     report = built[0].compile_report()

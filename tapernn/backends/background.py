@@ -27,9 +27,13 @@ import numpy as np
 from ..errors import TapernnError
 
 
-def enabled() -> bool:
+def enabled(auto: bool = False) -> bool:
     """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles each kernel at its call site's first
-    call, for that call's argument types, which then runs numba (a program's first call too)."""
+    call, for that call's argument types, which then runs numba (a program's first call too).
+    Not under "auto" (`auto`: the program's backend is), whose start and switch calls always
+    hold."""
+    if auto:
+        return True
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
 
 
@@ -111,7 +115,7 @@ FAILED = "(in the background; NumPy runs it)"
 def install_gate(compiled: Any, calls: tuple[int, int] | None = None) -> None:
     """Call `compiled` (a top-level executor.Compiled on the numba backend) through a Gate while
     its kernels compile in the background; `calls`: its (start, switch) calls under "auto"."""
-    if enabled():
+    if calls is not None or enabled():
         compiled.run = Gate(compiled, calls)
 
 

@@ -171,9 +171,16 @@ class Switch:
     switch call, which waits for the kernel. From then on the kernel runs -- or the Python loop
     if the kernel failed (`report.kernel` says why). Fixed per call, never a matter of timing."""
 
-    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable, ins: Any):
+    def __init__(
+        self,
+        handle: LoopKernel,
+        make_kernel_run: Callable,
+        runner: Callable,
+        ins: Any,
+        backend: str | None = None,
+    ):
         self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
-        self.later = background.enabled()
+        self.later = background.enabled(deferred(backend))
         self.report: Any = None  # the LoopReport (scan_run attaches it)
         self.ready: threading.Event | None = None
         self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
@@ -257,6 +264,7 @@ def lower(
         lambda: kernel_runner(handle, compiled, attrs, dtype),
         make_runner(compiled, attrs),
         ins,
+        options.backend,
     )
     later = ""
     if switch.later:

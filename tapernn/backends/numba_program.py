@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import background, numba_loop
+from . import background, deferred, numba_loop
 from .numba_backend import Unsupported
 from .numba_loop import MAX_SIZE, LoopKernel
 from .program_source import ProgramSource
@@ -110,7 +110,7 @@ class ProgramSwitch:
         self.outs = [(o.shape, o.dtype) for o, _ in gen.outs.values()]
         self.returns = gen.returns
         self.numpy_fn = compiled.program.fn
-        self.later = background.enabled()
+        self.later = background.enabled(deferred(compiled.program.options.backend))
         self.ready: threading.Event | None = None
         self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
         self.calls = 0
