@@ -1,23 +1,25 @@
 """Which backend lowers fused elementwise groups: "numpy" (ufunc calls with preallocated
 temporaries), "numba" (one @njit loop over memory per group, tapernn/backends/numba_backend.py;
-whole loops and small whole programs as one @njit function; compiled in a background thread while
+small loops and small whole programs as one @njit function; compiled in a background thread while
 NumPy serves each top-level program's calls before its switch call -- backends/background) or
-"auto", the default: numba's kernels for the programs a run calls often, NumPy for the others.
+"auto", the default: numba's kernels only where they pay, NumPy everywhere else.
 
-Under "auto" a top-level program runs NumPy (its loop bodies too) until its AUTO_START-th call;
-only then does the worker thread import numba and load or compile that program's kernels, which
-take over at its AUTO_SWITCH-th call (that call waits for those not ready). A program called fewer
-than AUTO_START times never imports numba: its run costs what the NumPy backend's does. Both are
-call counts, never timings, so a run gives the same bits cold or warm and for the same model
-built twice ($TAPERNN_AUTO_CALLS="start,switch" changes them). Why: numba's per-step gain does not
-repay its start-up in short runs -- importing and setting up numba ~0.45 s of CPU per process,
-each kernel ~0.3-3 s of compile the first time on a machine (each whole-program kernel of a tiny
-model 2-3 s) -- and `tapernn demo` (many small models, each called a few times) ran 17x slower
-cold and 2x warm with every program on numba from its second call (BENCHMARKS.md, "numba as the
-default backend"). Without numba installed, or without scipy (numba's matmul calls scipy's BLAS:
-loop and program kernels would fail), "auto" is "numpy" and the compile report says why
-(`CompileReport.backend_note`). "numba" puts every program on numba from its
-$TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time)."""
+Under "auto" a top-level program with a loop small enough for a numba loop kernel (small_loops)
+is lowered for numba but runs NumPy (its loop bodies too) until its AUTO_START-th call; only then
+does the worker thread import numba and load or compile its kernels, which take over at its
+AUTO_SWITCH-th call (that call waits for those not ready). A program called fewer than AUTO_START
+times never imports numba. Every other program is the NumPy backend's. Both are call counts,
+never timings, so a run gives the same bits cold or warm and for the same model built twice
+($TAPERNN_AUTO_CALLS="start,switch" changes them). Why (BENCHMARKS.md, "numba as the default
+backend"): importing and setting up numba costs ~0.45 s of CPU per process, each kernel ~0.3-3 s
+of compile the first time on a machine, and numba's steady step saves at most ~0.3 ms -- only
+where a loop or a whole program becomes one kernel (3-10x NumPy's step at tutorial sizes; with
+fused-group kernels alone 0.85-1.18x) -- so with every program on numba from its second call
+`tapernn demo` took 2.1x the CPU warm and 23x cold, a 300-step `tapernn train` 1.1x / 1.3x, and
+only runs of thousands of tiny-model steps won. Without numba installed, or without scipy (numba's
+matmul calls scipy's BLAS: loop and program kernels would fail), "auto" is "numpy"; the compile
+report says which and why (`CompileReport.backend_note`). "numba" puts every program on numba
+from its $TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time)."""
 
 from __future__ import annotations
 
