@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import resolve_backend
+from .backends import auto_choice, resolve_backend
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
 from .memory import (
@@ -86,6 +86,10 @@ class Program(FusedLowering):
         passes: Any = None,
         written: tuple[int, ...] = (),
     ):
+        # the "auto" backend's choice for this program (top-level only: a loop body follows it)
+        self.backend_note = ""
+        if not nested():
+            options, self.backend_note = auto_choice(graph, options)
         self.graph, self.options, self.written = graph, options, tuple(written)
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
         self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None

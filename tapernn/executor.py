@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import auto_calls, deferred
 from .blas import (
     SMALL_GEMM_FLOPS,
     largest_gemm_flops,
@@ -67,11 +68,14 @@ class Compiled:
         self.program_kernel = None  # numba: the whole-program kernel's switch (numba_program)
         for name, *_ in self.program.sites:  # (a kernel failing in the background reports here)
             self.program.bound[name].report = self.report
+        self.report.backend_note = self.program.backend_note
         if self.program.backend == "numba" and not nested():
             from .backends import background, numba_program
 
             numba_program.attach(self)
-            background.install_gate(self)  # numbers the calls: which ones run numba's kernels
+            # numbers the calls: which ones ask for and which run numba's kernels
+            auto = deferred(self.program.options.backend)
+            background.install_gate(self, auto_calls() if auto else None)
 
     def __call__(self, *arrays: Any) -> Any:
         inputs = self.graph.inputs

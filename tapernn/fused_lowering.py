@@ -106,10 +106,10 @@ class FusedLowering:
         bound name rebound to the kernel once it is compiled for the argument types the first
         call saw: at that first call, or with background compilation at the top-level program's
         switch call (backends/background.py)."""
-        from .backends import background, numba_backend
+        from .backends import background, deferred, numba_backend
 
         operands = [(i.shape, i.dtype) for i in n.inputs]
-        later = background.enabled()
+        later = background.enabled(deferred(self.options.backend))
         lone = n.op != "fused"
         program = (
             ((n.op, tuple(range(len(n.inputs))), (), n.shape, n.dtype),)
@@ -130,8 +130,8 @@ class FusedLowering:
             ops = "+".join(ins[0] for ins in program)
             self.fallbacks.append(f"{ops}: {why}")
             return None
-        if later:  # its argument types known now: compiling starts before the first call
-            background.request_planned(handle)
+        if later and not deferred(self.options.backend):
+            background.request_planned(handle)  # types known now: compiling starts at once
         name = self.bind("nks", None)
         numpy_fn = self._lone_function(n) if lone else self._fused_kernel(n, with_out=True)
         temps = [] if lone else self._temps(n, views)

@@ -115,6 +115,8 @@ def format_report(report: CompileReport) -> str:
             f"{len(report.fallbacks)} groups on NumPy)"
         )
         rows += [f"  on NumPy: {why}" for why in report.fallbacks[:5]]
+        if report.backend_note:
+            rows.append(f"  {report.backend_note}")
     if report.kernel:
         rows.append(f"program                   {report.kernel}")
     rows.append(f"naive bytes               {report.naive_bytes:,}")

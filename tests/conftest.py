@@ -7,7 +7,9 @@ import pytest
 
 
 def pytest_configure(config):
-    """The suite runs on the backend $TAPERNN_TEST_BACKEND names (default numpy; numba runs
+    """The suite runs on the backend $TAPERNN_TEST_BACKEND names -- pinned: default numpy, not
+    the library's default "auto" (which would move programs called 1,000+ times onto numba, with
+    cold compiles in CI; tests/test_backend_default.py tests "auto" itself) -- (numba runs
     where it matters through the `backend` fixture and tests/test_backends.py: each distinct
     fused group costs a cold numba compilation). Subprocesses (the CLI tests) inherit it.
     numba kernels are compiled at their call sites' first calls (TAPERNN_NUMBA_BACKGROUND=0), so

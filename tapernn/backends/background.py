@@ -8,7 +8,9 @@ compiles the kernels (asked for when the program is compiled, where their argume
 known then, else at the group's first call); the switch call waits for those not ready yet and
 puts each in its Site's place. Which call ran which lowering is fixed by the top-level call
 count, never by timing: runs stay reproducible bit for bit, cold or warm kernel cache. A kernel
-that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`)."""
+that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`).
+Under the "auto" backend a Gate also holds back the asking: nothing is asked for (numba not even
+imported) before the program's start call (backends.auto_calls), and its switch call is later."""
 
 from __future__ import annotations
 
@@ -25,9 +27,13 @@ import numpy as np
 from ..errors import TapernnError
 
 
-def enabled() -> bool:
+def enabled(auto: bool = False) -> bool:
     """$TAPERNN_NUMBA_BACKGROUND (default 1): 0 compiles each kernel at its call site's first
-    call, for that call's argument types, which then runs numba (a program's first call too)."""
+    call, for that call's argument types, which then runs numba (a program's first call too).
+    Not under "auto" (`auto`: the program's backend is), whose start and switch calls always
+    hold."""
+    if auto:
+        return True
     return os.environ.get("TAPERNN_NUMBA_BACKGROUND", "1") != "0"
 
 
@@ -44,14 +50,26 @@ def switch_call() -> int:
     return value
 
 
-_local = threading.local()  # .call: the running top-level program's call number (Gate)
+# .call: the running top-level program's call number (Gate); .start, .at: its Gate's start and
+# switch calls
+_local = threading.local()
+
+
+def started(own_calls: int) -> bool:
+    """Whether a kernel may be asked for in this call: the running top-level program's call
+    number has reached its Gate's start call (1 but under "auto"); outside any Gate, always."""
+    call = getattr(_local, "call", 0)
+    return not call or call >= _local.start
 
 
 def due(own_calls: int) -> bool:
     """Whether a pending kernel takes over in this call: the running top-level program's call
-    number -- or, called outside any Gate, the caller's own call count -- has reached the switch
-    call."""
-    return (getattr(_local, "call", 0) or own_calls) >= switch_call()
+    number has reached its Gate's switch call -- or, called outside any Gate, the caller's own
+    call count has reached switch_call()."""
+    call = getattr(_local, "call", 0)
+    if call:
+        return call >= _local.at
+    return own_calls >= switch_call()
 
 
 class Gate:
@@ -59,17 +77,18 @@ class Gate:
     every Site and loop or program switch they reach (the module docstring), then takes itself
     out (executor.Compiled.run again)."""
 
-    __slots__ = ("at", "calls", "compiled", "inner")
+    __slots__ = ("at", "calls", "compiled", "inner", "start")
 
-    def __init__(self, compiled: Any):
+    def __init__(self, compiled: Any, calls: tuple[int, int] | None = None):
         self.compiled, self.inner = compiled, compiled.run
-        self.calls, self.at = 0, switch_call()
+        self.calls = 0
+        self.start, self.at = calls or (1, switch_call())
 
     def __call__(self, args: Any) -> Any:
         self.calls += 1
         outer = getattr(_local, "call", 0)
         if not outer:
-            _local.call = self.calls
+            _local.call, _local.start, _local.at = self.calls, self.start, self.at
         try:
             out = self.inner(args)
         finally:
@@ -93,11 +112,11 @@ def _lift_failures(report: Any) -> None:
 FAILED = "(in the background; NumPy runs it)"
 
 
-def install_gate(compiled: Any) -> None:
+def install_gate(compiled: Any, calls: tuple[int, int] | None = None) -> None:
     """Call `compiled` (a top-level executor.Compiled on the numba backend) through a Gate while
-    its kernels compile in the background."""
-    if enabled():
-        compiled.run = Gate(compiled)
+    its kernels compile in the background; `calls`: its (start, switch) calls under "auto"."""
+    if calls is not None or enabled():
+        compiled.run = Gate(compiled, calls)
 
 
 def type_key(args: tuple) -> tuple:
@@ -167,13 +186,17 @@ class Site:
                 if self.handle.has(self.key):
                     return self._swap()(*args)
                 return self._numpy(args)  # the kernel failed (handle.error says why)
-            self.ready = request(self.handle, self.key)
-        if self.ready is not None and due(self.calls):
-            self.ready.wait()
-            self.ready = None
-            if self.handle.has(self.key):
-                return self._swap()(*args)
-            self._failed()
+        if self.later:
+            if self.ready is None:
+                if not started(self.calls):
+                    return self._numpy(args)
+                self.ready = request(self.handle, self.key)
+            if due(self.calls):
+                self.ready.wait()
+                self.later = False
+                if self.handle.has(self.key):
+                    return self._swap()(*args)
+                self._failed()
         return self._numpy(args)  # before the switch call, or the kernel failed: NumPy
 
     def _numpy(self, args: tuple) -> np.ndarray:

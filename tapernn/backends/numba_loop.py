@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
-from . import background
+from . import LOOP_MAX_SIZE, auto_calls, background, deferred
 from .loop_source import LoopSource, shifted_layout
 from .numba_backend import Unsupported, _load
 
@@ -30,7 +30,7 @@ _loops: dict[tuple, LoopKernel] = {}  # by source and constants (constants_key):
 # LSTM training step (fwd + bwd programs, T = 50, float32, 1 BLAS thread, load ~5), Python loop
 # / kernel: B x 4H = 4 x 128: 3.2x faster, 8 x 256: 1.5x; 32 x 256: 0.91x, 16 x 512: 0.76x,
 # 32 x 1024: 0.85x
-MAX_SIZE = 4096
+MAX_SIZE = LOOP_MAX_SIZE
 
 
 class LoopKernel:
@@ -171,11 +171,19 @@ class Switch:
     switch call, which waits for the kernel. From then on the kernel runs -- or the Python loop
     if the kernel failed (`report.kernel` says why). Fixed per call, never a matter of timing."""
 
-    def __init__(self, handle: LoopKernel, make_kernel_run: Callable, runner: Callable, ins: Any):
+    def __init__(
+        self,
+        handle: LoopKernel,
+        make_kernel_run: Callable,
+        runner: Callable,
+        ins: Any,
+        backend: str | None = None,
+    ):
         self.handle, self.make_kernel_run, self.runner = handle, make_kernel_run, runner
-        self.later = background.enabled()
+        self.later = background.enabled(deferred(backend))
         self.report: Any = None  # the LoopReport (scan_run attaches it)
         self.ready: threading.Event | None = None
+        self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
         self.calls = 0
         self.fn: Callable = self._first
         slab = np.empty(0, ins.dtype)
@@ -205,16 +213,27 @@ class Switch:
         if not self.later:  # compile now
             self.handle.prepare(key)
             return self._use_kernel()(*args, out=out)
-        self.ready = background.request(self.handle, key)
+        self.asked = key
         self.fn = self._pending
         return self._pending(*args, out=out)
 
     def _pending(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
+        if self.ready is None:
+            if not background.started(self.calls):
+                return self.runner(*args, out=out)
+            self.ready = background.request(self.handle, self.asked)
         if not background.due(self.calls):
             return self.runner(*args, out=out)
         self.ready.wait()
         return self._use_kernel()(*args, out=out)
+
+
+def when(backend: str | None) -> str:
+    """The report's words on when a program's numba kernels are asked for (`backend`: its
+    compile option, "auto" or not)."""
+    start = auto_calls()[0] if deferred(backend) else 1
+    return f" (compiled in the background from call {start})"
 
 
 def lower(
@@ -245,8 +264,11 @@ def lower(
         lambda: kernel_runner(handle, compiled, attrs, dtype),
         make_runner(compiled, attrs),
         ins,
+        options.backend,
     )
-    if switch.later:  # numba's import and setup start now, before the first call asks
-        background.start_numba()
-    later = " (compiled in the background from call 1)" if switch.later else ""
+    later = ""
+    if switch.later:
+        later = when(options.backend)
+        if later.endswith(" 1)"):  # numba's import and setup start now, before call 1 asks
+            background.start_numba()
     return compiled, switch, f"numba loop kernel{later}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import background, numba_loop
+from . import background, deferred, numba_loop
 from .numba_backend import Unsupported
 from .numba_loop import MAX_SIZE, LoopKernel
 from .program_source import ProgramSource
@@ -86,9 +86,11 @@ def attach(compiled: Any) -> None:
             )
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
-    if switch.later:  # numba's import and setup start now, before the first call asks
-        background.start_numba()
-    later = " (compiled in the background from call 1)" if switch.later else ""
+    later = ""
+    if switch.later:
+        later = numba_loop.when(compiled.program.options.backend)
+        if later.endswith(" 1)"):  # numba's import and setup start now, before call 1 asks
+            background.start_numba()
     report.kernel = WHOLE + later
     report.workspace_bytes = numba_loop.work_bytes(handle.work)
     report.resident_bytes += report.workspace_bytes
@@ -108,8 +110,9 @@ class ProgramSwitch:
         self.outs = [(o.shape, o.dtype) for o, _ in gen.outs.values()]
         self.returns = gen.returns
         self.numpy_fn = compiled.program.fn
-        self.later = background.enabled()
+        self.later = background.enabled(deferred(compiled.program.options.backend))
         self.ready: threading.Event | None = None
+        self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
         self.calls = 0
         self.fn: Callable = self._first
         self.notes = [loop_report.kernel for _, loop_report in loops]
@@ -134,12 +137,16 @@ class ProgramSwitch:
         if not self.later:
             self.handle.prepare(key)
             return self._use()(*args)
-        self.ready = background.request(self.handle, key)
+        self.asked = key
         self.fn = self._pending
         return self._pending(*args)
 
     def _pending(self, *args: np.ndarray) -> tuple:
         self.calls += 1
+        if self.ready is None:
+            if not background.started(self.calls):
+                return self.numpy_fn(*args)
+            self.ready = background.request(self.handle, self.asked)
         if not background.due(self.calls):
             return self.numpy_fn(*args)
         self.ready.wait()

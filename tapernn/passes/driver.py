@@ -103,6 +103,8 @@ class CompileReport:
     resident_bytes: int = 0
     arena_bytes: int = 0
     backend: str = ""  # "numpy" / "numba": how the fused groups were lowered
+    # the "auto" backend's choice: when numba runs, or why NumPy does (backends.backend_note)
+    backend_note: str = ""
     compiled_kernels: int = 0  # distinct numba kernels the program calls
     fallbacks: list[str] = field(default_factory=list)  # groups numba left to NumPy, and why
     loops: list[LoopReport] = field(default_factory=list)  # compiled scan bodies
@@ -162,6 +164,7 @@ class CompileReport:
             resident_bytes=resident_bytes,
             arena_bytes=fwd.arena_bytes,
             backend=fwd.backend,
+            backend_note=fwd.backend_note,
             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
             workspace_bytes=fwd.workspace_bytes + bwd.workspace_bytes,
             fallbacks=fwd.fallbacks + bwd.fallbacks,

@@ -2,8 +2,8 @@
 Sequencer(FastLSTM(H, H)) and runs float32 training steps, on the NumPy backend, and on numba with
 the kernels compiled in the background (the default: step 1 -- every call of each program before
 the switch call -- on NumPy, step 2 waits for the kernels) or at each group's first call
-(TAPERNN_NUMBA_BACKGROUND=0), each with an empty kernel cache (cold) and with the cache a
-previous run left (warm): the first three steps at (32, 50, 256) (wall, and the main thread's
+(TAPERNN_NUMBA_BACKGROUND=0), and on "auto" (the library's default: NumPy for these short runs),
+each with an empty kernel cache (cold) and with the cache a previous run left (warm): the first three steps at (32, 50, 256) (wall, and the main thread's
 CPU: the rest of the process's is the compiler thread's), and whole 100-step runs (process
 start to the last step) at (32, 50, 256) and (1, 5, 5) -- what decides the default backend
 (tapernn/backends/__init__.py)."""
@@ -49,6 +49,8 @@ RUNS = [
     ("numba, background, warm", "1", "numba"),
     ("numba, at first call, cold", "0", "numba"),
     ("numba, at first call, warm", "0", "numba"),
+    ("auto (the default), cold", "1", "auto"),
+    ("auto (the default), warm", "1", "auto"),
 ]
 SIZES = ((32, 50, 256), (1, 5, 5))
 
