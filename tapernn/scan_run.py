@@ -75,7 +75,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         compiled, runner, kernel = numba_loop.lower(
             attrs,
             compile_body,
-            functools.partial(make_runner, xs_in_slab=in_slab),
+            functools.partial(make_runner, xs_in_slab=True) if in_slab else make_runner,
             ctx.options,
             fixed_carries(body, nc),
             xs_in_slab=in_slab,
@@ -151,9 +151,7 @@ def _scope_of(body: Graph) -> str:
     return min(scopes, key=len) if scopes else ""
 
 
-def make_runner(
-    compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_slab: bool = False
-):
+def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_slab: bool = False):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
     statements inlined into the loop (no call per step; `_inlined`), its ys computed into
@@ -183,11 +181,14 @@ def make_runner(
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
     bound = list(inline[1]) if inline else ["_fn"]
     # xs in the slab (xs_in_slab): a body that reads them late reads copies of the step's rows
-    order_of = reads_xs_first(compiled, nc, nx) if xs_in_slab and xs else "first"
+    order_of = (
+        reads_xs_first(compiled, nc, nx, len(live), shifted) if xs_in_slab and xs else "first"
+    )
     private = [f"_P{k}" for k in range(nx)] if order_of == "late" else []
     head = (
         f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
-        f"_fail, _np_empty, _np_copyto, _ys_views, _carry_views, _pre, _dtype, _over):"
+        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
+        "_over):"
     )
     lines = [head]
     if hoisted:  # the invariant work, once per call
@@ -197,6 +198,12 @@ def make_runner(
         f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype"
         f"{over} else _np_empty({size}, _dtype)"
     )
+    if private:
+        lines.append(
+            "    _alias = _slab is out and ("
+            + " or ".join(f"_np_shares(out, {x})" for x in xs_params)
+            + ")"
+        )
     inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
@@ -211,14 +218,16 @@ def make_runner(
     else:
         lines.append(f"        for _t in {order}:")
     if inline:
+        if private:  # (only when they do lie in the slab)
+            lines.append("            if _alias:")
         for p, x in zip(private, xs):
-            lines += [f"            _np_copyto({p}, {x})", f"            {x} = {p}"]
+            lines += [f"                _np_copyto({p}, {x})", f"                {x} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
         first = 0
         lines += [f"            _np_copyto({p}, {x}[_t])" for p, x in zip(private, xs)]
-        step_xs = private or [f"{x}[_t]" for x in xs]
+        step_xs = private or [f"{x}[_t]" for x in xs]  # (always copies: a Python-level loop)
         step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
@@ -243,6 +252,7 @@ def make_runner(
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
         "_np_copyto": np.copyto,
+        "_np_shares": np.may_share_memory,
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
@@ -253,15 +263,21 @@ def make_runner(
     return run
 
 
-def reads_xs_first(compiled: Compiled, n_carry: int, n_xs: int) -> str:
-    """"first": the compiled body reads every xs (through views) before its first write into
-    the storage of any of its outputs, so a step's ys rows may overwrite that step's xs rows;
+def reads_xs_first(
+    compiled: Compiled, n_carry: int, n_xs: int, n_live: int, shifted: tuple = ()
+) -> str:
+    """ "first": the compiled body reads every xs (through views) before its first write into
+    the storage of any of its ys laid out in the slab's rows (`n_live` carries first), so a step's ys rows may overwrite that step's xs rows;
     "late": it does not (the runner hands it copies of the rows); "aliased": it returns a view
     of an xs (a carry or ys read after the row is overwritten: the loop needs a slab of its
     own)."""
     graph, plan = compiled.graph, compiled.program.plan
     xs = set(graph.inputs[n_carry : n_carry + n_xs])
-    outs = {plan.storage.get(o) for o in graph.outputs} - {None}
+    # the ys in the slab's rows (not the carries, locals, nor the shifted ys' own blocks)
+    moved = {j for j, _ in shifted}
+    n_ys = len(graph.outputs) - n_live
+    rows = [graph.outputs[n_live + j] for j in range(n_ys) if j not in moved]
+    outs = {plan.storage.get(o) for o in rows} - {None}
     if any(plan.root.get(o, o) in xs for o in graph.outputs):
         return "aliased"
     last_read, first_write = -1, len(graph.nodes)
