@@ -135,9 +135,7 @@ def _chain_to_source(x: Node, root: dict[Node, Node]) -> list[Node] | None:
         if v.op in PSEUDO:
             return None
         op = get_op(v.op)
-        if op.view:
-            chain.append(v.inputs[0])
-        elif (
+        if op.view or (
             op.elementwise
             and op.supports_out
             and 0 in op.inplace_inputs(v)

@@ -20,9 +20,9 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
-from .ops.registry import PSEUDO, get_op
 from .scan_ir import body_dtype, offsets, scan_rows_of, slab_sizes, ys_places
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another

@@ -142,8 +142,7 @@ def kernel_runner(
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, "
         "may_share, dtype" + "".join(f", {k}" for k in consts + works) + "):",
-        f"    slab = out if out is not None and out.flags.c_contiguous{apart} else "
-        f"empty({size}, dtype)",
+        f"    slab = out if out is not None and out.flags.c_contiguous{apart} else empty({size}, dtype)",
     ]
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
