@@ -12,6 +12,7 @@ import pytest
 
 import tapernn as tn
 from tapernn import PlanOptions, nn, scan_run
+from tapernn.interpret import interpret
 from tapernn.nn.runtime import runtime_of
 from tests import cell_reference as ref
 
@@ -165,3 +166,59 @@ def test_a_second_backward_of_one_forward_gives_the_same_gradients():
     np.testing.assert_allclose(gx2, gx1, rtol=1e-12, atol=1e-14)
     for p, o in zip(seq.parameters(), once):
         np.testing.assert_allclose(p.grad, 2 * o, rtol=1e-12, atol=1e-14)
+
+
+def _swap_body(Bs):
+    """A body that writes the first half of its ys row from the second half of its xs row
+    before it reads the first half (a "late" reader of its xs)."""
+
+    def step(h, x, M):
+        y = tn.concat([x[:, 4:] * h[:, :4] + M, tn.tanh(x[:, :4] + h[:, 4:])], axis=1)
+        return [h + y, y]
+
+    return tn.trace(step, np.zeros((Bs, 8)), np.zeros((Bs, 8)), np.zeros((Bs, 4)))
+
+
+def _swap_program(Ts, Bs, D):
+    body = _swap_body(Bs)
+
+    def f(x, W, h0, M):
+        xs = tn.reshape(tn.reshape(x, (Ts * Bs, D)) @ W, (Ts, Bs, 8))
+        s = tn.scan(body, [h0], [xs], [M])
+        return [s.ys[0], s.carries[0]]
+
+    rng = np.random.default_rng(3)
+    arrays = [
+        rng.standard_normal((Ts, Bs, D)),
+        rng.standard_normal((D, 8)),
+        np.zeros((Bs, 8)),
+        rng.standard_normal((Bs, 4)),
+    ]
+    return tn.trace(f, *arrays), arrays
+
+
+def test_a_late_reading_body_equals_the_interpreter_and_needs_the_copies(monkeypatch):
+    """tn.scan over a GEMM's result, with a body that overwrites part of its xs row before it
+    reads it: the GEMM is placed into the loop's rows, the runner copies the xs rows (`late`)
+    and the result equals the reference interpreter; run as if the body read its xs first,
+    it does not (the guard is what keeps it right). The numba backend the same."""
+    g, arrays = _swap_program(5, 3, 6)
+    want = interpret(g, *arrays)
+    options = PlanOptions(**STRIDED)  # (the body's GEMM into its strided slot of the ys row)
+    compiled = tn.compile(g, options=options)
+    assert compiled.program.plan.slab_roots
+    for got, w in zip(compiled(*arrays), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+    # numba: a whole-program kernel (T = 5); the numba loop kernel in a NumPy program (T = 200:
+    # values over numba_loop.MAX_SIZE), which writes a slab of its own (the Python loop first)
+    for Ts in (5, 200):
+        gn, an = _swap_program(Ts, 3, 6)
+        want_n = interpret(gn, *an)
+        numba = tn.compile(gn, options=PlanOptions(backend="numba", **STRIDED))
+        for _ in range(3):
+            for got, w in zip(numba(*an), want_n):
+                np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+        assert ("loop kernel" in numba.report.loops[0].kernel) == (Ts == 200)
+    monkeypatch.setattr(scan_run, "reads_xs_first", lambda *a: "first")
+    wrong = tn.compile(g, options=options)(*arrays)
+    assert not np.allclose(wrong[0], want[0])
