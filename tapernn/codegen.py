@@ -37,12 +37,15 @@ class LoweringContext:
     its body with the caller's pipeline and options): `passes` (None: the default pipeline),
     `options`, and `sub_reports`, where nested programs leave their reports (CompileReport.loops);
     `bodies`: id(scan attrs) -> (compiled body, fixed carries, loop Switch, LoopReport) of the
-    loops lowered to numba loop kernels (a whole-program kernel inlines them: numba_program.py)."""
+    loops lowered to numba loop kernels (a whole-program kernel inlines them: numba_program.py);
+    `xs_in_slab`: id(attrs) of loop nodes whose inputs may lie in the rows of their result
+    (plan.slab_roots: the loop's runner must read a row before writing it)."""
 
     passes: Any = None
     options: PlanOptions = DEFAULT_OPTIONS
     sub_reports: list = field(default_factory=list)
     bodies: dict = field(default_factory=dict)
+    xs_in_slab: set = field(default_factory=set)  # id(attrs) of loops with inputs in their rows
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
@@ -175,6 +178,8 @@ class Program(FusedLowering):
             return self._slot(n, names, body)
         if n in plan.buffer_of:
             return views[(plan.buffer_of[n], n.shape)]
+        if n in plan.slab_roots:  # allocated before its placed input (roots_at)
+            return self.slab_out[n]
         return None
 
     def _placed_concat(self, n: Node, names: dict, views: dict, body: list) -> None:
@@ -211,7 +216,8 @@ class Program(FusedLowering):
         body: list[str] = []
         claimed = self._claim_written()
         roots_at: dict[int, list[Node]] = {}
-        for r in plan.placed_concats:
+        self.slab_out: dict[Node, str] = {}  # a loop's array, made before its placed input
+        for r in plan.placed_concats | plan.slab_roots:
             if r not in plan.placed:
                 roots_at.setdefault(plan.alloc_at[r], []).append(r)
         for k, n in enumerate(g.nodes):
@@ -232,6 +238,11 @@ class Program(FusedLowering):
                     )
                 else:
                     names[r] = views[(plan.buffer_of[r], r.shape)]
+                if r in plan.slab_roots:
+                    self.slab_out[r] = names[r]
+                    ctx = _LOWERING.get()
+                    if ctx is not None:  # (its lowering must expect its inputs in its rows)
+                        ctx.xs_in_slab.add(id(r.attrs))
             if n in plan.placed_concats:
                 self._placed_concat(n, names, views, body)
             else:

@@ -63,6 +63,7 @@ class BufferPlan:
     placed: dict[Node, tuple[Node, tuple]] = field(default_factory=dict)
     placed_concats: set[Node] = field(default_factory=set)
     placed_slots: set[tuple[Node, int]] = field(default_factory=set)  # (concat, piece index)
+    slab_roots: set[Node] = field(default_factory=set)  # loops holding a placed input (regions)
     storage: dict[Node, Node] = field(default_factory=dict)
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read

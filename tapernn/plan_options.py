@@ -44,6 +44,11 @@ class PlanOptions:
     shape, dtype and BLAS (passes/layout_rule.py) and picks feature-major only when its GEMMs
     take under MARGIN of batch-major's. The compile report says which and why.
 
+    xs_in_slab: (with regions) a loop's time-batched input (the hoisted input projection x @ W
+    + b of a rolled cell) computed straight into the rows of the loop's own result that its
+    steps write (the gate activations the forward saves), each step's row read before it is
+    overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements).
+
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
     """
@@ -56,6 +61,7 @@ class PlanOptions:
     kernel_min_size: int = 4096
     backend: str = ""
     inline_sigmoid: bool = True
+    xs_in_slab: bool = True
     layout: str = "auto"
 
     def __post_init__(self) -> None:

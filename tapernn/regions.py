@@ -84,6 +84,114 @@ def placements(
     return placed, concats, slot_of
 
 
+def slab_placements(
+    graph: Graph, root: dict[Node, Node], placed: dict, escaping: set
+) -> dict[Node, tuple[Node, tuple]]:
+    """m -> (loop, steps) for each time-batched input m of a loop (an op with `rows`: scan)
+    that can be computed straight into the rows the loop writes (PlanOptions.xs_in_slab): m
+    reaches the loop's row operands only through views and elementwise ops that can be written
+    in place over it, nothing else reads it, and (checked on a dummy slab) every operand it
+    reaches has row t of its time axis inside row t of the loop's rows."""
+    users: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    outputs = set(graph.outputs)
+    found: dict[Node, tuple[Node, tuple]] = {}
+    for s in graph.nodes:
+        rule = None if s.op in PSEUDO else get_op(s.op).rows
+        got = rule(s) if rule is not None else None
+        if got is None or s in placed:
+            continue
+        positions, start, row, length = got
+        chains: dict[Node, list[tuple[int, list[Node]]]] = {}
+        for p in positions:
+            chain = _chain_to_source(s.inputs[p], root)
+            if chain is not None:
+                chains.setdefault(chain[-1], []).append((p, chain))
+        for m, uses in chains.items():
+            steps = (("getitem", (slice(start, start + length * row),)), ("reshape", m.shape))
+            if (
+                m in placed
+                or m in found
+                or m in escaping
+                or m.size != length * row
+                or m.dtype != s.dtype
+                or not get_op(m.op).supports_out
+                or not _only_feeds(m, uses, s, users, outputs)
+                or not _aligned(s, m, steps, uses, start, row, length)
+            ):
+                continue
+            found[m] = (s, steps)
+    return found
+
+
+def _chain_to_source(x: Node, root: dict[Node, Node]) -> list[Node] | None:
+    """[x, ..., m]: x back to the computed value m it is a view of, or an elementwise op
+    writable in place over (its input 0) of; None when x is not such a value."""
+    chain = [x]
+    while True:
+        v = chain[-1]
+        if v.op in PSEUDO:
+            return None
+        op = get_op(v.op)
+        if op.view or (
+            op.elementwise
+            and op.supports_out
+            and 0 in op.inplace_inputs(v)
+            and v.inputs[0].shape == v.shape
+            and v.inputs[0].dtype == v.dtype
+            and v.inputs.count(v.inputs[0]) == 1
+        ):
+            chain.append(v.inputs[0])
+        else:
+            return chain if len(chain) > 1 and root[v] is v else None
+
+
+def _only_feeds(m: Node, uses: list, s: Node, users: dict, outputs: set) -> bool:
+    """Every read of m (through the chains) is a chain's next node or the loop's own operand."""
+    inner = {v for _, chain in uses for v in chain}
+    heads = {chain[0] for _, chain in uses}
+    for v in inner:
+        if v in outputs:
+            return False
+        for u in users.get(v, ()):
+            if u is s:
+                if v not in heads:
+                    return False
+            elif u not in inner:
+                return False
+    ops = [k for k, i in enumerate(s.inputs) if i in inner]
+    return sorted(ops) == sorted(p for p, _ in uses)
+
+
+def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int) -> bool:
+    """On a dummy slab: m's region, each operand's (views replayed, in-place ops over their
+    input) has step t's data in the loop's row t."""
+    slab = np.empty(s.shape, s.dtype)
+    region = apply_steps(slab, steps)
+    if region is None or not region.flags.c_contiguous:
+        return False
+    item = slab.itemsize
+    lo = slab.__array_interface__["data"][0] + start * item
+    for _, chain in uses:
+        r = region
+        for v in reversed(chain[:-1]):
+            if get_op(v.op).view:
+                try:
+                    r = np.asarray(get_op(v.op).forward(r, **v.attrs))
+                except Exception:  # noqa: BLE001 - a view op that cannot run on the dummy
+                    return False
+                if not np.shares_memory(r, region):
+                    return False
+        if r.ndim == 0 or r.shape[0] != length or r.strides[0] != row * item:
+            return False
+        b = bounds(r[0])
+        if b[0] < lo or b[1] > lo + row * item:
+            return False
+    return True
+
+
 def _check_slots(
     c: Node, region: np.ndarray, placed: dict, concats: set, options: PlanOptions
 ) -> None:
@@ -144,10 +252,19 @@ class RegionStatic(WalkStatic):
     def __init__(self, graph: Graph, options: PlanOptions):
         super().__init__(graph, options)
         self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options)
+        # loops with a time-batched input computed into their own rows (xs_in_slab)
+        slabs = (
+            slab_placements(graph, self.root, self.placed, self.escaping)
+            if options.xs_in_slab
+            else {}
+        )
+        self.placed.update(slabs)
+        self.slab_roots = {s for s, _ in slabs.values()}
         # direct reads: by non-view readers (a placed concat reads nothing it does not copy)
         placed_slots: dict[Node, set[int]] = {}
-        for q, (c, _) in self.placed.items():
-            placed_slots.setdefault(c, set()).add(self.slot_of[q])
+        for q, j in self.slot_of.items():
+            if q in self.placed:
+                placed_slots.setdefault(self.placed[q][0], set()).add(j)
         self.reads: dict[Node, int] = {}
         self.children: dict[Node, list[Node]] = {}
         for k, n in enumerate(graph.nodes):
@@ -173,6 +290,7 @@ class RegionWalk(Walk):
     def __init__(self, graph: Graph, static: RegionStatic, scratch, force: set):
         super().__init__(graph, static, scratch, force)
         self.plan.placed_concats = set(static.placed_concats)
+        self.plan.slab_roots = set(static.slab_roots)
         self.region: dict[Node, np.ndarray] = {}  # value -> view of its storage's dummy
         self.base: dict[Node, np.ndarray] = {}  # storage -> dummy array
         self.grid: dict[Node, tuple[int, int]] = {}  # storage -> (address, bucket bytes)
@@ -205,6 +323,8 @@ class RegionWalk(Walk):
             plan.storage[n] = r
             if n not in self.s.placed_concats:
                 self._produce(n, k, apply_steps(self.base[r], steps))
+        elif n in self.s.slab_roots:  # opened at its input's placement: the loop writes it now
+            self._produce(n, k, self.base[n])
         elif n not in plan.placed_concats:  # (a placement root: opened at its first piece)
             self._compute(n, k)
 
@@ -222,6 +342,8 @@ class RegionWalk(Walk):
         for q, (root, _) in plan.placed.items():
             if root is r:
                 plan.release_at[r] = max(plan.release_at[r], self.s.last_use.get(q, k))
+        if r in self.s.slab_roots:
+            return  # a loop's result: produced when the loop runs
         # the placed concats' data (the root's and nested ones') counts as produced now
         self._produce(r, k, self.base[r])
         for q, (root, steps) in plan.placed.items():

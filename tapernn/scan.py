@@ -7,11 +7,26 @@ from __future__ import annotations
 from . import executor
 from .ops.registry import register
 from .scan_grad import scan_vjp
-from .scan_ir import ScanResult, inline, scan, scan_dtype, scan_forward, scan_shape, unroll_scans
+from .scan_ir import (
+    ScanResult,
+    inline,
+    scan,
+    scan_dtype,
+    scan_forward,
+    scan_rows,
+    scan_shape,
+    unroll_scans,
+)
 from .scan_run import lower_scan
 
 SCAN = register(
-    "scan", forward=scan_forward, shape=scan_shape, dtype=scan_dtype, vjp=scan_vjp, lower=lower_scan
+    "scan",
+    forward=scan_forward,
+    shape=scan_shape,
+    dtype=scan_dtype,
+    vjp=scan_vjp,
+    lower=lower_scan,
+    rows=scan_rows,
 )
 executor.set_unroller(unroll_scans)
 

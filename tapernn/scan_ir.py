@@ -63,6 +63,25 @@ def ys_places(
     return at, places, inits
 
 
+def scan_rows(node: Any) -> tuple[range, int, int, int] | None:
+    """The scan op's `rows` (ops/registry.OpDef): its xs operands, and where the rows of its ys
+    that are not `shifted` lie in the slab (start, row, length; scan_ir.ys_places). The runner
+    writes step t's row after the step's body has read its xs rows (scan_run.make_runner checks
+    the body's order and falls back to a slab of its own when that does not hold)."""
+    return scan_rows_of(node.attrs)
+
+
+def scan_rows_of(a: dict) -> tuple[range, int, int, int] | None:
+    """`scan_rows` of a scan node's attrs."""
+    body, nc, nx, length = a["body"], a["n_carry"], a["n_xs"], a["length"]
+    moved = {j for j, _ in a.get("shifted", ())}
+    sizes = [math.prod(o.shape) for o in body.outputs]
+    width = sum(w for j, w in enumerate(sizes[nc:]) if j not in moved)
+    if not (nx and width and length):
+        return None
+    return range(nc, nc + nx), sum(sizes[:nc]), width, length
+
+
 def check_shifted(body: Graph, n_carry: int, shifted: Any) -> None:
     """Raise ShapeError unless every (j, k) of `shifted` pairs a ys with a carry of its shape."""
     n_ys = len(body.outputs) - n_carry

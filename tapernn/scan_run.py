@@ -5,6 +5,7 @@ states from step to step and writes each step's ys into its row of the slab."""
 from __future__ import annotations
 
 import builtins
+import functools
 import itertools
 import math
 import re
@@ -19,9 +20,10 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
-from .scan_ir import body_dtype, offsets, slab_sizes, ys_places
+from .scan_ir import body_dtype, offsets, scan_rows_of, slab_sizes, ys_places
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another
 # scan node over the same body) is not compiled again
@@ -65,17 +67,24 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     def compile_body(options: Any) -> Compiled:
         return compiled_body(used, ctx.passes, options, nc + attrs["n_xs"], written)
 
+    # the planner computed an input straight into the rows of `out` (PlanOptions.xs_in_slab)
+    in_slab = out is not None and id(attrs) in ctx.xs_in_slab
     if resolve_backend(ctx.options.backend) == "numba":  # one @njit function for the whole loop
         from .backends import numba_loop
 
         compiled, runner, kernel = numba_loop.lower(
-            attrs, compile_body, make_runner, ctx.options, fixed_carries(body, nc)
+            attrs,
+            compile_body,
+            functools.partial(make_runner, xs_in_slab=True) if in_slab else make_runner,
+            ctx.options,
+            fixed_carries(body, nc),
+            xs_in_slab=in_slab,
         )
     else:
         compiled = compile_body(ctx.options)
         # `out` a buffer of the program (bound once, the same every call): its slab views too
         keep = out is not None and re.fullmatch(r"b\d+", out) is not None
-        runner, kernel = make_runner(compiled, attrs, keep), "Python loop"
+        runner, kernel = make_runner(compiled, attrs, keep, in_slab), "Python loop"
     c, y = slab_sizes(body, nc)
     itemsize = body_dtype(body).itemsize
     report = LoopReport(
@@ -142,14 +151,17 @@ def _scope_of(body: Graph) -> str:
     return min(scopes, key=len) if scopes else ""
 
 
-def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
+def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_slab: bool = False):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
     statements inlined into the loop (no call per step; `_inlined`), its ys computed into
     their rows of the slab (`compiled` writes its ys outputs, codegen.Program(written=)), so
     a step costs the body's own lines plus its xs slices and ys rows, made by iterating the
     arrays in the loop header. `keep_out`: the caller passes the same `out` every call (a buffer
-    of its program), so the slab views of it are made once and kept."""
+    of its program), so the slab views of it are made once and kept. `xs_in_slab`: xs may lie
+    in the rows of `out` (the planner's PlanOptions.xs_in_slab): written over directly when each
+    xs row t is inside slab row t and the body reads its xs before writing any ys
+    (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
     length, reverse, shifted = attrs["length"], attrs["reverse"], attrs.get("shifted", ())
@@ -168,17 +180,30 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
     xs_params = [f"_X{k}" for k in range(nx)] if inline else xs
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
     bound = list(inline[1]) if inline else ["_fn"]
+    # xs in the slab (xs_in_slab): a body that reads them late reads copies of the step's rows
+    order_of = (
+        reads_xs_first(compiled, nc, nx, len(live), shifted) if xs_in_slab and xs else "first"
+    )
+    private = [f"_P{k}" for k in range(nx)] if order_of == "late" else []
     head = (
-        f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound)}, _fail, "
-        f"_np_empty, _np_copyto, _ys_views, _carry_views, _pre, _dtype):"
+        f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
+        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
+        "_over):"
     )
     lines = [head]
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
+    over = f" and _over(out, {', '.join(xs_params)})" if xs_in_slab and xs else ""
     lines.append(
-        f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype "
-        f"else _np_empty({size}, _dtype)"
+        f"    _slab = out if out is not None and out.flags.c_contiguous and out.dtype == _dtype"
+        f"{over} else _np_empty({size}, _dtype)"
     )
+    if private:
+        lines.append(
+            "    _alias = _slab is out and ("
+            + " or ".join(f"_np_shares(out, {x})" for x in xs_params)
+            + ")"
+        )
     inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
@@ -193,11 +218,17 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
     else:
         lines.append(f"        for _t in {order}:")
     if inline:
+        if private:  # (only when they do lie in the slab)
+            lines.append("            if _alias:")
+        for p, x in zip(private, xs):
+            lines += [f"                _np_copyto({p}, {x})", f"                {x} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
         first = 0
-        step = cs + [f"{x}[_t]" for x in xs] + inv + hoisted + [f"{yv}[_t]" for yv in ys]
+        lines += [f"            _np_copyto({p}, {x}[_t])" for p, x in zip(private, xs)]
+        step_xs = private or [f"{x}[_t]" for x in xs]  # (always copies: a Python-level loop)
+        step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
@@ -221,12 +252,71 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False):
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
         "_np_copyto": np.copyto,
+        "_np_shares": np.may_share_memory,
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
+        "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased"),
+        **{p: np.empty(i.shape, i.dtype) for p, i in zip(private, body.inputs[nc : nc + nx])},
     }
     return run
+
+
+def reads_xs_first(
+    compiled: Compiled, n_carry: int, n_xs: int, n_live: int, shifted: tuple = ()
+) -> str:
+    """ "first": the compiled body reads every xs (through views) before its first write into
+    the storage of any of its ys laid out in the slab's rows (`n_live` carries first), so a step's ys rows may overwrite that step's xs rows;
+    "late": it does not (the runner hands it copies of the rows); "aliased": it returns a view
+    of an xs (a carry or ys read after the row is overwritten: the loop needs a slab of its
+    own)."""
+    graph, plan = compiled.graph, compiled.program.plan
+    xs = set(graph.inputs[n_carry : n_carry + n_xs])
+    # the ys in the slab's rows (not the carries, locals, nor the shifted ys' own blocks)
+    moved = {j for j, _ in shifted}
+    n_ys = len(graph.outputs) - n_live
+    rows = [graph.outputs[n_live + j] for j in range(n_ys) if j not in moved]
+    outs = {plan.storage.get(o) for o in rows} - {None}
+    if any(plan.root.get(o, o) in xs for o in graph.outputs):
+        return "aliased"
+    last_read, first_write = -1, len(graph.nodes)
+    for k, n in enumerate(graph.nodes):
+        if n.op in PSEUDO or get_op(n.op).view:
+            continue
+        if any(plan.root.get(i, i) in xs for i in n.inputs):
+            last_read = k
+        if plan.storage.get(n) in outs:
+            first_write = min(first_write, k)
+    return "first" if last_read < first_write else "late"
+
+
+def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
+    """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
+    that may share memory with it has row t inside the slab's row t (scan_rows), and the body
+    reads its xs first (`body_ok`)."""
+    may_share = np.may_share_memory
+    rows = scan_rows_of(attrs)
+    if rows is None:
+        return lambda slab, *xs: not any(may_share(x, slab) for x in xs)
+    _, start, row, length = rows
+    item = dtype.itemsize
+
+    def over(slab: np.ndarray, *xs: np.ndarray) -> bool:
+        lo = slab.__array_interface__["data"][0] + start * item
+        for x in xs:
+            if not may_share(x, slab):
+                continue
+            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.strides[0] != row * item:
+                return False
+            first = x[0]
+            at = first.__array_interface__["data"][0]
+            end = at + sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
+            if min(first.strides, default=0) < 0 or at < lo or end > lo + row * item:
+                return False
+        return True
+
+    return over
 
 
 _runner_ids = itertools.count()

@@ -235,8 +235,9 @@ def test_stepwise_bptt_loop_peak_is_the_reported_peak():
 @pytest.mark.xfail(
     strict=True,
     reason="issue 16: a rolled loop still peaks above unroll=True (the forward slab's gate rows "
-    "live as long as `output`, its view; the forward's input projection and the backward's dZ "
-    "each fill the arena: BENCHMARKS.md, 'Where the rolled loop peak is', branch hpeak3)",
+    "live as long as `output`, its view; the backward's dZ fills the arena -- the forward's "
+    "input projection no longer does, PlanOptions.xs_in_slab: BENCHMARKS.md, 'Where the rolled "
+    "loop peak is' (hpeak3) and 'The input projection in the loop's own rows' (hpeak4))",
 )
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_rolled_loop_peak_is_at_most_the_unrolled_one(cell):

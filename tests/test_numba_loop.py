@@ -39,7 +39,7 @@ def loop_kernels_alone(monkeypatch):
 def forbid_python_loop(monkeypatch):
     """The Python loop raises if it runs: the test passes only if the kernels ran."""
 
-    def make_runner(compiled, attrs):
+    def make_runner(compiled, attrs, **_kw):
         def run(*args, out=None):
             raise AssertionError("the Python loop ran instead of the numba loop kernel")
 

@@ -114,9 +114,12 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
     return handle, ""
 
 
-def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype) -> Callable:
+def kernel_runner(
+    handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype, xs_in_slab: bool = False
+) -> Callable:
     """`run(*inputs, out=None) -> slab` calling the loaded kernel once: C-contiguous operands,
-    the prologue (invariant-only work, scan_hoist) run first."""
+    the prologue (invariant-only work, scan_hoist) run first. `xs_in_slab`: xs may lie in `out`
+    (PlanOptions.xs_in_slab): the kernel then writes a slab of its own, copied into `out`."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
     prologue = getattr(compiled, "prologue", None)
     n_hoisted = len(prologue.graph.outputs) if prologue else 0
@@ -132,11 +135,14 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
     moved = sum(sizes[nc + j] for j, _ in attrs.get("shifted", ()))  # (length + 1 rows each)
     size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
     call = operands + consts + works
+    xs = params[nc : nc + nx]
+    apart = (
+        f" and not ({' or '.join(f'may_share(out, {x})' for x in xs)})" if xs_in_slab and xs else ""
+    )
     lines = [
-        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, dtype"
-        + "".join(f", {k}" for k in consts + works)
-        + "):",
-        f"    slab = out if out is not None and out.flags.c_contiguous else empty({size}, dtype)",
+        f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, "
+        "may_share, dtype" + "".join(f", {k}" for k in consts + works) + "):",
+        f"    slab = out if out is not None and out.flags.c_contiguous{apart} else empty({size}, dtype)",
     ]
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
@@ -157,6 +163,7 @@ def kernel_runner(handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtyp
         "empty": np.empty,
         "copyto": np.copyto,
         "asarray": np.asarray,
+        "may_share": np.may_share_memory,
         "dtype": dtype,
         **dict(zip(consts, handle.constants)),
         **dict(zip(works, make_work(handle.work))),  # this runner's own (its Switch's)
@@ -242,6 +249,7 @@ def lower(
     make_runner: Callable[[Any, dict], Callable],
     options: Any,
     fixed: list[int],
+    xs_in_slab: bool = False,
 ) -> tuple[Any, Callable, str]:
     """(compiled body, loop function, what runs the loop) for a scan on the numba backend. The
     body is compiled for the NumPy backend (its program only runs the first call, or when the
@@ -261,7 +269,7 @@ def lower(
     ins = SimpleNamespace(dtype=dtype, hoisted=prologue.graph.outputs if prologue else [])
     switch = Switch(
         handle,
-        lambda: kernel_runner(handle, compiled, attrs, dtype),
+        lambda: kernel_runner(handle, compiled, attrs, dtype, xs_in_slab),
         make_runner(compiled, attrs),
         ins,
         options.backend,

@@ -57,6 +57,10 @@ class OpDef:
     ufunc: a NumPy function the code generator calls directly, `ufunc(*args, out=out)` (no
         wrapper frame); lower: the op's own line of source (Lowering); else `forward` is called.
     n_inputs: None for variadic ops. internal: made by the compiler only (not traced).
+    rows(node) -> (operand positions, start, row, length) | None: a loop whose flat result
+        holds `length` rows of `row` elements from `start`, row t written at step t after the
+        step has read row t of the listed operands and nothing of later rows: a value feeding
+        those operands may be computed straight into the rows (the planner's `xs_in_slab`).
     """
 
     name: str
@@ -76,6 +80,7 @@ class OpDef:
     n_inputs: int | None = None
     differentiable: bool = True
     internal: bool = False
+    rows: Callable[[Any], tuple[range, int, int, int] | None] | None = None
 
     @property
     def fusible(self) -> bool:
