@@ -195,13 +195,15 @@ def tiny(B: int, T: int, D: int, H: int, args) -> bool:
 
 def format_rows(contenders: list[Contender], kind: str = "times") -> list[str]:
     """One row per contender from its `kind` timings (times: single interleaved calls;
-    block_times: per-step means of blocks); "vs torch" is over the fastest torch row's median."""
-    median = lambda c: statistics.median(getattr(c, kind))
+    block_times: per-step means of blocks, then their CPU time and its ratio to the least CPU
+    of a torch row); "vs torch" is over the fastest torch row's median."""
+    median = lambda c, k=kind: statistics.median(getattr(c, k))
     reference, matmul = contenders[0], contenders[1]
     ref_s = median(reference) if getattr(reference, kind) else float("nan")
     mm_rate = matmul.flops / median(matmul) if getattr(matmul, kind) else float("nan")
-    peers = [median(c) for c in contenders if c.peer and getattr(c, kind)]
-    peer_s = min(peers) if peers else float("nan")
+    peer_s = min((median(c) for c in contenders if c.peer and getattr(c, kind)), default=None)
+    cpus = [median(c, "block_cpu") for c in contenders if c.peer and c.block_cpu]
+    peer_cpu = min(cpus) if cpus and kind == "block_times" else None
     rows = []
     for c in contenders:
         if not getattr(c, kind):
@@ -212,7 +214,9 @@ def format_rows(contenders: list[Contender], kind: str = "times") -> list[str]:
         rows.append(
             f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
             f"{rate / mm_rate:>8.1%} {len(getattr(c, kind)):>5}"
-            + (f" {med / peer_s:>8.3f}x" if peers else "")
+            + (f" {med / peer_s:>8.3f}x" if peer_s else "")
+            + (f" {median(c, 'block_cpu') * 1e3:>9.3f}" if kind == "block_times" else "")
+            + (f" {median(c, 'block_cpu') / peer_cpu:>8.3f}x" if peer_cpu else "")
         )
     return rows
 
@@ -236,18 +240,16 @@ def report_config(B, T, D, H, dtype, args) -> None:
     )
     if blocks:
         print("  single calls, interleaved (each after other contenders' calls: cold caches)")
-    print(header)
-    for row in format_rows(contenders):
-        print(row)
+    print("\n".join([header, *format_rows(contenders)]))
     if blocks:
         print(
             f"  blocks of steps back to back, as a training loop runs them (~{BLOCK_S * 1e3:.0f}"
             " ms each, after one untimed call; contenders alternate block by block, a rest "
-            "between libraries; ms per step, reps = blocks)"
+            "between libraries; ms per step, reps = blocks; cpu ms: the process's CPU time per "
+            "step, which a busy machine's preemption does not inflate)"
         )
-        print(header)
-        for row in format_rows(contenders, "block_times"):
-            print(row)
+        header += f" {'cpu ms':>9}" + (f" {'cpu/torch':>9}" if args.peers else "")
+        print("\n".join([header, *format_rows(contenders, "block_times")]))
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
     workspace = reference.workspace_bytes()
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)

@@ -31,6 +31,7 @@ class Contender:
     note: str = ""
     times: list[float] = field(default_factory=list)  # single interleaved calls (s)
     block_times: list[float] = field(default_factory=list)  # per-step means of blocks (s)
+    block_cpu: list[float] = field(default_factory=list)  # their process CPU per step (s)
     setup: Callable[[], object] | None = None  # run untimed before each timed call or block
 
 
@@ -80,7 +81,8 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
     mean per step in `block_times`); blocks alternate between contenders in rounds, each
     library's contenders together and in rotating order, the sides' order alternating, so
     each round hands over between libraries once, after a rest (their BLAS/OpenMP workers
-    spin after a call). Each block starts with one untimed call: the call after another
+    spin after a call). `block_cpu`: the process's CPU time per step of each block (all its
+    threads: a busy machine's preemption does not count, another library's workers do). Each block starts with one untimed call: the call after another
     contender's runs with cold caches (3-10x a loop step on a shared VM; `time_interleaved`
     measures those single calls)."""
     runnable = [c for c in contenders if c.step is not None]
@@ -109,10 +111,11 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
                 if c.setup is not None:
                     c.setup()
                 step()  # (untimed: the hand-over's cold call)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for _ in range(n):
                     step()
                 c.block_times.append((time.perf_counter() - start) / n)
+                c.block_cpu.append((time.process_time() - cpu) / n)
 
 
 def warm_up(contenders: list[Contender]) -> float:
