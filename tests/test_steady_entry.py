@@ -107,7 +107,7 @@ def test_the_entries_hold_the_tree_lock(backend):
     steady = seq._runtime.steady
     lock = seq.__dict__["_lock_group"].lock
     held = []
-    for fn, name in ((steady.entry, "Pending"), (steady.backward_entry, "partial")):
+    for fn, name in ((steady.entry, "new_record"), (steady.backward_entry, "partial")):
         ns = fn.__globals__
         inner = ns[name]  # (called inside the body: the lock must be held there)
 
@@ -119,7 +119,7 @@ def test_the_entries_hold_the_tree_lock(backend):
     x, g = data(1)
     seq.forward(x)
     seq.backward(x, g)
-    assert held == [True, True]
+    assert len(held) >= 2 and all(held)  # (Record and Pending made; the taps bound)
     assert not lock._is_owned()  # released after each
 
 

@@ -315,15 +315,22 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
         lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
     for m, steps in pending:
         plan = bind(steps, "steps")
+        if getattr(Pending.__init__, "plain", False):  # (inlined: no __init__ frame)
+            lines += [
+                "    pending = new_record(Pending)",
+                f"    pending.outs, pending.plan = outs, {plan}",
+            ]
+        else:
+            lines.append(f"    pending = Pending(outs, {plan})")
         if getattr(type(m)._write_pending, "plain", False):  # (AbstractRecurrent's, inlined)
             f = bind(m.__dict__, "f")
             lines += [
                 f'    {f}["_grad_hidden"] = {{}}',
-                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = Pending(outs, {plan})',
+                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = pending',
                 f'    {f}["_n_steps"] = {steps[3]}',
             ]
         else:
-            lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
+            lines.append(f"    {bind(m, 'm')}._write_pending(pending, {steps[3]})")
     return lines
 
 
