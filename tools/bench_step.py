@@ -133,11 +133,13 @@ def main() -> None:
 
 def cold_calls(steps: dict, rest: float, n: int) -> dict[str, tuple[float, float]]:
     """Per contender: median thread CPU and wall (us) of one call made after the thread spun
-    `rest` s in a Python loop; contenders take turns call by call."""
+    `rest` s in a Python loop; contenders take turns call by call, in alternating order."""
     cpu: dict[str, list] = {k: [] for k in steps}
     wall: dict[str, list] = {k: [] for k in steps}
-    for _ in range(n):
-        for k, step in steps.items():
+    order = list(steps.items())
+    for r in range(n):  # (the order reversed every other round: no contender always follows
+        # the same one -- two checkouts share their cached kernels' machine code)
+        for k, step in order if r % 2 == 0 else order[::-1]:
             end = time.perf_counter() + rest
             while time.perf_counter() < end:
                 pass
