@@ -224,8 +224,8 @@ def format_rows(contenders: list[Contender], kind: str = "times") -> list[str]:
 def report_config(B, T, D, H, dtype, args) -> None:
     contenders, reference = build_contenders(B, T, D, H, dtype, args)
     desc = f"B={B} T={T} H={H} {np.dtype(dtype).name}"
-    time_interleaved(contenders, args.budget, progress=True, desc=desc)
-    blocks = tiny(B, T, D, H, args)
+    blocks = tiny(B, T, D, H, args)  # (tiny: single calls swing; at least 21 of them)
+    time_interleaved(contenders, args.budget, 21 if blocks else 7, progress=True, desc=desc)
     if blocks:  # (after the single calls: their warm-up compiled every contender)
         time_blocks(contenders, args.budget)
     print(
