@@ -168,3 +168,26 @@ def test_a_changed_parameter_array_is_traced_again(backend, monkeypatch):
     assert general == [1]
     seq.zero_grad_parameters()
     np.testing.assert_allclose(seq.backward(x, g), exact["input"], **TOL)
+
+
+def test_a_plan_replaced_while_a_call_waits_for_the_lock_is_not_run(backend):
+    seq = make("fastlstm")
+    x, _ = data(4)
+    old = seq._runtime.steady
+    entered, results = threading.Event(), []
+    inner = old.entry
+
+    def entry(v):  # (this thread read rt.steady and is about to wait for the lock)
+        entered.set()
+        return inner(v)
+
+    old.entry = entry
+    with seq.locked():
+        t = threading.Thread(target=lambda: results.append(seq.forward(x)))
+        t.start()
+        assert entered.wait(timeout=120)
+        seq.set_passes([])  # (clears the programs and the plan: the waiting call must not run it)
+    t.join(timeout=120)
+    assert len(results) == 1
+    assert seq._runtime.last is not old.exe  # traced again under the new pass list
+    np.testing.assert_allclose(results[0], expected("fastlstm", seq, x, data(4)[1])[0], **TOL)

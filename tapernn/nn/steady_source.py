@@ -123,6 +123,8 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         '        owner = getattr(history[-1], "thread", None)',
         "        if owner is not None and owner != get_ident():",
         "            check_sequence_owner(root)",
+        "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
+        "        return stamped(rt.forward(x))",
     ]
     entry = _defined(_locked("def forward(x):", [], checks + body), ns, "forward", "entry")
     return forward, entry
@@ -348,6 +350,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "np_array": np.array,
         "VERSION": VERSION,
         "MISS": miss,
+        "steady": steady,
         "rt": steady.rt,
         "rf": steady.root.__dict__,
         "exe": exe,
@@ -447,6 +450,8 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         '        owner = getattr(history[-1], "thread", None)',
         "        if owner is not None and owner != get_ident():",
         "            return MISS",
+        "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
+        "        return MISS",
     ]
     head = "def backward(input, grad_output, need_grad_input=True):"
     entry = _defined(_locked(head, first, checks + lines[1:]), ns, "backward", "entry")
