@@ -82,9 +82,10 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
     library's contenders together and in rotating order, the sides' order alternating, so
     each round hands over between libraries once, after a rest (their BLAS/OpenMP workers
     spin after a call). `block_cpu`: the process's CPU time per step of each block (all its
-    threads: a busy machine's preemption does not count, another library's workers do). Each block starts with one untimed call: the call after another
-    contender's runs with cold caches (3-10x a loop step on a shared VM; `time_interleaved`
-    measures those single calls)."""
+    threads: a busy machine's preemption does not count, another library's workers do). Each
+    block starts with one untimed call: the call after another contender's runs with cold
+    caches (3-10x a loop step on a shared VM; `time_interleaved` measures those single
+    calls)."""
     runnable = [c for c in contenders if c.step is not None]
     if not runnable:
         return
