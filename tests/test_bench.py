@@ -155,3 +155,43 @@ def test_backends_side_by_side(bench, capsys):
     out = capsys.readouterr().out
     assert "tn FastLSTM [numpy]" in out and "tn FastLSTM [numba]" in out
     assert "tn GRU" not in out and "error:" not in out
+
+
+def test_blocks_alternate_contenders_with_one_rest_per_library_hand_over(bench, monkeypatch):
+    from tapernn.apps.benchmark import timing
+
+    rests, order, setups = [], [], []
+    monkeypatch.setattr(timing.time, "sleep", rests.append)
+    monkeypatch.setattr(timing, "BLOCK_MAX_STEPS", timing.BLOCK_MIN_STEPS)
+    contenders = [
+        bench.Contender("a", lambda: order.append("a"), 1.0),
+        bench.Contender("b", lambda: order.append("b"), 1.0),
+        bench.Contender("peer", lambda: order.append("peer"), 1.0, peer=True),
+    ]
+    contenders[2].setup = lambda: setups.append(len(order))
+    timing.time_blocks(contenders, budget_s=0.0)
+    rounds = timing.BLOCK_MIN_ROUNDS
+    assert [len(c.block_times) for c in contenders] == [rounds] * 3
+    # a block: one untimed call and n timed ones back to back (the same n in every block)
+    runs = [(k, len(list(g))) for k, g in itertools.groupby(order[3:])]  # (after the sizing)
+    assert {n % (1 + timing.BLOCK_MIN_STEPS) for _, n in runs} == {0}
+    assert [order.count(k) for k in ("a", "b", "peer")] == [1 + rounds * 11] * 3
+    sides = [k == "peer" for k, _ in runs]
+    switches = sum(x != y for x, y in itertools.pairwise(sides))
+    assert len(rests) == switches == rounds  # (the sides' order alternates: one per round)
+    assert len(setups) == rounds + 1  # (its sizing call, then before each of its blocks)
+
+
+def test_tiny_config_prints_single_calls_and_blocks(bench, capsys):
+    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--cells", "GRU"])
+    out = capsys.readouterr().out
+    single = out.index("single calls, interleaved")
+    blocks = out.index("blocks of steps back to back")
+    rows = [
+        line.split()
+        for line in out[single : out.index("memory:")].splitlines()
+        if line.split()[:2] == ["tn", "GRU"]
+    ]
+    assert single < blocks and len(rows) == 2, out  # one row in each table
+    bench.main(["--configs", "1,5,5", "--budget", "0.02", "--cells", "GRU", "--blocks", "none"])
+    assert "blocks of steps" not in capsys.readouterr().out

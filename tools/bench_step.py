@@ -4,8 +4,11 @@ and (with --baseline) another checkout's package in the same process, in alterna
 
     python tools/bench_step.py --backends numba numpy --cells FastLSTM LSTM GRU
     python tools/bench_step.py --baseline /tmp/main_checkout --rounds 5 --steps 2000
+    python tools/bench_step.py --baseline /tmp/main_checkout --torch --cold 0.001 0.01
 
-Prints per contender the best and the median of the rounds' per-step means (us).
+Prints per contender the best and the median of the rounds' per-step means (us). --cold: also
+single calls after the thread spun (busy, in Python) for each of these many seconds, the
+contenders interleaved call by call (--cold-calls each): what a call with cold caches costs.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--torch", action="store_true", help="time torch nn.LSTM too")
+    ap.add_argument("--cold", nargs="*", type=float, default=[], help="spins (s) before calls")
+    ap.add_argument("--cold-calls", type=int, default=40)
     args = ap.parse_args()
     B, T, H = (int(v) for v in args.config.split(","))
     os.environ.setdefault("TAPERNN_NUMBA_BACKGROUND", "0")
@@ -119,6 +124,29 @@ def main() -> None:
             f"{k:32s} {min(cpu[k]):9.1f} {statistics.median(cpu[k]):9.1f} "
             f"{min(wall[k]):9.1f} {statistics.median(wall[k]):9.1f}"
         )
+    for rest in args.cold:
+        cold = cold_calls(steps, rest, args.cold_calls)
+        print(f"single calls after spinning {rest * 1e3:g} ms ({args.cold_calls} each, medians)")
+        for k, (c, w) in cold.items():
+            print(f"{k:32s} cpu {c:9.1f}  wall {w:9.1f}")
+
+
+def cold_calls(steps: dict, rest: float, n: int) -> dict[str, tuple[float, float]]:
+    """Per contender: median thread CPU and wall (us) of one call made after the thread spun
+    `rest` s in a Python loop; contenders take turns call by call, in alternating order."""
+    cpu: dict[str, list] = {k: [] for k in steps}
+    wall: dict[str, list] = {k: [] for k in steps}
+    order = list(steps.items())
+    for r in range(n):  # (the order reversed every other round: no contender always follows
+        # the same one -- two checkouts share their cached kernels' machine code)
+        for k, step in order if r % 2 == 0 else order[::-1]:
+            end = time.perf_counter() + rest
+            while time.perf_counter() < end:
+                pass
+            c, w = measure(step, 1)
+            cpu[k].append(c)
+            wall[k].append(w)
+    return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in steps}
 
 
 if __name__ == "__main__":

@@ -134,15 +134,46 @@ def _acquire(module: Any) -> threading.RLock:
 
 
 def locked_method(fn: Callable) -> Callable:
-    """`fn(self, ...)` run holding `self`'s tree lock; forward also records its thread."""
+    """`fn(self, ...)` run holding `self`'s tree lock; forward also records its thread. A
+    forward or backward marked `steady_entry` (Module's, Sequencer's: with one input, or the
+    (input, grad_output[, need_grad_input]) of a backward, the body is Module's) calls the
+    steady path's locked entry directly when `self` has one (nn.steady: `entry` holds the lock
+    and makes these checks itself; `backward_entry` returns MISS where the general path must
+    run: it checks, raises or runs)."""
     if getattr(fn, "_tapernn_locked", False):
         return fn
+    entry = getattr(fn, "steady_entry", False)
 
-    if fn.__name__ != "forward":
+    if entry and fn.__name__ == "backward":
 
         @functools.wraps(fn)
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            rt = self.__dict__.get("_runtime")
+            if rt is not None and 2 <= len(args) + len(kwargs) <= 3 and len(args) >= 2:
+                steady = rt.steady
+                if steady is not None and (not kwargs or "need_grad_input" in kwargs):
+                    out = steady.backward_entry(*args, **kwargs)
+                    if out is not steady.MISS:
+                        return out
             lock = _enter(self)
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                lock.release()
+
+    elif fn.__name__ != "forward":
+
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            group = self.__dict__.get("_lock_group")  # (_enter, inlined)
+            if group is not None and group.parent is None:
+                lock = group.lock
+                lock.acquire()
+                if group.parent is not None:
+                    lock.release()
+                    lock = _acquire(self)
+            else:
+                lock = _acquire(self)
             try:
                 return fn(self, *args, **kwargs)
             finally:
@@ -152,6 +183,12 @@ def locked_method(fn: Callable) -> Callable:
 
         @functools.wraps(fn)
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if entry and len(args) == 1 and not kwargs:
+                rt = self.__dict__.get("_runtime")
+                if rt is not None:
+                    steady = rt.steady
+                    if steady is not None:
+                        return steady.entry(args[0])
             lock = _enter(self)
             try:
                 fields = self.__dict__  # (check_sequence_owner's common case inlined)

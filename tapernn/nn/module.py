@@ -263,6 +263,8 @@ class Module:
                 return grad_input
         return rt.backward(input, grad_output, need_grad_input=need_grad_input)
 
+    forward.steady_entry = backward.steady_entry = True  # (locking.locked_method)
+
     def locked(self):
         """A context manager holding this module's tree locks (re-entrant): wrap a sequence of
         calls that must not interleave with other threads' calls on the model, e.g.
@@ -270,7 +272,8 @@ class Module:
         return tree_locked(self)
 
     def zero_grad_parameters(self) -> None:
-        for _, grad in self._storage():
+        cached = self.__dict__.get("_storage_cache")  # (_storage's common case inlined)
+        for _, grad in cached[1] if cached and cached[0] == STORAGE_VERSION[0] else self._storage():
             grad.fill(0)
 
     def update_parameters(self, lr: float) -> None:
@@ -493,6 +496,4 @@ def _contains_var(obj: Any) -> bool:
     return False
 
 
-check.NN_CLASSES.update(
-    Module=Module, Parameter=Parameter
-)  # what validation.module/parameters accept
+check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # validation.module/parameters

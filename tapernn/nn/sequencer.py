@@ -73,6 +73,8 @@ class Sequencer(HiddenStateOf, Module):
             or (mode == "eval" and not self.is_training)
         )
 
+    remembers.plain = True  # (nn.steady_source spells it out)
+
     def _before_forward(self) -> None:
         if not self.remembers():
             self.module._clear_memory(keep_initial=True)
@@ -95,6 +97,8 @@ class Sequencer(HiddenStateOf, Module):
         from .runtime import runtime_of
 
         return runtime_of(self).forward(input, self._length_mask(input, lengths))
+
+    forward.steady_entry = True  # (one input: Module's forward; locking.locked_method)
 
     def _length_mask(self, input: Any, lengths: Any) -> np.ndarray:
         steps = input if isinstance(input, list) else list(np.asarray(input))

@@ -59,9 +59,11 @@ class Steady:
             (m.__dict__, output, tuple(m.state_names) if steps else None)
             for m, output, steps in release_plan(exe)
         ]
-        self.forward = forward_function(self)  # forward(x) -> output (nn.steady_source)
+        # forward(x) -> output (nn.steady_source); entry: the same holding the tree lock, what
+        # the locked wrapper of a forward marked `steady_entry` calls (locking.locked_method)
+        self.forward, self.entry = forward_function(self)
         if self.pair is not None:  # backward(input, g, need_grad_input) -> grad_input | MISS
-            self.backward = backward_function(self, MISS)
+            self.backward, self.backward_entry = backward_function(self, MISS)
 
     def __deepcopy__(self, memo: dict) -> None:
         """A copied model plans its own steady path (this one's planned hooks and field
@@ -71,6 +73,10 @@ class Steady:
     def backward(self, input: Any, grad_output: Any, need_grad_input: bool) -> Any:
         """An evaluation forward's steady plan: every backward takes the general path (a
         training plan's backward is generated: nn.steady_source.backward_function)."""
+        return MISS
+
+    def backward_entry(self, *args: Any, **kwargs: Any) -> Any:
+        """(backward's locked entry: the general path, as `backward`)"""
         return MISS
 
     def _run(self, compiled: Any, args: list, private: range) -> tuple:

@@ -8,22 +8,26 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable
 from functools import partial
+from threading import get_ident
 from typing import Any
 
 import numpy as np
 
 from .binding import _state_signature
+from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
 from .state_grads import store_state_input_grads, tap_grads_now
 from .write_plan import Pending
 
 
-def forward_function(steady: Any) -> Callable:
+def forward_function(steady: Any) -> tuple[Callable, Callable]:
     """`forward(x) -> output` for `steady` (a Steady): what the general path does for a call
     with its signature, or `rt.slow_forward` where the call is not such a call (looked up per
-    such call)."""
+    such call); and the same holding the tree lock with the thread checks (the locked
+    wrapper's entry: locking.locked_method)."""
     ns: dict[str, Any] = {
         "ndarray": np.ndarray,
+        "get_ident": get_ident,
         "VERSION": VERSION,
         "Pending": Pending,
         "state_signature": _state_signature,
@@ -100,7 +104,30 @@ def forward_function(steady: Any) -> Callable:
         '    rf["output"] = output',
         "    return output",
     ]
-    return _defined(lines, ns, "forward")
+    rf = steady.root.__dict__
+    forward = _defined(lines, ns, "forward")
+    # the locked entry (locking.locked_method's forward, for one positional input): the tree
+    # lock and the thread checks of the wrapper around this same body
+    ns.update(_lock_names(steady), check_sequence_owner=check_sequence_owner, stamped=_stamper(rf))
+    body = []
+    for line in lines[1:]:
+        if line.lstrip().startswith("return rt.slow_forward("):  # (stamped as the wrapper does)
+            indent = line[: len(line) - len(line.lstrip())]
+            line = f"{indent}return stamped({line.lstrip()[len('return ') :]})"
+        elif line == "    return output":
+            body.append("    record.thread = get_ident()")
+        body.append(line)
+    checks = [
+        "    history = rt.history",
+        "    if history:",
+        '        owner = getattr(history[-1], "thread", None)',
+        "        if owner is not None and owner != get_ident():",
+        "            check_sequence_owner(root)",
+        "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
+        "        return stamped(rt.forward(x))",
+    ]
+    entry = _defined(_locked("def forward(x):", [], checks + body), ns, "forward", "entry")
+    return forward, entry
 
 
 def _binder(ns: dict) -> Callable[[Any, str], str]:
@@ -115,20 +142,73 @@ def _binder(ns: dict) -> Callable[[Any, str], str]:
     return bind
 
 
-def _defined(lines: list[str], ns: dict, name: str) -> Callable:
+def _defined(lines: list[str], ns: dict, name: str, kind: str = "") -> Callable:
     """The function `name` that `lines` define, executed in `ns`; its text as `.source`."""
     source = "\n".join(lines) + "\n"
-    exec(builtins.compile(source, f"<tapernn steady {name}>", "exec"), ns)  # noqa: S102
-    fn = ns[name]
+    where = f"<tapernn steady {name}{' ' + kind if kind else ''}>"
+    exec(builtins.compile(source, where, "exec"), ns)  # noqa: S102
+    fn = ns.pop(name) if kind else ns[name]
     fn.source = source
     return fn
+
+
+def _lock_names(steady: Any) -> dict[str, Any]:
+    """What `_locked`'s lines read: the root module's fields, its tree's lock (_acquire)."""
+    return {"root": steady.root, "lock_fields": steady.root.__dict__, "acquire": _acquire}
+
+
+def _locked(head: str, first: list[str], body: list[str]) -> list[str]:
+    """`head` + `first` + `body` holding the tree lock around `body` as locking.locked_method's
+    wrapper does (locking._enter: the common case inline, else _acquire)."""
+    return (
+        [head]
+        + first
+        + [
+            '    group = lock_fields.get("_lock_group")',
+            "    if group is not None and group.parent is None:",
+            "        lock = group.lock",
+            "        lock.acquire()",
+            "        if group.parent is not None:",
+            "            lock.release()",
+            "            lock = acquire(root)",
+            "    else:",
+            "        lock = acquire(root)",
+            "    try:",
+        ]
+        + ["    " + line for line in body]
+        + ["    finally:", "        lock.release()"]
+    )
+
+
+def _stamper(fields: dict) -> Callable:
+    """`stamped(out) -> out`, stamping the last record with this thread as the wrapper does
+    after a general forward."""
+
+    def stamped(out: Any) -> Any:
+        rt = fields.get("_runtime")
+        if rt is not None and rt.history:
+            record = rt.history[-1]
+            if getattr(record, "thread", None) is None:
+                record.thread = get_ident()
+        return out
+
+    return stamped
 
 
 def _forget(plan: tuple, bind: Callable, flag: str) -> list[str]:
     """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out; `flag`
     says whether it forgot (the release need not clear those fields again)."""
     seq, every, cells, covered = plan
-    lines = [f"    if {bind(seq, 'seq')}.remembers():", f"        {flag} = False"]
+    s = bind(seq, "seq")
+    if getattr(type(seq).remembers, "plain", False):  # (Sequencer's, inlined)
+        lines = [
+            f"    mode = {s}.remember_mode",
+            f'    if (mode == "both" or (mode == "train" and {s}.is_training)',
+            f'            or (mode == "eval" and not {s}.is_training)):',
+        ]
+    else:
+        lines = [f"    if {s}.remembers():"]
+    lines.append(f"        {flag} = False")
     for fields in covered:
         f = bind(fields, "f")
         lines += [
@@ -237,29 +317,40 @@ def _write_back(steady: Any, bind: Callable) -> list[str]:
         lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
     for m, steps in pending:
         plan = bind(steps, "steps")
+        if getattr(Pending.__init__, "plain", False):  # (inlined: no __init__ frame)
+            lines += [
+                "    pending = new_record(Pending)",
+                f"    pending.outs, pending.plan = outs, {plan}",
+            ]
+        else:
+            lines.append(f"    pending = Pending(outs, {plan})")
         if getattr(type(m)._write_pending, "plain", False):  # (AbstractRecurrent's, inlined)
             f = bind(m.__dict__, "f")
             lines += [
                 f'    {f}["_grad_hidden"] = {{}}',
-                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = Pending(outs, {plan})',
+                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = pending',
                 f'    {f}["_n_steps"] = {steps[3]}',
             ]
         else:
-            lines.append(f"    {bind(m, 'm')}._write_pending(Pending(outs, {plan}), {steps[3]})")
+            lines.append(f"    {bind(m, 'm')}._write_pending(pending, {steps[3]})")
     return lines
 
 
-def backward_function(steady: Any, miss: object) -> Callable:
+def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
     """`backward(input, grad_output, need_grad_input) -> grad_input` for `steady`: the backward
     paired with its forward (the same input array, one output gradient of the output's shape
-    and dtype, no set_grad_hidden_state pending), or `miss` (nothing done) for any other."""
+    and dtype, no set_grad_hidden_state pending), or `miss` (nothing done) for any other; and
+    the same holding the tree lock after the wrapper's checks (need_grad_input a bool, this
+    thread's forward), `miss` where they would raise."""
     pair, exe = steady.pair, steady.exe
     n_loose, n_params = len(steady.grads), steady.n_params
     ns: dict[str, Any] = {
         "ndarray": np.ndarray,
+        "get_ident": get_ident,
         "np_array": np.array,
         "VERSION": VERSION,
         "MISS": miss,
+        "steady": steady,
         "rt": steady.rt,
         "rf": steady.root.__dict__,
         "exe": exe,
@@ -345,4 +436,23 @@ def backward_function(steady: Any, miss: object) -> Callable:
         '    rf["grad_input"] = grad_input',  # (None without need_grad_input)
         "    return grad_input",
     ]
-    return _defined(lines, ns, "backward")
+    backward = _defined(lines, ns, "backward")
+    # the locked entry (locking.locked_method's wrapper of Module.backward): anything but the
+    # steady call's arguments (MISS) takes the general path, which checks and raises
+    ns.update(_lock_names(steady))
+    first = [
+        "    if need_grad_input is not True and need_grad_input is not False:",
+        "        return MISS",
+    ]
+    checks = [  # (check_backward_pairing: another thread's forward raises there)
+        "    history = rt.history",
+        "    if history:",
+        '        owner = getattr(history[-1], "thread", None)',
+        "        if owner is not None and owner != get_ident():",
+        "            return MISS",
+        "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
+        "        return MISS",
+    ]
+    head = "def backward(input, grad_output, need_grad_input=True):"
+    entry = _defined(_locked(head, first, checks + lines[1:]), ns, "backward", "entry")
+    return backward, entry

@@ -104,6 +104,8 @@ class Pending:
     def __init__(self, outs: tuple, plan: tuple):
         self.outs, self.plan = outs, plan  # plan: by_steps's
 
+    __init__.plain = True  # (nn.steady_source sets these fields itself)
+
     def field(self, name: str) -> Any:
         outs, (outputs, inputs, states, _) = self.outs, self.plan
         if name == "outputs":

@@ -14,19 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from ...blas import blas_threads
-from .peers import make_gemm_step, make_torch_contender
+from .peers import make_gemm_step, make_torch_contenders
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
+    BLOCK_S,
     NOT_AVAILABLE,
     PEER_BLOCKS,
     Contender,
     lstm_flops,
     tapernn_factories,
+    time_blocks,
     time_interleaved,
 )
 
 CONFIGS = [(1, 5, 5), (32, 50, 128), (32, 50, 256), (32, 50, 512), (64, 100, 1024)]
 QUICK_CONFIGS = CONFIGS[:3]
+TINY_FLOPS = 1e7  # configs under this many FLOPs a step are also timed in blocks (--blocks auto)
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -73,37 +76,37 @@ unroll: list = [None]  # the Sequencers' `unroll` (--unroll)
 need_dx: list = [True]  # every contender computes the input's gradient (not: --no-grad-input)
 
 
-def tapernn_step(
+def tapernn_stepper(
     module_factory: Callable,
     x: np.ndarray,
     grad_h: np.ndarray,
     backend: str | None = None,
     layout: str | None = None,
-) -> None:
-    """One tapernn training step of `Sequencer(module_factory(D, H))`. The Sequencer is built
-    once per (factory, shapes, dtype, backend) and cached, so construction and compilation stay
-    out of the timed calls (the first, untimed warm-up call compiles, under `backend`)."""
+) -> Callable[[], None]:
+    """One tapernn training step of `Sequencer(module_factory(D, H))`, as a user's loop
+    writes it. The Sequencer is built once per (factory, shapes, dtype, backend, layout) and
+    cached (later tables find it); its PlanOptions carry the backend and layout, so its
+    compiles (the first, untimed call) use them without `set_backend` around every call."""
     import tapernn as tn
     from tapernn import nn
 
     T, B, D = x.shape
     H = grad_h.shape[2]
     key = (module_factory, B, T, D, H, x.dtype, backend, unroll[0], layout)
-    before = tn.get_backend()
-    if backend:
-        tn.set_backend(backend)
-    try:
-        if key not in _sequencers:
-            seq = nn.Sequencer(module_factory(D, H), unroll=unroll[0])
-            if layout:  # the recurrent state's layout (passes/layout.py)
-                seq.set_plan_options(tn.PlanOptions(layout=layout))
-            _sequencers[key] = seq.astype(x.dtype)
-        seq = _sequencers[key]
-        seq.forward(x)
-        seq.zero_grad_parameters()
-        seq.backward(x, grad_h, need_grad_input=need_dx[0])
-    finally:
-        tn.set_backend(before)
+    seq = _sequencers.get(key)
+    if seq is None:
+        seq = nn.Sequencer(module_factory(D, H), unroll=unroll[0])
+        if backend or layout:
+            seq.set_plan_options(tn.PlanOptions(backend=backend or "", layout=layout or "auto"))
+        seq = _sequencers[key] = seq.astype(x.dtype)
+    forward, zero, backward, dx = seq.forward, seq.zero_grad_parameters, seq.backward, need_dx[0]
+
+    def step() -> None:
+        forward(x)
+        zero()
+        backward(x, grad_h, need_grad_input=dx)
+
+    return step
 
 
 def make_tapernn_contenders(
@@ -126,7 +129,7 @@ def make_tapernn_contenders(
             continue
         for backend in backends:
             for layout in layouts:
-                step = lambda f=factory, b=backend, ly=layout: tapernn_step(f, x, grad_h, b, ly)
+                step = tapernn_stepper(factory, x, grad_h, backend, layout)
                 name = f"tn {label}" + (f" [{backend}]" if backend else "")
                 name += f" [{layout}]" if layout else ""
                 flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
@@ -171,9 +174,17 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
         ("batch", "feature", "auto") if args.orientation else (None,),
     )
     if args.peers:
-        peer = make_torch_contender(B, T, D, H, dtype, x, grad_h, args.threads, need_dx=dx)
-        contenders.append(peer or Contender("torch nn.LSTM", None, note="torch not importable"))
+        peers = make_torch_contenders(
+            B, T, D, H, dtype, x, grad_h, args.threads, dx, one_thread=tiny(B, T, D, H, args)
+        )
+        contenders += peers or [Contender("torch nn.LSTM", None, note="torch not importable")]
     return contenders, reference
+
+
+def tiny(B: int, T: int, D: int, H: int, args) -> bool:
+    """Whether this config is also timed in blocks (--blocks; auto: under TINY_FLOPS)."""
+    mode = getattr(args, "blocks", "auto")
+    return mode == "all" or (mode == "auto" and lstm_flops(B, T, D, H) < TINY_FLOPS)
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -182,44 +193,63 @@ def build_contenders(B, T, D, H, dtype, args) -> tuple[list[Contender], Referenc
 # --- report ------------------------------------------------------------------------------------
 
 
-def format_rows(contenders: list[Contender]) -> list[str]:
+def format_rows(contenders: list[Contender], kind: str = "times") -> list[str]:
+    """One row per contender from its `kind` timings (times: single interleaved calls;
+    block_times: per-step means of blocks, then their CPU time and its ratio to the least CPU
+    of a torch row); "vs torch" is over the fastest torch row's median."""
+    median = lambda c, k=kind: statistics.median(getattr(c, k))
     reference, matmul = contenders[0], contenders[1]
-    ref_s = statistics.median(reference.times) if reference.times else float("nan")
-    mm_rate = matmul.flops / statistics.median(matmul.times) if matmul.times else float("nan")
-    peer = next((c for c in contenders if c.peer and c.times), None)
-    peer_s = statistics.median(peer.times) if peer else float("nan")
+    ref_s = median(reference) if getattr(reference, kind) else float("nan")
+    mm_rate = matmul.flops / median(matmul) if getattr(matmul, kind) else float("nan")
+    peer_s = min((median(c) for c in contenders if c.peer and getattr(c, kind)), default=None)
+    cpus = [median(c, "block_cpu") for c in contenders if c.peer and c.block_cpu]
+    peer_cpu = min(cpus) if cpus and kind == "block_times" else None
     rows = []
     for c in contenders:
-        if not c.times:
+        if not getattr(c, kind):
             rows.append(f"  {c.name:<34} {c.note}")
             continue
-        med = statistics.median(c.times)
+        med = median(c)
         rate = c.flops / med
         rows.append(
             f"  {c.name:<34} {med * 1e3:>10.3f} {rate / 1e9:>9.2f} {med / ref_s:>8.2f}x "
-            f"{rate / mm_rate:>8.1%} {len(c.times):>5}"
-            + (f" {med / peer_s:>8.2f}x" if peer else "")
+            f"{rate / mm_rate:>8.1%} {len(getattr(c, kind)):>5}"
+            + (f" {med / peer_s:>8.3f}x" if peer_s else "")
+            + (f" {median(c, 'block_cpu') * 1e3:>9.3f}" if kind == "block_times" else "")
+            + (f" {median(c, 'block_cpu') / peer_cpu:>8.3f}x" if peer_cpu else "")
         )
     return rows
 
 
 def report_config(B, T, D, H, dtype, args) -> None:
     contenders, reference = build_contenders(B, T, D, H, dtype, args)
-    time_interleaved(
-        contenders, args.budget, progress=True, desc=f"B={B} T={T} H={H} {np.dtype(dtype).name}"
-    )
+    desc = f"B={B} T={T} H={H} {np.dtype(dtype).name}"
+    blocks = tiny(B, T, D, H, args)  # (tiny: single calls swing; at least 21 of them)
+    time_interleaved(contenders, args.budget, 21 if blocks else 7, progress=True, desc=desc)
+    if blocks:  # (after the single calls: their warm-up compiled every contender)
+        time_blocks(contenders, args.budget)
     print(
         f"\n(B={B}, T={T}, D=H={H}) {np.dtype(dtype).name}:  "
         f"({lstm_flops(B, T, D, H, dx=need_dx[0]) / 1e9:.3f} GFLOP per LSTM step"
         + ("" if need_dx[0] else ", no input gradient anywhere")
         + ")"
     )
-    print(
+    header = (
         f"  {'contender':<34} {'median ms':>10} {'GFLOP/s':>9} {'vs ref':>9} {'of matmul':>8} "
         f"{'reps':>5}" + (f" {'vs torch':>9}" if args.peers else "")
     )
-    for row in format_rows(contenders):
-        print(row)
+    if blocks:
+        print("  single calls, interleaved (each after other contenders' calls: cold caches)")
+    print("\n".join([header, *format_rows(contenders)]))
+    if blocks:
+        print(
+            f"  blocks of steps back to back, as a training loop runs them (~{BLOCK_S * 1e3:.0f}"
+            " ms each, after one untimed call; contenders alternate block by block, a rest "
+            "between libraries; ms per step, reps = blocks; cpu ms: the process's CPU time per "
+            "step, which a busy machine's preemption does not inflate)"
+        )
+        header += f" {'cpu ms':>9}" + (f" {'cpu/torch':>9}" if args.peers else "")
+        print("\n".join([header, *format_rows(contenders, "block_times")]))
     minimum = theoretical_min_bptt_bytes(B, T, D, H, dtype)
     workspace = reference.workspace_bytes()
     unit, scale = ("MiB", 2**20) if workspace >= 2**20 else ("KiB", 2**10)
@@ -252,8 +282,8 @@ def training_pairs_of(factory: Callable, B: int, T: int, D: int, H: int, dtype):
 
 
 def _layout_label(seq) -> str:
-    options = getattr(seq, "_plan_options", None)
-    return f" [{options.layout}]" if options is not None else ""
+    layout = next((key[8] for key, found in _sequencers.items() if found is seq), None)
+    return f" [{layout}]" if layout else ""
 
 
 def memory_rows(B, T, D, H, dtype, workspace: int, cells=None, backends=(None,)) -> list[str]:
@@ -333,6 +363,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "with each PlanOptions.layout (batch, feature, auto)",
     )
     ap.add_argument("--threads", type=positive(int), help="limit BLAS threads (threadpoolctl)")
+    ap.add_argument(
+        "--blocks",
+        choices=["auto", "all", "none"],
+        default="auto",
+        help="also time blocks of steps back to back, as a training loop runs them (auto: "
+        "configs under 10 MFLOP a step, e.g. (1, 5, 5)); there torch is also timed at 1 thread",
+    )
     ap.add_argument(
         "--backends",
         nargs="+",

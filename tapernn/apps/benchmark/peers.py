@@ -47,17 +47,20 @@ def make_gemm_step(
     return step
 
 
-def make_torch_contender(
-    B, T, D, H, dtype, x, grad_h, threads, need_dx: bool = True
-) -> Contender | None:
-    """torch.nn.LSTM's training step; with need_dx=False the input does not require grad, so
-    autograd skips dX as a PyTorch user training on data gets it."""
+def make_torch_contenders(
+    B, T, D, H, dtype, x, grad_h, threads, need_dx: bool = True, one_thread: bool = False
+) -> list[Contender]:
+    """torch.nn.LSTM's training step (none: torch is not importable) with `threads` (None:
+    torch's default), and with `one_thread` also at 1 thread when that is not the default
+    (at tiny shapes torch's fastest: its pool's barrier waits for a descheduled worker on a
+    busy machine). Each contender sets its thread count untimed before its calls; with
+    need_dx=False the input does not require grad, so autograd skips dX as a PyTorch user
+    training on data gets it."""
     try:
         import torch
     except ImportError:
-        return None
-    if threads:
-        torch.set_num_threads(threads)
+        return []
+    default = threads or torch.get_num_threads()
     tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
     lstm = torch.nn.LSTM(D, H).to(tdtype)
     xt = torch.from_numpy(x).requires_grad_(need_dx)
@@ -69,5 +72,23 @@ def make_torch_contender(
         out, _ = lstm(xt)
         out.backward(gt)
 
+    def threads_setter(n: int):
+        def setup() -> None:
+            if torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+
+        return setup
+
     name = f"torch {torch.__version__} nn.LSTM"
-    return Contender(name, step, lstm_flops(B, T, D, H, dx=need_dx), peer=True)
+    flops = lstm_flops(B, T, D, H, dx=need_dx)
+    counts = [default] + ([1] if one_thread and default != 1 else [])
+    return [
+        Contender(
+            name + (f" ({n} thr)" if len(counts) > 1 else ""),
+            step,
+            flops,
+            peer=True,
+            setup=threads_setter(n),
+        )
+        for n in counts
+    ]

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 PEER_REST_S = 0.25  # OpenBLAS workers spin ~0.1 s after a call and slow the other library 2-3x
 PEER_BLOCKS = 4  # hand-overs between NumPy and a peer library per config, one rest each
+# block timing (`time_blocks`): each block of one contender's steps back to back lasts ~BLOCK_S
+BLOCK_S = 0.02
+BLOCK_MIN_STEPS, BLOCK_MAX_STEPS, BLOCK_MIN_ROUNDS, BLOCK_MAX_ROUNDS = 10, 5000, 5, 40
 NOT_AVAILABLE = "tapernn nn not available"
 
 
@@ -26,7 +29,10 @@ class Contender:
     flops: float = 0.0
     peer: bool = False  # another library: rest before and after it
     note: str = ""
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # single interleaved calls (s)
+    block_times: list[float] = field(default_factory=list)  # per-step means of blocks (s)
+    block_cpu: list[float] = field(default_factory=list)  # their process CPU per step (s)
+    setup: Callable[[], object] | None = None  # run untimed before each timed call or block
 
 
 @functools.cache
@@ -56,13 +62,61 @@ def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
 def _rest(first: Contender) -> None:
     """Let the other library's BLAS workers stop spinning, then pay the cold-cache call untimed."""
     time.sleep(PEER_REST_S)
+    if first.setup is not None:
+        first.setup()
     first.step()
 
 
 def _timed(contender: Contender) -> float:
+    if contender.setup is not None:
+        contender.setup()
     start = time.perf_counter()
     contender.step()
     return time.perf_counter() - start
+
+
+def time_blocks(contenders: list[Contender], budget_s: float) -> None:
+    """What a training loop sees: each contender's steps run in blocks of N back to back (N
+    sized so a block lasts ~BLOCK_S by its first call's time), timed as a whole (the block's
+    mean per step in `block_times`); blocks alternate between contenders in rounds, each
+    library's contenders together and in rotating order, the sides' order alternating, so
+    each round hands over between libraries once, after a rest (their BLAS/OpenMP workers
+    spin after a call). `block_cpu`: the process's CPU time per step of each block (all its
+    threads: a busy machine's preemption does not count, another library's workers do). Each
+    block starts with one untimed call: the call after another contender's runs with cold
+    caches (3-10x a loop step on a shared VM; `time_interleaved` measures those single
+    calls)."""
+    runnable = [c for c in contenders if c.step is not None]
+    if not runnable:
+        return
+    steps = {}
+    for c in runnable:  # (the first call's time sizes the block; it may be a cold call)
+        n = int(BLOCK_S / max(_timed(c), 1e-9))
+        steps[id(c)] = min(BLOCK_MAX_STEPS, max(BLOCK_MIN_STEPS, n))
+    previous = runnable[-1].peer  # (the side the sizing ended on goes first)
+    sides = [
+        [c for c in runnable if c.peer == previous],
+        [c for c in runnable if c.peer != previous],
+    ]
+    sides = [s for s in sides if s]
+    round_s = len(runnable) * BLOCK_S + (PEER_REST_S if len(sides) > 1 else 0.0)
+    rounds = int(min(BLOCK_MAX_ROUNDS, max(BLOCK_MIN_ROUNDS, budget_s / round_s)))
+    for r in range(rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            shift = r % len(side)
+            for c in side[shift:] + side[:shift]:
+                if c.peer != previous:
+                    time.sleep(PEER_REST_S)
+                previous = c.peer
+                n, step = steps[id(c)], c.step
+                if c.setup is not None:
+                    c.setup()
+                step()  # (untimed: the hand-over's cold call)
+                start, cpu = time.perf_counter(), time.process_time()
+                for _ in range(n):
+                    step()
+                c.block_times.append((time.perf_counter() - start) / n)
+                c.block_cpu.append((time.process_time() - cpu) / n)
 
 
 def warm_up(contenders: list[Contender]) -> float:
@@ -73,6 +127,8 @@ def warm_up(contenders: list[Contender]) -> float:
         if c.step is None:
             continue
         try:
+            if c.setup is not None:
+                c.setup()
             c.step()
             total += _timed(c)
         except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
