@@ -5,6 +5,7 @@ report's model of the loop; tests/test_memory_loop.py keeps it within 10 % of tr
 
     python tools/peak_terms.py --shape 50,32,256 --cells FastLSTM LSTM GRU
     python tools/peak_terms.py --shape 50,32,256 --measure     # adds the tracemalloc peak
+    python tools/peak_terms.py --no-grad-input    # issue 19's loop: backward(need_grad_input=False)
 
 Moments (the Runtime's lifetimes, nn/runtime.py): `forward` = arena + masks + the forward's
 per-call peak (its outputs and saved values); `backward` = arena + masks + kept outputs + saved
@@ -45,9 +46,9 @@ def buffers(compiled, unit: float) -> str:
     return ", ".join(f"{nb / unit:.2f}U {what}" for nb, what in sizes if nb >= 0.01 * unit)
 
 
-def terms(seq, x: np.ndarray, g: np.ndarray, unit: float) -> dict:
+def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) -> dict:
     seq.forward(x)
-    seq.backward(x, g)
+    seq.backward(x, g, need_grad_input=need_dx)
     exe = runtime_of(seq).history[-1].exe
     pair = exe.compile_training()
     fwd, bwd = pair.forward, pair.last_backward
@@ -59,7 +60,7 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float) -> dict:
     masks = sum(n.nbytes for n in fwd.graph.inputs if n.kind == "random")
     base = arena + masks
     kept_b = sum(kept.values())
-    grad_input = sum(_storages(bwd, range(len(exe.data_wrt))).values())
+    grad_input = sum(_storages(bwd, range(len(exe.data_wrt))).values()) if need_dx else 0
     taps = tap_copy_bytes(exe) + exe._update_bytes()
     moments = {
         "forward": base + per_call_peak(fwd),
@@ -88,6 +89,12 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--measure", action="store_true", help="also the tracemalloc loop peak")
+    p.add_argument(
+        "--no-grad-input",
+        action="store_true",
+        help="the loop's backward without the input gradient (need_grad_input=False: the "
+        "backward variant, compiled into the module's arena after the pair)",
+    )
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
@@ -98,11 +105,12 @@ def main() -> None:
     for cell in a.cells:
         for unroll in (False, True):
             seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
-            t = terms(seq, x, g, unit)
+            t = terms(seq, x, g, unit, not a.no_grad_input)
             name = f"{cell} {'unroll=True' if unroll else 'rolled'}"
             if a.measure:
                 fresh = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
-                t["tracemalloc"] = loop_peak_bytes(tapernn_loop_step(fresh, x, g)) / unit
+                step = tapernn_loop_step(fresh, x, g, need_grad_input=not a.no_grad_input)
+                t["tracemalloc"] = loop_peak_bytes(step) / unit
             print(f"{name}:")
             for k, v in t.items():
                 print(f"    {k:<13} {v:.2f}U" if isinstance(v, float) else f"    {k:<13} {v}")

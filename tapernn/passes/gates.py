@@ -56,22 +56,62 @@ def fuse_gate_matmuls(graph: Graph) -> Graph:
             first_use.setdefault(i, pos[n])
     subst: dict[Node, Node] = {}
     canon: dict[Node, Node] = {}
+    destination: dict[Node, tuple[int, int]] | None = None
+    loop_free: set[Node] = set()  # computed from inputs and constants without a loop
+    for n in graph.nodes:
+        if n.op != "scan" and loop_free.issuperset(n.inputs):
+            loop_free.add(n)
     for members in accept_independent(graph, groups, lambda m: m.inputs[1:]).values():
         rights = [m.inputs[1] for m in members]
         # (a stack's pieces first: in a rolled graph everything outside the loop is loop-level,
         # the gate-gradient stacks of a reverse loop too)
         stacked = _order_in_a_stack(graph, rights, canon)
+        # gradient products (right operands computed by a loop or within steps, not weights):
+        # in the order of the concat their results go to, when there is one
+        placed = None
+        if not stacked and not loop_free.issuperset(rights):
+            destination = _destinations(graph, pos) if destination is None else destination
+            placed = [destination.get(m) for m in members]
+            placed = None if None in placed else dict(zip(members, placed))
         members.sort(
             key=lambda m: (
                 (1, stacked[m.inputs[1]])
                 if stacked
+                else (2, placed[m])
+                if placed
                 else (0, base_position(pos, m.inputs[1]))
                 if m.inputs[1] in inv
-                else (2, first_use.get(m, 0))
+                else (3, first_use.get(m, 0))
             )
         )
         subst.update(fuse_shared_left(members, inv))
     return substitute(graph, subst)
+
+
+def _destinations(graph: Graph, pos: dict[Node, int]) -> dict[Node, tuple[int, int]]:
+    """{value: (position of the concat, piece index)} for values whose only reader chain of
+    transposes and reshapes (each read once) ends as a piece of a concat: where a gradient
+    product goes (the weight gradients of nn.packing: concat(dW_i, dW_f, ...) of
+    transpose(x^T @ dz_k)). Without a stack to follow (no dX: backward(...,
+    need_grad_input=False)), gate-fused gradient GEMMs order their blocks by it, so that the
+    concat's pieces are whole products, not slices in another order (tape order is the
+    gates' reverse), and `flip_transposed_products` can place them."""
+    readers: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n)
+    outputs = set(graph.outputs)
+    out: dict[Node, tuple[int, int]] = {}
+    for n in reversed(graph.nodes):  # readers first: a chain's end is known before its start
+        users = readers.get(n, ())
+        if len(users) != 1 or n in outputs:
+            continue
+        (u,) = users
+        if u.op == "concat" and u.inputs.count(n) == 1:
+            out[n] = (pos[u], u.inputs.index(n))
+        elif u.op in ("transpose", "reshape") and u in out:
+            out[n] = out[u]
+    return out
 
 
 def _order_in_a_stack(graph: Graph, rights: list[Node], canon: dict) -> dict[Node, int]:

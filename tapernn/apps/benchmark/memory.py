@@ -49,14 +49,16 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3)
             tracemalloc.stop()
 
 
-def tapernn_loop_step(seq, x: np.ndarray, grad_h: np.ndarray) -> Callable[[], None]:
+def tapernn_loop_step(
+    seq, x: np.ndarray, grad_h: np.ndarray, need_grad_input: bool = True
+) -> Callable[[], None]:
     """One step of the loop the bench times: zero the gradients, forward, backward with a
     fixed output gradient (held by the caller, like the data), SGD update."""
 
     def step() -> None:
         seq.zero_grad_parameters()
         seq.forward(x)
-        seq.backward(x, grad_h)
+        seq.backward(x, grad_h, need_grad_input=need_grad_input)
         seq.update_parameters(1e-3)
 
     return step
