@@ -118,9 +118,10 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
             body.append("    record.thread = get_ident()")
         body.append(line)
     checks = [
-        "    history = rt.history",
-        "    if history:",
-        '        owner = getattr(history[-1], "thread", None)',
+        # (no local name for rt.history: it would keep the last call's record -- its saved
+        # activations -- alive while this call's program runs)
+        "    if rt.history:",
+        '        owner = getattr(rt.history[-1], "thread", None)',
         "        if owner is not None and owner != get_ident():",
         "            check_sequence_owner(root)",
         "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
@@ -445,9 +446,8 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        return MISS",
     ]
     checks = [  # (check_backward_pairing: another thread's forward raises there)
-        "    history = rt.history",
-        "    if history:",
-        '        owner = getattr(history[-1], "thread", None)',
+        "    if rt.history:",
+        '        owner = getattr(rt.history[-1], "thread", None)',
         "        if owner is not None and owner != get_ident():",
         "            return MISS",
         "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
