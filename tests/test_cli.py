@@ -18,6 +18,9 @@ def test_demo_runs_the_tutorial(capsys):
     assert main(["demo", "--diagram", ""]) == 0
     out = capsys.readouterr().out
     assert "=== Stepping an LSTM ===" in out and "The tutorial ran end to end." in out
+    # the song ids are the notebook's (its table lists "just" twice: the later id, 12, wins)
+    # minus one; before, a renumbered vocabulary printed other ids
+    assert "[[ 6  0 11 14  1]\n [10  3  7 13  9]\n [15  5  4  2 12]]" in out
 
 
 def test_inspect_prints_a_compile_report(capsys):
