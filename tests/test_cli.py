@@ -110,6 +110,16 @@ def test_graph_command_writes_each_format(tmp_path):
     assert main(["graph", "-o", str(tmp_path / "g.bmp")]) == 2
 
 
+def test_graph_to_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    # (before: "unknown output format ''", or for a folder named x.svg a bare IsADirectoryError)
+    folder = tmp_path / "x.svg"
+    folder.mkdir()
+    for target in (tmp_path, folder):
+        assert main(["graph", "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder" in err and "graph.svg" in err
+
+
 def _no_graphviz(monkeypatch, tmp_path):
     """PATH without the Graphviz `dot` program (an empty folder)."""
     import shutil
