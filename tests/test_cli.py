@@ -111,7 +111,7 @@ def test_graph_command_writes_each_format(tmp_path):
 
 
 def test_graph_to_a_folder_says_it_is_a_folder(tmp_path, capsys):
-    # (before: "unknown output format ''", or for a folder named x.svg a bare IsADirectoryError)
+    # (before: a folder without a suffix gave "unknown output format ''")
     folder = tmp_path / "x.svg"
     folder.mkdir()
     for target in (tmp_path, folder):
