@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--max-failures", type=int, default=20)
+    parser.add_argument("--progress", type=int, default=20, help="report every N cases")
     args = parser.parse_args(argv)
     tn.set_backend(args.backend)
     variants = args.variants.split(",")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(case.describe(), "\n", flush=True)
         if len(failures) >= args.max_failures:
             break
-        if (k + 1) % 20 == 0:
+        if (k + 1) % args.progress == 0:
             print(
                 f"{k + 1} cases, {ran} variant runs, {len(failures)} failed, "
                 f"{time.perf_counter() - start:.0f} s",
