@@ -6,6 +6,8 @@ change from the start."""
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import pytest
 
@@ -313,3 +315,26 @@ def test_sum_size_average_changed_after_a_call():
     s.size_average = True
     np.testing.assert_allclose(s.forward(x), x.mean(1), rtol=1e-12)
     np.testing.assert_allclose(nn.Sum(1, size_average=True).forward(x), x.mean(1), rtol=1e-12)
+
+
+class _Mode(enum.Enum):
+    ONE = 1
+    TWO = 2
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mode = _Mode.ONE
+
+    def build(self, x):
+        return x * float(self.mode.value)
+
+
+def test_an_enum_setting_changed_after_a_call():
+    # (before: an enum was not a setting: the first program ran again, silently)
+    m = _Scaled()
+    m.forward(X2)
+    m.forward(X2)
+    m.mode = _Mode.TWO
+    np.testing.assert_allclose(m.forward(X2), 2 * X2, rtol=1e-12)
