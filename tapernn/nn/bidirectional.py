@@ -9,6 +9,7 @@ from typing import Any
 from .. import functional as F
 from .. import library, tracing
 from .. import validation as check
+from ..errors import ArgumentError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
@@ -36,6 +37,15 @@ class _Bidirectional(Module):
         self.add_child("fwd", fwd)
         self.add_child("bwd", bwd if bwd is not None else fresh_clone(fwd))
         self.add_child("merge", merge if merge is not None else JoinTable(-1))
+
+    def forward(self, input: Any, lengths: Any = None) -> Any:
+        if lengths is not None:  # (a Sequencer's keyword: refused by name, not a bare TypeError)
+            raise ArgumentError(
+                f"{self.describe()} takes no lengths=: pad with zero rows and build it over "
+                f"cells with mask_zero() (each direction then runs a row's real steps from a "
+                f"zero state, as alone), or run rows of one length together"
+            )
+        return Module.forward(self, input)
 
     def _before_forward(self) -> None:  # each call is a whole, independent sequence
         self._children["fwd"]._clear_memory(keep_initial=True)

@@ -42,6 +42,8 @@ def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
         return "inside another loop's step"
     if isinstance(x, list) and not all(isinstance(v, Var) for v in x):
         return "tables as steps"
+    if any(isinstance(v, Var) and 0 in v.shape for v in (x if isinstance(x, list) else [x])):
+        return "an empty input (a dimension of size 0)"  # (the loop's slabs assume rows)
     return None
 
 

@@ -107,7 +107,7 @@ class Sequencer(HiddenStateOf, Module):
                 f"{self.describe()}: lengths must be integers, one per batch row "
                 f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}"
             )
-        if lengths.min() < 1 or lengths.max() > T:
+        if lengths.size and (lengths.min() < 1 or lengths.max() > T):
             raise ValueRangeError(
                 f"{self.describe()}: lengths must lie in [1, {T}], got "
                 f"{lengths.min()}..{lengths.max()}"
