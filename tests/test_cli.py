@@ -193,3 +193,11 @@ def test_a_closed_pipe_ends_quietly():
         os.close(write_end)
     assert proc.stderr == "", proc.stderr
     assert proc.returncode == 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+
+def test_a_model_factory_of_the_wrong_kind_says_what_is_expected(capsys):
+    # (before: `--model os:getcwd` ended in a bare TypeError traceback; `os:sep` likewise)
+    for name in ("os:getcwd", "os:sep", "json:dumps"):
+        assert main(["inspect", "--model", name]) == 2
+        err = capsys.readouterr().err
+        assert "factory(steps, batch, size) -> (model, input, grad_output)" in err, err
