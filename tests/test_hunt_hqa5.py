@@ -71,3 +71,78 @@ def test_bisequencer_over_mask_zero_cells_runs_each_padded_row_as_alone():
     np.testing.assert_allclose(y[:3, :1], alone.forward(x[:3, :1]), rtol=1e-12, atol=1e-14)
     assert not np.any(y[3:, 0])
     np.testing.assert_allclose(y[:, 1:], alone.forward(x[:, 1:]), rtol=1e-12, atol=1e-14)
+
+
+def _twin_sharing_parameters(cell):
+    """Another module holding the same Parameter objects (the oracle: runs independently)."""
+    import copy
+
+    twin = copy.deepcopy(cell)
+    for name, p in cell.named_parameters().items():
+        *path, leaf = name.split(".")
+        owner = twin
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, leaf, p)
+    return twin
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GRU(4, 4), lambda: nn.FastLSTM(4, 4)])
+@pytest.mark.parametrize("unroll", [None, True])
+def test_one_recurrent_module_in_two_sequencers_starts_each_from_zeros(make, unroll, backend):
+    # (before: the second Sequencer continued from the state the first left in the same call,
+    # though a Sequencer that does not remember forgets before each forward, as Torch7's)
+    rng = np.random.default_rng(0)
+    tn.manual_seed(0)
+    cell = make()
+    twin = _twin_sharing_parameters(cell)
+    x, g = rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4))
+    shared = nn.Sequential(nn.Sequencer(cell, unroll=unroll), nn.Sequencer(cell, unroll=unroll))
+    oracle = nn.Sequential(nn.Sequencer(cell, unroll=unroll), nn.Sequencer(twin, unroll=unroll))
+    assert len(oracle.parameters()) == len(cell.parameters())
+    for _ in range(2):  # (the second call: the steady path)
+        got, want = [], []
+        for m, out in ((shared, got), (oracle, want)):
+            out.append(np.array(m.forward(x)))
+            m.zero_grad_parameters()
+            out.append(np.array(m.backward(x, g)))
+            out += [p.grad.copy() for p in m.parameters()]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_repeated_sequencer_forgets_before_each_repeat():
+    # (before: Repeater(Sequencer(GRU)) carried the state from one repeat into the next)
+    rng = np.random.default_rng(1)
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.GRU(4, 4))
+    x = rng.standard_normal((3, 2, 4))
+    once = np.array(seq.forward(x))
+    for unroll in (None, True):
+        rep = nn.Repeater(seq, 3)
+        rep.unroll = unroll
+        for y in rep.forward(x):
+            np.testing.assert_allclose(y, once, rtol=1e-12, atol=1e-14)
+
+
+def test_a_remembering_second_sequencer_continues():
+    """With remember, the second use continues from the first's final state (no forget), as
+    Torch7: the same as one remembering Sequencer called twice."""
+    import copy
+
+    rng = np.random.default_rng(2)
+    tn.manual_seed(0)
+    cell = nn.GRU(4, 4)
+    ref = nn.Sequencer(copy.deepcopy(cell)).remember()
+    x = rng.standard_normal((3, 2, 4))
+    first = ref.forward(x)
+    both = nn.Sequential(nn.Sequencer(cell), nn.Sequencer(cell).remember())
+    np.testing.assert_allclose(both.forward(x), ref.forward(first), rtol=1e-12, atol=1e-14)
+
+
+def test_a_shared_module_with_an_initial_state_is_refused_by_name():
+    cell = nn.GRU(4, 4)
+    cell.set_initial_state(np.ones((2, 4)))
+    m = nn.Sequential(nn.Sequencer(cell), nn.Sequencer(cell))
+    with pytest.raises(tn.StateError, match="two Sequencers.*own module"):
+        m.forward(np.zeros((3, 2, 4)))
