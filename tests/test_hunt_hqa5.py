@@ -146,3 +146,28 @@ def test_a_shared_module_with_an_initial_state_is_refused_by_name():
     m = nn.Sequential(nn.Sequencer(cell), nn.Sequencer(cell))
     with pytest.raises(tn.StateError, match="two Sequencers.*own module"):
         m.forward(np.zeros((3, 2, 4)))
+
+
+@pytest.mark.parametrize("cls", [nn.BiSequencer, nn.BiSequencerLM])
+def test_one_recurrent_module_for_both_directions_is_refused(cls):
+    # (before: BiSequencer(g, g) ran, the backward pass continuing from the forward pass's
+    # final state: a silent wrong answer)
+    g = nn.GRU(4, 4)
+    with pytest.raises(tn.ArgumentError, match="share a recurrent module.*same Parameter"):
+        cls(g, g)
+    with pytest.raises(tn.ArgumentError):
+        cls(nn.Sequential(nn.Linear(4, 4), g), g)
+    lin = nn.Linear(4, 4)  # a shared non-recurrent module is fine
+    cls(nn.Sequential(lin, nn.GRU(4, 4)), nn.Sequential(lin, nn.GRU(4, 4)))
+
+
+def test_tied_directions_through_a_twin_run_each_direction_alone():
+    """The refusal's recommendation: bwd a twin holding fwd's Parameter objects."""
+    rng = np.random.default_rng(3)
+    tn.manual_seed(0)
+    g = nn.GRU(4, 4)
+    x = rng.standard_normal((3, 2, 4))
+    y = nn.BiSequencer(g, _twin_sharing_parameters(g)).forward(x)
+    seq = nn.Sequencer(g)
+    want = np.concatenate([seq.forward(x), seq.forward(x[::-1].copy())[::-1]], axis=-1)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-14)

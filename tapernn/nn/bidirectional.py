@@ -26,6 +26,19 @@ def fresh_clone(module: Module) -> Module:
     return clone.reset()
 
 
+def _refuse_shared_recurrence(owner: Module, fwd: Module, bwd: Module) -> None:
+    """One recurrent module cannot run both directions (each needs its own state; before, the
+    backward pass silently continued from the forward pass's final state)."""
+    ours = {id(m) for m in fwd.modules() if m.is_recurrent}
+    if any(id(m) in ours for m in bwd.modules() if m.is_recurrent):
+        raise ArgumentError(
+            f"nn.{type(owner).__name__}: fwd and bwd share a recurrent module, but each "
+            f"direction needs its own state; to tie their weights, give bwd its own module "
+            f"holding the same Parameter objects (e.g. bwd = copy.deepcopy(fwd), then set "
+            f"each of its parameters to fwd's)"
+        )
+
+
 class _Bidirectional(Module):
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
@@ -34,6 +47,8 @@ class _Bidirectional(Module):
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
             if m is not None or name == "fwd":
                 check.module(self, name, m)
+        if bwd is not None:
+            _refuse_shared_recurrence(self, fwd, bwd)
         self.add_child("fwd", fwd)
         self.add_child("bwd", bwd if bwd is not None else fresh_clone(fwd))
         self.add_child("merge", merge if merge is not None else JoinTable(-1))
