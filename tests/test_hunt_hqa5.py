@@ -144,7 +144,7 @@ def test_a_shared_module_with_an_initial_state_is_refused_by_name():
     cell = nn.GRU(4, 4)
     cell.set_initial_state(np.ones((2, 4)))
     m = nn.Sequential(nn.Sequencer(cell), nn.Sequencer(cell))
-    with pytest.raises(tn.StateError, match="two Sequencers.*own module"):
+    with pytest.raises(tn.StateError, match="two places.*own module"):
         m.forward(np.zeros((3, 2, 4)))
 
 
@@ -171,3 +171,23 @@ def test_tied_directions_through_a_twin_run_each_direction_alone():
     seq = nn.Sequencer(g)
     want = np.concatenate([seq.forward(x), seq.forward(x[::-1].copy())[::-1]], axis=-1)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("unroll", [None, True])
+def test_one_recurrent_module_in_two_repeaters_starts_each_from_zeros(unroll):
+    # (before: the second Repeater continued from the first's final state; Torch7's Repeater
+    # forgets at each forward)
+    rng = np.random.default_rng(4)
+    tn.manual_seed(0)
+    g = nn.GRU(4, 4)
+    twin = _twin_sharing_parameters(g)
+    x = rng.standard_normal((2, 4))
+
+    def model(a, b):
+        r1, r2 = nn.Repeater(a, 2), nn.Repeater(b, 2)
+        r1.unroll = r2.unroll = unroll
+        return nn.Sequential(r1, nn.SelectTable(-1), r2)
+
+    got, want = model(g, g).forward(x), model(g, twin).forward(x)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -11,12 +11,19 @@ import numpy as np
 from .. import functional as F
 from .. import library, tracing
 from .. import validation as check
-from ..errors import ShapeError, StateError, ValueRangeError
+from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .recurrent import AbstractRecurrent, HiddenStateOf, mask_rows
-from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import (
+    NotRollable,
+    join_segments,
+    loop_key,
+    restart_states,
+    rolled_refusal,
+    run_loop,
+)
 from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
@@ -138,7 +145,7 @@ class Sequencer(HiddenStateOf, Module):
                     )
         ctx = current_build()
         if not self.remembers():
-            _restart_states(self.module, ctx)
+            restart_states(self.module, ctx)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
@@ -211,23 +218,6 @@ class Sequencer(HiddenStateOf, Module):
 
 
 _MODULE_FORWARD = Module.forward.__wrapped__  # Module.forward without its locking wrapper
-
-
-def _restart_states(module: Module, ctx: Any) -> None:
-    """A Sequencer that forgets before each forward starts its recurrent modules from zeros even
-    when this call already ran them (one module in two Sequencers of a model: Torch7's
-    Sequencer calls forget() at each forward); its `_before_forward` hook only forgets what
-    earlier calls left."""
-    for m in module.modules():
-        state = ctx.states.get(m)
-        if state is not None and ctx.steps.get(m, 0):  # (ran already: not a given h0 / c0)
-            if getattr(m, "_user_initial", None) is not None:
-                raise StateError(
-                    f"{m.describe()} runs in two Sequencers of one model and has an initial "
-                    f"state set (set_initial_state): give each Sequencer its own module (they "
-                    f"may share Parameter objects)"
-                )
-            ctx.states[m] = tuple(F.zeros(v.shape, v.dtype) for v in state)
 
 
 def planned_forget(seq: Sequencer) -> tuple[Callable, list] | None:
