@@ -191,3 +191,22 @@ def test_one_recurrent_module_in_two_repeaters_starts_each_from_zeros(unroll):
     got, want = model(g, g).forward(x), model(g, twin).forward(x)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [nn.BiSequencer, nn.BiSequencerLM])
+@pytest.mark.parametrize("unroll", [None, True])
+def test_a_bidirectional_direction_run_elsewhere_first_starts_from_zeros(cls, unroll):
+    # (before: a BiSequencer whose fwd module a Sequencer had already run in the same call
+    # continued from that Sequencer's final state)
+    rng = np.random.default_rng(5)
+    tn.manual_seed(0)
+    g, other = nn.GRU(4, 4), nn.GRU(4, 4)
+    twin = _twin_sharing_parameters(g)
+    x = rng.standard_normal((3, 2, 4))
+
+    def model(fwd):
+        bi = cls(fwd, other, merge=nn.CAddTable())
+        bi.unroll = unroll
+        return nn.Sequential(nn.Sequencer(g), bi)
+
+    np.testing.assert_allclose(model(g).forward(x), model(twin).forward(x), rtol=1e-12, atol=1e-14)

@@ -13,7 +13,14 @@ from ..errors import ArgumentError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import (
+    NotRollable,
+    join_segments,
+    loop_key,
+    restart_states,
+    rolled_refusal,
+    run_loop,
+)
 from .tables import JoinTable
 
 
@@ -66,6 +73,12 @@ class _Bidirectional(Module):
         self._children["fwd"]._clear_memory(keep_initial=True)
         self._children["bwd"]._clear_memory(keep_initial=True)
 
+    def _restart(self, ctx: Any) -> None:
+        """Both directions start from zeros even when this call already ran their modules
+        elsewhere in the model (as its forget before every forward)."""
+        restart_states(self._children["fwd"], ctx)
+        restart_states(self._children["bwd"], ctx)
+
     def _steps(self, x: Any) -> tuple[list, bool]:
         if isinstance(x, Var):
             self.expect(
@@ -104,6 +117,7 @@ class BiSequencer(_Bidirectional):
 
     def build(self, x: Any) -> Any:
         ctx = current_build()
+        self._restart(ctx)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
@@ -186,6 +200,7 @@ class BiSequencerLM(_Bidirectional):
     """
 
     def build(self, x: Any) -> Any:
+        self._restart(current_build())
         steps, as_array = self._steps(x)
         T = len(steps)
         self.expect(T >= 2, "needs at least two steps")
