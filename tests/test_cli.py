@@ -18,6 +18,9 @@ def test_demo_runs_the_tutorial(capsys):
     assert main(["demo", "--diagram", ""]) == 0
     out = capsys.readouterr().out
     assert "=== Stepping an LSTM ===" in out and "The tutorial ran end to end." in out
+    # the song ids are the notebook's (its table lists "just" twice: the later id, 12, wins)
+    # minus one; before, a renumbered vocabulary printed other ids
+    assert "[[ 6  0 11 14  1]\n [10  3  7 13  9]\n [15  5  4  2 12]]" in out
 
 
 def test_inspect_prints_a_compile_report(capsys):
@@ -107,6 +110,16 @@ def test_graph_command_writes_each_format(tmp_path):
     assert main(["graph", "-o", str(tmp_path / "g.bmp")]) == 2
 
 
+def test_graph_to_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    # (before: a folder without a suffix gave "unknown output format ''")
+    folder = tmp_path / "x.svg"
+    folder.mkdir()
+    for target in (tmp_path, folder):
+        assert main(["graph", "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder" in err and "graph.svg" in err
+
+
 def _no_graphviz(monkeypatch, tmp_path):
     """PATH without the Graphviz `dot` program (an empty folder)."""
     import shutil
@@ -180,3 +193,11 @@ def test_a_closed_pipe_ends_quietly():
         os.close(write_end)
     assert proc.stderr == "", proc.stderr
     assert proc.returncode == 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+
+def test_a_model_factory_of_the_wrong_kind_says_what_is_expected(capsys):
+    # (before: `--model os:getcwd` ended in a bare TypeError traceback; `os:sep` likewise)
+    for name in ("os:getcwd", "os:sep", "json:dumps"):
+        assert main(["inspect", "--model", name]) == 2
+        err = capsys.readouterr().err
+        assert "factory(steps, batch, size) -> (model, input, grad_output)" in err, err

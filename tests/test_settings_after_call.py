@@ -6,6 +6,8 @@ change from the start."""
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import pytest
 
@@ -269,3 +271,70 @@ def test_a_custom_modules_list_and_dict_settings_rebound_or_changed_in_place():
     for _ in range(3):
         m.forward(X2)
     assert m.trace_count == count
+
+
+class _Act(nn.Module):
+    """A custom module with a function setting and a class default its instances may shadow."""
+
+    scale = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.fn = tn.tanh
+
+    def build(self, x):
+        return self.fn(x) * self.scale
+
+
+@pytest.mark.parametrize("unroll", [None, True])
+def test_a_function_setting_or_a_shadowed_class_default_changed_after_a_call(unroll):
+    # (before: functions were not settings, and a field new to the instance, shadowing the
+    # class's default, bumped nothing: the first program ran again, silently)
+    m = nn.Sequencer(nn.Sequential(nn.Linear(4, 4), _Act()), unroll=unroll)
+    lin = m.get(0).get(0)
+    pre = np.stack([lin.forward(x) for x in X3])
+    np.testing.assert_allclose(m.forward(X3), np.tanh(pre), rtol=1e-12)
+    m.forward(X3)
+    act = m.get(0).get(1)
+    act.fn = tn.sigmoid
+    np.testing.assert_allclose(m.forward(X3), 1 / (1 + np.exp(-pre)), rtol=1e-12)
+    act.scale = 3.0
+    np.testing.assert_allclose(m.forward(X3), 3 / (1 + np.exp(-pre)), rtol=1e-12)
+    count = m.trace_count
+    act.fn = tn.sigmoid  # the same function again: nothing changes
+    for _ in range(2):
+        m.forward(X3)
+    assert m.trace_count == count
+
+
+def test_sum_size_average_changed_after_a_call():
+    # (before: Sum chose its reduction in __init__: a changed size_average kept summing)
+    s = nn.Sum(1)
+    x = X2
+    np.testing.assert_allclose(s.forward(x), x.sum(1), rtol=1e-12)
+    s.size_average = True
+    np.testing.assert_allclose(s.forward(x), x.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(nn.Sum(1, size_average=True).forward(x), x.mean(1), rtol=1e-12)
+
+
+class _Mode(enum.Enum):
+    ONE = 1
+    TWO = 2
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mode = _Mode.ONE
+
+    def build(self, x):
+        return x * float(self.mode.value)
+
+
+def test_an_enum_setting_changed_after_a_call():
+    # (before: an enum was not a setting: the first program ran again, silently)
+    m = _Scaled()
+    m.forward(X2)
+    m.forward(X2)
+    m.mode = _Mode.TWO
+    np.testing.assert_allclose(m.forward(X2), 2 * X2, rtol=1e-12)

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from .models import build_model
 
     path = Path(args.output)
+    if path.is_dir():
+        raise TapernnError(
+            f"{str(path)!r} is a folder; give a file such as {str(path / 'graph.svg')!r}"
+        )
     if path.suffix not in FORMATS:
         raise TapernnError(
             f"unknown output format {path.suffix!r}; use one of {', '.join(FORMATS)}"

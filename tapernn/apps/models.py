@@ -4,6 +4,7 @@ returns (model, example input, example grad_output) for T steps."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,21 @@ def _checked(name: str, built: Any) -> Built:
     return built
 
 
+def _check_callable(name: str, factory: Any, *args: int) -> None:
+    """A factory is called as factory(steps, batch, size): say so, not a bare TypeError."""
+    expected = "a function factory(steps, batch, size) -> (model, input, grad_output)"
+    if not callable(factory):
+        raise TapernnError(
+            f"model factory {name!r} must be {expected}, got {type(factory).__name__}"
+        )
+    try:
+        inspect.signature(factory).bind(*args)
+    except ValueError:  # (no signature to read, e.g. some builtins: let the call decide)
+        return
+    except TypeError as e:
+        raise TapernnError(f"model factory {name!r} must be {expected}: {e}") from None
+
+
 def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
     """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
     if ":" in name:
@@ -105,6 +121,7 @@ def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Bui
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
+        _check_callable(name, factory, steps, batch, size)
         return _checked(name, factory(steps, batch, size))
     if name not in MODELS:
         raise TapernnError(

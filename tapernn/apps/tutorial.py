@@ -123,24 +123,10 @@ def main() -> nn.Module:
 
     # --- A more realistic example: song lyrics 5-grams ------------------------------------------
     section("Song-lyrics acceptor (LookupTable -> LSTM -> Linear -> Sigmoid)")
-    words = [
-        "I",
-        "you",
-        "the",
-        "this",
-        "to",
-        "fire",
-        "Hey",
-        "is",
-        "just",
-        "zee",
-        "And",
-        "rain",
-        "cray",
-        "met",
-        "Set",
-    ]
-    V = {w: k for k, w in enumerate(words)}  # 0-based ids
+    # the tutorial's vocabulary, its ids minus one (0-based); its table lists "just" twice
+    # (ids 9 and 12) and the later entry wins, as in Lua: id 8 is unused, vocab_size is 16
+    V = {"I": 0, "you": 1, "the": 2, "this": 3, "to": 4, "fire": 5, "Hey": 6, "is": 7}
+    V |= {"just": 11, "zee": 9, "And": 10, "rain": 12, "cray": 13, "met": 14, "Set": 15}
     song_data = np.array(
         [
             [V["Hey"], V["I"], V["just"], V["met"], V["you"]],
@@ -150,7 +136,7 @@ def main() -> nn.Module:
     )
     masterpiece_or_not = np.array([[1.0], [1.0], [0.0]])  # #carlyrae4ever
     print(song_data)
-    vocab_size, embed_dim = len(words), 6
+    vocab_size, embed_dim = 16, 6
     LT = nn.LookupTable(vocab_size, embed_dim)
     song_lstm = nn.Sequential()
     song_lstm.add(LT)  # one sequence: (5,) ids -> (5, 6)
@@ -172,6 +158,7 @@ def main() -> nn.Module:
     section("Batching: each step is a (batch, features) matrix")
     batch_size = 2
     batch_seq_data = [rng.standard_normal((batch_size, d_in)) for _ in range(3)]
+    print([x.shape for x in batch_seq_data])
     print([o.shape for o in nn.Sequencer(nn.LSTM(d_in, d_hid)).forward(batch_seq_data)])
 
     section("Batched song acceptor (time-major ids: (5, 3))")

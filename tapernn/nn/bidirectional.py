@@ -9,10 +9,18 @@ from typing import Any
 from .. import functional as F
 from .. import library, tracing
 from .. import validation as check
+from ..errors import ArgumentError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
-from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import (
+    NotRollable,
+    join_segments,
+    loop_key,
+    restart_states,
+    rolled_refusal,
+    run_loop,
+)
 from .tables import JoinTable
 
 
@@ -25,6 +33,19 @@ def fresh_clone(module: Module) -> Module:
     return clone.reset()
 
 
+def _refuse_shared_recurrence(owner: Module, fwd: Module, bwd: Module) -> None:
+    """One recurrent module cannot run both directions (each needs its own state; before, the
+    backward pass silently continued from the forward pass's final state)."""
+    ours = {id(m) for m in fwd.modules() if m.is_recurrent}
+    if any(id(m) in ours for m in bwd.modules() if m.is_recurrent):
+        raise ArgumentError(
+            f"nn.{type(owner).__name__}: fwd and bwd share a recurrent module, but each "
+            f"direction needs its own state; to tie their weights, give bwd its own module "
+            f"holding the same Parameter objects (e.g. bwd = copy.deepcopy(fwd), then set "
+            f"each of its parameters to fwd's)"
+        )
+
+
 class _Bidirectional(Module):
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
@@ -33,13 +54,30 @@ class _Bidirectional(Module):
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
             if m is not None or name == "fwd":
                 check.module(self, name, m)
+        if bwd is not None:
+            _refuse_shared_recurrence(self, fwd, bwd)
         self.add_child("fwd", fwd)
         self.add_child("bwd", bwd if bwd is not None else fresh_clone(fwd))
         self.add_child("merge", merge if merge is not None else JoinTable(-1))
 
+    def forward(self, input: Any, lengths: Any = None) -> Any:
+        if lengths is not None:  # (a Sequencer's keyword: refused by name, not a bare TypeError)
+            raise ArgumentError(
+                f"{self.describe()} takes no lengths=: pad with zero rows and build it over "
+                f"cells with mask_zero() (each direction then runs a row's real steps from a "
+                f"zero state, as alone), or run rows of one length together"
+            )
+        return Module.forward(self, input)
+
     def _before_forward(self) -> None:  # each call is a whole, independent sequence
         self._children["fwd"]._clear_memory(keep_initial=True)
         self._children["bwd"]._clear_memory(keep_initial=True)
+
+    def _restart(self, ctx: Any) -> None:
+        """Both directions start from zeros even when this call already ran their modules
+        elsewhere in the model (as its forget before every forward)."""
+        restart_states(self._children["fwd"], ctx)
+        restart_states(self._children["bwd"], ctx)
 
     def _steps(self, x: Any) -> tuple[list, bool]:
         if isinstance(x, Var):
@@ -79,6 +117,7 @@ class BiSequencer(_Bidirectional):
 
     def build(self, x: Any) -> Any:
         ctx = current_build()
+        self._restart(ctx)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
@@ -161,6 +200,7 @@ class BiSequencerLM(_Bidirectional):
     """
 
     def build(self, x: Any) -> Any:
+        self._restart(current_build())
         steps, as_array = self._steps(x)
         T = len(steps)
         self.expect(T >= 2, "needs at least two steps")

@@ -7,13 +7,24 @@ steady path and the tree cache look again."""
 
 from __future__ import annotations
 
+import enum
+import functools
 import itertools
+import types
 from typing import Any
 
 import numpy as np
 
 _serials = itertools.count()
-_SCALARS = (bool, int, float, str, type(None), np.generic)
+_SCALARS = (bool, int, float, str, type(None), np.generic, enum.Enum)
+# function fields a build may call (`self.fn = tn.tanh`, Sum's reduce): compared by identity
+_FUNCTIONS = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    np.ufunc,
+    functools.partial,
+)
 # fields the runtime or a module's own calls write: results, not settings
 RESULT_FIELDS = frozenset(
     {
@@ -56,6 +67,23 @@ def is_setting(name: str, value: Any) -> bool:
     return _plain(value)
 
 
+def is_function_setting(name: str, value: Any) -> bool:
+    """A public function field (`self.fn = tn.tanh`), a setting compared by identity (the key
+    holds the function itself: its repr holds an address a later function may reuse)."""
+    return not name.startswith("_") and name not in RESULT_FIELDS and isinstance(value, _FUNCTIONS)
+
+
+def changed(old: Any, value: Any) -> bool:
+    """Whether setting a field from `old` to `value` changes a setting's value."""
+    if isinstance(value, _FUNCTIONS) or isinstance(old, _FUNCTIONS):
+        return old is not value and not (type(old) is type(value) and old == value)
+    return type(old) is not type(value) or repr(old) != repr(value)
+
+
+def _entry(value: Any) -> Any:
+    return value if isinstance(value, _FUNCTIONS) else repr(value)
+
+
 def is_mutable_setting(name: str, value: Any) -> bool:
     """A list or dict setting: changed in place, no setter sees it (compared at every call, as
     the array settings)."""
@@ -87,7 +115,7 @@ def _param_serial(p: Any) -> int:
 def structure_key(modules: list) -> tuple:
     """One entry per module (in `modules()` order): its type, identity, whether it is in the
     root's mode (the signature holds the root's) and its settings, compared by repr (exact for
-    floats; NaN equals itself)."""
+    floats; NaN equals itself), function settings by identity."""
     training = modules[0].is_training
     return tuple(
         (
@@ -97,9 +125,14 @@ def structure_key(modules: list) -> tuple:
             tuple((k, _param_serial(p)) for k, p in m.__dict__.get("_params", {}).items()),
             tuple(
                 sorted(
-                    (k, repr(v))
-                    for k, v in m.__dict__.items()
-                    if k != "is_training" and k not in type(m).call_inputs and is_setting(k, v)
+                    (
+                        (k, _entry(v))
+                        for k, v in m.__dict__.items()
+                        if k != "is_training"
+                        and k not in type(m).call_inputs
+                        and (is_setting(k, v) or is_function_setting(k, v))
+                    ),
+                    key=lambda kv: kv[0],
                 )
             ),
         )

@@ -316,7 +316,9 @@ class Sum(_Reduce):
     ):
         super().__init__(dimension, n_input_dims)
         self.size_average = check.flag(self, "size_average", size_average)
-        self.reduce = library.mean if size_average else F.sum
+
+    def reduce(self, x: Var, d: int) -> Var:  # (read at each build: size_average may change)
+        return (library.mean if self.size_average else F.sum)(x, d)
 
 
 class Mean(_Reduce):

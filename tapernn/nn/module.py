@@ -30,7 +30,7 @@ from ..errors import (
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
 from ..tracing import Var, current_scope, current_step, scope
-from .config_key import is_array_setting, is_setting
+from .config_key import changed, is_array_setting, is_function_setting, is_setting
 from .context import _BUILD, current_build
 from .locking import check_backward_pairing, joined, lock_entry_points, tree_locked
 from .packing import VERSION as STORAGE_VERSION
@@ -81,9 +81,9 @@ class Module:
                 packing_changed()
         elif name in type(self).call_inputs:
             pass  # bound at every call (NCEModule.z): not part of what was traced
-        elif name in self.__dict__ and is_setting(name, value):  # d.p = 0.2 after a call
-            old = self.__dict__[name]
-            if type(old) is not type(value) or repr(old) != repr(value):
+        elif is_setting(name, value) or is_function_setting(name, value):  # d.p = 0.2
+            fields = self.__dict__  # (a new field too: it may shadow a class default)
+            if name not in fields or changed(fields[name], value):
                 packing_changed()  # (the steady path and the tree cache look again: config_key)
         elif isinstance(value, np.ndarray) and is_array_setting(name):
             packing_changed()  # an array constant (re)bound: config_key.array_settings

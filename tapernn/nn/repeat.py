@@ -14,7 +14,14 @@ from .context import current_build
 from .criteria import Criterion
 from .module import Module
 from .recurrent import AbstractRecurrent, HiddenStateOf
-from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import (
+    NotRollable,
+    join_segments,
+    loop_key,
+    restart_states,
+    rolled_refusal,
+    run_loop,
+)
 
 
 class Repeater(Module):
@@ -34,6 +41,7 @@ class Repeater(Module):
 
     def build(self, x: Any) -> list:
         ctx = current_build()
+        restart_states(self._children["0"], ctx)  # (it forgets before every forward)
         why = rolled_refusal(self, ctx, [x] if isinstance(x, Var) else x)
         if why is None and isinstance(x, Var):
             m = self._children["0"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import functional as F
 from .. import tracing
+from ..errors import StateError
 from ..tracing import Var
 from .binding import _state_signature
 from .context import BuildContext
@@ -18,6 +19,7 @@ __all__ = [
     "NotRollable",
     "join_segments",
     "loop_key",
+    "restart_states",
     "rolled_refusal",
     "run_loop",
     "stacked_fields",
@@ -42,6 +44,8 @@ def rolled_refusal(owner: Any, ctx: BuildContext, x: Any) -> str | None:
         return "inside another loop's step"
     if isinstance(x, list) and not all(isinstance(v, Var) for v in x):
         return "tables as steps"
+    if any(isinstance(v, Var) and 0 in v.shape for v in (x if isinstance(x, list) else [x])):
+        return "an empty input (a dimension of size 0)"  # (the loop's slabs assume rows)
     return None
 
 
@@ -99,3 +103,20 @@ def stacked_fields(name: str, at: Stacked, tree: Any, outs: Any) -> list:
     values = rows[0] if tree == LEAF else [unflatten(tree, list(r)) for r in zip(*rows)]
     steps = range(at.start, at.start + at.n * at.stride, at.stride)
     return [(name, t, v) for t, v in zip(steps, values)]
+
+
+def restart_states(module: Any, ctx: Any) -> None:
+    """An owner that forgets before each forward (a Sequencer not remembering, a Repeater)
+    starts its recurrent modules from zeros even when this call already ran them (one module in
+    two places of a model: Torch7's Sequencer and Repeater call forget() at each forward); its
+    `_before_forward` hook only forgets what earlier calls left."""
+    for m in module.modules():
+        state = ctx.states.get(m)
+        if state is not None and ctx.steps.get(m, 0):  # (ran already: not a given h0 / c0)
+            if getattr(m, "_user_initial", None) is not None:
+                raise StateError(
+                    f"{m.describe()} runs in two places of one model and has an initial "
+                    f"state set (set_initial_state): give each place its own module (they "
+                    f"may share Parameter objects)"
+                )
+            ctx.states[m] = tuple(F.zeros(v.shape, v.dtype) for v in state)

@@ -16,7 +16,14 @@ from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .recurrent import AbstractRecurrent, HiddenStateOf, mask_rows
-from .roll_api import NotRollable, join_segments, loop_key, rolled_refusal, run_loop
+from .roll_api import (
+    NotRollable,
+    join_segments,
+    loop_key,
+    restart_states,
+    rolled_refusal,
+    run_loop,
+)
 from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
@@ -111,7 +118,7 @@ class Sequencer(HiddenStateOf, Module):
                 f"{self.describe()}: lengths must be integers, one per batch row "
                 f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}"
             )
-        if lengths.min() < 1 or lengths.max() > T:
+        if lengths.size and (lengths.min() < 1 or lengths.max() > T):
             raise ValueRangeError(
                 f"{self.describe()}: lengths must lie in [1, {T}], got "
                 f"{lengths.min()}..{lengths.max()}"
@@ -141,6 +148,8 @@ class Sequencer(HiddenStateOf, Module):
                         f"batch must have the same shape"
                     )
         ctx = current_build()
+        if not self.remembers():
+            restart_states(self.module, ctx)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
