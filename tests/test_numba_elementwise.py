@@ -24,9 +24,9 @@ def _body_sources(monkeypatch):
     sources = []
     make = scan_run.make_runner
 
-    def recording(compiled, attrs):
+    def recording(compiled, attrs, **kw):
         sources.append(compiled.program.source)
-        return make(compiled, attrs)
+        return make(compiled, attrs, **kw)
 
     monkeypatch.setattr(scan_run, "make_runner", recording)
     return sources
