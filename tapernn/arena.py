@@ -20,6 +20,7 @@ from .executor import (
 )
 from .fused_lowering import fused_scratch
 from .graph import Graph
+from .donate import donatable
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
 from .passes import Pass
 
@@ -63,13 +64,17 @@ def compile_shared(
     options: PlanOptions = DEFAULT_OPTIONS,
     backend: str | None = None,
     arena: Arena | None = None,
+    n_saved: int = 0,
 ) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs). With `arena` the group's arena is that shared Arena's (grown
-    if it is too small), and the reports count all of it."""
+    if it is too small), and the reports count all of it. `n_saved` (a TrainingPair: the
+    forward's last n_saved outputs are the backward's first inputs): with
+    options.dz_in_gates the backward (the last graph) may write a loop's result over a saved
+    value's leading elements that no other forward output reads (donate.py)."""
     options = with_backend(options, backend)
     with gc_paused():
         optimised = []
@@ -77,6 +82,12 @@ def compile_shared(
             verify_input(graph)
             optimised.append(optimise(graph, pipeline_of(passes), options))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
+        if options.dz_in_gates and n_saved and len(optimised) == 2:
+            donate = donatable(optimised[0][0], plans[0], n_saved)
+            if donate:
+                plans[1] = plan_buffers(
+                    optimised[1][0], scratch=fused_scratch, options=options, donate=donate
+                )
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled = [

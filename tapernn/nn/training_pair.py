@@ -37,7 +37,9 @@ class TrainingPair:
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved :])
         # the two programs run alternately: their temporaries share one arena
         self.arena = arena  # shared with the module's other programs (None: the pair's own)
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options, arena=arena)
+        self.forward, self.backward = compile_shared(
+            [fwd, bwd], passes, options, arena=arena, n_saved=self.n_saved
+        )
         self.resident_bytes = self.forward.report.resident_bytes
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
