@@ -276,7 +276,9 @@ class ScanResult:
             # carry section): that section may then be overwritten by a backward that is
             # given the slab (PlanOptions.dz_in_gates) while the final states stay right
             end = 0 if reverse else length
-            self.carries[k] = F.reshape(F.getitem(slab, slice(first + end * w, first + (end + 1) * w)), s)
+            self.carries[k] = F.reshape(
+                F.getitem(slab, slice(first + end * w, first + (end + 1) * w)), s
+            )
 
     @property
     def node(self) -> Node:

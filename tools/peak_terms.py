@@ -18,7 +18,7 @@ import argparse
 
 import numpy as np
 
-from tapernn import nn
+from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.nn.runtime import runtime_of
 from tapernn.nn.state_grads import tap_copy_bytes
@@ -88,6 +88,9 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--measure", action="store_true", help="also the tracemalloc loop peak")
+    p.add_argument(
+        "--dz-in-gates", action="store_true", help="PlanOptions(dz_in_gates=True) (rolled)"
+    )
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
@@ -97,11 +100,13 @@ def main() -> None:
     print(f"(T, B, H) = ({T}, {B}, {H}) {a.dtype}, U = {unit / 2**20:.4f} MiB, BPTT minimum 5U")
     for cell in a.cells:
         for unroll in (False, True):
+            options = PlanOptions(dz_in_gates=a.dz_in_gates)
             seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
-            t = terms(seq, x, g, unit)
+            t = terms(seq.set_plan_options(options), x, g, unit)
             name = f"{cell} {'unroll=True' if unroll else 'rolled'}"
             if a.measure:
                 fresh = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
+                fresh.set_plan_options(options)
                 t["tracemalloc"] = loop_peak_bytes(tapernn_loop_step(fresh, x, g)) / unit
             print(f"{name}:")
             for k, v in t.items():
