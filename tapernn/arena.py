@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .codegen import Program
+from .donate import donatable
 from .executor import (
     Compiled,
     compile,
@@ -20,7 +21,6 @@ from .executor import (
 )
 from .fused_lowering import fused_scratch
 from .graph import Graph
-from .donate import donatable
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
 from .passes import Pass
 

@@ -9,7 +9,8 @@ Analyses only (the walk and codegen act on what they return):
 - `donations(graph, root, donatable)` (the backward): loop node -> the input it is computed
   into (its first `size` elements): the loop's result fits in that prefix, the input's prefix is
   read only by the loop's xs (the runner checks every call that each xs row t lies inside the
-  loop's row t, else it writes a slab of its own: scan_run.writable_over_xs) or by nodes
+  loop's row t, else it writes a slab of its own: scan_run.writable_over_xs; checked here too,
+  so the plan is what runs) or by nodes
   scheduled before the loop, and nothing returned is a view of it."""
 
 from __future__ import annotations
@@ -18,29 +19,52 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import PSEUDO, get_op
+from .scan_ir import scan_rows_of
 
 
 def _view(n: Node) -> bool:
     return n.op not in PSEUDO and get_op(n.op).view
 
 
-def _lowest(v: Node, base: Node) -> int:
-    """The lowest element index of `base` (flat) that view `v` of it covers (0 when unsure)."""
+def _values(v: Node, base: Node) -> np.ndarray | None:
+    """The element indices of `base` (flat) that view `v` of it holds (None when unsure)."""
     chain = []
     while v is not base:
         if not _view(v) or len(v.inputs) != 1:
-            return 0
+            return None
         chain.append(v)
         v = v.inputs[0]
     arr = np.arange(base.size).reshape(base.shape)
     try:
         for n in reversed(chain):
             arr = np.asarray(get_op(n.op).forward(arr, **n.attrs))
-    except Exception:  # (an unknown view: the whole storage)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return None
+    return arr
+
+
+def _lowest(v: Node, base: Node) -> int:
+    """The lowest element index of `base` (flat) that view `v` of it covers (0 when unsure)."""
+    arr = _values(v, base)
+    if arr is None:
         return 0
-    if arr.size == 0:
-        return base.size
-    return int(arr.min())
+    return base.size if arr.size == 0 else int(arr.min())
+
+
+def _rows_aligned(v: Node, base: Node, s: Node) -> bool:
+    """Whether xs view `v` of `base` has its row t inside loop s's row t (scan_rows), so the
+    runner writes over it directly (it checks this every call, and otherwise writes a slab of
+    its own: a per-call array the plan would not count)."""
+    rows = scan_rows_of(s.attrs)
+    arr = _values(v, base)
+    if rows is None or arr is None or arr.ndim == 0 or arr.size == 0:
+        return False
+    _, start, row, length = rows
+    if arr.shape[0] != length:
+        return False
+    flat = arr.reshape(length, -1)
+    lo = start + np.arange(length) * row
+    return bool((flat.min(axis=1) >= lo).all() and (flat.max(axis=1) < lo + row).all())
 
 
 def donatable(graph: Graph, plan, n_saved: int) -> dict[int, int]:
@@ -109,7 +133,9 @@ def _only_early_or_xs(graph: Graph, root: dict, pos: dict, inp: Node, s: Node) -
             if root.get(v) is not inp:
                 continue
             if m is s and nc <= p < nc + nx:
-                continue
+                if _rows_aligned(v, inp, s):
+                    continue
+                return False
             if m is not s and pos[m] < pos[s]:
                 continue
             if _lowest(v, inp) < size:
