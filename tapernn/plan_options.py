@@ -55,7 +55,7 @@ class PlanOptions:
     (issue 16; donate.py): only when no other output of the forward (kept or saved) and no
     later read of the backward lies in that prefix, and the loop's runner checks every call
     that each step's gate rows lie inside the step's own row (else it writes a slab of its
-    own and copies it). Off by default.
+    own and copies it).
 
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
@@ -70,7 +70,7 @@ class PlanOptions:
     backend: str = ""
     inline_sigmoid: bool = True
     xs_in_slab: bool = True
-    dz_in_gates: bool = False
+    dz_in_gates: bool = True
     layout: str = "auto"
 
     def __post_init__(self) -> None:
