@@ -211,3 +211,30 @@ def test_the_runner_writes_over_the_gates_directly_and_checks_the_rows():
         flat = Node("getitem", [inp], {"index": (("s", at, at + n, None),)}, (n,), inp.dtype)
         rows = Node("reshape", [flat], {"shape": (T, B, 4 * H)}, (T, B, 4 * H), inp.dtype)
         assert donate._rows_aligned(rows, inp, loop) == ok
+
+
+def test_no_donation_when_a_kept_forward_output_lies_in_the_prefix():
+    """donatable(): a forward output (kept or saved) that is a view of the saved slab's
+    prefix (here: the final h as the slab's carry section, as before the final carries were
+    read from their shifted blocks) limits the donatable prefix to before it: no donation."""
+    from types import SimpleNamespace
+
+    seq, _ = _run("FastLSTM", PlanOptions())
+    pair = _pair(seq)
+    fwd, bwd = pair.forward, pair.backward
+    g, plan = fwd.graph, fwd.program.plan
+    ((loop, inp),) = bwd.program.plan.donated.items()
+    j = bwd.graph.inputs.index(inp)
+    first = len(g.outputs) - pair.n_saved
+    slab = g.outputs[first + j]
+    assert donatable(g, plan, pair.n_saved)[j] >= loop.size
+    for at, limit in ((0, 0), (B * H, B * H), (loop.size, loop.size)):
+        view = Node(
+            "getitem", [slab], {"index": (("s", at, at + B * H, None),)}, (B * H,), slab.dtype
+        )
+        outs = list(g.outputs[:first]) + [view] + list(g.outputs[first:])
+        g2 = Graph(list(g.nodes) + [view], g.inputs, outs, g.meta)
+        p2 = SimpleNamespace(storage={**plan.storage, view: slab}, fresh=plan.fresh)
+        got = donatable(g2, p2, pair.n_saved)[j]
+        assert got == limit
+        assert bool(donations(bwd.graph, bwd.program.plan.root, {j: got})) == (got >= loop.size)
