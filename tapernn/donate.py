@@ -141,3 +141,15 @@ def _only_early_or_xs(graph: Graph, root: dict, pos: dict, inp: Node, s: Node) -
             if _lowest(v, inp) < size:
                 return False
     return True
+
+
+def python_runner(s: Node, backend: str) -> bool:
+    """Whether loop s runs on the Python runner (scan_run.make_runner), which writes over its
+    donated input directly: on the numba backend a loop whose body values all fit
+    LOOP_MAX_SIZE may run on the numba loop kernel, which writes a slab of its own per call
+    when an xs lies in `out` (numba_loop.kernel_runner), memory the plan would not count."""
+    from .backends import LOOP_MAX_SIZE, resolve_backend
+
+    if resolve_backend(backend or None) != "numba":
+        return True
+    return any(o.size > LOOP_MAX_SIZE for o in s.attrs["body"].outputs)

@@ -140,12 +140,14 @@ def plan_buffers(
     walk = _walks["regions"] if options.regions else Walk
     static = walk.Static(graph, options)
     if donate:
-        from .donate import donations
+        from .donate import donations, python_runner
 
         taken = set(getattr(static, "placed", ())) | set(getattr(static, "slab_roots", ()))
         taken |= set(getattr(static, "placed_concats", ()))
         found = donations(graph, static.root, donate)
-        static.donated = {s: i for s, i in found.items() if s not in taken}
+        static.donated = {
+            s: i for s, i in found.items() if s not in taken and python_runner(s, options.backend)
+        }
     force: set[Node] = set()
     while True:
         plan = walk(graph, static, scratch, force).run()
