@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--measure", action="store_true", help="also the tracemalloc loop peak")
     p.add_argument(
-        "--dz-in-gates", action="store_true", help="PlanOptions(dz_in_gates=True) (rolled)"
+        "--dz-in-gates", action="store_true", help="PlanOptions(dz_in_gates=True); else False"
     )
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
