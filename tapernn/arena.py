@@ -65,6 +65,7 @@ def compile_shared(
     backend: str | None = None,
     arena: Arena | None = None,
     n_saved: int = 0,
+    donate: dict[int, int] | None = None,
 ) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
@@ -74,7 +75,8 @@ def compile_shared(
     if it is too small), and the reports count all of it. `n_saved` (a TrainingPair: the
     forward's last n_saved outputs are the backward's first inputs): with
     options.dz_in_gates the backward (the last graph) may write a loop's result over a saved
-    value's leading elements that no other forward output reads (donate.py)."""
+    value's leading elements that no other forward output reads (donate.py). `donate` (one
+    graph: a pair's backward variant, the pair's inputs): donate.donatable's answer, given."""
     options = with_backend(options, backend)
     with gc_paused():
         optimised = []
@@ -84,10 +86,10 @@ def compile_shared(
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
         if options.dz_in_gates and n_saved and len(optimised) == 2:
             donate = donatable(optimised[0][0], plans[0], n_saved)
-            if donate:
-                plans[1] = plan_buffers(
-                    optimised[1][0], scratch=fused_scratch, options=options, donate=donate
-                )
+        if options.dz_in_gates and donate:
+            plans[-1] = plan_buffers(
+                optimised[-1][0], scratch=fused_scratch, options=options, donate=donate
+            )
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled = [
@@ -116,12 +118,13 @@ def compile_into(
     arena: Arena | None,
     passes: Sequence[Pass] | None = None,
     options: PlanOptions = DEFAULT_OPTIONS,
+    donate: dict[int, int] | None = None,
 ) -> Compiled:
     """`executor.compile(graph, passes, options)` with the buffers carved from `arena` (None:
-    the program's own)."""
-    if arena is None:
+    the program's own); `donate`: inputs its loops may be computed into (compile_shared)."""
+    if arena is None and not donate:
         return compile(graph, passes, options)
-    return compile_shared([graph], passes, options, arena=arena)[0]
+    return compile_shared([graph], passes, options, arena=arena, donate=donate)[0]
 
 
 def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:

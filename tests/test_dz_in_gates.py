@@ -264,3 +264,18 @@ def test_on_numba_only_loops_the_python_runner_runs_are_donated(backend, monkeyp
     seq, got = _run("FastLSTM", on)
     assert _pair(seq).backward.program.plan.donated
     _same(got, _run("FastLSTM", off)[1])
+
+
+@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM"])
+def test_the_need_grad_input_false_variant_is_donated_too(cell):
+    """backward(..., need_grad_input=False)'s variant program (same inputs as the pair's
+    backward) computes its loop into the saved slab too: no buffer of the loop's size in the
+    module's arena, and the same gradients."""
+    on = PlanOptions(backend="numpy", dz_in_gates=True)
+    seq, got = _run(cell, on, grad_input=False)
+    pair = _pair(seq)
+    variant = pair.last_backward
+    assert variant is not pair.backward
+    ((loop, _),) = variant.program.plan.donated.items()
+    assert not any(size == loop.size for size, _ in variant.program.plan.buffers)
+    _same(got, _run(cell, PlanOptions(backend="numpy", dz_in_gates=False), grad_input=False)[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..arena import Arena, compile_into, compile_shared
+from ..donate import donatable
 from ..executor import Compiled
 from ..graph import Graph
 from ..memory import PSEUDO
@@ -41,6 +42,12 @@ class TrainingPair:
             [fwd, bwd], passes, options, arena=arena, n_saved=self.n_saved
         )
         self.resident_bytes = self.forward.report.resident_bytes
+        # the saved values the backward variants may write over too (PlanOptions.dz_in_gates)
+        self.donate = (
+            donatable(self.forward.graph, self.forward.program.plan, self.n_saved)
+            if options.dz_in_gates
+            else {}
+        )
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
         self.last_backward = self.backward  # the program compile_report shows
@@ -63,6 +70,7 @@ class TrainingPair:
                 self.arena,
                 self.passes,
                 self.options,
+                donate=self.donate,
             )
         return self.variants[skip]
 
