@@ -19,7 +19,6 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.registry import PSEUDO, get_op
-from .scan_ir import scan_rows_of
 
 
 def _view(n: Node) -> bool:
@@ -55,7 +54,8 @@ def _rows_aligned(v: Node, base: Node, s: Node) -> bool:
     """Whether xs view `v` of `base` has its row t inside loop s's row t (scan_rows), so the
     runner writes over it directly (it checks this every call, and otherwise writes a slab of
     its own: a per-call array the plan would not count)."""
-    rows = scan_rows_of(s.attrs)
+    rule = get_op(s.op).rows
+    rows = rule(s) if rule is not None else None
     arr = _values(v, base)
     if rows is None or arr is None or arr.ndim == 0 or arr.size == 0:
         return False
@@ -141,15 +141,3 @@ def _only_early_or_xs(graph: Graph, root: dict, pos: dict, inp: Node, s: Node) -
             if _lowest(v, inp) < size:
                 return False
     return True
-
-
-def python_runner(s: Node, backend: str) -> bool:
-    """Whether loop s runs on the Python runner (scan_run.make_runner), which writes over its
-    donated input directly: on the numba backend a loop whose body values all fit
-    LOOP_MAX_SIZE may run on the numba loop kernel, which writes a slab of its own per call
-    when an xs lies in `out` (numba_loop.kernel_runner), memory the plan would not count."""
-    from .backends import LOOP_MAX_SIZE, resolve_backend
-
-    if resolve_backend(backend or None) != "numba":
-        return True
-    return any(o.size > LOOP_MAX_SIZE for o in s.attrs["body"].outputs)
