@@ -2,6 +2,8 @@
 number, and the release of saved activations once backward has consumed them (with the
 semantics kept: a second backward of one forward, step-wise BPTT, get_grad_hidden_state)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -235,7 +237,16 @@ def test_stepwise_bptt_loop_peak_is_the_reported_peak():
 @pytest.mark.parametrize(
     "cell",
     [
-        c
+        pytest.param(
+            c,
+            marks=pytest.mark.xfail(
+                os.environ.get("TAPERNN_TEST_BACKEND") == "numba",
+                strict=True,
+                reason="on numba, loops this small (body values <= LOOP_MAX_SIZE) may run on "
+                "the numba loop kernel, which writes a slab of its own: dz_in_gates does not "
+                "donate them (arena.python_runner)",
+            ),
+        )
         if c != "GRU"
         else pytest.param(
             c,
