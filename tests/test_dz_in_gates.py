@@ -251,7 +251,7 @@ def test_no_donation_when_a_kept_forward_output_lies_in_the_prefix():
 def test_on_numba_only_loops_the_python_runner_runs_are_donated(backend, monkeypatch):
     """The numba loop kernel (body values of up to LOOP_MAX_SIZE elements) writes a slab of
     its own when an xs lies in `out`, memory the plan would not count: such loops are not
-    donated (donate.python_runner); a larger loop is, on the numba backend too, with the same
+    donated (arena.python_runner); a larger loop is, on the numba backend too, with the same
     numbers."""
     from tapernn.backends import LOOP_MAX_SIZE
 
