@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .backends import LOOP_MAX_SIZE, resolve_backend
 from .codegen import Program
+from .donate import donatable
 from .executor import (
     Compiled,
     compile,
@@ -63,13 +65,19 @@ def compile_shared(
     options: PlanOptions = DEFAULT_OPTIONS,
     backend: str | None = None,
     arena: Arena | None = None,
+    n_saved: int = 0,
+    donate: dict[int, int] | None = None,
 ) -> list[Compiled]:
     """Compile graphs whose programs never run at the same time (a TrainingPair's forward and
     backward run one after the other) with their buffers in one arena, as large as the largest
     program's buffers. Every report's `resident_bytes` is then the group's total: the arena once
     plus every program's per-call values (returned values, values saved for backward, copies of
     returned views of inputs). With `arena` the group's arena is that shared Arena's (grown
-    if it is too small), and the reports count all of it."""
+    if it is too small), and the reports count all of it. `n_saved` (a TrainingPair: the
+    forward's last n_saved outputs are the backward's first inputs): with
+    options.dz_in_gates the backward (the last graph) may write a loop's result over a saved
+    value's leading elements that no other forward output reads (donate.py). `donate` (one
+    graph: a pair's backward variant, the pair's inputs): donate.donatable's answer, given."""
     options = with_backend(options, backend)
     with gc_paused():
         optimised = []
@@ -77,6 +85,16 @@ def compile_shared(
             verify_input(graph)
             optimised.append(optimise(graph, pipeline_of(passes), options))
         plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
+        if options.dz_in_gates and n_saved and len(optimised) == 2:
+            donate = donatable(optimised[0][0], plans[0], n_saved)
+        if options.dz_in_gates and donate:
+            plans[-1] = plan_buffers(
+                optimised[-1][0],
+                scratch=fused_scratch,
+                options=options,
+                donate=donate,
+                donate_if=lambda s: python_runner(s, options.backend),
+            )
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled = [
@@ -105,12 +123,13 @@ def compile_into(
     arena: Arena | None,
     passes: Sequence[Pass] | None = None,
     options: PlanOptions = DEFAULT_OPTIONS,
+    donate: dict[int, int] | None = None,
 ) -> Compiled:
     """`executor.compile(graph, passes, options)` with the buffers carved from `arena` (None:
-    the program's own)."""
-    if arena is None:
+    the program's own); `donate`: inputs its loops may be computed into (compile_shared)."""
+    if arena is None and not donate:
         return compile(graph, passes, options)
-    return compile_shared([graph], passes, options, arena=arena)[0]
+    return compile_shared([graph], passes, options, arena=arena, donate=donate)[0]
 
 
 def arena_layout(buffers: list[tuple[int, np.dtype]]) -> tuple[list[int], int]:
@@ -134,3 +153,13 @@ def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[
         arena[o : o + size * dtype.itemsize].view(dtype)
         for o, (size, dtype) in zip(offsets, buffers)
     ]
+
+
+def python_runner(s, backend: str) -> bool:
+    """Whether loop s runs on the Python runner (scan_run.make_runner), which writes over its
+    donated input directly: on the numba backend ("auto" too) a loop whose body values all fit
+    LOOP_MAX_SIZE may run on the numba loop kernel, which writes a slab of its own per call
+    when an xs lies in `out` (numba_loop.kernel_runner): memory the plan would not count."""
+    if resolve_backend(backend or None) != "numba":
+        return True
+    return any(o.size > LOOP_MAX_SIZE for o in s.attrs["body"].outputs)

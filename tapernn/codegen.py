@@ -180,6 +180,12 @@ class Program(FusedLowering):
             return views[(plan.buffer_of[n], n.shape)]
         if n in plan.slab_roots:  # allocated before its placed input (roots_at)
             return self.slab_out[n]
+        if n in plan.donated:  # the leading elements of an input (donate.py)
+            body.append(f"    o{self.pos[n]} = {names[plan.donated[n]]}[:{n.size}]")
+            ctx = _LOWERING.get()
+            if ctx is not None:  # (its runner checks every call that its xs rows lie in its rows)
+                ctx.xs_in_slab.add(id(n.attrs))
+            return f"o{self.pos[n]}"
         return None
 
     def _placed_concat(self, n: Node, names: dict, views: dict, body: list) -> None:

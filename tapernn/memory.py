@@ -64,6 +64,8 @@ class BufferPlan:
     placed_concats: set[Node] = field(default_factory=set)
     placed_slots: set[tuple[Node, int]] = field(default_factory=set)  # (concat, piece index)
     slab_roots: set[Node] = field(default_factory=set)  # loops holding a placed input (regions)
+    # loop -> the input it is computed into (its leading elements; donate.py, dz_in_gates)
+    donated: dict[Node, Node] = field(default_factory=dict)
     storage: dict[Node, Node] = field(default_factory=dict)
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
@@ -84,7 +86,7 @@ class BufferPlan:
         view of an input is returned as is where the graph allows it)."""
         storage = self.storage.get(o)
         if o.op not in PSEUDO and storage is not None:
-            return storage in self.buffer_of
+            return storage in self.buffer_of or storage in self.donated
         if may_alias_input:
             while o.op not in PSEUDO and get_op(o.op).view:
                 o = o.inputs[0]
@@ -124,15 +126,30 @@ def inplace_candidates(n: Node) -> tuple[int, ...]:
 
 
 def plan_buffers(
-    graph: Graph, scratch: Scratch | None = None, options: PlanOptions = DEFAULT_OPTIONS
+    graph: Graph,
+    scratch: Scratch | None = None,
+    options: PlanOptions = DEFAULT_OPTIONS,
+    donate: dict[int, int] | None = None,
+    donate_if: Callable[[Node], bool] | None = None,
 ) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
     below, or with `options.regions` the region planner's (regions.py). A storage that ends up
     holding a returned value (through an in-place write or a placed piece) must be allocated
     per call: the walk switches it from its buffer when that happens; should one still end up
-    in a buffer, it is forced fresh and the walk repeats."""
+    in a buffer, it is forced fresh and the walk repeats. `donate` (donate.donatable of the
+    forward, for its backward): loops computed into the leading elements of an input (those
+    `donate_if` accepts)."""
     walk = _walks["regions"] if options.regions else Walk
     static = walk.Static(graph, options)
+    if donate:
+        from .donate import donations
+
+        taken = set(getattr(static, "placed", ())) | set(getattr(static, "slab_roots", ()))
+        taken |= set(getattr(static, "placed_concats", ()))
+        found = donations(graph, static.root, donate)
+        static.donated = {
+            s: i for s, i in found.items() if s not in taken and (donate_if is None or donate_if(s))
+        }
     force: set[Node] = set()
     while True:
         plan = walk(graph, static, scratch, force).run()
@@ -176,6 +193,7 @@ class WalkStatic:
         self.root = storage_roots(graph)
         self.last_use = liveness(graph, self.root)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
+        self.donated: dict[Node, Node] = {}  # loop -> input it is computed into (plan_buffers)
 
 
 class Walk:
@@ -218,7 +236,9 @@ class Walk:
         plan.storage[st] = st
         plan.alloc_at[st] = k
         plan.release_at[st] = self.s.last_use.get(st, k)
-        if fresh:
+        if st in self.s.donated:  # in the input's memory: neither a buffer nor per call
+            plan.donated[st] = self.s.donated[st]
+        elif fresh:
             plan.fresh.add(st)
         else:
             plan.buffer_of[st] = self._take(st.size, st.dtype)
@@ -233,7 +253,7 @@ class Walk:
     def _compute(self, n: Node, k: int) -> None:
         plan, s = self.plan, self.s
         op = get_op(n.op)
-        if op.supports_out:  # a returned value too: its storage is then forced fresh
+        if op.supports_out and n not in s.donated:  # returned: its storage is then forced fresh
             for pos in inplace_candidates(n):
                 i = n.inputs[pos]
                 if self._can_overwrite(n, i, k):

@@ -49,6 +49,14 @@ class PlanOptions:
     steps write (the gate activations the forward saves), each step's row read before it is
     overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements).
 
+    dz_in_gates: (with compile_shared's `n_saved`: a TrainingPair) the backward's reverse loop
+    writes its slab (final dh, dc | the T rows of dZ) over the prefix of the forward's saved
+    slab (final h, c | the T gate rows it has read by then) instead of a buffer of its own
+    (issue 16; donate.py): only when no other output of the forward (kept or saved) and no
+    later read of the backward lies in that prefix, and the loop's runner checks every call
+    that each step's gate rows lie inside the step's own row (else it writes a slab of its
+    own and copies it).
+
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
     """
@@ -62,6 +70,7 @@ class PlanOptions:
     backend: str = ""
     inline_sigmoid: bool = True
     xs_in_slab: bool = True
+    dz_in_gates: bool = True
     layout: str = "auto"
 
     def __post_init__(self) -> None:

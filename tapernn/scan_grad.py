@@ -110,12 +110,18 @@ def _rewire(y: Var, ext: ScanResult, body: Graph, nc: int, length: int) -> None:
         for i in n.inputs:
             users.setdefault(i, []).append(n)
     spans = {ab: j for j, ab in enumerate(offsets(y_shapes))}
+    carry_at = {ab: k for k, ab in enumerate(offsets([o.shape for o in body.outputs[:nc]]))}
     for u in users.get(s, ()):
         ab = slice_bounds(u)
         if ab is None:
             continue
         a, b = ab
-        if 0 <= a <= b <= c:
+        k = carry_at.get((a, b))
+        if k is not None:
+            # one final carry: as ScanResult.carries reads it (a shifted one from its block's
+            # last row, so the slab's carry section is read by nothing: dz_in_gates)
+            repl[u] = F.reshape(ext.carries[k], (b - a,))
+        elif 0 <= a <= b <= c:
             repl[u] = F.getitem(e, slice(a, b))
         elif a == c and b == c + length * width and width:
             for w in users.get(u, ()):

@@ -266,12 +266,19 @@ class ScanResult:
                 block = rows if (a, b) == (0, y) else F.getitem(rows, (slice(None), slice(a, b)))
                 self.ys[j] = F.reshape(block, (length, *s))
         _, places, _ = ys_places(body, n_carry, length, reverse, shifted)
-        for j, _k in shifted:
+        for j, k in shifted:
             s, w = y_shapes[j], math.prod(y_shapes[j])
             first = places[j][0] - (0 if reverse else w)
             block = F.reshape(F.getitem(slab, slice(first, first + (length + 1) * w)), (-1, *s))
             self.ys[j] = block[:length] if reverse else block[1:]
             self.previous[j] = block[1:] if reverse else block[:length]
+            # the final carry k read from its block's last row (the same value as the slab's
+            # carry section): that section may then be overwritten by a backward that is
+            # given the slab (PlanOptions.dz_in_gates) while the final states stay right
+            end = 0 if reverse else length
+            self.carries[k] = F.reshape(
+                F.getitem(slab, slice(first + end * w, first + (end + 1) * w)), s
+            )
 
     @property
     def node(self) -> Node:

@@ -46,6 +46,7 @@ LAYERS = [
         [
             "tapernn.regions",
             "tapernn.memory",
+            "tapernn.donate",
             "tapernn.accounting",
             "tapernn.interpret",
             "tapernn.view_strides",

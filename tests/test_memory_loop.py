@@ -2,6 +2,8 @@
 number, and the release of saved activations once backward has consumed them (with the
 semantics kept: a second backward of one forward, step-wise BPTT, get_grad_hidden_state)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -232,14 +234,32 @@ def test_stepwise_bptt_loop_peak_is_the_reported_peak():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: a rolled loop still peaks above unroll=True (the forward slab's gate rows "
-    "live as long as `output`, its view; the backward's dZ fills the arena -- the forward's "
-    "input projection no longer does, PlanOptions.xs_in_slab: BENCHMARKS.md, 'Where the rolled "
-    "loop peak is' (hpeak3) and 'The input projection in the loop's own rows' (hpeak4))",
+@pytest.mark.parametrize(
+    "cell",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.xfail(
+                os.environ.get("TAPERNN_TEST_BACKEND") == "numba",
+                strict=True,
+                reason="on numba, loops this small (body values <= LOOP_MAX_SIZE) may run on "
+                "the numba loop kernel, which writes a slab of its own: dz_in_gates does not "
+                "donate them (arena.python_runner)",
+            ),
+        )
+        if c != "GRU"
+        else pytest.param(
+            c,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 16: GRU's rolled loop still peaks above unroll=True (its backward "
+                "slab does not line up with its forward's gate rows, so PlanOptions.dz_in_gates "
+                "does not apply; nor does xs_in_slab: its projection is 3H wide, its rows 5H)",
+            ),
+        )
+        for c in CELLS
+    ],
 )
-@pytest.mark.parametrize("cell", list(CELLS))
 def test_rolled_loop_peak_is_at_most_the_unrolled_one(cell):
     """Issue 16's memory target, measured as the bench measures it (tracemalloc, steady loop):
     the rolled program (the default) holds at most what unroll=True holds."""

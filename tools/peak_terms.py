@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 
-from tapernn import nn
+from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.nn.runtime import runtime_of
 from tapernn.nn.state_grads import tap_copy_bytes
@@ -95,6 +95,11 @@ def main() -> None:
         help="the loop's backward without the input gradient (need_grad_input=False: the "
         "backward variant, compiled into the module's arena after the pair)",
     )
+    p.add_argument(
+        "--no-dz-in-gates",
+        action="store_true",
+        help="PlanOptions(dz_in_gates=False) (the default plans dZ over the saved gate rows)",
+    )
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
@@ -104,11 +109,13 @@ def main() -> None:
     print(f"(T, B, H) = ({T}, {B}, {H}) {a.dtype}, U = {unit / 2**20:.4f} MiB, BPTT minimum 5U")
     for cell in a.cells:
         for unroll in (False, True):
+            options = PlanOptions(dz_in_gates=not a.no_dz_in_gates)
             seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
-            t = terms(seq, x, g, unit, not a.no_grad_input)
+            t = terms(seq.set_plan_options(options), x, g, unit, not a.no_grad_input)
             name = f"{cell} {'unroll=True' if unroll else 'rolled'}"
             if a.measure:
                 fresh = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
+                fresh.set_plan_options(options)
                 step = tapernn_loop_step(fresh, x, g, need_grad_input=not a.no_grad_input)
                 t["tracemalloc"] = loop_peak_bytes(step) / unit
             print(f"{name}:")

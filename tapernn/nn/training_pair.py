@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..arena import Arena, compile_into, compile_shared
+from ..donate import donatable
 from ..executor import Compiled
 from ..graph import Graph
 from ..memory import PSEUDO
@@ -37,8 +38,16 @@ class TrainingPair:
         self.saved_bytes = sum(n.nbytes for n in fwd.outputs[len(fwd.outputs) - self.n_saved :])
         # the two programs run alternately: their temporaries share one arena
         self.arena = arena  # shared with the module's other programs (None: the pair's own)
-        self.forward, self.backward = compile_shared([fwd, bwd], passes, options, arena=arena)
+        self.forward, self.backward = compile_shared(
+            [fwd, bwd], passes, options, arena=arena, n_saved=self.n_saved
+        )
         self.resident_bytes = self.forward.report.resident_bytes
+        # the saved values the backward variants may write over too (PlanOptions.dz_in_gates)
+        self.donate = (
+            donatable(self.forward.graph, self.forward.program.plan, self.n_saved)
+            if options.dz_in_gates
+            else {}
+        )
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
         self.last_backward = self.backward  # the program compile_report shows
@@ -61,6 +70,7 @@ class TrainingPair:
                 self.arena,
                 self.passes,
                 self.options,
+                donate=self.donate,
             )
         return self.variants[skip]
 
