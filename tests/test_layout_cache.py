@@ -148,3 +148,19 @@ def test_the_suite_never_writes_the_users_cache():
 
     home = os.path.join(os.path.expanduser("~"), ".cache")
     assert not str(layout_cache.cache_path()).startswith(home)
+
+
+def test_the_key_does_not_depend_on_how_many_openblas_pools_are_loaded(monkeypatch):
+    """A process that has loaded a second OpenBLAS (scipy's, through numba) with the same thread
+    count keys its decisions as one without it (before: (2, 2) against (2,), so the suite's
+    later processes timed again after a numba test had loaded scipy)."""
+    from tapernn import blas
+
+    def pools(n):
+        return lambda: [(None, lambda: 2)] * n
+
+    keys = []
+    for n in (1, 2):
+        monkeypatch.setattr(blas, "_openblas_libraries", pools(n))
+        keys.append(layout_rule._blas())
+    assert keys[0] == keys[1] == (2,)

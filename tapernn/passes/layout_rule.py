@@ -85,11 +85,13 @@ def _measure(counts: tuple, dtype: np.dtype, threads: int | None) -> tuple[str, 
 
 
 def _blas() -> tuple:
-    """The BLAS pools' thread counts now (the key of a decision made with the pool as it is)."""
+    """The BLAS pools' thread counts now (the key of a decision made with the pool as it is):
+    the distinct counts, so a process that has also loaded scipy's OpenBLAS (numba's matmul)
+    reads the decision another process made without it."""
     from ..blas import _openblas_libraries
 
     try:
-        return tuple(get() for _, get in _openblas_libraries())
+        return tuple(sorted({get() for _, get in _openblas_libraries()}))
     except Exception:  # noqa: BLE001 (only a cache key)
         return ()
 
