@@ -164,3 +164,24 @@ def test_the_key_does_not_depend_on_how_many_openblas_pools_are_loaded(monkeypat
         monkeypatch.setattr(blas, "_openblas_libraries", pools(n))
         keys.append(layout_rule._blas())
     assert keys[0] == keys[1] == (2,)
+
+
+def test_the_machine_key_ignores_other_blas_libraries_loaded():
+    """A process that has loaded scipy's OpenBLAS (numba's matmul does) keys the machine as one
+    that has not (before: every mapped BLAS path was part of it, so the suite re-timed after a
+    numba test and test_a_second_process_reads_the_decision failed)."""
+    pytest.importorskip("scipy.linalg")
+    code = "{}from tapernn.passes import layout_cache; print(layout_cache.machine())"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    keys = [
+        subprocess.run(
+            [sys.executable, "-c", code.format(first)],
+            check=True,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for first in ("", "import scipy.linalg; scipy.linalg.blas.dgemm(1.0, [[1.0]], [[1.0]]); ")
+    ]
+    assert keys[0] == keys[1] and keys[0].strip()

@@ -31,7 +31,7 @@ def cache_path() -> Path | None:
 @functools.cache
 def machine() -> str:
     """The machine class a timing holds for: OS, architecture, CPU model and count, NumPy
-    version and the BLAS libraries mapped into the process (their paths name the build)."""
+    version and NumPy's BLAS (numpy_blas)."""
     import numpy as np
 
     cpu = ""
@@ -42,15 +42,29 @@ def machine() -> str:
             )
     except OSError:
         cpu = platform.processor()  # (runs `uname -p`: ~8 ms)
-    blas: list[str] = []
+    parts = [platform.system(), platform.machine(), cpu, str(os.cpu_count()), np.__version__]
+    return "|".join(parts + numpy_blas())
+
+
+def numpy_blas() -> list[str]:
+    """The BLAS NumPy's matmul calls, as its build names it (name, version, configuration):
+    not every BLAS mapped into the process -- scipy's OpenBLAS, which numba's matmul loads,
+    would make a process that has used numba key its decisions apart from one that has not.
+    Without NumPy's build record (NumPy < 1.25): the BLAS libraries mapped into the process."""
+    import numpy as np
+
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except Exception:  # noqa: BLE001 (older NumPy: fall back to the mapped libraries)
+        info = None
+    if info is not None:
+        return [str(info.get(k, "")) for k in ("name", "version", "openblas configuration")]
     try:
         with open("/proc/self/maps") as maps:
             paths = {ln.split()[-1] for ln in maps if "/" in ln}
-        blas = sorted(p for p in paths if any(b in p.lower() for b in ("blas", "mkl", "blis")))
+        return sorted(p for p in paths if any(b in p.lower() for b in ("blas", "mkl", "blis")))
     except OSError:  # not Linux: the NumPy build stands for its BLAS
-        pass
-    parts = [platform.system(), platform.machine(), cpu, str(os.cpu_count()), np.__version__]
-    return "|".join(parts + blas)
+        return []
 
 
 def key(gemms: tuple, dtype: str, threads: tuple) -> str:
