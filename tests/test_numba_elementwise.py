@@ -45,6 +45,9 @@ def test_rolled_fastlstm_forward_body_is_blas_and_numba_kernels(monkeypatch):
     sources = _body_sources(monkeypatch)
     B, H = 32, 256
     seq = nn.Sequencer(nn.FastLSTM(H, H), unroll=False).astype(np.float32)
+    # batch-major pinned: the layout rule times both at this shape (layout_rule), and the
+    # feature-major body's gate blocks are rows, not columns (a kernel per gate)
+    seq.set_plan_options(tn.PlanOptions(layout="batch"))
     x = np.random.default_rng(0).standard_normal((3, B, H)).astype(np.float32)
     _on("numba", lambda: seq.forward(x))
     body = sources[0].split("\n\n")[0]  # the forward body (the program, not its helpers)
