@@ -46,6 +46,8 @@ class PlanOptions:
 
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
+    packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
+    a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
     """
 
     regions: bool = True
@@ -57,6 +59,7 @@ class PlanOptions:
     backend: str = ""
     inline_sigmoid: bool = True
     layout: str = "auto"
+    packed_gemm: bool = True
 
     def __post_init__(self) -> None:
         if self.layout not in ("batch", "feature", "auto"):

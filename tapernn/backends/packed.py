@@ -1,0 +1,147 @@
+"""The packed recurrent GEMM of the numba backend (issue 19; BENCHMARKS.md "hgemm"): a loop's
+weight W (K, N), invariant over the steps, is packed once per loop call into panels of NR
+columns (`pack_panels`), and every step's `a @ W` runs a register-blocked AVX-512 microkernel
+over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again at every call.
+
+`PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
+until the kernel takes over -- at the top-level program's switch call with background
+compilation (background.py's protocol: which call ran which lowering is fixed by the call
+count, never by timing), else at its first call -- and NumPy again if the kernel failed. The
+kernel splits the panels over numba's threads when the BLAS pool runs with more than one thread
+in this call (blas_tuning measures the program with either count), in a forked child never
+(the OpenMP pool does not survive a fork)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..blas import limiter
+from . import background
+
+VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
+NV = 4  # = packed_kernels.NV
+
+
+def panel_width(dtype: Any) -> int:
+    """NR: columns per panel (4 vectors of 512 bits: 64 float32, 32 float64)."""
+    return NV * VEC_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = None) -> np.ndarray:
+    """W (K, N) as (ceil(N / NR), K, NR): panel j holds columns j*NR.. row by row, zero-padded
+    (NR: `nr`, else panel_width)."""
+    k, n = w.shape
+    nr = nr or panel_width(w.dtype)
+    shape = (-(-n // nr), k, nr)
+    if out is None:
+        out = np.empty(shape, w.dtype)
+    full = n // nr
+    if full:  # (k, full, nr) -> (full, k, nr) in one copy
+        np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
+    if full < shape[0]:
+        out[full] = 0
+        out[full, :, : n - full * nr] = w[:, full * nr :]
+    return out
+
+
+class _Handle:
+    """The two compiled drivers for one dtype (background.py's handle protocol)."""
+
+    def __init__(self) -> None:
+        self.kernel: Any = None  # (serial, parallel)
+        self.error = ""
+        self.types: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or key in self.types:
+                return
+            try:
+                from numba import from_dtype, types
+
+                from . import packed_kernels as pk
+
+                arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
+                pan = types.Array(arr.dtype, 3, "C")
+                pk.packed_matmul_serial.compile((arr, pan, arr))
+                pk.packed_matmul_parallel.compile((arr, pan, arr, types.int64))
+                self.kernel = (pk.packed_matmul_serial, pk.packed_matmul_parallel)
+                self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
+                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+_HANDLE = _Handle()
+_forked = [False]
+os.register_at_fork(after_in_child=lambda: _forked.__setitem__(0, True))
+
+
+def _threads() -> int:
+    if _forked[0]:
+        return 1
+    pools = limiter.pools()
+    return pools[0][1]() if pools else 1
+
+
+def run_kernel(kernel: tuple, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ W through the compiled drivers (a and out copied when not C-contiguous)."""
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if not panels.flags.c_contiguous:
+        panels = np.ascontiguousarray(panels)
+    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    threads = min(_threads(), panels.shape[0])
+    if threads > 1:
+        kernel[1](a, panels, target, threads)
+    else:
+        kernel[0](a, panels, target)
+    if target is not out:
+        np.copyto(out, target)
+    return out
+
+
+class PackedSite:
+    """One step program's call of the packed GEMM (the module docstring)."""
+
+    __slots__ = ("calls", "kernel", "key", "ready")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.kernel: Any = None
+        self.key: tuple | None = None
+        self.ready: threading.Event | None = None
+
+    def __call__(
+        self, a: np.ndarray, w: np.ndarray, panels: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        if out is None:
+            out = np.empty((a.shape[0], w.shape[1]), w.dtype)
+        if self.kernel is not None:
+            return run_kernel(self.kernel, a, panels, out)
+        self.calls += 1
+        if self.calls == 1:
+            self.key = ((w.dtype.str,),)
+            if not background.enabled():
+                _HANDLE.prepare(self.key)
+                self._take()
+            else:
+                self.ready = background.request(_HANDLE, self.key)
+        elif self.ready is not None and background.due(self.calls):
+            self.ready.wait()
+            self.ready = None
+            self._take()
+        if self.kernel is not None:
+            return run_kernel(self.kernel, a, panels, out)
+        return np.matmul(a, w, out=out)
+
+    def _take(self) -> None:
+        if _HANDLE.has(self.key):
+            self.kernel = _HANDLE.kernel
