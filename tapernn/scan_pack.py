@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends.packed import PackedSite, pack_panels, panel_width
+from .backends.packed import PackedSite, available, pack_panels, panel_width
 from .errors import ShapeError
 from .graph import Graph, Node
 from .ops.registry import register
@@ -75,7 +75,9 @@ register(
 def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
     """Each 2-D `matmul(a, W)` with W in `invariant` (nodes of the invariants alone), float32 or
     float64 operands of one dtype and W of at least MIN_ELEMENTS elements becomes
-    `packed_matmul(a, W, pack_panels(W))` (one pack per W)."""
+    `packed_matmul(a, W, pack_panels(W))` (one pack per W). Nothing on a CPU without AVX-512."""
+    if not available():
+        return graph
     packs: dict[Node, Node] = {}
     subst: dict[Node, Node] = {}
     for n in graph.nodes:

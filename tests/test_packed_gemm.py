@@ -11,6 +11,7 @@ import tapernn as tn
 from tapernn import nn, scan_pack
 from tapernn.backends import numba_available
 from tapernn.backends.packed import PackedSite, pack_panels, panel_width, run_kernel
+from tapernn.errors import TapernnError
 from tapernn.interpret import interpret
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -56,6 +57,8 @@ def test_kernel_equals_matmul_on_odd_shapes(dtype, threads, monkeypatch):
     run_kernel(kernel, a, pack_panels(w), big[:, 10:80])
     np.testing.assert_allclose(big[:, 10:80], a @ w, rtol=1e-5)
     assert not big[:, :10].any() and not big[:, 80:].any()
+    with pytest.raises(TapernnError, match="panels"):  # other panels than the kernel's: refused
+        run_kernel(kernel, a, pack_panels(w, nr=8), big[:, 10:80])
 
 
 @needs_numba

@@ -20,10 +20,31 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
+from ..errors import TapernnError
 from . import background
 
 VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
 NV = 4  # = packed_kernels.NV
+
+
+def available() -> bool:
+    """Whether this CPU has AVX-512 (the microkernel's 512-bit vectors; on AVX2 LLVM would split
+    each into two and spill the 16 accumulators: not measured, so OpenBLAS stays there)."""
+    if _avx512[0] is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                _avx512[0] = any(line.startswith("flags") and " avx512f" in line for line in f)
+        except OSError:
+            try:
+                from llvmlite import binding
+
+                _avx512[0] = bool(binding.get_host_cpu_features().get("avx512f"))
+            except Exception:  # noqa: BLE001 -- unknown: keep OpenBLAS
+                _avx512[0] = False
+    return _avx512[0]
+
+
+_avx512: list[bool | None] = [None]
 
 
 def panel_width(dtype: Any) -> int:
@@ -55,6 +76,7 @@ class _Handle:
         self.kernel: Any = None  # (serial, parallel)
         self.error = ""
         self.types: set[tuple] = set()
+        self.threadsafe = False
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -71,9 +93,21 @@ class _Handle:
 
                 arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
                 pan = types.Array(arr.dtype, 3, "C")
+                from .numba_setup import setup
+
+                setup()
                 pk.packed_matmul_serial.compile((arr, pan, arr))
                 pk.packed_matmul_parallel.compile((arr, pan, arr, types.int64))
-                self.kernel = (pk.packed_matmul_serial, pk.packed_matmul_parallel)
+                parallel = pk.packed_matmul_parallel
+                if self.kernel is None:  # the threading layer is known after a parallel run
+                    dt = np.dtype(key[0][0])
+                    one = np.zeros((1, 1), dt)
+                    parallel(one, np.zeros((1, 1, panel_width(dt)), dt), np.zeros((1, 1), dt), 1)
+                    import numba
+
+                    # (workqueue aborts the process when two threads run parallel kernels)
+                    self.threadsafe = numba.threading_layer() in ("omp", "tbb")
+                self.kernel = (pk.packed_matmul_serial, parallel if self.threadsafe else None)
                 self.types.add(key)
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -93,13 +127,18 @@ def _threads() -> int:
 
 def run_kernel(kernel: tuple, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = a @ W through the compiled drivers (a and out copied when not C-contiguous)."""
+    if panels.shape[2] != panel_width(panels.dtype) or not (a.dtype == panels.dtype == out.dtype):
+        raise TapernnError(
+            f"packed GEMM: expected {panel_width(panels.dtype)}-column {a.dtype} panels,"
+            f" got {panels.shape} {panels.dtype}"
+        )
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
     if not panels.flags.c_contiguous:
         panels = np.ascontiguousarray(panels)
     target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
     threads = min(_threads(), panels.shape[0])
-    if threads > 1:
+    if threads > 1 and kernel[1] is not None:
         kernel[1](a, panels, target, threads)
     else:
         kernel[0](a, panels, target)
