@@ -97,12 +97,13 @@ def test_training_step_equals_unpacked_and_numpy_equations(name, layout, rng, mo
     before = tn.get_backend()
     tn.set_backend("numba")
     try:
-        results = {}
+        results, flops = {}, {}
         for packed in (True, False):
             tn.manual_seed(0)
             m = nn.Sequencer(make(D, H))
             m.set_plan_options(tn.PlanOptions(layout=layout, packed_gemm=packed))
             results[packed] = [_step(m, x, g), _step(m, x, g)]
+            flops[packed] = [loop.largest_gemm_flops for loop in m.compile_report().loops]
             notes = [n for loop in m.compile_report().loops for n in loop.body.notes]
             packed_note = any("packed once" in n for n in notes)
             if layout == "batch":  # ("auto" may hold the states feature-major: W @ h, unpacked)
@@ -111,6 +112,7 @@ def test_training_step_equals_unpacked_and_numpy_equations(name, layout, rng, mo
                 params = {k.split(".", 1)[1]: p.data for k, p in m.named_parameters().items()}
     finally:
         tn.set_backend(before)
+    assert flops[True] == flops[False]  # the packed GEMMs count for the BLAS thread choice
     for got, want in zip(results[True], results[False]):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

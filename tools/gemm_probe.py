@@ -8,7 +8,8 @@ this driver is simpler than the package's (a zero-padded tile for ragged blocks)
 splits the N panels over numba's threads (prange).
 
 Run: PYTHONPATH=$PWD python tools/gemm_probe.py [--threads 1 2] [--reps 200]
-Prints GF/s of np.matmul (OpenBLAS), torch.mm and the probe side by side, interleaved.
+Prints GF/s of np.matmul (OpenBLAS), torch.mm and the probe side by side, interleaved (one
+thread: timed in thread CPU time, which a loaded machine disturbs less; two: wall time).
 """
 
 from __future__ import annotations
@@ -133,14 +134,27 @@ def main() -> None:
                     cands[f"probe {mr}x{nv * _lanes(dt)}"] = lambda g=g, a=a, bp=bp, n=n, out=out: (
                         g(a, bp, n, out)
                     )
+                from tapernn.backends import packed_kernels as pk
+                from tapernn.backends.packed import pack_panels
+
+                panels, pout = pack_panels(b), np.empty((m, n), dt)
+                if threads == 1:
+                    cands["tapernn packed"] = lambda a=a, p=panels, o=pout: pk.packed_matmul_serial(
+                        a, p, o
+                    )
+                else:
+                    cands["tapernn packed"] = lambda a=a, p=panels, o=pout, t=threads: (
+                        pk.packed_matmul_parallel(a, p, o, t)
+                    )
                 times = {name: [] for name in cands}
+                clock = time.thread_time if threads == 1 else time.perf_counter
                 inner = max(1, int(2e8 // (2 * m * k * n)))
                 for _ in range(args.reps // inner + 3):
                     for name, f in cands.items():
-                        s = time.perf_counter()
+                        s = clock()
                         for _ in range(inner):
                             f()
-                        times[name].append((time.perf_counter() - s) / inner)
+                        times[name].append((clock() - s) / inner)
                 row = [
                     f"{name} {gflops(m, k, n, np.median(v)):.0f} ({gflops(m, k, n, min(v)):.0f})"
                     for name, v in times.items()
