@@ -162,3 +162,38 @@ def test_pass_structure_and_interpreter():
     small = tn.trace(lambda h, u: [h @ u], h0[:, :8], w[:8, :8])
     assert scan_pack.pack_loop_weights(small, {small.inputs[1]}) is small  # under MIN_ELEMENTS
     assert scan_pack.pack_loop_weights(body, set()) is body  # no invariant weight
+
+
+@needs_numba
+def test_concurrent_calls_from_two_threads(monkeypatch):
+    """Two Python threads running the parallel driver at once (numba's omp layer; the kernel
+    releases the GIL): each gets its own product."""
+    import threading
+
+    from tapernn.backends import packed
+
+    monkeypatch.setattr(packed, "_threads", lambda: 2)
+    packed._HANDLE.prepare(((np.dtype(np.float64).str,),))
+    kernel = packed._HANDLE.kernel
+    rng = np.random.default_rng(5)
+    jobs = []
+    for _ in range(4):
+        a, w = rng.standard_normal((33, 200)), rng.standard_normal((200, 300))
+        jobs.append((a, pack_panels(w), np.empty((33, 300)), a @ w))
+    errors = []
+
+    def work(job):
+        a, panels, out, want = job
+        try:
+            for _ in range(50):
+                run_kernel(kernel, a, panels, out)
+                np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
