@@ -87,15 +87,15 @@ class _Handle:
             if self.error or key in self.types:
                 return
             try:
+                from .numba_setup import setup
+
+                setup()  # (before packed_kernels' numba imports: numba_setup.py)
                 from numba import from_dtype, types
 
                 from . import packed_kernels as pk
 
                 arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
                 pan = types.Array(arr.dtype, 3, "C")
-                from .numba_setup import setup
-
-                setup()
                 pk.packed_matmul_serial.compile((arr, pan, arr))
                 pk.packed_matmul_parallel.compile((arr, pan, arr, types.int64))
                 parallel = pk.packed_matmul_parallel
