@@ -92,7 +92,7 @@ class _Handle:
                 setup()  # (before packed_kernels' numba imports: numba_setup.py)
                 from numba import from_dtype, types
 
-                from . import packed_kernels as pk
+                pk = _kernel_module()
 
                 arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
                 pan = types.Array(arr.dtype, 3, "C")
@@ -111,6 +111,35 @@ class _Handle:
                 self.types.add(key)
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def _kernel_module() -> Any:
+    """packed_kernels.py imported from a copy in the kernel cache directory
+    (numba_backend.cache_dir, $TAPERNN_KERNEL_CACHE), named by its text's digest: numba's
+    cache=True files land beside it, so a cold kernel cache is cold for these drivers too, and
+    an installed package's directory is never written."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from ..fileio import atomic_write
+    from .numba_backend import cache_dir
+
+    source = (Path(__file__).resolve().parent / "packed_kernels.py").read_bytes()
+    name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    if not path.exists() or path.read_bytes() != source:
+        atomic_write(path, lambda f: f.write(source))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 _HANDLE = _Handle()
