@@ -39,9 +39,12 @@ def test_kernel_equals_matmul_on_odd_shapes(dtype, threads, monkeypatch):
 
     monkeypatch.setattr(packed, "_threads", lambda: threads)
     rng = np.random.default_rng(0)
-    packed._HANDLE.prepare(((np.dtype(dtype).str,),))
+    key = ((np.dtype(dtype).str,),)
+    packed._HANDLE.prepare(key)
+    packed._PARALLEL.prepare(key)  # (else made in the background worker)
     kernel = packed._HANDLE.kernel
     assert kernel is not None, packed._HANDLE.error
+    assert key in packed._PARALLEL.types, packed._PARALLEL.error
     for m, k, n in SHAPES:
         a = rng.standard_normal((m, k)).astype(dtype)
         w = rng.standard_normal((k, n)).astype(dtype)
@@ -50,6 +53,10 @@ def test_kernel_equals_matmul_on_odd_shapes(dtype, threads, monkeypatch):
         assert run_kernel(kernel, a, pack_panels(w), out) is out
         tol = 1e-12 if dtype == np.float64 else 1e-5
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+        # the serial and the parallel driver: the same bits (either may run: packed.py)
+        serial = np.empty_like(out)
+        kernel(a, pack_panels(w), serial)
+        np.testing.assert_array_equal(out, serial)
     # strided operands: a transposed `a`, a column block of a wider `out`
     a = rng.standard_normal((40, 6)).astype(dtype).T
     w = rng.standard_normal((40, 70)).astype(dtype)
@@ -173,7 +180,9 @@ def test_concurrent_calls_from_two_threads(monkeypatch):
     from tapernn.backends import packed
 
     monkeypatch.setattr(packed, "_threads", lambda: 2)
-    packed._HANDLE.prepare(((np.dtype(np.float64).str,),))
+    key = ((np.dtype(np.float64).str,),)
+    packed._HANDLE.prepare(key)
+    packed._PARALLEL.prepare(key)
     kernel = packed._HANDLE.kernel
     rng = np.random.default_rng(5)
     jobs = []

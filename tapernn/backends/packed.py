@@ -70,13 +70,15 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
 
 
 class _Handle:
-    """The two compiled drivers for one dtype (background.py's handle protocol)."""
+    """The serial driver (background.py's handle protocol: prepare / has / kernel / error); its
+    prepare then has the parallel driver made (`_Parallel`: in the background worker after it,
+    or at once without background compilation). The two give identical bits (each panel is
+    computed by the same code in either), so when the parallel one arrives does not matter."""
 
     def __init__(self) -> None:
-        self.kernel: Any = None  # (serial, parallel)
+        self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
-        self.threadsafe = False
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -90,27 +92,66 @@ class _Handle:
                 from .numba_setup import setup
 
                 setup()  # (before packed_kernels' numba imports: numba_setup.py)
-                from numba import from_dtype, types
-
                 pk = _kernel_module()
-
-                arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
-                pan = types.Array(arr.dtype, 3, "C")
-                pk.packed_matmul_serial.compile((arr, pan, arr))
-                pk.packed_matmul_parallel.compile((arr, pan, arr, types.int64))
-                parallel = pk.packed_matmul_parallel
-                if self.kernel is None:  # the threading layer is known after a parallel run
-                    dt = np.dtype(key[0][0])
-                    one = np.zeros((1, 1), dt)
-                    parallel(one, np.zeros((1, 1, panel_width(dt)), dt), np.zeros((1, 1), dt), 1)
-                    import numba
-
-                    # (workqueue aborts the process when two threads run parallel kernels)
-                    self.threadsafe = numba.threading_layer() in ("omp", "tbb")
-                self.kernel = (pk.packed_matmul_serial, parallel if self.threadsafe else None)
+                pk.packed_matmul_serial.compile(_signature(key))
+                self.kernel = pk.packed_matmul_serial
                 self.types.add(key)
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
-                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                self.error = _failure(e)
+                return
+        if background.enabled():
+            background.request(_PARALLEL, key)
+        else:
+            _PARALLEL.prepare(key)
+
+
+class _Parallel:
+    """The prange driver, used only under a thread-safe numba threading layer (omp, tbb: the
+    workqueue layer aborts the process when two threads run parallel kernels at once)."""
+
+    def __init__(self) -> None:
+        self.kernel: Any = None
+        self.error = ""
+        self.types: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or key in self.types:
+                return
+            try:
+                from numba import types
+
+                pk = _kernel_module()
+                fn = pk.packed_matmul_parallel
+                fn.compile((*_signature(key), types.int64))
+                dt = np.dtype(key[0][0])
+                fn(
+                    np.zeros((1, 1), dt),
+                    np.zeros((1, 1, panel_width(dt)), dt),
+                    np.zeros((1, 1), dt),
+                    1,
+                )
+                import numba
+
+                if numba.threading_layer() not in ("omp", "tbb"):
+                    self.error = f"numba threading layer {numba.threading_layer()}: not thread-safe"
+                    return
+                self.types.add(key)
+                self.kernel = fn
+            except Exception as e:  # noqa: BLE001 -- any failure: the serial driver runs
+                self.error = _failure(e)
+
+
+def _signature(key: tuple) -> tuple:
+    from numba import from_dtype, types
+
+    arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
+    return (arr, types.Array(arr.dtype, 3, "C"), arr)
+
+
+def _failure(e: Exception) -> str:
+    return f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def _kernel_module() -> Any:
@@ -143,6 +184,7 @@ def _kernel_module() -> Any:
 
 
 _HANDLE = _Handle()
+_PARALLEL = _Parallel()
 _forked = [False]
 os.register_at_fork(after_in_child=lambda: _forked.__setitem__(0, True))
 
@@ -154,8 +196,10 @@ def _threads() -> int:
     return pools[0][1]() if pools else 1
 
 
-def run_kernel(kernel: tuple, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = a @ W through the compiled drivers (a and out copied when not C-contiguous)."""
+def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ W through the serial driver `kernel`, or the parallel one when the BLAS pool
+    runs with more threads in this call and it is ready (a and out copied when not
+    C-contiguous)."""
     if panels.shape[2] != panel_width(panels.dtype) or not (a.dtype == panels.dtype == out.dtype):
         raise TapernnError(
             f"packed GEMM: expected {panel_width(panels.dtype)}-column {a.dtype} panels,"
@@ -167,10 +211,10 @@ def run_kernel(kernel: tuple, a: np.ndarray, panels: np.ndarray, out: np.ndarray
         panels = np.ascontiguousarray(panels)
     target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
     threads = min(_threads(), panels.shape[0])
-    if threads > 1 and kernel[1] is not None:
-        kernel[1](a, panels, target, threads)
+    if threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
+        _PARALLEL.kernel(a, panels, target, threads)
     else:
-        kernel[0](a, panels, target)
+        kernel(a, panels, target)
     if target is not out:
         np.copyto(out, target)
     return out
