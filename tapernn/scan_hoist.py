@@ -24,9 +24,8 @@ def compile_hoisted(
     per loop call and its values are the step program's extra trailing inputs. `written`: the
     outputs the step program writes into its caller's arrays (codegen.Program)."""
     graph, report = optimise(loop_level(body, n_variant), pipeline_of(passes), options)
-    if (
-        options.packed_gemm and resolve_backend(options.backend) == "numba"
-    ):  # step GEMMs over weights packed once
+    if options.packed_gemm and resolve_backend(options.backend) == "numba":
+        # step GEMMs over loop weights packed once per loop call (scan_pack.py)
         packed = pack_loop_weights(graph, _invariants(graph, n_variant)[0])
         if packed is not graph:
             graph = packed

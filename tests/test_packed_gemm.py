@@ -109,14 +109,19 @@ def test_training_step_equals_unpacked_and_numpy_equations(name, layout, rng, mo
             tn.manual_seed(0)
             m = nn.Sequencer(make(D, H))
             m.set_plan_options(tn.PlanOptions(layout=layout, packed_gemm=packed))
-            results[packed] = [_step(m, x, g), _step(m, x, g)]
+            first = _step(m, x, g)
+            for p in m.parameters():  # the next call packs the changed weights
+                p.data[...] += 0.01
+            results[packed] = [first, _step(m, x, g)]
             flops[packed] = [loop.largest_gemm_flops for loop in m.compile_report().loops]
             notes = [n for loop in m.compile_report().loops for n in loop.body.notes]
             packed_note = any("packed once" in n for n in notes)
             if layout == "batch":  # ("auto" may hold the states feature-major: W @ h, unpacked)
                 assert packed_note == packed, notes
             if packed:
-                params = {k.split(".", 1)[1]: p.data for k, p in m.named_parameters().items()}
+                params = {
+                    k.split(".", 1)[1]: p.data - 0.01 for k, p in m.named_parameters().items()
+                }
     finally:
         tn.set_backend(before)
     assert flops[True] == flops[False]  # the packed GEMMs count for the BLAS thread choice
