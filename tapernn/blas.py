@@ -99,13 +99,18 @@ def set_blas_threads(n: int | str | None) -> None:
     _policy = n
 
 
+# (packed_matmul: the numba backend's step GEMM over a packed weight, scan_pack.py; its kernel
+# follows the BLAS pool's thread count)
+GEMM_OPS = ("matmul", "packed_matmul")
+
+
 def largest_gemm_flops(nodes: Iterable) -> float:
     """2·m·k·n (times the batch) of the largest matmul among graph `nodes`."""
     return max(
         (
             2.0 * float(math.prod(n.shape)) * (n.inputs[0].shape[-1] if n.inputs[0].shape else 1)
             for n in nodes
-            if n.op == "matmul"
+            if n.op in GEMM_OPS
         ),
         default=0.0,
     )
@@ -128,7 +133,7 @@ def _matmuls(nodes: Iterable) -> Iterator[tuple[Any, int]]:
         for n in group:
             if n.op == "scan":
                 stack.append((n.attrs["body"].nodes, times * n.attrs["length"]))
-            elif n.op == "matmul":
+            elif n.op in GEMM_OPS:
                 yield n, times
 
 
@@ -152,6 +157,8 @@ def vector_products(nodes: Iterable) -> bool:
     dot: a 1-D operand, or one row or one column (OpenBLAS's GEMV and DOT split their inner
     sums between threads, so their last bits depend on the thread count)."""
     for n, _ in _matmuls(nodes):
+        if n.op != "matmul":  # (the packed kernel splits columns, never an inner sum)
+            continue
         a, b = n.inputs[0].shape, n.inputs[1].shape
         if len(a) < 2 or len(b) < 2 or a[-2] == 1 or b[-1] == 1:
             return True

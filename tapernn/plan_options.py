@@ -59,6 +59,8 @@ class PlanOptions:
 
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
+    packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
+    a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
     """
 
     regions: bool = True
@@ -72,6 +74,7 @@ class PlanOptions:
     xs_in_slab: bool = True
     dz_in_gates: bool = True
     layout: str = "auto"
+    packed_gemm: bool = True
 
     def __post_init__(self) -> None:
         if self.layout not in ("batch", "feature", "auto"):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .backends import resolve_backend
 from .executor import Compiled, compile, optimise, pipeline_of
 from .graph import Graph, Node
 from .passes import CompileReport
+from .scan_pack import pack_loop_weights
 
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
@@ -22,16 +24,13 @@ def compile_hoisted(
     per loop call and its values are the step program's extra trailing inputs. `written`: the
     outputs the step program writes into its caller's arrays (codegen.Program)."""
     graph, report = optimise(loop_level(body, n_variant), pipeline_of(passes), options)
-    invariant = set(graph.inputs[n_variant:])
-    cheap = set(invariant)  # inputs, constants and views of them: left in the step program
-    for n in graph.nodes:
-        if n.op == "constant":
-            invariant.add(n)
-            cheap.add(n)
-        elif n.op != "input" and n.inputs and all(i in invariant for i in n.inputs):
-            invariant.add(n)
-            if n.op in _FREE and all(i in cheap for i in n.inputs):
-                cheap.add(n)
+    if options.packed_gemm and resolve_backend(options.backend) == "numba":
+        # step GEMMs over loop weights packed once per loop call (scan_pack.py)
+        packed = pack_loop_weights(graph, _invariants(graph, n_variant)[0])
+        if packed is not graph:
+            graph = packed
+            report.notes.append("step GEMMs over loop weights packed once per loop call")
+    invariant, cheap = _invariants(graph, n_variant)
     moved = invariant - cheap
     if not moved:
         return _plain(graph, options, report, written)
@@ -74,6 +73,22 @@ def compile_hoisted(
         f"{', '.join(n.op for n in hoisted)}"
     )
     return compiled
+
+
+def _invariants(graph: Graph, n_variant: int) -> tuple[set[Node], set[Node]]:
+    """(nodes of the invariants alone, those of them that are inputs, constants or views of
+    them: left in the step program)."""
+    invariant = set(graph.inputs[n_variant:])
+    cheap = set(invariant)
+    for n in graph.nodes:
+        if n.op == "constant":
+            invariant.add(n)
+            cheap.add(n)
+        elif n.op != "input" and n.inputs and all(i in invariant for i in n.inputs):
+            invariant.add(n)
+            if n.op in _FREE and all(i in cheap for i in n.inputs):
+                cheap.add(n)
+    return invariant, cheap
 
 
 def loop_level(body: Graph, n_variant: int) -> Graph:

@@ -63,6 +63,7 @@ LAYERS = [
             "tapernn.scan_grad",
             "tapernn.scan_run",
             "tapernn.scan_hoist",
+            "tapernn.scan_pack",
         ],
     ),
     ("nn", ["tapernn.nn.*"]),

@@ -1,0 +1,259 @@
+"""The packed recurrent GEMM of the numba backend (issue 19; BENCHMARKS.md "hgemm"): a loop's
+weight W (K, N), invariant over the steps, is packed once per loop call into panels of NR
+columns (`pack_panels`), and every step's `a @ W` runs a register-blocked AVX-512 microkernel
+over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again at every call.
+
+`PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
+until the kernel takes over -- at the top-level program's switch call with background
+compilation (background.py's protocol: which call ran which lowering is fixed by the call
+count, never by timing), else at its first call -- and NumPy again if the kernel failed. The
+kernel splits the panels over numba's threads when the BLAS pool runs with more than one thread
+in this call (blas_tuning measures the program with either count), in a forked child never
+(the OpenMP pool does not survive a fork)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..blas import limiter
+from ..errors import TapernnError
+from . import background
+
+VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
+NV = 4  # = packed_kernels.NV
+
+
+def available() -> bool:
+    """Whether this CPU has AVX-512 (the microkernel's 512-bit vectors; on AVX2 LLVM would split
+    each into two and spill the 16 accumulators: not measured, so OpenBLAS stays there)."""
+    if _avx512[0] is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                _avx512[0] = any(line.startswith("flags") and " avx512f" in line for line in f)
+        except OSError:
+            try:
+                from llvmlite import binding
+
+                _avx512[0] = bool(binding.get_host_cpu_features().get("avx512f"))
+            except Exception:  # noqa: BLE001 -- unknown: keep OpenBLAS
+                _avx512[0] = False
+    return _avx512[0]
+
+
+_avx512: list[bool | None] = [None]
+
+
+def panel_width(dtype: Any) -> int:
+    """NR: columns per panel (4 vectors of 512 bits: 64 float32, 32 float64)."""
+    return NV * VEC_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = None) -> np.ndarray:
+    """W (K, N) as (ceil(N / NR), K, NR): panel j holds columns j*NR.. row by row, zero-padded
+    (NR: `nr`, else panel_width)."""
+    k, n = w.shape
+    nr = nr or panel_width(w.dtype)
+    shape = (-(-n // nr), k, nr)
+    if out is None:
+        out = np.empty(shape, w.dtype)
+    full = n // nr
+    if full:  # (k, full, nr) -> (full, k, nr) in one copy
+        np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
+    if full < shape[0]:
+        out[full] = 0
+        out[full, :, : n - full * nr] = w[:, full * nr :]
+    return out
+
+
+class _Handle:
+    """The serial driver (background.py's handle protocol: prepare / has / kernel / error); its
+    prepare then has the parallel driver made (`_Parallel`: in the background worker after it,
+    or at once without background compilation). The two give identical bits (each panel is
+    computed by the same code in either), so when the parallel one arrives does not matter."""
+
+    def __init__(self) -> None:
+        self.kernel: Any = None
+        self.error = ""
+        self.types: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None and (key is None or key in self.types)
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or key in self.types:
+                return
+            try:
+                from .numba_setup import setup
+
+                setup()  # (before packed_kernels' numba imports: numba_setup.py)
+                pk = _kernel_module()
+                pk.packed_matmul_serial.compile(_signature(key))
+                self.kernel = pk.packed_matmul_serial
+                self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
+                self.error = _failure(e)
+                return
+        if background.enabled():
+            background.request(_PARALLEL, key)
+        else:
+            _PARALLEL.prepare(key)
+
+
+class _Parallel:
+    """The prange driver, used only under a thread-safe numba threading layer (omp, tbb: the
+    workqueue layer aborts the process when two threads run parallel kernels at once)."""
+
+    def __init__(self) -> None:
+        self.kernel: Any = None
+        self.error = ""
+        self.types: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or key in self.types:
+                return
+            try:
+                from numba import types
+
+                pk = _kernel_module()
+                fn = pk.packed_matmul_parallel
+                fn.compile((*_signature(key), types.int64))
+                dt = np.dtype(key[0][0])
+                fn(
+                    np.zeros((1, 1), dt),
+                    np.zeros((1, 1, panel_width(dt)), dt),
+                    np.zeros((1, 1), dt),
+                    1,
+                )
+                import numba
+
+                if numba.threading_layer() not in ("omp", "tbb"):
+                    self.error = f"numba threading layer {numba.threading_layer()}: not thread-safe"
+                    return
+                self.types.add(key)
+                self.kernel = fn
+            except Exception as e:  # noqa: BLE001 -- any failure: the serial driver runs
+                self.error = _failure(e)
+
+
+def _signature(key: tuple) -> tuple:
+    from numba import from_dtype, types
+
+    arr = types.Array(from_dtype(np.dtype(key[0][0])), 2, "C")
+    return (arr, types.Array(arr.dtype, 3, "C"), arr)
+
+
+def _failure(e: Exception) -> str:
+    return f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def _kernel_module() -> Any:
+    """packed_kernels.py imported from a copy in the kernel cache directory
+    (numba_backend.cache_dir, $TAPERNN_KERNEL_CACHE), named by its text's digest: numba's
+    cache=True files land beside it, so a cold kernel cache is cold for these drivers too, and
+    an installed package's directory is never written."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from ..fileio import atomic_write
+    from .numba_backend import cache_dir
+
+    source = (Path(__file__).resolve().parent / "packed_kernels.py").read_bytes()
+    name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    if not path.exists() or path.read_bytes() != source:
+        atomic_write(path, lambda f: f.write(source))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_HANDLE = _Handle()
+_PARALLEL = _Parallel()
+_forked = [False]
+os.register_at_fork(after_in_child=lambda: _forked.__setitem__(0, True))
+
+
+def _threads() -> int:
+    if _forked[0]:
+        return 1
+    pools = limiter.pools()
+    return pools[0][1]() if pools else 1
+
+
+def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ W through the serial driver `kernel`, or the parallel one when the BLAS pool
+    runs with more threads in this call and it is ready (a and out copied when not
+    C-contiguous)."""
+    if panels.shape[2] != panel_width(panels.dtype) or not (a.dtype == panels.dtype == out.dtype):
+        raise TapernnError(
+            f"packed GEMM: expected {panel_width(panels.dtype)}-column {a.dtype} panels,"
+            f" got {panels.shape} {panels.dtype}"
+        )
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if not panels.flags.c_contiguous:
+        panels = np.ascontiguousarray(panels)
+    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    threads = min(_threads(), panels.shape[0])
+    if threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
+        _PARALLEL.kernel(a, panels, target, threads)
+    else:
+        kernel(a, panels, target)
+    if target is not out:
+        np.copyto(out, target)
+    return out
+
+
+class PackedSite:
+    """One step program's call of the packed GEMM (the module docstring)."""
+
+    __slots__ = ("calls", "kernel", "key", "ready")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.kernel: Any = None
+        self.key: tuple | None = None
+        self.ready: threading.Event | None = None
+
+    def __call__(
+        self, a: np.ndarray, w: np.ndarray, panels: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        if out is None:
+            out = np.empty((a.shape[0], w.shape[1]), w.dtype)
+        if self.kernel is not None:
+            return run_kernel(self.kernel, a, panels, out)
+        self.calls += 1
+        if self.calls == 1:
+            self.key = ((w.dtype.str,),)
+            if not background.enabled():
+                _HANDLE.prepare(self.key)
+                self._take()
+            else:
+                self.ready = background.request(_HANDLE, self.key)
+        elif self.ready is not None and background.due(self.calls):
+            self.ready.wait()
+            self.ready = None
+            self._take()
+        if self.kernel is not None:
+            return run_kernel(self.kernel, a, panels, out)
+        return np.matmul(a, w, out=out)
+
+    def _take(self) -> None:
+        if _HANDLE.has(self.key):
+            self.kernel = _HANDLE.kernel

@@ -1,0 +1,179 @@
+"""The numba side of the packed recurrent GEMM (backends/packed.py; BENCHMARKS.md "hgemm"):
+out = a @ W for a weight packed once per loop call into panels of NR columns (packed.pack_panels:
+(ceil(N / NR), K, NR), zero-padded). The microkernel is LLVM IR through a numba @intrinsic: MR
+rows of `a` times one panel, MR * NV vector accumulators (W lanes: 16 float32 / 8 float64, 512
+bits) held in registers over the whole K loop, a broadcast of a[i, p] and NV loads of the panel
+per row and k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
+the parallel one) and the row blocks; a partial row block or panel goes through a zero-padded
+tile. Imported only once numba is (its jobs run in background.py's worker)."""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+from numba.np.arrayobj import make_array
+
+VEC_BITS = 512
+MR = 4  # rows of a per microkernel call
+NV = 4  # vectors per panel row: NR = NV * lanes (64 float32, 32 float64)
+
+
+def _vector_type(context, dtype):
+    scal = context.get_value_type(dtype)
+    lanes = VEC_BITS // (8 * context.get_abi_sizeof(scal))
+    return scal, lanes, ir.VectorType(scal, lanes)
+
+
+def make_microkernel(mr: int, nv: int):
+    """kernel(a, a_off, lda, panel, p_off, c, c_off, ldc, k): for i < mr,
+    c[c_off + i * ldc + (0..NR)] = sum_p a[a_off + i * lda + p] * panel[p_off + p * NR + (0..NR)]
+    over flat C arrays (offsets and strides in elements)."""
+
+    @intrinsic
+    def kernel(typingctx, a, a_off, lda, panel, p_off, c, c_off, ldc, k):
+        arrays = (a, panel, c)
+        if not all(isinstance(x, types.Array) and x.layout == "C" for x in arrays):
+            return None
+        if not all(x.dtype == a.dtype for x in arrays) or a.dtype not in (
+            types.float32,
+            types.float64,
+        ):
+            return None
+        sig = types.void(a, a_off, lda, panel, p_off, c, c_off, ldc, k)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+
+            def data(j):
+                return make_array(tys[j])(context, builder, args[j]).data
+
+            def idx(j):
+                return context.cast(builder, args[j], tys[j], types.intp)
+
+            a_ptr, p_ptr, c_ptr = data(0), data(3), data(5)
+            a_off_, lda_, p_off_ = idx(1), idx(2), idx(4)
+            c_off_, ldc_, k_ = idx(6), idx(7), idx(8)
+            scal, lanes, vty = _vector_type(context, signature.args[0].dtype)
+            esize = context.get_abi_sizeof(scal)
+            nr = lanes * nv
+            i64 = ir.IntType(64)
+            fma = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{lanes}f{8 * esize}",
+            )
+
+            def vptr(base, off):
+                return builder.bitcast(builder.gep(base, [off], inbounds=True), vty.as_pointer())
+
+            zero = ir.Constant(vty, [ir.Constant(scal, 0.0)] * lanes)
+            rows = [builder.add(a_off_, builder.mul(ir.Constant(i64, i), lda_)) for i in range(mr)]
+            pre = builder.block
+            loop = builder.append_basic_block("packed.loop")
+            done = builder.append_basic_block("packed.done")
+            builder.cbranch(builder.icmp_signed(">", k_, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            p = builder.phi(i64)
+            p.add_incoming(ir.Constant(i64, 0), pre)
+            acc = [[builder.phi(vty) for _ in range(nv)] for _ in range(mr)]
+            for row in acc:
+                for phi in row:
+                    phi.add_incoming(zero, pre)
+            base = builder.add(p_off_, builder.mul(p, ir.Constant(i64, nr)))
+            b = [
+                builder.load(
+                    vptr(p_ptr, builder.add(base, ir.Constant(i64, v * lanes))), align=esize
+                )
+                for v in range(nv)
+            ]
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            new = []
+            for i in range(mr):
+                x = builder.load(
+                    builder.gep(a_ptr, [builder.add(rows[i], p)], inbounds=True), align=esize
+                )
+                xv = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+                xv = builder.shuffle_vector(xv, undef, splat)
+                new.append([builder.call(fma, [xv, b[v], acc[i][v]]) for v in range(nv)])
+            p_next = builder.add(p, ir.Constant(i64, 1))
+            p.add_incoming(p_next, loop)
+            for i in range(mr):
+                for v in range(nv):
+                    acc[i][v].add_incoming(new[i][v], loop)
+            builder.cbranch(builder.icmp_signed("<", p_next, k_), loop, done)
+            builder.position_at_end(done)
+            results = []
+            for i in range(mr):
+                for v in range(nv):
+                    phi = builder.phi(vty)
+                    phi.add_incoming(zero, pre)
+                    phi.add_incoming(new[i][v], loop)
+                    results.append(phi)
+            for i in range(mr):
+                row = builder.add(c_off_, builder.mul(ir.Constant(i64, i), ldc_))
+                for v in range(nv):
+                    off = builder.add(row, ir.Constant(i64, v * lanes))
+                    builder.store(results[i * nv + v], vptr(c_ptr, off), align=esize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+_micro = make_microkernel(MR, NV)
+
+
+@njit(cache=True, nogil=True)
+def _panels(a, packed, out, first, last):
+    """out[:, panels first..last) = a @ (those panels); a, packed, out C-contiguous. One call
+    site of the microkernel (each one is inlined: four made the cold compile ~3x slower)."""
+    m, k = a.shape
+    nr = packed.shape[2]
+    n = out.shape[1]
+    af, pf, of = a.ravel(), packed.ravel(), out.ravel()
+    full = (m // MR) * MR
+    tile_a = np.zeros((MR, k), a.dtype)  # the last, partial row block, zero-padded
+    tile_c = np.empty((MR, nr), a.dtype)
+    tf_a, tf_c = tile_a.ravel(), tile_c.ravel()
+    for r in range(m - full):  # (scalar loops: slice assignments doubled the cold compile)
+        for p in range(k):
+            tile_a[r, p] = a[full + r, p]
+    for j in range(first, last):
+        col = j * nr
+        w = min(nr, n - col)
+        for i in range(0, m, MR):
+            rows = min(MR, m - i)
+            src, src_off = af, i * k
+            if rows < MR:
+                src, src_off = tf_a, 0
+            tiled = rows < MR or w < nr
+            dst, dst_off, ld = of, i * n + col, n
+            if tiled:
+                dst, dst_off, ld = tf_c, 0, nr
+            _micro(src, src_off, k, pf, j * k * nr, dst, dst_off, ld, k)
+            if tiled:
+                for r in range(rows):
+                    for c in range(w):
+                        out[i + r, col + c] = tile_c[r, c]
+
+
+@njit(cache=True, nogil=True)
+def packed_matmul_serial(a, packed, out):
+    _panels(a, packed, out, 0, packed.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def packed_matmul_parallel(a, packed, out, parts):
+    """The panels split into `parts` contiguous ranges, one per prange iteration."""
+    npan = packed.shape[0]
+    for t in prange(parts):
+        _panels(a, packed, out, (npan * t) // parts, (npan * (t + 1)) // parts)
+
+
+def lanes(dtype: np.dtype) -> int:
+    return VEC_BITS // (8 * np.dtype(dtype).itemsize)
