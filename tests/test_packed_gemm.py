@@ -38,6 +38,7 @@ def test_kernel_equals_matmul_on_odd_shapes(dtype, threads, monkeypatch):
     from tapernn.backends import packed
 
     monkeypatch.setattr(packed, "_threads", lambda: threads)
+    monkeypatch.setattr(packed, "PARALLEL", True)  # (opt-in: $TAPERNN_PACKED_PARALLEL)
     rng = np.random.default_rng(0)
     key = ((np.dtype(dtype).str,),)
     packed._HANDLE.prepare(key)
@@ -185,6 +186,7 @@ def test_concurrent_calls_from_two_threads(monkeypatch):
     from tapernn.backends import packed
 
     monkeypatch.setattr(packed, "_threads", lambda: 2)
+    monkeypatch.setattr(packed, "PARALLEL", True)  # (opt-in: $TAPERNN_PACKED_PARALLEL)
     key = ((np.dtype(np.float64).str,),)
     packed._HANDLE.prepare(key)
     packed._PARALLEL.prepare(key)
@@ -211,3 +213,26 @@ def test_concurrent_calls_from_two_threads(monkeypatch):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+@needs_numba
+def test_the_parallel_driver_is_opt_in(monkeypatch):
+    """With the pool at two threads and the parallel driver compiled, the default runs the
+    serial driver (numba's OpenMP pool slowed the process's other libraries: packed.PARALLEL)."""
+    from tapernn.backends import packed
+
+    monkeypatch.setattr(packed, "_threads", lambda: 2)
+    key = ((np.dtype(np.float64).str,),)
+    packed._HANDLE.prepare(key)
+    monkeypatch.setattr(packed._PARALLEL, "types", {key})
+
+    def parallel(*args):
+        raise AssertionError("the parallel driver ran")
+
+    monkeypatch.setattr(packed._PARALLEL, "kernel", parallel)
+    a, w = np.ones((3, 4)), np.ones((4, 64))  # (several panels: two threads get work)
+    out = run_kernel(packed._HANDLE.kernel, a, pack_panels(w), np.empty((3, 64)))
+    np.testing.assert_array_equal(out, a @ w)
+    monkeypatch.setattr(packed, "PARALLEL", True)
+    with pytest.raises(AssertionError, match="parallel driver ran"):
+        run_kernel(packed._HANDLE.kernel, a, pack_panels(w), np.empty((3, 64)))

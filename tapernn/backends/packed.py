@@ -99,6 +99,8 @@ class _Handle:
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = _failure(e)
                 return
+        if not PARALLEL:
+            return
         if background.enabled():
             background.request(_PARALLEL, key)
         else:
@@ -185,6 +187,12 @@ def _kernel_module() -> Any:
 
 _HANDLE = _Handle()
 _PARALLEL = _Parallel()
+# The parallel driver is opt-in ($TAPERNN_PACKED_PARALLEL=1): numba's OpenMP pool, once used,
+# slowed the other libraries of the process -- in tools/bench.py's run at (32, 50, 256) f32 torch's
+# nn.LSTM step went from 27.4 ms to 43.7 ms and the NumPy reference 13 % slower, while tapernn's
+# numba step gained nothing over the serial driver at the pool's two threads (BENCHMARKS.md, stop
+# 27). The serial driver gives the same bits at every thread count (each panel is the same code).
+PARALLEL = os.environ.get("TAPERNN_PACKED_PARALLEL", "") == "1"
 _forked = [False]
 os.register_at_fork(after_in_child=lambda: _forked.__setitem__(0, True))
 
@@ -197,9 +205,9 @@ def _threads() -> int:
 
 
 def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = a @ W through the serial driver `kernel`, or the parallel one when the BLAS pool
-    runs with more threads in this call and it is ready (a and out copied when not
-    C-contiguous)."""
+    """out = a @ W through the serial driver `kernel`, or the parallel one (opt-in: PARALLEL)
+    when the BLAS pool runs with more threads in this call and it is ready (a and out copied
+    when not C-contiguous)."""
     if panels.shape[2] != panel_width(panels.dtype) or not (a.dtype == panels.dtype == out.dtype):
         raise TapernnError(
             f"packed GEMM: expected {panel_width(panels.dtype)}-column {a.dtype} panels,"
@@ -211,7 +219,7 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
         panels = np.ascontiguousarray(panels)
     target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
     threads = min(_threads(), panels.shape[0])
-    if threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
+    if PARALLEL and threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
         _PARALLEL.kernel(a, panels, target, threads)
     else:
         kernel(a, panels, target)
