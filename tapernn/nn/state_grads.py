@@ -230,20 +230,63 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     return variant, grads
 
 
-def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = None) -> None:
+def later_tap_grads(
+    rt: Any, record: Any, seeds: list, modules: list | None = None, room: Any = None
+) -> None:
     """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
     tapped variant, from copies of this call's arguments and seeds (a later parameter update or
     refilled input buffer must not change what the backward saw). `modules`: the program's
-    recurrent modules (`_recurrent_steps`), when the caller has them."""
+    recurrent modules (`_recurrent_steps`), when the caller has them. `room`: dead bytes the
+    copies that fit are written into (TrainingPair.tap_room; tap_copies)."""
     exe = record.exe
     if modules is None:
         modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
-    args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
-    seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
-    tap_later(rt, record, args, seeds, modules)
+    copies = tap_copies(list(record.args) + list(seeds), room)
+    n = len(record.args)
+    tap_later(rt, record, copies[:n], copies[n:], modules)
+
+
+def tap_places(sizes: list[int], room: int) -> dict[int, int]:
+    """Position -> byte offset in a room of `room` bytes of each array (of `sizes` bytes) placed
+    there: largest first, each where the last placed one ends (64-byte aligned), if it fits."""
+    places, end = {}, 0
+    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k]):
+        start = -(-end // 64) * 64
+        if sizes[k] and start + sizes[k] <= room:
+            places[k], end = start, start + sizes[k]
+    return places
+
+
+def room_view(saved: Any, nbytes: int) -> np.ndarray | None:
+    """The first `nbytes` of the saved array `saved` as flat uint8 (tap_copies' room), None
+    unless it is one contiguous ndarray that long."""
+    if type(saved) is not np.ndarray or not saved.flags.c_contiguous or saved.nbytes < nbytes:
+        return None
+    return saved.reshape(-1).view(np.uint8)[:nbytes]
+
+
+def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
+    """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
+    bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
+    TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
+    instead of into new memory; the rest are fresh copies."""
+    ndarray = np.ndarray
+    if room is None:
+        return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
+    arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
+    places = tap_places([a.nbytes for a in arrays], room.nbytes)
+    out = []
+    for k, a in enumerate(arrays):
+        at = places.get(k)
+        if at is None:
+            out.append(a.copy())
+            continue
+        dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        np.copyto(dst, a)
+        out.append(dst)
+    return out
 
 
 def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
@@ -272,12 +315,17 @@ def tap_grads_now(
 
 
 def tap_copy_bytes(exe: Any) -> int:
-    """Bytes later_tap_grads copies on every plain Sequencer backward of `exe` (its arguments
-    and seeds), 0 where it copies nothing (no recurrent module, or step-wise use)."""
+    """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
+    (its arguments and seeds, less those placed in the pair's tap_room), 0 where it copies
+    nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
-    args = sum(n.nbytes for n in exe.arg_nodes if n.kind != "tap")
-    return args + sum(exe.diff_outputs[k].nbytes for k in exe.seeded)
+    sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
+    sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
+    pair = exe.training_pair
+    room = pair.tap_room(pair.last_backward) if pair is not None else None
+    placed = tap_places(sizes, room[1]) if room is not None else {}
+    return sum(b for k, b in enumerate(sizes) if k not in placed)
 
 
 def _copy(a: Any) -> np.ndarray:

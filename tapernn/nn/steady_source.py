@@ -16,7 +16,7 @@ import numpy as np
 from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
-from .state_grads import store_state_input_grads, tap_grads_now
+from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
 from .write_plan import Pending
 
 
@@ -366,6 +366,8 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "store_state_input_grads": store_state_input_grads,
         "partial": partial,
         "tap_grads_now": tap_grads_now,
+        "tap_copies": tap_copies,
+        "room_view": room_view,
         "modules": steady.cut_modules,
     }
 
@@ -402,6 +404,13 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        program = pair.last_backward = pair.backward_program(1)",
         "        first = 0",
         "        grads = run(program, saved, without_dx)",
+    ]
+    if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room)
+        lines += [
+            "    r = pair.tap_room(pair.last_backward)",
+            "    room = None if r is None else room_view(saved[r[0]], r[1])",
+        ]
+    lines += [
         "    del saved",
     ]
     if exe.state_wrt:  # a user-set initial state's gradient
@@ -427,10 +436,16 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             else f"args[{k}].copy()"
             for k in range(len(steady.args))
         ]
-        lines.append(
-            f"    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts,"
-            f" [{', '.join(copies)}], [grad_output.copy()], modules)"
-        )
+        lines += [
+            "    if room is None:",
+            f"        copies = [{', '.join(copies)}]",
+            "        gcopy = [grad_output.copy()]",
+            "    else:",
+            "        copies = tap_copies(list(args) + [grad_output], room)",
+            "        gcopy = [copies.pop()]",
+            "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
+            + " gcopy, modules)",
+        ]
         for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
     lines += [

@@ -51,6 +51,7 @@ class TrainingPair:
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
         self.last_backward = self.backward  # the program compile_report shows
+        self._rooms: dict[int, tuple[int, int] | None] = {}  # id(backward program) -> tap_room
 
     def saved(self, outs: tuple) -> list:
         return list(outs[len(outs) - self.n_saved :]) if self.n_saved else []
@@ -73,6 +74,35 @@ class TrainingPair:
                 donate=self.donate,
             )
         return self.variants[skip]
+
+    def tap_room(self, program: Compiled) -> tuple[int, int] | None:
+        """(saved position j, bytes): the leading bytes of saved value j that are dead once
+        `program` (a backward of this pair) has returned, and that stay allocated after it
+        anyway: a loop of `program` was computed there (donate.donations: no returned value
+        views them, no other forward output reads them) and a kept forward output (`output`,
+        a rolled loop's h block) holds the same storage. get_grad_hidden_state's copies go
+        there (state_grads.tap_copies). None: there are no such bytes."""
+        key = id(program)
+        if key not in self._rooms:
+            self._rooms[key] = self._find_room(program)
+        return self._rooms[key]
+
+    def _find_room(self, program: Compiled) -> tuple[int, int] | None:
+        fwd = self.forward
+        outs, plan = fwd.graph.outputs, fwd.program.plan
+        n_kept = len(outs) - self.n_saved
+        kept = {plan.storage.get(o) for o in outs[:n_kept] if o.op not in PSEUDO}
+        inputs = program.graph.inputs
+        best = None
+        for s, inp in program.program.plan.donated.items():
+            j = inputs.index(inp)
+            if (
+                j < self.n_saved
+                and outs[n_kept + j] in kept
+                and (best is None or s.nbytes > best[1])
+            ):
+                best = (j, s.nbytes)
+        return best
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
         """The gradients; with `skip`, the first `skip` of them are not computed (None)."""
