@@ -367,6 +367,8 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
+        "compute_into": exe.packing.compute_into,
+        "release": exe.packing.release,
         "room_view": room_view,
         "modules": steady.cut_modules,
     }
@@ -398,12 +400,18 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        pair.last_backward = full",
         "        first = 1",
     ]
+    # (the weight gradients into zeroed .grad arrays themselves: Packing.compute_into)
+    into = bool(getattr(ns["full"].program, "dest_slots", None))
+    lines += ["        compute_into(full, 1, saved)"] if into else []
     lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
+    lines += ["        release(full)"] if into else []
     lines += [
         "    else:",
         "        program = pair.last_backward = pair.backward_program(1)",
         "        first = 0",
+        "        compute_into(program, 0, saved)",
         "        grads = run(program, saved, without_dx)",
+        "        release(program)",
     ]
     if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room)
         lines += [
@@ -421,7 +429,11 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         )
     lines.append("    record.done = True")
     for k, grad in enumerate(steady.grads):  # (in place: the planned gradient arrays)
-        lines += [f"    g = {bind(grad, 'grad')}", f"    g += grads[first + {k}]"]
+        lines += [
+            f"    g = {bind(grad, 'grad')}",
+            f"    if grads[first + {k}] is not g:",  # (else computed into it: compute_into)
+            f"        g += grads[first + {k}]",
+        ]
     for j, group in enumerate(steady.groups):
         lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {n_loose + j}])")
     lines += [
