@@ -240,10 +240,13 @@ class Program(FusedLowering):
                 elif r in plan.fresh:  # returned: allocated per call, before its first piece
                     names[r] = f"v{self.pos[r]}"
                     empty = self._named("np_empty", np.empty)
-                    body.append(
-                        f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
-                        f"{self.bind('d', r.dtype)})"
-                    )
+                    alloc = f"{empty}({self.bind('s', r.shape)}, {self.bind('d', r.dtype)})"
+                    if r in into:  # (the caller's array, if it gave one)
+                        body.append(f"    {names[r]} = _dest[{into[r]}]")
+                        body.append(f"    if {names[r]} is None:")
+                        body.append(f"        {names[r]} = {alloc}")
+                    else:
+                        body.append(f"    {names[r]} = {alloc}")
                 else:
                     names[r] = views[(plan.buffer_of[r], r.shape)]
                 if r in plan.slab_roots:
@@ -297,7 +300,8 @@ class Program(FusedLowering):
         call for the value to be computed into (None: allocated by the call, as any returned
         value). A split backward's outputs (the parameter gradients: nn.packing computes them
         into a zeroed `.grad`) that one NumPy ufunc computes with out= into storage of their
-        own made per call; none elsewhere."""
+        own made per call, or a concat whose pieces are computed into its rows (one array
+        made per call: the caller's, if it gave one); none elsewhere."""
         g, plan = self.graph, self.plan
         self.dest: list = []
         self.dest_slots: dict[int, int] = {}  # output position -> slot
@@ -308,12 +312,11 @@ class Program(FusedLowering):
         into: dict[Node, int] = {}
         for k, n in enumerate(g.outputs):
             opdef = None if n.op in PSEUDO else get_op(n.op)
+            ufunc = opdef is not None and opdef.ufunc is not None and opdef.lower is None
             if (
-                opdef is None
-                or opdef.ufunc is None
-                or opdef.lower is not None
-                or not opdef.supports_out
-                or n in special
+                not (ufunc and opdef.supports_out and n not in special)
+                and n not in plan.placed_concats  # (its pieces into its rows: the per-call array)
+                or n in plan.slab_roots
                 or n in claimed
                 or k in self.written
                 or g.outputs.count(n) != 1
