@@ -29,13 +29,18 @@ CELLS = {
 }
 
 
+OFF = {"grad_into", "per_call", "tap_room"}  # what "old" turns off (--off)
+
+
 class Old:
     """While entered: what compiles and runs is the "old" variant (see the module doc)."""
 
     def __enter__(self):
         self.per_call, self.tap_room = arena.per_call, TrainingPair.tap_room
-        arena.per_call = lambda graph: frozenset()
-        TrainingPair.tap_room = lambda pair, program: None
+        if "per_call" in OFF:
+            arena.per_call = lambda graph: frozenset()
+        if "tap_room" in OFF:
+            TrainingPair.tap_room = lambda pair, program: None
 
     def __exit__(self, *exc):
         arena.per_call, TrainingPair.tap_room = self.per_call, self.tap_room
@@ -43,7 +48,8 @@ class Old:
 
 def fresh(cell: str, H: int, dtype: str, old: bool):
     seq = nn.Sequencer(CELLS[cell](H)).astype(dtype)
-    return seq.set_plan_options(PlanOptions(grad_into_min_bytes=0)) if old else seq
+    off = old and "grad_into" in OFF
+    return seq.set_plan_options(PlanOptions(grad_into_min_bytes=0)) if off else seq
 
 
 def main() -> None:
@@ -54,7 +60,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--no-grad-input", action="store_true")
+    p.add_argument("--off", nargs="*", default=sorted(OFF), choices=sorted(OFF))
     a = p.parse_args()
+    OFF.intersection_update(a.off)
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(a.dtype)
@@ -71,17 +79,21 @@ def main() -> None:
                 reports[k] = seq.compile_report().peak_bytes / unit
             steps[k] = step
         times: dict[str, list[float]] = {"new": [], "old": []}
+        cpu: dict[str, list[float]] = {"new": [], "old": []}
         for r in range(a.rounds):
             for k in ("new", "old") if r % 2 == 0 else ("old", "new"):
                 with Old() if k == "old" else nullcontext():
                     for _ in range(a.steps):
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         steps[k]()
                         times[k].append(time.perf_counter() - t0)
+                        cpu[k].append(time.process_time() - c0)
         med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+        mcpu = {k: float(np.median(v)) * 1e3 for k, v in cpu.items()}
         print(
             f"{cell}: step median new {med['new']:.1f} ms, old {med['old']:.1f} ms "
-            f"(new/old {med['new'] / med['old']:.3f}); loop peak new {peaks['new']:.2f}U "
+            f"(new/old {med['new'] / med['old']:.3f}; process CPU {mcpu['new']:.1f} / "
+            f"{mcpu['old']:.1f} ms, {mcpu['new'] / mcpu['old']:.3f}); loop peak new {peaks['new']:.2f}U "
             f"(report {reports['new']:.2f}U), old {peaks['old']:.2f}U "
             f"(report {reports['old']:.2f}U); load {os.getloadavg()[0]:.2f}"
         )
