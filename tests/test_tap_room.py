@@ -167,3 +167,32 @@ def test_numba_large_loop_puts_the_copies_in_the_rows_too():
     for a, b_ in zip(got[True], got[False]):
         for u, v in zip(a, b_):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(STEPS))
+def test_remembered_chunks_read_the_same_state_gradients(cell):
+    """remember("both"), three chunks (the first longer), each followed by a refill and an
+    update: get_grad_hidden_state (and the outputs) as without the donation (copies in new
+    memory), at 1e-12."""
+
+    def run(donate):
+        m = STEPS[cell][0]()
+        for k, p in enumerate(m.parameters()):
+            p.data[...] = np.random.default_rng(k).standard_normal(p.shape) * 0.3
+        seq = nn.Sequencer(m).remember("both")
+        seq.set_plan_options(PlanOptions(backend="numpy", dz_in_gates=donate))
+        got = []
+        for k, t in enumerate((T, T - 1, T - 1)):  # (T again: see the report, hpeak7)
+            x, g = (a.copy() for a in _data(k, t=t))
+            got.append(np.array(seq.forward(x)))
+            seq.backward(x, g)
+            x[...], g[...] = 0, 0
+            seq.update_parameters(0.1)
+            got += [s for u in range(t - 1) for s in m.get_grad_hidden_state(u)]
+        return got
+
+    want = run(False)
+    got = run(True)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
