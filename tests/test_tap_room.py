@@ -171,7 +171,7 @@ def test_numba_large_loop_puts_the_copies_in_the_rows_too():
 
 @pytest.mark.parametrize("cell", list(STEPS))
 def test_remembered_chunks_read_the_same_state_gradients(cell):
-    """remember("both"), three chunks (the first longer), each followed by a refill and an
+    """remember("both"), three chunks of lengths T, T - 1, T, each followed by a refill and an
     update: get_grad_hidden_state (and the outputs) as without the donation (copies in new
     memory), at 1e-12."""
 
@@ -182,7 +182,7 @@ def test_remembered_chunks_read_the_same_state_gradients(cell):
         seq = nn.Sequencer(m).remember("both")
         seq.set_plan_options(PlanOptions(backend="numpy", dz_in_gates=donate))
         got = []
-        for k, t in enumerate((T, T - 1, T - 1)):  # (T again: see the report, hpeak7)
+        for k, t in enumerate((T, T - 1, T)):
             x, g = (a.copy() for a in _data(k, t=t))
             got.append(np.array(seq.forward(x)))
             seq.backward(x, g)
@@ -193,6 +193,34 @@ def test_remembered_chunks_read_the_same_state_gradients(cell):
 
     want = run(False)
     got = run(True)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM"])
+def test_a_remembered_chunk_of_a_cached_length_reads_its_state_gradients(cell):
+    """remember("both") over chunks of lengths T, T - 1, T: the third (rolled, its length's
+    template cached by the first) names its state inputs "state.h0" where the unrolled variant
+    says "0.h0"; get_grad_hidden_state raised TapernnError (the variant's inputs did not
+    match). Now the inputs bind in order, and the values equal unroll=True's at 1e-12."""
+
+    def run(unroll):
+        m = STEPS[cell][0]()
+        for k, p in enumerate(m.parameters()):
+            p.data[...] = np.random.default_rng(k).standard_normal(p.shape) * 0.3
+        seq = nn.Sequencer(m, unroll=unroll).remember("both")
+        seq.set_plan_options(PlanOptions(backend="numpy"))
+        got = []
+        for k, t in enumerate((T, T - 1, T)):
+            x, g = _data(k, t=t)
+            got.append(np.array(seq.forward(x)))
+            seq.backward(x, g)
+            seq.update_parameters(0.1)
+            got += [s for u in range(t - 1) for s in m.get_grad_hidden_state(u)]
+        return got
+
+    want, got = run(True), run(False)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -202,6 +202,11 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         return [
             np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
         ]
+    if _renamed_alike(variant, base):  # (a rolled base may name its states otherwise)
+        it = iter(base_args)
+        return [
+            np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
+        ]
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
@@ -214,6 +219,28 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
         for n in variant.arg_nodes
     ]
+
+
+def _renamed_alike(variant: Any, base: Any) -> bool:
+    """Whether the variant's inputs (taps aside) are the base's in the same order, of the same
+    kind, shape and dtype, with names equal or differing only in their scope prefix, each
+    such last name part once (a remembered rolled call names its state inputs "state.h0"
+    where the unrolled variant says "0.h0"): then the base's arguments bind positionally."""
+    mine = [n for n in variant.arg_nodes if n.kind != "tap"]
+    theirs = list(base.arg_nodes)
+    if len(mine) != len(theirs):
+        return False
+    renamed = []
+    for a, b in zip(mine, theirs):
+        if (a.kind, a.shape, a.dtype) != (b.kind, b.shape, b.dtype):
+            return False
+        if a.name != b.name:
+            last = a.name.rsplit(".", 1)[-1]
+            if last != b.name.rsplit(".", 1)[-1]:
+                return False
+            renamed.append(last)
+    lasts = [n.name.rsplit(".", 1)[-1] for n in mine]
+    return all(lasts.count(last) == 1 for last in renamed)
 
 
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
