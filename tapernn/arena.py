@@ -84,7 +84,16 @@ def compile_shared(
         for graph in graphs:
             verify_input(graph)
             optimised.append(optimise(graph, pipeline_of(passes), options))
-        plans = [plan_buffers(g, scratch=fused_scratch, options=options) for g, _ in optimised]
+        pair = n_saved and len(optimised) == 2
+        plans = [
+            plan_buffers(
+                g,
+                scratch=fused_scratch,
+                options=options,
+                per_call=per_call(g) if pair and k == 0 else frozenset(),
+            )
+            for k, (g, _) in enumerate(optimised)
+        ]
         if options.dz_in_gates and n_saved and len(optimised) == 2:
             donate = donatable(optimised[0][0], plans[0], n_saved)
         if options.dz_in_gates and donate:
@@ -116,6 +125,15 @@ def compile_shared(
             c.report.resident_bytes = resident
             c.report.arena_bytes = arena_bytes
         return compiled
+
+
+def per_call(forward: Graph) -> frozenset:
+    """A TrainingPair forward's values allocated per call instead of in the shared arena: the
+    contiguous copies of loop weights (passes/loop_operands.py), dead once the loop has run.
+    In the arena they are held through backward and after it, beside the kept outputs, and
+    they set its size (the backward's own buffers are smaller); per call they are gone by
+    then, at the cost of one allocation per forward (issue 19)."""
+    return frozenset(n for n in forward.nodes if n.op == "transpose_copy")
 
 
 def compile_into(

@@ -91,7 +91,8 @@ class Program(FusedLowering):
     ):
         # the "auto" backend's choice for this program (top-level only: a loop body follows it)
         self.backend_note = ""
-        if not nested():
+        self.top = not nested()  # (not a loop body)
+        if self.top:
             options, self.backend_note = auto_choice(graph, options)
         self.graph, self.options, self.written = graph, options, tuple(written)
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
@@ -221,6 +222,7 @@ class Program(FusedLowering):
         uses = self._prepare_special(g) if special else {}
         body: list[str] = []
         claimed = self._claim_written()
+        into = self._dest_slots(claimed, special)
         roots_at: dict[int, list[Node]] = {}
         self.slab_out: dict[Node, str] = {}  # a loop's array, made before its placed input
         for r in plan.placed_concats | plan.slab_roots:
@@ -238,10 +240,13 @@ class Program(FusedLowering):
                 elif r in plan.fresh:  # returned: allocated per call, before its first piece
                     names[r] = f"v{self.pos[r]}"
                     empty = self._named("np_empty", np.empty)
-                    body.append(
-                        f"    {names[r]} = {empty}({self.bind('s', r.shape)}, "
-                        f"{self.bind('d', r.dtype)})"
-                    )
+                    alloc = f"{empty}({self.bind('s', r.shape)}, {self.bind('d', r.dtype)})"
+                    if r in into:  # (the caller's array, if it gave one)
+                        body.append(f"    {names[r]} = _dest[{into[r]}]")
+                        body.append(f"    if {names[r]} is None:")
+                        body.append(f"        {names[r]} = {alloc}")
+                    else:
+                        body.append(f"    {names[r]} = {alloc}")
                 else:
                     names[r] = views[(plan.buffer_of[r], r.shape)]
                 if r in plan.slab_roots:
@@ -256,6 +261,8 @@ class Program(FusedLowering):
                 out = self._out(n, names, views, body)
                 if out is None and n in claimed:
                     out = claimed[n]
+                if out is None and n in into:  # (None at run time: allocated by the ufunc)
+                    out = f"_dest[{into[n]}]"
                 args = [names[i] for i in n.inputs]
                 lines = (
                     self._special_lines(n, args, out, views, names[n], uses)
@@ -287,6 +294,44 @@ class Program(FusedLowering):
         params = [names[n] for n in g.inputs] + list(given.values()) + ["*"] + list(self.bound)
         source = "\n".join([f"def {fn_name}({', '.join(params)}):"] + body) + "\n"
         return source + "".join("\n\n" + text for _, _, text in self.fused_kernels.values())
+
+    def _dest_slots(self, claimed: dict, special: set) -> dict[Node, int]:
+        """Returned value -> its slot of `Program.dest`: an array the caller may set before a
+        call for the value to be computed into (None: allocated by the call, as any returned
+        value). A split backward's outputs (the parameter gradients: nn.packing computes them
+        into a zeroed `.grad`) that one NumPy ufunc computes with out= into storage of their
+        own made per call, or a concat whose pieces are computed into its rows (one array
+        made per call: the caller's, if it gave one); none elsewhere."""
+        g, plan = self.graph, self.plan
+        self.dest: list = []
+        self.dest_slots: dict[int, int] = {}  # output position -> slot
+        least = self.options.grad_into_min_bytes
+        if not g.meta.seed_names or not self.top or least <= 0:
+            return {}
+        alias = set(g.meta.outputs_may_alias_inputs)
+        into: dict[Node, int] = {}
+        for k, n in enumerate(g.outputs):
+            opdef = None if n.op in PSEUDO else get_op(n.op)
+            ufunc = opdef is not None and opdef.ufunc is not None and opdef.lower is None
+            if (
+                not (ufunc and opdef.supports_out and n not in special)
+                and n not in plan.placed_concats  # (its pieces into its rows: the per-call array)
+                or n in plan.slab_roots
+                or n in claimed
+                or k in self.written
+                or g.outputs.count(n) != 1
+                or n.nbytes < least
+                or plan.storage.get(n) is not n
+                or n not in plan.fresh
+                or n in plan.placed
+                or plan.copied(n, k in alias)
+            ):
+                continue
+            into[n] = self.dest_slots[k] = len(self.dest)
+            self.dest.append(None)
+        if into:
+            self.bound["_dest"] = self.dest
+        return into
 
     def _claim_written(self) -> dict[Node, str]:
         """Storage -> the caller's array ("w<j>") it is computed into: a written output whose

@@ -131,6 +131,7 @@ def plan_buffers(
     options: PlanOptions = DEFAULT_OPTIONS,
     donate: dict[int, int] | None = None,
     donate_if: Callable[[Node], bool] | None = None,
+    per_call: frozenset[Node] = frozenset(),
 ) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
     below, or with `options.regions` the region planner's (regions.py). A storage that ends up
@@ -138,7 +139,8 @@ def plan_buffers(
     per call: the walk switches it from its buffer when that happens; should one still end up
     in a buffer, it is forced fresh and the walk repeats. `donate` (donate.donatable of the
     forward, for its backward): loops computed into the leading elements of an input (those
-    `donate_if` accepts)."""
+    `donate_if` accepts). `per_call`: values allocated per call, never in a buffer (a
+    TrainingPair's forward temporaries that would set the shared arena: arena.per_call)."""
     walk = _walks["regions"] if options.regions else Walk
     static = walk.Static(graph, options)
     if donate:
@@ -150,7 +152,7 @@ def plan_buffers(
         static.donated = {
             s: i for s, i in found.items() if s not in taken and (donate_if is None or donate_if(s))
         }
-    force: set[Node] = set()
+    force: set[Node] = set(per_call)
     while True:
         plan = walk(graph, static, scratch, force).run()
         need = {

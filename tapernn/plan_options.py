@@ -57,6 +57,12 @@ class PlanOptions:
     that each step's gate rows lie inside the step's own row (else it writes a slab of its
     own and copies it).
 
+    grad_into_min_bytes: a split backward's returned values of at least this many bytes that
+    one ufunc computes (the weight gradients' GEMMs) get a slot of Program.dest: the caller
+    (nn.packing.Packing.compute_into) has them computed into a parameter's zeroed `.grad`
+    instead of a temporary added to it (issue 19). Below it the temporary is cheaper than the
+    per-call checks (a zero test and an overlap test per gradient); 0: off.
+
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
     packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
@@ -75,6 +81,7 @@ class PlanOptions:
     dz_in_gates: bool = True
     layout: str = "auto"
     packed_gemm: bool = True
+    grad_into_min_bytes: int = 1 << 16
 
     def __post_init__(self) -> None:
         if self.layout not in ("batch", "feature", "auto"):

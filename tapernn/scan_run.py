@@ -110,10 +110,13 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
 
 
 def _workspace_bytes(runner: Any) -> int:
-    """A numba loop kernel's workspaces (made once by its runner)."""
+    """A numba loop kernel's workspaces, or the Python runner's private copies of a step's xs
+    rows (a body reading its xs late over a slab they lie in: make_runner's `_P<k>`); both
+    made once by the runner."""
     handle = getattr(runner, "handle", None)
     if handle is None:
-        return 0
+        bound = getattr(runner, "__kwdefaults__", None) or {}
+        return sum(a.nbytes for k, a in bound.items() if re.fullmatch(r"_P\d+", k))
     from .backends import numba_loop
 
     return numba_loop.work_bytes(handle.work)

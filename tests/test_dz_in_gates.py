@@ -142,7 +142,10 @@ def test_the_reverse_loop_is_computed_into_the_saved_slab(cell):
     plain = _pair(_run(cell, PlanOptions(backend="numpy", dz_in_gates=False))[0])
     assert any(size == loop.size for size, _ in plain.backward.program.plan.buffers)
     assert not any(size == loop.size for size, _ in plan.buffers)
-    assert pair.arena.nbytes + loop.nbytes - 2 * B * H * 8 <= plain.arena.nbytes
+    # (less the runner's private copies of a step's xs rows, a body reading them late: the
+    # arena counts them, scan_run._workspace_bytes)
+    private = sum(r.workspace_bytes for r in bwd.report.loops)
+    assert pair.arena.nbytes + loop.nbytes - 2 * B * H * 8 - private <= plain.arena.nbytes
 
 
 def test_no_donation_when_the_prefix_is_read_by_another_output_or_later():

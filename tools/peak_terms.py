@@ -62,9 +62,11 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
     kept_b = sum(kept.values())
     grad_input = sum(_storages(bwd, range(len(exe.data_wrt))).values()) if need_dx else 0
     taps = tap_copy_bytes(exe) + exe._update_bytes()
+    n_dx = len(exe.data_wrt) if need_dx else 0
+    into = range(n_dx, n_dx + exe.packing.n_grads)  # (into the zeroed .grad: compute_into)
     moments = {
         "forward": base + per_call_peak(fwd),
-        "backward": base + kept_b + saved_only + per_call_peak(bwd),
+        "backward": base + kept_b + saved_only + per_call_peak(bwd, into),
         "after": base + kept_b + grad_input + taps,
     }
     return {
@@ -72,7 +74,7 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
         "kept": kept_b / unit,
         "saved only": saved_only / unit,
         "fwd per-call": per_call_peak(fwd) / unit,
-        "bwd per-call": per_call_peak(bwd) / unit,
+        "bwd per-call": per_call_peak(bwd, into) / unit,
         "grad_input": grad_input / unit,
         "taps+update": taps / unit,
         **{k: v / unit for k, v in moments.items()},

@@ -254,6 +254,7 @@ class Executable:
                     len(self.data_wrt),
                     tap_copy_bytes(self) + self._update_bytes(),
                     self._held_steps(steps),
+                    self.packing.n_grads,
                 ),
             ),
             notes=list(self.notes),

@@ -145,7 +145,8 @@ class Group:
 
     def accumulate(self, g: np.ndarray) -> None:
         if self.block.intact:
-            self.block.grad += g
+            if g is not self.block.grad:  # (computed into it: Packing.compute_into)
+                self.block.grad += g
             return
         for p, (a, b) in zip(self.members, self.rows):
             grad = p.grad  # (in place; `p.grad += ...` would also rebind it through the setter)
@@ -277,10 +278,60 @@ class Packing:
         ]
 
     def accumulate(self, grads: list) -> None:
-        """Add the parameter gradients of one backward (loose, then per block) into `.grad`."""
+        """Add the parameter gradients of one backward (loose, then per block) into `.grad`
+        (a gradient the backward computed into `.grad` itself, compute_into, is there)."""
         params = self.params
         for k, g in zip(self.loose, grads):
             grad = params[k].grad  # (in place, as Group.accumulate)
-            grad += g
+            if g is not grad:
+                grad += g
         for grp, g in zip(self.groups, grads[len(self.loose) :]):
             grp.accumulate(g)
+
+    def compute_into(self, program: Any, first: int, args: list) -> None:
+        """Before `program` (a backward whose outputs first, first + 1, ... are these
+        parameter gradients, in accumulate's order) runs on `args`: each gradient it can
+        compute into an array of the caller's (codegen's Program.dest) is computed into the
+        parameter's `.grad` when that holds only zeros (Torch7 accumulates: zero plus the
+        gradient is the gradient, and accumulate skips it) and shares no memory with an
+        argument; else made by the call and added. Every other slot is cleared."""
+        prog = program.program
+        slots = getattr(prog, "dest_slots", None)
+        if not slots:
+            return
+        dest, outs = prog.dest, program.graph.outputs
+        dest[:] = [None] * len(dest)
+        params, n_loose = self.params, len(self.loose)
+        for i in range(self.n_grads):
+            s = slots.get(first + i)
+            if s is None:
+                continue
+            if i < n_loose:
+                grad = params[self.loose[i]].grad
+            else:
+                block = self.groups[i - n_loose].block
+                grad = block.grad if block.intact else None
+            if _zeroed(grad, outs[first + i], args):
+                dest[s] = grad
+
+    @staticmethod
+    def release(program: Any) -> None:
+        """After the run: no slot of `program` points at a `.grad` any more."""
+        dest = getattr(program.program, "dest", None)
+        if dest:
+            dest[:] = [None] * len(dest)
+
+
+def _zeroed(grad: Any, n: Node, args: list) -> bool:
+    """Whether `grad` can take the value of output `n` by out= (its shape and dtype, one
+    aligned writable C-contiguous ndarray) and holds only zeros, apart from every argument."""
+    return (
+        type(grad) is np.ndarray
+        and grad.shape == n.shape
+        and grad.dtype == n.dtype
+        and grad.flags.c_contiguous
+        and grad.flags.writeable
+        and grad.flags.aligned
+        and not grad.any()
+        and not any(type(a) is np.ndarray and np.may_share_memory(grad, a) for a in args)
+    )

@@ -29,6 +29,7 @@ from .state_grads import (
     backward_variant,
     forget_steps_before,
     later_tap_grads,
+    room_view,
     sequence_cuts,
     stepwise_seeds,
     store_state_input_grads,
@@ -314,17 +315,17 @@ class Runtime:
             record = record_for_input(record, input, self.module, _as_array)
         step = self.dropped + self.history.index(record) if exe.history_mode else None
         seeds = self._seeds(exe, grad_output, step)
-        taps = False
+        taps, room = False, None
         if exe.history_mode:  # stepping by hand: this step's program, state seeds per step
             seeds = stepwise_seeds(exe, step, self.dropped + len(self.history), seeds)
-            grads = self._run_backward(exe, record, seeds, need_grad_input)
+            grads, _ = self._run_backward(exe, record, seeds, need_grad_input)
             store_state_input_grads(exe, step, self._state_grads(exe, grads))
         else:
             cuts = sequence_cuts(exe)
             if cuts:  # set_grad_hidden_state: a variant program where the set values replace
                 exe, grads = backward_variant(self, record, cuts, seeds)
             else:
-                grads = self._run_backward(exe, record, seeds, need_grad_input)
+                grads, room = self._run_backward(exe, record, seeds, need_grad_input)
                 taps = True
             store_state_input_grads(exe, None, self._state_grads(exe, grads))
         record.done = True
@@ -333,7 +334,7 @@ class Runtime:
         got = dict(zip(exe.data_wrt, grads[:n_data])) if need_grad_input else {}
         del grads  # the parameter gradients are accumulated: freed before the copies below
         if taps:  # copies for a lazy get_grad_hidden_state (made once the saved values are gone)
-            later_tap_grads(self, record, seeds)
+            later_tap_grads(self, record, seeds, room=room)
         if not need_grad_input:
             object.__setattr__(self.module, "grad_input", None)  # (a field, as `output`)
             return None
@@ -351,16 +352,28 @@ class Runtime:
 
     def _run_backward(
         self, exe: Executable, record: Record, seeds: list, need_grad_input: bool = True
-    ) -> tuple:
-        """The gradients (data inputs' None without need_grad_input: TrainingPair variant).
-        The saved values are released when backward has read them: a second backward of the
-        same forward recomputes them from the forward's arguments (its masks and states)."""
+    ) -> tuple[tuple, np.ndarray | None]:
+        """The gradients (data inputs' None without need_grad_input: TrainingPair variant),
+        and the saved bytes that are dead once they are computed but stay allocated
+        (TrainingPair.tap_room, as a flat uint8 view; None: none). The saved values are
+        released when backward has read them: a second backward of the same forward
+        recomputes them from the forward's arguments (its masks and states)."""
         pair = exe.compile_training()
         if record.saved is None:  # an evaluation forward: recompute what backward needs
             record.saved = pair.saved(pair.forward.run(record.args))
         skip = 0 if need_grad_input else len(exe.data_wrt)
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
-        return pair.run_backward(saved, record.args, seeds, skip)
+        program = pair.last_backward = pair.backward_program(skip)
+        args = saved + seeds + [record.args[k] for k in pair.reads]
+        exe.packing.compute_into(program, len(exe.data_wrt) - skip, args)
+        try:  # (the weight gradients into zeroed .grad arrays themselves)
+            grads = program.run(args)
+        finally:
+            exe.packing.release(program)
+        del args
+        grads = (None,) * skip + tuple(grads) if skip else grads
+        room = pair.tap_room(program)
+        return grads, None if room is None else room_view(saved[room[0]], room[1])
 
     @staticmethod
     def _state_grads(exe: Executable, grads: tuple) -> list:

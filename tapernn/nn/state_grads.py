@@ -202,6 +202,11 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         return [
             np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
         ]
+    if _renamed_alike(variant, base):  # (a rolled base may name its states otherwise)
+        it = iter(base_args)
+        return [
+            np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
+        ]
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
@@ -214,6 +219,28 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
         for n in variant.arg_nodes
     ]
+
+
+def _renamed_alike(variant: Any, base: Any) -> bool:
+    """Whether the variant's inputs (taps aside) are the base's in the same order, of the same
+    kind, shape and dtype, with names equal or differing only in their scope prefix, each
+    such last name part once (a remembered rolled call names its state inputs "state.h0"
+    where the unrolled variant says "0.h0"): then the base's arguments bind positionally."""
+    mine = [n for n in variant.arg_nodes if n.kind != "tap"]
+    theirs = list(base.arg_nodes)
+    if len(mine) != len(theirs):
+        return False
+    renamed = []
+    for a, b in zip(mine, theirs):
+        if (a.kind, a.shape, a.dtype) != (b.kind, b.shape, b.dtype):
+            return False
+        if a.name != b.name:
+            last = a.name.rsplit(".", 1)[-1]
+            if last != b.name.rsplit(".", 1)[-1]:
+                return False
+            renamed.append(last)
+    lasts = [n.name.rsplit(".", 1)[-1] for n in mine]
+    return all(lasts.count(last) == 1 for last in renamed)
 
 
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
@@ -230,20 +257,63 @@ def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tupl
     return variant, grads
 
 
-def later_tap_grads(rt: Any, record: Any, seeds: list, modules: list | None = None) -> None:
+def later_tap_grads(
+    rt: Any, record: Any, seeds: list, modules: list | None = None, room: Any = None
+) -> None:
     """get_grad_hidden_state after a plain Sequencer backward: computed on first request by the
     tapped variant, from copies of this call's arguments and seeds (a later parameter update or
     refilled input buffer must not change what the backward saw). `modules`: the program's
-    recurrent modules (`_recurrent_steps`), when the caller has them."""
+    recurrent modules (`_recurrent_steps`), when the caller has them. `room`: dead bytes the
+    copies that fit are written into (TrainingPair.tap_room; tap_copies)."""
     exe = record.exe
     if modules is None:
         modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    ndarray = np.ndarray  # (_copy inlined: a few arrays on every Sequencer backward)
-    args = [a.copy() if type(a) is ndarray else np.array(a) for a in record.args]
-    seeds = [g.copy() if type(g) is ndarray else np.array(g) for g in seeds]
-    tap_later(rt, record, args, seeds, modules)
+    copies = tap_copies(list(record.args) + list(seeds), room)
+    n = len(record.args)
+    tap_later(rt, record, copies[:n], copies[n:], modules)
+
+
+def tap_places(sizes: list[int], room: int) -> dict[int, int]:
+    """Position -> byte offset in a room of `room` bytes of each array (of `sizes` bytes) placed
+    there: largest first, each where the last placed one ends (64-byte aligned), if it fits."""
+    places, end = {}, 0
+    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k]):
+        start = -(-end // 64) * 64
+        if sizes[k] and start + sizes[k] <= room:
+            places[k], end = start, start + sizes[k]
+    return places
+
+
+def room_view(saved: Any, nbytes: int) -> np.ndarray | None:
+    """The first `nbytes` of the saved array `saved` as flat uint8 (tap_copies' room), None
+    unless it is one contiguous ndarray that long."""
+    if type(saved) is not np.ndarray or not saved.flags.c_contiguous or saved.nbytes < nbytes:
+        return None
+    return saved.reshape(-1).view(np.uint8)[:nbytes]
+
+
+def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
+    """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
+    bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
+    TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
+    instead of into new memory; the rest are fresh copies."""
+    ndarray = np.ndarray
+    if room is None:
+        return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
+    arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
+    places = tap_places([a.nbytes for a in arrays], room.nbytes)
+    out = []
+    for k, a in enumerate(arrays):
+        at = places.get(k)
+        if at is None:
+            out.append(a.copy())
+            continue
+        dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        np.copyto(dst, a)
+        out.append(dst)
+    return out
 
 
 def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
@@ -272,12 +342,17 @@ def tap_grads_now(
 
 
 def tap_copy_bytes(exe: Any) -> int:
-    """Bytes later_tap_grads copies on every plain Sequencer backward of `exe` (its arguments
-    and seeds), 0 where it copies nothing (no recurrent module, or step-wise use)."""
+    """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
+    (its arguments and seeds, less those placed in the pair's tap_room), 0 where it copies
+    nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
-    args = sum(n.nbytes for n in exe.arg_nodes if n.kind != "tap")
-    return args + sum(exe.diff_outputs[k].nbytes for k in exe.seeded)
+    sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
+    sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
+    pair = exe.training_pair
+    room = pair.tap_room(pair.last_backward) if pair is not None else None
+    placed = tap_places(sizes, room[1]) if room is not None else {}
+    return sum(b for k, b in enumerate(sizes) if k not in placed)
 
 
 def _copy(a: Any) -> np.ndarray:

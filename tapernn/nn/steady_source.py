@@ -16,7 +16,7 @@ import numpy as np
 from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
-from .state_grads import store_state_input_grads, tap_grads_now
+from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
 from .write_plan import Pending
 
 
@@ -366,6 +366,10 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "store_state_input_grads": store_state_input_grads,
         "partial": partial,
         "tap_grads_now": tap_grads_now,
+        "tap_copies": tap_copies,
+        "compute_into": exe.packing.compute_into,
+        "release": exe.packing.release,
+        "room_view": room_view,
         "modules": steady.cut_modules,
     }
 
@@ -396,12 +400,25 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        pair.last_backward = full",
         "        first = 1",
     ]
+    # (the weight gradients into zeroed .grad arrays themselves: Packing.compute_into)
+    into = bool(getattr(ns["full"].program, "dest_slots", None))
+    lines += ["        compute_into(full, 1, saved)"] if into else []
     lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
+    lines += ["        release(full)"] if into else []
     lines += [
         "    else:",
         "        program = pair.last_backward = pair.backward_program(1)",
         "        first = 0",
+        "        compute_into(program, 0, saved)",
         "        grads = run(program, saved, without_dx)",
+        "        release(program)",
+    ]
+    if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room)
+        lines += [
+            "    r = pair.tap_room(pair.last_backward)",
+            "    room = None if r is None else room_view(saved[r[0]], r[1])",
+        ]
+    lines += [
         "    del saved",
     ]
     if exe.state_wrt:  # a user-set initial state's gradient
@@ -412,7 +429,11 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         )
     lines.append("    record.done = True")
     for k, grad in enumerate(steady.grads):  # (in place: the planned gradient arrays)
-        lines += [f"    g = {bind(grad, 'grad')}", f"    g += grads[first + {k}]"]
+        lines += [
+            f"    g = {bind(grad, 'grad')}",
+            f"    if grads[first + {k}] is not g:",  # (else computed into it: compute_into)
+            f"        g += grads[first + {k}]",
+        ]
     for j, group in enumerate(steady.groups):
         lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {n_loose + j}])")
     lines += [
@@ -427,10 +448,16 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             else f"args[{k}].copy()"
             for k in range(len(steady.args))
         ]
-        lines.append(
-            f"    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts,"
-            f" [{', '.join(copies)}], [grad_output.copy()], modules)"
-        )
+        lines += [
+            "    if room is None:",
+            f"        copies = [{', '.join(copies)}]",
+            "        gcopy = [grad_output.copy()]",
+            "    else:",
+            "        copies = tap_copies(list(args) + [grad_output], room)",
+            "        gcopy = [copies.pop()]",
+            "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
+            + " gcopy, modules)",
+        ]
         for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
     lines += [

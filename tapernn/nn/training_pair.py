@@ -4,6 +4,7 @@ most bytes a steady training loop over the pair holds at once (`step_peak_bytes`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from ..arena import Arena, compile_into, compile_shared
@@ -51,6 +52,7 @@ class TrainingPair:
         self.bwd_graph, self.passes, self.options = bwd, passes, options
         self.variants: dict[int, Compiled] = {}
         self.last_backward = self.backward  # the program compile_report shows
+        self._rooms: dict[int, tuple[int, int] | None] = {}  # id(backward program) -> tap_room
 
     def saved(self, outs: tuple) -> list:
         return list(outs[len(outs) - self.n_saved :]) if self.n_saved else []
@@ -74,14 +76,50 @@ class TrainingPair:
             )
         return self.variants[skip]
 
+    def tap_room(self, program: Compiled) -> tuple[int, int] | None:
+        """(saved position j, bytes): the leading bytes of saved value j that are dead once
+        `program` (a backward of this pair) has returned, and that stay allocated after it
+        anyway: a loop of `program` was computed there (donate.donations: no returned value
+        views them, no other forward output reads them) and a kept forward output (`output`,
+        a rolled loop's h block) holds the same storage. get_grad_hidden_state's copies go
+        there (state_grads.tap_copies). None: there are no such bytes."""
+        key = id(program)
+        if key not in self._rooms:
+            self._rooms[key] = self._find_room(program)
+        return self._rooms[key]
+
+    def _find_room(self, program: Compiled) -> tuple[int, int] | None:
+        fwd = self.forward
+        outs, plan = fwd.graph.outputs, fwd.program.plan
+        n_kept = len(outs) - self.n_saved
+        kept = {plan.storage.get(o) for o in outs[:n_kept] if o.op not in PSEUDO}
+        inputs = program.graph.inputs
+        best = None
+        for s, inp in program.program.plan.donated.items():
+            j = inputs.index(inp)
+            if (
+                j < self.n_saved
+                and outs[n_kept + j] in kept
+                and (best is None or s.nbytes > best[1])
+            ):
+                best = (j, s.nbytes)
+        return best
+
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
         """The gradients; with `skip`, the first `skip` of them are not computed (None)."""
         program = self.last_backward = self.backward_program(skip)
+        dest = getattr(program.program, "dest", None)
+        if dest:  # (no gradient into a .grad here: Packing.compute_into's callers only)
+            dest[:] = [None] * len(dest)
         grads = program.run(saved + seeds + [args[k] for k in self.reads])
         return (None,) * skip + tuple(grads) if skip else grads
 
     def step_peak_bytes(
-        self, n_data_grads: int, tap_bytes: int = 0, held: tuple[int, int] | None = None
+        self,
+        n_data_grads: int,
+        tap_bytes: int = 0,
+        held: tuple[int, int] | None = None,
+        n_param_grads: int = 0,
     ) -> int:
         """Most bytes a steady training loop (forward, backward, update; the Runtime's
         lifetimes) holds at once beyond the parameters, their gradients and the caller's data:
@@ -96,7 +134,10 @@ class TrainingPair:
         get_grad_hidden_state, made once the parameter gradients are accumulated; the caller adds
         the update's temporary, optim.update_temp_bytes, which is made while they are held).
         Stepped by hand (`held` = (n, input bytes)): n steps' records (kept outputs, saved
-        values, masks, the copy of the step's input) are held at once before backward."""
+        values, masks, the copy of the step's input) are held at once before backward. The
+        `n_param_grads` parameter gradients after the data inputs' are computed into the zeroed
+        `.grad` arrays where the backward can (Packing.compute_into: the loop zeroes them before
+        each backward), not allocated; stepped by hand they are (only the first step's is not)."""
         fwd, bwd = self.forward, self.last_backward
         n_kept = len(fwd.graph.outputs) - self.n_saved
         kept = _storages(fwd, range(n_kept))
@@ -115,9 +156,11 @@ class TrainingPair:
             + fwd.report.workspace_bytes
             + bwd.report.workspace_bytes
         )
+        # (stepped by hand, the steps' backwards add to the gradients the first one made)
+        into = range(n_dx, n_dx + n_param_grads) if held is None else ()
         moments = (
             per_call_peak(fwd),
-            sum(saved_only.values()) + per_call_peak(bwd),
+            sum(saved_only.values()) + per_call_peak(bwd, into),
             grad_input + tap_bytes,  # the parameter gradients are accumulated before the copies
         )
         # the dropout masks the last forward drew stay with its record until the next one's
@@ -166,15 +209,20 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
-def per_call_peak(c: Compiled) -> int:
+def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
-    and the copies reshapes of strided views make, which the plan sees as views."""
+    and the copies reshapes of strided views make, which the plan sees as views. `into`:
+    positions of outputs computed into the caller's arrays (Program.dest), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
+    slots = getattr(c.program, "dest_slots", {})
+    given = {c.graph.outputs[k] for k in into if k in slots}
     delta = [0] * (end + 2)
     at_end = 0
     for st in plan.fresh:
+        if st in given:
+            continue
         start = plan.alloc_at.get(st, 0)
         stop = min(plan.release_at.get(st, start), end)
         delta[start] += st.nbytes
