@@ -1,0 +1,67 @@
+"""Found by hqa6's QA hunt (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+
+
+class _ListOfLayers(nn.Module):
+    """A custom module holding its layers in a list (PyTorch's ModuleList trap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = [nn.Linear(3, 4), nn.Linear(4, 2)]
+
+    def build(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class _CellWithAListedLayer(nn.Cell):
+    state_names = ("h",)
+
+    def __init__(self):
+        super().__init__(3, 4)
+        self.parts = [nn.Linear(7, 4)]
+
+    def step(self, x, h):
+        return tn.tanh(self.parts[0](tn.concat([x, h], axis=-1)))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (_ListOfLayers, np.ones((2, 3))),
+        (lambda: nn.Sequencer(_CellWithAListedLayer()), np.ones((3, 2, 3))),
+    ],
+    ids=["module", "cell"],
+)
+def test_a_module_outside_the_model_tree_is_refused_by_name(make, x):
+    # (before: it ran; backward filled the listed Linear's gradients, but parameters() was
+    # empty, so zero_grad_parameters() never zeroed them (they grew call after call), the
+    # optimizers never updated them and save() did not write them)
+    m = make()
+    with pytest.raises(
+        tn.ArgumentError,
+        match=r"nn\.Linear\(\d -> 4\)'s parameter 'weight'.*"
+        r"not one of the model's modules.*add_child",
+    ):
+        m.forward(x)
+
+
+def test_registered_layers_still_run():
+    class Registered(_ListOfLayers):
+        def __init__(self):
+            super().__init__()
+            for k, layer in enumerate(self.layers):
+                self.add_child(f"layer{k}", layer)
+
+    m = Registered()
+    y = m.forward(np.ones((2, 3)))
+    m.backward(np.ones((2, 3)), np.ones_like(y))
+    assert len(m.parameters()) == 4 and all(np.any(p.grad) for p in m.parameters())
