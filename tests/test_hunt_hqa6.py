@@ -65,3 +65,32 @@ def test_registered_layers_still_run():
     y = m.forward(np.ones((2, 3)))
     m.backward(np.ones((2, 3)), np.ones_like(y))
     assert len(m.parameters()) == 4 and all(np.any(p.grad) for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda u: nn.BiSequencer(nn.GRU(3, 4), unroll=u),
+        lambda u: nn.BiSequencerLM(nn.GRU(3, 4), unroll=u),
+        lambda u: nn.Repeater(nn.GRU(3, 4), 5, unroll=u),
+    ],
+    ids=["BiSequencer", "BiSequencerLM", "Repeater"],
+)
+def test_unroll_is_an_argument_of_bisequencer_and_repeater(make):
+    # (before: the README names `unroll` as their argument, as a Sequencer's, but the
+    # constructors took none: a bare TypeError "unexpected keyword argument 'unroll'")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    if "Repeater" in type(make(None)).__name__:
+        x = x[0]
+    results = {}
+    for unroll in (True, False, None):
+        tn.manual_seed(0)
+        m = make(unroll)
+        y = np.array(m.forward(x))
+        notes = str(m.compile_report())
+        if not isinstance(m, nn.BiSequencerLM):  # (which always traces its steps)
+            assert ("unrolled" in notes) == (unroll is True), notes
+        results[unroll] = y
+    np.testing.assert_allclose(results[True], results[None], rtol=1e-12, atol=1e-14)
+    with pytest.raises(tn.ArgumentTypeError, match="unroll"):
+        make("yes")
