@@ -94,3 +94,20 @@ def test_unroll_is_an_argument_of_bisequencer_and_repeater(make):
     np.testing.assert_allclose(results[True], results[None], rtol=1e-12, atol=1e-14)
     with pytest.raises(tn.ArgumentTypeError, match="unroll"):
         make("yes")
+
+
+def test_save_and_load_into_a_folder_say_it_is_a_folder(tmp_path):
+    # (before: save(m, folder) wrote `folder.npz` beside the folder, save(m, "folder/") wrote a
+    # hidden `folder/.npz`, and load_into(m, folder) said "no such file 'folder.npz'")
+    m = nn.Linear(3, 2)
+    for where in (tmp_path, str(tmp_path) + "/", str(tmp_path / "new") + "/"):
+        with pytest.raises(tn.StateError, match=r"is a folder; give the parameters' file"):
+            tn.save(m, where)
+        with pytest.raises(tn.StateError, match=r"is a folder; give the parameters' file"):
+            tn.load_into(m, where)
+    assert sorted(
+        p.name for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name)
+    ) == [tmp_path.name]
+    assert not list(tmp_path.iterdir())
+    tn.save(m, tmp_path / "model")  # (a file name still gets .npz)
+    assert tn.load_into(nn.Linear(3, 2), tmp_path / "model.npz") is not None
