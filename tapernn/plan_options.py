@@ -5,7 +5,10 @@ that tier."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,30 @@ class PlanOptions:
     packed_gemm: bool = True
 
     def __post_init__(self) -> None:
-        if self.layout not in ("batch", "feature", "auto"):
-            from .errors import ArgumentError
+        from .errors import ArgumentError, ArgumentTypeError
 
+        if self.layout not in ("batch", "feature", "auto"):
             raise ArgumentError(
                 f"PlanOptions.layout is 'batch', 'feature' or 'auto', got {self.layout!r}"
+            )
+        for f in dataclasses.fields(self):  # (a string "no" would have switched a flag on)
+            value, kind = getattr(self, f.name), f.type
+            if kind in ("bool", bool) and not isinstance(value, (bool, np.bool_)):
+                raise ArgumentTypeError(
+                    f"PlanOptions.{f.name} is True or False, got {value!r} ({type(value).__name__})"
+                )
+            if kind in ("int", int) and (
+                isinstance(value, (bool, np.bool_))
+                or not isinstance(value, (int, np.integer))
+                or value < 0
+            ):
+                raise ArgumentTypeError(
+                    f"PlanOptions.{f.name} is an integer >= 0, got {value!r} ({type(value).__name__})"
+                )
+        if not isinstance(self.backend, str):
+            raise ArgumentTypeError(
+                f"PlanOptions.backend is 'numpy', 'numba', 'auto' or '' (the current choice), got"
+                f" {self.backend!r} ({type(self.backend).__name__})"
             )
 
 

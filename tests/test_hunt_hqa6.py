@@ -111,3 +111,31 @@ def test_save_and_load_into_a_folder_say_it_is_a_folder(tmp_path):
     assert not list(tmp_path.iterdir())
     tn.save(m, tmp_path / "model")  # (a file name still gets .npz)
     assert tn.load_into(nn.Linear(3, 2), tmp_path / "model.npz") is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dz_in_gates": "no"},
+        {"packed_gemm": 1},
+        {"xs_in_slab": None},
+        {"kernel_min_uses": 2.5},
+        {"strided_min_run": -1},
+        {"regions": "False"},
+        {"backend": None},
+    ],
+    ids=str,
+)
+def test_plan_options_check_their_flags(kwargs):
+    # (before: any truthy value switched a flag on, so dz_in_gates="no" or regions="False"
+    # meant True; a float or negative threshold was taken as it was)
+    with pytest.raises(tn.ArgumentTypeError, match=r"PlanOptions\.\w+ is "):
+        tn.PlanOptions(**kwargs)
+    options = tn.PlanOptions(dz_in_gates=np.bool_(False), kernel_min_uses=np.int64(3))
+    assert not options.dz_in_gates and options.kernel_min_uses == 3
+
+
+def test_set_plan_options_refuses_another_kind_by_name():
+    # (before: a bare TypeError, not a TapernnError)
+    with pytest.raises(tn.ArgumentTypeError, match=r"nn\.Linear\(2 -> 2\)\.set_plan_options takes"):
+        nn.Linear(2, 2).set_plan_options({"backend": "numpy"})
