@@ -86,19 +86,26 @@ class PlanOptions:
             raise ArgumentError(
                 f"PlanOptions.layout is 'batch', 'feature' or 'auto', got {self.layout!r}"
             )
-        for f in dataclasses.fields(self):  # (a string "no" would have switched a flag on)
-            value, kind = getattr(self, f.name), f.type
-            if kind in ("bool", bool) and not isinstance(value, (bool, np.bool_)):
-                raise ArgumentTypeError(
-                    f"PlanOptions.{f.name} is True or False, got {value!r} ({type(value).__name__})"
+        if not _KINDS:
+            _KINDS.extend((f.name, f.type) for f in dataclasses.fields(self))
+        for name, kind in _KINDS:  # (a string "no" would have switched a flag on)
+            value = getattr(self, name)
+            if kind == "bool" and value is not True and value is not False:
+                if not isinstance(value, np.bool_):
+                    raise ArgumentTypeError(
+                        f"PlanOptions.{name} is True or False, got {value!r} ({type(value).__name__})"
+                    )
+            elif (
+                kind == "int"
+                and (type(value) is not int or value < 0)
+                and (
+                    isinstance(value, (bool, np.bool_))
+                    or not isinstance(value, (int, np.integer))
+                    or value < 0
                 )
-            if kind in ("int", int) and (
-                isinstance(value, (bool, np.bool_))
-                or not isinstance(value, (int, np.integer))
-                or value < 0
             ):
                 raise ArgumentTypeError(
-                    f"PlanOptions.{f.name} is an integer >= 0, got {value!r} ({type(value).__name__})"
+                    f"PlanOptions.{name} is an integer >= 0, got {value!r} ({type(value).__name__})"
                 )
         if not isinstance(self.backend, str):
             raise ArgumentTypeError(
@@ -107,4 +114,5 @@ class PlanOptions:
             )
 
 
+_KINDS: list[tuple[str, str]] = []  # (field name, annotation), once
 DEFAULT_OPTIONS = PlanOptions()
