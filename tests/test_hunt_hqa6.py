@@ -139,3 +139,13 @@ def test_set_plan_options_refuses_another_kind_by_name():
     # (before: a bare TypeError, not a TapernnError)
     with pytest.raises(tn.ArgumentTypeError, match=r"nn\.Linear\(2 -> 2\)\.set_plan_options takes"):
         nn.Linear(2, 2).set_plan_options({"backend": "numpy"})
+
+
+def test_a_parameters_override_that_leaves_frozen_ones_out_still_runs():
+    class Frozen(nn.Sequential):
+        def parameters(self):  # the second layer is frozen: not handed to optimizers
+            return self.get(0).parameters()
+
+    m = Frozen(nn.Linear(3, 4), nn.Linear(4, 2))
+    y = m.forward(np.ones((2, 3)))
+    assert y.shape == (2, 2) and len(m.parameters()) == 2

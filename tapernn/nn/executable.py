@@ -293,7 +293,8 @@ def _refuse_unregistered(root: Any, ctx: BuildContext) -> None:
     `parameters()`, `zero_grad_parameters()`, optimizers and `save` would never see its
     parameters: its gradients would grow without bound and its weights never be updated or
     saved. Refused by name."""
-    known = {id(p) for p in root.parameters()}
+    known = {id(p) for m in root.modules() for p in m._params.values()}  # (not parameters(),
+    # which a subclass may override to leave frozen ones out)
     stray = [p for p in ctx.param_order if id(p) not in known]
     if stray:
         p = stray[0]
