@@ -5,7 +5,10 @@ that tier."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,39 @@ class PlanOptions:
     grad_into_min_bytes: int = 1 << 16
 
     def __post_init__(self) -> None:
-        if self.layout not in ("batch", "feature", "auto"):
-            from .errors import ArgumentError
+        from .errors import ArgumentError, ArgumentTypeError
 
+        if self.layout not in ("batch", "feature", "auto"):
             raise ArgumentError(
                 f"PlanOptions.layout is 'batch', 'feature' or 'auto', got {self.layout!r}"
             )
+        if not _KINDS:
+            _KINDS.extend((f.name, f.type) for f in dataclasses.fields(self))
+        for name, kind in _KINDS:  # (a string "no" would have switched a flag on)
+            value = getattr(self, name)
+            if kind == "bool" and value is not True and value is not False:
+                if not isinstance(value, np.bool_):
+                    raise ArgumentTypeError(
+                        f"PlanOptions.{name} is True or False, got {value!r} ({type(value).__name__})"
+                    )
+            elif (
+                kind == "int"
+                and (type(value) is not int or value < 0)
+                and (
+                    isinstance(value, (bool, np.bool_))
+                    or not isinstance(value, (int, np.integer))
+                    or value < 0
+                )
+            ):
+                raise ArgumentTypeError(
+                    f"PlanOptions.{name} is an integer >= 0, got {value!r} ({type(value).__name__})"
+                )
+        if not isinstance(self.backend, str):
+            raise ArgumentTypeError(
+                f"PlanOptions.backend is 'numpy', 'numba', 'auto' or '' (the current choice), got"
+                f" {self.backend!r} ({type(self.backend).__name__})"
+            )
 
 
+_KINDS: list[tuple[str, str]] = []  # (field name, annotation), once
 DEFAULT_OPTIONS = PlanOptions()

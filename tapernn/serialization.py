@@ -13,8 +13,14 @@ from .fileio import atomic_write
 
 
 def npz_path(path: str | os.PathLike) -> str:
-    """`path` with `.npz` added when it has another ending (what np.savez writes)."""
+    """`path` with `.npz` added when it has another ending (what np.savez writes); a folder is
+    refused by name (it would have become `folder.npz` beside it, or `folder/.npz`)."""
     text = os.fspath(path)
+    if os.path.isdir(text) or text.endswith((os.sep, "/")):
+        raise StateError(
+            f"{text!r} is a folder; give the parameters' file, such as "
+            f"{os.path.join(text, 'model.npz')!r}"
+        )
     return text if text.endswith(".npz") else text + ".npz"
 
 

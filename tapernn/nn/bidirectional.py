@@ -49,8 +49,16 @@ def _refuse_shared_recurrence(owner: Module, fwd: Module, bwd: Module) -> None:
 class _Bidirectional(Module):
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
-    def __init__(self, fwd: Module, bwd: Module | None = None, merge: Module | None = None):
+    def __init__(
+        self,
+        fwd: Module,
+        bwd: Module | None = None,
+        merge: Module | None = None,
+        unroll: bool | None = None,
+    ):
         super().__init__()
+        if unroll is not None:  # (README: a Sequencer's, BiSequencer's and Repeater's argument)
+            self.unroll = check.flag(self, "unroll", unroll)
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
             if m is not None or name == "fwd":
                 check.module(self, name, m)

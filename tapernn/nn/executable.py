@@ -11,7 +11,7 @@ import numpy as np
 
 from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
-from ..errors import TapernnError
+from ..errors import ArgumentError, TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..optim import update_temp_bytes
@@ -66,6 +66,7 @@ class Executable:
                 tape.input(a.shape, a.dtype, name=nm, kind="data") for a, nm in zip(leaves, names)
             ]
             out = root.apply(*unflatten(tree, data))
+        _refuse_unregistered(root, ctx)
         out_leaves, self.out_tree = flatten(out)
         for v in out_leaves:
             if not hasattr(v, "node"):
@@ -285,3 +286,24 @@ def _views_data(n) -> bool:
             return False
         n = n.inputs[0]
     return n.kind == "data"
+
+
+def _refuse_unregistered(root: Any, ctx: BuildContext) -> None:
+    """A module applied in `root`'s build but held outside its tree (`self.layers = [nn.Linear(..)]`
+    in a custom module: a list is not registered) would be trained by backward, yet
+    `parameters()`, `zero_grad_parameters()`, optimizers and `save` would never see its
+    parameters: its gradients would grow without bound and its weights never be updated or
+    saved. Refused by name."""
+    known = {id(p) for m in root.modules() for p in m._params.values()}  # (not parameters(),
+    # which a subclass may override to leave frozen ones out)
+    stray = [p for p in ctx.param_order if id(p) not in known]
+    if stray:
+        p = stray[0]
+        owner = f"{p._home.describe()}'s " if p._home is not None else ""
+        raise ArgumentError(
+            f"{root.describe()}: {owner}parameter {p.name!r} is used in the model but its module"
+            f" is not one of the model's modules ({len(stray)} such parameters), so parameters(),"
+            f" zero_grad_parameters(), the optimizers and save would miss them; register the"
+            f" module as a field (self.layer = module), with add_child(name, module) or in a"
+            f" container such as nn.Sequential (a list or dict of modules is not registered)"
+        )

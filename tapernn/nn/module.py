@@ -444,8 +444,9 @@ class Module:
         """Plan this module's programs with `options` (None: the production defaults); tests
         use small thresholds to reach the planner's paths for large models on small ones."""
         if options is not None and not isinstance(options, PlanOptions):
-            raise TypeError(
-                f"set_plan_options takes a tapernn.PlanOptions, got {type(options).__name__}"
+            raise ArgumentTypeError(
+                f"{self.describe()}.set_plan_options takes a tapernn.PlanOptions or None, got"
+                f" {type(options).__name__}"
             )
         self._plan_options = options
         if self._runtime is not None:

@@ -31,10 +31,12 @@ class Repeater(Module):
 
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
-    def __init__(self, module: Module, n_step: int):
+    def __init__(self, module: Module, n_step: int, unroll: bool | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
         self.n_step = check.size(self, "n_step", n_step)
+        if unroll is not None:  # (README: a Sequencer's, BiSequencer's and Repeater's argument)
+            self.unroll = check.flag(self, "unroll", unroll)
 
     def _before_forward(self) -> None:
         self._children["0"]._clear_memory(keep_initial=True)
