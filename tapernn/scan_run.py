@@ -20,7 +20,7 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
-from .ops.registry import PSEUDO, get_op
+from .ops.registry import PSEUDO, get_op, rows_writable
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
 from .scan_ir import body_dtype, offsets, scan_rows_of, slab_sizes, ys_places
@@ -293,26 +293,30 @@ def reads_xs_first(
 
 def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
-    that may share memory with it has row t inside the slab's row t (scan_rows), and the body
-    reads its xs first (`body_ok`)."""
+    that may share memory with it has its rows where the steps still to come do not write
+    (ops.registry.rows_writable: row t inside the slab's row t, or ahead of / behind the rows
+    in step order), and the body reads its xs first (`body_ok`)."""
     may_share = np.may_share_memory
     rows = scan_rows_of(attrs)
     if rows is None:
         return lambda slab, *xs: not any(may_share(x, slab) for x in xs)
     _, start, row, length = rows
-    item = dtype.itemsize
+    item, reverse = dtype.itemsize, bool(attrs.get("reverse"))
+    ts = (0, length - 1)
 
     def over(slab: np.ndarray, *xs: np.ndarray) -> bool:
         lo = slab.__array_interface__["data"][0] + start * item
         for x in xs:
             if not may_share(x, slab):
                 continue
-            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.strides[0] != row * item:
+            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.size == 0:
                 return False
-            first = x[0]
-            at = first.__array_interface__["data"][0]
-            end = at + sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
-            if min(first.strides, default=0) < 0 or at < lo or end > lo + row * item:
+            first, last = x[0], x[length - 1]
+            if min(first.strides, default=0) < 0:
+                return False
+            extent = sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
+            at = [first.__array_interface__["data"][0], last.__array_interface__["data"][0]]
+            if not rows_writable(at, [a + extent for a in at], ts, lo, row * item, length, reverse):
                 return False
         return True
 
