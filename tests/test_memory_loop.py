@@ -252,10 +252,12 @@ def test_stepwise_bptt_loop_peak_is_the_reported_peak():
             c,
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="issue 16: at this small shape GRU's rolled forward splits its input "
-                "projection's bias add in two (an r,z (T*B, 2H) and an n (T, B, H) add) that "
-                "are not done in place: 3U of buffers unroll=True does not hold (1.07x; at "
-                "(50, 32, 256) the rolled GRU is below: BENCHMARKS.md, branch hpeak6)",
+                reason="issue 16: at this small shape GRU's rolled forward adds its input "
+                "projection's biases in two adds (r,z: (T*B, 2H); n: (T, B, H)) over strided "
+                "column blocks of the projection, which the planner does not write in place "
+                "(runs of 64 < PlanOptions.strided_min_run, storage < strided_min_bytes: a "
+                "time trade-off): 3U of buffers unroll=True does not hold, 1.07x (at (50, 32, "
+                "256) the rolled GRU is below unroll=True: BENCHMARKS.md, branch hpeak6)",
             ),
         )
         for c in CELLS
