@@ -8,9 +8,10 @@ Analyses only (the walk and codegen act on what they return):
   reads; only a saved value computed into a fresh flat storage of its own qualifies.
 - `donations(graph, root, donatable)` (the backward): loop node -> the input it is computed
   into (its first `size` elements): the loop's result fits in that prefix, the input's prefix is
-  read only by the loop's xs (the runner checks every call that each xs row t lies inside the
-  loop's row t, else it writes a slab of its own: scan_run.writable_over_xs; checked here too,
-  so the plan is what runs) or by nodes
+  read only by the loop's xs (the runner checks every call that no xs row is written over
+  before its step reads it -- row t inside the loop's row t, or behind it in a reverse loop:
+  ops.registry.rows_writable --, else it writes a slab of its own: scan_run.writable_over_xs;
+  checked here too, so the plan is what runs) or by nodes
   scheduled before the loop, and nothing returned is a view of it."""
 
 from __future__ import annotations
