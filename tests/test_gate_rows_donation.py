@@ -227,3 +227,59 @@ def test_the_runner_refuses_rows_the_loop_would_overwrite_first(reverse):
     assert over(slab, ahead) == (not reverse)
     assert over(slab, slab[1:13].reshape(3, 4)[:, :3])  # row t inside row t: both
     assert not writable_over_xs(attrs, np.dtype(np.float64), False)(slab, ahead)
+
+
+def _narrow_program(Ts, Bs, D):
+    """tn.scan over a GEMM's (T*B, 3) result with ys rows of (B, 4): the GEMM fits the rows
+    only at their end (each of its rows at or past the loop's row of its step)."""
+
+    def step(h, x, M):
+        y = tn.concat([tn.tanh(x + h[:, :3]), h[:, 3:] * 0.5 + M], axis=1)
+        return [h + y, y]
+
+    body = tn.trace(step, np.zeros((Bs, 4)), np.zeros((Bs, 3)), np.zeros((Bs, 1)))
+
+    def f(x, W, h0, M):
+        xs = tn.reshape(tn.reshape(x, (Ts * Bs, D)) @ W, (Ts, Bs, 3))
+        s = tn.scan(body, [h0], [xs], [M])
+        return [s.ys[0], s.carries[0]]
+
+    rng = np.random.default_rng(5)
+    arrays = [
+        rng.standard_normal((Ts, Bs, D)),
+        rng.standard_normal((D, 3)),
+        rng.standard_normal((Bs, 4)),
+        rng.standard_normal((Bs, 1)),
+    ]
+    return tn.trace(f, *arrays), arrays
+
+
+def test_a_narrow_input_at_the_rows_end_equals_the_interpreter_and_needs_the_rule(monkeypatch):
+    """The planner places the narrower GEMM at the rows' end and the loop equals the reference
+    interpreter. With the planner's rule forced to accept anything it places it at the rows'
+    start (step t's row write reaches row t + 1 of the GEMM): the runner's own check still
+    refuses it (a slab of its own: right); with the runner's forced too, the numbers are wrong."""
+    from tapernn import regions
+    from tapernn import scan_run as run_mod
+    from tapernn.interpret import interpret
+
+    g, arrays = _narrow_program(6, 3, 5)
+    want = interpret(g, *arrays)
+    options = PlanOptions(backend="numpy")
+    compiled = tn.compile(g, options=options)
+    plan = compiled.program.plan
+    ((m, (_, steps)),) = plan.placed.items()
+    (loop,) = plan.slab_roots
+    _, start, row, length = scan_rows(loop)
+    assert m.op == "matmul" and steps[0][1][0].start == start + length * row - m.size
+    for got, w in zip(compiled(*arrays), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(regions, "rows_writable", lambda *a, **k: True)
+    head = tn.compile(g, options=options)
+    ((_, (_, steps)),) = head.program.plan.placed.items()
+    assert steps[0][1][0].start == start  # (the first offset tried)
+    for got, w in zip(head(*arrays), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(run_mod, "rows_writable", lambda *a, **k: True)
+    wrong = tn.compile(g, options=options)(*arrays)
+    assert not np.allclose(wrong[0], want[0])
