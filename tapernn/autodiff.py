@@ -226,13 +226,13 @@ def split_forward_backward(joint: Graph, n_forward_outputs: int) -> tuple[Graph,
 
 
 def saved_split(
-    joint: Graph, forward: set, redo: set, grad_outs: list, kept
+    joint: Graph, forward: set, redo: set, grad_outs: list, kept, products: bool = False
 ) -> tuple[list, dict, list]:
     """(the backward's nodes, what they read, the forward values it keeps): `redo` (values
     the backward recomputes) grows by the ones redone cheaply from values it has anyway
-    (`redone_cheaply`; `kept`: the values the forward returns)."""
+    (`redone_cheaply`; `kept`: the values the forward returns; `products`: products too)."""
     backward, read = backward_nodes(joint, forward, redo, grad_outs)
-    cheap = redone_cheaply(forward, read, redo, kept)
+    cheap = redone_cheaply(forward, read, redo, kept, products)
     if cheap:
         redo |= cheap
         backward, read = backward_nodes(joint, forward, redo, grad_outs)
@@ -286,19 +286,35 @@ def _just_in_time(nodes: list, redo: set) -> list:
 RECOMPUTED = frozenset({"tanh", "sigmoid"})  # one cheap elementwise pass over its input
 
 
-def redone_cheaply(forward: set, read: dict, redo: set, kept) -> set[Node]:
+def redone_cheaply(forward: set, read: dict, redo: set, kept, products: bool = False) -> set[Node]:
     """Values the backward reads that are one cheap elementwise op (`RECOMPUTED`) of a value
     it has anyway (one it reads and so keeps too, or one the forward returns: an LSTM's
     tanh(c_t) from c_t, the cell state its `cells` field holds): redone by the backward
     instead of kept from the forward -- a T*B*H array less between forward and backward for
-    one tanh per step. Deterministic, so the backward sees the same values."""
+    one tanh per step. Deterministic, so the backward sees the same values. `products` (a
+    scan body's VJP, scan_grad): also a product a * b of two such values of its shape (GRU's
+    r_t * h_{t-1}, read only by the weight gradient of W_hn: kept, it would be the one (B, H)
+    column of the forward's gate rows the backward reads after its reverse loop, so that
+    loop's dZ rows could not be written over them, PlanOptions.dz_in_gates)."""
     free = set(kept)
     out = set()
+
+    def have(x: Node) -> bool:
+        return x.op != "constant" and (x in free or (x in read and x in forward))
+
     for n in read:
-        if n not in forward or n in redo or n in free or n.op not in RECOMPUTED:
+        if n not in forward or n in redo or n in free:
             continue
-        (x,) = n.inputs
-        if x.op != "constant" and (x in free or (x in read and x in forward)):
+        if n.op in RECOMPUTED:
+            if have(n.inputs[0]):
+                out.add(n)
+        elif (
+            products
+            and n.op == "mul"
+            and len(n.inputs) == 2
+            and n.inputs[0] is not n.inputs[1]
+            and all(x.shape == n.shape and x.dtype == n.dtype and have(x) for x in n.inputs)
+        ):
             out.add(n)
     return out
 

@@ -8,9 +8,10 @@ Analyses only (the walk and codegen act on what they return):
   reads; only a saved value computed into a fresh flat storage of its own qualifies.
 - `donations(graph, root, donatable)` (the backward): loop node -> the input it is computed
   into (its first `size` elements): the loop's result fits in that prefix, the input's prefix is
-  read only by the loop's xs (the runner checks every call that each xs row t lies inside the
-  loop's row t, else it writes a slab of its own: scan_run.writable_over_xs; checked here too,
-  so the plan is what runs) or by nodes
+  read only by the loop's xs (the runner checks every call that no xs row is written over
+  before its step reads it -- row t inside the loop's row t, or behind it in a reverse loop:
+  ops.registry.rows_writable --, else it writes a slab of its own: scan_run.writable_over_xs;
+  checked here too, so the plan is what runs) or by nodes
   scheduled before the loop, and nothing returned is a view of it."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, Node
-from .ops.registry import PSEUDO, get_op
+from .ops.registry import PSEUDO, get_op, rows_writable
 
 
 def _view(n: Node) -> bool:
@@ -51,8 +52,10 @@ def _lowest(v: Node, base: Node) -> int:
 
 
 def _rows_aligned(v: Node, base: Node, s: Node) -> bool:
-    """Whether xs view `v` of `base` has its row t inside loop s's row t (scan_rows), so the
-    runner writes over it directly (it checks this every call, and otherwise writes a slab of
+    """Whether xs view `v` of `base` has its rows where loop s, computed into base's leading
+    elements, writes no row before the step that reads them (ops.registry.rows_writable:
+    row t inside the loop's row t, or behind it in step order), so the runner writes over it
+    directly (it checks this every call, and otherwise writes a slab of
     its own: a per-call array the plan would not count)."""
     rule = get_op(s.op).rows
     rows = rule(s) if rule is not None else None
@@ -63,8 +66,15 @@ def _rows_aligned(v: Node, base: Node, s: Node) -> bool:
     if arr.shape[0] != length:
         return False
     flat = arr.reshape(length, -1)
-    lo = start + np.arange(length) * row
-    return bool((flat.min(axis=1) >= lo).all() and (flat.max(axis=1) < lo + row).all())
+    return rows_writable(
+        flat.min(axis=1),
+        flat.max(axis=1) + 1,
+        np.arange(length),
+        start,
+        row,
+        length,
+        bool(s.attrs.get("reverse")),
+    )
 
 
 def donatable(graph: Graph, plan, n_saved: int) -> dict[int, int]:

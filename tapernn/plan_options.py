@@ -50,15 +50,19 @@ class PlanOptions:
     xs_in_slab: (with regions) a loop's time-batched input (the hoisted input projection x @ W
     + b of a rolled cell) computed straight into the rows of the loop's own result that its
     steps write (the gate activations the forward saves), each step's row read before it is
-    overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements).
+    overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements). A
+    narrower input (GRU's 3H projection, 4H rows) goes at the rows' end, each of its rows at
+    or past the loop's row of its step.
 
     dz_in_gates: (with compile_shared's `n_saved`: a TrainingPair) the backward's reverse loop
     writes its slab (final dh, dc | the T rows of dZ) over the prefix of the forward's saved
     slab (final h, c | the T gate rows it has read by then) instead of a buffer of its own
     (issue 16; donate.py): only when no other output of the forward (kept or saved) and no
     later read of the backward lies in that prefix, and the loop's runner checks every call
-    that each step's gate rows lie inside the step's own row (else it writes a slab of its
-    own and copies it).
+    that each step's gate rows lie inside the step's own row or behind it (no row written
+    before the step reads them: ops.registry.rows_writable; else it writes a slab of its
+    own and copies it). FastLSTM, LSTM (with peepholes: their sums leave the loop) and GRU
+    (its r*h redone in the backward, so its rows are 4H on both sides).
 
     grad_into_min_bytes: a split backward's returned values of at least this many bytes that
     one ufunc computes (the weight gradients' GEMMs) get a slot of Program.dest: the caller

@@ -26,7 +26,7 @@ from .memory import (  # noqa: F401  (PlanOptions, DEFAULT_OPTIONS: re-exported)
     is_view,
     register_region_walk,
 )
-from .ops.registry import get_op
+from .ops.registry import get_op, rows_writable
 
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
@@ -109,20 +109,27 @@ def slab_placements(
             chain = _chain_to_source(s.inputs[p], root)
             if chain is not None:
                 chains.setdefault(chain[-1], []).append((p, chain))
-        for m, uses in chains.items():
-            steps = (("getitem", (slice(start, start + length * row),)), ("reshape", m.shape))
+        # one value per loop, the largest that fits (two placed in one slab would overlap)
+        for m, uses in sorted(chains.items(), key=lambda mu: -mu[0].size):
             if (
                 m in placed
                 or m in found
                 or m in escaping
-                or m.size != length * row
+                or m.size > length * row
                 or m.dtype != s.dtype
                 or not get_op(m.op).supports_out
                 or not _only_feeds(m, uses, s, users, outputs)
-                or not _aligned(s, m, steps, uses, start, row, length)
             ):
                 continue
-            found[m] = (s, steps)
+            # at the rows' start, else at their end (GRU's 3H-wide projection under its 5H
+            # rows: each projection row then lies at or past the loop's row of its step)
+            for at in sorted({start, start + length * row - m.size}):
+                steps = (("getitem", (slice(at, at + m.size),)), ("reshape", m.shape))
+                if _aligned(s, m, steps, uses, start, row, length):
+                    found[m] = (s, steps)
+                    break
+            if m in found:
+                break
     return found
 
 
@@ -167,8 +174,10 @@ def _only_feeds(m: Node, uses: list, s: Node, users: dict, outputs: set) -> bool
 
 def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int) -> bool:
     """On a dummy slab: m's region, each operand's (views replayed, in-place ops over their
-    input) has step t's data in the loop's row t."""
+    input) has step t's data where the loop writes no row before step t reads it
+    (ops.registry.rows_writable)."""
     slab = np.empty(s.shape, s.dtype)
+    reverse = bool(s.attrs.get("reverse"))
     region = apply_steps(slab, steps)
     if region is None or not region.flags.c_contiguous:
         return False
@@ -184,10 +193,10 @@ def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, l
                     return False
                 if not np.shares_memory(r, region):
                     return False
-        if r.ndim == 0 or r.shape[0] != length or r.strides[0] != row * item:
+        if r.ndim == 0 or r.shape[0] != length or r.size == 0:
             return False
-        b = bounds(r[0])
-        if b[0] < lo or b[1] > lo + row * item:
+        (a0, e0), (a1, e1) = bounds(r[0]), bounds(r[length - 1])
+        if not rows_writable((a0, a1), (e0, e1), (0, length - 1), lo, row * item, length, reverse):
             return False
     return True
 

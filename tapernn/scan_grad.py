@@ -195,7 +195,9 @@ def _split(body: Graph, n_carry: int, n_xs: int, wrt: tuple[int, ...]):
         else:
             redo.add(n)  # from invariants and constants only (push-out hoists it), or a view
     # (the ys are kept anyway: a value redone from one needs no residual of its own)
-    backward, read, saved = saved_split(joint, forward, redo, grad_outs, fwd_outs[n_carry:])
+    backward, read, saved = saved_split(
+        joint, forward, redo, grad_outs, fwd_outs[n_carry:], products=True
+    )
     saved += [c for c in body.inputs[:n_carry] if c in read]  # carry inputs: per step too
     return joint, backward, saved, read, grad_outs
 

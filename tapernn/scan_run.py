@@ -20,7 +20,7 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
-from .ops.registry import PSEUDO, get_op
+from .ops.registry import PSEUDO, get_op, rows_writable
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
 from .scan_ir import body_dtype, offsets, scan_rows_of, slab_sizes, ys_places
@@ -187,7 +187,8 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     order_of = (
         reads_xs_first(compiled, nc, nx, len(live), shifted) if xs_in_slab and xs else "first"
     )
-    private = [f"_P{k}" for k in range(nx)] if order_of == "late" else []
+    late = late_xs(compiled, nc, nx, len(live), shifted) if order_of == "late" else []
+    private = [f"_P{k}" for k in late]
     head = (
         f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
         f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
@@ -204,7 +205,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     if private:
         lines.append(
             "    _alias = _slab is out and ("
-            + " or ".join(f"_np_shares(out, {x})" for x in xs_params)
+            + " or ".join(f"_np_shares(out, {xs_params[k]})" for k in late)
             + ")"
         )
     inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
@@ -223,14 +224,15 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     if inline:
         if private:  # (only when they do lie in the slab)
             lines.append("            if _alias:")
-        for p, x in zip(private, xs):
-            lines += [f"                _np_copyto({p}, {x})", f"                {x} = {p}"]
+        for p, k in zip(private, late):
+            lines += [f"                _np_copyto({p}, {xs[k]})", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
         first = 0
-        lines += [f"            _np_copyto({p}, {x}[_t])" for p, x in zip(private, xs)]
-        step_xs = private or [f"{x}[_t]" for x in xs]  # (always copies: a Python-level loop)
+        lines += [f"            _np_copyto({p}, {xs[k]}[_t])" for p, k in zip(private, late)]
+        # (always copies: a Python-level loop)
+        step_xs = [f"_P{k}" if k in late else f"{x}[_t]" for k, x in enumerate(xs)]
         step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
@@ -261,7 +263,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased"),
-        **{p: np.empty(i.shape, i.dtype) for p, i in zip(private, body.inputs[nc : nc + nx])},
+        **{
+            p: np.empty(body.inputs[nc + k].shape, body.inputs[nc + k].dtype)
+            for p, k in zip(private, late)
+        },
     }
     return run
 
@@ -271,51 +276,71 @@ def reads_xs_first(
 ) -> str:
     """ "first": the compiled body reads every xs (through views) before its first write into
     the storage of any of its ys laid out in the slab's rows (`n_live` carries first), so a step's ys rows may overwrite that step's xs rows;
-    "late": it does not (the runner hands it copies of the rows); "aliased": it returns a view
-    of an xs (a carry or ys read after the row is overwritten: the loop needs a slab of its
-    own)."""
+    "late": it does not (the runner hands it copies of the rows read late: `late_xs`);
+    "aliased": it returns a view of an xs (a carry or ys read after the row is overwritten:
+    the loop needs a slab of its own)."""
+    aliased, late = _late_reads(compiled, n_carry, n_xs, n_live, shifted)
+    return "aliased" if aliased else "late" if late else "first"
+
+
+def late_xs(
+    compiled: Compiled, n_carry: int, n_xs: int, n_live: int, shifted: tuple = ()
+) -> list[int]:
+    """The xs (0-based among the xs) the compiled body reads after its first write into its
+    rows (`reads_xs_first`): only these need the runner's per-step copies."""
+    return _late_reads(compiled, n_carry, n_xs, n_live, shifted)[1]
+
+
+def _late_reads(compiled, n_carry, n_xs, n_live, shifted) -> tuple[bool, list[int]]:
     graph, plan = compiled.graph, compiled.program.plan
-    xs = set(graph.inputs[n_carry : n_carry + n_xs])
+    xs = {x: k for k, x in enumerate(graph.inputs[n_carry : n_carry + n_xs])}
     # the ys in the slab's rows (not the carries, locals, nor the shifted ys' own blocks)
     moved = {j for j, _ in shifted}
     n_ys = len(graph.outputs) - n_live
     rows = [graph.outputs[n_live + j] for j in range(n_ys) if j not in moved]
     outs = {plan.storage.get(o) for o in rows} - {None}
     if any(plan.root.get(o, o) in xs for o in graph.outputs):
-        return "aliased"
-    last_read, first_write = -1, len(graph.nodes)
+        return True, []
+    last_read: dict[int, int] = {}
+    first_write = len(graph.nodes)
     for k, n in enumerate(graph.nodes):
         if n.op in PSEUDO or get_op(n.op).view:
             continue
-        if any(plan.root.get(i, i) in xs for i in n.inputs):
-            last_read = k
+        for i in n.inputs:
+            x = plan.root.get(i, i)
+            if x in xs:
+                last_read[xs[x]] = k
         if plan.storage.get(n) in outs:
             first_write = min(first_write, k)
-    return "first" if last_read < first_write else "late"
+    return False, sorted(j for j, k in last_read.items() if k >= first_write)
 
 
 def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
-    that may share memory with it has row t inside the slab's row t (scan_rows), and the body
-    reads its xs first (`body_ok`)."""
+    that may share memory with it has its rows where the steps still to come do not write
+    (ops.registry.rows_writable: row t inside the slab's row t, or ahead of / behind the rows
+    in step order), and the body reads its xs first (`body_ok`)."""
     may_share = np.may_share_memory
     rows = scan_rows_of(attrs)
     if rows is None:
         return lambda slab, *xs: not any(may_share(x, slab) for x in xs)
     _, start, row, length = rows
-    item = dtype.itemsize
+    item, reverse = dtype.itemsize, bool(attrs.get("reverse"))
+    ts = (0, length - 1)
 
     def over(slab: np.ndarray, *xs: np.ndarray) -> bool:
         lo = slab.__array_interface__["data"][0] + start * item
         for x in xs:
             if not may_share(x, slab):
                 continue
-            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.strides[0] != row * item:
+            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.size == 0:
                 return False
-            first = x[0]
-            at = first.__array_interface__["data"][0]
-            end = at + sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
-            if min(first.strides, default=0) < 0 or at < lo or end > lo + row * item:
+            first, last = x[0], x[length - 1]
+            if min(first.strides, default=0) < 0:
+                return False
+            extent = sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
+            at = [first.__array_interface__["data"][0], last.__array_interface__["data"][0]]
+            if not rows_writable(at, [a + extent for a in at], ts, lo, row * item, length, reverse):
                 return False
         return True
 

@@ -22,6 +22,18 @@ def _view(n):
     return n.op not in PSEUDO and get_op(n.op).view
 
 
+def _reads(loop, v):
+    """Whether `loop` reads `v` (through views)."""
+    todo = list(loop.inputs)
+    while todo:
+        i = todo.pop()
+        if i is v:
+            return True
+        if _view(i):
+            todo.extend(i.inputs)
+    return False
+
+
 def check_plan(graph, plan, regions=None):
     """Returns the number of in-place nodes (including writes into regions of larger values);
     fills `regions` (if given) with each value's region of a dummy array shaped like its
@@ -105,6 +117,9 @@ def check_plan(graph, plan, regions=None):
                 if sa > sb:
                     a, b, sa, sb, ea, eb, fa, fb = b, a, sb, sa, eb, ea, fb, fa
                 ok = ea < sb or (ea == sb and (b in plan.inplace or fb in plan.inplace))
+                # a loop's xs computed into its rows (xs_in_slab): the loop reads them as it
+                # writes its slab (its runner checks that no row is written before it is read)
+                ok = ok or (ea == sb and fb in plan.slab_roots and _reads(fb, a))
                 assert ok, f"{a} (live {sa}..{ea}) and {b} ({sb}..{eb}) share memory"
     # storages sharing a buffer never live at once; scratch only during its node
     occupants = {}

@@ -29,7 +29,7 @@ CELLS = {
     "stacked": lambda: nn.Sequential(nn.FastLSTM(H, H), nn.LSTM(H, H)),
     "masked": lambda: nn.FastLSTM(H, H).mask_zero(),
 }
-DONATING = ["FastLSTM", "LSTM", "LSTM(peephole=False)"]
+DONATING = ["FastLSTM", "LSTM", "LSTM(peephole=False)", "GRU"]
 
 
 def _data(seed=0, t=T):
@@ -87,7 +87,7 @@ def test_values_and_gradients_with_and_without_the_donation(cell, backend):
         donated = _pair(seq).backward.program.plan.donated
         if cell != "masked":  # (mask_zero's loop: not donated today, see the notes)
             # (numba: loops this small may run on the numba loop kernel: not donated)
-            assert bool(donated) == (cell != "GRU" and backend == "numpy")
+            assert bool(donated) == (backend == "numpy")
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -128,7 +128,8 @@ def test_the_reverse_loop_is_computed_into_the_saved_slab(cell):
     assert loop.op == "scan" and loop.attrs["reverse"] and inp.op == "input"
     j = bwd.graph.inputs.index(inp)
     saved = fwd.graph.outputs[len(fwd.graph.outputs) - pair.n_saved + j]
-    assert saved.op == "scan" and loop.size == 2 * B * H + T * B * 4 * H < saved.size
+    states = 1 if cell == "GRU" else 2  # (final dh, dc | rows of dZ; GRU: dh | [dZ r*h])
+    assert saved.op == "scan" and loop.size == states * B * H + T * B * 4 * H < saved.size
     assert loop not in plan.buffer_of and loop not in plan.fresh
     assert f"a{j}[:{loop.size}]" in bwd.program.source
     runner = next(v for v in bwd.program.fn.__kwdefaults__.values() if hasattr(v, "source"))
@@ -138,14 +139,17 @@ def test_the_reverse_loop_is_computed_into_the_saved_slab(cell):
     # the final states the next chunk starts from are views past the prefix
     fplan = fwd.program.plan
     views = [o for o in fwd.graph.outputs if o is not saved and fplan.storage.get(o) is saved]
-    assert len(views) >= 3
+    assert len(views) >= 1 + states
     plain = _pair(_run(cell, PlanOptions(backend="numpy", dz_in_gates=False))[0])
     assert any(size == loop.size for size, _ in plain.backward.program.plan.buffers)
     assert not any(size == loop.size for size, _ in plan.buffers)
     # (less the runner's private copies of a step's xs rows, a body reading them late: the
     # arena counts them, scan_run._workspace_bytes)
     private = sum(r.workspace_bytes for r in bwd.report.loops)
-    assert pair.arena.nbytes + loop.nbytes - 2 * B * H * 8 - private <= plain.arena.nbytes
+    if cell == "GRU":  # (here the forward's buffers set the arena: smaller, not by the slab)
+        assert pair.arena.nbytes < plain.arena.nbytes
+    else:
+        assert pair.arena.nbytes + loop.nbytes - 2 * B * H * 8 - private <= plain.arena.nbytes
 
 
 def test_no_donation_when_the_prefix_is_read_by_another_output_or_later():

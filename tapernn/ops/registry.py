@@ -61,6 +61,8 @@ class OpDef:
         holds `length` rows of `row` elements from `start`, row t written at step t after the
         step has read row t of the listed operands and nothing of later rows: a value feeding
         those operands may be computed straight into the rows (the planner's `xs_in_slab`).
+        Steps run in reverse (t from length - 1 down) when node.attrs["reverse"]: see
+        `rows_writable` for where an operand's rows may then lie.
     """
 
     name: str
@@ -155,3 +157,23 @@ def normalize_axes(axis: int | tuple[int, ...] | None, ndim: int) -> tuple[int, 
         axis = (int(axis),)
     axes = tuple(sorted({normalize_axis(a, ndim) for a in axis}))
     return axes
+
+
+def rows_writable(lo, end, ts, start: int, row: int, length: int, reverse: bool) -> bool:
+    """Whether a loop with `rows` (start, row, length) may write its rows over an operand whose
+    row ts[i] spans [lo[i], end[i]) (elements, or bytes with start and row in bytes too): no
+    step's row write reaches the operand's rows of the steps still to come (steps in order, t
+    descending when `reverse`). Forward: row t at or past the start of row t (the rows written
+    before it lie below) and all of it before the rows' end (past them: the shifted blocks,
+    written every step). Reverse: row t ending by the end of row t (the rows written before
+    it lie above); below the rows lie the final carries, written after the last step, or
+    memory the loop does not write. Row t inside row t satisfies both. That step t's own row is
+    read before it is written is the loop's part (scan_run.reads_xs_first). lo, end, ts:
+    equal-length integer sequences; the bounds being linear in t (a strided view), its first
+    and last row suffice."""
+    lo, end, ts = (np.asarray(v, dtype=np.int64) for v in (lo, end, ts))
+    if lo.size == 0:
+        return False
+    if reverse:
+        return bool((end <= start + (ts + 1) * row).all())
+    return bool((lo >= start + ts * row).all() and (end <= start + length * row).all())

@@ -30,9 +30,6 @@ class GradRecipe:
 
 
 _RECIPES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
-# a per-step product at most this large is summed over the stacks after the loop even where
-# that costs a (T, B, H) temporary the in-loop (H,) carry did not: its per-step calls cost more
-SMALL_PRODUCT_BYTES = 16 * 1024
 
 
 def grad_recipe(body: Graph, nc: int, nx: int) -> GradRecipe | None:
@@ -86,9 +83,15 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             stored = (xs_pos, ys_pos, gemm_terms)
             if q not in xs_pos and q not in ys_pos and q not in gemm_terms:
                 pair = _stored_product(q, stored)
-                if pair is not None and (m.size == q.size or q.nbytes <= SMALL_PRODUCT_BYTES):
+                if pair is not None:
                     # a peephole's sum_t sum_b dz_t * c_t of stored dz and c: one product
-                    # over the stacks after the loop, no per-step work, no new ys
+                    # over the stacks after the loop, no per-step work, no new ys, and no
+                    # (H,) carries in the reverse loop's slab before its rows: the slab is
+                    # then the size of the forward's (final h, c | gate rows) and its dZ
+                    # rows line up with the gate rows, so PlanOptions.dz_in_gates can write
+                    # it over them (issue 16). The price, a (T, B, H) product after the
+                    # loop, lies in the shared arena beside the forward's buffers (at
+                    # (50, 32, 256) f32 the loop peak goes 14.83U -> 11.97U: BENCHMARKS.md)
                     terms = tuple(_term(v, xs_pos, ys_pos, extra) for v in pair)
                     found.append(Accumulation(k, "sum_mul", terms, False, axes))
                     continue
