@@ -130,15 +130,15 @@ def plan_buffers(
     scratch: Scratch | None = None,
     options: PlanOptions = DEFAULT_OPTIONS,
     donate: dict[int, int] | None = None,
-    donate_if: Callable[[Node], bool] | None = None,
 ) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
     below, or with `options.regions` the region planner's (regions.py). A storage that ends up
     holding a returned value (through an in-place write or a placed piece) must be allocated
     per call: the walk switches it from its buffer when that happens; should one still end up
     in a buffer, it is forced fresh and the walk repeats. `donate` (donate.donatable of the
-    forward, for its backward): loops computed into the leading elements of an input (those
-    `donate_if` accepts)."""
+    forward, for its backward): loops computed into the leading elements of an input (the
+    Python runner and the numba loop kernel's runner write over it when each xs row t lies in
+    row t: scan_run.writable_over_xs)."""
     walk = _walks["regions"] if options.regions else Walk
     static = walk.Static(graph, options)
     if donate:
@@ -147,9 +147,7 @@ def plan_buffers(
         taken = set(getattr(static, "placed", ())) | set(getattr(static, "slab_roots", ()))
         taken |= set(getattr(static, "placed_concats", ()))
         found = donations(graph, static.root, donate)
-        static.donated = {
-            s: i for s, i in found.items() if s not in taken and (donate_if is None or donate_if(s))
-        }
+        static.donated = {s: i for s, i in found.items() if s not in taken}
     force: set[Node] = set()
     while True:
         plan = walk(graph, static, scratch, force).run()

@@ -56,6 +56,12 @@ def compiled_body(
     return found
 
 
+def forget_body(body: Graph, passes: Any, options: Any, written: tuple[int, ...]) -> None:
+    """Drop compiled_body's cached compile of `body` (its buffers are freed with it)."""
+    key = (None if passes is None else tuple(passes), options, tuple(written))
+    _BODIES.get(body, {}).pop(key, None)
+
+
 def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
@@ -64,7 +70,9 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     n_live = nc - len(fixed_carries(body, nc))
     written = tuple(range(n_live, len(used.outputs)))
 
-    def compile_body(options: Any) -> Compiled:
+    def compile_body(options: Any, drop: bool = False) -> Compiled:
+        if drop:  # (the numba loop kernel's NumPy body, unused: its buffers freed)
+            return forget_body(used, ctx.passes, options, written)
         return compiled_body(used, ctx.passes, options, nc + attrs["n_xs"], written)
 
     # the planner computed an input straight into the rows of `out` (PlanOptions.xs_in_slab)
@@ -79,6 +87,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             ctx.options,
             fixed_carries(body, nc),
             xs_in_slab=in_slab,
+            over=writable_over_xs(attrs, body_dtype(body), True) if in_slab else None,
         )
     else:
         compiled = compile_body(ctx.options)
