@@ -98,6 +98,22 @@ def test_the_tutorial_step_calls_one_kernel_per_program(monkeypatch):
     )
 
 
+def test_a_returned_loop_slab_is_computed_into_its_out_array(monkeypatch):
+    """The training forward returns its loop's slab (saved for backward): the loop kernel is
+    called with that out array as its slab, so the workspace holds no slab and nothing is
+    copied after the loop (issue 16: the (1, 5, 5) rolled peak)."""
+    forbid_numpy_programs(monkeypatch)
+    x = np.ones((5, 1, 5), np.float32)
+    seq, _, _ = training_step(nn.FastLSTM(5, 5).float(), x, x, "numba", calls=2)
+    fwd = seq._runtime.last.training_pair.forward
+    (loop,) = [n for n in fwd.graph.nodes if n.op == "scan"]
+    assert loop in fwd.graph.outputs
+    source = fwd.program_kernel.handle.source
+    call = next(line for line in source.splitlines() if "loop0(" in line)
+    assert call.split("loop0(")[1].startswith("out")
+    assert f"({loop.size},))" not in source  # (no workspace view of the slab's size)
+
+
 def test_float32_training_steps_agree_with_the_numpy_backend(monkeypatch):
     tn.manual_seed(8)
     a = nn.GRU(D, H).astype(np.float32)

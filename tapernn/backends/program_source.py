@@ -138,7 +138,7 @@ class ProgramSource(LoopSource):
         for value in handle.constants:
             self.constants.append(value)
             consts.append(f"const{len(self.constants) - 1}")
-        slab = self.buffer(*self.slab_shape(n))
+        slab = self.slab_array(n)
         if handle not in self.called:
             self.called.append(handle)
         loop = f"loop{self.called.index(handle)}"
@@ -151,6 +151,14 @@ class ProgramSource(LoopSource):
             f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
         )
         return slab
+
+    def slab_array(self, n: Node) -> Arr:
+        """Loop n's slab: its out array when the program returns it (a training forward's
+        saved slab: no workspace of its size, no copy after the loop), else a buffer."""
+        found = self.outs.get(n)
+        if found is not None:
+            return found[1]
+        return self.buffer(*self.slab_shape(n))
 
     def c_array(self, v: Val) -> str:
         """The name of a C array holding v: its own array, or a buffer v is copied into."""
@@ -171,7 +179,7 @@ class ProgramSource(LoopSource):
         hoisted = self.prologue(compiled, invariants)
         g = compiled.graph
         shifted = a.get("shifted", ())
-        slab = self.buffer(*self.slab_shape(n))
+        slab = self.slab_array(n)
         live = [k for k in range(nc) if k not in fixed]
         carries = self.enter(g, nc, nx, live, ins, invariants + hoisted)
         self.flush()
