@@ -87,7 +87,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             ctx.options,
             fixed_carries(body, nc),
             xs_in_slab=in_slab,
-            over=writable_over_xs(attrs, body_dtype(body), True) if in_slab else None,
+            over=writable_over_xs(attrs, body_dtype(body), True, memo=True) if in_slab else None,
         )
     else:
         compiled = compile_body(ctx.options)
@@ -300,28 +300,63 @@ def reads_xs_first(
     return "first" if last_read < first_write else "late"
 
 
-def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
+def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = False):
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
     that may share memory with it has row t inside the slab's row t (scan_rows), and the body
-    reads its xs first (`body_ok`)."""
+    reads its xs first (`body_ok`). `memo` (a numba loop kernel's runner, where the full check
+    cost ~20-40 us a training step at (20, 8, 16), a fifth of it): the answer is kept per
+    layout key -- per xs whether it is a view of the slab's memory owner, and then its shape
+    and strides -- and the full check runs for a key not seen before. Sound because one runner
+    serves one line of a generated program, whose xs are the same view expressions of the
+    same storages every call: their offsets in the slab follow from that key."""
+    if memo:
+        full = writable_over_xs(attrs, dtype, body_ok)
+        answers: dict[tuple, bool] = {}
+
+        def remembered(slab: np.ndarray, *xs: np.ndarray) -> bool:
+            owner = slab if slab.base is None else slab.base
+            key = tuple((x.shape, x.strides) if x.base is owner or x is owner else None for x in xs)
+            found = answers.get(key)
+            if found is None:
+                found = answers[key] = full(slab, *xs)
+            return found
+
+        return remembered
     may_share = np.may_share_memory
     rows = scan_rows_of(attrs)
     if rows is None:
         return lambda slab, *xs: not any(may_share(x, slab) for x in xs)
     _, start, row, length = rows
     item = dtype.itemsize
+    extents: dict[tuple, int] = {}  # (shape, strides) of an xs -> its row's extent, -1: never
+
+    def extent(x: np.ndarray) -> int:
+        """Bytes from the start of x's row 0 to the end of its last element (-1: x cannot lie
+        row by row in the slab: a 0-d value, another length or row stride, a negative
+        stride)."""
+        key = (x.shape, x.strides)
+        found = extents.get(key)
+        if found is None:
+            ok = x.ndim and x.shape[0] == length and x.strides[0] == row * item
+            ok = ok and min(x.strides) >= 0
+            found = (
+                sum((n - 1) * st for n, st in zip(x.shape[1:], x.strides[1:])) + item if ok else -1
+            )
+            extents[key] = found
+        return found
 
     def over(slab: np.ndarray, *xs: np.ndarray) -> bool:
-        lo = slab.__array_interface__["data"][0] + start * item
+        lo = None
         for x in xs:
             if not may_share(x, slab):
                 continue
-            if not body_ok or x.ndim == 0 or x.shape[0] != length or x.strides[0] != row * item:
+            span = extent(x)
+            if not body_ok or span < 0:
                 return False
-            first = x[0]
-            at = first.__array_interface__["data"][0]
-            end = at + sum((n - 1) * st for n, st in zip(first.shape, first.strides)) + item
-            if min(first.strides, default=0) < 0 or at < lo or end > lo + row * item:
+            if lo is None:  # (the pointers only when an xs lies in the slab: ~1-3 us each)
+                lo = slab.__array_interface__["data"][0] + start * item
+            at = x.__array_interface__["data"][0]
+            if at < lo or at + span > lo + row * item:
                 return False
         return True
 

@@ -169,3 +169,32 @@ def test_xs_read_first_of_the_built_in_cells_kernels():
     handle, why = numba_loop.plan(compiled, attrs, [])
     assert handle is not None, why
     assert not handle.reads_xs_first
+
+
+def test_the_kernel_runners_remembered_check_answers_as_the_full_one():
+    """writable_over_xs(memo=True) (the kernel runner's): for each layout key (per xs: a view
+    of the slab's owner or not, its shape and strides) the full check's answer, computed the
+    first time the key is seen: aligned rows yes, reversed rows and a misaligned fresh
+    layout no, an xs elsewhere yes."""
+    seq, _ = _run("FastLSTM", NUMBA)
+    (loop,) = _pair(seq).forward.program.plan.slab_roots
+    _, start, row, length = scan_run.scan_rows_of(loop.attrs)
+    dtype = np.dtype(np.float64)
+
+    def layouts():
+        slab = np.empty(loop.shape, dtype)
+        rows = slab[start : start + length * row].reshape(length, B, 4 * H)
+        shifted = slab[start + row : start + (length + 1) * row].reshape(length, B, 4 * H)
+        return slab, rows, shifted
+
+    for memo in (False, True):
+        over = scan_run.writable_over_xs(loop.attrs, dtype, True, memo=memo)
+        for _ in range(2):  # (the second time from the remembered answers)
+            slab, rows, _ = layouts()
+            assert over(slab, rows)
+            assert not over(slab, rows[::-1])
+            assert over(slab, np.empty((length, B, 4 * H)))
+        fresh = scan_run.writable_over_xs(loop.attrs, dtype, True, memo=memo)
+        slab, _, shifted = layouts()
+        assert not fresh(slab, shifted) and not fresh(slab, shifted)
+    assert not scan_run.writable_over_xs(loop.attrs, dtype, False, memo=True)(*layouts()[:2])
