@@ -266,7 +266,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
-        "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased"),
+        "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{p: np.empty(i.shape, i.dtype) for p, i in zip(private, body.inputs[nc : nc + nx])},
     }
     return run
@@ -303,8 +303,9 @@ def reads_xs_first(
 def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = False):
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
     that may share memory with it has row t inside the slab's row t (scan_rows), and the body
-    reads its xs first (`body_ok`). `memo` (a numba loop kernel's runner, where the full check
-    cost ~20-40 us a training step at (20, 8, 16), a fifth of it): the answer is kept per
+    reads its xs first (`body_ok`). `memo` (the runners': the full check cost ~20-40 us a
+    training step, a fifth of a (20, 8, 16) numba step, 8 % of a (1, 5, 5) NumPy one): the
+    answer is kept per
     layout key -- per xs whether it is a view of the slab's memory owner, and then its shape
     and strides -- and the full check runs for a key not seen before. Sound because one runner
     serves one line of a generated program, whose xs are the same view expressions of the
