@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backends import LOOP_MAX_SIZE, resolve_backend
 from .codegen import Program
 from .donate import donatable
 from .executor import (
@@ -98,11 +97,7 @@ def compile_shared(
             donate = donatable(optimised[0][0], plans[0], n_saved)
         if options.dz_in_gates and donate:
             plans[-1] = plan_buffers(
-                optimised[-1][0],
-                scratch=fused_scratch,
-                options=options,
-                donate=donate,
-                donate_if=lambda s: python_runner(s, options.backend),
+                optimised[-1][0], scratch=fused_scratch, options=options, donate=donate
             )
         size = max(arena_layout(p.buffers)[1] for p in plans)
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
@@ -171,13 +166,3 @@ def arena_views(arena: np.ndarray, buffers: list[tuple[int, np.dtype]]) -> list[
         arena[o : o + size * dtype.itemsize].view(dtype)
         for o, (size, dtype) in zip(offsets, buffers)
     ]
-
-
-def python_runner(s, backend: str) -> bool:
-    """Whether loop s runs on the Python runner (scan_run.make_runner), which writes over its
-    donated input directly: on the numba backend ("auto" too) a loop whose body values all fit
-    LOOP_MAX_SIZE may run on the numba loop kernel, which writes a slab of its own per call
-    when an xs lies in `out` (numba_loop.kernel_runner): memory the plan would not count."""
-    if resolve_backend(backend or None) != "numba":
-        return True
-    return any(o.size > LOOP_MAX_SIZE for o in s.attrs["body"].outputs)

@@ -130,7 +130,6 @@ def plan_buffers(
     scratch: Scratch | None = None,
     options: PlanOptions = DEFAULT_OPTIONS,
     donate: dict[int, int] | None = None,
-    donate_if: Callable[[Node], bool] | None = None,
     per_call: frozenset[Node] = frozenset(),
 ) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
@@ -138,8 +137,9 @@ def plan_buffers(
     holding a returned value (through an in-place write or a placed piece) must be allocated
     per call: the walk switches it from its buffer when that happens; should one still end up
     in a buffer, it is forced fresh and the walk repeats. `donate` (donate.donatable of the
-    forward, for its backward): loops computed into the leading elements of an input (those
-    `donate_if` accepts). `per_call`: values allocated per call, never in a buffer (a
+    forward, for its backward): loops computed into the leading elements of an input (the
+    Python runner and the numba loop kernel's runner write over it when its xs rows lie where
+    the steps to come do not write: scan_run.writable_over_xs). `per_call`: values allocated per call, never in a buffer (a
     TrainingPair's forward temporaries that would set the shared arena: arena.per_call)."""
     walk = _walks["regions"] if options.regions else Walk
     static = walk.Static(graph, options)
@@ -149,9 +149,7 @@ def plan_buffers(
         taken = set(getattr(static, "placed", ())) | set(getattr(static, "slab_roots", ()))
         taken |= set(getattr(static, "placed_concats", ()))
         found = donations(graph, static.root, donate)
-        static.donated = {
-            s: i for s, i in found.items() if s not in taken and (donate_if is None or donate_if(s))
-        }
+        static.donated = {s: i for s, i in found.items() if s not in taken}
     force: set[Node] = set(per_call)
     while True:
         plan = walk(graph, static, scratch, force).run()

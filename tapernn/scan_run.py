@@ -56,6 +56,12 @@ def compiled_body(
     return found
 
 
+def forget_body(body: Graph, passes: Any, options: Any, written: tuple[int, ...]) -> None:
+    """Drop compiled_body's cached compile of `body` (its buffers are freed with it)."""
+    key = (None if passes is None else tuple(passes), options, tuple(written))
+    _BODIES.get(body, {}).pop(key, None)
+
+
 def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     """The scan op's line of generated source: a call of its runner (the op's `lower`)."""
     ctx = lowering_context()
@@ -64,7 +70,9 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     n_live = nc - len(fixed_carries(body, nc))
     written = tuple(range(n_live, len(used.outputs)))
 
-    def compile_body(options: Any) -> Compiled:
+    def compile_body(options: Any, drop: bool = False) -> Compiled:
+        if drop:  # (the numba loop kernel's NumPy body, unused: its buffers freed)
+            return forget_body(used, ctx.passes, options, written)
         return compiled_body(used, ctx.passes, options, nc + attrs["n_xs"], written)
 
     # the planner computed an input straight into the rows of `out` (PlanOptions.xs_in_slab)
@@ -79,6 +87,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             ctx.options,
             fixed_carries(body, nc),
             xs_in_slab=in_slab,
+            over=writable_over_xs(attrs, body_dtype(body), True, memo=True) if in_slab else None,
         )
     else:
         compiled = compile_body(ctx.options)
@@ -262,7 +271,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
-        "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased"),
+        "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{
             p: np.empty(body.inputs[nc + k].shape, body.inputs[nc + k].dtype)
             for p, k in zip(private, late)
@@ -315,11 +324,30 @@ def _late_reads(compiled, n_carry, n_xs, n_live, shifted) -> tuple[bool, list[in
     return False, sorted(j for j, k in last_read.items() if k >= first_write)
 
 
-def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
+def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = False):
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
     that may share memory with it has its rows where the steps still to come do not write
     (ops.registry.rows_writable: row t inside the slab's row t, or ahead of / behind the rows
-    in step order), and the body reads its xs first (`body_ok`)."""
+    in step order), and the body reads its xs first (`body_ok`). `memo` (the runners': the full check cost ~20-40 us a
+    training step, a fifth of a (20, 8, 16) numba step, 8 % of a (1, 5, 5) NumPy one): the
+    answer is kept per
+    layout key -- per xs whether it is a view of the slab's memory owner, and then its shape
+    and strides -- and the full check runs for a key not seen before. Sound because one runner
+    serves one line of a generated program, whose xs are the same view expressions of the
+    same storages every call: their offsets in the slab follow from that key."""
+    if memo:
+        full = writable_over_xs(attrs, dtype, body_ok)
+        answers: dict[tuple, bool] = {}
+
+        def remembered(slab: np.ndarray, *xs: np.ndarray) -> bool:
+            owner = slab if slab.base is None else slab.base
+            key = tuple((x.shape, x.strides) if x.base is owner or x is owner else None for x in xs)
+            found = answers.get(key)
+            if found is None:
+                found = answers[key] = full(slab, *xs)
+            return found
+
+        return remembered
     may_share = np.may_share_memory
     rows = scan_rows_of(attrs)
     if rows is None:
@@ -329,12 +357,14 @@ def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool):
     ts = (0, length - 1)
 
     def over(slab: np.ndarray, *xs: np.ndarray) -> bool:
-        lo = slab.__array_interface__["data"][0] + start * item
+        lo = None
         for x in xs:
             if not may_share(x, slab):
                 continue
             if not body_ok or x.ndim == 0 or x.shape[0] != length or x.size == 0:
                 return False
+            if lo is None:  # (the pointers only when an xs lies in the slab: ~1-3 us each)
+                lo = slab.__array_interface__["data"][0] + start * item
             first, last = x[0], x[length - 1]
             if min(first.strides, default=0) < 0:
                 return False

@@ -86,8 +86,7 @@ def test_values_and_gradients_with_and_without_the_donation(cell, backend):
         _same(got, unrolled)
         donated = _pair(seq).backward.program.plan.donated
         if cell != "masked":  # (mask_zero's loop: not donated today, see the notes)
-            # (numba: loops this small may run on the numba loop kernel: not donated)
-            assert bool(donated) == (backend == "numpy")
+            assert donated  # (numba's loop kernels write over the donated rows too)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -255,17 +254,17 @@ def test_no_donation_when_a_kept_forward_output_lies_in_the_prefix():
 
 
 @pytest.mark.parametrize("backend", ["numba", "auto"])
-def test_on_numba_only_loops_the_python_runner_runs_are_donated(backend, monkeypatch):
-    """The numba loop kernel (body values of up to LOOP_MAX_SIZE elements) writes a slab of
-    its own when an xs lies in `out`, memory the plan would not count: such loops are not
-    donated (arena.python_runner); a larger loop is, on the numba backend too, with the same
-    numbers."""
+def test_on_numba_small_and_large_loops_are_donated(backend, monkeypatch):
+    """The numba loop kernel's runner writes over a donated input as the Python runner does
+    (numba_loop.kernel_runner: the same row check), so small loops are donated on numba and
+    "auto" too, and so is a loop too large for the kernel; the same numbers without."""
     from tapernn.backends import LOOP_MAX_SIZE
 
     on = PlanOptions(backend=backend, dz_in_gates=True)
     off = PlanOptions(backend=backend, dz_in_gates=False)
-    seq, _ = _run("FastLSTM", on)
-    assert not _pair(seq).backward.program.plan.donated
+    seq, got = _run("FastLSTM", on)
+    assert _pair(seq).backward.program.plan.donated
+    _same(got, _run("FastLSTM", off)[1])
     big = LOOP_MAX_SIZE // (4 * B) + 1
     monkeypatch.setattr(sys.modules[__name__], "H", big)
     seq, got = _run("FastLSTM", on)

@@ -98,6 +98,22 @@ def test_the_tutorial_step_calls_one_kernel_per_program(monkeypatch):
     )
 
 
+def test_a_returned_loop_slab_is_computed_into_its_out_array(monkeypatch):
+    """The training forward returns its loop's slab (saved for backward): the loop kernel is
+    called with that out array as its slab, so the workspace holds no slab and nothing is
+    copied after the loop (issue 16: the (1, 5, 5) rolled peak)."""
+    forbid_numpy_programs(monkeypatch)
+    x = np.ones((5, 1, 5), np.float32)
+    seq, _, _ = training_step(nn.FastLSTM(5, 5).float(), x, x, "numba", calls=2)
+    fwd = seq._runtime.last.training_pair.forward
+    (loop,) = [n for n in fwd.graph.nodes if n.op == "scan"]
+    assert loop in fwd.graph.outputs
+    source = fwd.program_kernel.handle.source
+    call = next(line for line in source.splitlines() if "loop0(" in line)
+    assert call.split("loop0(")[1].startswith("out")
+    assert f"({loop.size},))" not in source  # (no workspace view of the slab's size)
+
+
 def test_float32_training_steps_agree_with_the_numpy_backend(monkeypatch):
     tn.manual_seed(8)
     a = nn.GRU(D, H).astype(np.float32)
@@ -298,3 +314,35 @@ def test_a_program_kernel_calls_its_loops_own_kernel_shared_with_the_loop_path(
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     (found,) = loop_path.program.bodies.values()
     assert found[2].handle is loop and len(loop.kernel.signatures) == 1  # nothing new
+
+
+def test_workspace_slices_are_reused_after_their_values_last_read(monkeypatch):
+    """program_source's workspace by liveness: a top-level value's slice (and a called loop's
+    workspace, hoisted values and operand copies after the call) is taken again by a later
+    value, so the workspace is smaller than its buffers laid end to end; the numbers equal
+    the NumPy backend's (float64 LSTM, two training calls)."""
+    import re
+
+    tn.manual_seed(3)
+    cell, twin = nn.LSTM(D, H), nn.LSTM(D, H)
+    twin.load_state_dict(cell.state_dict())
+    rng = np.random.default_rng(5)
+    xs, seed = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    _, want, want_dx = training_step(twin, xs, seed, "numpy", calls=2)
+    forbid_numpy_programs(monkeypatch)
+    seq, got, grad_x = training_step(cell, xs, seed, "numba", calls=2)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_x, want_dx, rtol=1e-12, atol=1e-12)
+    for p, q in zip(cell.parameters(), twin.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    pair = seq._runtime.last.training_pair
+    for compiled in (pair.forward, pair.backward):
+        handle = compiled.program_kernel.handle
+        views = re.findall(r"c_view\(work_float64, (\d+), \(([\d, ]*)\)\)", handle.source)
+        sizes = [
+            int(np.prod([int(v) for v in shape.split(",") if v.strip()])) for _, shape in views
+        ]
+        ((_, size),) = handle.work
+        assert size < sum(sizes)
+    starts = [s for s, _ in views]
+    assert len(set(starts)) < len(starts)  # (the backward's: a slice taken twice)

@@ -18,6 +18,7 @@ import numpy as np
 from ..blas import limiter
 from . import LOOP_MAX_SIZE, auto_calls, background, deferred
 from .loop_source import LoopSource, shifted_layout
+from .loop_values import reads
 from .numba_backend import Unsupported, _load
 
 _lock = threading.RLock()  # held while a kernel loads or compiles
@@ -39,9 +40,16 @@ class LoopKernel:
     (background.type_key of the slab, the inputs, the hoisted values and the constants)."""
 
     def __init__(
-        self, source: str, constants: list[np.ndarray], work: list[tuple[str, int]] | None = None
+        self,
+        source: str,
+        constants: list[np.ndarray],
+        work: list[tuple[str, int]] | None = None,
+        reads_xs_first: bool = False,
     ):
         self.source, self.constants = source, constants
+        # every read of a step's xs rows comes before the step's first write into the slab (no
+        # carry or ys is a view of an xs: xs_read_first), so its rows may lie in the slab's
+        self.reads_xs_first = reads_xs_first
         # (dtype name, elements) per workspace: the kernel's last parameters, 1-D C arrays its
         # caller makes once (a runner's own, or a slice of the calling program kernel's)
         self.work = work or []
@@ -110,16 +118,34 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         key = (source, constants_key(gen.constants))
         handle = _loops.get(key)
         if handle is None:
-            handle = _loops[key] = LoopKernel(source, gen.constants, gen.work_sizes())
+            handle = _loops[key] = LoopKernel(
+                source, gen.constants, gen.work_sizes(), xs_read_first(gen)
+            )
     return handle, ""
 
 
+def xs_read_first(gen: LoopSource) -> bool:
+    """Whether kernel `gen` reads step t's xs rows before it writes anything into the slab in
+    step t: every body value but a view is computed into a workspace buffer, and the slab is
+    written only after the step's last computation (LoopSource.write_outputs), so it does unless
+    a returned value (carry or ys) is an xs or a view of one, read while the slab is written."""
+    xs = {f"arg{k}" for k in range(gen.nc, gen.nc + gen.nx)}
+    return not any(reads(gen.vals[o]) & xs for o in gen.graph.outputs)
+
+
 def kernel_runner(
-    handle: LoopKernel, compiled: Any, attrs: dict, dtype: np.dtype, xs_in_slab: bool = False
+    handle: LoopKernel,
+    compiled: Any,
+    attrs: dict,
+    dtype: np.dtype,
+    xs_in_slab: bool = False,
+    over: Callable | None = None,
 ) -> Callable:
     """`run(*inputs, out=None) -> slab` calling the loaded kernel once: C-contiguous operands,
     the prologue (invariant-only work, scan_hoist) run first. `xs_in_slab`: xs may lie in `out`
-    (PlanOptions.xs_in_slab): the kernel then writes a slab of its own, copied into `out`."""
+    (PlanOptions.xs_in_slab, or `out` a donated input: PlanOptions.dz_in_gates): the kernel
+    writes over them when `over(out, *xs)` (scan_run.writable_over_xs: each xs row t inside
+    slab row t, and the kernel reads its xs first), else a slab of its own, copied into `out`."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
     prologue = getattr(compiled, "prologue", None)
     n_hoisted = len(prologue.graph.outputs) if prologue else 0
@@ -136,12 +162,15 @@ def kernel_runner(
     size = sum(sizes[:nc]) + attrs["length"] * sum(sizes[nc:]) + moved  # (scan_ir.ys_places)
     call = operands + consts + works
     xs = params[nc : nc + nx]
-    apart = (
-        f" and not ({' or '.join(f'may_share(out, {x})' for x in xs)})" if xs_in_slab and xs else ""
-    )
+    if xs_in_slab and xs and over is not None and handle.reads_xs_first:
+        apart = f" and over(out, {', '.join(xs)})"
+    elif xs_in_slab and xs:
+        apart = f" and not ({' or '.join(f'may_share(out, {x})' for x in xs)})"
+    else:
+        apart = ""
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, "
-        "may_share, dtype" + "".join(f", {k}" for k in consts + works) + "):",
+        "may_share, over, dtype" + "".join(f", {k}" for k in consts + works) + "):",
         f"    slab = out if out is not None and out.flags.c_contiguous{apart} else empty({size}, dtype)",
     ]
     if hoisted:
@@ -164,6 +193,7 @@ def kernel_runner(
         "copyto": np.copyto,
         "asarray": np.asarray,
         "may_share": np.may_share_memory,
+        "over": over,
         "dtype": dtype,
         **dict(zip(consts, handle.constants)),
         **dict(zip(works, make_work(handle.work))),  # this runner's own (its Switch's)
@@ -245,16 +275,18 @@ def when(backend: str | None) -> str:
 
 def lower(
     attrs: dict,
-    compile_body: Callable[[Any], Any],
+    compile_body: Callable[..., Any],
     make_runner: Callable[[Any, dict], Callable],
     options: Any,
     fixed: list[int],
     xs_in_slab: bool = False,
+    over: Callable | None = None,
 ) -> tuple[Any, Callable, str]:
     """(compiled body, loop function, what runs the loop) for a scan on the numba backend. The
     body is compiled for the NumPy backend (its program only runs the first call, or when the
     kernel fails: its fused groups need no kernels of their own); a body the kernel cannot
-    lower is compiled for `options`' backend and run by the Python loop."""
+    lower is compiled for `options`' backend and run by the Python loop. `over`: the kernel's
+    runner's check that it may write over xs lying in `out` (scan_run.writable_over_xs)."""
     compiled = compile_body(dataclasses.replace(options, backend="numpy"))
     largest = max((math.prod(n.shape) for n in compiled.graph.nodes), default=0)
     if largest > MAX_SIZE:
@@ -262,6 +294,8 @@ def lower(
     else:
         handle, why = plan(compiled, attrs, fixed)
     if handle is None:
+        # (the NumPy compile would otherwise stay cached with buffers nothing counts or uses)
+        compile_body(dataclasses.replace(options, backend="numpy"), drop=True)
         compiled = compile_body(options)
         return compiled, make_runner(compiled, attrs), f"Python loop (no numba loop kernel: {why})"
     dtype = attrs["body"].outputs[0].dtype
@@ -269,7 +303,7 @@ def lower(
     ins = SimpleNamespace(dtype=dtype, hoisted=prologue.graph.outputs if prologue else [])
     switch = Switch(
         handle,
-        lambda: kernel_runner(handle, compiled, attrs, dtype, xs_in_slab),
+        lambda: kernel_runner(handle, compiled, attrs, dtype, xs_in_slab, over),
         make_runner(compiled, attrs),
         ins,
         options.backend,

@@ -46,11 +46,39 @@ class ProgramSource(LoopSource):
             self.returns.append(int(self.outs[key][1].name[3:]))
         self.pending: Arr | None = None  # the out array the next buffer() hands out
         self.called: list = []  # the numba_loop.LoopKernel handles the kernel calls (loop<j>)
+        # workspace slices reused by liveness (top-level values only): buffer name -> its slice
+        # (dtype, start, size); slices of values past their last read (`dying`: their reading
+        # loop nests may still be open, so the group is flushed before one is reused), then
+        # free (`pool`); a zero-initialised buffer (set in the kernel's first lines) never
+        # takes a used slice
+        self.slots: dict[str, tuple] = {}
+        self.dying: list[tuple] = []
+        self.pool: dict[str, list[tuple[int, int]]] = {}
+        self.reusable, self.last_slot = True, ("", 0, 0)
+
+    def reserve(self, dtype: str, size: int) -> int:
+        if self.reusable and self.dying:
+            self.flush()
+            for d, start, n in self.dying:
+                self.pool.setdefault(d, []).append((start, n))
+            self.dying = []
+        fits = [p for p in self.pool.get(dtype, []) if p[1] >= size] if self.reusable else []
+        if fits:
+            start, n = min(fits, key=lambda p: p[1])
+            self.pool[dtype].remove((start, n))
+        else:
+            start, n = super().reserve(dtype, size), size
+        self.last_slot = (dtype, start, n)
+        return start
 
     def buffer(self, shape: tuple, dtype: str, zero: bool = False) -> Arr:
         out, self.pending = self.pending, None
         if out is None:
-            return super().buffer(shape, dtype, zero)
+            self.reusable = not zero
+            made = super().buffer(shape, dtype, zero)
+            self.reusable = True
+            self.slots[made.name] = self.last_slot
+            return made
         if zero:
             self.loops(self.setup, shape, lambda i: [f"{out.at(i)} = {_typed(dtype, 0)}"])
         return out
@@ -62,16 +90,21 @@ class ProgramSource(LoopSource):
             if not node.shape:  # a 0-d input may come as a NumPy scalar
                 raise Unsupported("a 0-d input")
             self.vals[node] = Arr(args[k], node.shape, _dtype_name(node.dtype))
-        for node in g.nodes:
+        ends = last_reads(g)
+        for k, node in enumerate(g.nodes):
             if node.op == "input":
                 continue
             if node.op == "scan":
                 self.vals[node] = self.scan(node)
-                continue
-            if node in self.outs and node.op not in _VIEWS:
-                self.pending = self.outs[node][1]  # computed straight into its out array
-            self.vals[node] = self.lower(node)
-            self.pending = None
+            else:
+                if node in self.outs and node.op not in _VIEWS:
+                    self.pending = self.outs[node][1]  # computed straight into its out array
+                self.vals[node] = self.lower(node)
+                self.pending = None
+            for done in ends.get(k, ()):  # values read for the last time: their slices free
+                v = self.vals.get(done)
+                if isinstance(v, Arr) and v.name in self.slots:
+                    self.dying.append(self.slots.pop(v.name))
         self.results()
         self.flush()
         outs = [a.name for _, a in self.outs.values()]
@@ -132,25 +165,37 @@ class ProgramSource(LoopSource):
         a = n.attrs
         nc, nx = a["n_carry"], a["n_xs"]
         ins = [self.vals[i] for i in n.inputs]
+        before = set(self.slots)
         hoisted = self.prologue(compiled, ins[nc + nx :])
         operands = [self.c_array(v) for v in ins + hoisted]
         consts = []
         for value in handle.constants:
             self.constants.append(value)
             consts.append(f"const{len(self.constants) - 1}")
-        slab = self.buffer(*self.slab_shape(n))
+        slab = self.slab_array(n)
         if handle not in self.called:
             self.called.append(handle)
         loop = f"loop{self.called.index(handle)}"
         length, reverse = f"np.int64({a['length']})", f"np.bool_({bool(a['reverse'])})"
-        work = []  # the loop kernel's workspaces: slices of this kernel's own
+        work, slices = [], []  # the loop kernel's workspaces: slices of this kernel's own
         for dtype, size in handle.work:
             start = self.reserve(dtype, size)
+            slices.append(self.last_slot)
             work.append(self.work_view(dtype, start, (size,)))
         self.statement(
             f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
         )
+        # (used by the call alone: its workspaces, its hoisted values and operand copies)
+        self.dying += slices + [self.slots.pop(k) for k in set(self.slots) - before - {slab.name}]
         return slab
+
+    def slab_array(self, n: Node) -> Arr:
+        """Loop n's slab: its out array when the program returns it (a training forward's
+        saved slab: no workspace of its size, no copy after the loop), else a buffer."""
+        found = self.outs.get(n)
+        if found is not None:
+            return found[1]
+        return self.buffer(*self.slab_shape(n))
 
     def c_array(self, v: Val) -> str:
         """The name of a C array holding v: its own array, or a buffer v is copied into."""
@@ -171,7 +216,7 @@ class ProgramSource(LoopSource):
         hoisted = self.prologue(compiled, invariants)
         g = compiled.graph
         shifted = a.get("shifted", ())
-        slab = self.buffer(*self.slab_shape(n))
+        slab = self.slab_array(n)
         live = [k for k in range(nc) if k not in fixed]
         carries = self.enter(g, nc, nx, live, ins, invariants + hoisted)
         self.flush()
@@ -233,3 +278,21 @@ class ProgramSource(LoopSource):
             else:
                 self.vals[node] = ins[k] if k < nc + nx else rest[k - nc - nx]
         return carries
+
+
+def last_reads(g: Graph) -> dict[int, list[Node]]:
+    """Node position -> the values (view chains followed to their base) read for the last time
+    there; the outputs' never (the kernel copies some of them into their out arrays last)."""
+    base: dict[Node, Node] = {}
+    last: dict[Node, int] = {}
+    for k, n in enumerate(g.nodes):
+        base[n] = base.get(n.inputs[0], n.inputs[0]) if n.op in _VIEWS and n.inputs else n
+        last.setdefault(base[n], k)
+        for i in n.inputs:
+            last[base.get(i, i)] = k
+    for o in g.outputs:
+        last[base.get(o, o)] = len(g.nodes)
+    ends: dict[int, list[Node]] = {}
+    for n, k in last.items():
+        ends.setdefault(k, []).append(n)
+    return ends
