@@ -112,7 +112,9 @@ def test_loop_without_the_input_gradient_holds_no_more(name):
             seq.update_parameters(1e-3)
 
         peaks[need] = loop_peak_bytes(step)
-    assert peaks[False] <= peaks[True], peaks
+    # (1 KiB: Python objects of the variant's own bookkeeping -- 32 B seen for GRU; one array of
+    # this loop is >= 10 KiB, a second arena ~1 MiB)
+    assert peaks[False] <= peaks[True] + 1024, peaks
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
