@@ -11,6 +11,8 @@ NumPy backend agree with the kernel up to summation rounding."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .backends.packed import PackedSite, available, pack_panels, panel_width
@@ -18,6 +20,9 @@ from .errors import ShapeError
 from .graph import Graph, Node
 from .ops.registry import register
 from .passes.rewrite import derive, substitute
+
+if TYPE_CHECKING:
+    from .executor import Compiled
 
 # smaller weights keep OpenBLAS (= loop_operands.MIN_ELEMENTS: the NN step GEMMs of hspeed)
 MIN_ELEMENTS = 65536
@@ -97,3 +102,11 @@ def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
                 packs[w] = derive(w, "pack_panels", [w], nr=panel_width(w.dtype))
             subst[n] = derive(n, "packed_matmul", [a, w, packs[w]])
     return substitute(graph, subst)
+
+
+def attach_reports(compiled: Compiled) -> None:
+    """Give each PackedSite of `compiled` (a step program) its CompileReport, where a kernel
+    that fails says so (packed.failed)."""
+    for value in compiled.program.bound.values():
+        if isinstance(value, PackedSite):
+            value.report = compiled.report

@@ -6,7 +6,8 @@ over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again a
 `PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
 until the kernel takes over -- at the top-level program's switch call with background
 compilation (background.py's protocol: which call ran which lowering is fixed by the call
-count, never by timing), else at its first call -- and NumPy again if the kernel failed. The
+count, never by timing), else at its first call -- and NumPy again if the kernel failed (said
+in the step program's report, lifted into a model's, and by a RuntimeWarning: `failed`). The
 kernel splits the panels over numba's threads when the BLAS pool runs with more than one thread
 in this call (blas_tuning measures the program with either count), in a forked child never
 (the OpenMP pool does not survive a fork)."""
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -228,16 +230,35 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
     return out
 
 
-class PackedSite:
-    """One step program's call of the packed GEMM (the module docstring)."""
+# the start of a compile report line saying a packed kernel failed (CompileReport.joined
+# lifts such lines from loop bodies into a model's report)
+FAILED = "packed GEMM:"
+_warned: set[str] = set()  # failures already warned about (once per process each)
 
-    __slots__ = ("calls", "kernel", "key", "ready")
+
+def failed(report: Any, why: str) -> None:
+    """A packed kernel that failed, never silently: a line in `report`'s fallbacks (the step
+    program's CompileReport) and a RuntimeWarning, once per process for each reason."""
+    line = f"{FAILED} {why} (NumPy's matmul runs the loop's step GEMMs)"
+    if report is not None and line not in report.fallbacks:
+        report.fallbacks.append(line)
+    if line not in _warned:
+        _warned.add(line)
+        warnings.warn(f"tapernn: {line}", RuntimeWarning, stacklevel=3)
+
+
+class PackedSite:
+    """One step program's call of the packed GEMM (the module docstring); `report`: that
+    program's CompileReport (scan_pack.attach_reports), told if the kernel fails."""
+
+    __slots__ = ("calls", "kernel", "key", "ready", "report")
 
     def __init__(self) -> None:
         self.calls = 0
         self.kernel: Any = None
         self.key: tuple | None = None
         self.ready: threading.Event | None = None
+        self.report: Any = None
 
     def __call__(
         self, a: np.ndarray, w: np.ndarray, panels: np.ndarray, out: np.ndarray | None = None
@@ -265,3 +286,5 @@ class PackedSite:
     def _take(self) -> None:
         if _HANDLE.has(self.key):
             self.kernel = _HANDLE.kernel
+        else:
+            failed(self.report, _HANDLE.error or f"no kernel for {self.key[0][0]}")

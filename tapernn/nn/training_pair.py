@@ -166,11 +166,25 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
+def loop_call_bytes(c: Compiled) -> list[tuple[int, int]]:
+    """(schedule index, bytes) of what each loop of the program allocates for the length of its
+    call (LoopReport.call_bytes: its prologue's values, e.g. the packed weight panels)."""
+    per_node = {loop.node_key: loop.call_bytes for loop in c.report.loops if loop.call_bytes}
+    if not per_node:
+        return []
+    return [
+        (k, per_node[id(n.attrs)])
+        for k, n in enumerate(c.graph.nodes)
+        if n.op == "scan" and id(n.attrs) in per_node
+    ]
+
+
 def per_call_peak(c: Compiled) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
-    and the copies reshapes of strided views make, which the plan sees as views."""
+    the copies reshapes of strided views make, which the plan sees as views; and what each loop
+    allocates for the length of its call (`loop_call_bytes`)."""
     plan, end = c.program.plan, len(c.graph.nodes)
     delta = [0] * (end + 2)
     at_end = 0
@@ -184,6 +198,9 @@ def per_call_peak(c: Compiled) -> int:
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
+    for k, nbytes in loop_call_bytes(c):
+        delta[k] += nbytes
+        delta[k + 1] -= nbytes
     live = peak = 0
     for d in delta:
         live += d
