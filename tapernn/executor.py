@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .backends import auto_calls, deferred
+from .backends.packed import rule as packed_rule
 from .blas import (
     SMALL_GEMM_FLOPS,
     largest_gemm_flops,
@@ -194,7 +195,7 @@ def optimise(
     graph: Graph, pipeline: Sequence[Pass], options: PlanOptions, dump: Dump | str | None = None
 ) -> tuple[Graph, CompileReport]:
     """`run_passes` under the options' loop layout (passes/layout.py); its choices noted."""
-    with layout_session(options.layout) as session:
+    with layout_session(options.layout, packed_rule(options)) as session:
         graph, report = run_passes(graph, pipeline, dump=dump)
     report.notes.extend(session.notes)
     return graph, report

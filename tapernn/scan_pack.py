@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends.packed import PackedSite, available, pack_panels, panel_width
+from .backends.packed import (
+    MIN_ELEMENTS,
+    MIN_ROWS,
+    PackedSite,
+    available,
+    pack_panels,
+    panel_width,
+)
 from .errors import ShapeError
 from .graph import Graph, Node
 from .ops.registry import register
@@ -23,9 +30,6 @@ from .passes.rewrite import derive, substitute
 
 if TYPE_CHECKING:
     from .executor import Compiled
-
-# smaller weights keep OpenBLAS (= loop_operands.MIN_ELEMENTS: the NN step GEMMs of hspeed)
-MIN_ELEMENTS = 65536
 
 
 def _pack_shape(w, nr):
@@ -79,7 +83,8 @@ register(
 
 def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
     """Each 2-D `matmul(a, W)` with W in `invariant` (nodes of the invariants alone), float32 or
-    float64 operands of one dtype and W of at least MIN_ELEMENTS elements becomes
+    float64 operands of one dtype, `a` of at least MIN_ROWS rows and W of at least MIN_ELEMENTS
+    elements (backends/packed.py) becomes
     `packed_matmul(a, W, pack_panels(W))` (one pack per W). Nothing on a CPU without AVX-512."""
     if not available():
         return graph
@@ -93,6 +98,7 @@ def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
             w in invariant
             and a not in invariant
             and len(a.shape) == 2
+            and a.shape[0] >= MIN_ROWS
             and len(w.shape) == 2
             and a.dtype == w.dtype
             and w.dtype in (np.float32, np.float64)

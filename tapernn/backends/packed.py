@@ -27,6 +27,23 @@ from . import background
 
 VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
 NV = 4  # = packed_kernels.NV
+# which step GEMMs a @ W are packed (scan_pack): W of at least MIN_ELEMENTS elements (smaller
+# ones keep OpenBLAS: = loop_operands.MIN_ELEMENTS, the NN step GEMMs of hspeed) and `a` of at
+# least MIN_ROWS rows: at B = 1 OpenBLAS's GEMV beat the 4-row microkernel 1.3-1.75x (hgemm2,
+# BENCHMARKS.md; at B = 2 it lost up to 4x to it at (512, 2048))
+MIN_ELEMENTS = 65536
+MIN_ROWS = 2
+
+
+def rule(options: Any) -> tuple[int, int] | None:
+    """(MIN_ROWS, MIN_ELEMENTS) when programs compiled with `options` (a PlanOptions) pack
+    their loops' step GEMMs (PlanOptions.packed_gemm, the numba backend, AVX-512), else None:
+    what the layout rule reads (a packed loop stays batch-major: passes/layout_rule.py)."""
+    from . import resolve_backend
+
+    if not options.packed_gemm or resolve_backend(options.backend) != "numba":
+        return None
+    return (MIN_ROWS, MIN_ELEMENTS) if available() else None
 
 
 def available() -> bool:
