@@ -148,6 +148,14 @@ def test_a_failing_packed_kernel_is_reported_and_warned_once(numba_backend, rng,
         other.forward(x)
         other.backward(x, g)
     assert any(f.startswith("packed GEMM:") for f in other.compile_report().fallbacks)
+    # with background compilation: NumPy until the switch call, which finds the failure
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    late = _seq()
+    for _ in range(3):
+        late.forward(x)
+        late.backward(x, g)
+    assert any(f.startswith("packed GEMM:") for f in late.compile_report().fallbacks)
+    np.testing.assert_allclose(late.output, want_y, rtol=1e-12, atol=1e-12)
 
 
 # ---- 3. the panels follow the parameters -------------------------------------------------------
