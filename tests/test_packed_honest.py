@@ -14,7 +14,7 @@ import pytest
 from cell_reference import fastlstm_step, gru_step, lstm_step, run
 
 import tapernn as tn
-from tapernn import nn, optim
+from tapernn import accounting, nn, optim
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.backends import numba_available
 from tapernn.backends import packed as packed_mod
@@ -95,6 +95,10 @@ def test_the_packed_panels_are_in_the_programs_peaks(numba_backend, rng):
     real = _call_peak(lambda: pair.forward.run(args))
     model = per_call_peak(pair.forward)
     assert abs(real - model) <= 0.1 * model, (real, model)
+    # a program's own report (plan stats: its buffers and per-call values) counts them too
+    for c in (pair.forward, pair.backward):
+        without = accounting.peak_bytes(c.graph, c.program.plan)
+        assert without < c.report.peak_bytes <= without + c.report.loops[0].call_bytes
     saved = pair.saved(pair.forward.run(args))
     real = _call_peak(lambda: pair.run_backward(saved, args, [g]))
     model = per_call_peak(pair.backward)

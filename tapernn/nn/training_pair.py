@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..accounting import loop_call_bytes
 from ..arena import Arena, compile_into, compile_shared
 from ..donate import donatable
 from ..executor import Compiled
@@ -166,19 +167,6 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
-def loop_call_bytes(c: Compiled) -> list[tuple[int, int]]:
-    """(schedule index, bytes) of what each loop of the program allocates for the length of its
-    call (LoopReport.call_bytes: its prologue's values, e.g. the packed weight panels)."""
-    per_node = {loop.node_key: loop.call_bytes for loop in c.report.loops if loop.call_bytes}
-    if not per_node:
-        return []
-    return [
-        (k, per_node[id(n.attrs)])
-        for k, n in enumerate(c.graph.nodes)
-        if n.op == "scan" and id(n.attrs) in per_node
-    ]
-
-
 def per_call_peak(c: Compiled) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
@@ -198,7 +186,7 @@ def per_call_peak(c: Compiled) -> int:
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
-    for k, nbytes in loop_call_bytes(c):
+    for k, nbytes in loop_call_bytes(c.graph, c.report.loops):
         delta[k] += nbytes
         delta[k + 1] -= nbytes
     live = peak = 0
