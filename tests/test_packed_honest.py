@@ -121,6 +121,22 @@ def test_the_steady_loop_peak_is_the_reported_one_on_numba(numba_backend, rng):
     assert abs(real - reported) <= 0.1 * reported, f"{real / reported:.3f}x the report"
 
 
+def test_a_packed_weight_is_not_copied_contiguous_first(numba_backend, rng):
+    """contiguous_loop_weights copies a transposed loop weight for OpenBLAS's NN GEMM; a weight
+    the loop packs is packed from the transposed view instead (one W-sized buffer and one copy
+    per call fewer: BENCHMARKS.md, hgemm2), with the same values."""
+    x, g = _data(rng)
+    ops, outs = {}, {}
+    for packed in (True, False):
+        seq = _seq(packed=packed)
+        outs[packed] = _step(seq, x, g)
+        pair = runtime_of(seq).history[-1].exe.compile_training()
+        ops[packed] = pair.forward.graph.op_counts().get("transpose_copy", 0)
+    assert ops == {True: 0, False: 1}
+    for a, b in zip(outs[True], outs[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ---- 2. a kernel that fails: reported, warned about once, NumPy's results -------------------
 
 

@@ -80,8 +80,11 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if out is None:
         out = np.empty(shape, w.dtype)
     full = n // nr
-    if full:  # (k, full, nr) -> (full, k, nr) in one copy
+    if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
+    else:  # (a transposed view: its reshape would copy the whole W first) panel by panel
+        for j in range(full):
+            np.copyto(out[j], w[:, j * nr : (j + 1) * nr])
     if full < shape[0]:
         out[full] = 0
         out[full, :, : n - full * nr] = w[:, full * nr :]
