@@ -282,6 +282,17 @@ def test_the_layout_rule_keeps_a_packed_loop_batch_major(numba_backend, rng, mon
         notes = other.compile_report().notes
         assert not _packed(other) and not any("run packed" in n for n in notes), notes
         assert b == 1 or any("feature-major" in n for n in notes), notes
+    # the "auto" backend lowers a program with a large loop on NumPy: nothing packed, the rule
+    # decides as before and the weight is copied contiguous for OpenBLAS
+    tn.set_backend("auto")
+    try:
+        auto = _seq().set_plan_options(tn.PlanOptions(layout="auto"))
+        auto.forward(x)
+        auto.backward(x, g)
+    finally:
+        tn.set_backend("numba")
+    notes = auto.compile_report().notes
+    assert not _packed(auto) and any("feature-major" in n for n in notes), notes
 
 
 # ---- 5. packed = unpacked = NumPy over cells and shapes ---------------------------------------

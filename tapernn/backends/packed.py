@@ -38,10 +38,12 @@ MIN_ROWS = 2
 def rule(options: Any) -> tuple[int, int] | None:
     """(MIN_ROWS, MIN_ELEMENTS) when programs compiled with `options` (a PlanOptions) pack
     their loops' step GEMMs (PlanOptions.packed_gemm, the numba backend, AVX-512), else None:
-    what the layout rule reads (a packed loop stays batch-major: passes/layout_rule.py)."""
-    from . import resolve_backend
+    what the layout rule and contiguous_loop_weights read (a packed loop stays batch-major, its
+    weight is not copied contiguous first). Not under "auto": it lowers a program with a loop
+    too large for a loop kernel -- every loop a weight gets packed in -- on NumPy (auto_choice)."""
+    from . import policy
 
-    if not options.packed_gemm or resolve_backend(options.backend) != "numba":
+    if not options.packed_gemm or policy(options.backend) != "numba":
         return None
     return (MIN_ROWS, MIN_ELEMENTS) if available() else None
 
