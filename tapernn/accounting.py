@@ -26,11 +26,7 @@ def account(graph: Graph, plan: BufferPlan) -> None:
     plan.copied_bytes = sum(
         o.nbytes for k, o in enumerate(graph.outputs) if plan.copied(o, k in alias)
     )
-    peak = (
-        _peak(graph, plan)
-        if not plan.copied_bytes
-        else max(_peak(graph, plan), _live_at_end(graph, plan) + plan.copied_bytes)
-    )
+    peak = peak_bytes(graph, plan)
     plan.stats = PlanStats(
         kernels=len(computed) - len(placed_all),
         naive_bytes=sum(n.nbytes for n in computed),
@@ -40,13 +36,41 @@ def account(graph: Graph, plan: BufferPlan) -> None:
     )
 
 
-def _peak(graph: Graph, plan: BufferPlan) -> int:
-    """Most bytes of owned storage live at once (in-place and placed values share theirs)."""
+def peak_bytes(graph: Graph, plan: BufferPlan, loops: list | None = None) -> int:
+    """Most bytes live at once during a call (`_peak`; at the end the copies of returned buffer
+    values too), with what `loops` (LoopReports: the program's, once lowered) allocate for the
+    length of their calls."""
+    extra = loop_call_bytes(graph, loops or [])
+    peak = _peak(graph, plan, extra)
+    if plan.copied_bytes:
+        peak = max(peak, _live_at_end(graph, plan) + plan.copied_bytes)
+    return peak
+
+
+def loop_call_bytes(graph: Graph, loops: list) -> list[tuple[int, int]]:
+    """(schedule index, bytes) of what each loop of `graph` allocates for the length of its call
+    (LoopReport.call_bytes: its prologue's values, e.g. the packed weight panels)."""
+    per_node = {loop.node_key: loop.call_bytes for loop in loops if loop.call_bytes}
+    if not per_node:
+        return []
+    return [
+        (k, per_node[id(n.attrs)])
+        for k, n in enumerate(graph.nodes)
+        if n.op == "scan" and id(n.attrs) in per_node
+    ]
+
+
+def _peak(graph: Graph, plan: BufferPlan, extra: list[tuple[int, int]] = ()) -> int:
+    """Most bytes of owned storage live at once (in-place and placed values share theirs), and
+    `extra` (schedule index, bytes) live during one node."""
     delta = [0] * (len(graph.nodes) + 2)
     for st, start in plan.alloc_at.items():
         end = min(plan.release_at.get(st, start), len(graph.nodes))
         delta[start] += st.nbytes
         delta[end + 1] -= st.nbytes
+    for k, nbytes in extra:
+        delta[k] += nbytes
+        delta[k + 1] -= nbytes
     live = peak = 0
     for d in delta:
         live += d

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .accounting import peak_bytes
 from .backends import auto_calls, deferred
+from .backends.packed import rule as packed_rule
 from .blas import (
     SMALL_GEMM_FLOPS,
     largest_gemm_flops,
@@ -52,6 +54,9 @@ class Compiled:
         self.report.compiled_kernels = len(self.program.compiled_kernels)
         self.report.fallbacks = list(self.program.fallbacks)
         self.report.loops = list(self.program.sub_reports)
+        if any(loop.call_bytes for loop in self.report.loops):  # (the panels a loop packs)
+            peak = peak_bytes(graph, self.program.plan, self.report.loops)
+            self.report.plan = dataclasses.replace(self.report.plan, peak_bytes=peak)
         self._single = graph.meta.single_output and len(graph.outputs) == 1
         self.largest_gemm_flops = max(
             [largest_gemm_flops(graph.nodes)]
@@ -194,7 +199,7 @@ def optimise(
     graph: Graph, pipeline: Sequence[Pass], options: PlanOptions, dump: Dump | str | None = None
 ) -> tuple[Graph, CompileReport]:
     """`run_passes` under the options' loop layout (passes/layout.py); its choices noted."""
-    with layout_session(options.layout) as session:
+    with layout_session(options.layout, packed_rule(options)) as session:
         graph, report = run_passes(graph, pipeline, dump=dump)
     report.notes.extend(session.notes)
     return graph, report

@@ -10,7 +10,7 @@ from .backends import resolve_backend
 from .executor import Compiled, compile, optimise, pipeline_of
 from .graph import Graph, Node
 from .passes import CompileReport
-from .scan_pack import pack_loop_weights
+from .scan_pack import attach_reports, pack_loop_weights
 
 _FREE = ("input", "constant", "transpose", "reshape", "getitem")  # views: nothing to save
 
@@ -33,7 +33,9 @@ def compile_hoisted(
     invariant, cheap = _invariants(graph, n_variant)
     moved = invariant - cheap
     if not moved:
-        return _plain(graph, options, report, written)
+        compiled = _plain(graph, options, report, written)
+        attach_reports(compiled)
+        return compiled
     stay = [n for n in graph.nodes if n.op != "input" and n not in moved]
     read = {i for n in stay for i in n.inputs} | set(graph.outputs)
     hoisted = [n for n in graph.nodes if n in moved and n in read]
@@ -67,6 +69,7 @@ def compile_hoisted(
         graph.meta,
     ).eliminate_dead_code()
     compiled = _plain(step, options, report, written)
+    attach_reports(compiled)
     compiled.prologue = _plain(pre, options, None)
     compiled.report.notes.append(
         f"{len(hoisted)} value(s) of the invariants alone computed once per loop call: "

@@ -11,16 +11,25 @@ NumPy backend agree with the kernel up to summation rounding."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .backends.packed import PackedSite, available, pack_panels, panel_width
+from .backends.packed import (
+    MIN_ELEMENTS,
+    MIN_ROWS,
+    PackedSite,
+    available,
+    pack_panels,
+    panel_width,
+)
 from .errors import ShapeError
 from .graph import Graph, Node
 from .ops.registry import register
 from .passes.rewrite import derive, substitute
 
-# smaller weights keep OpenBLAS (= loop_operands.MIN_ELEMENTS: the NN step GEMMs of hspeed)
-MIN_ELEMENTS = 65536
+if TYPE_CHECKING:
+    from .executor import Compiled
 
 
 def _pack_shape(w, nr):
@@ -74,7 +83,8 @@ register(
 
 def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
     """Each 2-D `matmul(a, W)` with W in `invariant` (nodes of the invariants alone), float32 or
-    float64 operands of one dtype and W of at least MIN_ELEMENTS elements becomes
+    float64 operands of one dtype, `a` of at least MIN_ROWS rows and W of at least MIN_ELEMENTS
+    elements (backends/packed.py) becomes
     `packed_matmul(a, W, pack_panels(W))` (one pack per W). Nothing on a CPU without AVX-512."""
     if not available():
         return graph
@@ -88,6 +98,7 @@ def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
             w in invariant
             and a not in invariant
             and len(a.shape) == 2
+            and a.shape[0] >= MIN_ROWS
             and len(w.shape) == 2
             and a.dtype == w.dtype
             and w.dtype in (np.float32, np.float64)
@@ -97,3 +108,11 @@ def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
                 packs[w] = derive(w, "pack_panels", [w], nr=panel_width(w.dtype))
             subst[n] = derive(n, "packed_matmul", [a, w, packs[w]])
     return substitute(graph, subst)
+
+
+def attach_reports(compiled: Compiled) -> None:
+    """Give each PackedSite of `compiled` (a step program) its CompileReport, where a kernel
+    that fails says so (packed.failed)."""
+    for value in compiled.program.bound.values():
+        if isinstance(value, PackedSite):
+            value.report = compiled.report

@@ -109,6 +109,8 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         body_key=id(compiled),
         kernel=kernel,
         workspace_bytes=_workspace_bytes(runner),
+        call_bytes=_call_bytes(compiled),
+        node_key=id(attrs),
     )
     ctx.sub_reports.append(report)
     if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
@@ -129,6 +131,13 @@ def _workspace_bytes(runner: Any) -> int:
     from .backends import numba_loop
 
     return numba_loop.work_bytes(handle.work)
+
+
+def _call_bytes(compiled: Compiled) -> int:
+    """Bytes the invariant prologue allocates per loop call (its results, e.g. the packed
+    weight panels: held until the loop returns)."""
+    prologue = getattr(compiled, "prologue", None)
+    return prologue.program.plan.per_call_bytes if prologue is not None else 0
 
 
 def _buffer_bytes(compiled: Compiled) -> int:

@@ -102,10 +102,11 @@ class Gate:
 
 def _lift_failures(report: Any) -> None:
     """Copy the background failures of loop bodies' kernels (their Sites report to the body's
-    CompileReport) into the top-level report's fallbacks, where a model's report shows them."""
+    CompileReport; a packed GEMM's too: packed.FAILED) into the top-level report's fallbacks,
+    where a model's report shows them."""
     for loop in report.loops:
         for why in loop.body.fallbacks:
-            if FAILED in why and why not in report.fallbacks:
+            if (FAILED in why or why.startswith("packed GEMM:")) and why not in report.fallbacks:
                 report.fallbacks.append(why)
 
 

@@ -287,8 +287,12 @@ def lower(
     kernel fails: its fused groups need no kernels of their own); a body the kernel cannot
     lower is compiled for `options`' backend and run by the Python loop. `over`: the kernel's
     runner's check that it may write over xs lying in `out` (scan_run.writable_over_xs)."""
-    compiled = compile_body(dataclasses.replace(options, backend="numpy"))
-    largest = max((math.prod(n.shape) for n in compiled.graph.nodes), default=0)
+    # an input over MAX_SIZE stays one of the compiled body's values: no NumPy body compiled
+    # (and cached with its buffers) only to find that out
+    largest = max((math.prod(i.shape) for i in attrs["body"].inputs), default=0)
+    if largest <= MAX_SIZE:
+        compiled = compile_body(dataclasses.replace(options, backend="numpy"))
+        largest = max((math.prod(n.shape) for n in compiled.graph.nodes), default=0)
     if largest > MAX_SIZE:
         handle, why = None, f"body values of up to {largest} elements > {MAX_SIZE}"
     else:

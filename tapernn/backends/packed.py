@@ -6,7 +6,8 @@ over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again a
 `PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
 until the kernel takes over -- at the top-level program's switch call with background
 compilation (background.py's protocol: which call ran which lowering is fixed by the call
-count, never by timing), else at its first call -- and NumPy again if the kernel failed. The
+count, never by timing), else at its first call -- and NumPy again if the kernel failed (said
+in the step program's report, lifted into a model's, and by a RuntimeWarning: `failed`). The
 kernel splits the panels over numba's threads when the BLAS pool runs with more than one thread
 in this call (blas_tuning measures the program with either count), in a forked child never
 (the OpenMP pool does not survive a fork)."""
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,25 @@ from . import background
 
 VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
 NV = 4  # = packed_kernels.NV
+# which step GEMMs a @ W are packed (scan_pack): W of at least MIN_ELEMENTS elements (smaller
+# ones keep OpenBLAS: = loop_operands.MIN_ELEMENTS, the NN step GEMMs of hspeed) and `a` of at
+# least MIN_ROWS rows: at B = 1 OpenBLAS's GEMV beat the 4-row microkernel 1.3-1.75x (hgemm2,
+# BENCHMARKS.md; at B = 2 it lost up to 4x to it at (512, 2048))
+MIN_ELEMENTS = 65536
+MIN_ROWS = 2
+
+
+def rule(options: Any) -> tuple[int, int] | None:
+    """(MIN_ROWS, MIN_ELEMENTS) when programs compiled with `options` (a PlanOptions) pack
+    their loops' step GEMMs (PlanOptions.packed_gemm, the numba backend, AVX-512), else None:
+    what the layout rule and contiguous_loop_weights read (a packed loop stays batch-major, its
+    weight is not copied contiguous first). Not under "auto": it lowers a program with a loop
+    too large for a loop kernel -- every loop a weight gets packed in -- on NumPy (auto_choice)."""
+    from . import policy
+
+    if not options.packed_gemm or policy(options.backend) != "numba":
+        return None
+    return (MIN_ROWS, MIN_ELEMENTS) if available() else None
 
 
 def available() -> bool:
@@ -61,8 +82,11 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if out is None:
         out = np.empty(shape, w.dtype)
     full = n // nr
-    if full:  # (k, full, nr) -> (full, k, nr) in one copy
+    if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
+    else:  # (a transposed view: its reshape would copy the whole W first) panel by panel
+        for j in range(full):
+            np.copyto(out[j], w[:, j * nr : (j + 1) * nr])
     if full < shape[0]:
         out[full] = 0
         out[full, :, : n - full * nr] = w[:, full * nr :]
@@ -228,16 +252,35 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
     return out
 
 
-class PackedSite:
-    """One step program's call of the packed GEMM (the module docstring)."""
+# the start of a compile report line saying a packed kernel failed (CompileReport.joined
+# lifts such lines from loop bodies into a model's report)
+FAILED = "packed GEMM:"
+_warned: set[str] = set()  # failures already warned about (once per process each)
 
-    __slots__ = ("calls", "kernel", "key", "ready")
+
+def failed(report: Any, why: str) -> None:
+    """A packed kernel that failed, never silently: a line in `report`'s fallbacks (the step
+    program's CompileReport) and a RuntimeWarning, once per process for each reason."""
+    line = f"{FAILED} {why} (NumPy's matmul runs the loop's step GEMMs)"
+    if report is not None and line not in report.fallbacks:
+        report.fallbacks.append(line)
+    if line not in _warned:
+        _warned.add(line)
+        warnings.warn(f"tapernn: {line}", RuntimeWarning, stacklevel=3)
+
+
+class PackedSite:
+    """One step program's call of the packed GEMM (the module docstring); `report`: that
+    program's CompileReport (scan_pack.attach_reports), told if the kernel fails."""
+
+    __slots__ = ("calls", "kernel", "key", "ready", "report")
 
     def __init__(self) -> None:
         self.calls = 0
         self.kernel: Any = None
         self.key: tuple | None = None
         self.ready: threading.Event | None = None
+        self.report: Any = None
 
     def __call__(
         self, a: np.ndarray, w: np.ndarray, panels: np.ndarray, out: np.ndarray | None = None
@@ -265,3 +308,5 @@ class PackedSite:
     def _take(self) -> None:
         if _HANDLE.has(self.key):
             self.kernel = _HANDLE.kernel
+        else:
+            failed(self.report, _HANDLE.error or f"no kernel for {self.key[0][0]}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
+from ..backends.packed import rule as packed_rule
 from ..errors import ArgumentError, TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
@@ -136,7 +137,7 @@ class Executable:
         if feature_major_loops not in passes:
             return
         old = self.graph
-        new, notes, chosen = relayout_before_grad(old, options.layout)
+        new, notes, chosen = relayout_before_grad(old, options.layout, packed_rule(options))
         self.notes += notes
         # the programs compile with the choice made here (their graphs are differentiated)
         self.options = replace(options, layout=chosen)

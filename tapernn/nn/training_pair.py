@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ..accounting import loop_call_bytes
 from ..arena import Arena, compile_into, compile_shared
 from ..donate import donatable
 from ..executor import Compiled
@@ -213,8 +214,9 @@ def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
-    and the copies reshapes of strided views make, which the plan sees as views. `into`:
-    positions of outputs computed into the caller's arrays (Program.dest), not allocated."""
+    the copies reshapes of strided views make, which the plan sees as views; and what each loop
+    allocates for the length of its call (`loop_call_bytes`). `into`: positions of outputs
+    computed into the caller's arrays (Program.dest), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
     slots = getattr(c.program, "dest_slots", {})
     given = {c.graph.outputs[k] for k in into if k in slots}
@@ -232,6 +234,9 @@ def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
+    for k, nbytes in loop_call_bytes(c.graph, c.report.loops):
+        delta[k] += nbytes
+        delta[k + 1] -= nbytes
     live = peak = 0
     for d in delta:
         live += d

@@ -61,6 +61,11 @@ class LoopReport:
     # a numba loop kernel's workspaces (its buffers, made once by its runner; 0 when a
     # whole-program kernel calls it: then they are slices of that kernel's, counted there)
     workspace_bytes: int = 0
+    # allocated at every loop call and freed when it returns: the values the body's prologue
+    # computes from the invariants alone (scan_hoist: the packed weight panels, a fused gate
+    # weight), live over the whole loop; `node_key` = id of the scan node's attrs (which node)
+    call_bytes: int = 0
+    node_key: int = 0
 
     @property
     def fixed_bytes(self) -> int:
@@ -167,7 +172,7 @@ class CompileReport:
             backend_note=fwd.backend_note,
             compiled_kernels=fwd.compiled_kernels + bwd.compiled_kernels,
             workspace_bytes=fwd.workspace_bytes + bwd.workspace_bytes,
-            fallbacks=fwd.fallbacks + bwd.fallbacks,
+            fallbacks=_with_packed_failures(fwd.fallbacks + bwd.fallbacks, fwd.loops + bwd.loops),
             loops=fwd.loops + bwd.loops,
             kernel="; ".join(
                 f"{name}: {r.kernel}"
@@ -178,6 +183,20 @@ class CompileReport:
 
     def __str__(self) -> str:
         return views.format_report(self)
+
+
+PACKED_FAILED = "packed GEMM:"  # = backends.packed.FAILED (the passes do not import backends)
+
+
+def _with_packed_failures(fallbacks: list[str], loops: list[LoopReport]) -> list[str]:
+    """`fallbacks` plus the lines of loop bodies saying their packed GEMM kernel failed (the step
+    programs' reports get them at run time: backends/packed.py), each once."""
+    out = list(fallbacks)
+    for loop in loops:
+        for why in loop.body.fallbacks:
+            if why.startswith(PACKED_FAILED) and why not in out:
+                out.append(why)
+    return out
 
 
 def pass_name(p: Pass) -> str:

@@ -25,6 +25,8 @@ class Session:
     """One compile's layout choice and the report lines the pass wrote."""
 
     mode: str = "auto"  # (PlanOptions.layout's default)
+    # (min rows, min weight elements) of the step GEMMs compiled packed (backends/packed.rule)
+    packed: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     feature: bool = False  # some loop went feature-major
 
@@ -33,9 +35,10 @@ _SESSION: ContextVar[Session | None] = ContextVar("tapernn_layout", default=None
 
 
 @contextmanager
-def layout_session(mode: str) -> Iterator[Session]:
-    """Run passes under layout `mode` (executor.compile opens one per compile)."""
-    token = _SESSION.set(Session(mode))
+def layout_session(mode: str, packed: tuple[int, int] | None = None) -> Iterator[Session]:
+    """Run passes under layout `mode` (executor.compile opens one per compile); `packed`: which
+    step GEMMs the programs run packed (Session.packed)."""
+    token = _SESSION.set(Session(mode, packed=packed))
     try:
         yield _SESSION.get()
     finally:
@@ -83,7 +86,7 @@ def feature_major_loops(graph: Graph) -> Graph:
         if session.mode == "feature":
             pick, why = "feature", "layout='feature'"
         elif session.mode == "auto" and fresh:
-            pick, why = choose(body, nc)
+            pick, why = choose(body, nc, session.packed)
             why = f"auto: {why}"
         r = None if pick == "batch" else relayout(body, nc, nx, fresh)
         found = None if r is None else _rewire(graph, s, r)
@@ -106,11 +109,13 @@ def feature_major_loops(graph: Graph) -> Graph:
     return substitute(graph, subst) if subst else graph
 
 
-def relayout_before_grad(graph: Graph, mode: str) -> tuple[Graph, list[str], str]:
+def relayout_before_grad(
+    graph: Graph, mode: str, packed: tuple[int, int] | None = None
+) -> tuple[Graph, list[str], str]:
     """`graph` (a traced forward) with its loops' layout chosen (the nn runtime runs this before
     `grad`, so the backward loop is derived from the chosen forward); the report lines, and
     the layout its programs compile with ("feature" if a loop went feature-major)."""
-    with layout_session(mode) as session:
+    with layout_session(mode, packed) as session:
         out = feature_major_loops(graph)
     return out, session.notes, "feature" if session.feature else "batch"
 

@@ -37,13 +37,24 @@ def recurrent_gemms(body: Graph, nc: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def choose(body: Graph, nc: int) -> tuple[str, str]:
+def choose(body: Graph, nc: int, packed: tuple[int, int] | None = None) -> tuple[str, str]:
     """("batch" | "feature", why) for the loop over `body`: decided once per (GEMMs, dtype, BLAS
-    threads) in the process, and kept on disk for later processes (layout_cache)."""
+    threads) in the process, and kept on disk for later processes (layout_cache). `packed`:
+    (min rows, min weight elements) of the step GEMMs the program runs packed (numba backend,
+    AVX-512: backends/packed.rule); a loop whose recurrent GEMMs all qualify stays batch-major
+    untimed: the packed batch-major GEMMs ran in 0.5-0.9x of feature-major OpenBLAS's time (a tie
+    at B = 4-8, H = 128 f32), where the OpenBLAS timing below would have picked feature-major
+    (BENCHMARKS.md, hgemm2), and a feature-major loop is not packed."""
     gemms = recurrent_gemms(body, nc)
     dtype = np.dtype(body.outputs[0].dtype if body.outputs else np.float64)
     if not gemms:
         return "batch", "no recurrent GEMM on a 2-D carry"
+    if (
+        packed is not None
+        and dtype in (np.float32, np.float64)
+        and all(b >= packed[0] and k * n >= packed[1] for b, k, n in gemms)
+    ):
+        return "batch", "its recurrent GEMMs run packed (numba, AVX-512): not timed"
     flops = sum(4 * b * k * n for b, k, n in gemms)  # forward and backward products
     if flops < MIN_FLOPS:
         return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
