@@ -61,6 +61,10 @@ class PlanOptions:
     tails, no call frame); False: one call of the op's forward.
     packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
     a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
+    batch_split: on the numba backend, a Python-run loop whose body is row-wise in the batch
+    runs its two row halves at once on two threads (scan_split.py; same bits). "auto": when each
+    half has >= 8 rows, every step GEMM is packed, and the call runs with >= 2 BLAS threads on
+    >= 2 CPUs; "on": whenever the body is row-wise (tests); "off": never.
     """
 
     regions: bool = True
@@ -75,8 +79,15 @@ class PlanOptions:
     dz_in_gates: bool = True
     layout: str = "auto"
     packed_gemm: bool = True
+    batch_split: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.batch_split not in ("auto", "on", "off"):
+            from .errors import ArgumentError
+
+            raise ArgumentError(
+                f"PlanOptions.batch_split is 'auto', 'on' or 'off', got {self.batch_split!r}"
+            )
         if self.layout not in ("batch", "feature", "auto"):
             from .errors import ArgumentError
 
