@@ -27,9 +27,11 @@ import numpy as np
 
 from .backends.background import Site
 from .backends.packed import PackedSite, _threads
+from .fused_lowering import SIZE_ROWS
 from .graph import Graph, Node
 from .ops.registry import get_op
 
+SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
 _FULL = ("s", None, None, None)
 
@@ -57,7 +59,9 @@ def rebatch(body: Graph, n_carry: int, n_xs: int, rows: int) -> Graph | str:
             m = n.replace(shape=(rows, *n.shape[1:]))
             batched.add(m)
         elif n.op == "zeros" and n.shape and n.shape[0] == batch and not n.inputs:
-            m = n.replace(attrs={**n.attrs, "shape": (rows, *n.shape[1:])}, shape=(rows, *n.shape[1:]))
+            m = n.replace(
+                attrs={**n.attrs, "shape": (rows, *n.shape[1:])}, shape=(rows, *n.shape[1:])
+            )
             batched.add(m)
         else:
             ins = tuple(new.get(i, i) for i in n.inputs)
@@ -210,14 +214,22 @@ def _pending(fn: Callable) -> bool:
     return False
 
 
-def adopt(full: Callable, half: Callable) -> str:
-    """Give `half`'s program the kernels `full`'s runs now (same names: one pipeline over graphs
-    differing in rows alone); "" or why not."""
+def sites(fn: Callable) -> dict[str, Site]:
+    return {k: v for k, v in (fn.__kwdefaults__ or {}).items() if isinstance(v, Site)}
+
+
+def adopt(full: Callable, half: Callable, full_sites: dict[str, Site]) -> str:
+    """Give `half`'s program the kernels `full`'s runs now (`full_sites`: its Sites before they
+    took over; same names and kernels: one pipeline and one lowering over graphs differing in
+    rows alone); "" or why not."""
     a, b = full.__kwdefaults__ or {}, dict(half.__kwdefaults__ or {})
     if a.keys() != b.keys():
         return "the halves' programs differ from the full body's"
     for name, v in b.items():
         if isinstance(v, Site):
+            was = full_sites.get(name)
+            if was is None or was.handle is not v.handle:
+                return f"{name}: another kernel than the full body's"
             if isinstance(a[name], Site):
                 return f"{name}: the full body's kernel is not in place"
             b[name] = a[name]
@@ -256,6 +268,7 @@ class SplitRunner:
         self.split_calls = 0
         self.report: Any = None  # the LoopReport (its kernel note says when the split fails)
         self.own_prologue = False
+        self.full_sites = sites(full_fn)  # (before they take over)
         self.over: Callable = lambda slab, *xs: False
 
     def note(self) -> str:
@@ -278,9 +291,15 @@ class SplitRunner:
         attrs, nc, h = self.attrs, self.attrs["n_carry"], self.helpers
         loops, outs, first = [], [], True
         try:
+            batch = attrs["body"].inputs[0].shape[0]
             for graph in self.graphs:
-                compiled = self.compile_half(graph)
-                why = adopt(self.full_fn, compiled.program.fn)
+                rows = graph.inputs[0].shape[0]
+                token = SIZE_ROWS.set((rows, batch))  # (lowered as the whole batch is)
+                try:
+                    compiled = self.compile_half(graph)
+                finally:
+                    SIZE_ROWS.reset(token)
+                why = adopt(self.full_fn, compiled.program.fn, self.full_sites)
                 if why:
                     return self._fail(why)
                 prologue = getattr(compiled, "prologue", None)
@@ -328,7 +347,10 @@ class SplitRunner:
         parts = []
         for lo, hi in self.rows:
             parts.append(
-                [c[lo:hi] for c in cs] + [x[:, lo:hi] for x in xs] + list(inv) + [y[:, lo:hi] for y in ys]
+                [c[lo:hi] for c in cs]
+                + [x[:, lo:hi] for x in xs]
+                + list(inv)
+                + [y[:, lo:hi] for y in ys]
             )
         future = _executor().submit(loop1, *parts[1], hoisted1)
         try:
@@ -340,6 +362,7 @@ class SplitRunner:
             v[lo0:hi0] = a
             v[lo1:hi1] = b
         self.split_calls += 1
+        SPLIT_CALLS[0] += 1
         if out is not None and slab is not out:
             np.copyto(out, slab)
             return out
