@@ -133,6 +133,7 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "make_over": lambda first: writable_over_xs(attrs, dtype, first),
         "reads_first": lambda c: reads_xs_first(c, nc, nx, n_live, shifted),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
+        "prologue": _prologue_of(compiled),
     }
     passes, options = ctx.passes, ctx.options
     split = scan_split.SplitRunner(
@@ -145,6 +146,14 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         options.batch_split,
     )
     return split, f"{kernel}; {split.note()}"
+
+
+def _prologue_of(compiled: Compiled) -> tuple:
+    """(a compiled body's prologue function or None, its outputs' shapes and dtypes)."""
+    prologue = getattr(compiled, "prologue", None)
+    if prologue is None:
+        return None, []
+    return prologue.program.fn, [(o.shape, o.dtype) for o in prologue.graph.outputs]
 
 
 def _workspace_bytes(runner: Any) -> int:

@@ -310,8 +310,16 @@ class SplitRunner:
                 first = first and h["reads_first"](compiled) == "first"
         except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
             return self._fail(f"{type(e).__name__}: {e}")
-        # the hoisted values (invariants alone: the packed weights) computed once for both
-        self.own_prologue = outs[0] != outs[1]
+        # the hoisted values (invariants alone: the packed weights) computed once for both by
+        # the full body's prologue; the halves' own are then dropped with their graphs (their
+        # buffers -- a packed weight each -- would be memory the report does not count)
+        pre, full_outs = h["prologue"]
+        if outs[0] == outs[1] == full_outs:
+            loops = [(loop, pre if k == 0 else None) for k, (loop, _) in enumerate(loops)]
+            self.own_prologue = False
+        else:
+            self.own_prologue = True
+        self.graphs = []
         self.over = h["make_over"](first)
         self.loops = loops
         return True
@@ -343,7 +351,7 @@ class SplitRunner:
             i[...] = cs[k]
         (loop0, pre0), (loop1, pre1) = self.loops
         hoisted = pre0(*inv) if pre0 is not None else ()
-        hoisted1 = pre1(*inv) if pre1 is not None and self.own_prologue else hoisted
+        hoisted1 = pre1(*inv) if pre1 is not None else hoisted
         parts = []
         for lo, hi in self.rows:
             parts.append(
