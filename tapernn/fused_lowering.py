@@ -6,7 +6,6 @@ inline ufunc lines (PlanOptions.inline_sigmoid). codegen.Program inherits FusedL
 
 from __future__ import annotations
 
-import contextvars
 import math
 import re
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.fused import temp_slots
+from .plan_options import lowering_size
 
 # sigmoids on at most this many elements are lowered inline through logaddexp (four calls,
 # Program._sigmoid_lines); larger ones through 1 / (1 + exp(min(-a, L))) (five calls, each
@@ -33,23 +33,6 @@ _TAIL_READERS = ("log", "div", "power")
 # are scalar libm calls).
 NUMBA_LONE_OPS = {"float32": ("sigmoid", "tanh", "exp"), "float64": ("sigmoid",)}
 NUMBA_LONE_MIN_SIZE = 1024
-
-
-# (rows, batch) while scan_split compiles a loop body for `rows` of its `batch` rows: the size
-# thresholds above then decide as for the whole batch, so both halves lower every node as the
-# whole body does (same kernels, same sigmoid forms: the split changes no bit)
-SIZE_ROWS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
-    "size_rows", default=None
-)
-
-
-def lowering_size(shape: tuple) -> int:
-    """The element count the lowering's size thresholds read (SIZE_ROWS)."""
-    size = math.prod(shape)
-    rows = SIZE_ROWS.get()
-    if rows is not None and shape and shape[0] == rows[0]:
-        return size // rows[0] * rows[1]
-    return size
 
 
 def sigmoid_exp_limit(dtype) -> float:

@@ -5,7 +5,27 @@ that tier."""
 
 from __future__ import annotations
 
+import contextvars
+import math
 from dataclasses import dataclass
+
+# (rows, batch) while scan_split compiles a loop body for `rows` of its `batch` rows: the size
+# thresholds of the planner and the lowering (strided_min_bytes, kernel_min_size, the numba
+# lone-op and exact-sigmoid sizes) then decide as for the whole batch, so both halves are
+# planned and lowered as the whole body is (same kernels, same forms: the split changes no bit)
+SIZE_ROWS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "size_rows", default=None
+)
+
+
+def lowering_size(shape: tuple, size: int | None = None) -> int:
+    """The element (or, given `size`, byte) count of a value of `shape` that the size thresholds
+    read (SIZE_ROWS)."""
+    size = math.prod(shape) if size is None else size
+    rows = SIZE_ROWS.get()
+    if rows is not None and shape and shape[0] == rows[0]:
+        return size // rows[0] * rows[1]
+    return size
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import numpy as np
 
 from .backends.background import Site
 from .backends.packed import PackedSite, _threads
-from .fused_lowering import SIZE_ROWS
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .plan_options import SIZE_ROWS
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)

@@ -270,3 +270,23 @@ def test_user_scan_final_carries_and_initial_state_gradients(reverse):
     for a, b, c in zip(got["on"], got["off"], want):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, **TOL)
+
+
+@pytest.mark.parametrize("threshold", ["strided_min_bytes", "kernel_min_size"])
+def test_halves_are_planned_and_lowered_as_the_whole_batch(threshold, rng):
+    """A size threshold between the half's and the whole batch's values: the halves decide as
+    the whole batch does (plan_options.SIZE_ROWS), so their programs match the full body's and
+    the split runs, bit for bit."""
+    make, _, _, H = CELLS["fastlstm"]
+    rows = 8
+    value = {"strided_min_bytes": rows * 4 * H * 8, "kernel_min_size": rows * H}[threshold]
+    x, g = rng.standard_normal((T, rows, D)), rng.standard_normal((T, rows, H))
+    a, b = model(make, "on"), model(make, "off")
+    for m, mode in ((a, "on"), (b, "off")):
+        m.set_plan_options(tn.PlanOptions(layout="batch", batch_split=mode, **{threshold: value}))
+    for _ in range(3):
+        got, want = train(a, x, g), train(b, x, g)
+        equal(got, want)
+    before = scan_split.SPLIT_CALLS[0]
+    train(a, x, g)
+    assert scan_split.SPLIT_CALLS[0] - before == 2, notes(a)
