@@ -3,7 +3,8 @@ step (Sequencer, rolled, batch-major, with dX) on the numba backend with
 `PlanOptions(batch_split="auto")` and `"off"`, and torch nn.LSTM, interleaved in one process at
 the default threads, wall time, medians and the fastest of the reps. `--torch-alone`: torch only
 (run it as a separate process: another library's threads in the process distort it).
-`--loops`: also time the two loops alone (split vs not), as recorded from the steps.
+`--loops`: the two loops of a step alone (split vs whole, wall; and both halves one after the
+other in one thread against the whole loop, thread CPU time).
 
 Run: PYTHONPATH=$PWD python tools/bench_split.py --configs 32,50,256 32,50,512 --reps 15
 """
@@ -51,6 +52,86 @@ def contenders(B, T, H, dtype, torch_alone, torch_dtype):
     return out
 
 
+def loops(B, T, H, dtype, reps):
+    """The loops of a step alone: recorded from the split model's calls, then replayed split
+    (two threads, wall) and whole (wall), and both halves one after the other in this thread
+    against the whole loop (thread CPU time: what the split costs in CPU)."""
+    from concurrent.futures import Future
+
+    from tapernn import scan_split
+    from tapernn.blas import limiter
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    calls = []
+    real = scan_split.SplitRunner.__call__
+
+    def record(self, *a, out=None):
+        calls.append((self, a, out))
+        return real(self, *a, out=out)
+
+    tn.set_backend("numba")
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
+    seq.set_plan_options(tn.PlanOptions(layout="batch", batch_split="on"))
+    scan_split.SplitRunner.__call__ = record
+    try:
+        for _ in range(6):
+            calls.clear()
+            seq.forward(x)
+            seq.zero_grad_parameters()
+            seq.backward(x, g)
+    finally:
+        scan_split.SplitRunner.__call__ = real
+    if any(r.failed for r, _, _ in calls):
+        print("split failed:", [r.failed for r, _, _ in calls])
+        return
+
+    class InThisThread:  # the worker's half run at submit, its thread CPU time kept
+        spent = 0.0
+
+        def submit(self, f, *a):
+            done, t = Future(), time.thread_time()
+            done.set_result(f(*a))
+            InThisThread.spent += time.thread_time() - t
+            return done
+
+    pool = scan_split._executor
+    wall = {"split": [], "whole": []}
+    cpu = {"whole": [], "both halves": [], "worker's half": []}
+    with limiter.limit(2):
+        for _ in range(reps):
+            for k, times in wall.items():
+                t = time.perf_counter()
+                for r, a, o in calls:
+                    real(r, *a, out=o) if k == "split" else r.full(*a, out=o)
+                times.append(time.perf_counter() - t)
+            t = time.thread_time()
+            for r, a, o in calls:
+                r.full(*a, out=o)
+            cpu["whole"].append(time.thread_time() - t)
+            scan_split._executor = InThisThread
+            InThisThread.spent, t = 0.0, time.thread_time()
+            try:
+                for r, a, o in calls:
+                    real(r, *a, out=o)
+            finally:
+                scan_split._executor = pool
+            cpu["both halves"].append(time.thread_time() - t)
+            cpu["worker's half"].append(InThisThread.spent)
+    for k, v in wall.items():
+        print(
+            f"({B},{T},{H}) {dtype} loops {k:14s} wall median {np.median(v) * 1e3:8.2f} ms"
+            f" (best {min(v) * 1e3:.2f})"
+        )
+    for k, v in cpu.items():
+        print(
+            f"({B},{T},{H}) {dtype} loops one thread {k:14s} thread CPU median"
+            f" {np.median(v) * 1e3:8.2f} ms (best {min(v) * 1e3:.2f})"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", nargs="+", default=["32,50,256"])
@@ -58,10 +139,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--torch-dtype", default="float32")
     ap.add_argument("--torch-alone", action="store_true")
+    ap.add_argument("--loops", action="store_true", help="the loops alone (see loops())")
     args = ap.parse_args()
     print(f"load {os.getloadavg()}")
     for text in args.configs:
         B, T, H = (int(v) for v in text.split(","))
+        if args.loops:
+            loops(B, T, H, np.dtype(args.dtype), args.reps)
+            print(f"load {os.getloadavg()}")
+            continue
         steps = contenders(B, T, H, np.dtype(args.dtype), args.torch_alone, args.torch_dtype)
         for f in steps.values():  # warm-up: compile, the thread choice, the kernels' switch
             for _ in range(8):
