@@ -84,7 +84,8 @@ class PlanOptions:
     batch_split: on the numba backend, a Python-run loop whose body is row-wise in the batch
     runs its two row halves at once on two threads (scan_split.py; same bits). "auto": when each
     half has >= 8 rows, every step GEMM is packed, and the call runs with >= 2 BLAS threads on
-    >= 2 CPUs; "on": whenever the body is row-wise (tests); "off": never.
+    >= 2 CPUs; "on": whenever the body is row-wise (tests); "off" (the default until it is
+    measured on two free cores: BENCHMARKS.md, hpar): never.
     """
 
     regions: bool = True
@@ -99,7 +100,7 @@ class PlanOptions:
     dz_in_gates: bool = True
     layout: str = "auto"
     packed_gemm: bool = True
-    batch_split: str = "auto"
+    batch_split: str = "off"
 
     def __post_init__(self) -> None:
         if self.batch_split not in ("auto", "on", "off"):
