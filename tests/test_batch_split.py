@@ -290,3 +290,19 @@ def test_halves_are_planned_and_lowered_as_the_whole_batch(threshold, rng):
     before = scan_split.SPLIT_CALLS[0]
     train(a, x, g)
     assert scan_split.SPLIT_CALLS[0] - before == 2, notes(a)
+
+
+def test_with_background_compilation(rng, monkeypatch):
+    """The default protocol: calls before the switch call run NumPy, unsplit (the full body's
+    kernels are not in place); from the switch call on the kernels run, and then the halves."""
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    make, _, _, H = CELLS["fastlstm"]
+    x, g = rng.standard_normal((T, 8, D)), rng.standard_normal((T, 8, H))
+    a, b = model(make, "on"), model(make, "off")
+    counts = []
+    for _ in range(4):
+        before = scan_split.SPLIT_CALLS[0]
+        got = train(a, x, g)
+        counts.append(scan_split.SPLIT_CALLS[0] - before)
+        equal(got, train(b, x, g))
+    assert counts[0] == 0 and counts[-1] == 2, counts
