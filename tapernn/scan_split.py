@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .backends.background import Site
-from .backends.packed import PackedSite, _threads
+from .backends.packed import PackedSite
+from .backends.packed import _threads as pool_threads
 from .graph import Graph, Node
 from .ops.registry import get_op
 from .plan_options import SIZE_ROWS
@@ -169,14 +170,14 @@ def cpus() -> int:
 _ids = itertools.count()
 
 
-def half_loop(compiled: Any, attrs: dict, n_live: int, fail: Callable) -> Callable:
-    """`loop(carries, xs, invariants, hoisted, ys) -> final live carries`: the half's steps, its
-    xs and ys (length, rows, ...) row-slices of the caller's arrays."""
+def half_loop(compiled: Any, attrs: dict, fail: Callable) -> Callable:
+    """`loop(carries, xs, invariants, ys, hoisted) -> final carries`: the half's steps, its xs
+    and ys (length, rows, ...) row-slices of the caller's arrays (every carry is live: a body
+    with carries it returns unchanged does not split, see `plan`)."""
     nc, nx = attrs["n_carry"], attrs["n_xs"]
     n_inv = len(attrs["body"].inputs) - nc - nx
     n_ys = len(attrs["body"].outputs) - nc
-    cs = [f"a{k}" for k in range(nc)]
-    live = cs[:n_live] if n_live == nc else None
+    cs = live = [f"a{k}" for k in range(nc)]
     xs, ys = [f"X{k}" for k in range(nx)], [f"Y{j}" for j in range(n_ys)]
     inv = [f"i{k}" for k in range(n_inv)]
     length, reverse = attrs["length"], attrs["reverse"]
@@ -184,7 +185,6 @@ def half_loop(compiled: Any, attrs: dict, n_live: int, fail: Callable) -> Callab
     rows = [f"reversed({p})" if reverse else p for p in xs + ys]
     step_x, step_y = [f"x{k}" for k in range(nx)], [f"y{j}" for j in range(n_ys)]
     args = cs + step_x + inv + ["*_h"] + step_y
-    assert live is not None  # (fixed carries: no split, see `plan`)
     call = f"_fn({', '.join(args)})"
     lines = [
         f"def loop({', '.join(cs + xs + inv + ys)}, _h, *, _fn, _fail):",
@@ -279,7 +279,7 @@ class SplitRunner:
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if self.failed or threading.get_ident() in _worker_ident:
             return self.full(*args, out=out)
-        if self.mode != "on" and (_threads() < 2 or cpus() < 2):
+        if self.mode != "on" and (pool_threads() < 2 or cpus() < 2):
             return self.full(*args, out=out)
         if self.loops is None and not self._prepare():
             return self.full(*args, out=out)
@@ -288,7 +288,7 @@ class SplitRunner:
     def _prepare(self) -> bool:
         if _pending(self.full_fn):
             return False
-        attrs, nc, h = self.attrs, self.attrs["n_carry"], self.helpers
+        attrs, h = self.attrs, self.helpers
         loops, outs, first = [], [], True
         try:
             batch = attrs["body"].inputs[0].shape[0]
@@ -306,7 +306,7 @@ class SplitRunner:
                 pre = prologue.program.fn if prologue is not None else None
                 outs.append([(o.shape, o.dtype) for o in prologue.graph.outputs] if pre else [])
                 fail = h["make_fail"](compiled)
-                loops.append((half_loop(compiled, attrs, nc, fail), pre))
+                loops.append((half_loop(compiled, attrs, fail), pre))
                 first = first and h["reads_first"](compiled) == "first"
         except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
             return self._fail(f"{type(e).__name__}: {e}")
