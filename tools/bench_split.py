@@ -26,13 +26,15 @@ from tapernn import nn
 from tapernn.apps.benchmark.peers import make_torch_contenders
 
 
-def contenders(B, T, H, dtype, torch_alone, torch_dtype):
+def contenders(B, T, H, dtype, torch_alone, torch_dtype, arms=("auto", "off")):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(dtype)
     g = rng.standard_normal((T, B, H)).astype(dtype)
     out = {}
     if not torch_alone:
         for label, mode in (("numba split", "auto"), ("numba unsplit", "off")):
+            if mode not in arms:
+                continue
             tn.set_backend("numba")
             tn.manual_seed(0)
             seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
@@ -140,6 +142,9 @@ def main() -> None:
     ap.add_argument("--torch-dtype", default="float32")
     ap.add_argument("--torch-alone", action="store_true")
     ap.add_argument("--loops", action="store_true", help="the loops alone (see loops())")
+    ap.add_argument(
+        "--arms", nargs="+", default=["auto", "off"], help="batch_split modes timed (auto, off)"
+    )
     args = ap.parse_args()
     print(f"load {os.getloadavg()}")
     for text in args.configs:
@@ -148,7 +153,9 @@ def main() -> None:
             loops(B, T, H, np.dtype(args.dtype), args.reps)
             print(f"load {os.getloadavg()}")
             continue
-        steps = contenders(B, T, H, np.dtype(args.dtype), args.torch_alone, args.torch_dtype)
+        steps = contenders(
+            B, T, H, np.dtype(args.dtype), args.torch_alone, args.torch_dtype, args.arms
+        )
         for f in steps.values():  # warm-up: compile, the thread choice, the kernels' switch
             for _ in range(8):
                 f()
