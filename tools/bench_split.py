@@ -145,7 +145,12 @@ def main() -> None:
     ap.add_argument(
         "--arms", nargs="+", default=["auto", "off"], help="batch_split modes timed (auto, off)"
     )
+    ap.add_argument(
+        "--tn-threads", type=int, default=0, help="tn.set_blas_threads(n) (0: 'auto', measured)"
+    )
     args = ap.parse_args()
+    if args.tn_threads:
+        tn.set_blas_threads(args.tn_threads)
     print(f"load {os.getloadavg()}")
     for text in args.configs:
         B, T, H = (int(v) for v in text.split(","))
