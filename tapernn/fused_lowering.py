@@ -13,6 +13,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .ops.fused import temp_slots
+from .plan_options import lowering_size
 
 # sigmoids on at most this many elements are lowered inline through logaddexp (four calls,
 # Program._sigmoid_lines); larger ones through 1 / (1 + exp(min(-a, L))) (five calls, each
@@ -74,7 +75,7 @@ class FusedLowering:
                 name,
                 out,
                 n.dtype,
-                n.size <= EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid,
+                lowering_size(n.shape) <= EXACT_SIGMOID_INLINE_SIZE or n in self.exact_sigmoid,
             )
         compiled = self._compiled_call(n, args, out, views) if self.backend == "numba" else None
         if compiled is not None:
@@ -82,7 +83,7 @@ class FusedLowering:
         temps = self._temps(n, views)
         if (
             uses[self._kernel_key(n)] >= self.options.kernel_min_uses
-            and n.size >= self.options.kernel_min_size
+            and lowering_size(n.shape) >= self.options.kernel_min_size
         ):
             operands = args + temps + ([out] if out else [])
             return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
@@ -92,7 +93,7 @@ class FusedLowering:
         """Whether n is a lone elementwise op the numba backend runs as a kernel."""
         return (
             self.backend == "numba"
-            and n.size >= NUMBA_LONE_MIN_SIZE
+            and lowering_size(n.shape) >= NUMBA_LONE_MIN_SIZE
             and not n.attrs
             and n.op in NUMBA_LONE_OPS.get(np.dtype(n.dtype).name, ())
         )
@@ -156,7 +157,7 @@ class FusedLowering:
         if key not in self.fused_kernels:
             args = [f"x{k}" for k in range(len(n.inputs))]
             if n.op == "sigmoid" and self._inline_sigmoid(n.shape, exact):
-                small = n.size <= EXACT_SIGMOID_INLINE_SIZE or exact
+                small = lowering_size(n.shape) <= EXACT_SIGMOID_INLINE_SIZE or exact
                 lines = self._sigmoid_lines(args[0], "out", "out", n.dtype, small)
             else:
                 lines = [self._call(n.op, args, {}, "out")]
@@ -229,7 +230,7 @@ class FusedLowering:
                 # last run in it, only the last writes out (which may be a strided region of
                 # a larger storage, where a ufunc pays per row: 1 such call, not 4 or 5)
                 work = ins[0] if out and slot_of[j] is None and refs[0] < 0 else None
-                logaddexp = j in exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE
+                logaddexp = j in exact or lowering_size(tuple(shape)) <= EXACT_SIGMOID_INLINE_SIZE
                 lines += self._sigmoid_lines(
                     ins[0], target or result, target, dtype, logaddexp, work
                 )
@@ -252,7 +253,7 @@ class FusedLowering:
     def _inline_sigmoid(shape: tuple, exact: bool) -> bool:
         # (a 0-d sigmoid is one call of the op: a ufunc on a 0-d array returns a scalar,
         # which the later in-place lines could not write)
-        return shape != () and (not exact or math.prod(shape) <= EXACT_SIGMOID_INLINE_SIZE)
+        return shape != () and (not exact or lowering_size(shape) <= EXACT_SIGMOID_INLINE_SIZE)
 
     def _sigmoid_lines(
         self, x: str, name: str, out: str | None, dtype, logaddexp: bool, work: str | None = None

@@ -5,10 +5,30 @@ that tier."""
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# (rows, batch) while scan_split compiles a loop body for `rows` of its `batch` rows: the size
+# thresholds of the planner and the lowering (strided_min_bytes, kernel_min_size, the numba
+# lone-op and exact-sigmoid sizes) then decide as for the whole batch, so both halves are
+# planned and lowered as the whole body is (same kernels, same forms: the split changes no bit)
+SIZE_ROWS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "size_rows", default=None
+)
+
+
+def lowering_size(shape: tuple, size: int | None = None) -> int:
+    """The element (or, given `size`, byte) count of a value of `shape` that the size thresholds
+    read (SIZE_ROWS)."""
+    size = math.prod(shape) if size is None else size
+    rows = SIZE_ROWS.get()
+    if rows is not None and shape and shape[0] == rows[0]:
+        return size // rows[0] * rows[1]
+    return size
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,11 @@ class PlanOptions:
     tails, no call frame); False: one call of the op's forward.
     packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
     a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
+    batch_split: on the numba backend, a Python-run loop whose body is row-wise in the batch
+    runs its two row halves at once on two threads (scan_split.py; same bits). "auto": when each
+    half has >= 8 rows, every step GEMM is packed, and the call runs with >= 2 BLAS threads on
+    >= 2 CPUs; "on": whenever the body is row-wise (tests); "off" (the default until it is
+    measured on two free cores: BENCHMARKS.md, hpar): never.
     """
 
     regions: bool = True
@@ -89,9 +114,15 @@ class PlanOptions:
     layout: str = "auto"
     packed_gemm: bool = True
     grad_into_min_bytes: int = 1 << 16
+    batch_split: str = "off"
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError
+
+        if self.batch_split not in ("auto", "on", "off"):
+            raise ArgumentError(
+                f"PlanOptions.batch_split is 'auto', 'on' or 'off', got {self.batch_split!r}"
+            )
 
         if self.layout not in ("batch", "feature", "auto"):
             raise ArgumentError(

@@ -27,6 +27,7 @@ from .memory import (  # noqa: F401  (PlanOptions, DEFAULT_OPTIONS: re-exported)
     register_region_walk,
 )
 from .ops.registry import get_op, rows_writable
+from .plan_options import lowering_size
 
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
@@ -210,7 +211,7 @@ def _check_slots(
         if (
             sub is None
             or not np.shares_memory(sub, base)
-            or not cheap_strides(sub, base.nbytes, options)
+            or not cheap_strides(sub, lowering_size(base.shape, base.nbytes), options)
         ):
             del placed[q]
             if q in concats:  # its own pieces stay placed, into q's own storage
@@ -377,7 +378,8 @@ class RegionWalk(Walk):
         r = self.region.get(i)
         if r is None or not r.flags.writeable or not np.shares_memory(r, self.base[st]):
             return False
-        if not cheap_strides(r, st.nbytes, self.options, escaping=n in self.s.escaping):
+        st_bytes = lowering_size(st.shape, st.nbytes)
+        if not cheap_strides(r, st_bytes, self.options, escaping=n in self.s.escaping):
             return False
         rb = bounds(r)
         for j in n.inputs:

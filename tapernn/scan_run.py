@@ -89,6 +89,8 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
             xs_in_slab=in_slab,
             over=writable_over_xs(attrs, body_dtype(body), True, memo=True) if in_slab else None,
         )
+        if ctx.options.batch_split != "off" and kernel.startswith("Python loop"):
+            runner, kernel = _batch_split(runner, compiled, used, attrs, ctx, kernel)
     else:
         compiled = compile_body(ctx.options)
         # `out` a buffer of the program (bound once, the same every call): its slab views too
@@ -113,11 +115,56 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         node_key=id(attrs),
     )
     ctx.sub_reports.append(report)
-    if hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
+    if hasattr(runner, "split_calls"):  # (its note changes if the split fails)
+        runner.report = report
+    elif hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
         runner.report = report
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
+
+
+def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx: Any, kernel: str):
+    """The loop's rows split over two threads (scan_split.py) when its body allows it."""
+    from . import scan_split
+
+    nc, nx = attrs["n_carry"], attrs["n_xs"]
+    fixed = fixed_carries(attrs["body"], nc)
+    graphs, why = scan_split.plan(used, attrs, compiled, fixed, ctx.options.batch_split)
+    if graphs is None:
+        return runner, f"{kernel}; no batch split: {why}"
+    body, dtype = attrs["body"], body_dtype(attrs["body"])
+    n_live, shifted = nc - len(fixed), attrs.get("shifted", ())
+    written = tuple(range(n_live, len(used.outputs)))
+    helpers = {
+        "dtype": dtype,
+        "size": ys_places(body, nc, attrs["length"], attrs["reverse"], shifted)[0],
+        "ys_views": _ys_views(body, nc, attrs, dtype),
+        "carry_views": _carry_views([o.shape for o in body.outputs[:nc]], dtype),
+        "make_over": lambda first: writable_over_xs(attrs, dtype, first),
+        "reads_first": lambda c: reads_xs_first(c, nc, nx, n_live, shifted),
+        "make_fail": lambda c: _failure(c, attrs, "", 0),
+        "prologue": _prologue_of(compiled),
+    }
+    passes, options = ctx.passes, ctx.options
+    split = scan_split.SplitRunner(
+        runner,
+        compiled.program.fn,
+        graphs,
+        attrs,
+        lambda graph: compiled_body(graph, passes, options, nc + nx, written),
+        helpers,
+        options.batch_split,
+    )
+    return split, f"{kernel}; {split.note()}"
+
+
+def _prologue_of(compiled: Compiled) -> tuple:
+    """(a compiled body's prologue function or None, its outputs' shapes and dtypes)."""
+    prologue = getattr(compiled, "prologue", None)
+    if prologue is None:
+        return None, []
+    return prologue.program.fn, [(o.shape, o.dtype) for o in prologue.graph.outputs]
 
 
 def _workspace_bytes(runner: Any) -> int:

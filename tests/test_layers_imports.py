@@ -64,6 +64,7 @@ LAYERS = [
             "tapernn.scan_run",
             "tapernn.scan_hoist",
             "tapernn.scan_pack",
+            "tapernn.scan_split",
         ],
     ),
     ("nn", ["tapernn.nn.*"]),

@@ -1,0 +1,421 @@
+"""The batch split of a rolled loop (issue 19): on the numba backend, a Python-run loop whose body
+is row-wise in the batch (every step value's row r depends on row r of the carries and xs alone)
+runs rows [0, B0) on the caller's thread and [B0, B) on one worker thread at once, each half
+through the body compiled for its own row count (`rebatch`), reading and writing strided
+row-slices of the same slab. The time-batched GEMMs outside the loop are not touched.
+
+Same bits as the unsplit loop: every op of a row-wise body computes a row from that row alone
+with the same arithmetic whatever the row count (the packed step GEMM: each output element one
+FMA chain over k; the fused kernels: per element). So the split runs only once the full body's
+kernels are in place (`ready`: no Site or PackedSite of its program still waiting), and its
+halves then take the full body's kernels (`adopt`): both sides of the background switch run the
+same lowering. Under "auto" only bodies whose step GEMMs all run the packed kernel split
+(OpenBLAS's per-row sums may depend on the row count), and only in calls that run with at
+least two BLAS threads on a machine with two CPUs for the process."""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .backends.background import Site
+from .backends.packed import PackedSite
+from .backends.packed import _threads as pool_threads
+from .graph import Graph, Node
+from .ops.registry import get_op
+from .plan_options import SIZE_ROWS
+
+SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
+MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
+_FULL = ("s", None, None, None)
+
+
+def rebatch(body: Graph, n_carry: int, n_xs: int, rows: int) -> Graph | str:
+    """`body` with its batch (axis 0 of every carry, xs and output, B rows) cut to `rows`, or
+    why it cannot be: a body value's row r must depend on row r of the batched inputs alone,
+    checked op by op (elementwise with invariants broadcast over rows; `a @ W` with W
+    invariant; slices, concats and index_grad that keep axis 0 whole); each new node's shape is
+    checked against its op's own shape rule."""
+    heads = body.inputs[: n_carry + n_xs]
+    if not heads or any(not n.shape for n in heads):
+        return "a carry or xs without a batch axis"
+    batch = heads[0].shape[0]
+    if any(n.shape[0] != batch for n in heads):
+        return "carries and xs of different row counts"
+    if not 1 <= rows < batch:
+        return f"{rows} rows of {batch}"
+    head_set = set(heads)
+    new: dict[Node, Node] = {}
+    batched: set[Node] = set()
+    nodes = []
+    for n in body.nodes:
+        if n.op == "input" and n in head_set:
+            m = n.replace(shape=(rows, *n.shape[1:]))
+            batched.add(m)
+        elif n.op == "zeros" and n.shape and n.shape[0] == batch and not n.inputs:
+            m = n.replace(
+                attrs={**n.attrs, "shape": (rows, *n.shape[1:])}, shape=(rows, *n.shape[1:])
+            )
+            batched.add(m)
+        else:
+            ins = tuple(new.get(i, i) for i in n.inputs)
+            if not any(i in batched for i in ins):
+                m = n if ins == n.inputs else n.with_inputs(ins)
+            else:
+                attrs = _row_wise(n, ins, batched, batch, rows)
+                if isinstance(attrs, str):
+                    return attrs
+                m = n.replace(inputs=ins, attrs=attrs, shape=(rows, *n.shape[1:]))
+                try:
+                    shape = tuple(get_op(n.op).shape(*[i.shape for i in ins], **attrs))
+                except Exception as e:  # noqa: BLE001 -- any failure: not row-wise
+                    return f"{n.op}: {e}"
+                if shape != m.shape:
+                    return f"{n.op}: shape {shape} for {rows} rows"
+                batched.add(m)
+        new[n] = m
+        nodes.append(m)
+    outputs = [new.get(o, o) for o in body.outputs]
+    if any(o not in batched for o in outputs):
+        return "an output without the batch axis"
+    return Graph(nodes, [new.get(i, i) for i in body.inputs], outputs, body.meta)
+
+
+def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict | str:
+    """`n`'s attrs for `rows` rows when it is row-wise over its batched inputs, else why not."""
+    op = get_op(n.op)
+    if n.shape[:1] != (batch,):
+        return f"{n.op} without the batch axis first"
+    if op.elementwise:
+        for i in ins:
+            if i in batched and i.ndim != n.ndim:
+                return f"{n.op} broadcasting a batched value"
+            if i not in batched and i.ndim == n.ndim and i.shape[0] != 1:
+                return f"{n.op} with a {i.shape} value that is not broadcast over the rows"
+        return n.attrs
+    if n.op in ("matmul", "packed_matmul"):
+        if ins[0] in batched and ins[0].ndim == 2 and not any(i in batched for i in ins[1:]):
+            return n.attrs
+        return f"{n.op} over the batch"
+    if n.op == "getitem" and ins[0] in batched:
+        index = n.attrs["index"]
+        if index and index[0] == _FULL:
+            return n.attrs
+        return "getitem across rows"
+    if n.op == "concat" and all(i in batched for i in ins):
+        if n.attrs.get("axis", 0) % n.ndim != 0:
+            return n.attrs
+        return "concat along the batch"
+    if n.op == "index_grad" and ins[0] in batched:
+        index, shape = n.attrs["index"], n.attrs["shape"]
+        if index and index[0] == _FULL and shape[:1] == (batch,):
+            return {**n.attrs, "shape": (rows, *shape[1:])}
+        return "index_grad across rows"
+    return f"{n.op} not known to be row-wise"
+
+
+def halves(batch: int) -> tuple[int, int]:
+    """The two row counts: the caller's half first (the larger, if odd)."""
+    return batch - batch // 2, batch // 2
+
+
+def gemm_ops(graph: Graph) -> tuple[int, int]:
+    """(step GEMMs, of which packed) in a compiled body graph."""
+    ops = [n.op for n in graph.nodes]
+    return ops.count("matmul") + ops.count("packed_matmul"), ops.count("packed_matmul")
+
+
+# ---- the worker -------------------------------------------------------------------------------
+
+_pool: list[ThreadPoolExecutor | None] = [None]
+_pool_lock = threading.Lock()
+_worker_ident: set[int] = set()
+
+
+def _executor() -> ThreadPoolExecutor:
+    with _pool_lock:
+        if _pool[0] is None:
+            _pool[0] = ThreadPoolExecutor(1, "tapernn-split", initializer=_mark)
+        return _pool[0]
+
+
+def _mark() -> None:
+    _worker_ident.add(threading.get_ident())
+
+
+def _after_fork() -> None:
+    _pool[0] = None
+    _worker_ident.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1
+
+
+# ---- the runner -------------------------------------------------------------------------------
+
+_ids = itertools.count()
+
+
+def half_loop(compiled: Any, attrs: dict, fail: Callable) -> Callable:
+    """`loop(carries, xs, invariants, ys, hoisted) -> final carries`: the half's steps, its xs
+    and ys (length, rows, ...) row-slices of the caller's arrays (every carry is live: a body
+    with carries it returns unchanged does not split, see `plan`)."""
+    nc, nx = attrs["n_carry"], attrs["n_xs"]
+    n_inv = len(attrs["body"].inputs) - nc - nx
+    n_ys = len(attrs["body"].outputs) - nc
+    cs = live = [f"a{k}" for k in range(nc)]
+    xs, ys = [f"X{k}" for k in range(nx)], [f"Y{j}" for j in range(n_ys)]
+    inv = [f"i{k}" for k in range(n_inv)]
+    length, reverse = attrs["length"], attrs["reverse"]
+    order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
+    rows = [f"reversed({p})" if reverse else p for p in xs + ys]
+    step_x, step_y = [f"x{k}" for k in range(nx)], [f"y{j}" for j in range(n_ys)]
+    args = cs + step_x + inv + ["*_h"] + step_y
+    call = f"_fn({', '.join(args)})"
+    lines = [
+        f"def loop({', '.join(cs + xs + inv + ys)}, _h, *, _fn, _fail):",
+        "    _t = None",
+        "    try:",
+        f"        for _t, {', '.join(step_x + step_y)}, in zip({order}, {', '.join(rows)}):"
+        if rows
+        else f"        for _t in {order}:",
+        f"            {', '.join(live)}, = {call}" if live else f"            {call}",
+        "    except Exception as e:",
+        "        raise _fail(e, _t) from None",
+        f"    return ({''.join(c + ', ' for c in live)})",
+    ]
+    namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, f"<tapernn split loop {next(_ids)}>", "exec"), namespace)  # noqa: S102
+    loop = namespace["loop"]
+    loop.__kwdefaults__ = {"_fn": compiled.program.fn, "_fail": fail}
+    return loop
+
+
+def _pending(fn: Callable) -> bool:
+    """Whether a program's kernels are still to take over (a Site or a waiting PackedSite)."""
+    for v in (fn.__kwdefaults__ or {}).values():
+        if isinstance(v, Site) or isinstance(v, PackedSite) and v.kernel is None:
+            return True
+    return False
+
+
+def sites(fn: Callable) -> dict[str, Site]:
+    return {k: v for k, v in (fn.__kwdefaults__ or {}).items() if isinstance(v, Site)}
+
+
+def adopt(full: Callable, half: Callable, full_sites: dict[str, Site]) -> str:
+    """Give `half`'s program the kernels `full`'s runs now (`full_sites`: its Sites before they
+    took over; same names and kernels: one pipeline and one lowering over graphs differing in
+    rows alone); "" or why not."""
+    a, b = full.__kwdefaults__ or {}, dict(half.__kwdefaults__ or {})
+    if a.keys() != b.keys():
+        return "the halves' programs differ from the full body's"
+    for name, v in b.items():
+        if isinstance(v, Site):
+            was = full_sites.get(name)
+            if was is None or was.handle is not v.handle:
+                return f"{name}: another kernel than the full body's"
+            if isinstance(a[name], Site):
+                return f"{name}: the full body's kernel is not in place"
+            b[name] = a[name]
+        elif isinstance(v, PackedSite):
+            if not isinstance(a[name], PackedSite) or a[name].kernel is None:
+                return f"{name}: the full body's packed kernel is not in place"
+            v.kernel = a[name].kernel
+    half.__kwdefaults__ = b
+    return ""
+
+
+class SplitRunner:
+    """What a split loop's program calls: `full` (scan_run's runner of the whole batch) until the
+    full body's kernels are in place, then -- in calls the rule lets split -- the two halves at
+    once. `helpers`: scan_run's view makers of the full slab (ys_views, carry_views), its size,
+    `over(slab, *xs)` (may the slab be written while xs lie in it) and `make_fail(compiled)`.
+    `compile_half(graph)`: a half body compiled like the full one (with its prologue)."""
+
+    def __init__(
+        self,
+        full: Callable,
+        full_fn: Callable,
+        graphs: list[Graph],
+        attrs: dict,
+        compile_half: Callable[[Graph], Any],
+        helpers: dict,
+        mode: str,
+    ):
+        self.full, self.full_fn, self.graphs, self.attrs = full, full_fn, graphs, attrs
+        self.compile_half, self.helpers, self.mode = compile_half, helpers, mode
+        batch = attrs["body"].inputs[0].shape[0]
+        b0, _ = halves(batch)
+        self.rows = ((0, b0), (b0, batch))
+        self.loops: list[tuple[Callable, Callable | None]] | None = None
+        self.failed = ""
+        self.split_calls = 0
+        self.report: Any = None  # the LoopReport (its kernel note says when the split fails)
+        self.own_prologue = False
+        self.full_sites = sites(full_fn)  # (before they take over)
+        self.over: Callable = lambda slab, *xs: False
+
+    def note(self) -> str:
+        (a, b), (c, d) = self.rows
+        when = "" if self.mode == "on" else " in calls with >= 2 BLAS threads and CPUs"
+        return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
+
+    def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if self.failed or threading.get_ident() in _worker_ident:
+            return self.full(*args, out=out)
+        if self.mode != "on" and (pool_threads() < 2 or cpus() < 2):
+            return self.full(*args, out=out)
+        if self.loops is None and not self._prepare():
+            return self.full(*args, out=out)
+        return self._split(args, out)
+
+    def _prepare(self) -> bool:
+        if _pending(self.full_fn):
+            return False
+        attrs, h = self.attrs, self.helpers
+        loops, outs, first = [], [], True
+        try:
+            batch = attrs["body"].inputs[0].shape[0]
+            for graph in self.graphs:
+                rows = graph.inputs[0].shape[0]
+                token = SIZE_ROWS.set((rows, batch))  # (lowered as the whole batch is)
+                try:
+                    compiled = self.compile_half(graph)
+                finally:
+                    SIZE_ROWS.reset(token)
+                why = adopt(self.full_fn, compiled.program.fn, self.full_sites)
+                if why:
+                    return self._fail(why)
+                prologue = getattr(compiled, "prologue", None)
+                pre = prologue.program.fn if prologue is not None else None
+                outs.append([(o.shape, o.dtype) for o in prologue.graph.outputs] if pre else [])
+                fail = h["make_fail"](compiled)
+                loops.append((half_loop(compiled, attrs, fail), pre))
+                first = first and h["reads_first"](compiled) == "first"
+        except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
+            return self._fail(f"{type(e).__name__}: {e}")
+        # the hoisted values (invariants alone: the packed weights) computed once for both by
+        # the full body's prologue; the halves' own are then dropped with their graphs (their
+        # buffers -- a packed weight each -- would be memory the report does not count)
+        pre, full_outs = h["prologue"]
+        if outs[0] == outs[1] == full_outs:
+            loops = [(loop, pre if k == 0 else None) for k, (loop, _) in enumerate(loops)]
+            self.own_prologue = False
+        else:
+            self.own_prologue = True
+        self.graphs = []
+        self.over = h["make_over"](first)
+        self.loops = loops
+        return True
+
+    def _fail(self, why: str) -> bool:
+        self.failed = why
+        if self.report is not None:
+            self.report.kernel += f" (batch split off: {why})"
+        return False
+
+    def _split(self, args: tuple, out: np.ndarray | None) -> np.ndarray:
+        attrs, h = self.attrs, self.helpers
+        nc, nx = attrs["n_carry"], attrs["n_xs"]
+        cs, xs, inv = args[:nc], args[nc : nc + nx], args[nc + nx :]
+        dtype = h["dtype"]
+        usable = (
+            out is not None
+            and out.flags.c_contiguous
+            and out.dtype == dtype
+            and self.over(out, *xs)
+        )
+        slab = out if usable else np.empty(h["size"], dtype)
+        views = h["ys_views"](slab)
+        n_ys = len(attrs["body"].outputs) - nc
+        ys, inits = views[:n_ys], views[n_ys:]
+        if usable and xs and not self._apart(slab, xs, ys):
+            return self.full(*args, out=out)
+        for i, (_, k) in zip(inits, attrs.get("shifted", ())):
+            i[...] = cs[k]
+        (loop0, pre0), (loop1, pre1) = self.loops
+        hoisted = pre0(*inv) if pre0 is not None else ()
+        hoisted1 = pre1(*inv) if pre1 is not None else hoisted
+        parts = []
+        for lo, hi in self.rows:
+            parts.append(
+                [c[lo:hi] for c in cs]
+                + [x[:, lo:hi] for x in xs]
+                + list(inv)
+                + [y[:, lo:hi] for y in ys]
+            )
+        future = _executor().submit(loop1, *parts[1], hoisted1)
+        try:
+            first = loop0(*parts[0], hoisted)
+        finally:
+            second = future.result()
+        for v, a, b in zip(h["carry_views"](slab), first, second):
+            (lo0, hi0), (lo1, hi1) = self.rows
+            v[lo0:hi0] = a
+            v[lo1:hi1] = b
+        self.split_calls += 1
+        SPLIT_CALLS[0] += 1
+        if out is not None and slab is not out:
+            np.copyto(out, slab)
+            return out
+        return slab
+
+    def _apart(self, slab: np.ndarray, xs: tuple, ys: list) -> bool:
+        """xs lying in the slab: no half's xs row shares memory with the other half's ys rows of
+        the same step (rows of other steps are apart: `over` checked that)."""
+        (lo0, hi0), (lo1, hi1) = self.rows
+        for x in xs:
+            if not np.may_share_memory(x, slab):
+                continue
+            for y in ys:
+                if np.shares_memory(x[0, lo0:hi0], y[0, lo1:hi1]) or np.shares_memory(
+                    x[0, lo1:hi1], y[0, lo0:hi0]
+                ):
+                    return False
+        return True
+
+
+def plan(
+    used: Graph, attrs: dict, compiled: Any, fixed: list[int], mode: str
+) -> tuple[list[Graph] | None, str]:
+    """(the two halves' body graphs, "") when `mode` ("auto", "on") lets this loop split, else
+    (None, why not); `compiled` the full body (its step GEMMs: "auto" splits only packed ones)."""
+    nc, nx = attrs["n_carry"], attrs["n_xs"]
+    if fixed:
+        return None, "carries the body returns unchanged"
+    heads = used.inputs[: nc + nx]
+    if not heads or not heads[0].shape:
+        return None, "a carry or xs without a batch axis"
+    batch = heads[0].shape[0]
+    b0, b1 = halves(batch)
+    if mode == "auto":
+        if b1 < MIN_ROWS:
+            return None, f"{batch} rows < {2 * MIN_ROWS}"
+        total, packed = gemm_ops(compiled.graph)
+        if not total or packed < total:
+            return None, "step GEMMs not all packed"
+    elif b1 < 1:
+        return None, f"{batch} row"
+    graphs = []
+    for rows in (b0, b1):
+        graph = rebatch(used, nc, nx, rows)
+        if isinstance(graph, str):
+            return None, graph
+        graphs.append(graph)
+    return graphs, ""
