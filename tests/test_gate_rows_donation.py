@@ -260,7 +260,7 @@ def test_a_narrow_input_at_the_rows_end_equals_the_interpreter_and_needs_the_rul
     start (step t's row write reaches row t + 1 of the GEMM): the runner's own check still
     refuses it (a slab of its own: right); with the runner's forced too, the numbers are wrong."""
     from tapernn import regions
-    from tapernn import scan_run as run_mod
+    from tapernn import scan_xs as run_mod
     from tapernn.interpret import interpret
 
     g, arrays = _narrow_program(6, 3, 5)

@@ -65,6 +65,7 @@ LAYERS = [
             "tapernn.scan_hoist",
             "tapernn.scan_pack",
             "tapernn.scan_split",
+            "tapernn.scan_xs",
         ],
     ),
     ("nn", ["tapernn.nn.*"]),

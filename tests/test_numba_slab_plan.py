@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import PlanOptions, nn, scan_run
+from tapernn import PlanOptions, nn, scan_ir, scan_run
 from tapernn.backends import numba_available, numba_loop, numba_program
 from tapernn.interpret import interpret
 from tests import cell_reference as ref
@@ -177,7 +177,7 @@ def test_the_kernel_runners_remembered_check_answers_as_the_full_one():
     layout no, an xs elsewhere yes."""
     seq, _ = _run("FastLSTM", NUMBA)
     (loop,) = _pair(seq).forward.program.plan.slab_roots
-    _, start, row, length = scan_run.scan_rows_of(loop.attrs)
+    _, start, row, length = scan_ir.scan_rows_of(loop.attrs)
     dtype = np.dtype(np.float64)
 
     def layouts():

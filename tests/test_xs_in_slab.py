@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import PlanOptions, nn, scan_run
+from tapernn import PlanOptions, nn, scan_ir, scan_run
 from tapernn.interpret import interpret
 from tapernn.nn.runtime import runtime_of
 from tests import cell_reference as ref
@@ -144,7 +144,7 @@ def test_misaligned_rows_get_a_slab_of_their_own():
     fwd = _forward_program(seq)
     (loop,) = fwd.program.plan.slab_roots
     over = scan_run.writable_over_xs(loop.attrs, np.dtype(np.float64), True)
-    _, start, row, length = scan_run.scan_rows_of(loop.attrs)
+    _, start, row, length = scan_ir.scan_rows_of(loop.attrs)
     slab = np.empty(loop.shape, np.float64)
     rows = slab[start : start + length * row].reshape(length, B, 4 * H)
     assert over(slab, rows)  # row t in row t
