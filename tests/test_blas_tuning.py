@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_blas import needs_pool, pools, spy, threads_now, two_threads  # noqa: F401
+from test_blas import n_pools, needs_pool, spy, threads_now, two_threads  # noqa: F401
 
 import tapernn as tn
 from tapernn import blas, blas_tuning, nn
@@ -106,7 +106,7 @@ def test_a_big_gemm_program_alternates_then_settles(two_threads, monkeypatch):  
     counts = [s[0] for s in seen]
     assert sorted(counts[1 : 1 + 2 * EXPLORE_CALLS]) == [1] * EXPLORE_CALLS + [2] * EXPLORE_CALLS
     assert counts[1 + 2 * EXPLORE_CALLS :] == [2, 2, 2]  # settled on the faster
-    assert threads_now() == [2] * len(pools)  # the pool is restored after every call
+    assert threads_now() == [2] * n_pools()  # the pool is restored after every call
     for out in outs[1:]:
         assert np.array_equal(out, outs[0])  # bit for bit, whatever the count
     assert "calls" in prog.blas_threads()
