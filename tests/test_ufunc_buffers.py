@@ -55,3 +55,12 @@ def test_no_buffer_without_broadcasting():
     a = np.zeros((160, 64), np.float32)
     assert _transient(lambda: np.add(a, a, out=a)) < 2048
     assert math.prod(a.shape) * 4 > 2048
+
+
+def test_no_buffer_for_a_matmul():
+    """np.matmul is a (g)ufunc whose operands' shapes differ from its result's: no buffer."""
+    a, w = _N("input", (160, 64), "f4"), _N("input", (64, 256), "f4")
+    assert ufunc_buffers(_G([a, w, _N("matmul", (160, 256), "f4", [a, w])])) == []
+    x, y = np.ones((160, 64), np.float32), np.ones((64, 256), np.float32)
+    out = np.empty((160, 256), np.float32)
+    assert _transient(lambda: np.matmul(x, y, out=out)) < 2048

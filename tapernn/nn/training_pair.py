@@ -221,7 +221,10 @@ def ufunc_buffers(graph: Graph) -> list[tuple[int, int]]:
     bufsize = np.getbufsize()
     out = []
     for k, n in enumerate(graph.nodes):
-        if n.op in PSEUDO or get_op(n.op).ufunc is None:
+        if n.op in PSEUDO:
+            continue
+        op = get_op(n.op)
+        if op.ufunc is None or not op.elementwise:  # (not matmul: a gufunc, no buffer)
             continue
         if any(tuple(i.shape) != tuple(n.shape) and math.prod(i.shape) > 1 for i in n.inputs):
             out.append((k, min(math.prod(n.shape), bufsize) * n.dtype.itemsize))
