@@ -4,8 +4,11 @@ most bytes a steady training loop over the pair holds at once (`step_peak_bytes`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
+
+import numpy as np
 
 from ..accounting import loop_call_bytes
 from ..arena import Arena, compile_into, compile_shared
@@ -13,6 +16,7 @@ from ..donate import donatable
 from ..executor import Compiled
 from ..graph import Graph
 from ..memory import PSEUDO
+from ..ops.registry import get_op
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..view_strides import copy_roots, copying_reshapes
 
@@ -210,13 +214,32 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
+def ufunc_buffers(graph: Graph) -> list[tuple[int, int]]:
+    """(schedule index, bytes) of the iteration buffer NumPy allocates for the length of one
+    ufunc call that broadcasts an operand (a bias row added to a (T*B, 4H) projection:
+    min(size, np.getbufsize()) elements of the output's dtype, 32 KiB at float32; NumPy 2.4,
+    measured): freed when the call returns, so it adds to the peak at that node only."""
+    bufsize = np.getbufsize()
+    out = []
+    for k, n in enumerate(graph.nodes):
+        if n.op in PSEUDO:
+            continue
+        op = get_op(n.op)
+        if op.ufunc is None or not op.elementwise:  # (not matmul: a gufunc, no buffer)
+            continue
+        if any(tuple(i.shape) != tuple(n.shape) and math.prod(i.shape) > 1 for i in n.inputs):
+            out.append((k, min(math.prod(n.shape), bufsize) * n.dtype.itemsize))
+    return out
+
+
 def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
-    the copies reshapes of strided views make, which the plan sees as views; and what each loop
-    allocates for the length of its call (`loop_call_bytes`). `into`: positions of outputs
-    computed into the caller's arrays (Program.dest), not allocated."""
+    the copies reshapes of strided views make, which the plan sees as views; what each loop
+    allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
+    broadcasting ufunc call (`ufunc_buffers`) during it. `into`: positions of outputs computed
+    into the caller's arrays (Program.dest), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
     slots = getattr(c.program, "dest_slots", {})
     given = {c.graph.outputs[k] for k in into if k in slots}
@@ -234,7 +257,7 @@ def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
-    for k, nbytes in loop_call_bytes(c.graph, c.report.loops):
+    for k, nbytes in [*loop_call_bytes(c.graph, c.report.loops), *ufunc_buffers(c.graph)]:
         delta[k] += nbytes
         delta[k + 1] -= nbytes
     live = peak = 0
