@@ -89,6 +89,10 @@ class PlanOptions:
     (nn.packing.Packing.compute_into) has them computed into a parameter's zeroed `.grad`
     instead of a temporary added to it (issue 19). Below it the temporary is cheaper than the
     per-call checks (a zero test and an overlap test per gradient); 0: off.
+    tap_room_min_bytes: get_grad_hidden_state's copies of a plain Sequencer backward's arguments
+    go into the saved slab's dead gate rows (TrainingPair.tap_room) only when those rows hold at
+    least this many bytes; below it fresh copies are cheaper than placing them (the placement
+    cost 5 us of a 20 us (1, 5, 5) numba step); 0: whenever there are such rows.
 
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
@@ -114,6 +118,7 @@ class PlanOptions:
     layout: str = "auto"
     packed_gemm: bool = True
     grad_into_min_bytes: int = 1 << 16
+    tap_room_min_bytes: int = 1 << 16
     batch_split: str = "off"
 
     def __post_init__(self) -> None:

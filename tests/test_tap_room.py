@@ -76,7 +76,7 @@ def test_the_copies_lie_in_the_consumed_gate_rows(cell):
     one (calls 2-3); the compile report counts no copy bytes (tap_copy_bytes 0). Without
     dz_in_gates (no consumed rows) they are fresh arrays and counted."""
     seq = nn.Sequencer(STEPS[cell][0]())
-    seq.set_plan_options(PlanOptions(backend="numpy", dz_in_gates=True))
+    seq.set_plan_options(PlanOptions(tap_room_min_bytes=0, backend="numpy", dz_in_gates=True))
     x, g = _data(0)
     for _ in range(3):
         out = seq.forward(x)
@@ -87,7 +87,7 @@ def test_the_copies_lie_in_the_consumed_gate_rows(cell):
             assert _root(c) is _root(out) and not np.shares_memory(c, out)
         assert tap_copy_bytes(runtime_of(seq).history[-1].exe) == 0
     plain = nn.Sequencer(STEPS[cell][0]())
-    plain.set_plan_options(PlanOptions(backend="numpy", dz_in_gates=False))
+    plain.set_plan_options(PlanOptions(tap_room_min_bytes=0, backend="numpy", dz_in_gates=False))
     out = plain.forward(x)
     plain.backward(x, g)
     assert all(_root(c) is not _root(out) for c in _copies(plain.module))
@@ -106,7 +106,7 @@ def test_grad_hidden_state_after_refill_and_update_equals_numpy(cell, backend, g
     The forward's output is unchanged by the copies."""
     make, step = STEPS[cell]
     m = make()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend=backend))
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(tap_room_min_bytes=0, backend=backend))
     x, g = np.empty((T, B, H)), np.empty((T, B, H))
     for k in range(3):
         x[...], g[...] = _data(k)
@@ -131,7 +131,7 @@ def test_a_second_backward_of_one_forward_keeps_its_own_copies():
     add up."""
     make, step = STEPS["FastLSTM"]
     m = make()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numpy"))
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(tap_room_min_bytes=0, backend="numpy"))
     x, g = _data(3)
     params = {name: p.data.copy() for name, p in m.named_parameters().items()}
     seq.zero_grad_parameters()
@@ -157,7 +157,9 @@ def test_numba_large_loop_puts_the_copies_in_the_rows_too():
         m = nn.FastLSTM(h, h)
         for p in m.parameters():
             p.data[...] = np.random.default_rng(len(p.data.shape)).standard_normal(p.shape) * 0.1
-        seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", dz_in_gates=donate))
+        seq = nn.Sequencer(m).set_plan_options(
+            PlanOptions(tap_room_min_bytes=0, backend="numba", dz_in_gates=donate)
+        )
         out = seq.forward(x)
         seq.backward(x, g)
         placed = [_root(c) is _root(out) for c in _copies(m)]
@@ -180,7 +182,7 @@ def test_remembered_chunks_read_the_same_state_gradients(cell):
         for k, p in enumerate(m.parameters()):
             p.data[...] = np.random.default_rng(k).standard_normal(p.shape) * 0.3
         seq = nn.Sequencer(m).remember("both")
-        seq.set_plan_options(PlanOptions(backend="numpy", dz_in_gates=donate))
+        seq.set_plan_options(PlanOptions(tap_room_min_bytes=0, backend="numpy", dz_in_gates=donate))
         got = []
         for k, t in enumerate((T, T - 1, T)):
             x, g = (a.copy() for a in _data(k, t=t))
@@ -210,7 +212,7 @@ def test_a_remembered_chunk_of_a_cached_length_reads_its_state_gradients(cell):
         for k, p in enumerate(m.parameters()):
             p.data[...] = np.random.default_rng(k).standard_normal(p.shape) * 0.3
         seq = nn.Sequencer(m, unroll=unroll).remember("both")
-        seq.set_plan_options(PlanOptions(backend="numpy"))
+        seq.set_plan_options(PlanOptions(tap_room_min_bytes=0, backend="numpy"))
         got = []
         for k, t in enumerate((T, T - 1, T)):
             x, g = _data(k, t=t)
@@ -224,3 +226,37 @@ def test_a_remembered_chunk_of_a_cached_length_reads_its_state_gradients(cell):
     assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM"])
+def test_a_room_under_tap_room_min_bytes_is_not_used_and_the_answers_are_the_same(cell):
+    """PlanOptions.tap_room_min_bytes (default 64 KiB): a slab's dead rows smaller than that
+    take no copies (placing them cost 5 us of a 20 us (1, 5, 5) numba step): fresh copies,
+    counted by the report, and get_grad_hidden_state equal to the placed copies' at 1e-12
+    (float64) after the buffers are refilled and the parameters updated."""
+    x, g = _data(0)
+    got = {}
+    for low in (0, 1 << 16):
+        seq = nn.Sequencer(STEPS[cell][0]())
+        seq.set_plan_options(PlanOptions(backend="numpy", tap_room_min_bytes=low))
+        grads = []
+        for _ in range(3):  # (the general path, then the steady one)
+            xs, gs = x.copy(), g.copy()
+            out = seq.forward(xs)
+            seq.backward(xs, gs)
+            copies = _copies(seq.module)
+            in_room = [_root(c) is _root(out) for c in copies]
+            exe = runtime_of(seq).history[-1].exe
+            if low:  # (the room of these shapes: 12 KiB of gate rows)
+                assert not any(in_room)
+                assert tap_copy_bytes(exe) == sum(c.nbytes for c in copies)
+            else:
+                assert all(in_room) and tap_copy_bytes(exe) == 0
+            xs[...] = 7.0
+            gs[...] = -3.0
+            seq.update_parameters(0.1)
+            grads.append([np.array(s) for s in seq.module.get_grad_hidden_state(T - 1)])
+        got[low] = grads
+    for a, b in zip(got[0], got[1 << 16]):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)

@@ -87,7 +87,8 @@ class TrainingPair:
         anyway: a loop of `program` was computed there (donate.donations: no returned value
         views them, no other forward output reads them) and a kept forward output (`output`,
         a rolled loop's h block) holds the same storage. get_grad_hidden_state's copies go
-        there (state_grads.tap_copies). None: there are no such bytes."""
+        there (state_grads.tap_copies). None: there are no such bytes, or fewer than
+        PlanOptions.tap_room_min_bytes."""
         key = id(program)
         if key not in self._rooms:
             self._rooms[key] = self._find_room(program)
@@ -108,6 +109,8 @@ class TrainingPair:
                 and (best is None or s.nbytes > best[1])
             ):
                 best = (j, s.nbytes)
+        if best is not None and best[1] < self.options.tap_room_min_bytes:
+            return None  # (too small to pay for the placement: PlanOptions.tap_room_min_bytes)
         return best
 
     def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
