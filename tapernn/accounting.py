@@ -4,10 +4,13 @@ nothing here decides where a value lives."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .graph import Graph
-from .ops.registry import PSEUDO
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import PlanStats
 
 if TYPE_CHECKING:
@@ -39,8 +42,8 @@ def account(graph: Graph, plan: BufferPlan) -> None:
 def peak_bytes(graph: Graph, plan: BufferPlan, loops: list | None = None) -> int:
     """Most bytes live at once during a call (`_peak`; at the end the copies of returned buffer
     values too), with what `loops` (LoopReports: the program's, once lowered) allocate for the
-    length of their calls."""
-    extra = loop_call_bytes(graph, loops or [])
+    length of their calls and NumPy's buffers of broadcasting ufunc calls (`ufunc_buffers`)."""
+    extra = [*loop_call_bytes(graph, loops or []), *ufunc_buffers(graph)]
     peak = _peak(graph, plan, extra)
     if plan.copied_bytes:
         peak = max(peak, _live_at_end(graph, plan) + plan.copied_bytes)
@@ -58,6 +61,24 @@ def loop_call_bytes(graph: Graph, loops: list) -> list[tuple[int, int]]:
         for k, n in enumerate(graph.nodes)
         if n.op == "scan" and id(n.attrs) in per_node
     ]
+
+
+def ufunc_buffers(graph: Graph) -> list[tuple[int, int]]:
+    """(schedule index, bytes) of the iteration buffer NumPy allocates for the length of one
+    ufunc call that broadcasts an operand (a bias row added to a (T*B, 4H) projection:
+    min(size, np.getbufsize()) elements of the output's dtype, 32 KiB at float32; NumPy 2.4,
+    measured): freed when the call returns, so it adds to the peak at that node only."""
+    bufsize = np.getbufsize()
+    out = []
+    for k, n in enumerate(graph.nodes):
+        if n.op in PSEUDO:
+            continue
+        op = get_op(n.op)
+        if op.ufunc is None or not op.elementwise:  # (not matmul: a gufunc, no buffer)
+            continue
+        if any(tuple(i.shape) != tuple(n.shape) and math.prod(i.shape) > 1 for i in n.inputs):
+            out.append((k, min(math.prod(n.shape), bufsize) * n.dtype.itemsize))
+    return out
 
 
 def _peak(graph: Graph, plan: BufferPlan, extra: list[tuple[int, int]] = ()) -> int:

@@ -1,5 +1,5 @@
 """The report's term for NumPy's iteration buffer of a broadcasting ufunc call
-(training_pair.ufunc_buffers): what NumPy really allocates for the length of the call (a bias
+(accounting.ufunc_buffers): what NumPy really allocates for the length of the call (a bias
 row added to a projection in place, the forward's `np.add(v, b, out=v)`), so a change of
 NumPy's buffering shows here first, not as a report-vs-tracemalloc miss at a small shape."""
 
@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tapernn.nn.training_pair import ufunc_buffers
+from tapernn.accounting import ufunc_buffers
 
 
 class _N:  # a graph node as ufunc_buffers reads it

@@ -4,19 +4,15 @@ most bytes a steady training loop over the pair holds at once (`step_peak_bytes`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import replace
 
-import numpy as np
-
-from ..accounting import loop_call_bytes
+from ..accounting import loop_call_bytes, ufunc_buffers
 from ..arena import Arena, compile_into, compile_shared
 from ..donate import donatable
 from ..executor import Compiled
 from ..graph import Graph
 from ..memory import PSEUDO
-from ..ops.registry import get_op
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..view_strides import copy_roots, copying_reshapes
 
@@ -215,24 +211,6 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
         if o in roots:
             last[roots[o]] = end
     return [(pos[r], last[r], r.nbytes) for r in copies]
-
-
-def ufunc_buffers(graph: Graph) -> list[tuple[int, int]]:
-    """(schedule index, bytes) of the iteration buffer NumPy allocates for the length of one
-    ufunc call that broadcasts an operand (a bias row added to a (T*B, 4H) projection:
-    min(size, np.getbufsize()) elements of the output's dtype, 32 KiB at float32; NumPy 2.4,
-    measured): freed when the call returns, so it adds to the peak at that node only."""
-    bufsize = np.getbufsize()
-    out = []
-    for k, n in enumerate(graph.nodes):
-        if n.op in PSEUDO:
-            continue
-        op = get_op(n.op)
-        if op.ufunc is None or not op.elementwise:  # (not matmul: a gufunc, no buffer)
-            continue
-        if any(tuple(i.shape) != tuple(n.shape) and math.prod(i.shape) > 1 for i in n.inputs):
-            out.append((k, min(math.prod(n.shape), bufsize) * n.dtype.itemsize))
-    return out
 
 
 def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
