@@ -4,6 +4,7 @@ replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
+from ..optim import WATCHERS
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -272,7 +274,7 @@ def later_tap_grads(
         return
     copies = tap_copies(list(record.args) + list(seeds), room)
     n = len(record.args)
-    tap_later(rt, record, copies[:n], copies[n:], modules)
+    tap_later(rt, record, copies[:n], copies[n:], modules, getattr(copies, "watched", ()))
 
 
 def tap_places(sizes: list[int], room: int) -> dict[int, int]:
@@ -298,40 +300,127 @@ def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
     """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
     bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
     TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
-    instead of into new memory; the rest are fresh copies."""
+    instead of into new memory; of the rest, a C-contiguous ndarray of at least WATCH_MIN_BYTES
+    is not copied but kept with its fingerprint (`Copies.watched`, which tap_grads_now checks;
+    an update copies it before writing it: Watched.keep), the others are fresh copies."""
     ndarray = np.ndarray
     if room is None:
         return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
     arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
     places = tap_places([a.nbytes for a in arrays], room.nbytes)
-    out = []
+    out = Copies()
     for k, a in enumerate(arrays):
         at = places.get(k)
         if at is None:
-            out.append(a.copy())
+            if a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous:
+                out.watched.append([k, a, fingerprint(a), None])
+                out.append(a)
+            else:
+                out.append(a.copy())
             continue
         dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
         np.copyto(dst, a)
         out.append(dst)
+    if out.watched:
+        WATCHERS.add(out.watched)
     return out
 
 
-def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
+# an argument or seed that does not fit the tap room is kept by reference (and fingerprinted)
+# from this size up; below it a fresh copy costs less than the fingerprint
+WATCH_MIN_BYTES = 1 << 16
+
+
+class Watched(list):
+    """Entries [position, array, fingerprint, kept] of the arrays a pending
+    get_grad_hidden_state holds by reference. `kept`: None; or the array's copy, made by `keep`
+    before an update wrote it (optim.before_write); or CHANGED, when it had changed already."""
+
+    __hash__ = object.__hash__  # (held in a WeakSet: by identity, not by contents)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def keep(self, data: np.ndarray) -> None:
+        for e in self:
+            if e[3] is None and np.may_share_memory(e[1], data):
+                e[3] = e[1].copy() if fingerprint(e[1]) == e[2] else CHANGED
+
+
+CHANGED = object()
+
+
+class Copies(list):
+    """tap_copies' result: the arrays, and `watched`: those kept by reference (not copied)."""
+
+    def __init__(self):
+        super().__init__()
+        self.watched = Watched()
+
+
+def fingerprint(a: np.ndarray) -> tuple:
+    """Where a C-contiguous `a`'s bytes are and a digest of them: CRC-32 of the bytes and the
+    XOR of their 64-bit words (each changes with any one changed word; 96 check bits)."""
+    raw = a.reshape(-1).view(np.uint8)
+    words = raw.view(np.uint64) if raw.nbytes % 8 == 0 else raw
+    return (
+        a.__array_interface__["data"][0],
+        a.shape,
+        a.dtype.str,
+        zlib.crc32(raw),
+        int(np.bitwise_xor.reduce(words)),
+    )
+
+
+def resolved(watched: list, args: list, seeds: list, names: list) -> tuple[list, list]:
+    """`args` and `seeds` with each array tap_copies kept by reference replaced by the copy an
+    update made of it (Watched.keep), or checked unchanged; StateError if it changed
+    (`names`: what each position is, for the message)."""
+    full = list(args) + list(seeds)
+    for k, a, fp, kept in watched:
+        if kept is None and fingerprint(a) == fp:
+            continue
+        if kept is None or kept is CHANGED:
+            raise StateError(
+                f"get_grad_hidden_state: {names[k]} was changed in place after the backward "
+                "it belongs to; it was kept by reference, not copied (its copy did not fit "
+                "the saved slab's dead rows), so the state gradients of that backward can no "
+                "longer be computed: call get_grad_hidden_state before changing it"
+            )
+        full[k] = kept
+    return full[: len(args)], full[len(args) :]
+
+
+def tap_later(
+    rt: Any, record: Any, args: list, seeds: list, modules: list, watched: Any = ()
+) -> None:
     """later_tap_grads with the copies of the call's arguments and seeds made (nn.steady's
     generated backward makes them, and this partial, itself)."""
     compute = partial(
-        tap_grads_now, rt, record.exe, record.leaves, record.starts, args, seeds, modules
+        tap_grads_now, rt, record.exe, record.leaves, record.starts, args, seeds, modules, watched
     )
     for m in modules:
         m.__dict__["_grad_hidden"] = compute  # (a plain field: no registration check)
 
 
 def tap_grads_now(
-    rt: Any, exe: Any, leaves: list, starts: list, args: list, seeds: list, modules: list
+    rt: Any,
+    exe: Any,
+    leaves: list,
+    starts: list,
+    args: list,
+    seeds: list,
+    modules: list,
+    watched: Any = (),
 ) -> None:
     """The gradients into the states of a plain Sequencer backward (its program `exe`, its
     input `leaves`, initial states `starts`, copies of its arguments and seeds), computed by
-    the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state)."""
+    the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state).
+    `watched`: those kept by reference (tap_copies): their copies, or checked unchanged."""
+    if watched:
+        names = [f"argument {n.name!r}" for n in exe.arg_nodes if n.kind != "tap"]
+        names += ["the output gradient"] * len(seeds)
+        args, seeds = resolved(watched, args, seeds, names)
     variant = _variant(rt, exe, frozenset(), leaves, starts)
     pair = variant.compile_training()
     full = args_like(variant, args, exe)
@@ -343,16 +432,19 @@ def tap_grads_now(
 
 def tap_copy_bytes(exe: Any) -> int:
     """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
-    (its arguments and seeds, less those placed in the pair's tap_room), 0 where it copies
-    nothing (no recurrent module, or step-wise use)."""
+    (its arguments and seeds, less those placed in the pair's tap_room and, when there is such
+    a room, those it keeps by reference: WATCH_MIN_BYTES, C-contiguous arguments assumed), 0
+    where it copies nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
     sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
     sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
     pair = exe.training_pair
     room = pair.tap_room(pair.last_backward) if pair is not None else None
-    placed = tap_places(sizes, room[1]) if room is not None else {}
-    return sum(b for k, b in enumerate(sizes) if k not in placed)
+    if room is None:
+        return sum(sizes)
+    placed = tap_places(sizes, room[1])
+    return sum(b for k, b in enumerate(sizes) if k not in placed and b < WATCH_MIN_BYTES)
 
 
 def _copy(a: Any) -> np.ndarray:

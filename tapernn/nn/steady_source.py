@@ -81,7 +81,14 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind, cleared)
-    lines += _call("outs", "program", "args", "saved_at", steady, ns)
+    if getattr(steady.program.program, "scratch_slots", None):  # (Packing.scratch_into)
+        ns["scratch_into"] = steady.exe.packing.scratch_into
+        ns["release_scratch"] = steady.exe.packing.release_scratch
+        lines += ["    used = scratch_into(program, args)", "    try:"]
+        lines += ["    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)]
+        lines += ["    finally:", "        release_scratch(program, used)"]
+    else:
+        lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
         saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
         lines += [
@@ -452,11 +459,13 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             "    if room is None:",
             f"        copies = [{', '.join(copies)}]",
             "        gcopy = [grad_output.copy()]",
+            "        watched = ()",
             "    else:",
             "        copies = tap_copies(list(args) + [grad_output], room)",
+            "        watched = copies.watched",
             "        gcopy = [copies.pop()]",
             "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
-            + " gcopy, modules)",
+            + " gcopy, modules, watched)",
         ]
         for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
