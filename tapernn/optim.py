@@ -3,7 +3,6 @@ update `Parameter.data` in place, so compiled programs never need rebuilding."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -13,24 +12,11 @@ from .errors import ArgumentTypeError, NumericError
 
 CHUNK = 1 << 13  # elements per piece of an in-place update (its one temporary: 32 KiB at f32)
 
-# arrays a pending get_grad_hidden_state holds by reference, not copied (nn.state_grads.Watched:
-# each has `keep(data)`): an update copies those it is about to write first (copy on write)
-WATCHERS: weakref.WeakSet = weakref.WeakSet()
-
-
-def before_write(data: np.ndarray) -> None:
-    """An update is about to write `data` in place: every watcher keeps a copy of what it holds
-    by reference that shares memory with it (nn.state_grads.Watched.keep)."""
-    for w in list(WATCHERS):
-        w.keep(data)
-
 
 def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
     """data -= lr * step in place, bit for bit, in pieces of CHUNK elements: the temporary
     `lr * step` is one piece, not a copy of the whole (packed) parameter array, which would be
     the peak of a training loop's update."""
-    if WATCHERS:
-        before_write(data)
     flat_d, flat_s = data.reshape(-1), step.reshape(-1)
     if (
         data.size <= CHUNK
@@ -128,8 +114,6 @@ class Adam(Optimizer):
             m += (1 - self.beta1) * p.grad
             v *= self.beta2
             v += (1 - self.beta2) * p.grad * p.grad
-            if WATCHERS:
-                before_write(p.data)
             p.data -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
 
     def state_dict(self) -> dict[str, np.ndarray]:

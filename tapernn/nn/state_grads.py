@@ -12,7 +12,6 @@ import numpy as np
 
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
-from ..optim import WATCHERS
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -272,7 +271,7 @@ def later_tap_grads(
         modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    copies = tap_copies(list(record.args) + list(seeds), room)
+    copies = tap_copies(list(record.args) + list(seeds), room, watch_positions(exe))
     n = len(record.args)
     tap_later(rt, record, copies[:n], copies[n:], modules, getattr(copies, "watched", ()))
 
@@ -296,13 +295,16 @@ def room_view(saved: Any, nbytes: int) -> np.ndarray | None:
     return saved.reshape(-1).view(np.uint8)[:nbytes]
 
 
-def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
+def tap_copies(
+    arrays: list, room: np.ndarray | None, watch: frozenset = frozenset()
+) -> list[np.ndarray]:
     """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
     bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
     TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
-    instead of into new memory; of the rest, a C-contiguous ndarray of at least WATCH_MIN_BYTES
-    is not copied but kept with its fingerprint (`Copies.watched`, which tap_grads_now checks;
-    an update copies it before writing it: Watched.keep), the others are fresh copies."""
+    instead of into new memory; of the rest, one at a position in `watch` (the data inputs and
+    output gradients, not the parameters: watch_positions) that is C-contiguous and at least
+    WATCH_MIN_BYTES is not copied but kept with its fingerprint (`Copies.watched`:
+    tap_grads_now raises if it changed); the others are fresh copies."""
     ndarray = np.ndarray
     if room is None:
         return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
@@ -312,8 +314,8 @@ def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
     for k, a in enumerate(arrays):
         at = places.get(k)
         if at is None:
-            if a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous:
-                out.watched.append([k, a, fingerprint(a), None])
+            if k in watch and a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous:
+                out.watched.append((k, a, fingerprint(a)))
                 out.append(a)
             else:
                 out.append(a.copy())
@@ -321,41 +323,34 @@ def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
         dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
         np.copyto(dst, a)
         out.append(dst)
-    if out.watched:
-        WATCHERS.add(out.watched)
     return out
 
 
 # an argument or seed that does not fit the tap room is kept by reference (and fingerprinted)
-# from this size up; below it a fresh copy costs less than the fingerprint
+# from this size up; below it a fresh copy costs less than the fingerprint. Parameters are always
+# copied: a fingerprint costs ~10x a copy, and a training loop's update changes them anyway
 WATCH_MIN_BYTES = 1 << 16
 
 
-class Watched(list):
-    """Entries [position, array, fingerprint, kept] of the arrays a pending
-    get_grad_hidden_state holds by reference. `kept`: None; or the array's copy, made by `keep`
-    before an update wrote it (optim.before_write); or CHANGED, when it had changed already."""
-
-    __hash__ = object.__hash__  # (held in a WeakSet: by identity, not by contents)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def keep(self, data: np.ndarray) -> None:
-        for e in self:
-            if e[3] is None and np.may_share_memory(e[1], data):
-                e[3] = e[1].copy() if fingerprint(e[1]) == e[2] else CHANGED
-
-
-CHANGED = object()
-
-
 class Copies(list):
-    """tap_copies' result: the arrays, and `watched`: those kept by reference (not copied)."""
+    """tap_copies' result: the arrays, and `watched`: (position, array, fingerprint) of those
+    kept by reference (not copied)."""
 
     def __init__(self):
         super().__init__()
-        self.watched = Watched()
+        self.watched: list = []
+
+
+def watch_positions(exe: Any) -> frozenset:
+    """Positions in (arguments + seeds) of a plain Sequencer backward of `exe` that tap_copies
+    may keep by reference: every one but the parameters' (cached per program)."""
+    cached = exe.__dict__.get("_watch_positions")
+    if cached is None:
+        kinds = [n.kind for n in exe.arg_nodes if n.kind != "tap"]
+        cached = frozenset(k for k, kind in enumerate(kinds) if kind != "param")
+        cached |= frozenset(range(len(kinds), len(kinds) + len(exe.seeded)))
+        exe.__dict__["_watch_positions"] = cached
+    return cached
 
 
 def fingerprint(a: np.ndarray) -> tuple:
@@ -372,23 +367,17 @@ def fingerprint(a: np.ndarray) -> tuple:
     )
 
 
-def resolved(watched: list, args: list, seeds: list, names: list) -> tuple[list, list]:
-    """`args` and `seeds` with each array tap_copies kept by reference replaced by the copy an
-    update made of it (Watched.keep), or checked unchanged; StateError if it changed
-    (`names`: what each position is, for the message)."""
-    full = list(args) + list(seeds)
-    for k, a, fp, kept in watched:
-        if kept is None and fingerprint(a) == fp:
-            continue
-        if kept is None or kept is CHANGED:
+def check_unchanged(watched: list, names: list) -> None:
+    """StateError if an array tap_copies kept by reference has changed since (`names`: what
+    each position is, for the message)."""
+    for k, a, fp in watched:
+        if fingerprint(a) != fp:
             raise StateError(
                 f"get_grad_hidden_state: {names[k]} was changed in place after the backward "
                 "it belongs to; it was kept by reference, not copied (its copy did not fit "
                 "the saved slab's dead rows), so the state gradients of that backward can no "
                 "longer be computed: call get_grad_hidden_state before changing it"
             )
-        full[k] = kept
-    return full[: len(args)], full[len(args) :]
 
 
 def tap_later(
@@ -416,11 +405,10 @@ def tap_grads_now(
     """The gradients into the states of a plain Sequencer backward (its program `exe`, its
     input `leaves`, initial states `starts`, copies of its arguments and seeds), computed by
     the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state).
-    `watched`: those kept by reference (tap_copies): their copies, or checked unchanged."""
+    `watched`: those kept by reference (tap_copies), checked unchanged first."""
     if watched:
         names = [f"argument {n.name!r}" for n in exe.arg_nodes if n.kind != "tap"]
-        names += ["the output gradient"] * len(seeds)
-        args, seeds = resolved(watched, args, seeds, names)
+        check_unchanged(watched, names + ["the output gradient"] * len(seeds))
     variant = _variant(rt, exe, frozenset(), leaves, starts)
     pair = variant.compile_training()
     full = args_like(variant, args, exe)
@@ -433,8 +421,8 @@ def tap_grads_now(
 def tap_copy_bytes(exe: Any) -> int:
     """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
     (its arguments and seeds, less those placed in the pair's tap_room and, when there is such
-    a room, those it keeps by reference: WATCH_MIN_BYTES, C-contiguous arguments assumed), 0
-    where it copies nothing (no recurrent module, or step-wise use)."""
+    a room, those it keeps by reference: watch_positions, WATCH_MIN_BYTES, C-contiguous
+    arguments assumed), 0 where it copies nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
     sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
@@ -443,8 +431,12 @@ def tap_copy_bytes(exe: Any) -> int:
     room = pair.tap_room(pair.last_backward) if pair is not None else None
     if room is None:
         return sum(sizes)
-    placed = tap_places(sizes, room[1])
-    return sum(b for k, b in enumerate(sizes) if k not in placed and b < WATCH_MIN_BYTES)
+    placed, watch = tap_places(sizes, room[1]), watch_positions(exe)
+    return sum(
+        b
+        for k, b in enumerate(sizes)
+        if k not in placed and (k not in watch or b < WATCH_MIN_BYTES)
+    )
 
 
 def _copy(a: Any) -> np.ndarray:

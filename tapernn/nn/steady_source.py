@@ -16,7 +16,13 @@ import numpy as np
 from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
-from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
+from .state_grads import (
+    room_view,
+    store_state_input_grads,
+    tap_copies,
+    tap_grads_now,
+    watch_positions,
+)
 from .write_plan import Pending
 
 
@@ -85,7 +91,9 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         ns["scratch_into"] = steady.exe.packing.scratch_into
         ns["release_scratch"] = steady.exe.packing.release_scratch
         lines += ["    used = scratch_into(program, args)", "    try:"]
-        lines += ["    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)]
+        lines += [
+            "    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)
+        ]
         lines += ["    finally:", "        release_scratch(program, used)"]
     else:
         lines += _call("outs", "program", "args", "saved_at", steady, ns)
@@ -374,6 +382,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
+        "watch": watch_positions(exe),
         "compute_into": exe.packing.compute_into,
         "release": exe.packing.release,
         "room_view": room_view,
@@ -461,7 +470,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             "        gcopy = [grad_output.copy()]",
             "        watched = ()",
             "    else:",
-            "        copies = tap_copies(list(args) + [grad_output], room)",
+            "        copies = tap_copies(list(args) + [grad_output], room, watch)",
             "        watched = copies.watched",
             "        gcopy = [copies.pop()]",
             "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
