@@ -75,7 +75,7 @@ def test_the_forward_lends_the_zeroed_grad_and_zeroes_it_again(lent):
     fwd = runtime_of(seq).last.training_pair.forward
     slots = fwd.program.scratch_slots
     assert len(slots) == 1
-    (slot, node), = slots.values()
+    ((_, node),) = slots.values()
     assert node.op == "transpose_copy" and node.shape == (H, 4 * H)
     assert len(lent) == 3  # general path, then the steady one
     for used in lent:
@@ -89,7 +89,7 @@ def test_values_and_gradients_equal_the_scratch_off_run_and_numpy(backend, monke
     """Outputs (against the NumPy equations), the input gradient, every parameter gradient and
     get_grad_hidden_state over three zeroed loop steps with updates: the same as with the scratch
     off, at 1e-12."""
-    _, m, on = _run(backend)
+    on = _run(backend)[2]
     with monkeypatch.context() as mp:
         _scratch_off(mp)
         _, _, off = _run(backend)
@@ -140,5 +140,5 @@ def test_the_report_counts_no_copy_and_stays_within_10_percent_of_the_loop_peak(
     report = seq.compile_report().peak_bytes
     assert abs(real - report) <= 0.1 * report, (real, report)
     fwd = runtime_of(seq).last.training_pair.forward
-    (_, node), = fwd.program.scratch_slots.values()
+    ((_, node),) = fwd.program.scratch_slots.values()
     assert 0 < per_call_peak(fwd) - per_call_peak(fwd, scratch=True) <= node.nbytes
