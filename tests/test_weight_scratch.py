@@ -119,7 +119,7 @@ def test_a_grad_sharing_memory_with_an_argument_is_not_lent(lent):
     """A `.grad` that shares memory with an argument (here the input, a view of it) is not
     lent."""
     m = _model()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(layout="batch"))
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numpy", layout="batch"))
     seq.zero_grad_parameters()
     x = m.o2g.weight.grad.reshape(-1)[: T * B * H].reshape(T, B, H)  # zeros, in the .grad
     seq.forward(x)
