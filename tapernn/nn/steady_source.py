@@ -16,13 +16,8 @@ import numpy as np
 from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
-from .state_grads import (
-    room_view,
-    store_state_input_grads,
-    tap_copies,
-    tap_grads_now,
-    watch_positions,
-)
+from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
+from .state_grads import watch_positions as _watch_positions
 from .write_plan import Pending
 
 
@@ -382,7 +377,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
-        "watch": watch_positions(exe),
+        "watch": _watch_positions(exe),
         "compute_into": exe.packing.compute_into,
         "release": exe.packing.release,
         "room_view": room_view,
