@@ -305,7 +305,8 @@ class Program(FusedLowering):
         g, plan = self.graph, self.plan
         self.dest: list = []
         self.dest_slots: dict[int, int] = {}  # output position -> slot
-        self.scratch_slots: dict[int, tuple[int, Node]] = {}  # input position -> (slot, node)
+        # input position -> (slot, node, (first, stop) rows of the input it copies or None)
+        self.scratch_slots: dict[int, tuple[int, Node, tuple | None]] = {}
         least = self.options.grad_into_min_bytes
         if not self.top or least <= 0:
             return {}
@@ -346,6 +347,11 @@ class Program(FusedLowering):
         into: dict[Node, int] = {}
         for n in g.nodes:
             w = n.inputs[0] if n.op == "transpose_copy" else None
+            rows = None
+            if w is not None and w.op == "getitem" and len(w.attrs["index"]) == 1:
+                # (rows a:b of a parameter block: the same rows of its .grad)
+                kind, a, b, step = w.attrs["index"][0]
+                w, rows = (w.inputs[0], (a, b)) if kind == "s" and step in (None, 1) else (w, None)
             if (
                 w is None
                 or w not in position
@@ -357,7 +363,7 @@ class Program(FusedLowering):
             ):
                 continue
             into[n] = len(self.dest)
-            self.scratch_slots[position[w]] = (len(self.dest), n)
+            self.scratch_slots[position[w]] = (len(self.dest), n, rows)
             self.dest.append(None)
         if into:
             self.bound["_dest"] = self.dest

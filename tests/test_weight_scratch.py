@@ -20,8 +20,11 @@ from tests import cell_reference as ref
 T, B, H = 4, 8, 128  # (the recurrent weight 4H x H = 65,536 elements: copied per call)
 
 
-def _model(seed=0):
-    m = nn.FastLSTM(H, H)
+CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, peephole=False)}
+
+
+def _model(seed=0, cell="FastLSTM"):
+    m = CELLS[cell]()
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.1
     return m
@@ -51,8 +54,8 @@ def _scratch_off(monkeypatch):
     monkeypatch.setattr(Packing, "scratch_into", lambda self, program, args: [])
 
 
-def _run(backend, rounds=3, zero=True):
-    m = _model()
+def _run(backend, rounds=3, zero=True, cell="FastLSTM"):
+    m = _model(cell=cell)
     seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend=backend, layout="batch"))
     got = []
     for k in range(rounds):
@@ -75,7 +78,8 @@ def test_the_forward_lends_the_zeroed_grad_and_zeroes_it_again(lent):
     fwd = runtime_of(seq).last.training_pair.forward
     slots = fwd.program.scratch_slots
     assert len(slots) == 1
-    ((_, node),) = slots.values()
+    ((_, node, rows),) = slots.values()
+    assert rows is None
     assert node.op == "transpose_copy" and node.shape == (H, 4 * H)
     assert len(lent) == 3  # general path, then the steady one
     for used in lent:
@@ -84,21 +88,38 @@ def test_the_forward_lends_the_zeroed_grad_and_zeroes_it_again(lent):
     assert fwd.program.dest == [None]
 
 
+def test_a_block_lends_the_rows_of_its_grad(lent):
+    """LSTM(peephole=False), D = H: its eight weights are one block (8H, H); the loop weight is
+    rows 4H:8H of it, and those rows of the block's `.grad` are lent."""
+    seq, m, _ = _run("numpy", cell="LSTM")
+    fwd = runtime_of(seq).last.training_pair.forward
+    ((_, node, rows),) = fwd.program.scratch_slots.values()
+    assert rows == (4 * H, 8 * H) and node.shape == (H, 4 * H)
+    block = m.w_hi._block.grad
+    for used in lent:
+        ((u, zero),) = used
+        assert zero and u.base is block and np.shares_memory(u, block[4 * H :])
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_values_and_gradients_equal_the_scratch_off_run_and_numpy(backend, monkeypatch):
+def test_values_and_gradients_equal_the_scratch_off_run_and_numpy(backend, cell, monkeypatch):
     """Outputs (against the NumPy equations), the input gradient, every parameter gradient and
     get_grad_hidden_state over three zeroed loop steps with updates: the same as with the scratch
     off, at 1e-12."""
-    on = _run(backend)[2]
+    on = _run(backend, cell=cell)[2]
     with monkeypatch.context() as mp:
         _scratch_off(mp)
-        _, _, off = _run(backend)
+        _, _, off = _run(backend, cell=cell)
     for a, b in zip(on, off):
         for u, v in zip(a, b):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
-    m0 = _model()
+    m0 = _model(cell=cell)
     params = {name: p.data.copy() for name, p in m0.named_parameters().items()}
-    want, _ = ref.run(ref.fastlstm_step, params, _data(0)[0], 2, H)
+    step = ref.fastlstm_step
+    if cell == "LSTM":
+        step = lambda p, x, h, c: ref.lstm_step(p, x, h, c, peephole=False)
+    want, _ = ref.run(step, params, _data(0)[0], 2, H)
     np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
 
 
@@ -140,5 +161,5 @@ def test_the_report_counts_no_copy_and_stays_within_10_percent_of_the_loop_peak(
     report = seq.compile_report().peak_bytes
     assert abs(real - report) <= 0.1 * report, (real, report)
     fwd = runtime_of(seq).last.training_pair.forward
-    ((_, node),) = fwd.program.scratch_slots.values()
+    ((_, node, _),) = fwd.program.scratch_slots.values()
     assert 0 < per_call_peak(fwd) - per_call_peak(fwd, scratch=True) <= node.nbytes

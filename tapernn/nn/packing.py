@@ -325,8 +325,10 @@ class Packing:
         if not slots:
             return []
         dest, used = prog.dest, []
-        for j, (s, n) in slots.items():
+        for j, (s, n, rows) in slots.items():
             grad = self._grad_of(args[j])
+            if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
+                grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
             if grad is not None and _zeroed(grad, n, args, reshape=True):
                 dest[s] = grad.reshape(n.shape)
                 used.append(grad)

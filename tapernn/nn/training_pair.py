@@ -229,7 +229,7 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
     slots = getattr(c.program, "dest_slots", {})
     given = {c.graph.outputs[k] for k in into if k in slots}
     if scratch:
-        given |= {n for _, n in getattr(c.program, "scratch_slots", {}).values()}
+        given |= {n for _, n, _ in getattr(c.program, "scratch_slots", {}).values()}
     delta = [0] * (end + 2)
     at_end = 0
     for st in plan.fresh:
