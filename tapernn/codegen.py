@@ -305,9 +305,13 @@ class Program(FusedLowering):
         g, plan = self.graph, self.plan
         self.dest: list = []
         self.dest_slots: dict[int, int] = {}  # output position -> slot
+        # input position -> (slot, node, (first, stop) rows of the input it copies or None)
+        self.scratch_slots: dict[int, tuple[int, Node, tuple | None]] = {}
         least = self.options.grad_into_min_bytes
-        if not g.meta.seed_names or not self.top or least <= 0:
+        if not self.top or least <= 0:
             return {}
+        if not g.meta.seed_names:
+            return self._scratch_slots(least)
         alias = set(g.meta.outputs_may_alias_inputs)
         into: dict[Node, int] = {}
         for k, n in enumerate(g.outputs):
@@ -328,6 +332,38 @@ class Program(FusedLowering):
             ):
                 continue
             into[n] = self.dest_slots[k] = len(self.dest)
+            self.dest.append(None)
+        if into:
+            self.bound["_dest"] = self.dest
+        return into
+
+    def _scratch_slots(self, least: int) -> dict[Node, int]:
+        """A forward's per-call transposed copy of a weight input (passes/loop_operands.py,
+        arena.per_call) -> its slot of `Program.dest`: the caller may hand it the weight's
+        zeroed `.grad`, of the same size, as scratch (nn/packing.scratch_into), which it zeroes
+        again after the call; None: allocated by the call."""
+        g, plan = self.graph, self.plan
+        position = {n: k for k, n in enumerate(g.inputs)}
+        into: dict[Node, int] = {}
+        for n in g.nodes:
+            w = n.inputs[0] if n.op == "transpose_copy" else None
+            rows = None
+            if w is not None and w.op == "getitem" and len(w.attrs["index"]) == 1:
+                # (rows a:b of a parameter block: the same rows of its .grad)
+                kind, a, b, step = w.attrs["index"][0]
+                w, rows = (w.inputs[0], (a, b)) if kind == "s" and step in (None, 1) else (w, None)
+            if (
+                w is None
+                or w not in position
+                or w.attrs.get("kind") != "param"
+                or n not in plan.fresh
+                or n in g.outputs
+                or n.nbytes < least
+                or position[w] in self.scratch_slots
+            ):
+                continue
+            into[n] = len(self.dest)
+            self.scratch_slots[position[w]] = (len(self.dest), n, rows)
             self.dest.append(None)
         if into:
             self.bound["_dest"] = self.dest

@@ -88,7 +88,9 @@ class PlanOptions:
     one ufunc computes (the weight gradients' GEMMs) get a slot of Program.dest: the caller
     (nn.packing.Packing.compute_into) has them computed into a parameter's zeroed `.grad`
     instead of a temporary added to it (issue 19). Below it the temporary is cheaper than the
-    per-call checks (a zero test and an overlap test per gradient); 0: off.
+    per-call checks (a zero test and an overlap test per gradient); 0: off. The same size
+    bounds a pair forward's per-call transposed weight copy made in the weight's zeroed `.grad`
+    (Program.scratch_slots, Packing.scratch_into; 0: off too).
     tap_room_min_bytes: get_grad_hidden_state's copies of a plain Sequencer backward's arguments
     go into the saved slab's dead gate rows (TrainingPair.tap_room) only when those rows hold at
     least this many bytes; below it fresh copies are cheaper than placing them (the placement

@@ -12,6 +12,7 @@ from test_rolled_numpy import cs_grads, params, steps, zeros
 import tapernn as tn
 from tapernn import nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes
+from tapernn.nn.runtime import runtime_of
 
 D, H, B, T = 3, 4, 2, 6
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -112,9 +113,20 @@ def test_loop_without_the_input_gradient_holds_no_more(name):
             seq.update_parameters(1e-3)
 
         peaks[need] = loop_peak_bytes(step)
+        if not need:  # the variant's loop bodies' own buffers, kept beside the arena
+            pair = runtime_of(seq).history[-1].exe.training_pair
+            bodies = sum(
+                loop.buffer_bytes + loop.workspace_bytes
+                for v in pair.variants.values()
+                for loop in v.report.loops
+            )
     # (1 KiB: Python objects of the variant's own bookkeeping -- 32 B seen for GRU; one array of
-    # this loop is >= 10 KiB, a second arena ~1 MiB)
-    assert peaks[False] <= peaks[True] + 1024, peaks
+    # this loop is >= 10 KiB, a second arena ~1 MiB. `bodies`: the variant's loop bodies keep
+    # buffers of their own between calls (T-independent: one step's values, 80 KiB for GRU
+    # here); the loop with the input gradient holds 1U less than it did since hpeak8 (its
+    # input's copy for get_grad_hidden_state is not made), which no longer hides them)
+    assert peaks[False] <= peaks[True] + 1024 + bodies, (peaks, bodies)
+    assert bodies <= x.nbytes  # (one step's values: nothing T-sized)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])

@@ -65,7 +65,7 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
     n_dx = len(exe.data_wrt) if need_dx else 0
     into = range(n_dx, n_dx + exe.packing.n_grads)  # (into the zeroed .grad: compute_into)
     moments = {
-        "forward": base + per_call_peak(fwd),
+        "forward": base + per_call_peak(fwd, scratch=True),
         "backward": base + kept_b + saved_only + per_call_peak(bwd, into),
         "after": base + kept_b + grad_input + taps,
     }
@@ -73,7 +73,7 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
         "arena": arena / unit,
         "kept": kept_b / unit,
         "saved only": saved_only / unit,
-        "fwd per-call": per_call_peak(fwd) / unit,
+        "fwd per-call": per_call_peak(fwd, scratch=True) / unit,
         "bwd per-call": per_call_peak(bwd, into) / unit,
         "grad_input": grad_input / unit,
         "taps+update": taps / unit,

@@ -314,6 +314,47 @@ class Packing:
             if _zeroed(grad, outs[first + i], args):
                 dest[s] = grad
 
+    def scratch_into(self, program: Any, args: list) -> list:
+        """Before the forward `program` runs on `args`: each per-call transposed weight copy it
+        can make in an array of the caller's (codegen's Program.scratch_slots) is made in that
+        weight's `.grad` when it holds only zeros (the loop zeroes the gradients before each
+        step) and is an array of the copy's size, apart from every argument. Returns those
+        `.grad` arrays: release_scratch zeroes them again after the call."""
+        prog = program.program
+        slots = getattr(prog, "scratch_slots", None)
+        if not slots:
+            return []
+        dest, used = prog.dest, []
+        for j, (s, n, rows) in slots.items():
+            grad = self._grad_of(args[j])
+            if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
+                grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
+            if grad is not None and _zeroed(grad, n, args, reshape=True):
+                dest[s] = grad.reshape(n.shape)
+                used.append(grad)
+        return used
+
+    def _grad_of(self, data: Any) -> np.ndarray | None:
+        """The gradient array of the parameter (or intact block) whose data `data` is."""
+        for k in self.loose:
+            p = self.params[k]
+            if p.data is data:
+                return p.grad
+        for grp in self.groups:
+            if grp.block.intact and grp.block.data is data:
+                return grp.block.grad
+        return None
+
+    @staticmethod
+    def release_scratch(program: Any, used: list) -> None:
+        """After the forward (also when it raised): the `.grad` arrays scratch_into lent it
+        hold zeros again, and no slot points at one."""
+        for grad in used:
+            grad.fill(0)
+        dest = getattr(program.program, "dest", None)
+        if dest:
+            dest[:] = [None] * len(dest)
+
     @staticmethod
     def release(program: Any) -> None:
         """After the run: no slot of `program` points at a `.grad` any more."""
@@ -322,12 +363,13 @@ class Packing:
             dest[:] = [None] * len(dest)
 
 
-def _zeroed(grad: Any, n: Node, args: list) -> bool:
-    """Whether `grad` can take the value of output `n` by out= (its shape and dtype, one
-    aligned writable C-contiguous ndarray) and holds only zeros, apart from every argument."""
+def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False) -> bool:
+    """Whether `grad` can take the value of output `n` by out= (its shape and dtype, or with
+    `reshape` its size, one aligned writable C-contiguous ndarray) and holds only zeros, apart
+    from every argument."""
     return (
         type(grad) is np.ndarray
-        and grad.shape == n.shape
+        and (grad.size == n.size if reshape else grad.shape == n.shape)
         and grad.dtype == n.dtype
         and grad.flags.c_contiguous
         and grad.flags.writeable

@@ -184,7 +184,12 @@ class Runtime:
             program = exe.compile_forward()
         if not history:
             self._release_previous(exe)
-        outs = program.run(call_args)
+        used = exe.packing.scratch_into(program, call_args)  # (the zeroed .grad as scratch)
+        try:
+            outs = program.run(call_args)
+        finally:
+            if used:
+                exe.packing.release_scratch(program, used)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
         record.starts = starts
         self._write_back(exe, record, history)

@@ -4,6 +4,7 @@ replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 from typing import Any
 
@@ -270,9 +271,9 @@ def later_tap_grads(
         modules = list(_recurrent_steps(exe))
     if not modules:
         return
-    copies = tap_copies(list(record.args) + list(seeds), room)
+    copies = tap_copies(list(record.args) + list(seeds), room, watch_positions(exe))
     n = len(record.args)
-    tap_later(rt, record, copies[:n], copies[n:], modules)
+    tap_later(rt, record, copies[:n], copies[n:], modules, getattr(copies, "watched", ()))
 
 
 def tap_places(sizes: list[int], room: int) -> dict[int, int]:
@@ -294,21 +295,30 @@ def room_view(saved: Any, nbytes: int) -> np.ndarray | None:
     return saved.reshape(-1).view(np.uint8)[:nbytes]
 
 
-def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
+def tap_copies(
+    arrays: list, room: np.ndarray | None, watch: frozenset = frozenset()
+) -> list[np.ndarray]:
     """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
     bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
     TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
-    instead of into new memory; the rest are fresh copies."""
+    instead of into new memory; of the rest, one at a position in `watch` (the data inputs and
+    output gradients, not the parameters: watch_positions) that is C-contiguous and at least
+    WATCH_MIN_BYTES is not copied but kept with its fingerprint (`Copies.watched`:
+    tap_grads_now raises if it changed); the others are fresh copies."""
     ndarray = np.ndarray
     if room is None:
         return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
     arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
     places = tap_places([a.nbytes for a in arrays], room.nbytes)
-    out = []
+    out = Copies()
     for k, a in enumerate(arrays):
         at = places.get(k)
         if at is None:
-            out.append(a.copy())
+            if k in watch and a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous:
+                out.watched.append((k, a, fingerprint(a)))
+                out.append(a)
+            else:
+                out.append(a.copy())
             continue
         dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
         np.copyto(dst, a)
@@ -316,22 +326,89 @@ def tap_copies(arrays: list, room: np.ndarray | None) -> list[np.ndarray]:
     return out
 
 
-def tap_later(rt: Any, record: Any, args: list, seeds: list, modules: list) -> None:
+# an argument or seed that does not fit the tap room is kept by reference (and fingerprinted)
+# from this size up; below it a fresh copy costs less than the fingerprint. Parameters are always
+# copied: a fingerprint costs ~10x a copy, and a training loop's update changes them anyway
+WATCH_MIN_BYTES = 1 << 16
+
+
+class Copies(list):
+    """tap_copies' result: the arrays, and `watched`: (position, array, fingerprint) of those
+    kept by reference (not copied)."""
+
+    def __init__(self):
+        super().__init__()
+        self.watched: list = []
+
+
+def watch_positions(exe: Any) -> frozenset:
+    """Positions in (arguments + seeds) of a plain Sequencer backward of `exe` that tap_copies
+    may keep by reference: every one but the parameters' (cached per program)."""
+    cached = exe.__dict__.get("_watch_positions")
+    if cached is None:
+        kinds = [n.kind for n in exe.arg_nodes if n.kind != "tap"]
+        cached = frozenset(k for k, kind in enumerate(kinds) if kind != "param")
+        cached |= frozenset(range(len(kinds), len(kinds) + len(exe.seeded)))
+        exe.__dict__["_watch_positions"] = cached
+    return cached
+
+
+def fingerprint(a: np.ndarray) -> tuple:
+    """Where a C-contiguous `a`'s bytes are and a digest of them: CRC-32 of the bytes and the
+    XOR of their 64-bit words (each changes with any one changed word; 96 check bits)."""
+    raw = a.reshape(-1).view(np.uint8)
+    words = raw.view(np.uint64) if raw.nbytes % 8 == 0 else raw
+    return (
+        a.__array_interface__["data"][0],
+        a.shape,
+        a.dtype.str,
+        zlib.crc32(raw),
+        int(np.bitwise_xor.reduce(words)),
+    )
+
+
+def check_unchanged(watched: list, names: list) -> None:
+    """StateError if an array tap_copies kept by reference has changed since (`names`: what
+    each position is, for the message)."""
+    for k, a, fp in watched:
+        if fingerprint(a) != fp:
+            raise StateError(
+                f"get_grad_hidden_state: {names[k]} was changed in place after the backward "
+                "it belongs to; it was kept by reference, not copied (its copy did not fit "
+                "the saved slab's dead rows), so the state gradients of that backward can no "
+                "longer be computed: call get_grad_hidden_state before changing it"
+            )
+
+
+def tap_later(
+    rt: Any, record: Any, args: list, seeds: list, modules: list, watched: Any = ()
+) -> None:
     """later_tap_grads with the copies of the call's arguments and seeds made (nn.steady's
     generated backward makes them, and this partial, itself)."""
     compute = partial(
-        tap_grads_now, rt, record.exe, record.leaves, record.starts, args, seeds, modules
+        tap_grads_now, rt, record.exe, record.leaves, record.starts, args, seeds, modules, watched
     )
     for m in modules:
         m.__dict__["_grad_hidden"] = compute  # (a plain field: no registration check)
 
 
 def tap_grads_now(
-    rt: Any, exe: Any, leaves: list, starts: list, args: list, seeds: list, modules: list
+    rt: Any,
+    exe: Any,
+    leaves: list,
+    starts: list,
+    args: list,
+    seeds: list,
+    modules: list,
+    watched: Any = (),
 ) -> None:
     """The gradients into the states of a plain Sequencer backward (its program `exe`, its
     input `leaves`, initial states `starts`, copies of its arguments and seeds), computed by
-    the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state)."""
+    the tapped variant and stored in `modules`' _grad_hidden (a get_grad_hidden_state).
+    `watched`: those kept by reference (tap_copies), checked unchanged first."""
+    if watched:
+        names = [f"argument {n.name!r}" for n in exe.arg_nodes if n.kind != "tap"]
+        check_unchanged(watched, names + ["the output gradient"] * len(seeds))
     variant = _variant(rt, exe, frozenset(), leaves, starts)
     pair = variant.compile_training()
     full = args_like(variant, args, exe)
@@ -343,16 +420,23 @@ def tap_grads_now(
 
 def tap_copy_bytes(exe: Any) -> int:
     """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
-    (its arguments and seeds, less those placed in the pair's tap_room), 0 where it copies
-    nothing (no recurrent module, or step-wise use)."""
+    (its arguments and seeds, less those placed in the pair's tap_room and, when there is such
+    a room, those it keeps by reference: watch_positions, WATCH_MIN_BYTES, C-contiguous
+    arguments assumed), 0 where it copies nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
     sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
     sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
     pair = exe.training_pair
     room = pair.tap_room(pair.last_backward) if pair is not None else None
-    placed = tap_places(sizes, room[1]) if room is not None else {}
-    return sum(b for k, b in enumerate(sizes) if k not in placed)
+    if room is None:
+        return sum(sizes)
+    placed, watch = tap_places(sizes, room[1]), watch_positions(exe)
+    return sum(
+        b
+        for k, b in enumerate(sizes)
+        if k not in placed and (k not in watch or b < WATCH_MIN_BYTES)
+    )
 
 
 def _copy(a: Any) -> np.ndarray:

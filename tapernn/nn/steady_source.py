@@ -17,6 +17,7 @@ from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
 from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
+from .state_grads import watch_positions as _watch_positions
 from .write_plan import Pending
 
 
@@ -81,7 +82,16 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind, cleared)
-    lines += _call("outs", "program", "args", "saved_at", steady, ns)
+    if getattr(steady.program.program, "scratch_slots", None):  # (Packing.scratch_into)
+        ns["scratch_into"] = steady.exe.packing.scratch_into
+        ns["release_scratch"] = steady.exe.packing.release_scratch
+        lines += ["    used = scratch_into(program, args)", "    try:"]
+        lines += [
+            "    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)
+        ]
+        lines += ["    finally:", "        release_scratch(program, used)"]
+    else:
+        lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
         saved = f"list(outs[{steady.n_kept}:])" if steady.training else "None"
         lines += [
@@ -367,6 +377,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
+        "watch": _watch_positions(exe),
         "compute_into": exe.packing.compute_into,
         "release": exe.packing.release,
         "room_view": room_view,
@@ -452,11 +463,13 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             "    if room is None:",
             f"        copies = [{', '.join(copies)}]",
             "        gcopy = [grad_output.copy()]",
+            "        watched = ()",
             "    else:",
-            "        copies = tap_copies(list(args) + [grad_output], room)",
+            "        copies = tap_copies(list(args) + [grad_output], room, watch)",
+            "        watched = copies.watched",
             "        gcopy = [copies.pop()]",
             "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
-            + " gcopy, modules)",
+            + " gcopy, modules, watched)",
         ]
         for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')

@@ -141,7 +141,9 @@ class TrainingPair:
         values, masks, the copy of the step's input) are held at once before backward. The
         `n_param_grads` parameter gradients after the data inputs' are computed into the zeroed
         `.grad` arrays where the backward can (Packing.compute_into: the loop zeroes them before
-        each backward), not allocated; stepped by hand they are (only the first step's is not)."""
+        each backward), not allocated; stepped by hand they are (only the first step's is not).
+        Likewise the forward's transposed weight copies go into the zeroed `.grad` arrays
+        (Packing.scratch_into) when `n_param_grads` and not stepped by hand."""
         fwd, bwd = self.forward, self.last_backward
         n_kept = len(fwd.graph.outputs) - self.n_saved
         kept = _storages(fwd, range(n_kept))
@@ -163,7 +165,7 @@ class TrainingPair:
         # (stepped by hand, the steps' backwards add to the gradients the first one made)
         into = range(n_dx, n_dx + n_param_grads) if held is None else ()
         moments = (
-            per_call_peak(fwd),
+            per_call_peak(fwd, scratch=held is None and n_param_grads > 0),
             sum(saved_only.values()) + per_call_peak(bwd, into),
             grad_input + tap_bytes,  # the parameter gradients are accumulated before the copies
         )
@@ -213,17 +215,21 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
-def per_call_peak(c: Compiled, into: Iterable[int] = ()) -> int:
+def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
     the copies reshapes of strided views make, which the plan sees as views; what each loop
     allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
     broadcasting ufunc call (`ufunc_buffers`) during it. `into`: positions of outputs computed
-    into the caller's arrays (Program.dest), not allocated."""
+    into the caller's arrays (Program.dest), not allocated; `scratch`: the forward's
+    transposed weight copies made in the weights' zeroed `.grad` (Program.scratch_slots,
+    Packing.scratch_into), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
     slots = getattr(c.program, "dest_slots", {})
     given = {c.graph.outputs[k] for k in into if k in slots}
+    if scratch:
+        given |= {n for _, n, _ in getattr(c.program, "scratch_slots", {}).values()}
     delta = [0] * (end + 2)
     at_end = 0
     for st in plan.fresh:
