@@ -119,11 +119,16 @@ class PlanOptions:
     packed_gemm: bool = True
     grad_into_min_bytes: int = 1 << 16
     tap_room_min_bytes: int = 1 << 16
-    batch_split: str = "off"
+    batch_split: str = "auto"
+    own_threads: str = "auto"
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError
 
+        if self.own_threads not in ("auto", "on", "off"):
+            raise ArgumentError(
+                f"PlanOptions.own_threads is 'auto', 'on' or 'off', got {self.own_threads!r}"
+            )
         if self.batch_split not in ("auto", "on", "off"):
             raise ArgumentError(
                 f"PlanOptions.batch_split is 'auto', 'on' or 'off', got {self.batch_split!r}"

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import builtins
 import itertools
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from .backends.packed import PackedSite
 from .backends.packed import _threads as pool_threads
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .own_threads import cpus, executor, owning, worker_ident
 from .plan_options import SIZE_ROWS
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
@@ -132,37 +131,9 @@ def gemm_ops(graph: Graph) -> tuple[int, int]:
     return ops.count("matmul") + ops.count("packed_matmul"), ops.count("packed_matmul")
 
 
-# ---- the worker -------------------------------------------------------------------------------
+# ---- the worker (own_threads.py's: the loops and the time-batched GEMMs share it) -------------
 
-_pool: list[ThreadPoolExecutor | None] = [None]
-_pool_lock = threading.Lock()
-_worker_ident: set[int] = set()
-
-
-def _executor() -> ThreadPoolExecutor:
-    with _pool_lock:
-        if _pool[0] is None:
-            _pool[0] = ThreadPoolExecutor(1, "tapernn-split", initializer=_mark)
-        return _pool[0]
-
-
-def _mark() -> None:
-    _worker_ident.add(threading.get_ident())
-
-
-def _after_fork() -> None:
-    _pool[0] = None
-    _worker_ident.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        return os.cpu_count() or 1
+_executor = executor
 
 
 # ---- the runner -------------------------------------------------------------------------------
@@ -270,16 +241,29 @@ class SplitRunner:
         self.own_prologue = False
         self.full_sites = sites(full_fn)  # (before they take over)
         self.over: Callable = lambda slab, *xs: False
+        # "auto" splits only in calls of a program that owns the threads (own_threads.py)
+        # unless PlanOptions.own_threads is "off" (then: >= 2 BLAS threads and CPUs)
+        self.owned_only = False
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
-        when = "" if self.mode == "on" else " in calls with >= 2 BLAS threads and CPUs"
+        when = (
+            ""
+            if self.mode == "on"
+            else " in owned calls (threads)"
+            if self.owned_only
+            else " in calls with >= 2 BLAS threads and CPUs"
+        )
         return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if self.failed or threading.get_ident() in _worker_ident:
+        if self.failed or threading.get_ident() in worker_ident:
             return self.full(*args, out=out)
-        if self.mode != "on" and (pool_threads() < 2 or cpus() < 2):
+        if (
+            self.mode != "on"
+            and not owning()
+            and (self.owned_only or pool_threads() < 2 or cpus() < 2)
+        ):
             return self.full(*args, out=out)
         if self.loops is None and not self._prepare():
             return self.full(*args, out=out)
