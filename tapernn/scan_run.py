@@ -156,7 +156,6 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         helpers,
         options.batch_split,
     )
-    split.owned_only = options.own_threads != "off"  # ("auto": in owned calls alone)
     return split, f"{kernel}; {split.note()}"
 
 
