@@ -91,13 +91,54 @@ def _kernels(dtype):
     return ns["fwd"], ns["bwd"]
 
 
+def np_fwd(P, acc, b, c_prev, c, h, tc):
+    """The cell forward in NumPy ufunc calls (the NumPy backend's kind of loop body: the GIL is
+    released inside each call, held between them)."""
+    H = c.shape[1]
+    P = P.reshape(-1, 4 * H)
+    P += acc.reshape(-1, 4 * H)
+    P += b.reshape(-1)
+    np.negative(P, out=P)
+    np.exp(P, out=P)
+    P += 1
+    np.reciprocal(P, out=P)  # sigmoid everywhere; g = 2 sigmoid(2a) - 1 is not needed here
+    i, g, f, o = (P[:, k * H : (k + 1) * H] for k in range(4))
+    np.multiply(f, c_prev, out=c)
+    np.multiply(i, g, out=tc)
+    c += tc
+    np.tanh(c, out=tc)
+    np.multiply(o, tc, out=h)
+
+
+def np_bwd(A, dh_next, dy, dc, c_prev, tc):
+    H = dc.shape[1]
+    i, g, f, o = (A[:, k * H : (k + 1) * H] for k in range(4))
+    dh = dh_next + dy
+    t2 = tc * tc
+    np.subtract(1, t2, out=t2)
+    t2 *= o
+    t2 *= dh
+    dc += t2
+    do = dh * tc
+    di = dc * g
+    dg = dc * i
+    df = dc * c_prev
+    s = A * (1 - A)
+    dc *= f
+    A[:, :H] = di
+    A[:, H : 2 * H] = dg
+    A[:, 2 * H : 3 * H] = df
+    A[:, 3 * H :] = do
+    A *= s
+
+
 _pool = ThreadPoolExecutor(1)
 
 
 class Step:
     """One FastLSTM step (h0 = c0 = 0) on (T, B, D) data: forward, backward with dX, dW."""
 
-    def __init__(self, B, T, D, H, dtype, split: bool, blas: int | None):
+    def __init__(self, B, T, D, H, dtype, split: bool, blas: int | None, numpy_cells=False):
         self.B, self.T, self.D, self.H, self.dtype = B, T, D, H, np.dtype(dtype)
         self.split, self.blas = split, blas
         rng = np.random.default_rng(1)
@@ -108,7 +149,7 @@ class Step:
         self.Wx = np.ascontiguousarray(self.WxT.T)
         self.b = (rng.uniform(-s, s, 4 * H)).astype(dtype)
         self.b4 = self.b.reshape(4, H)
-        self.fwd, self.bwd = _kernels(dtype)
+        self.fwd, self.bwd = (np_fwd, np_bwd) if numpy_cells else _kernels(dtype)
         e = lambda *s: np.zeros(s, dtype)
         self.A = e(T, B, 4 * H)  # activations, then dZ
         self.c = e(T + 1, B, H)
@@ -273,6 +314,8 @@ def main():
                 "own2": (True, 1),
                 "own1": (False, 1),
                 "blas2": (False, None),
+                "np2": (True, 1, True),
+                "np1": (False, 1, True),
             }
             for k in args.arms:
                 s = Step(B, T, H, H, args.dtype, *made[k])
