@@ -76,6 +76,7 @@ class Compiled:
             self.program.bound[name].report = self.report
         self.report.backend_note = self.program.backend_note
         # PlanOptions.own_threads: this program's calls own both cores (own_threads.py)
+        self.split_runners: tuple = ()  # (own_mode: the loops that split their rows)
         self.own = own_mode(self) if not nested() else "off"
         if self.program.backend == "numba" and not nested():
             from .backends import background, numba_program
@@ -100,7 +101,9 @@ class Compiled:
         """Run on already-checked arrays (the fast path modules use), with the BLAS threads
         `tn.set_blas_threads` picks for this program's matmuls: under "auto", measured
         (blas_tuning) when they are big enough, else blas.thread_flops's rule."""
-        if self.own != "off" and (self.own == "on" or own_threads.allowed()):
+        if self.own != "off" and (
+            self.own == "on" or own_threads.allowed() and own_threads.splitting(self.split_runners)
+        ):
             return own_threads.run(self._run, args)
         if self.threads.tunable and measuring():
             pool = limiter.pool_count()
@@ -152,6 +155,7 @@ def own_mode(compiled: Compiled) -> str:
         return "off"
     fn = compiled.program.fn
     defaults = dict(fn.__kwdefaults__ or {})
+    compiled.split_runners = tuple(v for v in defaults.values() if hasattr(v, "split_calls"))
     if "np_matmul" in defaults:
         defaults["np_matmul"] = own_threads.matmul
         fn.__kwdefaults__ = defaults

@@ -87,6 +87,12 @@ def allowed() -> bool:
     return isinstance(policy, int) and policy >= 2
 
 
+def splitting(runners: tuple) -> bool:
+    """Whether a loop of the program still splits (a split that failed -- its halves would not
+    compile alike -- runs the whole loop: then owning the call would only cost BLAS threads)."""
+    return any(not r.failed for r in runners)
+
+
 def run(fn, args):
     """fn(args) as an owned call: BLAS at one thread, the split paths on (restored after)."""
     blas.limiter.enter(1)

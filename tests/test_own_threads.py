@@ -188,6 +188,15 @@ def test_auto_rule_in_the_report_and_the_calls(rng):
                 close(train(a, x, g), train(b, x, g))
             after = counts()
             assert after[0] > before[0] and after[1] > before[1], policy
+        # a split that failed (its halves would not compile alike): the calls are not owned
+        pair = a._runtime.last.training_pair
+        for program in (pair.forward, pair.backward):
+            assert program.split_runners
+            for runner in program.split_runners:
+                runner.failed = "injected"
+        before = counts()
+        close(train(a, x, g), train(b, x, g))
+        assert counts() == before
 
 
 def _pool_count():
