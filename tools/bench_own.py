@@ -23,8 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proto_own import timed_batch, timed_call, torch_step
+
 import tapernn as tn
-from proto_own import timed_batch, torch_step
 from tapernn import nn
 
 ARMS = {
@@ -66,6 +67,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=6, help="calls per timed batch")
     ap.add_argument("--others", type=float, default=0.2)
+    ap.add_argument(
+        "--waits",
+        type=float,
+        default=0.0,
+        help="time calls one by one; quiet: threads waited on a run queue < this share of wall",
+    )
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--arms", nargs="+", default=list(ARMS))
     ap.add_argument("--torch-alone", action="store_true")
@@ -87,10 +94,15 @@ def main() -> None:
         for _ in range(args.reps):
             for k, (f, _) in steps.items():
                 time.sleep(0.02)
-                w, c, o = timed_batch(f, args.batch)
+                if args.waits:
+                    w, c, waited = timed_call(f)
+                    ok = waited < args.waits * w
+                else:
+                    w, c, o = timed_batch(f, args.batch)
+                    ok = o < args.others
                 wall[k].append(w)
                 cpu[k].append(c)
-                if o < args.others:
+                if ok:
                     quiet[k].append(w)
         base = np.median(wall["torch"])
         qbase = np.median(quiet["torch"]) if quiet["torch"] else None

@@ -274,6 +274,29 @@ def _own_jiffies() -> int:
     return int(v[11]) + int(v[12])
 
 
+def _waited_ns() -> int:
+    """Nanoseconds this process's threads have waited on a run queue (schedstat field 2)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def timed_call(f):
+    """(wall, process CPU, run-queue wait of this process's threads) of one call: a call whose
+    threads never waited for a CPU ran as on a free machine (memory-bandwidth sharing aside)."""
+    w0 = _waited_ns()
+    c, t = time.process_time(), time.perf_counter()
+    f()
+    w = time.perf_counter() - t
+    c = time.process_time() - c
+    return w, c, (_waited_ns() - w0) * 1e-9
+
+
 def timed_batch(f, n):
     """Per-call wall and process CPU time (means over n calls in a row) and the other processes'
     CPU during them in cores (from /proc/stat: 10 ms jiffies, so only a batch of ~0.2 s or more
