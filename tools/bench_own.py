@@ -32,10 +32,13 @@ ARMS = {
     "numba owned": ("numba", {}),
     "numba unowned": ("numba", {"own_threads": "off", "batch_split": "off"}),
     "numpy": ("numpy", {}),
+    # (blas_tuning times 1 vs 2 threads during the warm-up: under load it picks 1)
+    "numba unowned 2thr": ("numba", {"own_threads": "off", "batch_split": "off", "threads": 2}),
+    "numpy 2thr": ("numpy", {"threads": 2}),
 }
 
 
-def contenders(B, T, H, dtype, arms, torch_alone):
+def contenders(B, T, H, dtype, arms, torch_alone, with_torch=True):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(dtype)
     g = rng.standard_normal((T, B, H)).astype(dtype)
@@ -46,18 +49,23 @@ def contenders(B, T, H, dtype, arms, torch_alone):
             tn.set_backend(backend)
             tn.manual_seed(0)
             seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
+            options = dict(options)
+            threads = options.pop("threads", "auto")
             if options:
                 seq.set_plan_options(tn.PlanOptions(**options))
 
-            def step(seq=seq, backend=backend):
+            def step(seq=seq, backend=backend, threads=threads):
                 tn.set_backend(backend)
+                tn.set_blas_threads(threads)
                 seq.forward(x)
                 seq.zero_grad_parameters()
                 seq.backward(x, g)
+                tn.set_blas_threads("auto")
 
             out[label] = (step, seq)
-    t = torch_step(B, T, H, "float32", x.astype(np.float32), g.astype(np.float32))
-    out["torch"] = (t, None)
+    if with_torch:
+        t = torch_step(B, T, H, "float32", x.astype(np.float32), g.astype(np.float32))
+        out["torch"] = (t, None)
     return out
 
 
@@ -76,11 +84,17 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--arms", nargs="+", default=list(ARMS))
     ap.add_argument("--torch-alone", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="no torch in this process")
+    ap.add_argument(
+        "--rest", type=float, default=0.02, help="seconds between calls (pools fall asleep)"
+    )
     args = ap.parse_args()
     print(f"load {os.getloadavg()}")
     for text in args.configs:
         B, T, H = (int(v) for v in text.split(","))
-        steps = contenders(B, T, H, np.dtype(args.dtype), args.arms, args.torch_alone)
+        steps = contenders(
+            B, T, H, np.dtype(args.dtype), args.arms, args.torch_alone, not args.no_torch
+        )
         for f, _ in steps.values():  # warm-up: compile, kernels switch, thread choice
             for _ in range(10):
                 f()
@@ -93,7 +107,7 @@ def main() -> None:
         quiet = {k: [] for k in steps}
         for _ in range(args.reps):
             for k, (f, _) in steps.items():
-                time.sleep(0.02)
+                time.sleep(args.rest)
                 if args.waits:
                     w, c, waited = timed_call(f)
                     ok = waited < args.waits * w
@@ -104,8 +118,9 @@ def main() -> None:
                 cpu[k].append(c)
                 if ok:
                     quiet[k].append(w)
-        base = np.median(wall["torch"])
-        qbase = np.median(quiet["torch"]) if quiet["torch"] else None
+        base = np.median(wall["torch"]) if "torch" in wall else np.median(wall[args.arms[-1]])
+        ref = "torch" if "torch" in wall else args.arms[-1]
+        qbase = np.median(quiet[ref]) if quiet[ref] else None
         for k in steps:
             q = quiet[k]
             qt = (
@@ -115,9 +130,9 @@ def main() -> None:
                 else "; no quiet batch"
             )
             print(
-                f"({B},{T},{H}) {args.dtype} {k:14s} median {np.median(wall[k]) * 1e3:7.1f} ms"
-                f" (best {min(wall[k]) * 1e3:.1f}, process CPU {np.median(cpu[k]) * 1e3:.1f})"
-                f" = {np.median(wall[k]) / base:.2f}x torch{qt}",
+                f"({B},{T},{H}) {args.dtype} {k:14s} median {np.median(wall[k]) * 1e3:7.3f} ms"
+                f" (best {min(wall[k]) * 1e3:.3f}, process CPU {np.median(cpu[k]) * 1e3:.3f})"
+                f" = {np.median(wall[k]) / base:.2f}x {ref}{qt}",
                 flush=True,
             )
         print(f"load {os.getloadavg()}")
