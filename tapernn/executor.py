@@ -147,7 +147,7 @@ def own_mode(compiled: Compiled) -> str:
     """PlanOptions.own_threads for this program ("off" when it has no loop that splits its batch
     rows); binds the splitting matmul and writes the report's line."""
     mode = compiled.program.options.own_threads
-    if mode == "off":
+    if mode == "off" or not compiled.report.loops:  # (no loop: no line in the report)
         return "off"
     split = any("batch split over" in loop.kernel for loop in compiled.report.loops)
     compiled.report.threads = own_threads.note(split, mode)

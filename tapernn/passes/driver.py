@@ -181,7 +181,9 @@ class CompileReport:
                 for name, r in (("forward", fwd), ("backward", bwd))
                 if r.kernel
             ),
-            threads="; ".join(
+            threads=fwd.threads
+            if fwd.threads == bwd.threads
+            else "; ".join(
                 f"{name}: {r.threads}"
                 for name, r in (("forward", fwd), ("backward", bwd))
                 if r.threads
