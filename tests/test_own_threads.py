@@ -251,3 +251,28 @@ def test_blas_setting_restored_also_after_an_exception(rng, monkeypatch):
         close(train(a, x, g), train(model(make, "off"), x, g))
     finally:
         set_(user)
+
+
+def test_owned_calls_from_two_user_threads(rng):
+    """Two user threads training their own models at once share the one worker: the same
+    results as one after the other, and the BLAS setting restored after both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    make, _, _, H = CELLS["fastlstm"]
+    x, g = rng.standard_normal((T, 8, D)), rng.standard_normal((T, 8, H))
+    models = [model(make, "on") for _ in range(2)]
+    want = [train(model(make, "off"), x, g) for _ in range(2)]
+    pools = limiter.pools()
+    before = _pool_count()
+    for m in models:
+        train(m, x, g)  # (call 1: the kernels take over)
+    before_counts = counts()
+    with ThreadPoolExecutor(2) as users:
+        got = list(users.map(lambda m: [train(m, x, g) for _ in range(3)][-1], models))
+    for a, b in zip(got, want):
+        close(a, b)
+    after = counts()
+    assert after[0] > before_counts[0] and after[1] > before_counts[1]
+    if pools:
+        assert _pool_count() == before
+    assert not own_threads.owning()
