@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import own_threads
 from .accounting import peak_bytes
 from .backends import auto_calls, deferred
 from .backends.packed import rule as packed_rule
@@ -74,6 +75,9 @@ class Compiled:
         for name, *_ in self.program.sites:  # (a kernel failing in the background reports here)
             self.program.bound[name].report = self.report
         self.report.backend_note = self.program.backend_note
+        # PlanOptions.own_threads: this program's calls own both cores (own_threads.py)
+        self.split_runners: tuple = ()  # (own_mode: the loops that split their rows)
+        self.own = own_mode(self) if not nested() else "off"
         if self.program.backend == "numba" and not nested():
             from .backends import background, numba_program
 
@@ -97,6 +101,10 @@ class Compiled:
         """Run on already-checked arrays (the fast path modules use), with the BLAS threads
         `tn.set_blas_threads` picks for this program's matmuls: under "auto", measured
         (blas_tuning) when they are big enough, else blas.thread_flops's rule."""
+        if self.own != "off" and (
+            self.own == "on" or own_threads.allowed() and own_threads.splitting(self.split_runners)
+        ):
+            return own_threads.run(self._run, args)
         if self.threads.tunable and measuring():
             pool = limiter.pool_count()
             if pool > 1:
@@ -133,6 +141,25 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
+
+
+def own_mode(compiled: Compiled) -> str:
+    """PlanOptions.own_threads for this program ("off" when it has no loop that splits its batch
+    rows); binds the splitting matmul and writes the report's line."""
+    mode = compiled.program.options.own_threads
+    if mode == "off" or not compiled.report.loops:  # (no loop: no line in the report)
+        return "off"
+    split = any("batch split over" in loop.kernel for loop in compiled.report.loops)
+    compiled.report.threads = own_threads.note(split, mode)
+    if not split:
+        return "off"
+    fn = compiled.program.fn
+    defaults = dict(fn.__kwdefaults__ or {})
+    compiled.split_runners = tuple(v for v in defaults.values() if hasattr(v, "split_calls"))
+    if "np_matmul" in defaults:
+        defaults["np_matmul"] = own_threads.matmul
+        fn.__kwdefaults__ = defaults
+    return mode
 
 
 def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:

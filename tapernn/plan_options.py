@@ -101,10 +101,16 @@ class PlanOptions:
     packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
     a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
     batch_split: on the numba backend, a Python-run loop whose body is row-wise in the batch
-    runs its two row halves at once on two threads (scan_split.py; same bits). "auto": when each
-    half has >= 8 rows, every step GEMM is packed, and the call runs with >= 2 BLAS threads on
-    >= 2 CPUs; "on": whenever the body is row-wise (tests); "off" (the default until it is
-    measured on two free cores: BENCHMARKS.md, hpar): never.
+    runs its two row halves at once on two threads (scan_split.py; same bits). "auto" (the
+    default): when each half has >= 8 rows and every step GEMM is packed, in calls its program
+    owns (own_threads); "on": whenever the body is row-wise (tests); "off": never.
+    own_threads: a program with a loop that splits its batch rows runs its calls with OpenBLAS
+    at ONE thread, and its time-batched GEMMs of >= own_threads.MIN_FLOPS in two halves on the
+    caller's thread and the split's worker (rows or columns of the output: no thread-dependent
+    sums), the caller's BLAS setting restored after (own_threads.py). "auto" (the default): in
+    calls with >= 2 CPUs in os.sched_getaffinity and a BLAS policy of >= 2 threads
+    (set_blas_threads "auto" or an int >= 2; never at 1 or None); "on": every call (tests);
+    "off": never (blas_tuning's thread choice as before). The compile report's "threads" line.
     """
 
     regions: bool = True
@@ -121,11 +127,16 @@ class PlanOptions:
     packed_gemm: bool = True
     grad_into_min_bytes: int = 1 << 16
     tap_room_min_bytes: int = 1 << 16
-    batch_split: str = "off"
+    batch_split: str = "auto"
+    own_threads: str = "auto"
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError
 
+        if self.own_threads not in ("auto", "on", "off"):
+            raise ArgumentError(
+                f"PlanOptions.own_threads is 'auto', 'on' or 'off', got {self.own_threads!r}"
+            )
         if self.batch_split not in ("auto", "on", "off"):
             raise ArgumentError(
                 f"PlanOptions.batch_split is 'auto', 'on' or 'off', got {self.batch_split!r}"

@@ -110,7 +110,8 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         buffer_bytes=_buffer_bytes(compiled),
         body_key=id(compiled),
         kernel=kernel,
-        workspace_bytes=_workspace_bytes(runner),
+        workspace_bytes=_workspace_bytes(runner)
+        + (_buffer_bytes(compiled) if hasattr(runner, "split_calls") else 0),
         call_bytes=_call_bytes(compiled),
         node_key=id(attrs),
     )
@@ -171,6 +172,7 @@ def _workspace_bytes(runner: Any) -> int:
     """A numba loop kernel's workspaces, or the Python runner's private copies of a step's xs
     rows (a body reading its xs late over a slab they lie in: make_runner's `_P<k>`); both
     made once by the runner."""
+    runner = getattr(runner, "full", runner)  # (a SplitRunner: its halves' buffers added above)
     handle = getattr(runner, "handle", None)
     if handle is None:
         bound = getattr(runner, "__kwdefaults__", None) or {}

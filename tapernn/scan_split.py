@@ -2,7 +2,8 @@
 is row-wise in the batch (every step value's row r depends on row r of the carries and xs alone)
 runs rows [0, B0) on the caller's thread and [B0, B) on one worker thread at once, each half
 through the body compiled for its own row count (`rebatch`), reading and writing strided
-row-slices of the same slab. The time-batched GEMMs outside the loop are not touched.
+row-slices of the same slab. The time-batched GEMMs outside the loop are split by
+own_threads.py in the same calls.
 
 Same bits as the unsplit loop: every op of a row-wise body computes a row from that row alone
 with the same arithmetic whatever the row count (the packed step GEMM: each output element one
@@ -10,26 +11,26 @@ FMA chain over k; the fused kernels: per element). So the split runs only once t
 kernels are in place (`ready`: no Site or PackedSite of its program still waiting), and its
 halves then take the full body's kernels (`adopt`): both sides of the background switch run the
 same lowering. Under "auto" only bodies whose step GEMMs all run the packed kernel split
-(OpenBLAS's per-row sums may depend on the row count), and only in calls that run with at
-least two BLAS threads on a machine with two CPUs for the process."""
+(OpenBLAS's per-row sums may depend on the row count), and only in calls of a program that
+owns the threads (own_threads.py: BLAS at one thread, >= 2 CPUs, a BLAS policy of >= 2
+threads). Before own_threads, "auto" split in calls with >= 2 BLAS threads: measured slower
+for whole steps (BENCHMARKS.md "hpar": OpenBLAS's pool spinning on the worker's core)."""
 
 from __future__ import annotations
 
 import builtins
 import itertools
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .backends.background import Site
 from .backends.packed import PackedSite
-from .backends.packed import _threads as pool_threads
 from .graph import Graph, Node
 from .ops.registry import get_op
+from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
@@ -132,37 +133,9 @@ def gemm_ops(graph: Graph) -> tuple[int, int]:
     return ops.count("matmul") + ops.count("packed_matmul"), ops.count("packed_matmul")
 
 
-# ---- the worker -------------------------------------------------------------------------------
+# ---- the worker (own_threads.py's: the loops and the time-batched GEMMs share it) -------------
 
-_pool: list[ThreadPoolExecutor | None] = [None]
-_pool_lock = threading.Lock()
-_worker_ident: set[int] = set()
-
-
-def _executor() -> ThreadPoolExecutor:
-    with _pool_lock:
-        if _pool[0] is None:
-            _pool[0] = ThreadPoolExecutor(1, "tapernn-split", initializer=_mark)
-        return _pool[0]
-
-
-def _mark() -> None:
-    _worker_ident.add(threading.get_ident())
-
-
-def _after_fork() -> None:
-    _pool[0] = None
-    _worker_ident.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        return os.cpu_count() or 1
+_executor = executor
 
 
 # ---- the runner -------------------------------------------------------------------------------
@@ -273,13 +246,13 @@ class SplitRunner:
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
-        when = "" if self.mode == "on" else " in calls with >= 2 BLAS threads and CPUs"
+        when = "" if self.mode == "on" else " in owned calls (threads)"
         return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if self.failed or threading.get_ident() in _worker_ident:
+        if self.failed or threading.get_ident() in worker_ident:
             return self.full(*args, out=out)
-        if self.mode != "on" and (pool_threads() < 2 or cpus() < 2):
+        if self.mode != "on" and not owning():  # "auto": in owned calls alone
             return self.full(*args, out=out)
         if self.loops is None and not self._prepare():
             return self.full(*args, out=out)

@@ -119,6 +119,8 @@ def format_report(report: CompileReport) -> str:
             rows.append(f"  {report.backend_note}")
     if report.kernel:
         rows.append(f"program                   {report.kernel}")
+    if getattr(report, "threads", ""):
+        rows.append(f"threads                   {report.threads}")
     rows.append(f"naive bytes               {report.naive_bytes:,}")
     rows.append(f"planned bytes             {report.planned_bytes:,}")
     rows.append(f"peak bytes                {report.peak_bytes:,}")

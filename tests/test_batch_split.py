@@ -197,7 +197,7 @@ def test_auto_rule_needs_rows_and_threads(rng):
         for _ in range(3):
             equal(train(a, x, g), train(b, x, g))
         assert scan_split.SPLIT_CALLS[0] == before  # one thread: never split
-        assert all("in calls with >= 2 BLAS threads" in k for k in notes(a)), notes(a)
+        assert all("in owned calls" in k for k in notes(a)), notes(a)
         if scan_split.cpus() >= 2:
             tn.set_blas_threads(2)
             for _ in range(2):

@@ -104,9 +104,11 @@ def test_set_blas_threads_rejects_bad_counts(bad):
         tn.set_blas_threads(bad)
 
 
-def loop_and_gemm(steps: int, n_big: int):
+def loop_and_gemm(steps: int, n_big: int, own: str = "off"):
     """A program with a scan of `steps` small GEMMs (h @ U, (32, 256) @ (256, 256): 4.2 MFLOP
-    each) and one top-level (n_big, n_big) @ (n_big, n_big) GEMM."""
+    each) and one top-level (n_big, n_big) @ (n_big, n_big) GEMM. PlanOptions.own_threads
+    "off" by default here: on numba with AVX-512 the loop's rows split, and the program then
+    owns its calls (BLAS at one thread, the GEMM in halves: the test below)."""
     rng = np.random.default_rng(0)
     h0, xs = rng.standard_normal((32, 256)), rng.standard_normal((steps, 32, 256))
     u, a = rng.standard_normal((256, 256)) * 0.05, rng.standard_normal((n_big, n_big))
@@ -115,7 +117,8 @@ def loop_and_gemm(steps: int, n_big: int):
     def f(h0, xs, u, a):
         return [tn.scan(step, [h0], [xs], [u]).ys[0], a @ a]
 
-    return tn.compile(tn.trace(f, h0, xs, u, a)), (h0, xs, u, a)
+    options = tn.PlanOptions(own_threads=own)
+    return tn.compile(tn.trace(f, h0, xs, u, a), options=options), (h0, xs, u, a)
 
 
 @needs_pool
@@ -133,3 +136,21 @@ def test_a_loop_of_small_gemms_runs_with_one_thread_beside_a_big_gemm(two_thread
     seen = spy(lone)
     lone(*args)
     assert seen == [[2] * n_pools()]
+
+
+@needs_pool
+def test_an_owned_program_runs_one_blas_thread_and_splits_its_big_gemm(two_threads):
+    """The same program with own_threads="auto" (the default): where its loop splits its rows
+    (numba, AVX-512), its calls run BLAS at one thread and the big GEMM in two halves."""
+    from tapernn import own_threads
+
+    owned, args = loop_and_gemm(4, 1024, "auto")
+    if "owned (BLAS" not in owned.report.threads or own_threads.cpus() < 2:
+        pytest.skip(f"not owned here: {owned.report.threads!r}")
+    seen = spy(owned)
+    before = own_threads.SPLIT_GEMMS[0]
+    for _ in range(3):  # (the loop splits once its kernels are in place)
+        got = owned(*args)
+    assert seen == [[1] * n_pools()] * 3 and threads_now() == [2] * n_pools()
+    assert own_threads.SPLIT_GEMMS[0] - before == 3
+    np.testing.assert_allclose(got[1], args[3] @ args[3], rtol=1e-12, atol=1e-9)

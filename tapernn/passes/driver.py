@@ -116,6 +116,8 @@ class CompileReport:
     # numba: what runs the program -- a whole-program kernel, or the NumPy program (and why)
     kernel: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. which loops run unrolled, and why
+    # PlanOptions.own_threads: whether the program's calls own both cores, and when (own_threads)
+    threads: str = ""
     # numba: the whole-program kernel's workspaces (its buffers and its loop kernels', made once
     # per program and reused by every call), included in resident_bytes
     workspace_bytes: int = 0
@@ -178,6 +180,13 @@ class CompileReport:
                 f"{name}: {r.kernel}"
                 for name, r in (("forward", fwd), ("backward", bwd))
                 if r.kernel
+            ),
+            threads=fwd.threads
+            if fwd.threads == bwd.threads
+            else "; ".join(
+                f"{name}: {r.threads}"
+                for name, r in (("forward", fwd), ("backward", bwd))
+                if r.threads
             ),
         )
 

@@ -1,0 +1,152 @@
+"""tapernn owns the parallelism of a program call (issue 19, PlanOptions.own_threads): OpenBLAS
+runs ONE thread for the call (no pool spinning after each GEMM on the core the other half
+needs; the caller's BLAS setting is restored after, also after an exception), and one
+persistent worker thread (a 1-thread executor blocked on its queue between calls: nothing
+spins) takes half of every large piece of work -- the rolled loops' batch rows (scan_split.py)
+and the time-batched GEMMs (`matmul`: rows of the larger side, or columns) -- each half written
+into its own slice of the same output, so nothing is summed in a thread-dependent order: the
+bits are fixed for a configuration (they may differ from the unsplit program's: OpenBLAS's
+kernels may round a row or column block differently by its size).
+
+The rule ("auto", in the compile report): the program has a loop that splits its rows (the
+batch split's own rule: >= 8 rows a half, every step GEMM packed), and per call: >= 2 CPUs in
+os.sched_getaffinity and a BLAS thread policy that allows two threads (tn.set_blas_threads
+"auto" -- unless OPENBLAS_NUM_THREADS & co. ask for one -- or an int >= 2; never at
+set_blas_threads(1) or None)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import blas
+
+# a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
+# costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
+MIN_FLOPS = 8e6
+SPLIT_GEMMS = [0]  # GEMMs run split so far (tests: the split ran)
+
+# ---- the worker (shared with the loops' batch split) -------------------------------------------
+
+_pool: list[ThreadPoolExecutor | None] = [None]
+_pool_lock = threading.Lock()
+worker_ident: set[int] = set()
+
+
+def executor() -> ThreadPoolExecutor:
+    with _pool_lock:
+        if _pool[0] is None:
+            _pool[0] = ThreadPoolExecutor(1, "tapernn-split", initializer=_mark)
+        return _pool[0]
+
+
+def _mark() -> None:
+    worker_ident.add(threading.get_ident())
+
+
+def _after_fork() -> None:
+    _pool[0] = None
+    worker_ident.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1
+
+
+# ---- the owned call ----------------------------------------------------------------------------
+
+
+class _State(threading.local):
+    depth = 0
+
+
+_state = _State()
+
+
+def owning() -> bool:
+    """Whether this thread is inside an owned program call."""
+    return _state.depth > 0
+
+
+def allowed() -> bool:
+    """The per-call part of the rule: >= 2 CPUs, and a BLAS policy that allows two threads."""
+    if cpus() < 2:
+        return False
+    policy = blas._policy
+    if policy == "auto":
+        return not blas._user_set_threads() or blas.limiter.pool_count() >= 2
+    return isinstance(policy, int) and policy >= 2
+
+
+def splitting(runners: tuple) -> bool:
+    """Whether a loop of the program still splits (a split that failed -- its halves would not
+    compile alike -- runs the whole loop: then owning the call would only cost BLAS threads)."""
+    return any(not r.failed for r in runners)
+
+
+def run(fn, args):
+    """fn(args) as an owned call: BLAS at one thread, the split paths on (restored after)."""
+    blas.limiter.enter(1)
+    _state.depth += 1
+    try:
+        return fn(args)
+    finally:
+        _state.depth -= 1
+        blas.limiter.exit()
+
+
+def matmul(a, b, out=None):
+    """np.matmul; inside an owned call a 2-D GEMM of >= MIN_FLOPS runs in two halves at once
+    (the caller's thread and the worker), split along the larger of its output's sides (rows
+    of a, or columns of b), each half written into its own slice of `out`."""
+    if not _state.depth or threading.get_ident() in worker_ident:
+        return np.matmul(a, b, out=out)
+    if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
+        return np.matmul(a, b, out=out)
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
+    elif out.shape != (m, n):
+        return np.matmul(a, b, out=out)
+    if m >= n:
+        h = m - m // 2
+        parts = ((a[:h], b, out[:h]), (a[h:], b, out[h:]))
+    else:
+        h = n - n // 2
+        parts = ((a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:]))
+    future = executor().submit(_mm, *parts[1])
+    try:
+        _mm(*parts[0])
+    finally:
+        future.result()
+    SPLIT_GEMMS[0] += 1
+    return out
+
+
+def _mm(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+def note(program_has_split_loop: bool, mode: str) -> str:
+    """The compile report's line for a program with PlanOptions.own_threads `mode`."""
+    if mode == "off":
+        return ""
+    if not program_has_split_loop:
+        return "not owned (no loop splits its batch rows)"
+    when = "" if mode == "on" else " in calls with >= 2 CPUs and a BLAS policy of >= 2 threads"
+    return (
+        "owned (BLAS at 1 thread; the loops' batch rows and the time-batched GEMMs of"
+        f" >= {MIN_FLOPS:.0e} flops split over 2 threads){when}"
+    )
