@@ -54,7 +54,16 @@ LAYERS = [
     ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
     ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
-    ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
+    (
+        "executor",
+        [
+            "tapernn.own_threads",
+            "tapernn.executor",
+            "tapernn.arena",
+            "tapernn.testing",
+            "tapernn.optim",
+        ],
+    ),
     (
         "loops",
         [
