@@ -195,3 +195,33 @@ def test_tiny_config_prints_single_calls_and_blocks(bench, capsys):
     assert single < blocks and len(rows) == 2, out  # one row in each table
     bench.main(["--configs", "1,5,5", "--budget", "0.02", "--cells", "GRU", "--blocks", "none"])
     assert "blocks of steps" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("timer", ["interleaved", "blocks"])
+def test_every_hand_over_between_thread_pools_rests(bench, monkeypatch, timer):
+    """A tapernn contender that may own its calls' threads (BLAS at one thread plus its worker)
+    is a pool of its own: the NumPy contenders' 2-thread OpenBLAS pool spins after their last
+    call on the core the owned call's worker needs (hown measured the owned step 2.3x slower
+    right after one), so each hand-over between any two pools gets a rest, not only those
+    between libraries."""
+    from tapernn.apps.benchmark import timing
+
+    events = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append("rest"))
+    monkeypatch.setattr(timing, "BLOCK_MAX_STEPS", timing.BLOCK_MIN_STEPS)
+    contenders = [
+        bench.Contender("a", lambda: events.append("numpy"), 1.0),
+        bench.Contender("owned", lambda: events.append("owned"), 1.0, pool="tapernn numba"),
+        bench.Contender("peer", lambda: events.append("peer"), 1.0, peer=True),
+    ]
+    if timer == "interleaved":
+        bench.time_interleaved(contenders, budget_s=0.01, min_reps=12, max_reps=12)
+        timed = events[6:]  # (after the warm-up: two calls per contender)
+    else:
+        timing.time_blocks(contenders, budget_s=0.0)
+        timed = events[3:]  # (after the sizing calls)
+    runs = [k for k, _ in itertools.groupby(timed)]
+    for before, after in itertools.pairwise(runs):
+        # every change of pool (numpy / owned / peer) has a rest between the two
+        assert "rest" in (before, after), runs
+    assert {"numpy", "owned", "peer"} <= set(runs)

@@ -133,7 +133,9 @@ def make_tapernn_contenders(
                 name = f"tn {label}" + (f" [{backend}]" if backend else "")
                 name += f" [{layout}]" if layout else ""
                 flops = lstm_flops(B, T, D, H, gates, dx=need_dx[0])
-                contenders.append(Contender(name, step, flops))
+                # numba (or "auto", which moves there) may own its calls' threads: a pool apart
+                pool = "" if backend == "numpy" else f"tapernn {backend or 'default'}"
+                contenders.append(Contender(name, step, flops, pool=pool))
     return contenders
 
 

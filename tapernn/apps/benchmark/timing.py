@@ -28,6 +28,10 @@ class Contender:
     step: Callable[[], object] | None  # None: not runnable; `note` says why
     flops: float = 0.0
     peer: bool = False  # another library: rest before and after it
+    # contenders whose threads differ (a 2-thread OpenBLAS pool, a peer's, tapernn's owned calls
+    # at one BLAS thread plus its own worker) rest at every hand-over between them: a pool
+    # spinning after its last call takes the core an owned call's worker needs (hown: 2.3x)
+    pool: str = ""
     note: str = ""
     times: list[float] = field(default_factory=list)  # single interleaved calls (s)
     block_times: list[float] = field(default_factory=list)  # per-step means of blocks (s)
@@ -57,6 +61,18 @@ def tapernn_factories() -> dict[str, tuple[Callable, int]] | str:
         else:
             factories[label] = ((lambda D, H, cls=cls, kw=kwargs: cls(D, H, **kw)), gates)
     return factories
+
+
+def pool_of(c: Contender) -> str:
+    """The thread regime `c` runs in: "peer", "numpy" (NumPy's BLAS pool) or its `pool`."""
+    return c.pool or ("peer" if c.peer else "numpy")
+
+
+def _sides(runnable: list[Contender], first: str) -> list[list[Contender]]:
+    """`runnable` grouped by pool_of, the group of `first` first, the others in order seen."""
+    keys = [first] + [k for k in dict.fromkeys(pool_of(c) for c in runnable) if k != first]
+    sides = [[c for c in runnable if pool_of(c) == k] for k in keys]
+    return [s for s in sides if s]
 
 
 def _rest(first: Contender) -> None:
@@ -93,21 +109,17 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
     for c in runnable:  # (the first call's time sizes the block; it may be a cold call)
         n = int(BLOCK_S / max(_timed(c), 1e-9))
         steps[id(c)] = min(BLOCK_MAX_STEPS, max(BLOCK_MIN_STEPS, n))
-    previous = runnable[-1].peer  # (the side the sizing ended on goes first)
-    sides = [
-        [c for c in runnable if c.peer == previous],
-        [c for c in runnable if c.peer != previous],
-    ]
-    sides = [s for s in sides if s]
-    round_s = len(runnable) * BLOCK_S + (PEER_REST_S if len(sides) > 1 else 0.0)
+    previous = pool_of(runnable[-1])  # (the side the sizing ended on goes first)
+    sides = _sides(runnable, previous)
+    round_s = len(runnable) * BLOCK_S + PEER_REST_S * (len(sides) - 1)
     rounds = int(min(BLOCK_MAX_ROUNDS, max(BLOCK_MIN_ROUNDS, budget_s / round_s)))
     for r in range(rounds):
         for side in sides if r % 2 == 0 else sides[::-1]:
             shift = r % len(side)
             for c in side[shift:] + side[:shift]:
-                if c.peer != previous:
+                if pool_of(c) != previous:
                     time.sleep(PEER_REST_S)
-                previous = c.peer
+                previous = pool_of(c)
                 n, step = steps[id(c)], c.step
                 if c.setup is not None:
                     c.setup()
@@ -154,16 +166,9 @@ def time_interleaved(
     round_s = warm_up(contenders)
     reps = int(min(max_reps, max(min_reps, budget_s / max(round_s, 1e-9))))
     runnable = [c for c in contenders if c.step is not None]
-    previous_peer = runnable[-1].peer if runnable else False  # the last one warm_up ran
+    previous_pool = pool_of(runnable[-1]) if runnable else ""  # the last one warm_up ran
     # the side warm_up ended on goes first: no hand-over before the first block
-    sides = [
-        s
-        for s in (
-            [c for c in runnable if c.peer == previous_peer],
-            [c for c in runnable if c.peer != previous_peer],
-        )
-        if s
-    ]
+    sides = _sides(runnable, previous_pool)
     blocks = min(PEER_BLOCKS, reps) if len(sides) > 1 else 1
     done = [0] * len(sides)
     with tqdm(
@@ -173,9 +178,9 @@ def time_interleaved(
             n = reps * (b + 1) // blocks - reps * b // blocks
             for k in range(len(sides)) if b % 2 == 0 else reversed(range(len(sides))):
                 side = sides[k]
-                if side[0].peer != previous_peer:
+                if pool_of(side[0]) != previous_pool:
                     _rest(side[0])
-                    previous_peer = side[0].peer
+                    previous_pool = pool_of(side[0])
                 for r in range(done[k], done[k] + n):
                     shift = r % len(side)
                     for c in side[shift:] + side[:shift]:
