@@ -23,10 +23,10 @@ from .scan_ir import scan
 from .tracing import trace
 from .tuning import gc_paused
 
-TRIAL_STEPS = 16  # loop length timed (the choice is per body: every length shares it)
+TRIAL_STEPS = 8  # loop length timed (the choice is per body: every length shares it)
 ROUNDS = 5  # interleaved rounds at most (each runs both layouts once)
 MIN_ROUNDS = 3
-BUDGET = 1.0  # seconds of timing after which no further round starts (past MIN_ROUNDS)
+BUDGET = 0.5  # seconds of timing after which no further round starts (past MIN_ROUNDS)
 _clock = time.process_time
 
 

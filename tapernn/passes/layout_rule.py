@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..blas import program_threads
+from ..blas import limiter, program_threads
 from ..graph import Graph
 from . import layout_cache
 
@@ -89,12 +89,17 @@ def choose(
             _DECIDED[key] = (found[0], f"{found[1]}; decided by an earlier process")
         else:
             start = time.perf_counter()
-            rounds = _TIMER[0](body, nc, nx, backend)
+            # at the loop's fixed count, else one thread: under "auto" the programs would
+            # alternate counts in their first calls (blas_tuning), and idle pool threads
+            # spinning count as CPU time
+            with limiter.limit(1 if threads is None else threads):
+                rounds = _TIMER[0](body, nc, nx, backend)
             pick, why = decide(rounds)
             shown = ", ".join(
                 f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
             )
-            why = f"{shown} {dtype.name}: {why}; deciding took {time.perf_counter() - start:.2f} s"
+            n = 1 if threads is None else threads
+            why = f"{shown} {dtype.name}: {why} at {n} BLAS thread{'s' * (n > 1)}; deciding took {time.perf_counter() - start:.2f} s"
             _DECIDED[key] = (pick, why)
             layout_cache.store(disk, pick, why)
     return _DECIDED[key]
