@@ -30,9 +30,10 @@ BUDGET = 0.5  # seconds of timing after which no further round starts (past MIN_
 _clock = time.process_time
 
 
-def loop_graph(body: Graph, nc: int, nx: int, length: int = TRIAL_STEPS) -> Graph:
-    """A graph running `body` as a scan of `length` steps: inputs the initial carries, the
-    stacked xs and the invariants; outputs the final carries and the ys."""
+def loop_graph(body: Graph, nc: int, nx: int, length: int | None = None) -> Graph:
+    """A graph running `body` as a scan of `length` (default TRIAL_STEPS) steps: inputs the
+    initial carries, the stacked xs and the invariants; outputs the final carries and the ys."""
+    length = TRIAL_STEPS if length is None else length
     ins = body.inputs
     examples = [np.zeros(i.shape, i.dtype) for i in ins[:nc]]
     examples += [np.zeros((length, *i.shape), i.dtype) for i in ins[nc : nc + nx]]
@@ -61,7 +62,7 @@ def _arguments(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
     out = []
     for i in graph.inputs:
         if i.dtype.kind == "f":
-            out.append((0.1 * rng.standard_normal(i.shape)).astype(i.dtype))
+            out.append((0.2 * rng.random(i.shape, np.float32) - 0.1).astype(i.dtype))
         else:
             out.append(np.zeros(i.shape, i.dtype))
     return out

@@ -326,3 +326,13 @@ def test_auto_rule_times_the_whole_loop_step_in_both_layouts(monkeypatch):
     rounds = scan_layout.time_steps(body, 1, 1, "numpy")
     assert scan_layout.MIN_ROUNDS <= len(rounds) <= scan_layout.ROUNDS
     assert all(b > 0 and f > 0 for b, f in rounds)
+
+
+def test_the_trial_loop_has_trial_steps(monkeypatch):
+    from tapernn import scan_layout
+
+    h, x, u = np.ones((8, 16)), np.ones((8, 64)), np.ones((16, 64))
+    body = tn.trace(lambda h, x, u: [tn.tanh(x + h @ u)[:, :16]] * 2, h, x, u)
+    monkeypatch.setattr(scan_layout, "TRIAL_STEPS", 3)
+    g = scan_layout.loop_graph(body, 1, 1)
+    assert g.inputs[1].shape == (3, 8, 64)
