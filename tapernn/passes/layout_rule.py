@@ -99,7 +99,7 @@ def choose(
                 f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
             )
             n = 1 if threads is None else threads
-            why = f"{shown} {dtype.name}: {why} at {n} BLAS thread{'s' * (n > 1)}; deciding took {time.perf_counter() - start:.2f} s"
+            why = f"{shown} {dtype.name}: {why} at {n} BLAS thread{'s' * (n > 1)} on the {backend or 'default'} backend; deciding took {time.perf_counter() - start:.2f} s"
             _DECIDED[key] = (pick, why)
             layout_cache.store(disk, pick, why)
     return _DECIDED[key]
