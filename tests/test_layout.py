@@ -336,3 +336,16 @@ def test_the_trial_loop_has_trial_steps(monkeypatch):
     monkeypatch.setattr(scan_layout, "TRIAL_STEPS", 3)
     g = scan_layout.loop_graph(body, 1, 1)
     assert g.inputs[1].shape == (3, 8, 64)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_a_failing_step_timing_is_batch_major_and_no_crash(monkeypatch):
+    def broken(*a):
+        raise RuntimeError("no trial")
+
+    monkeypatch.setattr(layout_rule, "_TIMER", [broken])
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
+    pick, why = layout_rule.choose(body, 1)
+    assert pick == "batch" and "default (the step timing failed" in why and "no trial" in why

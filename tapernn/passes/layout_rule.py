@@ -92,8 +92,12 @@ def choose(
             # at the loop's fixed count, else one thread: under "auto" the programs would
             # alternate counts in their first calls (blas_tuning), and idle pool threads
             # spinning count as CPU time
-            with limiter.limit(1 if threads is None else threads):
-                rounds = _TIMER[0](body, nc, nx, backend)
+            try:
+                with limiter.limit(1 if threads is None else threads):
+                    rounds = _TIMER[0](body, nc, nx, backend)
+            except Exception as e:  # noqa: BLE001 (a heuristic never fails a compile)
+                _DECIDED[key] = ("batch", f"default (the step timing failed: {e!r:.200})")
+                return _DECIDED[key]  # (not on disk: a later process may time it)
             pick, why = decide(rounds)
             shown = ", ".join(
                 f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
