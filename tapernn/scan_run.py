@@ -173,7 +173,7 @@ def _workspace_bytes(runner: Any) -> int:
     made once by the runner."""
     handle = getattr(runner, "handle", None)
     if handle is None:
-        bound = getattr(runner, "__kwdefaults__", None) or {}
+        bound = getattr(runner, "bound", None) or {}
         return sum(a.nbytes for k, a in bound.items() if re.fullmatch(r"_P\d+", k))
     from .backends import numba_loop
 
@@ -247,18 +247,15 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     inline = _inlined(compiled, n_in + n_hoisted, len(ys), live)
     xs_params = [f"_X{k}" for k in range(nx)] if inline else xs
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
-    bound = list(inline[1]) if inline else ["_fn"]
     # xs in the slab (xs_in_slab): a body that reads them late reads copies of the step's rows
     order_of = (
         reads_xs_first(compiled, nc, nx, len(live), shifted) if xs_in_slab and xs else "first"
     )
     late = late_xs(compiled, nc, nx, len(live), shifted) if order_of == "late" else []
     private = [f"_P{k}" for k in late]
-    head = (
-        f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
-        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
-        "_over):"
-    )
+    # (the bound names are globals of the runner's own namespace, not keyword defaults:
+    # CPython copies every keyword default into each call's frame, ~1 us for 30 names)
+    head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
     lines = [head]
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
@@ -289,13 +286,13 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     if inline:
         if private:  # (only when they do lie in the slab)
             lines.append("            if _alias:")
-        for p, k in zip(private, late):
-            lines += [f"                _np_copyto({p}, {xs[k]})", f"                {xs[k]} = {p}"]
+        for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch costs 0.4 us more)
+            lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
         first = 0
-        lines += [f"            _np_copyto({p}, {xs[k]}[_t])" for p, k in zip(private, late)]
+        lines += [f"            {p}[...] = {xs[k]}[_t]" for p, k in zip(private, late)]
         # (always copies: a Python-level loop)
         step_xs = [f"_P{k}" if k in late else f"{x}[_t]" for k, x in enumerate(xs)]
         step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
@@ -313,11 +310,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     ]
     source = "\n".join(lines) + "\n"
     filename = f"<tapernn scan runner {next(_runner_ids)}>"
-    namespace: dict[str, Any] = {}
-    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
-    run = namespace["run"]
-    run.source = source
-    run.__kwdefaults__ = {
+    namespace: dict[str, Any] = {
         **(inline[1] if inline else {"_fn": compiled.program.fn}),
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
@@ -333,6 +326,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
             for p, k in zip(private, late)
         },
     }
+    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.source = source
+    run.bound = namespace  # (its bound names: tests and _workspace_bytes read them)
     return run
 
 
@@ -369,29 +366,14 @@ def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
     moved = [j for j, _ in shifted]
     kept = [j for j in range(len(shapes)) if j not in moved]
     width = sum(math.prod(shapes[j]) for j in kept)
-    parts = [(kept, _slab_views(c, [shapes[j] for j in kept], length, width, dtype))]
-    parts += [
-        ([j], _slab_views(places[j][0], [shapes[j]], length, places[j][1], dtype)) for j in moved
-    ]
-    firsts = [_slab_views(at, [body.outputs[k].shape], None, 0, dtype) for k, at in inits]
-
-    kept_out: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
-
-    def views(slab: np.ndarray, given: bool = False) -> list:
-        if given and kept_out and kept_out[0] is slab:
-            return kept_out[1]
-        out: list = [None] * len(shapes)
-        for js, made in parts:
-            for j, v in zip(js, made(slab)):
-                out[j] = v
-        out += [f(slab)[0] for f in firsts]
-        if given:
-            kept_out[:] = [slab, out]
-        return out
-
-    if not shifted:
-        views = parts[0][1]  # (the plain layout: no reordering)
-
+    specs: list = [None] * len(shapes)
+    for j, spec in zip(kept, _view_specs(c, [shapes[j] for j in kept], length, width, dtype)):
+        specs[j] = spec
+    for j in moved:
+        (specs[j],) = _view_specs(places[j][0], [shapes[j]], length, places[j][1], dtype)
+    for k, at in inits:
+        specs += _view_specs(at, [body.outputs[k].shape], None, 0, dtype)
+    views = _views(specs, dtype)
     # each view is a strided window into the slab, so it is a view whatever the slab's values:
     # checked once here (np.empty touches no memory), not on every loop call
     probe = np.empty(size, dtype)
@@ -401,43 +383,34 @@ def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
 
 
 def _carry_views(shapes: list[tuple], dtype: np.dtype):
-    return _slab_views(0, shapes, None, 0, dtype)
+    return _views(_view_specs(0, shapes, None, 0, dtype), dtype)
 
 
-def _slab_views(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
-    """slab -> per shape a view of the slab laid out from `start` one after another (offsets):
-    `shape` itself or, given `length`, (length, *shape) with rows `row` elements apart. A run of
-    equal shapes is ONE strided array made by np.ndarray over the slab's buffer and split by
-    NumPy's own iteration (each loop call pays a few views, not two reshapes per ys)."""
+def _view_specs(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
+    """Per shape (its view's shape, byte offset, strides) in a slab laid out from `start` one
+    after another (offsets): `shape` itself or, given `length`, (length, *shape) with rows
+    `row` elements apart."""
     item, specs = dtype.itemsize, []
+    rows = () if length is None else (length,)
+    steps = () if length is None else (row * item,)
     for (a, _), s in zip(offsets(shapes), shapes):
-        if specs and specs[-1][1] == s:
-            specs[-1][0] += 1
-            continue
-        inner = tuple(int(v) for v in np.empty(s, dtype).strides) if s else ()
-        specs.append([1, s, a, inner])
-    made = []
-    for k, s, a, inner in specs:
-        size = math.prod(s) * item
-        rows = () if length is None else (length,)
-        steps = () if length is None else (row * item,)
-        if k == 1:  # (no leading axis to split)
-            made.append((None, (*rows, *s), (start + a) * item, (*steps, *inner)))
-        else:
-            made.append((k, (k, *rows, *s), (start + a) * item, (size, *steps, *inner)))
-    nd = np.ndarray
+        inner = tuple(int(v) for v in np.empty(s, dtype).strides)
+        specs.append(((*rows, *s), (start + a) * item, (*steps, *inner)))
+    return specs
+
+
+def _views(specs: list, dtype: np.dtype):
+    """slab -> its views `specs` ((shape, byte offset, strides) each), each made by ONE
+    np.ndarray over the slab's buffer (~0.25 us; splitting a stacked view by NumPy's
+    iteration or slicing and reshaping cost 2-4x that per view, every loop call)."""
+    nd, dtype, specs = np.ndarray, np.dtype(dtype), tuple(specs)
     kept: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
 
     def views(slab: np.ndarray, given: bool = False) -> list:
         # (the slab is C-contiguous and of `dtype`: the runner allocates it or checks `out`)
         if given and kept and kept[0] is slab:
             return kept[1]
-        out: list = []
-        for k, shape, offset, strides in made:
-            if k is None:
-                out.append(nd(shape, dtype, slab, offset, strides))
-            else:
-                out.extend(nd(shape, dtype, slab, offset, strides))
+        out = [nd(shape, dtype, slab, offset, strides) for shape, offset, strides in specs]
         if given:  # (a buffer the caller's program holds anyway: keeping it costs no memory)
             kept[:] = [slab, out]
         return out

@@ -209,14 +209,14 @@ def test_the_runner_writes_over_the_gates_directly_and_checks_the_rows():
     ((loop, inp),) = bwd.program.plan.donated.items()
     runner = next(v for v in bwd.program.fn.__kwdefaults__.values() if hasattr(v, "source"))
     seen = []
-    over = runner.__kwdefaults__["_over"]
-    runner.__kwdefaults__["_over"] = lambda *a: seen.append(over(*a)) or seen[-1]
+    over = runner.bound["_over"]
+    runner.bound["_over"] = lambda *a: seen.append(over(*a)) or seen[-1]
     try:
         x, g = _data()
         seq.forward(x)
         seq.backward(x, g)
     finally:
-        runner.__kwdefaults__["_over"] = over
+        runner.bound["_over"] = over
     assert seen == [True]
     nc, nx = loop.attrs["n_carry"], loop.attrs["n_xs"]
     root = bwd.program.plan.root
