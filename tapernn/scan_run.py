@@ -253,6 +253,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     )
     late = late_xs(compiled, nc, nx, len(live), shifted) if order_of == "late" else []
     private = [f"_P{k}" for k in late]
+    # small late xs: copied whole before the loop (one copy per xs and call, not one per xs
+    # and step; held by the runner like the per-step rows: CompileReport.workspace_bytes)
+    rows_of = [body.inputs[nc + k] for k in late]
+    block = bool(inline and late) and length * sum(v.nbytes for v in rows_of) <= LATE_BLOCK_BYTES
     # (the bound names are globals of the runner's own namespace, not keyword defaults:
     # CPython copies every keyword default into each call's frame, ~1 us for 30 names)
     head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
@@ -270,6 +274,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
             + " or ".join(f"_np_shares(out, {xs_params[k]})" for k in late)
             + ")"
         )
+    if block:
+        lines.append("    if _alias:")
+        for p, k in zip(private, late):
+            lines += [f"        {p}[...] = {xs_params[k]}", f"        {xs_params[k]} = {p}"]
     inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
@@ -284,10 +292,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     else:
         lines.append(f"        for _t in {order}:")
     if inline:
-        if private:  # (only when they do lie in the slab)
+        if private and not block:  # (only when they do lie in the slab)
             lines.append("            if _alias:")
-        for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch costs 0.4 us more)
-            lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
+            for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch: +0.4 us)
+                lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
         lines += ["        " + line for line in inline[0]]
     else:
@@ -322,8 +330,8 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{
-            p: np.empty(body.inputs[nc + k].shape, body.inputs[nc + k].dtype)
-            for p, k in zip(private, late)
+            p: np.empty(((length,) if block else ()) + v.shape, v.dtype)
+            for p, v in zip(private, rows_of)
         },
     }
     exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
@@ -334,6 +342,11 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
 
 
 _runner_ids = itertools.count()
+# late xs of at most this many bytes in all (their rows over every step) are copied whole once
+# per loop call, into blocks the runner holds (counted: _workspace_bytes); larger ones row by
+# row in each step (make_runner). At this size a step's Python objects outweigh the blocks,
+# and the per-step copies cost ~0.3 us each (25 a (1, 5, 5) LSTM backward)
+LATE_BLOCK_BYTES = 8 << 10
 
 
 def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):

@@ -1,0 +1,141 @@
+"""The rolled backward's late xs (issue 16): a loop body that reads some xs after writing its
+ys rows over them (PlanOptions.dz_in_gates: the dZ rows over the forward's saved gate rows)
+reads copies of them. Small ones (scan_run.LATE_BLOCK_BYTES in all) are copied whole once per
+loop call into blocks the runner holds (counted in the report's workspace bytes), larger ones
+row by row in each step. Both against the NumPy equations (complex-step gradients) at 1e-12,
+float64, across new lengths, batch sizes, dtypes, replaced weights and remembered chunks."""
+
+import numpy as np
+import pytest
+from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, run
+
+import tapernn as tn
+from tapernn import PlanOptions, nn, scan_run
+from tapernn.nn.runtime import runtime_of
+
+H = 5
+CELLS = {
+    "FastLSTM": (lambda: nn.FastLSTM(H, H), fastlstm_step, 2),
+    "LSTM": (lambda: nn.LSTM(H, H), lstm_step, 2),
+    "GRU": (lambda: nn.GRU(H, H), gru_step, 1),
+}
+NUMPY = PlanOptions(backend="numpy")
+
+
+def _params(m):
+    return {k: p.data.copy() for k, p in m.named_parameters().items()}
+
+
+def _runner(seq):
+    """The backward loop's runner of the last call's training pair."""
+    pair = runtime_of(seq).history[-1].exe.compile_training()
+    bwd = pair.last_backward or pair.backward
+    (runner,) = [v for v in bwd.program.fn.__kwdefaults__.values() if hasattr(v, "source")]
+    return runner, bwd
+
+
+def _check(seq, cell, step, n_states, T, B, seed, dtype=np.float64, rtol=1e-12):
+    """One forward+backward of `seq` equals the equations: values, input and parameter
+    gradients (complex steps)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    params = {k: v.astype(np.float64) for k, v in _params(cell).items()}
+    want, _ = run(step, params, x.astype(np.float64), n_states, H)
+    seq.zero_grad_parameters()
+    y = seq.forward(x)
+    gx = seq.backward(x, g)
+    atol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(y, want, rtol=rtol, atol=atol)
+    exact = complex_step_grads(step, params, x.astype(np.float64), n_states, H, g)
+    np.testing.assert_allclose(gx, exact["input"], rtol=rtol, atol=atol)
+    for name, p in cell.named_parameters().items():
+        np.testing.assert_allclose(p.grad, exact[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_small_late_xs_are_copied_once_per_call_and_equal_the_equations(name):
+    make, step, n_states = CELLS[name]
+    tn.manual_seed(1)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    runner, bwd = _runner(seq)
+    assert bwd.program.plan.donated  # (the dZ rows over the saved gate rows)
+    head, loop = runner.source.split("for _t", 1)
+    copies = [line.strip() for line in head.splitlines() if "[...] = _X" in line]
+    assert copies, runner.source  # the late xs copied whole before the loop ...
+    assert "if _alias:" not in loop and "_P" not in loop  # ... and not in any step
+    blocks = [runner.bound[c.split("[")[0]] for c in copies]
+    assert all(b.shape[0] == 5 for b in blocks)  # (every step's rows)
+    report = sum(r.workspace_bytes for r in bwd.report.loops)
+    assert report == sum(b.nbytes for b in blocks) <= scan_run.LATE_BLOCK_BYTES
+    # a new length, a new batch size, the first length again, replaced weights, float32,
+    # float64 again: each program's runner its own blocks, each call the equations' numbers
+    # (B = 2: the dZ gate columns are not contiguous in a row, the body writes them with one
+    # concatenate after its last read: no late xs)
+    for T, B in ((7, 1), (7, 2), (5, 1)):
+        _check(seq, cell, step, n_states, T=T, B=B, seed=T + B)
+        if B == 1:
+            assert _runner(seq)[0].bound[copies[0].split("[")[0]].shape[:2] == (T, 1)
+    for p in cell.parameters():  # (new arrays: traced again)
+        p.data = np.random.default_rng(9).standard_normal(p.data.shape)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=11)
+    seq.astype(np.float32)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=12, dtype=np.float32, rtol=1e-4)
+    seq.astype(np.float64)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=13)
+
+
+@pytest.mark.parametrize("name", ["FastLSTM", "LSTM"])
+def test_remembered_chunks_equal_the_equations_and_the_per_step_copies(name, monkeypatch):
+    """remember("both") over chunks of 4, 3 and 4 steps, then forget(): outputs equal the
+    equations over the whole sequence; gradients equal those of the per-step copies and of
+    unroll=True."""
+    make, step, n_states = CELLS[name]
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((11, 1, H))
+    gs = rng.standard_normal((11, 1, H))
+    results = {}
+    for mode in ("block", "rows", "unrolled"):
+        monkeypatch.setattr(scan_run, "LATE_BLOCK_BYTES", 0 if mode == "rows" else 8 << 10)
+        tn.manual_seed(2)
+        cell = make()
+        want, _ = run(step, _params(cell), xs, n_states, H)
+        seq = nn.Sequencer(cell, unroll=mode == "unrolled").set_plan_options(NUMPY)
+        seq.remember("both")
+        got = []
+        for lo, hi in ((0, 4), (4, 7), (7, 11), (0, 4)):
+            if lo == 0:
+                seq.forget()
+            seq.zero_grad_parameters()
+            y = np.array(seq.forward(xs[lo:hi]))
+            np.testing.assert_allclose(y, want[lo:hi], rtol=1e-12, atol=1e-12)
+            got += [y, np.array(seq.backward(xs[lo:hi], gs[lo:hi]))]
+            got += [p.grad.copy() for p in cell.parameters()]
+        if mode != "unrolled":
+            source = _runner(seq)[0].source.split("for _t", 1)[1]
+            assert ("_P" in source) == (mode == "rows")
+        results[mode] = got
+    for a, b, c in zip(results["block"], results["rows"], results["unrolled"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_without_the_copies_the_gradients_are_wrong():
+    """The copies are what keeps the gradients right: the runner told that no late xs lies
+    in its slab (so it copies nothing) computes LSTM's gradients from overwritten gates."""
+    make, step, n_states = CELLS["LSTM"]
+    tn.manual_seed(1)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    runner, _ = _runner(seq)
+    shares = runner.bound["_np_shares"]
+    runner.bound["_np_shares"] = lambda *a: False
+    try:
+        with pytest.raises(AssertionError):
+            _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    finally:
+        runner.bound["_np_shares"] = shares
+    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
