@@ -20,6 +20,7 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
 from .scan_ir import body_dtype, offsets, slab_sizes, ys_places
@@ -92,10 +93,13 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         if ctx.options.batch_split != "off" and kernel.startswith("Python loop"):
             runner, kernel = _batch_split(runner, compiled, used, attrs, ctx, kernel)
     else:
-        compiled = compile_body(ctx.options)
+        # the carries the body computes (not views, inputs or ys too) go into two arrays the
+        # runner holds and alternates, not into a new array each step
+        own = _carries_computed(used, n_live)
+        compiled = compiled_body(used, ctx.passes, ctx.options, nc + attrs["n_xs"], own + written)
         # `out` a buffer of the program (bound once, the same every call): its slab views too
         keep = out is not None and re.fullmatch(r"b\d+", out) is not None
-        runner, kernel = make_runner(compiled, attrs, keep, in_slab), "Python loop"
+        runner, kernel = make_runner(compiled, attrs, keep, in_slab, own), "Python loop"
     c, y = slab_sizes(body, nc)
     itemsize = body_dtype(body).itemsize
     report = LoopReport(
@@ -174,7 +178,9 @@ def _workspace_bytes(runner: Any) -> int:
     handle = getattr(runner, "handle", None)
     if handle is None:
         bound = getattr(runner, "bound", None) or {}
-        return sum(a.nbytes for k, a in bound.items() if re.fullmatch(r"_P\d+", k))
+        arrays = [a for k, a in bound.items() if re.fullmatch(r"_P\d+", k)]
+        arrays += [a for k, pair in bound.items() if re.fullmatch(r"_C\d+", k) for a in pair]
+        return sum(a.nbytes for a in arrays)
     from .backends import numba_loop
 
     return numba_loop.work_bytes(handle.work)
@@ -192,6 +198,21 @@ def _buffer_bytes(compiled: Compiled) -> int:
     prologue = getattr(compiled, "prologue", None)
     extra = prologue.program.plan.buffer_bytes if prologue is not None else 0
     return compiled.program.plan.buffer_bytes + extra
+
+
+def _carries_computed(body: Graph, n_live: int) -> tuple[int, ...]:
+    """The live carries (positions among `body`'s first n_live outputs) a step computes into
+    an array of its own: not an input, a view, 0-d, nor returned twice (a carry that is also
+    a ys is computed into its slab row)."""
+    outs = body.outputs
+    return tuple(
+        k
+        for k in range(n_live)
+        if outs[k].op not in PSEUDO
+        and not get_op(outs[k].op).view
+        and outs[k].shape != ()
+        and outs.count(outs[k]) == 1
+    )
 
 
 _FIXED: weakref.WeakKeyDictionary[Graph, Graph] = weakref.WeakKeyDictionary()
@@ -219,7 +240,13 @@ def _scope_of(body: Graph) -> str:
     return min(scopes, key=len) if scopes else ""
 
 
-def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_slab: bool = False):
+def make_runner(
+    compiled: Compiled,
+    attrs: dict,
+    keep_out: bool = False,
+    xs_in_slab: bool = False,
+    own: tuple[int, ...] = (),
+):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
     statements inlined into the loop (no call per step; `_inlined`), its ys computed into
@@ -229,7 +256,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     of its program), so the slab views of it are made once and kept. `xs_in_slab`: xs may lie
     in the rows of `out` (the planner's PlanOptions.xs_in_slab): written over directly when each
     xs row t is inside slab row t and the body reads its xs before writing any ys
-    (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`."""
+    (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`. `own`:
+    live carries (positions) `compiled` writes into arrays it is given (its first written
+    outputs, before the ys): two per carry, made once, each step writing the one that does not
+    hold the carry it reads."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
     length, reverse, shifted = attrs["length"], attrs["reverse"], attrs.get("shifted", ())
@@ -244,7 +274,9 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     hoisted = [f"a{n_in + k}" for k in range(n_hoisted)]
     ys = [f"_Y{j}" for j in range(len(y_shapes))]
     live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
-    inline = _inlined(compiled, n_in + n_hoisted, len(ys), live)
+    outs = [f"w{i}" for i in range(len(own))]  # (the body's first written arrays)
+    kept = [cv for k, cv in enumerate(live) if k not in own]  # (returned by the body)
+    inline = _inlined(compiled, n_in + n_hoisted, len(own) + len(ys), kept)
     xs_params = [f"_X{k}" for k in range(nx)] if inline else xs
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
     # xs in the slab (xs_in_slab): a body that reads them late reads copies of the step's rows
@@ -282,12 +314,19 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
     lines += [f"    {i}[...] = {cs[k]}" for i, (_, k) in zip(inits, shifted)]
+    lines += [f"    {w}, _Q{i} = _C{i}" for i, w in enumerate(outs)]
+    # after a step: its carry is the array it wrote, the next step writes the other one
+    swaps = [
+        line
+        for i, (w, k) in enumerate(zip(outs, own))
+        for line in (f"            {live[k]} = {w}", f"            {w}, _Q{i} = _Q{i}, {w}")
+    ]
     lines += ["    _t = None", "    try:"]
     if inline and (xs or ys):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
         # (in step order: reversed() for a reverse loop), not from a Python index each
         rows = [f"reversed({p})" if reverse else p for p in xs_params + ys]
-        names = xs + [f"w{j}" for j in range(len(ys))]
+        names = xs + [f"w{len(own) + j}" for j in range(len(ys))]
         lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
     else:
         lines.append(f"        for _t in {order}:")
@@ -297,15 +336,16 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
             for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch: +0.4 us)
                 lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
-        lines += ["        " + line for line in inline[0]]
+        lines += ["        " + line for line in inline[0]] + swaps
     else:
         first = 0
         lines += [f"            {p}[...] = {xs[k]}[_t]" for p, k in zip(private, late)]
         # (always copies: a Python-level loop)
         step_xs = [f"_P{k}" if k in late else f"{x}[_t]" for k, x in enumerate(xs)]
-        step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
+        step = cs + step_xs + inv + hoisted + outs + [f"{yv}[_t]" for yv in ys]
         call = f"_fn({', '.join(step)})"
-        lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
+        lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
+        lines += swaps
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
     if cs:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
@@ -332,6 +372,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         **{
             p: np.empty(((length,) if block else ()) + v.shape, v.dtype)
             for p, v in zip(private, rows_of)
+        },
+        **{
+            f"_C{i}": tuple(np.empty(o.shape, o.dtype) for _ in range(2))
+            for i, o in enumerate(compiled.graph.outputs[k] for k in own)
         },
     }
     exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102

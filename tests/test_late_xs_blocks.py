@@ -69,7 +69,9 @@ def test_small_late_xs_are_copied_once_per_call_and_equal_the_equations(name):
     blocks = [runner.bound[c.split("[")[0]] for c in copies]
     assert all(b.shape[0] == 5 for b in blocks)  # (every step's rows)
     report = sum(r.workspace_bytes for r in bwd.report.loops)
-    assert report == sum(b.nbytes for b in blocks) <= scan_run.LATE_BLOCK_BYTES
+    carries = [a for k, pair in runner.bound.items() if k.startswith("_C") for a in pair]
+    assert sum(b.nbytes for b in blocks) <= scan_run.LATE_BLOCK_BYTES
+    assert report == sum(b.nbytes for b in blocks + carries)  # (the carries' two arrays each)
     # a new length, a new batch size, the first length again, replaced weights, float32,
     # float64 again: each program's runner its own blocks, each call the equations' numbers
     # (B = 2: the dZ gate columns are not contiguous in a row, the body writes them with one
@@ -139,3 +141,35 @@ def test_without_the_copies_the_gradients_are_wrong():
     finally:
         runner.bound["_np_shares"] = shares
     _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_the_reverse_loops_carries_alternate_between_two_arrays(name):
+    """The reverse loop's carries (dh, dc: computed, not a ys) go into two arrays the runner
+    holds, each step writing the one its carry is not read from; with one array for both
+    (a step writing over the carry it still reads) LSTM's gradients are wrong, and right
+    again with two."""
+    make, step, n_states = CELLS[name]
+    tn.manual_seed(4)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=1)
+    runner, _ = _runner(seq)
+    pairs = {k: v for k, v in runner.bound.items() if k.startswith("_C")}
+    assert len(pairs) == n_states, runner.source
+    for k, (a, b) in pairs.items():
+        assert f"{k}\n" in runner.source and a is not b and not np.shares_memory(a, b)
+    loop = runner.source.split("for _t", 1)[1]
+    assert "_Q0 = _Q0, w0" in loop
+    _check(seq, cell, step, n_states, T=6, B=2, seed=2)  # (another program: its own pairs)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+    if name != "LSTM":  # (FastLSTM's and GRU's steps read their carries before writing)
+        return
+    key = "_C1"  # (dc: LSTM's step computes it from dh + dy first, then reads the old dc)
+    runner.bound[key] = (pairs[key][0], pairs[key][0])
+    try:
+        with pytest.raises(AssertionError):
+            _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+    finally:
+        runner.bound[key] = pairs[key]
+    _check(seq, cell, step, n_states, T=5, B=1, seed=3)
