@@ -322,11 +322,16 @@ def make_runner(
         for line in (f"            {live[k]} = {w}", f"            {w}, _Q{i} = _Q{i}, {w}")
     ]
     lines += ["    _t = None", "    try:"]
-    if inline and (xs or ys):
+    # (xs the inlined body never reads -- values its VJP template took that passes moved out
+    # of the loop -- are not split into rows: a view per step each)
+    text = "\n".join(inline[0]) if inline else ""
+    read = [k for k, x in enumerate(xs) if not inline or re.search(rf"\b{x}\b", text)]
+    if inline and (read or ys):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
         # (in step order: reversed() for a reverse loop), not from a Python index each
-        rows = [f"reversed({p})" if reverse else p for p in xs_params + ys]
-        names = xs + [f"w{len(own) + j}" for j in range(len(ys))]
+        steps = [xs_params[k] for k in read] + ys
+        rows = [f"reversed({p})" if reverse else p for p in steps]
+        names = [xs[k] for k in read] + [f"w{len(own) + j}" for j in range(len(ys))]
         lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
     else:
         lines.append(f"        for _t in {order}:")

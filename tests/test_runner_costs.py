@@ -1,9 +1,15 @@
-"""The rolled backward's late xs (issue 16): a loop body that reads some xs after writing its
-ys rows over them (PlanOptions.dz_in_gates: the dZ rows over the forward's saved gate rows)
-reads copies of them. Small ones (scan_run.LATE_BLOCK_BYTES in all) are copied whole once per
-loop call into blocks the runner holds (counted in the report's workspace bytes), larger ones
-row by row in each step. Both against the NumPy equations (complex-step gradients) at 1e-12,
-float64, across new lengths, batch sizes, dtypes, replaced weights and remembered chunks."""
+"""What the NumPy loop runner (scan_run.make_runner) does per call and per step, made cheaper
+for small loops (issue 16's (1, 5, 5) rolled step), each against the NumPy equations
+(complex-step gradients) at 1e-12, float64, across new lengths, batch sizes, dtypes, replaced
+weights and remembered chunks:
+- late xs: a loop body that reads some xs after writing its ys rows over them
+  (PlanOptions.dz_in_gates: the dZ rows over the forward's saved gate rows) reads copies of
+  them; small ones (scan_run.LATE_BLOCK_BYTES in all) are copied whole once per loop call into
+  blocks the runner holds (counted in the report's workspace bytes), larger ones row by row;
+- a reverse loop's computed carries alternate between two arrays the runner holds;
+- xs the inlined body never reads are not split into rows."""
+
+import re
 
 import numpy as np
 import pytest
@@ -173,3 +179,24 @@ def test_the_reverse_loops_carries_alternate_between_two_arrays(name):
     finally:
         runner.bound[key] = pairs[key]
     _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_xs_the_body_never_reads_are_not_split_into_rows(name):
+    make, step, n_states = CELLS[name]
+    tn.manual_seed(5)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=4)
+    runner, _ = _runner(seq)
+    head, loop = runner.source.split("for _t, ", 1)
+    names, _ = loop.split(" in zip(", 1)
+    params = head.split("def run(", 1)[1].split(")", 1)[0]
+    body = loop.split("\n", 1)[1]
+    for name_ in [v.strip() for v in names.split(",") if v.strip().startswith("a")]:
+        assert re.search(rf"\b{name_}\b", body), name_  # every row taken is read ...
+    taken = {v.strip() for v in names.split(",")}
+    xs = [p.strip() for p in params.split(",") if p.strip().startswith("_X")]
+    # ... and an xs whose row would not be read is not split (the backward has such xs)
+    assert len([v for v in taken if v.startswith("a")]) < len(xs), runner.source
+    _check(seq, cell, step, n_states, T=7, B=2, seed=5)
