@@ -352,9 +352,13 @@ def make_runner(
         lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
         lines += swaps
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
-    if cs:
+    if cs and keep_out:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
+    elif cs:  # (each final carry's view made in its line: no call, no list)
+        lines += [
+            f"    _nd(_cs{k}, _dtype, _slab, _co{k}, _ct{k})[...] = {cv}" for k, cv in enumerate(cs)
+        ]
     lines += [
         "    if out is not None and _slab is not out:",
         "        _np_copyto(out, _slab)",
@@ -371,6 +375,12 @@ def make_runner(
         "_np_shares": np.may_share_memory,
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
+        "_nd": np.ndarray,
+        **{
+            f"_c{part}{k}": value
+            for k, spec in enumerate(_view_specs(0, carry_shapes, None, 0, body_dtype(body)))
+            for part, value in zip("sot", spec)
+        },
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
