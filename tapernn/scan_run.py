@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import functools
 import itertools
-import math
 import re
 import traceback
 import weakref
@@ -23,7 +22,11 @@ from .graph import Graph
 from .ops.registry import PSEUDO, get_op
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
-from .scan_ir import body_dtype, offsets, slab_sizes, ys_places
+from .scan_ir import body_dtype, slab_sizes, ys_places
+from .scan_views import carry_views as _carry_views
+from .scan_views import split_row_slices
+from .scan_views import view_specs as _view_specs
+from .scan_views import ys_views as _ys_views
 from .scan_xs import late_xs, reads_xs_first, writable_over_xs
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another
@@ -321,17 +324,23 @@ def make_runner(
         for i, (w, k) in enumerate(zip(outs, own))
         for line in (f"            {live[k]} = {w}", f"            {w}, _Q{i} = _Q{i}, {w}")
     ]
+    # ys row slices the body takes each step: split from one view per call (scan_views)
+    ys_rows = {f"w{len(own) + j}": y for j, y in enumerate(ys)}
+    body_lines, splits = split_row_slices(inline[0], inline[1], ys_rows) if inline else ([], [])
+    lines += [f"    _S{n} = {y}[_ix{n}]" for n, (_, y, _) in enumerate(splits)]
     lines += ["    _t = None", "    try:"]
     # (xs the inlined body never reads -- values its VJP template took that passes moved out
     # of the loop -- are not split into rows: a view per step each)
-    text = "\n".join(inline[0]) if inline else ""
+    text = "\n".join(body_lines)
     read = [k for k, x in enumerate(xs) if not inline or re.search(rf"\b{x}\b", text)]
-    if inline and (read or ys):
+    if inline and (read or ys_rows):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
         # (in step order: reversed() for a reverse loop), not from a Python index each
-        steps = [xs_params[k] for k in read] + ys
+        taken = [w for w in ys_rows if re.search(rf"\b{w}\b", text)]  # (rows still read)
+        steps = [xs_params[k] for k in read] + [ys_rows[w] for w in taken]
+        steps += [f"_S{n}" for n in range(len(splits))]
         rows = [f"reversed({p})" if reverse else p for p in steps]
-        names = [xs[k] for k in read] + [f"w{len(own) + j}" for j in range(len(ys))]
+        names = [xs[k] for k in read] + taken + [o for o, _, _ in splits]
         lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
     else:
         lines.append(f"        for _t in {order}:")
@@ -341,7 +350,7 @@ def make_runner(
             for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch: +0.4 us)
                 lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
-        lines += ["        " + line for line in inline[0]] + swaps
+        lines += ["        " + line for line in body_lines] + swaps
     else:
         first = 0
         lines += [f"            {p}[...] = {xs[k]}[_t]" for p, k in zip(private, late)]
@@ -376,6 +385,7 @@ def make_runner(
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_nd": np.ndarray,
+        **{f"_ix{n}": index for n, (_, _, index) in enumerate(splits)},
         **{
             f"_c{part}{k}": value
             for k, spec in enumerate(_view_specs(0, carry_shapes, None, 0, body_dtype(body)))
@@ -424,70 +434,6 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     if live:
         statements.append(f"    {', '.join(live)}, = {ret[len('    return ') :]}")
     return statements, dict(program.fn.__kwdefaults__)
-
-
-def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
-    """(length, *shape) views of the slab per ys (laid out by scan_ir.ys_places: the rows of
-    the ys not shifted from `c`, `y` apart, then each shifted ys's own block), then the
-    initial-carry row of each shifted ys; a 0-d ys as (length, 1), so that its row is an array
-    the body can write (a (length,) array's row would be a NumPy scalar)."""
-    length, shifted = attrs["length"], attrs.get("shifted", ())
-    size, places, inits = ys_places(body, nc, length, attrs["reverse"], shifted)
-    c, _ = slab_sizes(body, nc)
-    shapes = [o.shape or (1,) for o in body.outputs[nc:]]
-    moved = [j for j, _ in shifted]
-    kept = [j for j in range(len(shapes)) if j not in moved]
-    width = sum(math.prod(shapes[j]) for j in kept)
-    specs: list = [None] * len(shapes)
-    for j, spec in zip(kept, _view_specs(c, [shapes[j] for j in kept], length, width, dtype)):
-        specs[j] = spec
-    for j in moved:
-        (specs[j],) = _view_specs(places[j][0], [shapes[j]], length, places[j][1], dtype)
-    for k, at in inits:
-        specs += _view_specs(at, [body.outputs[k].shape], None, 0, dtype)
-    views = _views(specs, dtype)
-    # each view is a strided window into the slab, so it is a view whatever the slab's values:
-    # checked once here (np.empty touches no memory), not on every loop call
-    probe = np.empty(size, dtype)
-    if length and not all(np.shares_memory(v, probe) for v in views(probe)):
-        raise TapernnError("scan: internal error, a ys view of the slab is a copy")
-    return views
-
-
-def _carry_views(shapes: list[tuple], dtype: np.dtype):
-    return _views(_view_specs(0, shapes, None, 0, dtype), dtype)
-
-
-def _view_specs(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
-    """Per shape (its view's shape, byte offset, strides) in a slab laid out from `start` one
-    after another (offsets): `shape` itself or, given `length`, (length, *shape) with rows
-    `row` elements apart."""
-    item, specs = dtype.itemsize, []
-    rows = () if length is None else (length,)
-    steps = () if length is None else (row * item,)
-    for (a, _), s in zip(offsets(shapes), shapes):
-        inner = tuple(int(v) for v in np.empty(s, dtype).strides)
-        specs.append(((*rows, *s), (start + a) * item, (*steps, *inner)))
-    return specs
-
-
-def _views(specs: list, dtype: np.dtype):
-    """slab -> its views `specs` ((shape, byte offset, strides) each), each made by ONE
-    np.ndarray over the slab's buffer (~0.25 us; splitting a stacked view by NumPy's
-    iteration or slicing and reshaping cost 2-4x that per view, every loop call)."""
-    nd, dtype, specs = np.ndarray, np.dtype(dtype), tuple(specs)
-    kept: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
-
-    def views(slab: np.ndarray, given: bool = False) -> list:
-        # (the slab is C-contiguous and of `dtype`: the runner allocates it or checks `out`)
-        if given and kept and kept[0] is slab:
-            return kept[1]
-        out = [nd(shape, dtype, slab, offset, strides) for shape, offset, strides in specs]
-        if given:  # (a buffer the caller's program holds anyway: keeping it costs no memory)
-            kept[:] = [slab, out]
-        return out
-
-    return views
 
 
 def _failure(compiled: Compiled, attrs: dict, filename: str, first: int):

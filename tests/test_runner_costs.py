@@ -200,3 +200,41 @@ def test_xs_the_body_never_reads_are_not_split_into_rows(name):
     # ... and an xs whose row would not be read is not split (the backward has such xs)
     assert len([v for v in taken if v.startswith("a")]) < len(xs), runner.source
     _check(seq, cell, step, n_states, T=7, B=2, seed=5)
+
+
+def _forward_runner(seq):
+    pair = runtime_of(seq).history[-1].exe.compile_training()
+    fwd = pair.forward.program
+    (runner,) = [v for v in fwd.fn.__kwdefaults__.values() if hasattr(v, "source")]
+    return runner
+
+
+def test_ys_row_slices_are_split_once_per_call_and_a_failing_step_names_its_node():
+    """LSTM's forward writes each gate into a slice of its step's gate row: the runner takes
+    one view per gate and call, split by the loop's iteration, not a slice per gate and step;
+    the body keeps its line numbers (a failing step names the node that failed)."""
+    make, step, n_states = CELLS["LSTM"]
+    tn.manual_seed(6)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=6)
+    for runner in (_forward_runner(seq), _runner(seq)[0]):
+        head, loop = runner.source.split("for _t, ", 1)
+        assert not re.search(r"\bo\d+ = w\d+\[i\d+\]", loop), runner.source
+        splits = re.findall(r"(_S\d+) = (_Y\d+)\[(_ix\d+)\]", head)
+        assert len(splits) == 4  # (the four gates' dZ / activations)
+        assert all(s in loop.split(":", 1)[0] for s, _, _ in splits)
+    _check(seq, cell, step, n_states, T=7, B=1, seed=7)
+    runner = _forward_runner(seq)
+    tanh = runner.bound["np_tanh"]
+
+    def broken(*a, **k):
+        raise FloatingPointError("boom")
+
+    runner.bound["np_tanh"] = broken
+    try:
+        with pytest.raises(tn.TapernnError, match=r"scan step 0 of 7: tanh.*boom"):
+            seq.forward(np.ones((7, 1, H)))
+    finally:
+        runner.bound["np_tanh"] = tanh
+    _check(seq, cell, step, n_states, T=7, B=1, seed=8)
