@@ -238,3 +238,39 @@ def test_ys_row_slices_are_split_once_per_call_and_a_failing_step_names_its_node
     finally:
         runner.bound["np_tanh"] = tanh
     _check(seq, cell, step, n_states, T=7, B=1, seed=8)
+
+
+def test_views_of_a_buffer_are_made_once():
+    """A value a NumPy ufunc computes into a buffer (bound once) is that buffer every call, so
+    its views are bound once too (codegen._static_view): LSTM's forward step slices its gate
+    buffer four times a step before; a value from anything but ufunc calls with out= of that
+    buffer is not taken for the buffer (codegen._note_static)."""
+    from tapernn import codegen
+    from tapernn.graph import Node
+
+    make, step, n_states = CELLS["LSTM"]
+    tn.manual_seed(6)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(NUMPY)
+    _check(seq, cell, step, n_states, T=5, B=1, seed=9)
+    runner = _forward_runner(seq)
+    loop = runner.source.split("for _t, ", 1)[1]
+    assert not re.search(r"\bv\d+ = v\d+\[i\d+\]", loop), runner.source
+    assert re.search(r"\br\d+\b", loop)
+    _check(seq, cell, step, n_states, T=6, B=2, seed=10)
+
+    buf = np.empty((2, 4))
+    n = Node("add", [], {}, (2, 4), np.dtype(np.float64))
+    plan = type("Plan", (), {"inplace": {}})()
+
+    def static_of(lines, bound):
+        static = {}
+        codegen._note_static(n, "b0", lines, static, {"b0": buf, **bound}, plan)
+        return static
+
+    assert static_of(["np_add(a0, a1, out=b0)"], {"np_add": np.add}) == {n: buf}
+    chain = ["v9 = np_negative(a0, out=b0)", "np_exp(v9, out=v9)"]
+    assert static_of(chain, {"np_negative": np.negative, "np_exp": np.exp}) == {n: buf}
+    assert not static_of(["f_op(a0, out=b0)"], {"f_op": lambda a, out=None: a + 1})
+    assert not static_of(["np_add(a0, a1, out=v3)"], {"np_add": np.add})
+    assert not static_of(["v9 = np_add(a0, a1)", "np_exp(v9, out=b0)"], {"np_add": np.add})
