@@ -382,6 +382,7 @@ class Program(FusedLowering):
                 or st in plan.placed
                 or (st.shape, st.dtype) != (n.shape, n.dtype)
                 or not (st in plan.placed_concats or get_op(st.op).supports_out)
+                or not _over_itself(n, st, plan)
             ):
                 continue
             claimed[st] = f"w{j}"
@@ -408,6 +409,17 @@ class Program(FusedLowering):
             if frame.f_code.co_filename == self.filename:
                 return self.line_nodes.get(lineno)
         return None
+
+
+def _over_itself(n: Node, st: Node, plan) -> bool:
+    """Whether `n` is its storage `st`'s array itself: st, or computed in place over values
+    that are (not over a view of it: a transpose of a square st has its shape, not its
+    layout, so the caller's array would hold it transposed)."""
+    while n is not st:
+        n = plan.inplace.get(n)
+        if n is None:
+            return False
+    return True
 
 
 _STATIC_VIEWS = ("getitem", "reshape", "transpose")
