@@ -274,3 +274,15 @@ def test_views_of_a_buffer_are_made_once():
     assert not static_of(["f_op(a0, out=b0)"], {"f_op": lambda a, out=None: a + 1})
     assert not static_of(["np_add(a0, a1, out=v3)"], {"np_add": np.add})
     assert not static_of(["v9 = np_add(a0, a1)", "np_exp(v9, out=b0)"], {"np_add": np.add})
+
+
+@pytest.mark.parametrize("layout", ["batch", "feature"])
+def test_both_layouts_equal_the_equations(layout):
+    """The runner's carries, blocks, split slices and static views under both loop layouts
+    (feature-major holds the carries as (H, B)), over new lengths and batch sizes."""
+    for make, step, n_states in CELLS.values():
+        tn.manual_seed(7)
+        cell = make()
+        seq = nn.Sequencer(cell).set_plan_options(PlanOptions(backend="numpy", layout=layout))
+        for T, B, seed in ((5, 1, 20), (6, 3, 21), (5, 1, 22)):
+            _check(seq, cell, step, n_states, T=T, B=B, seed=seed)
