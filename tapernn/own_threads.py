@@ -118,7 +118,8 @@ def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
-    elif out.shape != (m, n):
+    elif out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        # (one half's output must not be the other half's input: np.matmul alone buffers)
         return np.matmul(a, b, out=out)
     if m >= n:
         h = m - m // 2

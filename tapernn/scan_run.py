@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import functools
 import itertools
-import math
 import re
 import traceback
 import weakref
@@ -20,9 +19,14 @@ from .codegen import lowering_context
 from .errors import TapernnError, ValueRangeError, where
 from .executor import Compiled, compile
 from .graph import Graph
+from .ops.registry import PSEUDO, get_op
 from .passes.driver import LoopReport
 from .scan_hoist import compile_hoisted
-from .scan_ir import body_dtype, offsets, slab_sizes, ys_places
+from .scan_ir import body_dtype, slab_sizes, ys_places
+from .scan_views import carry_views as _carry_views
+from .scan_views import split_row_slices
+from .scan_views import view_specs as _view_specs
+from .scan_views import ys_views as _ys_views
 from .scan_xs import late_xs, reads_xs_first, writable_over_xs
 
 # body Graph -> {(passes, options): Compiled}: a template reused (another length, another
@@ -92,10 +96,13 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         if ctx.options.batch_split != "off" and kernel.startswith("Python loop"):
             runner, kernel = _batch_split(runner, compiled, used, attrs, ctx, kernel)
     else:
-        compiled = compile_body(ctx.options)
+        # the carries the body computes (not views, inputs or ys too) go into two arrays the
+        # runner holds and alternates, not into a new array each step
+        own = _carries_computed(used, n_live)
+        compiled = compiled_body(used, ctx.passes, ctx.options, nc + attrs["n_xs"], own + written)
         # `out` a buffer of the program (bound once, the same every call): its slab views too
         keep = out is not None and re.fullmatch(r"b\d+", out) is not None
-        runner, kernel = make_runner(compiled, attrs, keep, in_slab), "Python loop"
+        runner, kernel = make_runner(compiled, attrs, keep, in_slab, own), "Python loop"
     c, y = slab_sizes(body, nc)
     itemsize = body_dtype(body).itemsize
     report = LoopReport(
@@ -175,8 +182,10 @@ def _workspace_bytes(runner: Any) -> int:
     runner = getattr(runner, "full", runner)  # (a SplitRunner: its halves' buffers added above)
     handle = getattr(runner, "handle", None)
     if handle is None:
-        bound = getattr(runner, "__kwdefaults__", None) or {}
-        return sum(a.nbytes for k, a in bound.items() if re.fullmatch(r"_P\d+", k))
+        bound = getattr(runner, "bound", None) or {}
+        arrays = [a for k, a in bound.items() if re.fullmatch(r"_P\d+", k)]
+        arrays += [a for k, pair in bound.items() if re.fullmatch(r"_C\d+", k) for a in pair]
+        return sum(a.nbytes for a in arrays)
     from .backends import numba_loop
 
     return numba_loop.work_bytes(handle.work)
@@ -194,6 +203,21 @@ def _buffer_bytes(compiled: Compiled) -> int:
     prologue = getattr(compiled, "prologue", None)
     extra = prologue.program.plan.buffer_bytes if prologue is not None else 0
     return compiled.program.plan.buffer_bytes + extra
+
+
+def _carries_computed(body: Graph, n_live: int) -> tuple[int, ...]:
+    """The live carries (positions among `body`'s first n_live outputs) a step computes into
+    an array of its own: not an input, a view, 0-d, nor returned twice (a carry that is also
+    a ys is computed into its slab row)."""
+    outs = body.outputs
+    return tuple(
+        k
+        for k in range(n_live)
+        if outs[k].op not in PSEUDO
+        and not get_op(outs[k].op).view
+        and outs[k].shape != ()
+        and outs.count(outs[k]) == 1
+    )
 
 
 _FIXED: weakref.WeakKeyDictionary[Graph, Graph] = weakref.WeakKeyDictionary()
@@ -221,7 +245,13 @@ def _scope_of(body: Graph) -> str:
     return min(scopes, key=len) if scopes else ""
 
 
-def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_slab: bool = False):
+def make_runner(
+    compiled: Compiled,
+    attrs: dict,
+    keep_out: bool = False,
+    xs_in_slab: bool = False,
+    own: tuple[int, ...] = (),
+):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
     statements inlined into the loop (no call per step; `_inlined`), its ys computed into
@@ -231,7 +261,10 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     of its program), so the slab views of it are made once and kept. `xs_in_slab`: xs may lie
     in the rows of `out` (the planner's PlanOptions.xs_in_slab): written over directly when each
     xs row t is inside slab row t and the body reads its xs before writing any ys
-    (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`."""
+    (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`. `own`:
+    live carries (positions) `compiled` writes into arrays it is given (its first written
+    outputs, before the ys): two per carry, made once, each step writing the one that does not
+    hold the carry it reads."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
     length, reverse, shifted = attrs["length"], attrs["reverse"], attrs.get("shifted", ())
@@ -246,21 +279,24 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     hoisted = [f"a{n_in + k}" for k in range(n_hoisted)]
     ys = [f"_Y{j}" for j in range(len(y_shapes))]
     live = [cv for k, cv in enumerate(cs) if k not in fixed_carries(body, nc)]
-    inline = _inlined(compiled, n_in + n_hoisted, len(ys), live)
+    outs = [f"w{i}" for i in range(len(own))]  # (the body's first written arrays)
+    kept = [cv for k, cv in enumerate(live) if k not in own]  # (returned by the body)
+    inline = _inlined(compiled, n_in + n_hoisted, len(own) + len(ys), kept)
     xs_params = [f"_X{k}" for k in range(nx)] if inline else xs
     order = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
-    bound = list(inline[1]) if inline else ["_fn"]
     # xs in the slab (xs_in_slab): a body that reads them late reads copies of the step's rows
     order_of = (
         reads_xs_first(compiled, nc, nx, len(live), shifted) if xs_in_slab and xs else "first"
     )
     late = late_xs(compiled, nc, nx, len(live), shifted) if order_of == "late" else []
     private = [f"_P{k}" for k in late]
-    head = (
-        f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
-        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
-        "_over):"
-    )
+    # small late xs: copied whole before the loop (one copy per xs and call, not one per xs
+    # and step; held by the runner like the per-step rows: CompileReport.workspace_bytes)
+    rows_of = [body.inputs[nc + k] for k in late]
+    block = bool(inline and late) and length * sum(v.nbytes for v in rows_of) <= LATE_BLOCK_BYTES
+    # (the bound names are globals of the runner's own namespace, not keyword defaults:
+    # CPython copies every keyword default into each call's frame, ~1 us for 30 names)
+    head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
     lines = [head]
     if hoisted:  # the invariant work, once per call
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
@@ -275,38 +311,65 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
             + " or ".join(f"_np_shares(out, {xs_params[k]})" for k in late)
             + ")"
         )
+    if block:
+        lines.append("    if _alias:")
+        for p, k in zip(private, late):
+            lines += [f"        {p}[...] = {xs_params[k]}", f"        {xs_params[k]} = {p}"]
     inits = [f"_I{j}" for j, _ in shifted]  # the initial carries' rows of shifted ys blocks
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
     lines += [f"    {i}[...] = {cs[k]}" for i, (_, k) in zip(inits, shifted)]
+    lines += [f"    {w}, _Q{i} = _C{i}" for i, w in enumerate(outs)]
+    # after a step: its carry is the array it wrote, the next step writes the other one
+    swaps = [
+        line
+        for i, (w, k) in enumerate(zip(outs, own))
+        for line in (f"            {live[k]} = {w}", f"            {w}, _Q{i} = _Q{i}, {w}")
+    ]
+    # ys row slices the body takes each step: split from one view per call (scan_views)
+    ys_rows = {f"w{len(own) + j}": y for j, y in enumerate(ys)}
+    body_lines, splits = split_row_slices(inline[0], inline[1], ys_rows) if inline else ([], [])
+    lines += [f"    _S{n} = {y}[_ix{n}]" for n, (_, y, _) in enumerate(splits)]
     lines += ["    _t = None", "    try:"]
-    if inline and (xs or ys):
+    # (xs the inlined body never reads -- values its VJP template took that passes moved out
+    # of the loop -- are not split into rows: a view per step each)
+    text = "\n".join(body_lines)
+    read = [k for k, x in enumerate(xs) if not inline or re.search(rf"\b{x}\b", text)]
+    if inline and (read or ys_rows):
         # each step's xs slices and ys rows come from NumPy's own iteration over the arrays
         # (in step order: reversed() for a reverse loop), not from a Python index each
-        rows = [f"reversed({p})" if reverse else p for p in xs_params + ys]
-        names = xs + [f"w{j}" for j in range(len(ys))]
+        taken = [w for w in ys_rows if re.search(rf"\b{w}\b", text)]  # (rows still read)
+        steps = [xs_params[k] for k in read] + [ys_rows[w] for w in taken]
+        steps += [f"_S{n}" for n in range(len(splits))]
+        rows = [f"reversed({p})" if reverse else p for p in steps]
+        names = [xs[k] for k in read] + taken + [o for o, _, _ in splits]
         lines.append(f"        for _t, {', '.join(names)}, in zip({order}, {', '.join(rows)}):")
     else:
         lines.append(f"        for _t in {order}:")
     if inline:
-        if private:  # (only when they do lie in the slab)
+        if private and not block:  # (only when they do lie in the slab)
             lines.append("            if _alias:")
-        for p, k in zip(private, late):
-            lines += [f"                _np_copyto({p}, {xs[k]})", f"                {xs[k]} = {p}"]
+            for p, k in zip(private, late):  # (`p[...] = x`: np.copyto's dispatch: +0.4 us)
+                lines += [f"                {p}[...] = {xs[k]}", f"                {xs[k]} = {p}"]
         first = len(lines) + 1  # the runner's line of the body's first statement
-        lines += ["        " + line for line in inline[0]]
+        lines += ["        " + line for line in body_lines] + swaps
     else:
         first = 0
-        lines += [f"            _np_copyto({p}, {xs[k]}[_t])" for p, k in zip(private, late)]
+        lines += [f"            {p}[...] = {xs[k]}[_t]" for p, k in zip(private, late)]
         # (always copies: a Python-level loop)
         step_xs = [f"_P{k}" if k in late else f"{x}[_t]" for k, x in enumerate(xs)]
-        step = cs + step_xs + inv + hoisted + [f"{yv}[_t]" for yv in ys]
+        step = cs + step_xs + inv + hoisted + outs + [f"{yv}[_t]" for yv in ys]
         call = f"_fn({', '.join(step)})"
-        lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
+        lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
+        lines += swaps
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
-    if cs:
+    if cs and keep_out:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
+    elif cs:  # (each final carry's view made in its line: no call, no list)
+        lines += [
+            f"    _nd(_cs{k}, _dtype, _slab, _co{k}, _ct{k})[...] = {cv}" for k, cv in enumerate(cs)
+        ]
     lines += [
         "    if out is not None and _slab is not out:",
         "        _np_copyto(out, _slab)",
@@ -315,11 +378,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     ]
     source = "\n".join(lines) + "\n"
     filename = f"<tapernn scan runner {next(_runner_ids)}>"
-    namespace: dict[str, Any] = {}
-    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
-    run = namespace["run"]
-    run.source = source
-    run.__kwdefaults__ = {
+    namespace: dict[str, Any] = {
         **(inline[1] if inline else {"_fn": compiled.program.fn}),
         "_fail": _failure(compiled, attrs, filename, first),
         "_np_empty": np.empty,
@@ -327,18 +386,38 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_np_shares": np.may_share_memory,
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
+        "_nd": np.ndarray,
+        **{f"_ix{n}": index for n, (_, _, index) in enumerate(splits)},
+        **{
+            f"_c{part}{k}": value
+            for k, spec in enumerate(_view_specs(0, carry_shapes, None, 0, body_dtype(body)))
+            for part, value in zip("sot", spec)
+        },
         "_pre": prologue.program.fn if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{
-            p: np.empty(body.inputs[nc + k].shape, body.inputs[nc + k].dtype)
-            for p, k in zip(private, late)
+            p: np.empty(((length,) if block else ()) + v.shape, v.dtype)
+            for p, v in zip(private, rows_of)
+        },
+        **{
+            f"_C{i}": tuple(np.empty(o.shape, o.dtype) for _ in range(2))
+            for i, o in enumerate(compiled.graph.outputs[k] for k in own)
         },
     }
+    exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
+    run = namespace["run"]
+    run.source = source
+    run.bound = namespace  # (its bound names: tests and _workspace_bytes read them)
     return run
 
 
 _runner_ids = itertools.count()
+# late xs of at most this many bytes in all (their rows over every step) are copied whole once
+# per loop call, into blocks the runner holds (counted: _workspace_bytes); larger ones row by
+# row in each step (make_runner). At this size a step's Python objects outweigh the blocks,
+# and the per-step copies cost ~0.3 us each (25 a (1, 5, 5) LSTM backward)
+LATE_BLOCK_BYTES = 8 << 10
 
 
 def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
@@ -357,94 +436,6 @@ def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):
     if live:
         statements.append(f"    {', '.join(live)}, = {ret[len('    return ') :]}")
     return statements, dict(program.fn.__kwdefaults__)
-
-
-def _ys_views(body: Graph, nc: int, attrs: dict, dtype: np.dtype):
-    """(length, *shape) views of the slab per ys (laid out by scan_ir.ys_places: the rows of
-    the ys not shifted from `c`, `y` apart, then each shifted ys's own block), then the
-    initial-carry row of each shifted ys; a 0-d ys as (length, 1), so that its row is an array
-    the body can write (a (length,) array's row would be a NumPy scalar)."""
-    length, shifted = attrs["length"], attrs.get("shifted", ())
-    size, places, inits = ys_places(body, nc, length, attrs["reverse"], shifted)
-    c, _ = slab_sizes(body, nc)
-    shapes = [o.shape or (1,) for o in body.outputs[nc:]]
-    moved = [j for j, _ in shifted]
-    kept = [j for j in range(len(shapes)) if j not in moved]
-    width = sum(math.prod(shapes[j]) for j in kept)
-    parts = [(kept, _slab_views(c, [shapes[j] for j in kept], length, width, dtype))]
-    parts += [
-        ([j], _slab_views(places[j][0], [shapes[j]], length, places[j][1], dtype)) for j in moved
-    ]
-    firsts = [_slab_views(at, [body.outputs[k].shape], None, 0, dtype) for k, at in inits]
-
-    kept_out: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
-
-    def views(slab: np.ndarray, given: bool = False) -> list:
-        if given and kept_out and kept_out[0] is slab:
-            return kept_out[1]
-        out: list = [None] * len(shapes)
-        for js, made in parts:
-            for j, v in zip(js, made(slab)):
-                out[j] = v
-        out += [f(slab)[0] for f in firsts]
-        if given:
-            kept_out[:] = [slab, out]
-        return out
-
-    if not shifted:
-        views = parts[0][1]  # (the plain layout: no reordering)
-
-    # each view is a strided window into the slab, so it is a view whatever the slab's values:
-    # checked once here (np.empty touches no memory), not on every loop call
-    probe = np.empty(size, dtype)
-    if length and not all(np.shares_memory(v, probe) for v in views(probe)):
-        raise TapernnError("scan: internal error, a ys view of the slab is a copy")
-    return views
-
-
-def _carry_views(shapes: list[tuple], dtype: np.dtype):
-    return _slab_views(0, shapes, None, 0, dtype)
-
-
-def _slab_views(start: int, shapes: list[tuple], length: int | None, row: int, dtype: np.dtype):
-    """slab -> per shape a view of the slab laid out from `start` one after another (offsets):
-    `shape` itself or, given `length`, (length, *shape) with rows `row` elements apart. A run of
-    equal shapes is ONE strided array made by np.ndarray over the slab's buffer and split by
-    NumPy's own iteration (each loop call pays a few views, not two reshapes per ys)."""
-    item, specs = dtype.itemsize, []
-    for (a, _), s in zip(offsets(shapes), shapes):
-        if specs and specs[-1][1] == s:
-            specs[-1][0] += 1
-            continue
-        inner = tuple(int(v) for v in np.empty(s, dtype).strides) if s else ()
-        specs.append([1, s, a, inner])
-    made = []
-    for k, s, a, inner in specs:
-        size = math.prod(s) * item
-        rows = () if length is None else (length,)
-        steps = () if length is None else (row * item,)
-        if k == 1:  # (no leading axis to split)
-            made.append((None, (*rows, *s), (start + a) * item, (*steps, *inner)))
-        else:
-            made.append((k, (k, *rows, *s), (start + a) * item, (size, *steps, *inner)))
-    nd = np.ndarray
-    kept: list = []  # [out, its views]: `out` is the caller's buffer, the same every call
-
-    def views(slab: np.ndarray, given: bool = False) -> list:
-        # (the slab is C-contiguous and of `dtype`: the runner allocates it or checks `out`)
-        if given and kept and kept[0] is slab:
-            return kept[1]
-        out: list = []
-        for k, shape, offset, strides in made:
-            if k is None:
-                out.append(nd(shape, dtype, slab, offset, strides))
-            else:
-                out.extend(nd(shape, dtype, slab, offset, strides))
-        if given:  # (a buffer the caller's program holds anyway: keeping it costs no memory)
-            kept[:] = [slab, out]
-        return out
-
-    return views
 
 
 def _failure(compiled: Compiled, attrs: dict, filename: str, first: int):

@@ -67,14 +67,25 @@ def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = F
     layout key -- per xs whether it is a view of the slab's memory owner, and then its shape
     and strides -- and the full check runs for a key not seen before. Sound because one runner
     serves one line of a generated program, whose xs are the same view expressions of the
-    same storages every call: their offsets in the slab follow from that key."""
+    same storages every call: their offsets in the slab follow from that key. A user's array
+    can also be an xs (a gradient that is a view of a Sequencer's `output`, which lies in the
+    forward's slab that the backward's loop writes): the views tapernn hands out of one slab
+    with the same shape and strides lie in the same time rows (h or c blocks of row t), so the
+    answer does not depend on their offset; an offset in the key cost ~1 us an xs (+15 % of a
+    (1, 5, 5) NumPy step) and was measured not worth it. Only a view made from the slab's raw
+    `.base` (or np.frombuffer over it) could shift rows under the same key."""
     if memo:
         full = writable_over_xs(attrs, dtype, body_ok)
         answers: dict[tuple, bool] = {}
 
         def remembered(slab: np.ndarray, *xs: np.ndarray) -> bool:
-            owner = slab if slab.base is None else slab.base
-            key = tuple((x.shape, x.strides) if x.base is owner or x is owner else None for x in xs)
+            owner = slab.base
+            if owner is None:
+                owner = slab
+            # (a list made first: a generator costs ~0.1 us more per xs)
+            key = tuple(
+                [(x.shape, x.strides) if x.base is owner or x is owner else None for x in xs]
+            )
             found = answers.get(key)
             if found is None:
                 found = answers[key] = full(slab, *xs)

@@ -172,21 +172,21 @@ def test_gru_runners_write_over_their_xs_directly():
     patched = []
     for name, prog in (("fwd", pair.forward.program), ("bwd", pair.backward.program)):
         runner = next(v for v in prog.fn.__kwdefaults__.values() if hasattr(v, "source"))
-        over = runner.__kwdefaults__["_over"]
+        over = runner.bound["_over"]
         patched.append((runner, over))
 
         def spy(*a, _over=over, _name=name):
             seen.setdefault(_name, []).append(_over(*a))
             return seen[_name][-1]
 
-        runner.__kwdefaults__["_over"] = spy
+        runner.bound["_over"] = spy
     try:
         x, g = _data()
         seq.forward(x)
         seq.backward(x, g)
     finally:
         for runner, over in patched:
-            runner.__kwdefaults__["_over"] = over
+            runner.bound["_over"] = over
     assert seen == {"fwd": [True], "bwd": [True]}
 
 

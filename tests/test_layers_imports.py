@@ -75,6 +75,7 @@ LAYERS = [
             "tapernn.scan_pack",
             "tapernn.scan_split",
             "tapernn.scan_xs",
+            "tapernn.scan_views",
             "tapernn.scan_layout",
         ],
     ),

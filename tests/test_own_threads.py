@@ -276,3 +276,27 @@ def test_owned_calls_from_two_user_threads(rng):
     if pools:
         assert _pool_count() == before
     assert not own_threads.owning()
+
+
+@pytest.mark.parametrize("alias", ["a", "b"])
+def test_split_matmul_into_its_own_input_is_not_split(alias, monkeypatch):
+    """own_threads.matmul with `out` sharing memory with an input runs whole (np.matmul buffers
+    that case): split, one half would write rows the other half is still reading."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64))
+    b = rng.standard_normal((64, 64))
+    want = a @ b
+    out = a if alias == "a" else b
+    before = own_threads.SPLIT_GEMMS[0]
+    monkeypatch.setattr(own_threads._state, "depth", 1)  # as inside an owned call
+    got = own_threads.matmul(a, b, out=out)
+    monkeypatch.setattr(own_threads._state, "depth", 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert own_threads.SPLIT_GEMMS[0] == before
+    # and a fresh output does split, with the same values
+    a2 = rng.standard_normal((64, 64))
+    monkeypatch.setattr(own_threads._state, "depth", 1)
+    got = own_threads.matmul(a2, b.copy())
+    monkeypatch.setattr(own_threads._state, "depth", 0)
+    assert own_threads.SPLIT_GEMMS[0] == before + 1
+    np.testing.assert_allclose(got, a2 @ b, rtol=1e-12, atol=1e-12)

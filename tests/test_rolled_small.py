@@ -166,7 +166,7 @@ def test_the_loop_takes_its_step_rows_by_iteration_and_keeps_views_of_its_buffer
         assert "zip(" in header and "_X0" in header and "_Y0" in header, header
     (back,) = bwd
     assert "_ys_views(_slab, _slab is out)" in back.source  # its out= is a program buffer
-    views = back.__kwdefaults__["_ys_views"]
+    views = back.bound["_ys_views"]
     slab = np.empty(10_000)
     assert views(slab, True) is views(slab, True)  # made once for that buffer
     assert views(slab) is not views(slab)  # a fresh slab (a forward's): made per call
