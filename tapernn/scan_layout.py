@@ -17,7 +17,7 @@ from . import executor
 from .autodiff import grad
 from .graph import Graph
 from .passes.layout import relayout_before_grad
-from .passes.layout_rule import set_step_timer
+from .passes.layout_rule import MARGIN, set_step_timer
 from .plan_options import PlanOptions
 from .scan_ir import scan
 from .tracing import trace
@@ -27,6 +27,7 @@ TRIAL_STEPS = 8  # loop length timed (the choice is per body: every length share
 ROUNDS = 5  # interleaved rounds at most (each runs both layouts once)
 MIN_ROUNDS = 3
 BUDGET = 0.5  # seconds of timing after which no further round starts (past MIN_ROUNDS)
+CLEAR = 1.1  # past MIN_ROUNDS, rounds stop when the best times' ratio is this far off MARGIN
 _clock = time.process_time
 
 
@@ -86,9 +87,16 @@ def time_steps(body: Graph, nc: int, nx: int, backend: str = "") -> list[tuple[f
             progs[j](*args[j])
             t[j] = _clock() - start
         rounds.append((t[0], t[1]))
-        if len(rounds) >= MIN_ROUNDS and time.perf_counter() > deadline:
+        if len(rounds) >= MIN_ROUNDS and (time.perf_counter() > deadline or _clear(rounds)):
             break
     return rounds
+
+
+def _clear(rounds: list[tuple[float, float]]) -> bool:
+    """The best rounds' ratio is CLEAR times off the rule's margin: more rounds (load only
+    adds time, so they can only lower each best) would not change the pick."""
+    tb, tf = min(b for b, _ in rounds), min(f for _, f in rounds)
+    return tf > CLEAR * MARGIN * tb or tf * CLEAR < MARGIN * tb
 
 
 set_step_timer(time_steps)

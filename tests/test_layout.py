@@ -349,3 +349,25 @@ def test_a_failing_step_timing_is_batch_major_and_no_crash(monkeypatch):
     body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
     pick, why = layout_rule.choose(body, 1)
     assert pick == "batch" and "default (the step timing failed" in why and "no trial" in why
+
+
+@pytest.mark.parametrize("ratio, rounds", [(1.3, 3), (0.5, 3), (0.97, 5), (0.9, 5)])
+def test_the_trial_stops_early_only_when_the_pick_is_clear(ratio, rounds, monkeypatch):
+    """Past MIN_ROUNDS a trial whose best times are CLEAR off the margin stops; near the
+    margin all ROUNDS run (a fake clock: batch-major 1 s a call, feature-major `ratio`)."""
+    from tapernn import scan_layout
+
+    now = [0.0]
+
+    def program(seconds):
+        def run(*args):
+            now[0] += seconds
+
+        run.graph = tn.trace(lambda a: [a * 2.0], np.ones(3))
+        return run
+
+    monkeypatch.setattr(scan_layout, "_clock", lambda: now[0])
+    monkeypatch.setattr(scan_layout, "BUDGET", 1e9)
+    monkeypatch.setattr(scan_layout, "step_programs", lambda *a: [program(1.0), program(ratio)])
+    got = scan_layout.time_steps(None, 1, 0)
+    assert len(got) == rounds and got[0] == pytest.approx((1.0, ratio))
