@@ -85,8 +85,8 @@ class FusedLowering:
             uses[self._kernel_key(n)] >= self.options.kernel_min_uses
             and lowering_size(n.shape) >= self.options.kernel_min_size
         ):
-            operands = args + temps + ([out] if out else [])
-            return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
+            operands = args + temps + ([out] if out else [])  # (out: also a claimed array)
+            return [f"{self._fused_kernel(n, with_out=out is not None)}({', '.join(operands)})"]
         return self._fused_lines(n, args, out, temps, name)
 
     def numba_lone(self, n: Node) -> bool:
