@@ -42,3 +42,37 @@ def test_fused_kernels_lowered_as_functions_write_a_claimed_output(make, need_gr
             assert a is None
         else:
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fast": True}, "no field 'fast'; its fields are regions, "),
+        ({"regions": True, "tap_room": 0}, "no field 'tap_room'.*tap_room_min_bytes"),
+    ],
+)
+def test_plan_options_refuse_an_unknown_field_by_name(kwargs, match):
+    """PlanOptions(fast=True) raised Python's bare TypeError (not a TapernnError) naming no
+    field there is; now an ArgumentTypeError (still a TypeError) listing the fields."""
+    with pytest.raises(tn.errors.ArgumentTypeError, match=match):
+        tn.PlanOptions(**kwargs)
+    with pytest.raises(tn.errors.ArgumentTypeError, match="too many arguments"):
+        tn.PlanOptions(*([True] * 16))
+    assert tn.PlanOptions(regions=False, backend="numpy").regions is False
+
+
+def test_plan_options_refuse_an_unknown_backend_when_made():
+    """PlanOptions(backend="nmba") was accepted and failed only at the model's first call."""
+    with pytest.raises(tn.errors.ArgumentError, match="'nmba'"):
+        tn.PlanOptions(backend="nmba")
+    for name in ("", "numpy", "numba", "auto"):
+        assert tn.PlanOptions(backend=name).backend == name
+
+
+def test_lookup_table_given_bool_ids_says_to_pass_integers():
+    """Bool ids reached the layer as float64 ("expects integer ids, got float64"): the message
+    now says why and what to pass."""
+    m = nn.LookupTable(5, 3)
+    with pytest.raises(tn.errors.ShapeError, match="pass the ids as an integer array"):
+        m.forward(np.array([[True, False]]))
+    assert m.forward(np.array([[1, 0]])).shape == (1, 2, 3)
