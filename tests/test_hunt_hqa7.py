@@ -76,3 +76,59 @@ def test_lookup_table_given_bool_ids_says_to_pass_integers():
     with pytest.raises(tn.errors.ShapeError, match="pass the ids as an integer array"):
         m.forward(np.array([[True, False]]))
     assert m.forward(np.array([[1, 0]])).shape == (1, 2, 3)
+
+
+class _GateColumnCell(nn.Cell):
+    """A gate column (a strided (B, 1) view of the step's (B, width) gates) through a sigmoid
+    or a negation, then scaling the input: the planner may compute it in place in the view."""
+
+    state_names = ("h",)
+
+    def __init__(self, negate, width):
+        super().__init__(3, 1)
+        self.negate = negate
+        self.parameter("w", (3, width), init="uniform")
+        self.parameter("u", (width, 1), init="uniform")
+        self.parameter("b", (width,), init="uniform")
+        self.parameter("v", (1, 3), init="uniform")
+
+    def step(self, x, h):
+        column = (x @ self.w + h @ tn.transpose(self.u) + self.b)[..., 1:2]
+        scale = -column if self.negate else tn.sigmoid(column)
+        return tn.tanh((x * scale) @ tn.transpose(self.v))
+
+
+def _gate_column_numpy(cell, xs):
+    h = np.zeros((xs.shape[1], 1))
+    out = []
+    for x in xs:
+        column = (x @ cell.w.data + h @ cell.u.data.T + cell.b.data)[:, 1:2]
+        scale = -column if cell.negate else 1 / (1 + np.exp(-column))
+        h = np.tanh((x * scale) @ cell.v.data.T)
+        out.append(h)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("bi", [False, True], ids=["Sequencer", "BiSequencer"])
+@pytest.mark.parametrize("negate", [False, True], ids=["sigmoid", "neg"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_negation_in_place_in_a_strided_gate_column(negate, dtype, bi):
+    """NumPy 2.4.6 on AVX-512 negates wrong into a strided out= of 8 float64 / 4 float32
+    elements' step (tapernn.numpy_quirks). With PlanOptions' strided thresholds at 0 the
+    planner put a gate column's sigmoid (its first line a negation) or a negation in place in
+    the gates: unroll=True outputs were off by 0.07-0.2 from the second batch row on (found as
+    a BiSequencer, whose two directions' gates share one GEMM result: twice the step)."""
+    width = (8 if dtype == np.float64 else 4) // (2 if bi else 1)  # the column's step
+    rng = np.random.default_rng(3)
+    fwd, bwd = _GateColumnCell(negate, width), _GateColumnCell(negate, width)
+    m = nn.BiSequencer(fwd, bwd, unroll=True) if bi else nn.Sequencer(fwd, unroll=True)
+    m.set_plan_options(tn.PlanOptions(strided_min_bytes=0, strided_min_run=1))
+    x = rng.standard_normal((2, 3, 3))
+    if dtype == np.float32:
+        m.float()
+    y = np.asarray(m.forward(x.astype(dtype)))
+    want = _gate_column_numpy(fwd, x)
+    if bi:
+        want = np.concatenate([want, _gate_column_numpy(bwd, x[::-1])[::-1]], axis=-1)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
