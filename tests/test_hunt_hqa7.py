@@ -132,3 +132,21 @@ def test_negation_in_place_in_a_strided_gate_column(negate, dtype, bi):
         want = np.concatenate([want, _gate_column_numpy(bwd, x[::-1])[::-1]], axis=-1)
     assert y.dtype == dtype
     np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_plan_options_of_a_module_inside_the_called_one_are_not_ignored_silently():
+    """set_plan_options on a Sequencer inside a Sequential, then calling the Sequential: the
+    options were ignored without a word (its programs are planned as a whole with the called
+    module's options). Now an ArgumentError says to set them on the module called; the same
+    options as the caller's, or calling the inner module itself, still run."""
+    x = np.ones((3, 2, 3))
+    inner = nn.Sequencer(nn.FastLSTM(3, 4))
+    model = nn.Sequential(inner, nn.Sequencer(nn.Linear(4, 2)))
+    inner.set_plan_options(tn.PlanOptions(layout="feature"))
+    with pytest.raises(tn.errors.ArgumentError, match=r"call set_plan_options on nn\.Sequential"):
+        model.forward(x)
+    assert inner.forward(x).shape == (3, 2, 4)
+    model.set_plan_options(tn.PlanOptions(layout="feature"))
+    assert model.forward(x).shape == (3, 2, 2)
+    inner.set_plan_options(None)
+    assert model.forward(x).shape == (3, 2, 2)
