@@ -230,17 +230,35 @@ def _renamed_alike(variant: Any, base: Any) -> bool:
     theirs = list(base.arg_nodes)
     if len(mine) != len(theirs):
         return False
-    renamed = []
+    renamed, scopes = [], {}
     for a, b in zip(mine, theirs):
         if (a.kind, a.shape, a.dtype) != (b.kind, b.shape, b.dtype):
             return False
         if a.name != b.name:
-            last = a.name.rsplit(".", 1)[-1]
-            if last != b.name.rsplit(".", 1)[-1]:
+            scope, _, last = a.name.rpartition(".")
+            their_scope, _, their_last = b.name.rpartition(".")
+            if last != their_last:
                 return False
             renamed.append(last)
+            scopes.setdefault(their_scope, set()).add(scope)
     lasts = [n.name.rsplit(".", 1)[-1] for n in mine]
-    return all(lasts.count(last) == 1 for last in renamed)
+    if all(lasts.count(last) == 1 for last in renamed):
+        return True
+    # two modules' states of one name ("h0"): each base scope must name one variant scope, one
+    # to one, each a leading part of the other ("1" and "1.0": two remembering Sequencers in a
+    # Sequential, whose rolled call says "1.h0" where the unrolled variant says "1.0.h0")
+    ours = [next(iter(v)) for v in scopes.values()]
+    return (
+        all(len(v) == 1 for v in scopes.values())
+        and len(set(ours)) == len(ours)
+        and all(_nested(base_scope, next(iter(v))) for base_scope, v in scopes.items())
+    )
+
+
+def _nested(scope: str, other: str) -> bool:
+    """Whether one of two dotted scopes is the leading part of the other."""
+    a, b = scope.split("."), other.split(".")
+    return a[: len(b)] == b[: len(a)]
 
 
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
