@@ -152,31 +152,40 @@ def test_plan_options_of_a_module_inside_the_called_one_are_not_ignored_silently
     assert model.forward(x).shape == (3, 2, 2)
 
 
-def _two_remembering_sequencers(unroll):
+def _remembering_stack(unroll, inner):
+    """Two remembering recurrent layers: Sequential(Sequencer(FastLSTM), Sequencer(GRU)), or
+    (inner) Sequencer(Sequential(FastLSTM, GRU)); T = 4, 3, 4, 4; outputs and every
+    get_grad_hidden_state."""
     rng = np.random.default_rng(4)
-    a = nn.Sequencer(nn.FastLSTM(3, 4), unroll=unroll)
-    b = nn.Sequencer(nn.GRU(4, 4), unroll=unroll)
-    model = nn.Sequential(a, b)
+    a, b = nn.FastLSTM(3, 4), nn.GRU(4, 4)
+    if inner:
+        model = nn.Sequencer(nn.Sequential(a, b), unroll=unroll)
+        model.remember("both")
+    else:
+        a, b = nn.Sequencer(a, unroll=unroll), nn.Sequencer(b, unroll=unroll)
+        model = nn.Sequential(a, b)
+        a.remember("both")
+        b.remember("both")
     for p in model.parameters():
         p.data[...] = rng.uniform(-0.5, 0.5, p.data.shape)
-    a.remember("both")
-    b.remember("both")
     got = []
     for T in (4, 3, 4, 4):
         x, g = rng.standard_normal((T, 2, 3)), rng.standard_normal((T, 2, 4))
         got.append(np.array(model.forward(x)))
         model.backward(x, g)
-        for seq in (a, b):
+        for m in (a, b):
             for t in range(T - 1):
-                got += [s.copy() for s in seq.get_grad_hidden_state(t)]
+                got += [s.copy() for s in m.get_grad_hidden_state(t)]
     return got
 
 
-def test_grad_hidden_state_of_two_remembering_sequencers_after_the_length_changes():
-    """Sequential(Sequencer(FastLSTM), Sequencer(GRU)), both remembering, T = 4, 3, 4:
-    get_grad_hidden_state at the third call raised "the state-gradient variant's inputs do not
-    match the program's" (the rolled call names the states "0.h0", "1.h0", the tapped variant
-    "0.0.h0", "1.0.h0"; two "h0" made the rename look ambiguous). Now the unrolled run's
-    values."""
-    for got, want in zip(_two_remembering_sequencers(None), _two_remembering_sequencers(True)):
+@pytest.mark.parametrize("inner", [False, True], ids=["two-sequencers", "one-sequencer"])
+def test_grad_hidden_state_of_two_remembering_layers_after_the_length_changes(inner):
+    """Two remembering recurrent layers, T = 4, 3, 4: get_grad_hidden_state at the third call
+    raised "the state-gradient variant's inputs do not match the program's". The rolled call
+    named its states after where the trace first asked for them ("0.h0" and "1.h0", or
+    "state.h0" twice), the tapped variant "0.0.h0" and "1.0.h0": no name matched and the
+    positional rename was ambiguous. States now bind by their module and position. Values: the
+    unrolled run's."""
+    for got, want in zip(_remembering_stack(None, inner), _remembering_stack(True, inner)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

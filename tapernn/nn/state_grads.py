@@ -207,18 +207,29 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         return [
             np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
         ]
+    # by kind and name; a state by its module and position (its name says where the trace
+    # first asked for it: "0.h0" or "state.h0" in a rolled call, "0.0.h0" in the variant)
+    mine = [_arg_key(variant, n) for n in variant.arg_nodes if n.kind != "tap"]
+    theirs = [_arg_key(base, n) for n in base.arg_nodes]
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
-    if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
+    if sorted(by, key=repr) != sorted(set(mine), key=repr) or any(len(v) != 1 for v in by.values()):
         raise TapernnError(
             f"{base.graph.meta.root}: the state-gradient variant's inputs "
-            f"do not match the program's ({sorted(set(mine) ^ set(by))})"
+            f"do not match the program's ({sorted(set(mine) ^ set(by), key=repr)})"
         )
     return [
-        np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
+        np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[_arg_key(variant, n)][0]
         for n in variant.arg_nodes
     ]
+
+
+def _arg_key(exe: Any, n: Any) -> tuple:
+    """An argument's identity across traces: (kind, name), or for a recurrent module's state
+    ("state", id(module), k, shape)."""
+    owner = getattr(exe, "state_owners", {}).get(n) if n.kind == "state" else None
+    return (n.kind, n.name) if owner is None else ("state", id(owner[0]), owner[1], n.shape)
 
 
 def _renamed_alike(variant: Any, base: Any) -> bool:
@@ -230,35 +241,17 @@ def _renamed_alike(variant: Any, base: Any) -> bool:
     theirs = list(base.arg_nodes)
     if len(mine) != len(theirs):
         return False
-    renamed, scopes = [], {}
+    renamed = []
     for a, b in zip(mine, theirs):
         if (a.kind, a.shape, a.dtype) != (b.kind, b.shape, b.dtype):
             return False
         if a.name != b.name:
-            scope, _, last = a.name.rpartition(".")
-            their_scope, _, their_last = b.name.rpartition(".")
-            if last != their_last:
+            last = a.name.rsplit(".", 1)[-1]
+            if last != b.name.rsplit(".", 1)[-1]:
                 return False
             renamed.append(last)
-            scopes.setdefault(their_scope, set()).add(scope)
     lasts = [n.name.rsplit(".", 1)[-1] for n in mine]
-    if all(lasts.count(last) == 1 for last in renamed):
-        return True
-    # two modules' states of one name ("h0"): each base scope must name one variant scope, one
-    # to one, each a leading part of the other ("1" and "1.0": two remembering Sequencers in a
-    # Sequential, whose rolled call says "1.h0" where the unrolled variant says "1.0.h0")
-    ours = [next(iter(v)) for v in scopes.values()]
-    return (
-        all(len(v) == 1 for v in scopes.values())
-        and len(set(ours)) == len(ours)
-        and all(_nested(base_scope, next(iter(v))) for base_scope, v in scopes.items())
-    )
-
-
-def _nested(scope: str, other: str) -> bool:
-    """Whether one of two dotted scopes is the leading part of the other."""
-    a, b = scope.split("."), other.split(".")
-    return a[: len(b)] == b[: len(a)]
+    return all(lasts.count(last) == 1 for last in renamed)
 
 
 def backward_variant(rt: Any, record: Any, cuts: frozenset, seeds: list) -> tuple:
