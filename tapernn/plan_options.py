@@ -171,13 +171,18 @@ _dataclass_init = PlanOptions.__init__
 def _init(self, *args, **kwargs) -> None:
     """The dataclass's __init__, an unknown or extra argument refused by name (Python's
     TypeError named only the first unknown keyword, not the fields there are)."""
-    unknown = sorted(set(kwargs) - set(_FIELDS))
-    if unknown or len(args) > len(_FIELDS):
-        from .errors import ArgumentTypeError
+    try:
+        _dataclass_init(self, *args, **kwargs)
+    except TypeError as e:  # (looked at only when it fails: construction costs nothing more)
+        from .errors import ArgumentTypeError, TapernnError
 
+        unknown = sorted(set(kwargs) - set(_FIELDS))
+        if isinstance(e, TapernnError) or not (unknown or len(args) > len(_FIELDS)):
+            raise
         what = f"no field {', '.join(map(repr, unknown))}" if unknown else "too many arguments"
-        raise ArgumentTypeError(f"PlanOptions has {what}; its fields are {', '.join(_FIELDS)}")
-    _dataclass_init(self, *args, **kwargs)
+        raise ArgumentTypeError(
+            f"PlanOptions has {what}; its fields are {', '.join(_FIELDS)}"
+        ) from None
 
 
 PlanOptions.__init__ = _init
