@@ -26,6 +26,7 @@ from .memory import (
     is_view,
     plan_buffers,
 )
+from .numpy_quirks import NEGATIVE_OUT_BROKEN
 from .ops.registry import PSEUDO, get_op
 from .view_strides import copy_roots, copying_reshapes
 
@@ -276,7 +277,7 @@ class Program(FusedLowering):
                     else None
                 )
                 if lines is None:
-                    lines = [self._call(n.op, args, n.attrs, out)]
+                    lines = [self._call(n.op, args, n.attrs, out, n.dtype)]
                 if out is None and n.shape == ():
                     # NumPy hands back 0-d results as scalars, which no later line could
                     # write into (in place, out=): keep every value an array
@@ -424,13 +425,17 @@ class Program(FusedLowering):
             claimed[st] = f"w{j}"
         return claimed
 
-    def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+    def _call(self, op: str, args: list[str], attrs: dict, out: str | None, dtype=None) -> str:
         """One op's call expression, as its OpDef says: its own lowering, a direct call of its
-        NumPy ufunc (no wrapper frame), or a call of its forward."""
+        NumPy ufunc (no wrapper frame), or a call of its forward. A negation into out= where
+        NumPy gets that wrong (numpy_quirks) is a multiplication by -1 of the value's dtype."""
         opdef = get_op(op)
         if opdef.lower is not None:
             return opdef.lower(args, attrs, out, self._bind_for_lowering)
         tail = f", out={out}" if out else ""
+        if op == "neg" and out and NEGATIVE_OUT_BROKEN and dtype is not None:
+            multiply = self._named("np_multiply", np.multiply)
+            return f"{multiply}({args[0]}, {self._scalar(-1.0, dtype)}{tail})"
         if opdef.ufunc is not None:
             return f"{self._named('np_' + op, opdef.ufunc)}({', '.join(args)}{tail})"
         fn = self._named(f"f_{op}", opdef.forward)

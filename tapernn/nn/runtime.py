@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..arena import Arena
-from ..errors import ShapeError, StateError, TapernnError
+from ..errors import ArgumentError, ShapeError, StateError, TapernnError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
@@ -165,7 +165,7 @@ class Runtime:
                     history,
                     n_diff,
                     passes,
-                    root._plan_options or DEFAULT_OPTIONS,
+                    _plan_options(root),
                     templates=self.templates,
                 )
             exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
@@ -464,6 +464,21 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
         return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
     return x.copy() if copy else x
+
+
+def _plan_options(root: Any) -> Any:
+    """The PlanOptions of `root`'s programs (its own, else the defaults); a module inside it
+    with options of its own that differ is refused: they would be ignored silently (the
+    programs are planned for the module called, as a whole)."""
+    options = root._plan_options or DEFAULT_OPTIONS
+    for m in root.modules():
+        if m is not root and m._plan_options is not None and m._plan_options != options:
+            raise ArgumentError(
+                f"{m.describe()} has PlanOptions of its own, but it runs inside {root.describe()},"
+                f" whose programs are planned as a whole with {'its' if root._plan_options else 'the default'}"
+                f" options: call set_plan_options on {root.describe()} (the module you call)"
+            )
+    return options
 
 
 def _own(state: np.ndarray) -> np.ndarray:
