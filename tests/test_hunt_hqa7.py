@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -57,7 +59,7 @@ def test_plan_options_refuse_an_unknown_field_by_name(kwargs, match):
     with pytest.raises(tn.errors.ArgumentTypeError, match=match):
         tn.PlanOptions(**kwargs)
     with pytest.raises(tn.errors.ArgumentTypeError, match="too many arguments"):
-        tn.PlanOptions(*([True] * 16))
+        tn.PlanOptions(*([True] * (len(dataclasses.fields(tn.PlanOptions)) + 1)))
     assert tn.PlanOptions(regions=False, backend="numpy").regions is False
 
 

@@ -53,7 +53,7 @@ LAYERS = [
         ],
     ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
+    ("lowering", ["tapernn.numpy_quirks", "tapernn.codegen", "tapernn.fused_lowering"]),
     (
         "executor",
         [
