@@ -120,6 +120,15 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     elif hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
         runner.report = report
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
+    prologue = getattr(compiled, "prologue", None)
+    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a split loop
+        # or one a whole-program kernel may inline, which run the prologue their own way)
+        prologue is not None
+        and getattr(prologue.program, "pack_slots", None)
+        and id(attrs) not in ctx.bodies
+        and not hasattr(runner, "split_calls")
+    ):
+        ctx.loop_scratch.append((id(attrs), prologue.program))
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 

@@ -321,11 +321,15 @@ class Packing:
         step) and is an array of the copy's size, apart from every argument. Returns those
         `.grad` arrays: release_scratch zeroes them again after the call."""
         prog = program.program
-        slots = getattr(prog, "scratch_slots", None)
-        if not slots:
+        slots = getattr(prog, "scratch_slots", None) or {}
+        loops = getattr(prog, "loop_scratch", None) or {}
+        if not slots and not loops:
             return []
-        dest, used = prog.dest, []
-        for j, (s, n, rows) in slots.items():
+        used: list = []
+        # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
+        lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
+        lent += [(j, dest, s, n, rows) for j, (dest, s, n, rows, _) in loops.items()]
+        for j, dest, s, n, rows in lent:
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
@@ -349,11 +353,15 @@ class Packing:
     def release_scratch(program: Any, used: list) -> None:
         """After the forward (also when it raised): the `.grad` arrays scratch_into lent it
         hold zeros again, and no slot points at one."""
-        for grad in used:
-            grad.fill(0)
-        dest = getattr(program.program, "dest", None)
-        if dest:
-            dest[:] = [None] * len(dest)
+        try:
+            for grad in used:
+                grad.fill(0)
+        finally:
+            dest = getattr(program.program, "dest", None)
+            if dest:
+                dest[:] = [None] * len(dest)
+            for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+                dest[s] = None
 
     @staticmethod
     def release(program: Any) -> None:
