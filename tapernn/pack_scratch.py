@@ -5,7 +5,9 @@ lowering (scan_run.lower_scan) records the prologue in its LoweringContext, and 
 program maps each slot to the parameter whose data the loop packs (`loop_slots`: input position
 -> (the prologue's dest list, slot, the panels' node, rows of a block or None, scan node key)).
 nn/packing.Packing.scratch_into lends that parameter's `.grad` when it holds only zeros and has
-the panels' size, dtype and layout, apart from every argument; release_scratch zeroes it again."""
+the panels' size, dtype and layout, apart from every argument. The loop's runner zeroes the
+panels when its loop ends (a backward then computes that `.grad` over them, after the loop), and
+release_scratch zeroes them again after a forward."""
 
 from __future__ import annotations
 
@@ -51,12 +53,21 @@ def _param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] 
     return position[v], rows
 
 
-def loop_slots(graph: Graph, recorded: list, taken: set[int]) -> dict[int, tuple]:
+def loop_slots(
+    graph: Graph, recorded: list, taken: set[int], plan: Any, dest_slots: dict[int, int]
+) -> dict[int, tuple]:
     """Input position of a parameter -> (dest list, slot, panels node, rows, scan node key) for
     each packed weight a loop of the top-level `graph` packs from a parameter's data.
     `recorded`: (id of a scan node's attrs, its prologue Program) from the loops' lowering; a
     prologue shared by two loops, or a parameter in `taken` (its transposed copy's slot) or
-    packed twice, gets none."""
+    packed twice, gets none; nor does a loop of a backward that writes any output into a
+    caller's array (`dest_slots`: Packing.compute_into's `.grad`) before the loop has run
+    (the loop's runner zeroes the panels when the loop ends: scan_run.make_runner)."""
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    first_write = [
+        plan.alloc_at.get(st, pos.get(st, -1))
+        for st in (plan.storage.get(graph.outputs[k], graph.outputs[k]) for k in dest_slots)
+    ]
     by_key = dict(recorded)
     uses: dict[int, int] = {}
     for _, prog in recorded:
@@ -66,7 +77,7 @@ def loop_slots(graph: Graph, recorded: list, taken: set[int]) -> dict[int, tuple
     twice: set[int] = set()
     for n in graph.nodes:
         prog = by_key.get(id(n.attrs)) if n.op == "scan" else None
-        if prog is None or uses[id(prog)] != 1:
+        if prog is None or uses[id(prog)] != 1 or any(w <= pos[n] for w in first_write):
             continue
         first = n.attrs["n_carry"] + n.attrs["n_xs"]
         inputs = prog.graph.inputs

@@ -265,11 +265,17 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
     private = [f"_P{k}" for k in late]
     head = (
         f"def run({', '.join(cs + xs_params + inv)}, out=None, *, {', '.join(bound + private)}, "
-        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _dtype, "
+        f"_fail, _np_empty, _np_copyto, _np_shares, _ys_views, _carry_views, _pre, _lent, _dtype, "
         "_over):"
     )
     lines = [head]
-    if hoisted:  # the invariant work, once per call
+    # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
+    lent = getattr(prologue.program, "pack_slots", None) if prologue else None
+    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent or {}]
+    if hoisted and lent:  # (the invariant work, once per call)
+        lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
+        lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]
+    elif hoisted:
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     over = f" and _over(out, {', '.join(xs_params)})" if xs_in_slab and xs else ""
     lines.append(
@@ -311,6 +317,8 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(live)}, = {call}" if live else f"            {call}")
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
+    if lent:
+        lines += ["    finally:", *[f"        {z}" for z in zero]]
     if cs:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
@@ -335,6 +343,7 @@ def make_runner(compiled: Compiled, attrs: dict, keep_out: bool = False, xs_in_s
         "_ys_views": _ys_views(body, nc, attrs, body_dtype(body)),
         "_carry_views": _carry_views(carry_shapes, body_dtype(body)),
         "_pre": prologue.program.fn if prologue else None,
+        "_lent": getattr(prologue.program, "dest", None) if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{

@@ -294,7 +294,9 @@ class Packing:
         compute into an array of the caller's (codegen's Program.dest) is computed into the
         parameter's `.grad` when that holds only zeros (Torch7 accumulates: zero plus the
         gradient is the gradient, and accumulate skips it) and shares no memory with an
-        argument; else made by the call and added. Every other slot is cleared."""
+        argument; else made by the call and added. Every other slot is cleared. A loop's
+        packed panels (Program.loop_scratch, pack_scratch.py) go into a zeroed `.grad` too:
+        the loop's runner zeroes them when it ends, before any gradient is computed there."""
         prog = program.program
         slots = getattr(prog, "dest_slots", None)
         if not slots:
@@ -313,6 +315,9 @@ class Packing:
                 grad = block.grad if block.intact else None
             if _zeroed(grad, outs[first + i], args):
                 dest[s] = grad
+        loops = getattr(prog, "loop_scratch", None)
+        if loops:  # (a loop's packed panels: the loop zeroes them before this is computed)
+            self._lend([(j, *entry[:4]) for j, entry in loops.items()], args)
 
     def scratch_into(self, program: Any, args: list) -> list:
         """Before the forward `program` runs on `args`: each per-call transposed weight copy it
@@ -325,10 +330,14 @@ class Packing:
         loops = getattr(prog, "loop_scratch", None) or {}
         if not slots and not loops:
             return []
-        used: list = []
         # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
         lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
-        lent += [(j, dest, s, n, rows) for j, (dest, s, n, rows, _) in loops.items()]
+        return self._lend(lent + [(j, *entry[:4]) for j, entry in loops.items()], args)
+
+    def _lend(self, lent: list, args: list) -> list:
+        """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
+        set in the slot where it holds only zeros (`_zeroed`); returns those `.grad` arrays."""
+        used: list = []
         for j, dest, s, n, rows in lent:
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
@@ -365,10 +374,13 @@ class Packing:
 
     @staticmethod
     def release(program: Any) -> None:
-        """After the run: no slot of `program` points at a `.grad` any more."""
+        """After the run: no slot of `program` (or of its loops' prologues) points at a
+        `.grad` any more."""
         dest = getattr(program.program, "dest", None)
         if dest:
             dest[:] = [None] * len(dest)
+        for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+            dest[s] = None
 
 
 def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False) -> bool:

@@ -166,7 +166,8 @@ class TrainingPair:
         into = range(n_dx, n_dx + n_param_grads) if held is None else ()
         moments = (
             per_call_peak(fwd, scratch=held is None and n_param_grads > 0),
-            sum(saved_only.values()) + per_call_peak(bwd, into),
+            sum(saved_only.values())
+            + per_call_peak(bwd, into, scratch=held is None and n_param_grads > 0),
             grad_input + tap_bytes,  # the parameter gradients are accumulated before the copies
         )
         # the dropout masks the last forward drew stay with its record until the next one's
