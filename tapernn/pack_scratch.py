@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .graph import Graph, Node
 
 
@@ -53,14 +55,21 @@ def _param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] 
     return position[v], rows
 
 
+def _size(graph: Graph, j: int, rows: tuple | None) -> int:
+    """Elements of input `j` (or of its rows a:b)."""
+    shape = graph.inputs[j].shape
+    first = shape[0] if rows is None else min(rows[1], shape[0]) - rows[0]
+    return first * int(np.prod(shape[1:], dtype=np.int64))
+
+
 def loop_slots(
     graph: Graph, recorded: list, taken: set[int], plan: Any, dest_slots: dict[int, int]
 ) -> dict[int, tuple]:
     """Input position of a parameter -> (dest list, slot, panels node, rows, scan node key) for
     each packed weight a loop of the top-level `graph` packs from a parameter's data.
     `recorded`: (id of a scan node's attrs, its prologue Program) from the loops' lowering; a
-    prologue shared by two loops, or a parameter in `taken` (its transposed copy's slot) or
-    packed twice, gets none; nor does a loop of a backward that writes any output into a
+    prologue shared by two loops, a parameter in `taken` (its transposed copy's slot) or
+    packed twice, or panels not of its size (padded past its columns), get none; nor does a loop of a backward that writes any output into a
     caller's array (`dest_slots`: Packing.compute_into's `.grad`) before the loop has run
     (the loop's runner zeroes the panels when the loop ends: scan_run.make_runner)."""
     pos = {n: k for k, n in enumerate(graph.nodes)}
@@ -87,8 +96,8 @@ def loop_slots(
             if w not in inputs or first + inputs.index(w) >= len(n.inputs):
                 continue
             found = _param_rows(n.inputs[first + inputs.index(w)], position)
-            if found is None or found[0] in taken:
-                continue
+            if found is None or found[0] in taken or _size(graph, *found) != pack.size:
+                continue  # (panels padded past the weight's columns: larger than its .grad)
             if found[0] in out:
                 twice.add(found[0])
             out[found[0]] = (prog.dest, s, pack, found[1], id(n.attrs))
