@@ -53,7 +53,7 @@ LAYERS = [
         ],
     ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
+    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering", "tapernn.pack_scratch"]),
     ("executor", ["tapernn.executor", "tapernn.arena", "tapernn.testing", "tapernn.optim"]),
     (
         "loops",
