@@ -26,8 +26,11 @@ T, B, H = 4, 16, 128
 pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
 
 
-def _model(seed=0):
-    m = nn.FastLSTM(H, H)
+CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, peephole=False)}
+
+
+def _model(seed=0, cell="FastLSTM"):
+    m = CELLS[cell]()
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.1
     return m
@@ -57,8 +60,8 @@ def _off(monkeypatch):
     monkeypatch.setattr(tapernn.codegen, "loop_slots", lambda *a: {})
 
 
-def _run(backend="numba", rounds=3, zero=True, x=None):
-    m = _model()
+def _run(backend="numba", rounds=3, zero=True, x=None, cell="FastLSTM"):
+    m = _model(cell=cell)
     seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend=backend, layout="batch"))
     got = []
     for k in range(rounds):
@@ -121,19 +124,30 @@ def test_the_loop_zeroes_the_lent_grad_when_it_ends(lent, monkeypatch):
     assert lent[-1] == [m.o2g.weight.grad] and m.o2g.weight.grad.any()
 
 
-def test_values_and_gradients_equal_the_lending_off_run_numpy_and_the_equations(monkeypatch):
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_values_and_gradients_equal_the_lending_off_run_numpy_and_the_equations(
+    cell, lent, monkeypatch
+):
     """Outputs, the input gradient, every parameter gradient and get_grad_hidden_state over
     three zeroed loop steps with updates: the same as with the lending off and as the NumPy
-    backend, at 1e-12; the outputs as the NumPy equations."""
-    on = _run()[2]
+    backend, at 1e-12; the outputs as the NumPy equations. LSTM(peephole=False): rows 4H:8H of
+    its (8H, H) block's `.grad` lent to the backward's panels (its forward copies those rows
+    transposed into them: hpeak8)."""
+    seq, m, on = _run(cell=cell)
+    assert all(lent[1::2])  # (every backward lent)
+    if cell == "LSTM":
+        assert all(np.shares_memory(u[0], m.w_hi._block.grad[4 * H :]) for u in lent[1::2])
     with monkeypatch.context() as mp:
         _off(mp)
-        seq, _, off = _run()
-        assert not runtime_of(seq).last.training_pair.forward.program.loop_scratch
+        seq, _, off = _run(cell=cell)
+        assert not runtime_of(seq).last.training_pair.last_backward.program.loop_scratch
     _close(on, off)
-    _close(on, _run("numpy")[2])
-    params = {name: p.data.copy() for name, p in _model().named_parameters().items()}
-    want, _ = ref.run(ref.fastlstm_step, params, _data(0)[0], 2, H)
+    _close(on, _run("numpy", cell=cell)[2])
+    params = {name: p.data.copy() for name, p in _model(cell=cell).named_parameters().items()}
+    step = ref.fastlstm_step
+    if cell == "LSTM":
+        step = lambda p, x, h, c: ref.lstm_step(p, x, h, c, peephole=False)
+    want, _ = ref.run(step, params, _data(0)[0], 2, H)
     np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
 
 
