@@ -28,6 +28,7 @@ from .memory import (
 )
 from .numpy_quirks import NEGATIVE_OUT_BROKEN
 from .ops.registry import PSEUDO, get_op
+from .pack_scratch import loop_slots, pack_slots
 from .view_strides import copy_roots, copying_reshapes
 
 _program_ids = itertools.count()
@@ -48,6 +49,9 @@ class LoweringContext:
     sub_reports: list = field(default_factory=list)
     bodies: dict = field(default_factory=dict)
     xs_in_slab: set = field(default_factory=set)  # id(attrs) of loops with inputs in their rows
+    # (id(attrs), prologue Program) of loops whose packed panels may go into a `.grad`
+    # (pack_scratch.py)
+    loop_scratch: list = field(default_factory=list)
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
@@ -111,11 +115,18 @@ class Program(FusedLowering):
         self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
         self.sub_reports: list = []  # reports of nested programs (loop bodies)
         self.bodies: dict = {}  # LoweringContext.bodies
-        token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports, self.bodies))
+        ctx = LoweringContext(passes, options, self.sub_reports, self.bodies)
+        token = _LOWERING.set(ctx)
         try:
             self.source = self._generate(fn_name)
         finally:
             _LOWERING.reset(token)
+        # the loops' packed panels made in the weights' zeroed `.grad` (pack_scratch.py)
+        self.loop_scratch = (
+            loop_slots(graph, ctx.loop_scratch, set(self.scratch_slots), self.plan, self.dest_slots)
+            if self.top and ctx.loop_scratch
+            else {}
+        )
         namespace: dict[str, Any] = {}
         exec(builtins.compile(self.source, self.filename, "exec"), namespace)  # noqa: S102 (our source)
         for name, used, _ in self.fused_kernels.values():
@@ -338,9 +349,16 @@ class Program(FusedLowering):
         self.dest_slots: dict[int, int] = {}  # output position -> slot
         # input position -> (slot, node, (first, stop) rows of the input it copies or None)
         self.scratch_slots: dict[int, tuple[int, Node, tuple | None]] = {}
+        self.pack_slots: dict[int, int] = {}  # a loop prologue's: output position -> slot
         least = self.options.grad_into_min_bytes
-        if not self.top or least <= 0:
+        if least <= 0:
             return {}
+        if not self.top:  # (a loop prologue's packed panels: pack_scratch.py)
+            into, self.pack_slots = pack_slots(g, plan, least)
+            self.dest.extend([None] * len(into))
+            if into:
+                self.bound["_dest"] = self.dest
+            return into
         if not g.meta.seed_names:
             return self._scratch_slots(least)
         alias = set(g.meta.outputs_may_alias_inputs)

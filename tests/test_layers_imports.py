@@ -53,7 +53,15 @@ LAYERS = [
         ],
     ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.numpy_quirks", "tapernn.codegen", "tapernn.fused_lowering"]),
+    (
+        "lowering",
+        [
+            "tapernn.numpy_quirks",
+            "tapernn.codegen",
+            "tapernn.fused_lowering",
+            "tapernn.pack_scratch",
+        ],
+    ),
     (
         "executor",
         [
