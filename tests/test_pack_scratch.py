@@ -26,6 +26,10 @@ T, B, H = 4, 16, 128
 pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
 
 
+# a loop split over two threads (own_threads / batch_split, on by default where a loop splits)
+# never lends: these tests pin the unsplit loop that does
+ONE_THREAD = {"own_threads": "off", "batch_split": "off"}
+
 CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, peephole=False)}
 
 
@@ -62,7 +66,9 @@ def _off(monkeypatch):
 
 def _run(backend="numba", rounds=3, zero=True, x=None, cell="FastLSTM"):
     m = _model(cell=cell)
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend=backend, layout="batch"))
+    seq = nn.Sequencer(m).set_plan_options(
+        PlanOptions(backend=backend, layout="batch", **ONE_THREAD)
+    )
     got = []
     for k in range(rounds):
         xk, g = _data(k)
@@ -101,7 +107,9 @@ def test_the_loop_zeroes_the_lent_grad_when_it_ends(lent, monkeypatch):
     """The forward's `.grad` holds zeros after the call; the backward's holds zeros when its
     loop returns (before the gradient is computed there), checked around the loop's runner."""
     m = _model()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch"))
+    seq = nn.Sequencer(m).set_plan_options(
+        PlanOptions(backend="numba", layout="batch", **ONE_THREAD)
+    )
     x, g = _data(0)
     seq.zero_grad_parameters()
     seq.forward(x)
@@ -164,7 +172,9 @@ def test_gradients_accumulated_without_zeroing_are_never_lent(lent, monkeypatch)
 
 def test_a_grad_sharing_memory_with_an_argument_is_not_lent(lent):
     m = _model()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch"))
+    seq = nn.Sequencer(m).set_plan_options(
+        PlanOptions(backend="numba", layout="batch", **ONE_THREAD)
+    )
     seq.zero_grad_parameters()
     x = m.o2g.weight.grad.reshape(-1)[: T * B * H].reshape(T, B, H)  # zeros, in the .grad
     seq.forward(x)
@@ -180,7 +190,7 @@ def test_the_report_counts_no_panels_and_stays_within_10_percent_of_the_loop_pea
     x = rng.standard_normal((8, 16, H)).astype(np.float32)
     g = rng.standard_normal((8, 16, H)).astype(np.float32)
     seq = nn.Sequencer(nn.FastLSTM(H, H)).astype("float32")
-    seq.set_plan_options(PlanOptions(backend="numba", layout="batch"))
+    seq.set_plan_options(PlanOptions(backend="numba", layout="batch", **ONE_THREAD))
     real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
     report = seq.compile_report().peak_bytes
     assert abs(real - report) <= 0.1 * report, (real, report)
