@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .backends import auto_choice, resolve_backend
+from .dest_slots import DestSlots
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
 from .memory import (
@@ -28,7 +29,7 @@ from .memory import (
 )
 from .numpy_quirks import NEGATIVE_OUT_BROKEN
 from .ops.registry import PSEUDO, get_op
-from .pack_scratch import loop_slots, pack_slots
+from .pack_scratch import loop_slots
 from .view_strides import copy_roots, copying_reshapes
 
 _program_ids = itertools.count()
@@ -68,7 +69,7 @@ def lowering_context() -> LoweringContext:
     return ctx if ctx is not None else LoweringContext()
 
 
-class Program(FusedLowering):
+class Program(FusedLowering, DestSlots):
     """Generated source for one graph plus the values it closes over.
 
     Every name the program uses (NumPy functions, op forwards, constants, preallocated
@@ -336,87 +337,6 @@ class Program(FusedLowering):
         static[n] = arr
         names[n] = self.bind("r", arr)
         return True
-
-    def _dest_slots(self, claimed: dict, special: set) -> dict[Node, int]:
-        """Returned value -> its slot of `Program.dest`: an array the caller may set before a
-        call for the value to be computed into (None: allocated by the call, as any returned
-        value). A split backward's outputs (the parameter gradients: nn.packing computes them
-        into a zeroed `.grad`) that one NumPy ufunc computes with out= into storage of their
-        own made per call, or a concat whose pieces are computed into its rows (one array
-        made per call: the caller's, if it gave one); none elsewhere."""
-        g, plan = self.graph, self.plan
-        self.dest: list = []
-        self.dest_slots: dict[int, int] = {}  # output position -> slot
-        # input position -> (slot, node, (first, stop) rows of the input it copies or None)
-        self.scratch_slots: dict[int, tuple[int, Node, tuple | None]] = {}
-        self.pack_slots: dict[int, int] = {}  # a loop prologue's: output position -> slot
-        least = self.options.grad_into_min_bytes
-        if least <= 0:
-            return {}
-        if not self.top:  # (a loop prologue's packed panels: pack_scratch.py)
-            into, self.pack_slots = pack_slots(g, plan, least)
-            self.dest.extend([None] * len(into))
-            if into:
-                self.bound["_dest"] = self.dest
-            return into
-        if not g.meta.seed_names:
-            return self._scratch_slots(least)
-        alias = set(g.meta.outputs_may_alias_inputs)
-        into: dict[Node, int] = {}
-        for k, n in enumerate(g.outputs):
-            opdef = None if n.op in PSEUDO else get_op(n.op)
-            ufunc = opdef is not None and opdef.ufunc is not None and opdef.lower is None
-            if (
-                not (ufunc and opdef.supports_out and n not in special)
-                and n not in plan.placed_concats  # (its pieces into its rows: the per-call array)
-                or n in plan.slab_roots
-                or n in claimed
-                or k in self.written
-                or g.outputs.count(n) != 1
-                or n.nbytes < least
-                or plan.storage.get(n) is not n
-                or n not in plan.fresh
-                or n in plan.placed
-                or plan.copied(n, k in alias)
-            ):
-                continue
-            into[n] = self.dest_slots[k] = len(self.dest)
-            self.dest.append(None)
-        if into:
-            self.bound["_dest"] = self.dest
-        return into
-
-    def _scratch_slots(self, least: int) -> dict[Node, int]:
-        """A forward's per-call transposed copy of a weight input (passes/loop_operands.py,
-        arena.per_call) -> its slot of `Program.dest`: the caller may hand it the weight's
-        zeroed `.grad`, of the same size, as scratch (nn/packing.scratch_into), which it zeroes
-        again after the call; None: allocated by the call."""
-        g, plan = self.graph, self.plan
-        position = {n: k for k, n in enumerate(g.inputs)}
-        into: dict[Node, int] = {}
-        for n in g.nodes:
-            w = n.inputs[0] if n.op == "transpose_copy" else None
-            rows = None
-            if w is not None and w.op == "getitem" and len(w.attrs["index"]) == 1:
-                # (rows a:b of a parameter block: the same rows of its .grad)
-                kind, a, b, step = w.attrs["index"][0]
-                w, rows = (w.inputs[0], (a, b)) if kind == "s" and step in (None, 1) else (w, None)
-            if (
-                w is None
-                or w not in position
-                or w.attrs.get("kind") != "param"
-                or n not in plan.fresh
-                or n in g.outputs
-                or n.nbytes < least
-                or position[w] in self.scratch_slots
-            ):
-                continue
-            into[n] = len(self.dest)
-            self.scratch_slots[position[w]] = (len(self.dest), n, rows)
-            self.dest.append(None)
-        if into:
-            self.bound["_dest"] = self.dest
-        return into
 
     def _claim_written(self) -> dict[Node, str]:
         """Storage -> the caller's array ("w<j>") it is computed into: a written output whose

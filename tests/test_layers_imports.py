@@ -57,6 +57,7 @@ LAYERS = [
         "lowering",
         [
             "tapernn.numpy_quirks",
+            "tapernn.dest_slots",
             "tapernn.codegen",
             "tapernn.fused_lowering",
             "tapernn.pack_scratch",
