@@ -50,10 +50,16 @@ def peak_bytes(graph: Graph, plan: BufferPlan, loops: list | None = None) -> int
     return peak
 
 
-def loop_call_bytes(graph: Graph, loops: list) -> list[tuple[int, int]]:
+def loop_call_bytes(graph: Graph, loops: list, lent: dict | None = None) -> list[tuple[int, int]]:
     """(schedule index, bytes) of what each loop of `graph` allocates for the length of its call
-    (LoopReport.call_bytes: its prologue's values, e.g. the packed weight panels)."""
-    per_node = {loop.node_key: loop.call_bytes for loop in loops if loop.call_bytes}
+    (LoopReport.call_bytes: its prologue's values, e.g. the packed weight panels); `lent`: scan
+    node key -> bytes of those made in a weight's zeroed `.grad` instead (pack_scratch.py)."""
+    lent = lent or {}
+    per_node = {
+        loop.node_key: loop.call_bytes - lent.get(loop.node_key, 0)
+        for loop in loops
+        if loop.call_bytes
+    }
     if not per_node:
         return []
     return [

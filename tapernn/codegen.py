@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .backends import auto_choice, resolve_backend
+from .dest_slots import DestSlots
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
 from .memory import (
@@ -26,7 +27,9 @@ from .memory import (
     is_view,
     plan_buffers,
 )
+from .numpy_quirks import NEGATIVE_OUT_BROKEN
 from .ops.registry import PSEUDO, get_op
+from .pack_scratch import loop_slots
 from .view_strides import copy_roots, copying_reshapes
 
 _program_ids = itertools.count()
@@ -47,6 +50,9 @@ class LoweringContext:
     sub_reports: list = field(default_factory=list)
     bodies: dict = field(default_factory=dict)
     xs_in_slab: set = field(default_factory=set)  # id(attrs) of loops with inputs in their rows
+    # (id(attrs), prologue Program) of loops whose packed panels may go into a `.grad`
+    # (pack_scratch.py)
+    loop_scratch: list = field(default_factory=list)
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
@@ -63,7 +69,7 @@ def lowering_context() -> LoweringContext:
     return ctx if ctx is not None else LoweringContext()
 
 
-class Program(FusedLowering):
+class Program(FusedLowering, DestSlots):
     """Generated source for one graph plus the values it closes over.
 
     Every name the program uses (NumPy functions, op forwards, constants, preallocated
@@ -110,11 +116,18 @@ class Program(FusedLowering):
         self.fallbacks: list[str] = []  # fused groups the numba backend left to NumPy, and why
         self.sub_reports: list = []  # reports of nested programs (loop bodies)
         self.bodies: dict = {}  # LoweringContext.bodies
-        token = _LOWERING.set(LoweringContext(passes, options, self.sub_reports, self.bodies))
+        ctx = LoweringContext(passes, options, self.sub_reports, self.bodies)
+        token = _LOWERING.set(ctx)
         try:
             self.source = self._generate(fn_name)
         finally:
             _LOWERING.reset(token)
+        # the loops' packed panels made in the weights' zeroed `.grad` (pack_scratch.py)
+        self.loop_scratch = (
+            loop_slots(graph, ctx.loop_scratch, set(self.scratch_slots), self.plan, self.dest_slots)
+            if self.top and ctx.loop_scratch
+            else {}
+        )
         namespace: dict[str, Any] = {}
         exec(builtins.compile(self.source, self.filename, "exec"), namespace)  # noqa: S102 (our source)
         for name, used, _ in self.fused_kernels.values():
@@ -276,7 +289,7 @@ class Program(FusedLowering):
                     else None
                 )
                 if lines is None:
-                    lines = [self._call(n.op, args, n.attrs, out)]
+                    lines = [self._call(n.op, args, n.attrs, out, n.dtype)]
                 if out is None and n.shape == ():
                     # NumPy hands back 0-d results as scalars, which no later line could
                     # write into (in place, out=): keep every value an array
@@ -325,80 +338,6 @@ class Program(FusedLowering):
         names[n] = self.bind("r", arr)
         return True
 
-    def _dest_slots(self, claimed: dict, special: set) -> dict[Node, int]:
-        """Returned value -> its slot of `Program.dest`: an array the caller may set before a
-        call for the value to be computed into (None: allocated by the call, as any returned
-        value). A split backward's outputs (the parameter gradients: nn.packing computes them
-        into a zeroed `.grad`) that one NumPy ufunc computes with out= into storage of their
-        own made per call, or a concat whose pieces are computed into its rows (one array
-        made per call: the caller's, if it gave one); none elsewhere."""
-        g, plan = self.graph, self.plan
-        self.dest: list = []
-        self.dest_slots: dict[int, int] = {}  # output position -> slot
-        # input position -> (slot, node, (first, stop) rows of the input it copies or None)
-        self.scratch_slots: dict[int, tuple[int, Node, tuple | None]] = {}
-        least = self.options.grad_into_min_bytes
-        if not self.top or least <= 0:
-            return {}
-        if not g.meta.seed_names:
-            return self._scratch_slots(least)
-        alias = set(g.meta.outputs_may_alias_inputs)
-        into: dict[Node, int] = {}
-        for k, n in enumerate(g.outputs):
-            opdef = None if n.op in PSEUDO else get_op(n.op)
-            ufunc = opdef is not None and opdef.ufunc is not None and opdef.lower is None
-            if (
-                not (ufunc and opdef.supports_out and n not in special)
-                and n not in plan.placed_concats  # (its pieces into its rows: the per-call array)
-                or n in plan.slab_roots
-                or n in claimed
-                or k in self.written
-                or g.outputs.count(n) != 1
-                or n.nbytes < least
-                or plan.storage.get(n) is not n
-                or n not in plan.fresh
-                or n in plan.placed
-                or plan.copied(n, k in alias)
-            ):
-                continue
-            into[n] = self.dest_slots[k] = len(self.dest)
-            self.dest.append(None)
-        if into:
-            self.bound["_dest"] = self.dest
-        return into
-
-    def _scratch_slots(self, least: int) -> dict[Node, int]:
-        """A forward's per-call transposed copy of a weight input (passes/loop_operands.py,
-        arena.per_call) -> its slot of `Program.dest`: the caller may hand it the weight's
-        zeroed `.grad`, of the same size, as scratch (nn/packing.scratch_into), which it zeroes
-        again after the call; None: allocated by the call."""
-        g, plan = self.graph, self.plan
-        position = {n: k for k, n in enumerate(g.inputs)}
-        into: dict[Node, int] = {}
-        for n in g.nodes:
-            w = n.inputs[0] if n.op == "transpose_copy" else None
-            rows = None
-            if w is not None and w.op == "getitem" and len(w.attrs["index"]) == 1:
-                # (rows a:b of a parameter block: the same rows of its .grad)
-                kind, a, b, step = w.attrs["index"][0]
-                w, rows = (w.inputs[0], (a, b)) if kind == "s" and step in (None, 1) else (w, None)
-            if (
-                w is None
-                or w not in position
-                or w.attrs.get("kind") != "param"
-                or n not in plan.fresh
-                or n in g.outputs
-                or n.nbytes < least
-                or position[w] in self.scratch_slots
-            ):
-                continue
-            into[n] = len(self.dest)
-            self.scratch_slots[position[w]] = (len(self.dest), n, rows)
-            self.dest.append(None)
-        if into:
-            self.bound["_dest"] = self.dest
-        return into
-
     def _claim_written(self) -> dict[Node, str]:
         """Storage -> the caller's array ("w<j>") it is computed into: a written output whose
         storage is its own, allocated per call by an op that takes `out=` (or a placed concat),
@@ -424,13 +363,17 @@ class Program(FusedLowering):
             claimed[st] = f"w{j}"
         return claimed
 
-    def _call(self, op: str, args: list[str], attrs: dict, out: str | None) -> str:
+    def _call(self, op: str, args: list[str], attrs: dict, out: str | None, dtype=None) -> str:
         """One op's call expression, as its OpDef says: its own lowering, a direct call of its
-        NumPy ufunc (no wrapper frame), or a call of its forward."""
+        NumPy ufunc (no wrapper frame), or a call of its forward. A negation into out= where
+        NumPy gets that wrong (numpy_quirks) is a multiplication by -1 of the value's dtype."""
         opdef = get_op(op)
         if opdef.lower is not None:
             return opdef.lower(args, attrs, out, self._bind_for_lowering)
         tail = f", out={out}" if out else ""
+        if op == "neg" and out and NEGATIVE_OUT_BROKEN and dtype is not None:
+            multiply = self._named("np_multiply", np.multiply)
+            return f"{multiply}({args[0]}, {self._scalar(-1.0, dtype)}{tail})"
         if opdef.ufunc is not None:
             return f"{self._named('np_' + op, opdef.ufunc)}({', '.join(args)}{tail})"
         fn = self._named(f"f_{op}", opdef.forward)

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .graph import Graph, Node
+from .numpy_quirks import NEGATIVE_OUT_BROKEN
 from .ops.fused import temp_slots
 from .plan_options import lowering_size
 
@@ -85,8 +86,8 @@ class FusedLowering:
             uses[self._kernel_key(n)] >= self.options.kernel_min_uses
             and lowering_size(n.shape) >= self.options.kernel_min_size
         ):
-            operands = args + temps + ([out] if out else [])
-            return [f"{self._fused_kernel(n)}({', '.join(operands)})"]
+            operands = args + temps + ([out] if out else [])  # (out: also a claimed array)
+            return [f"{self._fused_kernel(n, with_out=out is not None)}({', '.join(operands)})"]
         return self._fused_lines(n, args, out, temps, name)
 
     def numba_lone(self, n: Node) -> bool:
@@ -160,7 +161,7 @@ class FusedLowering:
                 small = lowering_size(n.shape) <= EXACT_SIGMOID_INLINE_SIZE or exact
                 lines = self._sigmoid_lines(args[0], "out", "out", n.dtype, small)
             else:
-                lines = [self._call(n.op, args, {}, "out")]
+                lines = [self._call(n.op, args, {}, "out", n.dtype)]
             body = "\n".join("    " + line for line in lines + ["return out"])
             used = sorted(set(re.findall(r"[A-Za-z_]\w*", body)) & self.bound.keys())
             name = self._named(f"lone_kernel{len(self.fused_kernels)}", None)  # set after exec
@@ -235,7 +236,7 @@ class FusedLowering:
                     ins[0], target or result, target, dtype, logaddexp, work
                 )
             else:
-                lines.append(self._call(op, ins, dict(attrs), target))
+                lines.append(self._call(op, ins, dict(attrs), target, dtype))
             results.append(target)
         return lines
 
@@ -268,18 +269,16 @@ class FusedLowering:
         sigma(a) = 1 / (1 + exp(min(-a, L))), L = sigmoid_exp_limit(dtype): under 2 ulps
         wherever sigma(a) is a normal number, and faster per element than tanh or logaddexp.
         With `work` (a temporary the caller may overwrite) all calls but the last write it."""
+        # (np.negative into a strided out= is wrong on some NumPy builds: numpy_quirks)
+        neg = ("multiply", "{}, " + self._scalar(-1.0, dtype)) if NEGATIVE_OUT_BROKEN else None
+        neg = neg or ("negative", "{}")
         if logaddexp:
-            calls = [
-                ("negative", "{}"),
-                ("logaddexp", self._scalar(0.0, dtype) + ", {}"),
-                ("negative", "{}"),
-                ("exp", "{}"),
-            ]
+            calls = [neg, ("logaddexp", self._scalar(0.0, dtype) + ", {}"), neg, ("exp", "{}")]
         else:
             limit = self._scalar(sigmoid_exp_limit(dtype), dtype)
             one = self._scalar(1.0, dtype)
             calls = [
-                ("negative", "{}"),
+                neg,
                 ("minimum", "{}, " + limit),
                 ("exp", "{}"),
                 ("add", "{}, " + one),

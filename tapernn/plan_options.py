@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -168,12 +169,35 @@ class PlanOptions:
                 raise ArgumentTypeError(
                     f"PlanOptions.{name} is an integer >= 0, got {value!r} ({type(value).__name__})"
                 )
-        if not isinstance(self.backend, str):
-            raise ArgumentTypeError(
+        if self.backend not in ("", "numpy", "numba", "auto"):  # (else an error at first call)
+            raise (ArgumentError if isinstance(self.backend, str) else ArgumentTypeError)(
                 f"PlanOptions.backend is 'numpy', 'numba', 'auto' or '' (the current choice), got"
                 f" {self.backend!r} ({type(self.backend).__name__})"
             )
 
 
 _KINDS: list[tuple[str, str]] = []  # (field name, annotation), once
+_FIELDS = tuple(f.name for f in dataclasses.fields(PlanOptions))
+_dataclass_init = PlanOptions.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **kwargs) -> None:
+    """The dataclass's __init__, an unknown or extra argument refused by name (Python's
+    TypeError named only the first unknown keyword, not the fields there are)."""
+    try:
+        _dataclass_init(self, *args, **kwargs)
+    except TypeError as e:  # (looked at only when it fails: construction costs nothing more)
+        from .errors import ArgumentTypeError, TapernnError
+
+        unknown = sorted(set(kwargs) - set(_FIELDS))
+        if isinstance(e, TapernnError) or not (unknown or len(args) > len(_FIELDS)):
+            raise
+        what = f"no field {', '.join(map(repr, unknown))}" if unknown else "too many arguments"
+        raise ArgumentTypeError(
+            f"PlanOptions has {what}; its fields are {', '.join(_FIELDS)}"
+        ) from None
+
+
+PlanOptions.__init__ = _init
 DEFAULT_OPTIONS = PlanOptions()

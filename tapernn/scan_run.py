@@ -128,6 +128,15 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     elif hasattr(runner, "report"):  # a numba loop kernel's note changes if it fails
         runner.report = report
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
+    prologue = getattr(compiled, "prologue", None)
+    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a split loop
+        # or one a whole-program kernel may inline, which run the prologue their own way)
+        prologue is not None
+        and getattr(prologue.program, "pack_slots", None)
+        and id(attrs) not in ctx.bodies
+        and not hasattr(runner, "split_calls")
+    ):
+        ctx.loop_scratch.append((id(attrs), prologue.program))
     name = bind("scan_run", runner)
     return f"{name}({', '.join(args)}{f', out={out}' if out else ''})"
 
@@ -298,7 +307,13 @@ def make_runner(
     # CPython copies every keyword default into each call's frame, ~1 us for 30 names)
     head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
     lines = [head]
-    if hoisted:  # the invariant work, once per call
+    # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
+    lent = getattr(prologue.program, "pack_slots", None) if prologue else None
+    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent or {}]
+    if hoisted and lent:  # (the invariant work, once per call)
+        lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
+        lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]
+    elif hoisted:
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     over = f" and _over(out, {', '.join(xs_params)})" if xs_in_slab and xs else ""
     lines.append(
@@ -363,6 +378,8 @@ def make_runner(
         lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
         lines += swaps
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
+    if lent:
+        lines += ["    finally:", *[f"        {z}" for z in zero]]
     if cs and keep_out:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]
@@ -394,6 +411,7 @@ def make_runner(
             for part, value in zip("sot", spec)
         },
         "_pre": prologue.program.fn if prologue else None,
+        "_lent": getattr(prologue.program, "dest", None) if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
         **{

@@ -53,7 +53,16 @@ LAYERS = [
         ],
     ),
     ("backends", ["tapernn.backends.*"]),  # kernel builders the lowering calls
-    ("lowering", ["tapernn.codegen", "tapernn.fused_lowering"]),
+    (
+        "lowering",
+        [
+            "tapernn.numpy_quirks",
+            "tapernn.dest_slots",
+            "tapernn.codegen",
+            "tapernn.fused_lowering",
+            "tapernn.pack_scratch",
+        ],
+    ),
     (
         "executor",
         [

@@ -118,6 +118,7 @@ class Executable:
         self.state_wrt = [
             (m, k, n, user) for m, k, n, user in ctx.state_inputs if history_mode or user
         ]
+        self.state_owners = {n: (m, k) for m, k, n, _ in ctx.state_inputs}  # (state_grads)
         self.wrt += [n for _, _, n, _ in self.state_wrt]
         self.tap_inputs = ctx.tap_inputs  # (module, step, leaf, node): variants only
         self.wrt += [n for *_, n in self.tap_inputs]

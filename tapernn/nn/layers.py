@@ -72,7 +72,8 @@ class LookupTable(Module):
     def build(self, ids: Var) -> Var:
         self.expect(
             isinstance(ids, Var) and ids.dtype.kind in "iu",
-            f"expects integer ids, got {getattr(ids, 'dtype', type(ids).__name__)}",
+            f"expects integer ids, got {getattr(ids, 'dtype', type(ids).__name__)} (bool and float"
+            " data arrive as the model's float dtype: pass the ids as an integer array)",
         )
         return F.embedding(self.weight, ids)
 

@@ -294,7 +294,9 @@ class Packing:
         compute into an array of the caller's (codegen's Program.dest) is computed into the
         parameter's `.grad` when that holds only zeros (Torch7 accumulates: zero plus the
         gradient is the gradient, and accumulate skips it) and shares no memory with an
-        argument; else made by the call and added. Every other slot is cleared."""
+        argument; else made by the call and added. Every other slot is cleared. A loop's
+        packed panels (Program.loop_scratch, pack_scratch.py) go into a zeroed `.grad` too:
+        the loop's runner zeroes them when it ends, before any gradient is computed there."""
         prog = program.program
         slots = getattr(prog, "dest_slots", None)
         if not slots:
@@ -313,6 +315,9 @@ class Packing:
                 grad = block.grad if block.intact else None
             if _zeroed(grad, outs[first + i], args):
                 dest[s] = grad
+        loops = getattr(prog, "loop_scratch", None)
+        if loops:  # (a loop's packed panels: the loop zeroes them before this is computed)
+            self._lend([(j, *entry[:4]) for j, entry in loops.items()], args)
 
     def scratch_into(self, program: Any, args: list) -> list:
         """Before the forward `program` runs on `args`: each per-call transposed weight copy it
@@ -321,11 +326,19 @@ class Packing:
         step) and is an array of the copy's size, apart from every argument. Returns those
         `.grad` arrays: release_scratch zeroes them again after the call."""
         prog = program.program
-        slots = getattr(prog, "scratch_slots", None)
-        if not slots:
+        slots = getattr(prog, "scratch_slots", None) or {}
+        loops = getattr(prog, "loop_scratch", None) or {}
+        if not slots and not loops:
             return []
-        dest, used = prog.dest, []
-        for j, (s, n, rows) in slots.items():
+        # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
+        lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
+        return self._lend(lent + [(j, *entry[:4]) for j, entry in loops.items()], args)
+
+    def _lend(self, lent: list, args: list) -> list:
+        """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
+        set in the slot where it holds only zeros (`_zeroed`); returns those `.grad` arrays."""
+        used: list = []
+        for j, dest, s, n, rows in lent:
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
@@ -349,18 +362,25 @@ class Packing:
     def release_scratch(program: Any, used: list) -> None:
         """After the forward (also when it raised): the `.grad` arrays scratch_into lent it
         hold zeros again, and no slot points at one."""
-        for grad in used:
-            grad.fill(0)
-        dest = getattr(program.program, "dest", None)
-        if dest:
-            dest[:] = [None] * len(dest)
+        try:
+            for grad in used:
+                grad.fill(0)
+        finally:
+            dest = getattr(program.program, "dest", None)
+            if dest:
+                dest[:] = [None] * len(dest)
+            for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+                dest[s] = None
 
     @staticmethod
     def release(program: Any) -> None:
-        """After the run: no slot of `program` points at a `.grad` any more."""
+        """After the run: no slot of `program` (or of its loops' prologues) points at a
+        `.grad` any more."""
         dest = getattr(program.program, "dest", None)
         if dest:
             dest[:] = [None] * len(dest)
+        for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+            dest[s] = None
 
 
 def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False) -> bool:

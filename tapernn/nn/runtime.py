@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..arena import Arena
-from ..errors import ShapeError, StateError, TapernnError
+from ..errors import ShapeError, StateError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
-from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .backward_input import record_for_input
 from .binding import _state_signature
@@ -25,6 +24,7 @@ from .reinforce_seeds import reinforce_seed
 from .roll_api import stacked_fields
 from .roll_view import trace_starts, view_executable, view_graph
 from .rolled import Stacked
+from .runtime_args import _as_array, _has_hook, _leaf_names, _own, _plan_options, _rho
 from .state_grads import (
     backward_variant,
     forget_steps_before,
@@ -35,7 +35,7 @@ from .state_grads import (
     store_state_input_grads,
 )
 from .steady import MISS, plan
-from .tree import LEAF, count_leaves, flatten, unflatten
+from .tree import LEAF, flatten, unflatten
 from .write_plan import Pending, release_plan
 from .write_plan import gather as _gather
 from .write_plan import write_plan as _write_plan
@@ -165,7 +165,7 @@ class Runtime:
                     history,
                     n_diff,
                     passes,
-                    root._plan_options or DEFAULT_OPTIONS,
+                    _plan_options(root),
                     templates=self.templates,
                 )
             exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
@@ -445,43 +445,3 @@ class Runtime:
                 g = None
             seeds.append(g)
         return seeds
-
-
-def _has_hook(m: Any) -> bool:
-    """m's class overrides Module._before_forward (or the instance sets its own)."""
-    hook = m.__dict__.get("_before_forward") or type(m)._before_forward
-    return not getattr(hook, "does_nothing", False)
-
-
-def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
-    """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-        if x.dtype == object:
-            raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
-    if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
-        data_array(root.describe(), x)
-    if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
-        return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
-    return x.copy() if copy else x
-
-
-def _own(state: np.ndarray) -> np.ndarray:
-    """A final state that is a view of a larger array (a rolled loop's slab) as its own copy:
-    the state the next call starts from must not keep the whole slab alive through it."""
-    base = state.base
-    return state.copy() if base is not None and base.nbytes > state.nbytes else state
-
-
-def _leaf_names(tree: Any, n_args: int) -> list[str]:
-    base = ["input", "target"] if n_args == 2 else ["input"]
-    names = []
-    for k, sub in enumerate(tree):
-        prefix = base[k] if k < len(base) else f"arg{k}"
-        names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
-    return names
-
-
-def _rho(root: Any) -> int | None:
-    values = [m.rho for m in root.modules() if getattr(m, "rho", None)]
-    return min(values) if values else None

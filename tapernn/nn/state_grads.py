@@ -208,18 +208,29 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         return [
             np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
         ]
+    # by kind and name; a state by its module and position (its name says where the trace
+    # first asked for it: "0.h0" or "state.h0" in a rolled call, "0.0.h0" in the variant)
+    mine = [_arg_key(variant, n) for n in variant.arg_nodes if n.kind != "tap"]
+    theirs = [_arg_key(base, n) for n in base.arg_nodes]
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
-    if sorted(by) != sorted(set(mine)) or any(len(v) != 1 for v in by.values()):
+    if sorted(by, key=repr) != sorted(set(mine), key=repr) or any(len(v) != 1 for v in by.values()):
         raise TapernnError(
             f"{base.graph.meta.root}: the state-gradient variant's inputs "
-            f"do not match the program's ({sorted(set(mine) ^ set(by))})"
+            f"do not match the program's ({sorted(set(mine) ^ set(by), key=repr)})"
         )
     return [
-        np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[(n.kind, n.name)][0]
+        np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[_arg_key(variant, n)][0]
         for n in variant.arg_nodes
     ]
+
+
+def _arg_key(exe: Any, n: Any) -> tuple:
+    """An argument's identity across traces: (kind, name), or for a recurrent module's state
+    ("state", id(module), k, shape)."""
+    owner = getattr(exe, "state_owners", {}).get(n) if n.kind == "state" else None
+    return (n.kind, n.name) if owner is None else ("state", id(owner[0]), owner[1], n.shape)
 
 
 def _renamed_alike(variant: Any, base: Any) -> bool:

@@ -82,7 +82,9 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
     lines += _release(steady, bind, cleared)
-    if getattr(steady.program.program, "scratch_slots", None):  # (Packing.scratch_into)
+    prog = steady.program.program
+    if getattr(prog, "scratch_slots", None) or getattr(prog, "loop_scratch", None):
+        # (Packing.scratch_into)
         ns["scratch_into"] = steady.exe.packing.scratch_into
         ns["release_scratch"] = steady.exe.packing.release_scratch
         lines += ["    used = scratch_into(program, args)", "    try:"]

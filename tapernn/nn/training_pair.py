@@ -166,7 +166,8 @@ class TrainingPair:
         into = range(n_dx, n_dx + n_param_grads) if held is None else ()
         moments = (
             per_call_peak(fwd, scratch=held is None and n_param_grads > 0),
-            sum(saved_only.values()) + per_call_peak(bwd, into),
+            sum(saved_only.values())
+            + per_call_peak(bwd, into, scratch=held is None and n_param_grads > 0),
             grad_input + tap_bytes,  # the parameter gradients are accumulated before the copies
         )
         # the dropout masks the last forward drew stay with its record until the next one's
@@ -223,13 +224,16 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
     allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
     broadcasting ufunc call (`ufunc_buffers`) during it. `into`: positions of outputs computed
     into the caller's arrays (Program.dest), not allocated; `scratch`: the forward's
-    transposed weight copies made in the weights' zeroed `.grad` (Program.scratch_slots,
-    Packing.scratch_into), not allocated."""
+    transposed weight copies and the loops' packed panels made in the weights' zeroed `.grad`
+    (Program.scratch_slots and loop_scratch, Packing.scratch_into), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
     slots = getattr(c.program, "dest_slots", {})
     given = {c.graph.outputs[k] for k in into if k in slots}
+    lent: dict[int, int] = {}  # scan node key -> bytes of its panels made in a .grad
     if scratch:
         given |= {n for _, n, _ in getattr(c.program, "scratch_slots", {}).values()}
+        for _, _, pack, _, key in (getattr(c.program, "loop_scratch", None) or {}).values():
+            lent[key] = lent.get(key, 0) + pack.nbytes
     delta = [0] * (end + 2)
     at_end = 0
     for st in plan.fresh:
@@ -244,7 +248,7 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
-    for k, nbytes in [*loop_call_bytes(c.graph, c.report.loops), *ufunc_buffers(c.graph)]:
+    for k, nbytes in [*loop_call_bytes(c.graph, c.report.loops, lent), *ufunc_buffers(c.graph)]:
         delta[k] += nbytes
         delta[k + 1] -= nbytes
     live = peak = 0

@@ -1,0 +1,69 @@
+"""The module-level helpers of nn/runtime.py's Runtime: a call's arrays in the model's dtype,
+its leaves' names, the PlanOptions of the module called, rho, hooks, final states copied out of
+a slab."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentError, TapernnError
+from ..regions import DEFAULT_OPTIONS
+from ..validation import data_array
+from .tree import count_leaves
+
+
+def _has_hook(m: Any) -> bool:
+    """m's class overrides Module._before_forward (or the instance sets its own)."""
+    hook = m.__dict__.get("_before_forward") or type(m)._before_forward
+    return not getattr(hook, "does_nothing", False)
+
+
+def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
+    """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+        if x.dtype == object:
+            raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
+    if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
+        data_array(root.describe(), x)
+    if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
+        return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
+    return x.copy() if copy else x
+
+
+def _plan_options(root: Any) -> Any:
+    """The PlanOptions of `root`'s programs (its own, else the defaults); a module inside it
+    with options of its own that differ is refused: they would be ignored silently (the
+    programs are planned for the module called, as a whole)."""
+    options = root._plan_options or DEFAULT_OPTIONS
+    for m in root.modules():
+        if m is not root and m._plan_options is not None and m._plan_options != options:
+            raise ArgumentError(
+                f"{m.describe()} has PlanOptions of its own, but it runs inside {root.describe()},"
+                f" whose programs are planned as a whole with {'its' if root._plan_options else 'the default'}"
+                f" options: call set_plan_options on {root.describe()} (the module you call)"
+            )
+    return options
+
+
+def _own(state: np.ndarray) -> np.ndarray:
+    """A final state that is a view of a larger array (a rolled loop's slab) as its own copy:
+    the state the next call starts from must not keep the whole slab alive through it."""
+    base = state.base
+    return state.copy() if base is not None and base.nbytes > state.nbytes else state
+
+
+def _leaf_names(tree: Any, n_args: int) -> list[str]:
+    base = ["input", "target"] if n_args == 2 else ["input"]
+    names = []
+    for k, sub in enumerate(tree):
+        prefix = base[k] if k < len(base) else f"arg{k}"
+        names += [prefix] if sub == "*" else [f"{prefix}[{j}]" for j in range(count_leaves(sub))]
+    return names
+
+
+def _rho(root: Any) -> int | None:
+    values = [m.rho for m in root.modules() if getattr(m, "rho", None)]
+    return min(values) if values else None

@@ -1,0 +1,106 @@
+"""The packed loop weights' panels (scan_pack.py) made in the weight's zeroed `.grad`, as the
+NumPy backend's transposed weight copy is (codegen's Program.scratch_slots): a loop prologue's
+`pack_panels` result gets a slot of the prologue program's `dest` (`pack_slots`), the loop's
+lowering (scan_run.lower_scan) records the prologue in its LoweringContext, and the top-level
+program maps each slot to the parameter whose data the loop packs (`loop_slots`: input position
+-> (the prologue's dest list, slot, the panels' node, rows of a block or None, scan node key)).
+nn/packing.Packing.scratch_into lends that parameter's `.grad` when it holds only zeros and has
+the panels' size, dtype and layout, apart from every argument. The loop's runner zeroes the
+panels when its loop ends (a backward then computes that `.grad` over them, after the loop), and
+release_scratch zeroes them again after a forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph, Node
+
+
+def pack_slots(graph: Graph, plan: Any, least: int) -> tuple[dict[Node, int], dict[int, int]]:
+    """A loop prologue's (a nested program's) `pack_panels` outputs of at least `least` bytes,
+    each in storage of its own made per call: (node -> slot of the program's `dest`, output
+    position -> slot)."""
+    into: dict[Node, int] = {}
+    by_position: dict[int, int] = {}
+    for k, n in enumerate(graph.outputs):
+        if (
+            n.op != "pack_panels"
+            or graph.outputs.count(n) != 1
+            or n.nbytes < least
+            or n not in plan.fresh
+            or plan.storage.get(n) is not n
+            or n in plan.placed
+            or plan.copied(n, False)
+        ):
+            continue
+        into[n] = by_position[k] = len(into)
+    return into, by_position
+
+
+def _param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] | None:
+    """(input position, rows) of the parameter (or rows a:b of a parameter block) whose data
+    the top-level value `v` is, through a transpose; None otherwise."""
+    if v.op == "transpose":
+        v = v.inputs[0]
+    rows = None
+    if v.op == "getitem" and len(v.attrs["index"]) == 1:
+        kind, a, b, step = v.attrs["index"][0]
+        if kind != "s" or step not in (None, 1):
+            return None
+        v, rows = v.inputs[0], (a, b)
+    if v not in position or v.attrs.get("kind") != "param":
+        return None
+    return position[v], rows
+
+
+def _size(graph: Graph, j: int, rows: tuple | None) -> int:
+    """Elements of input `j` (or of its rows a:b)."""
+    shape = graph.inputs[j].shape
+    first = shape[0] if rows is None else min(rows[1], shape[0]) - rows[0]
+    return first * int(np.prod(shape[1:], dtype=np.int64))
+
+
+def loop_slots(
+    graph: Graph, recorded: list, taken: set[int], plan: Any, dest_slots: dict[int, int]
+) -> dict[int, tuple]:
+    """Input position of a parameter -> (dest list, slot, panels node, rows, scan node key) for
+    each packed weight a loop of the top-level `graph` packs from a parameter's data.
+    `recorded`: (id of a scan node's attrs, its prologue Program) from the loops' lowering; a
+    prologue shared by two loops, a parameter in `taken` (its transposed copy's slot) or
+    packed twice, or panels not of its size (padded past its columns), get none; nor does a loop of a backward that writes any output into a
+    caller's array (`dest_slots`: Packing.compute_into's `.grad`) before the loop has run
+    (the loop's runner zeroes the panels when the loop ends: scan_run.make_runner)."""
+    pos = {n: k for k, n in enumerate(graph.nodes)}
+    first_write = [
+        plan.alloc_at.get(st, pos.get(st, -1))
+        for st in (plan.storage.get(graph.outputs[k], graph.outputs[k]) for k in dest_slots)
+    ]
+    by_key = dict(recorded)
+    uses: dict[int, int] = {}
+    for _, prog in recorded:
+        uses[id(prog)] = uses.get(id(prog), 0) + 1
+    position = {n: k for k, n in enumerate(graph.inputs)}
+    out: dict[int, tuple] = {}
+    twice: set[int] = set()
+    for n in graph.nodes:
+        prog = by_key.get(id(n.attrs)) if n.op == "scan" else None
+        if prog is None or uses[id(prog)] != 1 or any(w <= pos[n] for w in first_write):
+            continue
+        first = n.attrs["n_carry"] + n.attrs["n_xs"]
+        inputs = prog.graph.inputs
+        for k, s in prog.pack_slots.items():
+            pack = prog.graph.outputs[k]
+            w = pack.inputs[0]
+            if w not in inputs or first + inputs.index(w) >= len(n.inputs):
+                continue
+            found = _param_rows(n.inputs[first + inputs.index(w)], position)
+            if found is None or found[0] in taken or _size(graph, *found) != pack.size:
+                continue  # (panels padded past the weight's columns: larger than its .grad)
+            if found[0] in out:
+                twice.add(found[0])
+            out[found[0]] = (prog.dest, s, pack, found[1], id(n.attrs))
+    for j in twice:
+        del out[j]
+    return out
