@@ -64,10 +64,11 @@ class PlanOptions:
 
     layout: the recurrent state of scan loops (passes/layout.py): "batch" keeps carried states
     (B, n) as traced; "feature" holds them as (n, B), so the recurrent GEMM is U @ h^T
-    ((4H, H) @ (H, B)); "auto" times the loop's whole step (forward + backward, compiled) in
-    both layouts once per body, shape, dtype, backend and BLAS (passes/layout_rule.py,
-    scan_layout.py) and picks feature-major only when it takes at most MARGIN (0.95) of
-    batch-major's time. The compile report says which and why (the measured times).
+    ((4H, H) @ (H, B)); "auto" times the recurrent GEMMs alone in both orientations and, only
+    when feature-major's take at most PREFILTER (0.7) of batch-major's, the loop's whole step
+    (forward + backward, compiled) in both layouts, once per body, shape, dtype, backend and
+    BLAS (passes/layout_rule.py, scan_layout.py); it picks feature-major only when the whole
+    step takes at most MARGIN (0.95) of batch-major's time. The compile report says which and why (the measured times).
 
     xs_in_slab: (with regions) a loop's time-batched input (the hoisted input projection x @ W
     + b of a rolled cell) computed straight into the rows of the loop's own result that its

@@ -211,8 +211,10 @@ def test_inference_forward_and_tn_compile(rng):
 
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
-    """Faked timings decide into a file of the test's own (not the session's)."""
+    """Faked timings decide into a file of the test's own (not the session's); the recurrent
+    GEMMs' pre-filter faked to favour feature-major (0.5x), so the whole-step trial runs."""
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(tmp_path / "layout-rule.json"))
+    monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-3, 0.5e-3))
 
 
 @pytest.mark.usefixtures("own_cache")
@@ -348,7 +350,11 @@ def test_a_failing_step_timing_is_batch_major_and_no_crash(monkeypatch):
     h, u = np.ones((32, 64)), np.ones((64, 256))
     body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
     pick, why = layout_rule.choose(body, 1)
-    assert pick == "batch" and "default (the step timing failed" in why and "no trial" in why
+    assert pick == "batch" and "default (the timing failed" in why and "no trial" in why
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    monkeypatch.setattr(layout_rule, "gemm_times", broken)  # the pre-filter's GEMMs too
+    pick, why = layout_rule.choose(body, 1)
+    assert pick == "batch" and "default (the timing failed" in why and "no trial" in why
 
 
 @pytest.mark.parametrize("ratio, rounds", [(1.3, 3), (0.5, 3), (0.97, 5), (0.9, 5)])
@@ -371,3 +377,48 @@ def test_the_trial_stops_early_only_when_the_pick_is_clear(ratio, rounds, monkey
     monkeypatch.setattr(scan_layout, "step_programs", lambda *a: [program(1.0), program(ratio)])
     got = scan_layout.time_steps(None, 1, 0)
     assert len(got) == rounds and got[0] == pytest.approx((1.0, ratio))
+
+
+@pytest.mark.parametrize(
+    "gemm_ratio, tried", [(0.5, True), (0.7, True), (0.71, False), (1.2, False)]
+)
+@pytest.mark.usefixtures("own_cache")
+def test_the_whole_step_trial_runs_only_when_the_gemms_favour_feature_major(
+    gemm_ratio, tried, monkeypatch
+):
+    """The recurrent GEMMs alone timed first (faked): above PREFILTER the loop stays batch-major
+    and the whole-step trial (two compiles) does not run, even if it would pick feature-major;
+    at or below it, the trial decides (here feature-major at 0.5x, or batch-major at 1.0x)."""
+    trials = []
+
+    def trial(ratio):
+        def timer(*a):
+            trials.append(ratio)
+            return [(1.0, ratio)] * 3
+
+        return timer
+
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
+    monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-4, gemm_ratio * 1e-4))
+    for step_ratio in (0.5, 1.0):
+        monkeypatch.setattr(layout_rule, "_TIMER", [trial(step_ratio)])
+        monkeypatch.setattr(layout_rule, "_DECIDED", {})
+        monkeypatch.setattr(layout_rule.layout_cache, "lookup", lambda key: None)
+        pick, why = layout_rule.choose(body, 1)
+        assert f"recurrent GEMMs alone {gemm_ratio:.2f}x" in why
+        if tried:
+            assert pick == ("feature" if step_ratio == 0.5 else "batch")
+            assert "whole loop step measured" in why
+        else:
+            assert pick == "batch" and "the whole-step trial runs only at <= 0.70x" in why
+    assert trials == ([0.5, 1.0] if tried else [])
+
+
+def test_the_gemm_pre_filter_times_both_orientations():
+    """gemm_times: positive seconds for both layouts, weighted by each GEMM's count."""
+    counts = (((8, 16, 64), 2),)
+    tb, tf = layout_rule.gemm_times(counts, np.dtype(np.float32))
+    assert tb > 0 and tf > 0
+    one = layout_rule.time_orientations(8, 16, 64, np.dtype(np.float32), lambda: 0.0)
+    assert one == (0.0, 0.0)  # (a frozen clock: each min is a zero interval)

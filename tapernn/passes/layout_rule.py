@@ -1,9 +1,12 @@
-"""The "auto" layout rule (issue 19): time the whole loop step -- forward and backward loop over
-a few steps, compiled by the real pipeline in each layout, transposes and elementwise work
-included -- once per (loop body, shapes, dtype, BLAS, backend) and keep the answer for the process
-and on disk (FFTW-style planning, wisdom included: passes/layout_cache); tiny GEMMs, and loops
-whose GEMMs run packed, stay batch-major without timing. The timer lives in the loops layer
-(scan_layout: it builds and compiles a scan) and registers itself here (`set_step_timer`)."""
+"""The "auto" layout rule (issue 19): feature-major only when the whole loop step -- forward and
+backward loop over a few steps, compiled by the real pipeline in each layout, transposes and
+elementwise work included -- is measured clearly faster; the trial runs only when the recurrent
+GEMMs alone, timed first (cheap: no compile), favour feature-major by a wide margin (PREFILTER),
+since the rest of the step only adds to feature-major's cost. Decided once per (loop body,
+shapes, dtype, BLAS, backend) and kept for the process and on disk (FFTW-style planning, wisdom
+included: passes/layout_cache); tiny GEMMs, and loops whose GEMMs run packed, stay batch-major
+without timing. The step timer lives in the loops layer (scan_layout: it builds and compiles a
+scan) and registers itself here (`set_step_timer`)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,13 @@ MIN_FLOPS = 2_000_000  # a recurrent GEMM pair smaller than this is not timed: b
 # whole step was 18 % slower ((16, 50, 128) f32) and flipped under load at (32, 50, 512)
 # (BENCHMARKS.md, hlayout).
 MARGIN = 0.95
+# The whole-step trial (0.05-2 s: two compiles) runs only when the recurrent GEMMs alone take at
+# most PREFILTER of batch-major's time feature-major; otherwise batch-major untried. The rest of
+# the step (weight gradients, input projection, transposes at the loop's edges) costs
+# feature-major more, not less: GEMMs at 0.66x and 0.76x were whole steps at 1.15x and 1.06x
+# (f32 (16, 50, 128), (32, 50, 512); BENCHMARKS.md, hlayout, hlayout2).
+PREFILTER = 0.7
+GEMM_BUDGET = 0.05  # seconds of GEMM timing per shape, roughly
 _DECIDED: dict[tuple, tuple[str, str]] = {}
 # (body, n_carry, n_xs, backend) -> [(batch-major s, feature-major s) per interleaved round]
 StepTimer = Callable[[Graph, int, int, str], list[tuple[float, float]]]
@@ -89,24 +99,77 @@ def choose(
             _DECIDED[key] = (found[0], f"{found[1]}; decided by an earlier process")
         else:
             start = time.perf_counter()
-            # at the loop's fixed count, else one thread: under "auto" the programs would
-            # alternate counts in their first calls (blas_tuning), and idle pool threads
-            # spinning count as CPU time
-            try:
-                with limiter.limit(1 if threads is None else threads):
-                    rounds = _TIMER[0](body, nc, nx, backend)
-            except Exception as e:  # noqa: BLE001 (a heuristic never fails a compile)
-                _DECIDED[key] = ("batch", f"default (the step timing failed: {e!r:.200})")
-                return _DECIDED[key]  # (not on disk: a later process may time it)
-            pick, why = decide(rounds)
+            pick, why = _measure(body, nc, nx, backend, counts, dtype, threads)
+            failed = why.startswith("default")  # (not on disk: a later process may time it)
             shown = ", ".join(
                 f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
             )
             n = 1 if threads is None else threads
             why = f"{shown} {dtype.name}: {why} at {n} BLAS thread{'s' * (n > 1)} on the {backend or 'default'} backend; deciding took {time.perf_counter() - start:.2f} s"
             _DECIDED[key] = (pick, why)
-            layout_cache.store(disk, pick, why)
+            if not failed:
+                layout_cache.store(disk, pick, why)
     return _DECIDED[key]
+
+
+def _measure(body, nc, nx, backend, counts, dtype, threads) -> tuple[str, str]:
+    """The recurrent GEMMs' pre-filter, then (only when it favours feature-major) the whole-step
+    trial; at the loop's fixed BLAS thread count, else one thread: under "auto" the programs
+    would alternate counts in their first calls (blas_tuning), and idle pool threads spinning
+    count as CPU time. A timing that raises leaves the loop batch-major ("default (...)")."""
+    try:
+        with limiter.limit(1 if threads is None else threads):
+            tb, tf = gemm_times(counts, dtype, threads is None)
+            gemms = (
+                f"recurrent GEMMs alone {tf / tb:.2f}x feature-major/batch-major "
+                f"({tb * 1e6:.0f} / {tf * 1e6:.0f} us)"
+            )
+            if not tf <= PREFILTER * tb:
+                return "batch", f"{gemms}, the whole-step trial runs only at <= {PREFILTER:.2f}x"
+            rounds = _TIMER[0](body, nc, nx, backend)
+    except Exception as e:  # noqa: BLE001 (a heuristic never fails a compile)
+        return "batch", f"default (the timing failed: {e!r:.200})"
+    pick, why = decide(rounds)
+    return pick, f"{gemms}; {why}"
+
+
+def gemm_times(counts: tuple, dtype: np.dtype, one_thread: bool = True) -> tuple[float, float]:
+    """Min seconds (batch-major, feature-major) of one step's recurrent GEMMs, each distinct one
+    weighted by its count, over two rounds. Timed in this thread's CPU time when BLAS runs on
+    one thread (load and a numba compile in the background add nothing), else in wall time."""
+    clock = time.thread_time if one_thread else time.perf_counter
+    rounds = [
+        [(c, time_orientations(b, k, n, dtype, clock)) for (b, k, n), c in counts] for _ in range(2)
+    ]
+    tb = min(sum(c * t[0] for c, t in r) for r in rounds)
+    tf = min(sum(c * t[1] for c, t in r) for r in rounds)
+    return tb, tf
+
+
+def time_orientations(
+    b: int, k: int, n: int, dtype: np.dtype, clock: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
+    """Best-of seconds of one step's recurrent GEMMs, batch-major (h @ U^T, dz @ U) and
+    feature-major (U @ h^T, U^T @ dz^T), the operands laid out as the compiled loop has them
+    (interleaved, the order alternating; each timed at least twice, up to 7 times)."""
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, k)).astype(dtype)
+    h, dz = rng.standard_normal((b, k)).astype(dtype), rng.standard_normal((b, n)).astype(dtype)
+    ht, dzt = np.ascontiguousarray(h.T), np.ascontiguousarray(dz.T)
+    ob, obk = np.empty((b, n), dtype), np.empty((b, k), dtype)
+    of, ofk = np.empty((n, b), dtype), np.empty((k, b), dtype)
+    batch = lambda: (np.matmul(h, u.T, out=ob), np.matmul(dz, u, out=obk))
+    feature = lambda: (np.matmul(u, ht, out=of), np.matmul(u.T, dzt, out=ofk))
+    best = [float("inf"), float("inf")]
+    deadline = time.perf_counter() + GEMM_BUDGET / 4  # (two rounds of both layouts)
+    for rep in range(7):
+        for j in (0, 1) if rep % 2 == 0 else (1, 0):
+            start = clock()
+            (batch, feature)[j]()
+            best[j] = min(best[j], clock() - start)
+        if rep % 2 == 1 and time.perf_counter() > deadline:
+            break
+    return best[0], best[1]
 
 
 def decide(rounds: list[tuple[float, float]], margin: float = MARGIN) -> tuple[str, str]:
