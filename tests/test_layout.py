@@ -422,3 +422,16 @@ def test_the_gemm_pre_filter_times_both_orientations():
     assert tb > 0 and tf > 0
     one = layout_rule.time_orientations(8, 16, 64, np.dtype(np.float32), lambda: 0.0)
     assert one == (0.0, 0.0)  # (a frozen clock: each min is a zero interval)
+
+
+def test_the_pre_filter_keeps_the_round_less_favourable_to_feature_major(monkeypatch):
+    """One round with feature-major at 0.5x (a load spike on batch-major's side) and one at
+    0.9x: the pre-filter sees 0.9x (both rounds must favour feature-major to start the trial)."""
+    seq = iter([(1.0, 0.5), (1.0, 0.9)])
+    monkeypatch.setattr(layout_rule, "time_orientations", lambda *a: next(seq))
+    assert layout_rule.gemm_times((((8, 16, 64), 1),), np.dtype(np.float32)) == (1.0, 0.9)
+    # two GEMMs, one of them twice: round one (1 + 2 * 1, 0.2 + 2 * 0.2) = 0.2x; round two
+    # (1 + 2 * 1, 0.5 + 2 * 0.45) = 0.47x
+    seq = iter([(1.0, 0.2), (1.0, 0.2), (1.0, 0.5), (1.0, 0.45)])
+    got = layout_rule.gemm_times((((8, 16, 64), 1), ((8, 16, 32), 2)), np.dtype(np.float32))
+    assert got == pytest.approx((3.0, 1.4))

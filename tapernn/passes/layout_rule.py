@@ -134,16 +134,18 @@ def _measure(body, nc, nx, backend, counts, dtype, threads) -> tuple[str, str]:
 
 
 def gemm_times(counts: tuple, dtype: np.dtype, one_thread: bool = True) -> tuple[float, float]:
-    """Min seconds (batch-major, feature-major) of one step's recurrent GEMMs, each distinct one
-    weighted by its count, over two rounds. Timed in this thread's CPU time when BLAS runs on
-    one thread (load and a numba compile in the background add nothing), else in wall time."""
+    """Seconds (batch-major, feature-major) of one step's recurrent GEMMs, each distinct one
+    weighted by its count: two rounds (each a best-of), the one less favourable to feature-major
+    kept, so a load spike on batch-major's side must hit both rounds to start the trial (a
+    trial started for nothing costs up to a few seconds; one skipped at 0.70-0.77x lost nothing
+    measured). Timed in this thread's CPU time when BLAS runs on one thread (a numba compile in
+    the background adds nothing), else in wall time."""
     clock = time.thread_time if one_thread else time.perf_counter
-    rounds = [
-        [(c, time_orientations(b, k, n, dtype, clock)) for (b, k, n), c in counts] for _ in range(2)
-    ]
-    tb = min(sum(c * t[0] for c, t in r) for r in rounds)
-    tf = min(sum(c * t[1] for c, t in r) for r in rounds)
-    return tb, tf
+    rounds = []
+    for _ in range(2):
+        times = [(c, time_orientations(b, k, n, dtype, clock)) for (b, k, n), c in counts]
+        rounds.append((sum(c * t[0] for c, t in times), sum(c * t[1] for c, t in times)))
+    return max(rounds, key=lambda r: r[1] / max(r[0], 1e-12))
 
 
 def time_orientations(
