@@ -31,8 +31,8 @@ MARGIN = 0.95
 # The whole-step trial (0.05-2 s: two compiles) runs only when the recurrent GEMMs alone take at
 # most PREFILTER of batch-major's time feature-major; otherwise batch-major untried. The rest of
 # the step (weight gradients, input projection, transposes at the loop's edges) costs
-# feature-major more, not less: GEMMs at 0.66x and 0.76x were whole steps at 1.15x and 1.06x
-# (f32 (16, 50, 128), (32, 50, 512); BENCHMARKS.md, hlayout, hlayout2).
+# feature-major more, not less: GEMMs at 0.44-0.77x were whole T = 50 steps at 1.02-1.33x
+# (f32 and f64, B = 8-32, H = 96-512; BENCHMARKS.md, hlayout2).
 PREFILTER = 0.7
 GEMM_BUDGET = 0.05  # seconds of GEMM timing per shape, roughly
 _DECIDED: dict[tuple, tuple[str, str]] = {}
