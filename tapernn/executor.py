@@ -226,7 +226,7 @@ def optimise(
     graph: Graph, pipeline: Sequence[Pass], options: PlanOptions, dump: Dump | str | None = None
 ) -> tuple[Graph, CompileReport]:
     """`run_passes` under the options' loop layout (passes/layout.py); its choices noted."""
-    with layout_session(options.layout, packed_rule(options)) as session:
+    with layout_session(options.layout, packed_rule(options), options.backend) as session:
         graph, report = run_passes(graph, pipeline, dump=dump)
     report.notes.extend(session.notes)
     return graph, report

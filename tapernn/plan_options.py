@@ -64,9 +64,11 @@ class PlanOptions:
 
     layout: the recurrent state of scan loops (passes/layout.py): "batch" keeps carried states
     (B, n) as traced; "feature" holds them as (n, B), so the recurrent GEMM is U @ h^T
-    ((4H, H) @ (H, B)); "auto" times both orientations of the loop's recurrent GEMMs once per
-    shape, dtype and BLAS (passes/layout_rule.py) and picks feature-major only when its GEMMs
-    take under MARGIN of batch-major's. The compile report says which and why.
+    ((4H, H) @ (H, B)); "auto" times the recurrent GEMMs alone in both orientations and, only
+    when feature-major's take at most PREFILTER (0.7) of batch-major's, the loop's whole step
+    (forward + backward, compiled) in both layouts, once per body, shape, dtype, backend and
+    BLAS (passes/layout_rule.py, scan_layout.py); it picks feature-major only when the whole
+    step takes at most MARGIN (0.95) of batch-major's time. The compile report says which and why (the measured times).
 
     xs_in_slab: (with regions) a loop's time-batched input (the hoisted input projection x @ W
     + b of a rolled cell) computed straight into the rows of the loop's own result that its

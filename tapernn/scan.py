@@ -4,7 +4,10 @@ names `tn.scan`, `tn.inline`, `tn.unroll_scans`, `ScanResult`."""
 
 from __future__ import annotations
 
-from . import executor
+from . import (
+    executor,
+    scan_layout,  # noqa: F401 (registers the layout rule's step timer)
+)
 from .ops.registry import register
 from .scan_grad import scan_vjp
 from .scan_ir import (

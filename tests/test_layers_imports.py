@@ -85,6 +85,7 @@ LAYERS = [
             "tapernn.scan_split",
             "tapernn.scan_xs",
             "tapernn.scan_views",
+            "tapernn.scan_layout",
         ],
     ),
     ("nn", ["tapernn.nn.*"]),

@@ -211,19 +211,21 @@ def test_inference_forward_and_tn_compile(rng):
 
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
-    """Faked timings decide into a file of the test's own (not the session's)."""
+    """Faked timings decide into a file of the test's own (not the session's); the recurrent
+    GEMMs' pre-filter faked to favour feature-major (0.5x), so the whole-step trial runs."""
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(tmp_path / "layout-rule.json"))
+    monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-3, 0.5e-3))
 
 
 @pytest.mark.usefixtures("own_cache")
 def test_auto_rule_times_once_and_says_why(monkeypatch):
     calls = []
 
-    def fake(b, k, n, dtype):
-        calls.append((b, k, n))
-        return 1.0, 0.5  # feature-major twice as fast
+    def fake(body, nc, nx, backend):
+        calls.append(layout_rule.recurrent_gemms(body, nc)[0])
+        return [(1.0, 0.5)] * 3  # feature-major twice as fast
 
-    monkeypatch.setattr(layout_rule, "time_orientations", fake)
+    monkeypatch.setattr(layout_rule, "_TIMER", [fake])
     monkeypatch.setattr(layout_rule, "_DECIDED", {})
     tn.manual_seed(0)
     big = 64
@@ -232,10 +234,11 @@ def test_auto_rule_times_once_and_says_why(monkeypatch):
     step_result(m, x, g)
     (note,) = layout_notes(m)
     assert "feature-major (auto:" in note and "(32, 64) @ (64, 256)" in note
-    assert calls == [(32, 64, 256)] * 2  # two rounds
+    assert "whole loop step measured" in note and "batch-major 1e+03 ms" in note
+    assert calls == [(32, 64, 256)]
     m2 = nn.Sequencer(nn.FastLSTM(4, big)).set_plan_options(opts("auto"))
     step_result(m2, x, g)
-    assert calls == [(32, 64, 256)] * 2  # cached for the process
+    assert calls == [(32, 64, 256)]  # cached for the process
     tiny = nn.Sequencer(nn.FastLSTM(D, H)).set_plan_options(opts("auto"))
     step_result(tiny, np.ones((3, B, D)), np.ones((3, B, H)))
     assert "batch-major (auto: recurrent GEMMs of" in layout_notes(tiny)[0]
@@ -277,12 +280,158 @@ def test_feature_major_on_each_backend(name, backend, rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("ratio, pick", [(0.5, "feature"), (0.8, "batch"), (1.2, "batch")])
+@pytest.mark.parametrize(
+    "ratio, pick", [(0.5, "feature"), (0.95, "feature"), (0.96, "batch"), (1.0, "batch")]
+)
 @pytest.mark.usefixtures("own_cache")
-def test_auto_rule_needs_a_large_gemm_advantage(ratio, pick, monkeypatch):
-    monkeypatch.setattr(layout_rule, "time_orientations", lambda b, k, n, d: (1.0, ratio))
+def test_auto_rule_needs_a_clear_whole_step_advantage(ratio, pick, monkeypatch):
+    monkeypatch.setattr(layout_rule, "_TIMER", [lambda *a: [(1.0, ratio)]])
     monkeypatch.setattr(layout_rule, "_DECIDED", {})
     h, u = np.ones((32, 64)), np.ones((64, 256))
     body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
     got, why = layout_rule.choose(body, 1)
     assert got == pick and "(32, 64) @ (64, 256) float64" in why
+
+
+def test_decide_takes_the_min_of_interleaved_rounds_and_ties_stay_batch_major():
+    """The rule's logic on injected timings: each layout's best round (load only adds time);
+    feature-major only at <= MARGIN of batch-major; ties, small gains, no rounds: batch-major."""
+    decide = layout_rule.decide
+    # one loaded round each way does not decide: the mins are 10 and 9
+    assert decide([(30.0, 9.0), (10.0, 25.0), (11.0, 9.5)])[0] == "feature"
+    assert decide([(10.0, 30.0), (25.0, 9.6), (10.5, 9.8)])[0] == "batch"  # 0.96x
+    assert decide([(10.0, 10.0)] * 3)[0] == "batch"  # a tie
+    assert decide([(10.0, 9.0)], margin=0.8)[0] == "batch"
+    pick, why = decide([])
+    assert pick == "batch" and why.startswith("default")
+    assert decide([(float("nan"), 1.0), (0.0, 1.0)])[0] == "batch"
+    pick, why = decide([(0.010, 0.009), (0.012, 0.0085)])
+    assert pick == "feature"
+    assert "batch-major 10 ms, feature-major 8.5 ms (0.85x" in why and "2 interleaved" in why
+    # the same rounds, the same answer (deterministic for a cache entry)
+    assert decide([(0.010, 0.009), (0.012, 0.0085)]) == (pick, why)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_auto_rule_times_the_whole_loop_step_in_both_layouts(monkeypatch):
+    """The registered timer compiles the forward + backward loop in each layout (the
+    feature-major one with the transposed recurrent GEMM) and returns interleaved rounds."""
+    from tapernn import scan_layout
+
+    assert layout_rule._TIMER == [scan_layout.time_steps]
+    h, x, u = np.ones((8, 16)), np.ones((8, 64)), np.ones((16, 64))
+    body = tn.trace(lambda h, x, u: [tn.tanh(x + h @ u)[:, :16]] * 2, h, x, u)
+    progs = scan_layout.step_programs(body, 1, 1, "numpy")
+    for c, want in zip(progs, [(16, 64), (16, 8)]):  # h @ U; U^T @ h^T
+        (loop,) = [n.attrs["body"] for n in c.graph.nodes if n.op == "scan"][:1]
+        assert want in {tuple(n.inputs[1].shape) for n in loop.nodes if n.op == "matmul"}
+    rounds = scan_layout.time_steps(body, 1, 1, "numpy")
+    assert scan_layout.MIN_ROUNDS <= len(rounds) <= scan_layout.ROUNDS
+    assert all(b > 0 and f > 0 for b, f in rounds)
+
+
+def test_the_trial_loop_has_trial_steps(monkeypatch):
+    from tapernn import scan_layout
+
+    h, x, u = np.ones((8, 16)), np.ones((8, 64)), np.ones((16, 64))
+    body = tn.trace(lambda h, x, u: [tn.tanh(x + h @ u)[:, :16]] * 2, h, x, u)
+    monkeypatch.setattr(scan_layout, "TRIAL_STEPS", 3)
+    g = scan_layout.loop_graph(body, 1, 1)
+    assert g.inputs[1].shape == (3, 8, 64)
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_a_failing_step_timing_is_batch_major_and_no_crash(monkeypatch):
+    def broken(*a):
+        raise RuntimeError("no trial")
+
+    monkeypatch.setattr(layout_rule, "_TIMER", [broken])
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
+    pick, why = layout_rule.choose(body, 1)
+    assert pick == "batch" and "default (the timing failed" in why and "no trial" in why
+    monkeypatch.setattr(layout_rule, "_DECIDED", {})
+    monkeypatch.setattr(layout_rule, "gemm_times", broken)  # the pre-filter's GEMMs too
+    pick, why = layout_rule.choose(body, 1)
+    assert pick == "batch" and "default (the timing failed" in why and "no trial" in why
+
+
+@pytest.mark.parametrize("ratio, rounds", [(1.3, 3), (0.5, 3), (0.97, 5), (0.9, 5)])
+def test_the_trial_stops_early_only_when_the_pick_is_clear(ratio, rounds, monkeypatch):
+    """Past MIN_ROUNDS a trial whose best times are CLEAR off the margin stops; near the
+    margin all ROUNDS run (a fake clock: batch-major 1 s a call, feature-major `ratio`)."""
+    from tapernn import scan_layout
+
+    now = [0.0]
+
+    def program(seconds):
+        def run(*args):
+            now[0] += seconds
+
+        run.graph = tn.trace(lambda a: [a * 2.0], np.ones(3))
+        return run
+
+    monkeypatch.setattr(scan_layout, "_clock", lambda: now[0])
+    monkeypatch.setattr(scan_layout, "BUDGET", 1e9)
+    monkeypatch.setattr(scan_layout, "step_programs", lambda *a: [program(1.0), program(ratio)])
+    got = scan_layout.time_steps(None, 1, 0)
+    assert len(got) == rounds and got[0] == pytest.approx((1.0, ratio))
+
+
+@pytest.mark.parametrize(
+    "gemm_ratio, tried", [(0.5, True), (0.7, True), (0.71, False), (1.2, False)]
+)
+@pytest.mark.usefixtures("own_cache")
+def test_the_whole_step_trial_runs_only_when_the_gemms_favour_feature_major(
+    gemm_ratio, tried, monkeypatch
+):
+    """The recurrent GEMMs alone timed first (faked): above PREFILTER the loop stays batch-major
+    and the whole-step trial (two compiles) does not run, even if it would pick feature-major;
+    at or below it, the trial decides (here feature-major at 0.5x, or batch-major at 1.0x)."""
+    trials = []
+
+    def trial(ratio):
+        def timer(*a):
+            trials.append(ratio)
+            return [(1.0, ratio)] * 3
+
+        return timer
+
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    body = tn.trace(lambda h, u: [tn.tanh(h @ u)[:, :64]], h, u)
+    monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-4, gemm_ratio * 1e-4))
+    for step_ratio in (0.5, 1.0):
+        monkeypatch.setattr(layout_rule, "_TIMER", [trial(step_ratio)])
+        monkeypatch.setattr(layout_rule, "_DECIDED", {})
+        monkeypatch.setattr(layout_rule.layout_cache, "lookup", lambda key: None)
+        pick, why = layout_rule.choose(body, 1)
+        assert f"recurrent GEMMs alone {gemm_ratio:.2f}x" in why
+        if tried:
+            assert pick == ("feature" if step_ratio == 0.5 else "batch")
+            assert "whole loop step measured" in why
+        else:
+            assert pick == "batch" and "the whole-step trial runs only at <= 0.70x" in why
+    assert trials == ([0.5, 1.0] if tried else [])
+
+
+def test_the_gemm_pre_filter_times_both_orientations():
+    """gemm_times: positive seconds for both layouts, weighted by each GEMM's count."""
+    counts = (((8, 16, 64), 2),)
+    tb, tf = layout_rule.gemm_times(counts, np.dtype(np.float32))
+    assert tb > 0 and tf > 0
+    one = layout_rule.time_orientations(8, 16, 64, np.dtype(np.float32), lambda: 0.0)
+    assert one == (0.0, 0.0)  # (a frozen clock: each min is a zero interval)
+
+
+def test_the_pre_filter_keeps_the_round_less_favourable_to_feature_major(monkeypatch):
+    """One round with feature-major at 0.5x (a load spike on batch-major's side) and one at
+    0.9x: the pre-filter sees 0.9x (both rounds must favour feature-major to start the trial)."""
+    seq = iter([(1.0, 0.5), (1.0, 0.9)])
+    monkeypatch.setattr(layout_rule, "time_orientations", lambda *a: next(seq))
+    assert layout_rule.gemm_times((((8, 16, 64), 1),), np.dtype(np.float32)) == (1.0, 0.9)
+    # two GEMMs, one of them twice: round one (1 + 2 * 1, 0.2 + 2 * 0.2) = 0.2x; round two
+    # (1 + 2 * 1, 0.5 + 2 * 0.45) = 0.47x
+    seq = iter([(1.0, 0.2), (1.0, 0.2), (1.0, 0.5), (1.0, 0.45)])
+    got = layout_rule.gemm_times((((8, 16, 64), 1), ((8, 16, 32), 2)), np.dtype(np.float32))
+    assert got == pytest.approx((3.0, 1.4))

@@ -1,7 +1,6 @@
 """The layout rule's cost (issue 16: compile <= 0.2 s): decisions kept on disk across processes
 ($TAPERNN_LAYOUT_CACHE; a corrupt, foreign or unwritable cache is ignored, never a crash), each
-distinct recurrent GEMM timed once, and a second round only when the first favours
-feature-major."""
+loop body's whole step timed once per (body, dtype, threads, backend)."""
 
 import json
 import os
@@ -20,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A fresh decision file, an empty process cache, and the GEMM timing recorded and faked
-    (`cache.ratio`: feature-major time / batch-major time)."""
+    """A fresh decision file, an empty process cache, and the step timing recorded and faked
+    (`cache.ratio`: feature-major time / batch-major time; `cache.calls`: the first recurrent
+    GEMM of each timed body)."""
     path = tmp_path / "layout-rule.json"
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(path))
     monkeypatch.setattr(layout_rule, "_DECIDED", {})
@@ -31,11 +31,13 @@ def cache(tmp_path, monkeypatch):
         calls: ClassVar[list] = []
         file = path
 
-    def fake(b, k, n, dtype):
-        Fake.calls.append((b, k, n))
-        return 1.0, Fake.ratio
+    def fake(body, nc, nx, backend):
+        Fake.calls.append(layout_rule.recurrent_gemms(body, nc)[0])
+        return [(1.0, Fake.ratio)] * 3
 
-    monkeypatch.setattr(layout_rule, "time_orientations", fake)
+    monkeypatch.setattr(layout_rule, "_TIMER", [fake])
+    # the recurrent GEMMs' pre-filter favours feature-major: the whole-step trial runs
+    monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-3, 0.5e-3))
     Fake.calls = []
     return Fake
 
@@ -55,7 +57,7 @@ def body(b=32, k=64, n=256, gemms=1):
 
 def test_a_second_process_reads_the_decision(cache):
     pick, _ = layout_rule.choose(body(), 1)
-    assert pick == "feature" and len(cache.calls) == 2  # (faked: the real GEMMs tie)
+    assert pick == "feature" and len(cache.calls) == 1  # (faked)
     data = json.loads(cache.file.read_text())
     assert isinstance(data, dict) and data
     # a fresh interpreter with the same shapes reads it: its timing would fail the test
@@ -64,7 +66,7 @@ def test_a_second_process_reads_the_decision(cache):
         "from test_layout_cache import body\n"
         "from tapernn.passes import layout_rule\n"
         "def boom(*a): raise SystemExit('timed again')\n"
-        "layout_rule.time_orientations = boom\n"
+        "layout_rule.set_step_timer(boom)\n"
         "print(*layout_rule.choose(body(), 1), sep='|')\n"
     )
     env = dict(os.environ, TAPERNN_LAYOUT_CACHE=str(cache.file), PYTHONPATH=ROOT)
@@ -129,17 +131,26 @@ def test_the_file_is_written_whole_with_no_temporaries_left(cache):
     assert len(json.loads(cache.file.read_text())["entries"]) == 3
 
 
-def test_equal_gemms_are_timed_once_and_batch_needs_one_round(cache):
-    cache.ratio = 1.2  # batch-major clearly: a second round could not make it feature-major
+def test_a_body_is_timed_once_and_its_gemms_shown(cache):
+    cache.ratio = 1.2
     pick, why = layout_rule.choose(body(gemms=4), 1)
     assert pick == "batch" and cache.calls == [(32, 64, 256)]
-    assert "4 x (32, 64) @ (64, 256)" in why
-    layout_rule._DECIDED.clear()
-    cache.calls.clear()
-    cache.ratio = 0.5  # feature-major needs both rounds under the margin
-    cache.file.unlink()
-    assert layout_rule.choose(body(gemms=4), 1)[0] == "feature"
-    assert cache.calls == [(32, 64, 256)] * 2
+    assert "4 x (32, 64) @ (64, 256)" in why and "deciding took" in why
+    assert layout_rule.choose(body(gemms=4), 1)[0] == "batch"
+    assert cache.calls == [(32, 64, 256)]  # the process's decision: not timed again
+
+
+def test_the_decision_is_per_body_and_backend_not_only_per_gemm(cache):
+    """Two bodies with the same recurrent GEMM but other elementwise work, or one body on two
+    backends, are decided apart (the GEMM-only key shared them)."""
+    layout_rule.choose(body(), 1)
+    h, u = np.ones((32, 64)), np.ones((64, 256))
+    other = tn.trace(lambda h, u: [tn.sigmoid(h @ u)[:, :64] * 2.0], h, u)
+    layout_rule.choose(other, 1)
+    layout_rule.choose(body(), 1, backend="numba")
+    layout_rule.choose(body(), 1)
+    assert len(cache.calls) == 3
+    assert len(json.loads(cache.file.read_text())["entries"]) == 3
 
 
 def test_the_suite_never_writes_the_users_cache():

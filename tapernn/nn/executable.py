@@ -138,7 +138,9 @@ class Executable:
         if feature_major_loops not in passes:
             return
         old = self.graph
-        new, notes, chosen = relayout_before_grad(old, options.layout, packed_rule(options))
+        new, notes, chosen = relayout_before_grad(
+            old, options.layout, packed_rule(options), options.backend
+        )
         self.notes += notes
         # the programs compile with the choice made here (their graphs are differentiated)
         self.options = replace(options, layout=chosen)

@@ -27,6 +27,7 @@ class Session:
     mode: str = "auto"  # (PlanOptions.layout's default)
     # (min rows, min weight elements) of the step GEMMs compiled packed (backends/packed.rule)
     packed: tuple[int, int] | None = None
+    backend: str = ""  # the programs' backend (PlanOptions.backend): the rule times on it
     notes: list[str] = field(default_factory=list)
     feature: bool = False  # some loop went feature-major
 
@@ -35,10 +36,12 @@ _SESSION: ContextVar[Session | None] = ContextVar("tapernn_layout", default=None
 
 
 @contextmanager
-def layout_session(mode: str, packed: tuple[int, int] | None = None) -> Iterator[Session]:
+def layout_session(
+    mode: str, packed: tuple[int, int] | None = None, backend: str = ""
+) -> Iterator[Session]:
     """Run passes under layout `mode` (executor.compile opens one per compile); `packed`: which
-    step GEMMs the programs run packed (Session.packed)."""
-    token = _SESSION.set(Session(mode, packed=packed))
+    step GEMMs the programs run packed (Session.packed); `backend`: the programs' backend."""
+    token = _SESSION.set(Session(mode, packed=packed, backend=backend))
     try:
         yield _SESSION.get()
     finally:
@@ -86,7 +89,7 @@ def feature_major_loops(graph: Graph) -> Graph:
         if session.mode == "feature":
             pick, why = "feature", "layout='feature'"
         elif session.mode == "auto" and fresh:
-            pick, why = choose(body, nc, session.packed)
+            pick, why = choose(body, nc, nx, session.packed, session.backend)
             why = f"auto: {why}"
         r = None if pick == "batch" else relayout(body, nc, nx, fresh)
         found = None if r is None else _rewire(graph, s, r)
@@ -110,12 +113,12 @@ def feature_major_loops(graph: Graph) -> Graph:
 
 
 def relayout_before_grad(
-    graph: Graph, mode: str, packed: tuple[int, int] | None = None
+    graph: Graph, mode: str, packed: tuple[int, int] | None = None, backend: str = ""
 ) -> tuple[Graph, list[str], str]:
     """`graph` (a traced forward) with its loops' layout chosen (the nn runtime runs this before
     `grad`, so the backward loop is derived from the chosen forward); the report lines, and
     the layout its programs compile with ("feature" if a loop went feature-major)."""
-    with layout_session(mode, packed) as session:
+    with layout_session(mode, packed, backend) as session:
         out = feature_major_loops(graph)
     return out, session.notes, "feature" if session.feature else "batch"
 

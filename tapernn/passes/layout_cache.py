@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write
 
-FORMAT = "tapernn-layout-rule/1"
+FORMAT = "tapernn-layout-rule/2"  # (/1: the GEMM-only rule's decisions: not read)
 ENV = "TAPERNN_LAYOUT_CACHE"  # the file; "off" (or empty) keeps decisions in the process only
 MAX_ENTRIES = 512  # the oldest are dropped beyond this
 _PICKS = ("batch", "feature")

@@ -1,13 +1,19 @@
-"""The "auto" layout rule (issue 19): time the loop's recurrent GEMMs in both orientations once
-per (shapes, dtype, BLAS) and keep the answer for the process and on disk (FFTW-style planning,
-wisdom included: passes/layout_cache); tiny GEMMs stay batch-major without timing (Python
-overhead, not the GEMM, is their cost)."""
+"""The "auto" layout rule (issue 19): feature-major only when the whole loop step -- forward and
+backward loop over a few steps, compiled by the real pipeline in each layout, transposes and
+elementwise work included -- is measured clearly faster; the trial runs only when the recurrent
+GEMMs alone, timed first (cheap: no compile), favour feature-major by a wide margin (PREFILTER),
+since the rest of the step only adds to feature-major's cost. Decided once per (loop body,
+shapes, dtype, BLAS, backend) and kept for the process and on disk (FFTW-style planning, wisdom
+included: passes/layout_cache); tiny GEMMs, and loops whose GEMMs run packed, stay batch-major
+without timing. The step timer lives in the loops layer (scan_layout: it builds and compiles a
+scan) and registers itself here (`set_step_timer`)."""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,14 +22,28 @@ from ..graph import Graph
 from . import layout_cache
 
 MIN_FLOPS = 2_000_000  # a recurrent GEMM pair smaller than this is not timed: batch-major
-# Feature-major is picked when its GEMMs take under MARGIN of batch-major's, in two rounds of
-# timing. Measured (BENCHMARKS.md, 2026-12-03, OpenBLAS, 1 thread, f32): where the GEMMs tie,
-# the whole step ties at (32, 50, 256) and gains ~7 % at (32, 50, 512), while the transposed
-# copies at the loop's edges cost T*B*4H more bytes (resident +50 %): only a large GEMM
-# advantage pays for that. Under load the ratio wanders (0.74-1.25 seen for equal GEMMs).
-MARGIN = 0.7
-BUDGET = 0.05  # seconds of timing per shape, roughly (each orientation is timed twice)
+# Feature-major is picked when its whole step takes at most MARGIN of batch-major's (the min of
+# interleaved repetitions of each): it holds T*B*4H more bytes (resident +50 %), so a tie or a
+# small gain stays batch-major. The GEMM-only rule this replaces picked feature-major where the
+# whole step was 18 % slower ((16, 50, 128) f32) and flipped under load at (32, 50, 512)
+# (BENCHMARKS.md, hlayout).
+MARGIN = 0.95
+# The whole-step trial (0.05-2 s: two compiles) runs only when the recurrent GEMMs alone take at
+# most PREFILTER of batch-major's time feature-major; otherwise batch-major untried. The rest of
+# the step (weight gradients, input projection, transposes at the loop's edges) costs
+# feature-major more, not less: GEMMs at 0.44-0.77x were whole T = 50 steps at 1.02-1.33x
+# (f32 and f64, B = 8-32, H = 96-512; BENCHMARKS.md, hlayout2).
+PREFILTER = 0.7
+GEMM_BUDGET = 0.05  # seconds of GEMM timing per shape, roughly
 _DECIDED: dict[tuple, tuple[str, str]] = {}
+# (body, n_carry, n_xs, backend) -> [(batch-major s, feature-major s) per interleaved round]
+StepTimer = Callable[[Graph, int, int, str], list[tuple[float, float]]]
+_TIMER: list[StepTimer] = []
+
+
+def set_step_timer(fn: StepTimer) -> None:
+    """The function timing a loop's whole step in both layouts (scan_layout registers it)."""
+    _TIMER[:] = [fn]
 
 
 def recurrent_gemms(body: Graph, nc: int) -> list[tuple[int, int, int]]:
@@ -37,14 +57,23 @@ def recurrent_gemms(body: Graph, nc: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def choose(body: Graph, nc: int, packed: tuple[int, int] | None = None) -> tuple[str, str]:
-    """("batch" | "feature", why) for the loop over `body`: decided once per (GEMMs, dtype, BLAS
-    threads) in the process, and kept on disk for later processes (layout_cache). `packed`:
-    (min rows, min weight elements) of the step GEMMs the program runs packed (numba backend,
-    AVX-512: backends/packed.rule); a loop whose recurrent GEMMs all qualify stays batch-major
-    untimed: the packed batch-major GEMMs ran in 0.5-0.9x of feature-major OpenBLAS's time (a tie
-    at B = 4-8, H = 128 f32), where the OpenBLAS timing below would have picked feature-major
-    (BENCHMARKS.md, hgemm2), and a feature-major loop is not packed."""
+def body_signature(body: Graph) -> str:
+    """A short digest of the body's ops, shapes and dtypes (the cell, not only its GEMMs: an
+    LSTM's and a GRU's elementwise work differ)."""
+    text = repr([(n.op, n.shape, str(n.dtype)) for n in body.nodes])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def choose(
+    body: Graph, nc: int, nx: int = 0, packed: tuple[int, int] | None = None, backend: str = ""
+) -> tuple[str, str]:
+    """("batch" | "feature", why) for the loop over `body` (`nc` carries, `nx` xs): decided
+    once per (body, dtype, BLAS threads, backend) in the process, and kept on disk for later
+    processes (layout_cache). `packed`: (min rows, min weight elements) of the step GEMMs the
+    program runs packed (numba backend, AVX-512: backends/packed.rule); a loop whose recurrent
+    GEMMs all qualify stays batch-major untimed: the packed batch-major GEMMs ran in 0.5-0.9x
+    of feature-major OpenBLAS's time (a tie at B = 4-8, H = 128 f32; BENCHMARKS.md, hgemm2),
+    and a feature-major loop is not packed."""
     gemms = recurrent_gemms(body, nc)
     dtype = np.dtype(body.outputs[0].dtype if body.outputs else np.float64)
     if not gemms:
@@ -58,40 +87,107 @@ def choose(body: Graph, nc: int, packed: tuple[int, int] | None = None) -> tuple
     flops = sum(4 * b * k * n for b, k, n in gemms)  # forward and backward products
     if flops < MIN_FLOPS:
         return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
+    if not _TIMER:
+        return "batch", "default (no step timer registered)"
     counts = tuple(sorted(Counter(gemms).items()))
     threads = program_threads(max(2 * b * k * n for b, k, n in gemms))  # as the loop runs
-    key = (counts, dtype.str, threads, _blas())
+    key = (counts, dtype.str, threads, _blas(), backend or "default", body_signature(body))
     if key not in _DECIDED:
         disk = layout_cache.key(counts, dtype.str, key[2:])
         found = layout_cache.lookup(disk)
         if found is not None:
             _DECIDED[key] = (found[0], f"{found[1]}; decided by an earlier process")
         else:
-            _DECIDED[key] = _measure(counts, dtype, threads)
-            layout_cache.store(disk, *_DECIDED[key])
+            start = time.perf_counter()
+            pick, why = _measure(body, nc, nx, backend, counts, dtype, threads)
+            failed = why.startswith("default")  # (not on disk: a later process may time it)
+            shown = ", ".join(
+                f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
+            )
+            n = 1 if threads is None else threads
+            why = f"{shown} {dtype.name}: {why} at {n} BLAS thread{'s' * (n > 1)} on the {backend or 'default'} backend; deciding took {time.perf_counter() - start:.2f} s"
+            _DECIDED[key] = (pick, why)
+            if not failed:
+                layout_cache.store(disk, pick, why)
     return _DECIDED[key]
 
 
-def _measure(counts: tuple, dtype: np.dtype, threads: int | None) -> tuple[str, str]:
-    """Time each distinct GEMM (weighted by how often the body has it) in both orientations;
-    feature-major when it is under MARGIN of batch-major in two rounds (a first round that is
-    not ends it: the second could not change the pick)."""
+def _measure(body, nc, nx, backend, counts, dtype, threads) -> tuple[str, str]:
+    """The recurrent GEMMs' pre-filter, then (only when it favours feature-major) the whole-step
+    trial; at the loop's fixed BLAS thread count, else one thread: under "auto" the programs
+    would alternate counts in their first calls (blas_tuning), and idle pool threads spinning
+    count as CPU time. A timing that raises leaves the loop batch-major ("default (...)")."""
+    try:
+        with limiter.limit(1 if threads is None else threads):
+            tb, tf = gemm_times(counts, dtype, threads is None)
+            gemms = (
+                f"recurrent GEMMs alone {tf / tb:.2f}x feature-major/batch-major "
+                f"({tb * 1e6:.0f} / {tf * 1e6:.0f} us)"
+            )
+            if not tf <= PREFILTER * tb:
+                return "batch", f"{gemms}, the whole-step trial runs only at <= {PREFILTER:.2f}x"
+            rounds = _TIMER[0](body, nc, nx, backend)
+    except Exception as e:  # noqa: BLE001 (a heuristic never fails a compile)
+        return "batch", f"default (the timing failed: {e!r:.200})"
+    pick, why = decide(rounds)
+    return pick, f"{gemms}; {why}"
+
+
+def gemm_times(counts: tuple, dtype: np.dtype, one_thread: bool = True) -> tuple[float, float]:
+    """Seconds (batch-major, feature-major) of one step's recurrent GEMMs, each distinct one
+    weighted by its count: two rounds (each a best-of), the one less favourable to feature-major
+    kept, so a load spike on batch-major's side must hit both rounds to start the trial (a
+    trial started for nothing costs up to a few seconds; one skipped at 0.70-0.77x lost nothing
+    measured). Timed in this thread's CPU time when BLAS runs on one thread (a numba compile in
+    the background adds nothing), else in wall time."""
+    clock = time.thread_time if one_thread else time.perf_counter
     rounds = []
-    with limiter.limit(threads) if threads is not None else contextlib.nullcontext():
-        for _ in range(2):
-            times = [(c, time_orientations(b, k, n, dtype)) for (b, k, n), c in counts]
-            rounds.append((sum(c * t[0] for c, t in times), sum(c * t[1] for c, t in times)))
-            if not rounds[-1][1] < MARGIN * rounds[-1][0]:
-                break
-    pick = "feature" if len(rounds) == 2 and all(f < MARGIN * b for b, f in rounds) else "batch"
-    tb, tf = min(r[0] for r in rounds), min(r[1] for r in rounds)
-    shown = ", ".join(
-        f"{f'{c} x ' if c > 1 else ''}({b}, {k}) @ ({k}, {n})" for (b, k, n), c in counts
-    )
+    for _ in range(2):
+        times = [(c, time_orientations(b, k, n, dtype, clock)) for (b, k, n), c in counts]
+        rounds.append((sum(c * t[0] for c, t in times), sum(c * t[1] for c, t in times)))
+    return max(rounds, key=lambda r: r[1] / max(r[0], 1e-12))
+
+
+def time_orientations(
+    b: int, k: int, n: int, dtype: np.dtype, clock: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
+    """Best-of seconds of one step's recurrent GEMMs, batch-major (h @ U^T, dz @ U) and
+    feature-major (U @ h^T, U^T @ dz^T), the operands laid out as the compiled loop has them
+    (interleaved, the order alternating; each timed at least twice, up to 7 times)."""
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, k)).astype(dtype)
+    h, dz = rng.standard_normal((b, k)).astype(dtype), rng.standard_normal((b, n)).astype(dtype)
+    ht, dzt = np.ascontiguousarray(h.T), np.ascontiguousarray(dz.T)
+    ob, obk = np.empty((b, n), dtype), np.empty((b, k), dtype)
+    of, ofk = np.empty((n, b), dtype), np.empty((k, b), dtype)
+    batch = lambda: (np.matmul(h, u.T, out=ob), np.matmul(dz, u, out=obk))
+    feature = lambda: (np.matmul(u, ht, out=of), np.matmul(u.T, dzt, out=ofk))
+    best = [float("inf"), float("inf")]
+    deadline = time.perf_counter() + GEMM_BUDGET / 4  # (two rounds of both layouts)
+    for rep in range(7):
+        for j in (0, 1) if rep % 2 == 0 else (1, 0):
+            start = clock()
+            (batch, feature)[j]()
+            best[j] = min(best[j], clock() - start)
+        if rep % 2 == 1 and time.perf_counter() > deadline:
+            break
+    return best[0], best[1]
+
+
+def decide(rounds: list[tuple[float, float]], margin: float = MARGIN) -> tuple[str, str]:
+    """("feature" | "batch", why) from interleaved rounds of (batch-major, feature-major)
+    seconds: the min of each layout's rounds (load only adds time), feature-major only when
+    it is at most `margin` of batch-major's -- a tie, a small gain or no valid round stays
+    batch-major."""
+    valid = [(b, f) for b, f in rounds if b > 0 and f > 0 and np.isfinite(b) and np.isfinite(f)]
+    if not valid:
+        return "batch", "default (the step timing gave no usable round)"
+    tb, tf = min(b for b, _ in valid), min(f for _, f in valid)
+    pick = "feature" if tf <= margin * tb else "batch"
     return pick, (
-        f"{shown} {dtype.name}, forward + backward GEMMs measured: batch-major "
-        f"{tb * 1e6:.0f} us, feature-major {tf * 1e6:.0f} us (feature-major below "
-        f"{MARGIN:.0%} of batch-major in both rounds: {pick == 'feature'})"
+        f"whole loop step measured (forward + backward, CPU time, min of {len(valid)} "
+        f"interleaved rounds): batch-major {tb * 1e3:.3g} ms, feature-major {tf * 1e3:.3g} ms "
+        f"({tf / tb:.2f}x; feature-major needs <= {margin:.2f}x)"
     )
 
 
@@ -105,28 +201,3 @@ def _blas() -> tuple:
         return tuple(sorted({get() for _, get in _openblas_libraries()}))
     except Exception:  # noqa: BLE001 (only a cache key)
         return ()
-
-
-def time_orientations(b: int, k: int, n: int, dtype: np.dtype) -> tuple[float, float]:
-    """Best-of seconds of one step's recurrent GEMMs, batch-major (h @ U^T, dz @ U) and
-    feature-major (U @ h^T, U^T @ dz^T), the operands laid out as the compiled loop has them."""
-    rng = np.random.default_rng(0)
-    u = rng.standard_normal((n, k)).astype(dtype)
-    h, dz = rng.standard_normal((b, k)).astype(dtype), rng.standard_normal((b, n)).astype(dtype)
-    ht, dzt = np.ascontiguousarray(h.T), np.ascontiguousarray(dz.T)
-    ob, obk = np.empty((b, n), dtype), np.empty((b, k), dtype)
-    of, ofk = np.empty((n, b), dtype), np.empty((k, b), dtype)
-    batch = lambda: (np.matmul(h, u.T, out=ob), np.matmul(dz, u, out=obk))
-    feature = lambda: (np.matmul(u, ht, out=of), np.matmul(u.T, dzt, out=ofk))
-    best = [float("inf"), float("inf")]
-    deadline = time.perf_counter() + BUDGET / 2
-    for rep in range(7):
-        for j, f in enumerate((batch, feature) if rep % 2 == 0 else (feature, batch)):
-            start = time.perf_counter()
-            f()
-            elapsed = time.perf_counter() - start
-            k_ = j if rep % 2 == 0 else 1 - j
-            best[k_] = min(best[k_], elapsed)
-        if rep % 2 == 1 and time.perf_counter() > deadline:  # each timed at least twice
-            break
-    return best[0], best[1]
