@@ -117,8 +117,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         buffer_bytes=_buffer_bytes(compiled),
         body_key=id(compiled),
         kernel=kernel,
-        workspace_bytes=_workspace_bytes(runner)
-        + (_buffer_bytes(compiled) if hasattr(runner, "split_calls") else 0),
+        workspace_bytes=_workspace_bytes(runner) + _halves_bytes(runner, compiled),
         call_bytes=_call_bytes(compiled),
         node_key=id(attrs),
     )
@@ -129,12 +128,12 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         runner.report = report
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
     prologue = getattr(compiled, "prologue", None)
-    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a split loop
-        # or one a whole-program kernel may inline, which run the prologue their own way)
+    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a loop a
+        # whole-program kernel may inline, which runs the prologue its own way; a split loop's
+        # halves share the full body's prologue and its panels, zeroed when both have ended)
         prologue is not None
         and getattr(prologue.program, "pack_slots", None)
         and id(attrs) not in ctx.bodies
-        and not hasattr(runner, "split_calls")
     ):
         ctx.loop_scratch.append((id(attrs), prologue.program))
     name = bind("scan_run", runner)
@@ -162,6 +161,8 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "reads_first": lambda c: reads_xs_first(c, nc, nx, n_live, shifted),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
         "prologue": _prologue_of(compiled),
+        "lent": _lent_of(compiled),
+        "full_buffers": compiled.program.arrays,
     }
     passes, options = ctx.passes, ctx.options
     split = scan_split.SplitRunner(
@@ -182,6 +183,26 @@ def _prologue_of(compiled: Compiled) -> tuple:
     if prologue is None:
         return None, []
     return prologue.program.fn, [(o.shape, o.dtype) for o in prologue.graph.outputs]
+
+
+def _halves_bytes(runner: Any, compiled: Compiled) -> int:
+    """What a split loop's halves (scan_split.SplitRunner) keep beyond the full body's: their
+    own prologues' buffers at most (their step buffers are carved from the full body's:
+    scan_split.BufferPool, else the split fails)."""
+    if not hasattr(runner, "split_calls"):
+        return 0
+    prologue = getattr(compiled, "prologue", None)
+    return prologue.program.plan.buffer_bytes if prologue is not None else 0
+
+
+def _lent_of(compiled: Compiled) -> tuple[list | None, list[int]]:
+    """(a compiled body's prologue's dest list, its slots a weight's zeroed `.grad` may be lent
+    for the packed panels: pack_scratch.py); (None, []) without them."""
+    prologue = getattr(compiled, "prologue", None)
+    slots = getattr(prologue.program, "pack_slots", None) if prologue is not None else None
+    if not slots:
+        return None, []
+    return prologue.program.dest, list(slots.values())
 
 
 def _workspace_bytes(runner: Any) -> int:
