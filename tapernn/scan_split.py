@@ -215,6 +215,14 @@ def adopt(full: Callable, half: Callable, full_sites: dict[str, Site]) -> str:
     return ""
 
 
+def lent_of(compiled: Any) -> tuple[list | None, list[int]]:
+    """(a compiled body's prologue's dest list, its slots a weight's zeroed `.grad` may be lent
+    for the packed panels: pack_scratch.py); (None, []) without them."""
+    prologue = getattr(compiled, "prologue", None)
+    slots = getattr(prologue.program, "pack_slots", None) if prologue is not None else None
+    return (prologue.program.dest, list(slots.values())) if slots else (None, [])
+
+
 class BufferPool:
     """The full body's buffers (1-D arrays) as space for the halves' own: each buffer a half's
     step program asks for (`take`) is a slice of one of them, first of the same position, then
@@ -295,6 +303,9 @@ class SplitRunner:
         self.own_prologue = False
         self.full_sites = sites(full_fn)  # (before they take over)
         self.over: Callable = lambda slab, *xs: False
+        # (what the halves may keep beyond the full body's buffers: their own prologues')
+        prologue = helpers["prologue"][0]
+        self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
