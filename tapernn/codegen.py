@@ -56,6 +56,9 @@ class LoweringContext:
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
+# who makes a program's buffers (else np.empty each; set only while one is compiled): a split loop's halves carve theirs
+# from the full body's (scan_split.BufferPool); `provider(plan.buffers)` -> arrays or None
+GIVEN_BUFFERS: ContextVar[Any] = ContextVar("tapernn_given_buffers", default=None)
 
 
 def nested() -> bool:
@@ -103,6 +106,9 @@ class Program(FusedLowering, DestSlots):
             options, self.backend_note = auto_choice(graph, options)
         self.graph, self.options, self.written = graph, options, tuple(written)
         self.plan = plan or plan_buffers(graph, scratch=fused_scratch, options=options)
+        provider = GIVEN_BUFFERS.get() if buffers is None else None
+        if provider is not None:
+            buffers = provider(self.plan.buffers)
         self.given_buffers = buffers  # the plan's buffers made by the caller (arena.py), or None
         self.filename = f"<tapernn program {next(_program_ids)}>"
         self.bound: dict[str, Any] = {"np_array": np.array, "np_asarray": np.asarray}

@@ -117,9 +117,10 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         buffer_bytes=_buffer_bytes(compiled),
         body_key=id(compiled),
         kernel=kernel,
-        workspace_bytes=_workspace_bytes(runner)
-        + (_buffer_bytes(compiled) if hasattr(runner, "split_calls") else 0),
-        call_bytes=_call_bytes(compiled),
+        # (a split loop's halves: their own prologues' buffers at most; their step buffers are
+        # carved from the full body's, scan_split.BufferPool)
+        workspace_bytes=_workspace_bytes(runner) + getattr(runner, "own_bytes", 0),
+        call_bytes=_call_bytes(compiled) + getattr(runner, "carry_call_bytes", 0),
         node_key=id(attrs),
     )
     ctx.sub_reports.append(report)
@@ -129,12 +130,12 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
         runner.report = report
         ctx.bodies[id(attrs)] = (compiled, fixed_carries(body, nc), runner, report)
     prologue = getattr(compiled, "prologue", None)
-    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a split loop
-        # or one a whole-program kernel may inline, which run the prologue their own way)
+    if (  # (its panels may go into a weight's zeroed .grad: pack_scratch.py; not a loop a
+        # whole-program kernel may inline, which runs the prologue its own way; a split loop's
+        # halves share the full body's prologue and its panels, zeroed when both have ended)
         prologue is not None
         and getattr(prologue.program, "pack_slots", None)
         and id(attrs) not in ctx.bodies
-        and not hasattr(runner, "split_calls")
     ):
         ctx.loop_scratch.append((id(attrs), prologue.program))
     name = bind("scan_run", runner)
@@ -162,6 +163,9 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "reads_first": lambda c: reads_xs_first(c, nc, nx, n_live, shifted),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
         "prologue": _prologue_of(compiled),
+        "prologue_bytes": _buffer_bytes(compiled) - compiled.program.plan.buffer_bytes,
+        "lent": scan_split.lent_of(compiled),
+        "full_buffers": compiled.program.arrays,
     }
     passes, options = ctx.passes, ctx.options
     split = scan_split.SplitRunner(
@@ -334,7 +338,16 @@ def make_runner(
     if ys:
         lines.append(f"    {', '.join(ys + inits)}, = _ys_views(_slab{given})")
     lines += [f"    {i}[...] = {cs[k]}" for i, (_, k) in zip(inits, shifted)]
-    lines += [f"    {w}, _Q{i} = _C{i}" for i, w in enumerate(outs)]
+    # small pairs held by the runner (its workspace); larger ones made per call, freed when it
+    # returns (LoopReport.call_bytes): held, they would add to every moment's peak
+    own_outs = [compiled.graph.outputs[k] for k in own]
+    held = 2 * sum(o.nbytes for o in own_outs) <= CARRY_HELD_BYTES
+    lines += [
+        f"    {w}, _Q{i} = _C{i}"
+        if held
+        else f"    {w}, _Q{i} = _np_empty(_Cs{i}, _Cd{i}), _np_empty(_Cs{i}, _Cd{i})"
+        for i, w in enumerate(outs)
+    ]
     # after a step: its carry is the array it wrote, the next step writes the other one
     swaps = [
         line
@@ -420,13 +433,17 @@ def make_runner(
         },
         **{
             f"_C{i}": tuple(np.empty(o.shape, o.dtype) for _ in range(2))
-            for i, o in enumerate(compiled.graph.outputs[k] for k in own)
+            for i, o in enumerate(own_outs)
+            if held
         },
+        **{f"_Cs{i}": o.shape for i, o in enumerate(own_outs) if not held},
+        **{f"_Cd{i}": o.dtype for i, o in enumerate(own_outs) if not held},
     }
     exec(builtins.compile(source, filename, "exec"), namespace)  # noqa: S102
     run = namespace["run"]
     run.source = source
     run.bound = namespace  # (its bound names: tests and _workspace_bytes read them)
+    run.carry_call_bytes = 0 if held else 2 * sum(o.nbytes for o in own_outs)
     return run
 
 
@@ -436,6 +453,11 @@ _runner_ids = itertools.count()
 # row in each step (make_runner). At this size a step's Python objects outweigh the blocks,
 # and the per-step copies cost ~0.3 us each (25 a (1, 5, 5) LSTM backward)
 LATE_BLOCK_BYTES = 8 << 10
+# the carry pairs (two alternating arrays per carry a step computes) of at most this many bytes
+# in all are held by the runner; larger ones are made once per call (hsplitlend: at (32, 256)
+# the held pairs added 0.08U to the steady loop's peak; two np.empty a carry and call are
+# nothing beside a step of that size)
+CARRY_HELD_BYTES = 16 << 10
 
 
 def _inlined(compiled: Compiled, n_params: int, n_ys: int, live: list[str]):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .backends.background import Site
 from .backends.packed import PackedSite
+from .codegen import GIVEN_BUFFERS
 from .graph import Graph, Node
 from .ops.registry import get_op
 from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpus: tests)
@@ -214,6 +215,65 @@ def adopt(full: Callable, half: Callable, full_sites: dict[str, Site]) -> str:
     return ""
 
 
+def lent_of(compiled: Any) -> tuple[list | None, list[int]]:
+    """(a compiled body's prologue's dest list, its slots a weight's zeroed `.grad` may be lent
+    for the packed panels: pack_scratch.py); (None, []) without them."""
+    prologue = getattr(compiled, "prologue", None)
+    slots = getattr(prologue.program, "pack_slots", None) if prologue is not None else None
+    return (prologue.program.dest, list(slots.values())) if slots else (None, [])
+
+
+class BufferPool:
+    """The full body's buffers (1-D arrays) as space for the halves' own: each buffer a half's
+    step program asks for (`take`) is a slice of one of them, first of the same position, then
+    any with room; no two slices overlap. `missed`: some buffer found no room (then None)."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.room = [
+            (a.view(np.uint8), [0]) for a in arrays if a.ndim == 1 and a.flags.c_contiguous
+        ]
+        self.missed = False
+
+    def once(self) -> Callable:
+        """A provider (codegen.GIVEN_BUFFERS) for the first program compiled with it alone."""
+        done = [False]
+
+        def provide(buffers: list) -> list[np.ndarray] | None:
+            if done[0]:
+                return None
+            done[0] = True
+            return self.take(buffers)
+
+        return provide
+
+    def take(self, buffers: list) -> list[np.ndarray] | None:
+        out = []
+        for k, (size, dtype) in enumerate(buffers):
+            dtype = np.dtype(dtype)
+            nbytes = int(size) * dtype.itemsize
+            order = ([self.room[k]] if k < len(self.room) else []) + self.room
+            for raw, used in order:
+                start = next(
+                    (
+                        a
+                        for a in (
+                            -(-used[0] // 64) * 64,
+                            -(-used[0] // dtype.itemsize) * dtype.itemsize,
+                        )
+                        if a + nbytes <= raw.nbytes
+                    ),
+                    None,
+                )
+                if start is not None:
+                    out.append(raw[start : start + nbytes].view(dtype))
+                    used[0] = start + nbytes
+                    break
+            else:
+                self.missed = True
+                return None
+        return out
+
+
 class SplitRunner:
     """What a split loop's program calls: `full` (scan_run's runner of the whole batch) until the
     full body's kernels are in place, then -- in calls the rule lets split -- the two halves at
@@ -243,6 +303,9 @@ class SplitRunner:
         self.own_prologue = False
         self.full_sites = sites(full_fn)  # (before they take over)
         self.over: Callable = lambda slab, *xs: False
+        # (what the halves may keep beyond the full body's buffers: their own prologues')
+        prologue = helpers["prologue"][0]
+        self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
@@ -265,13 +328,20 @@ class SplitRunner:
         loops, outs, first = [], [], True
         try:
             batch = attrs["body"].inputs[0].shape[0]
+            # the halves' step buffers carved from the full body's (never run at once with
+            # them: the full runner or the two halves run a call), apart from each other's
+            pool = BufferPool(h["full_buffers"])
             for graph in self.graphs:
                 rows = graph.inputs[0].shape[0]
                 token = SIZE_ROWS.set((rows, batch))  # (lowered as the whole batch is)
+                given = GIVEN_BUFFERS.set(pool.once())  # (the step program's, not the prologue's)
                 try:
                     compiled = self.compile_half(graph)
                 finally:
+                    GIVEN_BUFFERS.reset(given)
                     SIZE_ROWS.reset(token)
+                if pool.missed:
+                    return self._fail("the halves' buffers do not fit in the full body's")
                 why = adopt(self.full_fn, compiled.program.fn, self.full_sites)
                 if why:
                     return self._fail(why)
@@ -322,6 +392,28 @@ class SplitRunner:
             return self.full(*args, out=out)
         for i, (_, k) in zip(inits, attrs.get("shifted", ())):
             i[...] = cs[k]
+        try:
+            first, second = self._halves(cs, xs, inv, ys)
+        finally:  # (panels made in a weight's zeroed .grad, pack_scratch.py: zeros again
+            # once both halves have ended, as scan_run's runner does)
+            dest, slots = h["lent"]
+            for s in slots:
+                if dest[s] is not None:
+                    dest[s].fill(0)
+        for v, a, b in zip(h["carry_views"](slab), first, second):
+            (lo0, hi0), (lo1, hi1) = self.rows
+            v[lo0:hi0] = a
+            v[lo1:hi1] = b
+        self.split_calls += 1
+        SPLIT_CALLS[0] += 1
+        if out is not None and slab is not out:
+            np.copyto(out, slab)
+            return out
+        return slab
+
+    def _halves(self, cs: tuple, xs: tuple, inv: tuple, ys: list) -> tuple:
+        """Both halves' final carries: the half of rows 0:b0 on this thread, the other on the
+        worker, the hoisted values (the packed panels) computed once for both."""
         (loop0, pre0), (loop1, pre1) = self.loops
         hoisted = pre0(*inv) if pre0 is not None else ()
         hoisted1 = pre1(*inv) if pre1 is not None else hoisted
@@ -338,16 +430,7 @@ class SplitRunner:
             first = loop0(*parts[0], hoisted)
         finally:
             second = future.result()
-        for v, a, b in zip(h["carry_views"](slab), first, second):
-            (lo0, hi0), (lo1, hi1) = self.rows
-            v[lo0:hi0] = a
-            v[lo1:hi1] = b
-        self.split_calls += 1
-        SPLIT_CALLS[0] += 1
-        if out is not None and slab is not out:
-            np.copyto(out, slab)
-            return out
-        return slab
+        return first, second
 
     def _apart(self, slab: np.ndarray, xs: tuple, ys: list) -> bool:
         """xs lying in the slab: no half's xs rows share memory with the other half's ys rows,

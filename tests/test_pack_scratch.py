@@ -26,8 +26,8 @@ T, B, H = 4, 16, 128
 pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
 
 
-# a loop split over two threads (own_threads / batch_split, on by default where a loop splits)
-# never lends: these tests pin the unsplit loop that does
+# these tests pin the unsplit loop (own_threads / batch_split split it by default here); a split
+# loop's lending: tests/test_split_lend.py
 ONE_THREAD = {"own_threads": "off", "batch_split": "off"}
 
 CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, peephole=False)}

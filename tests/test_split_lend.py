@@ -1,0 +1,204 @@
+"""A loop split over two threads (scan_split.SplitRunner, issue 19, hsplitlend): its halves run
+the full body's prologue once and share its packed panels, which go into the packed weight's
+zeroed `.grad` as an unsplit loop's do (pack_scratch.py), zeroed again once both halves end;
+the halves' step buffers are carved from the full body's (scan_split.BufferPool), apart from
+each other. Structure, zeros after the loop, equivalence (float64, 1e-12: the unsplit run with
+the lending off, the NumPy backend, the NumPy equations), the report against tracemalloc."""
+
+import re
+
+import numpy as np
+import pytest
+
+import tapernn.codegen
+from tapernn import PlanOptions, nn
+from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
+from tapernn.backends import packed
+from tapernn.nn.packing import Packing
+from tapernn.nn.runtime import runtime_of
+from tapernn.scan_split import BufferPool, SplitRunner
+from tests import cell_reference as ref
+
+# (B * 4H > the numba loop kernel's 4096 elements: the Python loop, packed GEMMs, split)
+T, B, H = 4, 16, 128
+SPLIT = {"own_threads": "off", "batch_split": "on"}
+ONE_THREAD = {"own_threads": "off", "batch_split": "off"}
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
+
+
+def _model(seed=0):
+    m = nn.FastLSTM(H, H)
+    for k, p in enumerate(m.parameters()):
+        p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.1
+    return m
+
+
+def _data(seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+
+
+@pytest.fixture
+def lent(monkeypatch):
+    record = []
+    real = Packing._lend
+
+    def spy(self, entries, args):
+        used = real(self, entries, args)
+        record.append(used)
+        return used
+
+    monkeypatch.setattr(Packing, "_lend", spy)
+    return record
+
+
+def _runners(program):
+    return [v for v in program.fn.__kwdefaults__.values() if isinstance(v, SplitRunner)]
+
+
+def _run(backend="numba", options=SPLIT, rounds=3):
+    m = _model()
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend=backend, layout="batch", **options))
+    got = []
+    for k in range(rounds):
+        x, g = _data(k)
+        seq.zero_grad_parameters()
+        out = np.array(seq.forward(x))
+        gi = np.array(seq.backward(x, g))
+        got.append(
+            [out, gi]
+            + [p.grad.copy() for p in m.parameters()]
+            + [np.array(s) for s in m.get_grad_hidden_state(1)]
+        )
+        seq.update_parameters(0.1)
+    return seq, m, got
+
+
+def _close(a, b):
+    for u, v in zip(a, b):
+        for p, q in zip(u, v):
+            np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_a_split_loop_lends_its_panels_and_equals_the_unsplit_numpy_and_equations(
+    lent, monkeypatch
+):
+    seq, m, on = _run()
+    pair = runtime_of(seq).last.training_pair
+    for prog in (pair.forward.program, pair.last_backward.program):
+        (runner,) = _runners(prog)
+        assert runner.split_calls >= 2 and not runner.failed  # (the general path, then steady)
+        ((dest, s, node, rows, _),) = prog.loop_scratch.values()
+        assert node.op == "pack_panels" and rows is None and dest[s] is None
+    assert len(lent) == 6
+    assert all([u is m.o2g.weight.grad for u in used] == [True] for used in lent)
+    with monkeypatch.context() as mp:
+        mp.setattr(tapernn.codegen, "loop_slots", lambda *a: {})
+        seq_off, _, off = _run(options=ONE_THREAD)
+        assert not _runners(runtime_of(seq_off).last.training_pair.forward.program)
+    _close(on, off)
+    _close(on, _run("numpy")[2])
+    params = {name: p.data.copy() for name, p in _model().named_parameters().items()}
+    want, _ = ref.run(ref.fastlstm_step, params, _data(0)[0], 2, H)
+    np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(lent, monkeypatch):
+    m = _model()
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch", **SPLIT))
+    x, g = _data(0)
+    for _ in range(2):  # (the first calls run the full loop until the kernels are in place)
+        seq.zero_grad_parameters()
+        seq.forward(x)
+        seq.backward(x, g)
+    for _ in range(2):
+        seq.zero_grad_parameters()
+        seq.forward(x)
+        assert lent[-1] and not m.o2g.weight.grad.any()
+        bwd = runtime_of(seq).last.training_pair.backward_program(0)
+        ((dest, s, *_),) = bwd.program.loop_scratch.values()
+        (runner,) = _runners(bwd.program)
+        seen = []
+        real = runner._halves
+
+        def watch(*args, real=real, dest=dest, s=s, seen=seen):
+            out = real(*args)
+            seen.append(dest[s] is not None and m.o2g.weight.grad.any())
+            return out
+
+        kw = bwd.program.fn.__kwdefaults__
+        (name,) = [k for k, v in kw.items() if v is runner]
+
+        def ended(*args, runner=runner, dest=dest, s=s, seen=seen, **kwargs):
+            out = runner(*args, **kwargs)
+            seen.append((dest[s] is not None, m.o2g.weight.grad.any()))
+            return out
+
+        monkeypatch.setattr(runner, "_halves", watch)
+        monkeypatch.setitem(kw, name, ended)
+        calls = runner.split_calls
+        seq.backward(x, g)
+        monkeypatch.undo()
+        assert runner.split_calls == calls + 1
+        # the panels were in the .grad during the halves, zeros again when the loop returned
+        assert seen == [True, (True, False)]
+        assert lent[-1] == [m.o2g.weight.grad] and m.o2g.weight.grad.any()  # (the gradient)
+
+
+def test_the_halves_step_buffers_are_carved_from_the_full_bodys_apart():
+    seq, _, _ = _run(rounds=3)
+    pair = runtime_of(seq).last.training_pair
+    for prog in (pair.forward.program, pair.last_backward.program):
+        (runner,) = _runners(prog)
+        assert runner.split_calls > 0
+        full = runner.helpers["full_buffers"]
+        halves = []
+        for loop, _ in runner.loops:
+            kw = loop.__kwdefaults__["_fn"].__kwdefaults__
+            halves.append([a for k, a in kw.items() if re.fullmatch(r"b\d+", k)])
+        assert all(halves)
+        for views in halves:
+            for a in views:
+                assert any(np.shares_memory(a, f) for f in full)
+        for a in halves[0]:
+            for b in halves[1]:
+                assert not np.shares_memory(a, b)
+
+
+def test_buffer_pool_slices_apart_and_misses_when_too_small():
+    f = [np.empty(100, np.float64), np.empty(10, np.float32)]
+    pool = BufferPool(f)
+    a = pool.take([(50, np.float64), (5, np.float32)])
+    b = pool.take([(40, np.float64), (5, np.float32)])
+    assert not pool.missed
+    for u, v in zip(a, b):
+        assert np.shares_memory(u, f[0]) or np.shares_memory(u, f[1])
+        assert not np.shares_memory(u, v)
+    assert [x.size for x in a + b] == [50, 5, 40, 5] and a[0].ctypes.data % 8 == 0
+    assert pool.take([(11, np.float64)]) is None and pool.missed
+    once = BufferPool(f).once()
+    assert once([(1, np.float64)]) is not None and once([(1, np.float64)]) is None
+
+
+def test_a_split_that_does_not_fit_runs_the_full_loop_and_says_so(monkeypatch):
+    monkeypatch.setattr(BufferPool, "take", lambda self, buffers: setattr(self, "missed", True))
+    seq, _, on = _run(rounds=2)
+    (runner,) = _runners(runtime_of(seq).last.training_pair.forward.program)
+    assert runner.split_calls == 0 and "do not fit" in runner.failed
+    assert "do not fit" in runner.report.kernel
+    monkeypatch.undo()
+    _close(on, _run(options=ONE_THREAD, rounds=2)[2])
+
+
+def test_the_split_loops_report_is_within_10_percent_of_its_tracemalloc_peak():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, B, H)).astype(np.float32)
+    g = rng.standard_normal((8, B, H)).astype(np.float32)
+    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype("float32")
+    seq.set_plan_options(PlanOptions(backend="numba", layout="batch", **SPLIT))
+    real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
+    report = seq.compile_report().peak_bytes
+    assert abs(real - report) <= 0.1 * report, (real, report)
+    (runner,) = _runners(runtime_of(seq).last.training_pair.forward.program)
+    assert runner.split_calls > 0
