@@ -366,11 +366,7 @@ class Packing:
             for grad in used:
                 grad.fill(0)
         finally:
-            dest = getattr(program.program, "dest", None)
-            if dest:
-                dest[:] = [None] * len(dest)
-            for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
-                dest[s] = None
+            Packing.release(program)
 
     @staticmethod
     def release(program: Any) -> None:

@@ -368,16 +368,9 @@ class Runtime:
             record.saved = pair.saved(pair.forward.run(record.args))
         skip = 0 if need_grad_input else len(exe.data_wrt)
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
-        program = pair.last_backward = pair.backward_program(skip)
-        args = saved + seeds + [record.args[k] for k in pair.reads]
-        exe.packing.compute_into(program, len(exe.data_wrt) - skip, args)
-        try:  # (the weight gradients into zeroed .grad arrays themselves)
-            grads = program.run(args)
-        finally:
-            exe.packing.release(program)
-        del args
-        grads = (None,) * skip + tuple(grads) if skip else grads
-        room = pair.tap_room(program)
+        into = (exe.packing, len(exe.data_wrt) - skip)
+        grads = pair.run_backward(saved, record.args, seeds, skip, into)
+        room = pair.tap_room(pair.last_backward)
         return grads, None if room is None else room_view(saved[room[0]], room[1])
 
     @staticmethod

@@ -198,12 +198,8 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
     variant: then each is found by kind and name (each must be there exactly once)."""
     mine = [(n.kind, n.name) for n in variant.arg_nodes if n.kind != "tap"]
     theirs = [(n.kind, n.name) for n in base.arg_nodes]
-    if theirs == mine:
-        it = iter(base_args)
-        return [
-            np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes
-        ]
-    if _renamed_alike(variant, base):  # (a rolled base may name its states otherwise)
+    # (positionally when the names match, or differ only as a rolled base names its states)
+    if theirs == mine or _renamed_alike(variant, base):
         it = iter(base_args)
         return [
             np.zeros(n.shape, n.dtype) if n.kind == "tap" else next(it) for n in variant.arg_nodes

@@ -109,13 +109,27 @@ class TrainingPair:
             return None  # (too small to pay for the placement: PlanOptions.tap_room_min_bytes)
         return best
 
-    def run_backward(self, saved: list, args: list, seeds: list, skip: int = 0) -> tuple:
-        """The gradients; with `skip`, the first `skip` of them are not computed (None)."""
+    def run_backward(
+        self, saved: list, args: list, seeds: list, skip: int = 0, into: tuple | None = None
+    ) -> tuple:
+        """The gradients; with `skip`, the first `skip` of them are not computed (None). With
+        `into` = (the model's nn.packing.Packing, the position of the first parameter gradient
+        among the outputs) those are computed into the zeroed `.grad` arrays themselves where
+        they can be (Packing.compute_into); without it no slot points at a `.grad`."""
         program = self.last_backward = self.backward_program(skip)
-        dest = getattr(program.program, "dest", None)
-        if dest:  # (no gradient into a .grad here: Packing.compute_into's callers only)
-            dest[:] = [None] * len(dest)
-        grads = program.run(saved + seeds + [args[k] for k in self.reads])
+        args = saved + seeds + [args[k] for k in self.reads]
+        if into is None:
+            dest = getattr(program.program, "dest", None)
+            if dest:
+                dest[:] = [None] * len(dest)
+            grads = program.run(args)
+        else:
+            packing, first = into
+            packing.compute_into(program, first, args)
+            try:  # (the weight gradients into zeroed .grad arrays themselves)
+                grads = program.run(args)
+            finally:
+                packing.release(program)
         return (None,) * skip + tuple(grads) if skip else grads
 
     def step_peak_bytes(
