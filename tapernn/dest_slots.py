@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .graph import Node
 from .ops.registry import PSEUDO, get_op
-from .pack_scratch import pack_slots
+from .pack_scratch import pack_slots, param_rows
 
 
 class DestSlots:
@@ -74,23 +74,18 @@ class DestSlots:
         into: dict[Node, int] = {}
         for n in g.nodes:
             w = n.inputs[0] if n.op == "transpose_copy" else None
-            rows = None
-            if w is not None and w.op == "getitem" and len(w.attrs["index"]) == 1:
-                # (rows a:b of a parameter block: the same rows of its .grad)
-                kind, a, b, step = w.attrs["index"][0]
-                w, rows = (w.inputs[0], (a, b)) if kind == "s" and step in (None, 1) else (w, None)
+            # a parameter, or rows a:b of a parameter block (the same rows of its .grad)
+            found = None if w is None or w.op == "transpose" else param_rows(w, position)
             if (
-                w is None
-                or w not in position
-                or w.attrs.get("kind") != "param"
+                found is None
                 or n not in plan.fresh
                 or n in g.outputs
                 or n.nbytes < least
-                or position[w] in self.scratch_slots
+                or found[0] in self.scratch_slots
             ):
                 continue
             into[n] = len(self.dest)
-            self.scratch_slots[position[w]] = (len(self.dest), n, rows)
+            self.scratch_slots[found[0]] = (len(self.dest), n, found[1])
             self.dest.append(None)
         if into:
             self.bound["_dest"] = self.dest

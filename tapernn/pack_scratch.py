@@ -39,7 +39,7 @@ def pack_slots(graph: Graph, plan: Any, least: int) -> tuple[dict[Node, int], di
     return into, by_position
 
 
-def _param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] | None:
+def param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] | None:
     """(input position, rows) of the parameter (or rows a:b of a parameter block) whose data
     the top-level value `v` is, through a transpose; None otherwise."""
     if v.op == "transpose":
@@ -95,7 +95,7 @@ def loop_slots(
             w = pack.inputs[0]
             if w not in inputs or first + inputs.index(w) >= len(n.inputs):
                 continue
-            found = _param_rows(n.inputs[first + inputs.index(w)], position)
+            found = param_rows(n.inputs[first + inputs.index(w)], position)
             if found is None or found[0] in taken or _size(graph, *found) != pack.size:
                 continue  # (panels padded past the weight's columns: larger than its .grad)
             if found[0] in out:
