@@ -149,13 +149,14 @@ def own_mode(compiled: Compiled) -> str:
     mode = compiled.program.options.own_threads
     if mode == "off" or not compiled.report.loops:  # (no loop: no line in the report)
         return "off"
-    split = any("batch split over" in loop.kernel for loop in compiled.report.loops)
+    fn = compiled.program.fn
+    defaults = dict(fn.__kwdefaults__ or {})
+    # (the program's loop runners that split their rows: scan_split.SplitRunner)
+    compiled.split_runners = tuple(v for v in defaults.values() if hasattr(v, "split_calls"))
+    split = bool(compiled.split_runners)
     compiled.report.threads = own_threads.note(split, mode)
     if not split:
         return "off"
-    fn = compiled.program.fn
-    defaults = dict(fn.__kwdefaults__ or {})
-    compiled.split_runners = tuple(v for v in defaults.values() if hasattr(v, "split_calls"))
     if "np_matmul" in defaults:
         defaults["np_matmul"] = own_threads.matmul
         fn.__kwdefaults__ = defaults
