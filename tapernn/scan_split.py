@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from . import scan_columns
 from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph, Node
 from .ops.registry import get_op
-from . import scan_columns
 from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
 

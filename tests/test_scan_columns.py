@@ -7,8 +7,8 @@ off for feature-major and unpacked loops); float32 bit for bit."""
 
 import numpy as np
 import pytest
-from test_batch_split import TOL, D, T, directional, notes, steps, train
 from cell_reference import fastlstm_step
+from test_batch_split import TOL, D, T, directional, notes, steps, train
 
 import tapernn as tn
 from tapernn import nn, own_threads, scan_columns, scan_split
