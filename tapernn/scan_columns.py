@@ -69,6 +69,39 @@ def attach(fn: Any) -> int:
     return count
 
 
+_PANELS: list = [None]  # packed_kernels._panels, looked up once (_kernel_module reads its file)
+
+
+def _panels_of() -> Any:
+    _PANELS[0] = packed._kernel_module()._panels
+    return _PANELS[0]
+
+
+def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
+    """packed.pack_panels(w, out, nr); in an owned call on the caller's thread, a weight of
+    >= MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
+    copy, the same values)."""
+    nr = nr or packed.panel_width(w.dtype)
+    npan = -(-w.shape[1] // nr)
+    if (
+        npan < 2
+        or w.nbytes < MIN_BYTES
+        or not owning()
+        or threading.get_ident() in worker_ident
+        or w.ndim != 2
+    ):
+        return packed.pack_panels(w, out, nr)
+    if out is None:
+        out = np.empty((npan, w.shape[0], nr), w.dtype)
+    h = npan // 2
+    future = executor().submit(packed.pack_panels, w[:, h * nr :], out[h:], nr)
+    try:
+        packed.pack_panels(w[:, : h * nr], out[:h], nr)
+    finally:
+        future.result()
+    return out
+
+
 def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = a @ W as packed.run_kernel computes it; in an owned call on the caller's thread
     the panels split over the caller and the worker."""
@@ -83,7 +116,7 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         or a.shape[0] != out.shape[0]
     ):
         return packed.run_kernel(kernel, a, panels, out)
-    panels_of = packed._kernel_module()._panels
+    panels_of = _PANELS[0] or _panels_of()
     h = npan // 2
     future = executor().submit(panels_of, a, panels, out, h, npan)
     try:

@@ -154,20 +154,62 @@ def test_an_exception_in_the_workers_half_reaches_the_caller(rng, monkeypatch):
     a, b = model("on", "on"), model("off", "off")
     exact(train(a, x, g), train(b, x, g))
     calls = [0]
-    real = scan_columns.packed._kernel_module
+    real = scan_columns._PANELS[0] or scan_columns._panels_of()
 
-    class Boom:
-        def _panels(self, a_, p, o, first, last):
-            calls[0] += 1
-            if first > 0:
-                raise RuntimeError("boom in the worker's panels")
-            return real()._panels(a_, p, o, first, last)
+    def boom(a_, p, o, first, last):
+        calls[0] += 1
+        if first > 0:
+            raise RuntimeError("boom in the worker's panels")
+        return real(a_, p, o, first, last)
 
-    monkeypatch.setattr(scan_columns.packed, "_kernel_module", lambda: Boom())
+    monkeypatch.setattr(scan_columns, "_PANELS", [boom])
     tn.set_blas_threads(2)
     with pytest.raises(Exception, match="boom"):
         train(a, x, g)
     assert calls[0] >= 2
     assert own_threads.blas.limiter.pool_count() == 2
-    monkeypatch.setattr(scan_columns.packed, "_kernel_module", real)
+    scan_columns._PANELS[0] = real
     exact(train(a, x, g), train(b, x, g))
+
+
+def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
+    """In owned calls a weight of >= MIN_BYTES is packed in two halves of its panels (a copy:
+    the same panels as packed.pack_panels), from a transposed view and a contiguous one, with
+    a partial last panel; elsewhere (not owned) pack_panels alone."""
+    from tapernn.backends import packed
+
+    splits = [0]
+    real = own_threads.executor
+
+    def counting():
+        splits[0] += 1
+        return real()
+
+    monkeypatch.setattr(scan_columns, "executor", counting)
+    for w in (rng.standard_normal((70, 300)), rng.standard_normal((300, 70)).T):
+        want, before = packed.pack_panels(w), splits[0]
+        assert np.array_equal(scan_columns.pack(w, None, None), want) and splits[0] == before
+        got = own_threads.run(lambda _, w=w: scan_columns.pack(w, None, None), None)
+        np.testing.assert_array_equal(got, want)
+        out = np.full_like(want, np.nan)
+        own_threads.run(lambda _, w=w, out=out: scan_columns.pack(w, out, 32), None)
+        np.testing.assert_array_equal(out, packed.pack_panels(w, None, 32))
+    assert splits[0] == 4
+
+
+def test_the_model_packs_through_the_split(rng, monkeypatch):
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    a, b = model("on", "on"), model("off", "off")
+    calls = [0]
+    real = scan_columns.packed.pack_panels
+
+    def counting(w, out=None, nr=None):
+        calls[0] += 1
+        return real(w, out, nr)
+
+    monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    exact(train(a, x, g), train(b, x, g))
+    before = calls[0]
+    exact(train(a, x, g), train(b, x, g))
+    # owned a: two loops, two halves each; unowned b: one pack per loop
+    assert calls[0] - before == 2 * 2 + 2
