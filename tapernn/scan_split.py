@@ -295,10 +295,9 @@ class SplitRunner:
     ):
         self.full, self.full_fn, self.graphs, self.attrs = full, full_fn, graphs, attrs
         self.compile_half, self.helpers, self.mode = compile_half, helpers, mode
-        # (scan_columns: the loop runs whole, its step GEMMs split by columns in owned calls)
-        self.columns = columns
-        if columns:
-            scan_columns.attach(full_fn)
+        # (scan_columns: the loop runs whole, its step GEMMs split by columns in owned calls;
+        # not when its program calls no PackedSite -- the halves then)
+        self.columns = columns if columns and scan_columns.attach(full_fn) else 0
         batch = attrs["body"].inputs[0].shape[0]
         b0, _ = halves(batch)
         self.rows = ((0, b0), (b0, batch))
