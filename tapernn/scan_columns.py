@@ -6,9 +6,9 @@ caller and [P/2, P) on the split's worker at once -- instead of the batch split'
 
 Why (measured, "hbig"): at (64, 100, 1024) f32 the packed recurrent weight is 16 MiB; two batch
 halves each stream all of it from L3/DRAM per step and their loops cost +21 % CPU (hpar), where
-two column halves stream 8 MiB each. The owned training step (A/B in one process, load 9-11 at
-autogroup nice -19) ran 1907-1937 ms with the column split against 2109-2163 ms with the batch
-halves (torch nn.LSTM 1897-1988 ms): 0.96-1.02x torch against 1.09-1.11x. At (32, 50, 512) (a
+two column halves stream 8 MiB each. The owned training step (A/B in one process, six runs at
+load 8-13, autogroup nice -19) ran 0.96-1.05x torch nn.LSTM with the column split against
+1.04-1.25x with the batch halves, at 7-22 % less CPU. At (32, 50, 512) (a
 4 MiB weight) the batch halves were faster (130 vs 136 ms in a prototype: each half's
 elementwise work and Python run on its own core, where the column split runs them on the caller
 alone): hence the rule below.
@@ -84,15 +84,15 @@ def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
     >= MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
     copy, the same values)."""
     nr = nr or packed.panel_width(w.dtype)
-    npan = -(-w.shape[1] // nr)
     if (
-        npan < 2
+        w.ndim != 2
         or w.nbytes < MIN_BYTES
+        or w.shape[1] <= nr
         or not owning()
         or threading.get_ident() in worker_ident
-        or w.ndim != 2
     ):
         return packed.pack_panels(w, out, nr)
+    npan = -(-w.shape[1] // nr)
     if out is None:
         out = np.empty((npan, w.shape[0], nr), w.dtype)
     h = npan // 2
