@@ -20,13 +20,13 @@ from .backends.packed import (
     MIN_ROWS,
     PackedSite,
     available,
-    pack_panels,
     panel_width,
 )
 from .errors import ShapeError
 from .graph import Graph, Node
 from .ops.registry import register
 from .passes.rewrite import derive, substitute
+from .scan_columns import pack
 
 if TYPE_CHECKING:
     from .executor import Compiled
@@ -39,7 +39,7 @@ def _pack_shape(w, nr):
 
 
 def _pack_forward(w, out=None, nr=None):
-    return pack_panels(w, out, nr)
+    return pack(w, out, nr)  # (pack_panels; large weights in owned calls on two threads)
 
 
 def _packed_shape(a, w, p):

@@ -144,7 +144,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
 
 def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx: Any, kernel: str):
     """The loop's rows split over two threads (scan_split.py) when its body allows it."""
-    from . import scan_split
+    from . import scan_columns, scan_split
 
     nc, nx = attrs["n_carry"], attrs["n_xs"]
     fixed = fixed_carries(attrs["body"], nc)
@@ -176,6 +176,7 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         lambda graph: compiled_body(graph, passes, options, nc + nx, written),
         helpers,
         options.batch_split,
+        scan_columns.rule(compiled.graph, options.batch_split),
     )
     return split, f"{kernel}; {split.note()}"
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import scan_columns
 from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
@@ -290,9 +291,13 @@ class SplitRunner:
         compile_half: Callable[[Graph], Any],
         helpers: dict,
         mode: str,
+        columns: int = 0,
     ):
         self.full, self.full_fn, self.graphs, self.attrs = full, full_fn, graphs, attrs
         self.compile_half, self.helpers, self.mode = compile_half, helpers, mode
+        # (scan_columns: the loop runs whole, its step GEMMs split by columns in owned calls;
+        # not when its program calls no PackedSite -- the halves then)
+        self.columns = columns if columns and scan_columns.attach(full_fn) else 0
         batch = attrs["body"].inputs[0].shape[0]
         b0, _ = halves(batch)
         self.rows = ((0, b0), (b0, batch))
@@ -310,10 +315,12 @@ class SplitRunner:
     def note(self) -> str:
         (a, b), (c, d) = self.rows
         when = "" if self.mode == "on" else " in owned calls (threads)"
+        if self.columns:
+            return scan_columns.note(self.columns, " in owned calls (threads)")
         return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if self.failed or threading.get_ident() in worker_ident:
+        if self.columns or self.failed or threading.get_ident() in worker_ident:
             return self.full(*args, out=out)
         if self.mode != "on" and not owning():  # "auto": in owned calls alone
             return self.full(*args, out=out)

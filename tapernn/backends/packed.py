@@ -271,9 +271,10 @@ def failed(report: Any, why: str) -> None:
 
 class PackedSite:
     """One step program's call of the packed GEMM (the module docstring); `report`: that
-    program's CompileReport (scan_pack.attach_reports), told if the kernel fails."""
+    program's CompileReport (scan_pack.attach_reports), told if the kernel fails; `run`: what
+    runs the kernel, run_kernel's signature (scan_columns.run: the column split)."""
 
-    __slots__ = ("calls", "kernel", "key", "ready", "report")
+    __slots__ = ("calls", "kernel", "key", "ready", "report", "run")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -281,6 +282,7 @@ class PackedSite:
         self.key: tuple | None = None
         self.ready: threading.Event | None = None
         self.report: Any = None
+        self.run: Any = run_kernel
 
     def __call__(
         self, a: np.ndarray, w: np.ndarray, panels: np.ndarray, out: np.ndarray | None = None
@@ -288,7 +290,7 @@ class PackedSite:
         if out is None:
             out = np.empty((a.shape[0], w.shape[1]), w.dtype)
         if self.kernel is not None:
-            return run_kernel(self.kernel, a, panels, out)
+            return self.run(self.kernel, a, panels, out)
         self.calls += 1
         if self.calls == 1:
             self.key = ((w.dtype.str,),)
@@ -302,7 +304,7 @@ class PackedSite:
             self.ready = None
             self._take()
         if self.kernel is not None:
-            return run_kernel(self.kernel, a, panels, out)
+            return self.run(self.kernel, a, panels, out)
         return np.matmul(a, w, out=out)
 
     def _take(self) -> None:

@@ -1,0 +1,129 @@
+"""The column split of a rolled loop's packed step GEMMs (issue 19, BENCHMARKS.md "hbig"): in an
+owned program call (own_threads.py) a loop whose packed step weights are large runs WHOLE on the
+caller's thread, and each step's `a @ W` computes its panels (output columns) [0, P/2) on the
+caller and [P/2, P) on the split's worker at once -- instead of the batch split's two halves
+(scan_split.py) that each stream the whole weight every step.
+
+Why (measured, "hbig"): at (64, 100, 1024) f32 the packed recurrent weight is 16 MiB; two batch
+halves each stream all of it from L3/DRAM per step and their loops cost +21 % CPU (hpar), where
+two column halves stream 8 MiB each. The owned training step (A/B in one process, six runs at
+load 8-13, autogroup nice -19) ran 0.96-1.05x torch nn.LSTM with the column split against
+1.04-1.25x with the batch halves, at 7-22 % less CPU. At (32, 50, 512) (a
+4 MiB weight) the batch halves were faster (130 vs 136 ms in a prototype: each half's
+elementwise work and Python run on its own core, where the column split runs them on the caller
+alone): hence the rule below.
+
+Same bits as the serial driver: each panel is computed by the same code (packed_kernels._panels)
+whichever thread runs it, into its own columns of `out`; so split = unsplit bit for bit.
+
+The rule (`rule`, shown in the loop's line of the compile report): the loop would split its batch
+rows (scan_split.plan: numba, every step GEMM packed, ...) and its packed step weights hold >=
+MIN_BYTES together; per call (`run`): an owned call on the caller's thread, >= 2 panels."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .backends import packed
+from .graph import Graph
+from .own_threads import executor, owning, worker_ident
+
+# the loop's packed step weights (bytes, together) from which their GEMMs split by columns:
+# between the 4 MiB of (32, 50, 512) f32 (batch halves faster) and the 16 MiB of (64, 100, 1024)
+# f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
+# float64, not measured (it keeps the batch halves it had); tests set it to 0
+MIN_BYTES = 12 << 20
+SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
+
+
+def weight_bytes(graph: Graph) -> int:
+    """The bytes of the distinct weights a compiled body's packed step GEMMs read."""
+    weights = {n.inputs[1] for n in graph.nodes if n.op == "packed_matmul"}
+    return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in weights)
+
+
+def rule(graph: Graph, mode: str) -> int:
+    """The packed weights' bytes when a loop that splits its rows under PlanOptions.batch_split
+    `mode` ("auto", "on") splits its step GEMMs by columns instead, else 0."""
+    if mode not in ("auto", "on"):
+        return 0
+    nbytes = weight_bytes(graph)
+    return nbytes if nbytes and nbytes >= MIN_BYTES else 0
+
+
+def note(nbytes: int, when: str) -> str:
+    return (
+        "step GEMMs split by output columns over 2 threads (packed weights"
+        f" {nbytes / 2**20:.1f} MiB >= {MIN_BYTES / 2**20:g} MiB; the loop runs whole){when}"
+    )
+
+
+def attach(fn: Any) -> int:
+    """Have the PackedSites of a body program `fn` run their kernel through `run`; how many."""
+    count = 0
+    for v in (fn.__kwdefaults__ or {}).values():
+        if isinstance(v, packed.PackedSite):
+            v.run = run
+            count += 1
+    return count
+
+
+_PANELS: list = [None]  # packed_kernels._panels, looked up once (_kernel_module reads its file)
+
+
+def _panels_of() -> Any:
+    _PANELS[0] = packed._kernel_module()._panels
+    return _PANELS[0]
+
+
+def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
+    """packed.pack_panels(w, out, nr); in an owned call on the caller's thread, a weight of
+    >= MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
+    copy, the same values)."""
+    nr = nr or packed.panel_width(w.dtype)
+    if (
+        w.ndim != 2
+        or w.nbytes < MIN_BYTES
+        or w.shape[1] <= nr
+        or not owning()
+        or threading.get_ident() in worker_ident
+    ):
+        return packed.pack_panels(w, out, nr)
+    npan = -(-w.shape[1] // nr)
+    if out is None:
+        out = np.empty((npan, w.shape[0], nr), w.dtype)
+    h = npan // 2
+    future = executor().submit(packed.pack_panels, w[:, h * nr :], out[h:], nr)
+    try:
+        packed.pack_panels(w[:, : h * nr], out[:h], nr)
+    finally:
+        future.result()
+    return out
+
+
+def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ W as packed.run_kernel computes it; in an owned call on the caller's thread
+    the panels split over the caller and the worker."""
+    npan = panels.shape[0]
+    if (
+        npan < 2
+        or not owning()
+        or threading.get_ident() in worker_ident
+        or not (a.flags.c_contiguous and panels.flags.c_contiguous and out.flags.c_contiguous)
+        or not (a.dtype == panels.dtype == out.dtype)
+        or panels.shape[2] != packed.panel_width(panels.dtype)
+        or a.shape[0] != out.shape[0]
+    ):
+        return packed.run_kernel(kernel, a, panels, out)
+    panels_of = _PANELS[0] or _panels_of()
+    h = npan // 2
+    future = executor().submit(panels_of, a, panels, out, h, npan)
+    try:
+        panels_of(a, panels, out, 0, h)
+    finally:
+        future.result()
+    SPLIT_GEMMS[0] += 1
+    return out

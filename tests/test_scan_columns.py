@@ -1,0 +1,215 @@
+"""The column split of a loop's packed step GEMMs (scan_columns.py, issue 19): in owned calls a
+loop whose packed weights hold >= scan_columns.MIN_BYTES runs whole, each step GEMM's panels
+(output columns) split over the caller and the worker. Split = unsplit bit for bit (each panel
+the same code) = the NumPy equations (float64, 1e-12), values and every gradient; odd batches
+and panel counts; the rule in the compile report (on at the threshold, off one byte above it,
+off for feature-major and unpacked loops); float32 bit for bit."""
+
+import numpy as np
+import pytest
+from cell_reference import fastlstm_step
+from test_batch_split import TOL, D, T, directional, notes, steps, train
+
+import tapernn as tn
+from tapernn import nn, own_threads, scan_columns, scan_split
+from tapernn.backends import numba_available
+from tapernn.backends.packed import available as avx512
+
+pytestmark = pytest.mark.skipif(
+    not (numba_available() and avx512()), reason="numba and AVX-512 (packed step GEMMs)"
+)
+H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 | 5 panels
+
+
+@pytest.fixture(autouse=True)
+def numba_now(monkeypatch):
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    yield
+    tn.set_backend(before)
+    tn.set_blas_threads("auto")
+
+
+def model(own="on", split="auto", layout="batch", hidden=H, dtype=None):
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.FastLSTM(D, hidden))
+    if dtype is not None:
+        m = m.astype(dtype)
+    m.set_plan_options(tn.PlanOptions(layout=layout, batch_split=split, own_threads=own))
+    return m
+
+
+def exact(a, b):
+    for u, v in zip(a[:2], b[:2]):
+        if u is None:
+            assert v is None
+            continue
+        np.testing.assert_array_equal(u, v)
+    assert a[2].keys() == b[2].keys()
+    for k in a[2]:
+        np.testing.assert_array_equal(a[2][k], b[2][k], err_msg=k)
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+def test_column_split_equals_unsplit_and_numpy_equations(batch, rng):
+    x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
+    a, b = model("on", "on"), model("off", "off")
+    for _ in range(2):  # other weights at each call
+        exact(train(a, x, g), train(b, x, g))
+        for m in (a, b):
+            for p in m.parameters():
+                p.data[...] += 0.01
+    gemms, halves = scan_columns.SPLIT_GEMMS[0], scan_split.SPLIT_CALLS[0]
+    got = train(a, x, g)
+    # every step's GEMM of both loops split by columns (forward h @ W, backward dz @ W^T);
+    # no batch halves
+    assert scan_columns.SPLIT_GEMMS[0] - gemms >= 2 * T - 1
+    assert scan_split.SPLIT_CALLS[0] == halves
+    exact(got, train(b, x, g))
+    assert all("split by output columns over 2 threads" in k for k in notes(a)), notes(a)
+    assert all("columns" not in k for k in notes(b)), notes(b)
+    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
+    zero = (np.zeros((batch, H)), np.zeros((batch, H)))
+    y, gx, pg = got
+    np.testing.assert_allclose(y, steps(fastlstm_step, p, x, zero)[0], **TOL)
+    arrays = dict(p, input=x)
+    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
+
+    def f(arr):
+        return steps(fastlstm_step, {k: arr[k] for k in p}, arr["input"], zero)[0]
+
+    want = directional(f, arrays, directions, g)
+    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
+    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
+    for k in p:  # and each parameter's alone
+        one = {j: directions[j] * (j == k) for j in arrays}
+        np.testing.assert_allclose(
+            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
+        )
+
+
+def test_float32_bit_for_bit(rng):
+    x = rng.standard_normal((T, 7, D)).astype(np.float32)
+    g = rng.standard_normal((T, 7, 200)).astype(np.float32)  # (200, 800): 12.5 | 3.1 panels
+    a = model("on", "on", hidden=200, dtype=np.float32)
+    b = model("off", "off", hidden=200, dtype=np.float32)
+    before = scan_columns.SPLIT_GEMMS[0]
+    for _ in range(3):
+        exact(train(a, x, g), train(b, x, g))
+    assert scan_columns.SPLIT_GEMMS[0] > before
+
+
+def test_need_grad_input_false(rng):
+    x, g = rng.standard_normal((T, 9, D)), rng.standard_normal((T, 9, H))
+    a, b = model("on", "on"), model("off", "off")
+    before = scan_columns.SPLIT_GEMMS[0]
+    for _ in range(2):
+        got = train(a, x, g, False)
+        assert got[1] is None
+        exact(got, train(b, x, g, False))
+    assert scan_columns.SPLIT_GEMMS[0] > before
+
+
+def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
+    """On at exactly the loop's weight bytes, off one byte above (the batch halves then); not
+    for feature-major loops (not packed) or unowned calls; the auto rule's row minimum holds."""
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    nbytes = H * 4 * H * 8
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes)
+    on = model("on", "auto")
+    train(on, x, g)
+    assert all(
+        "columns over 2 threads (packed weights 0.5 MiB" in k and "loop runs whole" in k
+        for k in notes(on)
+    ), notes(on)
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes + 1)
+    off = model("on", "auto")
+    train(off, x, g)
+    assert all("columns" not in k and "batch split over 2 threads" in k for k in notes(off))
+    before = scan_columns.SPLIT_GEMMS[0], scan_split.SPLIT_CALLS[0]
+    train(off, x, g)
+    assert scan_columns.SPLIT_GEMMS[0] == before[0] and scan_split.SPLIT_CALLS[0] > before[1]
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)
+    feature = model("on", "auto", layout="feature")
+    train(feature, x, g)
+    assert all("columns" not in k for k in notes(feature)), notes(feature)
+    unowned = model("off", "auto")
+    train(unowned, x, g)
+    before = scan_columns.SPLIT_GEMMS[0]
+    train(unowned, x, g)  # (the rule holds, but the call is not owned: nothing splits)
+    assert scan_columns.SPLIT_GEMMS[0] == before
+    small = rng.standard_normal((T, 5, D)), rng.standard_normal((T, 5, H))
+    few = model("on", "auto")  # 5 rows: "auto" does not split the loop at all
+    train(few, *small)
+    assert all("no batch split: 5 rows" in k for k in notes(few)), notes(few)
+    assert "not owned" in few.compile_report().threads
+
+
+def test_an_exception_in_the_workers_half_reaches_the_caller(rng, monkeypatch):
+    """The worker's panels raising: the call raises, the BLAS pool setting is restored, and
+    the model computes right afterwards."""
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    a, b = model("on", "on"), model("off", "off")
+    exact(train(a, x, g), train(b, x, g))
+    calls = [0]
+    real = scan_columns._PANELS[0] or scan_columns._panels_of()
+
+    def boom(a_, p, o, first, last):
+        calls[0] += 1
+        if first > 0:
+            raise RuntimeError("boom in the worker's panels")
+        return real(a_, p, o, first, last)
+
+    monkeypatch.setattr(scan_columns, "_PANELS", [boom])
+    tn.set_blas_threads(2)
+    with pytest.raises(Exception, match="boom"):
+        train(a, x, g)
+    assert calls[0] >= 2
+    assert own_threads.blas.limiter.pool_count() == 2
+    scan_columns._PANELS[0] = real
+    exact(train(a, x, g), train(b, x, g))
+
+
+def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
+    """In owned calls a weight of >= MIN_BYTES is packed in two halves of its panels (a copy:
+    the same panels as packed.pack_panels), from a transposed view and a contiguous one, with
+    a partial last panel; elsewhere (not owned) pack_panels alone."""
+    from tapernn.backends import packed
+
+    splits = [0]
+    real = own_threads.executor
+
+    def counting():
+        splits[0] += 1
+        return real()
+
+    monkeypatch.setattr(scan_columns, "executor", counting)
+    for w in (rng.standard_normal((70, 300)), rng.standard_normal((300, 70)).T):
+        want, before = packed.pack_panels(w), splits[0]
+        assert np.array_equal(scan_columns.pack(w, None, None), want) and splits[0] == before
+        got = own_threads.run(lambda _, w=w: scan_columns.pack(w, None, None), None)
+        np.testing.assert_array_equal(got, want)
+        out = np.full_like(want, np.nan)
+        own_threads.run(lambda _, w=w, out=out: scan_columns.pack(w, out, 32), None)
+        np.testing.assert_array_equal(out, packed.pack_panels(w, None, 32))
+    assert splits[0] == 4
+
+
+def test_the_model_packs_through_the_split(rng, monkeypatch):
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    a, b = model("on", "on"), model("off", "off")
+    calls = [0]
+    real = scan_columns.packed.pack_panels
+
+    def counting(w, out=None, nr=None):
+        calls[0] += 1
+        return real(w, out, nr)
+
+    monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    exact(train(a, x, g), train(b, x, g))
+    before = calls[0]
+    exact(train(a, x, g), train(b, x, g))
+    # owned a: two loops, two halves each; unowned b: one pack per loop
+    assert calls[0] - before == 2 * 2 + 2
