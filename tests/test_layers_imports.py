@@ -83,6 +83,7 @@ LAYERS = [
             "tapernn.scan_hoist",
             "tapernn.scan_pack",
             "tapernn.scan_split",
+            "tapernn.scan_rebatch",
             "tapernn.scan_xs",
             "tapernn.scan_views",
             "tapernn.scan_layout",
