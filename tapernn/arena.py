@@ -101,8 +101,10 @@ def compile_shared(
                 optimised[-1][0], scratch=fused_scratch, options=options, donate=donate
             )
             if pair:  # (the input gradient over the dead tail of the dZ rows: donate.tail_gemms)
+                untailed = optimised[-1], plans[-1]
                 optimised[-1], plans[-1] = _tails(optimised, plans, n_saved, donate, options)
-        size = max(arena_layout(p.buffers)[1] for p in plans)
+        tailed = pair and options.dz_in_gates and bool(donate) and bool(plans[-1].tail_of)
+        size = max(arena_layout(p.buffers)[1] for p in plans + ([untailed[1]] if tailed else []))
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled = [
             Compiled(
@@ -112,6 +114,15 @@ def compile_shared(
             )
             for (g, report), plan in zip(optimised, plans)
         ]
+        if tailed and compiled[0].program_kernel is not None:
+            # a whole-program kernel keeps the saved values in its own workspace, reused by
+            # the next call (not the kept outputs' arrays): the input gradient may not lie there
+            optimised[-1], plans[-1] = untailed
+            g, report = optimised[-1]
+            buffers = arena_views(shared, plans[-1].buffers)
+            compiled[-1] = Compiled(
+                g, Program(g, buffers=buffers, plan=plans[-1], options=options), report
+            )
         if arena is not None:
             for c in compiled:
                 arena.note_loops(c)
