@@ -146,7 +146,9 @@ def _tails(optimised: list, plans: list, n_saved: int, donate: dict, options: Pl
     n_kept = len(outs) - n_saved
     kept = {plan.storage.get(o) for o in outs[:n_kept] if o.op not in PSEUDO}
     keep = frozenset(j for j in range(n_saved) if outs[n_kept + j] in kept)
-    found = tail_gemms(bwd, plans[-1].root, plans[-1].donated, keep, options.grad_into_min_bytes)
+    found = tail_gemms(
+        bwd, plans[-1].root, plans[-1].donated, keep, options.grad_input_tail_min_bytes
+    )
     if not found:
         return optimised[-1], plans[-1]
     moved = last_reads(bwd, found)

@@ -159,8 +159,9 @@ def tail_gemms(
     """Returned GEMMs `v @ W` computed over the dead tail of a donated loop's rows (issue 19:
     the input gradient dZ @ W_x over the dZ rows it reads, `tail_matmul`): matmul node ->
     (the donated input, the element offset its result starts at). `v` a C-contiguous (n, K)
-    view of the loop's result, K >= 2D (the result (n, D) then fits in the last n*D elements of
-    v's own span, written in row blocks from the last, each over rows already read); the loop
+    view of the loop's result, or the first columns of rows K apart (GRU's dz_r dz_z dz_n of
+    its rows), K >= 2D: the result (n, D) then fits in the last n*D elements of v's span,
+    written in row blocks from the last, each over rows already read; the loop
     is computed into saved value j of `keep` (held by a kept forward output anyway, so the
     result that lies there keeps nothing alive that was not); the result's storage is its
     own (returned, not read in place); at least `min_bytes`. The caller schedules it after
@@ -181,11 +182,13 @@ def tail_gemms(
         arr = _values(v, s)
         if arr is None or arr.ndim != 2 or arr.size == 0:
             continue
-        n, k = arr.shape
+        n, width = arr.shape
         lo = int(arr[0, 0])
-        if m.shape != (n, w.shape[1]) or k < 2 * m.shape[1]:  # (<= ~log2(n) GEMMs)
+        k = int(arr[1, 0]) - lo if n > 1 else width  # (row stride: GRU's dz columns of its rows)
+        if m.shape != (n, w.shape[1]) or k < width or k < 2 * m.shape[1]:  # (<= ~log2(n) GEMMs)
             continue
-        if not np.array_equal(arr.ravel(), np.arange(lo, lo + n * k)):
+        rows = lo + k * np.arange(n)[:, None] + np.arange(width)[None, :]
+        if not np.array_equal(arr, rows) or lo + n * k > s.size:
             continue
         found[m] = (inp, lo + n * k - m.size)
         taken.add(s)
@@ -211,7 +214,7 @@ def tail_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, matmul=np.matmul)
     they read), then blocks of rows from the end down, each written over rows of `a` that
     blocks already done have read (block [lo, hi) writes elements n*(K-D) + [lo*D, hi*D),
     which lie past hi*K: lo >= (hi*K - n*(K-D)) / D). ~log(n)/log(K/(K-D)) GEMMs."""
-    n, k = a.shape
+    n, k = a.shape[0], a.strides[0] // a.itemsize  # (rows k apart: a may be their first columns)
     d = out.shape[1]
     # (the temporary's rows: enough for every later block to make progress, hi <= n - d/(k-d))
     first = min(n, max(1, n // 64, -(-d // (k - d))))

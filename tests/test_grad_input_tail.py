@@ -18,7 +18,7 @@ from tapernn.nn.runtime import runtime_of
 from tests import cell_reference as ref
 
 T, B, H = 3, 2, 4
-LOW = {"grad_into_min_bytes": 0}  # (the tail from any size: tiny shapes for the complex step)
+LOW = {"grad_input_tail_min_bytes": 0}  # (the tail from any size: tiny shapes for the complex step)
 CELLS = {
     "FastLSTM": (lambda: nn.FastLSTM(H, H), ref.fastlstm_step),
     "LSTM": (lambda: nn.LSTM(H, H), ref.lstm_step),
@@ -26,11 +26,15 @@ CELLS = {
         lambda: nn.LSTM(H, H, peephole=False),
         lambda p, x, h, c: ref.lstm_step(p, x, h, c, peephole=False),
     ),
+    # (its dX GEMM reads the first 3H columns of its 4H dZ rows [dz_r dz_z dz_n | r*h])
+    "GRU": (lambda: nn.GRU(H, H), ref.gru_step),
 }
+N_STATES = {"GRU": 1}
 
 
 def _model(cell, seed=0, h=H):
-    m = CELLS[cell][0]() if h == H else nn.LSTM(h, h) if cell == "LSTM" else nn.FastLSTM(h, h)
+    big = {"LSTM": nn.LSTM, "GRU": nn.GRU}.get(cell, nn.FastLSTM)
+    m = CELLS[cell][0]() if h == H else big(h, h)
     for k, p in enumerate(m.parameters()):
         p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.3
     return m
@@ -88,7 +92,8 @@ def _base(a):
 
 
 @pytest.mark.parametrize(
-    "cell,backend", [(c, "numpy") for c in CELLS] + [("FastLSTM", "numba"), ("LSTM", "numba")]
+    "cell,backend",
+    [(c, "numpy") for c in CELLS] + [("FastLSTM", "numba"), ("LSTM", "numba"), ("GRU", "numba")],
 )
 def test_grad_input_lies_in_the_saved_slab_and_equals_the_run_without_it(cell, backend, tails_off):
     seq, _m, on = _run(cell, backend, hold=True)
@@ -114,9 +119,10 @@ def test_values_and_gradients_equal_the_numpy_equations(cell):
     params = {name: p.data.copy() for name, p in _model(cell).named_parameters().items()}
     x, g = _data(0)
     step = CELLS[cell][1]
-    want, _ = ref.run(step, params, x, 2, H)
+    n = N_STATES.get(cell, 2)
+    want, _ = ref.run(step, params, x, n, H)
     np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
-    grads = ref.complex_step_grads(step, params, x, 2, H, g)
+    grads = ref.complex_step_grads(step, params, x, n, H, g)
     np.testing.assert_allclose(on[0][1], grads["input"], rtol=1e-10, atol=1e-12)
     for k, (name, p) in enumerate(m.named_parameters().items()):
         np.testing.assert_allclose(on[0][2 + k], grads[name], rtol=1e-10, atol=1e-12)
