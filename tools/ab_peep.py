@@ -25,16 +25,22 @@ from tapernn.passes import push_out_grads
 CELLS = {"FastLSTM": nn.FastLSTM, "LSTM": nn.LSTM, "GRU": nn.GRU}
 
 
+PARTS = ("tail", "late", "taps", "sum_mul")
+
+
 @contextlib.contextmanager
-def old_code():
+def old_code(parts=PARTS):
     saved = (tapernn.arena.tail_gemms, scan_split.SplitRunner._late, state_grads.tap_places)
     places = state_grads.tap_places
-    tapernn.arena.tail_gemms = lambda *a, **k: {}
-    scan_split.SplitRunner._late = lambda self, c, half: (
-        {} if self.helpers["reads"](c)[0] == "first" else None
-    )
-    state_grads.tap_places = lambda sizes, room, watch=frozenset(): places(sizes, room)
-    push_out_grads.SUM_MUL_PRODUCT[0] = True
+    if "tail" in parts:
+        tapernn.arena.tail_gemms = lambda *a, **k: {}
+    if "late" in parts:
+        scan_split.SplitRunner._late = lambda self, c, half: (
+            {} if self.helpers["reads"](c)[0] == "first" else None
+        )
+    if "taps" in parts:
+        state_grads.tap_places = lambda sizes, room, watch=frozenset(): places(sizes, room)
+    push_out_grads.SUM_MUL_PRODUCT[0] = "sum_mul" in parts
     try:
         yield
     finally:
@@ -42,14 +48,14 @@ def old_code():
         push_out_grads.SUM_MUL_PRODUCT[0] = False
 
 
-def arm(backend, cell, H, old, T=50, B=32):
+def arm(backend, cell, H, old, T=50, B=32, parts=PARTS):
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
     g = np.random.default_rng(1).standard_normal((T, B, H)).astype(np.float32)
     tn.manual_seed(0)
     seq = nn.Sequencer(CELLS[cell](H, H)).astype(np.float32)
     seq.set_plan_options(tn.PlanOptions(backend=backend))
     step = tapernn_loop_step(seq, x, g)
-    with old_code() if old else contextlib.nullcontext():
+    with old_code(parts) if old else contextlib.nullcontext():
         for _ in range(4):
             step()
     return step
@@ -63,10 +69,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--aa", action="store_true", help="both arms new (noise floor)")
+    ap.add_argument("--new-first", action="store_true", help="build the new arm's model first")
+    ap.add_argument("--old", nargs="+", default=list(PARTS), choices=PARTS, help="what is off")
     a = ap.parse_args()
     for cell in a.cells:
         for H in a.H:
-            arms = {"old": arm(a.backend, cell, H, not a.aa), "new": arm(a.backend, cell, H, False)}
+            if a.new_first:  # (the order the models are built in: hpeak8 saw a bias)
+                new = arm(a.backend, cell, H, False)
+                old = arm(a.backend, cell, H, not a.aa, parts=a.old)
+            else:
+                old = arm(a.backend, cell, H, not a.aa, parts=a.old)
+                new = arm(a.backend, cell, H, False)
+            arms = {"old": old, "new": new}
             cpu = {k: [] for k in arms}
             wall = {k: [] for k in arms}
             for r in range(a.rounds):
