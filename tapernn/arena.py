@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .codegen import Program
-from .donate import donatable
+from .donate import donatable, last_reads, tail_gemms
 from .executor import (
     Compiled,
     compile,
@@ -22,6 +22,7 @@ from .executor import (
 from .fused_lowering import fused_scratch
 from .graph import Graph
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
+from .ops.registry import PSEUDO
 from .passes import Pass
 
 
@@ -99,7 +100,11 @@ def compile_shared(
             plans[-1] = plan_buffers(
                 optimised[-1][0], scratch=fused_scratch, options=options, donate=donate
             )
-        size = max(arena_layout(p.buffers)[1] for p in plans)
+            if pair:  # (the input gradient over the dead tail of the dZ rows: donate.tail_gemms)
+                untailed = optimised[-1], plans[-1]
+                optimised[-1], plans[-1] = _tails(optimised, plans, n_saved, donate, options)
+        tailed = pair and options.dz_in_gates and bool(donate) and bool(plans[-1].tail_of)
+        size = max(arena_layout(p.buffers)[1] for p in plans + ([untailed[1]] if tailed else []))
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled = [
             Compiled(
@@ -109,6 +114,15 @@ def compile_shared(
             )
             for (g, report), plan in zip(optimised, plans)
         ]
+        if tailed and compiled[0].program_kernel is not None:
+            # a whole-program kernel keeps the saved values in its own workspace, reused by
+            # the next call (not the kept outputs' arrays): the input gradient may not lie there
+            optimised[-1], plans[-1] = untailed
+            g, report = optimised[-1]
+            buffers = arena_views(shared, plans[-1].buffers)
+            compiled[-1] = Compiled(
+                g, Program(g, buffers=buffers, plan=plans[-1], options=options), report
+            )
         if arena is not None:
             for c in compiled:
                 arena.note_loops(c)
@@ -120,6 +134,28 @@ def compile_shared(
             c.report.resident_bytes = resident
             c.report.arena_bytes = arena_bytes
         return compiled
+
+
+def _tails(optimised: list, plans: list, n_saved: int, donate: dict, options: PlanOptions):
+    """(graph, report), plan of a pair's backward with its returned GEMMs computed over the
+    dead tail of a donated loop's rows (donate.tail_gemms), scheduled after the other reads
+    of those rows (donate.last_reads); unchanged when there are none. Only into saved values
+    a kept forward output holds anyway (a rolled loop's slab, held by `output`)."""
+    (fwd, _), (bwd, report) = optimised
+    outs, plan = fwd.outputs, plans[0]
+    n_kept = len(outs) - n_saved
+    kept = {plan.storage.get(o) for o in outs[:n_kept] if o.op not in PSEUDO}
+    keep = frozenset(j for j in range(n_saved) if outs[n_kept + j] in kept)
+    found = tail_gemms(
+        bwd, plans[-1].root, plans[-1].donated, keep, options.grad_input_tail_min_bytes
+    )
+    if not found:
+        return optimised[-1], plans[-1]
+    moved = last_reads(bwd, found)
+    new = plan_buffers(moved, scratch=fused_scratch, options=options, donate=donate, tails=found)
+    if not new.tail_of:
+        return optimised[-1], plans[-1]
+    return (moved, report), new
 
 
 def per_call(forward: Graph) -> frozenset:

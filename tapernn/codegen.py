@@ -17,6 +17,7 @@ import numpy as np
 
 from .backends import auto_choice, resolve_backend
 from .dest_slots import DestSlots
+from .donate import tail_matmul
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
 from .memory import (
@@ -201,6 +202,11 @@ class Program(FusedLowering, DestSlots):
             return views[(plan.buffer_of[n], n.shape)]
         if n in plan.slab_roots:  # allocated before its placed input (roots_at)
             return self.slab_out[n]
+        if n in plan.tail_of:  # over a donated loop's dead rows (donate.tail_gemms)
+            inp, off = plan.tail_of[n]
+            shape = self.bind("s", n.shape)
+            body.append(f"    o{self.pos[n]} = {names[inp]}[{off}:{off + n.size}].reshape({shape})")
+            return f"o{self.pos[n]}"
         if n in plan.donated:  # the leading elements of an input (donate.py)
             body.append(f"    o{self.pos[n]} = {names[plan.donated[n]]}[:{n.size}]")
             ctx = _LOWERING.get()
@@ -294,6 +300,10 @@ class Program(FusedLowering, DestSlots):
                     if n in special
                     else None
                 )
+                if n in plan.tail_of:  # (row blocks from the end: the program's np_matmul)
+                    mm = self._named("np_matmul", np.matmul)
+                    tail = self._named("tail_matmul", tail_matmul)
+                    lines = [f"{tail}({args[0]}, {args[1]}, {out}, {mm})"]
                 if lines is None:
                     lines = [self._call(n.op, args, n.attrs, out, n.dtype)]
                 if out is None and n.shape == ():

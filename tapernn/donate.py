@@ -151,3 +151,80 @@ def _only_early_or_xs(graph: Graph, root: dict, pos: dict, inp: Node, s: Node) -
             if _lowest(v, inp) < size:
                 return False
     return True
+
+
+def tail_gemms(
+    graph: Graph, root: dict[Node, Node], donated: dict[Node, Node], keep: frozenset, min_bytes: int
+) -> dict[Node, tuple[Node, int]]:
+    """Returned GEMMs `v @ W` computed over the dead tail of a donated loop's rows (issue 19:
+    the input gradient dZ @ W_x over the dZ rows it reads, `tail_matmul`): matmul node ->
+    (the donated input, the element offset its result starts at). `v` a C-contiguous (n, K)
+    view of the loop's result, or the first columns of rows K apart (GRU's dz_r dz_z dz_n of
+    its rows), K >= 2D: the result (n, D) then fits in the last n*D elements of v's span,
+    written in row blocks from the last, each over rows already read; the loop
+    is computed into saved value j of `keep` (held by a kept forward output anyway, so the
+    result that lies there keeps nothing alive that was not); the result's storage is its
+    own (returned, not read in place); at least `min_bytes`. The caller schedules it after
+    every other read of the loop's result and of the input (`last_reads`)."""
+    found: dict[Node, tuple[Node, int]] = {}
+    taken: set[Node] = set()
+    escaping = {root.get(o, o) for o in graph.outputs}
+    for m in graph.nodes:
+        if m.op != "matmul" or m.ndim != 2 or m.nbytes < min_bytes or m not in escaping:
+            continue
+        v, w = m.inputs
+        s = root.get(v)
+        inp = donated.get(s)
+        if inp is None or s in taken or graph.inputs.index(inp) not in keep:
+            continue
+        if root.get(w) in (s, inp) or m.dtype != s.dtype or v.dtype != m.dtype:
+            continue
+        arr = _values(v, s)
+        if arr is None or arr.ndim != 2 or arr.size == 0:
+            continue
+        n, width = arr.shape
+        lo = int(arr[0, 0])
+        k = int(arr[1, 0]) - lo if n > 1 else width  # (row stride: GRU's dz columns of its rows)
+        if m.shape != (n, w.shape[1]) or k < width or k < 2 * m.shape[1]:  # (<= ~log2(n) GEMMs)
+            continue
+        rows = lo + k * np.arange(n)[:, None] + np.arange(width)[None, :]
+        if not np.array_equal(arr, rows) or lo + n * k > s.size:
+            continue
+        found[m] = (inp, lo + n * k - m.size)
+        taken.add(s)
+    return found
+
+
+def last_reads(graph: Graph, tails: dict[Node, tuple[Node, int]]) -> Graph:
+    """`graph` with each tail GEMM (and every node depending on it) moved after the other
+    nodes, in their order: it then runs after every other read of the rows it writes over."""
+    if not tails:
+        return graph
+    late: set[Node] = set(tails)
+    for n in graph.nodes:
+        if any(i in late for i in n.inputs):
+            late.add(n)
+    nodes = [n for n in graph.nodes if n not in late] + [n for n in graph.nodes if n in late]
+    return Graph(nodes, graph.inputs, graph.outputs, graph.meta)
+
+
+def tail_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, matmul=np.matmul) -> np.ndarray:
+    """out = a @ b where `out` (n, D) lies over the last n*D elements of `a`'s (n, K) span,
+    K > D (tail_gemms): the last rows first into a small temporary (they overlap the rows
+    they read), then blocks of rows from the end down, each written over rows of `a` that
+    blocks already done have read (block [lo, hi) writes elements n*(K-D) + [lo*D, hi*D),
+    which lie past hi*K: lo >= (hi*K - n*(K-D)) / D). ~log(n)/log(K/(K-D)) GEMMs."""
+    n, k = a.shape[0], a.strides[0] // a.itemsize  # (rows k apart: a may be their first columns)
+    d = out.shape[1]
+    # (the temporary's rows: enough for every later block to make progress, hi <= n - d/(k-d))
+    first = min(n, max(1, n // 64, -(-d // (k - d))))
+    hi = n - first
+    top = matmul(a[hi:], b)
+    out[hi:] = top
+    del top
+    while hi > 0:
+        lo = max(0, -(-(hi * k - n * (k - d)) // d))
+        assert lo < hi  # (progress: hi <= n - first)
+        matmul(a[lo:hi], b, out=out[lo:hi])
+        hi = lo
+    return out

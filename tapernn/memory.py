@@ -66,6 +66,9 @@ class BufferPlan:
     slab_roots: set[Node] = field(default_factory=set)  # loops holding a placed input (regions)
     # loop -> the input it is computed into (its leading elements; donate.py, dz_in_gates)
     donated: dict[Node, Node] = field(default_factory=dict)
+    # returned GEMM -> (input, element offset): computed over the dead tail of a donated
+    # loop's rows (donate.tail_gemms; codegen calls donate.tail_matmul): not per call
+    tail_of: dict[Node, tuple[Node, int]] = field(default_factory=dict)
     storage: dict[Node, Node] = field(default_factory=dict)
     alloc_at: dict[Node, int] = field(default_factory=dict)  # storage -> first write
     release_at: dict[Node, int] = field(default_factory=dict)  # storage -> last read
@@ -131,6 +134,7 @@ def plan_buffers(
     options: PlanOptions = DEFAULT_OPTIONS,
     donate: dict[int, int] | None = None,
     per_call: frozenset[Node] = frozenset(),
+    tails: dict[Node, tuple[Node, int]] | None = None,
 ) -> BufferPlan:
     """Assign storage in one walk over the tape (pools keyed by size and dtype): the plain walk
     below, or with `options.regions` the region planner's (regions.py). A storage that ends up
@@ -150,6 +154,7 @@ def plan_buffers(
         taken |= set(getattr(static, "placed_concats", ()))
         found = donations(graph, static.root, donate)
         static.donated = {s: i for s, i in found.items() if s not in taken}
+        static.tail = _tails_last(graph, static, tails or {})
     force: set[Node] = set(per_call)
     while True:
         plan = walk(graph, static, scratch, force).run()
@@ -164,6 +169,23 @@ def plan_buffers(
     _drop_unused_buffers(plan)
     account(graph, plan)
     return plan
+
+
+def _tails_last(graph: Graph, static, tails: dict) -> dict:
+    """The tail GEMMs (donate.tail_gemms) whose loop is still donated and that read the loop's
+    result and its input last (donate.last_reads scheduled them so)."""
+    out = {}
+    for m, (inp, off) in tails.items():
+        s = static.root.get(m.inputs[0])
+        k = static.pos.get(m)
+        if (
+            k is not None
+            and static.donated.get(s) is inp
+            and static.last_use.get(s) == k
+            and static.last_use.get(inp, -1) <= k
+        ):
+            out[m] = (inp, off)
+    return out
 
 
 def register_region_walk(walk: type[Walk]) -> None:
@@ -194,6 +216,7 @@ class WalkStatic:
         self.last_use = liveness(graph, self.root)
         self.escaping = {self.root[o] for o in graph.outputs}  # returned, possibly by a view
         self.donated: dict[Node, Node] = {}  # loop -> input it is computed into (plan_buffers)
+        self.tail: dict[Node, tuple[Node, int]] = {}  # GEMM -> (input, offset): plan.tail_of
 
 
 class Walk:
@@ -238,6 +261,8 @@ class Walk:
         plan.release_at[st] = self.s.last_use.get(st, k)
         if st in self.s.donated:  # in the input's memory: neither a buffer nor per call
             plan.donated[st] = self.s.donated[st]
+        elif st in self.s.tail:  # over a donated loop's dead rows (donate.tail_gemms)
+            plan.tail_of[st] = self.s.tail[st]
         elif fresh:
             plan.fresh.add(st)
         else:

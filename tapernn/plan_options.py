@@ -98,6 +98,10 @@ class PlanOptions:
     go into the saved slab's dead gate rows (TrainingPair.tap_room) only when those rows hold at
     least this many bytes; below it fresh copies are cheaper than placing them (the placement
     cost 5 us of a 20 us (1, 5, 5) numba step); 0: whenever there are such rows.
+    grad_input_tail_min_bytes: a pair's backward (dz_in_gates) computes its returned input
+    gradient dZ @ W_x of at least this many bytes over the dead tail of the donated dZ rows
+    (donate.tail_gemms: the steady loop then holds no array of its own for it, issue 19);
+    below it, a fresh array as before (its few GEMMs cost more than they save); 0: any size.
 
     inline_sigmoid: sigmoids lowered to inline ufunc lines (fused_lowering.py; accurate in both
     tails, no call frame); False: one call of the op's forward.
@@ -130,6 +134,7 @@ class PlanOptions:
     packed_gemm: bool = True
     grad_into_min_bytes: int = 1 << 16
     tap_room_min_bytes: int = 1 << 16
+    grad_input_tail_min_bytes: int = 1 << 16
     batch_split: str = "auto"
     own_threads: str = "auto"
 

@@ -153,14 +153,14 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         return runner, f"{kernel}; no batch split: {why}"
     body, dtype = attrs["body"], body_dtype(attrs["body"])
     n_live, shifted = nc - len(fixed), attrs.get("shifted", ())
-    written = tuple(range(n_live, len(used.outputs)))
+    written, at = tuple(range(n_live, len(used.outputs))), (nc, nx, n_live, shifted)
     helpers = {
         "dtype": dtype,
         "size": ys_places(body, nc, attrs["length"], attrs["reverse"], shifted)[0],
         "ys_views": _ys_views(body, nc, attrs, dtype),
         "carry_views": _carry_views([o.shape for o in body.outputs[:nc]], dtype),
         "make_over": lambda first: writable_over_xs(attrs, dtype, first),
-        "reads_first": lambda c: reads_xs_first(c, nc, nx, n_live, shifted),
+        "reads": lambda c: (reads_xs_first(c, *at), late_xs(c, *at)),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
         "prologue": _prologue_of(compiled),
         "prologue_bytes": _buffer_bytes(compiled) - compiled.program.plan.buffer_bytes,

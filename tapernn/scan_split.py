@@ -30,98 +30,13 @@ from . import scan_columns
 from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
-from .graph import Graph, Node
-from .ops.registry import get_op
+from .graph import Graph
 from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
+from .scan_rebatch import rebatch
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
-_FULL = ("s", None, None, None)
-
-
-def rebatch(body: Graph, n_carry: int, n_xs: int, rows: int) -> Graph | str:
-    """`body` with its batch (axis 0 of every carry, xs and output, B rows) cut to `rows`, or
-    why it cannot be: a body value's row r must depend on row r of the batched inputs alone,
-    checked op by op (elementwise with invariants broadcast over rows; `a @ W` with W
-    invariant; slices, concats and index_grad that keep axis 0 whole); each new node's shape is
-    checked against its op's own shape rule."""
-    heads = body.inputs[: n_carry + n_xs]
-    if not heads or any(not n.shape for n in heads):
-        return "a carry or xs without a batch axis"
-    batch = heads[0].shape[0]
-    if any(n.shape[0] != batch for n in heads):
-        return "carries and xs of different row counts"
-    if not 1 <= rows < batch:
-        return f"{rows} rows of {batch}"
-    head_set = set(heads)
-    new: dict[Node, Node] = {}
-    batched: set[Node] = set()
-    nodes = []
-    for n in body.nodes:
-        if n.op == "input" and n in head_set:
-            m = n.replace(shape=(rows, *n.shape[1:]))
-            batched.add(m)
-        elif n.op == "zeros" and n.shape and n.shape[0] == batch and not n.inputs:
-            m = n.replace(
-                attrs={**n.attrs, "shape": (rows, *n.shape[1:])}, shape=(rows, *n.shape[1:])
-            )
-            batched.add(m)
-        else:
-            ins = tuple(new.get(i, i) for i in n.inputs)
-            if not any(i in batched for i in ins):
-                m = n if ins == n.inputs else n.with_inputs(ins)
-            else:
-                attrs = _row_wise(n, ins, batched, batch, rows)
-                if isinstance(attrs, str):
-                    return attrs
-                m = n.replace(inputs=ins, attrs=attrs, shape=(rows, *n.shape[1:]))
-                try:
-                    shape = tuple(get_op(n.op).shape(*[i.shape for i in ins], **attrs))
-                except Exception as e:  # noqa: BLE001 -- any failure: not row-wise
-                    return f"{n.op}: {e}"
-                if shape != m.shape:
-                    return f"{n.op}: shape {shape} for {rows} rows"
-                batched.add(m)
-        new[n] = m
-        nodes.append(m)
-    outputs = [new.get(o, o) for o in body.outputs]
-    if any(o not in batched for o in outputs):
-        return "an output without the batch axis"
-    return Graph(nodes, [new.get(i, i) for i in body.inputs], outputs, body.meta)
-
-
-def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict | str:
-    """`n`'s attrs for `rows` rows when it is row-wise over its batched inputs, else why not."""
-    op = get_op(n.op)
-    if n.shape[:1] != (batch,):
-        return f"{n.op} without the batch axis first"
-    if op.elementwise:
-        for i in ins:
-            if i in batched and i.ndim != n.ndim:
-                return f"{n.op} broadcasting a batched value"
-            if i not in batched and i.ndim == n.ndim and i.shape[0] != 1:
-                return f"{n.op} with a {i.shape} value that is not broadcast over the rows"
-        return n.attrs
-    if n.op in ("matmul", "packed_matmul"):
-        if ins[0] in batched and ins[0].ndim == 2 and not any(i in batched for i in ins[1:]):
-            return n.attrs
-        return f"{n.op} over the batch"
-    if n.op == "getitem" and ins[0] in batched:
-        index = n.attrs["index"]
-        if index and index[0] == _FULL:
-            return n.attrs
-        return "getitem across rows"
-    if n.op == "concat" and all(i in batched for i in ins):
-        if n.attrs.get("axis", 0) % n.ndim != 0:
-            return n.attrs
-        return "concat along the batch"
-    if n.op == "index_grad" and ins[0] in batched:
-        index, shape = n.attrs["index"], n.attrs["shape"]
-        if index and index[0] == _FULL and shape[:1] == (batch,):
-            return {**n.attrs, "shape": (rows, *shape[1:])}
-        return "index_grad across rows"
-    return f"{n.op} not known to be row-wise"
 
 
 def halves(batch: int) -> tuple[int, int]:
@@ -145,10 +60,14 @@ _executor = executor
 _ids = itertools.count()
 
 
-def half_loop(compiled: Any, attrs: dict, fail: Callable) -> Callable:
-    """`loop(carries, xs, invariants, ys, hoisted) -> final carries`: the half's steps, its xs
-    and ys (length, rows, ...) row-slices of the caller's arrays (every carry is live: a body
-    with carries it returns unchanged does not split, see `plan`)."""
+def half_loop(compiled: Any, attrs: dict, fail: Callable, late: dict | None = None) -> Callable:
+    """`loop(carries, xs, invariants, ys, hoisted, alias) -> final carries`: the half's steps,
+    its xs and ys (length, rows, ...) row-slices of the caller's arrays (every carry is live: a
+    body with carries it returns unchanged does not split, see `plan`). `late`: {xs position:
+    a (rows, ...) array} for the xs the body reads after its first write into its rows
+    (scan_xs.late_xs): when `alias` (they lie in the slab), each step's row is copied there
+    first and the body reads the copy, as scan_run's runner does."""
+    late = late or {}
     nc, nx = attrs["n_carry"], attrs["n_xs"]
     n_inv = len(attrs["body"].inputs) - nc - nx
     n_ys = len(attrs["body"].outputs) - nc
@@ -161,13 +80,15 @@ def half_loop(compiled: Any, attrs: dict, fail: Callable) -> Callable:
     step_x, step_y = [f"x{k}" for k in range(nx)], [f"y{j}" for j in range(n_ys)]
     args = cs + step_x + inv + ["*_h"] + step_y
     call = f"_fn({', '.join(args)})"
+    copies = [f"                _P{k}[...] = x{k}\n                x{k} = _P{k}" for k in late]
     lines = [
-        f"def loop({', '.join(cs + xs + inv + ys)}, _h, *, _fn, _fail):",
+        f"def loop({', '.join(cs + xs + inv + ys)}, _h, _alias=False, *, _fn, _fail{''.join(f', _P{k}' for k in late)}):",
         "    _t = None",
         "    try:",
         f"        for _t, {', '.join(step_x + step_y)}, in zip({order}, {', '.join(rows)}):"
         if rows
         else f"        for _t in {order}:",
+        *(["            if _alias:", *copies] if copies else []),
         f"            {', '.join(live)}, = {call}" if live else f"            {call}",
         "    except Exception as e:",
         "        raise _fail(e, _t) from None",
@@ -177,7 +98,11 @@ def half_loop(compiled: Any, attrs: dict, fail: Callable) -> Callable:
     source = "\n".join(lines) + "\n"
     exec(builtins.compile(source, f"<tapernn split loop {next(_ids)}>", "exec"), namespace)  # noqa: S102
     loop = namespace["loop"]
-    loop.__kwdefaults__ = {"_fn": compiled.program.fn, "_fail": fail}
+    loop.__kwdefaults__ = {
+        "_fn": compiled.program.fn,
+        "_fail": fail,
+        **{f"_P{k}": a for k, a in late.items()},
+    }
     return loop
 
 
@@ -306,6 +231,7 @@ class SplitRunner:
         self.split_calls = 0
         self.report: Any = None  # the LoopReport (its kernel note says when the split fails)
         self.own_prologue = False
+        self.late_xs: set[int] = set()  # (xs positions the halves copy a step's rows of)
         self.full_sites = sites(full_fn)  # (before they take over)
         self.over: Callable = lambda slab, *xs: False
         # (what the halves may keep beyond the full body's buffers: their own prologues')
@@ -356,8 +282,10 @@ class SplitRunner:
                 pre = prologue.program.fn if prologue is not None else None
                 outs.append([(o.shape, o.dtype) for o in prologue.graph.outputs] if pre else [])
                 fail = h["make_fail"](compiled)
-                loops.append((half_loop(compiled, attrs, fail), pre))
-                first = first and h["reads_first"](compiled) == "first"
+                late = self._late(compiled, len(loops))
+                first = first and late is not None
+                loops.append((half_loop(compiled, attrs, fail, late), pre))
+                self.late_xs |= set(late or ())
         except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
             return self._fail(f"{type(e).__name__}: {e}")
         # the hoisted values (invariants alone: the packed weights) computed once for both by
@@ -373,6 +301,29 @@ class SplitRunner:
         self.over = h["make_over"](first)
         self.loops = loops
         return True
+
+    def _late(self, compiled: Any, half: int) -> dict | None:
+        """{xs position: the half's rows of the full runner's private row copy} for the xs the
+        half body reads late ({} when it reads them all first), or None when its ys may not be
+        written over its xs (a body returning a view of an xs; a late xs the full runner has no
+        copy of): then the halves write a slab of their own when the xs lie in `out`."""
+        order, late_ks = self.helpers["reads"](compiled)
+        if order != "late":
+            return {} if order == "first" else None
+        nc = self.attrs["n_carry"]
+        lo, hi = self.rows[half]
+        private = getattr(self.full, "bound", None) or {}
+        late = {}
+        for k in late_ks:
+            shape, a = compiled.graph.inputs[nc + k].shape, private.get(f"_P{k}")
+            if a is not None and a.ndim == len(shape) + 1:  # (a block of every step's rows)
+                a = a[0]
+            if a is None or a.shape[1:] != tuple(shape[1:]) or a.dtype != self.helpers["dtype"]:
+                return None
+            late[k] = a[lo:hi]
+            if late[k].shape != tuple(shape):
+                return None
+        return late
 
     def _fail(self, why: str) -> bool:
         self.failed = why
@@ -399,8 +350,10 @@ class SplitRunner:
             return self.full(*args, out=out)
         for i, (_, k) in zip(inits, attrs.get("shifted", ())):
             i[...] = cs[k]
+        # (late-read xs lying in the slab: each step's rows copied first, make_runner's `_alias`)
+        alias = usable and any(np.may_share_memory(xs[k], slab) for k in self.late_xs)
         try:
-            first, second = self._halves(cs, xs, inv, ys)
+            first, second = self._halves(cs, xs, inv, ys, alias)
         finally:  # (panels made in a weight's zeroed .grad, pack_scratch.py: zeros again
             # once both halves have ended, as scan_run's runner does)
             dest, slots = h["lent"]
@@ -418,7 +371,7 @@ class SplitRunner:
             return out
         return slab
 
-    def _halves(self, cs: tuple, xs: tuple, inv: tuple, ys: list) -> tuple:
+    def _halves(self, cs: tuple, xs: tuple, inv: tuple, ys: list, alias: bool = False) -> tuple:
         """Both halves' final carries: the half of rows 0:b0 on this thread, the other on the
         worker, the hoisted values (the packed panels) computed once for both."""
         (loop0, pre0), (loop1, pre1) = self.loops
@@ -432,9 +385,9 @@ class SplitRunner:
                 + list(inv)
                 + [y[:, lo:hi] for y in ys]
             )
-        future = _executor().submit(loop1, *parts[1], hoisted1)
+        future = _executor().submit(loop1, *parts[1], hoisted1, alias)
         try:
-            first = loop0(*parts[0], hoisted)
+            first = loop0(*parts[0], hoisted, alias)
         finally:
             second = future.result()
         return first, second

@@ -127,15 +127,16 @@ def _loops(graph):
 
 
 def test_the_peephole_lstm_reverse_loop_carries_no_sums():
-    """Its reverse loop carries dh and dc only (the peephole sums are products of stacks after
-    it), so its slab is the size of the forward's carries and gate rows: donated."""
+    """Its reverse loop carries dh and dc only (the peephole sums are sums of products of
+    stacks after it: sum_mul, hpeep), so its slab is the size of the forward's carries and gate
+    rows: donated."""
     seq, _ = _run("LSTM", PlanOptions(backend="numpy"))
     pair = _pair(seq)
     (back,) = _loops(pair.backward.graph)
     assert back.attrs["n_carry"] == 2
     assert [o.shape for o in back.attrs["body"].outputs[:2]] == [(B, H), (B, H)]
-    after = [n for n in pair.backward.graph.nodes if n.op == "mul" and n.ndim >= 3]
-    assert after, "the peephole products of stacks after the loop"
+    after = [n for n in pair.backward.graph.nodes if n.op == "sum_mul" and n.inputs[0].ndim >= 3]
+    assert after, "the peephole sums of products of stacks after the loop"
     (fwd,) = _loops(pair.forward.graph)
     _, start, row, length = scan_rows(fwd)
     assert back.size == start + length * row

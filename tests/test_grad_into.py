@@ -208,7 +208,9 @@ def test_loop_peak_without_the_weight_gradient_temporaries():
     assert saved >= 0.5 * 256 * 64 * 8
     assert peaks[1 << 16] <= peaks[0] - 0.9 * saved
     bwd = _pair(seq).backward
-    assert per_call_peak(bwd) - per_call_peak(bwd, range(1, 4)) == 2 * 256 * 64 * 8
+    # (both weight gradients are in the per-call peak without the slots, not with them; the
+    # input gradient lies in the dead dZ rows: donate.tail_gemms)
+    assert per_call_peak(bwd) >= 2 * 256 * 64 * 8 > per_call_peak(bwd, range(1, 4))
 
 
 def test_the_loop_weight_copy_is_made_per_call_not_in_the_arena():

@@ -84,6 +84,7 @@ LAYERS = [
             "tapernn.scan_pack",
             "tapernn.scan_split",
             "tapernn.scan_columns",
+            "tapernn.scan_rebatch",
             "tapernn.scan_xs",
             "tapernn.scan_views",
             "tapernn.scan_layout",

@@ -88,6 +88,15 @@ for axis, keep in [(None, False), (0, False), (1, True), ((0, 1), True)]:
     row("logsumexp", f"{axis}-{keep}", lambda x, a=axis, k=keep: tn.logsumexp(x, a, k), randn(3, 4))
 row("max", "ties", lambda x: tn.max(x, 1), np.array([[1.0, 2.0, 2.0], [0.0, -1.0, 0.0]]))
 row("sum", "mean", lambda x: tn.mean(x, 1), randn(3, 4))
+# (sum(a * b, axis) without the product: the peephole weights' gradient over a loop's steps)
+for axis, keep in [((0, 1), False), ((1,), True), ((0, 2), False)]:
+    row(
+        "sum_mul",
+        f"{axis}-{keep}",
+        lambda a, b, ax=axis, k=keep: emit("sum_mul", a, b, axis=ax, keepdims=k),
+        randn(3, 2, 4),
+        randn(3, 2, 4),
+    )
 row("broadcast_to", "row", lambda x: tn.broadcast_to(x, (3, 4)), randn(4))
 row("softmax", "last", lambda x: tn.softmax(x), randn(3, 5))
 row("softmax", "axis0", lambda x: tn.softmax(x, axis=0), randn(3, 5))

@@ -102,6 +102,7 @@ def main() -> None:
         action="store_true",
         help="PlanOptions(dz_in_gates=False) (the default plans dZ over the saved gate rows)",
     )
+    p.add_argument("--backend", default="auto", help="PlanOptions.backend (numpy, numba, auto)")
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
@@ -111,7 +112,7 @@ def main() -> None:
     print(f"(T, B, H) = ({T}, {B}, {H}) {a.dtype}, U = {unit / 2**20:.4f} MiB, BPTT minimum 5U")
     for cell in a.cells:
         for unroll in (False, True):
-            options = PlanOptions(dz_in_gates=not a.no_dz_in_gates)
+            options = PlanOptions(dz_in_gates=not a.no_dz_in_gates, backend=a.backend)
             seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
             t = terms(seq.set_plan_options(options), x, g, unit, not a.no_grad_input)
             name = f"{cell} {'unroll=True' if unroll else 'rolled'}"

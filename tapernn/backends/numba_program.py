@@ -63,6 +63,9 @@ def attach(compiled: Any) -> None:
     if not ENABLED[0] or not compiled.program.bodies:
         return  # (a program without a loop kernel keeps numba's fused-group kernels)
     graph, report = compiled.graph, compiled.report
+    if compiled.program.plan.tail_of:  # (a GEMM over a donated loop's rows: donate.py)
+        report.kernel = f"NumPy program (no {WHOLE}: a GEMM over its input's rows)"
+        return
     largest = max((math.prod(n.shape) for n in graph.nodes), default=0)
     if largest > MAX_SIZE:
         report.kernel = f"NumPy program (values of up to {largest} elements > {MAX_SIZE})"

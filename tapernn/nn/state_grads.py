@@ -283,11 +283,14 @@ def later_tap_grads(
     tap_later(rt, record, copies[:n], copies[n:], modules, getattr(copies, "watched", ()))
 
 
-def tap_places(sizes: list[int], room: int) -> dict[int, int]:
+def tap_places(sizes: list[int], room: int, watch: frozenset = frozenset()) -> dict[int, int]:
     """Position -> byte offset in a room of `room` bytes of each array (of `sizes` bytes) placed
-    there: largest first, each where the last placed one ends (64-byte aligned), if it fits."""
+    there: those tap_copies would copy first (not at a position in `watch`, or smaller than
+    WATCH_MIN_BYTES: parameters), then those it may keep by reference; largest first within
+    each; each where the last placed one ends (64-byte aligned), if it fits."""
     places, end = {}, 0
-    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k]):
+    held = [k in watch and sizes[k] >= WATCH_MIN_BYTES for k in range(len(sizes))]
+    for k in sorted(range(len(sizes)), key=lambda k: (held[k], -sizes[k])):
         start = -(-end // 64) * 64
         if sizes[k] and start + sizes[k] <= room:
             places[k], end = start, start + sizes[k]
@@ -316,7 +319,7 @@ def tap_copies(
     if room is None:
         return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
     arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
-    places = tap_places([a.nbytes for a in arrays], room.nbytes)
+    places = tap_places([a.nbytes for a in arrays], room.nbytes, watch)
     out = Copies()
     for k, a in enumerate(arrays):
         at = places.get(k)
@@ -438,7 +441,8 @@ def tap_copy_bytes(exe: Any) -> int:
     room = pair.tap_room(pair.last_backward) if pair is not None else None
     if room is None:
         return sum(sizes)
-    placed, watch = tap_places(sizes, room[1]), watch_positions(exe)
+    watch = watch_positions(exe)
+    placed = tap_places(sizes, room[1], watch)
     return sum(
         b
         for k, b in enumerate(sizes)

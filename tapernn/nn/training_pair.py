@@ -97,14 +97,13 @@ class TrainingPair:
         kept = {plan.storage.get(o) for o in outs[:n_kept] if o.op not in PSEUDO}
         inputs = program.graph.inputs
         best = None
+        tails = program.program.plan.tail_of
         for s, inp in program.program.plan.donated.items():
             j = inputs.index(inp)
-            if (
-                j < self.n_saved
-                and outs[n_kept + j] in kept
-                and (best is None or s.nbytes > best[1])
-            ):
-                best = (j, s.nbytes)
+            # (up to a returned GEMM computed over the rows' tail: donate.tail_gemms)
+            size = min([s.nbytes] + [o * s.dtype.itemsize for i, o in tails.values() if i is inp])
+            if j < self.n_saved and outs[n_kept + j] in kept and (best is None or size > best[1]):
+                best = (j, size)
         if best is not None and best[1] < self.options.tap_room_min_bytes:
             return None  # (too small to pay for the placement: PlanOptions.tap_room_min_bytes)
         return best
@@ -205,6 +204,8 @@ def _storages(c: Compiled, positions) -> dict:
         o = graph.outputs[k]
         if plan.copied(o, k in alias):
             out[("copy", k)] = o.nbytes
+        elif plan.storage.get(o) in plan.tail_of:
+            continue  # (in a saved value a kept output holds: donate.tail_gemms)
         elif o.op not in PSEUDO and plan.storage.get(o) is not None:
             st = plan.storage[o]
             out[st] = st.nbytes

@@ -106,3 +106,39 @@ register(
     zero="first",
     vjp=lambda g, y, x, wants, shape: (F.unbroadcast(g, x.shape),),
 )
+
+
+def _sum_mul_shape(a, b, axis, keepdims, **_):
+    if tuple(a) != tuple(b):
+        raise ShapeError(f"sum_mul needs operands of one shape, got {a} and {b}")
+    return reduce_shape(a, axis, keepdims)
+
+
+def _subscripts(ndim: int, axis: tuple) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
+    return f"{letters},{letters}->{''.join(c for k, c in enumerate(letters) if k not in axis)}"
+
+
+def _sum_mul(a, b, axis, keepdims, out=None):
+    """sum(a * b, axis) without the product's array (np.einsum's sum of products: the
+    peephole LSTM's weight gradient over every step, issue 19: a (T, B, H) temporary less)."""
+    r = np.einsum(_subscripts(np.ndim(a), tuple(axis)), a, b)
+    if keepdims:
+        r = np.reshape(r, reduce_shape(np.shape(a), axis, True))
+    if out is not None:
+        out[...] = r
+        return out
+    return np.asarray(r)
+
+
+register(
+    "sum_mul",
+    forward=_sum_mul,
+    shape=_sum_mul_shape,
+    n_inputs=2,
+    zero="any",
+    vjp=lambda g, y, a, b, wants, axis, keepdims: (
+        F.broadcast_to(kept(g, a, axis), a.shape) * b if wants[0] else None,
+        F.broadcast_to(kept(g, b, axis), b.shape) * a if wants[1] else None,
+    ),
+)

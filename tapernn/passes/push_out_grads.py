@@ -12,6 +12,9 @@ from ..graph import Graph, Node
 from .rewrite import derive, is_zero
 from .slab import carry_view, relayout, rows_of, ys_view
 
+# (tools/ab_peep.py: the old lowering of sum_mul, a (T, B, ...) product array then its sum)
+SUM_MUL_PRODUCT = [False]
+
 
 @dataclass(frozen=True)
 class Accumulation:
@@ -219,9 +222,14 @@ def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Gra
         if acc.outer:
             total = derive(s, "transpose", (total,), axes=(1, 0))
     else:
-        summed = stack(acc.terms[0])
-        if acc.op == "sum_mul":  # sum over steps and axes of a_t * b_t: one product of stacks
-            summed = derive(s, "mul", (summed, stack(acc.terms[1])))
-        total = derive(s, "sum", (summed,), axis=(0, *[x + 1 for x in acc.axes]), keepdims=False)
+        summed, axes = stack(acc.terms[0]), (0, *[x + 1 for x in acc.axes])
+        if acc.op == "sum_mul" and not SUM_MUL_PRODUCT[0]:  # over the stacks, with no
+            # product array (issue 19: it was a (T, B, H) buffer in the arena)
+            other = stack(acc.terms[1])
+            total = derive(s, "sum_mul", (summed, other), axis=axes, keepdims=False)
+        else:
+            if acc.op == "sum_mul":  # (SUM_MUL_PRODUCT: the product of the stacks, then its sum)
+                summed = derive(s, "mul", (summed, stack(acc.terms[1])))
+            total = derive(s, "sum", (summed,), axis=axes, keepdims=False)
     init = s.inputs[acc.carry]
     return total if is_zero(init) else derive(s, "add", (init, total))
