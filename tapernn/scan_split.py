@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from .backends import background
 from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
@@ -36,8 +35,7 @@ from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpu
 from .plan_options import SIZE_ROWS
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
-# each half's loop as ONE numba call (backends/step_loop.py) where its step program translates
-STEP_LOOPS = [True]
+STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
 _FULL = ("s", None, None, None)
 
@@ -309,9 +307,7 @@ class SplitRunner:
         # (what the halves may keep beyond the full body's buffers: their own prologues')
         prologue = helpers["prologue"][0]
         self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
-        self.step_loops: Any = None  # the halves' loops as numba calls (step_loop.StepLoop)
-        self.step_calls = 0
-        self.step_ready: Any = None
+        self.step_loops: Any = None  # each half's loop as one numba call (step_loop.Halves)
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
@@ -373,40 +369,10 @@ class SplitRunner:
         self.graphs = []
         self.over = h["make_over"](first)
         self.loops = loops
-        self.step_loops = step_loops(halves_compiled, attrs) if STEP_LOOPS[0] else None
-        if isinstance(self.step_loops, str):
-            self._note(f"halves' loops in Python: {self.step_loops}")
-            self.step_loops = None
+        from .backends.step_loop import attach
+
+        self.step_loops = attach(self, halves_compiled, STEP_LOOPS[0] and h.get("step_loops", 1))
         return True
-
-    def _note(self, text: str) -> None:
-        if self.report is not None and text not in self.report.kernel:
-            self.report.kernel += f" ({text})"
-
-    def _fns(self, parts: list, hoisted: tuple, hoisted1: tuple) -> tuple:
-        """The two halves' loop functions for this call: the Python loops, or -- from the second
-        split call on (the first asks for the compile: in the background unless that is off) --
-        each half's loop as one numba call (backends/step_loop.py), if it compiled."""
-        (loop0, _), (loop1, _) = self.loops
-        sl = self.step_loops
-        if sl is None:
-            return loop0, loop1
-        self.step_calls += 1
-        if self.step_calls == 1:
-            key = sl[0].key((*parts[0], hoisted))
-            if background.enabled():
-                self.step_ready = background.request(sl[0], key)
-                return loop0, loop1
-            sl[0].prepare(key)
-        elif self.step_ready is not None:
-            self.step_ready.wait()
-            self.step_ready = None
-        if not sl[0].has() or not sl[1].prepare(sl[1].key((*parts[1], hoisted1))):
-            self._note(f"halves' loops in Python: numba: {sl[0].error or sl[1].error}")
-            self.step_loops = None
-            return loop0, loop1
-        self._note("each half's loop one numba call")
-        return sl[0], sl[1]
 
     def _fail(self, why: str) -> bool:
         self.failed = why
@@ -466,7 +432,9 @@ class SplitRunner:
                 + list(inv)
                 + [y[:, lo:hi] for y in ys]
             )
-        loop0, loop1 = self._fns(parts, hoisted, hoisted1)
+        loop0, loop1 = [loop for loop, _ in self.loops]
+        if self.step_loops is not None:  # (each half as one numba call, once compiled)
+            loop0, loop1 = self.step_loops.choose(self, parts, hoisted, hoisted1, loop0, loop1)
         future = _executor().submit(loop1, *parts[1], hoisted1)
         try:
             first = loop0(*parts[0], hoisted)
@@ -523,29 +491,3 @@ def plan(
             return None, graph
         graphs.append(graph)
     return graphs, ""
-
-
-def step_loops(compiled: list, attrs: dict) -> list | str:
-    """Both halves' loops as step_loop.StepLoop (one numba call each), or why not."""
-    from .backends import step_loop
-    from .backends.numba_backend import Unsupported
-
-    nc, nx = attrs["n_carry"], attrs["n_xs"]
-    n_inv = len(attrs["body"].inputs) - nc - nx
-    out = []
-    for c in compiled:
-        prologue = getattr(c, "prologue", None)
-        n_h = len(prologue.graph.outputs) if prologue is not None else 0
-        defaults = c.program.fn.__kwdefaults__ or {}
-        try:
-            source, names = step_loop.translate(c.program.source, defaults, nc, nx, n_inv, n_h)
-        except Unsupported as e:
-            return str(e)
-        except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
-            return f"{type(e).__name__}: {e}"
-        out.append(
-            step_loop.StepLoop(
-                source, [defaults[n] for n in names], attrs["length"], bool(attrs["reverse"])
-            )
-        )
-    return out

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn  # noqa: E402
-from tapernn import executor as ex  # noqa: E402
-from tapernn import nn, own_threads, scan_split  # noqa: E402
-from tapernn.blas import blas_threads  # noqa: E402
+import tapernn as tn
+from tapernn import executor as ex
+from tapernn import nn, own_threads, scan_split
+from tapernn.blas import blas_threads
 
 ACC: dict[str, float] = {}
 _depth = threading.local()
@@ -118,7 +118,10 @@ def make(B, T, H, dtype, mode, mm):
     for _ in range(4):
         step()
     # (own_mode binds own_threads.matmul at compile time: rebind the instrumented one)
-    for c in (seq._runtime.last.training_pair.forward, seq._runtime.last.training_pair.last_backward):
+    for c in (
+        seq._runtime.last.training_pair.forward,
+        seq._runtime.last.training_pair.last_backward,
+    ):
         kw = dict(c.program.fn.__kwdefaults__)
         if "np_matmul" in kw and mode != "off":
             kw["np_matmul"] = mm
@@ -156,7 +159,10 @@ def main():
                         f()
                 else:
                     f()
-                d = {"step (caller thread)": time.thread_time() - c0, "wall": time.perf_counter() - t0}
+                d = {
+                    "step (caller thread)": time.thread_time() - c0,
+                    "wall": time.perf_counter() - t0,
+                }
                 d["worker thread"] = worker_cpu() - w0
                 own_threads.executor = scan_split._executor = real_exec
                 d.update(ACC)

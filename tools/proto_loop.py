@@ -26,19 +26,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tapernn.backends import vecmath  # noqa: E402
-from tapernn.blas import blas_threads  # noqa: E402
+from tapernn.backends import vecmath
+from tapernn.blas import blas_threads
 
 
 def kernels(dtype):
     """(cell_fwd, cell_bwd, floop, bloop) numba functions for `dtype`."""
     f32 = np.dtype(dtype) == np.float32
     if f32:
-        sig = lambda t, x, o: vecmath.sigmoid_lines(t, x, o)  # noqa: E731
-        th = lambda t, x, o: vecmath.tanh_lines(t, x, o)  # noqa: E731
+        sig = lambda t, x, o: vecmath.sigmoid_lines(t, x, o)
+        th = lambda t, x, o: vecmath.tanh_lines(t, x, o)
     else:
-        sig = lambda t, x, o: [f"{o} = ONE / (ONE + np.exp(-{x}))"]  # noqa: E731
-        th = lambda t, x, o: [f"{o} = np.tanh({x})"]  # noqa: E731
+        sig = lambda t, x, o: [f"{o} = ONE / (ONE + np.exp(-{x}))"]
+        th = lambda t, x, o: [f"{o} = np.tanh({x})"]
     ind = "            "
     # cell_fwd(Af, Xf, bias, Cf, Hf, TCf, acc, t, B, lo, R, H): the step's rows lo:lo+R of the
     # flat (T, B, 4H) slab A (activations out), projection X (T, B, 4H), c (T+1, B, H), h
@@ -150,7 +150,7 @@ class Step:
         self.Wh = np.ascontiguousarray(self.WhT.T)
         self.Wx = np.ascontiguousarray(self.WxT.T)
         self.b = rng.uniform(-s, s, 4 * H).astype(dtype)
-        e = lambda *s: np.zeros(s, dtype)  # noqa: E731
+        e = lambda *s: np.zeros(s, dtype)
         self.X = e(T, B, 4 * H)
         self.A = e(T, B, 4 * H)
         self.C = e(T + 1, B, H)
@@ -172,7 +172,9 @@ class Step:
 
     def _proj(self, x, k):
         tr = self.trows[k]
-        np.matmul(x.reshape(self.T * self.B, -1)[tr], self.WxT, out=self.X.reshape(-1, 4 * self.H)[tr])
+        np.matmul(
+            x.reshape(self.T * self.B, -1)[tr], self.WxT, out=self.X.reshape(-1, 4 * self.H)[tr]
+        )
 
     def _floop(self, k):
         lo, hi = self.rows[k]
@@ -237,10 +239,15 @@ def reference(x, gy, s):
     T, B, H = x.shape[0], x.shape[1], s.H
     h, c = np.zeros((B, H)), np.zeros((B, H))
     hs, cs, As, tcs = [h], [c], [], []
-    sg = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    sg = lambda v: 1 / (1 + np.exp(-v))
     for t in range(T):
         z = x[t] @ s.WxT + h @ s.WhT + s.b
-        i, g, f, o = sg(z[:, :H]), np.tanh(z[:, H : 2 * H]), sg(z[:, 2 * H : 3 * H]), sg(z[:, 3 * H :])
+        i, g, f, o = (
+            sg(z[:, :H]),
+            np.tanh(z[:, H : 2 * H]),
+            sg(z[:, 2 * H : 3 * H]),
+            sg(z[:, 3 * H :]),
+        )
         c = f * c + i * g
         tc = np.tanh(c)
         h = o * tc
@@ -251,7 +258,15 @@ def reference(x, gy, s):
         i, g, f, o = As[t]
         d_h = dh + gy[t]
         d = dc + d_h * o * (1 - tcs[t] ** 2)
-        dZ[t] = np.concatenate([d * g * i * (1 - i), d * i * (1 - g * g), d * cs[t] * f * (1 - f), d_h * tcs[t] * o * (1 - o)], 1)
+        dZ[t] = np.concatenate(
+            [
+                d * g * i * (1 - i),
+                d * i * (1 - g * g),
+                d * cs[t] * f * (1 - f),
+                d_h * tcs[t] * o * (1 - o),
+            ],
+            1,
+        )
         dc = d * f
         dh = dZ[t] @ s.Wh
     Z = dZ.reshape(T * B, -1)
@@ -324,7 +339,9 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["32,50,256"])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--arms", nargs="+", default=["whole2", "whole1", "py2", "py1", "tn2", "tn1", "torch"])
+    ap.add_argument(
+        "--arms", nargs="+", default=["whole2", "whole1", "py2", "py1", "tn2", "tn1", "torch"]
+    )
     ap.add_argument("--batch", type=int, default=5)
     args = ap.parse_args()
     check()
@@ -339,7 +356,7 @@ def main():
             if k in ("whole2", "whole1", "py2", "py1"):
                 s = Step(B, T, H, H, args.dtype, k.endswith("2"), k.startswith("whole"))
                 steps[k] = s
-                arms[k] = lambda s=s: s(x, g)
+                arms[k] = lambda s=s, x=x, g=g: s(x, g)
             elif k in ("tn2", "tn1"):
                 arms[k] = tn_step(B, T, H, args.dtype, x, g, "auto" if k == "tn2" else "off")
             elif k == "torch":
@@ -375,7 +392,10 @@ def main():
             )
         n = args.reps * args.batch
         for k, s in steps.items():
-            print(f"  {k} caller-thread CPU per part (ms/step):", {p: round(v / n * 1e3, 2) for p, v in s.parts.items()})
+            print(
+                f"  {k} caller-thread CPU per part (ms/step):",
+                {p: round(v / n * 1e3, 2) for p, v in s.parts.items()},
+            )
         print(f"load {os.getloadavg()}", flush=True)
 
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from .numba_backend import Unsupported, _load
 
-# NumPy ufuncs a step program may call (bound as np_<name>), by numba's name
+# NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
+# ones alone (NumPy's SIMD exp and tanh may differ from numba's libm in the last place; a step
+# program calling them keeps the Python loop)
 _UFUNCS = {
     "np_add": "np.add",
     "np_sub": "np.subtract",
@@ -24,13 +26,9 @@ _UFUNCS = {
     "np_mul": "np.multiply",
     "np_multiply": "np.multiply",
     "np_divide": "np.divide",
-    "np_minimum": "np.minimum",
-    "np_maximum": "np.maximum",
-    "np_exp": "np.exp",
-    "np_tanh": "np.tanh",
     "np_negative": "np.negative",
 }
-_CALL = re.compile(r"^(\w+) = (\w+)\((.*)\)$")
+_CALL = re.compile(r"^(?:(\w+) = )?(\w+)\((.*)\)$")  # (a bare call: an in-place ufunc)
 _INDEX = re.compile(r"^(\w+) = (\w+)\[(\w+)\]$")
 _RETURN = re.compile(r"^return \((.*)\)$")
 _CONCAT = re.compile(r"^\(([\w, ]*?),?\), axis=(-?\d+), out=(\w+)$")
@@ -113,6 +111,7 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         if not m:
             raise Unsupported(f"statement {s[:60]!r}")
         out, fn, args = m.groups()
+        out = out or f"_r{len(body)}"
         value = defaults.get(fn)
         if fn == "np_concatenate":
             c = _CONCAT.match(args)
@@ -192,6 +191,7 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
     return "\n".join(lines) + "\n", arrays
 
 
+CALLS = [0]  # half loops run as one numba call so far (tests)
 _kernels: dict[str, Any] = {}  # by source: the loaded module's kernel (its types compiled)
 _lock = threading.Lock()
 
@@ -202,8 +202,9 @@ class StepLoop:
     carries. `prepare(args)` loads and compiles the kernel for those arguments' types (numba's
     cache=True across processes); `error` says why it could not."""
 
-    def __init__(self, source: str, arrays: list[np.ndarray], length: int, reverse: bool):
-        self.source, self.arrays, self.length, self.reverse = source, arrays, length, reverse
+    def __init__(self, source: str, arrays: list[np.ndarray], length: int, reverse: Any):
+        self.source, self.arrays = source, arrays
+        self.length, self.reverse = int(length), bool(reverse)
         self.kernel: Any = None
         self.error = ""
 
@@ -236,4 +237,88 @@ class StepLoop:
         return self.kernel is not None
 
     def __call__(self, *args):
+        CALLS[0] += 1
         return self.kernel(*self.args(args))
+
+
+class Halves:
+    """Both halves' StepLoops of a split loop, and when they take over: the first split call
+    asks for the compile (in the background, unless that is off: then now) and runs the Python
+    loops; from the second on, the numba loops (after waiting for the compile), or the Python
+    ones for good if it failed (`error`)."""
+
+    def __init__(self, loops: list[StepLoop]):
+        self.loops = loops
+        self.calls = 0
+        self.ready: threading.Event | None = None
+        self.error = ""
+
+    def choose(self, runner: Any, parts: list, h0: tuple, h1: tuple, py0: Any, py1: Any):
+        """The two loop functions of this split call of `runner`: the numba ones, or the
+        Python ones `py0`, `py1` (for good once the compile failed: the report says why)."""
+        fns = self.pick((*parts[0], h0), (*parts[1], h1))
+        if self.error:
+            note(runner, f"halves' loops in Python: numba: {self.error}")
+            runner.step_loops = None
+        elif fns is not None:
+            note(runner, "each half's loop one numba call")
+            return fns
+        return py0, py1
+
+    def pick(self, args0: tuple, args1: tuple) -> tuple | None:
+        from . import background
+
+        a, b = self.loops
+        self.calls += 1
+        if self.calls == 1:
+            key = a.key(args0)
+            if background.enabled():
+                self.ready = background.request(a, key)
+                return None
+            a.prepare(key)
+        elif self.ready is not None:
+            self.ready.wait()
+            self.ready = None
+        if not a.has() or not b.prepare(b.key(args1)):
+            self.error = a.error or b.error or "no kernel"
+            return None
+        return a, b
+
+
+def attach(runner: Any, compiled: list, enabled: Any) -> Halves | None:
+    """A SplitRunner's halves (their compiled step programs `compiled`) as step loops, or None
+    (not `enabled`, or a program that does not translate: the report says why)."""
+    if not enabled:
+        return None
+    made = for_halves(compiled, runner.attrs)
+    if isinstance(made, str):
+        note(runner, f"halves' loops in Python: {made}")
+        return None
+    return made
+
+
+def note(runner: Any, text: str) -> None:
+    """`text` once in the loop's compile report line (LoopReport.kernel)."""
+    if runner.report is not None and text not in runner.report.kernel:
+        runner.report.kernel += f" ({text})"
+
+
+def for_halves(compiled: list, attrs: dict) -> Halves | str:
+    """Both halves' loops (their compiled step programs `compiled`) as one numba call each, or
+    why not."""
+    nc, nx = attrs["n_carry"], attrs["n_xs"]
+    n_inv = len(attrs["body"].inputs) - nc - nx
+    out = []
+    for c in compiled:
+        prologue = getattr(c, "prologue", None)
+        n_h = len(prologue.graph.outputs) if prologue is not None else 0
+        defaults = c.program.fn.__kwdefaults__ or {}
+        try:
+            source, names = translate(c.program.source, defaults, nc, nx, n_inv, n_h)
+        except Unsupported as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
+            return f"{type(e).__name__}: {e}"
+        loop = StepLoop(source, [defaults[n] for n in names], attrs["length"], attrs["reverse"])
+        out.append(loop)
+    return Halves(out)
