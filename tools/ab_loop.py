@@ -22,10 +22,10 @@ import tapernn as tn
 from tapernn import nn, scan_split
 
 
-def tn_step(B, T, H, dtype, x, g, mode):
+def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
     tn.set_backend("numba")
     tn.manual_seed(0)
-    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
+    seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
 
     def step():
         scan_split.STEP_LOOPS[0] = mode == "new"
@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--batch", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--cell", default="FastLSTM", help="FastLSTM, LSTM or GRU (torch: nn.LSTM)")
     args = ap.parse_args()
     print(f"load {os.getloadavg()}")
     for text in args.configs:
@@ -52,7 +53,7 @@ def main():
         g = rng.standard_normal((T, B, H)).astype(args.dtype)
         arms, models = {}, {}
         for mode in ("old", "new"):
-            arms[mode], models[mode] = tn_step(B, T, H, args.dtype, x, g, mode)
+            arms[mode], models[mode] = tn_step(B, T, H, args.dtype, x, g, mode, args.cell)
         if not args.no_torch:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from proto_own import torch_step
@@ -69,6 +70,8 @@ def main():
             for p, q in zip(models["old"].parameters(), models["new"].parameters())
         )
         print(f"old and new gradients bit-identical: {same} ({a.shape})")
+        for k in models["new"].compile_report().loops:
+            print("  new:", k.kernel[-60:])
         res = {k: ([], [], []) for k in arms}
         for _ in range(args.reps):
             for k, f in arms.items():
@@ -84,7 +87,7 @@ def main():
         for k, (w, tcpu, pcpu) in res.items():
             r = f" = {np.median(w) / base:.3f}x torch" if base else ""
             print(
-                f"({B},{T},{H}) {args.dtype} {k:6s} wall {np.median(w) * 1e3:7.2f} ms"
+                f"({B},{T},{H}) {args.cell} {args.dtype} {k:6s} wall {np.median(w) * 1e3:7.2f} ms"
                 f" (best {min(w) * 1e3:7.2f}), caller CPU {np.median(tcpu) * 1e3:6.2f},"
                 f" process CPU {np.median(pcpu) * 1e3:6.2f}{r}"
             )
