@@ -209,3 +209,25 @@ def test_numpy_tanh_keeps_the_python_loop(rng):
         equal(train(a, x, g), train(b, x, g))
     assert ran() == before
     assert any("halves' loops in Python: call of np_" in k for k in notes(a)), notes(a)
+
+
+def test_feature_major_loops_do_not_split_and_stay_right(rng):
+    make, step, n, H = CELLS["gru"]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    ms = []
+    for on in (True, False):
+        tn.manual_seed(0)
+        m = nn.Sequencer(make())
+        m.set_plan_options(
+            tn.PlanOptions(layout="feature", batch_split="on", own_threads="on", step_loops=on)
+        )
+        ms.append(m)
+    before = ran()
+    for _ in range(3):
+        got = train(ms[0], x, g)
+        equal(got, train(ms[1], x, g))
+    assert ran() == before
+    assert translated(ms[0]) == 0
+    p = {k: v.data.copy() for k, v in ms[0].module.named_parameters().items()}
+    zero = tuple(np.zeros((16, H)) for _ in range(n))
+    np.testing.assert_allclose(got[0], steps(step, p, x, zero)[0], **TOL)
