@@ -434,7 +434,8 @@ class SplitRunner:
             )
         loop0, loop1 = [loop for loop, _ in self.loops]
         if self.step_loops is not None:  # (each half as one numba call, once compiled)
-            loop0, loop1 = self.step_loops.choose(self, parts, hoisted, hoisted1, loop0, loop1)
+            whole, pre = (cs, xs, inv, ys), (hoisted, hoisted1)
+            loop0, loop1 = self.step_loops.choose(self, whole, pre, loop0, loop1)
         future = _executor().submit(loop1, *parts[1], hoisted1)
         try:
             first = loop0(*parts[0], hoisted)

@@ -179,11 +179,13 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         "",
         "",
         "@njit(cache=True, nogil=True, error_model='numpy')",
-        f"def kernel(length, reverse, {', '.join(sig)}):",
+        f"def kernel(length, reverse, lo, hi, {', '.join(sig)}):",
         "    for _s in range(length):",
         "        _t = length - 1 - _s if reverse else _s",
-        *[f"        {x} = X{k}[_t]" for k, x in enumerate(xs)],
-        *[f"        {y} = Y{j}[_t]" for j, y in enumerate(ys)],
+        # (the whole batch's xs and ys: a C array's [t, lo:hi] is a C array to numba, so every
+        # kernel and the packed driver take the rows without a copy)
+        *[f"        {x} = X{k}[_t, lo:hi]" for k, x in enumerate(xs)],
+        *[f"        {y} = Y{j}[_t, lo:hi]" for j, y in enumerate(ys)],
         *[f"        {b}" for b in body],
         f"        {', '.join(carries)}, = {', '.join(final)},",
         f"    return ({''.join(c + ', ' for c in carries)})",
@@ -209,11 +211,13 @@ class StepLoop:
         self.error = ""
 
     def args(self, args: tuple) -> tuple:
+        """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
+        xs, the invariants, the whole batch's ys, the hoisted values as one tuple)."""
         *rest, hoisted = args
         return (self.length, self.reverse, *rest, *hoisted, *self.arrays)
 
     def key(self, args: tuple) -> tuple:
-        """numba's argument types of a call with half_loop's `args`."""
+        """numba's argument types of a call with `args` (see `args`)."""
         from numba import typeof
 
         return tuple(typeof(a) for a in self.args(args))
@@ -241,6 +245,19 @@ class StepLoop:
         return self.kernel(*self.args(args))
 
 
+class _Bound:
+    """A half's StepLoop with its arguments (scan_split calls it with the Python loop's, which
+    it does not need)."""
+
+    __slots__ = ("args", "loop")
+
+    def __init__(self, loop: StepLoop, args: tuple):
+        self.loop, self.args = loop, args
+
+    def __call__(self, *_):
+        return self.loop(*self.args)
+
+
 class Halves:
     """Both halves' StepLoops of a split loop, and when they take over: the first split call
     asks for the compile (in the background, unless that is off: then now) and runs the Python
@@ -253,16 +270,23 @@ class Halves:
         self.ready: threading.Event | None = None
         self.error = ""
 
-    def choose(self, runner: Any, parts: list, h0: tuple, h1: tuple, py0: Any, py1: Any):
-        """The two loop functions of this split call of `runner`: the numba ones, or the
-        Python ones `py0`, `py1` (for good once the compile failed: the report says why)."""
-        fns = self.pick((*parts[0], h0), (*parts[1], h1))
+    def choose(self, runner: Any, whole: tuple, hoisted: tuple, py0: Any, py1: Any):
+        """The two loop functions of this split call of `runner` (`whole`: the call's carries,
+        xs, invariants and ys, whole batch; `hoisted`: each half's hoisted values): the numba
+        ones, or the Python ones `py0`, `py1` (for good once the compile failed: the report
+        says why)."""
+        cs, xs, inv, ys = whole
+        args = [
+            (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h)
+            for (lo, hi), h in zip(runner.rows, hoisted)
+        ]
+        fns = self.pick(*args)
         if self.error:
             note(runner, f"halves' loops in Python: numba: {self.error}")
             runner.step_loops = None
         elif fns is not None:
             note(runner, "each half's loop one numba call")
-            return fns
+            return _Bound(fns[0], args[0]), _Bound(fns[1], args[1])
         return py0, py1
 
     def pick(self, args0: tuple, args1: tuple) -> tuple | None:
