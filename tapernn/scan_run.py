@@ -313,8 +313,8 @@ def make_runner(
     head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
     lines = [head]
     # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
-    lent = getattr(prologue.program, "pack_slots", None) if prologue else None
-    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent or {}]
+    lent = (getattr(prologue.program, "pack_slots", None) or {}) if prologue else {}
+    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent.values()]
     if hoisted and lent:  # (the invariant work, once per call)
         lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
         lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]

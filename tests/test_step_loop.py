@@ -231,3 +231,27 @@ def test_feature_major_loops_do_not_split_and_stay_right(rng):
     p = {k: v.data.copy() for k, v in ms[0].module.named_parameters().items()}
     zero = tuple(np.zeros((16, H)) for _ in range(n))
     np.testing.assert_allclose(got[0], steps(step, p, x, zero)[0], **TOL)
+
+
+@pytest.mark.parametrize("cell", ["stacked", "mufuru"])
+def test_loops_with_several_lent_panels(cell, rng):
+    # a backward loop packing several weights into lent .grad panels (two stacked FastLSTMs, a
+    # MuFuRu): the Python runner zeroed `_lent[position]` for each panel's OUTPUT position
+    # instead of its dest slot -- IndexError ("scan failed: list index out of range") at the
+    # first backward before (found here; on main too)
+    H = 130
+    make = {
+        "stacked": lambda: nn.Sequential(nn.FastLSTM(D, H), nn.FastLSTM(H, H)),
+        "mufuru": lambda: nn.MuFuRu(D, H),
+    }[cell]
+    x, g = rng.standard_normal((T, 4, D)), rng.standard_normal((T, 4, H))
+    got = []
+    for backend in ("numba", "numpy"):
+        tn.set_backend(backend)
+        tn.manual_seed(0)
+        m = nn.Sequencer(make())
+        for _ in range(2):
+            out = train(m, x, g)
+        got.append(out)
+    tn.set_backend("numba")
+    equal(got[0], got[1], exact=False)
