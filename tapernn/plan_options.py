@@ -118,6 +118,9 @@ class PlanOptions:
     calls with >= 2 CPUs in os.sched_getaffinity and a BLAS policy of >= 2 threads
     (set_blas_threads "auto" or an int >= 2; never at 1 or None); "on": every call (tests);
     "off": never (blas_tuning's thread choice as before). The compile report's "threads" line.
+    step_loops: each half of a split loop runs as ONE numba call (its step program translated
+    into an @njit loop calling the same kernels: backends/step_loop.py; same bits), from the
+    second split call on; False: a Python loop calling the step program per step.
     """
 
     regions: bool = True
@@ -137,6 +140,7 @@ class PlanOptions:
     grad_input_tail_min_bytes: int = 1 << 16
     batch_split: str = "auto"
     own_threads: str = "auto"
+    step_loops: bool = True
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError

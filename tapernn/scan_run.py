@@ -166,17 +166,17 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "prologue_bytes": _buffer_bytes(compiled) - compiled.program.plan.buffer_bytes,
         "lent": scan_split.lent_of(compiled),
         "full_buffers": compiled.program.arrays,
+        "step_loops": ctx.options.step_loops,
     }
-    passes, options = ctx.passes, ctx.options
     split = scan_split.SplitRunner(
         runner,
         compiled.program.fn,
         graphs,
         attrs,
-        lambda graph: compiled_body(graph, passes, options, nc + nx, written),
+        lambda graph: compiled_body(graph, ctx.passes, ctx.options, nc + nx, written),
         helpers,
-        options.batch_split,
-        scan_columns.rule(compiled.graph, options.batch_split),
+        ctx.options.batch_split,
+        scan_columns.rule(compiled.graph, ctx.options.batch_split),
     )
     return split, f"{kernel}; {split.note()}"
 
@@ -313,8 +313,8 @@ def make_runner(
     head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
     lines = [head]
     # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
-    lent = getattr(prologue.program, "pack_slots", None) if prologue else None
-    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent or {}]
+    lent = (getattr(prologue.program, "pack_slots", None) or {}) if prologue else {}
+    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent.values()]
     if hoisted and lent:  # (the invariant work, once per call)
         lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
         lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]

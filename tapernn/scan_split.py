@@ -36,6 +36,7 @@ from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
+STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
 
 
@@ -237,6 +238,7 @@ class SplitRunner:
         # (what the halves may keep beyond the full body's buffers: their own prologues')
         prologue = helpers["prologue"][0]
         self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
+        self.step_loops: Any = None  # each half's loop as one numba call (step_loop.Halves)
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
@@ -259,6 +261,7 @@ class SplitRunner:
             return False
         attrs, h = self.attrs, self.helpers
         loops, outs, first = [], [], True
+        halves_compiled: list = []
         try:
             batch = attrs["body"].inputs[0].shape[0]
             # the halves' step buffers carved from the full body's (never run at once with
@@ -286,6 +289,7 @@ class SplitRunner:
                 first = first and late is not None
                 loops.append((half_loop(compiled, attrs, fail, late), pre))
                 self.late_xs |= set(late or ())
+                halves_compiled.append(compiled)
         except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
             return self._fail(f"{type(e).__name__}: {e}")
         # the hoisted values (invariants alone: the packed weights) computed once for both by
@@ -300,6 +304,9 @@ class SplitRunner:
         self.graphs = []
         self.over = h["make_over"](first)
         self.loops = loops
+        from .backends.step_loop import attach
+
+        self.step_loops = attach(self, halves_compiled, STEP_LOOPS[0] and h.get("step_loops", 1))
         return True
 
     def _late(self, compiled: Any, half: int) -> dict | None:
@@ -374,7 +381,7 @@ class SplitRunner:
     def _halves(self, cs: tuple, xs: tuple, inv: tuple, ys: list, alias: bool = False) -> tuple:
         """Both halves' final carries: the half of rows 0:b0 on this thread, the other on the
         worker, the hoisted values (the packed panels) computed once for both."""
-        (loop0, pre0), (loop1, pre1) = self.loops
+        (_, pre0), (_, pre1) = self.loops
         hoisted = pre0(*inv) if pre0 is not None else ()
         hoisted1 = pre1(*inv) if pre1 is not None else hoisted
         parts = []
@@ -385,6 +392,12 @@ class SplitRunner:
                 + list(inv)
                 + [y[:, lo:hi] for y in ys]
             )
+        loop0, loop1 = [loop for loop, _ in self.loops]
+        # each half as one numba call, once compiled -- not when late-read xs lie in the slab
+        # (`alias`): the Python loops copy each step's rows first, the step loops do not
+        if self.step_loops is not None and not alias:
+            whole, pre = (cs, xs, inv, ys), (hoisted, hoisted1)
+            loop0, loop1 = self.step_loops.choose(self, whole, pre, loop0, loop1)
         future = _executor().submit(loop1, *parts[1], hoisted1, alias)
         try:
             first = loop0(*parts[0], hoisted, alias)

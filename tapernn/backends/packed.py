@@ -242,8 +242,10 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
     if not panels.flags.c_contiguous:
         panels = np.ascontiguousarray(panels)
     target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
-    threads = min(_threads(), panels.shape[0])
-    if PARALLEL and threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
+    # (the pool's thread count only for the opt-in parallel driver: it is a ctypes call, which
+    # releases and retakes the GIL -- a hand-off between an owned call's two halves per step)
+    threads = min(_threads(), panels.shape[0]) if PARALLEL else 1
+    if threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
         _PARALLEL.kernel(a, panels, target, threads)
     else:
         kernel(a, panels, target)

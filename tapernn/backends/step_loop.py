@@ -1,0 +1,348 @@
+"""A split loop's half as ONE nogil numba call (issue 19, BENCHMARKS.md "hloop"): the half's step
+program -- a Python function calling numba kernels (the fused gate groups), the packed step GEMM
+and a few NumPy ufuncs per step -- translated statement by statement into an @njit loop over the
+steps that calls the same kernels, so the half runs with no Python (and no GIL hand-off) per step
+and the two halves truly overlap. Same kernels, same operands, same order: the same bits as the
+Python loop (tests/test_step_loop.py). A program with a statement the translator does not know
+keeps the Python loop (`translate` raises Unsupported, scan_split reports why)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from .numba_backend import Unsupported, _load
+
+# NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
+# ones alone (NumPy's SIMD exp and tanh may differ from numba's libm in the last place; a step
+# program calling them keeps the Python loop)
+_UFUNCS = {
+    "np_add": "np.add",
+    "np_sub": "np.subtract",
+    "np_subtract": "np.subtract",
+    "np_mul": "np.multiply",
+    "np_multiply": "np.multiply",
+    "np_divide": "np.divide",
+    "np_negative": "np.negative",
+}
+_CALL = re.compile(r"^(?:(\w+) = )?(\w+)\((.*)\)$")  # (a bare call: an in-place ufunc)
+_INDEX = re.compile(r"^(\w+) = (\w+)\[(\w+)\]$")
+_RETURN = re.compile(r"^return \((.*)\)$")
+_CONCAT = re.compile(r"^\(([\w, ]*?),?\), axis=(-?\d+), out=(\w+)$")
+
+
+def _index_text(index: Any) -> str:
+    if not isinstance(index, tuple):
+        index = (index,)
+    parts = []
+    for i in index:
+        if isinstance(i, slice):
+            a, b, c = (("" if v is None else str(int(v))) for v in (i.start, i.stop, i.step))
+            parts.append(f"{a}:{b}" + (f":{c}" if c else ""))
+        elif isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+            parts.append(str(int(i)))
+        else:
+            raise Unsupported(f"index {i!r}")
+    return ", ".join(parts) or ":"
+
+
+def _split_args(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, n_h: int):
+    """(numba module source, names of the kernel's array parameters taken from `defaults`) for a
+    step program `source` (codegen's text: `def program(<positional>, *, <bound>):` then one
+    statement a line) and its bound values `defaults`; Unsupported if a statement is unknown."""
+    from numba.core.registry import CPUDispatcher
+
+    from .packed import PackedSite
+
+    text = source.split("\n\n\n")[0].split("\n")
+    head = re.match(r"^def program\((.*?)(?:, \*, .*)?\):$", text[0])
+    if head is None:
+        raise Unsupported("program header")
+    params = _split_args(head.group(1))
+    n_ys = len(params) - n_carry - n_xs - n_inv - n_h
+    if n_ys < 0:
+        raise Unsupported("program parameters")
+    carries = params[:n_carry]
+    xs = params[n_carry : n_carry + n_xs]
+    ys = params[len(params) - n_ys :]
+    imports, arrays, body, final = [], [], [], None
+    modules: dict[str, str] = {}
+
+    def dispatcher(name: str) -> None:
+        disp = defaults[name]
+        module = disp.py_func.__module__
+        if not module.startswith("tapernn_"):
+            raise Unsupported(f"{name}: a kernel outside the kernel cache")
+        if name not in modules:
+            modules[name] = module
+            imports.append(f"{name} = sys.modules[{module!r}].{disp.py_func.__name__}")
+
+    def array(name: str) -> str:
+        v = defaults.get(name)
+        if not isinstance(v, np.ndarray):
+            raise Unsupported(f"{name}: not an array")
+        if name not in arrays:
+            arrays.append(name)
+        return name
+
+    for line in text[1:]:
+        s = line.strip()
+        if not s or s.startswith("del "):
+            continue
+        m = _RETURN.match(s)
+        if m:
+            final = _split_args(m.group(1))
+            continue
+        m = _INDEX.match(s)
+        if m:
+            out, x, idx = m.groups()
+            if idx not in defaults:
+                raise Unsupported(f"index {idx}")
+            body.append(f"{out} = {x}[{_index_text(defaults[idx])}]")
+            continue
+        m = _CALL.match(s)
+        if not m:
+            raise Unsupported(f"statement {s[:60]!r}")
+        out, fn, args = m.groups()
+        out = out or f"_r{len(body)}"
+        value = defaults.get(fn)
+        if fn == "np_concatenate":
+            c = _CONCAT.match(args)
+            if c is None:
+                raise Unsupported("concatenate")
+            parts, axis, dst = _split_args(c.group(1)), int(c.group(2)), c.group(3)
+            lead = ":, " * axis if axis >= 0 else None
+            if lead is None:
+                raise Unsupported("concatenate axis")
+            body.append("_o = 0")
+            for p in parts:
+                body.append(f"{dst}[{lead}_o:_o + {p}.shape[{axis}]] = {p}")
+                body.append(f"_o += {p}.shape[{axis}]")
+            body.append(f"{out} = {dst}")
+        elif isinstance(value, PackedSite):
+            a, w, panels, dst = _split_args(args)
+            if dst == "None":
+                target = f"np.empty(({a}.shape[0], {w}.shape[1]), {a}.dtype)"
+            else:
+                target = array(dst)  # (a C buffer: the driver writes it as one)
+            body.append(f"{out} = _packed(np.ascontiguousarray({a}), {panels}, {target})")
+        elif isinstance(value, CPUDispatcher):
+            dispatcher(fn)
+            body.append(f"{out} = {fn}({args})")
+        elif fn in _UFUNCS and value is getattr(np, _UFUNCS[fn][3:]):
+            ins = _split_args(args)
+            tail = [a for a in ins if a.startswith("out=")]
+            ins = [a for a in ins if not a.startswith("out=")]
+            if any("=" in a for a in ins):
+                raise Unsupported(f"{fn} keywords")
+            if tail:
+                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)}, {tail[0][4:]})")
+            else:
+                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)})")
+        else:
+            raise Unsupported(f"call of {fn}")
+    if final is None or len(final) != n_carry:
+        raise Unsupported("the step's returned carries")
+    for name in list(defaults):  # every other bound array the statements name is a parameter
+        if isinstance(defaults[name], np.ndarray) and any(
+            re.search(rf"\b{name}\b", b) for b in body
+        ):
+            array(name)
+    for name in arrays:  # (the packed driver writes its `out` as one C block)
+        if not defaults[name].flags.c_contiguous:
+            raise Unsupported(f"{name}: not C-contiguous")
+    inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
+    hoisted = params[n_carry + n_xs + n_inv : len(params) - n_ys]
+    big_x, big_y = [f"X{k}" for k in range(n_xs)], [f"Y{j}" for j in range(n_ys)]
+    sig = carries + big_x + inv + big_y + hoisted + arrays
+    from .packed import _kernel_module
+
+    lines = [
+        "import sys",
+        "import numpy as np",
+        "from numba import njit",
+        *imports,
+        f"_drv = sys.modules[{_kernel_module().__name__!r}]._panels",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def _packed(a, panels, out):",
+        "    _drv(a, panels, out, 0, panels.shape[0])",
+        "    return out",
+        "",
+        "",
+        "@njit(cache=True, nogil=True, error_model='numpy')",
+        f"def kernel(length, reverse, lo, hi, {', '.join(sig)}):",
+        "    for _s in range(length):",
+        "        _t = length - 1 - _s if reverse else _s",
+        # (the whole batch's xs and ys: a C array's [t, lo:hi] is a C array to numba, so every
+        # kernel and the packed driver take the rows without a copy)
+        *[f"        {x} = X{k}[_t, lo:hi]" for k, x in enumerate(xs)],
+        *[f"        {y} = Y{j}[_t, lo:hi]" for j, y in enumerate(ys)],
+        *[f"        {b}" for b in body],
+        f"        {', '.join(carries)}, = {', '.join(final)},",
+        f"    return ({''.join(c + ', ' for c in carries)})",
+    ]
+    return "\n".join(lines) + "\n", arrays
+
+
+CALLS = [0]  # half loops run as one numba call so far (tests)
+_kernels: dict[str, Any] = {}  # by source: the loaded module's kernel (its types compiled)
+_lock = threading.Lock()
+
+
+class StepLoop:
+    """A half's loop as one numba call: `__call__` has scan_split.half_loop's convention
+    (carries, xs, invariants, ys, then the hoisted values as one tuple) and returns the final
+    carries. `prepare(args)` loads and compiles the kernel for those arguments' types (numba's
+    cache=True across processes); `error` says why it could not."""
+
+    def __init__(self, source: str, arrays: list[np.ndarray], length: int, reverse: Any):
+        self.source, self.arrays = source, arrays
+        self.length, self.reverse = int(length), bool(reverse)
+        self.kernel: Any = None
+        self.error = ""
+
+    def args(self, args: tuple) -> tuple:
+        """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
+        xs, the invariants, the whole batch's ys, the hoisted values as one tuple)."""
+        *rest, hoisted = args
+        return (self.length, self.reverse, *rest, *hoisted, *self.arrays)
+
+    def key(self, args: tuple) -> tuple:
+        """numba's argument types of a call with `args` (see `args`)."""
+        from numba import typeof
+
+        return tuple(typeof(a) for a in self.args(args))
+
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None
+
+    def prepare(self, key: tuple) -> bool:
+        """Load the module and compile the kernel for argument types `key` (background.py's
+        handle protocol; numba's cache=True across processes)."""
+        with _lock:
+            if self.kernel is None and not self.error:
+                try:
+                    kernel = _kernels.get(self.source)
+                    if kernel is None:
+                        kernel = _kernels[self.source] = _load(self.source)
+                    kernel.compile(key)
+                    self.kernel = kernel
+                except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
+                    self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return self.kernel is not None
+
+    def __call__(self, *args):
+        CALLS[0] += 1
+        return self.kernel(*self.args(args))
+
+
+class _Bound:
+    """A half's StepLoop with its arguments (scan_split calls it with the Python loop's, which
+    it does not need)."""
+
+    __slots__ = ("args", "loop")
+
+    def __init__(self, loop: StepLoop, args: tuple):
+        self.loop, self.args = loop, args
+
+    def __call__(self, *_):
+        return self.loop(*self.args)
+
+
+class Halves:
+    """Both halves' StepLoops of a split loop, and when they take over: the first split call
+    asks for the compile (in the background, unless that is off: then now) and runs the Python
+    loops; from the second on, the numba loops (after waiting for the compile), or the Python
+    ones for good if it failed (`error`)."""
+
+    def __init__(self, loops: list[StepLoop]):
+        self.loops = loops
+        self.calls = 0
+        self.ready: threading.Event | None = None
+        self.error = ""
+
+    def choose(self, runner: Any, whole: tuple, hoisted: tuple, py0: Any, py1: Any):
+        """The two loop functions of this split call of `runner` (`whole`: the call's carries,
+        xs, invariants and ys, whole batch; `hoisted`: each half's hoisted values): the numba
+        ones, or the Python ones `py0`, `py1` (for good once the compile failed: the report
+        says why)."""
+        cs, xs, inv, ys = whole
+        args = [
+            (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h)
+            for (lo, hi), h in zip(runner.rows, hoisted)
+        ]
+        fns = self.pick(*args)
+        if self.error:
+            note(runner, f"halves' loops in Python: numba: {self.error}")
+            runner.step_loops = None
+        elif fns is not None:
+            note(runner, "each half's loop one numba call")
+            return _Bound(fns[0], args[0]), _Bound(fns[1], args[1])
+        return py0, py1
+
+    def pick(self, args0: tuple, args1: tuple) -> tuple | None:
+        from . import background
+
+        a, b = self.loops
+        self.calls += 1
+        if self.calls == 1:
+            key = a.key(args0)
+            if background.enabled():
+                self.ready = background.request(a, key)
+                return None
+            a.prepare(key)
+        elif self.ready is not None:
+            self.ready.wait()
+            self.ready = None
+        if not a.has() or not b.prepare(b.key(args1)):
+            self.error = a.error or b.error or "no kernel"
+            return None
+        return a, b
+
+
+def attach(runner: Any, compiled: list, enabled: Any) -> Halves | None:
+    """A SplitRunner's halves (their compiled step programs `compiled`) as step loops, or None
+    (not `enabled`, or a program that does not translate: the report says why)."""
+    if not enabled:
+        return None
+    made = for_halves(compiled, runner.attrs)
+    if isinstance(made, str):
+        note(runner, f"halves' loops in Python: {made}")
+        return None
+    return made
+
+
+def note(runner: Any, text: str) -> None:
+    """`text` once in the loop's compile report line (LoopReport.kernel)."""
+    if runner.report is not None and text not in runner.report.kernel:
+        runner.report.kernel += f" ({text})"
+
+
+def for_halves(compiled: list, attrs: dict) -> Halves | str:
+    """Both halves' loops (their compiled step programs `compiled`) as one numba call each, or
+    why not."""
+    nc, nx = attrs["n_carry"], attrs["n_xs"]
+    n_inv = len(attrs["body"].inputs) - nc - nx
+    out = []
+    for c in compiled:
+        prologue = getattr(c, "prologue", None)
+        n_h = len(prologue.graph.outputs) if prologue is not None else 0
+        defaults = c.program.fn.__kwdefaults__ or {}
+        try:
+            source, names = translate(c.program.source, defaults, nc, nx, n_inv, n_h)
+        except Unsupported as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
+            return f"{type(e).__name__}: {e}"
+        loop = StepLoop(source, [defaults[n] for n in names], attrs["length"], attrs["reverse"])
+        out.append(loop)
+    return Halves(out)

@@ -1,0 +1,257 @@
+"""Each half of a split loop as ONE numba call (backends/step_loop.py, PlanOptions.step_loops,
+issue 19): the half's step program translated into an @njit loop calling the same kernels.
+Against the Python loop over the same step program (bit for bit: same kernels, same order) and
+the NumPy equations (float64, 1e-12: values, the input gradient and every parameter gradient
+along random directions and each parameter alone), for FastLSTM, peephole LSTM and GRU with
+packed step GEMMs, odd and even batches, float32 too, `lengths=` batches remembered across
+chunks, need_grad_input=False; a step program with a statement the translator does not know
+(OpenBLAS step GEMMs) keeps the Python loop and the report says why."""
+
+import numpy as np
+import pytest
+from cell_reference import fastlstm_step, gru_step, lstm_step
+from test_batch_split import TOL, D, directional, equal, steps, train
+
+import tapernn as tn
+from tapernn import nn, scan_split
+from tapernn.backends import numba_available, step_loop
+from tapernn.backends.numba_backend import Unsupported
+from tapernn.backends.packed import available as avx512
+
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.skipif(not avx512(), reason="packed step GEMMs need AVX-512"),
+]
+T = 4
+# weights of >= 65,536 elements: every step GEMM packed (the translator's packed call); gates of
+# >= 4,096 elements a step (B >= 16): numba's gate kernels (smaller ones are NumPy ufunc lines,
+# exp and tanh among them: not translated, test_numpy_tanh_keeps_the_python_loop)
+CELLS = {
+    "fastlstm": (lambda: nn.FastLSTM(D, 256), fastlstm_step, 2, 256),
+    "lstm": (lambda: nn.LSTM(D, 256), lstm_step, 2, 256),
+    "gru": (lambda: nn.GRU(D, 256), gru_step, 1, 256),
+}
+ONE_CALL = "each half's loop one numba call"
+
+
+@pytest.fixture(autouse=True)
+def numba_now(monkeypatch):
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1: split from call 2
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    yield
+    tn.set_backend(before)
+
+
+def model(make, on, dtype="float64", **kw):
+    tn.manual_seed(0)
+    m = nn.Sequencer(make(), **kw).astype(dtype)
+    options = tn.PlanOptions(layout="batch", batch_split="on", own_threads="on", step_loops=on)
+    m.set_plan_options(options)
+    return m
+
+
+def notes(m):
+    return [loop.kernel for loop in m.compile_report().loops]
+
+
+def ran():
+    return step_loop.CALLS[0]
+
+
+def translated(m):
+    """How many of the model's loops run their halves as numba calls."""
+    return sum(ONE_CALL in k for k in notes(m))
+
+
+# float64: the GRU's loops both translate, the peephole LSTM's forward (its backward and the
+# FastLSTM's loops call NumPy's tanh on their gates in float64: not translated)
+@pytest.mark.parametrize("name, loops", [("gru", 2), ("lstm", 1)])
+@pytest.mark.parametrize("batch", [16, 17])
+def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng):
+    make, step, n, H = CELLS[name]
+    x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
+    a, b = model(make, True), model(make, False)
+    for _ in range(3):  # call 1 runs the full loop, 2 the Python halves (compiles), then numba
+        equal(train(a, x, g), train(b, x, g))
+        for m in (a, b):  # the next call sees other weights
+            for p in m.parameters():
+                p.data[...] += 0.01
+    before, split = ran(), scan_split.SPLIT_CALLS[0]
+    got = train(a, x, g)
+    assert ran() - before == 2 * loops  # two halves each
+    assert scan_split.SPLIT_CALLS[0] - split == 2
+    equal(got, train(b, x, g))
+    assert translated(a) == loops, notes(a)
+    assert translated(b) == 0
+    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
+    zero = tuple(np.zeros((batch, H)) for _ in range(n))
+    y, gx, pg = got
+    np.testing.assert_allclose(y, steps(step, p, x, zero)[0], **TOL)
+    arrays = dict(p, input=x)
+    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
+
+    def f(arr):
+        return steps(step, {k: arr[k] for k in p}, arr["input"], zero)[0]
+
+    want = directional(f, arrays, directions, g)
+    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
+    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
+    for k in p:  # and each parameter's alone
+        one = {j: directions[j] * (j == k) for j in arrays}
+        np.testing.assert_allclose(
+            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
+        )
+
+
+@pytest.mark.parametrize("name", ["fastlstm", "gru", "lstm"])
+@pytest.mark.parametrize("batch", [16, 17])
+def test_float32_bit_for_bit(name, batch, rng):
+    make, step, n, H = CELLS[name]
+    x = rng.standard_normal((T, batch, D)).astype(np.float32)
+    g = rng.standard_normal((T, batch, H)).astype(np.float32)
+    a, b = model(make, True, "float32"), model(make, False, "float32")
+    for _ in range(3):
+        equal(train(a, x, g), train(b, x, g))
+    before = ran()
+    got = train(a, x, g)
+    assert ran() - before == 4  # two loops, two halves each
+    equal(got, train(b, x, g))
+    assert translated(a) == 2, notes(a)
+    p = {k: v.data.astype(np.float64) for k, v in a.module.named_parameters().items()}
+    zero = tuple(np.zeros((batch, H)) for _ in range(n))
+    want = steps(step, p, x.astype(np.float64), zero)[0]
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru"])
+def test_lengths_remembered_across_chunks(name, rng):
+    make, step, n, H = CELLS[name]
+    a, b = model(make, True), model(make, False)
+    for m in (a, b):
+        m.remember("both")
+    rows = 17
+    x, g = rng.standard_normal((11, rows, D)), rng.standard_normal((11, rows, H))
+    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
+    state = tuple(np.zeros((rows, H)) for _ in range(n))
+    before = ran()
+    lens = [rng.integers(1, 5, rows) for _ in range(2)] + [rng.integers(1, 4, rows)]
+    for k in range(3):
+        lens[k][0] = 4 if k < 2 else 3
+    chunks = ((0, list(lens[0])), (4, list(lens[1])), (8, list(lens[2])))
+    for lo, lengths in chunks * 2:
+        hi = lo + max(lengths) if lo < 8 else 11
+        xc, gc, lengths = x[lo:hi], g[lo:hi], np.array(lengths)
+        mask = (np.arange(hi - lo)[:, None] < lengths)[..., None].astype(float)
+        got = train(a, xc, gc, lengths=lengths)
+        equal(got, train(b, xc, gc, lengths=lengths))
+        ys, state = steps(step, p, xc, state, mask)
+        np.testing.assert_allclose(got[0], ys, **TOL)
+        for h, s in zip(a.module.get_hidden_state(-1), state):
+            np.testing.assert_allclose(h, s, **TOL)
+        for h, s in zip(a.module.get_hidden_state(-1), b.module.get_hidden_state(-1)):
+            np.testing.assert_array_equal(h, s)
+    assert ran() > before
+
+
+def test_need_grad_input_false(rng):
+    make, _, _, H = CELLS["gru"]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    a, b = model(make, True), model(make, False)
+    before = ran()
+    for _ in range(3):
+        got = train(a, x, g, need_grad_input=False)
+        assert got[1] is None
+        equal(got, train(b, x, g, need_grad_input=False))
+    assert ran() > before
+
+
+def test_a_step_program_that_does_not_translate_keeps_the_python_loop(rng):
+    # H = 130: the GRU's (130, 390) recurrent weight is not packed: OpenBLAS step GEMMs
+    make = lambda: nn.GRU(D, 130)
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, 130))
+    a, b = model(make, True), model(make, False)
+    before = ran()
+    for _ in range(3):
+        equal(train(a, x, g), train(b, x, g), exact=False)
+    assert ran() == before
+    assert all("halves' loops in Python: call of np_matmul" in k for k in notes(a)), notes(a)
+
+
+def test_translate_refuses_what_it_does_not_know():
+    src = "def program(a0, a1, *, np_array, f):\n    v2 = f(a0, a1)\n    return (v2,)\n"
+    with pytest.raises(Unsupported, match="call of f"):
+        step_loop.translate(src, {"f": len, "np_array": np.array}, 1, 1, 0, 0)
+    src = "def program(a0, a1, *, i3):\n    v2 = a0[i3]\n    return (v2,)\n"
+    with pytest.raises(Unsupported, match="index"):
+        step_loop.translate(src, {"i3": (None,)}, 1, 1, 0, 0)
+
+
+def test_off_by_option(rng):
+    make, _, _, H = CELLS["gru"]
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    b = model(make, False)
+    before = ran()
+    for _ in range(3):
+        train(b, x, g)
+    assert ran() == before
+    assert not any(ONE_CALL in k or "halves' loops" in k for k in notes(b))
+
+
+def test_numpy_tanh_keeps_the_python_loop(rng):
+    # float64 FastLSTM: its gates' tanh stays NumPy's ufunc (faster than numba's scalar libm),
+    # whose SIMD code may round otherwise than numba's: not translated
+    make, _, _, H = CELLS["fastlstm"]
+    x, g = rng.standard_normal((T, 5, D)), rng.standard_normal((T, 5, H))
+    a, b = model(make, True), model(make, False)
+    before = ran()
+    for _ in range(3):
+        equal(train(a, x, g), train(b, x, g))
+    assert ran() == before
+    assert any("halves' loops in Python: call of np_" in k for k in notes(a)), notes(a)
+
+
+def test_feature_major_loops_do_not_split_and_stay_right(rng):
+    make, step, n, H = CELLS["gru"]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    ms = []
+    for on in (True, False):
+        tn.manual_seed(0)
+        m = nn.Sequencer(make())
+        m.set_plan_options(
+            tn.PlanOptions(layout="feature", batch_split="on", own_threads="on", step_loops=on)
+        )
+        ms.append(m)
+    before = ran()
+    for _ in range(3):
+        got = train(ms[0], x, g)
+        equal(got, train(ms[1], x, g))
+    assert ran() == before
+    assert translated(ms[0]) == 0
+    p = {k: v.data.copy() for k, v in ms[0].module.named_parameters().items()}
+    zero = tuple(np.zeros((16, H)) for _ in range(n))
+    np.testing.assert_allclose(got[0], steps(step, p, x, zero)[0], **TOL)
+
+
+@pytest.mark.parametrize("cell", ["stacked", "mufuru"])
+def test_loops_with_several_lent_panels(cell, rng):
+    # a backward loop packing several weights into lent .grad panels (two stacked FastLSTMs, a
+    # MuFuRu): the Python runner zeroed `_lent[position]` for each panel's OUTPUT position
+    # instead of its dest slot -- IndexError ("scan failed: list index out of range") at the
+    # first backward before (found here; on main too)
+    H = 130
+    make = {
+        "stacked": lambda: nn.Sequential(nn.FastLSTM(D, H), nn.FastLSTM(H, H)),
+        "mufuru": lambda: nn.MuFuRu(D, H),
+    }[cell]
+    x, g = rng.standard_normal((T, 4, D)), rng.standard_normal((T, 4, H))
+    got = []
+    for backend in ("numba", "numpy"):
+        tn.set_backend(backend)
+        tn.manual_seed(0)
+        m = nn.Sequencer(make())
+        for _ in range(2):
+            out = train(m, x, g)
+        got.append(out)
+    tn.set_backend("numba")
+    equal(got[0], got[1], exact=False)

@@ -1,0 +1,98 @@
+"""A/B of branch hloop's changes to the owned training step (issue 19): "new" (as built) against
+"old" (scan_split.STEP_LOOPS off: each half's loop a Python loop over its step program), both tapernn numba
+FastLSTM models with the default options, and torch nn.LSTM f32 -- one process, interleaved
+rounds with a rest before each arm, wall and caller-thread / process CPU per step, medians.
+
+Run: PYTHONPATH=$PWD python tools/ab_loop.py --configs 32,50,256 --reps 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tapernn as tn
+from tapernn import nn, scan_split
+
+
+def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
+    tn.set_backend("numba")
+    tn.manual_seed(0)
+    seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
+
+    def step():
+        scan_split.STEP_LOOPS[0] = mode == "new"
+        seq.forward(x)
+        seq.zero_grad_parameters()
+        seq.backward(x, g)
+
+    return step, seq
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["32,50,256"])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=5)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--cell", default="FastLSTM", help="FastLSTM, LSTM or GRU (torch: nn.LSTM)")
+    args = ap.parse_args()
+    print(f"load {os.getloadavg()}")
+    for text in args.configs:
+        B, T, H = (int(v) for v in text.split(","))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H)).astype(args.dtype)
+        g = rng.standard_normal((T, B, H)).astype(args.dtype)
+        arms, models = {}, {}
+        for mode in ("old", "new"):
+            arms[mode], models[mode] = tn_step(B, T, H, args.dtype, x, g, mode, args.cell)
+        if not args.no_torch:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from proto_own import torch_step
+
+            arms["torch"] = torch_step(
+                B, T, H, "float32", x.astype(np.float32), g.astype(np.float32)
+            )
+        for f in arms.values():
+            for _ in range(5):
+                f()
+        a = models["old"].parameters()[0].grad
+        same = all(
+            np.array_equal(p.grad, q.grad)
+            for p, q in zip(models["old"].parameters(), models["new"].parameters())
+        )
+        print(f"old and new gradients bit-identical: {same} ({a.shape})")
+        for k in models["new"].compile_report().loops:
+            print("  new:", k.kernel[-60:])
+        res = {k: ([], [], []) for k in arms}
+        for _ in range(args.reps):
+            for k, f in arms.items():
+                time.sleep(0.1)
+                c, tc, t = time.process_time(), time.thread_time(), time.perf_counter()
+                for _ in range(args.batch):
+                    f()
+                n = args.batch
+                res[k][0].append((time.perf_counter() - t) / n)
+                res[k][1].append((time.thread_time() - tc) / n)
+                res[k][2].append((time.process_time() - c) / n)
+        base = np.median(res["torch"][0]) if "torch" in res else None
+        for k, (w, tcpu, pcpu) in res.items():
+            r = f" = {np.median(w) / base:.3f}x torch" if base else ""
+            print(
+                f"({B},{T},{H}) {args.cell} {args.dtype} {k:6s} wall {np.median(w) * 1e3:7.2f} ms"
+                f" (best {min(w) * 1e3:7.2f}), caller CPU {np.median(tcpu) * 1e3:6.2f},"
+                f" process CPU {np.median(pcpu) * 1e3:6.2f}{r}"
+            )
+        print(f"load {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
