@@ -262,6 +262,7 @@ class SplitRunner:
         attrs, h = self.attrs, self.helpers
         loops, outs, first = [], [], True
         halves_compiled: list = []
+        lates: list = []  # (each half's late-read xs buffers, for its step loop)
         try:
             batch = attrs["body"].inputs[0].shape[0]
             # the halves' step buffers carved from the full body's (never run at once with
@@ -290,6 +291,7 @@ class SplitRunner:
                 loops.append((half_loop(compiled, attrs, fail, late), pre))
                 self.late_xs |= set(late or ())
                 halves_compiled.append(compiled)
+                lates.append(late)
         except Exception as e:  # noqa: BLE001 -- any failure: the full loop runs
             return self._fail(f"{type(e).__name__}: {e}")
         # the hoisted values (invariants alone: the packed weights) computed once for both by
@@ -306,7 +308,8 @@ class SplitRunner:
         self.loops = loops
         from .backends.step_loop import attach
 
-        self.step_loops = attach(self, halves_compiled, STEP_LOOPS[0] and h.get("step_loops", 1))
+        enabled = STEP_LOOPS[0] and h.get("step_loops", 1)
+        self.step_loops = attach(self, halves_compiled, enabled, lates)
         return True
 
     def _late(self, compiled: Any, half: int) -> dict | None:
@@ -393,11 +396,9 @@ class SplitRunner:
                 + [y[:, lo:hi] for y in ys]
             )
         loop0, loop1 = [loop for loop, _ in self.loops]
-        # each half as one numba call, once compiled -- not when late-read xs lie in the slab
-        # (`alias`): the Python loops copy each step's rows first, the step loops do not
-        if self.step_loops is not None and not alias:
+        if self.step_loops is not None:  # (each half as one numba call, once compiled)
             whole, pre = (cs, xs, inv, ys), (hoisted, hoisted1)
-            loop0, loop1 = self.step_loops.choose(self, whole, pre, loop0, loop1)
+            loop0, loop1 = self.step_loops.choose(self, whole, pre, loop0, loop1, alias)
         future = _executor().submit(loop1, *parts[1], hoisted1, alias)
         try:
             first = loop0(*parts[0], hoisted, alias)

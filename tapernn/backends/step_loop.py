@@ -53,10 +53,14 @@ def _split_args(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, n_h: int):
+def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, n_h: int, late=()):
     """(numba module source, names of the kernel's array parameters taken from `defaults`) for a
     step program `source` (codegen's text: `def program(<positional>, *, <bound>):` then one
-    statement a line) and its bound values `defaults`; Unsupported if a statement is unknown."""
+    statement a line) and its bound values `defaults`; Unsupported if a statement is unknown.
+    `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the kernel's
+    last parameters are `_alias` and one row buffer `P<k>` each; when `_alias` (those xs lie in
+    the slab the loop writes) each step's rows are copied there before the step, as the Python
+    half loop does."""
     from numba.core.registry import CPUDispatcher
 
     from .packed import PackedSite
@@ -161,7 +165,7 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
     inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
     hoisted = params[n_carry + n_xs + n_inv : len(params) - n_ys]
     big_x, big_y = [f"X{k}" for k in range(n_xs)], [f"Y{j}" for j in range(n_ys)]
-    sig = carries + big_x + inv + big_y + hoisted + arrays
+    sig = carries + big_x + inv + big_y + hoisted + arrays + ["_alias"] + [f"P{k}" for k in late]
     from .packed import _kernel_module
 
     lines = [
@@ -185,6 +189,10 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         # (the whole batch's xs and ys: a C array's [t, lo:hi] is a C array to numba, so every
         # kernel and the packed driver take the rows without a copy)
         *[f"        {x} = X{k}[_t, lo:hi]" for k, x in enumerate(xs)],
+        *[
+            f"        if _alias:\n            P{k}[...] = {xs[k]}\n            {xs[k]} = P{k}"
+            for k in late
+        ],
         *[f"        {y} = Y{j}[_t, lo:hi]" for j, y in enumerate(ys)],
         *[f"        {b}" for b in body],
         f"        {', '.join(carries)}, = {', '.join(final)},",
@@ -204,17 +212,17 @@ class StepLoop:
     carries. `prepare(args)` loads and compiles the kernel for those arguments' types (numba's
     cache=True across processes); `error` says why it could not."""
 
-    def __init__(self, source: str, arrays: list[np.ndarray], length: int, reverse: Any):
-        self.source, self.arrays = source, arrays
+    def __init__(self, source: str, arrays: list, length: int, reverse: Any, late: tuple = ()):
+        self.source, self.arrays, self.late = source, arrays, late  # (late: the P<k> buffers)
         self.length, self.reverse = int(length), bool(reverse)
         self.kernel: Any = None
         self.error = ""
 
     def args(self, args: tuple) -> tuple:
         """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
-        xs, the invariants, the whole batch's ys, the hoisted values as one tuple)."""
-        *rest, hoisted = args
-        return (self.length, self.reverse, *rest, *hoisted, *self.arrays)
+        xs, the invariants, the whole batch's ys, the hoisted values as one tuple, alias)."""
+        *rest, hoisted, alias = args
+        return (self.length, self.reverse, *rest, *hoisted, *self.arrays, alias, *self.late)
 
     def key(self, args: tuple) -> tuple:
         """numba's argument types of a call with `args` (see `args`)."""
@@ -270,14 +278,14 @@ class Halves:
         self.ready: threading.Event | None = None
         self.error = ""
 
-    def choose(self, runner: Any, whole: tuple, hoisted: tuple, py0: Any, py1: Any):
+    def choose(self, runner: Any, whole: tuple, hoisted: tuple, py0: Any, py1: Any, alias=False):
         """The two loop functions of this split call of `runner` (`whole`: the call's carries,
-        xs, invariants and ys, whole batch; `hoisted`: each half's hoisted values): the numba
-        ones, or the Python ones `py0`, `py1` (for good once the compile failed: the report
-        says why)."""
+        xs, invariants and ys, whole batch; `hoisted`: each half's hoisted values; `alias`:
+        late-read xs lie in the slab): the numba ones, or the Python ones `py0`, `py1` (for good
+        once the compile failed: the report says why)."""
         cs, xs, inv, ys = whole
         args = [
-            (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h)
+            (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h, bool(alias))
             for (lo, hi), h in zip(runner.rows, hoisted)
         ]
         fns = self.pick(*args)
@@ -309,12 +317,13 @@ class Halves:
         return a, b
 
 
-def attach(runner: Any, compiled: list, enabled: Any) -> Halves | None:
-    """A SplitRunner's halves (their compiled step programs `compiled`) as step loops, or None
-    (not `enabled`, or a program that does not translate: the report says why)."""
+def attach(runner: Any, compiled: list, enabled: Any, lates: list | None = None) -> Halves | None:
+    """A SplitRunner's halves (their compiled step programs `compiled`; `lates`: each half's
+    {xs position: row buffer} of late-read xs, scan_split.half_loop's `late`) as step loops, or
+    None (not `enabled`, or a program that does not translate: the report says why)."""
     if not enabled:
         return None
-    made = for_halves(compiled, runner.attrs)
+    made = for_halves(compiled, runner.attrs, lates)
     if isinstance(made, str):
         note(runner, f"halves' loops in Python: {made}")
         return None
@@ -327,22 +336,24 @@ def note(runner: Any, text: str) -> None:
         runner.report.kernel += f" ({text})"
 
 
-def for_halves(compiled: list, attrs: dict) -> Halves | str:
-    """Both halves' loops (their compiled step programs `compiled`) as one numba call each, or
-    why not."""
+def for_halves(compiled: list, attrs: dict, lates: list | None = None) -> Halves | str:
+    """Both halves' loops (their compiled step programs `compiled`, late-read xs `lates`) as
+    one numba call each, or why not."""
     nc, nx = attrs["n_carry"], attrs["n_xs"]
     n_inv = len(attrs["body"].inputs) - nc - nx
     out = []
-    for c in compiled:
+    for c, late in zip(compiled, lates or [{}] * len(compiled)):
+        late = late or {}
         prologue = getattr(c, "prologue", None)
         n_h = len(prologue.graph.outputs) if prologue is not None else 0
         defaults = c.program.fn.__kwdefaults__ or {}
         try:
-            source, names = translate(c.program.source, defaults, nc, nx, n_inv, n_h)
+            source, names = translate(c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late))
         except Unsupported as e:
             return str(e)
         except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
             return f"{type(e).__name__}: {e}"
-        loop = StepLoop(source, [defaults[n] for n in names], attrs["length"], attrs["reverse"])
+        arrays = [defaults[n] for n in names]
+        loop = StepLoop(source, arrays, attrs["length"], attrs["reverse"], tuple(late.values()))
         out.append(loop)
     return Halves(out)
