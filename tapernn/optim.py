@@ -32,8 +32,11 @@ def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
             and step.flags.c_contiguous
             and (data is step or not np.may_share_memory(data, step))
         ):
-            kernel(data, step, data.dtype.type(lr))
-            return
+            try:
+                kernel(data, step, data.dtype.type(lr))
+                return
+            except Exception:  # noqa: BLE001 (numba failed to compile or load it: it never ran)
+                _KERNEL[:] = [_uncached(kernel)]  # (once; then NumPy's form)
         data -= lr * step
         return
     flat_d, flat_s = data.reshape(-1), step.reshape(-1)
@@ -63,6 +66,23 @@ def update_temp_bytes(nbytes: list[int], itemsize: int) -> int:
 
 
 _KERNEL: list = []  # [numba_update.sub_scaled or None] once decided
+
+
+def _uncached(kernel):
+    """The kernel compiled again without numba's disk cache (an entry written for the package
+    imported under another module name fails to load), once; else None (NumPy's form)."""
+    if _RETRIED or not hasattr(kernel, "py_func"):
+        return None
+    _RETRIED.append(True)
+    try:
+        from numba import njit
+
+        return njit(nogil=True, error_model="numpy")(kernel.py_func)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_RETRIED: list = []
 
 
 def inplace_kernel():

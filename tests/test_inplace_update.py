@@ -129,3 +129,24 @@ def test_update_parameters_and_the_report():
         assert np.array_equal(p.data, want), k
     assert optim.update_temp_bytes([2000], 4) == 0
     assert optim.update_temp_bytes([optim.CHUNK * 8], 4) == optim.CHUNK * 4
+
+
+def test_a_kernel_that_fails_leaves_numpys_update(monkeypatch):
+    """numba failing to compile or load the kernel (e.g. a cache written for the package
+    under another module name) never fails an update: NumPy's form, from then on."""
+
+    def broken(*args):
+        raise RuntimeError("cannot load")
+
+    broken.py_func = optim.inplace_kernel().py_func
+    monkeypatch.setattr(optim, "_KERNEL", [broken])
+    monkeypatch.setattr(optim, "_RETRIED", [])
+    data, step = np.full(30, 2.0, np.float32), np.ones(30, np.float32)
+    optim.subtract_scaled(data, step, 0.5)  # (NumPy's form; the kernel compiled again, uncached)
+    assert np.all(data == 1.5) and optim._KERNEL[0] is not broken and optim._RETRIED
+    optim.subtract_scaled(data, step, 0.5)
+    assert np.all(data == 1.0)
+    monkeypatch.setattr(optim, "_KERNEL", [broken])  # (failing again: NumPy's form for good)
+    optim.subtract_scaled(data, step, 0.5)
+    assert np.all(data == 0.5) and optim._KERNEL == [None]
+    assert optim.update_temp_bytes([120], 4) == 120
