@@ -144,3 +144,53 @@ def test_the_numpy_rolled_loop_peak_is_at_most_unrolled_at_the_tutorial_size():
     for name in CELLS:
         rolled, unrolled = peak(name, False), peak(name, True)
         assert rolled <= unrolled, (name, rolled, unrolled)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("name", list(CELLS))
+def test_a_pairs_whole_program_kernels_share_one_workspace(name):
+    """The forward's and the backward's whole-program kernels (one module's programs never
+    run at once; nothing lives in a workspace between calls) take their workspaces from the
+    module's Arena: the same memory, and the equations' numbers across T, B, the
+    need_grad_input=False variant and replaced weights (at 1e-12, float64)."""
+    make, step, n_states = CELLS[name]
+    tn.manual_seed(1)
+    cell = make()
+    seq = nn.Sequencer(cell).set_plan_options(PlanOptions(backend="numba"))
+    for T, B in ((5, 1), (5, 1), (7, 1), (7, 2), (5, 1)):
+        for _ in range(3):  # (past the switch call when kernels compile in the background)
+            _check(seq, cell, step, n_states, T=T, B=B, seed=T + B)
+        pair = runtime_of(seq).history[-1].exe.compile_training()
+        fwd, bwd = pair.forward.program.fn, (pair.last_backward or pair.backward).program.fn
+        assert hasattr(fwd, "work") and hasattr(bwd, "work"), (fwd, bwd)
+        assert any(np.shares_memory(a, b) for a in fwd.work for b in bwd.work)
+    x = np.random.default_rng(5).standard_normal((5, 1, H))
+    g = np.random.default_rng(6).standard_normal((5, 1, H))
+    for _ in range(3):
+        seq.forward(x)
+        seq.backward(x, g, need_grad_input=False)
+    for p in cell.parameters():
+        p.data = np.random.default_rng(9).standard_normal(p.data.shape)
+    for _ in range(3):
+        _check(seq, cell, step, n_states, T=5, B=1, seed=11)
+
+
+def test_the_arenas_workspaces_counted_once():
+    """Arena.take_work: one array per dtype, each kernel's workspace its front; Arena.nbytes
+    counts the largest asked once (before any is made, and after)."""
+    from types import SimpleNamespace
+
+    from tapernn.arena import Arena
+
+    arena = Arena()
+    switches = []
+    for work in ([("float32", 100), ("float64", 10)], [("float32", 60)]):
+        switch = SimpleNamespace(handle=SimpleNamespace(work=work), pool=None)
+        switches.append(switch)
+        arena.note_loops(SimpleNamespace(program_kernel=switch, report=SimpleNamespace(loops=[])))
+    assert all(s.pool is arena for s in switches)
+    assert arena.nbytes == 100 * 4 + 10 * 8
+    a32, a64 = arena.take_work(switches[0].handle.work)
+    (b32,) = arena.take_work(switches[1].handle.work)
+    assert a32.size == 100 and b32.size == 60 and np.shares_memory(a32, b32)
+    assert a64.dtype == np.float64 and arena.nbytes == 100 * 4 + 10 * 8
