@@ -37,14 +37,39 @@ class Arena:
         self.array = np.empty(0, np.uint8)
         self.given: list[np.ndarray] = []  # every array handed out (for the byte count)
         self.loops: dict[int, int] = {}  # compiled loop body -> its own buffers' bytes
+        # whole-program numba kernels' workspaces, one per dtype for all the programs (like the
+        # buffers: no value in them outlives a call); dtype -> most elements asked, arrays given
+        self.work_need: dict[str, int] = {}
+        self.work: dict[str, np.ndarray] = {}
+        self.work_given: list[np.ndarray] = []
 
     def note_loops(self, compiled: Compiled) -> None:
         """Count the buffers of `compiled`'s loop bodies (each body once): they are the
         module's too, kept between calls beside the arena (a body runs inside its program)."""
         for loop in compiled.report.loops:
             self.loops[loop.body_key] = loop.buffer_bytes + loop.workspace_bytes
-        # (and its numba kernel's workspaces: the program's own, kept between calls)
-        self.loops[id(compiled)] = compiled.report.workspace_bytes
+        # (and its numba kernel's workspaces: carved from the arena's, `take_work`)
+        switch = getattr(compiled, "program_kernel", None)
+        if switch is not None and getattr(switch, "handle", None) is not None:
+            switch.pool = self
+            for dtype, size in switch.handle.work:
+                self.work_need[dtype] = max(self.work_need.get(dtype, 0), size)
+            self.loops[id(compiled)] = 0
+        else:
+            self.loops[id(compiled)] = compiled.report.workspace_bytes
+
+    def take_work(self, work: list[tuple[str, int]]) -> list[np.ndarray]:
+        """A kernel's workspaces ((dtype, elements) each) as the front of the arena's, grown to
+        what every kernel compiled so far asks when smaller (a kernel given a smaller one
+        before keeps it)."""
+        out = []
+        for dtype, size in work:
+            have, need = self.work.get(dtype), max(size, self.work_need.get(dtype, 0))
+            if have is None or have.size < need:  # (as large as every kernel compiled asks)
+                have = self.work[dtype] = np.empty(need, dtype)
+                self.work_given.append(have)
+            out.append(have[:size])
+        return out
 
     def take(self, nbytes: int) -> np.ndarray:
         if self.array.nbytes < nbytes:
@@ -56,7 +81,11 @@ class Arena:
     def nbytes(self) -> int:
         """Bytes of every array handed out (the programs keep them alive), and of the loop
         bodies' own buffers."""
-        return sum(a.nbytes for a in self.given) + sum(self.loops.values())
+        work = sum(a.nbytes for a in self.work_given) + sum(
+            np.dtype(d).itemsize * max(0, n - (self.work[d].size if d in self.work else 0))
+            for d, n in self.work_need.items()
+        )  # (made at a kernel's first call: counted from its compile on)
+        return sum(a.nbytes for a in self.given) + sum(self.loops.values()) + work
 
 
 def compile_shared(

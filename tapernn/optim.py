@@ -3,6 +3,7 @@ update `Parameter.data` in place, so compiled programs never need rebuilding."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,11 +17,31 @@ CHUNK = 1 << 13  # elements per piece of an in-place update (its one temporary: 
 def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
     """data -= lr * step in place, bit for bit, in pieces of CHUNK elements: the temporary
     `lr * step` is one piece, not a copy of the whole (packed) parameter array, which would be
-    the peak of a training loop's update."""
+    the peak of a training loop's update. An array of at most CHUNK elements, once numba is
+    imported (a numba or "auto" program ran), is updated by one numba loop with no temporary
+    (backends/numba_update.py: same bits; `inplace_kernel`)."""
+    if data.size <= CHUNK:
+        kernel = _KERNEL[0] if _KERNEL else inplace_kernel()
+        if (
+            kernel is not None
+            and type(lr) is float  # (a NumPy scalar lr is not cast to the arrays' dtype first)
+            and data.dtype is step.dtype
+            and data.dtype.char in "fd"
+            and data.shape == step.shape
+            and data.flags.c_contiguous
+            and step.flags.c_contiguous
+            and (data is step or not np.may_share_memory(data, step))
+        ):
+            try:
+                kernel(data, step, data.dtype.type(lr))
+                return
+            except Exception:  # noqa: BLE001 (numba failed to compile or load it: it never ran)
+                _KERNEL[:] = [_uncached(kernel)]  # (once; then NumPy's form)
+        data -= lr * step
+        return
     flat_d, flat_s = data.reshape(-1), step.reshape(-1)
     if (
-        data.size <= CHUNK
-        or not np.may_share_memory(flat_d, data)  # reshape copied: not contiguous
+        not np.may_share_memory(flat_d, data)  # reshape copied: not contiguous
         or flat_s.shape != flat_d.shape
         or np.may_share_memory(flat_d, flat_s)
     ):
@@ -35,9 +56,47 @@ def subtract_scaled(data: np.ndarray, step: np.ndarray, lr: float) -> None:
 
 def update_temp_bytes(nbytes: list[int], itemsize: int) -> int:
     """Most bytes `subtract_scaled` allocates at once updating arrays of `nbytes` each (one
-    piece of CHUNK elements, or the whole `lr * step` of an array that small): the update's
-    share of a training loop's peak (compile_report)."""
-    return min(max(nbytes, default=0), CHUNK * itemsize)
+    piece of CHUNK elements, or the whole `lr * step` of an array that small; none for arrays
+    that small once the in-place kernel is there): the update's share of a training loop's
+    peak (compile_report)."""
+    largest = max(nbytes, default=0)
+    if largest <= CHUNK * itemsize and (_KERNEL[0] if _KERNEL else inplace_kernel()):
+        return 0
+    return min(largest, CHUNK * itemsize)
+
+
+_KERNEL: list = []  # [numba_update.sub_scaled or None] once decided
+
+
+def _uncached(kernel):
+    """The kernel compiled again without numba's disk cache (an entry written for the package
+    imported under another module name fails to load), once; else None (NumPy's form)."""
+    if _RETRIED or not hasattr(kernel, "py_func"):
+        return None
+    _RETRIED.append(True)
+    try:
+        from numba import njit
+
+        return njit(nogil=True, error_model="numpy")(kernel.py_func)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_RETRIED: list = []
+
+
+def inplace_kernel():
+    """backends/numba_update.sub_scaled once numba is imported in this process (fully: not
+    while a worker thread is importing it); None before, and without numba. The update never
+    imports numba itself: a NumPy-only process keeps NumPy's update."""
+    numba = sys.modules.get("numba")
+    spec = getattr(numba, "__spec__", None)
+    if numba is None or getattr(spec, "_initializing", False) or not hasattr(numba, "njit"):
+        return None
+    from .backends import numba_update
+
+    _KERNEL.append(numba_update.sub_scaled)
+    return _KERNEL[0]
 
 
 class Optimizer:

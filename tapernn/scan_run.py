@@ -265,6 +265,7 @@ def make_runner(
     keep_out: bool = False,
     xs_in_slab: bool = False,
     own: tuple[int, ...] = (),
+    hold_copies: bool = True,
 ):
     """A function (initial carries, xs, invariants, out=None) -> slab running the compiled
     body once per step: generated source, the carries in locals, the body program's
@@ -278,7 +279,8 @@ def make_runner(
     (`reads_xs_first`), else the loop writes a slab of its own, copied into `out`. `own`:
     live carries (positions) `compiled` writes into arrays it is given (its first written
     outputs, before the ys): two per carry, made once, each step writing the one that does not
-    hold the carry it reads."""
+    hold the carry it reads. `hold_copies=False` (a numba loop kernel's NumPy fallback): the
+    late xs copies are made per call, not held beside the kernel's workspace."""
     body, nc, nx = attrs["body"], attrs["n_carry"], attrs["n_xs"]
     given = ", _slab is out" if keep_out else ""  # views of `out` made once, kept
     length, reverse, shifted = attrs["length"], attrs["reverse"], attrs.get("shifted", ())
@@ -308,6 +310,7 @@ def make_runner(
     # and step; held by the runner like the per-step rows: CompileReport.workspace_bytes)
     rows_of = [body.inputs[nc + k] for k in late]
     block = bool(inline and late) and length * sum(v.nbytes for v in rows_of) <= LATE_BLOCK_BYTES
+    blocks = {k: (((length,) if block else ()) + v.shape, v.dtype) for k, v in zip(late, rows_of)}
     # (the bound names are globals of the runner's own namespace, not keyword defaults:
     # CPython copies every keyword default into each call's frame, ~1 us for 30 names)
     head = f"def run({', '.join(cs + xs_params + inv)}, out=None):"
@@ -326,11 +329,10 @@ def make_runner(
         f"{over} else _np_empty({size}, _dtype)"
     )
     if private:
-        lines.append(
-            "    _alias = _slab is out and ("
-            + " or ".join(f"_np_shares(out, {xs_params[k]})" for k in late)
-            + ")"
-        )
+        shares = " or ".join(f"_np_shares(out, {xs_params[k]})" for k in late)
+        lines.append(f"    _alias = _slab is out and ({shares})")
+    if private and not hold_copies:  # (per call: the copies a held runner keeps)
+        lines += [f"    {p} = _np_empty(*_Ps{k})" for p, k in zip(private, late)]
     if block:
         lines.append("    if _alias:")
         for p, k in zip(private, late):
@@ -428,10 +430,8 @@ def make_runner(
         "_lent": getattr(prologue.program, "dest", None) if prologue else None,
         "_dtype": body_dtype(body),
         "_over": writable_over_xs(attrs, body_dtype(body), order_of != "aliased", memo=True),
-        **{
-            p: np.empty(((length,) if block else ()) + v.shape, v.dtype)
-            for p, v in zip(private, rows_of)
-        },
+        **{p: np.empty(*blocks[k]) for p, k in zip(private, late) if hold_copies},
+        **{f"_Ps{k}": blocks[k] for k in late},
         **{
             f"_C{i}": tuple(np.empty(o.shape, o.dtype) for _ in range(2))
             for i, o in enumerate(own_outs)
@@ -449,15 +449,13 @@ def make_runner(
 
 
 _runner_ids = itertools.count()
-# late xs of at most this many bytes in all (their rows over every step) are copied whole once
-# per loop call, into blocks the runner holds (counted: _workspace_bytes); larger ones row by
-# row in each step (make_runner). At this size a step's Python objects outweigh the blocks,
-# and the per-step copies cost ~0.3 us each (25 a (1, 5, 5) LSTM backward)
+# late xs of at most this many bytes in all are copied whole once a loop call into blocks the
+# runner holds (counted: _workspace_bytes), larger ones row by row a step (make_runner): the
+# per-step copies cost ~0.3 us each (25 a (1, 5, 5) LSTM backward)
 LATE_BLOCK_BYTES = 8 << 10
-# the carry pairs (two alternating arrays per carry a step computes) of at most this many bytes
-# in all are held by the runner; larger ones are made once per call (hsplitlend: at (32, 256)
-# the held pairs added 0.08U to the steady loop's peak; two np.empty a carry and call are
-# nothing beside a step of that size)
+# carry pairs (two alternating arrays per computed carry) of at most this many bytes in all
+# are held by the runner, larger ones made once a call (hsplitlend: held at (32, 256) they
+# added 0.08U to the steady loop's peak)
 CARRY_HELD_BYTES = 16 << 10
 
 

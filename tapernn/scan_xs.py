@@ -61,12 +61,12 @@ def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = F
     """`over(slab, *xs)`: whether the loop may write the slab while its xs lie in it: every xs
     that may share memory with it has its rows where the steps still to come do not write
     (ops.registry.rows_writable: row t inside the slab's row t, or ahead of / behind the rows
-    in step order), and the body reads its xs first (`body_ok`). `memo` (the runners': the full check cost ~20-40 us a
-    training step, a fifth of a (20, 8, 16) numba step, 8 % of a (1, 5, 5) NumPy one): the
-    answer is kept per
-    layout key -- per xs whether it is a view of the slab's memory owner, and then its shape
-    and strides -- and the full check runs for a key not seen before. Sound because one runner
-    serves one line of a generated program, whose xs are the same view expressions of the
+    in step order), and the body reads its xs first (`body_ok`). `memo` (the runners': the
+    full check cost ~20-40 us a training step, a fifth of a (20, 8, 16) numba step, 8 % of a
+    (1, 5, 5) NumPy one): the answer is kept per layout key -- per xs whether it is a view of
+    the slab's memory owner, and then its strides (its shape is the runner's program's, fixed
+    when compiled) -- and the full check runs for a key not seen before. Sound because one
+    runner serves one line of a generated program, whose xs are the same view expressions of the
     same storages every call: their offsets in the slab follow from that key. A user's array
     can also be an xs (a gradient that is a view of a Sequencer's `output`, which lies in the
     forward's slab that the backward's loop writes): the views tapernn hands out of one slab
@@ -82,10 +82,11 @@ def writable_over_xs(attrs: dict, dtype: np.dtype, body_ok: bool, memo: bool = F
             owner = slab.base
             if owner is None:
                 owner = slab
-            # (a list made first: a generator costs ~0.1 us more per xs)
-            key = tuple(
-                [(x.shape, x.strides) if x.base is owner or x is owner else None for x in xs]
-            )
+            # (a list made first: a generator costs ~0.1 us more per xs; strides alone, not
+            # (shape, strides): a runner's xs shapes are its program's, fixed when compiled,
+            # and the key's tuples are all alive at once -- at (1, 5, 5) ~0.4 KiB of a
+            # training loop's tracemalloc peak, through the interpreter's tuple free lists)
+            key = tuple([x.strides if x.base is owner or x is owner else None for x in xs])
             found = answers.get(key)
             if found is None:
                 found = answers[key] = full(slab, *xs)

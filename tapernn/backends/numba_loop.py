@@ -308,7 +308,7 @@ def lower(
     switch = Switch(
         handle,
         lambda: kernel_runner(handle, compiled, attrs, dtype, xs_in_slab, over),
-        make_runner(compiled, attrs),
+        make_runner(compiled, attrs, hold_copies=False),  # (the fallback: holds no late-xs copies)
         ins,
         options.backend,
     )

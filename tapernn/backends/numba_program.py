@@ -118,6 +118,7 @@ class ProgramSwitch:
         self.asked: tuple = ()  # the argument types of call 1 (the kernel's, once asked for)
         self.calls = 0
         self.fn: Callable = self._first
+        self.pool: Any = None  # an arena.Arena whose workspaces the kernel uses (note_loops)
         self.notes = [loop_report.kernel for _, loop_report in loops]
         self.loop_work = [loop_report.workspace_bytes for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
@@ -158,7 +159,9 @@ class ProgramSwitch:
     def _use(self) -> Callable:
         handle = self.handle
         if handle is not None and handle.has():
-            self.fn = runner(handle, self.outs, self.returns, len(self.compiled.graph.inputs))
+            work = None if self.pool is None else self.pool.take_work(handle.work)
+            n_in = len(self.compiled.graph.inputs)
+            self.fn = runner(handle, self.outs, self.returns, n_in, work=work)
             if "np.dot(" not in handle.source:  # no BLAS call: no thread limits around it
                 self.compiled.run = self.compiled._run
         else:

@@ -1,0 +1,17 @@
+"""The numba side of an in-place SGD step, data -= lr * step (optim.subtract_scaled): one loop,
+no temporary. NumPy's form makes `lr * step` -- the whole array when it is small, the peak of a
+(1, 5, 5) numba training loop (BENCHMARKS.md htiny7). Bit for bit NumPy's: lr in the arrays'
+dtype (a Python float is cast to it, NEP 50), product then difference in that dtype, each
+rounded (numba fuses no multiply-add without fastmath). Imported only once numba is."""
+
+from __future__ import annotations
+
+from numba import njit
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def sub_scaled(data, step, lr):
+    d = data.reshape(data.size)  # (C-contiguous: views)
+    s = step.reshape(step.size)
+    for i in range(d.size):
+        d[i] = d[i] - lr * s[i]
