@@ -322,8 +322,8 @@ class LoopSource:
             return self.elementwise(n, a["program"], ins)
         if n.op == "matmul":
             return self.matmul(n, ins, dt)
-        if n.op == "sum":
-            return self.reduce_sum(n, ins[0], dt)
+        if n.op in ("sum", "sum_mul"):
+            return self.reduce_sum(n, ins, dt)
         if n.op == "concat":
             return self.concat(n, ins, dt)
         if n.op == "index_grad":
@@ -437,7 +437,9 @@ class LoopSource:
         self.emit(batch + (m, p), body, (), [x, y], out.name)
         return out
 
-    def reduce_sum(self, n: Node, x: Val, dt: str) -> Val:
+    def reduce_sum(self, n: Node, ins: list[Val], dt: str) -> Val:
+        """`sum` of ins[0], or `sum_mul`: the sum of ins[0] * ins[1] (one shape) with no
+        product array."""
         axes = {int(d) for d in n.attrs["axis"]}
         keep = n.attrs["keepdims"]
         out = self.buffer(n.shape, dt)
@@ -448,11 +450,16 @@ class LoopSource:
                 return ["0" if d in axes else i for d, i in enumerate(idx)]
             return [i for d, i in enumerate(idx) if d not in axes]
 
+        x = ins[0]
         cast = (lambda e: f"np.{dt}({e})") if x.dtype != dt else (lambda e: e)
+        if n.op == "sum_mul":
+            term = lambda i: f"{ins[0].at(i)} * {ins[1].at(i)}"
+        else:
+            term = lambda i: x.at(i)
         self.emit(
             x.shape,
-            lambda i: [f"{out.at(target(i))} += {cast(x.at(i))}"],
-            [x],
+            lambda i: [f"{out.at(target(i))} += {cast(term(i))}"],
+            list(ins),
             [out],
             out.name,
             True,
