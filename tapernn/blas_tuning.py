@@ -34,7 +34,10 @@ a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .blas import limiter
@@ -147,6 +150,24 @@ class _Arm:
         )
 
 
+class _Paused(threading.local):
+    depth = 0
+
+
+_paused = _Paused()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Timed programs called inside run as the enclosing limit says and record nothing (the
+    layout re-check times two programs alike at one thread: nn/layout_recheck)."""
+    _paused.depth += 1
+    try:
+        yield
+    finally:
+        _paused.depth -= 1
+
+
 class ThreadChoice:
     """The thread count of one program's calls under "auto": `guess` (the shape rule's count,
     None = the pool's) for programs too small to time, else measured per argument signature.
@@ -176,7 +197,9 @@ class ThreadChoice:
 
     def run(self, fn: Any, args: Any, pool: int) -> Any:
         """fn(args) with the BLAS thread count the arm of `args`' signature picks (1 or
-        `pool`), its wall time recorded there (not when it raises)."""
+        `pool`), its wall time recorded there (not when it raises; nor when `paused`)."""
+        if _paused.depth:
+            return fn(args)
         arm = self.arm(args, pool)
         n = arm.next_count()
         limiter.enter(n)
