@@ -17,11 +17,11 @@ dt = sys.argv[6]
 reps = int(sys.argv[7]) if len(sys.argv) > 7 else 5
 steps = int(sys.argv[8]) if len(sys.argv) > 8 else 16
 sys.path.insert(0, root)
-import numpy as np  # noqa: E402
+import numpy as np
 
-import tapernn as tn  # noqa: E402
-from tapernn import nn  # noqa: E402
-from tapernn.blas import limiter  # noqa: E402
+import tapernn as tn
+from tapernn import nn
+from tapernn.blas import limiter
 
 assert tn.__file__.startswith(root), tn.__file__
 tn.set_backend(backend)
