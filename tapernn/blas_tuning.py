@@ -13,18 +13,24 @@ gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's
   2 x EXPLORE_CALLS calls after the first (the first call pays first-touch costs), then runs with
   the faster -- the pool's count only when it is at least 1 / MARGIN times faster, since one
   thread leaves the other cores to everything else;
+- "faster" is read two ways, the ratio of the medians and the ratio of the best calls (one
+  lucky call, one loaded call): when the two disagree about MARGIN the call is close, and the
+  first round takes the shape rule's count (`guess`: blas.program_threads) and checks again
+  RECHECK_CLOSE calls later, when caches are warm; a close periodic check keeps the count;
 - the first round stops early when one count's last two calls each took EARLY times the
   other's slowest (on a busy machine a call with the pool's threads can take 10-30x longer);
   one slow call decides nothing, since a call can also be slow for other reasons (numba's
   switch call waits for its kernels' compile);
-- every `period` calls one call runs with the other count, and the choice follows the medians
-  of the last three calls of each; `period` doubles (up to RECHECK_MAX) while the choice holds,
-  is at least the other count's slowdown (its best recent call) times RECHECK_FIRST (a check
-  costs that many calls),
-  and drops back to RECHECK_FIRST when the choice changes, so a settled choice costs at most
-  one call in RECHECK_MAX; and when the last three calls' medians say the other count would
-  now be chosen (the other cores got busy, and the pool's threads wait for them), the other
-  count is tried at the next call.
+- every `period` calls a check runs RECHECK_CALLS calls with the other count, its older times
+  dropped (a first round under a burst of load must not out-vote a quiet check: the shared
+  machine gave (32, 50, 256) f32 steps 1.00-1.22x the hand NumPy reference from run to run),
+  and the check's calls against the current count's last ones decide; `period` doubles (up
+  to RECHECK_MAX) while the choice holds, is at least the other count's slowdown (its best
+  recent call) times RECHECK_FIRST (a check costs that many calls), and drops back to
+  RECHECK_FIRST when the choice changes, so a settled choice costs at most two calls in
+  RECHECK_MAX; and when the last three calls' medians say the other count would now be chosen
+  (the other cores got busy, and the pool's threads wait for them), the check starts at the
+  next call. `Compiled.blas_threads()` says what was timed and why it chose.
 
 Results do not depend on the count: OpenBLAS splits a GEMM's output between threads, never
 its inner sum (tests/test_blas_tuning.py checks bit-identical steps); it does split a
@@ -34,7 +40,10 @@ a fixed count (`tn.set_blas_threads(n)`) for bit-reproducible runs."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .blas import limiter
@@ -46,6 +55,8 @@ RECHECK_MAX = 1024
 MARGIN = 0.9
 EARLY = 2.0  # the first round stops once one count's two calls took EARLY times the other's
 KEEP = 5  # the last KEEP times of each count are what the medians read
+RECHECK_CALLS = 2  # calls of the other count in a periodic check (its older times dropped)
+RECHECK_CLOSE = 8  # a close first round is checked again this many calls later (caches warm)
 _clock = time.perf_counter  # (a test replaces it with a clock that depends on the count)
 
 
@@ -58,17 +69,32 @@ def _median(values: list[float]) -> float:
 class _Arm:
     """One argument signature's measurements and choice between 1 and `pool` threads."""
 
-    __slots__ = ("calls", "countdown", "current", "explore", "period", "pool", "switches", "times")
+    __slots__ = (
+        "calls",
+        "checking",
+        "countdown",
+        "current",
+        "explore",
+        "fallback",
+        "period",
+        "pool",
+        "switches",
+        "times",
+        "why",
+    )
 
     def __init__(self, guess: int, pool: int):
         self.pool = pool
         self.current = guess if guess in (1, pool) else 1
+        self.fallback = self.current  # the shape rule's count: what a close call runs with
         self.times: dict[int, list[float]] = {1: [], pool: []}
         self.calls = 0  # calls seen (the first is not timed)
         self.explore = 2 * EXPLORE_CALLS  # calls left in the first, alternating round
+        self.checking = 0  # calls of the other count left in a periodic check
         self.period = RECHECK_FIRST
         self.countdown = RECHECK_FIRST
         self.switches = 0
+        self.why = "not decided yet"
 
     def other(self) -> int:
         return self.pool if self.current == 1 else 1
@@ -79,7 +105,7 @@ class _Arm:
             return self.current
         if self.explore > 0:
             return self.pool if self.explore % 2 == 0 else 1
-        if self.countdown <= 0:
+        if self.checking > 0 or self.countdown <= 0:
             return self.other()
         return self.current
 
@@ -88,6 +114,9 @@ class _Arm:
         if self.calls == 1:
             return  # first-touch costs: not a measurement
         times = self.times[n]
+        if self.explore == 0 and n != self.current and self.checking == 0:
+            times.clear()  # a periodic check: the other count's older times are stale
+            self.checking = RECHECK_CALLS
         times.append(seconds)
         if len(times) > KEEP:
             del times[0]
@@ -95,13 +124,18 @@ class _Arm:
             self.explore -= 1
             if self.explore == 0 or self._clearly_slower():
                 self.explore = 0  # (a count EARLY times slower twice needs no more calls)
-                self._decide()
+                self._decide(EXPLORE_CALLS, first=True)
             return
         if n != self.current:  # the periodic check of the other count
-            self._decide()
+            self.checking -= 1
+            mine = self.times[self.current]
+            if self.checking > 0 and mine and seconds > EARLY * max(mine[-RECHECK_CALLS:]):
+                self.checking = 0  # (much slower: keeping the current count needs no more)
+            if self.checking == 0:
+                self._decide(RECHECK_CALLS)
         else:
             self.countdown -= 1
-            if len(times) >= 3 and self._best() != self.current:
+            if len(times) >= 3 and self._medians() != self.current:
                 self.countdown = 0  # the current count's calls got slower: check the other
 
     def _clearly_slower(self) -> bool:
@@ -115,14 +149,40 @@ class _Arm:
                 return True
         return False
 
-    def _best(self) -> int:
+    def _medians(self) -> int:
+        """The count the medians of the last three calls of each favour (MARGIN)."""
         one, pool = self.times[1], self.times[self.pool]
         if not one or not pool:
             return self.current
         return self.pool if _median(pool[-3:]) < MARGIN * _median(one[-3:]) else 1
 
-    def _decide(self) -> None:
-        best = self._best()
+    def _verdict(self, k: int) -> tuple[int | None, float, float]:
+        """(the count both readings of the last `k` calls of each favour, or None when they
+        disagree: a close call; the pool/one ratio of their medians, of their best calls)."""
+        one, pool = self.times[1][-k:], self.times[self.pool][-k:]
+        if not one or not pool:
+            return None, float("nan"), float("nan")
+        med = _median(pool) / max(_median(one), 1e-12)
+        best = min(pool) / max(min(one), 1e-12)
+        if max(med, best) < MARGIN:
+            return self.pool, med, best
+        if min(med, best) >= MARGIN:
+            return 1, med, best
+        return None, med, best
+
+    def _decide(self, k: int, first: bool = False) -> None:
+        best, med, low = self._verdict(k)
+        what = "first round" if first else "check"
+        close = best is None
+        if close:  # close: the shape rule's count first, the current one at a check
+            best = self.fallback if first else self.current
+            self.why = (
+                f"{what}: close call (pool/one medians {med:.2f}x, best calls {low:.2f}x; "
+                f"{self.pool} threads need both < {MARGIN:.2f}x): "
+                + ("the shape rule's count" if first else "kept")
+            )
+        else:
+            self.why = f"{what}: pool/one medians {med:.2f}x, best calls {low:.2f}x"
         if best != self.current:
             self.current, self.period = best, RECHECK_FIRST
             self.switches += 1
@@ -134,6 +194,8 @@ class _Arm:
             ratio = min(other[-3:]) / max(_median(mine[-3:]), 1e-9)
             self.period = max(self.period, min(RECHECK_MAX, int(ratio * RECHECK_FIRST)))
         self.countdown = self.period
+        if first and close:
+            self.countdown = RECHECK_CLOSE  # checked again soon, with caches warm
 
     def describe(self) -> str:
         def ms(n: int) -> str:
@@ -143,8 +205,26 @@ class _Arm:
         return (
             f"{self.current} thread{'s' if self.current > 1 else ''} "
             f"(1: {ms(1)}, {self.pool}: {ms(self.pool)}; {self.calls} calls, "
-            f"{self.switches} switches, next check in {max(self.countdown, 0)})"
+            f"{self.switches} switches, next check in {max(self.countdown, 0)}; {self.why})"
         )
+
+
+class _Paused(threading.local):
+    depth = 0
+
+
+_paused = _Paused()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Timed programs called inside run as the enclosing limit says and record nothing (the
+    layout re-check times two programs alike at one thread: nn/layout_recheck)."""
+    _paused.depth += 1
+    try:
+        yield
+    finally:
+        _paused.depth -= 1
 
 
 class ThreadChoice:
@@ -176,7 +256,9 @@ class ThreadChoice:
 
     def run(self, fn: Any, args: Any, pool: int) -> Any:
         """fn(args) with the BLAS thread count the arm of `args`' signature picks (1 or
-        `pool`), its wall time recorded there (not when it raises)."""
+        `pool`), its wall time recorded there (not when it raises; nor when `paused`)."""
+        if _paused.depth:
+            return fn(args)
         arm = self.arm(args, pool)
         n = arm.next_count()
         limiter.enter(n)

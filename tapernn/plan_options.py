@@ -67,8 +67,11 @@ class PlanOptions:
     ((4H, H) @ (H, B)); "auto" times the recurrent GEMMs alone in both orientations and, only
     when feature-major's take at most PREFILTER (0.7) of batch-major's, the loop's whole step
     (forward + backward, compiled) in both layouts, once per body, shape, dtype, backend and
-    BLAS (passes/layout_rule.py, scan_layout.py); it picks feature-major only when the whole
-    step takes at most MARGIN (0.95) of batch-major's time. The compile report says which and why (the measured times).
+    BLAS (passes/layout_rule.py, scan_layout.py); feature-major only when the whole step's best
+    round and the median ratio of its rounds are both at most MARGIN - CLOSE (0.85) of
+    batch-major's, batch-major at >= 1.05x; a close call between falls back to batch-major (the
+    measured rule) and is re-checked on the real training steps a few steps in (one more
+    compile, nn/layout_recheck.py). The compile report says which and why (the measured times).
 
     xs_in_slab: (with regions) a loop's time-batched input (the hoisted input projection x @ W
     + b of a rolled cell) computed straight into the rows of the loop's own result that its

@@ -10,7 +10,15 @@ from test_blas import n_pools, needs_pool, spy, threads_now, two_threads  # noqa
 
 import tapernn as tn
 from tapernn import blas, blas_tuning, nn
-from tapernn.blas_tuning import EXPLORE_CALLS, RECHECK_FIRST, RECHECK_MAX, ThreadChoice, _Arm
+from tapernn.blas_tuning import (
+    EXPLORE_CALLS,
+    RECHECK_CALLS,
+    RECHECK_CLOSE,
+    RECHECK_FIRST,
+    RECHECK_MAX,
+    ThreadChoice,
+    _Arm,
+)
 
 
 def drive(arm: _Arm, cost: dict, calls: int) -> list[int]:
@@ -49,8 +57,9 @@ def test_periodic_checks_back_off_and_follow_a_change_of_load():
     assert arm.current == 2 and arm.period == first
     seen = drive(arm, quiet, 4 * first)
     checks = [i for i, n in enumerate(seen) if n == 1]
-    assert len(checks) >= 2 and checks[0] == first  # one check per period
-    assert checks[1] - checks[0] == 2 * first + 1  # the period doubled: the choice held
+    # one check per period, RECHECK_CALLS calls of the other count each
+    assert len(checks) >= 4 and checks[:2] == [first, first + 1]
+    assert checks[2] - checks[1] == 2 * first + 1  # the period doubled: the choice held
     # the other core gets busy: two threads now wait for it; after two slow calls the medians
     # favour one thread, which is tried at once and kept
     seen = drive(arm, busy, 4)
@@ -75,7 +84,8 @@ def test_a_tie_within_the_margin_does_not_flip_flop():
     arm = _Arm(guess=1, pool=2)
     seen = drive(arm, {1: 0.050, 2: 0.048}, 1 + 2 * EXPLORE_CALLS + 200)
     assert arm.current == 1 and arm.switches == 0
-    assert seen[1 + 2 * EXPLORE_CALLS :].count(2) <= 3  # only the spaced checks
+    # only the spaced checks (RECHECK_CALLS calls each)
+    assert seen[1 + 2 * EXPLORE_CALLS :].count(2) <= 3 * RECHECK_CALLS
 
 
 def test_small_programs_are_not_timed():
@@ -214,3 +224,79 @@ def test_matrix_vector_products_are_not_timed_so_calls_agree_bit_for_bit(two_thr
     seq = nn.Sequencer(nn.FastLSTM(256, 256)).float()  # one sequence: GEMVs in the loop
     seq.forward(np.ones((4, 1, 256), np.float32))
     assert not seq.compiled.threads.tunable
+
+
+def drive_seq(arm: _Arm, costs) -> list[int]:
+    """Calls on `arm` where the k-th call with n threads takes costs(k, n) seconds."""
+    seen = []
+    for k in range(10**6):
+        n = arm.next_count()
+        t = costs(k, n)
+        if t is None:
+            return seen
+        seen.append(n)
+        arm.record(n, t)
+    return seen
+
+
+def test_a_close_first_round_takes_the_shape_rule_and_is_checked_again_soon():
+    """The first round's two readings disagree (two threads' median 0.80x one thread's, but
+    their best call 1.00x): a close call -- the shape rule's count (the guess), and a check
+    RECHECK_CLOSE calls later; there, two threads clearly faster (0.6x) win."""
+    quiet = {1: 0.05, 2: 0.03}
+    rounds = [0.1, 0.04, 0.05, 0.04, 0.05, 0.045, 0.04]  # (untimed), then pool, one alternating
+    n_first = 1 + 2 * EXPLORE_CALLS
+    for guess in (1, 2):
+        arm = _Arm(guess=guess, pool=2)
+        drive_seq(arm, lambda k, n: rounds[k] if k < n_first else None)
+        assert arm.current == guess and "close call" in arm.why, arm.why
+        assert arm.countdown == RECHECK_CLOSE
+    arm = _Arm(guess=1, pool=2)
+    drive_seq(arm, lambda k, n: rounds[k] if k < n_first else None)
+    seen = drive_seq(arm, lambda k, n: quiet[n] if k < RECHECK_CLOSE + RECHECK_CALLS + 3 else None)
+    at = seen.index(2)  # (the medians already favour two threads: the check may come sooner)
+    assert 0 < at <= RECHECK_CLOSE and seen[at : at + RECHECK_CALLS] == [2] * RECHECK_CALLS
+    assert arm.current == 2 and seen[-3:] == [2, 2, 2] and arm.switches == 1
+
+
+def test_a_clear_first_round_is_not_a_close_call():
+    arm = _Arm(guess=1, pool=2)
+    drive(arm, {1: 0.05, 2: 0.03}, 1 + 2 * EXPLORE_CALLS)
+    assert arm.current == 2 and "close" not in arm.why and arm.countdown > RECHECK_CLOSE
+    arm = _Arm(guess=2, pool=2)
+    drive(arm, {1: 0.05, 2: 0.06}, 1 + 2 * EXPLORE_CALLS)
+    assert arm.current == 1 and "close" not in arm.why
+
+
+def test_a_check_reads_fresh_times_of_the_other_count_not_the_first_rounds():
+    """Two threads lost the first round to a burst of load (3x slower); at the first periodic
+    check the machine is quiet and two threads take 0.6x: the check's own two calls decide
+    (the stale, loaded times are dropped), so one check switches. (The old rule took the
+    median of the last three calls of each count: two stale calls out-voted the fresh one.)"""
+    arm = _Arm(guess=1, pool=2)
+    drive(arm, {1: 0.05, 2: 0.15}, 1 + 2 * EXPLORE_CALLS)
+    assert arm.current == 1
+    period = arm.countdown
+    seen = drive(arm, {1: 0.05, 2: 0.03}, period + RECHECK_CALLS + 5)
+    assert seen[period : period + RECHECK_CALLS] == [2] * RECHECK_CALLS
+    assert arm.current == 2 and seen[-5:] == [2] * 5
+
+
+def test_a_check_whose_readings_disagree_keeps_the_current_count():
+    arm = _Arm(guess=1, pool=2)
+    drive(arm, {1: 0.05, 2: 0.15}, 1 + 2 * EXPLORE_CALLS)
+    period = arm.countdown
+    check = iter([0.03, 0.08])  # one fast call, one slow: best 0.6x, median 1.1x
+    seen = drive_seq(
+        arm, lambda k, n: (next(check) if n == 2 else 0.05) if k < period + 4 else None
+    )
+    assert seen[period : period + 2] == [2, 2] and arm.current == 1
+    assert "close call" in arm.why and "kept" in arm.why
+
+
+def test_the_thread_choice_says_why_in_its_description():
+    choice = ThreadChoice(blas_tuning.TUNE_MIN_GEMM_FLOPS, 1)
+    arm = choice.arm((np.ones((4, 4)),), 2)
+    drive(arm, {1: 0.05, 2: 0.03}, 1 + 2 * EXPLORE_CALLS)
+    text = choice.describe()
+    assert "2 threads" in text and "first round: pool/one medians 0.60x" in text

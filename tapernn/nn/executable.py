@@ -22,6 +22,7 @@ from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .binding import _binder
 from .context import BuildContext
+from .layout_recheck import Recheck
 from .packing import Packing
 from .state_grads import (
     tap_copy_bytes,
@@ -106,7 +107,10 @@ class Executable:
         # what `module.graph` shows: the model's own outputs, not the recorded fields
         self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
-        self._choose_layout(passes, options)
+        self.recheck = None  # a close "auto" layout confirmed on the real steps (layout_recheck)
+        keys = self._choose_layout(passes, options)
+        if keys and training and not history_mode:
+            self.recheck = Recheck(self, keys)
         data_nodes = [v.node for v in data]
         self.wrt = [n for n in data_nodes[:n_diff_leaves] if n.dtype.kind == "f"]
         self.wrt += [ctx.params[p].node for p in ctx.param_order]
@@ -131,21 +135,23 @@ class Executable:
         self.seeded_variants: dict[tuple, TrainingPair] = {}
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
 
-    def _choose_layout(self, passes: list, options: PlanOptions) -> None:
+    def _choose_layout(self, passes: list, options: PlanOptions) -> list:
         """Run feature_major_loops (when in `passes`) on the traced graph, before any `grad`:
         a loop's backward is then derived from the layout its forward runs in, and the forward
-        and backward programs agree on the slab between them. The output nodes are remapped."""
+        and backward programs agree on the slab between them. The output nodes are remapped.
+        Returns the keys of the "auto" decisions the real steps should confirm."""
         if feature_major_loops not in passes:
-            return
+            return []
         old = self.graph
+        keys: list = []
         new, notes, chosen = relayout_before_grad(
-            old, options.layout, packed_rule(options), options.backend
+            old, options.layout, packed_rule(options), options.backend, keys
         )
         self.notes += notes
         # the programs compile with the choice made here (their graphs are differentiated)
         self.options = replace(options, layout=chosen)
         if new is old:
-            return
+            return keys
         m = dict(zip(old.outputs, new.outputs))
         self.graph = new
         self.real = [m[n] for n in self.real]
@@ -155,6 +161,7 @@ class Executable:
         self.reinforce = [(mod, t, m[n]) for mod, t, n in self.reinforce]
         self.probes = [(*p[:4], [m[n] for n in p[4]]) for p in self.probes]
         self.display = Graph(new.nodes, new.inputs, self.real, new.meta)
+        return keys
 
     def probe_plan(self) -> list:
         """Per module, its probes' (field, step, tree, output positions): computed once, so a

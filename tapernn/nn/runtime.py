@@ -15,6 +15,7 @@ from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..passes import default_passes
 from ..validation import data_array
+from . import layout_recheck
 from .backward_input import record_for_input
 from .binding import _state_signature
 from .config_key import array_copies, array_settings, same_arrays, structure_key
@@ -49,6 +50,8 @@ def runtime_of(module: Any) -> Runtime:
 
 class Record:
     """One forward call: what backward needs."""
+
+    timed: float | bool = False  # a layout re-check's timed forward: its seconds
 
     def __init__(self, exe: Executable, leaves: list, args: list, outs: tuple, saving: bool):
         self.exe, self.leaves, self.args = exe, leaves, args
@@ -152,26 +155,14 @@ class Runtime:
         key = self._signature(leaves, tree, history, stateful)
         exe = self.cache.get(key)
         if exe is None:
-            names = _leaf_names(tree, len(args))
-            n_diff = len(flatten(list(args[:n_diff_args]))[0])
-            passes = root._passes if root._passes is not None else default_passes()
-            with gc_paused():  # tracing allocates like compiling (see gc_paused)
-                exe = Executable(
-                    root,
-                    leaves,
-                    tree,
-                    names,
-                    root.is_training,
-                    history,
-                    n_diff,
-                    passes,
-                    _plan_options(root),
-                    templates=self.templates,
-                )
-            exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
-            trace_starts(exe, root)
-            self.cache[key] = exe
-            self.trace_count += exe.traced_steps
+            exe = self.cache[key] = self._trace(key, leaves, tree, args, n_diff_args, history)
+        timed = False
+        if exe.recheck is not None and root.is_training and not history:  # (layout_recheck)
+            if exe.recheck.due():
+                exe = self.cache[key] = exe.recheck.settle()
+            else:
+                trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
+                exe, timed = exe.recheck.executable(trace)
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
         if exe.recurrent is None:  # the model's recurrent modules, found once per trace
@@ -186,11 +177,18 @@ class Runtime:
             self._release_previous(exe)
         used = exe.packing.scratch_into(program, call_args)  # (the zeroed .grad as scratch)
         try:
-            outs = program.run(call_args)
+            if timed:
+                with layout_recheck.pinned():
+                    start = layout_recheck._clock()
+                    outs = program.run(call_args)
+                    timed = layout_recheck._clock() - start
+            else:
+                outs = program.run(call_args)
         finally:
             if used:
                 exe.packing.release_scratch(program, used)
         record = Record(exe, leaves, call_args, outs, saving=root.is_training)
+        record.timed = timed  # (seconds of a timed re-check forward, else False)
         record.starts = starts
         self._write_back(exe, record, history)
         if history and root.is_training:
@@ -203,9 +201,37 @@ class Runtime:
             self.most_steps = max(self.most_steps, len(self.history))
         else:
             self.history = [record]
-            if n_diff_args == 1 and not self._arrays:  # (arrays: read at every call)
+            # (arrays: read at every call; a layout re-check picks the Executable per call)
+            if n_diff_args == 1 and not self._arrays and exe.recheck is None:
                 self.steady = plan(self, exe, args, leaves, hooks, stateful)
         return exe, leaves, record
+
+    def _trace(
+        self, key: tuple, leaves: list, tree: Any, args: tuple, n_diff_args: int, history: bool
+    ) -> Executable:
+        """A new Executable of the module for these leaves (traced and laid out; its
+        programs compile at first use)."""
+        root = self.module
+        names = _leaf_names(tree, len(args))
+        n_diff = len(flatten(list(args[:n_diff_args]))[0])
+        passes = root._passes if root._passes is not None else default_passes()
+        with gc_paused():  # tracing allocates like compiling (see gc_paused)
+            exe = Executable(
+                root,
+                leaves,
+                tree,
+                names,
+                root.is_training,
+                history,
+                n_diff,
+                passes,
+                _plan_options(root),
+                templates=self.templates,
+            )
+        exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
+        trace_starts(exe, root)
+        self.trace_count += exe.traced_steps
+        return exe
 
     def _release_previous(self, exe: Executable) -> None:
         """Drop the library's references to the previous call's results before this call makes
@@ -369,7 +395,13 @@ class Runtime:
         skip = 0 if need_grad_input else len(exe.data_wrt)
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
         into = (exe.packing, len(exe.data_wrt) - skip)
-        grads = pair.run_backward(saved, record.args, seeds, skip, into)
+        if record.timed is not False and exe.recheck is not None:  # (a re-check's timed step)
+            with layout_recheck.pinned():
+                start = layout_recheck._clock()
+                grads = pair.run_backward(saved, record.args, seeds, skip, into)
+                exe.recheck.record(exe, record.timed + layout_recheck._clock() - start)
+        else:
+            grads = pair.run_backward(saved, record.args, seeds, skip, into)
         room = pair.tap_room(pair.last_backward)
         return grads, None if room is None else room_view(saved[room[0]], room[1])
 

@@ -30,6 +30,8 @@ class Session:
     backend: str = ""  # the programs' backend (PlanOptions.backend): the rule times on it
     notes: list[str] = field(default_factory=list)
     feature: bool = False  # some loop went feature-major
+    # "auto" decisions the real programs should confirm (layout_rule._RECHECK: nn/layout_recheck)
+    recheck: list = field(default_factory=list)
 
 
 _SESSION: ContextVar[Session | None] = ContextVar("tapernn_layout", default=None)
@@ -89,7 +91,7 @@ def feature_major_loops(graph: Graph) -> Graph:
         if session.mode == "feature":
             pick, why = "feature", "layout='feature'"
         elif session.mode == "auto" and fresh:
-            pick, why = choose(body, nc, nx, session.packed, session.backend)
+            pick, why = choose(body, nc, nx, session.packed, session.backend, session.recheck)
             why = f"auto: {why}"
         r = None if pick == "batch" else relayout(body, nc, nx, fresh)
         found = None if r is None else _rewire(graph, s, r)
@@ -113,13 +115,20 @@ def feature_major_loops(graph: Graph) -> Graph:
 
 
 def relayout_before_grad(
-    graph: Graph, mode: str, packed: tuple[int, int] | None = None, backend: str = ""
+    graph: Graph,
+    mode: str,
+    packed: tuple[int, int] | None = None,
+    backend: str = "",
+    recheck: list | None = None,
 ) -> tuple[Graph, list[str], str]:
     """`graph` (a traced forward) with its loops' layout chosen (the nn runtime runs this before
     `grad`, so the backward loop is derived from the chosen forward); the report lines, and
-    the layout its programs compile with ("feature" if a loop went feature-major)."""
+    the layout its programs compile with ("feature" if a loop went feature-major). `recheck`
+    gets the keys of the "auto" decisions the real programs should confirm."""
     with layout_session(mode, packed, backend) as session:
         out = feature_major_loops(graph)
+    if recheck is not None:
+        recheck += session.recheck
     return out, session.notes, "feature" if session.feature else "batch"
 
 
