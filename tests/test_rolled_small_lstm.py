@@ -163,3 +163,31 @@ def test_rolled_small_cells_equal_numpy_equations(cell, backend):
     np.testing.assert_allclose(got[1], grads["input"], **TOL)
     for k in p:
         np.testing.assert_allclose(got[2][f"0.{k}"], grads[k], **TOL, err_msg=k)
+
+
+@pytest.mark.skipif(not tn.backends.numba_available(), reason="numba not installed")
+def test_sum_mul_runs_in_a_numba_whole_program_kernel(monkeypatch):
+    """The peephole gradients as sum_mul nodes (push_out_grads, the product's array not made:
+    at large sizes; forced here at (1, 5, 5)) lower into numba's whole-program backward kernel
+    (loop_source.reduce_sum), which agrees with the NumPy backend at 1e-12 in float64."""
+    from tapernn.nn.runtime import runtime_of
+    from tapernn.passes import push_out_grads
+
+    monkeypatch.setattr(push_out_grads, "SUM_MUL_MIN_BYTES", [0])
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    got = {}
+    for backend in ("numpy", "numba"):
+        tn.manual_seed(7)
+        seq = nn.Sequencer(nn.LSTM(H, H)).set_plan_options(tn.PlanOptions(backend=backend))
+        for _ in range(3):  # (past the switch call when kernels compile in the background)
+            y = seq.forward(x)
+            gx = seq.backward(x, g)
+        pair = runtime_of(seq).history[-1].exe.compile_training()
+        bwd = pair.last_backward or pair.backward
+        assert [n.shape for n in bwd.graph.nodes if n.op == "sum_mul"] == [(H,)] * 3
+        if backend == "numba":
+            assert hasattr(bwd.program.fn, "work"), "no whole-program backward kernel"
+        got[backend] = [y.copy(), gx.copy()] + [p.grad.copy() for p in seq.parameters()]
+    for a, b in zip(got["numpy"], got["numba"]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)

@@ -5,8 +5,11 @@ over the stacked values after it -- what `merge_matmul_sums_over_time` does to u
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..graph import Graph, Node
 from .rewrite import derive, is_zero
@@ -14,6 +17,10 @@ from .slab import carry_view, relayout, rows_of, ys_view
 
 # (tools/ab_peep.py: the old lowering of sum_mul, a (T, B, ...) product array then its sum)
 SUM_MUL_PRODUCT = [False]
+# below this many bytes of product the product is made and summed (merge_sums then sums the
+# peephole products in one call with the others: at (1, 5, 5) three np.einsum calls cost more
+# than the 300-byte array they save); from it on, sum_mul (tests set it to 0)
+SUM_MUL_MIN_BYTES = [64 * 1024]
 
 
 @dataclass(frozen=True)
@@ -223,7 +230,8 @@ def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Gra
             total = derive(s, "transpose", (total,), axes=(1, 0))
     else:
         summed, axes = stack(acc.terms[0]), (0, *[x + 1 for x in acc.axes])
-        if acc.op == "sum_mul" and not SUM_MUL_PRODUCT[0]:  # over the stacks, with no
+        big = math.prod(summed.shape) * np.dtype(summed.dtype).itemsize >= SUM_MUL_MIN_BYTES[0]
+        if acc.op == "sum_mul" and big and not SUM_MUL_PRODUCT[0]:  # over the stacks, with no
             # product array (issue 19: it was a (T, B, H) buffer in the arena)
             other = stack(acc.terms[1])
             total = derive(s, "sum_mul", (summed, other), axis=axes, keepdims=False)
