@@ -1,0 +1,89 @@
+"""QA round hqa8: regression tests for what it found and the leftovers it closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+import tapernn as tn
+from tapernn import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a child that starts tn.save-ing `path` through atomic_write, says "half" once half the file is
+# written and then waits (to be SIGKILLed there: its temporary file stays behind)
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from tapernn import fileio
+    def write(f):
+        f.write(b"x" * 4096)
+        f.flush()
+        print("half", flush=True)
+        time.sleep(60)
+    fileio.atomic_write(sys.argv[1], write)
+    """
+)
+
+
+def _stuck_writer(path: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert child.stdout.readline().strip() == "half"
+    return child
+
+
+def _temps(directory: Path) -> list[str]:
+    return sorted(p for p in os.listdir(directory) if p.endswith(".tmp"))
+
+
+def test_a_save_removes_the_temp_files_of_killed_saves_of_the_same_target_only(tmp_path):
+    path = tmp_path / "m.npz"
+    other = tmp_path / "m.npz.x.npz"  # (its temporaries start with ".m.npz." too)
+    tn.manual_seed(0)
+    model = nn.Linear(3, 2)
+    live = _stuck_writer(path)  # a save in progress in another process: not to be touched
+    try:
+        killed = {}
+        for target in (path, path, other):
+            child = _stuck_writer(target)
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            killed.setdefault(target, []).append(child.pid)
+        left = _temps(tmp_path)
+        # the second killed save of m.npz removed the first one's temporary when it started
+        assert len(left) == 3, left
+        for pid in (live.pid, killed[path][1], killed[other][0]):
+            assert any(f".{pid}@" in name for name in left), (pid, left)
+        tn.save(model, path)
+        after = _temps(
+            tmp_path
+        )  # the killed save of m.npz: gone; the live one's and m.npz.x's stay
+        assert len(after) == 2 and any(f".{live.pid}@" in n for n in after), after
+        assert any(n.startswith(".m.npz.x.npz.") for n in after), after
+        tn.save(model, other)
+        assert [n for n in _temps(tmp_path) if f".{live.pid}@" not in n] == []
+    finally:
+        live.kill()
+        live.wait()
+    tn.save(model, path)
+    assert _temps(tmp_path) == []
+    got = nn.Linear(3, 2)
+    tn.load_into(got, path)
+    assert np.array_equal(got.weight.data, model.weight.data)
+
+
+def test_temps_of_the_old_unnamed_form_are_left_alone(tmp_path):
+    path = tmp_path / "m.npz"
+    old = tmp_path / ".m.npz.k2j4_x9a.tmp"  # written by an earlier version: owner unknown
+    old.write_bytes(b"x")
+    tn.save(nn.Linear(2, 2), path)
+    assert old.exists()
