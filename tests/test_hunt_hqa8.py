@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import tapernn as tn
 from tapernn import nn
@@ -87,3 +88,103 @@ def test_temps_of_the_old_unnamed_form_are_left_alone(tmp_path):
     old.write_bytes(b"x")
     tn.save(nn.Linear(2, 2), path)
     assert old.exists()
+
+
+def _seq_after_steady_calls(backend: str):
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(3, 4))
+    seq.set_plan_options(tn.PlanOptions(backend=backend))
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    for _ in range(3):  # (the third call runs the steady path)
+        y = seq.forward(x)
+        seq.backward(x, np.ones_like(y))
+    return seq, x, np.ones_like(y)
+
+
+BAD_CALLS = {
+    "backward lengths=": (
+        lambda s, x, g: s.backward(x, g, lengths=np.array([5, 4])),
+        "backward(input, grad_output, need_grad_input=True)",
+        "lengths= given to the forward",
+    ),
+    "backward need_grad_input= lengths=": (
+        lambda s, x, g: s.backward(x, g, need_grad_input=False, lengths=np.array([5, 4])),
+        "backward(input, grad_output, need_grad_input=True)",
+        "unexpected keyword argument 'lengths'",
+    ),
+    "backward one argument": (
+        lambda s, x, g: s.backward(x),
+        "backward(input, grad_output, need_grad_input=True)",
+        "'grad_output'",
+    ),
+    "backward four arguments": (
+        lambda s, x, g: s.backward(x, g, True, 1),
+        "backward(input, grad_output, need_grad_input=True)",
+        "too many",
+    ),
+    "forward three arguments": (
+        lambda s, x, g: s.forward(x, np.array([5, 4]), 1),
+        "forward(input, lengths=None)",
+        "too many",
+    ),
+    "forward misspelt keyword": (
+        lambda s, x, g: s(x, lenghts=np.array([5, 4])),
+        "forward(input, lengths=None)",
+        "'lenghts'",
+    ),
+    "update_parameters no lr": (
+        lambda s, x, g: s.update_parameters(),
+        "update_parameters(lr)",
+        "'lr'",
+    ),
+    "update_parameters momentum=": (
+        lambda s, x, g: s.update_parameters(0.1, momentum=0.9),
+        "update_parameters(lr)",
+        "tn.optim.SGD",
+    ),
+    "zero_grad_parameters argument": (
+        lambda s, x, g: s.zero_grad_parameters(0.1),
+        "zero_grad_parameters()",
+        "too many",
+    ),
+    "remember two modes": (
+        lambda s, x, g: s.remember("both", "eval"),
+        "remember(mode='both')",
+        "too many",
+    ),
+    "inner cell backward lengths=": (
+        lambda s, x, g: s.get(0).backward(x[0], g[0], lengths=[1]),
+        "backward(input, grad_output, need_grad_input=True)",
+        "'lengths'",
+    ),
+    "Linear forward lengths=": (
+        lambda s, x, g: nn.Linear(3, 4).forward(x[0], lengths=[1, 1]),
+        "forward(input)",
+        "'lengths'",
+    ),
+    "criterion call without target": (
+        lambda s, x, g: nn.MSECriterion()(x),
+        "forward(input, target)",
+        "'target'",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_wrong_arguments_of_entry_points_raise_an_argument_type_error(case, backend):
+    seq, x, g = _seq_after_steady_calls(backend)
+    call, takes, words = BAD_CALLS[case]
+    with pytest.raises(tn.ArgumentTypeError) as info:
+        call(seq, x, g)
+    message = str(info.value)
+    assert takes in message and words in message, message
+    assert isinstance(info.value, TypeError)  # (what code catching TypeError saw before)
+    # the model still works, steady path included, and gives what a fresh copy gives
+    y = seq.forward(x)
+    seq.zero_grad_parameters()
+    gi = seq.backward(x, g)
+    ref, _, _ = _seq_after_steady_calls("numpy")
+    np.testing.assert_allclose(y, ref.forward(x), rtol=0, atol=1e-12)
+    ref.zero_grad_parameters()
+    np.testing.assert_allclose(gi, ref.backward(x, g), rtol=0, atol=1e-12)
