@@ -188,3 +188,42 @@ def test_wrong_arguments_of_entry_points_raise_an_argument_type_error(case, back
     np.testing.assert_allclose(y, ref.forward(x), rtol=0, atol=1e-12)
     ref.zero_grad_parameters()
     np.testing.assert_allclose(gi, ref.backward(x, g), rtol=0, atol=1e-12)
+
+
+def _layouts(a: np.ndarray) -> dict:
+    strided = np.empty(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    strided[..., ::2] = a
+    return {
+        "C": a,
+        "F": np.asfortranarray(a),
+        "batch-major memory": np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2),
+        "strided": strided[..., ::2],
+    }
+
+
+@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM", "GRU"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_inputs_in_any_memory_layout_give_the_c_ordered_results(cell, backend):
+    """numba's whole-program kernel reshaped its (T, B, D) argument for the input projection:
+    a Fortran-ordered x (B > 1) raised numba's bare NotImplementedError ("incompatible shape
+    for array") from the switch call on."""
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((7, 5, 8)), rng.standard_normal((7, 5, 6))  # (an np.dot)
+    tn.manual_seed(0)
+    ref = nn.Sequencer(getattr(nn, cell)(8, 6))
+    ref.set_plan_options(tn.PlanOptions(backend="numpy"))
+    want_y, want_gi = ref.forward(x), ref.backward(x, g)
+    want_grads = [p.grad.copy() for p in ref.parameters()]
+    tn.manual_seed(0)
+    m = nn.Sequencer(getattr(nn, cell)(8, 6))
+    m.set_plan_options(tn.PlanOptions(backend=backend))
+    xs, gs = _layouts(x), _layouts(g)
+    order = ["F", "F", "F", "C", "batch-major memory", "strided", "F", "C"]  # F first: its types
+    for k, name in enumerate(order):
+        m.zero_grad_parameters()
+        y = m.forward(xs[name])
+        gi = m.backward(xs[name], gs[order[k - 1]])  # (g in another layout than x)
+        np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-12, err_msg=f"{name} call {k}")
+        np.testing.assert_allclose(gi, want_gi, rtol=0, atol=1e-12, err_msg=f"{name} call {k}")
+        for p, w in zip(m.parameters(), want_grads):
+            np.testing.assert_allclose(p.grad, w, rtol=0, atol=1e-12, err_msg=f"{name} call {k}")
