@@ -6,7 +6,9 @@ A process killed mid-write (SIGKILL, power cut) leaves its temporary file behind
 whose it is, `.<target>.<pid>@<host>.<random>.tmp` (host: 8 hex digits of a hash of the host
 name), and the next write of the same target from this host removes the temporaries of that
 target whose process no longer exists: never this process's own (another thread may be writing
-it), never a live process's, never another host's or one in the old unnamed form."""
+it), never a live process's, never another host's or one in the old unnamed form. A directory
+is listed at most once a minute per process (RELIST_SECONDS): a temporary left after that
+listing goes at a later write."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -96,16 +99,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_LISTED: dict[str, tuple[float, list[str]]] = {}  # directory -> (when, its temporaries' names)
+RELIST_SECONDS = (
+    60.0  # a directory is listed at most this often (the kernel cache holds 10^4 files)
+)
+
+
+def _temp_names(directory: Path) -> list[str]:
+    """The names of the hidden .tmp files in `directory`, listed at most every RELIST_SECONDS per
+    process (listing a directory of 10^4 kernel files took 43 ms)."""
+    key, now = str(directory), time.monotonic()
+    found = _LISTED.get(key)
+    if found is None or now - found[0] > RELIST_SECONDS:
+        try:
+            names = [n for n in os.listdir(directory) if n[:1] == "." and n.endswith(".tmp")]
+        except OSError:
+            names = []
+        found = _LISTED[key] = (now, names)
+    return found[1]
+
+
 def remove_stale_temps(target: Path) -> list[str]:
     """Remove the temporary files atomic_write left next to `target` in processes on this host
     that have died (see the module doc); the names removed."""
     head = f".{target.name}."
+    names = _temp_names(target.parent)
     removed = []
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return removed
-    for name in names:
+    for name in list(names):
         if not name.startswith(head):
             continue
         m = _TEMP_TAIL.fullmatch(name, len(head))
@@ -116,8 +136,11 @@ def remove_stale_temps(target: Path) -> list[str]:
             continue
         try:
             os.unlink(target.parent / name)
-        except OSError:  # (removed by another writer meanwhile, or not ours to remove)
+        except FileNotFoundError:  # (removed by another writer meanwhile)
+            pass
+        except OSError:  # (not ours to remove)
             continue
+        names.remove(name)
         removed.append(name)
     return removed
 
