@@ -140,7 +140,10 @@ def remove_stale_temps(target: Path) -> list[str]:
             pass
         except OSError:  # (not ours to remove)
             continue
-        names.remove(name)
+        try:
+            names.remove(name)
+        except ValueError:  # (another thread's write removed it from the listing first)
+            pass
         removed.append(name)
     return removed
 
