@@ -105,7 +105,7 @@ BAD_CALLS = {
     "backward lengths=": (
         lambda s, x, g: s.backward(x, g, lengths=np.array([5, 4])),
         "backward(input, grad_output, need_grad_input=True)",
-        "lengths= given to the forward",
+        "lengths= goes to forward only",
     ),
     "backward need_grad_input= lengths=": (
         lambda s, x, g: s.backward(x, g, need_grad_input=False, lengths=np.array([5, 4])),

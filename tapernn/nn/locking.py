@@ -222,7 +222,7 @@ def locked_method(fn: Callable) -> Callable:
 
 
 _HINTS = {  # (method, offending keyword) -> what to do instead
-    ("backward", "lengths"): "backward reuses the lengths= given to the forward",
+    ("backward", "lengths"): "lengths= goes to forward only; backward uses the forward's",
     ("update_parameters", "momentum"): "a plain SGD step: for momentum use tn.optim.SGD",
 }
 
