@@ -355,6 +355,10 @@ class LoopSource:
             return View(x, n.shape, getitem_map(a["index"], x.shape))
         if op == "reshape":
             base = x.arr() if isinstance(x, Arr) else None
+            if base and base.startswith("arg"):  # an argument comes in any layout; numba
+                # reshapes only what a view can express (a Fortran-ordered (T, B, D) x raised
+                # NotImplementedError): a copy for those, the array itself when typed C
+                base = f"np.ascontiguousarray({base})"
             array = f"{base}.reshape({tuple(n.shape)})" if base and n.shape else None
             return View(x, n.shape, reshape_map(x.shape, n.shape), array)
         shape = x.shape  # broadcast_to

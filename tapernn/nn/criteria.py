@@ -71,12 +71,18 @@ class Criterion(Module):
                     f".astype(dtype))"
                 )
 
-    def __call__(self, input: Any, target: Any) -> Any:
-        if isinstance(input, Var) or (
-            isinstance(input, list) and input and isinstance(input[0], Var)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        input = args[0] if args else None
+        if (
+            len(args) == 2
+            and not kwargs
+            and (
+                isinstance(input, Var)
+                or (isinstance(input, list) and input and isinstance(input[0], Var))
+            )
         ):
-            return self.apply(input, target)
-        return self.forward(input, target)
+            return self.apply(*args)
+        return self.forward(*args, **kwargs)  # (a wrong call: forward's ArgumentTypeError)
 
 
 def nonempty(criterion: Criterion, a: Any) -> None:

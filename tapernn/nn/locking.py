@@ -17,12 +17,13 @@ calls in opposite orders would deadlock; don't.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from threading import get_ident
 from typing import Any
 
-from ..errors import StateError
+from ..errors import ArgumentTypeError, StateError, TapernnError
 
 # the public entry points a Module subclass may define that run or change module state
 LOCKED = (
@@ -158,6 +159,9 @@ def locked_method(fn: Callable) -> Callable:
             lock = _enter(self)
             try:
                 return fn(self, *args, **kwargs)
+            except TypeError as e:
+                refuse_bad_call(fn, self, args, kwargs, e)
+                raise
             finally:
                 lock.release()
 
@@ -176,6 +180,9 @@ def locked_method(fn: Callable) -> Callable:
                 lock = _acquire(self)
             try:
                 return fn(self, *args, **kwargs)
+            except TypeError as e:
+                refuse_bad_call(fn, self, args, kwargs, e)
+                raise
             finally:
                 lock.release()
 
@@ -204,11 +211,49 @@ def locked_method(fn: Callable) -> Callable:
                     if getattr(record, "thread", None) is None:  # (a nested forward stamped it)
                         record.thread = get_ident()
                 return out
+            except TypeError as e:
+                refuse_bad_call(fn, self, args, kwargs, e)
+                raise
             finally:
                 lock.release()
 
     run._tapernn_locked = True
     return run
+
+
+_HINTS = {  # (method, offending keyword) -> what to do instead
+    ("backward", "lengths"): "lengths= goes to forward only; backward uses the forward's",
+    ("update_parameters", "momentum"): "a plain SGD step: for momentum use tn.optim.SGD",
+}
+
+
+def refuse_bad_call(fn: Callable, module: Any, args: tuple, kwargs: dict, err: TypeError) -> None:
+    """A call of the entry point `fn` raised the TypeError `err`: when its arguments do not fit
+    fn's signature (a wrong keyword, too many or too few), raise an ArgumentTypeError naming the
+    module and what the method takes; otherwise return (the caller re-raises `err`). Only runs
+    after a failure: a good call pays nothing."""
+    if isinstance(err, TapernnError):
+        return
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(module, *args, **kwargs)
+    except TypeError as bad:
+        params = list(sig.parameters.values())[1:]
+        plain = [str(p.replace(annotation=inspect.Parameter.empty)) for p in params]
+        takes = f"{fn.__name__}({', '.join(plain)})"
+        hint = next(
+            (h for (name, key), h in _HINTS.items() if name == fn.__name__ and key in kwargs), ""
+        )
+        try:
+            who = module.describe()
+        except Exception:  # noqa: BLE001 (a half-built module: its class name)
+            who = type(module).__name__
+        raise ArgumentTypeError(
+            f"{who}: {fn.__name__}(): {bad}; it takes {takes}" + (f" ({hint})" if hint else "")
+        ) from None
 
 
 def _enter(module: Any) -> threading.RLock:
