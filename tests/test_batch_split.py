@@ -110,25 +110,7 @@ def test_split_equals_unsplit_and_numpy_equations(name, batch, rng):
     equal(got, train(b, x, g), name == "fastlstm")
     assert all("batch split over 2 threads (rows 0:" in k for k in notes(a)), notes(a)
     assert all("batch split" not in k for k in notes(b)), notes(b)
-    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
-    zero = tuple(np.zeros((batch, H)) for _ in range(n))
-    y, gx, pg = got
-    np.testing.assert_allclose(y, steps(step, p, x, zero)[0], **TOL)
-    # every gradient along random directions against complex steps of the equations
-    arrays = dict(p, input=x)
-    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
-
-    def f(arr):
-        return steps(step, {k: arr[k] for k in p}, arr["input"], zero)[0]
-
-    want = directional(f, arrays, directions, g)
-    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
-    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
-    for k in p:  # and each parameter's alone
-        one = {j: directions[j] * (j == k) for j in arrays}
-        np.testing.assert_allclose(
-            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
-        )
+    check_equations(a, step, n, x, g, got, rng)
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
@@ -306,3 +288,27 @@ def test_with_background_compilation(rng, monkeypatch):
         counts.append(scan_split.SPLIT_CALLS[0] - before)
         equal(got, train(b, x, g))
     assert counts[0] == 0 and counts[-1] == 2, counts
+
+
+def check_equations(model, step, n_states: int, x, g, got, rng) -> None:
+    """A split/owned model's training results `got` = (y, dx, parameter grads) against the
+    cell's NumPy equations: y at TOL, every gradient along random directions against complex
+    steps of the equations (all together, and each parameter's alone)."""
+    p = {k: v.data.copy() for k, v in model.module.named_parameters().items()}
+    y, gx, pg = got
+    zero = tuple(np.zeros((x.shape[1], y.shape[-1])) for _ in range(n_states))
+    np.testing.assert_allclose(y, steps(step, p, x, zero)[0], **TOL)
+    arrays = dict(p, input=x)
+    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
+
+    def f(arr):
+        return steps(step, {k: arr[k] for k in p}, arr["input"], zero)[0]
+
+    want = directional(f, arrays, directions, g)
+    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
+    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
+    for k in p:  # and each parameter's alone
+        one = {j: directions[j] * (j == k) for j in arrays}
+        np.testing.assert_allclose(
+            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
+        )

@@ -8,7 +8,7 @@ BLAS setting restored after a step, also after an exception inside it."""
 
 import numpy as np
 import pytest
-from test_batch_split import CELLS, TOL, D, T, directional, notes, steps, train
+from test_batch_split import CELLS, TOL, D, T, check_equations, notes, steps, train
 
 import tapernn as tn
 from tapernn import nn, own_threads, scan_split
@@ -75,24 +75,7 @@ def test_owned_equals_unowned_and_numpy_equations(name, batch, rng):
     close(got, train(b, x, g))
     assert "owned (BLAS at 1 thread" in a.compile_report().threads
     assert b.compile_report().threads == ""
-    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
-    zero = tuple(np.zeros((batch, H)) for _ in range(n))
-    y, gx, pg = got
-    np.testing.assert_allclose(y, steps(step, p, x, zero)[0], **TOL)
-    arrays = dict(p, input=x)
-    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
-
-    def f(arr):
-        return steps(step, {k: arr[k] for k in p}, arr["input"], zero)[0]
-
-    want = directional(f, arrays, directions, g)
-    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
-    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
-    for k in p:  # and each parameter's alone
-        one = {j: directions[j] * (j == k) for j in arrays}
-        np.testing.assert_allclose(
-            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
-        )
+    check_equations(a, step, n, x, g, got, rng)
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])

@@ -8,7 +8,7 @@ off for feature-major and unpacked loops); float32 bit for bit."""
 import numpy as np
 import pytest
 from cell_reference import fastlstm_step
-from test_batch_split import TOL, D, T, directional, notes, steps, train
+from test_batch_split import D, T, check_equations, notes, train
 
 import tapernn as tn
 from tapernn import nn, own_threads, scan_columns, scan_split
@@ -70,24 +70,7 @@ def test_column_split_equals_unsplit_and_numpy_equations(batch, rng):
     exact(got, train(b, x, g))
     assert all("split by output columns over 2 threads" in k for k in notes(a)), notes(a)
     assert all("columns" not in k for k in notes(b)), notes(b)
-    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
-    zero = (np.zeros((batch, H)), np.zeros((batch, H)))
-    y, gx, pg = got
-    np.testing.assert_allclose(y, steps(fastlstm_step, p, x, zero)[0], **TOL)
-    arrays = dict(p, input=x)
-    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
-
-    def f(arr):
-        return steps(fastlstm_step, {k: arr[k] for k in p}, arr["input"], zero)[0]
-
-    want = directional(f, arrays, directions, g)
-    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
-    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
-    for k in p:  # and each parameter's alone
-        one = {j: directions[j] * (j == k) for j in arrays}
-        np.testing.assert_allclose(
-            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
-        )
+    check_equations(a, fastlstm_step, 2, x, g, got, rng)
 
 
 def test_float32_bit_for_bit(rng):

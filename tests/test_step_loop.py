@@ -10,7 +10,7 @@ chunks, need_grad_input=False; a step program with a statement the translator do
 import numpy as np
 import pytest
 from cell_reference import fastlstm_step, gru_step, lstm_step
-from test_batch_split import TOL, D, directional, equal, steps, train
+from test_batch_split import TOL, D, check_equations, equal, steps, train
 
 import tapernn as tn
 from tapernn import nn, scan_split
@@ -84,24 +84,7 @@ def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng
     equal(got, train(b, x, g))
     assert translated(a) == loops, notes(a)
     assert translated(b) == 0
-    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
-    zero = tuple(np.zeros((batch, H)) for _ in range(n))
-    y, gx, pg = got
-    np.testing.assert_allclose(y, steps(step, p, x, zero)[0], **TOL)
-    arrays = dict(p, input=x)
-    directions = {k: rng.standard_normal(v.shape) for k, v in arrays.items()}
-
-    def f(arr):
-        return steps(step, {k: arr[k] for k in p}, arr["input"], zero)[0]
-
-    want = directional(f, arrays, directions, g)
-    grads = dict({k: pg[f"0.{k}"] for k in p}, input=gx)
-    assert np.isclose(sum(np.sum(grads[k] * directions[k]) for k in arrays), want, **TOL)
-    for k in p:  # and each parameter's alone
-        one = {j: directions[j] * (j == k) for j in arrays}
-        np.testing.assert_allclose(
-            np.sum(grads[k] * directions[k]), directional(f, arrays, one, g), **TOL, err_msg=k
-        )
+    check_equations(a, step, n, x, g, got, rng)
 
 
 @pytest.mark.parametrize("name", ["fastlstm", "gru", "lstm"])
