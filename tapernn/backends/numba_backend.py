@@ -41,14 +41,7 @@ VECTOR_FLOAT32 = {
     "exp": vecmath.exp_lines,
     "sigmoid": vecmath.sigmoid_lines,
 }
-# float64 likewise (BENCHMARKS.md "hf64"): as fast as NumPy's SIMD float64 tanh, so lone float64
-# tanh/exp run as kernels too (fused_lowering.NUMBA_LONE_OPS) and every path -- the full loop,
-# a split loop's Python halves, its step loops -- computes them with these same lines
-VECTOR_FLOAT64 = {
-    "tanh": vecmath.tanh64_lines,
-    "exp": vecmath.exp64_lines,
-    "sigmoid": vecmath.sigmoid64_lines,
-}
+VECTOR_FLOAT64 = vecmath.FLOAT64  # likewise (hf64; fused_lowering.NUMBA_LONE_OPS: lone ones)
 
 
 def vector_ops(dt: str) -> dict:

@@ -206,8 +206,8 @@ def tanh64_lines(t: str, x: str, out: str) -> list[str]:
         f"{t}x = {x}",
         f"{t}a = np.abs({t}x)",
         f"{t}g = {t}x * {t}x",
-        f"{t}k = ((VD_TP0 * {t}g + VD_TP1) * {t}g + VD_TP2)"
-        f" / ((({t}g + VD_TQ0) * {t}g + VD_TQ1) * {t}g + VD_TQ2)",
+        f"{t}k = ((VD_TP0 * {t}g + VD_TP1) * {t}g + VD_TP2)",
+        f"{t}k = {t}k / ((({t}g + VD_TQ0) * {t}g + VD_TQ1) * {t}g + VD_TQ2)",
         f"{t}y = {t}a + {t}a * ({t}g * {t}k)",
         f"{t}c = VD_TWO * ({t}a if {t}a < VD_TANH_CLAMP else VD_TANH_CLAMP)",
         *_exp_core64(t, f"{t}c"),
@@ -224,3 +224,7 @@ def sigmoid64_lines(t: str, x: str, out: str) -> list[str]:
         *exp64_lines(t, f"-np.abs({t}i)", f"{t}e"),
         f"{out} = (VD_ONE if {t}i >= VD_ZERO else {t}e) / (VD_ONE + {t}e)",
     ]
+
+
+# numba_backend.VECTOR_FLOAT64: the float64 line makers by op
+FLOAT64 = {"tanh": tanh64_lines, "exp": exp64_lines, "sigmoid": sigmoid64_lines}
