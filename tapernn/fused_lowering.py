@@ -30,9 +30,9 @@ _TAIL_READERS = ("log", "div", "power")
 # groups) that the numba backend runs as a one-instruction kernel on values of at least
 # NUMBA_LONE_MIN_SIZE elements: one pass over memory with vecmath's vectorised float32 exp /
 # tanh where NumPy makes one (tanh, exp) or five (sigmoid) passes at libm speed (2x faster at
-# (32, 512) float32; BENCHMARKS.md issue-19 helem). float64 tanh/exp stay NumPy ufuncs (numba's
-# are scalar libm calls).
-NUMBA_LONE_OPS = {"float32": ("sigmoid", "tanh", "exp"), "float64": ("sigmoid",)}
+# (32, 512) float32; BENCHMARKS.md issue-19 helem). float64 too: vecmath's float64 tanh is as
+# fast as NumPy's, and a step program with no NumPy tanh/exp runs as a step loop (hf64).
+NUMBA_LONE_OPS = {"float32": ("sigmoid", "tanh", "exp"), "float64": ("sigmoid", "tanh", "exp")}
 NUMBA_LONE_MIN_SIZE = 1024
 
 

@@ -43,10 +43,10 @@ def numba_now(monkeypatch):
     tn.set_backend(before)
 
 
-def model(make, on, dtype="float64", **kw):
+def model(make, on, dtype="float64", split="on", **kw):
     tn.manual_seed(0)
     m = nn.Sequencer(make(), **kw).astype(dtype)
-    options = tn.PlanOptions(layout="batch", batch_split="on", own_threads="on", step_loops=on)
+    options = tn.PlanOptions(layout="batch", batch_split=split, own_threads="on", step_loops=on)
     m.set_plan_options(options)
     return m
 
@@ -64,17 +64,18 @@ def translated(m):
     return sum(ONE_CALL in k for k in notes(m))
 
 
-# float64: the GRU's loops both translate, the peephole LSTM's forward (its backward and the
-# FastLSTM's loops call NumPy's tanh on their gates in float64: not translated)
-@pytest.mark.parametrize("name, loops", [("gru", 2), ("lstm", 1)])
+# float64: every loop translates (the lone float64 tanh of the FastLSTM's cell output and the
+# LSTM's backward is a numba kernel with vecmath's float64 tanh since hf64; before, NumPy's
+# ufunc kept those loops in Python); bit for bit the Python halves and the unsplit loop
+@pytest.mark.parametrize("name, loops", [("gru", 2), ("lstm", 2), ("fastlstm", 2)])
 @pytest.mark.parametrize("batch", [16, 17])
 def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng):
     make, step, n, H = CELLS[name]
     x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
-    a, b = model(make, True), model(make, False)
+    a, b, c = model(make, True), model(make, False), model(make, True, split="off")
     for _ in range(3):  # call 1 runs the full loop, 2 the Python halves (compiles), then numba
         equal(train(a, x, g), train(b, x, g))
-        for m in (a, b):  # the next call sees other weights
+        for m in (a, b, c):  # the next call sees other weights
             for p in m.parameters():
                 p.data[...] += 0.01
     before, split = ran(), scan_split.SPLIT_CALLS[0]
@@ -82,6 +83,7 @@ def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng
     assert ran() - before == 2 * loops  # two halves each
     assert scan_split.SPLIT_CALLS[0] - split == 2
     equal(got, train(b, x, g))
+    equal(got, train(c, x, g))  # the unsplit loop (the full runner: no split, no step loops)
     assert translated(a) == loops, notes(a)
     assert translated(b) == 0
     check_equations(a, step, n, x, g, got, rng)
@@ -181,17 +183,21 @@ def test_off_by_option(rng):
     assert not any(ONE_CALL in k or "halves' loops" in k for k in notes(b))
 
 
-def test_numpy_tanh_keeps_the_python_loop(rng):
-    # float64 FastLSTM: its gates' tanh stays NumPy's ufunc (faster than numba's scalar libm),
-    # whose SIMD code may round otherwise than numba's: not translated
+def test_numpy_tanh_keeps_the_python_loop(rng, monkeypatch):
+    # float64 FastLSTM with its lone tanh a NumPy ufunc again (as before hf64): NumPy's SIMD
+    # tanh may round otherwise than numba's, so the translator refuses it and the halves keep
+    # the Python loop
+    from tapernn import fused_lowering
+
+    monkeypatch.setitem(fused_lowering.NUMBA_LONE_OPS, "float64", ("sigmoid",))
     make, _, _, H = CELLS["fastlstm"]
-    x, g = rng.standard_normal((T, 5, D)), rng.standard_normal((T, 5, H))
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
     a, b = model(make, True), model(make, False)
     before = ran()
     for _ in range(3):
         equal(train(a, x, g), train(b, x, g))
     assert ran() == before
-    assert any("halves' loops in Python: call of np_" in k for k in notes(a)), notes(a)
+    assert any("halves' loops in Python: call of np_tanh" in k for k in notes(a)), notes(a)
 
 
 def test_feature_major_loops_do_not_split_and_stay_right(rng):

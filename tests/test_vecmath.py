@@ -120,3 +120,71 @@ def test_float32_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
     assert re.search(r"\bv(roundps|rndscaleps)\s+.*%[yz]mm", asm)
     assert re.search(r"\bvcvttps2dq\s+.*%[yz]mm", asm)
     assert not re.search(r"(exp|tanh)f?\b", asm.replace("kernel", ""))  # no libm call left
+
+
+# float64 (branch hf64): vecmath's Cephes exp / tanh against NumPy's own float64 functions
+
+
+def _ulps64(a, b):
+    ia, ib = (v.view(np.int64) for v in (a, b))
+    ia, ib = (np.where(i < 0, -(i & 0x7FFFFFFFFFFFFFFF), i) for i in (ia, ib))
+    return np.abs((ia - ib).astype(np.float64))
+
+
+def _grid64():
+    dense = np.linspace(-30, 30, 600_001)
+    wide = np.linspace(-760, 720, 300_001)  # exp's overflow / subnormal / 0 edges
+    magnitudes = np.logspace(-323.5, 308.2, 300_000)
+    special = np.array(
+        [0.0, 5e-324, 2.3e-308, 1e-9, 0.625, 21.99, 22.0, 22.5, 708.4, 709.78, 709.782712893384]
+        + [709.79, 744.4, 745.13, 745.14, 1.7e308]
+    )
+    x = np.concatenate([dense, wide, magnitudes, special])
+    return np.concatenate([x, -x, [np.inf, -np.inf, np.nan]])
+
+
+@pytest.mark.parametrize(
+    "name, fn, ref",
+    [("exp", tn.exp, np.exp), ("tanh", tn.tanh, np.tanh), ("sigmoid", tn.sigmoid, _sigmoid64)],
+)
+def test_float64_function_against_numpy(name, fn, ref):
+    x = _grid64()
+    c = tn.compile(tn.trace(lambda a: fn(a) * 1.0, x), backend="numba")
+    assert c.report.compiled_kernels == 1 and not c.report.fallbacks
+    c(x)
+    got = c(x)  # (the kernel's from the first call at the latest)
+    assert got.dtype == np.float64
+    with np.errstate(over="ignore", under="ignore"):
+        want = ref(x)
+    finite = np.isfinite(x) & np.isfinite(want)
+    ulps = _ulps64(got[finite], want[finite])
+    assert ulps.max() <= 2, (name, x[finite][ulps.argmax()])
+    np.testing.assert_array_equal(got[~finite], want[~finite])  # Inf, overflow, NaN
+    zeros = x == 0
+    np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(want[zeros]))  # -0
+    if name == "tanh":
+        tiny = (np.abs(x) < 1e-9) & np.isfinite(x)
+        np.testing.assert_array_equal(got[tiny], x[tiny])
+        np.testing.assert_array_equal(got[np.abs(x) >= 22.0], np.sign(x[np.abs(x) >= 22.0]))
+    if name == "exp":  # subnormal results and the underflow to 0
+        sub = (want >= 0) & (want < np.finfo(np.float64).tiny) & np.isfinite(x)
+        assert sub.sum() > 1000 and _ulps64(got[sub], want[sub]).max() <= 1
+
+
+def test_float64_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
+    from tapernn.backends import numba_backend
+
+    monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(numba_backend, "_kernels", {})
+    x = np.linspace(-3, 3, 64)
+    c = tn.compile(
+        tn.trace(lambda a: tn.tanh(a) * 2.0 + tn.sigmoid(a * 3.0) + tn.exp(a), x),
+        backend="numba",
+    )
+    c(x)
+    c(x)
+    kernel = next(v for k, v in c.program.fn.__kwdefaults__.items() if k.startswith("nk"))
+    asm = "\n".join(kernel.inspect_asm().values())
+    assert re.search(r"\bvmulpd\s+.*%[yz]mm", asm)  # packed double arithmetic
+    assert re.search(r"\bv(roundpd|rndscalepd)\s+.*%[yz]mm", asm)  # exp's n, packed
+    assert not re.search(r"(exp|tanh)\b", asm.replace("kernel", ""))  # no libm call left

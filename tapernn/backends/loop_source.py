@@ -18,12 +18,12 @@ from .loop_values import Arr, Val, View, bcast, flat, getitem_map, reads, reshap
 from .numba_backend import (
     _CASTS_OPERANDS,
     _HEADER,
-    VECTOR_FLOAT32,
     Unsupported,
     _dtype_name,
     _scalar,
     _sigmoid_lines,
     _typed,
+    vector_ops,
 )
 
 # matmuls with M*N*K at least this go to np.dot (BLAS); smaller ones are explicit loops (a
@@ -391,8 +391,8 @@ class LoopSource:
                 name = f"v{tag}_{j}"
                 if op == "sigmoid":
                     lines += _sigmoid_lines(f"{tag}_{j}", xs[0], dt)
-                elif op in VECTOR_FLOAT32 and dt == "float32":
-                    lines += VECTOR_FLOAT32[op](f"t{tag}_{j}", xs[0], name)
+                elif op in vector_ops(dt):
+                    lines += vector_ops(dt)[op](f"t{tag}_{j}", xs[0], name)
                 elif op == "where":
                     lines.append(f"{name} = {xs[1]} if {xs[0]} else {xs[2]}")
                 else:

@@ -22,7 +22,7 @@ from ..fileio import atomic_write
 from . import vecmath
 
 # bump when the generated source changes meaning (part of every kernel's file name)
-SOURCE_VERSION = 5
+SOURCE_VERSION = 6
 _DTYPES = {"f": ("float32", "float64"), "b": ("bool",)}
 _lock = threading.RLock()  # held while a kernel loads or compiles
 # held only to look up or add a kernel: a compile of the caller's thread (plan_kernel) must not
@@ -41,6 +41,12 @@ VECTOR_FLOAT32 = {
     "exp": vecmath.exp_lines,
     "sigmoid": vecmath.sigmoid_lines,
 }
+VECTOR_FLOAT64 = vecmath.FLOAT64  # likewise (hf64; fused_lowering.NUMBA_LONE_OPS: lone ones)
+
+
+def vector_ops(dt: str) -> dict:
+    """The vectorisable exp/tanh/sigmoid line makers for dtype name `dt` ({} for others)."""
+    return VECTOR_FLOAT32 if dt == "float32" else VECTOR_FLOAT64 if dt == "float64" else {}
 
 
 @functools.cache
@@ -165,8 +171,8 @@ def _sigmoid_lines(j: int | str, x: str, dt: str, vector: bool = True) -> list[s
     """sigma(x) into v{j}, exact in both tails: exp(-|a|) never overflows (ops/elementwise.py);
     written out (an inlined helper costs numba an inlining pass per kernel at compile time);
     float32 through vecmath's vectorisable exp (with `vector`; else libm's expf)."""
-    if vector and dt == "float32" and "sigmoid" in VECTOR_FLOAT32:
-        return VECTOR_FLOAT32["sigmoid"](f"s{j}", x, f"v{j}")
+    if vector and "sigmoid" in vector_ops(dt):
+        return vector_ops(dt)["sigmoid"](f"s{j}", x, f"v{j}")
     one, zero = _typed(dt, 1), _typed(dt, 0)
     return [
         f"a{j} = {x}",
@@ -208,8 +214,8 @@ def _body(program: tuple, loads: list[tuple], vector: bool = True) -> list[str]:
         xs = [f"np.{dt}({x})" if casts and t != dt else x for x, t in ins]
         if op == "sigmoid":
             lines += _sigmoid_lines(j, xs[0], dt, vector)
-        elif vector and op in VECTOR_FLOAT32 and dt == "float32":
-            lines += VECTOR_FLOAT32[op](f"t{j}", xs[0], f"v{j}")
+        elif vector and op in vector_ops(dt):
+            lines += vector_ops(dt)[op](f"t{j}", xs[0], f"v{j}")
         else:
             lines.append(f"v{j} = {_scalar(op, xs, dict(attrs), dt)}")
         values.append((f"v{j}", dt))

@@ -30,6 +30,21 @@ def f32_bits(typingctx, bits):
 
 
 @intrinsic
+def f64_bits(typingctx, bits):
+    """The float64 whose IEEE bits are the integer `bits` (a bitcast, as f32_bits)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth < 64:
+            value = builder.sext(value, ir.IntType(64))
+        return builder.bitcast(value, context.get_value_type(types.float64))
+
+    return types.float64(bits), codegen
+
+
+@intrinsic
 def c_row(typingctx, array, index):
     """Row `index` of a 2-D array as a 1-D C-contiguous array (no copy, no reference: it
     borrows the array's memory). Only correct where array.strides[1] == array.itemsize (the
