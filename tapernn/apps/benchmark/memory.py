@@ -27,6 +27,11 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3)
     activations, outputs, gradients, temporaries). What does not: the Python objects
     compilation leaves behind (graphs, generated source: non-array memory that grew over the
     warm-up steps, constant across steady steps), which are not per-step memory."""
+    from ...backends import wait_for_kernels
+
+    # (numba kernels compiling in the background -- this model's or an earlier one's -- are not
+    # the loop's memory: tracemalloc traces every thread, a cold compile holds ~1-4 MB)
+    wait_for_kernels()
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
@@ -36,6 +41,7 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3)
         before_objects = before - _array_bytes(tracemalloc.take_snapshot())
         for _ in range(warmup):
             step()
+        wait_for_kernels()
         gc.collect()
         now = tracemalloc.get_traced_memory()[0]
         compiled_objects = now - _array_bytes(tracemalloc.take_snapshot()) - before_objects
