@@ -57,8 +57,9 @@ class LoweringContext:
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
-# who makes a program's buffers (else np.empty each; set only while one is compiled): a split loop's halves carve theirs
-# from the full body's (scan_split.BufferPool); `provider(plan.buffers)` -> arrays or None
+# who makes a program's buffers (else np.empty each; set only while one is compiled): a split
+# loop's halves carve theirs from the full body's (scan_split.BufferPool);
+# `provider(plan.buffers)` -> arrays or None
 GIVEN_BUFFERS: ContextVar[Any] = ContextVar("tapernn_given_buffers", default=None)
 
 

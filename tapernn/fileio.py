@@ -100,9 +100,8 @@ def _alive(pid: int) -> bool:
 
 
 _LISTED: dict[str, tuple[float, list[str]]] = {}  # directory -> (when, its temporaries' names)
-RELIST_SECONDS = (
-    60.0  # a directory is listed at most this often (the kernel cache holds 10^4 files)
-)
+# a directory is listed at most this often (the kernel cache holds 10^4 files)
+RELIST_SECONDS = 60.0
 
 
 def _temp_names(directory: Path) -> list[str]:

@@ -387,21 +387,27 @@ class SplitRunner:
         (_, pre0), (_, pre1) = self.loops
         hoisted = pre0(*inv) if pre0 is not None else ()
         hoisted1 = pre1(*inv) if pre1 is not None else hoisted
-        parts = []
-        for lo, hi in self.rows:
-            parts.append(
-                [c[lo:hi] for c in cs]
-                + [x[:, lo:hi] for x in xs]
-                + list(inv)
-                + [y[:, lo:hi] for y in ys]
-            )
-        loop0, loop1 = [loop for loop, _ in self.loops]
-        if self.step_loops is not None:  # (each half as one numba call, once compiled)
-            whole, pre = (cs, xs, inv, ys), (hoisted, hoisted1)
-            loop0, loop1 = self.step_loops.choose(self, whole, pre, loop0, loop1, alias)
-        future = _executor().submit(loop1, *parts[1], hoisted1, alias)
+        both = (hoisted, hoisted1)
+        bound = None  # (each half as one numba call, once compiled: step_loop.Halves)
+        if self.step_loops is not None:
+            bound = self.step_loops.choose(self, (cs, xs, inv, ys), both, alias)
+        if bound is not None:
+            calls = [(fn, ()) for fn in bound]
+        else:  # the Python loops over the halves' row slices
+            calls = [
+                (
+                    loop,
+                    [c[lo:hi] for c in cs]
+                    + [x[:, lo:hi] for x in xs]
+                    + list(inv)
+                    + [y[:, lo:hi] for y in ys]
+                    + [h, alias],
+                )
+                for (loop, _), (lo, hi), h in zip(self.loops, self.rows, both)
+            ]
+        future = _executor().submit(calls[1][0], *calls[1][1])
         try:
-            first = loop0(*parts[0], hoisted, alias)
+            first = calls[0][0](*calls[0][1])
         finally:
             second = future.result()
         return first, second

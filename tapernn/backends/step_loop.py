@@ -207,10 +207,11 @@ _lock = threading.Lock()
 
 
 class StepLoop:
-    """A half's loop as one numba call: `__call__` has scan_split.half_loop's convention
-    (carries, xs, invariants, ys, then the hoisted values as one tuple) and returns the final
-    carries. `prepare(args)` loads and compiles the kernel for those arguments' types (numba's
-    cache=True across processes); `error` says why it could not."""
+    """A half's loop as one numba call: `__call__` takes `args` (see `args`: the half's rows
+    lo:hi and carries, the whole batch's xs, invariants and ys, the hoisted values as one
+    tuple, alias) and returns the final carries. `prepare(key)` loads and compiles the kernel
+    for those arguments' types (numba's cache=True across processes); `error` says why it
+    could not."""
 
     def __init__(self, source: str, arrays: list, length: int, reverse: Any, late: tuple = ()):
         self.source, self.arrays, self.late = source, arrays, late  # (late: the P<k> buffers)
@@ -254,15 +255,14 @@ class StepLoop:
 
 
 class _Bound:
-    """A half's StepLoop with its arguments (scan_split calls it with the Python loop's, which
-    it does not need)."""
+    """A half's StepLoop with its arguments, called with none (scan_split's `_halves`)."""
 
     __slots__ = ("args", "loop")
 
     def __init__(self, loop: StepLoop, args: tuple):
         self.loop, self.args = loop, args
 
-    def __call__(self, *_):
+    def __call__(self):
         return self.loop(*self.args)
 
 
@@ -278,11 +278,11 @@ class Halves:
         self.ready: threading.Event | None = None
         self.error = ""
 
-    def choose(self, runner: Any, whole: tuple, hoisted: tuple, py0: Any, py1: Any, alias=False):
-        """The two loop functions of this split call of `runner` (`whole`: the call's carries,
-        xs, invariants and ys, whole batch; `hoisted`: each half's hoisted values; `alias`:
-        late-read xs lie in the slab): the numba ones, or the Python ones `py0`, `py1` (for good
-        once the compile failed: the report says why)."""
+    def choose(self, runner: Any, whole: tuple, hoisted: tuple, alias: bool = False):
+        """This split call's two half loops as numba calls taking no arguments (`whole`: the
+        call's carries, xs, invariants and ys, whole batch; `hoisted`: each half's hoisted
+        values; `alias`: late-read xs lie in the slab), or None: the Python loops run (until
+        the compile is ready; for good once it failed: the report says why)."""
         cs, xs, inv, ys = whole
         args = [
             (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h, bool(alias))
@@ -295,7 +295,7 @@ class Halves:
         elif fns is not None:
             note(runner, "each half's loop one numba call")
             return _Bound(fns[0], args[0]), _Bound(fns[1], args[1])
-        return py0, py1
+        return None
 
     def pick(self, args0: tuple, args1: tuple) -> tuple | None:
         from . import background

@@ -84,20 +84,20 @@ _CONSTANTS64 = {
     "VD_TQ2": 4.84406305325125486048e3,
 }
 
+
+def _assignments(constants: dict[str, float], dtype: str) -> str:
+    return "".join(
+        f"{name} = np.{dtype}({value!r})\n"
+        if np.isfinite(value)
+        else f"{name} = np.{dtype}(np.inf)\n"
+        for name, value in constants.items()
+    )
+
+
 HEADER = (
     "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits\n"
-    + "".join(
-        f"{name} = np.float32({value!r})\n"
-        if np.isfinite(value)
-        else f"{name} = np.float32(np.inf)\n"
-        for name, value in _CONSTANTS.items()
-    )
-    + "".join(
-        f"{name} = np.float64({value!r})\n"
-        if np.isfinite(value)
-        else f"{name} = np.float64(np.inf)\n"
-        for name, value in _CONSTANTS64.items()
-    )
+    + _assignments(_CONSTANTS, "float32")
+    + _assignments(_CONSTANTS64, "float64")
 )
 
 
@@ -130,14 +130,15 @@ def _exp_core(t: str, c: str) -> list[str]:
     ]
 
 
-def exp_lines(t: str, x: str, out: str) -> list[str]:
-    """{out} = exp({x}) for a float32 {x}: +Inf above VM_EXP_HI, 0 below VM_EXP_LO, NaN
-    passed through."""
+def exp_lines(t: str, x: str, out: str, c: str = "VM") -> list[str]:
+    """{out} = exp({x}) for a float32 {x} (constants `c` "VM"; float64: "VD", exp64_lines):
+    +Inf above {c}_EXP_HI, 0 below {c}_EXP_LO, NaN passed through."""
+    core = _exp_core if c == "VM" else _exp_core64
     return [
         f"{t}x = {x}",
-        f"{t}c = VM_EXP_LO if {t}x < VM_EXP_LO else ({t}x if {t}x < VM_EXP_HI else VM_EXP_HI)",
-        *_exp_core(t, f"{t}c"),
-        f"{t}v = VM_ZERO if {t}x < VM_EXP_LO else ({t}v if {t}x <= VM_EXP_HI else VM_INF)",
+        f"{t}c = {c}_EXP_LO if {t}x < {c}_EXP_LO else ({t}x if {t}x < {c}_EXP_HI else {c}_EXP_HI)",
+        *core(t, f"{t}c"),
+        f"{t}v = {c}_ZERO if {t}x < {c}_EXP_LO else ({t}v if {t}x <= {c}_EXP_HI else {c}_INF)",
         f"{out} = {t}x if {t}x != {t}x else {t}v",
     ]
 
@@ -160,14 +161,14 @@ def tanh_lines(t: str, x: str, out: str) -> list[str]:
     ]
 
 
-def sigmoid_lines(t: str, x: str, out: str) -> list[str]:
-    """{out} = sigma({x}) for a float32 {x}, exact in both tails as numba_backend's form:
-    e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below -103.97, NaN passed
-    through (exp_lines')."""
+def sigmoid_lines(t: str, x: str, out: str, c: str = "VM") -> list[str]:
+    """{out} = sigma({x}) for a float32 {x} (float64: `c` "VD"), exact in both tails as
+    numba_backend's form: e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below
+    -103.97 (float32), NaN passed through (exp_lines')."""
     return [
         f"{t}i = {x}",
-        *exp_lines(t, f"-np.abs({t}i)", f"{t}e"),
-        f"{out} = (VM_ONE if {t}i >= VM_ZERO else {t}e) / (VM_ONE + {t}e)",
+        *exp_lines(t, f"-np.abs({t}i)", f"{t}e", c),
+        f"{out} = ({c}_ONE if {t}i >= {c}_ZERO else {t}e) / ({c}_ONE + {t}e)",
     ]
 
 
@@ -188,15 +189,8 @@ def _exp_core64(t: str, c: str) -> list[str]:
 
 
 def exp64_lines(t: str, x: str, out: str) -> list[str]:
-    """{out} = exp({x}) for a float64 {x}: +Inf above VD_EXP_HI, 0 below VD_EXP_LO, NaN
-    passed through."""
-    return [
-        f"{t}x = {x}",
-        f"{t}c = VD_EXP_LO if {t}x < VD_EXP_LO else ({t}x if {t}x < VD_EXP_HI else VD_EXP_HI)",
-        *_exp_core64(t, f"{t}c"),
-        f"{t}v = VD_ZERO if {t}x < VD_EXP_LO else ({t}v if {t}x <= VD_EXP_HI else VD_INF)",
-        f"{out} = {t}x if {t}x != {t}x else {t}v",
-    ]
+    """{out} = exp({x}) for a float64 {x} (exp_lines with the VD constants)."""
+    return exp_lines(t, x, out, "VD")
 
 
 def tanh64_lines(t: str, x: str, out: str) -> list[str]:
@@ -218,12 +212,8 @@ def tanh64_lines(t: str, x: str, out: str) -> list[str]:
 
 
 def sigmoid64_lines(t: str, x: str, out: str) -> list[str]:
-    """{out} = sigma({x}) for a float64 {x} (sigmoid_lines' form through exp64_lines)."""
-    return [
-        f"{t}i = {x}",
-        *exp64_lines(t, f"-np.abs({t}i)", f"{t}e"),
-        f"{out} = (VD_ONE if {t}i >= VD_ZERO else {t}e) / (VD_ONE + {t}e)",
-    ]
+    """{out} = sigma({x}) for a float64 {x} (sigmoid_lines with the VD constants)."""
+    return sigmoid_lines(t, x, out, "VD")
 
 
 # numba_backend.VECTOR_FLOAT64: the float64 line makers by op

@@ -97,12 +97,10 @@ class Recheck:
         return winner
 
 
-def pinned():
-    """One BLAS thread, the thread choice paused (its arms record nothing): both layouts'
-    re-check steps run alike."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(limiter.limit(1))
-    stack.enter_context(paused())
-    return stack
+def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    """(fn(*args), its seconds of process CPU) at one BLAS thread with the thread choice paused
+    (its arms record nothing): both layouts' re-check steps run alike."""
+    with limiter.limit(1), paused():
+        start = _clock()
+        out = fn(*args)
+        return out, _clock() - start

@@ -177,11 +177,8 @@ class Runtime:
             self._release_previous(exe)
         used = exe.packing.scratch_into(program, call_args)  # (the zeroed .grad as scratch)
         try:
-            if timed:
-                with layout_recheck.pinned():
-                    start = layout_recheck._clock()
-                    outs = program.run(call_args)
-                    timed = layout_recheck._clock() - start
+            if timed:  # (a re-check's timed forward: its seconds)
+                outs, timed = layout_recheck.timed(program.run, call_args)
             else:
                 outs = program.run(call_args)
         finally:
@@ -396,10 +393,10 @@ class Runtime:
         saved, record.saved = record.saved, None  # consumed: freed as soon as backward returns
         into = (exe.packing, len(exe.data_wrt) - skip)
         if record.timed is not False and exe.recheck is not None:  # (a re-check's timed step)
-            with layout_recheck.pinned():
-                start = layout_recheck._clock()
-                grads = pair.run_backward(saved, record.args, seeds, skip, into)
-                exe.recheck.record(exe, record.timed + layout_recheck._clock() - start)
+            grads, seconds = layout_recheck.timed(
+                pair.run_backward, saved, record.args, seeds, skip, into
+            )
+            exe.recheck.record(exe, record.timed + seconds)
         else:
             grads = pair.run_backward(saved, record.args, seeds, skip, into)
         room = pair.tap_room(pair.last_backward)

@@ -10,10 +10,11 @@ scan) and registers itself here (`set_step_timer`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -144,24 +145,19 @@ def flipped(keys: list[tuple]) -> dict[tuple, tuple[str, str]]:
     }
 
 
-def override(decisions: dict[tuple, tuple[str, str]]):
+@contextlib.contextmanager
+def override(decisions: dict[tuple, tuple[str, str]]) -> Iterator[None]:
     """A context in which `decisions` replace the kept ones (the re-check's second compile)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        saved = {k: _DECIDED.get(k) for k in decisions}
-        _DECIDED.update(decisions)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    _DECIDED.pop(k, None)
-                else:
-                    _DECIDED[k] = v
-
-    return ctx()
+    saved = {k: _DECIDED.get(k) for k in decisions}
+    _DECIDED.update(decisions)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                _DECIDED.pop(k, None)
+            else:
+                _DECIDED[k] = v
 
 
 def settle(keys: list[tuple], pick: str, note: str) -> None:
