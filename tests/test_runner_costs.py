@@ -40,7 +40,7 @@ def _runner(seq):
     return runner, bwd
 
 
-def _check(seq, cell, step, n_states, T, B, seed, dtype=np.float64, rtol=1e-12):
+def check_step(seq, cell, step, n_states, T, B, seed, dtype=np.float64, rtol=1e-12):
     """One forward+backward of `seq` equals the equations: values, input and parameter
     gradients (complex steps)."""
     rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def test_small_late_xs_are_copied_once_per_call_and_equal_the_equations(name):
     tn.manual_seed(1)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
     runner, bwd = _runner(seq)
     assert bwd.program.plan.donated  # (the dZ rows over the saved gate rows)
     head, loop = runner.source.split("for _t", 1)
@@ -83,16 +83,16 @@ def test_small_late_xs_are_copied_once_per_call_and_equal_the_equations(name):
     # (B = 2: the dZ gate columns are not contiguous in a row, the body writes them with one
     # concatenate after its last read: no late xs)
     for T, B in ((7, 1), (7, 2), (5, 1)):
-        _check(seq, cell, step, n_states, T=T, B=B, seed=T + B)
+        check_step(seq, cell, step, n_states, T=T, B=B, seed=T + B)
         if B == 1:
             assert _runner(seq)[0].bound[copies[0].split("[")[0]].shape[:2] == (T, 1)
     for p in cell.parameters():  # (new arrays: traced again)
         p.data = np.random.default_rng(9).standard_normal(p.data.shape)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=11)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=11)
     seq.astype(np.float32)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=12, dtype=np.float32, rtol=1e-4)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=12, dtype=np.float32, rtol=1e-4)
     seq.astype(np.float64)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=13)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=13)
 
 
 @pytest.mark.parametrize("name", ["FastLSTM", "LSTM"])
@@ -137,16 +137,16 @@ def test_without_the_copies_the_gradients_are_wrong():
     tn.manual_seed(1)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
     runner, _ = _runner(seq)
     shares = runner.bound["_np_shares"]
     runner.bound["_np_shares"] = lambda *a: False
     try:
         with pytest.raises(AssertionError):
-            _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+            check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
     finally:
         runner.bound["_np_shares"] = shares
-    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -159,7 +159,7 @@ def test_the_reverse_loops_carries_alternate_between_two_arrays(name):
     tn.manual_seed(4)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=1)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=1)
     runner, _ = _runner(seq)
     pairs = {k: v for k, v in runner.bound.items() if k.startswith("_C")}
     assert len(pairs) == n_states, runner.source
@@ -167,18 +167,18 @@ def test_the_reverse_loops_carries_alternate_between_two_arrays(name):
         assert f"{k}\n" in runner.source and a is not b and not np.shares_memory(a, b)
     loop = runner.source.split("for _t", 1)[1]
     assert "_Q0 = _Q0, w0" in loop
-    _check(seq, cell, step, n_states, T=6, B=2, seed=2)  # (another program: its own pairs)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+    check_step(seq, cell, step, n_states, T=6, B=2, seed=2)  # (another program: its own pairs)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=3)
     if name != "LSTM":  # (FastLSTM's and GRU's steps read their carries before writing)
         return
     key = "_C1"  # (dc: LSTM's step computes it from dh + dy first, then reads the old dc)
     runner.bound[key] = (pairs[key][0], pairs[key][0])
     try:
         with pytest.raises(AssertionError):
-            _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+            check_step(seq, cell, step, n_states, T=5, B=1, seed=3)
     finally:
         runner.bound[key] = pairs[key]
-    _check(seq, cell, step, n_states, T=5, B=1, seed=3)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=3)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -187,7 +187,7 @@ def test_xs_the_body_never_reads_are_not_split_into_rows(name):
     tn.manual_seed(5)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=4)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=4)
     runner, _ = _runner(seq)
     head, loop = runner.source.split("for _t, ", 1)
     names, _ = loop.split(" in zip(", 1)
@@ -199,7 +199,7 @@ def test_xs_the_body_never_reads_are_not_split_into_rows(name):
     xs = [p.strip() for p in params.split(",") if p.strip().startswith("_X")]
     # ... and an xs whose row would not be read is not split (the backward has such xs)
     assert len([v for v in taken if v.startswith("a")]) < len(xs), runner.source
-    _check(seq, cell, step, n_states, T=7, B=2, seed=5)
+    check_step(seq, cell, step, n_states, T=7, B=2, seed=5)
 
 
 def _forward_runner(seq):
@@ -217,14 +217,14 @@ def test_ys_row_slices_are_split_once_per_call_and_a_failing_step_names_its_node
     tn.manual_seed(6)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=6)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=6)
     for runner in (_forward_runner(seq), _runner(seq)[0]):
         head, loop = runner.source.split("for _t, ", 1)
         assert not re.search(r"\bo\d+ = w\d+\[i\d+\]", loop), runner.source
         splits = re.findall(r"(_S\d+) = (_Y\d+)\[(_ix\d+)\]", head)
         assert len(splits) == 4  # (the four gates' dZ / activations)
         assert all(s in loop.split(":", 1)[0] for s, _, _ in splits)
-    _check(seq, cell, step, n_states, T=7, B=1, seed=7)
+    check_step(seq, cell, step, n_states, T=7, B=1, seed=7)
     runner = _forward_runner(seq)
     tanh = runner.bound["np_tanh"]
 
@@ -237,7 +237,7 @@ def test_ys_row_slices_are_split_once_per_call_and_a_failing_step_names_its_node
             seq.forward(np.ones((7, 1, H)))
     finally:
         runner.bound["np_tanh"] = tanh
-    _check(seq, cell, step, n_states, T=7, B=1, seed=8)
+    check_step(seq, cell, step, n_states, T=7, B=1, seed=8)
 
 
 def test_views_of_a_buffer_are_made_once():
@@ -252,12 +252,12 @@ def test_views_of_a_buffer_are_made_once():
     tn.manual_seed(6)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=9)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=9)
     runner = _forward_runner(seq)
     loop = runner.source.split("for _t, ", 1)[1]
     assert not re.search(r"\bv\d+ = v\d+\[i\d+\]", loop), runner.source
     assert re.search(r"\br\d+\b", loop)
-    _check(seq, cell, step, n_states, T=6, B=2, seed=10)
+    check_step(seq, cell, step, n_states, T=6, B=2, seed=10)
 
     buf = np.empty((2, 4))
     n = Node("add", [], {}, (2, 4), np.dtype(np.float64))
@@ -285,4 +285,4 @@ def test_both_layouts_equal_the_equations(layout):
         cell = make()
         seq = nn.Sequencer(cell).set_plan_options(PlanOptions(backend="numpy", layout=layout))
         for T, B, seed in ((5, 1, 20), (6, 3, 21), (5, 1, 22)):
-            _check(seq, cell, step, n_states, T=T, B=B, seed=seed)
+            check_step(seq, cell, step, n_states, T=T, B=B, seed=seed)

@@ -13,21 +13,13 @@ import re
 
 import numpy as np
 import pytest
-from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, run
+from test_runner_costs import CELLS, NUMPY, H, check_step
 
 import tapernn as tn
 from tapernn import PlanOptions, nn, scan_run
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.backends import numba_available
 from tapernn.nn.runtime import runtime_of
-
-H = 5
-CELLS = {
-    "FastLSTM": (lambda: nn.FastLSTM(H, H), fastlstm_step, 2),
-    "LSTM": (lambda: nn.LSTM(H, H), lstm_step, 2),
-    "GRU": (lambda: nn.GRU(H, H), gru_step, 1),
-}
-NUMPY = PlanOptions(backend="numpy")
 
 
 def _runners(seq):
@@ -38,23 +30,6 @@ def _runners(seq):
     return [v for v in bound if hasattr(v, "bound") and hasattr(v, "source")] or [
         v for v in bound if hasattr(v, "runner") and hasattr(v, "handle")
     ]
-
-
-def _check(seq, cell, step, n_states, T, B, seed, dtype=np.float64, rtol=1e-12):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    g = rng.standard_normal((T, B, H)).astype(dtype)
-    params = {k: p.data.astype(np.float64) for k, p in cell.named_parameters().items()}
-    want, _ = run(step, params, x.astype(np.float64), n_states, H)
-    seq.zero_grad_parameters()
-    y = seq.forward(x)
-    gx = seq.backward(x, g)
-    atol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(y, want, rtol=rtol, atol=atol)
-    exact = complex_step_grads(step, params, x.astype(np.float64), n_states, H, g)
-    np.testing.assert_allclose(gx, exact["input"], rtol=rtol, atol=atol)
-    for name, p in cell.named_parameters().items():
-        np.testing.assert_allclose(p.grad, exact[name], rtol=rtol, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("rows", [False, True])
@@ -72,7 +47,7 @@ def test_per_call_copies_hold_nothing_and_equal_the_equations(name, rows, monkey
     tn.manual_seed(1)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
     (runner,) = _runners(seq)
     made = re.findall(r"(_P\d+) = _np_empty\(\*_Ps\d+\)", runner.source)
     assert made, runner.source  # (LSTM, FastLSTM and GRU read late xs at B = 1)
@@ -81,12 +56,12 @@ def test_per_call_copies_hold_nothing_and_equal_the_equations(name, rows, monkey
     assert all(f"{p} = _np_empty" in head for p in made)  # made once per call, before the loop
     assert ("_P" in loop) == rows  # (a row a step, or whole blocks before the loop)
     for T, B in ((7, 1), (7, 2), (5, 1)):
-        _check(seq, cell, step, n_states, T=T, B=B, seed=T + B)
+        check_step(seq, cell, step, n_states, T=T, B=B, seed=T + B)
     for p in cell.parameters():  # (new arrays: traced again)
         p.data = np.random.default_rng(9).standard_normal(p.data.shape)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=11)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=11)
     seq.astype(np.float32)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=12, dtype=np.float32, rtol=1e-4)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=12, dtype=np.float32, rtol=1e-4)
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -100,7 +75,7 @@ def test_a_numba_loop_kernels_fallback_holds_no_copies(name):
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(PlanOptions(backend="numba"))
     for T in (5, 7, 5):
-        _check(seq, cell, step, n_states, T=T, B=1, seed=T)
+        check_step(seq, cell, step, n_states, T=T, B=1, seed=T)
         switches = _runners(seq)
         assert switches and all(hasattr(s, "runner") for s in switches)
         for s in switches:
@@ -115,7 +90,7 @@ def test_the_row_checks_key_holds_strides_only():
     tn.manual_seed(1)
     cell = make()
     seq = nn.Sequencer(cell).set_plan_options(NUMPY)
-    _check(seq, cell, step, n_states, T=5, B=1, seed=0)
+    check_step(seq, cell, step, n_states, T=5, B=1, seed=0)
     (runner,) = _runners(seq)
     over = runner.bound["_over"]
     (answers,) = [c.cell_contents for c in over.__closure__ if isinstance(c.cell_contents, dict)]
@@ -159,7 +134,7 @@ def test_a_pairs_whole_program_kernels_share_one_workspace(name):
     seq = nn.Sequencer(cell).set_plan_options(PlanOptions(backend="numba"))
     for T, B in ((5, 1), (5, 1), (7, 1), (7, 2), (5, 1)):
         for _ in range(3):  # (past the switch call when kernels compile in the background)
-            _check(seq, cell, step, n_states, T=T, B=B, seed=T + B)
+            check_step(seq, cell, step, n_states, T=T, B=B, seed=T + B)
         pair = runtime_of(seq).history[-1].exe.compile_training()
         fwd, bwd = pair.forward.program.fn, (pair.last_backward or pair.backward).program.fn
         assert hasattr(fwd, "work") and hasattr(bwd, "work"), (fwd, bwd)
@@ -172,7 +147,7 @@ def test_a_pairs_whole_program_kernels_share_one_workspace(name):
     for p in cell.parameters():
         p.data = np.random.default_rng(9).standard_normal(p.data.shape)
     for _ in range(3):
-        _check(seq, cell, step, n_states, T=5, B=1, seed=11)
+        check_step(seq, cell, step, n_states, T=5, B=1, seed=11)
 
 
 def test_the_arenas_workspaces_counted_once():

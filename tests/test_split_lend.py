@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
+from lend_check import data, seeded, spy_lend
 
 import tapernn.codegen
 from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.backends import packed
-from tapernn.nn.packing import Packing
 from tapernn.nn.runtime import runtime_of
 from tapernn.scan_split import BufferPool, SplitRunner
 from tests import cell_reference as ref
@@ -28,29 +28,16 @@ pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs nee
 
 
 def _model(seed=0):
-    m = nn.FastLSTM(H, H)
-    for k, p in enumerate(m.parameters()):
-        p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.1
-    return m
+    return seeded(lambda: nn.FastLSTM(H, H), seed)
 
 
 def _data(seed):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    return data((T, B, H), seed)
 
 
 @pytest.fixture
 def lent(monkeypatch):
-    record = []
-    real = Packing._lend
-
-    def spy(self, entries, args):
-        used = real(self, entries, args)
-        record.append(used)
-        return used
-
-    monkeypatch.setattr(Packing, "_lend", spy)
-    return record
+    return spy_lend(monkeypatch)
 
 
 def _runners(program):

@@ -9,6 +9,7 @@ and the report's model of the loop peak (tracemalloc)."""
 
 import numpy as np
 import pytest
+from lend_check import data, seeded
 
 from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
@@ -24,15 +25,11 @@ CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, pe
 
 
 def _model(seed=0, cell="FastLSTM"):
-    m = CELLS[cell]()
-    for k, p in enumerate(m.parameters()):
-        p.data[...] = np.random.default_rng(seed + k).standard_normal(p.shape) * 0.1
-    return m
+    return seeded(CELLS[cell], seed)
 
 
 def _data(seed):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+    return data((T, B, H), seed)
 
 
 @pytest.fixture
