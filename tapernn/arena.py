@@ -135,23 +135,18 @@ def compile_shared(
         tailed = pair and options.dz_in_gates and bool(donate) and bool(plans[-1].tail_of)
         size = max(arena_layout(p.buffers)[1] for p in plans + ([untailed[1]] if tailed else []))
         shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
-        compiled = [
-            Compiled(
-                g,
-                Program(g, buffers=arena_views(shared, plan.buffers), plan=plan, options=options),
-                report,
+        compiled: list[Compiled] = []
+        for k in range(len(optimised)):
+            if tailed and k == len(optimised) - 1 and compiled[0].program_kernel is not None:
+                # a whole-program kernel keeps the saved values in its own workspace, reused by
+                # the next call (not the kept outputs' arrays): the input gradient may not lie
+                # there, so the backward is compiled from its plan without the tail GEMMs
+                optimised[-1], plans[-1] = untailed
+            (g, report), plan = optimised[k], plans[k]
+            program = Program(
+                g, buffers=arena_views(shared, plan.buffers), plan=plan, options=options
             )
-            for (g, report), plan in zip(optimised, plans)
-        ]
-        if tailed and compiled[0].program_kernel is not None:
-            # a whole-program kernel keeps the saved values in its own workspace, reused by
-            # the next call (not the kept outputs' arrays): the input gradient may not lie there
-            optimised[-1], plans[-1] = untailed
-            g, report = optimised[-1]
-            buffers = arena_views(shared, plans[-1].buffers)
-            compiled[-1] = Compiled(
-                g, Program(g, buffers=buffers, plan=plans[-1], options=options), report
-            )
+            compiled.append(Compiled(g, program, report))
         if arena is not None:
             for c in compiled:
                 arena.note_loops(c)
