@@ -225,3 +225,43 @@ def test_every_hand_over_between_thread_pools_rests(bench, monkeypatch, timer):
         # every change of pool (numpy / owned / peer) has a rest between the two
         assert "rest" in (before, after), runs
     assert {"numpy", "owned", "peer"} <= set(runs)
+
+
+def test_roofline_bound_and_shares_from_the_peak(monkeypatch):
+    """The bound line divides the step's FLOPs by the measured GEMM peak and by the fastest torch
+    row's median; each share is a row's FLOP rate over the peak."""
+    from tapernn.apps.benchmark import roofline
+    from tapernn.apps.benchmark.timing import Contender
+
+    monkeypatch.setattr(roofline, "gemm_peak", lambda dtype, threads=None: (200e9, "fake 8^3"))
+    rows = [
+        Contender("reference", None, flops=5e9, times=[0.05, 0.04, 0.06]),  # 100 GF/s: 50 %
+        Contender("tn", None, flops=5e9, times=[0.032]),  # 156 GF/s: 78 %
+        Contender("torch 1", None, flops=5e9, peer=True, times=[0.030]),
+        Contender("torch 2", None, flops=5e9, peer=True, times=[0.027]),
+        Contender("not run", None, note="skipped"),
+    ]
+    peak_line, bound_line = roofline.roofline_lines(rows, "float32")
+    assert "200.0 GFLOP/s (fake 8^3" in peak_line
+    assert "reference 50%" in peak_line and "tn 78%" in peak_line and "not run" not in peak_line
+    # 5 GFLOP at 200 GF/s = 25 ms, over torch 2's 27 ms
+    assert "25.000 ms = 0.926x torch 2 " in bound_line, bound_line
+    assert roofline.roofline_lines(rows[:2], "float32")[1:] == []  # no peer: no bound line
+
+
+def test_roofline_peak_is_a_real_gemm_rate():
+    from tapernn.apps.benchmark import roofline
+
+    rate, where = roofline.gemm_peak.__wrapped__("float64", None)
+    assert 1e8 < rate < 1e13 and where.startswith("numpy matmul ")
+
+
+def test_large_config_prints_the_roofline(bench, capsys, monkeypatch):
+    from tapernn.apps.benchmark import roofline
+
+    monkeypatch.setattr(roofline, "gemm_peak", lambda dtype, threads=None: (1e11, "fake"))
+    bench.main(
+        ["--configs", "2,3,40", "--budget", "0.05", "--cells", "FastLSTM", "--blocks", "none"]
+    )
+    out = capsys.readouterr().out
+    assert "roofline: GEMM peak here 100.0 GFLOP/s (fake" in out and "tn FastLSTM" in out

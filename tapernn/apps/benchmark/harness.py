@@ -16,6 +16,7 @@ import numpy as np
 from ...blas import blas_threads
 from .peers import make_gemm_step, make_torch_contenders
 from .reference import ReferenceLSTM, min_saved_bytes, theoretical_min_bptt_bytes
+from .roofline import roofline_lines
 from .timing import (  # noqa: F401 (PEER_BLOCKS: read by tests through harness)
     BLOCK_S,
     NOT_AVAILABLE,
@@ -189,9 +190,6 @@ def tiny(B: int, T: int, D: int, H: int, args) -> bool:
     return mode == "all" or (mode == "auto" and lstm_flops(B, T, D, H) < TINY_FLOPS)
 
 
-# --- timing ------------------------------------------------------------------------------------
-
-
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -243,6 +241,8 @@ def report_config(B, T, D, H, dtype, args) -> None:
     if blocks:
         print("  single calls, interleaved (each after other contenders' calls: cold caches)")
     print("\n".join([header, *format_rows(contenders)]))
+    if not blocks:  # (tiny steps are call overhead: the GEMM peak says nothing there)
+        print("\n".join(roofline_lines(contenders, dtype)))
     if blocks:
         print(
             f"  blocks of steps back to back, as a training loop runs them (~{BLOCK_S * 1e3:.0f}"
