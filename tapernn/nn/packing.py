@@ -317,7 +317,7 @@ class Packing:
                 dest[s] = grad
         loops = getattr(prog, "loop_scratch", None)
         if loops:  # (a loop's packed panels: the loop zeroes them before this is computed)
-            self._lend([(j, *entry[:4]) for j, entry in loops.items()], args)
+            self._lend([(j, *entry[:4]) for (j, _), entry in loops.items()], args)
 
     def scratch_into(self, program: Any, args: list) -> list:
         """Before the forward `program` runs on `args`: each per-call transposed weight copy it
@@ -332,7 +332,7 @@ class Packing:
             return []
         # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
         lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
-        return self._lend(lent + [(j, *entry[:4]) for j, entry in loops.items()], args)
+        return self._lend(lent + [(j, *entry[:4]) for (j, _), entry in loops.items()], args)
 
     def _lend(self, lent: list, args: list) -> list:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
