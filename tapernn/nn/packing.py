@@ -336,13 +336,19 @@ class Packing:
 
     def _lend(self, lent: list, args: list) -> list:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
-        set in the slot where it holds only zeros (`_zeroed`); returns those `.grad` arrays."""
+        set in the slot where it holds only zeros (`_zeroed`) and shares no memory with one lent
+        before it in this call (two row ranges of one `.grad`: pack_scratch._place keeps them
+        apart); returns those `.grad` arrays."""
         used: list = []
         for j, dest, s, n, rows in lent:
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
-            if grad is not None and _zeroed(grad, n, args, reshape=True):
+            if (
+                grad is not None
+                and _zeroed(grad, n, args, reshape=True)
+                and not any(np.may_share_memory(grad, u) for u in used)
+            ):
                 dest[s] = grad.reshape(n.shape)
                 used.append(grad)
         return used
