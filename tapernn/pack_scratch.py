@@ -2,10 +2,12 @@
 NumPy backend's transposed weight copy is (codegen's Program.scratch_slots): a loop prologue's
 `pack_panels` result gets a slot of the prologue program's `dest` (`pack_slots`), the loop's
 lowering (scan_run.lower_scan) records the prologue in its LoweringContext, and the top-level
-program maps each slot to the parameter whose data the loop packs (`loop_slots`: input position
--> (the prologue's dest list, slot, the panels' node, rows of a block or None, scan node key)).
-nn/packing.Packing.scratch_into lends that parameter's `.grad` when it holds only zeros and has
-the panels' size, dtype and layout, apart from every argument. The loop's runner zeroes the
+program maps each slot to the parameter whose data the loop packs (`loop_slots`: (input
+position, rows) -> (the prologue's dest list, slot, the panels' node, rows of its `.grad` or
+None, scan node key)), in rows of its `.grad` no other slot of the call uses (`_place`: the
+LSTM forward's transposed copy of rows 4H:8H takes those rows, its panels rows 0:4H).
+nn/packing.Packing.scratch_into lends those rows when they hold only zeros and have the
+panels' size, dtype and layout, apart from every argument and every range lent before. The loop's runner zeroes the
 panels when its loop ends (a backward then computes that `.grad` over them, after the loop), and
 release_scratch zeroes them again after a forward."""
 
