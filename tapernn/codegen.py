@@ -132,7 +132,7 @@ class Program(FusedLowering, DestSlots):
             _LOWERING.reset(token)
         # the loops' packed panels made in the weights' zeroed `.grad` (pack_scratch.py)
         self.loop_scratch = (
-            loop_slots(graph, ctx.loop_scratch, set(self.scratch_slots), self.plan, self.dest_slots)
+            loop_slots(graph, ctx.loop_scratch, self.scratch_slots, self.plan, self.dest_slots)
             if self.top and ctx.loop_scratch
             else {}
         )

@@ -2,10 +2,12 @@
 NumPy backend's transposed weight copy is (codegen's Program.scratch_slots): a loop prologue's
 `pack_panels` result gets a slot of the prologue program's `dest` (`pack_slots`), the loop's
 lowering (scan_run.lower_scan) records the prologue in its LoweringContext, and the top-level
-program maps each slot to the parameter whose data the loop packs (`loop_slots`: input position
--> (the prologue's dest list, slot, the panels' node, rows of a block or None, scan node key)).
-nn/packing.Packing.scratch_into lends that parameter's `.grad` when it holds only zeros and has
-the panels' size, dtype and layout, apart from every argument. The loop's runner zeroes the
+program maps each slot to the parameter whose data the loop packs (`loop_slots`: (input
+position, rows) -> (the prologue's dest list, slot, the panels' node, rows of its `.grad` or
+None, scan node key)), in rows of its `.grad` no other slot of the call uses (`_place`: the
+LSTM forward's transposed copy of rows 4H:8H takes those rows, its panels rows 0:4H).
+nn/packing.Packing.scratch_into lends those rows when they hold only zeros and have the
+panels' size, dtype and layout, apart from every argument and every range lent before. The loop's runner zeroes the
 panels when its loop ends (a backward then computes that `.grad` over them, after the loop), and
 release_scratch zeroes them again after a forward."""
 
@@ -62,16 +64,74 @@ def _size(graph: Graph, j: int, rows: tuple | None) -> int:
     return first * int(np.prod(shape[1:], dtype=np.int64))
 
 
+def _span(graph: Graph, j: int, rows: tuple | None) -> tuple[int, int]:
+    """Rows (a, b) of input `j` that `rows` (None: all of them) are."""
+    n = graph.inputs[j].shape[0]
+    return (0, n) if rows is None else (rows[0], min(rows[1], n))
+
+
+def free_rows(n_rows: int, need: int, busy: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first rows (a, a + need) of 0:n_rows that overlap no range of `busy`; None if
+    none."""
+    for a in sorted({0, *(b for _, b in busy)}):
+        if a + need <= n_rows and all(a + need <= lo or hi <= a for lo, hi in busy):
+            return a, a + need
+    return None
+
+
+def _place(graph: Graph, found: list, taken: dict[int, tuple]) -> dict[tuple, tuple]:
+    """(input position, rows) -> its candidate, each candidate (j, own rows, entry) in rows of
+    input j's `.grad` no other slot of the call uses (`taken`: Program.scratch_slots, the
+    forward's transposed copies): its own rows when free, else the first free rows of its
+    size (hpeak10: the LSTM forward packs the transposed copy of rows 4H:8H of its block,
+    which takes those rows of the `.grad`; its panels take rows 0:4H). Two candidates packing
+    overlapping rows of one input (the same weight packed twice) get none."""
+    busy: dict[int, list] = {}
+    for j, (_, _, rows) in taken.items():
+        busy.setdefault(j, []).append(_span(graph, j, rows))
+    spans = [(j, _span(graph, j, rows)) for j, rows, _ in found]
+    twice = {
+        k
+        for k, (j, (a, b)) in enumerate(spans)
+        for m, (i, (c, d)) in enumerate(spans)
+        if k != m and i == j and a < d and c < b
+    }
+    out: dict[tuple, tuple] = {}
+    later = []
+    for k, (j, rows, entry) in enumerate(found):
+        if k in twice:
+            continue
+        span = spans[k][1]
+        if any(span[0] < hi and lo < span[1] for lo, hi in busy.get(j, ())):
+            later.append((j, span, entry))
+            continue
+        busy.setdefault(j, []).append(span)
+        out[(j, rows)] = (*entry[:3], rows, *entry[3:])
+    for j, span, entry in later:
+        shape = graph.inputs[j].shape
+        width = int(np.prod(shape[1:], dtype=np.int64))
+        if entry[2].size % width:
+            continue
+        rows = free_rows(shape[0], entry[2].size // width, busy.get(j, []))
+        if rows is not None:
+            busy.setdefault(j, []).append(rows)
+            out[(j, rows)] = (*entry[:3], rows, *entry[3:])
+    return out
+
+
 def loop_slots(
-    graph: Graph, recorded: list, taken: set[int], plan: Any, dest_slots: dict[int, int]
-) -> dict[int, tuple]:
-    """Input position of a parameter -> (dest list, slot, panels node, rows, scan node key) for
-    each packed weight a loop of the top-level `graph` packs from a parameter's data.
-    `recorded`: (id of a scan node's attrs, its prologue Program) from the loops' lowering; a
-    prologue shared by two loops, a parameter in `taken` (its transposed copy's slot) or
-    packed twice, or panels not of its size (padded past its columns), get none; nor does a loop of a backward that writes any output into a
-    caller's array (`dest_slots`: Packing.compute_into's `.grad`) before the loop has run
-    (the loop's runner zeroes the panels when the loop ends: scan_run.make_runner)."""
+    graph: Graph, recorded: list, taken: dict[int, tuple], plan: Any, dest_slots: dict[int, int]
+) -> dict[tuple, tuple]:
+    """(input position of a parameter, rows of its `.grad` or None) -> (dest list, slot,
+    panels node, those rows, scan node key) for each packed weight a loop of the top-level
+    `graph` packs from a parameter's data (itself, a transpose or a transposed copy of it or
+    of rows a:b of a block). `recorded`: (id of a scan node's attrs, its prologue Program)
+    from the loops' lowering; a prologue shared by two loops, a weight packed twice, or panels
+    not of its size (padded past its columns) get none; nor does a loop of a backward that
+    writes any output into a caller's array (`dest_slots`: Packing.compute_into's `.grad`)
+    before the loop has run (the loop's runner zeroes the panels when the loop ends:
+    scan_run.make_runner). `taken`: the transposed copies' slots (input position -> (slot,
+    node, rows)); the panels go into other rows of that `.grad` (`_place`)."""
     pos = {n: k for k, n in enumerate(graph.nodes)}
     first_write = [
         plan.alloc_at.get(st, pos.get(st, -1))
@@ -82,8 +142,7 @@ def loop_slots(
     for _, prog in recorded:
         uses[id(prog)] = uses.get(id(prog), 0) + 1
     position = {n: k for k, n in enumerate(graph.inputs)}
-    out: dict[int, tuple] = {}
-    twice: set[int] = set()
+    found: list = []
     for n in graph.nodes:
         prog = by_key.get(id(n.attrs)) if n.op == "scan" else None
         if prog is None or uses[id(prog)] != 1 or any(w <= pos[n] for w in first_write):
@@ -95,12 +154,9 @@ def loop_slots(
             w = pack.inputs[0]
             if w not in inputs or first + inputs.index(w) >= len(n.inputs):
                 continue
-            found = param_rows(n.inputs[first + inputs.index(w)], position)
-            if found is None or found[0] in taken or _size(graph, *found) != pack.size:
+            v = n.inputs[first + inputs.index(w)]
+            found_at = param_rows(v.inputs[0] if v.op == "transpose_copy" else v, position)
+            if found_at is None or _size(graph, *found_at) != pack.size:
                 continue  # (panels padded past the weight's columns: larger than its .grad)
-            if found[0] in out:
-                twice.add(found[0])
-            out[found[0]] = (prog.dest, s, pack, found[1], id(n.attrs))
-    for j in twice:
-        del out[j]
-    return out
+            found.append((*found_at, (prog.dest, s, pack, id(n.attrs))))
+    return _place(graph, found, taken)

@@ -317,7 +317,7 @@ class Packing:
                 dest[s] = grad
         loops = getattr(prog, "loop_scratch", None)
         if loops:  # (a loop's packed panels: the loop zeroes them before this is computed)
-            self._lend([(j, *entry[:4]) for j, entry in loops.items()], args)
+            self._lend([(j, *entry[:4]) for (j, _), entry in loops.items()], args)
 
     def scratch_into(self, program: Any, args: list) -> list:
         """Before the forward `program` runs on `args`: each per-call transposed weight copy it
@@ -332,17 +332,23 @@ class Packing:
             return []
         # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
         lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
-        return self._lend(lent + [(j, *entry[:4]) for j, entry in loops.items()], args)
+        return self._lend(lent + [(j, *entry[:4]) for (j, _), entry in loops.items()], args)
 
     def _lend(self, lent: list, args: list) -> list:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
-        set in the slot where it holds only zeros (`_zeroed`); returns those `.grad` arrays."""
+        set in the slot where it holds only zeros (`_zeroed`) and shares no memory with one lent
+        before it in this call (two row ranges of one `.grad`: pack_scratch._place keeps them
+        apart); returns those `.grad` arrays."""
         used: list = []
         for j, dest, s, n, rows in lent:
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
-            if grad is not None and _zeroed(grad, n, args, reshape=True):
+            if (
+                grad is not None
+                and _zeroed(grad, n, args, reshape=True)
+                and not any(np.may_share_memory(grad, u) for u in used)
+            ):
                 dest[s] = grad.reshape(n.shape)
                 used.append(grad)
         return used
