@@ -133,3 +133,29 @@ def test_evaluation_calls_do_not_start_a_recheck(fake):
     for _ in range(layout_recheck.WARM + 4):
         auto.forward(x)
     assert layout_recheck.COMPILES == [0]
+
+
+def test_a_steady_loop_peak_is_measured_after_the_recheck_settles(fake):
+    """During a re-check the model holds both layouts' programs: the loop-peak measurement (the
+    bench's, the peak tests') runs its measured steps only once it has settled."""
+    from tapernn.apps.benchmark.memory import loop_peak_bytes
+
+    auto, _ = models()
+    x = np.random.default_rng(2).standard_normal((T, B, H)) * 0.1
+    g = np.ones((T, B, H))
+    settled_at = []
+
+    def step():
+        auto.zero_grad_parameters()
+        auto.forward(x)
+        auto.backward(x, g)
+        (exe,) = set(auto._runtime.cache.values())
+        settled_at.append(exe.recheck is None)
+        pending.append(layout_recheck.pending())
+
+    pending = []
+    assert loop_peak_bytes(step, warmup=2, steps=3) > 0
+    assert pending[:2] == [True, True]  # (the close trial made one; it starts at step WARM + 1)
+    assert not layout_recheck.pending() and layout_recheck.COMPILES == [1]
+    assert settled_at[-4:] == [True] * 4  # the 3 measured steps and the one before: settled
+    assert len(settled_at) <= 2 + layout_recheck.STEPS + 3

@@ -14,6 +14,7 @@ what was timed. Both layouts compute the same function (the tests compare to 1e-
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,18 @@ ROUNDS = 4  # interleaved rounds, one timed training step of each
 SWITCH = 0.9  # the other layout wins only at <= SWITCH of the first's time (best and median)
 _clock = time.process_time  # (tests replace it)
 COMPILES = [0]  # second compiles made by re-checks (tests: never more than one per decision)
+# unsettled re-checks: while one runs, its model holds both layouts' programs (and their buffers)
+_PENDING: weakref.WeakSet = weakref.WeakSet()
+
+
+STEPS = WARM + ALT_WARM + 2 * ROUNDS + 1  # training steps from a model's first to its settling
+
+
+def pending() -> bool:
+    """Whether a live model has a re-check not settled yet. From its (WARM + 1)-th training
+    step to its settling, the model holds both layouts' programs and their buffers: more than
+    its steady loop and its report; a measurement of the steady loop steps past it."""
+    return len(_PENDING) > 0
 
 
 class Recheck:
@@ -39,6 +52,7 @@ class Recheck:
         self.queue: list = []  # which Executable runs each next step, and whether it is timed
         self.times: dict[int, list[float]] = {}  # id(Executable) -> step seconds, by round
         self.note = ""
+        _PENDING.add(self)
 
     def executable(self, make_other: Any) -> tuple[Any, bool]:
         """(the Executable this training step runs, whether it is timed); `make_other()`
@@ -94,6 +108,7 @@ class Recheck:
         for exe in (self.first, self.other):
             exe.recheck = None
             exe.notes.append(self.note)
+        _PENDING.discard(self)
         return winner
 
 

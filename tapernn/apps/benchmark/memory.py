@@ -21,13 +21,16 @@ def _array_bytes(snapshot: tracemalloc.Snapshot) -> int:
 def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3) -> int:
     """Most bytes a steady training loop holds at once beyond what existed before its first
     step (the model's parameters and gradients, the data, the optimiser): `step` is run
-    `warmup` times (compiling), then `steps` times while tracemalloc records the peak.
+    `warmup` times (compiling), and on while a layout re-check is not settled (the model
+    holds both layouts' programs until then: nn/layout_recheck), then `steps` times while
+    tracemalloc records the peak.
 
     What counts: every array the loop allocates and keeps or frees (buffer arenas, saved
     activations, outputs, gradients, temporaries). What does not: the Python objects
     compilation leaves behind (graphs, generated source: non-array memory that grew over the
     warm-up steps, constant across steady steps), which are not per-step memory."""
     from ...backends import wait_for_kernels
+    from ...nn import layout_recheck
 
     # (numba kernels compiling in the background -- this model's or an earlier one's -- are not
     # the loop's memory: tracemalloc traces every thread, a cold compile holds ~1-4 MB)
@@ -40,6 +43,10 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3)
         before = tracemalloc.get_traced_memory()[0]
         before_objects = before - _array_bytes(tracemalloc.take_snapshot())
         for _ in range(warmup):
+            step()
+        for _ in range(layout_recheck.STEPS):  # (a layout re-check runs before the steady loop)
+            if not layout_recheck.pending():
+                break
             step()
         wait_for_kernels()
         gc.collect()
