@@ -118,26 +118,78 @@ def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
-    elif out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+    if _split(a, b, out, lambda a, b, o, c: _mm(a, b, o)):
+        return out
+    return np.matmul(a, b, out=out)
+
+
+def _split(a, b, out, half) -> bool:
+    """`half(a part, b part, out part, column slice)` on this thread and the worker at once
+    for the two halves of out = a @ b (2-D; rows of a, or columns of b); False (nothing run)
+    when the GEMM is too small or out does not fit."""
+    if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
+        return False
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
+        return False
+    if out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
         # (one half's output must not be the other half's input: np.matmul alone buffers)
-        return np.matmul(a, b, out=out)
+        return False
     if m >= n:
         h = m - m // 2
-        parts = ((a[:h], b, out[:h]), (a[h:], b, out[h:]))
+        every = slice(None)
+        parts = ((a[:h], b, out[:h], every), (a[h:], b, out[h:], every))
     else:
         h = n - n // 2
-        parts = ((a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:]))
-    future = executor().submit(_mm, *parts[1])
+        parts = (
+            (a, b[:, :h], out[:, :h], slice(0, h)),
+            (a, b[:, h:], out[:, h:], slice(h, n)),
+        )
+    future = executor().submit(half, *parts[1])
     try:
-        _mm(*parts[0])
+        half(*parts[0])
     finally:
         future.result()
     SPLIT_GEMMS[0] += 1
-    return out
+    return True
 
 
 def _mm(a, b, out):
     np.matmul(a, b, out=out)
+
+
+def matmul_bias(a, b, bias, shape, out=None):
+    """`r = np.matmul(a, b, out=out); y = r.reshape(shape); np.add(y, bias, out=y); r` (the
+    lines `fuse_bias` replaces); inside an owned call, when `bias` is one row over r's columns
+    (a projection's bias), each half of the split GEMM adds its part of the bias to its rows
+    or columns right after computing them, on its own thread: no serial pass over r after
+    the join (BENCHMARKS.md "h256"). Each element gets the same one rounding as before."""
+    n = b.shape[-1] if getattr(b, "ndim", 0) == 2 else 0
+    if (
+        _state.depth
+        and threading.get_ident() not in worker_ident
+        and getattr(bias, "ndim", 0) >= 1
+        and bias.shape[-1] == n
+        and bias.size == n
+        and out is not None
+        and out.ndim == 2
+        and bias.dtype == out.dtype
+        and not np.may_share_memory(out, bias)
+    ):
+        row = bias.reshape(n)
+        done = _split(a, b, out, lambda a, b, o, c: _mm_bias(a, b, o, row[c]))
+        if done:
+            return out
+    r = matmul(a, b, out=out)
+    y = r.reshape(shape)
+    np.add(y, bias, out=y)
+    return r
+
+
+def _mm_bias(a, b, out, bias):
+    np.matmul(a, b, out=out)
+    np.add(out, bias, out=out)
 
 
 def note(program_has_split_loop: bool, mode: str) -> str:
