@@ -4,14 +4,12 @@ replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a
 
 from __future__ import annotations
 
-import threading
 import zlib
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from .. import own_threads
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
 
@@ -366,28 +364,17 @@ def watch_positions(exe: Any) -> frozenset:
 
 
 def fingerprint(a: np.ndarray) -> tuple:
-    """Where a C-contiguous `a`'s bytes are and a digest of them: CRC-32 of each half of the
-    bytes and the XOR of their 64-bit words (each changes with any one changed word; 96 check
-    bits). From FINGERPRINT_SPLIT_BYTES on with >= 2 CPUs, the second half's CRC runs on the
-    worker thread of own_threads while this thread does the first (zlib releases the GIL):
-    0.4 ms of a (32, 50, 256) backward's serial tail halved (BENCHMARKS.md "h256")."""
+    """Where a C-contiguous `a`'s bytes are and a digest of them: CRC-32 of the bytes and the
+    XOR of their 64-bit words (each changes with any one changed word; 96 check bits)."""
     raw = a.reshape(-1).view(np.uint8)
     words = raw.view(np.uint64) if raw.nbytes % 8 == 0 else raw
-    h = raw.nbytes // 2
-    head, tail = raw[:h], raw[h:]
-    future = None
-    big = raw.nbytes >= FINGERPRINT_SPLIT_BYTES and own_threads.cpus() >= 2
-    if big and threading.get_ident() not in own_threads.worker_ident:
-        future = own_threads.executor().submit(zlib.crc32, tail)
-    try:
-        first = zlib.crc32(head)
-        xor = int(np.bitwise_xor.reduce(words))
-    finally:
-        second = future.result() if future is not None else zlib.crc32(tail)
-    return (a.__array_interface__["data"][0], a.shape, a.dtype.str, first, second, xor)
-
-
-FINGERPRINT_SPLIT_BYTES = 1 << 20
+    return (
+        a.__array_interface__["data"][0],
+        a.shape,
+        a.dtype.str,
+        zlib.crc32(raw),
+        int(np.bitwise_xor.reduce(words)),
+    )
 
 
 def check_unchanged(watched: list, names: list) -> None:
