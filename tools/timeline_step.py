@@ -169,24 +169,40 @@ def make(B, T, H, dtype, mm):
     return step
 
 
-def standalone(shapes, dtype, reps=15):
-    """GF/s of each (m, k, n) GEMM alone, at 2 OpenBLAS threads (and the owned split)."""
+def standalone(shapes, dtype, rows, reps=15):
+    """{(m, k, n): (GF/s at 2 OpenBLAS threads, GF/s as the owned call's two 1-thread halves)}
+    of each GEMM alone, back to back, with the step's layouts: k == `rows` (T*B): a transposed
+    view (dW = dG^T @ X); m == rows and n > k: b a transposed view (the projection X @ W^T)."""
     from tapernn.blas import blas_threads
 
     out = {}
     rng = np.random.default_rng(0)
     for m, k, n in shapes:
-        a = rng.standard_normal((m, k)).astype(dtype)
-        b = rng.standard_normal((k, n)).astype(dtype)
+        a = rng.standard_normal((k, m)).astype(dtype).T if k == rows else None
+        if a is None:
+            a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((n, k)).astype(dtype).T if m == rows and n > k else None
+        if b is None:
+            b = rng.standard_normal((k, n)).astype(dtype)
         o = np.empty((m, n), dtype)
         fl = 2.0 * m * k * n
-        with blas_threads(2):
+
+        def two(a=a, b=b, o=o):
+            own_threads.matmul(a, b, out=o)
+
+        rates = []
+        for how in ("blas2", "owned"):
             ts = []
             for _ in range(reps):
                 t = _now()
-                np.matmul(a, b, out=o)
+                if how == "blas2":
+                    with blas_threads(2):
+                        np.matmul(a, b, out=o)
+                else:
+                    own_threads.run(lambda _: two(), None)
                 ts.append(_now() - t)
-        out[(m, k, n)] = fl / np.median(ts[2:]) / 1e9
+            rates.append(fl / np.median(ts[2:]) / 1e9)
+        out[(m, k, n)] = tuple(rates)
     return out
 
 
@@ -247,18 +263,19 @@ def main():
             if name.startswith("gemm (") and not name.endswith("half"):
                 s = name[6:-1].replace(")x(", ",").split(",")
                 shapes.add((int(s[0]), int(s[1]), int(s[3])))
-        rates = standalone(sorted(shapes), args.dtype)
-        for (m, k, n), r in rates.items():
+        rates = standalone(sorted(shapes), args.dtype, T * B)
+        for (m, k, n), (r2, ro) in rates.items():
             name = f"gemm ({m},{k})x({k},{n})"
             got = per.get(f"C: {name}")
             cnt = sum(1 for e in EV if e[1] == name)
             fl = 2.0 * m * k * n
-            print(
-                f"    standalone 2-thread {name}: {r:6.1f} GF/s = {fl / r / 1e6:6.3f} ms"
-                f"; in step {np.median(got) * 1e3 / max(cnt, 1):6.3f} ms a call x {cnt}"
-                if got
-                else ""
-            )
+            if got:
+                print(
+                    f"    alone {name}: 2-thread BLAS {r2:6.1f} GF/s = {fl / r2 / 1e6:6.3f} ms,"
+                    f" owned halves {ro:6.1f} GF/s = {fl / ro / 1e6:6.3f} ms; in the step"
+                    f" {np.median(got) * 1e3 / max(cnt, 1):6.3f} ms a call x {cnt}"
+                    f" (min {min(got) * 1e3 / max(cnt, 1):6.3f})"
+                )
         print(f"load {os.getloadavg()}", flush=True)
 
 
