@@ -1,6 +1,6 @@
 """A/B of branch h256's changes to the owned (32, 50, 256) training step (issue 19): "old" (this
 branch with its changes switched off: PlanOptions(bias_in_gemm=False), step_loop's per-call
-argument typing, own_threads.TAIL_FIRST_ROWS 0, the tap fingerprint in one thread) against "new"
+argument typing, packed.TRANSPOSED_PACK off: NumPy's strided copy packs W^T) against "new"
 (the defaults), and torch nn.LSTM f32 -- one process, interleaved rounds with a rest before each
 arm, wall and process CPU per step, medians; the gradients of old and new compared bit for bit.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.backends import step_loop
+from tapernn.backends import packed, step_loop
 
 _new_pick = step_loop.Halves.pick
 
@@ -47,7 +47,9 @@ def _old_pick(self, args0, args1):  # (step_loop.Halves.pick before h256: b type
 
 
 OLD = {"bias_in_gemm": False}
-SWITCHES: list = []  # (module, attribute, old value, new value) flipped for the old arm
+SWITCHES: list = [  # (module, attribute, old value, new value) flipped for the old arm
+    (packed, "TRANSPOSED_PACK", [False], [True]),
+]
 
 
 def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
