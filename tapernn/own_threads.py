@@ -118,13 +118,13 @@ def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
-    if _split(a, b, out, lambda a, b, o, c: _mm(a, b, o)):
+    if _split(a, b, out, lambda a, b, o, c, k: _mm(a, b, o)):
         return out
     return np.matmul(a, b, out=out)
 
 
 def _split(a, b, out, half) -> bool:
-    """`half(a part, b part, out part, column slice)` on this thread and the worker at once
+    """`half(a part, b part, out part, column slice, k)` (k: 0 here, 1 on the worker) at once
     for the two halves of out = a @ b (2-D; rows of a, or columns of b); False (nothing run)
     when the GEMM is too small or out does not fit."""
     if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
@@ -139,12 +139,12 @@ def _split(a, b, out, half) -> bool:
     if m >= n:
         h = m - m // 2
         every = slice(None)
-        parts = ((a[:h], b, out[:h], every), (a[h:], b, out[h:], every))
+        parts = ((a[:h], b, out[:h], every, 0), (a[h:], b, out[h:], every, 1))
     else:
         h = n - n // 2
         parts = (
-            (a, b[:, :h], out[:, :h], slice(0, h)),
-            (a, b[:, h:], out[:, h:], slice(h, n)),
+            (a, b[:, :h], out[:, :h], slice(0, h), 0),
+            (a, b[:, h:], out[:, h:], slice(h, n), 1),
         )
     future = executor().submit(half, *parts[1])
     try:
@@ -178,13 +178,50 @@ def matmul_bias(a, b, bias, shape, out=None):
         and not np.may_share_memory(out, bias)
     ):
         row = bias.reshape(n)
-        done = _split(a, b, out, lambda a, b, o, c: _mm_bias(a, b, o, row[c]))
+        done = _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c]))
         if done:
             return out
     r = matmul(a, b, out=out)
     y = r.reshape(shape)
     np.add(y, bias, out=y)
     return r
+
+
+def matmul_sum(a, b, x, axes, out=None):
+    """`(np.matmul(a, b, out=out), np.add.reduce(x, axes, None, keepdims=False))` (the two lines
+    own_bias.fuse replaces: the weight gradient's GEMM and the bias gradient's sum); inside an
+    owned call, when the sum keeps x's last axis alone, each half of the split GEMM also sums
+    its half of x's columns on its own thread (a column's sum runs over the same elements in
+    the same order: the same bits)."""
+    nd = getattr(x, "ndim", 0)
+    try:
+        kept = nd >= 2 and sorted(int(v) % nd for v in np.atleast_1d(axes)) == list(range(nd - 1))
+    except (TypeError, ValueError):
+        kept = False
+    if (
+        kept
+        and _state.depth
+        and threading.get_ident() not in worker_ident
+        and x.dtype.kind == "f"
+        and getattr(a, "ndim", 0) == 2
+        and getattr(b, "ndim", 0) == 2
+        and a.shape[1] == b.shape[0]
+    ):
+        m, n, n2 = a.shape[0], b.shape[1], x.shape[-1]
+        if out is None and 2.0 * m * a.shape[1] * n >= MIN_FLOPS:
+            out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
+        total = np.empty(n2, x.dtype)
+        cut = n2 - n2 // 2
+        cols = (slice(0, cut), slice(cut, n2))
+        ax = tuple(range(nd - 1))
+
+        def half(a, b, o, c, k):
+            _mm(a, b, o)
+            np.add.reduce(x[..., cols[k]], axis=ax, out=total[cols[k]])
+
+        if out is not None and not np.may_share_memory(total, x) and _split(a, b, out, half):
+            return out, total
+    return matmul(a, b, out=out), np.add.reduce(x, axes, None, keepdims=False)
 
 
 def _mm_bias(a, b, out, bias):

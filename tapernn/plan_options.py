@@ -126,8 +126,9 @@ class PlanOptions:
     second split call on; False: a Python loop calling the step program per step.
     bias_in_gemm: in a program that owns the threads, a time-batched GEMM followed by the
     in-place add of a bias row (an input projection's) adds each half's bias on the thread
-    that computed the half, right after it (own_bias.py; same bits); False: one serial add
-    after the join.
+    that computed the half, right after it, and a GEMM followed by the column sum of another
+    array (a bias gradient) sums half of the columns in each GEMM half (own_bias.py; same
+    bits); False: one serial add (sum) after the join.
     """
 
     regions: bool = True

@@ -153,3 +153,65 @@ def test_not_owned_programs_are_not_rewritten(rng):
     x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, 130))
     train(m, x, g)
     assert "np_matmul_bias" not in m._runtime.last.training_pair.forward.program.source
+
+
+SUM_SOURCE = """def program(a0, a1, a2, *, np_matmul, np_add_reduce, s1, _dest):
+    v4 = a0.transpose(s1)
+    v5 = np_matmul(v4, a1, out=_dest[1])
+    v6 = np_add_reduce(a2, s1, None, keepdims=False)
+    return (v5, v6)
+"""
+
+
+def test_rewrite_fuses_a_gemm_and_the_next_lines_column_sum():
+    text, n = own_bias.rewrite(SUM_SOURCE)
+    lines = text.split("\n")
+    assert n == 1 and len(lines) == len(SUM_SOURCE.split("\n"))
+    assert lines[0].endswith(", np_matmul_sum):")
+    assert lines[2] == "    v5, v6 = np_matmul_sum(v4, a1, a2, s1, out=_dest[1])"
+    assert lines[3] == "    pass"
+    for change in [
+        ("np_add_reduce(a2,", "np_add_reduce(v5,"),  # sums the product itself
+        ("keepdims=False", "keepdims=True"),
+        ("np_add_reduce(a2, s1", "np_maximum_reduce(a2, s1"),
+    ]:
+        text, n = own_bias.rewrite(SUM_SOURCE.replace(*change))
+        assert n == 0 and text == SUM_SOURCE.replace(*change), change
+
+
+@pytest.mark.parametrize("m, k, n", [(37, 5, 8), (6, 5, 41)])
+@pytest.mark.parametrize(
+    "xshape, axes", [((4, 9, 11), (0, 1)), ((36, 11), 0), ((4, 9, 11), (-3, -2)), ((36, 11), 1)]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_sum_equals_the_lines_it_replaces(m, k, n, xshape, axes, dtype, rng, monkeypatch):
+    monkeypatch.setattr(own_threads, "MIN_FLOPS", 0.0)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    x = rng.standard_normal(xshape).astype(dtype)
+    want_r = run_owned(lambda: own_threads.matmul(a, b))
+    want_s = np.add.reduce(x, axes, None, keepdims=False)
+    for owned in (True, False):
+        out = np.full((m, n), np.nan, dtype)
+        call = lambda out=out: own_threads.matmul_sum(a, b, x, axes, out=out)
+        r, s = run_owned(call) if owned else call()
+        assert r is out
+        np.testing.assert_array_equal(r, want_r if owned else np.matmul(a, b))
+        np.testing.assert_array_equal(s, want_s)
+        r, s = run_owned(lambda: own_threads.matmul_sum(a, b, x, axes))  # (out made)
+        np.testing.assert_array_equal(r, want_r)
+        np.testing.assert_array_equal(s, want_s)
+
+
+@needs_numba
+@pytest.mark.usefixtures("numba_now")
+def test_the_fastlstm_backward_sums_its_bias_gradient_in_the_gemm_halves(rng):
+    make, *_ = CELLS["fastlstm"]
+    a, b = model(make, True), model(make, False)
+    x, g = rng.standard_normal((T, 9, D)), rng.standard_normal((T, 9, 130))
+    for _ in range(2):
+        got, want = train(a, x, g), train(b, x, g)
+    for k in got[2]:
+        np.testing.assert_array_equal(got[2][k], want[2][k], err_msg=k)
+    assert "np_matmul_sum(" in a._runtime.last.training_pair.last_backward.program.source
+    assert "np_matmul_sum(" not in b._runtime.last.training_pair.last_backward.program.source
