@@ -162,7 +162,7 @@ def make(B, T, H, dtype, mm):
                 callable(v)
                 and not isinstance(v, type)
                 and name not in ("np_matmul",)
-                and (name.startswith(("np_add", "scan_run", "tail_matmul", "np_matmul_bias")))
+                and (name.startswith(("np_add", "scan_run", "tail_matmul", "np_matmul_")))
             ):
                 kw[name] = timed(f"{which} {name}", v)
         c.program.fn.__kwdefaults__ = kw
