@@ -160,6 +160,10 @@ def own_mode(compiled: Compiled) -> str:
     if "np_matmul" in defaults:
         defaults["np_matmul"] = own_threads.matmul
         fn.__kwdefaults__ = defaults
+        if compiled.program.options.bias_in_gemm:  # (the bias add in the GEMM's halves)
+            from .own_bias import fuse
+
+            fuse(compiled.program)
     return mode
 
 

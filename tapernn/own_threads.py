@@ -118,26 +118,115 @@ def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
-    elif out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+    if _split(a, b, out, lambda a, b, o, c, k: _mm(a, b, o)):
+        return out
+    return np.matmul(a, b, out=out)
+
+
+def _split(a, b, out, half) -> bool:
+    """`half(a part, b part, out part, column slice, k)` (k: 0 here, 1 on the worker) at once
+    for the two halves of out = a @ b (2-D; rows of a, or columns of b); False (nothing run)
+    when the GEMM is too small or out does not fit."""
+    if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
+        return False
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
+        return False
+    if out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
         # (one half's output must not be the other half's input: np.matmul alone buffers)
-        return np.matmul(a, b, out=out)
+        return False
     if m >= n:
         h = m - m // 2
-        parts = ((a[:h], b, out[:h]), (a[h:], b, out[h:]))
+        every = slice(None)
+        parts = ((a[:h], b, out[:h], every, 0), (a[h:], b, out[h:], every, 1))
     else:
         h = n - n // 2
-        parts = ((a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:]))
-    future = executor().submit(_mm, *parts[1])
+        parts = (
+            (a, b[:, :h], out[:, :h], slice(0, h), 0),
+            (a, b[:, h:], out[:, h:], slice(h, n), 1),
+        )
+    future = executor().submit(half, *parts[1])
     try:
-        _mm(*parts[0])
+        half(*parts[0])
     finally:
         future.result()
     SPLIT_GEMMS[0] += 1
-    return out
+    return True
 
 
 def _mm(a, b, out):
     np.matmul(a, b, out=out)
+
+
+def matmul_bias(a, b, bias, shape, out=None):
+    """`r = np.matmul(a, b, out=out); y = r.reshape(shape); np.add(y, bias, out=y); r` (the
+    lines `fuse_bias` replaces); inside an owned call, when `bias` is one row over r's columns
+    (a projection's bias), each half of the split GEMM adds its part of the bias to its rows
+    or columns right after computing them, on its own thread: no serial pass over r after
+    the join (BENCHMARKS.md "h256"). Each element gets the same one rounding as before."""
+    n = b.shape[-1] if getattr(b, "ndim", 0) == 2 else 0
+    if (
+        _state.depth
+        and threading.get_ident() not in worker_ident
+        and getattr(bias, "ndim", 0) >= 1
+        and bias.shape[-1] == n
+        and bias.size == n
+        and out is not None
+        and out.ndim == 2
+        and bias.dtype == out.dtype
+        and not np.may_share_memory(out, bias)
+    ):
+        row = bias.reshape(n)
+        done = _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c]))
+        if done:
+            return out
+    r = matmul(a, b, out=out)
+    y = r.reshape(shape)
+    np.add(y, bias, out=y)
+    return r
+
+
+def matmul_sum(a, b, x, axes, out=None):
+    """`(np.matmul(a, b, out=out), np.add.reduce(x, axes, None, keepdims=False))` (the two lines
+    own_bias.fuse replaces: the weight gradient's GEMM and the bias gradient's sum); inside an
+    owned call, when the sum keeps x's last axis alone, each half of the split GEMM also sums
+    its half of x's columns on its own thread (a column's sum runs over the same elements in
+    the same order: the same bits)."""
+    nd = getattr(x, "ndim", 0)
+    try:
+        kept = nd >= 2 and sorted(int(v) % nd for v in np.atleast_1d(axes)) == list(range(nd - 1))
+    except (TypeError, ValueError):
+        kept = False
+    if (
+        kept
+        and _state.depth
+        and threading.get_ident() not in worker_ident
+        and x.dtype.kind == "f"
+        and getattr(a, "ndim", 0) == 2
+        and getattr(b, "ndim", 0) == 2
+        and a.shape[1] == b.shape[0]
+    ):
+        m, n, n2 = a.shape[0], b.shape[1], x.shape[-1]
+        if out is None and 2.0 * m * a.shape[1] * n >= MIN_FLOPS:
+            out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
+        total = np.empty(n2, x.dtype)
+        cut = n2 - n2 // 2
+        cols = (slice(0, cut), slice(cut, n2))
+        ax = tuple(range(nd - 1))
+
+        def half(a, b, o, c, k):
+            _mm(a, b, o)
+            np.add.reduce(x[..., cols[k]], axis=ax, out=total[cols[k]])
+
+        if out is not None and not np.may_share_memory(total, x) and _split(a, b, out, half):
+            return out, total
+    return matmul(a, b, out=out), np.add.reduce(x, axes, None, keepdims=False)
+
+
+def _mm_bias(a, b, out, bias):
+    np.matmul(a, b, out=out)
+    np.add(out, bias, out=out)
 
 
 def note(program_has_split_loop: bool, mode: str) -> str:

@@ -124,6 +124,11 @@ class PlanOptions:
     step_loops: each half of a split loop runs as ONE numba call (its step program translated
     into an @njit loop calling the same kernels: backends/step_loop.py; same bits), from the
     second split call on; False: a Python loop calling the step program per step.
+    bias_in_gemm: in a program that owns the threads, a time-batched GEMM followed by the
+    in-place add of a bias row (an input projection's) adds each half's bias on the thread
+    that computed the half, right after it, and a GEMM followed by the column sum of another
+    array (a bias gradient) sums half of the columns in each GEMM half (own_bias.py; same
+    bits); False: one serial add (sum) after the join.
     """
 
     regions: bool = True
@@ -144,6 +149,7 @@ class PlanOptions:
     batch_split: str = "auto"
     own_threads: str = "auto"
     step_loops: bool = True
+    bias_in_gemm: bool = True
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError

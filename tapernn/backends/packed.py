@@ -82,6 +82,16 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if out is None:
         out = np.empty(shape, w.dtype)
     full = n // nr
+    if (  # a transposed view of a C weight: its rows scattered into the panels by numba
+        # (compiled with the packed GEMM's kernel; BENCHMARKS.md "h256")
+        TRANSPOSED_PACK[0]
+        and w.strides[0] == w.itemsize
+        and w.T.flags.c_contiguous
+        and out.flags.c_contiguous
+        and ((w.dtype.str,),) in _HANDLE.packs
+    ):
+        _kernel_module().pack_rows(w.T, out)
+        return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
     else:  # (a transposed view: its reshape would copy the whole W first) panel by panel
@@ -103,6 +113,7 @@ class _Handle:
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
+        self.packs: set[tuple] = set()  # (dtypes pack_rows is compiled for)
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -123,6 +134,11 @@ class _Handle:
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = _failure(e)
                 return
+            try:  # (pack_panels of transposed views; if it fails, NumPy's copy packs them)
+                pk.pack_rows.compile(_pack_signature(key))
+                self.packs.add(key)
+            except Exception:  # noqa: BLE001, S110
+                pass
         if not PARALLEL:
             return
         if background.enabled():
@@ -176,6 +192,12 @@ def _signature(key: tuple) -> tuple:
     return (arr, types.Array(arr.dtype, 3, "C"), arr)
 
 
+def _pack_signature(key: tuple) -> tuple:
+    """pack_rows' types: (w (N, K) C, out (panels, K, NR) C)."""
+    a, panels, _ = _signature(key)
+    return (a, panels)
+
+
 def _failure(e: Exception) -> str:
     return f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
@@ -210,6 +232,7 @@ def _kernel_module() -> Any:
 
 
 _HANDLE = _Handle()
+TRANSPOSED_PACK = [True]  # pack_panels of a transposed view by packed_kernels.pack_rows (A/B)
 _PARALLEL = _Parallel()
 # The parallel driver is opt-in ($TAPERNN_PACKED_PARALLEL=1): numba's OpenMP pool, once used,
 # slowed the other libraries of the process -- in tools/bench.py's run at (32, 50, 256) f32 torch's

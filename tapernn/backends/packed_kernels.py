@@ -167,6 +167,25 @@ def packed_matmul_serial(a, packed, out):
     _panels(a, packed, out, 0, packed.shape[0])
 
 
+@njit(cache=True, nogil=True)
+def pack_rows(w, out):
+    """The panels of w.T (packed.pack_panels of a transposed view): out[j, r, c] = w[j*NR + c, r]
+    for w (N, K) C, out (ceil(N / NR), K, NR) C, zero-padded past N. A row of w read
+    contiguously, scattered into one panel (K x NR, in L2): 3x NumPy's strided copy at
+    (2048, 512) float32 (BENCHMARKS.md "h256")."""
+    n, k = w.shape
+    nr = out.shape[2]
+    for j in range(out.shape[0]):
+        for c in range(nr):
+            col = j * nr + c
+            if col < n:
+                for r in range(k):
+                    out[j, r, c] = w[col, r]
+            else:
+                for r in range(k):
+                    out[j, r, c] = 0
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def packed_matmul_parallel(a, packed, out, parts):
     """The panels split into `parts` contiguous ranges, one per prange iteration."""

@@ -1,0 +1,85 @@
+"""The packed GEMM's panels of a transposed weight view packed by numba (packed_kernels.pack_rows,
+issue 19, BENCHMARKS.md "h256"): the same panels as NumPy's strided copy -- float32 and float64,
+partial last panels, odd K, N below one panel --, used only for transposed views of C weights
+once the packed kernel's dtype is compiled, and a FastLSTM trained through it the same bit for
+bit as with NumPy's pack."""
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.backends import numba_available, packed
+
+pytestmark = pytest.mark.skipif(
+    not numba_available() or not packed.available(), reason="numba and AVX-512 needed"
+)
+
+
+@pytest.fixture
+def ready():
+    for dt in (np.float32, np.float64):
+        packed._HANDLE.prepare(((np.dtype(dt).str,),))
+
+
+def numpy_pack(w):
+    old = packed.TRANSPOSED_PACK[0]
+    packed.TRANSPOSED_PACK[0] = False
+    try:
+        return packed.pack_panels(w)
+    finally:
+        packed.TRANSPOSED_PACK[0] = old
+
+
+@pytest.mark.usefixtures("ready")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, k", [(1024, 256), (130, 37), (5, 3), (64, 1), (200, 129)])
+def test_pack_rows_equals_numpys_copy(dtype, n, k, rng, monkeypatch):
+    w = rng.standard_normal((n, k)).astype(dtype)  # stored (N, K); packed: panels of w.T
+    want = numpy_pack(w.T)
+    calls = []
+    real = packed._kernel_module().pack_rows
+    monkeypatch.setattr(
+        packed._kernel_module(), "pack_rows", lambda a, o: calls.append(1) or real(a, o)
+    )
+    out = np.full(want.shape, np.nan, dtype)
+    got = packed.pack_panels(w.T, out)
+    assert got is out and calls == [1]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(packed.pack_panels(w.T), want)  # (out made)
+    # a C weight (not a transposed view), or a strided one: NumPy's copy, not pack_rows
+    calls.clear()
+    np.testing.assert_array_equal(packed.pack_panels(np.ascontiguousarray(w.T)), want)
+    wide = rng.standard_normal((n, 2 * k)).astype(dtype)[:, ::2]
+    np.testing.assert_array_equal(packed.pack_panels(wide.T), numpy_pack(wide.T))
+    assert calls == [] or k == 1  # (a (1, N) C array is its own transposed view too)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fastlstm_steps_the_same_with_either_pack(dtype, rng):
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    try:
+        x = rng.standard_normal((6, 17, 8)).astype(dtype)
+        g = rng.standard_normal((6, 17, 130)).astype(dtype)
+        results = []
+        for fast in (True, False):
+            packed.TRANSPOSED_PACK[0] = fast
+            tn.manual_seed(0)
+            m = nn.Sequencer(nn.FastLSTM(8, 130)).astype(dtype)
+            m.set_plan_options(tn.PlanOptions(layout="batch"))
+            for _ in range(3):
+                m.zero_grad_parameters()
+                y = np.array(m.forward(x))
+                gx = np.array(m.backward(x, g))
+                for p in m.parameters():
+                    p.data[...] += 0.01
+            results.append((y, gx, [p.grad.copy() for p in m.parameters()]))
+        (y1, gx1, p1), (y2, gx2, p2) = results
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(gx1, gx2)
+        for a, b in zip(p1, p2):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        packed.TRANSPOSED_PACK[0] = True
+        tn.set_backend(before)

@@ -1,0 +1,283 @@
+"""WALL-clock timeline of one owned two-thread training step (issue 19, branch h256): per phase --
+forward projection GEMM, forward loop halves, reverse loop halves, dW / dX GEMMs, the rest of
+each program (elementwise, Python), the module around the programs -- when each thread runs what,
+and how long each thread idles; next to each GEMM phase's standalone lower bound (its flops at
+the rate measured for the same GEMM alone at two threads in this process).
+
+Run: PYTHONPATH=$PWD python tools/timeline_step.py --configs 32,50,256 --reps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tapernn as tn
+from tapernn import executor as ex
+from tapernn import nn, own_threads
+from tapernn.backends import step_loop
+
+OLD = [False]
+EV: list = []  # (thread ident, name, t0, t1)
+_now = time.perf_counter
+_tag = threading.local()
+
+
+def rec(name, t0):
+    EV.append((threading.get_ident(), name, t0, _now()))
+
+
+def instrument():
+    real_mm = own_threads._mm
+
+    def mm_half(a, b, out):
+        t0 = _now()
+        try:
+            return real_mm(a, b, out)
+        finally:
+            rec(f"{getattr(_tag, 'gemm', 'gemm')} half", t0)
+
+    own_threads._mm = mm_half
+    real_mm_bias = own_threads._mm_bias
+
+    def mm_bias_half(a, b, out, bias):
+        t0 = _now()
+        try:
+            return real_mm_bias(a, b, out, bias)
+        finally:
+            rec("gemm + bias half", t0)
+
+    own_threads._mm_bias = mm_bias_half
+    real_matmul = own_threads.matmul
+
+    def matmul(a, b, out=None):
+        m, k = a.shape[-2:]
+        n = b.shape[-1]
+        name = f"gemm ({m},{k})x({k},{n})"
+        _tag.gemm = name
+        t0 = _now()
+        try:
+            return real_matmul(a, b, out=out)
+        finally:
+            rec(name, t0)
+
+    real_bound = step_loop._Bound.__call__
+
+    def bound(self):
+        t0 = _now()
+        try:
+            return real_bound(self)
+        finally:
+            lo, hi = self.args[:2]
+            way = "reverse" if self.loop.reverse else "forward"
+            rec(f"loop {way} rows {lo}:{hi} half", t0)
+
+    step_loop._Bound.__call__ = bound
+    real_run = ex.Compiled._run
+
+    def run(self, args):
+        t0 = _now()
+        try:
+            return real_run(self, args)
+        finally:
+            rec("program", t0)
+
+    ex.Compiled._run = run
+    from tapernn import scan_split
+    from tapernn.nn import state_grads
+
+    for cls, names in (
+        (scan_split.SplitRunner, ("_split", "_halves", "_apart")),
+        (step_loop.Halves, ("choose",)),
+    ):
+        for n in names:
+            setattr(cls, n, timed(f"{cls.__name__}.{n}", getattr(cls, n)))
+    for n in ("tap_copies", "fingerprint"):
+        setattr(state_grads, n, timed(n, getattr(state_grads, n)))
+    from tapernn.nn import steady_source
+
+    steady_source.tap_copies = state_grads.tap_copies
+    return matmul
+
+
+def timed(name, fn):
+    def call(*a, **k):
+        t0 = _now()
+        try:
+            return fn(*a, **k)
+        finally:
+            rec(name, t0)
+
+    return call
+
+
+def _runners(seq):
+    import gc
+
+    from tapernn import scan_split
+
+    return [o for o in gc.get_objects() if isinstance(o, scan_split.SplitRunner)]
+
+
+def make(B, T, H, dtype, mm):
+    tn.set_backend("numba")
+    tn.manual_seed(0)
+    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
+    if OLD[0]:  # (h256's changes off: the bias add after the join)
+        seq.set_plan_options(tn.PlanOptions(bias_in_gemm=False))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+
+    def step():
+        t0 = _now()
+        seq.forward(x)
+        rec("module forward", t0)
+        t1 = _now()
+        seq.zero_grad_parameters()
+        seq.backward(x, g)
+        rec("module backward", t1)
+
+    for _ in range(4):
+        step()
+    for rn in _runners(seq):
+        for k, (loop, pre) in enumerate(rn.loops or ()):
+            if pre is not None:
+                rn.loops[k] = (loop, timed("prologue (pack panels)", pre))
+    pair = seq._runtime.last.training_pair
+    for which, c in (("fwd", pair.forward), ("bwd", pair.last_backward)):
+        kw = dict(c.program.fn.__kwdefaults__)
+        for name, v in kw.items():
+            if name == "np_matmul" and v is own_threads.matmul:
+                kw[name] = mm
+            elif (
+                callable(v)
+                and not isinstance(v, type)
+                and name not in ("np_matmul",)
+                and (name.startswith(("np_add", "scan_run", "tail_matmul", "np_matmul_")))
+            ):
+                kw[name] = timed(f"{which} {name}", v)
+        c.program.fn.__kwdefaults__ = kw
+    return step
+
+
+def standalone(shapes, dtype, rows, reps=15):
+    """{(m, k, n): (GF/s at 2 OpenBLAS threads, GF/s as the owned call's two 1-thread halves)}
+    of each GEMM alone, back to back, with the step's layouts: k == `rows` (T*B): a transposed
+    view (dW = dG^T @ X); m == rows and n > k: b a transposed view (the projection X @ W^T)."""
+    from tapernn.blas import blas_threads
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        a = rng.standard_normal((k, m)).astype(dtype).T if k == rows else None
+        if a is None:
+            a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((n, k)).astype(dtype).T if m == rows and n > k else None
+        if b is None:
+            b = rng.standard_normal((k, n)).astype(dtype)
+        o = np.empty((m, n), dtype)
+        fl = 2.0 * m * k * n
+
+        def two(a=a, b=b, o=o):
+            own_threads.matmul(a, b, out=o)
+
+        rates = []
+        for how in ("blas2", "owned"):
+            ts = []
+            for _ in range(reps):
+                t = _now()
+                if how == "blas2":
+                    with blas_threads(2):
+                        np.matmul(a, b, out=o)
+                else:
+                    own_threads.run(lambda _: two(), None)
+                ts.append(_now() - t)
+            rates.append(fl / np.median(ts[2:]) / 1e9)
+        out[(m, k, n)] = tuple(rates)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["32,50,256"])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--show", type=int, default=1, help="print this many steps' event lists")
+    ap.add_argument("--old", action="store_true", help="PlanOptions(bias_in_gemm=False)")
+    args = ap.parse_args()
+    OLD[0] = args.old
+    mm = instrument()
+    print(f"load {os.getloadavg()}")
+    for text in args.configs:
+        B, T, H = (int(v) for v in text.split(","))
+        step = make(B, T, H, args.dtype, mm)
+        main_id = threading.get_ident()
+        per = {}
+        walls = []
+        shown = 0
+        for _ in range(args.reps):
+            time.sleep(0.05)
+            EV.clear()
+            t0 = _now()
+            step()
+            t1 = _now()
+            walls.append(t1 - t0)
+            evs = sorted(EV, key=lambda e: e[2])
+            if shown < args.show and len(walls) > args.reps // 2:
+                shown += 1
+                print("--- one step, ms from its start (thread: C caller, W worker)")
+                for tid, name, a, b in evs:
+                    who = "C" if tid == main_id else "W"
+                    print(
+                        f"  {who} {(a - t0) * 1e3:7.2f} .. {(b - t0) * 1e3:7.2f}  {(b - a) * 1e3:6.2f}  {name}"
+                    )
+            agg = {}
+            busy = {"C": 0.0, "W": 0.0}
+            for tid, name, a, b in evs:
+                who = "C" if tid == main_id else "W"
+                key = f"{who}: {name}"
+                agg[key] = agg.get(key, 0.0) + (b - a)
+                if name.endswith(" half"):
+                    busy[who] += b - a
+            for k, v in agg.items():
+                per.setdefault(k, []).append(v)
+            per.setdefault("worker busy (halves)", []).append(busy["W"])
+            per.setdefault("caller in halves", []).append(busy["C"])
+        print(
+            f"({B},{T},{H}) {args.dtype}: step wall median {np.median(walls) * 1e3:.2f} ms (min {min(walls) * 1e3:.2f})"
+        )
+        for k in sorted(per):
+            v = per[k]
+            print(f"    {k:50s} {np.median(v) * 1e3:8.3f} ms  (min {min(v) * 1e3:7.3f})")
+        shapes = set()
+        for tid, name, a, b in EV:
+            if name.startswith("gemm (") and not name.endswith("half"):
+                s = name[6:-1].replace(")x(", ",").split(",")
+                shapes.add((int(s[0]), int(s[1]), int(s[3])))
+        rates = standalone(sorted(shapes), args.dtype, T * B)
+        for (m, k, n), (r2, ro) in rates.items():
+            name = f"gemm ({m},{k})x({k},{n})"
+            got = per.get(f"C: {name}")
+            cnt = sum(1 for e in EV if e[1] == name)
+            fl = 2.0 * m * k * n
+            if got:
+                print(
+                    f"    alone {name}: 2-thread BLAS {r2:6.1f} GF/s = {fl / r2 / 1e6:6.3f} ms,"
+                    f" owned halves {ro:6.1f} GF/s = {fl / ro / 1e6:6.3f} ms; in the step"
+                    f" {np.median(got) * 1e3 / max(cnt, 1):6.3f} ms a call x {cnt}"
+                    f" (min {min(got) * 1e3 / max(cnt, 1):6.3f})"
+                )
+        print(f"load {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
