@@ -67,6 +67,7 @@ LAYERS = [
         "executor",
         [
             "tapernn.own_threads",
+            "tapernn.own_bias",
             "tapernn.executor",
             "tapernn.arena",
             "tapernn.testing",
