@@ -10,7 +10,15 @@ import pytest
 # BENCHMARKS.md "CI with a cold kernel cache"): `--dist loadfile` hands them out first, the rest
 # after them by number of tests (xdist's own order), so no long file starts last and leaves the
 # other worker idle while it runs (a file is never split between workers)
-SLOW_FIRST = ()
+SLOW_FIRST = (
+    "test_dz_in_gates.py",
+    "test_hunt_hqa8.py",
+    "test_memory_loop.py",
+    "test_cells.py",
+    "test_cell_fuzz.py",
+    "test_layout.py",
+    "test_hunt_hqa5.py",
+)
 
 
 def pytest_configure(config):

@@ -54,7 +54,9 @@ def _run(cell, options, unroll=False, chunks=1, lengths=False, grad_input=True):
     seq.zero_grad_parameters()
     outs = []
     for k in range(chunks):
-        t = T - k  # (chunks of different lengths)
+        # (chunks of different lengths, T, T - 1, T: a shorter chunk, then a longer one; on
+        # numba each length is one more pair of whole-program kernels to compile)
+        t = T - k % 2
         x, g = _data(k, t)
         kw = {"lengths": np.array([t, t - 2, 1])} if lengths else {}
         outs.append(np.array(seq.forward(x, **kw)))
