@@ -18,16 +18,17 @@ from tapernn import nn
 ROOT = Path(__file__).resolve().parents[1]
 
 # a child that starts tn.save-ing `path` through atomic_write, says "half" once half the file is
-# written and then waits (to be SIGKILLed there: its temporary file stays behind)
+# written and then waits until its stdin closes (to be SIGKILLed there: its temporary file stays
+# behind; it waited 60 s before, and under load the test outlived the live save's wait)
 _CHILD = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from tapernn import fileio
     def write(f):
         f.write(b"x" * 4096)
         f.flush()
         print("half", flush=True)
-        time.sleep(60)
+        sys.stdin.read()
     fileio.atomic_write(sys.argv[1], write)
     """
 )
@@ -36,7 +37,11 @@ _CHILD = textwrap.dedent(
 def _stuck_writer(path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", _CHILD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     assert child.stdout.readline().strip() == "half"
     return child
