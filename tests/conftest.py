@@ -14,10 +14,14 @@ SLOW_FIRST = (
     "test_dz_in_gates.py",
     "test_hunt_hqa8.py",
     "test_memory_loop.py",
+    "test_grad_into.py",
+    "test_tap_room.py",
     "test_cells.py",
     "test_cell_fuzz.py",
+    "test_xs_in_slab.py",
     "test_layout.py",
     "test_hunt_hqa5.py",
+    "test_stepwise_chunks.py",
 )
 
 
