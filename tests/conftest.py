@@ -12,6 +12,7 @@ import pytest
 # other worker idle while it runs (a file is never split between workers)
 SLOW_FIRST = (
     "test_dz_in_gates.py",
+    "test_dz_in_gates_lengths.py",
     "test_hunt_hqa8.py",
     "test_memory_loop.py",
     "test_grad_into.py",

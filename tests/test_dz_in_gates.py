@@ -95,15 +95,7 @@ def test_values_and_gradients_with_and_without_the_donation(cell, backend):
             assert donated  # (numba's loop kernels write over the donated rows too)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM"])
-def test_lengths_and_need_grad_input_false(cell, backend):
-    on = PlanOptions(backend=backend, dz_in_gates=True)
-    off = PlanOptions(backend=backend, dz_in_gates=False)
-    for kw in ({"lengths": True}, {"grad_input": False}, {"lengths": True, "chunks": 3}):
-        _, got = _run(cell, on, **kw)
-        _same(got, _run(cell, off, **kw)[1])
-        _same(got, _run(cell, UNROLLED_REF, unroll=True, **kw)[1])
+# (lengths= and need_grad_input=False: tests/test_dz_in_gates_lengths.py)
 
 
 def test_fastlstm_and_lstm_equal_the_numpy_equations():
