@@ -1,9 +1,29 @@
 import os
 import shutil
 import tempfile
+from collections import Counter
 
 import numpy as np
 import pytest
+
+# The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
+# BENCHMARKS.md "CI with a cold kernel cache"): `--dist loadfile` hands them out first, the rest
+# after them by number of tests (xdist's own order), so no long file starts last and leaves the
+# other worker idle while it runs (a file is never split between workers)
+SLOW_FIRST = (
+    "test_dz_in_gates.py",
+    "test_dz_in_gates_lengths.py",
+    "test_hunt_hqa8.py",
+    "test_memory_loop.py",
+    "test_grad_into.py",
+    "test_tap_room.py",
+    "test_cells.py",
+    "test_cell_fuzz.py",
+    "test_xs_in_slab.py",
+    "test_layout.py",
+    "test_hunt_hqa5.py",
+    "test_stepwise_chunks.py",
+)
 
 
 def pytest_configure(config):
@@ -24,6 +44,28 @@ def pytest_configure(config):
     os.environ["TAPERNN_LAYOUT_CACHE"] = cache
     os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
     tn.set_backend(os.environ["TAPERNN_BACKEND"])
+    if getattr(config.option, "loadscopereorder", None):  # (pytest-xdist: our order, below)
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files in SLOW_FIRST's order, then the others by number of tests (most first); a
+    file's tests keep their order. (xdist's --dist loadfile sends files in this order; a run
+    in one process keeps pytest's order.)"""
+    if not hasattr(config, "workerinput") and config.getoption("dist", "no") == "no":
+        return
+    rank = {name: k for k, name in enumerate(SLOW_FIRST)}
+    count = Counter(item.path for item in items)
+    first = {}  # (files whose tests are not together, as after -p randomly: as they come)
+    for k, item in enumerate(items):
+        first.setdefault(item.path, k)
+    items.sort(
+        key=lambda item: (
+            rank.get(item.path.name, len(rank)),
+            -count[item.path],
+            first[item.path],
+        )
+    )
 
 
 def pytest_unconfigure(config):
