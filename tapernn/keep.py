@@ -5,8 +5,9 @@ Why: a rolled loop's slab (saved activations, returned outputs) is allocated on 
 (codegen: results handed to callers are never overwritten by the next call). At (64, 100, 1024)
 f32 it is 151 MiB: glibc maps an allocation over 32 MiB afresh (mmap) and unmaps it when freed,
 so each training step's forward touched 151 MiB of new pages -- 332 huge-page faults (NumPy
-madvises its large arrays) and 18-540 ms of system time a step, or 38,657 small-page faults
-(~85 ms) without the madvise; the step is ~2 s. In a steady training loop the previous step's
+madvises its large arrays) and 18-540 ms of system time a step (median 27 ms in one A/B run:
+it depends on how fragmented the kernel's free memory is), or 38,657 small-page faults (~85 ms)
+without the madvise; the step is ~2 s. In a steady training loop the previous step's
 slab is released (its record dropped) just before the next forward makes its own: the new slab
 can be the old one.
 
