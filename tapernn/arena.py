@@ -21,6 +21,7 @@ from .executor import (
 )
 from .fused_lowering import fused_scratch
 from .graph import Graph
+from .keep import join
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
 from .ops.registry import PSEUDO
 from .passes import Pass
@@ -42,10 +43,13 @@ class Arena:
         self.work_need: dict[str, int] = {}
         self.work: dict[str, np.ndarray] = {}
         self.work_given: list[np.ndarray] = []
+        self.keepers: list = []  # every program's keep.Keepers: one group (keep.join)
 
     def note_loops(self, compiled: Compiled) -> None:
         """Count the buffers of `compiled`'s loop bodies (each body once): they are the
-        module's too, kept between calls beside the arena (a body runs inside its program)."""
+        module's too, kept between calls beside the arena (a body runs inside its program).
+        Its large per-call arrays' Keepers join the module's group (keep.join)."""
+        join(self.keepers, getattr(compiled.program, "keepers", []))
         for loop in compiled.report.loops:
             self.loops[loop.body_key] = loop.buffer_bytes + loop.workspace_bytes
         # (and its numba kernel's workspaces: carved from the arena's, `take_work`)

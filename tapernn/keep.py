@@ -19,13 +19,16 @@ np.empty's; the program writes every element it reads (it did with np.empty).
 
 Memory: the report already counts a program's per-call values in `resident_bytes` (arena.py);
 the kept array is one of them, held between calls even when the caller has dropped the results
-(evaluation, forget) -- never two of them, and the steady loop's peak is unchanged (the old
-array was freed right before the new one was made). Arrays under KEEP_MIN_BYTES are left to
+-- never two of them, and the steady loop's peak is unchanged (the old array was freed right
+before the new one was made). The Keepers of one module's programs form a group (`join`, by
+arena.Arena): a call drops the other programs' kept arrays nothing else holds, so switching
+between training and evaluation holds no slab np.empty would have freed. Arrays under KEEP_MIN_BYTES are left to
 malloc (its free lists reuse them without faults)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -40,14 +43,20 @@ class Keeper:
     """np.empty(shape, dtype) for one allocation site: the array made last time when nothing
     else holds it any more, else a new one (kept in its place)."""
 
-    __slots__ = ("array", "made", "reused")
+    __slots__ = ("array", "group", "made", "reused")
 
     def __init__(self) -> None:
         self.array: np.ndarray | None = None
         self.made = 0  # arrays made (tests: a reuse, or a new array while the caller held one)
         self.reused = 0
+        # the Keepers of the module's other programs (`join`): their arrays nothing else holds
+        # are dropped when this one is called -- np.empty would have had them freed by then
+        self.group: list[Keeper] = []
 
     def __call__(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        for k in self.group:
+            if k is not self and k.array is not None and sys.getrefcount(k.array) == _HELD - 1:
+                k.array = None
         a = self.array
         if a is not None and sys.getrefcount(a) == _HELD and a.shape == shape and a.dtype == dtype:
             self.reused += 1
@@ -70,6 +79,28 @@ class Keeper:
 
     def __reduce__(self) -> tuple:
         return Keeper, ()
+
+
+def join(group: list[Keeper], keepers: list[Keeper]) -> None:
+    """Add `keepers` (a program's) to `group` (the list every Keeper of a module's programs
+    shares: arena.Arena.keepers): a call of one drops the others' free arrays, so a module
+    holds no more between its calls than the last program it ran kept (an evaluation program's
+    slab is not held through training, nor training's through evaluation)."""
+    for k in keepers:
+        if k not in group:
+            group.append(k)
+        k.group = group
+
+
+def drop_free(group: list[Keeper], but: Iterable[Keeper] = ()) -> None:
+    """Drop the arrays of `group`'s Keepers (not those in `but`) that nothing else holds: a
+    module's general call path (nn/runtime.py) before it runs a program, so a switch between
+    programs (training and evaluation, another input shape) holds no array of the other
+    program's that np.empty would have had freed by then."""
+    but = set(map(id, but))
+    for k in group:
+        if id(k) not in but and k.array is not None and sys.getrefcount(k.array) == _HELD - 1:
+            k.array = None
 
 
 def allocator(nbytes: int) -> Keeper | None:

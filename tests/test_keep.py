@@ -155,3 +155,40 @@ def test_a_steady_step_faults_no_fresh_slab_pages_in(rng):
     pages = slab // (2 << 20)
     faults = min(_faults(lambda: step(m, x, g)) for _ in range(3))
     assert faults < pages // 3, f"{faults} page faults a step, a fresh slab would take >= {pages}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluation_does_not_hold_the_training_slab(backend, rng):
+    # (the module's programs' Keepers are one group: a call drops the others' free arrays)
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    m = model(backend)
+    for _ in range(3):
+        step(m, x, g)
+    train_slab = weakref.ref(m.forward(x).base)
+    m.zero_grad_parameters()
+    m.backward(x, g)
+    m.evaluate()
+    y = m.forward(x)
+    assert train_slab() is None, "the training slab held through an evaluation call"
+    eval_slab = weakref.ref(y.base)
+    del y
+    m.training()
+    step(m, x, g)
+    assert eval_slab() is None, "the evaluation slab held through a training step"
+
+
+def test_a_call_drops_the_groups_other_free_arrays():
+    a, b, group = keep.Keeper(), keep.Keeper(), []
+    keep.join(group, [a])
+    keep.join(group, [b, a])
+    assert group == [a, b] and a.group is b.group is group
+    f64 = np.dtype(np.float64)
+    held = a((3,), f64)
+    b((3,), f64)
+    assert a.array is held  # (held by the caller: kept)
+    del held
+    b((3,), f64)
+    assert a.array is None and b.array is not None and b.reused == 1
+    a((3,), f64)
+    keep.drop_free(group, [a])
+    assert b.array is None and a.array is not None
