@@ -47,9 +47,7 @@ class Arena:
 
     def note_loops(self, compiled: Compiled) -> None:
         """Count the buffers of `compiled`'s loop bodies (each body once): they are the
-        module's too, kept between calls beside the arena (a body runs inside its program).
-        Its large per-call arrays' Keepers join the module's group (keep.join)."""
-        join(self.keepers, getattr(compiled.program, "keepers", []))
+        module's too, kept between calls beside the arena (a body runs inside its program)."""
         for loop in compiled.report.loops:
             self.loops[loop.body_key] = loop.buffer_bytes + loop.workspace_bytes
         # (and its numba kernel's workspaces: carved from the arena's, `take_work`)
@@ -154,6 +152,7 @@ def compile_shared(
         if arena is not None:
             for c in compiled:
                 arena.note_loops(c)
+                join(arena.keepers, c.program.keepers)  # (one group a module: keep.join)
         arena_bytes = shared.nbytes if arena is None else arena.nbytes
         resident = arena_bytes + sum(p.per_call_bytes for p in plans)
         if arena is None:  # (an Arena counts the kernels' workspaces itself: note_loops)
