@@ -21,6 +21,7 @@ from .executor import (
 )
 from .fused_lowering import fused_scratch
 from .graph import Graph
+from .keep import join
 from .memory import DEFAULT_OPTIONS, PlanOptions, plan_buffers
 from .ops.registry import PSEUDO
 from .passes import Pass
@@ -42,6 +43,7 @@ class Arena:
         self.work_need: dict[str, int] = {}
         self.work: dict[str, np.ndarray] = {}
         self.work_given: list[np.ndarray] = []
+        self.keepers: list = []  # every program's keep.Keepers: one group (keep.join)
 
     def note_loops(self, compiled: Compiled) -> None:
         """Count the buffers of `compiled`'s loop bodies (each body once): they are the
@@ -150,6 +152,7 @@ def compile_shared(
         if arena is not None:
             for c in compiled:
                 arena.note_loops(c)
+                join(arena.keepers, c.program.keepers)  # (one group a module: keep.join)
         arena_bytes = shared.nbytes if arena is None else arena.nbytes
         resident = arena_bytes + sum(p.per_call_bytes for p in plans)
         if arena is None:  # (an Arena counts the kernels' workspaces itself: note_loops)

@@ -20,6 +20,7 @@ from .dest_slots import DestSlots
 from .donate import tail_matmul
 from .fused_lowering import FusedLowering, fused_scratch, fused_slots
 from .graph import Graph, Node
+from .keep import allocator
 from .memory import (
     DEFAULT_OPTIONS,
     BufferPlan,
@@ -83,7 +84,8 @@ class Program(FusedLowering, DestSlots):
     values the plan puts in place (over a dead input, or over a dead region of a larger value
     through a view) into that input's array; concat pieces into their slot of the concat.
     Graph outputs live in storage allocated on every call (or are copied when they alias an
-    input or a buffer), so results handed to callers are never overwritten by the next call.
+    input or a buffer), so results handed to callers are never overwritten by the next call;
+    a large one is the previous call's array again once nothing else references it (keep.py).
     `buffers`: the plan's buffers, made by the caller (views of an arena shared with programs
     that never run at the same time, arena.py); else allocated here. `written`: positions of
     outputs the caller gives arrays for (a loop body's ys: its rows of the slab), passed after
@@ -117,6 +119,7 @@ class Program(FusedLowering, DestSlots):
         self.line_nodes: dict[int, Node] = {}
         self.kernels = self.plan.stats.kernels
         self.fused_kernels: dict[tuple, tuple[str, list[str], str]] = {}
+        self.keepers: list = []  # keep.Keeper of the large per-call arrays
         self.backend = resolve_backend(options.backend)
         self.compiled_kernels: dict[int, str] = {}  # id(numba kernel) -> its bound name
         self.sites: list[tuple[str, Any, str, list[str], bool]] = []  # fused_lowering's
@@ -269,7 +272,13 @@ class Program(FusedLowering, DestSlots):
                     names[r] = claimed[r]
                 elif r in plan.fresh:  # returned: allocated per call, before its first piece
                     names[r] = f"v{self.pos[r]}"
-                    empty = self._named("np_empty", np.empty)
+                    # (a large one: the previous call's array again when it is free, keep.py)
+                    keeper = allocator(r.nbytes)
+                    if keeper is None:
+                        empty = self._named("np_empty", np.empty)
+                    else:
+                        empty = self.bind("keep", keeper)
+                        self.keepers.append(keeper)
                     alloc = f"{empty}({self.bind('s', r.shape)}, {self.bind('d', r.dtype)})"
                     if r in into:  # (the caller's array, if it gave one)
                         body.append(f"    {names[r]} = _dest[{into[r]}]")

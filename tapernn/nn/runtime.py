@@ -13,6 +13,7 @@ from ..arena import Arena
 from ..errors import ShapeError, StateError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
+from ..keep import drop_free
 from ..passes import default_passes
 from ..validation import data_array
 from . import layout_recheck
@@ -175,6 +176,8 @@ class Runtime:
             program = exe.compile_forward()
         if not history:
             self._release_previous(exe)
+        # (the other programs' kept arrays nothing holds now: np.empty's would be freed, keep.py)
+        drop_free(self.arena.keepers, getattr(program.program, "keepers", ()))
         used = exe.packing.scratch_into(program, call_args)  # (the zeroed .grad as scratch)
         try:
             if timed:  # (a re-check's timed forward: its seconds)
