@@ -58,6 +58,7 @@ LAYERS = [
         [
             "tapernn.numpy_quirks",
             "tapernn.dest_slots",
+            "tapernn.keep",
             "tapernn.codegen",
             "tapernn.fused_lowering",
             "tapernn.pack_scratch",
