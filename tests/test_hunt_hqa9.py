@@ -1,0 +1,61 @@
+"""QA round hqa9: regression tests for what it found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    before = tn.get_backend()
+    tn.set_backend(request.param)
+    yield request.param
+    tn.set_backend(before)
+
+
+# ---- CMul with a weight that broadcasts (Torch7's own example: nn.CMul(5, 1) on a 5x4 input) ----
+
+
+@pytest.mark.parametrize(
+    "size, x_shape",
+    [((5, 1), (5, 4)), ((1, 4), (3, 4)), ((1, 4), (2, 3, 4)), ((3, 1, 4), (3, 2, 4))],
+)
+def test_cmul_weight_broadcasts_over_its_unit_dims(size, x_shape):
+    rng = np.random.default_rng(0)
+    m = nn.CMul(*size)
+    x, g = rng.standard_normal(x_shape), rng.standard_normal(x_shape)
+    w = m.weight.data.copy()
+    y = m.forward(x)
+    gx = m.backward(x, g)
+    np.testing.assert_allclose(y, x * w, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(gx, g * w, rtol=0, atol=1e-15)
+    lead = tuple(range(len(x_shape) - len(size)))
+    want = np.sum(g * x, axis=lead) if lead else g * x
+    want = np.sum(want, axis=tuple(k for k, n in enumerate(size) if n == 1), keepdims=True)
+    np.testing.assert_allclose(m.weight.grad, want, rtol=1e-13, atol=1e-13)
+
+
+def test_cmul_weight_that_does_not_broadcast_is_refused_by_name():
+    with pytest.raises(tn.ShapeError, match=r"nn.CMul\(3, 1\).*\(5, 4\)"):
+        nn.CMul(3, 1).forward(np.zeros((5, 4)))
+
+
+def test_cmul_with_a_unit_dim_inside_a_sequencer(backend):
+    rng = np.random.default_rng(1)
+    tn.manual_seed(3)
+    seq = nn.Sequencer(nn.Sequential().add(nn.Linear(3, 4)).add(nn.CMul(1, 4)))
+    x, g = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    lin, cmul = seq.get(0).get(0), seq.get(0).get(1)
+    for _ in range(2):
+        seq.zero_grad_parameters()
+        y = seq.forward(x)
+        seq.backward(x, g)
+    a = x @ lin.weight.data.T + lin.bias.data
+    np.testing.assert_allclose(y, a * cmul.weight.data, atol=1e-13)
+    np.testing.assert_allclose(cmul.weight.grad, np.sum(g * a, axis=(0, 1))[None], atol=1e-12)
