@@ -59,3 +59,63 @@ def test_cmul_with_a_unit_dim_inside_a_sequencer(backend):
     a = x @ lin.weight.data.T + lin.bias.data
     np.testing.assert_allclose(y, a * cmul.weight.data, atol=1e-13)
     np.testing.assert_allclose(cmul.weight.grad, np.sum(g * a, axis=(0, 1))[None], atol=1e-12)
+
+
+# ---- a parameter bound to a second attribute is one parameter, not two ----------------------------
+
+
+class _Aliased(nn.Cell):
+    """Keeps its parameters under attributes other than their names (self.W for "weight")."""
+
+    state_names = ("h",)
+
+    def __init__(self):
+        super().__init__(3, 4)
+        self.W = self.parameter("weight", (3, 4))
+        self.U = self.parameter("u", (4, 4))
+
+    def step(self, x, h):
+        return tn.tanh(x @ self.W + h @ self.U)
+
+
+def _stepped_grads(cell, x):
+    cell.zero_grad_parameters()
+    ys = [cell.forward(x[t]) for t in range(len(x))]
+    for t in reversed(range(len(x))):
+        cell.backward(x[t], np.ones_like(ys[t]))
+
+
+def test_a_parameter_under_a_second_attribute_is_listed_once():
+    cell = _Aliased()
+    assert list(cell.named_parameters()) == ["weight", "u"]
+    assert list(cell.state_dict()) == ["weight", "u"]
+    assert len(cell.parameters()) == 2
+
+
+def test_an_optimiser_over_an_aliased_cell_steps_each_parameter_once():
+    x = np.random.default_rng(0).standard_normal((3, 2, 3))
+    cell = _Aliased()
+    w0 = cell.W.data.copy()
+    opt = tn.optim.SGD(cell.parameters(), lr=0.1)
+    _stepped_grads(cell, x)
+    grad = cell.W.grad.copy()
+    norm = np.sqrt(np.sum(cell.W.grad**2) + np.sum(cell.U.grad**2))
+    assert tn.optim.clip_grad_norm(cell.parameters(), 1e9) == pytest.approx(norm, rel=1e-12)
+    opt.step()
+    np.testing.assert_allclose(cell.W.data, w0 - 0.1 * grad, rtol=0, atol=1e-15)
+
+
+def test_registering_a_parameter_name_twice_is_refused():
+    class Twice(nn.Cell):
+        state_names = ("h",)
+
+        def __init__(self):
+            super().__init__(3, 4)
+            self.w = self.parameter("w", (3, 4))
+            self.w2 = self.parameter("w", (3, 4))  # a copy-paste slip: would replace the first
+
+        def step(self, x, h):
+            return tn.tanh(x @ self.w + x @ self.w2)
+
+    with pytest.raises(tn.ArgumentError, match=r"parameter 'w' is already registered"):
+        Twice()

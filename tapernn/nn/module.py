@@ -100,11 +100,8 @@ class Module:
     def _adopt_dtype(self, child: Module) -> None:
         """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
         in their dtype: it takes the child's while it holds no parameters of its own."""
-        if (
-            child._dtype != self._dtype
-            and any(m._params for m in child.modules())
-            and not any(m._params for m in self.modules())
-        ):
+        mine, theirs = (any(m._params for m in t.modules()) for t in (self, child))
+        if child._dtype != self._dtype and theirs and not mine:
             for m in self.modules():
                 m._dtype = child._dtype
 
@@ -121,14 +118,14 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> dict[str, Parameter]:
         out: dict[str, Parameter] = {}
-        for name, p in self._params.items():
-            out.setdefault(prefix + name, p)
-        seen = {id(p) for p in out.values()}  # shared parameters are listed once (first name)
-        for cname, child in self._children.items():
-            for name, p in child.named_parameters(f"{prefix}{cname}.").items():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    out[name] = p
+        seen: set[int] = set()  # shared parameters are listed once (first name), also one
+        named = [(prefix + n, p) for n, p in self._params.items()]  # under two attributes
+        for cname, child in self._children.items():  # (self.W = self.parameter("weight"))
+            named += child.named_parameters(f"{prefix}{cname}.").items()
+        for name, p in named:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[name] = p
         return out
 
     def parameters(self) -> list[Parameter]:
@@ -146,6 +143,8 @@ class Module:
         "ones", "normal" (N(0, 1)) or an ndarray."""
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
+        if name in self._params:  # (a second one would silently replace the first)
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already registered")
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(
