@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentTypeError
 from ..tracing import Var
-from .criteria import Criterion
+from .criteria import Criterion, arrays_only
 from .layers import LookupTable
 from .module import Module
 from .tree import flatten, unflatten
@@ -82,6 +82,7 @@ class MaskZeroCriterion(Criterion):
             self._children["0"].check_targets(x[keep], t[keep] if t.ndim else t)
 
     def build(self, x: Var, y: Var) -> Var:
+        arrays_only(self, x, y)
         self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
         keep = F.reshape(row_keep(x, x.dtype), (x.shape[0],))
         if isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == x.shape[0]:
