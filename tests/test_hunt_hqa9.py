@@ -119,3 +119,76 @@ def test_registering_a_parameter_name_twice_is_refused():
 
     with pytest.raises(tn.ArgumentError, match=r"parameter 'w' is already registered"):
         Twice()
+
+
+# ---- criteria: class weights of the wrong length, lists where arrays go ----------------------------
+
+
+@pytest.mark.parametrize("cls", [nn.ClassNLLCriterion, nn.CrossEntropyCriterion])
+@pytest.mark.parametrize("n_weights", [3, 6])
+@pytest.mark.parametrize("targets", [[3, 0], [1, 0]])
+def test_class_weights_must_cover_every_class(cls, n_weights, targets):
+    crit = cls(weights=np.ones(n_weights))
+    x = np.log(np.full((2, 4), 0.25))
+    with pytest.raises(tn.ShapeError, match=rf"{n_weights} class weights.* 4 classes"):
+        crit.forward(x, np.array(targets))
+
+
+def test_class_weights_inside_a_sequencer_criterion_are_checked_too():
+    crit = nn.SequencerCriterion(nn.ClassNLLCriterion(weights=np.ones(3)))
+    with pytest.raises(tn.ShapeError, match="3 class weights"):
+        crit.forward(np.zeros((2, 2, 4)), np.zeros((2, 2), dtype=int))
+
+
+@pytest.mark.parametrize(
+    "crit, x, y",
+    [
+        (nn.MSECriterion(), [[0.0, 1.0], [2.0, 3.0]], np.zeros((2, 2))),
+        (nn.MSECriterion(), np.zeros((2, 2)), [[0.0, 1.0], [2.0, 3.0]]),
+        (nn.BCECriterion(), np.full((2, 2), 0.5), [[0.0, 1.0], [1.0, 0.0]]),
+        (nn.ClassNLLCriterion(), np.log(np.full((2, 3), 1 / 3)), [0, 1]),
+        (nn.CrossEntropyCriterion(), np.zeros((2, 3)), [0, 1]),
+        (nn.MaskZeroCriterion(nn.MSECriterion()), np.ones((2, 2)), [[0.0, 1.0], [2.0, 3.0]]),
+    ],
+)
+def test_a_list_where_a_criterion_takes_an_array_says_so(crit, x, y):
+    with pytest.raises(tn.ShapeError, match="list"):
+        crit.forward(x, y)
+
+
+# ---- tracing: float()/int() of a Var; a step returning no Var ---------------------------------------
+
+
+@pytest.mark.parametrize("convert", [float, int, complex])
+def test_python_number_of_a_var_is_a_tracing_error(convert):
+    with pytest.raises(tn.TracingError, match="no value"):
+        tn.trace(lambda a: a * convert(tn.sum(a)), np.zeros(3))
+
+
+@pytest.mark.parametrize("result", [None, 0.0, "h"])
+def test_a_step_that_returns_no_var_names_the_cell(result):
+    class NoVar(nn.Cell):
+        state_names = ("h",)
+
+        def __init__(self):
+            super().__init__(3, 4)
+
+        def step(self, x, h):
+            return result
+
+    with pytest.raises(tn.TapernnError, match=r"NoVar.*step.*returned"):
+        nn.Sequencer(NoVar()).forward(np.zeros((2, 1, 3)))
+
+
+@pytest.mark.parametrize("wrt", [5, [5], [-2], 1.5, {0}])
+def test_grad_wrt_out_of_range_or_of_another_type_is_refused_by_name(wrt):
+    g = tn.trace(lambda a: tn.sum(a * a), np.zeros(3))
+    with pytest.raises(tn.ArgumentError, match="wrt"):
+        tn.grad(g, wrt=wrt)
+
+
+@pytest.mark.parametrize("wrt", [0, [0], "x0", [-1]])
+def test_grad_wrt_one_entry_works(wrt):
+    g = tn.trace(lambda a: tn.sum(a * a), np.zeros(3))
+    (dx,) = tn.compile(tn.grad(g, wrt=wrt))(np.arange(3.0))[1:]
+    np.testing.assert_array_equal(dx, [0.0, 2.0, 4.0])

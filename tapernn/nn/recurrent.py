@@ -455,6 +455,8 @@ class Cell(AbstractRecurrent):
             len(new) == len(self.state_names),
             f"step returned {len(new)} states, state_names has {len(self.state_names)}",
         )
+        bad = [type(s).__name__ for s in new if not isinstance(s, Var)]
+        self.expect(not bad, f"step returned {', '.join(bad)} where a state (a tn.Var) goes")
         for name, old, s in zip(self.state_names, state, new):
             self.expect(
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"
