@@ -192,3 +192,60 @@ def test_grad_wrt_one_entry_works(wrt):
     g = tn.trace(lambda a: tn.sum(a * a), np.zeros(3))
     (dx,) = tn.compile(tn.grad(g, wrt=wrt))(np.arange(3.0))[1:]
     np.testing.assert_array_equal(dx, [0.0, 2.0, 4.0])
+
+
+# ---- tapernn train: a second Ctrl-C while the interrupted run saves does not lose the save ---------
+
+
+def test_a_second_ctrl_c_during_the_interrupted_runs_save_still_saves(
+    tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    from tapernn.apps import trainer as trainer_module
+    from tapernn.apps.checkpoint import load_checkpoint
+    from tapernn.apps.train import main
+
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "cats",
+        "sit",
+        "on",
+        "mats",
+    ]
+    rnd = np.random.default_rng(0)
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(" ".join(rnd.choice(words, 8)) for _ in range(300)))
+    real_step, real_save = trainer_module.CharLM.train_step, trainer_module.save_checkpoint
+    steps = []
+
+    def step_then_ctrl_c(self, *args, **kwargs):  # the user's first Ctrl-C, after 3 steps
+        steps.append(1)
+        out = real_step(self, *args, **kwargs)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    def impatient_save(*args, **kwargs):  # and the second, while the checkpoint is written
+        signal.raise_signal(signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.CharLM, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", impatient_save)
+    argv = ["--text", str(text), "--steps", "1000", "--checkpoint", str(tmp_path / "ck")]
+    argv += ["--hidden", "8", "--embed", "4", "--batch", "4", "--seq-len", "8", "--no-progress"]
+    argv += ["--sample-len", "0"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3; checkpoint saved" in err, err
+    assert "Ctrl-C again" in err, err  # the first Ctrl-C said what happens next
+    assert load_checkpoint(str(tmp_path / "ck")).step == 3
