@@ -119,13 +119,15 @@ class Module:
     def named_parameters(self, prefix: str = "") -> dict[str, Parameter]:
         out: dict[str, Parameter] = {}
         seen: set[int] = set()  # shared parameters are listed once (first name), also one
-        named = [(prefix + n, p) for n, p in self._params.items()]  # under two attributes
-        for cname, child in self._children.items():  # (self.W = self.parameter("weight"))
-            named += child.named_parameters(f"{prefix}{cname}.").items()
-        for name, p in named:
+        for name, p in self._params.items():  # under two attributes (self.W = self.weight)
             if id(p) not in seen:
                 seen.add(id(p))
-                out[name] = p
+                out[prefix + name] = p
+        for cname, child in self._children.items():
+            for name, p in child.named_parameters(f"{prefix}{cname}.").items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out[name] = p
         return out
 
     def parameters(self) -> list[Parameter]:
@@ -392,12 +394,10 @@ class Module:
             pack_module(m)
         return self
 
-    def float(self) -> Module:
-        """`astype(np.float32)`, as Torch7's `module:float()`."""
+    def float(self) -> Module:  # Torch7's module:float()
         return self.astype(np.float32)
 
-    def double(self) -> Module:
-        """`astype(np.float64)`, as Torch7's `module:double()`."""
+    def double(self) -> Module:  # Torch7's module:double()
         return self.astype(np.float64)
 
     @property
