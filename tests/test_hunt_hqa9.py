@@ -249,3 +249,54 @@ def test_a_second_ctrl_c_during_the_interrupted_runs_save_still_saves(
     assert "interrupted at step 3; checkpoint saved" in err, err
     assert "Ctrl-C again" in err, err  # the first Ctrl-C said what happens next
     assert load_checkpoint(str(tmp_path / "ck")).step == 3
+
+
+# ---- constructors: wrong arguments name the class and what it takes; MaskZero's nInputDim --------
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: nn.Linear(3), r"nn.Linear: .*missing .*output_size.*takes nn.Linear\(input_size"),
+        (lambda: nn.Dropout(0.5, True, False, True, 1), r"nn.Dropout: .*takes nn.Dropout\(p"),
+        (lambda: nn.SelectTable(), r"nn.SelectTable: .*index"),
+        (lambda: nn.Sequencer(nn.GRU(2, 2), remember=True), r"nn.Sequencer: .*'remember'"),
+        (lambda: nn.ClassNLLCriterion(np.ones(3), True, -100, 5), r"nn.ClassNLLCriterion: "),
+    ],
+)
+def test_constructor_with_wrong_arguments_names_the_class(make, match):
+    with pytest.raises(tn.ArgumentTypeError, match=match):
+        make()
+
+
+def test_a_custom_cell_given_wrong_arguments_names_its_class():
+    class MyCell(nn.Cell):
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+
+        def step(self, x, h):
+            return h
+
+    with pytest.raises(tn.ArgumentTypeError, match=r"nn.MyCell: .*hidden_size"):
+        MyCell(3)
+
+
+def test_mask_zero_takes_torch7s_n_input_dim():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3))
+    x[1] = 0
+    lin = nn.Linear(3, 2)
+    want = nn.MaskZero(lin).forward(x).copy()
+    np.testing.assert_array_equal(nn.MaskZero(lin, 1).forward(x), want)
+    # n_input_dim = 2: a (B, s, d) batch of matrices; a row is masked when its whole matrix is 0
+    xm = rng.standard_normal((3, 2, 3))
+    xm[2] = 0
+    xm[0, 1] = 0  # a zero sub-row inside a kept row stays
+    want = xm + 1
+    want[2] = 0
+    np.testing.assert_array_equal(nn.MaskZero(nn.AddConstant(1.0), 2).forward(xm), want)
+    # ... and a 2-D input is then one row
+    np.testing.assert_array_equal(nn.MaskZero(nn.AddConstant(1.0), 2).forward(xm[2]), 0)
+    np.testing.assert_array_equal(nn.MaskZero(nn.AddConstant(1.0), 2).forward(xm[0]), xm[0] + 1)
+    with pytest.raises(tn.ShapeError, match="n_input_dim 2"):
+        nn.MaskZero(nn.Tanh(), 2).forward(np.zeros(3))
