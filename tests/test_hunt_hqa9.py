@@ -300,3 +300,58 @@ def test_mask_zero_takes_torch7s_n_input_dim():
     np.testing.assert_array_equal(nn.MaskZero(nn.AddConstant(1.0), 2).forward(xm[0]), xm[0] + 1)
     with pytest.raises(tn.ShapeError, match="n_input_dim 2"):
         nn.MaskZero(nn.Tanh(), 2).forward(np.zeros(3))
+
+
+# ---- stepping by hand in evaluation mode, then in training mode: steps keep their numbers ---------
+
+
+def _eval_then_train(make, xs, gs, n_eval):
+    tn.manual_seed(0)
+    m = make()
+    m.evaluate()
+    for t in range(n_eval):
+        m.forward(xs[t])
+    last = tuple(s.copy() for s in m.get_hidden_state(-1))
+    m.training()
+    m.zero_grad_parameters()
+    ys = [m.forward(xs[t]).copy() for t in range(n_eval, len(xs))]
+    for t in reversed(range(n_eval, len(xs))):
+        m.backward(xs[t], gs[t])
+    return m, last, ys
+
+
+@pytest.mark.parametrize("make", [lambda: nn.LSTM(3, 4), lambda: nn.GRU(3, 4)])
+def test_steps_run_in_evaluation_then_training_keep_their_numbers(make, backend):
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, 3)) for _ in range(9)]
+    gs = [rng.standard_normal((2, 4)) for _ in range(9)]
+    m, last, ys = _eval_then_train(make, xs, gs, 5)
+    tn.manual_seed(0)
+    ref = make()
+    ref.set_initial_state(last)
+    ref.zero_grad_parameters()
+    want = [ref.forward(xs[t]).copy() for t in range(5, 9)]
+    for t in reversed(range(5, 9)):
+        ref.backward(xs[t], gs[t])
+    np.testing.assert_allclose(np.stack(ys), np.stack(want), atol=1e-13)
+    for t in range(5, 9):
+        np.testing.assert_array_equal(m.outputs[t], ys[t - 5])
+        np.testing.assert_array_equal(m.get_hidden_state(t)[0], ys[t - 5])
+        for a, b in zip(m.get_grad_hidden_state(t), ref.get_grad_hidden_state(t - 5)):
+            np.testing.assert_allclose(a, b, atol=1e-13)
+    np.testing.assert_array_equal(m.get_hidden_state(4)[0], last[0])
+    for p, q in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, atol=1e-13)
+
+
+def test_evaluation_mode_hidden_state_of_an_older_step_is_refused_not_another_steps():
+    rng = np.random.default_rng(1)
+    m = nn.LSTM(3, 4)
+    m.evaluate()
+    ys = [m.forward(rng.standard_normal((2, 3))).copy() for _ in range(5)]
+    np.testing.assert_array_equal(m.get_hidden_state(4)[0], ys[4])
+    np.testing.assert_array_equal(m.get_hidden_state(-1)[0], ys[4])
+    with pytest.raises(tn.StateError, match="step 0 was dropped; evaluation mode"):
+        m.get_hidden_state(0)
+    with pytest.raises(tn.StateError, match="no step 5"):
+        m.get_hidden_state(5)
