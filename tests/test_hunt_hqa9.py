@@ -355,3 +355,11 @@ def test_evaluation_mode_hidden_state_of_an_older_step_is_refused_not_another_st
         m.get_hidden_state(0)
     with pytest.raises(tn.StateError, match="no step 5"):
         m.get_hidden_state(5)
+
+
+def test_a_none_in_a_table_gradient_is_named():
+    seq = nn.Sequencer(nn.LSTM(3, 4))
+    xs = [np.ones((2, 3))] * 3
+    seq.forward(xs)
+    with pytest.raises(tn.DTypeError, match="got NoneType"):
+        seq.backward(xs, [None, None, np.ones((2, 4))])
