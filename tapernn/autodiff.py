@@ -22,10 +22,18 @@ def _resolve(graph: Graph, wrt: Sequence[Node | int | str] | None) -> list[Node]
     if wrt is None:
         return [n for n in graph.inputs if n.dtype.kind == "f" and n.kind not in ("seed", "random")]
     out = []
+    if isinstance(wrt, (Node, int, np.integer, str)):  # one entry
+        wrt = [wrt]
+    if not isinstance(wrt, (list, tuple)):
+        raise ArgumentTypeError(f"wrt is a list of input nodes, indices or names, got {wrt!r}")
     for w in wrt:
         if isinstance(w, Node):
             node = w
         elif isinstance(w, (int, np.integer)):
+            if not -len(graph.inputs) <= w < len(graph.inputs):
+                raise ArgumentError(
+                    f"wrt index {w} is out of range for a graph of {len(graph.inputs)} inputs"
+                )
             node = graph.inputs[int(w)]
         elif isinstance(w, str):
             try:

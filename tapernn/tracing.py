@@ -183,6 +183,14 @@ class Var:
     def __iter__(self):
         return (self[k] for k in range(len(self)))
 
+    def __float__(self) -> float:  # (also int(), complex(): Python's TypeError said nothing)
+        raise TracingError(
+            "a symbolic Var has no value to convert to a Python number while a graph is "
+            f"recorded: keep it a Var and use the tn.* ops{where(_SCOPE.get() or None, _STEP.get())}"
+        )
+
+    __int__ = __complex__ = __float__
+
 
 def emit(opname: str, *args: Any, **attrs: Any) -> Var:
     """Record one application of a registered op; Python scalars and ndarrays become constants.

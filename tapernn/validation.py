@@ -193,6 +193,8 @@ def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
             f"pass real arrays (e.g. the real and imaginary parts separately)"
         )
     shown = x.dtype.str if kind in "USV" else x.dtype.name
+    if kind == "O":  # (a None where an array goes, or lists numpy could not make one array of)
+        shown = type(x.item()).__name__ if x.ndim == 0 else "object (ragged or mixed lists)"
     raise DTypeError(f"{who(owner)}: expected a numeric array (float, int or bool), got {shown}")
 
 

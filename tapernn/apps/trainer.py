@@ -5,10 +5,12 @@ single-process command (train.py) and the MPI trainer (distributed_train.py), wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, Self
 
 import numpy as np
@@ -121,12 +123,24 @@ def _step_of(directory: str) -> str:
         return " (unreadable)"
 
 
+def _notice(text: str) -> None:
+    """Write from a signal handler: straight to the descriptor (the handler may run inside a
+    write to sys.stderr, whose buffer refuses a reentrant call), else through sys.stderr."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except (OSError, ValueError, AttributeError):  # (no descriptor: a captured stream)
+        sys.stderr.write(text)
+
+
 class StopRequest:
-    """First Ctrl-C: finish the current step, save, exit. Second: abort at once."""
+    """First Ctrl-C: finish the current step, save, exit (and say so: a step may be long). Second:
+    abort at once -- unless it comes while that save is written (`hold`): it then ends the run
+    after the save, which would otherwise be lost to a quick double Ctrl-C."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
+        self._holding = False
 
     def __enter__(self) -> Self:
         try:
@@ -141,8 +155,20 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if self._holding:
+                return  # (the run ends when the save is written)
             raise KeyboardInterrupt
         self.requested = True
+        _notice(f"\n{PROG}: stopping after this step (Ctrl-C again to abort at once)\n")
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """A second Ctrl-C inside waits for the block's end (the interrupted run's save)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
 
     def __call__(self) -> bool:
         return self.requested
@@ -238,6 +264,7 @@ class Trainer:
             )
             return 0
         with self.stop_request() as stop:  # installed first: a Ctrl-C from here on saves cleanly
+            self._stop = stop
             self._print_header()
             self._train(stop)
             if stop.requested:
@@ -341,7 +368,8 @@ class Trainer:
         )
 
     def _interrupted(self) -> int:
-        self._save()
+        with self._stop.hold():
+            self._save()
         where = (
             f"checkpoint saved to {self.args.checkpoint} (continue with --resume)"
             if self.args.checkpoint

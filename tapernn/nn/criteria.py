@@ -97,6 +97,16 @@ def nonempty(criterion: Criterion, a: Any) -> None:
         )
 
 
+def arrays_only(criterion: Criterion, x: Any, y: Any) -> None:
+    """A list where an array goes (a Torch7 table, or data not made an array) says so."""
+    for name, v in (("input", x), ("target", y)):
+        criterion.expect(
+            isinstance(v, Var),
+            f"expects the {name} as one array, got a {type(v).__name__} (steps in a list go to "
+            f"SequencerCriterion; data: pass np.asarray(...))",
+        )
+
+
 def _masked_total(per_elem: Var, keep: Var | None, size_average: bool) -> Var:
     """Sum (or mean) of `per_elem` over the rows kept by `keep` ((B,) of 0/1; None: all rows)."""
     if keep is None:
@@ -121,6 +131,7 @@ class MSECriterion(Criterion):
         return self.build_masked(x, y, None)
 
     def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
+        arrays_only(self, x, y)
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
         d = x - y
         return _masked_total(d * d, keep, self.size_average)
@@ -151,6 +162,7 @@ class BCECriterion(Criterion):
         return self.build_masked(x, y, None)
 
     def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
+        arrays_only(self, x, y)
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
         ll = y * F.log(x + self.eps) + (1 - y) * F.log(1 - x + self.eps)
         if self.weights is not None:
@@ -180,6 +192,11 @@ class ClassNLLCriterion(Criterion):
         if t.dtype.kind not in "iu":
             raise ShapeError(f"{self.describe()}: targets must be integer class ids, got {t.dtype}")
         n_class = x.shape[-1] if x.ndim else 0
+        if self.weights is not None and len(self.weights) != n_class:
+            raise ShapeError(
+                f"{self.describe()}: {len(self.weights)} class weights for an input of "
+                f"{n_class} classes; expected one weight per class"
+            )
         valid = t != self.ignore_index
         bad = t[valid & ((t < 0) | (t >= n_class))]
         if bad.size:
@@ -206,6 +223,7 @@ class ClassNLLCriterion(Criterion):
         return self.build_masked(x, t, None)
 
     def build_masked(self, x: Var, t: Var, keep: Var | None) -> Var:
+        arrays_only(self, x, t)
         self.expect(x.ndim in (1, 2), f"expects input (C,) or (batch, C), got {x.shape}")
         if x.ndim == 1:
             x, t = F.reshape(x, (1, -1)), F.reshape(t, (1,))

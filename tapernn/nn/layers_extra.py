@@ -73,8 +73,9 @@ class Mul(Module):
 
 
 class CMul(Module):
-    """y = x ⊙ w, w of shape `size` broadcast against the trailing dims of x (a batch leads),
-    init U(±1/√w.size).  Torch7: nn.CMul(size...)."""
+    """y = x ⊙ w, w of shape `size` broadcast against the trailing dims of x (a batch leads;
+    a 1 in `size` spans that dim, as Torch7's CMul(5, 1) on a 5x4 input), init U(±1/√w.size).
+    Torch7: nn.CMul(size...)."""
 
     def __init__(self, *size: int, rng=None):
         super().__init__()
@@ -92,8 +93,8 @@ class CMul(Module):
         _array(self, x)
         n = len(self.size)
         self.expect(
-            x.ndim >= n and x.shape[x.ndim - n :] == self.size,
-            f"expected input ending in shape {self.size}, got {x.shape}",
+            x.ndim >= n and all(w in (1, d) for w, d in zip(self.size, x.shape[x.ndim - n :])),
+            f"expected input ending in shape {self.size} (a 1 spans any size), got {x.shape}",
         )
         return x * self.weight
 

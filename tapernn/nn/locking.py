@@ -247,6 +247,11 @@ def refuse_bad_call(fn: Callable, module: Any, args: tuple, kwargs: dict, err: T
         hint = next(
             (h for (name, key), h in _HINTS.items() if name == fn.__name__ and key in kwargs), ""
         )
+        if fn.__name__ == "__init__":  # (a constructor: the class, and the one fn belongs to)
+            owner = fn.__qualname__.rsplit(".", 1)[0].split(".<locals>.")[-1]
+            raise ArgumentTypeError(
+                f"nn.{type(module).__name__}: {bad}; it takes nn.{owner}({', '.join(plain)})"
+            ) from None
         try:
             who = module.describe()
         except Exception:  # noqa: BLE001 (a half-built module: its class name)
@@ -269,11 +274,31 @@ def _enter(module: Any) -> threading.RLock:
 
 
 def lock_entry_points(cls: type) -> None:
-    """Wrap the entry points `cls` itself defines (called for Module and every subclass)."""
+    """Wrap the entry points `cls` itself defines (called for Module and every subclass), and
+    its constructor in checked_init."""
     for name in LOCKED:
         fn = cls.__dict__.get(name)
         if callable(fn) and hasattr(fn, "__name__") and not isinstance(fn, type):
             setattr(cls, name, locked_method(fn))
+    init = cls.__dict__.get("__init__")
+    if inspect.isfunction(init) and not getattr(init, "_tapernn_checked", False):
+        cls.__init__ = checked_init(init)
+
+
+def checked_init(fn: Callable) -> Callable:
+    """A constructor given arguments that do not fit it (`nn.Linear(3)`) raises
+    ArgumentTypeError naming the class and what it takes, not Python's bare TypeError."""
+
+    @functools.wraps(fn)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(self, *args, **kwargs)
+        except TypeError as e:
+            refuse_bad_call(fn, self, args, kwargs, e)
+            raise
+
+    init._tapernn_checked = True
+    return init
 
 
 def _other_thread(module: Any) -> int | None:

@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentTypeError
 from ..tracing import Var
-from .criteria import Criterion
+from .criteria import Criterion, arrays_only
 from .layers import LookupTable
 from .module import Module
 from .tree import flatten, unflatten
@@ -29,23 +29,29 @@ class MaskZero(Module):
     """Zeroes the output rows of `module` whose input row is all zeros (and their gradients).
     Rows lie on axis 0 of the (first) input; a 1-D input is one unbatched row (Torch7's
     MaskZero(module, 1) on a vector). For recurrent cells prefer `cell.mask_zero()`, which also
-    resets the row's state.  Torch7: nn.MaskZero."""
+    resets the row's state. `n_input_dim` (Torch7's nInputDim): the dims of one row; an input
+    of that many dims is one row, one of a dim more a batch (None: 1-D is one row, else a batch).
+    Torch7: nn.MaskZero(module, nInputDim)."""
 
-    def __init__(self, module: Module):
+    def __init__(self, module: Module, n_input_dim: int | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
+        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
 
     def build(self, x: Any) -> Any:
-        first = flatten(x)[0][0]
+        first, n = flatten(x)[0][0], self.n_input_dim
         self.expect(
-            isinstance(first, Var) and first.ndim >= 1,
-            f"expects rows: a vector (one row) or a batch with rows on axis 0, got "
+            isinstance(first, Var) and first.ndim >= 1 and n in (None, first.ndim, first.ndim - 1),
+            f"expects rows: a vector (one row) or a batch with rows on axis 0"
+            f"{'' if n is None else f' (n_input_dim {n}: {n} or {n + 1} dims)'}, got "
             f"{getattr(first, 'shape', type(first).__name__)}",
         )
         out = self._children["0"](x)
-        keep = row_keep(first, first.dtype if first.dtype.kind == "f" else self.dtype)
+        one = first.ndim == (n or 1)
+        rows = F.reshape(first, (-1,)) if one else first
+        keep = row_keep(rows, first.dtype if first.dtype.kind == "f" else self.dtype)
         leaves, tree = flatten(out)
-        if first.ndim == 1:  # one row: every output is kept or zeroed whole
+        if one:  # one row: every output is kept or zeroed whole
             one = F.reshape(keep, ())
             masked = [v * one for v in leaves]
         else:
@@ -82,6 +88,7 @@ class MaskZeroCriterion(Criterion):
             self._children["0"].check_targets(x[keep], t[keep] if t.ndim else t)
 
     def build(self, x: Var, y: Var) -> Var:
+        arrays_only(self, x, y)
         self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
         keep = F.reshape(row_keep(x, x.dtype), (x.shape[0],))
         if isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == x.shape[0]:

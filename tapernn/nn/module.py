@@ -100,11 +100,8 @@ class Module:
     def _adopt_dtype(self, child: Module) -> None:
         """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
         in their dtype: it takes the child's while it holds no parameters of its own."""
-        if (
-            child._dtype != self._dtype
-            and any(m._params for m in child.modules())
-            and not any(m._params for m in self.modules())
-        ):
+        mine, theirs = (any(m._params for m in t.modules()) for t in (self, child))
+        if child._dtype != self._dtype and theirs and not mine:
             for m in self.modules():
                 m._dtype = child._dtype
 
@@ -121,9 +118,11 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> dict[str, Parameter]:
         out: dict[str, Parameter] = {}
-        for name, p in self._params.items():
-            out.setdefault(prefix + name, p)
-        seen = {id(p) for p in out.values()}  # shared parameters are listed once (first name)
+        seen: set[int] = set()  # shared parameters are listed once (first name), also one
+        for name, p in self._params.items():  # under two attributes (self.W = self.weight)
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[prefix + name] = p
         for cname, child in self._children.items():
             for name, p in child.named_parameters(f"{prefix}{cname}.").items():
                 if id(p) not in seen:
@@ -146,6 +145,8 @@ class Module:
         "ones", "normal" (N(0, 1)) or an ndarray."""
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
+        if name in self._params:  # (a second one would silently replace the first)
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already registered")
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(
@@ -393,12 +394,10 @@ class Module:
             pack_module(m)
         return self
 
-    def float(self) -> Module:
-        """`astype(np.float32)`, as Torch7's `module:float()`."""
+    def float(self) -> Module:  # Torch7's module:float()
         return self.astype(np.float32)
 
-    def double(self) -> Module:
-        """`astype(np.float64)`, as Torch7's `module:double()`."""
+    def double(self) -> Module:  # Torch7's module:double()
         return self.astype(np.float64)
 
     @property

@@ -199,6 +199,10 @@ class AbstractRecurrent(Module):
         if mode != "append":
             fields["outputs"], fields["inputs"], fields["states"] = outputs, inputs, states
         else:
+            missing = self._n_steps - len(self.outputs)  # steps run in evaluation mode before
+            if missing > 0:  # (only the newest kept): pad, so outputs[t] is still step t
+                for values in [self.outputs, self.inputs, *self.states.values()]:
+                    values[:0] = [None] * missing
             self.outputs.extend(outputs)
             self.inputs.extend(inputs)
             for name, values in states.items():
@@ -300,15 +304,18 @@ class AbstractRecurrent(Module):
     def get_hidden_state(self, t: int = -1) -> tuple:
         """The state after step t (0-based; negative from the end), a tuple in `state_names` order.
         Torch7: getHiddenState."""
-        n = len(self.outputs)
+        n, kept = max(self._n_steps, len(self.outputs)), len(self.outputs)
         if not -n <= check.integer(self.describe(), "t", t) < n:
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
-        if self.outputs[t] is None:
+        k = t % n - (n - kept)  # (evaluation mode keeps the newest step only: outputs[0])
+        if k < 0 or self.outputs[k] is None:
+            why = "evaluation mode keeps only the newest" if k < 0 else "max_bptt_step keeps "
             raise StateError(
-                f"{self.describe()}: step {t} was dropped; max_bptt_step keeps the "
-                f"last {self.rho} steps"
+                f"{self.describe()}: step {t} was dropped; {why}the last {self.rho} steps"
+                if k >= 0
+                else f"{self.describe()}: step {t} was dropped; {why} step ({n - 1})"
             )
-        return tuple(self.states[name][t] for name in self.state_names)
+        return tuple(self.states[name][k] for name in self.state_names)
 
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
         """Start the next sequence from `state` (tuple in `state_names` order) instead of zeros,
@@ -455,6 +462,8 @@ class Cell(AbstractRecurrent):
             len(new) == len(self.state_names),
             f"step returned {len(new)} states, state_names has {len(self.state_names)}",
         )
+        bad = [type(s).__name__ for s in new if not isinstance(s, Var)]
+        self.expect(not bad, f"step returned {', '.join(bad)} where a state (a tn.Var) goes")
         for name, old, s in zip(self.state_names, state, new):
             self.expect(
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"

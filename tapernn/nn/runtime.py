@@ -200,6 +200,8 @@ class Runtime:
                 forget_steps_before(root, self.dropped)
             self.most_steps = max(self.most_steps, len(self.history))
         else:
+            if history:  # stepping in evaluation mode: the newest record only, numbered after
+                self.dropped += len(self.history)  # the steps before (training may follow)
             self.history = [record]
             # (arrays: read at every call; a layout re-check picks the Executable per call)
             if n_diff_args == 1 and not self._arrays and exe.recheck is None:
@@ -420,7 +422,7 @@ class Runtime:
                 if not self.history
                 else "another forward (every step was already backwarded)"
             )
-            if self.history and self.dropped:
+            if self.history and self.dropped and _rho(self.module) is not None:
                 what += (
                     f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
                 )
