@@ -39,11 +39,11 @@ def model(backend, hidden=H, d=D):
 def off():
     """np.empty each call: the threshold is read when a program is compiled (a model's calls
     compile theirs)."""
-    keep.KEEP_MIN_BYTES = 1 << 62
+    old, keep.KEEP_MIN_BYTES = keep.KEEP_MIN_BYTES, 1 << 62
     try:
         yield
     finally:
-        keep.KEEP_MIN_BYTES = 0
+        keep.KEEP_MIN_BYTES = old  # (not 0: every later model of the worker would keep all)
 
 
 def step(m, x, g):

@@ -6,15 +6,11 @@ is made per call (it was: LSTM 2.33x -> 1.71x, GRU 2.01x -> 1.29x the BPTT minim
 (50, 32, 256) f32). Structure, equivalence (float64, 1e-12: the unsplit run, the NumPy
 backend, the NumPy equations), the report against tracemalloc."""
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from lend_check import fresh_loop_peak
 
 from tapernn import PlanOptions, nn
 from tapernn.backends import packed
@@ -121,44 +117,9 @@ def test_the_halves_late_copies_are_the_full_runners_rows_apart():
             assert not np.shares_memory(a, b)
 
 
-_PEAK_SCRIPT = """
-import json, sys
-import numpy as np
-from tapernn import PlanOptions, nn
-from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
-from tapernn.nn.runtime import runtime_of
-from tapernn.scan_split import SplitRunner
-B, H = {B}, {H}
-rng = np.random.default_rng(0)
-x = rng.standard_normal((24, B, H)).astype(np.float32)
-g = rng.standard_normal((24, B, H)).astype(np.float32)
-seq = nn.{make}.astype("float32")
-seq.set_plan_options(PlanOptions(backend="numba", layout="batch", **{split!r}))
-real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
-program = runtime_of(seq).last.training_pair.last_backward.program
-runners = [v for v in program.fn.__kwdefaults__.values() if isinstance(v, SplitRunner)]
-print(json.dumps([real, seq.compile_report().peak_bytes, [r.split_calls for r in runners]]))
-"""
-
-
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_the_split_loops_report_is_within_10_percent_of_its_tracemalloc_peak(cell):
-    # in a fresh interpreter: tracemalloc traces every thread and object of the process, and
-    # a cold-cache CI worker's earlier tests left 1.5 MB of it in this model's measured steps
-    # (stop 30; not reproduced alone, with a cold cache, or after the neighbouring files)
-    make = f"Sequencer(nn.{cell}({H}, {H}))"
-    code = _PEAK_SCRIPT.format(B=B, H=H, make=make, split=SPLIT)
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    real, report, split_calls = json.loads(done.stdout.strip().splitlines()[-1])
+    # (in a fresh interpreter: lend_check.fresh_loop_peak)
+    real, report, calls = fresh_loop_peak(f"Sequencer(nn.{cell}({H}, {H}))", 24, B, H, SPLIT)
     assert abs(real - report) <= 0.1 * report, (real, report)
-    assert split_calls and all(c > 0 for c in split_calls), split_calls
+    assert calls["backward"] and all(c > 0 for c in calls["backward"]), calls
