@@ -18,6 +18,7 @@ from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
 from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
 from .state_grads import watch_positions as _watch_positions
+from .steady_fields import Restore, _deferred, _forget, _release, _state_checks, _write_back
 from .write_plan import Pending
 
 
@@ -60,15 +61,19 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         "        return rt.slow_forward((x,))",
     ]
     cleared: dict[int, str] = {}  # id(a module's fields) -> the flag: a forget cleared them
+    # a cell's per-step fields the write-back below sets whole: the forget's and the release's
+    # clearing of them is done only where the call does not reach it (`restore`)
+    deferred, restore = _deferred(steady), Restore()
     for hook in steady.hooks:
         plan = getattr(hook, "plan", None)
         if plan is None:
             lines.append(f"    {bind(hook, 'hook')}()")
             continue
         flag = f"forgot{len(cleared)}"
-        lines += _forget(plan, bind, flag)
+        lines += _forget(plan, bind, flag, deferred, restore)
         cleared.update((id(fields), flag) for fields, _ in plan[2])
-    lines += _state_checks(steady, bind)
+    lines += _state_checks(steady, bind, restore)
+    start = len(lines)
     lines.append("    rt.last = exe")
     starts = []
     for m in steady.recurrent:
@@ -81,7 +86,7 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
     for k, binder in steady.dynamic:  # dropout masks drawn, states read, per call
         args[k] = f"{bind(binder, 'bind')}(leaves)"
     lines.append(f"    args = [{', '.join(args)}]")
-    lines += _release(steady, bind, cleared)
+    lines += _release(steady, bind, cleared, deferred, restore)
     prog = steady.program.program
     if getattr(prog, "scratch_slots", None) or getattr(prog, "loop_scratch", None):
         # (Packing.scratch_into)
@@ -110,6 +115,7 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         ]
     lines.append("    record.starts = starts")
     lines += _write_back(steady, bind)
+    lines[start:] = restore.around(lines[start:])
     lines += [
         "    rt.history = [record]",
         "    output = outs[0]",
@@ -208,47 +214,6 @@ def _stamper(fields: dict) -> Callable:
     return stamped
 
 
-def _forget(plan: tuple, bind: Callable, flag: str) -> list[str]:
-    """A Sequencer's planned forget hook (nn.sequencer.planned_forget) spelled out; `flag`
-    says whether it forgot (the release need not clear those fields again)."""
-    seq, every, cells, covered = plan
-    s = bind(seq, "seq")
-    if getattr(type(seq).remembers, "plain", False):  # (Sequencer's, inlined)
-        lines = [
-            f"    mode = {s}.remember_mode",
-            f'    if (mode == "both" or (mode == "train" and {s}.is_training)',
-            f'            or (mode == "eval" and not {s}.is_training)):',
-        ]
-    else:
-        lines = [f"    if {s}.remembers():"]
-    lines.append(f"        {flag} = False")
-    for fields in covered:
-        f = bind(fields, "f")
-        lines += [
-            f'        if callable({f}["_grad_hidden"]):',
-            f'            {f}["_grad_hidden"] = {{}}',
-        ]
-    lines += ["    else:", f"        {flag} = True"]
-    for fields in every:  # Module._clear_memory
-        lines += [
-            f'        r = {bind(fields, "f")}.get("_runtime")',
-            "        if r is not None:",
-            "            r.history = []",
-            "            r.dropped = 0",
-        ]
-    for fields, names in cells:  # AbstractRecurrent._clear_memory(keep_initial=True)
-        f = bind(fields, "f")
-        states = ", ".join(f"{name!r}: []" for name in names)
-        lines += [
-            f'        {f}["_state"] = None',
-            f'        {f}["outputs"], {f}["inputs"] = [], []',
-            f'        {f}["states"] = {{{states}}}',
-            f'        {f}["_n_steps"] = 0',
-            f'        {f}["_grad_hidden"] = {{}}',
-        ]
-    return lines
-
-
 def _call(result: str, program: str, args: str, private: str, steady: Any, ns: dict) -> list[str]:
     """`result = steady._run(program, args, private)`, its common case inline: while the
     program's fn and run are the ones steady._run last saw (it keeps them in `ns`, this
@@ -265,88 +230,6 @@ def _call(result: str, program: str, args: str, private: str, steady: Any, ns: d
         "    else:",
         f"        {result} = run({program}, {args}, {private})",
     ]
-
-
-def _state_checks(steady: Any, bind: Callable) -> list[str]:
-    """The initial states' kinds as planned (_state_signature; inlined for the built-in kind
-    with no initial state), else the general path (the hooks already run)."""
-    lines = []
-    for m, signature, none in steady.stateful:
-        if none:
-            f = bind(m.__dict__, "f")
-            test = (
-                f'{f}["_state"] is not None or {f}["_user_initial"] is not None'
-                f' or {f}["_mask_zero"] != {bind(signature[2], "z")}'
-            )
-        else:
-            test = f"state_signature({bind(m, 'm')}) != {bind(signature, 'sig')}"
-        lines += [f"    if {test}:", "        return rt.slow_forward((x,), hooks_done=True)"]
-    return lines
-
-
-def _release(steady: Any, bind: Callable, cleared: dict) -> list[str]:
-    """Runtime._release_previous for this program (per-step fields a forget just cleared
-    (`cleared`: their flag) are not cleared again)."""
-    lines = ["    rt.history = []", '    rf["output"] = rf["grad_input"] = None']
-    for fields, output, names in steady.release:
-        f = bind(fields, "f")
-        if output:
-            lines.append(f'    {f}["output"] = None')
-        if names is not None:
-            states = ", ".join(f"{name!r}: []" for name in names)
-            clear = [f'{f}["outputs"], {f}["inputs"] = [], []', f'{f}["states"] = {{{states}}}']
-            flag = cleared.get(id(fields))
-            if flag is None:
-                lines += ["    " + line for line in clear]
-            else:
-                lines += [f"    if not {flag}:"] + ["        " + line for line in clear]
-    return lines
-
-
-def _write_back(steady: Any, bind: Callable) -> list[str]:
-    """Runtime._write_back of a Sequencer call from the plan steady._fields_plan made (final
-    states, `output` fields, per-step fields made when first read), or the general one."""
-    if steady.fields is None:
-        return ["    rt._write_back(exe, record, False)"]
-    finals, outputs, pending = steady.fields
-    lines = []
-    for m, positions in finals:
-        names = []
-        for k in positions:  # (runtime._own: a view of a slab is copied)
-            s = f"s{k}"
-            lines += [
-                f"    {s} = outs[{k}]",
-                f"    b = {s}.base",
-                f"    if b is not None and b.nbytes > {s}.nbytes:",
-                f"        {s} = {s}.copy()",
-            ]
-            names.append(s)
-        state = f"({', '.join(names)},)"
-        if getattr(type(m)._store_state, "plain", False):  # (AbstractRecurrent's, inlined)
-            lines.append(f'    {bind(m.__dict__, "f")}["_state"] = {state}')
-        else:
-            lines.append(f"    {bind(m, 'm')}._store_state({state})")
-    for m, pos in outputs:
-        lines.append(f'    {bind(m.__dict__, "f")}["output"] = outs[{pos}]')
-    for m, steps in pending:
-        plan = bind(steps, "steps")
-        if getattr(Pending.__init__, "plain", False):  # (inlined: no __init__ frame)
-            lines += [
-                "    pending = new_record(Pending)",
-                f"    pending.outs, pending.plan = outs, {plan}",
-            ]
-        else:
-            lines.append(f"    pending = Pending(outs, {plan})")
-        if getattr(type(m)._write_pending, "plain", False):  # (AbstractRecurrent's, inlined)
-            f = bind(m.__dict__, "f")
-            lines += [
-                f'    {f}["_grad_hidden"] = {{}}',
-                f'    {f}["outputs"] = {f}["inputs"] = {f}["states"] = pending',
-                f'    {f}["_n_steps"] = {steps[3]}',
-            ]
-        else:
-            lines.append(f"    {bind(m, 'm')}._write_pending(pending, {steps[3]})")
-    return lines
 
 
 def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
@@ -418,6 +301,10 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
     lines += ["        compute_into(full, 1, saved)"] if into else []
     lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
     lines += ["        release(full)"] if into else []
+    if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room: fixed
+        r = pair.tap_room(ns["full"])  # per program, so the full backward's is spelled out)
+        room = "None" if r is None else f"room_view(saved[{r[0]}], {r[1]})"
+        lines.append(f"        room = {room}")
     lines += [
         "    else:",
         "        program = pair.last_backward = pair.backward_program(1)",
@@ -426,10 +313,10 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        grads = run(program, saved, without_dx)",
         "        release(program)",
     ]
-    if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room)
+    if steady.cut_modules:
         lines += [
-            "    r = pair.tap_room(pair.last_backward)",
-            "    room = None if r is None else room_view(saved[r[0]], r[1])",
+            "        r = pair.tap_room(program)",
+            "        room = None if r is None else room_view(saved[r[0]], r[1])",
         ]
     lines += [
         "    del saved",
@@ -448,7 +335,15 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
             f"        g += grads[first + {k}]",
         ]
     for j, group in enumerate(steady.groups):
-        lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {n_loose + j}])")
+        k = n_loose + j
+        if group.block.intact:  # (Group.accumulate's case inlined: a member rebound since
+            lines += [  # bumps VERSION, so the block is still intact when this runs)
+                f"    g = {bind(group.block.grad, 'grad')}",
+                f"    if grads[first + {k}] is not g:",
+                f"        g += grads[first + {k}]",
+            ]
+        else:
+            lines.append(f"    {bind(group, 'group')}.accumulate(grads[first + {k}])")
     lines += [
         "    grad_input = grads[0] if need_grad_input else None",
         "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
@@ -487,14 +382,20 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "    if need_grad_input is not True and need_grad_input is not False:",
         "        return MISS",
     ]
+    assert lines[1:5] == [  # (the entry reads the one record once: its owner checked here)
+        "    history = rt.history",
+        "    if len(history) != 1:",
+        "        return MISS",
+        "    record = history[0]",
+    ]
     checks = [  # (check_backward_pairing: another thread's forward raises there)
-        "    if rt.history:",
-        '        owner = getattr(rt.history[-1], "thread", None)',
-        "        if owner is not None and owner != get_ident():",
-        "            return MISS",
+        '    owner = getattr(record, "thread", None)',
+        "    if owner is not None and owner != get_ident():",
+        "        return MISS",
         "    if rt.steady is not steady:",  # (replaced while this call waited for the lock)
         "        return MISS",
     ]
     head = "def backward(input, grad_output, need_grad_input=True):"
-    entry = _defined(_locked(head, first, checks + lines[1:]), ns, "backward", "entry")
+    body = lines[1:5] + checks + lines[5:]
+    entry = _defined(_locked(head, first, body), ns, "backward", "entry")
     return backward, entry
