@@ -9,13 +9,8 @@ Run: PYTHONPATH=$PWD python tools/ab_256.py --configs 32,50,256 32,50,512 --reps
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -72,55 +67,10 @@ def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["32,50,256"])
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=5)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--cell", default="FastLSTM", help="FastLSTM, LSTM or GRU (torch: nn.LSTM)")
-    args = ap.parse_args()
-    print(f"load {os.getloadavg()}")
-    for text in args.configs:
-        B, T, H = (int(v) for v in text.split(","))
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((T, B, H)).astype(args.dtype)
-        g = rng.standard_normal((T, B, H)).astype(args.dtype)
-        arms, models = {}, {}
-        for mode in ("old", "new"):
-            arms[mode], models[mode] = tn_step(B, T, H, args.dtype, x, g, mode, args.cell)
-        if not args.no_torch:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from proto_own import torch_step
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ab_loop  # (its rounds, rests and table: only the arms' steps are this file's)
 
-            arms["torch"] = torch_step(
-                B, T, H, "float32", x.astype(np.float32), g.astype(np.float32)
-            )
-        for f in arms.values():
-            for _ in range(5):
-                f()
-        same = all(
-            np.array_equal(p.grad, q.grad)
-            for p, q in zip(models["old"].parameters(), models["new"].parameters())
-        )
-        print(f"old and new gradients bit-identical: {same}")
-        res = {k: ([], []) for k in arms}
-        for _ in range(args.reps):
-            for k, f in arms.items():
-                time.sleep(0.1)
-                c, t = time.process_time(), time.perf_counter()
-                for _ in range(args.batch):
-                    f()
-                res[k][0].append((time.perf_counter() - t) / args.batch)
-                res[k][1].append((time.process_time() - c) / args.batch)
-        base = np.median(res["torch"][0]) if "torch" in res else None
-        for k, (w, pcpu) in res.items():
-            r = f" = {np.median(w) / base:.3f}x torch" if base else ""
-            print(
-                f"({B},{T},{H}) {args.cell} {args.dtype} {k:6s} wall {np.median(w) * 1e3:7.2f} ms"
-                f" (best {min(w) * 1e3:7.2f}), process CPU {np.median(pcpu) * 1e3:6.2f}{r}"
-            )
-        print(f"load {os.getloadavg()}", flush=True)
+    ab_loop.main(tn_step)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,10 @@ def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
     return step, seq
 
 
-def main():
+def main(make_step=None):
+    """The A/B; `make_step` (default tn_step) builds each arm's step: (step, model) from
+    (B, T, H, dtype, x, g, mode, cell), mode "old" or "new" (tools/ab_256.py passes its own)."""
+    make_step = make_step or tn_step
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", nargs="+", default=["32,50,256"])
     ap.add_argument("--reps", type=int, default=15)
@@ -53,7 +56,7 @@ def main():
         g = rng.standard_normal((T, B, H)).astype(args.dtype)
         arms, models = {}, {}
         for mode in ("old", "new"):
-            arms[mode], models[mode] = tn_step(B, T, H, args.dtype, x, g, mode, args.cell)
+            arms[mode], models[mode] = make_step(B, T, H, args.dtype, x, g, mode, args.cell)
         if not args.no_torch:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from proto_own import torch_step
