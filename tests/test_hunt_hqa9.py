@@ -205,26 +205,10 @@ def test_a_second_ctrl_c_during_the_interrupted_runs_save_still_saves(
     from tapernn.apps import trainer as trainer_module
     from tapernn.apps.checkpoint import load_checkpoint
     from tapernn.apps.train import main
+    from test_train import word_text
 
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "while",
-        "cats",
-        "sit",
-        "on",
-        "mats",
-    ]
-    rnd = np.random.default_rng(0)
     text = tmp_path / "t.txt"
-    text.write_text("\n".join(" ".join(rnd.choice(words, 8)) for _ in range(300)))
+    text.write_text(word_text(300))
     real_step, real_save = trainer_module.CharLM.train_step, trainer_module.save_checkpoint
     steps = []
 
