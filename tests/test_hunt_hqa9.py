@@ -202,10 +202,11 @@ def test_a_second_ctrl_c_during_the_interrupted_runs_save_still_saves(
 ):
     import signal
 
+    from test_train import word_text
+
     from tapernn.apps import trainer as trainer_module
     from tapernn.apps.checkpoint import load_checkpoint
     from tapernn.apps.train import main
-    from test_train import word_text
 
     text = tmp_path / "t.txt"
     text.write_text(word_text(300))
