@@ -155,6 +155,11 @@ def test_backends_side_by_side(bench, capsys):
     out = capsys.readouterr().out
     assert "tn FastLSTM [numpy]" in out and "tn FastLSTM [numba]" in out
     assert "tn GRU" not in out and "error:" not in out
+    # the loop peaks are measured per backend too, each program against its own report
+    loop = out[out.index("tapernn loop peak KiB") :].splitlines()
+    for name in ("FastLSTM [numpy]", "FastLSTM [numba]", "FastLSTM rolled [numba]"):
+        rows = [line for line in loop if line.strip().startswith(name + " (tracemalloc)")]
+        assert len(rows) == 1, (name, loop)
 
 
 def test_blocks_alternate_contenders_with_one_rest_per_library_hand_over(bench, monkeypatch):

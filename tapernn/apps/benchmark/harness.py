@@ -260,13 +260,12 @@ def report_config(B, T, D, H, dtype, args) -> None:
         f"minimum {minimum / scale:.2f} {unit} (max(T*B*5H, P+T*B*D)*itemsize, P = parameters; "
         "per cell below)"
     )
-    for row in memory_rows(
-        B, T, D, H, dtype, workspace, args.cells, getattr(args, "backends", None) or (None,)
-    ):
+    backends = getattr(args, "backends", None) or (None,)
+    for row in memory_rows(B, T, D, H, dtype, workspace, args.cells, backends):
         print(row)
     from .memory import measured_rows
 
-    for row in measured_rows(B, T, D, H, dtype, args.peers, args.cells):
+    for row in measured_rows(B, T, D, H, dtype, args.peers, args.cells, backends):
         print(row)
 
 

@@ -5,6 +5,7 @@ minimum and with the compile report's number (`memory` table of tools/bench.py).
 from __future__ import annotations
 
 import gc
+import itertools
 import tracemalloc
 from collections.abc import Callable
 
@@ -18,10 +19,11 @@ def _array_bytes(snapshot: tracemalloc.Snapshot) -> int:
     return sum(t.size for t in arrays.traces)
 
 
-def loop_peak_bytes(step: Callable[[], object], warmup: int = 2, steps: int = 3) -> int:
+def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3) -> int:
     """Most bytes a steady training loop holds at once beyond what existed before its first
     step (the model's parameters and gradients, the data, the optimiser): `step` is run
-    `warmup` times (compiling), and on while a layout re-check is not settled (the model
+    `warmup` times (compiling; a numba program's kernel is switched to at its second call and
+    the steady path's scratch runner is built at the call after: 3 by default), and on while a layout re-check is not settled (the model
     holds both layouts' programs until then: nn/layout_recheck), then `steps` times while
     tracemalloc records the peak.
 
@@ -126,11 +128,21 @@ def torch_loop_peak_bytes(
 
 
 def measured_rows(
-    B: int, T: int, D: int, H: int, dtype, peers: bool, cells: list[str] | None = None
+    B: int,
+    T: int,
+    D: int,
+    H: int,
+    dtype,
+    peers: bool,
+    cells: list[str] | None = None,
+    backends: tuple = (None,),
 ) -> list[str]:
-    """The measured table: per tapernn cell (a fresh Sequencer, so its compilation counts; for
-    FastLSTM also rolled, `unroll=False`) the steady loop's tracemalloc peak, the compile report's number for it and their ratio, against
-    the BPTT minimum T*B*5H*itemsize; with `peers`, PyTorch nn.LSTM's loop peak."""
+    """The measured table: per tapernn cell and backend (None: the current one; a name is shown
+    in the label, as in the timing rows) a fresh Sequencer (its compilation counts; for FastLSTM
+    also rolled, `unroll=False`): the steady loop's tracemalloc peak, the compile report's
+    number for it and their ratio, against the BPTT minimum T*B*5H*itemsize; with `peers`,
+    PyTorch nn.LSTM's loop peak. (A named backend measures that backend's program: under
+    "auto" a small program runs NumPy's for its first calls, while its report is numba's.)"""
     from .reference import min_saved_bytes
     from .timing import tapernn_factories
 
@@ -148,12 +160,15 @@ def measured_rows(
     for label, (factory, _) in ({} if isinstance(factories, str) else factories).items():
         if factory is None or (cells and label not in cells):
             continue
-        from tapernn import nn
+        from tapernn import PlanOptions, nn
 
         # the default program, then (FastLSTM) the other one: rolled below 129 steps
         programs = [(label, None)] + ([(label + " rolled", False)] if label == "FastLSTM" else [])
-        for name, unroll in programs:
+        for (name, unroll), backend in itertools.product(programs, backends):
             seq = nn.Sequencer(factory(D, H), unroll=unroll).astype(dtype)
+            if backend:
+                seq.set_plan_options(PlanOptions(backend=backend))
+                name += f" [{backend}]"
             real = loop_peak_bytes(tapernn_loop_step(seq, x, g))
             report = seq.compile_report().peak_bytes
             rows.append(
