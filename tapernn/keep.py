@@ -36,7 +36,6 @@ import numpy as np
 # glibc serves blocks from 128 KiB up to a threshold that grows to 32 MiB by mmap; NumPy madvises
 # huge pages from 4 MiB
 KEEP_MIN_BYTES = 1 << 20
-_HELD = 3  # sys.getrefcount of an array held only by a Keeper: the slot, the local, the argument
 
 
 class Keeper:
@@ -55,16 +54,25 @@ class Keeper:
 
     def __call__(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         for k in self.group:
-            if k is not self and k.array is not None and sys.getrefcount(k.array) == _HELD - 1:
+            if k is not self and k.free():
                 k.array = None
-        a = self.array
-        if a is not None and sys.getrefcount(a) == _HELD and a.shape == shape and a.dtype == dtype:
+        if self.free() and self.array.shape == shape and self.array.dtype == dtype:
             self.reused += 1
-            return a
-        a = self.array = None  # (the caller's array is theirs alone now)
+            return self.array
+        self.array = None  # (the caller's array is theirs alone now)
         a = self.array = np.empty(shape, dtype)
         self.made += 1
         return a
+
+    def refs(self) -> int:
+        """sys.getrefcount of the kept array, read the same way wherever it is compared with
+        _ALONE (the count when nothing but this Keeper holds it, measured at import: CPython
+        versions count the call's own references differently)."""
+        return sys.getrefcount(self.array)
+
+    def free(self) -> bool:
+        """Whether an array is kept and nothing else references it."""
+        return self.array is not None and KEEPING and self.refs() == _ALONE
 
     @property
     def nbytes(self) -> int:
@@ -99,10 +107,24 @@ def drop_free(group: list[Keeper], but: Iterable[Keeper] = ()) -> None:
     program's that np.empty would have had freed by then."""
     but = set(map(id, but))
     for k in group:
-        if id(k) not in but and k.array is not None and sys.getrefcount(k.array) == _HELD - 1:
+        if id(k) not in but and k.free():
             k.array = None
 
 
 def allocator(nbytes: int) -> Keeper | None:
     """A Keeper for a per-call array of `nbytes`, or None (np.empty each call)."""
     return Keeper() if nbytes >= KEEP_MIN_BYTES else None
+
+
+def _calibrate() -> tuple[int, bool]:
+    """(refs() of an array only a Keeper holds, whether one more reference raises it): the
+    reuse test relies on both; where the second fails (a Python whose getrefcount does not
+    see a caller's reference this way), nothing is kept (KEEPING False: np.empty each call)."""
+    k = Keeper()
+    k.array = np.empty(1)
+    alone = k.refs()
+    held = k.array  # noqa: F841 (a caller's reference)
+    return alone, k.refs() == alone + 1
+
+
+_ALONE, KEEPING = _calibrate()

@@ -75,6 +75,22 @@ def test_keeper_reuses_only_an_array_nothing_else_holds():
     assert k.nbytes == 0
 
 
+def test_a_python_that_counts_references_otherwise_keeps_nothing(monkeypatch):
+    """The reuse test compares refs() with the count measured at import, and keeps nothing
+    where one more reference does not raise it (a getrefcount that misses the caller's): the
+    caller's array is then never handed out again, whatever the count says."""
+    k = keep.Keeper()
+    f64 = np.dtype(np.float64)
+    a = k((3,), f64)
+    assert k.refs() == keep._ALONE + 1 and not k.free()  # (the caller's `a`)
+    del a
+    assert k.free() and keep.KEEPING
+    monkeypatch.setattr(keep, "KEEPING", False)
+    monkeypatch.setattr(keep, "_ALONE", k.refs() + 1)  # (as if a caller's reference were unseen)
+    held = k((3,), f64)
+    assert k((3,), f64) is not held and (k.made, k.reused) == (3, 0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_slab_is_the_same_array_step_after_step(backend, rng):
     x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
