@@ -309,12 +309,12 @@ class AbstractRecurrent(Module):
             raise StateError(f"{self.describe()}: no step {t}; {n} steps are recorded")
         k = t % n - (n - kept)  # (evaluation mode keeps the newest step only: outputs[0])
         if k < 0 or self.outputs[k] is None:
-            why = "evaluation mode keeps only the newest" if k < 0 else "max_bptt_step keeps "
-            raise StateError(
-                f"{self.describe()}: step {t} was dropped; {why}the last {self.rho} steps"
-                if k >= 0
-                else f"{self.describe()}: step {t} was dropped; {why} step ({n - 1})"
+            why = (
+                f"evaluation mode keeps only the newest step ({n - 1})"
+                if k < 0
+                else f"max_bptt_step keeps the last {self.rho} steps"
             )
+            raise StateError(f"{self.describe()}: step {t} was dropped; {why}")
         return tuple(self.states[name][k] for name in self.state_names)
 
     def set_initial_state(self, state: Any) -> AbstractRecurrent:
