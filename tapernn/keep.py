@@ -28,6 +28,7 @@ malloc (its free lists reuse them without faults)."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -36,6 +37,9 @@ import numpy as np
 # glibc serves blocks from 128 KiB up to a threshold that grows to 32 MiB by mmap; NumPy madvises
 # huge pages from 4 MiB
 KEEP_MIN_BYTES = 1 << 20
+# a reuse's test and its hand-out are one step for every Keeper: between a free() and the return,
+# another thread's call of the same program would take the same array
+_LOCK = threading.Lock()
 
 
 class Keeper:
@@ -53,16 +57,17 @@ class Keeper:
         self.group: list[Keeper] = []
 
     def __call__(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        for k in self.group:
-            if k is not self and k.free():
-                k.array = None
-        if self.free() and self.array.shape == shape and self.array.dtype == dtype:
-            self.reused += 1
-            return self.array
-        self.array = None  # (the caller's array is theirs alone now)
-        a = self.array = np.empty(shape, dtype)
-        self.made += 1
-        return a
+        with _LOCK:  # (two threads calling one program: the second sees the first's reference)
+            for k in self.group:
+                if k is not self and k.free():
+                    k.array = None
+            if self.free() and self.array.shape == shape and self.array.dtype == dtype:
+                self.reused += 1
+                return self.array
+            self.array = None  # (the caller's array is theirs alone now)
+            a = self.array = np.empty(shape, dtype)
+            self.made += 1
+            return a
 
     def refs(self) -> int:
         """sys.getrefcount of the kept array, read the same way wherever it is compared with
@@ -106,9 +111,10 @@ def drop_free(group: list[Keeper], but: Iterable[Keeper] = ()) -> None:
     programs (training and evaluation, another input shape) holds no array of the other
     program's that np.empty would have had freed by then."""
     but = set(map(id, but))
-    for k in group:
-        if id(k) not in but and k.free():
-            k.array = None
+    with _LOCK:
+        for k in group:
+            if id(k) not in but and k.free():
+                k.array = None
 
 
 def allocator(nbytes: int) -> Keeper | None:

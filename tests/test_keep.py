@@ -208,3 +208,34 @@ def test_a_call_drops_the_groups_other_free_arrays():
     a((3,), f64)
     keep.drop_free(group, [a])
     assert b.array is None and a.array is not None
+
+
+def test_two_threads_never_get_the_same_array(monkeypatch):
+    """A reuse's test and its hand-out are one step: a thread switch between them (forced here
+    by a sleep after the test) must not let another thread's call take the same array."""
+    import threading
+    import time
+
+    k = keep.Keeper()
+    f64 = np.dtype(np.float64)
+    del_me = k((8,), f64)  # (made; freed below: the next two calls compete for it)
+    del del_me
+    free = keep.Keeper.free
+
+    def slow_free(self):
+        out = free(self)
+        time.sleep(0.05)  # (the GIL goes to the other thread here)
+        return out
+
+    monkeypatch.setattr(keep.Keeper, "free", slow_free)
+    got = [None, None]
+
+    def call(i):
+        got[i] = k((8,), f64)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] is not got[1] and not np.shares_memory(got[0], got[1])
