@@ -108,34 +108,28 @@ def matmul(a, b, out=None):
     """np.matmul; inside an owned call a 2-D GEMM of >= MIN_FLOPS runs in two halves at once
     (the caller's thread and the worker), split along the larger of its output's sides (rows
     of a, or columns of b), each half written into its own slice of `out`."""
-    if not _state.depth or threading.get_ident() in worker_ident:
-        return np.matmul(a, b, out=out)
-    if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
-        return np.matmul(a, b, out=out)
-    m, k = a.shape
-    k2, n = b.shape
-    if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
-        return np.matmul(a, b, out=out)
-    if out is None:
-        out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
-    if _split(a, b, out, lambda a, b, o, c, k: _mm(a, b, o)):
-        return out
+    if _state.depth and threading.get_ident() not in worker_ident:
+        done = _split(a, b, out, _mm_half)
+        if done is not None:
+            return done
     return np.matmul(a, b, out=out)
 
 
-def _split(a, b, out, half) -> bool:
+def _split(a, b, out, half):
     """`half(a part, b part, out part, column slice, k)` (k: 0 here, 1 on the worker) at once
-    for the two halves of out = a @ b (2-D; rows of a, or columns of b); False (nothing run)
-    when the GEMM is too small or out does not fit."""
+    for the two halves of out = a @ b (2-D; rows of a, or columns of b; out None: made here):
+    out, or None (nothing run) when the GEMM is too small or out does not fit."""
     if getattr(a, "ndim", 0) != 2 or getattr(b, "ndim", 0) != 2:
-        return False
+        return None
     m, k = a.shape
     k2, n = b.shape
     if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
-        return False
-    if out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        return None
+    if out is None:
+        out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
+    elif out.shape != (m, n) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
         # (one half's output must not be the other half's input: np.matmul alone buffers)
-        return False
+        return None
     if m >= n:
         h = m - m // 2
         every = slice(None)
@@ -152,10 +146,14 @@ def _split(a, b, out, half) -> bool:
     finally:
         future.result()
     SPLIT_GEMMS[0] += 1
-    return True
+    return out
 
 
 def _mm(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+def _mm_half(a, b, out, columns, k):  # (_split's half of a plain GEMM)
     np.matmul(a, b, out=out)
 
 
@@ -178,8 +176,7 @@ def matmul_bias(a, b, bias, shape, out=None):
         and not np.may_share_memory(out, bias)
     ):
         row = bias.reshape(n)
-        done = _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c]))
-        if done:
+        if _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c])) is not None:
             return out
     r = matmul(a, b, out=out)
     y = r.reshape(shape)
@@ -199,17 +196,9 @@ def matmul_sum(a, b, x, axes, out=None):
     except (TypeError, ValueError):
         kept = False
     if (
-        kept
-        and _state.depth
-        and threading.get_ident() not in worker_ident
-        and x.dtype.kind == "f"
-        and getattr(a, "ndim", 0) == 2
-        and getattr(b, "ndim", 0) == 2
-        and a.shape[1] == b.shape[0]
-    ):
-        m, n, n2 = a.shape[0], b.shape[1], x.shape[-1]
-        if out is None and 2.0 * m * a.shape[1] * n >= MIN_FLOPS:
-            out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
+        kept and _state.depth and threading.get_ident() not in worker_ident and x.dtype.kind == "f"
+    ):  # (the GEMM's own conditions: _split's)
+        n2 = x.shape[-1]
         total = np.empty(n2, x.dtype)
         cut = n2 - n2 // 2
         cols = (slice(0, cut), slice(cut, n2))
@@ -219,8 +208,9 @@ def matmul_sum(a, b, x, axes, out=None):
             _mm(a, b, o)
             np.add.reduce(x[..., cols[k]], axis=ax, out=total[cols[k]])
 
-        if out is not None and not np.may_share_memory(total, x) and _split(a, b, out, half):
-            return out, total
+        done = _split(a, b, out, half)
+        if done is not None:
+            return done, total
     return matmul(a, b, out=out), np.add.reduce(x, axes, None, keepdims=False)
 
 
