@@ -100,8 +100,8 @@ class Module:
     def _adopt_dtype(self, child: Module) -> None:
         """A container built around converted modules (`Sequencer(LSTM(3, 4).float())`) computes
         in their dtype: it takes the child's while it holds no parameters of its own."""
-        mine, theirs = (any(m._params for m in t.modules()) for t in (self, child))
-        if child._dtype != self._dtype and theirs and not mine:
+        theirs = child._dtype != self._dtype and any(m._params for m in child.modules())
+        if theirs and not any(m._params for m in self.modules()):  # (each walk only if needed)
             for m in self.modules():
                 m._dtype = child._dtype
 
