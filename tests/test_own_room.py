@@ -236,3 +236,34 @@ def test_not_owned_programs_are_not_rewritten(rng):
         assert "np_matmul_room" not in m._runtime.last.training_pair.forward.program.source
     finally:
         tn.set_backend(before)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("kernel_now")
+def test_two_user_threads_share_the_worker(rng):
+    # (each caller's half waits for its own half on the one worker, which runs them in turn)
+    a = rng.standard_normal((70, 9)).astype(np.float32)
+    b = rng.standard_normal((9, 150)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    before = own_room.RAN[0]
+    errors = []
+
+    def user():
+        site = own_room.RoomGemm()
+        slab = np.zeros(70 * 150 + 3 * 9 * 64 + 64, np.float32)
+        out = slab[: 70 * 150].reshape(70, 150)
+        try:
+            for _ in range(20):
+                out[...] = np.nan
+                run_owned(lambda: site(a, b, None, None, slab, out=out))
+                np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=user) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads) and not errors
+    assert own_room.RAN[0] == before + 40
