@@ -23,7 +23,8 @@ slab (its h and c blocks) are. The bits differ from OpenBLAS's (another summatio
 fixed for a configuration: which call runs which path is fixed by the call count
 (background.py's protocol, as PackedSite), never by timing. Line for line (the program's line ->
 node map stays true). float32 only by default (`DTYPES`): at float64 the packed kernel ran the
-projection 2.6 % slower than OpenBLAS."""
+projection 2.6 % slower than OpenBLAS; and from a depth of MIN_DEPTH (at K = 256 packing the
+panels every call cost what the kernel saved: the (32, 50, 256) step is unchanged)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ from .backends import background, packed
 
 DTYPES = {np.dtype(np.float32)}  # (tests add float64)
 MIN_ROWS = 64  # rows of a below which OpenBLAS runs (too few row blocks to split)
+# depth (K: a's columns) below which OpenBLAS runs: at K = 256 the per-call pack of the panels
+# cost what the kernel saved ((32, 50, 256) f32 projections: FastLSTM -1 %, LSTM -1.7 %, GRU
+# +2.8 % process CPU of the line, load 15); at K = 512 the line took 12.6 % less (BENCHMARKS.md)
+MIN_DEPTH = 512
 MR = 4  # = packed_kernels.MR: the caller's half ends at a whole row block
 RAN = [0]  # GEMMs run packed with panels in a slab so far (tests: the path ran)
 FUSED = [0]  # lines rewritten so far
@@ -217,6 +222,7 @@ class RoomGemm:
             or out.dtype != dt
             or not (a.flags.c_contiguous and out.flags.c_contiguous)
             or m < MIN_ROWS
+            or k < MIN_DEPTH
             or 2.0 * m * k * n < own_threads.MIN_FLOPS
             or getattr(slab, "ndim", 0) != 1
             or slab.dtype != dt

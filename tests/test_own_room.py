@@ -92,6 +92,7 @@ def kernel_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
     monkeypatch.setattr(own_threads, "MIN_FLOPS", 0.0)
     monkeypatch.setattr(own_room, "MIN_ROWS", 8)
+    monkeypatch.setattr(own_room, "MIN_DEPTH", 1)
     monkeypatch.setattr(own_room, "DTYPES", {np.dtype(np.float32), np.dtype(np.float64)})
 
 
