@@ -92,8 +92,9 @@ def main():
                 arms["torch"]()
         ran = own_room.RAN[0]
         res = {k: {"step": [], "step cpu": [], "proj": [], "proj cpu": []} for k in arms}
-        for _ in range(args.reps):
-            for k, f in arms.items():
+        for r in range(args.reps):
+            order = list(arms.items())
+            for k, f in order if r % 2 == 0 else order[::-1]:  # (each arm first in half)
                 time.sleep(0.05)
                 SPENT.clear()
                 t, c = time.perf_counter(), time.process_time()
