@@ -4,7 +4,7 @@ the loop slab's unwritten bytes), optionally torch nn.LSTM f32 -- one process, i
 rounds with a rest before each arm; per step the wall and process CPU (both threads) of the
 whole step and of the projection's line alone; old and new gradients compared.
 
-Run: PYTHONPATH=$PWD python tools/ab_slab.py --configs 32,50,256 --reps 15 [--cell LSTM]
+Run: PYTHONPATH=$PWD python tools/ab_slab.py --configs 32,50,256 --reps 15 [--cell LSTM] [--min-depth 256]
 """
 
 from __future__ import annotations
@@ -69,7 +69,15 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--cell", default="FastLSTM")
     ap.add_argument("--torch", action="store_true")
+    ap.add_argument(
+        "--min-depth",
+        type=int,
+        default=None,
+        help="own_room.MIN_DEPTH (256: the 256 projection too)",
+    )
     args = ap.parse_args()
+    if args.min_depth is not None:
+        own_room.MIN_DEPTH = args.min_depth
     print(f"load {os.getloadavg()}")
     for text in args.configs:
         B, T, H = (int(v) for v in text.split(","))
