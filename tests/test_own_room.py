@@ -268,3 +268,23 @@ def test_two_user_threads_share_the_worker(rng):
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads) and not errors
     assert own_room.RAN[0] == before + 40
+
+
+@needs_kernel
+@pytest.mark.usefixtures("kernel_now")
+@pytest.mark.parametrize("name", ["gru", "lstm", "fastlstm"])
+def test_lengths_remembered_across_chunks_with_the_panels_in_the_slab(name, rng):
+    # (test_own_threads' chunks of `lengths=` batches, states remembered between calls, against
+    # the unowned model and the equations -- here with the projections packed: the panels in
+    # the slab must not reach a later call's state)
+    import test_own_threads
+
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    try:
+        ran = own_room.RAN[0]
+        test_own_threads.test_lengths_remembered_across_chunks(name, rng)
+        assert own_room.RAN[0] > ran
+    finally:
+        tn.set_backend(before)
+        tn.set_blas_threads("auto")
