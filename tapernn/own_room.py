@@ -47,6 +47,7 @@ MIN_ROWS = 64  # rows of a below which OpenBLAS runs (too few row blocks to spli
 MIN_DEPTH = 512
 MR = 4  # = packed_kernels.MR: the caller's half ends at a whole row block
 RAN = [0]  # GEMMs run packed with panels in a slab so far (tests: the path ran)
+POISON = [False]  # (tests) fill the slab outside O with NaN first: nothing may read it later
 FUSED = [0]  # lines rewritten so far
 
 _HEAD = re.compile(r"^def (\w+)\((.*), \*, (.*)\):$")
@@ -138,6 +139,12 @@ def _fallback(a, b, bias, shape, out):
     if bias is None:
         return own_threads.matmul(a, b, out=out)
     return own_threads.matmul_bias(a, b, bias, shape, out=out)
+
+
+def _poison(slab: np.ndarray, out: np.ndarray) -> None:
+    lo = (_address(out) - _address(slab)) // slab.dtype.itemsize
+    slab[:lo] = np.nan
+    slab[lo + out.size :] = np.nan
 
 
 def _address(x: np.ndarray) -> int:
@@ -242,6 +249,8 @@ class RoomGemm:
         if npan < 2:
             return None
         panels = flat.reshape(npan, k, nr)
+        if POISON[0]:
+            _poison(slab, out)
         if any(np.may_share_memory(panels, v) for v in (a, b, row) if v is not None):
             return None
         if any(np.may_share_memory(out, v) for v in (a, b, row) if v is not None):
