@@ -249,14 +249,16 @@ class RoomGemm:
         if npan < 2:
             return None
         panels = flat.reshape(npan, k, nr)
-        if POISON[0]:
-            _poison(slab, out)
         if any(np.may_share_memory(panels, v) for v in (a, b, row) if v is not None):
             return None
         if any(np.may_share_memory(out, v) for v in (a, b, row) if v is not None):
             return None
+        if POISON[0] and not any(
+            np.may_share_memory(slab, v) for v in (a, b, row) if v is not None
+        ):
+            _poison(slab, out)
         kernel = self.kernel
-        h = -(-(m - m // 2) // MR) * MR
+        h = min(m, -(-(m - m // 2) // MR) * MR)
         cut = npan // 2
         barrier = threading.Barrier(2)
 
