@@ -222,10 +222,16 @@ def test_state_gradients_after_a_change_are_the_backwards_or_state_error(
         assert any(any(r) for r in raised.values())
 
 
-@pytest.mark.parametrize("kind", ["n", "z"])
-@pytest.mark.parametrize("layout", ["plain", "remember"])
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("cell", list(CELLS))
+HELD = [  # (the kinds on the NumPy backend: which kind checks is the backend's choice neither)
+    (cell, backend, layout, kind)
+    for cell in CELLS
+    for layout in ("plain", "remember")
+    for backend, kind in (("numpy", "n"), ("numpy", "z"), ("numba", "n"))
+    if backend == "numpy" or cell == "FastLSTM"
+]
+
+
+@pytest.mark.parametrize(("cell", "backend", "layout", "kind"), HELD)
 def test_held_input_and_output_gradient_changed_raise(
     monkeypatch, refs, kind, cell, backend, layout
 ):
