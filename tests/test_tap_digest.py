@@ -114,6 +114,16 @@ def test_unaligned_data_takes_zlib():
     assert fp[3] == "z" and unchanged(a, fp)
 
 
+def test_read_only_data_takes_zlib():
+    """(the kernel's one signature is of writeable words: no second compile in the call)"""
+    fn = _loaded()
+    a = np.random.default_rng(4).standard_normal(16)
+    a.flags.writeable = False
+    fp = fingerprint(a)
+    assert fp[3] == "z" and unchanged(a, fp)
+    assert len(fn.signatures) == 1
+
+
 def test_a_numpy_only_process_does_not_import_numba():
     code = (
         "import sys, numpy as np\n"

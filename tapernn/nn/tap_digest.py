@@ -67,12 +67,13 @@ def kernel():
 
 def fingerprint(a: np.ndarray, kind: str | None = None) -> tuple:
     """(address, shape, dtype, kind, digest...) of a C-contiguous `a` (module docstring);
-    `kind` None: "n" when the numba kernel is loaded and `a`'s data is 8-byte aligned, else
-    "z"."""
+    `kind` None: "n" when the numba kernel is loaded and `a`'s data is 8-byte aligned and
+    writeable (the kernel's one compiled signature), else "z"."""
     raw = a.reshape(-1).view(np.uint8)
     address = a.__array_interface__["data"][0]
     if kind is None:
-        kind = "n" if address % 8 == 0 and kernel() is not None else "z"
+        usual = address % 8 == 0 and raw.flags.writeable
+        kind = "n" if usual and kernel() is not None else "z"
     where = (address, a.shape, a.dtype.str, kind)
     if kind == "n":
         n8 = raw.nbytes - raw.nbytes % 8
