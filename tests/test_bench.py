@@ -128,7 +128,7 @@ def test_peer_rests_once_per_side_switch_and_shows_progress(bench, monkeypatch):
     ]
     bench.time_interleaved(contenders, budget_s=0.01, min_reps=40, max_reps=40, progress=True)
     assert [len(c.times) for c in contenders] == [40, 40, 40]
-    sides = [s == "peer" for s in order[4:]]  # from the last warm-up call (two per contender)
+    sides = [s == "peer" for s in order[8:]]  # from the last warm-up call (three per contender)
     switches = sum(x != y for x, y in itertools.pairwise(sides))
     assert 1 <= len(rests) == switches <= bench.PEER_BLOCKS  # was a rest at each of ~80 switches
     assert sum(ticks) == 120  # the progress bar: one tick per timed run
@@ -221,7 +221,7 @@ def test_every_hand_over_between_thread_pools_rests(bench, monkeypatch, timer):
     ]
     if timer == "interleaved":
         bench.time_interleaved(contenders, budget_s=0.01, min_reps=12, max_reps=12)
-        timed = events[6:]  # (after the warm-up: two calls per contender)
+        timed = events[9:]  # (after the warm-up: three calls per contender)
     else:
         timing.time_blocks(contenders, budget_s=0.0)
         timed = events[3:]  # (after the sizing calls)

@@ -244,3 +244,49 @@ def test_loops_with_several_lent_panels(cell, rng):
         got.append(out)
     tn.set_backend("numba")
     equal(got[0], got[1], exact=False)
+
+
+def test_a_call_never_waits_for_the_step_loops_compile(rng, monkeypatch):
+    """The step loops run the same kernels in the same order as the Python halves, so the
+    switch is not tied to a call number: while their compile is pending, calls run the Python
+    halves instead of waiting (a cold kernel cache made the third call of a (32, 50, 256)
+    FastLSTM wait ~11 s). The compile is held here until the test releases it."""
+    from tapernn.backends import background
+
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    held, request = [], background.request
+
+    def hold(handle, key):
+        if not isinstance(handle, step_loop.StepLoop):
+            return request(handle, key)
+        held.append((handle, key, background.threading.Event()))
+        return held[-1][2]
+
+    monkeypatch.setattr(background, "request", hold)
+    make, *_, H = CELLS["fastlstm"]
+    x, g = rng.standard_normal((T, 17, D)), rng.standard_normal((T, 17, H))
+    a, b = model(make, True), model(make, False)
+
+    def call():
+        done = []
+        worker = background.threading.Thread(target=lambda: done.append(train(a, x, g)))
+        worker.start()
+        worker.join(120)
+        if worker.is_alive():  # (the old switch: waits for the held compile)
+            for *_, event in held:
+                event.set()
+            worker.join()
+            pytest.fail("a call waited for the step loops' compile")
+        return done[0]
+
+    before = ran()
+    for _ in range(4):
+        equal(call(), train(b, x, g))
+    assert held and ran() == before  # asked for, not run: the Python halves ran
+    for handle, key, event in held:
+        handle.prepare(key)
+        event.set()
+    got = call()
+    assert ran() - before == 4  # now both loops' halves, one numba call each
+    equal(got, train(b, x, g))
+    assert translated(a) == 2, notes(a)

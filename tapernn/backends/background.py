@@ -221,7 +221,10 @@ class Site:
 _jobs: queue.Queue = queue.Queue()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
-_requests: dict[tuple[int, tuple], tuple[Any, threading.Event]] = {}
+# (id(handle), types) -> (a weak reference to the handle, its event): the entry goes when the
+# handle does (a program's step loop holds the program's arrays: kept here, every model a
+# process ever ran stayed in memory), before its id can name another handle
+_requests: dict[tuple[int, tuple], tuple[Callable[[], Any], threading.Event]] = {}
 
 
 def request(handle: Any, key: tuple) -> threading.Event:
@@ -234,10 +237,19 @@ def request(handle: Any, key: tuple) -> threading.Event:
         if known is not None:
             return known[1]
         event = threading.Event()
-        _requests[ident] = (handle, event)
+        _requests[ident] = (_weak(handle, ident), event)
         _jobs.put((handle, key, event))
         _ensure_worker()
         return event
+
+
+def _weak(handle: Any, ident: tuple) -> Callable[[], Any]:
+    """A weak reference to `handle` whose death drops its _requests entry (a strong one when
+    `handle` takes no weak references)."""
+    try:
+        return weakref.ref(handle, lambda _: _requests.pop(ident, None))
+    except TypeError:
+        return lambda: handle
 
 
 def request_planned(handle: Any) -> None:
@@ -289,15 +301,17 @@ def _work() -> None:
             else:
                 handle.prepare(key)  # on failure the handle keeps why; its sites stay on NumPy
         finally:
+            handle = key = None  # (not held once its waiters go on, nor while the next is awaited)
             event.set()
             _jobs.task_done()
+            event = None
 
 
 def wait(timeout: float | None = None) -> bool:
     """Block until every requested kernel is ready (True), or `timeout` seconds have passed
     (False)."""
     with _start_lock:
-        events = [e for _, e in _requests.values()]
+        events = [e for _, e in _requests.copy().values()]  # (a dying handle pops its entry)
     deadline = None if timeout is None else time.monotonic() + timeout
     for event in events:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -310,8 +324,9 @@ def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
     global _jobs, _worker, _start_lock
     _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
-    for (_, key), (handle, event) in list(_requests.items()):
-        if not event.is_set():
+    for (_, key), (ref, event) in _requests.copy().items():
+        handle = ref()
+        if handle is not None and not event.is_set():
             _jobs.put((handle, key, event))
     if _jobs.qsize():
         _ensure_worker()

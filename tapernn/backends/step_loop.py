@@ -269,8 +269,9 @@ class _Bound:
 class Halves:
     """Both halves' StepLoops of a split loop, and when they take over: the first split call
     asks for the compile (in the background, unless that is off: then now) and runs the Python
-    loops; from the second on, the numba loops (after waiting for the compile), or the Python
-    ones for good if it failed (`error`)."""
+    loops; from the second on, the numba loops once the compile is done (never waited for:
+    both run the same kernels in the same order, so the switch point does not change a bit),
+    or the Python ones for good if it failed (`error`)."""
 
     def __init__(self, loops: list[StepLoop]):
         self.loops = loops
@@ -309,7 +310,8 @@ class Halves:
                 return None
             a.prepare(key)
         elif self.ready is not None:
-            self.ready.wait()
+            if not self.ready.is_set():
+                return None  # still compiling: the Python halves run (the same bits)
             self.ready = None
         # (b's argument types read once: typeof of its ~25 arguments cost ~0.1 ms a call)
         if not a.has() or not (b.has() or b.prepare(b.key(args1))):

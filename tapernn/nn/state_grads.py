@@ -4,7 +4,6 @@ replacing it, and `get_grad_hidden_state(t)` reading it, stepped by hand or in a
 
 from __future__ import annotations
 
-import zlib
 from functools import partial
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
+from .tap_digest import fingerprint, unchanged
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -336,9 +336,11 @@ def tap_copies(
     return out
 
 
-# an argument or seed that does not fit the tap room is kept by reference (and fingerprinted)
-# from this size up; below it a fresh copy costs less than the fingerprint. Parameters are always
-# copied: a fingerprint costs ~10x a copy, and a training loop's update changes them anyway
+# an argument or seed that does not fit the tap room is kept by reference (and fingerprinted:
+# nn/tap_digest.py) from this size up; below it a fresh copy costs less than zlib's fingerprint.
+# Parameters are always copied: a training loop's update changes them, and a reference would
+# make get_grad_hidden_state after an update raise (htap: copying costs a pass more than the
+# numba digest, ~0.1 ms at (32, 50, 256) f32, BENCHMARKS.md htap)
 WATCH_MIN_BYTES = 1 << 16
 
 
@@ -363,25 +365,11 @@ def watch_positions(exe: Any) -> frozenset:
     return cached
 
 
-def fingerprint(a: np.ndarray) -> tuple:
-    """Where a C-contiguous `a`'s bytes are and a digest of them: CRC-32 of the bytes and the
-    XOR of their 64-bit words (each changes with any one changed word; 96 check bits)."""
-    raw = a.reshape(-1).view(np.uint8)
-    words = raw.view(np.uint64) if raw.nbytes % 8 == 0 else raw
-    return (
-        a.__array_interface__["data"][0],
-        a.shape,
-        a.dtype.str,
-        zlib.crc32(raw),
-        int(np.bitwise_xor.reduce(words)),
-    )
-
-
 def check_unchanged(watched: list, names: list) -> None:
     """StateError if an array tap_copies kept by reference has changed since (`names`: what
     each position is, for the message)."""
     for k, a, fp in watched:
-        if fingerprint(a) != fp:
+        if not unchanged(a, fp):
             raise StateError(
                 f"get_grad_hidden_state: {names[k]} was changed in place after the backward "
                 "it belongs to; it was kept by reference, not copied (its copy did not fit "

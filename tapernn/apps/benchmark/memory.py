@@ -23,9 +23,11 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
     """Most bytes a steady training loop holds at once beyond what existed before its first
     step (the model's parameters and gradients, the data, the optimiser): `step` is run
     `warmup` times (compiling; a numba program's kernel is switched to at its second call and
-    the steady path's scratch runner is built at the call after: 3 by default), and on while a layout re-check is not settled (the model
-    holds both layouts' programs until then: nn/layout_recheck), then `steps` times while
-    tracemalloc records the peak.
+    the steady path's scratch runner is built at the call after: 3 by default), and on while a
+    layout re-check is not settled (the model holds both layouts' programs until then:
+    nn/layout_recheck), once more after numba's background compiles are done (a split loop's
+    step loops take over at the first call after theirs), then `steps` times while tracemalloc
+    records the peak.
 
     What counts: every array the loop allocates and keeps or frees (buffer arenas, saved
     activations, outputs, gradients, temporaries). What does not: the Python objects
@@ -51,6 +53,7 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
                 break
             step()
         wait_for_kernels()
+        step()  # (a split loop's step loops take over at the first call after their compile)
         gc.collect()
         now = tracemalloc.get_traced_memory()[0]
         compiled_objects = now - _array_bytes(tracemalloc.take_snapshot()) - before_objects

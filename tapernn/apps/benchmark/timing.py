@@ -132,8 +132,12 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
 
 
 def warm_up(contenders: list[Contender]) -> float:
-    """Run each contender twice (the first call may compile); disable the ones that fail.
+    """Run each contender twice (the first call may compile); disable the ones that fail; then,
+    once numba's background compiles are done, once more (kernels that became ready while the
+    contenders ran take over at their next call: a split loop's step loops are not waited for).
     Returns the summed time of one round, to size the repetitions."""
+    from ...backends import wait_for_kernels
+
     total = 0.0
     for c in contenders:
         if c.step is None:
@@ -145,6 +149,10 @@ def warm_up(contenders: list[Contender]) -> float:
             total += _timed(c)
         except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
             c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
+    wait_for_kernels()
+    for c in contenders:
+        if c.step is not None:
+            c.step()
     return total
 
 
