@@ -164,6 +164,10 @@ def own_mode(compiled: Compiled) -> str:
             from .own_bias import fuse
 
             fuse(compiled.program)
+        if compiled.program.options.gemm_in_slab:  # (the packed kernel, panels in the slab)
+            from .own_room import fuse as fuse_room
+
+            fuse_room(compiled.program)
     return mode
 
 

@@ -129,6 +129,11 @@ class PlanOptions:
     that computed the half, right after it, and a GEMM followed by the column sum of another
     array (a bias gradient) sums half of the columns in each GEMM half (own_bias.py; same
     bits); False: one serial add (sum) after the join.
+    gemm_in_slab: in a program that owns the threads, a float32 time-batched GEMM of depth
+    >= 512 computed into a loop's slab allocated in the call (the input projection), nothing
+    else written to the slab before it, runs the packed AVX-512 kernel in two row halves, its
+    weight's panels packed into the slab's unwritten bytes (own_room.py: no memory beyond the
+    report's; other bits than OpenBLAS's, fixed per configuration); False: OpenBLAS's halves.
     """
 
     regions: bool = True
@@ -150,6 +155,7 @@ class PlanOptions:
     own_threads: str = "auto"
     step_loops: bool = True
     bias_in_gemm: bool = True
+    gemm_in_slab: bool = True
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError, ArgumentTypeError

@@ -69,6 +69,7 @@ LAYERS = [
         [
             "tapernn.own_threads",
             "tapernn.own_bias",
+            "tapernn.own_room",
             "tapernn.executor",
             "tapernn.arena",
             "tapernn.testing",

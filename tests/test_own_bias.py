@@ -105,7 +105,13 @@ def model(make, fuse, own="on", dtype="float64"):
     tn.manual_seed(0)
     m = nn.Sequencer(make()).astype(dtype)
     m.set_plan_options(
-        tn.PlanOptions(layout="batch", batch_split="on", own_threads=own, bias_in_gemm=fuse)
+        tn.PlanOptions(
+            layout="batch",
+            batch_split="on",
+            own_threads=own,
+            bias_in_gemm=fuse,
+            gemm_in_slab=False,  # (own_room's RoomGemm would take the fused line: its tests)
+        )
     )
     return m
 
