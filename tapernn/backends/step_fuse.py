@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,8 @@ def kinds(disp: Any) -> list[str] | None:
         return _kinds[disp]
     out = None
     try:
-        text = open(sys.modules[disp.py_func.__module__].__file__).read()
-        head = re.search(r"^def kernel\((.*)\):$", text, re.M)
+        text = Path(sys.modules[disp.py_func.__module__].__file__).read_text()
+        head = re.search(r"^def kernel\((.*)\):$", text, re.MULTILINE)
         params = [p.strip() for p in head.group(1).split(",")] if head else []
         fast = text.split("    else:")[0]
         if params and params[-1] == "out" and "ro[i1] = " in fast and "return out" in text:
@@ -209,25 +210,60 @@ def _lines(stmt: tuple, props: list, dst: str, defaults: dict) -> list[str] | No
 
 def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse: bool) -> set:
     """The (ys position, column) of the parts in `checks` (translate's: (ys position, [(first
-    column, columns, [(kind, position)])])) whose columns of the ys rows, written early in a
-    half's call over rows lo:hi, may share memory with an array read after the write (`whole`:
-    the call's carries, xs, invariants and ys, whole batch); empty when the writes are sound."""
+    column, columns, [(kind, position[, the column block a pass loads])])])) whose columns of
+    the ys rows, written early in a half's call over rows lo:hi, may share memory with an array
+    read after the write (`whole`: the call's carries, xs, invariants and ys, whole batch), or
+    that a pass loads other than as the very block it stores; empty when the writes are sound.
+    A pass's checks have the ys position -1 - j (step_pass)."""
     cs, xs, inv, ys = whole
     t = length - 1 if reverse else 0
     hits = set()
     for j, window in checks:
-        y = ys[j]
+        y = ys[j if j >= 0 else -1 - j]  # (a pass's check: -1 - ys position)
         for o, n, names in window:
-            row = y[t, lo:hi, o : o + n]
-            for kind, k in names:
-                if kind == "xs" and xs[k].strides[0] == y.strides[0]:
-                    # (row t of an xs against row t of the ys: the same offsets every step;
-                    # other steps' rows are written as before, in step order)
-                    hit = np.may_share_memory(xs[k][t, lo:hi], row)
-                elif kind == "carry":  # (the first step's; later ones: the loop's own values)
-                    hit = np.may_share_memory(cs[k][lo:hi], row)
+            for kind, k, *col in names:
+                x = xs[k] if kind == "xs" else inv[k] if kind == "inv" else None
+                if kind == "inv" or (kind == "xs" and x.strides[0] != y.strides[0]):
+                    hit = np.may_share_memory(x, y)
                 else:
-                    hit = np.may_share_memory(xs[k] if kind == "xs" else inv[k], y)
+                    # (row t of an xs against row t of the ys: the same offsets every step;
+                    # other steps' rows are written as before, in step order; a carry: the
+                    # first step's -- later ones are the loop's own values)
+                    x = x[t, lo:hi] if kind == "xs" else cs[k][lo:hi]
+                    if col:  # (a pass's load: the same block as the store is sound)
+                        hit = _blocks_meet(x, y[t, lo:hi], col[0], o, n)
+                    else:
+                        hit = np.may_share_memory(x, y[t, lo:hi, o : o + n])
                 if hit:
                     hits.add((j, o))
     return hits
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _blocks_meet(x: np.ndarray, y: np.ndarray, c: int, o: int, n: int) -> bool:
+    """Whether columns c:c+n of x and o:o+n of y (2-D, the same rows) share an element other
+    than at the same (row, column) of both: integer arithmetic when their strides agree (the
+    element offsets are then i * s0 + j * s1), np.shares_memory otherwise."""
+    if (
+        x.strides != y.strides
+        or x.shape[0] != y.shape[0]
+        or x.strides[1] != x.itemsize
+        or n * x.strides[1] > abs(x.strides[0])
+    ):
+        a, b = x[:, c : c + n], y[:, o : o + n]
+        return np.shares_memory(a, b) and not (
+            _address(a) == _address(b) and a.strides == b.strides
+        )
+    s0, s1 = x.strides
+    d = _address(x) - _address(y) + (c - o) * s1  # (x's block start - y's block start)
+    if d == 0:
+        return False  # (the same block)
+    rows = x.shape[0]
+    for i in {d // s0, -(-d // s0)} if s0 else {0}:
+        rest = d - i * s0
+        if abs(i) < rows and rest % s1 == 0 and abs(rest // s1) < n:
+            return True
+    return False

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import step_fuse
+from . import step_fuse, step_pass
 from .numba_backend import Unsupported, _load
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
@@ -64,6 +64,7 @@ def translate(
     late=(),
     direct: bool = False,
     keep: frozenset = frozenset(),
+    shapes: tuple | None = None,
 ):
     """(numba module source, names of the kernel's array parameters taken from `defaults`) for a
     step program `source` (codegen's text: `def program(<positional>, *, <bound>):` then one
@@ -73,7 +74,9 @@ def translate(
     the slab the loop writes) each step's rows are copied there before the step, as the Python
     half loop does. `direct`: the concatenated gate values written straight into the ys row
     (step_fuse.py; but not the parts `keep`: (ys position, column)); the third value returned is
-    then its call-time checks (else [])."""
+    then its call-time checks (else []). With `direct` and `shapes` (the program's per-step
+    parameter shapes, ys shapes) and not "nopass" in keep, runs of elementwise statements run
+    as one pass each (step_pass.py)."""
     from numba.core.registry import CPUDispatcher
 
     from .packed import PackedSite
@@ -144,6 +147,7 @@ def translate(
             )
         else:
             stmts.append(("call", out, fn, _split_args(args)))
+    direct = direct and "nodirect" not in keep
     fused = step_fuse.plan(stmts, defaults, kinds, keep) if direct else None
     for i, (kind, out, fn, args) in enumerate(stmts):
         if kind == "return":
@@ -199,6 +203,11 @@ def translate(
             raise Unsupported(f"call of {fn}")
     if final is None or len(final) != n_carry:
         raise Unsupported("the step's returned carries")
+    funcs, pass_checks = [], []
+    if direct and "nopass" not in keep and shapes is not None:  # (step_pass: one pass per run)
+        named = {**dict(zip(params, shapes[0])), **dict(zip(ys, shapes[1]))}
+        tail = f"{', '.join(final)}"
+        body, funcs, pass_checks = step_pass.fuse(body, defaults, named, kinds, tail)
     for name in list(defaults):  # every other bound array the statements name is a parameter
         if isinstance(defaults[name], np.ndarray) and any(
             re.search(rf"\b{name}\b", b) for b in body
@@ -224,6 +233,8 @@ def translate(
         "def _packed(a, panels, out):",
         "    _drv(a, panels, out, 0, panels.shape[0])",
         "    return out",
+        *([step_pass._header()] if funcs else []),
+        *funcs,
         "",
         "",
         "@njit(cache=True, nogil=True, error_model='numpy')",
@@ -251,6 +262,10 @@ def translate(
         (ys.index(dst), [(o, n, [where[r] for r in names]) for o, n, names in window])
         for dst, window in (fused or {}).get("checks", [])
     ]
+    checks += [  # (the passes': a negative ys position -1 - j, each load's column block)
+        (-1 - ys.index(dst), [(o, n, [(*where[r], c) for r, c in names]) for o, n, names in window])
+        for dst, window in pass_checks
+    ]
     return "\n".join(lines) + "\n", arrays, checks
 
 
@@ -272,6 +287,7 @@ class StepLoop:
         self.kernel: Any = None
         self.error = ""
         self.checks: list = []  # (step_fuse: memory that must not overlap the ys rows written)
+        self.passes = source.count("\ndef _pass")  # (step_pass's runs)
 
     def args(self, args: tuple) -> tuple:
         """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
@@ -306,6 +322,7 @@ class StepLoop:
     def __call__(self, *args):
         CALLS[0] += 1
         step_fuse.CALLS[0] += bool(self.checks)
+        step_pass.CALLS[0] += self.passes
         return self.kernel(*self.args(args))
 
 
@@ -345,6 +362,8 @@ class Halves:
             keep = set()
             for f, (lo, hi) in zip(self.loops, runner.rows):
                 keep |= step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse)
+            if any(j < 0 for j, _ in keep):  # (a pass's: every run as before)
+                keep = {k for k in keep if k[0] >= 0} | {"nopass"}
             if keep:
                 made = self.remake(frozenset(keep))
                 if isinstance(made, Halves):
@@ -354,6 +373,13 @@ class Halves:
             for (lo, hi), h in zip(runner.rows, hoisted)
         ]
         fns = self.pick(*args)
+        if self.error and self.remake is not None:  # (the direct writes' or passes' kernel
+            # did not compile: the plain translation, compiled from the next call)
+            made, self.remake = self.remake(frozenset({"nopass", "nodirect"})), None
+            if isinstance(made, Halves):
+                note(runner, f"direct writes and passes off: numba: {self.error}")
+                self.loops, self.error, self.calls, self.ready = made.loops, "", 0, None
+                return None
         if self.error:
             note(runner, f"halves' loops in Python: numba: {self.error}")
             runner.step_loops = None
@@ -365,8 +391,10 @@ class Halves:
                     note(runner, "direct row writes refused in a call: xs may overlap")
                     return None
             note(runner, "each half's loop one numba call")
-            if fns[0].checks:
+            if any(j >= 0 for j, _ in fns[0].checks):
                 note(runner, "gates written straight into the saved rows")
+            if fns[0].passes:
+                note(runner, f"{fns[0].passes} elementwise runs one pass each")
             return _Bound(fns[0], args[0]), _Bound(fns[1], args[1])
         return None
 
@@ -428,9 +456,13 @@ def for_halves(
         prologue = getattr(c, "prologue", None)
         n_h = len(prologue.graph.outputs) if prologue is not None else 0
         defaults = c.program.fn.__kwdefaults__ or {}
+        shapes = (
+            [tuple(i.shape) for i in c.graph.inputs],
+            [tuple(o.shape) for o in c.graph.outputs[nc:]],
+        )
         try:
             source, names, checks = translate(
-                c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late), direct, keep
+                c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late), direct, keep, shapes
             )
         except Unsupported as e:
             return str(e)
