@@ -58,7 +58,9 @@ def scalar(disp: Any) -> tuple | None:
         lines = [s.strip() for s in body.split("\n") if s.strip()]
         # (an in-place kernel stores through its operand's row: the same memory as `out`)
         store = re.match(r"^r(?:o|\d+)\[i1\] = (\w+)$", lines[-1]) if lines else None
-        if store and not re.search(r"\bx\d+\[[^\]]*i1", body):
+        for k in re.findall(r"\bx(\d+)\[i1\]", body):  # (a 1-D operand along the columns)
+            rows[int(k)] = "vec"
+        if store and not re.search(r"\bx\d+\[[^\]]*[^\[]i1", body.replace("[i1]", "")):
             out = (rows, lines[:-1], store.group(1))
     except (OSError, KeyError, AttributeError, ValueError):
         out = None
@@ -87,6 +89,7 @@ class _Values:
     def __init__(self, shapes: dict):
         self.v: dict[str, tuple] = {n: (n, 0, s[1]) for n, s in shapes.items() if len(s) == 2}
         self.rows = {n: s[0] for n, s in shapes.items() if len(s) == 2}
+        self.vec = {n: (n, 0, s[0]) for n, s in shapes.items() if len(s) == 1}
 
     def of(self, expr: str) -> tuple | None:
         m = _SLICED.match(expr)
@@ -193,7 +196,10 @@ def _note(line: str, defaults: dict, vals: _Values) -> tuple | None:
         op = (*op[:1], out, *op[2:])
     if op is not None:
         rows = op[3][0]
-        ins = [vals.of(x) if k in rows else x for k, x in enumerate(op[2])]
+        ins = [
+            (vals.vec.get(x) if rows[k] == "vec" else vals.of(x)) if k in rows else x
+            for k, x in enumerate(op[2])
+        ]
         ok = res is not None and all(
             ins[k] is not None and ins[k][2] == res[2] for k in rows if k < len(ins)
         )
@@ -269,6 +275,9 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
                 key = (x[0], x[1] + b * width)
                 if key not in stored:
                     loads.append(key)
+                if rows[j] == "vec":  # (a 1-D operand: indexed as itself)
+                    sub[j] = param(f"{x[0]}[{key[1]}:{key[1] + width}]", "") + "[i1]"
+                    continue
                 sub[j] = param(f"{x[0]}[:, {key[1]}:{key[1] + width}]", rows[j]) + "r[i1]"
             key = (outres[0], outres[1] + b * width)
             store = param(f"{outres[0]}[:, {key[1]}:{key[1] + width}]")
@@ -276,6 +285,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
             code = []
             for line in lines:
                 t = re.sub(r"\br(\d+)\[i1\]", lambda m, sub=sub: sub[int(m[1])], line)
+                t = re.sub(r"\bx(\d+)\[i1\]", lambda m, sub=sub: sub[int(m[1])], t)
                 code.append(re.sub(r"\bx(\d+)\[", lambda m, f=fixed: f"{f[int(m[1])]}[", t))
             loops.append(
                 [f"        for i1 in range({width}):"]
@@ -294,7 +304,9 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
         *[line for loop in loops for line in loop],
     ]
     exprs = list(args)
-    roots = sorted({re.split(r"\W", e)[0] for e in exprs} - set(defaults))
+    roots = sorted(
+        {re.split(r"\W", e)[0] for e in exprs if e.count("[:, ")} - set(defaults) - set(vals.vec)
+    )
     cond = " and ".join(f"{x}.strides[1] == {x}.itemsize" for x in roots) or "True"
     made = [  # (a two-operand ufunc's new array, as np.multiply(a, b) makes it)
         f"{o[0]} = np.empty(({o[6]}.shape[0], {o[4][2]}), {o[6]}.dtype)" for o in ops if o[6]
