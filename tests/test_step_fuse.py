@@ -14,7 +14,7 @@ from cell_reference import fastlstm_step, gru_step, lstm_step
 from test_batch_split import TOL, D, check_equations, equal, steps, train
 
 import tapernn as tn
-from tapernn import nn, scan_split
+from tapernn import nn
 from tapernn.backends import numba_available, step_fuse, step_loop, step_pass
 from tapernn.backends.packed import available as avx512
 
