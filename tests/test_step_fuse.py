@@ -235,3 +235,23 @@ def test_off_by_option(rng):
     after = counts()
     assert after[:2] == before[:2] and after[2] > before[2]
     assert not any("one pass" in k or "straight into" in k for k in notes(b))
+
+
+def test_a_run_stops_where_rows_would_interleave_wrongly():
+    """step_pass._fits: an op reading a block the run wrote at another column offset, writing
+    what an earlier op read whole (a broadcast row), or reading whole what was written, ends
+    the run; the same blocks at the same offsets join it."""
+    row = {0: "i0"}
+    add = lambda out, ins: ("v", "o", [], (row, [], "v0"), out, ins, None)  # noqa: E731
+    a = add(("b", 0, 512), [("a", 0, 512)])
+    same = add(("c", 0, 256), [("b", 256, 256)])
+    shifted = add(("c", 0, 256), [("b", 128, 256)])
+    bcast = ("v", "o", [], ({0: "0"}, [], "v0"), ("c", 0, 256), [("d", 0, 256)], None)
+    writes_d = add(("d", 0, 256), [("a", 0, 256)])
+    reads_b_whole = ("v", "o", [], ({}, [], "v0"), ("c", 0, 256), ["b"], None)
+    notes = [a]
+    assert step_pass._fits([0], notes, same)
+    assert not step_pass._fits([0], notes, shifted)
+    assert not step_pass._fits([0], notes, reads_b_whole)
+    assert step_pass._fits([0], [bcast], a)
+    assert not step_pass._fits([0], [bcast], writes_d)

@@ -231,13 +231,16 @@ def _fits(cur: list, notes: list, n: tuple) -> bool:
     if any(o[4][2] % width for o in ops):
         return False
     written: dict = {}
+    whole: set = set()  # (roots read whole -- broadcast rows, fixed operands -- so far)
     for o in ops:
         out, reads, fixed = _blocks(o, width)
         for root, c in reads + out:
             if any(c != c2 and abs(c - c2) < width for c2 in written.get(root, ())):
                 return False
-        if any(re.split(r"\W", f)[0] in written for f in fixed):
-            return False
+        fixed = {re.split(r"\W", f)[0] for f in fixed}
+        if fixed & set(written) or {root for root, _ in out} & (whole | fixed):
+            return False  # (row by row, a later row would read what an earlier row wrote)
+        whole |= fixed
         for root, c in out:
             written.setdefault(root, set()).add(c)
     return True
