@@ -214,56 +214,78 @@ def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse:
     the ys rows, written early in a half's call over rows lo:hi, may share memory with an array
     read after the write (`whole`: the call's carries, xs, invariants and ys, whole batch), or
     that a pass loads other than as the very block it stores; empty when the writes are sound.
-    A pass's checks have the ys position -1 - j (step_pass)."""
+    A pass's checks have the ys position -1 - j (step_pass). Row t of an xs is compared with
+    row t of the ys (the same offsets every step when their step strides agree; other steps'
+    rows are written as before, in step order), a carry with the first step's row (later
+    ones are the loop's own values); by integer arithmetic on the rows' addresses, once per
+    (array, ys) pair a call."""
     cs, xs, inv, ys = whole
     t = length - 1 if reverse else 0
-    hits = set()
+    seen: dict = {}
+    views: dict = {}  # (the rows compared and their addresses, once a call)
     for j, window in checks:
-        y = ys[j if j >= 0 else -1 - j]  # (a pass's check: -1 - ys position)
+        y = ys[j if j >= 0 else -1 - j]
+        for _, _, names in window:
+            for kind, k, *_ in names:
+                if (j, kind, k) not in seen:
+                    seen[(j, kind, k)] = _geometry(kind, k, cs, xs, inv, y, t, lo, hi, views)
+    key = (id(checks), *seen.items())  # (the same geometry as a call before: its answer)
+    if key in _answers:
+        return set(_answers[key])
+    hits: set = set()
+    for j, window in checks:
         for o, n, names in window:
             for kind, k, *col in names:
-                x = xs[k] if kind == "xs" else inv[k] if kind == "inv" else None
-                if kind == "inv" or (kind == "xs" and x.strides[0] != y.strides[0]):
-                    hit = np.may_share_memory(x, y)
+                g = seen[(j, kind, k)]
+                if isinstance(g, bool):
+                    hit = g
                 else:
-                    # (row t of an xs against row t of the ys: the same offsets every step;
-                    # other steps' rows are written as before, in step order; a carry: the
-                    # first step's -- later ones are the loop's own values)
-                    x = x[t, lo:hi] if kind == "xs" else cs[k][lo:hi]
-                    if col:  # (a pass's load: the same block as the store is sound)
-                        hit = _blocks_meet(x, y[t, lo:hi], col[0], o, n)
-                    else:
-                        hit = np.may_share_memory(x, y[t, lo:hi, o : o + n])
+                    d0, s0, s1, r, width = g
+                    c = col[0] if col else 0
+                    hit = _meet(d0 + (c - o) * s1, s0, s1, r, n if col else width, n, bool(col))
                 if hit:
                     hits.add((j, o))
+    if len(_answers) > 256:
+        _answers.clear()
+    _answers[key] = frozenset(hits)
     return hits
+
+
+_answers: dict = {}  # overlaps' answers by checks and geometry
 
 
 def _address(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
-def _blocks_meet(x: np.ndarray, y: np.ndarray, c: int, o: int, n: int) -> bool:
-    """Whether columns c:c+n of x and o:o+n of y (2-D, the same rows) share an element other
-    than at the same (row, column) of both: integer arithmetic when their strides agree (the
-    element offsets are then i * s0 + j * s1), np.shares_memory otherwise."""
-    if (
-        x.strides != y.strides
-        or x.shape[0] != y.shape[0]
-        or x.strides[1] != x.itemsize
-        or n * x.strides[1] > abs(x.strides[0])
-    ):
-        a, b = x[:, c : c + n], y[:, o : o + n]
-        return np.shares_memory(a, b) and not (
-            _address(a) == _address(b) and a.strides == b.strides
-        )
-    s0, s1 = x.strides
-    d = _address(x) - _address(y) + (c - o) * s1  # (x's block start - y's block start)
-    if d == 0:
-        return False  # (the same block)
-    rows = x.shape[0]
+def _geometry(kind, k, cs, xs, inv, y, t, lo, hi, views) -> tuple | bool:
+    """(x row's address - y row's, row stride, item stride, rows, x's columns) of the compared
+    rows, or whether they may share memory at all when their strides differ (`views`: the
+    call's row views and their addresses so far)."""
+    if kind == "inv" or (kind == "xs" and xs[k].strides[0] != y.strides[0]):
+        return bool(np.may_share_memory(xs[k] if kind == "xs" else inv[k], y))
+    if (kind, k) not in views:
+        v = xs[k][t, lo:hi] if kind == "xs" else cs[k][lo:hi]
+        views[(kind, k)] = (v, _address(v))
+    if id(y) not in views:
+        views[id(y)] = (y[t, lo:hi], _address(y[t, lo:hi]))
+    (x, ax), (yr, ay) = views[(kind, k)], views[id(y)]
+    if x.ndim != 2 or x.strides != yr.strides or x.shape[0] != yr.shape[0]:
+        return bool(np.may_share_memory(x, yr))
+    if x.strides[1] != x.itemsize or max(x.shape[1], yr.shape[1]) * x.itemsize > abs(x.strides[0]):
+        return bool(np.may_share_memory(x, yr))
+    return (ax - ay, x.strides[0], x.strides[1], x.shape[0], x.shape[1])
+
+
+def _meet(d: int, s0: int, s1: int, rows: int, nx: int, ny: int, same_ok: bool) -> bool:
+    """Whether blocks of `rows` rows (row stride s0, item stride s1) of nx and ny columns, the
+    first starting d bytes after the second, share an element -- other than the same (row,
+    column) of both when `same_ok` (d == 0, nx == ny): x's (i, a) is y's (i', b) iff
+    d = (i' - i) * s0 + (b - a) * s1 with |i' - i| < rows, -nx < b - a < ny."""
+    if same_ok and d == 0 and nx == ny:
+        return False
     for i in {d // s0, -(-d // s0)} if s0 else {0}:
         rest = d - i * s0
-        if abs(i) < rows and rest % s1 == 0 and abs(rest // s1) < n:
+        if abs(i) < rows and rest % s1 == 0 and -nx < rest // s1 < ny:
             return True
     return False
