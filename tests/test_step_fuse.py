@@ -242,7 +242,7 @@ def test_a_run_stops_where_rows_would_interleave_wrongly():
     what an earlier op read whole (a broadcast row), or reading whole what was written, ends
     the run; the same blocks at the same offsets join it."""
     row = {0: "i0"}
-    add = lambda out, ins: ("v", "o", [], (row, [], "v0"), out, ins, None)  # noqa: E731
+    add = lambda out, ins: ("v", "o", [], (row, [], "v0"), out, ins, None)
     a = add(("b", 0, 512), [("a", 0, 512)])
     same = add(("c", 0, 256), [("b", 256, 256)])
     shifted = add(("c", 0, 256), [("b", 128, 256)])
