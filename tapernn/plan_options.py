@@ -124,6 +124,10 @@ class PlanOptions:
     step_loops: each half of a split loop runs as ONE numba call (its step program translated
     into an @njit loop calling the same kernels: backends/step_loop.py; same bits), from the
     second split call on; False: a Python loop calling the step program per step.
+    step_direct: in those translated loops, the gate kernels whose values the step
+    concatenates into its saved ys row write their columns of that row themselves (a kernel
+    whose output is cut into several parts runs once per part over those columns) and the
+    concatenate's copies go (backends/step_fuse.py; same bits); False: into scratch, then the copy.
     bias_in_gemm: in a program that owns the threads, a time-batched GEMM followed by the
     in-place add of a bias row (an input projection's) adds each half's bias on the thread
     that computed the half, right after it, and a GEMM followed by the column sum of another
@@ -154,6 +158,7 @@ class PlanOptions:
     batch_split: str = "auto"
     own_threads: str = "auto"
     step_loops: bool = True
+    step_direct: bool = True
     bias_in_gemm: bool = True
     gemm_in_slab: bool = True
 

@@ -166,7 +166,7 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "prologue_bytes": _buffer_bytes(compiled) - compiled.program.plan.buffer_bytes,
         "lent": scan_split.lent_of(compiled),
         "full_buffers": compiled.program.arrays,
-        "step_loops": ctx.options.step_loops,
+        "step_loops": (ctx.options.step_loops, ctx.options.step_direct),
     }
     split = scan_split.SplitRunner(
         runner,

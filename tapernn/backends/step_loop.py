@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import step_fuse, step_pass
 from .numba_backend import Unsupported, _load
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
@@ -53,14 +54,29 @@ def _split_args(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, n_h: int, late=()):
+def translate(
+    source: str,
+    defaults: dict,
+    n_carry: int,
+    n_xs: int,
+    n_inv: int,
+    n_h: int,
+    late=(),
+    direct: bool = False,
+    keep: frozenset = frozenset(),
+    shapes: tuple | None = None,
+):
     """(numba module source, names of the kernel's array parameters taken from `defaults`) for a
     step program `source` (codegen's text: `def program(<positional>, *, <bound>):` then one
     statement a line) and its bound values `defaults`; Unsupported if a statement is unknown.
     `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the kernel's
     last parameters are `_alias` and one row buffer `P<k>` each; when `_alias` (those xs lie in
     the slab the loop writes) each step's rows are copied there before the step, as the Python
-    half loop does."""
+    half loop does. `direct`: the concatenated gate values written straight into the ys row
+    (step_fuse.py; but not the parts `keep`: (ys position, column)); the third value returned is
+    then its call-time checks (else []). With `direct` and `shapes` (the program's per-step
+    parameter shapes, ys shapes) and not "nopass" in keep, runs of elementwise statements run
+    as one pass each (step_pass.py)."""
     from numba.core.registry import CPUDispatcher
 
     from .packed import PackedSite
@@ -78,6 +94,10 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
     ys = params[len(params) - n_ys :]
     imports, arrays, body, final = [], [], [], None
     modules: dict[str, str] = {}
+    inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
+    kinds = {**dict.fromkeys(carries, "carry"), **dict.fromkeys(inv, "inv")}
+    kinds.update({x: "late" if k in late else "xs" for k, x in enumerate(xs)})
+    kinds.update(dict.fromkeys(ys, "ys"))
 
     def dispatcher(name: str) -> None:
         disp = defaults[name]
@@ -96,6 +116,7 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
             arrays.append(name)
         return name
 
+    stmts = []  # (kind, out, fn, args): "index", "call", "concat", "return"
     for line in text[1:]:
         s = line.strip()
         if not s or s.startswith("del "):
@@ -103,34 +124,62 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         m = _RETURN.match(s)
         if m:
             final = _split_args(m.group(1))
+            stmts.append(("return", "", "", final))
             continue
         m = _INDEX.match(s)
         if m:
             out, x, idx = m.groups()
             if idx not in defaults:
                 raise Unsupported(f"index {idx}")
-            body.append(f"{out} = {x}[{_index_text(defaults[idx])}]")
+            stmts.append(("index", out, idx, [x]))
             continue
         m = _CALL.match(s)
         if not m:
             raise Unsupported(f"statement {s[:60]!r}")
         out, fn, args = m.groups()
-        out = out or f"_r{len(body)}"
-        value = defaults.get(fn)
+        out = out or f"_r{len(stmts)}"
         if fn == "np_concatenate":
             c = _CONCAT.match(args)
             if c is None:
                 raise Unsupported("concatenate")
-            parts, axis, dst = _split_args(c.group(1)), int(c.group(2)), c.group(3)
+            stmts.append(
+                ("concat", out, fn, [_split_args(c.group(1)), int(c.group(2)), c.group(3)])
+            )
+        else:
+            stmts.append(("call", out, fn, _split_args(args)))
+    direct = direct and "nodirect" not in keep
+    fused = step_fuse.plan(stmts, defaults, kinds, keep) if direct else None
+    for i, (kind, out, fn, args) in enumerate(stmts):
+        if kind == "return":
+            continue
+        if fused and i in fused["binds"]:
+            body.append(fused["binds"][i])
+            continue
+        if fused and i in fused["calls"]:
+            dispatcher(fn)
+            body.extend(fused["calls"][i])
+            continue
+        if kind == "index":
+            body.append(f"{out} = {args[0]}[{_index_text(defaults[fn])}]")
+            continue
+        value = defaults.get(fn)
+        if kind == "concat":
+            parts, axis, dst = args
             lead = ":, " * axis if axis >= 0 else None
             if lead is None:
                 raise Unsupported("concatenate axis")
-            body.append("_o = 0")
-            for p in parts:
-                body.append(f"{dst}[{lead}_o:_o + {p}.shape[{axis}]] = {p}")
-                body.append(f"_o += {p}.shape[{axis}]")
+            if fused and i in fused["concat"]:
+                for p, o in fused["concat"][i]:
+                    body.append(f"{dst}[{lead}{o}:{o} + {p}.shape[{axis}]] = {p}")
+            else:
+                body.append("_o = 0")
+                for p in parts:
+                    body.append(f"{dst}[{lead}_o:_o + {p}.shape[{axis}]] = {p}")
+                    body.append(f"_o += {p}.shape[{axis}]")
             body.append(f"{out} = {dst}")
-        elif isinstance(value, PackedSite):
+            continue
+        args = ", ".join(args)
+        if isinstance(value, PackedSite):
             a, w, panels, dst = _split_args(args)
             if dst == "None":
                 target = f"np.empty(({a}.shape[0], {w}.shape[1]), {a}.dtype)"
@@ -154,6 +203,11 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
             raise Unsupported(f"call of {fn}")
     if final is None or len(final) != n_carry:
         raise Unsupported("the step's returned carries")
+    funcs, pass_checks = [], []
+    if direct and "nopass" not in keep and shapes is not None:  # (step_pass: one pass per run)
+        named = {**dict(zip(params, shapes[0])), **dict(zip(ys, shapes[1]))}
+        tail = f"{', '.join(final)}"
+        body, funcs, pass_checks = step_pass.fuse(body, defaults, named, kinds, tail)
     for name in list(defaults):  # every other bound array the statements name is a parameter
         if isinstance(defaults[name], np.ndarray) and any(
             re.search(rf"\b{name}\b", b) for b in body
@@ -162,7 +216,6 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
     for name in arrays:  # (the packed driver writes its `out` as one C block)
         if not defaults[name].flags.c_contiguous:
             raise Unsupported(f"{name}: not C-contiguous")
-    inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
     hoisted = params[n_carry + n_xs + n_inv : len(params) - n_ys]
     big_x, big_y = [f"X{k}" for k in range(n_xs)], [f"Y{j}" for j in range(n_ys)]
     sig = carries + big_x + inv + big_y + hoisted + arrays + ["_alias"] + [f"P{k}" for k in late]
@@ -180,6 +233,8 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         "def _packed(a, panels, out):",
         "    _drv(a, panels, out, 0, panels.shape[0])",
         "    return out",
+        *([step_pass._header()] if funcs else []),
+        *funcs,
         "",
         "",
         "@njit(cache=True, nogil=True, error_model='numpy')",
@@ -198,7 +253,20 @@ def translate(source: str, defaults: dict, n_carry: int, n_xs: int, n_inv: int, 
         f"        {', '.join(carries)}, = {', '.join(final)},",
         f"    return ({''.join(c + ', ' for c in carries)})",
     ]
-    return "\n".join(lines) + "\n", arrays
+    where = {
+        **{c: ("carry", k) for k, c in enumerate(carries)},
+        **{x: ("xs", k) for k, x in enumerate(xs)},
+        **{v: ("inv", k) for k, v in enumerate(inv)},
+    }
+    checks = [  # (ys position, [(column, columns, [(kind, position)])]): step_fuse.overlaps
+        (ys.index(dst), [(o, n, [where[r] for r in names]) for o, n, names in window])
+        for dst, window in (fused or {}).get("checks", [])
+    ]
+    checks += [  # (the passes': a negative ys position -1 - j, each load's column block)
+        (-1 - ys.index(dst), [(o, n, [(*where[r], c) for r, c in names]) for o, n, names in window])
+        for dst, window in pass_checks
+    ]
+    return "\n".join(lines) + "\n", arrays, checks
 
 
 CALLS = [0]  # half loops run as one numba call so far (tests)
@@ -218,6 +286,8 @@ class StepLoop:
         self.length, self.reverse = int(length), bool(reverse)
         self.kernel: Any = None
         self.error = ""
+        self.checks: list = []  # (step_fuse: memory that must not overlap the ys rows written)
+        self.passes = source.count("\ndef _pass")  # (step_pass's runs)
 
     def args(self, args: tuple) -> tuple:
         """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
@@ -251,6 +321,8 @@ class StepLoop:
 
     def __call__(self, *args):
         CALLS[0] += 1
+        step_fuse.CALLS[0] += bool(self.checks)
+        step_pass.CALLS[0] += self.passes
         return self.kernel(*self.args(args))
 
 
@@ -275,6 +347,7 @@ class Halves:
 
     def __init__(self, loops: list[StepLoop]):
         self.loops = loops
+        self.remake: Any = None  # (keep -> Halves: step_fuse's parts left copied)
         self.calls = 0
         self.ready: threading.Event | None = None
         self.error = ""
@@ -285,16 +358,44 @@ class Halves:
         values; `alias`: late-read xs lie in the slab), or None: the Python loops run (until
         the compile is ready; for good once it failed: the report says why)."""
         cs, xs, inv, ys = whole
+        if self.calls == 0 and self.remake is not None:  # (the parts whose row columns an
+            # array read after the moved write lies in, in this call: copied as before)
+            keep = set()
+            for f, (lo, hi) in zip(self.loops, runner.rows):
+                keep |= step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse)
+            if any(j < 0 for j, _ in keep):  # (a pass's: every run as before)
+                keep = {k for k in keep if k[0] >= 0} | {"nopass"}
+            if keep:
+                made = self.remake(frozenset(keep))
+                if isinstance(made, Halves):
+                    self.loops = made.loops
         args = [
             (lo, hi, *[c[lo:hi] for c in cs], *xs, *inv, *ys, h, bool(alias))
             for (lo, hi), h in zip(runner.rows, hoisted)
         ]
         fns = self.pick(*args)
+        if self.error and self.remake is not None:  # (the direct writes' or passes' kernel
+            # did not compile: the plain translation, compiled from the next call)
+            made, self.remake = self.remake(frozenset({"nopass", "nodirect"})), None
+            if isinstance(made, Halves):
+                note(runner, f"direct writes and passes off: numba: {self.error}")
+                self.loops, self.error, self.calls, self.ready = made.loops, "", 0, None
+                return None
         if self.error:
             note(runner, f"halves' loops in Python: numba: {self.error}")
             runner.step_loops = None
         elif fns is not None:
+            for f, (lo, hi) in zip(fns, runner.rows):
+                if f.checks and step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse):
+                    # (memory the moved writes could reach first: the Python loops)
+                    step_fuse.REFUSED[0] += 1
+                    note(runner, "direct row writes refused in a call: xs may overlap")
+                    return None
             note(runner, "each half's loop one numba call")
+            if any(j >= 0 for j, _ in fns[0].checks):
+                note(runner, "gates written straight into the saved rows")
+            if fns[0].passes:
+                note(runner, f"{fns[0].passes} elementwise runs one pass each")
             return _Bound(fns[0], args[0]), _Bound(fns[1], args[1])
         return None
 
@@ -324,9 +425,10 @@ def attach(runner: Any, compiled: list, enabled: Any, lates: list | None = None)
     """A SplitRunner's halves (their compiled step programs `compiled`; `lates`: each half's
     {xs position: row buffer} of late-read xs, scan_split.half_loop's `late`) as step loops, or
     None (not `enabled`, or a program that does not translate: the report says why)."""
-    if not enabled:
+    on, direct = enabled if isinstance(enabled, tuple) else (enabled, True)
+    if not on:
         return None
-    made = for_halves(compiled, runner.attrs, lates)
+    made = for_halves(compiled, runner.attrs, lates, bool(direct) and step_fuse.DIRECT[0])
     if isinstance(made, str):
         note(runner, f"halves' loops in Python: {made}")
         return None
@@ -339,9 +441,15 @@ def note(runner: Any, text: str) -> None:
         runner.report.kernel += f" ({text})"
 
 
-def for_halves(compiled: list, attrs: dict, lates: list | None = None) -> Halves | str:
+def for_halves(
+    compiled: list,
+    attrs: dict,
+    lates: list | None = None,
+    direct: bool = False,
+    keep: frozenset = frozenset(),
+) -> Halves | str:
     """Both halves' loops (their compiled step programs `compiled`, late-read xs `lates`) as
-    one numba call each, or why not."""
+    one numba call each, or why not; `direct`: step_fuse's writes into the ys rows."""
     nc, nx = attrs["n_carry"], attrs["n_xs"]
     n_inv = len(attrs["body"].inputs) - nc - nx
     out = []
@@ -350,13 +458,23 @@ def for_halves(compiled: list, attrs: dict, lates: list | None = None) -> Halves
         prologue = getattr(c, "prologue", None)
         n_h = len(prologue.graph.outputs) if prologue is not None else 0
         defaults = c.program.fn.__kwdefaults__ or {}
+        shapes = (
+            [tuple(i.shape) for i in c.graph.inputs],
+            [tuple(o.shape) for o in c.graph.outputs[nc:]],
+        )
         try:
-            source, names = translate(c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late))
+            source, names, checks = translate(
+                c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late), direct, keep, shapes
+            )
         except Unsupported as e:
             return str(e)
         except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
             return f"{type(e).__name__}: {e}"
         arrays = [defaults[n] for n in names]
         loop = StepLoop(source, arrays, attrs["length"], attrs["reverse"], tuple(late.values()))
+        loop.checks = checks
         out.append(loop)
-    return Halves(out)
+    halves = Halves(out)
+    if direct and any(loop.checks for loop in out):
+        halves.remake = lambda keep: for_halves(compiled, attrs, lates, direct, keep)
+    return halves

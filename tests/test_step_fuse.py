@@ -1,0 +1,257 @@
+"""The translated step loops' fewer passes over memory (PlanOptions.step_direct, issue 19):
+backends/step_fuse.py (the concatenated gate values written straight into the saved ys row, a
+kernel cut into parts split by columns) and backends/step_pass.py (a run of elementwise
+statements as ONE pass over the rows). Against the plain translation (step_direct=False: the
+same kernels on the same elements in the same order -- bit for bit), the NumPy equations and
+the reference interpreter (float64, 1e-12: values, dX, every parameter gradient), for FastLSTM,
+LSTM, GRU and a user's tn.scan cell, odd and even batches, float32 too, remember/forget with
+`lengths=`, need_grad_input=False, both layouts; each test counts the passes and direct-write
+loops that ran."""
+
+import numpy as np
+import pytest
+from cell_reference import fastlstm_step, gru_step, lstm_step
+from test_batch_split import TOL, D, check_equations, equal, steps, train
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.backends import numba_available, step_fuse, step_loop, step_pass
+from tapernn.backends.packed import available as avx512
+
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.skipif(not avx512(), reason="packed step GEMMs need AVX-512"),
+]
+T = 4
+H = 256  # (packed step GEMMs; gates of >= 4,096 elements a step at B >= 16: numba kernels)
+CELLS = {
+    "fastlstm": (lambda: nn.FastLSTM(D, H), fastlstm_step, 2),
+    "lstm": (lambda: nn.LSTM(D, H), lstm_step, 2),
+    "gru": (lambda: nn.GRU(D, H), gru_step, 1),
+}
+
+
+@pytest.fixture(autouse=True)
+def numba_now(monkeypatch):
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    yield
+    tn.set_backend(before)
+
+
+def model(make, direct, dtype="float64", layout="batch", **kw):
+    tn.manual_seed(0)
+    m = nn.Sequencer(make(), **kw).astype(dtype)
+    m.set_plan_options(
+        tn.PlanOptions(layout=layout, batch_split="on", own_threads="on", step_direct=direct)
+    )
+    return m
+
+
+def counts():
+    return step_pass.CALLS[0], step_fuse.CALLS[0], step_loop.CALLS[0]
+
+
+def notes(m):
+    return [loop.kernel for loop in m.compile_report().loops]
+
+
+@pytest.mark.parametrize("name", ["fastlstm", "lstm", "gru"])
+@pytest.mark.parametrize("batch", [16, 17])
+def test_bit_for_bit_the_plain_translation_and_numpy_equations(name, batch, rng):
+    make, step, n = CELLS[name]
+    x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
+    a, b = model(make, True), model(make, False)
+    for _ in range(3):  # (call 1 full loop, 2 Python halves, then the numba halves)
+        equal(train(a, x, g), train(b, x, g))
+        for m in (a, b):
+            for p in m.parameters():
+                p.data[...] += 0.01
+    before = counts()
+    got = train(a, x, g)
+    after = counts()
+    equal(got, train(b, x, g))
+    assert after[0] > before[0], notes(a)  # (a pass ran in every cell's backward at least)
+    assert after[2] - before[2] >= 2
+    check_equations(a, step, n, x, g, got, rng)
+
+
+@pytest.mark.parametrize("name", ["fastlstm", "lstm", "gru"])
+@pytest.mark.parametrize("batch", [16, 17])
+def test_float32_bit_for_bit(name, batch, rng):
+    make, step, n = CELLS[name]
+    x = rng.standard_normal((T, batch, D)).astype(np.float32)
+    g = rng.standard_normal((T, batch, H)).astype(np.float32)
+    a, b = model(make, True, "float32"), model(make, False, "float32")
+    for _ in range(3):
+        equal(train(a, x, g), train(b, x, g))
+    before = counts()
+    got = train(a, x, g)
+    assert counts()[0] > before[0], notes(a)
+    equal(got, train(b, x, g))
+    p = {k: v.data.astype(np.float64) for k, v in a.module.named_parameters().items()}
+    zero = tuple(np.zeros((batch, H)) for _ in range(n))
+    want = steps(step, p, x.astype(np.float64), zero)[0]
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_fastlstm_forward_writes_its_gates_into_the_row_in_one_pass(rng, monkeypatch):
+    """Structural: the FastLSTM forward step's concatenate copies are gone (direct writes), and
+    its add, four activations, cell update and output are one pass; the backward is one pass
+    too. The report says so."""
+    seen = {}
+    choose = step_loop.Halves.choose
+
+    def spy(self, runner, *args):
+        seen[bool(runner.attrs["reverse"])] = self
+        return choose(self, runner, *args)
+
+    monkeypatch.setattr(step_loop.Halves, "choose", spy)
+    make = CELLS["fastlstm"][0]
+    x = rng.standard_normal((T, 16, D)).astype(np.float32)
+    g = rng.standard_normal((T, 16, H)).astype(np.float32)
+    a = model(make, True, "float32")
+    for _ in range(3):
+        train(a, x, g)
+    fwd, bwd = seen[False].loops[0], seen[True].loops[0]
+    assert "_o = 0" not in fwd.source and "w2[:, 0:256]" in fwd.source
+    assert fwd.passes == 1 and bwd.passes == 1
+    assert fwd.source.count("for i1 in range(256):") == 10  # add x4, sigmoid x3, tanh, c, h
+    assert "gates written straight into the saved rows" in notes(a)[0]
+    assert all("1 elementwise runs one pass each" in k for k in notes(a)), notes(a)
+
+
+def test_lengths_remembered_across_chunks(rng):
+    # (GRU: a FastLSTM with lengths= does not split, "another kernel than the full body's")
+    make, step, n = CELLS["gru"]
+    a, b = model(make, True), model(make, False)
+    for m in (a, b):
+        m.remember("both")
+    rows = 17
+    x, g = rng.standard_normal((11, rows, D)), rng.standard_normal((11, rows, H))
+    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
+    state = tuple(np.zeros((rows, H)) for _ in range(n))
+    before = counts()
+    lens = [rng.integers(1, 5, rows) for _ in range(2)] + [rng.integers(1, 4, rows)]
+    for k in range(3):
+        lens[k][0] = 4 if k < 2 else 3
+    chunks = ((0, list(lens[0])), (4, list(lens[1])), (8, list(lens[2])))
+    for lo, lengths in chunks * 2:
+        hi = lo + max(lengths) if lo < 8 else 11
+        xc, gc, lengths = x[lo:hi], g[lo:hi], np.array(lengths)
+        mask = (np.arange(hi - lo)[:, None] < lengths)[..., None].astype(float)
+        got = train(a, xc, gc, lengths=lengths)
+        equal(got, train(b, xc, gc, lengths=lengths))
+        ys, state = steps(step, p, xc, state, mask)
+        np.testing.assert_allclose(got[0], ys, **TOL)
+        for h, s in zip(a.module.get_hidden_state(-1), state):
+            np.testing.assert_allclose(h, s, **TOL)
+    assert counts()[0] > before[0], (counts(), before, notes(a))
+    a.forget()
+    b.forget()
+    equal(train(a, x[:4], g[:4]), train(b, x[:4], g[:4]))
+
+
+@pytest.mark.parametrize("name", ["fastlstm", "gru"])
+def test_need_grad_input_false(name, rng):
+    make = CELLS[name][0]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    a, b = model(make, True), model(make, False)
+    before = counts()
+    for _ in range(3):
+        got = train(a, x, g, need_grad_input=False)
+        assert got[1] is None
+        equal(got, train(b, x, g, need_grad_input=False))
+    assert counts()[0] > before[0]
+
+
+def test_feature_major_layout_stays_right(rng):
+    make, step, n = CELLS["fastlstm"]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    a, b = model(make, True, layout="feature"), model(make, False, layout="feature")
+    for _ in range(3):
+        got = train(a, x, g)
+        equal(got, train(b, x, g))
+    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
+    zero = tuple(np.zeros((16, H)) for _ in range(n))
+    np.testing.assert_allclose(got[0], steps(step, p, x, zero)[0], **TOL)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_user_scan_cell_against_the_interpreter(reverse):
+    """A user's tn.scan LSTM body (its gates sliced from one product; h', c' as ys): the
+    gradient graph compiled with step_direct on = off bit for bit = the reference interpreter
+    at 1e-12, with passes run."""
+    from scan_bodies import lstm_arrays, lstm_body
+
+    from tapernn.interpret import interpret
+
+    rng = np.random.default_rng(7)
+    B = 17
+    arrays = lstm_arrays(rng, 4, B, D, H)
+
+    def loss(*v):
+        r = tn.scan(lstm_body(B, D, H), v[:2], v[2:3], v[3:], reverse=reverse)
+        return tn.sum(r.ys[0] * r.ys[0]) + tn.sum(tn.tanh(r.carries[1]) * r.carries[0])
+
+    graph = tn.grad(tn.trace(loss, *arrays))
+    want = interpret(graph, *arrays)
+    got = {}
+    for direct in (True, False):
+        options = tn.PlanOptions(
+            batch_split="on", layout="batch", own_threads="on", step_direct=direct
+        )
+        compiled = tn.compile(graph, options=options, backend="numba")
+        before = counts()
+        for _ in range(3):
+            got[direct] = [np.array(a) for a in compiled(*arrays)]
+        assert (counts()[0] > before[0]) == direct
+    for a, b, c in zip(got[True], got[False], want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, **TOL)
+
+
+def test_a_pass_whose_loads_overlap_its_stores_is_refused(rng):
+    """step_fuse.overlaps: a pass's load of the very block it stores is sound, one shifted by
+    a column is not (the element would be read after another column's store)."""
+    y = np.zeros((3, 16, 1024))
+    x_same, x_shift = y, y[:, :, 1:]
+    checks = [(-1, [(0, 256, [("xs", 0, 0)])])]
+    assert step_fuse.overlaps(checks, ((), (x_same,), (), (y,)), 0, 16, 3, False) == set()
+    hit = step_fuse.overlaps(checks, ((), (x_shift,), (), (y,)), 0, 16, 3, False)
+    assert hit == {(-1, 0)}
+    other = [(-1, [(0, 256, [("xs", 0, 256)])])]  # (another block of the same rows: disjoint)
+    assert step_fuse.overlaps(other, ((), (x_same,), (), (y,)), 0, 16, 3, False) == set()
+
+
+def test_off_by_option(rng):
+    make = CELLS["fastlstm"][0]
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    b = model(make, False)
+    before = counts()
+    for _ in range(3):
+        train(b, x, g)
+    after = counts()
+    assert after[:2] == before[:2] and after[2] > before[2]
+    assert not any("one pass" in k or "straight into" in k for k in notes(b))
+
+
+def test_a_run_stops_where_rows_would_interleave_wrongly():
+    """step_pass._fits: an op reading a block the run wrote at another column offset, writing
+    what an earlier op read whole (a broadcast row), or reading whole what was written, ends
+    the run; the same blocks at the same offsets join it."""
+    row = {0: "i0"}
+    add = lambda out, ins: ("v", "o", [], (row, [], "v0"), out, ins, None)
+    a = add(("b", 0, 512), [("a", 0, 512)])
+    same = add(("c", 0, 256), [("b", 256, 256)])
+    shifted = add(("c", 0, 256), [("b", 128, 256)])
+    bcast = ("v", "o", [], ({0: "0"}, [], "v0"), ("c", 0, 256), [("d", 0, 256)], None)
+    writes_d = add(("d", 0, 256), [("a", 0, 256)])
+    reads_b_whole = ("v", "o", [], ({}, [], "v0"), ("c", 0, 256), ["b"], None)
+    notes = [a]
+    assert step_pass._fits([0], notes, same)
+    assert not step_pass._fits([0], notes, shifted)
+    assert not step_pass._fits([0], notes, reads_b_whole)
+    assert step_pass._fits([0], [bcast], a)
+    assert not step_pass._fits([0], [bcast], writes_d)
