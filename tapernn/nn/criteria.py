@@ -139,7 +139,8 @@ class MSECriterion(Criterion):
 
 class BCECriterion(Criterion):
     """-sum(w [y log(x + eps) + (1 - y) log(1 - x + eps)]), eps = 1e-12, divided by the number
-    of elements when size_average. Inputs must lie in [0, 1] (use a Sigmoid before)."""
+    of elements when size_average; its input gradient is Torch7's -w (y - x) / ((1 - x + eps)
+    (x + eps)) (/ N), 0 where x == y. Inputs must lie in [0, 1] (use a Sigmoid before)."""
 
     array_settings = ("weights",)  # its program reads them (nn/config_key.py)
 
@@ -164,7 +165,12 @@ class BCECriterion(Criterion):
     def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
         arrays_only(self, x, y)
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
-        ll = y * F.log(x + self.eps) + (1 - y) * F.log(1 - x + self.eps)
+        eps = self.eps
+        ll = y * F.stop_gradient(F.log(x + eps)) + (1 - y) * F.stop_gradient(F.log(1 - x + eps))
+        # d/dx is Torch7's (and PyTorch's) closed form -(y - x) / ((1 - x + eps)(x + eps)), 0 at a
+        # perfect prediction; autodiff of the logs would add eps (2y - 1) to its numerator: +-1 there
+        slope = F.stop_gradient((y - x) / ((1 - x + eps) * (x + eps)))
+        ll = ll + (x - F.stop_gradient(x)) * slope
         if self.weights is not None:
             ll = ll * self.weights.astype(x.dtype)
         return -_masked_total(ll, keep, self.size_average)

@@ -329,10 +329,11 @@ class Mean(_Reduce):
 
 
 class Max(_Reduce):
-    """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum (split
-    evenly between ties).  Torch7: nn.Max(dimension, nInputDims) (values only)."""
+    """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum, all of it
+    to the first of tied entries as in Torch7 (`tn.max` shares it between them).
+    Torch7: nn.Max(dimension, nInputDims) (values only)."""
 
-    reduce = staticmethod(F.max)
+    reduce = staticmethod(library.first_max)
 
 
 class _Pointwise(Module):

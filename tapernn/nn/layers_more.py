@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..tracing import Var
 from .containers import Container
@@ -164,17 +165,25 @@ class CDivTable(_TableOp):
     op = staticmethod(F.div)
 
 
-class CMaxTable(_TableOp):
-    """Elementwise maximum of the entries (ties split the gradient).  Torch7: nn.CMaxTable."""
+def _later_if(wins: Var, a: Var, b: Var) -> Var:
+    """b where it wins, else a (Torch7's maskedCopy of a strictly better later entry: a tie's
+    gradient goes all to the first entry); a NaN in either stays NaN, as np.maximum's."""
+    return F.where(wins, b, F.where(F.equal(b, b), a, b))
 
-    op = staticmethod(F.maximum)
+
+class CMaxTable(_TableOp):
+    """Elementwise maximum of the entries; a tie's gradient goes to the first of them, as in
+    Torch7 (`tn.maximum` shares it).  Torch7: nn.CMaxTable."""
+
+    op = staticmethod(lambda a, b: _later_if(F.greater(b, a), a, b))
     arity = None
 
 
 class CMinTable(_TableOp):
-    """Elementwise minimum of the entries (ties split the gradient).  Torch7: nn.CMinTable."""
+    """Elementwise minimum of the entries; a tie's gradient goes to the first of them, as in
+    Torch7 (`tn.minimum` shares it).  Torch7: nn.CMinTable."""
 
-    op = staticmethod(F.minimum)
+    op = staticmethod(lambda a, b: _later_if(F.greater(a, b), a, b))
     arity = None
 
 
@@ -192,9 +201,9 @@ class MapTable(Container):
 
 
 class Min(_Reduce):
-    """Minimum over `dimension` (batch rule as Sum).  Torch7: nn.Min(dimension, nInputDims)."""
+    """Minimum over `dimension` (batch rule as Sum); a tie's gradient goes to the first.  Torch7: nn.Min(dimension, nInputDims)."""
 
-    reduce = staticmethod(lambda x, d: -F.max(-x, d))
+    reduce = staticmethod(lambda x, d: -library.first_max(-x, d))
 
 
 class Select(Module):

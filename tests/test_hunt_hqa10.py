@@ -1,0 +1,269 @@
+"""QA round hqa10: regression tests for what it found and for hqa9's leftovers (Torch7's BCE
+gradient, Torch7's tie rule in Max/Min/CMaxTable/CMinTable, a recurrent module's `output`
+inside a Sequencer)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+
+BACKENDS = ["numpy", "numba"]
+EPS = 1e-12
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    before = tn.get_backend()
+    tn.set_backend(request.param)
+    yield request.param
+    tn.set_backend(before)
+
+
+# ---- BCECriterion: Torch7's input gradient -(y - x) / ((1 - x + eps)(x + eps)), 0 at x == y ----
+
+
+def _torch7_bce(x, y, w, size_average):
+    """THNN's BCECriterion_updateOutput / updateGradInput, written out."""
+    w = 1.0 if w is None else w
+    n = x.size if size_average else 1
+    loss = -np.sum(w * (y * np.log(x + EPS) + (1 - y) * np.log(1 - x + EPS))) / n
+    return loss, -w * (y - x) / ((1 - x + EPS) * (x + EPS)) / n
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("size_average", [True, False])
+def test_bce_gradient_is_torch7s_closed_form_zero_at_a_perfect_prediction(weighted, size_average):
+    x = np.array([[0.0, 1.0, 0.3, 1.0], [0.0, 0.7, 1e-9, 0.5]])
+    y = np.array([[0.0, 1.0, 1.0, 0.0], [1.0, 0.7, 0.0, 0.5]])
+    w = np.array([1.0, 2.0, 0.5, 3.0]) if weighted else None
+    c = nn.BCECriterion(w, size_average=size_average)
+    loss, g = c.forward(x, y), c.backward(x, y)
+    want_loss, want_g = _torch7_bce(x, y, w, size_average)
+    assert loss == pytest.approx(want_loss, rel=1e-15)
+    np.testing.assert_allclose(g, want_g, rtol=1e-15, atol=0)
+    assert g[0, 0] == 0 and g[0, 1] == 0 and g[1, 1] == 0  # x == y exactly: no gradient
+
+
+def test_bce_gradient_matches_torch_at_perfect_predictions():
+    torch = pytest.importorskip("torch")
+    x = np.array([0.0, 1.0, 0.0, 1.0, 0.25])
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy(t, torch.tensor(y)).backward()
+    g = nn.BCECriterion().backward(x, y)
+    np.testing.assert_allclose(g[:4], t.grad.numpy()[:4], atol=0)
+    np.testing.assert_allclose(g[4], t.grad.numpy()[4], rtol=1e-10)
+
+
+def test_bce_inside_sequencer_and_mask_zero_criteria_has_torch7s_gradient(backend):
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.05, 0.95, (3, 2, 4))
+    y = (rng.uniform(size=x.shape) > 0.5).astype(float)
+    x[0, 0] = y[0, 0]  # perfect predictions on one row
+    c = nn.SequencerCriterion(nn.BCECriterion())
+    loss, g = c.forward(x, y), c.backward(x, y)
+    want = [_torch7_bce(x[t], y[t], None, True) for t in range(3)]
+    assert loss == pytest.approx(sum(v[0] for v in want), rel=1e-14)
+    np.testing.assert_allclose(g, np.stack([v[1] for v in want]), rtol=1e-14, atol=0)
+    assert not g[0, 0].any()
+
+
+def test_bce_gradients_agree_with_finite_differences_inside_the_interval():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0.1, 0.9, (3, 4)), rng.uniform(0, 1, (3, 4))
+    w = rng.uniform(0.5, 2, 4)
+    c = nn.BCECriterion(w)
+    c.forward(x, y)
+    g = c.backward(x, y)
+    fd = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = 1e-6
+        fd[i] = (c.forward(x + d, y) - c.forward(x - d, y)) / 2e-6
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_bce_used_symbolically_still_differentiates_the_target():
+    """The closed-form input gradient must not cut the target's (a target computed by the
+    model, e.g. two outputs compared): d/dy = -(log(x + eps) - log(1 - x + eps)) / N."""
+
+    class Compare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.crit = nn.BCECriterion()
+
+        def build(self, xs):
+            return self.crit(xs[0], xs[1])
+
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0.1, 0.9, (2, 3)), rng.uniform(0.1, 0.9, (2, 3))
+    m = Compare()
+    m.forward([x, y])
+    gx, gy = m.backward([x, y], np.ones(()))
+    _, want_x = _torch7_bce(x, y, None, True)
+    np.testing.assert_allclose(gx, want_x, rtol=1e-14)
+    np.testing.assert_allclose(gy, -(np.log(x + EPS) - np.log(1 - x + EPS)) / x.size, rtol=1e-14)
+
+
+# ---- Max / Min / CMaxTable / CMinTable: a tie's gradient all to the first entry (Torch7) ----
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "cls, reduce, arg", [(nn.Max, np.max, np.argmax), (nn.Min, np.min, np.argmin)]
+)
+def test_max_and_min_give_a_ties_gradient_to_the_first_entry(backend, dtype, cls, reduce, arg):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, size=(4, 5, 3)).astype(dtype)  # many ties
+    for d in range(3):
+        m = cls(d).astype(dtype)
+        for _ in range(3):  # (the steady path too)
+            y = m.forward(x)
+            g = rng.standard_normal(y.shape).astype(dtype)
+            gx = m.backward(x, g)
+        want = np.zeros_like(x)
+        np.put_along_axis(want, np.expand_dims(arg(x, d), d), np.expand_dims(g, d), d)
+        np.testing.assert_array_equal(y, reduce(x, d))
+        np.testing.assert_array_equal(gx, want)
+        assert y.dtype == gx.dtype == dtype
+
+
+def test_max_and_min_values_keep_nan_and_infinities():
+    a = np.array([[1.0, 2.0, np.nan, -np.inf], [3.0, 3.0, 1.0, -np.inf]])
+    np.testing.assert_array_equal(nn.Max(1).forward(a), [np.nan, 3.0])
+    np.testing.assert_array_equal(nn.Min(1).forward(a), [np.nan, -np.inf])
+    np.testing.assert_array_equal(nn.Max(0).forward(a), [3.0, 3.0, np.nan, -np.inf])
+
+
+def test_max_gradient_agrees_with_finite_differences_without_ties():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4))
+    for m in (nn.Max(1), nn.Min(0), nn.CMaxTable(), nn.CMinTable()):
+        arg = list(x[:2]) if isinstance(m, (nn.CMaxTable, nn.CMinTable)) else x
+        y = m.forward(arg)
+        g = rng.standard_normal(y.shape)
+        got = np.asarray(m.backward(arg, g))
+        flat = np.asarray(arg).copy()
+        fd = np.zeros_like(flat)
+        for i in np.ndindex(flat.shape):
+            d = np.zeros_like(flat)
+            d[i] = 1e-6
+            up, down = (
+                (list(flat + d), list(flat - d)) if isinstance(arg, list) else (flat + d, flat - d)
+            )
+            fd[i] = np.sum(g * (m.forward(up) - m.forward(down))) / 2e-6
+        np.testing.assert_allclose(got, fd, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "cls, fn, arg", [(nn.CMaxTable, np.maximum, np.argmax), (nn.CMinTable, np.minimum, np.argmin)]
+)
+def test_cmax_cmin_table_give_a_ties_gradient_to_the_first_entry(backend, cls, fn, arg):
+    rng = np.random.default_rng(7)
+    xs = list(rng.integers(0, 3, size=(3, 4, 5)).astype(float))
+    m = cls()
+    for _ in range(3):
+        y = m.forward(xs)
+        g = rng.standard_normal(y.shape)
+        gs = m.backward(xs, g)
+    np.testing.assert_array_equal(y, fn(fn(xs[0], xs[1]), xs[2]))
+    first = arg(np.stack(xs), 0)
+    for k in range(3):
+        np.testing.assert_array_equal(gs[k], np.where(first == k, g, 0))
+
+
+def test_cmax_table_keeps_a_nan_from_any_entry():
+    out = nn.CMaxTable().forward([np.array([np.nan, 1.0, 2.0]), np.array([1.0, np.nan, 3.0])])
+    np.testing.assert_array_equal(out, [np.nan, np.nan, 3.0])
+    out = nn.CMinTable().forward([np.array([np.nan, 1.0, 2.0]), np.array([1.0, np.nan, 3.0])])
+    np.testing.assert_array_equal(out, [np.nan, np.nan, 2.0])
+
+
+def test_max_inside_a_sequencer_gives_a_ties_gradient_to_the_first_entry(backend):
+    x = np.tile(np.array([[1.0, 4.0, 4.0, 2.0]]), (5, 2, 1))
+    seq = nn.Sequencer(nn.Max(0, 1))  # (dim 0 of a row: past the batch dim)
+    y = seq.forward(x)
+    gx = seq.backward(x, np.ones_like(y))
+    np.testing.assert_array_equal(y, np.full((5, 2), 4.0))
+    np.testing.assert_array_equal(gx, np.broadcast_to([0.0, 1.0, 0.0, 0.0], x.shape))
+
+
+# ---- a recurrent module's `output` inside a Sequencer: the last step's (Torch7's field) ----
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nn.LSTM(3, 4), lambda: nn.GRU(3, 4), lambda: nn.FastLSTM(3, 4)]
+)
+def test_a_recurrent_modules_output_inside_a_sequencer_is_its_last_steps(backend, make):
+    rng = np.random.default_rng(8)
+    cell = make()
+    seq = nn.Sequencer(cell)
+    for T in (5, 2, 5):  # (new lengths, the steady path)
+        x = rng.standard_normal((T, 2, 3))
+        y = seq.forward(x)
+        seq.backward(x, np.ones_like(y))
+        np.testing.assert_array_equal(cell.output, y[-1])
+        assert cell.output is cell.outputs[-1]
+    seq.evaluate()
+    y = seq.forward(x)
+    np.testing.assert_array_equal(cell.output, y[-1])
+
+
+def test_recurrent_outputs_inside_a_stack_and_a_container_stepped_by_hand(backend):
+    rng = np.random.default_rng(9)
+    lstm, gru = nn.LSTM(3, 4), nn.GRU(4, 2)
+    stack = nn.Sequential().add(lstm).add(nn.Dropout(0.0)).add(gru)
+    seq = nn.Sequencer(stack)
+    x = rng.standard_normal((4, 2, 3))
+    y = seq.forward(x)
+    np.testing.assert_array_equal(gru.output, y[-1])
+    np.testing.assert_array_equal(lstm.output, lstm.outputs[3])
+    seq.forget()
+    stepped = nn.Sequential().add(nn.LSTM(3, 4)).add(nn.Linear(4, 2))
+    for t in range(3):
+        stepped.forward(x[t])
+        np.testing.assert_array_equal(stepped.get(0).output, stepped.get(0).outputs[t])
+
+
+def test_a_cell_overriding_output_with_super_still_works_and_reads_its_field():
+    class Doubled(nn.Cell):
+        state_names = ("h",)
+
+        def __init__(self, n_in, n_h):
+            super().__init__(n_in, n_h)
+            self.w = self.parameter("w", (n_in + n_h, n_h))
+
+        def step(self, x, h):
+            return tn.tanh(tn.concat([x, h], axis=-1) @ self.w)
+
+        def output(self, h):
+            return super().output(h) * 2.0
+
+    rng = np.random.default_rng(10)
+    cell = Doubled(3, 4)
+    x = rng.standard_normal((3, 2, 3))
+    y = nn.Sequencer(cell).forward(x)
+    np.testing.assert_array_equal(cell.output, y[-1])
+    h = np.zeros((2, 4))
+    for t in range(3):
+        h = np.tanh(np.concatenate([x[t], h], -1) @ cell.w.data)
+    np.testing.assert_allclose(y[-1], 2 * h, rtol=1e-14)
+    stepped = Doubled(3, 4)
+    out = stepped.forward(x[0])
+    np.testing.assert_array_equal(stepped.output, out)
+
+
+def test_a_recurrent_modules_output_survives_deepcopy_and_forget():
+    lstm = nn.LSTM(3, 4)
+    seq = nn.Sequencer(lstm)
+    y = seq.forward(np.ones((3, 2, 3)))
+    twin = copy.deepcopy(seq)
+    np.testing.assert_array_equal(twin.get(0).output, y[-1])
+    out = lstm.forward(np.ones((2, 3)))  # a step by hand after the sequence (memory kept)
+    np.testing.assert_array_equal(lstm.output, out)
+    assert nn.LSTM(3, 4).output is None  # nothing run yet
