@@ -133,7 +133,7 @@ class Runtime:
             output = outs[0]
         else:
             output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
-        object.__setattr__(self.module, "output", output)  # (a field: no registration check)
+        self.module.__dict__["output"] = output  # (a field: no registration check, no descriptor)
         return output
 
     def _run(
@@ -310,7 +310,7 @@ class Runtime:
             if output is not None:  # (the last "output" probe: each one replaced the one before)
                 _, tree, pos, stop = output
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
-                object.__setattr__(m, "output", value)  # (a field: no registration check)
+                m.__dict__["output"] = value  # (a field: no registration check, no descriptor)
             if by_steps is not None:  # a recurrent module's fields, grouped once per program
                 if mode == "sequence":  # made into step rows when first read
                     m._write_pending(Pending(outs, by_steps), by_steps[3])
