@@ -267,3 +267,101 @@ def test_a_recurrent_modules_output_survives_deepcopy_and_forget():
     out = lstm.forward(np.ones((2, 3)))  # a step by hand after the sequence (memory kept)
     np.testing.assert_array_equal(lstm.output, out)
     assert nn.LSTM(3, 4).output is None  # nothing run yet
+
+
+# ---- gradients at exactly 0: SoftPlus, LogSigmoid, ELU (wrong before), Sqrt and Abs (Torch7) ----
+
+KINKS = np.array([-3.0, -1.0, -0.0, 0.0, 1e-300, 0.5, 2.0, 25.0, -800.0, 800.0])
+
+
+def _grad(m, x, dtype=np.float64):
+    m = m.astype(dtype)
+    x = x.astype(dtype)
+    y = m.forward(x)
+    return y, m.backward(x, np.ones_like(y))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softplus_logsigmoid_elu_have_their_derivative_at_zero(backend, dtype):
+    """softplus'(0) = sigmoid(0) = 1/2 and (log sigmoid)'(0) = 1/2 (both smooth), ELU'(0) =
+    alpha (Torch7's and PyTorch's x <= 0 branch; smooth for alpha = 1): autodiff of relu/abs/
+    minimum pieces gave 0, 0 and alpha / 2 there."""
+    x = KINKS.astype(dtype).astype(np.float64)  # (1e-300 is 0 in float32)
+    sig = 1 / (1 + np.exp(-np.clip(x, -700, 700)))
+    for m, want_y, want_g in [
+        (nn.SoftPlus(), np.logaddexp(0, x), sig),
+        (
+            nn.SoftPlus(2.0),
+            np.logaddexp(0, 2 * x) / 2,
+            1 / (1 + np.exp(-np.clip(2 * x, -700, 700))),
+        ),
+        (nn.LogSigmoid(), -np.logaddexp(0, -x), 1 - sig),
+        (
+            nn.ELU(),
+            np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+            np.where(x > 0, 1, np.exp(np.minimum(x, 0))),
+        ),
+        (
+            nn.ELU(0.5),
+            np.where(x > 0, x, 0.5 * np.expm1(np.minimum(x, 0))),
+            np.where(x > 0, 1, 0.5 * np.exp(np.minimum(x, 0))),
+        ),
+    ]:
+        y, g = _grad(m, x, dtype)
+        tol = 1e-12 if dtype == np.float64 else 1e-6
+        if isinstance(m, nn.SoftPlus):  # (Torch7's threshold 20: linear above, gradient 1)
+            lin = x * m.beta > m.threshold
+            want_y, want_g = np.where(lin, x, want_y), np.where(lin, 1.0, want_g)
+        np.testing.assert_allclose(y, want_y, rtol=tol, atol=tol, err_msg=repr(m))
+        np.testing.assert_allclose(g, want_g, rtol=tol, atol=tol, err_msg=repr(m))
+        assert g[3] == pytest.approx(want_g[3], rel=1e-6)  # x = 0 exactly
+
+
+def test_softplus_logsigmoid_elu_match_torch_at_zero():
+    torch = pytest.importorskip("torch")
+    x = np.array([-1.0, 0.0, 1.0])
+    for m, f in [
+        (nn.SoftPlus(), torch.nn.functional.softplus),
+        (nn.LogSigmoid(), torch.nn.functional.logsigmoid),
+        (nn.ELU(0.7), lambda t: torch.nn.functional.elu(t, 0.7)),
+    ]:
+        t = torch.tensor(x, requires_grad=True)
+        f(t).sum().backward()
+        np.testing.assert_allclose(_grad(m, x)[1], t.grad.numpy(), rtol=1e-15, err_msg=repr(m))
+
+
+def test_sqrt_and_abs_take_torch7s_gradient_at_zero(backend):
+    """Torch7's nn.Sqrt gives 0 where the output is 0 (THNN), not inf; nn.Abs gives +1 at 0."""
+    x = np.array([0.0, -0.0, 4.0, 0.25])
+    y, g = _grad(nn.Sqrt(), x)
+    np.testing.assert_array_equal(y, np.sqrt(x))
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.25, 1.0])
+    y, g = _grad(nn.Abs(), np.array([-2.0, -0.0, 0.0, 3.0]))
+    np.testing.assert_array_equal(y, [2.0, 0.0, 0.0, 3.0])  # (-0.0 == 0.0: its sign stays)
+    np.testing.assert_array_equal(g, [-1.0, 1.0, 1.0, 1.0])
+
+
+def test_sqrt_of_a_distance_has_no_nan_gradient_where_the_distance_is_zero(backend):
+    """sqrt(|a - b|) at a == b (MuFuRu's sqrt_diff, or nn.Sequential(CSubTable, Abs, Sqrt)):
+    inf * 0 gave NaN, which an update spreads into every parameter."""
+    m = nn.Sequential().add(nn.CSubTable()).add(nn.Abs()).add(nn.Sqrt())
+    a = np.array([[1.0, 2.0], [3.0, 3.0]])
+    b = np.array([[1.0, 1.0], [3.0, 7.0]])
+    y = m.forward([a, b])
+    ga, gb = m.backward([a, b], np.ones_like(y))
+    np.testing.assert_array_equal(ga, [[0.0, 0.5], [0.0, -0.25]])
+    np.testing.assert_array_equal(gb, -ga)
+
+
+def test_mufuru_sqrt_diff_has_no_nan_gradient_when_state_equals_feature():
+    rng = np.random.default_rng(11)
+    cell = nn.MuFuRu(2, 3, ["sqrt_diff", "keep"])
+    x = rng.standard_normal((1, 2))
+    # the feature v = sigmoid(feature([x, r * s])); with s = 0.5 and a zero feature layer v = 0.5
+    cell.feature.weight.data[...] = 0.0
+    cell.feature.bias.data[...] = 0.0
+    cell.set_initial_state((np.full((1, 3), 0.5),))
+    y = cell.forward(x)
+    cell.backward(x, np.ones_like(y))
+    grads = np.concatenate([p.grad.ravel() for p in cell.parameters()])
+    assert np.isfinite(grads).all()

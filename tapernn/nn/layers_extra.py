@@ -343,9 +343,9 @@ class _Pointwise(Module):
 
 
 class Abs(_Pointwise):
-    """|x|.  Torch7: nn.Abs."""
+    """|x|; the gradient at 0 is +1, as in Torch7 (`tn.abs`: 0).  Torch7: nn.Abs."""
 
-    fn = staticmethod(F.abs)
+    fn = staticmethod(lambda x: F.where(F.greater(0.0, x), -x, x))  # (-0.0 stays -0.0)
 
 
 class SoftSign(_Pointwise):
@@ -387,7 +387,9 @@ class ELU(Module):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        neg = self.alpha * (F.exp(F.minimum(x, 0.0)) - 1)  # exp never sees a large x
+        # exp never sees a large x; at x = 0 the gradient is alpha, as Torch7's and PyTorch's
+        # (minimum(x, 0) would share the tie: alpha / 2)
+        neg = self.alpha * (F.exp(F.where(F.greater(x, 0.0), 0.0, x)) - 1)
         return F.where(F.greater(x, 0.0), x, neg)
 
     def extra_repr(self) -> str:

@@ -60,9 +60,9 @@ class Log(_Pointwise):
 
 
 class Sqrt(_Pointwise):
-    """√x.  Torch7: nn.Sqrt."""
+    """√x; the gradient is 0 where the output is 0, as in Torch7.  Torch7: nn.Sqrt."""
 
-    fn = staticmethod(F.sqrt)
+    fn = staticmethod(library.sqrt_torch7)
 
 
 class Square(_Pointwise):
@@ -74,7 +74,7 @@ class Square(_Pointwise):
 class LogSigmoid(_Pointwise):
     """log σ(x) = −softplus(−x), stable in both tails.  Torch7: nn.LogSigmoid."""
 
-    fn = staticmethod(lambda x: -(F.relu(-x) + F.log(1 + F.exp(-F.abs(x)))))
+    fn = staticmethod(lambda x: -library.softplus(-x))
 
 
 class SoftMin(_Pointwise):
@@ -94,7 +94,7 @@ class SoftPlus(Module):
     def build(self, x: Var) -> Var:
         _array(self, x)
         bx = x * self.beta
-        smooth = (F.relu(bx) + F.log(1 + F.exp(-F.abs(bx)))) / self.beta
+        smooth = library.softplus(bx) / self.beta
         return F.where(F.greater(bx, self.threshold), x, smooth)
 
     def extra_repr(self) -> str:
