@@ -365,3 +365,17 @@ def test_mufuru_sqrt_diff_has_no_nan_gradient_when_state_equals_feature():
     cell.backward(x, np.ones_like(y))
     grads = np.concatenate([p.grad.ravel() for p in cell.parameters()])
     assert np.isfinite(grads).all()
+
+
+def test_euclidean_at_zero_distance_has_a_zero_gradient_not_nan(backend):
+    """An input equal to a weight column (zero distance): sqrt's inf times 0 made the input
+    and weight gradients NaN, which an update spreads; Torch7's gradient there is 0."""
+    e = nn.Euclidean(3, 2)
+    x = np.stack([e.weight.data[:, 0], [1.0, 2.0, 3.0]])
+    y = e.forward(x)
+    g = e.backward(x, np.ones_like(y))
+    assert y[0, 0] == 0
+    d = x[:, :, None] - e.weight.data  # (B, D, O)
+    want = np.where(y[:, None, :] > 0, d / np.where(y > 0, y, 1)[:, None, :], 0)
+    np.testing.assert_allclose(g, want.sum(-1), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(e.weight.grad, -want.sum(0), rtol=1e-13, atol=1e-15)

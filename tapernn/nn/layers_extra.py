@@ -264,7 +264,8 @@ class Transpose(Module):
 
 class Euclidean(Module):
     """y_j = ‖x − w_j‖₂ for each column w_j of weight (input_size, output_size), init
-    U(±1/√input_size).  Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
+    U(±1/√input_size); the gradient at zero distance is 0 (Torch7 divides by y + 1e-7).
+    Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
 
     def __init__(self, input_size: int, output_size: int, rng=None):
         super().__init__()
@@ -280,7 +281,7 @@ class Euclidean(Module):
     def build(self, x: Var) -> Var:
         last_dim(self, x, self.input_size)
         diff = F.reshape(x, x.shape + (1,)) - self.weight
-        return F.sqrt(F.sum(diff * diff, -2))
+        return library.sqrt_torch7(F.sum(diff * diff, -2))  # (at zero distance: 0, not NaN)
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.output_size})"
