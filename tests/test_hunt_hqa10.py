@@ -266,6 +266,13 @@ def test_a_recurrent_modules_output_survives_deepcopy_and_forget():
     np.testing.assert_array_equal(twin.get(0).output, y[-1])
     out = lstm.forward(np.ones((2, 3)))  # a step by hand after the sequence (memory kept)
     np.testing.assert_array_equal(lstm.output, out)
+    lstm.forget()
+    np.testing.assert_array_equal(lstm.output, out)  # stepped by itself: forget() leaves it
+    inner = nn.LSTM(3, 4)
+    wrapped = nn.Sequencer(inner)
+    wrapped.forward(np.ones((3, 2, 3)))
+    wrapped.forget()
+    assert inner.output is None  # inside a Sequencer: made from the cleared steps (documented)
     assert nn.LSTM(3, 4).output is None  # nothing run yet
 
 
