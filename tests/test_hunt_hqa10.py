@@ -386,3 +386,10 @@ def test_euclidean_at_zero_distance_has_a_zero_gradient_not_nan(backend):
     want = np.where(y[:, None, :] > 0, d / np.where(y > 0, y, 1)[:, None, :], 0)
     np.testing.assert_allclose(g, want.sum(-1), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(e.weight.grad, -want.sum(0), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls", [nn.Max, nn.Min])
+def test_max_min_over_an_empty_dimension_name_the_module(cls):
+    with pytest.raises(tn.ShapeError, match=rf"nn.{cls.__name__}\(1\).*\(3, 0\) is empty"):
+        cls(1).forward(np.zeros((3, 0)))
+    assert cls(1).forward(np.zeros((0, 3))).shape == (0,)  # (an empty batch is fine)

@@ -289,6 +289,7 @@ class Euclidean(Module):
 
 class _Reduce(Module):
     reduce = staticmethod(F.sum)
+    picks_an_entry = False  # Max, Min: an empty dimension has no value to give
 
     def __init__(self, dimension: int = 0, n_input_dims: int | None = None):
         super().__init__()
@@ -300,6 +301,10 @@ class _Reduce(Module):
         d = _dim(self.dimension, x.ndim, self.n_input_dims)
         self.expect(
             0 <= d < x.ndim, f"dimension {self.dimension} out of range for input shape {x.shape}"
+        )
+        self.expect(
+            x.shape[d] > 0 or not self.picks_an_entry,
+            f"dimension {self.dimension} of input shape {x.shape} is empty: no entry to pick",
         )
         return self.reduce(x, d)
 
@@ -335,6 +340,7 @@ class Max(_Reduce):
     Torch7: nn.Max(dimension, nInputDims) (values only)."""
 
     reduce = staticmethod(library.first_max)
+    picks_an_entry = True
 
 
 class _Pointwise(Module):

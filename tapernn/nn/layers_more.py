@@ -204,6 +204,7 @@ class Min(_Reduce):
     """Minimum over `dimension` (batch rule as Sum); a tie's gradient goes to the first.  Torch7: nn.Min(dimension, nInputDims)."""
 
     reduce = staticmethod(lambda x, d: -library.first_max(-x, d))
+    picks_an_entry = True
 
 
 class Select(Module):
