@@ -393,3 +393,8 @@ def test_max_min_over_an_empty_dimension_name_the_module(cls):
     with pytest.raises(tn.ShapeError, match=rf"nn.{cls.__name__}\(1\).*\(3, 0\) is empty"):
         cls(1).forward(np.zeros((3, 0)))
     assert cls(1).forward(np.zeros((0, 3))).shape == (0,)  # (an empty batch is fine)
+
+
+def test_sum_with_size_average_says_so_in_its_repr():
+    assert repr(nn.Sum(0, 2, True)) == "nn.Sum(0, 2, size_average=True)"
+    assert repr(nn.Sum(1)) == "nn.Sum(1)"

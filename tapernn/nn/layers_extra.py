@@ -327,6 +327,11 @@ class Sum(_Reduce):
     def reduce(self, x: Var, d: int) -> Var:  # (read at each build: size_average may change)
         return (library.mean if self.size_average else F.sum)(x, d)
 
+    def extra_repr(self) -> str:
+        if not self.size_average:
+            return super().extra_repr()
+        return f"({self.dimension}, {self.n_input_dims}, size_average=True)"
+
 
 class Mean(_Reduce):
     """Mean over `dimension` (batch rule as Sum).  Torch7: nn.Mean(dimension, nInputDims)."""
