@@ -5,6 +5,7 @@ inside a Sequencer)."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -398,3 +399,24 @@ def test_max_min_over_an_empty_dimension_name_the_module(cls):
 def test_sum_with_size_average_says_so_in_its_repr():
     assert repr(nn.Sum(0, 2, True)) == "nn.Sum(0, 2, size_average=True)"
     assert repr(nn.Sum(1)) == "nn.Sum(1)"
+
+
+# ---- tn.save through a symbolic link writes its target (as open(), Torch7's and PyTorch's save) ----
+
+
+def test_save_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "runs").mkdir()
+    real = tmp_path / "runs" / "epoch7.npz"
+    link = tmp_path / "best.npz"
+    old, new = nn.Linear(3, 2), nn.Linear(3, 2)
+    tn.save(old, real)
+    link.symlink_to(real)
+    tn.save(new, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    got = tn.load_into(nn.Linear(3, 2), real)
+    np.testing.assert_array_equal(got.weight.data, new.weight.data)
+    dangling = tmp_path / "next.npz"
+    dangling.symlink_to(tmp_path / "runs" / "epoch8.npz")
+    tn.save(new, dangling)
+    assert dangling.is_symlink() and (tmp_path / "runs" / "epoch8.npz").is_file()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
