@@ -420,3 +420,28 @@ def test_save_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
     tn.save(new, dangling)
     assert dangling.is_symlink() and (tmp_path / "runs" / "epoch8.npz").is_file()
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+# ---- a module tree with a cycle: refused when made, not a RecursionError at print or call ----
+
+
+def test_a_container_that_would_hold_itself_is_refused_by_name():
+    s = nn.Sequential()
+    with pytest.raises(tn.ArgumentError, match=r"nn.Sequential: cannot hold itself"):
+        s.add(s)
+    a, b = nn.Sequential().add(nn.Linear(2, 2)), nn.ConcatTable()
+    b.add(a)
+    with pytest.raises(tn.ArgumentError, match=r"cannot hold nn.ConcatTable.*which holds it"):
+        a.add(b)
+    assert len(a) == 1 and repr(a)  # unchanged, printable
+
+    class Holder(nn.Module):
+        def build(self, x):
+            return x
+
+    h = Holder()
+    with pytest.raises(tn.ArgumentError, match="cannot hold itself"):
+        h.inner = h
+    shared = nn.Linear(2, 2)  # one module in two places is not a cycle
+    twice = nn.Sequential().add(shared).add(shared)
+    assert twice.forward(np.ones((1, 2))).shape == (1, 2)
