@@ -445,3 +445,36 @@ def test_a_container_that_would_hold_itself_is_refused_by_name():
     shared = nn.Linear(2, 2)  # one module in two places is not a cycle
     twice = nn.Sequential().add(shared).add(shared)
     assert twice.forward(np.ones((1, 2))).shape == (1, 2)
+
+
+# ---- ndarray subclasses: np.matrix / np.memmap computed as plain arrays; masked arrays refused ----
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_matrix_and_memmap_inputs_give_plain_arrays(tmp_path, backend):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3))
+    m = nn.Sequential().add(nn.Linear(3, 3)).add(nn.Square())
+    want = m.forward(x).copy()
+    y = m.forward(np.matrix(x))
+    assert type(y) is np.ndarray  # (np.matrix's * is a matrix product: never let it in)
+    np.testing.assert_array_equal(y, want)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float64, shape=x.shape)
+    mm[...] = x
+    np.testing.assert_array_equal(m.forward(mm), want)
+
+
+def test_a_masked_array_is_refused_not_its_mask_dropped(backend):
+    x = np.ma.masked_array(np.ones((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])
+    m = nn.Linear(3, 2)
+    with pytest.raises(
+        tn.DTypeError, match=r"nn.Linear\(3 -> 2\): got a numpy masked array.*np.ma.filled"
+    ):
+        m.forward(x)
+    with pytest.raises(tn.DTypeError, match="masked array"):
+        nn.MSECriterion().forward(np.ones((2, 3)), x)
+    y = m.forward(np.ones((2, 3)))
+    for _ in range(3):  # (the steady path too)
+        m.forward(np.ones((2, 3)))
+    with pytest.raises(tn.DTypeError, match=r"grad_output 0 is a numpy masked array"):
+        m.backward(np.ones((2, 3)), np.ma.masked_array(np.ones_like(y), mask=[[1, 0], [0, 0]]))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..arena import Arena
-from ..errors import ShapeError, StateError
+from ..errors import DTypeError, ShapeError, StateError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..keep import drop_free
@@ -459,7 +459,13 @@ class Runtime:
                         f"{self.module.describe()}: grad_output has {len(gleaves)} "
                         f"arrays, the output has {len(exe.real)}"
                     )
-                g = np.asarray(gleaves[k])
+                g = gleaves[k]
+                if isinstance(g, np.ma.MaskedArray):  # (its mask would be dropped silently)
+                    raise DTypeError(
+                        f"{self.module.describe()}: grad_output {k} is a numpy masked array; "
+                        f"pass np.ma.filled(g, 0)"
+                    )
+                g = np.asarray(g)
                 if g.dtype.kind not in "fiub":
                     data_array(f"{self.module.describe()}: grad_output", g)
                 g = g.astype(node.dtype, copy=False)
