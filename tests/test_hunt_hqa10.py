@@ -478,3 +478,16 @@ def test_a_masked_array_is_refused_not_its_mask_dropped(backend):
         m.forward(np.ones((2, 3)))
     with pytest.raises(tn.DTypeError, match=r"grad_output 0 is a numpy masked array"):
         m.backward(np.ones((2, 3)), np.ma.masked_array(np.ones_like(y), mask=[[1, 0], [0, 0]]))
+
+
+def test_bce_targets_outside_zero_one_are_refused():
+    """A target of 2 or -1 (class ids given to BCE) made a meaningless loss without a word;
+    PyTorch refuses it ("all elements of target should be between 0 and 1")."""
+    c = nn.BCECriterion()
+    with pytest.raises(
+        tn.ValueRangeError, match=r"targets must be probabilities in \[0, 1\].*\[-1, 2\]"
+    ):
+        c.forward(np.full((2,), 0.5), np.array([2.0, -1.0]))
+    with pytest.raises(tn.ValueRangeError, match="targets"):
+        nn.SequencerCriterion(nn.BCECriterion()).forward(np.full((2, 2), 0.5), np.full((2, 2), 3.0))
+    assert c.forward(np.full((2,), 0.5), np.array([0.0, 1.0])) == pytest.approx(np.log(2))

@@ -152,12 +152,13 @@ class BCECriterion(Criterion):
         self.size_average = check.flag(self, "size_average", size_average)
 
     def check_targets(self, input: Any, target: Any) -> None:
-        x = np.asarray(input)
-        if x.min() < 0 or x.max() > 1:
-            raise ValueRangeError(
-                f"{self.describe()}: inputs must be probabilities in [0, 1], got "
-                f"values in [{x.min():.4g}, {x.max():.4g}]"
-            )
+        for what, v in (("inputs", input), ("targets", target)):  # (targets: as PyTorch)
+            v = np.asarray(v)
+            if v.dtype != object and v.size and (v.min() < 0 or v.max() > 1):
+                raise ValueRangeError(
+                    f"{self.describe()}: {what} must be probabilities in [0, 1], got "
+                    f"values in [{v.min():.4g}, {v.max():.4g}]"
+                )
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
