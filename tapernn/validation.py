@@ -128,7 +128,10 @@ def not_holding(owner: Any, child: Any) -> Any:
     printing it or calling it would recurse without end)."""
     if any(m is owner for m in child.modules()):
         how = "itself" if child is owner else f"{child.describe()}, which holds it"
-        raise ArgumentError(f"{who(owner)}: cannot hold {how} (a module tree has no cycles)")
+        raise ArgumentError(
+            f"{who(owner)}: cannot hold {how} (a module tree has no cycles; a reference that "
+            f"is not a child goes in an attribute whose name starts with '_')"
+        )
     return child
 
 

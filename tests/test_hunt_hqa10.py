@@ -491,3 +491,17 @@ def test_bce_targets_outside_zero_one_are_refused():
     with pytest.raises(tn.ValueRangeError, match="targets"):
         nn.SequencerCriterion(nn.BCECriterion()).forward(np.full((2, 2), 0.5), np.full((2, 2), 3.0))
     assert c.forward(np.full((2,), 0.5), np.array([0.0, 1.0])) == pytest.approx(np.log(2))
+
+
+def test_a_back_reference_under_an_underscore_name_is_not_a_child():
+    class Child(nn.Module):
+        def build(self, x):
+            return x
+
+    parent = nn.Sequential()
+    child = Child()
+    parent.add(child)
+    with pytest.raises(tn.ArgumentError, match="name starts with '_'"):
+        child.parent = parent
+    child._parent = parent  # allowed: not registered
+    assert parent.forward(np.ones(2)).shape == (2,)
