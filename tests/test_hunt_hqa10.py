@@ -401,7 +401,7 @@ def test_sum_with_size_average_says_so_in_its_repr():
     assert repr(nn.Sum(1)) == "nn.Sum(1)"
 
 
-# ---- tn.save through a symbolic link writes its target (as open(), Torch7's and PyTorch's save) ----
+# ---- tn.save through a symbolic link writes its target (as open(), Torch7's, PyTorch's save) ----
 
 
 def test_save_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):

@@ -168,8 +168,8 @@ class BCECriterion(Criterion):
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
         eps = self.eps
         ll = y * F.stop_gradient(F.log(x + eps)) + (1 - y) * F.stop_gradient(F.log(1 - x + eps))
-        # d/dx is Torch7's (and PyTorch's) closed form -(y - x) / ((1 - x + eps)(x + eps)), 0 at a
-        # perfect prediction; autodiff of the logs would add eps (2y - 1) to its numerator: +-1 there
+        # d/dx is Torch7's closed form -(y - x) / ((1 - x + eps)(x + eps)), 0 at a perfect
+        # prediction (PyTorch's too); autodiff of the logs adds eps (2y - 1) to its numerator
         slope = F.stop_gradient((y - x) / ((1 - x + eps) * (x + eps)))
         ll = ll + (x - F.stop_gradient(x)) * slope
         if self.weights is not None:

@@ -201,7 +201,8 @@ class MapTable(Container):
 
 
 class Min(_Reduce):
-    """Minimum over `dimension` (batch rule as Sum); a tie's gradient goes to the first.  Torch7: nn.Min(dimension, nInputDims)."""
+    """Minimum over `dimension` (batch rule as Sum); a tie's gradient goes to the first
+    minimal entry, as in Torch7.  Torch7: nn.Min(dimension, nInputDims)."""
 
     reduce = staticmethod(lambda x, d: -library.first_max(-x, d))
     picks_an_entry = True

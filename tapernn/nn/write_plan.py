@@ -138,8 +138,9 @@ class LastOutput:
     """A recurrent module's `output` (Torch7's field): the newest step's output, `outputs[-1]`,
     made when read -- a Sequencer's call, or a container stepped by hand, writes only the
     per-step fields of the modules inside (no cost per call); else the value written (a module
-    stepped by itself; a forget() leaves it). On the class (and inside a step's trace, where `super().output(*state)`
-    reads it) it is the cell's method `output(*state)` (`fn`), which Cell subclasses override."""
+    stepped by itself; a forget() leaves it). On the class (and inside a step's trace, where
+    `super().output(*state)` reads it) it is the cell's method `output(*state)` (`fn`), which
+    Cell subclasses override."""
 
     def __init__(self, fn: Any = None):
         self.fn = fn
