@@ -149,8 +149,12 @@ def remove_stale_temps(target: Path) -> list[str]:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """Replace `path` by what `write(f)` writes, whole or not at all: an interruption at any
-    point leaves either the previous file or the new one, never a mix or a truncated file."""
+    point leaves either the previous file or the new one, never a mix or a truncated file. A
+    symbolic link is written through, as open() would (Torch7's and PyTorch's save): its target
+    is replaced and the link kept, not the link replaced by a file."""
     target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     fd, tmp = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.{os.getpid()}@{_HOST}.", suffix=".tmp"
     )

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import ShapeError
-from .functional import concat, reshape
+from .functional import concat, equal, exp, greater, log, reshape, sqrt, stop_gradient, where
+from .functional import max as _max
 from .functional import sum as _sum
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var
@@ -21,6 +22,33 @@ def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False
     axes = normalize_axes(axis, x.ndim)
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     return _sum(x, axes, keepdims) / float(count or 1)
+
+
+def first_max(x: Var, axis: int) -> Var:
+    """np.max over one axis with Torch7's gradient (nn.Max, nn.Min): all of it to the first
+    maximal entry, where `tn.max` shares it between ties (as torch.amax and JAX do)."""
+    ax = normalize_axis(axis, x.ndim)
+    top = stop_gradient(_max(x, ax))
+    pos = -np.arange(x.shape[ax], dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - ax - 1))
+    hit = equal(x, reshape(top, x.shape[:ax] + (1,) + x.shape[ax + 1 :]))
+    first = _max(where(hit, pos, -np.inf), ax, keepdims=True)
+    picked = _sum(where(equal(pos, first), x, 0.0), ax)  # the maximum exactly, one entry's
+    return where(equal(top, top), picked, top)  # a NaN stays NaN
+
+
+def softplus(x: Var) -> Var:
+    """log(1 + exp(x)), stable in both tails, with the derivative sigmoid(x) everywhere: both
+    pieces take the x <= 0 branch at x = 0 (relu(x) + log(1 + exp(-|x|)) gives 0 there, where
+    relu and abs each have the derivative 0)."""
+    pos = where(greater(x, 0.0), x, 0.0)
+    return pos + log(1 + exp(x - 2 * pos))  # (x - 2 pos = -|x|)
+
+
+def sqrt_torch7(x: Var) -> Var:
+    """sqrt(x) whose gradient is 0 where the output is 0, as Torch7's nn.Sqrt (THNN), not inf
+    (which makes inf * 0 = NaN downstream, e.g. in sqrt(|a - b|) at a == b)."""
+    pos = greater(x, 0.0)
+    return where(pos, sqrt(where(pos, x, 1.0)), stop_gradient(sqrt(x)))
 
 
 def stack(xs: Sequence[Var], axis: int = 0) -> Var:

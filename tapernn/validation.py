@@ -123,6 +123,18 @@ def module(owner: Any, name: str, value: Any, criterion: bool = False) -> Any:
     return value
 
 
+def not_holding(owner: Any, child: Any) -> Any:
+    """`child`, refused if it is `owner` or holds it: a module tree has no cycles (walking it,
+    printing it or calling it would recurse without end)."""
+    if any(m is owner for m in child.modules()):
+        how = "itself" if child is owner else f"{child.describe()}, which holds it"
+        raise ArgumentError(
+            f"{who(owner)}: cannot hold {how} (a module tree has no cycles; a reference that "
+            f"is not a child goes in an attribute whose name starts with '_')"
+        )
+    return child
+
+
 def generator(owner: Any, name: str, value: Any) -> np.random.Generator | None:
     if value is not None and not isinstance(value, np.random.Generator):
         raise ArgumentTypeError(

@@ -139,7 +139,8 @@ class MSECriterion(Criterion):
 
 class BCECriterion(Criterion):
     """-sum(w [y log(x + eps) + (1 - y) log(1 - x + eps)]), eps = 1e-12, divided by the number
-    of elements when size_average. Inputs must lie in [0, 1] (use a Sigmoid before)."""
+    of elements when size_average; its input gradient is Torch7's -w (y - x) / ((1 - x + eps)
+    (x + eps)) (/ N), 0 where x == y. Inputs must lie in [0, 1] (use a Sigmoid before)."""
 
     array_settings = ("weights",)  # its program reads them (nn/config_key.py)
 
@@ -151,12 +152,13 @@ class BCECriterion(Criterion):
         self.size_average = check.flag(self, "size_average", size_average)
 
     def check_targets(self, input: Any, target: Any) -> None:
-        x = np.asarray(input)
-        if x.min() < 0 or x.max() > 1:
-            raise ValueRangeError(
-                f"{self.describe()}: inputs must be probabilities in [0, 1], got "
-                f"values in [{x.min():.4g}, {x.max():.4g}]"
-            )
+        for what, v in (("inputs", input), ("targets", target)):  # (targets: as PyTorch)
+            v = np.asarray(v)
+            if v.dtype != object and v.size and (v.min() < 0 or v.max() > 1):
+                raise ValueRangeError(
+                    f"{self.describe()}: {what} must be probabilities in [0, 1], got "
+                    f"values in [{v.min():.4g}, {v.max():.4g}]"
+                )
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -164,7 +166,12 @@ class BCECriterion(Criterion):
     def build_masked(self, x: Var, y: Var, keep: Var | None) -> Var:
         arrays_only(self, x, y)
         self.expect(x.shape == y.shape, f"input shape {x.shape} and target shape {y.shape} differ")
-        ll = y * F.log(x + self.eps) + (1 - y) * F.log(1 - x + self.eps)
+        eps = self.eps
+        ll = y * F.stop_gradient(F.log(x + eps)) + (1 - y) * F.stop_gradient(F.log(1 - x + eps))
+        # d/dx is Torch7's closed form -(y - x) / ((1 - x + eps)(x + eps)), 0 at a perfect
+        # prediction (PyTorch's too); autodiff of the logs adds eps (2y - 1) to its numerator
+        slope = F.stop_gradient((y - x) / ((1 - x + eps) * (x + eps)))
+        ll = ll + (x - F.stop_gradient(x)) * slope
         if self.weights is not None:
             ll = ll * self.weights.astype(x.dtype)
         return -_masked_total(ll, keep, self.size_average)

@@ -264,7 +264,8 @@ class Transpose(Module):
 
 class Euclidean(Module):
     """y_j = ‖x − w_j‖₂ for each column w_j of weight (input_size, output_size), init
-    U(±1/√input_size).  Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
+    U(±1/√input_size); the gradient at zero distance is 0 (Torch7 divides by y + 1e-7).
+    Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
 
     def __init__(self, input_size: int, output_size: int, rng=None):
         super().__init__()
@@ -280,7 +281,7 @@ class Euclidean(Module):
     def build(self, x: Var) -> Var:
         last_dim(self, x, self.input_size)
         diff = F.reshape(x, x.shape + (1,)) - self.weight
-        return F.sqrt(F.sum(diff * diff, -2))
+        return library.sqrt_torch7(F.sum(diff * diff, -2))  # (at zero distance: 0, not NaN)
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.output_size})"
@@ -288,6 +289,7 @@ class Euclidean(Module):
 
 class _Reduce(Module):
     reduce = staticmethod(F.sum)
+    picks_an_entry = False  # Max, Min: an empty dimension has no value to give
 
     def __init__(self, dimension: int = 0, n_input_dims: int | None = None):
         super().__init__()
@@ -299,6 +301,10 @@ class _Reduce(Module):
         d = _dim(self.dimension, x.ndim, self.n_input_dims)
         self.expect(
             0 <= d < x.ndim, f"dimension {self.dimension} out of range for input shape {x.shape}"
+        )
+        self.expect(
+            x.shape[d] > 0 or not self.picks_an_entry,
+            f"dimension {self.dimension} of input shape {x.shape} is empty: no entry to pick",
         )
         return self.reduce(x, d)
 
@@ -321,6 +327,11 @@ class Sum(_Reduce):
     def reduce(self, x: Var, d: int) -> Var:  # (read at each build: size_average may change)
         return (library.mean if self.size_average else F.sum)(x, d)
 
+    def extra_repr(self) -> str:
+        if not self.size_average:
+            return super().extra_repr()
+        return f"({self.dimension}, {self.n_input_dims}, size_average=True)"
+
 
 class Mean(_Reduce):
     """Mean over `dimension` (batch rule as Sum).  Torch7: nn.Mean(dimension, nInputDims)."""
@@ -329,10 +340,12 @@ class Mean(_Reduce):
 
 
 class Max(_Reduce):
-    """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum (split
-    evenly between ties).  Torch7: nn.Max(dimension, nInputDims) (values only)."""
+    """Maximum over `dimension` (batch rule as Sum); the gradient goes to the maximum, all of it
+    to the first of tied entries as in Torch7 (`tn.max` shares it between them).
+    Torch7: nn.Max(dimension, nInputDims) (values only)."""
 
-    reduce = staticmethod(F.max)
+    reduce = staticmethod(library.first_max)
+    picks_an_entry = True
 
 
 class _Pointwise(Module):
@@ -342,9 +355,9 @@ class _Pointwise(Module):
 
 
 class Abs(_Pointwise):
-    """|x|.  Torch7: nn.Abs."""
+    """|x|; the gradient at 0 is +1, as in Torch7 (`tn.abs`: 0).  Torch7: nn.Abs."""
 
-    fn = staticmethod(F.abs)
+    fn = staticmethod(lambda x: F.where(F.greater(0.0, x), -x, x))  # (-0.0 stays -0.0)
 
 
 class SoftSign(_Pointwise):
@@ -386,7 +399,9 @@ class ELU(Module):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        neg = self.alpha * (F.exp(F.minimum(x, 0.0)) - 1)  # exp never sees a large x
+        # exp never sees a large x; at x = 0 the gradient is alpha, as Torch7's and PyTorch's
+        # (minimum(x, 0) would share the tie: alpha / 2)
+        neg = self.alpha * (F.exp(F.where(F.greater(x, 0.0), 0.0, x)) - 1)
         return F.where(F.greater(x, 0.0), x, neg)
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..tracing import Var
 from .containers import Container
@@ -59,9 +60,9 @@ class Log(_Pointwise):
 
 
 class Sqrt(_Pointwise):
-    """√x.  Torch7: nn.Sqrt."""
+    """√x; the gradient is 0 where the output is 0, as in Torch7.  Torch7: nn.Sqrt."""
 
-    fn = staticmethod(F.sqrt)
+    fn = staticmethod(library.sqrt_torch7)
 
 
 class Square(_Pointwise):
@@ -73,7 +74,7 @@ class Square(_Pointwise):
 class LogSigmoid(_Pointwise):
     """log σ(x) = −softplus(−x), stable in both tails.  Torch7: nn.LogSigmoid."""
 
-    fn = staticmethod(lambda x: -(F.relu(-x) + F.log(1 + F.exp(-F.abs(x)))))
+    fn = staticmethod(lambda x: -library.softplus(-x))
 
 
 class SoftMin(_Pointwise):
@@ -93,7 +94,7 @@ class SoftPlus(Module):
     def build(self, x: Var) -> Var:
         _array(self, x)
         bx = x * self.beta
-        smooth = (F.relu(bx) + F.log(1 + F.exp(-F.abs(bx)))) / self.beta
+        smooth = library.softplus(bx) / self.beta
         return F.where(F.greater(bx, self.threshold), x, smooth)
 
     def extra_repr(self) -> str:
@@ -164,17 +165,25 @@ class CDivTable(_TableOp):
     op = staticmethod(F.div)
 
 
-class CMaxTable(_TableOp):
-    """Elementwise maximum of the entries (ties split the gradient).  Torch7: nn.CMaxTable."""
+def _later_if(wins: Var, a: Var, b: Var) -> Var:
+    """b where it wins, else a (Torch7's maskedCopy of a strictly better later entry: a tie's
+    gradient goes all to the first entry); a NaN in either stays NaN, as np.maximum's."""
+    return F.where(wins, b, F.where(F.equal(b, b), a, b))
 
-    op = staticmethod(F.maximum)
+
+class CMaxTable(_TableOp):
+    """Elementwise maximum of the entries; a tie's gradient goes to the first of them, as in
+    Torch7 (`tn.maximum` shares it).  Torch7: nn.CMaxTable."""
+
+    op = staticmethod(lambda a, b: _later_if(F.greater(b, a), a, b))
     arity = None
 
 
 class CMinTable(_TableOp):
-    """Elementwise minimum of the entries (ties split the gradient).  Torch7: nn.CMinTable."""
+    """Elementwise minimum of the entries; a tie's gradient goes to the first of them, as in
+    Torch7 (`tn.minimum` shares it).  Torch7: nn.CMinTable."""
 
-    op = staticmethod(F.minimum)
+    op = staticmethod(lambda a, b: _later_if(F.greater(a, b), a, b))
     arity = None
 
 
@@ -192,9 +201,11 @@ class MapTable(Container):
 
 
 class Min(_Reduce):
-    """Minimum over `dimension` (batch rule as Sum).  Torch7: nn.Min(dimension, nInputDims)."""
+    """Minimum over `dimension` (batch rule as Sum); a tie's gradient goes to the first
+    minimal entry, as in Torch7.  Torch7: nn.Min(dimension, nInputDims)."""
 
-    reduce = staticmethod(lambda x, d: -F.max(-x, d))
+    reduce = staticmethod(lambda x, d: -library.first_max(-x, d))
+    picks_an_entry = True
 
 
 class Select(Module):

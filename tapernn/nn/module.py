@@ -60,8 +60,7 @@ class Module:
         self.output: Any = None
         self.grad_input: Any = None
         self.is_training = True
-        self._passes = None
-        self._plan_options = None
+        self._passes = self._plan_options = None
         self._runtime = None
         self._dtype = np.dtype(np.float64)
 
@@ -75,7 +74,7 @@ class Module:
                 params[name] = value
                 packing_changed()
             elif isinstance(value, Module) and children is not None and not name.startswith("_"):
-                self._adopt_dtype(value)
+                self._adopt_dtype(check.not_holding(self, value))
                 children[name] = value
                 joined(self, value)
                 packing_changed()
@@ -91,7 +90,7 @@ class Module:
 
     def add_child(self, name: str, module: Module) -> Module:
         check.module(self, "a child" if name.isdigit() else name, module)
-        self._adopt_dtype(module)
+        self._adopt_dtype(check.not_holding(self, module))
         self._children[name] = module
         joined(self, module)
         packing_changed()

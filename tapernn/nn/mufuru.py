@@ -5,6 +5,7 @@ Torch7: nn.MuFuRu(inputSize, outputSize, ops) (rnn)."""
 from __future__ import annotations
 
 from .. import functional as F
+from .. import library
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError
 from .layers import Linear
@@ -17,7 +18,7 @@ OPERATIONS = {
     "mul": lambda s, v: s * v,
     "diff": lambda s, v: s - v,
     "forget": lambda s, v: F.zeros_like(s),
-    "sqrt_diff": lambda s, v: 0.25 * F.sqrt(F.abs(s - v)),
+    "sqrt_diff": lambda s, v: 0.25 * library.sqrt_torch7(F.abs(s - v)),  # (0 gradient at s == v)
     "max": F.maximum,
     "min": F.minimum,
 }

@@ -19,7 +19,7 @@ from ..tracing import Var
 from .context import current_build
 from .module import Module
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
-from .write_plan import Pending
+from .write_plan import LastOutput, Pending
 
 _BY_STEP = itemgetter(1)  # a field item's step: (name, t, value)
 
@@ -78,6 +78,7 @@ class AbstractRecurrent(Module):
     """State-carrying module: `outputs[t]`, `inputs[t]`, `states[name][t]`, `step`, `forget()`."""
 
     is_recurrent = True
+    output = LastOutput()  # Torch7's field: the newest step's output, also inside a Sequencer
     outputs = _StepField()
     inputs = _StepField()
     states = _StepField()
@@ -425,6 +426,9 @@ class Cell(AbstractRecurrent):
         if callable(fn) and not isinstance(fn, property):
             cls._cell_step = fn  # the most derived step: what unrolling calls
             cls.step = _CellStep(fn)  # the counter, calling this class's own fn (super() too)
+        fn = cls.__dict__.get("output")
+        if callable(fn) and not isinstance(fn, LastOutput):
+            cls.output = LastOutput(fn)  # the method on the class, the result field on instances
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -442,6 +446,7 @@ class Cell(AbstractRecurrent):
                     f"(batch, {H}), got {s.shape}"
                 )
 
+    @LastOutput
     def output(self, *state: Var) -> Var:
         return state[0]
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..arena import Arena
-from ..errors import ShapeError, StateError
+from ..errors import DTypeError, ShapeError, StateError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..keep import drop_free
@@ -133,7 +133,7 @@ class Runtime:
             output = outs[0]
         else:
             output = unflatten(exe.out_tree, list(outs[: len(exe.real)]))
-        object.__setattr__(self.module, "output", output)  # (a field: no registration check)
+        self.module.__dict__["output"] = output  # (a field: no registration check, no descriptor)
         return output
 
     def _run(
@@ -310,7 +310,7 @@ class Runtime:
             if output is not None:  # (the last "output" probe: each one replaced the one before)
                 _, tree, pos, stop = output
                 value = outs[pos] if tree == LEAF else unflatten(tree, list(outs[pos:stop]))
-                object.__setattr__(m, "output", value)  # (a field: no registration check)
+                m.__dict__["output"] = value  # (a field: no registration check, no descriptor)
             if by_steps is not None:  # a recurrent module's fields, grouped once per program
                 if mode == "sequence":  # made into step rows when first read
                     m._write_pending(Pending(outs, by_steps), by_steps[3])
@@ -459,7 +459,13 @@ class Runtime:
                         f"{self.module.describe()}: grad_output has {len(gleaves)} "
                         f"arrays, the output has {len(exe.real)}"
                     )
-                g = np.asarray(gleaves[k])
+                g = gleaves[k]
+                if isinstance(g, np.ma.MaskedArray):  # (its mask would be dropped silently)
+                    raise DTypeError(
+                        f"{self.module.describe()}: grad_output {k} is a numpy masked array; "
+                        f"pass np.ma.filled(g, 0)"
+                    )
+                g = np.asarray(g)
                 if g.dtype.kind not in "fiub":
                     data_array(f"{self.module.describe()}: grad_output", g)
                 g = g.astype(node.dtype, copy=False)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArgumentError, TapernnError
+from ..errors import ArgumentError, DTypeError, TapernnError
 from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .tree import count_leaves
@@ -22,7 +22,12 @@ def _has_hook(m: Any) -> bool:
 
 def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     """x as an array of the model's float dtype; with `copy`, never the caller's own array."""
-    if not isinstance(x, np.ndarray):
+    if type(x) is not np.ndarray:  # (a subclass too: np.matrix, np.memmap -> a plain array)
+        if isinstance(x, np.ma.MaskedArray):
+            raise DTypeError(
+                f"{root.describe()}: got a numpy masked array, whose mask the model would not "
+                f"see; pass np.ma.filled(x, 0) (zero rows with MaskZero / lengths= for padding)"
+            )
         x = np.asarray(x)
         if x.dtype == object:
             raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")

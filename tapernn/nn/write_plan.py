@@ -1,12 +1,14 @@
 """How a program's outputs become module fields (nn.runtime's write-back): the per-module plan
 made once per program from its probes (`write_plan`), and a recurrent module's per-step fields
-grouped by step (`by_steps`, `gather`)."""
+grouped by step (`by_steps`, `gather`), and a recurrent module's `output` made from them when
+read (`LastOutput`)."""
 
 from __future__ import annotations
 
 from itertools import pairwise
 from typing import Any
 
+from .context import _BUILD
 from .rolled import Stacked
 from .tree import LEAF
 
@@ -130,3 +132,31 @@ def gather(outs: tuple, sources: tuple | list) -> list:
         else:
             values += list(outs[pos] if rows == 1 else outs[pos][::-1])
     return values
+
+
+class LastOutput:
+    """A recurrent module's `output` (Torch7's field): the newest step's output, `outputs[-1]`,
+    made when read -- a Sequencer's call, or a container stepped by hand, writes only the
+    per-step fields of the modules inside (no cost per call); else the value written (a module
+    stepped by itself; a forget() leaves it). On the class (and inside a step's trace, where
+    `super().output(*state)` reads it) it is the cell's method `output(*state)` (`fn`), which
+    Cell subclasses override."""
+
+    def __init__(self, fn: Any = None):
+        self.fn = fn
+        self.__doc__ = getattr(fn, "__doc__", None) or LastOutput.__doc__
+
+    def __get__(self, m: Any, owner: Any = None) -> Any:
+        if m is None:
+            return self.fn
+        fields = m.__dict__
+        if _BUILD.get() is not None and self.fn is not None:  # (tracing a step: the method)
+            return self.fn.__get__(m, owner)
+        if fields.get("outputs"):  # (a Pending is true: made into lists by this read)
+            newest = m.outputs[-1]
+            if newest is not None:
+                return newest
+        return fields.get("output")
+
+    def __set__(self, m: Any, value: Any) -> None:
+        m.__dict__["output"] = value
