@@ -129,25 +129,9 @@ def _scalar(op: str, xs: list[str], attrs: dict, dt: str) -> str:
     raise Unsupported(f"op {op!r}")
 
 
-_CASTS_OPERANDS = (
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "add_n",
-    "maximum",
-    "minimum",
-    "power",
-    "neg",
-    "exp",
-    "log",
-    "tanh",
-    "sqrt",
-    "abs",
-    "sign",
-    "sigmoid",
-    "relu",
-)
+# (operands cast to the instruction's dtype where theirs differs)
+_CASTS_OPERANDS = ("add", "sub", "mul", "div", "add_n", "maximum", "minimum", "power", "neg")
+_CASTS_OPERANDS += ("exp", "log", "tanh", "sqrt", "abs", "sign", "sigmoid", "relu")
 
 _HEADER = (
     '''"""tapernn generated kernel (numba backend); safe to delete."""
@@ -318,20 +302,26 @@ def _drop_numba_cache(source: str) -> bool:
 
 def _load(source: str) -> Callable:
     """Import the module holding `source` from the cache directory (written once, atomically:
-    concurrent processes write the same text to the same name)."""
+    concurrent processes write the same text to the same name), after the helpers module its
+    kernels import (vecmath.HELPERS_SOURCE: once per process)."""
     from .numba_setup import setup
 
     setup()  # numba's first-use setup, without its scipy import (once per process)
-    name = _module_name(source)
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.py"
-    if not path.exists() or path.read_text() != source:
-        atomic_write(path, lambda f: f.write(source.encode()))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    for name, text in (
+        (vecmath.HELPERS_MODULE, vecmath.HELPERS_SOURCE),
+        (_module_name(source), source),
+    ):
+        if text is not source and name in sys.modules:
+            continue
+        path = directory / f"{name}.py"
+        if not path.exists() or path.read_text() != text:
+            atomic_write(path, lambda f, text=text: f.write(text.encode()))
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
     return module.kernel
 
 

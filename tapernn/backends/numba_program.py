@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import math
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,11 @@ WHOLE = "numba whole-program kernel"
 
 class ProgramKernel(LoopKernel):
     """A generated whole-program kernel (loaded and compiled as numba_loop.LoopKernel); `loops`:
-    the loop kernels it calls (their modules loaded before its own imports them)."""
+    the loop kernels it calls (their modules loaded before its own imports them). Two
+    specialisations at most per dtype and write flags: the program's inputs all C-contiguous,
+    and all of layout "A" for calls passing any other layout (F, strided: each combination
+    was a cold compile of its own, 1-4 s; numba's dispatcher, compiling disabled, converts such
+    a call's arrays to the "A" one; `retry` compiles it at the first such call)."""
 
     def __init__(
         self,
@@ -39,12 +44,23 @@ class ProgramKernel(LoopKernel):
         constants: list[np.ndarray],
         loops: list[LoopKernel],
         work: list[tuple[str, int]],
+        n_outs: int = 0,
     ):
         super().__init__(source, constants, work)
         self.loops = loops
+        self.inputs = slice(n_outs + len(constants), -len(work) if work else None)
 
     def signature(self, key: tuple) -> tuple:
         return background.numba_signature(key)
+
+    def general(self, key: tuple, layout: str = "A") -> tuple:
+        """`key` with every input array of another layout than C as `layout` ("A": all of
+        them, as soon as one is not C)."""
+        ins = key[self.inputs]
+        if all(lay == "C" or not nd for _, nd, lay, _ in ins):
+            return key
+        ins = tuple((dt, nd, layout if nd else lay, ro) for dt, nd, lay, ro in ins)
+        return key[: self.inputs.start] + ins + key[len(key[: self.inputs.stop]) :]
 
     def prepare(self, key: tuple) -> Callable | None:
         with numba_loop._lock:
@@ -54,7 +70,40 @@ class ProgramKernel(LoopKernel):
                         loop.kernel = numba_loop._load(loop.source)
                     except Exception as e:  # noqa: BLE001 -- the program kernel fails with it
                         self.error = f"its loop kernel failed: {type(e).__name__}: {e}"[:200]
-            return super().prepare(key)
+            # (a first call with other layouts: the C form too, which most later calls use)
+            keys = dict.fromkeys((self.general(key), self.general(key, "C")))
+            if self.kernel is not None:
+                self.kernel.disable_compile(False)
+            try:
+                with warnings.catch_warnings():  # (np.dot on "A" arrays copies: said once here)
+                    warnings.simplefilter("ignore", category=_performance_warning())
+                    made = [super(ProgramKernel, self).prepare(k) for k in keys][-1]
+            finally:
+                if self.kernel is not None:
+                    self.kernel.disable_compile(True)
+            return made
+
+    def retry(self, *args: Any) -> None:
+        """Call the kernel with arguments no compiled specialisation takes (a TypeError from
+        numba's dispatcher, compiling disabled): compile general() of their types first; as a
+        last resort let numba compile their exact types (as before this class generalised)."""
+        try:
+            key = self.general(background.type_key(args))
+        except AttributeError:  # (not all arrays)
+            key = None
+        if key is not None and key not in self.types and self.prepare(key) is not None:
+            try:
+                return self.kernel(*args)
+            except TypeError:
+                pass
+        self.kernel.disable_compile(False)
+        self.kernel(*args)
+
+
+def _performance_warning() -> type:
+    from numba.core.errors import NumbaPerformanceWarning
+
+    return NumbaPerformanceWarning
 
 
 def attach(compiled: Any) -> None:
@@ -85,7 +134,7 @@ def attach(compiled: Any) -> None:
         handle = _programs.get(key)
         if handle is None:
             handle = _programs[key] = ProgramKernel(
-                source, gen.constants, gen.called, gen.work_sizes()
+                source, gen.constants, gen.called, gen.work_sizes(), len(gen.outs)
             )
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
@@ -205,10 +254,17 @@ def runner(
     new = [j for j in range(len(outs)) if j not in fixed]
     lines = [f"def run({', '.join(params)}):"]
     lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
-    lines.append(f"    kernel({', '.join(made + consts + params + works)})")
+    call = ", ".join(made + consts + params + works)
+    lines += [
+        "    try:",
+        f"        kernel({call})",
+        "    except TypeError:",
+        f"        retry({call})",
+    ]
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {
         "kernel": handle.kernel,
+        "retry": handle.retry,
         "empty": np.empty,
         **{f"s{j}": outs[j][0] for j in new},
         **{f"d{j}": outs[j][1] for j in new},

@@ -8,6 +8,9 @@ dense grid with the extremes, subnormals, signed zeros, NaN and Inf."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
 
 # module globals of every generated kernel (numba freezes them as float32 constants: a Python
@@ -94,11 +97,7 @@ def _assignments(constants: dict[str, float], dtype: str) -> str:
     )
 
 
-HEADER = (
-    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits\n"
-    + _assignments(_CONSTANTS, "float32")
-    + _assignments(_CONSTANTS64, "float64")
-)
+_CONSTANT_LINES = _assignments(_CONSTANTS, "float32") + _assignments(_CONSTANTS64, "float64")
 
 
 def constants() -> dict[str, np.float32]:
@@ -130,9 +129,12 @@ def _exp_core(t: str, c: str) -> list[str]:
     ]
 
 
-def exp_lines(t: str, x: str, out: str, c: str = "VM") -> list[str]:
+def exp_lines(t: str, x: str, out: str, c: str = "VM", inline: bool = False) -> list[str]:
     """{out} = exp({x}) for a float32 {x} (constants `c` "VM"; float64: "VD", exp64_lines):
-    +Inf above {c}_EXP_HI, 0 below {c}_EXP_LO, NaN passed through."""
+    +Inf above {c}_EXP_HI, 0 below {c}_EXP_LO, NaN passed through. A call of the helpers
+    module's function unless `inline` (see CALLS)."""
+    if CALLS and not inline:
+        return [f"{out} = {c.lower()}_exp({x})"]
     core = _exp_core if c == "VM" else _exp_core64
     return [
         f"{t}x = {x}",
@@ -143,10 +145,12 @@ def exp_lines(t: str, x: str, out: str, c: str = "VM") -> list[str]:
     ]
 
 
-def tanh_lines(t: str, x: str, out: str) -> list[str]:
+def tanh_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     """{out} = tanh({x}) for a float32 {x}: the odd polynomial below 0.625 (tanh(-0) = -0,
     tanh(x) = x for tiny x), 1 - 2 / (e^(2|x|) + 1) with |x| clamped at 10 above (+-1 there and
     at +-Inf), the sign copied; NaN passed through."""
+    if CALLS and not inline:
+        return [f"{out} = vm_tanh({x})"]
     q = _horner([f"VM_TQ{k}" for k in reversed(range(len(_TANH_Q)))], f"{t}z")
     return [
         f"{t}x = {x}",
@@ -161,13 +165,15 @@ def tanh_lines(t: str, x: str, out: str) -> list[str]:
     ]
 
 
-def sigmoid_lines(t: str, x: str, out: str, c: str = "VM") -> list[str]:
+def sigmoid_lines(t: str, x: str, out: str, c: str = "VM", inline: bool = False) -> list[str]:
     """{out} = sigma({x}) for a float32 {x} (float64: `c` "VD"), exact in both tails as
     numba_backend's form: e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below
     -103.97 (float32), NaN passed through (exp_lines')."""
+    if CALLS and not inline:
+        return [f"{out} = {c.lower()}_sigmoid({x})"]
     return [
         f"{t}i = {x}",
-        *exp_lines(t, f"-np.abs({t}i)", f"{t}e", c),
+        *exp_lines(t, f"-np.abs({t}i)", f"{t}e", c, True),
         f"{out} = ({c}_ONE if {t}i >= {c}_ZERO else {t}e) / ({c}_ONE + {t}e)",
     ]
 
@@ -188,14 +194,16 @@ def _exp_core64(t: str, c: str) -> list[str]:
     ]
 
 
-def exp64_lines(t: str, x: str, out: str) -> list[str]:
+def exp64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     """{out} = exp({x}) for a float64 {x} (exp_lines with the VD constants)."""
-    return exp_lines(t, x, out, "VD")
+    return exp_lines(t, x, out, "VD", inline)
 
 
-def tanh64_lines(t: str, x: str, out: str) -> list[str]:
+def tanh64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     """{out} = tanh({x}) for a float64 {x} (as tanh_lines, Cephes' float64 forms, |x| clamped
     at 22 above 0.625); NaN passed through."""
+    if CALLS and not inline:
+        return [f"{out} = vd_tanh({x})"]
     return [
         f"{t}x = {x}",
         f"{t}a = np.abs({t}x)",
@@ -211,10 +219,53 @@ def tanh64_lines(t: str, x: str, out: str) -> list[str]:
     ]
 
 
-def sigmoid64_lines(t: str, x: str, out: str) -> list[str]:
+def sigmoid64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     """{out} = sigma({x}) for a float64 {x} (sigmoid_lines with the VD constants)."""
-    return sigmoid_lines(t, x, out, "VD")
+    return sigmoid_lines(t, x, out, "VD", inline)
 
 
 # numba_backend.VECTOR_FLOAT64: the float64 line makers by op
 FLOAT64 = {"tanh": tanh64_lines, "exp": exp64_lines, "sigmoid": sigmoid64_lines}
+
+
+# The kernels call these six as @njit functions of one generated module (HELPERS_SOURCE, in the
+# kernel cache directory beside the kernels, loaded by numba_backend._load first) instead of carrying
+# their ~10-20 lines inline at every use: numba types and lowers each function once per process
+# (loaded from numba's cache after the first), and a kernel's typing and lowering see one call
+# per use instead of the lines -- LLVM still inlines the calls, so the machine code and the bits
+# are the same (BENCHMARKS.md hcold2, "CI with a cold kernel cache, second pass").
+# $TAPERNN_NUMBA_INLINE_MATH=1 writes them inline as before.
+CALLS = os.environ.get("TAPERNN_NUMBA_INLINE_MATH", "0") in ("", "0")
+_HELPERS = (
+    ("vm_exp", exp_lines),
+    ("vm_tanh", tanh_lines),
+    ("vm_sigmoid", sigmoid_lines),
+    ("vd_exp", exp64_lines),
+    ("vd_tanh", tanh64_lines),
+    ("vd_sigmoid", sigmoid64_lines),
+)
+
+
+def _helpers_source() -> str:
+    text = [
+        '"""tapernn generated numba helpers (vecmath.py); safe to delete."""',
+        "import numpy as np",
+        "from numba import njit",
+        "from tapernn.backends.numba_intrinsics import f32_bits, f64_bits",
+        _CONSTANT_LINES,
+    ]
+    for name, lines in _HELPERS:
+        text += ["", '@njit(cache=True, error_model="numpy", nogil=True)', f"def {name}(x):"]
+        text += [f"    {line}" for line in lines("t", "x", "r", inline=True)]
+        text.append("    return r")
+    return "\n".join(text) + "\n"
+
+
+HELPERS_SOURCE = _helpers_source()
+# (its name carries its text's digest: a kernel module names the helpers it was compiled with)
+HELPERS_MODULE = "tapernn_vm_" + hashlib.sha1(HELPERS_SOURCE.encode()).hexdigest()[:20]
+HEADER = (
+    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits\n"
+    + f"from {HELPERS_MODULE} import {', '.join(name for name, _ in _HELPERS)}\n"
+    + _CONSTANT_LINES
+)
