@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=1000, help="cases to run (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--calls", type=int, default=4, help="at most this many calls a case")
+    parser.add_argument(
+        "--calls", type=int, default=5, help="at most this many calls a case (>= 3)"
+    )
     parser.add_argument(
         "--max-failures", type=int, default=10, help="stop after this many failures (default 10)"
     )
