@@ -79,23 +79,29 @@ def fuse(program: Any) -> int:
     """Rewrite `program` (codegen.Program, top level, np_matmul bound to own_threads.matmul):
     its function made again from the rewritten source, same bound values plus
     np_matmul_bias. Returns how many bias adds moved (0: unchanged)."""
-    from .backends.background import Site
-
     source, count = rewrite(program.source)
     if not count:
         return 0
+    head = source.split("\n", 1)[0]
+    refit(program, source, {k: v for k, v in _BOUND.items() if f", {k}" in head})
+    FUSED[0] += count
+    return count
+
+
+def refit(program: Any, source: str, bound: dict[str, Any]) -> None:
+    """Make `program`'s function again from its rewritten `source` (same file name: the line ->
+    node map stays true), bound to the old function's values plus `bound`; a background
+    kernel's Site bound to the old function is attached to the new one (its switch rebinds
+    there). own_room.fuse's too."""
+    from .backends.background import Site
+
     old = program.fn
     name = _HEAD.match(source.split("\n", 1)[0]).group(1)
     namespace: dict[str, Any] = {}
     exec(builtins.compile(source, program.filename, "exec"), namespace)  # noqa: S102 (our source)
     fn = namespace[name]
-    fn.__kwdefaults__ = {
-        **(old.__kwdefaults__ or {}),
-        **{k: v for k, v in _BOUND.items() if f", {k}" in source.split("\n", 1)[0]},
-    }
-    for k, v in fn.__kwdefaults__.items():  # (a kernel's switch rebinds in the new function)
+    fn.__kwdefaults__ = {**(old.__kwdefaults__ or {}), **bound}
+    for k, v in fn.__kwdefaults__.items():
         if isinstance(v, Site) and v.owner is not None and v.owner() is old:
             v.attach(fn, k)
     program.fn, program.source = fn, source
-    FUSED[0] += count
-    return count

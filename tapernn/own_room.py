@@ -28,7 +28,6 @@ panels every call cost what the kernel saved: the (32, 50, 256) step is unchange
 
 from __future__ import annotations
 
-import builtins
 import concurrent.futures
 import re
 import threading
@@ -38,6 +37,7 @@ import numpy as np
 
 from . import own_threads
 from .backends import background, packed
+from .own_bias import refit
 
 DTYPES = {np.dtype(np.float32)}  # (tests add float64)
 MIN_ROWS = 64  # rows of a below which OpenBLAS runs (too few row blocks to split)
@@ -113,24 +113,10 @@ def fuse(program: Any) -> int:
     """Rewrite `program` (codegen.Program, top level, owned: np_matmul bound to
     own_threads.matmul): its function made again from the rewritten source, same bound values
     plus one RoomGemm per rewritten line. Returns how many lines (0: unchanged)."""
-    from .backends.background import Site
-
     source, count = rewrite(program.source)
     if not count:
         return 0
-    old = program.fn
-    name = _HEAD.match(source.split("\n", 1)[0]).group(1)
-    namespace: dict[str, Any] = {}
-    exec(builtins.compile(source, program.filename, "exec"), namespace)  # noqa: S102 (our source)
-    fn = namespace[name]
-    fn.__kwdefaults__ = {
-        **(old.__kwdefaults__ or {}),
-        **{f"np_matmul_room{k}": RoomGemm() for k in range(count)},
-    }
-    for k, v in fn.__kwdefaults__.items():  # (a kernel's switch rebinds in the new function)
-        if isinstance(v, Site) and v.owner is not None and v.owner() is old:
-            v.attach(fn, k)
-    program.fn, program.source = fn, source
+    refit(program, source, {f"np_matmul_room{k}": RoomGemm() for k in range(count)})
     FUSED[0] += count
     return count
 
