@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cell_reference import fastlstm_step, gru_step, lstm_step
 from test_batch_split import TOL, D, check_equations, equal, steps, train
+from test_step_loop import remembered_chunks
 
 import tapernn as tn
 from tapernn import nn
@@ -126,27 +127,8 @@ def test_lengths_remembered_across_chunks(rng):
     # (GRU: a FastLSTM with lengths= does not split, "another kernel than the full body's")
     make, step, n = CELLS["gru"]
     a, b = model(make, True), model(make, False)
-    for m in (a, b):
-        m.remember("both")
-    rows = 17
-    x, g = rng.standard_normal((11, rows, D)), rng.standard_normal((11, rows, H))
-    p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
-    state = tuple(np.zeros((rows, H)) for _ in range(n))
     before = counts()
-    lens = [rng.integers(1, 5, rows) for _ in range(2)] + [rng.integers(1, 4, rows)]
-    for k in range(3):
-        lens[k][0] = 4 if k < 2 else 3
-    chunks = ((0, list(lens[0])), (4, list(lens[1])), (8, list(lens[2])))
-    for lo, lengths in chunks * 2:
-        hi = lo + max(lengths) if lo < 8 else 11
-        xc, gc, lengths = x[lo:hi], g[lo:hi], np.array(lengths)
-        mask = (np.arange(hi - lo)[:, None] < lengths)[..., None].astype(float)
-        got = train(a, xc, gc, lengths=lengths)
-        equal(got, train(b, xc, gc, lengths=lengths))
-        ys, state = steps(step, p, xc, state, mask)
-        np.testing.assert_allclose(got[0], ys, **TOL)
-        for h, s in zip(a.module.get_hidden_state(-1), state):
-            np.testing.assert_allclose(h, s, **TOL)
+    x, g = remembered_chunks(a, b, step, n, H, rng)
     assert counts()[0] > before[0], (counts(), before, notes(a))
     a.forget()
     b.forget()

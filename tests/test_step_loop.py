@@ -113,13 +113,20 @@ def test_float32_bit_for_bit(name, batch, rng):
 def test_lengths_remembered_across_chunks(name, rng):
     make, step, n, H = CELLS[name]
     a, b = model(make, True), model(make, False)
+    before = ran()
+    remembered_chunks(a, b, step, n, H, rng)
+    assert ran() > before
+
+
+def remembered_chunks(a, b, step, n, H, rng):
+    """`lengths=` batches of 17 rows in three chunks, twice, both models remembering: `a` bit for
+    bit `b` (values, gradients, hidden states) and the NumPy equations (test_step_fuse's too)."""
     for m in (a, b):
         m.remember("both")
     rows = 17
     x, g = rng.standard_normal((11, rows, D)), rng.standard_normal((11, rows, H))
     p = {k: v.data.copy() for k, v in a.module.named_parameters().items()}
     state = tuple(np.zeros((rows, H)) for _ in range(n))
-    before = ran()
     lens = [rng.integers(1, 5, rows) for _ in range(2)] + [rng.integers(1, 4, rows)]
     for k in range(3):
         lens[k][0] = 4 if k < 2 else 3
@@ -136,7 +143,7 @@ def test_lengths_remembered_across_chunks(name, rng):
             np.testing.assert_allclose(h, s, **TOL)
         for h, s in zip(a.module.get_hidden_state(-1), b.module.get_hidden_state(-1)):
             np.testing.assert_array_equal(h, s)
-    assert ran() > before
+    return x, g
 
 
 def test_need_grad_input_false(rng):
