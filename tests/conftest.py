@@ -91,3 +91,18 @@ def backend(request):
     tn.set_backend(request.param)
     yield request.param
     tn.set_backend(before)
+
+
+@pytest.fixture(scope="module")
+def packed_on():
+    """The module's programs pack their step GEMMs as on an AVX-512 CPU (backends/packed.py's
+    availability cache set to True, restored after the module): the packed kernel and its
+    program rewrite are correct code on any x86 host (numba compiles the kernel's 512-bit
+    vectors for the host; on AVX2 LLVM splits them, slower), so the files testing them run on
+    AVX2 machines too (`pytestmark = pytest.mark.usefixtures("packed_on")`)."""
+    from tapernn.backends import packed
+
+    before = packed._avx512[0]
+    packed._avx512[0] = True
+    yield
+    packed._avx512[0] = before

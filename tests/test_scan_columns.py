@@ -13,11 +13,11 @@ from test_batch_split import D, T, check_equations, notes, train
 import tapernn as tn
 from tapernn import nn, own_threads, scan_columns, scan_split
 from tapernn.backends import numba_available
-from tapernn.backends.packed import available as avx512
 
-pytestmark = pytest.mark.skipif(
-    not (numba_available() and avx512()), reason="numba and AVX-512 (packed step GEMMs)"
-)
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 | 5 panels
 
 
