@@ -11,9 +11,10 @@ layout is pinned; whether the BLAS then gives the same bits does:
 
 On the Zen 4 AVX-512 VM (OpenBLAS SkylakeX kernels) every 1-vs-2-thread GEMM measured agreed;
 on a Zen 3 AVX2 VM (OpenBLAS 0.3.31, Haswell kernels) none of the three holds in float32 (the
-SGEMM kernel's 8-row and 4-row edge blocks sum odd and even k apart, its 16-row blocks in one
-chain, so a row's bits depend on the block it lands in) and in float64 a row computed alone in
-the kernel's 1-row edge block (an odd row count's last row, a GEMV) rounds differently."""
+SGEMM kernel's blocks of 8 rows by 4 or 6 columns sum odd and even k apart, its other blocks in
+one chain, so an element's bits depend on the block it lands in) and in float64 a row computed
+alone in the kernel's 1-row edge block (an odd row count's last row, a GEMV) rounds
+differently."""
 
 from __future__ import annotations
 
@@ -25,9 +26,19 @@ import numpy as np
 from .blas import limiter
 
 # (m, k, n) probed: the row counts cover an even count, odd ones (an edge block of one row) and
-# the kernels' 4-, 8- and 16-row blocks; k and n are large enough that OpenBLAS does use two
-# threads (it runs small GEMMs on one)
-SHAPES = ((2, 256, 1024), (5, 256, 1024), (8, 128, 512), (33, 256, 1024), (64, 96, 384))
+# the kernels' 4-, 8- and 16-row blocks; most are large enough that OpenBLAS does use two
+# threads (it runs small GEMMs on one), the last three small (OpenBLAS builds with small-matrix
+# kernels, SkylakeX's, run those on another kernel than the large ones)
+SHAPES = (
+    (2, 256, 1024),
+    (5, 256, 1024),
+    (8, 128, 512),
+    (33, 256, 1024),
+    (64, 96, 384),
+    (5, 130, 130),
+    (16, 130, 520),
+    (3, 13, 52),
+)
 
 
 @dataclass(frozen=True)
