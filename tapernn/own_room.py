@@ -171,21 +171,23 @@ class RoomGemm:
         """PackedSite's call-count protocol: the kernel is taken at the program's switch call
         with background compilation, else at the first call."""
         self.calls += 1
+        if self.calls == 1 and not packed.available():
+            return  # (no packed kernel on this CPU: OpenBLAS's halves for good)
         if self.calls == 1:
             self.key = ((dtype.str,),)
             if not background.enabled():
-                packed._HANDLE.prepare(self.key)
+                packed.handle().prepare(self.key)
                 self._take()
             else:
-                self.ready = background.request(packed._HANDLE, self.key)
+                self.ready = background.request(packed.handle(), self.key)
         elif self.ready is not None and background.due(self.calls):
             self.ready.wait()
             self.ready = None
             self._take()
 
     def _take(self) -> None:
-        if packed._HANDLE.has(self.key):
-            self.kernel = packed._HANDLE.kernel
+        if packed.handle().has(self.key):
+            self.kernel = packed.handle().kernel
 
     def __call__(self, a, b, bias, shape, slab, out=None):
         if (
@@ -227,7 +229,7 @@ class RoomGemm:
             if getattr(bias, "ndim", 0) < 1 or bias.size != n or bias.dtype != dt:
                 return None
             row = bias.reshape(n)
-        nr = packed.panel_width(dt)
+        nr = packed.width_of(self.kernel, dt)  # (its instruction set's panels)
         npan = -(-n // nr)
         flat = panels_in(slab, out, npan * k * nr)
         if flat is None:
