@@ -12,14 +12,15 @@ from tapernn import nn
 from tapernn.backends import numba_available, packed
 
 pytestmark = pytest.mark.skipif(
-    not numba_available() or not packed.available(), reason="numba and AVX-512 needed"
+    not numba_available() or not packed.available(),
+    reason="numba and a packed kernel (AVX2 or AVX-512) needed",
 )
 
 
 @pytest.fixture
 def ready():
     for dt in (np.float32, np.float64):
-        packed._HANDLE.prepare(((np.dtype(dt).str,),))
+        packed.handle().prepare(((np.dtype(dt).str,),))
 
 
 def numpy_pack(w):

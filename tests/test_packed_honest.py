@@ -141,10 +141,11 @@ def test_a_packed_weight_is_not_copied_contiguous_first(numba_backend, rng):
 
 
 def test_a_failing_packed_kernel_is_reported_and_warned_once(numba_backend, rng, monkeypatch):
-    def broken():
+    def broken(kind=None):
         raise RuntimeError("LLVM said no")
 
-    monkeypatch.setattr(packed_mod, "_HANDLE", packed_mod._Handle())
+    fresh = {kind: packed_mod._Handle(kind) for kind in packed_mod.GEOMETRY}
+    monkeypatch.setattr(packed_mod, "_HANDLES", fresh)
     monkeypatch.setattr(packed_mod, "_kernel_module", broken)
     monkeypatch.setattr(packed_mod, "_warned", set())
     x, g = _data(rng)

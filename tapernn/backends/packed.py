@@ -57,17 +57,21 @@ def rule(options: Any) -> tuple[int, int] | None:
 
 def isa() -> str | None:
     """The instruction set the packed kernel is built for on this CPU: "avx512" (avx512f),
-    "avx2" (avx2 and fma), None (OpenBLAS runs the step GEMMs). Read once; tests may set
-    `_isa[0]` (any key of GEOMETRY runs correctly on any x86-64 CPU with AVX2: LLVM splits wider
-    vectors; or None)."""
-    if not _isa:
-        _isa.append(_detect())
-    return _isa[0]
+    "avx2" (avx2 and fma), None (OpenBLAS runs the step GEMMs). The flags are read once into
+    `_avx512[0]` and `_avx2[0]`, which tests may set (True in `_avx512[0]`: AVX-512's kernel,
+    correct on any AVX2 CPU too -- LLVM splits its vectors, slower)."""
+    if _avx512[0] is None:
+        _avx512[0], _avx2[0] = _detect()
+    if _avx512[0]:
+        return "avx512"
+    return "avx2" if _avx2[0] else None
 
 
-def _detect() -> str | None:
+def _detect(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, bool]:
+    """(avx512f, avx2 and fma) of this CPU: `cpuinfo`'s flags, else LLVM's host features, else
+    neither."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = next((set(line.split()) for line in f if line.startswith("flags")), set())
     except OSError:
         try:
@@ -77,14 +81,11 @@ def _detect() -> str | None:
             flags = {name for name in ("avx512f", "avx2", "fma") if features.get(name)}
         except Exception:  # noqa: BLE001 -- unknown: keep OpenBLAS
             flags = set()
-    if "avx512f" in flags:
-        return "avx512"
-    if {"avx2", "fma"} <= flags:
-        return "avx2"
-    return None
+    return "avx512f" in flags, {"avx2", "fma"} <= flags
 
 
-_isa: list[str | None] = []
+_avx512: list[bool | None] = [None]
+_avx2: list[bool | None] = [None]
 
 
 def available() -> bool:
@@ -122,15 +123,15 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         out = np.empty(shape, w.dtype)
     full = n // nr
     rows = (  # a transposed view of a C weight: its rows scattered into the panels by numba
-        # (compiled with the packed GEMM's kernel, any width; BENCHMARKS.md "h256")
+        # (compiled with the packed GEMM's kernel; any width; BENCHMARKS.md "h256")
         TRANSPOSED_PACK[0]
         and w.strides[0] == w.itemsize
         and w.T.flags.c_contiguous
         and out.flags.c_contiguous
-        and next((h for h in _HANDLES.values() if ((w.dtype.str,),) in h.packs), None)
+        and ((w.dtype.str,),) in handle().packs
     )
     if rows:
-        _kernel_module(rows.isa).pack_rows(w.T, out)
+        _kernel_module(handle().isa).pack_rows(w.T, out)
         return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
