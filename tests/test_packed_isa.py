@@ -1,5 +1,5 @@
 """The packed GEMM per instruction set (backends/packed.py GEOMETRY, issue 19, BENCHMARKS.md
-"havx2"): the CPU flags pick "avx512" (4 x 4 vectors of 512 bits), "avx2" (4 x 3 of 256) or
+"havx2"): the CPU flags pick "avx512" (4 x 4 vectors of 512 bits), "avx2" (4 x 2 of 256) or
 none; each geometry's kernel equals np.matmul within the rounding bound k*u*(|A|@|B|) on odd
 shapes in both dtypes -- and both give the same bits (each output element one FMA chain over k
 in order, whatever the vector width) --; a program's packed calls run the kernel its panels were
@@ -64,7 +64,7 @@ def test_isa_follows_the_flags():
     for a512, a2, want in [(True, True, "avx512"), (True, False, "avx512"), (False, True, "avx2")]:
         packed._avx512[0], packed._avx2[0] = a512, a2
         assert packed.isa() == want and packed.available()
-        assert packed.panel_width(np.float32) == {"avx512": 64, "avx2": 24}[want]
+        assert packed.panel_width(np.float32) == {"avx512": 64, "avx2": 16}[want]
     packed._avx512[0], packed._avx2[0] = False, False
     assert packed.isa() is None and not packed.available()
     assert packed.rule(tn.PlanOptions(backend="numba")) is None
@@ -73,8 +73,8 @@ def test_isa_follows_the_flags():
 def test_panel_widths_and_isa_of():
     widths = {(k, np.dtype(d).name): packed.panel_width(d, k) for k in KINDS for d in "fd"}
     assert widths == {
-        ("avx2", "float32"): 24,
-        ("avx2", "float64"): 12,
+        ("avx2", "float32"): 16,
+        ("avx2", "float64"): 8,
         ("avx512", "float32"): 64,
         ("avx512", "float64"): 32,
     }
@@ -140,7 +140,7 @@ def test_a_site_runs_the_kernel_of_its_panels(rng, monkeypatch):
     within_rounding(got, a, w)
 
 
-H = 130  # W (130, 520) float64: packed (>= 65,536 elements); 17 / 44 panels (AVX-512 / AVX2)
+H = 130  # W (130, 520) float64: packed (>= 65,536 elements); 17 / 65 panels (AVX-512 / AVX2)
 
 
 def model(split="on"):

@@ -28,11 +28,15 @@ from . import background
 
 # the microkernel's geometry per instruction set: (vector bits, vectors per panel row NV); MR = 4
 # rows of `a` a call (packed_kernels.MR) on both. AVX-512 (32 zmm registers): 4 x 4 accumulators
-# (hgemm); AVX2 (16 ymm): 4 x 3 -- 12 accumulators, 3 panel loads and a broadcast -- the fastest
-# of 4x2 / 4x3 / 6x2 / 3x3 / 5x2 / 8x1 / 3x4 at the LSTM step GEMMs on Zen 3, 0.62-0.82x
-# OpenBLAS's 1-thread time in f32 (BENCHMARKS.md "havx2"; the AVX-512 kernel there, its 512-bit
-# vectors split in two by LLVM and its accumulators spilled: 2.2-2.9x OpenBLAS's)
-GEOMETRY = {"avx512": (512, 4), "avx2": (256, 3)}
+# (hgemm). AVX2 (16 ymm): 4 x 2, panels of 16 float32 / 8 float64 columns (BENCHMARKS.md
+# "havx2", Zen 3, the LSTM step GEMMs at 16 and 32 rows): 0.64-0.82x OpenBLAS's 1-thread time,
+# 1-8 % slower than 4 x 3 (12 accumulators, the fastest measured) -- but 4 x 3's 24-column
+# panels pad a 1024-column weight to 1032 columns, so its panels no longer fit the weight's
+# zeroed `.grad` (pack_scratch: the loop peak), where 16 columns divide 4H at every H that is a
+# multiple of 4 (8 float64 columns: every even H; AVX-512's 64 / 32: multiples of 16 / 8); 6 x 2, 8 x 1,
+# 2 x 4, 5 x 2 were slower, 3 x 4 spilled (1.5-1.8x OpenBLAS's time), and AVX-512's kernel, its
+# 512-bit vectors split in two by LLVM and its accumulators spilled, 1.7-2.9x
+GEOMETRY = {"avx512": (512, 4), "avx2": (256, 2)}
 # which step GEMMs a @ W are packed (scan_pack): W of at least MIN_ELEMENTS elements (smaller
 # ones keep OpenBLAS: = loop_operands.MIN_ELEMENTS, the NN step GEMMs of hspeed) and `a` of at
 # least MIN_ROWS rows: at B = 1 OpenBLAS's GEMV beat the 4-row microkernel 1.3-1.75x (hgemm2,
@@ -95,7 +99,7 @@ def available() -> bool:
 
 def panel_width(dtype: Any, kind: str | None = None) -> int:
     """NR: columns per panel of the kernel for instruction set `kind` (default: `isa()`, or
-    AVX-512's on a CPU without one): NV vectors, 64 float32 / 32 float64 on AVX-512, 24 / 12
+    AVX-512's on a CPU without one): NV vectors, 64 float32 / 32 float64 on AVX-512, 16 / 8
     on AVX2."""
     bits, nv = GEOMETRY[kind or isa() or "avx512"]
     return nv * bits // (8 * np.dtype(dtype).itemsize)

@@ -2,7 +2,7 @@
 out = a @ W for a weight packed once per loop call into panels of NR columns (packed.pack_panels:
 (ceil(N / NR), K, NR), zero-padded). The microkernel is LLVM IR through a numba @intrinsic: MR
 rows of `a` times one panel, MR * NV vector accumulators (W lanes: 16 float32 / 8 float64 at 512
-bits, 8 / 4 at 256) held in registers over the whole K loop (4 x 4 of 512 bits on AVX-512, 4 x 3
+bits, 8 / 4 at 256) held in registers over the whole K loop (4 x 4 of 512 bits on AVX-512, 4 x 2
 of 256 on AVX2: packed.GEOMETRY), a broadcast of a[i, p] and NV loads of the panel per row and
 k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
 the parallel one) and the row blocks; a partial row block or panel goes through a zero-padded
