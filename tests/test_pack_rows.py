@@ -11,16 +11,16 @@ import tapernn as tn
 from tapernn import nn
 from tapernn.backends import numba_available, packed
 
-pytestmark = pytest.mark.skipif(
-    not numba_available() or not packed.available(),
-    reason="numba and a packed kernel (AVX2 or AVX-512) needed",
-)
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 @pytest.fixture
 def ready():
     for dt in (np.float32, np.float64):
-        packed.handle().prepare(((np.dtype(dt).str,),))
+        packed._HANDLE.prepare(((np.dtype(dt).str,),))
 
 
 def numpy_pack(w):

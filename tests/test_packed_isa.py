@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from cell_reference import fastlstm_step
 from test_batch_split import D, T, check_equations, notes, train
+from test_packed_gemm import within_rounding
 
 import tapernn as tn
 from tapernn import nn, scan_split
@@ -32,16 +33,6 @@ def flags():
 
 def force(kind):
     packed._avx512[0], packed._avx2[0] = kind == "avx512", kind == "avx2"
-
-
-def within_rounding(got, a, w):
-    """|got - a @ w| <= 2 k u (|a| @ |w|) elementwise (u: got's unit roundoff; a @ w in float64,
-    whose own error the factor 2 covers for float64 operands): the bound of any summation order,
-    where a relative tolerance fails on an element whose terms cancel."""
-    a64, w64 = a.astype(np.float64), w.astype(np.float64)
-    bound = 2 * a.shape[1] * (np.finfo(got.dtype).eps / 2) * (np.abs(a64) @ np.abs(w64))
-    err = np.abs(got.astype(np.float64) - a64 @ w64)
-    assert np.all(err <= bound + np.finfo(got.dtype).tiny), float(np.max(err - bound))
 
 
 def test_detect_reads_the_cpu_flags(tmp_path):
