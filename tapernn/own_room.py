@@ -46,6 +46,10 @@ MIN_ROWS = 64  # rows of a below which OpenBLAS runs (too few row blocks to spli
 # +2.8 % process CPU of the line, load 15); at K = 512 the line took 12.6 % less (BENCHMARKS.md)
 MIN_DEPTH = 512
 MR = 4  # = packed_kernels.MR: the caller's half ends at a whole row block
+# the packed kernels (packed.isa) this path runs: AVX-512's ("hgemm3"). Not AVX2's: on Zen 3 the
+# 4 x 3 kernel ran a (800, 512, 2048) f32 half 1.03x OpenBLAS's 1-thread time before its panels
+# are even packed (f64 1.01x; BENCHMARKS.md "havx2")
+KINDS = {"avx512"}
 RAN = [0]  # GEMMs run packed with panels in a slab so far (tests: the path ran)
 POISON = [False]  # (tests) fill the slab outside O with NaN first: nothing may read it later
 FUSED = [0]  # lines rewritten so far
@@ -171,21 +175,23 @@ class RoomGemm:
         """PackedSite's call-count protocol: the kernel is taken at the program's switch call
         with background compilation, else at the first call."""
         self.calls += 1
+        if self.calls == 1 and packed.isa() not in KINDS:
+            return  # (OpenBLAS's halves for good: KINDS)
         if self.calls == 1:
             self.key = ((dtype.str,),)
             if not background.enabled():
-                packed._HANDLE.prepare(self.key)
+                packed.handle().prepare(self.key)
                 self._take()
             else:
-                self.ready = background.request(packed._HANDLE, self.key)
+                self.ready = background.request(packed.handle(), self.key)
         elif self.ready is not None and background.due(self.calls):
             self.ready.wait()
             self.ready = None
             self._take()
 
     def _take(self) -> None:
-        if packed._HANDLE.has(self.key):
-            self.kernel = packed._HANDLE.kernel
+        if packed.handle().has(self.key):
+            self.kernel = packed.handle().kernel
 
     def __call__(self, a, b, bias, shape, slab, out=None):
         if (
@@ -227,7 +233,7 @@ class RoomGemm:
             if getattr(bias, "ndim", 0) < 1 or bias.size != n or bias.dtype != dt:
                 return None
             row = bias.reshape(n)
-        nr = packed.panel_width(dt)
+        nr = packed.width_of(self.kernel, dt)  # (its instruction set's panels)
         npan = -(-n // nr)
         flat = panels_in(slab, out, npan * k * nr)
         if flat is None:

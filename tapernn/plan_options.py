@@ -136,9 +136,10 @@ class PlanOptions:
     bits); False: one serial add (sum) after the join.
     gemm_in_slab: in a program that owns the threads, a float32 time-batched GEMM of depth
     >= 512 computed into a loop's slab allocated in the call (the input projection), nothing
-    else written to the slab before it, runs the packed AVX-512 kernel in two row halves, its
-    weight's panels packed into the slab's unwritten bytes (own_room.py: no memory beyond the
-    report's; other bits than OpenBLAS's, fixed per configuration); False: OpenBLAS's halves.
+    else written to the slab before it, runs the packed kernel (AVX-512's: own_room.KINDS) in
+    two row halves, its weight's panels packed into the slab's unwritten bytes (own_room.py: no
+    memory beyond the report's; other bits than OpenBLAS's, fixed per configuration); False:
+    OpenBLAS's halves.
     """
 
     regions: bool = True

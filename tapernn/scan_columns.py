@@ -71,12 +71,9 @@ def attach(fn: Any) -> int:
     return count
 
 
-_PANELS: list = [None]  # packed_kernels._panels, looked up once (_kernel_module reads its file)
-
-
-def _panels_of() -> Any:
-    _PANELS[0] = packed._kernel_module()._panels
-    return _PANELS[0]
+def _panels_of(kernel: Any) -> Any:
+    """packed_kernels._panels of the copy a driver `kernel` comes from (its geometry)."""
+    return packed.module_of(kernel)._panels
 
 
 def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
@@ -114,11 +111,11 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         or threading.get_ident() in worker_ident
         or not (a.flags.c_contiguous and panels.flags.c_contiguous and out.flags.c_contiguous)
         or not (a.dtype == panels.dtype == out.dtype)
-        or panels.shape[2] != packed.panel_width(panels.dtype)
+        or panels.shape[2] != packed.width_of(kernel, panels.dtype)
         or a.shape[0] != out.shape[0]
     ):
         return packed.run_kernel(kernel, a, panels, out)
-    panels_of = _PANELS[0] or _panels_of()
+    panels_of = _panels_of(kernel)
     h = npan // 2
     future = executor().submit(panels_of, a, panels, out, h, npan)
     try:

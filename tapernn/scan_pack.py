@@ -85,7 +85,7 @@ def pack_loop_weights(graph: Graph, invariant: set[Node]) -> Graph:
     """Each 2-D `matmul(a, W)` with W in `invariant` (nodes of the invariants alone), float32 or
     float64 operands of one dtype, `a` of at least MIN_ROWS rows and W of at least MIN_ELEMENTS
     elements (backends/packed.py) becomes
-    `packed_matmul(a, W, pack_panels(W))` (one pack per W). Nothing on a CPU without AVX-512."""
+    `packed_matmul(a, W, pack_panels(W))` (one pack per W). Nothing on a CPU without a packed kernel (packed.isa)."""
     if not available():
         return graph
     packs: dict[Node, Node] = {}

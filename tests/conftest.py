@@ -97,9 +97,10 @@ def backend(request):
 @contextlib.contextmanager
 def packed_forced():
     """Programs compiled inside pack their step GEMMs as on an AVX-512 CPU (backends/packed.py's
-    availability cache set to True, restored after): the packed kernel and its program rewrite
-    are correct code on any x86 host (numba compiles the kernel's 512-bit vectors for the host;
-    on AVX2 LLVM splits them, slower), so the tests of that path run on AVX2 machines too."""
+    avx512f flag set to True, restored after: packed.isa() "avx512"): the packed kernel and its
+    program rewrite are correct code on any x86 host (numba compiles the kernel's 512-bit vectors
+    for the host; on AVX2 LLVM splits them, slower), so the tests of AVX-512's path run on AVX2
+    machines too (which otherwise run AVX2's own kernel: tests/test_packed_isa.py)."""
     from tapernn.backends import packed
 
     before = packed._avx512[0]

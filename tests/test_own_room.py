@@ -128,7 +128,7 @@ def test_room_gemm_is_the_product_and_leaves_the_rest_of_the_slab(
     # the same bits as the packed kernel over the whole product (its halves are its rows)
     p = packed.pack_panels(np.ascontiguousarray(b))
     whole = np.empty((m, n), dtype)
-    packed._HANDLE.kernel(a, p, whole)
+    packed.handle().kernel(a, p, whole)
     if c is not None:
         np.add(whole, c, out=whole)
     np.testing.assert_array_equal(out, whole)

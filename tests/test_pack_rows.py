@@ -20,7 +20,7 @@ pytestmark = [
 @pytest.fixture
 def ready():
     for dt in (np.float32, np.float64):
-        packed._HANDLE.prepare(((np.dtype(dt).str,),))
+        packed.handle().prepare(((np.dtype(dt).str,),))
 
 
 def numpy_pack(w):

@@ -57,11 +57,13 @@ def test_kernel_equals_matmul_on_odd_shapes(dtype, threads, monkeypatch):
     monkeypatch.setattr(packed, "PARALLEL", True)  # (opt-in: $TAPERNN_PACKED_PARALLEL)
     rng = np.random.default_rng(0)
     key = ((np.dtype(dtype).str,),)
-    packed._HANDLE.prepare(key)
-    packed._PARALLEL.prepare(key)  # (else made in the background worker)
-    kernel = packed._HANDLE.kernel
-    assert kernel is not None, packed._HANDLE.error
-    assert key in packed._PARALLEL.types, packed._PARALLEL.error
+    packed.handle().prepare(key)
+    packed._PARALLELS[packed.handle().isa].prepare(key)  # (else made in the background worker)
+    kernel = packed.handle().kernel
+    assert kernel is not None, packed.handle().error
+    assert key in packed._PARALLELS[packed.handle().isa].types, packed._PARALLELS[
+        packed.handle().isa
+    ].error
     for m, k, n in SHAPES:
         a = rng.standard_normal((m, k)).astype(dtype)
         w = rng.standard_normal((k, n)).astype(dtype)
@@ -202,9 +204,9 @@ def test_concurrent_calls_from_two_threads(monkeypatch):
     monkeypatch.setattr(packed, "_threads", lambda: 2)
     monkeypatch.setattr(packed, "PARALLEL", True)  # (opt-in: $TAPERNN_PACKED_PARALLEL)
     key = ((np.dtype(np.float64).str,),)
-    packed._HANDLE.prepare(key)
-    packed._PARALLEL.prepare(key)
-    kernel = packed._HANDLE.kernel
+    packed.handle().prepare(key)
+    packed._PARALLELS[packed.handle().isa].prepare(key)
+    kernel = packed.handle().kernel
     rng = np.random.default_rng(5)
     jobs = []
     for _ in range(4):
@@ -237,16 +239,16 @@ def test_the_parallel_driver_is_opt_in(monkeypatch):
 
     monkeypatch.setattr(packed, "_threads", lambda: 2)
     key = ((np.dtype(np.float64).str,),)
-    packed._HANDLE.prepare(key)
-    monkeypatch.setattr(packed._PARALLEL, "types", {key})
+    packed.handle().prepare(key)
+    monkeypatch.setattr(packed._PARALLELS[packed.handle().isa], "types", {key})
 
     def parallel(*args):
         raise AssertionError("the parallel driver ran")
 
-    monkeypatch.setattr(packed._PARALLEL, "kernel", parallel)
+    monkeypatch.setattr(packed._PARALLELS[packed.handle().isa], "kernel", parallel)
     a, w = np.ones((3, 4)), np.ones((4, 64))  # (several panels: two threads get work)
-    out = run_kernel(packed._HANDLE.kernel, a, pack_panels(w), np.empty((3, 64)))
+    out = run_kernel(packed.handle().kernel, a, pack_panels(w), np.empty((3, 64)))
     np.testing.assert_array_equal(out, a @ w)
     monkeypatch.setattr(packed, "PARALLEL", True)
     with pytest.raises(AssertionError, match="parallel driver ran"):
-        run_kernel(packed._HANDLE.kernel, a, pack_panels(w), np.empty((3, 64)))
+        run_kernel(packed.handle().kernel, a, pack_panels(w), np.empty((3, 64)))

@@ -147,21 +147,26 @@ def test_an_exception_in_the_workers_half_reaches_the_caller(rng, monkeypatch):
     a, b = model("on", "on"), model("off", "off")
     exact(train(a, x, g), train(b, x, g))
     calls = [0]
-    real = scan_columns._PANELS[0] or scan_columns._panels_of()
+    real_of = scan_columns._panels_of
+    real = [None]
 
     def boom(a_, p, o, first, last):
         calls[0] += 1
         if first > 0:
             raise RuntimeError("boom in the worker's panels")
-        return real(a_, p, o, first, last)
+        return real[0](a_, p, o, first, last)
 
-    monkeypatch.setattr(scan_columns, "_PANELS", [boom])
+    def boom_of(kernel):
+        real[0] = real_of(kernel)
+        return boom
+
+    monkeypatch.setattr(scan_columns, "_panels_of", boom_of)
     tn.set_blas_threads(2)
     with pytest.raises(Exception, match="boom"):
         train(a, x, g)
     assert calls[0] >= 2
     assert own_threads.blas.limiter.pool_count() == 2
-    scan_columns._PANELS[0] = real
+    monkeypatch.setattr(scan_columns, "_panels_of", real_of)
     exact(train(a, x, g), train(b, x, g))
 
 

@@ -15,6 +15,7 @@ in this call (blas_tuning measures the program with either count), in a forked c
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from typing import Any
@@ -25,8 +26,17 @@ from ..blas import limiter
 from ..errors import TapernnError
 from . import background
 
-VEC_BITS = 512  # = packed_kernels.VEC_BITS (this module does not import numba)
-NV = 4  # = packed_kernels.NV
+# the microkernel's geometry per instruction set: (vector bits, vectors per panel row NV); MR = 4
+# rows of `a` a call (packed_kernels.MR) on both. AVX-512 (32 zmm registers): 4 x 4 accumulators
+# (hgemm). AVX2 (16 ymm): 4 x 2, panels of 16 float32 / 8 float64 columns (BENCHMARKS.md
+# "havx2", Zen 3, the LSTM step GEMMs at 16 and 32 rows): 0.64-0.82x OpenBLAS's 1-thread time,
+# 1-8 % slower than 4 x 3 (12 accumulators, the fastest measured) -- but 4 x 3's 24-column
+# panels pad a 1024-column weight to 1032 columns, so its panels no longer fit the weight's
+# zeroed `.grad` (pack_scratch: the loop peak), where 16 columns divide 4H at every H that is a
+# multiple of 4 (8 float64 columns: every even H; AVX-512's 64 / 32: multiples of 16 / 8); 6 x 2, 8 x 1,
+# 2 x 4, 5 x 2 were slower, 3 x 4 spilled (1.5-1.8x OpenBLAS's time), and AVX-512's kernel, its
+# 512-bit vectors split in two by LLVM and its accumulators spilled, 1.7-2.9x
+GEOMETRY = {"avx512": (512, 4), "avx2": (256, 2)}
 # which step GEMMs a @ W are packed (scan_pack): W of at least MIN_ELEMENTS elements (smaller
 # ones keep OpenBLAS: = loop_operands.MIN_ELEMENTS, the NN step GEMMs of hspeed) and `a` of at
 # least MIN_ROWS rows: at B = 1 OpenBLAS's GEMV beat the 4-row microkernel 1.3-1.75x (hgemm2,
@@ -37,10 +47,11 @@ MIN_ROWS = 2
 
 def rule(options: Any) -> tuple[int, int] | None:
     """(MIN_ROWS, MIN_ELEMENTS) when programs compiled with `options` (a PlanOptions) pack
-    their loops' step GEMMs (PlanOptions.packed_gemm, the numba backend, AVX-512), else None:
-    what the layout rule and contiguous_loop_weights read (a packed loop stays batch-major, its
-    weight is not copied contiguous first). Not under "auto": it lowers a program with a loop
-    too large for a loop kernel -- every loop a weight gets packed in -- on NumPy (auto_choice)."""
+    their loops' step GEMMs (PlanOptions.packed_gemm, the numba backend, a CPU with a kernel:
+    `isa`), else None: what the layout rule and contiguous_loop_weights read (a packed loop
+    stays batch-major, its weight is not copied contiguous first). Not under "auto": it lowers
+    a program with a loop too large for a loop kernel -- every loop a weight gets packed in --
+    on NumPy (auto_choice)."""
     from . import policy
 
     if not options.packed_gemm or policy(options.backend) != "numba":
@@ -48,29 +59,62 @@ def rule(options: Any) -> tuple[int, int] | None:
     return (MIN_ROWS, MIN_ELEMENTS) if available() else None
 
 
-def available() -> bool:
-    """Whether this CPU has AVX-512 (the microkernel's 512-bit vectors; on AVX2 LLVM would split
-    each into two and spill the 16 accumulators: not measured, so OpenBLAS stays there)."""
+def isa() -> str | None:
+    """The instruction set the packed kernel is built for on this CPU: "avx512" (avx512f),
+    "avx2" (avx2 and fma), None (OpenBLAS runs the step GEMMs). The flags are read once into
+    `_avx512[0]` and `_avx2[0]`, which tests may set (True in `_avx512[0]`: AVX-512's kernel,
+    correct on any AVX2 CPU too -- LLVM splits its vectors, slower)."""
     if _avx512[0] is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                _avx512[0] = any(line.startswith("flags") and " avx512f" in line for line in f)
-        except OSError:
-            try:
-                from llvmlite import binding
+        _avx512[0], _avx2[0] = _detect()
+    if _avx512[0]:
+        return "avx512"
+    return "avx2" if _avx2[0] else None
 
-                _avx512[0] = bool(binding.get_host_cpu_features().get("avx512f"))
-            except Exception:  # noqa: BLE001 -- unknown: keep OpenBLAS
-                _avx512[0] = False
-    return _avx512[0]
+
+def _detect(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, bool]:
+    """(avx512f, avx2 and fma) of this CPU: `cpuinfo`'s flags, else LLVM's host features, else
+    neither."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((set(line.split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        try:
+            from llvmlite import binding
+
+            features = binding.get_host_cpu_features()
+            flags = {name for name in ("avx512f", "avx2", "fma") if features.get(name)}
+        except Exception:  # noqa: BLE001 -- unknown: keep OpenBLAS
+            flags = set()
+    return "avx512f" in flags, {"avx2", "fma"} <= flags
 
 
 _avx512: list[bool | None] = [None]
+_avx2: list[bool | None] = [None]
 
 
-def panel_width(dtype: Any) -> int:
-    """NR: columns per panel (4 vectors of 512 bits: 64 float32, 32 float64)."""
-    return NV * VEC_BITS // (8 * np.dtype(dtype).itemsize)
+def available() -> bool:
+    """Whether this CPU has a packed kernel (`isa`)."""
+    return isa() is not None
+
+
+def panel_width(dtype: Any, kind: str | None = None) -> int:
+    """NR: columns per panel of the kernel for instruction set `kind` (default: `isa()`, or
+    AVX-512's on a CPU without one): NV vectors, 64 float32 / 32 float64 on AVX-512, 16 / 8
+    on AVX2."""
+    bits, nv = GEOMETRY[kind or isa() or "avx512"]
+    return nv * bits // (8 * np.dtype(dtype).itemsize)
+
+
+def isa_of(panels: np.ndarray) -> str:
+    """The instruction set whose kernel `panels` (pack_panels') were packed for, from their
+    width; TapernnError if none."""
+    for kind in GEOMETRY:
+        if panels.ndim == 3 and panels.shape[2] == panel_width(panels.dtype, kind):
+            return kind
+    raise TapernnError(
+        f"packed GEMM: expected panels of {' or '.join(str(panel_width(panels.dtype, k)) for k in GEOMETRY)}"
+        f" {panels.dtype} columns, got shape {panels.shape}"
+    )
 
 
 def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = None) -> np.ndarray:
@@ -82,15 +126,16 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if out is None:
         out = np.empty(shape, w.dtype)
     full = n // nr
-    if (  # a transposed view of a C weight: its rows scattered into the panels by numba
-        # (compiled with the packed GEMM's kernel; BENCHMARKS.md "h256")
+    rows = (  # a transposed view of a C weight: its rows scattered into the panels by numba
+        # (compiled with the packed GEMM's kernel; any width; BENCHMARKS.md "h256")
         TRANSPOSED_PACK[0]
         and w.strides[0] == w.itemsize
         and w.T.flags.c_contiguous
         and out.flags.c_contiguous
-        and ((w.dtype.str,),) in _HANDLE.packs
-    ):
-        _kernel_module().pack_rows(w.T, out)
+        and ((w.dtype.str,),) in handle().packs
+    )
+    if rows:
+        _kernel_module(handle().isa).pack_rows(w.T, out)
         return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
@@ -104,12 +149,14 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
 
 
 class _Handle:
-    """The serial driver (background.py's handle protocol: prepare / has / kernel / error); its
-    prepare then has the parallel driver made (`_Parallel`: in the background worker after it,
-    or at once without background compilation). The two give identical bits (each panel is
-    computed by the same code in either), so when the parallel one arrives does not matter."""
+    """The serial driver of instruction set `isa`'s kernel (background.py's handle protocol:
+    prepare / has / kernel / error); its prepare then has the parallel driver made (`_Parallel`:
+    in the background worker after it, or at once without background compilation). The two give
+    identical bits (each panel is computed by the same code in either), so when the parallel one
+    arrives does not matter."""
 
-    def __init__(self) -> None:
+    def __init__(self, isa: str = "avx512") -> None:
+        self.isa = isa
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
@@ -127,7 +174,7 @@ class _Handle:
                 from .numba_setup import setup
 
                 setup()  # (before packed_kernels' numba imports: numba_setup.py)
-                pk = _kernel_module()
+                pk = _kernel_module(self.isa)
                 pk.packed_matmul_serial.compile(_signature(key))
                 self.kernel = pk.packed_matmul_serial
                 self.types.add(key)
@@ -141,17 +188,19 @@ class _Handle:
                 pass
         if not PARALLEL:
             return
+        parallel = _PARALLELS[self.isa]
         if background.enabled():
-            background.request(_PARALLEL, key)
+            background.request(parallel, key)
         else:
-            _PARALLEL.prepare(key)
+            parallel.prepare(key)
 
 
 class _Parallel:
     """The prange driver, used only under a thread-safe numba threading layer (omp, tbb: the
     workqueue layer aborts the process when two threads run parallel kernels at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, isa: str = "avx512") -> None:
+        self.isa = isa
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
@@ -164,13 +213,13 @@ class _Parallel:
             try:
                 from numba import types
 
-                pk = _kernel_module()
+                pk = _kernel_module(self.isa)
                 fn = pk.packed_matmul_parallel
                 fn.compile((*_signature(key), types.int64))
                 dt = np.dtype(key[0][0])
                 fn(
                     np.zeros((1, 1), dt),
-                    np.zeros((1, 1, panel_width(dt)), dt),
+                    np.zeros((1, 1, panel_width(dt, self.isa)), dt),
                     np.zeros((1, 1), dt),
                     1,
                 )
@@ -202,20 +251,25 @@ def _failure(e: Exception) -> str:
     return f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def _kernel_module() -> Any:
-    """packed_kernels.py imported from a copy in the kernel cache directory
-    (numba_backend.cache_dir, $TAPERNN_KERNEL_CACHE), named by its text's digest: numba's
-    cache=True files land beside it, so a cold kernel cache is cold for these drivers too, and
-    an installed package's directory is never written."""
+def _kernel_module(kind: str | None = None) -> Any:
+    """packed_kernels.py for instruction set `kind` (default `isa()`, else AVX-512's) imported
+    from a copy in the kernel cache directory (numba_backend.cache_dir, $TAPERNN_KERNEL_CACHE)
+    with its geometry line set to GEOMETRY[kind], named by that text's digest: numba's
+    cache=True files land beside it, so a cold kernel cache is cold for these drivers too, each
+    geometry has its own, and an installed package's directory is never written."""
     import hashlib
     import importlib.util
-    import sys
     from pathlib import Path
 
     from ..fileio import atomic_write
     from .numba_backend import cache_dir
 
     source = (Path(__file__).resolve().parent / "packed_kernels.py").read_bytes()
+    line = b"VEC_BITS, NV = 512, 4  # "
+    if source.count(line) != 1:
+        raise TapernnError("packed_kernels.py: its geometry line is missing")
+    bits, nv = GEOMETRY[kind or isa() or "avx512"]
+    source = source.replace(line, f"VEC_BITS, NV = {bits}, {nv}  # ".encode())
     name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
     if name in sys.modules:
         return sys.modules[name]
@@ -231,9 +285,28 @@ def _kernel_module() -> Any:
     return module
 
 
-_HANDLE = _Handle()
+_HANDLES = {kind: _Handle(kind) for kind in GEOMETRY}
 TRANSPOSED_PACK = [True]  # pack_panels of a transposed view by packed_kernels.pack_rows (A/B)
-_PARALLEL = _Parallel()
+_PARALLELS = {kind: _Parallel(kind) for kind in GEOMETRY}
+
+
+def handle(kind: str | None = None) -> _Handle:
+    """The serial driver's handle for instruction set `kind` (default `isa()`, else AVX-512)."""
+    return _HANDLES[kind or isa() or "avx512"]
+
+
+def module_of(kernel: Any) -> Any:
+    """The packed_kernels copy a driver `kernel` (a _Handle's or _Parallel's) comes from (its
+    _panels: scan_columns, step_loop)."""
+    return sys.modules[kernel.py_func.__module__]
+
+
+def width_of(kernel: Any, dtype: Any) -> int:
+    """NR of a driver `kernel`: its module's geometry."""
+    pk = module_of(kernel)
+    return pk.NV * pk.lanes(dtype)
+
+
 # The parallel driver is opt-in ($TAPERNN_PACKED_PARALLEL=1): numba's OpenMP pool, once used,
 # slowed the other libraries of the process -- in tools/bench.py's run at (32, 50, 256) f32 torch's
 # nn.LSTM step went from 27.4 ms to 43.7 ms and the NumPy reference 13 % slower, while tapernn's
@@ -255,10 +328,10 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
     """out = a @ W through the serial driver `kernel`, or the parallel one (opt-in: PARALLEL)
     when the BLAS pool runs with more threads in this call and it is ready (a and out copied
     when not C-contiguous)."""
-    if panels.shape[2] != panel_width(panels.dtype) or not (a.dtype == panels.dtype == out.dtype):
+    nr = width_of(kernel, panels.dtype)
+    if panels.ndim != 3 or panels.shape[2] != nr or not (a.dtype == panels.dtype == out.dtype):
         raise TapernnError(
-            f"packed GEMM: expected {panel_width(panels.dtype)}-column {a.dtype} panels,"
-            f" got {panels.shape} {panels.dtype}"
+            f"packed GEMM: expected {nr}-column {a.dtype} panels, got {panels.shape} {panels.dtype}"
         )
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
@@ -268,8 +341,9 @@ def run_kernel(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) 
     # (the pool's thread count only for the opt-in parallel driver: it is a ctypes call, which
     # releases and retakes the GIL -- a hand-off between an owned call's two halves per step)
     threads = min(_threads(), panels.shape[0]) if PARALLEL else 1
-    if threads > 1 and ((a.dtype.str,),) in _PARALLEL.types:
-        _PARALLEL.kernel(a, panels, target, threads)
+    parallel = _PARALLELS[isa_of(panels)] if threads > 1 else None
+    if parallel is not None and ((a.dtype.str,),) in parallel.types:
+        parallel.kernel(a, panels, target, threads)
     else:
         kernel(a, panels, target)
     if target is not out:
@@ -297,12 +371,15 @@ def failed(report: Any, why: str) -> None:
 class PackedSite:
     """One step program's call of the packed GEMM (the module docstring); `report`: that
     program's CompileReport (scan_pack.attach_reports), told if the kernel fails; `run`: what
-    runs the kernel, run_kernel's signature (scan_columns.run: the column split)."""
+    runs the kernel, run_kernel's signature (scan_columns.run: the column split). The kernel is
+    the one of the instruction set its panels were packed for (isa_of: their width, fixed when
+    the program was compiled)."""
 
-    __slots__ = ("calls", "kernel", "key", "ready", "report", "run")
+    __slots__ = ("calls", "handle", "kernel", "key", "ready", "report", "run")
 
     def __init__(self) -> None:
         self.calls = 0
+        self.handle: _Handle | None = None
         self.kernel: Any = None
         self.key: tuple | None = None
         self.ready: threading.Event | None = None
@@ -319,11 +396,12 @@ class PackedSite:
         self.calls += 1
         if self.calls == 1:
             self.key = ((w.dtype.str,),)
+            self.handle = _HANDLES[isa_of(panels)]
             if not background.enabled():
-                _HANDLE.prepare(self.key)
+                self.handle.prepare(self.key)
                 self._take()
             else:
-                self.ready = background.request(_HANDLE, self.key)
+                self.ready = background.request(self.handle, self.key)
         elif self.ready is not None and background.due(self.calls):
             self.ready.wait()
             self.ready = None
@@ -333,7 +411,7 @@ class PackedSite:
         return np.matmul(a, w, out=out)
 
     def _take(self) -> None:
-        if _HANDLE.has(self.key):
-            self.kernel = _HANDLE.kernel
+        if self.handle.has(self.key):
+            self.kernel = self.handle.kernel
         else:
-            failed(self.report, _HANDLE.error or f"no kernel for {self.key[0][0]}")
+            failed(self.report, self.handle.error or f"no kernel for {self.key[0][0]}")

@@ -1,9 +1,10 @@
 """The numba side of the packed recurrent GEMM (backends/packed.py; BENCHMARKS.md "hgemm"):
 out = a @ W for a weight packed once per loop call into panels of NR columns (packed.pack_panels:
 (ceil(N / NR), K, NR), zero-padded). The microkernel is LLVM IR through a numba @intrinsic: MR
-rows of `a` times one panel, MR * NV vector accumulators (W lanes: 16 float32 / 8 float64, 512
-bits) held in registers over the whole K loop, a broadcast of a[i, p] and NV loads of the panel
-per row and k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
+rows of `a` times one panel, MR * NV vector accumulators (W lanes: 16 float32 / 8 float64 at 512
+bits, 8 / 4 at 256) held in registers over the whole K loop (4 x 4 of 512 bits on AVX-512, 4 x 2
+of 256 on AVX2: packed.GEOMETRY), a broadcast of a[i, p] and NV loads of the panel per row and
+k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
 the parallel one) and the row blocks; a partial row block or panel goes through a zero-padded
 tile. Imported only once numba is (its jobs run in background.py's worker)."""
 
@@ -16,18 +17,19 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 from numba.np.arrayobj import make_array
 
-VEC_BITS = 512
+# vector bits and vectors per panel row (NR = NV * lanes): AVX-512's 512, 4 here; the copy
+# packed._kernel_module imports has this line set to packed.GEOMETRY[its instruction set]
+VEC_BITS, NV = 512, 4  # (the geometry line)
 MR = 4  # rows of a per microkernel call
-NV = 4  # vectors per panel row: NR = NV * lanes (64 float32, 32 float64)
 
 
-def _vector_type(context, dtype):
+def _vector_type(context, dtype, vec_bits):
     scal = context.get_value_type(dtype)
-    lanes = VEC_BITS // (8 * context.get_abi_sizeof(scal))
+    lanes = vec_bits // (8 * context.get_abi_sizeof(scal))
     return scal, lanes, ir.VectorType(scal, lanes)
 
 
-def make_microkernel(mr: int, nv: int):
+def make_microkernel(mr: int, nv: int, vec_bits: int):
     """kernel(a, a_off, lda, panel, p_off, c, c_off, ldc, k): for i < mr,
     c[c_off + i * ldc + (0..NR)] = sum_p a[a_off + i * lda + p] * panel[p_off + p * NR + (0..NR)]
     over flat C arrays (offsets and strides in elements)."""
@@ -56,7 +58,7 @@ def make_microkernel(mr: int, nv: int):
             a_ptr, p_ptr, c_ptr = data(0), data(3), data(5)
             a_off_, lda_, p_off_ = idx(1), idx(2), idx(4)
             c_off_, ldc_, k_ = idx(6), idx(7), idx(8)
-            scal, lanes, vty = _vector_type(context, signature.args[0].dtype)
+            scal, lanes, vty = _vector_type(context, signature.args[0].dtype, vec_bits)
             esize = context.get_abi_sizeof(scal)
             nr = lanes * nv
             i64 = ir.IntType(64)
@@ -125,7 +127,7 @@ def make_microkernel(mr: int, nv: int):
     return kernel
 
 
-_micro = make_microkernel(MR, NV)
+_micro = make_microkernel(MR, NV, VEC_BITS)
 
 
 @njit(cache=True, nogil=True)

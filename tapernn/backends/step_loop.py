@@ -79,6 +79,7 @@ def translate(
     as one pass each (step_pass.py)."""
     from numba.core.registry import CPUDispatcher
 
+    from . import packed
     from .packed import PackedSite
 
     text = source.split("\n\n\n")[0].split("\n")
@@ -93,6 +94,7 @@ def translate(
     xs = params[n_carry : n_carry + n_xs]
     ys = params[len(params) - n_ys :]
     imports, arrays, body, final = [], [], [], None
+    drivers: set[str] = set()  # (the packed kernels' modules: one geometry)
     modules: dict[str, str] = {}
     inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
     kinds = {**dict.fromkeys(carries, "carry"), **dict.fromkeys(inv, "inv")}
@@ -186,6 +188,9 @@ def translate(
             else:
                 target = array(dst)  # (a C buffer: the driver writes it as one)
             body.append(f"{out} = _packed(np.ascontiguousarray({a}), {panels}, {target})")
+            if value.kernel is None:  # (the driver of the site's kernel: its geometry)
+                raise Unsupported(f"{fn}: its packed kernel is not in place")
+            drivers.add(packed.module_of(value.kernel).__name__)
         elif isinstance(value, CPUDispatcher):
             dispatcher(fn)
             body.append(f"{out} = {fn}({args})")
@@ -219,14 +224,15 @@ def translate(
     hoisted = params[n_carry + n_xs + n_inv : len(params) - n_ys]
     big_x, big_y = [f"X{k}" for k in range(n_xs)], [f"Y{j}" for j in range(n_ys)]
     sig = carries + big_x + inv + big_y + hoisted + arrays + ["_alias"] + [f"P{k}" for k in late]
-    from .packed import _kernel_module
-
+    if len(drivers) > 1:
+        raise Unsupported("packed kernels of two instruction sets")
+    driver = drivers.pop() if drivers else packed._kernel_module().__name__
     lines = [
         "import sys",
         "import numpy as np",
         "from numba import njit",
         *imports,
-        f"_drv = sys.modules[{_kernel_module().__name__!r}]._panels",
+        f"_drv = sys.modules[{driver!r}]._panels",
         "",
         "",
         "@njit(cache=True, nogil=True)",

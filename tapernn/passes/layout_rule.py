@@ -90,7 +90,7 @@ def choose(
     """("batch" | "feature", why) for the loop over `body` (`nc` carries, `nx` xs): decided
     once per (body, dtype, BLAS threads, backend) in the process, and kept on disk for later
     processes (layout_cache). `packed`: (min rows, min weight elements) of the step GEMMs the
-    program runs packed (numba backend, AVX-512: backends/packed.rule); a loop whose recurrent
+    program runs packed (numba backend, AVX-512 or AVX2: backends/packed.rule); a loop whose recurrent
     GEMMs all qualify stays batch-major untimed: the packed batch-major GEMMs ran in 0.5-0.9x
     of feature-major OpenBLAS's time (a tie at B = 4-8, H = 128 f32; BENCHMARKS.md, hgemm2),
     and a feature-major loop is not packed. `recheck`: the decision's key is appended when the
@@ -104,7 +104,7 @@ def choose(
         and dtype in (np.float32, np.float64)
         and all(b >= packed[0] and k * n >= packed[1] for b, k, n in gemms)
     ):
-        return "batch", "its recurrent GEMMs run packed (numba, AVX-512): not timed"
+        return "batch", "its recurrent GEMMs run packed (numba): not timed"
     flops = sum(4 * b * k * n for b, k, n in gemms)  # forward and backward products
     if flops < MIN_FLOPS:
         return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
