@@ -1,0 +1,125 @@
+"""QA round hqa11: regression tests for what it found and for hqa10's leftovers (MuFuRu's tie
+rule, the gradient of a variable exponent at base 0, nn.Abs of -0.0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import functional as F
+from tapernn import nn
+from tapernn.nn.mufuru import OPERATIONS
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    before = tn.get_backend()
+    tn.set_backend(request.param)
+    yield request.param
+    tn.set_backend(before)
+
+
+def _grads(fn, *arrays):
+    """fn's value and its gradient with respect to every array (one scalar output)."""
+    g = tn.trace(lambda *vs: F.sum(fn(*vs)), *arrays)
+    out = tn.Compiled(tn.grad(g, wrt=list(range(len(arrays)))))(*arrays)
+    return out[0], out[1:]
+
+
+# ---- MuFuRu's max / min: Torch7 builds them from nn.Max(1) / nn.Min(1) over {s, v} stacked ----
+# (MuFuRu.lua: MapTable(Unsqueeze(1)) -> JoinTable(1) -> Max(1)); TH's max keeps the first of
+# equal entries, so a tie's gradient goes all to the old state s, none to the feature v.
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_mufuru_max_min_give_a_ties_gradient_to_the_old_state(op):
+    s = np.array([[0.5, 0.2, 0.7], [0.3, 0.3, 0.9]])
+    v = np.array([[0.5, 0.4, 0.1], [0.3, 0.1, 0.9]])
+    value, (gs, gv) = _grads(OPERATIONS[op], s, v)
+    pick = (np.greater_equal if op == "max" else np.less_equal)(s, v)  # first wins a tie
+    assert value == pytest.approx(np.sum(np.where(pick, s, v)))
+    np.testing.assert_array_equal(gs, pick.astype(float))
+    np.testing.assert_array_equal(gv, 1.0 - pick)
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_mufuru_max_min_keep_a_nan_from_either_side(op):
+    s = np.array([np.nan, 0.5, 0.2])
+    v = np.array([0.1, np.nan, 0.2])
+    g = tn.trace(OPERATIONS[op], s, v)
+    out = tn.Compiled(g)(s, v)
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 0.2
+
+
+def test_a_max_only_mufuru_steps_a_tie_into_the_old_states_gradient(backend):
+    """A whole cell: zero weights make v = sigmoid(b) everywhere; a first state equal to it is
+    an exact tie, and the state's gradient goes through the max op (weight 1: one op)."""
+    H = 3
+    cell = nn.MuFuRu(2, H, ["max"])
+    for lin in (cell.reset_x, cell.reset_h, cell.feature, cell.op_weights):
+        lin.weight.data[...] = 0.0
+        lin.bias.data[...] = 0.0
+    cell.feature.bias.data[...] = 0.25
+    s0 = np.full((2, H), 1.0 / (1.0 + np.exp(-0.25)))
+    seq = nn.Sequencer(cell)
+    cell.set_initial_state((s0,))
+    x = np.zeros((1, 2, 2))
+    out = seq.forward(x)
+    np.testing.assert_array_equal(out[0], s0)
+    seq.backward(x, np.ones_like(out))
+    (g0,) = cell.get_grad_initial_state()
+    np.testing.assert_array_equal(g0, np.ones((2, H)))  # all to the old state, none to v
+
+
+# ---- a variable exponent: torch's gradients at base 0 and exponent 0 ----
+
+
+def test_power_gradients_match_torch_at_base_zero_and_exponent_zero():
+    torch = pytest.importorskip("torch")
+    a = np.array([0.0, 0.0, 0.0, 2.0, -1.0, 0.0, 0.0, -0.0, 3.0, 0.0])
+    b = np.array([2.0, 0.5, 0.0, 1.5, 2.0, -1.0, 1.0, 3.0, 0.0, -0.5])
+    value, (ga, gb) = _grads(lambda a, b: a**b, a, b)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (ta**tb).sum().backward()
+    np.testing.assert_array_equal(ga, ta.grad.numpy())
+    np.testing.assert_array_equal(gb, tb.grad.numpy())
+    assert not np.isnan(ga[[0, 1, 2, 5, 6, 7, 8, 9]]).any()
+    assert not np.isnan(gb[[0, 1, 2, 6, 7, 8]]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_power_gradient_at_base_zero_is_finite_in_a_cell_loss(backend, dtype):
+    """relu(x) ** p with a learnt p: relu's zeros must not make p's gradient NaN."""
+    x = np.array([[-1.0, 0.5, 2.0], [0.0, -3.0, 1.5]], dtype)
+    p = np.array([2.0, 1.5, 3.0], dtype)
+    _, (gx, gp) = _grads(lambda x, p: tn.relu(x) ** p, x, p)
+    r = np.maximum(x.astype(np.float64), 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_p = np.sum(np.where(r > 0, r**p * np.log(np.where(r > 0, r, 1)), 0.0), 0)
+    np.testing.assert_allclose(gp, want_p, rtol=1e-6)
+    assert gx.dtype == gp.dtype == dtype
+
+
+def test_power_gradients_agree_with_finite_differences_away_from_zero():
+    rng = np.random.default_rng(3)
+    tn.gradcheck(lambda a, b: a**b, rng.uniform(0.3, 2, (3, 4)), rng.normal(size=(3, 4)))
+    tn.gradcheck(lambda a: a**3.0, rng.normal(size=(3, 4)))
+    tn.gradcheck(lambda b: 2.0**b, rng.normal(size=(3, 4)))
+
+
+# ---- nn.Abs: +0.0 at -0.0 (THNN's fabs), gradient +1 at 0 (THNN: z >= 0 ? g : -g) ----
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_abs_of_negative_zero_is_positive_zero(backend, dtype):
+    x = np.array([-0.0, 0.0, -2.5, 3.0, -np.inf, np.inf, np.nan], dtype)
+    m = nn.Abs().astype(dtype)
+    y = m.forward(x)
+    np.testing.assert_array_equal(y, np.abs(x))
+    assert not np.signbit(y[:6]).any()
+    assert y.dtype == dtype
+    g = m.backward(x, np.ones_like(x))
+    np.testing.assert_array_equal(g[:6], [1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
