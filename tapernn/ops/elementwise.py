@@ -93,6 +93,8 @@ _binary(
     ),
     zero="first",
 )
+
+
 def _nonzero_constant(v) -> bool:
     return v.node.op == "constant" and v.node.value is not None and bool(np.all(v.node.value))
 
