@@ -125,3 +125,42 @@ def test_abs_of_negative_zero_is_positive_zero(backend, dtype):
     assert y.dtype == dtype
     g = m.backward(x, np.ones_like(x))
     np.testing.assert_array_equal(g[:6], [1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
+
+
+# ---- tapernn train: every bad number refused by the argument parser, in one line ----
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--lr", "inf"], "argument --lr: must be positive and finite"),
+        (["--clip", "inf"], "argument --clip: must be >= 0 and finite"),
+        (["--temperature", "inf"], "argument --temperature: must be positive and finite"),
+        (["--seed", "-1"], "argument --seed: must be >= 0"),
+        (["--seed", "1.5"], "argument --seed: expected an integer"),
+        (["--sample-len", "-1"], "argument --sample-len: must be >= 0"),
+    ],
+)
+def test_train_refuses_non_finite_and_negative_numbers_before_reading_any_text(
+    argv, expected, capsys, tmp_path
+):
+    from tapernn.apps.train import main
+
+    missing = tmp_path / "not-read.txt"  # a parse error comes before the text is read
+    assert main(["--text", str(missing), "--steps", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tapernn train: error:"), err
+    assert expected in err, err
+
+
+def test_train_checkpoint_path_that_is_a_file_says_so(capsys, tmp_path):
+    from tapernn.apps.train import main
+
+    (tmp_path / "ck").write_text("not a directory")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    argv = ["--text", str(text), "--steps", "1", "--checkpoint", str(tmp_path / "ck")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a directory" in err, err
+    assert (tmp_path / "ck").read_text() == "not a directory"
