@@ -141,7 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.8,
         help="sampling temperature (default 0.8)",
     )
-    add("--sample-len", type=_count, default=200, help="characters per sample, 0 = none (default 200)")
+    add(
+        "--sample-len",
+        type=_count,
+        default=200,
+        help="characters per sample, 0 = none (default 200)",
+    )
     add(
         "--threads",
         type=_positive(int),
