@@ -164,3 +164,23 @@ def test_train_checkpoint_path_that_is_a_file_says_so(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert "is a file, not a directory" in err, err
     assert (tmp_path / "ck").read_text() == "not a directory"
+
+
+# ---- CAddTable / CMulTable: Torch7 adds entries of one size; no silent broadcast ----
+
+
+@pytest.mark.parametrize("cls", [nn.CAddTable, nn.CMulTable])
+@pytest.mark.parametrize(
+    "shapes", [((3, 1), (3,)), ((2, 3), (3,)), ((2, 3), (2, 3), (1, 3))], ids=str
+)
+def test_cadd_cmul_table_refuse_entries_of_different_shapes(cls, shapes):
+    xs = [np.ones(s) for s in shapes]
+    with pytest.raises(tn.ShapeError, match="one shape"):
+        cls().forward(xs)
+
+
+@pytest.mark.parametrize("cls, fn", [(nn.CAddTable, np.add), (nn.CMulTable, np.multiply)])
+def test_cadd_cmul_table_of_same_shaped_entries_still_work(cls, fn):
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(2, 3)) for _ in range(3)]
+    np.testing.assert_allclose(cls().forward(xs), fn(fn(xs[0], xs[1]), xs[2]), rtol=1e-15)
