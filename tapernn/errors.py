@@ -61,6 +61,11 @@ class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
         )
 
 
+class BuildError(TapernnError, NotImplementedError):
+    """A custom module or criterion does not define `build`, or builds the wrong kind of value
+    (a criterion's loss that is not a scalar). Also a NotImplementedError."""
+
+
 class GraphError(TapernnError):
     """A graph is malformed (Graph.verify) or a pass produced a malformed graph."""
 

@@ -184,3 +184,37 @@ def test_cadd_cmul_table_of_same_shaped_entries_still_work(cls, fn):
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(2, 3)) for _ in range(3)]
     np.testing.assert_allclose(cls().forward(xs), fn(fn(xs[0], xs[1]), xs[2]), rtol=1e-15)
+
+
+# ---- custom modules and criteria: a missing build or a non-scalar loss is a TapernnError ----
+
+
+def test_a_custom_criterion_or_module_without_build_raises_a_build_error():
+    class NoBuildCriterion(nn.Criterion):
+        pass
+
+    class NoBuildModule(nn.Module):
+        pass
+
+    with pytest.raises(tn.BuildError, match=r"NoBuildCriterion does not define build\(self, "):
+        NoBuildCriterion().forward(np.ones(3), np.ones(3))
+    with pytest.raises(tn.BuildError, match=r"NoBuildModule does not define build\(self, input"):
+        NoBuildModule().forward(np.ones(3))
+    assert issubclass(tn.BuildError, NotImplementedError)  # (what build raised before)
+
+
+def test_a_custom_criterion_whose_loss_is_not_a_scalar_says_so():
+    class SquaredError(nn.Criterion):
+        def build(self, x, t):
+            return (x - t) ** 2  # forgot tn.sum
+
+    with pytest.raises(tn.BuildError, match=r"scalar .*got shape \(3,\)"):
+        SquaredError().forward(np.ones(3), np.zeros(3))
+
+    class SumSquaredError(nn.Criterion):
+        def build(self, x, t):
+            return tn.sum((x - t) ** 2)
+
+    c = SumSquaredError()
+    assert c.forward(np.ones(3), np.zeros(3)) == 3.0
+    np.testing.assert_array_equal(c.backward(np.ones(3), np.zeros(3)), [2.0, 2.0, 2.0])

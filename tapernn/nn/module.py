@@ -21,6 +21,7 @@ from .. import validation as check
 from ..errors import (
     ArgumentError,
     ArgumentTypeError,
+    BuildError,
     DTypeError,
     NotPicklableError,
     ShapeError,
@@ -194,7 +195,10 @@ class Module:
     # ---- symbolic application --------------------------------------------------------------------
 
     def build(self, x: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not define build()")
+        raise BuildError(
+            f"{self.describe()} does not define build(self, input): a custom module returns "
+            f"its output from the input symbolically (tn.* ops)"
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _BUILD.get() is not None and _contains_var(args) and not kwargs:
