@@ -218,3 +218,34 @@ def test_a_custom_criterion_whose_loss_is_not_a_scalar_says_so():
     c = SumSquaredError()
     assert c.forward(np.ones(3), np.zeros(3)) == 3.0
     np.testing.assert_array_equal(c.backward(np.ones(3), np.zeros(3)), [2.0, 2.0, 2.0])
+
+
+# ---- bad arguments raise a TapernnError subclass, not the bare base class ----
+
+
+def test_bad_arguments_of_public_entry_points_raise_specific_errors():
+    seq = nn.Sequencer(nn.LSTM(3, 4))
+    with pytest.raises(tn.ArgumentTypeError, match="inputs are arrays or"):
+        seq.forward({"x": np.ones((2, 1, 3))})
+    with pytest.raises(tn.ArgumentError, match="set_blas_threads expects"):
+        tn.set_blas_threads(0)
+    with pytest.raises(tn.ArgumentError, match="expected one of"):
+        tn.set_backend("cuda")
+
+    class ReturnsFloat(nn.Module):
+        def build(self, x):
+            return 3.0
+
+    with pytest.raises(tn.BuildError, match="returned float, not a Var"):
+        ReturnsFloat().forward(np.ones(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"level": "ops"}, {"cluster_by": "time"}, {"view": "reverse"}], ids=str
+)
+def test_diagram_options_outside_their_choices_raise_argument_errors(kwargs):
+    from tapernn.export import to_dot
+
+    g = tn.trace(lambda x: tn.tanh(x), np.ones(3))
+    with pytest.raises(tn.ArgumentError, match="must be one of"):
+        to_dot(g, **kwargs)
