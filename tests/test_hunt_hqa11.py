@@ -249,3 +249,12 @@ def test_diagram_options_outside_their_choices_raise_argument_errors(kwargs):
     g = tn.trace(lambda x: tn.tanh(x), np.ones(3))
     with pytest.raises(tn.ArgumentError, match="must be one of"):
         to_dot(g, **kwargs)
+
+
+def test_compile_report_of_a_child_points_to_the_outermost_module():
+    inner = nn.Sequencer(nn.LSTM(3, 4))
+    model = nn.Sequential(inner, nn.Sequencer(nn.Linear(4, 2)))
+    model.forward(np.ones((2, 1, 3)))
+    assert "nn.Sequencer @ nn.LSTM(3 -> 4)" in str(model.compile_report())
+    with pytest.raises(tn.StateError, match="ask the outermost one"):
+        inner.compile_report()

@@ -465,7 +465,10 @@ class Module:
 
     def compile_report(self):
         if self._runtime is None or self._runtime.last is None:
-            raise StateError(f"{self.describe()}: no compiled program yet; call forward first")
+            raise StateError(
+                f"{self.describe()}: no compiled program yet; call forward on it first (a "
+                f"module run inside another compiles none of its own: ask the outermost one)"
+            )
         return self._runtime.last.report(self._runtime.most_steps)
 
     @property
