@@ -3,6 +3,8 @@ rule, the gradient of a variable exponent at base 0, nn.Abs of -0.0)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -258,3 +260,59 @@ def test_compile_report_of_a_child_points_to_the_outermost_module():
     assert "nn.Sequencer @ nn.LSTM(3 -> 4)" in str(model.compile_report())
     with pytest.raises(tn.StateError, match="ask the outermost one"):
         inner.compile_report()
+
+
+# ---- generated numba kernels: the same source in every process (the cache is by digest) ----
+
+_SOURCES = """
+import hashlib, sys
+import os
+
+import numpy as np
+import tapernn as tn
+from tapernn import nn
+from tapernn.backends import numba_loop
+
+def record(self, key):  # the sources only: nothing compiled
+    print(type(self).__name__, hashlib.sha1(self.source.encode()).hexdigest())
+    return None
+
+numba_loop.LoopKernel.prepare = record
+tn.set_backend("numba")
+for make in (lambda: nn.LSTM(3, 4), lambda: nn.GRU(3, 4)):
+    s = nn.Sequencer(make())
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    for _ in range(3):
+        y = s.forward(x)
+        s.backward(x, np.ones_like(y))
+"""
+
+
+def test_generated_kernel_sources_do_not_depend_on_the_process_hash_seed(tmp_path):
+    """A program kernel calling a loop kernel freed the call's buffers in a set's order: its
+    workspace offsets, so its source and digest, changed with PYTHONHASHSEED -- every process
+    compiled it again (~2 s) and the kernel cache grew by one file per process."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    script = tmp_path / "sources.py"
+    script.write_text(_SOURCES)
+    runs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "TAPERNN_NUMBA_BACKGROUND": "0"}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(os.path.dirname(tn.__file__)), env.get("PYTHONPATH", "")]
+        )
+        out = subprocess.run(
+            [sys.executable, str(script)],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(out.stdout.split())
+    assert any(w == "ProgramKernel" for w in runs[0]), runs[0]  # the case is exercised
+    assert runs[0] == runs[1] == runs[2]
