@@ -10,7 +10,14 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import BuildError, DTypeError, NumericError, ShapeError, ValueRangeError
+from ..errors import (
+    BuildError,
+    DTypeError,
+    NumericError,
+    ShapeError,
+    ValueRangeError,
+    missing_build,
+)
 from ..tracing import Var
 from .module import Module
 from .runtime import runtime_of
@@ -59,10 +66,7 @@ class Criterion(Module):
         return rt.backward(input, np.ones((), dtype=self.dtype))
 
     def build(self, input: Any, target: Any) -> Any:
-        raise BuildError(
-            f"{self.describe()} does not define build(self, input, target): a custom criterion "
-            f"returns the scalar loss symbolically (tn.* ops)"
-        )
+        raise missing_build(self.describe(), "input, target")
 
     def check_targets(self, input: Any, target: Any) -> None:
         """Validate targets in Python, before any program runs (clear errors); `forward` has

@@ -21,11 +21,12 @@ from .. import validation as check
 from ..errors import (
     ArgumentError,
     ArgumentTypeError,
-    BuildError,
     DTypeError,
     NotPicklableError,
     ShapeError,
     StateError,
+    missing_build,
+    no_program,
     where,
 )
 from ..optim import subtract_scaled
@@ -195,10 +196,7 @@ class Module:
     # ---- symbolic application --------------------------------------------------------------------
 
     def build(self, x: Any) -> Any:
-        raise BuildError(
-            f"{self.describe()} does not define build(self, input): a custom module returns "
-            f"its output from the input symbolically (tn.* ops)"
-        )
+        raise missing_build(self.describe(), "input")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _BUILD.get() is not None and _contains_var(args) and not kwargs:
@@ -465,10 +463,7 @@ class Module:
 
     def compile_report(self):
         if self._runtime is None or self._runtime.last is None:
-            raise StateError(
-                f"{self.describe()}: no compiled program yet; call forward on it first (a "
-                f"module run inside another compiles none of its own: ask the outermost one)"
-            )
+            raise no_program(self.describe())
         return self._runtime.last.report(self._runtime.most_steps)
 
     @property
