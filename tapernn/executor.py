@@ -136,8 +136,15 @@ class Compiled:
 
     def blas_threads(self) -> str:
         """The BLAS thread count this program's calls run with and, under "auto", what was
-        measured: one line per argument signature (blas_tuning)."""
-        return self.threads.describe()
+        measured: one line per argument signature (blas_tuning); then, per dtype of its GEMMs,
+        whether this BLAS gives the same bits with 1 and 2 threads and for a GEMM's row or
+        column halves (blas_bits, probed once per process)."""
+        from .blas import _matmuls
+        from .blas_bits import blas_bits
+
+        dtypes = {n.dtype.name for n, _ in _matmuls(self.graph.nodes)}
+        probed = [blas_bits(d).describe() for d in ("float32", "float64") if d in dtypes]
+        return "\n".join([self.threads.describe(), *probed])
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"

@@ -111,9 +111,10 @@ class PlanOptions:
     packed_gemm: on the numba backend, a loop's step GEMMs over large loop-invariant weights run
     a microkernel over the weight packed once per loop call (scan_pack.py); False: OpenBLAS.
     batch_split: on the numba backend, a Python-run loop whose body is row-wise in the batch
-    runs its two row halves at once on two threads (scan_split.py; same bits). "auto" (the
-    default): when each half has >= 8 rows and every step GEMM is packed, in calls its program
-    owns (own_threads); "on": whenever the body is row-wise (tests); "off": never.
+    runs its two row halves at once on two threads (scan_split.py; same bits with packed step
+    GEMMs, with OpenBLAS ones where its row halves keep the whole GEMM's: blas_bits). "auto"
+    (the default): when each half has >= 8 rows and every step GEMM is packed, in calls its
+    program owns (own_threads); "on": whenever the body is row-wise (tests); "off": never.
     own_threads: a program with a loop that splits its batch rows runs its calls with OpenBLAS
     at ONE thread, and its time-batched GEMMs of >= own_threads.MIN_FLOPS in two halves on the
     caller's thread and the split's worker (rows or columns of the output: no thread-dependent

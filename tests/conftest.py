@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import tempfile
@@ -91,3 +92,33 @@ def backend(request):
     tn.set_backend(request.param)
     yield request.param
     tn.set_backend(before)
+
+
+@contextlib.contextmanager
+def packed_forced():
+    """Programs compiled inside pack their step GEMMs as on an AVX-512 CPU (backends/packed.py's
+    availability cache set to True, restored after): the packed kernel and its program rewrite
+    are correct code on any x86 host (numba compiles the kernel's 512-bit vectors for the host;
+    on AVX2 LLVM splits them, slower), so the tests of that path run on AVX2 machines too."""
+    from tapernn.backends import packed
+
+    before = packed._avx512[0]
+    packed._avx512[0] = True
+    try:
+        yield
+    finally:
+        packed._avx512[0] = before
+
+
+@pytest.fixture(scope="module")
+def packed_on():
+    """packed_forced() for a whole module: `pytestmark = pytest.mark.usefixtures("packed_on")`."""
+    with packed_forced():
+        yield
+
+
+@pytest.fixture
+def packed_now():
+    """packed_forced() for one test (a module whose other tests run as the CPU says)."""
+    with packed_forced():
+        yield

@@ -21,6 +21,42 @@ def n_pools() -> int:
 needs_pool = pytest.mark.skipif(not pools, reason="no BLAS thread pool this process can set")
 
 
+def same_or_close(one, two, same: bool | None, rtol: float) -> None:
+    """Array lists `one` and `two` bit for bit where the BLAS probe (tapernn.blas_bits) says the
+    cut in question keeps its bits (`same`), else to `rtol` of each array's largest magnitude:
+    tapernn then made the same choices (the caller compares those) and only the BLAS's own
+    summation order differs."""
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if same:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=rtol * max(np.abs(a).max(), 1e-30))
+
+
+def choices(report) -> object:
+    """What a compile report says tapernn chose (passes and their node counts, notes, plan,
+    loops, kernels, the threads line), its timings and object keys dropped: equal for two
+    programs that differ only in the BLAS's bits."""
+    import dataclasses
+
+    def strip(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return tuple(
+                (f.name, strip(getattr(v, f.name)))
+                for f in dataclasses.fields(v)
+                if f.name != "milliseconds" and not f.name.endswith("_key")
+            )
+        if isinstance(v, (list, tuple)):
+            return tuple(strip(x) for x in v)
+        if isinstance(v, dict):
+            return tuple(sorted((k, strip(x)) for k, x in v.items()))
+        return v
+
+    return strip(report)
+
+
 def threads_now() -> list[int]:
     return [get() for _, get in blas.limiter.pools()]
 

@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_blas import n_pools, needs_pool, spy, threads_now, two_threads  # noqa: F401
+from test_blas import (  # noqa: F401
+    choices,
+    n_pools,
+    needs_pool,
+    same_or_close,
+    spy,
+    threads_now,
+    two_threads,
+)
 
 import tapernn as tn
 from tapernn import blas, blas_tuning, nn
+from tapernn.blas_bits import blas_bits
 from tapernn.blas_tuning import (
     EXPLORE_CALLS,
     RECHECK_CALLS,
@@ -146,7 +155,7 @@ def test_training_steps_are_bit_identical_with_one_or_two_threads(two_threads): 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 16, 96)).astype(np.float32)
     g = rng.standard_normal((6, 16, 96)).astype(np.float32)
-    results = []
+    results, chosen = [], []
     for n in (1, 2):
         tn.set_blas_threads(n)
         tn.manual_seed(0)
@@ -158,9 +167,11 @@ def test_training_steps_are_bit_identical_with_one_or_two_threads(two_threads): 
         seq.zero_grad_parameters()
         gx = seq.backward(x, g)
         results.append([y, gx] + [p.grad.copy() for p in seq.parameters()])
+        chosen.append(choices(seq.compile_report()))
     tn.set_blas_threads("auto")
-    for a, b in zip(*results):
-        assert np.array_equal(a, b)
+    assert chosen[0] == chosen[1]
+    # bit for bit where the BLAS is (tapernn.blas_bits: AVX-512 OpenBLAS), else within rounding
+    same_or_close(*results, blas_bits(np.float32).threads, 1e-4)
 
 
 @pytest.mark.parametrize("bad", [0, "fast"])

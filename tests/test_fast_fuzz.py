@@ -11,14 +11,10 @@ import pytest
 from fast_fuzz import Call, FastCase, Layer, make_fast_case, run_case
 
 from tapernn.backends import numba_available
-from tapernn.backends.packed import available as avx512
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="the fast paths run on the numba backend"),
-    pytest.mark.skipif(
-        numba_available() and not avx512(),
-        reason="packed step GEMMs (and so the auto batch split) need AVX-512",
-    ),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
 ]
 SEEDS = [2, 4]  # a custom cell split 9|8 with step loops; an RNN split 8|8 in owned calls
 

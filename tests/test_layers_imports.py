@@ -26,6 +26,7 @@ LAYERS = [
             "tapernn.fileio",
             "tapernn.validation",
             "tapernn.blas",
+            "tapernn.blas_bits",
             "tapernn.blas_tuning",
             "tapernn.serialization",
             "tapernn.views",

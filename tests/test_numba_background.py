@@ -348,17 +348,17 @@ def test_a_model_built_twice_in_one_process_computes_the_same_bits():
     assert done.stdout.split() == ["True"]
 
 
-def test_a_dropped_model_leaves_no_compile_request_holding_its_arrays(later, monkeypatch):
+def test_a_dropped_model_leaves_no_compile_request_holding_its_arrays(
+    later, monkeypatch, packed_now
+):
     """A request keeps its handle only weakly: a split loop's step loops hold the program's
     arrays, and the request table held every one a process ever asked for (a model made and
     dropped per run of a sweep stayed in memory: ~0.2 MiB a model at (17, 256) float32)."""
     import gc
     import weakref
 
-    from tapernn.backends import packed, step_loop
+    from tapernn.backends import step_loop
 
-    if not packed.available():
-        pytest.skip("split loops' packed step GEMMs need AVX-512")
     made, init = [], step_loop.StepLoop.__init__
 
     def spy(self, source, arrays, *rest):

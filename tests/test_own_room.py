@@ -16,9 +16,13 @@ from tapernn import nn, own_room, own_threads
 from tapernn.backends import numba_available, packed
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed")
-needs_kernel = pytest.mark.skipif(
-    not (numba_available() and packed.available()), reason="numba and AVX-512 needed"
-)
+
+
+def needs_kernel(test):
+    """numba and the packed path (also on AVX2: conftest.packed_now)."""
+    test = pytest.mark.usefixtures("packed_now")(test)
+    return pytest.mark.skipif(not numba_available(), reason="numba not installed")(test)
+
 
 SOURCE = """def program(a0, a1, a2, *, keep6, s7, d8, i9, s10, s12, np_matmul_bias, scan_run14):
     v5 = a1.transpose(s3)

@@ -13,10 +13,12 @@ from test_batch_split import CELLS, TOL, D, T, check_equations, notes, steps, tr
 import tapernn as tn
 from tapernn import nn, own_threads, scan_split
 from tapernn.backends import numba_available
-from tapernn.backends.packed import available as avx512
 from tapernn.blas import limiter
 
-pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +149,6 @@ def test_small_shapes_are_not_owned(shape, rng, monkeypatch):
     assert "not owned" in m.compile_report().threads
 
 
-@pytest.mark.skipif(not avx512(), reason="the batch split's auto rule splits packed GEMMs only")
 def test_auto_rule_in_the_report_and_the_calls(rng):
     """The defaults at 16 rows (packed step GEMMs): owned in calls with >= 2 CPUs and a policy
     of two threads; never at set_blas_threads(1) or None."""

@@ -11,9 +11,10 @@ import tapernn as tn
 from tapernn import nn
 from tapernn.backends import numba_available, packed
 
-pytestmark = pytest.mark.skipif(
-    not numba_available() or not packed.available(), reason="numba and AVX-512 needed"
-)
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 @pytest.fixture

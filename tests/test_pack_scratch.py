@@ -14,7 +14,7 @@ from lend_check import data, seeded, spy_lend
 import tapernn.codegen
 from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
-from tapernn.backends import packed
+from tapernn.backends import numba_available
 from tapernn.nn.runtime import runtime_of
 from tapernn.nn.training_pair import per_call_peak
 from tests import cell_reference as ref
@@ -23,7 +23,10 @@ from tests import cell_reference as ref
 # recurrent weight 4H x H = 65,536 elements: packed)
 T, B, H = 4, 16, 128
 
-pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 # these tests pin the unsplit loop (own_threads / batch_split split it by default here); a split

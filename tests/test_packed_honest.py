@@ -23,7 +23,10 @@ from tapernn.nn.runtime import runtime_of
 from tapernn.nn.training_pair import per_call_peak
 from tapernn.passes import layout_rule
 
-pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 # (the shapes test_packed_gemm compiles already: FastLSTM D = 3, H = 130, float64)
 D, H, T, B = 3, 130, 3, 5

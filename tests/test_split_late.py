@@ -13,7 +13,7 @@ import pytest
 from lend_check import fresh_loop_peak
 
 from tapernn import PlanOptions, nn
-from tapernn.backends import packed
+from tapernn.backends import numba_available
 from tapernn.nn.runtime import runtime_of
 from tapernn.scan_split import SplitRunner
 from tests import cell_reference as ref
@@ -27,7 +27,10 @@ CELLS = {
     "GRU": (lambda: nn.GRU(H, H), ref.gru_step, 1),
 }
 
-pytestmark = pytest.mark.skipif(not packed.available(), reason="the split runs on AVX-512 VMs")
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 def _model(cell, seed=0):

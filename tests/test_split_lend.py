@@ -13,7 +13,7 @@ from lend_check import data, fresh_loop_peak, seeded, spy_lend
 
 import tapernn.codegen
 from tapernn import PlanOptions, nn
-from tapernn.backends import packed
+from tapernn.backends import numba_available
 from tapernn.nn.runtime import runtime_of
 from tapernn.scan_split import BufferPool, SplitRunner
 from tests import cell_reference as ref
@@ -23,7 +23,10 @@ T, B, H = 4, 16, 128
 SPLIT = {"own_threads": "off", "batch_split": "on"}
 ONE_THREAD = {"own_threads": "off", "batch_split": "off"}
 
-pytestmark = pytest.mark.skipif(not packed.available(), reason="packed GEMMs need AVX-512")
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
 
 
 def _model(seed=0):

@@ -17,11 +17,10 @@ from test_step_loop import remembered_chunks
 import tapernn as tn
 from tapernn import nn
 from tapernn.backends import numba_available, step_fuse, step_loop, step_pass
-from tapernn.backends.packed import available as avx512
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
-    pytest.mark.skipif(not avx512(), reason="packed step GEMMs need AVX-512"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
 ]
 T = 4
 H = 256  # (packed step GEMMs; gates of >= 4,096 elements a step at B >= 16: numba kernels)

@@ -16,11 +16,10 @@ import tapernn as tn
 from tapernn import nn, scan_split
 from tapernn.backends import numba_available, step_loop
 from tapernn.backends.numba_backend import Unsupported
-from tapernn.backends.packed import available as avx512
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
-    pytest.mark.skipif(not avx512(), reason="packed step GEMMs need AVX-512"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
 ]
 T = 4
 # weights of >= 65,536 elements: every step GEMM packed (the translator's packed call); gates of
