@@ -8,6 +8,7 @@ from .backends import get_backend, set_backend
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
+    BuildError,
     DTypeError,
     GradcheckError,
     GraphError,
@@ -72,6 +73,7 @@ from .serialization import load_into, save
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "BuildError",
     "Compiled",
     "DTypeError",
     "GradcheckError",

@@ -92,10 +92,10 @@ def set_blas_threads(n: int | str | None) -> None:
     OpenBLAS's own setter.
     """
     global _policy
-    from .errors import TapernnError
+    from .errors import ArgumentError
 
     if not (n is None or n == "auto" or isinstance(n, int) and not isinstance(n, bool) and n > 0):
-        raise TapernnError(f"set_blas_threads expects a positive int, 'auto' or None, got {n!r}")
+        raise ArgumentError(f"set_blas_threads expects a positive int, 'auto' or None, got {n!r}")
     _policy = n
 
 

@@ -61,6 +61,25 @@ class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
         )
 
 
+class BuildError(TapernnError, NotImplementedError):
+    """A custom module or criterion does not define `build`, or builds the wrong kind of value
+    (a criterion's loss that is not a scalar). Also a NotImplementedError."""
+
+
+def missing_build(who: str, args: str) -> BuildError:
+    return BuildError(
+        f"{who} does not define build(self, {args}): a custom module or criterion returns its "
+        f"result from its arguments symbolically (tn.* ops)"
+    )
+
+
+def no_program(who: str) -> StateError:
+    return StateError(
+        f"{who}: no compiled program yet; call forward on it first (a module run inside "
+        f"another compiles none of its own: ask the outermost one)"
+    )
+
+
 class GraphError(TapernnError):
     """A graph is malformed (Graph.verify) or a pass produced a malformed graph."""
 

@@ -36,6 +36,23 @@ def first_max(x: Var, axis: int) -> Var:
     return where(equal(top, top), picked, top)  # a NaN stays NaN
 
 
+def _later_if(wins: Var, a: Var, b: Var) -> Var:
+    """b where it wins, else a (Torch7's maskedCopy of a strictly better later entry: a tie's
+    gradient goes all to the first entry); a NaN in either stays NaN, as np.maximum's."""
+    return where(wins, b, where(equal(b, b), a, b))
+
+
+def maximum_first(a: Var, b: Var) -> Var:
+    """np.maximum(a, b) with Torch7's gradient (nn.CMaxTable, nn.Max over a stacked pair): a
+    tie's gradient all to a, where `tn.maximum` shares it (as torch.maximum and JAX do)."""
+    return _later_if(greater(b, a), a, b)
+
+
+def minimum_first(a: Var, b: Var) -> Var:
+    """np.minimum(a, b) with Torch7's gradient: a tie's gradient all to a (`maximum_first`)."""
+    return _later_if(greater(a, b), a, b)
+
+
 def softplus(x: Var) -> Var:
     """log(1 + exp(x)), stable in both tails, with the derivative sigmoid(x) everywhere: both
     pieces take the x <= 0 branch at x = 0 (relu(x) + log(1 + exp(-|x|)) gives 0 there, where

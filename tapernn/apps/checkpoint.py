@@ -61,6 +61,10 @@ class Checkpoint:
 
 def ensure_writable(directory: str | os.PathLike) -> Path:
     path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory {os.fspath(directory)!r} is a file, not a directory"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")

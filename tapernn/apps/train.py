@@ -6,6 +6,7 @@ main for the CLI); the run itself is trainer.py, in one process or under MPI (di
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
@@ -42,7 +43,18 @@ def _non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not value >= 0:
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A non-negative integer (--seed, --sample-len)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
 
@@ -88,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="carry the hidden state across "
         "batches (truncated BPTT); --no-remember starts every batch from zeros (default: remember)",
     )
-    add("--seed", type=int, help=f"seed of the library generator (default {d['seed']})")
+    add("--seed", type=_count, help=f"seed of the library generator (default {d['seed']})")
     add(
         "--loss",
         choices=("ce", "nce"),
@@ -129,7 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.8,
         help="sampling temperature (default 0.8)",
     )
-    add("--sample-len", type=int, default=200, help="characters per sample, 0 = none (default 200)")
+    add(
+        "--sample-len",
+        type=_count,
+        default=200,
+        help="characters per sample, 0 = none (default 200)",
+    )
     add(
         "--threads",
         type=_positive(int),

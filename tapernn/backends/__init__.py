@@ -29,7 +29,7 @@ import math
 import os
 from typing import Any
 
-from ..errors import TapernnError
+from ..errors import ArgumentError, TapernnError
 
 BACKENDS = ("numpy", "numba", "auto")
 # "auto": the top-level call that has the worker start on a program's kernels, and the one
@@ -72,7 +72,7 @@ def default_backend() -> str:
 
 def check_backend(name: str, what: str = "backend") -> str:
     if name not in BACKENDS:
-        raise TapernnError(f"{what}: expected one of {BACKENDS}, got {name!r}")
+        raise ArgumentError(f"{what}: expected one of {BACKENDS}, got {name!r}")
     if name == "numba" and not numba_available():
         raise TapernnError(
             f"{what} 'numba': numba is not installed (pip install 'tapernn[fast]'), use 'numpy' "

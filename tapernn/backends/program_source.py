@@ -186,7 +186,10 @@ class ProgramSource(LoopSource):
             f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
         )
         # (used by the call alone: its workspaces, its hoisted values and operand copies)
-        self.dying += slices + [self.slots.pop(k) for k in set(self.slots) - before - {slab.name}]
+        # (in the slots' order, not a set's: string hashes differ from process to process, and
+        # a kernel's source must not -- the kernel cache is by the source's digest)
+        used = [k for k in self.slots if k not in before and k != slab.name]
+        self.dying += slices + [self.slots.pop(k) for k in used]
         return slab
 
     def slab_array(self, n: Node) -> Arr:

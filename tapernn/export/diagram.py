@@ -7,7 +7,7 @@ from typing import Any
 import graphviz
 import networkx as nx
 
-from ..errors import TapernnError
+from ..errors import ArgumentError, TapernnError
 from ..graph import Graph
 from .compiled import pair_drawing, training_pair
 from .legend import add_legend
@@ -53,9 +53,9 @@ def to_dot(
     so the DOT text is deterministic for a given graph.
     """
     if level not in LEVELS:
-        raise TapernnError(f"level must be one of {LEVELS}, got {level!r}")
+        raise ArgumentError(f"level must be one of {LEVELS}, got {level!r}")
     if cluster_by not in CLUSTERINGS:
-        raise TapernnError(f"cluster_by must be one of {CLUSTERINGS}, got {cluster_by!r}")
+        raise ArgumentError(f"cluster_by must be one of {CLUSTERINGS}, got {cluster_by!r}")
     pair = training_pair(obj) if compiled and not isinstance(obj, Graph) else None
     if pair is not None:
         drawing = pair_drawing(pair, select_view(view))
@@ -85,7 +85,7 @@ def to_dot(
 
 def select_view(view: str) -> str:
     if view not in VIEWS:
-        raise TapernnError(f"view must be one of {VIEWS}, got {view!r}")
+        raise ArgumentError(f"view must be one of {VIEWS}, got {view!r}")
     return view
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TapernnError
+from ..errors import ArgumentError, TapernnError
 from ..graph import Graph, Node
 
 VIEWS = ("forward", "backward", "both")
@@ -77,7 +77,7 @@ def _looks_compiled(obj: Any) -> bool:
 def select(graph: Graph, view: str, compiled: Any = None) -> Drawing:
     """The nodes and edges of `view`: forward, backward (plus the forward values it reads) or both."""
     if view not in VIEWS:
-        raise TapernnError(f"view must be one of {VIEWS}, got {view!r}")
+        raise ArgumentError(f"view must be one of {VIEWS}, got {view!r}")
     num = graph.numbering()
     if view == "both":
         keep = set(graph.nodes)

@@ -10,7 +10,14 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import DTypeError, NumericError, ShapeError, ValueRangeError
+from ..errors import (
+    BuildError,
+    DTypeError,
+    NumericError,
+    ShapeError,
+    ValueRangeError,
+    missing_build,
+)
 from ..tracing import Var
 from .module import Module
 from .runtime import runtime_of
@@ -29,6 +36,11 @@ class Criterion(Module):
         self.check_targets(input, target)
         rt = runtime_of(self)
         _, _, record = rt._run((input, target), n_diff_args=1)
+        if np.shape(record.outputs[0]) != ():
+            raise BuildError(
+                f"{self.describe()}.build must return the loss as a scalar (e.g. tn.sum(...)), "
+                f"got shape {np.shape(record.outputs[0])}"
+            )
         loss = float(record.outputs[0]) + 0.0  # (-0.0, e.g. every row masked: 0.0)
         if not np.isfinite(loss):
             raise NumericError(
@@ -52,6 +64,9 @@ class Criterion(Module):
         ):
             self.forward(input, target)  # Torch7 criteria take input and target again
         return rt.backward(input, np.ones((), dtype=self.dtype))
+
+    def build(self, input: Any, target: Any) -> Any:
+        raise missing_build(self.describe(), "input, target")
 
     def check_targets(self, input: Any, target: Any) -> None:
         """Validate targets in Python, before any program runs (clear errors); `forward` has

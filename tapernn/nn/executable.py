@@ -12,7 +12,7 @@ import numpy as np
 from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
 from ..backends.packed import rule as packed_rule
-from ..errors import ArgumentError, TapernnError
+from ..errors import ArgumentError, BuildError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..optim import update_temp_bytes
@@ -72,9 +72,7 @@ class Executable:
         out_leaves, self.out_tree = flatten(out)
         for v in out_leaves:
             if not hasattr(v, "node"):
-                raise TapernnError(
-                    f"{root.describe()}.build returned {type(v).__name__}, not a Var"
-                )
+                raise BuildError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused

@@ -161,11 +161,22 @@ class Reshape(Module):
         return f"({', '.join(map(str, self.shape))})"
 
 
+def _same_shapes(module: Module, xs: list) -> None:
+    """Torch7's CAddTable / CMulTable add entries of one size: no broadcasting, whose (B, 1)
+    and (B,) entries would quietly make a (B, B) sum."""
+    shapes = [tuple(getattr(x, "shape", ())) for x in xs]
+    module.expect(
+        all(s == shapes[0] for s in shapes),
+        f"expects entries of one shape (Torch7 does not broadcast them), got {shapes}",
+    )
+
+
 class CAddTable(Module):
     """Sum of a list of same-shaped arrays."""
 
     def build(self, xs: list) -> Var:
         self.expect(isinstance(xs, list) and len(xs) > 0, "expects a non-empty list", ShapeError)
+        _same_shapes(self, xs)
         out = xs[0]
         for x in xs[1:]:
             out = out + x
@@ -177,6 +188,7 @@ class CMulTable(Module):
 
     def build(self, xs: list) -> Var:
         self.expect(isinstance(xs, list) and len(xs) > 0, "expects a non-empty list", ShapeError)
+        _same_shapes(self, xs)
         out = xs[0]
         for x in xs[1:]:
             out = out * x

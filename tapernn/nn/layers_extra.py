@@ -357,7 +357,9 @@ class _Pointwise(Module):
 class Abs(_Pointwise):
     """|x|; the gradient at 0 is +1, as in Torch7 (`tn.abs`: 0).  Torch7: nn.Abs."""
 
-    fn = staticmethod(lambda x: F.where(F.greater(0.0, x), -x, x))  # (-0.0 stays -0.0)
+    # np.abs's +0.0 at -0.0 (THNN's fabs), plus x where x == ±0 (adding ±0) for the derivative
+    # +1 there (THNN: z >= 0 ? g : -g) where tn.abs's is 0
+    fn = staticmethod(lambda x: F.abs(x) + F.where(F.equal(x, 0.0), x, 0.0))
 
 
 class SoftSign(_Pointwise):

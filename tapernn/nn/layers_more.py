@@ -165,17 +165,11 @@ class CDivTable(_TableOp):
     op = staticmethod(F.div)
 
 
-def _later_if(wins: Var, a: Var, b: Var) -> Var:
-    """b where it wins, else a (Torch7's maskedCopy of a strictly better later entry: a tie's
-    gradient goes all to the first entry); a NaN in either stays NaN, as np.maximum's."""
-    return F.where(wins, b, F.where(F.equal(b, b), a, b))
-
-
 class CMaxTable(_TableOp):
     """Elementwise maximum of the entries; a tie's gradient goes to the first of them, as in
     Torch7 (`tn.maximum` shares it).  Torch7: nn.CMaxTable."""
 
-    op = staticmethod(lambda a, b: _later_if(F.greater(b, a), a, b))
+    op = staticmethod(library.maximum_first)
     arity = None
 
 
@@ -183,7 +177,7 @@ class CMinTable(_TableOp):
     """Elementwise minimum of the entries; a tie's gradient goes to the first of them, as in
     Torch7 (`tn.minimum` shares it).  Torch7: nn.CMinTable."""
 
-    op = staticmethod(lambda a, b: _later_if(F.greater(a, b), a, b))
+    op = staticmethod(library.minimum_first)
     arity = None
 
 

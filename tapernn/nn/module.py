@@ -25,6 +25,8 @@ from ..errors import (
     NotPicklableError,
     ShapeError,
     StateError,
+    missing_build,
+    no_program,
     where,
 )
 from ..optim import subtract_scaled
@@ -194,7 +196,7 @@ class Module:
     # ---- symbolic application --------------------------------------------------------------------
 
     def build(self, x: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not define build()")
+        raise missing_build(self.describe(), "input")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _BUILD.get() is not None and _contains_var(args) and not kwargs:
@@ -461,7 +463,7 @@ class Module:
 
     def compile_report(self):
         if self._runtime is None or self._runtime.last is None:
-            raise StateError(f"{self.describe()}: no compiled program yet; call forward first")
+            raise no_program(self.describe())
         return self._runtime.last.report(self._runtime.most_steps)
 
     @property

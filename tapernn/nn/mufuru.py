@@ -19,8 +19,9 @@ OPERATIONS = {
     "diff": lambda s, v: s - v,
     "forget": lambda s, v: F.zeros_like(s),
     "sqrt_diff": lambda s, v: 0.25 * library.sqrt_torch7(F.abs(s - v)),  # (0 gradient at s == v)
-    "max": F.maximum,
-    "min": F.minimum,
+    # Torch7: Max(1) / Min(1) over {s, v} stacked, whose tie goes to the first entry, s
+    "max": library.maximum_first,
+    "min": library.minimum_first,
 }
 ALL_OPS = ("keep", "replace", "mul", "diff", "forget", "sqrt_diff", "max", "min")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArgumentError, DTypeError, TapernnError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array
 from .tree import count_leaves
@@ -30,7 +30,9 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
             )
         x = np.asarray(x)
         if x.dtype == object:
-            raise TapernnError(f"{root.describe()}: inputs are arrays or (nested) lists of arrays")
+            raise ArgumentTypeError(
+                f"{root.describe()}: inputs are arrays or (nested) lists of arrays"
+            )
     if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
         data_array(root.describe(), x)
     if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":

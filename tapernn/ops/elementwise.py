@@ -93,14 +93,29 @@ _binary(
     ),
     zero="first",
 )
-_binary(
-    "power",
-    np.power,
-    lambda g, y, a, b, wants: (
-        ub(g * b * a ** (b - 1), a.shape) if wants[0] else None,
-        ub(g * y * F.log(a), b.shape) if wants[1] else None,
-    ),
-)
+
+
+def _nonzero_constant(v) -> bool:
+    return v.node.op == "constant" and v.node.value is not None and bool(np.all(v.node.value))
+
+
+def _power_vjp(g, y, a, b, wants):
+    """torch's gradients of a ** b, finite where they are 0 in the limit: d/da is 0 where
+    b == 0 (not 0 * 0 ** -1 = NaN), d/db is 0 where a == 0 and b >= 0 (not 0 * log 0 = NaN)."""
+    da = db = None
+    if wants[0]:
+        da = b * a ** (b - 1)
+        if not _nonzero_constant(b):  # (a constant exponent without zeros: the plain formula)
+            da = F.where(F.equal(b, 0.0), 0.0, da)
+        da = ub(g * da, a.shape)
+    if wants[1]:
+        db = y * F.log(a)
+        db = F.where(F.equal(a, 0.0), F.where(F.greater(0.0, b), db, 0.0), db)
+        db = ub(g * db, b.shape)
+    return da, db
+
+
+_binary("power", np.power, _power_vjp)
 
 
 def _maximum_vjp(g, y, a, b, wants, flip=False):
