@@ -66,8 +66,11 @@ def translated(m):
 # float64: every loop translates (the lone float64 tanh of the FastLSTM's cell output and the
 # LSTM's backward is a numba kernel with vecmath's float64 tanh since hf64; before, NumPy's
 # ufunc kept those loops in Python); bit for bit the Python halves and the unsplit loop
+# (batch 17 only: halves 9 | 8; the even halves 8 | 8 of B = 16 are in test_float32_bit_for_bit,
+# and test_step_fuse runs both batches the other way round: one cold compile set per
+# (cell, batch, dtype) in CI, hci)
 @pytest.mark.parametrize("name, loops", [("gru", 2), ("lstm", 2), ("fastlstm", 2)])
-@pytest.mark.parametrize("batch", [16, 17])
+@pytest.mark.parametrize("batch", [17])
 def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng):
     make, step, n, H = CELLS[name]
     x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
@@ -89,7 +92,7 @@ def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng
 
 
 @pytest.mark.parametrize("name", ["fastlstm", "gru", "lstm"])
-@pytest.mark.parametrize("batch", [16, 17])
+@pytest.mark.parametrize("batch", [16])  # (17: test_one_call_equals_python_loop_..., hci)
 def test_float32_bit_for_bit(name, batch, rng):
     make, step, n, H = CELLS[name]
     x = rng.standard_normal((T, batch, D)).astype(np.float32)
