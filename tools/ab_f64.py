@@ -20,14 +20,14 @@ from pathlib import Path
 
 os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
 import numpy as np
+from ab_common import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from parts_loop import ACC, Inline, instrument
 
-import tapernn as tn
-from tapernn import fused_lowering, nn, own_threads, scan_split
+from tapernn import fused_lowering, own_threads, scan_split
 from tapernn.backends import numba_backend
 
 VEC64, LONE64 = dict(numba_backend.VECTOR_FLOAT64), fused_lowering.NUMBA_LONE_OPS["float64"]
@@ -40,17 +40,7 @@ def settings(mode):
 
 
 def tn_step(x, g, H, mode):
-    tn.set_backend("numba")
-    tn.manual_seed(0)
-    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(x.dtype)
-
-    def step():
-        settings(mode)
-        seq.forward(x)
-        seq.zero_grad_parameters()
-        seq.backward(x, g)
-
-    return step, seq
+    return training_step(x, g, H, lambda: settings(mode))
 
 
 def main():

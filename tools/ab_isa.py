@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ab_common import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn
-from tapernn import nn
 from tapernn.backends import packed
 
 # arm -> (packed._avx512[0], packed._avx2[0], PlanOptions keywords)
@@ -42,20 +41,12 @@ DEFAULT = ["blas", "blas-split", "avx2-nosplit", "avx2", "avx512"]
 
 def tn_step(B, T, H, dtype, x, g, arm, cell="FastLSTM"):
     a512, a2, options = ARMS[arm]
-    packed._avx512[0], packed._avx2[0] = a512, a2
-    tn.set_backend("numba")
-    tn.manual_seed(0)
-    seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
-    if options:
-        seq.set_plan_options(tn.PlanOptions(**options))
 
-    def step():
+    def flags():
         packed._avx512[0], packed._avx2[0] = a512, a2
-        seq.forward(x)
-        seq.zero_grad_parameters()
-        seq.backward(x, g)
 
-    return step, seq
+    flags()
+    return training_step(x.astype(dtype), g.astype(dtype), H, flags, cell, options)
 
 
 def main():

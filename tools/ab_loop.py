@@ -15,25 +15,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ab_common import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn
-from tapernn import nn, scan_split
+from tapernn import scan_split
 
 
 def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
-    tn.set_backend("numba")
-    tn.manual_seed(0)
-    seq = nn.Sequencer(getattr(nn, cell)(H, H)).astype(dtype)
-
-    def step():
+    def flag():
         scan_split.STEP_LOOPS[0] = mode == "new"
-        seq.forward(x)
-        seq.zero_grad_parameters()
-        seq.backward(x, g)
 
-    return step, seq
+    return training_step(x.astype(dtype), g.astype(dtype), H, flag, cell)
 
 
 def main(make_step=None):

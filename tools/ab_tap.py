@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ab_common import training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tapernn as tn
-from tapernn import nn
 from tapernn.nn import state_grads, steady_source, tap_digest
 
 MODE = ["new"]
@@ -49,17 +48,7 @@ tap_digest.kernel = _kernel
 
 
 def tn_step(B, T, H, dtype, x, g, mode):
-    tn.set_backend("numba")
-    tn.manual_seed(0)
-    seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(dtype)
-
-    def step():
-        MODE[0] = mode
-        seq.forward(x)
-        seq.zero_grad_parameters()
-        seq.backward(x, g)
-
-    return step, seq
+    return training_step(x.astype(dtype), g.astype(dtype), H, lambda: MODE.__setitem__(0, mode))
 
 
 def main():
