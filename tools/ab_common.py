@@ -4,10 +4,14 @@ through the module API) of a Sequencer on the numba backend, with a hook each ca
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (this checkout's tapernn)
 import tapernn as tn
 from tapernn import nn
 
@@ -35,3 +39,40 @@ def training_step(
         seq.backward(x, g)
 
     return step, seq
+
+
+def config_arms(
+    text: str, dtype: str, names: list[str], make: Callable, torch: bool = True, cell: str = ""
+) -> tuple[tuple[int, int, int], dict, dict]:
+    """For a config "B,T,H": ((B, T, H), arms, models): each name's (step, model) from
+    make(B, T, H, dtype, x, g, name[, cell]) on seeded data, and torch nn.LSTM float32 on the
+    same data as arm "torch" (tools/proto_own.torch_step) unless `torch` is False."""
+    B, T, H = (int(v) for v in text.split(","))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    arms, models = {}, {}
+    for name in names:
+        extra = (cell,) if cell else ()
+        arms[name], models[name] = make(B, T, H, dtype, x, g, name, *extra)
+    if torch:
+        from proto_own import torch_step
+
+        arms["torch"] = torch_step(B, T, H, "float32", x.astype(np.float32), g.astype(np.float32))
+    return (B, T, H), arms, models
+
+
+def interleaved(arms: dict, reps: int, batch: int, rest: float = 0.1) -> dict:
+    """Times the arms round-robin, `batch` calls each after a `rest` (BLAS pools spin ~0.1 s),
+    `reps` rounds: {name: (wall, process CPU, thread CPU)} lists of seconds per call."""
+    res = {k: ([], [], []) for k in arms}
+    for _ in range(reps):
+        for k, f in arms.items():
+            time.sleep(rest)
+            c, tc, t = time.process_time(), time.thread_time(), time.perf_counter()
+            for _ in range(batch):
+                f()
+            res[k][0].append((time.perf_counter() - t) / batch)
+            res[k][1].append((time.process_time() - c) / batch)
+            res[k][2].append((time.thread_time() - tc) / batch)
+    return res

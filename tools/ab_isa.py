@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from ab_common import training_step
+from ab_common import config_arms, interleaved, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,20 +60,9 @@ def main():
     args = ap.parse_args()
     print(f"load {os.getloadavg()}; detected: {packed._detect()}")
     for text in args.configs:
-        B, T, H = (int(v) for v in text.split(","))
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((T, B, H)).astype(args.dtype)
-        g = rng.standard_normal((T, B, H)).astype(args.dtype)
-        arms, models = {}, {}
-        for arm in args.arms:
-            arms[arm], models[arm] = tn_step(B, T, H, args.dtype, x, g, arm, args.cell)
-        if not args.no_torch:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from proto_own import torch_step
-
-            arms["torch"] = torch_step(
-                B, T, H, "float32", x.astype(np.float32), g.astype(np.float32)
-            )
+        (B, T, H), arms, models = config_arms(
+            text, args.dtype, args.arms, tn_step, not args.no_torch, args.cell
+        )
         for f in arms.values():
             for _ in range(6):
                 f()
@@ -88,18 +76,10 @@ def main():
             print(f"  {arm}: grads vs {first} {diff:.2e}; threads: {rep.threads[:40]}")
             for k in rep.loops:
                 print(f"    {k.kernel[-110:]}")
-        res = {k: ([], []) for k in arms}
-        for _ in range(args.reps):
-            for k, f in arms.items():
-                time.sleep(0.1)
-                c, t = time.process_time(), time.perf_counter()
-                for _ in range(args.batch):
-                    f()
-                res[k][0].append((time.perf_counter() - t) / args.batch)
-                res[k][1].append((time.process_time() - c) / args.batch)
+        res = interleaved(arms, args.reps, args.batch)
         base = np.median(res["torch"][0]) if "torch" in res else None
         cbase = np.median(res["torch"][1]) if "torch" in res else None
-        for k, (w, pcpu) in res.items():
+        for k, (w, pcpu, _) in res.items():
             r = f" = {np.median(w) / base:.3f}x torch" if base else ""
             rc = f" ({np.median(pcpu) / cbase:.3f}x)" if cbase else ""
             print(

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from ab_common import training_step
+from ab_common import config_arms, interleaved, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,20 +42,9 @@ def main(make_step=None):
     args = ap.parse_args()
     print(f"load {os.getloadavg()}")
     for text in args.configs:
-        B, T, H = (int(v) for v in text.split(","))
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((T, B, H)).astype(args.dtype)
-        g = rng.standard_normal((T, B, H)).astype(args.dtype)
-        arms, models = {}, {}
-        for mode in ("old", "new"):
-            arms[mode], models[mode] = make_step(B, T, H, args.dtype, x, g, mode, args.cell)
-        if not args.no_torch:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from proto_own import torch_step
-
-            arms["torch"] = torch_step(
-                B, T, H, "float32", x.astype(np.float32), g.astype(np.float32)
-            )
+        (B, T, H), arms, models = config_arms(
+            text, args.dtype, ["old", "new"], make_step, not args.no_torch, args.cell
+        )
         for f in arms.values():
             for _ in range(5):
                 f()
@@ -68,19 +56,9 @@ def main(make_step=None):
         print(f"old and new gradients bit-identical: {same} ({a.shape})")
         for k in models["new"].compile_report().loops:
             print("  new:", k.kernel[-60:])
-        res = {k: ([], [], []) for k in arms}
-        for _ in range(args.reps):
-            for k, f in arms.items():
-                time.sleep(0.1)
-                c, tc, t = time.process_time(), time.thread_time(), time.perf_counter()
-                for _ in range(args.batch):
-                    f()
-                n = args.batch
-                res[k][0].append((time.perf_counter() - t) / n)
-                res[k][1].append((time.thread_time() - tc) / n)
-                res[k][2].append((time.process_time() - c) / n)
+        res = interleaved(arms, args.reps, args.batch)
         base = np.median(res["torch"][0]) if "torch" in res else None
-        for k, (w, tcpu, pcpu) in res.items():
+        for k, (w, pcpu, tcpu) in res.items():
             r = f" = {np.median(w) / base:.3f}x torch" if base else ""
             print(
                 f"({B},{T},{H}) {args.cell} {args.dtype} {k:6s} wall {np.median(w) * 1e3:7.2f} ms"
