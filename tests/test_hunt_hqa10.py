@@ -13,16 +13,7 @@ import pytest
 import tapernn as tn
 from tapernn import nn
 
-BACKENDS = ["numpy", "numba"]
 EPS = 1e-12
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    before = tn.get_backend()
-    tn.set_backend(request.param)
-    yield request.param
-    tn.set_backend(before)
 
 
 # ---- BCECriterion: Torch7's input gradient -(y - x) / ((1 - x + eps)(x + eps)), 0 at x == y ----

