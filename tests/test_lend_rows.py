@@ -9,6 +9,11 @@ hold a live gradient (accumulated, read by the backward after the forward) are n
 Values and every gradient bit-identical to the lending-off run; the steady loop's peak under
 1.5x its minimum at (24, 32, 256) f32 (was 1.64-1.67x for LSTM, 1.78x of 4U for GRU)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from lend_check import data, seeded, spy_lend
@@ -205,15 +210,27 @@ def _peak(cell, T, B, H):
         )
 
     tapernn_loop_step(model(), x, g)()  # (a throw-away model first: test_peak_ratio.py)
-    # the steady peak: the lower of two models' (in a cold CI worker one reading was ~10 MB
-    # more, 3.9-4.1x the minimum, for all three cells at once, never alone or warm: a one-time
-    # load or compile in the process, not the loop's arrays, which a second model shows)
-    readings = []
-    for _ in range(2):
-        seq = model()
-        readings.append((loop_peak_bytes(tapernn_loop_step(seq, x, g), 3, 3), seq))
-    real, seq = min(readings, key=lambda r: r[0])
+    seq = model()
+    real = loop_peak_bytes(tapernn_loop_step(seq, x, g), 3, 3)
     return real, seq.compile_report().peak_bytes
+
+
+def _peak_in_a_fresh_process(cell, T, B, H):
+    """_peak in a new interpreter, the packed path forced as packed_now does: tracemalloc
+    reads the whole process, and in the CI's xdist worker, after its other test files, all
+    three cells read ~10 MB more (3.9-4.1x the minimum, twice, the report unchanged), which
+    four single-process replays (cold and warm, after the likely files) never showed; a user's
+    training loop is what this bounds. (Open: what that worker held.)"""
+    code = (
+        f"import json, sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from conftest import packed_forced\nimport test_lend_rows as t\n"
+        f"with packed_forced():\n    print(json.dumps(t._peak({cell!r}, {T}, {B}, {H})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @needs_packed
@@ -223,7 +240,7 @@ def test_the_steady_loop_peak_on_numba_under_1_5x_the_minimum(cell):
     (50, 32, 512). Measured: LSTM 1.445x, LSTM(peephole=False) 1.419x of T*B*5H, GRU 1.522x of
     its own T*B*4H minimum (before: 1.668x, 1.641x, 1.785x); the bounds allow ~3 %."""
     T, B, H = 24, 32, 256
-    real, report = _peak(cell, T, B, H)
+    real, report = _peak_in_a_fresh_process(cell, T, B, H)
     minimum = T * B * (4 if cell == "GRU" else 5) * H * 4
     bound = 1.57 if cell == "GRU" else 1.49
     assert real <= bound * minimum, f"{real / minimum:.3f}x the minimum (report: {report})"
