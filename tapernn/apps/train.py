@@ -14,49 +14,34 @@ from .command_line import OneLineArgumentParser
 from .trainer import DEFAULTS, PROG, run_single
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _number(
+    kind: type, ok: Callable[[Any], bool], expected: str, must: str
+) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)` where `ok` holds ("expected <expected>" when it does not
+    parse, "must be <must>" when it is out of range)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return value
+def _positive(kind: type) -> Callable[[str], Any]:
+    return _number(
+        kind, lambda v: 0 < v < math.inf, f"a positive {kind.__name__}", "positive and finite"
+    )
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A non-negative integer (--seed, --sample-len)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+_fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "in [0, 1)")
+_non_negative = _number(float, lambda v: 0 <= v < math.inf, "a number", ">= 0 and finite")
+_count = _number(int, lambda v: v >= 0, "an integer >= 0", ">= 0")  # (--seed, --sample-len)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
