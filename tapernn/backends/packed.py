@@ -257,6 +257,10 @@ def _kernel_module(kind: str | None = None) -> Any:
     with its geometry line set to GEOMETRY[kind], named by that text's digest: numba's
     cache=True files land beside it, so a cold kernel cache is cold for these drivers too, each
     geometry has its own, and an installed package's directory is never written."""
+    bits, nv = GEOMETRY[kind or isa() or "avx512"]
+    name = _MODULE_NAMES.get((bits, nv))  # (pack_panels asks at every loop call: the file
+    if name in sys.modules:  # read and its digest cost ~0.17 ms, BENCHMARKS.md "h256c")
+        return sys.modules[name]
     import hashlib
     import importlib.util
     from pathlib import Path
@@ -268,9 +272,9 @@ def _kernel_module(kind: str | None = None) -> Any:
     line = b"VEC_BITS, NV = 512, 4  # "
     if source.count(line) != 1:
         raise TapernnError("packed_kernels.py: its geometry line is missing")
-    bits, nv = GEOMETRY[kind or isa() or "avx512"]
     source = source.replace(line, f"VEC_BITS, NV = {bits}, {nv}  # ".encode())
     name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
+    _MODULE_NAMES[(bits, nv)] = name
     if name in sys.modules:
         return sys.modules[name]
     directory = cache_dir()
@@ -285,6 +289,7 @@ def _kernel_module(kind: str | None = None) -> Any:
     return module
 
 
+_MODULE_NAMES: dict[tuple[int, int], str] = {}  # (vector bits, NV) -> _kernel_module's name
 _HANDLES = {kind: _Handle(kind) for kind in GEOMETRY}
 TRANSPOSED_PACK = [True]  # pack_panels of a transposed view by packed_kernels.pack_rows (A/B)
 _PARALLELS = {kind: _Parallel(kind) for kind in GEOMETRY}
