@@ -137,6 +137,14 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if rows:
         _kernel_module(handle().isa).pack_rows(w.T, out)
         return out
+    if (  # a C weight: its rows cut into the panels by numba (BENCHMARKS.md "h256c")
+        COLUMN_PACK[0]
+        and w.flags.c_contiguous
+        and out.flags.c_contiguous
+        and ((w.dtype.str,),) in handle().packs
+    ):
+        _kernel_module(handle().isa).pack_cols(w, out)
+        return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
     else:  # (a transposed view: its reshape would copy the whole W first) panel by panel
@@ -160,7 +168,7 @@ class _Handle:
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
-        self.packs: set[tuple] = set()  # (dtypes pack_rows is compiled for)
+        self.packs: set[tuple] = set()  # (dtypes pack_rows and pack_cols are compiled for)
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -181,8 +189,10 @@ class _Handle:
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = _failure(e)
                 return
-            try:  # (pack_panels of transposed views; if it fails, NumPy's copy packs them)
+            try:  # (pack_panels of transposed views and of C weights; if either fails,
+                # NumPy's copies pack them)
                 pk.pack_rows.compile(_pack_signature(key))
+                pk.pack_cols.compile(_pack_signature(key))
                 self.packs.add(key)
             except Exception:  # noqa: BLE001, S110
                 pass
@@ -292,6 +302,7 @@ def _kernel_module(kind: str | None = None) -> Any:
 _MODULE_NAMES: dict[tuple[int, int], str] = {}  # (vector bits, NV) -> _kernel_module's name
 _HANDLES = {kind: _Handle(kind) for kind in GEOMETRY}
 TRANSPOSED_PACK = [True]  # pack_panels of a transposed view by packed_kernels.pack_rows (A/B)
+COLUMN_PACK = [True]  # pack_panels of a C weight by packed_kernels.pack_cols (A/B)
 _PARALLELS = {kind: _Parallel(kind) for kind in GEOMETRY}
 
 
