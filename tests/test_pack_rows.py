@@ -82,6 +82,14 @@ def test_pack_cols_equals_numpys_copy(dtype, k, n, rng, monkeypatch):
     rows = rng.standard_normal((2 * k, n)).astype(dtype)[::2]
     np.testing.assert_array_equal(packed.pack_panels(rows), numpy_pack(rows))
     assert calls == [] or k == 1  # (one row of a strided array is a C array)
+    calls.clear()  # an out of another shape: never given to numba (no bounds checks there)
+    panels, _, nr = want.shape
+    for shape in ((panels - 1, k, nr), (panels, k + 1, nr)):
+        try:  # (NumPy's copy raises, or broadcasts a single row: k == 1)
+            packed.pack_panels(w, np.zeros(shape, dtype))
+        except (ValueError, IndexError):
+            pass
+    assert calls == []
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -132,6 +132,7 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         and w.strides[0] == w.itemsize
         and w.T.flags.c_contiguous
         and out.flags.c_contiguous
+        and out.shape == shape  # (numba checks no bounds: another shape, NumPy's copy raises)
         and ((w.dtype.str,),) in handle().packs
     )
     if rows:
@@ -141,6 +142,7 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         COLUMN_PACK[0]
         and w.flags.c_contiguous
         and out.flags.c_contiguous
+        and out.shape == shape
         and ((w.dtype.str,),) in handle().packs
     ):
         _kernel_module(handle().isa).pack_cols(w, out)
