@@ -1,8 +1,8 @@
-"""The packed GEMM's panels of a transposed weight view packed by numba (packed_kernels.pack_rows,
-issue 19, BENCHMARKS.md "h256"): the same panels as NumPy's strided copy -- float32 and float64,
-partial last panels, odd K, N below one panel --, used only for transposed views of C weights
-once the packed kernel's dtype is compiled, and a FastLSTM trained through it the same bit for
-bit as with NumPy's pack."""
+"""The packed GEMM's panels packed by numba: of a transposed weight view (packed_kernels.pack_rows,
+issue 19, BENCHMARKS.md "h256") and of a C weight (pack_cols, "h256c"): the same panels as
+NumPy's copies -- float32 and float64, partial last panels, odd K, N below one panel --, used
+only for those layouts once the packed kernel's dtype is compiled (a strided weight: NumPy's
+copy), and a FastLSTM trained through them the same bit for bit as with NumPy's pack."""
 
 import numpy as np
 import pytest
@@ -23,13 +23,21 @@ def ready():
         packed.handle().prepare(((np.dtype(dt).str,),))
 
 
-def numpy_pack(w):
-    old = packed.TRANSPOSED_PACK[0]
-    packed.TRANSPOSED_PACK[0] = False
+def numpy_pack(w, nr=None):
+    old = packed.TRANSPOSED_PACK[0], packed.COLUMN_PACK[0]
+    packed.TRANSPOSED_PACK[0] = packed.COLUMN_PACK[0] = False
     try:
-        return packed.pack_panels(w)
+        return packed.pack_panels(w, nr=nr)
     finally:
-        packed.TRANSPOSED_PACK[0] = old
+        packed.TRANSPOSED_PACK[0], packed.COLUMN_PACK[0] = old
+
+
+def counted(monkeypatch, name):
+    """Calls of packed_kernels' `name` (pack_rows or pack_cols) from here on."""
+    calls = []
+    real = getattr(packed._kernel_module(), name)
+    monkeypatch.setattr(packed._kernel_module(), name, lambda a, o: calls.append(1) or real(a, o))
+    return calls
 
 
 @pytest.mark.usefixtures("ready")
@@ -38,22 +46,50 @@ def numpy_pack(w):
 def test_pack_rows_equals_numpys_copy(dtype, n, k, rng, monkeypatch):
     w = rng.standard_normal((n, k)).astype(dtype)  # stored (N, K); packed: panels of w.T
     want = numpy_pack(w.T)
-    calls = []
-    real = packed._kernel_module().pack_rows
-    monkeypatch.setattr(
-        packed._kernel_module(), "pack_rows", lambda a, o: calls.append(1) or real(a, o)
-    )
+    calls = counted(monkeypatch, "pack_rows")
     out = np.full(want.shape, np.nan, dtype)
     got = packed.pack_panels(w.T, out)
     assert got is out and calls == [1]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(packed.pack_panels(w.T), want)  # (out made)
-    # a C weight (not a transposed view), or a strided one: NumPy's copy, not pack_rows
+    # a C weight (not a transposed view: pack_cols), or a strided one: NumPy's copy
     calls.clear()
     np.testing.assert_array_equal(packed.pack_panels(np.ascontiguousarray(w.T)), want)
     wide = rng.standard_normal((n, 2 * k)).astype(dtype)[:, ::2]
     np.testing.assert_array_equal(packed.pack_panels(wide.T), numpy_pack(wide.T))
     assert calls == [] or k == 1  # (a (1, N) C array is its own transposed view too)
+
+
+@pytest.mark.usefixtures("ready")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, n", [(1024, 256), (37, 130), (3, 5), (1, 64), (129, 200), (8, 17)])
+def test_pack_cols_equals_numpys_copy(dtype, k, n, rng, monkeypatch):
+    w = rng.standard_normal((k, n)).astype(dtype)  # a C weight (K, N)
+    want = numpy_pack(w)
+    calls = counted(monkeypatch, "pack_cols")
+    out = np.full(want.shape, np.nan, dtype)  # (the padding columns too: written, zeros)
+    got = packed.pack_panels(w, out)
+    assert got is out and calls == [1]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(packed.pack_panels(w), want)  # (out made)
+    for nr in (8, 24):  # (any width: its panels' out)
+        np.testing.assert_array_equal(
+            packed.pack_panels(w, nr=nr), numpy_pack(w, nr), err_msg=f"nr {nr}"
+        )
+    calls.clear()  # a strided weight, or a non-C out: NumPy's copy
+    wide = rng.standard_normal((k, 2 * n)).astype(dtype)[:, ::2]
+    np.testing.assert_array_equal(packed.pack_panels(wide), numpy_pack(wide))
+    rows = rng.standard_normal((2 * k, n)).astype(dtype)[::2]
+    np.testing.assert_array_equal(packed.pack_panels(rows), numpy_pack(rows))
+    assert calls == [] or k == 1  # (one row of a strided array is a C array)
+    calls.clear()  # an out of another shape: never given to numba (no bounds checks there)
+    panels, _, nr = want.shape
+    for shape in ((panels - 1, k, nr), (panels, k + 1, nr)):
+        try:  # (NumPy's copy raises, or broadcasts a single row: k == 1)
+            packed.pack_panels(w, np.zeros(shape, dtype))
+        except (ValueError, IndexError):
+            pass
+    assert calls == []
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -65,7 +101,7 @@ def test_fastlstm_steps_the_same_with_either_pack(dtype, rng):
         g = rng.standard_normal((6, 17, 130)).astype(dtype)
         results = []
         for fast in (True, False):
-            packed.TRANSPOSED_PACK[0] = fast
+            packed.TRANSPOSED_PACK[0] = packed.COLUMN_PACK[0] = fast
             tn.manual_seed(0)
             m = nn.Sequencer(nn.FastLSTM(8, 130)).astype(dtype)
             m.set_plan_options(tn.PlanOptions(layout="batch"))
@@ -82,5 +118,5 @@ def test_fastlstm_steps_the_same_with_either_pack(dtype, rng):
         for a, b in zip(p1, p2):
             np.testing.assert_array_equal(a, b)
     finally:
-        packed.TRANSPOSED_PACK[0] = True
+        packed.TRANSPOSED_PACK[0] = packed.COLUMN_PACK[0] = True
         tn.set_backend(before)

@@ -183,3 +183,22 @@ def test_training_steps_on_each_geometry_equal_the_numpy_equations(rng, monkeypa
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
     finally:
         tn.set_backend(before)
+
+
+@needs_numba
+def test_the_kernel_module_is_made_once_per_geometry_and_follows_a_changed_geometry(monkeypatch):
+    """pack_panels asks for the module at every loop call: after the first, no file read (it
+    cost ~0.17 ms a call, BENCHMARKS.md "h256c"); a geometry changed later gets the module of
+    its own text, not the remembered one."""
+    from pathlib import Path
+
+    first = {kind: packed._kernel_module(kind) for kind in KINDS}
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p) or real(p))
+    assert all(packed._kernel_module(kind) is first[kind] for kind in KINDS)
+    assert not reads
+    monkeypatch.setitem(packed.GEOMETRY, "avx2", (256, 1))  # (a geometry never loaded before)
+    other = packed._kernel_module("avx2")
+    assert reads and (other.VEC_BITS, other.NV) == (256, 1) and other is not first["avx2"]
+    assert packed._kernel_module("avx512") is first["avx512"]

@@ -46,6 +46,16 @@ def instrument():
             rec(f"{getattr(_tag, 'gemm', 'gemm')} half", t0)
 
     own_threads._mm = mm_half
+    real_mm_plain = own_threads._mm_half  # (a plain GEMM's halves: np.matmul, not _mm)
+
+    def mm_plain_half(a, b, out, columns, k):
+        t0 = _now()
+        try:
+            return real_mm_plain(a, b, out, columns, k)
+        finally:
+            rec(f"{getattr(_tag, 'gemm', 'gemm')} half", t0)
+
+    own_threads._mm_half = mm_plain_half
     real_mm_bias = own_threads._mm_bias
 
     def mm_bias_half(a, b, out, bias):

@@ -132,10 +132,20 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         and w.strides[0] == w.itemsize
         and w.T.flags.c_contiguous
         and out.flags.c_contiguous
+        and out.shape == shape  # (numba checks no bounds: another shape, NumPy's copy raises)
         and ((w.dtype.str,),) in handle().packs
     )
     if rows:
         _kernel_module(handle().isa).pack_rows(w.T, out)
+        return out
+    if (  # a C weight: its rows cut into the panels by numba (BENCHMARKS.md "h256c")
+        COLUMN_PACK[0]
+        and w.flags.c_contiguous
+        and out.flags.c_contiguous
+        and out.shape == shape
+        and ((w.dtype.str,),) in handle().packs
+    ):
+        _kernel_module(handle().isa).pack_cols(w, out)
         return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))
@@ -160,7 +170,7 @@ class _Handle:
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
-        self.packs: set[tuple] = set()  # (dtypes pack_rows is compiled for)
+        self.packs: set[tuple] = set()  # (dtypes pack_rows and pack_cols are compiled for)
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -181,8 +191,10 @@ class _Handle:
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = _failure(e)
                 return
-            try:  # (pack_panels of transposed views; if it fails, NumPy's copy packs them)
+            try:  # (pack_panels of transposed views and of C weights; if either fails,
+                # NumPy's copies pack them)
                 pk.pack_rows.compile(_pack_signature(key))
+                pk.pack_cols.compile(_pack_signature(key))
                 self.packs.add(key)
             except Exception:  # noqa: BLE001, S110
                 pass
@@ -257,6 +269,10 @@ def _kernel_module(kind: str | None = None) -> Any:
     with its geometry line set to GEOMETRY[kind], named by that text's digest: numba's
     cache=True files land beside it, so a cold kernel cache is cold for these drivers too, each
     geometry has its own, and an installed package's directory is never written."""
+    bits, nv = GEOMETRY[kind or isa() or "avx512"]
+    name = _MODULE_NAMES.get((bits, nv))  # (pack_panels asks at every loop call: the file
+    if name in sys.modules:  # read and its digest cost ~0.17 ms, BENCHMARKS.md "h256c")
+        return sys.modules[name]
     import hashlib
     import importlib.util
     from pathlib import Path
@@ -268,9 +284,9 @@ def _kernel_module(kind: str | None = None) -> Any:
     line = b"VEC_BITS, NV = 512, 4  # "
     if source.count(line) != 1:
         raise TapernnError("packed_kernels.py: its geometry line is missing")
-    bits, nv = GEOMETRY[kind or isa() or "avx512"]
     source = source.replace(line, f"VEC_BITS, NV = {bits}, {nv}  # ".encode())
     name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
+    _MODULE_NAMES[(bits, nv)] = name
     if name in sys.modules:
         return sys.modules[name]
     directory = cache_dir()
@@ -285,8 +301,10 @@ def _kernel_module(kind: str | None = None) -> Any:
     return module
 
 
+_MODULE_NAMES: dict[tuple[int, int], str] = {}  # (vector bits, NV) -> _kernel_module's name
 _HANDLES = {kind: _Handle(kind) for kind in GEOMETRY}
 TRANSPOSED_PACK = [True]  # pack_panels of a transposed view by packed_kernels.pack_rows (A/B)
+COLUMN_PACK = [True]  # pack_panels of a C weight by packed_kernels.pack_cols (A/B)
 _PARALLELS = {kind: _Parallel(kind) for kind in GEOMETRY}
 
 

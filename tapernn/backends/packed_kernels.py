@@ -188,6 +188,24 @@ def pack_rows(w, out):
                     out[j, r, c] = 0
 
 
+@njit(cache=True, nogil=True)
+def pack_cols(w, out):
+    """The panels of a C weight w (K, N) (packed.pack_panels): out[j, r, c] = w[r, j*NR + c],
+    out (ceil(N / NR), K, NR) C, zero-padded past N. Row r of w read once, contiguously, its
+    NR-column pieces written to each panel's row r: 1.5-1.8x NumPy's (K, full, NR) transposed
+    copy at (1024, 256) and (2048, 512) float32 (BENCHMARKS.md "h256c")."""
+    k, n = w.shape
+    nr = out.shape[2]
+    full = n // nr
+    for r in range(k):
+        for j in range(full):
+            for c in range(nr):
+                out[j, r, c] = w[r, j * nr + c]
+        if full < out.shape[0]:
+            for c in range(nr):
+                out[full, r, c] = w[r, full * nr + c] if full * nr + c < n else 0
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def packed_matmul_parallel(a, packed, out, parts):
     """The panels split into `parts` contiguous ranges, one per prange iteration."""
