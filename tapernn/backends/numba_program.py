@@ -23,8 +23,6 @@ from .program_source import ProgramSource
 
 _lock = threading.Lock()
 _programs: dict[tuple, ProgramKernel] = {}  # by source and constants (numba_loop.constants_key)
-# a program's own sizes and workspaces for its shared kernel: by that kernel's key, dims, work
-_instances: dict[tuple, ProgramInstance] = {}
 ENABLED = [True]  # tests of the loop kernels alone switch whole-program kernels off
 # programs with more loop nests keep the NumPy program: numba compiles each nest slowly (~0.1-0.3
 # s cold). The built-in cells' training programs at B=1 have 10-32 (LSTM's backward: 32)
@@ -50,6 +48,8 @@ class ProgramKernel(LoopKernel):
     ):
         super().__init__(source, constants, work)
         self.loops = loops
+        # its programs' own sizes and workspaces (ProgramInstance), by dims and workspace sizes
+        self.instances: dict[tuple, ProgramInstance] = {}
         # (the program's arrays: after the outs, the constants and `dims`)
         self.inputs = slice(n_outs + len(constants) + 1, -len(work) if work else None)
 
@@ -133,10 +133,11 @@ def instance(source: str, gen: ProgramSource) -> ProgramInstance:
                 source, gen.constants, gen.called, gen.work_sizes(), len(gen.outs)
             )
         work = gen.work_sizes()
-        ident = (key, tuple(gen.dims), tuple(work))
-        made = _instances.get(ident)
+        made = shared.instances.get((tuple(gen.dims), tuple(work)))
         if made is None:
-            made = _instances[ident] = ProgramInstance(shared, gen.dims, work)
+            made = shared.instances[tuple(gen.dims), tuple(work)] = ProgramInstance(
+                shared, gen.dims, work
+            )
             made.source = gen.concrete
         return made
 
