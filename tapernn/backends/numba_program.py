@@ -3,7 +3,8 @@ loop (every value at most numba_loop.MAX_SIZE elements: a rolled training step's
 backward at tutorial sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
 inlined (backends/program_source.py) -- called in place of the generated NumPy program. A
 program with a node the generator does not lower keeps its NumPy program (CompileReport.kernel
-says why)."""
+says why). The kernel's text reads its sizes from an argument (program_source.lift_sizes): one
+compiled kernel serves the program at every sequence length T (ProgramInstance: a T's sizes)."""
 
 from __future__ import annotations
 
