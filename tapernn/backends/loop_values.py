@@ -142,7 +142,11 @@ def reshape_map(in_shape: tuple, out_shape: tuple) -> Callable:
     in_strides = strides(in_shape)
 
     def general(idx: list[str]) -> list[str]:
+        # (the first index needs no `% size`: the flat index is below the size of both shapes;
+        # a generated size may be a runtime number, program_source.lift_sizes, and a modulo by
+        # one an integer division per element in the innermost loop)
         at = flat(idx, out_shape)
-        return [f"(({at}) // {st}) % {s}" for st, s in zip(in_strides, in_shape)]
+        quotients = [f"({at})" if st == 1 else f"(({at}) // {st})" for st in in_strides]
+        return [q if d == 0 else f"{q} % {s}" for d, (q, s) in enumerate(zip(quotients, in_shape))]
 
     return general

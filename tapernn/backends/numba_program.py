@@ -3,7 +3,8 @@ loop (every value at most numba_loop.MAX_SIZE elements: a rolled training step's
 backward at tutorial sizes) becomes ONE @njit function -- its GEMMs, slicing and concats as loops, its scan loops
 inlined (backends/program_source.py) -- called in place of the generated NumPy program. A
 program with a node the generator does not lower keeps its NumPy program (CompileReport.kernel
-says why)."""
+says why). The kernel's text reads its sizes from an argument (program_source.lift_sizes): one
+compiled kernel serves the program at every sequence length T (ProgramInstance: a T's sizes)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ class ProgramKernel(LoopKernel):
     ):
         super().__init__(source, constants, work)
         self.loops = loops
-        self.inputs = slice(n_outs + len(constants), -len(work) if work else None)
+        # its programs' own sizes and workspaces (ProgramInstance), by dims and workspace sizes
+        self.instances: dict[tuple, ProgramInstance] = {}
+        # (the program's arrays: after the outs, the constants and `dims`)
+        self.inputs = slice(n_outs + len(constants) + 1, -len(work) if work else None)
 
     def signature(self, key: tuple) -> tuple:
         return background.numba_signature(key)
@@ -100,6 +104,45 @@ class ProgramKernel(LoopKernel):
         self.kernel(*args)
 
 
+class ProgramInstance:
+    """One program's use of a shared ProgramKernel (its text has no sizes: program_source's
+    lift_sizes): `dims`, the int64 array of the sizes its kernel reads, and `work`, its
+    workspaces' (dtype name, elements), both this program's (a sequence length T's); `source`
+    its generated text with those numbers written in (what the kernel computes for it; the
+    compiled module's is `shared.source`). Everything else is the shared kernel's."""
+
+    def __init__(self, shared: ProgramKernel, dims: list[int], work: list[tuple[str, int]]):
+        self.shared, self.work = shared, work
+        self.dims = np.array(dims, np.int64)
+        self.source = ""
+
+    def __getattr__(self, name: str) -> Any:  # kernel, error, types, constants, prepare, ...
+        if name == "shared":  # (not set yet: copy/pickle probing a bare instance)
+            raise AttributeError(name)
+        return getattr(self.shared, name)
+
+
+def instance(source: str, gen: ProgramSource) -> ProgramInstance:
+    """The ProgramInstance of the program `gen` generated `source` for: its kernel shared with
+    every program of that text and those constants (one compile for every T), its own dims and
+    workspace sizes."""
+    with _lock:
+        key = (source, numba_loop.constants_key(gen.constants))
+        shared = _programs.get(key)
+        if shared is None:
+            shared = _programs[key] = ProgramKernel(
+                source, gen.constants, gen.called, gen.work_sizes(), len(gen.outs)
+            )
+        work = gen.work_sizes()
+        made = shared.instances.get((tuple(gen.dims), tuple(work)))
+        if made is None:
+            made = shared.instances[tuple(gen.dims), tuple(work)] = ProgramInstance(
+                shared, gen.dims, work
+            )
+            made.source = gen.concrete
+        return made
+
+
 def _performance_warning() -> type:
     from numba.core.errors import NumbaPerformanceWarning
 
@@ -129,13 +172,7 @@ def attach(compiled: Any) -> None:
     if nests > MAX_NESTS:
         report.kernel = f"NumPy program (no {WHOLE}: {nests} loop nests > {MAX_NESTS})"
         return
-    with _lock:
-        key = (source, numba_loop.constants_key(gen.constants))
-        handle = _programs.get(key)
-        if handle is None:
-            handle = _programs[key] = ProgramKernel(
-                source, gen.constants, gen.called, gen.work_sizes(), len(gen.outs)
-            )
+    handle = instance(source, gen)
     loops = [found[2:] for found in compiled.program.bodies.values()]
     switch = ProgramSwitch(handle, compiled, loops, gen)
     later = ""
@@ -157,7 +194,7 @@ class ProgramSwitch:
     the program's place (`program.fn`); if it failed, the NumPy program does, with its loops'
     own kernels, and the report says why."""
 
-    def __init__(self, handle: ProgramKernel, compiled: Any, loops: list[tuple], gen: Any):
+    def __init__(self, handle: ProgramInstance, compiled: Any, loops: list[tuple], gen: Any):
         self.handle, self.compiled, self.loops = handle, compiled, loops
         self.outs = [(o.shape, o.dtype) for o, _ in gen.outs.values()]
         self.returns = gen.returns
@@ -183,7 +220,8 @@ class ProgramSwitch:
         try:
             outs = [np.empty(shape, dtype) for shape, dtype in self.outs]
             work = [np.empty(0, np.dtype(dtype)) for dtype, _ in self.handle.work]
-            key = background.type_key((*outs, *self.handle.constants, *args, *work))
+            dims = self.handle.dims
+            key = background.type_key((*outs, *self.handle.constants, dims, *args, *work))
         except AttributeError:  # not all arrays: the NumPy program runs
             self.handle = None
             return self._use()(*args)
@@ -199,7 +237,7 @@ class ProgramSwitch:
         if self.ready is None:
             if not background.started(self.calls):
                 return self.numpy_fn(*args)
-            self.ready = background.request(self.handle, self.asked)
+            self.ready = background.request(self.handle.shared, self.asked)
         if not background.due(self.calls):
             return self.numpy_fn(*args)
         self.ready.wait()
@@ -229,7 +267,7 @@ class ProgramSwitch:
 
 
 def runner(
-    handle: ProgramKernel,
+    handle: ProgramInstance,
     outs: list[tuple],
     returns: list,
     n_in: int,
@@ -254,7 +292,7 @@ def runner(
     new = [j for j in range(len(outs)) if j not in fixed]
     lines = [f"def run({', '.join(params)}):"]
     lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
-    call = ", ".join(made + consts + params + works)
+    call = ", ".join(made + consts + ["dims"] + params + works)
     lines += [
         "    try:",
         f"        kernel({call})",
@@ -265,6 +303,7 @@ def runner(
     namespace: dict[str, Any] = {
         "kernel": handle.kernel,
         "retry": handle.retry,
+        "dims": handle.dims,
         "empty": np.empty,
         **{f"s{j}": outs[j][0] for j in new},
         **{f"d{j}": outs[j][1] for j in new},

@@ -7,7 +7,10 @@ the out arrays the caller passes."""
 
 from __future__ import annotations
 
+import io
 import math
+import re
+import tokenize
 from typing import Any
 
 from ..graph import Graph, Node
@@ -17,8 +20,8 @@ from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typ
 
 
 class ProgramSource(LoopSource):
-    """Generates `kernel(out0, ..., const0, ..., arg0, ..., work_<dtype>, ...)` for `graph`
-    (work_*: its workspaces, one per dtype, each a C array the caller makes once and passes to
+    """Generates `kernel(out0, ..., const0, ..., dims, arg0, ..., work_<dtype>, ...)` for `graph`
+    (dims: an int64 array of its sizes, lift_sizes; work_*: its workspaces, one per dtype, each a C array the caller makes once and passes to
     every call; the buffers and the called loops' workspaces are slices), writing its outputs
     into `out<j>` (C arrays of the outputs' shapes the caller makes per call: a kernel returning
     arrays pays ~3 us per array to box it); `bodies`: id(scan attrs) -> (compiled body, fixed
@@ -55,6 +58,9 @@ class ProgramSource(LoopSource):
         self.dying: list[tuple] = []
         self.pool: dict[str, list[tuple[int, int]]] = {}
         self.reusable, self.last_slot = True, ("", 0, 0)
+        # (source(): the literals lift_sizes took out of the text, and the text with them in)
+        self.dims: list[int] = []
+        self.concrete = ""
 
     def reserve(self, dtype: str, size: int) -> int:
         if self.reusable and self.dying:
@@ -109,15 +115,19 @@ class ProgramSource(LoopSource):
         self.flush()
         outs = [a.name for _, a in self.outs.values()]
         consts = [f"const{k}" for k in range(len(self.constants))]
-        text = [f"def kernel({', '.join(outs + consts + args + self.work_params())}):"]
+        params = ", ".join(outs + consts + ["dims"] + args + self.work_params())
         lines = [*self.work_checks(), *self.setup, *self.step]
-        text += ["    " + line for s in lines for line in s.split("\n")]
+        body = ["    " + line for s in lines for line in s.split("\n")]
         imports = "".join(
             f"from {_module_name(h.source)} import kernel as loop{j}\n"
             for j, h in enumerate(self.called)
         )  # (numba_loop's modules, loaded first: ProgramKernel.prepare)
         head, _, decorator = _HEADER.rpartition("\n\n\n")
-        return head + "\n" + imports + "\n\n" + decorator + "\n".join(text) + "\n"
+        head = head + "\n" + imports + "\n\n" + decorator
+        lifted, self.dims = lift_sizes(body)
+        self.concrete = head + f"def kernel({params}):\n" + "\n".join(body) + "\n"
+        unpack = [f"    n{k} = dims[{k}]" for k in range(len(self.dims))]
+        return head + f"def kernel({params}):\n" + "\n".join(unpack + lifted) + "\n"
 
     def results(self) -> None:
         """Outputs not computed into their out arrays (views, inputs, constants, loops' slabs)
@@ -281,6 +291,43 @@ class ProgramSource(LoopSource):
             else:
                 self.vals[node] = ins[k] if k < nc + nx else rest[k - nc - nx]
         return carries
+
+
+def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
+    """`body` (a kernel's indented lines) with every integer literal other than 0 and 1 -- the
+    sizes, offsets, trip counts and loop lengths, the numbers a new sequence length T changes
+    -- read from the kernel's `dims` argument instead (`n<k>`, k in order of appearance), and
+    those literals' values: the kernel's text, and so its cache digest, has no T in it, and
+    every T whose program generates this text runs its one compiled kernel with its own dims.
+    Sound whatever the literals mean: the text with `dims` is the generated text, number for
+    number; a T whose program differs in anything else (a loop merged, a product past DOT_MIN,
+    a size 1: T = 1) generates another text, and gets a kernel of its own. 0 and 1 stay
+    (indices, strides and trip counts of 1 that LLVM folds away) but as a workspace view's
+    start (ProgramSource.reserve reuses a freed slice by size: at one T that is the one at 0,
+    at another T another)."""
+    text = "\n".join(body) + "\n"
+    tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    spots = [
+        tok.start
+        for j, tok in enumerate(tokens)
+        if tok.type == tokenize.NUMBER
+        and tok.string.isdigit()
+        and (int(tok.string) > 1 or [t.string for t in tokens[j - 4 : j - 2]] == ["c_view", "("])
+    ]  # (a workspace view's start always: a slice reused at one T, not at another, starts at 0)
+    lines, values = list(body), []
+    by_row: dict[int, list[int]] = {}
+    for row, col in spots:
+        by_row.setdefault(row - 1, []).append(col)
+    k = 0
+    for row in sorted(by_row):
+        line, parts, last = lines[row], [], 0
+        for col in by_row[row]:
+            digits = re.match(r"\d+", line[col:]).group()
+            parts += [line[last:col], f"n{k}"]
+            values.append(int(digits))
+            last, k = col + len(digits), k + 1
+        lines[row] = "".join(parts) + line[last:]
+    return lines, values
 
 
 def last_reads(g: Graph) -> dict[int, list[Node]]:
