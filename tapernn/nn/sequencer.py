@@ -13,9 +13,10 @@ from .. import library, tracing
 from .. import validation as check
 from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
+from . import row_select as rows
 from .context import current_build
 from .module import Module
-from .recurrent import AbstractRecurrent, HiddenStateOf, mask_rows
+from .recurrent import AbstractRecurrent, HiddenStateOf
 from .roll_api import (
     NotRollable,
     join_segments,
@@ -166,9 +167,13 @@ class Sequencer(HiddenStateOf, Module):
         def call(xs: list, invs: list) -> Any:
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
-            y = self.module(xs[0])
+            x = xs[0]
+            if masked:  # the module never sees a padded row (it may hold NaN, Inf, garbage)
+                pad = rows.beyond(ctx.step_mask)
+                x = map_leaves(lambda v: rows.clear(v, pad), x)
+            y = self.module(x)
             if masked:
-                y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
+                y = map_leaves(lambda v: rows.clear(v, pad), y)
             ctx.step_mask = None
             if as_array and not isinstance(y, Var):
                 raise ShapeError(

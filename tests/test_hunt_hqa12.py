@@ -1,0 +1,168 @@
+"""QA round hqa12: masks are selects, not products. A padded row (past a Sequencer `lengths=`
+row's end, or all zeros under MaskZero / mask_zero()) is exactly +0.0 whatever it held, and its
+NaN / Inf reaches no other row, no state and no gradient (NaN * 0 = NaN before; v * 0 = -0.0).
+Oracles: NumPy equations of the Elman RNN run row by row over each row's real steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+
+T, B, D, H = 5, 4, 3, 4
+LENGTHS = np.array([5, 3, 1, 2])
+
+
+def _rnn_alone(w_xh, w_hh, b_h, x, g):
+    """One row's real steps (x (L, D), seed g (L, H)): outputs, d/dx, d/dparams of sum(g * y)."""
+    hs, h = [], np.zeros(H)
+    for t in range(len(x)):
+        h = np.tanh(w_xh @ x[t] + b_h + w_hh @ h)
+        hs.append(h)
+    dx, dw_xh, dw_hh, db = np.zeros_like(x), np.zeros_like(w_xh), np.zeros_like(w_hh), 0 * b_h
+    carry = np.zeros(H)
+    for t in reversed(range(len(x))):
+        dz = (g[t] + carry) * (1 - hs[t] ** 2)
+        prev = hs[t - 1] if t else np.zeros(H)
+        dx[t] = w_xh.T @ dz
+        dw_xh, dw_hh, db = dw_xh + np.outer(dz, x[t]), dw_hh + np.outer(dz, prev), db + dz
+        carry = w_hh.T @ dz
+    return np.array(hs), dx, {"w_xh": dw_xh, "w_hh": dw_hh, "b_h": db}
+
+
+def _padded(rng, dtype):
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    poison = np.array([np.nan, np.inf, -np.inf, 1e30], dtype)
+    for b, n in enumerate(LENGTHS):
+        x[n:, b] = poison[b % 4]  # padding holding NaN / Inf / huge garbage
+        g[n:, b] = poison[(b + 1) % 4]  # and so does the caller's gradient there
+    return x, g
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("unroll", [False, True])
+def test_lengths_padding_with_nan_and_inf_reaches_nothing(backend, dtype, unroll):
+    """Failed before hqa12: every output, input gradient and parameter gradient was NaN."""
+    rng = np.random.default_rng(12)
+    tn.manual_seed(3)
+    seq = nn.Sequencer(nn.RNN(D, H), unroll=unroll).astype(dtype)
+    p = {k.split(".")[-1]: v.data.astype(np.float64) for k, v in seq.named_parameters().items()}
+    x, g = _padded(rng, dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for _ in range(3):  # numba: call 1 runs NumPy, later calls the kernels
+        seq.zero_grad_parameters()
+        y = seq.forward(x, lengths=LENGTHS)
+        gx = seq.backward(x, g)
+        grads = {k.split(".")[-1]: v.grad for k, v in seq.named_parameters().items()}
+        assert y.dtype == dtype and gx.dtype == dtype
+        want_grads = {k: 0 * v for k, v in p.items()}
+        for b, n in enumerate(LENGTHS):
+            ys, dx, dp = _rnn_alone(p["w_xh"], p["w_hh"], p["b_h"], x[:n, b], g[:n, b])
+            np.testing.assert_allclose(y[:n, b], ys, rtol=tol, atol=tol)
+            np.testing.assert_allclose(gx[:n, b], dx, rtol=tol, atol=tol)
+            want_grads = {k: v + dp[k] for k, v in want_grads.items()}
+            # padding: exactly +0.0 (no NaN, no -0.0), in outputs and input gradients
+            for pad in (y[n:, b], gx[n:, b]):
+                assert np.all(pad == 0) and not np.signbit(pad).any()
+        for k, want in want_grads.items():
+            np.testing.assert_allclose(grads[k], want, rtol=10 * tol, atol=10 * tol)
+
+
+def test_lengths_final_state_is_each_rows_last_real_state(backend):
+    rng = np.random.default_rng(5)
+    seq = nn.Sequencer(nn.GRU(D, H))
+    x, _ = _padded(rng, np.float64)
+    for _ in range(3):
+        seq.forward(x, lengths=LENGTHS)
+        (h,) = seq.get(0).get_hidden_state(T - 1)
+        assert np.isfinite(h).all()
+        for b, n in enumerate(LENGTHS):
+            alone = nn.Sequencer(nn.GRU(D, H))
+            alone.load_state_dict(seq.state_dict())
+            alone.forward(x[:n, b : b + 1])
+            np.testing.assert_allclose(h[b], alone.get(0).get_hidden_state(n - 1)[0][0], 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mask_zero_rows_are_plus_zero_and_pass_no_nan_gradient(backend, dtype):
+    """mask_zero(): a zero input row's output is +0.0 (it was -0.0 where the cell's value was
+    negative) and a NaN gradient arriving there stops (it reached the weights before)."""
+    rng = np.random.default_rng(7)
+    tn.manual_seed(4)
+    cell = nn.RNN(D, H)
+    cell.b_h.data[...] = -3.0  # negative outputs everywhere: v * 0 would be -0.0
+    seq = nn.Sequencer(cell.mask_zero()).astype(dtype)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    x[1, 0] = x[3, 2] = 0.0
+    x[2, 1] = -0.0
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    g[1, 0] = g[2, 1] = np.nan
+    g[3, 2] = np.inf
+    for _ in range(3):
+        seq.zero_grad_parameters()
+        y = seq.forward(x)
+        gx = seq.backward(x, g)
+        for t, b in ((1, 0), (2, 1), (3, 2)):
+            assert np.all(y[t, b] == 0) and not np.signbit(y[t, b]).any()
+            assert np.all(gx[t, b] == 0)
+        assert np.isfinite(gx).all()
+        assert all(np.isfinite(p.grad).all() for p in seq.parameters())
+        # a masked row resets its state: the next step of row 0 starts from h = 0
+        w = {k.split(".")[-1]: v.data.astype(np.float64) for k, v in seq.named_parameters().items()}
+        want = np.tanh(w["w_xh"] @ x[2, 0] + w["b_h"])
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(y[2, 0], want, rtol=tol, atol=tol)
+
+
+def test_mask_zero_module_keeps_a_nan_row_and_zeroes_a_zero_row(backend):
+    """Torch7's MaskZero masks rows whose norm is 0: a NaN row is data (its NaN shows), a zero
+    row is +0.0 with gradient exactly 0 even when the caller's gradient there is NaN."""
+    tn.manual_seed(1)
+    lin = nn.Linear(2, 3)
+    lin.bias.data[...] = -1.0
+    m = nn.MaskZero(lin)
+    x = np.array([[1.0, 2.0], [np.nan, 0.0], [0.0, -0.0]])
+    g = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [np.nan, np.inf, 1.0]])
+    for _ in range(3):
+        m.zero_grad_parameters()
+        y = m.forward(x)
+        assert np.isnan(y[1]).all()  # not hidden as padding
+        assert np.all(y[2] == 0) and not np.signbit(y[2]).any()
+        gx = m.backward(x, g)
+        assert np.all(gx[2] == 0)
+        np.testing.assert_allclose(lin.bias.grad, [1.0, 1.0, 1.0])  # rows 0 and 1 (g = 0)
+
+
+def test_mask_zero_criterion_does_not_hide_a_nan_prediction():
+    """A NaN row is not padding (Torch7: norm ~= 0): its NaN loss raises NumericError."""
+    c = nn.MaskZeroCriterion(nn.ClassNLLCriterion())
+    x = np.log(np.full((3, 4), 0.25))
+    x[1] = np.nan
+    with pytest.raises(tn.errors.NumericError):
+        c.forward(x, np.array([0, 1, 2]))
+    x[1] = 0.0  # padding: its target (-1) is never read
+    loss = c.forward(x, np.array([0, -1, 2]))
+    assert loss == pytest.approx(np.log(4.0))
+    gx = c.backward(x, np.array([0, -1, 2]))
+    assert np.all(gx[1] == 0) and not np.signbit(gx[1]).any()
+
+
+def test_trim_zero_keeps_a_nan_row_as_mask_zero_does():
+    tn.manual_seed(2)
+    lin = nn.Linear(2, 3)
+    x = np.array([[1.0, 2.0], [np.nan, 0.0], [0.0, 0.0]])
+    y_trim = nn.TrimZero(lin, 1).forward(x)
+    y_mask = nn.MaskZero(lin, 1).forward(x)
+    np.testing.assert_array_equal(y_trim, y_mask)
+    assert np.isnan(y_trim[1]).all() and np.all(y_trim[2] == 0)
+
+
+def test_lookup_table_mask_zero_row_is_plus_zero_even_if_row_0_was_written():
+    lt = nn.LookupTableMaskZero(5, 3)
+    lt.weight.data[0] = np.nan  # (an update or a load wrote the padding row)
+    y = lt.forward(np.array([[0, 1], [2, 0]]))
+    assert np.all(y[0, 0] == 0) and np.all(y[1, 1] == 0) and np.isfinite(y).all()
+    assert not np.signbit(y[0, 0]).any()
