@@ -166,3 +166,35 @@ def test_lookup_table_mask_zero_row_is_plus_zero_even_if_row_0_was_written():
     y = lt.forward(np.array([[0, 1], [2, 0]]))
     assert np.all(y[0, 0] == 0) and np.all(y[1, 1] == 0) and np.isfinite(y).all()
     assert not np.signbit(y[0, 0]).any()
+
+
+# ---- issue 3: one name per loop in a compile report ----
+
+
+def test_a_loop_has_one_name_in_every_line_of_the_report():
+    """Failed before hqa12: the transducer's LSTM loop read "loop 2.0" forward, "reverse loop 2"
+    backward; its Linear loop "loop (top)" (the Linear pushed out of the body) but
+    "layout (loop 3.0)". Now every line names a loop by the module that made it."""
+    import re
+
+    from tapernn.apps.models import build_model
+
+    model, x, g = build_model("tutorial-transducer", 6, 3, 8)
+    model.forward(x)
+    model.backward(x, g)
+    report = model.compile_report()
+    forward = sorted(loop.scope for loop in report.loops if not loop.reverse)
+    reverse = sorted(loop.scope for loop in report.loops if loop.reverse)
+    layout = sorted(
+        re.match(r"layout \(loop (.*?)\):", n)[1] for n in report.notes if "layout" in n
+    )
+    sequencers = sorted(k for k, m in enumerate(model) if isinstance(m, nn.Sequencer))
+    assert forward == reverse == layout == [str(k) for k in sequencers]
+    text = str(report)
+    for k in sequencers:
+        assert f"\nloop {k}: " in text and f"\nreverse loop {k}: " in text
+    root = nn.Sequencer(nn.GRU(3, 4))
+    root.forward(np.ones((4, 2, 3)))
+    root.backward(np.ones((4, 2, 3)), np.ones((4, 2, 4)))
+    assert {loop.scope or "(top)" for loop in root.compile_report().loops} == {"(top)"}
+    assert "\nloop (top): " in str(root.compile_report())
