@@ -198,3 +198,31 @@ def test_a_loop_has_one_name_in_every_line_of_the_report():
     root.backward(np.ones((4, 2, 3)), np.ones((4, 2, 4)))
     assert {loop.scope or "(top)" for loop in root.compile_report().loops} == {"(top)"}
     assert "\nloop (top): " in str(root.compile_report())
+
+
+def test_lengths_take_a_time_major_batch_of_ids(backend):
+    """(T, B) ids into Sequencer(LookupTable -> GRU) with lengths=: each row as if alone.
+    Before hqa12 this raised "lengths must be integers, one per batch row (3), got [4 2 1]"
+    (the (B,) steps of ids were taken for unbatched rows)."""
+    tn.manual_seed(6)
+
+    def make():
+        return nn.Sequencer(nn.Sequential().add(nn.LookupTable(10, 4)).add(nn.GRU(4, 3)))
+
+    m = make()
+    ids = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [1, 1, 1]])
+    lengths = np.array([4, 2, 1])
+    for _ in range(3):
+        y = m.forward(ids, lengths=lengths)
+        m.backward(ids, np.ones_like(y))
+    for b, n in enumerate(lengths):
+        alone = make()
+        alone.load_state_dict(m.state_dict())
+        np.testing.assert_allclose(y[:n, b], alone.forward(ids[:n, b : b + 1])[:, 0], 1e-12)
+        assert np.all(y[n:, b] == 0)
+
+
+def test_lengths_on_unbatched_steps_say_why():
+    seq = nn.Sequencer(nn.RNN(3, 2))
+    with pytest.raises(tn.errors.ShapeError, match=r"batched steps.*got steps of shape \(3,\)"):
+        seq.forward(np.ones((4, 3)), lengths=np.array([2, 2, 2]))

@@ -38,6 +38,12 @@ def clear(v: Any, pad: Var) -> Any:
     return F.where(_aligned(pad, v), 0, v)
 
 
+def clear_floats(v: Any, pad: Var) -> Any:
+    """clear() for a float value; ids and flags pass unchanged (an embedding's gradient is
+    selected at its output; ids are no per-step residuals of a loop's backward)."""
+    return clear(v, pad) if getattr(getattr(v, "dtype", None), "kind", "") == "f" else v
+
+
 def hold(pad: Var, new: Var, old: Var) -> Var:
     """`new`'s rows, `old`'s where padded (a state held past a row's end)."""
     return F.where(_aligned(pad, new), old, new)

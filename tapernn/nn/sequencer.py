@@ -114,10 +114,16 @@ class Sequencer(HiddenStateOf, Module):
         self.expect(T > 0, "expects at least one step, got none")
         first = np.asarray(steps[0])
         lengths = np.asarray(lengths)
-        if first.ndim < 2 or lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
+        ids = first.ndim == 1 and first.dtype.kind in "iu"  # a (B,) step of ids is a batch
+        if first.ndim < 2 and not ids:
+            raise ShapeError(
+                f"{self.describe()}: lengths= needs batched steps (rows on axis 0: (B, ...) "
+                f"arrays, or (B,) integer ids), got steps of shape {first.shape}"
+            )
+        if lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
             raise ShapeError(
                 f"{self.describe()}: lengths must be integers, one per batch row "
-                f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}"
+                f"({first.shape[0]}), got {lengths!r}"
             )
         if lengths.size and (lengths.min() < 1 or lengths.max() > T):
             raise ValueRangeError(
@@ -168,9 +174,9 @@ class Sequencer(HiddenStateOf, Module):
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
             x = xs[0]
-            if masked:  # the module never sees a padded row (it may hold NaN, Inf, garbage)
+            if masked:  # the module never sees a padded float row (NaN, Inf, garbage there)
                 pad = rows.beyond(ctx.step_mask)
-                x = map_leaves(lambda v: rows.clear(v, pad), x)
+                x = map_leaves(lambda v: rows.clear_floats(v, pad), x)
             y = self.module(x)
             if masked:
                 y = map_leaves(lambda v: rows.clear(v, pad), y)
