@@ -226,3 +226,33 @@ def test_lengths_on_unbatched_steps_say_why():
     seq = nn.Sequencer(nn.RNN(3, 2))
     with pytest.raises(tn.errors.ShapeError, match=r"batched steps.*got steps of shape \(3,\)"):
         seq.forward(np.ones((4, 3)), lengths=np.array([2, 2, 2]))
+
+
+# ---- tn.save / tn.load_into: bad arguments (before hqa12: AttributeError / TypeError, and an
+# empty path wrote a hidden '.npz' into the working directory) ----
+
+
+@pytest.mark.parametrize("fn", ["save", "load_into"])
+@pytest.mark.parametrize("module", [5, None, nn.Linear])
+def test_save_and_load_refuse_what_is_not_a_module(tmp_path, fn, module):
+    tn.save(nn.Linear(3, 2), tmp_path / "m")
+    with pytest.raises(tn.errors.ArgumentTypeError, match=f"tn.{fn} expects a module"):
+        getattr(tn, fn)(module, tmp_path / "m")
+
+
+@pytest.mark.parametrize("fn", ["save", "load_into"])
+def test_save_and_load_refuse_a_path_that_is_none_a_number_or_empty(tmp_path, monkeypatch, fn):
+    monkeypatch.chdir(tmp_path)
+    for path in (5, None):
+        with pytest.raises(tn.errors.ArgumentTypeError, match="expects a file path"):
+            getattr(tn, fn)(nn.Linear(3, 2), path)
+    with pytest.raises(tn.errors.ArgumentError, match="empty"):
+        getattr(tn, fn)(nn.Linear(3, 2), "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_and_load_take_a_bytes_path(tmp_path):
+    m = nn.Linear(3, 2)
+    tn.save(m, bytes(tmp_path / "m"))
+    other = tn.load_into(nn.Linear(3, 2), bytes(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(other.weight.data, m.weight.data)
