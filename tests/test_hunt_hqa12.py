@@ -256,3 +256,37 @@ def test_save_and_load_take_a_bytes_path(tmp_path):
     tn.save(m, bytes(tmp_path / "m"))
     other = tn.load_into(nn.Linear(3, 2), bytes(tmp_path / "m.npz"))
     np.testing.assert_array_equal(other.weight.data, m.weight.data)
+
+
+# ---- clamps and softplus at +/-inf (before hqa12: NaN from 0 * inf and inf - inf) ----
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hardtanh_and_clamp_clamp_infinities_and_keep_nan(backend, dtype):
+    x = np.array([np.inf, -np.inf, np.nan, 0.5, -0.5, 3.0, -3.0, 1.0, -1.0], dtype)
+    g = np.arange(1.0, 10.0).astype(dtype)
+    for m, lo, hi in ((nn.HardTanh(), -1.0, 1.0), (nn.Clamp(-2.0, 2.0), -2.0, 2.0)):
+        m.astype(dtype)
+        for _ in range(3):
+            y = m.forward(x)
+            np.testing.assert_array_equal(y, np.clip(x, lo, hi))  # (np.clip keeps NaN)
+            gx = m.backward(x, g)
+            inside = (x > lo) & (x < hi)  # Torch7: gradient 0 on and beyond the bounds
+            np.testing.assert_array_equal(gx[~np.isnan(x)], np.where(inside, g, 0)[~np.isnan(x)])
+            assert y.dtype == dtype
+
+
+def test_hardtanh_gradcheck_inside_and_out():
+    x = np.array([[0.3, -0.7, 2.5], [-1.8, 0.05, 0.9]])
+    assert tn.gradcheck(lambda v: tn.sum(nn.HardTanh().build(v) * v), x)
+
+
+def test_log_sigmoid_and_softplus_at_infinities(backend):
+    x = np.array([np.inf, -np.inf, 40.0, -40.0, 0.0])
+    want = -np.logaddexp(0, -x)
+    m = nn.LogSigmoid()
+    for _ in range(3):
+        # (log(1 + e^-40) is 0 in float64, as Torch7's; logaddexp keeps 4e-18)
+        np.testing.assert_allclose(m.forward(x), want, rtol=1e-15, atol=1e-15)
+        grad = m.backward(x, np.ones(5))
+        np.testing.assert_allclose(grad, 1 / (1 + np.exp(x)), rtol=1e-15)  # s(-x)
