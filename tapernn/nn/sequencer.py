@@ -157,6 +157,8 @@ class Sequencer(HiddenStateOf, Module):
         ctx = current_build()
         if not self.remembers():
             restart_states(self.module, ctx)
+        if step_mask is not None:
+            x = self._clear_padding(x, as_array, step_mask)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
@@ -167,18 +169,31 @@ class Sequencer(HiddenStateOf, Module):
         ctx.fresh_steps = True
         return self._build_unrolled(ctx, x, as_array, step_mask)
 
+    @staticmethod
+    def _clear_padding(x: Any, as_array: bool, step_mask: Var) -> Any:
+        """x with every padded float row (past its row's length) exactly 0, so the module never
+        sees what padding held (NaN, Inf, garbage); one time-batched select, outside the loop
+        (inside, it would keep the input GEMM from being hoisted out of it)."""
+        pad = rows.beyond(step_mask)  # (T, B, 1)
+        if as_array:
+            if x.dtype.kind != "f":
+                return x  # ids: their embeddings' rows are cleared at the outputs
+            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (x.ndim - 2)), 0, x)
+        cleared = []
+        for t, xt in enumerate(x):
+            with tracing.step(t):
+                cleared.append(map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), xt))
+        return cleared
+
     def _step(self, as_array: bool, masked: bool) -> Any:
         """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=)."""
 
         def call(xs: list, invs: list) -> Any:
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
-            x = xs[0]
-            if masked:  # the module never sees a padded float row (NaN, Inf, garbage there)
-                pad = rows.beyond(ctx.step_mask)
-                x = map_leaves(lambda v: rows.clear_floats(v, pad), x)
-            y = self.module(x)
+            y = self.module(xs[0])  # (padded input rows already cleared: _clear_padding)
             if masked:
+                pad = rows.beyond(ctx.step_mask)
                 y = map_leaves(lambda v: rows.clear(v, pad), y)
             ctx.step_mask = None
             if as_array and not isinstance(y, Var):
