@@ -57,7 +57,7 @@ class NormStabilizer(AbstractRecurrent):
         keep = ctx.step_mask  # (B, 1) with lengths=: 0 past a row's length, where x is zeros
         diff = _norm(x) - _norm(state[0])
         if keep is not None:  # no pair past a row's length; the mean stays over the batch
-            diff = F.where(F.reshape(F.greater(keep, 0), (x.shape[0],)), diff, 0)
+            diff = diff * F.reshape(keep, (x.shape[0],))  # (finite: padded inputs cleared)
         return F.add_loss(x, self.beta * library.mean(diff * diff)), (x,)
 
     def extra_repr(self) -> str:

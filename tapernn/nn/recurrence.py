@@ -114,12 +114,12 @@ class Recurrence(AbstractRecurrent):
             pad = rows.zero_rows(first, axes)
             new = tuple(rows.clear(s, pad) for s in new)
         if ctx.step_mask is not None:  # past a row's length (Sequencer lengths): state held
-            pad = F.reshape(rows.beyond(ctx.step_mask), (-1,))
-            new = tuple(rows.hold(pad, s, o) for s, o in zip(new, old))
+            # (products: the padded inputs were cleared, the padded outputs are cleared after
+            # the loop by the Sequencer; nn/recurrent.py)
+            m = F.reshape(ctx.step_mask, (-1,))
+            new = tuple(_rows(m, s) * s + (1 - _rows(m, s)) * o for s, o in zip(new, old))
         if self._mask_zero or ctx.step_mask is not None:
             out = new[0] if self.tree == LEAF else unflatten(self.tree, new)
-            if ctx.step_mask is not None:
-                out = _map(lambda v: rows.clear(v, pad), out)
         return out, new
 
     def extra_repr(self) -> str:
@@ -141,3 +141,8 @@ def _describe(out: Any) -> str:
     if isinstance(out, (list, tuple)):
         return "[" + ", ".join(_describe(o) for o in out) + "]"
     return type(out).__name__
+
+
+def _rows(keep: Var, like: Var) -> Var:
+    """`keep` ((B,)) shaped to broadcast over the rows of `like`."""
+    return F.reshape(keep, (like.shape[0],) + (1,) * (like.ndim - 1))

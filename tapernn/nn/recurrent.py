@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import functional as F
 from .. import validation as check
 from ..errors import ShapeError, StateError
 from ..tracing import Var
@@ -141,10 +142,11 @@ class AbstractRecurrent(Module):
             pad = rows.zero_rows(x, (-1,), keepdims=True)
             out = map_leaves(lambda v: rows.clear(v, pad), out)
             new = tuple(rows.clear(s, pad) for s in new)
-        if ctx.step_mask is not None:  # past a row's length: zero output, state held
-            pad = rows.beyond(ctx.step_mask)
-            out = map_leaves(lambda v: rows.clear(v, pad), out)
-            new = tuple(rows.hold(pad, s, o) for s, o in zip(new, old))
+        if ctx.step_mask is not None:  # past a row's length: state held (products: the
+            # Sequencer cleared the padded inputs, so every value here is finite, and it clears
+            # the padded outputs with a select after the loop: no select, no bool in the body)
+            m = ctx.step_mask
+            new = tuple(_rows(s, m) + _rows(o, 1 - m) for s, o in zip(new, old))
         return out, new
 
     def _state_dtype(self, x: Any) -> np.dtype:
@@ -479,3 +481,10 @@ class Cell(AbstractRecurrent):
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.hidden_size})"
+
+
+def _rows(v: Var, mask: Var) -> Var:
+    """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis."""
+    if v.ndim == mask.ndim:
+        return v * mask
+    return v * F.reshape(mask, (mask.shape[0],) + (1,) * (v.ndim - 1))

@@ -65,8 +65,7 @@ class ReinforceNormal(Module):
             d = sample - mean
             log_prob = F.sum(d * d, axis=-1) * (-0.5 / self.stdev**2)
             if ctx.step_mask is not None and mean.ndim == 2:  # lengths=: none past a row's end
-                real = F.greater(F.reshape(ctx.step_mask, (mean.shape[0],)), 0)
-                log_prob = F.where(real, log_prob, 0)
+                log_prob = log_prob * F.reshape(ctx.step_mask, (mean.shape[0],))
             ctx.add_reinforce(self, log_prob)
         return sample
 

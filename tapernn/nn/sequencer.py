@@ -185,16 +185,28 @@ class Sequencer(HiddenStateOf, Module):
                 cleared.append(map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), xt))
         return cleared
 
-    def _step(self, as_array: bool, masked: bool) -> Any:
-        """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=)."""
+    @staticmethod
+    def _clear_outputs(y: Any, as_array: bool, step_mask: Var) -> Any:
+        """The outputs past each row's length exactly +0.0, with gradient exactly 0 there (a
+        select: whatever the caller's gradient holds there): after the loop, time-batched."""
+        pad = rows.beyond(step_mask)  # (T, B, 1)
+        if as_array:
+            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (y.ndim - 2)), 0, y)
+        return [
+            map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), yt) for t, yt in enumerate(y)
+        ]
+
+    def _step(self, as_array: bool, masked: bool, clear: bool = True) -> Any:
+        """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=); `clear`: its
+        padded output rows cleared here (unrolled; a loop's are cleared after it)."""
 
         def call(xs: list, invs: list) -> Any:
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
             y = self.module(xs[0])  # (padded input rows already cleared: _clear_padding)
-            if masked:
+            if masked and clear:
                 pad = rows.beyond(ctx.step_mask)
-                y = map_leaves(lambda v: rows.clear(v, pad), y)
+                y = map_leaves(lambda v: rows.clear_floats(v, pad), y)
             ctx.step_mask = None
             if as_array and not isinstance(y, Var):
                 raise ShapeError(
@@ -218,10 +230,10 @@ class Sequencer(HiddenStateOf, Module):
                 return [xt] if step_mask is None else [xt, step_mask[t]]
 
         key = loop_key(self, ctx, xs, [], as_array)
-        segments = run_loop(
-            ctx, key, self._step(as_array, step_mask is not None), T, xs, [], xs_step
-        )
-        return join_segments(segments, as_array)
+        masked = step_mask is not None
+        segments = run_loop(ctx, key, self._step(as_array, masked, False), T, xs, [], xs_step)
+        y = join_segments(segments, as_array)
+        return self._clear_outputs(y, as_array, step_mask) if masked else y
 
     def _build_unrolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
         if as_array:
