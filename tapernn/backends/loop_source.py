@@ -178,9 +178,8 @@ class LoopSource:
         head = (
             f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
         )
-        # bool arrays read as uint8: numba's loads of bool array elements kept LLVM from
-        # vectorising a whole nest (a `where` over a (B, 1) mask made a small LSTM's forward
-        # loop 2.8x slower; hqa12)
+        # bool arrays read as uint8: numba's bool element loads kept LLVM from vectorising a
+        # whole nest (a `where` on a (B, 1) mask: a small LSTM's forward 2.8x slower, hqa12)
         views = [
             f"{a} = {a}.view(np.uint8)"
             for a, node in zip(args, g.inputs)

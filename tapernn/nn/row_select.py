@@ -1,7 +1,10 @@
-"""Row masks as selects, never products: a padded row (past a Sequencer `lengths=` row's end,
-or all zeros under MaskZero / mask_zero()) is exactly 0.0, and whatever it held -- NaN, Inf,
-garbage -- reaches neither the kept rows, nor the state, nor any gradient (a product would give
-NaN * 0 = NaN, and -0.0).  Every mask of nn/ goes through these three functions.
+"""Row masks as selects, not products: a padded row (past a Sequencer `lengths=` row's end,
+or all zeros under MaskZero / mask_zero()) is exactly +0.0, and whatever it held -- NaN, Inf,
+garbage -- reaches neither the kept rows, nor the state, nor any gradient (a product gives
+NaN * 0 = NaN, and -0.0). With `lengths=` the Sequencer clears the padded input rows before its
+loop and the padded outputs after it (one time-batched select each); inside the loop the state
+hold stays a product of finite values (a select there would cost the step loop its
+translation: nn/recurrent.py).
 
 Which rows are padding: a row whose entries are all (+/-) zero, as Torch7's MaskZero
 (`norm(row) == 0`): a row holding NaN is NOT padding (it is kept, so its NaN shows)."""
@@ -42,8 +45,3 @@ def clear_floats(v: Any, pad: Var) -> Any:
     """clear() for a float value; ids and flags pass unchanged (an embedding's gradient is
     selected at its output; ids are no per-step residuals of a loop's backward)."""
     return clear(v, pad) if getattr(getattr(v, "dtype", None), "kind", "") == "f" else v
-
-
-def hold(pad: Var, new: Var, old: Var) -> Var:
-    """`new`'s rows, `old`'s where padded (a state held past a row's end)."""
-    return F.where(_aligned(pad, new), old, new)
