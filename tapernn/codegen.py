@@ -55,6 +55,9 @@ class LoweringContext:
     # (id(attrs), prologue Program) of loops whose packed panels may go into a `.grad`
     # (pack_scratch.py)
     loop_scratch: list = field(default_factory=list)
+    # id(attrs) -> the scope of each loop node of the program: the module that made the loop
+    # (a Sequencer's path), the one name reports give a loop (LoopReport.scope, layout notes)
+    loop_scopes: dict = field(default_factory=dict)
 
 
 _LOWERING: ContextVar[LoweringContext | None] = ContextVar("tapernn_lowering", default=None)
@@ -128,6 +131,7 @@ class Program(FusedLowering, DestSlots):
         self.sub_reports: list = []  # reports of nested programs (loop bodies)
         self.bodies: dict = {}  # LoweringContext.bodies
         ctx = LoweringContext(passes, options, self.sub_reports, self.bodies)
+        ctx.loop_scopes = {id(n.attrs): n.scope for n in graph.nodes if n.op == "scan"}
         token = _LOWERING.set(ctx)
         try:
             self.source = self._generate(fn_name)

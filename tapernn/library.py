@@ -57,8 +57,9 @@ def softplus(x: Var) -> Var:
     """log(1 + exp(x)), stable in both tails, with the derivative sigmoid(x) everywhere: both
     pieces take the x <= 0 branch at x = 0 (relu(x) + log(1 + exp(-|x|)) gives 0 there, where
     relu and abs each have the derivative 0)."""
-    pos = where(greater(x, 0.0), x, 0.0)
-    return pos + log(1 + exp(x - 2 * pos))  # (x - 2 pos = -|x|)
+    up = greater(x, 0.0)
+    # -|x| as a select: x - 2 relu(x) made inf - inf = NaN at x = +inf (softplus(inf) = inf)
+    return where(up, x, 0.0) + log(1 + exp(where(up, -x, x)))
 
 
 def sqrt_torch7(x: Var) -> Var:

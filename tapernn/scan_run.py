@@ -106,7 +106,7 @@ def lower_scan(args: list[str], attrs: dict, out: str | None, bind: Any) -> str:
     c, y = slab_sizes(body, nc)
     itemsize = body_dtype(body).itemsize
     report = LoopReport(
-        scope=_scope_of(body),
+        scope=ctx.loop_scopes.get(id(attrs), ""),
         length=attrs["length"],
         reverse=attrs["reverse"],
         body=compiled.report,
@@ -252,11 +252,6 @@ def _without_fixed(body: Graph, n_carry: int) -> Graph:
         outs = [o for k, o in enumerate(body.outputs) if k not in fixed]
         _FIXED[body] = Graph(body.nodes, body.inputs, outs, body.meta)
     return _FIXED[body]
-
-
-def _scope_of(body: Graph) -> str:
-    scopes = [n.scope for n in body.nodes if n.op != "input" and n.scope]
-    return min(scopes, key=len) if scopes else ""
 
 
 def make_runner(

@@ -8,14 +8,26 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import DTypeError, NumericError, StateError, TapernnError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    NumericError,
+    StateError,
+    TapernnError,
+)
 from .fileio import atomic_write
+from .validation import got
 
 
 def npz_path(path: str | os.PathLike) -> str:
     """`path` with `.npz` added when it has another ending (what np.savez writes); a folder is
     refused by name (it would have become `folder.npz` beside it, or `folder/.npz`)."""
-    text = os.fspath(path)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise ArgumentTypeError(f"expects a file path (str or os.PathLike), got {got(path)}")
+    text = os.fsdecode(os.fspath(path))
+    if not text:
+        raise ArgumentError("expects a file path, got an empty one; give e.g. 'model.npz'")
     if os.path.isdir(text) or text.endswith((os.sep, "/")):
         raise StateError(
             f"{text!r} is a folder; give the parameters' file, such as "
@@ -31,13 +43,19 @@ def save(module: Any, path: str | os.PathLike) -> None:
     not at all: a temporary file in the same directory is written, fsynced and renamed over it.
     Parameters holding NaN or Inf are refused (NumericError, the previous file is kept): a
     diverged model must not overwrite a good checkpoint."""
+    _expect_module("save", module)
+    where = npz_path(path)
     state = module.state_dict()
     check_arrays(state, f"{module.describe()} (not saved)")
-    where = npz_path(path)
     try:
         atomic_write(where, lambda f: write_npz(f, state))
     except OSError as e:
         raise StateError(f"cannot write parameters to {where!r}: {e.strerror or e}") from None
+
+
+def _expect_module(fn: str, module: Any) -> None:
+    if isinstance(module, type) or not callable(getattr(module, "state_dict", None)):
+        raise ArgumentTypeError(f"tn.{fn} expects a module (nn.Module), got {got(module)}")
 
 
 def write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
@@ -48,6 +66,7 @@ def load_into(module: Any, path: str | os.PathLike) -> Any:
     """Load parameters saved by `save` into `module` (names and shapes must match); `.npz` is
     added to `path` when missing. An unreadable, truncated or corrupted file raises StateError,
     NaN/Inf values NumericError, non-float arrays DTypeError, each naming the file."""
+    _expect_module("load_into", module)
     where = npz_path(path)
     state = read_npz(where)
     check_arrays(state, repr(where))

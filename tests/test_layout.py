@@ -90,7 +90,7 @@ def test_feature_major_body_has_the_transposed_gemm_and_no_per_step_transpose(la
             assert per_step_transposes(body, nv) == []
             carries = body.inputs[: s.attrs["n_carry"]]
             assert all(i.shape[-1] == B for i in carries if i.ndim == 2)
-        assert layout_notes(m) == ["layout (loop 0): feature-major (layout='feature')"]
+        assert layout_notes(m) == ["layout (loop (top)): feature-major (layout='feature')"]
     else:
         assert ((B, H), (H, 4 * H)) in products and not layout_notes(m)[0].find("batch") < 0
 

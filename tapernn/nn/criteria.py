@@ -127,8 +127,8 @@ def _masked_total(per_elem: Var, keep: Var | None, size_average: bool) -> Var:
     if keep is None:
         total = F.sum(per_elem)
         return total / float(per_elem.size) if size_average else total
-    k = F.reshape(keep, (per_elem.shape[0],) + (1,) * (per_elem.ndim - 1))
-    total = F.sum(per_elem * k)
+    k = F.reshape(F.greater(keep, 0), (per_elem.shape[0],) + (1,) * (per_elem.ndim - 1))
+    total = F.sum(F.where(k, per_elem, 0))  # (a select: a masked row adds exactly 0)
     if not size_average:
         return total
     row = float(per_elem.size // max(per_elem.shape[0], 1))
@@ -261,7 +261,7 @@ class ClassNLLCriterion(Criterion):
             w = F.ones((x.shape[0],), x.dtype)
         w = F.where(valid, w, 0)
         if keep is not None:
-            w = w * keep
+            w = F.where(F.greater(keep, 0), w, 0)
         loss = -F.sum(w * picked)
         return loss / F.maximum(F.sum(w), 1e-30) if self.size_average else loss
 

@@ -383,10 +383,12 @@ class HardTanh(Module):
 
     def build(self, x: Var) -> Var:
         _array(self, x)
-        above_min = F.cast(F.greater(x, self.min_value), x.dtype)
-        inside = above_min * F.cast(F.greater(self.max_value, x), x.dtype)
-        bound = self.min_value + (self.max_value - self.min_value) * above_min
-        return inside * x + (1 - inside) * bound  # the bounds are constants: gradient 0
+        lo, hi = self.min_value, self.max_value
+        # selects, not products: x = +/-inf is clamped (a product gave 0 * inf = NaN); a NaN
+        # stays NaN (as PyTorch's; no bound would be right)
+        inside = F.greater(F.minimum(x - lo, hi - x), 0.0)  # strictly inside (NaN: no)
+        clamped = F.where(F.greater(x, hi), hi, F.where(F.greater(lo, x), lo, x))
+        return F.where(inside, x, F.stop_gradient(clamped))  # gradient 1 inside, else 0
 
     def extra_repr(self) -> str:
         return f"({self.min_value}, {self.max_value})"

@@ -12,6 +12,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentTypeError
 from ..tracing import Var
+from . import row_select as rows
 from .criteria import Criterion, arrays_only
 from .layers import LookupTable
 from .module import Module
@@ -19,10 +20,15 @@ from .tree import flatten, unflatten
 
 
 def row_keep(x: Var, dtype: np.dtype) -> Var:
-    """(B, 1) with 1 where the row of x has any non-zero entry (all but the first axis reduced)."""
-    axes = tuple(range(1, x.ndim)) if x.ndim > 1 else (0,)
-    keep = F.cast(F.greater(F.sum(F.abs(x), axes, keepdims=True), 0), dtype)
-    return F.reshape(keep, (x.shape[0], 1) if x.ndim > 1 else (1,))
+    """(B,) of dtype, 1 where the row of x (rows on axis 0) is not all zeros, as Torch7's
+    `norm(row) ~= 0` (a row holding NaN is kept)."""
+    pad = rows.zero_rows(x, tuple(range(1, x.ndim)))
+    return F.where(pad, 0, F.ones((x.shape[0],), dtype))
+
+
+def zero_row_flags(x: np.ndarray) -> np.ndarray:
+    """NumPy's twin of row_select.zero_rows for a batch x: True where row is all +/-0."""
+    return np.abs(x).reshape(x.shape[0], -1).sum(1) == 0
 
 
 class MaskZero(Module):
@@ -48,15 +54,10 @@ class MaskZero(Module):
         )
         out = self._children["0"](x)
         one = first.ndim == (n or 1)
-        rows = F.reshape(first, (-1,)) if one else first
-        keep = row_keep(rows, first.dtype if first.dtype.kind == "f" else self.dtype)
+        axes = tuple(range(first.ndim)) if one else tuple(range(1, first.ndim))
+        pad = rows.zero_rows(first, axes)  # () for one row: every output kept or zeroed whole
         leaves, tree = flatten(out)
-        if one:  # one row: every output is kept or zeroed whole
-            one = F.reshape(keep, ())
-            masked = [v * one for v in leaves]
-        else:
-            masked = [v * F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) for v in leaves]
-        return unflatten(tree, masked)
+        return unflatten(tree, [rows.clear(v, pad) for v in leaves])
 
     @property
     def is_recurrent(self) -> bool:
@@ -82,7 +83,7 @@ class MaskZeroCriterion(Criterion):
 
     def check_targets(self, input: Any, target: Any) -> None:
         x = np.asarray(input)
-        keep = np.abs(x).reshape(x.shape[0], -1).sum(1) > 0 if x.ndim > 1 else np.array([True])
+        keep = ~zero_row_flags(x) if x.ndim > 1 else np.array([True])
         if keep.any():
             t = np.asarray(target)
             self._children["0"].check_targets(x[keep], t[keep] if t.ndim else t)
@@ -90,11 +91,10 @@ class MaskZeroCriterion(Criterion):
     def build(self, x: Var, y: Var) -> Var:
         arrays_only(self, x, y)
         self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
-        keep = F.reshape(row_keep(x, x.dtype), (x.shape[0],))
+        keep = row_keep(x, x.dtype)
         if isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == x.shape[0]:
             # a masked row's target is never read (padding may hold any value, e.g. -1)
-            rows = F.greater(F.reshape(keep, (y.shape[0],) + (1,) * (y.ndim - 1)), 0)
-            y = F.where(rows, y, 0)
+            y = rows.clear(y, rows.zero_rows(x, tuple(range(1, x.ndim))))
         return self._children["0"].build_masked(x, y, keep)
 
     def describe(self) -> str:
@@ -111,8 +111,7 @@ class LookupTableMaskZero(LookupTable):
 
     def build(self, ids: Var) -> Var:
         out = super().build(ids)
-        keep = F.cast(F.greater(F.abs(ids), 0), out.dtype)
-        return out * F.reshape(keep, ids.shape + (1,))
+        return F.where(F.reshape(F.equal(ids, 0), ids.shape + (1,)), 0, out)
 
     def extra_repr(self) -> str:
         return f"({self.n_index - 1} -> {self.n_output}, id 0 = padding)"

@@ -57,7 +57,7 @@ class NormStabilizer(AbstractRecurrent):
         keep = ctx.step_mask  # (B, 1) with lengths=: 0 past a row's length, where x is zeros
         diff = _norm(x) - _norm(state[0])
         if keep is not None:  # no pair past a row's length; the mean stays over the batch
-            diff = diff * F.reshape(keep, (x.shape[0],))
+            diff = diff * F.reshape(keep, (x.shape[0],))  # (finite: padded inputs cleared)
         return F.add_loss(x, self.beta * library.mean(diff * diff)), (x,)
 
     def extra_repr(self) -> str:
@@ -65,8 +65,8 @@ class NormStabilizer(AbstractRecurrent):
 
 
 def _norm(v: Var) -> Var:
-    """‖v‖ over the last axis, with gradient 0 (not NaN) at a zero row: a row zeroed by
-    `lengths=` or `mask_zero()` (whose mask multiplies the gradient: NaN * 0 = NaN)."""
+    """‖v‖ over the last axis, with gradient 0 (not NaN) at a zero row (one zeroed by
+    `lengths=` or `mask_zero()`: d‖v‖/dv there is 0/0, and 0 * NaN is NaN)."""
     s = F.sum(v * v, -1)
     pos = F.greater(s, 0)
     return F.where(pos, F.sqrt(F.where(pos, s, 1.0)), 0.0)

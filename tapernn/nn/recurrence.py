@@ -11,6 +11,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentError
 from ..tracing import Var
+from . import row_select as rows
 from .module import Module
 from .recurrent import AbstractRecurrent
 from .tree import LEAF, flatten, unflatten
@@ -105,22 +106,20 @@ class Recurrence(AbstractRecurrent):
         return out, tuple(leaves)
 
     def _apply_masks(self, ctx: Any, x: Any, out: Any, old: tuple, new: tuple) -> tuple:
+        """Selects (nn/row_select.py), so a padded row is exactly 0 whatever it held."""
         first = self._first(x)
         batched = first.ndim == self.n_input_dim + 1
         if self._mask_zero:
             axes = tuple(range(1 if batched else 0, first.ndim))
-            keep = F.cast(F.greater(F.sum(F.abs(first), axes), 0), new[0].dtype)
-            new = tuple(s * _rows(keep, s, batched) for s in new)
+            pad = rows.zero_rows(first, axes)
+            new = tuple(rows.clear(s, pad) for s in new)
         if ctx.step_mask is not None:  # past a row's length (Sequencer lengths): state held
+            # (products: the padded inputs were cleared, the padded outputs are cleared after
+            # the loop by the Sequencer; nn/recurrent.py)
             m = F.reshape(ctx.step_mask, (-1,))
-            new = tuple(
-                _rows(m, s, True) * s + (1 - _rows(m, s, True)) * o for s, o in zip(new, old)
-            )
+            new = tuple(_rows(m, s) * s + (1 - _rows(m, s)) * o for s, o in zip(new, old))
         if self._mask_zero or ctx.step_mask is not None:
             out = new[0] if self.tree == LEAF else unflatten(self.tree, new)
-            if ctx.step_mask is not None:
-                m = F.reshape(ctx.step_mask, (-1,))
-                out = _map(lambda v: v * _rows(m, v, True), out)
         return out, new
 
     def extra_repr(self) -> str:
@@ -128,11 +127,6 @@ class Recurrence(AbstractRecurrent):
 
     def describe(self) -> str:
         return f"nn.Recurrence @ {self.module.describe()}"
-
-
-def _rows(keep: Var, like: Var, batched: bool) -> Var:
-    """`keep` ((B,) or ()) shaped to broadcast over the rows of `like`."""
-    return F.reshape(keep, (like.shape[0],) + (1,) * (like.ndim - 1)) if batched else keep
 
 
 def _map(fn: Any, out: Any) -> Any:
@@ -147,3 +141,8 @@ def _describe(out: Any) -> str:
     if isinstance(out, (list, tuple)):
         return "[" + ", ".join(_describe(o) for o in out) + "]"
     return type(out).__name__
+
+
+def _rows(keep: Var, like: Var) -> Var:
+    """`keep` ((B,)) shaped to broadcast over the rows of `like`."""
+    return F.reshape(keep, (like.shape[0],) + (1,) * (like.ndim - 1))

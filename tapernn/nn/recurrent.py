@@ -16,6 +16,7 @@ from .. import functional as F
 from .. import validation as check
 from ..errors import ShapeError, StateError
 from ..tracing import Var
+from . import row_select as rows
 from .context import current_build
 from .module import Module
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
@@ -136,14 +137,16 @@ class AbstractRecurrent(Module):
         return out
 
     def _apply_masks(self, ctx: Any, x: Var, out: Var, old: tuple, new: tuple) -> tuple:
+        """Selects (nn/row_select.py), so a padded row is exactly 0 whatever it held."""
         if self._mask_zero:  # an all-zero input row: zero output, state reset for that row
-            keep = F.cast(F.greater(F.sum(F.abs(x), -1, keepdims=True), 0), out.dtype)
-            out = map_leaves(lambda v: mask_rows(v, keep), out)
-            new = tuple(mask_rows(s, keep) for s in new)
-        if ctx.step_mask is not None:  # past a row's length: zero output, state held
+            pad = rows.zero_rows(x, (-1,), keepdims=True)
+            out = map_leaves(lambda v: rows.clear(v, pad), out)
+            new = tuple(rows.clear(s, pad) for s in new)
+        if ctx.step_mask is not None:  # past a row's length: state held (products: the
+            # Sequencer cleared the padded inputs, so every value here is finite, and it clears
+            # the padded outputs with a select after the loop: no select, no bool in the body)
             m = ctx.step_mask
-            out = map_leaves(lambda v: mask_rows(v, m), out)
-            new = tuple(mask_rows(s, m) + mask_rows(o, 1 - m) for s, o in zip(new, old))
+            new = tuple(_rows(s, m) + _rows(o, 1 - m) for s, o in zip(new, old))
         return out, new
 
     def _state_dtype(self, x: Any) -> np.dtype:
@@ -480,8 +483,8 @@ class Cell(AbstractRecurrent):
         return f"({self.input_size} -> {self.hidden_size})"
 
 
-def mask_rows(v: Var, mask: Var) -> Var:
-    """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis, whatever v's rank."""
+def _rows(v: Var, mask: Var) -> Var:
+    """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis."""
     if v.ndim == mask.ndim:
         return v * mask
     return v * F.reshape(mask, (mask.shape[0],) + (1,) * (v.ndim - 1))

@@ -13,9 +13,10 @@ from .. import library, tracing
 from .. import validation as check
 from ..errors import ShapeError, ValueRangeError
 from ..tracing import Var
+from . import row_select as rows
 from .context import current_build
 from .module import Module
-from .recurrent import AbstractRecurrent, HiddenStateOf, mask_rows
+from .recurrent import AbstractRecurrent, HiddenStateOf
 from .roll_api import (
     NotRollable,
     join_segments,
@@ -113,10 +114,16 @@ class Sequencer(HiddenStateOf, Module):
         self.expect(T > 0, "expects at least one step, got none")
         first = np.asarray(steps[0])
         lengths = np.asarray(lengths)
-        if first.ndim < 2 or lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
+        ids = first.ndim == 1 and first.dtype.kind in "iu"  # a (B,) step of ids is a batch
+        if first.ndim < 2 and not ids:
+            raise ShapeError(
+                f"{self.describe()}: lengths= needs batched steps (rows on axis 0: (B, ...) "
+                f"arrays, or (B,) integer ids), got steps of shape {first.shape}"
+            )
+        if lengths.shape != (first.shape[0],) or lengths.dtype.kind not in "iu":
             raise ShapeError(
                 f"{self.describe()}: lengths must be integers, one per batch row "
-                f"({first.shape[0] if first.ndim else '?'}), got {lengths!r}"
+                f"({first.shape[0]}), got {lengths!r}"
             )
         if lengths.size and (lengths.min() < 1 or lengths.max() > T):
             raise ValueRangeError(
@@ -150,6 +157,8 @@ class Sequencer(HiddenStateOf, Module):
         ctx = current_build()
         if not self.remembers():
             restart_states(self.module, ctx)
+        if step_mask is not None:
+            x = self._clear_padding(x, as_array, step_mask)
         why = rolled_refusal(self, ctx, x)
         if why is None:
             try:
@@ -160,15 +169,44 @@ class Sequencer(HiddenStateOf, Module):
         ctx.fresh_steps = True
         return self._build_unrolled(ctx, x, as_array, step_mask)
 
-    def _step(self, as_array: bool, masked: bool) -> Any:
-        """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=)."""
+    @staticmethod
+    def _clear_padding(x: Any, as_array: bool, step_mask: Var) -> Any:
+        """x with every padded float row (past its row's length) exactly 0, so the module never
+        sees what padding held (NaN, Inf, garbage); one time-batched select, outside the loop
+        (inside, it would keep the input GEMM from being hoisted out of it)."""
+        pad = rows.beyond(step_mask)  # (T, B, 1)
+        if as_array:
+            if x.dtype.kind != "f":
+                return x  # ids: their embeddings' rows are cleared at the outputs
+            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (x.ndim - 2)), 0, x)
+        cleared = []
+        for t, xt in enumerate(x):
+            with tracing.step(t):
+                cleared.append(map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), xt))
+        return cleared
+
+    @staticmethod
+    def _clear_outputs(y: Any, as_array: bool, step_mask: Var) -> Any:
+        """The outputs past each row's length exactly +0.0, with gradient exactly 0 there (a
+        select: whatever the caller's gradient holds there): after the loop, time-batched."""
+        pad = rows.beyond(step_mask)  # (T, B, 1)
+        if as_array:
+            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (y.ndim - 2)), 0, y)
+        return [
+            map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), yt) for t, yt in enumerate(y)
+        ]
+
+    def _step(self, as_array: bool, masked: bool, clear: bool = True) -> Any:
+        """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=); `clear`: its
+        padded output rows cleared here (unrolled; a loop's are cleared after it)."""
 
         def call(xs: list, invs: list) -> Any:
             ctx = current_build()
             ctx.step_mask = xs[1] if masked else None
-            y = self.module(xs[0])
-            if masked:
-                y = map_leaves(lambda v: mask_rows(v, ctx.step_mask), y)
+            y = self.module(xs[0])  # (padded input rows already cleared: _clear_padding)
+            if masked and clear:
+                pad = rows.beyond(ctx.step_mask)
+                y = map_leaves(lambda v: rows.clear_floats(v, pad), y)
             ctx.step_mask = None
             if as_array and not isinstance(y, Var):
                 raise ShapeError(
@@ -192,10 +230,10 @@ class Sequencer(HiddenStateOf, Module):
                 return [xt] if step_mask is None else [xt, step_mask[t]]
 
         key = loop_key(self, ctx, xs, [], as_array)
-        segments = run_loop(
-            ctx, key, self._step(as_array, step_mask is not None), T, xs, [], xs_step
-        )
-        return join_segments(segments, as_array)
+        masked = step_mask is not None
+        segments = run_loop(ctx, key, self._step(as_array, masked, False), T, xs, [], xs_step)
+        y = join_segments(segments, as_array)
+        return self._clear_outputs(y, as_array, step_mask) if masked else y
 
     def _build_unrolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
         if as_array:

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import functional as F
 from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
-from .masking import MaskZero
+from . import row_select as rows
+from .masking import MaskZero, zero_row_flags
 from .module import Module
 from .tree import LEAF, flatten, unflatten
 
@@ -50,15 +50,9 @@ class TrimZero(MaskZero):
         first = flatten(x)[0][0]
         self.expect(isinstance(first, Var), f"expects arrays, got {type(first).__name__}")
         batched = self._batched(first)
-        axes = tuple(range(1 if batched else 0, first.ndim))
-        dtype = first.dtype if first.dtype.kind == "f" else self.dtype
-        keep = F.cast(F.greater(F.sum(F.abs(first), axes), 0), dtype)
-        out = self.module(x)
-        leaves, tree = flatten(out)
-        masked = [
-            v * (F.reshape(keep, (v.shape[0],) + (1,) * (v.ndim - 1)) if batched else keep)
-            for v in leaves
-        ]
+        pad = rows.zero_rows(first, tuple(range(1 if batched else 0, first.ndim)))
+        leaves, tree = flatten(self.module(x))
+        masked = [rows.clear(v, pad) for v in leaves]
         return masked[0] if tree == LEAF else unflatten(tree, masked)
 
     def forward(self, input: Any) -> Any:
@@ -69,7 +63,7 @@ class TrimZero(MaskZero):
             raise ShapeError(f"{self.describe()}: expects arrays, got {check.got(leaves[0])}")
         if self.module.is_recurrent or not self._batched(first):
             return super().forward(input)
-        keep = np.abs(first).reshape(first.shape[0], -1).sum(1) > 0
+        keep = ~zero_row_flags(first)  # (a NaN row is kept: Torch7's norm ~= 0)
         rows = np.flatnonzero(keep)
         used = rows if rows.size else np.array([0])  # (all padding: run one row, zero it)
         self._trimmed = unflatten(tree, [np.asarray(v)[used] for v in leaves])

@@ -106,7 +106,7 @@ def feature_major_loops(graph: Graph) -> Graph:
                 ),
             )
         if fresh:
-            session.notes.append(f"layout{_where(body)}: {pick}-major ({why})")
+            session.notes.append(f"layout (loop {s.scope or '(top)'}): {pick}-major ({why})")
         if found is None:
             continue
         session.feature = session.feature or fresh
@@ -137,11 +137,6 @@ def _differentiated(graph: Graph) -> bool:
     return bool(m.wrt or m.seeds or m.saved_names or m.saved_outputs is not None) or any(
         n.phase == "backward" for n in graph.nodes
     )
-
-
-def _where(body: Graph) -> str:
-    scopes = [n.scope for n in body.nodes if n.op != "input" and n.scope]
-    return f" (loop {min(scopes, key=len)})" if scopes else ""
 
 
 def relayout(body: Graph, nc: int, nx: int, carries: bool) -> Relayout | None:
