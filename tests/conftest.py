@@ -22,9 +22,10 @@ SLOW_FIRST = (
     "test_own_threads.py",
     "test_dz_in_gates.py",
     "test_xs_in_slab.py",
+    "test_lend_rows.py",  # (its peaks in fresh interpreters: their CPU is not the profile's)
     "test_tap_matrix.py",
-    "test_lend_rows.py",
     "test_packed_honest.py",
+    "test_small_loop_peak.py",
     "test_memory_loop.py",
     "test_cells.py",
     "test_hunt_hqa8.py",
@@ -32,11 +33,13 @@ SLOW_FIRST = (
     "test_tap_room.py",
     "test_dz_in_gates_lengths.py",
     "test_hunt_hqa10.py",
+    "test_numba_background.py",  # (subprocesses, as test_lend_rows)
     "test_grad_input_tail.py",
     "test_steady.py",
     "test_steady_costs.py",
     "test_need_grad_input_rolled.py",
     "test_config_fuzz.py",
+    "test_rolled_small_lstm.py",
     "test_numba_program.py",
     "test_hunt_hqa5.py",
     "test_tap_watch.py",
@@ -48,6 +51,7 @@ SLOW_FIRST = (
     "test_scan_columns.py",
     "test_gate_rows_donation.py",
     "test_grad_into.py",
+    "test_deepcopy_called.py",
     "test_stepwise_chunks.py",
 )
 # Files that compile the same numba kernels (the same models: cell, sizes, dtype, options), run
