@@ -245,7 +245,10 @@ class Walk:
                 continue
             self._node(n, k)
             self._scratch(n)
-            done = {plan.storage.get(i) for i in n.inputs} | {plan.storage.get(n)}
+            # (in the inputs' order, then n's: a set of Nodes iterates by id(), and the order
+            # buffers return to the pool picks which one a later value takes -- the same
+            # program's text then varied with the process's history, hcold4)
+            done = dict.fromkeys([plan.storage.get(i) for i in n.inputs] + [plan.storage.get(n)])
             for st in done:
                 if st is not None and st not in self.released and plan.release_at[st] <= k:
                     self._release(st)

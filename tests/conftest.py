@@ -8,23 +8,89 @@ import numpy as np
 import pytest
 
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
-# BENCHMARKS.md "CI with a cold kernel cache"): `--dist loadfile` hands them out first, the rest
-# after them by number of tests (xdist's own order), so no long file starts last and leaves the
-# other worker idle while it runs (a file is never split between workers)
+# BENCHMARKS.md "CI with a cold kernel cache" and "hcold4"): `--dist loadfile` hands them out
+# first, the rest after them by number of tests (xdist's own order), so no long file starts last
+# and leaves the other worker idle while it runs (a file is never split between workers). Order:
+# process CPU of a cold run on the Zen 3 AVX2 machine (the lead's profile of main, 2026-12-06),
+# a SHARED group by the sum of its files.
 SLOW_FIRST = (
+    "test_step_loop.py",
+    "test_step_fuse.py",
+    "test_own_room.py",
+    "test_batch_split.py",
+    "test_own_bias.py",
+    "test_own_threads.py",
     "test_dz_in_gates.py",
-    "test_dz_in_gates_lengths.py",
-    "test_hunt_hqa8.py",
-    "test_memory_loop.py",
-    "test_grad_into.py",
-    "test_tap_room.py",
-    "test_cells.py",
-    "test_cell_fuzz.py",
     "test_xs_in_slab.py",
-    "test_layout.py",
+    "test_lend_rows.py",  # (its peaks run in fresh interpreters: CPU the profile misses)
+    "test_packed_honest.py",
+    "test_tap_matrix.py",
+    "test_small_loop_peak.py",
+    "test_bench.py",
+    "test_memory_loop.py",
+    "test_cells.py",
+    "test_hunt_hqa8.py",
+    "test_cell_fuzz.py",
+    "test_tap_room.py",
+    "test_dz_in_gates_lengths.py",
+    "test_hunt_hqa10.py",
+    "test_norm_stabilizer_lengths.py",
+    "test_numba_background.py",  # (subprocesses too)
+    "test_grad_input_tail.py",
+    "test_steady.py",
+    "test_fast_fuzz.py",
+    "test_steady_costs.py",
+    "test_need_grad_input_rolled.py",
+    "test_config_fuzz.py",
+    "test_numba_slab_plan.py",
+    "test_rolled_small_lstm.py",
+    "test_numba_program.py",
+    "test_numba_loop.py",
     "test_hunt_hqa5.py",
-    "test_stepwise_chunks.py",
+    "test_tap_watch.py",
+    "test_pack_rows.py",
+    "test_layout.py",
+    "test_steady_entry.py",
+    "test_merge_ys.py",
+    "test_shifted_states.py",
+    "test_numba_late_xs.py",
+    "test_gate_rows_donation.py",
 )
+# Files that compile the same numba kernels (the same models: cell, sizes, dtype, options), run
+# as ONE `--dist loadfile` work unit, on one worker one after the other: the first compiles,
+# the next loads from the kernel cache. Apart, two workers could compile the same kernel at once
+# (the cold profile of main: test_step_loop and test_step_fuse shared 17 kernels and compiled
+# two of them twice, 14 s of CPU). Each group's files stand together in SLOW_FIRST.
+SHARED = (
+    ("test_step_loop.py", "test_step_fuse.py"),
+    ("test_own_room.py", "test_batch_split.py", "test_own_bias.py", "test_own_threads.py"),
+    ("test_dz_in_gates.py", "test_xs_in_slab.py"),
+)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The `--dist loadfile` work unit of a test: its file, or the first file of its SHARED
+    group (pytest_xdist_make_scheduler)."""
+    path = nodeid.split("::", 1)[0]
+    head, _, name = path.rpartition("/")
+    for group in SHARED:
+        if name in group:
+            return f"{head}/{group[0]}" if head else group[0]
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with each SHARED group one work unit (else xdist's own schedulers)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return SharedFileScheduling(config, log)
 
 
 def pytest_configure(config):
@@ -50,12 +116,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Files in SLOW_FIRST's order, then the others by number of tests (most first); a
-    file's tests keep their order. (xdist's --dist loadfile sends files in this order; a run
-    in one process keeps pytest's order.)"""
+    """Files in SLOW_FIRST's order (a SHARED group's files together), then the others by number
+    of tests (most first); a file's tests keep their order. (xdist's --dist loadfile sends files
+    in this order; a run in one process keeps pytest's order.)"""
     if not hasattr(config, "workerinput") and config.getoption("dist", "no") == "no":
         return
-    rank = {name: k for k, name in enumerate(SLOW_FIRST)}
+    order = {name: k for k, name in enumerate(SLOW_FIRST)}
+    rank = dict(order)
+    for group in SHARED:  # (a group's files stand together, at its first file's rank)
+        start = min(order.get(name, len(order)) for name in group)
+        rank.update({name: start + k / 100 for k, name in enumerate(group)})
     count = Counter(item.path for item in items)
     first = {}  # (files whose tests are not together, as after -p randomly: as they come)
     for k, item in enumerate(items):

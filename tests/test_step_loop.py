@@ -66,9 +66,10 @@ def translated(m):
 # float64: every loop translates (the lone float64 tanh of the FastLSTM's cell output and the
 # LSTM's backward is a numba kernel with vecmath's float64 tanh since hf64; before, NumPy's
 # ufunc kept those loops in Python); bit for bit the Python halves and the unsplit loop
-# (batch 17 only: halves 9 | 8; the even halves 8 | 8 of B = 16 are in test_float32_bit_for_bit,
-# and test_step_fuse runs both batches the other way round: one cold compile set per
-# (cell, batch, dtype) in CI, hci)
+# (batch 17 only: halves 9 | 8; the even halves 8 | 8 of B = 16 are in test_float32_bit_for_bit;
+# test_step_fuse runs the same (cell, batch, dtype) configurations, its direct-write model being
+# the step-loop model `a` here: one cold compile set for both files, run on one xdist worker,
+# conftest.SHARED, hcold4)
 @pytest.mark.parametrize("name, loops", [("gru", 2), ("lstm", 2), ("fastlstm", 2)])
 @pytest.mark.parametrize("batch", [17])
 def test_one_call_equals_python_loop_and_numpy_equations(name, loops, batch, rng):
