@@ -323,6 +323,9 @@ class StepLoop:
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
                     self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    # (numba keeps a failed compile's exception: its traceback held this frame,
+                    # so this loop and its arrays, for the process's life)
+                    e.__traceback__ = None
         return self.kernel is not None
 
     def __call__(self, *args):
