@@ -386,3 +386,32 @@ def test_a_dropped_model_leaves_no_compile_request_holding_its_arrays(
     gc.collect()
     gc.collect()  # (a cycle a finaliser of the first collection let go of)
     assert [r for r in held if r() is not None] == []
+
+
+def test_a_failed_step_loop_compile_keeps_no_frame_of_its_loop(monkeypatch):
+    """numba keeps a failed compile's exception (its failed-compile cache): the exception's
+    traceback held StepLoop.prepare's frame, so the loop and its arrays outlived its model (the
+    cold CI's dropped-model failure above: a step loop's typing failed after a float64 model
+    of the same fused kernels)."""
+    import gc
+    import weakref
+
+    from tapernn.backends import step_loop
+
+    kept = []
+
+    class Failing:  # (a kernel whose compile fails, keeping its exception as numba does)
+        def compile(self, key):
+            e = RuntimeError("typing failed")
+            kept.append(e)
+            raise e
+
+    source = "# a step loop's source of this test alone"
+    monkeypatch.setitem(step_loop._kernels, source, Failing())
+    loop = step_loop.StepLoop(source, [np.zeros(3)], 4, False)
+    assert not loop.prepare(("types",))
+    assert loop.error.startswith("RuntimeError: typing failed")
+    dead = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert kept and dead() is None
