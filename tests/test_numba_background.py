@@ -415,3 +415,20 @@ def test_a_failed_step_loop_compile_keeps_no_frame_of_its_loop(monkeypatch):
     del loop
     gc.collect()
     assert kept and dead() is None
+
+
+def test_a_kernel_failure_lets_go_of_every_chained_traceback():
+    """background.failure, which every kernel handle's except clause calls: the first line of
+    the message, and no traceback left on the exception or on those it chains (each holds the
+    frames -- and through them the handles and arrays -- of where it was raised)."""
+    try:
+        try:
+            raise ValueError("inner")
+        except ValueError as inner:
+            raise RuntimeError("typing failed\nsecond line") from inner
+    except RuntimeError as e:
+        caught = e
+    assert caught.__traceback__ is not None and caught.__cause__.__traceback__ is not None
+    assert background.failure(caught) == "RuntimeError: typing failed"
+    assert caught.__traceback__ is None and caught.__cause__.__traceback__ is None
+    assert background.failure(RuntimeError()) == "RuntimeError: "

@@ -307,6 +307,19 @@ def _work() -> None:
             event = None
 
 
+def failure(e: BaseException) -> str:
+    """`<type>: <first line>` of a kernel's failure, and `e` with the exceptions it chains let
+    go of their tracebacks: numba keeps a failed compile's exception (its failed-compile
+    cache), and the frames of its traceback held the handle that asked -- a dropped model's
+    kernels and arrays stayed for the process's life."""
+    seen, link = set(), e
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
 def wait(timeout: float | None = None) -> bool:
     """Block until every requested kernel is ready (True), or `timeout` seconds have passed
     (False)."""

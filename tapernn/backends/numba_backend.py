@@ -20,6 +20,7 @@ import numpy as np
 
 from ..fileio import atomic_write
 from . import vecmath
+from .background import failure
 
 # bump when the generated source changes meaning (part of every kernel's file name)
 SOURCE_VERSION = 6
@@ -391,7 +392,7 @@ class Kernel:
                 try:
                     return self._make(key, warm)
                 except Exception as e:  # noqa: BLE001 -- any failure: its groups run on NumPy
-                    why = f"numba failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                    why = f"numba failed: {failure(e)}"
                 # once more without numba's cache files, if any (a corrupt one fails the load)
                 self.kernel, self.types = None, set()
                 if attempt == 2 or not _drop_numba_cache(self.source):

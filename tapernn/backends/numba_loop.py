@@ -82,7 +82,7 @@ class LoopKernel:
                         limiter.refresh()
             except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
                 self.kernel = None
-                self.error = f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                self.error = f"numba failed: {background.failure(e)}"
                 return None
             return self.kernel
 

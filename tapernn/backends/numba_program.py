@@ -73,7 +73,7 @@ class ProgramKernel(LoopKernel):
                     try:
                         loop.kernel = numba_loop._load(loop.source)
                     except Exception as e:  # noqa: BLE001 -- the program kernel fails with it
-                        self.error = f"its loop kernel failed: {type(e).__name__}: {e}"[:200]
+                        self.error = f"its loop kernel failed: {background.failure(e)}"
             # (a first call with other layouts: the C form too, which most later calls use)
             keys = dict.fromkeys((self.general(key), self.general(key, "C")))
             if self.kernel is not None:

@@ -260,7 +260,7 @@ def _pack_signature(key: tuple) -> tuple:
 
 
 def _failure(e: Exception) -> str:
-    return f"numba failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return f"numba failed: {background.failure(e)}"
 
 
 def _kernel_module(kind: str | None = None) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import step_fuse, step_pass
+from .background import failure
 from .numba_backend import Unsupported, _load
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
@@ -322,10 +323,7 @@ class StepLoop:
                     kernel.compile(key)
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
-                    self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                    # (numba keeps a failed compile's exception: its traceback held this frame,
-                    # so this loop and its arrays, for the process's life)
-                    e.__traceback__ = None
+                    self.error = failure(e)
         return self.kernel is not None
 
     def __call__(self, *args):
