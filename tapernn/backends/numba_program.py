@@ -126,19 +126,18 @@ def instance(source: str, gen: ProgramSource) -> ProgramInstance:
     """The ProgramInstance of the program `gen` generated `source` for: its kernel shared with
     every program of that text and those constants (one compile for every T), its own dims and
     workspace sizes."""
+    work = gen.work_sizes()
     with _lock:
         key = (source, numba_loop.constants_key(gen.constants))
         shared = _programs.get(key)
         if shared is None:
             shared = _programs[key] = ProgramKernel(
-                source, gen.constants, gen.called, gen.work_sizes(), len(gen.outs)
+                source, gen.constants, gen.called, work, len(gen.outs)
             )
-        work = gen.work_sizes()
-        made = shared.instances.get((tuple(gen.dims), tuple(work)))
+        sizes = (tuple(gen.dims), tuple(work))
+        made = shared.instances.get(sizes)
         if made is None:
-            made = shared.instances[tuple(gen.dims), tuple(work)] = ProgramInstance(
-                shared, gen.dims, work
-            )
+            made = shared.instances[sizes] = ProgramInstance(shared, gen.dims, work)
             made.source = gen.concrete
         return made
 

@@ -126,26 +126,17 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     if out is None:
         out = np.empty(shape, w.dtype)
     full = n // nr
-    rows = (  # a transposed view of a C weight: its rows scattered into the panels by numba
-        # (compiled with the packed GEMM's kernel; any width; BENCHMARKS.md "h256")
-        TRANSPOSED_PACK[0]
-        and w.strides[0] == w.itemsize
-        and w.T.flags.c_contiguous
-        and out.flags.c_contiguous
-        and out.shape == shape  # (numba checks no bounds: another shape, NumPy's copy raises)
-        and ((w.dtype.str,),) in handle().packs
-    )
-    if rows:
-        _kernel_module(handle().isa).pack_rows(w.T, out)
+    h = handle()
+    # numba's packs (compiled with the packed GEMM's kernel, any width) write only an out of
+    # the panels' own shape (they check no bounds: another shape, NumPy's copy raises)
+    ours = out.flags.c_contiguous and out.shape == shape and ((w.dtype.str,),) in h.packs
+    if ours and TRANSPOSED_PACK[0] and w.strides[0] == w.itemsize and w.T.flags.c_contiguous:
+        # a transposed view of a C weight: its rows scattered into the panels (BENCHMARKS "h256")
+        _kernel_module(h.isa).pack_rows(w.T, out)
         return out
-    if (  # a C weight: its rows cut into the panels by numba (BENCHMARKS.md "h256c")
-        COLUMN_PACK[0]
-        and w.flags.c_contiguous
-        and out.flags.c_contiguous
-        and out.shape == shape
-        and ((w.dtype.str,),) in handle().packs
-    ):
-        _kernel_module(handle().isa).pack_cols(w, out)
+    if ours and COLUMN_PACK[0] and w.flags.c_contiguous:
+        # a C weight: its rows cut into the panels (BENCHMARKS.md "h256c")
+        _kernel_module(h.isa).pack_cols(w, out)
         return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
         np.copyto(out[:full], w[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2))

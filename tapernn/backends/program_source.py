@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import tokenize
 from typing import Any
 
@@ -308,21 +307,20 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
     text = "\n".join(body) + "\n"
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     spots = [
-        tok.start
+        (*tok.start, tok.string)
         for j, tok in enumerate(tokens)
         if tok.type == tokenize.NUMBER
         and tok.string.isdigit()
         and (int(tok.string) > 1 or [t.string for t in tokens[j - 4 : j - 2]] == ["c_view", "("])
     ]  # (a workspace view's start always: a slice reused at one T, not at another, starts at 0)
     lines, values = list(body), []
-    by_row: dict[int, list[int]] = {}
-    for row, col in spots:
-        by_row.setdefault(row - 1, []).append(col)
+    by_row: dict[int, list[tuple[int, str]]] = {}
+    for row, col, digits in spots:
+        by_row.setdefault(row - 1, []).append((col, digits))
     k = 0
     for row in sorted(by_row):
         line, parts, last = lines[row], [], 0
-        for col in by_row[row]:
-            digits = re.match(r"\d+", line[col:]).group()
+        for col, digits in by_row[row]:
             parts += [line[last:col], f"n{k}"]
             values.append(int(digits))
             last, k = col + len(digits), k + 1
