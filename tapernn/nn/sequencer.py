@@ -170,31 +170,20 @@ class Sequencer(HiddenStateOf, Module):
         return self._build_unrolled(ctx, x, as_array, step_mask)
 
     @staticmethod
-    def _clear_padding(x: Any, as_array: bool, step_mask: Var) -> Any:
-        """x with every padded float row (past its row's length) exactly 0, so the module never
-        sees what padding held (NaN, Inf, garbage); one time-batched select, outside the loop
-        (inside, it would keep the input GEMM from being hoisted out of it)."""
+    def _clear_padding(v: Any, as_array: bool, step_mask: Var) -> Any:
+        """v -- the inputs before the loop, or its outputs after it -- with every float row
+        past its row's length exactly +0.0 (gradient exactly 0 there), so the module never sees
+        what padding held (NaN, Inf, garbage) and the caller never reads it: one time-batched
+        select (inside the loop an input select would keep the input GEMM from being hoisted
+        out of it); ids pass (their embeddings' rows are cleared at the outputs)."""
         pad = rows.beyond(step_mask)  # (T, B, 1)
         if as_array:
-            if x.dtype.kind != "f":
-                return x  # ids: their embeddings' rows are cleared at the outputs
-            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (x.ndim - 2)), 0, x)
+            return rows.clear_floats(v, F.reshape(pad, pad.shape[:2] + (1,) * (v.ndim - 2)))
         cleared = []
-        for t, xt in enumerate(x):
+        for t, vt in enumerate(v):
             with tracing.step(t):
-                cleared.append(map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), xt))
+                cleared.append(map_leaves(lambda e, t=t: rows.clear_floats(e, pad[t]), vt))
         return cleared
-
-    @staticmethod
-    def _clear_outputs(y: Any, as_array: bool, step_mask: Var) -> Any:
-        """The outputs past each row's length exactly +0.0, with gradient exactly 0 there (a
-        select: whatever the caller's gradient holds there): after the loop, time-batched."""
-        pad = rows.beyond(step_mask)  # (T, B, 1)
-        if as_array:
-            return F.where(F.reshape(pad, pad.shape[:2] + (1,) * (y.ndim - 2)), 0, y)
-        return [
-            map_leaves(lambda v, t=t: rows.clear_floats(v, pad[t]), yt) for t, yt in enumerate(y)
-        ]
 
     def _step(self, as_array: bool, masked: bool, clear: bool = True) -> Any:
         """One step, as the loop body: xs = [x_t] (+ [mask_t] with lengths=); `clear`: its
@@ -233,7 +222,7 @@ class Sequencer(HiddenStateOf, Module):
         masked = step_mask is not None
         segments = run_loop(ctx, key, self._step(as_array, masked, False), T, xs, [], xs_step)
         y = join_segments(segments, as_array)
-        return self._clear_outputs(y, as_array, step_mask) if masked else y
+        return self._clear_padding(y, as_array, step_mask) if masked else y
 
     def _build_unrolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
         if as_array:
