@@ -193,7 +193,6 @@ def test_float64_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
     assert not re.search(r"(exp|tanh)\b", asm.replace("kernel", ""))  # no libm call left
 
 
-
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_fma_rounds_once(dt):
     """numba_intrinsics.fma (vecmath's polynomials): a * b + c rounded once -- the nearest
