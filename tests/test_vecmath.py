@@ -224,3 +224,39 @@ def test_fma_rounds_once(dt):
     out = np.empty(3, dt)
     run(*special, np.array([1.0, 1.0, -6.0], dt), out)
     assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 0 and not np.signbit(out[2])
+
+
+@pytest.mark.parametrize("dt, top", [(np.float32, 20.0), (np.float64, 44.0)])
+def test_tanh_exp_with_one_scale_gives_the_two_scale_bits(dt, top):
+    """tanh's exp (argument in [0, 2 x clamp]) scales by 2^n in one product: the bits of the
+    general form's two (2^h 2^(n-h), kept for subnormal results), over its whole range."""
+    from numba import njit
+
+    from tapernn.backends import numba_intrinsics, vecmath
+
+    core, c = (
+        (vecmath._exp_core, vecmath._CONSTANTS)
+        if dt == np.float32
+        else (vecmath._exp_core64, vecmath._CONSTANTS64)
+    )
+    space = {"np": np, "f32_bits": numba_intrinsics.f32_bits}
+    space.update(f64_bits=numba_intrinsics.f64_bits, fma=numba_intrinsics.fma)
+    space.update({k: dt(v) for k, v in c.items()})
+    fns = []
+    for small in (True, False):
+        body = "".join(f"    {line}\n" for line in core("t", "x", small))
+        exec(f"def f(x):\n{body}    return tv\n", space)  # noqa: S102 (the generated lines)
+        fns.append(njit(space["f"]))
+    assert "th" not in "".join(core("t", "x", True))  # (the one-product form)
+
+    @njit
+    def run(f, x, out):
+        for i in range(x.size):
+            out[i] = f(x[i])
+
+    x = np.concatenate([np.linspace(0, top, 2_000_001, dtype=dt), [dt(top)]])
+    a, b = np.empty_like(x), np.empty_like(x)
+    run(fns[0], x, a)
+    run(fns[1], x, b)
+    np.testing.assert_array_equal(a.view(f"i{a.itemsize}"), b.view(f"i{b.itemsize}"))
+    np.testing.assert_allclose(a, np.exp(x.astype(np.float64)), rtol=4 * np.finfo(dt).eps)

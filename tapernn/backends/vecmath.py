@@ -113,13 +113,19 @@ def _horner(coefficients: list[str], r: str) -> str:
     return text
 
 
-def _exp_core(t: str, c: str) -> list[str]:
-    """{t}v = exp({c}) for a float32 {c} in [VM_EXP_LO, VM_EXP_HI] (no NaN)."""
+def _exp_core(t: str, c: str, small: bool = False) -> list[str]:
+    """{t}v = exp({c}) for a float32 {c} in [VM_EXP_LO, VM_EXP_HI] (no NaN); `small`: {c} in
+    [0, 20] (tanh's), where 2^n is one normal factor and p 2^n exact: the bits of the two."""
     poly = _horner([f"VM_EP{k}" for k in reversed(range(len(_EXP_P)))], f"{t}r")
-    return [
+    lines = [
         f"{t}n = np.floor(fma({c}, VM_LOG2E, VM_HALF))",
         f"{t}r = fma(-{t}n, VM_LN2_LO, fma(-{t}n, VM_LN2_HI, {c}))",
         f"{t}p = fma({poly}, {t}r * {t}r, {t}r) + VM_ONE",
+    ]
+    if small:
+        return [*lines, f"{t}v = {t}p * f32_bits(np.int32(({t}n + VM_127) * VM_2P23))"]
+    return [
+        *lines,
         # 2^n = 2^h 2^(n-h), both halves normal for n in [-150, 128]: a subnormal result
         # rounds once, in the last product
         f"{t}h = np.floor({t}n * VM_HALF)",
@@ -158,7 +164,7 @@ def tanh_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
         f"{t}z = {t}x * {t}x",
         f"{t}y = fma({t}a, {t}z * {q}, {t}a)",
         f"{t}c = VM_TWO * ({t}a if {t}a < VM_TANH_CLAMP else VM_TANH_CLAMP)",
-        *_exp_core(t, f"{t}c"),
+        *_exp_core(t, f"{t}c", small=True),
         f"{t}l = VM_ONE - VM_TWO / ({t}v + VM_ONE)",
         f"{t}m = np.copysign({t}y if {t}a < VM_TANH_SMALL else {t}l, {t}x)",
         f"{out} = {t}x if {t}x != {t}x else {t}m",
@@ -178,15 +184,21 @@ def sigmoid_lines(t: str, x: str, out: str, c: str = "VM", inline: bool = False)
     ]
 
 
-def _exp_core64(t: str, c: str) -> list[str]:
-    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN)."""
-    return [
+def _exp_core64(t: str, c: str, small: bool = False) -> list[str]:
+    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN); `small` as
+    _exp_core's ({c} in [0, 44]: tanh64's)."""
+    lines = [
         f"{t}n = np.floor(fma({c}, VD_LOG2E, VD_HALF))",
         f"{t}r = fma(-{t}n, VD_LN2_LO, fma(-{t}n, VD_LN2_HI, {c}))",
         f"{t}z = {t}r * {t}r",
         f"{t}u = {t}r * {_horner(['VD_EP2', 'VD_EP1', 'VD_EP0'], f'{t}z')}",
         f"{t}w = {_horner(['VD_EQ3', 'VD_EQ2', 'VD_EQ1', 'VD_EQ0'], f'{t}z')}",
         f"{t}p = VD_ONE + VD_TWO * ({t}u / ({t}w - {t}u))",
+    ]
+    if small:
+        return [*lines, f"{t}v = {t}p * f64_bits(np.int64(({t}n + VD_1023) * VD_2P52))"]
+    return [
+        *lines,
         f"{t}h = np.floor({t}n * VD_HALF)",
         f"{t}s = f64_bits(np.int64(({t}h + VD_1023) * VD_2P52))",
         f"{t}q = f64_bits(np.int64((({t}n - {t}h) + VD_1023) * VD_2P52))",
@@ -212,7 +224,7 @@ def tanh64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
         f"{t}k = {t}k / {_horner(['VD_TQ2', 'VD_TQ1', 'VD_TQ0 + ' + t + 'g'], f'{t}g')}",
         f"{t}y = fma({t}a, {t}g * {t}k, {t}a)",
         f"{t}c = VD_TWO * ({t}a if {t}a < VD_TANH_CLAMP else VD_TANH_CLAMP)",
-        *_exp_core64(t, f"{t}c"),
+        *_exp_core64(t, f"{t}c", small=True),
         f"{t}l = VD_ONE - VD_TWO / ({t}v + VD_ONE)",
         f"{t}m = np.copysign({t}y if {t}a < VD_TANH_SMALL else {t}l, {t}x)",
         f"{out} = {t}x if {t}x != {t}x else {t}m",
