@@ -119,6 +119,8 @@ def test_float32_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
     # exp's 2^n: a packed round (vroundps; AVX-512's vrndscaleps) and a packed float->int
     assert re.search(r"\bv(roundps|rndscaleps)\s+.*%[yz]mm", asm)
     assert re.search(r"\bvcvttps2dq\s+.*%[yz]mm", asm)
+    # the polynomials' steps as packed fused multiply-adds (numba_intrinsics.fma)
+    assert re.search(r"\bvfn?madd\w*ps\s+.*%[yz]mm", asm)
     assert not re.search(r"(exp|tanh)f?\b", asm.replace("kernel", ""))  # no libm call left
 
 
@@ -187,4 +189,74 @@ def test_float64_loops_are_vectorised_without_libm_calls(tmp_path, monkeypatch):
     asm = "\n".join(kernel.inspect_asm().values())
     assert re.search(r"\bvmulpd\s+.*%[yz]mm", asm)  # packed double arithmetic
     assert re.search(r"\bv(roundpd|rndscalepd)\s+.*%[yz]mm", asm)  # exp's n, packed
+    assert re.search(r"\bvfn?madd\w*pd\s+.*%[yz]mm", asm)  # packed fused multiply-adds
     assert not re.search(r"(exp|tanh)\b", asm.replace("kernel", ""))  # no libm call left
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_fma_rounds_once(dt):
+    """numba_intrinsics.fma (vecmath's polynomials): a * b + c rounded once -- the nearest
+    value of the dtype to the exact rational result, where a product rounded first is not."""
+    from fractions import Fraction
+
+    from numba import njit
+
+    from tapernn.backends.numba_intrinsics import fma
+
+    @njit
+    def run(a, b, c, out):
+        for i in range(a.size):
+            out[i] = fma(a[i], b[i], c[i])
+
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.standard_normal(400).astype(dt) for _ in range(3))
+    s = dt(2.0 ** -(np.finfo(dt).nmant // 2 + 1))  # (1 + s)^2 - 1 = 2s + s^2: s^2 lost unfused
+    a[:2], b[:2], c[:2] = [1 + s, -1 - s], [1 + s, 1 + s], [-1, 1]
+    out = np.empty_like(a)
+    run(a, b, c, out)
+    assert out[0] == 2 * s + s * s != a[0] * b[0] + c[0] and out[1] == -out[0]
+    for x, y, z, got in zip(a, b, c, out):
+        exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        miss = abs(Fraction(float(got)) - exact)
+        for side in (-np.inf, np.inf):  # no neighbour of the answer is nearer
+            assert miss <= abs(Fraction(float(np.nextafter(got, dt(side)))) - exact)
+    special = np.array([np.inf, np.nan, 2.0], dt), np.array([0.0, 1.0, 3.0], dt)
+    out = np.empty(3, dt)
+    run(*special, np.array([1.0, 1.0, -6.0], dt), out)
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 0 and not np.signbit(out[2])
+
+
+@pytest.mark.parametrize("dt, top", [(np.float32, 20.0), (np.float64, 44.0)])
+def test_tanh_exp_with_one_scale_gives_the_two_scale_bits(dt, top):
+    """tanh's exp (argument in [0, 2 x clamp]) scales by 2^n in one product: the bits of the
+    general form's two (2^h 2^(n-h), kept for subnormal results), over its whole range."""
+    from numba import njit
+
+    from tapernn.backends import numba_intrinsics, vecmath
+
+    core, c = (
+        (vecmath._exp_core, vecmath._CONSTANTS)
+        if dt == np.float32
+        else (vecmath._exp_core64, vecmath._CONSTANTS64)
+    )
+    space = {"np": np, "f32_bits": numba_intrinsics.f32_bits}
+    space.update(f64_bits=numba_intrinsics.f64_bits, fma=numba_intrinsics.fma)
+    space.update({k: dt(v) for k, v in c.items()})
+    fns = []
+    for small in (True, False):
+        body = "".join(f"    {line}\n" for line in core("t", "x", small))
+        exec(f"def f(x):\n{body}    return tv\n", space)  # noqa: S102 (the generated lines)
+        fns.append(njit(space["f"]))
+    assert "th" not in "".join(core("t", "x", True))  # (the one-product form)
+
+    @njit
+    def run(f, x, out):
+        for i in range(x.size):
+            out[i] = f(x[i])
+
+    x = np.concatenate([np.linspace(0, top, 2_000_001, dtype=dt), [dt(top)]])
+    a, b = np.empty_like(x), np.empty_like(x)
+    run(fns[0], x, a)
+    run(fns[1], x, b)
+    np.testing.assert_array_equal(a.view(f"i{a.itemsize}"), b.view(f"i{b.itemsize}"))
+    np.testing.assert_allclose(a, np.exp(x.astype(np.float64)), rtol=4 * np.finfo(dt).eps)

@@ -1,6 +1,6 @@
-"""Three LLVM-level helpers the generated numba kernels call (imported by their module header, so
+"""Four LLVM-level helpers the generated numba kernels call (imported by their module header, so
 only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py),
-a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), and a
+a fused multiply-add (vecmath's polynomials), a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), and a
 C array of any shape inside a kernel's workspace (its buffers: loop_source.LoopSource.buffer)."""
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ def f64_bits(typingctx, bits):
         return builder.bitcast(value, context.get_value_type(types.float64))
 
     return types.float64(bits), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's llvm.fma: one vfmadd on every x86-64 CPU with FMA, packed
+    in a vectorised loop). Written out where vecmath wants it, not left to fastmath's
+    contraction: the same bits inline or called, on AVX2 and AVX-512 alike (BENCHMARKS.md
+    h256d)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
 
 
 @intrinsic

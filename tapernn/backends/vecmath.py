@@ -105,21 +105,27 @@ def constants() -> dict[str, np.float32]:
 
 
 def _horner(coefficients: list[str], r: str) -> str:
-    """c0 + r (c1 + r (...)): constant term first."""
-    return (
-        "".join(f"({c} + {r} * " for c in coefficients[:-1])
-        + coefficients[-1]
-        + ")" * (len(coefficients) - 1)
-    )
+    """c0 + r (c1 + r (...)), constant term first, each step one fused multiply-add (the chain
+    is latency-bound: 2x shorter than a product and a sum, and rounded once a step)."""
+    text = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+        text = f"fma({text}, {r}, {c})"
+    return text
 
 
-def _exp_core(t: str, c: str) -> list[str]:
-    """{t}v = exp({c}) for a float32 {c} in [VM_EXP_LO, VM_EXP_HI] (no NaN)."""
+def _exp_core(t: str, c: str, small: bool = False) -> list[str]:
+    """{t}v = exp({c}) for a float32 {c} in [VM_EXP_LO, VM_EXP_HI] (no NaN); `small`: {c} in
+    [0, 20] (tanh's), where 2^n is one normal factor and p 2^n exact: the bits of the two."""
     poly = _horner([f"VM_EP{k}" for k in reversed(range(len(_EXP_P)))], f"{t}r")
+    lines = [
+        f"{t}n = np.floor(fma({c}, VM_LOG2E, VM_HALF))",
+        f"{t}r = fma(-{t}n, VM_LN2_LO, fma(-{t}n, VM_LN2_HI, {c}))",
+        f"{t}p = fma({poly}, {t}r * {t}r, {t}r) + VM_ONE",
+    ]
+    if small:
+        return [*lines, f"{t}v = {t}p * f32_bits(np.int32(({t}n + VM_127) * VM_2P23))"]
     return [
-        f"{t}n = np.floor({c} * VM_LOG2E + VM_HALF)",
-        f"{t}r = ({c} - {t}n * VM_LN2_HI) - {t}n * VM_LN2_LO",
-        f"{t}p = {poly} * ({t}r * {t}r) + {t}r + VM_ONE",
+        *lines,
         # 2^n = 2^h 2^(n-h), both halves normal for n in [-150, 128]: a subnormal result
         # rounds once, in the last product
         f"{t}h = np.floor({t}n * VM_HALF)",
@@ -156,9 +162,9 @@ def tanh_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
         f"{t}x = {x}",
         f"{t}a = np.abs({t}x)",
         f"{t}z = {t}x * {t}x",
-        f"{t}y = {t}a + {t}a * ({t}z * {q})",
+        f"{t}y = fma({t}a, {t}z * {q}, {t}a)",
         f"{t}c = VM_TWO * ({t}a if {t}a < VM_TANH_CLAMP else VM_TANH_CLAMP)",
-        *_exp_core(t, f"{t}c"),
+        *_exp_core(t, f"{t}c", small=True),
         f"{t}l = VM_ONE - VM_TWO / ({t}v + VM_ONE)",
         f"{t}m = np.copysign({t}y if {t}a < VM_TANH_SMALL else {t}l, {t}x)",
         f"{out} = {t}x if {t}x != {t}x else {t}m",
@@ -178,15 +184,21 @@ def sigmoid_lines(t: str, x: str, out: str, c: str = "VM", inline: bool = False)
     ]
 
 
-def _exp_core64(t: str, c: str) -> list[str]:
-    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN)."""
-    return [
-        f"{t}n = np.floor({c} * VD_LOG2E + VD_HALF)",
-        f"{t}r = ({c} - {t}n * VD_LN2_HI) - {t}n * VD_LN2_LO",
+def _exp_core64(t: str, c: str, small: bool = False) -> list[str]:
+    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN); `small` as
+    _exp_core's ({c} in [0, 44]: tanh64's)."""
+    lines = [
+        f"{t}n = np.floor(fma({c}, VD_LOG2E, VD_HALF))",
+        f"{t}r = fma(-{t}n, VD_LN2_LO, fma(-{t}n, VD_LN2_HI, {c}))",
         f"{t}z = {t}r * {t}r",
-        f"{t}u = {t}r * ((VD_EP0 * {t}z + VD_EP1) * {t}z + VD_EP2)",
-        f"{t}w = ((VD_EQ0 * {t}z + VD_EQ1) * {t}z + VD_EQ2) * {t}z + VD_EQ3",
+        f"{t}u = {t}r * {_horner(['VD_EP2', 'VD_EP1', 'VD_EP0'], f'{t}z')}",
+        f"{t}w = {_horner(['VD_EQ3', 'VD_EQ2', 'VD_EQ1', 'VD_EQ0'], f'{t}z')}",
         f"{t}p = VD_ONE + VD_TWO * ({t}u / ({t}w - {t}u))",
+    ]
+    if small:
+        return [*lines, f"{t}v = {t}p * f64_bits(np.int64(({t}n + VD_1023) * VD_2P52))"]
+    return [
+        *lines,
         f"{t}h = np.floor({t}n * VD_HALF)",
         f"{t}s = f64_bits(np.int64(({t}h + VD_1023) * VD_2P52))",
         f"{t}q = f64_bits(np.int64((({t}n - {t}h) + VD_1023) * VD_2P52))",
@@ -208,11 +220,11 @@ def tanh64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
         f"{t}x = {x}",
         f"{t}a = np.abs({t}x)",
         f"{t}g = {t}x * {t}x",
-        f"{t}k = ((VD_TP0 * {t}g + VD_TP1) * {t}g + VD_TP2)",
-        f"{t}k = {t}k / ((({t}g + VD_TQ0) * {t}g + VD_TQ1) * {t}g + VD_TQ2)",
-        f"{t}y = {t}a + {t}a * ({t}g * {t}k)",
+        f"{t}k = {_horner(['VD_TP2', 'VD_TP1', 'VD_TP0'], f'{t}g')}",
+        f"{t}k = {t}k / {_horner(['VD_TQ2', 'VD_TQ1', 'VD_TQ0 + ' + t + 'g'], f'{t}g')}",
+        f"{t}y = fma({t}a, {t}g * {t}k, {t}a)",
         f"{t}c = VD_TWO * ({t}a if {t}a < VD_TANH_CLAMP else VD_TANH_CLAMP)",
-        *_exp_core64(t, f"{t}c"),
+        *_exp_core64(t, f"{t}c", small=True),
         f"{t}l = VD_ONE - VD_TWO / ({t}v + VD_ONE)",
         f"{t}m = np.copysign({t}y if {t}a < VD_TANH_SMALL else {t}l, {t}x)",
         f"{out} = {t}x if {t}x != {t}x else {t}m",
@@ -251,7 +263,7 @@ def _helpers_source() -> str:
         '"""tapernn generated numba helpers (vecmath.py); safe to delete."""',
         "import numpy as np",
         "from numba import njit",
-        "from tapernn.backends.numba_intrinsics import f32_bits, f64_bits",
+        "from tapernn.backends.numba_intrinsics import f32_bits, f64_bits, fma",
         _CONSTANT_LINES,
     ]
     for name, lines in _HELPERS:
@@ -265,7 +277,7 @@ HELPERS_SOURCE = _helpers_source()
 # (its name carries its text's digest: a kernel module names the helpers it was compiled with)
 HELPERS_MODULE = "tapernn_vm_" + hashlib.sha1(HELPERS_SOURCE.encode()).hexdigest()[:20]
 HEADER = (
-    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits\n"
+    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits, fma\n"
     + f"from {HELPERS_MODULE} import {', '.join(name for name, _ in _HELPERS)}\n"
     + _CONSTANT_LINES
 )
