@@ -7,6 +7,8 @@ packed step GEMMs, odd and even batches, float32 too, `lengths=` batches remembe
 chunks, need_grad_input=False; a step program with a statement the translator does not know
 (OpenBLAS step GEMMs) keeps the Python loop and the report says why."""
 
+import re
+
 import numpy as np
 import pytest
 from cell_reference import fastlstm_step, gru_step, lstm_step
@@ -300,3 +302,60 @@ def test_a_call_never_waits_for_the_step_loops_compile(rng, monkeypatch):
     assert ran() - before == 4  # now both loops' halves, one numba call each
     equal(got, train(b, x, g))
     assert translated(a) == 2, notes(a)
+
+
+def test_a_float32_step_loop_whose_kernels_have_only_float64_signatures(rng, monkeypatch):
+    """A 2-D fused group's dispatcher is closed once its one signature is compiled. A float32
+    step loop typed while the groups it calls had only their float64 signature (a float64
+    model of the same cell earlier in the process, the float32 groups still compiling in the
+    background: the cold CI's test_numba_background) failed with a TypingError, and its halves
+    ran in Python for good (same bits, slower). Step loops type their callees through
+    dispatchers of their own (step_callees). Here: a float32 model's step loop compiled again
+    (its text new to numba's cache: typed, not loaded) with every group it calls replaced by a
+    dispatcher of the same function holding only the float64 signature, closed; it compiles
+    and computes the same bits as the model's own."""
+    import copy
+    import sys
+    import uuid
+
+    from numba import types
+
+    from tapernn.backends import step_callees
+
+    make, _, _, H = CELLS["fastlstm"]
+    x = rng.standard_normal((T, 16, D)).astype(np.float32)
+    g = rng.standard_normal((T, 16, H)).astype(np.float32)
+    a = model(make, True, "float32")
+    seen, call = [], step_loop.StepLoop.__call__
+    monkeypatch.setattr(
+        step_loop.StepLoop,
+        "__call__",
+        lambda self, *args: (seen.append((self, copy.deepcopy(args))), call(self, *args))[1],
+    )
+    for _ in range(3):
+        train(a, x, g)
+    loop, args = seen[-1]
+    callees = re.findall(r"'(tapernn_k\w+)'", loop.source)  # (the groups' modules)
+    assert callees
+    for name in set(callees):
+        module = sys.modules[name]
+        own = type(module.kernel)(
+            py_func=module.kernel.py_func, targetoptions=dict(module.kernel.targetoptions)
+        )
+        for sig in module.kernel.signatures:
+            wide = [
+                types.Array(types.float64, t.ndim, t.layout, readonly=not t.mutable) for t in sig
+            ]
+            own.compile(tuple(wide))
+        own.disable_compile()
+        monkeypatch.setattr(module, "kernel", own)
+    monkeypatch.setattr(step_callees, "_callees", {})
+    again = step_loop.StepLoop(
+        loop.source + f"# {uuid.uuid4().hex}\n", loop.arrays, loop.length, loop.reverse, loop.late
+    )
+    assert again.prepare(again.key(args)), again.error
+    mine, theirs = copy.deepcopy(args), copy.deepcopy(args)
+    got, want = again(*mine), call(loop, *theirs)
+    for u, v in zip(list(got) + list(mine), list(want) + list(theirs)):
+        if isinstance(u, np.ndarray):
+            assert u.dtype == np.float32 and np.array_equal(u, v, equal_nan=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import tokenize
 from typing import Any
 
 from ..graph import Graph, Node
-from .loop_source import _VIEWS, LoopSource, shifted_layout
+from .loop_source import _VIEWS, DOT_MIN, LoopSource, shifted_layout
 from .loop_values import Arr, Val, View
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
 
@@ -137,6 +138,39 @@ class ProgramSource(LoopSource):
                 self.emit(
                     o.shape, lambda i, c=out, v=v: [f"{c.at(i)} = {v.at(i)}"], [v], (), out.name
                 )
+
+    def matmul(self, n: Node, ins: list[Val], dt: str) -> Val:
+        """A 2-D product below DOT_MIN as out[i, :] = 0, then out[i, :] += x[i, kk] * y[kk, :]
+        for kk in order (LoopSource's: the kk reduction innermost): each element the same
+        sums in the same order, so the same bits, but the innermost loop runs over the
+        output's columns, whose count lift_sizes keeps literal -- the reduction's count is
+        lifted (over T in a weight gradient: one kernel for every T), and a runtime trip count
+        innermost cost ~1.5 us of the (1, 5, 5) step's 3-4 us backward kernel (hsmall).
+        Mixed dtypes (an accumulator of another dtype than out) keep LoopSource's."""
+        x, y = ins
+        m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
+        if (
+            len(n.shape) != 2
+            or len(x.shape) != 2
+            or len(y.shape) != 2
+            or m * k * p >= DOT_MIN
+            or not (dt == x.dtype == y.dtype)
+            or not dt.startswith("float")
+        ):
+            return super().matmul(n, ins, dt)
+        out = self.buffer(n.shape, dt)
+        xv = self.fresh("xv")
+        for line in [
+            f"for i0 in range({m}):",
+            f"    for i1 in range({p}):",
+            f"        {out.at(['i0', 'i1'])} = {_typed(dt, 0)}",
+            f"    for kk in range({k}):",
+            f"        {xv} = {x.at(['i0', 'kk'])}",
+            f"        for i1 in range({p}):",
+            f"            {out.at(['i0', 'i1'])} += {xv} * {y.at(['kk', 'i1'])}",
+        ]:
+            self.statement(line)
+        return out
 
     # ---- a scan loop, inlined ---------------------------------------------------------------
 
@@ -304,6 +338,7 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
     (indices, strides and trip counts of 1 that LLVM folds away) but as a workspace view's
     start (ProgramSource.reserve reuses a freed slice by size: at one T that is the one at 0,
     at another T another)."""
+    kept = innermost_nested(body)
     text = "\n".join(body) + "\n"
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     spots = [
@@ -312,6 +347,7 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
         if tok.type == tokenize.NUMBER
         and tok.string.isdigit()
         and (int(tok.string) > 1 or [t.string for t in tokens[j - 4 : j - 2]] == ["c_view", "("])
+        and tok.start[0] - 1 not in kept
     ]  # (a workspace view's start always: a slice reused at one T, not at another, starts at 0)
     lines, values = list(body), []
     by_row: dict[int, list[tuple[int, str]]] = {}
@@ -326,6 +362,36 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
             last, k = col + len(digits), k + 1
         lines[row] = "".join(parts) + line[last:]
     return lines, values
+
+
+_FOR = re.compile(r"^( *)for \w+ in range\(\d+\):$")
+
+
+def innermost_nested(body: list[str]) -> set[int]:
+    """The rows of `body` that open an innermost loop nested in another loop (`for i in
+    range(<literal>):` whose body has no loop): lift_sizes keeps their counts literal, so LLVM
+    unrolls and vectorises the small loops the time goes to. Sound whatever the count means (a
+    count that differs at another T gives another text: a kernel of its own there); the
+    generator makes such counts sizes other than T's (a 2-D product's columns, a value's last
+    axis in a nest whose outer loops run over T; ProgramSource.matmul puts the reduction,
+    over T in a weight gradient, outside), so the text is still one for every T."""
+    rows, open_loops = set(), []  # (the enclosing loops' indents)
+    for row, line in enumerate(body):
+        indent = len(line) - len(line.lstrip(" "))
+        while open_loops and open_loops[-1] >= indent:
+            open_loops.pop()
+        if not _FOR.match(line):
+            continue
+        if open_loops:
+            inner = []
+            for later in body[row + 1 :]:
+                if len(later) - len(later.lstrip(" ")) <= indent:
+                    break
+                inner.append(later)
+            if not any(_FOR.match(b) or b.lstrip().startswith("for ") for b in inner):
+                rows.add(row)
+        open_loops.append(indent)
+    return rows
 
 
 def last_reads(g: Graph) -> dict[int, list[Node]]:

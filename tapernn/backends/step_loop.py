@@ -109,7 +109,7 @@ def translate(
             raise Unsupported(f"{name}: a kernel outside the kernel cache")
         if name not in modules:
             modules[name] = module
-            imports.append(f"{name} = sys.modules[{module!r}].{disp.py_func.__name__}")
+            imports.append(f"{name} = _callee({module!r}, {disp.py_func.__name__!r})")
 
     def array(name: str) -> str:
         v = defaults.get(name)
@@ -232,6 +232,7 @@ def translate(
         "import sys",
         "import numpy as np",
         "from numba import njit",
+        "from tapernn.backends.step_callees import callee as _callee",
         *imports,
         f"_drv = sys.modules[{driver!r}]._panels",
         "",
