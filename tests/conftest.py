@@ -7,6 +7,30 @@ from collections import Counter
 import numpy as np
 import pytest
 
+# numba's optimisation level for the suite (issue 19, hcold5): with a cold kernel cache the tests
+# compile ~600 generated kernels, 2-5 s of CPU each at numba's default -O3. At NUMBA_OPT=0 LLVM
+# runs its cheap pipeline only: the same semantics (no fast-math flags, no FMA contraction: the
+# same bits), slower code, much less compile CPU. numba's cache index does not key on the level,
+# so the suite's kernels then go to a kernel cache of their own, "<the user's>-tests-opt0" --
+# never the user's ($TAPERNN_KERNEL_CACHE or ~/.cache/tapernn/numba-kernels: -O3 kernels only).
+# Set here, before anything imports numba (it reads NUMBA_OPT once); subprocesses inherit both.
+# A NUMBA_OPT the caller set wins: `NUMBA_OPT=3 pytest` runs the suite on -O3 code and the user's
+# cache (.ci/run's numba pass does). The tests of the optimised machine code itself (vecmath's)
+# run at -O3 in a subprocess: optimised_subprocess().
+USER_CACHE = "TAPERNN_TEST_USER_KERNEL_CACHE"  # (kept for subprocesses that run pytest again)
+os.environ.setdefault(USER_CACHE, os.environ.get("TAPERNN_KERNEL_CACHE", ""))
+os.environ.setdefault("NUMBA_OPT", "0")
+if os.environ["NUMBA_OPT"].strip() == "3":
+    if os.environ[USER_CACHE]:
+        os.environ["TAPERNN_KERNEL_CACHE"] = os.environ[USER_CACHE]
+    else:
+        os.environ.pop("TAPERNN_KERNEL_CACHE", None)
+else:
+    _user = os.environ[USER_CACHE] or os.path.join("~", ".cache", "tapernn", "numba-kernels")
+    _user = os.path.expanduser(_user).rstrip(os.sep)
+    os.environ["TAPERNN_KERNEL_CACHE"] = f"{_user}-tests-opt{os.environ['NUMBA_OPT'].strip()}"
+
+
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
 # BENCHMARKS.md "CI with a cold kernel cache" and "hcold4"): `--dist loadfile` hands them out
 # first, the rest after them by number of tests (xdist's own order), so no long file starts last
@@ -193,3 +217,28 @@ def packed_now():
     """packed_forced() for one test (a module whose other tests run as the CPU says)."""
     with packed_forced():
         yield
+
+
+def optimised_subprocess(request) -> bool:
+    """For a test of numba's optimised (-O3) machine code while this process compiles at another
+    level (the suite's NUMBA_OPT=0, above): runs the test in a fresh interpreter at NUMBA_OPT=3
+    and asserts it passed there; True. False when this process is at -O3: run the test here.
+        if optimised_subprocess(request):
+            return"""
+    import subprocess
+    import sys
+
+    from numba.core import config
+
+    if int(config.OPT) == 3:
+        return False
+    env = dict(os.environ, NUMBA_OPT="3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider"]
+    proc = subprocess.run(
+        [*argv, request.node.nodeid], cwd=root, env=env, capture_output=True, text=True
+    )
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, tail
+    return True
