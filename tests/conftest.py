@@ -236,9 +236,8 @@ def optimised_subprocess(request) -> bool:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     argv = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider"]
-    proc = subprocess.run(
-        [*argv, request.node.nodeid], cwd=root, env=env, capture_output=True, text=True
-    )
+    argv.append(request.node.nodeid)
+    proc = subprocess.run(argv, check=False, cwd=root, env=env, capture_output=True, text=True)
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0 and "1 passed" in proc.stdout, tail
     return True
