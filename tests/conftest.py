@@ -7,6 +7,56 @@ from collections import Counter
 import numpy as np
 import pytest
 
+# numba's optimisation level (issue 19, hcold5). The suite runs at numba's default -O3. Run at
+# another level (`NUMBA_OPT=0 python -m pytest ...`: the same semantics and bits -- no fast-math
+# flags, no FMA contraction -- and ~30 % less CPU with a cold kernel cache) its kernels go to a
+# kernel cache of their own, "<the user's>-tests-opt<level>": numba's cache index does not key on
+# the level, and the user's ($TAPERNN_KERNEL_CACHE or ~/.cache/tapernn/numba-kernels) holds -O3
+# kernels only. Set here, before anything imports numba (it reads NUMBA_OPT once); subprocesses
+# inherit both. At a level below 3 numba would not cache a kernel that calls another (a dead load
+# of the callee dispatcher's address, an `numba.dynamic.globals` variable, survives without
+# optimisation): pytest_configure installs _cacheable_below_o3. The tests of the optimised
+# machine code itself (vecmath's) then run at -O3 in a subprocess: optimised_subprocess().
+USER_CACHE = "TAPERNN_TEST_USER_KERNEL_CACHE"  # (kept for subprocesses that run pytest again)
+os.environ.setdefault(USER_CACHE, os.environ.get("TAPERNN_KERNEL_CACHE", ""))
+if os.environ.get("NUMBA_OPT", "3").strip() == "3":
+    if os.environ[USER_CACHE]:
+        os.environ["TAPERNN_KERNEL_CACHE"] = os.environ[USER_CACHE]
+    else:
+        os.environ.pop("TAPERNN_KERNEL_CACHE", None)
+else:
+    _user = os.environ[USER_CACHE] or os.path.join("~", ".cache", "tapernn", "numba-kernels")
+    _user = os.path.expanduser(_user).rstrip(os.sep)
+    os.environ["TAPERNN_KERNEL_CACHE"] = f"{_user}-tests-opt{os.environ['NUMBA_OPT'].strip()}"
+
+
+def _cacheable_below_o3() -> None:
+    """Below -O3, numba's final module keeps a dead load of each called dispatcher's address (a
+    `numba.dynamic.globals` variable), and numba does not cache a module with one: every process
+    would compile such kernels again. Dead-code and dead-global elimination on the final module
+    first (what -O3 does anyway) leave only the used ones. numba.core.codegen internals: without
+    them (another numba) nothing is patched -- slower, not wrong."""
+    import llvmlite.binding as ll
+    from numba.core import codegen
+
+    library = getattr(codegen, "CPUCodeLibrary", None)
+    scan = getattr(library, "_finalize_dynamic_globals", None)
+    if scan is None or getattr(scan, "tapernn_tests", False):
+        return
+
+    def finalize_dynamic_globals(self):
+        with contextlib.suppress(AttributeError):
+            builder = self._codegen._pass_builder(opt=0, loop_vectorize=False, slp_vectorize=False)
+            passes = ll.create_new_module_pass_manager()
+            passes.add_dead_code_elimination_pass()
+            passes.add_global_dead_code_eliminate_pass()
+            passes.run(self._final_module, builder)
+        return scan(self)
+
+    finalize_dynamic_globals.tapernn_tests = True
+    library._finalize_dynamic_globals = finalize_dynamic_globals
+
+
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
 # BENCHMARKS.md "CI with a cold kernel cache" and "hcold4"): `--dist loadfile` hands them out
 # first, the rest after them by number of tests (xdist's own order), so no long file starts last
@@ -103,7 +153,10 @@ def pytest_configure(config):
     every test on numba runs its kernels from the first call; tests/test_numba_background.py tests
     the background compilation."""
     import tapernn as tn
+    from tapernn.backends import numba_available
 
+    if os.environ.get("NUMBA_OPT", "3").strip() != "3" and numba_available():
+        _cacheable_below_o3()
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
     # the layout rule's decisions (passes/layout_cache) go to a file of this session: tests that
     # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs
@@ -193,3 +246,27 @@ def packed_now():
     """packed_forced() for one test (a module whose other tests run as the CPU says)."""
     with packed_forced():
         yield
+
+
+def optimised_subprocess(request) -> bool:
+    """For a test of numba's optimised (-O3) machine code while this process compiles at another
+    level (the suite's NUMBA_OPT=0, above): runs the test in a fresh interpreter at NUMBA_OPT=3
+    and asserts it passed there; True. False when this process is at -O3: run the test here.
+        if optimised_subprocess(request):
+            return"""
+    import subprocess
+    import sys
+
+    from numba.core import config
+
+    if int(config.OPT) == 3:
+        return False
+    env = dict(os.environ, NUMBA_OPT="3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider"]
+    argv.append(request.node.nodeid)
+    proc = subprocess.run(argv, check=False, cwd=root, env=env, capture_output=True, text=True)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, tail
+    return True
