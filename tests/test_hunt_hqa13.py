@@ -1,0 +1,119 @@
+"""QA round hqa13: loading state (module and optimizer state dicts: dtype kind, NaN/Inf, shape,
+float32 <-> float64, no half-loaded model), rendering folders, and what the hunt found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.errors import ArgumentError, DTypeError, NumericError, ShapeError, StateError
+
+
+def _state(m, fill):
+    return {k: fill(v) for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "fill, error",
+    [
+        (lambda v: np.full_like(v, np.nan), NumericError),
+        (lambda v: np.where(v > 0, np.inf, v), NumericError),
+        (lambda v: np.ones(v.shape, np.int64), DTypeError),
+        (lambda v: np.ones(v.shape, bool), DTypeError),
+        (lambda v: v.astype(complex), DTypeError),
+        (lambda v: v.astype(object), DTypeError),
+        (lambda v: np.full(v.shape, "a"), DTypeError),
+        (lambda v: v[..., :1], ShapeError),
+    ],
+)
+def test_load_state_dict_refuses_what_would_corrupt_the_model(fill, error):
+    """Failed before hqa13: NaN, Inf, int, bool, complex and object arrays were copied in
+    silently (complex dropping its imaginary part), strings raised a bare ValueError."""
+    m = nn.Sequencer(nn.LSTM(3, 4))
+    before = m.state_dict()
+    with pytest.raises(error, match="load_state_dict"):
+        m.load_state_dict(_state(m, fill))
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_a_bad_array_late_in_the_state_loads_none_of_it():
+    """Failed before hqa13: the parameters before the bad one were already overwritten."""
+    m = nn.Sequential().add(nn.Linear(3, 4)).add(nn.Linear(4, 2))
+    before = m.state_dict()
+    state = _state(m, lambda v: v + 1.0)
+    state["1.bias"] = np.zeros(3)
+    with pytest.raises(ShapeError, match=r"'1.bias': expected shape \(2,\), got \(3,\)"):
+        m.load_state_dict(state)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_float32_and_float64_states_load_into_either_model_keeping_its_dtype():
+    m64 = nn.GRU(3, 4)
+    m32 = nn.GRU(3, 4).astype(np.float32)
+    m32.load_state_dict(m64.state_dict())
+    for k, v in m32.state_dict().items():
+        assert v.dtype == np.float32
+        np.testing.assert_array_equal(v, m64.state_dict()[k].astype(np.float32))
+    back = nn.GRU(3, 4).load_state_dict(m32.state_dict())
+    for k, v in back.state_dict().items():
+        assert v.dtype == np.float64
+        np.testing.assert_array_equal(v, m32.state_dict()[k].astype(np.float64))
+
+
+def test_float64_values_beyond_float32_range_are_refused_by_a_float32_model():
+    """Failed before hqa13: 1e300 became inf in the float32 model (with a RuntimeWarning)."""
+    m32 = nn.Linear(3, 2).astype(np.float32)
+    state = _state(m32, lambda v: v.astype(np.float64))
+    state["weight"][0, 0] = 1e300
+    with pytest.raises(NumericError, match="beyond float32's range"):
+        m32.load_state_dict(state)
+    assert np.isfinite(m32.weight.data).all()
+
+
+def test_load_into_still_names_the_file_and_refuses_ints(tmp_path):
+    m = nn.Linear(3, 2)
+    np.savez(tmp_path / "ints.npz", weight=np.ones((2, 3), np.int32), bias=np.ones(2, np.int32))
+    with pytest.raises(DTypeError, match="ints.npz"):
+        tn.load_into(m, tmp_path / "ints.npz")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: tn.optim.SGD(ps, 0.1, momentum=0.9),
+        lambda ps: tn.optim.Adam(ps),
+    ],
+)
+def test_optimizer_state_is_checked_before_any_is_loaded(make):
+    """Failed before hqa13: a (1,)-shaped buffer was broadcast over the momentum silently, ints
+    were cast, a missing buffer raised a bare KeyError."""
+    m = nn.Linear(3, 2)
+    opt = make(m.parameters())
+    good = {k: v.copy() for k, v in opt.state_dict().items()}
+    bcast = {k: (v if k == "t" else np.ones(1)) for k, v in good.items()}
+    with pytest.raises(ShapeError, match=r"expected shape \(2, 3\), got \(1,\)"):
+        opt.load_state_dict(bcast)
+    ints = {k: (v if k == "t" else np.ones(v.shape, int)) for k, v in good.items()}
+    with pytest.raises(DTypeError):
+        opt.load_state_dict(ints)
+    with pytest.raises(StateError, match="missing"):
+        opt.load_state_dict({})
+    nan = {k: (v if k == "t" else np.full(v.shape, np.nan)) for k, v in good.items()}
+    with pytest.raises(NumericError):
+        opt.load_state_dict(nan)
+    for k, v in opt.state_dict().items():
+        np.testing.assert_array_equal(v, good[k])
+    twin = make(nn.Linear(3, 2).parameters())
+    twin.load_state_dict({k: v + 0.5 if k != "t" else v + 3 for k, v in good.items()})
+    for k, v in twin.state_dict().items():
+        np.testing.assert_array_equal(v, good[k] + (3 if k == "t" else 0.5))
+
+
+def test_adam_step_count_must_be_a_non_negative_integer():
+    opt = tn.optim.Adam(nn.Linear(3, 2).parameters())
+    with pytest.raises(ArgumentError, match="'t' must be the step count"):
+        opt.load_state_dict({**opt.state_dict(), "t": np.array(1.5)})
