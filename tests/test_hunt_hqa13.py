@@ -8,7 +8,14 @@ import pytest
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.errors import ArgumentError, DTypeError, NumericError, ShapeError, StateError
+from tapernn.errors import (
+    ArgumentError,
+    DTypeError,
+    NumericError,
+    RenderError,
+    ShapeError,
+    StateError,
+)
 
 
 def _state(m, fill):
@@ -117,3 +124,45 @@ def test_adam_step_count_must_be_a_non_negative_integer():
     opt = tn.optim.Adam(nn.Linear(3, 2).parameters())
     with pytest.raises(ArgumentError, match="'t' must be the step count"):
         opt.load_state_dict({**opt.state_dict(), "t": np.array(1.5)})
+
+
+# ---- issue 2: one rule for a diagram's folder ----------------------------------------------------
+
+
+def _traced():
+    seq = nn.Sequencer(nn.RNN(2, 3))
+    seq.forward(np.ones((2, 1, 2)))
+    return seq
+
+
+def test_render_refuses_a_missing_folder_as_the_cli_does(tmp_path, capsys):
+    """Failed before hqa13: tn.render created tmp/missing/deeper/ (a mistyped folder put the
+    diagram where nobody looks) while `tapernn graph -o` refused the same path."""
+    from tapernn.apps.cli import main
+
+    target = tmp_path / "missing" / "deeper" / "g.dot"
+    with pytest.raises(RenderError, match=r"folder .*deeper' does not exist"):
+        tn.render(_traced(), target)
+    assert main(["graph", "-o", str(target)]) == 2
+    assert "deeper' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+    assert tn.render(_traced(), tmp_path / "g.DOT").read_text().startswith("digraph")
+    assert main(["graph", "-o", str(tmp_path / "g.GV")]) == 0  # (was refused: .gv, case)
+    assert (tmp_path / "g.GV").read_text().startswith("digraph")
+
+
+def test_render_passes_creates_its_folder(tmp_path):
+    paths = tn.render_passes(_traced(), tmp_path / "new" / "passes", fmt="dot")
+    assert paths and all(p.parent == tmp_path / "new" / "passes" and p.is_file() for p in paths)
+
+
+def test_demo_checks_its_diagram_path_before_running_the_tutorial(tmp_path, capsys):
+    """Failed before hqa13: `tapernn demo --diagram x.jpeg` ran the whole tutorial, then failed
+    (and a missing folder was created)."""
+    from tapernn.apps.cli import main
+
+    for bad in (tmp_path / "x.jpeg", tmp_path / "nope" / "x.svg", tmp_path):
+        assert main(["demo", "--diagram", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert "tutorial" not in out.lower() and "demo: error" in err
+    assert not (tmp_path / "nope").exists()
