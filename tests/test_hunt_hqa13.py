@@ -166,3 +166,50 @@ def test_demo_checks_its_diagram_path_before_running_the_tutorial(tmp_path, caps
         out, err = capsys.readouterr()
         assert "tutorial" not in out.lower() and "demo: error" in err
     assert not (tmp_path / "nope").exists()
+
+
+# ---- constants in a float32 model ---------------------------------------------------------------
+
+
+class _ConstCell(nn.Cell):
+    """A cell mixing in NumPy constants: a float64 array, a 0-d array and a NumPy integer."""
+
+    state_names = ("h",)
+
+    def __init__(self):
+        super().__init__(3, 3)
+        self.w = self.parameter("w", (3, 3))
+
+    def step(self, x, h):
+        mask = np.array([1.0, -2.0, 0.5])
+        return tn.tanh(x @ self.w) * mask + h * np.array(0.5) + np.int64(2) * x
+
+
+def _const_cell_numpy(w, x):
+    h, ys = np.zeros(x.shape[1:]), []
+    for t in range(len(x)):
+        h = np.tanh(x[t] @ w) * np.array([1.0, -2.0, 0.5]) + h * 0.5 + 2 * x[t]
+        ys.append(h)
+    return np.stack(ys)
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_numpy_constants_in_a_float32_cell_stay_float32(backend, unroll):
+    """Failed before hqa13: the float32 model's output was float64 (unrolled) or its backward
+    raised "a scan's residuals are float64" (rolled): float64 array constants and NumPy integer
+    scalars promoted the step, where Python scalars already took the model's dtype."""
+    tn.manual_seed(4)
+    seq = nn.Sequencer(_ConstCell(), unroll=unroll).float()
+    w = seq.get(0).w.data.astype(np.float64)
+    x = np.random.default_rng(4).standard_normal((4, 2, 3))
+    for _ in range(3):
+        seq.zero_grad_parameters()
+        y = seq.forward(x.astype(np.float32))
+        gx = seq.backward(x.astype(np.float32), np.ones_like(y))
+        assert y.dtype == gx.dtype == seq.get(0).w.grad.dtype == np.float32
+        np.testing.assert_allclose(y, _const_cell_numpy(w, x), rtol=1e-5, atol=1e-5)
+
+
+def test_outside_a_module_numpy_promotion_still_holds():
+    g = tn.trace(lambda x: x * np.array([1.0, 2.0]), np.ones(2, np.float32))
+    assert g.outputs[0].dtype == np.float64
