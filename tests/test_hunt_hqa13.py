@@ -213,3 +213,52 @@ def test_numpy_constants_in_a_float32_cell_stay_float32(backend, unroll):
 def test_outside_a_module_numpy_promotion_still_holds():
     g = tn.trace(lambda x: x * np.array([1.0, 2.0]), np.ones(2, np.float32))
     assert g.outputs[0].dtype == np.float64
+
+
+# ---- odd custom cells ----------------------------------------------------------------------------
+
+
+def _cell(step, states=("h",), output=None):
+    body = {"state_names": states, "step": step}
+    if output is not None:
+        body["output"] = output
+
+    def __init__(self):
+        nn.Cell.__init__(self, 3, 3)
+        self.w = self.parameter("w", (3, 3))
+
+    body["__init__"] = __init__
+    return type("OddCell", (nn.Cell,), body)()
+
+
+@pytest.mark.parametrize("stepwise", [False, True])
+def test_a_state_that_changes_dtype_is_refused(stepwise):
+    """Failed before hqa13: a step returning `h > 0` made a bool state and a bool output."""
+    cell = _cell(lambda self, x, h: x @ self.w + h > 0)
+    with pytest.raises(DTypeError, match=r"state 'h' changed dtype float64 -> bool"):
+        if stepwise:
+            cell.forward(np.ones((2, 3)))
+        else:
+            nn.Sequencer(cell).forward(np.ones((2, 2, 3)))
+
+
+def test_a_step_may_return_its_states_as_a_list():
+    """Failed before hqa13: a list of two states was "1 states, state_names has 2"."""
+    cell = _cell(lambda self, x, h, c: [tn.tanh(x @ self.w + c), c + h], states=("h", "c"))
+    x = np.random.default_rng(2).standard_normal((3, 2, 3))
+    w, h, c, want = cell.w.data, np.zeros((2, 3)), np.zeros((2, 3)), []
+    for t in range(3):
+        h, c = np.tanh(x[t] @ w + c), c + h
+        want.append(h)
+    np.testing.assert_allclose(nn.Sequencer(cell).forward(x), np.stack(want), rtol=1e-12)
+
+
+def test_an_output_that_is_not_a_var_names_output():
+    """Before hqa13: 'build returned int' (step-wise) or 'the module returned a table (list)'."""
+    cell = _cell(lambda self, x, h: h + x @ self.w, output=lambda self, h: 3)
+    for run in (
+        lambda: cell.forward(np.ones((2, 3))),
+        lambda: nn.Sequencer(cell)(np.ones((2, 2, 3))),
+    ):
+        with pytest.raises(ShapeError, match=r"output\(\) returned int where a tn.Var"):
+            run()
