@@ -9,7 +9,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from . import validation as check
-from .errors import ArgumentTypeError, NumericError
+from .errors import ArgumentError, ArgumentTypeError, NumericError
+from .serialization import checked_state
 
 CHUNK = 1 << 13  # elements per piece of an in-place update (its one temporary: 32 KiB at f32)
 
@@ -113,7 +114,13 @@ class Optimizer:
         return {}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        pass
+        self._load(state, {})
+
+    def _load(self, state: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> None:
+        """Copy state's arrays into `buffers` once all match (names, shapes, finite floats):
+        before, a missing one raised KeyError and a (1,)-shaped one was broadcast silently."""
+        for buffer, arr in checked_state(f"optim.{type(self).__name__}", buffers, state):
+            buffer[...] = arr
 
 
 class SGD(Optimizer):
@@ -137,8 +144,7 @@ class SGD(Optimizer):
         return {f"momentum.{k}": b for k, b in enumerate(self.buffers)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        for k, b in enumerate(self.buffers):
-            b[...] = state[f"momentum.{k}"]
+        self._load(state, self.state_dict())
 
 
 class Adam(Optimizer):
@@ -182,10 +188,20 @@ class Adam(Optimizer):
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.t = int(state["t"])
-        for k in range(len(self.m)):
-            self.m[k][...] = state[f"m.{k}"]
-            self.v[k][...] = state[f"v.{k}"]
+        buffers = self.state_dict()
+        t = buffers.pop("t")
+        if hasattr(state, "items") and "t" in state:
+            t = np.asarray(state["t"])
+            if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+                raise ArgumentError(
+                    f"optim.Adam.load_state_dict: 't' must be the step count, an integer >= 0,"
+                    f" got {check.got(state['t'])}"
+                )
+            state = {k: v for k, v in state.items() if k != "t"}
+        else:
+            buffers["t"] = t  # (reported missing with the others)
+        self._load(state, buffers)
+        self.t = int(t)
 
 
 def _squares(g: np.ndarray) -> float:

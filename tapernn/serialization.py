@@ -13,6 +13,7 @@ from .errors import (
     ArgumentTypeError,
     DTypeError,
     NumericError,
+    ShapeError,
     StateError,
     TapernnError,
 )
@@ -129,3 +130,49 @@ def check_arrays(arrays: dict[str, np.ndarray], what: str) -> None:
                 f"{what}: array {name!r} holds {bad} NaN/Inf value(s) of "
                 f"{a.size}; parameters must be finite"
             )
+
+
+def checked_state(
+    owner: str, targets: dict[str, np.ndarray], state: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each array of `targets` (a model's parameters' data, an optimizer's buffers) with its
+    array of `state` cast to the target's dtype, once every array has passed (so a bad one loads
+    none: no half-loaded model): names match, shapes equal, values real floating point
+    (DTypeError: ints, bools, complex, objects would be cast silently, as PyTorch's copy_ does)
+    and finite, also after the cast (NumericError: a NaN parameter, or a float64 value beyond
+    float32's range read into a float32 model, which the cast turns into Inf). A float32 state
+    loads into a float64 model and back: the model keeps its dtype (PyTorch's load_state_dict;
+    module.astype converts the model)."""
+    if not hasattr(state, "keys"):
+        raise ArgumentTypeError(
+            f"{owner}.load_state_dict: expected a dict of arrays (from state_dict()), "
+            f"got {got(state)}"
+        )
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    if missing or unexpected:
+        raise StateError(
+            f"state dict does not match {owner}: missing {missing}, unexpected {unexpected}"
+        )
+    loads = []
+    for name, target in targets.items():
+        try:
+            arr = np.asarray(state[name])
+        except Exception as e:  # noqa: BLE001  # ragged lists and the like
+            raise DTypeError(
+                f"{owner}.load_state_dict: {name!r} is not an array ({type(e).__name__}: {e})"
+            ) from None
+        if arr.shape != target.shape:
+            raise ShapeError(
+                f"{owner}.load_state_dict: {name!r}: expected shape {target.shape}, got {arr.shape}"
+            )
+        check_arrays({name: arr}, f"{owner}.load_state_dict")
+        with np.errstate(over="ignore"):  # (the overflow is the error below)
+            cast = arr.astype(target.dtype, copy=False)
+        if cast is not arr and not np.isfinite(cast).all():
+            raise NumericError(
+                f"{owner}.load_state_dict: {name!r} holds values beyond {target.dtype}'s "
+                f"range (largest magnitude {np.abs(arr).max():.6g}); the model is {target.dtype}"
+            )
+        loads.append((target, cast))
+    return loads

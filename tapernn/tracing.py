@@ -21,6 +21,9 @@ _STEP: ContextVar[int | None] = ContextVar("tapernn_step", default=None)
 _SCOPE: ContextVar[str] = ContextVar("tapernn_scope", default="")
 _PHASE: ContextVar[str] = ContextVar("tapernn_phase", default="forward")
 _TAPE: ContextVar[Tape | None] = ContextVar("tapernn_tape", default=None)
+# inside a module's build (nn.context.BuildContext): float array constants and NumPy scalars are
+# weakly typed as Python scalars are, so a cell's np.array constant runs in the model's float32
+_WEAK_ARRAYS: ContextVar[bool] = ContextVar("tapernn_weak_arrays", default=False)
 
 
 class step:
@@ -249,12 +252,18 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
         return a.__tapernn_var__().node
     if isinstance(a, bool):
         return tape.constant(a, np.bool_).node
+    weak = _WEAK_ARRAYS.get()
+    if weak and isinstance(a, (np.integer, np.floating)):
+        a = a.item()  # (np.int64(2) * x32 is float64 under NumPy 2; 2 * x32 is float32)
     if isinstance(a, (int, float)):
         if ref.kind == "f" or (ref.kind in "iu" and isinstance(a, int)):
             return tape.constant(a, ref).node
         return tape.constant(a, np.float64 if isinstance(a, float) else np.int64).node
     if isinstance(a, (np.ndarray, np.generic)):
-        return tape.constant(np.asarray(a)).node
+        arr = np.asarray(a)
+        if weak and arr.dtype.kind == "f" and ref.kind == "f":
+            return tape.constant(arr, ref).node  # (integer arrays stay: they may be ids)
+        return tape.constant(arr).node
     raise TracingError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
 
 

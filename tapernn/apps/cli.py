@@ -15,13 +15,16 @@ from .command_line import OneLineArgumentParser
 def _demo(args: argparse.Namespace) -> int:
     from . import tutorial
 
-    acceptor = tutorial.main()
+    render_or_source = None
     if args.diagram:
         try:
-            from ..export.rendering import render_or_source
+            from ..export.rendering import check_target, render_or_source
         except ImportError:
-            print("\n(diagram export is not available in this build)")
-            return 0
+            print("(diagram export is not available in this build)")
+        else:
+            check_target(args.diagram)  # (before the tutorial runs, not after)
+    acceptor = tutorial.main()
+    if render_or_source is not None:
         path, note = render_or_source(acceptor, args.diagram, level="module")
         print(f"\nWrote the acceptor's unrolled diagram to {path}")
         if note:

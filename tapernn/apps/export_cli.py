@@ -4,11 +4,10 @@ and write its unrolled diagram."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import TapernnError
 
-FORMATS = (".svg", ".png", ".pdf", ".dot", ".json")
+FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,27 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import random as tn_random
     from ..export import render, to_json
+    from ..export.rendering import check_target
     from .models import build_model
 
-    path = Path(args.output)
-    if path.is_dir():
-        raise TapernnError(
-            f"{str(path)!r} is a folder; give a file such as {str(path / 'graph.svg')!r}"
-        )
-    if path.suffix not in FORMATS:
-        raise TapernnError(
-            f"unknown output format {path.suffix!r}; use one of {', '.join(FORMATS)}"
-        )
     if min(args.steps, args.batch, args.hidden) < 1:
         raise TapernnError("--steps, --batch and --hidden must be positive")
-    if not path.parent.exists():
-        raise TapernnError(f"folder {str(path.parent)!r} does not exist")
+    path = check_target(args.output, FORMATS)
     tn_random.manual_seed(0)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
     model.forward(x)
     if args.view != "forward" or args.compiled:
         model.backward(x, grad_out)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         import json
 
         from ..export.rendering import write_whole

@@ -38,13 +38,37 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     Shapes: as `to_dot`; keyword arguments are passed to it. Returns the path written.
     Raises RenderError when the format needs the `dot` program and it is missing.
     """
-    path = Path(path)
+    path = check_target(path)
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise RenderError(f"cannot tell the format of {str(path)!r}: use one of {FORMATS}")
     dot = obj if isinstance(obj, graphviz.Digraph) else to_dot(obj, **to_dot_kwargs)
     data = dot.source if suffix in (".dot", ".gv") else pipe(dot, suffix[1:])
     write_whole(path, data)
+    return path
+
+
+def check_target(path: str | os.PathLike, formats: Sequence[str] = FORMATS) -> Path:
+    """`path` as a Path if a diagram may be written there, else RenderError saying why: a known
+    suffix (case ignored), not a folder, in a folder that exists. The one rule of `tn.render`,
+    `tapernn graph -o` and `tapernn demo --diagram` (checked before any work). A missing folder is
+    refused, not created (as tn.save, open() and `dot -o` do): a mistyped folder name would
+    otherwise put the diagram where nobody looks. `render_passes` takes a folder and creates it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RenderError(f"expects a file path (str or os.PathLike), got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise RenderError(
+            f"cannot write {str(path)!r}: it is a folder; give a file such as "
+            f"{str(path / 'graph.svg')!r}"
+        )
+    if path.suffix.lower() not in formats:
+        raise RenderError(
+            f"cannot tell the format of {str(path)!r}: use one of {', '.join(formats)}"
+        )
+    if not path.parent.is_dir():
+        raise RenderError(
+            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist "
+            f"(create it first; diagrams are never written into a folder made on the fly)"
+        )
     return path
 
 
@@ -53,7 +77,6 @@ def write_whole(path: Path, data: str | bytes) -> None:
     never left truncated by a failed write; RenderError naming the path when it cannot be."""
     try:
         blob = data.encode("utf-8") if isinstance(data, str) else data
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(blob))
     except (OSError, UnicodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -135,6 +158,10 @@ def render_passes(
     graph, _ = resolve(graph)
     passes = default_passes() if passes is None else list(passes)
     folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RenderError(f"cannot create folder {str(folder)!r}: {e.strerror or e}") from None
     width = max(2, len(str(len(passes))))
     paths: list[Path] = []
     sizes: list[int] = []

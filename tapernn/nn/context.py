@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import functional as F
+from .. import tracing
 from ..errors import ShapeError, StateError, TapernnError
 from ..tracing import Tape, Var, current_scope, current_step, step
 
@@ -77,9 +78,11 @@ class BuildContext:
 
     def __enter__(self) -> Self:
         self._token = _BUILD.set(self)
+        self._weak = tracing._WEAK_ARRAYS.set(True)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        tracing._WEAK_ARRAYS.reset(self._weak)
         _BUILD.reset(self._token)
 
     # ---- modules ------------------------------------------------------------------------------

@@ -24,13 +24,13 @@ from ..errors import (
     DTypeError,
     NotPicklableError,
     ShapeError,
-    StateError,
     missing_build,
     no_program,
     where,
 )
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
+from ..serialization import checked_state
 from ..tracing import Var, current_scope, current_step, scope
 from .config_key import changed, is_array_setting, is_function_setting, is_setting
 from .context import _BUILD, current_build
@@ -409,24 +409,12 @@ class Module:
         return {name: p.data.copy() for name, p in self.named_parameters().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
-        if not hasattr(state, "keys"):
-            raise ArgumentTypeError(
-                f"{self.describe()}.load_state_dict: expected a dict of arrays "
-                f"(from state_dict()), got {check.got(state)}"
-            )
-        params = self.named_parameters()
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise StateError(
-                f"state dict does not match {self.describe()}: missing {missing}, "
-                f"unexpected {unexpected}"
-            )
-        for name, p in params.items():
-            arr = np.asarray(state[name])
-            if arr.shape != p.shape:
-                raise ShapeError(f"parameter {name!r}: expected shape {p.shape}, got {arr.shape}")
-            p.data[...] = arr
+        """Copy `state`'s arrays into the parameters (cast to the model's dtype). Names, shapes,
+        float dtypes and finite values are checked for all before any is copied
+        (serialization.checked_state): a bad state dict leaves the model as it was."""
+        params = {name: p.data for name, p in self.named_parameters().items()}
+        for data, arr in checked_state(self.describe(), params, state):
+            data[...] = arr
         return self
 
     # ---- compilation controls ------------------------------------------------------------------

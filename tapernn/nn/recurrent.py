@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import ShapeError, StateError
+from ..errors import DTypeError, ShapeError, StateError
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -465,7 +465,7 @@ class Cell(AbstractRecurrent):
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
         new = self._cell_step(x, *state)
-        new = new if isinstance(new, tuple) else (new,)
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         self.expect(
             len(new) == len(self.state_names),
             f"step returned {len(new)} states, state_names has {len(self.state_names)}",
@@ -476,8 +476,18 @@ class Cell(AbstractRecurrent):
             self.expect(
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"
             )
+            self.expect(  # (a bool state from `h > 0` was run on as the cell's output)
+                s.dtype == old.dtype,
+                f"state {name!r} changed dtype {old.dtype} -> {s.dtype}",
+                DTypeError,
+            )
         # `output` is also the Torch7 result field on instances: call the class's method
-        return type(self).output(self, *new), new
+        out = type(self).output(self, *new)
+        bad = [type(v).__name__ for v in flatten(out)[0] if not isinstance(v, Var)]
+        self.expect(
+            not bad, f"output() returned {', '.join(bad)} where a tn.Var (or a table of them) goes"
+        )
+        return out, new
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.hidden_size})"
