@@ -244,6 +244,28 @@ def test_fma_rounds_once(dt):
     assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 0 and not np.signbit(out[2])
 
 
+def test_fma_of_mixed_floats_computes_in_the_widest():
+    """A float32 helper typed for float64 values (fma(float32 constant, float64, float32)): the
+    arguments promoted, as numba's a * b + c promotes, and rounded once in float64 -- it raised
+    a TypingError (no fma for mixed types), which failed a float32 step loop's wide compile."""
+    from fractions import Fraction
+
+    from numba import njit
+
+    from tapernn.backends.numba_intrinsics import fma
+
+    @njit
+    def run(a, b, c):
+        return fma(a, b, c)
+
+    s = 2.0**-30  # (1 + s)(1 + s) - 1 = 2s + s^2: float64 keeps s^2 rounded once only
+    got = run(np.float32(1 + 2.0**-20), 1 + s, np.float32(-1))
+    exact = Fraction(float(np.float32(1 + 2.0**-20))) * Fraction(1 + s) - 1
+    assert isinstance(got, float) and got == float(exact)  # (exact here: it fits in 53 bits)
+    assert run(np.float32(2), np.float32(3), np.float32(1)) == 7
+    assert str(run.nopython_signatures[-1].return_type) == "float32"  # (one dtype: its own)
+
+
 @pytest.mark.parametrize("dt, top", [(np.float32, 20.0), (np.float64, 44.0)])
 def test_tanh_exp_with_one_scale_gives_the_two_scale_bits(dt, top):
     """tanh's exp (argument in [0, 2 x clamp]) scales by 2^n in one product: the bits of the

@@ -49,14 +49,17 @@ def fma(typingctx, a, b, c):
     """a * b + c rounded once (LLVM's llvm.fma: one vfmadd on every x86-64 CPU with FMA, packed
     in a vectorised loop). Written out where vecmath wants it, not left to fastmath's
     contraction: the same bits inline or called, on AVX2 and AVX-512 alike (BENCHMARKS.md
-    h256d)."""
-    if not (isinstance(a, types.Float) and a == b == c):
+    h256d). Mixed float types are computed in the widest, as numba's `a * b + c` promotes: a
+    float32 helper (vecmath's vm_*, float32 constants) typed for float64 values still types."""
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
         return None
+    wide = max((a, b, c), key=lambda t: t.bitwidth)
 
     def codegen(context, builder, signature, args):
+        args = [context.cast(builder, v, t, wide) for v, t in zip(args, signature.args)]
         return builder.fma(*args)
 
-    return a(a, b, c), codegen
+    return wide(a, b, c), codegen
 
 
 @intrinsic
