@@ -388,7 +388,7 @@ def innermost_nested(body: list[str]) -> set[int]:
                 if len(later) - len(later.lstrip(" ")) <= indent:
                     break
                 inner.append(later)
-            if not any(_FOR.match(b) or b.lstrip().startswith("for ") for b in inner):
+            if not any(b.lstrip().startswith("for ") for b in inner):
                 rows.add(row)
         open_loops.append(indent)
     return rows
