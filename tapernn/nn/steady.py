@@ -117,7 +117,6 @@ class Steady:
         except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
             return compiled.run(args)
 
-
     def _into(self, private: range) -> dict | None:
         """result position -> the `.grad` it is accumulated into, for a backward program whose
         parameter gradients are at `private` (the loose parameters', then each block's; a
