@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import builtins
 import math
+import sys
+import sysconfig
 import threading
 import warnings
 from collections.abc import Callable
@@ -273,6 +275,7 @@ def runner(
     fixed: dict | None = None,
     work: list[np.ndarray] | None = None,
     into: dict | None = None,
+    reuse: bool = False,
 ) -> Callable:
     """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
     generated: every other name a global of its own namespace -- a cached LOAD_GLOBAL each;
@@ -284,8 +287,13 @@ def runner(
     time as its NumPy program's buffers are; no value in them outlives the call. `into`: out
     index -> an array (a parameter's `.grad`) that out's value is added to once the kernel
     has run (its out is in `fixed`; one numba_update.add_flat call for them all), returned in
-    its place."""
+    its place. `reuse`: an out made per call is the array the last call made for it again
+    when nothing else holds that array any more (its reference count, `reused_count`: no
+    caller's name, field or view -- a view holds its base -- so no one can see it change)
+    and it still has its shape and dtype; the last call's arrays are kept for that (only by
+    a caller running one call at a time: nn.steady's scratch runners)."""
     fixed, into = fixed or {}, into or {}
+    base = reused_count() if reuse else None
     work = numba_loop.make_work(handle.work) if work is None else work
     works = [f"w{k}" for k in range(len(work))]
     params = [f"a{k}" for k in range(n_in)]
@@ -296,7 +304,17 @@ def runner(
     ]
     new = [j for j in range(len(outs)) if j not in fixed]
     lines = [f"def run({', '.join(params)}):"]
-    lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
+    if base is None or not new:
+        lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
+    else:  # (r<j>: the last call's; None while a call runs, so a failed one leaves none)
+        lines.append(f"    global {', '.join(f'r{j}' for j in new)}")
+        for j in new:
+            lines += [
+                f"    o{j} = r{j}",
+                f"    r{j} = None",
+                f"    if getrefcount(o{j}) != {base} or o{j}.shape != s{j} or o{j}.dtype is not d{j}:",
+                f"        o{j} = empty(s{j}, d{j})",
+            ]
     call = ", ".join(made + consts + ["dims"] + params + works)
     lines += [
         "    try:",
@@ -306,12 +324,16 @@ def runner(
     ]
     if into:  # (once the kernel has run: a call that raised added nothing)
         lines.append("    add_flat(into_grads, into_parts)")
+    if base is not None and new:
+        lines += [f"    r{j} = o{j}" for j in new]
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {
         "kernel": handle.kernel,
         "retry": handle.retry,
         "dims": handle.dims,
         "empty": np.empty,
+        "getrefcount": sys.getrefcount,
+        **{f"r{j}": None for j in new},
         **{f"s{j}": outs[j][0] for j in new},
         **{f"d{j}": outs[j][1] for j in new},
         **{f"o{j}": array for j, array in fixed.items()},
@@ -338,7 +360,9 @@ def scratch_runner(run: Callable, private: set[int], into: dict | None = None) -
     """A variant of `run` (a `runner`) whose outs returned only at result positions in
     `private` are written into arrays made once (scratch reused by every call), for a caller
     that never lets those results outlive the next call (nn.steady: saved values, gradients
-    accumulated at once); None when no out qualifies or `run` is not a runner. `into`: result
+    accumulated at once), and whose other outs are the last call's arrays again where no one
+    holds them (runner's `reuse`: the caller runs one call at a time); None when `run` is not
+    a runner. `into`: result
     position -> the parameter's `.grad` that result is accumulated into (Torch7's backward):
     where that position's out is such scratch, returned only there, and the `.grad` an
     aligned writable C array of its shape and a float dtype (one dtype for all), the run adds
@@ -364,7 +388,7 @@ def scratch_runner(run: Callable, private: set[int], into: dict | None = None) -
     if adds and not _add_flat_ready(outs[next(iter(adds))][1], len(adds)):
         adds = {}
     # (the same workspaces: both runners are one program's, run by one caller at a time)
-    return runner(handle, outs, returns, n_in, fixed, run.work, adds) if fixed else None
+    return runner(handle, outs, returns, n_in, fixed, run.work, adds, reuse=True)
 
 
 def _addable(grad: Any, out: tuple, first: Any) -> bool:
@@ -393,3 +417,27 @@ def _add_flat_ready(dtype: np.dtype, n: int) -> bool:
         return True
     except Exception:  # noqa: BLE001 (numba failed to compile or load it: NumPy's adds)
         return False
+
+
+def reused_count() -> int | None:
+    """The reference count `runner`'s reuse lines see for an array no one else holds (the
+    local name and getrefcount's argument), measured once on the same lines; None where a
+    reference count does not say that (not CPython, a free-threaded build, or one more holder
+    does not show)."""
+    if _BASE:
+        return _BASE[0]
+    count = None
+    if sys.implementation.name == "cpython" and not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        ns: dict[str, Any] = {"getrefcount": sys.getrefcount, "r0": None}
+        source = "def probe():\n    global r0\n    o0 = r0\n    r0 = None\n"
+        source += "    n = getrefcount(o0)\n    r0 = o0\n    return n\n"
+        exec(builtins.compile(source, "<tapernn reuse probe>", "exec"), ns)  # noqa: S102
+        ns["r0"] = np.empty(1)
+        alone = ns["probe"]()
+        held = ns["r0"]  # (one more holder)
+        count = alone if ns["probe"]() == alone + 1 and held is not None else None
+    _BASE.append(count)
+    return count
+
+
+_BASE: list = []  # [reused_count's answer] once measured
