@@ -360,11 +360,10 @@ def scratch_runner(run: Callable, private: set[int], into: dict | None = None) -
     that never lets those results outlive the next call (nn.steady: saved values, gradients
     accumulated at once), and whose other outs are the last call's arrays again where no one
     holds them (runner's `reuse`: the caller runs one call at a time); None when `run` is not
-    a runner. `into`: result
-    position -> the parameter's `.grad` that result is accumulated into (Torch7's backward):
-    where that position's out is such scratch, returned only there, and the `.grad` an
-    aligned writable C array of its shape and a float dtype (one dtype for all), the run adds
-    it there itself (runner's `into`) and returns that `.grad` in its place."""
+    a runner. `into`: result position -> the parameter's `.grad` that result is accumulated
+    into (Torch7's backward): where that position's out is such scratch, returned only there,
+    and the `.grad` an aligned writable C array of its shape and a float dtype (one dtype for
+    all), the run adds it there itself (runner's `into`) and returns that `.grad` instead."""
     plan = getattr(run, "plan", None)
     if plan is None:
         return None
