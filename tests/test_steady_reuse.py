@@ -139,3 +139,52 @@ def test_remembered_states_and_steps_equal_the_general_path(dtype, monkeypatch):
         assert np.array_equal(ya, yb) and np.array_equal(ga, gb)
         assert all(np.array_equal(p, q) for p, q in zip(pa, pb, strict=True))
         assert all(np.array_equal(p, q) for p, q in zip(sa, sb, strict=True))
+
+
+def _random_steps(cell, dtype, seed, n=16):
+    """`n` random steady-looking steps (two inputs, remember toggled, outputs / views /
+    grad_input kept or dropped, zero_grad or accumulation, need_grad_input either way,
+    get_grad_hidden_state, updates): every value seen, and the kept arrays unchanged."""
+    rng = np.random.default_rng(seed)
+    tn.manual_seed(2)
+    seq = nn.Sequencer(getattr(nn, cell)(D, H)).astype(dtype)
+    seq.set_plan_options(tn.PlanOptions(backend="numba"))
+    xs = [rng.standard_normal((T, B, D)).astype(dtype) for _ in range(2)]
+    gs = [rng.standard_normal((T, B, H)).astype(dtype) for _ in range(2)]
+    held, seen = [], []
+    for _ in range(n):
+        k = int(rng.integers(2))
+        if rng.random() < 0.1:
+            seq.remember(["both", "neither"][int(rng.integers(2))])
+        y = seq.forward(xs[k])
+        if rng.random() < 0.3:
+            held.append((y, y.copy()))
+        if rng.random() < 0.2:
+            held.append((y[-1], y[-1].copy()))
+        if rng.random() < 0.7:
+            seq.zero_grad_parameters()
+        gx = seq.backward(xs[k], gs[k], need_grad_input=bool(rng.random() < 0.7))
+        if gx is not None and rng.random() < 0.3:
+            held.append((gx, gx.copy()))
+        seen += [y.copy(), None if gx is None else gx.copy()]
+        seen += [p.grad.copy() for p in seq.parameters()]
+        if rng.random() < 0.2:
+            seen += [np.array(a) for a in seq.module.get_grad_hidden_state(-2)]
+        if rng.random() < 0.5:
+            seq.update_parameters(0.01)
+        del y, gx
+    for a, copy in held:
+        assert np.array_equal(a, copy)  # (never written by a later step)
+    return seen, seq._runtime.steady is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["FastLSTM", "LSTM", "GRU"])
+def test_random_steps_equal_the_general_path(cell, dtype, monkeypatch):
+    fast, planned = _random_steps(cell, dtype, seed=7)
+    monkeypatch.setattr(runtime, "plan", lambda *a, **k: None)
+    slow, general = _random_steps(cell, dtype, seed=7)
+    assert planned and not general
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
