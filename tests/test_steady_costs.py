@@ -13,7 +13,7 @@ from test_steady_entry import called
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.nn import steady
+from tapernn.nn import runtime
 
 T, B, H = 5, 1, 5
 CELLS = ["FastLSTM", "LSTM", "GRU"]
@@ -76,7 +76,7 @@ def test_steady_step_calls_no_tap_room_nor_group_accumulate(cell, need_grad_inpu
 @pytest.mark.parametrize("cell", CELLS)
 def test_steady_steps_equal_the_general_path_bit_for_bit(cell, backend, monkeypatch):
     fast = train(make(cell), 6) + train(make(cell), 3, need_grad_input=False)
-    monkeypatch.setattr(steady, "plan", lambda *a, **k: None)  # (every call: general path)
+    monkeypatch.setattr(runtime, "plan", lambda *a, **k: None)  # (every call: general path)
     slow = train(make(cell), 6) + train(make(cell), 3, need_grad_input=False)
     same_bits(fast, slow)
 
@@ -130,7 +130,7 @@ def test_the_state_checks_general_path_sees_the_fields_cleared(cell, backend, mo
     call to the general path (hooks done), which starts from that state."""
     seq, other = make(cell), make(cell)
     train(seq, 2)
-    monkeypatch.setattr(steady, "plan", lambda *a, **k: None)  # (other: the general path)
+    monkeypatch.setattr(runtime, "plan", lambda *a, **k: None)  # (other: the general path)
     train(other, 2)
     x, _ = data(0)
     n_states = 2 if "LSTM" in cell else 1

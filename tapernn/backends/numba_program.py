@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import builtins
 import math
+import sys
+import sysconfig
 import threading
 import warnings
 from collections.abc import Callable
@@ -272,6 +274,8 @@ def runner(
     n_in: int,
     fixed: dict | None = None,
     work: list[np.ndarray] | None = None,
+    into: dict | None = None,
+    reuse: bool = False,
 ) -> Callable:
     """`run(*inputs) -> outputs`: the out arrays made, the kernel called once (source
     generated: every other name a global of its own namespace -- a cached LOAD_GLOBAL each;
@@ -280,17 +284,37 @@ def runner(
     the array that out is written into on every call instead of a new one (the caller's
     scratch: nn.steady's, for outputs that never leave it; see `scratch_runner`). `work`: the
     kernel's workspaces (made here when not given): the program's own, used by one call at a
-    time as its NumPy program's buffers are; no value in them outlives the call."""
-    fixed = fixed or {}
+    time as its NumPy program's buffers are; no value in them outlives the call. `into`: out
+    index -> an array (a parameter's `.grad`) that out's value is added to once the kernel
+    has run (its out is in `fixed`; one numba_update.add_flat call for them all), returned in
+    its place. `reuse`: an out made per call is the array the last call made for it again
+    when nothing else holds that array any more (its reference count, `reused_count`: no
+    caller's name, field or view -- a view holds its base -- so no one can see it change)
+    and it still has its shape and dtype; the last call's arrays are kept for that (only by
+    a caller running one call at a time: nn.steady's scratch runners)."""
+    fixed, into = fixed or {}, into or {}
+    base = reused_count() if reuse else None
     work = numba_loop.make_work(handle.work) if work is None else work
     works = [f"w{k}" for k in range(len(work))]
     params = [f"a{k}" for k in range(n_in)]
     made = [f"o{j}" for j in range(len(outs))]
     consts = [f"k{k}" for k in range(len(handle.constants))]
-    results = [f"a{r[1]}" if isinstance(r, tuple) else f"o{r}" for r in returns]
+    results = [
+        f"a{r[1]}" if isinstance(r, tuple) else f"g{r}" if r in into else f"o{r}" for r in returns
+    ]
     new = [j for j in range(len(outs)) if j not in fixed]
     lines = [f"def run({', '.join(params)}):"]
-    lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
+    if base is None or not new:
+        lines += [f"    o{j} = empty(s{j}, d{j})" for j in new]
+    else:  # (r<j>: the last call's; None while a call runs, so a failed one leaves none)
+        lines.append(f"    global {', '.join(f'r{j}' for j in new)}")
+        for j in new:
+            lines += [
+                f"    o{j} = r{j}",
+                f"    r{j} = None",
+                f"    if getrefcount(o{j}) != {base} or o{j}.shape != s{j} or o{j}.dtype is not d{j}:",
+                f"        o{j} = empty(s{j}, d{j})",
+            ]
     call = ", ".join(made + consts + ["dims"] + params + works)
     lines += [
         "    try:",
@@ -298,18 +322,29 @@ def runner(
         "    except TypeError:",
         f"        retry({call})",
     ]
+    if into:  # (once the kernel has run: a call that raised added nothing)
+        lines.append("    add_flat(into_grads, into_parts)")
+    if base is not None and new:
+        lines += [f"    r{j} = o{j}" for j in new]
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
     namespace: dict[str, Any] = {
         "kernel": handle.kernel,
         "retry": handle.retry,
         "dims": handle.dims,
         "empty": np.empty,
+        "getrefcount": sys.getrefcount,
+        **{f"r{j}": None for j in new},
         **{f"s{j}": outs[j][0] for j in new},
         **{f"d{j}": outs[j][1] for j in new},
         **{f"o{j}": array for j, array in fixed.items()},
         **dict(zip(consts, handle.constants)),
         **dict(zip(works, work)),
+        **{f"g{j}": grad for j, grad in into.items()},
     }
+    if into:
+        grads = namespace["into_grads"] = tuple(into[j].reshape(-1) for j in into)
+        parts = namespace["into_parts"] = tuple(fixed[j].reshape(-1) for j in into)
+        namespace["add_flat"] = _add_flat_entry(grads, parts)
     source = "\n".join(lines) + "\n"
     exec(builtins.compile(source, "<tapernn whole-program runner>", "exec"), namespace)  # noqa: S102
     run = namespace["run"]
@@ -319,11 +354,16 @@ def runner(
     return run
 
 
-def scratch_runner(run: Callable, private: set[int]) -> Callable | None:
+def scratch_runner(run: Callable, private: set[int], into: dict | None = None) -> Callable | None:
     """A variant of `run` (a `runner`) whose outs returned only at result positions in
     `private` are written into arrays made once (scratch reused by every call), for a caller
     that never lets those results outlive the next call (nn.steady: saved values, gradients
-    accumulated at once); None when no out qualifies or `run` is not a runner."""
+    accumulated at once), and whose other outs are the last call's arrays again where no one
+    holds them (runner's `reuse`: the caller runs one call at a time); None when `run` is not
+    a runner. `into`: result position -> the parameter's `.grad` that result is accumulated
+    into (Torch7's backward): where that position's out is such scratch, returned only there,
+    and the `.grad` an aligned writable C array of its shape and a float dtype (one dtype for
+    all), the run adds it there itself (runner's `into`) and returns that `.grad` instead."""
     plan = getattr(run, "plan", None)
     if plan is None:
         return None
@@ -337,5 +377,77 @@ def scratch_runner(run: Callable, private: set[int]) -> Callable | None:
         for j, positions in at.items()
         if all(position in private for position in positions)
     }
+    adds = {}
+    for j in fixed:
+        grad = (into or {}).get(at[j][0]) if len(at[j]) == 1 else None
+        if _addable(grad, outs[j], next(iter(adds.values()), grad)):
+            adds[j] = grad
+    if adds and not _add_flat_ready(outs[next(iter(adds))][1], len(adds)):
+        adds = {}
     # (the same workspaces: both runners are one program's, run by one caller at a time)
-    return runner(handle, outs, returns, n_in, fixed, run.work) if fixed else None
+    return runner(handle, outs, returns, n_in, fixed, run.work, adds, reuse=True)
+
+
+def _addable(grad: Any, out: tuple, first: Any) -> bool:
+    """Whether add_flat can add an out of (shape, dtype) `out` into `grad` (of `first`'s dtype,
+    the first such `.grad`: one tuple type)."""
+    return (
+        type(grad) is np.ndarray
+        and grad.shape == out[0]
+        and grad.dtype == out[1]
+        and grad.dtype.char in "fd"
+        and grad.dtype is first.dtype
+        and grad.flags.c_contiguous
+        and grad.flags.aligned
+        and grad.flags.writeable
+    )
+
+
+def _add_flat_entry(grads: tuple, parts: tuple) -> Callable:
+    """numba_update.add_flat's compiled entry point for these tuples' type, called without
+    the dispatcher's typing of its arguments (~0.4 us a call less): every array in them is a
+    view this module made (of a `.grad`, of its scratch), whose type -- 1-D, C, aligned,
+    writable, its dtype -- nothing can change; the dispatcher where numba has no such entry."""
+    from numba import typeof
+
+    from .numba_update import add_flat
+
+    overload = add_flat.overloads.get((typeof(grads), typeof(parts)))
+    return getattr(overload, "entry_point", None) or add_flat
+
+
+def _add_flat_ready(dtype: np.dtype, n: int) -> bool:
+    """numba_update.add_flat compiled (or loaded from numba's cache) for `n` arrays of
+    `dtype`, by a call on arrays of its own; False where that fails (the caller adds)."""
+    try:
+        from .numba_update import add_flat
+
+        dummy = tuple(np.zeros(1, dtype) for _ in range(n))
+        add_flat(dummy, dummy)
+        return True
+    except Exception:  # noqa: BLE001 (numba failed to compile or load it: NumPy's adds)
+        return False
+
+
+def reused_count() -> int | None:
+    """The reference count `runner`'s reuse lines see for an array no one else holds (the
+    local name and getrefcount's argument), measured once on the same lines; None where a
+    reference count does not say that (not CPython, a free-threaded build, or one more holder
+    does not show)."""
+    if _BASE:
+        return _BASE[0]
+    count = None
+    if sys.implementation.name == "cpython" and not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        ns: dict[str, Any] = {"getrefcount": sys.getrefcount, "r0": None}
+        source = "def probe():\n    global r0\n    o0 = r0\n    r0 = None\n"
+        source += "    n = getrefcount(o0)\n    r0 = o0\n    return n\n"
+        exec(builtins.compile(source, "<tapernn reuse probe>", "exec"), ns)  # noqa: S102
+        ns["r0"] = np.empty(1)
+        alone = ns["probe"]()
+        held = ns["r0"]  # (one more holder)
+        count = alone if ns["probe"]() == alone + 1 and held is not None else None
+    _BASE.append(count)
+    return count
+
+
+_BASE: list = []  # [reused_count's answer] once measured

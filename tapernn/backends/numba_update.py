@@ -15,3 +15,14 @@ def sub_scaled(data, step, lr):
     s = step.reshape(step.size)
     for i in range(d.size):
         d[i] = d[i] - lr * s[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def add_flat(grads, parts):
+    """grads[k] += parts[k] for every k (tuples of 1-D C arrays of one dtype, pairwise of one
+    size): NumPy's `grad += part` bit for bit (one rounded add an element), one call for all
+    of a steady backward's parameter gradients (nn.steady: numba_program.scratch_runner)."""
+    for k in range(len(grads)):
+        g, p = grads[k], parts[k]
+        for i in range(g.size):
+            g[i] = g[i] + p[i]

@@ -95,7 +95,7 @@ class Steady:
             ):
                 from ..backends.numba_program import scratch_runner
 
-                direct = scratch_runner(fn, private) or fn
+                direct = scratch_runner(fn, private, self._into(private)) or fn
             entry = self.scratch[id(compiled)] = (fn, run, direct)
             fast = self.fast.get(id(compiled))
             if fast is not None:  # (steady_source._call: the generated code's inline case)
@@ -116,6 +116,15 @@ class Steady:
             return direct(*args)
         except Exception:  # noqa: BLE001 (any failure: `run` raises it as the TapernnError it is)
             return compiled.run(args)
+
+    def _into(self, private: range) -> dict | None:
+        """result position -> the `.grad` it is accumulated into, for a backward program whose
+        parameter gradients are at `private` (the loose parameters', then each block's; a
+        block no longer intact accumulates member by member: none); None for a forward."""
+        if private is self.saved_at or len(private) != self.n_params:
+            return None
+        grads = self.grads + [g.block.grad if g.block.intact else None for g in self.groups]
+        return {p: g for p, g in zip(private, grads) if g is not None}
 
 
 def plan(rt: Any, exe: Any, args: tuple, leaves: list, hooks: list, stateful: list) -> Any:

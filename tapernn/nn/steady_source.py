@@ -221,8 +221,10 @@ def _call(result: str, program: str, args: str, private: str, steady: Any, ns: d
     fn, run, direct = f"{program}_fn", f"{program}_run", f"{program}_direct"
     ns[fn] = ns[run] = ns[direct] = None
     steady.fast[id(ns[program])] = (ns, fn, run, direct)
+    # (its Program and its fields, bound once: a Compiled's `program` is never replaced)
+    ns[f"{program}_prog"], ns[f"{program}_fields"] = ns[program].program, ns[program].__dict__
     return [
-        f"    if {program}.program.fn is {fn} and {program}.__dict__.get('run') is {run}:",
+        f"    if {program}_prog.fn is {fn} and {program}_fields.get('run') is {run}:",
         "        try:",
         f"            {result} = {direct}(*{args})",
         "        except Exception:",
@@ -290,8 +292,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "    saved = record.saved",
         "    record.saved = None",  # (consumed: freed as soon as backward returns)
         "    args = record.args",
-        "    saved.append(grad_output)",
-        f"    saved += [{reads}]",
+        f"    saved += (grad_output, {reads})",
         "    if need_grad_input:",
         "        pair.last_backward = full",
         "        first = 1",
