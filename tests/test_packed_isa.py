@@ -202,3 +202,41 @@ def test_the_kernel_module_is_made_once_per_geometry_and_follows_a_changed_geome
     other = packed._kernel_module("avx2")
     assert reads and (other.VEC_BITS, other.NV) == (256, 1) and other is not first["avx2"]
     assert packed._kernel_module("avx512") is first["avx512"]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_avx2_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_range(dtype, rng):
+    """AVX2's driver computes 3 vectors a microkernel call (4 x 3 accumulators), the vectors
+    taken across its 2-vector panels (`_vector_tiles`, BENCHMARKS.md "h512"); AVX-512's a
+    panel. Over the same panels, any range of panels [first, last) (the column split's halves)
+    writes its own columns alone, bit for bit what the panel-at-a-time walk writes (each element
+    one FMA chain over k in order): odd row counts (the zero-padded row block), widths that end
+    inside a panel or inside a tile, a last tile of 1 or 2 vectors."""
+    tiles = packed._kernel_module("avx2")
+    assert tiles._panels is tiles._vector_tiles and tiles.TV == 3 and tiles.NV == 2
+    wide = packed._kernel_module("avx512")
+    assert wide._panels is wide._panel_tiles and wide.TV == wide.NV
+    nr = packed.panel_width(dtype, "avx2")
+    lanes = nr // 2
+    for m, k, n in [
+        (1, 1, 1),
+        (5, 7, lanes),
+        (4, 33, 3 * lanes + 1),
+        (9, 64, 5 * nr - 3),
+        (16, 20, 64),
+    ]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        panels = packed.pack_panels(rng.standard_normal((k, n)).astype(dtype), nr=nr)
+        npan = panels.shape[0]
+        whole = np.full((m, n), np.nan, dtype)
+        tiles._panel_tiles(a, panels, whole, 0, npan)  # (4 x 2: a panel a call)
+        assert not np.isnan(whole).any()
+        for first in range(npan + 1):
+            for last in range(first, npan + 1):
+                out = np.full((m, n), np.nan, dtype)
+                tiles._panels(a, panels, out, first, last)
+                cols = slice(first * nr, min(last * nr, n))
+                np.testing.assert_array_equal(out[:, cols], whole[:, cols])
+                out[:, cols] = np.nan
+                assert np.isnan(out).all(), (m, k, n, first, last)  # (no other column written)

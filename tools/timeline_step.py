@@ -31,15 +31,20 @@ _now = time.perf_counter
 _tag = threading.local()
 
 
+def _start():
+    return (_now(), time.thread_time())
+
+
 def rec(name, t0):
-    EV.append((threading.get_ident(), name, t0, _now()))
+    """An event: (thread, name, wall start, wall end, the thread's CPU in it)."""
+    EV.append((threading.get_ident(), name, t0[0], _now(), time.thread_time() - t0[1]))
 
 
 def instrument():
     real_mm = own_threads._mm
 
     def mm_half(a, b, out):
-        t0 = _now()
+        t0 = _start()
         try:
             return real_mm(a, b, out)
         finally:
@@ -49,7 +54,7 @@ def instrument():
     real_mm_plain = own_threads._mm_half  # (a plain GEMM's halves: np.matmul, not _mm)
 
     def mm_plain_half(a, b, out, columns, k):
-        t0 = _now()
+        t0 = _start()
         try:
             return real_mm_plain(a, b, out, columns, k)
         finally:
@@ -59,7 +64,7 @@ def instrument():
     real_mm_bias = own_threads._mm_bias
 
     def mm_bias_half(a, b, out, bias):
-        t0 = _now()
+        t0 = _start()
         try:
             return real_mm_bias(a, b, out, bias)
         finally:
@@ -73,7 +78,7 @@ def instrument():
         n = b.shape[-1]
         name = f"gemm ({m},{k})x({k},{n})"
         _tag.gemm = name
-        t0 = _now()
+        t0 = _start()
         try:
             return real_matmul(a, b, out=out)
         finally:
@@ -82,7 +87,7 @@ def instrument():
     real_bound = step_loop._Bound.__call__
 
     def bound(self):
-        t0 = _now()
+        t0 = _start()
         try:
             return real_bound(self)
         finally:
@@ -94,7 +99,7 @@ def instrument():
     real_run = ex.Compiled._run
 
     def run(self, args):
-        t0 = _now()
+        t0 = _start()
         try:
             return real_run(self, args)
         finally:
@@ -120,7 +125,7 @@ def instrument():
 
 def timed(name, fn):
     def call(*a, **k):
-        t0 = _now()
+        t0 = _start()
         try:
             return fn(*a, **k)
         finally:
@@ -148,10 +153,10 @@ def make(B, T, H, dtype, mm):
     g = rng.standard_normal((T, B, H)).astype(dtype)
 
     def step():
-        t0 = _now()
+        t0 = _start()
         seq.forward(x)
         rec("module forward", t0)
-        t1 = _now()
+        t1 = _start()
         seq.zero_grad_parameters()
         seq.backward(x, g)
         rec("module backward", t1)
@@ -237,31 +242,38 @@ def main():
         for _ in range(args.reps):
             time.sleep(0.05)
             EV.clear()
-            t0 = _now()
+            t0, p0, c0 = _now(), time.process_time(), time.thread_time()
             step()
             t1 = _now()
             walls.append(t1 - t0)
+            per.setdefault("step process CPU (both threads)", []).append(time.process_time() - p0)
+            per.setdefault("step caller thread CPU", []).append(time.thread_time() - c0)
             evs = sorted(EV, key=lambda e: e[2])
             if shown < args.show and len(walls) > args.reps // 2:
                 shown += 1
                 print("--- one step, ms from its start (thread: C caller, W worker)")
-                for tid, name, a, b in evs:
+                for tid, name, a, b, cpu in evs:
                     who = "C" if tid == main_id else "W"
                     print(
-                        f"  {who} {(a - t0) * 1e3:7.2f} .. {(b - t0) * 1e3:7.2f}  {(b - a) * 1e3:6.2f}  {name}"
+                        f"  {who} {(a - t0) * 1e3:7.2f} .. {(b - t0) * 1e3:7.2f}  {(b - a) * 1e3:6.2f}"
+                        f"  cpu {cpu * 1e3:6.2f}  {name}"
                     )
             agg = {}
-            busy = {"C": 0.0, "W": 0.0}
-            for tid, name, a, b in evs:
+            busy = {"C": 0.0, "W": 0.0, "C [cpu]": 0.0, "W [cpu]": 0.0}
+            for tid, name, a, b, cpu in evs:
                 who = "C" if tid == main_id else "W"
                 key = f"{who}: {name}"
                 agg[key] = agg.get(key, 0.0) + (b - a)
+                agg[key + " [cpu]"] = agg.get(key + " [cpu]", 0.0) + cpu
                 if name.endswith(" half"):
                     busy[who] += b - a
+                    busy[who + " [cpu]"] += cpu
             for k, v in agg.items():
                 per.setdefault(k, []).append(v)
             per.setdefault("worker busy (halves)", []).append(busy["W"])
             per.setdefault("caller in halves", []).append(busy["C"])
+            per.setdefault("worker busy (halves) [cpu]", []).append(busy["W [cpu]"])
+            per.setdefault("caller in halves [cpu]", []).append(busy["C [cpu]"])
         print(
             f"({B},{T},{H}) {args.dtype}: step wall median {np.median(walls) * 1e3:.2f} ms (min {min(walls) * 1e3:.2f})"
         )
@@ -269,7 +281,7 @@ def main():
             v = per[k]
             print(f"    {k:50s} {np.median(v) * 1e3:8.3f} ms  (min {min(v) * 1e3:7.3f})")
         shapes = set()
-        for tid, name, a, b in EV:
+        for tid, name, a, b, _ in EV:
             if name.startswith("gemm (") and not name.endswith("half"):
                 s = name[6:-1].replace(")x(", ",").split(",")
                 shapes.add((int(s[0]), int(s[1]), int(s[3])))

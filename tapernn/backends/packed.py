@@ -28,12 +28,13 @@ from . import background
 
 # the microkernel's geometry per instruction set: (vector bits, vectors per panel row NV); MR = 4
 # rows of `a` a call (packed_kernels.MR) on both. AVX-512 (32 zmm registers): 4 x 4 accumulators
-# (hgemm). AVX2 (16 ymm): 4 x 2, panels of 16 float32 / 8 float64 columns (BENCHMARKS.md
-# "havx2", Zen 3, the LSTM step GEMMs at 16 and 32 rows): 0.64-0.82x OpenBLAS's 1-thread time,
-# 1-8 % slower than 4 x 3 (12 accumulators, the fastest measured) -- but 4 x 3's 24-column
-# panels pad a 1024-column weight to 1032 columns, so its panels no longer fit the weight's
-# zeroed `.grad` (pack_scratch: the loop peak), where 16 columns divide 4H at every H that is a
-# multiple of 4 (8 float64 columns: every even H; AVX-512's 64 / 32: multiples of 16 / 8); 6 x 2, 8 x 1,
+# (hgemm). AVX2 (16 ymm): panels of 2 vectors, 16 float32 / 8 float64 columns (BENCHMARKS.md
+# "havx2", Zen 3, the LSTM step GEMMs at 16 and 32 rows: 0.64-0.82x OpenBLAS's 1-thread time),
+# computed 4 x 3 vectors a call across the panels (packed_kernels.TV, "h512": 12 accumulators,
+# the fastest measured) -- 24-column panels would pad a 1024-column weight to 1032 columns, and
+# no longer fit the weight's zeroed `.grad` (pack_scratch: the loop peak), where 16 columns
+# divide 4H at every H that is a multiple of 4 (8 float64 columns: every even H; AVX-512's 64 /
+# 32: multiples of 16 / 8); 6 x 2, 8 x 1,
 # 2 x 4, 5 x 2 were slower, 3 x 4 spilled (1.5-1.8x OpenBLAS's time), and AVX-512's kernel, its
 # 512-bit vectors split in two by LLVM and its accumulators spilled, 1.7-2.9x
 GEOMETRY = {"avx512": (512, 4), "avx2": (256, 2)}

@@ -6,7 +6,9 @@ bits, 8 / 4 at 256) held in registers over the whole K loop (4 x 4 of 512 bits o
 of 256 on AVX2: packed.GEOMETRY), a broadcast of a[i, p] and NV loads of the panel per row and
 k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
 the parallel one) and the row blocks; a partial row block or panel goes through a zero-padded
-tile. Imported only once numba is (its jobs run in background.py's worker)."""
+tile. On AVX2 a microkernel call covers TV = 3 vectors (4 x 3 accumulators), taken across the
+2-vector panels (`_vector_tiles`; BENCHMARKS.md "h512"). Imported only once numba is (its jobs
+run in background.py's worker)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ from numba.np.arrayobj import make_array
 # packed._kernel_module imports has this line set to packed.GEOMETRY[its instruction set]
 VEC_BITS, NV = 512, 4  # (the geometry line)
 MR = 4  # rows of a per microkernel call
+# vectors of a microkernel call ("tile"): AVX-512's panel (4 x 4 of its 32 zmm registers); on AVX2
+# 3 (4 x 3 = 12 of 16 ymm: 4 x 2 -- one 16-column panel -- keeps 8 FMA chains for 2 FMA pipes of
+# 4 cycles' latency, no slack: 1.15-1.37x the 4 x 2 rate at the (32, 50, 512) step GEMMs, "h512"),
+# the vectors read across the panels (`_vector_tiles`): the same panels, so the same lending
+TV = NV if VEC_BITS == 512 else 3  # (_vector_tiles passes 3 offsets)
 
 
 def _vector_type(context, dtype, vec_bits):
@@ -32,10 +39,19 @@ def _vector_type(context, dtype, vec_bits):
 def make_microkernel(mr: int, nv: int, vec_bits: int):
     """kernel(a, a_off, lda, panel, p_off, c, c_off, ldc, k): for i < mr,
     c[c_off + i * ldc + (0..NR)] = sum_p a[a_off + i * lda + p] * panel[p_off + p * NR + (0..NR)]
-    over flat C arrays (offsets and strides in elements)."""
+    over flat C arrays (offsets and strides in elements), NR = nv vectors. With a tuple of t
+    offsets `p_off` instead: t vectors, vector v of row p at panel[p_off[v] + p * NR] (a tile
+    across panels: `_vector_tiles`), c's t vectors contiguous. Either way each element of c is
+    one chain of FMAs over p in order: the same bits whatever the tile."""
 
     @intrinsic
     def kernel(typingctx, a, a_off, lda, panel, p_off, c, c_off, ldc, k):
+        if isinstance(p_off, types.UniTuple) and isinstance(p_off.dtype, types.Integer):
+            tv = p_off.count
+        elif isinstance(p_off, types.Integer):
+            tv = 0
+        else:
+            return None
         arrays = (a, panel, c)
         if not all(isinstance(x, types.Array) and x.layout == "C" for x in arrays):
             return None
@@ -56,12 +72,21 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
                 return context.cast(builder, args[j], tys[j], types.intp)
 
             a_ptr, p_ptr, c_ptr = data(0), data(3), data(5)
-            a_off_, lda_, p_off_ = idx(1), idx(2), idx(4)
+            a_off_, lda_ = idx(1), idx(2)
             c_off_, ldc_, k_ = idx(6), idx(7), idx(8)
             scal, lanes, vty = _vector_type(context, signature.args[0].dtype, vec_bits)
             esize = context.get_abi_sizeof(scal)
             nr = lanes * nv
             i64 = ir.IntType(64)
+            if tv:  # (a tile across panels: each vector its own offset)
+                cast = tys[4].dtype
+                offs = [
+                    context.cast(builder, builder.extract_value(args[4], v), cast, types.intp)
+                    for v in range(tv)
+                ]
+            else:  # (one panel: its nv vectors side by side)
+                offs = [idx(4)]
+            nt = tv or nv  # vectors of c computed
             fma = cgutils.get_or_insert_function(
                 builder.module,
                 ir.FunctionType(vty, [vty, vty, vty]),
@@ -80,17 +105,21 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             builder.position_at_end(loop)
             p = builder.phi(i64)
             p.add_incoming(ir.Constant(i64, 0), pre)
-            acc = [[builder.phi(vty) for _ in range(nv)] for _ in range(mr)]
+            acc = [[builder.phi(vty) for _ in range(nt)] for _ in range(mr)]
             for row in acc:
                 for phi in row:
                     phi.add_incoming(zero, pre)
-            base = builder.add(p_off_, builder.mul(p, ir.Constant(i64, nr)))
-            b = [
-                builder.load(
-                    vptr(p_ptr, builder.add(base, ir.Constant(i64, v * lanes))), align=esize
-                )
-                for v in range(nv)
-            ]
+            step = builder.mul(p, ir.Constant(i64, nr))
+            if tv:
+                b = [builder.load(vptr(p_ptr, builder.add(o, step)), align=esize) for o in offs]
+            else:
+                base = builder.add(offs[0], step)
+                b = [
+                    builder.load(
+                        vptr(p_ptr, builder.add(base, ir.Constant(i64, v * lanes))), align=esize
+                    )
+                    for v in range(nv)
+                ]
             undef = ir.Constant(vty, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             new = []
@@ -100,26 +129,26 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
                 )
                 xv = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
                 xv = builder.shuffle_vector(xv, undef, splat)
-                new.append([builder.call(fma, [xv, b[v], acc[i][v]]) for v in range(nv)])
+                new.append([builder.call(fma, [xv, b[v], acc[i][v]]) for v in range(nt)])
             p_next = builder.add(p, ir.Constant(i64, 1))
             p.add_incoming(p_next, loop)
             for i in range(mr):
-                for v in range(nv):
+                for v in range(nt):
                     acc[i][v].add_incoming(new[i][v], loop)
             builder.cbranch(builder.icmp_signed("<", p_next, k_), loop, done)
             builder.position_at_end(done)
             results = []
             for i in range(mr):
-                for v in range(nv):
+                for v in range(nt):
                     phi = builder.phi(vty)
                     phi.add_incoming(zero, pre)
                     phi.add_incoming(new[i][v], loop)
                     results.append(phi)
             for i in range(mr):
                 row = builder.add(c_off_, builder.mul(ir.Constant(i64, i), ldc_))
-                for v in range(nv):
+                for v in range(nt):
                     off = builder.add(row, ir.Constant(i64, v * lanes))
-                    builder.store(results[i * nv + v], vptr(c_ptr, off), align=esize)
+                    builder.store(results[i * nt + v], vptr(c_ptr, off), align=esize)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -131,37 +160,92 @@ _micro = make_microkernel(MR, NV, VEC_BITS)
 
 
 @njit(cache=True, nogil=True)
-def _panels(a, packed, out, first, last):
-    """out[:, panels first..last) = a @ (those panels); a, packed, out C-contiguous. One call
-    site of the microkernel (each one is inlined: four made the cold compile ~3x slower)."""
+def _tail_rows(a):
+    """The last, partial row block of a (m % MR rows) zero-padded to MR rows (all zeros when
+    m % MR == 0). (scalar loops: slice assignments doubled the cold compile)"""
     m, k = a.shape
+    full = (m // MR) * MR
+    tile_a = np.zeros((MR, k), a.dtype)
+    for r in range(m - full):
+        for p in range(k):
+            tile_a[r, p] = a[full + r, p]
+    return tile_a
+
+
+@njit(cache=True, nogil=True)
+def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w):
+    """out[:, col:col + w] = a @ the tile's panel columns at `off` (a panel's offset, or a tuple
+    of vector offsets: the microkernel's p_off), row block by row block; a partial row block
+    (from `tf_a`: _tail_rows) or a tile wider than w through `tile_c`. The one call site of
+    the microkernel (each one is inlined: four made the cold compile ~3x slower)."""
+    m, k = a.shape
+    n = out.shape[1]
+    width = tile_c.shape[1]
+    tf_c = tile_c.ravel()
+    for i in range(0, m, MR):
+        rows = min(MR, m - i)
+        src, src_off = af, i * k
+        if rows < MR:
+            src, src_off = tf_a, 0
+        tiled = rows < MR or w < width
+        dst, dst_off, ld = of, i * n + col, n
+        if tiled:
+            dst, dst_off, ld = tf_c, 0, width
+        _micro(src, src_off, k, pf, off, dst, dst_off, ld, k)
+        if tiled:
+            for r in range(rows):
+                for c in range(w):
+                    out[i + r, col + c] = tile_c[r, c]
+
+
+@njit(cache=True, nogil=True)
+def _panel_tiles(a, packed, out, first, last):
+    """out[:, panels first..last) = a @ (those panels); a, packed, out C-contiguous: a tile is
+    a panel (TV == NV: AVX-512)."""
+    k = a.shape[1]
     nr = packed.shape[2]
     n = out.shape[1]
     af, pf, of = a.ravel(), packed.ravel(), out.ravel()
-    full = (m // MR) * MR
-    tile_a = np.zeros((MR, k), a.dtype)  # the last, partial row block, zero-padded
+    tf_a = _tail_rows(a).ravel()
     tile_c = np.empty((MR, nr), a.dtype)
-    tf_a, tf_c = tile_a.ravel(), tile_c.ravel()
-    for r in range(m - full):  # (scalar loops: slice assignments doubled the cold compile)
-        for p in range(k):
-            tile_a[r, p] = a[full + r, p]
     for j in range(first, last):
         col = j * nr
-        w = min(nr, n - col)
-        for i in range(0, m, MR):
-            rows = min(MR, m - i)
-            src, src_off = af, i * k
-            if rows < MR:
-                src, src_off = tf_a, 0
-            tiled = rows < MR or w < nr
-            dst, dst_off, ld = of, i * n + col, n
-            if tiled:
-                dst, dst_off, ld = tf_c, 0, nr
-            _micro(src, src_off, k, pf, j * k * nr, dst, dst_off, ld, k)
-            if tiled:
-                for r in range(rows):
-                    for c in range(w):
-                        out[i + r, col + c] = tile_c[r, c]
+        _tile(a, af, tf_a, pf, j * k * nr, out, of, tile_c, col, min(nr, n - col))
+
+
+@njit(cache=True, nogil=True)
+def _vector_offset(v, k, nr, lanes):
+    """Where vector v (column block v % NV of panel v // NV) starts in the flat panels."""
+    return (v // NV) * k * nr + (v % NV) * lanes
+
+
+@njit(cache=True, nogil=True)
+def _vector_tiles(a, packed, out, first, last):
+    """_panel_tiles' product in tiles of TV = 3 vectors (AVX2): the panels' vectors in column
+    order, a tile crossing a panel boundary where it falls (vector v: column block v % NV of
+    panel v // NV). A last tile of fewer vectors repeats its last vector (computed into the
+    padded tile, not stored: w covers this range's columns alone)."""
+    k = a.shape[1]
+    nr = packed.shape[2]
+    lanes = nr // NV
+    n = out.shape[1]
+    af, pf, of = a.ravel(), packed.ravel(), out.ravel()
+    tf_a = _tail_rows(a).ravel()
+    tile_c = np.empty((MR, TV * lanes), a.dtype)
+    last_v = last * NV
+    for v0 in range(first * NV, last_v, TV):
+        col = v0 * lanes
+        offs = (
+            _vector_offset(v0, k, nr, lanes),
+            _vector_offset(min(v0 + 1, last_v - 1), k, nr, lanes),
+            _vector_offset(min(v0 + 2, last_v - 1), k, nr, lanes),
+        )
+        w = min(min(TV, last_v - v0) * lanes, n - col)
+        _tile(a, af, tf_a, pf, offs, out, of, tile_c, col, w)
+
+
+# out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry
+_panels = _panel_tiles if TV == NV else _vector_tiles
 
 
 @njit(cache=True, nogil=True)
