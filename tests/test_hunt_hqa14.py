@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tapernn as tn
 from tapernn import nn
 from tapernn.errors import DTypeError
 
@@ -19,7 +18,7 @@ def test_rebinding_to_another_dtype_is_refused(field, model_dtype, other):
     m = nn.Sequencer(nn.LSTM(3, 4)).astype(model_dtype)
     p = m.parameters()[0]
     kept = getattr(p, field)
-    with pytest.raises(DTypeError, match=r"is float\d\d; cannot rebind its \.%s to a" % field):
+    with pytest.raises(DTypeError, match=rf"is float\d\d; cannot rebind its \.{field} to a"):
         setattr(p, field, getattr(p, field).astype(other))
     assert getattr(p, field) is kept and p.dtype == model_dtype
     same = getattr(p, field).astype(model_dtype, copy=True)
