@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tapernn import nn
-from tapernn.errors import DTypeError
+from tapernn.errors import DTypeError, ShapeError
 
 
 @pytest.mark.parametrize("field", ["data", "grad"])
@@ -46,3 +46,58 @@ def test_assigning_into_casts_and_astype_converts_both(backend):
     y = np.array(m.forward(x))
     assert y.dtype == np.float64
     np.testing.assert_allclose(y, y64, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ignored", [False, True])
+def test_class_nll_negative_class_weights_divide_by_their_sum(dtype, ignored):
+    """Torch7's THNN (and PyTorch) divide by the targets' total weight whatever its sign. Before:
+    the total was clamped to >= 1e-30, so a negative total gave a loss of -1.1e30, silently."""
+    rng = np.random.default_rng(2)
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    x = np.log(rng.dirichlet(np.ones(4), 5))
+    t = np.array([1, 1, 0, 2, 1])
+    if ignored:
+        t[3] = -100
+    keep = t != -100
+    tw = w[t[keep]].sum()
+    assert tw < 0
+    want = -np.sum(w[t[keep]] * x[np.flatnonzero(keep), t[keep]]) / tw
+    want_grad = np.zeros_like(x)
+    want_grad[np.flatnonzero(keep), t[keep]] = -w[t[keep]] / tw
+    crit = nn.ClassNLLCriterion(w).astype(dtype)
+    loss = crit.forward(x.astype(dtype), t)
+    grad = np.array(crit.backward(x.astype(dtype), t))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert abs(loss - want) <= tol * abs(want)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)
+    seq = nn.SequencerCriterion(nn.ClassNLLCriterion(w), size_average=True).astype(dtype)
+    xs = np.stack([x, x[::-1]]).astype(dtype)
+    ts = np.stack([t, t[::-1]])
+    assert abs(seq.forward(xs, ts) - want) <= tol * abs(want)
+
+
+def test_class_nll_all_masked_rows_give_zero():
+    """MaskZeroCriterion over ClassNLL with every row masked: loss 0, gradient 0 (Element-RNN)."""
+    crit = nn.MaskZeroCriterion(nn.ClassNLLCriterion(np.array([1.0, 2.0, 3.0])))
+    x = np.zeros((2, 3))
+    assert crit.forward(x, np.array([0, 1])) == 0
+    assert not np.array(crit.backward(x, np.array([0, 1]))).any()
+
+
+def test_class_nll_float_targets_are_a_dtype_error():
+    """Was ShapeError 'targets must be integer class ids' for a dtype problem."""
+    x = np.log(np.full((2, 3), 1 / 3))
+    with pytest.raises(DTypeError, match=r"integer class ids \(0-based\), got float64"):
+        nn.ClassNLLCriterion().forward(x, np.array([0.0, 1.0]))
+
+
+def test_bce_weights_of_the_wrong_length_are_named():
+    """Was "ShapeError mul: shapes (2, 2), (3,) do not broadcast" from inside the graph."""
+    x, y = np.full((2, 2), 0.3), np.ones((2, 2))
+    with pytest.raises(ShapeError, match=r"BCECriterion: 3 weights for inputs of shape \(2, 2\)"):
+        nn.BCECriterion(np.array([1.0, 2.0, 3.0])).forward(x, y)
+    w = np.array([1.0, 2.0])
+    want = -np.sum(w * np.log(0.3)) * 2 / 4
+    assert abs(nn.BCECriterion(w).forward(x, y) - want) < 1e-9
