@@ -3,9 +3,15 @@ found (fuzzers, stacked recurrences, criterions, tables, save/load, CLI)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import tapernn as tn
 from tapernn import nn
 from tapernn.errors import DTypeError, ShapeError
 
@@ -101,3 +107,51 @@ def test_bce_weights_of_the_wrong_length_are_named():
     w = np.array([1.0, 2.0])
     want = -np.sum(w * np.log(0.3)) * 2 / 4
     assert abs(nn.BCECriterion(w).forward(x, y) - want) < 1e-9
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+# a block that is a template for the reader's own data: the names it leaves to the reader
+TEMPLATE_NAMES = {
+    "docs/scaling.md": lambda rng: {
+        "vocab_size": 11,
+        "B": 5,
+        "batches": [(rng.integers(0, 11, (6, 5)), rng.integers(0, 11, (6, 5))) for _ in range(2)],
+    }
+}
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_python_block_of_the_docs_runs(doc, tmp_path, monkeypatch):
+    """Each ```python block of README.md and docs/*.md runs as written, in order (a file's blocks
+    share one namespace, as a reader pastes them). Before: three README blocks used x, g, h0,
+    xs, W, U of another block's shapes or never defined (ShapeError, NameError), and
+    docs/torch7_classes.md's block had no import of nn."""
+    from tapernn import blas
+
+    text = (ROOT / doc).read_text()
+    monkeypatch.chdir(tmp_path)  # (blocks may write files: diagrams, checkpoints)
+    monkeypatch.setattr(blas, "_policy", blas._policy)  # (a block may set the thread count)
+    namespace = {"__name__": "__doc_block__"}
+    if doc in TEMPLATE_NAMES:
+        namespace.update(TEMPLATE_NAMES[doc](np.random.default_rng(0)))
+    for block in _python_blocks(text):
+        line = text[: text.index(block)].count("\n") + 1
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(block, f"{doc}:{line}", "exec"), namespace)  # noqa: S102
+
+
+def test_readme_scan_block_computes_the_recurrence():
+    """The block's `ys` are the recurrence it states (NumPy, step by step)."""
+    block = next(b for b in _python_blocks((ROOT / "README.md").read_text()) if "tn.scan(" in b)
+    ns: dict = {"np": np, "tn": tn}
+    exec(block, ns)  # noqa: S102
+    h, want = ns["h0"], []
+    for x in ns["xs"]:
+        h = np.tanh(x @ ns["W"] + h @ ns["U"])
+        want.append(h)
+    np.testing.assert_allclose(ns["ys"], np.stack(want), rtol=1e-12, atol=1e-12)
