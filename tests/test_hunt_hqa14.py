@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +158,22 @@ def test_readme_scan_block_computes_the_recurrence():
         h = np.tanh(x @ ns["W"] + h @ ns["U"])
         want.append(h)
     np.testing.assert_allclose(ns["ys"], np.stack(want), rtol=1e-12, atol=1e-12)
+
+
+def test_examples_diagrams_creates_its_output_folder(tmp_path):
+    """`python examples/diagrams.py` from a fresh checkout failed with RenderError "folder
+    'diagrams' does not exist" since tn.render stopped creating folders (hqa13): the example
+    says it writes into ./diagrams/, so it makes that folder itself."""
+    out = tmp_path / "new" / "diagrams"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "diagrams.py"), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    written = sorted(p.name for p in out.iterdir())
+    assert "lstm_module_forward.svg" in written or "lstm_module_forward.dot" in written
+    assert all((out / name).stat().st_size > 0 for name in written)
