@@ -177,3 +177,40 @@ def test_examples_diagrams_creates_its_output_folder(tmp_path):
     written = sorted(p.name for p in out.iterdir())
     assert "lstm_module_forward.svg" in written or "lstm_module_forward.dot" in written
     assert all((out / name).stat().st_size > 0 for name in written)
+
+
+def test_charlm_bad_cell_and_layers_are_named():
+    """CharLM (docs/scaling.md's Python use) given a cell name raised "TypeError: issubclass()
+    arg 1 must be a class"; layers=0 built a model whose decoder met the embedding's size."""
+    from tapernn.apps.charlm import CellSpecError, CharLM
+    from tapernn.errors import ArgumentError, TapernnError
+
+    with pytest.raises(CellSpecError, match=r"cell must be a tapernn module class.*got 'lstm'"):
+        CharLM(5, "lstm", layers=1, embed=4, hidden=8)
+    with pytest.raises(ArgumentError, match="layers must be an integer >= 1, got 0"):
+        CharLM(5, nn.FastLSTM, layers=0, embed=4, hidden=8)
+    assert issubclass(CellSpecError, TapernnError)
+
+
+def test_corpus_errors_are_tapernn_errors_and_the_cache_leaves_no_temporary(tmp_path):
+    """CorpusError was a bare Exception; the docstring cache's writer left its mkstemp file
+    behind when interrupted (Ctrl-C while writing)."""
+    from tapernn.apps.data import corpus
+    from tapernn.errors import TapernnError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(TapernnError, match="is empty"):
+        corpus.read_text_file(empty)
+
+    class Interrupted(str):
+        def encode(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    cache = tmp_path / "cache" / "docstrings.txt"
+    with pytest.raises(KeyboardInterrupt):
+        corpus._write_cache(cache, Interrupted("text"))
+    assert list(cache.parent.iterdir()) == []
+    corpus._write_cache(cache, "d\u00e9j\u00e0 vu")
+    assert cache.read_text(encoding="utf-8") == "d\u00e9j\u00e0 vu"
+    assert [p.name for p in cache.parent.iterdir()] == ["docstrings.txt"]
