@@ -214,3 +214,22 @@ def test_corpus_errors_are_tapernn_errors_and_the_cache_leaves_no_temporary(tmp_
     corpus._write_cache(cache, "d\u00e9j\u00e0 vu")
     assert cache.read_text(encoding="utf-8") == "d\u00e9j\u00e0 vu"
     assert [p.name for p in cache.parent.iterdir()] == ["docstrings.txt"]
+
+
+def test_a_read_only_grad_is_refused_when_rebound():
+    """Was accepted, then backward failed with numpy's bare "ValueError: assignment destination
+    is read-only". A read-only .data stays allowed (inference from a memory-mapped file)."""
+    from tapernn.errors import ArgumentError
+
+    m = nn.Sequencer(nn.LSTM(3, 4))
+    p = m.parameters()[0]
+    frozen = np.zeros(p.shape)
+    frozen.flags.writeable = False
+    with pytest.raises(ArgumentError, match="must be a writeable array"):
+        p.grad = frozen
+    p.data = frozen.copy()
+    p.data.flags.writeable = False
+    x = np.ones((2, 2, 3))
+    y = m.forward(x)
+    m.backward(x, np.ones_like(y))
+    assert p.grad.any() and not p.data.any()

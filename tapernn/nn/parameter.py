@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import random as tn_random
-from ..errors import ArgumentTypeError, DTypeError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 from ..tracing import Var
 from .context import current_build
 from .packing import changed as packing_changed
@@ -58,6 +58,11 @@ def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any, retype: bool)
         )
     if value.dtype.kind != "f":
         raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got {value.dtype}")
+    if field == "grad" and not value.flags.writeable:  # (a read-only .data may serve inference)
+        raise ArgumentError(
+            f"parameter {p.name!r}: .grad must be a writeable array (backward accumulates into "
+            f"it), got a read-only one"
+        )
     if value.dtype != old.dtype and not retype:
         raise DTypeError(
             f"parameter {p.name!r} is {old.dtype.name}; cannot rebind its .{field} to a "
