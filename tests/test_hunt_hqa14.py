@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import nn
+from tapernn import nn, optim
 from tapernn.errors import DTypeError, ShapeError
 
 
@@ -233,3 +233,24 @@ def test_a_read_only_grad_is_refused_when_rebound():
     y = m.forward(x)
     m.backward(x, np.ones_like(y))
     assert p.grad.any() and not p.data.any()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.SGD(ps, lr=1.0),
+        lambda ps: optim.Adam(ps, lr=1.0),
+        lambda ps: optim.clip_grad_norm(ps, 1.0),
+    ],
+)
+def test_a_parameter_listed_twice_is_refused(make):
+    """Was accepted: SGD stepped it twice (a weight of 1 with gradient 1 and lr 1 became -1, not
+    0), clip_grad_norm counted it twice in the norm and scaled its gradient twice. PyTorch
+    warns ("duplicate parameters; in future, this will cause an error")."""
+    from tapernn.errors import ArgumentError
+
+    a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+    shared = a.parameters() + b.parameters() + [a.weight]  # (e.g. a tied embedding)
+    with pytest.raises(ArgumentError, match=r"params\[4\] \('weight'\) is params\[0\] again"):
+        make(shared)
+    make(list(dict.fromkeys(shared)))  # the remedy the message gives
