@@ -254,3 +254,16 @@ def test_a_parameter_listed_twice_is_refused(make):
     with pytest.raises(ArgumentError, match=r"params\[4\] \('weight'\) is params\[0\] again"):
         make(shared)
     make(list(dict.fromkeys(shared)))  # the remedy the message gives
+
+
+def test_grad_and_trace_name_their_bad_arguments():
+    """tn.grad(3) raised AttributeError "'int' object has no attribute 'inputs'"; tn.trace with
+    a ragged example list raised numpy's bare ValueError ("inhomogeneous shape")."""
+    from tapernn.errors import ArgumentTypeError
+
+    with pytest.raises(ArgumentTypeError, match=r"tn.grad takes a Graph .*got int"):
+        tn.grad(3)
+    with pytest.raises(ArgumentTypeError, match="trace it first"):
+        tn.grad(lambda x: x * x)
+    with pytest.raises(ShapeError, match="example array 1 is ragged"):
+        tn.trace(lambda a, b: a + b, np.ones(2), [np.ones(2), np.ones(3)])
