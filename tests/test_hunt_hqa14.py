@@ -267,3 +267,16 @@ def test_grad_and_trace_name_their_bad_arguments():
         tn.grad(lambda x: x * x)
     with pytest.raises(ShapeError, match="example array 1 is ragged"):
         tn.trace(lambda a, b: a + b, np.ones(2), [np.ones(2), np.ones(3)])
+
+
+def test_join_table_names_its_bad_inputs():
+    """Were errors of the concat op: "axis 3 out of range for 3-d input" and "concat: concat
+    along axis 0: shapes ... differ off that axis", without the module that was given them."""
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ShapeError, match=r"JoinTable\(3\).*dimension 3 out of range"):
+        nn.JoinTable(3).forward([x, x])
+    with pytest.raises(ShapeError, match=r"JoinTable\(0\).*agree on every dimension but 0"):
+        nn.JoinTable(0).forward([x, x[:, :2]])
+    j = nn.JoinTable(-1)
+    y = j.forward([x, 2 * x])
+    np.testing.assert_array_equal(y, np.concatenate([x, 2 * x], axis=-1))
