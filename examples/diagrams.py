@@ -65,6 +65,7 @@ def main(out: Path) -> None:
     fmt = "svg" if shutil.which("dot") else "dot"
     if fmt == "dot":
         print("Graphviz `dot` not found: writing .dot files only (apt-get install graphviz)")
+    out.mkdir(parents=True, exist_ok=True)  # (its own folder: tn.render writes into existing ones)
     forward = lstm_transducer()
     both = tn.grad(forward)
     written = [

@@ -78,6 +78,11 @@ def grad(
     otherwise (or with `seeds="inputs"`) each float output gets a seed input (kind "seed", named
     `grad_<output>`), so the result computes vector-Jacobian products.
     """
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(
+            f"tn.grad takes a Graph (from tn.trace), got {type(graph).__name__}; to "
+            f"differentiate a function, trace it first: tn.grad(tn.trace(fn, *example_arrays))"
+        )
     wrt_nodes = _resolve(graph, wrt)
     outs = list(graph.outputs)
     names = graph.meta.output_names or [f"out{k}" for k in range(len(outs))]

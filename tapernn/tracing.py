@@ -302,7 +302,14 @@ def trace(
     with tape.recording():
         ins = []
         for k, a in enumerate(example_arrays):
-            arr = data_array("tn.trace", np.asarray(a))
+            try:
+                arr = np.asarray(a)
+            except ValueError:  # (numpy: lists of unequal lengths make no array)
+                raise ShapeError(
+                    f"tn.trace: example array {k} is ragged (lists of unequal lengths); "
+                    f"expected one array per input"
+                ) from None
+            arr = data_array("tn.trace", arr)
             name = names[k] if names is not None else f"x{k}"
             ins.append(tape.input(arr.shape, arr.dtype, name=name))
         out = fn(*ins)

@@ -178,6 +178,15 @@ def parameters(owner: Any, params: Any) -> list:
             )
     if not params:
         raise ArgumentError(f"{who(owner)}: got no parameters to optimise")
+    seen: dict[int, int] = {}
+    for k, p in enumerate(params):
+        first = seen.setdefault(id(p), k)
+        if first != k:  # (it would be updated, or its gradient scaled, once per listing)
+            raise ArgumentError(
+                f"{who(owner)}: params[{k}] ({p.name!r}) is params[{first}] again; pass each "
+                f"parameter once (list(dict.fromkeys(params)) drops repeats, e.g. of weights two "
+                f"modules share)"
+            )
     return params
 
 

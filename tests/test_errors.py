@@ -36,7 +36,7 @@ def test_lookup_id_out_of_range():
     assert "0 <= id < 10" in str(e.value) and "'0'" in str(e.value) and "embedding" in str(e.value)
     with pytest.raises(tn.ValueRangeError):
         model.forward(np.array([-1, 0, 2]))
-    with pytest.raises(tn.ShapeError, match="integer ids"):
+    with pytest.raises(tn.DTypeError, match="integer ids"):
         model.forward(np.array([0.5, 1.0]))
 
 

@@ -75,7 +75,7 @@ def test_lookup_table_given_bool_ids_says_to_pass_integers():
     """Bool ids reached the layer as float64 ("expects integer ids, got float64"): the message
     now says why and what to pass."""
     m = nn.LookupTable(5, 3)
-    with pytest.raises(tn.errors.ShapeError, match="pass the ids as an integer array"):
+    with pytest.raises(tn.errors.DTypeError, match="pass the ids as an integer array"):
         m.forward(np.array([[True, False]]))
     assert m.forward(np.array([[1, 0]])).shape == (1, 2, 3)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import nn, optim
+from ..errors import ArgumentError
 
 BUILTIN_CELLS = {
     "lstm": nn.LSTM,
@@ -21,7 +22,7 @@ BUILTIN_CELLS = {
 }
 
 
-class CellSpecError(ValueError):
+class CellSpecError(ArgumentError):
     """A --cell value that names no usable cell class (one-line message)."""
 
 
@@ -82,6 +83,14 @@ class CharLM:
         remember: bool = True,
         dtype: str = "float64",
     ):
+        if not (isinstance(cell, type) and issubclass(cell, nn.Module)):
+            raise CellSpecError(
+                f"CharLM: cell must be a tapernn module class taking (input_size, hidden_size) "
+                f"(nn.FastLSTM, nn.GRU, a Cell subclass; resolve_cell('lstm') for a name), got "
+                f"{cell!r}"
+            )
+        if not (isinstance(layers, int) and layers >= 1):
+            raise ArgumentError(f"CharLM: layers must be an integer >= 1, got {layers!r}")
         tensor_modules = issubclass(cell, nn.Sequencer)  # SeqLSTM, SeqGRU: no Sequencer around
         stack = SeqStack() if tensor_modules else nn.Sequential()
         for layer in range(layers):

@@ -167,6 +167,12 @@ class BCECriterion(Criterion):
         self.size_average = check.flag(self, "size_average", size_average)
 
     def check_targets(self, input: Any, target: Any) -> None:
+        shape = np.shape(input)
+        if self.weights is not None and (not shape or shape[-1] != len(self.weights)):
+            raise ShapeError(
+                f"{self.describe()}: {len(self.weights)} weights for inputs of shape {shape}; "
+                f"expected one weight per element of the last dimension"
+            )
         for what, v in (("inputs", input), ("targets", target)):  # (targets: as PyTorch)
             v = np.asarray(v)
             if v.dtype != object and v.size and (v.min() < 0 or v.max() > 1):
@@ -212,7 +218,10 @@ class ClassNLLCriterion(Criterion):
     def check_targets(self, input: Any, target: Any) -> None:
         x, t = np.asarray(input), np.asarray(target)
         if t.dtype.kind not in "iu":
-            raise ShapeError(f"{self.describe()}: targets must be integer class ids, got {t.dtype}")
+            raise DTypeError(
+                f"{self.describe()}: targets must be integer class ids (0-based), got "
+                f"{t.dtype}; pass target.astype(int)"
+            )
         n_class = x.shape[-1] if x.ndim else 0
         if self.weights is not None and len(self.weights) != n_class:
             raise ShapeError(
@@ -263,7 +272,12 @@ class ClassNLLCriterion(Criterion):
         if keep is not None:
             w = F.where(F.greater(keep, 0), w, 0)
         loss = -F.sum(w * picked)
-        return loss / F.maximum(F.sum(w), 1e-30) if self.size_average else loss
+        if not self.size_average:
+            return loss
+        # THNN divides by the total weight when it is not 0 (rows all masked: loss 0), whatever
+        # its sign: negative class weights are allowed (Torch7, PyTorch)
+        total = F.sum(w)
+        return loss / F.where(F.greater(F.abs(total), 0), total, 1)
 
 
 class CrossEntropyCriterion(ClassNLLCriterion):

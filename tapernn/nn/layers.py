@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
@@ -70,10 +70,12 @@ class LookupTable(Module):
         self.parameter("weight", (self.n_index, self.n_output), init="normal", rng=rng)
 
     def build(self, ids: Var) -> Var:
+        self.expect(isinstance(ids, Var), f"expects an array of ids, got {type(ids).__name__}")
         self.expect(
-            isinstance(ids, Var) and ids.dtype.kind in "iu",
-            f"expects integer ids, got {getattr(ids, 'dtype', type(ids).__name__)} (bool and float"
-            " data arrive as the model's float dtype: pass the ids as an integer array)",
+            ids.dtype.kind in "iu",
+            f"expects integer ids, got {ids.dtype} (bool and float data arrive as the model's "
+            "float dtype: pass the ids as an integer array)",
+            DTypeError,
         )
         return F.embedding(self.weight, ids)
 

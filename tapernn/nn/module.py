@@ -390,8 +390,7 @@ class Module:
         for m in self.modules():
             m._dtype = dtype
             for p in m._params.values():
-                p.data = p.data.astype(dtype, copy=False)  # (a shared one converts once)
-                p.grad = p.grad.astype(dtype, copy=False)
+                p.retype(dtype)  # (a shared one converts once)
             pack_module(m)
         return self
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import random as tn_random
-from ..errors import ArgumentTypeError, DTypeError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 from ..tracing import Var
 from .context import current_build
 from .packing import changed as packing_changed
@@ -26,9 +26,13 @@ class _BlockRows:
         return self if p is None else p.__dict__[self.slot]
 
     def __set__(self, p: Any, value: np.ndarray) -> None:
+        self.rebind(p, value, retype=False)
+
+    def rebind(self, p: Any, value: np.ndarray, retype: bool) -> None:
+        """`p.data = value`; `retype`: value may change the dtype (Parameter.retype only)."""
         old = p.__dict__.get(self.slot)
         if old is not None:
-            _check_rebind(p, self.slot[1:], old, value)
+            _check_rebind(p, self.slot[1:], old, value, retype)
         block = p._block
         if block is not None and value is not p.__dict__[self.slot]:
             block.intact = False
@@ -38,8 +42,10 @@ class _BlockRows:
         p.__dict__[self.slot] = value
 
 
-def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
-    """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape."""
+def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any, retype: bool) -> None:
+    """`p.data = value` (or `.grad`) keeps a float array of the parameter's shape and dtype:
+    another dtype would run the model in mixed precision, silently (a float32 weight in a float64
+    model rounds every output to float32's precision). Module.astype changes both together."""
     if not isinstance(value, np.ndarray):
         raise ArgumentTypeError(
             f"parameter {p.name!r}: .{field} must be a numpy array, got {type(value).__name__}"
@@ -52,6 +58,17 @@ def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any) -> None:
         )
     if value.dtype.kind != "f":
         raise DTypeError(f"parameter {p.name!r}: .{field} must be a float array, got {value.dtype}")
+    if field == "grad" and not value.flags.writeable:  # (a read-only .data may serve inference)
+        raise ArgumentError(
+            f"parameter {p.name!r}: .grad must be a writeable array (backward accumulates into "
+            f"it), got a read-only one"
+        )
+    if value.dtype != old.dtype and not retype:
+        raise DTypeError(
+            f"parameter {p.name!r} is {old.dtype.name}; cannot rebind its .{field} to a "
+            f"{value.dtype.name} array (pass value.astype(np.{old.dtype.name}), assign into it "
+            f"with p.{field}[...] = value, or convert the whole module with .float() / .double())"
+        )
 
 
 class Parameter:
@@ -80,6 +97,11 @@ class Parameter:
         for key in sorted(fields, key=lambda k: k == "_home"):
             new.__dict__[key] = copy.deepcopy(fields[key], memo)
         return new
+
+    def retype(self, dtype: np.dtype) -> None:
+        """Convert `.data` and `.grad` to `dtype` together (Module.astype; a no-op when equal)."""
+        type(self).data.rebind(self, self.data.astype(dtype, copy=False), retype=True)
+        type(self).grad.rebind(self, self.grad.astype(dtype, copy=False), retype=True)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -51,7 +51,20 @@ class JoinTable(Module):
 
     def build(self, xs: list) -> Var:
         self.expect(isinstance(xs, list) and len(xs) > 0, "expects a non-empty list", ShapeError)
+        self.expect(
+            all(isinstance(x, Var) for x in xs), "expects a list of arrays, got a nested list"
+        )
         d = _dim(self.dim, xs[0].ndim, self.n_input_dims)
+        self.expect(
+            0 <= d < xs[0].ndim,
+            f"dimension {self.dim} out of range for inputs of shape {xs[0].shape}",
+        )
+        shapes = [x.shape[:d] + x.shape[d + 1 :] for x in xs]
+        self.expect(
+            all(s == shapes[0] for s in shapes),
+            f"inputs must agree on every dimension but {d}, got shapes "
+            f"{', '.join(str(x.shape) for x in xs)}",
+        )
         return F.concat(xs, axis=d)
 
     def extra_repr(self) -> str:

@@ -8,15 +8,17 @@ import hashlib
 import os
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from ...errors import TapernnError
+from ...fileio import atomic_write
 
 DEFAULT_CAP = 1_500_000  # characters: enough for a char LM, small enough to collect in seconds
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
-class CorpusError(Exception):
+class CorpusError(TapernnError, ValueError):
     """The text cannot be read or is unusable; the message is one line for the user."""
 
 
@@ -90,10 +92,8 @@ def _cache_path(stdlib: str, cap: int, cache_dir: str | os.PathLike | None) -> P
 def _write_cache(cache: Path, text: str) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+        # whole or not at all, and no temporary left by an interruption (Ctrl-C while writing)
+        atomic_write(cache, lambda f: f.write(text.encode("utf-8")))
     except OSError:
         pass  # read-only home or cache: collecting again next time is only slower
 
