@@ -119,9 +119,10 @@ def test_fastlstm_forward_writes_its_gates_into_the_row_in_one_pass(rng, monkeyp
     for _ in range(3):
         train(a, x, g)
     fwd, bwd = seen[False].loops[0], seen[True].loops[0]
-    assert "_o = 0" not in fwd.source and "w2[:, 0:256]" in fwd.source
+    assert "_o = 0" not in fwd.source and "w2[:, 0:256]" in fwd.concrete
     assert fwd.passes == 1 and bwd.passes == 1
-    assert fwd.source.count("for i1 in range(256):") == 10  # add x4, sigmoid x3, tanh, c, h
+    assert fwd.source.count("for i1 in range(_w):") == 10  # add x4, sigmoid x3, tanh, c, h
+    assert "_pass0(256, " in fwd.concrete  # (the pass's width: an argument)
     assert "gates written straight into the saved rows" in notes(a)[0]
     assert all("1 elementwise runs one pass each" in k for k in notes(a)), notes(a)
 

@@ -291,7 +291,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
                 t = re.sub(r"\bx(\d+)\[i1\]", lambda m, sub=sub: sub[int(m[1])], t)
                 code.append(re.sub(r"\bx(\d+)\[", lambda m, f=fixed: f"{f[int(m[1])]}[", t))
             loops.append(
-                [f"        for i1 in range({width}):"]
+                ["        for i1 in range(_w):"]
                 + [f"            {c}" for c in code]
                 + [f"            {store}r[i1] = {result}"]
             )
@@ -301,7 +301,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
         "",
         "",
         "@njit(cache=True, nogil=True, error_model='numpy')",
-        f"def _pass{r}({', '.join(names)}):",
+        f"def _pass{r}(_w, {', '.join(names)}):",
         f"    for i0 in range({first}.shape[0]):",
         *[f"        {p}r = c_row({p}, {i})" for p, i in rowsof.items() if i],
         *[line for loop in loops for line in loop],
@@ -314,7 +314,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     made = [  # (a two-operand ufunc's new array, as np.multiply(a, b) makes it)
         f"{o[0]} = np.empty(({o[6]}.shape[0], {o[4][2]}), {o[6]}.dtype)" for o in ops if o[6]
     ]
-    lines = [*made, f"if {cond}:", f"    _pass{r}({', '.join(exprs)})"]
+    lines = [*made, f"if {cond}:", f"    _pass{r}({width}, {', '.join(exprs)})"]
     for j in run:
         n = notes[j]
         lines.append(
