@@ -95,9 +95,9 @@ def translate(
     carries = params[:n_carry]
     xs = params[n_carry : n_carry + n_xs]
     ys = params[len(params) - n_ys :]
-    imports, arrays, body, final = [], [], [], None
+    arrays, body, final = [], [], None
     drivers: set[str] = set()  # (the packed kernels' modules: one geometry)
-    modules: dict[str, str] = {}
+    modules: dict[str, tuple] = {}  # (the kernels called: name -> (module, function))
     inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
     kinds = {**dict.fromkeys(carries, "carry"), **dict.fromkeys(inv, "inv")}
     kinds.update({x: "late" if k in late else "xs" for k, x in enumerate(xs)})
@@ -107,9 +107,7 @@ def translate(
         disp, module = defaults[name], defaults[name].py_func.__module__
         if not module.startswith("tapernn_"):
             raise Unsupported(f"{name}: a kernel outside the kernel cache")
-        if name not in modules:
-            modules[name] = module
-            imports.append(f"{name} = _callee({module!r}, {disp.py_func.__name__!r})")
+        modules.setdefault(name, (module, disp.py_func.__name__))
 
     def array(name: str) -> str:
         v = defaults.get(name)
@@ -201,10 +199,7 @@ def translate(
             ins = [a for a in ins if not a.startswith("out=")]
             if any("=" in a for a in ins):
                 raise Unsupported(f"{fn} keywords")
-            if tail:
-                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)}, {tail[0][4:]})")
-            else:
-                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)})")
+            body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins + [t[4:] for t in tail[:1]])})")
         else:
             raise Unsupported(f"call of {fn}")
     if final is None or len(final) != n_carry:
@@ -229,6 +224,11 @@ def translate(
     if len(drivers) > 1:
         raise Unsupported("packed kernels of two instruction sets")
     driver = drivers.pop() if drivers else packed._kernel_module().__name__
+    imports = [  # (the kernels still called: step_pass's runs call none)
+        f"{n} = _callee({m!r}, {f!r})"
+        for n, (m, f) in modules.items()
+        if any(re.search(rf"\b{n}\b", b) for b in body)
+    ]
     lines = [
         "import sys",
         "import numpy as np",
