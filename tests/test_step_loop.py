@@ -322,9 +322,14 @@ def test_a_float32_step_loop_whose_kernels_have_only_float64_signatures(rng, mon
 
     from tapernn.backends import step_callees
 
+    from tapernn.backends import step_fuse
+
     make, _, _, H = CELLS["fastlstm"]
     x = rng.standard_normal((T, 16, D)).astype(np.float32)
     g = rng.standard_normal((T, 16, H)).astype(np.float32)
+    # (the plain translation: its gate kernels called from the step loop; with step_direct,
+    # step_pass's runs call none -- their strided twins instead)
+    monkeypatch.setattr(step_fuse, "DIRECT", [False])
     a = model(make, True, "float32")
     seen, call = [], step_loop.StepLoop.__call__
     monkeypatch.setattr(
