@@ -320,9 +320,7 @@ def test_a_float32_step_loop_whose_kernels_have_only_float64_signatures(rng, mon
 
     from numba import types
 
-    from tapernn.backends import step_callees
-
-    from tapernn.backends import step_fuse
+    from tapernn.backends import step_callees, step_fuse
 
     make, _, _, H = CELLS["fastlstm"]
     x = rng.standard_normal((T, 16, D)).astype(np.float32)
