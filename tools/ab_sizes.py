@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab_loop  # (its rounds, rests and table: only the arms' steps are this file's)
+from ab_common import training_step
 
 from tapernn.backends import step_loop
 from tapernn.backends.program_source import sizes_written_in
@@ -46,8 +49,6 @@ def literal(translate, mode):
 
 
 def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
-    from ab_common import training_step
-
     step, seq = training_step(x.astype(dtype), g.astype(dtype), H, cell=cell)
     original = step_loop.translate
     step_loop.translate = literal(original, mode)  # (its step loops translated and compiled
@@ -67,12 +68,5 @@ def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
     return step, seq
 
 
-def main():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ab_loop  # (its rounds, rests and table: only the arms' steps are this file's)
-
-    ab_loop.main(tn_step)
-
-
 if __name__ == "__main__":
-    main()
+    ab_loop.main(tn_step)
