@@ -301,7 +301,7 @@ class StepLoop:
         self.kernel: Any = None
         self.error = ""
         self.checks: list = []  # (step_fuse: memory that must not overlap the ys rows written)
-        self.passes = source.count("\ndef _pass")  # (step_pass's runs)
+        self.passes = len(re.findall(r"\ndef _pass\d+\(", source))  # (step_pass's runs)
 
     @property
     def concrete(self) -> str:
