@@ -119,9 +119,11 @@ def test_fastlstm_forward_writes_its_gates_into_the_row_in_one_pass(rng, monkeyp
     for _ in range(3):
         train(a, x, g)
     fwd, bwd = seen[False].loops[0], seen[True].loops[0]
-    assert "_o = 0" not in fwd.source and "w2[:, 0:256]" in fwd.source
+    assert "_o = 0" not in fwd.source and "w2[:, 0:256]" in fwd.concrete
     assert fwd.passes == 1 and bwd.passes == 1
-    assert fwd.source.count("for i1 in range(256):") == 10  # add x4, sigmoid x3, tanh, c, h
+    one = fwd.source[fwd.source.index("def _pass0(") : fwd.source.index("def _pass0s(")]
+    assert one.count("for i1 in range(_w):") == 10  # add x4, sigmoid x3, tanh, c, h
+    assert "_pass0(256, " in fwd.concrete  # (the pass's width: an argument)
     assert "gates written straight into the saved rows" in notes(a)[0]
     assert all("1 elementwise runs one pass each" in k for k in notes(a)), notes(a)
 
@@ -240,3 +242,41 @@ def test_a_run_stops_where_rows_would_interleave_wrongly():
     assert not step_pass._fits([0], notes, reads_b_whole)
     assert step_pass._fits([0], [bcast], a)
     assert not step_pass._fits([0], [bcast], writes_d)
+
+
+def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch):
+    """A step loop's pass reads C-contiguous rows (c_row); for rows of another stride the
+    kernel runs the pass's twin (`_pass<k>s`: the same scalar lines over strided rows; before,
+    the original kernel calls): the FastLSTM's forward and backward step loops called on
+    copies of their arguments whose carries, xs and ys rows have stride 2 give the same bits
+    as on C-contiguous copies (final carries and every ys written)."""
+    import copy
+
+    seen, call = [], step_loop.StepLoop.__call__
+    monkeypatch.setattr(
+        step_loop.StepLoop,
+        "__call__",
+        lambda self, *args: (seen.append((self, copy.deepcopy(args))), call(self, *args))[1],
+    )
+    x, g = rng.standard_normal((T, 17, D)), rng.standard_normal((T, 17, H))
+    a = model(CELLS["fastlstm"][0], True)
+    for _ in range(3):
+        train(a, x, g)
+    loops = {bool(f.reverse): (f, args) for f, args in seen}
+    assert len(loops) == 2 and all(f.passes for f, _ in loops.values())
+
+    def strided(v):  # (the same values, every row's items 2 apart)
+        if not isinstance(v, np.ndarray) or v.ndim < 2:
+            return copy.deepcopy(v)
+        out = np.full((*v.shape[:-1], 2 * v.shape[-1]), np.nan, v.dtype)[..., ::2]
+        out[...] = v
+        return out
+
+    for f, args in loops.values():
+        mine, theirs = [strided(v) for v in args], copy.deepcopy(args)
+        assert any(isinstance(v, np.ndarray) and not v.flags.c_contiguous for v in mine)
+        got, want = call(f, *mine), call(f, *theirs)
+        for u, v in zip(list(got) + mine, list(want) + list(theirs)):
+            if isinstance(u, np.ndarray):
+                assert np.array_equal(u, v, equal_nan=True)
+        assert "s(" in f.source and "_callee(" not in f.source  # (no kernel calls left)

@@ -320,11 +320,14 @@ def test_a_float32_step_loop_whose_kernels_have_only_float64_signatures(rng, mon
 
     from numba import types
 
-    from tapernn.backends import step_callees
+    from tapernn.backends import step_callees, step_fuse
 
     make, _, _, H = CELLS["fastlstm"]
     x = rng.standard_normal((T, 16, D)).astype(np.float32)
     g = rng.standard_normal((T, 16, H)).astype(np.float32)
+    # (the plain translation: its gate kernels called from the step loop; with step_direct,
+    # step_pass's runs call none -- their strided twins instead)
+    monkeypatch.setattr(step_fuse, "DIRECT", [False])
     a = model(make, True, "float32")
     seen, call = [], step_loop.StepLoop.__call__
     monkeypatch.setattr(
@@ -359,3 +362,57 @@ def test_a_float32_step_loop_whose_kernels_have_only_float64_signatures(rng, mon
     for u, v in zip(list(got) + list(mine), list(want) + list(theirs)):
         if isinstance(u, np.ndarray):
             assert u.dtype == np.float32 and np.array_equal(u, v, equal_nan=True)
+
+
+def test_one_step_loop_kernel_serves_two_batches_and_two_widths(rng, monkeypatch):
+    """A step loop's text has no size in it (its column offsets and widths, the half's rows, a
+    pass's width are read from its `_dims` argument): FastLSTMs of (batch, H) (17, 256) --
+    halves 9 | 8, test_one_call_...'s model -- and (16, 128) -- halves 8 | 8 -- run ONE
+    compiled kernel per direction (the same text, so the same cache module and digest), each
+    with its own sizes, and each equals the NumPy equations (1e-12: values and gradients)."""
+    import io
+    import tokenize
+
+    from tapernn.backends.numba_backend import _module_name
+
+    seen: dict = {}
+    choose = step_loop.Halves.choose
+
+    def spy(self, runner, *args):
+        seen.setdefault((id(runner), bool(runner.attrs["reverse"])), self)
+        return choose(self, runner, *args)
+
+    monkeypatch.setattr(step_loop.Halves, "choose", spy)
+    loops = {}
+    for batch, H in ((17, 256), (16, 128)):
+        seen.clear()
+        x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
+        a = model(lambda H=H: nn.FastLSTM(D, H), True)
+        for _ in range(3):
+            train(a, x, g)
+        got = train(a, x, g)
+        assert translated(a) == 2, notes(a)
+        check_equations(a, fastlstm_step, 2, x, g, got, rng)
+        for (_, reverse), halves in seen.items():
+            loops.setdefault(reverse, []).extend(halves.loops)
+    for reverse, found in loops.items():
+        assert len(found) == 4  # (two models, two halves)
+        assert len({f.source for f in found}) == 1, reverse  # one text
+        assert len({_module_name(f.source) for f in found}) == 1
+        assert len({id(f.kernel) for f in found}) == 1  # one compiled kernel
+        assert len(found[0].kernel.signatures) == 1  # (compiled once: the same types)
+        first, second = (
+            {tuple(f.arrays[-1]) for f in found[:2]},
+            {tuple(f.arrays[-1]) for f in found[2:]},
+        )
+        assert not first & second and 256 in found[0].arrays[-1] and 128 in found[2].arrays[-1]
+        source = found[0].source
+        # structural: no integer literal but 0 and 1 in the kernel or its passes
+        body = source[source.index("\n@njit(cache=True, nogil=True, error_model") :]
+        body = re.sub(r"(?m)^    n\d+ = _dims\[\d+\]$", "", body)  # (its sizes, read)
+        numbers = {
+            t.string
+            for t in tokenize.generate_tokens(io.StringIO(body).readline)
+            if t.type == tokenize.NUMBER and t.string.isdigit()
+        }
+        assert numbers <= {"0", "1"}, numbers

@@ -326,7 +326,7 @@ class ProgramSource(LoopSource):
         return carries
 
 
-def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
+def lift_sizes(body: list[str], innermost: bool = True) -> tuple[list[str], list[int]]:
     """`body` (a kernel's indented lines) with every integer literal other than 0 and 1 -- the
     sizes, offsets, trip counts and loop lengths, the numbers a new sequence length T changes
     -- read from the kernel's `dims` argument instead (`n<k>`, k in order of appearance), and
@@ -337,8 +337,9 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
     a size 1: T = 1) generates another text, and gets a kernel of its own. 0 and 1 stay
     (indices, strides and trip counts of 1 that LLVM folds away) but as a workspace view's
     start (ProgramSource.reserve reuses a freed slice by size: at one T that is the one at 0,
-    at another T another)."""
-    kept = innermost_nested(body)
+    at another T another). `innermost`: innermost nested loops' counts stay literal (see
+    innermost_nested; step loops lift them too: step_loop.translate)."""
+    kept = innermost_nested(body) if innermost else set()
     text = "\n".join(body) + "\n"
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     spots = [
@@ -362,6 +363,25 @@ def lift_sizes(body: list[str]) -> tuple[list[str], list[int]]:
             last, k = col + len(digits), k + 1
         lines[row] = "".join(parts) + line[last:]
     return lines, values
+
+
+def lift_function(head: list[str], body: list[str]) -> tuple[list[str], list[int]]:
+    """A kernel function -- `head` (its decorator and def lines, the def taking `_dims`),
+    `body` (its indented lines; a line may hold several) -- with lift_sizes' sizes, innermost
+    loops' counts too, read from `_dims` at entry (n<k> = _dims[k]), and those sizes: the
+    step loops' (step_loop.translate: one text for every B, half and H). Unsupported if the
+    body names a value n<k> itself."""
+    body = "\n".join(body).split("\n")
+    if any(re.search(r"\bn\d+\b", line) for line in body):
+        raise Unsupported("a value named like a size")
+    body, dims = lift_sizes(body, innermost=False)
+    return [*head, *(f"    n{k} = _dims[{k}]" for k in range(len(dims))), *body], dims
+
+
+def sizes_written_in(text: str, dims: Any) -> str:
+    """lift_function's `text` with its sizes `dims` written back in (to read, not to run)."""
+    text = re.sub(r"(?m)^    n\d+ = _dims\[\d+\]\n", "", text)
+    return re.sub(r"\bn(\d+)\b", lambda m: str(dims[int(m[1])]), text)
 
 
 _FOR = re.compile(r"^( *)for \w+ in range\(\d+\):$")

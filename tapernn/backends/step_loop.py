@@ -17,6 +17,7 @@ import numpy as np
 from . import step_fuse, step_pass
 from .background import failure
 from .numba_backend import Unsupported, _load
+from .program_source import lift_function, sizes_written_in
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
 # ones alone (NumPy's SIMD exp and tanh may differ from numba's libm in the last place; a step
@@ -67,17 +68,17 @@ def translate(
     keep: frozenset = frozenset(),
     shapes: tuple | None = None,
 ):
-    """(numba module source, names of the kernel's array parameters taken from `defaults`) for a
-    step program `source` (codegen's text: `def program(<positional>, *, <bound>):` then one
-    statement a line) and its bound values `defaults`; Unsupported if a statement is unknown.
-    `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the kernel's
-    last parameters are `_alias` and one row buffer `P<k>` each; when `_alias` (those xs lie in
-    the slab the loop writes) each step's rows are copied there before the step, as the Python
-    half loop does. `direct`: the concatenated gate values written straight into the ys row
-    (step_fuse.py; but not the parts `keep`: (ys position, column)); the third value returned is
-    then its call-time checks (else []). With `direct` and `shapes` (the program's per-step
-    parameter shapes, ys shapes) and not "nopass" in keep, runs of elementwise statements run
-    as one pass each (step_pass.py)."""
+    """(numba module source, names of the kernel's array parameters taken from `defaults`,
+    call-time checks, the int64 sizes the text reads from its `_dims` parameter: no size in the
+    text) for a step program `source` (codegen's text: `def program(<positional>, *, <bound>):`
+    then a statement a line) and its bound values `defaults`; Unsupported if a statement is
+    unknown. `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the
+    kernel's last parameters are `_alias` and a row buffer `P<k>` each; when `_alias` (those xs
+    lie in the slab the loop writes) each step's rows are copied there before the step, as the
+    Python half loop does. `direct`: the concatenated gate values written straight into the ys
+    row (step_fuse.py; not the parts `keep`: (ys position, column)), with call-time checks. With
+    `direct` and `shapes` (the program's per-step parameter shapes, ys shapes) and not "nopass"
+    in keep, runs of elementwise statements run as one pass each (step_pass.py)."""
     from numba.core.registry import CPUDispatcher
 
     from . import packed
@@ -94,22 +95,19 @@ def translate(
     carries = params[:n_carry]
     xs = params[n_carry : n_carry + n_xs]
     ys = params[len(params) - n_ys :]
-    imports, arrays, body, final = [], [], [], None
+    arrays, body, final = [], [], None
     drivers: set[str] = set()  # (the packed kernels' modules: one geometry)
-    modules: dict[str, str] = {}
+    modules: dict[str, tuple] = {}  # (the kernels called: name -> (module, function))
     inv = params[n_carry + n_xs : n_carry + n_xs + n_inv]
     kinds = {**dict.fromkeys(carries, "carry"), **dict.fromkeys(inv, "inv")}
     kinds.update({x: "late" if k in late else "xs" for k, x in enumerate(xs)})
     kinds.update(dict.fromkeys(ys, "ys"))
 
     def dispatcher(name: str) -> None:
-        disp = defaults[name]
-        module = disp.py_func.__module__
+        disp, module = defaults[name], defaults[name].py_func.__module__
         if not module.startswith("tapernn_"):
             raise Unsupported(f"{name}: a kernel outside the kernel cache")
-        if name not in modules:
-            modules[name] = module
-            imports.append(f"{name} = _callee({module!r}, {disp.py_func.__name__!r})")
+        modules.setdefault(name, (module, disp.py_func.__name__))
 
     def array(name: str) -> str:
         v = defaults.get(name)
@@ -201,10 +199,7 @@ def translate(
             ins = [a for a in ins if not a.startswith("out=")]
             if any("=" in a for a in ins):
                 raise Unsupported(f"{fn} keywords")
-            if tail:
-                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)}, {tail[0][4:]})")
-            else:
-                body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins)})")
+            body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins + [t[4:] for t in tail[:1]])})")
         else:
             raise Unsupported(f"call of {fn}")
     if final is None or len(final) != n_carry:
@@ -224,10 +219,16 @@ def translate(
             raise Unsupported(f"{name}: not C-contiguous")
     hoisted = params[n_carry + n_xs + n_inv : len(params) - n_ys]
     big_x, big_y = [f"X{k}" for k in range(n_xs)], [f"Y{j}" for j in range(n_ys)]
-    sig = carries + big_x + inv + big_y + hoisted + arrays + ["_alias"] + [f"P{k}" for k in late]
+    sig = [*carries, *big_x, *inv, *big_y, *hoisted, *arrays, "_dims", "_alias"]
+    sig += [f"P{k}" for k in late]
     if len(drivers) > 1:
         raise Unsupported("packed kernels of two instruction sets")
     driver = drivers.pop() if drivers else packed._kernel_module().__name__
+    imports = [  # (the kernels still called: step_pass's runs call none)
+        f"{n} = _callee({m!r}, {f!r})"
+        for n, (m, f) in modules.items()
+        if any(re.search(rf"\b{n}\b", b) for b in body)
+    ]
     lines = [
         "import sys",
         "import numpy as np",
@@ -245,8 +246,12 @@ def translate(
         *funcs,
         "",
         "",
+    ]
+    head = [
         "@njit(cache=True, nogil=True, error_model='numpy')",
         f"def kernel(length, reverse, lo, hi, {', '.join(sig)}):",
+    ]
+    loop = [
         "    for _s in range(length):",
         "        _t = length - 1 - _s if reverse else _s",
         # (the whole batch's xs and ys: a C array's [t, lo:hi] is a C array to numba, so every
@@ -261,6 +266,7 @@ def translate(
         f"        {', '.join(carries)}, = {', '.join(final)},",
         f"    return ({''.join(c + ', ' for c in carries)})",
     ]
+    kernel, dims = lift_function(head, loop)  # (its sizes read from `_dims`: step_pass's too)
     where = {
         **{c: ("carry", k) for k, c in enumerate(carries)},
         **{x: ("xs", k) for k, x in enumerate(xs)},
@@ -274,7 +280,7 @@ def translate(
         (-1 - ys.index(dst), [(o, n, [(*where[r], c) for r, c in names]) for o, n, names in window])
         for dst, window in pass_checks
     ]
-    return "\n".join(lines) + "\n", arrays, checks
+    return "\n".join(lines + kernel) + "\n", arrays, checks, np.array(dims, np.int64)
 
 
 CALLS = [0]  # half loops run as one numba call so far (tests)
@@ -295,7 +301,12 @@ class StepLoop:
         self.kernel: Any = None
         self.error = ""
         self.checks: list = []  # (step_fuse: memory that must not overlap the ys rows written)
-        self.passes = source.count("\ndef _pass")  # (step_pass's runs)
+        self.passes = len(re.findall(r"\ndef _pass\d+\(", source))  # (step_pass's runs)
+
+    @property
+    def concrete(self) -> str:
+        """The kernel's text with its sizes (`_dims`: the last of `arrays`) written in."""
+        return sizes_written_in(self.source, self.arrays[-1])
 
     def args(self, args: tuple) -> tuple:
         """The kernel's arguments for `args` = (lo, hi, the half's carries, the whole batch's
@@ -471,14 +482,14 @@ def for_halves(
             [tuple(o.shape) for o in c.graph.outputs[nc:]],
         )
         try:
-            source, names, checks = translate(
+            source, names, checks, dims = translate(
                 c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late), direct, keep, shapes
             )
         except Unsupported as e:
             return str(e)
         except Exception as e:  # noqa: BLE001 -- a program the translator misreads: Python
             return f"{type(e).__name__}: {e}"
-        arrays = [defaults[n] for n in names]
+        arrays = [*(defaults[n] for n in names), dims]  # (`_dims`: translate's sig)
         loop = StepLoop(source, arrays, attrs["length"], attrs["reverse"], tuple(late.values()))
         loop.checks = checks
         out.append(loop)

@@ -14,7 +14,9 @@ Sound when no memory the run writes is read by the run at another place: checked
 step's own values (one root buffer, other columns: the run ends before that op), and at call
 time for the memory the translator cannot see (`checks`: a carry, xs or invariant the pass
 reads against the ys rows it writes: step_fuse.overlaps, whole rows). The step kernel keeps the
-original statements as a branch for operands whose rows are not contiguous."""
+pass's twin (`_pass<k>s`: the same scalar lines over rows of any stride) as a branch for
+operands whose rows are not contiguous: no kernel call left in the step loop's module to type
+and link again. A pass's column width is its argument `_w` (no size in the text)."""
 
 from __future__ import annotations
 
@@ -291,7 +293,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
                 t = re.sub(r"\bx(\d+)\[i1\]", lambda m, sub=sub: sub[int(m[1])], t)
                 code.append(re.sub(r"\bx(\d+)\[", lambda m, f=fixed: f"{f[int(m[1])]}[", t))
             loops.append(
-                [f"        for i1 in range({width}):"]
+                ["        for i1 in range(_w):"]
                 + [f"            {c}" for c in code]
                 + [f"            {store}r[i1] = {result}"]
             )
@@ -301,11 +303,15 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
         "",
         "",
         "@njit(cache=True, nogil=True, error_model='numpy')",
-        f"def _pass{r}({', '.join(names)}):",
+        f"def _pass{r}(_w, {', '.join(names)}):",
         f"    for i0 in range({first}.shape[0]):",
         *[f"        {p}r = c_row({p}, {i})" for p, i in rowsof.items() if i],
         *[line for loop in loops for line in loop],
     ]
+    # (its twin over rows of any stride, for operands whose rows are not contiguous: the same
+    # scalar lines in the same order, no kernel calls in the step loop's module to type again)
+    twin = [f"        {p}r = {p}[{i}]" for p, i in rowsof.items() if i]
+    fn += [*fn[:3], fn[3].replace("(_w,", "s(_w,"), fn[4], *twin, *fn[5 + len(twin) :]]
     exprs = list(args)
     roots = sorted(
         {re.split(r"\W", e)[0] for e in exprs if e.count("[:, ")} - set(defaults) - set(vals.vec)
@@ -314,13 +320,11 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     made = [  # (a two-operand ufunc's new array, as np.multiply(a, b) makes it)
         f"{o[0]} = np.empty(({o[6]}.shape[0], {o[4][2]}), {o[6]}.dtype)" for o in ops if o[6]
     ]
-    lines = [*made, f"if {cond}:", f"    _pass{r}({', '.join(exprs)})"]
+    call = f"({width}, {', '.join(exprs)})"
+    lines = [*made, f"if {cond}:", f"    _pass{r}{call}", "else:", f"    _pass{r}s{call}"]
     for j in run:
         n = notes[j]
-        lines.append(
-            "    " + (body[j] if n[0] == "index" else f"{n[0]} = {n[1]}" if n[0] else "pass")
-        )
-    lines += ["else:"] + ["    " + body[j] for j in run]
+        lines.append(body[j] if n[0] == "index" else f"{n[0]} = {n[1]}" if n[0] else "pass")
     # (each block the pass loads from a carry, xs or invariant against each ys block it
     # stores: the same memory is sound -- each element is touched in its own row, in the
     # step's order --, overlapping otherwise is not)
