@@ -110,6 +110,17 @@ class Optimizer:
         for p in self.params:
             p.grad[...] = 0
 
+    def _writeable(self) -> None:
+        """Every parameter's .data writeable, checked before a step changes any: a read-only
+        one (memory-mapped weights for inference) failed mid-step with NumPy's bare
+        ValueError, the parameters before it already stepped."""
+        for k, p in enumerate(self.params):
+            if not p.data.flags.writeable:
+                raise ArgumentError(
+                    f"optim.{type(self).__name__}.step: params[{k}] ({p.name!r}) has a read-only "
+                    f".data; an optimizer updates it in place (pass p.data.copy() to train it)"
+                )
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -132,6 +143,7 @@ class SGD(Optimizer):
         self.buffers = [np.zeros_like(p.data) for p in self.params]
 
     def step(self) -> None:
+        self._writeable()
         for p, buf in zip(self.params, self.buffers):
             if self.momentum:
                 buf *= self.momentum
@@ -171,6 +183,7 @@ class Adam(Optimizer):
         self.v = [np.zeros_like(p.data) for p in self.params]
 
     def step(self) -> None:
+        self._writeable()
         self.t += 1
         c1 = 1 - self.beta1**self.t
         c2 = 1 - self.beta2**self.t

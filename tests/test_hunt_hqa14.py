@@ -280,3 +280,26 @@ def test_join_table_names_its_bad_inputs():
     j = nn.JoinTable(-1)
     y = j.forward([x, 2 * x])
     np.testing.assert_array_equal(y, np.concatenate([x, 2 * x], axis=-1))
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.Adam(ps)])
+def test_a_step_refuses_a_read_only_data_before_changing_any(make):
+    """A read-only .data (allowed for inference) made step() fail with numpy's bare ValueError
+    halfway: the parameters listed before it were already stepped (lead, stop 36)."""
+    from tapernn.errors import ArgumentError
+
+    m = nn.Sequencer(nn.LSTM(3, 4))
+    x = np.ones((2, 2, 3))
+    m.backward(x, np.ones_like(m.forward(x)))
+    params = m.parameters()
+    opt = make(params)
+    before = [p.data.copy() for p in params]
+    params[-1].data = params[-1].data.copy()
+    params[-1].data.flags.writeable = False
+    with pytest.raises(ArgumentError, match=r"params\[\d+\].*read-only \.data"):
+        opt.step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)
+    params[-1].data = params[-1].data.copy()  # (writeable again: the step runs and changes all)
+    opt.step()
+    assert all(not np.array_equal(p.data, b) for p, b in zip(params, before))
