@@ -100,8 +100,10 @@ def test_vr_class_reward_bad_inputs():
         crit.forward([s, b], np.array([0, 3]))
     with pytest.raises(ShapeError, match="baseline"):
         crit.forward([s, np.zeros(3)], np.array([0, 1]))
-    with pytest.raises(ShapeError, match="integer class ids"):
-        crit.forward([s, b], np.array([0.0, 1.0]))
+    with pytest.raises(tn.DTypeError, match=r"integer class ids \(0-based\), got float64"):
+        crit.forward([s, b], np.array([0.0, 1.0]))  # (was ShapeError for a dtype problem)
+    with pytest.raises(ShapeError, match="must be 2 class ids"):
+        crit.forward([s, b], np.array([0, 1, 1]))
     with pytest.raises(ShapeError, match=r"\[scores, baseline\]"):
         crit.forward(s, np.array([0, 1]))
     with pytest.raises(tn.ArgumentTypeError, match="module"):
