@@ -190,6 +190,17 @@ def parameters(owner: Any, params: Any) -> list:
     return params
 
 
+def class_ids(owner: Any, name: str, t: np.ndarray) -> np.ndarray:
+    """`t` if it holds integer class ids; a float or bool array is a DTypeError (the criteria's
+    targets: ClassNLLCriterion, VRClassReward)."""
+    if t.dtype.kind not in "iu":
+        raise DTypeError(
+            f"{who(owner)}: {name} must be integer class ids (0-based), got {t.dtype}; "
+            f"pass {name}.astype(int)"
+        )
+    return t
+
+
 def weights(owner: Any, name: str, value: Any) -> np.ndarray | None:
     """None, or a 1-D array of numbers (per-class weights), as float64."""
     if value is None:

@@ -216,12 +216,7 @@ class ClassNLLCriterion(Criterion):
         self.ignore_index = check.integer(self, "ignore_index", ignore_index)
 
     def check_targets(self, input: Any, target: Any) -> None:
-        x, t = np.asarray(input), np.asarray(target)
-        if t.dtype.kind not in "iu":
-            raise DTypeError(
-                f"{self.describe()}: targets must be integer class ids (0-based), got "
-                f"{t.dtype}; pass target.astype(int)"
-            )
+        x, t = np.asarray(input), check.class_ids(self, "targets", np.asarray(target))
         n_class = x.shape[-1] if x.ndim else 0
         if self.weights is not None and len(self.weights) != n_class:
             raise ShapeError(

@@ -15,7 +15,7 @@ import numpy as np
 from .. import functional as F
 from .. import random as tn_random
 from .. import validation as check
-from ..errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
+from ..errors import ArgumentError, ShapeError, ValueRangeError
 from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion, MSECriterion, nonempty
@@ -134,11 +134,7 @@ class VRClassReward(Criterion):
             raise ShapeError(
                 f"{self.describe()}: baseline must be ({B},) or ({B}, 1), got {baseline.shape}"
             )
-        if t.dtype.kind not in "iu":  # (as ClassNLLCriterion's: a dtype problem is DTypeError)
-            raise DTypeError(
-                f"{self.describe()}: target must be integer class ids (0-based), got {t.dtype}; "
-                f"pass target.astype(int)"
-            )
+        check.class_ids(self, "target", t)
         if t.shape != (B,):
             raise ShapeError(f"{self.describe()}: target must be {B} class ids, got {t.shape}")
         if t.size and (t.min() < 0 or t.max() >= C):
