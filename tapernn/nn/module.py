@@ -392,6 +392,7 @@ class Module:
             for p in m._params.values():
                 p.retype(dtype)  # (a shared one converts once)
             pack_module(m)
+            _cast_state(m.__dict__, dtype)
         return self
 
     def float(self) -> Module:  # Torch7's module:float()
@@ -485,3 +486,14 @@ def _contains_var(obj: Any) -> bool:
 
 
 check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # validation.module/parameters
+
+
+def _cast_state(fields: dict, dtype: np.dtype) -> None:
+    """As Torch7's :float(), the state a module continues from (remembered or set_initial_state)
+    and pending set_grad_hidden_state gradients convert too (numba's packed GEMMs refused)."""
+    cast = lambda leaves: tuple(np.asarray(a).astype(dtype, copy=False) for a in leaves)
+    for name in ("_state", "_user_initial"):
+        if fields.get(name) is not None:
+            fields[name] = cast(fields[name])
+    if fields.get("_extra_state_grads"):
+        fields["_extra_state_grads"] = {t: cast(g) for t, g in fields["_extra_state_grads"].items()}
