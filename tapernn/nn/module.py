@@ -490,10 +490,8 @@ check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # validation.module
 
 def _cast_state(fields: dict, dtype: np.dtype) -> None:
     """As Torch7's :float(), the state a module continues from (remembered or set_initial_state)
-    and pending set_grad_hidden_state gradients convert too (numba's packed GEMMs refused)."""
-    cast = lambda leaves: tuple(np.asarray(a).astype(dtype, copy=False) for a in leaves)
+    converts too: kept, it made numba's packed step GEMMs refuse the call and NumPy's first step
+    mixed precision. (Pending set_grad_hidden_state gradients are cast where they are used.)"""
     for name in ("_state", "_user_initial"):
         if fields.get(name) is not None:
-            fields[name] = cast(fields[name])
-    if fields.get("_extra_state_grads"):
-        fields["_extra_state_grads"] = {t: cast(g) for t, g in fields["_extra_state_grads"].items()}
+            fields[name] = tuple(np.asarray(a).astype(dtype, copy=False) for a in fields[name])
