@@ -392,6 +392,7 @@ class Module:
             for p in m._params.values():
                 p.retype(dtype)  # (a shared one converts once)
             pack_module(m)
+            _cast_state(m.__dict__, dtype)
         return self
 
     def float(self) -> Module:  # Torch7's module:float()
@@ -485,3 +486,12 @@ def _contains_var(obj: Any) -> bool:
 
 
 check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # validation.module/parameters
+
+
+def _cast_state(fields: dict, dtype: np.dtype) -> None:
+    """As Torch7's :float(), the state a module continues from (remembered or set_initial_state)
+    converts too: kept, it made numba's packed step GEMMs refuse the call and NumPy's first step
+    mixed precision. (Pending set_grad_hidden_state gradients are cast where they are used.)"""
+    for name in ("_state", "_user_initial"):
+        if fields.get(name) is not None:
+            fields[name] = tuple(np.asarray(a).astype(dtype, copy=False) for a in fields[name])
