@@ -36,6 +36,9 @@ from .own_threads import executor, owning, worker_ident
 # f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
 # float64, not measured (it keeps the batch halves it had); tests set it to 0
 MIN_BYTES = 12 << 20
+# a weight packed in two halves of its panels at once (`pack`) from this many bytes: the
+# (512, 2048) f32 weights (4 MiB) of (32, 50, 512), measured in BENCHMARKS.md "h512b"
+PACK_MIN_BYTES = 2 << 20
 SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 
@@ -78,12 +81,12 @@ def _panels_of(kernel: Any) -> Any:
 
 def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
     """packed.pack_panels(w, out, nr); in an owned call on the caller's thread, a weight of
-    >= MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
+    >= PACK_MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
     copy, the same values)."""
     nr = nr or packed.panel_width(w.dtype)
     if (
         w.ndim != 2
-        or w.nbytes < MIN_BYTES
+        or w.nbytes < PACK_MIN_BYTES
         or w.shape[1] <= nr
         or not owning()
         or threading.get_ident() in worker_ident

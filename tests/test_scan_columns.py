@@ -26,6 +26,7 @@ H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 
 def numba_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
+    monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", 0)  # every weight packed in two halves
     before = tn.get_backend()
     tn.set_backend("numba")
     yield
@@ -193,6 +194,31 @@ def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
         own_threads.run(lambda _, w=w, out=out: scan_columns.pack(w, out, 32), None)
         np.testing.assert_array_equal(out, packed.pack_panels(w, None, 32))
     assert splits[0] == 4
+
+
+@pytest.mark.parametrize("pack_min", [0, 1 << 62])
+def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, rng, monkeypatch):
+    """Below the column split's MIN_BYTES (the loop splits its batch rows) a weight of >=
+    PACK_MIN_BYTES is still packed in two halves in owned calls: the same steps bit for bit
+    as with the pack on the caller alone (a copy), and as the unowned model."""
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 1 << 62)
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    calls = [0]
+    real = scan_columns.packed.pack_panels
+
+    def counting(w, out=None, nr=None):
+        calls[0] += 1
+        return real(w, out, nr)
+
+    monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    a, b = model("on", "on"), model("off", "off")
+    monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", pack_min)
+    for _ in range(2):
+        before = calls[0]
+        exact(train(a, x, g), train(b, x, g))
+    # owned a: two loops (batch halves), each weight packed in two halves or whole; b: whole
+    assert calls[0] - before == (2 * 2 if pack_min == 0 else 2) + 2
+    assert notes(a) and not any("split by output columns" in n for n in notes(a))
 
 
 def test_the_model_packs_through_the_split(rng, monkeypatch):
