@@ -36,9 +36,10 @@ from .own_threads import executor, owning, worker_ident
 # f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
 # float64, not measured (it keeps the batch halves it had); tests set it to 0
 MIN_BYTES = 12 << 20
-# a weight packed in two halves of its panels at once (`pack`) from this many bytes: the
-# (512, 2048) f32 weights (4 MiB) of (32, 50, 512), measured in BENCHMARKS.md "h512b"
-PACK_MIN_BYTES = 2 << 20
+# a weight packed in two halves of its panels at once (`pack`) from this many bytes: as the
+# column split's; the 4 MiB weights of (32, 50, 512) f32 packed slower in two halves in a step
+# at load 12 (2.05 -> 3.5 ms a step: the worker's wake-up), BENCHMARKS.md "h512b"
+PACK_MIN_BYTES = 12 << 20
 SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 

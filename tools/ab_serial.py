@@ -1,12 +1,13 @@
-"""A/B of branch h512b's serial cuts (issue 19) in one process, interleaved with rests: the same
-FastLSTM training step (numba, owned) with the caller's serial memory passes as before ("old":
-the loop weights packed on the caller alone below scan_columns.MIN_BYTES, the lent panels
-zeroed and the tap's copies made on the caller alone, a lent .grad's zero check one whole pass)
-or as this branch does them ("new": scan_columns.PACK_MIN_BYTES, own_threads.in_two,
-nn/packing._zeros' head first), next to torch nn.LSTM f32. Each arm its own
+"""A/B of branch h512b's serial cuts (issue 19) in one process, interleaved with rests (the arms'
+order reversed every other round): the same FastLSTM training step (numba, owned) with the
+caller's serial memory passes as on main ("old": loop weights packed on the caller alone below
+12 MiB, the lent panels zeroed and the tap's copies made on the caller alone, a lent .grad's
+zero check one whole pass), each cut alone ("pack": packed in two panel halves from 2 MiB;
+"two": own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at the head first -- the
+only one on by default), or all three ("new"), next to torch nn.LSTM f32. Each arm its own
 model (same seed): their gradients must be bit-equal (the cuts move copies and zero-fills
-between threads, never a computed value). Prints per arm: step wall, process CPU, the
-caller thread's CPU (medians, minima), the ratio to torch.
+between threads, never a computed value). Prints per arm: step wall, process CPU, the caller
+thread's CPU (medians, minima), the ratio to torch, and the wall of each serial item a step.
 
 Run: PYTHONPATH=$PWD python tools/ab_serial.py --configs 32,50,512 --reps 15
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +25,39 @@ from ab_common import config_arms, interleaved, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tapernn import own_threads, scan_columns
-from tapernn.nn import packing
+from tapernn import own_threads, scan_columns, scan_pack, scan_split
+from tapernn.nn import packing, state_grads, steady_source
 
-NEW = (scan_columns.PACK_MIN_BYTES, own_threads.TWO_MIN_BYTES, packing.HEAD)
-OLD = (scan_columns.MIN_BYTES, 1 << 62, 0)
+NEW = (2 << 20, 2 << 20, packing.HEAD)  # (the cuts on: pack halves and in_two from 2 MiB)
+OLD = (scan_columns.MIN_BYTES, 1 << 62, 0)  # (main before h512b)
 # each arm: which of the three cuts it takes (pack halves, in_two, the zero check's head)
 ARMS = {"old": (0, 0, 0), "new": (1, 1, 1), "pack": (1, 0, 0), "two": (0, 1, 0), "head": (0, 0, 1)}
 
 
+MODE = ["old"]
+ITEMS: dict = {}  # (arm, item) -> wall seconds in all; the caller's serial items
+
+
+def timed(name: str, fn):
+    def call(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            key = (MODE[0], name)
+            ITEMS[key] = ITEMS.get(key, 0.0) + time.perf_counter() - t
+
+    return call
+
+
+scan_pack.pack = timed("pack (loop weights)", scan_pack.pack)
+scan_split.zero_fill = timed("zero-fill (lent panels)", scan_split.zero_fill)
+state_grads.tap_copies = steady_source.tap_copies = timed("tap_copies", state_grads.tap_copies)
+packing._zeros = timed("zero check (lent .grad)", packing._zeros)
+
+
 def settings(mode: str) -> None:
+    MODE[0] = mode
     (
         scan_columns.PACK_MIN_BYTES,
         own_threads.TWO_MIN_BYTES,
@@ -58,6 +83,7 @@ def main():
         for f in arms.values():
             for _ in range(3):
                 f()
+        ITEMS.clear()
         two = own_threads.TWO_CALLS[0]
         res = {k: ([], [], []) for k in arms}
         for r in range(args.reps):  # (the arms' order reversed every other round)
@@ -83,6 +109,11 @@ def main():
                 f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
                 f" (min {min(thread) * 1e3:8.2f})  x torch {np.median(wall) / torch:.3f}"
             )
+        steps = args.reps * args.batch
+        for item in sorted({i for _, i in ITEMS}):
+            each = "  ".join(f"{m} {ITEMS.get((m, item), 0) / steps * 1e3:.3f}" for m in args.arms)
+            print(f"  {item}, ms a step: {each}")
+        ITEMS.clear()
         for m in args.arms[1:]:
             per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
             print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")
