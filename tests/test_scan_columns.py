@@ -196,13 +196,8 @@ def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
     assert splits[0] == 4
 
 
-@pytest.mark.parametrize("pack_min", [0, 1 << 62])
-def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, rng, monkeypatch):
-    """Below the column split's MIN_BYTES (the loop splits its batch rows) a weight of >=
-    PACK_MIN_BYTES is still packed in two halves in owned calls: the same steps bit for bit
-    as with the pack on the caller alone (a copy), and as the unowned model."""
-    monkeypatch.setattr(scan_columns, "MIN_BYTES", 1 << 62)
-    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+def counted_packs(monkeypatch):
+    """[the calls of packed.pack_panels from here on]."""
     calls = [0]
     real = scan_columns.packed.pack_panels
 
@@ -211,6 +206,17 @@ def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, r
         return real(w, out, nr)
 
     monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    return calls
+
+
+@pytest.mark.parametrize("pack_min", [0, 1 << 62])
+def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, rng, monkeypatch):
+    """Below the column split's MIN_BYTES (the loop splits its batch rows) a weight of >=
+    PACK_MIN_BYTES is still packed in two halves in owned calls: the same steps bit for bit
+    as with the pack on the caller alone (a copy), and as the unowned model."""
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 1 << 62)
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    calls = counted_packs(monkeypatch)
     a, b = model("on", "on"), model("off", "off")
     monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", pack_min)
     for _ in range(2):
@@ -224,14 +230,7 @@ def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, r
 def test_the_model_packs_through_the_split(rng, monkeypatch):
     x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
     a, b = model("on", "on"), model("off", "off")
-    calls = [0]
-    real = scan_columns.packed.pack_panels
-
-    def counting(w, out=None, nr=None):
-        calls[0] += 1
-        return real(w, out, nr)
-
-    monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    calls = counted_packs(monkeypatch)
     exact(train(a, x, g), train(b, x, g))
     before = calls[0]
     exact(train(a, x, g), train(b, x, g))
