@@ -23,6 +23,7 @@ MIN_BYTES together; per call (`run`): an owned call on the caller's thread, >= 2
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -120,11 +121,37 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
     ):
         return packed.run_kernel(kernel, a, panels, out)
     panels_of = _panels_of(kernel)
-    h = npan // 2
-    future = executor().submit(panels_of, a, panels, out, h, npan)
+    key = (a.shape, npan, a.dtype.char)
+    h = min(max(_SPLIT.get(key, npan // 2), 1), npan - 1) if BALANCE[0] else npan // 2
+    ended = [0.0]
+    start = _now()
+    future = executor().submit(_half, panels_of, a, panels, out, h, npan, ended)
     try:
         panels_of(a, panels, out, 0, h)
+        mine = _now()
     finally:
         future.result()
+    if BALANCE[0]:  # (the caller's share by one panel toward both halves ending together)
+        per_panel = (mine - start) / h
+        if ended[0] - mine > per_panel and h < npan - 1:
+            h += 1
+        elif mine - ended[0] > per_panel and h > 1:
+            h -= 1
+        _SPLIT[key] = h
     SPLIT_GEMMS[0] += 1
     return out
+
+
+# (the caller's panels of a split step GEMM, per (a's shape, panels, dtype): moved by one panel
+# a call toward the two halves ending at once -- a slower vCPU or a late wake-up of the worker
+# gets fewer panels; every panel is computed by the same code whichever thread runs it, so
+# the split point changes no bit; BENCHMARKS.md "h512b")
+BALANCE = [True]
+_SPLIT: dict[tuple, int] = {}
+_now = time.perf_counter
+
+
+def _half(panels_of: Any, a, panels, out, first: int, last: int, ended: list) -> None:
+    """The worker's panels [first, last), and when they ended (`ended[0]`)."""
+    panels_of(a, panels, out, first, last)
+    ended[0] = _now()

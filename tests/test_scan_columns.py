@@ -5,6 +5,8 @@ the same code) = the NumPy equations (float64, 1e-12), values and every gradient
 and panel counts; the rule in the compile report (on at the threshold, off one byte above it,
 off for feature-major and unpacked loops); float32 bit for bit."""
 
+import threading
+
 import numpy as np
 import pytest
 from cell_reference import fastlstm_step
@@ -236,3 +238,64 @@ def test_the_model_packs_through_the_split(rng, monkeypatch):
     exact(train(a, x, g), train(b, x, g))
     # owned a: two loops, two halves each; unowned b: one pack per loop
     assert calls[0] - before == 2 * 2 + 2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
+    dtype, rng, monkeypatch
+):
+    """scan_columns.run's split point (the caller's panels [0, h)): every h the bits of the
+    serial driver (each panel the same code); it moves by one panel a call toward the half
+    that ends first -- more panels to the caller when the worker's half ends later, fewer
+    when the caller's does -- and stays at npan // 2 with BALANCE off."""
+    from tapernn.backends import packed
+
+    key = ((np.dtype(dtype).str,),)
+    packed.handle().prepare(key)
+    kernel = packed.handle().kernel
+    a = rng.standard_normal((7, 50)).astype(dtype)
+    panels = packed.pack_panels(rng.standard_normal((50, 903)).astype(dtype))
+    npan = panels.shape[0]  # (15 to 113 panels: either geometry, either dtype)
+    want = np.full((7, 903), np.nan, dtype)
+    packed.run_kernel(kernel, a, panels, want)
+    at = (a.shape, npan, a.dtype.char)
+
+    def call():
+        out = np.full_like(want, np.nan)
+        own_threads.run(lambda _: scan_columns.run(kernel, a, panels, out), None)
+        np.testing.assert_array_equal(out, want)
+
+    for h in range(1, npan):
+        monkeypatch.setitem(scan_columns._SPLIT, at, h)
+        call()
+    real_of = scan_columns._panels_of
+    slow = [None]
+
+    def slowed(kernel):
+        real = real_of(kernel)
+
+        def panels_of(a_, p, o, first, last):
+            if (first > 0) == (slow[0] == "worker"):
+                threading.Event().wait(0.02)  # (far above a panel's time)
+            return real(a_, p, o, first, last)
+
+        return panels_of
+
+    monkeypatch.setattr(scan_columns, "_panels_of", slowed)
+    monkeypatch.setitem(scan_columns._SPLIT, at, npan // 2)
+    expect = npan // 2
+    for who, step in (("worker", 1), ("caller", -1), ("caller", -1)):
+        slow[0] = who
+        for _ in range(3):
+            call()
+            expect += step
+            assert scan_columns._SPLIT[at] == expect, who
+    monkeypatch.setattr(scan_columns, "BALANCE", [False])
+    seen = []
+    monkeypatch.setattr(
+        scan_columns,
+        "_half",
+        lambda f, a_, p, o, first, last, e: seen.append(first) or f(a_, p, o, first, last),
+    )
+    call()
+    assert seen == [npan // 2]
