@@ -122,7 +122,8 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         return packed.run_kernel(kernel, a, panels, out)
     panels_of = _panels_of(kernel)
     key = (a.shape, npan, a.dtype.char)
-    h = min(max(_SPLIT.get(key, npan // 2), 1), npan - 1) if BALANCE[0] else npan // 2
+    h, lag = _SPLIT.get(key, (npan // 2, 0.0)) if BALANCE[0] else (npan // 2, 0.0)
+    h = min(max(h, 1), npan - 1)
     ended = [0.0]
     start = _now()
     future = executor().submit(_half, panels_of, a, panels, out, h, npan, ended)
@@ -131,13 +132,15 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         mine = _now()
     finally:
         future.result()
-    if BALANCE[0]:  # (the caller's share by one panel toward both halves ending together)
-        per_panel = (mine - start) / h
-        if ended[0] - mine > per_panel and h < npan - 1:
-            h += 1
-        elif mine - ended[0] > per_panel and h > 1:
-            h -= 1
-        _SPLIT[key] = h
+    if BALANCE[0]:  # (the caller's share by one panel toward both halves ending together,
+        # once the worker's lag -- its end after the caller's, in the caller's panels' time,
+        # averaged over the calls -- exceeds one panel either way)
+        lag = 0.75 * lag + 0.25 * (ended[0] - mine) * h / max(mine - start, 1e-9)
+        if lag > 1 and h < npan - 1:
+            h, lag = h + 1, 0.0
+        elif lag < -1 and h > 1:
+            h, lag = h - 1, 0.0
+        _SPLIT[key] = (h, lag)
     SPLIT_GEMMS[0] += 1
     return out
 
@@ -147,7 +150,7 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
 # gets fewer panels; every panel is computed by the same code whichever thread runs it, so
 # the split point changes no bit; BENCHMARKS.md "h512b")
 BALANCE = [True]
-_SPLIT: dict[tuple, int] = {}
+_SPLIT: dict[tuple, tuple[int, float]] = {}  # (h, the worker's averaged lag in panels)
 _now = time.perf_counter
 
 

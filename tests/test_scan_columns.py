@@ -245,7 +245,7 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     dtype, rng, monkeypatch
 ):
     """scan_columns.run's split point (the caller's panels [0, h)): every h the bits of the
-    serial driver (each panel the same code); it moves by one panel a call toward the half
+    serial driver (each panel the same code); it moves by one panel toward the half
     that ends first -- more panels to the caller when the worker's half ends later, fewer
     when the caller's does -- and stays at npan // 2 with BALANCE off."""
     from tapernn.backends import packed
@@ -266,7 +266,7 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
         np.testing.assert_array_equal(out, want)
 
     for h in range(1, npan):
-        monkeypatch.setitem(scan_columns._SPLIT, at, h)
+        monkeypatch.setitem(scan_columns._SPLIT, at, (h, 0.0))
         call()
     real_of = scan_columns._panels_of
     slow = [None]
@@ -282,14 +282,14 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
         return panels_of
 
     monkeypatch.setattr(scan_columns, "_panels_of", slowed)
-    monkeypatch.setitem(scan_columns._SPLIT, at, npan // 2)
+    monkeypatch.setitem(scan_columns._SPLIT, at, (npan // 2, 0.0))
     expect = npan // 2
     for who, step in (("worker", 1), ("caller", -1), ("caller", -1)):
         slow[0] = who
         for _ in range(3):
             call()
             expect += step
-            assert scan_columns._SPLIT[at] == expect, who
+            assert scan_columns._SPLIT[at][0] == expect, who
     monkeypatch.setattr(scan_columns, "BALANCE", [False])
     seen = []
     monkeypatch.setattr(
