@@ -148,8 +148,10 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
 # (the caller's panels of a split step GEMM, per (a's shape, panels, dtype): moved by one panel
 # a call toward the two halves ending at once -- a slower vCPU or a late wake-up of the worker
 # gets fewer panels; every panel is computed by the same code whichever thread runs it, so
-# the split point changes no bit; BENCHMARKS.md "h512b")
-BALANCE = [True]
+# the split point changes no bit): off -- no gain measured at (64, 100, 1024) f32 at load
+# 13-16 (0.976-0.981x per round, the points stayed within 1-5 panels of the middle),
+# BENCHMARKS.md "h512b"; tools/ab_serial.py --arms old balance to measure it quiet
+BALANCE = [False]
 _SPLIT: dict[tuple, tuple[int, float]] = {}  # (h, the worker's averaged lag in panels)
 _now = time.perf_counter
 

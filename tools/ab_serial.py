@@ -1,13 +1,14 @@
 """A/B of branch h512b's serial cuts (issue 19) in one process, interleaved with rests (the arms'
-order reversed every other round): the same FastLSTM training step (numba, owned) with the
-caller's serial memory passes as on main ("old": loop weights packed on the caller alone below
-12 MiB, the lent panels zeroed and the tap's copies made on the caller alone, a lent .grad's
-zero check one whole pass), each cut alone ("pack": packed in two panel halves from 2 MiB;
-"two": own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at the head first -- the
-only one on by default), or all three ("new"), next to torch nn.LSTM f32. Each arm its own
-model (same seed): their gradients must be bit-equal (the cuts move copies and zero-fills
-between threads, never a computed value). Prints per arm: step wall, process CPU, the caller
-thread's CPU (medians, minima), the ratio to torch, and the wall of each serial item a step.
+order reversed every other round): the same FastLSTM training step (numba, owned) as on main
+("old": loop weights packed on the caller alone below 12 MiB, the lent panels zeroed and the
+tap's copies made on the caller alone, a lent .grad's zero check one whole pass, the column
+split at its middle), each cut alone ("pack": packed in two panel halves from 2 MiB; "two":
+own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at the head first -- the only
+one on by default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next
+to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same
+seed): their gradients must be bit-equal (the cuts move copies, zero-fills and panels between
+threads, never a computed value). Prints per arm: step wall, process CPU, the caller thread's
+CPU (medians, minima), the ratio, and the wall of each serial item a step.
 
 Run: PYTHONPATH=$PWD python tools/ab_serial.py --configs 32,50,512 --reps 15
 """
@@ -28,10 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tapernn import own_threads, scan_columns, scan_pack, scan_split
 from tapernn.nn import packing, state_grads, steady_source
 
-NEW = (2 << 20, 2 << 20, packing.HEAD)  # (the cuts on: pack halves and in_two from 2 MiB)
-OLD = (scan_columns.MIN_BYTES, 1 << 62, 0)  # (main before h512b)
-# each arm: which of the three cuts it takes (pack halves, in_two, the zero check's head)
-ARMS = {"old": (0, 0, 0), "new": (1, 1, 1), "pack": (1, 0, 0), "two": (0, 1, 0), "head": (0, 0, 1)}
+NEW = (2 << 20, 2 << 20, packing.HEAD, [True])  # (the cuts on: halves and in_two from 2 MiB)
+OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, [False])  # (main before h512b)
+# each arm: which cuts it takes (pack halves, in_two, the zero check's head, the column split's
+# balance: scan_columns.BALANCE, at (64, 100, 1024))
+ARMS = {
+    "old": (0, 0, 0, 0),
+    "new": (1, 1, 1, 1),
+    "pack": (1, 0, 0, 0),
+    "two": (0, 1, 0, 0),
+    "head": (0, 0, 1, 0),
+    "balance": (0, 0, 0, 1),
+}
 
 
 MODE = ["old"]
@@ -62,6 +71,7 @@ def settings(mode: str) -> None:
         scan_columns.PACK_MIN_BYTES,
         own_threads.TWO_MIN_BYTES,
         packing.HEAD,
+        scan_columns.BALANCE,
     ) = (n if on else o for n, o, on in zip(NEW, OLD, ARMS[mode]))
 
 
@@ -76,10 +86,11 @@ def main():
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--arms", nargs="+", default=["old", "new"], choices=list(ARMS))
+    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
     args = ap.parse_args()
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
-        _, arms, models = config_arms(text, args.dtype, args.arms, make)
+        _, arms, models = config_arms(text, args.dtype, args.arms, make, not args.no_torch)
         for f in arms.values():
             for _ in range(3):
                 f()
@@ -98,7 +109,8 @@ def main():
             for m in args.arms[1:]
             for p, q in zip(first, models[m].parameters())
         )
-        torch = np.median(res["torch"][0])
+        base = "torch" if "torch" in res else args.arms[0]
+        torch = np.median(res[base][0])
         print(
             f"({text}) {args.dtype}, {args.reps} rounds x {args.batch} steps, gradients"
             f" bit-equal: {same}, in_two calls {own_threads.TWO_CALLS[0] - two}"
@@ -107,7 +119,7 @@ def main():
             print(
                 f"  {k:6s} wall {np.median(wall) * 1e3:8.2f} ms (min {min(wall) * 1e3:8.2f})"
                 f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
-                f" (min {min(thread) * 1e3:8.2f})  x torch {np.median(wall) / torch:.3f}"
+                f" (min {min(thread) * 1e3:8.2f})  x {base} {np.median(wall) / torch:.3f}"
             )
         steps = args.reps * args.batch
         for item in sorted({i for _, i in ITEMS}):
