@@ -247,9 +247,10 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     """scan_columns.run's split point (the caller's panels [0, h)): every h the bits of the
     serial driver (each panel the same code); it moves by one panel toward the half
     that ends first -- more panels to the caller when the worker's half ends later, fewer
-    when the caller's does -- and stays at npan // 2 with BALANCE off."""
+    when the caller's does -- and stays at npan // 2 with BALANCE off (the default)."""
     from tapernn.backends import packed
 
+    monkeypatch.setattr(scan_columns, "BALANCE", [True])  # (off by default: not measured a gain)
     key = ((np.dtype(dtype).str,),)
     packed.handle().prepare(key)
     kernel = packed.handle().kernel
