@@ -269,20 +269,25 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     for h in range(1, npan):
         monkeypatch.setitem(scan_columns._SPLIT, at, (h, 0.0))
         call()
+    # a clock of the test's own (not the machine's: its load moves the wake-ups): each half
+    # ends one unit per panel after the call's start, plus 100 on the slowed side
     real_of = scan_columns._panels_of
     slow = [None]
+    ends: dict = {}
 
     def slowed(kernel):
         real = real_of(kernel)
 
         def panels_of(a_, p, o, first, last):
-            if (first > 0) == (slow[0] == "worker"):
-                threading.Event().wait(0.02)  # (far above a panel's time)
-            return real(a_, p, o, first, last)
+            real(a_, p, o, first, last)
+            side = "worker" if first > 0 else "caller"
+            penalty = 100.0 if side == slow[0] else 0.0
+            ends[threading.get_ident()] = last - first + penalty
 
         return panels_of
 
     monkeypatch.setattr(scan_columns, "_panels_of", slowed)
+    monkeypatch.setattr(scan_columns, "_now", lambda: ends.pop(threading.get_ident(), 0.0))
     monkeypatch.setitem(scan_columns._SPLIT, at, (npan // 2, 0.0))
     expect = npan // 2
     for who, step in (("worker", 1), ("caller", -1), ("caller", -1)):
@@ -291,6 +296,11 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
             call()
             expect += step
             assert scan_columns._SPLIT[at][0] == expect, who
+    slow[0] = None  # (both alike: from 2 panels on the caller to the middle, and it stays)
+    monkeypatch.setitem(scan_columns._SPLIT, at, (2, 0.0))
+    for _ in range(8 * npan):
+        call()
+    assert abs(scan_columns._SPLIT[at][0] - npan / 2) <= 1.5
     monkeypatch.setattr(scan_columns, "BALANCE", [False])
     seen = []
     monkeypatch.setattr(
