@@ -1,14 +1,15 @@
 """A/B of branch h512b's serial cuts (issue 19) in one process, interleaved with rests (the arms'
 order reversed every other round): the same FastLSTM training step (numba, owned) as on main
 ("old": loop weights packed on the caller alone below 12 MiB, the lent panels zeroed and the
-tap's copies made on the caller alone, a lent .grad's zero check one whole pass, the column
-split at its middle), each cut alone ("pack": packed in two panel halves from 2 MiB; "two":
-own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at the head first -- the only
-one on by default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next
-to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same
-seed): their gradients must be bit-equal (the cuts move copies, zero-fills and panels between
-threads, never a computed value). Prints per arm: step wall, process CPU, the caller thread's
-CPU (medians, minima), the ratio, and the wall of each serial item a step.
+tap's copies made on the caller alone, a lent .grad's zero check one whole pass, read again
+when lent, the column split at its middle), each cut alone ("pack": packed in two panel
+halves from 2 MiB; "two": own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at
+the head first and the backward does not read a .grad it has just seen zeroed again -- on by
+default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next to torch
+nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their
+gradients must be bit-equal (the cuts move copies, zero-fills and panels between threads,
+never a computed value). Prints per arm: step wall, process CPU, the caller thread's CPU
+(medians, minima), the ratio, and the wall of each serial item a step.
 
 Run: PYTHONPATH=$PWD python tools/ab_serial.py --configs 32,50,512 --reps 15
 """
@@ -29,17 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tapernn import own_threads, scan_columns, scan_pack, scan_split
 from tapernn.nn import packing, state_grads, steady_source
 
-NEW = (2 << 20, 2 << 20, packing.HEAD, [True])  # (the cuts on: halves and in_two from 2 MiB)
-OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, [False])  # (main before h512b)
+NEW = (2 << 20, 2 << 20, packing.HEAD, [True], packing._within)  # (halves, in_two from 2 MiB)
+OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, [False], lambda a, known: False)  # (main)
 # each arm: which cuts it takes (pack halves, in_two, the zero check's head, the column split's
-# balance: scan_columns.BALANCE, at (64, 100, 1024))
+# balance, the known zeros)
+# balance: scan_columns.BALANCE, at (64, 100, 1024); head: the zero check's head and the
+# backward's second read of a .grad skipped, packing._within -- this branch's default)
 ARMS = {
-    "old": (0, 0, 0, 0),
-    "new": (1, 1, 1, 1),
-    "pack": (1, 0, 0, 0),
-    "two": (0, 1, 0, 0),
-    "head": (0, 0, 1, 0),
-    "balance": (0, 0, 0, 1),
+    "old": (0, 0, 0, 0, 0),
+    "new": (1, 1, 1, 1, 1),
+    "pack": (1, 0, 0, 0, 0),
+    "two": (0, 1, 0, 0, 0),
+    "head": (0, 0, 1, 0, 1),
+    "balance": (0, 0, 0, 1, 0),
 }
 
 
@@ -72,6 +75,7 @@ def settings(mode: str) -> None:
         own_threads.TWO_MIN_BYTES,
         packing.HEAD,
         scan_columns.BALANCE,
+        packing._within,
     ) = (n if on else o for n, o, on in zip(NEW, OLD, ARMS[mode]))
 
 
