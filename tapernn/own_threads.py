@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -147,6 +148,62 @@ def _split(a, b, out, half):
         future.result()
     SPLIT_GEMMS[0] += 1
     return out
+
+
+# memory passes (zero-fills, copies) shared by the two threads from this many bytes in all
+# (`in_two`): off -- at (32, 50, 512) f32, load 12, the lent panels' zero-fill took 1.38 ms a
+# step on two threads against 0.75 on one, the tap's copies 1.71 against 1.66 (BENCHMARKS.md
+# "h512b"); a quiet machine is not measured: tools/ab_serial.py --arms old two
+TWO_MIN_BYTES = 1 << 62
+TWO_CALLS = [0]  # in_two calls that used the worker so far (tests: it ran)
+
+
+def in_two(jobs: list, owned: bool = True) -> None:
+    """Runs `jobs` ((no-argument callable, its bytes) each: passes over memory that write
+    apart); when they hold >= TWO_MIN_BYTES, on the caller's thread and the worker at once,
+    split by bytes -- inside an owned call (`owned`), or in any call on a machine and BLAS
+    policy that allow two threads (`allowed`: e.g. after a program, outside its owned call).
+    Which thread runs a job never changes what it writes."""
+    if (
+        sum(n for _, n in jobs) < TWO_MIN_BYTES
+        or not (_state.depth if owned else allowed())
+        or threading.get_ident() in worker_ident
+    ):
+        for fn, _ in jobs:
+            fn()
+        return
+    mine: list = []
+    theirs: list = []
+    loads = [0, 0]
+    for fn, n in sorted(jobs, key=lambda j: -j[1]):  # (largest first, to the lighter side)
+        side = 0 if loads[0] <= loads[1] else 1
+        (mine, theirs)[side].append(fn)
+        loads[side] += n
+    future = executor().submit(_each, theirs)
+    try:
+        _each(mine)
+    finally:
+        future.result()
+    TWO_CALLS[0] += 1
+
+
+def _each(fns: list) -> None:
+    for fn in fns:
+        fn()
+
+
+def zero_fill(arrays: list) -> None:
+    """a.fill(0) for each of `arrays`; inside an owned call (in_two) the C-contiguous ones in
+    two halves, on the two threads at once."""
+    jobs = []
+    for a in arrays:
+        if a.flags.c_contiguous and a.size > 1:
+            flat = a.reshape(-1)
+            for part in (flat[: flat.size // 2], flat[flat.size // 2 :]):
+                jobs.append((partial(part.fill, 0), part.nbytes))
+        else:
+            jobs.append((partial(a.fill, 0), a.nbytes))
+    in_two(jobs)
 
 
 def _mm(a, b, out):

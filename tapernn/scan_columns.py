@@ -23,6 +23,7 @@ MIN_BYTES together; per call (`run`): an owned call on the caller's thread, >= 2
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,10 @@ from .own_threads import executor, owning, worker_ident
 # f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
 # float64, not measured (it keeps the batch halves it had); tests set it to 0
 MIN_BYTES = 12 << 20
+# a weight packed in two halves of its panels at once (`pack`) from this many bytes: as the
+# column split's; the 4 MiB weights of (32, 50, 512) f32 packed slower in two halves in a step
+# at load 12 (2.05 -> 3.5 ms a step: the worker's wake-up), BENCHMARKS.md "h512b"
+PACK_MIN_BYTES = 12 << 20
 SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 
@@ -78,12 +83,12 @@ def _panels_of(kernel: Any) -> Any:
 
 def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
     """packed.pack_panels(w, out, nr); in an owned call on the caller's thread, a weight of
-    >= MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
+    >= PACK_MIN_BYTES packed in two halves of its panels at once (the caller and the worker: a
     copy, the same values)."""
     nr = nr or packed.panel_width(w.dtype)
     if (
         w.ndim != 2
-        or w.nbytes < MIN_BYTES
+        or w.nbytes < PACK_MIN_BYTES
         or w.shape[1] <= nr
         or not owning()
         or threading.get_ident() in worker_ident
@@ -116,11 +121,42 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
     ):
         return packed.run_kernel(kernel, a, panels, out)
     panels_of = _panels_of(kernel)
-    h = npan // 2
-    future = executor().submit(panels_of, a, panels, out, h, npan)
+    key = (a.shape, npan, a.dtype.char)
+    h, lag = _SPLIT.get(key, (npan // 2, 0.0)) if BALANCE[0] else (npan // 2, 0.0)
+    h = min(max(h, 1), npan - 1)
+    ended = [0.0]
+    start = _now()
+    future = executor().submit(_half, panels_of, a, panels, out, h, npan, ended)
     try:
         panels_of(a, panels, out, 0, h)
+        mine = _now()
     finally:
         future.result()
+    if BALANCE[0]:  # (the caller's share by one panel toward both halves ending together,
+        # once the worker's lag -- its end after the caller's, in the caller's panels' time,
+        # averaged over the calls -- exceeds one panel either way)
+        lag = 0.75 * lag + 0.25 * (ended[0] - mine) * h / max(mine - start, 1e-9)
+        if lag > 1 and h < npan - 1:
+            h, lag = h + 1, 0.0
+        elif lag < -1 and h > 1:
+            h, lag = h - 1, 0.0
+        _SPLIT[key] = (h, lag)
     SPLIT_GEMMS[0] += 1
     return out
+
+
+# (the caller's panels of a split step GEMM, per (a's shape, panels, dtype): moved by one panel
+# a call toward the two halves ending at once -- a slower vCPU or a late wake-up of the worker
+# gets fewer panels; every panel is computed by the same code whichever thread runs it, so
+# the split point changes no bit): off -- no gain measured at (64, 100, 1024) f32 at load
+# 13-16 (0.976-0.981x per round, the points stayed within 1-5 panels of the middle),
+# BENCHMARKS.md "h512b"; tools/ab_serial.py --arms old balance to measure it quiet
+BALANCE = [False]
+_SPLIT: dict[tuple, tuple[int, float]] = {}  # (h, the worker's averaged lag in panels)
+_now = time.perf_counter
+
+
+def _half(panels_of: Any, a, panels, out, first: int, last: int, ended: list) -> None:
+    """The worker's panels [first, last), and when they ended (`ended[0]`)."""
+    panels_of(a, panels, out, first, last)
+    ended[0] = _now()

@@ -31,7 +31,7 @@ from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
-from .own_threads import cpus, executor, owning, worker_ident  # noqa: F401 (cpus: tests)
+from .own_threads import cpus, executor, owning, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
@@ -366,10 +366,8 @@ class SplitRunner:
             first, second = self._halves(cs, xs, inv, ys, alias)
         finally:  # (panels made in a weight's zeroed .grad, pack_scratch.py: zeros again
             # once both halves have ended, as scan_run's runner does)
-            dest, slots = h["lent"]
-            for s in slots:
-                if dest[s] is not None:
-                    dest[s].fill(0)
+            dest, slots = h["lent"]  # (on both threads: own_threads.zero_fill)
+            zero_fill([dest[s] for s in slots if dest[s] is not None])
         for v, a, b in zip(h["carry_views"](slab), first, second):
             (lo0, hi0), (lo1, hi1) = self.rows
             v[lo0:hi0] = a

@@ -32,8 +32,8 @@ def spy_lend(monkeypatch) -> list:
     record = []
     real = Packing._lend
 
-    def spy(self, entries, args):
-        used = real(self, entries, args)
+    def spy(self, entries, args, known=()):
+        used = real(self, entries, args, known)
         record.append(used)
         return used
 

@@ -79,9 +79,11 @@ def test_pack_cols_equals_numpys_copy(dtype, k, n, rng, monkeypatch):
     calls.clear()  # a strided weight, or a non-C out: NumPy's copy
     wide = rng.standard_normal((k, 2 * n)).astype(dtype)[:, ::2]
     np.testing.assert_array_equal(packed.pack_panels(wide), numpy_pack(wide))
+    assert calls == []
+    # rows apart (a C weight's column slice, scan_columns.pack's halves): pack_cols too
     rows = rng.standard_normal((2 * k, n)).astype(dtype)[::2]
     np.testing.assert_array_equal(packed.pack_panels(rows), numpy_pack(rows))
-    assert calls == [] or k == 1  # (one row of a strided array is a C array)
+    assert calls == [1]
     calls.clear()  # an out of another shape: never given to numba (no bounds checks there)
     panels, _, nr = want.shape
     for shape in ((panels - 1, k, nr), (panels, k + 1, nr)):
@@ -90,6 +92,27 @@ def test_pack_cols_equals_numpys_copy(dtype, k, n, rng, monkeypatch):
         except (ValueError, IndexError):
             pass
     assert calls == []
+
+
+@pytest.mark.usefixtures("ready")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, n", [(37, 130), (3, 40), (129, 200)])
+def test_pack_cols_of_every_panel_range_of_a_c_weight(dtype, k, n, rng, monkeypatch):
+    """Panels [first, last) packed from the column slice w[:, first*NR : last*NR] of a C weight
+    (scan_columns.pack's halves) into out[first:last]: those panels bit for bit NumPy's whole
+    pack's (the last one zero-padded), no other panel written."""
+    w = rng.standard_normal((k, n)).astype(dtype)
+    nr = packed.panel_width(dtype)
+    want = numpy_pack(w)
+    npan = want.shape[0]
+    calls = counted(monkeypatch, "pack_cols")
+    for first in range(npan):
+        for last in range(first + 1, npan + 1):
+            out = np.full(want.shape, np.nan, dtype)
+            packed.pack_panels(w[:, first * nr : last * nr], out[first:last])
+            np.testing.assert_array_equal(out[first:last], want[first:last])
+            assert np.isnan(out[:first]).all() and np.isnan(out[last:]).all()
+    assert len(calls) == npan * (npan + 1) // 2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

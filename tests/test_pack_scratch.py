@@ -191,3 +191,47 @@ def test_the_report_counts_no_panels_and_stays_within_10_percent_of_the_loop_pea
     into = range(1, 1 + runtime_of(seq).last.packing.n_grads)
     ((*_, node, _, _),) = bwd.program.loop_scratch.values()
     assert 0 < per_call_peak(bwd, into) - per_call_peak(bwd, into, scratch=True) <= node.nbytes
+
+
+def test_the_backward_reads_a_grad_it_just_saw_zeroed_once(lent, monkeypatch):
+    """compute_into sees the packed weight's `.grad` hold zeros for its gradient's slot, then
+    lends it to the loop's panels without reading it again (nothing ran in between:
+    packing._within); with that off it is read twice. The same gradients either way."""
+    from tapernn.nn import packing
+
+    reads = []
+    real = packing._zeros
+
+    def counting(a):
+        reads.append(np.shares_memory(a, m.o2g.weight.grad))
+        return real(a)
+
+    monkeypatch.setattr(packing, "_zeros", counting)
+    got = {}
+    for way in ("known", "read"):
+        if way == "read":
+            monkeypatch.setattr(packing, "_within", lambda a, known: False)
+        m = _model()
+        seq = nn.Sequencer(m).set_plan_options(
+            PlanOptions(backend="numba", layout="batch", **ONE_THREAD)
+        )
+        x, g = _data(0)
+        seq.forward(x)
+        seq.zero_grad_parameters()
+        reads.clear()
+        seq.backward(x, g)
+        assert lent[-1] == [m.o2g.weight.grad]
+        got[way] = (sum(reads), [p.grad.copy() for p in m.parameters()])
+    assert got["known"][0] == 1 and got["read"][0] == 2
+    for p, q in zip(got["known"][1], got["read"][1]):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_within_is_about_bytes_inside_a_c_array():
+    from tapernn.nn.packing import _within
+
+    base = np.zeros((8, 16))
+    assert _within(base[2:5], [base]) and _within(base.reshape(-1)[3:40], [np.ones(2), base])
+    assert not _within(base[2:5], []) and not _within(np.zeros(4), [base])
+    assert not _within(base, [base[:7]])  # (only partly inside)
+    assert not _within(base[:, :4], [base.T])  # (a non-C known array is never trusted)

@@ -5,6 +5,8 @@ the same code) = the NumPy equations (float64, 1e-12), values and every gradient
 and panel counts; the rule in the compile report (on at the threshold, off one byte above it,
 off for feature-major and unpacked loops); float32 bit for bit."""
 
+import threading
+
 import numpy as np
 import pytest
 from cell_reference import fastlstm_step
@@ -26,6 +28,7 @@ H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 
 def numba_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
+    monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", 0)  # every weight packed in two halves
     before = tn.get_backend()
     tn.set_backend("numba")
     yield
@@ -195,9 +198,8 @@ def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
     assert splits[0] == 4
 
 
-def test_the_model_packs_through_the_split(rng, monkeypatch):
-    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
-    a, b = model("on", "on"), model("off", "off")
+def counted_packs(monkeypatch):
+    """[the calls of packed.pack_panels from here on]."""
     calls = [0]
     real = scan_columns.packed.pack_panels
 
@@ -206,8 +208,105 @@ def test_the_model_packs_through_the_split(rng, monkeypatch):
         return real(w, out, nr)
 
     monkeypatch.setattr(scan_columns.packed, "pack_panels", counting)
+    return calls
+
+
+@pytest.mark.parametrize("pack_min", [0, 1 << 62])
+def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, rng, monkeypatch):
+    """Below the column split's MIN_BYTES (the loop splits its batch rows) a weight of >=
+    PACK_MIN_BYTES is still packed in two halves in owned calls: the same steps bit for bit
+    as with the pack on the caller alone (a copy), and as the unowned model."""
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 1 << 62)
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
+    calls = counted_packs(monkeypatch)
+    a, b = model("on", "on"), model("off", "off")
+    monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", pack_min)
+    for _ in range(2):
+        before = calls[0]
+        exact(train(a, x, g), train(b, x, g))
+    # owned a: two loops (batch halves), each weight packed in two halves or whole; b: whole
+    assert calls[0] - before == (2 * 2 if pack_min == 0 else 2) + 2
+    assert notes(a) and not any("split by output columns" in n for n in notes(a))
+
+
+def test_the_model_packs_through_the_split(rng, monkeypatch):
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    a, b = model("on", "on"), model("off", "off")
+    calls = counted_packs(monkeypatch)
     exact(train(a, x, g), train(b, x, g))
     before = calls[0]
     exact(train(a, x, g), train(b, x, g))
     # owned a: two loops, two halves each; unowned b: one pack per loop
     assert calls[0] - before == 2 * 2 + 2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
+    dtype, rng, monkeypatch
+):
+    """scan_columns.run's split point (the caller's panels [0, h)): every h the bits of the
+    serial driver (each panel the same code); it moves by one panel toward the half
+    that ends first -- more panels to the caller when the worker's half ends later, fewer
+    when the caller's does -- and stays at npan // 2 with BALANCE off (the default)."""
+    from tapernn.backends import packed
+
+    monkeypatch.setattr(scan_columns, "BALANCE", [True])  # (off by default: not measured a gain)
+    key = ((np.dtype(dtype).str,),)
+    packed.handle().prepare(key)
+    kernel = packed.handle().kernel
+    a = rng.standard_normal((7, 50)).astype(dtype)
+    panels = packed.pack_panels(rng.standard_normal((50, 903)).astype(dtype))
+    npan = panels.shape[0]  # (15 to 113 panels: either geometry, either dtype)
+    want = np.full((7, 903), np.nan, dtype)
+    packed.run_kernel(kernel, a, panels, want)
+    at = (a.shape, npan, a.dtype.char)
+
+    def call():
+        out = np.full_like(want, np.nan)
+        own_threads.run(lambda _: scan_columns.run(kernel, a, panels, out), None)
+        np.testing.assert_array_equal(out, want)
+
+    for h in range(1, npan):
+        monkeypatch.setitem(scan_columns._SPLIT, at, (h, 0.0))
+        call()
+    # a clock of the test's own (not the machine's: its load moves the wake-ups): each half
+    # ends one unit per panel after the call's start, plus 100 on the slowed side
+    real_of = scan_columns._panels_of
+    slow = [None]
+    ends: dict = {}
+
+    def slowed(kernel):
+        real = real_of(kernel)
+
+        def panels_of(a_, p, o, first, last):
+            real(a_, p, o, first, last)
+            side = "worker" if first > 0 else "caller"
+            penalty = 100.0 if side == slow[0] else 0.0
+            ends[threading.get_ident()] = last - first + penalty
+
+        return panels_of
+
+    monkeypatch.setattr(scan_columns, "_panels_of", slowed)
+    monkeypatch.setattr(scan_columns, "_now", lambda: ends.pop(threading.get_ident(), 0.0))
+    monkeypatch.setitem(scan_columns._SPLIT, at, (npan // 2, 0.0))
+    expect = npan // 2
+    for who, step in (("worker", 1), ("caller", -1), ("caller", -1)):
+        slow[0] = who
+        for _ in range(3):
+            call()
+            expect += step
+            assert scan_columns._SPLIT[at][0] == expect, who
+    slow[0] = None  # (both alike: from 2 panels on the caller to the middle, and it stays)
+    monkeypatch.setitem(scan_columns._SPLIT, at, (2, 0.0))
+    for _ in range(8 * npan):
+        call()
+    assert abs(scan_columns._SPLIT[at][0] - npan / 2) <= 1.5
+    monkeypatch.setattr(scan_columns, "BALANCE", [False])
+    seen = []
+    monkeypatch.setattr(
+        scan_columns,
+        "_half",
+        lambda f, a_, p, o, first, last, e: seen.append(first) or f(a_, p, o, first, last),
+    )
+    call()
+    assert seen == [npan // 2]

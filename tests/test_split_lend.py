@@ -12,7 +12,7 @@ import pytest
 from lend_check import data, fresh_loop_peak, seeded, spy_lend
 
 import tapernn.codegen
-from tapernn import PlanOptions, nn
+from tapernn import PlanOptions, nn, own_threads, scan_split
 from tapernn.backends import numba_available
 from tapernn.nn.runtime import runtime_of
 from tapernn.scan_split import BufferPool, SplitRunner
@@ -93,9 +93,21 @@ def test_a_split_loop_lends_its_panels_and_equals_the_unsplit_numpy_and_equation
     np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
 
 
-def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(lent, monkeypatch):
+@pytest.mark.parametrize("owned", [False, True])
+def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(owned, lent, monkeypatch):
+    # (owned: the zero-fill on both threads, own_threads.in_two, from any size here)
+    monkeypatch.setattr(own_threads, "TWO_MIN_BYTES", 0)
+    fills = []  # (per zero_fill of the lent panels: whether it ran on both threads)
+
+    def fill(arrays, real=scan_split.zero_fill):
+        two = own_threads.TWO_CALLS[0]
+        real(arrays)
+        fills.append(own_threads.TWO_CALLS[0] > two)
+
+    monkeypatch.setattr(scan_split, "zero_fill", fill)
+    options = {**SPLIT, "own_threads": "on"} if owned else SPLIT
     m = _model()
-    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch", **SPLIT))
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch", **options))
     x, g = _data(0)
     for _ in range(2):  # (the first calls run the full loop until the kernels are in place)
         seq.zero_grad_parameters()
@@ -128,11 +140,13 @@ def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(lent, monkeypa
         monkeypatch.setitem(kw, name, ended)
         calls = runner.split_calls
         seq.backward(x, g)
-        monkeypatch.undo()
+        monkeypatch.setattr(runner, "_halves", real)
+        monkeypatch.setitem(kw, name, runner)
         assert runner.split_calls == calls + 1
         # the panels were in the .grad during the halves, zeros again when the loop returned
         assert seen == [True, (True, False)]
         assert lent[-1] == [m.o2g.weight.grad] and m.o2g.weight.grad.any()  # (the gradient)
+    assert fills and set(fills) == {owned}
 
 
 def test_the_halves_step_buffers_are_carved_from_the_full_bodys_apart():

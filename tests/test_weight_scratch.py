@@ -160,3 +160,23 @@ def test_the_report_counts_no_copy_and_stays_within_10_percent_of_the_loop_peak(
     fwd = runtime_of(seq).last.training_pair.forward
     ((_, node, _),) = fwd.program.scratch_slots.values()
     assert 0 < per_call_peak(fwd) - per_call_peak(fwd, scratch=True) <= node.nbytes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zeros_sees_one_nonzero_anywhere_as_any_does(dtype):
+    """packing._zeros (the head first, then the rest) answers what `not a.any()` answers: one
+    nonzero (or NaN) at any position of a C array -- in the head, at its edge, past it -- is
+    seen; -0.0 is a zero."""
+    from tapernn.nn import packing
+
+    for shape in ((3, packing.HEAD + 5), (packing.HEAD - 1,), (1, 1), (0, 4)):
+        a = np.zeros(shape, dtype)
+        assert packing._zeros(a)
+        flat = a.reshape(-1)
+        for at in {0, packing.HEAD - 1, packing.HEAD, flat.size - 1}:
+            if not 0 <= at < flat.size:
+                continue
+            for v in (1.0, np.nan, -1e-300, -0.0):
+                flat[:] = 0
+                flat[at] = v
+                assert packing._zeros(a) == (not a.any()), (shape, at, v)

@@ -135,8 +135,10 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         # a transposed view of a C weight: its rows scattered into the panels (BENCHMARKS "h256")
         _kernel_module(h.isa).pack_rows(w.T, out)
         return out
-    if ours and COLUMN_PACK[0] and w.flags.c_contiguous:
-        # a C weight: its rows cut into the panels (BENCHMARKS.md "h256c")
+    rows = w.flags.c_contiguous or w.strides[1] == w.itemsize and w.strides[0] >= n * w.itemsize
+    if ours and COLUMN_PACK[0] and rows:
+        # a C weight, or a column slice of one (scan_columns.pack's halves): its rows cut into
+        # the panels (BENCHMARKS.md "h256c", "h512b")
         _kernel_module(h.isa).pack_cols(w, out)
         return out
     if full and w.strides[1] == w.itemsize:  # (k, full, nr) -> (full, k, nr) in one copy
@@ -187,6 +189,7 @@ class _Handle:
                 # NumPy's copies pack them)
                 pk.pack_rows.compile(_pack_signature(key))
                 pk.pack_cols.compile(_pack_signature(key))
+                pk.pack_cols.compile(_pack_signature(key, "A"))  # (a C weight's column slice)
                 self.packs.add(key)
             except Exception:  # noqa: BLE001, S110
                 pass
@@ -245,10 +248,11 @@ def _signature(key: tuple) -> tuple:
     return (arr, types.Array(arr.dtype, 3, "C"), arr)
 
 
-def _pack_signature(key: tuple) -> tuple:
-    """pack_rows' types: (w (N, K) C, out (panels, K, NR) C)."""
+def _pack_signature(key: tuple, layout: str = "C") -> tuple:
+    """pack_rows' types: (w (N, K) C, out (panels, K, NR) C); pack_cols' also with w of
+    `layout` "A" (a column slice of a C weight)."""
     a, panels, _ = _signature(key)
-    return (a, panels)
+    return (a.copy(layout=layout), panels)
 
 
 def _failure(e: Exception) -> str:

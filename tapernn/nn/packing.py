@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from ..graph import Graph, Node
 
@@ -316,8 +317,10 @@ class Packing:
             if _zeroed(grad, outs[first + i], args):
                 dest[s] = grad
         loops = getattr(prog, "loop_scratch", None)
-        if loops:  # (a loop's packed panels: the loop zeroes them before this is computed)
-            self._lend([(j, *entry[:4]) for (j, _), entry in loops.items()], args)
+        if loops:  # (a loop's packed panels: the loop zeroes them before this is computed;
+            # a .grad just seen to hold zeros above is not read again: nothing ran since)
+            known = [d for d in dest if d is not None]
+            self._lend([(j, *entry[:4]) for (j, _), entry in loops.items()], args, known)
 
     def scratch_into(self, program: Any, args: list) -> list:
         """Before the forward `program` runs on `args`: each per-call transposed weight copy it
@@ -334,7 +337,7 @@ class Packing:
         lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
         return self._lend(lent + [(j, *entry[:4]) for (j, _), entry in loops.items()], args)
 
-    def _lend(self, lent: list, args: list) -> list:
+    def _lend(self, lent: list, args: list, known: list = ()) -> list:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
         set in the slot where it holds only zeros (`_zeroed`) and shares no memory with one lent
         before it in this call (two row ranges of one `.grad`: pack_scratch._place keeps them
@@ -346,7 +349,7 @@ class Packing:
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
             if (
                 grad is not None
-                and _zeroed(grad, n, args, reshape=True)
+                and _zeroed(grad, n, args, reshape=True, known=known)
                 and not any(np.may_share_memory(grad, u) for u in used)
             ):
                 dest[s] = grad.reshape(n.shape)
@@ -385,10 +388,11 @@ class Packing:
             dest[s] = None
 
 
-def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False) -> bool:
+def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False, known: Any = ()) -> bool:
     """Whether `grad` can take the value of output `n` by out= (its shape and dtype, or with
-    `reshape` its size, one aligned writable C-contiguous ndarray) and holds only zeros, apart
-    from every argument."""
+    `reshape` its size, one aligned writable C-contiguous ndarray) and holds only zeros (read,
+    unless its bytes lie within a C-contiguous array of `known`, seen to hold zeros with
+    nothing run since), apart from every argument."""
     return (
         type(grad) is np.ndarray
         and (grad.size == n.size if reshape else grad.shape == n.shape)
@@ -396,6 +400,30 @@ def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False) -> bool:
         and grad.flags.c_contiguous
         and grad.flags.writeable
         and grad.flags.aligned
-        and not grad.any()
+        and (_within(grad, known) or _zeros(grad))
         and not any(type(a) is np.ndarray and np.may_share_memory(grad, a) for a in args)
     )
+
+
+def _within(a: np.ndarray, known: Any) -> bool:
+    """Whether the bytes of `a` lie within those of a C-contiguous array of `known`."""
+    if not known:
+        return False
+    lo, hi = byte_bounds(a)
+    for k in known:
+        if k.flags.c_contiguous:
+            klo, khi = byte_bounds(k)
+            if klo <= lo and hi <= khi:
+                return True
+    return False
+
+
+HEAD = 4096  # (elements _zeros looks at first)
+
+
+def _zeros(a: np.ndarray) -> bool:
+    """Whether the C-contiguous `a` holds only zeros: its first HEAD elements first (a
+    gradient left from the step before -- the forward after an update -- is seen there
+    without a pass over all of it, ~0.15-0.25 ms at 4 MiB: BENCHMARKS.md "h512b")."""
+    flat = a.reshape(-1)
+    return not flat[:HEAD].any() and not flat[HEAD:].any()
