@@ -179,6 +179,7 @@ def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):
         raise RuntimeError("no kernel today")
 
     monkeypatch.setattr(numba_loop, "_load", fail)
+    monkeypatch.setattr(numba_loop, "_loops", {})  # (its failed kernel not kept: every size's)
     g, arrays = _rnn_graph(6)
     c = tn.compile(g, backend="numba")
     assert kernels_of(c.report) == ["numba loop kernel"]
@@ -189,10 +190,11 @@ def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):
 
 
 def test_background_compilation_call_one_python_loop_call_two_kernel(monkeypatch):
-    from tapernn.backends import background
+    from tapernn.backends import background, numba_loop
 
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
-    g, arrays = _rnn_graph(5)  # a body no other test compiles: its kernel is not made yet
+    monkeypatch.setattr(numba_loop, "_loops", {})  # (its kernel not made yet in this process)
+    g, arrays = _rnn_graph(5)
     c = tn.compile(g, backend="numba")
     assert kernels_of(c.report) == ["numba loop kernel (compiled in the background from call 1)"]
     (switch,) = [v for k, v in c.program.bound.items() if k.startswith("scan_run")]

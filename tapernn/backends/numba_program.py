@@ -50,9 +50,7 @@ class ProgramKernel(LoopKernel):
         n_outs: int = 0,
     ):
         super().__init__(source, constants, work)
-        self.loops = loops
-        # its programs' own sizes and workspaces (ProgramInstance), by dims and workspace sizes
-        self.instances: dict[tuple, ProgramInstance] = {}
+        self.loops = loops  # (instances: its programs' own sizes, ProgramInstance)
         # (the program's arrays: after the outs, the constants and `dims`)
         self.inputs = slice(n_outs + len(constants) + 1, -len(work) if work else None)
 
@@ -210,7 +208,7 @@ class ProgramSwitch:
         self.loop_work = [loop_report.workspace_bytes for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
             switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
-            called = switch.handle in gen.called
+            called = switch.handle.shared in gen.called
             loop_report.kernel = f"{'called from' if called else 'inlined in'} the {WHOLE}"
             loop_report.workspace_bytes = 0  # (slices of the program kernel's: counted there)
 
