@@ -37,9 +37,11 @@ _ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
 # SMALL_ALIGN (a 5-element float32 buffer padded to 64 bytes tripled the (1, 5, 5) workspaces)
 WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
-# whether a loop kernel keeps its innermost nested loops' counts literal (size_lift; False: one
-# text for every size, BENCHMARKS.md "hlift"; tools/ab_sizes.py's "old" arm sets it)
-KEEP_INNERMOST = [False]
+# a loop kernel reads its sizes from `dims` (size_lift: one text, one compile for every size),
+# except one whose carries have a single row (B = 1): its sizes stay literal, as LLVM folds them
+# -- the (1, 5, 5) step was ~1 us (4 %) slower lifted, and the cold suite's B = 1 loops rarely
+# differ in sizes alone (BENCHMARKS.md "hlift"; tools/ab_lift.py's arms set it)
+LITERAL_AT_B1 = [True]
 
 
 class LoopSource:
@@ -176,8 +178,11 @@ class LoopSource:
         text += ["        " + line for line in self.step]
         text += ["    " + line for line in self.final]
         text.append("    return slab")
-        # (its sizes read from `dims`: one text for every size of the structure, size_lift)
-        text, self.dims = lift_function([head], text, "dims", KEEP_INNERMOST[0])
+        rows = {node.shape[:1] for node in g.inputs[: self.nc]}
+        if LITERAL_AT_B1[0] and rows == {(1,)}:
+            text = [head, *text]
+        else:  # (its sizes read from `dims`: one text for every size of the structure)
+            text, self.dims = lift_function([head], text, "dims")
         self.concrete = _HEADER + sizes_written_in("\n".join(text) + "\n", self.dims)
         return _HEADER + "\n".join(text) + "\n"
 

@@ -17,6 +17,10 @@ from .loop_values import Arr, Val, View, shifted_layout
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
 from .size_lift import lift_sizes
 
+# whether a program kernel keeps its innermost nested loops' counts literal (hsmall's; size_lift:
+# False lifts them too, one text for every size; tools/ab_lift.py's arms set it)
+KEEP_INNERMOST = [True]
+
 
 class ProgramSource(LoopSource):
     """Generates `kernel(out0, ..., const0, ..., dims, arg0, ..., work_<dtype>, ...)` for `graph`
@@ -124,7 +128,7 @@ class ProgramSource(LoopSource):
         )  # (numba_loop's modules, loaded first: ProgramKernel.prepare)
         head, _, decorator = _HEADER.rpartition("\n\n\n")
         head = head + "\n" + imports + "\n\n" + decorator
-        lifted, self.dims = lift_sizes(body)
+        lifted, self.dims = lift_sizes(body, KEEP_INNERMOST[0])
         unpack = [f"    n{k} = dims[{k}]" for k in range(len(self.dims))]
         text = head + f"def kernel({params}):\n" + "\n".join(unpack + lifted) + "\n"
         self.concrete = head + f"def kernel({params}):\n" + "\n".join(body) + "\n"
