@@ -10,32 +10,13 @@ import re
 
 import numpy as np
 import pytest
-from scan_bodies import scanned
+from scan_bodies import rnn_scan as _rnn
 
 import tapernn as tn
 from tapernn.backends import loop_source, numba_loop, numba_program
 from tapernn.backends.size_lift import sizes_written_in
 
 pytest.importorskip("numba")
-
-
-def _rnn(B, H, T, seed, order="C"):
-    """tanh(h W + x_t) over T steps (carry h, ys the step's h), its arrays, and the NumPy
-    equations' (final h, ys)."""
-
-    def step(h, x, w):
-        return [tn.tanh(h @ w + x), h]
-
-    z = np.zeros((B, H))
-    body = tn.trace(step, z, z, np.zeros((H, H)), names=["h", "x", "W"])
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, H), (H, H)]]
-    arrays = [np.asarray(a, order=order) for a in arrays]
-    h, ys = arrays[0], []
-    for t in range(T):
-        ys.append(h)
-        h = np.tanh(h @ arrays[2] + arrays[1][t])
-    return tn.trace(scanned(body, 1, 1), *arrays), arrays, (h, np.stack(ys))
 
 
 def _loop_handle(c):

@@ -9,7 +9,7 @@ a numba compilation (~1-2 s cold): the bodies here are few and small."""
 import numpy as np
 import pytest
 from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, rnn_step, run
-from scan_bodies import random_arrays, scanned
+from scan_bodies import random_arrays, rnn_scan, scanned
 
 import tapernn as tn
 from tapernn import nn, scan_run
@@ -162,14 +162,7 @@ def test_an_unsupported_body_runs_the_python_loop_and_says_why():
 
 
 def _rnn_graph(hidden):
-    def step(h, x, w):
-        return [tn.tanh(h @ w + x), h]
-
-    z = np.zeros((B, hidden))
-    body = tn.trace(step, z, z, np.zeros((hidden, hidden)), names=["h", "x", "W"])
-    rng = np.random.default_rng(hidden)
-    arrays = [rng.standard_normal(s) for s in [(B, hidden), (T, B, hidden), (hidden, hidden)]]
-    return tn.trace(scanned(body, 1, 1), *arrays), arrays
+    return rnn_scan(B, hidden, T, hidden)[:2]
 
 
 def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import background, deferred, numba_loop
 from .numba_backend import Unsupported
-from .numba_loop import MAX_SIZE, LoopKernel
+from .numba_loop import MAX_SIZE, LoopInstance, LoopKernel
 from .program_source import ProgramSource
 
 _lock = threading.Lock()
@@ -104,22 +104,17 @@ class ProgramKernel(LoopKernel):
         self.kernel(*args)
 
 
-class ProgramInstance:
+class ProgramInstance(LoopInstance):
     """One program's use of a shared ProgramKernel (its text has no sizes: program_source's
-    lift_sizes): `dims`, the int64 array of the sizes its kernel reads, and `work`, its
-    workspaces' (dtype name, elements), both this program's (a sequence length T's); `source`
-    its generated text with those numbers written in (what the kernel computes for it; the
-    compiled module's is `shared.source`). Everything else is the shared kernel's."""
+    lift_sizes): `dims`, the int64 array of the sizes its kernel reads (the loops' it calls
+    after its own), and `work`, its workspaces' (dtype name, elements), both this program's
+    (a sequence length T's); `source` its generated text with those numbers written in (what
+    the kernel computes for it; the compiled module's is `shared.source`). Everything else is
+    the shared kernel's."""
 
     def __init__(self, shared: ProgramKernel, dims: list[int], work: list[tuple[str, int]]):
-        self.shared, self.work = shared, work
-        self.dims = np.array(dims, np.int64)
+        super().__init__(shared, dims, work)
         self.source = ""
-
-    def __getattr__(self, name: str) -> Any:  # kernel, error, types, constants, prepare, ...
-        if name == "shared":  # (not set yet: copy/pickle probing a bare instance)
-            raise AttributeError(name)
-        return getattr(self.shared, name)
 
 
 def instance(source: str, gen: ProgramSource) -> ProgramInstance:
