@@ -2,7 +2,7 @@
 two loops of one structure at other sizes (B, H, T) run ONE compiled kernel -- one text, one
 module, one numba signature -- each with its own `dims`, and each equals the NumPy equations
 (1e-12, float64); the text reads every size but 0 and 1 from `dims`; a loop whose carries have
-one row (B = 1) keeps its sizes literal (loop_source.LITERAL_AT_B1); lifted and literal texts
+one row (B = 1) keeps its sizes literal (loop_source.LITERAL_ROWS); lifted and literal texts
 give the same bits on odd and strided inputs; a whole-program kernel passes each loop it calls
 a slice of its own `dims`, and two batch sizes share the program kernel too."""
 
@@ -68,7 +68,7 @@ def test_a_loop_with_one_row_keeps_its_sizes_literal(fresh, monkeypatch):
     handle = _loop_handle(c)
     assert len(handle.dims) == 0 and "dims[" not in handle.shared.source
     assert re.search(r"range\(5\)", handle.shared.source)  # (H written in)
-    monkeypatch.setattr(loop_source, "LITERAL_AT_B1", [False])  # (the rule off: lifted)
+    monkeypatch.setattr(loop_source, "LITERAL_ROWS", [0])  # (the rule off: lifted)
     c = tn.compile(_rnn(1, 5, 4, 2)[0], backend="numba")
     for a, b in zip(c(*arrays), want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -3,9 +3,11 @@ texts with their sizes literal against read from `dims` (size_lift), tapernn num
 models, one process, interleaved rounds, thread / process CPU per training step, gradients
 compared bit for bit. Arms (each model compiled under its texts, then timed round-robin):
   old:   loop kernels' sizes written in (main before hlift), programs' innermost counts literal
-  loops: loop kernels lifted at any B (loop_source.LITERAL_AT_B1 off), programs as old
+  loops: loop kernels lifted at any B (loop_source.LITERAL_ROWS 0), programs as old
   new:   everything lifted (programs' innermost counts too)
   as-is: the defaults of this tree (loops lifted but at B = 1)
+  mm:    as-is, loop kernels' small 2-D products as ProgramSource.matmul's (columns innermost)
+  inner: as-is, loop kernels' innermost nested counts literal (mm-inner: both)
 
 Run: PYTHONPATH=$PWD python tools/ab_lift.py --configs 1,5,5 --cell FastLSTM --reps 15
 """
@@ -30,8 +32,39 @@ ARMS = {  # name -> (loop texts literal, literal at B = 1, program innermost kep
     "old": (True, True, True),
     "loops": (False, False, True),
     "new": (False, False, False),
+    "mm": (False, True, True, "mm"),
+    "inner": (False, True, True, "inner"),
+    "mm-inner": (False, True, True, "mm", "inner"),
     "as-is": None,
 }
+
+
+def columns_innermost(self, n, ins, dt, fallback):
+    """ProgramSource.matmul's form for a loop kernel (the arm "mm")."""
+    x, y = ins
+    m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
+    if (
+        len(n.shape) != 2
+        or len(x.shape) != 2
+        or len(y.shape) != 2
+        or m * k * p >= loop_source.DOT_MIN
+        or not (dt == x.dtype == y.dtype)
+    ):
+        return fallback(self, n, ins, dt)
+    out = self.buffer(n.shape, dt)
+    xv = self.fresh("xv")
+    zero = "ZERO_" + dt
+    for line in [
+        f"for i0 in range({m}):",
+        f"    for i1 in range({p}):",
+        f"        {out.at(['i0', 'i1'])} = {zero}",
+        f"    for kk in range({k}):",
+        f"        {xv} = {x.at(['i0', 'kk'])}",
+        f"        for i1 in range({p}):",
+        f"            {out.at(['i0', 'i1'])} += {xv} * {y.at(['kk', 'i1'])}",
+    ]:
+        self.statement(line)
+    return out
 
 
 def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
@@ -42,21 +75,31 @@ def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):
             step()
         return step, seq
     original = loop_source.LoopSource.source
-    saved = (loop_source.LITERAL_AT_B1[0], program_source.KEEP_INNERMOST[0])
+    saved = (loop_source.LITERAL_ROWS[0], program_source.KEEP_INNERMOST[0])
 
     def literal(self):
         text = original(self)
         return sizes_written_in(text, self.dims) if flags[0] else text
 
     loop_source.LoopSource.source = literal  # (its kernels generated now: no background)
-    loop_source.LITERAL_AT_B1[0], program_source.KEEP_INNERMOST[0] = flags[1], flags[2]
+    matmul = loop_source.LoopSource.matmul
+    lift = loop_source.lift_function
+    if "inner" in flags[3:]:
+        loop_source.lift_function = lambda head, body, dims: lift(head, body, dims, True)
+    if "mm" in flags[3:]:
+        loop_source.LoopSource.matmul = lambda self, n, ins, dt: columns_innermost(
+            self, n, ins, dt, matmul
+        )
+    loop_source.LITERAL_ROWS[0], program_source.KEEP_INNERMOST[0] = 1 if flags[1] else 0, flags[2]
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
     try:
         for _ in range(6):
             step()
     finally:
         loop_source.LoopSource.source = original
-        loop_source.LITERAL_AT_B1[0], program_source.KEEP_INNERMOST[0] = saved
+        loop_source.LoopSource.matmul = matmul
+        loop_source.lift_function = lift
+        loop_source.LITERAL_ROWS[0], program_source.KEEP_INNERMOST[0] = saved
         os.environ.pop("TAPERNN_NUMBA_BACKGROUND")
     return step, seq
 

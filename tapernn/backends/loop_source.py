@@ -38,10 +38,12 @@ _ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
 WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
 # a loop kernel reads its sizes from `dims` (size_lift: one text, one compile for every size),
-# except one whose carries have a single row (B = 1): its sizes stay literal, as LLVM folds them
-# -- the (1, 5, 5) step was ~1 us (4 %) slower lifted, and the cold suite's B = 1 loops rarely
-# differ in sizes alone (BENCHMARKS.md "hlift"; tools/ab_lift.py's arms set it)
-LITERAL_AT_B1 = [True]
+# except one whose carries have at most LITERAL_ROWS[0] rows: its sizes stay written in, where
+# LLVM folds them. Lifted, the (1, 5, 5) f32 step was 1-2 us (4-9 %) slower and (4, 10, 16)'s
+# 20-30 %; the cold suite's loops are B = 2-4 (1: 24 of 160 loop modules, rarely differing in
+# sizes alone): rows 1 keeps 48 of the 54 shared compiles, rows 4 none (BENCHMARKS.md "hlift";
+# tools/ab_lift.py's arms set it)
+LITERAL_ROWS = [1]
 
 
 class LoopSource:
@@ -178,8 +180,8 @@ class LoopSource:
         text += ["        " + line for line in self.step]
         text += ["    " + line for line in self.final]
         text.append("    return slab")
-        rows = {node.shape[:1] for node in g.inputs[: self.nc]}
-        if LITERAL_AT_B1[0] and rows == {(1,)}:
+        rows = [node.shape[0] for node in g.inputs[: self.nc] if node.shape]
+        if rows and max(rows) <= LITERAL_ROWS[0]:
             text = [head, *text]
         else:  # (its sizes read from `dims`: one text for every size of the structure)
             text, self.dims = lift_function([head], text, "dims")
