@@ -125,6 +125,25 @@ def scanned(body, n_carry, n_xs, reverse=False, outputs="all"):
     return fn
 
 
+def rnn_scan(B, H, T, seed, order="C"):
+    """tanh(h W + x_t) over T steps (carry h, ys the step's h), its arrays, and the NumPy
+    equations' (final h, ys)."""
+
+    def step(h, x, w):
+        return [tn.tanh(h @ w + x), h]
+
+    z = np.zeros((B, H))
+    body = tn.trace(step, z, z, np.zeros((H, H)), names=["h", "x", "W"])
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(s) for s in [(B, H), (T, B, H), (H, H)]]
+    arrays = [np.asarray(a, order=order) for a in arrays]
+    h, ys = arrays[0], []
+    for t in range(T):
+        ys.append(h)
+        h = np.tanh(h @ arrays[2] + arrays[1][t])
+    return tn.trace(scanned(body, 1, 1), *arrays), arrays, (h, np.stack(ys))
+
+
 def random_body(rng, B=3, D=4, dtype=np.float64):
     """A random step over (h, x, W, U) from the pipeline fuzzer's step ops (0-3 of them after a
     tanh(x W + h U) start, so the carry always depends on h and x): carries [h], ys [h, h*x]."""

@@ -9,7 +9,7 @@ a numba compilation (~1-2 s cold): the bodies here are few and small."""
 import numpy as np
 import pytest
 from cell_reference import complex_step_grads, fastlstm_step, gru_step, lstm_step, rnn_step, run
-from scan_bodies import random_arrays, scanned
+from scan_bodies import random_arrays, rnn_scan, scanned
 
 import tapernn as tn
 from tapernn import nn, scan_run
@@ -162,14 +162,7 @@ def test_an_unsupported_body_runs_the_python_loop_and_says_why():
 
 
 def _rnn_graph(hidden):
-    def step(h, x, w):
-        return [tn.tanh(h @ w + x), h]
-
-    z = np.zeros((B, hidden))
-    body = tn.trace(step, z, z, np.zeros((hidden, hidden)), names=["h", "x", "W"])
-    rng = np.random.default_rng(hidden)
-    arrays = [rng.standard_normal(s) for s in [(B, hidden), (T, B, hidden), (hidden, hidden)]]
-    return tn.trace(scanned(body, 1, 1), *arrays), arrays
+    return rnn_scan(B, hidden, T, hidden)[:2]
 
 
 def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):
@@ -179,6 +172,7 @@ def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):
         raise RuntimeError("no kernel today")
 
     monkeypatch.setattr(numba_loop, "_load", fail)
+    monkeypatch.setattr(numba_loop, "_loops", {})  # (its failed kernel not kept: every size's)
     g, arrays = _rnn_graph(6)
     c = tn.compile(g, backend="numba")
     assert kernels_of(c.report) == ["numba loop kernel"]
@@ -189,10 +183,11 @@ def test_a_kernel_numba_rejects_falls_back_to_the_python_loop(monkeypatch):
 
 
 def test_background_compilation_call_one_python_loop_call_two_kernel(monkeypatch):
-    from tapernn.backends import background
+    from tapernn.backends import background, numba_loop
 
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
-    g, arrays = _rnn_graph(5)  # a body no other test compiles: its kernel is not made yet
+    monkeypatch.setattr(numba_loop, "_loops", {})  # (its kernel not made yet in this process)
+    g, arrays = _rnn_graph(5)
     c = tn.compile(g, backend="numba")
     assert kernels_of(c.report) == ["numba loop kernel (compiled in the background from call 1)"]
     (switch,) = [v for k, v in c.program.bound.items() if k.startswith("scan_run")]

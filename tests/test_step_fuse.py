@@ -244,12 +244,14 @@ def test_a_run_stops_where_rows_would_interleave_wrongly():
     assert not step_pass._fits([0], [bcast], writes_d)
 
 
-def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch):
+@pytest.mark.parametrize("cell", ["fastlstm", "gru"])
+def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
     """A step loop's pass reads C-contiguous rows (c_row); for rows of another stride the
     kernel runs the pass's twin (`_pass<k>s`: the same scalar lines over strided rows; before,
-    the original kernel calls): the FastLSTM's forward and backward step loops called on
-    copies of their arguments whose carries, xs and ys rows have stride 2 give the same bits
-    as on C-contiguous copies (final carries and every ys written)."""
+    the original kernel calls): the FastLSTM's and the GRU's forward and backward step loops
+    called on copies of their arguments whose carries, xs and ys rows have stride 2 give the
+    same bits as on C-contiguous copies (final carries and every ys written). No kernel call
+    is left in either: GRU's lone gate kernels are one-op passes (step_pass._kernel_call)."""
     import copy
 
     seen, call = [], step_loop.StepLoop.__call__
@@ -259,7 +261,7 @@ def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch):
         lambda self, *args: (seen.append((self, copy.deepcopy(args))), call(self, *args))[1],
     )
     x, g = rng.standard_normal((T, 17, D)), rng.standard_normal((T, 17, H))
-    a = model(CELLS["fastlstm"][0], True)
+    a = model(CELLS[cell][0], True)
     for _ in range(3):
         train(a, x, g)
     loops = {bool(f.reverse): (f, args) for f, args in seen}

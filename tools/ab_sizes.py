@@ -23,7 +23,7 @@ import ab_loop  # (its rounds, rests and table: only the arms' steps are this fi
 from ab_common import training_step
 
 from tapernn.backends import step_loop
-from tapernn.backends.program_source import sizes_written_in
+from tapernn.backends.size_lift import sizes_written_in
 
 TEXTS: dict = {"old": [], "new": []}  # (each arm's step-loop texts: printed)
 

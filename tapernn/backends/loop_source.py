@@ -25,6 +25,7 @@ from .numba_backend import (
     _typed,
     vector_ops,
 )
+from .size_lift import lift_function, sizes_written_in
 
 # matmuls with M*N*K at least this go to np.dot (BLAS); smaller ones are explicit loops (a
 # BLAS call's fixed cost is most of a tiny product's time)
@@ -36,37 +37,20 @@ _ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
 # SMALL_ALIGN (a 5-element float32 buffer padded to 64 bytes tripled the (1, 5, 5) workspaces)
 WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
-
-
-def shifted_layout(attrs: dict, length: str = "length") -> tuple:
-    """scan_ir.ys_places' layout as expressions of the kernel's `length` argument (a kernel
-    serves every length; an inlined loop gives its own `length`): per ys (start, stride), per
-    shifted ys (carry k, initial offset)."""
-    body, nc, shifted, reverse = attrs["body"], attrs["n_carry"], attrs["shifted"], attrs["reverse"]
-    sizes = [math.prod(o.shape) for o in body.outputs]
-    c, ys = sum(sizes[:nc]), sizes[nc:]
-    moved = {j for j, _ in shifted}
-    width = sum(w for j, w in enumerate(ys) if j not in moved)
-    places: list = [None] * len(ys)
-    start = c
-    for j, w in enumerate(ys):
-        if j not in moved:
-            places[j] = (str(start), width)
-            start += w
-    inits, before = [], 0
-    for j, k in shifted:
-        w = ys[j]
-        base = f"({c} + {length} * {width} + ({length} + 1) * {before})"
-        places[j] = (base if reverse else f"({base} + {w})", w)
-        inits.append((k, f"({base} + {length} * {w})" if reverse else base))
-        before += w
-    return places, inits
+# a loop kernel reads its sizes from `dims` (size_lift: one text, one compile for every size),
+# except one whose carries have at most LITERAL_ROWS[0] rows: its sizes stay written in, where
+# LLVM folds them. Lifted, the (1, 5, 5) f32 step was 1-2 us (4-9 %) slower and (4, 10, 16)'s
+# 20-30 %; the cold suite's loops are B = 2-4 (1: 24 of 160 loop modules, rarely differing in
+# sizes alone): rows 1 keeps 48 of the 54 shared compiles, rows 4 none (BENCHMARKS.md "hlift";
+# tools/ab_lift.py's arms set it)
+LITERAL_ROWS = [1]
 
 
 class LoopSource:
-    """Generates the kernel `kernel(slab, length, reverse, *inputs, *constants)` of a compiled
-    body `graph` (inputs: carries, xs, invariants, hoisted values; outputs: the `live` carries
-    then the ys). `constants`: the constant nodes' values, passed as arguments."""
+    """Generates the kernel `kernel(slab, length, reverse, dims, *inputs, *constants, *work)`
+    of a compiled body `graph` (inputs: carries, xs, invariants, hoisted values; outputs: the
+    `live` carries then the ys; dims: its sizes, size_lift). `constants`: the constant nodes'
+    values, passed as arguments."""
 
     def __init__(
         self, graph: Graph, n_carry: int, n_xs: int, live: list[int], layout: tuple | None = None
@@ -88,6 +72,9 @@ class LoopSource:
         # is a C view of a slice of it (the caller makes each workspace once and passes it to
         # every call: no allocation per call)
         self.work: dict[str, int] = {}
+        # (source(): the sizes its text reads from `dims`, and the text with them written in)
+        self.dims: list[int] = []
+        self.concrete = ""
 
     def fresh(self, prefix: str) -> str:
         self.names += 1
@@ -175,9 +162,8 @@ class LoopSource:
                 self.vals[node] = self.lower(node)
         self.write_outputs(carries)
         consts = [f"const{k}" for k in range(len(self.constants))]
-        head = (
-            f"def kernel(slab, length, reverse, {', '.join(args + consts + self.work_params())}):"
-        )
+        params = ", ".join(["dims", *args, *consts, *self.work_params()])
+        head = f"def kernel(slab, length, reverse, {params}):"
         # bool arrays read as uint8: numba's bool element loads kept LLVM from vectorising a
         # whole nest (a `where` on a (B, 1) mask: a small LSTM's forward 2.8x slower, hqa12)
         views = [
@@ -186,7 +172,7 @@ class LoopSource:
             if _dtype_name(node.dtype) == "bool"
         ]
         setup = [*views, *self.work_checks(), *self.setup]
-        text = [head] + ["    " + line for s in setup for line in s.split("\n")]
+        text = ["    " + line for s in setup for line in s.split("\n")]
         text += [
             "    for s in range(length):",
             "        t = length - 1 - s if reverse else s",
@@ -194,6 +180,12 @@ class LoopSource:
         text += ["        " + line for line in self.step]
         text += ["    " + line for line in self.final]
         text.append("    return slab")
+        rows = [node.shape[0] for node in g.inputs[: self.nc] if node.shape]
+        if rows and max(rows) <= LITERAL_ROWS[0]:
+            text = [head, *text]
+        else:  # (its sizes read from `dims`: one text for every size of the structure)
+            text, self.dims = lift_function([head], text, "dims")
+        self.concrete = _HEADER + sizes_written_in("\n".join(text) + "\n", self.dims)
         return _HEADER + "\n".join(text) + "\n"
 
     def write_outputs(self, carries: dict) -> None:

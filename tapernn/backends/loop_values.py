@@ -4,6 +4,7 @@ strings -- no copies."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -150,3 +151,28 @@ def reshape_map(in_shape: tuple, out_shape: tuple) -> Callable:
         return [q if d == 0 else f"{q} % {s}" for d, (q, s) in enumerate(zip(quotients, in_shape))]
 
     return general
+
+
+def shifted_layout(attrs: dict, length: str = "length") -> tuple:
+    """scan_ir.ys_places' layout as expressions of the kernel's `length` argument (a kernel
+    serves every length; an inlined loop gives its own `length`): per ys (start, stride), per
+    shifted ys (carry k, initial offset)."""
+    body, nc, shifted, reverse = attrs["body"], attrs["n_carry"], attrs["shifted"], attrs["reverse"]
+    sizes = [math.prod(o.shape) for o in body.outputs]
+    c, ys = sum(sizes[:nc]), sizes[nc:]
+    moved = {j for j, _ in shifted}
+    width = sum(w for j, w in enumerate(ys) if j not in moved)
+    places: list = [None] * len(ys)
+    start = c
+    for j, w in enumerate(ys):
+        if j not in moved:
+            places[j] = (str(start), width)
+            start += w
+    inits, before = [], 0
+    for j, k in shifted:
+        w = ys[j]
+        base = f"({c} + {length} * {width} + ({length} + 1) * {before})"
+        places[j] = (base if reverse else f"({base} + {w})", w)
+        inits.append((k, f"({base} + {length} * {w})" if reverse else base))
+        before += w
+    return places, inits

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..blas import limiter
 from . import LOOP_MAX_SIZE, auto_calls, background, deferred
-from .loop_source import LoopSource, shifted_layout
-from .loop_values import reads
+from .loop_source import LoopSource
+from .loop_values import reads, shifted_layout
 from .numba_backend import Unsupported, _load
 
 _lock = threading.RLock()  # held while a kernel loads or compiles
@@ -56,17 +56,19 @@ class LoopKernel:
         self.kernel: Callable | None = None
         self.error = ""
         self.types: set[tuple] = set()
+        # its loops' own sizes and workspaces (LoopInstance), by dims and workspace sizes
+        self.instances: dict[tuple, Any] = {}
 
     def has(self, key: tuple | None = None) -> bool:
         return self.kernel is not None and (key is None or key in self.types)
 
     def signature(self, key: tuple) -> tuple:
-        """numba's signature of a call with arrays of types `key` (slab, length, reverse,
-        arrays...)."""
+        """numba's signature of a call with arrays of types `key` (slab, then the arrays after
+        length, reverse and dims)."""
         from numba import types
 
         sig = background.numba_signature(key)
-        return (sig[0], types.int64, types.boolean, *sig[1:])
+        return (sig[0], types.int64, types.boolean, types.int64[::1], *sig[1:])
 
     def prepare(self, key: tuple) -> Callable | None:
         with _lock:
@@ -87,6 +89,23 @@ class LoopKernel:
             return self.kernel
 
 
+class LoopInstance:
+    """One loop's use of a shared LoopKernel (its text has no sizes: loop_source's lift):
+    `dims`, the int64 array of the sizes its kernel reads, and `work`, its workspaces'
+    (dtype name, elements); `concrete` its text with those numbers written in (what the kernel
+    computes for it). Everything else is the shared kernel's: one compile for every size."""
+
+    def __init__(self, shared: LoopKernel, dims: list[int], work: list[tuple[str, int]]):
+        self.shared, self.work = shared, work
+        self.dims = np.array(dims, np.int64)
+        self.concrete = ""
+
+    def __getattr__(self, name: str) -> Any:  # kernel, error, types, constants, prepare, ...
+        if name == "shared":  # (not set yet: copy/pickle probing a bare instance)
+            raise AttributeError(name)
+        return getattr(self.shared, name)
+
+
 def constants_key(constants: list[np.ndarray]) -> tuple:
     """A kernel's constants are arguments its runner binds from its handle: two programs with
     one source but other constants (NormStabilizer(1.0) and (0.3)) need two handles, or the
@@ -103,9 +122,10 @@ def work_bytes(work: list[tuple[str, int]]) -> int:
     return sum(size * np.dtype(dtype).itemsize for dtype, size in work)
 
 
-def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | None, str]:
+def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopInstance | None, str]:
     """(kernel handle, "") for `compiled` (scan_run's compiled body: .graph, .prologue), or
-    (None, why not)."""
+    (None, why not): its sizes and workspaces its own, its kernel shared with every loop of
+    the same text and constants."""
     graph, nc, nx = compiled.graph, attrs["n_carry"], attrs["n_xs"]
     live = [k for k in range(nc) if k not in fixed]
     layout = shifted_layout(attrs) if attrs.get("shifted") else None
@@ -116,11 +136,14 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopKernel | Non
         return None, f"unsupported: {e}"
     with _registry_lock:
         key = (source, constants_key(gen.constants))
-        handle = _loops.get(key)
+        shared = _loops.get(key)
+        if shared is None:
+            shared = _loops[key] = LoopKernel(source, gen.constants, [], xs_read_first(gen))
+        sizes = (tuple(gen.dims), tuple(gen.work_sizes()))
+        handle = shared.instances.get(sizes)
         if handle is None:
-            handle = _loops[key] = LoopKernel(
-                source, gen.constants, gen.work_sizes(), xs_read_first(gen)
-            )
+            handle = shared.instances[sizes] = LoopInstance(shared, gen.dims, gen.work_sizes())
+            handle.concrete = gen.concrete
     return handle, ""
 
 
@@ -134,7 +157,7 @@ def xs_read_first(gen: LoopSource) -> bool:
 
 
 def kernel_runner(
-    handle: LoopKernel,
+    handle: LoopInstance,
     compiled: Any,
     attrs: dict,
     dtype: np.dtype,
@@ -170,13 +193,13 @@ def kernel_runner(
         apart = ""
     lines = [
         f"def run({', '.join(params)}, out=None, *, kernel, pre, empty, copyto, asarray, "
-        "may_share, over, dtype" + "".join(f", {k}" for k in consts + works) + "):",
+        "may_share, over, dtype, dims" + "".join(f", {k}" for k in consts + works) + "):",
         f"    slab = out if out is not None and out.flags.c_contiguous{apart} else empty({size}, dtype)",
     ]
     if hoisted:
         lines.append(f"    {', '.join(hoisted)}, = pre({', '.join(params[nc + nx :])})")
     lines += [
-        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, {', '.join(call)})",
+        f"    kernel(slab, {attrs['length']}, {bool(attrs['reverse'])}, dims, {', '.join(call)})",
         "    if out is not None and slab is not out:",
         "        copyto(out, slab)",
         "        return out",
@@ -195,6 +218,7 @@ def kernel_runner(
         "may_share": np.may_share_memory,
         "over": over,
         "dtype": dtype,
+        "dims": handle.dims,
         **dict(zip(consts, handle.constants)),
         **dict(zip(works, make_work(handle.work))),  # this runner's own (its Switch's)
     }
@@ -210,7 +234,7 @@ class Switch:
 
     def __init__(
         self,
-        handle: LoopKernel,
+        handle: LoopInstance,
         make_kernel_run: Callable,
         runner: Callable,
         ins: Any,

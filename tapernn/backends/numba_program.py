@@ -21,7 +21,7 @@ import numpy as np
 
 from . import background, deferred, numba_loop
 from .numba_backend import Unsupported
-from .numba_loop import MAX_SIZE, LoopKernel
+from .numba_loop import MAX_SIZE, LoopInstance, LoopKernel
 from .program_source import ProgramSource
 
 _lock = threading.Lock()
@@ -50,9 +50,7 @@ class ProgramKernel(LoopKernel):
         n_outs: int = 0,
     ):
         super().__init__(source, constants, work)
-        self.loops = loops
-        # its programs' own sizes and workspaces (ProgramInstance), by dims and workspace sizes
-        self.instances: dict[tuple, ProgramInstance] = {}
+        self.loops = loops  # (instances: its programs' own sizes, ProgramInstance)
         # (the program's arrays: after the outs, the constants and `dims`)
         self.inputs = slice(n_outs + len(constants) + 1, -len(work) if work else None)
 
@@ -106,22 +104,17 @@ class ProgramKernel(LoopKernel):
         self.kernel(*args)
 
 
-class ProgramInstance:
+class ProgramInstance(LoopInstance):
     """One program's use of a shared ProgramKernel (its text has no sizes: program_source's
-    lift_sizes): `dims`, the int64 array of the sizes its kernel reads, and `work`, its
-    workspaces' (dtype name, elements), both this program's (a sequence length T's); `source`
-    its generated text with those numbers written in (what the kernel computes for it; the
-    compiled module's is `shared.source`). Everything else is the shared kernel's."""
+    lift_sizes): `dims`, the int64 array of the sizes its kernel reads (the loops' it calls
+    after its own), and `work`, its workspaces' (dtype name, elements), both this program's
+    (a sequence length T's); `source` its generated text with those numbers written in (what
+    the kernel computes for it; the compiled module's is `shared.source`). Everything else is
+    the shared kernel's."""
 
     def __init__(self, shared: ProgramKernel, dims: list[int], work: list[tuple[str, int]]):
-        self.shared, self.work = shared, work
-        self.dims = np.array(dims, np.int64)
+        super().__init__(shared, dims, work)
         self.source = ""
-
-    def __getattr__(self, name: str) -> Any:  # kernel, error, types, constants, prepare, ...
-        if name == "shared":  # (not set yet: copy/pickle probing a bare instance)
-            raise AttributeError(name)
-        return getattr(self.shared, name)
 
 
 def instance(source: str, gen: ProgramSource) -> ProgramInstance:
@@ -210,7 +203,7 @@ class ProgramSwitch:
         self.loop_work = [loop_report.workspace_bytes for _, loop_report in loops]
         for switch, loop_report in loops:  # the loops run inside the kernel
             switch.fn = switch.runner  # (the NumPy program's first call: the Python loop)
-            called = switch.handle in gen.called
+            called = switch.handle.shared in gen.called
             loop_report.kernel = f"{'called from' if called else 'inlined in'} the {WHOLE}"
             loop_report.workspace_bytes = 0  # (slices of the program kernel's: counted there)
 

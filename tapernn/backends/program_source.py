@@ -7,16 +7,19 @@ the out arrays the caller passes."""
 
 from __future__ import annotations
 
-import io
 import math
 import re
-import tokenize
 from typing import Any
 
 from ..graph import Graph, Node
-from .loop_source import _VIEWS, DOT_MIN, LoopSource, shifted_layout
-from .loop_values import Arr, Val, View
+from .loop_source import _VIEWS, DOT_MIN, LoopSource
+from .loop_values import Arr, Val, View, shifted_layout
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
+from .size_lift import lift_sizes
+
+# whether a program kernel keeps its innermost nested loops' counts literal (hsmall's; size_lift:
+# False lifts them too, one text for every size; tools/ab_lift.py's arms set it)
+KEEP_INNERMOST = [True]
 
 
 class ProgramSource(LoopSource):
@@ -61,6 +64,7 @@ class ProgramSource(LoopSource):
         # (source(): the literals lift_sizes took out of the text, and the text with them in)
         self.dims: list[int] = []
         self.concrete = ""
+        self.loop_dims: list = []  # (each called loop's dims: after the program's own in `dims`)
 
     def reserve(self, dtype: str, size: int) -> int:
         if self.reusable and self.dying:
@@ -124,10 +128,16 @@ class ProgramSource(LoopSource):
         )  # (numba_loop's modules, loaded first: ProgramKernel.prepare)
         head, _, decorator = _HEADER.rpartition("\n\n\n")
         head = head + "\n" + imports + "\n\n" + decorator
-        lifted, self.dims = lift_sizes(body)
-        self.concrete = head + f"def kernel({params}):\n" + "\n".join(body) + "\n"
+        lifted, self.dims = lift_sizes(body, KEEP_INNERMOST[0])
         unpack = [f"    n{k} = dims[{k}]" for k in range(len(self.dims))]
-        return head + f"def kernel({params}):\n" + "\n".join(unpack + lifted) + "\n"
+        text = head + f"def kernel({params}):\n" + "\n".join(unpack + lifted) + "\n"
+        self.concrete = head + f"def kernel({params}):\n" + "\n".join(body) + "\n"
+        for j, values in enumerate(self.loop_dims):  # (the called loops' sizes: structure
+            # alone places them, so the slice's bounds may stay literal)
+            at = f"dims[{len(self.dims)}:{len(self.dims) + len(values)}]"
+            text, self.concrete = (re.sub(rf"\b_ld{j}\b", at, x) for x in (text, self.concrete))
+            self.dims += [int(v) for v in values]
+        return text
 
     def results(self) -> None:
         """Outputs not computed into their out arrays (views, inputs, constants, loops' slabs)
@@ -216,9 +226,12 @@ class ProgramSource(LoopSource):
             self.constants.append(value)
             consts.append(f"const{len(self.constants) - 1}")
         slab = self.slab_array(n)
-        if handle not in self.called:
-            self.called.append(handle)
-        loop = f"loop{self.called.index(handle)}"
+        shared = handle.shared  # (numba_loop.LoopInstance: its sizes, the shared kernel's text)
+        if shared not in self.called:
+            self.called.append(shared)
+        loop = f"loop{self.called.index(shared)}"
+        self.loop_dims.append(handle.dims)  # (the loop's `dims`: a slice of this kernel's)
+        sizes = f"_ld{len(self.loop_dims) - 1}"  # (source() writes the slice in)
         length, reverse = f"np.int64({a['length']})", f"np.bool_({bool(a['reverse'])})"
         work, slices = [], []  # the loop kernel's workspaces: slices of this kernel's own
         for dtype, size in handle.work:
@@ -226,7 +239,7 @@ class ProgramSource(LoopSource):
             slices.append(self.last_slot)
             work.append(self.work_view(dtype, start, (size,)))
         self.statement(
-            f"{loop}({', '.join([slab.name, length, reverse, *operands, *consts, *work])})"
+            f"{loop}({', '.join([slab.name, length, reverse, sizes, *operands, *consts, *work])})"
         )
         # (used by the call alone: its workspaces, its hoisted values and operand copies)
         # (in the slots' order, not a set's: string hashes differ from process to process, and
@@ -324,94 +337,6 @@ class ProgramSource(LoopSource):
             else:
                 self.vals[node] = ins[k] if k < nc + nx else rest[k - nc - nx]
         return carries
-
-
-def lift_sizes(body: list[str], innermost: bool = True) -> tuple[list[str], list[int]]:
-    """`body` (a kernel's indented lines) with every integer literal other than 0 and 1 -- the
-    sizes, offsets, trip counts and loop lengths, the numbers a new sequence length T changes
-    -- read from the kernel's `dims` argument instead (`n<k>`, k in order of appearance), and
-    those literals' values: the kernel's text, and so its cache digest, has no T in it, and
-    every T whose program generates this text runs its one compiled kernel with its own dims.
-    Sound whatever the literals mean: the text with `dims` is the generated text, number for
-    number; a T whose program differs in anything else (a loop merged, a product past DOT_MIN,
-    a size 1: T = 1) generates another text, and gets a kernel of its own. 0 and 1 stay
-    (indices, strides and trip counts of 1 that LLVM folds away) but as a workspace view's
-    start (ProgramSource.reserve reuses a freed slice by size: at one T that is the one at 0,
-    at another T another). `innermost`: innermost nested loops' counts stay literal (see
-    innermost_nested; step loops lift them too: step_loop.translate)."""
-    kept = innermost_nested(body) if innermost else set()
-    text = "\n".join(body) + "\n"
-    tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    spots = [
-        (*tok.start, tok.string)
-        for j, tok in enumerate(tokens)
-        if tok.type == tokenize.NUMBER
-        and tok.string.isdigit()
-        and (int(tok.string) > 1 or [t.string for t in tokens[j - 4 : j - 2]] == ["c_view", "("])
-        and tok.start[0] - 1 not in kept
-    ]  # (a workspace view's start always: a slice reused at one T, not at another, starts at 0)
-    lines, values = list(body), []
-    by_row: dict[int, list[tuple[int, str]]] = {}
-    for row, col, digits in spots:
-        by_row.setdefault(row - 1, []).append((col, digits))
-    k = 0
-    for row in sorted(by_row):
-        line, parts, last = lines[row], [], 0
-        for col, digits in by_row[row]:
-            parts += [line[last:col], f"n{k}"]
-            values.append(int(digits))
-            last, k = col + len(digits), k + 1
-        lines[row] = "".join(parts) + line[last:]
-    return lines, values
-
-
-def lift_function(head: list[str], body: list[str]) -> tuple[list[str], list[int]]:
-    """A kernel function -- `head` (its decorator and def lines, the def taking `_dims`),
-    `body` (its indented lines; a line may hold several) -- with lift_sizes' sizes, innermost
-    loops' counts too, read from `_dims` at entry (n<k> = _dims[k]), and those sizes: the
-    step loops' (step_loop.translate: one text for every B, half and H). Unsupported if the
-    body names a value n<k> itself."""
-    body = "\n".join(body).split("\n")
-    if any(re.search(r"\bn\d+\b", line) for line in body):
-        raise Unsupported("a value named like a size")
-    body, dims = lift_sizes(body, innermost=False)
-    return [*head, *(f"    n{k} = _dims[{k}]" for k in range(len(dims))), *body], dims
-
-
-def sizes_written_in(text: str, dims: Any) -> str:
-    """lift_function's `text` with its sizes `dims` written back in (to read, not to run)."""
-    text = re.sub(r"(?m)^    n\d+ = _dims\[\d+\]\n", "", text)
-    return re.sub(r"\bn(\d+)\b", lambda m: str(dims[int(m[1])]), text)
-
-
-_FOR = re.compile(r"^( *)for \w+ in range\(\d+\):$")
-
-
-def innermost_nested(body: list[str]) -> set[int]:
-    """The rows of `body` that open an innermost loop nested in another loop (`for i in
-    range(<literal>):` whose body has no loop): lift_sizes keeps their counts literal, so LLVM
-    unrolls and vectorises the small loops the time goes to. Sound whatever the count means (a
-    count that differs at another T gives another text: a kernel of its own there); the
-    generator makes such counts sizes other than T's (a 2-D product's columns, a value's last
-    axis in a nest whose outer loops run over T; ProgramSource.matmul puts the reduction,
-    over T in a weight gradient, outside), so the text is still one for every T."""
-    rows, open_loops = set(), []  # (the enclosing loops' indents)
-    for row, line in enumerate(body):
-        indent = len(line) - len(line.lstrip(" "))
-        while open_loops and open_loops[-1] >= indent:
-            open_loops.pop()
-        if not _FOR.match(line):
-            continue
-        if open_loops:
-            inner = []
-            for later in body[row + 1 :]:
-                if len(later) - len(later.lstrip(" ")) <= indent:
-                    break
-                inner.append(later)
-            if not any(b.lstrip().startswith("for ") for b in inner):
-                rows.add(row)
-        open_loops.append(indent)
-    return rows
 
 
 def last_reads(g: Graph) -> dict[int, list[Node]]:

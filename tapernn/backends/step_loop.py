@@ -17,7 +17,7 @@ import numpy as np
 from . import step_fuse, step_pass
 from .background import failure
 from .numba_backend import Unsupported, _load
-from .program_source import lift_function, sizes_written_in
+from .size_lift import lift_function, sizes_written_in
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
 # ones alone (NumPy's SIMD exp and tanh may differ from numba's libm in the last place; a step

@@ -124,7 +124,8 @@ def fuse(
     body: list[str], defaults: dict, shapes: dict, kinds: dict, tail: str
 ) -> tuple[list[str], list[str], list]:
     """(new step body lines, the module's pass functions, call-time checks [(ys name, [(column,
-    columns, [param names])])]) with each run of >= 2 elementwise statements as one pass;
+    columns, [param names])])]) with each run of >= 2 elementwise statements, or a lone
+    generated kernel's call, as one pass;
     `shapes`: the step's parameters' per-step shapes; `kinds`: step_fuse's parameter kinds;
     `tail`: the text after the body (the carries it binds are read after every run)."""
     vals = _Values({**shapes, **{n: a.shape for n, a in defaults.items() if _is2d(a)}})
@@ -141,8 +142,9 @@ def fuse(
             continue
         while cur and notes[cur[-1]][0] == "index":
             cur.pop()
-        if sum(notes[j][0] != "index" for j in cur) >= 2:
-            runs.append(cur)
+        ops = [j for j in cur if notes[j][0] != "index"]
+        if len(ops) >= 2 or (ops and _kernel_call(body[ops[0]], defaults)):
+            runs.append(cur)  # (a lone kernel call too: its scalar lines, no callee to link)
         cur = [i] if n is not None else []
     new, funcs, checks = [], [], []
     at = 0
@@ -331,6 +333,15 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     read = sorted({(root, c) for root, c in loads if kinds.get(root) in ("carry", "xs", "inv")})
     checks = [(root, [(c, width, read)]) for root, c in stored if kinds.get(root) == "ys" and read]
     return lines, fn, checks
+
+
+def _kernel_call(line: str, defaults: dict) -> bool:
+    """Whether `line` calls a generated kernel (not a ufunc): alone, it is a one-op pass, so
+    the step loop's module types and links no kernel of its own (GRU's lone gate kernels)."""
+    from numba.core.registry import CPUDispatcher
+
+    m = _CALL.match(line)
+    return m is not None and isinstance(defaults.get(m[2]), CPUDispatcher)
 
 
 def _is2d(a: Any) -> bool:
