@@ -2,7 +2,8 @@
 two loops of one structure at other sizes (B, H, T) run ONE compiled kernel -- one text, one
 module, one numba signature -- each with its own `dims`, and each equals the NumPy equations
 (1e-12, float64); the text reads every size but 0 and 1 from `dims`; a loop whose carries have
-one row (B = 1) keeps its sizes literal (loop_source.LITERAL_ROWS); lifted and literal texts
+one row (B = 1) keeps its sizes literal (loop_source.LITERAL_ROWS), and by default every loop
+does (lifted, small batches' steps were 20-30 % slower: BENCHMARKS.md "hlift"); lifted and literal texts
 give the same bits on odd and strided inputs; a whole-program kernel passes each loop it calls
 a slice of its own `dims`, and two batch sizes share the program kernel too."""
 
@@ -32,9 +33,11 @@ def _kernel_body(source: str) -> str:
 
 @pytest.fixture
 def fresh(monkeypatch):
-    """Loop and program kernel handles made anew in this test (numba may load its cache)."""
+    """Loop and program kernel handles made anew in this test (numba may load its cache), loops
+    of B >= 2 lifted (LITERAL_ROWS [1]: off by default, see the last test)."""
     monkeypatch.setattr(numba_loop, "_loops", {})
     monkeypatch.setattr(numba_program, "_programs", {})
+    monkeypatch.setattr(loop_source, "LITERAL_ROWS", [1])
 
 
 def test_one_loop_kernel_serves_two_batches_widths_and_lengths(fresh, monkeypatch):
@@ -122,3 +125,16 @@ def test_a_program_kernel_passes_its_loop_a_slice_of_its_dims(fresh):
     lo, hi = (int(v) for v in re.findall(r"\d+", call))
     for program, loop in made:  # (its slice of the program's dims: the loop's own)
         assert list(program.dims[lo:hi]) == list(loop.dims)
+
+
+def test_by_default_a_loop_keeps_its_sizes_literal(monkeypatch):
+    """The default rule: a B = 3 loop's kernel has its sizes written in and no `dims`."""
+    monkeypatch.setattr(numba_loop, "_loops", {})
+    monkeypatch.setattr(numba_program, "ENABLED", [False])
+    g, arrays, want = _rnn(3, 7, 5, 6)
+    c = tn.compile(g, backend="numba")
+    for a, b in zip(c(*arrays), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    handle = _loop_handle(c)
+    assert len(handle.dims) == 0 and "dims[" not in handle.shared.source
+    assert re.search(r"range\(7\)", handle.shared.source)  # (H written in)

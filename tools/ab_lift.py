@@ -5,7 +5,7 @@ compared bit for bit. Arms (each model compiled under its texts, then timed roun
   old:   loop kernels' sizes written in (main before hlift), programs' innermost counts literal
   loops: loop kernels lifted at any B (loop_source.LITERAL_ROWS 0), programs as old
   new:   everything lifted (programs' innermost counts too)
-  as-is: the defaults of this tree (loops lifted but at B = 1)
+  as-is: the defaults of this tree (loops literal: LITERAL_ROWS off)
   mm:    as-is, loop kernels' small 2-D products as ProgramSource.matmul's (columns innermost)
   inner: as-is, loop kernels' innermost nested counts literal (mm-inner: both)
 

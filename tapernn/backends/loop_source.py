@@ -8,6 +8,8 @@ passes to every call (LoopSource.buffer); only the live carries' swapped pairs a
 
 from __future__ import annotations
 
+import sys
+
 import math
 from collections.abc import Callable
 
@@ -37,13 +39,12 @@ _ITEMSIZE = {"float32": 4, "float64": 8, "bool": 1}
 # SMALL_ALIGN (a 5-element float32 buffer padded to 64 bytes tripled the (1, 5, 5) workspaces)
 WORK_ALIGN, SMALL_ALIGN = 64, 16
 _VIEWS = ("getitem", "transpose", "reshape", "broadcast_to", "stop_gradient")
-# a loop kernel reads its sizes from `dims` (size_lift: one text, one compile for every size),
-# except one whose carries have at most LITERAL_ROWS[0] rows: its sizes stay written in, where
-# LLVM folds them. Lifted, the (1, 5, 5) f32 step was 1-2 us (4-9 %) slower and (4, 10, 16)'s
-# 20-30 %; the cold suite's loops are B = 2-4 (1: 24 of 160 loop modules, rarely differing in
-# sizes alone): rows 1 keeps 48 of the 54 shared compiles, rows 4 none (BENCHMARKS.md "hlift";
-# tools/ab_lift.py's arms set it)
-LITERAL_ROWS = [1]
+# a loop kernel keeps its sizes written in, where LLVM folds them, unless its carries have more
+# than LITERAL_ROWS[0] rows: then it reads them from `dims` (size_lift: one text and one compile
+# for every size of the structure). Lifted, the (1, 5, 5) f32 step was 1-2 us (4-9 %) slower and
+# (4, 10, 16)'s 20-30 %, for ~10 % less CPU in a cold sweep of 12 models (BENCHMARKS.md "hlift"):
+# so no loop is lifted by default; [1] lifts every loop of B >= 2 (tools/ab_lift.py's arms set it)
+LITERAL_ROWS = [sys.maxsize]
 
 
 class LoopSource:
