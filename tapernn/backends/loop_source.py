@@ -8,9 +8,8 @@ passes to every call (LoopSource.buffer); only the live carries' swapped pairs a
 
 from __future__ import annotations
 
-import sys
-
 import math
+import sys
 from collections.abc import Callable
 
 import numpy as np
