@@ -86,10 +86,13 @@ class Unsupported(Exception):
 
 
 def cache_dir() -> Path:
-    """$TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels."""
+    """$TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels; below numba's -O3 its
+    subdirectory opt<level> (numba_opt.py: -O0 kernels never land where -O3 ones load)."""
+    from .numba_opt import below_o3, opt_level
+
     env = os.environ.get("TAPERNN_KERNEL_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "tapernn" / "numba-kernels"
-    return base
+    return base / f"opt{opt_level()}" if below_o3() else base
 
 
 def _dtype_name(dtype: Any) -> str:
