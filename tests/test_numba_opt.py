@@ -1,6 +1,7 @@
 """numba below -O3 (tapernn/backends/numba_opt.py; the suite's -O0, conftest): in fresh
-interpreters, a program whose kernel calls vecmath's njit functions compiles in the first
-process and loads every kernel from the cache in the second (0 compiles); -O0 and -O3 kernels
+interpreters, a program whose kernel calls vecmath's njit functions, and a rolled training step,
+compile in the first process and load every kernel from the cache in the second (0 compiles),
+with -O3's bits; -O0 and -O3 kernels
 never share a cache entry, neither in tapernn's kernel cache nor in numba's index of any other
 function; and a numba without the internals the wrappers expect runs, uncached, and says why."""
 
@@ -68,6 +69,45 @@ def test_a_kernel_calling_others_is_cached_at_O0_and_apart_from_O3(tmp_path):
     assert _run(_PROGRAM, cache, "0")["compiles"] == []  # (-O3's entries did not displace)
     names = {p.name for p in (cache / "opt0" / "__pycache__").glob("*.nbi")}
     assert names == {p.name for p in (cache / "__pycache__").glob("*.nbi")}, names
+
+
+_TRAINING = """
+import hashlib, json
+from numba.core import event
+compiles = []
+class Count(event.Listener):
+    def on_start(self, ev): pass
+    def on_end(self, ev): compiles.append(ev.data["dispatcher"].py_func.__name__)
+event.register("numba:compile", Count())
+import numpy as np
+import tapernn as tn
+from tapernn import nn
+tn.set_backend("numba")
+tn.manual_seed(0)
+seq = nn.Sequencer(nn.GRU(3, 4), unroll=False)
+x = np.random.default_rng(0).standard_normal((5, 2, 3))
+bits = hashlib.sha256()
+for _ in range(3):
+    y = seq.forward(x)
+    seq.zero_grad_parameters()
+    gx = seq.backward(x, np.cos(y))
+    for a in [y, gx] + [p.grad for p in seq.parameters()]:
+        bits.update(np.ascontiguousarray(a).tobytes())
+print(json.dumps({"compiles": compiles, "bits": bits.hexdigest()}))
+"""
+
+
+def test_a_rolled_training_step_loads_every_kernel_at_O0_with_O3s_bits(tmp_path):
+    """A rolled GRU's training step on numba (whole-program kernels calling loop kernels,
+    vecmath's functions, numba_update.add_flat): the second -O0 process compiles nothing, and
+    -O0 and -O3 give the same bits (outputs, input and parameter gradients, three steps)."""
+    cache = tmp_path / "kernels"
+    first = _run(_TRAINING, cache, "0")
+    assert len(first["compiles"]) >= 4, first
+    again = _run(_TRAINING, cache, "0")
+    assert again["compiles"] == [], again
+    o3 = _run(_TRAINING, cache, "3")
+    assert o3["bits"] == first["bits"] == again["bits"]
 
 
 _USER = """
