@@ -18,14 +18,17 @@ from tapernn.backends import numba_available
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 ROOT = Path(__file__).resolve().parents[1]
 
-_PROGRAM = """
-import json, sys
+# (before every child's code: the functions numba compiles in it, `compiles`)
+_COUNT = """
+import hashlib, json, sys
 from numba.core import event
 compiles = []
 class Count(event.Listener):
     def on_start(self, ev): pass
     def on_end(self, ev): compiles.append(ev.data["dispatcher"].py_func.__name__)
 event.register("numba:compile", Count())
+"""
+_PROGRAM = """
 import numpy as np
 import tapernn as tn
 from tapernn.backends import numba_backend, numba_update
@@ -44,7 +47,7 @@ print(json.dumps({"compiles": compiles, "dir": str(numba_backend.cache_dir())}))
 def _child(code, level, **env):
     """The JSON the child prints last, and its stderr."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_OPT=level, **env)
-    argv = [sys.executable, "-c", code]
+    argv = [sys.executable, "-c", _COUNT + code]
     out = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
@@ -72,13 +75,6 @@ def test_a_kernel_calling_others_is_cached_at_O0_and_apart_from_O3(tmp_path):
 
 
 _TRAINING = """
-import hashlib, json
-from numba.core import event
-compiles = []
-class Count(event.Listener):
-    def on_start(self, ev): pass
-    def on_end(self, ev): compiles.append(ev.data["dispatcher"].py_func.__name__)
-event.register("numba:compile", Count())
 import numpy as np
 import tapernn as tn
 from tapernn import nn
@@ -111,14 +107,7 @@ def test_a_rolled_training_step_loads_every_kernel_at_O0_with_O3s_bits(tmp_path)
 
 
 _USER = """
-import json, sys
 sys.path.insert(0, sys.argv[1])
-from numba.core import event
-compiles = []
-class Count(event.Listener):
-    def on_start(self, ev): pass
-    def on_end(self, ev): compiles.append(ev.data["dispatcher"].py_func.__name__)
-event.register("numba:compile", Count())
 from tapernn.backends.numba_opt import keyed
 keyed()
 import users_kernels
