@@ -1,6 +1,7 @@
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 
@@ -16,7 +17,8 @@ import pytest
 # <kernel cache>/opt0, the level in numba's index key). Run at -O3 anyway: the tests of the
 # optimised machine code itself (vecmath's: optimised_subprocess()) and the README's second
 # command (the model-level tests on the numba backend).
-os.environ.setdefault("NUMBA_OPT", "0")
+if "numba" not in sys.modules:  # (imported already, e.g. by `-W ...numba...`: its level stays)
+    os.environ.setdefault("NUMBA_OPT", "0")
 
 
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,

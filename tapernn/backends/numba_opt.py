@@ -32,6 +32,7 @@ def opt_level() -> str:
     when numba is imported): "0", "1", "2", "3" (numba's default) or "max"."""
     from numba.core import config
 
+    config.reload_config()  # (as numba's next compile will: NUMBA_OPT set after numba's import)
     if getattr(config.OPT, "is_opt_max", False):
         return "max"
     return str(int(config.OPT))
