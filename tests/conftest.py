@@ -1,60 +1,24 @@
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 
 import numpy as np
 import pytest
 
-# numba's optimisation level (issue 19, hcold5). The suite runs at numba's default -O3. Run at
-# another level (`NUMBA_OPT=0 python -m pytest ...`: the same semantics and bits -- no fast-math
-# flags, no FMA contraction -- and ~30 % less CPU with a cold kernel cache) its kernels go to a
-# kernel cache of their own, "<the user's>-tests-opt<level>": numba's cache index does not key on
-# the level, and the user's ($TAPERNN_KERNEL_CACHE or ~/.cache/tapernn/numba-kernels) holds -O3
-# kernels only. Set here, before anything imports numba (it reads NUMBA_OPT once); subprocesses
-# inherit both. At a level below 3 numba would not cache a kernel that calls another (a dead load
-# of the callee dispatcher's address, an `numba.dynamic.globals` variable, survives without
-# optimisation): pytest_configure installs _cacheable_below_o3. The tests of the optimised
-# machine code itself (vecmath's) then run at -O3 in a subprocess: optimised_subprocess().
-USER_CACHE = "TAPERNN_TEST_USER_KERNEL_CACHE"  # (kept for subprocesses that run pytest again)
-os.environ.setdefault(USER_CACHE, os.environ.get("TAPERNN_KERNEL_CACHE", ""))
-if os.environ.get("NUMBA_OPT", "3").strip() == "3":
-    if os.environ[USER_CACHE]:
-        os.environ["TAPERNN_KERNEL_CACHE"] = os.environ[USER_CACHE]
-    else:
-        os.environ.pop("TAPERNN_KERNEL_CACHE", None)
-else:
-    _user = os.environ[USER_CACHE] or os.path.join("~", ".cache", "tapernn", "numba-kernels")
-    _user = os.path.expanduser(_user).rstrip(os.sep)
-    os.environ["TAPERNN_KERNEL_CACHE"] = f"{_user}-tests-opt{os.environ['NUMBA_OPT'].strip()}"
-
-
-def _cacheable_below_o3() -> None:
-    """Below -O3, numba's final module keeps a dead load of each called dispatcher's address (a
-    `numba.dynamic.globals` variable), and numba does not cache a module with one: every process
-    would compile such kernels again. Dead-code and dead-global elimination on the final module
-    first (what -O3 does anyway) leave only the used ones. numba.core.codegen internals: without
-    them (another numba) nothing is patched -- slower, not wrong."""
-    import llvmlite.binding as ll
-    from numba.core import codegen
-
-    library = getattr(codegen, "CPUCodeLibrary", None)
-    scan = getattr(library, "_finalize_dynamic_globals", None)
-    if scan is None or getattr(scan, "tapernn_tests", False):
-        return
-
-    def finalize_dynamic_globals(self):
-        with contextlib.suppress(AttributeError):
-            builder = self._codegen._pass_builder(opt=0, loop_vectorize=False, slp_vectorize=False)
-            passes = ll.create_new_module_pass_manager()
-            passes.add_dead_code_elimination_pass()
-            passes.add_global_dead_code_eliminate_pass()
-            passes.run(self._final_module, builder)
-        return scan(self)
-
-    finalize_dynamic_globals.tapernn_tests = True
-    library._finalize_dynamic_globals = finalize_dynamic_globals
+# numba's optimisation level (issue 19, hcold5/hcold6): the suite compiles its kernels at -O0
+# unless NUMBA_OPT says otherwise (`NUMBA_OPT=3 python -m pytest ...`: everything at numba's
+# default). -O0 has the same semantics and bits -- no fast-math flags, no FMA contraction -- and
+# costs ~30 % less CPU with a cold kernel cache. Set here, before anything imports numba (it reads
+# NUMBA_OPT once); xdist workers and subprocess tests inherit it. The library keeps -O0 kernels
+# cacheable and apart from -O3 ones (backends/numba_opt.py: their own cache directory
+# <kernel cache>/opt0, the level in numba's index key). Run at -O3 anyway: the tests of the
+# optimised machine code itself (vecmath's: optimised_subprocess()) and the README's second
+# command (the model-level tests on the numba backend).
+if "numba" not in sys.modules:  # (imported already, e.g. by `-W ...numba...`: its level stays)
+    os.environ.setdefault("NUMBA_OPT", "0")
 
 
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
@@ -153,10 +117,7 @@ def pytest_configure(config):
     every test on numba runs its kernels from the first call; tests/test_numba_background.py tests
     the background compilation."""
     import tapernn as tn
-    from tapernn.backends import numba_available
 
-    if os.environ.get("NUMBA_OPT", "3").strip() != "3" and numba_available():
-        _cacheable_below_o3()
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
     # the layout rule's decisions (passes/layout_cache) go to a file of this session: tests that
     # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs

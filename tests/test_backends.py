@@ -169,7 +169,7 @@ def test_kernels_are_cached_on_disk_across_processes(tmp_path):
     ]
     assert runs[0] == ["0", "1"]  # compiled, written to the cache
     assert runs[1] == ["1", "0"]  # the second process loads it: no compilation
-    assert len(list(tmp_path.glob("tapernn_k*.py"))) == 1
+    assert len(list(tmp_path.rglob("tapernn_k*.py"))) == 1  # (below -O3: in opt<level>/)
 
 
 def test_a_changed_intrinsics_module_changes_every_kernels_cache_name(monkeypatch, tmp_path):

@@ -30,11 +30,11 @@ def x(tmp_path, monkeypatch):
     return np.linspace(-3, 3, 24).reshape(4, 6)
 
 
-def test_a_truncated_numba_cache_file_recompiles_the_kernel(x, tmp_path, monkeypatch):
+def test_a_truncated_numba_cache_file_recompiles_the_kernel(x, monkeypatch):
     want = x * x - x * 0.5
     got, handle = _fresh_run(monkeypatch, x)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    data = list((tmp_path / "__pycache__").glob("*.nbc"))
+    data = list((numba_backend.cache_dir() / "__pycache__").glob("*.nbc"))
     assert data and not handle.error
     for path in data:
         path.write_bytes(path.read_bytes()[:100])
@@ -47,9 +47,9 @@ def test_a_truncated_numba_cache_file_recompiles_the_kernel(x, tmp_path, monkeyp
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_a_kernel_module_with_other_text_is_rewritten(x, tmp_path, monkeypatch):
+def test_a_kernel_module_with_other_text_is_rewritten(x, monkeypatch):
     _fresh_run(monkeypatch, x)
-    (module,) = tmp_path.glob("tapernn_k*.py")
+    (module,) = numba_backend.cache_dir().glob("tapernn_k*.py")
     text = module.read_text()
     module.write_text(text.replace("out[i0, i1] = ", "out[i0, i1] = 2 * "))  # a wrong kernel
     got, handle = _fresh_run(monkeypatch, x)

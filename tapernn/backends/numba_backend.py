@@ -86,10 +86,16 @@ class Unsupported(Exception):
 
 
 def cache_dir() -> Path:
-    """$TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels."""
+    """$TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels; below numba's -O3 its
+    subdirectory opt<level> (numba_opt.py: -O0 kernels never land where -O3 ones load)."""
+    from .numba_opt import below_o3, keyed, opt_level
+
     env = os.environ.get("TAPERNN_KERNEL_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "tapernn" / "numba-kernels"
-    return base
+    if not below_o3():
+        return base
+    keyed()  # (installed here too: NUMBA_OPT may have changed since numba_setup.setup())
+    return base / f"opt{opt_level()}"
 
 
 def _dtype_name(dtype: Any) -> str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .numba_opt import keyed
+
 # position key and odd multiplier (the golden ratio's and a splitmix64 constant)
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xD6E8FEB86659FD93)
 _S = np.uint64(32)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=keyed(), nogil=True, error_model="numpy")
 def digest(words):
     """(a, b) over the 1-D uint64 array `words`: a = sum over i of m_i(words[i]) mod 2**64 with
     m_i(w) = f((w ^ i*K1) * K2), f(z) = z ^ (z >> 32) -- each m_i a bijection of the 64-bit

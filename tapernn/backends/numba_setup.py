@@ -1,11 +1,15 @@
 """numba's first-use setup (its CPU target's registries), done once before tapernn loads or
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
-(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need."""
+(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
+Below numba's default -O3 (NUMBA_OPT=0/1/2: the test suite's -O0, issue 19) it also makes
+kernels cacheable and keys numba's cache by the level (numba_opt.py)."""
 
 from __future__ import annotations
 
 import sys
 import threading
+
+from .numba_opt import keyed
 
 # the numba releases (lowest, highest) whose setup this was read and tested against
 # (tests/test_numba_setup.py; 0.68.1): the BLAS check is numba.np.arraymath._HAVE_BLAS =
@@ -56,6 +60,7 @@ def setup() -> bool:
         if _done:
             return False
         _done = True
+        keyed()  # (below -O3: cacheable kernels, cache keyed by the level; else nothing)
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from numba import njit
 
+from .numba_opt import keyed
 
-@njit(cache=True, nogil=True, error_model="numpy")
+
+@njit(cache=keyed(), nogil=True, error_model="numpy")
 def sub_scaled(data, step, lr):
     d = data.reshape(data.size)  # (C-contiguous: views)
     s = step.reshape(step.size)
@@ -17,7 +19,7 @@ def sub_scaled(data, step, lr):
         d[i] = d[i] - lr * s[i]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=keyed(), nogil=True, error_model="numpy")
 def add_flat(grads, parts):
     """grads[k] += parts[k] for every k (tuples of 1-D C arrays of one dtype, pairwise of one
     size): NumPy's `grad += part` bit for bit (one rounded add an element), one call for all
