@@ -1,24 +1,20 @@
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 
 import numpy as np
 import pytest
 
-# numba's optimisation level (issue 19, hcold5/hcold6): the suite compiles its kernels at -O0
-# unless NUMBA_OPT says otherwise (`NUMBA_OPT=3 python -m pytest ...`: everything at numba's
-# default). -O0 has the same semantics and bits -- no fast-math flags, no FMA contraction -- and
-# costs ~30 % less CPU with a cold kernel cache. Set here, before anything imports numba (it reads
-# NUMBA_OPT once); xdist workers and subprocess tests inherit it. The library keeps -O0 kernels
-# cacheable and apart from -O3 ones (backends/numba_opt.py: their own cache directory
-# <kernel cache>/opt0, the level in numba's index key). Run at -O3 anyway: the tests of the
-# optimised machine code itself (vecmath's: optimised_subprocess()) and the README's second
-# command (the model-level tests on the numba backend).
-if "numba" not in sys.modules:  # (imported already, e.g. by `-W ...numba...`: its level stays)
-    os.environ.setdefault("NUMBA_OPT", "0")
+# numba's optimisation level (issue 19, hcold5/hcold6): the suite runs at numba's default -O3
+# unless NUMBA_OPT says otherwise (`NUMBA_OPT=0 python -m pytest ...`: xdist workers and
+# subprocess tests inherit it; the library keeps -O0 kernels cacheable and apart from -O3 ones,
+# backends/numba_opt.py). -O0 by default was measured at stop 37 on fresh clones, quiet: a cold
+# kernel cache 19:37 for the main pass (-O3 at stop 36: 19:24 -- what -O0 saves compiling, its
+# unoptimised kernels spend running), a warm one 7:30 (-O3 ~5:45): so -O3, the code users run.
+# The tests of -O3 machine code (vecmath's) re-run themselves at -O3 under a lower level
+# (optimised_subprocess()).
 
 
 # The files whose cold-kernel-cache CI time is longest, longest first (tools/ci_profile.py,
@@ -211,7 +207,7 @@ def packed_now():
 
 def optimised_subprocess(request) -> bool:
     """For a test of numba's optimised (-O3) machine code while this process compiles at another
-    level (the suite's NUMBA_OPT=0, above): runs the test in a fresh interpreter at NUMBA_OPT=3
+    level (e.g. NUMBA_OPT=0, above): runs the test in a fresh interpreter at NUMBA_OPT=3
     and asserts it passed there; True. False when this process is at -O3: run the test here.
         if optimised_subprocess(request):
             return"""
