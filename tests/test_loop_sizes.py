@@ -31,6 +31,19 @@ def _kernel_body(source: str) -> str:
     return "\n".join(line for line in body if not re.match(r"^    n\d+ = dims\[\d+\]$", line))
 
 
+def _literal_loop(B, H, T, seed):
+    """A (B, H, T) loop compiled and checked against the equations: its kernel has its sizes
+    written in (H in a range) and no `dims`; its arrays and wanted values."""
+    g, arrays, want = _rnn(B, H, T, seed)
+    c = tn.compile(g, backend="numba")
+    for a, b in zip(c(*arrays), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    handle = _loop_handle(c)
+    assert len(handle.dims) == 0 and "dims[" not in handle.shared.source
+    assert re.search(rf"range\({H}\)", handle.shared.source)  # (H written in)
+    return arrays, want
+
+
 @pytest.fixture
 def fresh(monkeypatch):
     """Loop and program kernel handles made anew in this test (numba may load its cache), loops
@@ -64,13 +77,7 @@ def test_one_loop_kernel_serves_two_batches_widths_and_lengths(fresh, monkeypatc
 
 def test_a_loop_with_one_row_keeps_its_sizes_literal(fresh, monkeypatch):
     monkeypatch.setattr(numba_program, "ENABLED", [False])
-    g, arrays, want = _rnn(1, 5, 4, 2)
-    c = tn.compile(g, backend="numba")
-    for a, b in zip(c(*arrays), want):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    handle = _loop_handle(c)
-    assert len(handle.dims) == 0 and "dims[" not in handle.shared.source
-    assert re.search(r"range\(5\)", handle.shared.source)  # (H written in)
+    arrays, want = _literal_loop(1, 5, 4, 2)
     monkeypatch.setattr(loop_source, "LITERAL_ROWS", [0])  # (the rule off: lifted)
     c = tn.compile(_rnn(1, 5, 4, 2)[0], backend="numba")
     for a, b in zip(c(*arrays), want):
@@ -131,10 +138,4 @@ def test_by_default_a_loop_keeps_its_sizes_literal(monkeypatch):
     """The default rule: a B = 3 loop's kernel has its sizes written in and no `dims`."""
     monkeypatch.setattr(numba_loop, "_loops", {})
     monkeypatch.setattr(numba_program, "ENABLED", [False])
-    g, arrays, want = _rnn(3, 7, 5, 6)
-    c = tn.compile(g, backend="numba")
-    for a, b in zip(c(*arrays), want):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    handle = _loop_handle(c)
-    assert len(handle.dims) == 0 and "dims[" not in handle.shared.source
-    assert re.search(r"range\(7\)", handle.shared.source)  # (H written in)
+    _literal_loop(3, 7, 5, 6)
