@@ -41,30 +41,8 @@ ARMS = {  # name -> (loop texts literal, literal at B = 1, program innermost kep
 
 def columns_innermost(self, n, ins, dt, fallback):
     """ProgramSource.matmul's form for a loop kernel (the arm "mm")."""
-    x, y = ins
-    m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
-    if (
-        len(n.shape) != 2
-        or len(x.shape) != 2
-        or len(y.shape) != 2
-        or m * k * p >= loop_source.DOT_MIN
-        or not (dt == x.dtype == y.dtype)
-    ):
-        return fallback(self, n, ins, dt)
-    out = self.buffer(n.shape, dt)
-    xv = self.fresh("xv")
-    zero = "ZERO_" + dt
-    for line in [
-        f"for i0 in range({m}):",
-        f"    for i1 in range({p}):",
-        f"        {out.at(['i0', 'i1'])} = {zero}",
-        f"    for kk in range({k}):",
-        f"        {xv} = {x.at(['i0', 'kk'])}",
-        f"        for i1 in range({p}):",
-        f"            {out.at(['i0', 'i1'])} += {xv} * {y.at(['kk', 'i1'])}",
-    ]:
-        self.statement(line)
-    return out
+    out = program_source.columns_innermost(self, n, ins, dt)
+    return fallback(self, n, ins, dt) if out is None else out
 
 
 def tn_step(B, T, H, dtype, x, g, mode, cell="FastLSTM"):

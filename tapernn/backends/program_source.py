@@ -157,30 +157,8 @@ class ProgramSource(LoopSource):
         lifted (over T in a weight gradient: one kernel for every T), and a runtime trip count
         innermost cost ~1.5 us of the (1, 5, 5) step's 3-4 us backward kernel (hsmall).
         Mixed dtypes (an accumulator of another dtype than out) keep LoopSource's."""
-        x, y = ins
-        m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
-        if (
-            len(n.shape) != 2
-            or len(x.shape) != 2
-            or len(y.shape) != 2
-            or m * k * p >= DOT_MIN
-            or not (dt == x.dtype == y.dtype)
-            or not dt.startswith("float")
-        ):
-            return super().matmul(n, ins, dt)
-        out = self.buffer(n.shape, dt)
-        xv = self.fresh("xv")
-        for line in [
-            f"for i0 in range({m}):",
-            f"    for i1 in range({p}):",
-            f"        {out.at(['i0', 'i1'])} = {_typed(dt, 0)}",
-            f"    for kk in range({k}):",
-            f"        {xv} = {x.at(['i0', 'kk'])}",
-            f"        for i1 in range({p}):",
-            f"            {out.at(['i0', 'i1'])} += {xv} * {y.at(['kk', 'i1'])}",
-        ]:
-            self.statement(line)
-        return out
+        out = columns_innermost(self, n, ins, dt)
+        return super().matmul(n, ins, dt) if out is None else out
 
     # ---- a scan loop, inlined ---------------------------------------------------------------
 
@@ -355,3 +333,33 @@ def last_reads(g: Graph) -> dict[int, list[Node]]:
     for n, k in last.items():
         ends.setdefault(k, []).append(n)
     return ends
+
+
+def columns_innermost(gen: LoopSource, n: Node, ins: list[Val], dt: str) -> Val | None:
+    """ProgramSource.matmul's form of a small 2-D float product, its statements emitted into
+    `gen` (any LoopSource: tools/ab_lift.py's arm "mm" puts it in loop kernels); None for a
+    product it does not take."""
+    x, y = ins
+    m, k, p = x.shape[-2], x.shape[-1], y.shape[-1]
+    if (
+        len(n.shape) != 2
+        or len(x.shape) != 2
+        or len(y.shape) != 2
+        or m * k * p >= DOT_MIN
+        or not (dt == x.dtype == y.dtype)
+        or not dt.startswith("float")
+    ):
+        return None
+    out = gen.buffer(n.shape, dt)
+    xv = gen.fresh("xv")
+    for line in [
+        f"for i0 in range({m}):",
+        f"    for i1 in range({p}):",
+        f"        {out.at(['i0', 'i1'])} = {_typed(dt, 0)}",
+        f"    for kk in range({k}):",
+        f"        {xv} = {x.at(['i0', 'kk'])}",
+        f"        for i1 in range({p}):",
+        f"            {out.at(['i0', 'i1'])} += {xv} * {y.at(['kk', 'i1'])}",
+    ]:
+        gen.statement(line)
+    return out
