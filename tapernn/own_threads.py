@@ -150,10 +150,11 @@ def _split(a, b, out, half):
     return out
 
 
-# memory passes (zero-fills, copies) shared by the two threads from this many bytes in all
-# (`in_two`): off -- at (32, 50, 512) f32, load 12, the lent panels' zero-fill took 1.38 ms a
-# step on two threads against 0.75 on one, the tap's copies 1.71 against 1.66 (BENCHMARKS.md
-# "h512b"); a quiet machine is not measured: tools/ab_serial.py --arms old two
+# memory passes (zero-fills) shared by the two threads from this many bytes in all (`in_two`):
+# off -- at (32, 50, 512) f32, load 12, the lent panels' zero-fill took 1.38 ms a step on two
+# threads against 0.75 on one, the tap's copies 1.71 against 1.66 (those now always on the
+# caller: state_grads.tap_copies, a hot path; BENCHMARKS.md "h512b"); a quiet machine is not
+# measured: tools/ab_serial.py --arms old two
 TWO_MIN_BYTES = 1 << 62
 TWO_CALLS = [0]  # in_two calls that used the worker so far (tests: it ran)
 

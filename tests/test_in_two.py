@@ -1,9 +1,7 @@
 """The caller's serial memory passes shared with the worker (own_threads.in_two, issue 19, branch
 h512b): each job runs once, on the caller or the worker, only where two threads are allowed
 (inside an owned call, or with `owned=False` where own_threads.allowed says so); an error of
-either side is raised after both ended. zero_fill zeroes every array whatever its layout;
-state_grads.tap_copies on two threads returns what it returns on one: the same copies in the
-same places of the room, the same arrays held with the same fingerprints."""
+either side is raised after both ended. zero_fill zeroes every array whatever its layout."""
 
 import threading
 
@@ -12,7 +10,6 @@ import pytest
 
 import tapernn as tn
 from tapernn import own_threads
-from tapernn.nn import state_grads
 
 
 @pytest.fixture
@@ -92,34 +89,3 @@ def test_zero_fill_zeroes_every_layout_on_both_threads(two, rng):
     arrays[0][...] = 1  # outside an owned call: the caller alone, zeros too
     own_threads.zero_fill(arrays)
     assert not arrays[0].any() and own_threads.TWO_CALLS[0] == before + 1
-
-
-@pytest.mark.parametrize("room_bytes", [0, 3000, 1 << 16])
-def test_tap_copies_on_two_threads_equal_the_callers_alone(two, room_bytes, rng, monkeypatch):
-    monkeypatch.setattr(state_grads, "WATCH_MIN_BYTES", 64)
-    arrays = [
-        rng.standard_normal((8, 32)),  # a parameter (copied)
-        rng.standard_normal((4, 9)).astype(np.float32),
-        rng.standard_normal((6, 5, 8)),  # watched (data input)
-        rng.standard_normal((3, 3)).T,  # watched position, not C: copied
-        2.5,  # (not an ndarray)
-        rng.standard_normal((6, 5, 8)),  # watched (output gradient)
-    ]
-    watch = frozenset({2, 3, 5})
-    got = {}
-    for way, limit in (("one", 1 << 62), ("two", 0)):
-        monkeypatch.setattr(own_threads, "TWO_MIN_BYTES", limit)
-        room = np.full(room_bytes, 255, np.uint8)
-        before = own_threads.TWO_CALLS[0]
-        out = state_grads.tap_copies(arrays, room, watch)
-        assert own_threads.TWO_CALLS[0] == before + (way == "two")
-        in_room = [np.shares_memory(o, room) for o in out]
-        got[way] = (out, in_room, [(k, id(a), fp) for k, a, fp in out.watched])
-    one, two_ = got["one"], got["two"]
-    assert one[1] == two_[1] and one[2] == two_[2]
-    assert any(one[1]) == (room_bytes > 0) and len(one[2]) == (0 if room_bytes >> 16 else 2)
-    for k, (a, b, src) in enumerate(zip(one[0], two_[0], arrays)):
-        np.testing.assert_array_equal(a, np.asarray(src))
-        np.testing.assert_array_equal(b, np.asarray(src))
-        held = k in {w[0] for w in one[2]}
-        assert (b is src) == held and (a is src) == held, k

@@ -1,9 +1,11 @@
 """A/B of branch h512b's serial cuts (issue 19) in one process, interleaved with rests (the arms'
 order reversed every other round): the same FastLSTM training step (numba, owned) as on main
-("old": loop weights packed on the caller alone below 12 MiB, the lent panels zeroed and the
-tap's copies made on the caller alone, a lent .grad's zero check one whole pass, read again
+("old": loop weights packed on the caller alone below 12 MiB, the lent panels zeroed on the
+caller alone, a lent .grad's zero check one whole pass, read again
 when lent, the column split at its middle), each cut alone ("pack": packed in two panel
-halves from 2 MiB; "two": own_threads.in_two from 2 MiB; "head": nn/packing._zeros looks at
+halves from 2 MiB; "two": own_threads.in_two from 2 MiB, the
+lent panels' zero-fill -- the tap's copies were tried on two threads too: 1.71 vs 1.66 ms, no
+gain, now always on the caller; "head": nn/packing._zeros looks at
 the head first and the backward does not read a .grad it has just seen zeroed again -- on by
 default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next to torch
 nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
-from ..own_threads import in_two
 from .tap_digest import fingerprint, unchanged
 
 
@@ -322,30 +321,19 @@ def tap_copies(
     arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
     places = tap_places([a.nbytes for a in arrays], room.nbytes, watch)
     out = Copies()
-    out.extend(arrays)
-    prints: dict[int, tuple] = {}
-    jobs = []  # (the copies and fingerprints: on two threads when they may, own_threads.in_two)
     for k, a in enumerate(arrays):
         at = places.get(k)
         if at is None:
             if k in watch and a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous:
-                jobs.append((partial(_fingerprint_into, prints, k, a), a.nbytes))
+                out.watched.append((k, a, fingerprint(a)))
+                out.append(a)
             else:
-                jobs.append((partial(_copy_into, out, k, a), a.nbytes))
+                out.append(a.copy())
             continue
-        out[k] = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
-        jobs.append((partial(np.copyto, out[k], a), a.nbytes))
-    in_two(jobs, owned=False)
-    out.watched.extend((k, arrays[k], prints[k]) for k in sorted(prints))
+        dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        np.copyto(dst, a)
+        out.append(dst)
     return out
-
-
-def _copy_into(out: list, k: int, a: np.ndarray) -> None:
-    out[k] = a.copy()
-
-
-def _fingerprint_into(prints: dict, k: int, a: np.ndarray) -> None:
-    prints[k] = fingerprint(a)
 
 
 # an argument or seed that does not fit the tap room is kept by reference (and fingerprinted:
