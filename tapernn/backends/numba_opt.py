@@ -1,6 +1,7 @@
-"""numba below its default optimisation level (NUMBA_OPT=0, 1 or 2; the test suite runs at -O0:
+"""numba below its default optimisation level (NUMBA_OPT=0, 1 or 2, e.g. `NUMBA_OPT=0 pytest`:
 ~30 % less CPU per cold compile, the same floating-point results -- tapernn's kernels have no
-fast-math flags -- issue 19, hcold5/hcold6). Two things numba does not do by itself there:
+fast-math flags -- issue 19, hcold5/hcold6; not the suite's default: its unoptimised kernels
+ran the whole suite no faster cold and slower warm, BENCHMARKS.md "Stop 37"). Two things numba does not do by itself there:
 
 - **cacheable**: below -O3 a kernel that calls another njit function (a program's fused-group
   kernels, vecmath's functions, a step loop's passes) keeps a dead load of each callee

@@ -1,7 +1,7 @@
 """numba's first-use setup (its CPU target's registries), done once before tapernn loads or
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
 (0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
-Below numba's default -O3 (NUMBA_OPT=0/1/2: the test suite's -O0, issue 19) it also makes
+Below numba's default -O3 (NUMBA_OPT=0/1/2: e.g. `NUMBA_OPT=0 pytest`, issue 19) it also makes
 kernels cacheable and keys numba's cache by the level (numba_opt.py)."""
 
 from __future__ import annotations
