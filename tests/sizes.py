@@ -15,3 +15,8 @@ the (1, 5, 5) tutorial size."""
 # run by test_hunt_hqa8, test_hunt_hqa10, test_steady, test_numba_program, test_numba_loop,
 # test_need_grad_input_rolled and test_numba_program_layouts (the same numba programs).
 D, H, B = 3, 4, 2
+
+# Square cells over T*B gate rows that hold every tap copy (T*B >= 4H + 3: test_tap_room's
+# rule), wide enough that a whole-program kernel's products are np.dot calls (the input
+# projection's (T*B, D) rows among them): test_tap_room, test_hunt_hqa8's memory-layout test.
+ROOM_T, ROOM_B, ROOM_H = 6, 8, 8
