@@ -56,21 +56,28 @@ def test_groups_are_texts_alike_but_for_sizes_and_kernel_names(tool, tmp_path, c
             "tapernn_k6_04": (text(2, 4, bits=32), "tests/test_a.py::test_f32", 3.5),  # a dtype
             "tapernn_k6_05": (text(2, 4, buf=2), "tests/test_c.py::test_w", 1.0),  # a name
             "tapernn_k6_06": (text(2, 4, scale=1), "tests/test_c.py::test_v", 1.0),  # a value
+            # (callees in the cache: alike but for a size, or for a dtype)
+            "tapernn_k6_07": (text(2, 4, loop="e1"), "tests/test_d.py::test_u", 1.0),
+            "tapernn_k6_08": (text(3, 8, loop="e2"), "tests/test_d.py::test_u", 1.0),
+            "tapernn_k6_09": (text(2, 4, loop="e3"), "tests/test_d.py::test_u", 1.0),
         },
     )
+    for name, line in (("e1", "range(4)"), ("e2", "range(5)"), ("e3", "np.float32(1)")):
+        Path(cache, f"tapernn_k6_{name}.py").write_text(f"x = {line}\n")
     recs = tool.records(prof)
-    assert len(recs) == 6
-    (group,) = tool.size_groups(recs, cache)
+    assert len(recs) == 9
+    group, callees = tool.size_groups(recs, cache)
     saved, cpu, members = group
     assert (saved, cpu) == (5.0, 10.0)  # (one compile of 5 s instead of three)
     assert sorted(m for m, _, _ in members) == ["tapernn_k6_01", "tapernn_k6_02", "tapernn_k6_03"]
+    assert sorted(m for m, _, _ in callees[2]) == ["tapernn_k6_07", "tapernn_k6_08"]
     rows = {row[0]: row[1:] for row in tool.per_file(recs)}
     assert rows["tests/test_b.py"] == (2, 14.0, 8.0, 7.0, 2)  # tests, wall, CPU, compile, count
     assert next(iter(rows)) == "tests/test_b.py"  # (most compile CPU first)
     tool.main([prof, "--groups", cache])
     out = capsys.readouterr().out
-    assert "6 tests" in out and "6 compiles" in out
-    assert "if shared: -5 s of compile CPU in 1 groups" in out
+    assert "9 tests" in out and "9 compiles" in out
+    assert "if shared: -6 s of compile CPU in 2 groups" in out
     assert "tests/test_b.py::test_y" in out
 
 

@@ -6,17 +6,18 @@ and (--groups) the numba kernels that differ only by their sizes.
 
 --groups reads the kernel modules the run compiled from its kernel cache ($TAPERNN_KERNEL_CACHE
 of the run, or its opt<level> subdirectory) and groups them by text with every number that
-stands alone (not part of a name or a decimal: `buf12`, `float32`, `0.5` stay) replaced and every imported kernel
-module's name made one: the members of a group are one program at other sizes (B, H, D, T*B),
-one compile apiece. A group whose members come from tests that only chose other sizes is one
-compile once those tests share their sizes (tests/sizes.py); "if shared" sums, per group, the
-compile CPU of every member but the dearest."""
+stands alone (not part of a name or a decimal: `buf12`, `float32`, `0.5` stay) replaced, each
+imported kernel module named by its own text so reduced: the members of a group are one program
+at other sizes (B, H, D, T*B), one compile apiece. A group whose members come from tests that
+only chose other sizes is one compile once those tests share their sizes (tests/sizes.py); "if
+shared" sums, per group, the compile CPU of every member but the dearest."""
 
 from __future__ import annotations
 
 import argparse
 import collections
 import glob
+import hashlib
 import json
 import os
 import re
@@ -48,10 +49,25 @@ def per_file(recs: list[dict]) -> list[tuple]:
     return sorted(((k, *v) for k, v in table.items()), key=lambda row: -row[3])
 
 
-def shape_of(text: str) -> str:
-    """A kernel module's text without its sizes: numbers standing alone and imported kernel
-    modules' names replaced."""
-    return _NUMBER.sub("N", _MODULE.sub("K", text))
+def shape_of(module: str, cache: str, memo: dict | None = None) -> str | None:
+    """A kernel module's text without its sizes: numbers standing alone replaced, and each
+    kernel module it imports named by that module's shape (a program at another batch imports
+    another loop module of the same shape; one whose callee differs otherwise, e.g. by dtype, is
+    another shape). None when the module is not in the cache."""
+    memo = {} if memo is None else memo
+    if module not in memo:
+        memo[module] = None  # (no cycles in imports; this only stops one)
+        path = os.path.join(cache, module + ".py")
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read()
+            memo[module] = _NUMBER.sub("N", _MODULE.sub(lambda m: _called(m[0], cache, memo), text))
+    return memo[module]
+
+
+def _called(name: str, cache: str, memo: dict) -> str:
+    shape = shape_of(name, cache, memo)
+    return "K" if shape is None else "K" + hashlib.sha1(shape.encode()).hexdigest()[:12]
 
 
 def size_groups(recs: list[dict], cache: str) -> list[tuple[float, float, list]]:
@@ -64,12 +80,11 @@ def size_groups(recs: list[dict], cache: str) -> list[tuple[float, float, list]]
                 entry = where[e["kernel"].split(".")[0]]
                 entry[0] += e["cpu"]
                 entry[1].add(r["test"])
-    groups = collections.defaultdict(list)
+    groups, memo = collections.defaultdict(list), {}
     for module, (cpu, tests) in where.items():
-        path = os.path.join(cache, module + ".py")
-        if os.path.exists(path):
-            with open(path) as f:
-                groups[shape_of(f.read())].append((module, cpu, sorted(tests)))
+        shape = shape_of(module, cache, memo)
+        if shape is not None:
+            groups[shape].append((module, cpu, sorted(tests)))
     out = []
     for members in groups.values():
         if len(members) > 1:
