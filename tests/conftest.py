@@ -231,3 +231,14 @@ def optimised_subprocess(request) -> bool:
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0 and "1 passed" in proc.stdout, tail
     return True
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is no package): for the tests of a tool."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

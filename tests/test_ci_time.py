@@ -3,13 +3,12 @@ alike but for sizes (the modules, records and CPU seconds made up here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "ci_time.py"
 _TEXT = """from tapernn_k6_{loop} import kernel as loop0
 def kernel(out0, dims, work_float{bits}):
     buf{buf} = c_view(work_float{bits}, 0, ({rows}, {width}))
@@ -20,10 +19,7 @@ def kernel(out0, dims, work_float{bits}):
 
 @pytest.fixture
 def tool():
-    spec = importlib.util.spec_from_file_location("ci_time", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("ci_time")
 
 
 def _run(tmp_path, modules):
