@@ -39,9 +39,10 @@ SLOW_FIRST = (
     "test_bench.py",
     "test_memory_loop.py",
     "test_cells.py",
+    "test_numba_program_layouts.py",
     "test_hunt_hqa8.py",
-    "test_cell_fuzz.py",
     "test_tap_room.py",
+    "test_cell_fuzz.py",
     "test_dz_in_gates_lengths.py",
     "test_hunt_hqa10.py",
     "test_norm_stabilizer_lengths.py",
@@ -75,6 +76,9 @@ SHARED = (
     ("test_step_loop.py", "test_step_fuse.py"),
     ("test_own_room.py", "test_batch_split.py", "test_own_bias.py", "test_own_threads.py"),
     ("test_dz_in_gates.py", "test_xs_in_slab.py"),
+    # (the same models at the shared sizes of tests/sizes.py, hcold7)
+    ("test_cells.py", "test_numba_program_layouts.py"),
+    ("test_hunt_hqa8.py", "test_tap_room.py"),
 )
 
 
@@ -227,3 +231,14 @@ def optimised_subprocess(request) -> bool:
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0 and "1 passed" in proc.stdout, tail
     return True
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is no package): for the tests of a tool."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,21 +3,18 @@ real measurement is a tool run, never a timed assertion)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench_compiler.py"
 
 
 @pytest.fixture
 def tool():
-    spec = importlib.util.spec_from_file_location("bench_compiler", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_compiler")
 
 
 @pytest.mark.parametrize("t50,t100,met", [(0.4, 0.8, True), (0.4, 1.1, False), (0.3, 0.8, False)])

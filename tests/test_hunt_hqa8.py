@@ -14,6 +14,7 @@ import pytest
 
 import tapernn as tn
 from tapernn import nn
+from tests.sizes import ROOM_B, ROOM_H, ROOM_T
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,19 +211,25 @@ def _layouts(a: np.ndarray) -> dict:
 
 @pytest.mark.parametrize("cell", ["FastLSTM", "LSTM", "GRU"])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_inputs_in_any_memory_layout_give_the_c_ordered_results(cell, backend):
+def test_inputs_in_any_memory_layout_give_the_c_ordered_results(cell, backend, monkeypatch):
     """numba's whole-program kernel reshaped its (T, B, D) argument for the input projection:
     a Fortran-ordered x (B > 1) raised numba's bare NotImplementedError ("incompatible shape
     for array") from the switch call on."""
+    from tapernn.backends import numba_program
+
+    monkeypatch.setattr(numba_program, "_programs", {})
     rng = np.random.default_rng(0)
-    x, g = rng.standard_normal((7, 5, 8)), rng.standard_normal((7, 5, 6))  # (an np.dot)
+    # (products of np.dot size; tests/sizes.py: FastLSTM's and LSTM's C-contiguous programs
+    # are test_tap_room's numba ones)
+    shape = (ROOM_T, ROOM_B, ROOM_H)
+    x, g = rng.standard_normal(shape), rng.standard_normal(shape)
     tn.manual_seed(0)
-    ref = nn.Sequencer(getattr(nn, cell)(8, 6))
+    ref = nn.Sequencer(getattr(nn, cell)(ROOM_H, ROOM_H))
     ref.set_plan_options(tn.PlanOptions(backend="numpy"))
     want_y, want_gi = ref.forward(x), ref.backward(x, g)
     want_grads = [p.grad.copy() for p in ref.parameters()]
     tn.manual_seed(0)
-    m = nn.Sequencer(getattr(nn, cell)(8, 6))
+    m = nn.Sequencer(getattr(nn, cell)(ROOM_H, ROOM_H))
     m.set_plan_options(tn.PlanOptions(backend=backend))
     xs, gs = _layouts(x), _layouts(g)
     order = ["F", "F", "F", "C", "batch-major memory", "strided", "F", "C"]  # F first: its types
@@ -234,3 +241,6 @@ def test_inputs_in_any_memory_layout_give_the_c_ordered_results(cell, backend):
         np.testing.assert_allclose(gi, want_gi, rtol=0, atol=1e-12, err_msg=f"{name} call {k}")
         for p, w in zip(m.parameters(), want_grads):
             np.testing.assert_allclose(p.grad, w, rtol=0, atol=1e-12, err_msg=f"{name} call {k}")
+    if backend == "numba":  # (the whole-program kernels ran, their products np.dot calls)
+        sources = [k.source for k in numba_program._programs.values()]
+        assert sources and all("np.dot(" in src for src in sources), sources

@@ -9,6 +9,7 @@ import pytest
 import tapernn as tn
 from tapernn import nn
 from tapernn.backends import numba_available
+from tests.sizes import B, D, H
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 
@@ -30,14 +31,16 @@ def test_every_other_layout_runs_one_general_specialisation(first, monkeypatch):
 
     monkeypatch.setattr(numba_program, "_programs", {})
     rng = np.random.default_rng(3)
-    x, g = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 4))
+    # (the shared sizes, tests/sizes.py: the C-contiguous programs are test_cells' batched
+    # FastLSTM ones; the "A" specialisation is this test's own)
+    x, g = rng.standard_normal((4, B, D)), rng.standard_normal((4, B, H))
     tn.manual_seed(0)
-    ref = nn.Sequencer(nn.FastLSTM(5, 4))
+    ref = nn.Sequencer(nn.FastLSTM(D, H))
     ref.set_plan_options(tn.PlanOptions(backend="numpy"))
     want_y, want_gi = ref.forward(x), ref.backward(x, g)
     want_grads = [p.grad.copy() for p in ref.parameters()]
     tn.manual_seed(0)
-    m = nn.Sequencer(nn.FastLSTM(5, 4))
+    m = nn.Sequencer(nn.FastLSTM(D, H))
     m.set_plan_options(tn.PlanOptions(backend="numba"))
     xs, gs = _layouts(x), _layouts(g)
     order = [first, "C", "F", "strided", "batch-major memory", "C", "F"]

@@ -14,8 +14,9 @@ from tapernn import PlanOptions, nn
 from tapernn.nn.runtime import runtime_of
 from tapernn.nn.state_grads import tap_copy_bytes, tap_places
 from tests import cell_reference as ref
+from tests.sizes import ROOM_B, ROOM_H, ROOM_T
 
-H, T, B = 8, 6, 8  # (T*B >= 4H + 3: every copy fits in the T*B*4H gate rows)
+H, T, B = ROOM_H, ROOM_T, ROOM_B  # (T*B >= 4H + 3: every copy fits in the T*B*4H gate rows)
 STEPS = {
     "FastLSTM": (lambda: nn.FastLSTM(H, H), ref.fastlstm_step),
     "LSTM": (lambda: nn.LSTM(H, H), ref.lstm_step),
