@@ -8,6 +8,7 @@ written; and np.matmul within the rounding bound."""
 import numpy as np
 import pytest
 from test_packed_gemm import within_rounding
+from test_packed_isa import each_range_equal
 
 from tapernn.backends import numba_available, packed
 
@@ -46,14 +47,7 @@ def test_k_blocks_give_the_panel_walks_bits_in_any_panel_range(dtype, rng):
         whole = np.full((m, n), np.nan, dtype)
         pk._panel_tiles(a, panels, whole, 0, npan)  # (a panel a call, the whole K at once)
         within_rounding(whole, a, w)
-        for first in range(npan + 1):
-            for last in range(first, npan + 1):
-                out = np.full((m, n), np.nan, dtype)
-                pk._panels(a, panels, out, first, last)
-                cols = slice(first * nr, min(last * nr, n))
-                np.testing.assert_array_equal(out[:, cols], whole[:, cols])
-                out[:, cols] = np.nan
-                assert np.isnan(out).all(), (m, k, n, first, last)  # (no other column written)
+        each_range_equal(pk._panels, a, panels, whole)
         out = np.empty((m, n), dtype)
         pk.packed_matmul_serial(a, panels, out)  # (the serial driver: the same)
         np.testing.assert_array_equal(out, whole)
