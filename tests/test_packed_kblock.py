@@ -30,6 +30,18 @@ def test_k_block_only_for_a_large_a_with_deep_blocks():
     assert pk._k_block(9, 5000, 8) == 1808  # (131072 // 72 = 1820, a multiple of 16 below)
     assert pk._k_block(1600, 512, 4) == 512  # (blocks of 16 rows: too shallow, one block)
     assert pk._k_block(200, 2000, 4) == 2000  # (163 -> 160 < K_BLOCK_MIN)
+    assert pk._k_block(5, 0, 4) == 1  # (k = 0: one block of no depth)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_depth_writes_zeros(dtype):
+    """a (m, 0) @ (0, n): out all zeros (one K block of no depth), as before K blocks."""
+    pk = packed._kernel_module("avx2")
+    panels = packed.pack_panels(np.empty((0, 37), dtype), nr=packed.panel_width(dtype, "avx2"))
+    out = np.full((6, 37), np.nan, dtype)
+    pk._panels(np.empty((6, 0), dtype), panels, out, 0, panels.shape[0])
+    np.testing.assert_array_equal(out, np.zeros((6, 37), dtype))
 
 
 @needs_numba

@@ -273,10 +273,11 @@ K_BLOCK_MIN = 256
 
 @njit(cache=True, nogil=True)
 def _k_block(m, k, itemsize):
-    """The K block _vector_tiles runs a (m, k) a in: k (one block) unless a is large and
-    blocks of K_BLOCK_BYTES of its rows are >= K_BLOCK_MIN deep (a multiple of 16)."""
+    """The K block _vector_tiles runs a (m, k) a in: k (one block; 1 at k = 0, a block of no
+    depth: out = 0) unless a is large and blocks of K_BLOCK_BYTES of its rows are >= K_BLOCK_MIN
+    deep (a multiple of 16)."""
     if m * k * itemsize <= K_BLOCK_FROM:
-        return k
+        return max(k, 1)
     kc = (K_BLOCK_BYTES // (m * itemsize)) // 16 * 16
     return kc if K_BLOCK_MIN <= kc < k else k
 
@@ -297,7 +298,7 @@ def _vector_tiles(a, packed, out, first, last):
     tile_c = np.empty((MR, TV * lanes), a.dtype)
     last_v = last * NV
     kc = _k_block(a.shape[0], k, a.itemsize)
-    for k0 in range(0, k, kc):
+    for k0 in range(0, max(k, 1), kc):
         kk = min(kc, k - k0)
         step = k0 * nr  # (row k0 of a panel)
         for v0 in range(first * NV, last_v, TV):
