@@ -204,6 +204,21 @@ def test_the_kernel_module_is_made_once_per_geometry_and_follows_a_changed_geome
     assert packed._kernel_module("avx512") is first["avx512"]
 
 
+def each_range_equal(panels_fn, a, panels, whole):
+    """panels_fn(a, panels, out, first, last) for every panel range [first, last): its columns
+    bit for bit `whole`'s, no other column of out written."""
+    m, n = whole.shape
+    npan, nr = panels.shape[0], panels.shape[2]
+    for first in range(npan + 1):
+        for last in range(first, npan + 1):
+            out = np.full((m, n), np.nan, whole.dtype)
+            panels_fn(a, panels, out, first, last)
+            cols = slice(first * nr, min(last * nr, n))
+            np.testing.assert_array_equal(out[:, cols], whole[:, cols])
+            out[:, cols] = np.nan
+            assert np.isnan(out).all(), (a.shape, n, first, last)  # (no other column written)
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_avx2_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_range(dtype, rng):
@@ -232,11 +247,4 @@ def test_avx2_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_pane
         whole = np.full((m, n), np.nan, dtype)
         tiles._panel_tiles(a, panels, whole, 0, npan)  # (4 x 2: a panel a call)
         assert not np.isnan(whole).any()
-        for first in range(npan + 1):
-            for last in range(first, npan + 1):
-                out = np.full((m, n), np.nan, dtype)
-                tiles._panels(a, panels, out, first, last)
-                cols = slice(first * nr, min(last * nr, n))
-                np.testing.assert_array_equal(out[:, cols], whole[:, cols])
-                out[:, cols] = np.nan
-                assert np.isnan(out).all(), (m, k, n, first, last)  # (no other column written)
+        each_range_equal(tiles._panels, a, panels, whole)

@@ -5,6 +5,7 @@ rounds with a rest before each arm; per step the wall and process CPU (both thre
 whole step and of the projection's line alone; old and new gradients compared.
 
 Run: PYTHONPATH=$PWD python tools/ab_slab.py --configs 32,50,256 --reps 15 [--cell LSTM] [--min-depth 256]
+[--kinds avx2 avx512] (own_room.KINDS: on an AVX2 machine "new" needs avx2 in it)
 """
 
 from __future__ import annotations
@@ -75,7 +76,15 @@ def main():
         default=None,
         help="own_room.MIN_DEPTH (256: the 256 projection too)",
     )
+    ap.add_argument(
+        "--kinds",
+        nargs="*",
+        default=None,
+        help="own_room.KINDS (avx2 avx512: the packed projection on AVX2's kernel too)",
+    )
     args = ap.parse_args()
+    if args.kinds is not None:
+        own_room.KINDS = set(args.kinds)
     if args.min_depth is not None:
         own_room.MIN_DEPTH = args.min_depth
     print(f"load {os.getloadavg()}")

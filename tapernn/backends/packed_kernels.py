@@ -39,15 +39,21 @@ def _vector_type(context, dtype, vec_bits):
 def make_microkernel(mr: int, nv: int, vec_bits: int):
     """kernel(a, a_off, lda, panel, p_off, c, c_off, ldc, k): for i < mr,
     c[c_off + i * ldc + (0..NR)] = sum_p a[a_off + i * lda + p] * panel[p_off + p * NR + (0..NR)]
-    over flat C arrays (offsets and strides in elements), NR = nv vectors. With a tuple of t
-    offsets `p_off` instead: t vectors, vector v of row p at panel[p_off[v] + p * NR] (a tile
-    across panels: `_vector_tiles`), c's t vectors contiguous. Either way each element of c is
-    one chain of FMAs over p in order: the same bits whatever the tile."""
+    over flat C arrays (offsets and strides in elements), NR = nv vectors. With a tuple of t + 1
+    integers `p_off` instead: t vectors, vector v of row p at panel[p_off[v] + p * NR] (a tile
+    across panels: `_vector_tiles`), c's t vectors contiguous, and p_off[t] nonzero: each chain
+    starts from c's value instead of 0 (c += the sum: a later K block, `_vector_tiles`). Either
+    way each element of c is one chain of FMAs over p in order (a chain continued from c's
+    float is the same chain): the same bits whatever the tile and K blocks."""
 
     @intrinsic
     def kernel(typingctx, a, a_off, lda, panel, p_off, c, c_off, ldc, k):
-        if isinstance(p_off, types.UniTuple) and isinstance(p_off.dtype, types.Integer):
-            tv = p_off.count
+        if (
+            isinstance(p_off, types.UniTuple)
+            and isinstance(p_off.dtype, types.Integer)
+            and p_off.count >= 2
+        ):
+            tv = p_off.count - 1  # (the last: the accumulate flag)
         elif isinstance(p_off, types.Integer):
             tv = 0
         else:
@@ -82,8 +88,9 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
                 cast = tys[4].dtype
                 offs = [
                     context.cast(builder, builder.extract_value(args[4], v), cast, types.intp)
-                    for v in range(tv)
+                    for v in range(tv + 1)
                 ]
+                accumulate = offs.pop()
             else:  # (one panel: its nv vectors side by side)
                 offs = [idx(4)]
             nt = tv or nv  # vectors of c computed
@@ -98,6 +105,35 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
 
             zero = ir.Constant(vty, [ir.Constant(scal, 0.0)] * lanes)
             rows = [builder.add(a_off_, builder.mul(ir.Constant(i64, i), lda_)) for i in range(mr)]
+            c_rows = [
+                builder.add(c_off_, builder.mul(ir.Constant(i64, i), ldc_)) for i in range(mr)
+            ]
+            init = [[zero] * nt for _ in range(mr)]
+            if tv:  # (the chains start from c's values when p_off's flag is set)
+                entry = builder.block
+                load = builder.append_basic_block("packed.load")
+                start = builder.append_basic_block("packed.start")
+                flag = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
+                builder.cbranch(flag, load, start)
+                builder.position_at_end(load)
+                held = [
+                    [
+                        builder.load(
+                            vptr(c_ptr, builder.add(c_rows[i], ir.Constant(i64, v * lanes))),
+                            align=esize,
+                        )
+                        for v in range(nt)
+                    ]
+                    for i in range(mr)
+                ]
+                builder.branch(start)
+                builder.position_at_end(start)
+                for i in range(mr):
+                    for v in range(nt):
+                        phi = builder.phi(vty)
+                        phi.add_incoming(zero, entry)
+                        phi.add_incoming(held[i][v], load)
+                        init[i][v] = phi
             pre = builder.block
             loop = builder.append_basic_block("packed.loop")
             done = builder.append_basic_block("packed.done")
@@ -106,9 +142,9 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             p = builder.phi(i64)
             p.add_incoming(ir.Constant(i64, 0), pre)
             acc = [[builder.phi(vty) for _ in range(nt)] for _ in range(mr)]
-            for row in acc:
-                for phi in row:
-                    phi.add_incoming(zero, pre)
+            for i in range(mr):
+                for v in range(nt):
+                    acc[i][v].add_incoming(init[i][v], pre)
             step = builder.mul(p, ir.Constant(i64, nr))
             if tv:
                 b = [builder.load(vptr(p_ptr, builder.add(o, step)), align=esize) for o in offs]
@@ -141,13 +177,12 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             for i in range(mr):
                 for v in range(nt):
                     phi = builder.phi(vty)
-                    phi.add_incoming(zero, pre)
+                    phi.add_incoming(init[i][v], pre)
                     phi.add_incoming(new[i][v], loop)
                     results.append(phi)
             for i in range(mr):
-                row = builder.add(c_off_, builder.mul(ir.Constant(i64, i), ldc_))
                 for v in range(nt):
-                    off = builder.add(row, ir.Constant(i64, v * lanes))
+                    off = builder.add(c_rows[i], ir.Constant(i64, v * lanes))
                     builder.store(results[i * nt + v], vptr(c_ptr, off), align=esize)
             return context.get_dummy_value()
 
@@ -173,11 +208,14 @@ def _tail_rows(a):
 
 
 @njit(cache=True, nogil=True)
-def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w):
+def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w, k0, kk):
     """out[:, col:col + w] = a @ the tile's panel columns at `off` (a panel's offset, or a tuple
-    of vector offsets: the microkernel's p_off), row block by row block; a partial row block
-    (from `tf_a`: _tail_rows) or a tile wider than w through `tile_c`. The one call site of
-    the microkernel (each one is inlined: four made the cold compile ~3x slower)."""
+    of vector offsets and the accumulate flag: the microkernel's p_off) over a's columns
+    [k0, k0 + kk) (the K block `off` starts at; with the flag, out += that block's sum), row
+    block by row block; a partial row block (from `tf_a`: _tail_rows) or a tile wider than w
+    through `tile_c` (which then holds out's values first, for a K block after the first). The
+    one call site of the microkernel (each one is inlined: four made the cold compile ~3x
+    slower)."""
     m, k = a.shape
     n = out.shape[1]
     width = tile_c.shape[1]
@@ -191,7 +229,11 @@ def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w):
         dst, dst_off, ld = of, i * n + col, n
         if tiled:
             dst, dst_off, ld = tf_c, 0, width
-        _micro(src, src_off, k, pf, off, dst, dst_off, ld, k)
+        if tiled and k0 > 0:
+            for r in range(rows):
+                for c in range(w):
+                    tile_c[r, c] = out[i + r, col + c]
+        _micro(src, src_off + k0, k, pf, off, dst, dst_off, ld, kk)
         if tiled:
             for r in range(rows):
                 for c in range(w):
@@ -210,7 +252,7 @@ def _panel_tiles(a, packed, out, first, last):
     tile_c = np.empty((MR, nr), a.dtype)
     for j in range(first, last):
         col = j * nr
-        _tile(a, af, tf_a, pf, j * k * nr, out, of, tile_c, col, min(nr, n - col))
+        _tile(a, af, tf_a, pf, j * k * nr, out, of, tile_c, col, min(nr, n - col), 0, k)
 
 
 @njit(cache=True, nogil=True)
@@ -219,12 +261,34 @@ def _vector_offset(v, k, nr, lanes):
     return (v // NV) * k * nr + (v % NV) * lanes
 
 
+# _vector_tiles' K blocks: when a holds more than K_BLOCK_FROM bytes (with a tile's panel
+# columns it no longer stays in L2, 512 KiB a core on Zen 3, and every tile reads it again)
+# and blocks of >= K_BLOCK_MIN rows fit: K blocks of a's columns of about K_BLOCK_BYTES, each
+# run over every tile before the next (the chains continue from out's floats: same bits). The
+# (64, 100, 1024) f32 reverse loop's (64, 4096) a: 71.6 -> 81.0 GF/s (BENCHMARKS.md "h512c")
+K_BLOCK_FROM = 1 << 18
+K_BLOCK_BYTES = 1 << 17
+K_BLOCK_MIN = 256
+
+
+@njit(cache=True, nogil=True)
+def _k_block(m, k, itemsize):
+    """The K block _vector_tiles runs a (m, k) a in: k (one block; 1 at k = 0, a block of no
+    depth: out = 0) unless a is large and blocks of K_BLOCK_BYTES of its rows are >= K_BLOCK_MIN
+    deep (a multiple of 16)."""
+    if m * k * itemsize <= K_BLOCK_FROM:
+        return max(k, 1)
+    kc = (K_BLOCK_BYTES // (m * itemsize)) // 16 * 16
+    return kc if K_BLOCK_MIN <= kc < k else k
+
+
 @njit(cache=True, nogil=True)
 def _vector_tiles(a, packed, out, first, last):
     """_panel_tiles' product in tiles of TV = 3 vectors (AVX2): the panels' vectors in column
     order, a tile crossing a panel boundary where it falls (vector v: column block v % NV of
     panel v // NV). A last tile of fewer vectors repeats its last vector (computed into the
-    padded tile, not stored: w covers this range's columns alone)."""
+    padded tile, not stored: w covers this range's columns alone). A large a in K blocks
+    (`_k_block`)."""
     k = a.shape[1]
     nr = packed.shape[2]
     lanes = nr // NV
@@ -233,15 +297,20 @@ def _vector_tiles(a, packed, out, first, last):
     tf_a = _tail_rows(a).ravel()
     tile_c = np.empty((MR, TV * lanes), a.dtype)
     last_v = last * NV
-    for v0 in range(first * NV, last_v, TV):
-        col = v0 * lanes
-        offs = (
-            _vector_offset(v0, k, nr, lanes),
-            _vector_offset(min(v0 + 1, last_v - 1), k, nr, lanes),
-            _vector_offset(min(v0 + 2, last_v - 1), k, nr, lanes),
-        )
-        w = min(min(TV, last_v - v0) * lanes, n - col)
-        _tile(a, af, tf_a, pf, offs, out, of, tile_c, col, w)
+    kc = _k_block(a.shape[0], k, a.itemsize)
+    for k0 in range(0, max(k, 1), kc):
+        kk = min(kc, k - k0)
+        step = k0 * nr  # (row k0 of a panel)
+        for v0 in range(first * NV, last_v, TV):
+            col = v0 * lanes
+            offs = (
+                _vector_offset(v0, k, nr, lanes) + step,
+                _vector_offset(min(v0 + 1, last_v - 1), k, nr, lanes) + step,
+                _vector_offset(min(v0 + 2, last_v - 1), k, nr, lanes) + step,
+                min(k0, 1),  # (a K block after the first adds to out)
+            )
+            w = min(min(TV, last_v - v0) * lanes, n - col)
+            _tile(a, af, tf_a, pf, offs, out, of, tile_c, col, w, k0, kk)
 
 
 # out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry
