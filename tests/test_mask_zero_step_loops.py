@@ -209,3 +209,30 @@ def test_row_max_translated_only_as_the_zero_test():
         step_selects.call("v1", "f_max", ["a0", "axis=k0", "out=b3"], defaults, test)
     with pytest.raises(Unsupported, match="call of f_sigmoid"):
         step_selects.call("v1", "f_sigmoid", ["a0"], {"f_sigmoid": get_op("sigmoid").forward}, [])
+
+
+@pytest.mark.parametrize("how", ["cell", "wrap"])
+def test_tiny_sizes_keep_the_whole_program_kernel(how, rng):
+    """At B = 3, H = 5 the masked model runs numba whole-program kernels (loop_source lowers
+    the row max, NaN kept): = the NumPy backend and the equations; a row holding a NaN is not
+    padding (its NaN shows), a zero row still outputs 0."""
+    from cell_reference import fastlstm_step
+
+    x = rng.standard_normal((4, 3, D))
+    x[0, 0] = x[2, 1] = x[3, 2] = 0
+    x[1, 2, 1] = np.nan
+    g = rng.standard_normal((4, 3, 5))
+    got = {}
+    for backend in ("numpy", "numba"):
+        tn.set_backend(backend)
+        tn.manual_seed(0)
+        cell = nn.FastLSTM(D, 5)
+        m = nn.Sequencer(cell.mask_zero() if how == "cell" else nn.MaskZero(cell, 1))
+        for _ in range(2):
+            got[backend] = train(m, x, g)
+    assert "forward: numba whole-program kernel" in str(m.compile_report())
+    equal(got["numba"], got["numpy"], exact=False)
+    y = got["numba"][0]
+    p = dict(cell_params(m), H=5)
+    np.testing.assert_allclose(y, equations(fastlstm_step, p, x, 2, how)[0], **TOL)
+    assert np.all(y[~np.any(x, -1)] == 0) and np.isnan(y[1, 2]).all()
