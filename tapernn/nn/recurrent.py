@@ -139,8 +139,9 @@ class AbstractRecurrent(Module):
     def _apply_masks(self, ctx: Any, x: Var, out: Var, old: tuple, new: tuple) -> tuple:
         """Selects (nn/row_select.py), so a padded row is exactly 0 whatever it held."""
         if self._mask_zero:  # an all-zero input row: zero output, state reset for that row
-            clear = rows.clearer(rows.zero_rows(x, (-1,), keepdims=True))
-            out, new = map_leaves(clear, out), tuple(clear(s) for s in new)
+            pad = rows.zero_rows(x, (-1,), keepdims=True)
+            out = map_leaves(lambda v: rows.clear(v, pad), out)
+            new = tuple(rows.clear(s, pad) for s in new)
         if ctx.step_mask is not None:  # past a row's length: state held (products: the
             # Sequencer cleared the padded inputs, so every value here is finite, and it clears
             # the padded outputs with a select after the loop: no select, no bool in the body)

@@ -11,7 +11,6 @@ Which rows are padding: a row whose entries are all (+/-) zero, as Torch7's Mask
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from .. import functional as F
@@ -42,19 +41,6 @@ def clear(v: Any, pad: Var) -> Any:
     if not isinstance(v, Var):
         return v
     return F.where(_aligned(pad, v), 0, v)
-
-
-def clearer(pad: Var) -> Callable[[Any], Any]:
-    """clear(., pad) making ONE select per value: an output that is also a state (an RNN's h)
-    stays one value, so its loop keeps one saved row for both (as without the mask)."""
-    made: dict[int, Any] = {}
-
-    def clear_one(v: Any) -> Any:
-        if id(v) not in made:
-            made[id(v)] = clear(v, pad)
-        return made[id(v)]
-
-    return clear_one
 
 
 def clear_floats(v: Any, pad: Var) -> Any:
