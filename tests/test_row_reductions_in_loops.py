@@ -4,6 +4,7 @@ exact, so the same bits), and the batch split's row-wise check (scan_rebatch) ta
 that are not over the rows. By structure and against the reference interpreter."""
 
 import numpy as np
+import pytest
 from pass_check import assert_same
 from scan_bodies import scanned
 
@@ -75,3 +76,29 @@ def test_the_batch_split_takes_reductions_not_over_the_rows():
 
     z = np.zeros((B, H))
     assert rebatch(tn.trace(across, z, z, z), 1, 1, 2) == "sum without the batch axis first"
+
+
+def test_the_numba_whole_program_kernel_lowers_max(monkeypatch):
+    """loop_source's max (numba's whole-program and loop kernels): = np.max, NaN kept."""
+    from test_numba_program import WHOLE, _arrays
+    from test_numba_program import _body as rnn_body
+
+    from tapernn.backends import numba_available
+
+    if not numba_available():
+        pytest.skip("numba not installed")
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    body, arrays = rnn_body(), _arrays()
+    arrays[1][1, 0, :] = np.nan  # (a NaN step row: its max is NaN, the others' are not)
+    arrays[1][2, 1, :] = -np.inf
+
+    def f(h, xs, w):
+        r = tn.scan(body, [h], [xs], [w])
+        return [tn.max(r.ys[0], axis=2), tn.max(xs, axis=(0, 2), keepdims=True)]
+
+    g = tn.trace(f, *arrays)
+    c = tn.compile(g, backend="numba")
+    assert c.report.kernel == WHOLE
+    for a, b in zip(c(*arrays), interpret(g, *arrays)):
+        np.testing.assert_array_equal(a, b)
+    assert np.isnan(c(*arrays)[0][1:]).any() and not np.isnan(c(*arrays)[0][0]).any()
