@@ -11,7 +11,7 @@ remember() across calls."""
 import numpy as np
 import pytest
 from test_batch_split import TOL, directional, equal, train
-from test_step_loop import CELLS, D, model, notes, ran, translated
+from test_step_loop import CELLS, D, model, notes, numba_now, ran, translated  # noqa: F401 (autouse)
 
 import tapernn as tn
 from tapernn import nn
@@ -23,15 +23,6 @@ pytestmark = [
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
 ]
 T = 5
-
-
-@pytest.fixture(autouse=True)
-def numba_now(monkeypatch):
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1: split from call 2
-    before = tn.get_backend()
-    tn.set_backend("numba")
-    yield
-    tn.set_backend(before)
 
 
 def masked(name, how):
