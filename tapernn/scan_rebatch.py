@@ -7,14 +7,16 @@ from .graph import Graph, Node
 from .ops.registry import get_op
 
 _FULL = ("s", None, None, None)
+_REDUCTIONS = ("sum", "max", "logsumexp")
 
 
 def rebatch(body: Graph, n_carry: int, n_xs: int, rows: int) -> Graph | str:
     """`body` with its batch (axis 0 of every carry, xs and output, B rows) cut to `rows`, or
     why it cannot be: a body value's row r must depend on row r of the batched inputs alone,
     checked op by op (elementwise with invariants broadcast over rows; `a @ W` with W
-    invariant; slices, concats and index_grad that keep axis 0 whole); each new node's shape is
-    checked against its op's own shape rule."""
+    invariant; reductions not over axis 0, as MaskZero's row test, and reshapes keeping it;
+    slices, concats and index_grad that keep axis 0 whole); each new node's shape is checked against its op's own
+    shape rule."""
     heads = body.inputs[: n_carry + n_xs]
     if not heads or any(not n.shape for n in heads):
         return "a carry or xs without a batch axis"
@@ -85,6 +87,12 @@ def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict 
         if n.attrs.get("axis", 0) % n.ndim != 0:
             return n.attrs
         return "concat along the batch"
+    if n.op == "reshape" and ins[0] in batched and n.inputs[0].shape[:1] == (batch,):
+        return {**n.attrs, "shape": (rows, *n.shape[1:])}  # (row r of x is row r: C order)
+    if n.op in _REDUCTIONS and ins[0] in batched:
+        if all(a % ins[0].ndim for a in n.attrs["axis"]):  # over a row's own entries alone
+            return n.attrs
+        return f"{n.op} over the batch"
     if n.op == "index_grad" and ins[0] in batched:
         index, shape = n.attrs["index"], n.attrs["shape"]
         if index and index[0] == _FULL and shape[:1] == (batch,):

@@ -204,11 +204,11 @@ def test_a_program_with_an_op_it_does_not_lower_keeps_the_numpy_program():
 
     def f(h, xs, w):
         r = tn.scan(body, [h], [xs], [w])
-        return tn.max(r.ys[0], axis=2)
+        return tn.logsumexp(r.ys[0], axis=2)  # (max is lowered since hmask: MaskZero's test)
 
     g = tn.trace(f, *arrays)
     c = tn.compile(g, backend="numba")
-    assert c.report.kernel == f"NumPy program (no {WHOLE}: op 'max')"
+    assert c.report.kernel == f"NumPy program (no {WHOLE}: op 'logsumexp')"
     assert [loop.kernel for loop in c.report.loops] == ["numba loop kernel"]
     np.testing.assert_allclose(c(*arrays), interpret(g, *arrays)[0], rtol=1e-12)
     no_loop = tn.compile(tn.trace(lambda a: tn.tanh(a) * 2.0, arrays[0]), backend="numba")

@@ -322,7 +322,7 @@ class LoopSource:
             return self.elementwise(n, a["program"], ins)
         if n.op == "matmul":
             return self.matmul(n, ins, dt)
-        if n.op in ("sum", "sum_mul"):
+        if n.op in ("sum", "sum_mul", "max"):
             return self.reduce_sum(n, ins, dt)
         if n.op == "concat":
             return self.concat(n, ins, dt)
@@ -443,11 +443,12 @@ class LoopSource:
 
     def reduce_sum(self, n: Node, ins: list[Val], dt: str) -> Val:
         """`sum` of ins[0], or `sum_mul`: the sum of ins[0] * ins[1] (one shape) with no
-        product array."""
+        product array, or `max` (NaN kept, as np.max: MaskZero's row test)."""
         axes = {int(d) for d in n.attrs["axis"]}
         keep = n.attrs["keepdims"]
         out = self.buffer(n.shape, dt)
-        self.emit(n.shape, lambda i: [f"{out.at(i)} = {_typed(dt, 0)}"], (), (), out.name)
+        init = f"np.{dt}(-np.inf)" if n.op == "max" else _typed(dt, 0)
+        self.emit(n.shape, lambda i: [f"{out.at(i)} = {init}"], (), (), out.name)
 
         def target(idx: list[str]) -> list[str]:
             if keep:
@@ -460,9 +461,14 @@ class LoopSource:
             term = lambda i: f"{ins[0].at(i)} * {ins[1].at(i)}"
         else:
             term = lambda i: x.at(i)
+        o = lambda i: out.at(target(i))
+        bigger = lambda i: [
+            f"if {o(i)} == {o(i)} and not {o(i)} >= {x.at(i)}:",
+            f"    {o(i)} = {x.at(i)}",
+        ]
         self.emit(
             x.shape,
-            lambda i: [f"{out.at(target(i))} += {cast(term(i))}"],
+            bigger if n.op == "max" else lambda i: [f"{o(i)} += {cast(term(i))}"],
             list(ins),
             [out],
             out.name,

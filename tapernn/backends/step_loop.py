@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from . import step_fuse, step_pass
+from . import step_fuse, step_pass, step_selects
 from .background import failure
 from .numba_backend import Unsupported, _load
 from .size_lift import lift_function, sizes_written_in
+from .step_selects import index_text as _index_text
+from .step_selects import split_args as _split_args
 
 # NumPy ufuncs a step program may call (bound as np_<name>), by numba's name: the exactly rounded
 # ones alone (NumPy's SIMD exp and tanh may differ from numba's libm in the last place; a step
@@ -30,30 +32,12 @@ _UFUNCS = {
     "np_multiply": "np.multiply",
     "np_divide": "np.divide",
     "np_negative": "np.negative",
+    "np_equal": "np.equal",
 }
 _CALL = re.compile(r"^(?:(\w+) = )?(\w+)\((.*)\)$")  # (a bare call: an in-place ufunc)
 _INDEX = re.compile(r"^(\w+) = (\w+)\[(\w+)\]$")
 _RETURN = re.compile(r"^return \((.*)\)$")
 _CONCAT = re.compile(r"^\(([\w, ]*?),?\), axis=(-?\d+), out=(\w+)$")
-
-
-def _index_text(index: Any) -> str:
-    if not isinstance(index, tuple):
-        index = (index,)
-    parts = []
-    for i in index:
-        if isinstance(i, slice):
-            a, b, c = (("" if v is None else str(int(v))) for v in (i.start, i.stop, i.step))
-            parts.append(f"{a}:{b}" + (f":{c}" if c else ""))
-        elif isinstance(i, (int, np.integer)) and not isinstance(i, bool):
-            parts.append(str(int(i)))
-        else:
-            raise Unsupported(f"index {i!r}")
-    return ", ".join(parts) or ":"
-
-
-def _split_args(text: str) -> list[str]:
-    return [a.strip() for a in text.split(",") if a.strip()]
 
 
 def translate(
@@ -134,6 +118,10 @@ def translate(
                 raise Unsupported(f"index {idx}")
             stmts.append(("index", out, idx, [x]))
             continue
+        m = step_selects.COPY.match(s)
+        if m:  # (a value copied into its saved row)
+            stmts.append(("copy", m.group(1), "", [m.group(2)]))
+            continue
         m = _CALL.match(s)
         if not m:
             raise Unsupported(f"statement {s[:60]!r}")
@@ -159,6 +147,9 @@ def translate(
         if fused and i in fused["calls"]:
             dispatcher(fn)
             body.extend(fused["calls"][i])
+            continue
+        if kind == "copy":
+            body.append(f"{out}[...] = {args[0]}")
             continue
         if kind == "index":
             body.append(f"{out} = {args[0]}[{_index_text(defaults[fn])}]")
@@ -200,8 +191,8 @@ def translate(
             if any("=" in a for a in ins):
                 raise Unsupported(f"{fn} keywords")
             body.append(f"{out} = {_UFUNCS[fn]}({', '.join(ins + [t[4:] for t in tail[:1]])})")
-        else:
-            raise Unsupported(f"call of {fn}")
+        else:  # (MaskZero's row selects; else Unsupported)
+            body += step_selects.call(out, fn, _split_args(args), defaults, stmts[i + 1 :])
     if final is None or len(final) != n_carry:
         raise Unsupported("the step's returned carries")
     funcs, pass_checks = [], []
@@ -242,6 +233,7 @@ def translate(
         "def _packed(a, panels, out):",
         "    _drv(a, panels, out, 0, panels.shape[0])",
         "    return out",
+        *([step_selects.ROW_MAX] if any("_rowmax(" in b for b in body) else []),
         *([step_pass._header()] if funcs else []),
         *funcs,
         "",

@@ -55,7 +55,9 @@ class MaskZero(Module):
         out = self._children["0"](x)
         one = first.ndim == (n or 1)
         axes = tuple(range(first.ndim)) if one else tuple(range(1, first.ndim))
-        pad = rows.zero_rows(first, axes)  # () for one row: every output kept or zeroed whole
+        # () for one row: every output kept or zeroed whole; a batch's (B, 1, ..): no reshape
+        # for outputs of the input's rank (a step loop's batch split knows no reshape)
+        pad = rows.zero_rows(first, axes, keepdims=not one)
         leaves, tree = flatten(out)
         return unflatten(tree, [rows.clear(v, pad) for v in leaves])
 

@@ -18,8 +18,10 @@ from ..tracing import Var
 
 
 def zero_rows(x: Var, axes: tuple[int, ...], keepdims: bool = False) -> Var:
-    """Boolean: True where every entry of x over `axes` is +/-0 (a NaN row is not zero)."""
-    return F.equal(F.sum(F.abs(x), axes, keepdims=keepdims), 0)
+    """Boolean: True where every entry of x over `axes` is +/-0 (a NaN row is not zero). The
+    largest |entry|, not the norm or sum: the same test, exact in any order, so a step loop
+    runs it in its own loop with the same bits (backends/step_selects.py)."""
+    return F.equal(F.max(F.abs(x), axes, keepdims=keepdims), 0)
 
 
 def beyond(step_mask: Var) -> Var:

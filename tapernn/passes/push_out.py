@@ -31,6 +31,7 @@ class Recipe:
 
 _RECIPES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
 _VIEWS = ("getitem", "reshape", "transpose")
+_REDUCTIONS = ("max",)  # (exact in any order: the same bits time-batched; MaskZero's row test)
 
 
 def push_out_of_loops(graph: Graph) -> Graph:
@@ -83,7 +84,7 @@ def _batchable(n: Node, mode: dict[Node, str]) -> bool:
         return all(i.shape == n.shape for i, m in zip(n.inputs, ins) if m == "x") and all(
             i.ndim <= n.ndim for i in n.inputs
         )
-    return False
+    return n.op in _REDUCTIONS  # (over the stacked xs: its axes + 1)
 
 
 def _make_recipe(body: Graph, nc: int, nx: int) -> Recipe | None:
@@ -221,4 +222,7 @@ def _batched(s: Node, n: Node, ins: list[Node], length: int) -> Node:
         return derive(s, "transpose", ins, axes=(0, *[k + 1 for k in n.attrs["axes"]]))
     if n.op == "getitem":
         return derive(s, "getitem", ins, index=(("s", None, None, None), *n.attrs["index"]))
+    if n.op in _REDUCTIONS:
+        axis = tuple(a + 1 for a in n.attrs["axis"])
+        return derive(s, n.op, ins, axis=axis, keepdims=n.attrs["keepdims"])
     return derive(s, n.op, ins, **n.attrs)
