@@ -117,12 +117,28 @@ def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Bui
     """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        if not module_name or not attr:
+            raise TapernnError(f"model factory {name!r}: expected path.to.module:factory")
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
+            module = importlib.import_module(module_name)
+        except Exception as e:  # noqa: BLE001 -- any failure of the user's module is a bad --model
+            raise TapernnError(
+                f"cannot load model factory {name!r}: {type(e).__name__}: {e}"
+            ) from None
+        factory = getattr(module, attr, None)
+        if factory is None:
+            raise TapernnError(f"cannot load model factory {name!r}: {module_name} has no {attr}")
         _check_callable(name, factory, steps, batch, size)
-        return _checked(name, factory(steps, batch, size))
+        try:
+            built = factory(steps, batch, size)
+        except TapernnError:
+            raise
+        except Exception as e:  # one line (the CLI rule): what raised, and where to see it
+            raise TapernnError(
+                f"model factory {name!r} raised {type(e).__name__}: {e} (call "
+                f"{attr}({steps}, {batch}, {size}) in Python for its traceback)"
+            ) from e
+        return _checked(name, built)
     if name not in MODELS:
         raise TapernnError(
             f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory"

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import DTypeError, ShapeError, StateError
+from ..errors import BuildError, DTypeError, ShapeError, StateError
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -464,7 +464,13 @@ class Cell(AbstractRecurrent):
         return [lead + (self.hidden_size,) for _ in self.state_names]
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
-        new = self._cell_step(x, *state)
+        cell_step = getattr(self, "_cell_step", None)
+        if cell_step is None:  # (nn.Cell itself, or a subclass without step: was AttributeError)
+            raise BuildError(
+                f"{self.describe()} does not define step(self, x, *state): a Cell returns its "
+                f"new state(s) from the input and the old state(s) symbolically (tn.* ops)"
+            )
+        new = cell_step(x, *state)
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         self.expect(
             len(new) == len(self.state_names),
