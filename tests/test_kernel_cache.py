@@ -120,6 +120,16 @@ def test_prune_needs_a_bound_and_says_so(tmp_path):
             prune_cache(path=tmp_path, **kwargs)
 
 
+def test_a_cache_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path / "f"))
+    for argv in (["cache"], ["cache", "--clear"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Not a directory; expected a folder" in err and err.count("\n") == 1, err
+    assert (tmp_path / "f").read_text() == "x"
+
+
 def test_parse_size():
     assert parse_size("0") == 0 and parse_size("123") == 123
     assert parse_size("500M") == 500 << 20 and parse_size("2g") == 2 << 30

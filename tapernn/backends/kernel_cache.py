@@ -115,6 +115,10 @@ def _levels(root: Path) -> list[tuple[str, Path]]:
         subdirs = sorted(p.name for p in root.iterdir() if _LEVEL_DIR.fullmatch(p.name))
     except FileNotFoundError:
         return levels
+    except OSError as e:  # (a file, or a folder that cannot be read)
+        raise CacheError(
+            f"kernel cache {str(root)!r} ($TAPERNN_KERNEL_CACHE): {e.strerror}; expected a folder"
+        ) from None
     return levels + [(name, root / name) for name in subdirs]
 
 
