@@ -2,8 +2,7 @@
 
 A recurrent module threads its state through the build context: each symbolic call is one
 step. Stepped directly (`forward(x_t)` per step) it keeps a history for BPTT; inside a Sequencer
-the whole sequence is one unrolled graph.
-"""
+the whole sequence is one unrolled graph."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import BuildError, DTypeError, ShapeError, StateError
+from ..errors import DTypeError, ShapeError, StateError, no_cell_step
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -418,10 +417,11 @@ class Cell(AbstractRecurrent):
 
     Subclasses set `state_names`, register parameters with `self.parameter(...)` and define
     `step(self, x, *state)` returning the new state (a Var, or a tuple in `state_names` order).
-    The output is the first state unless `output(*state)` is overridden.
-
-    Shapes: x (D,) or (B, D); every state (H,) or (B, H) with H = hidden_size.
+    The output is the first state unless `output(*state)` is overridden. Shapes: x (D,) or
+    (B, D); every state (H,) or (B, H) with H = hidden_size.
     """
+
+    _cell_step = no_cell_step  # (a BuildError; each subclass's own step replaces it)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -464,13 +464,7 @@ class Cell(AbstractRecurrent):
         return [lead + (self.hidden_size,) for _ in self.state_names]
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
-        cell_step = getattr(self, "_cell_step", None)
-        if cell_step is None:  # (nn.Cell itself, or a subclass without step: was AttributeError)
-            raise BuildError(
-                f"{self.describe()} does not define step(self, x, *state): a Cell returns its "
-                f"new state(s) from the input and the old state(s) symbolically (tn.* ops)"
-            )
-        new = cell_step(x, *state)
+        new = self._cell_step(x, *state)
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         self.expect(
             len(new) == len(self.state_names),
