@@ -33,10 +33,10 @@ def user_modules(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "model, says",
     [
-        (":y", "model factory ':y': expected path.to.module:factory"),
-        ("os:", "model factory 'os:': expected path.to.module:factory"),
-        ("hqa16_broken:f", "cannot load model factory 'hqa16_broken:f': RuntimeError: boom"),
-        ("os:no_such_name", "cannot load model factory 'os:no_such_name': os has no no_such"),
+        (":y", "--model ':y': expected path.to.module:name"),
+        ("os:", "--model 'os:': expected path.to.module:name"),
+        ("hqa16_broken:f", "import 'hqa16_broken' for --model hqa16_broken:f: RuntimeError: boom"),
+        ("os:no_such_name", "module 'os' has no 'no_such_name' (--model os:no_such_name)"),
         ("hqa16_factories:raises", "'hqa16_factories:raises' raised KeyError: 'no such key'"),
         ("os.path:join", "'os.path:join' raised TypeError"),
     ],

@@ -3,7 +3,6 @@ returns (model, example input, example grad_output) for T steps."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 from .. import nn
 from .. import random as tn_random
 from ..errors import TapernnError
+from .command_line import import_attribute
 
 Built = tuple[nn.Module, Any, Any]
 
@@ -116,18 +116,8 @@ def _check_callable(name: str, factory: Any, *args: int) -> None:
 def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
     """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        if not module_name or not attr:
-            raise TapernnError(f"model factory {name!r}: expected path.to.module:factory")
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001 -- any failure of the user's module is a bad --model
-            raise TapernnError(
-                f"cannot load model factory {name!r}: {type(e).__name__}: {e}"
-            ) from None
-        factory = getattr(module, attr, None)
-        if factory is None:
-            raise TapernnError(f"cannot load model factory {name!r}: {module_name} has no {attr}")
+        factory = import_attribute(name, "--model", TapernnError)
+        attr = name.partition(":")[2]
         _check_callable(name, factory, steps, batch, size)
         try:
             built = factory(steps, batch, size)
