@@ -73,6 +73,14 @@ def missing_build(who: str, args: str) -> BuildError:
     )
 
 
+def no_cell_step(cell: object, *args: object) -> None:
+    """nn.Cell's `_cell_step` until a subclass defines `step` (was AttributeError)."""
+    raise BuildError(
+        f"{cell.describe()} does not define step(self, x, *state): a Cell returns its new "
+        f"state(s) from the input and the old state(s) symbolically (tn.* ops)"
+    )
+
+
 def no_program(who: str) -> StateError:
     return StateError(
         f"{who}: no compiled program yet; call forward on it first (a module run inside "

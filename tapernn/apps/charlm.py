@@ -4,13 +4,13 @@ baseline, sampling, and the remembered state that truncated BPTT carries across 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import numpy as np
 
 from .. import nn, optim
 from ..errors import ArgumentError
+from .command_line import import_attribute
 
 BUILTIN_CELLS = {
     "lstm": nn.LSTM,
@@ -37,15 +37,7 @@ def resolve_cell(spec: str) -> type:
         raise CellSpecError(
             f"unknown cell {spec!r}: use lstm, fastlstm, gru, rnn, seqlstm, seqgru or module:Class"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001  # any import-time failure of user code is a bad --cell, not a crash
-        raise CellSpecError(
-            f"cannot import {module_name!r} for --cell {spec}: {type(e).__name__}: {e}"
-        ) from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise CellSpecError(f"module {module_name!r} has no {class_name!r} (--cell {spec})")
+    cls = import_attribute(spec, "--cell", CellSpecError)
     if not (isinstance(cls, type) and issubclass(cls, nn.AbstractRecurrent)):
         raise CellSpecError(f"--cell {spec}: {class_name} is not a tapernn nn.Cell subclass")
     return cls

@@ -1,4 +1,4 @@
-"""The `tapernn` command (also `python -m tapernn`): demo, train, graph, inspect, bench.
+"""The `tapernn` command (also `python -m tapernn`): demo, train, graph, inspect, bench, cache.
 Errors in arguments or files print one line and exit with code 2; a closed pipe exits quietly."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmark, export_cli
+    from . import benchmark, cache_cli, export_cli
     from . import train as train_command
 
     parser = OneLineArgumentParser(
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subs.add_parser("bench", help="speed and memory against a hand-written NumPy LSTM")
     benchmark.add_arguments(bench)
     bench.set_defaults(run=benchmark.run)
+
+    cache = subs.add_parser(
+        "cache", help="the numba kernel cache: where, how big; --clear, --prune SIZE"
+    )
+    cache_cli.add_arguments(cache)
+    cache.set_defaults(run=cache_cli.run)
     return parser
 
 

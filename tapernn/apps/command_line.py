@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from typing import Any
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -35,3 +37,22 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def import_attribute(spec: str, option: str, error: type[Exception]) -> Any:
+    """What `path.to.module:name` names (a user's `--model` factory, `--cell` class), else
+    `error` in one line: malformed, the module failing to import (any exception of user code is
+    a bad option, not a crash), or no such name."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{option} {spec!r}: expected path.to.module:name")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001
+        raise error(
+            f"cannot import {module_name!r} for {option} {spec}: {type(e).__name__}: {e}"
+        ) from None
+    value = getattr(module, attr, None)
+    if value is None:
+        raise error(f"module {module_name!r} has no {attr!r} ({option} {spec})")
+    return value

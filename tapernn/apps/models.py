@@ -3,7 +3,6 @@ returns (model, example input, example grad_output) for T steps."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 from .. import nn
 from .. import random as tn_random
 from ..errors import TapernnError
+from .command_line import import_attribute
 
 Built = tuple[nn.Module, Any, Any]
 
@@ -116,13 +116,19 @@ def _check_callable(name: str, factory: Any, *args: int) -> None:
 def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
     """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise TapernnError(f"cannot load model factory {name!r}: {e}") from None
+        factory = import_attribute(name, "--model", TapernnError)
+        attr = name.partition(":")[2]
         _check_callable(name, factory, steps, batch, size)
-        return _checked(name, factory(steps, batch, size))
+        try:
+            built = factory(steps, batch, size)
+        except TapernnError:
+            raise
+        except Exception as e:  # one line (the CLI rule): what raised, and where to see it
+            raise TapernnError(
+                f"model factory {name!r} raised {type(e).__name__}: {e} (call "
+                f"{attr}({steps}, {batch}, {size}) in Python for its traceback)"
+            ) from e
+        return _checked(name, built)
     if name not in MODELS:
         raise TapernnError(
             f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory"

@@ -30,6 +30,13 @@ import os
 from typing import Any
 
 from ..errors import ArgumentError, TapernnError
+from .kernel_cache import (  # noqa: F401 -- public: the kernel cache on disk (README)
+    CacheInfo,
+    cache_info,
+    cache_root,
+    clear_cache,
+    prune_cache,
+)
 
 BACKENDS = ("numpy", "numba", "auto")
 # "auto": the top-level call that has the worker start on a program's kernels, and the one

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write
 from . import vecmath
 from .background import failure
+from .kernel_cache import cache_root, import_written
 
 # bump when the generated source changes meaning (part of every kernel's file name)
 SOURCE_VERSION = 6
@@ -86,12 +86,12 @@ class Unsupported(Exception):
 
 
 def cache_dir() -> Path:
-    """$TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels; below numba's -O3 its
-    subdirectory opt<level> (numba_opt.py: -O0 kernels never land where -O3 ones load)."""
+    """kernel_cache.cache_root() ($TAPERNN_KERNEL_CACHE, else ~/.cache/tapernn/numba-kernels);
+    below numba's -O3 its subdirectory opt<level> (numba_opt.py: -O0 kernels never land where
+    -O3 ones load)."""
     from .numba_opt import below_o3, keyed, opt_level
 
-    env = os.environ.get("TAPERNN_KERNEL_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "tapernn" / "numba-kernels"
+    base = cache_root()
     if not below_o3():
         return base
     keyed()  # (installed here too: NUMBA_OPT may have changed since numba_setup.setup())
@@ -309,26 +309,20 @@ def _drop_numba_cache(source: str) -> bool:
 
 def _load(source: str) -> Callable:
     """Import the module holding `source` from the cache directory (written once, atomically:
-    concurrent processes write the same text to the same name), after the helpers module its
-    kernels import (vecmath.HELPERS_SOURCE: once per process)."""
+    concurrent processes write the same text to the same name; again when another process's
+    prune_cache removed it: kernel_cache.import_written), after the helpers module its kernels
+    import (vecmath.HELPERS_SOURCE: once per process)."""
     from .numba_setup import setup
 
     setup()  # numba's first-use setup, without its scipy import (once per process)
     directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     for name, text in (
         (vecmath.HELPERS_MODULE, vecmath.HELPERS_SOURCE),
         (_module_name(source), source),
     ):
         if text is not source and name in sys.modules:
             continue
-        path = directory / f"{name}.py"
-        if not path.exists() or path.read_text() != text:
-            atomic_write(path, lambda f, text=text: f.write(text.encode()))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module = import_written(directory, name, text.encode())
     return module.kernel
 
 

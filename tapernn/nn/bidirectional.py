@@ -9,7 +9,7 @@ from typing import Any
 from .. import functional as F
 from .. import library, tracing
 from .. import validation as check
-from ..errors import ArgumentError
+from ..errors import ArgumentError, StateError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
@@ -76,6 +76,16 @@ class _Bidirectional(Module):
                 f"zero state, as alone), or run rows of one length together"
             )
         return Module.forward(self, input)
+
+    def remember(self, mode: str = "both") -> Module:
+        """Refused by name (was a bare AttributeError): Element-RNN's BiSequencer has none."""
+        raise StateError(
+            f"{self.describe()} has no remember() (Element-RNN's {type(self).__name__} neither): "
+            f"each call is one whole sequence, and its backward direction starts from that "
+            f"sequence's last step, so it cannot continue a previous chunk. Pass the whole "
+            f"sequence; to carry state across chunks in one direction use "
+            f"nn.Sequencer(cell).remember({mode!r})"
+        )
 
     def _before_forward(self) -> None:  # each call is a whole, independent sequence
         self._children["fwd"]._clear_memory(keep_initial=True)

@@ -193,3 +193,30 @@ def same_arrays(pairs: list[tuple[Any, str]], copies: list | None) -> bool:
         ):
             return False
     return True
+
+
+def mixed_dtypes(root: Any, modules: list) -> str:
+    """'' when every parameter of `modules` (root's, in `modules()` order) has the root's dtype
+    -- the one its data is cast to -- else a message naming the modules that differ. Torch7 and
+    PyTorch refuse a float module given double data; here a child converted alone
+    (`seq.get(0).float()`) ran in mixed precision, its results in the root's dtype."""
+    dtype = root._dtype
+    odd = [m for m in modules if any(p.data.dtype != dtype for p in m._params.values())]
+    if not odd:
+        return ""
+    paths: dict[int, str] = {}
+    todo = [(root, "")]
+    while todo:
+        m, path = todo.pop()
+        paths.setdefault(id(m), path)
+        todo += [(c, f"{path}.{n}" if path else n) for n, c in reversed(list(m.named_children()))]
+    named = []
+    for m in dict.fromkeys(odd):
+        kinds = sorted({p.data.dtype.name for p in m._params.values()})
+        named.append(f"{paths.get(id(m)) or 'the model'!r} {m.describe()} ({'/'.join(kinds)})")
+    return (
+        f"{root.describe()} computes in {dtype.name} (its dtype, the one its data is cast to), "
+        f"but these modules hold parameters of another dtype: {'; '.join(named)}. Convert the "
+        f"whole model (model.float() / model.double(), or model.astype(dtype)): Torch7 and "
+        f"PyTorch refuse mixed precision too"
+    )

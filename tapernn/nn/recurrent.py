@@ -2,8 +2,7 @@
 
 A recurrent module threads its state through the build context: each symbolic call is one
 step. Stepped directly (`forward(x_t)` per step) it keeps a history for BPTT; inside a Sequencer
-the whole sequence is one unrolled graph.
-"""
+the whole sequence is one unrolled graph."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import DTypeError, ShapeError, StateError
+from ..errors import DTypeError, ShapeError, StateError, no_cell_step
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -418,10 +417,11 @@ class Cell(AbstractRecurrent):
 
     Subclasses set `state_names`, register parameters with `self.parameter(...)` and define
     `step(self, x, *state)` returning the new state (a Var, or a tuple in `state_names` order).
-    The output is the first state unless `output(*state)` is overridden.
-
-    Shapes: x (D,) or (B, D); every state (H,) or (B, H) with H = hidden_size.
+    The output is the first state unless `output(*state)` is overridden. Shapes: x (D,) or
+    (B, D); every state (H,) or (B, H) with H = hidden_size.
     """
+
+    _cell_step = no_cell_step  # (a BuildError; each subclass's own step replaces it)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -19,7 +19,7 @@ from ..validation import data_array
 from . import layout_recheck
 from .backward_input import record_for_input
 from .binding import _state_signature
-from .config_key import array_copies, array_settings, same_arrays, structure_key
+from .config_key import array_copies, array_settings, mixed_dtypes, same_arrays, structure_key
 from .executable import Executable
 from .packing import VERSION as TREE_VERSION
 from .reinforce_seeds import reinforce_seed
@@ -260,6 +260,9 @@ class Runtime:
         if cached is not None and cached[0] == TREE_VERSION[0]:
             return cached[1], cached[2]
         version, modules = TREE_VERSION[0], list(self.module.modules())
+        mixed = mixed_dtypes(self.module, modules)
+        if mixed:
+            raise DTypeError(mixed)
         hooks = [m._before_forward for m in modules if _has_hook(m)]
         stateful = [m for m in modules if m.is_recurrent and hasattr(m, "state_names")]
         structure = structure_key(modules)
