@@ -275,3 +275,32 @@ def test_a_kernel_removed_between_its_check_and_its_import_compiles_again(tmp_pa
     assert pruned[0] >= 1 and (tmp_path / f"{name}.py").exists()
     assert np.array_equal(again(x, y, np.empty(8)), first)
     assert again.stats.cache_misses  # (compiled again: its numba files went too)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+def test_the_packed_drivers_module_removed_before_its_import_is_written_again(
+    tmp_path, monkeypatch
+):
+    """packed._kernel_module loads through import_written too: another process's clear that
+    lands between its write and its import costs a rewrite, not a FileNotFoundError."""
+    import importlib.util
+
+    from tapernn.backends import packed
+
+    monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(packed, "_MODULE_NAMES", {})  # (the digest computed again)
+    name = packed._kernel_module().__name__  # this process's module, from the shared cache
+    monkeypatch.delitem(sys.modules, name)  # (restored after the test)
+    real, cleared = importlib.util.spec_from_file_location, []
+
+    def clear_now(module_name, path, *args, **kwargs):
+        if module_name == name and not cleared:
+            os.utime(path, (time.time() - 3600,) * 2)  # (last used an hour ago)
+            cleared.append(clear_cache(tmp_path).modules)
+        return real(module_name, path, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "spec_from_file_location", clear_now)
+    module = packed._kernel_module()
+    assert cleared == [1] and module.__name__ == name
+    assert Path(module.__file__) == tmp_path / f"{name}.py" and Path(module.__file__).exists()
+    assert callable(module.pack_cols)

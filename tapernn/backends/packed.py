@@ -270,10 +270,9 @@ def _kernel_module(kind: str | None = None) -> Any:
     if name in sys.modules:  # read and its digest cost ~0.17 ms, BENCHMARKS.md "h256c")
         return sys.modules[name]
     import hashlib
-    import importlib.util
     from pathlib import Path
 
-    from ..fileio import atomic_write
+    from .kernel_cache import import_written
     from .numba_backend import cache_dir
 
     source = (Path(__file__).resolve().parent / "packed_kernels.py").read_bytes()
@@ -285,16 +284,8 @@ def _kernel_module(kind: str | None = None) -> Any:
     _MODULE_NAMES[(bits, nv)] = name
     if name in sys.modules:
         return sys.modules[name]
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.py"
-    if not path.exists() or path.read_bytes() != source:
-        atomic_write(path, lambda f: f.write(source))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    # (written again and imported again if another process's prune removed it meanwhile)
+    return import_written(cache_dir(), name, source)
 
 
 _MODULE_NAMES: dict[tuple[int, int], str] = {}  # (vector bits, NV) -> _kernel_module's name
