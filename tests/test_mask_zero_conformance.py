@@ -91,3 +91,24 @@ def test_sequencer_criterion_of_mask_zero_criterion_with_padding_targets():
     grads = crit.backward(xs, ts)
     for t in range(T):
         np.testing.assert_array_equal(grads[t][t], 0)
+
+
+@pytest.mark.parametrize("wrap", ["MaskZero", "mask_zero"])
+def test_a_row_of_tiny_entries_is_data_not_padding(wrap):
+    """Where tapernn deliberately differs from Torch7 (docs/stateful.md): a float64 row whose
+    entries are all below ~1e-162 has a norm of 0 in Torch7 (the squares underflow), padding
+    there; tapernn tests the largest |entry|, so the row is data. A +/-0 row is padding in both."""
+    x = np.zeros((3, 2, 4))  # (T, B, D)
+    x[:, 0] = 1e-163
+    x[1, 0, 2] = -1e-170
+    x[:, 1] = [[0.0, -0.0, 0.0, -0.0]] * 3
+    assert np.all(np.sqrt(np.sum(x[:, 0] ** 2, axis=-1)) == 0)  # (Torch7's test: padding)
+    tn.manual_seed(0)
+    cell = nn.LSTM(4, 3)
+    seq = nn.Sequencer(cell.mask_zero() if wrap == "mask_zero" else nn.MaskZero(cell, 1))
+    tn.manual_seed(0)
+    plain = nn.Sequencer(nn.LSTM(4, 3))
+    out, ref = seq.forward(x), plain.forward(x)
+    np.testing.assert_array_equal(out[:, 0], ref[:, 0])  # the tiny row: data, as unmasked
+    assert np.all(out[:, 0] != 0)
+    np.testing.assert_array_equal(out[:, 1], np.zeros((3, 3)))  # the +/-0 row: padding
