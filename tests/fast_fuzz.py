@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from cell_fuzz import KINKS, CellSpec, _Gen, make_cell
 from cell_reference import fastlstm_step, gru_step, lstm_step, rnn_step
+from fast_fuzz_mask import draw_masking, masked
 
 import tapernn as tn
 from tapernn import nn
@@ -184,34 +185,8 @@ def make_fast_case(seed: int, max_calls: int = 5) -> FastCase:
                 float(rng.choice([0.0, 0.01, 0.05])) if k else 0.0,
             )
         )
-    # drawn after every draw above: a seed's unmasked case is the one it meant before masking
-    if all(c.lengths is None for c in case.calls) and rng.random() < 0.4:
-        masking = [[None, "cell", "module"][int(rng.integers(3))] for _ in layers]
-        if not any(masking):
-            masking[int(rng.integers(n_layers))] = str(rng.choice(["cell", "module"]))
-        case.masking = masking
-        for call in case.calls:
-            call.zeros = _zero_rows(rng, call.T, B)
+    draw_masking(rng, case)  # after every draw above: old seeds' unmasked cases unchanged
     return case
-
-
-def _zero_rows(rng, T: int, B: int) -> list:
-    """[(t, b)] input rows to zero: each pattern with some probability (none of them too): rows
-    scattered at random, a row zero at every step, left padding (a row's first steps), the
-    last step of some rows, every row of one step."""
-    z = np.zeros((T, B), bool)
-    if rng.random() < 0.5:
-        z |= rng.random((T, B)) < float(rng.choice([0.05, 0.2, 0.5]))
-    if rng.random() < 0.4:
-        z[:, int(rng.integers(B))] = True
-    if rng.random() < 0.4:
-        for b in rng.choice(B, int(rng.integers(1, B // 2)), replace=False):
-            z[: int(rng.integers(1, T)), int(b)] = True
-    if rng.random() < 0.3:
-        z[T - 1, rng.choice(B, int(rng.integers(1, B)), replace=False)] = True
-    if rng.random() < 0.1:
-        z[int(rng.integers(T))] = True
-    return [(int(t), int(b)) for t, b in zip(*np.nonzero(z))]
 
 
 def build(case: FastCase):
@@ -223,12 +198,7 @@ def build(case: FastCase):
             cells.append(BUILTIN[lay.kind][0](lay.D, lay.H))
         else:
             cells.append(make_cell(lay.spec, lay.init, f"FuzzCell{k}"))
-    mods = list(cells)
-    for k, how in enumerate(case.masking or []):
-        if how == "cell":
-            mods[k] = cells[k].mask_zero()
-        elif how == "module":
-            mods[k] = nn.MaskZero(cells[k], 1)
+    mods = masked(cells, case.masking)
     if len(mods) == 1:
         inner = mods[0]
     else:
