@@ -3,8 +3,10 @@ numba backend, H in {128, 256, 260} (packed step GEMMs: weights >= 65,536 elemen
 {16, 17, 32, 33} (the batch split over two threads, odd B: 9|8 halves), owned threads, the step
 loops, bias in the owned GEMM halves, keep.py's reuse of large per-call arrays, panels lent in
 the weights' zeroed .grad, feature- or batch-major, need_grad_input=False, remember/forget,
-lengths=, and several calls per model with the weights changed between them (background
-switches, the steady path).
+lengths=, masking (`cell.mask_zero()` or `nn.MaskZero(cell, 1)` on any layer of the stack, zero
+input rows placed at random: scattered, a row zero at every step, left padding, the last step,
+every row of a step, none), and several calls per model with the weights changed between them
+(background switches, the steady path).
 
 Oracles that share nothing with the code under test's passes, lowering or loops:
 - built-in cells (FastLSTM, LSTM with or without peepholes, GRU incl. reset_after, RNN, two
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from cell_fuzz import KINKS, CellSpec, _Gen, make_cell
 from cell_reference import fastlstm_step, gru_step, lstm_step, rnn_step
+from fast_fuzz_mask import draw_masking, masked
 
 import tapernn as tn
 from tapernn import nn
@@ -88,6 +91,7 @@ class Call:
     zero_grad: bool
     forget: bool  # forget() before this call (remembered models)
     bump: float  # weights changed by this much before the call (0: unchanged)
+    zeros: list | None = None  # [(t, b)]: input rows set to zero (masked cases)
 
 
 @dataclass
@@ -99,6 +103,9 @@ class FastCase:
     options: dict
     remember: bool
     calls: list = field(default_factory=list)
+    # per layer: None, "cell" (cell.mask_zero(): a row whose input is all zeros outputs zeros
+    # and resets its state) or "module" (nn.MaskZero(cell, 1): its outputs only are zeroed)
+    masking: list | None = None
 
     def describe(self) -> str:
         head = [
@@ -109,6 +116,8 @@ class FastCase:
             f"# PlanOptions(backend='numba', **{self.options!r})",
             "# layers: " + ", ".join(f"{lay.kind}({lay.D}, {lay.H})" for lay in self.layers),
         ]
+        if self.masking:
+            head.append(f"# masking (per layer): {self.masking}")
         head += [f"# call {k}: {c}" for k, c in enumerate(self.calls)]
         cells = [lay.spec.source(f"FuzzCell{k}") for k, lay in enumerate(self.layers) if lay.spec]
         return "\n\n".join(["\n".join(head)] + cells)
@@ -176,6 +185,7 @@ def make_fast_case(seed: int, max_calls: int = 5) -> FastCase:
                 float(rng.choice([0.0, 0.01, 0.05])) if k else 0.0,
             )
         )
+    draw_masking(rng, case)  # after every draw above: old seeds' unmasked cases unchanged
     return case
 
 
@@ -188,10 +198,11 @@ def build(case: FastCase):
             cells.append(BUILTIN[lay.kind][0](lay.D, lay.H))
         else:
             cells.append(make_cell(lay.spec, lay.init, f"FuzzCell{k}"))
-    if len(cells) == 1:
-        inner = cells[0]
+    mods = masked(cells, case.masking)
+    if len(mods) == 1:
+        inner = mods[0]
     else:
-        inner = nn.Sequential(cells[0], nn.Dropout(0.0), *cells[1:])
+        inner = nn.Sequential(mods[0], nn.Dropout(0.0), *mods[1:])
     m = nn.Sequencer(inner)
     if case.dtype == np.float32:
         m.float()
@@ -204,18 +215,28 @@ def build(case: FastCase):
 # ---------------------------------------------------------------- the oracles
 
 
-def np_forward(case: FastCase, params: list, x, mask, init: list):
+def np_forward(case: FastCase, params: list, x, mask, init: list, keeps: list | None = None):
     """Outputs (T, B, H) and final states of the stack, masked as lengths= masks: a row past
-    its length keeps its state and outputs zeros. Runs on complex arrays (built-in cells)."""
+    its length keeps its state and outputs zeros; and as case.masking says: a layer's row
+    whose input's real part is all zeros outputs zeros ("cell": its new state is zeros too).
+    Runs on complex arrays (built-in cells). `keeps` gets each step's layers' (B, 1) 0/1
+    columns (1: not a zero row)."""
     states = [list(s) for s in init]
+    masking = case.masking or [None] * len(case.layers)
     outs = []
     for t in range(x.shape[0]):
         h = x[t]
         k = 1.0 if mask is None else mask[t]
         for j, lay in enumerate(case.layers):
             new = lay.np_step(params[j], h, *states[j])
+            keep = np.any(np.real(h) != 0, axis=-1)[:, None].astype(float)
+            if keeps is not None:
+                keeps.append(keep if masking[j] else np.ones_like(keep))
+            if masking[j] == "cell":
+                new = [keep * n for n in new]
+            out = keep * new[lay.out_state] if masking[j] else new[lay.out_state]
             states[j] = [k * n + (1 - k) * s for n, s in zip(new, states[j])]
-            h = k * new[lay.out_state]
+            h = k * out
         outs.append(h)
     return np.stack(outs), states
 
@@ -283,12 +304,17 @@ def builtin_grad_checks(case, params, x, mask, init, seed, rng, singles=3):
 def interpret_grads(case, params, x, mask, init, seed):
     """d sum(seed * outputs) / d(input, every parameter) of the custom stack: its unrolled
     trace (tn ops of the same random program) differentiated, run by the reference
-    interpreter."""
+    interpreter. A masked layer's zero rows (piecewise constant in the inputs) are the NumPy
+    forward's, given to the trace as constant 0/1 columns."""
+    keeps = []
+    np_forward(case, params, x, mask, init, keeps)
+    L = len(case.layers)
+    masking = case.masking or [None] * L
     names = [list(p) for p in params]
     flat = [p[n] for p, ns in zip(params, names) for n in ns]
     n_init = [len(s) for s in init]
 
-    def loss(xv, sv, mv, *rest):
+    def loss(xv, sv, mv, kv, *rest):
         ps, k = [], 0
         for ns in names:
             ps.append(dict(zip(ns, rest[k : k + len(ns)])))
@@ -303,16 +329,20 @@ def interpret_grads(case, params, x, mask, init, seed):
             mt = mv[t]
             for j, lay in enumerate(case.layers):
                 new = lay.spec.run(0, [h, *st[j]], ps[j])
+                kt = kv[t * L + j]
+                if masking[j] == "cell":
+                    new = [kt * a for a in new]
+                out = kt * new[lay.out_state] if masking[j] else new[lay.out_state]
                 st[j] = [mt * a + (1.0 - mt) * b for a, b in zip(new, st[j])]
-                h = mt * new[lay.out_state]
+                h = mt * out
             term = tn.sum(h * sv[t])
             total = term if total is None else total + term
         return total
 
     m = np.ones(x.shape[:2] + (1,)) if mask is None else mask
     states = [s for ss in init for s in ss]
-    arrays = [x, seed, m, *flat, *states]
-    graph = tn.grad(tn.trace(loss, *arrays), wrt=[0] + list(range(3, 3 + len(flat))))
+    arrays = [x, seed, m, np.stack(keeps), *flat, *states]
+    graph = tn.grad(tn.trace(loss, *arrays), wrt=[0] + list(range(4, 4 + len(flat))))
     got = interpret(graph, *arrays)
     out, k = [], 2
     for ns in names:
@@ -359,6 +389,8 @@ def run_case(case: FastCase, tol: float | None = None, tamper=None) -> dict:
         if not case.remember:
             state = [[np.zeros_like(s) for s in ss] for ss in state]
         x = rng.standard_normal((call.T, case.B, case.layers[0].D)).astype(case.dtype)
+        for t, b in call.zeros or ():
+            x[t, b] = 0
         g = rng.standard_normal((call.T, case.B, case.layers[-1].H)).astype(case.dtype)
         lengths = None if call.lengths is None else np.array(call.lengths)
         mask = None

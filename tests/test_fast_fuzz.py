@@ -2,10 +2,14 @@
 tools/fuzz_fast.py): large shapes on the numba backend -- packed step GEMMs, the batch split over
 two threads, owned threads, the step loops, bias in the owned GEMM halves, keep.py's reuse --
 each call against NumPy equations / the reference interpreter, results held from earlier calls
-unchanged; and that those checks fail on a spoiled result."""
+unchanged; and that those checks fail on a spoiled result or a model masked otherwise than the
+oracle (cell.mask_zero() / nn.MaskZero / none)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import fast_fuzz
 import numpy as np
 import pytest
 from fast_fuzz import Call, FastCase, Layer, make_fast_case, run_case
@@ -60,3 +64,35 @@ def test_the_checks_fail_on_a_spoiled_result(spoil):
 
     with pytest.raises(AssertionError):
         run_case(_fastlstm_case(), tamper=tamper)
+
+
+# zero rows in the middle of a row (state reset vs carried), left padding, a row zero at every
+# step, every row of the last step; call 2 after a weight change
+ZEROS = [(1, 3), (0, 0), (1, 0), (0, 9), (1, 9), (2, 9), (3, 9), (2, 5)] + [
+    (3, b) for b in range(0, 17, 2)
+]
+
+
+def _masked_case(how) -> FastCase:
+    calls = [
+        Call(4, None, True, True, False, 0.0, ZEROS),
+        Call(4, None, True, False, False, 0.01, ZEROS),
+    ]
+    options = {"layout": "batch", "batch_split": "on", "own_threads": "on"}
+    return FastCase(0, [Layer("GRU", 3, 128)], 17, np.float64, options, False, calls, [how])
+
+
+@pytest.mark.parametrize("how", ["cell", "module"])
+def test_a_masked_case_passes(how):
+    crossed = run_case(_masked_case(how))
+    assert crossed["split"] == 2, crossed
+
+
+@pytest.mark.parametrize("how, built", [("cell", "module"), ("module", "cell"), ("cell", None)])
+def test_the_checks_fail_on_other_masking(monkeypatch, how, built):
+    """The model masked as `built`, the oracle as `how`: the case fails (the zero rows placed
+    make the three semantics differ)."""
+    build = fast_fuzz.build
+    monkeypatch.setattr(fast_fuzz, "build", lambda case: build(replace(case, masking=[built])))
+    with pytest.raises(AssertionError):
+        run_case(_masked_case(how))

@@ -4,7 +4,9 @@ owned GEMM halves, keep.py reuse, lent .grad panels -- built-in cells against th
 equations, random custom cells against the reference interpreter; each failing case printed
 (its description and the cell source) for a regression test.
 
-Run: python tools/fuzz_fast.py [--cases 1000] [--seed 0] [--max-failures 10] [--calls 4]
+Run: python tools/fuzz_fast.py [--cases 1000] [--seed 0] [--max-failures 10] [--calls 4] [--masked]
+(--masked: only the seeds whose case is masked -- cell.mask_zero() / nn.MaskZero -- the others
+skipped unrun, not counted.)
 A case that fails also with every fast path off (numba backend: fast_fuzz.SLOW) is reported as
 ill-conditioned at the oracle's tolerance, not as a failure. Exit status 1 if any case failed; 2 if numba or AVX-512 is missing (nothing fast to fuzz).
 """
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-failures", type=int, default=10, help="stop after this many failures (default 10)"
     )
+    parser.add_argument(
+        "--masked", action="store_true", help="only cases with mask_zero() / nn.MaskZero"
+    )
     args = parser.parse_args(argv)
     from tapernn.backends import numba_available
     from tapernn.backends.packed import available
@@ -45,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print("numba or AVX-512 missing: the fast paths do not engage here", file=sys.stderr)
         return 2
     failures, conditioned, start, totals = [], [], time.perf_counter(), {}
-    k = -1
-    for k, seed in enumerate(range(args.seed, args.seed + args.cases)):
+    k, seed = -1, args.seed - 1
+    while k + 1 < args.cases:
+        seed += 1
         case = make_fast_case(seed, args.calls)
+        if args.masked and not case.masking:
+            continue
+        k += 1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     print(
-        f"{k + 1} cases from seed {args.seed}: {len(failures)} failed {failures}; "
+        f"{k + 1} cases from seed {args.seed} to {seed}: {len(failures)} failed {failures}; "
         f"{len(conditioned)} ill-conditioned (the slow paths fail too) {conditioned}; {totals}"
     )
     return 1 if failures else 0
