@@ -196,6 +196,10 @@ def _each(fns: list) -> None:
 def zero_fill(arrays: list) -> None:
     """a.fill(0) for each of `arrays`; inside an owned call (in_two) the C-contiguous ones in
     two halves, on the two threads at once."""
+    if sum(a.nbytes for a in arrays) < TWO_MIN_BYTES:  # (in_two's caller-alone case: whole)
+        for a in arrays:
+            a.fill(0)
+        return
     jobs = []
     for a in arrays:
         if a.flags.c_contiguous and a.size > 1:

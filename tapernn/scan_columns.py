@@ -121,8 +121,25 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
     ):
         return packed.run_kernel(kernel, a, panels, out)
     panels_of = _panels_of(kernel)
+    if BALANCE[0]:
+        _balanced(panels_of, a, panels, out, npan)
+    else:  # (the middle: no clock, no bookkeeping on this per-step path)
+        h = npan // 2
+        future = executor().submit(panels_of, a, panels, out, h, npan)
+        try:
+            panels_of(a, panels, out, 0, h)
+        finally:
+            future.result()
+    SPLIT_GEMMS[0] += 1
+    return out
+
+
+def _balanced(panels_of: Any, a, panels, out, npan: int) -> None:
+    """run's split at the point `_SPLIT` keeps for this (a's shape, panels, dtype), moved by one
+    panel toward both halves ending together once the worker's lag -- its end after the
+    caller's, in the caller's panels' time, averaged over the calls -- exceeds one panel."""
     key = (a.shape, npan, a.dtype.char)
-    h, lag = _SPLIT.get(key, (npan // 2, 0.0)) if BALANCE[0] else (npan // 2, 0.0)
+    h, lag = _SPLIT.get(key, (npan // 2, 0.0))
     h = min(max(h, 1), npan - 1)
     ended = [0.0]
     start = _now()
@@ -132,17 +149,12 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         mine = _now()
     finally:
         future.result()
-    if BALANCE[0]:  # (the caller's share by one panel toward both halves ending together,
-        # once the worker's lag -- its end after the caller's, in the caller's panels' time,
-        # averaged over the calls -- exceeds one panel either way)
-        lag = 0.75 * lag + 0.25 * (ended[0] - mine) * h / max(mine - start, 1e-9)
-        if lag > 1 and h < npan - 1:
-            h, lag = h + 1, 0.0
-        elif lag < -1 and h > 1:
-            h, lag = h - 1, 0.0
-        _SPLIT[key] = (h, lag)
-    SPLIT_GEMMS[0] += 1
-    return out
+    lag = 0.75 * lag + 0.25 * (ended[0] - mine) * h / max(mine - start, 1e-9)
+    if lag > 1 and h < npan - 1:
+        h, lag = h + 1, 0.0
+    elif lag < -1 and h > 1:
+        h, lag = h - 1, 0.0
+    _SPLIT[key] = (h, lag)
 
 
 # (the caller's panels of a split step GEMM, per (a's shape, panels, dtype): moved by one panel

@@ -303,10 +303,15 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     assert abs(scan_columns._SPLIT[at][0] - npan / 2) <= 1.5
     monkeypatch.setattr(scan_columns, "BALANCE", [False])
     seen = []
-    monkeypatch.setattr(
-        scan_columns,
-        "_half",
-        lambda f, a_, p, o, first, last, e: seen.append(first) or f(a_, p, o, first, last),
-    )
+
+    def recorded(kernel):
+        real = real_of(kernel)
+        return lambda a_, p, o, first, last: (
+            seen.append((first, last)) or real(a_, p, o, first, last)
+        )
+
+    monkeypatch.setattr(scan_columns, "_panels_of", recorded)
+    monkeypatch.setitem(scan_columns._SPLIT, at, (2, 0.0))  # (kept, and not read: off)
     call()
-    assert seen == [npan // 2]
+    assert sorted(seen) == [(0, npan // 2), (npan // 2, npan)]
+    assert scan_columns._SPLIT[at] == (2, 0.0)
