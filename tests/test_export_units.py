@@ -97,3 +97,27 @@ def test_a_masked_bisequencer_renders_at_module_level(tmp_path, view):
     model.backward(x, np.ones_like(y))
     path = tn.render(model, tmp_path / f"bi_{view}.png", level="module", view=view)
     assert path.stat().st_size > 1000
+
+
+def test_a_dot_failure_is_one_short_line(monkeypatch, tmp_path):
+    """On main the RenderError held dot's whole stderr as a bytes repr (~6,000 characters of
+    rank dumps for the BiSequencer above)."""
+    import graphviz
+
+    from tapernn.errors import RenderError
+    from tapernn.export import rendering
+
+    dump = b"Error: trouble in init_rank\n" + b"\t%0 1\n" * 2000 + b"\tm15 1\nlibpath/x.c: failed\n"
+
+    def fails(self, format=None):
+        raise graphviz.CalledProcessError(1, ["dot"], stderr=dump)
+
+    monkeypatch.setattr(rendering, "dot_available", lambda: True)
+    monkeypatch.setattr(graphviz.Digraph, "pipe", fails)
+    model = nn.Sequencer(nn.FastLSTM(3, 4))
+    model.forward(np.ones((2, 1, 3)))
+    with pytest.raises(RenderError) as e:
+        tn.render(model, tmp_path / "m.png", level="module")
+    said = str(e.value)
+    assert "\n" not in said and len(said) < 500, said
+    assert "trouble in init_rank" in said and "libpath/x.c: failed" in said and "%0" not in said
