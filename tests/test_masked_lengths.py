@@ -122,3 +122,18 @@ def test_a_bisequencer_of_mask_zero_cells_runs_right_padded_rows_as_alone(kind, 
         assert np.all(y[n:, b] == 0), b
     for a, c in zip(grads, total):
         np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
+
+
+def test_the_length_mask_is_named_so_in_graphs_and_diagrams():
+    """On main a Sequencer's lengths= mask was the graph input "target" (a criterion's name),
+    drawn as an ellipse "target" feeding every step."""
+    m = nn.Sequencer(nn.Sequential(nn.LSTM(3, 4).mask_zero(), nn.MaskZero(nn.GRU(4, 4), 1)))
+    x = np.random.default_rng(0).standard_normal((3, 2, 3))
+    y = m.forward(x, lengths=np.array([3, 2]))
+    m.backward(x, np.ones_like(y))
+    names = [n.name for n in m.graph.inputs]
+    assert names[:2] == ["input", "length_mask"] and "target" not in names, names
+    assert "label=length_mask" in tn.to_dot(m, level="module").source
+    crit = nn.ClassNLLCriterion()
+    crit.forward(np.log(np.full((2, 3), 1 / 3)), np.array([0, 2]))
+    assert [n.name for n in crit.graph.inputs][:2] == ["input", "target"]
