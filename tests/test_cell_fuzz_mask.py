@@ -83,6 +83,7 @@ def _differs(case, other):
     return not np.allclose(a, b, equal_nan=True)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the wrong oracle reads NaN padding)
 @pytest.mark.parametrize("wrong", ["cell", "module", None, "no lengths"])
 def test_the_checks_fail_when_the_oracle_masks_otherwise(monkeypatch, wrong):
     """The model masked as drawn, the oracle otherwise (another masking of the first cell, or
