@@ -214,6 +214,8 @@ class GraphMeta:
     outputs_may_alias_inputs: positions of outputs returned as views of an input (not copied).
     scopes: scope path -> module description (diagrams); root: the traced module's.
     aliases: modules that record no op (SelectTable, Identity), for module-level diagrams.
+    units: scopes module-level diagrams draw as one box per step with everything inside them
+    (recurrent modules: a FastLSTM's Linear children and gates; MaskZero and its module).
     """
 
     single_output: bool = False
@@ -229,6 +231,7 @@ class GraphMeta:
     scopes: Mapping[str, str] = field(default_factory=dict)
     root: str = ""
     aliases: tuple = ()
+    units: tuple[str, ...] = ()
 
 
 class Graph:

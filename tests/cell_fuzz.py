@@ -181,6 +181,10 @@ class Case:
     params: list  # per cell {name: array}
     x: np.ndarray
     seed_grad: np.ndarray
+    # per cell None / "cell" (cell.mask_zero()) / "module" (nn.MaskZero(cell, 1)), and the
+    # Sequencer's lengths= (batched): tests/cell_fuzz_mask.py draws them
+    masking: list | None = None
+    lengths: np.ndarray | None = None
 
     def describe(self) -> str:
         head = (
@@ -400,16 +404,28 @@ def make_cell(spec: CellSpec, params: dict, name: str = "FuzzCell") -> nn.Cell:
 
 
 def numpy_outputs(case: Case, params: list | None = None, x: np.ndarray | None = None):
-    """The oracle: every cell's program evaluated with NumPy, step by step, from zero states."""
+    """The oracle: every cell's program evaluated with NumPy, step by step, from zero states.
+    Masked (Element-RNN): a cell's row whose input row is all zeros outputs zeros, and "cell"
+    (mask_zero) resets its states; lengths=: a row's padded inputs are zeros, its states held
+    and its outputs zeros past its length."""
     params = case.params if params is None else params
     x = case.x if x is None else x
+    masking = case.masking or [None] * len(case.cells)
+    real = np.ones((case.T,) + case.batch + (1,))
+    if case.lengths is not None:
+        real = (np.arange(case.T)[:, None] < case.lengths[None, :])[..., None] * 1.0
     states = [[np.zeros(case.batch + (c.H,)) for _ in range(c.states)] for c in case.cells]
     outs = []
     for t in range(case.T):
-        h = x[t]
+        h = np.where(real[t] != 0, x[t], 0.0)  # (padding: NaN / garbage never read)
         for k, cell in enumerate(case.cells):
-            states[k] = list(cell.run(1, [h, *states[k]], params[k]))
-            h = states[k][cell.output]
+            new = list(cell.run(1, [h, *states[k]], params[k]))
+            keep = np.any(h != 0, axis=-1, keepdims=True) * 1.0
+            if masking[k] == "cell":
+                new = [keep * v for v in new]
+            out = keep * new[cell.output] if masking[k] else new[cell.output]
+            states[k] = [real[t] * v + (1 - real[t]) * o for v, o in zip(new, states[k])]
+            h = real[t] * out
         outs.append(h)
     return np.stack(outs)
 
@@ -420,17 +436,22 @@ def tapernn_run(case: Case, passes=None):
     cells = [
         make_cell(s, p, f"FuzzCell{k}") for k, (s, p) in enumerate(zip(case.cells, case.params))
     ]
-    m = nn.Sequencer(cells[0] if len(cells) == 1 else nn.Sequential(*cells))
+    mods = [
+        c.mask_zero() if how == "cell" else nn.MaskZero(c, 1) if how else c
+        for c, how in zip(cells, case.masking or [None] * len(cells))
+    ]
+    m = nn.Sequencer(mods[0] if len(mods) == 1 else nn.Sequential(*mods))
     if case.dtype == np.float32:
         m.float()
     if passes is not None:
         m.set_passes(passes)
     x = case.x.astype(case.dtype)
-    y = np.array(m.forward(x))
+    kw = {} if case.lengths is None else {"lengths": case.lengths}
+    y = np.array(m.forward(x, **kw))
     m.zero_grad_parameters()
     dx = np.array(m.backward(x, case.seed_grad.astype(case.dtype)))
     grads = [{k: np.array(getattr(c, k).grad) for k in s.params} for c, s in zip(cells, case.cells)]
-    again = np.array(m.forward(x))
+    again = np.array(m.forward(x, **kw))
     return y, dx, grads, again
 
 
@@ -461,6 +482,7 @@ def check_case(case: Case) -> None:
 def check_finite_differences(case: Case, dx: np.ndarray, grads: list) -> None:
     rng = np.random.default_rng(case.seed + 1)
     vx = rng.standard_normal(case.x.shape)
+    vx = vx * (np.abs(case.x).max(-1, keepdims=True) != 0)  # zero rows stay zero (masking)
     vp = [{k: rng.standard_normal(v.shape) for k, v in p.items()} for p in case.params]
 
     def loss(e):

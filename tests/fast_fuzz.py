@@ -136,7 +136,9 @@ def _custom_spec(rng, D: int, H: int) -> tuple[CellSpec, dict]:
     return spec, init
 
 
-def make_fast_case(seed: int, max_calls: int = 5) -> FastCase:
+def make_fast_case(seed: int, max_calls: int = 5, mask_lengths: bool = False) -> FastCase:
+    """The case of `seed`; `mask_lengths`: cases with lengths= are masked too (their other
+    draws unchanged: the masking is drawn last)."""
     rng = np.random.default_rng(seed)
     custom = rng.random() < 0.35
     D = int(rng.choice([3, 16, 130]))
@@ -185,7 +187,7 @@ def make_fast_case(seed: int, max_calls: int = 5) -> FastCase:
                 float(rng.choice([0.0, 0.01, 0.05])) if k else 0.0,
             )
         )
-    draw_masking(rng, case)  # after every draw above: old seeds' unmasked cases unchanged
+    draw_masking(rng, case, mask_lengths)  # after every draw above: old seeds' cases unchanged
     return case
 
 

@@ -9,10 +9,12 @@ import numpy as np
 from tapernn import nn
 
 
-def draw_masking(rng, case) -> None:
+def draw_masking(rng, case, with_lengths: bool = False) -> None:
     """Masks about 40 % of the cases without lengths=: each layer None / "cell" / "module" (at
-    least one masked), each call's zero rows drawn (zero_rows)."""
-    if any(c.lengths is not None for c in case.calls) or rng.random() >= 0.4:
+    least one masked), each call's zero rows drawn (zero_rows). `with_lengths`: the cases with
+    lengths= too (off by default, so that a seed's case stays the one it was; the Sequencer
+    holds a row's state past its length, and inside it the masking resets / zeroes as alone)."""
+    if (not with_lengths and any(c.lengths is not None for c in case.calls)) or rng.random() >= 0.4:
         return
     n = len(case.layers)
     masking = [[None, "cell", "module"][int(rng.integers(3))] for _ in range(n)]

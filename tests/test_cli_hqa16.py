@@ -68,5 +68,5 @@ def test_train_with_the_base_cell_is_one_line(tmp_path, capsys):
     text.write_text("abc def ghi " * 200)
     argv = ["train", "--text", str(text), "--cell", "tapernn.nn:Cell", "--steps", "1"]
     argv += ["--hidden", "8", "--embed", "4", "--batch", "2", "--seq-len", "4", "--no-progress"]
-    assert main(argv) == 1
-    assert "nn.Cell(4 -> 8) does not define step" in _one_line(capsys, "train")
+    assert main(argv) == 2  # (hqa17: refused with the options, tests/test_cli_hqa17.py)
+    assert "nn.Cell does not define step" in _one_line(capsys, "train")

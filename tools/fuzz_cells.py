@@ -1,7 +1,9 @@
 """Random-cell differential fuzzing on demand: thousands of tests/cell_fuzz.py cases (the CI
 suite runs 200), each failing cell printed as source for tests/test_regressions_compiler.py.
 
-Run: python tools/fuzz_cells.py [--cases 5000] [--seed 0] [--max-failures 20]
+Run: python tools/fuzz_cells.py [--cases 5000] [--seed 0] [--max-failures 20] [--masked]
+(--masked: each case masked -- cell.mask_zero() / nn.MaskZero(cell, 1) per cell, zero input
+rows, lengths= with garbage in the padding: tests/cell_fuzz_mask.py)
 Exit status 1 if any case failed.
 """
 
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tapernn from this checkout, the fuzzer
 
 from cell_fuzz import check_case, make_case, pruned_case
+from cell_fuzz_mask import make_masked_case
 
 
 def _smallest_failing(case):
@@ -43,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-failures", type=int, default=20, help="stop after this many failures (default 20)"
     )
+    parser.add_argument(
+        "--masked", action="store_true", help="mask every case (mask_zero / MaskZero, lengths=)"
+    )
     args = parser.parse_args(argv)
     failures, start = [], time.perf_counter()
+    make = make_masked_case if args.masked else make_case
     for k, seed in enumerate(range(args.seed, args.seed + args.cases)):
-        case = make_case(seed)
+        case = make(seed)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -5,8 +5,10 @@ equations, random custom cells against the reference interpreter; each failing c
 (its description and the cell source) for a regression test.
 
 Run: python tools/fuzz_fast.py [--cases 1000] [--seed 0] [--max-failures 10] [--calls 4] [--masked]
+[--masked-lengths]
 (--masked: only the seeds whose case is masked -- cell.mask_zero() / nn.MaskZero -- the others
-skipped unrun, not counted.)
+skipped unrun, not counted; --masked-lengths: the cases with lengths= may be masked too, and
+only those masked with lengths= run.)
 A case that fails also with every fast path off (numba backend: fast_fuzz.SLOW) is reported as
 ill-conditioned at the oracle's tolerance, not as a failure. Exit status 1 if any case failed; 2 if numba or AVX-512 is missing (nothing fast to fuzz).
 """
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--masked", action="store_true", help="only cases with mask_zero() / nn.MaskZero"
     )
+    parser.add_argument(
+        "--masked-lengths",
+        action="store_true",
+        help="mask the cases with lengths= too, and run only those (masking and lengths= together)",
+    )
     args = parser.parse_args(argv)
     from tapernn.backends import numba_available
     from tapernn.backends.packed import available
@@ -53,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     k, seed = -1, args.seed - 1
     while k + 1 < args.cases:
         seed += 1
-        case = make_fast_case(seed, args.calls)
-        if args.masked and not case.masking:
+        case = make_fast_case(seed, args.calls, args.masked_lengths)
+        if (args.masked or args.masked_lengths) and not case.masking:
+            continue
+        if args.masked_lengths and all(c.lengths is None for c in case.calls):
             continue
         k += 1
         try:

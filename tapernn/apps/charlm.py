@@ -4,12 +4,13 @@ baseline, sampling, and the remembered state that truncated BPTT carries across 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
 
 from .. import nn, optim
-from ..errors import ArgumentError
+from ..errors import ArgumentError, no_cell_step
 from .command_line import import_attribute
 
 BUILTIN_CELLS = {
@@ -40,7 +41,34 @@ def resolve_cell(spec: str) -> type:
     cls = import_attribute(spec, "--cell", CellSpecError)
     if not (isinstance(cls, type) and issubclass(cls, nn.AbstractRecurrent)):
         raise CellSpecError(f"--cell {spec}: {class_name} is not a tapernn nn.Cell subclass")
+    _check_layer_class(spec, cls)
     return cls
+
+
+def _check_layer_class(spec: str, cls: type) -> None:
+    """Refuses, with the options (before the corpus is read or a model built), a recurrent
+    class that cannot be a layer: a Cell without `step`, the abstract base, a constructor
+    that does not take (input_size, hidden_size)."""
+    name = "nn.Cell" if cls is nn.Cell else cls.__name__
+    if issubclass(cls, nn.Cell) and cls._cell_step is no_cell_step:
+        raise CellSpecError(
+            f"--cell {spec}: {name} does not define step(self, x, *state) (a Cell subclass "
+            f"returns its new state(s) from the input and the old state(s))"
+        )
+    if cls.step_forward is nn.AbstractRecurrent.step_forward:
+        raise CellSpecError(
+            f"--cell {spec}: {name} is abstract (no step_forward): name an nn.Cell subclass "
+            f"that defines step(self, x, *state)"
+        )
+    try:
+        inspect.signature(cls).bind(1, 1)
+    except TypeError as e:
+        raise CellSpecError(
+            f"--cell {spec}: {name}(input_size, hidden_size) cannot be called ({e}); a layer "
+            f"of the language model is built as cell(input_size, hidden_size)"
+        ) from None
+    except ValueError:  # no signature to read: the build says
+        pass
 
 
 class SeqStack(nn.Sequential):

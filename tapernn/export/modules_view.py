@@ -23,13 +23,18 @@ def module_name(d: Drawing, scope: str) -> str:
     if not scopes.get(scope):
         return scope or "inputs"
     name = _class_name(scopes[scope])
+    drawn = _containers(d) | _inside_units(d)
     same = [
-        s
-        for s, described in scopes.items()
-        if _class_name(described) == name and s not in _containers(d)
+        s for s, described in scopes.items() if _class_name(described) == name and s not in drawn
     ]
+    inner = [s for s in scopes if s.startswith(scope + ".") and "." not in s[len(scope) + 1 :]]
+    if scope in d.graph.meta.units and len(inner) == 1 and "(" not in str(scopes[scope]):
+        name = f"{name} @ {_class_name(scopes[inner[0]])}"  # a decorator: MaskZero @ GRU
     if len(same) > 1 and scope in same:
-        return f"{name} layer {same.index(scope)}"
+        last = scope.rsplit(".", 1)[-1]  # a named child (BiSequencer's fwd / bwd) by its name
+        return f"{name} layer {same.index(scope)}" if last.isdigit() else f"{name} ({last})"
+    if " @ " in name:
+        return name
     described = str(scopes[scope]).removeprefix("nn.")
     # arguments that change what a module does stay: SelectTable(-1), Dropout(0.5)
     return (
@@ -47,9 +52,26 @@ def _class_name(described: object) -> str:
 
 
 def _containers(d: Drawing) -> set[str]:
-    """Scopes with child scopes: their own ops (a Sequencer's x[t] and stacking) are plumbing."""
-    scopes = d.graph.meta.scopes
-    return {s for s in scopes if any(o != s and (s == "" or o.startswith(s + ".")) for o in scopes)}
+    """Scopes with child scopes: their own ops (a Sequencer's x[t] and stacking) are plumbing;
+    not the units (graph.meta.units: a recurrent module or MaskZero is one box per step)."""
+    scopes, units = d.graph.meta.scopes, set(d.graph.meta.units)
+    return {
+        s
+        for s in scopes
+        if s not in units and any(o != s and (s == "" or o.startswith(s + ".")) for o in scopes)
+    }
+
+
+def _inside_units(d: Drawing) -> set[str]:
+    return {s for s in d.graph.meta.scopes if _unit(d, s) != s}
+
+
+def _unit(d: Drawing, scope: str) -> str:
+    """The box scope of an op recorded in `scope`: the outermost unit holding it, else itself."""
+    for u in sorted(d.graph.meta.units, key=len):
+        if u == scope or u == "" or scope.startswith(u + "."):
+            return u
+    return scope
 
 
 def draw_modules(
@@ -115,7 +137,7 @@ def _assign_boxes(d: Drawing, num: dict[Node, int]) -> dict[Node, Box | None]:
     box_of: dict[Node, Box | None] = {}
     for n in d.nodes:
         box = _box(d, n, num)
-        if box is not None and box[0] == "module" and n.scope in containers:
+        if box is not None and box[0] == "module" and box[1] in containers:
             box = None
         elif box is not None and box[0] == "module" and not n.scope and "" not in named:
             box = next(
@@ -184,7 +206,7 @@ def _box(d: Drawing, n: Node, num: dict[Node, int]) -> Box | None:
         return None  # parameters live inside their module's box; constants are details
     if n.op == "input":
         return ("value", num[n])
-    return ("module", n.scope, n.step, n.phase if role != "context" else "context")
+    return ("module", _unit(d, n.scope), n.step, n.phase if role != "context" else "context")
 
 
 def _output_boxes(
@@ -218,7 +240,7 @@ def _outputs_label(d: Drawing, b: Box) -> str:
     if len(names) == 1:
         return names[0]
     n = d.graph.outputs[b[1]]
-    owner = module_name(d, n.scope) if n.scope else "the model"
+    owner = module_name(d, _unit(d, n.scope)) if n.scope else "the model"
     return f"∂ parameters ×{len(names)}\n{owner}"
 
 

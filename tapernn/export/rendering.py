@@ -5,6 +5,7 @@ compiler stage) and `repr_svg` for Jupyter. Everything but .dot needs the Graphv
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +119,18 @@ def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
     except graphviz.ExecutableNotFound:
         raise RenderError(f"the Graphviz `dot` program could not be run; {INSTALL_HINT}") from None
     except graphviz.CalledProcessError as e:
-        raise RenderError(f"Graphviz `dot` failed on this diagram: {e.stderr!r}") from None
+        raise RenderError(f"Graphviz `dot` failed on this diagram: {_dot_says(e.stderr)}") from None
+
+
+def _dot_says(stderr: bytes | str | None) -> str:
+    """dot's error in one short line (its stderr can hold thousands of lines of rank dumps)."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else str(stderr or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = [ln for ln in lines if not re.fullmatch(r"\S+ \d+", ln)][:3]  # (not "%0 1" dumps)
+    line = "; ".join(said) or "no message"
+    return (line if len(line) <= 300 else line[:297] + "...") + (
+        "; the .dot source (-o x.dot, tn.to_dot) still writes"
+    )
 
 
 def repr_svg(obj: Any, level: str = "op") -> str | None:

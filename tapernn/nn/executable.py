@@ -99,7 +99,11 @@ class Executable:
         self.n_out = len(self.diff_outputs)
         graph = tape.graph
         graph.meta = replace(
-            graph.meta, scopes=dict(ctx.scopes), root=root.describe(), aliases=tuple(ctx.aliases)
+            graph.meta,
+            scopes=dict(ctx.scopes),
+            root=root.describe(),
+            aliases=tuple(ctx.aliases),
+            units=drawn_whole(root, ctx.scopes),
         )
         self.graph = Graph(graph.nodes, graph.inputs, self.diff_outputs + extras, graph.meta)
         # what `module.graph` shows: the model's own outputs, not the recorded fields
@@ -316,3 +320,18 @@ def _refuse_unregistered(root: Any, ctx: BuildContext) -> None:
             f" module as a field (self.layer = module), with add_child(name, module) or in a"
             f" container such as nn.Sequential (a list or dict of modules is not registered)"
         )
+
+
+def drawn_whole(root: Any, scopes: dict) -> tuple[str, ...]:
+    """The scopes (module paths: child names joined by ".") whose module draws as one box per
+    step in module-level diagrams (`Module._drawn_whole`: recurrent modules, MaskZero)."""
+    units = []
+    for path in scopes:
+        m = root
+        for name in path.split(".") if path else ():
+            m = dict(m.named_children()).get(name)
+            if m is None:
+                break
+        if m is not None and m._drawn_whole:
+            units.append(path)
+    return tuple(units)

@@ -39,6 +39,8 @@ class MaskZero(Module):
     of that many dims is one row, one of a dim more a batch (None: 1-D is one row, else a batch).
     Torch7: nn.MaskZero(module, nInputDim)."""
 
+    _drawn_whole = True  # (diagrams: "MaskZero @ GRU", the select inside the box)
+
     def __init__(self, module: Module, n_input_dim: int | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))

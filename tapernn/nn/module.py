@@ -51,6 +51,7 @@ class Module:
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
     call_inputs: tuple[str, ...] = ()  # plain fields bound at call time, not traced (config_key)
+    _drawn_whole = False  # module-level diagrams: one box per step, what it holds inside it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

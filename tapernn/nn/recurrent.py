@@ -78,6 +78,7 @@ class AbstractRecurrent(Module):
     """State-carrying module: `outputs[t]`, `inputs[t]`, `states[name][t]`, `step`, `forget()`."""
 
     is_recurrent = True
+    _drawn_whole = True  # (a cell's Linear children and gates: one box per step in diagrams)
     output = LastOutput()  # Torch7's field: the newest step's output, also inside a Sequencer
     outputs = _StepField()
     inputs = _StepField()
@@ -418,8 +419,7 @@ class Cell(AbstractRecurrent):
     Subclasses set `state_names`, register parameters with `self.parameter(...)` and define
     `step(self, x, *state)` returning the new state (a Var, or a tuple in `state_names` order).
     The output is the first state unless `output(*state)` is overridden. Shapes: x (D,) or
-    (B, D); every state (H,) or (B, H) with H = hidden_size.
-    """
+    (B, D); every state (H,) or (B, H) with H = hidden_size."""
 
     _cell_step = no_cell_step  # (a BuildError; each subclass's own step replaces it)
 

@@ -107,6 +107,7 @@ class Recursor(HiddenStateOf, AbstractRecurrent):
     Torch7: nn.Recursor."""
 
     state_names = ()
+    _drawn_whole = False  # (diagrams draw the module it steps)
 
     def __init__(self, module: Module):
         super().__init__()
