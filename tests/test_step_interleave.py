@@ -3,7 +3,8 @@
 loop's compile alone, under numba's compiler lock, and set back after (also when the compile
 fails); it takes effect (a vecmath sigmoid loop's machine code holds more vector divisions
 interleaved than at one vector); a translated FastLSTM / GRU half compiled interleaved gives the
-same bits as the same text compiled at one vector (float32 and float64); the kernel text names
+same bits as the same text compiled at one vector (float32 and float64); LLVM's cost model is
+back after the block; the kernel text names
 the count (its own cache digest)."""
 
 import copy
@@ -155,3 +156,24 @@ def test_interleaved_halves_equal_one_vector_bit_for_bit(name, dtype, rng, monke
                 assert u.dtype == dtype and np.array_equal(u, v, equal_nan=True)
     # (each step loop compiled inside the option: set to COUNT, then LLVM's default)
     assert (numba_interleave.COUNT[0], True) in calls and calls[-1][0] in (0, 1)
+
+
+def test_the_cost_model_is_back_after_the_block():
+    """A small loop LLVM's cost model interleaves by itself (an add: several vectors) compiles
+    the same before and after an interleaved block, and otherwise inside it: no compile after
+    a step loop's is held at its count (a dropped reset leaves the process at two)."""
+    from numba import njit
+
+    def adds():
+        def add(a, b, o):
+            for i in range(a.shape[0]):
+                o[i] = a[i] + b[i]
+
+        f = njit(error_model="numpy")(add)
+        f.compile("(float32[::1], float32[::1], float32[::1])")
+        return f.inspect_asm(f.signatures[0]).count("vaddps")
+
+    before = adds()
+    with numba_interleave.interleaved(numba_interleave.COUNT[0]):
+        inside = adds()
+    assert adds() == before != inside
