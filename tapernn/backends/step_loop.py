@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import step_fuse, step_pass, step_selects
+from . import numba_interleave, step_fuse, step_pass, step_selects
 from .background import failure
 from .numba_backend import Unsupported, _load
 from .size_lift import lift_function, sizes_written_in
@@ -221,6 +221,7 @@ def translate(
         if any(re.search(rf"\b{n}\b", b) for b in body)
     ]
     lines = [
+        numba_interleave.mark(),
         "import sys",
         "import numpy as np",
         "from numba import njit",
@@ -324,7 +325,8 @@ class StepLoop:
                     kernel = _kernels.get(self.source)
                     if kernel is None:
                         kernel = _kernels[self.source] = _load(self.source)
-                    kernel.compile(key)
+                    with numba_interleave.interleaved(numba_interleave.count_in(self.source)):
+                        kernel.compile(key)
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
                     self.error = failure(e)
