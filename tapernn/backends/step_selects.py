@@ -33,6 +33,20 @@ def _rowmax(x, out):
         out[i0, 0] = m
     return out"""
 COPY = re.compile(r"^(\w+)\[\.\.\.\] = (\w+)$")  # (a value copied into a saved row: a ys)
+# an array copied into a slice (a concatenation's part, a saved row) as numba_intrinsics.put, not
+# numba's slice assignment: its error path formats the shapes (unicode code numba types once per
+# process, ~5 s, and optimises again in every kernel that assigns a slice, ~0.3-0.5 s)
+PUT = "from tapernn.backends.numba_intrinsics import put as _put"
+_SLICE_SET = re.compile(r"^(\w+)\[(.*(?::|\.\.\.).*)\] = (\w+)$")
+
+
+def puts(body: list[str]) -> list[str]:
+    """`body` (a step loop's lines) with each `x[<slices>] = y` as `_put(x[<slices>], y)`."""
+
+    def put(m: re.Match) -> str:
+        return f"_put({m[1] if m[2] == '...' else f'{m[1]}[{m[2]}]'}, {m[3]})"
+
+    return [_SLICE_SET.sub(put, line) for line in body]
 _DTYPES = {"b": "np.bool_", "f4": "np.float32", "f8": "np.float64"}
 
 
