@@ -47,6 +47,8 @@ def puts(body: list[str]) -> list[str]:
         return f"_put({m[1] if m[2] == '...' else f'{m[1]}[{m[2]}]'}, {m[3]})"
 
     return [_SLICE_SET.sub(put, line) for line in body]
+
+
 _DTYPES = {"b": "np.bool_", "f4": "np.float32", "f8": "np.float64"}
 
 
