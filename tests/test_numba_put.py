@@ -1,4 +1,4 @@
-"""numba_intrinsics.put (issue 19's cold compile): the step loops' copies into slices (their
+"""numba_put.put (issue 19's cold compile): the step loops' copies into slices (their
 concatenations' parts, saved rows) without numba's slice assignment, whose error message's
 unicode formatting numba typed once per process and optimised again in every kernel. Against
 NumPy's `dst[...] = src`, bit for bit: any layout (C, F, strided, column slices), 1-3 dims, the
@@ -16,7 +16,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from tapernn.backends import step_selects
-from tapernn.backends.numba_intrinsics import put
+from tapernn.backends.numba_put import put
 
 
 @njit(nogil=True, error_model="numpy")

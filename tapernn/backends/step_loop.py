@@ -200,7 +200,7 @@ def translate(
         named = {**dict(zip(params, shapes[0])), **dict(zip(ys, shapes[1]))}
         tail = f"{', '.join(final)}"
         body, funcs, pass_checks = step_pass.fuse(body, defaults, named, kinds, tail)
-    body = step_selects.puts(body)  # (copies into slices: numba_intrinsics.put)
+    body = step_selects.puts(body)  # (copies into slices: numba_put.put)
     for name in list(defaults):  # every other bound array the statements name is a parameter
         if isinstance(defaults[name], np.ndarray) and any(
             re.search(rf"\b{name}\b", b) for b in body

@@ -9,7 +9,9 @@ comparison with 0 (the zero-row test), where that cannot show."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +35,13 @@ def _rowmax(x, out):
         out[i0, 0] = m
     return out"""
 COPY = re.compile(r"^(\w+)\[\.\.\.\] = (\w+)$")  # (a value copied into a saved row: a ys)
-# an array copied into a slice (a concatenation's part, a saved row) as numba_intrinsics.put, not
+# an array copied into a slice (a concatenation's part, a saved row) as numba_put.put, not
 # numba's slice assignment: its error path formats the shapes (unicode code numba types once per
 # process, ~5 s, and optimises again in every kernel that assigns a slice, ~0.3-0.5 s)
-PUT = "from tapernn.backends.numba_intrinsics import put as _put"
+PUT = (
+    "from tapernn.backends.numba_put import put as _put  # "
+    + hashlib.sha1((Path(__file__).parent / "numba_put.py").read_bytes()).hexdigest()[:20]
+)  # (its text in the step loops' names: numba_put.py's docstring)
 _SLICE_SET = re.compile(r"^(\w+)\[(.*(?::|\.\.\.).*)\] = (\w+)$")
 
 
