@@ -16,7 +16,7 @@ from test_step_loop import remembered_chunks
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.backends import numba_available, step_fuse, step_loop, step_pass
+from tapernn.backends import numba_available, step_fuse, step_loop, step_pass, step_selects
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
@@ -124,6 +124,10 @@ def test_fastlstm_forward_writes_its_gates_into_the_row_in_one_pass(rng, monkeyp
     one = fwd.source[fwd.source.index("def _pass0(") : fwd.source.index("def _pass0s(")]
     assert one.count("for i1 in range(_w):") == 10  # add x4, sigmoid x3, tanh, c, h
     assert "_pass0(256, " in fwd.concrete  # (the pass's width: an argument)
+    for loop in (fwd, bwd):  # (copies into slices: numba_put.put, test_numba_put)
+        lines = [line.strip() for line in loop.source.splitlines()]
+        assert step_selects.puts(lines) == lines
+    assert "_put(w0[:, _o:_o + " in bwd.source
     assert "gates written straight into the saved rows" in notes(a)[0]
     assert all("1 elementwise runs one pass each" in k for k in notes(a)), notes(a)
 
@@ -244,13 +248,38 @@ def test_a_run_stops_where_rows_would_interleave_wrongly():
     assert not step_pass._fits([0], [bcast], writes_d)
 
 
+def kinds(args):
+    """Each array argument's layout as numba types it ("C", "F" or "A"; tuples item by item)."""
+    return [
+        kinds(v)
+        if isinstance(v, tuple)
+        else ("C" if v.flags.c_contiguous else "F" if v.flags.f_contiguous else "A")
+        if isinstance(v, np.ndarray)
+        else None
+        for v in args
+    ]
+
+
+def alike(v, kind):
+    """A copy of `v` of layout `kind` (kinds()); "A": each row contiguous, one item of padding
+    after it."""
+    if isinstance(kind, list):
+        return tuple(alike(u, k) for u, k in zip(v, kind))
+    if kind != "A":
+        return np.array(v, order=kind) if kind else v
+    out = np.full((*v.shape[:-1], v.shape[-1] + 1), np.nan, v.dtype)[..., :-1]
+    out[...] = v
+    return out
+
+
 @pytest.mark.parametrize("cell", ["fastlstm", "gru"])
 def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
     """A step loop's pass reads C-contiguous rows (c_row); for rows of another stride the
     kernel runs the pass's twin (`_pass<k>s`: the same scalar lines over strided rows; before,
     the original kernel calls): the FastLSTM's and the GRU's forward and backward step loops
     called on copies of their arguments whose carries, xs and ys rows have stride 2 give the
-    same bits as on C-contiguous copies (final carries and every ys written). No kernel call
+    same bits as on copies of the layouts the loop ran with (its own compiled types, rows
+    contiguous: the pass; final carries and every ys written). No kernel call
     is left in either: GRU's lone gate kernels are one-op passes (step_pass._kernel_call)."""
     import copy
 
@@ -258,14 +287,17 @@ def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
     monkeypatch.setattr(
         step_loop.StepLoop,
         "__call__",
-        lambda self, *args: (seen.append((self, copy.deepcopy(args))), call(self, *args))[1],
+        lambda self, *args: (
+            seen.append((self, copy.deepcopy(args), kinds(args))),
+            call(self, *args),
+        )[1],
     )
     x, g = rng.standard_normal((T, 17, D)), rng.standard_normal((T, 17, H))
     a = model(CELLS[cell][0], True)
     for _ in range(3):
         train(a, x, g)
-    loops = {bool(f.reverse): (f, args) for f, args in seen}
-    assert len(loops) == 2 and all(f.passes for f, _ in loops.values())
+    loops = {bool(f.reverse): (f, args, was) for f, args, was in seen}
+    assert len(loops) == 2 and all(f.passes for f, _, _ in loops.values())
 
     def strided(v):  # (the same values, every row's items 2 apart)
         if not isinstance(v, np.ndarray) or v.ndim < 2:
@@ -274,10 +306,15 @@ def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
         out[...] = v
         return out
 
-    for f, args in loops.values():
-        mine, theirs = [strided(v) for v in args], copy.deepcopy(args)
+    for f, args, was in loops.values():
+        # (theirs: copies of the layouts the loop was called with -- numba's types of its own
+        # calls, no compile of their own (hcold8) -- rows contiguous: the pass, not its twin)
+        mine, theirs = [strided(v) for v in args], [alike(v, k) for v, k in zip(args, was)]
+        assert kinds(theirs) == was
         assert any(isinstance(v, np.ndarray) and not v.flags.c_contiguous for v in mine)
-        got, want = call(f, *mine), call(f, *theirs)
+        got, compiled = call(f, *mine), len(f.kernel.signatures)
+        want = call(f, *theirs)
+        assert len(f.kernel.signatures) == compiled  # (the loop's own types: compiled before)
         for u, v in zip(list(got) + mine, list(want) + list(theirs)):
             if isinstance(u, np.ndarray):
                 assert np.array_equal(u, v, equal_nan=True)

@@ -200,6 +200,7 @@ def translate(
         named = {**dict(zip(params, shapes[0])), **dict(zip(ys, shapes[1]))}
         tail = f"{', '.join(final)}"
         body, funcs, pass_checks = step_pass.fuse(body, defaults, named, kinds, tail)
+    body = step_selects.puts(body)  # (copies into slices: numba_put.put)
     for name in list(defaults):  # every other bound array the statements name is a parameter
         if isinstance(defaults[name], np.ndarray) and any(
             re.search(rf"\b{name}\b", b) for b in body
@@ -228,6 +229,7 @@ def translate(
         "from tapernn.backends.step_callees import callee as _callee",
         *imports,
         f"_drv = sys.modules[{driver!r}]._panels",
+        *([step_selects.PUT] if late or any("_put(" in b for b in body) else []),
         "",
         "",
         "@njit(cache=True, nogil=True)",
@@ -251,7 +253,7 @@ def translate(
         # kernel and the packed driver take the rows without a copy)
         *[f"        {x} = X{k}[_t, lo:hi]" for k, x in enumerate(xs)],
         *[
-            f"        if _alias:\n            P{k}[...] = {xs[k]}\n            {xs[k]} = P{k}"
+            f"        if _alias:\n            _put(P{k}, {xs[k]})\n            {xs[k]} = P{k}"
             for k in late
         ],
         *[f"        {y} = Y{j}[_t, lo:hi]" for j, y in enumerate(ys)],

@@ -9,7 +9,9 @@ comparison with 0 (the zero-row test), where that cannot show."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,25 @@ def _rowmax(x, out):
         out[i0, 0] = m
     return out"""
 COPY = re.compile(r"^(\w+)\[\.\.\.\] = (\w+)$")  # (a value copied into a saved row: a ys)
+# an array copied into a slice (a concatenation's part, a saved row) as numba_put.put, not
+# numba's slice assignment: its error path formats the shapes (unicode code numba types once per
+# process, ~5 s, and optimises again in every kernel that assigns a slice, ~0.3-0.5 s)
+PUT = (
+    "from tapernn.backends.numba_put import put as _put  # "
+    + hashlib.sha1((Path(__file__).parent / "numba_put.py").read_bytes()).hexdigest()[:20]
+)  # (its text in the step loops' names: numba_put.py's docstring)
+_SLICE_SET = re.compile(r"^(\w+)\[(.*(?::|\.\.\.).*)\] = (\w+)$")
+
+
+def puts(body: list[str]) -> list[str]:
+    """`body` (a step loop's lines) with each `x[<slices>] = y` as `_put(x[<slices>], y)`."""
+
+    def put(m: re.Match) -> str:
+        return f"_put({m[1] if m[2] == '...' else f'{m[1]}[{m[2]}]'}, {m[3]})"
+
+    return [_SLICE_SET.sub(put, line) for line in body]
+
+
 _DTYPES = {"b": "np.bool_", "f4": "np.float32", "f8": "np.float64"}
 
 
