@@ -17,9 +17,12 @@ set_blas_threads(1) or None)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +57,115 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+# ---- the hand-off: the caller's join spins a little before it blocks ------------------------
+
+# the caller waits for the worker's half spinning (nogil, backends/numba_spin) this long at most
+# before it blocks on the future: on this VM (guest halt polling off) a vCPU whose thread blocks
+# halts, and its wake-up comes late through the host (BENCHMARKS.md "h256G"); 0: blocks at once.
+# Numba only (a NumPy-only process blocks), once its kernel is loaded by the background worker.
+JOIN_SPIN_S = 2e-3
+JOINS = [0, 0]  # (joins that found the half ended, after a spin or at once; joins that blocked)
+
+
+class _Spin:
+    """backends/numba_spin.wait, loaded (or compiled) by the background worker (prepare), and
+    its reads a second (`rate`, measured there): `fn` once ready, `error` if it failed (then
+    every join blocks at once, for good)."""
+
+    fn: Any = None
+    rate = 0.0
+    error: BaseException | None = None
+    asked = False
+
+    def prepare(self, key: tuple) -> None:
+        try:
+            from .backends.numba_setup import setup
+
+            setup()
+            from .backends import numba_spin
+
+            fn = numba_spin.wait
+            done, idle = np.ones(1, np.int64), np.zeros(1, np.int64)
+            try:
+                fn(done, 1)
+            except Exception:  # noqa: BLE001 -- a disk-cache entry of another import path
+                from numba import njit
+
+                fn = njit(nogil=True)(fn.py_func)
+                fn(done, 1)
+            if not fn(done, 0) or fn(idle, 100):
+                raise RuntimeError("numba_spin.wait misread its flag")
+            t = time.perf_counter()
+            fn(idle, 20000)
+            self.rate = 20000 / max(time.perf_counter() - t, 1e-9)
+            self.fn = fn
+        except Exception as e:  # noqa: BLE001 -- blocking joins then, for good
+            self.error = e
+
+
+SPIN = _Spin()
+
+
+def _spinner() -> _Spin | None:
+    """SPIN once loaded, else None; asks the background worker for it the first time numba is
+    (fully) imported in this process -- a NumPy-only process never imports it."""
+    if SPIN.fn is not None or SPIN.asked:
+        return SPIN if SPIN.fn is not None else None
+    numba = sys.modules.get("numba")
+    spec = getattr(numba, "__spec__", None)
+    if numba is None or getattr(spec, "_initializing", False) or not hasattr(numba, "njit"):
+        return None
+    from .backends import background
+
+    SPIN.asked = True
+    background.request(SPIN, ())
+    return None
+
+
+class Pending:
+    """The worker's half of a split (`submit`): `result()` its value, or its exception raised."""
+
+    __slots__ = ("exc", "flag", "future", "value")
+
+    def __init__(self) -> None:
+        self.flag = np.zeros(1, np.int64)
+        self.value: Any = None
+        self.exc: BaseException | None = None
+
+    def run(self, fn, args) -> None:  # (on the worker)
+        try:
+            self.value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 -- raised again by result(), on the caller
+            self.exc = e
+        finally:
+            self.flag[0] = 1  # (last: value and exc are set when the caller sees it)
+
+    def result(self) -> Any:
+        """The half's value once it has ended: a spin of JOIN_SPIN_S at most (numba), then the
+        future's blocking wait."""
+        if not self.flag[0]:
+            spin = _spinner() if JOIN_SPIN_S > 0 else None
+            if spin is not None and spin.fn(self.flag, int(JOIN_SPIN_S * spin.rate)):
+                JOINS[0] += 1
+            else:
+                self.future.result()
+                JOINS[1] += 1
+        else:
+            JOINS[0] += 1
+        self.future = None
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            raise exc
+        return self.value
+
+
+def submit(fn, *args) -> Pending:
+    """fn(*args) on the split's worker (`executor`), joined by Pending.result()."""
+    pending = Pending()
+    pending.future = executor().submit(pending.run, fn, args)
+    return pending
 
 
 def cpus() -> int:
@@ -141,7 +253,7 @@ def _split(a, b, out, half):
             (a, b[:, :h], out[:, :h], slice(0, h), 0),
             (a, b[:, h:], out[:, h:], slice(h, n), 1),
         )
-    future = executor().submit(half, *parts[1])
+    future = submit(half, *parts[1])
     try:
         half(*parts[0])
     finally:
@@ -180,7 +292,7 @@ def in_two(jobs: list, owned: bool = True) -> None:
         side = 0 if loads[0] <= loads[1] else 1
         (mine, theirs)[side].append(fn)
         loads[side] += n
-    future = executor().submit(_each, theirs)
+    future = submit(_each, theirs)
     try:
         _each(mine)
     finally:
