@@ -17,7 +17,6 @@ set_blas_threads(1) or None)."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -85,16 +84,10 @@ class _Spin:
 
             setup()
             from .backends import numba_spin
+            from .backends.background import loaded
 
-            fn = numba_spin.wait
             done, idle = np.ones(1, np.int64), np.zeros(1, np.int64)
-            try:
-                fn(done, 1)
-            except Exception:  # noqa: BLE001 -- a disk-cache entry of another import path
-                from numba import njit
-
-                fn = njit(nogil=True)(fn.py_func)
-                fn(done, 1)
+            fn = loaded(numba_spin.wait, done, 1, nogil=True)
             if not fn(done, 0) or fn(idle, 100):
                 raise RuntimeError("numba_spin.wait misread its flag")
             t = time.perf_counter()
@@ -113,11 +106,10 @@ def _spinner() -> _Spin | None:
     (fully) imported in this process -- a NumPy-only process never imports it."""
     if SPIN.fn is not None or SPIN.asked:
         return SPIN if SPIN.fn is not None else None
-    numba = sys.modules.get("numba")
-    spec = getattr(numba, "__spec__", None)
-    if numba is None or getattr(spec, "_initializing", False) or not hasattr(numba, "njit"):
-        return None
     from .backends import background
+
+    if not background.numba_imported():
+        return None
 
     SPIN.asked = True
     background.request(SPIN, ())
