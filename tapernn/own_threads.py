@@ -61,10 +61,13 @@ os.register_at_fork(after_in_child=_after_fork)
 # ---- the hand-off: the caller's join spins a little before it blocks ------------------------
 
 # the caller waits for the worker's half spinning (nogil, backends/numba_spin) this long at most
-# before it blocks on the future: on this VM (guest halt polling off) a vCPU whose thread blocks
-# halts, and its wake-up comes late through the host (BENCHMARKS.md "h256G"); 0: blocks at once.
-# Numba only (a NumPy-only process blocks), once its kernel is loaded by the background worker.
-JOIN_SPIN_S = 2e-3
+# before it blocks on the future (`submit`): on this VM (guest halt polling off) a vCPU whose
+# thread blocks halts, and its wake-up comes late through the host. Off (0: the plain future, as
+# before): at (32, 50, 256) / (32, 50, 512) f32, 2 ms gave 0.93-0.98x the blocking step's wall
+# at load 11-18 but 0.99-1.00x at load 10.5, the caller's CPU +2-7 %; not measured quiet
+# (BENCHMARKS.md "h256G"; tools/ab_spin.py). Numba only (a NumPy-only process blocks), once
+# its kernel is loaded by the background worker.
+JOIN_SPIN_S = 0.0
 JOINS = [0, 0]  # (joins that found the half ended, after a spin or at once; joins that blocked)
 
 
@@ -138,7 +141,7 @@ class Pending:
         """The half's value once it has ended: a spin of JOIN_SPIN_S at most (numba), then the
         future's blocking wait."""
         if not self.flag[0]:
-            spin = _spinner() if JOIN_SPIN_S > 0 else None
+            spin = _spinner()
             if spin is not None and spin.fn(self.flag, int(JOIN_SPIN_S * spin.rate)):
                 JOINS[0] += 1
             else:
@@ -153,8 +156,11 @@ class Pending:
         return self.value
 
 
-def submit(fn, *args) -> Pending:
-    """fn(*args) on the split's worker (`executor`), joined by Pending.result()."""
+def submit(fn, *args) -> Any:
+    """fn(*args) on the split's worker (`executor`): its future, or with JOIN_SPIN_S a Pending
+    (both joined by .result())."""
+    if JOIN_SPIN_S <= 0:  # (off: the plain future)
+        return executor().submit(fn, *args)
     pending = Pending()
     pending.future = executor().submit(pending.run, fn, args)
     return pending

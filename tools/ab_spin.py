@@ -1,7 +1,7 @@
 """A/B of the caller's spinning join (own_threads.JOIN_SPIN_S, branch h256G, issue 19) in one
 process: the same FastLSTM training step (numba, owned), arm "block" with JOIN_SPIN_S = 0 (the
-caller blocks on the worker's future at every join, as before) and arm "spin" (the default:
-it spins up to JOIN_SPIN_S without the GIL first), interleaved with rests and torch nn.LSTM
+caller blocks on the worker's future at every join: the default) and arm "spin" (it spins up
+to --spin seconds, default 2 ms, without the GIL first), interleaved with rests and torch nn.LSTM
 f32 (--no-torch: without), the order reversed every other round. Each arm its own model (same
 seed): their gradients must be bit-equal (where the caller waits changes no value). Prints
 per arm the step's wall, process CPU and caller thread CPU (medians, minima), the per-round
@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tapernn import own_threads
 from tapernn.backends import wait_for_kernels
 
-SPIN_S = own_threads.JOIN_SPIN_S
+SPIN_S = [2e-3]
 JOINS: dict = {}
 
 
 def make(B, T, H, dtype, x, g, name):
     def before():
-        own_threads.JOIN_SPIN_S = 0.0 if name == "block" else SPIN_S
+        own_threads.JOIN_SPIN_S = 0.0 if name == "block" else SPIN_S[0]
         JOINS[name] = JOINS.get(name, np.zeros(2)) - own_threads.JOINS
 
     step, model = training_step(x, g, H, before)
@@ -49,7 +49,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--spin", type=float, default=2e-3, help="arm spin's JOIN_SPIN_S")
     args = ap.parse_args()
+    SPIN_S[0] = args.spin
     for text in args.configs:
         _, arms, models = config_arms(text, "float32", ["block", "spin"], make, not args.no_torch)
         for f in arms.values():
