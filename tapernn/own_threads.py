@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +56,114 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+# ---- the hand-off: the caller's join spins a little before it blocks ------------------------
+
+# the caller waits for the worker's half spinning (nogil, backends/numba_spin) this long at most
+# before it blocks on the future (`submit`): on this VM (guest halt polling off) a vCPU whose
+# thread blocks halts, and its wake-up comes late through the host. Off (0: the plain future, as
+# before): at (32, 50, 256) / (32, 50, 512) f32, 2 ms gave 0.93-0.98x the blocking step's wall
+# at load 11-18 but 0.99-1.00x at load 10.5, the caller's CPU +2-7 %; not measured quiet
+# (BENCHMARKS.md "h256G"; tools/ab_spin.py). Numba only (a NumPy-only process blocks), once
+# its kernel is loaded by the background worker.
+JOIN_SPIN_S = 0.0
+JOINS = [0, 0]  # (joins that found the half ended, after a spin or at once; joins that blocked)
+
+
+class _Spin:
+    """backends/numba_spin.wait, loaded (or compiled) by the background worker (prepare), and
+    its reads a second (`rate`, measured there): `fn` once ready, `error` if it failed (then
+    every join blocks at once, for good)."""
+
+    fn: Any = None
+    rate = 0.0
+    error: BaseException | None = None
+    asked = False
+
+    def prepare(self, key: tuple) -> None:
+        try:
+            from .backends.numba_setup import setup
+
+            setup()
+            from .backends import numba_spin
+            from .backends.background import loaded
+
+            done, idle = np.ones(1, np.int64), np.zeros(1, np.int64)
+            fn = loaded(numba_spin.wait, done, 1, nogil=True)
+            if not fn(done, 0) or fn(idle, 100):
+                raise RuntimeError("numba_spin.wait misread its flag")
+            t = time.perf_counter()
+            fn(idle, 20000)
+            self.rate = 20000 / max(time.perf_counter() - t, 1e-9)
+            self.fn = fn
+        except Exception as e:  # noqa: BLE001 -- blocking joins then, for good
+            self.error = e
+
+
+SPIN = _Spin()
+
+
+def _spinner() -> _Spin | None:
+    """SPIN once loaded, else None; asks the background worker for it the first time numba is
+    (fully) imported in this process -- a NumPy-only process never imports it."""
+    if SPIN.fn is not None or SPIN.asked:
+        return SPIN if SPIN.fn is not None else None
+    from .backends import background
+
+    if not background.numba_imported():
+        return None
+
+    SPIN.asked = True
+    background.request(SPIN, ())
+    return None
+
+
+class Pending:
+    """The worker's half of a split (`submit`): `result()` its value, or its exception raised."""
+
+    __slots__ = ("exc", "flag", "future", "value")
+
+    def __init__(self) -> None:
+        self.flag = np.zeros(1, np.int64)
+        self.value: Any = None
+        self.exc: BaseException | None = None
+
+    def run(self, fn, args) -> None:  # (on the worker)
+        try:
+            self.value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 -- raised again by result(), on the caller
+            self.exc = e
+        finally:
+            self.flag[0] = 1  # (last: value and exc are set when the caller sees it)
+
+    def result(self) -> Any:
+        """The half's value once it has ended: a spin of JOIN_SPIN_S at most (numba), then the
+        future's blocking wait."""
+        if not self.flag[0]:
+            spin = _spinner()
+            if spin is not None and spin.fn(self.flag, int(JOIN_SPIN_S * spin.rate)):
+                JOINS[0] += 1
+            else:
+                self.future.result()
+                JOINS[1] += 1
+        else:
+            JOINS[0] += 1
+        self.future = None
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            raise exc
+        return self.value
+
+
+def submit(fn, *args) -> Any:
+    """fn(*args) on the split's worker (`executor`): its future, or with JOIN_SPIN_S a Pending
+    (both joined by .result())."""
+    if JOIN_SPIN_S <= 0:  # (off: the plain future)
+        return executor().submit(fn, *args)
+    pending = Pending()
+    pending.future = executor().submit(pending.run, fn, args)
+    return pending
 
 
 def cpus() -> int:
@@ -141,7 +251,7 @@ def _split(a, b, out, half):
             (a, b[:, :h], out[:, :h], slice(0, h), 0),
             (a, b[:, h:], out[:, h:], slice(h, n), 1),
         )
-    future = executor().submit(half, *parts[1])
+    future = submit(half, *parts[1])
     try:
         half(*parts[0])
     finally:
@@ -180,7 +290,7 @@ def in_two(jobs: list, owned: bool = True) -> None:
         side = 0 if loads[0] <= loads[1] else 1
         (mine, theirs)[side].append(fn)
         loads[side] += n
-    future = executor().submit(_each, theirs)
+    future = submit(_each, theirs)
     try:
         _each(mine)
     finally:

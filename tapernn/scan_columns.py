@@ -30,7 +30,7 @@ import numpy as np
 
 from .backends import packed
 from .graph import Graph
-from .own_threads import executor, owning, worker_ident
+from .own_threads import owning, submit, worker_ident
 
 # the loop's packed step weights (bytes, together) from which their GEMMs split by columns:
 # between the 4 MiB of (32, 50, 512) f32 (batch halves faster) and the 16 MiB of (64, 100, 1024)
@@ -98,7 +98,7 @@ def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
     if out is None:
         out = np.empty((npan, w.shape[0], nr), w.dtype)
     h = npan // 2
-    future = executor().submit(packed.pack_panels, w[:, h * nr :], out[h:], nr)
+    future = submit(packed.pack_panels, w[:, h * nr :], out[h:], nr)
     try:
         packed.pack_panels(w[:, : h * nr], out[:h], nr)
     finally:
@@ -125,7 +125,7 @@ def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.n
         _balanced(panels_of, a, panels, out, npan)
     else:  # (the middle: no clock, no bookkeeping on this per-step path)
         h = npan // 2
-        future = executor().submit(panels_of, a, panels, out, h, npan)
+        future = submit(panels_of, a, panels, out, h, npan)
         try:
             panels_of(a, panels, out, 0, h)
         finally:
@@ -143,7 +143,7 @@ def _balanced(panels_of: Any, a, panels, out, npan: int) -> None:
     h = min(max(h, 1), npan - 1)
     ended = [0.0]
     start = _now()
-    future = executor().submit(_half, panels_of, a, panels, out, h, npan, ended)
+    future = submit(_half, panels_of, a, panels, out, h, npan, ended)
     try:
         panels_of(a, panels, out, 0, h)
         mine = _now()

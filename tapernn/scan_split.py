@@ -31,7 +31,7 @@ from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
-from .own_threads import cpus, executor, owning, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
+from .own_threads import cpus, executor, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
@@ -403,7 +403,7 @@ class SplitRunner:
                 )
                 for (loop, _), (lo, hi), h in zip(self.loops, self.rows, both)
             ]
-        future = _executor().submit(calls[1][0], *calls[1][1])
+        future = submit(calls[1][0], *calls[1][1])
         try:
             first = calls[0][0](*calls[0][1])
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -261,6 +262,31 @@ def request_planned(handle: Any) -> None:
         request(handle, key)
     else:
         start_numba()
+
+
+def numba_imported() -> bool:
+    """Whether numba is fully imported in this process (not while a worker thread imports it):
+    a kernel that is not a program's may be asked for then -- a NumPy-only process never
+    imports numba for one (nn/tap_digest's, own_threads' join spin)."""
+    numba = sys.modules.get("numba")
+    spec = getattr(numba, "__spec__", None)
+    return (
+        numba is not None and not getattr(spec, "_initializing", False) and hasattr(numba, "njit")
+    )
+
+
+def loaded(fn: Any, *probe: Any, **options: Any) -> Any:
+    """The numba dispatcher `fn` of a tapernn module after one call on `probe` (loading or
+    compiling it); a disk-cache entry of another import path fails that call: then fn's
+    Python function compiled anew (njit `options`) and called on `probe`."""
+    try:
+        fn(*probe)
+    except Exception:  # noqa: BLE001 -- a disk-cache entry of another import path
+        from numba import njit
+
+        fn = njit(**options)(fn.py_func)
+        fn(*probe)
+    return fn
 
 
 def start_numba() -> None:

@@ -11,7 +11,6 @@ computed value, only the cost of the check (issue 19, branch htap)."""
 
 from __future__ import annotations
 
-import sys
 import zlib
 
 import numpy as np
@@ -31,16 +30,10 @@ class _Kernel:
 
             setup()
             from ..backends import numba_digest
+            from ..backends.background import loaded
 
-            fn = numba_digest.digest
-            try:
-                fn(np.zeros(1, np.uint64))
-            except Exception:  # noqa: BLE001 -- a disk-cache entry of another import path
-                from numba import njit
-
-                fn = njit(nogil=True, error_model="numpy")(fn.py_func)
-                fn(np.zeros(1, np.uint64))
-            self.fn = fn
+            probe = np.zeros(1, np.uint64)
+            self.fn = loaded(numba_digest.digest, probe, nogil=True, error_model="numpy")
         except Exception as e:  # noqa: BLE001 -- "z" then, for good
             self.error = e
 
@@ -54,11 +47,10 @@ def kernel():
     fn = KERNEL.fn
     if fn is not None or KERNEL.asked:
         return fn
-    numba = sys.modules.get("numba")
-    spec = getattr(numba, "__spec__", None)
-    if numba is None or getattr(spec, "_initializing", False) or not hasattr(numba, "njit"):
-        return None
     from ..backends import background
+
+    if not background.numba_imported():
+        return None
 
     KERNEL.asked = True
     background.request(KERNEL, ())
