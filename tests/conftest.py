@@ -178,6 +178,20 @@ def backend(request):
     tn.set_backend(before)
 
 
+@pytest.fixture
+def numba_now(monkeypatch):
+    """The numba backend for one test, its kernels compiled at their call sites' first calls
+    (TAPERNN_NUMBA_BACKGROUND=0: a loop splits from its second call); the previous backend after.
+    A whole module: `pytestmark = pytest.mark.usefixtures("numba_now")`."""
+    import tapernn as tn
+
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    before = tn.get_backend()
+    tn.set_backend("numba")
+    yield
+    tn.set_backend(before)
+
+
 @contextlib.contextmanager
 def packed_forced():
     """Programs compiled inside pack their step GEMMs as on an AVX-512 CPU (backends/packed.py's

@@ -19,6 +19,7 @@ from tapernn.blas_bits import blas_bits
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+    pytest.mark.usefixtures("numba_now"),  # (conftest: kernels compiled at first calls)
 ]
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 D, T = 3, 5
@@ -29,15 +30,6 @@ CELLS = {
     "lstm": (lambda: nn.LSTM(D, 130), lstm_step, 2, 130),
     "gru": (lambda: nn.GRU(D, 130), gru_step, 1, 130),
 }
-
-
-@pytest.fixture(autouse=True)
-def numba_now(monkeypatch):
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1: split from call 2
-    before = tn.get_backend()
-    tn.set_backend("numba")
-    yield
-    tn.set_backend(before)
 
 
 def model(make, mode, **kw):

@@ -21,6 +21,7 @@ from tapernn.backends import numba_available, step_fuse, step_loop, step_pass, s
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+    pytest.mark.usefixtures("numba_now"),  # (conftest: kernels compiled at first calls)
 ]
 T = 4
 H = 256  # (packed step GEMMs; gates of >= 4,096 elements a step at B >= 16: numba kernels)
@@ -29,15 +30,6 @@ CELLS = {
     "lstm": (lambda: nn.LSTM(D, H), lstm_step, 2),
     "gru": (lambda: nn.GRU(D, H), gru_step, 1),
 }
-
-
-@pytest.fixture(autouse=True)
-def numba_now(monkeypatch):
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
-    before = tn.get_backend()
-    tn.set_backend("numba")
-    yield
-    tn.set_backend(before)
 
 
 def model(make, direct, dtype="float64", layout="batch", **kw):

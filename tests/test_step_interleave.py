@@ -14,22 +14,13 @@ import pytest
 from test_batch_split import D, train
 from test_step_loop import CELLS, model, translated
 
-import tapernn as tn
 from tapernn.backends import numba_available, numba_interleave, step_loop
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+    pytest.mark.usefixtures("numba_now"),  # (conftest: kernels compiled at first calls)
 ]
-
-
-@pytest.fixture(autouse=True)
-def numba_now(monkeypatch):
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
-    before = tn.get_backend()
-    tn.set_backend("numba")
-    yield
-    tn.set_backend(before)
 
 
 def _spy(monkeypatch):

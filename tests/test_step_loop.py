@@ -22,6 +22,7 @@ from tapernn.backends.numba_backend import Unsupported
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+    pytest.mark.usefixtures("numba_now"),  # (conftest: kernels compiled at first calls)
 ]
 T = 4
 # weights of >= 65,536 elements: every step GEMM packed (the translator's packed call); gates of
@@ -33,15 +34,6 @@ CELLS = {
     "gru": (lambda: nn.GRU(D, 256), gru_step, 1, 256),
 }
 ONE_CALL = "each half's loop one numba call"
-
-
-@pytest.fixture(autouse=True)
-def numba_now(monkeypatch):
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1: split from call 2
-    before = tn.get_backend()
-    tn.set_backend("numba")
-    yield
-    tn.set_backend(before)
 
 
 def model(make, on, dtype="float64", split="on", **kw):
