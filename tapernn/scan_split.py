@@ -31,7 +31,7 @@ from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
-from .own_threads import cpus, executor, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
+from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
@@ -49,11 +49,6 @@ def gemm_ops(graph: Graph) -> tuple[int, int]:
     """(step GEMMs, of which packed) in a compiled body graph."""
     ops = [n.op for n in graph.nodes]
     return ops.count("matmul") + ops.count("packed_matmul"), ops.count("packed_matmul")
-
-
-# ---- the worker (own_threads.py's: the loops and the time-batched GEMMs share it) -------------
-
-_executor = executor
 
 
 # ---- the runner -------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def main():
                 for inline in (False, True) if k != "torch" else (False,):
                     time.sleep(0.1)
                     if inline:
-                        own_threads.executor = scan_split._executor = lambda: Inline()
+                        own_threads.executor = lambda: Inline()
                     ACC.clear()
                     c, tc, t = time.process_time(), time.thread_time(), time.perf_counter()
                     for _ in range(args.batch):
@@ -91,7 +91,7 @@ def main():
                     row[1].append((time.thread_time() - tc) / n)
                     row[2].append((time.process_time() - c) / n)
                     row[3].append(ACC.get("loops", 0.0) / n)
-                    own_threads.executor = scan_split._executor = real_exec
+                    own_threads.executor = real_exec
         base = np.median(res[("torch", False)][0])
         for (k, inline), (w, tcpu, pcpu, loops) in res.items():
             if inline:

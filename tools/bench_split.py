@@ -60,7 +60,7 @@ def loops(B, T, H, dtype, reps):
     against the whole loop (thread CPU time: what the split costs in CPU)."""
     from concurrent.futures import Future
 
-    from tapernn import scan_split
+    from tapernn import own_threads, scan_split
     from tapernn.blas import limiter
 
     rng = np.random.default_rng(0)
@@ -99,7 +99,7 @@ def loops(B, T, H, dtype, reps):
             InThisThread.spent += time.thread_time() - t
             return done
 
-    pool = scan_split._executor
+    pool = own_threads.executor  # (own_threads.submit's: every owned split's hand-off)
     wall = {"split": [], "whole": []}
     cpu = {"whole": [], "both halves": [], "worker's half": []}
     with limiter.limit(2):
@@ -113,13 +113,13 @@ def loops(B, T, H, dtype, reps):
             for r, a, o in calls:
                 r.full(*a, out=o)
             cpu["whole"].append(time.thread_time() - t)
-            scan_split._executor = InThisThread
+            own_threads.executor = InThisThread
             InThisThread.spent, t = 0.0, time.thread_time()
             try:
                 for r, a, o in calls:
                     real(r, *a, out=o)
             finally:
-                scan_split._executor = pool
+                own_threads.executor = pool
             cpu["both halves"].append(time.thread_time() - t)
             cpu["worker's half"].append(InThisThread.spent)
     for k, v in wall.items():

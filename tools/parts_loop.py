@@ -151,7 +151,7 @@ def main():
                 time.sleep(0.03)
                 ACC.clear()
                 if k.startswith("one thread, split"):
-                    own_threads.executor = scan_split._executor = lambda: Inline()
+                    own_threads.executor = lambda: Inline()
                 w0 = worker_cpu()
                 t0, c0 = time.perf_counter(), time.thread_time()
                 if k.endswith("unsplit"):
@@ -164,7 +164,7 @@ def main():
                     "wall": time.perf_counter() - t0,
                 }
                 d["worker thread"] = worker_cpu() - w0
-                own_threads.executor = scan_split._executor = real_exec
+                own_threads.executor = real_exec
                 d.update(ACC)
                 for n, v in d.items():
                     res[k].setdefault(n, []).append(v)
