@@ -112,3 +112,28 @@ def test_a_row_of_tiny_entries_is_data_not_padding(wrap):
     np.testing.assert_array_equal(out[:, 0], ref[:, 0])  # the tiny row: data, as unmasked
     assert np.all(out[:, 0] != 0)
     np.testing.assert_array_equal(out[:, 1], np.zeros((3, 3)))  # the +/-0 row: padding
+
+
+def test_mask_zero_criterion_takes_torch7s_n_input_dim():
+    """Torch7's MaskZeroCriterion(criterion, nInputDim): a (B, C) batch of 1-D rows with
+    nInputDim 1 is what it is without; an input of another rank is refused, naming the dims."""
+    rng = np.random.default_rng(2)
+    x = np.log(rng.dirichlet(np.ones(4), size=3))
+    x[2] = 0.0
+    target = np.array([1, 3, -1])
+    with_dim = nn.MaskZeroCriterion(nn.ClassNLLCriterion(), 1)
+    kept = nn.ClassNLLCriterion()
+    assert with_dim.forward(x, target) == pytest.approx(kept.forward(x[:2], target[:2]), rel=1e-14)
+    g = with_dim.backward(x, target)
+    np.testing.assert_array_equal(g[2], 0)
+    np.testing.assert_allclose(g[:2], kept.backward(x[:2], target[:2]), rtol=1e-14)
+    y = rng.standard_normal((3, 2, 2))
+    with pytest.raises(tn.ShapeError, match="n_input_dim 1: 2 dims"):
+        nn.MaskZeroCriterion(nn.MSECriterion(), 1).forward(y, y)
+    mse = nn.MaskZeroCriterion(nn.MSECriterion(), 2)
+    y[0] = 0.0
+    t = rng.standard_normal((3, 2, 2))
+    assert mse.forward(y, t) == pytest.approx(nn.MSECriterion().forward(y[1:], t[1:]), rel=1e-14)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(tn.TapernnError):
+            nn.MaskZeroCriterion(nn.MSECriterion(), bad)

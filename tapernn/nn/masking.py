@@ -73,10 +73,13 @@ class MaskZeroCriterion(Criterion):
     nothing to the loss (averages are over the kept rows) and get zero gradient, and their
     targets are never read (padding targets may be anything, e.g. class -1); a batch that is
     all padding gives loss 0 and gradient 0.  Works with MSE, BCE, ClassNLL and CrossEntropy.
-    Torch7: nn.MaskZeroCriterion."""
+    `n_input_dim` (Torch7's nInputDim): the dims of one input row; the input must then be a
+    batch of n_input_dim + 1 dims (None: any batch, rows on axis 0). Like Element-RNN's, batches
+    only.  Torch7: nn.MaskZeroCriterion(criterion, nInputDim)."""
 
-    def __init__(self, criterion: Criterion):
+    def __init__(self, criterion: Criterion, n_input_dim: int | None = None):
         super().__init__()
+        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
         check.module(self, "criterion", criterion, criterion=True)
         if not hasattr(criterion, "build_masked"):
             raise ArgumentTypeError(
@@ -94,7 +97,12 @@ class MaskZeroCriterion(Criterion):
 
     def build(self, x: Var, y: Var) -> Var:
         arrays_only(self, x, y)
-        self.expect(x.ndim >= 2, f"expects a batch (rows on axis 0), got shape {x.shape}")
+        n = self.n_input_dim
+        self.expect(
+            x.ndim >= 2 and n in (None, x.ndim - 1),
+            f"expects a batch (rows on axis 0"
+            f"{'' if n is None else f'; n_input_dim {n}: {n + 1} dims'}), got shape {x.shape}",
+        )
         keep = row_keep(x, x.dtype)
         if isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == x.shape[0]:
             # a masked row's target is never read (padding may hold any value, e.g. -1)
