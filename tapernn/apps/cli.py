@@ -34,21 +34,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .. import random as tn_random
+    from . import compile_flags
     from .models import build_model
 
     tn_random.manual_seed(args.seed)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
     if args.dtype == "float32":
         model.astype("float32")
+    chosen = compile_flags.apply(model, args)
     model.forward(x)
     model.backward(x, grad_out)
     print(f"{model.describe()}: T={args.steps}, B={args.batch}, H={args.hidden}, {args.dtype}")
+    if chosen:
+        print(f"compile flags: {chosen}")
     print(model.compile_report())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmark, cache_cli, export_cli
+    from . import benchmark, cache_cli, compile_flags, export_cli
     from . import train as train_command
 
     parser = OneLineArgumentParser(
@@ -92,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="floating-point type of parameters and data",
     )
     inspect.add_argument("--seed", type=int, default=0, help="seed of the library generator")
+    compile_flags.add_arguments(inspect)
     inspect.set_defaults(run=_inspect)
 
     bench = subs.add_parser("bench", help="speed and memory against a hand-written NumPy LSTM")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import TapernnError
+from . import compile_flags
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compiled", action="store_true", help="draw the compiled (optimised) program"
     )
+    compile_flags.add_arguments(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     path = check_target(args.output, FORMATS)
     tn_random.manual_seed(0)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)
+    compile_flags.apply(model, args)
     model.forward(x)
     if args.view != "forward" or args.compiled:
         model.backward(x, grad_out)
