@@ -99,6 +99,8 @@ def test_the_numba_whole_program_kernel_lowers_max(monkeypatch):
     g = tn.trace(f, *arrays)
     c = tn.compile(g, backend="numba")
     assert c.report.kernel == WHOLE
-    for a, b in zip(c(*arrays), interpret(g, *arrays)):
+    with np.errstate(invalid="ignore"):  # (the oracle's matmul meets the NaN / -inf rows)
+        expected = interpret(g, *arrays)
+    for a, b in zip(c(*arrays), expected):
         np.testing.assert_array_equal(a, b)
     assert np.isnan(c(*arrays)[0][1:]).any() and not np.isnan(c(*arrays)[0][0]).any()
