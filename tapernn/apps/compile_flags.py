@@ -14,9 +14,10 @@ _TRUE, _FALSE = ("true", "1", "on", "yes"), ("false", "0", "off", "no")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
-        choices=("numpy", "numba"),
+        choices=("auto", "numpy", "numba"),
         default=None,
-        help="lower fused groups and step loops with this backend (default: the current one)",
+        help="lower fused groups and step loops with this backend (auto: numba when installed; "
+        "default: the current one)",
     )
     parser.add_argument(
         "--option",
