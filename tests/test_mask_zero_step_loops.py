@@ -11,7 +11,7 @@ remember() across calls."""
 import numpy as np
 import pytest
 from test_batch_split import TOL, directional, equal, train
-from test_step_loop import CELLS, D, model, notes, numba_now, ran, translated  # noqa: F401 (autouse)
+from test_step_loop import CELLS, D, model, notes, ran, translated
 
 import tapernn as tn
 from tapernn import nn
@@ -21,6 +21,7 @@ from tapernn.backends.numba_backend import Unsupported
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+    pytest.mark.usefixtures("numba_now"),  # (conftest: kernels compiled at first calls)
 ]
 T = 5
 
