@@ -214,7 +214,7 @@ class Runtime:
         """A new Executable of the module for these leaves (traced and laid out; its
         programs compile at first use)."""
         root = self.module
-        names = _leaf_names(tree, len(args), root)
+        names = _leaf_names(tree, len(args), root.arg_names)
         n_diff = len(flatten(list(args[:n_diff_args]))[0])
         passes = root._passes if root._passes is not None else default_passes()
         with gc_paused():  # tracing allocates like compiling (see gc_paused)

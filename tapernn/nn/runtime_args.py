@@ -62,11 +62,11 @@ def _own(state: np.ndarray) -> np.ndarray:
     return state.copy() if base is not None and base.nbytes > state.nbytes else state
 
 
-def _leaf_names(tree: Any, n_args: int, root: Any = None) -> list[str]:
-    """Names of a call's input leaves (graph inputs, diagrams, generated code): a criterion's
-    (input, target), a Sequencer's (input, length_mask) with lengths=."""
-    second = "length_mask" if hasattr(root, "_length_mask") else "target"
-    base = ["input", second] if n_args == 2 else ["input"]
+def _leaf_names(tree: Any, n_args: int, arg_names: tuple[str, str]) -> list[str]:
+    """Names of a call's input leaves (graph inputs, diagrams, generated code), its two
+    arguments' from the module's `arg_names` (a criterion's (input, target), a Sequencer's
+    (input, length_mask) with lengths=)."""
+    base = list(arg_names) if n_args == 2 else [arg_names[0]]
     names = []
     for k, sub in enumerate(tree):
         prefix = base[k] if k < len(base) else f"arg{k}"

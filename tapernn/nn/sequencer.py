@@ -52,6 +52,8 @@ class Sequencer(HiddenStateOf, Module):
     state of step t, in the next backward.
     """
 
+    arg_names = ("input", "length_mask")  # (a call's second argument: the lengths= mask)
+
     def __init__(self, module: Module, unroll: bool | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
