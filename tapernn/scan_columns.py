@@ -19,9 +19,10 @@ whichever thread runs it, into its own columns of `out`; so split = unsplit bit 
 Where the last-level cache holds the weights many times over, the batch halves are faster (an
 Intel Xeon with 480 MiB of L3, "hrestI": (64, 100, 1024) f32 0.887-0.894x the column split's
 wall per round, the same CPU, bit-equal gradients): the halves' streams of the weight hit in L3,
-and the column split's per-step work on the caller alone -- the step's elementwise kernels and
-Python, ~1.3 ms a step there, while the worker waits -- is what remains. On Zen 4 (32 MiB of L3,
-twice the 16 MiB weight) the columns were faster ("hbig").
+and what the column split adds is its per-step work on one thread -- the forward loop took 372
+ms of wall for 210 ms of each thread's panels: the step's elementwise kernels and Python on the
+caller (~0.7 ms of CPU a step) and two hand-offs a step, the other thread waiting. On Zen 4 (32
+MiB of L3, twice the 16 MiB weight) the columns were faster ("hbig").
 
 The rule (`rule`, shown in the loop's line of the compile report): the loop would split its batch
 rows (scan_split.plan: numba, every step GEMM packed, ...), its packed step weights hold >=
