@@ -16,10 +16,11 @@ this call but O (the rule above), and a program never reads bytes of an array al
 call before it writes them (a `keep` array is the previous call's, stale) -- so the panels
 there are never read by anything but the GEMM: no memory beyond what the report counts.
 
-Why: each half of OpenBLAS's GEMM at one thread runs the projection at ~93 GF/s a core on this
-machine, the packed microkernel over pre-packed panels at ~100-107 (thread CPU, BENCHMARKS.md
+Why: on AMD Zen 4 each half of OpenBLAS's GEMM at one thread runs the projection at ~93 GF/s a
+core, the packed microkernel over pre-packed panels at ~100-107 (thread CPU, BENCHMARKS.md
 "hgemm3"); the panels need memory the report counts, which the unwritten rows of the loop's own
-slab (its h and c blocks) are. The bits differ from OpenBLAS's (another summation order) but are
+slab (its h and c blocks) are. Only on AMD's CPUs (`VENDORS`): an Intel Xeon's OpenBLAS halves are
+faster than the packed ones. The bits differ from OpenBLAS's (another summation order) but are
 fixed for a configuration: which call runs which path is fixed by the call count
 (background.py's protocol, as PackedSite), never by timing. Line for line (the program's line ->
 node map stays true). float32 only by default (`DTYPES`): at float64 the packed kernel ran the
@@ -50,6 +51,14 @@ MR = 4  # = packed_kernels.MR: the caller's half ends at a whole row block
 # 4 x 3 kernel ran a (800, 512, 2048) f32 half 1.03x OpenBLAS's 1-thread time before its panels
 # are even packed (f64 1.01x; BENCHMARKS.md "havx2")
 KINDS = {"avx512"}
+# ... and on the CPUs of these vendors (/proc/cpuinfo's vendor_id): AMD's Zen 4 runs a 512-bit
+# FMA as two 256-bit halves, where OpenBLAS's AVX-512 (SkylakeX) kernels ran the projection's
+# half at ~93 GF/s a thread and the packed kernel at 100-107 ("hgemm3"). An Intel Xeon's two
+# full 512-bit FMA units run OpenBLAS's kernels at 144-158 GF/s, the packed kernel at 106-109:
+# there the packed projection took 13 % more CPU in the step (BENCHMARKS.md "hrestI").
+# PAYS[0]: None = read from the CPU at the first call; tests force True (conftest.packed_forced)
+VENDORS = {"AuthenticAMD"}
+PAYS: list[bool | None] = [None]
 RAN = [0]  # GEMMs run packed with panels in a slab so far (tests: the path ran)
 POISON = [False]  # (tests) fill the slab outside O with NaN first: nothing may read it later
 FUSED = [0]  # lines rewritten so far
@@ -157,6 +166,23 @@ def panels_in(room: np.ndarray, out: np.ndarray, need: int) -> np.ndarray | None
     return None
 
 
+def pays() -> bool:
+    """Whether this CPU's vendor is one of VENDORS (read once into PAYS[0])."""
+    if PAYS[0] is None:
+        PAYS[0] = vendor() in VENDORS
+    return PAYS[0]
+
+
+def vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor_id in `cpuinfo` ("" when unknown: OpenBLAS's halves run)."""
+    try:
+        with open(cpuinfo) as f:
+            line = next((line for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+    return line.partition(":")[2].strip()
+
+
 class RoomGemm:
     """One rewritten GEMM line: `(a, b, bias, shape, slab, out)` -> out = a @ b (+ bias over
     `shape`), the module docstring's packed halves when the call allows them (owned, on the
@@ -175,8 +201,8 @@ class RoomGemm:
         """PackedSite's call-count protocol: the kernel is taken at the program's switch call
         with background compilation, else at the first call."""
         self.calls += 1
-        if self.calls == 1 and packed.isa() not in KINDS:
-            return  # (OpenBLAS's halves for good: KINDS)
+        if self.calls == 1 and (packed.isa() not in KINDS or not pays()):
+            return  # (OpenBLAS's halves for good: KINDS, VENDORS)
         if self.calls == 1:
             self.key = ((dtype.str,),)
             if not background.enabled():

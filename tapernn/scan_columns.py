@@ -16,14 +16,24 @@ alone): hence the rule below.
 Same bits as the serial driver: each panel is computed by the same code (packed_kernels._panels)
 whichever thread runs it, into its own columns of `out`; so split = unsplit bit for bit.
 
+Where the last-level cache holds the weights many times over, the batch halves are faster (an
+Intel Xeon with 480 MiB of L3, "hrestI": (64, 100, 1024) f32 0.887-0.894x the column split's
+wall per round, the same CPU, bit-equal gradients): the halves' streams of the weight hit in L3,
+and what the column split adds is its per-step work on one thread -- the forward loop took 372
+ms of wall for 210 ms of each thread's panels: the step's elementwise kernels and Python on the
+caller (~0.7 ms of CPU a step) and two hand-offs a step, the other thread waiting. On Zen 4 (32
+MiB of L3, twice the 16 MiB weight) the columns were faster ("hbig").
+
 The rule (`rule`, shown in the loop's line of the compile report): the loop would split its batch
-rows (scan_split.plan: numba, every step GEMM packed, ...) and its packed step weights hold >=
-MIN_BYTES together; per call (`run`): an owned call on the caller's thread, >= 2 panels."""
+rows (scan_split.plan: numba, every step GEMM packed, ...), its packed step weights hold >=
+MIN_BYTES together and the L3 (`llc_bytes`) is smaller than LLC_TIMES x those bytes; per call
+(`run`): an owned call on the caller's thread, >= 2 panels."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +47,18 @@ from .own_threads import owning, submit, worker_ident
 # f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
 # float64, not measured (it keeps the batch halves it had); tests set it to 0
 MIN_BYTES = 12 << 20
+# ... and while the L3 holds fewer than LLC_TIMES x those bytes: between the two measured ratios
+# (2 on Zen 4: columns faster; 30 on the Intel Xeon: batch halves faster), none measured between
+LLC_TIMES = 4
+LLC: list[int | None] = [None]  # the L3's bytes (None: read once by llc_bytes; tests set 0)
 # a weight packed in two halves of its panels at once (`pack`) from this many bytes: as the
 # column split's; the 4 MiB weights of (32, 50, 512) f32 packed slower in two halves in a step
 # at load 12 (2.05 -> 3.5 ms a step: the worker's wake-up), BENCHMARKS.md "h512b"
 PACK_MIN_BYTES = 12 << 20
+# ... and while the L3 holds fewer than LLC_TIMES x those bytes: between the two measured ratios
+# (2 on Zen 4: columns faster; 30 on the Intel Xeon: batch halves faster), none measured between
+LLC_TIMES = 4
+LLC: list[int | None] = [None]  # the L3's bytes (None: read once by llc_bytes; tests set 0)
 SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 
@@ -56,7 +74,23 @@ def rule(graph: Graph, mode: str) -> int:
     if mode not in ("auto", "on"):
         return 0
     nbytes = weight_bytes(graph)
-    return nbytes if nbytes and nbytes >= MIN_BYTES else 0
+    return nbytes if nbytes and nbytes >= MIN_BYTES and llc_bytes() < LLC_TIMES * nbytes else 0
+
+
+def llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The bytes of the last-level (level 3) cache as sysfs gives them, read once into LLC[0]; 0
+    when unknown (the column split then goes by MIN_BYTES alone)."""
+    if LLC[0] is None:
+        LLC[0] = 0
+        for index in sorted(Path(root).glob("index*")):
+            try:
+                level = (index / "level").read_text().strip()
+                size = (index / "size").read_text().strip()
+            except OSError:
+                continue
+            if level == "3" and size[:-1].isdigit() and size[-1] in "KMG":
+                LLC[0] = int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]]
+    return LLC[0]
 
 
 def note(nbytes: int, when: str) -> str:

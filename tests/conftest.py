@@ -199,14 +199,15 @@ def packed_forced():
     program rewrite are correct code on any x86 host (numba compiles the kernel's 512-bit vectors
     for the host; on AVX2 LLVM splits them, slower), so the tests of AVX-512's path run on AVX2
     machines too (which otherwise run AVX2's own kernel: tests/test_packed_isa.py)."""
+    from tapernn import own_room
     from tapernn.backends import packed
 
-    before = packed._avx512[0]
-    packed._avx512[0] = True
+    before = packed._avx512[0], own_room.PAYS[0]
+    packed._avx512[0] = own_room.PAYS[0] = True  # (own_room's packed projection too: any vendor)
     try:
         yield
     finally:
-        packed._avx512[0] = before
+        packed._avx512[0], own_room.PAYS[0] = before
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,38 @@ def test_no_room_or_an_overlap_runs_openblas(rng):
     assert own_room.RAN[0] == before
 
 
+@pytest.mark.parametrize(
+    "vendor, pays", [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)]
+)
+def test_the_packed_projection_runs_on_the_vendors_it_pays_on(vendor, pays, tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\n" + (f"vendor_id\t: {vendor}\n" if vendor else "") + "flags\t: fpu\n"
+    )
+    assert own_room.vendor(str(info)) == vendor
+    assert own_room.vendor(str(tmp_path / "missing")) == ""
+    monkeypatch.setattr(own_room, "PAYS", [None])
+    monkeypatch.setattr(own_room, "vendor", lambda: vendor)
+    assert own_room.pays() is pays and own_room.PAYS[0] is pays
+
+
+@needs_kernel
+@pytest.mark.usefixtures("kernel_now")
+@pytest.mark.parametrize("pays", [True, False])
+def test_a_cpu_it_does_not_pay_on_runs_openblas(pays, rng, monkeypatch):
+    monkeypatch.setattr(own_room, "PAYS", [pays])
+    a = rng.standard_normal((40, 6))
+    b = rng.standard_normal((6, 100))
+    site = own_room.RoomGemm()
+    before = own_room.RAN[0]
+    slab = np.zeros(40 * 100 + 8000)
+    out = slab[:4000].reshape(40, 100)
+    for _ in range(2):  # (the site's first two calls: the kernel taken at the first)
+        run_owned(lambda: site(a, b, None, None, slab, out=out))
+        np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+    assert own_room.RAN[0] == before + 2 * pays
+
+
 @needs_kernel
 @pytest.mark.usefixtures("kernel_now")
 def test_an_error_in_the_workers_half_reaches_the_caller(rng, monkeypatch):

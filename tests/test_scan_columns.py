@@ -29,6 +29,7 @@ def numba_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
     monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", 0)  # every weight packed in two halves
+    monkeypatch.setattr(scan_columns, "LLC", [0])  # (an L3 of unknown size: MIN_BYTES alone)
     before = tn.get_backend()
     tn.set_backend("numba")
     yield
@@ -108,6 +109,21 @@ def test_need_grad_input_false(rng):
     assert scan_columns.SPLIT_GEMMS[0] > before
 
 
+def test_the_last_level_cache_from_sysfs(tmp_path, monkeypatch):
+    for name, level, size in (("index0", 1, "48K"), ("index2", 2, "2048K"), ("index3", 3, "480M")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(f"{level}\n")
+        (tmp_path / name / "size").write_text(f"{size}\n")
+    monkeypatch.setattr(scan_columns, "LLC", [None])
+    assert scan_columns.llc_bytes(str(tmp_path)) == 480 << 20
+    assert scan_columns.llc_bytes("/nonexistent") == 480 << 20  # (read once)
+    monkeypatch.setattr(scan_columns, "LLC", [None])
+    (tmp_path / "index3" / "size").write_text("32768K\n")
+    assert scan_columns.llc_bytes(str(tmp_path)) == 32 << 20
+    monkeypatch.setattr(scan_columns, "LLC", [None])
+    assert scan_columns.llc_bytes(str(tmp_path / "index0")) == 0  # (no L3 listed: unknown)
+
+
 def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
     """On at exactly the loop's weight bytes, off one byte above (the batch halves then); not
     for feature-major loops (not packed) or unowned calls; the auto rule's row minimum holds."""
@@ -120,6 +136,12 @@ def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
         "columns over 2 threads (packed weights 0.5 MiB" in k and "loop runs whole" in k
         for k in notes(on)
     ), notes(on)
+    # an L3 that holds the weight LLC_TIMES times: the batch halves; one byte less: the columns
+    for llc, split in ((0, "batch split over 2 threads"), (-1, "columns over 2 threads")):
+        monkeypatch.setattr(scan_columns, "LLC", [scan_columns.LLC_TIMES * nbytes + llc])
+        m = model("on", "auto")
+        train(m, x, g)
+        assert all(split in k for k in notes(m)), notes(m)
     monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes + 1)
     off = model("on", "auto")
     train(off, x, g)

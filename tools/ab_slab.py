@@ -83,6 +83,7 @@ def main():
         help="own_room.KINDS (avx2 avx512: the packed projection on AVX2's kernel too)",
     )
     args = ap.parse_args()
+    own_room.PAYS[0] = True  # ("new": the packed projection whatever the vendor: own_room.VENDORS)
     if args.kinds is not None:
         own_room.KINDS = set(args.kinds)
     if args.min_depth is not None:
