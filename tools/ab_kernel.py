@@ -6,7 +6,7 @@ thread CPU per call, medians (best in brackets), GF/s = 2mkn / time. The two ker
 are asserted bit-identical (each element one FMA chain over k in order in either) and within
 1e-4 (float32) of float64's product.
 
-Run: PYTHONPATH=$PWD python tools/ab_kernel.py --other /work/main [--dtype float32]
+Run: PYTHONPATH=$PWD python tools/ab_kernel.py --other /work/main [--dtype float32] [--isa avx2]
      [--shapes 16,512,2048 16,2048,512 64,1024,2048 64,4096,512] [--rounds 21]
 (the default shapes: the (32, 50, 512) loops' batch halves and the (64, 100, 1024) loops'
 column halves, forward and reverse)
@@ -30,11 +30,11 @@ from tapernn.backends import packed
 SHAPES = ["16,512,2048", "16,2048,512", "64,1024,2048", "64,4096,512"]
 
 
-def other_kernels(root: str):
+def other_kernels(root: str, kind: str):
     """`root`'s backends/packed_kernels.py imported as a module of its own, its geometry line
-    set to this CPU's (as packed._kernel_module does)."""
+    set to instruction set `kind`'s (as packed._kernel_module does)."""
     source = (Path(root) / "tapernn/backends/packed_kernels.py").read_text()
-    bits, nv = packed.GEOMETRY[packed.isa()]
+    bits, nv = packed.GEOMETRY[kind]
     source = source.replace("VEC_BITS, NV = 512, 4  # ", f"VEC_BITS, NV = {bits}, {nv}  # ")
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ab_kernel_other_{os.getpid()}.py"
     path.write_text(source)
@@ -52,7 +52,7 @@ def measure(shape: str, dt: np.dtype, rounds: int, ours, theirs, rng) -> str:
     m, k, n = (int(v) for v in shape.split(","))
     a = rng.standard_normal((m, k)).astype(dt)
     b = rng.standard_normal((k, n)).astype(dt)
-    panels = packed.pack_panels(b)
+    panels = packed.pack_panels(b, nr=ours.NV * ours.lanes(dt))
     outs = {x: np.empty((m, n), dt) for x in ("openblas", "this", "other")}
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     tout = torch.empty((m, n), dtype=ta.dtype)
@@ -90,16 +90,20 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shapes", nargs="+", default=SHAPES)
     ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--isa", help="the geometry to run (packed.GEOMETRY; default this CPU's)")
     args = ap.parse_args()
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     dt = np.dtype(args.dtype)
-    ours = packed._kernel_module()
-    theirs = other_kernels(args.other)
+    kind = args.isa or packed.isa()
+    ours = packed._kernel_module(kind)
+    theirs = other_kernels(args.other, kind)
     rng = np.random.default_rng(0)
-    print(f"isa {packed.isa()}  load {os.getloadavg()}  {dt.name}  GF/s median (best)")
+    print(
+        f"kernels {kind} (CPU {packed.isa()})  load {os.getloadavg()}  {dt.name}  GF/s median (best)"
+    )
     with threadpool_limits(1, user_api="blas"):
         for shape in args.shapes:
             print(measure(shape, dt, args.rounds, ours, theirs, rng), flush=True)

@@ -50,12 +50,13 @@ def _vector_type(context, dtype, vec_bits):
     return scal, lanes, ir.VectorType(scal, lanes)
 
 
-def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False):
+def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka: int = 0):
     """kernel(a, a_off, panel, p_off, c, c_off, ldc, k) over flat C arrays (offsets and strides
-    in elements), `a` a row block packed k-major (`_pack_rows`: row i's element p at
-    a[a_off + p * mr + i]: the mr broadcasts of a k at constant offsets from one pointer) and
+    in elements), `a` a row block packed k-major (`_pack_a`: row i's element p at
+    a[a_off + p * ka + i], ka >= mr, default mr: the mr broadcasts of a k at constant offsets
+    from one pointer) and
     `p_off` a tuple of 2t + 1 integers: for i < mr, t vectors of c row i, contiguous from
-    c[c_off + i * ldc], vector v = sum_p a[a_off + p * mr + i] * (the vector at
+    c[c_off + i * ldc], vector v = sum_p a[a_off + p * ka + i] * (the vector at
     panel[p_off[v] + p * NR]), NR = nv vectors (a panel row; a tile across panels:
     `_vector_tiles`); with `prefetch`, each p also prefetches panel[p_off[t + v] + p * NR] into
     L2 for v < t (llvm.prefetch), else those t are unused; p_off[2t] nonzero: each chain starts from c's value instead of 0 (c += the
@@ -157,7 +158,7 @@ def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False):
                 for v in range(tv):
                     acc[i][v].add_incoming(init[i][v], pre)
             step = builder.mul(p, ir.Constant(i64, nr))
-            a_row = builder.add(a_off_, builder.mul(p, ir.Constant(i64, mr)))
+            a_row = builder.add(a_off_, builder.mul(p, ir.Constant(i64, ka or mr)))
             for o in ahead:
                 fetch = cgutils.get_or_insert_function(
                     builder.module,
@@ -205,6 +206,9 @@ def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False):
 
 
 _micro = make_microkernel(MR, NV, VEC_BITS, PREFETCH)
+# a row block of at most 4 rows on AVX-512: 4 x 3 over the same packed a (its 8-row stride), not
+# 8 x 3 over 4 padded rows (at 4 rows 1.35x 4 x 4's time, "hloopI"); AVX2's MR is 4
+_micro_half = make_microkernel(4, NV, VEC_BITS, PREFETCH, MR)
 
 
 @njit(cache=True, nogil=True)
@@ -232,11 +236,12 @@ def _pack_a(a):
 @njit(cache=True, nogil=True)
 def _tile(ap, m, pf, off, out, of, tile_c, col, w, k0, kk):
     """out[:, col:col + w] = a @ the tile's panel columns at `off` (the microkernel's p_off: its
-    vectors' offsets, those it prefetches and the accumulate flag) over a's columns [k0, k0 + kk) (the K block `off`
-    starts at; with the flag, out += that block's sum), row block by row block of `ap` (a's m
-    rows: _pack_a); a partial row block or a tile wider than w through `tile_c` (which then
-    holds out's values first, for a K block after the first). The one call site of the
-    microkernel (each one is inlined: four made the cold compile ~3x slower)."""
+    vectors' offsets, those it prefetches and the accumulate flag) over a's columns
+    [k0, k0 + kk) (the K block `off` starts at; with the flag, out += that block's sum), row
+    block by row block of `ap` (a's m rows: _pack_a), one of at most 4 rows by the 4-row
+    microkernel where MR is 8; a partial row block or a tile wider than w through `tile_c`
+    (which then holds out's values first, for a K block after the first). The call sites of
+    the microkernels (each one is inlined: four made the cold compile ~3x slower)."""
     k = ap.shape[1]
     apf = ap.ravel()
     n = out.shape[1]
@@ -252,7 +257,10 @@ def _tile(ap, m, pf, off, out, of, tile_c, col, w, k0, kk):
             for r in range(rows):
                 for c in range(w):
                     tile_c[r, c] = out[i + r, col + c]
-        _micro(apf, i * k + k0 * MR, pf, off, dst, dst_off, ld, kk)
+        if MR > 4 and rows <= 4:
+            _micro_half(apf, i * k + k0 * MR, pf, off, dst, dst_off, ld, kk)
+        else:
+            _micro(apf, i * k + k0 * MR, pf, off, dst, dst_off, ld, kk)
         if tiled:
             for r in range(rows):
                 for c in range(w):
