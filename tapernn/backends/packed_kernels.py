@@ -216,20 +216,10 @@ def _pack_a(a):
     """a (m, k) as its row blocks packed k-major, (ceil(m / MR), k, MR): [b, p, i] = a[b * MR + i,
     p], a last partial block zero-padded -- the microkernel's broadcasts of a k at constant
     offsets from one pointer (read in place, a's MR rows took as many strided pointers, which
-    the K loop kept on the stack: BENCHMARKS.md "hloopI"). (scalar loops: slice assignments
-    doubled the cold compile)"""
+    the K loop kept on the stack: BENCHMARKS.md "hloopI")."""
     m, k = a.shape
-    nb = -(-m // MR)
-    ap = np.empty((nb, k, MR), a.dtype)
-    for b in range(nb):
-        for i in range(MR):
-            r = b * MR + i
-            if r < m:
-                for p in range(k):
-                    ap[b, p, i] = a[r, p]
-            else:
-                for p in range(k):
-                    ap[b, p, i] = 0
+    ap = np.empty((-(-m // MR), k, MR), a.dtype)
+    pack_rows(a, ap)  # (a's rows as the panels of a weight's transposed view: the same layout)
     return ap
 
 
