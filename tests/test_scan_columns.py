@@ -28,6 +28,7 @@ H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 
 def numba_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
+    monkeypatch.setattr(scan_columns, "_l3", [0])  # (MIN_BYTES alone, whatever this CPU's L3)
     monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", 0)  # every weight packed in two halves
     before = tn.get_backend()
     tn.set_backend("numba")
@@ -315,3 +316,24 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     call()
     assert sorted(seen) == [(0, npan // 2), (npan // 2, npan)]
     assert scan_columns._SPLIT[at] == (2, 0.0)
+
+
+def test_the_column_split_starts_at_a_quarter_of_the_l3_if_more_than_min_bytes(
+    tmp_path, monkeypatch
+):
+    """min_bytes: MIN_BYTES (12 MiB), or a quarter of the L3 if more -- a 32 MiB L3 (Zen 3 /
+    Zen 4: columns at (64, 100, 1024)'s 16 MiB) keeps 12 MiB; a 480 MiB one (the Intel Xeon of
+    BENCHMARKS.md "hloopI": the batch halves faster there) 120 MiB; no L3 found: 12 MiB."""
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 12 << 20)
+    for index, (level, size) in enumerate([("1", "48K"), ("2", "2048K"), ("3", "491520K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    monkeypatch.setattr(scan_columns, "_l3", [None])
+    assert scan_columns.l3_bytes(str(tmp_path)) == 480 << 20
+    assert scan_columns.min_bytes() == 120 << 20  # (read once: the same L3 from now on)
+    for l3, least in [(32 << 20, 12 << 20), (480 << 20, 120 << 20), (0, 12 << 20)]:
+        monkeypatch.setattr(scan_columns, "_l3", [l3])
+        assert scan_columns.min_bytes() == least
+    monkeypatch.setattr(scan_columns, "_l3", [None])
+    assert scan_columns.l3_bytes(str(tmp_path / "none")) == 0  # (no sysfs: MIN_BYTES alone)
