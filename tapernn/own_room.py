@@ -46,7 +46,7 @@ MIN_ROWS = 64  # rows of a below which OpenBLAS runs (too few row blocks to spli
 # cost what the kernel saved ((32, 50, 256) f32 projections: FastLSTM -1 %, LSTM -1.7 %, GRU
 # +2.8 % process CPU of the line, load 15); at K = 512 the line took 12.6 % less (BENCHMARKS.md)
 MIN_DEPTH = 512
-MR = 4  # = packed_kernels.MR: the caller's half ends at a whole row block
+MR = 8  # (a multiple of packed_kernels.MR, 8 / 4: the caller's half ends at a whole row block)
 # the packed kernels (packed.isa) this path runs: AVX-512's ("hgemm3"). Not AVX2's: on Zen 3 the
 # 4 x 3 kernel ran a (800, 512, 2048) f32 half 1.03x OpenBLAS's 1-thread time before its panels
 # are even packed (f64 1.01x; BENCHMARKS.md "havx2")

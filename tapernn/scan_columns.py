@@ -25,9 +25,9 @@ caller (~0.7 ms of CPU a step) and two hand-offs a step, the other thread waitin
 MiB of L3, twice the 16 MiB weight) the columns were faster ("hbig").
 
 The rule (`rule`, shown in the loop's line of the compile report): the loop would split its batch
-rows (scan_split.plan: numba, every step GEMM packed, ...), its packed step weights hold >=
-MIN_BYTES together and the L3 (`llc_bytes`) is smaller than LLC_TIMES x those bytes; per call
-(`run`): an owned call on the caller's thread, >= 2 panels."""
+rows (scan_split.plan: numba, every step GEMM packed, ...) and its packed step weights hold >=
+`min_bytes()` together (MIN_BYTES, or a quarter of the L3 if more); per call (`run`): an owned
+call on the caller's thread, >= 2 panels."""
 
 from __future__ import annotations
 
@@ -45,20 +45,18 @@ from .own_threads import owning, submit, worker_ident
 # the loop's packed step weights (bytes, together) from which their GEMMs split by columns:
 # between the 4 MiB of (32, 50, 512) f32 (batch halves faster) and the 16 MiB of (64, 100, 1024)
 # f32 (columns faster), the two shapes measured ("hbig"); above the 8 MiB of (32, 50, 512)
-# float64, not measured (it keeps the batch halves it had); tests set it to 0
+# float64, not measured (it keeps the batch halves it had); tests set it to 0. And at least a
+# quarter of the L3 (`min_bytes`): the batch halves each stream the weights from the L3 they
+# share -- Zen 3 / Zen 4 (32 MiB L3; "hbig"): columns faster at 16 MiB; an Intel Xeon (480 MiB
+# L3): the batch halves 6-8 % faster at (64, 100, 1024) f32 with either packed kernel
+# (BENCHMARKS.md "hloopI"). An L3 not found: MIN_BYTES alone
 MIN_BYTES = 12 << 20
-# ... and while the L3 holds fewer than LLC_TIMES x those bytes: between the two measured ratios
-# (2 on Zen 4: columns faster; 30 on the Intel Xeon: batch halves faster), none measured between
-LLC_TIMES = 4
-LLC: list[int | None] = [None]  # the L3's bytes (None: read once by llc_bytes; tests set 0)
+L3_SHARE = 4
+_l3: list[int | None] = [None]  # the L3's bytes (`l3_bytes`; tests set 0: MIN_BYTES alone)
 # a weight packed in two halves of its panels at once (`pack`) from this many bytes: as the
 # column split's; the 4 MiB weights of (32, 50, 512) f32 packed slower in two halves in a step
 # at load 12 (2.05 -> 3.5 ms a step: the worker's wake-up), BENCHMARKS.md "h512b"
 PACK_MIN_BYTES = 12 << 20
-# ... and while the L3 holds fewer than LLC_TIMES x those bytes: between the two measured ratios
-# (2 on Zen 4: columns faster; 30 on the Intel Xeon: batch halves faster), none measured between
-LLC_TIMES = 4
-LLC: list[int | None] = [None]  # the L3's bytes (None: read once by llc_bytes; tests set 0)
 SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 
@@ -74,29 +72,35 @@ def rule(graph: Graph, mode: str) -> int:
     if mode not in ("auto", "on"):
         return 0
     nbytes = weight_bytes(graph)
-    return nbytes if nbytes and nbytes >= MIN_BYTES and llc_bytes() < LLC_TIMES * nbytes else 0
+    return nbytes if nbytes and nbytes >= min_bytes() else 0
 
 
-def llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
-    """The bytes of the last-level (level 3) cache as sysfs gives them, read once into LLC[0]; 0
-    when unknown (the column split then goes by MIN_BYTES alone)."""
-    if LLC[0] is None:
-        LLC[0] = 0
+def min_bytes() -> int:
+    """The packed weights' bytes from which loops split by columns: MIN_BYTES, or a quarter
+    of the L3 (L3_SHARE) if more."""
+    return max(MIN_BYTES, l3_bytes() // L3_SHARE)
+
+
+def l3_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The L3 cache's size in bytes (sysfs, read once into `_l3`), 0 when not found."""
+    if _l3[0] is None:
+        size = 0
         for index in sorted(Path(root).glob("index*")):
             try:
-                level = (index / "level").read_text().strip()
-                size = (index / "size").read_text().strip()
-            except OSError:
-                continue
-            if level == "3" and size[:-1].isdigit() and size[-1] in "KMG":
-                LLC[0] = int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]]
-    return LLC[0]
+                if (index / "level").read_text().strip() == "3":
+                    text = (index / "size").read_text().strip().upper()
+                    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                    size = int(text.rstrip("KMG")) * scale
+            except (OSError, ValueError):
+                size = 0
+        _l3[0] = size
+    return _l3[0]
 
 
 def note(nbytes: int, when: str) -> str:
     return (
         "step GEMMs split by output columns over 2 threads (packed weights"
-        f" {nbytes / 2**20:.1f} MiB >= {MIN_BYTES / 2**20:g} MiB; the loop runs whole){when}"
+        f" {nbytes / 2**20:.1f} MiB >= {min_bytes() / 2**20:g} MiB; the loop runs whole){when}"
     )
 
 

@@ -1,6 +1,6 @@
 """The packed GEMM per instruction set (backends/packed.py GEOMETRY, issue 19, BENCHMARKS.md
-"havx2"): the CPU flags pick "avx512" (4 x 4 vectors of 512 bits), "avx2" (4 x 2 of 256) or
-none; each geometry's kernel equals np.matmul within the rounding bound k*u*(|A|@|B|) on odd
+"havx2"): the CPU flags pick "avx512" (8 rows x 3 vectors of 512 bits, "hloopI"), "avx2"
+(4 x 3 of 256) or none; each geometry's kernel equals np.matmul within the rounding bound k*u*(|A|@|B|) on odd
 shapes in both dtypes -- and both give the same bits (each output element one FMA chain over k
 in order, whatever the vector width) --; a program's packed calls run the kernel its panels were
 packed for (their width) even when the flags change later; whole training steps with the batch
@@ -221,30 +221,38 @@ def each_range_equal(panels_fn, a, panels, whole):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_avx2_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_range(dtype, rng):
-    """AVX2's driver computes 3 vectors a microkernel call (4 x 3 accumulators), the vectors
-    taken across its 2-vector panels (`_vector_tiles`, BENCHMARKS.md "h512"); AVX-512's a
-    panel. Over the same panels, any range of panels [first, last) (the column split's halves)
-    writes its own columns alone, bit for bit what the panel-at-a-time walk writes (each element
-    one FMA chain over k in order): odd row counts (the zero-padded row block), widths that end
-    inside a panel or inside a tile, a last tile of 1 or 2 vectors."""
-    tiles = packed._kernel_module("avx2")
-    assert tiles._panels is tiles._vector_tiles and tiles.TV == 3 and tiles.NV == 2
-    wide = packed._kernel_module("avx512")
-    assert wide._panels is wide._panel_tiles and wide.TV == wide.NV
-    nr = packed.panel_width(dtype, "avx2")
-    lanes = nr // 2
+def test_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_range(dtype, rng):
+    """Both drivers compute 3 vectors a microkernel call, taken across the panels
+    (`_vector_tiles`): AVX2's 4 rows x 3 across 2-vector panels (BENCHMARKS.md "h512"), AVX-512's
+    8 x 3 across 4-vector panels, prefetching the next tile past 2 row blocks ("hloopI"). Over
+    the same panels, any range of panels [first, last) (the column split's halves) writes its
+    own columns alone, bit for bit what the whole range writes, and the two geometries the same
+    bits (each element one FMA chain over k in order): odd row counts (the zero-padded row
+    block), 1, 2 and 3 row blocks, widths that end inside a panel or inside a tile, a last tile
+    of 1 or 2 vectors."""
+    mods = {kind: packed._kernel_module(kind) for kind in KINDS}
+    assert {kind: (pk.MR, pk.TV, pk.NV, pk.PREFETCH) for kind, pk in mods.items()} == {
+        "avx2": (4, 3, 2, False),
+        "avx512": (8, 3, 4, True),
+    }
+    lanes = packed.panel_width(dtype, "avx2") // 2
     for m, k, n in [
         (1, 1, 1),
         (5, 7, lanes),
         (4, 33, 3 * lanes + 1),
-        (9, 64, 5 * nr - 3),
+        (9, 64, 10 * lanes - 3),
         (16, 20, 64),
+        (17, 19, 13 * lanes + 2),
+        (24, 5, 8 * lanes),
     ]:
         a = rng.standard_normal((m, k)).astype(dtype)
-        panels = packed.pack_panels(rng.standard_normal((k, n)).astype(dtype), nr=nr)
-        npan = panels.shape[0]
-        whole = np.full((m, n), np.nan, dtype)
-        tiles._panel_tiles(a, panels, whole, 0, npan)  # (4 x 2: a panel a call)
-        assert not np.isnan(whole).any()
-        each_range_equal(tiles._panels, a, panels, whole)
+        w = rng.standard_normal((k, n)).astype(dtype)
+        wholes = []
+        for pk in mods.values():
+            panels = packed.pack_panels(w, nr=pk.NV * pk.lanes(dtype))
+            whole = np.full((m, n), np.nan, dtype)
+            pk.packed_matmul_serial(a, panels, whole)
+            within_rounding(whole, a, w)
+            each_range_equal(pk._panels, a, panels, whole)
+            wholes.append(whole)
+        np.testing.assert_array_equal(*wholes)

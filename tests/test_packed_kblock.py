@@ -1,9 +1,10 @@
-"""AVX2's packed driver runs a large `a` in K blocks (packed_kernels._k_block, issue 19,
-BENCHMARKS.md "h512c"): each block over every tile before the next, a later block's chains
-continuing from out's floats (the microkernel's accumulate flag; through the padded tile for a
-partial row block or a narrow last tile). The same bits as the panel-at-a-time walk over the
-whole K (each element one FMA chain over k in order), in any panel range, no other column
-written; and np.matmul within the rounding bound."""
+"""The packed driver runs a large `a` in K blocks (packed_kernels._k_block, issue 19,
+BENCHMARKS.md "h512c"), on either geometry: each block over every tile before the next, a later
+block's chains continuing from out's floats (the microkernel's accumulate flag; through the
+padded tile for a partial row block or a narrow last tile). The same bits as the driver's walk
+over the whole K -- a row at a time, an `a` too small for K blocks -- (each element one FMA
+chain over k in order), in any panel range, no other column written; and np.matmul within the
+rounding bound."""
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from tapernn.backends import numba_available, packed
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed")
 
 # (m, k, n): a of more than K_BLOCK_FROM bytes, K blocks >= K_BLOCK_MIN deep, the last one
-# shorter; a partial row block (m % 4) and a last tile of fewer than 3 vectors
-BLOCKED = {np.float32: [(21, 4000, 77), (8, 9000, 48)], np.float64: [(9, 5000, 37)]}
+# shorter; a partial row block (m % 4, m % 8), more than 2 row blocks (AVX-512's prefetch of the
+# next tile) and a last tile of fewer than 3 vectors
+BLOCKED = {np.float32: [(21, 4000, 77), (8, 9000, 48)], np.float64: [(9, 5000, 37), (19, 5000, 37)]}
 
 
 @needs_numba
@@ -45,10 +47,11 @@ def test_no_depth_writes_zeros(dtype):
 
 
 @needs_numba
+@pytest.mark.parametrize("kind", sorted(packed.GEOMETRY))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_k_blocks_give_the_panel_walks_bits_in_any_panel_range(dtype, rng):
-    pk = packed._kernel_module("avx2")
-    nr = packed.panel_width(dtype, "avx2")
+def test_k_blocks_give_the_whole_k_walks_bits_in_any_panel_range(dtype, kind, rng):
+    pk = packed._kernel_module(kind)
+    nr = packed.panel_width(dtype, kind)
     for m, k, n in BLOCKED[dtype]:
         kc = pk._k_block(m, k, np.dtype(dtype).itemsize)
         assert 256 <= kc < k and k % kc, (m, k, kc)  # (blocked, the last block shorter)
@@ -57,7 +60,9 @@ def test_k_blocks_give_the_panel_walks_bits_in_any_panel_range(dtype, rng):
         panels = packed.pack_panels(w, nr=nr)
         npan = panels.shape[0]
         whole = np.full((m, n), np.nan, dtype)
-        pk._panel_tiles(a, panels, whole, 0, npan)  # (a panel a call, the whole K at once)
+        for i in range(m):  # (a row at a time: the whole K at once)
+            assert pk._k_block(1, k, np.dtype(dtype).itemsize) == k
+            pk._panels(a[i : i + 1], panels, whole[i : i + 1], 0, npan)
         within_rounding(whole, a, w)
         each_range_equal(pk._panels, a, panels, whole)
         out = np.empty((m, n), dtype)

@@ -28,8 +28,8 @@ H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 
 def numba_now(monkeypatch):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # kernels from call 1
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)  # every packed loop splits by columns
+    monkeypatch.setattr(scan_columns, "_l3", [0])  # (MIN_BYTES alone, whatever this CPU's L3)
     monkeypatch.setattr(scan_columns, "PACK_MIN_BYTES", 0)  # every weight packed in two halves
-    monkeypatch.setattr(scan_columns, "LLC", [0])  # (an L3 of unknown size: MIN_BYTES alone)
     before = tn.get_backend()
     tn.set_backend("numba")
     yield
@@ -109,21 +109,6 @@ def test_need_grad_input_false(rng):
     assert scan_columns.SPLIT_GEMMS[0] > before
 
 
-def test_the_last_level_cache_from_sysfs(tmp_path, monkeypatch):
-    for name, level, size in (("index0", 1, "48K"), ("index2", 2, "2048K"), ("index3", 3, "480M")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "level").write_text(f"{level}\n")
-        (tmp_path / name / "size").write_text(f"{size}\n")
-    monkeypatch.setattr(scan_columns, "LLC", [None])
-    assert scan_columns.llc_bytes(str(tmp_path)) == 480 << 20
-    assert scan_columns.llc_bytes("/nonexistent") == 480 << 20  # (read once)
-    monkeypatch.setattr(scan_columns, "LLC", [None])
-    (tmp_path / "index3" / "size").write_text("32768K\n")
-    assert scan_columns.llc_bytes(str(tmp_path)) == 32 << 20
-    monkeypatch.setattr(scan_columns, "LLC", [None])
-    assert scan_columns.llc_bytes(str(tmp_path / "index0")) == 0  # (no L3 listed: unknown)
-
-
 def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
     """On at exactly the loop's weight bytes, off one byte above (the batch halves then); not
     for feature-major loops (not packed) or unowned calls; the auto rule's row minimum holds."""
@@ -136,12 +121,14 @@ def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
         "columns over 2 threads (packed weights 0.5 MiB" in k and "loop runs whole" in k
         for k in notes(on)
     ), notes(on)
-    # an L3 that holds the weight LLC_TIMES times: the batch halves; one byte less: the columns
-    for llc, split in ((0, "batch split over 2 threads"), (-1, "columns over 2 threads")):
-        monkeypatch.setattr(scan_columns, "LLC", [scan_columns.LLC_TIMES * nbytes + llc])
+    # an L3 of L3_SHARE x the weight's bytes: still the columns; L3_SHARE bytes more: the halves
+    for extra, split in ((0, "columns over 2 threads"), (1, "batch split over 2 threads")):
+        l3 = scan_columns.L3_SHARE * (nbytes + extra)
+        monkeypatch.setattr(scan_columns, "_l3", [l3])
         m = model("on", "auto")
         train(m, x, g)
         assert all(split in k for k in notes(m)), notes(m)
+    monkeypatch.setattr(scan_columns, "_l3", [0])
     monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes + 1)
     off = model("on", "auto")
     train(off, x, g)
@@ -337,3 +324,24 @@ def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
     call()
     assert sorted(seen) == [(0, npan // 2), (npan // 2, npan)]
     assert scan_columns._SPLIT[at] == (2, 0.0)
+
+
+def test_the_column_split_starts_at_a_quarter_of_the_l3_if_more_than_min_bytes(
+    tmp_path, monkeypatch
+):
+    """min_bytes: MIN_BYTES (12 MiB), or a quarter of the L3 if more -- a 32 MiB L3 (Zen 3 /
+    Zen 4: columns at (64, 100, 1024)'s 16 MiB) keeps 12 MiB; a 480 MiB one (the Intel Xeon of
+    BENCHMARKS.md "hloopI": the batch halves faster there) 120 MiB; no L3 found: 12 MiB."""
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", 12 << 20)
+    for index, (level, size) in enumerate([("1", "48K"), ("2", "2048K"), ("3", "491520K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    monkeypatch.setattr(scan_columns, "_l3", [None])
+    assert scan_columns.l3_bytes(str(tmp_path)) == 480 << 20
+    assert scan_columns.min_bytes() == 120 << 20  # (read once: the same L3 from now on)
+    for l3, least in [(32 << 20, 12 << 20), (480 << 20, 120 << 20), (0, 12 << 20)]:
+        monkeypatch.setattr(scan_columns, "_l3", [l3])
+        assert scan_columns.min_bytes() == least
+    monkeypatch.setattr(scan_columns, "_l3", [None])
+    assert scan_columns.l3_bytes(str(tmp_path / "none")) == 0  # (no sysfs: MIN_BYTES alone)

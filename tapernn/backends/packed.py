@@ -26,9 +26,10 @@ from ..blas import limiter
 from ..errors import TapernnError
 from . import background
 
-# the microkernel's geometry per instruction set: (vector bits, vectors per panel row NV); MR = 4
-# rows of `a` a call (packed_kernels.MR) on both. AVX-512 (32 zmm registers): 4 x 4 accumulators
-# (hgemm). AVX2 (16 ymm): panels of 2 vectors, 16 float32 / 8 float64 columns (BENCHMARKS.md
+# the microkernel's geometry per instruction set: (vector bits, vectors per panel row NV); a call
+# computes MR rows of `a` x 3 vectors taken across the panels (packed_kernels.MR, TV). AVX-512
+# (32 zmm registers): panels of 4 vectors, 8 x 3 accumulators ("hloopI"; 4 x 4, a panel a call,
+# before: hgemm). AVX2 (16 ymm): panels of 2 vectors, 16 float32 / 8 float64 columns (BENCHMARKS.md
 # "havx2", Zen 3, the LSTM step GEMMs at 16 and 32 rows: 0.64-0.82x OpenBLAS's 1-thread time),
 # computed 4 x 3 vectors a call across the panels (packed_kernels.TV, "h512": 12 accumulators,
 # the fastest measured) -- 24-column panels would pad a 1024-column weight to 1032 columns, and

@@ -1,14 +1,14 @@
 """The numba side of the packed recurrent GEMM (backends/packed.py; BENCHMARKS.md "hgemm"):
 out = a @ W for a weight packed once per loop call into panels of NR columns (packed.pack_panels:
-(ceil(N / NR), K, NR), zero-padded). The microkernel is LLVM IR through a numba @intrinsic: MR
-rows of `a` times one panel, MR * NV vector accumulators (W lanes: 16 float32 / 8 float64 at 512
-bits, 8 / 4 at 256) held in registers over the whole K loop (4 x 4 of 512 bits on AVX-512, 4 x 2
-of 256 on AVX2: packed.GEOMETRY), a broadcast of a[i, p] and NV loads of the panel per row and
-k, llvm.fma. The drivers walk the panels (split over numba's threads by prange in
-the parallel one) and the row blocks; a partial row block or panel goes through a zero-padded
-tile. On AVX2 a microkernel call covers TV = 3 vectors (4 x 3 accumulators), taken across the
-2-vector panels (`_vector_tiles`; BENCHMARKS.md "h512"). Imported only once numba is (its jobs
-run in background.py's worker)."""
+(ceil(N / NR), K, NR), zero-padded; NV vectors of W lanes: 16 float32 / 8 float64 at 512 bits,
+8 / 4 at 256: packed.GEOMETRY). The microkernel is LLVM IR through a numba @intrinsic: MR rows
+of `a` times TV = 3 vectors of the panels, taken across them (`_vector_tiles`; BENCHMARKS.md
+"h512", "hloopI"), MR * TV vector accumulators held in registers over the whole K loop (8 x 3
+of 512 bits on AVX-512, 4 x 3 of 256 on AVX2), a broadcast of a[i, p] and TV loads of the
+panels per row and k, llvm.fma. The drivers walk the tiles (the panels split over numba's
+threads by prange in the parallel one), a large `a` in K blocks, and the row blocks; a partial
+row block or tile goes through a zero-padded tile. Imported only once numba is (its jobs run in
+background.py's worker)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,26 @@ from numba.np.arrayobj import make_array
 # vector bits and vectors per panel row (NR = NV * lanes): AVX-512's 512, 4 here; the copy
 # packed._kernel_module imports has this line set to packed.GEOMETRY[its instruction set]
 VEC_BITS, NV = 512, 4  # (the geometry line)
-MR = 4  # rows of a per microkernel call
-# vectors of a microkernel call ("tile"): AVX-512's panel (4 x 4 of its 32 zmm registers); on AVX2
-# 3 (4 x 3 = 12 of 16 ymm: 4 x 2 -- one 16-column panel -- keeps 8 FMA chains for 2 FMA pipes of
-# 4 cycles' latency, no slack: 1.15-1.37x the 4 x 2 rate at the (32, 50, 512) step GEMMs, "h512"),
-# the vectors read across the panels (`_vector_tiles`): the same panels, so the same lending
-TV = NV if VEC_BITS == 512 else 3  # (_vector_tiles passes 3 offsets)
+# rows of `a` per microkernel call: 8 on AVX-512 (8 x 3 = 24 of its 32 zmm registers), 4 on AVX2
+# (4 x 3 = 12 of 16 ymm). Per k a call loads TV panel vectors and broadcasts MR values of a for
+# MR * TV FMAs; a tile's K rows of the panels are read again for every row block (from L2 past
+# the first), so MR sets the panel traffic per FMA: 8 x 3 loads a panel vector per 8 FMAs where
+# AVX-512's 4 x 4 before (a panel a call) loaded one per 4. On an Intel Xeon (two 512-bit FMA
+# ports, BENCHMARKS.md "hloopI") 8 x 3 was the fastest of 4 x 4, 4 x 5, 4 x 6, 8 x 2, 16 x 1,
+# 2 x 8 at the loops' step GEMMs (16 to 64 rows); on Zen 4 (hgemm) 8 x 2, 8 x 3, 4 x 4 were within
+# 5 % of each other (its 512-bit FMAs are two 256-bit halves: fewer FMAs a cycle to feed)
+MR = 8 if VEC_BITS == 512 else 4
+# vectors of a microkernel call ("tile"), read across the panels (`_vector_tiles`): the same
+# panels, so the same lending. On AVX2 4 x 3 (4 x 2 -- one 16-column panel -- keeps 8 FMA chains
+# for 2 FMA pipes of 4 cycles' latency, no slack: 1.15-1.37x the 4 x 2 rate at the (32, 50, 512)
+# step GEMMs, "h512")
+TV = 3  # (_vector_tiles passes 3 offsets)
+# whether microkernel calls prefetch (into L2) the next tile's vectors, k row by k row, while
+# computing their own: on AVX-512, where `a` has more than 2 row blocks (the tile's own vectors
+# otherwise: no prefetch). Intel Xeon ("hloopI"): 1.1-1.35x at 32 and 64 rows; at 16 rows
+# (one tile read twice) 0.9-1.05x, hence the row bound. Not on AVX2 (its kernel as measured on
+# Zen 3, "h512")
+PREFETCH = VEC_BITS == 512
 
 
 def _vector_type(context, dtype, vec_bits):
@@ -36,28 +50,29 @@ def _vector_type(context, dtype, vec_bits):
     return scal, lanes, ir.VectorType(scal, lanes)
 
 
-def make_microkernel(mr: int, nv: int, vec_bits: int):
-    """kernel(a, a_off, lda, panel, p_off, c, c_off, ldc, k): for i < mr,
-    c[c_off + i * ldc + (0..NR)] = sum_p a[a_off + i * lda + p] * panel[p_off + p * NR + (0..NR)]
-    over flat C arrays (offsets and strides in elements), NR = nv vectors. With a tuple of t + 1
-    integers `p_off` instead: t vectors, vector v of row p at panel[p_off[v] + p * NR] (a tile
-    across panels: `_vector_tiles`), c's t vectors contiguous, and p_off[t] nonzero: each chain
-    starts from c's value instead of 0 (c += the sum: a later K block, `_vector_tiles`). Either
-    way each element of c is one chain of FMAs over p in order (a chain continued from c's
-    float is the same chain): the same bits whatever the tile and K blocks."""
+def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka: int = 0):
+    """kernel(a, a_off, panel, p_off, c, c_off, ldc, k) over flat C arrays (offsets and strides
+    in elements), `a` a row block packed k-major (`_pack_a`: row i's element p at
+    a[a_off + p * ka + i], ka >= mr, default mr: the mr broadcasts of a k at constant offsets
+    from one pointer) and
+    `p_off` a tuple of 2t + 1 integers: for i < mr, t vectors of c row i, contiguous from
+    c[c_off + i * ldc], vector v = sum_p a[a_off + p * ka + i] * (the vector at
+    panel[p_off[v] + p * NR]), NR = nv vectors (a panel row; a tile across panels:
+    `_vector_tiles`); with `prefetch`, each p also prefetches panel[p_off[t + v] + p * NR] into
+    L2 for v < t (llvm.prefetch), else those t are unused; p_off[2t] nonzero: each chain starts from c's value instead of 0 (c += the
+    sum: a later K block). Each element of c is one chain of FMAs over p in order (a chain
+    continued from c's float is the same chain): the same bits whatever the tile, the rows a
+    call and the K blocks."""
 
     @intrinsic
-    def kernel(typingctx, a, a_off, lda, panel, p_off, c, c_off, ldc, k):
-        if (
+    def kernel(typingctx, a, a_off, panel, p_off, c, c_off, ldc, k):
+        if not (
             isinstance(p_off, types.UniTuple)
             and isinstance(p_off.dtype, types.Integer)
             and p_off.count >= 2
         ):
-            tv = p_off.count - 1  # (the last: the accumulate flag)
-        elif isinstance(p_off, types.Integer):
-            tv = 0
-        else:
             return None
+        tv = (p_off.count - 1) // 2  # (then t prefetch offsets, the accumulate flag)
         arrays = (a, panel, c)
         if not all(isinstance(x, types.Array) and x.layout == "C" for x in arrays):
             return None
@@ -66,7 +81,7 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             types.float64,
         ):
             return None
-        sig = types.void(a, a_off, lda, panel, p_off, c, c_off, ldc, k)
+        sig = types.void(a, a_off, panel, p_off, c, c_off, ldc, k)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
@@ -77,23 +92,21 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             def idx(j):
                 return context.cast(builder, args[j], tys[j], types.intp)
 
-            a_ptr, p_ptr, c_ptr = data(0), data(3), data(5)
-            a_off_, lda_ = idx(1), idx(2)
-            c_off_, ldc_, k_ = idx(6), idx(7), idx(8)
+            a_ptr, p_ptr, c_ptr = data(0), data(2), data(4)
+            a_off_ = idx(1)
+            c_off_, ldc_, k_ = idx(5), idx(6), idx(7)
             scal, lanes, vty = _vector_type(context, signature.args[0].dtype, vec_bits)
             esize = context.get_abi_sizeof(scal)
             nr = lanes * nv
             i64 = ir.IntType(64)
-            if tv:  # (a tile across panels: each vector its own offset)
-                cast = tys[4].dtype
-                offs = [
-                    context.cast(builder, builder.extract_value(args[4], v), cast, types.intp)
-                    for v in range(tv + 1)
-                ]
-                accumulate = offs.pop()
-            else:  # (one panel: its nv vectors side by side)
-                offs = [idx(4)]
-            nt = tv or nv  # vectors of c computed
+            cast = tys[3].dtype  # (each vector its own offset)
+            offs = [
+                context.cast(builder, builder.extract_value(args[3], v), cast, types.intp)
+                for v in range(2 * tv + 1)
+            ]
+            accumulate = offs.pop()
+            ahead = offs[tv:] if prefetch else []
+            offs = offs[:tv]
             fma = cgutils.get_or_insert_function(
                 builder.module,
                 ir.FunctionType(vty, [vty, vty, vty]),
@@ -104,36 +117,35 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
                 return builder.bitcast(builder.gep(base, [off], inbounds=True), vty.as_pointer())
 
             zero = ir.Constant(vty, [ir.Constant(scal, 0.0)] * lanes)
-            rows = [builder.add(a_off_, builder.mul(ir.Constant(i64, i), lda_)) for i in range(mr)]
             c_rows = [
                 builder.add(c_off_, builder.mul(ir.Constant(i64, i), ldc_)) for i in range(mr)
             ]
-            init = [[zero] * nt for _ in range(mr)]
-            if tv:  # (the chains start from c's values when p_off's flag is set)
-                entry = builder.block
-                load = builder.append_basic_block("packed.load")
-                start = builder.append_basic_block("packed.start")
-                flag = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
-                builder.cbranch(flag, load, start)
-                builder.position_at_end(load)
-                held = [
-                    [
-                        builder.load(
-                            vptr(c_ptr, builder.add(c_rows[i], ir.Constant(i64, v * lanes))),
-                            align=esize,
-                        )
-                        for v in range(nt)
-                    ]
-                    for i in range(mr)
+            init = [[zero] * tv for _ in range(mr)]
+            # (the chains start from c's values when p_off's flag is set)
+            entry = builder.block
+            load = builder.append_basic_block("packed.load")
+            start = builder.append_basic_block("packed.start")
+            flag = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
+            builder.cbranch(flag, load, start)
+            builder.position_at_end(load)
+            held = [
+                [
+                    builder.load(
+                        vptr(c_ptr, builder.add(c_rows[i], ir.Constant(i64, v * lanes))),
+                        align=esize,
+                    )
+                    for v in range(tv)
                 ]
-                builder.branch(start)
-                builder.position_at_end(start)
-                for i in range(mr):
-                    for v in range(nt):
-                        phi = builder.phi(vty)
-                        phi.add_incoming(zero, entry)
-                        phi.add_incoming(held[i][v], load)
-                        init[i][v] = phi
+                for i in range(mr)
+            ]
+            builder.branch(start)
+            builder.position_at_end(start)
+            for i in range(mr):
+                for v in range(tv):
+                    phi = builder.phi(vty)
+                    phi.add_incoming(zero, entry)
+                    phi.add_incoming(held[i][v], load)
+                    init[i][v] = phi
             pre = builder.block
             loop = builder.append_basic_block("packed.loop")
             done = builder.append_basic_block("packed.done")
@@ -141,49 +153,51 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
             builder.position_at_end(loop)
             p = builder.phi(i64)
             p.add_incoming(ir.Constant(i64, 0), pre)
-            acc = [[builder.phi(vty) for _ in range(nt)] for _ in range(mr)]
+            acc = [[builder.phi(vty) for _ in range(tv)] for _ in range(mr)]
             for i in range(mr):
-                for v in range(nt):
+                for v in range(tv):
                     acc[i][v].add_incoming(init[i][v], pre)
             step = builder.mul(p, ir.Constant(i64, nr))
-            if tv:
-                b = [builder.load(vptr(p_ptr, builder.add(o, step)), align=esize) for o in offs]
-            else:
-                base = builder.add(offs[0], step)
-                b = [
-                    builder.load(
-                        vptr(p_ptr, builder.add(base, ir.Constant(i64, v * lanes))), align=esize
-                    )
-                    for v in range(nv)
-                ]
+            a_row = builder.add(a_off_, builder.mul(p, ir.Constant(i64, ka or mr)))
+            for o in ahead:
+                fetch = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] + [ir.IntType(32)] * 3),
+                    "llvm.prefetch.p0i8",
+                )
+                line = builder.gep(p_ptr, [builder.add(o, step)], inbounds=True)
+                flags = [ir.Constant(ir.IntType(32), f) for f in (0, 2, 1)]  # (read, L2, data)
+                builder.call(fetch, [builder.bitcast(line, cgutils.voidptr_t), *flags])
+            b = [builder.load(vptr(p_ptr, builder.add(o, step)), align=esize) for o in offs]
             undef = ir.Constant(vty, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             new = []
             for i in range(mr):
                 x = builder.load(
-                    builder.gep(a_ptr, [builder.add(rows[i], p)], inbounds=True), align=esize
+                    builder.gep(a_ptr, [builder.add(a_row, ir.Constant(i64, i))], inbounds=True),
+                    align=esize,
                 )
                 xv = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
                 xv = builder.shuffle_vector(xv, undef, splat)
-                new.append([builder.call(fma, [xv, b[v], acc[i][v]]) for v in range(nt)])
+                new.append([builder.call(fma, [xv, b[v], acc[i][v]]) for v in range(tv)])
             p_next = builder.add(p, ir.Constant(i64, 1))
             p.add_incoming(p_next, loop)
             for i in range(mr):
-                for v in range(nt):
+                for v in range(tv):
                     acc[i][v].add_incoming(new[i][v], loop)
             builder.cbranch(builder.icmp_signed("<", p_next, k_), loop, done)
             builder.position_at_end(done)
             results = []
             for i in range(mr):
-                for v in range(nt):
+                for v in range(tv):
                     phi = builder.phi(vty)
                     phi.add_incoming(init[i][v], pre)
                     phi.add_incoming(new[i][v], loop)
                     results.append(phi)
             for i in range(mr):
-                for v in range(nt):
+                for v in range(tv):
                     off = builder.add(c_rows[i], ir.Constant(i64, v * lanes))
-                    builder.store(results[i * nt + v], vptr(c_ptr, off), align=esize)
+                    builder.store(results[i * tv + v], vptr(c_ptr, off), align=esize)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -191,40 +205,40 @@ def make_microkernel(mr: int, nv: int, vec_bits: int):
     return kernel
 
 
-_micro = make_microkernel(MR, NV, VEC_BITS)
+_micro = make_microkernel(MR, NV, VEC_BITS, PREFETCH)
+# a row block of at most 4 rows on AVX-512: 4 x 3 over the same packed a (its 8-row stride), not
+# 8 x 3 over 4 padded rows (at 4 rows 1.35x 4 x 4's time, "hloopI"); AVX2's MR is 4
+_micro_half = make_microkernel(4, NV, VEC_BITS, PREFETCH, MR)
 
 
 @njit(cache=True, nogil=True)
-def _tail_rows(a):
-    """The last, partial row block of a (m % MR rows) zero-padded to MR rows (all zeros when
-    m % MR == 0). (scalar loops: slice assignments doubled the cold compile)"""
+def _pack_a(a):
+    """a (m, k) as its row blocks packed k-major, (ceil(m / MR), k, MR): [b, p, i] = a[b * MR + i,
+    p], a last partial block zero-padded -- the microkernel's broadcasts of a k at constant
+    offsets from one pointer (read in place, a's MR rows took as many strided pointers, which
+    the K loop kept on the stack: BENCHMARKS.md "hloopI")."""
     m, k = a.shape
-    full = (m // MR) * MR
-    tile_a = np.zeros((MR, k), a.dtype)
-    for r in range(m - full):
-        for p in range(k):
-            tile_a[r, p] = a[full + r, p]
-    return tile_a
+    ap = np.empty((-(-m // MR), k, MR), a.dtype)
+    pack_rows(a, ap)  # (a's rows as the panels of a weight's transposed view: the same layout)
+    return ap
 
 
 @njit(cache=True, nogil=True)
-def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w, k0, kk):
-    """out[:, col:col + w] = a @ the tile's panel columns at `off` (a panel's offset, or a tuple
-    of vector offsets and the accumulate flag: the microkernel's p_off) over a's columns
+def _tile(ap, m, pf, off, out, of, tile_c, col, w, k0, kk):
+    """out[:, col:col + w] = a @ the tile's panel columns at `off` (the microkernel's p_off: its
+    vectors' offsets, those it prefetches and the accumulate flag) over a's columns
     [k0, k0 + kk) (the K block `off` starts at; with the flag, out += that block's sum), row
-    block by row block; a partial row block (from `tf_a`: _tail_rows) or a tile wider than w
-    through `tile_c` (which then holds out's values first, for a K block after the first). The
-    one call site of the microkernel (each one is inlined: four made the cold compile ~3x
-    slower)."""
-    m, k = a.shape
+    block by row block of `ap` (a's m rows: _pack_a), one of at most 4 rows by the 4-row
+    microkernel where MR is 8; a partial row block or a tile wider than w through `tile_c`
+    (which then holds out's values first, for a K block after the first). The call sites of
+    the microkernels (each one is inlined: four made the cold compile ~3x slower)."""
+    k = ap.shape[1]
+    apf = ap.ravel()
     n = out.shape[1]
     width = tile_c.shape[1]
     tf_c = tile_c.ravel()
     for i in range(0, m, MR):
         rows = min(MR, m - i)
-        src, src_off = af, i * k
-        if rows < MR:
-            src, src_off = tf_a, 0
         tiled = rows < MR or w < width
         dst, dst_off, ld = of, i * n + col, n
         if tiled:
@@ -233,26 +247,14 @@ def _tile(a, af, tf_a, pf, off, out, of, tile_c, col, w, k0, kk):
             for r in range(rows):
                 for c in range(w):
                     tile_c[r, c] = out[i + r, col + c]
-        _micro(src, src_off + k0, k, pf, off, dst, dst_off, ld, kk)
+        if MR > 4 and rows <= 4:
+            _micro_half(apf, i * k + k0 * MR, pf, off, dst, dst_off, ld, kk)
+        else:
+            _micro(apf, i * k + k0 * MR, pf, off, dst, dst_off, ld, kk)
         if tiled:
             for r in range(rows):
                 for c in range(w):
                     out[i + r, col + c] = tile_c[r, c]
-
-
-@njit(cache=True, nogil=True)
-def _panel_tiles(a, packed, out, first, last):
-    """out[:, panels first..last) = a @ (those panels); a, packed, out C-contiguous: a tile is
-    a panel (TV == NV: AVX-512)."""
-    k = a.shape[1]
-    nr = packed.shape[2]
-    n = out.shape[1]
-    af, pf, of = a.ravel(), packed.ravel(), out.ravel()
-    tf_a = _tail_rows(a).ravel()
-    tile_c = np.empty((MR, nr), a.dtype)
-    for j in range(first, last):
-        col = j * nr
-        _tile(a, af, tf_a, pf, j * k * nr, out, of, tile_c, col, min(nr, n - col), 0, k)
 
 
 @njit(cache=True, nogil=True)
@@ -284,20 +286,21 @@ def _k_block(m, k, itemsize):
 
 @njit(cache=True, nogil=True)
 def _vector_tiles(a, packed, out, first, last):
-    """_panel_tiles' product in tiles of TV = 3 vectors (AVX2): the panels' vectors in column
-    order, a tile crossing a panel boundary where it falls (vector v: column block v % NV of
-    panel v // NV). A last tile of fewer vectors repeats its last vector (computed into the
-    padded tile, not stored: w covers this range's columns alone). A large a in K blocks
-    (`_k_block`)."""
+    """out[:, panels first..last) = a @ (those panels) in tiles of TV = 3 vectors: the panels'
+    vectors in column order, a tile crossing a panel boundary where it falls (vector v: column
+    block v % NV of panel v // NV), MR rows of a (packed: `_pack_a`) a microkernel call. A last
+    tile of fewer vectors repeats its last vector (computed into the padded tile, not stored: w
+    covers this range's columns alone). A large a in K blocks (`_k_block`)."""
     k = a.shape[1]
     nr = packed.shape[2]
     lanes = nr // NV
     n = out.shape[1]
-    af, pf, of = a.ravel(), packed.ravel(), out.ravel()
-    tf_a = _tail_rows(a).ravel()
+    pf, of = packed.ravel(), out.ravel()
+    ap = _pack_a(a)
     tile_c = np.empty((MR, TV * lanes), a.dtype)
     last_v = last * NV
     kc = _k_block(a.shape[0], k, a.itemsize)
+    ahead = TV if a.shape[0] > 2 * MR else 0  # (the tile prefetched: PREFETCH)
     for k0 in range(0, max(k, 1), kc):
         kk = min(kc, k - k0)
         step = k0 * nr  # (row k0 of a panel)
@@ -307,14 +310,17 @@ def _vector_tiles(a, packed, out, first, last):
                 _vector_offset(v0, k, nr, lanes) + step,
                 _vector_offset(min(v0 + 1, last_v - 1), k, nr, lanes) + step,
                 _vector_offset(min(v0 + 2, last_v - 1), k, nr, lanes) + step,
+                _vector_offset(min(v0 + ahead, last_v - 1), k, nr, lanes) + step,
+                _vector_offset(min(v0 + ahead + 1, last_v - 1), k, nr, lanes) + step,
+                _vector_offset(min(v0 + ahead + 2, last_v - 1), k, nr, lanes) + step,
                 min(k0, 1),  # (a K block after the first adds to out)
             )
             w = min(min(TV, last_v - v0) * lanes, n - col)
-            _tile(a, af, tf_a, pf, offs, out, of, tile_c, col, w, k0, kk)
+            _tile(ap, a.shape[0], pf, offs, out, of, tile_c, col, w, k0, kk)
 
 
 # out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry
-_panels = _panel_tiles if TV == NV else _vector_tiles
+_panels = _vector_tiles
 
 
 @njit(cache=True, nogil=True)
