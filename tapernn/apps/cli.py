@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .. import interrupt
 from ..errors import TapernnError
 from .command_line import OneLineArgumentParser
 
@@ -126,6 +127,7 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a reader that went away (`tapernn inspect | head -3`) ends it quietly."""
+    interrupt.started()  # from here a Ctrl-C is KeyboardInterrupt, handled in _run
     try:
         code = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
