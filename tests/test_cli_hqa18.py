@@ -1,6 +1,8 @@
-"""hqa18: a Ctrl-C while `python -m tapernn` / the `tapernn` script is still importing the package
-(a second or more on a loaded machine, before cli.main runs) printed Python's traceback of the
-import it hit and exited -2 (killed by SIGINT) on main; now one line and exit code 130."""
+"""hqa18's QA round of the command line. A Ctrl-C while `python -m tapernn` / the `tapernn` script
+is still importing the package (a second or more on a loaded machine, before cli.main runs)
+printed Python's traceback of the import it hit and exited -2 (killed by SIGINT) on main; now
+one line and exit code 130. Sizes no memory holds (`--hidden 999999999`) were a MemoryError
+traceback on main; now one line, exit code 1."""
 
 import pathlib
 import signal
@@ -11,6 +13,7 @@ import pytest
 
 import tapernn
 from tapernn import interrupt
+from tapernn.apps.cli import main
 
 ROOT = pathlib.Path(tapernn.__file__).resolve().parents[1]  # (the tree under test: cwd of -m)
 
@@ -71,3 +74,20 @@ def test_ctrl_c_while_importing_is_one_line_and_130():
     lines = [line for line in err.splitlines() if "import time:" not in line and line.strip()]
     assert proc.returncode == 130, (proc.returncode, lines[-5:])
     assert lines == ["tapernn: interrupted while starting"], lines
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "--hidden", "999999999"],
+        ["graph", "--hidden", "999999999", "-o", "{tmp}/g.svg"],
+        ["bench", "--configs", "99999999,99999,99999", "--budget", "1"],
+    ],
+)
+def test_sizes_no_memory_holds_are_one_line(argv, capsys, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tapernn {argv[0]}: error: out of memory: "), err
+    assert "Unable to allocate" in err[0]
+    assert not list(tmp_path.iterdir())  # (nothing written)
