@@ -40,8 +40,16 @@ def test_repr_and_describe_name_the_mask(make, text):
 
 
 def test_a_decorated_container_prints_its_tree():
-    m = nn.MaskZero(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), 1)
-    assert repr(m) == "nn.MaskZero @ nn.Sequential {\n  (0): nn.Linear(3 -> 4)\n  (1): nn.Tanh\n}"
+    tree = "nn.Sequential {\n  (0): nn.Linear(3 -> 4)\n  (1): nn.Tanh\n}"
+    assert (
+        repr(nn.MaskZero(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), 1)) == f"nn.MaskZero @ {tree}"
+    )
+    assert (
+        repr(nn.TrimZero(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), 1)) == f"nn.TrimZero @ {tree}"
+    )
+    assert nn.TrimZero(nn.GRU(3, 4), 1).describe() == "nn.TrimZero @ nn.GRU(3 -> 4)"
+    step = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    assert repr(nn.Recurrence(step, 4, 1).mask_zero()) == f"nn.Recurrence(mask_zero) @ {tree}"
 
 
 def _labels(model):

@@ -68,10 +68,10 @@ class MaskZero(Module):
         return self._children["0"].is_recurrent
 
     def describe(self) -> str:  # a decorator, as Torch7's: nn.MaskZero @ nn.GRU(3 -> 4)
-        return f"nn.MaskZero @ {self._children['0'].describe()}"
+        return f"nn.{type(self).__name__} @ {self._children['0'].describe()}"
 
     def __repr__(self) -> str:
-        return f"nn.MaskZero @ {self._children['0']!r}"
+        return f"nn.{type(self).__name__} @ {self._children['0']!r}"
 
 
 class MaskZeroCriterion(Criterion):

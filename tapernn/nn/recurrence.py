@@ -128,6 +128,9 @@ class Recurrence(AbstractRecurrent):
     def describe(self) -> str:
         return rows.masked_name(f"nn.Recurrence @ {self.module.describe()}", self._mask_zero)
 
+    def __repr__(self) -> str:  # (its module's tree, as a Sequencer's)
+        return rows.masked_name(f"nn.Recurrence @ {self.module!r}", self._mask_zero)
+
 
 def _map(fn: Any, out: Any) -> Any:
     leaves, tree = flatten(out)
