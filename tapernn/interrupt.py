@@ -15,7 +15,9 @@ INTERRUPTED = 130  # 128 + SIGINT
 
 
 def is_command() -> bool:
-    """Whether this process is the `tapernn` command: its script, or `python -m tapernn[.x]`."""
+    """Whether this process is the `tapernn` command: its script, `python -m tapernn` or
+    `python -m tapernn.apps.cli` (whose main hands Ctrl-C back: `started`; not another module's
+    `__main__`, which would keep this handler)."""
     argv = sys.argv
     if argv and os.path.basename(argv[0]) in ("tapernn", "tapernn.exe"):
         return True
@@ -25,7 +27,7 @@ def is_command() -> bool:
     if not flags:
         return False
     module = flags[0][2:] or _after(sys.orig_argv, flags[0])
-    return module.split(".")[0] == "tapernn"
+    return module in ("tapernn", "tapernn.apps.cli")
 
 
 def _after(items: list, item: str) -> str:

@@ -26,6 +26,7 @@ ROOT = pathlib.Path(tapernn.__file__).resolve().parents[1]  # (the tree under te
         (["-m", "inspect"], ["python", "-m", "tapernn", "inspect"], True),
         (["-m"], ["python", "-X", "importtime", "-mtapernn.apps.cli"], True),
         (["-m", "x"], ["python", "-m", "tapernnx", "x"], False),
+        (["-m"], ["python", "-m", "tapernn.apps.tutorial"], False),
         (["-m"], ["python", "-m", "pytest"], False),
         (["script.py"], ["python", "script.py"], False),
         (["-c"], ["python", "-c", "import tapernn"], False),
