@@ -92,3 +92,32 @@ def test_sizes_no_memory_holds_are_one_line(argv, capsys, tmp_path):
     assert len(err) == 1 and err[0].startswith(f"tapernn {argv[0]}: error: out of memory: "), err
     assert "Unable to allocate" in err[0]
     assert not list(tmp_path.iterdir())  # (nothing written)
+
+
+def test_the_commands_imports_keep_the_one_line_ctrl_c(monkeypatch):
+    """build_parser imports every command's module (~0.1-1 s): a Ctrl-C there is still the
+    one-line exit; the command itself gets KeyboardInterrupt (its own clean message). (On the
+    first version of this branch main() handed Ctrl-C back before build_parser: a traceback.)"""
+    from tapernn.apps import cache_cli, cli
+
+    seen = {}
+    real = cli.build_parser
+
+    def parser():
+        seen["imports"] = signal.getsignal(signal.SIGINT)
+        return real()
+
+    def run(args):
+        seen["command"] = signal.getsignal(signal.SIGINT)
+        return 0
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    monkeypatch.setattr(cache_cli, "run", run)
+    monkeypatch.setattr(sys, "argv", ["tapernn", "cache"])
+    try:
+        interrupt.quiet_while_starting()
+        assert cli.main(["cache"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert seen["imports"] is interrupt._quit
+    assert seen["command"] is signal.default_int_handler

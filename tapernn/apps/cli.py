@@ -128,7 +128,6 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a reader that went away (`tapernn inspect | head -3`) ends it quietly."""
-    interrupt.started()  # from here a Ctrl-C is KeyboardInterrupt, handled in _run
     try:
         code = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
@@ -155,6 +154,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a one-line argument error already printed
         return e.code if isinstance(e.code, int) else 2
+    interrupt.started()  # (until here, the commands' imports too: interrupt's one line)
     try:
         return int(args.run(args) or 0)
     except TapernnError as e:
