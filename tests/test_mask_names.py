@@ -88,3 +88,21 @@ def _labels(model):
 )
 def test_diagram_boxes_name_the_mask(make, names):
     assert _labels(make()) == names
+
+
+def test_op_level_scope_clusters_are_named_by_their_module():
+    """On main they were labelled by path only ("0.0"), the mask nowhere."""
+    model = nn.Sequencer(nn.Sequential(nn.FastLSTM(3, 4).mask_zero(), nn.MaskZero(nn.GRU(4, 4), 1)))
+    x = np.random.default_rng(0).standard_normal((2, 2, 3))
+    x[0, 1] = 0
+    y = model.forward(x)
+    model.backward(x, np.ones_like(y))
+    src = tn.to_dot(model, level="op", cluster_by="scope").source
+    labels = set(re.findall(r'label="([^"\n]*\(0[.\w]*\))"', src))
+    assert {
+        "Sequential  (0)",
+        "FastLSTM(3 -> 4, mask_zero)  (0.0)",
+        "Linear(3 -> 16)  (0.0.i2g)",
+        "MaskZero @ GRU(4 -> 4)  (0.1)",
+        "GRU(4 -> 4)  (0.1.0)",
+    } <= labels, labels
