@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from . import interrupt
+
+interrupt.quiet_while_starting()  # (the command: a Ctrl-C while importing is one line, exit 130)
+
 from . import errors, functional, graph, tracing
 from .autodiff import grad
 from .backends import get_backend, set_backend

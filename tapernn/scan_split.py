@@ -36,6 +36,8 @@ from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
+# a call whose xs lie in the slab across both halves' rows (SplitRunner._apart) runs unsplit
+UNSPLIT = " (calls whose xs rows in the slab cross the halves' rows run unsplit)"
 STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
 MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
 
@@ -352,6 +354,9 @@ class SplitRunner:
         n_ys = len(attrs["body"].outputs) - nc
         ys, inits = views[:n_ys], views[n_ys:]
         if usable and xs and not self._apart(slab, xs, ys):
+            report = self.report  # (the line says "batch split": say which calls were not)
+            if report is not None and UNSPLIT not in report.kernel:
+                report.kernel += UNSPLIT
             return self.full(*args, out=out)
         for i, (_, k) in zip(inits, attrs.get("shifted", ())):
             i[...] = cs[k]

@@ -55,11 +55,11 @@ def _module(label):
         ),
         (
             lambda: nn.Sequencer(nn.Sequential(nn.FastLSTM(3, 4).mask_zero(), nn.Linear(4, 2))),
-            {"FastLSTM", "Linear"},
+            {"FastLSTM (mask_zero)", "Linear"},
         ),
         (
             lambda: nn.BiSequencer(nn.FastLSTM(3, 4).mask_zero(), nn.FastLSTM(3, 4).mask_zero()),
-            {"FastLSTM (fwd)", "FastLSTM (bwd)", "JoinTable(-1)"},
+            {"FastLSTM (fwd, mask_zero)", "FastLSTM (bwd, mask_zero)", "JoinTable(-1)"},
         ),
     ],
 )

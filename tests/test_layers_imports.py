@@ -18,6 +18,7 @@ LAYERS = [
     (
         "base",
         [
+            "tapernn.interrupt",
             "tapernn.errors",
             "tapernn.ops",
             "tapernn.ops.registry",

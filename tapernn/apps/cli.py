@@ -1,5 +1,6 @@
 """The `tapernn` command (also `python -m tapernn`): demo, train, graph, inspect, bench, cache.
-Errors in arguments or files print one line and exit with code 2; a closed pipe exits quietly."""
+Errors in arguments or files print one line and exit with code 2 (sizes too large for memory:
+one line, code 1); a closed pipe exits quietly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .. import interrupt
 from ..errors import TapernnError
 from .command_line import OneLineArgumentParser
 
@@ -152,6 +154,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a one-line argument error already printed
         return e.code if isinstance(e.code, int) else 2
+    interrupt.started()  # (until here, the commands' imports too: interrupt's one line)
     try:
         return int(args.run(args) or 0)
     except TapernnError as e:
@@ -160,6 +163,15 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"\ntapernn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:  # (sizes no machine holds, e.g. --batch 99999999999: NumPy's
+        # _ArrayMemoryError says how much for what shape)
+        what = str(e) or "an array"
+        print(
+            f"tapernn {args.command}: error: out of memory: {what} (the sizes given need more "
+            f"memory than this machine has)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ ellipses x_t / y_t, recurrent state edges between a module's boxes at t and t+1.
 
 from __future__ import annotations
 
+import re
+
 import graphviz
 
 from ..graph import Node
@@ -18,7 +20,8 @@ Box = tuple  # ("module", scope, step, phase) or ("value", tape position)
 
 def module_name(d: Drawing, scope: str) -> str:
     """Class name for a scope from `graph.meta["scopes"]` ("nn.LSTM(3 -> 4)" -> "LSTM"); modules
-    of one class that appear several times (stacked LSTMs) are told apart: "LSTM layer 1"."""
+    of one class that appear several times (stacked LSTMs) are told apart: "LSTM layer 1"; a
+    module masking zero rows says so: "FastLSTM (mask_zero)" (nn/row_select.masked_name)."""
     scopes = d.graph.meta.scopes
     if not scopes.get(scope):
         return scope or "inputs"
@@ -28,13 +31,17 @@ def module_name(d: Drawing, scope: str) -> str:
         s for s, described in scopes.items() if _class_name(described) == name and s not in drawn
     ]
     inner = [s for s in scopes if s.startswith(scope + ".") and "." not in s[len(scope) + 1 :]]
-    if scope in d.graph.meta.units and len(inner) == 1 and "(" not in str(scopes[scope]):
+    head = str(scopes[scope]).split(" @ ")[0]  # (a decorator describes its module after " @ ")
+    if scope in d.graph.meta.units and len(inner) == 1 and "(" not in head:
         name = f"{name} @ {_class_name(scopes[inner[0]])}"  # a decorator: MaskZero @ GRU
+    masked = re.search(r"[(,] ?mask_zero\)", head) is not None
     if len(same) > 1 and scope in same:
         last = scope.rsplit(".", 1)[-1]  # a named child (BiSequencer's fwd / bwd) by its name
-        return f"{name} layer {same.index(scope)}" if last.isdigit() else f"{name} ({last})"
-    if " @ " in name:
-        return name
+        if last.isdigit():
+            return f"{name} layer {same.index(scope)}" + (" (mask_zero)" if masked else "")
+        return f"{name} ({last}{', mask_zero' if masked else ''})"
+    if " @ " in name or masked:
+        return name + (" (mask_zero)" if masked else "")
     described = str(scopes[scope]).removeprefix("nn.")
     # arguments that change what a module does stay: SelectTable(-1), Dropout(0.5)
     return (

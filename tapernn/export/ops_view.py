@@ -58,7 +58,11 @@ def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> 
     else:
         from .scopes import place_by_scope
 
-        place_by_scope(dot, d.nodes, lambda n: n.scope, lambda g, n: g.node(d.ids[n], **attrs[n]))
+        # (each module's cluster named by its description: "FastLSTM(3 -> 4, mask_zero)  (0.0)")
+        names = {s: str(text).replace("nn.", "") for s, text in d.graph.meta.scopes.items() if text}
+        place_by_scope(
+            dot, d.nodes, lambda n: n.scope, lambda g, n: g.node(d.ids[n], **attrs[n]), names
+        )
     for u, v, edge_attrs in edges:
         dot.edge(u, v, **edge_attrs)
     return dot

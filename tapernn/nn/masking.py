@@ -67,6 +67,12 @@ class MaskZero(Module):
     def is_recurrent(self) -> bool:
         return self._children["0"].is_recurrent
 
+    def describe(self) -> str:  # a decorator, as Torch7's: nn.MaskZero @ nn.GRU(3 -> 4)
+        return f"nn.{type(self).__name__} @ {self._children['0'].describe()}"
+
+    def __repr__(self) -> str:
+        return f"nn.{type(self).__name__} @ {self._children['0']!r}"
+
 
 class MaskZeroCriterion(Criterion):
     """Applies `criterion` only to rows whose input row is not all zeros: the masked rows add

@@ -126,7 +126,10 @@ class Recurrence(AbstractRecurrent):
         return f"({self.output_size!r}, {self.n_input_dim})"
 
     def describe(self) -> str:
-        return f"nn.Recurrence @ {self.module.describe()}"
+        return rows.masked_name(f"nn.Recurrence @ {self.module.describe()}", self._mask_zero)
+
+    def __repr__(self) -> str:  # (its module's tree, as a Sequencer's)
+        return rows.masked_name(f"nn.Recurrence @ {self.module!r}", self._mask_zero)
 
 
 def _map(fn: Any, out: Any) -> Any:

@@ -243,9 +243,12 @@ class AbstractRecurrent(Module):
 
     def mask_zero(self) -> AbstractRecurrent:
         """Rows whose step input is all zeros output zeros and reset that row's state (so pad
-        variable-length batches on the left).  Torch7: rnn:maskZero()."""
+        variable-length batches on the left); its description says so.  Torch7: :maskZero()."""
         self._mask_zero = True
         return self
+
+    def describe(self) -> str:
+        return rows.masked_name(super().describe(), self._mask_zero)
 
     def max_bptt_step(self, rho: int | None) -> AbstractRecurrent:
         """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded).
@@ -263,18 +266,16 @@ class AbstractRecurrent(Module):
 
     def _state_leaves(self, state: Any, what: str) -> list:
         """The leaves of a user-given state tuple, checked against `state_names`."""
-        if isinstance(state, np.ndarray):
-            state = (state,)
+        state = (state,) if isinstance(state, np.ndarray) else state
         if not isinstance(state, (tuple, list)):
             raise check.ArgumentTypeError(
                 f"{self.describe()}: expected a tuple of {len(self.state_names)} {what} "
                 f"{self.state_names}, got {check.got(state)}"
             )
         if len(state) != len(self.state_names):
-            got = len(state)
             raise ShapeError(
                 f"{self.describe()}: expected {len(self.state_names)} {what} "
-                f"{self.state_names}, got {got}"
+                f"{self.state_names}, got {len(state)}"
             )
         leaves, tree = flatten(list(state))
         if self._leaf_tree is None and self.table_states and tree != self._state_tree():
@@ -495,6 +496,5 @@ class Cell(AbstractRecurrent):
 
 def _rows(v: Var, mask: Var) -> Var:
     """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis."""
-    if v.ndim == mask.ndim:
-        return v * mask
-    return v * F.reshape(mask, (mask.shape[0],) + (1,) * (v.ndim - 1))
+    shape = (mask.shape[0],) + (1,) * (v.ndim - 1)
+    return v * (mask if v.ndim == mask.ndim else F.reshape(mask, shape))

@@ -47,3 +47,14 @@ def clear_floats(v: Any, pad: Var) -> Any:
     """clear() for a float value; ids and flags pass unchanged (an embedding's gradient is
     selected at its output; ids are no per-step residuals of a loop's backward)."""
     return clear(v, pad) if getattr(getattr(v, "dtype", None), "kind", "") == "f" else v
+
+
+def masked_name(described: str, masked: bool) -> str:
+    """A module's one-line description saying it masks zero rows, as SeqLSTM's flags:
+    "nn.FastLSTM(3 -> 4)" -> "nn.FastLSTM(3 -> 4, mask_zero)", "nn.Recurrence @ .." ->
+    "nn.Recurrence(mask_zero) @ ..". (Diagrams read it back: export/modules_view.py.)"""
+    if not masked:
+        return described
+    head, at, inner = described.partition(" @ ")
+    head = f"{head[:-1]}, mask_zero)" if head.endswith(")") else f"{head}(mask_zero)"
+    return head + at + inner

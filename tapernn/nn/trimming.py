@@ -97,9 +97,6 @@ class TrimZero(MaskZero):
     def extra_repr(self) -> str:
         return f"({self.n_input_dim})"
 
-    def describe(self) -> str:
-        return f"nn.TrimZero @ {self.module.describe()}"
-
 
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     """`values` (one per kept row) placed at `rows` of an (n, ...) array of zeros."""
