@@ -51,8 +51,7 @@ class Module:
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
     call_inputs: tuple[str, ...] = ()  # plain fields bound at call time, not traced (config_key)
-    # graph inputs' names of a call's two arguments (graphs, diagrams, generated code): a
-    # criterion's (input, target); a Sequencer's second is its lengths= mask
+    # graph inputs' names of a call's two arguments: a criterion's; a Sequencer's lengths= mask
     arg_names: tuple[str, str] = ("input", "target")
     _drawn_whole = False  # module-level diagrams: one box per step, what it holds inside it
 
