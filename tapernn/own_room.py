@@ -51,13 +51,14 @@ MR = 8  # (a multiple of packed_kernels.MR, 8 / 4: the caller's half ends at a w
 # 4 x 3 kernel ran a (800, 512, 2048) f32 half 1.03x OpenBLAS's 1-thread time before its panels
 # are even packed (f64 1.01x; BENCHMARKS.md "havx2")
 KINDS = {"avx512"}
-# ... and on the CPUs of these vendors (/proc/cpuinfo's vendor_id): AMD's Zen 4 runs a 512-bit
-# FMA as two 256-bit halves, where OpenBLAS's AVX-512 (SkylakeX) kernels ran the projection's
-# half at ~93 GF/s a thread and the packed kernel at 100-107 ("hgemm3"). An Intel Xeon's two
-# full 512-bit FMA units run OpenBLAS's kernels at 144-158 GF/s, the packed kernel at 106-109:
-# there the packed projection took 13 % more CPU in the step (BENCHMARKS.md "hrestI").
-# PAYS[0]: None = read from the CPU at the first call; tests force True (conftest.packed_forced)
-VENDORS = {"AuthenticAMD"}
+# ... and on these CPUs ((vendor_id, cpu family) of /proc/cpuinfo): AMD's family 25 (Zen 3 / Zen
+# 4; with KINDS' AVX-512: Zen 4) runs a 512-bit FMA as two 256-bit halves, where OpenBLAS's
+# AVX-512 (SkylakeX) kernels ran the projection's half at ~93 GF/s a thread and the packed kernel
+# at 100-107 ("hgemm3"). An Intel Xeon's two full 512-bit FMA units run OpenBLAS's kernels at
+# 144-158 GF/s, the packed kernel at 106-109: there the packed projection took 13 % more CPU in
+# the step (BENCHMARKS.md "hrestI"). Zen 5 (family 26) has full 512-bit units too: not measured,
+# OpenBLAS's halves. PAYS[0]: None = read at the first call; tests force True (conftest)
+VENDORS = {("AuthenticAMD", 25)}
 PAYS: list[bool | None] = [None]
 RAN = [0]  # GEMMs run packed with panels in a slab so far (tests: the path ran)
 POISON = [False]  # (tests) fill the slab outside O with NaN first: nothing may read it later
@@ -167,20 +168,28 @@ def panels_in(room: np.ndarray, out: np.ndarray, need: int) -> np.ndarray | None
 
 
 def pays() -> bool:
-    """Whether this CPU's vendor is one of VENDORS (read once into PAYS[0])."""
+    """Whether this CPU is one of VENDORS (read once into PAYS[0])."""
     if PAYS[0] is None:
         PAYS[0] = vendor() in VENDORS
     return PAYS[0]
 
 
-def vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's vendor_id in `cpuinfo` ("" when unknown: OpenBLAS's halves run)."""
+def vendor(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, int]:
+    """(vendor_id, cpu family) of the first CPU in `cpuinfo` (("", 0) when unknown: OpenBLAS's
+    halves run)."""
+    fields = {"vendor_id": "", "cpu family": ""}
     try:
         with open(cpuinfo) as f:
-            line = next((line for line in f if line.startswith("vendor_id")), "")
+            for line in f:
+                if not line.strip():
+                    break  # (the first CPU's block ends)
+                name, _, value = line.partition(":")
+                if name.strip() in fields:
+                    fields[name.strip()] = value.strip()
     except OSError:
-        return ""
-    return line.partition(":")[2].strip()
+        return "", 0
+    family = fields["cpu family"]
+    return fields["vendor_id"], int(family) if family.isdigit() else 0
 
 
 class RoomGemm:

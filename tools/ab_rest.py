@@ -1,8 +1,8 @@
 """A/B of branch hrestI's changes around the step GEMMs (issue 19) in one process, interleaved
 with rests, round-robin (tools/ab_common.interleaved): the same
 FastLSTM training step (numba, owned) as before the branch ("old": own_room's packed projection
-on any vendor, packed_kernels.pack_rows one whole row of the weight into a panel column at a
-time) and with it ("new": the projection on OpenBLAS's halves unless the vendor is in
+on any CPU, packed_kernels.pack_rows one whole row of the weight into a panel column at a
+time) and with it ("new": the projection on OpenBLAS's halves unless the CPU is in
 own_room.VENDORS, pack_rows in blocks of 16 rows); "pack": only pack_rows' blocks; next to torch
 nn.LSTM f32 (--no-torch: without). Each arm its own model (same seed), whose projection site
 takes its path at its first call; "old" and "new" differ in the projection's summation order
