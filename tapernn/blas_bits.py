@@ -9,7 +9,11 @@ layout is pinned; whether the BLAS then gives the same bits does:
   and the rest) give the bits of the whole GEMM's rows;
 - `columns`: likewise for its two column halves.
 
-On the Zen 4 AVX-512 VM (OpenBLAS SkylakeX kernels) every 1-vs-2-thread GEMM measured agreed;
+On the Zen 4 AVX-512 VM (OpenBLAS SkylakeX kernels) every 1-vs-2-thread GEMM measured agreed,
+and on an Intel Xeon with AVX-512 (SkylakeX kernels too, BENCHMARKS.md "hisa") at 21 shapes in
+both dtypes, where row halves kept the bits unless a half was one row (GEMV) or a GEMM small
+enough for OpenBLAS's small-matrix kernels ((5, 130, 130); float32 (16, 130, 520); 2- and 3-row
+halves of 512^3);
 on a Zen 3 AVX2 VM (OpenBLAS 0.3.31, Haswell kernels) none of the three holds in float32 (the
 SGEMM kernel's blocks of 8 rows by 4 or 6 columns sum odd and even k apart, its other blocks in
 one chain, so an element's bits depend on the block it lands in) and in float64 a row computed

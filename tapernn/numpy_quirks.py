@@ -1,6 +1,6 @@
 """NumPy defects the code generator works around, found by a probe at import (no version list).
 
-NEGATIVE_OUT_BROKEN: NumPy 2.4.6 on AVX-512 (x86-64-v4, seen on AMD Zen 4) computes
+NEGATIVE_OUT_BROKEN: NumPy 2.4.6 on AVX-512 (x86-64-v4: AMD Zen 4, an Intel Xeon, hisa) computes
 `np.negative(x, out=y)` wrong when x and y are strided with the same step of 8 float64 or 4
 float32 elements: it reads x as if contiguous (`a = np.arange(16.)[::8]; np.negative(a, out=a)`
 gives [-0, -1], not [-0, -8]). A fresh result (no out=) is right, and so are all other unary

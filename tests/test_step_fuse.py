@@ -115,7 +115,7 @@ def test_fastlstm_forward_writes_its_gates_into_the_row_in_one_pass(rng, monkeyp
     assert fwd.passes == 1 and bwd.passes == 1
     one = fwd.source[fwd.source.index("def _pass0(") : fwd.source.index("def _pass0s(")]
     assert one.count("for i1 in range(_w):") == 10  # add x4, sigmoid x3, tanh, c, h
-    assert "_pass0(256, " in fwd.concrete  # (the pass's width: an argument)
+    assert "_pass0, _pass0s, (256, " in fwd.concrete  # (the pass's width: an argument)
     for loop in (fwd, bwd):  # (copies into slices: numba_put.put, test_numba_put)
         lines = [line.strip() for line in loop.source.splitlines()]
         assert step_selects.puts(lines) == lines

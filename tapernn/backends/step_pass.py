@@ -16,10 +16,12 @@ time for the memory the translator cannot see (`checks`: a carry, xs or invarian
 reads against the ys rows it writes: step_fuse.overlaps, whole rows). The step kernel keeps the
 pass's twin (`_pass<k>s`: the same scalar lines over rows of any stride) as a branch for
 operands whose rows are not contiguous: no kernel call left in the step loop's module to type
-and link again. A pass's column width is its argument `_w` (no size in the text)."""
+and link again; the branch and the twin are compiled only where a root's numba type is not a C
+array (numba_twin.either: the built-in cells' forward loops never need them). A pass's column width is its argument `_w` (no size in the text)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -40,10 +42,18 @@ ONE_bool, ZERO_bool = True, False
 """
 
 
+# a pass or its strided twin, the twin compiled only where the roots' types need it (its text's
+# digest in the step loops' text: numba_twin.py's docstring)
+EITHER = (
+    "from tapernn.backends.numba_twin import either as _either  # "
+    + hashlib.sha1((Path(__file__).parent / "numba_twin.py").read_bytes()).hexdigest()[:20]
+)
+
+
 def _header() -> str:
     from .vecmath import HEADER as vm
 
-    return HEADER + vm
+    return HEADER + EITHER + "\n" + vm
 
 
 def scalar(disp: Any) -> tuple | None:
@@ -322,8 +332,11 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     made = [  # (a two-operand ufunc's new array, as np.multiply(a, b) makes it)
         f"{o[0]} = np.empty(({o[6]}.shape[0], {o[4][2]}), {o[6]}.dtype)" for o in ops if o[6]
     ]
-    call = f"({width}, {', '.join(exprs)})"
-    lines = [*made, f"if {cond}:", f"    _pass{r}{call}", "else:", f"    _pass{r}s{call}"]
+    # (the twin only where numba's types of the roots leave non-contiguous rows possible)
+    call = (
+        f"({''.join(x + ', ' for x in roots)}), _pass{r}, _pass{r}s, ({width}, {', '.join(exprs)})"
+    )
+    lines = [*made, f"_either({cond}, {call})"]
     for j in run:
         n = notes[j]
         lines.append(body[j] if n[0] == "index" else f"{n[0]} = {n[1]}" if n[0] else "pass")
