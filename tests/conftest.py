@@ -33,6 +33,7 @@ SLOW_FIRST = (
     "test_dz_in_gates.py",
     "test_xs_in_slab.py",
     "test_lend_rows.py",  # (its peaks run in fresh interpreters: CPU the profile misses)
+    "test_masked_lengths.py",  # (cold: 128 s of CPU, BENCHMARKS.md "hisa")
     "test_packed_honest.py",
     "test_tap_matrix.py",
     "test_small_loop_peak.py",
@@ -43,6 +44,9 @@ SLOW_FIRST = (
     "test_hunt_hqa8.py",
     "test_tap_room.py",
     "test_cell_fuzz.py",
+    "test_mask_zero_step_loops.py",
+    "test_step_interleave.py",
+    "test_cell_fuzz_mask.py",
     "test_dz_in_gates_lengths.py",
     "test_hunt_hqa10.py",
     "test_norm_stabilizer_lengths.py",
