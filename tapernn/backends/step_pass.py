@@ -17,7 +17,8 @@ reads against the ys rows it writes: step_fuse.overlaps, whole rows). The step k
 pass's twin (`_pass<k>s`: the same scalar lines over rows of any stride) as a branch for
 operands whose rows are not contiguous: no kernel call left in the step loop's module to type
 and link again; the branch and the twin are compiled only where a root's numba type is not a C
-array (numba_twin.either: the built-in cells' forward loops never need them). A pass's column width is its argument `_w` (no size in the text)."""
+array (numba_twin.either: the built-in cells' forward loops never need them). A pass's column
+width is its argument `_w` (no size in the text)."""
 
 from __future__ import annotations
 
