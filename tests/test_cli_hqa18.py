@@ -18,6 +18,21 @@ from tapernn.apps.cli import main
 ROOT = pathlib.Path(tapernn.__file__).resolve().parents[1]  # (the tree under test: cwd of -m)
 
 
+@pytest.fixture
+def pythons_ctrl_c():
+    """Python's own SIGINT handler for the test, whatever this process inherited (a run started
+    in the background, `nohup` or CI, has SIGINT ignored: then nothing is installed, as meant),
+    the inherited one back after."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (the child's Python installs its own handler)
+
+
 @pytest.mark.parametrize(
     "argv, orig, command",
     [
@@ -39,6 +54,7 @@ def test_is_command(monkeypatch, argv, orig, command):
     assert interrupt.is_command() is command
 
 
+@pytest.mark.usefixtures("pythons_ctrl_c")
 def test_a_program_keeps_pythons_ctrl_c(monkeypatch):
     """Only the command's process changes the handler; main() puts Python's back."""
     monkeypatch.setattr(sys, "argv", ["script.py"])
@@ -50,6 +66,9 @@ def test_a_program_keeps_pythons_ctrl_c(monkeypatch):
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         interrupt.started()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # (an ignored Ctrl-C stays ignored)
+        interrupt.quiet_while_starting()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -63,6 +82,7 @@ def test_ctrl_c_while_importing_is_one_line_and_130():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,  # noqa: PLW1509 -- one signal() call before exec
     )
     seen = []
     for line in proc.stderr:
@@ -94,6 +114,7 @@ def test_sizes_no_memory_holds_are_one_line(argv, capsys, tmp_path):
     assert not list(tmp_path.iterdir())  # (nothing written)
 
 
+@pytest.mark.usefixtures("pythons_ctrl_c")
 def test_the_commands_imports_keep_the_one_line_ctrl_c(monkeypatch):
     """build_parser imports every command's module (~0.1-1 s): a Ctrl-C there is still the
     one-line exit; the command itself gets KeyboardInterrupt (its own clean message). (On the
