@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn.backends import numba_available, numba_backend
+from tapernn.backends import kernel_cache, numba_available, numba_backend
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 
@@ -30,11 +30,24 @@ def x(tmp_path, monkeypatch):
     return np.linspace(-3, 3, 24).reshape(4, 6)
 
 
-def test_a_truncated_numba_cache_file_recompiles_the_kernel(x, monkeypatch):
+@pytest.mark.parametrize("numba_cache_dir", [False, True])
+def test_a_truncated_numba_cache_file_recompiles_the_kernel(
+    x, monkeypatch, tmp_path, numba_cache_dir
+):
+    """Also with $NUMBA_CACHE_DIR set, where numba keeps the files elsewhere (before: the kernel
+    stayed on NumPy, "numba failed: UnpicklingError", its bad file never dropped)."""
+    import numba.core.config
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", "")
+    if numba_cache_dir:  # (numba reads its config at import: both, as a process started so)
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+        monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(tmp_path / "numba"))
     want = x * x - x * 0.5
     got, handle = _fresh_run(monkeypatch, x)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    data = list((numba_backend.cache_dir() / "__pycache__").glob("*.nbc"))
+    folders = kernel_cache.numba_folders(numba_backend.cache_dir())  # (+ $NUMBA_CACHE_DIR's)
+    data = [path for folder in folders for path in folder.glob("*.nbc")]
     assert data and not handle.error
     for path in data:
         path.write_bytes(path.read_bytes()[:100])

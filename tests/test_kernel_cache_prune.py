@@ -237,6 +237,34 @@ def test_kernels_load_while_another_process_clears_the_cache(tmp_path, monkeypat
     assert int(out.split()[1]) >= 3 and removed >= 3, (out, removed, clears)
 
 
+def test_numba_files_under_numba_cache_dir_belong_to_their_modules(tmp_path, monkeypatch):
+    """With $NUMBA_CACHE_DIR set numba keeps a module's index and data there, in a folder named
+    for the kernels' folder (its own locator, the oracle): cache_info counts them with the
+    module, clear_cache removes them (before: left there, and two kernel-cache tests failed)."""
+    kernels, user = tmp_path / "kernels", tmp_path / "numba"
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert kernel_cache.numba_folders(kernels) == (kernels / "__pycache__",)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(user))
+    mine, theirs = kernel_cache.numba_folders(kernels)
+    assert mine == kernels / "__pycache__" and theirs.parent == user
+    if numba_available():
+        from numba.core.caching import UserProvidedCacheLocator
+
+        assert theirs.name == UserProvidedCacheLocator.get_suitable_cache_subpath(
+            str(kernels / f"{_name(7)}.py")
+        )
+    theirs.mkdir(parents=True)
+    made = _module(kernels, _name(7), 100, time.time() - DAY)
+    for path in made[1:]:
+        path.rename(theirs / path.name)
+    (theirs / "other.nbi").write_bytes(b"z")  # (not a kernel's: left)
+    info = cache_info(kernels)
+    assert (info.modules, info.bytes) == (1, 300)
+    assert clear_cache(kernels).modules == 1
+    assert sorted(p.name for p in theirs.iterdir()) == ["other.nbi"]
+    assert not (kernels / f"{_name(7)}.py").exists()
+
+
 def test_modules_in_use_are_left(tmp_path):
     made = _fill(tmp_path)
     kernel_cache._mark_used(made[_name(0)][0])  # a process loads it now
@@ -265,7 +293,8 @@ def test_a_kernel_removed_between_its_check_and_its_import_compiles_again(tmp_pa
 
     def prune_now(module_name, path, *args, **kwargs):
         if module_name == name and not pruned:
-            for old in [*tmp_path.glob(f"{name}.*"), *tmp_path.glob(f"__pycache__/{name}.*")]:
+            folders = (tmp_path, *kernel_cache.numba_folders(tmp_path))  # (+ $NUMBA_CACHE_DIR's)
+            for old in [path for folder in folders for path in folder.glob(f"{name}.*")]:
                 os.utime(old, (time.time() - 3600,) * 2)  # (last used an hour ago)
             pruned.append(clear_cache(tmp_path).modules)
         return real(module_name, path, *args, **kwargs)

@@ -3,7 +3,8 @@ what it holds (`cache_info`), emptying it (`clear_cache`), bounding it (`prune_c
 one place its modules are written and imported (`import_written`). Nothing here imports numba.
 
 Layout: `<root>/<name>.py` (a kernel's text, named by its digest: tapernn_k*, tapernn_packed_*,
-tapernn_vm_*) with numba's index (.nbi) and data (.nbc) files in `<root>/__pycache__`; kernels
+tapernn_vm_*) with numba's index (.nbi) and data (.nbc) files in `<root>/__pycache__` (with
+$NUMBA_CACHE_DIR set: in numba's folder for `<root>` there, `numba_folders`); kernels
 compiled below numba's -O3 the same under `<root>/opt<level>` (numba_opt.py). A *module* here is
 one name: its .py and every numba file of that name. None is needed: a module that is missing is
 written and compiled again.
@@ -28,6 +29,7 @@ a scan at import would run in every process; `tapernn cache --prune SIZE` is one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import re
@@ -126,7 +128,7 @@ def _scan(root: Path) -> list[_Module]:
     """Every module of the cache, with its files and last use."""
     modules: dict[tuple[str, str], _Module] = {}
     for level, directory in _levels(root):
-        for folder in (directory, directory / "__pycache__"):
+        for folder in (directory, *numba_folders(directory)):
             try:
                 entries = list(os.scandir(folder))
             except FileNotFoundError:
@@ -155,6 +157,20 @@ def cache_info(path: str | os.PathLike | None = None) -> CacheInfo:
         levels.append(CacheLevel(name, directory, len(mine), sum(m.size for m in mine)))
     uses = [m.used for m in found]
     return CacheInfo(root, tuple(levels), min(uses, default=None), max(uses, default=None))
+
+
+def numba_folders(directory: Path) -> tuple[Path, ...]:
+    """Where numba keeps the index and data files of the modules in `directory`: its
+    `__pycache__`, and with $NUMBA_CACHE_DIR set the folder numba names there for `directory`
+    (numba.core.caching's UserProvidedCacheLocator: "<folder name>_<sha1 of its absolute
+    path>"), which numba then uses instead."""
+    folders = (directory / "__pycache__",)
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    if user:
+        path = os.path.abspath(directory)
+        digest = hashlib.sha1(path.encode()).hexdigest()
+        folders += (Path(user) / f"{os.path.basename(path)}_{digest}",)
+    return folders
 
 
 def _order(item: tuple[Path, int, float]) -> int:

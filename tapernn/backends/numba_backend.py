@@ -20,7 +20,7 @@ import numpy as np
 
 from . import vecmath
 from .background import failure
-from .kernel_cache import cache_root, import_written
+from .kernel_cache import cache_root, import_written, numba_folders
 
 # bump when the generated source changes meaning (part of every kernel's file name)
 SOURCE_VERSION = 6
@@ -301,9 +301,10 @@ def _drop_numba_cache(source: str) -> bool:
     any. A truncated or corrupt one makes numba's load fail, and the kernel then compiles anew
     (numba writes the new ones whole: temporary file and rename)."""
     dropped = False
-    for path in (cache_dir() / "__pycache__").glob(f"{_module_name(source)}.*.nb[ic]"):
-        path.unlink(missing_ok=True)
-        dropped = True
+    for folder in numba_folders(cache_dir()):  # (__pycache__, or $NUMBA_CACHE_DIR's folder)
+        for path in folder.glob(f"{_module_name(source)}.*.nb[ic]"):
+            path.unlink(missing_ok=True)
+            dropped = True
     return dropped
 
 
