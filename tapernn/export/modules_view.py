@@ -4,11 +4,10 @@ ellipses x_t / y_t, recurrent state edges between a module's boxes at t and t+1.
 
 from __future__ import annotations
 
-import re
-
 import graphviz
 
 from ..graph import Node
+from ..nn.row_select import says_masked
 from .buses import route_buses
 from .ops_view import constraining, new_digraph, order_steps
 from .scopes import place_by_scope
@@ -34,14 +33,15 @@ def module_name(d: Drawing, scope: str) -> str:
     head = str(scopes[scope]).split(" @ ")[0]  # (a decorator describes its module after " @ ")
     if scope in d.graph.meta.units and len(inner) == 1 and "(" not in head:
         name = f"{name} @ {_class_name(scopes[inner[0]])}"  # a decorator: MaskZero @ GRU
-    masked = re.search(r"[(,] ?mask_zero\)", head) is not None
+    masked = says_masked(head)
+    tag = " (mask_zero)" if masked else ""
     if len(same) > 1 and scope in same:
         last = scope.rsplit(".", 1)[-1]  # a named child (BiSequencer's fwd / bwd) by its name
         if last.isdigit():
-            return f"{name} layer {same.index(scope)}" + (" (mask_zero)" if masked else "")
+            return f"{name} layer {same.index(scope)}{tag}"
         return f"{name} ({last}{', mask_zero' if masked else ''})"
     if " @ " in name or masked:
-        return name + (" (mask_zero)" if masked else "")
+        return name + tag
     described = str(scopes[scope]).removeprefix("nn.")
     # arguments that change what a module does stay: SelectTable(-1), Dropout(0.5)
     return (

@@ -52,9 +52,15 @@ def clear_floats(v: Any, pad: Var) -> Any:
 def masked_name(described: str, masked: bool) -> str:
     """A module's one-line description saying it masks zero rows, as SeqLSTM's flags:
     "nn.FastLSTM(3 -> 4)" -> "nn.FastLSTM(3 -> 4, mask_zero)", "nn.Recurrence @ .." ->
-    "nn.Recurrence(mask_zero) @ ..". (Diagrams read it back: export/modules_view.py.)"""
+    "nn.Recurrence(mask_zero) @ ..". (Diagrams read it back: `says_masked`.)"""
     if not masked:
         return described
     head, at, inner = described.partition(" @ ")
     head = f"{head[:-1]}, mask_zero)" if head.endswith(")") else f"{head}(mask_zero)"
     return head + at + inner
+
+
+def says_masked(described: str) -> bool:
+    """Whether a module's description (its part before " @ ") was marked by masked_name."""
+    head = described.split(" @ ")[0]
+    return head.endswith((", mask_zero)", "(mask_zero)"))
