@@ -177,19 +177,12 @@ def pays() -> bool:
 def vendor(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, int]:
     """(vendor_id, cpu family) of the first CPU in `cpuinfo` (("", 0) when unknown: OpenBLAS's
     halves run)."""
-    fields = {"vendor_id": "", "cpu family": ""}
     try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if not line.strip():
-                    break  # (the first CPU's block ends)
-                name, _, value = line.partition(":")
-                if name.strip() in fields:
-                    fields[name.strip()] = value.strip()
+        fields = packed.first_cpu(cpuinfo)
     except OSError:
         return "", 0
-    family = fields["cpu family"]
-    return fields["vendor_id"], int(family) if family.isdigit() else 0
+    family = fields.get("cpu family", "")
+    return fields.get("vendor_id", ""), int(family) if family.isdigit() else 0
 
 
 class RoomGemm:

@@ -73,12 +73,24 @@ def isa() -> str | None:
     return "avx2" if _avx2[0] else None
 
 
+def first_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first CPU's block of `cpuinfo` as {field: value} ("flags", "vendor_id", ...); OSError
+    when it cannot be read."""
+    fields: dict[str, str] = {}
+    with open(cpuinfo) as f:
+        for line in f:
+            if not line.strip():
+                break  # (the first CPU's block ends)
+            name, _, value = line.partition(":")
+            fields[name.strip()] = value.strip()
+    return fields
+
+
 def _detect(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, bool]:
     """(avx512f, avx2 and fma) of this CPU: `cpuinfo`'s flags, else LLVM's host features, else
     neither."""
     try:
-        with open(cpuinfo) as f:
-            flags = next((set(line.split()) for line in f if line.startswith("flags")), set())
+        flags = set(first_cpu(cpuinfo).get("flags", "").split())
     except OSError:
         try:
             from llvmlite import binding
