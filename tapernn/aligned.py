@@ -18,6 +18,7 @@ class _Holder:
     as an np.empty's have)."""
 
     __slots__ = ("__array_interface__", "raw")
+    base = None  # (the end of a walk up `.base` links, as at an array owning its data)
 
     def __init__(self, view: np.ndarray, raw: np.ndarray) -> None:
         self.__array_interface__ = view.__array_interface__

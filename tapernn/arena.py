@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import aligned
 from .codegen import Program
 from .donate import donatable, last_reads, tail_gemms
 from .executor import (
@@ -76,7 +75,7 @@ class Arena:
 
     def take(self, nbytes: int) -> np.ndarray:
         if self.array.nbytes < nbytes:
-            self.array = aligned.empty(nbytes)  # (arena_layout's offsets: 64-aligned)
+            self.array = np.empty(nbytes, np.uint8)
             self.given.append(self.array)
         return self.array
 
@@ -137,7 +136,7 @@ def compile_shared(
                 optimised[-1], plans[-1] = _tails(optimised, plans, n_saved, donate, options)
         tailed = pair and options.dz_in_gates and bool(donate) and bool(plans[-1].tail_of)
         size = max(arena_layout(p.buffers)[1] for p in plans + ([untailed[1]] if tailed else []))
-        shared = aligned.empty(size) if arena is None else arena.take(size)
+        shared = np.empty(size, np.uint8) if arena is None else arena.take(size)
         compiled: list[Compiled] = []
         for k in range(len(optimised)):
             if tailed and k == len(optimised) - 1 and compiled[0].program_kernel is not None:

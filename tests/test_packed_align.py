@@ -1,6 +1,6 @@
 """The packed GEMM's memory side (issue 19, BENCHMARKS.md "hkern"): its panels on 64-byte
-boundaries wherever tapernn makes them (a fresh pack, a parameter's `.grad`, a parameter block,
-the arena: tapernn/aligned.py -- a 512-bit load of a vector straddled two cache lines, 5-20 %
+boundaries wherever tapernn makes them (a fresh pack, a parameter's `.grad`, a parameter block:
+tapernn/aligned.py -- a 512-bit load of a vector straddled two cache lines, 5-20 %
 slower), `a` packed by vector transposes (packed_kernels._transpose: the same array as the
 element-wise copy), and the L1 prefetch of a tile's next rows, which reaches past the panels'
 end: never a fault, the same bits."""
@@ -13,7 +13,6 @@ import pytest
 from test_packed_gemm import within_rounding
 
 from tapernn import aligned, nn
-from tapernn.arena import Arena
 from tapernn.backends import numba_available, packed
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -43,7 +42,7 @@ def test_aligned_arrays_are_numpys_arrays_on_a_cache_line(shape, dtype):
     assert cast.dtype == dtype and (cast.size == 0 or on_line(cast))
 
 
-def test_parameters_blocks_panels_and_the_arena_start_on_a_cache_line(rng):
+def test_parameters_blocks_and_panels_start_on_a_cache_line(rng):
     """Fails before aligned.py: NumPy's large allocations start 16 bytes into a page."""
     lstm = nn.LSTM(96, 256).astype(np.float32)  # (parameter blocks)
     fast = nn.FastLSTM(256, 512).astype(np.float32)  # (parameters of their own, retyped)
@@ -57,8 +56,6 @@ def test_parameters_blocks_panels_and_the_arena_start_on_a_cache_line(rng):
         panels = packed.pack_panels(w, nr=nr)
         assert on_line(panels)
         np.testing.assert_array_equal(panels[0, :, :nr], w[:, :nr])
-    arena = Arena()
-    assert on_line(arena.take(1 << 20)) and on_line(arena.take(3 << 20))
 
 
 def guarded(nbytes: int):
