@@ -43,10 +43,18 @@ def zeros(shape: Any, dtype: Any = np.float64) -> np.ndarray:
     return out
 
 
+def zeros_like(x: np.ndarray) -> np.ndarray:
+    """np.zeros_like(x), 64-byte aligned when C-ordered (another layout: NumPy's, kept)."""
+    if not x.flags.c_contiguous:
+        return np.zeros_like(x)
+    return zeros(x.shape, x.dtype)
+
+
 def astype(x: np.ndarray, dtype: Any) -> np.ndarray:
-    """x.astype(dtype, copy=False), a copy 64-byte aligned (x itself when of that dtype)."""
-    if x.dtype == np.dtype(dtype):
-        return x
+    """x.astype(dtype, copy=False), a copy 64-byte aligned when C-ordered (x itself when of that
+    dtype; another layout: NumPy's copy, its order kept)."""
+    if x.dtype == np.dtype(dtype) or not x.flags.c_contiguous:
+        return x.astype(dtype, copy=False)
     out = empty(x.shape, dtype)
     np.copyto(out, x, casting="unsafe")
     return out

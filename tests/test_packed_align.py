@@ -40,6 +40,13 @@ def test_aligned_arrays_are_numpys_arrays_on_a_cache_line(shape, dtype):
     cast = aligned.astype(y, dtype)
     np.testing.assert_array_equal(cast, y.astype(dtype))
     assert cast.dtype == dtype and (cast.size == 0 or on_line(cast))
+    like = aligned.zeros_like(y)
+    assert like.dtype == y.dtype and like.shape == y.shape and not like.any()
+    assert like.size == 0 or on_line(like)
+    if y.ndim == 2:  # (another order: NumPy's own, its order kept, as zeros_like / astype)
+        f = np.asfortranarray(y)
+        assert aligned.zeros_like(f).flags.f_contiguous
+        assert aligned.astype(f, dtype).flags.f_contiguous
 
 
 def test_parameters_blocks_and_panels_start_on_a_cache_line(rng):

@@ -85,7 +85,7 @@ class Parameter:
 
     def __init__(self, data: np.ndarray, name: str = ""):
         self.data = np.asarray(data)
-        self.grad = aligned.zeros(self.data.shape, self.data.dtype)  # (packing.Block's note)
+        self.grad = aligned.zeros_like(self.data)  # (packing.Block's note)
         self.name = name
 
     def __deepcopy__(self, memo: dict) -> Parameter:
