@@ -43,9 +43,10 @@ TV = 3  # (_vector_tiles passes 3 offsets)
 # Zen 3, "h512")
 PREFETCH = VEC_BITS == 512
 # rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): on AVX-512 8
-# (the tile's next 8 rows, 1.5 KiB; the Intel Xeon, BENCHMARKS.md "hkern": 1.06-1.09x at 16 rows,
+# (the tile's next 8 rows, 1.5 KiB; the Intel Xeon, BENCHMARKS.md "hkern": 1.02-1.25x at 16 rows,
 # where nothing else prefetches and the first row block streams the tile from L3, 1.0-1.03x at
-# 32; 4 and 16 rows ahead, or into L2, were slower). Not on AVX2 (unmeasured on Zen 3)
+# 32; in the step the loops' halves took 0.85-0.95x the CPU without it; 4 and 16 rows ahead, or
+# into L2, were slower). Not on AVX2 (unmeasured on Zen 3)
 NEAR = 8 if VEC_BITS == 512 else 0
 
 
