@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from . import aligned
 from .backends import packed
 from .graph import Graph
 from .own_threads import owning, submit, worker_ident
@@ -134,7 +135,7 @@ def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
         return packed.pack_panels(w, out, nr)
     npan = -(-w.shape[1] // nr)
     if out is None:
-        out = np.empty((npan, w.shape[0], nr), w.dtype)
+        out = aligned.empty((npan, w.shape[0], nr), w.dtype)  # (packed.pack_panels')
     h = npan // 2
     future = submit(packed.pack_panels, w[:, h * nr :], out[h:], nr)
     try:

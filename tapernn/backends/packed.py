@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import aligned
 from ..blas import limiter
 from ..errors import TapernnError
 from . import background
@@ -138,7 +139,7 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     nr = nr or panel_width(w.dtype)
     shape = (-(-n // nr), k, nr)
     if out is None:
-        out = np.empty(shape, w.dtype)
+        out = aligned.empty(shape, w.dtype)  # (the kernel's vector loads: cache lines)
     full = n // nr
     h = handle()
     # numba's packs (compiled with the packed GEMM's kernel, any width) write only an out of

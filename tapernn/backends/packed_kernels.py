@@ -42,6 +42,12 @@ TV = 3  # (_vector_tiles passes 3 offsets)
 # (one tile read twice) 0.9-1.05x, hence the row bound. Not on AVX2 (its kernel as measured on
 # Zen 3, "h512")
 PREFETCH = VEC_BITS == 512
+# rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): on AVX-512 8
+# (the tile's next 8 rows, 1.5 KiB; the Intel Xeon, BENCHMARKS.md "hkern": 1.02-1.25x at 16 rows,
+# where nothing else prefetches and the first row block streams the tile from L3, 1.0-1.03x at
+# 32; in the step the loops' halves took 0.85-0.95x the CPU without it; 4 and 16 rows ahead, or
+# into L2, were slower). Not on AVX2 (unmeasured on Zen 3)
+NEAR = 8 if VEC_BITS == 512 else 0
 
 
 def _vector_type(context, dtype, vec_bits):
@@ -50,7 +56,9 @@ def _vector_type(context, dtype, vec_bits):
     return scal, lanes, ir.VectorType(scal, lanes)
 
 
-def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka: int = 0):
+def make_microkernel(
+    mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka: int = 0, near: int = 0
+):
     """kernel(a, a_off, panel, p_off, c, c_off, ldc, k) over flat C arrays (offsets and strides
     in elements), `a` a row block packed k-major (`_pack_a`: row i's element p at
     a[a_off + p * ka + i], ka >= mr, default mr: the mr broadcasts of a k at constant offsets
@@ -59,8 +67,9 @@ def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka
     c[c_off + i * ldc], vector v = sum_p a[a_off + p * ka + i] * (the vector at
     panel[p_off[v] + p * NR]), NR = nv vectors (a panel row; a tile across panels:
     `_vector_tiles`); with `prefetch`, each p also prefetches panel[p_off[t + v] + p * NR] into
-    L2 for v < t (llvm.prefetch), else those t are unused; p_off[2t] nonzero: each chain starts from c's value instead of 0 (c += the
-    sum: a later K block). Each element of c is one chain of FMAs over p in order (a chain
+    L2 for v < t (llvm.prefetch), else those t are unused, and with `near` > 0 its own t vectors
+    `near` rows ahead (panel[p_off[v] + (p + near) * NR]) into L1; p_off[2t] nonzero: each chain
+    starts from c's value instead of 0 (c += the sum: a later K block). Each element of c is one chain of FMAs over p in order (a chain
     continued from c's float is the same chain): the same bits whatever the tile, the rows a
     call and the K blocks."""
 
@@ -159,15 +168,20 @@ def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka
                     acc[i][v].add_incoming(init[i][v], pre)
             step = builder.mul(p, ir.Constant(i64, nr))
             a_row = builder.add(a_off_, builder.mul(p, ir.Constant(i64, ka or mr)))
-            for o in ahead:
-                fetch = cgutils.get_or_insert_function(
-                    builder.module,
-                    ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] + [ir.IntType(32)] * 3),
-                    "llvm.prefetch.p0i8",
-                )
-                line = builder.gep(p_ptr, [builder.add(o, step)], inbounds=True)
-                flags = [ir.Constant(ir.IntType(32), f) for f in (0, 2, 1)]  # (read, L2, data)
-                builder.call(fetch, [builder.bitcast(line, cgutils.voidptr_t), *flags])
+            fetch = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] + [ir.IntType(32)] * 3),
+                "llvm.prefetch.p0i8",
+            )
+            # (read, data; locality 2: L2, the next tile; 3: L1, this tile's rows `near` ahead,
+            # past its end too -- a prefetch never faults, so its address is no inbounds gep)
+            fetches = [(builder.add(o, step), 2) for o in ahead]
+            ahead_rows = builder.add(step, ir.Constant(i64, near * nr))
+            fetches += [(builder.add(o, ahead_rows), 3) for o in (offs if near else ())]
+            for at, locality in fetches:
+                line = builder.bitcast(builder.gep(p_ptr, [at]), cgutils.voidptr_t)
+                flags = [ir.Constant(ir.IntType(32), f) for f in (0, locality, 1)]
+                builder.call(fetch, [line, *flags])
             b = [builder.load(vptr(p_ptr, builder.add(o, step)), align=esize) for o in offs]
             undef = ir.Constant(vty, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
@@ -205,10 +219,97 @@ def make_microkernel(mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka
     return kernel
 
 
-_micro = make_microkernel(MR, NV, VEC_BITS, PREFETCH)
+def _transpose_masks(rows: int, lanes: int) -> list[list[tuple[int, int, list[int]]]]:
+    """The shuffle stages of `make_transpose`: per stage, per output vector, (source x, source
+    y, the shufflevector mask over x and y). Vector i holds row i's elements at first; in the
+    end vector v holds the elements v * lanes // rows.. of every row, element p of row i at
+    (p % (lanes // rows)) * rows + i. Stage t swaps bit t of the vector index (the row) with a
+    bit of the position (the element), so each output takes from two inputs."""
+    bits, top = rows.bit_length() - 1, lanes.bit_length() - 1
+
+    def layout(t, v, s):  # the (row, element) at vector v, position s after stage t
+        if t == bits - 1:
+            return (s % rows, v * (lanes // rows) + s // rows)
+        row, p = v, s
+        for u in range(t + 1):
+            hi = top - bits + u
+            row = row & ~(1 << u) | ((s >> hi) & 1) << u
+            p = p & ~(1 << hi) | ((v >> u) & 1) << hi
+        return (row, p)
+
+    at = {(i, p): (i, p) for i in range(rows) for p in range(lanes)}  # -> (vector, position)
+    stages = []
+    for t in range(bits):
+        stage, moved = [], {}
+        for v in range(rows):
+            labels = [layout(t, v, s) for s in range(lanes)]
+            x, y = min(at[e][0] for e in labels), max(at[e][0] for e in labels)
+            assert all(at[e][0] in (x, y) for e in labels), (rows, lanes, t, v)
+            stage.append((x, y, [at[e][1] + lanes * (at[e][0] != x) for e in labels]))
+            moved.update({e: (v, s) for s, e in enumerate(labels)})
+        at = moved
+        stages.append(stage)
+    return stages
+
+
+def make_transpose(rows: int, vec_bits: int):
+    """kernel(a, row0, col0, dst, d_off): the block a[row0:row0 + rows, col0:col0 + lanes] (a 2-D
+    array whose rows are contiguous: strides[1] = itemsize) transposed into dst[d_off:d_off +
+    rows * lanes] (a C vector), element p of row i at d_off + p * rows + i -- `rows` vector
+    loads, log2(rows) stages of `rows` shuffles (`_transpose_masks`), `rows` vector stores."""
+
+    @intrinsic
+    def kernel(typingctx, a, row0, col0, dst, d_off):
+        if not (
+            isinstance(a, types.Array)
+            and a.ndim == 2
+            and isinstance(dst, types.Array)
+            and dst.layout == "C"
+            and a.dtype == dst.dtype
+            and a.dtype in (types.float32, types.float64)
+        ):
+            return None
+        sig = types.void(a, row0, col0, dst, d_off)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            arr = make_array(tys[0])(context, builder, args[0])
+            out = make_array(tys[3])(context, builder, args[3]).data
+            r0, c0, d0 = (context.cast(builder, args[j], tys[j], types.intp) for j in (1, 2, 4))
+            scal, lanes, vty = _vector_type(context, tys[0].dtype, vec_bits)
+            esize = context.get_abi_sizeof(scal)
+            i64 = ir.IntType(64)
+            stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+            base = builder.bitcast(arr.data, cgutils.voidptr_t)
+            col = builder.mul(c0, ir.Constant(i64, esize))
+            vecs = []
+            for i in range(rows):
+                at = builder.add(builder.mul(builder.add(r0, ir.Constant(i64, i)), stride), col)
+                ptr = builder.bitcast(builder.gep(base, [at]), vty.as_pointer())
+                vecs.append(builder.load(ptr, align=esize))
+            for stage in _transpose_masks(rows, lanes):
+                vecs = [
+                    builder.shuffle_vector(
+                        vecs[x], vecs[y], ir.Constant(ir.VectorType(ir.IntType(32), lanes), mask)
+                    )
+                    for x, y, mask in stage
+                ]
+            for v, vec in enumerate(vecs):
+                at = builder.add(d0, ir.Constant(i64, v * lanes))
+                ptr = builder.bitcast(builder.gep(out, [at], inbounds=True), vty.as_pointer())
+                builder.store(vec, ptr, align=esize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+_micro = make_microkernel(MR, NV, VEC_BITS, PREFETCH, near=NEAR)
 # a row block of at most 4 rows on AVX-512: 4 x 3 over the same packed a (its 8-row stride), not
 # 8 x 3 over 4 padded rows (at 4 rows 1.35x 4 x 4's time, "hloopI"); AVX2's MR is 4
-_micro_half = make_microkernel(4, NV, VEC_BITS, PREFETCH, MR)
+_micro_half = make_microkernel(4, NV, VEC_BITS, PREFETCH, MR, NEAR)
+_transpose = make_transpose(MR, VEC_BITS)
 
 
 @njit(cache=True, nogil=True)
@@ -216,10 +317,24 @@ def _pack_a(a):
     """a (m, k) as its row blocks packed k-major, (ceil(m / MR), k, MR): [b, p, i] = a[b * MR + i,
     p], a last partial block zero-padded -- the microkernel's broadcasts of a k at constant
     offsets from one pointer (read in place, a's MR rows took as many strided pointers, which
-    the K loop kept on the stack: BENCHMARKS.md "hloopI")."""
+    the K loop kept on the stack: BENCHMARKS.md "hloopI"). Whole row blocks in MR x lanes
+    blocks by `_transpose` (4-6x the element-wise copy's speed, "hkern")."""
     m, k = a.shape
     ap = np.empty((-(-m // MR), k, MR), a.dtype)
-    pack_rows(a, ap)  # (a's rows as the panels of a weight's transposed view: the same layout)
+    apf = ap.ravel()
+    lanes = VEC_BITS // (8 * a.itemsize)
+    full = m // MR * MR if a.strides[1] == a.itemsize else 0  # (rows of vectors: `_transpose`)
+    kv = k // lanes * lanes
+    for i in range(0, full, MR):
+        for p in range(0, kv, lanes):
+            _transpose(a, i, p, apf, i * k + p * MR)
+        for p in range(kv, k):
+            for r in range(MR):
+                ap[i // MR, p, r] = a[i + r, p]
+    for i in range(full, m, MR):  # (a partial row block, zero-padded; any a, element-wise)
+        for p in range(k):
+            for r in range(MR):
+                ap[i // MR, p, r] = a[i + r, p] if i + r < m else 0
     return ap
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
+from .. import aligned
 from ..graph import Graph, Node
 
 # Bumped by every change that can alter which arrays a model's parameters are (a parameter or a
@@ -42,8 +43,9 @@ class Block:
 
     def __init__(self, members: Iterable[Any]):
         self.members = tuple(members)
-        self.data = np.concatenate([p.data for p in self.members], axis=0)
-        self.grad = np.concatenate([p.grad for p in self.members], axis=0)
+        # (64-byte aligned: the packed GEMM's panels go into rows of a .grad, pack_scratch.py)
+        self.data = _aligned_rows([p.data for p in self.members])
+        self.grad = _aligned_rows([p.grad for p in self.members])
         self.rows, start = [], 0
         for p in self.members:
             self.rows.append((start, start + p.data.shape[0]))
@@ -57,6 +59,14 @@ class Block:
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.members)
         return f"Block({names}; shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _aligned_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate(arrays, axis=0) into a 64-byte aligned array."""
+    first = arrays[0]
+    rows = sum(x.shape[0] for x in arrays)
+    dtype = np.result_type(*arrays)
+    return np.concatenate(arrays, axis=0, out=aligned.empty((rows, *first.shape[1:]), dtype))
 
 
 def block_key(p: Any) -> tuple | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import aligned
 from .. import random as tn_random
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
 from ..tracing import Var
@@ -84,7 +85,7 @@ class Parameter:
 
     def __init__(self, data: np.ndarray, name: str = ""):
         self.data = np.asarray(data)
-        self.grad = np.zeros_like(self.data)
+        self.grad = aligned.zeros_like(self.data)  # (packing.Block's note)
         self.name = name
 
     def __deepcopy__(self, memo: dict) -> Parameter:
@@ -101,7 +102,7 @@ class Parameter:
     def retype(self, dtype: np.dtype) -> None:
         """Convert `.data` and `.grad` to `dtype` together (Module.astype; a no-op when equal)."""
         type(self).data.rebind(self, self.data.astype(dtype, copy=False), retype=True)
-        type(self).grad.rebind(self, self.grad.astype(dtype, copy=False), retype=True)
+        type(self).grad.rebind(self, aligned.astype(self.grad, dtype), retype=True)
 
     @property
     def shape(self) -> tuple[int, ...]:
