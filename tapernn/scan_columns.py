@@ -75,6 +75,29 @@ def rule(graph: Graph, mode: str) -> int:
     return nbytes if nbytes and nbytes >= min_bytes() else 0
 
 
+# the native column split (backends/step_columns.py: both threads in one compiled step loop, a
+# barrier a GEMM) runs instead of the batch halves from this many bytes of packed step weights
+NATIVE_MIN_BYTES = 0
+
+
+def native(graph: Graph, mode: str) -> int:
+    """The packed weights' bytes when a loop that splits its rows under `mode` runs its split
+    as native columns (where the step loops translate: else its batch halves), else 0; never
+    where the Python column split runs (`rule`)."""
+    if mode not in ("auto", "on") or rule(graph, mode):
+        return 0
+    nbytes = weight_bytes(graph)
+    return nbytes if nbytes and nbytes >= NATIVE_MIN_BYTES else 0
+
+
+def native_note(nbytes: int, rows: tuple, when: str) -> str:
+    (a, b), (c, d) = rows
+    return (
+        f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}; in the step loops, native"
+        f" columns (packed weights {nbytes / 2**20:.1f} MiB >= {NATIVE_MIN_BYTES / 2**20:g} MiB)"
+    )
+
+
 def min_bytes() -> int:
     """The packed weights' bytes from which loops split by columns: MIN_BYTES, or a quarter
     of the L3 (L3_SHARE) if more."""

@@ -215,6 +215,7 @@ class SplitRunner:
         helpers: dict,
         mode: str,
         columns: int = 0,
+        native: int = 0,
     ):
         self.full, self.full_fn, self.graphs, self.attrs = full, full_fn, graphs, attrs
         self.compile_half, self.helpers, self.mode = compile_half, helpers, mode
@@ -236,12 +237,17 @@ class SplitRunner:
         prologue = helpers["prologue"][0]
         self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
         self.step_loops: Any = None  # each half's loop as one numba call (step_loop.Halves)
+        # (step_columns: both threads run one step loop, its GEMMs split by columns: the weights'
+        # bytes, scan_columns.native)
+        self.native = native
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
         when = "" if self.mode == "on" else " in owned calls (threads)"
         if self.columns:
             return scan_columns.note(self.columns, " in owned calls (threads)")
+        if self.native:
+            return scan_columns.native_note(self.native, self.rows, when)
         return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -307,6 +313,15 @@ class SplitRunner:
 
         enabled = STEP_LOOPS[0] and h.get("step_loops", 1)
         self.step_loops = attach(self, halves_compiled, enabled, lates)
+        if self.native and self.step_loops is not None:
+            from .backends.step_columns import columns
+
+            kw = [c.program.fn.__kwdefaults__ or {} for c in halves_compiled]
+            made = columns(self.step_loops, self.rows, kw)
+            if isinstance(made, str):
+                self.report.kernel += f" (batch halves: {made})" if self.report else ""
+            else:
+                self.step_loops = made
         return True
 
     def _late(self, compiled: Any, half: int) -> dict | None:
@@ -389,6 +404,11 @@ class SplitRunner:
         bound = None  # (each half as one numba call, once compiled: step_loop.Halves)
         if self.step_loops is not None:
             bound = self.step_loops.choose(self, (cs, xs, inv, ys), both, alias)
+        if bound is not None and self.native and hasattr(bound[0], "loop"):
+            from .backends.step_columns import Bound, run_pair
+
+            if isinstance(bound[0], Bound):  # (both sides run one loop: native columns)
+                return run_pair(bound[0], bound[1], submit)
         if bound is not None:
             calls = [(fn, ()) for fn in bound]
         else:  # the Python loops over the halves' row slices

@@ -1,0 +1,117 @@
+"""A/B of the native column split (issue 19, BENCHMARKS.md "hcolN") in one process, interleaved
+with rests (the arms' order reversed every other round): the same FastLSTM training step
+(numba, owned threads) with its loops split as batch halves ("halves": main's rule at these
+sizes), as native columns ("native": backends/step_columns.py, both threads in one compiled
+loop, a barrier pair a GEMM), or as the Python column split ("columns": scan_columns.run),
+next to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same
+seed): their gradients must be bit-equal. Prints per arm: step wall, process CPU, the caller
+thread's CPU (medians, minima), the ratio; and the native arm's wait at the barriers (each
+side's cycles waited a step, in microseconds at the cycle counter's measured rate).
+
+Run: PYTHONPATH=$PWD python tools/ab_native.py --configs 32,50,512 --reps 15 [--nice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ab_common import config_arms, interleaved, training_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tapernn import scan_columns
+from tapernn.backends import step_columns
+
+NEVER = 1 << 62
+# each arm's (scan_columns.NATIVE_MIN_BYTES, MIN_BYTES, _l3): read when a loop compiles
+ARMS = {"halves": (NEVER, NEVER, 0), "native": (0, NEVER, 0), "columns": (NEVER, 0, 0)}
+
+
+def settings(mode: str) -> None:
+    scan_columns.NATIVE_MIN_BYTES, scan_columns.MIN_BYTES, l3 = ARMS[mode]
+    scan_columns._l3[0] = l3
+
+
+def make(B, T, H, dtype, x, g, mode):
+    return training_step(x, g, H, lambda: settings(mode))
+
+
+def cycle_rate() -> float:
+    """The cycle counter's ticks a second (numba_spin._cycles over 0.2 s of perf_counter)."""
+    from numba import njit
+
+    from tapernn.backends.numba_spin import _cycles
+
+    read = njit(lambda: _cycles())
+    read()
+    c, t = read(), time.perf_counter()
+    time.sleep(0.2)
+    return (read() - c) / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--arms", nargs="+", default=["halves", "native"], choices=list(ARMS))
+    ap.add_argument("--spins", type=int, default=step_columns.SPINS)
+    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
+    ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
+    args = ap.parse_args()
+    if args.nice:
+        from timeline_step import nice_autogroup
+
+        print(f"autogroup: {nice_autogroup()}")
+    step_columns.SPINS = args.spins
+    rate = cycle_rate()
+    for text in args.configs:
+        print(f"load {os.getloadavg()}", flush=True)
+        (_, T, _), arms, models = config_arms(text, args.dtype, args.arms, make, not args.no_torch)
+        for f in arms.values():
+            for _ in range(3):
+                f()
+        res = {k: ([], [], []) for k in arms}
+        waited, calls = list(step_columns.WAITED), step_columns.CALLS[0]
+        for r in range(args.reps):  # (the arms' order reversed every other round)
+            names = list(arms) if r % 2 == 0 else list(arms)[::-1]
+            one = interleaved({k: arms[k] for k in names}, 1, args.batch)
+            for k in arms:
+                for acc, v in zip(res[k], one[k]):
+                    acc.extend(v)
+        first = models[args.arms[0]].parameters()
+        same = all(
+            np.array_equal(p.grad, q.grad)
+            for m in args.arms[1:]
+            for p, q in zip(first, models[m].parameters())
+        )
+        base = "torch" if "torch" in res else args.arms[0]
+        torch = np.median(res[base][0])
+        print(
+            f"({text}) {args.dtype}, {args.reps} rounds x {args.batch} steps, spins {args.spins},"
+            f" gradients bit-equal: {same}, native loop calls {step_columns.CALLS[0] - calls}"
+        )
+        for k, (wall, cpu, thread) in res.items():
+            print(
+                f"  {k:7s} wall {np.median(wall) * 1e3:8.2f} ms (min {min(wall) * 1e3:8.2f})"
+                f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
+                f" (min {min(thread) * 1e3:8.2f})  x {base} {np.median(wall) / torch:.3f}"
+            )
+        if "native" in res:
+            steps = args.reps * args.batch * 2 * T  # (a forward and a reverse loop a step)
+            each = [(w - w0) / rate / steps * 1e6 for w, w0 in zip(step_columns.WAITED, waited)]
+            print(f"  native: barrier wait a loop step, caller {each[0]:.1f} us, worker {each[1]:.1f} us")
+        for m in args.arms[1:]:
+            per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
+            print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")
+        print(f"  load {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
