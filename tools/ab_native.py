@@ -28,13 +28,21 @@ from tapernn import scan_columns
 from tapernn.backends import step_columns
 
 NEVER = 1 << 62
-# each arm's (scan_columns.NATIVE_MIN_BYTES, MIN_BYTES, _l3): read when a loop compiles
-ARMS = {"halves": (NEVER, NEVER, 0), "native": (0, NEVER, 0), "columns": (NEVER, 0, 0)}
+# each arm's (scan_columns.NATIVE_MIN_BYTES, MIN_BYTES, _l3: read when a loop compiles; the
+# barrier's spins before it yields, None: --spins): "spin" spins ~1 s before it yields
+ARMS = {
+    "halves": (NEVER, NEVER, 0, None),
+    "native": (0, NEVER, 0, None),
+    "spin": (0, NEVER, 0, 1 << 22),
+    "columns": (NEVER, 0, 0, None),
+}
+SPINS = [step_columns.SPINS]
 
 
 def settings(mode: str) -> None:
-    scan_columns.NATIVE_MIN_BYTES, scan_columns.MIN_BYTES, l3 = ARMS[mode]
+    scan_columns.NATIVE_MIN_BYTES, scan_columns.MIN_BYTES, l3, spins = ARMS[mode]
     scan_columns._l3[0] = l3
+    step_columns.SPINS = SPINS[0] if spins is None else spins
 
 
 def make(B, T, H, dtype, x, g, mode):
@@ -69,7 +77,7 @@ def main():
         from timeline_step import nice_autogroup
 
         print(f"autogroup: {nice_autogroup()}")
-    step_columns.SPINS = args.spins
+    SPINS[0] = args.spins
     rate = cycle_rate()
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
@@ -103,7 +111,7 @@ def main():
                 f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
                 f" (min {min(thread) * 1e3:8.2f})  x {base} {np.median(wall) / torch:.3f}"
             )
-        if "native" in res:
+        if "native" in res and "spin" not in res:
             steps = args.reps * args.batch * 2 * T  # (a forward and a reverse loop a step)
             each = [(w - w0) / rate / steps * 1e6 for w, w0 in zip(step_columns.WAITED, waited)]
             print(f"  native: barrier wait a loop step, caller {each[0]:.1f} us, worker {each[1]:.1f} us")
