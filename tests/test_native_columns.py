@@ -181,16 +181,19 @@ def spy(run_pair, seen):
     return wrapped
 
 
-def test_rewrite_reads_whole_rows_only_through_plain_renames():
-    head = "import numpy as np\ndef kernel(length, reverse, lo, hi, a0, Y0, X0, P0, c1, _alias):\n"
-    loop = "    for _s in range(length):\n        _t = _s\n"
-    gemm = "        v3 = _packed(np.ascontiguousarray(v2), c1, np.empty((v2.shape[0], c1.shape[1]), v2.dtype))\n"
-    text, sites = step_columns.rewrite(head + loop + "        w0 = Y0[_t, lo:hi]\n        v2 = w0\n" + gemm, set())
-    assert sites[0].whole == "np.ascontiguousarray(Y0[_t])" and "_put(_ca0" not in text
-    late = "        a1 = X0[_t, lo:hi]\n        if _alias:\n            a1 = P0\n        v2 = a1\n"
-    text, sites = step_columns.rewrite(head + loop + late + gemm, set())
-    assert sites[0].whole == "" and "_put(_ca0[lo:hi], v2)" in text  # (a late xs: copied)
-    text, sites = step_columns.rewrite(head + loop + "        v2 = a0\n" + gemm, set())
-    assert sites[0].whole == "" and text.count("_arrive(") == 2
+@pytest.mark.parametrize("mr", [8, 0])
+def test_rewrite(mr):
+    head = "import numpy as np\n_drv = sys.modules['m']._panels\n\n"
+    head += "def kernel(length, reverse, lo, hi, a0, c1, b2, _alias):\n"
+    loop = "    for _s in range(length):\n        _t = _s\n        v2 = a0\n"
+    gemm = "        v3 = _packed(np.ascontiguousarray(v2), c1, b2)\n        a0, = v3,\n"
+    text, sites = step_columns.rewrite(head + loop + gemm, {"b2"} if mr else set(), mr)
+    assert text.count("_arrive(") == 2 and sites[0].swap == bool(mr)
+    if mr:  # (each side packs its rows' blocks; the output's rows are b2 itself)
+        assert "_pack_rows(v2, _ca0[lo // 8:(hi + 7) // 8])" in text
+        assert "_tiles(_ca0, _co0.shape[0], c1, _co0, " in text and "_put(b2" not in text
+    else:  # (each side's rows put into the whole batch's a; b2 a copy of its rows)
+        assert "_put(_ca0[lo:hi], v2)" in text and "_drv(_ca0, c1, _co0, " in text
+        assert "_put(b2, _co0[lo:hi])" in text
     with pytest.raises(TapernnError, match="no packed GEMM"):
-        step_columns.rewrite(head + loop + "        v2 = a0\n", set())
+        step_columns.rewrite(head + loop, set(), mr)

@@ -291,16 +291,22 @@ def _vector_tiles(a, packed, out, first, last):
     block v % NV of panel v // NV), MR rows of a (packed: `_pack_a`) a microkernel call. A last
     tile of fewer vectors repeats its last vector (computed into the padded tile, not stored: w
     covers this range's columns alone). A large a in K blocks (`_k_block`)."""
-    k = a.shape[1]
+    _packed_tiles(_pack_a(a), a.shape[0], packed, out, first, last)
+
+
+@njit(cache=True, nogil=True)
+def _packed_tiles(ap, m, packed, out, first, last):
+    """_vector_tiles of an `a` of m rows already packed (`_pack_a`'s ap: the native column
+    split's two threads each pack their rows' blocks of it, backends/step_columns.py)."""
+    k = ap.shape[1]
     nr = packed.shape[2]
     lanes = nr // NV
     n = out.shape[1]
     pf, of = packed.ravel(), out.ravel()
-    ap = _pack_a(a)
-    tile_c = np.empty((MR, TV * lanes), a.dtype)
+    tile_c = np.empty((MR, TV * lanes), ap.dtype)
     last_v = last * NV
-    kc = _k_block(a.shape[0], k, a.itemsize)
-    ahead = TV if a.shape[0] > 2 * MR else 0  # (the tile prefetched: PREFETCH)
+    kc = _k_block(m, k, ap.itemsize)
+    ahead = TV if m > 2 * MR else 0  # (the tile prefetched: PREFETCH)
     for k0 in range(0, max(k, 1), kc):
         kk = min(kc, k - k0)
         step = k0 * nr  # (row k0 of a panel)
@@ -316,7 +322,7 @@ def _vector_tiles(a, packed, out, first, last):
                 min(k0, 1),  # (a K block after the first adds to out)
             )
             w = min(min(TV, last_v - v0) * lanes, n - col)
-            _tile(ap, a.shape[0], pf, offs, out, of, tile_c, col, w, k0, kk)
+            _tile(ap, m, pf, offs, out, of, tile_c, col, w, k0, kk)
 
 
 # out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry

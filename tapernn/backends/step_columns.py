@@ -2,11 +2,11 @@
 owned call (the caller and own_threads' worker) run the SAME compiled step loop at once -- the
 half's step loop (step_loop.py) with every packed step GEMM rewritten -- and per GEMM
 
-1. each thread puts its rows of the GEMM's input `a` into a whole-batch buffer (or reads the
-   whole batch's ys row it lies in: no copy),
-2. a barrier (every row of `a` written),
+1. each thread packs its rows of the GEMM's input `a` into the whole batch's packed `a`
+   (packed_kernels._pack_a's row blocks: where both sides' rows start at a block),
+2. a barrier (every row of `a` packed),
 3. each thread computes ITS panels (output columns: [0, P/2) and [P/2, P)) for ALL rows into a
-   whole-batch output (packed_kernels._panels: the unsplit driver's code and bits),
+   whole-batch output (packed_kernels._packed_tiles: the unsplit driver's code and bits),
 4. a barrier (every column written), then each thread goes on with its own rows of the output,
    its elementwise work on its rows as the batch halves do.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,6 @@ _SPIN = (
 )
 _PACKED = re.compile(r"^( +)(\w+) = _packed\(np\.ascontiguousarray\((\w+)\), (\w+), (.+)\)$")
 _EMPTY = re.compile(r"^np\.empty\(\((\w+)\.shape\[0\], (\w+)\.shape\[1\]\), \w+\.dtype\)$")
-_ASSIGN = re.compile(r"^( +)(\w+) = (.+)$")
-_ROWS = re.compile(r"^([XY]\d+)\[_t, lo:hi\]$")
 
 
 class Aborted(TapernnError, RuntimeError):
@@ -60,14 +59,17 @@ class Site:
 
     def __init__(self, panels: str, target: str | None, weight: str | None, swap: bool):
         self.panels, self.target, self.weight, self.swap = panels, target, weight, swap
-        self.whole = ""  # (the whole-batch input: "" a buffer both sides' rows are put in)
 
 
-def rewrite(source: str, alone: set[str]) -> tuple[str, list[Site]]:
+def rewrite(source: str, alone: set[str], mr: int) -> tuple[str, list[Site]]:
     """(a half's step-loop module text with its packed GEMMs split by columns over two threads,
     its GEMM sites in order); `alone`: the array parameters sharing memory with no other (a
-    GEMM writing one of them writes the whole-batch output's rows in its place). TapernnError
-    if the text has no packed GEMM or one the rewrite does not know."""
+    GEMM writing one of them writes the whole-batch output's rows in its place); `mr`: the
+    packed kernel's rows a block when both sides' rows start at a multiple of it -- each side
+    then packs its rows' blocks of the whole batch's `a` (packed_kernels._pack_a's layout, the
+    drivers' first pass over `a`); 0: each side puts its rows into a whole-batch `a` and both
+    pack all of it (the driver's _panels). TapernnError if the text has no packed GEMM or one
+    the rewrite does not know."""
     lines = source.split("\n")
     start = next(i for i, s in enumerate(lines) if s.startswith("def kernel("))
     loop = next(i for i in range(start, len(lines)) if lines[i].startswith("    for _s in range("))
@@ -85,15 +87,18 @@ def rewrite(source: str, alone: set[str]) -> tuple[str, list[Site]]:
             raise TapernnError(f"native columns: a packed GEMM's output {target!r}")
         name = None if empty else target
         sites.append(Site(panels, name, empty.group(2) if empty else None, name in alone))
-        whole = sites[-1].whole = _whole(lines[loop + 1 : i], a) or ""
-        if not whole:
+        if mr:
+            out.append(f"{pad}_pack_rows({a}, _ca{k}[lo // {mr}:(hi + {mr - 1}) // {mr}])")
+        else:
             out.append(f"{pad}_put(_ca{k}[lo:hi], {a})")
-            whole = f"_ca{k}"
         sync = [f"{pad}_n += 1", f"{pad}if not _arrive(_bar, _me, _n, _spins):", f"{pad}    break"]
         out += sync
         half = f"{panels}.shape[0] // 2"
         span = f"_me * ({half}), {half} + _me * ({panels}.shape[0] - {half})"
-        out.append(f"{pad}_drv({whole}, {panels}, _co{k}, {span})")
+        if mr:
+            out.append(f"{pad}_tiles(_ca{k}, _co{k}.shape[0], {panels}, _co{k}, {span})")
+        else:
+            out.append(f"{pad}_drv(_ca{k}, {panels}, _co{k}, {span})")
         out += sync
         if name is None:
             out.append(f"{pad}{value} = _co{k}[lo:hi]")
@@ -106,28 +111,12 @@ def rewrite(source: str, alone: set[str]) -> tuple[str, list[Site]]:
     head = out.index(next(s for s in out if s.startswith("def kernel(")))
     extra = "".join(f", _ca{k}, _co{k}" for k in range(len(sites)))
     out[head] = out[head][:-2] + f", _me, _bar, _spins{extra}):"
+    drv = next(s for s in out if s.startswith("_drv = "))
     imports = [_SPIN] + ([] if step_selects.PUT in out else [step_selects.PUT])
-    first = out.index("import numpy as np") + 1
+    imports += [drv.replace("_drv = ", "_tiles = ").replace("._panels", "._packed_tiles")]
+    imports += [drv.replace("_drv = ", "_pack_rows = ").replace("._panels", ".pack_rows")]
+    first = out.index(drv) + 1
     return "\n".join(out[:first] + imports + out[first:]), sites
-
-
-def _whole(body: list[str], name: str) -> str | None:
-    """The whole batch's array `name`'s rows lie in (a ys or xs row of the step, C-contiguous in
-    numba's types: np.ascontiguousarray copies nothing then), read from the step's lines before
-    the GEMM (`body`), or None: copied into a whole-batch buffer. Only through plain renames at
-    the loop's level (a name assigned elsewhere, as a late xs under `if _alias:`, is not)."""
-    for _ in range(len(body)):
-        found = [m for m in map(_ASSIGN.match, body) if m is not None and m.group(2) == name]
-        if len(found) != 1 or len(found[0].group(1)) != 8:
-            return None
-        value = found[0].group(3)
-        rows = _ROWS.match(value)
-        if rows is not None:
-            return f"np.ascontiguousarray({rows.group(1)}[_t])"
-        if not re.fullmatch(r"\w+", value):
-            return None
-        name = value
-    return None
 
 
 class Shared:
@@ -142,13 +131,15 @@ class Shared:
         self.buffers: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.lock = threading.Lock()
 
-    def pair(self, k: int, inner: int, width: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    def pair(self, k: int, inner: int, width: int, dtype: Any, mr: int) -> tuple:
+        """GEMM site k's (input: packed in blocks of `mr` rows, or plain at mr 0; output)."""
         key = (k, inner, width, np.dtype(dtype).str)
+        shape = (-(-self.batch // mr), inner, mr) if mr else (self.batch, inner)
         with self.lock:
             made = self.buffers.get(key)
             if made is None:
                 made = self.buffers[key] = (
-                    np.zeros((self.batch, inner), dtype),
+                    np.zeros(shape, dtype),
                     np.zeros((self.batch, width), dtype),
                 )
         return made
@@ -161,8 +152,9 @@ class ColumnLoop(StepLoop):
     """A half's step loop rewritten (`rewrite`) for side `me` of a native column split: its
     arguments are the half's (StepLoop.args) and the barrier's and GEMMs' shared arrays."""
 
-    def __init__(self, half: StepLoop, shared: Shared, me: int, alone: set[str]):
-        source, self.sites = rewrite(half.source, alone)
+    def __init__(self, half: StepLoop, shared: Shared, me: int, alone: set[str], mr: int):
+        source, self.sites = rewrite(half.source, alone, mr)
+        self.mr = mr
         super().__init__(source, half.arrays, half.length, half.reverse, half.late)
         self.checks, self.passes = half.checks, half.passes
         self.shared, self.me = shared, me
@@ -177,7 +169,7 @@ class ColumnLoop(StepLoop):
         for k, site in enumerate(self.sites):
             panels = named[site.panels]
             width = named[site.target or site.weight].shape[1]
-            ca, co = self.shared.pair(k, panels.shape[1], width, panels.dtype)
+            ca, co = self.shared.pair(k, panels.shape[1], width, panels.dtype, self.mr)
             if site.swap:
                 base[self.params.index(site.target)] = co[lo:hi]
             extra += [ca, co]
@@ -241,6 +233,11 @@ def columns(halves: Halves, rows: tuple, defaults: list[dict]) -> Halves | str:
     shared = Shared(rows[1][1])
     made = []
     try:
+        driver = re.search(r"\n_drv = sys\.modules\['(\w+)'\]", halves.loops[0].source)
+        if driver is None:
+            raise TapernnError("native columns: no packed driver")
+        mr = sys.modules[driver.group(1)].MR
+        mr = mr if rows[0][1] % mr == 0 else 0
         for me, (loop, bound) in enumerate(zip(halves.loops, defaults)):
             arrays = [v for v in bound.values() if isinstance(v, np.ndarray)]
             alone = {
@@ -250,11 +247,9 @@ def columns(halves: Halves, rows: tuple, defaults: list[dict]) -> Halves | str:
                 and v.flags.c_contiguous
                 and not any(u is not v and np.may_share_memory(u, v) for u in arrays)
             }
-            made.append(ColumnLoop(loop, shared, me, alone))
+            made.append(ColumnLoop(loop, shared, me, alone, mr))
     except TapernnError as e:
         return str(e)
-    if [s.whole for s in made[0].sites] != [s.whole for s in made[1].sites]:
-        return "native columns: the halves' GEMM inputs differ"
     out = ColumnHalves(made)
     if halves.remake is not None:
         remake = halves.remake
