@@ -63,11 +63,13 @@ def wait(flag, rounds):
 # ---- the native column split's barrier (backends/step_columns.py) ------------------------------
 
 # the barrier word array (int64): each thread's arrivals (its own cache line), the abort word,
-# each thread's cycles waited (read by tools and tests: the barrier's wait)
+# each thread's cycles waited (read by tools and tests: the barrier's wait), the panel counter
+# (`claim`)
 LINE = 8
 ABORT = 2 * LINE
 WAITED = 3 * LINE
-WORDS = 5 * LINE
+CLAIMS = 5 * LINE
+WORDS = 6 * LINE
 
 
 def _yield_symbol() -> str:
@@ -121,6 +123,21 @@ def _store_at(typingctx, arr, index, value):
 
 
 @intrinsic
+def _fetch_add(typingctx, arr, index, value):
+    """arr[index] += value for a 1-D int64 array, atomically (acquire and release): the value
+    before."""
+    if not isinstance(arr, types.Array) or arr.dtype != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.atomic_rmw("add", ptr, args[2], "acq_rel")
+
+    return types.int64(arr, types.intp, types.int64), codegen
+
+
+@intrinsic
 def _cycles(typingctx):
     """The CPU's cycle counter (llvm.readcyclecounter: rdtsc on x86; 0 where there is none)."""
 
@@ -171,3 +188,18 @@ def arrive(bar, me, n, spins):
         rounds += 1
     bar[WAITED + me * LINE] += _cycles() - start
     return _load_at(bar, ABORT) == 0
+
+
+@njit(cache=keyed(), nogil=True)
+def claim(bar, chunk):
+    """The first of the next `chunk` panels of the GEMM the two threads run at once that neither
+    has claimed yet: the panel counter's value before this claim added `chunk`."""
+    return _fetch_add(bar, CLAIMS, chunk)
+
+
+@njit(cache=keyed(), nogil=True)
+def unclaim(bar):
+    """The panel counter back to 0: by one thread past the barrier that ends a GEMM (each
+    thread's last claim came before its arrival there; the next GEMM's claims come after the
+    next barrier, which sees this store)."""
+    _store_at(bar, CLAIMS, 0)

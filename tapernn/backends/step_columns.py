@@ -40,8 +40,15 @@ ABORTS = [0]  # sides that returned at a barrier because the other had failed (t
 SPINS = 16  # rounds (8 pauses each) a thread spins at a barrier before it yields its core
 WAITED = [0, 0]  # cycles each side waited at the barriers so far (tools: the wait a step)
 
+# panels a claim of the native columns' dynamic split (3: 12 vectors, 4 whole tiles of 3); from
+# DYNAMIC_FROM panels on, the two threads claim a GEMM's panels CHUNK at a time (a thread that a
+# preemption or a slower core holds back computes fewer: no wait at the barrier for its half;
+# every panel is the same code whichever thread runs it), below it each its half
+CHUNK = 3
+DYNAMIC_FROM = 12
 _SPIN = (
-    "from tapernn.backends.numba_spin import arrive as _arrive  # "
+    "from tapernn.backends.numba_spin import arrive as _arrive, claim as _claim,"
+    " unclaim as _unclaim  # "
     + hashlib.sha1((Path(__file__).parent / "numba_spin.py").read_bytes()).hexdigest()[:20]
 )
 _PACKED = re.compile(r"^( +)(\w+) = _packed\(np\.ascontiguousarray\((\w+)\), (\w+), (.+)\)$")
@@ -96,10 +103,21 @@ def rewrite(source: str, alone: set[str], mr: int) -> tuple[str, list[Site]]:
         half = f"{panels}.shape[0] // 2"
         span = f"_me * ({half}), {half} + _me * ({panels}.shape[0] - {half})"
         if mr:
-            out.append(f"{pad}_tiles(_ca{k}, _co{k}.shape[0], {panels}, _co{k}, {span})")
+            npan, tiles = f"{panels}.shape[0]", f"{pad}    _tiles(_ca{k}, _co{k}.shape[0], {panels}, _co{k}"
+            out += [
+                f"{pad}if {npan} >= {DYNAMIC_FROM}:",
+                f"{pad}    _c = _claim(_bar, {CHUNK})",
+                f"{pad}    while _c < {npan}:",
+                f"    {tiles}, _c, min(_c + {CHUNK}, {npan}))",
+                f"{pad}        _c = _claim(_bar, {CHUNK})",
+                f"{pad}else:",
+                f"{tiles}, {span})",
+            ]
         else:
             out.append(f"{pad}_drv(_ca{k}, {panels}, _co{k}, {span})")
         out += sync
+        if mr:
+            out += [f"{pad}if _me == 0:", f"{pad}    _unclaim(_bar)"]
         if name is None:
             out.append(f"{pad}{value} = _co{k}[lo:hi]")
         else:
