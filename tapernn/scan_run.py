@@ -177,7 +177,6 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         helpers,
         ctx.options.batch_split,
         scan_columns.rule(compiled.graph, ctx.options.batch_split),
-        scan_columns.native(compiled.graph, ctx.options.batch_split),
     )
     return split, f"{kernel}; {split.note()}"
 

@@ -13,7 +13,7 @@ from cell_reference import fastlstm_step
 from test_batch_split import TOL, D, check_equations, equal, train
 
 import tapernn as tn
-from tapernn import nn, scan_columns, scan_split
+from tapernn import nn, scan_columns
 from tapernn.backends import numba_available, step_columns
 from tapernn.errors import TapernnError
 
@@ -39,13 +39,14 @@ def model(native, dtype="float64", split="on"):
 
 def fit(m, x, g):
     """test_batch_split.train with the model's rule (read when its loops compile: the first)."""
-    scan_columns.NATIVE_MIN_BYTES = 0 if NATIVES[id(m)] else 1 << 62
+    scan_columns.MIN_BYTES = 0 if NATIVES[id(m)] else 1 << 62
     return train(m, x, g)
 
 
 @pytest.fixture(autouse=True)
 def rule_after(monkeypatch):
-    monkeypatch.setattr(scan_columns, "NATIVE_MIN_BYTES", scan_columns.NATIVE_MIN_BYTES)
+    monkeypatch.setattr(scan_columns, "MIN_BYTES", scan_columns.MIN_BYTES)  # (restored after)
+    monkeypatch.setattr(scan_columns, "_l3", [0])  # (MIN_BYTES alone, whatever this CPU's L3)
 
 
 def lines(m):
@@ -99,7 +100,7 @@ def test_user_scan_equals_the_reference_interpreter():
     want = interpret(graph, *arrays)
     got = {}
     for native in (True, False):
-        scan_columns.NATIVE_MIN_BYTES = 0 if native else 1 << 62
+        scan_columns.MIN_BYTES = 0 if native else 1 << 62
         options = tn.PlanOptions(batch_split="on", layout="batch", own_threads="on")
         compiled = tn.compile(graph, options=options)
         calls = step_columns.CALLS[0]

@@ -2,8 +2,7 @@
 with rests (the arms' order reversed every other round): the same FastLSTM training step
 (numba, owned threads) with its loops split as batch halves ("halves": main's rule at these
 sizes), as native columns ("native": backends/step_columns.py, both threads in one compiled
-loop, a barrier pair a GEMM), or as the Python column split ("columns": scan_columns.run),
-next to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same
+loop, a barrier pair a GEMM; "spin": its barrier spinning ~1 s before it yields), next to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same
 seed): their gradients must be bit-equal. Prints per arm: step wall, process CPU, the caller
 thread's CPU (medians, minima), the ratio; and the native arm's wait at the barriers (each
 side's cycles waited a step, in microseconds at the cycle counter's measured rate).
@@ -28,19 +27,14 @@ from tapernn import scan_columns
 from tapernn.backends import step_columns
 
 NEVER = 1 << 62
-# each arm's (scan_columns.NATIVE_MIN_BYTES, MIN_BYTES, _l3: read when a loop compiles; the
-# barrier's spins before it yields, None: --spins): "spin" spins ~1 s before it yields
-ARMS = {
-    "halves": (NEVER, NEVER, 0, None),
-    "native": (0, NEVER, 0, None),
-    "spin": (0, NEVER, 0, 1 << 22),
-    "columns": (NEVER, 0, 0, None),
-}
+# each arm's (scan_columns.MIN_BYTES, _l3: read when a loop compiles; the barrier's spins before
+# it yields, None: --spins): "spin" spins ~1 s before it yields
+ARMS = {"halves": (NEVER, 0, None), "native": (0, 0, None), "spin": (0, 0, 1 << 22)}
 SPINS = [step_columns.SPINS]
 
 
 def settings(mode: str) -> None:
-    scan_columns.NATIVE_MIN_BYTES, scan_columns.MIN_BYTES, l3, spins = ARMS[mode]
+    scan_columns.MIN_BYTES, l3, spins = ARMS[mode]
     scan_columns._l3[0] = l3
     step_columns.SPINS = SPINS[0] if spins is None else spins
 
@@ -114,7 +108,10 @@ def main():
         if "native" in res and "spin" not in res:
             steps = args.reps * args.batch * 2 * T  # (a forward and a reverse loop a step)
             each = [(w - w0) / rate / steps * 1e6 for w, w0 in zip(step_columns.WAITED, waited)]
-            print(f"  native: barrier wait a loop step, caller {each[0]:.1f} us, worker {each[1]:.1f} us")
+            print(
+                f"  native: barrier wait a loop step (us), caller {each[1]:.1f} before its GEMM"
+                f" + {each[0]:.1f} after, worker {each[3]:.1f} + {each[2]:.1f}"
+            )
         for m in args.arms[1:]:
             per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
             print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")

@@ -7,8 +7,8 @@ halves from 2 MiB; "two": own_threads.in_two from 2 MiB, the
 lent panels' zero-fill -- the tap's copies were tried on two threads too: 1.71 vs 1.66 ms, no
 gain, now always on the caller; "head": nn/packing._zeros looks at
 the head first and the backward does not read a .grad it has just seen zeroed again -- on by
-default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next to torch
-nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their
+default; the Python column split's "balance" arm went with that split, branch hcolN), or all
+("new"), next to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their
 gradients must be bit-equal (the cuts move copies, zero-fills and panels between threads,
 never a computed value). Prints per arm: step wall, process CPU, the caller thread's CPU
 (medians, minima), the ratio, and the wall of each serial item a step.
@@ -32,19 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tapernn import own_threads, scan_columns, scan_pack, scan_split
 from tapernn.nn import packing, state_grads, steady_source
 
-NEW = (2 << 20, 2 << 20, packing.HEAD, [True], packing._within)  # (halves, in_two from 2 MiB)
-OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, [False], lambda a, known: False)  # (main)
-# each arm: which cuts it takes (pack halves, in_two, the zero check's head, the column split's
-# balance, the known zeros)
-# balance: scan_columns.BALANCE, at (64, 100, 1024); head: the zero check's head and the
-# backward's second read of a .grad skipped, packing._within -- this branch's default)
+NEW = (2 << 20, 2 << 20, packing.HEAD, packing._within)  # (halves, in_two from 2 MiB)
+OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, lambda a, known: False)  # (main)
+# each arm: which cuts it takes (pack halves, in_two, the zero check's head, the known zeros)
+# head: the zero check's head and the backward's second read of a .grad skipped,
+# packing._within -- this branch's default)
 ARMS = {
-    "old": (0, 0, 0, 0, 0),
-    "new": (1, 1, 1, 1, 1),
-    "pack": (1, 0, 0, 0, 0),
-    "two": (0, 1, 0, 0, 0),
-    "head": (0, 0, 1, 0, 1),
-    "balance": (0, 0, 0, 1, 0),
+    "old": (0, 0, 0, 0),
+    "new": (1, 1, 1, 1),
+    "pack": (1, 0, 0, 0),
+    "two": (0, 1, 0, 0),
+    "head": (0, 0, 1, 1),
 }
 
 
@@ -76,7 +74,6 @@ def settings(mode: str) -> None:
         scan_columns.PACK_MIN_BYTES,
         own_threads.TWO_MIN_BYTES,
         packing.HEAD,
-        scan_columns.BALANCE,
         packing._within,
     ) = (n if on else o for n, o, on in zip(NEW, OLD, ARMS[mode]))
 

@@ -170,7 +170,8 @@ def _yield(typingctx):
 def arrive(bar, me, n, spins):
     """Thread `me` (0 or 1) reaches the barrier the `n`-th time: whether the other has too, or
     False once the abort word is set (the other side failed). Spins `spins` rounds (8 pauses
-    each), then yields its core each round; the cycles waited added to its WAITED word."""
+    each), then yields its core each round; the cycles waited added to its WAITED words (the
+    first at an even `n`, the second at an odd one)."""
     _store_at(bar, me * LINE, n)
     other = (1 - me) * LINE
     if _load_at(bar, other) >= n:
@@ -186,7 +187,7 @@ def arrive(bar, me, n, spins):
         else:
             _yield()
         rounds += 1
-    bar[WAITED + me * LINE] += _cycles() - start
+    bar[WAITED + me * LINE + (n & 1)] += _cycles() - start
     return _load_at(bar, ABORT) == 0
 
 

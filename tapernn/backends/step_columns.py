@@ -38,7 +38,9 @@ from .step_loop import Halves, StepLoop
 CALLS = [0]  # loop calls run as native columns so far (tests: the split ran)
 ABORTS = [0]  # sides that returned at a barrier because the other had failed (tests)
 SPINS = 16  # rounds (8 pauses each) a thread spins at a barrier before it yields its core
-WAITED = [0, 0]  # cycles each side waited at the barriers so far (tools: the wait a step)
+# cycles waited at the barriers so far (tools: the wait a step): the caller's after its GEMMs,
+# before them, the worker's after, before
+WAITED = [0, 0, 0, 0]
 
 # panels a claim of the native columns' dynamic split (3: 12 vectors, 4 whole tiles of 3); from
 # DYNAMIC_FROM panels on, the two threads claim a GEMM's panels CHUNK at a time (a thread that a
@@ -103,7 +105,10 @@ def rewrite(source: str, alone: set[str], mr: int) -> tuple[str, list[Site]]:
         half = f"{panels}.shape[0] // 2"
         span = f"_me * ({half}), {half} + _me * ({panels}.shape[0] - {half})"
         if mr:
-            npan, tiles = f"{panels}.shape[0]", f"{pad}    _tiles(_ca{k}, _co{k}.shape[0], {panels}, _co{k}"
+            npan, tiles = (
+                f"{panels}.shape[0]",
+                f"{pad}    _tiles(_ca{k}, _co{k}.shape[0], {panels}, _co{k}",
+            )
             out += [
                 f"{pad}if {npan} >= {DYNAMIC_FROM}:",
                 f"{pad}    _c = _claim(_bar, {CHUNK})",
@@ -222,7 +227,8 @@ class Bound:
 def run_pair(first: Bound, second: Bound, submit: Any) -> tuple:
     """Both sides' final carries: `second` on the worker (`submit`), `first` here; the barrier's
     words zeroed first. A failure of either is raised (the one that is not Aborted)."""
-    from .numba_spin import LINE, WAITED as AT, WORDS
+    from .numba_spin import LINE, WORDS
+    from .numba_spin import WAITED as AT
 
     bar = first.loop.shared.bar
     bar[:WORDS] = 0
@@ -240,8 +246,8 @@ def run_pair(first: Bound, second: Bound, submit: Any) -> tuple:
     if errors:
         raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
     CALLS[0] += 1
-    WAITED[0] += int(bar[AT])
-    WAITED[1] += int(bar[AT + LINE])
+    for k in range(4):  # (each side's waits after a GEMM, before one)
+        WAITED[k] += int(bar[AT + (k // 2) * LINE + k % 2])
     return values[0], values[1]
 
 
