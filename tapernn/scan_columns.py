@@ -94,12 +94,12 @@ def l3_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     return _l3[0]
 
 
-def note(nbytes: int, rows: tuple, when: str) -> str:
-    (a, b), (c, d) = rows
+def note(nbytes: int) -> str:
+    """What a loop's report line adds to its batch split's text (the columns run where its
+    step loops do: step_columns' note says so once they have)."""
     return (
-        "step GEMMs split by output columns over 2 threads (packed weights"
-        f" {nbytes / 2**20:.1f} MiB >= {min_bytes() / 2**20:g} MiB; each step's elementwise work"
-        f" by rows {a}:{b} | {c}:{d}){when}"
+        "in its step loops, step GEMMs split by output columns over the 2 threads (packed"
+        f" weights {nbytes / 2**20:.1f} MiB >= {min_bytes() / 2**20:g} MiB)"
     )
 
 

@@ -240,9 +240,8 @@ class SplitRunner:
     def note(self) -> str:
         (a, b), (c, d) = self.rows
         when = "" if self.mode == "on" else " in owned calls (threads)"
-        if self.columns:
-            return scan_columns.note(self.columns, self.rows, when)
-        return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
+        text = f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
+        return f"{text}; {scan_columns.note(self.columns)}" if self.columns else text
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if self.failed or threading.get_ident() in worker_ident:

@@ -13,7 +13,7 @@ from cell_reference import fastlstm_step
 from test_batch_split import TOL, D, check_equations, equal, train
 
 import tapernn as tn
-from tapernn import nn, scan_columns
+from tapernn import nn, own_threads, scan_columns
 from tapernn.backends import numba_available, step_columns
 from tapernn.errors import TapernnError
 
@@ -145,7 +145,12 @@ def test_a_failing_side_makes_the_other_return(failing, rng, monkeypatch):
     monkeypatch.setattr(step_columns.ColumnLoop, "__call__", call)
     aborts, seen = step_columns.ABORTS[0], []
     monkeypatch.setattr(step_columns, "run_pair", spy(step_columns.run_pair, seen))
-    error = within(60, lambda: fit(a, x, g))
+    tn.set_blas_threads(2)
+    try:
+        error = within(60, lambda: fit(a, x, g))
+        assert own_threads.blas.limiter.pool_count() == 2  # (the BLAS setting restored)
+    finally:
+        tn.set_blas_threads("auto")
     assert isinstance(error, RuntimeError) and "side failed" in str(error)
     assert step_columns.ABORTS[0] - aborts == 1  # (the other side returned at its barrier)
     assert seen and isinstance(seen[0][1 - failing], step_columns.Aborted)
