@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from ab_common import config_arms, interleaved, training_step
+from ab_common import alternating, config_arms, grads_equal, print_arms, print_ratios, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -79,32 +78,14 @@ def main():
         for f in arms.values():
             for _ in range(3):
                 f()
-        res = {k: ([], [], []) for k in arms}
         waited, calls = list(step_columns.WAITED), step_columns.CALLS[0]
-        for r in range(args.reps):  # (the arms' order reversed every other round)
-            names = list(arms) if r % 2 == 0 else list(arms)[::-1]
-            one = interleaved({k: arms[k] for k in names}, 1, args.batch)
-            for k in arms:
-                for acc, v in zip(res[k], one[k]):
-                    acc.extend(v)
-        first = models[args.arms[0]].parameters()
-        same = all(
-            np.array_equal(p.grad, q.grad)
-            for m in args.arms[1:]
-            for p, q in zip(first, models[m].parameters())
-        )
-        base = "torch" if "torch" in res else args.arms[0]
-        torch = np.median(res[base][0])
+        res = alternating(arms, args.reps, args.batch)
+        same = grads_equal(models, args.arms)
         print(
             f"({text}) {args.dtype}, {args.reps} rounds x {args.batch} steps, spins {args.spins},"
             f" gradients bit-equal: {same}, native loop calls {step_columns.CALLS[0] - calls}"
         )
-        for k, (wall, cpu, thread) in res.items():
-            print(
-                f"  {k:7s} wall {np.median(wall) * 1e3:8.2f} ms (min {min(wall) * 1e3:8.2f})"
-                f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
-                f" (min {min(thread) * 1e3:8.2f})  x {base} {np.median(wall) / torch:.3f}"
-            )
+        print_arms(res, "torch" if "torch" in res else args.arms[0])
         if "native" in res and "spin" not in res:
             steps = args.reps * args.batch * 2 * T  # (a forward and a reverse loop a step)
             each = [(w - w0) / rate / steps * 1e6 for w, w0 in zip(step_columns.WAITED, waited)]
@@ -112,10 +93,7 @@ def main():
                 f"  native: barrier wait a loop step (us), caller {each[1]:.1f} before its GEMM"
                 f" + {each[0]:.1f} after, worker {each[3]:.1f} + {each[2]:.1f}"
             )
-        for m in args.arms[1:]:
-            per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
-            print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")
-        print(f"  load {os.getloadavg()}", flush=True)
+        print_ratios(res, args.arms)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ab_common import config_arms, interleaved, training_step
+from ab_common import config_arms, interleaved, print_ratios, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -129,10 +129,7 @@ def main():
             each = "  ".join(f"{m} {ITEMS.get((m, item), 0) / steps * 1e3:.3f}" for m in args.arms)
             print(f"  {item}, ms a step: {each}")
         ITEMS.clear()
-        for m in args.arms[1:]:
-            per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
-            print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")
-        print(f"  load {os.getloadavg()}", flush=True)
+        print_ratios(res, args.arms)
 
 
 if __name__ == "__main__":

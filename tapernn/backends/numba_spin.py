@@ -40,13 +40,19 @@ def _pause(typingctx):
     """x86's `pause` (a spin-wait hint: the core backs off); nothing elsewhere."""
 
     def codegen(context, builder, signature, args):
-        if _X86:
-            fnty = ir.FunctionType(ir.VoidType(), [])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
-            builder.call(fn, [])
+        _emit_pause(builder)
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+def _emit_pause(builder) -> None:
+    """The `pause` instruction at the builder (x86), nothing elsewhere."""
+    if _X86:
+        fnty = ir.FunctionType(ir.VoidType(), [])
+        builder.call(
+            cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause"), []
+        )
 
 
 @njit(cache=keyed(), nogil=True)
@@ -157,10 +163,8 @@ def _yield(typingctx):
         if _YIELD:
             fnty = ir.FunctionType(ir.IntType(32), [])
             builder.call(cgutils.get_or_insert_function(builder.module, fnty, _YIELD), [])
-        elif _X86:
-            fnty = ir.FunctionType(ir.VoidType(), [])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
-            builder.call(fn, [])
+        else:
+            _emit_pause(builder)
         return context.get_dummy_value()
 
     return types.void(), codegen
