@@ -3,16 +3,18 @@ owned call (the caller and own_threads' worker) run the SAME compiled step loop 
 half's step loop (step_loop.py) with every packed step GEMM rewritten -- and per GEMM
 
 1. each thread packs its rows of the GEMM's input `a` into the whole batch's packed `a`
-   (packed_kernels._pack_a's row blocks: where both sides' rows start at a block),
-2. a barrier (every row of `a` packed),
-3. each thread computes ITS panels (output columns: [0, P/2) and [P/2, P)) for ALL rows into a
-   whole-batch output (packed_kernels._packed_tiles: the unsplit driver's code and bits),
+   (packed_kernels._pack_a's row blocks; where the sides' rows do not start at a block, each
+   puts its rows into a whole-batch `a` and both pack all of it),
+2. a barrier (every row of `a` written),
+3. each thread computes panels (output columns) for ALL rows into a whole-batch output
+   (packed_kernels._packed_tiles: the unsplit driver's code and bits) -- from DYNAMIC_FROM
+   panels on, CHUNK at a time as it claims them (numba_spin.claim), else its half,
 4. a barrier (every column written), then each thread goes on with its own rows of the output,
    its elementwise work on its rows as the batch halves do.
 
-So each thread streams half the weight a step (the batch halves each stream all of it) and the
-elementwise work stays on both threads (the Python column split, scan_columns.run, ran it on
-the caller alone with two hand-offs a step). Same bits as the batch halves and the unsplit
+So each thread streams about half the weight a step (the batch halves each stream all of it)
+and the elementwise work stays on both threads (the Python column split this replaced ran it on
+the caller alone, with two hand-offs a step). Same bits as the batch halves and the unsplit
 loop: every output element is computed by the same code from the same operands.
 
 The barrier (numba_spin.arrive) spins a little, then yields its core; it never hangs on a side
