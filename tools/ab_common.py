@@ -4,6 +4,7 @@ through the module API) of a Sequencer on the numba backend, with a hook each ca
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -119,3 +120,15 @@ def print_ratios(res: dict, names: list[str]) -> None:
         per = [o / n for o, n in zip(res[names[0]][0], res[m][0])]
         print(f"  per-round wall {names[0]}/{m} median {np.median(per):.3f}")
     print(f"  load {os.getloadavg()}", flush=True)
+
+
+def arm_parser(arms: dict, default: list[str]) -> argparse.ArgumentParser:
+    """The A/B scripts' common options: --configs, --reps, --batch, --dtype, --arms, --no-torch."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--arms", nargs="+", default=default, choices=list(arms))
+    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
+    return ap

@@ -12,13 +12,20 @@ Run: PYTHONPATH=$PWD python tools/ab_native.py --configs 32,50,512 --reps 15 [--
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-from ab_common import alternating, config_arms, grads_equal, print_arms, print_ratios, training_step
+from ab_common import (
+    alternating,
+    arm_parser,
+    config_arms,
+    grads_equal,
+    print_arms,
+    print_ratios,
+    training_step,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,14 +63,8 @@ def cycle_rate() -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=3)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--arms", nargs="+", default=["halves", "native"], choices=list(ARMS))
+    ap = arm_parser(ARMS, ["halves", "native"])
     ap.add_argument("--spins", type=int, default=step_columns.SPINS)
-    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
     ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
     args = ap.parse_args()
     if args.nice:

@@ -18,14 +18,13 @@ Run: PYTHONPATH=$PWD python tools/ab_serial.py --configs 32,50,512 --reps 15
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from ab_common import config_arms, interleaved, print_ratios, training_step
+from ab_common import arm_parser, config_arms, interleaved, print_ratios, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -83,13 +82,7 @@ def make(B, T, H, dtype, x, g, mode):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=3)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--arms", nargs="+", default=["old", "new"], choices=list(ARMS))
-    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
+    ap = arm_parser(ARMS, ["old", "new"])
     args = ap.parse_args()
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
