@@ -1,40 +1,38 @@
-"""The column split of a rolled loop's packed step GEMMs (issue 19, BENCHMARKS.md "hbig"): in an
-owned program call (own_threads.py) a loop whose packed step weights are large runs WHOLE on the
-caller's thread, and each step's `a @ W` computes its panels (output columns) [0, P/2) on the
-caller and [P/2, P) on the split's worker at once -- instead of the batch split's two halves
-(scan_split.py) that each stream the whole weight every step.
+"""The column split of a rolled loop's packed step GEMMs (issue 19, BENCHMARKS.md "hbig", "hcolN"):
+in an owned program call (own_threads.py) a loop whose packed step weights are large splits
+each step GEMM `a @ W` by its panels (output columns) over the caller and the split's worker --
+each thread streams half the weight a step -- instead of the batch split's two halves
+(scan_split.py) that each stream the whole weight every step. It runs natively
+(backends/step_columns.py): both threads run one compiled step loop, each its panels for all
+rows and then its rows' elementwise work, a barrier pair a GEMM.
 
 Why (measured, "hbig"): at (64, 100, 1024) f32 the packed recurrent weight is 16 MiB; two batch
 halves each stream all of it from L3/DRAM per step and their loops cost +21 % CPU (hpar), where
 two column halves stream 8 MiB each. The owned training step (A/B in one process, six runs at
-load 8-13, autogroup nice -19) ran 0.96-1.05x torch nn.LSTM with the column split against
-1.04-1.25x with the batch halves, at 7-22 % less CPU. At (32, 50, 512) (a
-4 MiB weight) the batch halves were faster (130 vs 136 ms in a prototype: each half's
-elementwise work and Python run on its own core, where the column split runs them on the caller
-alone): hence the rule below.
+load 8-13, autogroup nice -19, Zen 4) ran 0.96-1.05x torch nn.LSTM with the column split
+against 1.04-1.25x with the batch halves, at 7-22 % less CPU -- that split then ran the loop in
+Python on the caller, the GEMM's halves handed to the worker twice a step, the elementwise work
+on the caller alone. The native split replaced it ("hcolN": at (64, 100, 1024) f32 on an Intel
+Xeon, forced on, 0.92-0.93x its wall per round at load 15-19, bit-equal gradients).
 
-Same bits as the serial driver: each panel is computed by the same code (packed_kernels._panels)
+Same bits as the serial driver: each panel is computed by the same code (packed_kernels)
 whichever thread runs it, into its own columns of `out`; so split = unsplit bit for bit.
 
-Where the last-level cache holds the weights many times over, the batch halves are faster (an
-Intel Xeon with 480 MiB of L3, "hrestI": (64, 100, 1024) f32 0.887-0.894x the column split's
-wall per round, the same CPU, bit-equal gradients): the halves' streams of the weight hit in L3,
-and what the column split adds is its per-step work on one thread -- the forward loop took 372
-ms of wall for 210 ms of each thread's panels: the step's elementwise kernels and Python on the
-caller (~0.7 ms of CPU a step) and two hand-offs a step, the other thread waiting. On Zen 4 (32
-MiB of L3, twice the 16 MiB weight) the columns were faster ("hbig").
+Where the last-level cache holds the weights many times over, the batch halves are as fast or
+faster (an Intel Xeon with 480 MiB of L3: "hrestI", and "hcolN": native columns 0.98-0.99x the
+halves' wall at (64, 100, 1024) f32 and 0.95-1.0x at (32, 50, 512) f32, at load 11-19, where
+each barrier waits on the other thread's preemptions): the halves' streams of the weight hit in
+L3. On Zen 4 (32 MiB of L3, twice the 16 MiB weight) the columns were faster ("hbig").
 
 The rule (`rule`, shown in the loop's line of the compile report): the loop would split its batch
 rows (scan_split.plan: numba, every step GEMM packed, ...) and its packed step weights hold >=
-`min_bytes()` together (MIN_BYTES, or a quarter of the L3 if more); per call (`run`): an owned
-call on the caller's thread, >= 2 panels."""
+`min_bytes()` together (MIN_BYTES, or a quarter of the L3 if more); it runs where the halves'
+step loops translate (step_loop.py; else the batch halves in Python), in owned calls."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -58,7 +56,6 @@ _l3: list[int | None] = [None]  # the L3's bytes (`l3_bytes`; tests set 0: MIN_B
 # column split's; the 4 MiB weights of (32, 50, 512) f32 packed slower in two halves in a step
 # at load 12 (2.05 -> 3.5 ms a step: the worker's wake-up), BENCHMARKS.md "h512b"
 PACK_MIN_BYTES = 12 << 20
-SPLIT_GEMMS = [0]  # step GEMMs run split by columns so far (tests: the split ran)
 
 
 def weight_bytes(graph: Graph) -> int:
@@ -98,26 +95,13 @@ def l3_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     return _l3[0]
 
 
-def note(nbytes: int, when: str) -> str:
+def note(nbytes: int) -> str:
+    """What a loop's report line adds to its batch split's text (the columns run where its
+    step loops do: step_columns' note says so once they have)."""
     return (
-        "step GEMMs split by output columns over 2 threads (packed weights"
-        f" {nbytes / 2**20:.1f} MiB >= {min_bytes() / 2**20:g} MiB; the loop runs whole){when}"
+        "in its step loops, step GEMMs split by output columns over the 2 threads (packed"
+        f" weights {nbytes / 2**20:.1f} MiB >= {min_bytes() / 2**20:g} MiB)"
     )
-
-
-def attach(fn: Any) -> int:
-    """Have the PackedSites of a body program `fn` run their kernel through `run`; how many."""
-    count = 0
-    for v in (fn.__kwdefaults__ or {}).values():
-        if isinstance(v, packed.PackedSite):
-            v.run = run
-            count += 1
-    return count
-
-
-def _panels_of(kernel: Any) -> Any:
-    """packed_kernels._panels of the copy a driver `kernel` comes from (its geometry)."""
-    return packed.module_of(kernel)._panels
 
 
 def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
@@ -143,71 +127,3 @@ def pack(w: np.ndarray, out: np.ndarray | None, nr: int | None) -> np.ndarray:
     finally:
         future.result()
     return out
-
-
-def run(kernel: Any, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = a @ W as packed.run_kernel computes it; in an owned call on the caller's thread
-    the panels split over the caller and the worker."""
-    npan = panels.shape[0]
-    if (
-        npan < 2
-        or not owning()
-        or threading.get_ident() in worker_ident
-        or not (a.flags.c_contiguous and panels.flags.c_contiguous and out.flags.c_contiguous)
-        or not (a.dtype == panels.dtype == out.dtype)
-        or panels.shape[2] != packed.width_of(kernel, panels.dtype)
-        or a.shape[0] != out.shape[0]
-    ):
-        return packed.run_kernel(kernel, a, panels, out)
-    panels_of = _panels_of(kernel)
-    if BALANCE[0]:
-        _balanced(panels_of, a, panels, out, npan)
-    else:  # (the middle: no clock, no bookkeeping on this per-step path)
-        h = npan // 2
-        future = submit(panels_of, a, panels, out, h, npan)
-        try:
-            panels_of(a, panels, out, 0, h)
-        finally:
-            future.result()
-    SPLIT_GEMMS[0] += 1
-    return out
-
-
-def _balanced(panels_of: Any, a, panels, out, npan: int) -> None:
-    """run's split at the point `_SPLIT` keeps for this (a's shape, panels, dtype), moved by one
-    panel toward both halves ending together once the worker's lag -- its end after the
-    caller's, in the caller's panels' time, averaged over the calls -- exceeds one panel."""
-    key = (a.shape, npan, a.dtype.char)
-    h, lag = _SPLIT.get(key, (npan // 2, 0.0))
-    h = min(max(h, 1), npan - 1)
-    ended = [0.0]
-    start = _now()
-    future = submit(_half, panels_of, a, panels, out, h, npan, ended)
-    try:
-        panels_of(a, panels, out, 0, h)
-        mine = _now()
-    finally:
-        future.result()
-    lag = 0.75 * lag + 0.25 * (ended[0] - mine) * h / max(mine - start, 1e-9)
-    if lag > 1 and h < npan - 1:
-        h, lag = h + 1, 0.0
-    elif lag < -1 and h > 1:
-        h, lag = h - 1, 0.0
-    _SPLIT[key] = (h, lag)
-
-
-# (the caller's panels of a split step GEMM, per (a's shape, panels, dtype): moved by one panel
-# a call toward the two halves ending at once -- a slower vCPU or a late wake-up of the worker
-# gets fewer panels; every panel is computed by the same code whichever thread runs it, so
-# the split point changes no bit): off -- no gain measured at (64, 100, 1024) f32 at load
-# 13-16 (0.976-0.981x per round, the points stayed within 1-5 panels of the middle),
-# BENCHMARKS.md "h512b"; tools/ab_serial.py --arms old balance to measure it quiet
-BALANCE = [False]
-_SPLIT: dict[tuple, tuple[int, float]] = {}  # (h, the worker's averaged lag in panels)
-_now = time.perf_counter
-
-
-def _half(panels_of: Any, a, panels, out, first: int, last: int, ended: list) -> None:
-    """The worker's panels [first, last), and when they ended (`ended[0]`)."""
-    panels_of(a, panels, out, first, last)
-    ended[0] = _now()

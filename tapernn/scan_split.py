@@ -218,9 +218,6 @@ class SplitRunner:
     ):
         self.full, self.full_fn, self.graphs, self.attrs = full, full_fn, graphs, attrs
         self.compile_half, self.helpers, self.mode = compile_half, helpers, mode
-        # (scan_columns: the loop runs whole, its step GEMMs split by columns in owned calls;
-        # not when its program calls no PackedSite -- the halves then)
-        self.columns = columns if columns and scan_columns.attach(full_fn) else 0
         batch = attrs["body"].inputs[0].shape[0]
         b0, _ = halves(batch)
         self.rows = ((0, b0), (b0, batch))
@@ -236,16 +233,18 @@ class SplitRunner:
         prologue = helpers["prologue"][0]
         self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
         self.step_loops: Any = None  # each half's loop as one numba call (step_loop.Halves)
+        # (scan_columns: both threads run one step loop, its GEMMs split by columns, where the
+        # halves' step loops translate -- backends/step_columns.py; the weights' bytes)
+        self.columns = columns
 
     def note(self) -> str:
         (a, b), (c, d) = self.rows
         when = "" if self.mode == "on" else " in owned calls (threads)"
-        if self.columns:
-            return scan_columns.note(self.columns, " in owned calls (threads)")
-        return f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
+        text = f"batch split over 2 threads (rows {a}:{b} | {c}:{d}){when}"
+        return f"{text}; {scan_columns.note(self.columns)}" if self.columns else text
 
     def __call__(self, *args: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if self.columns or self.failed or threading.get_ident() in worker_ident:
+        if self.failed or threading.get_ident() in worker_ident:
             return self.full(*args, out=out)
         if self.mode != "on" and not owning():  # "auto": in owned calls alone
             return self.full(*args, out=out)
@@ -307,6 +306,16 @@ class SplitRunner:
 
         enabled = STEP_LOOPS[0] and h.get("step_loops", 1)
         self.step_loops = attach(self, halves_compiled, enabled, lates)
+        if self.columns and self.step_loops is not None:
+            from .backends.step_columns import columns
+            from .backends.step_loop import note
+
+            kw = [c.program.fn.__kwdefaults__ or {} for c in halves_compiled]
+            made = columns(self.step_loops, self.rows, kw)
+            if isinstance(made, str):  # (the batch halves' step loops then)
+                note(self, f"batch halves: {made}")
+            else:
+                self.step_loops = made
         return True
 
     def _late(self, compiled: Any, half: int) -> dict | None:
@@ -389,6 +398,11 @@ class SplitRunner:
         bound = None  # (each half as one numba call, once compiled: step_loop.Halves)
         if self.step_loops is not None:
             bound = self.step_loops.choose(self, (cs, xs, inv, ys), both, alias)
+        if bound is not None and self.columns:
+            from .backends.step_columns import Bound, run_pair
+
+            if isinstance(bound[0], Bound):  # (both sides run one loop: native columns)
+                return run_pair(bound[0], bound[1], submit)
         if bound is not None:
             calls = [(fn, ()) for fn in bound]
         else:  # the Python loops over the halves' row slices

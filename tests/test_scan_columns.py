@@ -1,27 +1,27 @@
 """The column split of a loop's packed step GEMMs (scan_columns.py, issue 19): in owned calls a
-loop whose packed weights hold >= scan_columns.MIN_BYTES runs whole, each step GEMM's panels
-(output columns) split over the caller and the worker. Split = unsplit bit for bit (each panel
-the same code) = the NumPy equations (float64, 1e-12), values and every gradient; odd batches
-and panel counts; the rule in the compile report (on at the threshold, off one byte above it,
-off for feature-major and unpacked loops); float32 bit for bit."""
+loop whose packed weights hold >= scan_columns.MIN_BYTES (or a quarter of the L3) splits each step
+GEMM's panels (output columns) over the caller and the worker, natively (both threads in one
+step loop: backends/step_columns.py, whose bits and failures tests/test_native_columns.py
+checks). Here: the rule in the compile report (on at the threshold, off one byte above it, off
+for feature-major and unowned calls), need_grad_input=False, any split of the panels giving the
+driver's bits, the weights packed in two halves, and the L3's share."""
 
-import threading
+import itertools
 
 import numpy as np
 import pytest
-from cell_reference import fastlstm_step
-from test_batch_split import D, T, check_equations, notes, train
+from test_batch_split import D, T, notes, train
 
 import tapernn as tn
-from tapernn import nn, own_threads, scan_columns, scan_split
-from tapernn.backends import numba_available
-from tapernn.blas_bits import blas_bits
+from tapernn import nn, own_threads, scan_columns
+from tapernn.backends import numba_available, step_columns
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
 ]
-H = 130  # W (130, 520) float64: 540,800 bytes, packed (>= 65,536 elements); 17 | 5 panels
+H = 256  # W (256, 1024) float64: 2 MiB, packed; B >= 16: the halves' step loops translate
+COLUMNS = "split by output columns over the 2 threads"
 
 
 @pytest.fixture(autouse=True)
@@ -57,56 +57,15 @@ def exact(a, b):
         np.testing.assert_array_equal(a[2][k], b[2][k], err_msg=k)
 
 
-@pytest.mark.parametrize("batch", [5, 16])
-def test_column_split_equals_unsplit_and_numpy_equations(batch, rng):
-    x, g = rng.standard_normal((T, batch, D)), rng.standard_normal((T, batch, H))
-    a, b = model("on", "on"), model("off", "off")
-    for _ in range(2):  # other weights at each call
-        exact(train(a, x, g), train(b, x, g))
-        for m in (a, b):
-            for p in m.parameters():
-                p.data[...] += 0.01
-    gemms, halves = scan_columns.SPLIT_GEMMS[0], scan_split.SPLIT_CALLS[0]
-    got = train(a, x, g)
-    # every step's GEMM of both loops split by columns (forward h @ W, backward dz @ W^T);
-    # no batch halves
-    assert scan_columns.SPLIT_GEMMS[0] - gemms >= 2 * T - 1
-    assert scan_split.SPLIT_CALLS[0] == halves
-    exact(got, train(b, x, g))
-    assert all("split by output columns over 2 threads" in k for k in notes(a)), notes(a)
-    assert all("columns" not in k for k in notes(b)), notes(b)
-    check_equations(a, fastlstm_step, 2, x, g, got, rng)
-
-
-def test_float32_bit_for_bit(rng, monkeypatch):
-    """The owned call's time-batched GEMMs run on OpenBLAS in halves at one thread, the
-    unowned one's whole at the thread count "auto" times: the same bits where the BLAS keeps
-    them for row and column halves and for 1 vs 2 threads (tapernn.blas_bits; the AVX2 VM's
-    float32 not), else here those GEMMs run whole at one thread in both programs, so the
-    column split of the packed step GEMMs is still compared bit for bit."""
-    bits = blas_bits(np.float32)
-    if not (bits.rows and bits.columns and bits.threads):
-        monkeypatch.setattr(own_threads, "MIN_FLOPS", float("inf"))
-        tn.set_blas_threads(1)  # (own_threads="on" owns the calls at any policy)
-    x = rng.standard_normal((T, 7, D)).astype(np.float32)
-    g = rng.standard_normal((T, 7, 200)).astype(np.float32)  # (200, 800): 12.5 | 3.1 panels
-    a = model("on", "on", hidden=200, dtype=np.float32)
-    b = model("off", "off", hidden=200, dtype=np.float32)
-    before = scan_columns.SPLIT_GEMMS[0]
-    for _ in range(3):
-        exact(train(a, x, g), train(b, x, g))
-    assert scan_columns.SPLIT_GEMMS[0] > before
-
-
 def test_need_grad_input_false(rng):
-    x, g = rng.standard_normal((T, 9, D)), rng.standard_normal((T, 9, H))
+    x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
     a, b = model("on", "on"), model("off", "off")
-    before = scan_columns.SPLIT_GEMMS[0]
-    for _ in range(2):
+    before = step_columns.CALLS[0]
+    for _ in range(3):
         got = train(a, x, g, False)
         assert got[1] is None
         exact(got, train(b, x, g, False))
-    assert scan_columns.SPLIT_GEMMS[0] > before
+    assert step_columns.CALLS[0] > before
 
 
 def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
@@ -116,70 +75,46 @@ def test_the_rule_in_the_report_and_the_calls(rng, monkeypatch):
     nbytes = H * 4 * H * 8
     monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes)
     on = model("on", "auto")
-    train(on, x, g)
+    for _ in range(3):
+        train(on, x, g)
     assert all(
-        "columns over 2 threads (packed weights 0.5 MiB" in k and "loop runs whole" in k
+        f"{COLUMNS} (packed weights 2.0 MiB" in k
+        and "batch split over 2 threads (rows 0:8 | 8:16)" in k
+        and "native columns" in k
         for k in notes(on)
     ), notes(on)
+    before = step_columns.CALLS[0]
+    train(on, x, g)
+    assert step_columns.CALLS[0] - before == 2
     # an L3 of L3_SHARE x the weight's bytes: still the columns; L3_SHARE bytes more: the halves
-    for extra, split in ((0, "columns over 2 threads"), (1, "batch split over 2 threads")):
+    for extra in (0, 1):
         l3 = scan_columns.L3_SHARE * (nbytes + extra)
         monkeypatch.setattr(scan_columns, "_l3", [l3])
         m = model("on", "auto")
         train(m, x, g)
-        assert all(split in k for k in notes(m)), notes(m)
+        assert all((COLUMNS in k) == (extra == 0) for k in notes(m)), notes(m)
     monkeypatch.setattr(scan_columns, "_l3", [0])
     monkeypatch.setattr(scan_columns, "MIN_BYTES", nbytes + 1)
     off = model("on", "auto")
-    train(off, x, g)
+    for _ in range(3):
+        train(off, x, g)
     assert all("columns" not in k and "batch split over 2 threads" in k for k in notes(off))
-    before = scan_columns.SPLIT_GEMMS[0], scan_split.SPLIT_CALLS[0]
+    before = step_columns.CALLS[0]
     train(off, x, g)
-    assert scan_columns.SPLIT_GEMMS[0] == before[0] and scan_split.SPLIT_CALLS[0] > before[1]
+    assert step_columns.CALLS[0] == before
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 0)
     feature = model("on", "auto", layout="feature")
     train(feature, x, g)
     assert all("columns" not in k for k in notes(feature)), notes(feature)
     unowned = model("off", "auto")
-    train(unowned, x, g)
-    before = scan_columns.SPLIT_GEMMS[0]
-    train(unowned, x, g)  # (the rule holds, but the call is not owned: nothing splits)
-    assert scan_columns.SPLIT_GEMMS[0] == before
+    for _ in range(3):  # (the rule holds, but no call is owned: nothing splits)
+        train(unowned, x, g)
+    assert step_columns.CALLS[0] == before
     small = rng.standard_normal((T, 5, D)), rng.standard_normal((T, 5, H))
     few = model("on", "auto")  # 5 rows: "auto" does not split the loop at all
     train(few, *small)
     assert all("no batch split: 5 rows" in k for k in notes(few)), notes(few)
     assert "not owned" in few.compile_report().threads
-
-
-def test_an_exception_in_the_workers_half_reaches_the_caller(rng, monkeypatch):
-    """The worker's panels raising: the call raises, the BLAS pool setting is restored, and
-    the model computes right afterwards."""
-    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
-    a, b = model("on", "on"), model("off", "off")
-    exact(train(a, x, g), train(b, x, g))
-    calls = [0]
-    real_of = scan_columns._panels_of
-    real = [None]
-
-    def boom(a_, p, o, first, last):
-        calls[0] += 1
-        if first > 0:
-            raise RuntimeError("boom in the worker's panels")
-        return real[0](a_, p, o, first, last)
-
-    def boom_of(kernel):
-        real[0] = real_of(kernel)
-        return boom
-
-    monkeypatch.setattr(scan_columns, "_panels_of", boom_of)
-    tn.set_blas_threads(2)
-    with pytest.raises(Exception, match="boom"):
-        train(a, x, g)
-    assert calls[0] >= 2
-    assert own_threads.blas.limiter.pool_count() == 2
-    monkeypatch.setattr(scan_columns, "_panels_of", real_of)
-    exact(train(a, x, g), train(b, x, g))
 
 
 def test_a_large_weight_is_packed_on_two_threads(rng, monkeypatch):
@@ -250,80 +185,24 @@ def test_the_model_packs_through_the_split(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_any_split_point_gives_the_same_bits_and_it_follows_the_slower_half(
-    dtype, rng, monkeypatch
-):
-    """scan_columns.run's split point (the caller's panels [0, h)): every h the bits of the
-    serial driver (each panel the same code); it moves by one panel toward the half
-    that ends first -- more panels to the caller when the worker's half ends later, fewer
-    when the caller's does -- and stays at npan // 2 with BALANCE off (the default)."""
+def test_any_split_of_the_panels_gives_the_drivers_bits(dtype, rng):
+    """packed_kernels._packed_tiles over any panel range of an `a` packed once (the native split's
+    static halves at every split point, its claims of 3 panels) = the serial driver over all
+    panels, bit for bit: each panel the same code whichever range runs it."""
     from tapernn.backends import packed
 
-    monkeypatch.setattr(scan_columns, "BALANCE", [True])  # (off by default: not measured a gain)
-    key = ((np.dtype(dtype).str,),)
-    packed.handle().prepare(key)
-    kernel = packed.handle().kernel
-    a = rng.standard_normal((7, 50)).astype(dtype)
+    mod = packed._kernel_module()
+    a = rng.standard_normal((19, 50)).astype(dtype)
     panels = packed.pack_panels(rng.standard_normal((50, 903)).astype(dtype))
     npan = panels.shape[0]  # (15 to 113 panels: either geometry, either dtype)
-    want = np.full((7, 903), np.nan, dtype)
-    packed.run_kernel(kernel, a, panels, want)
-    at = (a.shape, npan, a.dtype.char)
-
-    def call():
+    want = np.full((19, 903), np.nan, dtype)
+    mod._panels(a, panels, want, 0, npan)
+    packed_a = mod._pack_a(a)
+    for cuts in [[0, h, npan] for h in range(npan + 1)] + [[*range(0, npan, 3), npan]]:
         out = np.full_like(want, np.nan)
-        own_threads.run(lambda _: scan_columns.run(kernel, a, panels, out), None)
+        for first, last in itertools.pairwise(cuts):
+            mod._packed_tiles(packed_a, a.shape[0], panels, out, first, last)
         np.testing.assert_array_equal(out, want)
-
-    for h in range(1, npan):
-        monkeypatch.setitem(scan_columns._SPLIT, at, (h, 0.0))
-        call()
-    # a clock of the test's own (not the machine's: its load moves the wake-ups): each half
-    # ends one unit per panel after the call's start, plus 100 on the slowed side
-    real_of = scan_columns._panels_of
-    slow = [None]
-    ends: dict = {}
-
-    def slowed(kernel):
-        real = real_of(kernel)
-
-        def panels_of(a_, p, o, first, last):
-            real(a_, p, o, first, last)
-            side = "worker" if first > 0 else "caller"
-            penalty = 100.0 if side == slow[0] else 0.0
-            ends[threading.get_ident()] = last - first + penalty
-
-        return panels_of
-
-    monkeypatch.setattr(scan_columns, "_panels_of", slowed)
-    monkeypatch.setattr(scan_columns, "_now", lambda: ends.pop(threading.get_ident(), 0.0))
-    monkeypatch.setitem(scan_columns._SPLIT, at, (npan // 2, 0.0))
-    expect = npan // 2
-    for who, step in (("worker", 1), ("caller", -1), ("caller", -1)):
-        slow[0] = who
-        for _ in range(3):
-            call()
-            expect += step
-            assert scan_columns._SPLIT[at][0] == expect, who
-    slow[0] = None  # (both alike: from 2 panels on the caller to the middle, and it stays)
-    monkeypatch.setitem(scan_columns._SPLIT, at, (2, 0.0))
-    for _ in range(8 * npan):
-        call()
-    assert abs(scan_columns._SPLIT[at][0] - npan / 2) <= 1.5
-    monkeypatch.setattr(scan_columns, "BALANCE", [False])
-    seen = []
-
-    def recorded(kernel):
-        real = real_of(kernel)
-        return lambda a_, p, o, first, last: (
-            seen.append((first, last)) or real(a_, p, o, first, last)
-        )
-
-    monkeypatch.setattr(scan_columns, "_panels_of", recorded)
-    monkeypatch.setitem(scan_columns._SPLIT, at, (2, 0.0))  # (kept, and not read: off)
-    call()
-    assert sorted(seen) == [(0, npan // 2), (npan // 2, npan)]
-    assert scan_columns._SPLIT[at] == (2, 0.0)
 
 
 def test_the_column_split_starts_at_a_quarter_of_the_l3_if_more_than_min_bytes(

@@ -4,6 +4,8 @@ through the module API) of a Sequencer on the numba backend, with a hook each ca
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -76,3 +78,57 @@ def interleaved(arms: dict, reps: int, batch: int, rest: float = 0.1) -> dict:
             res[k][1].append((time.process_time() - c) / batch)
             res[k][2].append((time.thread_time() - tc) / batch)
     return res
+
+
+def alternating(arms: dict, reps: int, batch: int) -> dict:
+    """`interleaved` over `reps` rounds of one, the arms' order reversed every other round:
+    {name: (wall, process CPU, thread CPU)} lists of seconds per call."""
+    res = {k: ([], [], []) for k in arms}
+    for r in range(reps):
+        names = list(arms) if r % 2 == 0 else list(arms)[::-1]
+        one = interleaved({k: arms[k] for k in names}, 1, batch)
+        for k in arms:
+            for acc, v in zip(res[k], one[k]):
+                acc.extend(v)
+    return res
+
+
+def grads_equal(models: dict, names: list[str]) -> bool:
+    """Whether every model's parameter gradients equal the first's, bit for bit."""
+    first = models[names[0]].parameters()
+    return all(
+        np.array_equal(p.grad, q.grad)
+        for m in names[1:]
+        for p, q in zip(first, models[m].parameters())
+    )
+
+
+def print_arms(res: dict, base: str) -> None:
+    """Per arm: median wall (min), process CPU, the calling thread's CPU (min), x the `base` arm."""
+    ref = np.median(res[base][0])
+    for k, (wall, cpu, thread) in res.items():
+        print(
+            f"  {k:7s} wall {np.median(wall) * 1e3:8.2f} ms (min {min(wall) * 1e3:8.2f})"
+            f"  CPU {np.median(cpu) * 1e3:8.2f}  caller CPU {np.median(thread) * 1e3:8.2f}"
+            f" (min {min(thread) * 1e3:8.2f})  x {base} {np.median(wall) / ref:.3f}"
+        )
+
+
+def print_ratios(res: dict, names: list[str]) -> None:
+    """The median over rounds of the first arm's wall / each other arm's, and the load."""
+    for m in names[1:]:
+        per = [o / n for o, n in zip(res[names[0]][0], res[m][0])]
+        print(f"  per-round wall {names[0]}/{m} median {np.median(per):.3f}")
+    print(f"  load {os.getloadavg()}", flush=True)
+
+
+def arm_parser(arms: dict, default: list[str]) -> argparse.ArgumentParser:
+    """The A/B scripts' common options: --configs, --reps, --batch, --dtype, --arms, --no-torch."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--arms", nargs="+", default=default, choices=list(arms))
+    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
+    return ap

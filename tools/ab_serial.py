@@ -7,8 +7,8 @@ halves from 2 MiB; "two": own_threads.in_two from 2 MiB, the
 lent panels' zero-fill -- the tap's copies were tried on two threads too: 1.71 vs 1.66 ms, no
 gain, now always on the caller; "head": nn/packing._zeros looks at
 the head first and the backward does not read a .grad it has just seen zeroed again -- on by
-default; "balance": scan_columns.BALANCE, for (64, 100, 1024)), or all ("new"), next to torch
-nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their
+default; the Python column split's "balance" arm went with that split, branch hcolN), or all
+("new"), next to torch nn.LSTM f32 (--no-torch: ratios to the first arm). Each arm its own model (same seed): their
 gradients must be bit-equal (the cuts move copies, zero-fills and panels between threads,
 never a computed value). Prints per arm: step wall, process CPU, the caller thread's CPU
 (medians, minima), the ratio, and the wall of each serial item a step.
@@ -18,33 +18,30 @@ Run: PYTHONPATH=$PWD python tools/ab_serial.py --configs 32,50,512 --reps 15
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from ab_common import config_arms, interleaved, training_step
+from ab_common import arm_parser, config_arms, interleaved, print_ratios, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tapernn import own_threads, scan_columns, scan_pack, scan_split
 from tapernn.nn import packing, state_grads, steady_source
 
-NEW = (2 << 20, 2 << 20, packing.HEAD, [True], packing._within)  # (halves, in_two from 2 MiB)
-OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, [False], lambda a, known: False)  # (main)
-# each arm: which cuts it takes (pack halves, in_two, the zero check's head, the column split's
-# balance, the known zeros)
-# balance: scan_columns.BALANCE, at (64, 100, 1024); head: the zero check's head and the
-# backward's second read of a .grad skipped, packing._within -- this branch's default)
+NEW = (2 << 20, 2 << 20, packing.HEAD, packing._within)  # (halves, in_two from 2 MiB)
+OLD = (scan_columns.MIN_BYTES, 1 << 62, 0, lambda a, known: False)  # (main)
+# each arm: which cuts it takes (pack halves, in_two, the zero check's head, the known zeros)
+# head: the zero check's head and the backward's second read of a .grad skipped,
+# packing._within -- this branch's default)
 ARMS = {
-    "old": (0, 0, 0, 0, 0),
-    "new": (1, 1, 1, 1, 1),
-    "pack": (1, 0, 0, 0, 0),
-    "two": (0, 1, 0, 0, 0),
-    "head": (0, 0, 1, 0, 1),
-    "balance": (0, 0, 0, 1, 0),
+    "old": (0, 0, 0, 0),
+    "new": (1, 1, 1, 1),
+    "pack": (1, 0, 0, 0),
+    "two": (0, 1, 0, 0),
+    "head": (0, 0, 1, 1),
 }
 
 
@@ -76,7 +73,6 @@ def settings(mode: str) -> None:
         scan_columns.PACK_MIN_BYTES,
         own_threads.TWO_MIN_BYTES,
         packing.HEAD,
-        scan_columns.BALANCE,
         packing._within,
     ) = (n if on else o for n, o, on in zip(NEW, OLD, ARMS[mode]))
 
@@ -86,13 +82,7 @@ def make(B, T, H, dtype, x, g, mode):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["32,50,512"])
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=3)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--arms", nargs="+", default=["old", "new"], choices=list(ARMS))
-    ap.add_argument("--no-torch", action="store_true", help="without torch nn.LSTM's arm")
+    ap = arm_parser(ARMS, ["old", "new"])
     args = ap.parse_args()
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
@@ -132,10 +122,7 @@ def main():
             each = "  ".join(f"{m} {ITEMS.get((m, item), 0) / steps * 1e3:.3f}" for m in args.arms)
             print(f"  {item}, ms a step: {each}")
         ITEMS.clear()
-        for m in args.arms[1:]:
-            per = [o / n for o, n in zip(res[args.arms[0]][0], res[m][0])]
-            print(f"  per-round wall {args.arms[0]}/{m} median {np.median(per):.3f}")
-        print(f"  load {os.getloadavg()}", flush=True)
+        print_ratios(res, args.arms)
 
 
 if __name__ == "__main__":

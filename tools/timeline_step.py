@@ -92,18 +92,8 @@ def instrument():
         finally:
             rec(name, t0)
 
-    real_bound = step_loop._Bound.__call__
-
-    def bound(self):
-        t0 = _start()
-        try:
-            return real_bound(self)
-        finally:
-            lo, hi = self.args[:2]
-            way = "reverse" if self.loop.reverse else "forward"
-            rec(f"loop {way} rows {lo}:{hi} half", t0)
-
-    step_loop._Bound.__call__ = bound
+    for cls in _bound_classes():  # (the halves' loops; the native columns' sides)
+        cls.__call__ = _timed_loop(cls.__call__, "columns" if cls is not step_loop._Bound else "")
     real_run = ex.Compiled._run
 
     def run(self, args):
@@ -129,6 +119,28 @@ def instrument():
 
     steady_source.tap_copies = state_grads.tap_copies
     return matmul
+
+
+def _bound_classes() -> list:
+    """step_loop._Bound, and step_columns.Bound where this checkout has it (branch hcolN)."""
+    try:
+        from tapernn.backends import step_columns
+    except ImportError:
+        return [step_loop._Bound]
+    return [step_loop._Bound, step_columns.Bound]
+
+
+def _timed_loop(real, kind: str):
+    def bound(self):
+        t0 = _start()
+        try:
+            return real(self)
+        finally:
+            lo, hi = self.args[:2]
+            way = "reverse" if self.loop.reverse else "forward"
+            rec(f"loop {way}{' ' + kind if kind else ''} rows {lo}:{hi} half", t0)
+
+    return bound
 
 
 def splits(evs, main_id) -> list:

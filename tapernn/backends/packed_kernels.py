@@ -42,11 +42,10 @@ TV = 3  # (_vector_tiles passes 3 offsets)
 # (one tile read twice) 0.9-1.05x, hence the row bound. Not on AVX2 (its kernel as measured on
 # Zen 3, "h512")
 PREFETCH = VEC_BITS == 512
-# rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): on AVX-512 8
-# (the tile's next 8 rows, 1.5 KiB; the Intel Xeon, BENCHMARKS.md "hkern": 1.02-1.25x at 16 rows,
-# where nothing else prefetches and the first row block streams the tile from L3, 1.0-1.03x at
-# 32; in the step the loops' halves took 0.85-0.95x the CPU without it; 4 and 16 rows ahead, or
-# into L2, were slower). Not on AVX2 (unmeasured on Zen 3)
+# rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): on AVX-512 8 (the
+# tile's next 8 rows; Intel Xeon, BENCHMARKS.md "hkern": 1.02-1.25x at 16 rows, where the first
+# row block streams the tile from L3, 1.0-1.03x at 32; in the step the loops' halves took 0.85-0.95x
+# the CPU without it; 4 and 16 rows ahead, or into L2, slower). Not on AVX2 (unmeasured on Zen 3)
 NEAR = 8 if VEC_BITS == 512 else 0
 
 
@@ -60,18 +59,17 @@ def make_microkernel(
     mr: int, nv: int, vec_bits: int, prefetch: bool = False, ka: int = 0, near: int = 0
 ):
     """kernel(a, a_off, panel, p_off, c, c_off, ldc, k) over flat C arrays (offsets and strides
-    in elements), `a` a row block packed k-major (`_pack_a`: row i's element p at
-    a[a_off + p * ka + i], ka >= mr, default mr: the mr broadcasts of a k at constant offsets
-    from one pointer) and
-    `p_off` a tuple of 2t + 1 integers: for i < mr, t vectors of c row i, contiguous from
+    in elements), `a` a row block packed k-major (`_pack_a`: row i's element p at a[a_off + p *
+    ka + i], ka >= mr, default mr: the mr broadcasts of a k at constant offsets from one pointer)
+    and `p_off` a tuple of 2t + 1 integers: for i < mr, t vectors of c row i, contiguous from
     c[c_off + i * ldc], vector v = sum_p a[a_off + p * ka + i] * (the vector at
     panel[p_off[v] + p * NR]), NR = nv vectors (a panel row; a tile across panels:
     `_vector_tiles`); with `prefetch`, each p also prefetches panel[p_off[t + v] + p * NR] into
     L2 for v < t (llvm.prefetch), else those t are unused, and with `near` > 0 its own t vectors
     `near` rows ahead (panel[p_off[v] + (p + near) * NR]) into L1; p_off[2t] nonzero: each chain
-    starts from c's value instead of 0 (c += the sum: a later K block). Each element of c is one chain of FMAs over p in order (a chain
-    continued from c's float is the same chain): the same bits whatever the tile, the rows a
-    call and the K blocks."""
+    starts from c's value instead of 0 (c += the sum: a later K block). Each element of c is
+    one chain of FMAs over p in order (a chain continued from c's float is the same chain): the
+    same bits whatever the tile, the rows a call and the K blocks."""
 
     @intrinsic
     def kernel(typingctx, a, a_off, panel, p_off, c, c_off, ldc, k):
@@ -406,16 +404,22 @@ def _vector_tiles(a, packed, out, first, last):
     block v % NV of panel v // NV), MR rows of a (packed: `_pack_a`) a microkernel call. A last
     tile of fewer vectors repeats its last vector (computed into the padded tile, not stored: w
     covers this range's columns alone). A large a in K blocks (`_k_block`)."""
-    k = a.shape[1]
+    _packed_tiles(_pack_a(a), a.shape[0], packed, out, first, last)
+
+
+@njit(cache=True, nogil=True)
+def _packed_tiles(ap, m, packed, out, first, last):
+    """_vector_tiles of an `a` of m rows already packed (`_pack_a`'s ap: the native column
+    split's two threads each pack their rows' blocks of it, backends/step_columns.py)."""
+    k = ap.shape[1]
     nr = packed.shape[2]
     lanes = nr // NV
     n = out.shape[1]
     pf, of = packed.ravel(), out.ravel()
-    ap = _pack_a(a)
-    tile_c = np.empty((MR, TV * lanes), a.dtype)
+    tile_c = np.empty((MR, TV * lanes), ap.dtype)
     last_v = last * NV
-    kc = _k_block(a.shape[0], k, a.itemsize)
-    ahead = TV if a.shape[0] > 2 * MR else 0  # (the tile prefetched: PREFETCH)
+    kc = _k_block(m, k, ap.itemsize)
+    ahead = TV if m > 2 * MR else 0  # (the tile prefetched: PREFETCH)
     for k0 in range(0, max(k, 1), kc):
         kk = min(kc, k - k0)
         step = k0 * nr  # (row k0 of a panel)
@@ -431,7 +435,7 @@ def _vector_tiles(a, packed, out, first, last):
                 min(k0, 1),  # (a K block after the first adds to out)
             )
             w = min(min(TV, last_v - v0) * lanes, n - col)
-            _tile(ap, a.shape[0], pf, offs, out, of, tile_c, col, w, k0, kk)
+            _tile(ap, m, pf, offs, out, of, tile_c, col, w, k0, kk)
 
 
 # out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry
