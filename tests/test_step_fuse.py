@@ -266,7 +266,7 @@ def alike(v, kind):
 
 @pytest.mark.parametrize("cell", ["fastlstm", "gru"])
 def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
-    """A step loop's pass reads C-contiguous rows (c_row). The loop's own carries, xs and ys
+    """A step loop's pass reads C-contiguous rows (c_row). The loop's own xs, invariants and ys
     rows are checked before each call (step_fuse.strided), so no loop compiles the pass's twin
     (`_pass<k>s`: the same scalar lines over strided rows) -- before, every backward loop did,
     its saved rows being layout "A" to numba (BENCHMARKS.md "hcoldB") -- and a call with

@@ -11,10 +11,10 @@ own module: the step loops that import it carry this file's digest in their text
 (step_pass.EITHER), so a change here renames them, and only them.
 
 `roots` are the roots whose rows may be strided in a call; the others' rows are contiguous by
-the caller's check (step_fuse.strided: the step loop's carries, xs, invariants and ys, whose
-numba type "A" -- the backward loops' saved rows, column blocks of the slab -- would otherwise
-compile the twin in every backward loop, BENCHMARKS.md "hcoldB"). Where `rows` fails with only
-C roots that check was skipped: a ValueError, never the pass on strided rows."""
+the caller's check (step_fuse.strided: the step loop's xs, invariants and ys, the same arrays
+every step, whose numba type "A" -- the backward loops' saved rows, column blocks of the slab --
+would otherwise compile the twin in every backward loop, BENCHMARKS.md "hcoldB"). Where `rows`
+fails with only C roots that check was skipped: a ValueError, never the pass on strided rows."""
 
 from __future__ import annotations
 

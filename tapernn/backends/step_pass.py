@@ -34,8 +34,9 @@ _INDEX = re.compile(r"^(\w+) = (\w+)\[(.*)\]$")
 _COPY = re.compile(r"^(\w+)\[:, (\d+):\2 \+ (\w+)\.shape\[1\]\] = (\w+)$")
 _SLICED = re.compile(r"^(\w+)\[:, (\d+):(\d+)\]$")
 _UFUNC = {"np.add": "+", "np.subtract": "-", "np.multiply": "*"}
-# parameters whose rows the step loop's caller checks (a late xs's row buffer: C, the runner's)
-_SURE = ("carry", "xs", "late", "inv", "ys")
+# parameters whose rows the step loop's caller checks, the same arrays' rows every step (a late
+# xs's row buffer: C, the runner's; not the carries: from the second step, the step's values)
+_SURE = ("xs", "late", "inv", "ys")
 _scalar: dict[Any, Any] = {}
 CALLS = [0]  # passes in half loops run so far (one per run and call; tests)
 # the names the kernels' scalar lines use (numba_backend's module header, without the decorator)
@@ -142,7 +143,7 @@ def fuse(
     >= 2 elementwise statements, or a lone generated kernel's call, as one pass;
     `shapes`: the step's parameters' per-step shapes; `kinds`: step_fuse's parameter kinds;
     `tail`: the text after the body (the carries it binds are read after every run). The
-    passes' roots that are step parameters (carries, xs, invariants, ys rows) have contiguous
+    passes' roots that are step parameters (xs, invariants, ys rows) have contiguous
     rows in every call -- the caller checks (step_fuse.strided) -- so their numba types do not
     call for the twin; with "strided" in `keep` (the translator's) every root's type decides."""
     vals = _Values({**shapes, **{n: a.shape for n, a in defaults.items() if _is2d(a)}})
