@@ -36,13 +36,17 @@ def _data(seed):
 
 def _alone_sum(make, x, g, lengths, probe=lambda: None):
     """Per row b: outputs / input gradient of running x[:L_b, b] alone (and `probe()` after
-    it); the parameter gradients summed over the rows."""
+    it); the parameter gradients summed over the rows. Each row as a C copy: the rows' numba
+    program kernels compile their all-C specialisation alone, not one for layout "A" besides
+    (2 cold compiles a case, 3.5-6.7 s each; that specialisation's own test:
+    test_numba_program_layouts, BENCHMARKS.md "hcoldB")."""
     rows, total = [], None
     for b, n in enumerate(lengths):
         m = make()
         m.zero_grad_parameters()
-        y = m.forward(x[:n, b : b + 1])
-        gx = m.backward(x[:n, b : b + 1], g[:n, b : b + 1])
+        xb, gb = np.ascontiguousarray(x[:n, b : b + 1]), np.ascontiguousarray(g[:n, b : b + 1])
+        y = m.forward(xb)
+        gx = m.backward(xb, gb)
         grads = [p.grad.copy() for p in m.parameters()]
         total = grads if total is None else [a + c for a, c in zip(total, grads)]
         rows.append((np.asarray(y), gx, probe()))
@@ -60,7 +64,7 @@ def _alone_sum(make, x, g, lengths, probe=lambda: None):
     ],
     ids=["fastlstm-cell/gru-module", "gru-module/lstm-cell", "rnn-cell/fastlstm"],
 )
-def test_each_row_is_its_own_length_masked_alone(backend, unroll, kinds):
+def test_each_row_is_its_own_length_masked_alone(backend, unroll, kinds, monkeypatch):
     if backend == "numba":
         from tapernn.backends import numba_available
 
@@ -68,6 +72,9 @@ def test_each_row_is_its_own_length_masked_alone(backend, unroll, kinds):
             pytest.skip("numba is not installed")
         if unroll:
             pytest.skip("(numba: the rolled loops; unrolled programs compile for minutes)")
+        from tapernn.backends import numba_program
+
+        monkeypatch.setattr(numba_program, "_programs", {})  # (this test's program kernels)
     tn.manual_seed(1)
     inner = _stack(kinds)
     opts = tn.PlanOptions(backend=backend)
@@ -92,6 +99,14 @@ def test_each_row_is_its_own_length_masked_alone(backend, unroll, kinds):
             np.testing.assert_allclose(s[b : b + 1], a, rtol=0, atol=1e-12, err_msg=f"state {b}")
     for a, c in zip(grads, total):
         np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
+    if backend == "numba":  # (the all-C specialisation alone: the rows alone are C copies)
+        from tapernn.backends import background
+
+        assert background.wait(timeout=600)  # (the compiles the calls asked for, done)
+        handles = list(numba_program._programs.values())
+        sigs = [a for h in handles for sig in h.kernel.signatures for a in sig[h.inputs]]
+        layouts = {a.layout for a in sigs if getattr(a, "ndim", 0)}
+        assert handles and layouts == {"C"}, layouts
 
 
 def _leaves(state):

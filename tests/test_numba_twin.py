@@ -53,6 +53,29 @@ def test_other_roots_branch_on_the_rows_at_run_time():
     np.testing.assert_array_equal(out, wide[0, 1:3, 0:4:2] + 2.0)
 
 
+def test_rows_the_caller_checks_compile_no_twin_and_raise_when_strided():
+    """Roots left out of `roots` are the caller's to check (step_fuse.strided: the step loop's
+    own carries, xs and ys, "A" to numba in the backward loops): the pass alone is compiled even
+    for an "A" array; rows found strided after all raise -- the pass would read them as C rows."""
+    from numba import njit
+
+    from tapernn.backends.numba_twin import either
+
+    fast, slow, _ = _functions()
+
+    @njit
+    def checked(x, out):
+        a = x[0, 1:3]
+        either(a.strides[1] == a.itemsize, (out,), fast, slow, (2, a[:, 0:2], out))
+
+    out, wide = np.zeros((2, 2)), np.arange(48.0).reshape(2, 3, 8)
+    checked(wide[:, :, :4], out)  # (layout "A", rows contiguous)
+    np.testing.assert_array_equal(out, wide[0, 1:3, 0:2] + 1.0)
+    assert len(fast.signatures) == 1 and not slow.signatures
+    with pytest.raises(ValueError, match="strided rows"):
+        checked(wide[:, :, ::2], out)
+
+
 def test_in_python_the_same_choice():
     from tapernn.backends.numba_twin import either
 

@@ -266,14 +266,19 @@ def alike(v, kind):
 
 @pytest.mark.parametrize("cell", ["fastlstm", "gru"])
 def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
-    """A step loop's pass reads C-contiguous rows (c_row); for rows of another stride the
-    kernel runs the pass's twin (`_pass<k>s`: the same scalar lines over strided rows; before,
-    the original kernel calls): the FastLSTM's and the GRU's forward and backward step loops
-    called on copies of their arguments whose carries, xs and ys rows have stride 2 give the
-    same bits as on copies of the layouts the loop ran with (its own compiled types, rows
-    contiguous: the pass; final carries and every ys written). No kernel call
+    """A step loop's pass reads C-contiguous rows (c_row). The loop's own xs, invariants and ys
+    rows are checked before each call (step_fuse.strided), so no loop compiles the pass's twin
+    (`_pass<k>s`: the same scalar lines over strided rows) -- before, every backward loop did,
+    its saved rows being layout "A" to numba (BENCHMARKS.md "hcoldB") -- and a call with
+    strided rows runs the Python halves. The translation with "strided" kept (a first call's
+    strided rows: Halves.choose) compiles the twin: the FastLSTM's and the GRU's forward and
+    backward step loops so made, called on copies of their arguments whose carries, xs and ys
+    rows have stride 2, give the same bits as the loops that ran, on copies of the layouts
+    they ran with (their compiled types; final carries and every ys written). No kernel call
     is left in either: GRU's lone gate kernels are one-op passes (step_pass._kernel_call)."""
     import copy
+    import sys
+    import types
 
     seen, call = [], step_loop.StepLoop.__call__
     monkeypatch.setattr(
@@ -284,12 +289,23 @@ def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
             call(self, *args),
         )[1],
     )
+    chosen, choose = [], step_loop.Halves.choose
+    monkeypatch.setattr(
+        step_loop.Halves,
+        "choose",
+        lambda self, *args: chosen.append((self, args)) or choose(self, *args),
+    )
     x, g = rng.standard_normal((T, 17, D)), rng.standard_normal((T, 17, H))
     a = model(CELLS[cell][0], True)
     for _ in range(3):
         train(a, x, g)
     loops = {bool(f.reverse): (f, args, was) for f, args, was in seen}
-    assert len(loops) == 2 and all(f.passes for f, _, _ in loops.values())
+    assert len(loops) == 2 and all(f.passes and f.rows for f, _, _ in loops.values())
+    for f, _, _ in loops.values():  # (no twin compiled: on main, the backward loop's were)
+        module = sys.modules[f.kernel.py_func.__module__]
+        assert [len(getattr(module, f"_pass{k}s").signatures) for k in range(f.passes)] == [
+            0
+        ] * f.passes
 
     def strided(v):  # (the same values, every row's items 2 apart)
         if not isinstance(v, np.ndarray) or v.ndim < 2:
@@ -298,16 +314,33 @@ def test_rows_of_any_stride_run_the_passes_strided_twin(rng, monkeypatch, cell):
         out[...] = v
         return out
 
+    halves, (runner, whole, hoisted, alias) = chosen[-1]  # (the backward loop's last call)
+    report = types.SimpleNamespace(kernel="")
+    fake = types.SimpleNamespace(rows=runner.rows, report=report, step_loops=halves)
+    assert halves.choose(fake, whole, hoisted, alias) is not None  # (contiguous: numba)
+    kind, k = halves.loops[0].rows[0]
+    place = ("carry", "xs", "inv", "ys").index(kind)
+    bent = tuple([strided(v) if j == k else v for j, v in enumerate(w)] for w in whole)
+    bent = tuple(bent[i] if i == place else whole[i] for i in range(4))
+    assert halves.choose(fake, bent, hoisted, alias) is None  # (strided rows: Python)
+    assert "calls whose rows are strided run in Python" in report.kernel
+
+    twins = {}  # (each loop's half translated with "strided" kept)
+    for h in {id(h): h for h, _ in chosen}.values():
+        twins.update(zip(map(id, h.loops), h.remake(frozenset({"strided"})).loops))
     for f, args, was in loops.values():
         # (theirs: copies of the layouts the loop was called with -- numba's types of its own
-        # calls, no compile of their own (hcold8) -- rows contiguous: the pass, not its twin)
+        # calls, no compile of their own (hcold8) -- rows contiguous: the pass, not its twin;
+        # mine: stride 2, run by the "strided" translation of the same half)
+        twin = twins[id(f)]
+        assert not twin.rows and "s(" in twin.source and "_callee(" not in twin.source
         mine, theirs = [strided(v) for v in args], [alike(v, k) for v, k in zip(args, was)]
         assert kinds(theirs) == was
         assert any(isinstance(v, np.ndarray) and not v.flags.c_contiguous for v in mine)
-        got, compiled = call(f, *mine), len(f.kernel.signatures)
+        assert twin.prepare(twin.key(mine)), twin.error
+        got, compiled = call(twin, *mine), len(f.kernel.signatures)
         want = call(f, *theirs)
         assert len(f.kernel.signatures) == compiled  # (the loop's own types: compiled before)
         for u, v in zip(list(got) + mine, list(want) + list(theirs)):
             if isinstance(u, np.ndarray):
                 assert np.array_equal(u, v, equal_nan=True)
-        assert "s(" in f.source and "_callee(" not in f.source  # (no kernel calls left)

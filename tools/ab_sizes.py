@@ -33,17 +33,17 @@ def literal(translate, mode):
     `mode` is "old"; each text kept in TEXTS[mode]."""
 
     def wrapped(*args, **kw):
-        source, names, checks, dims = translate(*args, **kw)
+        source, names, checks, dims, rows = translate(*args, **kw)
         if mode == "new":
             TEXTS[mode].append(source)
-            return source, names, checks, dims
+            return source, names, checks, dims, rows
         text = sizes_written_in(source, dims)
         for r, width in re.findall(r"_pass(\d+)\((\d+), ", text):
             i = text.index(f"def _pass{r}(")
             j = text.find("\n@njit", i)
             text = text[:i] + text[i:j].replace("range(_w)", f"range({width})") + text[j:]
         TEXTS[mode].append(text)
-        return text, names, checks, np.zeros(0, np.int64)
+        return text, names, checks, np.zeros(0, np.int64), rows
 
     return wrapped
 

@@ -208,6 +208,16 @@ def _lines(stmt: tuple, props: list, dst: str, defaults: dict) -> list[str] | No
     return lines
 
 
+def strided(loops: list, whole: tuple) -> bool:
+    """Whether an array of the step loops' `rows` ((kind, position): translate's) in a call's
+    `whole` (carries, xs, invariants, ys) has rows that are not contiguous: the loops' passes
+    read them as C rows without a test of their own (numba_twin.either)."""
+    arrays = dict(zip(("carry", "xs", "inv", "ys"), whole))
+    return any(
+        arrays[kind][k].strides[-1] != arrays[kind][k].itemsize for f in loops for kind, k in f.rows
+    )
+
+
 def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse: bool) -> set:
     """The (ys position, column) of the parts in `checks` (translate's: (ys position, [(first
     column, columns, [(kind, position[, the column block a pass loads])])])) whose columns of

@@ -52,17 +52,17 @@ def translate(
     keep: frozenset = frozenset(),
     shapes: tuple | None = None,
 ):
-    """(numba module source, names of the kernel's array parameters taken from `defaults`,
-    call-time checks, the int64 sizes the text reads from its `_dims` parameter: no size in the
-    text) for a step program `source` (codegen's text: `def program(<positional>, *, <bound>):`
-    then a statement a line) and its bound values `defaults`; Unsupported if a statement is
-    unknown. `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the
-    kernel's last parameters are `_alias` and a row buffer `P<k>` each; when `_alias` (those xs
-    lie in the slab the loop writes) each step's rows are copied there before the step, as the
-    Python half loop does. `direct`: the concatenated gate values written straight into the ys
-    row (step_fuse.py; not the parts `keep`: (ys position, column)), with call-time checks. With
-    `direct` and `shapes` (the program's per-step parameter shapes, ys shapes) and not "nopass"
-    in keep, runs of elementwise statements run as one pass each (step_pass.py)."""
+    """(numba module source, names of the kernel's array parameters taken from `defaults`, call-time
+    checks, the int64 sizes the text reads from its `_dims` parameter: no size in the text, rows the
+    caller checks) for a step program `source` (codegen's text: `def program(<positional>, *,
+    <bound>):` then a statement a line) and its bound values `defaults`; Unsupported if a statement
+    is unknown. `late`: the xs positions the half reads late (scan_split.half_loop's `late`): the
+    kernel's last parameters are `_alias` and a row buffer `P<k>` each; when `_alias` (those xs lie
+    in the slab the loop writes) each step's rows are copied there before the step, as the Python
+    half loop does. `direct`: the concatenated gate values written straight into the ys row
+    (step_fuse.py; not the parts `keep`: (ys position, column)), with call-time checks. With
+    `direct` and `shapes` (the program's per-step parameter shapes, ys shapes) and not "nopass" in
+    keep, runs of elementwise statements run as one pass each (step_pass.py, its `keep`)."""
     from numba.core.registry import CPUDispatcher
 
     from . import packed
@@ -195,11 +195,11 @@ def translate(
             body += step_selects.call(out, fn, _split_args(args), defaults, stmts[i + 1 :])
     if final is None or len(final) != n_carry:
         raise Unsupported("the step's returned carries")
-    funcs, pass_checks = [], []
+    funcs, pass_checks, sure = [], [], set()
     if direct and "nopass" not in keep and shapes is not None:  # (step_pass: one pass per run)
         named = {**dict(zip(params, shapes[0])), **dict(zip(ys, shapes[1]))}
         tail = f"{', '.join(final)}"
-        body, funcs, pass_checks = step_pass.fuse(body, defaults, named, kinds, tail)
+        body, funcs, pass_checks, sure = step_pass.fuse(body, defaults, named, kinds, tail, keep)
     body = step_selects.puts(body)  # (copies into slices: numba_put.put)
     for name in list(defaults):  # every other bound array the statements name is a parameter
         if isinstance(defaults[name], np.ndarray) and any(
@@ -275,7 +275,8 @@ def translate(
         (-1 - ys.index(dst), [(o, n, [(*where[r], c) for r, c in names]) for o, n, names in window])
         for dst, window in pass_checks
     ]
-    return "\n".join(lines + kernel) + "\n", arrays, checks, np.array(dims, np.int64)
+    rows = sorted(where.get(r) or ("ys", ys.index(r)) for r in sure)  # (step_fuse.strided)
+    return "\n".join(lines + kernel) + "\n", arrays, checks, np.array(dims, np.int64), rows
 
 
 CALLS = [0]  # half loops run as one numba call so far (tests)
@@ -295,7 +296,7 @@ class StepLoop:
         self.length, self.reverse = int(length), bool(reverse)
         self.kernel: Any = None
         self.error = ""
-        self.checks: list = []  # (step_fuse: memory that must not overlap the ys rows written)
+        self.checks, self.rows = [], []  # (translate's, for step_fuse.overlaps and .strided)
         self.passes = len(re.findall(r"\ndef _pass\d+\(", source))  # (step_pass's runs)
 
     @property
@@ -380,6 +381,7 @@ class Halves:
                 keep |= step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse)
             if any(j < 0 for j, _ in keep):  # (a pass's: every run as before)
                 keep = {k for k in keep if k[0] >= 0} | {"nopass"}
+            keep |= {"strided"} if step_fuse.strided(self.loops, whole) else set()  # (twins)
             if keep:
                 made = self.remake(frozenset(keep))
                 if isinstance(made, Halves):
@@ -400,6 +402,9 @@ class Halves:
             note(runner, f"halves' loops in Python: numba: {self.error}")
             runner.step_loops = None
         elif fns is not None:
+            if step_fuse.strided(fns, whole):  # (rows the passes read as C rows)
+                note(runner, "calls whose rows are strided run in Python")
+                return None
             for f, (lo, hi) in zip(fns, runner.rows):
                 if f.checks and step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse):
                     # (memory the moved writes could reach first: the Python loops)
@@ -478,7 +483,7 @@ def for_halves(
             [tuple(o.shape) for o in c.graph.outputs[nc:]],
         )
         try:
-            source, names, checks, dims = translate(
+            source, names, checks, dims, rows = translate(
                 c.program.source, defaults, nc, nx, n_inv, n_h, tuple(late), direct, keep, shapes
             )
         except Unsupported as e:
@@ -487,9 +492,9 @@ def for_halves(
             return f"{type(e).__name__}: {e}"
         arrays = [*(defaults[n] for n in names), dims]  # (`_dims`: translate's sig)
         loop = StepLoop(source, arrays, attrs["length"], attrs["reverse"], tuple(late.values()))
-        loop.checks = checks
+        loop.checks, loop.rows = checks, rows
         out.append(loop)
     halves = Halves(out)
-    if direct and any(loop.checks for loop in out):
+    if direct and any(loop.checks or loop.rows for loop in out):
         halves.remake = lambda keep: for_halves(compiled, attrs, lates, direct, keep)
     return halves

@@ -17,8 +17,9 @@ reads against the ys rows it writes: step_fuse.overlaps, whole rows). The step k
 pass's twin (`_pass<k>s`: the same scalar lines over rows of any stride) as a branch for
 operands whose rows are not contiguous: no kernel call left in the step loop's module to type
 and link again; the branch and the twin are compiled only where a root's numba type is not a C
-array (numba_twin.either: the built-in cells' forward loops never need them). A pass's column
-width is its argument `_w` (no size in the text)."""
+array and the caller does not check its rows (numba_twin.either: the step loop's parameters'
+rows are checked before each call, step_fuse.strided, so the built-in cells' loops never
+compile them). A pass's column width is its argument `_w` (no size in the text)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ _INDEX = re.compile(r"^(\w+) = (\w+)\[(.*)\]$")
 _COPY = re.compile(r"^(\w+)\[:, (\d+):\2 \+ (\w+)\.shape\[1\]\] = (\w+)$")
 _SLICED = re.compile(r"^(\w+)\[:, (\d+):(\d+)\]$")
 _UFUNC = {"np.add": "+", "np.subtract": "-", "np.multiply": "*"}
+# parameters whose rows the step loop's caller checks, the same arrays' rows every step (a late
+# xs's row buffer: C, the runner's; not the carries: from the second step, the step's values)
+_SURE = ("xs", "late", "inv", "ys")
 _scalar: dict[Any, Any] = {}
 CALLS = [0]  # passes in half loops run so far (one per run and call; tests)
 # the names the kernels' scalar lines use (numba_backend's module header, without the decorator)
@@ -132,13 +136,16 @@ class _Values:
 
 
 def fuse(
-    body: list[str], defaults: dict, shapes: dict, kinds: dict, tail: str
-) -> tuple[list[str], list[str], list]:
+    body: list[str], defaults: dict, shapes: dict, kinds: dict, tail: str, keep=frozenset()
+) -> tuple[list[str], list[str], list, set]:
     """(new step body lines, the module's pass functions, call-time checks [(ys name, [(column,
-    columns, [param names])])]) with each run of >= 2 elementwise statements, or a lone
-    generated kernel's call, as one pass;
+    columns, [param names])])], the parameters whose rows the caller checks) with each run of
+    >= 2 elementwise statements, or a lone generated kernel's call, as one pass;
     `shapes`: the step's parameters' per-step shapes; `kinds`: step_fuse's parameter kinds;
-    `tail`: the text after the body (the carries it binds are read after every run)."""
+    `tail`: the text after the body (the carries it binds are read after every run). The
+    passes' roots that are step parameters (xs, invariants, ys rows) have contiguous
+    rows in every call -- the caller checks (step_fuse.strided) -- so their numba types do not
+    call for the twin; with "strided" in `keep` (the translator's) every root's type decides."""
     vals = _Values({**shapes, **{n: a.shape for n, a in defaults.items() if _is2d(a)}})
     notes = [_note(line, defaults, vals) for line in body]
     # runs: consecutive ops (index lines inside), one column block width, no misaligned access
@@ -157,18 +164,26 @@ def fuse(
         if len(ops) >= 2 or (ops and _kernel_call(body[ops[0]], defaults)):
             runs.append(cur)  # (a lone kernel call too: its scalar lines, no callee to link)
         cur = [i] if n is not None else []
-    new, funcs, checks = [], [], []
+    new, funcs, checks, rows = [], [], [], set()
+    sure = "strided" not in keep
+    params = {n for n, k in kinds.items() if sure and k in _SURE and not _bound(n, body)}
     at = 0
     for r, run in enumerate(runs):
         new += body[at : run[0]]
         after = " ".join(body[run[-1] + 1 :]) + " " + tail
-        lines, func, check = _emit(r, run, body, notes, defaults, kinds, vals, after)
+        lines, func, check, sured = _emit(r, run, body, notes, defaults, kinds, vals, after, params)
         new += lines
         funcs += func
         checks += check
+        rows |= sured
         at = run[-1] + 1
     new += body[at:]
-    return new, funcs, checks
+    return new, funcs, checks, rows
+
+
+def _bound(name: str, body: list[str]) -> bool:
+    """Whether a body line binds `name` anew (then not the parameter's rows)."""
+    return any(re.match(rf"^(?:\w+, )*{name}(?:, \w+)*,? = ", line) for line in body)
 
 
 def _note(line: str, defaults: dict, vals: _Values) -> tuple | None:
@@ -261,7 +276,7 @@ def _fits(cur: list, notes: list, n: tuple) -> bool:
     return True
 
 
-def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
+def _emit(r, run, body, notes, defaults, kinds, vals, after, params) -> tuple:
     """The step lines (rows check; the pass call and the run's name bindings; else the original
     lines) and the pass function's text for run `r`, and its call-time checks. The pass goes
     over the rows once; in each row, each op's column block is one loop of the op's scalar
@@ -333,9 +348,12 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     made = [  # (a two-operand ufunc's new array, as np.multiply(a, b) makes it)
         f"{o[0]} = np.empty(({o[6]}.shape[0], {o[4][2]}), {o[6]}.dtype)" for o in ops if o[6]
     ]
-    # (the twin only where numba's types of the roots leave non-contiguous rows possible)
+    # (the twin only where numba's types of the roots the caller does not check leave
+    # non-contiguous rows possible: the backward loops' saved rows, column blocks of the slab,
+    # are layout "A" to numba and contiguous rows in every call the caller lets through)
+    maybe = [x for x in roots if x not in params]
     call = (
-        f"({''.join(x + ', ' for x in roots)}), _pass{r}, _pass{r}s, ({width}, {', '.join(exprs)})"
+        f"({''.join(x + ', ' for x in maybe)}), _pass{r}, _pass{r}s, ({width}, {', '.join(exprs)})"
     )
     lines = [*made, f"_either({cond}, {call})"]
     for j in run:
@@ -346,7 +364,7 @@ def _emit(r, run, body, notes, defaults, kinds, vals, after) -> tuple:
     # step's order --, overlapping otherwise is not)
     read = sorted({(root, c) for root, c in loads if kinds.get(root) in ("carry", "xs", "inv")})
     checks = [(root, [(c, width, read)]) for root, c in stored if kinds.get(root) == "ys" and read]
-    return lines, fn, checks
+    return lines, fn, checks, set(roots) & params
 
 
 def _kernel_call(line: str, defaults: dict) -> bool:
