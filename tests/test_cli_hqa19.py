@@ -57,3 +57,18 @@ def test_only_the_command_ignores_ctrl_c_once_done(monkeypatch, tmp_path, comman
     assert main(["graph", "--model", "rnn", "-o", str(tmp_path / "g.dot")]) == 0
     want = signal.SIG_IGN if command else signal.default_int_handler
     assert signal.getsignal(signal.SIGINT) is want
+
+
+@pytest.mark.parametrize("command", ["inspect", "graph"])
+def test_backend_flag_and_option_that_disagree_are_refused(capsys, tmp_path, command):
+    """`--backend numpy --option backend=numba` ran on NumPy on main, the option dropped
+    without a word; the same value twice is one choice."""
+    out = ["-o", str(tmp_path / "g.dot")] if command == "graph" else []
+    argv = [command, "--model", "rnn", "--steps", "2", *out, "--backend", "numpy"]
+    assert main([*argv, "--option", "backend=numba"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"tapernn {command}: error: --backend numpy and --option backend=numba disagree: give one"
+    )
+    assert not (tmp_path / "g.dot").exists()
+    assert main([*argv, "--option", "backend=numpy"]) == 0
