@@ -72,4 +72,3 @@ def test_backend_flag_and_option_that_disagree_are_refused(capsys, tmp_path, com
     )
     assert not (tmp_path / "g.dot").exists()
     assert main([*argv, "--option", "backend=numpy"]) == 0
-

@@ -150,10 +150,7 @@ class Module:
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
         if name in self._params:  # (a second one would silently replace the first)
-            raise ArgumentError(  # (a cell's step calling parameter(): the second step)
-                f"{check.who(self)}: parameter {name!r} is already registered (register each "
-                f"parameter once, in __init__: step and build run every step and call)"
-            )
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already {check.ONCE}")
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(
