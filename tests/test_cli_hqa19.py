@@ -72,3 +72,21 @@ def test_backend_flag_and_option_that_disagree_are_refused(capsys, tmp_path, com
     )
     assert not (tmp_path / "g.dot").exists()
     assert main([*argv, "--option", "backend=numpy"]) == 0
+
+
+@pytest.mark.parametrize(
+    "level, steps, collapse, noted",
+    [("op", 17, False, True), ("op", 16, False, False), ("op", 40, True, False)]
+    + [("module", 65, False, True), ("module", 64, False, False)],
+)
+def test_a_wide_unrolled_diagram_says_collapse_before_dot_runs(
+    monkeypatch, capsys, tmp_path, level, steps, collapse, noted
+):
+    """On main nothing was said while dot laid out a T = 200 op-level diagram for 7 minutes."""
+    from tapernn import export
+
+    monkeypatch.setattr(export, "render", lambda model, path, **kw: path.write_text("<svg/>"))
+    argv = ["graph", "--model", "rnn", "--level", level, "--steps", str(steps)]
+    assert main([*argv, "-o", str(tmp_path / "g.svg"), *(["--collapse"] * collapse)]) == 0
+    out = capsys.readouterr().out
+    assert ("--collapse draws the step template once" in out) is noted, out
