@@ -193,3 +193,12 @@ def test_a_parameter_registered_in_step_says_where_it_goes():
 
     with pytest.raises(tn.ArgumentError, match=r"'v' is already registered \(register each pa"):
         nn.Sequencer(Cell()).forward(np.ones((2, 1, 3)))
+
+
+def test_a_cell_step_under_gradcheck_says_how_to_pass_its_parameters():
+    """tn.gradcheck of a cell's step (its parameters read outside a module's forward): main said
+    'symbolic module calls only happen inside a traced forward', a bare TapernnError."""
+    cell = InGRU(D, H)
+    rng = np.random.default_rng(0)
+    with pytest.raises(tn.TracingError, match=r"parameter 'w_r' is read outside .*\.data there"):
+        tn.gradcheck(cell.step, rng.standard_normal((B, D)), rng.standard_normal((B, H)))
