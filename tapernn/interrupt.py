@@ -2,8 +2,11 @@
 -- numpy, the op set, the modules: a second or more on a loaded machine, before the command's
 own Ctrl-C handling (apps/cli.py) runs -- prints one line and exits 130, the shell's code for
 SIGINT, instead of Python's traceback of whichever import it interrupted. Nothing is written
-while importing (kernel files are written whole: fileio.atomic_write). Only in that process:
-a program importing tapernn keeps Python's KeyboardInterrupt."""
+while importing (kernel files are written whole: fileio.atomic_write). Once the command is
+done (`finished`), a Ctrl-C is ignored: the interpreter's teardown (~0.5 s, its garbage
+collection of the modules) runs no Python signal handler and would die of SIGINT (exit -2)
+after the command's files were written. Only in that process: a program importing tapernn
+keeps Python's KeyboardInterrupt."""
 
 from __future__ import annotations
 
@@ -43,10 +46,14 @@ def _quit(signum: int, frame: object) -> None:
         os._exit(INTERRUPTED)
 
 
+_command = [False]  # whether this process is the command, known while importing (is_command)
+
+
 def quiet_while_starting() -> None:
     """Install the one-line Ctrl-C for the import, if this process is the command and Ctrl-C
     has Python's default handler (not one the caller installed, nor SIG_IGN)."""
-    if is_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    _command[0] = is_command()
+    if _command[0] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _quit)
 
 
@@ -54,3 +61,11 @@ def started() -> None:
     """The command runs: Ctrl-C raises KeyboardInterrupt again (the command handles it)."""
     if signal.getsignal(signal.SIGINT) is _quit:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def finished() -> None:
+    """The command returned (or raised): its exit code stands; a Ctrl-C while Python shuts
+    down is ignored (before its output is flushed, so a reader that saw the output sees it).
+    Known from the import (`_command`: `python -m` has replaced sys.argv[0] since)."""
+    if _command[0] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -239,6 +239,8 @@ _TN_SPELLING = {
     "squeeze": "reshape",
     "swapaxes": "transpose",
 }
+# a parameter registered twice (e.g. by a cell's step: it runs every step)
+ONCE = "registered (register each parameter once, in __init__: step and build run every step)"
 _SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions
 
 

@@ -57,6 +57,7 @@ def test_is_command(monkeypatch, argv, orig, command):
 @pytest.mark.usefixtures("pythons_ctrl_c")
 def test_a_program_keeps_pythons_ctrl_c(monkeypatch):
     """Only the command's process changes the handler; main() puts Python's back."""
+    monkeypatch.setattr(interrupt, "_command", [False])  # (set by quiet_while_starting below)
     monkeypatch.setattr(sys, "argv", ["script.py"])
     interrupt.quiet_while_starting()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

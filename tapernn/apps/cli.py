@@ -172,6 +172,8 @@ def _run(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        interrupt.finished()  # (the teardown after it cannot run a handler: exit -2 otherwise)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def _default_names() -> list[str]:
 def apply(model: Any, args: argparse.Namespace) -> str:
     """Sets the flags' plan options and passes on `model` (before its first call); what was
     set, as one line ("" when nothing)."""
+    from ..errors import ArgumentError
     from ..passes import default_passes
     from ..passes.driver import pass_name
     from ..plan_options import PlanOptions
@@ -93,6 +94,11 @@ def apply(model: Any, args: argparse.Namespace) -> str:
     said = []
     fields = dict(args.option)
     if args.backend:
+        if fields.get("backend", args.backend) != args.backend:
+            raise ArgumentError(
+                f"--backend {args.backend} and --option backend={fields['backend']} disagree: "
+                f"give one"
+            )
         fields["backend"] = args.backend
     if fields:
         model.set_plan_options(PlanOptions(**fields))

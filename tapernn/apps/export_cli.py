@@ -9,6 +9,9 @@ from ..errors import TapernnError
 from . import compile_flags
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
+# steps past which an unrolled diagram is one long row that dot lays out slowly (op level, T 20:
+# ~1 min; T 200: 7 min at load 15; module level, T 100: 14,642 x 149 pixels)
+WIDE = {"op": 16, "module": 64}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
         write_whole(path, json.dumps(to_json(model)))
     else:
+        laid_out = path.suffix.lower() in (".svg", ".png", ".pdf")
+        if laid_out and not args.collapse and args.steps > WIDE[args.level]:
+            print(
+                f"note: {args.steps} steps unrolled at {args.level} level make a wide "
+                f"diagram that dot may take minutes to lay out; --collapse draws the step "
+                f"template once"
+            )
         render(
             model,
             path,

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import tracing
-from ..errors import ShapeError, StateError, TapernnError
+from ..errors import ShapeError, StateError, TapernnError, TracingError
 from ..tracing import Tape, Var, current_scope, current_step, step
 
 if TYPE_CHECKING:
@@ -23,8 +23,14 @@ if TYPE_CHECKING:
 _BUILD: ContextVar[BuildContext | None] = ContextVar("tapernn_build", default=None)
 
 
-def current_build() -> BuildContext:
+def current_build(param: Parameter | None = None) -> BuildContext:
     ctx = _BUILD.get()
+    if ctx is None and param is not None:  # (e.g. a cell's step run by tn.gradcheck)
+        raise TracingError(
+            f"parameter {param.name!r} is read outside a module's forward (in tn.trace or "
+            f"tn.gradcheck?): pass its .data there as an input array, or check the module "
+            f"with tapernn.testing.gradcheck_module"
+        )
     if ctx is None:
         raise TapernnError("symbolic module calls only happen inside a traced forward")
     return ctx

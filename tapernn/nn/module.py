@@ -150,7 +150,7 @@ class Module:
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
         if name in self._params:  # (a second one would silently replace the first)
-            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already registered")
+            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already {check.ONCE}")
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(

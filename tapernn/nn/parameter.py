@@ -113,7 +113,7 @@ class Parameter:
         return self.data.dtype
 
     def __tapernn_var__(self) -> Var:
-        return current_build().bind(self)
+        return current_build(self).bind(self)
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
