@@ -3,6 +3,7 @@ whole and its output printed, during the interpreter's ~0.5 s teardown, where Py
 signal handler -- killed the process by SIGINT (exit -2) on main; now the command's own exit
 code stands (interrupt.finished ignores Ctrl-C from there)."""
 
+import os
 import pathlib
 import signal
 import subprocess
@@ -23,14 +24,18 @@ def _sigint_default() -> None:
 
 def test_ctrl_c_after_the_output_keeps_the_exit_code(tmp_path):
     """The SIGINT is sent once `wrote ...` is read: stdout is a pipe, so the child has flushed
-    it after the command returned (cli.main), with the teardown still to run."""
+    it after the command returned (cli.main), with the teardown still to run -- unless Python
+    writes stdout unbuffered (PYTHONUNBUFFERED, as in some CI shells: the line then leaves at
+    the print, the command still running, and a Ctrl-C there rightly exits 130)."""
     path = tmp_path / "g.dot"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tapernn", "graph", "--model", "rnn", "-o", str(path)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
         preexec_fn=_sigint_default,  # noqa: PLW1509 -- one signal() call before exec
     )
     line = proc.stdout.readline()

@@ -19,6 +19,7 @@ LAYERS = [
         "base",
         [
             "tapernn.interrupt",
+            "tapernn.aligned",
             "tapernn.errors",
             "tapernn.ops",
             "tapernn.ops.registry",
