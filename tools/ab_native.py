@@ -29,6 +29,8 @@ from ab_common import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timeline_step import apply_nice, nice_option
+
 from tapernn import scan_columns
 from tapernn.backends import step_columns
 
@@ -65,12 +67,9 @@ def cycle_rate() -> float:
 def main():
     ap = arm_parser(ARMS, ["halves", "native"])
     ap.add_argument("--spins", type=int, default=step_columns.SPINS)
-    ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
+    nice_option(ap)
     args = ap.parse_args()
-    if args.nice:
-        from timeline_step import nice_autogroup
-
-        print(f"autogroup: {nice_autogroup()}")
+    apply_nice(args)
     SPINS[0] = args.spins
     rate = cycle_rate()
     for text in args.configs:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from ab_common import config_arms, interleaved, training_step
 from numba import njit
+from timeline_step import apply_nice, nice_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,12 +71,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--arms", nargs="+", default=["old", "new"])
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
+    nice_option(ap)
     args = ap.parse_args()
-    if args.nice:
-        from timeline_step import nice_autogroup
-
-        print(f"autogroup: {nice_autogroup()}")
+    apply_nice(args)
     print(f"load {os.getloadavg()}  vendor {own_room.vendor()!r}")
     for text in args.configs:
         _, arms, models = config_arms(text, "float32", args.arms, arm, not args.no_torch)

@@ -169,6 +169,17 @@ def nice_autogroup() -> str:
         return f"not set ({exc})"
 
 
+def nice_option(ap) -> None:
+    """An A/B script's --nice: its own autogroup at nice -19 (`nice_autogroup`)."""
+    ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
+
+
+def apply_nice(args) -> None:
+    """With --nice, `nice_autogroup`, and say what it did."""
+    if args.nice:
+        print(f"autogroup: {nice_autogroup()}")
+
+
 def tagged(name, fn):
     """fn with its GEMM halves named `name` (np_matmul_sum / _bias call _split directly)."""
 
@@ -284,10 +295,9 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--show", type=int, default=1, help="print this many steps' event lists")
     ap.add_argument("--old", action="store_true", help="PlanOptions(bias_in_gemm=False)")
-    ap.add_argument("--nice", action="store_true", help="own autogroup at nice -19 (root)")
+    nice_option(ap)
     args = ap.parse_args()
-    if args.nice:
-        print(f"autogroup: {nice_autogroup()}")
+    apply_nice(args)
     OLD[0] = args.old
     mm = instrument()
     print(f"load {os.getloadavg()}")
