@@ -52,6 +52,11 @@ def test_pack_rows_equals_numpys_copy(dtype, n, k, rng, monkeypatch):
     assert got is out and calls == [1]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(packed.pack_panels(w.T), want)  # (out made)
+    for nr in (8, 24, 32):  # (any width: lanes x lanes blocks where it is a multiple of lanes)
+        np.testing.assert_array_equal(
+            packed.pack_panels(w.T, nr=nr), numpy_pack(w.T, nr), err_msg=f"nr {nr}"
+        )
+    assert len(calls) == 5
     # a C weight (not a transposed view: pack_cols), or a strided one: NumPy's copy
     calls.clear()
     np.testing.assert_array_equal(packed.pack_panels(np.ascontiguousarray(w.T)), want)
