@@ -341,8 +341,8 @@ def tap_copies(
 
 
 # held bytes from which tap_copies' fingerprints run on own_threads' worker while the caller
-# copies (BENCHMARKS.md "hrest2": the tap 0.73 -> 0.53 ms at (32, 50, 256) f32, 1.87 -> 1.12
-# at (32, 50, 512), load 13); below, the worker's wake-up costs what the digest does
+# copies (BENCHMARKS.md "hrest2": the tap 0.78 -> 0.62 ms at (32, 50, 256) f32, 2.12 -> 1.50
+# at (32, 50, 512), load 17-21); below, the worker's wake-up costs what the digest does
 APART_BYTES = 1 << 20
 
 
@@ -350,14 +350,13 @@ def _fingerprints(held: list, room: np.ndarray) -> Any:
     """`() -> [fingerprint(a) for a in held]`: taken on own_threads' worker while the caller
     goes on (its copies write only `room`, which no held array may share memory with) when
     they hold >= APART_BYTES and the worker is there and idle (own_threads.idle_worker), else
-    here and now. Which thread digests changes no fingerprint."""
+    here when called (after the copies). Which thread digests changes no fingerprint."""
     if (
         sum(a.nbytes for a in held) < APART_BYTES
         or not own_threads.idle_worker()
         or any(np.may_share_memory(a, room) for a in held)
     ):
-        done = [fingerprint(a) for a in held]
-        return lambda: done
+        return lambda: [fingerprint(a) for a in held]
     return own_threads.submit(lambda: [fingerprint(a) for a in held]).result
 
 
