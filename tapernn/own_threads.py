@@ -198,6 +198,12 @@ def allowed() -> bool:
     return isinstance(policy, int) and policy >= 2
 
 
+def idle_worker() -> bool:
+    """Whether this thread may hand the worker a job outside an owned call: the worker exists
+    (an owned call made it: no thread is started for this), `allowed`, not on the worker."""
+    return _pool[0] is not None and threading.get_ident() not in worker_ident and allowed()
+
+
 def splitting(runners: tuple) -> bool:
     """Whether a loop of the program still splits (a split that failed -- its halves would not
     compile alike -- runs the whole loop: then owning the call would only cost BLAS threads)."""

@@ -52,12 +52,34 @@ def test_pack_rows_equals_numpys_copy(dtype, n, k, rng, monkeypatch):
     assert got is out and calls == [1]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(packed.pack_panels(w.T), want)  # (out made)
+    for nr in (8, 24, 32):  # (any width: lanes x lanes blocks where it is a multiple of lanes)
+        np.testing.assert_array_equal(
+            packed.pack_panels(w.T, nr=nr), numpy_pack(w.T, nr), err_msg=f"nr {nr}"
+        )
+    assert len(calls) == 5
     # a C weight (not a transposed view: pack_cols), or a strided one: NumPy's copy
     calls.clear()
     np.testing.assert_array_equal(packed.pack_panels(np.ascontiguousarray(w.T)), want)
     wide = rng.standard_normal((n, 2 * k)).astype(dtype)[:, ::2]
     np.testing.assert_array_equal(packed.pack_panels(wide.T), numpy_pack(wide.T))
     assert calls == [] or k == 1  # (a (1, N) C array is its own transposed view too)
+
+
+@pytest.mark.parametrize("kind", sorted(packed.GEOMETRY))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_geometrys_pack_rows_equals_numpys_copy(kind, dtype, rng):
+    """Each instruction set's pack_rows (its lanes x lanes transposes: 16 / 8 at 512 bits, 8 / 4
+    at 256; AVX2's code runs on an AVX-512 CPU too) over full and partial panels, K tails and
+    widths that are (not) a multiple of its lanes: NumPy's copy, bit for bit."""
+    kernels = packed._kernel_module(kind)
+    nr0 = packed.panel_width(dtype, kind)
+    for n, k in [(256, 64), (130, 37), (5, 3), (200, 129)]:
+        w = rng.standard_normal((n, k)).astype(dtype)
+        for nr in (nr0, 8, 24):
+            want = numpy_pack(w.T, nr)
+            out = np.full(want.shape, np.nan, dtype)
+            kernels.pack_rows(w, out)  # (w: the C weight whose transposed view is packed)
+            np.testing.assert_array_equal(out, want, err_msg=f"{kind} {(n, k)} nr {nr}")
 
 
 @pytest.mark.usefixtures("ready")

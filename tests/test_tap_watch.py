@@ -8,6 +8,8 @@ caller, the state gradients are the backward's; changed in place, get_grad_hidde
 StateError, never a different number. Structure: which arrays are held by reference, and what
 the report counts."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -118,6 +120,41 @@ def test_a_held_buffer_changed_in_place_raises(watch_all, backend, which, call):
     with pytest.raises(StateError, match=which):
         m.get_grad_hidden_state(1)
     buf[...] = old  # the same values again: what the backward saw
+    for got, w in zip(m.get_grad_hidden_state(1), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("apart", [0, 1 << 40])
+def test_held_buffers_fingerprinted_on_the_idle_worker_as_here(watch_all, monkeypatch, apart):
+    """From APART_BYTES held (0: always; 2**40: never), with own_threads' worker there and idle,
+    tap_copies takes the held input's and output gradient's fingerprints on the worker while it
+    copies the rest: the same fingerprints as taken here, an in-place change still raises, and
+    the state gradients are the backward's (NumPy equations, 1e-12)."""
+    from tapernn import own_threads
+
+    own_threads.executor()  # (the worker: an owned call would have made it)
+    if not own_threads.idle_worker():
+        pytest.skip("one CPU or a one-thread BLAS policy: no worker is handed anything")
+    monkeypatch.setattr(state_grads, "APART_BYTES", apart)
+    where, real = [], state_grads.fingerprint
+    monkeypatch.setattr(
+        state_grads, "fingerprint", lambda a: where.append(threading.get_ident()) or real(a)
+    )
+    m = _model()
+    seq = _seq(m, "numpy")
+    x, g = _data(0, T, B)
+    params = {name: p.data.copy() for name, p in m.named_parameters().items()}
+    want = _state_grads(params, x.copy(), g.copy(), 1)
+    seq.forward(x)
+    seq.backward(x, g)
+    assert len(where) == 2
+    assert all((t in own_threads.worker_ident) == (apart == 0) for t in where)
+    assert [fp for _, _, fp in _pending(m).args[7]] == [real(x), real(g)]
+    was = g[0, 0, 0]
+    g[0, 0, 0] = was + 1.0
+    with pytest.raises(StateError, match="output gradient"):
+        m.get_grad_hidden_state(1)
+    g[0, 0, 0] = was
     for got, w in zip(m.get_grad_hidden_state(1), want):
         np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
 

@@ -165,18 +165,23 @@ def test_the_report_counts_no_copy_and_stays_within_10_percent_of_the_loop_peak(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_zeros_sees_one_nonzero_anywhere_as_any_does(dtype):
     """packing._zeros (the head first, then the rest) answers what `not a.any()` answers: one
-    nonzero (or NaN) at any position of a C array -- in the head, at its edge, past it -- is
-    seen; -0.0 is a zero."""
+    nonzero (NaN, a subnormal, -inf) at any position of a C array -- in the head, at its edge,
+    past it, in a last element outside a whole 64-bit word -- is seen; -0.0 is a zero; data
+    not on an 8-byte boundary too."""
     from tapernn.nn import packing
 
-    for shape in ((3, packing.HEAD + 5), (packing.HEAD - 1,), (1, 1), (0, 4)):
-        a = np.zeros(shape, dtype)
-        assert packing._zeros(a)
-        flat = a.reshape(-1)
-        for at in {0, packing.HEAD - 1, packing.HEAD, flat.size - 1}:
-            if not 0 <= at < flat.size:
-                continue
-            for v in (1.0, np.nan, -1e-300, -0.0):
-                flat[:] = 0
-                flat[at] = v
-                assert packing._zeros(a) == (not a.any()), (shape, at, v)
+    tiny = np.finfo(dtype).smallest_subnormal
+    for shape in ((3, packing.HEAD + 5), (packing.HEAD - 1,), (1, 1), (0, 4), (2 * packing.HEAD,)):
+        for skip in (0, 1):  # (1: the data one element past an 8-byte word's start)
+            a = np.zeros(np.prod(shape, dtype=int) + skip, dtype)[skip:].reshape(shape)
+            assert packing._zeros(a)
+            flat = a.reshape(-1)
+            flat[:] = -0.0
+            assert packing._zeros(a)
+            for at in {0, packing.HEAD - 1, packing.HEAD, flat.size - 2, flat.size - 1}:
+                if not 0 <= at < flat.size:
+                    continue
+                for v in (1.0, np.nan, -1e-300, -0.0, tiny, -tiny, -np.inf):
+                    flat[:] = 0
+                    flat[at] = v
+                    assert packing._zeros(a) == (not a.any()), (shape, skip, at, v)

@@ -295,6 +295,12 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--show", type=int, default=1, help="print this many steps' event lists")
     ap.add_argument("--old", action="store_true", help="PlanOptions(bias_in_gemm=False)")
+    ap.add_argument(
+        "--rest",
+        type=float,
+        default=0.05,
+        help="seconds idle before each timed step (0: back to back)",
+    )
     nice_option(ap)
     args = ap.parse_args()
     apply_nice(args)
@@ -310,7 +316,7 @@ def main():
         table: dict = {}
         shown = 0
         for _ in range(args.reps):
-            time.sleep(0.05)
+            time.sleep(args.rest)
             EV.clear()
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0, p0, c0 = _now(), time.process_time(), time.thread_time()

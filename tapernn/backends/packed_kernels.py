@@ -251,13 +251,13 @@ def _transpose_masks(rows: int, lanes: int) -> list[list[tuple[int, int, list[in
 
 
 def make_transpose(rows: int, vec_bits: int):
-    """kernel(a, row0, col0, dst, d_off): the block a[row0:row0 + rows, col0:col0 + lanes] (a 2-D
-    array whose rows are contiguous: strides[1] = itemsize) transposed into dst[d_off:d_off +
-    rows * lanes] (a C vector), element p of row i at d_off + p * rows + i -- `rows` vector
-    loads, log2(rows) stages of `rows` shuffles (`_transpose_masks`), `rows` vector stores."""
+    """kernel(a, row0, col0, dst, d_off, step): a[row0:row0 + rows, col0:col0 + lanes] (rows 0:
+    lanes; a's rows contiguous) transposed into the C vector dst, its v-th vector at d_off + v *
+    step (step lanes: element p of row i at d_off + p * rows + i) -- `rows` vector loads,
+    log2(rows) stages of `rows` shuffles (`_transpose_masks`), `rows` vector stores."""
 
     @intrinsic
-    def kernel(typingctx, a, row0, col0, dst, d_off):
+    def kernel(typingctx, a, row0, col0, dst, d_off, step):
         if not (
             isinstance(a, types.Array)
             and a.ndim == 2
@@ -267,13 +267,15 @@ def make_transpose(rows: int, vec_bits: int):
             and a.dtype in (types.float32, types.float64)
         ):
             return None
-        sig = types.void(a, row0, col0, dst, d_off)
+        sig = types.void(a, row0, col0, dst, d_off, step)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
             arr = make_array(tys[0])(context, builder, args[0])
             out = make_array(tys[3])(context, builder, args[3]).data
-            r0, c0, d0 = (context.cast(builder, args[j], tys[j], types.intp) for j in (1, 2, 4))
+            r0, c0, d0, ds = (
+                context.cast(builder, args[j], tys[j], types.intp) for j in (1, 2, 4, 5)
+            )
             scal, lanes, vty = _vector_type(context, tys[0].dtype, vec_bits)
             esize = context.get_abi_sizeof(scal)
             i64 = ir.IntType(64)
@@ -281,11 +283,11 @@ def make_transpose(rows: int, vec_bits: int):
             base = builder.bitcast(arr.data, cgutils.voidptr_t)
             col = builder.mul(c0, ir.Constant(i64, esize))
             vecs = []
-            for i in range(rows):
+            for i in range(rows or lanes):
                 at = builder.add(builder.mul(builder.add(r0, ir.Constant(i64, i)), stride), col)
                 ptr = builder.bitcast(builder.gep(base, [at]), vty.as_pointer())
                 vecs.append(builder.load(ptr, align=esize))
-            for stage in _transpose_masks(rows, lanes):
+            for stage in _transpose_masks(rows or lanes, lanes):
                 vecs = [
                     builder.shuffle_vector(
                         vecs[x], vecs[y], ir.Constant(ir.VectorType(ir.IntType(32), lanes), mask)
@@ -293,7 +295,7 @@ def make_transpose(rows: int, vec_bits: int):
                     for x, y, mask in stage
                 ]
             for v, vec in enumerate(vecs):
-                at = builder.add(d0, ir.Constant(i64, v * lanes))
+                at = builder.add(d0, builder.mul(ds, ir.Constant(i64, v)))
                 ptr = builder.bitcast(builder.gep(out, [at], inbounds=True), vty.as_pointer())
                 builder.store(vec, ptr, align=esize)
             return context.get_dummy_value()
@@ -308,6 +310,7 @@ _micro = make_microkernel(MR, NV, VEC_BITS, PREFETCH, near=NEAR)
 # 8 x 3 over 4 padded rows (at 4 rows 1.35x 4 x 4's time, "hloopI"); AVX2's MR is 4
 _micro_half = make_microkernel(4, NV, VEC_BITS, PREFETCH, MR, NEAR)
 _transpose = make_transpose(MR, VEC_BITS)
+_square = make_transpose(0, VEC_BITS)  # (lanes x lanes: pack_rows' blocks)
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +328,7 @@ def _pack_a(a):
     kv = k // lanes * lanes
     for i in range(0, full, MR):
         for p in range(0, kv, lanes):
-            _transpose(a, i, p, apf, i * k + p * MR)
+            _transpose(a, i, p, apf, i * k + p * MR, lanes)
         for p in range(kv, k):
             for r in range(MR):
                 ap[i // MR, p, r] = a[i + r, p]
@@ -450,24 +453,21 @@ def packed_matmul_serial(a, packed, out):
 @njit(cache=True, nogil=True)
 def pack_rows(w, out):
     """The panels of w.T (packed.pack_panels of a transposed view): out[j, r, c] = w[j*NR + c, r]
-    for w (N, K) C, out (ceil(N / NR), K, NR) C, zero-padded past N. 16 rows of a panel at a
-    time (a 16 x NR block of out, in L1), each of its NR columns read as 16 contiguous floats of
-    one row of w: 3x NumPy's strided copy at (2048, 512) float32 (BENCHMARKS.md "h256") when
-    each row of w went whole into its panel column (K x NR, strided over L2); the blocks took
-    2.10 -> 0.70 ms at (2048, 512) float32 ("hrestI")."""
+    for w (N, K) C, out (ceil(N / NR), K, NR) C, zero-padded past N. A full panel's K rows by
+    lanes x lanes transposes (`_square`: (1024, 256) 0.20 -> 0.09 ms float32, 0.25 -> 0.19
+    float64 against 16 x NR scalar blocks; BENCHMARKS.md "hrest2"), the rest element by element."""
     n, k = w.shape
     nr = out.shape[2]
+    lanes = VEC_BITS // (8 * w.itemsize)
+    outf = out.ravel()
     for j in range(out.shape[0]):
-        for r0 in range(0, k, 16):
-            r1 = min(r0 + 16, k)
-            for c in range(nr):
-                col = j * nr + c
-                if col < n:
-                    for r in range(r0, r1):
-                        out[j, r, c] = w[col, r]
-                else:
-                    for r in range(r0, r1):
-                        out[j, r, c] = 0
+        kv = k // lanes * lanes if nr % lanes == 0 and (j + 1) * nr <= n else 0
+        for r0 in range(0, kv, lanes):
+            for c0 in range(0, nr, lanes):
+                _square(w, j * nr + c0, r0, outf, (j * k + r0) * nr + c0, nr)
+        for c in range(nr):
+            for r in range(kv, k):
+                out[j, r, c] = w[j * nr + c, r] if j * nr + c < n else 0
 
 
 @njit(cache=True, nogil=True)
