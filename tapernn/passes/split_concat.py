@@ -1,0 +1,144 @@
+"""Concatenated GEMM operands split by parts (issue 19; API.md section 3's MGU): in a scan's
+body, `concat([x, h], axis=-1) @ W` becomes `x @ W[:D] + h @ W[D:]` (W a loop invariant; each
+block of rows a new invariant, a view of W made outside the loop) where the parts mix
+time-parallel values (the step's input: push_out_of_loops then makes its product ONE GEMM over
+the stacked xs) and values of the carries (the recurrent step GEMM, which the numba backend
+packs and the batch split runs on two threads). `W @ concat([a, b], axis=0)` likewise by
+columns of W. A concat of parts all on one side is left alone (one GEMM stays one GEMM).
+
+The nn runtime runs this on a Sequencer's traced graph before `grad` too (with the layout
+choice, when the pass is in the pipeline): the backward is then derived from the split forward
+-- the input gradient's product leaves the reverse loop, and W's gradient is the two blocks'
+products, each written into its rows of one concatenated buffer."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from ..graph import Graph, Node
+from .rewrite import derive, input_like, substitute
+
+
+@dataclass(frozen=True)
+class Split:
+    """A body rewritten: the new body, and per new invariant input (body input position of
+    the weight it is a block of, getitem index of the block)."""
+
+    body: Graph
+    blocks: tuple[tuple[int, tuple], ...]
+
+
+_CACHE: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
+
+
+def split_concat_matmuls(graph: Graph) -> Graph:
+    """Every scan whose body multiplies a concat of time-parallel and carried parts by a loop
+    invariant: one product per part, the invariant's blocks new invariants of the loop."""
+    subst: dict[Node, Node] = {}
+    for s in graph.nodes:
+        if s.op != "scan":
+            continue
+        split = split_body(s.attrs["body"], s.attrs["n_carry"], s.attrs["n_xs"])
+        if split is not None:
+            subst[s] = _apply(s, split)
+    return substitute(graph, subst) if subst else graph
+
+
+def split_body(body: Graph, nc: int, nx: int) -> Split | None:
+    """The rewrite of `body` (cached per body: the same new body in every compile), or None."""
+    cache = _CACHE.setdefault(body, {})
+    if (nc, nx) not in cache:
+        cache[(nc, nx)] = _Walk(body, nc, nx).result()
+    return cache[(nc, nx)]
+
+
+def _parts(n: Node, inv: dict[Node, int]) -> tuple[Node, Node, int] | None:
+    """(the concat, the invariant weight, the weight's axis the parts split) of a matmul
+    `concat(.., axis=-1) @ W` (axis 0 of W) or `W @ concat(.., axis=0)` of a 2-D concat
+    (axis 1 of W), W a 2-D invariant input; else None."""
+    if n.op != "matmul":
+        return None
+    a, b = n.inputs
+    if a.op == "concat" and b in inv and b.ndim == 2 and a.attrs["axis"] % a.ndim == a.ndim - 1:
+        return a, b, 0
+    if b.op == "concat" and a in inv and a.ndim == 2 and b.ndim == 2 and b.attrs["axis"] % 2 == 0:
+        return b, a, 1
+    return None
+
+
+class _Walk:
+    def __init__(self, body: Graph, nc: int, nx: int):
+        self.body, self.nc, self.nx = body, nc, nx
+        self.inv = {i: k for k, i in enumerate(body.inputs) if k >= nc + nx}
+        carried = set(body.inputs[:nc])
+        for n in body.nodes:
+            if any(i in carried for i in n.inputs):
+                carried.add(n)
+        self.carried = carried
+        self.blocks: dict[tuple[int, tuple], Node] = {}  # (weight position, index) -> input
+
+    def result(self) -> Split | None:
+        body, env, nodes = self.body, {}, []
+        for n in body.nodes:
+            if n.op == "input":
+                continue
+            found = _parts(n, self.inv)
+            if found is not None and self._mixed(found[0]):
+                env[n] = self._products(n, *found, env, nodes)
+                continue
+            ins = tuple(env.get(i, i) for i in n.inputs)
+            env[n] = n if ins == n.inputs else n.with_inputs(ins)
+            nodes.append(env[n])
+        if not self.blocks:
+            return None
+        outputs = [env.get(o, o) for o in body.outputs]
+        nodes = Graph(nodes, [], outputs).eliminate_dead_code().nodes  # (a concat only multiplied)
+        read = {i for n in nodes for i in n.inputs} | set(outputs)
+        kept = [i for k, i in enumerate(body.inputs) if k < self.nc + self.nx or i in read]
+        inputs = kept + list(self.blocks.values())
+        new = Graph(inputs + nodes, inputs, outputs, body.meta)
+        new.verify()
+        return Split(new, tuple(self.blocks))
+
+    def _mixed(self, concat: Node) -> bool:
+        """Some part carried, some not: the uncarried parts' products leave the loop."""
+        sides = {p in self.carried for p in concat.inputs}
+        return sides == {True, False}
+
+    def _products(self, n: Node, concat: Node, w: Node, axis: int, env: dict, nodes: list) -> Node:
+        """The sum of each part's product with its block of `w`'s rows (axis 0) or columns."""
+        terms, start = [], 0
+        for part in concat.inputs:
+            width = part.shape[concat.attrs["axis"]]
+            rows = ("s", start, start + width, None)
+            index = (rows,) if axis == 0 else (("s", None, None, None), rows)
+            block = self._block(w, index, (width, w.shape[1]) if axis == 0 else (w.shape[0], width))
+            part = env.get(part, part)
+            terms.append(derive(n, "matmul", (part, block) if axis == 0 else (block, part)))
+            start += width
+        nodes.extend(terms)
+        total = derive(n, "add" if len(terms) == 2 else "add_n", terms)
+        nodes.append(total)
+        return total
+
+    def _block(self, w: Node, index: tuple, shape: tuple) -> Node:
+        key = (self.inv[w], index)
+        if key not in self.blocks:
+            bounds = index[-1]
+            name = f"{w.name}[{'' if len(index) == 1 else ':, '}{bounds[1]}:{bounds[2]}]"
+            self.blocks[key] = input_like(w, shape, name)
+        return self.blocks[key]
+
+
+def _apply(s: Node, split: Split) -> Node:
+    """Scan node `s` over `split`'s body: the kept inputs, then each weight block, a view of
+    the weight made outside the loop."""
+    a = s.attrs
+    old = a["body"]
+    position = {i: k for k, i in enumerate(old.inputs)}
+    n_kept = len(split.body.inputs) - len(split.blocks)
+    ins = [s.inputs[position[i]] for i in split.body.inputs[:n_kept]]
+    ins += [derive(s, "getitem", (s.inputs[k],), index=index) for k, index in split.blocks]
+    attrs = {k: v for k, v in a.items() if k != "body"}
+    return derive(s, "scan", ins, body=split.body, **attrs)
