@@ -18,6 +18,7 @@ from ..graph import Graph
 from ..optim import update_temp_bytes
 from ..passes import feature_major_loops, split_concat_matmuls
 from ..passes.layout import relayout_before_grad
+from ..passes.split_concat import split_before_grad
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .binding import _binder
@@ -144,7 +145,10 @@ class Executable:
         programs agree on the slab between them. The output nodes are remapped. Returns the
         keys of the "auto" decisions the real steps should confirm."""
         old = self.graph
-        new = split_concat_matmuls(old) if split_concat_matmuls in passes else old
+        new = old
+        if split_concat_matmuls in passes:
+            new, notes = split_before_grad(old)
+            self.notes += notes
         keys: list = []
         if feature_major_loops in passes:
             new, notes, chosen = relayout_before_grad(

@@ -45,6 +45,24 @@ def split_concat_matmuls(graph: Graph) -> Graph:
     return substitute(graph, subst) if subst else graph
 
 
+def split_before_grad(graph: Graph) -> tuple[Graph, list[str]]:
+    """`split_concat_matmuls(graph)` for a traced forward (the nn runtime, before `grad`), and
+    its report lines: per loop split, how many products it now has per concatenated one."""
+    out = split_concat_matmuls(graph)
+    if out is graph:
+        return graph, []
+    notes = []
+    for s in graph.nodes:
+        split = s.op == "scan" and split_body(s.attrs["body"], s.attrs["n_carry"], s.attrs["n_xs"])
+        if split:
+            where = f"loop {s.scope or '(top)'}"
+            notes.append(
+                f"split_concat_matmuls ({where}, before grad): {len(split.blocks)} products over"
+                " row blocks of the weights of its concatenated GEMM operands"
+            )
+    return out, notes
+
+
 def split_body(body: Graph, nc: int, nx: int) -> Split | None:
     """The rewrite of `body` (cached per body: the same new body in every compile), or None."""
     cache = _CACHE.setdefault(body, {})
