@@ -95,7 +95,11 @@ def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict 
         return f"{n.op} over the batch"
     if n.op == "index_grad" and ins[0] in batched:
         index, shape = n.attrs["index"], n.attrs["shape"]
-        if index and index[0] == _FULL and shape[:1] == (batch,):
+        if (
+            index
+            and (index[0] == _FULL or _ellipsis_first(index, n.ndim))
+            and shape[:1] == (batch,)
+        ):
             return {**n.attrs, "shape": (rows, *shape[1:])}
         return "index_grad across rows"
     return f"{n.op} not known to be row-wise"
