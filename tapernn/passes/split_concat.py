@@ -4,7 +4,10 @@ block of rows a new invariant, a view of W made outside the loop) where the part
 time-parallel values (the step's input: push_out_of_loops then makes its product ONE GEMM over
 the stacked xs) and values of the carries (the recurrent step GEMM, which the numba backend
 packs and the batch split runs on two threads). `W @ concat([a, b], axis=0)` likewise by
-columns of W. A concat of parts all on one side is left alone (one GEMM stays one GEMM).
+columns of W. A concat of parts all on one side is left alone (one GEMM stays one GEMM). In a
+loop differentiated before the split (tn.grad, then compile), its backward `dz @ W^T` read by
+column slices some of which feed the carries (dh) and some not (dx) becomes one product per
+slice over W's row blocks: dx's then leaves the loop (push_out_ys).
 
 The nn runtime runs this on a Sequencer's traced graph before `grad` too (with the layout
 choice, when the pass is in the pipeline): the backward is then derived from the split forward
@@ -94,16 +97,28 @@ class _Walk:
             if any(i in carried for i in n.inputs):
                 carried.add(n)
         self.carried = carried
+        feeds = set(body.outputs[:nc])  # nodes a new carry depends on
+        self.users: dict[Node, list[Node]] = {}
+        for n in reversed(body.nodes):
+            if n in feeds:
+                feeds.update(n.inputs)
+            for i in n.inputs:
+                self.users.setdefault(i, []).append(n)
+        self.feeds = feeds
         self.blocks: dict[tuple[int, tuple], Node] = {}  # (weight position, index) -> input
 
     def result(self) -> Split | None:
         body, env, nodes = self.body, {}, []
         for n in body.nodes:
-            if n.op == "input":
+            if n.op == "input" or n in env:
                 continue
             found = _parts(n, self.inv)
             if found is not None and self._mixed(found[0]):
                 env[n] = self._products(n, *found, env, nodes)
+                continue
+            slices = self._column_slices(n)
+            if slices is not None:  # (env maps each slice to its own product)
+                self._sliced_products(n, slices, env, nodes)
                 continue
             ins = tuple(env.get(i, i) for i in n.inputs)
             env[n] = n if ins == n.inputs else n.with_inputs(ins)
@@ -118,6 +133,40 @@ class _Walk:
         new = Graph(inputs + nodes, inputs, outputs, body.meta)
         new.verify()
         return Split(new, tuple(self.blocks))
+
+    def _column_slices(self, n: Node) -> list[tuple[Node, int, int]] | None:
+        """A differentiated loop's `concat(..) @ W` backward: `dz @ W^T` (W a 2-D invariant)
+        read only by disjoint column slices `[:, a:b]`, some feeding the carries (dh), some
+        not (dx: a returned product, which push_out then computes after the loop); each
+        slice (user, a, b), else None."""
+        if n.op != "matmul" or n.ndim != 2 or n.inputs[0].ndim != 2:
+            return None
+        t = n.inputs[1]
+        if not (t.op == "transpose" and t.inputs[0] in self.inv and t.inputs[0].ndim == 2):
+            return None
+        full, out = ("s", None, None, None), []
+        for u in self.users.get(n, []):
+            index = u.attrs.get("index", ()) if u.op == "getitem" else ()
+            if n in self.body.outputs or len(index) != 2 or index[0] not in (full, Ellipsis):
+                return None
+            col = index[1]
+            if not (isinstance(col, tuple) and col[0] == "s" and col[3] in (None, 1)):
+                return None
+            a, b, _ = slice(col[1], col[2]).indices(n.shape[1])
+            if b <= a or any(a < d and c < b for _, c, d in out):
+                return None
+            out.append((u, a, b))
+        sides = {u in self.feeds for u, _, _ in out}
+        return out if sides == {True, False} else None
+
+    def _sliced_products(self, n: Node, slices: list, env: dict, nodes: list) -> None:
+        """Each slice of `dz @ W^T` as dz @ W[a:b]^T, the rows W[a:b] a new invariant."""
+        q, w = env.get(n.inputs[0], n.inputs[0]), n.inputs[1].inputs[0]
+        for u, a, b in slices:
+            block = self._block(w, (("s", a, b, None),), (b - a, w.shape[1]))
+            moved = derive(n.inputs[1], "transpose", (block,), axes=(1, 0))
+            env[u] = derive(u, "matmul", (q, moved))
+            nodes += [moved, env[u]]
 
     def _mixed(self, concat: Node) -> bool:
         """Some part carried, some not: the uncarried parts' products leave the loop."""
