@@ -6,6 +6,7 @@ gradients) on both backends."""
 import numpy as np
 import pytest
 from cell_fuzz import check_case, make_case, make_cell
+from cell_reference import complex_step_grads, run
 from pass_check import assert_same
 from scan_bodies import sigmoid
 
@@ -152,30 +153,11 @@ class MGU(nn.Cell):  # API.md section 3, as written there
         return (1 - f) * h + f * g
 
 
-def mgu_numpy(p, xs):
-    """MGU's equations, step by step (complex arrays too: the gradient by complex steps)."""
-    h = np.zeros(xs.shape[1:2] + p["b_f"].shape, xs.dtype)
-    out = []
-    for x in xs:
-        f = sigmoid(np.concatenate([x, h], -1) @ p["w_f"] + p["b_f"])
-        g = np.tanh(np.concatenate([x, f * h], -1) @ p["w_h"] + p["b_h"])
-        h = (1 - f) * h + f * g
-        out.append(h)
-    return np.stack(out)
-
-
-def complex_step(params, xs, seed):
-    grads = {}
-    for name, value in [*params.items(), ("input", xs)]:
-        g = np.zeros(value.shape)
-        for idx in np.ndindex(value.shape):
-            pert = value.astype(complex)
-            pert[idx] += 1e-30j
-            p2 = {**params, name: pert} if name != "input" else params
-            out = mgu_numpy(p2, pert if name == "input" else xs.astype(complex))
-            g[idx] = np.sum(seed * out).imag / 1e-30
-        grads[name] = g
-    return grads
+def mgu_step_numpy(p, x, h):
+    """MGU's equations, one step (complex arrays too: the gradient by complex steps)."""
+    f = sigmoid(np.concatenate([x, h], -1) @ p["w_f"] + p["b_f"])
+    g = np.tanh(np.concatenate([x, f * h], -1) @ p["w_h"] + p["b_h"])
+    return ((1 - f) * h + f * g,)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +174,8 @@ def test_mgu_matches_its_equations_on_both_backends(backend, layout):
         model.set_plan_options(tn.PlanOptions(layout=layout))
         xs, seed = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
         params = {n.split(".")[-1]: p.data.copy() for n, p in model.named_parameters().items()}
-        want, grads = mgu_numpy(params, xs), complex_step(params, xs, seed)
+        want, _ = run(mgu_step_numpy, params, xs, 1, H)
+        grads = complex_step_grads(mgu_step_numpy, params, xs, 1, H, seed)
         for _ in range(3):  # (numba runs its kernels from the second call)
             model.zero_grad_parameters()
             np.testing.assert_allclose(model.forward(xs), want, rtol=0, atol=1e-12)
