@@ -50,7 +50,7 @@ def split_concat_matmuls(graph: Graph) -> Graph:
 
 def split_before_grad(graph: Graph) -> tuple[Graph, list[str]]:
     """`split_concat_matmuls(graph)` for a traced forward (the nn runtime, before `grad`), and
-    its report lines: per loop split, how many products it now has per concatenated one."""
+    its report lines: per loop split, how many weight blocks its products now read."""
     out = split_concat_matmuls(graph)
     if out is graph:
         return graph, []
@@ -60,8 +60,8 @@ def split_before_grad(graph: Graph) -> tuple[Graph, list[str]]:
         if split:
             where = f"loop {s.scope or '(top)'}"
             notes.append(
-                f"split_concat_matmuls ({where}, before grad): {len(split.blocks)} products over"
-                " row blocks of the weights of its concatenated GEMM operands"
+                f"split_concat_matmuls ({where}, before grad): its concatenated GEMM operands"
+                f" split by parts, {len(split.blocks)} products over row blocks of the weights"
             )
     return out, notes
 
@@ -89,6 +89,9 @@ def _parts(n: Node, inv: dict[Node, int]) -> tuple[Node, Node, int] | None:
 
 
 class _Walk:
+    """One body's rewrite: which values depend on the carries (`carried`), which the new
+    carries depend on (`feeds`), and the weight blocks made so far (one input each)."""
+
     def __init__(self, body: Graph, nc: int, nx: int):
         self.body, self.nc, self.nx = body, nc, nx
         self.inv = {i: k for k, i in enumerate(body.inputs) if k >= nc + nx}
