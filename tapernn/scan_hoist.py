@@ -31,7 +31,7 @@ def compile_hoisted(
             graph = packed
             report.notes.append("step GEMMs over loop weights packed once per loop call")
     invariant, cheap = _invariants(graph, n_variant)
-    moved = invariant - cheap
+    moved = (invariant - cheap) | _packed_transposes(graph, cheap)
     if not moved:
         compiled = _plain(graph, options, report, written)
         attach_reports(compiled)
@@ -92,6 +92,27 @@ def _invariants(graph: Graph, n_variant: int) -> tuple[set[Node], set[Node]]:
             if n.op in _FREE and all(i in cheap for i in n.inputs):
                 cheap.add(n)
     return invariant, cheap
+
+
+def _packed_transposes(graph: Graph, cheap: set[Node]) -> set[Node]:
+    """Transposed views of invariants read only as packed step GEMMs' weights (`dz @ W^T` of
+    a custom cell's `x @ W` in the reverse loop): made once in the prologue, beside its pack,
+    so the step program has no per-step statement the numba step loops cannot translate."""
+    readers: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n)
+    return {
+        n
+        for n in cheap
+        if n.op == "transpose"
+        and n not in graph.outputs
+        and readers.get(n)
+        and all(
+            r.op == "pack_panels" or (r.op == "packed_matmul" and r.inputs[1] is n)
+            for r in readers[n]
+        )
+    }
 
 
 def loop_level(body: Graph, n_variant: int) -> Graph:

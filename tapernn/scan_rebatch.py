@@ -80,7 +80,7 @@ def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict 
         return f"{n.op} over the batch"
     if n.op == "getitem" and ins[0] in batched:
         index = n.attrs["index"]
-        if index and index[0] == _FULL:
+        if index and (index[0] == _FULL or _ellipsis_first(index, ins[0].ndim)):
             return n.attrs
         return "getitem across rows"
     if n.op == "concat" and all(i in batched for i in ins):
@@ -95,7 +95,18 @@ def _row_wise(n: Node, ins: tuple, batched: set, batch: int, rows: int) -> dict 
         return f"{n.op} over the batch"
     if n.op == "index_grad" and ins[0] in batched:
         index, shape = n.attrs["index"], n.attrs["shape"]
-        if index and index[0] == _FULL and shape[:1] == (batch,):
+        if (
+            index
+            and (index[0] == _FULL or _ellipsis_first(index, n.ndim))
+            and shape[:1] == (batch,)
+        ):
             return {**n.attrs, "shape": (rows, *shape[1:])}
         return "index_grad across rows"
     return f"{n.op} not known to be row-wise"
+
+
+def _ellipsis_first(index: tuple, ndim: int) -> bool:
+    """`x[..., k]` (the API's own `a[..., :H]`): the Ellipsis covers axis 0 when the items after
+    it (None adds an axis and takes none) take fewer than all of x's axes."""
+    taken = sum(1 for k in index[1:] if k is not None)
+    return index[0] is Ellipsis and taken < ndim

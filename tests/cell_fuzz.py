@@ -68,6 +68,16 @@ OPS = {
         lambda a, b: np.concatenate([a, b], axis=-1),
         "tn.concat([{0}, {1}], axis=-1)",
     ),
+    "catmul": (  # (a concatenated GEMM operand: API.md's MGU, split_concat_matmuls)
+        lambda a, b, w: tn.concat([a, b], axis=-1) @ w,
+        lambda a, b, w: np.concatenate([a, b], axis=-1) @ w,
+        "tn.concat([{0}, {1}], axis=-1) @ self.{w}",
+    ),
+    "catmul3": (
+        lambda a, b, c, w: tn.concat([a, b, c], axis=-1) @ w,
+        lambda a, b, c, w: np.concatenate([a, b, c], axis=-1) @ w,
+        "tn.concat([{0}, {1}, {2}], axis=-1) @ self.{w}",
+    ),
     "stacksum": (
         lambda a, b: tn.sum(tn.stack([a, b]), axis=0),
         lambda a, b: np.sum(np.stack([a, b]), axis=0),
@@ -84,6 +94,7 @@ OPS = {
 }
 UNARY = ["tanh", "sigmoid", "neg", "expt", "logsig", "rsub"] * 2 + ["relu"]
 BINARY = ["add", "sub", "mul", "div", "stacksum"] * 3 + ["maximum", "minimum"]
+_WEIGHTED = ("matmul", "matmul_t", "catmul", "catmul3", "bias")  # ops reading a parameter
 KINKS = {"relu", "maximum", "minimum", "rmax"}  # not differentiable everywhere
 
 
@@ -107,7 +118,7 @@ class CellSpec:
         for op, args, attrs in self.code:
             fn = OPS[op][ops]
             operands = [values[a] for a in args]
-            if op in ("matmul", "matmul_t", "bias"):
+            if op in _WEIGHTED:
                 operands.append(params[attrs["b" if op == "bias" else "w"]])
                 values.append(fn(*operands))
             else:
@@ -129,7 +140,7 @@ class CellSpec:
                 renum[n_in + k] = n_in + len(code)
                 code.append((op, tuple(renum[a] for a in args), attrs))
                 for key in ("w", "b"):
-                    if op in ("matmul", "matmul_t", "bias") and key in attrs:
+                    if op in _WEIGHTED and key in attrs:
                         params[attrs[key]] = self.params[attrs[key]]
         return CellSpec(
             self.D,
@@ -197,8 +208,9 @@ class Case:
 class _Gen:
     """Random program builder for one cell."""
 
-    def __init__(self, rng: np.random.Generator, D: int, H: int, states: int):
+    def __init__(self, rng: np.random.Generator, D: int, H: int, states: int, concat=False):
         self.rng, self.spec = rng, CellSpec(D, H, states)
+        self.concat = concat  # gate blocks often concat([x, s, ...]) @ W (MGU's style)
         self.width = [D] + [H] * states  # per value: width (0: a 0-d value)
 
     def pick(self, ok=lambda w: True) -> int | None:
@@ -235,13 +247,29 @@ class _Gen:
         )
         return self.emit(op, [a], out, w=name)
 
+    def concat_matmul(self, out: int) -> int:
+        """concat([x, s]) @ W or with a third part (any value: a state, a product of one, x
+        again), the parts in any order, W (total width, out) often reused."""
+        parts = [0, int(self.rng.integers(1, 1 + self.spec.states))]
+        if self.rng.random() < 0.4:
+            parts.append(self.pick(lambda w: w > 0))
+        parts = [parts[j] for j in self.rng.permutation(len(parts))]
+        shape = (sum(self.width[p] for p in parts), out)
+        same = [n for n, s in self.spec.params.items() if s == shape and n[0] == "c"]
+        reuse = same and self.rng.random() < 0.3
+        name = str(self.rng.choice(same)) if reuse else self.param("c", shape)
+        return self.emit("catmul" if len(parts) == 2 else "catmul3", parts, out, w=name)
+
     def gate_block(self) -> None:
         """x @ Wx + s @ Wh + b, cut into k gates by split (or slices)."""
         H, k = self.spec.H, int(self.rng.integers(2, 5))
-        a = self.matmul(0, k * H)
-        s = self.pick(lambda w: w == H)
-        if s is not None:
-            a = self.emit("add", [a, self.matmul(s, k * H)], k * H)
+        if self.concat and self.rng.random() < 0.7:
+            a = self.concat_matmul(k * H)
+        else:
+            a = self.matmul(0, k * H)
+            s = self.pick(lambda w: w == H)
+            if s is not None:
+                a = self.emit("add", [a, self.matmul(s, k * H)], k * H)
         a = self.emit("bias", [a], k * H, b=self.param("b", (k * H,)))
         for j in self.rng.permutation(k)[: int(self.rng.integers(1, k + 1))]:
             if self.rng.random() < 0.5:
@@ -359,14 +387,15 @@ def pruned_case(case: Case) -> Case:
     return replace(case, cells=cells, params=params)
 
 
-def make_case(seed: int) -> Case:
+def make_case(seed: int, concat: bool = False) -> Case:
+    """Case `seed`; `concat`: its gate blocks often written concat([x, s, ...]) @ W."""
     rng = np.random.default_rng(seed)
     n_cells = 1 if rng.random() < 0.75 else 2
     D = int(rng.integers(1, 5))
     cells, params = [], []
     for _ in range(n_cells):
         H = int(rng.integers(1, 5))
-        gen = _Gen(rng, D, H, int(rng.integers(1, 4)))
+        gen = _Gen(rng, D, H, int(rng.integers(1, 4)), concat)
         for _ in range(int(rng.integers(1, 10))):
             gen.step()
         spec = gen.finish()

@@ -175,3 +175,41 @@ def test_a_returned_sum_of_products_leaves_the_loop(reverse):
     inner = [n for n in s.attrs["body"].nodes if n.op == "matmul"]
     assert len(inner) == 1 and inner[0].shape == (B, H)  # h @ U only
     assert any(n.op == "matmul" and n.shape == (T * B, D) for n in out.nodes)
+
+
+def test_peephole_sums_of_a_gemms_column_slices_leave_the_loop():
+    """A coupled-gate LSTM's gates are column slices `z[..., a:b]` of one GEMM whose gradient
+    (a sum of index_grads, stored for dW) holds every gate's dz: the peephole gradients
+    sum_t sum_b dz_t * c_t read its columns after the loop, no (H,) carry stays in the reverse
+    loop (the batch split needs every carry to have the batch rows)."""
+
+    def step(h, c, x, w, u, p_f, p_o):
+        z = x @ w + h @ u
+        f = tn.sigmoid(z[..., :H] + p_f * c)
+        o = tn.sigmoid(z[..., 2 * H :] + p_o * c)
+        c2 = f * c + (1 - f) * tn.tanh(z[..., H : 2 * H])
+        h2 = o * tn.tanh(c2)
+        return [h2, c2, h2]
+
+    rng = np.random.default_rng(7)
+    shapes = [(B, H), (B, H), (B, D), (D, 3 * H), (H, 3 * H), (H,), (H,)]
+    body = tn.trace(step, *[np.zeros(s) for s in shapes])
+
+    def loss(*v):
+        r = tn.scan(body, v[:2], v[2:3], v[3:])
+        return tn.sum(r.ys[0] * r.ys[0]) + tn.sum(r.carries[1])
+
+    arrays = [rng.standard_normal(s) for s in shapes[:2] + [(T, B, D)] + shapes[3:]]
+    joint = tn.grad(tn.trace(loss, *arrays))
+    out = assert_same(joint, [P.push_out_of_loops], arrays)
+    back = next(s for s in _scan_nodes(out) if s.attrs["reverse"])
+    carries = back.attrs["body"].inputs[: back.attrs["n_carry"]]
+    assert [i.shape for i in carries] == [(B, H), (B, H)]
+    sums = [n for n in out.nodes if n.op in ("sum", "sum_mul") and n.shape == (H,)]
+    read = [i for n in sums for i in (n.inputs if n.op == "sum_mul" else n.inputs[0].inputs)]
+    full = ("s", None, None, None)
+    columns = [
+        i.attrs["index"] for i in read if i.op == "getitem" and i.attrs["index"][:2] == (full, full)
+    ]
+    assert len(sums) == 2 and {(0, H), (2 * H, 3 * H)} <= {c[2][1:3] for c in columns}
+    assert_same(joint, P.DEFAULT, arrays)

@@ -78,3 +78,43 @@ def test_invariant_work_runs_once_per_call_and_the_loop_is_unchanged(dtype):
 def _scan_body(compiled):
     (s,) = [n for n in compiled.graph.nodes if n.op == "scan"]
     return s.attrs["body"]
+
+
+def test_a_packed_transposed_weight_is_made_in_the_prologue():
+    """h @ W^T with W packed (numba, AVX-512 / AVX2): the transposed view is made once per
+    loop call beside its pack, not per step (the numba step loops do not translate a
+    transpose statement: a custom cell's reverse loop, dz @ W^T, ran its halves in Python)."""
+    from tapernn.backends import numba_available
+    from tapernn.backends.packed import available
+
+    if not (numba_available() and available()):
+        pytest.skip("no packed GEMM kernel here")
+    B, H = 4, 256
+
+    def step(h, x, w):
+        h2 = tn.tanh(h @ tn.transpose(w) + x)
+        return [h2, h2]
+
+    b = tn.trace(step, np.zeros((B, H)), np.zeros((B, H)), np.zeros((H, H)))
+    compiled = scan_run.compiled_body(b, None, tn.PlanOptions(backend="numba"), 2)
+    ops = [n.op for n in compiled.graph.nodes]
+    assert "packed_matmul" in ops and "transpose" not in ops
+    assert "transpose" in [n.op for n in compiled.prologue.graph.nodes]
+    rng = np.random.default_rng(3)
+    h, xs, w = (
+        rng.standard_normal((B, H)),
+        rng.standard_normal((5, B, H)),
+        rng.standard_normal((H, H)),
+    )
+
+    def loop(h, xs, w):
+        r = tn.scan(b, [h], [xs], [w])
+        return [r.carries[0], r.ys[0]]
+
+    got = tn.compile(tn.trace(loop, h, xs, w), options=tn.PlanOptions(backend="numba"))(h, xs, w)
+    want = []
+    for x in xs:
+        h = np.tanh(h @ w.T + x)
+        want.append(h)
+    np.testing.assert_allclose(got[0], h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], np.stack(want), rtol=1e-12, atol=1e-12)

@@ -2,8 +2,10 @@
 suite runs 200), each failing cell printed as source for tests/test_regressions_compiler.py.
 
 Run: python tools/fuzz_cells.py [--cases 5000] [--seed 0] [--max-failures 20] [--masked]
+[--concat]
 (--masked: each case masked -- cell.mask_zero() / nn.MaskZero(cell, 1) per cell, zero input
-rows, lengths= with garbage in the padding: tests/cell_fuzz_mask.py)
+rows, lengths= with garbage in the padding: tests/cell_fuzz_mask.py; --concat: gate blocks
+often written concat([x, s, ...]) @ W, API.md's MGU style: passes/split_concat.py)
 Exit status 1 if any case failed.
 """
 
@@ -49,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--masked", action="store_true", help="mask every case (mask_zero / MaskZero, lengths=)"
     )
+    parser.add_argument(
+        "--concat", action="store_true", help="gate blocks often concat([x, s, ...]) @ W"
+    )
     args = parser.parse_args(argv)
     failures, start = [], time.perf_counter()
     make = make_masked_case if args.masked else make_case
     for k, seed in enumerate(range(args.seed, args.seed + args.cases)):
-        case = make(seed)
+        case = make(seed, args.concat)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -16,8 +16,9 @@ from ..errors import ArgumentError, BuildError
 from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..optim import update_temp_bytes
-from ..passes import feature_major_loops
+from ..passes import feature_major_loops, split_concat_matmuls
 from ..passes.layout import relayout_before_grad
+from ..passes.split_concat import split_before_grad
 from ..regions import DEFAULT_OPTIONS, PlanOptions
 from ..tracing import Tape
 from .binding import _binder
@@ -138,20 +139,24 @@ class Executable:
         self.seeded = [k for k, n in enumerate(self.diff_outputs) if n.dtype.kind == "f"]
 
     def _choose_layout(self, passes: list, options: PlanOptions) -> list:
-        """Run feature_major_loops (when in `passes`) on the traced graph, before any `grad`:
-        a loop's backward is then derived from the layout its forward runs in, and the forward
-        and backward programs agree on the slab between them. The output nodes are remapped.
-        Returns the keys of the "auto" decisions the real steps should confirm."""
-        if feature_major_loops not in passes:
-            return []
+        """Run split_concat_matmuls and feature_major_loops (those in `passes`) on the traced
+        graph, before any `grad`: a loop's backward is then derived from the forward as it
+        runs (its concatenated GEMM operands split, its layout), and the forward and backward
+        programs agree on the slab between them. The output nodes are remapped. Returns the
+        keys of the "auto" decisions the real steps should confirm."""
         old = self.graph
+        new = old
+        if split_concat_matmuls in passes:
+            new, notes = split_before_grad(old)
+            self.notes += notes
         keys: list = []
-        new, notes, chosen = relayout_before_grad(
-            old, options.layout, packed_rule(options), options.backend, keys
-        )
-        self.notes += notes
-        # the programs compile with the choice made here (their graphs are differentiated)
-        self.options = replace(options, layout=chosen)
+        if feature_major_loops in passes:
+            new, notes, chosen = relayout_before_grad(
+                new, options.layout, packed_rule(options), options.backend, keys
+            )
+            self.notes += notes
+            # the programs compile with the choice made here (their graphs are differentiated)
+            self.options = replace(options, layout=chosen)
         if new is old:
             return keys
         m = dict(zip(old.outputs, new.outputs))

@@ -48,6 +48,7 @@ from .simplify import (
     simplify_view_chains,
     simplify_views,
 )
+from .split_concat import split_concat_matmuls
 from .stacks import share_stacks
 from .step_sums import sum_within_steps
 from .zeros import propagate_zeros, specialize_inputs
@@ -57,6 +58,7 @@ DEFAULT: list[Pass] = [
     fold_constants,
     propagate_zeros,
     eliminate_common_subexpressions,
+    split_concat_matmuls,  # scan bodies: concat([x, h]) @ W -> x @ W[:D] + h @ W[D:]
     push_out_of_loops,  # scan bodies: invariant work once, time-parallel work batched over T
     feature_major_loops,  # carried (B, n) states held as (n, B) where PlanOptions.layout says
     merge_gate_xs,  # small loops: per-gate xs added to h @ W_k, one xs (one add after fusion)
@@ -161,6 +163,7 @@ __all__ = [
     "simplify_view_chains",
     "simplify_views",
     "specialize_inputs",
+    "split_concat_matmuls",
     "stack_index_grads",
     "stack_matmuls_over_time",
     "sum_within_steps",

@@ -60,6 +60,7 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
         ys_pos.setdefault(o, j)
     outs = set(body.outputs)
     gemm_terms = _gemm_terms(body, nc)
+    blocks = _column_blocks([*body.outputs[nc:], *sorted(gemm_terms, key=lambda n: n.id)])
     extra: list[Node] = []
     found = []
     for k in range(nc):
@@ -90,7 +91,7 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
             axes = tuple(m.attrs["axis"])
             if q.ndim - len(axes) != m.ndim:
                 continue
-            stored = (xs_pos, ys_pos, gemm_terms)
+            stored = (xs_pos, ys_pos, gemm_terms, blocks)
             if q not in xs_pos and q not in ys_pos and q not in gemm_terms:
                 pair = _stored_product(q, stored)
                 if pair is not None:
@@ -102,7 +103,7 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
                     # it over them (issue 16). The price, a (T, B, H) product after the
                     # loop, lies in the shared arena beside the forward's buffers (at
                     # (50, 32, 256) f32 the loop peak goes 14.83U -> 11.97U: BENCHMARKS.md)
-                    terms = tuple(_term(v, xs_pos, ys_pos, extra) for v in pair)
+                    terms = tuple(_term(v, xs_pos, ys_pos, extra, blocks) for v in pair)
                     found.append(Accumulation(k, "sum_mul", terms, False, axes))
                     continue
                 if m.size < q.size:
@@ -123,13 +124,49 @@ def _make(body: Graph, nc: int, nx: int) -> GradRecipe | None:
 
 
 def _stored_product(q: Node, stored: tuple) -> tuple[Node, Node] | None:
-    """q = a * b with a and b per-step values of q's shape the loop stacks anyway (xs, ys, or
-    operands of pushed-out GEMMs), else None."""
+    """q = a * b with a and b per-step values of q's shape the loop stacks anyway (xs, ys,
+    operands of pushed-out GEMMs, or column blocks of a ys), else None."""
     if q.op != "mul" or len(q.inputs) != 2:
         return None
     if all(v.shape == q.shape and any(v in where for where in stored) for v in q.inputs):
         return q.inputs[0], q.inputs[1]
     return None
+
+
+def _column_blocks(stored: list[Node]) -> dict[Node, tuple[Node, int, int]]:
+    """Per-step values the loop stores anyway as a block of columns of a `stored` value (a ys,
+    or an operand of a pushed-out GEMM): v -> (that value, first column, end) where it is a
+    sum of index_grads of disjoint column blocks, v one of them (the gate gradients of one
+    GEMM's column slices, `a[..., :H]`, before index_grads_to_concat makes the sum their
+    concat): a coupled-gate LSTM's peephole gradient sum_t sum_b dz_t * c_t then reads the
+    stored dz, and no (H,) carry stays in the loop (the batch split needs none)."""
+    out: dict[Node, tuple[Node, int, int]] = {}
+    for y in stored:
+        if y.op != "add_n" or y.ndim != 2 or any(t.op != "index_grad" for t in y.inputs):
+            continue
+        spans = [_columns_of(t, y.shape) for t in y.inputs]
+        if None in spans or any(
+            a < d and c < b for k, (a, b) in enumerate(spans) for c, d in spans[k + 1 :]
+        ):
+            continue
+        for t, (a, b) in zip(y.inputs, spans):
+            out.setdefault(t.inputs[0], (y, a, b))
+    return out
+
+
+def _columns_of(t: Node, shape: tuple) -> tuple[int, int] | None:
+    """(start, end) of index_grad `t`'s block of a 2-D `shape` when it is every row and a
+    step-1 slice of the columns (`[..., a:b]` or `[:, a:b]`), else None."""
+    index = tuple(t.attrs["index"])
+    if len(index) != 2 or index[0] not in (Ellipsis, ("s", None, None, None)):
+        return None
+    col = index[1]
+    if not (isinstance(col, tuple) and col[0] == "s" and col[3] in (None, 1)):
+        return None
+    if tuple(t.attrs["shape"]) != tuple(shape):
+        return None
+    start, stop, _ = slice(col[1], col[2]).indices(shape[1])
+    return (start, stop) if t.inputs[0].shape == (shape[0], stop - start) else None
 
 
 def _gemm_terms(body: Graph, nc: int) -> set[Node]:
@@ -158,14 +195,22 @@ def _swap(n: Node) -> bool:
 
 
 def _term(
-    v: Node, xs_pos: dict[Node, int], ys_pos: dict[Node, int], extra: list[Node]
-) -> tuple[str, int]:
+    v: Node,
+    xs_pos: dict[Node, int],
+    ys_pos: dict[Node, int],
+    extra: list[Node],
+    blocks: dict | None = None,
+) -> tuple:
     """Where the loop's stack of the per-step value `v` is: an xs ("x"), a ys the body already
-    returns ("o"), or a new ys ("y")."""
+    returns ("o"), a new ys ("y"), or columns of one of those ("c": its term, start, end;
+    _column_blocks)."""
     if v in xs_pos:
         return ("x", xs_pos[v])
     if v in ys_pos:
         return ("o", ys_pos[v])
+    if blocks and v in blocks:
+        y, a, b = blocks[v]
+        return ("c", _term(y, xs_pos, ys_pos, extra), a, b)
     if v not in extra:
         extra.append(v)
     return ("y", extra.index(v))
@@ -204,6 +249,10 @@ def _final(s: Node, acc: Accumulation, stacked: list[Node], n_ys: int, body: Gra
     def stack(term: tuple) -> Node:
         if term[0] == "x":
             return s.inputs[term[1]]
+        if term[0] == "c":
+            full = ("s", None, None, None)
+            columns = (full, full, ("s", term[2], term[3], None))
+            return derive(s, "getitem", (stack(term[1]),), index=columns)
         return stacked[term[1]] if term[0] == "o" else stacked[n_ys + term[1]]
 
     if acc.op == "matmul":
