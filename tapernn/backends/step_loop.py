@@ -328,7 +328,9 @@ class StepLoop:
                     kernel = _kernels.get(self.source)
                     if kernel is None:
                         kernel = _kernels[self.source] = _load(self.source)
-                    with numba_interleave.interleaved(numba_interleave.count_in(self.source)):
+                    count = numba_interleave.count_in(self.source)
+                    lanes = numba_interleave.lanes_in(self.source, key)
+                    with numba_interleave.interleaved(count, lanes):
                         kernel.compile(key)
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
