@@ -125,3 +125,9 @@ def interleaved(count: int, lanes: int = 0) -> Iterator[None]:
                 _set(0)
             if wide:
                 _set_width(0)
+
+
+def named(source: str, key: tuple) -> contextlib.AbstractContextManager:
+    """`interleaved` at the count and the lanes a step loop module's text names, for a compile
+    for argument types `key`."""
+    return interleaved(count_in(source), lanes_in(source, key))

@@ -328,9 +328,7 @@ class StepLoop:
                     kernel = _kernels.get(self.source)
                     if kernel is None:
                         kernel = _kernels[self.source] = _load(self.source)
-                    count = numba_interleave.count_in(self.source)
-                    lanes = numba_interleave.lanes_in(self.source, key)
-                    with numba_interleave.interleaved(count, lanes):
+                    with numba_interleave.named(self.source, key):
                         kernel.compile(key)
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs
