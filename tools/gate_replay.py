@@ -7,7 +7,8 @@ the dG blocks into the saved row removed) -- and the same text compiled with oth
 (`--llvm`, e.g. `-force-vector-width=8`: 256-bit float32 vectors where the step loops are
 compiled 512 bits wide; `=0`: LLVM's cost model's width). Arms are
 interleaved, the order reversed every other round; prints each arm's median thread CPU a call
-(the edited arms compute other numbers: their time only). The edited modules go to the kernel
+(the edited arms compute other numbers: their time only); every array of the halves'
+arguments is put back to the step's values before each call. The edited modules go to the kernel
 cache of this process ($TAPERNN_KERNEL_CACHE: point it at a directory of your own).
 
 Run: PYTHONPATH=$PWD python tools/gate_replay.py --config 32,50,256 --dtype float32 \\
@@ -57,6 +58,18 @@ def halves(B: int, T: int, H: int, dtype: str) -> list:
     if len(caught) != 4:
         raise SystemExit(f"the loops did not run as numba halves ({len(caught)} calls)")
     return [b for b in caught if b.args[0] == 0]
+
+
+def restorer(bounds: list):
+    """A function putting back the step's values into every array the halves' arguments hold
+    (the reverse writes its dG rows over the slab the forward reads its projections from: the
+    forward replayed after it would read ever larger values, its sigmoids' tails)."""
+    seen = {}
+    for b in bounds:
+        for a in b.loop.args(b.args):
+            if isinstance(a, np.ndarray):
+                seen.setdefault(id(a), (a, a.copy()))
+    return lambda: [np.copyto(a, v) for a, v in seen.values()]
 
 
 def edits(source: str) -> dict[str, str]:
@@ -120,7 +133,9 @@ def main() -> None:
     apply_nice(args)
     B, T, H = (int(v) for v in args.config.split(","))
     arms = {}
-    for b in halves(B, T, H, args.dtype):
+    bounds = halves(B, T, H, args.dtype)
+    restore = restorer(bounds)
+    for b in bounds:
         side = "reverse" if b.loop.reverse else "forward"
         arms[f"{side} whole"] = b
         for name, text in edits(b.loop.source).items():
@@ -132,6 +147,7 @@ def main() -> None:
     print(f"({B}, {T}, {H}) {args.dtype} load {os.getloadavg()}")
     for r in range(args.rounds):
         for k in list(arms)[:: 1 if r % 2 == 0 else -1]:
+            restore()
             t = time.thread_time()
             arms[k]()
             res[k].append(time.thread_time() - t)
