@@ -5,16 +5,18 @@ fails); it takes effect (a vecmath sigmoid loop's machine code holds more vector
 interleaved than at one vector); a translated FastLSTM / GRU half compiled interleaved gives the
 same bits as the same text compiled at one vector (float32 and float64); LLVM's cost model is
 back after the block; the kernel text names
-the count (its own cache digest)."""
+the count (its own cache digest). Where the CPU has AVX-512 the loops are compiled 512 bits wide
+(`-force-vector-width`, set and reset the same way): the same bits as the cost model's width."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
 from test_batch_split import D, train
 from test_step_loop import CELLS, model, translated
 
-from tapernn.backends import numba_available, numba_interleave, step_loop
+from tapernn.backends import numba_available, numba_interleave, packed, step_loop
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
@@ -48,6 +50,32 @@ def test_set_for_the_block_alone_under_the_compiler_lock(monkeypatch):
     with numba_interleave.interleaved(1):  # (one vector: the cost model's choice, nothing set)
         pass
     assert len(calls) == 4
+    widths = []
+    real = numba_interleave._set_width
+    monkeypatch.setattr(numba_interleave, "_set_width", lambda v: widths.append(v) or real(v))
+    with numba_interleave.interleaved(2, 16):
+        assert calls[4:] == [(2, True)] and widths == [16]
+    assert calls[4:] == [(2, True), (0, True)] and widths == [16, 0]
+    with pytest.raises(ZeroDivisionError), numba_interleave.interleaved(1, 8):
+        1 / 0  # noqa: B018
+    assert len(calls) == 6 and widths == [16, 0, 8, 0]  # (the width alone: no count set)
+
+
+def test_the_mark_names_the_vector_bits_and_the_lanes_follow_the_dtype():
+    from numba import typeof
+
+    f32, f64 = typeof(np.zeros((2, 2), np.float32)), typeof(np.zeros(2))
+    wide = numba_interleave.mark(2, 512) + "\nimport sys\n"
+    assert numba_interleave.count_in(wide) == 2
+    assert numba_interleave.lanes_in(wide, (typeof(3), f32)) == 16
+    assert numba_interleave.lanes_in(wide, (f32, f64)) == 8  # (the widest float)
+    assert numba_interleave.lanes_in(wide, (typeof(3), typeof(np.zeros(2, np.int64)))) == 0
+    plain = numba_interleave.mark(2, 0)  # (no bits named: the old text, the cost model's)
+    assert plain == "# (compiled with LLVM's -force-vector-interleave=2: numba_interleave.py)"
+    assert numba_interleave.lanes_in(plain, (f32,)) == 0 and numba_interleave.count_in(plain) == 2
+    assert numba_interleave.mark() == numba_interleave.mark(
+        numba_interleave.COUNT[0], numba_interleave.bits()
+    )
 
 
 def _sigmoid_loop():
@@ -70,11 +98,11 @@ def _sigmoid_loop():
     return njit(error_model="numpy", nogil=True)(loop)
 
 
-def _divisions(count: int) -> tuple[int, np.ndarray]:
+def _divisions(count: int, lanes: int = 0) -> tuple[str, np.ndarray]:
     f = _sigmoid_loop()
     a = np.linspace(-30, 30, 1001, dtype=np.float32)
     o = np.empty_like(a)
-    with numba_interleave.interleaved(count):
+    with numba_interleave.interleaved(count, lanes):
         if count == 1:
             numba_interleave._set(1)  # (forced one vector, as the other forced count)
         try:
@@ -82,15 +110,23 @@ def _divisions(count: int) -> tuple[int, np.ndarray]:
         finally:
             numba_interleave._set(0)
     f(a, o)
-    asm = f.inspect_asm(f.signatures[0])
-    return asm.count("vdivps"), o
+    return f.inspect_asm(f.signatures[0]), o
 
 
 def test_the_option_takes_effect_and_keeps_the_bits():
-    one, o1 = _divisions(1)
-    two, o2 = _divisions(numba_interleave.COUNT[0])
-    assert one >= 1, "the sigmoid loop is not vectorised"
-    assert two > one, (one, two)  # (an ignored option: the same code)
+    (one, o1), (two, o2) = _divisions(1), _divisions(numba_interleave.COUNT[0])
+    assert one.count("vdivps") >= 1, "the sigmoid loop is not vectorised"
+    assert two.count("vdivps") > one.count("vdivps")  # (an ignored option: the same code)
+    assert np.array_equal(o1, o2)
+
+
+def test_the_width_takes_effect_and_keeps_the_bits():
+    (one, o1), (wide, o2) = _divisions(1), _divisions(1, 16)
+    divisions = re.findall(r"\bvdivps\s+.*%([xyz])mm", wide)
+    if packed.isa() == "avx512":  # (16 float32 lanes: zmm where the default width is ymm)
+        assert "z" in divisions and "z" not in re.findall(r"\bvdivps\s+.*%([xyz])mm", one)
+    else:  # (AVX2: LLVM splits the 16 lanes in two ymm vectors)
+        assert len(divisions) > one.count("vdivps")
     assert np.array_equal(o1, o2)
 
 
@@ -166,5 +202,8 @@ def test_the_cost_model_is_back_after_the_block():
 
     before = adds()
     with numba_interleave.interleaved(numba_interleave.COUNT[0]):
+        inside = adds()
+    assert adds() == before != inside
+    with numba_interleave.interleaved(1, 64):  # (the width alone, then LLVM's again)
         inside = adds()
     assert adds() == before != inside

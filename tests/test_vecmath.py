@@ -300,3 +300,62 @@ def test_tanh_exp_with_one_scale_gives_the_two_scale_bits(dt, top):
     run(fns[1], x, b)
     np.testing.assert_array_equal(a.view(f"i{a.itemsize}"), b.view(f"i{b.itemsize}"))
     np.testing.assert_allclose(a, np.exp(x.astype(np.float64)), rtol=4 * np.finfo(dt).eps)
+
+
+def _helper(lines, dt):
+    """An njit loop over a 1-D array of the scalar `lines` ("t", "x" -> "r"), vecmath's names."""
+    from numba import njit
+
+    from tapernn.backends import numba_intrinsics, vecmath
+
+    space = {"np": np, "f32_bits": numba_intrinsics.f32_bits}
+    space.update(f64_bits=numba_intrinsics.f64_bits, fma=numba_intrinsics.fma)
+    space.update({k: np.float32(v) for k, v in vecmath._CONSTANTS.items()})
+    space.update({k: np.float64(v) for k, v in vecmath._CONSTANTS64.items()})
+    body = "".join(f"        {line}\n" for line in lines)
+    exec(f"def loop(x, o):\n    for i in range(x.size):\n{body}        o[i] = r\n", space)  # noqa: S102
+    return njit(error_model="numpy")(space["loop"])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_sigmoid_keeps_the_bits_of_exp_then_divide(dt):
+    """The sigmoid's exp(-|x|) without exp_lines' upper clamp and overflow select (hgate:
+    -|x| <= 0): the bits of exp_lines' full exp, then (1 or e) / (1 + e), at every non-NaN x,
+    the underflow edges included; NaN in, NaN out."""
+    from tapernn.backends import vecmath
+
+    c = "VM" if dt == np.float32 else "VD"
+    full = [
+        *vecmath.exp_lines("t", "-np.abs(x[i])", "te", c, inline=True),
+        f"r = ({c}_ONE if x[i] >= {c}_ZERO else te) / ({c}_ONE + te)",
+    ]
+    make = vecmath.sigmoid_lines if dt == np.float32 else vecmath.sigmoid64_lines
+    x = (_grid() if dt == np.float32 else _grid64()).astype(dt)
+    x = np.concatenate([x, np.linspace(-800, 800, 400_001).astype(dt)])
+    a, b = np.empty_like(x), np.empty_like(x)
+    _helper(full, dt)(x, a)
+    _helper(make("t", "x[i]", "r", inline=True), dt)(x, b)
+    num = ~np.isnan(x)
+    np.testing.assert_array_equal(a[num].view(f"i{a.itemsize}"), b[num].view(f"i{b.itemsize}"))
+    assert np.isnan(b[~num]).all() and (~num).any()
+
+
+def test_float64_tanh_divides_once_a_vector():
+    """float64 tanh's two forms share one division (hgate: P/Q below 0.625, 1 - 2d / (2^n m +
+    d) above, where the Pade exp's quotient and 2 / (e + 1) were two more): one packed
+    division a vector, as the exp's; the sigmoid's exp(-|x|) and quotient two. It had three."""
+    from tapernn.backends import numba_interleave, vecmath
+
+    if not _HOST_FMA:  # (no FMA: llvm.fma is a scalar call, the loops stay scalar)
+        return
+    counts = []
+    for make in (vecmath.tanh64_lines, vecmath.sigmoid64_lines, vecmath.exp64_lines):
+        f = _helper(make("t", "x[i]", "r", inline=True), np.float64)
+        numba_interleave._set(1)  # (one vector a loop iteration: divisions per vector)
+        try:
+            f.compile("(float64[::1], float64[::1])")
+        finally:
+            numba_interleave._set(0)
+        counts.append(len(re.findall(r"\bvdivpd\b", f.inspect_asm(f.signatures[0]))))
+    tanh, sigmoid, exp = counts
+    assert exp == 1 and sigmoid == 2 and tanh == 1, counts

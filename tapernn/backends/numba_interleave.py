@@ -14,7 +14,15 @@ in a different instruction order (tests/test_step_loop.py: bit-equal to the Pyth
 
 The kernel text names the count (`mark`): a kernel cached by a tree that compiled without it
 has another digest, so no process loads machine code compiled the other way; the count is a
-fixed part of the text, like the kernel's own lines."""
+fixed part of the text, like the kernel's own lines.
+
+512-bit vectors (BENCHMARKS.md "hgate"): LLVM's x86 cost model prefers 256-bit vectors on
+AVX-512 CPUs (its "prefer-256-bit" tuning), so the gate loops ran ymm while the FMA pipes take
+zmm: where the CPU has AVX-512 (packed.isa), a step loop is compiled with LLVM's
+`-force-vector-width` at 512 bits of its widest float (16 float32 or 8 float64 lanes; vector
+division, the gates' bound, is twice as wide too). The same scalar operations per element
+again: the same bits (tests/test_step_interleave.py). The mark names the bits (none: the old
+text, whose digests AVX2 machines keep)."""
 
 from __future__ import annotations
 
@@ -28,14 +36,31 @@ log = logging.getLogger(__name__)
 # vectors interleaved in a step loop's vectorised loops, read when a loop is translated (0 or 1:
 # LLVM's own choice; tools/ab_interleave.py's "old" arm)
 COUNT = [2]
+# vector bits of a step loop's vectorised loops (0: the cost model's; None: not read yet)
+BITS: list[int | None] = [None]
 _OPTION = "-force-vector-interleave"
-_MARK = re.compile(r"^# \(compiled with LLVM's -force-vector-interleave=(\d+)")
+_WIDTH = "-force-vector-width"
+_MARK = re.compile(
+    r"^# \(compiled with LLVM's -force-vector-interleave=(\d+)(?:, (\d+)-bit vectors)?"
+)
 
 
-def mark(count: int | None = None) -> str:
-    """A step loop module's first line: the count its kernel is compiled with (COUNT's now)."""
+def bits() -> int:
+    """512 where the CPU has AVX-512 (packed.isa's flags), else 0 (LLVM's choice of width)."""
+    if BITS[0] is None:
+        from .packed import isa
+
+        BITS[0] = 512 if isa() == "avx512" else 0
+    return BITS[0]
+
+
+def mark(count: int | None = None, width: int | None = None) -> str:
+    """A step loop module's first line: the count and vector bits its kernel is compiled with
+    (COUNT's and bits()' now)."""
     count = COUNT[0] if count is None else count
-    return f"# (compiled with LLVM's -force-vector-interleave={count}: numba_interleave.py)"
+    width = bits() if width is None else width
+    wide = f", {width}-bit vectors" if width else ""
+    return f"# (compiled with LLVM's -force-vector-interleave={count}{wide}: numba_interleave.py)"
 
 
 def count_in(source: str) -> int:
@@ -44,31 +69,65 @@ def count_in(source: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _set(value: int) -> bool:
+def lanes_in(source: str, key: tuple) -> int:
+    """The lanes of the vector bits a step loop module's text names for the widest float of
+    its argument types `key` (0: none named, or no float array: the cost model's width)."""
+    from numba.core import types
+
+    m = _MARK.match(source)
+    floats = [
+        t.dtype.bitwidth
+        for t in key
+        if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)
+    ]
+    if not (m and m.group(2) and floats):
+        return 0
+    return int(m.group(2)) // max(floats)
+
+
+def _option(name: str, value: int) -> bool:
     try:
         import llvmlite.binding as ll
 
-        ll.set_option("tapernn", f"{_OPTION}={int(value)}")
+        ll.set_option("tapernn", f"{name}={int(value)}")
     except Exception as e:  # noqa: BLE001 -- another llvmlite: LLVM's own choice, never wrong
-        log.debug("tapernn: %s not set (%s): the cost model's interleave", _OPTION, e)
+        log.debug("tapernn: %s not set (%s): the cost model's choice", name, e)
         return False
     return True
 
 
+def _set(value: int) -> bool:
+    return _option(_OPTION, value)
+
+
+def _set_width(value: int) -> bool:
+    return _option(_WIDTH, value)
+
+
 @contextlib.contextmanager
-def interleaved(count: int) -> Iterator[None]:
-    """numba compiles in the block with LLVM's loop vectoriser interleaving `count` vectors
-    (held under numba's global compiler lock: no other thread's compile in between); LLVM's
-    default (0) again after, also when the compile fails."""
+def interleaved(count: int, lanes: int = 0) -> Iterator[None]:
+    """numba compiles in the block with LLVM's loop vectoriser interleaving `count` vectors of
+    `lanes` elements (0 or 1: the cost model's choice; held under numba's global compiler
+    lock: no other thread's compile in between); LLVM's defaults (0) again after, also when
+    the compile fails."""
     from numba.core.compiler_lock import global_compiler_lock
 
-    if count <= 1:
+    if count <= 1 and lanes <= 1:
         yield
         return
     with global_compiler_lock:
-        on = _set(count)
+        on = count > 1 and _set(count)
+        wide = lanes > 1 and _set_width(lanes)
         try:
             yield
         finally:
             if on:
                 _set(0)
+            if wide:
+                _set_width(0)
+
+
+def named(source: str, key: tuple) -> contextlib.AbstractContextManager:
+    """`interleaved` at the count and the lanes a step loop module's text names, for a compile
+    for argument types `key`."""
+    return interleaved(count_in(source), lanes_in(source, key))

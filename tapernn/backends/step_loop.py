@@ -328,7 +328,7 @@ class StepLoop:
                     kernel = _kernels.get(self.source)
                     if kernel is None:
                         kernel = _kernels[self.source] = _load(self.source)
-                    with numba_interleave.interleaved(numba_interleave.count_in(self.source)):
+                    with numba_interleave.named(self.source, key):
                         kernel.compile(key)
                     self.kernel = kernel
                 except Exception as e:  # noqa: BLE001 -- any failure: the Python loop runs

@@ -171,39 +171,61 @@ def tanh_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     ]
 
 
-def sigmoid_lines(t: str, x: str, out: str, c: str = "VM", inline: bool = False) -> list[str]:
-    """{out} = sigma({x}) for a float32 {x} (float64: `c` "VD"), exact in both tails as
-    numba_backend's form: e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below
-    -103.97 (float32), NaN passed through (exp_lines')."""
+def sigmoid_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
+    """{out} = sigma({x}) for a float32 {x}, exact in both tails as numba_backend's form:
+    e = exp(-|x|) never overflows, sigma = (1 or e) / (1 + e); 0 below -103.97, NaN passed
+    through."""
     if CALLS and not inline:
-        return [f"{out} = {c.lower()}_sigmoid({x})"]
+        return [f"{out} = vm_sigmoid({x})"]
+    return _sigmoid(t, x, out, "VM")
+
+
+def _sigmoid(t: str, x: str, out: str, c: str) -> list[str]:
+    """sigmoid_lines' (constants `c`: "VM" float32, "VD" float64): exp_lines' bits of
+    exp(-|x|) for every x but NaN without its upper clamp and overflow select (-|x| <= 0),
+    NaN passed through by the last line alone (a NaN clamped to EXP_LO instead would run the
+    subnormal products, microcode assists on Intel: 2x the forward gate pass's time)."""
+    core = _exp_core if c == "VM" else _exp_core64
     return [
         f"{t}i = {x}",
-        *exp_lines(t, f"-np.abs({t}i)", f"{t}e", c, True),
-        f"{out} = ({c}_ONE if {t}i >= {c}_ZERO else {t}e) / ({c}_ONE + {t}e)",
+        f"{t}x = -np.abs({t}i)",
+        f"{t}c = {c}_EXP_LO if {t}x < {c}_EXP_LO else {t}x",  # (NaN stays NaN: no subnormals)
+        *core(t, f"{t}c"),
+        f"{t}e = {c}_ZERO if {t}x < {c}_EXP_LO else {t}v",
+        f"{t}y = ({c}_ONE if {t}i >= {c}_ZERO else {t}e) / ({c}_ONE + {t}e)",
+        f"{out} = {t}i if {t}i != {t}i else {t}y",
     ]
 
 
-def _exp_core64(t: str, c: str, small: bool = False) -> list[str]:
-    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN); `small` as
-    _exp_core's ({c} in [0, 44]: tanh64's)."""
-    lines = [
+def _pade64(t: str, c: str) -> list[str]:
+    """exp({c}) = 2^{t}n ({t}w + {t}u) / ({t}w - {t}u) for a float64 {c} in [VD_EXP_LO,
+    VD_EXP_HI] (Cephes' Pade form: {t}p = 1 + 2 {t}u / ({t}w - {t}u) is the quotient)."""
+    return [
         f"{t}n = np.floor(fma({c}, VD_LOG2E, VD_HALF))",
         f"{t}r = fma(-{t}n, VD_LN2_LO, fma(-{t}n, VD_LN2_HI, {c}))",
         f"{t}z = {t}r * {t}r",
         f"{t}u = {t}r * {_horner(['VD_EP2', 'VD_EP1', 'VD_EP0'], f'{t}z')}",
         f"{t}w = {_horner(['VD_EQ3', 'VD_EQ2', 'VD_EQ1', 'VD_EQ0'], f'{t}z')}",
-        f"{t}p = VD_ONE + VD_TWO * ({t}u / ({t}w - {t}u))",
     ]
-    if small:
-        return [*lines, f"{t}v = {t}p * f64_bits(np.int64(({t}n + VD_1023) * VD_2P52))"]
+
+
+def _scales64(t: str) -> list[str]:
+    """2^{t}n = {t}s {t}q, both normal for {t}n in [-1075, 1024]: a product by {t}s then by
+    {t}q rounds once, in the last, where the result is subnormal."""
     return [
-        *lines,
         f"{t}h = np.floor({t}n * VD_HALF)",
         f"{t}s = f64_bits(np.int64(({t}h + VD_1023) * VD_2P52))",
         f"{t}q = f64_bits(np.int64((({t}n - {t}h) + VD_1023) * VD_2P52))",
-        f"{t}v = ({t}p * {t}s) * {t}q",
     ]
+
+
+def _exp_core64(t: str, c: str, small: bool = False) -> list[str]:
+    """{t}v = exp({c}) for a float64 {c} in [VD_EXP_LO, VD_EXP_HI] (no NaN); `small` as
+    _exp_core's ({c} in [0, 44]: one scale)."""
+    lines = [*_pade64(t, c), f"{t}p = VD_ONE + VD_TWO * ({t}u / ({t}w - {t}u))"]
+    if small:
+        return [*lines, f"{t}v = {t}p * f64_bits(np.int64(({t}n + VD_1023) * VD_2P52))"]
+    return [*lines, *_scales64(t), f"{t}v = ({t}p * {t}s) * {t}q"]
 
 
 def exp64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
@@ -213,27 +235,38 @@ def exp64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
 
 def tanh64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
     """{out} = tanh({x}) for a float64 {x} (as tanh_lines, Cephes' float64 forms, |x| clamped
-    at 22 above 0.625); NaN passed through."""
+    at 22 above 0.625, both forms' quotients one division); NaN passed through."""
     if CALLS and not inline:
         return [f"{out} = vd_tanh({x})"]
+    # (one division for both forms where there were three -- vector division bounds float64's
+    # gate loops, BENCHMARKS.md "hgate": below 0.625 the quotient P/Q, y = a + a g P/Q, the
+    # same bits as before; above, with the Pade exp e^2a = 2^n m / d, 1 - 2 / (e^2a + 1) =
+    # 1 - 2 d / (2^n m + d), 2^n m exact for n <= 64: max 1.34 ulps from tanh, 1.27 before)
     return [
         f"{t}x = {x}",
         f"{t}a = np.abs({t}x)",
         f"{t}g = {t}x * {t}x",
         f"{t}k = {_horner(['VD_TP2', 'VD_TP1', 'VD_TP0'], f'{t}g')}",
-        f"{t}k = {t}k / {_horner(['VD_TQ2', 'VD_TQ1', 'VD_TQ0 + ' + t + 'g'], f'{t}g')}",
-        f"{t}y = fma({t}a, {t}g * {t}k, {t}a)",
+        f"{t}j = {_horner(['VD_TQ2', 'VD_TQ1', 'VD_TQ0 + ' + t + 'g'], f'{t}g')}",
         f"{t}c = VD_TWO * ({t}a if {t}a < VD_TANH_CLAMP else VD_TANH_CLAMP)",
-        *_exp_core64(t, f"{t}c", small=True),
-        f"{t}l = VD_ONE - VD_TWO / ({t}v + VD_ONE)",
-        f"{t}m = np.copysign({t}y if {t}a < VD_TANH_SMALL else {t}l, {t}x)",
+        *_pade64(t, f"{t}c"),
+        f"{t}d = {t}w - {t}u",
+        f"{t}e = ({t}w + {t}u) * f64_bits(np.int64(({t}n + VD_1023) * VD_2P52))",
+        f"{t}l = {t}a < VD_TANH_SMALL",
+        f"{t}o = ({t}k if {t}l else {t}d) / ({t}j if {t}l else {t}e + {t}d)",
+        f"{t}f = {t}a if {t}l else VD_ONE",
+        f"{t}m = np.copysign(fma({t}f, ({t}g if {t}l else -VD_TWO) * {t}o, {t}f), {t}x)",
         f"{out} = {t}x if {t}x != {t}x else {t}m",
     ]
 
 
 def sigmoid64_lines(t: str, x: str, out: str, inline: bool = False) -> list[str]:
-    """{out} = sigma({x}) for a float64 {x} (sigmoid_lines with the VD constants)."""
-    return sigmoid_lines(t, x, out, "VD", inline)
+    """{out} = sigma({x}) for a float64 {x}: sigmoid_lines' form with the VD constants (its two
+    divisions kept: sigma = d / (d + 2^n m) of the Pade form's terms, one division, is up to
+    2.5 ulps off below 0, where e = 2^n (1 + 2u / d) damps their rounding: 0.5, "hgate")."""
+    if CALLS and not inline:
+        return [f"{out} = vd_sigmoid({x})"]
+    return _sigmoid(t, x, out, "VD")
 
 
 # numba_backend.VECTOR_FLOAT64: the float64 line makers by op
