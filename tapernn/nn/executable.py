@@ -23,6 +23,7 @@ from ..tracing import Tape
 from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
+from .runtime_args import refuse_promoted
 from .packing import Packing
 from .state_grads import (
     tap_copy_bytes,
@@ -74,6 +75,7 @@ class Executable:
             if not hasattr(v, "node"):
                 raise BuildError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
+        refuse_promoted(root, leaves, names, self.real)
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
         self.notes = list(ctx.notes)

@@ -15,7 +15,7 @@ from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..keep import drop_free
 from ..passes import default_passes
-from ..validation import data_array
+from ..validation import data_array, narrowed
 from . import layout_recheck
 from .backward_input import record_for_input
 from .binding import _state_signature
@@ -471,6 +471,8 @@ class Runtime:
                 g = np.asarray(g)
                 if g.dtype.kind not in "fiub":
                     data_array(f"{self.module.describe()}: grad_output", g)
+                if g.dtype.kind == "f" and g.dtype != node.dtype:
+                    g = narrowed(self.module.describe(), f"grad_output {k}", g, node.dtype)
                 g = g.astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(
