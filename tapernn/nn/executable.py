@@ -23,8 +23,8 @@ from ..tracing import Tape
 from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
-from .runtime_args import refuse_promoted
 from .packing import Packing
+from .runtime_args import refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
 )

@@ -303,7 +303,9 @@ class AbstractRecurrent(Module):
                 f"got the nesting {tree}"
             )
         return [
-            check.narrowed(self.describe(), what, check.data_array(self.describe(), np.asarray(a)), self.dtype)
+            check.narrowed(
+                self.describe(), what, check.data_array(self.describe(), np.asarray(a)), self.dtype
+            )
             for a in leaves
         ]
 
