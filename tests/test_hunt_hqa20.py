@@ -137,3 +137,30 @@ def test_one_sequencer_over_a_stack_equals_stacked_sequencers_remembered_then_ev
     for _ in range(3):
         x = RNG.standard_normal((3, 2, 3))
         np.testing.assert_allclose(one.forward(x), two.forward(x), rtol=0, atol=1e-13)
+
+
+def test_backward_past_an_evaluation_step_names_the_dropped_steps():
+    """Stepping by hand, an evaluation step keeps only itself (docs/stateful.md). Backward into
+    the training steps before it said "every step was already backwarded" (not so: dropped)."""
+    tn.manual_seed(0)
+    m = nn.Recursor(nn.Sequential(nn.FastLSTM(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)))
+    xs = RNG.standard_normal((4, 2, 3))
+    m.forward(xs[0])
+    m.forward(xs[1])
+    m.evaluate()
+    m.forward(xs[2])
+    m.training()
+    m.forward(xs[3])
+    m.backward(xs[3], np.zeros((2, 2)))
+    m.backward(xs[2], np.ones((2, 2)))  # (the evaluation step's own gradient: no dropout)
+    with pytest.raises(
+        tn.StateError,
+        match=r"steps 2\.\. were backwarded; the steps before "
+        r"were dropped: a step in evaluation mode keeps only itself",
+    ):
+        m.backward(xs[1], np.zeros((2, 2)))
+    m.max_bptt_step(3)
+    m.forward(xs[0])
+    with pytest.raises(tn.StateError, match=r"only the last 3 \(rho\) are kept"):
+        for t in (0, 3, 2, 1):
+            m.backward(xs[t], np.zeros((2, 2)))

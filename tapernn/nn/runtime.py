@@ -420,14 +420,20 @@ class Runtime:
             return self.history[-1]  # one forward, any number of backwards (grads accumulate)
         pending = [r for r in self.history if not r.done]
         if not pending:
-            what = (
-                "forward"
-                if not self.history
-                else "another forward (every step was already backwarded)"
-            )
-            if self.history and self.dropped and _rho(self.module) is not None:
-                what += (
-                    f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
+            rho = _rho(self.module)
+            if not self.history:
+                what = "forward"
+            elif not self.dropped:
+                what = "another forward (every step was already backwarded)"
+            else:  # (before: 'every step was already backwarded' for steps an evaluation dropped)
+                what = (
+                    f"another forward (steps {self.dropped}.. were backwarded; the steps before "
+                    f"were dropped: "
+                    + (
+                        "a step in evaluation mode keeps only itself)"
+                        if rho is None
+                        else f"only the last {rho} (rho) are kept, an evaluation step only itself)"
+                    )
                 )
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
