@@ -164,3 +164,11 @@ def test_backward_past_an_evaluation_step_names_the_dropped_steps():
     with pytest.raises(tn.StateError, match=r"only the last 3 \(rho\) are kept"):
         for t in (0, 3, 2, 1):
             m.backward(xs[t], np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("make", [nn.BiSequencer, nn.BiSequencerLM])
+def test_bidirectional_of_no_steps_names_the_module(make):
+    """Was "ShapeError: stack: needs at least one value", naming no module."""
+    m = make(nn.FastLSTM(3, 4), nn.FastLSTM(3, 4))
+    with pytest.raises(tn.ShapeError, match=r"BiSequencer.*expects at least one step.*T = 0"):
+        m.forward(np.zeros((0, 2, 3)))
