@@ -172,3 +172,37 @@ def test_bidirectional_of_no_steps_names_the_module(make):
     m = make(nn.FastLSTM(3, 4), nn.FastLSTM(3, 4))
     with pytest.raises(tn.ShapeError, match=r"BiSequencer.*expects at least one step.*T = 0"):
         m.forward(np.zeros((0, 2, 3)))
+
+
+class _ZeroBiasCell(nn.Cell):
+    state_names = ("h",)
+
+    def __init__(self, d, h):
+        super().__init__(d, h)
+        self.w = self.parameter("w", (d + h, h))
+        self.b = self.parameter("b", (h,), init="zeros")
+        self.s = self.parameter("s", (h,), init="ones")
+
+    def step(self, x, h):
+        return tn.tanh(self.s * (tn.concat([x, h], axis=-1) @ self.w) + self.b)
+
+
+def test_reset_reinitialises_every_parameter_as_it_was_built():
+    """Failed before hqa20: reset() left parameters built with init="zeros" / "ones" / an array
+    (a custom cell's biases as API.md writes them, NCEModule's -log(V) bias) at their trained
+    values, and reset(stdv) drew a LookupTable from U(+-stdv), not Torch7's N(0, stdv)."""
+    cell = _ZeroBiasCell(3, 4)
+    nce = nn.NCEModule(8, 50, 5, np.full(50, 1 / 50))
+    for p in cell.parameters() + nce.parameters():
+        p.data[...] = 3.0  # "trained"
+    cell.reset()
+    nce.reset()
+    assert np.array_equal(cell.b.data, np.zeros(4)) and np.array_equal(cell.s.data, np.ones(4))
+    assert np.abs(cell.w.data).max() <= 1 / np.sqrt(4)
+    np.testing.assert_array_equal(nce.named_parameters()["bias"].data, np.full(50, -np.log(50)))
+    lookup = nn.LookupTable(400, 100)
+    lookup.reset(0.1)
+    assert 0.09 < lookup.weight.data.std() < 0.11  # N(0, 0.1): U(+-0.1)'s std is 0.058
+    assert np.abs(lookup.weight.data).max() > 0.2
+    cell.reset(0.01)  # Torch7's reset(stdv): every parameter U(+-stdv)
+    assert all(np.abs(p.data).max() <= 0.01 for p in cell.parameters())

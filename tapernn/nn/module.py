@@ -173,6 +173,8 @@ class Module:
             )
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
+        if isinstance(init, np.ndarray):  # (what reset() restores: NCEModule's -log(V) bias)
+            p._init_array = init.copy()
         p._home = self
         setattr(self, name, p)
         pack_module(self, block_key(p))
@@ -367,16 +369,19 @@ class Module:
             if m is not self and type(m).reset is not Module.reset:  # its own init (Seq* modules)
                 m.reset(stdv)
                 continue
-            for p in m._params.values():
+            for p in m._params.values():  # (Torch7: U(+-stdv); a LookupTable N(0, stdv))
                 init, bound = getattr(p, "_init", ("uniform", None))
-                if stdv is not None:
+                if init == "normal":
+                    scale = 1.0 if stdv is None else stdv
+                    p.data[...] = scale * tn_random.generator().standard_normal(p.shape)
+                elif stdv is not None:
                     p.data[...] = uniform(p.shape, stdv, None)
                 elif init == "uniform":
                     p.data[...] = uniform(
                         p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
                     )
-                elif init == "normal":
-                    p.data[...] = tn_random.generator().standard_normal(p.shape)
+                else:  # (before, "zeros" / "ones" / an array kept the trained values)
+                    p.data[...] = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", 0))
         return self
 
     def astype(self, dtype: Any) -> Module:
