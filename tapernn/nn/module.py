@@ -38,7 +38,7 @@ from .locking import check_backward_pairing, joined, lock_entry_points, tree_loc
 from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
 from .packing import changed as packing_changed
-from .parameter import Parameter, uniform
+from .parameter import Parameter, reinitialise, uniform
 
 
 class Module:
@@ -369,19 +369,8 @@ class Module:
             if m is not self and type(m).reset is not Module.reset:  # its own init (Seq* modules)
                 m.reset(stdv)
                 continue
-            for p in m._params.values():  # (Torch7: U(+-stdv); a LookupTable N(0, stdv))
-                init, bound = getattr(p, "_init", ("uniform", None))
-                if init == "normal":
-                    scale = 1.0 if stdv is None else stdv
-                    p.data[...] = scale * tn_random.generator().standard_normal(p.shape)
-                elif stdv is not None:
-                    p.data[...] = uniform(p.shape, stdv, None)
-                elif init == "uniform":
-                    p.data[...] = uniform(
-                        p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
-                    )
-                else:  # (before, "zeros" / "ones" / an array kept the trained values)
-                    p.data[...] = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", 0))
+            for p in m._params.values():
+                reinitialise(p, stdv)
         return self
 
     def astype(self, dtype: Any) -> Module:

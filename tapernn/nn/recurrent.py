@@ -24,18 +24,6 @@ from .write_plan import LastOutput, Pending
 _BY_STEP = itemgetter(1)  # a field item's step: (name, t, value)
 
 
-def _promoted_by(x: Any, old: Var) -> str:
-    """Why a state left its dtype when an integer step input did it (NumPy promotes int32 /
-    int64 with float32 to float64): the hint the DTypeError adds."""
-    ints = [v.dtype for v in flatten(x)[0] if isinstance(v, Var) and v.dtype.kind in "iu"]
-    if not ints or np.result_type(ints[0], old.dtype) == old.dtype:
-        return ""
-    return (
-        f" (the step input holds {ints[0]} integers, which NumPy promotes with {old.dtype}: "
-        f"pass the input as .astype(np.{old.dtype}))"
-    )
-
-
 class StepCount(int):
     """`cell.step`: the number of forwarded steps (an int) that is also the cell's step function,
     so `self.step(x, h)` inside a cell and `lstm.step == 3` outside both read naturally."""
@@ -302,12 +290,7 @@ class AbstractRecurrent(Module):
                 f"{self.describe()}: {what} {self.state_names}: expected {want}, "
                 f"got the nesting {tree}"
             )
-        return [
-            check.narrowed(
-                self.describe(), what, check.data_array(self.describe(), np.asarray(a)), self.dtype
-            )
-            for a in leaves
-        ]
+        return [check.narrowed(self.describe(), what, a, self.dtype) for a in leaves]
 
     def _by_name(self, leaves: Any) -> tuple:
         return tuple(unflatten(self._state_tree(), list(leaves)))
@@ -496,7 +479,7 @@ class Cell(AbstractRecurrent):
             )
             self.expect(  # (a bool state from `h > 0` was run on as the cell's output)
                 s.dtype == old.dtype,
-                f"state {name!r} changed dtype {old.dtype} -> {s.dtype}{_promoted_by(x, old)}",
+                f"state {name!r} changed dtype {old.dtype} -> {s.dtype}{check.promoted_by(flatten(x)[0], old.dtype)}",
                 DTypeError,
             )
         # `output` is also the Torch7 result field on instances: call the class's method
