@@ -83,6 +83,16 @@ def _by_hand(lstm, x, g):
     return np.stack(ys), np.stack(gx)
 
 
+def _same_and_update(a, b, lr):
+    """Two runs' (output, input gradient, model) equal, parameter gradients too; both updated."""
+    for u, v in zip(a[:2], b[:2]):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-13)
+    for p, q in zip(a[2].parameters(), b[2].parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=0, atol=1e-13)
+    a[2].update_parameters(lr)
+    b[2].update_parameters(lr)
+
+
 def test_recursor_of_a_recursor_equals_the_lstm_stepped_by_hand_over_updates():
     """Element-RNN test 22 (Recursor(Recursor(LSTM)), Sequencer(Recursor(LSTM)))."""
     tn.manual_seed(3)
@@ -100,13 +110,7 @@ def test_recursor_of_a_recursor_equals_the_lstm_stepped_by_hand_over_updates():
                 y, gx = model.forward(x).copy(), model.backward(x, g).copy()
             else:
                 y, gx = _by_hand(model, x, g)
-            y_ref, gx_ref = _by_hand(ref, x, g)
-            np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-13)
-            np.testing.assert_allclose(gx, gx_ref, rtol=0, atol=1e-13)
-            for a, b in zip(model.parameters(), ref.parameters()):
-                np.testing.assert_allclose(a.grad, b.grad, rtol=0, atol=1e-13)
-            model.update_parameters(0.1)
-            ref.update_parameters(0.1)
+            _same_and_update((y, gx, model), (*_by_hand(ref, x, g), ref), 0.1)
     np.testing.assert_allclose(_by_hand(copy.deepcopy(base), x, g)[0], want, atol=1e-13)
 
 
@@ -124,14 +128,8 @@ def test_one_sequencer_over_a_stack_equals_stacked_sequencers_remembered_then_ev
         x, g = RNG.standard_normal((4, 2, 3)), RNG.standard_normal((4, 2, 5))
         for m in (one, two):
             m.zero_grad_parameters()
-        y1, gx1 = one.forward(x).copy(), one.backward(x, g).copy()
-        y2, gx2 = two.forward(x).copy(), two.backward(x, g).copy()
-        np.testing.assert_allclose(y1, y2, rtol=0, atol=1e-13)
-        np.testing.assert_allclose(gx1, gx2, rtol=0, atol=1e-13)
-        for a, b in zip(one.parameters(), two.parameters()):
-            np.testing.assert_allclose(a.grad, b.grad, rtol=0, atol=1e-13)
-        one.update_parameters(1.0)
-        two.update_parameters(1.0)
+        runs = [(m.forward(x).copy(), m.backward(x, g).copy(), m) for m in (one, two)]
+        _same_and_update(*runs, 1.0)
     one.evaluate()
     two.evaluate()
     for _ in range(3):
