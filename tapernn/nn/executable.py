@@ -75,7 +75,7 @@ class Executable:
             if not hasattr(v, "node"):
                 raise BuildError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
-        refuse_promoted(root, leaves, names, self.real)
+        refuse_promoted(root, leaves[:n_diff_leaves], names, self.real)  # (not a target)
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
         self.notes = list(ctx.notes)
