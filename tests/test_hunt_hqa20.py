@@ -68,7 +68,7 @@ def test_wide_integer_data_into_a_float32_model_names_the_cast(dtype):
     assert nn.Linear(3, 2).forward(x).dtype == np.float64  # a float64 model takes them
     assert nn.Linear(3, 2).float().forward(x.astype(np.int16)).dtype == np.float32
     mse = nn.MSECriterion().float()  # a target may be integers (as on main); the input not
-    assert mse.forward(np.ones((2, 3), np.float32), x) == pytest.approx(np.mean((1 - x) ** 2.0))
+    assert mse.forward(np.ones((2, 3), np.float32), x) == pytest.approx(np.mean((1.0 - x) ** 2))
     with pytest.raises(tn.DTypeError, match=r"input holds .* integers"):
         mse.forward(x, np.ones((2, 3), np.float32))
 
