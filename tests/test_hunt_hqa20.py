@@ -35,7 +35,7 @@ def test_float64_input_beyond_float32_range_is_refused_not_made_inf():
     x[1, 0, 2] = 3e39
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (no NumPy warning on the way either)
-        with pytest.raises(tn.NumericError, match=r"the input: values beyond float32's range"):
+        with pytest.raises(tn.NumericError, match=r"an input array: values beyond float32's range"):
             model.forward(x)
     ok = model.forward(np.clip(x, -3e38, 3e38))  # in range: cast, as documented
     assert ok.dtype == np.float32 and np.isfinite(ok).all()

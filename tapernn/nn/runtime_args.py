@@ -38,7 +38,7 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
     if x.dtype.kind == "b":
         return x.astype(root.dtype)
     if x.dtype.kind == "f" and x.dtype != root.dtype:  # data follows the model's dtype (astype
-        return narrowed(root.describe(), "the input", x, root.dtype)  # converts models)
+        return narrowed(root.describe(), "an input array", x, root.dtype)  # converts models)
     return x.copy() if copy else x
 
 
