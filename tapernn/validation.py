@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, ArgumentTypeError, DTypeError
+from .errors import ArgumentError, ArgumentTypeError, DTypeError, NumericError
 
 _INTERVALS = {  # name -> (description for type errors, test, description for range errors)
     None: ("number", lambda v: True, "a finite number"),
@@ -228,6 +228,35 @@ def data_array(owner: Any, x: np.ndarray) -> np.ndarray:
     if kind == "O":  # (a None where an array goes, or lists numpy could not make one array of)
         shown = type(x.item()).__name__ if x.ndim == 0 else "object (ragged or mixed lists)"
     raise DTypeError(f"{who(owner)}: expected a numeric array (float, int or bool), got {shown}")
+
+
+def narrowed(owner: Any, what: str, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`x` cast to the model's `dtype`; a finite value the cast would turn into Inf (float64 data
+    beyond float32's range into a float32 model) is a NumericError, not a silent Inf (and a
+    NumPy overflow warning). NaN / Inf already in `x` pass, as at the model's own dtype."""
+    x = data_array(owner, np.asarray(x))
+    with np.errstate(over="raise"):
+        try:
+            return x.astype(dtype)
+        except FloatingPointError:
+            finite = np.abs(x[np.isfinite(x)])
+            raise NumericError(
+                f"{who(owner)}: {what}: values beyond {np.dtype(dtype).name}'s range "
+                f"(largest magnitude {finite.max():.6g}); the model is {np.dtype(dtype).name}: "
+                f"scale the data or convert the model (model.double())"
+            ) from None
+
+
+def promoted_by(leaves: list, dtype: np.dtype) -> str:
+    """Why a recurrent state left `dtype` when an integer step input (its `leaves`) did it
+    (NumPy promotes int32 / int64 with float32 to float64): its DTypeError's hint, else ""."""
+    ints = [v.dtype for v in leaves if getattr(v, "dtype", np.dtype(object)).kind in "iu"]
+    if not ints or np.result_type(ints[0], dtype) == dtype:
+        return ""
+    return (
+        f" (the step input holds {ints[0]} integers, which NumPy promotes with {dtype}: "
+        f"pass the input as .astype(np.{dtype}))"
+    )
 
 
 _TN_SPELLING = {

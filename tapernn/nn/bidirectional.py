@@ -99,12 +99,18 @@ class _Bidirectional(Module):
 
     def _steps(self, x: Any) -> tuple[list, bool]:
         if isinstance(x, Var):
-            self.expect(
-                x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}"
-            )
+            self._expect_array(x)
             return [x[t] for t in range(x.shape[0])], True
         self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
         return list(x), False
+
+    def _expect_array(self, x: Var) -> None:
+        self.expect(x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}")
+        self.expect(  # (was "stack: needs at least one value", naming no module)
+            x.shape[0] > 0,
+            f"expects at least one step, got a (T, batch, features) array with T = 0 "
+            f"(shape {x.shape})",
+        )
 
     def _run(self, module: Module, steps: list, order: range) -> dict[int, Var]:
         out = {}
@@ -154,9 +160,7 @@ class BiSequencer(_Bidirectional):
         """fwd as a loop, bwd as a reverse loop, merge as a loop over both (nn.rolled)."""
         as_array = isinstance(x, Var)
         if as_array:
-            self.expect(
-                x.ndim >= 2, f"expects a (T, batch, features) array or a list, got {x.shape}"
-            )
+            self._expect_array(x)
         else:
             self.expect(isinstance(x, list) and len(x) > 0, "expects a non-empty list of steps")
         T = x.shape[0] if as_array else len(x)

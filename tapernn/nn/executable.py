@@ -25,6 +25,7 @@ from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
 from .packing import Packing
+from .runtime_args import refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
 )
@@ -75,6 +76,7 @@ class Executable:
             if not hasattr(v, "node"):
                 raise BuildError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
+        refuse_promoted(root, leaves[:n_diff_leaves], names, self.real)  # (not a target)
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
         self.notes = list(ctx.notes)

@@ -38,7 +38,7 @@ from .locking import check_backward_pairing, joined, lock_entry_points, tree_loc
 from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
 from .packing import changed as packing_changed
-from .parameter import Parameter, uniform
+from .parameter import Parameter, reinitialise, uniform
 
 
 class Module:
@@ -173,6 +173,8 @@ class Module:
             )
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
+        if isinstance(init, np.ndarray):  # (what reset() restores: NCEModule's -log(V) bias)
+            p._init_array = init.copy()
         p._home = self
         setattr(self, name, p)
         pack_module(self, block_key(p))
@@ -368,15 +370,7 @@ class Module:
                 m.reset(stdv)
                 continue
             for p in m._params.values():
-                init, bound = getattr(p, "_init", ("uniform", None))
-                if stdv is not None:
-                    p.data[...] = uniform(p.shape, stdv, None)
-                elif init == "uniform":
-                    p.data[...] = uniform(
-                        p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
-                    )
-                elif init == "normal":
-                    p.data[...] = tn_random.generator().standard_normal(p.shape)
+                reinitialise(p, stdv)
         return self
 
     def astype(self, dtype: Any) -> Module:

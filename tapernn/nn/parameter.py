@@ -144,3 +144,20 @@ class Parameter:
 
 def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | None) -> np.ndarray:
     return tn_random.generator(rng).uniform(-bound, bound, size=shape)
+
+
+def reinitialise(p: Parameter, stdv: float | None) -> None:
+    """`p` drawn again as `Module.parameter` built it (its init), or, given `stdv`, as Torch7's
+    `reset(stdv)`: U(+-stdv), a normal init (LookupTable) N(0, stdv)."""
+    init, bound = getattr(p, "_init", ("uniform", None))
+    if init == "normal":
+        scale = 1.0 if stdv is None else stdv
+        p.data[...] = scale * tn_random.generator().standard_normal(p.shape)
+    elif stdv is not None:
+        p.data[...] = uniform(p.shape, stdv, None)
+    elif init == "uniform":
+        p.data[...] = uniform(
+            p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
+        )
+    else:  # (before hqa20, "zeros" / "ones" / an array kept the trained values)
+        p.data[...] = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", 0))

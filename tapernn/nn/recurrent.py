@@ -290,7 +290,7 @@ class AbstractRecurrent(Module):
                 f"{self.describe()}: {what} {self.state_names}: expected {want}, "
                 f"got the nesting {tree}"
             )
-        return [check.data_array(self.describe(), np.asarray(a)).astype(self.dtype) for a in leaves]
+        return [check.narrowed(self.describe(), what, a, self.dtype) for a in leaves]
 
     def _by_name(self, leaves: Any) -> tuple:
         return tuple(unflatten(self._state_tree(), list(leaves)))
@@ -479,7 +479,7 @@ class Cell(AbstractRecurrent):
             )
             self.expect(  # (a bool state from `h > 0` was run on as the cell's output)
                 s.dtype == old.dtype,
-                f"state {name!r} changed dtype {old.dtype} -> {s.dtype}",
+                f"state {name!r} changed dtype {old.dtype} -> {s.dtype}{check.promoted_by(flatten(x)[0], old.dtype)}",
                 DTypeError,
             )
         # `output` is also the Torch7 result field on instances: call the class's method

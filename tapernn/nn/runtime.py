@@ -15,7 +15,7 @@ from ..executor import Compiled, gc_paused
 from ..graph import Graph
 from ..keep import drop_free
 from ..passes import default_passes
-from ..validation import data_array
+from ..validation import data_array, narrowed
 from . import layout_recheck
 from .backward_input import record_for_input
 from .binding import _state_signature
@@ -420,14 +420,20 @@ class Runtime:
             return self.history[-1]  # one forward, any number of backwards (grads accumulate)
         pending = [r for r in self.history if not r.done]
         if not pending:
-            what = (
-                "forward"
-                if not self.history
-                else "another forward (every step was already backwarded)"
-            )
-            if self.history and self.dropped and _rho(self.module) is not None:
-                what += (
-                    f"; older steps were dropped: only the last {_rho(self.module)} (rho) are kept"
+            rho = _rho(self.module)
+            if not self.history:
+                what = "forward"
+            elif not self.dropped:
+                what = "another forward (every step was already backwarded)"
+            else:  # (before: 'every step was already backwarded' for steps an evaluation dropped)
+                what = (
+                    f"another forward (steps {self.dropped}.. were backwarded; the steps before "
+                    f"were dropped: "
+                    + (
+                        "a step in evaluation mode keeps only itself)"
+                        if rho is None
+                        else f"only the last {rho} (rho) are kept, an evaluation step only itself)"
+                    )
                 )
             raise StateError(f"{self.module.describe()}: backward called before {what}")
         record = pending[-1]
@@ -471,6 +477,8 @@ class Runtime:
                 g = np.asarray(g)
                 if g.dtype.kind not in "fiub":
                     data_array(f"{self.module.describe()}: grad_output", g)
+                if g.dtype.kind == "f" and g.dtype != node.dtype:
+                    g = narrowed(self.module.describe(), f"grad_output {k}", g, node.dtype)
                 g = g.astype(node.dtype, copy=False)
                 if g.shape != node.shape:
                     raise ShapeError(

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..regions import DEFAULT_OPTIONS
-from ..validation import data_array
+from ..validation import data_array, narrowed
 from .tree import count_leaves
 
 
@@ -35,9 +35,28 @@ def _as_array(x: Any, root: Any, copy: bool = False) -> np.ndarray:
             )
     if x.dtype.kind not in "fiub":  # (the message names the model: built only when raising)
         data_array(root.describe(), x)
-    if (x.dtype.kind == "f" and x.dtype != root.dtype) or x.dtype.kind == "b":
-        return x.astype(root.dtype)  # data follows the model's dtype (astype converts models)
+    if x.dtype.kind == "b":
+        return x.astype(root.dtype)
+    if x.dtype.kind == "f" and x.dtype != root.dtype:  # data follows the model's dtype (astype
+        return narrowed(root.describe(), "an input array", x, root.dtype)  # converts models)
     return x.copy() if copy else x
+
+
+def refuse_promoted(root: Any, leaves: list, names: list[str], outputs: list) -> None:
+    """A traced call whose output left the model's float dtype because an integer input array
+    promoted it (NumPy: int32 / int64 with float32 -> float64) is a DTypeError naming that
+    input: before, a float32 model given int64 data computed in float64 silently (a recurrent
+    one failed on its state's dtype). Ids a LookupTable reads stay integers (no float output)."""
+    want = root.dtype
+    if not any(n.dtype.kind == "f" and n.dtype.itemsize > want.itemsize for n in outputs):
+        return
+    for x, name in zip(leaves, names):
+        if x.dtype.kind in "iu" and np.result_type(x.dtype, want) != want:
+            raise DTypeError(
+                f"{root.describe()}: {name} holds {x.dtype} integers, which NumPy's rules "
+                f"promote with the model's {want} to {np.result_type(x.dtype, want)}; pass "
+                f"{name}.astype(np.{want}) (ids a LookupTable reads may stay integers)"
+            )
 
 
 def _plan_options(root: Any) -> Any:
