@@ -1,0 +1,95 @@
+"""hxs: the built-in GRU and API.md's MGU training steps (numba) with the planner's rule that
+keeps a narrower projection out of the loop's slab where the batch split may run (regions
+`_split_rows`), against main's placement (the rule off: `_split_rows` answering None while that
+arm's model compiles and runs, so its forward runs unsplit: scan_split `_apart`). ONE process,
+arms interleaved per round (order rotated): forward wall, step wall and process CPU a step,
+each arm's compile-report peak. BENCHMARKS.md "hxs".
+
+Run: PYTHONPATH=$PWD python tools/ab_xs_apart.py [--config 50,32,256] [--dtype float32]
+[--rounds 10] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tapernn from this checkout, the MGU cell
+
+from test_split_concat import MGU  # (API.md section 3's)
+
+import tapernn as tn
+from tapernn import nn, regions
+
+MAIN = [False]  # the arm being run is main's placement
+_rule = regions._split_rows
+regions._split_rows = lambda s, options: None if MAIN[0] else _rule(s, options)
+ARMS = {"gru": (nn.GRU, False), "gru-main": (nn.GRU, True), "mgu": (MGU, False)}
+ARMS["mgu-main"] = (MGU, True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="50,32,256", help="T,B,H (default 50,32,256)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per arm a round")
+    parser.add_argument("--warm", type=float, default=8.0, help="seconds of warm-up an arm")
+    args = parser.parse_args(argv)
+    T, B, H = map(int, args.config.split(","))
+    dtype = np.dtype(args.dtype)
+    tn.set_backend("numba")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    models = {}
+    for name, (cls, _) in ARMS.items():
+        tn.manual_seed(0)
+        models[name] = nn.Sequencer(cls(H, H)).astype(dtype)
+
+    def step(name) -> float:
+        m = models[name]
+        MAIN[0] = ARMS[name][1]
+        try:
+            m.zero_grad_parameters()
+            start = time.perf_counter()
+            m.forward(x)
+            fwd = time.perf_counter() - start
+            m.backward(x, g)
+        finally:
+            MAIN[0] = False
+        return fwd
+
+    for name in models:  # (the numba step loops compile in the background)
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.warm:
+            step(name)
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in models}
+    names = list(models)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            fwd = sum(step(name) for _ in range(args.steps))
+            n = args.steps
+            times[name].append(
+                ((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n, fwd / n)
+            )
+    print(f"(T, B, H) = ({T}, {B}, {H}) {dtype.name}, load {os.getloadavg()[0]:.1f}")
+    print(f"{'arm':10} {'fwd wall':>9} {'step wall':>10} {'CPU ms':>8} {'peak bytes':>12}  loop")
+    for name in names:
+        wall, cpu, fwd = (1e3 * np.median([t[k] for t in times[name]]) for k in range(3))
+        rep = models[name].compile_report()
+        kernel = rep.loops[0].kernel
+        how = "unsplit calls" if "run unsplit" in kernel else "split" if "split" in kernel else "-"
+        print(f"{name:10} {fwd:9.2f} {wall:10.2f} {cpu:8.2f} {rep.peak_bytes:12,}  {how}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
