@@ -34,6 +34,11 @@ ARMS = {"gru": (nn.GRU, False), "gru-main": (nn.GRU, True), "mgu": (MGU, False)}
 ARMS["mgu-main"] = (MGU, True)
 
 
+def _model(cls, H: int, dtype: str):
+    tn.manual_seed(0)
+    return nn.Sequencer(cls(H, H)).astype(np.dtype(dtype))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="50,32,256", help="T,B,H (default 50,32,256)")
@@ -43,15 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=8.0, help="seconds of warm-up an arm")
     args = parser.parse_args(argv)
     T, B, H = map(int, args.config.split(","))
-    dtype = np.dtype(args.dtype)
     tn.set_backend("numba")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    g = rng.standard_normal((T, B, H)).astype(dtype)
-    models = {}
-    for name, (cls, _) in ARMS.items():
-        tn.manual_seed(0)
-        models[name] = nn.Sequencer(cls(H, H)).astype(dtype)
+    x, g = (rng.standard_normal((T, B, H)).astype(args.dtype) for _ in range(2))
+    models = {name: _model(cls, H, args.dtype) for name, (cls, _) in ARMS.items()}
 
     def step(name) -> float:
         m = models[name]
@@ -67,20 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         return fwd
 
     for name in models:  # (the numba step loops compile in the background)
-        start = time.perf_counter()
-        while time.perf_counter() - start < args.warm:
+        until = time.perf_counter() + args.warm
+        while time.perf_counter() < until:
             step(name)
     times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in models}
-    names = list(models)
+    names, n = list(models), args.steps
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            wall, cpu = time.perf_counter(), time.process_time()
-            fwd = sum(step(name) for _ in range(args.steps))
-            n = args.steps
-            times[name].append(
-                ((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n, fwd / n)
-            )
-    print(f"(T, B, H) = ({T}, {B}, {H}) {dtype.name}, load {os.getloadavg()[0]:.1f}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            fwd = sum(step(name) for _ in range(n))
+            t1, c1 = time.perf_counter(), time.process_time()
+            times[name].append(((t1 - t0) / n, (c1 - c0) / n, fwd / n))
+    print(f"(T, B, H) = ({T}, {B}, {H}) {args.dtype}, load {os.getloadavg()[0]:.1f}")
     print(f"{'arm':10} {'fwd wall':>9} {'step wall':>10} {'CPU ms':>8} {'peak bytes':>12}  loop")
     for name in names:
         wall, cpu, fwd = (1e3 * np.median([t[k] for t in times[name]]) for k in range(3))
