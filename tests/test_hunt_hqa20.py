@@ -208,3 +208,15 @@ def test_reset_reinitialises_every_parameter_as_it_was_built():
     assert np.abs(lookup.weight.data).max() > 0.2
     cell.reset(0.01)  # Torch7's reset(stdv): every parameter U(+-stdv)
     assert all(np.abs(p.data).max() <= 0.01 for p in cell.parameters())
+
+
+def test_reset_keeps_an_array_initialised_parameter_whose_array_is_not_known():
+    """A parameter built from an array before hqa20 (a module pickled or checkpointed by an
+    earlier version: `_init` says "array", no copy of the array kept) keeps its values on
+    reset() -- the first version of reinitialise wrote zeros over them."""
+    nce = nn.NCEModule(8, 50, 5, np.full(50, 1 / 50))
+    bias = nce.named_parameters()["bias"]
+    bias.data[...] = 3.0
+    del bias._init_array
+    nce.reset()
+    np.testing.assert_array_equal(bias.data, np.full(50, 3.0))

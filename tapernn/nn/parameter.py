@@ -160,4 +160,6 @@ def reinitialise(p: Parameter, stdv: float | None) -> None:
             p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
         )
     else:  # (before hqa20, "zeros" / "ones" / an array kept the trained values)
-        p.data[...] = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", 0))
+        fill = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", None))
+        if fill is not None:  # (an array init not kept: the values stay, never zeros)
+            p.data[...] = fill
