@@ -20,15 +20,6 @@ import numpy as np
 SIZE_ROWS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "size_rows", default=None
 )
-SPLIT_MIN_ROWS = (
-    8  # batch_split "auto": each half at least this many rows (two packed 4-row blocks)
-)
-
-
-def split_halves(batch: int) -> tuple[int, int]:
-    """The batch split's two row counts (scan_split): the caller's half first (the larger, if
-    odd). Here so that the planner can tell where a loop's halves will lie (regions)."""
-    return batch - batch // 2, batch // 2
 
 
 def lowering_size(shape: tuple, size: int | None = None) -> int:
@@ -87,10 +78,7 @@ class PlanOptions:
     steps write (the gate activations the forward saves), each step's row read before it is
     overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements). A
     narrower input (GRU's 3H projection, 4H rows) goes at the rows' end, each of its rows at
-    or past the loop's row of its step -- unless the loop may split its batch rows on the
-    numba backend (batch_split) and one half's input rows would then lie in the other half's
-    rows (the split would run every call unsplit, scan_split `_apart`): such an input gets a
-    buffer of its own (T * B * its width more in the report's peak).
+    or past the loop's row of its step.
 
     dz_in_gates: (with compile_shared's `n_saved`: a TrainingPair) the backward's reverse loop
     writes its slab (final dh, dc | the T rows of dZ) over the prefix of the forward's saved

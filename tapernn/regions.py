@@ -27,7 +27,7 @@ from .memory import (  # noqa: F401  (PlanOptions, DEFAULT_OPTIONS: re-exported)
     register_region_walk,
 )
 from .ops.registry import get_op, rows_writable
-from .plan_options import SPLIT_MIN_ROWS, lowering_size, split_halves
+from .plan_options import lowering_size
 
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
@@ -86,15 +86,13 @@ def placements(
 
 
 def slab_placements(
-    graph: Graph, root: dict[Node, Node], placed: dict, escaping: set, options: PlanOptions
+    graph: Graph, root: dict[Node, Node], placed: dict, escaping: set
 ) -> dict[Node, tuple[Node, tuple]]:
     """m -> (loop, steps) for each time-batched input m of a loop (an op with `rows`: scan)
     that can be computed straight into the rows the loop writes (PlanOptions.xs_in_slab): m
     reaches the loop's row operands only through views and elementwise ops that can be written
     in place over it, nothing else reads it, and (checked on a dummy slab) every operand it
-    reaches has row t of its time axis inside row t of the loop's rows, and where the loop may
-    split its batch rows (`_split_rows`) each half's rows of it lie apart from the other half's
-    rows of the slab."""
+    reaches has row t of its time axis inside row t of the loop's rows."""
     users: dict[Node, list[Node]] = {}
     for n in graph.nodes:
         for i in n.inputs:
@@ -107,7 +105,6 @@ def slab_placements(
         if got is None or s in placed:
             continue
         positions, start, row, length = got
-        split = _split_rows(s, options)
         chains: dict[Node, list[tuple[int, list[Node]]]] = {}
         for p in positions:
             chain = _chain_to_source(s.inputs[p], root)
@@ -129,7 +126,7 @@ def slab_placements(
             # rows: each projection row then lies at or past the loop's row of its step)
             for at in sorted({start, start + length * row - m.size}):
                 steps = (("getitem", (slice(at, at + m.size),)), ("reshape", m.shape))
-                if _aligned(s, m, steps, uses, start, row, length, split):
+                if _aligned(s, m, steps, uses, start, row, length):
                     found[m] = (s, steps)
                     break
             if m in found:
@@ -176,52 +173,10 @@ def _only_feeds(m: Node, uses: list, s: Node, users: dict, outputs: set) -> bool
     return sorted(ops) == sorted(p for p, _ in uses)
 
 
-def _split_rows(s: Node, options: PlanOptions) -> tuple | None:
-    """The two halves' (lo, hi) batch rows when loop `s` may split them over two threads on the
-    numba backend (scan_split.plan's rule on the row counts; whether its body is row-wise and
-    its step GEMMs packed is known only when it is compiled), else None."""
-    if options.batch_split == "off" or s.op != "scan":
-        return None
-    from .backends import resolve_backend
-
-    if resolve_backend(options.backend) != "numba":
-        return None
-    a = s.attrs
-    heads = a["body"].inputs[: a["n_carry"] + a["n_xs"]]
-    if not heads or not heads[0].shape:
-        return None
-    b0, b1 = split_halves(heads[0].shape[0])
-    if b1 < (SPLIT_MIN_ROWS if options.batch_split == "auto" else 1):
-        return None
-    return (0, b0), (b0, b0 + b1)
-
-
-def _halves_apart(s: Node, slab: np.ndarray, r: np.ndarray, split: tuple) -> bool:
-    """No half's rows of operand `r` share memory with the other half's ys rows of the slab
-    (the split's own check, scan_split.SplitRunner._apart, on the dummy slab)."""
-    from .scan_views import ys_views
-
-    a = s.attrs
-    ys = ys_views(a["body"], a["n_carry"], a, slab.dtype)(slab)[
-        : len(a["body"].outputs) - a["n_carry"]
-    ]
-    (lo0, hi0), (lo1, hi1) = split
-    for y in ys:
-        for p, q in ((r[:, lo0:hi0], y[:, lo1:hi1]), (r[:, lo1:hi1], y[:, lo0:hi0])):
-            try:
-                if np.shares_memory(p, q, max_work=1 << 16):
-                    return False
-            except _TooHard:
-                return False
-    return True
-
-
-def _aligned(
-    s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int, split=None
-) -> bool:
+def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int) -> bool:
     """On a dummy slab: m's region, each operand's (views replayed, in-place ops over their
     input) has step t's data where the loop writes no row before step t reads it
-    (ops.registry.rows_writable), and given the loop's `split` rows its halves apart."""
+    (ops.registry.rows_writable)."""
     slab = np.empty(s.shape, s.dtype)
     reverse = bool(s.attrs.get("reverse"))
     region = apply_steps(slab, steps)
@@ -243,8 +198,6 @@ def _aligned(
             return False
         (a0, e0), (a1, e1) = bounds(r[0]), bounds(r[length - 1])
         if not rows_writable((a0, a1), (e0, e1), (0, length - 1), lo, row * item, length, reverse):
-            return False
-        if split is not None and (r.ndim < 2 or not _halves_apart(s, slab, r, split)):
             return False
     return True
 
@@ -311,7 +264,7 @@ class RegionStatic(WalkStatic):
         self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options)
         # loops with a time-batched input computed into their own rows (xs_in_slab)
         slabs = (
-            slab_placements(graph, self.root, self.placed, self.escaping, options)
+            slab_placements(graph, self.root, self.placed, self.escaping)
             if options.xs_in_slab
             else {}
         )
