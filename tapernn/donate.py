@@ -185,7 +185,7 @@ def tail_gemms(
         n, width = arr.shape
         lo = int(arr[0, 0])
         k = int(arr[1, 0]) - lo if n > 1 else width  # (row stride: GRU's dz columns of its rows)
-        if m.shape != (n, w.shape[1]) or k < width or k < 2 * m.shape[1]:  # (<= ~log2(n) GEMMs)
+        if m.shape != (n, w.shape[1]) or k < width or k < 2 * m.shape[1]:  # (K >= 2D)
             continue
         rows = lo + k * np.arange(n)[:, None] + np.arange(width)[None, :]
         if not np.array_equal(arr, rows) or lo + n * k > s.size:
@@ -210,25 +210,19 @@ def last_reads(graph: Graph, tails: dict[Node, tuple[Node, int]]) -> Graph:
 
 def tail_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, matmul=np.matmul) -> np.ndarray:
     """out = a @ b where `out` (n, D) lies over the last n*D elements of `a`'s (n, K) span,
-    K > D (tail_gemms): the last rows first into a small temporary (they overlap the rows
-    they read), then blocks of rows from the end down, each written over rows of `a` that
-    blocks already done have read (block [lo, hi) writes elements n*(K-D) + [lo*D, hi*D),
-    which lie past hi*K: lo >= (hi*K - n*(K-D)) / D). ~log(n)/log(K/(K-D)) GEMMs."""
+    K > D (tail_gemms), in two GEMMs: the last rows first into a temporary (they overlap the
+    rows they read), then every other row in one block, which writes elements n*(K-D) +
+    [0, hi*D): past hi*K, rows that block reads, when hi <= n*(K-D)/K. So the temporary holds
+    n - floor(n*(K-D)/K) rows, ceil(n*D/K) (1/4 of `out` for an LSTM's dZ) and lives only in
+    this call. (A geometric series of blocks from a temporary of n/64 rows, as before, ran
+    ~log(n)/log(K/(K-D)) GEMMs whose first ones were too small for the BLAS's rate: (32, 50,
+    256) f32, 25 + 75 + 300 + 1200 rows 3.5 ms at two OpenBLAS threads, 400 + 1200 3.3 ms.)"""
     n, k = a.shape[0], a.strides[0] // a.itemsize  # (rows k apart: a may be their first columns)
     d = out.shape[1]
-    # (the temporary's rows: n - floor(n (k-d) / k), so the one block after it is all the
-    # rest (lo = 0): two GEMMs in all. A geometric series of blocks from a temporary of n/64
-    # rows ran ~log(n)/log(k/(k-d)) GEMMs, the first ones too small for the BLAS's rate:
-    # (32, 50, 256) f32, 25 + 75 + 300 + 1200 rows 3.9 ms, 400 + 1200 3.2 ms. The temporary,
-    # ceil(n d / k) rows of d, lives only inside this call)
-    first = min(n, max(1, n - n * (k - d) // k, -(-d // (k - d))))
-    hi = n - first
+    hi = n * (k - d) // k
     top = matmul(a[hi:], b)
     out[hi:] = top
     del top
-    while hi > 0:
-        lo = max(0, -(-(hi * k - n * (k - d)) // d))
-        assert lo < hi  # (progress: hi <= n - first)
-        matmul(a[lo:hi], b, out=out[lo:hi])
-        hi = lo
+    if hi > 0:
+        matmul(a[:hi], b, out=out[:hi])
     return out
