@@ -159,7 +159,7 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "size": ys_places(body, nc, attrs["length"], attrs["reverse"], shifted)[0],
         "ys_views": _ys_views(body, nc, attrs, dtype),
         "carry_views": _carry_views([o.shape for o in body.outputs[:nc]], dtype),
-        "make_over": lambda first: writable_over_xs(attrs, dtype, first),
+        "make_over": lambda first: writable_over_xs(attrs, dtype, first, memo=True),
         "reads": lambda c: (reads_xs_first(c, *at), late_xs(c, *at)),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
         "prologue": _prologue_of(compiled),

@@ -230,10 +230,17 @@ def make(B, T, H, dtype, mm):
 
     for _ in range(4):
         step()
+    from tapernn import scan_split
+
+    scan_split.zero_fill = timed("SplitRunner zero_fill (lent panels)", scan_split.zero_fill)
     for rn in _runners(seq):
         for k, (loop, pre) in enumerate(rn.loops or ()):
             if pre is not None:
                 rn.loops[k] = (loop, timed("prologue (pack panels)", pre))
+        # (branch hcallF: the split call's other caller-only pieces before and after its halves)
+        rn.over = timed("SplitRunner.over", rn.over)
+        for name in ("ys_views", "carry_views"):
+            rn.helpers[name] = timed(f"SplitRunner {name}", rn.helpers[name])
     pair = seq._runtime.last.training_pair
     for which, c in (("fwd", pair.forward), ("bwd", pair.last_backward)):
         kw = dict(c.program.fn.__kwdefaults__)
