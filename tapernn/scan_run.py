@@ -163,6 +163,7 @@ def _batch_split(runner: Any, compiled: Compiled, used: Graph, attrs: dict, ctx:
         "reads": lambda c: (reads_xs_first(c, *at), late_xs(c, *at)),
         "make_fail": lambda c: _failure(c, attrs, "", 0),
         "prologue": _prologue_of(compiled),
+        "prologue_source": getattr(getattr(compiled, "prologue", None), "source", None),
         "prologue_bytes": _buffer_bytes(compiled) - compiled.program.plan.buffer_bytes,
         "lent": scan_split.lent_of(compiled),
         "full_buffers": compiled.program.arrays,

@@ -201,6 +201,17 @@ def timed(name, fn):
     return call
 
 
+class _Named:
+    """A module's stand-in whose function `name` is timed as `label`."""
+
+    def __init__(self, module, name, label):
+        self._module = module
+        setattr(self, name, timed(label, getattr(module, name)))
+
+    def __getattr__(self, attr):
+        return getattr(self._module, attr)
+
+
 def _runners(seq):
     import gc
 
@@ -233,6 +244,12 @@ def make(B, T, H, dtype, mm):
     from tapernn import scan_split
 
     scan_split.zero_fill = timed("SplitRunner zero_fill (lent panels)", scan_split.zero_fill)
+    try:  # (branch hcallF: the packed weight's halves, split_pack.py, on both threads)
+        from tapernn import split_pack
+
+        split_pack.packed = _Named(split_pack.packed, "pack_panels", "pack (split_pack half)")
+    except ImportError:
+        pass
     for rn in _runners(seq):
         for k, (loop, pre) in enumerate(rn.loops or ()):
             if pre is not None:
