@@ -2,10 +2,10 @@
 branch hcallF): a loop prologue that is one `pack_panels` of an invariant (scan_pack.py; the
 packed step weight, 0.2-0.7 ms of the caller's alone per loop call at (32, 50, 256)) is
 packed in two halves of its panels, the caller's before its half loop and the worker's before
-its own, each half loop starting once both halves are packed (a flag each, read spinning
-without the GIL for a while, then an Event). No hand-off of its own: scan_columns.pack's two
-halves pay the worker's wake-up for the pack alone (slower below 12 MiB, BENCHMARKS.md
-"h512b"); here the worker wakes for its half loop anyway. Each panel is made by the same
+its own, each half loop starting once both halves are packed (a flag and an Event each). No
+hand-off of its own: scan_columns.pack's two halves pay the worker's wake-up for the pack
+alone (slower below 12 MiB, BENCHMARKS.md "h512b"); here the worker wakes for its half loop
+anyway. Each panel is made by the same
 pack code as the whole weight's (a column slice of the weight into a slice of the panels,
 packed.pack_panels): the same bits."""
 
@@ -23,7 +23,6 @@ from .scan_pack import _pack_forward
 
 # the prologue program's text (codegen): one pack of an invariant, returned alone
 _PACK = re.compile(r"^    (v\d+) = f_pack_panels\(a(\d+), nr=(\w+)(?:, out=(_dest\[0\]|None))?\)$")
-WAIT_SPIN_S = 0.002  # (a wait spins this long at most before it blocks: own_threads.JOIN_SPIN_S)
 CALLS = [0]  # loop calls whose weight both threads packed (tests)
 ENABLED = [True]  # (off: the prologue packs on the caller, as before -- tests, A/B tools)
 
@@ -100,12 +99,10 @@ def run(w: np.ndarray, out: np.ndarray, nr: int, first: Any, second: Any) -> tup
 
 
 def _wait(flags: np.ndarray, at: int, event: threading.Event) -> bool:
-    """Whether the other side's word flags[at] says packed (1), once it is set: a spin
-    without the GIL first (numba, once loaded), else the Event."""
-    word = flags[at : at + 1]
-    spin = own_threads._spinner()
-    if not word[0] and spin is not None:
-        spin.fn(word, int(WAIT_SPIN_S * spin.rate))
-    if not word[0]:
+    """Whether the other side's word flags[at] says packed (1), once it is set (its Event: a
+    spin of up to 2 ms first, as own_threads' join may, made the worker's start late more
+    often at load 15-16 -- 10-11 of 40 steps by > 0.5 ms against 3-6 blocking, main's loop
+    halves 2-7; branch hcallF's notes)."""
+    if not flags[at]:
         event.wait()
-    return int(word[0]) == 1
+    return int(flags[at]) == 1
