@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import scan_columns
+from . import scan_columns, split_pack
+from .backends import packed
 from .backends.background import Site
 from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
@@ -233,6 +234,7 @@ class SplitRunner:
         prologue = helpers["prologue"][0]
         self.own_bytes = 0 if prologue is None else helpers["prologue_bytes"]
         self.step_loops: Any = None  # each half's loop as one numba call (step_loop.Halves)
+        self.pack: Any = None  # (the prologue's pack made by both threads: split_pack.Pack)
         # (scan_columns: both threads run one step loop, its GEMMs split by columns, where the
         # halves' step loops translate -- backends/step_columns.py; the weights' bytes)
         self.columns = columns
@@ -301,6 +303,7 @@ class SplitRunner:
             self.own_prologue = True
         self.graphs = []
         self.over = h["make_over"](first)
+        self.pack = None if self.own_prologue else split_pack.plan(h.get("prologue_source"), pre)
         self.loops = loops
         from .backends.step_loop import attach
 
@@ -390,14 +393,23 @@ class SplitRunner:
 
     def _halves(self, cs: tuple, xs: tuple, inv: tuple, ys: list, alias: bool = False) -> tuple:
         """Both halves' final carries: the half of rows 0:b0 on this thread, the other on the
-        worker, the hoisted values (the packed panels) computed once for both."""
+        worker, the hoisted values (the packed panels) computed once for both -- by both
+        threads, in the halves' own hand-off, where the prologue is one pack (split_pack.py)."""
         (_, pre0), (_, pre1) = self.loops
-        hoisted = pre0(*inv) if pre0 is not None else ()
-        hoisted1 = pre1(*inv) if pre1 is not None else hoisted
-        both = (hoisted, hoisted1)
-        bound = None  # (each half as one numba call, once compiled: step_loop.Halves)
-        if self.step_loops is not None:
+        pack, bound = self.pack, None  # (bound: each half as one numba call, step_loop.Halves)
+        w = inv[pack.inv] if pack is not None and not self.columns and self.step_loops else None
+        out = pack.panels(w) if w is not None else None
+        if out is not None:  # (the panels packed by both threads before the halves' loops)
+            both = ((out,), (out,))
             bound = self.step_loops.choose(self, (cs, xs, inv, ys), both, alias)
+            if bound is not None:
+                return split_pack.run(w, out, pack.nr, *bound)
+            packed.pack_panels(w, out, pack.nr)  # (the Python loops: packed here first)
+        else:
+            hoisted = pre0(*inv) if pre0 is not None else ()
+            both = (hoisted, pre1(*inv) if pre1 is not None else hoisted)
+            if self.step_loops is not None:
+                bound = self.step_loops.choose(self, (cs, xs, inv, ys), both, alias)
         if bound is not None and self.columns:
             from .backends.step_columns import Bound, run_pair
 

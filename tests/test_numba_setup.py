@@ -87,3 +87,35 @@ def test_deferred_check_runs_once_and_keeps_the_answer():
     assert "unchecked" in repr(check) and not calls
     assert check and check and calls == [1]
     assert bool(DeferredBlasCheck(lambda: False)) is False
+
+
+_ORDER = """
+import json, sys
+from numba.core import compiler_lock
+from numba.core.registry import cpu_target
+from tapernn.backends import numba_setup
+seen = []
+lock = compiler_lock.global_compiler_lock
+real = type(lock).__enter__
+def enter(self):  # (whether numba's target context existed when setup took the lock)
+    if sys._getframe(1).f_code is numba_setup.setup.__code__:
+        seen.append("_toplevel_target_context" in vars(cpu_target))
+    return real(self)
+type(lock).__enter__ = enter
+numba_setup.setup()
+print(json.dumps(seen))
+"""
+
+
+def test_setup_makes_the_target_context_before_it_takes_the_compiler_lock():
+    """numba's first @njit takes the target context's lock, then the compiler lock; setup took
+    them the other way round (the lock, then the context) -- a first update_parameters' njit
+    on the caller while the background compiler's setup ran hung both threads (2 runs in 3 of
+    a (32, 50, 256) numba training loop). Fails before the fix: the context made inside."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TAPERNN_NUMBA_BACKGROUND="0")
+    out = subprocess.run(
+        [sys.executable, "-c", _ORDER], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen and all(seen)

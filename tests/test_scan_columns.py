@@ -13,7 +13,7 @@ import pytest
 from test_batch_split import D, T, notes, train
 
 import tapernn as tn
-from tapernn import nn, own_threads, scan_columns
+from tapernn import nn, own_threads, scan_columns, split_pack
 from tapernn.backends import numba_available, step_columns
 
 pytestmark = [
@@ -161,6 +161,7 @@ def test_a_batch_split_loop_packs_on_two_threads_from_pack_min_bytes(pack_min, r
     PACK_MIN_BYTES is still packed in two halves in owned calls: the same steps bit for bit
     as with the pack on the caller alone (a copy), and as the unowned model."""
     monkeypatch.setattr(scan_columns, "MIN_BYTES", 1 << 62)
+    monkeypatch.setattr(split_pack, "ENABLED", [False])  # (else both threads pack, split_pack)
     x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))
     calls = counted_packs(monkeypatch)
     a, b = model("on", "on"), model("off", "off")

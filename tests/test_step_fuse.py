@@ -208,6 +208,38 @@ def test_a_pass_whose_loads_overlap_its_stores_is_refused(rng):
     assert step_fuse.overlaps(other, ((), (x_same,), (), (y,)), 0, 16, 3, False) == set()
 
 
+def _rows_in(buf, offset, shape, strides):
+    item = buf.itemsize
+    return np.lib.stride_tricks.as_strided(buf[offset:], shape, [v * item for v in strides])
+
+
+def test_overlaps_against_shares_memory(rng):
+    """step_fuse.overlaps (its row addresses from each array's, read once a call and shared by
+    both halves' checks) against np.shares_memory of the very rows it compares: an xs's row t
+    and a carry's rows with the ys row t's columns o:o + n, for xs, carries and ys laid at
+    random offsets in one buffer (rows lo:hi of both halves, one past the arrays' end too)."""
+    buf = np.zeros(1 << 14, np.float32)
+    for _ in range(300):
+        batch, length, width = int(rng.integers(2, 7)), int(rng.integers(1, 4)), 8
+        row = int(rng.integers(width, 2 * width))  # (a row stride of >= its columns)
+        step = row * batch + int(rng.integers(0, 5))
+        at = [int(v) for v in rng.integers(0, 800, 3)]
+        y = _rows_in(buf, at[0], (length, batch, width), (step, row, 1))
+        x = _rows_in(buf, at[1], (length, batch, width - 2), (step, row, 1))
+        c = _rows_in(buf, at[2], (batch, width), (row, 1))
+        o, n = int(rng.integers(0, width - 1)), 2
+        checks = [(0, [(o, n, [("xs", 0)]), (o, n, [("carry", 0)])])]
+        whole = ((c,), (x,), (), (y,))
+        reverse = bool(rng.integers(0, 2))
+        t = length - 1 if reverse else 0
+        shared: dict = {}  # (one call's addresses: both halves')
+        for lo, hi in ((0, batch // 2), (batch // 2, batch), (batch - 1, batch + 2)):
+            got = step_fuse.overlaps(checks, whole, lo, hi, length, reverse, shared)
+            cols = y[t, lo:hi, o : o + n]
+            want = np.shares_memory(x[t, lo:hi], cols) or np.shares_memory(c[lo:hi], cols)
+            assert got == ({(0, o)} if want else set()), (batch, length, row, step, at, o, lo)
+
+
 def test_off_by_option(rng):
     make = CELLS["fastlstm"][0]
     x, g = rng.standard_normal((T, 16, D)), rng.standard_normal((T, 16, H))

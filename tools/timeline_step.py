@@ -201,6 +201,17 @@ def timed(name, fn):
     return call
 
 
+class _Named:
+    """A module's stand-in whose function `name` is timed as `label`."""
+
+    def __init__(self, module, name, label):
+        self._module = module
+        setattr(self, name, timed(label, getattr(module, name)))
+
+    def __getattr__(self, attr):
+        return getattr(self._module, attr)
+
+
 def _runners(seq):
     import gc
 
@@ -230,10 +241,23 @@ def make(B, T, H, dtype, mm):
 
     for _ in range(4):
         step()
+    from tapernn import scan_split
+
+    scan_split.zero_fill = timed("SplitRunner zero_fill (lent panels)", scan_split.zero_fill)
+    try:  # (branch hcallF: the packed weight's halves, split_pack.py, on both threads)
+        from tapernn import split_pack
+
+        split_pack.packed = _Named(split_pack.packed, "pack_panels", "pack (split_pack half)")
+    except ImportError:
+        pass
     for rn in _runners(seq):
         for k, (loop, pre) in enumerate(rn.loops or ()):
             if pre is not None:
                 rn.loops[k] = (loop, timed("prologue (pack panels)", pre))
+        # (branch hcallF: the split call's other caller-only pieces before and after its halves)
+        rn.over = timed("SplitRunner.over", rn.over)
+        for name in ("ys_views", "carry_views"):
+            rn.helpers[name] = timed(f"SplitRunner {name}", rn.helpers[name])
     pair = seq._runtime.last.training_pair
     for which, c in (("fwd", pair.forward), ("bwd", pair.last_backward)):
         kw = dict(c.program.fn.__kwdefaults__)

@@ -64,6 +64,10 @@ def setup() -> bool:
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
 
+        # (the target context made before the compiler lock is taken, as numba's own first
+        # @njit does -- its cached property's lock, then the compiler lock: taken the other
+        # way round here, a first @njit on another thread meanwhile deadlocked both)
+        cpu_target.target_context  # noqa: B018
         with global_compiler_lock:  # no numba compile sees the stand-in check half-installed
             if not deferrable():
                 cpu_target.target_context.refresh()

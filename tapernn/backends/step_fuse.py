@@ -218,7 +218,9 @@ def strided(loops: list, whole: tuple) -> bool:
     )
 
 
-def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse: bool) -> set:
+def overlaps(
+    checks: list, whole: tuple, lo: int, hi: int, length: int, reverse: bool, at: dict | None = None
+) -> set:
     """The (ys position, column) of the parts in `checks` (translate's: (ys position, [(first
     column, columns, [(kind, position[, the column block a pass loads])])])) whose columns of
     the ys rows, written early in a half's call over rows lo:hi, may share memory with an array
@@ -228,17 +230,18 @@ def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse:
     row t of the ys (the same offsets every step when their step strides agree; other steps'
     rows are written as before, in step order), a carry with the first step's row (later
     ones are the loop's own values); by integer arithmetic on the rows' addresses, once per
-    (array, ys) pair a call."""
+    (array, ys) pair a call; `at`: the call's arrays' addresses by id, kept by the caller for
+    both halves' checks (each array's read once a call: ~2.5 us an `__array_interface__`)."""
     cs, xs, inv, ys = whole
     t = length - 1 if reverse else 0
     seen: dict = {}
-    views: dict = {}  # (the rows compared and their addresses, once a call)
+    at = {} if at is None else at
     for j, window in checks:
         y = ys[j if j >= 0 else -1 - j]
         for _, _, names in window:
             for kind, k, *_ in names:
                 if (j, kind, k) not in seen:
-                    seen[(j, kind, k)] = _geometry(kind, k, cs, xs, inv, y, t, lo, hi, views)
+                    seen[(j, kind, k)] = _geometry(kind, k, cs, xs, inv, y, t, lo, hi, at)
     key = (id(checks), *seen.items())  # (the same geometry as a call before: its answer)
     if key in _answers:
         return set(_answers[key])
@@ -264,26 +267,32 @@ def overlaps(checks: list, whole: tuple, lo: int, hi: int, length: int, reverse:
 _answers: dict = {}  # overlaps' answers by checks and geometry
 
 
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _address(a: np.ndarray, at: dict) -> int:
+    """a's first element's address (`at`: the call's, by id; the arrays are the call's, alive)."""
+    found = at.get(id(a))
+    if found is None:
+        found = at[id(a)] = a.__array_interface__["data"][0]
+    return found
 
 
-def _geometry(kind, k, cs, xs, inv, y, t, lo, hi, views) -> tuple | bool:
+def _geometry(kind, k, cs, xs, inv, y, t, lo, hi, at) -> tuple | bool:
     """(x row's address - y row's, row stride, item stride, rows, x's columns) of the compared
-    rows, or whether they may share memory at all when their strides differ (`views`: the
-    call's row views and their addresses so far)."""
+    rows, or whether they may share memory at all when their strides differ (`at`: the
+    call's addresses of whole arrays, by id; a row block's is its array's plus the block's
+    offset when it has all hi - lo rows)."""
     if kind == "inv" or (kind == "xs" and xs[k].strides[0] != y.strides[0]):
         return bool(np.may_share_memory(xs[k] if kind == "xs" else inv[k], y))
-    if (kind, k) not in views:
-        v = xs[k][t, lo:hi] if kind == "xs" else cs[k][lo:hi]
-        views[(kind, k)] = (v, _address(v))
-    if id(y) not in views:
-        views[id(y)] = (y[t, lo:hi], _address(y[t, lo:hi]))
-    (x, ax), (yr, ay) = views[(kind, k)], views[id(y)]
+    a = xs[k] if kind == "xs" else cs[k]
+    x, yr = (a[t, lo:hi] if kind == "xs" else a[lo:hi]), y[t, lo:hi]
     if x.ndim != 2 or x.strides != yr.strides or x.shape[0] != yr.shape[0]:
         return bool(np.may_share_memory(x, yr))
     if x.strides[1] != x.itemsize or max(x.shape[1], yr.shape[1]) * x.itemsize > abs(x.strides[0]):
         return bool(np.may_share_memory(x, yr))
+    if x.shape[0] != hi - lo:  # (rows cut short by the arrays' ends: the views' own)
+        ax, ay = x.__array_interface__["data"][0], yr.__array_interface__["data"][0]
+    else:
+        ax = _address(a, at) + (t * a.strides[0] if kind == "xs" else 0) + lo * x.strides[0]
+        ay = _address(y, at) + t * y.strides[0] + lo * yr.strides[0]
     return (ax - ay, x.strides[0], x.strides[1], x.shape[0], x.shape[1])
 
 

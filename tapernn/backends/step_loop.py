@@ -373,12 +373,12 @@ class Halves:
         call's carries, xs, invariants and ys, whole batch; `hoisted`: each half's hoisted
         values; `alias`: late-read xs lie in the slab), or None: the Python loops run (until
         the compile is ready; for good once it failed: the report says why)."""
-        cs, xs, inv, ys = whole
+        (cs, xs, inv, ys), at = whole, {}  # (at: the arrays' addresses, both halves' checks)
         if self.calls == 0 and self.remake is not None:  # (the parts whose row columns an
             # array read after the moved write lies in, in this call: copied as before)
             keep = set()
             for f, (lo, hi) in zip(self.loops, runner.rows):
-                keep |= step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse)
+                keep |= step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse, at)
             if any(j < 0 for j, _ in keep):  # (a pass's: every run as before)
                 keep = {k for k in keep if k[0] >= 0} | {"nopass"}
             keep |= {"strided"} if step_fuse.strided(self.loops, whole) else set()  # (twins)
@@ -406,7 +406,7 @@ class Halves:
                 note(runner, "calls whose rows are strided run in Python")
                 return None
             for f, (lo, hi) in zip(fns, runner.rows):
-                if f.checks and step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse):
+                if step_fuse.overlaps(f.checks, whole, lo, hi, f.length, f.reverse, at):
                     # (memory the moved writes could reach first: the Python loops)
                     step_fuse.REFUSED[0] += 1
                     note(runner, "direct row writes refused in a call: xs may overlap")
