@@ -122,16 +122,38 @@ def slab_placements(
                 or not _only_feeds(m, uses, s, users, outputs)
             ):
                 continue
-            # at the rows' start, else at their end (GRU's 3H-wide projection under its 5H
-            # rows: each projection row then lies at or past the loop's row of its step)
-            for at in sorted({start, start + length * row - m.size}):
-                steps = (("getitem", (slice(at, at + m.size),)), ("reshape", m.shape))
+            for steps in _candidates(m, start, row, length):
                 if _aligned(s, m, steps, uses, start, row, length):
                     found[m] = (s, steps)
                     break
             if m in found:
                 break
     return found
+
+
+def _candidates(m: Node, start: int, row: int, length: int) -> list[tuple]:
+    """Where m may lie in the rows, as steps from the slab: at the rows' start (a projection as
+    wide as the rows: FastLSTM's 4H, xs row (t, b) the loop's row (t, b)); then, for one
+    narrower than the rows, a strided window (ld = the rows' width) over the last columns of
+    each of the loop's batch rows -- xs row (t, b) inside the loop's row (t, b), so each batch
+    half's xs lie in its own rows (scan_split.SplitRunner._apart: the built-in GRU's 3H under
+    its 4H rows, MGU's 2H under 3H); else contiguous at the rows' end (each step's xs at or
+    past its row)."""
+    out = [((("getitem", (slice(start, start + m.size),)), ("reshape", m.shape)))]
+    width = m.shape[-1] if m.ndim else 0
+    n = m.size // (length * width) if width and m.size % (length * width) == 0 else 0
+    if n and m.size < length * row and row % n == 0 and row // n > width:
+        wide = row // n  # (the loop's batch rows: n a step, `wide` elements each)
+        rows = slice(start, start + length * row)
+        cols = (slice(None), slice(wide - width, wide))
+        out.append(
+            (("getitem", (rows,)), ("reshape", (length * n, wide)), ("getitem", cols))
+            + ((("reshape", m.shape),) if m.shape != (length * n, width) else ())
+        )
+    end = start + length * row - m.size
+    if end != start:
+        out.append((("getitem", (slice(end, end + m.size),)), ("reshape", m.shape)))
+    return out
 
 
 def _chain_to_source(x: Node, root: dict[Node, Node]) -> list[Node] | None:
@@ -180,7 +202,7 @@ def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, l
     slab = np.empty(s.shape, s.dtype)
     reverse = bool(s.attrs.get("reverse"))
     region = apply_steps(slab, steps)
-    if region is None or not region.flags.c_contiguous:
+    if region is None or not (region.flags.c_contiguous or region.strides[-1] == slab.itemsize):
         return False
     item = slab.itemsize
     lo = slab.__array_interface__["data"][0] + start * item
