@@ -4,8 +4,8 @@ text (which lines, and which not), where the panels go, RoomGemm against np.matm
 the rest of the slab untouched, the fallbacks, an error in a half, and whole owned models --
 FastLSTM, peephole LSTM, GRU, odd batches, float64 and float32 -- against gemm_in_slab=False
 and the NumPy equations (float64, 1e-12), with the packed path counted. (hwin: a projection
-narrower than its loop's rows -- GRU's; a `lengths=` batch's -- lies in the slab as a strided
-window (regions._candidates), which the packed kernel cannot write: the rewrite left out.)"""
+narrower than its loop's batch rows -- GRU's -- lies in the slab as a strided window
+(regions._candidates), which the packed kernel cannot write: the rewrite left out.)"""
 
 import threading
 
@@ -334,7 +334,7 @@ def test_lengths_remembered_across_chunks_with_the_panels_in_the_slab(name, rng,
     try:
         ran = own_room.RAN[0]
         test_own_threads.test_lengths_remembered_across_chunks(name, rng)
-        assert own_room.RAN[0] == ran  # (the masked rows' projection: a strided window, hwin)
+        assert own_room.RAN[0] > ran
     finally:
         tn.set_backend(before)
         tn.set_blas_threads("auto")

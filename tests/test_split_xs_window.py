@@ -85,9 +85,9 @@ def test_a_narrower_projection_in_the_slab_lets_the_forward_split(cell, rng, mon
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_the_window_in_the_slab_equals_the_equations(cell, backend, layout, rng):
-    """The projection in the slab as the strided window (feature-major: the loop's rows are
-    then no batch rows, the window still inside each step's rows): values and gradients equal,
-    the compile report's peak not above the same model's with xs_in_slab=False."""
+    """The projection in the slab (batch-major: the strided window; feature-major, whose loop
+    rows are no batch rows: at the rows' end): values and gradients equal, the compile report's
+    peak not above the same model's with xs_in_slab=False."""
     if backend == "numba" and not numba_available():
         pytest.skip("numba not installed")
     T, H = CELLS[cell][2:]

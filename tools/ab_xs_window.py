@@ -6,7 +6,9 @@ arms interleaved per round (order rotated): forward wall, step wall and process 
 each arm's compile-report peak. BENCHMARKS.md "hwin".
 
 Run: PYTHONPATH=$PWD python tools/ab_xs_window.py [--config 50,32,256] [--dtype float32]
-[--rounds 10] [--steps 4]
+[--rounds 10] [--steps 4] [--cells gru,mgu] [--masked]
+(--masked: every call with `lengths=`, a third of the rows shorter: FastLSTM's and LSTM's
+projections are then narrower than their rows too)
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ def _main_candidates(m, start, row, length):
 
 
 regions._candidates = _main_candidates
-ARMS = {"gru": (nn.GRU, False), "gru-main": (nn.GRU, True), "mgu": (MGU, False)}
-ARMS["mgu-main"] = (MGU, True)
+CELLS = {"gru": nn.GRU, "mgu": MGU, "fastlstm": nn.FastLSTM, "lstm": nn.LSTM}
 
 
 def _model(cls, H: int, dtype: str):
@@ -57,20 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=4, help="training steps per arm a round")
     parser.add_argument("--warm", type=float, default=8.0, help="seconds of warm-up an arm")
+    parser.add_argument("--cells", default="gru,mgu", help=f"of {', '.join(CELLS)}")
+    parser.add_argument("--masked", action="store_true", help="calls with lengths=")
     args = parser.parse_args(argv)
+    arms = {}
+    for cell in args.cells.split(","):
+        arms[cell], arms[f"{cell}-main"] = (CELLS[cell], False), (CELLS[cell], True)
     T, B, H = map(int, args.config.split(","))
     tn.set_backend("numba")
     rng = np.random.default_rng(0)
     x, g = (rng.standard_normal((T, B, H)).astype(args.dtype) for _ in range(2))
-    models = {name: _model(cls, H, args.dtype) for name, (cls, _) in ARMS.items()}
+    models = {name: _model(cls, H, args.dtype) for name, (cls, _) in arms.items()}
+    kw = {"lengths": np.where(np.arange(B) % 3 == 0, T - T // 4, T)} if args.masked else {}
 
     def step(name) -> float:
         m = models[name]
-        MAIN[0] = ARMS[name][1]
+        MAIN[0] = arms[name][1]
         try:
             m.zero_grad_parameters()
             start = time.perf_counter()
-            m.forward(x)
+            m.forward(x, **kw)
             fwd = time.perf_counter() - start
             m.backward(x, g)
         finally:
