@@ -33,13 +33,9 @@ MAIN = [False]  # the arm being run is main's placement
 _where = regions._candidates
 
 
-def _main_candidates(m, start, row, length):
+def _main_candidates(m, start, row, length, rows):
     """Main's: the rows' start, else their end (contiguous), no window."""
-    return (
-        [c for c in _where(m, start, row, length) if len(c) == 2]
-        if MAIN[0]
-        else _where(m, start, row, length)
-    )
+    return _where(m, start, row, length, None if MAIN[0] else rows)
 
 
 regions._candidates = _main_candidates
