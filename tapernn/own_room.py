@@ -7,7 +7,9 @@ whose calls own both cores (own_threads.py), the lines
     X = np_matmul(A, B, out=O)    (or np_matmul_bias(A, B, C, S2, out=O): own_bias.py)
 
 -- the input projection computed into its rows of a rolled loop's slab, as codegen writes it,
-with no other line naming SLAB or O before the GEMM -- become one call of a `RoomGemm`
+with no other line naming SLAB or O before the GEMM (not a projection narrower than the
+loop's batch rows, GRU's: regions places it as a strided window, `O = SLAB[I].reshape(R)[J]`,
+which the packed kernel's C output cannot be) -- become one call of a `RoomGemm`
 (`X = np_matmul_roomN(A, B, C, S2, SLAB, out=O)`): W = B packed into panels (packed.py) in
 bytes of SLAB outside O, the two halves of its rows through the packed kernel at once (the
 caller and own_threads' worker: each packs half of the panels, both wait for the other, then

@@ -77,8 +77,10 @@ class PlanOptions:
     + b of a rolled cell) computed straight into the rows of the loop's own result that its
     steps write (the gate activations the forward saves), each step's row read before it is
     overwritten: no buffer of its own (issue 16; OpDef.rows, regions.slab_placements). A
-    narrower input (GRU's 3H projection, 4H rows) goes at the rows' end, each of its rows at
-    or past the loop's row of its step.
+    narrower input (GRU's 3H projection, 4H rows) goes as a strided window over the last
+    columns of each of the loop's batch rows (a GEMM output of leading dimension the rows'
+    width): its row (t, b) inside the loop's row (t, b), so the batch split's halves stay apart
+    (scan_split); else at the rows' end, each of its rows at or past the loop's row of its step.
 
     dz_in_gates: (with compile_shared's `n_saved`: a TrainingPair) the backward's reverse loop
     writes its slab (final dh, dc | the T rows of dZ) over the prefix of the forward's saved

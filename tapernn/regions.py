@@ -122,16 +122,51 @@ def slab_placements(
                 or not _only_feeds(m, uses, s, users, outputs)
             ):
                 continue
-            # at the rows' start, else at their end (GRU's 3H-wide projection under its 5H
-            # rows: each projection row then lies at or past the loop's row of its step)
-            for at in sorted({start, start + length * row - m.size}):
-                steps = (("getitem", (slice(at, at + m.size),)), ("reshape", m.shape))
+            for steps in _candidates(m, start, row, length, _batch_rows(s)):
                 if _aligned(s, m, steps, uses, start, row, length):
                     found[m] = (s, steps)
                     break
             if m in found:
                 break
     return found
+
+
+def _candidates(m: Node, start: int, row: int, length: int, rows: tuple | None) -> list[tuple]:
+    """Where m may lie in the rows, as steps from the slab: at the rows' start (a projection as
+    wide as the rows: FastLSTM's 4H, xs row (t, b) the loop's row (t, b)); then, for one
+    narrower than the loop's batch rows `rows` (n, wide) (_batch_rows), a strided window
+    (ld = wide) over the last columns of each batch row -- xs row (t, b) inside the loop's row
+    (t, b), so each batch half's xs lie in its own rows (scan_split.SplitRunner._apart: the
+    built-in GRU's 3H under its 4H rows, MGU's 2H under 3H); else contiguous at the rows' end
+    (each step's xs at or past its row)."""
+    out = [(("getitem", (slice(start, start + m.size),)), ("reshape", m.shape))]
+    if rows is not None and m.ndim and m.size == length * rows[0] * m.shape[-1]:
+        (n, wide), width = rows, m.shape[-1]
+        if width < wide and n * wide == row:
+            window = (("getitem", (slice(start, start + length * row),)),)
+            window += (
+                ("reshape", (length * n, wide)),
+                ("getitem", (slice(None), slice(-width, None))),
+            )
+            if m.shape != (length * n, width):
+                window += (("reshape", m.shape),)
+            out.append(window)
+    end = start + length * row - m.size
+    if end != start:
+        out.append((("getitem", (slice(end, end + m.size),)), ("reshape", m.shape)))
+    return out
+
+
+def _batch_rows(s: Node) -> tuple[int, int] | None:
+    """(n, wide): a loop whose rows a step writes (its ys not shifted into blocks of their own,
+    scan_ir.ys_places) are one ys of shape (n, wide) -- n batch rows, batch-major -- else None
+    (several ys lie one after another in a step's rows: no row of them is a batch row)."""
+    body, nc = s.attrs.get("body"), s.attrs.get("n_carry")
+    if body is None or nc is None:
+        return None
+    moved = {j for j, _ in s.attrs.get("shifted", ())}
+    kept = [o.shape for j, o in enumerate(body.outputs[nc:]) if j not in moved]
+    return kept[0] if len(kept) == 1 and len(kept[0]) == 2 else None
 
 
 def _chain_to_source(x: Node, root: dict[Node, Node]) -> list[Node] | None:
@@ -180,7 +215,7 @@ def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, l
     slab = np.empty(s.shape, s.dtype)
     reverse = bool(s.attrs.get("reverse"))
     region = apply_steps(slab, steps)
-    if region is None or not region.flags.c_contiguous:
+    if region is None or not (region.flags.c_contiguous or region.strides[-1] == slab.itemsize):
         return False
     item = slab.itemsize
     lo = slab.__array_interface__["data"][0] + start * item

@@ -164,7 +164,12 @@ def test_gru_rows_line_up_and_its_projection_is_in_their_last_three_quarters():
     fplan = pair.forward.program.plan
     ((m, (_, steps)),) = [(q, v) for q, v in fplan.placed.items() if v[0] is fwd]
     assert m.op == "matmul" and m.size == length * 3 * B * H
-    assert steps[0] == ("getitem", (slice(start + length * row - m.size, start + length * row),))
+    # (hwin: a strided window over the last 3H columns of each batch row of the gate block)
+    assert steps[:3] == (
+        ("getitem", (slice(start, start + length * row),)),
+        ("reshape", (length * B, 4 * H)),
+        ("getitem", (slice(None), slice(-3 * H, None))),
+    )
     assert fwd in fplan.slab_roots
     assert not any(size >= m.size for size, _ in fplan.buffers)
 
@@ -261,7 +266,8 @@ def _narrow_program(Ts, Bs, D):
 
 
 def test_a_narrow_input_at_the_rows_end_equals_the_interpreter_and_needs_the_rule(monkeypatch):
-    """The planner places the narrower GEMM at the rows' end and the loop equals the reference
+    """Without the strided window (regions._batch_rows None: rows that are no batch rows) the
+    planner places the narrower GEMM at the rows' end and the loop equals the reference
     interpreter. With the planner's rule forced to accept anything it places it at the rows'
     start (step t's row write reaches row t + 1 of the GEMM): the runner's own check still
     refuses it (a slab of its own: right); with the runner's forced too, the numbers are wrong."""
@@ -272,6 +278,7 @@ def test_a_narrow_input_at_the_rows_end_equals_the_interpreter_and_needs_the_rul
     g, arrays = _narrow_program(6, 3, 5)
     want = interpret(g, *arrays)
     options = PlanOptions(layout="batch", backend="numpy")
+    monkeypatch.setattr(regions, "_batch_rows", lambda s: None)
     compiled = tn.compile(g, options=options)
     plan = compiled.program.plan
     ((m, (_, steps)),) = plan.placed.items()
@@ -289,3 +296,26 @@ def test_a_narrow_input_at_the_rows_end_equals_the_interpreter_and_needs_the_rul
     monkeypatch.setattr(run_mod, "rows_writable", lambda *a, **k: True)
     wrong = tn.compile(g, options=options)(*arrays)
     assert not np.allclose(wrong[0], want[0])
+
+
+@pytest.mark.parametrize("Ts, Bs", [(6, 3), (2, 1), (4, 8)])
+def test_a_narrow_input_as_a_window_of_the_rows_equals_the_interpreter(Ts, Bs):
+    """The loop's rows one (B, 4) ys: the (T*B, 3) GEMM goes into the last 3 columns of each
+    batch row (a strided window, ld 4: regions._candidates), written by np.matmul's `out=`,
+    and the loop equals the reference interpreter."""
+    from tapernn.interpret import interpret
+
+    g, arrays = _narrow_program(Ts, Bs, 5)
+    want = interpret(g, *arrays)
+    compiled = tn.compile(g, options=PlanOptions(layout="batch", backend="numpy"))
+    plan = compiled.program.plan
+    ((m, (_, steps)),) = plan.placed.items()
+    (loop,) = plan.slab_roots
+    length = scan_rows(loop)[3]
+    assert m.op == "matmul" and steps[1:3] == (
+        ("reshape", (length * Bs, 4)),
+        ("getitem", (slice(None), slice(-3, None))),
+    )
+    for _ in range(2):
+        for got, w in zip(compiled(*arrays), want):
+            np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)

@@ -3,7 +3,9 @@ unwritten bytes (own_room.py, PlanOptions.gemm_in_slab, issue 19): the rewrite o
 text (which lines, and which not), where the panels go, RoomGemm against np.matmul (+ bias) with
 the rest of the slab untouched, the fallbacks, an error in a half, and whole owned models --
 FastLSTM, peephole LSTM, GRU, odd batches, float64 and float32 -- against gemm_in_slab=False
-and the NumPy equations (float64, 1e-12), with the packed path counted."""
+and the NumPy equations (float64, 1e-12), with the packed path counted. (hwin: a projection
+narrower than its loop's batch rows -- GRU's -- lies in the slab as a strided window
+(regions._candidates), which the packed kernel cannot write: the rewrite left out.)"""
 
 import threading
 
@@ -250,7 +252,8 @@ def test_owned_models_against_openblas_and_the_equations(name, dtype, poison, rn
         for _ in range(3):
             ran = own_room.RAN[0]
             got, want = train(a, x, g), train(b, x, g)
-            assert own_room.RAN[0] == ran + 1  # (the projection, every call)
+            # (the projection, every call; the GRU's 3H one is a strided window: hwin, see above)
+            assert own_room.RAN[0] == ran + (name != "gru")
             for u, v in zip(got[:2], want[:2]):
                 np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
             for k in got[2]:
@@ -259,7 +262,7 @@ def test_owned_models_against_openblas_and_the_equations(name, dtype, poison, rn
                 for p in m.parameters():
                     p.data[...] += 0.01
         fwd = a._runtime.last.training_pair.forward.program
-        assert "np_matmul_room0(" in fwd.source
+        assert ("np_matmul_room0(" in fwd.source) == (name != "gru")
         assert "np_matmul_room" not in b._runtime.last.training_pair.forward.program.source
         if dtype == "float64":
             for p in a.parameters():
