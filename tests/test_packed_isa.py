@@ -224,16 +224,18 @@ def each_range_equal(panels_fn, a, panels, whole):
 def test_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_range(dtype, rng):
     """Both drivers compute 3 vectors a microkernel call, taken across the panels
     (`_vector_tiles`): AVX2's 4 rows x 3 across 2-vector panels (BENCHMARKS.md "h512"), AVX-512's
-    8 x 3 across 4-vector panels, prefetching the next tile past 2 row blocks ("hloopI"). Over
+    8 x 3 across 4-vector panels, prefetching the next tile past 2 row blocks ("hloopI"), a
+    range's last 2 or 4 vectors in tiles of 2 ("hf64": the loops' N = 256 GEMMs). Over
     the same panels, any range of panels [first, last) (the column split's halves) writes its
     own columns alone, bit for bit what the whole range writes, and the two geometries the same
     bits (each element one FMA chain over k in order): odd row counts (the zero-padded row
     block), 1, 2 and 3 row blocks, widths that end inside a panel or inside a tile, a last tile
-    of 1 or 2 vectors."""
+    of 1 or 2 vectors, 16 and 32 vectors (H = 256's reverse loop: 5 and 10 tiles of 3, then 2 of
+    2 and 1 of 2 on AVX-512)."""
     mods = {kind: packed._kernel_module(kind) for kind in KINDS}
-    assert {kind: (pk.MR, pk.TV, pk.NV, pk.PREFETCH) for kind, pk in mods.items()} == {
-        "avx2": (4, 3, 2, False),
-        "avx512": (8, 3, 4, True),
+    assert {kind: (pk.MR, pk.TV, pk.NV, pk.PREFETCH, pk.PAIRS) for kind, pk in mods.items()} == {
+        "avx2": (4, 3, 2, False, False),
+        "avx512": (8, 3, 4, True, True),
     }
     lanes = packed.panel_width(dtype, "avx2") // 2
     for m, k, n in [
@@ -244,6 +246,8 @@ def test_tiles_of_three_vectors_cross_panels_with_the_same_bits_in_any_panel_ran
         (16, 20, 64),
         (17, 19, 13 * lanes + 2),
         (24, 5, 8 * lanes),
+        (16, 40, 256),
+        (17, 23, 8 * lanes),
     ]:
         a = rng.standard_normal((m, k)).astype(dtype)
         w = rng.standard_normal((k, n)).astype(dtype)

@@ -5,14 +5,17 @@ text -- "no pass" (the gate pass's call removed: the step GEMM and the loop alon
 (the step GEMM's call removed: its output buffer as it is), "no copy" (the reverse's copies of
 the dG blocks into the saved row removed) -- and the same text compiled with other LLVM options
 (`--llvm`, e.g. `-force-vector-width=8`: 256-bit float32 vectors where the step loops are
-compiled 512 bits wide; `=0`: LLVM's cost model's width). Arms are
+compiled 512 bits wide; `=0`: LLVM's cost model's width), and the same text driving another
+copy of packed_kernels.py (`--kernel FILE`, e.g. an edited geometry or prefetch: the step
+GEMMs as the loop runs them, its gate pass and cache traffic around them; BENCHMARKS.md
+"hf64"). Arms are
 interleaved, the order reversed every other round; prints each arm's median thread CPU a call
 (the edited arms compute other numbers: their time only); every array of the halves'
 arguments is put back to the step's values before each call. The edited modules go to the kernel
 cache of this process ($TAPERNN_KERNEL_CACHE: point it at a directory of your own).
 
 Run: PYTHONPATH=$PWD python tools/gate_replay.py --config 32,50,256 --dtype float32 \\
-         --llvm=-force-vector-width=0 --rounds 21 [--nice]
+         --llvm=-force-vector-width=0 --rounds 21 [--nice] [--kernel /tmp/packed_kernels_v.py]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ab_common import training_step
 from timeline_step import apply_nice, nice_option
 
-from tapernn.backends import numba_interleave, step_loop
+from tapernn.backends import numba_interleave, packed, step_loop
 
 _GEMM = re.compile(r"_packed\(np\.ascontiguousarray\(\w+\), \w+, (.*)\)$")
 
@@ -112,6 +115,31 @@ def llvm_options(options: list[str]):
                 ll.set_option("gate_replay", o.split("=")[0] + "=0")
 
 
+def kernel_module(path: str) -> str:
+    """The name of `path` (a packed_kernels.py) imported as packed._kernel_module imports this
+    checkout's: its geometry line set to this CPU's, written to the kernel cache under its
+    digest (the step loops name their driver's module: `driver`)."""
+    import hashlib
+
+    from tapernn.backends.kernel_cache import import_written
+    from tapernn.backends.numba_backend import cache_dir
+
+    bits, nv = packed.GEOMETRY[packed.isa() or "avx512"]
+    line = b"VEC_BITS, NV = 512, 4  # "
+    source = Path(path).read_bytes().replace(line, f"VEC_BITS, NV = {bits}, {nv}  # ".encode())
+    name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
+    import_written(cache_dir(), name, source)
+    return name
+
+
+def driver(source: str, name: str) -> str:
+    """A step loop's text with its packed driver's module (packed._kernel_module's) `name`."""
+    ours = packed._kernel_module().__name__
+    if ours not in source:
+        raise SystemExit("the half's loop calls no packed step GEMM")
+    return source.replace(ours, name)
+
+
 def arm(bound, source: str, options: list[str]):
     """A call of `bound`'s half with the kernel compiled from `source` under `options`."""
     loop = bound.loop
@@ -128,6 +156,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--llvm", action="append", default=[], help="an arm: LLVM options, spaced")
+    ap.add_argument("--kernel", action="append", default=[], help="an arm: a packed_kernels.py")
     nice_option(ap)
     args = ap.parse_args()
     apply_nice(args)
@@ -135,6 +164,7 @@ def main() -> None:
     arms = {}
     bounds = halves(B, T, H, args.dtype)
     restore = restorer(bounds)
+    kernels = {path: kernel_module(path) for path in args.kernel}
     for b in bounds:
         side = "reverse" if b.loop.reverse else "forward"
         arms[f"{side} whole"] = b
@@ -143,6 +173,8 @@ def main() -> None:
         for opts in args.llvm:
             text = b.loop.source + f"\n# (gate_replay: LLVM {opts})\n"
             arms[f"{side} {opts}"] = arm(b, marked(text, opts), opts.split())
+        for path, name in kernels.items():
+            arms[f"{side} kernel {Path(path).name}"] = arm(b, driver(b.loop.source, name), [])
     res: dict[str, list[float]] = {k: [] for k in arms}
     print(f"({B}, {T}, {H}) {args.dtype} load {os.getloadavg()}")
     for r in range(args.rounds):

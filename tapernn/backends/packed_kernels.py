@@ -1,14 +1,12 @@
 """The numba side of the packed recurrent GEMM (backends/packed.py; BENCHMARKS.md "hgemm"):
 out = a @ W for a weight packed once per loop call into panels of NR columns (packed.pack_panels:
-(ceil(N / NR), K, NR), zero-padded; NV vectors of W lanes: 16 float32 / 8 float64 at 512 bits,
-8 / 4 at 256: packed.GEOMETRY). The microkernel is LLVM IR through a numba @intrinsic: MR rows
-of `a` times TV = 3 vectors of the panels, taken across them (`_vector_tiles`; BENCHMARKS.md
-"h512", "hloopI"), MR * TV vector accumulators held in registers over the whole K loop (8 x 3
-of 512 bits on AVX-512, 4 x 3 of 256 on AVX2), a broadcast of a[i, p] and TV loads of the
-panels per row and k, llvm.fma. The drivers walk the tiles (the panels split over numba's
-threads by prange in the parallel one), a large `a` in K blocks, and the row blocks; a partial
-row block or tile goes through a zero-padded tile. Imported only once numba is (its jobs run in
-background.py's worker)."""
+(ceil(N / NR), K, NR), zero-padded; NV vectors of W lanes a row: packed.GEOMETRY). The
+microkernel is LLVM IR through a numba @intrinsic: MR rows of `a` times TV = 3 vectors of the
+panels taken across them (`_vector_tiles`; "h512", "hloopI"), MR * TV vector accumulators in
+registers over the whole K loop, a broadcast of a[i, p] and TV loads of the panels per row and
+k, llvm.fma. The drivers walk the tiles (the panels split over numba's threads by prange in the
+parallel one), a large `a` in K blocks, and the row blocks; a partial row block or tile goes
+through a zero-padded tile. Imported only once numba is (its jobs run in background.py's worker)."""
 
 from __future__ import annotations
 
@@ -22,30 +20,21 @@ from numba.np.arrayobj import make_array
 # vector bits and vectors per panel row (NR = NV * lanes): AVX-512's 512, 4 here; the copy
 # packed._kernel_module imports has this line set to packed.GEOMETRY[its instruction set]
 VEC_BITS, NV = 512, 4  # (the geometry line)
-# rows of `a` per microkernel call: 8 on AVX-512 (8 x 3 = 24 of its 32 zmm registers), 4 on AVX2
-# (4 x 3 = 12 of 16 ymm). Per k a call loads TV panel vectors and broadcasts MR values of a for
-# MR * TV FMAs; a tile's K rows of the panels are read again for every row block (from L2 past
-# the first), so MR sets the panel traffic per FMA: 8 x 3 loads a panel vector per 8 FMAs where
-# AVX-512's 4 x 4 before (a panel a call) loaded one per 4. On an Intel Xeon (two 512-bit FMA
-# ports, BENCHMARKS.md "hloopI") 8 x 3 was the fastest of 4 x 4, 4 x 5, 4 x 6, 8 x 2, 16 x 1,
-# 2 x 8 at the loops' step GEMMs (16 to 64 rows); on Zen 4 (hgemm) 8 x 2, 8 x 3, 4 x 4 were within
-# 5 % of each other (its 512-bit FMAs are two 256-bit halves: fewer FMAs a cycle to feed)
+# rows of `a` per microkernel call: 8 on AVX-512 (8 x 3 = 24 of its 32 zmm), 4 on AVX2 (4 x 3 =
+# 12 of 16 ymm); a tile's K rows are read again for every row block, so MR sets the panel traffic
+# per FMA. Intel Xeon ("hloopI"): 8 x 3 the fastest of 4 x 4, 4 x 5, 4 x 6, 8 x 2, 16 x 1, 2 x 8
+# (float64 too, "hf64": 8 x 2, 12 x 2, 16 x 1 slower); Zen 4 ("hgemm"): 8 x 2, 8 x 3, 4 x 4 within 5 %
 MR = 8 if VEC_BITS == 512 else 4
-# vectors of a microkernel call ("tile"), read across the panels (`_vector_tiles`): the same
-# panels, so the same lending. On AVX2 4 x 3 (4 x 2 -- one 16-column panel -- keeps 8 FMA chains
-# for 2 FMA pipes of 4 cycles' latency, no slack: 1.15-1.37x the 4 x 2 rate at the (32, 50, 512)
-# step GEMMs, "h512")
+# vectors of a microkernel call ("tile"), read across the panels (`_vector_tiles`). On AVX2 4 x 3
+# (4 x 2 keeps 8 FMA chains for 2 pipes of 4 cycles' latency, no slack: 1.15-1.37x slower, "h512")
 TV = 3  # (_vector_tiles passes 3 offsets)
-# whether microkernel calls prefetch (into L2) the next tile's vectors, k row by k row, while
-# computing their own: on AVX-512, where `a` has more than 2 row blocks (the tile's own vectors
-# otherwise: no prefetch). Intel Xeon ("hloopI"): 1.1-1.35x at 32 and 64 rows; at 16 rows
-# (one tile read twice) 0.9-1.05x, hence the row bound. Not on AVX2 (its kernel as measured on
-# Zen 3, "h512")
+# whether microkernel calls prefetch (into L2) the next tile's vectors, k row by k row: on
+# AVX-512, where `a` has more than 2 row blocks (Intel Xeon, "hloopI": 1.1-1.35x at 32 and 64
+# rows, 0.9-1.05x at 16; "hf64": float64 at 16 rows within noise). Not on AVX2 ("h512")
 PREFETCH = VEC_BITS == 512
-# rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): on AVX-512 8 (the
-# tile's next 8 rows; Intel Xeon, BENCHMARKS.md "hkern": 1.02-1.25x at 16 rows, where the first
-# row block streams the tile from L3, 1.0-1.03x at 32; in the step the loops' halves took 0.85-0.95x
-# the CPU without it; 4 and 16 rows ahead, or into L2, slower). Not on AVX2 (unmeasured on Zen 3)
+# rows ahead of its own vectors a microkernel call prefetches into L1 (0: none): 8 on AVX-512 (Intel
+# Xeon, "hkern": the loops' halves 0.85-0.95x the CPU; 4 and 16 rows, or into L2, slower; float64
+# 4, 16, 24: within noise, "hf64"). Not on AVX2 (unmeasured on Zen 3)
 NEAR = 8 if VEC_BITS == 512 else 0
 
 
@@ -341,13 +330,11 @@ def _pack_a(a):
 
 @njit(cache=True, nogil=True)
 def _tile(ap, m, pf, off, out, of, tile_c, col, w, k0, kk):
-    """out[:, col:col + w] = a @ the tile's panel columns at `off` (the microkernel's p_off: its
-    vectors' offsets, those it prefetches and the accumulate flag) over a's columns
-    [k0, k0 + kk) (the K block `off` starts at; with the flag, out += that block's sum), row
-    block by row block of `ap` (a's m rows: _pack_a), one of at most 4 rows by the 4-row
-    microkernel where MR is 8; a partial row block or a tile wider than w through `tile_c`
-    (which then holds out's values first, for a K block after the first). The call sites of
-    the microkernels (each one is inlined: four made the cold compile ~3x slower)."""
+    """out[:, col:col + w] = a @ the tile's panel columns at `off` (the microkernel's p_off) over
+    a's columns [k0, k0 + kk) (with p_off's flag, out += that K block's sum), row block by row
+    block of `ap` (a's m rows: _pack_a), one of at most 4 rows by the 4-row microkernel where MR
+    is 8; a partial row block or a tile wider than w through `tile_c` (holding out's values
+    first for a later K block). The microkernels' call sites (inlined: typed per tile width)."""
     k = ap.shape[1]
     apf = ap.ravel()
     n = out.shape[1]
@@ -373,17 +360,30 @@ def _tile(ap, m, pf, off, out, of, tile_c, col, w, k0, kk):
                     out[i + r, col + c] = tile_c[r, c]
 
 
+# a range's last 2 or 4 vectors as tiles of 2 (MR x 2), not 3 computing vectors to drop: dG @ W^T
+# at H = 256 0.84-0.88x f32 / 0.95x f64 the time ("hf64"). AVX-512's (unmeasured on Zen 3)
+PAIRS = VEC_BITS == 512
+
+
+@njit(cache=True, nogil=True)
+def _trio(v, last_v, k, nr, lanes, step):
+    """The flat offsets (K block row `step`) of vectors v, v + 1, v + 2, none past last_v - 1."""
+    return (
+        _vector_offset(min(v, last_v - 1), k, nr, lanes) + step,
+        _vector_offset(min(v + 1, last_v - 1), k, nr, lanes) + step,
+        _vector_offset(min(v + 2, last_v - 1), k, nr, lanes) + step,
+    )
+
+
 @njit(cache=True, nogil=True)
 def _vector_offset(v, k, nr, lanes):
     """Where vector v (column block v % NV of panel v // NV) starts in the flat panels."""
     return (v // NV) * k * nr + (v % NV) * lanes
 
 
-# _vector_tiles' K blocks: when a holds more than K_BLOCK_FROM bytes (with a tile's panel
-# columns it no longer stays in L2, 512 KiB a core on Zen 3, and every tile reads it again)
-# and blocks of >= K_BLOCK_MIN rows fit: K blocks of a's columns of about K_BLOCK_BYTES, each
-# run over every tile before the next (the chains continue from out's floats: same bits). The
-# (64, 100, 1024) f32 reverse loop's (64, 4096) a: 71.6 -> 81.0 GF/s (BENCHMARKS.md "h512c")
+# _vector_tiles' K blocks: when a holds more than K_BLOCK_FROM bytes (no longer in L2 with a
+# tile's panels on Zen 3) and blocks of >= K_BLOCK_MIN rows fit, blocks of about K_BLOCK_BYTES of
+# a's columns, each over every tile (chains continued from out's floats: same bits; "h512c")
 K_BLOCK_FROM = 1 << 18
 K_BLOCK_BYTES = 1 << 17
 K_BLOCK_MIN = 256
@@ -404,9 +404,9 @@ def _k_block(m, k, itemsize):
 def _vector_tiles(a, packed, out, first, last):
     """out[:, panels first..last) = a @ (those panels) in tiles of TV = 3 vectors: the panels'
     vectors in column order, a tile crossing a panel boundary where it falls (vector v: column
-    block v % NV of panel v // NV), MR rows of a (packed: `_pack_a`) a microkernel call. A last
-    tile of fewer vectors repeats its last vector (computed into the padded tile, not stored: w
-    covers this range's columns alone). A large a in K blocks (`_k_block`)."""
+    block v % NV of panel v // NV), MR rows of a (packed: `_pack_a`) a microkernel call; a
+    range's last 2 or 4 vectors in tiles of 2 (PAIRS), else a last tile of fewer vectors
+    repeats its last (computed into the padded tile, not stored). A large a in K blocks."""
     _packed_tiles(_pack_a(a), a.shape[0], packed, out, first, last)
 
 
@@ -420,25 +420,25 @@ def _packed_tiles(ap, m, packed, out, first, last):
     n = out.shape[1]
     pf, of = packed.ravel(), out.ravel()
     tile_c = np.empty((MR, TV * lanes), ap.dtype)
+    pair_c = np.empty((MR, 2 * lanes), ap.dtype)
     last_v = last * NV
     kc = _k_block(m, k, ap.itemsize)
-    ahead = TV if m > 2 * MR else 0  # (the tile prefetched: PREFETCH)
+    ahead = m > 2 * MR  # (the next tile prefetched: PREFETCH)
     for k0 in range(0, max(k, 1), kc):
         kk = min(kc, k - k0)
         step = k0 * nr  # (row k0 of a panel)
-        for v0 in range(first * NV, last_v, TV):
-            col = v0 * lanes
-            offs = (
-                _vector_offset(v0, k, nr, lanes) + step,
-                _vector_offset(min(v0 + 1, last_v - 1), k, nr, lanes) + step,
-                _vector_offset(min(v0 + 2, last_v - 1), k, nr, lanes) + step,
-                _vector_offset(min(v0 + ahead, last_v - 1), k, nr, lanes) + step,
-                _vector_offset(min(v0 + ahead + 1, last_v - 1), k, nr, lanes) + step,
-                _vector_offset(min(v0 + ahead + 2, last_v - 1), k, nr, lanes) + step,
-                min(k0, 1),  # (a K block after the first adds to out)
-            )
-            w = min(min(TV, last_v - v0) * lanes, n - col)
-            _tile(ap, m, pf, offs, out, of, tile_c, col, w, k0, kk)
+        v0 = first * NV
+        while v0 < last_v:
+            col, tw = v0 * lanes, 2 if PAIRS and (last_v - v0) in (2, 4) else TV
+            own = _trio(v0, last_v, k, nr, lanes, step)
+            fetch = _trio(v0 + (tw if ahead else 0), last_v, k, nr, lanes, step)
+            w = min(min(tw, last_v - v0) * lanes, n - col)
+            if tw == 2:
+                offs = (own[0], own[1], fetch[0], fetch[1], min(k0, 1))
+                _tile(ap, m, pf, offs, out, of, pair_c, col, w, k0, kk)
+            else:  # (with the flag: a K block after the first adds to out)
+                _tile(ap, m, pf, own + fetch + (min(k0, 1),), out, of, tile_c, col, w, k0, kk)
+            v0 += tw
 
 
 # out[:, panels first..last) = a @ (those panels): the drivers' and step loops' entry
