@@ -118,6 +118,16 @@ def instrument():
     from tapernn.nn import steady_source
 
     steady_source.tap_copies = state_grads.tap_copies
+    from tapernn.nn import module, packing
+
+    for cls, names in (
+        (packing.Packing, ("compute_into", "scratch_into", "release_scratch", "release")),
+        (module.Module, ("zero_grad_parameters",)),
+    ):
+        for n in names:  # (before the first call: the steady plan binds these methods)
+            real = getattr(cls, n)
+            setattr(cls, n, staticmethod(timed(n, real)) if n.startswith("release") else timed(n, real))
+    packing._zeros = timed("zero check (_zeros)", packing._zeros)
     return matmul
 
 
@@ -141,6 +151,22 @@ def _timed_loop(real, kind: str):
             rec(f"loop {way}{' ' + kind if kind else ''} rows {lo}:{hi} half", t0)
 
     return bound
+
+
+def _windows(evs, main_id) -> dict:
+    """The caller-only windows around each program (issue 19, hcallB), wall seconds: module
+    call entry -> its program's start ("head"), the program's end -> the module call's return
+    ("foot")."""
+    out = {}
+    mods = [e for e in evs if e[0] == main_id and e[1] in ("module forward", "module backward")]
+    progs = [e for e in evs if e[0] == main_id and e[1] == "program"]
+    for m in mods:
+        inside = [p for p in progs if m[2] <= p[2] and p[3] <= m[3]]
+        if inside:
+            name = m[1].split()[1]
+            out[f"window: {name} head (entry -> program)"] = inside[0][2] - m[2]
+            out[f"window: {name} foot (program -> return)"] = m[3] - inside[-1][3]
+    return out
 
 
 def splits(evs, main_id) -> list:
@@ -363,6 +389,8 @@ def main():
                     )
             for j, row in enumerate(splits(evs, main_id)):
                 table.setdefault((j, row[0]), []).append(row[1:])
+            for k, v in _windows(evs, main_id).items():
+                per.setdefault(k, []).append(v)
             agg = {}
             busy = {"C": 0.0, "W": 0.0, "C [cpu]": 0.0, "W [cpu]": 0.0}
             for tid, name, a, b, cpu in evs:

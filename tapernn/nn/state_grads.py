@@ -460,8 +460,3 @@ def tap_copy_bytes(exe: Any) -> int:
         for k, b in enumerate(sizes)
         if k not in placed and (k not in watch or b < WATCH_MIN_BYTES)
     )
-
-
-def _copy(a: Any) -> np.ndarray:
-    """A copy of `a` (ndarray.copy: less per-call work than np.array, same values)."""
-    return a.copy() if type(a) is np.ndarray else np.array(a)
