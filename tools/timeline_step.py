@@ -126,7 +126,9 @@ def instrument():
     ):
         for n in names:  # (before the first call: the steady plan binds these methods)
             real = getattr(cls, n)
-            setattr(cls, n, staticmethod(timed(n, real)) if n.startswith("release") else timed(n, real))
+            setattr(
+                cls, n, staticmethod(timed(n, real)) if n.startswith("release") else timed(n, real)
+            )
     packing._zeros = timed("zero check (_zeros)", packing._zeros)
     return matmul
 
