@@ -214,6 +214,7 @@ def own_cache(tmp_path, monkeypatch):
     """Faked timings decide into a file of the test's own (not the session's); the recurrent
     GEMMs' pre-filter faked to favour feature-major (0.5x), so the whole-step trial runs."""
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(tmp_path / "layout-rule.json"))
+    monkeypatch.setenv("TAPERNN_LAYOUT_TRIAL", "1")  # (conftest: off for the session)
     monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-3, 0.5e-3))
 
 
