@@ -141,25 +141,34 @@ def test_the_trial_runs_more_rounds_while_noisy(fake_trial, monkeypatch):
     assert not layout_rule.noisy(rounds)
 
 
-def _linear_params(m):
+def _params(m):
     return [p.data.copy() for p in m.parameters()]
 
 
-@pytest.mark.parametrize("stdv", [None, 0.3])
-def test_reset_draws_from_the_generator_the_module_was_built_with(stdv):
-    """reset() after building with rng=g draws what a second module built from g would (stdv:
-    U(+-stdv), as Torch7), and leaves the global generator alone."""
+@pytest.mark.parametrize(
+    "make", [lambda g: nn.Linear(5, 3, rng=g), lambda g: nn.SeqLSTM(3, 4, rng=g)]
+)
+def test_reset_draws_from_the_generator_the_module_was_built_with(make):
+    """reset() after building with rng=g draws what a second module built from g draws, and
+    leaves the global generator alone."""
     tn.manual_seed(7)
     before = tn.random.generator().bit_generator.state
-    m = nn.Linear(5, 3, rng=np.random.default_rng(11))
-    m.reset(stdv)
+    m = make(np.random.default_rng(11))
+    m.reset()
     assert tn.random.generator().bit_generator.state == before
+    g = np.random.default_rng(11)
+    make(g)
+    for got, want in zip(_params(m), _params(make(g))):
+        np.testing.assert_array_equal(got, want)
 
+
+def test_reset_stdv_draws_from_the_modules_generator():
+    """reset(stdv): U(+-stdv) for each parameter in turn (Torch7), from the module's rng."""
+    tn.manual_seed(7)
+    before = tn.random.generator().bit_generator.state
+    m = nn.Linear(5, 3, rng=np.random.default_rng(11)).reset(0.3)
+    assert tn.random.generator().bit_generator.state == before
     g = np.random.default_rng(11)
     nn.Linear(5, 3, rng=g)
-    if stdv is None:
-        expected = _linear_params(nn.Linear(5, 3, rng=g))
-    else:
-        expected = [g.uniform(-stdv, stdv, p.shape) for p in m.parameters()]
-    for got, want in zip(_linear_params(m), expected):
-        np.testing.assert_array_equal(got, want)
+    for got, p in zip(_params(m), m.parameters()):
+        np.testing.assert_array_equal(got, g.uniform(-0.3, 0.3, p.shape))
