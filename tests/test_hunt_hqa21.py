@@ -172,3 +172,41 @@ def test_reset_stdv_draws_from_the_modules_generator():
     nn.Linear(5, 3, rng=g)
     for got, p in zip(_params(m), m.parameters()):
         np.testing.assert_array_equal(got, g.uniform(-0.3, 0.3, p.shape))
+
+
+def test_a_recheck_step_the_compiler_overlapped_is_timed_again(monkeypatch):
+    """The layout re-check's timed training steps: one during which a kernel compiled in the
+    background (its CPU time the process's) gives NaN and queues another step (main recorded
+    it: here 10 fake s among 1 s steps)."""
+    from tapernn.nn import layout_recheck
+
+    now = [0.0]
+    monkeypatch.setattr(layout_recheck, "_clock", lambda: now[0])
+
+    class Handle:
+        def prepare(self, key):
+            now[0] += 9.0
+
+    handle = Handle()
+
+    def step(arrive):
+        if arrive:
+            background.request(handle, ("hqa21-recheck", id(step))).wait()
+        now[0] += 1.0
+
+    assert layout_recheck.timed(step, False)[1] == 1.0
+    assert np.isnan(layout_recheck.timed(step, True)[1])
+
+    def exe(layout):
+        return SimpleNamespace(options=SimpleNamespace(layout=layout), notes=[], recheck=None)
+
+    first, other = exe("batch"), exe("feature")
+    check = layout_recheck.Recheck(first, [])
+    for _ in range(layout_recheck.WARM + 1):
+        check.executable(lambda: other)
+    queued = len(check.queue)
+    check.record(other, float("nan"))
+    check.record(other, 0.5)
+    assert check.times[id(other)] == [0.5] and len(check.queue) == queued + 1
+    assert check.queue[-1] == (other, True)
+    layout_recheck._PENDING.discard(check)  # (not settled: no model waits on it)
