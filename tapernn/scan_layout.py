@@ -55,13 +55,18 @@ def loop_graph(body: Graph, nc: int, nx: int, length: int | None = None) -> Grap
 
 
 def step_programs(body: Graph, nc: int, nx: int, backend: str) -> list:
-    """The compiled (forward + backward) loop, batch-major and feature-major."""
+    """The compiled (forward + backward) loop, batch-major and feature-major, on one thread
+    (PlanOptions.own_threads "off"; the rule limits BLAS to one thread)."""
     g = loop_graph(body, nc, nx)
     out = []
     for layout in ("batch", "feature"):
         rel, _, chosen = relayout_before_grad(g, layout)
         joint = grad(rel, seeds="inputs")
-        options = dataclasses.replace(PlanOptions(), layout=chosen, backend=backend)
+        # (one thread: an owned worker thread's CPU -- its spin after a call too -- landed in
+        # the next timed call, whichever layout's: batch-major's rounds alternated 4.2 / 6 ms)
+        options = dataclasses.replace(
+            PlanOptions(), layout=chosen, backend=backend, own_threads="off"
+        )
         out.append(executor.compile(joint, options=options))
     return out
 
