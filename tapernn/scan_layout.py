@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 
 from . import executor
 from .autodiff import grad
+from .backends import background
 from .graph import Graph
 from .passes.layout import relayout_before_grad
-from .passes.layout_rule import MARGIN, set_step_timer
+from .passes.layout_rule import MARGIN, noisy, set_step_timer
 from .plan_options import PlanOptions
 from .scan_ir import scan
 from .tracing import trace
 from .tuning import gc_paused
 
 TRIAL_STEPS = 8  # loop length timed (the choice is per body: every length shares it)
-ROUNDS = 5  # interleaved rounds at most (each runs both layouts once)
+ROUNDS = 5  # clean interleaved rounds at most (each runs both layouts once) ...
+MAX_ROUNDS = 9  # ... or this many while they are noisy (layout_rule.noisy)
 MIN_ROUNDS = 3
-BUDGET = 0.5  # seconds of timing after which no further round starts (past MIN_ROUNDS)
+ATTEMPTS = 20  # rounds run at most, clean or not (a round the numba compiler overlapped is not)
+BUDGET = 0.5  # seconds of timing after which no further round starts (past MIN_ROUNDS) ...
+# (noisy rounds: twice this)
+WARM_CALLS = 8  # a numba program's switch call is reached when it is at most this
+WAIT = 60.0  # seconds waited at most for the numba compiler's queue before timing
 CLEAR = 1.1  # past MIN_ROUNDS, rounds stop when the best times' ratio is this far off MARGIN
 _clock = time.process_time
 
@@ -48,13 +55,18 @@ def loop_graph(body: Graph, nc: int, nx: int, length: int | None = None) -> Grap
 
 
 def step_programs(body: Graph, nc: int, nx: int, backend: str) -> list:
-    """The compiled (forward + backward) loop, batch-major and feature-major."""
+    """The compiled (forward + backward) loop, batch-major and feature-major, on one thread
+    (PlanOptions.own_threads "off"; the rule limits BLAS to one thread)."""
     g = loop_graph(body, nc, nx)
     out = []
     for layout in ("batch", "feature"):
         rel, _, chosen = relayout_before_grad(g, layout)
         joint = grad(rel, seeds="inputs")
-        options = dataclasses.replace(PlanOptions(), layout=chosen, backend=backend)
+        # (one thread: an owned worker thread's CPU -- its spin after a call too -- landed in
+        # the next timed call, whichever layout's: batch-major's rounds alternated 4.2 / 6 ms)
+        options = dataclasses.replace(
+            PlanOptions(), layout=chosen, backend=backend, own_threads="off"
+        )
         out.append(executor.compile(joint, options=options))
     return out
 
@@ -70,26 +82,61 @@ def _arguments(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
 
 
 def time_steps(body: Graph, nc: int, nx: int, backend: str = "") -> list[tuple[float, float]]:
-    """(batch-major, feature-major) CPU seconds of the whole loop per interleaved round (the
-    order alternates; one untimed warm-up call each first)."""
+    """(batch-major, feature-major) CPU seconds of the whole loop per clean interleaved round
+    (the order alternates), timing only compiled code: each program is first called until it
+    runs what it will run from then on (`_warm`), the numba compiler's queue is waited for
+    (up to WAIT s), and a round during which the compiler worked (background.activity: its CPU
+    time is the process's) is run again. Past MIN_ROUNDS clean rounds the trial stops once
+    BUDGET is spent or the pick is clear -- unless the rounds are noisy (layout_rule.noisy),
+    which run on up to MAX_ROUNDS (the rule then refuses to decide). Fewer than MIN_ROUNDS
+    clean rounds in ATTEMPTS: none returned (no decision)."""
     with gc_paused():
         progs = step_programs(body, nc, nx, backend)
     rng = np.random.default_rng(0)
     args = [_arguments(p.graph, rng) for p in progs]
     for p, a in zip(progs, args):
-        p(*a)
+        _warm(p, a)
+    background.wait(WAIT)
     rounds: list[tuple[float, float]] = []
     deadline = time.perf_counter() + BUDGET
-    for r in range(ROUNDS):
+    for attempt in range(ATTEMPTS):
         t = [0.0, 0.0]
-        for j in (0, 1) if r % 2 == 0 else (1, 0):
+        before = background.activity()
+        for j in (0, 1) if attempt % 2 == 0 else (1, 0):
             start = _clock()
             progs[j](*args[j])
             t[j] = _clock() - start
+        if before[2] or background.activity() != before:
+            background.wait(WAIT)  # (a kernel compiled meanwhile: its CPU time is in the round)
+            continue
         rounds.append((t[0], t[1]))
-        if len(rounds) >= MIN_ROUNDS and (time.perf_counter() > deadline or _clear(rounds)):
+        if len(rounds) < MIN_ROUNDS:
+            continue
+        if len(rounds) >= MAX_ROUNDS or time.perf_counter() > deadline + BUDGET:
             break
-    return rounds
+        if not noisy(rounds) and (
+            len(rounds) >= ROUNDS or time.perf_counter() > deadline or _clear(rounds)
+        ):
+            break
+    return rounds if len(rounds) >= MIN_ROUNDS else []
+
+
+def _warm(program: Any, args: list[np.ndarray]) -> None:
+    """Call `program` until its next calls run what it will run from then on: at least once
+    (first-touch costs; kernels compiled at a call site's first call); on the numba backend
+    compiling in the background up to its switch call, which waits for its kernels (the
+    "auto" backend's, a thousand calls on, is not reached: its early calls run NumPy, as the
+    trial times them), and on while a call asked the compiler for more (a loop's kernels are
+    asked for in later calls), each time after the compiler's queue is done."""
+    gate = program.__dict__.get("run")
+    for _ in range(WARM_CALLS):
+        before = background.activity()
+        program(*args)
+        quiet = not before[2] and background.activity() == before
+        pending = isinstance(gate, background.Gate) and gate.calls < gate.at <= WARM_CALLS
+        if quiet and not pending:
+            return
+        background.wait(WAIT)
 
 
 def _clear(rounds: list[tuple[float, float]]) -> bool:

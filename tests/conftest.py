@@ -127,6 +127,10 @@ def pytest_configure(config):
     # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs
     cache = os.path.join(tempfile.mkdtemp(prefix="tapernn-tests-"), "layout-rule.json")
     os.environ["TAPERNN_LAYOUT_CACHE"] = cache
+    # and "auto" times nothing (the shape rule's batch-major wherever it would time): a timing
+    # under load once chose feature-major where a test asserted a batch-major slab; the tests of
+    # the timed rule turn it on (`layout_timed`)
+    os.environ["TAPERNN_LAYOUT_TRIAL"] = "0"
     os.environ["TAPERNN_BACKEND"] = os.environ.get("TAPERNN_TEST_BACKEND", "numpy")
     tn.set_backend(os.environ["TAPERNN_BACKEND"])
     if getattr(config.option, "loadscopereorder", None):  # (pytest-xdist: our order, below)
@@ -180,6 +184,12 @@ def backend(request):
     tn.set_backend(request.param)
     yield request.param
     tn.set_backend(before)
+
+
+@pytest.fixture
+def layout_timed(monkeypatch):
+    """The "auto" layout rule times as for users (conftest turns it off for the session)."""
+    monkeypatch.setenv("TAPERNN_LAYOUT_TRIAL", "1")
 
 
 @pytest.fixture

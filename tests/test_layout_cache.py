@@ -24,6 +24,7 @@ def cache(tmp_path, monkeypatch):
     GEMM of each timed body)."""
     path = tmp_path / "layout-rule.json"
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", str(path))
+    monkeypatch.setenv("TAPERNN_LAYOUT_TRIAL", "1")  # (conftest: off for the session)
     monkeypatch.setattr(layout_rule, "_DECIDED", {})
 
     class Fake:

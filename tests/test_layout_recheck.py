@@ -19,6 +19,7 @@ def fake(monkeypatch):
     says `fake.trial` (feature / batch); the re-check's steps take 1.0 batch-major and
     `fake.step` feature-major; Executables traced are counted."""
     monkeypatch.setenv("TAPERNN_LAYOUT_CACHE", "off")
+    monkeypatch.setenv("TAPERNN_LAYOUT_TRIAL", "1")  # (conftest: off for the session)
     monkeypatch.setattr(layout_rule, "_DECIDED", {})
     monkeypatch.setattr(layout_rule, "_RECHECK", set())
     monkeypatch.setattr(layout_rule, "gemm_times", lambda *a: (1e-3, 0.5e-3))

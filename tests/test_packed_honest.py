@@ -258,6 +258,7 @@ def test_a_cell_shared_by_two_sequencers_packs_the_current_weight(numba_backend,
 # ---- 4. a loop whose recurrent GEMMs are packed stays batch-major ----------------------------
 
 
+@pytest.mark.usefixtures("layout_timed")
 def test_the_layout_rule_keeps_a_packed_loop_batch_major(numba_backend, rng, monkeypatch):
     """layout="auto" would time the step in both layouts through OpenBLAS (feature-major won at (16, 128, 512)
     f32); packed batch-major GEMMs beat both (BENCHMARKS.md, hgemm2): not timed, batch-major."""

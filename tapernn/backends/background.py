@@ -226,6 +226,14 @@ _start_lock = threading.Lock()
 # handle does (a program's step loop holds the program's arrays: kept here, every model a
 # process ever ran stayed in memory), before its id can name another handle
 _requests: dict[tuple[int, tuple], tuple[Callable[[], Any], threading.Event]] = {}
+_counts = [0, 0]  # jobs queued (under _start_lock), jobs finished (by the worker)
+
+
+def activity() -> tuple[int, int, int]:
+    """(jobs queued, jobs finished, jobs unfinished now): equal readings before and after a
+    call, with none unfinished, mean the worker compiled nothing during it (its CPU time would
+    count in the process's: scan_layout's timed trial)."""
+    return _counts[0], _counts[1], _jobs.unfinished_tasks
 
 
 def request(handle: Any, key: tuple) -> threading.Event:
@@ -240,6 +248,7 @@ def request(handle: Any, key: tuple) -> threading.Event:
         event = threading.Event()
         _requests[ident] = (_weak(handle, ident), event)
         _jobs.put((handle, key, event))
+        _counts[0] += 1
         _ensure_worker()
         return event
 
@@ -296,6 +305,7 @@ def start_numba() -> None:
             return
         _numba_started[0] = True
         _jobs.put((None, None, threading.Event()))
+        _counts[0] += 1
         _ensure_worker()
 
 
@@ -329,6 +339,7 @@ def _work() -> None:
         finally:
             handle = key = None  # (not held once its waiters go on, nor while the next is awaited)
             event.set()
+            _counts[1] += 1
             _jobs.task_done()
             event = None
 

@@ -5,7 +5,8 @@ training steps in, when caches are warm: after WARM steps of the first Executabl
 traced and compiled once more with those loops in the other layout (the only recompile), that
 one runs ALT_WARM untimed steps (numba: its switch call), then ROUNDS interleaved rounds (one
 training step of each, the order alternating) are timed in process CPU time at one BLAS thread
-(the thread choice paused: blas_tuning), and the other layout replaces the first only when it
+(the thread choice paused: blas_tuning; a step during which the numba compiler worked is run
+again, up to RETRIES), and the other layout replaces the first only when it
 is clearly faster: its best step and the median of the rounds' ratios both at most SWITCH of
 the first's. Either way the decision is settled (layout_rule.settle: no re-check again, in this
 process or, through the disk cache, in later ones), the loser dropped, and the report notes
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import background
 from ..blas import limiter
 from ..blas_tuning import paused
 from ..passes import layout_rule
@@ -27,6 +29,7 @@ WARM = 3  # training steps of the first Executable before the re-check (caches w
 ALT_WARM = 2  # untimed steps of the other one first (numba's switch call is the second)
 ROUNDS = 4  # interleaved rounds, one timed training step of each
 SWITCH = 0.9  # the other layout wins only at <= SWITCH of the first's time (best and median)
+RETRIES = 8  # timed steps run again at most (a step the numba compiler overlapped: `timed`)
 _clock = time.process_time  # (tests replace it)
 COMPILES = [0]  # second compiles made by re-checks (tests: never more than one per decision)
 # unsettled re-checks: while one runs, its model holds both layouts' programs (and their buffers)
@@ -52,6 +55,7 @@ class Recheck:
         self.queue: list = []  # which Executable runs each next step, and whether it is timed
         self.times: dict[int, list[float]] = {}  # id(Executable) -> step seconds, by round
         self.note = ""
+        self.retries = 0
         _PENDING.add(self)
 
     def executable(self, make_other: Any) -> tuple[Any, bool]:
@@ -73,6 +77,13 @@ class Recheck:
         return self.queue.pop(0) if self.queue else (self.first, False)
 
     def record(self, exe: Any, seconds: float) -> None:
+        """A timed step's seconds; NaN (the numba compiler worked during it: `timed`) queues
+        one more timed step of `exe` instead (at most RETRIES in all)."""
+        if np.isnan(seconds):
+            if self.retries < RETRIES:
+                self.retries += 1
+                self.queue.append((exe, True))
+            return
         self.times[id(exe)].append(seconds)
 
     def due(self) -> bool:
@@ -114,8 +125,14 @@ class Recheck:
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float]:
     """(fn(*args), its seconds of process CPU) at one BLAS thread with the thread choice paused
-    (its arms record nothing): both layouts' re-check steps run alike."""
+    (its arms record nothing): both layouts' re-check steps run alike. NaN seconds when the
+    numba compiler worked meanwhile (background.activity: a split loop's step kernels compile
+    in the background, and no call waits for them): its CPU time is the process's."""
     with limiter.limit(1), paused():
+        before = background.activity()
         start = _clock()
         out = fn(*args)
-        return out, _clock() - start
+        seconds = _clock() - start
+    if before[2] or background.activity() != before:
+        seconds = float("nan")
+    return out, seconds

@@ -173,6 +173,7 @@ class Module:
             )
         p = Parameter(data.astype(self._dtype), name)
         p._init = (init if isinstance(init, str) else "array", bound)
+        p._rng = rng  # (what reset() draws from)
         if isinstance(init, np.ndarray):  # (what reset() restores: NCEModule's -log(V) bias)
             p._init_array = init.copy()
         p._home = self

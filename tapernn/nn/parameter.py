@@ -148,16 +148,18 @@ def uniform(shape: tuple[int, ...], bound: float, rng: np.random.Generator | Non
 
 def reinitialise(p: Parameter, stdv: float | None) -> None:
     """`p` drawn again as `Module.parameter` built it (its init), or, given `stdv`, as Torch7's
-    `reset(stdv)`: U(+-stdv), a normal init (LookupTable) N(0, stdv)."""
+    `reset(stdv)`: U(+-stdv), a normal init (LookupTable) N(0, stdv); drawn from the generator
+    it was built with (`rng=`; else the global one)."""
     init, bound = getattr(p, "_init", ("uniform", None))
+    rng = getattr(p, "_rng", None)  # (before hqa21: the global generator, always)
     if init == "normal":
         scale = 1.0 if stdv is None else stdv
-        p.data[...] = scale * tn_random.generator().standard_normal(p.shape)
+        p.data[...] = scale * tn_random.generator(rng).standard_normal(p.shape)
     elif stdv is not None:
-        p.data[...] = uniform(p.shape, stdv, None)
+        p.data[...] = uniform(p.shape, stdv, rng)
     elif init == "uniform":
         p.data[...] = uniform(
-            p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), None
+            p.shape, bound if bound is not None else 1 / np.sqrt(p.shape[-1]), rng
         )
     else:  # (before hqa20, "zeros" / "ones" / an array kept the trained values)
         fill = {"zeros": 0, "ones": 1}.get(init, getattr(p, "_init_array", None))

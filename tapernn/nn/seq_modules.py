@@ -92,6 +92,7 @@ class _SeqBase(Sequencer):
         self.batch_first = check.flag(self, "batch_first", batch_first)
         mask_zero = check.flag(self, "mask_zero", mask_zero)
         rng = check.generator(self, "rng", rng)
+        self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
         self._views = None
         D, H, R = self.input_size, self.hidden_size, self.output_size
@@ -119,8 +120,10 @@ class _SeqBase(Sequencer):
 
     def reset(self, stdv: float | None = None, rng: Any = None) -> _SeqBase:
         """weight ~ N(0, stdv) (default 1/√(D+R); SeqLSTMP 1/√(D+H)), bias 0 except the second
-        gate block (forget gate for LSTMs, update gate for GRUs) = 1, as Torch7."""
-        gen = tn_random.generator(rng)
+        gate block (forget gate for LSTMs, update gate for GRUs) = 1, as Torch7; drawn from
+        `rng`, else the generator the module was built with (else the global one)."""
+        rng = check.generator(self, "rng", rng)
+        gen = tn_random.generator(rng if rng is not None else self._rng)
         H, R = self.hidden_size, self.output_size
         self.weight.data[...] = gen.normal(0, stdv or self._gate_std(), self.weight.shape)
         self.bias.data[...] = 0

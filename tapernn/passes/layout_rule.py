@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -37,6 +38,11 @@ MARGIN = 0.95
 # it on the real programs a few steps in (nn/layout_recheck). (4, 50, 256) f32's trial read
 # 0.90-0.98 where the whole T = 50 step is 1.22x feature-major (BENCHMARKS.md, hlayout2).
 CLOSE = 0.1
+# Rounds that scatter cannot be read to CLOSE: each layout's median round must lie within NOISE
+# of its best (CPU time: other processes' load adds little, but a shared core's caches, a page
+# fault or a GC pass in one round do). Otherwise no decision: batch-major, not kept on disk (a
+# later process times again); scan_layout runs more rounds first.
+NOISE = 1.2
 # The measured shape rule of a close trial: batch-major. Every whole training step measured
 # (B 4-32, H 96-512, T = 50, f32 and f64, Zen 4 and Skylake-X) ran 1.02-1.33x slower
 # feature-major (BENCHMARKS.md, hlayout and hlayout2).
@@ -48,6 +54,9 @@ FALLBACK = "batch"
 # (f32 and f64, B = 8-32, H = 96-512; BENCHMARKS.md, hlayout2).
 PREFILTER = 0.7
 GEMM_BUDGET = 0.05  # seconds of GEMM timing per shape, roughly
+# "0" (or "off"): "auto" times nothing and takes the measured shape rule (FALLBACK) where it
+# would time -- one answer on every machine and under any load (the test suite runs so)
+TRIAL_ENV = "TAPERNN_LAYOUT_TRIAL"
 _DECIDED: dict[tuple, tuple[str, str]] = {}
 # decision keys whose pick the nn runtime should confirm on the real programs (a close trial)
 _RECHECK: set[tuple] = set()
@@ -110,6 +119,8 @@ def choose(
         return "batch", f"recurrent GEMMs of {flops} flops: too small to time"
     if not _TIMER:
         return "batch", "default (no step timer registered)"
+    if os.environ.get(TRIAL_ENV, "1").strip().lower() in ("0", "off"):
+        return FALLBACK, f"the measured shape rule, {FALLBACK}-major: not timed (${TRIAL_ENV}=0)"
     counts = tuple(sorted(Counter(gemms).items()))
     threads = program_threads(max(2 * b * k * n for b, k, n in gemms))  # as the loop runs
     key = (counts, dtype.str, threads, _blas(), backend or "default", body_signature(body))
@@ -196,6 +207,8 @@ def _measure(body, nc, nx, backend, counts, dtype, threads) -> tuple[str, str, b
     except Exception as e:  # noqa: BLE001 (a heuristic never fails a compile)
         return "batch", f"default (the timing failed: {e!r:.200})", False
     pick, why, close = judge(rounds)
+    if why.startswith("default"):  # (no decision: choose keeps it off the disk)
+        return pick, f"{why}; {gemms}", close
     return pick, f"{gemms}; {why}", close
 
 
@@ -254,11 +267,20 @@ def judge(
     seconds, read two ways: the ratio of each layout's best round (load only adds time) and
     the median of the rounds' ratios. Clear only when both are `close` beyond `margin` on one
     side (feature-major at <= margin - close, batch-major at >= margin + close); otherwise a
-    close call, which the measured shape rule (FALLBACK) decides. No valid round: batch-major.
-    The flag: a close call."""
-    valid = [(b, f) for b, f in rounds if b > 0 and f > 0 and np.isfinite(b) and np.isfinite(f)]
+    close call, which the measured shape rule (FALLBACK) decides. No valid round, or noisy
+    rounds (a layout's median round over NOISE times its best): batch-major, "default (...)"
+    (no decision). The flag: a close call."""
+    valid = _valid(rounds)
     if not valid:
         return "batch", "default (the step timing gave no usable round)", False
+    spread = _spreads(valid)
+    if max(spread) > NOISE:
+        why = (
+            f"default (a noisy trial: each layout's median round over its best, batch-major "
+            f"{spread[0]:.2f}x, feature-major {spread[1]:.2f}x in {len(valid)} rounds; decided "
+            f"at <= {NOISE:.2f}x)"
+        )
+        return "batch", why, False
     tb, tf = min(b for b, _ in valid), min(f for _, f in valid)
     best, median = tf / tb, float(np.median([f / b for b, f in valid]))
     tight = False
@@ -278,6 +300,23 @@ def judge(
         f"({best:.2f}x), median of the rounds' ratios {median:.2f}x; {how}"
     )
     return pick, why, tight
+
+
+def noisy(rounds: list[tuple[float, float]]) -> bool:
+    """Whether judge would refuse `rounds` as noisy (a layout's median round over NOISE times
+    its best)."""
+    valid = _valid(rounds)
+    return bool(valid) and max(_spreads(valid)) > NOISE
+
+
+def _valid(rounds: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b, f) for b, f in rounds if b > 0 and f > 0 and np.isfinite(b) and np.isfinite(f)]
+
+
+def _spreads(valid: list[tuple[float, float]]) -> tuple[float, float]:
+    """Each layout's median round over its best."""
+    b, f = np.array(valid).T
+    return float(np.median(b) / b.min()), float(np.median(f) / f.min())
 
 
 def _blas() -> tuple:
