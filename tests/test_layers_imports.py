@@ -89,6 +89,7 @@ LAYERS = [
             "tapernn.scan_hoist",
             "tapernn.scan_pack",
             "tapernn.scan_split",
+            "tapernn.split_pack",
             "tapernn.scan_columns",
             "tapernn.scan_rebatch",
             "tapernn.scan_xs",
