@@ -31,9 +31,9 @@ panels every call cost what the kernel saved: the (32, 50, 256) step is unchange
 
 from __future__ import annotations
 
-import concurrent.futures
 import re
 import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -282,28 +282,18 @@ class RoomGemm:
         kernel = self.kernel
         h = min(m, -(-(m - m // 2) // MR) * MR)
         cut = npan // 2
-        barrier = threading.Barrier(2)
 
-        def half(rows, pans):
-            try:
-                packed.pack_panels(b[:, pans.start * nr : pans.stop * nr], panels[pans], nr)
-            except BaseException:
-                barrier.abort()
-                raise
-            barrier.wait()
+        def pack(pans):  # (a side's half of the panels)
+            packed.pack_panels(b[:, pans.start * nr : pans.stop * nr], panels[pans], nr)
+
+        def gemm(rows):  # (a side's half of the rows, once both halves of the panels exist)
             kernel(a[rows], panels, out[rows])
             if row is not None:
                 np.add(out[rows], row, out=out[rows])
 
-        future = own_threads.executor().submit(half, slice(h, m), slice(cut, npan))
-        try:
-            half(slice(0, h), slice(0, cut))
-        except BaseException as e:
-            barrier.abort()
-            concurrent.futures.wait([future])  # (the worker's half ends before the error leaves)
-            if isinstance(e, threading.BrokenBarrierError) and future.exception() is not None:
-                raise future.exception() from None  # (the worker's error broke the barrier)
-            raise
-        future.result()
+        own_threads.both_after(
+            (partial(pack, slice(0, cut)), partial(pack, slice(cut, npan))),
+            (partial(gemm, slice(0, h)), partial(gemm, slice(h, m))),
+        )
         RAN[0] += 1
         return out

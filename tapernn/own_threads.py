@@ -166,6 +166,38 @@ def submit(fn, *args) -> Any:
     return pending
 
 
+def both_after(prepare: tuple, work: tuple) -> tuple:
+    """(work[0](), work[1]()): side k runs prepare[k]() then work[k]() -- side 0 on the caller,
+    side 1 on the worker (`submit`) -- each work starting once both prepares are done (a
+    Barrier: the two halves of a weight's panels, each side packing one, before either reads
+    them: own_room's projection, split_pack's loop halves). A prepare that raises runs neither
+    work; any error is raised here once both sides have ended (the worker's when it broke the
+    barrier the caller waited at)."""
+    barrier = threading.Barrier(2)
+
+    def side(k):
+        try:
+            prepare[k]()
+        except BaseException:
+            barrier.abort()
+            raise
+        barrier.wait()
+        return work[k]()
+
+    future = submit(side, 1)
+    try:
+        value = side(0)
+    except BaseException as e:
+        barrier.abort()
+        try:
+            future.result()  # (the worker's side ends before the error leaves)
+        except BaseException as w:
+            if isinstance(e, threading.BrokenBarrierError):  # (the worker's error broke it)
+                raise w from None
+        raise
+    return value, future.result()
+
+
 def cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

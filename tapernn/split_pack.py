@@ -2,7 +2,7 @@
 branch hcallF): a loop prologue that is one `pack_panels` of an invariant (scan_pack.py; the
 packed step weight, 0.2-0.7 ms of the caller's alone per loop call at (32, 50, 256)) is
 packed in two halves of its panels, the caller's before its half loop and the worker's before
-its own, each half loop starting once both halves are packed (a flag and an Event each). No
+its own, each half loop starting once both halves are packed (own_threads.both_after). No
 hand-off of its own: scan_columns.pack's two halves pay the worker's wake-up for the pack
 alone (slower below 12 MiB, BENCHMARKS.md "h512b"); here the worker wakes for its half loop
 anyway. Each panel is made by the same
@@ -12,7 +12,7 @@ packed.pack_panels): the same bits."""
 from __future__ import annotations
 
 import re
-import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -68,41 +68,13 @@ def plan(source: str | None, fn: Any) -> Pack | None:
 def run(w: np.ndarray, out: np.ndarray, nr: int, first: Any, second: Any) -> tuple:
     """(first(), second()): the two halves' loops, `second` on the worker, each after both
     halves of the panels `out` of `w` are packed (the caller's panels first, the worker's
-    the rest)."""
+    the rest: own_threads.both_after)."""
     h = out.shape[0] // 2
-    flags = np.zeros(16, np.int64)  # (each side's word on a cache line of its own: 1 packed)
-    events = (threading.Event(), threading.Event())
-
-    def far():
-        try:
-            packed.pack_panels(w[:, h * nr :], out[h:], nr)
-            flags[8] = 1
-        finally:  # (set either way, 2: not packed -- the caller never waits for good; the
-            # failure is raised by the join below, neither half loop run)
-            flags[8] = flags[8] or 2
-            events[1].set()
-        return second() if _wait(flags, 0, events[0]) else None
-
     CALLS[0] += 1
-    future = own_threads.submit(far)
-    try:
-        try:
-            packed.pack_panels(w[:, : h * nr], out[:h], nr)
-            flags[0] = 1
-        finally:
-            flags[0] = flags[0] or 2  # (2: not packed; the worker's half then does not run)
-            events[0].set()
-        value = first() if _wait(flags, 8, events[1]) else None
-    finally:
-        other = future.result()
-    return value, other
-
-
-def _wait(flags: np.ndarray, at: int, event: threading.Event) -> bool:
-    """Whether the other side's word flags[at] says packed (1), once it is set (its Event: a
-    spin of up to 2 ms first, as own_threads' join may, made the worker's start late more
-    often at load 15-16 -- 10-11 of 40 steps by > 0.5 ms against 3-6 blocking, main's loop
-    halves 2-7; branch hcallF's notes)."""
-    if not flags[at]:
-        event.wait()
-    return int(flags[at]) == 1
+    return own_threads.both_after(
+        (
+            partial(packed.pack_panels, w[:, : h * nr], out[:h], nr),
+            partial(packed.pack_panels, w[:, h * nr :], out[h:], nr),
+        ),
+        (first, second),
+    )
