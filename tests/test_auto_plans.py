@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import nn
-from tapernn import backends
+from tapernn import backends, nn
 from tapernn.backends import numba_missing
 
 pytestmark = pytest.mark.skipif(bool(numba_missing()), reason="numba is not usable here")
