@@ -12,6 +12,7 @@ is off (nn.runtime), as under a layout re-check."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from ..backends import numba_missing, policy, small_loops
@@ -34,16 +35,24 @@ def plan_calls() -> tuple[int, int] | None:
     return start, switch
 
 
-def wanted(exe: Any) -> bool:
-    """Whether `exe` (a fresh training Executable, not step-wise) gets a second, numba plan."""
-    return (
-        plan_calls() is not None
-        and policy(exe.options.backend) == "auto"
-        and not numba_missing()
-        and exe.recheck is None
-        and small_loops(exe.graph) == 0
-        and any(n.op == "scan" for n in exe.graph.nodes)
-    )
+_NUMBA = [False]  # (set while the numba plan is traced: `options`)
+
+
+def options(given: Any) -> Any:
+    """The PlanOptions a trace uses: `given`, with backend "numba" while TwoPlans traces its
+    second plan."""
+    return replace(given, backend="numba") if _NUMBA[0] else given
+
+
+def made(exe: Any, training: bool) -> TwoPlans | None:
+    """A TwoPlans for `exe` (a fresh Executable; `training`: of a training call, not step-wise)
+    when it gets a second, numba plan, else None."""
+    if _NUMBA[0] or not training or plan_calls() is None or exe.recheck is not None:
+        return None
+    if policy(exe.options.backend) != "auto" or numba_missing():
+        return None
+    loops = any(n.op == "scan" for n in exe.graph.nodes)
+    return TwoPlans(exe) if loops and small_loops(exe.graph) == 0 else None
 
 
 class TwoPlans:
@@ -55,12 +64,15 @@ class TwoPlans:
         self.start, self.switch = plan_calls() or (1, 2)
         self.calls = 0  # training forwards so far
 
-    def executable(self, make_other: Any) -> tuple[Any, bool]:
-        """(the Executable this training forward runs, whether it is the last to consult
-        this); `make_other(backend)` traces the model with PlanOptions.backend `backend`."""
+    def executable(self, trace: Any) -> Any:
+        """The Executable this training forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.calls == self.start:
-            self.other = make_other("numba")
+            _NUMBA[0] = True
+            try:
+                self.other = trace()
+            finally:
+                _NUMBA[0] = False
             self.other.recheck = None  # (a close layout is not re-checked in the prototype)
             pair = self.other.compile_training()  # (its fused groups' kernels asked for now)
             for program in (pair.forward, pair.backward):
@@ -68,6 +80,6 @@ class TwoPlans:
                 if gate is not None:
                     gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
         if self.calls < self.switch:
-            return self.first, False
-        self.first.two_plans = self.other.two_plans = None
-        return self.other, True
+            return self.first
+        self.first.two_plans = None
+        return self.other

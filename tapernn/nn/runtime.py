@@ -5,7 +5,6 @@ results back into module fields. Parameters are inputs, so updates never recompi
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -166,12 +165,8 @@ class Runtime:
                 trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
                 exe, timed = exe.recheck.executable(trace)
         elif exe.two_plans is not None and root.is_training and not history:  # (nn.auto_plans)
-            retrace = lambda backend: self._trace(
-                key, leaves, tree, args, n_diff_args, history, backend
-            )
-            exe, settled = exe.two_plans.executable(retrace)
-            if settled:
-                self.cache[key] = exe
+            trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
+            exe = self.cache[key] = exe.two_plans.executable(trace)
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
         if exe.recurrent is None:  # the model's recurrent modules, found once per trace
@@ -212,20 +207,13 @@ class Runtime:
                 self.dropped += len(self.history)  # the steps before (training may follow)
             self.history = [record]
             # (arrays: read at every call; a layout re-check picks the Executable per call)
-            steady = exe.recheck is None and exe.two_plans is None
+            steady = exe.recheck is None and exe.two_plans is None  # (nor two plans pending)
             if n_diff_args == 1 and not self._arrays and steady:
                 self.steady = plan(self, exe, args, leaves, hooks, stateful)
         return exe, leaves, record
 
     def _trace(
-        self,
-        key: tuple,
-        leaves: list,
-        tree: Any,
-        args: tuple,
-        n_diff_args: int,
-        history: bool,
-        backend: str = "",
+        self, key: tuple, leaves: list, tree: Any, args: tuple, n_diff_args: int, history: bool
     ) -> Executable:
         """A new Executable of the module for these leaves (traced and laid out; its
         programs compile at first use)."""
@@ -233,9 +221,6 @@ class Runtime:
         names = _leaf_names(tree, len(args), root.arg_names)
         n_diff = len(flatten(list(args[:n_diff_args]))[0])
         passes = root._passes if root._passes is not None else default_passes()
-        options = _plan_options(root)
-        if backend:  # (nn.auto_plans: the numba plan)
-            options = replace(options, backend=backend)
         with gc_paused():  # tracing allocates like compiling (see gc_paused)
             exe = Executable(
                 root,
@@ -246,12 +231,11 @@ class Runtime:
                 history,
                 n_diff,
                 passes,
-                options,
+                auto_plans.options(_plan_options(root)),
                 templates=self.templates,
             )
         exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
-        if not backend and root.is_training and not history and auto_plans.wanted(exe):
-            exe.two_plans = auto_plans.TwoPlans(exe)
+        exe.two_plans = auto_plans.made(exe, root.is_training and not history)
         trace_starts(exe, root)
         self.trace_count += exe.traced_steps
         return exe
