@@ -113,6 +113,7 @@ class Executable:
         self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
         self.recheck = None  # a close "auto" layout confirmed on the real steps (layout_recheck)
+        self.two_plans = None  # "auto": NumPy's plan, then numba's (nn.auto_plans, prototype)
         keys = self._choose_layout(passes, options)
         if keys and training and not history_mode:
             self.recheck = Recheck(self, keys)
