@@ -1,29 +1,50 @@
-"""PROTOTYPE (branch hauto, not for merge): the "auto" backend with two plans for a training model
-whose loops are too large for a numba loop kernel (backends.small_loops), which "auto" leaves on
-NumPy although numba's plan (packed step GEMMs, step loops, the batch split) runs its training
-step ~1.5x faster at (32, 50, 256) f32. With $TAPERNN_AUTO_PLANS="start,switch" set, such a
-signature's NumPy-planned Executable runs its first training forwards as now; at its `start`-th
-the model is traced and compiled once more with PlanOptions.backend "numba" (its fused groups'
-kernels asked for then, in the background); from its `switch`-th that one replaces it, its
-programs' Gates due at their first call (which waits for every kernel not ready). Call counts,
-never timings: the same calls run the same plan cold or warm. Until the switch the steady path
-is off (nn.runtime), as under a layout re-check."""
+"""The "auto" backend's two plans for a training signature whose loops are all too large for a
+numba loop kernel (backends.small_loops == 0). auto_choice lowers such a program on NumPy, yet
+numba's plan (packed step GEMMs, step loops, the batch split: a different layout and different
+graphs, so a whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f32
+(BENCHMARKS.md, "hauto2"). So its NumPy-planned Executable runs the first training forwards;
+at the START-th the model is traced and compiled once more with PlanOptions.backend "numba"
+(its kernels asked for then, in the background: fused groups, the packed GEMM); from the
+SWITCH-th that Executable replaces it, its programs' Gates due at their first call (which
+waits only for the kernels not ready by then). Call counts, never timings: the same calls run
+the same plan cold or warm ($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A
+forward's backward always runs the pair of the forward's Executable (its Record names it).
+
+Counted from the signature's first training forward, or, under a layout re-check
+(nn.layout_recheck), from its settling: the re-check times NumPy's plan and decides its layout
+first; the numba plan takes its own layout rule's choice (packed loops stay batch-major), not
+re-checked (that would trace a third Executable). Until the switch the steady path is off (nn.runtime). Evaluation and step-wise
+(history) calls keep the NumPy plan: see `made`."""
 
 from __future__ import annotations
 
+import math
 import os
+import weakref
 from dataclasses import replace
 from typing import Any
 
 from ..backends import numba_missing, policy, small_loops
 from ..errors import TapernnError
 
+# the training forward at which numba's plan is traced (START) and from which it runs (SWITCH):
+# BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
+# late enough that a cold kernel cache has compiled in the background by then
+START, SWITCH = 10, 100
+# the fewest elements of every loop's largest computed step value for numba's plan: just above a loop
+# kernel's LOOP_MAX_SIZE (4096) numba's step ran 1.03-1.13x NumPy's ((T, B, H) = (3 / 10, 8,
+# 144): 4608), from 8192 ((5, 32, 64)) 0.87x and below (BENCHMARKS.md "hauto2")
+MIN_ELEMENTS = 8192
+_NUMBA = [False]  # (set while the numba plan is traced: `options`)
+_PENDING: weakref.WeakSet = weakref.WeakSet()  # TwoPlans before their switch
 
-def plan_calls() -> tuple[int, int] | None:
-    """$TAPERNN_AUTO_PLANS="start,switch" (1 <= start < switch), else None (off)."""
+
+def plan_calls() -> tuple[int, int]:
+    """(start, switch): $TAPERNN_AUTO_PLANS="start,switch" (1 <= start < switch), else
+    (START, SWITCH)."""
     text = os.environ.get("TAPERNN_AUTO_PLANS", "")
     if not text:
-        return None
+        return START, SWITCH
     try:
         start, switch = (int(part) for part in text.split(","))
     except ValueError:
@@ -35,7 +56,10 @@ def plan_calls() -> tuple[int, int] | None:
     return start, switch
 
 
-_NUMBA = [False]  # (set while the numba plan is traced: `options`)
+def pending() -> bool:
+    """Whether a live model's signature has not switched plans yet: from its start call to its
+    switch it holds both plans' programs; a measurement of the steady loop steps past it."""
+    return len(_PENDING) > 0
 
 
 def options(given: Any) -> Any:
@@ -45,14 +69,32 @@ def options(given: Any) -> Any:
 
 
 def made(exe: Any, training: bool) -> TwoPlans | None:
-    """A TwoPlans for `exe` (a fresh Executable; `training`: of a training call, not step-wise)
-    when it gets a second, numba plan, else None."""
-    if _NUMBA[0] or not training or plan_calls() is None or exe.recheck is not None:
+    """A TwoPlans for `exe` (a fresh or re-check-settled Executable; `training`: of a training
+    call, not step-wise) when it gets a second, numba plan, else None. Evaluation keeps NumPy's:
+    its forward is the plan's cheap half (BENCHMARKS.md "hauto2"), and a second trace for it
+    would hold a third Executable's programs. Step-wise calls run one step per call (their
+    graphs have no loop). Every loop's largest step value holds MIN_ELEMENTS or more."""
+    if _NUMBA[0] or not training or exe.recheck is not None:
         return None
     if policy(exe.options.backend) != "auto" or numba_missing():
         return None
-    loops = any(n.op == "scan" for n in exe.graph.nodes)
-    return TwoPlans(exe) if loops and small_loops(exe.graph) == 0 else None
+    sizes = [_largest(n.attrs) for n in exe.graph.nodes if n.op == "scan"]
+    if not sizes or small_loops(exe.graph) or min(sizes) < MIN_ELEMENTS:
+        return None
+    return TwoPlans(exe)
+
+
+def _largest(attrs: dict) -> int:
+    """Elements of a loop body's largest value computed from its carries or xs each step (its
+    gates: B x 4H for an LSTM; not a weight's transpose, computed once)."""
+    body = attrs["body"]
+    stepped = set(body.inputs[: attrs["n_carry"] + attrs["n_xs"]])
+    largest = 0
+    for b in body.nodes:
+        if b.op != "input" and any(i in stepped for i in b.inputs):
+            stepped.add(b)
+            largest = max(largest, math.prod(b.shape))
+    return largest
 
 
 class TwoPlans:
@@ -61,8 +103,15 @@ class TwoPlans:
 
     def __init__(self, first: Any):
         self.first, self.other = first, None
-        self.start, self.switch = plan_calls() or (1, 2)
+        self.start, self.switch = plan_calls()
         self.calls = 0  # training forwards so far
+        self.note = (
+            f"auto: NumPy's plan until call {self.switch}, numba's plan from call {self.switch}"
+            f" (traced at call {self.start}; no loop small enough for a numba loop kernel, but "
+            f"numba's packed step GEMMs, step loops and batch split)"
+        )
+        first.plan_note = self.note
+        _PENDING.add(self)
 
     def executable(self, trace: Any) -> Any:
         """The Executable this training forward runs; `trace()` traces the model again."""
@@ -73,8 +122,9 @@ class TwoPlans:
                 self.other = trace()
             finally:
                 _NUMBA[0] = False
-            self.other.recheck = None  # (a close layout is not re-checked in the prototype)
-            pair = self.other.compile_training()  # (its fused groups' kernels asked for now)
+            self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
+            self.other.plan_note = self.note
+            pair = self.other.compile_training()  # (its kernels asked for now)
             for program in (pair.forward, pair.backward):
                 gate = program.__dict__.get("run")
                 if gate is not None:
@@ -82,4 +132,5 @@ class TwoPlans:
         if self.calls < self.switch:
             return self.first
         self.first.two_plans = None
+        _PENDING.discard(self)
         return self.other

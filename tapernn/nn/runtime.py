@@ -161,6 +161,7 @@ class Runtime:
         if exe.recheck is not None and root.is_training and not history:  # (layout_recheck)
             if exe.recheck.due():
                 exe = self.cache[key] = exe.recheck.settle()
+                exe.two_plans = auto_plans.made(exe, True)  # (counted from here)
             else:
                 trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
                 exe, timed = exe.recheck.executable(trace)
