@@ -1,11 +1,14 @@
-"""PROTOTYPE bench (branch hauto): a user's training loop with no backend chosen ("auto") against
-"auto" with two plans ($TAPERNN_AUTO_PLANS, nn.auto_plans) and PlanOptions(backend="numba"), at
-Sequencer(FastLSTM(H, H)) f32, (T, B). Per arm, in one process: the first `--first` calls one at
-a time (caller thread CPU and process CPU, which counts the numba worker's compiles), then
-interleaved steady rounds (median thread CPU per step). Prints the gradients' largest relative
-difference between arms after the same steps from the same seed.
+"""A user's training loop with no backend chosen: "auto" (two plans, nn.auto_plans: NumPy's
+until the switch call, numba's after) against PlanOptions(backend="numpy") -- what "auto" ran
+before for a model with no loop small enough for a loop kernel -- and backend="numba", at
+Sequencer(FastLSTM(H, H)) f32, (T, B). Per arm, in one process: the first `--first` calls one
+at a time (caller thread CPU, process CPU, which counts the numba worker's compiles, and wall),
+then interleaved steady rounds (median thread CPU per step). Prints the gradients' largest
+relative difference between arms after the same steps from the same seed. `--start/--switch`
+set $TAPERNN_AUTO_PLANS (default: auto_plans' START, SWITCH). `--eval`: forward-only calls in
+evaluation mode, interleaved, numpy against numba.
 
-Run: PYTHONPATH=$PWD python tools/hauto_bench.py --start 20 --switch 50 --first 100 --rounds 8
+Run: PYTHONPATH=$PWD python tools/hauto_bench.py --first 120 --rounds 8
 """
 
 from __future__ import annotations
@@ -22,17 +25,13 @@ import numpy as np
 
 import tapernn as tn
 from tapernn import nn
+from tapernn.nn import auto_plans
 
 
-def make(arm: str, H: int, x, g, calls: str):
-    if arm == "two":
-        os.environ["TAPERNN_AUTO_PLANS"] = calls
-    else:
-        os.environ.pop("TAPERNN_AUTO_PLANS", None)
+def make(arm: str, H: int, x, g):
     tn.manual_seed(0)
     seq = nn.Sequencer(nn.FastLSTM(H, H)).astype(np.float32)
-    if arm == "numba":
-        seq.set_plan_options(tn.PlanOptions(backend="numba"))
+    seq.set_plan_options(tn.PlanOptions(backend=arm))
 
     def step():
         seq.forward(x)
@@ -53,19 +52,24 @@ def main():
     ap.add_argument("--T", type=int, default=50)
     ap.add_argument("--B", type=int, default=32)
     ap.add_argument("--H", type=int, default=256)
-    ap.add_argument("--start", type=int, default=20)
-    ap.add_argument("--switch", type=int, default=50)
-    ap.add_argument("--first", type=int, default=100)
+    ap.add_argument("--start", type=int, default=auto_plans.START)
+    ap.add_argument("--switch", type=int, default=auto_plans.SWITCH)
+    ap.add_argument("--first", type=int, default=120)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--arms", default="auto,two,numba")
+    ap.add_argument("--arms", default="numpy,auto,numba")
+    ap.add_argument("--eval", action="store_true")
     a = ap.parse_args()
+    os.environ["TAPERNN_AUTO_PLANS"] = f"{a.start},{a.switch}"
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.T, a.B, a.H)).astype(np.float32)
     g = rng.standard_normal((a.T, a.B, a.H)).astype(np.float32)
     arms = a.arms.split(",")
     models, steps = {}, {}
     for arm in arms:
-        models[arm], steps[arm] = make(arm, a.H, x, g, f"{a.start},{a.switch}")
+        models[arm], steps[arm] = make(arm, a.H, x, g)
+        if a.eval:
+            models[arm].evaluate()
+            steps[arm] = lambda seq=models[arm]: seq.forward(x)
         rows = [timed(steps[arm]) for _ in range(a.first)]
         th = np.array([r[0] for r in rows]) * 1e3
         pr = np.array([r[1] for r in rows]) * 1e3
@@ -78,7 +82,7 @@ def main():
             f"after {a.switch} median {np.median(th[a.switch :]):.1f}",
             flush=True,
         )
-        if arm == "two":
+        if arm == "auto" and not a.eval:
             span = slice(a.start - 3, a.switch + 3)
             print("    calls", span.start + 1, "..:", " ".join(f"{v:.0f}" for v in th[span]))
             print(

@@ -1,20 +1,22 @@
-"""The "auto" backend's two plans for a training signature whose loops are all too large for a
-numba loop kernel (backends.small_loops == 0). auto_choice lowers such a program on NumPy, yet
-numba's plan (packed step GEMMs, step loops, the batch split: a different layout and different
-graphs, so a whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f32
-(BENCHMARKS.md, "hauto2"). So its NumPy-planned Executable runs the first training forwards;
-at the START-th the model is traced and compiled once more with PlanOptions.backend "numba"
-(its kernels asked for then, in the background: fused groups, the packed GEMM); from the
-SWITCH-th that Executable replaces it, its programs' Gates due at their first call (which
-waits only for the kernels not ready by then). Call counts, never timings: the same calls run
-the same plan cold or warm ($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A
-forward's backward always runs the pair of the forward's Executable (its Record names it).
+"""The "auto" backend's two plans for a signature whose loops are all too large for a numba loop
+kernel (backends.small_loops == 0). auto_choice lowers such a program on NumPy, yet numba's plan
+(packed step GEMMs, step loops, the batch split: a different layout and different graphs, so a
+whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f32 and its
+evaluation forward ~2.6x (BENCHMARKS.md, "hauto2"). So the signature's NumPy-planned Executable
+runs its first forwards (training and evaluation are signatures of their own); at the START-th
+the model is traced and compiled once more with PlanOptions.backend "numba" (its kernels asked
+for then, in the background: fused groups, the packed GEMM); from the SWITCH-th that Executable
+replaces it, its programs' Gates due at their first call (which waits only for the kernels not
+ready by then). Call counts, never timings: the same calls run the same plan cold or warm
+($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A forward's backward always runs
+the pair of the forward's Executable (its Record names it).
 
-Counted from the signature's first training forward, or, under a layout re-check
-(nn.layout_recheck), from its settling: the re-check times NumPy's plan and decides its layout
-first; the numba plan takes its own layout rule's choice (packed loops stay batch-major), not
-re-checked (that would trace a third Executable). Until the switch the steady path is off (nn.runtime). Evaluation and step-wise
-(history) calls keep the NumPy plan: see `made`."""
+Counted from the signature's first forward, or, under a layout re-check (nn.layout_recheck),
+from its settling: the re-check times NumPy's plan and decides its layout first; the numba plan
+takes its own layout rule's choice (packed loops stay batch-major), not re-checked (that would
+trace a third Executable). Until the switch the steady path is off (nn.runtime). Step-wise
+(history) calls keep the NumPy plan (`made`). From the start call to the switch the Runtime's
+one Arena is sized for the larger plan (the report's peak counts it: Executable.report)."""
 
 from __future__ import annotations
 
@@ -68,20 +70,20 @@ def options(given: Any) -> Any:
     return replace(given, backend="numba") if _NUMBA[0] else given
 
 
-def made(exe: Any, training: bool) -> TwoPlans | None:
-    """A TwoPlans for `exe` (a fresh or re-check-settled Executable; `training`: of a training
-    call, not step-wise) when it gets a second, numba plan, else None. Evaluation keeps NumPy's:
-    its forward is the plan's cheap half (BENCHMARKS.md "hauto2"), and a second trace for it
-    would hold a third Executable's programs. Step-wise calls run one step per call (their
-    graphs have no loop). Every loop's largest step value holds MIN_ELEMENTS or more."""
-    if _NUMBA[0] or not training or exe.recheck is not None:
+def made(exe: Any, sequence: bool, training: bool) -> TwoPlans | None:
+    """A TwoPlans for `exe` (a fresh or re-check-settled Executable; `sequence`: not step-wise;
+    `training`: its signature's mode) when it gets a second, numba plan, else None. Step-wise
+    calls (history) run one step per call: their graphs have no loop. Every loop's largest
+    stepped value holds MIN_ELEMENTS or more. Evaluation too: numba's forward-only program ran
+    2.6x faster at (32, 50, 256) f32 (BENCHMARKS.md "hauto2")."""
+    if _NUMBA[0] or not sequence or exe.recheck is not None:
         return None
     if policy(exe.options.backend) != "auto" or numba_missing():
         return None
     sizes = [_largest(n.attrs) for n in exe.graph.nodes if n.op == "scan"]
     if not sizes or small_loops(exe.graph) or min(sizes) < MIN_ELEMENTS:
         return None
-    return TwoPlans(exe)
+    return TwoPlans(exe, training)
 
 
 def _largest(attrs: dict) -> int:
@@ -101,10 +103,10 @@ class TwoPlans:
     """One signature's NumPy-planned Executable (`first`) and, from its start call, its
     numba-planned one (`other`)."""
 
-    def __init__(self, first: Any):
-        self.first, self.other = first, None
+    def __init__(self, first: Any, training: bool):
+        self.first, self.other, self.training = first, None, training
         self.start, self.switch = plan_calls()
-        self.calls = 0  # training forwards so far
+        self.calls = 0  # forwards so far
         self.note = (
             f"auto: NumPy's plan until call {self.switch}, numba's plan from call {self.switch}"
             f" (traced at call {self.start}; no loop small enough for a numba loop kernel, but "
@@ -114,7 +116,7 @@ class TwoPlans:
         _PENDING.add(self)
 
     def executable(self, trace: Any) -> Any:
-        """The Executable this training forward runs; `trace()` traces the model again."""
+        """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.calls == self.start:
             _NUMBA[0] = True
@@ -124,8 +126,12 @@ class TwoPlans:
                 _NUMBA[0] = False
             self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
             self.other.plan_note = self.note
-            pair = self.other.compile_training()  # (its kernels asked for now)
-            for program in (pair.forward, pair.backward):
+            if self.training:  # (its kernels asked for now)
+                pair = self.other.compile_training()
+                programs = (pair.forward, pair.backward)
+            else:
+                programs = (self.other.compile_forward(),)
+            for program in programs:
                 gate = program.__dict__.get("run")
                 if gate is not None:
                     gate.at = 1  # (its first call -- the switch call -- waits for the kernels)

@@ -161,11 +161,11 @@ class Runtime:
         if exe.recheck is not None and root.is_training and not history:  # (layout_recheck)
             if exe.recheck.due():
                 exe = self.cache[key] = exe.recheck.settle()
-                exe.two_plans = auto_plans.made(exe, True)  # (counted from here)
+                exe.two_plans = auto_plans.made(exe, True, True)  # (counted from here)
             else:
                 trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
                 exe, timed = exe.recheck.executable(trace)
-        elif exe.two_plans is not None and root.is_training and not history:  # (nn.auto_plans)
+        elif exe.two_plans is not None and not history:  # (nn.auto_plans)
             trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
             exe = self.cache[key] = exe.two_plans.executable(trace)
         self.last = exe
@@ -236,7 +236,7 @@ class Runtime:
                 templates=self.templates,
             )
         exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
-        exe.two_plans = auto_plans.made(exe, root.is_training and not history)
+        exe.two_plans = auto_plans.made(exe, not history, root.is_training)
         trace_starts(exe, root)
         self.trace_count += exe.traced_steps
         return exe
