@@ -123,16 +123,23 @@ def resolve_backend(name: str | None) -> str:
 def auto_calls() -> tuple[int, int]:
     """(start, switch) of the "auto" backend: $TAPERNN_AUTO_CALLS="start,switch", else
     (AUTO_START, AUTO_SWITCH)."""
-    text = os.environ.get("TAPERNN_AUTO_CALLS", "")
+    return call_counts("TAPERNN_AUTO_CALLS", (AUTO_START, AUTO_SWITCH))
+
+
+def call_counts(name: str, default: tuple[int, int], apart: bool = False) -> tuple[int, int]:
+    """$`name`="start,switch" as two call numbers, 1 <= start <= switch (start < switch when
+    `apart`), else `default`; TapernnError if it says anything else."""
+    text = os.environ.get(name, "")
     if not text:
-        return AUTO_START, AUTO_SWITCH
+        return default
     try:
         start, switch = (int(part) for part in text.split(","))
     except ValueError:
         start, switch = 0, 0
-    if not 1 <= start <= switch:
+    if not 1 <= start <= switch - apart:
+        rule = "<" if apart else "<="
         raise TapernnError(
-            f"$TAPERNN_AUTO_CALLS: expected 'start,switch' with 1 <= start <= switch, got {text!r}"
+            f"${name}: expected 'start,switch' with 1 <= start {rule} switch, got {text!r}"
         )
     return start, switch
 

@@ -21,13 +21,11 @@ one Arena is sized for the larger plan (the report's peak counts it: Executable.
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from dataclasses import replace
 from typing import Any
 
-from ..backends import numba_missing, policy, small_loops
-from ..errors import TapernnError
+from ..backends import call_counts, numba_missing, policy, small_loops
 
 # the training forward at which numba's plan is traced (START) and from which it runs (SWITCH):
 # BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
@@ -44,18 +42,7 @@ _PENDING: weakref.WeakSet = weakref.WeakSet()  # TwoPlans before their switch
 def plan_calls() -> tuple[int, int]:
     """(start, switch): $TAPERNN_AUTO_PLANS="start,switch" (1 <= start < switch), else
     (START, SWITCH)."""
-    text = os.environ.get("TAPERNN_AUTO_PLANS", "")
-    if not text:
-        return START, SWITCH
-    try:
-        start, switch = (int(part) for part in text.split(","))
-    except ValueError:
-        start, switch = 0, 0
-    if not 1 <= start < switch:
-        raise TapernnError(
-            f"$TAPERNN_AUTO_PLANS: expected 'start,switch' with 1 <= start < switch, got {text!r}"
-        )
-    return start, switch
+    return call_counts("TAPERNN_AUTO_PLANS", (START, SWITCH), apart=True)
 
 
 def pending() -> bool:
