@@ -21,21 +21,22 @@ one Arena is sized for the larger plan (the report's peak counts it: Executable.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from dataclasses import replace
 from typing import Any
 
 from ..backends import call_counts, numba_missing, policy, small_loops
 
-# the training forward at which numba's plan is traced (START) and from which it runs (SWITCH):
+# a signature's forward at which numba's plan is traced (START) and from which it runs (SWITCH):
 # BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
 # late enough that a cold kernel cache has compiled in the background by then
 START, SWITCH = 10, 100
-# the fewest elements of every loop's largest computed step value for numba's plan: just above a loop
-# kernel's LOOP_MAX_SIZE (4096) numba's step ran 1.03-1.13x NumPy's ((T, B, H) = (3 / 10, 8,
-# 144): 4608), from 8192 ((5, 32, 64)) 0.87x and below (BENCHMARKS.md "hauto2")
+# the fewest elements of every loop's largest stepped value for numba's plan: just above a
+# loop kernel's LOOP_MAX_SIZE (4096) numba's step ran 1.03-1.13x NumPy's ((T, B, H) = (3 / 10,
+# 8, 144): 4608), from 8192 ((5, 32, 64)) 0.87x and below (BENCHMARKS.md "hauto2")
 MIN_ELEMENTS = 8192
-_NUMBA = [False]  # (set while the numba plan is traced: `options`)
+_NUMBA = threading.local()  # .on: this thread traces a numba plan (`options`)
 _PENDING: weakref.WeakSet = weakref.WeakSet()  # TwoPlans before their switch
 
 
@@ -54,7 +55,7 @@ def pending() -> bool:
 def options(given: Any) -> Any:
     """The PlanOptions a trace uses: `given`, with backend "numba" while TwoPlans traces its
     second plan."""
-    return replace(given, backend="numba") if _NUMBA[0] else given
+    return replace(given, backend="numba") if getattr(_NUMBA, "on", False) else given
 
 
 def made(exe: Any, sequence: bool, training: bool) -> TwoPlans | None:
@@ -63,7 +64,7 @@ def made(exe: Any, sequence: bool, training: bool) -> TwoPlans | None:
     calls (history) run one step per call: their graphs have no loop. Every loop's largest
     stepped value holds MIN_ELEMENTS or more. Evaluation too: numba's forward-only program ran
     2.6x faster at (32, 50, 256) f32 (BENCHMARKS.md "hauto2")."""
-    if _NUMBA[0] or not sequence or exe.recheck is not None:
+    if getattr(_NUMBA, "on", False) or not sequence or exe.recheck is not None:
         return None
     if policy(exe.options.backend) != "auto" or numba_missing():
         return None
@@ -106,11 +107,11 @@ class TwoPlans:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.calls == self.start:
-            _NUMBA[0] = True
+            _NUMBA.on = True
             try:
                 self.other = trace()
             finally:
-                _NUMBA[0] = False
+                _NUMBA.on = False
             self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
             self.other.plan_note = self.note
             if self.training:  # (its kernels asked for now)
