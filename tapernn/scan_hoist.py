@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backends import resolve_backend
+from .backends.packed import request_planned
 from .executor import Compiled, compile, optimise, pipeline_of
 from .graph import Graph, Node
 from .passes import CompileReport
@@ -30,6 +31,8 @@ def compile_hoisted(
         if packed is not graph:
             graph = packed
             report.notes.append("step GEMMs over loop weights packed once per loop call")
+            dtypes = {n.dtype for n in graph.nodes if n.op == "packed_matmul"}
+            request_planned(dtypes, options.backend)  # (its kernel compiles from now)
     invariant, cheap = _invariants(graph, n_variant)
     moved = (invariant - cheap) | _packed_transposes(graph, cheap)
     if not moved:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import nn
+from tapernn import backends, nn
 from tapernn.nn import executable, layout_recheck
 from tapernn.passes import layout_rule
 
@@ -160,3 +160,25 @@ def test_a_steady_loop_peak_is_measured_after_the_recheck_settles(fake):
     assert not layout_recheck.pending() and layout_recheck.COMPILES == [1]
     assert settled_at[-4:] == [True] * 4  # the 3 measured steps and the one before: settled
     assert len(settled_at) <= 2 + layout_recheck.STEPS + 3
+
+
+@pytest.mark.skipif(bool(backends.numba_missing()), reason="numba is not usable here")
+@pytest.mark.parametrize("step", [0.5, 0.95])  # (the other layout wins; the first is kept)
+def test_auto_plans_count_from_the_rechecks_settling(fake, monkeypatch, step):
+    """The "auto" backend's two plans (nn.auto_plans) after a re-check: NumPy's plan settles
+    its layout first; numba's plan is counted from the settling (traced 2, run 4 training
+    forwards after it) and keeps its own layout rule's choice -- the same numbers throughout."""
+    monkeypatch.setenv("TAPERNN_AUTO_PLANS", "2,4")
+    monkeypatch.setattr(backends, "_chosen", "auto")
+    fake.step = step
+    auto, ref = models()
+    ref.set_plan_options(tn.PlanOptions(layout="batch", backend="numpy"))
+    n = layout_recheck.STEPS  # (the settling call: the re-check's last)
+    train(auto, ref, n)
+    assert auto._runtime.last.recheck is None and auto._runtime.last.two_plans is not None
+    backend = []
+    for _ in range(5):
+        train(auto, ref, 1)
+        backend.append(auto._runtime.last.compile_training().forward.program.backend)
+    assert backend == ["numpy"] * 3 + ["numba"] * 2
+    assert layout_recheck.COMPILES == [1] and not layout_recheck.pending()

@@ -8,7 +8,9 @@ Under "auto" a top-level program with a loop small enough for a numba loop kerne
 is lowered for numba but runs NumPy (its loop bodies too) until its AUTO_START-th call; only then
 does the worker thread import numba and load or compile its kernels, which take over at its
 AUTO_SWITCH-th call (that call waits for those not ready). A program called fewer than AUTO_START
-times never imports numba. Every other program is the NumPy backend's. Both are call counts,
+times never imports numba. Every other program is the NumPy backend's -- but a module's input
+signature whose loops are all larger (nn/auto_plans.py) is traced a second time for numba's plan
+at its 10th call and runs it from its 100th. Both are call counts,
 never timings, so a run gives the same bits cold or warm and for the same model built twice
 ($TAPERNN_AUTO_CALLS="start,switch" changes them). Why (BENCHMARKS.md, "numba as the default
 backend"): importing and setting up numba costs ~0.45 s of CPU per process, each kernel ~0.3-3 s
@@ -121,16 +123,23 @@ def resolve_backend(name: str | None) -> str:
 def auto_calls() -> tuple[int, int]:
     """(start, switch) of the "auto" backend: $TAPERNN_AUTO_CALLS="start,switch", else
     (AUTO_START, AUTO_SWITCH)."""
-    text = os.environ.get("TAPERNN_AUTO_CALLS", "")
+    return call_counts("TAPERNN_AUTO_CALLS", (AUTO_START, AUTO_SWITCH))
+
+
+def call_counts(name: str, default: tuple[int, int], apart: bool = False) -> tuple[int, int]:
+    """$`name`="start,switch" as two call numbers, 1 <= start <= switch (start < switch when
+    `apart`), else `default`; TapernnError if it says anything else."""
+    text = os.environ.get(name, "")
     if not text:
-        return AUTO_START, AUTO_SWITCH
+        return default
     try:
         start, switch = (int(part) for part in text.split(","))
     except ValueError:
         start, switch = 0, 0
-    if not 1 <= start <= switch:
+    if not 1 <= start <= switch - apart:
+        rule = "<" if apart else "<="
         raise TapernnError(
-            f"$TAPERNN_AUTO_CALLS: expected 'start,switch' with 1 <= start <= switch, got {text!r}"
+            f"${name}: expected 'start,switch' with 1 <= start {rule} switch, got {text!r}"
         )
     return start, switch
 

@@ -314,6 +314,20 @@ def handle(kind: str | None = None) -> _Handle:
     return _HANDLES[kind or isa() or "avx512"]
 
 
+def request_planned(dtypes: set, backend: str | None) -> None:
+    """Ask the worker for the serial driver's kernel for each of `dtypes` when a program
+    compiled for `backend` packs a loop's step GEMMs (scan_hoist): its one signature (the
+    dtype: PackedSite's key) is known from the plan, so compiling starts at compile time, not
+    at the program's first call (the switch call of "auto"'s numba plan, nn.auto_plans, waits
+    only for what is unfinished then). Not when kernels compile at their first call."""
+    from . import deferred
+
+    if deferred(backend) or not background.enabled():
+        return
+    for dtype in sorted(np.dtype(d).str for d in dtypes):
+        background.request(handle(), ((dtype,),))
+
+
 def module_of(kernel: Any) -> Any:
     """The packed_kernels copy a driver `kernel` (a _Handle's or _Parallel's) comes from (its
     _panels: scan_columns, step_loop)."""

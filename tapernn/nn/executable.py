@@ -113,6 +113,8 @@ class Executable:
         self.display = Graph(graph.nodes, graph.inputs, self.real, graph.meta)
         self.extras = extras
         self.recheck = None  # a close "auto" layout confirmed on the real steps (layout_recheck)
+        self.two_plans = None  # "auto": NumPy's plan, then numba's (nn.auto_plans)
+        self.plan_note = ""  # (auto_plans: the report's backend_note)
         keys = self._choose_layout(passes, options)
         if keys and training and not history_mode:
             self.recheck = Recheck(self, keys)
@@ -265,7 +267,7 @@ class Executable:
         if self.training_pair is None:
             return replace(self.compile_forward().report, notes=list(self.notes))
         pair = self.training_pair
-        return replace(
+        report = replace(
             CompileReport.joined(
                 pair.forward.report,
                 pair.last_backward.report,
@@ -280,6 +282,9 @@ class Executable:
             ),
             notes=list(self.notes),
         )
+        # (two plans: their window's peak is the NumPy plan's with the shared arena grown to the
+        # numba plan's -- step_peak_bytes reads it -- what tracemalloc saw: nn.auto_plans)
+        return replace(report, backend_note=self.plan_note) if self.plan_note else report
 
     def _update_bytes(self) -> int:
         """The temporary of the update after backward (optim.subtract_scaled), at most one

@@ -69,6 +69,7 @@ class Recheck:
             with layout_rule.override(layout_rule.flipped(self.keys)):
                 self.other = make_other()
             self.other.recheck = self
+            self.other.two_plans = None  # ("auto"'s two plans: made for the winner, at settle)
             self.times = {id(self.first): [], id(self.other): []}
             self.queue = [(self.other, False)] * ALT_WARM
             for r in range(ROUNDS):

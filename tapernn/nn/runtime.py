@@ -16,7 +16,7 @@ from ..graph import Graph
 from ..keep import drop_free
 from ..passes import default_passes
 from ..validation import data_array, narrowed
-from . import layout_recheck
+from . import auto_plans, layout_recheck
 from .backward_input import record_for_input
 from .binding import _state_signature
 from .config_key import array_copies, array_settings, mixed_dtypes, same_arrays, structure_key
@@ -161,9 +161,13 @@ class Runtime:
         if exe.recheck is not None and root.is_training and not history:  # (layout_recheck)
             if exe.recheck.due():
                 exe = self.cache[key] = exe.recheck.settle()
+                exe.two_plans = auto_plans.made(exe, True, True)  # (counted from here)
             else:
                 trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
                 exe, timed = exe.recheck.executable(trace)
+        elif exe.two_plans is not None and not history:  # (nn.auto_plans)
+            trace = lambda: self._trace(key, leaves, tree, args, n_diff_args, history)
+            exe = self.cache[key] = exe.two_plans.executable(trace)
         self.last = exe
         # where each recurrent module started (a state-gradient variant is traced as this was)
         if exe.recurrent is None:  # the model's recurrent modules, found once per trace
@@ -204,7 +208,8 @@ class Runtime:
                 self.dropped += len(self.history)  # the steps before (training may follow)
             self.history = [record]
             # (arrays: read at every call; a layout re-check picks the Executable per call)
-            if n_diff_args == 1 and not self._arrays and exe.recheck is None:
+            steady = exe.recheck is None and exe.two_plans is None  # (nor two plans pending)
+            if n_diff_args == 1 and not self._arrays and steady:
                 self.steady = plan(self, exe, args, leaves, hooks, stateful)
         return exe, leaves, record
 
@@ -227,10 +232,11 @@ class Runtime:
                 history,
                 n_diff,
                 passes,
-                _plan_options(root),
+                auto_plans.options(_plan_options(root)),
                 templates=self.templates,
             )
         exe.key, exe.trace_args, exe.arena = key, (tree, names, n_diff, passes), self.arena
+        exe.two_plans = auto_plans.made(exe, not history, root.is_training)
         trace_starts(exe, root)
         self.trace_count += exe.traced_steps
         return exe

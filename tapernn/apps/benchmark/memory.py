@@ -25,7 +25,8 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
     `warmup` times (compiling; a numba program's kernel is switched to at its second call and
     the steady path's scratch runner is built at the call after: 3 by default), and on while a
     layout re-check is not settled (the model holds both layouts' programs until then:
-    nn/layout_recheck), once more after numba's background compiles are done (a split loop's
+    nn/layout_recheck) and while "auto" has not switched to numba's plan (nn/auto_plans: up to
+    its switch call; the window before holds both plans' programs), once more after numba's background compiles are done (a split loop's
     step loops take over at the first call after theirs), then `steps` times while tracemalloc
     records the peak.
 
@@ -34,7 +35,7 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
     compilation leaves behind (graphs, generated source: non-array memory that grew over the
     warm-up steps, constant across steady steps), which are not per-step memory."""
     from ...backends import wait_for_kernels
-    from ...nn import layout_recheck
+    from ...nn import auto_plans, layout_recheck
 
     # (numba kernels compiling in the background -- this model's or an earlier one's -- are not
     # the loop's memory: tracemalloc traces every thread, a cold compile holds ~1-4 MB)
@@ -50,6 +51,10 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
             step()
         for _ in range(layout_recheck.STEPS):  # (a layout re-check runs before the steady loop)
             if not layout_recheck.pending():
+                break
+            step()
+        for _ in range(auto_plans.plan_calls()[1]):  # ("auto": to numba's plan, nn.auto_plans)
+            if not auto_plans.pending():
                 break
             step()
         wait_for_kernels()

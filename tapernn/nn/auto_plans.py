@@ -1,0 +1,130 @@
+"""The "auto" backend's two plans for a signature whose loops are all too large for a numba loop
+kernel (backends.small_loops == 0). auto_choice lowers such a program on NumPy, yet numba's plan
+(packed step GEMMs, step loops, the batch split: a different layout and different graphs, so a
+whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f32 and its
+evaluation forward ~2.6x (BENCHMARKS.md, "hauto2"). So the signature's NumPy-planned Executable
+runs its first forwards (training and evaluation are signatures of their own); at the START-th
+the model is traced and compiled once more with PlanOptions.backend "numba" (its kernels asked
+for then, in the background: fused groups, the packed GEMM); from the SWITCH-th that Executable
+replaces it, its programs' Gates due at their first call (which waits only for the kernels not
+ready by then). Call counts, never timings: the same calls run the same plan cold or warm
+($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A forward's backward always runs
+the pair of the forward's Executable (its Record names it).
+
+Counted from the signature's first forward, or, under a layout re-check (nn.layout_recheck),
+from its settling: the re-check times NumPy's plan and decides its layout first; the numba plan
+takes its own layout rule's choice (packed loops stay batch-major), not re-checked (that would
+trace a third Executable). Until the switch the steady path is off (nn.runtime). Step-wise
+(history) calls keep the NumPy plan (`made`). From the start call to the switch the Runtime's
+one Arena is sized for the larger plan (the report's peak counts it: Executable.report)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from dataclasses import replace
+from typing import Any
+
+from ..backends import call_counts, numba_missing, policy, small_loops
+
+# a signature's forward at which numba's plan is traced (START) and from which it runs (SWITCH):
+# BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
+# late enough that a cold kernel cache has compiled in the background by then
+START, SWITCH = 10, 100
+# the fewest elements of every loop's largest stepped value for numba's plan: just above a
+# loop kernel's LOOP_MAX_SIZE (4096) numba's step ran 1.03-1.13x NumPy's ((T, B, H) = (3 / 10,
+# 8, 144): 4608), from 8192 ((5, 32, 64)) 0.87x and below (BENCHMARKS.md "hauto2")
+MIN_ELEMENTS = 8192
+_NUMBA = threading.local()  # .on: this thread traces a numba plan (`options`)
+_PENDING: weakref.WeakSet = weakref.WeakSet()  # TwoPlans before their switch
+
+
+def plan_calls() -> tuple[int, int]:
+    """(start, switch): $TAPERNN_AUTO_PLANS="start,switch" (1 <= start < switch), else
+    (START, SWITCH)."""
+    return call_counts("TAPERNN_AUTO_PLANS", (START, SWITCH), apart=True)
+
+
+def pending() -> bool:
+    """Whether a live model's signature has not switched plans yet: from its start call to its
+    switch it holds both plans' programs; a measurement of the steady loop steps past it."""
+    return len(_PENDING) > 0
+
+
+def options(given: Any) -> Any:
+    """The PlanOptions a trace uses: `given`, with backend "numba" while TwoPlans traces its
+    second plan."""
+    return replace(given, backend="numba") if getattr(_NUMBA, "on", False) else given
+
+
+def made(exe: Any, sequence: bool, training: bool) -> TwoPlans | None:
+    """A TwoPlans for `exe` (a fresh or re-check-settled Executable; `sequence`: not step-wise;
+    `training`: its signature's mode) when it gets a second, numba plan, else None. Step-wise
+    calls (history) run one step per call: their graphs have no loop. Every loop's largest
+    stepped value holds MIN_ELEMENTS or more. Evaluation too: numba's forward-only program ran
+    2.6x faster at (32, 50, 256) f32 (BENCHMARKS.md "hauto2")."""
+    if getattr(_NUMBA, "on", False) or not sequence or exe.recheck is not None:
+        return None
+    if policy(exe.options.backend) != "auto" or numba_missing():
+        return None
+    sizes = [_largest(n.attrs) for n in exe.graph.nodes if n.op == "scan"]
+    if not sizes or small_loops(exe.graph) or min(sizes) < MIN_ELEMENTS:
+        return None
+    return TwoPlans(exe, training)
+
+
+def _largest(attrs: dict) -> int:
+    """Elements of a loop body's largest value computed from its carries or xs each step (its
+    gates: B x 4H for an LSTM; not a weight's transpose, computed once)."""
+    body = attrs["body"]
+    stepped = set(body.inputs[: attrs["n_carry"] + attrs["n_xs"]])
+    largest = 0
+    for b in body.nodes:
+        if b.op != "input" and any(i in stepped for i in b.inputs):
+            stepped.add(b)
+            largest = max(largest, math.prod(b.shape))
+    return largest
+
+
+class TwoPlans:
+    """One signature's NumPy-planned Executable (`first`) and, from its start call, its
+    numba-planned one (`other`)."""
+
+    def __init__(self, first: Any, training: bool):
+        self.first, self.other, self.training = first, None, training
+        self.start, self.switch = plan_calls()
+        self.calls = 0  # forwards so far
+        self.note = (
+            f"auto: NumPy's plan until call {self.switch}, numba's plan from call {self.switch}"
+            f" (traced at call {self.start}; no loop small enough for a numba loop kernel, but "
+            f"numba's packed step GEMMs, step loops and batch split)"
+        )
+        first.plan_note = self.note
+        _PENDING.add(self)
+
+    def executable(self, trace: Any) -> Any:
+        """The Executable this forward runs; `trace()` traces the model again."""
+        self.calls += 1
+        if self.calls == self.start:
+            _NUMBA.on = True
+            try:
+                self.other = trace()
+            finally:
+                _NUMBA.on = False
+            self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
+            self.other.plan_note = self.note
+            if self.training:  # (its kernels asked for now)
+                pair = self.other.compile_training()
+                programs = (pair.forward, pair.backward)
+            else:
+                programs = (self.other.compile_forward(),)
+            for program in programs:
+                gate = program.__dict__.get("run")
+                if gate is not None:
+                    gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
+        if self.calls < self.switch:
+            return self.first
+        self.first.two_plans = None
+        _PENDING.discard(self)
+        return self.other
