@@ -167,6 +167,32 @@ def test_evaluation_switches_on_its_own_counts_with_the_same_numbers(auto):
     assert ran(two) == "numba"  # (training's signature: switched before)
 
 
+def test_a_small_loop_beside_a_large_one_switches_too(auto):
+    # a transducer: the LSTM's loop large, the Sequencer(Linear)'s small enough for a numba loop
+    # kernel -- numba's plan from the switch all the same, numbers the NumPy backend's
+    def transducer(backend: str = ""):
+        tn.manual_seed(0)
+        m = nn.Sequential(
+            nn.Sequencer(nn.FastLSTM(H, H)), nn.Sequencer(nn.Linear(H, 3)), nn.Sequencer(nn.Tanh())
+        )
+        if backend:
+            m.set_plan_options(tn.PlanOptions(backend=backend))
+        return m
+
+    two, ref = transducer(), transducer("numpy")
+    backend = []
+    for k in range(5):
+        x = data(k)[0]
+        g = np.random.default_rng(100 + k).standard_normal((T, B, 3))
+        for m in (two, ref):
+            m.forward(x)
+            m.zero_grad_parameters()
+            m.backward(x, g)
+        backend.append(two._runtime.last.options.backend)  # (the plan's, not its lowering's)
+        same(two, ref)
+    assert backend == [""] * 3 + ["numba"] * 2  # ("": the policy, "auto" here)
+
+
 def test_small_steps_and_other_backends_keep_one_plan(auto):
     # (144: 4608 elements a step < MIN_ELEMENTS, where numba's step was no faster)
     cases = (

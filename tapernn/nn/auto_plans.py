@@ -1,5 +1,7 @@
-"""The "auto" backend's two plans for a signature whose loops are all too large for a numba loop
-kernel (backends.small_loops == 0). auto_choice lowers such a program on NumPy, yet numba's plan
+"""The "auto" backend's two plans for a signature with a loop too large for a numba loop kernel
+(a step value of MIN_ELEMENTS or more). auto_choice lowers such a program on NumPy (or, with a
+small loop beside it -- a Sequencer(Linear) after the LSTM -- on numba from call 1000, its large
+loops planned as for NumPy), yet numba's plan
 (packed step GEMMs, step loops, the batch split: a different layout and different graphs, so a
 whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f32 and its
 evaluation forward ~2.6x (BENCHMARKS.md, "hauto2"). So the signature's NumPy-planned Executable
@@ -26,13 +28,13 @@ import weakref
 from dataclasses import replace
 from typing import Any
 
-from ..backends import call_counts, numba_missing, policy, small_loops
+from ..backends import call_counts, numba_missing, policy
 
 # a signature's forward at which numba's plan is traced (START) and from which it runs (SWITCH):
 # BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
 # late enough that a cold kernel cache has compiled in the background by then
 START, SWITCH = 10, 100
-# the fewest elements of every loop's largest stepped value for numba's plan: just above a
+# the fewest elements of some loop's largest stepped value for numba's plan: just above a
 # loop kernel's LOOP_MAX_SIZE (4096) numba's step ran 1.03-1.13x NumPy's ((T, B, H) = (3 / 10,
 # 8, 144): 4608), from 8192 ((5, 32, 64)) 0.87x and below (BENCHMARKS.md "hauto2")
 MIN_ELEMENTS = 8192
@@ -61,15 +63,17 @@ def options(given: Any) -> Any:
 def made(exe: Any, sequence: bool, training: bool) -> TwoPlans | None:
     """A TwoPlans for `exe` (a fresh or re-check-settled Executable; `sequence`: not step-wise;
     `training`: its signature's mode) when it gets a second, numba plan, else None. Step-wise
-    calls (history) run one step per call: their graphs have no loop. Every loop's largest
-    stepped value holds MIN_ELEMENTS or more. Evaluation too: numba's forward-only program ran
+    calls (history) run one step per call: their graphs have no loop. Some loop's largest
+    stepped value holds MIN_ELEMENTS or more (small loops beside it too: a transducer's
+    Sequencer(Linear) step ran 106 ms a step on "auto"'s one plan after its switch vs numba's
+    plan's 67 at (50, 32, 256) f64, load ~10). Evaluation too: numba's forward-only program ran
     2.6x faster at (32, 50, 256) f32 (BENCHMARKS.md "hauto2")."""
     if getattr(_NUMBA, "on", False) or not sequence or exe.recheck is not None:
         return None
     if policy(exe.options.backend) != "auto" or numba_missing():
         return None
     sizes = [_largest(n.attrs) for n in exe.graph.nodes if n.op == "scan"]
-    if not sizes or small_loops(exe.graph) or min(sizes) < MIN_ELEMENTS:
+    if not sizes or max(sizes) < MIN_ELEMENTS:
         return None
     return TwoPlans(exe, training)
 
