@@ -259,9 +259,9 @@ def run(fn, args):
 
 def matmul(a, b, out=None):
     """np.matmul; inside an owned call a 2-D GEMM of >= MIN_FLOPS (or >= MIN_OUT_BYTES of
-    output) runs in two halves at once
-    (the caller's thread and the worker), split along the larger of its output's sides (rows
-    of a, or columns of b), each half written into its own slice of `out`."""
+    output) runs in two halves at once (the caller's thread and the worker), split along the
+    larger of its output's sides (rows of a, or columns of b), each half written into its own
+    slice of `out`."""
     if _state.depth and threading.get_ident() not in worker_ident:
         done = _split(a, b, out, _mm_half)
         if done is not None:
@@ -432,7 +432,7 @@ def matmul_sum(a, b, x, axes, out=None):
 
 
 def _mm_bias(a, b, out, bias):
-    if a.shape[1] == 1 and out.dtype.kind == "f":
+    if a.shape[1] == 1 and out.dtype.kind == "f" and a.dtype == b.dtype == out.dtype:
         # (K = 1: an outer product, one rounding per element as the BLAS's -- which writes
         # +0.0 for a zero product (C = 0 + a*b), the sign np.multiply's -0.0 gets back by
         # adding a bias whose -0.0 are +0.0: (+-0) + (+0) = +0 = (+0) + (-0); the same bits,
