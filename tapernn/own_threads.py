@@ -30,6 +30,10 @@ from . import blas
 # a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
 # costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
 MIN_FLOPS = 8e6
+# ... or from this many bytes of output, whatever its flops: a GEMM of small K writes at memory's
+# rate (a FastLSTM(1, 256) projection (1600, 1) x (1, 1024) f32: 6.5 MB, 1.95 ms at one
+# OpenBLAS thread, 0.99 ms a row half; BENCHMARKS.md "hgemm")
+MIN_OUT_BYTES = 1 << 20
 SPLIT_GEMMS = [0]  # GEMMs run split so far (tests: the split ran)
 
 # ---- the worker (shared with the loops' batch split) -------------------------------------------
@@ -254,9 +258,10 @@ def run(fn, args):
 
 
 def matmul(a, b, out=None):
-    """np.matmul; inside an owned call a 2-D GEMM of >= MIN_FLOPS runs in two halves at once
-    (the caller's thread and the worker), split along the larger of its output's sides (rows
-    of a, or columns of b), each half written into its own slice of `out`."""
+    """np.matmul; inside an owned call a 2-D GEMM of >= MIN_FLOPS (or >= MIN_OUT_BYTES of
+    output) runs in two halves at once (the caller's thread and the worker), split along the
+    larger of its output's sides (rows of a, or columns of b), each half written into its own
+    slice of `out`."""
     if _state.depth and threading.get_ident() not in worker_ident:
         done = _split(a, b, out, _mm_half)
         if done is not None:
@@ -272,7 +277,9 @@ def _split(a, b, out, half):
         return None
     m, k = a.shape
     k2, n = b.shape
-    if k != k2 or 2.0 * m * k * n < MIN_FLOPS or max(m, n) < 2:
+    if k != k2 or max(m, n) < 2:
+        return None
+    if 2.0 * m * k * n < MIN_FLOPS and m * n * np.result_type(a, b).itemsize < MIN_OUT_BYTES:
         return None
     if out is None:
         out = np.empty((m, n), np.result_type(a.dtype, b.dtype))
@@ -425,6 +432,14 @@ def matmul_sum(a, b, x, axes, out=None):
 
 
 def _mm_bias(a, b, out, bias):
+    if a.shape[1] == 1 and out.dtype.kind == "f" and a.dtype == b.dtype == out.dtype:
+        # (K = 1: an outer product, one rounding per element as the BLAS's -- which writes
+        # +0.0 for a zero product (C = 0 + a*b), the sign np.multiply's -0.0 gets back by
+        # adding a bias whose -0.0 are +0.0: (+-0) + (+0) = +0 = (+0) + (-0); the same bits,
+        # tests/test_own_outer.py; 2.5x faster than OpenBLAS at (1600, 1) x (1, 1024) f32)
+        np.multiply(a, b, out=out)
+        np.add(out, bias + 0.0, out=out)
+        return
     np.matmul(a, b, out=out)
     np.add(out, bias, out=out)
 
@@ -438,5 +453,6 @@ def note(program_has_split_loop: bool, mode: str) -> str:
     when = "" if mode == "on" else " in calls with >= 2 CPUs and a BLAS policy of >= 2 threads"
     return (
         "owned (BLAS at 1 thread; the loops' batch rows and the time-batched GEMMs of"
-        f" >= {MIN_FLOPS:.0e} flops split over 2 threads){when}"
+        f" >= {MIN_FLOPS:.0e} flops or >= {MIN_OUT_BYTES >> 20} MiB of output split over 2"
+        f" threads){when}"
     )

@@ -118,12 +118,13 @@ class PlanOptions:
     (the default): when each half has >= 8 rows and every step GEMM is packed, in calls its
     program owns (own_threads); "on": whenever the body is row-wise (tests); "off": never.
     own_threads: a program with a loop that splits its batch rows runs its calls with OpenBLAS
-    at ONE thread, and its time-batched GEMMs of >= own_threads.MIN_FLOPS in two halves on the
-    caller's thread and the split's worker (rows or columns of the output: no thread-dependent
-    sums), the caller's BLAS setting restored after (own_threads.py). "auto" (the default): in
-    calls with >= 2 CPUs in os.sched_getaffinity and a BLAS policy of >= 2 threads
-    (set_blas_threads "auto" or an int >= 2; never at 1 or None); "on": every call (tests);
-    "off": never (blas_tuning's thread choice as before). The compile report's "threads" line.
+    at ONE thread, and its time-batched GEMMs of >= own_threads.MIN_FLOPS (or MIN_OUT_BYTES of
+    output) in two halves on the caller's thread and the split's worker (rows or columns of the
+    output: no thread-dependent sums), the caller's BLAS setting restored after (own_threads.py).
+    "auto" (the default): in calls with >= 2 CPUs in os.sched_getaffinity and a BLAS policy of
+    >= 2 threads (set_blas_threads "auto" or an int >= 2; never at 1 or None); "on": every call
+    (tests); "off": never (blas_tuning's thread choice as before). The compile report's "threads"
+    line.
     step_loops: each half of a split loop runs as ONE numba call (its step program translated
     into an @njit loop calling the same kernels: backends/step_loop.py; same bits), from the
     second split call on; False: a Python loop calling the step program per step.
