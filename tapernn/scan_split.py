@@ -33,14 +33,14 @@ from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
 from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
-from .plan_options import SIZE_ROWS
+from .plan_options import SIZE_ROWS, SPLIT_MIN_ROWS
 from .scan_rebatch import rebatch
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 # a call whose xs lie in the slab across both halves' rows (SplitRunner._apart) runs unsplit
 UNSPLIT = " (calls whose xs rows in the slab cross the halves' rows run unsplit)"
 STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
-MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
+MIN_ROWS = SPLIT_MIN_ROWS  # "auto": each half at least this many rows (regions' plan reads it)
 
 
 def halves(batch: int) -> tuple[int, int]:
