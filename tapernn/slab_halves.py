@@ -53,10 +53,19 @@ def crosses(slab: np.ndarray, x: np.ndarray, s: Node, start: int, row: int, b0: 
             continue
         y = rows[:, at : at + o.size].reshape(length, *o.shape)
         at += o.size
-        for a, b in ((x[:, :b0], y[:, b0:]), (x[:, b0:], y[:, :b0])):
-            try:
-                if np.shares_memory(a, b, max_work=1 << 16):
-                    return True
-            except np.exceptions.TooHardError:
+        if halves_meet(x, y, ((0, b0), (b0, x.shape[1]))):
+            return True
+    return False
+
+
+def halves_meet(x: np.ndarray, y: np.ndarray, rows: tuple) -> bool:
+    """Whether one batch half's rows (axis 1; `rows` ((lo0, hi0), (lo1, hi1))) of `x` share
+    memory with the other half's of `y` (too hard to tell: they do)."""
+    (lo0, hi0), (lo1, hi1) = rows
+    for a, b in ((x[:, lo0:hi0], y[:, lo1:hi1]), (x[:, lo1:hi1], y[:, lo0:hi0])):
+        try:
+            if np.shares_memory(a, b, max_work=1 << 16):
                 return True
+        except np.exceptions.TooHardError:
+            return True
     return False
