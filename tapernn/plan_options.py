@@ -17,6 +17,12 @@ import numpy as np
 # thresholds of the planner and the lowering (strided_min_bytes, kernel_min_size, the numba
 # lone-op and exact-sigmoid sizes) then decide as for the whole batch, so both halves are
 # planned and lowered as the whole body is (same kernels, same forms: the split changes no bit)
+# the most elements of a loop body's value for a numba loop kernel (backends/numba_loop.py's
+# MAX_SIZE; the measurements behind it are there): larger bodies run in the Python loop
+LOOP_MAX_SIZE = 4096
+# batch_split "auto": each batch half at least this many rows (two of the packed kernel's 4-row
+# blocks; scan_split.MIN_ROWS)
+SPLIT_MIN_ROWS = 8
 SIZE_ROWS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "size_rows", default=None
 )

@@ -28,6 +28,7 @@ from .memory import (  # noqa: F401  (PlanOptions, DEFAULT_OPTIONS: re-exported)
 )
 from .ops.registry import get_op, rows_writable
 from .plan_options import lowering_size
+from .slab_halves import crosses, split_rows
 
 _TooHard = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
 
@@ -86,13 +87,14 @@ def placements(
 
 
 def slab_placements(
-    graph: Graph, root: dict[Node, Node], placed: dict, escaping: set
+    graph: Graph, root: dict[Node, Node], placed: dict, escaping: set, options: PlanOptions
 ) -> dict[Node, tuple[Node, tuple]]:
     """m -> (loop, steps) for each time-batched input m of a loop (an op with `rows`: scan)
     that can be computed straight into the rows the loop writes (PlanOptions.xs_in_slab): m
     reaches the loop's row operands only through views and elementwise ops that can be written
     in place over it, nothing else reads it, and (checked on a dummy slab) every operand it
-    reaches has row t of its time axis inside row t of the loop's rows."""
+    reaches has row t of its time axis inside row t of the loop's rows -- and, in a loop that
+    may run its batch halves at once, no half's rows in the other half's (slab_halves.py)."""
     users: dict[Node, list[Node]] = {}
     for n in graph.nodes:
         for i in n.inputs:
@@ -122,8 +124,9 @@ def slab_placements(
                 or not _only_feeds(m, uses, s, users, outputs)
             ):
                 continue
+            b0 = split_rows(s, options)
             for steps in _candidates(m, start, row, length, _batch_rows(s)):
-                if _aligned(s, m, steps, uses, start, row, length):
+                if _aligned(s, m, steps, uses, start, row, length, b0):
                     found[m] = (s, steps)
                     break
             if m in found:
@@ -208,10 +211,13 @@ def _only_feeds(m: Node, uses: list, s: Node, users: dict, outputs: set) -> bool
     return sorted(ops) == sorted(p for p, _ in uses)
 
 
-def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int) -> bool:
+def _aligned(
+    s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, length: int, b0: int | None
+) -> bool:
     """On a dummy slab: m's region, each operand's (views replayed, in-place ops over their
     input) has step t's data where the loop writes no row before step t reads it
-    (ops.registry.rows_writable)."""
+    (ops.registry.rows_writable); given the batch split's first half `b0`, no batch half's
+    operand rows in the other half's ys rows (slab_halves.crosses)."""
     slab = np.empty(s.shape, s.dtype)
     reverse = bool(s.attrs.get("reverse"))
     region = apply_steps(slab, steps)
@@ -233,6 +239,8 @@ def _aligned(s: Node, m: Node, steps: tuple, uses: list, start: int, row: int, l
             return False
         (a0, e0), (a1, e1) = bounds(r[0]), bounds(r[length - 1])
         if not rows_writable((a0, a1), (e0, e1), (0, length - 1), lo, row * item, length, reverse):
+            return False
+        if b0 is not None and crosses(slab, r, s, start, row, b0):
             return False
     return True
 
@@ -299,7 +307,7 @@ class RegionStatic(WalkStatic):
         self.placed, self.placed_concats, self.slot_of = placements(graph, self.root, options)
         # loops with a time-batched input computed into their own rows (xs_in_slab)
         slabs = (
-            slab_placements(graph, self.root, self.placed, self.escaping)
+            slab_placements(graph, self.root, self.placed, self.escaping, options)
             if options.xs_in_slab
             else {}
         )

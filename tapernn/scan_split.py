@@ -33,14 +33,15 @@ from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
 from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
-from .plan_options import SIZE_ROWS
+from .plan_options import SIZE_ROWS, SPLIT_MIN_ROWS
 from .scan_rebatch import rebatch
+from .slab_halves import halves_meet
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 # a call whose xs lie in the slab across both halves' rows (SplitRunner._apart) runs unsplit
 UNSPLIT = " (calls whose xs rows in the slab cross the halves' rows run unsplit)"
 STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
-MIN_ROWS = 8  # "auto": each half at least this many rows (two of the packed kernel's 4-row blocks)
+MIN_ROWS = SPLIT_MIN_ROWS  # "auto": each half at least this many rows (regions' plan reads it)
 
 
 def halves(batch: int) -> tuple[int, int]:
@@ -443,17 +444,11 @@ class SplitRunner:
         an xs row of half 1's step t' <= t that half 1 has not read yet (two FastLSTMs in one
         Sequencer: the first layer's projection at the rows' end, outputs off by 0.4).
         (~2 us a pair at (50, 32, 1024); too hard to tell: not apart.)"""
-        (lo0, hi0), (lo1, hi1) = self.rows
         for x in xs:
             if not np.may_share_memory(x, slab):
                 continue
-            for y in ys:
-                for a, b in ((x[:, lo0:hi0], y[:, lo1:hi1]), (x[:, lo1:hi1], y[:, lo0:hi0])):
-                    try:
-                        if np.shares_memory(a, b, max_work=1 << 16):
-                            return False
-                    except np.exceptions.TooHardError:
-                        return False
+            if any(halves_meet(x, y, self.rows) for y in ys):
+                return False
         return True
 
 

@@ -48,6 +48,7 @@ LAYERS = [
         "plan",
         [
             "tapernn.regions",
+            "tapernn.slab_halves",
             "tapernn.memory",
             "tapernn.donate",
             "tapernn.accounting",

@@ -32,6 +32,7 @@ import os
 from typing import Any
 
 from ..errors import ArgumentError, TapernnError
+from ..plan_options import LOOP_MAX_SIZE
 from .kernel_cache import (  # noqa: F401 -- public: the kernel cache on disk (README)
     CacheInfo,
     cache_info,
@@ -44,9 +45,6 @@ BACKENDS = ("numpy", "numba", "auto")
 # "auto": the top-level call that has the worker start on a program's kernels, and the one
 # from which they run (BENCHMARKS.md, "numba as the default backend")
 AUTO_START, AUTO_SWITCH = 1000, 2000
-# the most elements of a loop body's value for a numba loop kernel (numba_loop.MAX_SIZE; the
-# measurements behind it are there)
-LOOP_MAX_SIZE = 4096
 _chosen: str | None = None
 _missing: list[str] = []  # numba_missing()'s answer, once per process
 

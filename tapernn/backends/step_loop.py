@@ -183,7 +183,7 @@ def translate(
             drivers.add(packed.module_of(value.kernel).__name__)
         elif isinstance(value, CPUDispatcher):
             dispatcher(fn)
-            body.append(f"{out} = {fn}({args})")
+            body.append(f"{out} = {fn}({step_selects.allocations(args, defaults)})")
         elif fn in _UFUNCS and value is getattr(np, _UFUNCS[fn][3:]):
             ins = _split_args(args)
             tail = [a for a in ins if a.startswith("out=")]

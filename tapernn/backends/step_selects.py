@@ -67,6 +67,22 @@ def _kw(args: list[str], defaults: dict) -> tuple[list[str], dict, str | None]:
     return pos, {k: defaults[v] for k, v in kw.items()}, None if out in (None, "None") else out
 
 
+_EMPTY = re.compile(r"\bnp_empty\((\w+), (\w+)\)")
+
+
+def allocations(args: str, defaults: dict) -> str:
+    """A kernel call's arguments with codegen's `np_empty(s, d)` -- the `out` allocated each
+    step for a value given no buffer (a masked loop's reverse body) -- as numba's np.empty."""
+
+    def empty(m: re.Match) -> str:
+        shape, dtype = defaults.get(m[1]), defaults.get(m[2])
+        if defaults.get("np_empty") is not np.empty or not isinstance(shape, tuple):
+            raise Unsupported(f"allocation {m[0]}")
+        return f"np.empty({tuple(int(v) for v in shape)}, {_dtype(dtype)})"
+
+    return _EMPTY.sub(empty, args)
+
+
 def _dtype(d) -> str:
     d = np.dtype(d)
     name = _DTYPES.get("b" if d.kind == "b" else f"{d.kind}{d.itemsize}")
