@@ -351,9 +351,10 @@ class Packing:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
         set in the slot where it holds only zeros (`_zeroed`) and shares no memory with one lent
         before it in this call (two row ranges of one `.grad`: pack_scratch._place keeps them
-        apart); returns those `.grad` arrays."""
+        apart), every other slot cleared; returns those `.grad` arrays."""
         used: list = []
         for j, dest, s, n, rows in lent:
+            dest[s] = None  # (a slot a raised call left set is never packed into unchecked)
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None

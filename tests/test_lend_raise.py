@@ -1,0 +1,95 @@
+"""A backward that raises after Packing.compute_into lent a weight's zeroed `.grad` to a loop's
+packed panels (pack_scratch.py; issue 19, hzero): the next backward lends that `.grad` again only
+if it holds zeros then -- a `.grad` the user filled meanwhile (accumulating without zeroing) is
+never packed over. Also: a backward whose program raises leaves the lent `.grad` as it found
+it (zeros) whether or not its loop skipped the zero-fill. float64, 1e-12 against a model that
+never raised."""
+
+import numpy as np
+import pytest
+from lend_check import data, seeded, spy_lend
+
+from tapernn import PlanOptions, nn
+from tapernn.backends import numba_available
+from tapernn.nn.runtime import runtime_of
+
+T, B, H = 4, 16, 128
+
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),  # (AVX2 too: conftest.packed_on)
+]
+
+OPTIONS = {
+    "split": {"own_threads": "off", "batch_split": "on"},
+    "unsplit": {"own_threads": "off", "batch_split": "off"},
+}
+
+
+class Boom(Exception):
+    pass
+
+
+def _seq(options):
+    m = seeded(lambda: nn.FastLSTM(H, H), 0)
+    seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch", **options))
+    return seq, m
+
+
+def _steady(seq, x, g, rounds=3):
+    for _ in range(rounds):  # (the first calls run the general path and the full loop)
+        seq.zero_grad_parameters()
+        seq.forward(x)
+        seq.backward(x, g)
+
+
+def _raise_in_backward(seq, x, g, monkeypatch):
+    """One zeroed forward, then a backward whose program raises after its loop (the weight
+    gradient's GEMM); returns the lent `.grad` arrays of that backward."""
+    lent = spy_lend(monkeypatch)
+    seq.zero_grad_parameters()
+    seq.forward(x)
+    bwd = runtime_of(seq).last.training_pair.backward_program(0)
+    kw = bwd.program.fn.__kwdefaults__
+    name = "np_matmul" if "np_matmul" in kw else "tail_matmul"
+
+    def boom(*args, **kwargs):
+        raise Boom("injected")
+
+    real = kw[name]
+    monkeypatch.setitem(kw, name, boom)
+    with pytest.raises(Boom):
+        seq.backward(x, g)
+    monkeypatch.setitem(kw, name, real)
+    return lent[-1]
+
+
+@pytest.mark.parametrize("kind", list(OPTIONS))
+def test_a_grad_filled_after_a_raised_backward_is_accumulated_into_not_packed_over(
+    kind, monkeypatch
+):
+    x, g = data((T, B, H), 0)
+    seq, m = _seq(OPTIONS[kind])
+    _steady(seq, x, g)
+    assert _raise_in_backward(seq, x, g, monkeypatch) == [m.o2g.weight.grad]
+    # the user accumulates: every .grad holds something, no zero_grad_parameters
+    start = {n: np.full(p.grad.shape, 0.25) for n, p in m.named_parameters().items()}
+    for n, p in m.named_parameters().items():
+        p.grad[...] = start[n]
+    seq.forward(x)
+    seq.backward(x, g)
+    ref, r = _seq(OPTIONS[kind])
+    _steady(ref, x, g)
+    for n, p in r.named_parameters().items():
+        np.testing.assert_allclose(
+            m.named_parameters()[n].grad, start[n] + p.grad, rtol=1e-12, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("kind", list(OPTIONS))
+def test_a_raised_backward_leaves_the_lent_grad_holding_zeros(kind, monkeypatch):
+    x, g = data((T, B, H), 1)
+    seq, m = _seq(OPTIONS[kind])
+    _steady(seq, x, g)
+    assert _raise_in_backward(seq, x, g, monkeypatch) == [m.o2g.weight.grad]
+    assert not m.o2g.weight.grad.any()
