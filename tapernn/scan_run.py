@@ -314,6 +314,11 @@ def make_runner(
     # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
     lent = (getattr(prologue.program, "pack_slots", None) or {}) if prologue else {}
     zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent.values()]
+    # (but those the backward overwrites next, pack_scratch.Lent.left, unless the loop raised)
+    ended = [
+        f"    if _lent[{s}] is not None and {s} not in _lent.left:\n        _lent[{s}].fill(0)"
+        for s in lent.values()
+    ]
     if hoisted and lent:  # (the invariant work, once per call)
         lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
         lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]
@@ -389,9 +394,15 @@ def make_runner(
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
         lines += swaps
-    lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
     if lent:
-        lines += ["    finally:", *[f"        {z}" for z in zero]]
+        lines += ["    except BaseException as e:", *[f"        {z}" for z in zero]]
+        lines += [
+            "        if isinstance(e, Exception):",
+            "            raise _fail(e, _t) from None",
+        ]
+        lines += ["        raise", *ended]
+    else:
+        lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
     if cs and keep_out:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]

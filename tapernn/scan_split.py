@@ -33,6 +33,7 @@ from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
 from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
+from .pack_scratch import unlent
 from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
@@ -374,12 +375,17 @@ class SplitRunner:
             i[...] = cs[k]
         # (late-read xs lying in the slab: each step's rows copied first, make_runner's `_alias`)
         alias = usable and any(np.may_share_memory(xs[k], slab) for k in self.late_xs)
+        dest, slots = h["lent"]  # (panels made in a weight's zeroed .grad, pack_scratch.py:
+        # zeros again once both halves have ended, as scan_run's runner does -- but those the
+        # backward overwrites next, `Lent.left`, unless the halves raised)
         try:
             first, second = self._halves(cs, xs, inv, ys, alias)
-        finally:  # (panels made in a weight's zeroed .grad, pack_scratch.py: zeros again
-            # once both halves have ended, as scan_run's runner does)
-            dest, slots = h["lent"]  # (on both threads: own_threads.zero_fill)
+        except BaseException:
             zero_fill([dest[s] for s in slots if dest[s] is not None])
+            raise
+        ended = unlent(dest, slots)
+        if ended:
+            zero_fill(ended)
         for v, a, b in zip(h["carry_views"](slab), first, second):
             (lo0, hi0), (lo1, hi1) = self.rows
             v[lo0:hi0] = a

@@ -93,3 +93,42 @@ def test_a_raised_backward_leaves_the_lent_grad_holding_zeros(kind, monkeypatch)
     _steady(seq, x, g)
     assert _raise_in_backward(seq, x, g, monkeypatch) == [m.o2g.weight.grad]
     assert not m.o2g.weight.grad.any()
+
+
+@pytest.mark.parametrize("kind", list(OPTIONS))
+def test_panels_left_for_the_backward_give_the_bits_of_panels_zeroed(kind, monkeypatch):
+    """Three steps with updates (and get_grad_hidden_state): every value and gradient the same
+    bits whether the loop leaves its panels in the `.grad` the backward overwrites or zeroes
+    them first (_within made to say no: then nothing is left)."""
+    from tapernn.nn import packing
+
+    left_calls = []  # (per backward: how many panel slots were left for it to overwrite)
+    real = packing.Packing.compute_into
+
+    def spy(self, program, first, args):
+        real(self, program, first, args)
+        loops = program.program.loop_scratch.values()
+        left_calls.append(sum(len(dest.left) for dest, *_ in loops))
+
+    monkeypatch.setattr(packing.Packing, "compute_into", spy)
+
+    def run():
+        seq, m = _seq(OPTIONS[kind])
+        got = []
+        for k in range(3):
+            x, g = data((T, B, H), k)
+            seq.zero_grad_parameters()
+            got.append(np.array(seq.forward(x)))
+            got.append(np.array(seq.backward(x, g)))
+            got += [p.grad.copy() for p in m.parameters()]
+            got += [np.array(s) for s in m.get_grad_hidden_state(1)]
+            seq.update_parameters(0.1)
+        return seq, got
+
+    _, left = run()
+    assert left_calls == [1, 1, 1]
+    monkeypatch.setattr(packing, "_within", lambda a, known: False)
+    _, zeroed = run()
+    assert left_calls[3:] == [0, 0, 0]
+    for a, b in zip(left, zeroed):
+        np.testing.assert_array_equal(a, b)

@@ -355,6 +355,7 @@ class Packing:
         used: list = []
         for j, dest, s, n, rows in lent:
             dest[s] = None  # (a slot a raised call left set is never packed into unchecked)
+            getattr(dest, "left", set()).discard(s)
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
@@ -365,6 +366,8 @@ class Packing:
             ):
                 dest[s] = grad.reshape(n.shape)
                 used.append(grad)
+                if known and _within(grad, known):  # (the backward overwrites it after the
+                    dest.left.add(s)  # loop: its runner leaves the panels, pack_scratch.Lent)
         return used
 
     def _grad_of(self, data: Any) -> np.ndarray | None:
@@ -389,13 +392,19 @@ class Packing:
             Packing.release(program)
 
     @staticmethod
-    def release(program: Any) -> None:
+    def release(program: Any, raised: bool = False) -> None:
         """After the run: no slot of `program` (or of its loops' prologues) points at a
-        `.grad` any more."""
+        `.grad` any more. `raised`: the run raised -- panels a loop left in a `.grad` for the
+        backward to overwrite (pack_scratch.Lent.left) are zeroed (the `.grad` held zeros)."""
         dest = getattr(program.program, "dest", None)
         if dest:
             dest[:] = [None] * len(dest)
         for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+            left = getattr(dest, "left", ())
+            if s in left:
+                if raised and dest[s] is not None:
+                    dest[s].fill(0)
+                left.discard(s)
             dest[s] = None
 
 
