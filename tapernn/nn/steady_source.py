@@ -96,7 +96,8 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         lines += [
             "    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)
         ]
-        lines += ["    finally:", "        release_scratch(program, used)"]
+        lines += ["    except BaseException:", "        release_scratch(program, used)"]
+        lines += ["        raise", "    release_scratch(program, used, True)"]  # (panels zeroed)
     else:
         lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)

@@ -1,9 +1,11 @@
-"""A backward that raises after Packing.compute_into lent a weight's zeroed `.grad` to a loop's
-packed panels (pack_scratch.py; issue 19, hzero): the next backward lends that `.grad` again only
-if it holds zeros then -- a `.grad` the user filled meanwhile (accumulating without zeroing) is
-never packed over. Also: a backward whose program raises leaves the lent `.grad` as it found
-it (zeros) whether or not its loop skipped the zero-fill. float64, 1e-12 against a model that
-never raised."""
+"""The passes over a weight's `.grad` lent to a loop's packed panels (pack_scratch.py; issue 19,
+hzero). A split or unsplit backward's loop leaves its panels in a `.grad` the backward then
+computes whole (pack_scratch.Lent.left): the same bits as zeroing them first; a backward that
+raises leaves that `.grad` holding zeros; a backward after a raised one lends a `.grad` again
+only if it holds zeros then -- a `.grad` the user filled meanwhile (accumulating without
+zeroing) is never packed over (failed on main: the slot stayed set). A forward fills a `.grad`
+lent to its panels once (the loop's runner), not again after the call (Scratch.panels); the
+transposed copies' `.grad` rows still are. float64, 1e-12 against a model that never raised."""
 
 import numpy as np
 import pytest
@@ -30,8 +32,11 @@ class Boom(Exception):
     pass
 
 
-def _seq(options):
-    m = seeded(lambda: nn.FastLSTM(H, H), 0)
+CELLS = {"FastLSTM": lambda: nn.FastLSTM(H, H), "LSTM": lambda: nn.LSTM(H, H, peephole=False)}
+
+
+def _seq(options, cell="FastLSTM"):
+    m = seeded(CELLS[cell], 0)
     seq = nn.Sequencer(m).set_plan_options(PlanOptions(backend="numba", layout="batch", **options))
     return seq, m
 
@@ -131,4 +136,46 @@ def test_panels_left_for_the_backward_give_the_bits_of_panels_zeroed(kind, monke
     _, zeroed = run()
     assert left_calls[3:] == [0, 0, 0]
     for a, b in zip(left, zeroed):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("kind", list(OPTIONS))
+def test_a_forward_after_zeroing_fills_its_lent_grads_once_and_leaves_zeros(
+    kind, cell, monkeypatch
+):
+    """zero_grad_parameters, forward, backward, update (Torch7's order: the forward lends the
+    zeroed `.grad`): after each forward every `.grad` holds zeros, release_scratch refilling
+    only what no loop's runner zeroed (the LSTM's transposed copy: rows of the same block);
+    the values and gradients the bits of release_scratch refilling everything."""
+    from tapernn.nn import packing
+
+    seen = []
+    real = packing.Packing.release_scratch
+
+    def spy(program, used, ended=False):
+        seen.append((ended, getattr(used, "panels", 0), len(used)))
+        real(program, used, ended)
+
+    def run():
+        seq, m = _seq(OPTIONS[kind], cell)
+        got = []
+        for k in range(3):
+            x, g = data((T, B, H), k)
+            seq.zero_grad_parameters()
+            got.append(np.array(seq.forward(x)))
+            assert not any(p.grad.any() for p in m.parameters())
+            got.append(np.array(seq.backward(x, g)))
+            got += [p.grad.copy() for p in m.parameters()]
+            seq.update_parameters(0.1)
+        return got
+
+    monkeypatch.setattr(packing.Packing, "release_scratch", staticmethod(spy))
+    once = run()
+    lent = 2 if cell == "LSTM" else 1  # (the LSTM: its transposed copy and its panels)
+    assert seen[-1] == (True, 1, lent)  # (the steady forward: the runner zeroed the panels)
+    monkeypatch.setattr(
+        packing.Packing, "release_scratch", staticmethod(lambda p, used, ended=False: real(p, used))
+    )
+    for a, b in zip(once, run()):
         np.testing.assert_array_equal(a, b)
