@@ -34,12 +34,14 @@ class Lent(list):
         super().__init__([None] * n)
         self.left: set[int] = set()
 
+    def unzeroed(self, ended: bool) -> list:
+        """The lent arrays a loop's runner zeroes when the loop is over: all, or when it
+        `ended` (did not raise) all but those in `left`."""
+        return [a for s, a in enumerate(self) if a is not None and not (ended and s in self.left)]
 
-def unlent(dest: Any, slots: Any) -> list:
-    """The lent arrays of `dest`'s `slots` a loop's runner zeroes when the loop ends (not those
-    in `dest.left`)."""
-    left = getattr(dest, "left", ())
-    return [dest[s] for s in slots if dest[s] is not None and s not in left]
+    def zero(self, ended: bool) -> None:
+        for a in self.unzeroed(ended):
+            a.fill(0)
 
 
 def pack_slots(graph: Graph, plan: Any, least: int) -> tuple[dict[Node, int], dict[int, int]]:

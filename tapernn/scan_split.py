@@ -33,7 +33,6 @@ from .backends.packed import PackedSite
 from .codegen import GIVEN_BUFFERS
 from .graph import Graph
 from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
-from .pack_scratch import unlent
 from .plan_options import SIZE_ROWS
 from .scan_rebatch import rebatch
 
@@ -375,15 +374,16 @@ class SplitRunner:
             i[...] = cs[k]
         # (late-read xs lying in the slab: each step's rows copied first, make_runner's `_alias`)
         alias = usable and any(np.may_share_memory(xs[k], slab) for k in self.late_xs)
-        dest, slots = h["lent"]  # (panels made in a weight's zeroed .grad, pack_scratch.py:
+        dest = h["lent"][0]  # (panels made in a weight's zeroed .grad, pack_scratch.py:
         # zeros again once both halves have ended, as scan_run's runner does -- but those the
         # backward overwrites next, `Lent.left`, unless the halves raised)
         try:
             first, second = self._halves(cs, xs, inv, ys, alias)
         except BaseException:
-            zero_fill([dest[s] for s in slots if dest[s] is not None])
+            if dest is not None:
+                zero_fill(dest.unzeroed(False))
             raise
-        ended = unlent(dest, slots)
+        ended = dest.unzeroed(True) if dest is not None else ()
         if ended:
             zero_fill(ended)
         for v, a, b in zip(h["carry_views"](slab), first, second):
