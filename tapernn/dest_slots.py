@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .graph import Node
 from .ops.registry import PSEUDO, get_op
-from .pack_scratch import pack_slots, param_rows
+from .pack_scratch import Lent, pack_slots, param_rows
 
 
 class DestSlots:
@@ -33,7 +33,7 @@ class DestSlots:
             return {}
         if not self.top:  # (a loop prologue's packed panels: pack_scratch.py)
             into, self.pack_slots = pack_slots(g, plan, least)
-            self.dest.extend([None] * len(into))
+            self.dest = Lent(len(into))
             if into:
                 self.bound["_dest"] = self.dest
             return into

@@ -20,6 +20,30 @@ import numpy as np
 from .graph import Graph, Node
 
 
+class Lent(list):
+    """A loop prologue's `dest` (its `pack_panels` slots: the `.grad` rows lent, or None) and
+    `left`: the slots whose lent rows lie within an array the top-level backward computes a
+    gradient into after the loop, every element of it (Packing.compute_into: a ufunc's out=,
+    and loop_slots lends no loop of a backward writing such an array before it) -- the loop's
+    runner need not zero those panels when it ends (skipped: a 1 MiB pass at (32, 50, 256)
+    f32); were the call to raise before that write, Packing.release zeroes them."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, n: int):
+        super().__init__([None] * n)
+        self.left: set[int] = set()
+
+    def unzeroed(self, ended: bool) -> list:
+        """The lent arrays a loop's runner zeroes when the loop is over: all, or when it
+        `ended` (did not raise) all but those in `left`."""
+        return [a for s, a in enumerate(self) if a is not None and not (ended and s in self.left)]
+
+    def zero(self, ended: bool) -> None:
+        for a in self.unzeroed(ended):
+            a.fill(0)
+
+
 def pack_slots(graph: Graph, plan: Any, least: int) -> tuple[dict[Node, int], dict[int, int]]:
     """A loop prologue's (a nested program's) `pack_panels` outputs of at least `least` bytes,
     each in storage of its own made per call: (node -> slot of the program's `dest`, output

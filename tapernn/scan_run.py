@@ -313,10 +313,9 @@ def make_runner(
     lines = [head]
     # panels made in a weight's zeroed .grad (pack_scratch.py): zeros again when the loop ends
     lent = (getattr(prologue.program, "pack_slots", None) or {}) if prologue else {}
-    zero = [f"if _lent[{s}] is not None:\n            _lent[{s}].fill(0)" for s in lent.values()]
     if hoisted and lent:  # (the invariant work, once per call)
         lines += ["    try:", f"        {', '.join(hoisted)}, = _pre({', '.join(inv)})"]
-        lines += ["    except BaseException:", *[f"        {z}" for z in zero], "        raise"]
+        lines += ["    except BaseException:", "        _lent.zero(False)", "        raise"]
     elif hoisted:
         lines.append(f"    {', '.join(hoisted)}, = _pre({', '.join(inv)})")
     over = f" and _over(out, {', '.join(xs_params)})" if xs_in_slab and xs else ""
@@ -357,7 +356,7 @@ def make_runner(
     ys_rows = {f"w{len(own) + j}": y for j, y in enumerate(ys)}
     body_lines, splits = split_row_slices(inline[0], inline[1], ys_rows) if inline else ([], [])
     lines += [f"    _S{n} = {y}[_ix{n}]" for n, (_, y, _) in enumerate(splits)]
-    lines += ["    _t = None", "    try:"]
+    lines += ["    _t = _ok = None" if lent else "    _t = None", "    try:"]
     # (xs the inlined body never reads -- values its VJP template took that passes moved out
     # of the loop -- are not split into rows: a view per step each)
     text = "\n".join(body_lines)
@@ -389,9 +388,10 @@ def make_runner(
         call = f"_fn({', '.join(step)})"
         lines.append(f"            {', '.join(kept)}, = {call}" if kept else f"            {call}")
         lines += swaps
+    lines += ["        _ok = True"] if lent else []
     lines += ["    except Exception as e:", "        raise _fail(e, _t) from None"]
-    if lent:
-        lines += ["    finally:", *[f"        {z}" for z in zero]]
+    if lent:  # (but on a normal end not those the backward overwrites next: Lent.left)
+        lines += ["    finally:", "        _lent.zero(_ok)"]
     if cs and keep_out:
         lines.append(f"    {', '.join(f'_v{k}' for k in range(nc))}, = _carry_views(_slab{given})")
         lines += [f"    _v{k}[...] = {cv}" for k, cv in enumerate(cs)]

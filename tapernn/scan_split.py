@@ -375,12 +375,18 @@ class SplitRunner:
             i[...] = cs[k]
         # (late-read xs lying in the slab: each step's rows copied first, make_runner's `_alias`)
         alias = usable and any(np.may_share_memory(xs[k], slab) for k in self.late_xs)
+        dest = h["lent"][0]  # (panels made in a weight's zeroed .grad, pack_scratch.py:
+        # zeros again once both halves have ended, as scan_run's runner does -- but those the
+        # backward overwrites next, `Lent.left`, unless the halves raised)
         try:
             first, second = self._halves(cs, xs, inv, ys, alias)
-        finally:  # (panels made in a weight's zeroed .grad, pack_scratch.py: zeros again
-            # once both halves have ended, as scan_run's runner does)
-            dest, slots = h["lent"]  # (on both threads: own_threads.zero_fill)
-            zero_fill([dest[s] for s in slots if dest[s] is not None])
+        except BaseException:
+            if dest is not None:
+                zero_fill(dest.unzeroed(False))
+            raise
+        ended = dest.unzeroed(True) if dest is not None else ()
+        if ended:
+            zero_fill(ended)
         for v, a, b in zip(h["carry_views"](slab), first, second):
             (lo0, hi0), (lo1, hi1) = self.rows
             v[lo0:hi0] = a

@@ -15,6 +15,7 @@ import tapernn.codegen
 from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.backends import numba_available
+from tapernn.nn import packing
 from tapernn.nn.runtime import runtime_of
 from tapernn.nn.training_pair import per_call_peak
 from tests import cell_reference as ref
@@ -93,9 +94,14 @@ def test_forward_and_backward_lend_the_packed_weights_grad(lent):
         assert [u is m.o2g.weight.grad for u in used] == [True]
 
 
-def test_the_loop_zeroes_the_lent_grad_when_it_ends(lent, monkeypatch):
+@pytest.mark.parametrize("overwritten", [True, False])
+def test_the_loop_zeroes_the_lent_grad_when_it_ends(overwritten, lent, monkeypatch):
     """The forward's `.grad` holds zeros after the call; the backward's holds zeros when its
-    loop returns (before the gradient is computed there), checked around the loop's runner."""
+    loop returns (before the gradient is computed there), checked around the loop's runner --
+    but the panels stay when the backward computes that `.grad` whole after the loop
+    (pack_scratch.Lent.left: `overwritten`; else _within is made to say no)."""
+    if not overwritten:
+        monkeypatch.setattr(packing, "_within", lambda a, known: False)
     m = _model()
     seq = nn.Sequencer(m).set_plan_options(
         PlanOptions(backend="numba", layout="batch", **ONE_THREAD)
@@ -113,13 +119,14 @@ def test_the_loop_zeroes_the_lent_grad_when_it_ends(lent, monkeypatch):
 
     def watch(*args, **kwargs):
         out = runner(*args, **kwargs)
-        seen.append((dest[s] is not None, m.o2g.weight.grad.any()))
+        seen.append((dest[s] is not None, s in dest.left, m.o2g.weight.grad.any()))
         return out
 
     monkeypatch.setitem(kw, name, watch)
     seq.backward(x, g)
-    assert seen == [(True, False)]
+    assert seen == [(True, overwritten, overwritten)]
     assert lent[-1] == [m.o2g.weight.grad] and m.o2g.weight.grad.any()
+    assert dest[s] is None and not dest.left
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

@@ -14,6 +14,7 @@ from lend_check import data, fresh_loop_peak, seeded, spy_lend
 import tapernn.codegen
 from tapernn import PlanOptions, nn, own_threads, scan_split
 from tapernn.backends import numba_available
+from tapernn.nn import packing
 from tapernn.nn.runtime import runtime_of
 from tapernn.scan_split import BufferPool, SplitRunner
 from tests import cell_reference as ref
@@ -93,10 +94,17 @@ def test_a_split_loop_lends_its_panels_and_equals_the_unsplit_numpy_and_equation
     np.testing.assert_allclose(on[0][0], want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("overwritten", [True, False])
 @pytest.mark.parametrize("owned", [False, True])
-def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(owned, lent, monkeypatch):
-    # (owned: the zero-fill on both threads, own_threads.in_two, from any size here)
+def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(
+    owned, overwritten, lent, monkeypatch
+):
+    # (owned: the zero-fill on both threads, own_threads.in_two, from any size here;
+    # overwritten: the backward computes that .grad whole after the loop, which leaves the
+    # panels there -- pack_scratch.Lent.left; else _within is made to say no)
     monkeypatch.setattr(own_threads, "TWO_MIN_BYTES", 0)
+    if not overwritten:
+        monkeypatch.setattr(packing, "_within", lambda a, known: False)
     fills = []  # (per zero_fill of the lent panels: whether it ran on both threads)
 
     def fill(arrays, real=scan_split.zero_fill):
@@ -133,7 +141,7 @@ def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(owned, lent, m
 
         def ended(*args, runner=runner, dest=dest, s=s, seen=seen, **kwargs):
             out = runner(*args, **kwargs)
-            seen.append((dest[s] is not None, m.o2g.weight.grad.any()))
+            seen.append((dest[s] is not None, s in dest.left, m.o2g.weight.grad.any()))
             return out
 
         monkeypatch.setattr(runner, "_halves", watch)
@@ -144,8 +152,10 @@ def test_the_split_loop_zeroes_the_lent_grad_when_both_halves_end(owned, lent, m
         monkeypatch.setitem(kw, name, runner)
         assert runner.split_calls == calls + 1
         # the panels were in the .grad during the halves, zeros again when the loop returned
-        assert seen == [True, (True, False)]
+        # unless the backward overwrites them next
+        assert seen == [True, (True, overwritten, overwritten)]
         assert lent[-1] == [m.o2g.weight.grad] and m.o2g.weight.grad.any()  # (the gradient)
+        assert dest[s] is None and not dest.left
     assert fills and set(fills) == {owned}
 
 

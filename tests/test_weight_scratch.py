@@ -39,8 +39,8 @@ def lent(monkeypatch):
     record = []
     real = Packing.release_scratch
 
-    def spy(program, used):
-        real(program, used)
+    def spy(program, used, ended=False):
+        real(program, used, ended)
         record.append([(u, not u.any()) for u in used])
 
     monkeypatch.setattr(Packing, "release_scratch", staticmethod(spy))

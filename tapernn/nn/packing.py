@@ -337,7 +337,8 @@ class Packing:
         can make in an array of the caller's (codegen's Program.scratch_slots) is made in that
         weight's `.grad` when it holds only zeros (the loop zeroes the gradients before each
         step) and is an array of the copy's size, apart from every argument. Returns those
-        `.grad` arrays: release_scratch zeroes them again after the call."""
+        `.grad` arrays: release_scratch zeroes them again after the call (those of a loop's
+        panels last, `Scratch.panels` of them: their loop's runner zeroes them)."""
         prog = program.program
         slots = getattr(prog, "scratch_slots", None) or {}
         loops = getattr(prog, "loop_scratch", None) or {}
@@ -345,15 +346,20 @@ class Packing:
             return []
         # (a loop's packed panels, pack_scratch.py: in its prologue's dest)
         lent = [(j, prog.dest, s, n, rows) for j, (s, n, rows) in slots.items()]
-        return self._lend(lent + [(j, *entry[:4]) for (j, _), entry in loops.items()], args)
+        panels = [(j, *entry[:4]) for (j, _), entry in loops.items()]
+        used = Scratch(self._lend(lent + panels, args))  # (in that order: the panels' last)
+        used.panels = sum(dest[s] is not None for _, dest, s, *_ in panels)
+        return used
 
     def _lend(self, lent: list, args: list, known: list = ()) -> list:
         """(input position, dest list, slot, node, rows) -> that weight's (rows of its) `.grad`
         set in the slot where it holds only zeros (`_zeroed`) and shares no memory with one lent
         before it in this call (two row ranges of one `.grad`: pack_scratch._place keeps them
-        apart); returns those `.grad` arrays."""
+        apart), every other slot cleared; returns those `.grad` arrays."""
         used: list = []
         for j, dest, s, n, rows in lent:
+            dest[s] = None  # (a slot a raised call left set is never packed into unchecked)
+            getattr(dest, "left", set()).discard(s)
             grad = self._grad_of(args[j])
             if grad is not None and rows is not None:  # (rows a:b of a block's: theirs)
                 grad = grad[rows[0] : rows[1]] if grad.shape[0] >= rows[1] else None
@@ -364,6 +370,8 @@ class Packing:
             ):
                 dest[s] = grad.reshape(n.shape)
                 used.append(grad)
+                if known and _within(grad, known):  # (the backward overwrites it after the
+                    dest.left.add(s)  # loop: its runner leaves the panels, pack_scratch.Lent)
         return used
 
     def _grad_of(self, data: Any) -> np.ndarray | None:
@@ -378,24 +386,43 @@ class Packing:
         return None
 
     @staticmethod
-    def release_scratch(program: Any, used: list) -> None:
+    def release_scratch(program: Any, used: list, ended: bool = False) -> None:
         """After the forward (also when it raised): the `.grad` arrays scratch_into lent it
-        hold zeros again, and no slot points at one."""
+        hold zeros again, and no slot points at one. `ended`: the call returned -- its loops'
+        runners zeroed their panels when the loops ended (scan_run, scan_split), the last
+        `used.panels` arrays: not filled again."""
         try:
-            for grad in used:
+            for grad in used[: len(used) - getattr(used, "panels", 0)] if ended else used:
                 grad.fill(0)
         finally:
             Packing.release(program)
 
     @staticmethod
-    def release(program: Any) -> None:
+    def release(program: Any, raised: bool = False) -> None:
         """After the run: no slot of `program` (or of its loops' prologues) points at a
-        `.grad` any more."""
+        `.grad` any more. `raised`: the run raised -- panels a loop left in a `.grad` for the
+        backward to overwrite (pack_scratch.Lent.left) are zeroed (the `.grad` held zeros)."""
         dest = getattr(program.program, "dest", None)
         if dest:
             dest[:] = [None] * len(dest)
         for dest, s, *_ in (getattr(program.program, "loop_scratch", None) or {}).values():
+            left = getattr(dest, "left", ())
+            if s in left:
+                if raised and dest[s] is not None:
+                    dest[s].fill(0)
+                left.discard(s)
             dest[s] = None
+
+
+class Scratch(list):
+    """scratch_into's `.grad` arrays and `panels`: how many of them, last, a loop's panels are
+    in (pack_scratch.py: the loop's runner zeroes those when the loop ends)."""
+
+    __slots__ = ("panels",)
+
+    def __init__(self, used: list):
+        super().__init__(used)
+        self.panels = 0
 
 
 def _zeroed(grad: Any, n: Node, args: list, reshape: bool = False, known: Any = ()) -> bool:

@@ -96,7 +96,8 @@ def forward_function(steady: Any) -> tuple[Callable, Callable]:
         lines += [
             "    " + line for line in _call("outs", "program", "args", "saved_at", steady, ns)
         ]
-        lines += ["    finally:", "        release_scratch(program, used)"]
+        lines += ["    except BaseException:", "        release_scratch(program, used)"]
+        lines += ["        raise", "    release_scratch(program, used, True)"]  # (panels zeroed)
     else:
         lines += _call("outs", "program", "args", "saved_at", steady, ns)
     if getattr(steady.rt.record_type.__init__, "plain", False):  # (inlined: n is this plan's)
@@ -299,9 +300,14 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
     ]
     # (the weight gradients into zeroed .grad arrays themselves: Packing.compute_into)
     into = bool(getattr(ns["full"].program, "dest_slots", None))
-    lines += ["        compute_into(full, 1, saved)"] if into else []
-    lines += ["    " + line for line in _call("grads", "full", "saved", "with_dx", steady, ns)]
-    lines += ["        release(full)"] if into else []
+    call = _call("grads", "full", "saved", "with_dx", steady, ns)
+    if into:  # (a raise: Packing.release zeroes panels a loop left for the backward to overwrite)
+        lines += ["        compute_into(full, 1, saved)", "        try:"]
+        lines += ["        " + line for line in call]
+        lines += ["        except BaseException:", "            release(full, True)"]
+        lines += ["            raise", "        release(full)"]
+    else:
+        lines += ["    " + line for line in call]
     if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room: fixed
         r = pair.tap_room(ns["full"])  # per program, so the full backward's is spelled out)
         room = "None" if r is None else f"room_view(saved[{r[0]}], {r[1]})"
@@ -311,7 +317,11 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "        program = pair.last_backward = pair.backward_program(1)",
         "        first = 0",
         "        compute_into(program, 0, saved)",
-        "        grads = run(program, saved, without_dx)",
+        "        try:",
+        "            grads = run(program, saved, without_dx)",
+        "        except BaseException:",
+        "            release(program, True)",
+        "            raise",
         "        release(program)",
     ]
     if steady.cut_modules:

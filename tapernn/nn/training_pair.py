@@ -127,8 +127,10 @@ class TrainingPair:
             packing.compute_into(program, first, args)
             try:  # (the weight gradients into zeroed .grad arrays themselves)
                 grads = program.run(args)
-            finally:
-                packing.release(program)
+            except BaseException:
+                packing.release(program, True)
+                raise
+            packing.release(program)
         return (None,) * skip + tuple(grads) if skip else grads
 
     def step_peak_bytes(
