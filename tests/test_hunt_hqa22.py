@@ -66,3 +66,15 @@ def test_get_grad_hidden_state_after_the_blocks_are_rebuilt(kind):
     for t in range(3):
         for a, b in zip(got.get_grad_hidden_state(t), want.get_grad_hidden_state(t)):
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("drop", ["forward", "forget", "evaluate"])
+def test_get_grad_hidden_state_after_the_gradients_were_dropped_says_why(drop):
+    # it said "the last backward went through steps none" after a backward that went through all
+    m = nn.Sequencer(nn.GRU(4, 6))
+    x, g = np.ones((3, 2, 4)), np.ones((3, 2, 6))
+    m.forward(x)
+    m.backward(x, g)
+    {"forward": lambda: m.forward(x), "forget": m.forget, "evaluate": m.evaluate}[drop]()
+    with pytest.raises(tn.StateError, match=r"no backward since the last forward, forget\(\)"):
+        m.get_grad_hidden_state(0)
