@@ -366,10 +366,9 @@ class AbstractRecurrent(Module):
         grads = self._grad_hidden
         step = t + len(self.outputs) if t < 0 else t  # outputs[t] is step t, as in get_hidden_state
         if step not in grads:
-            raise StateError(
-                f"{self.describe()}: no gradient for the state of step {t}; the "
-                f"last backward went through steps {sorted(grads) or 'none'}"
-            )
+            why = "no backward since the last forward, forget() or training() / evaluate() switch"
+            went = f"the last backward went through steps {sorted(grads)}" if grads else why
+            raise StateError(f"{self.describe()}: no gradient for the state of step {t}; {went}")
         return self._by_name(grads[step])
 
 

@@ -212,6 +212,8 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
     by: dict[tuple, list] = {}
     for key, a in zip(theirs, base_args):
         by.setdefault(key, []).append(a)
+    if sorted(by, key=repr) != sorted(set(mine), key=repr):
+        by = _blocks_as_members(variant, base, by)  # (one of them traced with a block broken)
     if sorted(by, key=repr) != sorted(set(mine), key=repr) or any(len(v) != 1 for v in by.values()):
         raise TapernnError(
             f"{base.graph.meta.root}: the state-gradient variant's inputs "
@@ -221,6 +223,33 @@ def args_like(variant: Any, base_args: list, base: Any) -> list:
         np.zeros(n.shape, n.dtype) if n.kind == "tap" else by[_arg_key(variant, n)][0]
         for n in variant.arg_nodes
     ]
+
+
+def _blocks_as_members(variant: Any, base: Any, by: dict) -> dict:
+    """`by` (the base's arguments by key) with each parameter block the variant does not read as
+    a block split into its members' rows, then each block the variant reads whole that the base
+    read member by member joined from them. A program traced before `p.data = other` (nn.packing:
+    the block breaks) reads the block, its variant traced after reads the members; a program
+    traced with a broken block and its variant after flatten_parameters(), the other way round."""
+    wanted = {_arg_key(variant, n) for n in variant.arg_nodes if n.kind != "tap"}
+    out = dict(by)
+    for g in base.packing.groups:
+        key = ("param", g.input.name)
+        if key in wanted or key not in out or len(out[key]) != 1:
+            continue
+        block = out.pop(key)[0]
+        for n, (a, b) in zip(g.nodes, g.rows):
+            if n is not None:
+                out.setdefault(("param", n.name), []).append(block[a:b])
+    for g in variant.packing.groups:
+        key = ("param", g.input.name)
+        parts = [out.get(("param", n.name)) if n is not None else None for n in g.nodes]
+        if key in out or any(v is None or len(v) != 1 for v in parts):
+            continue  # (a member the program does not read: no block to join)
+        for n in g.nodes:
+            del out[("param", n.name)]
+        out[key] = [np.concatenate([v[0] for v in parts], axis=0)]
+    return out
 
 
 def _arg_key(exe: Any, n: Any) -> tuple:
