@@ -7,9 +7,10 @@ position, rows) -> (the prologue's dest list, slot, the panels' node, rows of it
 None, scan node key)), in rows of its `.grad` no other slot of the call uses (`_place`: the
 LSTM forward's transposed copy of rows 4H:8H takes those rows, its panels rows 0:4H).
 nn/packing.Packing.scratch_into lends those rows when they hold only zeros and have the
-panels' size, dtype and layout, apart from every argument and every range lent before. The loop's runner zeroes the
-panels when its loop ends (a backward then computes that `.grad` over them, after the loop), and
-release_scratch zeroes them again after a forward."""
+panels' size, dtype and layout, apart from every argument and every range lent before. The
+loop's runner zeroes the panels when its loop ends -- but in a backward that then computes that
+whole `.grad` over them (`Lent.left`: left as they are; zeroed should the call raise first) --
+and release_scratch does not fill them again after a forward whose loops ended."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ is lowered for numba but runs NumPy (its loop bodies too) until its AUTO_START-t
 does the worker thread import numba and load or compile its kernels, which take over at its
 AUTO_SWITCH-th call (that call waits for those not ready). A program called fewer than AUTO_START
 times never imports numba. Every other program is the NumPy backend's -- but a module's input
-signature whose loops are all larger (nn/auto_plans.py) is traced a second time for numba's plan
-at its 10th call and runs it from its 100th. Both are call counts,
+signature with a larger loop (a step value of 8192 elements or more: nn/auto_plans.py) is traced
+a second time for numba's plan at its 10th call and runs it from its 100th. Both are call counts,
 never timings, so a run gives the same bits cold or warm and for the same model built twice
 ($TAPERNN_AUTO_CALLS="start,switch" changes them). Why (BENCHMARKS.md, "numba as the default
 backend"): importing and setting up numba costs ~0.45 s of CPU per process, each kernel ~0.3-3 s

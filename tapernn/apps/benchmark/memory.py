@@ -26,9 +26,9 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
     the steady path's scratch runner is built at the call after: 3 by default), and on while a
     layout re-check is not settled (the model holds both layouts' programs until then:
     nn/layout_recheck) and while "auto" has not switched to numba's plan (nn/auto_plans: up to
-    its switch call; the window before holds both plans' programs), once more after numba's background compiles are done (a split loop's
-    step loops take over at the first call after theirs), then `steps` times while tracemalloc
-    records the peak.
+    its switch call; the window before holds both plans' programs), once more after numba's
+    background compiles are done (a split loop's step loops take over at the first call after
+    theirs), then `steps` times while tracemalloc records the peak.
 
     What counts: every array the loop allocates and keeps or frees (buffer arenas, saved
     activations, outputs, gradients, temporaries). What does not: the Python objects
