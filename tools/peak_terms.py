@@ -6,6 +6,7 @@ report's model of the loop; tests/test_memory_loop.py keeps it within 10 % of tr
     python tools/peak_terms.py --shape 50,32,256 --cells FastLSTM LSTM GRU
     python tools/peak_terms.py --shape 50,32,256 --measure     # adds the tracemalloc peak
     python tools/peak_terms.py --no-grad-input    # issue 19's loop: backward(need_grad_input=False)
+    python tools/peak_terms.py --lengths --backend numba   # forward(x, lengths=...): masked loops
 
 Moments (the Runtime's lifetimes, nn/runtime.py): `forward` = arena + masks + the forward's
 per-call peak (its outputs and saved values); `backward` = arena + masks + kept outputs + saved
@@ -46,8 +47,29 @@ def buffers(compiled, unit: float) -> str:
     return ", ".join(f"{nb / unit:.2f}U {what}" for nb, what in sizes if nb >= 0.01 * unit)
 
 
-def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) -> dict:
-    seq.forward(x)
+def buffers_bytes(fwd, bwd, unit: float) -> str:
+    """The forward's and backward's planned buffer bytes, in U (the arena is the larger)."""
+    return " / ".join(f"{c.program.plan.buffer_bytes / unit:.2f}U" for c in (fwd, bwd))
+
+
+def loop_step(seq, x: np.ndarray, g: np.ndarray, need_dx: bool, lengths=None):
+    """tapernn_loop_step, or with `lengths` the same step over forward(x, lengths=...)."""
+    if lengths is None:
+        return tapernn_loop_step(seq, x, g, need_grad_input=need_dx)
+
+    def step() -> None:
+        seq.zero_grad_parameters()
+        seq.forward(x, lengths=lengths)
+        seq.backward(x, g, need_grad_input=need_dx)
+        seq.update_parameters(1e-3)
+
+    return step
+
+
+def terms(
+    seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True, lengths=None
+) -> dict:
+    seq.forward(x) if lengths is None else seq.forward(x, lengths=lengths)
     seq.backward(x, g, need_grad_input=need_dx)
     exe = runtime_of(seq).history[-1].exe
     pair = exe.compile_training()
@@ -70,6 +92,7 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
         "after": base + kept_b + grad_input + taps,
     }
     return {
+        "buffers": buffers_bytes(fwd, bwd, unit),
         "arena": arena / unit,
         "kept": kept_b / unit,
         "saved only": saved_only / unit,
@@ -80,6 +103,8 @@ def terms(seq, x: np.ndarray, g: np.ndarray, unit: float, need_dx: bool = True) 
         **{k: v / unit for k, v in moments.items()},
         "peak at": max(moments, key=moments.get),
         "report": seq.compile_report().peak_bytes / unit,
+        "dZ in gates": bool(pair.donate) and bool(bwd.program.plan.donated),
+        "tap room": pair.tap_room(bwd),
         "fwd buffers": buffers(fwd, unit),
         "bwd buffers": buffers(bwd, unit),
     }
@@ -103,24 +128,32 @@ def main() -> None:
         help="PlanOptions(dz_in_gates=False) (the default plans dZ over the saved gate rows)",
     )
     p.add_argument("--backend", default="auto", help="PlanOptions.backend (numpy, numba, auto)")
+    p.add_argument(
+        "--lengths",
+        action="store_true",
+        help="forward(x, lengths=...) (masked loops; lengths drawn in [T/2, T])",
+    )
     a = p.parse_args()
     T, B, H = (int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(a.dtype)
     g = rng.standard_normal((T, B, H)).astype(a.dtype)
+    lengths = rng.integers(T // 2, T + 1, B) if a.lengths else None
     unit = float(T * B * H * np.dtype(a.dtype).itemsize)
     print(f"(T, B, H) = ({T}, {B}, {H}) {a.dtype}, U = {unit / 2**20:.4f} MiB, BPTT minimum 5U")
     for cell in a.cells:
         for unroll in (False, True):
             options = PlanOptions(dz_in_gates=not a.no_dz_in_gates, backend=a.backend)
             seq = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
-            t = terms(seq.set_plan_options(options), x, g, unit, not a.no_grad_input)
+            need_dx = not a.no_grad_input
+            t = terms(seq.set_plan_options(options), x, g, unit, need_dx, lengths)
             name = f"{cell} {'unroll=True' if unroll else 'rolled'}"
             if a.measure:
                 fresh = nn.Sequencer(CELLS[cell](H), unroll=unroll).astype(a.dtype)
                 fresh.set_plan_options(options)
-                step = tapernn_loop_step(fresh, x, g, need_grad_input=not a.no_grad_input)
+                step = loop_step(fresh, x, g, need_dx, lengths)
                 t["tracemalloc"] = loop_peak_bytes(step) / unit
+                t["real/report"] = f"{t['tracemalloc'] / t['report']:.3f}"
             print(f"{name}:")
             for k, v in t.items():
                 print(f"    {k:<13} {v:.2f}U" if isinstance(v, float) else f"    {k:<13} {v}")

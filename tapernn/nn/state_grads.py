@@ -341,15 +341,14 @@ def tap_copies(
     """Copies of `arrays` (a call's arguments and seeds). With `room` (a flat uint8 view of
     bytes that are dead but stay allocated: the forward slab's consumed gate rows, which
     TrainingPair.tap_room finds), the ndarrays that fit are written into it (tap_places)
-    instead of into new memory; of the rest, one at a position in `watch` (the data inputs and
+    instead of into new memory; of the rest (all of them without a room: a masked loop's
+    backward, unroll=True), one at a position in `watch` (the data inputs and
     output gradients, not the parameters: watch_positions) that is C-contiguous and at least
     WATCH_MIN_BYTES is not copied but kept with its fingerprint (`Copies.watched`:
     tap_grads_now raises if it changed); the others are fresh copies."""
     ndarray = np.ndarray
-    if room is None:
-        return [a.copy() if type(a) is ndarray else np.array(a) for a in arrays]
     arrays = [a if type(a) is ndarray else np.array(a) for a in arrays]
-    places = tap_places([a.nbytes for a in arrays], room.nbytes, watch)
+    places = tap_places([a.nbytes for a in arrays], room.nbytes, watch) if room is not None else {}
     out = Copies()
     held = [
         k
@@ -375,7 +374,7 @@ def tap_copies(
 APART_BYTES = 1 << 20
 
 
-def _fingerprints(held: list, room: np.ndarray) -> Any:
+def _fingerprints(held: list, room: np.ndarray | None) -> Any:
     """`() -> [fingerprint(a) for a in held]`: taken on own_threads' worker while the caller
     goes on (its copies write only `room`, which no held array may share memory with) when
     they hold >= APART_BYTES and the worker is there and idle (own_threads.idle_worker), else
@@ -383,7 +382,7 @@ def _fingerprints(held: list, room: np.ndarray) -> Any:
     if (
         sum(a.nbytes for a in held) < APART_BYTES
         or not own_threads.idle_worker()
-        or any(np.may_share_memory(a, room) for a in held)
+        or (room is not None and any(np.may_share_memory(a, room) for a in held))
     ):
         return lambda: [fingerprint(a) for a in held]
     return own_threads.submit(lambda: [fingerprint(a) for a in held]).result
@@ -471,19 +470,16 @@ def tap_grads_now(
 
 def tap_copy_bytes(exe: Any) -> int:
     """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
-    (its arguments and seeds, less those placed in the pair's tap_room and, when there is such
-    a room, those it keeps by reference: watch_positions, WATCH_MIN_BYTES, C-contiguous
-    arguments assumed), 0 where it copies nothing (no recurrent module, or step-wise use)."""
+    (its arguments and seeds, less those placed in the pair's tap_room and those it keeps by
+    reference, room or not: watch_positions, WATCH_MIN_BYTES, C-contiguous arguments assumed), 0 where it copies nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
     sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
     sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
     pair = exe.training_pair
     room = pair.tap_room(pair.last_backward) if pair is not None else None
-    if room is None:
-        return sum(sizes)
     watch = watch_positions(exe)
-    placed = tap_places(sizes, room[1], watch)
+    placed = tap_places(sizes, room[1], watch) if room is not None else {}
     return sum(
         b
         for k, b in enumerate(sizes)

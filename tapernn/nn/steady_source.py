@@ -246,7 +246,6 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
     ns: dict[str, Any] = {
         "ndarray": np.ndarray,
         "get_ident": get_ident,
-        "np_array": np.array,
         "VERSION": VERSION,
         "MISS": miss,
         "steady": steady,
@@ -359,23 +358,11 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "    grad_input = grads[0] if need_grad_input else None",
         "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
     ]
-    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state
-        dynamic = {k for k, _ in steady.dynamic}
-        copies = [
-            f"np_array(args[{k}]) if type(args[{k}]) is not ndarray else args[{k}].copy()"
-            if k in dynamic
-            else f"args[{k}].copy()"
-            for k in range(len(steady.args))
-        ]
+    if steady.cut_modules:  # copies for a lazy get_grad_hidden_state (or held: tap_copies)
         lines += [
-            "    if room is None:",
-            f"        copies = [{', '.join(copies)}]",
-            "        gcopy = [grad_output.copy()]",
-            "        watched = ()",
-            "    else:",
-            "        copies = tap_copies(list(args) + [grad_output], room, watch)",
-            "        watched = copies.watched",
-            "        gcopy = [copies.pop()]",
+            "    copies = tap_copies(list(args) + [grad_output], room, watch)",
+            "    watched = copies.watched",
+            "    gcopy = [copies.pop()]",
             "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
             + " gcopy, modules, watched)",
         ]
