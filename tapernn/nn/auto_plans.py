@@ -28,7 +28,7 @@ import weakref
 from dataclasses import replace
 from typing import Any
 
-from ..backends import call_counts, numba_missing, policy
+from ..backends import background, call_counts, numba_missing, policy
 
 # a signature's forward at which numba's plan is traced (START) and from which it runs (SWITCH):
 # BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
@@ -111,24 +111,29 @@ class TwoPlans:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.calls == self.start:
-            _NUMBA.on = True
-            try:
-                self.other = trace()
-            finally:
-                _NUMBA.on = False
-            self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
-            self.other.plan_note = self.note
-            if self.training:  # (its kernels asked for now)
-                pair = self.other.compile_training()
-                programs = (pair.forward, pair.backward)
-            else:
-                programs = (self.other.compile_forward(),)
-            for program in programs:
-                gate = program.__dict__.get("run")
-                if gate is not None:
-                    gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
+            with background.held():  # (its kernels made from the end of the compile on)
+                self._compile(trace)
         if self.calls < self.switch:
             return self.first
         self.first.two_plans = None
         _PENDING.discard(self)
         return self.other
+
+    def _compile(self, trace: Any) -> None:
+        """numba's plan traced and compiled (`other`), its kernels asked for."""
+        _NUMBA.on = True
+        try:
+            self.other = trace()
+        finally:
+            _NUMBA.on = False
+        self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
+        self.other.plan_note = self.note
+        if self.training:  # (its kernels asked for now)
+            pair = self.other.compile_training()
+            programs = (pair.forward, pair.backward)
+        else:
+            programs = (self.other.compile_forward(),)
+        for program in programs:
+            gate = program.__dict__.get("run")
+            if gate is not None:
+                gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
