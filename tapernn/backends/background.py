@@ -13,7 +13,7 @@ Under the "auto" backend a Gate also holds back the asking: nothing is asked for
 imported) before the program's start call (backends.auto_calls), and its switch call is later.
 While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
 second plan) it holds the worker (`held`): numba's import and compiles, Python holding the GIL,
-would run beside that Python-bound work and stretch it ~2.5x (BENCHMARKS.md "htrace"); a wait
+would run beside that Python-bound work and stretch it 1.3-2.3x (BENCHMARKS.md "htrace"); a wait
 for any kernel lets the worker go on (no caller ever waits on a held worker)."""
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f3
 evaluation forward ~2.6x (BENCHMARKS.md, "hauto2"). So the signature's NumPy-planned Executable
 runs its first forwards (training and evaluation are signatures of their own); at the START-th
 the model is traced and compiled once more with PlanOptions.backend "numba" (its kernels asked
-for then, in the background: fused groups, the packed GEMM); from the SWITCH-th that Executable
+for then, in the background: fused groups, the packed GEMM; made from the compile's end, the
+worker held meanwhile -- numba's import and compiles beside the trace stretched it 1.3-2.3x:
+background.held, BENCHMARKS.md "htrace"); from the SWITCH-th that Executable
 replaces it, its programs' Gates due at their first call (which waits only for the kernels not
 ready by then). Call counts, never timings: the same calls run the same plan cold or warm
 ($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A forward's backward always runs
