@@ -2,8 +2,8 @@
 after -- the same numbers as the NumPy backend's at every step (float64, 1e-12) across the
 switch (the steady path, set_grad_hidden_state, remember / forget, evaluation), the switch made
 where the call counts say ($TAPERNN_AUTO_PLANS: small counts here), the packed kernel asked for
-at compile time, and the report's note and peak. Cost: numba training pairs compiled (~seconds
-cold, ~1 s warm)."""
+at compile time (the worker held meanwhile), and the report's note and peak. Cost: numba
+training pairs compiled (~seconds cold, ~1 s warm)."""
 
 import numpy as np
 import pytest
@@ -99,12 +99,14 @@ def test_the_packed_kernel_is_asked_for_when_numbas_plan_compiles(auto, monkeypa
         pytest.skip("no packed kernel on this CPU")
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")  # (conftest: 0, compiled at first call)
     asked, done = [], []  # (kernel, types) asked for; whether each was made by then
+    held = []  # whether the worker was held then (background.held: not beside the trace)
     request = background.request
 
     def recorded(handle, key):
         event = request(handle, key)
         asked.append((handle, key))
         done.append(event.is_set())
+        held.append(background._pause[0] > 0)
         return event
 
     monkeypatch.setattr(background, "request", recorded)
@@ -115,6 +117,7 @@ def test_the_packed_kernel_is_asked_for_when_numbas_plan_compiles(auto, monkeypa
         two.backward(x, g)
     kernel = (packed.handle(), ((np.dtype(np.float64).str,),))
     assert kernel in asked
+    assert all(held)  # (its compile waited for no kernel: it ran alone, the worker held)
     assert ran(two) == "numpy"
     backends.wait_for_kernels()
     assert packed.handle().has(kernel[1])  # (ready before the switch call: it waits for nothing)

@@ -7,6 +7,7 @@ with the reference interpreter and the NumPy backend to 1e-12 in float64."""
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -432,3 +433,38 @@ def test_a_kernel_failure_lets_go_of_every_chained_traceback():
     assert background.failure(caught) == "RuntimeError: typing failed"
     assert caught.__traceback__ is None and caught.__cause__.__traceback__ is None
     assert background.failure(RuntimeError()) == "RuntimeError: "
+
+
+def test_a_held_worker_takes_no_job_until_a_wait_for_a_kernel(monkeypatch):
+    """background.held (a trace whose kernels are due calls later): the worker pauses before its
+    next job rather than compile beside the trace; a wait for a kernel lets it go on at once
+    (no deadlock), and after the hold it takes jobs as before."""
+    log, seen = [], threading.Event()  # seen: the worker paused, or ran the job instead
+
+    class Fake:
+        error = None
+
+        def prepare(self, key):
+            log.append(key)
+            seen.set()
+
+        def has(self, key):
+            return True
+
+    class Watched(threading.Condition):
+        def wait_for(self, predicate, timeout=None):
+            if not predicate():
+                log.append("paused")
+                seen.set()
+            return super().wait_for(predicate, timeout)
+
+    monkeypatch.setattr(background, "_paused", Watched())
+    background.wait(60)  # (earlier tests' jobs done: the next job is this test's)
+    with background.held():
+        ready = background.request(Fake(), ("held",))
+        assert seen.wait(60)  # (a safety net only: the worker does one or the other)
+        assert log == ["paused"]
+        assert ready.wait(60)  # the wait lets the held worker make it
+    assert log == ["paused", ("held",)]
+    background.request(Fake(), ("after",)).wait(60)
+    assert log == ["paused", ("held",), ("after",)]

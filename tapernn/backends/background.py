@@ -10,7 +10,11 @@ puts each in its Site's place. Which call ran which lowering is fixed by the top
 count, never by timing: runs stay reproducible bit for bit, cold or warm kernel cache. A kernel
 that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`).
 Under the "auto" backend a Gate also holds back the asking: nothing is asked for (numba not even
-imported) before the program's start call (backends.auto_calls), and its switch call is later."""
+imported) before the program's start call (backends.auto_calls), and its switch call is later.
+While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
+second plan) it holds the worker (`held`): numba's import and compiles, Python holding the GIL,
+would run beside that Python-bound work and stretch it 1.3-2.3x (BENCHMARKS.md "htrace"); a wait
+for any kernel lets the worker go on (no caller ever waits on a held worker)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -245,7 +250,7 @@ def request(handle: Any, key: tuple) -> threading.Event:
         known = _requests.get(ident)
         if known is not None:
             return known[1]
-        event = threading.Event()
+        event = Ready()
         _requests[ident] = (_weak(handle, ident), event)
         _jobs.put((handle, key, event))
         _counts[0] += 1
@@ -304,12 +309,47 @@ def start_numba() -> None:
         if _numba_started[0]:
             return
         _numba_started[0] = True
-        _jobs.put((None, None, threading.Event()))
+        _jobs.put((None, None, Ready()))
         _counts[0] += 1
         _ensure_worker()
 
 
 _numba_started = [False]
+# the worker's pause (`held`): [threads holding it, threads waiting for a kernel meanwhile]
+_pause = [0, 0]
+_paused = threading.Condition()
+
+
+class Ready(threading.Event):
+    """A requested kernel's event: set once the worker has made it. While a thread waits on it
+    the worker runs, held or not (`held`): no caller ever waits on a held worker."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        with _paused:
+            _pause[1] += 1
+            _paused.notify_all()
+        try:
+            return super().wait(timeout)
+        finally:
+            with _paused:
+                _pause[1] -= 1
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Keep the worker from starting another job (its current one runs on) while this block
+    runs -- a trace and compile of a program whose kernels are due many calls later: asked for
+    in it, they are queued and made from the block's end (or from any wait for a kernel)."""
+    with _paused:
+        _pause[0] += 1
+    try:
+        yield
+    finally:
+        with _paused:
+            _pause[0] = max(0, _pause[0] - 1)  # (0 in a child forked meanwhile)
+            _paused.notify_all()
 
 
 def _setup_numba() -> None:
@@ -328,6 +368,8 @@ def _ensure_worker() -> None:
 def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
+        with _paused:  # (not while a trace holds the worker and no one waits: `held`)
+            _paused.wait_for(lambda: not _pause[0] or _pause[1])
         try:
             if handle is None:  # numba's import and setup, ahead of the kernels
                 try:
@@ -372,8 +414,9 @@ def wait(timeout: float | None = None) -> bool:
 
 def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
-    global _jobs, _worker, _start_lock
+    global _jobs, _worker, _start_lock, _paused
     _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
+    _paused, _pause[:] = threading.Condition(), [0, 0]  # (the threads holding were the parent's)
     for (_, key), (ref, event) in _requests.copy().items():
         handle = ref()
         if handle is not None and not event.is_set():

@@ -7,7 +7,9 @@ whole second Executable) runs its training step ~1.5x faster at (32, 50, 256) f3
 evaluation forward ~2.6x (BENCHMARKS.md, "hauto2"). So the signature's NumPy-planned Executable
 runs its first forwards (training and evaluation are signatures of their own); at the START-th
 the model is traced and compiled once more with PlanOptions.backend "numba" (its kernels asked
-for then, in the background: fused groups, the packed GEMM); from the SWITCH-th that Executable
+for then, in the background: fused groups, the packed GEMM; made from the compile's end, the
+worker held meanwhile -- numba's import and compiles beside the trace stretched it 1.3-2.3x:
+background.held, BENCHMARKS.md "htrace"); from the SWITCH-th that Executable
 replaces it, its programs' Gates due at their first call (which waits only for the kernels not
 ready by then). Call counts, never timings: the same calls run the same plan cold or warm
 ($TAPERNN_AUTO_PLANS="start,switch" changes them; tests do). A forward's backward always runs
@@ -28,7 +30,7 @@ import weakref
 from dataclasses import replace
 from typing import Any
 
-from ..backends import call_counts, numba_missing, policy
+from ..backends import background, call_counts, numba_missing, policy
 
 # a signature's forward at which numba's plan is traced (START) and from which it runs (SWITCH):
 # BENCHMARKS.md "hauto2" -- START past a short run's few steps (it never imports numba), SWITCH
@@ -111,24 +113,29 @@ class TwoPlans:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.calls == self.start:
-            _NUMBA.on = True
-            try:
-                self.other = trace()
-            finally:
-                _NUMBA.on = False
-            self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
-            self.other.plan_note = self.note
-            if self.training:  # (its kernels asked for now)
-                pair = self.other.compile_training()
-                programs = (pair.forward, pair.backward)
-            else:
-                programs = (self.other.compile_forward(),)
-            for program in programs:
-                gate = program.__dict__.get("run")
-                if gate is not None:
-                    gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
+            with background.held():  # (its kernels made from the end of the compile on)
+                self._compile(trace)
         if self.calls < self.switch:
             return self.first
         self.first.two_plans = None
         _PENDING.discard(self)
         return self.other
+
+    def _compile(self, trace: Any) -> None:
+        """numba's plan traced and compiled (`other`), its kernels asked for."""
+        _NUMBA.on = True
+        try:
+            self.other = trace()
+        finally:
+            _NUMBA.on = False
+        self.other.recheck = None  # (numba's plan keeps its layout rule's choice)
+        self.other.plan_note = self.note
+        if self.training:  # (its kernels asked for now)
+            pair = self.other.compile_training()
+            programs = (pair.forward, pair.backward)
+        else:
+            programs = (self.other.compile_forward(),)
+        for program in programs:
+            gate = program.__dict__.get("run")
+            if gate is not None:
+                gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
