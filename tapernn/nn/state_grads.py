@@ -471,7 +471,8 @@ def tap_grads_now(
 def tap_copy_bytes(exe: Any) -> int:
     """Bytes later_tap_grads copies into new memory on every plain Sequencer backward of `exe`
     (its arguments and seeds, less those placed in the pair's tap_room and those it keeps by
-    reference, room or not: watch_positions, WATCH_MIN_BYTES, C-contiguous arguments assumed), 0 where it copies nothing (no recurrent module, or step-wise use)."""
+    reference, room or not: watch_positions, WATCH_MIN_BYTES, C-contiguous arguments assumed),
+    0 where it copies nothing (no recurrent module, or step-wise use)."""
     if exe.history_mode or not _recurrent_steps(exe):
         return 0
     sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
