@@ -22,13 +22,19 @@ zmm: where the CPU has AVX-512 (packed.isa), a step loop is compiled with LLVM's
 `-force-vector-width` at 512 bits of its widest float (16 float32 or 8 float64 lanes; vector
 division, the gates' bound, is twice as wide too). The same scalar operations per element
 again: the same bits (tests/test_step_interleave.py). The mark names the bits (none: the old
-text, whose digests AVX2 machines keep)."""
+text, whose digests AVX2 machines keep). A forced width makes LLVM print its vectoriser's
+analysis of every loop it did not vectorise ("remark: <unknown>:0:0: loop not vectorized: ...",
+67 lines for one cold FastLSTM model) to the process's stderr: `_remarks_dropped` keeps those
+lines from the user (anything else written to stderr meanwhile is written after the compile)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -119,12 +125,57 @@ def interleaved(count: int, lanes: int = 0) -> Iterator[None]:
         on = count > 1 and _set(count)
         wide = lanes > 1 and _set_width(lanes)
         try:
-            yield
+            with _remarks_dropped() if wide else contextlib.nullcontext():
+                yield
         finally:
             if on:
                 _set(0)
             if wide:
                 _set_width(0)
+
+
+REMARK = b"remark: "  # (LLVM's diagnostic printer: "remark: <location>: <message>")
+
+
+@contextlib.contextmanager
+def _remarks_dropped() -> Iterator[None]:
+    """File descriptor 2 points at a temporary file in the block; after it, the lines written
+    there that are not LLVM remarks are written to the real stderr (another thread's output
+    in the meantime comes late, not lost). No redirection where descriptor 2 cannot be
+    duplicated (closed)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as held, contextlib.closing(_Fd(saved)):
+        _flush()
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            kept = [x for x in held.read().splitlines(True) if not x.startswith(REMARK)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+class _Fd:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _flush() -> None:
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 def named(source: str, key: tuple) -> contextlib.AbstractContextManager:
