@@ -39,3 +39,13 @@ def test_a_raise_in_the_block_restores_stderr(capfd):
         raise KeyError("a failed compile")
     os.write(2, b"restored\n")
     assert capfd.readouterr().err == "kept\nrestored\n"
+
+
+def test_no_temporary_file_leaves_stderr_alone(capfd, monkeypatch):
+    def no_file():
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(numba_interleave.tempfile, "TemporaryFile", no_file)
+    with numba_interleave._remarks_dropped():
+        os.write(2, REMARK)  # (printed: nowhere else to put it)
+    assert capfd.readouterr().err == REMARK.decode()

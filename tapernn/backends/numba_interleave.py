@@ -142,13 +142,17 @@ def _remarks_dropped() -> Iterator[None]:
     """File descriptor 2 points at a temporary file in the block; after it, the lines written
     there that are not LLVM remarks are written to the real stderr (another thread's output
     in the meantime comes late, not lost). No redirection where descriptor 2 cannot be
-    duplicated (closed)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as held, contextlib.closing(_Fd(saved)):
+    duplicated (closed) or no temporary file can be made: the remarks are printed then."""
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:
+            held = None
+        if held is None:
+            yield
+            return
+        stack.callback(os.close, saved)
         _flush()
         os.dup2(held.fileno(), 2)
         try:
@@ -160,14 +164,6 @@ def _remarks_dropped() -> Iterator[None]:
             kept = [x for x in held.read().splitlines(True) if not x.startswith(REMARK)]
             if kept:
                 os.write(2, b"".join(kept))
-
-
-class _Fd:
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _flush() -> None:
