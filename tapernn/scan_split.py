@@ -35,18 +35,13 @@ from .graph import Graph
 from .own_threads import cpus, owning, submit, worker_ident, zero_fill  # noqa: F401 (cpus: tests)
 from .plan_options import SIZE_ROWS, SPLIT_MIN_ROWS
 from .scan_rebatch import rebatch
-from .slab_halves import halves_meet
+from .slab_halves import halves, halves_meet
 
 SPLIT_CALLS = [0]  # loop calls run split so far (tests: the split ran)
 # a call whose xs lie in the slab across both halves' rows (SplitRunner._apart) runs unsplit
 UNSPLIT = " (calls whose xs rows in the slab cross the halves' rows run unsplit)"
 STEP_LOOPS = [True]  # PlanOptions.step_loops unless off here (tools/ab_loop.py's "old" arm)
 MIN_ROWS = SPLIT_MIN_ROWS  # "auto": each half at least this many rows (regions' plan reads it)
-
-
-def halves(batch: int) -> tuple[int, int]:
-    """The two row counts: the caller's half first (the larger, if odd)."""
-    return batch - batch // 2, batch // 2
 
 
 def gemm_ops(graph: Graph) -> tuple[int, int]:

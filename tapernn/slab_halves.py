@@ -18,7 +18,7 @@ from .plan_options import LOOP_MAX_SIZE, SPLIT_MIN_ROWS, PlanOptions
 
 
 def split_rows(s: Node, options: PlanOptions) -> int | None:
-    """The first batch half's row count (scan_split.halves) when loop `s` may run split under
+    """The first batch half's row count (`halves`) when loop `s` may run split under
     `options`: a backend that may be numba, batch_split not "off", a loop the Python runner runs
     (a body value over LOOP_MAX_SIZE elements: backends/numba_loop.py), batch-major (every ys
     in the rows (B, w) with the carries' B), halves of >= SPLIT_MIN_ROWS rows under "auto";
@@ -31,11 +31,18 @@ def split_rows(s: Node, options: PlanOptions) -> int | None:
     kept = [o.shape for j, o in enumerate(body.outputs[nc:]) if j not in moved]
     least = SPLIT_MIN_ROWS if options.batch_split == "auto" else 1
     largest = max((math.prod(n.shape) for n in body.nodes), default=0)
-    if largest <= LOOP_MAX_SIZE or batch // 2 < least or not kept:
+    first, second = halves(batch)
+    if largest <= LOOP_MAX_SIZE or second < least or not kept:
         return None
     if any(len(shape) != 2 or shape[0] != batch for shape in kept):
         return None
-    return batch - batch // 2
+    return first
+
+
+def halves(batch: int) -> tuple[int, int]:
+    """A split loop's two row counts (scan_split): the caller's half first (the larger, if
+    odd)."""
+    return batch - batch // 2, batch // 2
 
 
 def crosses(slab: np.ndarray, x: np.ndarray, s: Node, start: int, row: int, b0: int) -> bool:
