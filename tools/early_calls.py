@@ -1,19 +1,21 @@
 """A default user's first calls (issue 19, "hearly"): `Sequencer(FastLSTM(H, H))` float32 on an
 input (T, B, H), forward / zero_grad_parameters / backward / update_parameters, `--calls`
-times, each run in a FRESH process. Prints each call's wall, the main thread's CPU and the
-process's CPU, grouped (calls 1-9 one by one, 10, 11-99 in blocks, 100, 101-120, the rest in
-blocks), and what ran then: the BLAS thread tuner's timed calls (`t1` / `t2`: a call of a
-program with 1 / the pool's threads while it explores, `c1` / `c2` a periodic check), "auto"'s
-trace of numba's plan (`trace`), the numba compile worker's CPU in the call (`W`) and the CPU
-of the other threads (`O`: OpenBLAS's pool, tapernn's split worker), which plan ran (`np` /
-`nb`; on backend "numba" `np` until its Gate's switch call).
+times, each run in a FRESH process. Prints each call's wall, the main thread's CPU, its time
+queued for a core and blocked (wall less both: on the GIL, on an event; from
+/proc/thread-self/schedstat) and the process's CPU, grouped (calls 1-9 one by one, 10, 11-99
+in blocks, 100, 101-120, the rest in blocks), and what ran then: the BLAS thread tuner's timed
+calls (`t1` / `t2`: a call of a program with 1 / the pool's threads in its first round, `c1` /
+`c2` a periodic check), "auto"'s trace of numba's plan (`trace`), the numba compile worker's
+CPU in the call (`W`) and the CPU of the other threads (`O`: OpenBLAS's pool, tapernn's split
+worker), which plan ran (`np` / `nb`; on backend "numba" `np` until its Gate's switch call).
 
-Kernel cache (`--cache`): "cold" points $TAPERNN_KERNEL_CACHE and $TAPERNN_LAYOUT_CACHE at a
-fresh directory per run (a first-time user); "warm" at /tmp/hearly-warm-cache (one unprinted
-run fills it first); "shared" leaves the environment alone (~/.cache/tapernn, never cleared).
+Kernel cache (`--cache`): "cold" points $TAPERNN_KERNEL_CACHE, $TAPERNN_LAYOUT_CACHE and
+$NUMBA_CACHE_DIR (tapernn's own cached @njit functions) at a fresh directory per run (a
+first-time user); "warm" at /tmp/hearly-warm-cache (unprinted runs fill it first, per checkout
+and shape); "shared" leaves the environment alone (~/.cache/tapernn, never cleared).
 
 A/B: `--trees A,B` runs each checkout's tapernn (PYTHONPATH) in turn, fresh processes
-alternating, `--runs` each; `--env "K=V K2=V2"` per tree too (`--env-b`). The summary gives
+alternating, `--runs` each (give copies that do not change meanwhile: `git archive`); `--env "K=V K2=V2"` per tree too (`--env-b`). The summary gives
 per-arm medians of the groups' sums.
 
     python tools/early_calls.py --backend auto --cache cold --runs 2
@@ -59,11 +61,11 @@ class Probe:
         record, compile_ = blas_tuning._Arm.record, auto_plans.TwoPlans._compile
         probe = self
 
-        def timed_record(arm, n, seconds):
+        def timed_record(arm, n, seconds, *more):
             if arm.calls > 0 and (arm.explore > 0 or n != arm.current):  # (timed trials)
                 check = arm.explore == 0
                 probe.tune.append(("c" if check else "t") + ("1" if n == 1 else "2"))
-            return record(arm, n, seconds)
+            return record(arm, n, seconds, *more)
 
         def timed_compile(two, trace):
             t = time.perf_counter()
@@ -86,6 +88,18 @@ class Probe:
             return time.clock_gettime(self.worker_clock)
         except OSError:  # (the thread ended)
             return 0.0
+
+
+def sched() -> tuple[float, float]:
+    """(seconds on a CPU, seconds waiting on a run queue) of the calling thread so far
+    (/proc/thread-self/schedstat; zeros where there is none): a call's wall less both is the
+    time the thread was blocked -- on the GIL, on an event."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run, queued = f.read().split()[:2]
+        return int(run) * 1e-9, int(queued) * 1e-9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def child(a: argparse.Namespace) -> None:
@@ -113,6 +127,7 @@ def child(a: argparse.Namespace) -> None:
     for i in range(1, a.calls + 1):
         probe.tune, probe.trace_s = [], 0.0
         jobs0, w0 = background.activity(), probe.worker_cpu()
+        s0 = sched()
         t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
         seq.forward(x)
         seq.zero_grad_parameters()
@@ -120,7 +135,9 @@ def child(a: argparse.Namespace) -> None:
         seq.update_parameters(1e-3)
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         proc, jobs1 = time.process_time() - p0, background.activity()
+        s1 = sched()
         worker = max(0.0, probe.worker_cpu() - w0)
+        queued = s1[1] - s0[1]
         program = seq._runtime.last.compile_training().forward
         backend = program.program.backend
         if backend == "numba" and "run" in program.__dict__:  # (its Gate: NumPy lowerings)
@@ -133,6 +150,8 @@ def child(a: argparse.Namespace) -> None:
                 "proc": proc,
                 "worker": worker,
                 "other": max(0.0, proc - cpu - worker),
+                "queued": queued,
+                "blocked": max(0.0, wall - (s1[0] - s0[0]) - queued),
                 "tune": probe.tune,
                 "trace": probe.trace_s,
                 "jobs": jobs1[1] - jobs0[1],
@@ -182,11 +201,12 @@ def table(result: dict) -> str:
     lines = [
         f"  import tapernn {result['import']:.2f} s, load at end {result['load']:.1f}, tapernn "
         + result["tapernn"],
-        "  calls      wall ms   main CPU   proc CPU   worker W  other O   what ran",
+        "  calls      wall ms   main CPU   queued  blocked   proc CPU   worker W  other O   what",
     ]
     for lo, hi in groups(len(rows)):
         sel = rows[lo - 1 : hi]
-        s = {k: sum(r[k] for r in sel) * 1e3 for k in ("wall", "cpu", "proc", "worker", "other")}
+        keys = ("wall", "cpu", "queued", "blocked", "proc", "worker", "other")
+        s = {k: sum(r[k] for r in sel) * 1e3 for k in keys}
         tune = [t for r in sel for t in r["tune"]]
         what = [_plan_tag(sel)]
         if tune:
@@ -203,7 +223,8 @@ def table(result: dict) -> str:
                 what.append("numba imported")
         name = f"{lo}" if lo == hi else f"{lo}-{hi}"
         lines.append(
-            f"  {name:9s} {s['wall']:8.0f} {s['cpu']:10.0f} {s['proc']:10.0f} "
+            f"  {name:9s} {s['wall']:8.0f} {s['cpu']:10.0f} {s['queued']:8.0f} {s['blocked']:8.0f} "
+            f"{s['proc']:10.0f} "
             f"{s['worker']:10.0f} {s['other']:8.0f}   {'; '.join(what)}"
         )
     return "\n".join(lines)
@@ -233,9 +254,11 @@ def run_child(a: argparse.Namespace, tree: str, env_text: str) -> dict:
         tmp = tempfile.mkdtemp(prefix="hearly-cold-")
         env["TAPERNN_KERNEL_CACHE"] = tmp
         env["TAPERNN_LAYOUT_CACHE"] = os.path.join(tmp, "layout-rule.json")
+        env["NUMBA_CACHE_DIR"] = os.path.join(tmp, "numba")  # (tapernn's own @njit too)
     elif a.cache == "warm":
         env["TAPERNN_KERNEL_CACHE"] = str(WARM_DIR)
         env["TAPERNN_LAYOUT_CACHE"] = str(WARM_DIR / "layout-rule.json")
+        env["NUMBA_CACHE_DIR"] = str(WARM_DIR / "numba")
     argv = [sys.executable, str(HERE), "--child", "--backend", a.backend, "--dtype", a.dtype]
     argv += ["--calls", str(a.calls), "--shape", ",".join(map(str, a.shape))]
     try:
@@ -270,12 +293,15 @@ def main() -> None:
     arms = [(t, a.env) for t in a.trees.split(",")]
     if a.env_b is not None:
         arms += [(t, f"{a.env} {a.env_b}") for t in a.trees.split(",")]
-    if a.cache == "warm" and not (WARM_DIR / "filled").exists():
-        WARM_DIR.mkdir(parents=True, exist_ok=True)
-        for backend in ("numba", "auto"):
-            b = argparse.Namespace(**{**vars(a), "backend": backend, "calls": 3})
-            run_child(b, arms[0][0], a.env)
-        (WARM_DIR / "filled").touch()
+    for tree, env in arms if a.cache == "warm" else ():  # (each tree's own @njit cache too)
+        filled = WARM_DIR / ("filled-" + tree.replace("/", "_").replace(":", "_") + str(a.shape))
+        if not filled.exists():
+            WARM_DIR.mkdir(parents=True, exist_ok=True)
+            for backend in ("numba", "auto"):
+                calls = 3 if backend == "numba" else 101
+                b = argparse.Namespace(**{**vars(a), "backend": backend, "calls": calls})
+                run_child(b, tree, env)
+            filled.touch()
     with open("/proc/loadavg") as f:
         print(f"# {time.strftime('%H:%M:%S', time.gmtime())} UTC, load {f.read().split()[:3]}")
     results: dict[int, list[dict]] = {k: [] for k in range(len(arms))}
@@ -288,15 +314,14 @@ def main() -> None:
             if not a.quiet:
                 print(f"[arm {k}: {tree} {env.strip()}] run {run + 1}, {a.backend}, {a.cache}")
                 print(table(r), flush=True)
-    print(f"summary: median over {a.runs} runs of each span's sum, ms (wall / main CPU / proc CPU)")
+    keys = ("wall", "cpu", "queued", "blocked", "proc")
+    print(f"summary: median over {a.runs} runs of each span's sum, ms ({' / '.join(keys)})")
     for k, (tree, env) in enumerate(arms):
         print(f"  arm {k}: {tree} {env.strip()}")
-        walls = [span_sums(r, "wall") for r in results[k]]
-        cpus = [span_sums(r, "cpu") for r in results[k]]
-        procs = [span_sums(r, "proc") for r in results[k]]
-        for name in walls[0]:
-            med = [statistics.median(v[name] for v in m) for m in (walls, cpus, procs)]
-            print(f"    {name:8s} {med[0]:9.0f} {med[1]:9.0f} {med[2]:9.0f}")
+        sums = {key: [span_sums(r, key) for r in results[k]] for key in keys}
+        for name in sums["wall"][0]:
+            med = [statistics.median(v[name] for v in sums[key]) for key in keys]
+            print(f"    {name:8s}" + "".join(f" {m:9.0f}" for m in med))
     if a.json:
         Path(a.json).write_text(json.dumps({str(k): v for k, v in results.items()}))
 
