@@ -160,6 +160,8 @@ def child(a: argparse.Namespace) -> None:
                 "numba": background.numba_imported(),
             }
         )
+    if a.wait:  # (filling the warm cache: kernels asked for late, the step loops, too)
+        tn.backends.wait_for_kernels()
     out = {
         "import": imported,
         "load": os.getloadavg()[0],
@@ -261,6 +263,7 @@ def run_child(a: argparse.Namespace, tree: str, env_text: str) -> dict:
         env["NUMBA_CACHE_DIR"] = str(WARM_DIR / "numba")
     argv = [sys.executable, str(HERE), "--child", "--backend", a.backend, "--dtype", a.dtype]
     argv += ["--calls", str(a.calls), "--shape", ",".join(map(str, a.shape))]
+    argv += ["--wait"] if a.wait else []
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     finally:
@@ -285,6 +288,7 @@ def main() -> None:
     ap.add_argument("--env", default="", help="'K=V ...' for every arm")
     ap.add_argument("--env-b", default=None, help="'K=V ...': a second arm per tree")
     ap.add_argument("--quiet", action="store_true", help="the summary only")
+    ap.add_argument("--wait", action="store_true", help="wait for every kernel at the end")
     ap.add_argument("--json", default=None, help="write every run's rows here")
     a = ap.parse_args()
     a.shape = tuple(int(v) for v in a.shape.split(","))
@@ -300,6 +304,7 @@ def main() -> None:
             for backend in ("numba", "auto"):
                 calls = 3 if backend == "numba" else 101
                 b = argparse.Namespace(**{**vars(a), "backend": backend, "calls": calls})
+                b.wait = True
                 run_child(b, tree, env)
             filled.touch()
     with open("/proc/loadavg") as f:
