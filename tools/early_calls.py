@@ -112,6 +112,10 @@ def child(a: argparse.Namespace) -> None:
     from tapernn.nn import auto_plans
 
     imported = time.perf_counter() - t_import
+    if a.nice:  # (after the import, which is timed as is)
+        from timeline_step import nice_autogroup
+
+        nice_autogroup()
     probe = Probe()
     probe.install()
     if a.backend != "auto":
@@ -264,6 +268,7 @@ def run_child(a: argparse.Namespace, tree: str, env_text: str) -> dict:
     argv = [sys.executable, str(HERE), "--child", "--backend", a.backend, "--dtype", a.dtype]
     argv += ["--calls", str(a.calls), "--shape", ",".join(map(str, a.shape))]
     argv += ["--wait"] if a.wait else []
+    argv += ["--nice"] if a.nice else []
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     finally:
@@ -289,6 +294,7 @@ def main() -> None:
     ap.add_argument("--env-b", default=None, help="'K=V ...': a second arm per tree")
     ap.add_argument("--quiet", action="store_true", help="the summary only")
     ap.add_argument("--wait", action="store_true", help="wait for every kernel at the end")
+    ap.add_argument("--nice", action="store_true", help="each run in its own autogroup at -19")
     ap.add_argument("--json", default=None, help="write every run's rows here")
     a = ap.parse_args()
     a.shape = tuple(int(v) for v in a.shape.split(","))
