@@ -332,7 +332,10 @@ def main() -> None:
         sums = {key: [span_sums(r, key) for r in results[k]] for key in keys}
         for name in sums["wall"][0]:
             med = [statistics.median(v[name] for v in sums[key]) for key in keys]
-            print(f"    {name:8s}" + "".join(f" {m:9.0f}" for m in med))
+            runs = "  runs' wall/blocked: " + ", ".join(
+                f"{w[name]:.0f}/{b[name]:.0f}" for w, b in zip(sums["wall"], sums["blocked"])
+            )
+            print(f"    {name:8s}" + "".join(f" {m:9.0f}" for m in med) + runs)
     if a.json:
         Path(a.json).write_text(json.dumps({str(k): v for k, v in results.items()}))
 
