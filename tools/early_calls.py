@@ -223,10 +223,8 @@ def table(result: dict) -> str:
             what.append(f"trace {trace * 1e3:.0f} ms")
         if any(r["busy"] for r in sel):
             what.append(f"worker busy ({sum(r['jobs'] for r in sel)} jobs done)")
-        if any(r["numba"] for r in sel) and not all(r["numba"] for r in rows[: lo - 1] or [{}]):
-            first = next(r["i"] for r in rows if r["numba"])
-            if lo <= first <= hi:
-                what.append("numba imported")
+        if lo <= next((r["i"] for r in rows if r["numba"]), 0) <= hi:
+            what.append("numba imported")
         name = f"{lo}" if lo == hi else f"{lo}-{hi}"
         lines.append(
             f"  {name:9s} {s['wall']:8.0f} {s['cpu']:10.0f} {s['queued']:8.0f} {s['blocked']:8.0f} "
