@@ -370,8 +370,10 @@ def _ensure_worker() -> None:
 # while the worker has jobs, the interpreter's switch interval (sys.setswitchinterval, 5 ms by
 # default) is at most this: numba's import and compiles are mostly GIL-holding Python, and each
 # time the caller's step releases the GIL (a GEMM, a ufunc) the worker takes it, the caller
-# then waiting up to the interval to get it back -- at (32, 50, 256) f32 under "auto", cold,
-# load ~9, the caller was blocked 1.5-2.2 s over calls 11-99 with 5 ms, 0.9 s with 0.5 ms
+# then waiting up to the interval to get it back -- a NumPy-planned (32, 50, 256) f32 step beside
+# a compiling thread ran 98-99 ms instead of 106-111 (blocked 26 ms instead of 33); under "auto",
+# cold, the caller's blocked time over calls 11-99 went 2.0 -> 1.2 s at load ~9, but only
+# 3.7 -> 3.5 s with a core each: the rest is the GIL's share, which no interval changes
 # (BENCHMARKS.md "hearly"); restored when the queue is empty, unless changed meanwhile
 WORKER_SWITCH_S = 0.0005
 _interval: list[float | None] = [None, None]  # (the interval before the worker's, the worker's)
