@@ -4,6 +4,7 @@ caller's again once the queue is empty -- unless someone set another meanwhile."
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -82,3 +83,29 @@ def test_a_shorter_interval_of_the_callers_is_kept_during_jobs(interval):
     assert fake.seen == [mine]
     drained()
     assert sys.getswitchinterval() == mine
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_during_a_job_gets_the_callers_interval_back(interval):
+    go = threading.Event()
+    fake = Fake(go)
+    ready = background.request(fake, ("e",))
+    for _ in range(6000):  # (the job started: the interval is the worker's)
+        if fake.seen:
+            break
+        threading.Event().wait(0.01)
+    pid = os.fork()
+    if pid == 0:  # the child: the job queued again, made by its own worker, then the interval
+        code = 1
+        try:
+            go.set()
+            if ready.wait(60):
+                drained()
+                code = 0 if sys.getswitchinterval() == 0.005 else 2
+        finally:
+            os._exit(code)
+    go.set()
+    assert ready.wait(60)
+    assert os.waitpid(pid, 0)[1] == 0
+    drained()
+    assert sys.getswitchinterval() == 0.005
