@@ -185,8 +185,8 @@ def locked_method(fn: Callable) -> Callable:
                     lock = _acquire(self)
             else:
                 lock = _acquire(self)
-            try:
-                return fn(self, *args, **kwargs)
+            try:  # (a call without arguments, zero_grad_parameters(): no `*args` call)
+                return fn(self, *args, **kwargs) if args or kwargs else fn(self)
             except TypeError as e:
                 refuse_bad_call(fn, self, args, kwargs, e)
                 raise
