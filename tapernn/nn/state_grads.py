@@ -313,19 +313,6 @@ def later_tap_grads(
     tap_later(rt, record, copies[:n], copies[n:], modules, getattr(copies, "watched", ()))
 
 
-def copies_everything(exe: Any, room: tuple | None) -> bool:
-    """Whether tap_copies, given the arguments and seeds of a plain Sequencer backward of `exe`
-    and no room (`room`: TrainingPair.tap_room's, None), copies each of them whole: none at a
-    watched position is as large as WATCH_MIN_BYTES, so none is kept by reference. Their
-    sizes are the program's nodes' (an array bound to a node has its shape and dtype)."""
-    if room is not None:
-        return False
-    sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
-    sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
-    watch = watch_positions(exe)
-    return all(b < WATCH_MIN_BYTES for k, b in enumerate(sizes) if k in watch)
-
-
 def tap_places(sizes: list[int], room: int, watch: frozenset = frozenset()) -> dict[int, int]:
     """Position -> byte offset in a room of `room` bytes of each array (of `sizes` bytes) placed
     there: those tap_copies would copy first (not at a position in `watch`, or smaller than

@@ -17,13 +17,13 @@ from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
 from .state_grads import (
-    copies_everything,
+    WATCH_MIN_BYTES,
     room_view,
     store_state_input_grads,
     tap_copies,
     tap_grads_now,
+    watch_positions,
 )
-from .state_grads import watch_positions as _watch_positions
 from .steady_fields import Restore, _deferred, _forget, _release, _state_checks, _write_back
 from .write_plan import Pending
 
@@ -241,6 +241,19 @@ def _call(result: str, program: str, args: str, private: str, steady: Any, ns: d
     ]
 
 
+def copies_everything(exe: Any, room: tuple | None) -> bool:
+    """Whether tap_copies, given the arguments and seeds of a plain Sequencer backward of `exe`
+    and no room (`room`: TrainingPair.tap_room's, None), copies each of them whole: none at a
+    watched position is as large as WATCH_MIN_BYTES, so none is kept by reference. Their
+    sizes are the program's nodes' (an array bound to a node has its shape and dtype)."""
+    if room is not None:
+        return False
+    sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
+    sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
+    watch = watch_positions(exe)
+    return all(b < WATCH_MIN_BYTES for k, b in enumerate(sizes) if k in watch)
+
+
 def _plain_copies(steady: Any, ns: dict) -> list[str]:
     """tap_copies' result for a full backward whose copies are all whole (copies_everything),
     one line per argument: what it copies (an argument bound per call, which may be no ndarray,
@@ -288,7 +301,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
-        "watch": _watch_positions(exe),
+        "watch": watch_positions(exe),
         "compute_into": exe.packing.compute_into,
         "release": exe.packing.release,
         "room_view": room_view,
