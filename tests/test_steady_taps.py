@@ -84,3 +84,24 @@ def test_without_the_input_gradient_the_general_copies(backend):
     fresh.backward(want_x, want_g, need_grad_input=False)
     for u, v in zip(grad_hidden(seq), grad_hidden(fresh), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
+
+
+def test_a_rebound_parameter_is_the_one_copied(backend):
+    tn.manual_seed(8)
+    seq = nn.Sequencer(nn.FastLSTM(D, H))
+    x, g = data(4)
+    for _ in range(2):
+        seq.forward(x)
+        seq.backward(x, g)
+    w = seq.module.o2g.weight  # rebound (a new plan), then steady again with the new array
+    w.data = w.data * 0.5
+    fresh = copy.deepcopy(seq)
+    for _ in range(2):
+        seq.forward(x)
+        seq.backward(x, g)
+    assert "watched = ()" in seq._runtime.steady.backward.source
+    w.data *= 3.0  # in place, after the backward: the copy holds the backward's values
+    fresh.forward(x)
+    fresh.backward(x, g)
+    for u, v in zip(grad_hidden(seq), grad_hidden(fresh), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
