@@ -155,6 +155,33 @@ def test_other_call_forms_take_the_general_path_with_its_checks(backend):
     np.testing.assert_allclose(seq(x), want, **TOL)  # (Module.__call__)
 
 
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("form", ["keyword", "positional"])
+def test_need_grad_input_either_way_reaches_the_backward_entry(backend, form, flag, monkeypatch):
+    seq = make("fastlstm")
+    x, g = data(3)
+    want, exact = expected("fastlstm", seq, x, g)
+    steady = seq._runtime.steady
+    seen, inner = [], steady.backward_entry
+    steady.backward_entry = lambda *a, **k: seen.append(a[2:] + tuple(k.values())) or inner(*a, **k)
+    general = count_general(monkeypatch)
+    np.testing.assert_allclose(seq.forward(x), want, **TOL)
+    seq.zero_grad_parameters()
+    if form == "keyword":
+        gx = seq.backward(x, g, need_grad_input=flag)
+    else:
+        gx = seq.backward(x, g, flag)
+    assert seen == [(flag,)] and general == []
+    if flag:
+        np.testing.assert_allclose(gx, exact["input"], **TOL)
+    else:
+        assert gx is None and seq.grad_input is None
+    for k, p in seq.module.named_parameters().items():
+        np.testing.assert_allclose(p.grad, exact[k], err_msg=k, **TOL)
+    with pytest.raises(tn.ArgumentTypeError, match="need_grad"):  # (a wrong keyword: refused)
+        seq.backward(x, g, need_grad=flag)
+
+
 def test_a_changed_parameter_array_is_traced_again(backend, monkeypatch):
     seq = make("fastlstm")
     general = count_general(monkeypatch)

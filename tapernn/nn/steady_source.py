@@ -16,8 +16,14 @@ import numpy as np
 from .binding import _state_signature
 from .locking import _acquire, check_sequence_owner
 from .packing import VERSION
-from .state_grads import room_view, store_state_input_grads, tap_copies, tap_grads_now
-from .state_grads import watch_positions as _watch_positions
+from .state_grads import (
+    WATCH_MIN_BYTES,
+    room_view,
+    store_state_input_grads,
+    tap_copies,
+    tap_grads_now,
+    watch_positions,
+)
 from .steady_fields import Restore, _deferred, _forget, _release, _state_checks, _write_back
 from .write_plan import Pending
 
@@ -235,6 +241,37 @@ def _call(result: str, program: str, args: str, private: str, steady: Any, ns: d
     ]
 
 
+def copies_everything(exe: Any, room: tuple | None) -> bool:
+    """Whether tap_copies, given the arguments and seeds of a plain Sequencer backward of `exe`
+    and no room (`room`: TrainingPair.tap_room's, None), copies each of them whole: none at a
+    watched position is as large as WATCH_MIN_BYTES, so none is kept by reference. Their
+    sizes are the program's nodes' (an array bound to a node has its shape and dtype)."""
+    if room is not None:
+        return False
+    sizes = [n.nbytes for n in exe.arg_nodes if n.kind != "tap"]
+    sizes += [exe.diff_outputs[k].nbytes for k in exe.seeded]
+    watch = watch_positions(exe)
+    return all(b < WATCH_MIN_BYTES for k, b in enumerate(sizes) if k in watch)
+
+
+def _plain_copies(steady: Any, ns: dict) -> list[str]:
+    """tap_copies' result for a full backward whose copies are all whole (copies_everything),
+    one line per argument: what it copies (an argument bound per call, which may be no ndarray,
+    as np.array there), then the output gradient's copy, none kept by reference."""
+    ns["array"] = np.array
+    copies = [
+        f"args[{k}].copy()"
+        if a is not None
+        else f'(args[{k}].copy() if type(args[{k}]) is ndarray else array(args[{k}], order="C"))'
+        for k, a in enumerate(steady.args)
+    ]
+    return [
+        f"        copies = [{', '.join(copies)}]",
+        "        watched = ()",
+        "        gcopy = [grad_output.copy()]",
+    ]
+
+
 def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
     """`backward(input, grad_output, need_grad_input) -> grad_input` for `steady`: the backward
     paired with its forward (the same input array, one output gradient of the output's shape
@@ -264,7 +301,7 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "partial": partial,
         "tap_grads_now": tap_grads_now,
         "tap_copies": tap_copies,
-        "watch": _watch_positions(exe),
+        "watch": watch_positions(exe),
         "compute_into": exe.packing.compute_into,
         "release": exe.packing.release,
         "room_view": room_view,
@@ -307,10 +344,15 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         lines += ["            raise", "        release(full)"]
     else:
         lines += ["    " + line for line in call]
+    plain = False  # (the full backward's copies spelled out: _plain_copies)
     if steady.cut_modules:  # the saved bytes the copies below may go into (tap_room: fixed
         r = pair.tap_room(ns["full"])  # per program, so the full backward's is spelled out)
-        room = "None" if r is None else f"room_view(saved[{r[0]}], {r[1]})"
-        lines.append(f"        room = {room}")
+        plain = copies_everything(exe, r) and all(
+            a is None or type(a) is np.ndarray for a in steady.args
+        )
+        if not plain:
+            room = "None" if r is None else f"room_view(saved[{r[0]}], {r[1]})"
+            lines.append(f"        room = {room}")
     lines += [
         "    else:",
         "        program = pair.last_backward = pair.backward_program(1)",
@@ -359,13 +401,20 @@ def backward_function(steady: Any, miss: object) -> tuple[Callable, Callable]:
         "    del grads",  # (the parameter gradients are accumulated: freed before the copies)
     ]
     if steady.cut_modules:  # copies for a lazy get_grad_hidden_state (or held: tap_copies)
-        lines += [
+        general = [
             "    copies = tap_copies(list(args) + [grad_output], room, watch)",
             "    watched = copies.watched",
             "    gcopy = [copies.pop()]",
-            "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
-            + " gcopy, modules, watched)",
         ]
+        if plain:
+            lines += ["    if need_grad_input:"] + _plain_copies(steady, ns)
+            lines += ["    else:"] + ["    " + line for line in general]
+        else:
+            lines += general
+        lines.append(
+            "    taps = partial(tap_grads_now, rt, exe, record.leaves, record.starts, copies,"
+            + " gcopy, modules, watched)"
+        )
         for m in steady.cut_modules:  # (state_grads.tap_later, inlined)
             lines.append(f'    {bind(m.__dict__, "f")}["_grad_hidden"] = taps')
     lines += [
