@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas
+from . import blas, blas_gemm
 
 # a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
 # costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
@@ -440,8 +440,9 @@ def _mm_bias(a, b, out, bias):
         np.multiply(a, b, out=out)
         np.add(out, bias + 0.0, out=out)
         return
-    np.matmul(a, b, out=out)
-    np.add(out, bias, out=out)
+    if out.nbytes < blas_gemm.MIN_BYTES or not blas_gemm.gemm_bias(a, b, bias, out):
+        np.matmul(a, b, out=out)
+        np.add(out, bias, out=out)
 
 
 def note(program_has_split_loop: bool, mode: str) -> str:
