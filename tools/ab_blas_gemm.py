@@ -1,0 +1,84 @@
+"""A/B of branch hblas (issue 19) in one process, interleaved with rests (the arms' order reversed
+every other round): the same FastLSTM training step (numba, owned) with the projection's halves
+as on main ("old": np.matmul then np.add over each half's rows) and through blas_gemm ("new": the
+bias copied into the rows, OpenBLAS's GEMM accumulating onto it with beta = 1), each arm its own
+model (same seed; their gradients are bit-equal where the projection's depth fits in one of
+OpenBLAS's K blocks, e.g. H = 256, and differ in the last bits otherwise). Prints per arm: step
+wall, process CPU, the caller thread's CPU (medians, minima), the ratio, the thread CPU of
+the projection's halves a step (caller's and worker's summed) and the load.
+
+Run: PYTHONPATH=$PWD python tools/ab_blas_gemm.py --configs 32,50,256 32,50,512 --reps 15
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from ab_common import (
+    alternating,
+    arm_parser,
+    config_arms,
+    grads_equal,
+    print_arms,
+    print_ratios,
+    training_step,
+)
+
+from tapernn import blas_gemm, own_threads
+
+ARMS = {"old": 1 << 62, "new": blas_gemm.MIN_BYTES}
+MODE = ["old"]
+HALVES: dict = {}  # arm -> thread CPU seconds of the projection's halves, both threads
+_lock = threading.Lock()
+_real = own_threads._mm_bias
+
+
+def _timed_half(a, b, out, bias):
+    t = time.thread_time()
+    try:
+        return _real(a, b, out, bias)
+    finally:
+        with _lock:
+            HALVES[MODE[0]] = HALVES.get(MODE[0], 0.0) + time.thread_time() - t
+
+
+own_threads._mm_bias = _timed_half
+
+
+def settings(mode: str) -> None:
+    MODE[0] = mode
+    blas_gemm.MIN_BYTES = ARMS[mode]
+
+
+def make(B, T, H, dtype, x, g, mode):
+    return training_step(x, g, H, lambda: settings(mode))
+
+
+def main():
+    ap = arm_parser(ARMS, ["old", "new"])
+    args = ap.parse_args()
+    for text in args.configs:
+        print(f"load {os.getloadavg()}", flush=True)
+        _, arms, models = config_arms(text, args.dtype, args.arms, make, not args.no_torch)
+        for f in arms.values():
+            for _ in range(3):
+                f()
+        HALVES.clear()
+        calls = blas_gemm.CALLS[0]
+        res = alternating(arms, args.reps, args.batch)
+        same = grads_equal(models, args.arms)
+        print(
+            f"({text}) {args.dtype}, {args.reps} rounds x {args.batch} steps, gradients"
+            f" bit-equal: {same}, blas_gemm calls {blas_gemm.CALLS[0] - calls}"
+        )
+        print_arms(res, "torch" if "torch" in res else args.arms[0])
+        steps = args.reps * args.batch
+        each = "  ".join(f"{m} {HALVES.get(m, 0) / steps * 1e3:.3f}" for m in args.arms)
+        print(f"  projection halves, thread CPU of both, ms a step: {each}")
+        print_ratios(res, args.arms)
+
+
+if __name__ == "__main__":
+    main()
