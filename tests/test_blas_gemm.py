@@ -10,7 +10,8 @@ import pytest
 from test_batch_split import CELLS, D, T, check_equations, train
 from test_own_bias import model, needs_numba, numba_now, run_owned  # noqa: F401 (fixture)
 
-from tapernn import blas_gemm, own_bias, own_threads
+import tapernn as tn
+from tapernn import blas_gemm, nn, own_bias, own_threads
 
 needs_blas = pytest.mark.skipif(not blas_gemm.functions(), reason="no ILP64 OpenBLAS cblas GEMM")
 
@@ -177,4 +178,49 @@ def test_an_owned_fastlstm_with_the_blas_projection_equals_the_equations(found, 
     assert "np_matmul_bias(" in m._runtime.last.training_pair.forward.program.source
     assert own_bias.FUSED[0] > 0
     assert (blas_gemm.CALLS[0] > before) == found
+    check_equations(m, step, n, x, g, got, rng)
+
+
+def test_unowned_matmul_bias_runs_the_whole_gemm_onto_its_bias(rng, monkeypatch):
+    a, b = rng.standard_normal((30, 300)), rng.standard_normal((20, 300)).T
+    bias = rng.standard_normal(20)
+    monkeypatch.setattr(blas_gemm, "MIN_BYTES", 0)
+    before = blas_gemm.CALLS[0]
+    out = np.full((30, 20), np.nan)
+    assert own_threads.matmul_bias(a, b, bias[None, None], (30, 1, 20), out=out) is out
+    assert blas_gemm.CALLS[0] == before + 1
+    np.testing.assert_allclose(out, product(a, b) + bias, **TOL[np.float64])
+    # K = 1 keeps its own rule (tests/test_own_outer.py): np.matmul's bits, signed zeros too
+    a1, w1 = rng.standard_normal((40, 1)), rng.standard_normal((6, 1))
+    a1[::3], w1[::2], bias[::2] = -0.0, 0.0, -0.0
+    want = np.matmul(a1, w1.T) + bias[:6]
+    got = own_threads.matmul_bias(a1, w1.T, bias[:6], (40, 6), out=np.empty((40, 6)))
+    assert blas_gemm.CALLS[0] == before + 1
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+
+
+@pytest.fixture
+def numpy_backend():
+    before = tn.get_backend()
+    tn.set_backend("numpy")
+    yield
+    tn.set_backend(before)
+
+
+@needs_blas
+@pytest.mark.usefixtures("numpy_backend")
+@pytest.mark.parametrize("min_bytes", [0, 1 << 62])
+def test_a_numpy_backend_fastlstm_fuses_its_big_projection_alone(min_bytes, rng, monkeypatch):
+    monkeypatch.setattr(blas_gemm, "MIN_BYTES", min_bytes)  # (read at compile and at calls)
+    make, step, n, H = CELLS["fastlstm"]
+    tn.manual_seed(0)
+    m = nn.Sequencer(make())
+    x, g = rng.standard_normal((T, 6, D)), rng.standard_normal((T, 6, H))
+    before = blas_gemm.CALLS[0]
+    for _ in range(2):
+        got = train(m, x, g)
+    pair = m._runtime.last.training_pair
+    assert ("np_matmul_bias(" in pair.forward.program.source) == (min_bytes == 0)
+    assert "np_matmul_sum(" not in pair.last_backward.program.source  # (an owned call's halves)
+    assert (blas_gemm.CALLS[0] > before) == (min_bytes == 0)
     check_equations(m, step, n, x, g, got, rng)
