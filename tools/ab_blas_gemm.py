@@ -7,6 +7,10 @@ OpenBLAS's K blocks, e.g. H = 256, and differ in the last bits otherwise). Print
 wall, process CPU, the caller thread's CPU (medians, minima), the ratio, the thread CPU of
 the projection's halves a step (caller's and worker's summed) and the load.
 
+--backend numpy: the NumPy backend's step (not owned: the whole projection onto its bias),
+"old" with PlanOptions(bias_in_gemm=False) -- the GEMM and the add two lines (its "halves"
+line then stays 0; new's is the whole GEMM onto its bias).
+
 Run: PYTHONPATH=$PWD python tools/ab_blas_gemm.py --configs 32,50,256 32,50,512 --reps 15
 """
 
@@ -26,10 +30,12 @@ from ab_common import (
     training_step,
 )
 
+import tapernn as tn
 from tapernn import blas_gemm, own_threads
 
 ARMS = {"old": 1 << 62, "new": blas_gemm.MIN_BYTES}
 MODE = ["old"]
+BACKEND = ["numba"]
 HALVES: dict = {}  # arm -> thread CPU seconds of the projection's halves, both threads
 _lock = threading.Lock()
 _real = own_threads._mm_bias
@@ -53,15 +59,21 @@ def settings(mode: str) -> None:
 
 
 def make(B, T, H, dtype, x, g, mode):
+    if BACKEND[0] == "numpy":  # (old: the bias add its own line, PlanOptions.bias_in_gemm)
+        mark = lambda: MODE.__setitem__(0, mode)
+        return training_step(x, g, H, mark, options={"bias_in_gemm": mode == "new"})
     return training_step(x, g, H, lambda: settings(mode))
 
 
 def main():
     ap = arm_parser(ARMS, ["old", "new"])
+    ap.add_argument("--backend", default="numba", choices=["numba", "numpy"])
     args = ap.parse_args()
+    BACKEND[0] = args.backend
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
         _, arms, models = config_arms(text, args.dtype, args.arms, make, not args.no_torch)
+        tn.set_backend(args.backend)  # (the models compile at their first calls)
         for f in arms.values():
             for _ in range(3):
                 f()
@@ -73,6 +85,11 @@ def main():
             f"({text}) {args.dtype}, {args.reps} rounds x {args.batch} steps, gradients"
             f" bit-equal: {same}, blas_gemm calls {blas_gemm.CALLS[0] - calls}"
         )
+        for k in args.arms:
+            fused = (
+                "np_matmul_bias(" in models[k]._runtime.last.training_pair.forward.program.source
+            )
+            print(f"  {k}: forward program fused: {fused}")
         print_arms(res, "torch" if "torch" in res else args.arms[0])
         steps = args.reps * args.batch
         each = "  ".join(f"{m} {HALVES.get(m, 0) / steps * 1e3:.3f}" for m in args.arms)
