@@ -11,6 +11,8 @@ the projection's halves a step (caller's and worker's summed) and the load.
 "old" with PlanOptions(bias_in_gemm=False) -- the GEMM and the add two lines (its "halves"
 line then stays 0; new's is the whole GEMM onto its bias).
 
+--parts: the projection's GEMM + bias alone, owned halves and whole (`parts`).
+
 Run: PYTHONPATH=$PWD python tools/ab_blas_gemm.py --configs 32,50,256 32,50,512 --reps 15
 """
 
@@ -20,6 +22,7 @@ import os
 import threading
 import time
 
+import numpy as np
 from ab_common import (
     alternating,
     arm_parser,
@@ -31,7 +34,7 @@ from ab_common import (
 )
 
 import tapernn as tn
-from tapernn import blas_gemm, own_threads
+from tapernn import blas, blas_gemm, own_threads
 
 ARMS = {"old": 1 << 62, "new": blas_gemm.MIN_BYTES}
 MODE = ["old"]
@@ -65,11 +68,54 @@ def make(B, T, H, dtype, x, g, mode):
     return training_step(x, g, H, lambda: settings(mode))
 
 
+def parts(text: str, dtype: str, reps: int) -> None:
+    """The projection alone, (T*B, H) x (H, 4H) with W^T a transposed view, through
+    own_threads.matmul_bias: its two owned halves (the numba step's) and the whole GEMM (the
+    NumPy backend's, at one BLAS thread), old vs new interleaved, the arms' order alternating: medians of the
+    caller's thread CPU (owned: the caller's half and the join) and of the wall."""
+    B, T, H = (int(v) for v in text.split(","))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((T * B, H)).astype(dtype)
+    b = rng.standard_normal((4 * H, H)).astype(dtype).T
+    bias = rng.standard_normal(4 * H).astype(dtype)
+    out = np.empty((T * B, 4 * H), dtype)
+
+    def once(mode: str, owned: bool) -> tuple[float, float]:
+        settings(mode)
+        t, c = time.perf_counter(), time.thread_time()
+        call = lambda _: own_threads.matmul_bias(a, b, bias, out.shape, out=out)
+        if owned:
+            own_threads.run(call, None)
+        else:  # (at one BLAS thread, as such a program's calls run: blas.program_threads)
+            with blas.limiter.limit(1):
+                call(None)
+        return time.thread_time() - c, time.perf_counter() - t
+
+    for owned in (True, False):
+        got: dict = {"old": [], "new": []}
+        for r in range(reps):
+            for mode in ("old", "new") if r % 2 else ("new", "old"):
+                got[mode].append(once(mode, owned))
+        med = {k: np.median(np.array(v), axis=0) * 1e3 for k, v in got.items()}
+        print(
+            f"  ({T * B}, {H}) x ({H}, {4 * H}) {dtype} {'owned halves' if owned else 'whole'}:"
+            f" caller CPU old {med['old'][0]:.3f} new {med['new'][0]:.3f} ms"
+            f" ({med['new'][0] / med['old'][0]:.3f}x), wall old {med['old'][1]:.3f}"
+            f" new {med['new'][1]:.3f} ms, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
 def main():
     ap = arm_parser(ARMS, ["old", "new"])
     ap.add_argument("--backend", default="numba", choices=["numba", "numpy"])
+    ap.add_argument("--parts", action="store_true", help="the projection alone (`parts`)")
     args = ap.parse_args()
     BACKEND[0] = args.backend
+    if args.parts:
+        for text in args.configs:
+            parts(text, args.dtype, args.reps)
+        return
     for text in args.configs:
         print(f"load {os.getloadavg()}", flush=True)
         _, arms, models = config_arms(text, args.dtype, args.arms, make, not args.no_torch)
