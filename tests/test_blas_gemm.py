@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_batch_split import CELLS, D, T, check_equations, train
 from test_own_bias import model, needs_numba, numba_now, run_owned  # noqa: F401 (fixture)
+from test_rolled_small import numpy_backend  # noqa: F401 (fixture)
 
 import tapernn as tn
 from tapernn import blas_gemm, nn, own_bias, own_threads
@@ -197,14 +198,6 @@ def test_unowned_matmul_bias_runs_the_whole_gemm_onto_its_bias(rng, monkeypatch)
     got = own_threads.matmul_bias(a1, w1.T, bias[:6], (40, 6), out=np.empty((40, 6)))
     assert blas_gemm.CALLS[0] == before + 1
     np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
-
-
-@pytest.fixture
-def numpy_backend():
-    before = tn.get_backend()
-    tn.set_backend("numpy")
-    yield
-    tn.set_backend(before)
 
 
 @needs_blas
