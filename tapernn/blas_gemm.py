@@ -21,7 +21,7 @@ _NAMES = {
     np.dtype(np.float64): ("scipy_cblas_dgemm64_", "cblas_dgemm64_"),
 }
 # callers (own_threads) call `gemm_bias` from this many bytes of C: its checks and the ctypes call
-# cost ~11 us more than np.matmul + np.add's calls; one thread, quiet, (m, 256) x (256, 1024),
+# cost ~11 us more than np.matmul + np.add's calls; one thread, load 5, (m, 256) x (256, 1024),
 # the median step broke even at 128 K elements f32 and 32-64 K f64 (BENCHMARKS.md "hblas")
 MIN_BYTES = 1 << 19
 CALLS = [0]  # GEMMs run here so far (tests: the path ran)
@@ -134,6 +134,7 @@ def call(a, b, c):
 
     def run(alpha: float, beta: float) -> None:
         fn(ROW_MAJOR, la[0], lb[0], m, n, k, alpha, pa, la[1], pb, lb[1], beta, pc, lc[1])
-        CALLS[0] += 1
+        with _lock:  # (both halves' threads count)
+            CALLS[0] += 1
 
     return run
