@@ -139,6 +139,12 @@ def main():
         steps = args.reps * args.batch
         each = "  ".join(f"{m} {HALVES.get(m, 0) / steps * 1e3:.3f}" for m in args.arms)
         print(f"  projection halves, thread CPU of both, ms a step: {each}")
+        if "old" in res and "new" in res:  # (paired: the same round's old and new steps)
+            diff = np.subtract(res["old"][1], res["new"][1]) * 1e3
+            q1, med, q3 = np.percentile(diff, [25, 50, 75])
+            print(
+                f"  process CPU old - new, paired by round: median {med:.2f} ms (IQR {q1:.2f}, {q3:.2f})"
+            )
         print_ratios(res, args.arms)
 
 
