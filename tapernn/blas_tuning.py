@@ -20,7 +20,11 @@ gets both right, so "auto" times it, as an autotuner does (FFTW's plans, cuDNN's
 - the first round stops early when one count's last two calls each took EARLY times the
   other's slowest (on a busy machine a call with the pool's threads can take 10-30x longer);
   one slow call decides nothing, since a call can also be slow for other reasons (numba's
-  switch call waits for its kernels' compile);
+  switch call waits for its kernels' compile, a burst of load) -- unless the calling thread
+  alone spent EARLY times the other's slowest call in CPU (`cpu`), which no wait and no
+  queueing for a core can explain: the caller spinning on the pool's threads, whose other core
+  is busy (a (32, 50, 256) f32 NumPy-planned step, load 1-4: 1-3.4 s with 2 threads, 1 s of
+  it the caller's CPU, vs 0.06-0.13 s with one; BENCHMARKS.md "hearly");
 - every `period` calls a check runs RECHECK_CALLS calls with the other count, its older times
   dropped (a first round under a burst of load must not out-vote a quiet check: the shared
   machine gave (32, 50, 256) f32 steps 1.00-1.22x the hand NumPy reference from run to run),
@@ -58,6 +62,7 @@ KEEP = 5  # the last KEEP times of each count are what the medians read
 RECHECK_CALLS = 2  # calls of the other count in a periodic check (its older times dropped)
 RECHECK_CLOSE = 8  # a close first round is checked again this many calls later (caches warm)
 _clock = time.perf_counter  # (a test replaces it with a clock that depends on the count)
+_cpu_clock = time.thread_time  # (the calling thread's CPU: read in the first round only)
 
 
 def _median(values: list[float]) -> float:
@@ -73,6 +78,7 @@ class _Arm:
         "calls",
         "checking",
         "countdown",
+        "cpu",
         "current",
         "explore",
         "fallback",
@@ -88,6 +94,7 @@ class _Arm:
         self.current = guess if guess in (1, pool) else 1
         self.fallback = self.current  # the shape rule's count: what a close call runs with
         self.times: dict[int, list[float]] = {1: [], pool: []}
+        self.cpu = {1: 0.0, pool: 0.0}  # the caller's most CPU in a first-round call, per count
         self.calls = 0  # calls seen (the first is not timed)
         self.explore = 2 * EXPLORE_CALLS  # calls left in the first, alternating round
         self.checking = 0  # calls of the other count left in a periodic check
@@ -109,10 +116,14 @@ class _Arm:
             return self.other()
         return self.current
 
-    def record(self, n: int, seconds: float) -> None:
+    def record(self, n: int, seconds: float, cpu: float = 0.0) -> None:
+        """A call with `n` threads took `seconds`, `cpu` of them the calling thread's CPU (read
+        in the first round; 0.0 unread)."""
         self.calls += 1
         if self.calls == 1:
             return  # first-touch costs: not a measurement
+        if self.explore > 0:
+            self.cpu[n] = max(self.cpu[n], cpu)
         times = self.times[n]
         if self.explore == 0 and n != self.current and self.checking == 0:
             times.clear()  # a periodic check: the other count's older times are stale
@@ -140,12 +151,13 @@ class _Arm:
 
     def _clearly_slower(self) -> bool:
         """Both of one count's last two calls took EARLY times the other's slowest: one slow
-        call proves nothing (a first-touch, a kernel compile waited for, a burst of load)."""
-        for slow, fast in (
-            (self.times[1], self.times[self.pool]),
-            (self.times[self.pool], self.times[1]),
-        ):
-            if len(slow) >= 2 and fast and min(slow[-2:]) > EARLY * max(fast):
+        call proves nothing (a first-touch, a kernel compile waited for, a burst of load) --
+        but one whose calling thread alone spent that long on a CPU does."""
+        for slow, fast in ((1, self.pool), (self.pool, 1)):
+            took, other = self.times[slow], self.times[fast]
+            if other and self.cpu[slow] > EARLY * max(other):
+                return True
+            if len(took) >= 2 and other and min(took[-2:]) > EARLY * max(other):
                 return True
         return False
 
@@ -261,14 +273,17 @@ class ThreadChoice:
             return fn(args)
         arm = self.arm(args, pool)
         n = arm.next_count()
+        exploring = arm.explore > 0
         limiter.enter(n)
         try:
-            start = _clock()
+            start, cpu = _clock(), _cpu_clock() if exploring else 0.0
             out = fn(args)
             seconds = _clock() - start
+            if exploring:
+                cpu = _cpu_clock() - cpu
         finally:
             limiter.exit()
-        arm.record(n, seconds)
+        arm.record(n, seconds, cpu)
         return out
 
     def describe(self) -> str:

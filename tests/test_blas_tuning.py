@@ -193,6 +193,38 @@ def test_one_slow_call_does_not_end_the_first_round():
     assert seen[1 : 1 + 2 * EXPLORE_CALLS].count(2) == EXPLORE_CALLS
 
 
+def drive_cpu(arm: _Arm, cost: dict, calls: int) -> list[int]:
+    """`drive`, where a call with n threads takes cost[n] = (seconds, the caller's CPU)."""
+    seen = []
+    for _ in range(calls):
+        n = arm.next_count()
+        seen.append(n)
+        arm.record(n, *cost[n])
+    return seen
+
+
+def test_one_call_that_spun_the_callers_cpu_ends_the_first_round():
+    # a busy machine: the caller spins on the pool's descheduled thread, 1 s of its own CPU in
+    # a 3 s call, against 0.1 s calls with one thread -- no wait or queueing explains that CPU
+    arm = _Arm(guess=1, pool=2)
+    seen = drive_cpu(arm, {1: (0.1, 0.09), 2: (3.0, 1.0)}, 6)
+    assert seen == [1, 2, 1, 1, 1, 1]  # one call with two threads, not two
+    assert arm.current == 1 and "first round" in arm.why
+    # the other way round: one thread's call alone burnt 2.5x a pool call's wall
+    arm = _Arm(guess=1, pool=2)
+    drive_cpu(arm, {1: (0.25, 0.25), 2: (0.1, 0.1)}, 3)
+    assert arm.explore == 0 and arm.current == 2
+
+
+def test_a_slow_call_that_waited_ends_nothing():
+    # a slow call whose caller's CPU was small (it waited: a kernel's compile, a core) decides
+    # nothing by itself
+    arm = _Arm(guess=1, pool=2)
+    seen = drive_cpu(arm, {1: (0.1, 0.09), 2: (3.0, 0.05)}, 4)
+    assert seen == [1, 2, 1, 2] and arm.explore == 0  # the second slow call decided (EARLY)
+    assert arm.current == 1
+
+
 def test_a_slowdown_of_the_current_count_is_checked_at_once():
     arm = _Arm(guess=1, pool=2)
     drive(arm, {1: 0.06, 2: 0.04}, 1 + 2 * EXPLORE_CALLS + 2 * RECHECK_FIRST + 2)

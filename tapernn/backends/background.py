@@ -14,7 +14,9 @@ imported) before the program's start call (backends.auto_calls), and its switch 
 While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
 second plan) it holds the worker (`held`): numba's import and compiles, Python holding the GIL,
 would run beside that Python-bound work and stretch it 1.3-2.3x (BENCHMARKS.md "htrace"); a wait
-for any kernel lets the worker go on (no caller ever waits on a held worker)."""
+for any kernel lets the worker go on (no caller ever waits on a held worker). While it has jobs,
+the interpreter's switch interval is shorter (WORKER_SWITCH_S): a caller that gave up the GIL
+for a GEMM gets it back sooner."""
 
 from __future__ import annotations
 
@@ -365,11 +367,40 @@ def _ensure_worker() -> None:
         _worker.start()
 
 
+# while the worker has jobs, the interpreter's switch interval (sys.setswitchinterval, 5 ms by
+# default) is at most this: numba's import and compiles are mostly GIL-holding Python, and each
+# time the caller's step releases the GIL (a GEMM, a ufunc) the worker takes it, the caller
+# then waiting up to the interval to get it back -- a NumPy-planned (32, 50, 256) f32 step beside
+# a compiling thread ran 98-99 ms instead of 106-111 (blocked 26 ms instead of 33); under "auto",
+# cold, the caller's blocked time over calls 11-99 went 2.0 -> 1.2 s at load ~9, but only
+# 3.7 -> 3.5 s with a core each: the rest is the GIL's share, which no interval changes
+# (BENCHMARKS.md "hearly"); restored when the queue is empty, unless changed meanwhile
+WORKER_SWITCH_S = 0.0005
+_interval: list[float | None] = [None, None]  # (the interval before the worker's, the worker's)
+
+
+def _switch_fast() -> None:
+    if _interval[0] is None:
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(min(before, WORKER_SWITCH_S))
+        _interval[:] = [before, sys.getswitchinterval()]  # (as read back: microseconds)
+
+
+def _switch_back() -> None:
+    """The interval before the worker's jobs, unless someone set another meanwhile."""
+    before, mine = _interval
+    if before is not None:
+        _interval[:] = [None, None]
+        if sys.getswitchinterval() == mine:
+            sys.setswitchinterval(before)
+
+
 def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
         with _paused:  # (not while a trace holds the worker and no one waits: `held`)
             _paused.wait_for(lambda: not _pause[0] or _pause[1])
+        _switch_fast()
         try:
             if handle is None:  # numba's import and setup, ahead of the kernels
                 try:
@@ -384,6 +415,8 @@ def _work() -> None:
             _counts[1] += 1
             _jobs.task_done()
             event = None
+            if _jobs.empty():
+                _switch_back()
 
 
 def failure(e: BaseException) -> str:
@@ -423,6 +456,8 @@ def _after_fork_in_child() -> None:
             _jobs.put((handle, key, event))
     if _jobs.qsize():
         _ensure_worker()
+    else:
+        _switch_back()  # (forked while the parent's worker had a job: nothing to do here)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
