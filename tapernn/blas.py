@@ -47,17 +47,21 @@ def blas_threads(n: int | None) -> Iterator[None]:
             set_(count)
 
 
-def _openblas_libraries() -> list:
-    """(set, get) function pairs of every OpenBLAS loaded in this process (Linux /proc maps)."""
+def openblas_paths() -> list[str]:
+    """The files of every OpenBLAS loaded in this process (Linux /proc maps; none elsewhere)."""
     import numpy  # noqa: F401  (loads numpy's BLAS so it shows up in the maps)
 
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+            return sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
     except OSError:
-        return []  # not Linux: keep the default threads
+        return []  # (not Linux)
+
+
+def _openblas_libraries() -> list:
+    """(set, get) function pairs of every OpenBLAS loaded in this process (Linux /proc maps)."""
     found = []
-    for path in paths:
+    for path in openblas_paths():  # (none: not Linux, keep the default threads)
         try:
             lib = ctypes.CDLL(path)
         except OSError:

@@ -78,6 +78,10 @@ class Compiled:
         # PlanOptions.own_threads: this program's calls own both cores (own_threads.py)
         self.split_runners: tuple = ()  # (own_mode: the loops that split their rows)
         self.own = own_mode(self) if not nested() else "off"
+        if self.own == "off" and self.program.options.bias_in_gemm and not nested():
+            from .own_bias import fuse_unowned  # (the whole GEMM onto its bias: blas_gemm)
+
+            fuse_unowned(self.program, graph.nodes)
         if self.program.backend == "numba" and not nested():
             from .backends import background, numba_program
 

@@ -17,7 +17,11 @@ another array (the bias gradient next to the weight gradient's GEMM),
 
 becomes `R, S = np_matmul_sum(A, B, X, AX, out=O)` and `pass`: each GEMM half also sums half of
 X's columns. Line for line (the program's line -> node map stays true). Same arithmetic per
-element: the same bits."""
+element; from blas_gemm.MIN_BYTES of output the bias is copied into the product and the BLAS's
+GEMM accumulates onto it (own_threads.matmul_bias: the same bits where the depth fits one of
+the BLAS's K blocks, else other last bits). A program whose calls are not owned (the NumPy
+backend) fuses its bias adds alone, when it has a GEMM that large (`fuse_unowned`): its
+matmul_bias runs the whole GEMM onto the bias."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import builtins
 import re
 from typing import Any
 
-from . import own_threads
+from . import blas_gemm, own_threads
 
 _MM = re.compile(r"^    (\w+) = np_matmul\((\w+), (\w+)(?:, out=(\w+))?\)$")
 _MM_ANY = re.compile(r"^    (\w+) = np_matmul\((\w+), (\w+)(?:, out=([\w\[\]]+))?\)$")
@@ -35,8 +39,9 @@ FUSED = [0]  # bias adds and sums moved into GEMM halves so far (tests)
 _BOUND = {"np_matmul_bias": own_threads.matmul_bias, "np_matmul_sum": own_threads.matmul_sum}
 
 
-def rewrite(source: str) -> tuple[str, int]:
-    """(`source` with each matmul + in-place bias add pattern fused, how many)."""
+def rewrite(source: str, with_sums: bool = True) -> tuple[str, int]:
+    """(`source` with each matmul + in-place bias add pattern fused -- and, `with_sums`, each
+    GEMM + column sum pair --, how many)."""
     lines = source.split("\n")
     count = 0
     for i, line in enumerate(lines):
@@ -57,7 +62,7 @@ def rewrite(source: str) -> tuple[str, int]:
         lines[j] = f"    {z} = {y}"
         count += 1
     sums = 0
-    for i, line in enumerate(lines):  # GEMM + the next line's column sum of another array
+    for i, line in enumerate(lines if with_sums else ()):  # GEMM + the next line's column sum
         m = _MM_ANY.match(line)
         r = _SUM.match(lines[i + 1]) if m is not None and i + 1 < len(lines) else None
         if r is None or r.group(2) in (m.group(1), m.group(2), m.group(3)):
@@ -75,11 +80,12 @@ def rewrite(source: str) -> tuple[str, int]:
     return "\n".join(lines), count + sums
 
 
-def fuse(program: Any) -> int:
-    """Rewrite `program` (codegen.Program, top level, np_matmul bound to own_threads.matmul):
-    its function made again from the rewritten source, same bound values plus
-    np_matmul_bias. Returns how many bias adds moved (0: unchanged)."""
-    source, count = rewrite(program.source)
+def fuse(program: Any, with_sums: bool = True) -> int:
+    """Rewrite `program` (codegen.Program, top level; owned: np_matmul bound to
+    own_threads.matmul, else `with_sums` False -- the bias adds alone, `fuse_unowned`): its function
+    made again from the rewritten source, same bound values plus np_matmul_bias (and
+    np_matmul_sum). Returns how many lines moved (0: unchanged)."""
+    source, count = rewrite(program.source, with_sums)
     if not count:
         return 0
     head = source.split("\n", 1)[0]
@@ -105,3 +111,14 @@ def refit(program: Any, source: str, bound: dict[str, Any]) -> None:
         if isinstance(v, Site) and v.owner is not None and v.owner() is old:
             v.attach(fn, k)
     program.fn, program.source = fn, source
+
+
+def fuse_unowned(program: Any, nodes: list) -> int:
+    """`fuse(program, with_sums=False)` for a program whose calls are not owned (the NumPy backend,
+    own_threads off, a loop that does not split) when one of its top-level `nodes` is a GEMM
+    of at least blas_gemm.MIN_BYTES: there matmul_bias runs the whole GEMM onto its bias
+    (blas_gemm.gemm_bias, one pass over the product fewer); smaller programs keep their lines
+    (the call's own checks would cost more than the pass)."""
+    if not any(n.op == "matmul" and n.nbytes >= blas_gemm.MIN_BYTES for n in nodes):
+        return 0
+    return fuse(program, with_sums=False)

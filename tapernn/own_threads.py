@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas
+from . import blas, blas_gemm
 
 # a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
 # costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
@@ -376,15 +376,18 @@ def _mm_half(a, b, out, columns, k):  # (_split's half of a plain GEMM)
 
 def matmul_bias(a, b, bias, shape, out=None):
     """`r = np.matmul(a, b, out=out); y = r.reshape(shape); np.add(y, bias, out=y); r` (the
-    lines `fuse_bias` replaces); inside an owned call, when `bias` is one row over r's columns
-    (a projection's bias), each half of the split GEMM adds its part of the bias to its rows
-    or columns right after computing them, on its own thread: no serial pass over r after
-    the join (BENCHMARKS.md "h256"). Each element gets the same one rounding as before."""
+    lines own_bias.fuse replaces). When `bias` is one row over r's columns (a projection's
+    bias): inside an owned call each half of the split GEMM adds its part of the bias to its
+    rows or columns right after computing them, on its own thread: no serial pass over r
+    after the join (BENCHMARKS.md "h256"); from blas_gemm.MIN_BYTES of output (a half's, or
+    the whole GEMM's when it does not split) the bias is copied into r and the BLAS's GEMM
+    accumulates onto it (blas_gemm.gemm_bias: one pass over r fewer, "hblas"). Each element
+    is rounded as before, but where the BLAS splits the depth into blocks (OpenBLAS's K
+    blocks; at SkylakeX a depth of 384 kept the bits, 512 did not) it adds a block's sums onto
+    bias + the earlier blocks' sums: other last bits, fixed for a configuration."""
     n = b.shape[-1] if getattr(b, "ndim", 0) == 2 else 0
     if (
-        _state.depth
-        and threading.get_ident() not in worker_ident
-        and getattr(bias, "ndim", 0) >= 1
+        getattr(bias, "ndim", 0) >= 1
         and bias.shape[-1] == n
         and bias.size == n
         and out is not None
@@ -393,8 +396,10 @@ def matmul_bias(a, b, bias, shape, out=None):
         and not np.may_share_memory(out, bias)
     ):
         row = bias.reshape(n)
-        if _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c])) is not None:
-            return out
+        owned = _state.depth and threading.get_ident() not in worker_ident
+        if not owned or _split(a, b, out, lambda a, b, o, c, k: _mm_bias(a, b, o, row[c])) is None:
+            _mm_bias(a, b, out, row)  # (whole)
+        return out
     r = matmul(a, b, out=out)
     y = r.reshape(shape)
     np.add(y, bias, out=y)
@@ -440,8 +445,9 @@ def _mm_bias(a, b, out, bias):
         np.multiply(a, b, out=out)
         np.add(out, bias + 0.0, out=out)
         return
-    np.matmul(a, b, out=out)
-    np.add(out, bias, out=out)
+    if out.nbytes < blas_gemm.MIN_BYTES or not blas_gemm.gemm_bias(a, b, bias, out):
+        np.matmul(a, b, out=out)
+        np.add(out, bias, out=out)
 
 
 def note(program_has_split_loop: bool, mode: str) -> str:

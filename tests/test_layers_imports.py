@@ -29,6 +29,7 @@ LAYERS = [
             "tapernn.validation",
             "tapernn.blas",
             "tapernn.blas_bits",
+            "tapernn.blas_gemm",
             "tapernn.blas_tuning",
             "tapernn.serialization",
             "tapernn.views",
