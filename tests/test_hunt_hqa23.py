@@ -74,3 +74,48 @@ def test_auto_draws_the_numpy_backends_dropout_masks_across_its_switch(auto):
     for k, (a, b) in enumerate(zip(two, ref)):
         for u, v in zip(a, b):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12, err_msg=f"call {k}")
+
+
+_ARMED = [False]  # (outside the module: a changed setting would drop its programs)
+
+
+class _Interrupted(nn.Identity):
+    """The identity; its next trace once _ARMED raises KeyboardInterrupt (Ctrl-C while the
+    model traces)."""
+
+    def build(self, x):
+        if _ARMED[0]:
+            _ARMED[0] = False
+            raise KeyboardInterrupt
+        return x
+
+
+@pytest.mark.skipif(bool(numba_missing()), reason="no numba")
+def test_ctrl_c_while_auto_traces_numbas_plan_then_the_same_numbers(auto):
+    # Ctrl-C during the start call's trace of numba's plan (its slowest call: a notebook user
+    # interrupts it and runs the cell again): the switch call raised "AttributeError:
+    # 'NoneType' object has no attribute 'recurrent'" (no second plan to switch to)
+    T, B, H = 3, 8, 256
+
+    def make(backend: str):
+        tn.manual_seed(0)
+        m = nn.Sequential(nn.Sequencer(nn.FastLSTM(H, H)), _Interrupted())
+        return m.set_plan_options(tn.PlanOptions(backend=backend)) if backend else m
+
+    two, ref = make(""), make("numpy")
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        x, g = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+        if k == 1:  # (the start call: numba's plan traced)
+            _ARMED[0] = True
+            with pytest.raises(KeyboardInterrupt):
+                two.forward(x)
+        for m in (two, ref):
+            m.forward(x)
+            m.zero_grad_parameters()
+            m.backward(x, g)
+        np.testing.assert_allclose(two.output, ref.output, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(two.grad_input, ref.grad_input, rtol=1e-12, atol=1e-12)
+        for p, q in zip(two.parameters(), ref.parameters()):
+            np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    assert two._runtime.last.compile_training().forward.program.backend == "numba"
