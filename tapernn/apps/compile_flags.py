@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("auto", "numpy", "numba"),
         default=None,
-        help="lower fused groups and step loops with this backend (auto: numba when installed; "
-        "default: the current one)",
+        help="lower fused groups and step loops with this backend (auto: NumPy, numba only "
+        "where it pays -- a small loop from its 1,000th call, a larger model's second plan from "
+        "its 100th; default: the current one)",
     )
     parser.add_argument(
         "--option",

@@ -112,7 +112,7 @@ class TwoPlans:
     def executable(self, trace: Any) -> Any:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
-        if self.calls == self.start:
+        if self.other is None and self.calls >= self.start:  # (again after an interrupted one)
             with background.held():  # (its kernels made from the end of the compile on)
                 self._compile(trace)
         if self.calls < self.switch:

@@ -177,7 +177,7 @@ def _bind_plan(exe: Any, x: np.ndarray) -> tuple[list, int, list]:
     """(arguments with the parameters' arrays bound, the data input's position, [(position,
     binder)] of the arguments bound per call: dropout masks, states, a block whose member was
     rebound (its members concatenated per call))."""
-    args = exe.bind([x])
+    args = [b([x]) if n.kind == "param" else None for n, b in zip(exe.arg_nodes, exe.binders)]
     dynamic, data_at = [], 0
     blocks = {g.input: g for g in exe.packing.groups}
     for k, (node, bind) in enumerate(zip(exe.arg_nodes, exe.binders)):
