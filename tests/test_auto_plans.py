@@ -217,3 +217,30 @@ def test_bad_plan_counts_say_what_is_expected(monkeypatch, text):
     monkeypatch.setenv("TAPERNN_AUTO_PLANS", text)
     with pytest.raises(TapernnError, match="start,switch"):
         auto_plans.plan_calls()
+
+
+def test_numbas_plan_failing_to_trace_keeps_numpys_plan_with_a_warning(auto, monkeypatch):
+    # numba's plan raising while traced (a numba planning failure: NumPy's plan of the same
+    # model traced fine) raised at every call from the start call on; now the signature keeps
+    # NumPy's plan -- the same numbers -- and the report and a warning say why, tried once
+    tries = []
+
+    def fails(self, trace):
+        tries.append(self.calls)
+        raise RuntimeError("no numba plan today")
+
+    monkeypatch.setattr(auto_plans.TwoPlans, "_compile", fails)
+    two, ref = model(), model("numpy")
+    for k in range(6):
+        for seq in (two, ref):
+            if seq is two and k == 1:
+                with pytest.warns(RuntimeWarning, match="no numba plan today"):
+                    step(seq, k)
+            else:
+                step(seq, k)
+        same(two, ref)
+        assert ran(two) == "numpy"
+    assert tries == [2]
+    note = two.compile_report().backend_note
+    assert "numba's plan, traced at call 2, failed: RuntimeError: no numba plan today" in note
+    assert two._runtime.steady is not None and not auto_plans.pending()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 import weakref
 from dataclasses import replace
 from typing import Any
@@ -101,6 +102,7 @@ class TwoPlans:
         self.first, self.other, self.training = first, None, training
         self.start, self.switch = plan_calls()
         self.calls = 0  # forwards so far
+        self.failed: str | None = None  # why numba's plan could not be made
         self.note = (
             f"auto: NumPy's plan until call {self.switch}, numba's plan from call {self.switch}"
             f" (traced at call {self.start}; no loop small enough for a numba loop kernel, but "
@@ -112,14 +114,30 @@ class TwoPlans:
     def executable(self, trace: Any) -> Any:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
-        if self.other is None and self.calls >= self.start:  # (again after an interrupted one)
-            with background.held():  # (its kernels made from the end of the compile on)
-                self._compile(trace)
-        if self.calls < self.switch:
+        if self.other is None and self.calls >= self.start and self.failed is None:
+            try:  # (again at the next call after an interrupted one: Ctrl-C propagates)
+                with background.held():  # (its kernels made from the end of the compile on)
+                    self._compile(trace)
+            except Exception as e:  # noqa: BLE001 -- numba's plan alone failed: NumPy's for good
+                self._give_up(e)
+        if self.calls < self.switch or self.other is None:
             return self.first
         self.first.two_plans = None
         _PENDING.discard(self)
         return self.other
+
+    def _give_up(self, e: Exception) -> None:
+        """numba's plan raised while traced or compiled (its NumPy twin traced fine: a numba
+        planning failure, not the model's): this signature keeps NumPy's plan, and says why
+        in the compile report and a warning -- the run goes on with the same numbers."""
+        self.other, self.failed = None, f"{type(e).__name__}: {e}"
+        self.note = (
+            f"auto: NumPy's plan (numba's plan, traced at call {self.start}, failed: {self.failed})"
+        )
+        self.first.plan_note = self.note
+        self.first.two_plans = None
+        _PENDING.discard(self)
+        warnings.warn(f"tapernn: {self.note}", RuntimeWarning, stacklevel=4)
 
     def _compile(self, trace: Any) -> None:
         """numba's plan traced and compiled (`other`), its kernels asked for."""
