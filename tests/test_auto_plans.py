@@ -244,5 +244,22 @@ def test_numbas_plan_failing_to_trace_keeps_numpys_plan_with_a_warning(auto, mon
         assert ran(two) == "numpy"
     assert tries == [2]
     note = two.compile_report().backend_note
-    assert "numba's plan, traced at call 2, failed: RuntimeError: no numba plan today" in note
+    assert (
+        "NumPy's plan (at call 2, numba's plan failed: RuntimeError: no numba plan today)" in note
+    )
     assert two._runtime.steady is not None and plans not in auto_plans._PENDING
+
+
+def test_set_backend_numpy_after_the_first_call_keeps_numpys_plan(auto):
+    # set_backend rules later compiles: numba's plan, traced at the start call after the user
+    # chose "numpy", was made and switched to all the same
+    two, ref = model(), model("numpy")
+    step(two, 0)
+    step(ref, 0)
+    tn.set_backend("numpy")
+    for k in range(1, 6):
+        for seq in (two, ref):
+            step(seq, k)
+        same(two, ref)
+        assert ran(two) == "numpy"
+    assert "set_backend('numpy')" in two.compile_report().backend_note

@@ -115,29 +115,31 @@ class TwoPlans:
         """The Executable this forward runs; `trace()` traces the model again."""
         self.calls += 1
         if self.other is None and self.calls >= self.start and self.failed is None:
+            if policy(self.first.options.backend) == "numpy":  # (chosen since: set_backend
+                self._keep_first("tn.set_backend('numpy') since")  # rules later compiles)
+                return self.first
             try:  # (again at the next call after an interrupted one: Ctrl-C propagates)
                 with background.held():  # (its kernels made from the end of the compile on)
                     self._compile(trace)
             except Exception as e:  # noqa: BLE001 -- numba's plan alone failed: NumPy's for good
-                self._give_up(e)
+                self._keep_first(f"numba's plan failed: {type(e).__name__}: {e}")
+                warnings.warn(f"tapernn: {self.note}", RuntimeWarning, stacklevel=3)
         if self.calls < self.switch or self.other is None:
             return self.first
         self.first.two_plans = None
         _PENDING.discard(self)
         return self.other
 
-    def _give_up(self, e: Exception) -> None:
-        """numba's plan raised while traced or compiled (its NumPy twin traced fine: a numba
-        planning failure, not the model's): this signature keeps NumPy's plan, and says why
-        in the compile report and a warning -- the run goes on with the same numbers."""
-        self.other, self.failed = None, f"{type(e).__name__}: {e}"
-        self.note = (
-            f"auto: NumPy's plan (numba's plan, traced at call {self.start}, failed: {self.failed})"
-        )
+    def _keep_first(self, why: str) -> None:
+        """This signature keeps NumPy's plan for good, the compile report's note saying `why`:
+        numba's plan raised while traced or compiled (its NumPy twin traced fine: a numba
+        planning failure, not the model's -- the run goes on with the same numbers), or the
+        user chose NumPy since the first call."""
+        self.other, self.failed = None, why
+        self.note = f"auto: NumPy's plan (at call {self.start}, {why})"
         self.first.plan_note = self.note
         self.first.two_plans = None
         _PENDING.discard(self)
-        warnings.warn(f"tapernn: {self.note}", RuntimeWarning, stacklevel=4)
 
     def _compile(self, trace: Any) -> None:
         """numba's plan traced and compiled (`other`), its kernels asked for."""
