@@ -1,17 +1,19 @@
 """A one-thread GEMM for the halves of an owned call's time-batched GEMMs on an AVX-512 CPU (issue
 19, BENCHMARKS.md "hbig"): out = a @ b, BLIS-style over packed_kernels' microkernel (MR = 8 rows
 of `a` broadcast x TV = 3 vectors of a packed panel of b, 24 zmm FMA chains over the K loop).
-b is packed one K block at a time (`k_block`: at most B_BYTES, in L2) into panels of one tile
+b is packed one K block at a time (`k_depth`: OpenBLAS's, <= 448 rows; in L2) into panels of one tile
 each -- TV vectors, or 2 for a row's last 2 or 4 vectors (16 chains, not 8: `_tile_width`), a
 panel row every NR = TV lanes -- and `a` MC rows at a time, k-major (`_pack_a`); then per row
 block of `a` (its K block in L1) every panel (from L2), the next tile's rows of `out`
 prefetched for writing. A later K block adds to out's floats (the same FMA chain continued:
 each element of out is one chain over k in order, whatever the blocks).
 
-Measured one thread against OpenBLAS 0.3.31 (SkylakeX kernels) and torch.mm, tools/
-gemm_blis_probe.py. Layouts: `a` with rows or columns contiguous (a transposed view: dW's
-dG.T), b with rows contiguous, out C; `fits` says which (else the caller runs np.matmul).
-Imported only once numba is."""
+K blocks are OpenBLAS's (`k_depth`), so where OpenBLAS's block depth and its kernels' order are
+these, the bits are its own (blas_twin.py checks that per shape before using this). Measured one
+thread against OpenBLAS 0.3.31 (SkylakeX kernels) and torch.mm: tools/own_gemm_ab.py (the loop
+orders tried: tools/gemm_blis_probe.py). Layouts: `a` with rows or columns contiguous (a
+transposed view: dW's dG.T), b with rows contiguous, out C; `fits` says which. Imported only
+once numba is, from a copy in the kernel cache (blas_twin.kernels)."""
 
 from __future__ import annotations
 
@@ -22,15 +24,19 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 from numba.np.arrayobj import make_array
 
-from .packed_kernels import MR, NEAR, VEC_BITS, _vector_type, make_microkernel, make_transpose
+from tapernn.backends.packed import _kernel_module
+
+# (packed_kernels' AVX-512 copy in the kernel cache: this module is imported from a copy there
+# too, blas_twin.kernels, so its imports are absolute)
+_pk = _kernel_module("avx512")
+MR, NEAR, VEC_BITS, _vector_type = _pk.MR, _pk.NEAR, _pk.VEC_BITS, _pk._vector_type
 
 TV = 3  # vectors a tile (8 x 3: 24 of the 32 zmm)
-B_BYTES = 1 << 20  # a K block of b at most this many bytes (half the 2 MiB L2)
 MC = 64  # rows of `a` packed at a time (a transposed view's k rows read 4 lines at a time)
 ALIGN = 16  # (elements: each part of the work buffer starts on a cache line, f32 and f64)
 
-_micro = make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
-_transpose = make_transpose(MR, VEC_BITS)
+_micro = _pk.make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
+_transpose = _pk.make_transpose(MR, VEC_BITS)
 
 
 def make_copy(vectors: int, elems: int = 0):
@@ -71,6 +77,47 @@ def make_copy(vectors: int, elems: int = 0):
 
 
 _copy3, _copy2, _copy1 = make_copy(3), make_copy(2), make_copy(1)
+
+
+def make_add(vectors: int):
+    """add(tile, c, c_off, ldc): for the MR rows i of the C array `tile` (rows of TV vectors),
+    c[c_off + i * ldc:] += its first `vectors` vectors (one rounding each: OpenBLAS's later K
+    block)."""
+
+    @intrinsic
+    def add(typingctx, tile, c, c_off, ldc):
+        if not (isinstance(tile, types.Array) and isinstance(c, types.Array)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            t = make_array(tys[0])(context, builder, args[0]).data
+            cp = make_array(tys[1])(context, builder, args[1]).data
+            c0, ld = (context.cast(builder, args[j], tys[j], types.intp) for j in (2, 3))
+            scal, lanes, vty = _vector_type(context, tys[0].dtype, VEC_BITS)
+            esize = context.get_abi_sizeof(scal)
+            i64 = ir.IntType(64)
+
+            def vptr(base, at):
+                return builder.bitcast(builder.gep(base, [at], inbounds=True), vty.as_pointer())
+
+            for i in range(MR):
+                row = builder.add(c0, builder.mul(ld, ir.Constant(i64, i)))
+                for v in range(vectors):
+                    to = vptr(cp, builder.add(row, ir.Constant(i64, v * lanes)))
+                    mine = vptr(t, ir.Constant(i64, (i * TV + v) * lanes))
+                    total = builder.fadd(
+                        builder.load(to, align=esize), builder.load(mine, align=esize)
+                    )
+                    builder.store(total, to, align=esize)
+            return context.get_dummy_value()
+
+        return types.void(tile, c, c_off, ldc), codegen
+
+    return add
+
+
+_add3, _add2, _add1 = make_add(3), make_add(2), make_add(1)
 _copy_rows = make_copy(0, MR)  # (MR elements: a k row of a transposed view's row block)
 
 
@@ -114,9 +161,9 @@ def fits(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     return not (np.may_share_memory(out, a) or np.may_share_memory(out, b))
 
 
-def work_size(m: int, k: int, n: int, itemsize: int) -> int:
+def work_size(m: int, k: int, n: int, itemsize: int, q: int) -> int:
     """Elements of `gemm`'s work buffer: b's K block of panels, MC packed rows of `a`, a tile."""
-    kc = k_block(k, n, itemsize)
+    kc = max(min(k, q), 1)
     nr = TV * VEC_BITS // (8 * itemsize)
     return _tiles(n, itemsize) * kc * nr + MC * kc + MR * nr + 3 * ALIGN
 
@@ -143,15 +190,15 @@ def _tile_width(left):
 
 
 @njit(cache=True, nogil=True)
-def k_block(k, n, itemsize):
-    """The depth of b's K blocks: all of k when k x n fits in B_BYTES, else k split evenly into
-    the fewest blocks that fit (multiples of 16; 1 at k = 0)."""
-    if k * n * itemsize <= B_BYTES:
-        return max(k, 1)
-    most = max(B_BYTES // (n * itemsize) // 16 * 16, 16)
-    blocks = -(-k // most)
-    depth = -(-k // blocks)
-    return -(-depth // 16) * 16
+def k_depth(left, q, unroll):
+    """The depth of the next K block with `left` of a's columns to go: OpenBLAS's
+    (driver/level3.c): q, but all of them below 2 q -- in two near halves (the first a multiple
+    of `unroll`) above q."""
+    if left >= 2 * q:
+        return q
+    if left > q:
+        return (left // 2 + unroll - 1) // unroll * unroll
+    return left
 
 
 @njit(cache=True, nogil=True)
@@ -223,13 +270,16 @@ def _call(work, a0, base, lanes, tw, flag, c, c0, ldc, kk):
 
 
 @njit(cache=True, nogil=True)
-def gemm(a, b, out, work):
-    """out = a @ b (the module docstring; `fits` holds; work: 1-D C, >= work_size elements)."""
+def gemm(a, b, out, work, q, unroll):
+    """out = a @ b (the module docstring; `fits` holds; work: 1-D C, >= work_size elements), in
+    `k_depth`'s K blocks (q, unroll): each block's sums chains from 0, the first stored, each
+    later one added to out (one rounding) -- OpenBLAS's order, its bits where its q and unroll
+    are these (`blas_twin`)."""
     m, k = a.shape
     n = out.shape[1]
     lanes = VEC_BITS // (8 * a.itemsize)
     nr = TV * lanes
-    kc = k_block(k, n, a.itemsize)
+    kc = max(min(k, q), 1)
     of = out.ravel()
     # (the work buffer's parts, each from a line: panels, a's rows, one tile of out)
     shift = (-work.ctypes.data // a.itemsize) % ALIGN
@@ -241,9 +291,9 @@ def gemm(a, b, out, work):
     if k == 0:
         out[:] = 0
         return
-    for k0 in range(0, k, kc):
-        kk = min(kc, k - k0)
-        flag = 1 if k0 > 0 else 0
+    k0 = 0
+    while k0 < k:
+        kk = k_depth(k - k0, q, unroll)
         _pack_b(b, k0, kk, panels, nr)
         for i0 in range(0, m, MC):
             m1 = min(m, i0 + MC)
@@ -256,20 +306,30 @@ def gemm(a, b, out, work):
                     tw = _tile_width(-(-(n - col) // lanes))
                     w = min(tw * lanes, n - col)
                     base = shift + t * kk * nr
-                    if rows == MR and w == tw * lanes:
+                    whole = rows == MR and w == tw * lanes
+                    if k0 == 0 and whole:
                         if col + w < n and i + MR < m:  # (the next tile's rows of out)
                             for r in range(MR):
-                                for q in range(0, tw * lanes, lanes):
-                                    _prefetch_w(of, (i + r) * n + col + w + q)
-                        _call(work, a0, base, lanes, tw, flag, of, i * n + col, n, kk)
-                    else:  # (a partial row block or tile: through tile_c)
-                        if flag:
+                                for e in range(0, tw * lanes, lanes):
+                                    _prefetch_w(of, (i + r) * n + col + w + e)
+                        _call(work, a0, base, lanes, tw, 0, of, i * n + col, n, kk)
+                    else:  # (a later K block, a partial row block or tile: through tile_c)
+                        _call(work, a0, base, lanes, tw, 0, work, c_at, nr, kk)
+                        if whole:
+                            if tw == 3:
+                                _add3(tile_c, of, i * n + col, n)
+                            elif tw == 2:
+                                _add2(tile_c, of, i * n + col, n)
+                            else:
+                                _add1(tile_c, of, i * n + col, n)
+                        elif k0 == 0:
                             for r in range(rows):
-                                for q in range(w):
-                                    tile_c[r, q] = out[i + r, col + q]
-                        _call(work, a0, base, lanes, tw, flag, work, c_at, nr, kk)
-                        for r in range(rows):
-                            for q in range(w):
-                                out[i + r, col + q] = tile_c[r, q]
+                                for e in range(w):
+                                    out[i + r, col + e] = tile_c[r, e]
+                        else:
+                            for r in range(rows):
+                                for e in range(w):
+                                    out[i + r, col + e] += tile_c[r, e]
                     col += tw * lanes
                     t += 1
+        k0 += kk
