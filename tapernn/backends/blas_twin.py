@@ -6,7 +6,9 @@ of an owned call's time-batched GEMMs call it (own_threads._mm).
 Why the same bits: OpenBLAS computes each element of C as one FMA chain over k in order within
 each of its K blocks (driver/level3.c: depth GEMM_Q, the rest below 2 Q in two near halves), the
 first block stored, each later one added to C (one rounding); own_gemm does the same with Q and
-GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`, `UNROLL`). Nothing assumes that: each
+GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`, `UNROLL`), at one BLAS thread (at two,
+OpenBLAS's bits differed at some shapes: it runs only where the pools hold one, as in an
+owned call). Nothing assumes that: each
 (dtype, m, k, n, a's layout) is checked once per process on random operands of that shape --
 both computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
 version, kernel or small-matrix path). So which of the two runs a GEMM (the kernel ready or
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..blas import limiter
 from . import background, packed
 
 Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM / DGEMM)
@@ -44,6 +47,8 @@ def run(a: Any, b: Any, out: Any) -> bool:
     """out = a @ b by the kernel, if it gives np.matmul's bits here (the module docstring);
     False: nothing written, the caller runs np.matmul."""
     if not ENABLED[0] or not background.numba_imported() or packed.isa() != "avx512":
+        return False
+    if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
         return False
     kernel = _HANDLE.take()
     if kernel is None:
