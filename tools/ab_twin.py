@@ -16,8 +16,23 @@ import time
 import numpy as np
 
 import tapernn as tn
-from tapernn import nn
+from tapernn import nn, own_threads
 from tapernn.backends import background, blas_twin
+
+HALVES: dict = {}  # (on, m, k, n) -> [thread CPU s of each own_threads._mm call]
+
+
+def instrument() -> None:
+    """Time each GEMM half (own_threads._mm: thread CPU, either thread)."""
+    real = own_threads._mm
+
+    def mm(a, b, out):
+        t0 = time.thread_time()
+        real(a, b, out)
+        key = (blas_twin.ENABLED[0], *a.shape, b.shape[1])
+        HALVES.setdefault(key, []).append(time.thread_time() - t0)
+
+    own_threads._mm = mm
 
 
 def main() -> None:
@@ -28,6 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     tn.set_backend("numba")
+    instrument()
     dt = np.dtype(args.dtype)
     for config in args.configs.split():
         b, t, h = (int(v) for v in config.split(","))
@@ -48,6 +64,7 @@ def main() -> None:
         for _ in range(3):
             step()
         ran = blas_twin.RAN[0]
+        HALVES.clear()
         cpu = {True: [], False: []}
         wall = {True: [], False: []}
         for k in range(args.blocks):
@@ -68,6 +85,13 @@ def main() -> None:
             f" wall ms on {w_on:.2f} off {w_off:.2f} = {w_on / w_off:.3f}",
             flush=True,
         )
+        for m, k, n in sorted({key[1:] for key in HALVES}):
+            on, off = (np.median(HALVES.get((o, m, k, n), [np.nan])) for o in (True, False))
+            fl = 2.0 * m * k * n / 1e9
+            print(
+                f"  half ({m},{k},{n}): thread CPU ms on {on * 1e3:.3f} ({fl / on:.0f} GF/s)"
+                f" off {off * 1e3:.3f} ({fl / off:.0f} GF/s) = {on / off:.3f}"
+            )
 
 
 if __name__ == "__main__":
