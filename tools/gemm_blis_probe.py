@@ -23,101 +23,22 @@ Run: PYTHONPATH=$PWD python tools/gemm_blis_probe.py [--dtype float32] [--rounds
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from llvmlite import ir
 from numba import njit
-from numba.core import cgutils, types
-from numba.core.extending import intrinsic
-from numba.np.arrayobj import make_array
 
 from tapernn import aligned
+from tapernn.backends.own_gemm import _copy3, _copy_rows, _prefetch_w
 from tapernn.backends.packed_kernels import (
     MR,
     VEC_BITS,
-    _vector_type,
     make_microkernel,
     make_transpose,
 )
+from tools.own_gemm_ab import interleaved
 
 _tr = make_transpose(MR, VEC_BITS)
 KERNELS = {near: make_microkernel(MR, 3, VEC_BITS, False, 0, near) for near in (0, 8, 16)}
-
-
-@intrinsic
-def prefetch_w(typingctx, arr, off):
-    """Prefetch for writing (llvm.prefetch rw=1, L1) the line holding arr.ravel()[off]."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, signature, args):
-        data = make_array(signature.args[0])(context, builder, args[0]).data
-        i = context.cast(builder, args[1], signature.args[1], types.intp)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] + [ir.IntType(32)] * 3),
-            "llvm.prefetch.p0i8",
-        )
-        line = builder.bitcast(builder.gep(data, [i]), cgutils.voidptr_t)
-        builder.call(fn, [line] + [ir.Constant(ir.IntType(32), f) for f in (1, 3, 1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, off), codegen
-
-
-def make_vcopy(nvec, elems=0):
-    """copy nvec vectors (or, with elems, one vector of that many elements)."""
-
-    @intrinsic
-    def vcopy(typingctx, src, s_off, dst, d_off):
-        def codegen(context, builder, signature, args):
-            tys = signature.args
-            s = make_array(tys[0])(context, builder, args[0]).data
-            d = make_array(tys[2])(context, builder, args[2]).data
-            so = context.cast(builder, args[1], tys[1], types.intp)
-            do = context.cast(builder, args[3], tys[3], types.intp)
-            scal, lanes, vty = _vector_type(context, tys[0].dtype, VEC_BITS)
-            if elems:
-                vty = ir.VectorType(scal, elems)
-            esize = context.get_abi_sizeof(scal)
-            i64 = ir.IntType(64)
-            for v in range(nvec):
-                at = [builder.add(o, ir.Constant(i64, v * lanes)) for o in (so, do)]
-                sp = builder.bitcast(builder.gep(s, [at[0]]), vty.as_pointer())
-                dp = builder.bitcast(builder.gep(d, [at[1]]), vty.as_pointer())
-                builder.store(builder.load(sp, align=esize), dp, align=esize)
-            return context.get_dummy_value()
-
-        return types.void(src, s_off, dst, d_off), codegen
-
-    return vcopy
-
-
-_vc3 = make_vcopy(3)
-
-
-@intrinsic
-def _vcm(typingctx, arr, row, col, dst, d_off):
-    """dst[d_off:d_off + MR] = arr[row, col:col + MR] (arr's rows contiguous): one vector."""
-
-    def codegen(context, builder, signature, args):
-        tys = signature.args
-        ary = make_array(tys[0])(context, builder, args[0])
-        d = make_array(tys[3])(context, builder, args[3]).data
-        r, c, do = (context.cast(builder, args[j], tys[j], types.intp) for j in (1, 2, 4))
-        scal = context.get_value_type(tys[0].dtype)
-        esize = context.get_abi_sizeof(scal)
-        vty = ir.VectorType(scal, MR)
-        stride = cgutils.unpack_tuple(builder, ary.strides, 2)[0]
-        at = builder.add(builder.mul(r, stride), builder.mul(c, ir.Constant(ir.IntType(64), esize)))
-        base = builder.bitcast(ary.data, cgutils.voidptr_t)
-        sp = builder.bitcast(builder.gep(base, [at]), vty.as_pointer())
-        dp = builder.bitcast(builder.gep(d, [do]), vty.as_pointer())
-        builder.store(builder.load(sp, align=esize), dp, align=esize)
-        return context.get_dummy_value()
-
-    return types.void(arr, row, col, dst, d_off), codegen
 
 
 @njit(nogil=True)
@@ -130,7 +51,7 @@ def pack_cols_flat(b, out):
     full = n // nr
     for r in range(k):
         for j in range(full):
-            _vc3(bf, r * n + j * nr, of, (j * k + r) * nr)
+            _copy3(b, r, j * nr, of, (j * k + r) * nr)
         if full < npan:
             d = (full * k + r) * nr
             for c in range(nr):
@@ -152,7 +73,7 @@ def _build(near: int, mk=None):
         if rows == MR and a.strides[0] == a.itemsize:  # (a transposed view: MR-element rows)
             at = a.T
             for p in range(kk):
-                _vcm(at, k0 + p, i, dst, d0 + p * MR)
+                _copy_rows(at, k0 + p, i, dst, d0 + p * MR)
             kv = kk
         for p in range(kv, kk):
             for r in range(MR):
@@ -165,7 +86,7 @@ def _build(near: int, mk=None):
         full = i0 + (m1 - i0) // MR * MR
         for p in range(kk):
             for i in range(i0, full, MR):
-                _vcm(at, k0 + p, i, dst, (i - i0) * kk + p * MR)
+                _copy_rows(at, k0 + p, i, dst, (i - i0) * kk + p * MR)
         if full < m1:
             for p in range(kk):
                 for r in range(MR):
@@ -227,10 +148,11 @@ def _build(near: int, mk=None):
             if bbuf.size:
                 pstride = kk * nr
                 bf2 = bp.ravel()
+                b2 = bf2.reshape((bf2.size // n, n))  # (bp is B here: typed for panels too)
                 full = n // nr
                 for r in range(kk):
                     for j in range(full):
-                        _vc3(bf2, (k0 + r) * n + j * nr, bbuf, j * pstride + r * nr)
+                        _copy3(b2, k0 + r, j * nr, bbuf, j * pstride + r * nr)
                     if full < npan:
                         for c in range(nr):
                             at = full * nr + c
@@ -255,7 +177,7 @@ def _build(near: int, mk=None):
                             nxt = i * n + col + nr
                             for r in range(MR):
                                 for q in range(0, nr, 16):
-                                    prefetch_w(of, nxt + r * n + q)
+                                    _prefetch_w(of, nxt + r * n + q)
                         if rows == MR and w == nr:
                             tile(abf, a0, bpf, base, lanes, 3, flag, of, i * n + col, n, kk)
                         else:
@@ -389,16 +311,7 @@ def shape_row(a, b, drivers, args) -> str:
             err = np.abs(fn() - ref).max() / np.abs(ref).max()
             assert err < (1e-5 if dt == np.float32 else 1e-13), (name, err)
     arms["pack_b alone"] = lambda: pack_b(b)
-    times = {name: [] for name in arms}
-    inner = max(1, int(3e8 // (2 * m * k * n)))
-    names = list(arms)
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            f = arms[name]
-            s = time.thread_time()
-            for _ in range(inner):
-                f()
-            times[name].append((time.thread_time() - s) / inner)
+    times = interleaved(arms, args.rounds, max(1, int(3e8 // (2 * m * k * n))))
     fl = 2.0 * m * k * n
     row = []
     for name, v in times.items():

@@ -48,6 +48,21 @@ def main() -> None:
             print(shape_row(int(m), int(k), int(n), layout, dt, args.rounds, rng), flush=True)
 
 
+def interleaved(arms: dict, rounds: int, inner: int) -> dict:
+    """{name: [thread CPU s of one call, a round]}: each arm `inner` calls a round, the rounds
+    alternating the arms' order."""
+    times: dict = {name: [] for name in arms}
+    names = list(arms)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            f = arms[name]
+            s = time.thread_time()
+            for _ in range(inner):
+                f()
+            times[name].append((time.thread_time() - s) / inner)
+    return times
+
+
 def shape_row(m, k, n, layout, dt, rounds, rng) -> str:
     import torch
 
@@ -75,16 +90,7 @@ def shape_row(m, k, n, layout, dt, rounds, rng) -> str:
         "own": lambda: own_gemm.gemm(a, b, out2, work, q, blas_twin.UNROLL),
         "blas_twin.run": lambda: blas_twin.run(a, b, out3),
     }
-    times = {name: [] for name in arms}
-    inner = max(1, int(3e8 // (2 * m * k * n)))
-    names = list(arms)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            f = arms[name]
-            s = time.thread_time()
-            for _ in range(inner):
-                f()
-            times[name].append((time.thread_time() - s) / inner)
+    times = interleaved(arms, rounds, max(1, int(3e8 // (2 * m * k * n))))
     fl = 2.0 * m * k * n
     row = [
         f"{name} {fl / np.median(v) / 1e9:.0f} ({fl / min(v) / 1e9:.0f})"
