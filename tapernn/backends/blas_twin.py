@@ -144,14 +144,17 @@ class _Handle:
                 self.error = f"numba failed: {background.failure(e)}"
 
     def take(self) -> Any:
-        """The kernel once ready (asked for at the first call: in the background worker when
-        that is on, else compiled at once); None meanwhile and after a failure."""
+        """The kernel once ready (asked for at the first call that finds the background worker
+        idle -- queued behind programs' kernels, its ~20 s cold compile would hold their switch
+        calls -- or compiled at once without background compilation); None meanwhile and
+        after a failure."""
         if self.kernel is None and not self.asked:
-            self.asked = True
-            if background.enabled():
-                background.request(self, self.KEY)
-            else:
+            if not background.enabled():
+                self.asked = True
                 self.prepare(self.KEY)
+            elif background.activity()[2] == 0:
+                self.asked = True
+                background.request(self, self.KEY)
         return self.kernel
 
 
