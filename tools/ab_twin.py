@@ -23,16 +23,20 @@ HALVES: dict = {}  # (on, m, k, n) -> [thread CPU s of each own_threads._mm call
 
 
 def instrument() -> None:
-    """Time each GEMM half (own_threads._mm: thread CPU, either thread)."""
-    real = own_threads._mm
+    """Time each GEMM half (own_threads._mm: matmul_sum's; _mm_half: matmul's; thread CPU,
+    either thread)."""
 
-    def mm(a, b, out):
-        t0 = time.thread_time()
-        real(a, b, out)
-        key = (blas_twin.ENABLED[0], *a.shape, b.shape[1])
-        HALVES.setdefault(key, []).append(time.thread_time() - t0)
+    def timed(real):
+        def mm(a, b, out, *rest):
+            t0 = time.thread_time()
+            real(a, b, out, *rest)
+            key = (blas_twin.ENABLED[0], *a.shape, b.shape[1])
+            HALVES.setdefault(key, []).append(time.thread_time() - t0)
 
-    own_threads._mm = mm
+        return mm
+
+    own_threads._mm = timed(own_threads._mm)
+    own_threads._mm_half = timed(own_threads._mm_half)
 
 
 def main() -> None:
