@@ -173,3 +173,18 @@ def test_owned_model_same_bits_as_openblas(gemm, rng, monkeypatch):
     for u, v, w in zip(twin, blas, numpy):
         assert np.array_equal(u, v)
         np.testing.assert_allclose(u, w, rtol=1e-12, atol=1e-12)
+
+
+def test_scratch_is_private_to_a_forked_child():
+    """The work buffers are anonymous mappings: private, so a forked child (distributed
+    workers) running the kernel writes its own copy, not its parent's scratch."""
+    import os
+
+    work = blas_twin._outside(1000, np.dtype(np.float64))
+    work[:] = 1.0
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        work[:] = 2.0
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (work == 1.0).all()

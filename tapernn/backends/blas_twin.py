@@ -114,10 +114,13 @@ def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype) -> np.ndarray:
 
 def _outside(size: int, dt: np.dtype) -> np.ndarray:
     """A 1-D array of `size` elements in an anonymous memory mapping of its own (page-aligned;
-    unmapped when the array goes): memory NumPy's allocator, and so tracemalloc, never sees."""
+    unmapped when the array goes): memory NumPy's allocator, and so tracemalloc, never sees.
+    Private (Python's default for -1 is MAP_SHARED: a forked child and its parent would write
+    the same scratch)."""
     import mmap
 
-    raw = mmap.mmap(-1, max(size * dt.itemsize, 1))
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    raw = mmap.mmap(-1, max(size * dt.itemsize, 1), flags=flags)
     return np.frombuffer(raw, dt, count=size)
 
 
