@@ -1,15 +1,14 @@
 """A one-thread GEMM for the halves of an owned call's time-batched GEMMs on an AVX-512 CPU (issue
 19, BENCHMARKS.md "hbig"): out = a @ b, BLIS-style over packed_kernels' microkernel (MR = 8 rows
 of `a` broadcast x TV = 3 vectors of a packed panel of b, 24 zmm FMA chains over the K loop).
-b is packed one K block at a time (`k_depth`: OpenBLAS's, <= 448 rows; in L2) into panels of one tile
-each -- TV vectors, or 2 for a row's last 2 or 4 vectors (16 chains, not 8: `_tile_width`), a
-panel row every NR = TV lanes -- and `a` MC rows at a time, k-major (`_pack_a`); then per row
-block of `a` (its K block in L1) every panel (from L2), the next tile's rows of `out`
-prefetched for writing. A later K block adds to out's floats (the same FMA chain continued:
-each element of out is one chain over k in order, whatever the blocks).
-
-K blocks are OpenBLAS's (`k_depth`), so where OpenBLAS's block depth and its kernels' order are
-these, the bits are its own (blas_twin.py checks that per shape before using this). Measured one
+b is packed one K block at a time (`k_depth`: OpenBLAS's, <= 448 rows; in L2) into panels of
+one tile each -- TV vectors, or 2 for a row's last 2 or 4 vectors (16 chains, not 8:
+`_tile_width`), a panel row every NR = TV lanes -- and `a` MC rows at a time, k-major
+(`_pack_a`); then per row block of `a` (its K block in L1) every panel (from L2), the next
+tile's rows of `out` prefetched for writing. The first K block's chains (from 0) are stored;
+a later block's, from 0 too, computed into a tile and added to out (one rounding each:
+`make_add`) -- OpenBLAS's order with its K blocks, so where its block depth and its kernels'
+order are these, the bits are its own (blas_twin.py checks that per shape before using this). Measured one
 thread against OpenBLAS 0.3.31 (SkylakeX kernels) and torch.mm: tools/own_gemm_ab.py (the loop
 orders tried: tools/gemm_blis_probe.py). Layouts: `a` with rows or columns contiguous (a
 transposed view: dW's dG.T), b with rows contiguous, out C; `fits` says which. Imported only
