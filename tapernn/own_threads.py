@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import blas, blas_gemm
+from .backends import blas_twin
 
 # a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
 # costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
@@ -367,11 +368,15 @@ def zero_fill(arrays: list) -> None:
 
 
 def _mm(a, b, out):
-    np.matmul(a, b, out=out)
+    """np.matmul(a, b, out=out): where blas_twin's kernel gives OpenBLAS's bits, by it."""
+    if not blas_twin.run(a, b, out):
+        np.matmul(a, b, out=out)
 
 
-def _mm_half(a, b, out, columns, k):  # (_split's half of a plain GEMM)
-    np.matmul(a, b, out=out)
+def _mm_half(a, b, out, columns, k):  # (_split's half of a plain GEMM; _mm's body, not a call
+    # of it: tools/timeline_step.py times each alone)
+    if not blas_twin.run(a, b, out):
+        np.matmul(a, b, out=out)
 
 
 def matmul_bias(a, b, bias, shape, out=None):

@@ -4,8 +4,9 @@ per-step recurrent shapes (M = 32..64 rows)?
 The microkernel is tapernn/backends/packed_kernels.py's (LLVM IR through a numba @intrinsic:
 MR rows of A times a packed panel of B, NV vectors of W lanes wide, W = 16 f32 / 8 f64 with
 AVX-512, MR * NV vector accumulators in registers over the whole K loop) for several (MR, NV);
-this driver is simpler than the package's (a zero-padded tile for ragged blocks); `parallel`
-splits the N panels over numba's threads (prange).
+this driver is simpler than the package's (each row block of A packed k-major by an
+element-wise copy, a zero-padded tile for ragged blocks); `parallel` splits the N panels over
+numba's threads (prange). (Brought up to make_microkernel's current signature on branch hbig.)
 
 Run: PYTHONPATH=$PWD python tools/gemm_probe.py [--threads 1 2] [--reps 200]
 Prints GF/s of np.matmul (OpenBLAS), torch.mm and the probe side by side, interleaved (one
@@ -45,28 +46,43 @@ def pack(b: np.ndarray, nv: int) -> np.ndarray:
     return out
 
 
+# the microkernel's p_off for a tile of nv vectors from `base` (nv prefetch offsets unused, the
+# accumulate flag off: out = the sum)
+_OFFSETS = {
+    2: njit(lambda b, v: (b, b + v, 0, 0, 0)),
+    3: njit(lambda b, v: (b, b + v, b + 2 * v, 0, 0, 0, 0)),
+    4: njit(lambda b, v: (b, b + v, b + 2 * v, b + 3 * v, 0, 0, 0, 0, 0)),
+}
+
+
 def make_gemm(mr: int, nv: int, parallel: bool):
-    """out[:M, :n] = a @ B, B packed (npan, K, NR); prange over the panels when `parallel`."""
-    mk = make_microkernel(mr, nv)
+    """out[:M, :n] = a @ B, B packed (npan, K, NR); each row block of a packed k-major first
+    (the kernel's layout: element (i, p) at p * mr + i); prange over the panels when
+    `parallel`."""
+    mk = make_microkernel(mr, nv, VEC_BITS)
+    offsets = _OFFSETS[nv]
 
     def gemm(a, bp, n, out):
         m, k = a.shape
         npan, _, nr = bp.shape
-        af, bf, of = a.ravel(), bp.ravel(), out.ravel()
+        lanes = nr // nv
+        bf, of = bp.ravel(), out.ravel()
         ldo = out.shape[1]
         for j in prange(npan):
             col = j * nr
-            ta = np.zeros((mr, k), a.dtype)
+            ta = np.zeros((k, mr), a.dtype)
             tc = np.zeros((mr, nr), a.dtype)
+            taf, tcf = ta.ravel(), tc.ravel()
             for i in range(0, m, mr):
                 rows = min(mr, m - i)
+                for p in range(k):
+                    for r in range(mr):
+                        ta[p, r] = a[i + r, p] if r < rows else 0
+                off = offsets(j * k * nr, lanes)
                 if rows == mr and col + nr <= n:
-                    mk(af, i * k, k, bf, j * k * nr, of, i * ldo + col, ldo, k)
+                    mk(taf, 0, bf, off, of, i * ldo + col, ldo, k)
                     continue
-                ta[:] = 0
-                for r in range(rows):
-                    ta[r] = a[i + r]
-                mk(ta.ravel(), 0, k, bf, j * k * nr, tc.ravel(), 0, nr, k)
+                mk(taf, 0, bf, off, tcf, 0, nr, k)
                 w = min(nr, n - col)
                 for r in range(rows):
                     out[i + r, col : col + w] = tc[r, :w]

@@ -1,0 +1,199 @@
+"""OpenBLAS's GEMM, same bits, faster a thread (issue 19, BENCHMARKS.md "hbig"): `run(a, b, out)`
+computes out = a @ b through own_gemm.py's kernel where that is known to give exactly the bits
+np.matmul (OpenBLAS) gives, and says whether it did (else the caller runs np.matmul). The halves
+of an owned call's time-batched GEMMs call it (own_threads._mm).
+
+Why the same bits: OpenBLAS computes each element of C as one FMA chain over k in order within
+each of its K blocks (driver/level3.c: depth GEMM_Q, the rest below 2 Q in two near halves), the
+first block stored, each later one added to C (one rounding); own_gemm does the same with Q and
+GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`, `UNROLL`), at one BLAS thread (at two,
+OpenBLAS's bits differed at some shapes: it runs only where the pools hold one, as in an
+owned call). Nothing assumes that: each
+(dtype, m, k, n, a's layout) is checked once per process on random operands of that shape --
+both computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
+version, kernel or small-matrix path). So which of the two runs a GEMM (the kernel ready or
+not, on a thread or the other) never changes a result: no call-count protocol is needed.
+
+Only where numba is already imported (a NumPy-only process never imports it for this), on an
+AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS; the kernel
+compiles in background.py's worker (at once without background compilation) and OpenBLAS
+runs until it is there."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..blas import limiter
+from . import background, packed
+
+Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM / DGEMM)
+UNROLL = 16  # its GEMM_UNROLL_M there (a K block split in two halves: the first a multiple)
+MIN_ROWS, MIN_DEPTH, MIN_COLS = 64, 64, 48  # (below: OpenBLAS; measured: tools/own_gemm_ab.py)
+# b's K block (Q rows) at most this many bytes: in L2 (2 MiB) with the rest. (512, 512, 2048)
+# f32, a 2 MiB block: 1.15x OpenBLAS's time (own_gemm has no N blocks)
+MAX_BLOCK_BYTES = 1 << 20
+ENABLED = [True]  # (A/B: False runs OpenBLAS everywhere)
+RAN = [0]  # GEMMs run by the kernel so far (tests: it ran)
+
+_checked: dict[tuple, bool] = {}  # (dtype, m, k, n, a transposed) -> same bits as np.matmul
+_lock = threading.Lock()
+_local = threading.local()  # .work: {dtype: aligned work buffer} a thread
+
+
+def run(a: Any, b: Any, out: Any) -> bool:
+    """out = a @ b by the kernel, if it gives np.matmul's bits here (the module docstring);
+    False: nothing written, the caller runs np.matmul."""
+    if not ENABLED[0] or not background.numba_imported() or packed.isa() != "avx512":
+        return False
+    if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
+        return False
+    kernel = _HANDLE.take()
+    if kernel is None:
+        return False
+    mod = _HANDLE.module
+    if not (mod.fits(a, b, out) and b.flags.c_contiguous):  # (b C: the compiled signatures)
+        return False
+    m, k = a.shape
+    n = out.shape[1]
+    if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:
+        return False
+    if min(k, Q[out.itemsize]) * n * out.itemsize > MAX_BLOCK_BYTES:
+        return False
+    key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize)
+    same = _checked.get(key)
+    if same is None:
+        same = _check(kernel, key)
+    if not same:
+        return False
+    kernel(a, b, out, _work(mod, m, k, n, out.dtype), Q[out.itemsize], UNROLL)
+    RAN[0] += 1
+    return True
+
+
+def _check(kernel: Any, key: tuple) -> bool:
+    """Whether the kernel gives np.matmul's bits at `key`'s shape and layout (random operands,
+    both computed; remembered for the process). Its arrays live in a mapping of their own
+    (`_outside`), freed after."""
+    dt, m, k, n, transposed = key
+    dt = np.dtype(dt)
+    rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n)
+    sizes = (m * k, k * n, m * n, m * n)
+    flat = _outside(sum(sizes), dt)
+    cuts = np.cumsum((0, *sizes))
+    a, b, ours, ref = (flat[cuts[i] : cuts[i + 1]] for i in range(4))
+    a = a.reshape((k, m)).T if transposed else a.reshape((m, k))
+    b, ours, ref = b.reshape((k, n)), ours.reshape((m, n)), ref.reshape((m, n))
+    a[...] = rng.standard_normal(a.shape)
+    b[...] = rng.standard_normal(b.shape)
+    kernel(a, b, ours, _work(_HANDLE.module, m, k, n, dt), Q[dt.itemsize], UNROLL)
+    np.matmul(a, b, out=ref)
+    same = bool(np.array_equal(ours, ref))
+    with _lock:
+        _checked[key] = same
+    return same
+
+
+def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype) -> np.ndarray:
+    """This thread's work buffer for the shape: kept, grown as needed (a fresh one of MiBs
+    costs ~0.15 ms of page faults a call), at most ~1.3 MiB (MAX_BLOCK_BYTES of b's panels,
+    MC x Q of a's rows, a tile) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
+    outside NumPy's allocator like that one (`_outside`): a program's reported memory counts
+    neither."""
+    need = mod.work_size(m, k, n, dt.itemsize, Q[dt.itemsize])
+    bufs = getattr(_local, "work", None)
+    if bufs is None:
+        bufs = _local.work = {}
+    buf = bufs.get(dt.str)
+    if buf is None or buf.size < need:
+        buf = bufs[dt.str] = _outside(need, dt)
+    return buf
+
+
+def _outside(size: int, dt: np.dtype) -> np.ndarray:
+    """A 1-D array of `size` elements in an anonymous memory mapping of its own (page-aligned;
+    unmapped when the array goes): memory NumPy's allocator, and so tracemalloc, never sees.
+    Private (Python's default for -1 is MAP_SHARED: a forked child and its parent would write
+    the same scratch)."""
+    import mmap
+
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    raw = mmap.mmap(-1, max(size * dt.itemsize, 1), flags=flags)
+    return np.frombuffer(raw, dt, count=size)
+
+
+class _Handle:
+    """own_gemm's kernel (background.py's handle protocol: prepare / has / kernel / error): two
+    signatures per float dtype -- `a` C or of any layout ("A": a transposed view); b, out C;
+    the work buffer -- which arrays of other layouts convert to (compiling more is disabled).
+    Typed "A", a C `a` ran ~3 % slower; each signature costs ~5 s of a cold compile."""
+
+    KEY = (("float32", "float64"),)
+
+    def __init__(self) -> None:
+        self.kernel: Any = None
+        self.module: Any = None
+        self.error = ""
+        self.asked = False
+        self._lock = threading.Lock()
+
+    def has(self, key: tuple | None = None) -> bool:
+        return self.kernel is not None
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or self.kernel is not None:
+                return
+            try:
+                from numba import from_dtype, types
+
+                mod = kernels()
+                for name in key[0]:
+                    dt = from_dtype(np.dtype(name))
+                    any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
+                    work = types.Array(dt, 1, "C")
+                    for a in (c2, any2):
+                        mod.gemm.compile((a, c2, c2, work, types.intp, types.intp))
+                mod.gemm.disable_compile()
+                self.module = mod
+                self.kernel = mod.gemm
+            except Exception as e:  # noqa: BLE001 -- any failure: OpenBLAS runs it
+                self.error = f"numba failed: {background.failure(e)}"
+
+    def take(self) -> Any:
+        """The kernel once ready (asked for at the first call that finds the background worker
+        idle -- queued behind programs' kernels, its ~20 s cold compile would hold their switch
+        calls -- or compiled at once without background compilation); None meanwhile and
+        after a failure."""
+        if self.kernel is None and not self.asked:
+            if not background.enabled():
+                self.asked = True
+                self.prepare(self.KEY)
+            elif background.activity()[2] == 0:
+                self.asked = True
+                background.request(self, self.KEY)
+        return self.kernel
+
+
+def kernels() -> Any:
+    """own_gemm.py imported from a copy in the kernel cache directory, named by its text's
+    digest (numba's cache files land beside it; packed._kernel_module's way)."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from .kernel_cache import import_written
+    from .numba_backend import cache_dir
+    from .numba_setup import setup
+
+    setup()  # (before any numba import of a kernel module: numba_setup.py)
+    source = (Path(__file__).resolve().parent / "own_gemm.py").read_bytes()
+    name = f"tapernn_own_gemm_{hashlib.sha1(source).hexdigest()[:20]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    return import_written(cache_dir(), name, source)
+
+
+_HANDLE = _Handle()
