@@ -101,7 +101,8 @@ class ProgramKernel(LoopKernel):
             except TypeError:
                 pass
         self.kernel.disable_compile(False)
-        self.kernel(*args)
+        with numba_interleave.small_trips(self.source):  # (numba compiles in the call)
+            self.kernel(*args)
 
 
 class ProgramInstance(LoopInstance):
