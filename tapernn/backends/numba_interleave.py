@@ -25,7 +25,15 @@ again: the same bits (tests/test_step_interleave.py). The mark names the bits (n
 text, whose digests AVX2 machines keep). A forced width makes LLVM print its vectoriser's
 analysis of every loop it did not vectorise ("remark: <unknown>:0:0: loop not vectorized: ...",
 67 lines for one cold FastLSTM model) to the process's stderr: `_remarks_dropped` keeps those
-lines from the user (anything else written to stderr meanwhile is written after the compile)."""
+lines from the user (anything else written to stderr meanwhile is written after the compile).
+
+Short loops (issue 19, BENCHMARKS.md "hvec5"): LLVM's loop vectoriser leaves a loop of a known
+trip count under 16 scalar (`-vectorizer-min-trip-count`): at tutorial sizes (H = 5) every gate
+loop of a whole-loop kernel has 5-20 elements, so its sigmoids and tanhs ran one value at a time
+(~11 ns each; 125 of them were 1.45 us of the (1, 5, 5) LSTM forward kernel's 1.9). Whole-loop and
+whole-program kernels are compiled with the count at TRIP[0] (`small_trips`, the same lock and
+restore as `interleaved`) and their text names it (`trip_mark`): the same scalar operations per
+element, the same bits (tests/test_small_trips.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +54,12 @@ COUNT = [2]
 BITS: list[int | None] = [None]
 _OPTION = "-force-vector-interleave"
 _WIDTH = "-force-vector-width"
+# the smallest trip count a whole-loop / whole-program kernel's loops are vectorised at (LLVM's
+# default: LLVM_TRIP; 0: the default)
+TRIP = [4]
+LLVM_TRIP = 16
+_TRIP = "-vectorizer-min-trip-count"
+_TRIP_MARK = re.compile(r"^# \(compiled with LLVM's -vectorizer-min-trip-count=(\d+)")
 _MARK = re.compile(
     r"^# \(compiled with LLVM's -force-vector-interleave=(\d+)(?:, (\d+)-bit vectors)?"
 )
@@ -132,6 +146,41 @@ def interleaved(count: int, lanes: int = 0) -> Iterator[None]:
                 _set(0)
             if wide:
                 _set_width(0)
+
+
+def trip_mark() -> str:
+    """A whole-loop or whole-program kernel module's first line (with its newline): the
+    vectoriser's smallest trip count it is compiled with (TRIP's now; "": LLVM's default)."""
+    trip = TRIP[0]
+    if not 0 < trip < LLVM_TRIP:
+        return ""
+    return f"# (compiled with LLVM's {_TRIP}={trip}: numba_interleave.py)\n"
+
+
+def trip_in(source: str) -> int:
+    """The smallest trip count a kernel module's text names (0: none named, LLVM's default)."""
+    m = _TRIP_MARK.match(source)
+    return int(m.group(1)) if m else 0
+
+
+@contextlib.contextmanager
+def small_trips(source: str) -> Iterator[None]:
+    """numba compiles in the block with LLVM's loop vectoriser taking loops of the trip count
+    kernel text `source` names (trip_in; none: LLVM's default, nothing set), under numba's
+    global compiler lock; LLVM's default again after, also when the compile fails."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    trip = trip_in(source)
+    if not trip:
+        yield
+        return
+    with global_compiler_lock:
+        on = _option(_TRIP, trip)
+        try:
+            yield
+        finally:
+            if on:
+                _option(_TRIP, LLVM_TRIP)
 
 
 REMARK = b"remark: "  # (LLVM's diagnostic printer: "remark: <location>: <message>")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..blas import limiter
-from . import LOOP_MAX_SIZE, auto_calls, background, deferred
+from . import LOOP_MAX_SIZE, auto_calls, background, deferred, numba_interleave
 from .loop_source import LoopSource
 from .loop_values import reads, shifted_layout
 from .numba_backend import Unsupported, _load
@@ -78,7 +78,8 @@ class LoopKernel:
                 if self.kernel is None:
                     self.kernel = _load(self.source)
                 if key not in self.types:
-                    self.kernel.compile(self.signature(key))
+                    with numba_interleave.small_trips(self.source):
+                        self.kernel.compile(self.signature(key))
                     self.types.add(key)
                     if "np.dot(" in self.source:  # scipy's BLAS is loaded now
                         limiter.refresh()
@@ -131,7 +132,7 @@ def plan(compiled: Any, attrs: dict, fixed: list[int]) -> tuple[LoopInstance | N
     layout = shifted_layout(attrs) if attrs.get("shifted") else None
     gen = LoopSource(graph, nc, nx, live, layout)
     try:
-        source = gen.source()
+        source = numba_interleave.trip_mark() + gen.source()
     except Unsupported as e:
         return None, f"unsupported: {e}"
     with _registry_lock:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import background, deferred, numba_loop
+from . import background, deferred, numba_interleave, numba_loop
 from .numba_backend import Unsupported
 from .numba_loop import MAX_SIZE, LoopInstance, LoopKernel
 from .program_source import ProgramSource
@@ -101,7 +101,8 @@ class ProgramKernel(LoopKernel):
             except TypeError:
                 pass
         self.kernel.disable_compile(False)
-        self.kernel(*args)
+        with numba_interleave.small_trips(self.source):  # (numba compiles in the call)
+            self.kernel(*args)
 
 
 class ProgramInstance(LoopInstance):
@@ -158,7 +159,7 @@ def attach(compiled: Any) -> None:
         return
     try:
         gen = ProgramSource(graph, compiled.program.bodies)
-        source = gen.source()
+        source = numba_interleave.trip_mark() + gen.source()
     except Unsupported as e:
         report.kernel = f"NumPy program (no {WHOLE}: {e})"
         return
