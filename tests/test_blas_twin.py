@@ -6,11 +6,13 @@ model's training step through it the same bits as through OpenBLAS and the NumPy
 1e-12. Cost: own_gemm's 4 signatures and the model's kernels, ~27 s CPU on a cold kernel cache
 (~3 s warm)."""
 
+import ctypes
+
 import numpy as np
 import pytest
 
 import tapernn as tn
-from tapernn import aligned, nn, own_threads
+from tapernn import aligned, blas, nn, own_threads
 from tapernn.backends import blas_twin, numba_available
 from tapernn.blas import limiter
 
@@ -88,13 +90,26 @@ def test_k_depth_is_openblas_blocking(gemm):
     assert blocks(770, 384, 16) == [384, 208, 178]
 
 
+def _openblas_cores() -> set:
+    """The kernel sets ("SkylakeX", ...) of the OpenBLAS libraries loaded here, by their own
+    get_corename (threadpoolctl, which says the same, is not a test dependency)."""
+    cores = set()
+    for path in blas.openblas_paths():
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "openblas_get_corename64_"):
+            if hasattr(lib, name):
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_char_p
+                cores.add(fn().decode())
+                break
+    return cores
+
+
 def test_run_gives_matmul_bits_or_declines(gemm, rng, monkeypatch):
     """run() writes only np.matmul's bits: where its check says so, the pool at one thread (as
     in an owned call); at two threads it declines, and a wrong block depth (Q 100: K 300 in 3
     blocks, OpenBLAS's 1) fails the check and leaves the GEMM to np.matmul."""
-    from threadpoolctl import threadpool_info
-
-    arch = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
+    arch = _openblas_cores()
     with limiter.limit(1):
         for dtype in (np.float32, np.float64):
             for m, k, n, transposed in ((96, 300, 64, False), (64, 600, 100, True)):
