@@ -14,6 +14,7 @@ from .. import functional as F
 from .. import tracing
 from ..errors import ShapeError, StateError, TapernnError, TracingError
 from ..tracing import Tape, Var, current_scope, current_step, step
+from .step_draws import StepDraws
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -57,7 +58,8 @@ class BuildContext:
     history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
     params: dict = field(default_factory=dict)  # Parameter -> Var
     param_order: list = field(default_factory=list)  # Parameters in input order
-    randoms: list = field(default_factory=list)  # (Node, p or draw(), rng) random inputs
+    # random inputs: (Node, p or draw(), rng), or a loop's (Node, StepDraws, site number)
+    randoms: list = field(default_factory=list)
     reinforce: list = field(default_factory=list)  # (module, step, Var) REINFORCE log-probs
     states: dict = field(default_factory=dict)  # recurrent module -> tuple[Var]
     state_inputs: list = field(default_factory=list)  # (module, k, Node, user-set) fed at run time
@@ -147,6 +149,22 @@ class BuildContext:
         var = self.tape.input(shape, dtype, name=f"{name}{len(self.randoms)}", kind="random")
         self.randoms.append((var.node, draw, None))
         return var
+
+    def step_randoms(self, sites: list, n: int, reverse: bool) -> list[Var]:
+        """The (n, ...) inputs of a loop over n steps whose body draws `sites` (nn.rolled's
+        RandomSite, in the step's order): row j of each is that site's draw at the loop's
+        position j, all drawn at bind as the unrolled steps draw them (nn.binding.StepDraws)."""
+        if not sites:
+            return []
+        group = StepDraws(sites, n, reverse)
+        out = []
+        for j, site in enumerate(sites):
+            var = self.tape.input(
+                (n,) + site.shape, site.dtype, name=f"{site.name}{len(self.randoms)}", kind="random"
+            )
+            self.randoms.append((var.node, group, j))
+            out.append(var)
+        return out
 
     def add_reinforce(self, module: Any, log_prob: Var) -> None:
         """Register `log_prob` (one per sample) of a REINFORCE module's stochastic choice: the

@@ -1,0 +1,223 @@
+"""Dropout (and drawn inputs) inside rolled loops (nn.rolled, nn.step_draws): the masks are
+per-step inputs of the scan, drawn at bind in the unrolled program's order -- rolled ==
+unroll=True for the same seed (values and gradients, float64 and float32, both backends, a
+reverse loop), the stream the same as per-step draws of NumPy's generator (what the unrolled
+program drew before loops held masks), fresh masks every call on the steady path, a new length
+without tracing a step again. Cost: a few seconds (numba: the small loops' kernels)."""
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.backends import numba_missing
+from tapernn.nn.context import current_build
+
+T, B, D, H = 5, 3, 4, 6
+
+BACKENDS = [
+    "numpy",
+    pytest.param("numba", marks=pytest.mark.skipif(bool(numba_missing()), reason="no numba")),
+]
+
+
+def rolled(model) -> bool:
+    return any(": rolled:" in n for n in model.compile_report().notes)
+
+
+def stacked(unroll, rng=None, dtype=np.float64):
+    """The char-LM stack (Zaremba et al.): LSTM, Dropout, LSTM, Dropout in one step."""
+    tn.manual_seed(3)
+    cell = nn.Sequential(nn.LSTM(D, H), nn.Dropout(0.5, rng=rng), nn.LSTM(H, H), nn.Dropout(0.25))
+    return nn.Sequencer(cell, unroll=unroll).astype(dtype)
+
+
+def train_calls(model, xs, seed=11, backend="numpy"):
+    """Outputs, input gradients and parameter gradients of training calls on `xs`."""
+    model.set_plan_options(tn.PlanOptions(backend=backend))
+    tn.manual_seed(seed)
+    got = []
+    for x in xs:
+        y = model.forward(x)
+        model.zero_grad_parameters()
+        gx = model.backward(x, np.cos(np.asarray(y)))
+        got.append([np.array(y), np.array(gx)] + [p.grad.copy() for p in model.parameters()])
+    return got
+
+
+def assert_same(a, b, tol):
+    for k, (u, v) in enumerate(zip(a, b)):
+        for j, (p, q) in enumerate(zip(u, v)):
+            np.testing.assert_allclose(p, q, rtol=tol, atol=tol, err_msg=f"call {k}, array {j}")
+
+
+def test_a_block_draw_is_the_per_step_draws_in_order():
+    # (nn.step_draws draws a loop's masks as one (n, entries) block per generator: checked
+    # here for NumPy's bit generators, not assumed)
+    for bits in (np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64):
+        a, b = np.random.Generator(bits(4)), np.random.Generator(bits(4))
+        block = a.random((7, 2 * 3 + 5))
+        steps = [np.concatenate([b.random((2, 3)).ravel(), b.random(5)]) for _ in range(7)]
+        np.testing.assert_array_equal(block, np.stack(steps), err_msg=bits.__name__)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rolled_equals_unrolled_for_the_same_seed(backend, dtype):
+    xs = [np.random.default_rng(k).standard_normal((t, B, D)) for k, t in enumerate((T, T, 8))]
+    own = np.random.default_rng(9)  # one Dropout draws from its own generator
+    a = stacked(False, own, dtype)
+    r = train_calls(a, xs, backend=backend)
+    assert rolled(a) and a._runtime.last.compile_training().forward.program.backend == backend
+    own = np.random.default_rng(9)
+    b = stacked(True, own, dtype)
+    u = train_calls(b, xs, backend=backend)
+    assert not rolled(b)
+    assert_same(r, u, 1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_the_masks_are_numpys_per_step_draws():
+    # the stream a seed gives (the unrolled program's, before loops held masks): step by step,
+    # Dropout(0.5) then Dropout(0.25) in each step, both from tapernn's generator; a Dropout
+    # right after the LSTM shows its mask (training output / evaluation output)
+    tn.manual_seed(3)
+    lstm, lin = nn.LSTM(D, H), nn.Linear(H, H)
+    seq = nn.Sequencer(nn.Sequential(lstm, nn.Dropout(0.5), lin, nn.Dropout(0.25)))
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    seq.evaluate()
+    h = _lstm_outputs(seq, x)
+    seq.training()
+    tn.manual_seed(21)
+    draws = np.random.default_rng(21)
+    for call in range(3):  # (the steady path from the second call: fresh masks every call)
+        y = seq.forward(x)
+        want = np.empty((T, B, H))
+        for t in range(T):
+            m1 = (draws.random((B, H)) >= 0.5) * 2.0
+            m2 = (draws.random((B, H)) >= 0.25) / 0.75
+            want[t] = ((h[t] * m1) @ lin.weight.data.T + lin.bias.data) * m2
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12, err_msg=f"call {call}")
+        seq.backward(x, np.ones_like(y))
+    assert rolled(seq) and seq._runtime.steady is not None
+
+
+def _lstm_outputs(seq, x):
+    """The LSTM's outputs per step (evaluation: Dropout is the identity, the Linear inverted)."""
+    lin = seq.module.get(2)
+    y = np.array(seq.forward(x))
+    return (y - lin.bias.data) @ np.linalg.inv(lin.weight.data.T)
+
+
+def test_backward_reuses_the_forwards_masks():
+    # Sequencer(Dropout): y = x * m, dy/dx = m -- the forward's masks, not fresh ones
+    seq = nn.Sequencer(nn.Dropout(0.4))
+    x = np.random.default_rng(1).standard_normal((T, B, D)) + 3.0
+    tn.manual_seed(2)
+    for _ in range(2):
+        y = seq.forward(x)
+        np.testing.assert_allclose(seq.backward(x, np.ones_like(x)), y / x, rtol=1e-14)
+    assert rolled(seq)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reverse_loop_draws_its_positions_backwards(backend):
+    # BiSequencer: fwd's loop over positions 0..T-1, then bwd's over T-1..0 (the unrolled
+    # program's draw order), each step with a Dropout
+    def make(unroll):
+        tn.manual_seed(4)
+        fwd = nn.Sequential(nn.Dropout(0.5), nn.GRU(D, H))
+        bwd = nn.Sequential(nn.GRU(D, H), nn.Dropout(0.3))
+        return nn.BiSequencer(fwd, bwd, unroll=unroll)
+
+    xs = [np.random.default_rng(k).standard_normal((T, B, D)) for k in range(2)]
+    a, b = make(False), make(True)
+    r, u = train_calls(a, xs, backend=backend), train_calls(b, xs, backend=backend)
+    assert rolled(a) and not rolled(b)
+    assert_same(r, u, 1e-12)
+
+
+def test_a_new_length_traces_no_step_and_remember_carries_across_calls():
+    a, b = stacked(False).remember("both"), stacked(True).remember("both")
+    xs = [np.random.default_rng(k).standard_normal((t, B, D)) for k, t in enumerate((6, 9, 4, 9))]
+    r = train_calls(a, xs)
+    # steps traced twice: from zeros, then from a remembered state; the other lengths
+    # re-emitted the remembered state's template
+    assert a.trace_count == 2
+    bodies = {id(n.attrs["body"]) for n in a._runtime.last.graph.nodes if n.op == "scan"}
+    assert len(bodies) == 1
+    assert_same(r, train_calls(b, xs), 1e-12)
+    a.forget(), b.forget()
+    assert_same(train_calls(a, xs[:1], seed=5), train_calls(b, xs[:1], seed=5), 1e-12)
+
+
+def test_evaluation_draws_nothing():
+    seq = stacked(False)
+    seq.evaluate()
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    tn.manual_seed(1)
+    seq.forward(x)
+    assert not [n for n in seq._runtime.last.graph.inputs if n.kind == "random"]
+    assert tn.random.generator().random() == np.random.default_rng(1).random()  # none drawn
+
+
+def test_the_tutorials_stacked_lstms_with_dropout_between_layers():
+    def make(unroll):
+        tn.manual_seed(6)
+        m = nn.Sequential(nn.SplitTable(0, 3))
+        m.add(nn.Sequencer(nn.LSTM(D, H), unroll=unroll))
+        m.add(nn.Sequencer(nn.Dropout(0.5), unroll=unroll))
+        return m.add(nn.Sequencer(nn.LSTM(H, H), unroll=unroll))
+
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    out = []
+    for unroll in (False, True):
+        m = make(unroll)
+        tn.manual_seed(8)
+        y = m.forward(x)
+        gx = m.backward(x, [np.ones((B, H))] * T)
+        out.append((np.stack(y), np.array(gx), [p.grad.copy() for p in m.parameters()]))
+        assert rolled(m) != unroll
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12, atol=1e-12)
+    for p, q in zip(out[0][2], out[1][2]):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-12)
+
+
+class Noisy(nn.Module):
+    """x + noise, the noise a fresh draw per call (BuildContext.random_input)."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.rng = rng
+
+    def build(self, x):
+        draw = lambda: self.rng.standard_normal(x.shape)  # noqa: E731
+        return x + current_build().random_input(x.shape, x.dtype, draw, "noise")
+
+
+def test_drawn_inputs_roll_in_the_unrolled_order():
+    def make(unroll):
+        tn.manual_seed(2)
+        step = nn.Sequential(Noisy(np.random.default_rng(5)), nn.Dropout(0.5), nn.RNN(D, H))
+        return nn.Sequencer(step, unroll=unroll)
+
+    xs = [np.random.default_rng(k).standard_normal((T, B, D)) for k in range(2)]
+    a, b = make(False), make(True)
+    r, u = train_calls(a, xs), train_calls(b, xs)
+    assert rolled(a) and not rolled(b)
+    assert_same(r, u, 1e-12)
+
+
+def test_the_unrolled_view_shows_a_mask_per_step():
+    seq = stacked(False)
+    seq.forward(np.zeros((T, B, D)))
+    masks = [n for n in seq.graph.inputs if n.kind == "random"]
+    assert rolled(seq) and len(masks) == 2 * T and {n.step for n in masks} == set(range(T))
+
+
+def test_gradcheck_through_a_rolled_dropout():
+    seq = nn.Sequencer(nn.Sequential(nn.Dropout(0.3), nn.RNN(D, H), nn.Dropout(0.3)))
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    target = np.random.default_rng(1).standard_normal((T, B, H))
+    assert tn.testing.gradcheck_module(seq, nn.MSECriterion(), x, target)
+    assert rolled(seq)
