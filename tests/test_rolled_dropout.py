@@ -208,6 +208,24 @@ def test_drawn_inputs_roll_in_the_unrolled_order():
     assert_same(r, u, 1e-12)
 
 
+def test_stochastic_reinforce_normal_in_evaluation_rolls():
+    # evaluation with stochastic=True draws its noise (BuildContext.random_input) and seeds no
+    # REINFORCE choice: rolled, the unrolled program's noise
+    def make(unroll):
+        tn.manual_seed(2)
+        step = nn.Sequential(nn.Linear(D, H), nn.ReinforceNormal(0.1, stochastic=True))
+        return nn.Sequencer(step, unroll=unroll).evaluate()
+
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    out = []
+    for unroll in (False, True):
+        m = make(unroll)
+        tn.manual_seed(3)
+        out.append([np.array(m.forward(x)), np.array(m.forward(x))])
+        assert rolled(m) != unroll
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-12, atol=1e-12)
+
+
 def test_the_unrolled_view_shows_a_mask_per_step():
     seq = stacked(False)
     seq.forward(np.zeros((T, B, D)))
@@ -221,3 +239,57 @@ def test_gradcheck_through_a_rolled_dropout():
     target = np.random.default_rng(1).standard_normal((T, B, H))
     assert tn.testing.gradcheck_module(seq, nn.MSECriterion(), x, target)
     assert rolled(seq)
+
+
+def test_grad_hidden_state_reruns_the_rolled_calls_masks():
+    # set_grad_hidden_state runs an unrolled variant program with the call's own arguments: a
+    # rolled call's (n, ...) mask blocks handed to it step by step (nn.step_draws.per_step)
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    gh = tuple(np.random.default_rng(k).standard_normal((B, H)) for k in (1, 2))
+    out = []
+    for unroll in (False, True):
+        seq = stacked(unroll)
+        tn.manual_seed(7)
+        y = seq.forward(x)
+        first = seq.module.get(0)
+        first.set_grad_hidden_state(2, gh)
+        gx = seq.backward(x, np.ones_like(y))
+        got = [np.array(y), np.array(gx)] + [p.grad.copy() for p in seq.parameters()]
+        out.append(got + list(first.get_grad_hidden_state(1)))
+        assert rolled(seq) != unroll
+    assert_same([out[0]], [out[1]], 1e-12)
+
+
+@pytest.mark.skipif(bool(numba_missing()), reason="no numba")
+def test_auto_reaches_numbas_plan_with_the_numpy_backends_masks(monkeypatch):
+    # a rolled step with Dropout is a loop: "auto" gets its two plans (numba's traced at call
+    # 2, run from call 4 here), the masks the NumPy backend's across the switch (cost: one
+    # FastLSTM 256 training pair for numba, seconds cold)
+    from tapernn import backends
+
+    monkeypatch.setenv("TAPERNN_AUTO_PLANS", "2,4")
+    monkeypatch.setattr(backends, "_chosen", "auto")
+    h = 256  # (a step's gates: 8 x 4h = 8192 elements, auto_plans.MIN_ELEMENTS)
+
+    def make(backend=""):
+        tn.manual_seed(0)
+        drop = nn.Dropout(0.3, rng=np.random.default_rng(5))  # (each model its own stream)
+        m = nn.Sequencer(nn.Sequential(nn.FastLSTM(h, h), drop))
+        return m.set_plan_options(tn.PlanOptions(backend=backend)) if backend else m
+
+    two, ref = make(), make("numpy")
+    ran = []
+    for k in range(6):
+        x = np.random.default_rng(k).standard_normal((3, 8, h))
+        for m in (two, ref):
+            m.forward(x)
+            m.zero_grad_parameters()
+            m.backward(x, np.cos(m.output))
+        ran.append(two._runtime.last.compile_training().forward.program.backend)
+        for u, v in zip(arrays(two), arrays(ref)):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12, err_msg=f"call {k}")
+    assert rolled(two) and ran == ["numpy"] * 3 + ["numba"] * 3
+
+
+def arrays(m):
+    return [m.output, m.grad_input] + [p.grad for p in m.parameters()]

@@ -6,12 +6,14 @@ seed gives the same masks rolled or unrolled, and the same as before loops held 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 
 from .. import random as tn_random
 from ..errors import TapernnError
+from ..graph import Node
 
 
 def generator_of(rng: Any) -> np.random.Generator:
@@ -32,9 +34,18 @@ class StepDraws:
     one input per site: `take(0)` draws every site's block, `take(j)` hands site j's out (the
     binders run in input order, site 0's first: nn.binding)."""
 
-    def __init__(self, sites: list, n: int, reverse: bool):
+    def __init__(self, sites: list, n: int, reverse: bool, first: int = 0):
         self.sites, self.n, self.reverse = list(sites), n, reverse
+        self.first = first  # the unrolled program's number of the loop's first draw
         self.last: list | None = None
+
+    def names(self, j: int) -> list[tuple[int, str]]:
+        """(row, the unrolled program's name of that draw) of site j, in draw order."""
+        s, k = self.sites[j], len(self.sites)
+        return [
+            (self.n - 1 - i if self.reverse else i, f"{s.name}{self.first + i * k + j}")
+            for i in range(self.n)
+        ]
 
     def take(self, j: int) -> np.ndarray:
         if j == 0:
@@ -79,3 +90,26 @@ class StepDraws:
                 else:
                     block[row] = s.draw()
         return blocks
+
+
+def per_step(exe: Any, args: list) -> tuple[Any, list]:
+    """`exe` and its call's arguments as the unrolled program takes them: each loop's (n, ...)
+    random input split into its rows, named as the unrolled draws (nn.state_grads.args_like
+    hands a rolled call's masks to its unrolled variant)."""
+    if not exe.step_draws:
+        return exe, args
+    nodes, out = [], []
+    for node, a in zip(exe.arg_nodes, args):
+        at = exe.step_draws.get(node)
+        if at is None:
+            nodes.append(node)
+            out.append(a)
+            continue
+        group, j = at
+        for row, name in group.names(j):
+            attrs = {"kind": "random"}
+            nodes.append(Node("input", (), attrs, node.shape[1:], node.dtype, name=name))
+            out.append(a[row])
+    view = copy.copy(exe)
+    view.arg_nodes = nodes
+    return view, out
