@@ -191,7 +191,7 @@ class Noisy(nn.Module):
         self.rng = rng
 
     def build(self, x):
-        draw = lambda: self.rng.standard_normal(x.shape)  # noqa: E731
+        draw = lambda: self.rng.standard_normal(x.shape)
         return x + current_build().random_input(x.shape, x.dtype, draw, "noise")
 
 

@@ -24,12 +24,12 @@ from ..tracing import Tape
 from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
-from .step_draws import StepDraws
 from .packing import Packing
 from .runtime_args import refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
 )
+from .step_draws import StepDraws
 from .training_pair import TrainingPair
 from .tree import flatten, unflatten
 
