@@ -293,3 +293,31 @@ def test_auto_reaches_numbas_plan_with_the_numpy_backends_masks(monkeypatch):
 
 def arrays(m):
     return [m.output, m.grad_input] + [p.grad for p in m.parameters()]
+
+
+class WithTargets(nn.Module):
+    """x -> [x, fixed target ids]: an NCEModule inside a step over an array input."""
+
+    def build(self, x):
+        return [x, current_build().tape.constant(np.arange(x.shape[0]) % 7)]
+
+
+def test_an_nce_module_in_a_step_runs_unrolled_and_says_why():
+    # NCEModule estimates Z once per forward at its first step (later steps reuse it): a
+    # step traced alone would estimate it at every step (rolled, the write-back of Z failed)
+    def make(unroll):
+        tn.manual_seed(0)
+        nce = nn.NCEModule(D, 7, 3, np.full(7, 1 / 7), z=0.0)
+        step = nn.Sequential(WithTargets(), nce, nn.SelectTable(1))
+        return nn.Sequencer(step, unroll=unroll)
+
+    x = np.random.default_rng(0).standard_normal((T, B, D)) * np.arange(1, T + 1)[:, None, None]
+    out = []
+    for unroll in (False, True):
+        m = make(unroll)
+        tn.manual_seed(1)
+        out.append((np.array(m.forward(x)), m.module.get(1).z))
+        notes = m.compile_report().notes
+        assert unroll or any("unrolled (NCEModule estimates Z" in n for n in notes)
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
+    assert out[0][1] == out[1][1] > 0
