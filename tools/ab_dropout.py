@@ -32,16 +32,20 @@ def main() -> None:
     ap.add_argument("--backend", default="numpy", help="numpy, numba or auto")
     ap.add_argument("--lengths", default="32,48", help="T of the first calls, then of the rest")
     ap.add_argument("--calls", type=int, default=8, help="steady calls timed at the first T")
+    ap.add_argument("--warm", type=int, default=1, help="untimed calls before them (auto: 100)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--unroll", action="store_true", help="the Sequencer unroll=True")
     args = ap.parse_args()
     tn.set_backend(args.backend)
     tn.manual_seed(1)
     V = 60
     lm = CharLM(V, nn.FastLSTM, args.layers, 64, args.hidden, args.dropout, dtype="float64")
     model = lm.model.training()
+    if args.unroll:
+        lm.recurrent.unroll = True
     rng = np.random.default_rng(0)
 
     def call(T: int) -> float:
@@ -55,7 +59,8 @@ def main() -> None:
     lengths = [int(v) for v in args.lengths.split(",")]
     first = call(lengths[0])
     other = [call(T) for T in lengths[1:]]
-    call(lengths[0])  # (the steady path is planned at the second call of a signature)
+    for _ in range(args.warm):  # (the steady path is planned at a signature's second call)
+        call(lengths[0])
     steady = [call(lengths[0]) for _ in range(args.calls)]
     notes = [n for n in model.compile_report().notes if "rolled" in n]
     print(
@@ -63,6 +68,7 @@ def main() -> None:
             {
                 "tapernn": os.path.dirname(os.path.dirname(tn.__file__)),
                 "backend": args.backend,
+                "ran": model._runtime.last.compile_training().forward.program.backend,
                 "first_s": round(first, 3),
                 "new_length_s": [round(v, 3) for v in other],
                 "steady_ms": round(1e3 * statistics.median(steady), 2),

@@ -3,7 +3,7 @@ Graph (carried states, the step's data slices, invariants in), until two consecu
 equal up to renaming; then the peeled steps are inlined and ONE `scan` runs the template over
 the rest. A step's random masks and inputs (dropout, noise) are per-step inputs of the body:
 a peeled step's are the model's own random inputs, a scan's one (n, ...) input per site drawn
-at bind in the unrolled program's order (nn.binding.StepDraws). A step that reads its step
+at bind in the unrolled program's order (nn.step_draws). A step that reads its step
 number, never settles or holds REINFORCE choices runs unrolled, the reason noted in the compile
 report. Templates are cached per step signature, so a new length T re-emits them without
 tracing a step again."""
