@@ -321,3 +321,23 @@ def test_an_nce_module_in_a_step_runs_unrolled_and_says_why():
         assert unroll or any("unrolled (NCEModule estimates Z" in n for n in notes)
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
     assert out[0][1] == out[1][1] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_compiled_loop_with_masks_is_the_reference_interpreters(backend):
+    # the rolled program's forward on its own bound arguments (masks included) against
+    # tapernn.interpret, which runs the scan's body op by op with NumPy
+    from tapernn.interpret import interpret
+
+    seq = stacked(False)
+    seq.set_plan_options(tn.PlanOptions(backend=backend))
+    x = np.random.default_rng(0).standard_normal((T, B, D))
+    seq.forward(x)
+    exe = seq._runtime.last
+    args = exe.bind([x])
+    assert [a.shape for a, n in zip(args, exe.arg_nodes) if n.kind == "random"] == [(T, B, H)] * 2
+    got = exe.compile_forward().run(args)
+    want = interpret(exe.packing.rewrite(exe.graph), *args)  # (parameter blocks as bound)
+    assert exe.compile_forward().program.backend == backend
+    for u, v in zip(got, want):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
