@@ -1,7 +1,7 @@
 """Rolled Sequencer programs (issue 16): the step traced until its graph repeats, peeled steps +
 one scan over the template; rolled == unroll=True == NumPy equations (values and gradients of
 input, parameters and initial states), the fields filled per step, step-dependent cells and
-dropout unrolled with the reason reported, a new length without re-tracing the step."""
+REINFORCE unrolled with the reason reported, a new length without re-tracing the step."""
 
 import numpy as np
 import pytest
@@ -234,11 +234,13 @@ def test_new_length_reuses_the_template_without_tracing_a_step():
     assert seq.trace_count == 2
 
 
-def test_dropout_runs_unrolled_and_says_why():
+def test_reinforce_runs_unrolled_and_says_why():
+    # (dropout rolls: tests/test_rolled_dropout.py; a REINFORCE choice's log-probability is a
+    # seeded output of each step)
     tn.manual_seed(12)
-    seq = nn.Sequencer(nn.Sequential(nn.Dropout(0.5), nn.RNN(D, H)), unroll=False)
+    seq = nn.Sequencer(nn.Sequential(nn.Linear(D, H), nn.ReinforceNormal(0.1)), unroll=False)
     seq.forward(np.ones((4, B, D)))
-    assert any("dropout" in n for n in seq.compile_report().notes) and not rolled_note(seq)
+    assert any("REINFORCE" in n for n in seq.compile_report().notes) and not rolled_note(seq)
 
 
 def test_grad_hidden_state_api_matches_unrolled():

@@ -1,5 +1,5 @@
 """How a traced program's inputs get their values at each call: data leaves, parameter arrays,
-fresh random masks, recurrent states, zero taps (nn.runtime's Executable.bind)."""
+fresh random masks (a rolled loop's: nn.step_draws), recurrent states, zero taps (nn.runtime's Executable.bind)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import random as tn_random
 from ..errors import TapernnError
 from .context import BuildContext
+from .step_draws import StepDraws, generator_of, scaled_keep
 
 
 def _binder(node, ctx: BuildContext):
@@ -22,14 +22,14 @@ def _binder(node, ctx: BuildContext):
         return lambda leaves, p=p: p.data
     if kind == "random":
         prob, rng = next((pr, rng) for n, pr, rng in ctx.randoms if n is node)
+        if isinstance(prob, StepDraws):  # a loop's (n, ...) input: its site `rng` of the group
+            return lambda leaves, group=prob, j=rng: group.take(j)
         if callable(prob):  # BuildContext.random_input: the module draws it
             return lambda leaves, draw=prob: draw()
         shape, dtype = node.shape, node.dtype
 
         def mask(leaves, prob=prob, rng=rng, shape=shape, dtype=dtype):
-            gen = rng() if callable(rng) else rng  # (a module's current generator)
-            keep = (gen or tn_random.generator()).random(shape) >= prob
-            return keep.astype(dtype) * dtype.type(1.0 / (1.0 - prob))
+            return scaled_keep(generator_of(rng).random(shape), prob, dtype)
 
         return mask
     if kind == "state":

@@ -14,6 +14,7 @@ from .. import functional as F
 from .. import tracing
 from ..errors import ShapeError, StateError, TapernnError, TracingError
 from ..tracing import Tape, Var, current_scope, current_step, step
+from .step_draws import StepDraws
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -57,7 +58,9 @@ class BuildContext:
     history_mode: bool = False  # stepping a bare recurrent module: its states are differentiated
     params: dict = field(default_factory=dict)  # Parameter -> Var
     param_order: list = field(default_factory=list)  # Parameters in input order
-    randoms: list = field(default_factory=list)  # (Node, p or draw(), rng) random inputs
+    # random inputs: (Node, p or draw(), rng), or a loop's (Node, StepDraws, site number)
+    randoms: list = field(default_factory=list)
+    drawn: int = 0  # per-step draws so far (names them: mask<k>; a loop's block counts n each)
     reinforce: list = field(default_factory=list)  # (module, step, Var) REINFORCE log-probs
     states: dict = field(default_factory=dict)  # recurrent module -> tuple[Var]
     state_inputs: list = field(default_factory=list)  # (module, k, Node, user-set) fed at run time
@@ -137,16 +140,35 @@ class BuildContext:
     ) -> Var:
         """A fresh dropout mask per call, drawn from `rng` (None: tapernn's global generator; a
         function: the generator it returns at each call, e.g. a module's current `rng`)."""
-        var = self.tape.input(shape, dtype, name=f"mask{len(self.randoms)}", kind="random")
+        var = self.tape.input(shape, dtype, name=f"mask{self.drawn}", kind="random")
         self.randoms.append((var.node, p, rng))
+        self.drawn += 1
         return var
 
     def random_input(self, shape: tuple[int, ...], dtype: np.dtype, draw: Any, name: str) -> Var:
         """An input bound to a fresh `draw()` at every call (noise, samples): the program stays
         deterministic given its inputs, so backward sees the forward's draw."""
-        var = self.tape.input(shape, dtype, name=f"{name}{len(self.randoms)}", kind="random")
+        var = self.tape.input(shape, dtype, name=f"{name}{self.drawn}", kind="random")
         self.randoms.append((var.node, draw, None))
+        self.drawn += 1
         return var
+
+    def step_randoms(self, sites: list, n: int, reverse: bool) -> list[Var]:
+        """The (n, ...) inputs of a loop over n steps whose body draws `sites` (nn.rolled's
+        RandomSite, in the step's order): row j of each is that site's draw at the loop's
+        position j, all drawn at bind as the unrolled steps draw them (nn.step_draws), each
+        named as the unrolled program names its first draw."""
+        if not sites:
+            return []
+        group = StepDraws(sites, n, reverse, self.drawn)
+        out = []
+        for j, site in enumerate(sites):
+            name = group.names(j)[0][1]
+            var = self.tape.input((n,) + site.shape, site.dtype, name=name, kind="random")
+            self.randoms.append((var.node, group, j))
+            out.append(var)
+        self.drawn += n * len(sites)
+        return out
 
     def add_reinforce(self, module: Any, log_prob: Var) -> None:
         """Register `log_prob` (one per sample) of a REINFORCE module's stochastic choice: the

@@ -29,6 +29,7 @@ from .runtime_args import refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
 )
+from .step_draws import StepDraws
 from .training_pair import TrainingPair
 from .tree import flatten, unflatten
 
@@ -131,6 +132,8 @@ class Executable:
         ]
         self.state_owners = {n: (m, k) for m, k, n, _ in ctx.state_inputs}  # (state_grads)
         self.wrt += [n for _, _, n, _ in self.state_wrt]
+        # a rolled loop's random inputs: node -> (its StepDraws, site number) (nn.step_draws)
+        self.step_draws = {n: (g, j) for n, g, j in ctx.randoms if isinstance(g, StepDraws)}
         self.tap_inputs = ctx.tap_inputs  # (module, step, leaf, node): variants only
         self.wrt += [n for *_, n in self.tap_inputs]
         self.data_wrt = [k for k, n in enumerate(data_nodes[:n_diff_leaves]) if n.dtype.kind == "f"]

@@ -122,9 +122,11 @@ class Identity(Module):
 
 class Dropout(Module):
     """Zeroes entries with probability p in training, scaling the rest by 1/(1-p); the identity in
-    evaluation.  Torch7: nn.Dropout (v2).  A fresh mask per forward (and per step in a Sequencer);
-    backward reuses the forward's mask. Masks come from `rng` if given, else from tapernn's
-    global generator (`tn.manual_seed`)."""
+    evaluation.  Torch7: nn.Dropout (v2).  A fresh mask per forward (and per step in a Sequencer:
+    in a rolled loop each step's mask is a per-step input of the loop, drawn in the order the
+    unrolled steps draw them, so a seed gives the same masks either way); backward reuses the
+    forward's mask. Masks come from `rng` if given, else from tapernn's global generator
+    (`tn.manual_seed`)."""
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()

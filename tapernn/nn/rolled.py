@@ -1,14 +1,19 @@
 """Rolled step loops (issue 16): a Sequencer's steps are traced one by one, each as its own body
 Graph (carried states, the step's data slices, invariants in), until two consecutive ones are
 equal up to renaming; then the peeled steps are inlined and ONE `scan` runs the template over
-the rest. A step that reads its step number, never settles, draws random masks or holds
-REINFORCE choices runs unrolled, the reason noted in the compile report. Templates are cached
-per step signature, so a new length T re-emits them without tracing a step again."""
+the rest. A step's random masks and inputs (dropout, noise) are per-step inputs of the body:
+a peeled step's are the model's own random inputs, a scan's one (n, ...) input per site drawn
+at bind in the unrolled program's order (nn.step_draws). A step that reads its step
+number, never settles or holds REINFORCE choices runs unrolled, the reason noted in the compile
+report. Templates are cached per step signature, so a new length T re-emits them without
+tracing a step again."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .. import tracing
 from ..errors import TapernnError
@@ -59,6 +64,7 @@ class StepBody:
     scopes: dict
     sig: tuple = ()
     n_ys: int = 0
+    randoms: list = field(default_factory=list)  # RandomSite per random input (after the xs)
 
 
 @dataclass
@@ -68,6 +74,30 @@ class Template:
     peeled: list
     body: StepBody
     notes: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RandomSite:
+    """A random input of a step body: a dropout mask (`p`, `rng` as BuildContext.random_mask
+    takes them) or a drawn input (`draw`, `name`: BuildContext.random_input); `owner`: the
+    module that asked (the step signature compares it, not the closures)."""
+
+    shape: tuple
+    dtype: Any
+    owner: Any
+    p: float | None = None
+    rng: Any = None
+    draw: Any = None
+    name: str = "mask"
+
+    def key(self) -> tuple:
+        return (self.shape, self.dtype.str, id(self.owner), self.p, self.name)
+
+    def emit(self, ctx: BuildContext) -> Var:
+        """This site's input in `ctx`, as the unrolled trace makes it."""
+        if self.draw is None:
+            return ctx.random_mask(self.shape, self.p, self.dtype, self.rng)
+        return ctx.random_input(self.shape, self.dtype, self.draw, self.name)
 
 
 class _StepContext(BuildContext):
@@ -86,6 +116,7 @@ class _StepContext(BuildContext):
         # the module step counters: reading one (not just counting on) is a step-number read
         self.steps = {m: StepNumber(c) for m, c in self.base.items()}
         self.step_calls: dict = {}
+        self.sites: list = []  # (body input Node, RandomSite), in draw order
         by_module: dict[Any, list] = {}
         for (m, k), (shape, dtype) in carry_specs:
             by_module.setdefault(m, []).append(self._carry(m, k, shape, dtype))
@@ -118,13 +149,28 @@ class _StepContext(BuildContext):
         offset = None if t is None else plain(t) - self.base.get(module, 0)
         self.probes.append((module, name, offset, value))
 
-    def random_mask(self, *args: Any, **kwargs: Any) -> Var:
-        raise NotRollable("random masks (dropout) are drawn per step")
+    def random_mask(self, shape: tuple, p: float, dtype: Any, rng: Any = None) -> Var:
+        site = RandomSite(tuple(shape), np.dtype(dtype), self._asker(), p=p, rng=rng)
+        return self._random(site)
 
-    def random_input(self, *args: Any, **kwargs: Any) -> Var:
-        raise NotRollable("random inputs (noise, samples) are drawn per step")
+    def random_input(self, shape: tuple, dtype: Any, draw: Any, name: str) -> Var:
+        site = RandomSite(tuple(shape), np.dtype(dtype), self._asker(), draw=draw, name=name)
+        return self._random(site)
+
+    def _asker(self) -> Any:
+        return self.stack[-1] if self.stack else None
+
+    def _random(self, site: RandomSite) -> Var:
+        """A per-step input of the body (its value: the site drawn for that step)."""
+        var = self.tape.input(
+            site.shape, site.dtype, name=f"{site.name}{len(self.sites)}", kind="random"
+        )
+        self.sites.append((var.node, site))
+        return var
 
     def add_reinforce(self, module: Any, log_prob: Var) -> None:
+        # each step's log-probability is a seeded output of its own (the backward seeds it
+        # with -reward at that step: nn.reinforce), not a value a scan stacks
         raise NotRollable("REINFORCE choices are seeded per step")
 
 
@@ -186,6 +232,7 @@ def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> 
     inputs = (
         ctx.carry_nodes
         + [v.node for v in xs]
+        + [n for n, _ in ctx.sites]
         + [v.node for v in invs]
         + [ctx.params[p].node for p in ctx.param_order]
     )
@@ -215,6 +262,7 @@ def _assemble(tape: Tape, ctx: _StepContext, out: Any, xs: list, invs: list) -> 
         dict(ctx.step_calls),
         dict(ctx.scopes),
         n_ys=len(ys),
+        randoms=[site for _, site in ctx.sites],
     )
     body.sig = _structure(body)
     return body
@@ -254,6 +302,7 @@ def _structure(b: StepBody) -> tuple:
         tuple(b.out_refs),
         tuple((id(m), f, o, t, tuple(r)) for m, f, o, t, r in b.probes),
         tuple(sorted((id(m), c) for m, c in b.step_calls.items())),
+        tuple(site.key() for site in b.randoms),
     )
 
 
@@ -332,7 +381,8 @@ def emit_step(ctx: BuildContext, body: StepBody, t: int, xs_t: list, invs: list)
     """Inline `body` as step t (xs_t: its data slices); returns the step's output."""
     carries, params = _enter(ctx, body, t)
     with tracing.step(t):
-        outs = inline(body.graph, carries + xs_t + invs + params)
+        drawn = [site.emit(ctx) for site in body.randoms]
+        outs = inline(body.graph, carries + xs_t + drawn + invs + params)
     n = len(body.carry_out)
     _leave(ctx, body, outs[:n])
 
@@ -354,7 +404,8 @@ def emit_scan(
     steps (row j: position j) and registers the probes stacked (nn.rolled.Stacked)."""
     carries, params = _enter(ctx, body, None)
     with tracing.step(None):
-        res = scan(body.graph, carries, xs, invs + params, reverse=reverse, length=length)
+        drawn = ctx.step_randoms(body.randoms, length, reverse)
+        res = scan(body.graph, carries, xs + drawn, invs + params, reverse=reverse, length=length)
     _leave(ctx, body, list(res.carries))
 
     def value(r: tuple) -> Var:

@@ -12,6 +12,7 @@ import numpy as np
 from .. import own_threads
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
+from .step_draws import per_step
 from .tap_digest import fingerprint, unchanged
 
 
@@ -196,7 +197,9 @@ def _variant(rt: Any, exe: Any, cuts: frozenset, leaves: list, starts: list) -> 
 def args_like(variant: Any, base_args: list, base: Any) -> list:
     """A variant's arguments from the base program's (same inputs, dropout masks included),
     zeros for the taps. A rolled base binds its inputs in another order than the unrolled
-    variant: then each is found by kind and name (each must be there exactly once)."""
+    variant: then each is found by kind and name (each must be there exactly once); a rolled
+    loop's masks by the names of their rows (nn.step_draws.per_step)."""
+    base, base_args = per_step(base, base_args)
     mine = [(n.kind, n.name) for n in variant.arg_nodes if n.kind != "tap"]
     theirs = [(n.kind, n.name) for n in base.arg_nodes]
     # (positionally when the names match, or differ only as a rolled base names its states)
