@@ -85,7 +85,7 @@ def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0) -> str:
     ta, tb, trow = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(row)
     out, out2, out3 = (np.empty((m, n), dt) for _ in range(3))
     q = blas_twin.Q[dt.itemsize]
-    nt = own_gemm.block_tiles(k, dt.itemsize, q, panel or blas_twin.PANEL_BYTES)
+    nt = own_gemm.block_tiles(k, n, dt.itemsize, q, panel or blas_twin.PANEL_BYTES)
     work = aligned.empty(own_gemm.work_size(m, k, n, dt.itemsize, q, nt), dt)
     assert own_gemm.fits(a, b, out2)
     own_gemm.gemm(a, b, out2, work, q, blas_twin.UNROLL, nt, row)

@@ -93,7 +93,7 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
 def _gemm(kernel: Any, a: Any, b: Any, out: Any, bias: Any) -> None:
     m, k = a.shape
     n, size = out.shape[1], out.itemsize
-    nt = _HANDLE.module.block_tiles(k, size, Q[size], PANEL_BYTES)
+    nt = _HANDLE.module.block_tiles(k, n, size, Q[size], PANEL_BYTES)
     kernel(a, b, out, _work(_HANDLE.module, m, k, n, out.dtype, nt), Q[size], UNROLL, nt, bias)
 
 

@@ -34,6 +34,7 @@ MR, NEAR, VEC_BITS, _vector_type = _pk.MR, _pk.NEAR, _pk.VEC_BITS, _pk._vector_t
 
 TV = 3  # vectors a tile (8 x 3: 24 of the 32 zmm)
 MC = 64  # rows of `a` packed at a time (a transposed view's k rows read 4 lines at a time)
+PREFETCH = True
 ALIGN = 16  # (elements: each part of the work buffer starts on a cache line, f32 and f64)
 
 _micro = _pk.make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
@@ -178,11 +179,12 @@ def work_size(m: int, k: int, n: int, itemsize: int, q: int, nt: int) -> int:
     return max(min(_tiles(n, itemsize), nt), 1) * kc * nr + MC * kc + MR * nr + 3 * ALIGN
 
 
-def block_tiles(k: int, itemsize: int, q: int, panel_bytes: int) -> int:
-    """Tiles an N block holds (`gemm`'s nt) for b's K x N block of panels to take at most
-    `panel_bytes` (at least one tile)."""
+def block_tiles(k: int, n: int, itemsize: int, q: int, panel_bytes: int) -> int:
+    """Tiles an N block holds (`gemm`'s nt): b's K block (q rows at most) of n columns in as few
+    N blocks as keep each at most `panel_bytes` (by columns), its tiles spread evenly over them."""
     kc = max(min(k, q), 1)
-    return max(panel_bytes // (kc * TV * VEC_BITS // 8), 1)
+    blocks = max(-(-kc * n * itemsize // panel_bytes), 1)
+    return max(-(-_tiles(n, itemsize) // blocks), 1)
 
 
 @njit(cache=True, nogil=True)
@@ -338,11 +340,13 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
                         w = min(tw * lanes, n - col)
                         base = shift + (t - t0) * kk * nr
                         whole = rows == MR and w == tw * lanes
-                        if k0 == 0 and whole and not fused:
-                            if col + w < j1 and i + MR < m:  # (the next tile's rows of out)
+                        if whole and PREFETCH:  # (the next tile's rows of out)
+                            nxt = (i * n + col + w) if col + w < j1 else ((i + MR) * n + j0)
+                            if nxt + (MR - 1) * n < m * n:
                                 for r in range(MR):
                                     for e in range(0, tw * lanes, lanes):
-                                        _prefetch_w(of, (i + r) * n + col + w + e)
+                                        _prefetch_w(of, nxt + r * n + e)
+                        if k0 == 0 and whole and not fused:
                             _call(work, a0, base, lanes, tw, 0, of, i * n + col, n, kk)
                         else:  # (a later K block, a bias, a partial row block or tile: via tile_c)
                             _call(work, a0, base, lanes, tw, 0, work, c_at, nr, kk)
