@@ -34,7 +34,7 @@ MR, NEAR, VEC_BITS, _vector_type = _pk.MR, _pk.NEAR, _pk.VEC_BITS, _pk._vector_t
 
 TV = 3  # vectors a tile (8 x 3: 24 of the 32 zmm)
 MC = 64  # rows of `a` packed at a time (a transposed view's k rows read 4 lines at a time)
-PREFETCH = True
+ROWS = 1024
 ALIGN = 16  # (elements: each part of the work buffer starts on a cache line, f32 and f64)
 
 _micro = _pk.make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
@@ -176,7 +176,7 @@ def work_size(m: int, k: int, n: int, itemsize: int, q: int, nt: int) -> int:
     packed rows of `a`, a tile."""
     kc = max(min(k, q), 1)
     nr = TV * VEC_BITS // (8 * itemsize)
-    return max(min(_tiles(n, itemsize), nt), 1) * kc * nr + MC * kc + MR * nr + 3 * ALIGN
+    return max(min(_tiles(n, itemsize), nt), 1) * kc * nr + (min(m, ROWS) + MR) * kc + MR * nr + 3 * ALIGN
 
 
 def block_tiles(k: int, n: int, itemsize: int, q: int, panel_bytes: int) -> int:
@@ -309,7 +309,7 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
     tiles = _tiles(n, a.itemsize)
     nt = max(min(nt, tiles), 1)
     a_at = shift + (nt * kc * nr + ALIGN - 1) // ALIGN * ALIGN
-    c_at = a_at + (MC * kc + ALIGN - 1) // ALIGN * ALIGN
+    c_at = a_at + ((min(m, ROWS) + MR) * kc + ALIGN - 1) // ALIGN * ALIGN
     panels = work[shift:]
     tile_c = work[c_at : c_at + MR * nr].reshape((MR, nr))
     if k == 0:
@@ -317,30 +317,31 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
         if fused:
             out += bias
         return
-    k0 = 0
-    while k0 < k:
-        kk = k_depth(k - k0, q, unroll)
-        j0, t0 = 0, 0
-        while t0 < tiles:  # (an N block: tiles t0..t1, columns j0..j1)
-            j1, t1 = j0, t0
-            while t1 < tiles and t1 - t0 < nt:
-                j1 += _tile_width(-(-(n - j1) // lanes)) * lanes
-                t1 += 1
-            j1 = min(j1, n)
-            _pack_b(b, k0, kk, panels, nr, j0, j1)
-            for i0 in range(0, m, MC):
-                m1 = min(m, i0 + MC)
-                _pack_a(a, i0, m1, k0, kk, work, a_at)
-                for i in range(i0, m1, MR):
+    for r0 in range(0, m, ROWS):  # (a row chunk: its K block of `a` packed once)
+        r1 = min(m, r0 + ROWS)
+        k0 = 0
+        while k0 < k:
+            kk = k_depth(k - k0, q, unroll)
+            for i0 in range(r0, r1, MC):
+                _pack_a(a, i0, min(r1, i0 + MC), k0, kk, work, a_at + (i0 - r0) * kk)
+            j0, t0 = 0, 0
+            while t0 < tiles:  # (an N block: tiles t0..t1, columns j0..j1)
+                j1, t1 = j0, t0
+                while t1 < tiles and t1 - t0 < nt:
+                    j1 += _tile_width(-(-(n - j1) // lanes)) * lanes
+                    t1 += 1
+                j1 = min(j1, n)
+                _pack_b(b, k0, kk, panels, nr, j0, j1)
+                for i in range(r0, r1, MR):
                     rows = min(MR, m - i)
-                    a0 = a_at + (i - i0) * kk
+                    a0 = a_at + (i - r0) * kk
                     col = j0
                     for t in range(t0, t1):
                         tw = _tile_width(-(-(n - col) // lanes))
                         w = min(tw * lanes, n - col)
                         base = shift + (t - t0) * kk * nr
                         whole = rows == MR and w == tw * lanes
-                        if whole and PREFETCH:  # (the next tile's rows of out)
+                        if whole:  # (the next tile's rows of out)
                             nxt = (i * n + col + w) if col + w < j1 else ((i + MR) * n + j0)
                             if nxt + (MR - 1) * n < m * n:
                                 for r in range(MR):
@@ -353,17 +354,24 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
                             if whole:
                                 _add(tile_c, of, i * n + col, n, tw, k0 == 0, bias, col)
                             else:
-                                for r in range(rows):
-                                    for e in range(w):
-                                        if k0 > 0:
-                                            out[i + r, col + e] += tile_c[r, e]
-                                        elif fused:
-                                            out[i + r, col + e] = bias[col + e] + tile_c[r, e]
-                                        else:
-                                            out[i + r, col + e] = tile_c[r, e]
+                                _add_partial(tile_c, out, i, col, rows, w, k0 == 0, bias)
                         col += tw * lanes
-            j0, t0 = j1, t1
-        k0 += kk
+                j0, t0 = j1, t1
+            k0 += kk
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_partial(tile_c, out, i, col, rows, w, first, bias):
+    """A partial tile's sums (rows x w) into out from (i, col): stored in the first K block
+    (onto the bias when there is one), added after."""
+    for r in range(rows):
+        for e in range(w):
+            if not first:
+                out[i + r, col + e] += tile_c[r, e]
+            elif bias.size > 0:
+                out[i + r, col + e] = bias[col + e] + tile_c[r, e]
+            else:
+                out[i + r, col + e] = tile_c[r, e]
 
 
 @njit(cache=True, nogil=True, inline="always")
