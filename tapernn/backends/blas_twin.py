@@ -1,23 +1,27 @@
 """OpenBLAS's GEMM, same bits, faster a thread (issue 19, BENCHMARKS.md "hbig"): `run(a, b, out)`
 computes out = a @ b through own_gemm.py's kernel where that is known to give exactly the bits
-np.matmul (OpenBLAS) gives, and says whether it did (else the caller runs np.matmul). The halves
-of an owned call's time-batched GEMMs call it (own_threads._mm).
+np.matmul (OpenBLAS) gives, and says whether it did (else the caller runs np.matmul); and
+`run_bias(a, b, bias, out)`: out = a @ b + bias with the bits of blas_gemm.gemm_bias (the bias
+copied into out, OpenBLAS's GEMM with beta = 1 onto it), where that would run. The halves of an
+owned call's time-batched GEMMs call them (own_threads._mm, _mm_half; _mm_bias: the input
+projection; "hbig", "hnblk").
 
 Why the same bits: OpenBLAS computes each element of C as one FMA chain over k in order within
 each of its K blocks (driver/level3.c: depth GEMM_Q, the rest below 2 Q in two near halves), the
-first block stored, each later one added to C (one rounding); own_gemm does the same with Q and
-GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`, `UNROLL`), at one BLAS thread (at two,
-OpenBLAS's bits differed at some shapes: it runs only where the pools hold one, as in an
-owned call). Nothing assumes that: each
-(dtype, m, k, n, a's layout) is checked once per process on random operands of that shape --
-both computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
-version, kernel or small-matrix path). So which of the two runs a GEMM (the kernel ready or
-not, on a thread or the other) never changes a result: no call-count protocol is needed.
+first block stored (beta = 1: added onto C's bias), each later one added to C (one rounding);
+own_gemm does the same with Q and GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`,
+`UNROLL`), at one BLAS thread (at two, OpenBLAS's bits differed at some shapes: it runs only
+where the pools hold one, as in an owned call). Nothing assumes that: each (dtype, m, k, n, a's
+layout, bias or not) is checked once per process on random operands of that shape -- both
+computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
+version, kernel or small-matrix path; at 0.3.31 float64 with n % 8 == 4 the last 4 columns
+differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a thread or the
+other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
-AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS; the kernel
-compiles in background.py's worker (at once without background compilation) and OpenBLAS
-runs until it is there."""
+AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS (and of at most
+BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles in
+background.py's worker (at once without background compilation) and OpenBLAS runs until it is there."""
 
 from __future__ import annotations
 
@@ -34,8 +38,12 @@ Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM /
 UNROLL = 16  # its GEMM_UNROLL_M there (a K block split in two halves: the first a multiple)
 MIN_ROWS, MIN_DEPTH, MIN_COLS = 64, 64, 48  # (below: OpenBLAS; measured: tools/own_gemm_ab.py)
 # b's K block x N block of panels at most this many bytes: in L2 (2 MiB) with the rest (own_gemm's
-# N blocks; "hnblk")
+# N blocks; "hnblk": 256 / 512 KiB ran 1.05-1.16x OpenBLAS's time, 1.5 MiB 1.03)
 PANEL_BYTES = 1 << 20
+# more than one N block only up to this many rows: there own_gemm ran 0.91-0.98x OpenBLAS's time
+# ((512, 512, 2048), (1024, 1600, 2048) a transposed, (800, 512, 2048) + bias), from (3200, ...)
+# 0.98-1.04x (OpenBLAS's rate grows with m; own_gemm's does not): no gain ("hnblk")
+BLOCKED_ROWS = 1024
 ENABLED = [True]  # (A/B: False runs OpenBLAS everywhere)
 RAN = [0]  # GEMMs run by the kernel so far (tests: it ran)
 RAN_BIAS = [0]  # of which with a bias (run_bias)
@@ -76,6 +84,8 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
     m, k = a.shape
     n = out.shape[1]
     if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:
+        return False
+    if m > BLOCKED_ROWS and min(k, Q[out.itemsize]) * n * out.itemsize > PANEL_BYTES:
         return False
     key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize, bias is not None)
     same = _checked.get(key)

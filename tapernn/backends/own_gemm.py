@@ -176,7 +176,16 @@ def work_size(m: int, k: int, n: int, itemsize: int, q: int, nt: int) -> int:
     packed rows of `a`, a tile."""
     kc = max(min(k, q), 1)
     nr = TV * VEC_BITS // (8 * itemsize)
-    return max(min(_tiles(n, itemsize), nt), 1) * kc * nr + (min(m, ROWS) + MR) * kc + MR * nr + 3 * ALIGN
+    tiles = _tiles(n, itemsize)
+    rows = _a_rows(m, nt < tiles)
+    return max(min(tiles, nt), 1) * kc * nr + rows * kc + MR * nr + 3 * ALIGN
+
+
+@njit(cache=True, nogil=True)
+def _a_rows(m, once):
+    """Rows of `a` packed at a time: a row chunk's (ROWS at most) where N blocks share them
+    (`once`), else MC."""
+    return min(m, ROWS) + MR if once else MC
 
 
 def block_tiles(k: int, n: int, itemsize: int, q: int, panel_bytes: int) -> int:
@@ -309,7 +318,8 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
     tiles = _tiles(n, a.itemsize)
     nt = max(min(nt, tiles), 1)
     a_at = shift + (nt * kc * nr + ALIGN - 1) // ALIGN * ALIGN
-    c_at = a_at + ((min(m, ROWS) + MR) * kc + ALIGN - 1) // ALIGN * ALIGN
+    once = nt < tiles  # (N blocks: a row chunk's K block of `a` packed once for all)
+    c_at = a_at + (_a_rows(m, once) * kc + ALIGN - 1) // ALIGN * ALIGN
     panels = work[shift:]
     tile_c = work[c_at : c_at + MR * nr].reshape((MR, nr))
     if k == 0:
@@ -317,13 +327,14 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
         if fused:
             out += bias
         return
-    for r0 in range(0, m, ROWS):  # (a row chunk: its K block of `a` packed once)
+    for r0 in range(0, m, ROWS):  # (a row chunk)
         r1 = min(m, r0 + ROWS)
         k0 = 0
         while k0 < k:
             kk = k_depth(k - k0, q, unroll)
-            for i0 in range(r0, r1, MC):
-                _pack_a(a, i0, min(r1, i0 + MC), k0, kk, work, a_at + (i0 - r0) * kk)
+            if once:
+                for i0 in range(r0, r1, MC):
+                    _pack_a(a, i0, min(r1, i0 + MC), k0, kk, work, a_at + (i0 - r0) * kk)
             j0, t0 = 0, 0
             while t0 < tiles:  # (an N block: tiles t0..t1, columns j0..j1)
                 j1, t1 = j0, t0
@@ -335,6 +346,10 @@ def gemm(a, b, out, work, q, unroll, nt, bias):
                 for i in range(r0, r1, MR):
                     rows = min(MR, m - i)
                     a0 = a_at + (i - r0) * kk
+                    if not once:  # (one N block: MC rows packed right before they run)
+                        a0 = a_at + (i - r0) % MC * kk
+                        if a0 == a_at:
+                            _pack_a(a, i, min(r1, i + MC), k0, kk, work, a_at)
                     col = j0
                     for t in range(t0, t1):
                         tw = _tile_width(-(-(n - col) // lanes))
