@@ -11,11 +11,11 @@ each of its K blocks (driver/level3.c: depth GEMM_Q, the rest below 2 Q in two n
 first block stored (beta = 1: added onto C's bias), each later one added to C (one rounding);
 own_gemm does the same with Q and GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`,
 `UNROLL`), at one BLAS thread (at two, OpenBLAS's bits differed at some shapes: it runs only
-where the pools hold one, as in an owned call). Nothing assumes that: each (dtype, m, k, n, a's
-layout, bias or not) is checked once per process on random operands of that shape -- both
-computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
-version, kernel or small-matrix path; at 0.3.31 float64 with n % 8 == 4 the last 4 columns
-differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a thread or the
+where the pools hold one, as in an owned call). Nothing assumes that: each (dtype, m, k, n,
+the operands' layouts, bias or not) is checked once per process on random operands of that
+shape -- both computed, compared bit for bit -- and runs OpenBLAS for good if they differ
+(another BLAS, version, kernel or small-matrix path; at 0.3.31 float64 with n % 8 == 4 the last
+4 columns differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a thread or the
 other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
@@ -48,7 +48,8 @@ ENABLED = [True]  # (A/B: False runs OpenBLAS everywhere)
 RAN = [0]  # GEMMs run by the kernel so far (tests: it ran)
 RAN_BIAS = [0]  # of which with a bias (run_bias)
 
-_checked: dict[tuple, bool] = {}  # (dtype, m, k, n, a transposed, bias) -> same bits as OpenBLAS
+# (dtype, m, k, n, a transposed, b transposed, bias) -> same bits as OpenBLAS
+_checked: dict[tuple, bool] = {}
 _lock = threading.Lock()
 _local = threading.local()  # .work: {dtype: aligned work buffer} a thread
 _NO_BIAS = {np.dtype(t).str: np.empty(0, t) for t in (np.float32, np.float64)}
@@ -79,15 +80,16 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
     if kernel is None:
         return False
     mod = _HANDLE.module
-    if not (mod.fits(a, b, out) and b.flags.c_contiguous):  # (b C: the compiled signatures)
-        return False
+    if not (mod.fits(a, b, out) and (a.flags.c_contiguous or b.flags.c_contiguous)):
+        return False  # (one C: the compiled signatures)
     m, k = a.shape
     n = out.shape[1]
     if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:
         return False
     if m > BLOCKED_ROWS and min(k, Q[out.itemsize]) * n * out.itemsize > PANEL_BYTES:
         return False
-    key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize, bias is not None)
+    key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize, b.strides[1] != b.itemsize)
+    key += (bias is not None,)
     same = _checked.get(key)
     if same is None:
         same = _check(kernel, key)
@@ -111,7 +113,7 @@ def _check(kernel: Any, key: tuple) -> bool:
     """Whether the kernel gives OpenBLAS's bits at `key`'s shape and layout (random operands,
     both computed: np.matmul, or with a bias blas_gemm.gemm_bias; remembered for the process).
     Its arrays live in a mapping of their own (`_outside`), freed after."""
-    dt, m, k, n, transposed, with_bias = key
+    dt, m, k, n, transposed, b_transposed, with_bias = key
     dt = np.dtype(dt)
     rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n)
     sizes = (m * k, k * n, m * n, m * n, n)
@@ -119,7 +121,8 @@ def _check(kernel: Any, key: tuple) -> bool:
     cuts = np.cumsum((0, *sizes))
     a, b, ours, ref, bias = (flat[cuts[i] : cuts[i + 1]] for i in range(5))
     a = a.reshape((k, m)).T if transposed else a.reshape((m, k))
-    b, ours, ref = b.reshape((k, n)), ours.reshape((m, n)), ref.reshape((m, n))
+    b = b.reshape((n, k)).T if b_transposed else b.reshape((k, n))
+    ours, ref = ours.reshape((m, n)), ref.reshape((m, n))
     a[...] = rng.standard_normal(a.shape)
     b[...] = rng.standard_normal(b.shape)
     bias[...] = rng.standard_normal(n)
@@ -138,7 +141,8 @@ def _check(kernel: Any, key: tuple) -> bool:
 def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype, nt: int) -> np.ndarray:
     """This thread's work buffer for the shape: kept, grown as needed (a fresh one of MiBs
     costs ~0.15 ms of page faults a call), at most ~1.3 MiB (PANEL_BYTES of b's panels, MC x Q
-    of a's rows, a tile) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
+    of a's rows, a tile; ~2.9 MiB f32 / ~4.2 MiB f64 where N blocks share a chunk of ROWS
+    packed rows) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
     outside NumPy's allocator like that one (`_outside`): a program's reported memory counts
     neither."""
     need = mod.work_size(m, k, n, dt.itemsize, Q[dt.itemsize], nt)
@@ -164,10 +168,11 @@ def _outside(size: int, dt: np.dtype) -> np.ndarray:
 
 
 class _Handle:
-    """own_gemm's kernel (background.py's handle protocol: prepare / has / kernel / error): two
-    signatures per float dtype -- `a` C or of any layout ("A": a transposed view); b, out C;
-    the work buffer -- which arrays of other layouts convert to (compiling more is disabled).
-    Typed "A", a C `a` ran ~3 % slower; each signature costs ~5 s of a cold compile."""
+    """own_gemm's kernel (background.py's handle protocol: prepare / has / kernel / error): three
+    signatures per float dtype -- `a` and b C, or either of any layout ("A": a transposed view,
+    dW's dG.T or the projection's W.T), out C; the work buffer, the bias -- which arrays of
+    other layouts convert to (compiling more is disabled). Typed "A", a C `a` ran ~3 % slower;
+    each signature costs ~5 s of a cold compile."""
 
     KEY = (("float32", "float64"),)
 
@@ -194,8 +199,8 @@ class _Handle:
                     any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
                     row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
                     ints = (types.intp,) * 3
-                    for a in (c2, any2):
-                        mod.gemm.compile((a, c2, c2, row, *ints, row))
+                    for a, b in ((c2, c2), (any2, c2), (c2, any2)):
+                        mod.gemm.compile((a, b, c2, row, *ints, row))
                 mod.gemm.disable_compile()
                 self.module = mod
                 self.kernel = mod.gemm

@@ -13,8 +13,8 @@ bias copied into C), so where its block depth and its kernels' order are these, 
 its own (blas_twin.py checks that per shape before using this). The N blocks change no
 element's sums. Measured one thread against OpenBLAS 0.3.31 (SkylakeX kernels) and torch.mm:
 tools/own_gemm_ab.py (the loop orders tried: tools/gemm_blis_probe.py). Layouts: `a` with rows
-or columns contiguous (a transposed view: dW's dG.T), b with rows contiguous, out C; `fits`
-says which. Imported only once numba is, from a copy in the kernel cache (blas_twin.kernels)."""
+or columns contiguous (a transposed view: dW's dG.T), b too (the projection's W.T), out C;
+`fits` says which. Imported only once numba is, from a copy in the kernel cache (blas_twin.kernels)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ ALIGN = 16  # (elements: each part of the work buffer starts on a cache line, f3
 
 _micro = _pk.make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
 _transpose = _pk.make_transpose(MR, VEC_BITS)
+_transpose_b = _pk.make_transpose(0, VEC_BITS)  # (lanes x lanes: a transposed b's panels)
 
 
 def make_copy(vectors: int, elems: int = 0):
@@ -153,8 +154,8 @@ def _prefetch_w(typingctx, arr, off):
 
 
 def fits(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
-    """Whether `gemm` takes these operands: 2-D float32 or float64 alike, a's rows or columns
-    contiguous, b's rows contiguous, out C, shapes agreeing, out apart from a and b."""
+    """Whether `gemm` takes these operands: 2-D float32 or float64 alike, a's and b's rows or
+    columns contiguous, out C, shapes agreeing, out apart from a and b."""
     if not all(isinstance(x, np.ndarray) and x.ndim == 2 for x in (a, b, out)):
         return False
     dt = out.dtype
@@ -166,7 +167,9 @@ def fits(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     size = dt.itemsize
     if not (m and k and b.shape[1]):  # (nothing to read: out = 0 or nothing)
         return True
-    if not (a.strides[1] == size or a.strides[0] == size) or b.strides[1] != size:
+    if not (a.strides[1] == size or a.strides[0] == size):
+        return False
+    if not (b.strides[1] == size or b.strides[0] == size):
         return False
     return not (np.may_share_memory(out, a) or np.may_share_memory(out, b))
 
@@ -241,7 +244,9 @@ def _pack_b(b, k0, kk, work, nr, c0, c1):
     while col < c1:
         tw = _tile_width(nv - col // lanes)
         base = t * kk * nr
-        if col + tw * lanes <= n:
+        if b.strides[1] != b.itemsize:  # (b's columns contiguous: a transposed view)
+            _pack_b_columns(b.T, k0, kk, work, nr, col, tw * lanes, base)
+        elif col + tw * lanes <= n:
             for r in range(kk):
                 if tw == 3:
                     _copy3(b, k0 + r, col, work, base + r * nr)
@@ -256,6 +261,27 @@ def _pack_b(b, k0, kk, work, nr, c0, c1):
                     work[base + r * nr + c] = b[k0 + r, at] if at < n else 0
         col += tw * lanes
         t += 1
+
+
+@njit(cache=True, nogil=True)
+def _pack_b_columns(bt, k0, kk, work, nr, col, width, base):
+    """One tile's panel (`width` columns from `col`; rows k0..k0 + kk) from b's transpose `bt`
+    (rows contiguous): lanes x lanes blocks by `_transpose_b` (a k row of lanes columns each
+    store), the rest element by element, past b's last column zero."""
+    n = bt.shape[0]
+    lanes = nr // TV
+    whole = min(width, n - col) // lanes * lanes
+    kv = kk // lanes * lanes
+    for g in range(0, whole, lanes):
+        for p in range(0, kv, lanes):
+            _transpose_b(bt, col + g, k0 + p, work, base + p * nr + g, nr)
+    for r in range(kv, kk):
+        for c in range(whole):
+            work[base + r * nr + c] = bt[col + c, k0 + r]
+    for r in range(kk):
+        for c in range(whole, width):
+            at = col + c
+            work[base + r * nr + c] = bt[at, k0 + r] if at < n else 0
 
 
 @njit(cache=True, nogil=True)
