@@ -9,7 +9,7 @@ bias against blas_gemm.gemm_bias (OpenBLAS's beta = 1 onto the bias copied into 
 own_gemm's N block (bytes of b's panels; blas_twin.PANEL_BYTES by default).
 
 Run: PYTHONPATH=$PWD python tools/own_gemm_ab.py [--dtype float32] [--rounds 15] [--bias]
-     [--panel BYTES] [--shapes "m,k,n,C|T ..."]
+     [--panel BYTES] [--shapes "m,k,n,C|T[,F] ..."]
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import numpy as np
 
 os.environ.setdefault("TAPERNN_NUMBA_BACKGROUND", "0")  # (blas_twin's kernel compiled at once)
 
-# (m, k, n, a's layout): "T" = rows of a (lda, m)-strided transposed view, lda = 2 m
+# (m, k, n, a's layout[, F: b with columns contiguous]): "T" = rows of a (lda, m)-strided
+# transposed view, lda = 2 m
 SHAPES = "800,256,1024,C 512,1600,256,T 600,1024,256,C 200,1024,256,C 512,512,2048,C"
 
 
@@ -51,9 +52,10 @@ def main() -> None:
     print(f"load {os.getloadavg()[0]:.1f}, {dt.name}, {args.rounds} rounds", flush=True)
     with threadpool_limits(limits=1, user_api="blas"):
         for spec in args.shapes.split():
-            m, k, n, layout = spec.split(",")
+            m, k, n, layout, *b_layout = spec.split(",")
             shape = (int(m), int(k), int(n), layout)
-            print(shape_row(*shape, dt, args.rounds, rng, args.bias, args.panel), flush=True)
+            row = shape_row(*shape, dt, args.rounds, rng, args.bias, args.panel, b_layout == ["F"])
+            print(row, flush=True)
 
 
 def interleaved(arms: dict, rounds: int, inner: int) -> dict:
@@ -71,7 +73,7 @@ def interleaved(arms: dict, rounds: int, inner: int) -> dict:
     return times
 
 
-def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0) -> str:
+def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0, b_f=False) -> str:
     import torch
 
     from tapernn import aligned, blas_gemm
@@ -81,6 +83,7 @@ def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0) -> str:
 
     a = operand(rng, m, k, layout, dt)
     b = rng.standard_normal((k, n)).astype(dt)
+    b = np.asfortranarray(b) if b_f else b  # (the projection's W.T)
     row = rng.standard_normal(n).astype(dt) if bias else np.empty(0, dt)
     ta, tb, trow = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(row)
     out, out2, out3 = (np.empty((m, n), dt) for _ in range(3))
@@ -120,7 +123,8 @@ def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0) -> str:
         for name, v in times.items()
     ]
     ratio = np.median(times["own"]) / np.median(times["OpenBLAS"])
-    text = f"({m},{k},{n}) a {layout}{' +bias' if bias else ''} nt {nt}: " + ", ".join(row_text)
+    what = f"({m},{k},{n}) a {layout}{' b F' if b_f else ''}{' +bias' if bias else ''} nt {nt}"
+    text = what + ": " + ", ".join(row_text)
     return text + f"; own/OpenBLAS time {ratio:.3f}"
 
 
