@@ -93,10 +93,12 @@ def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0, b_f=False) 
     assert own_gemm.fits(a, b, out2)
     own_gemm.gemm(a, b, out2, work, q, blas_twin.UNROLL, nt, row)
     if bias:
-        assert blas_twin.run_bias(a, b, row, out3) and blas_gemm.gemm_bias(a, b, row, out)
+        ran = blas_twin.run_bias(a, b, row, out3)
+        assert blas_gemm.gemm_bias(a, b, row, out)
     else:
-        assert blas_twin.run(a, b, out3) and np.matmul(a, b, out=out) is out
-    assert np.array_equal(out3, out)
+        ran = blas_twin.run(a, b, out3)
+        np.matmul(a, b, out=out)
+    assert not ran or np.array_equal(out3, out)  # (declined: blas_twin's rule; own timed alone)
     ref = a.astype(np.float64) @ b.astype(np.float64)
     if bias:
         ref += row
@@ -116,6 +118,8 @@ def shape_row(m, k, n, layout, dt, rounds, rng, bias=False, panel=0, b_f=False) 
             "own": lambda: own_gemm.gemm(a, b, out2, work, q, blas_twin.UNROLL, nt, row),
             "blas_twin.run": lambda: blas_twin.run(a, b, out3),
         }
+    if not ran:
+        arms = {name: f for name, f in arms.items() if not name.startswith("blas_twin")}
     times = interleaved(arms, rounds, max(1, int(3e8 // (2 * m * k * n))))
     fl = 2.0 * m * k * n
     row_text = [

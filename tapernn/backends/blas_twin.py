@@ -40,10 +40,11 @@ MIN_ROWS, MIN_DEPTH, MIN_COLS = 64, 64, 48  # (below: OpenBLAS; measured: tools/
 # b's K block x N block of panels at most this many bytes: in L2 (2 MiB) with the rest (own_gemm's
 # N blocks; "hnblk": 256 / 512 KiB ran 1.05-1.16x OpenBLAS's time, 1.5 MiB 1.03)
 PANEL_BYTES = 1 << 20
-# more than one N block only up to this many rows: there own_gemm ran 0.91-0.98x OpenBLAS's time
-# ((512, 512, 2048), (1024, 1600, 2048) a transposed, (800, 512, 2048) + bias), from (3200, ...)
-# 0.98-1.04x (OpenBLAS's rate grows with m; own_gemm's does not): no gain ("hnblk")
-BLOCKED_ROWS = 1024
+# more than one N block only up to this many rows: there own_gemm ran 0.92-0.98x OpenBLAS's time
+# ((512, 512, 2048), (1024, 1600, 2048) a transposed, (1600, 512, 1024) + bias, (2048, 6400,
+# 1024)), from (2400, 4096, 1024) and (3200, ...) 0.98-1.04x (OpenBLAS's rate grows with m,
+# own_gemm's does not): no gain ("hnblk")
+BLOCKED_ROWS = 2048
 ENABLED = [True]  # (A/B: False runs OpenBLAS everywhere)
 RAN = [0]  # GEMMs run by the kernel so far (tests: it ran)
 RAN_BIAS = [0]  # of which with a bias (run_bias)
