@@ -129,14 +129,22 @@ def test_run_gives_matmul_bits_or_declines(gemm, rng, monkeypatch):
         out = np.full((64, 100), np.nan)
         assert not blas_twin.run(*operands(rng, 64, 600, 100, np.float64, True), out)
         assert np.isnan(out).all()
+    _wrong_depth_declines(rng, monkeypatch, None)
+
+
+def _wrong_depth_declines(rng, monkeypatch, bias):
+    """Q 100 (K 300 in 3 blocks, OpenBLAS's 1): run (bias None) or run_bias fails its check,
+    writes nothing (the caller runs OpenBLAS) and remembers the shape as not the same."""
     monkeypatch.setattr(blas_twin, "Q", {4: 100, 8: 100})
     monkeypatch.setattr(blas_twin, "_checked", {})
     a, b = operands(rng, 80, 300, 64, np.float64, False)
     out = np.full((80, 64), np.nan)
     with limiter.limit(1):
-        assert not blas_twin.run(a, b, out)
-    assert np.isnan(out).all()  # (nothing written: the caller runs np.matmul)
-    assert blas_twin._checked == {("<f8", 80, 300, 64, False, False, False): False}
+        assert not (
+            blas_twin.run_bias(a, b, bias, out) if bias is not None else blas_twin.run(a, b, out)
+        )
+    assert np.isnan(out).all()
+    assert blas_twin._checked == {("<f8", 80, 300, 64, False, False, bias is not None): False}
 
 
 def test_run_declines_what_it_does_not_fit(gemm, rng):
@@ -324,11 +332,4 @@ def test_run_bias_declines_where_gemm_bias_would_not(gemm, rng, monkeypatch):
     with limiter.limit(2):
         assert not blas_twin.run_bias(a, b, bias[:256], out)
     assert np.isnan(out).all()
-    monkeypatch.setattr(blas_twin, "Q", {4: 100, 8: 100})
-    monkeypatch.setattr(blas_twin, "_checked", {})
-    a, b = operands(rng, 80, 300, 64, np.float64, False)
-    out = np.full((80, 64), np.nan)
-    with limiter.limit(1):
-        assert not blas_twin.run_bias(a, b, bias[:64].copy(), out)
-    assert np.isnan(out).all()
-    assert blas_twin._checked == {("<f8", 80, 300, 64, False, False, True): False}
+    _wrong_depth_declines(rng, monkeypatch, bias[:64].copy())
