@@ -4,9 +4,9 @@ microkernel (MR = 8 rows of `a` broadcast x TV = 3 vectors of a packed panel of 
 chains over the K loop). b is packed one K block (`k_depth`: OpenBLAS's, <= 448 rows) x N block
 (nt tiles: `block_tiles`, in L2) at a time into panels of one tile each -- TV vectors, or 2 for a
 row's last 2 or 4 vectors (16 chains, not 8: `_tile_width`), a panel row every NR = TV lanes --
-and `a` MC rows at a time, k-major (`_pack_a`, again for each N block); then per row block of
-`a` (its K block in L1) every panel of the N block (from L2), the next tile's rows of `out`
-prefetched for writing. The first K block's chains (from 0) are stored (with a bias: added to
+and `a` k-major (`_pack_a`): MC rows right before they run where b's K block is one N block,
+else a chunk of ROWS rows once for all N blocks; then per row block of `a` (its K block in L1)
+every panel of the N block (from L2), the next tile's rows of `out` prefetched for writing. The first K block's chains (from 0) are stored (with a bias: added to
 it); a later block's, from 0 too, computed into a tile and added to out (one rounding each:
 `make_add`) -- OpenBLAS's order with its K blocks (beta = 0; with a bias, beta = 1 onto the
 bias copied into C), so where its block depth and its kernels' order are these, the bits are
@@ -34,7 +34,7 @@ MR, NEAR, VEC_BITS, _vector_type = _pk.MR, _pk.NEAR, _pk.VEC_BITS, _pk._vector_t
 
 TV = 3  # vectors a tile (8 x 3: 24 of the 32 zmm)
 MC = 64  # rows of `a` packed at a time (a transposed view's k rows read 4 lines at a time)
-ROWS = 1024
+ROWS = 1024  # (rows of `a` a chunk: with N blocks each chunk's K block is packed once for all)
 ALIGN = 16  # (elements: each part of the work buffer starts on a cache line, f32 and f64)
 
 _micro = _pk.make_microkernel(MR, TV, VEC_BITS, False, 0, NEAR)
