@@ -90,9 +90,20 @@ def gemm(a, b, c, beta: float = 1.0, alpha: float = 1.0) -> bool:
 def gemm_bias(a, b, bias, out) -> bool:
     """out = a @ b + bias (`bias` one row over out's columns, 1-D) as the bias copied into out
     and the GEMM accumulated onto it (beta = 1): True when done, False (out untouched) when
-    `call` would not take (a, b, out) or bias overlaps the operands or out. Each element is
-    rounded as the kernel adds its sums onto the bias -- not the bits of (a @ b) + bias, one
-    add after the GEMM's zero-started sums."""
+    `bias_call` would not take (a, b, bias, out). Each element is rounded as the kernel adds its
+    sums onto the bias -- not the bits of (a @ b) + bias, one add after the GEMM's zero-started
+    sums."""
+    run = bias_call(a, b, bias, out)
+    if run is None:
+        return False
+    np.copyto(out, bias)
+    run(1.0, 1.0)
+    return True
+
+
+def bias_call(a, b, bias, out):
+    """`call(a, b, out)` where `bias` is also one row over out's columns (1-D, out's dtype)
+    sharing no memory with the operands or out; else None (`gemm_bias` would not run)."""
     if (
         getattr(bias, "ndim", 0) != 1
         or getattr(out, "ndim", 0) != 2
@@ -100,13 +111,8 @@ def gemm_bias(a, b, bias, out) -> bool:
         or bias.dtype != out.dtype
         or any(np.may_share_memory(bias, v) for v in (a, b, out))
     ):
-        return False
-    run = call(a, b, out)
-    if run is None:
-        return False
-    np.copyto(out, bias)
-    run(1.0, 1.0)
-    return True
+        return None
+    return call(a, b, out)
 
 
 def call(a, b, c):

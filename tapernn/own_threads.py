@@ -450,9 +450,12 @@ def _mm_bias(a, b, out, bias):
         np.multiply(a, b, out=out)
         np.add(out, bias + 0.0, out=out)
         return
-    if out.nbytes < blas_gemm.MIN_BYTES or not blas_gemm.gemm_bias(a, b, bias, out):
-        np.matmul(a, b, out=out)
-        np.add(out, bias, out=out)
+    if out.nbytes >= blas_gemm.MIN_BYTES and (  # (beta = 1's bits: blas_twin's kernel has them)
+        blas_twin.run_bias(a, b, bias, out) or blas_gemm.gemm_bias(a, b, bias, out)
+    ):
+        return
+    np.matmul(a, b, out=out)
+    np.add(out, bias, out=out)
 
 
 def note(program_has_split_loop: bool, mode: str) -> str:

@@ -1,23 +1,27 @@
 """OpenBLAS's GEMM, same bits, faster a thread (issue 19, BENCHMARKS.md "hbig"): `run(a, b, out)`
 computes out = a @ b through own_gemm.py's kernel where that is known to give exactly the bits
-np.matmul (OpenBLAS) gives, and says whether it did (else the caller runs np.matmul). The halves
-of an owned call's time-batched GEMMs call it (own_threads._mm).
+np.matmul (OpenBLAS) gives, and says whether it did (else the caller runs np.matmul); and
+`run_bias(a, b, bias, out)`: out = a @ b + bias with the bits of blas_gemm.gemm_bias (the bias
+copied into out, OpenBLAS's GEMM with beta = 1 onto it), where that would run. The halves of an
+owned call's time-batched GEMMs call them (own_threads._mm, _mm_half; _mm_bias: the input
+projection; "hbig", "hnblk").
 
 Why the same bits: OpenBLAS computes each element of C as one FMA chain over k in order within
 each of its K blocks (driver/level3.c: depth GEMM_Q, the rest below 2 Q in two near halves), the
-first block stored, each later one added to C (one rounding); own_gemm does the same with Q and
-GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`, `UNROLL`), at one BLAS thread (at two,
-OpenBLAS's bits differed at some shapes: it runs only where the pools hold one, as in an
-owned call). Nothing assumes that: each
-(dtype, m, k, n, a's layout) is checked once per process on random operands of that shape --
-both computed, compared bit for bit -- and runs OpenBLAS for good if they differ (another BLAS,
-version, kernel or small-matrix path). So which of the two runs a GEMM (the kernel ready or
-not, on a thread or the other) never changes a result: no call-count protocol is needed.
+first block stored (beta = 1: added onto C's bias), each later one added to C (one rounding);
+own_gemm does the same with Q and GEMM_UNROLL_M of OpenBLAS 0.3.31's SkylakeX kernels (`Q`,
+`UNROLL`), at one BLAS thread (at two, OpenBLAS's bits differed at some shapes: it runs only
+where the pools hold one, as in an owned call). Nothing assumes that: each (dtype, m, k, n,
+the operands' layouts, bias or not) is checked once per process on random operands of that
+shape -- both computed, compared bit for bit -- and runs OpenBLAS for good if they differ
+(another BLAS, version, kernel or small-matrix path; at 0.3.31 float64 with n % 8 == 4 the last
+4 columns differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a thread or the
+other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
-AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS; the kernel
-compiles in background.py's worker (at once without background compilation) and OpenBLAS
-runs until it is there."""
+AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS (and of at most
+BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles in
+background.py's worker (at once without background compilation) and OpenBLAS runs until it is there."""
 
 from __future__ import annotations
 
@@ -26,26 +30,49 @@ from typing import Any
 
 import numpy as np
 
+from .. import blas_gemm
 from ..blas import limiter
 from . import background, packed
 
 Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM / DGEMM)
 UNROLL = 16  # its GEMM_UNROLL_M there (a K block split in two halves: the first a multiple)
 MIN_ROWS, MIN_DEPTH, MIN_COLS = 64, 64, 48  # (below: OpenBLAS; measured: tools/own_gemm_ab.py)
-# b's K block (Q rows) at most this many bytes: in L2 (2 MiB) with the rest. (512, 512, 2048)
-# f32, a 2 MiB block: 1.15x OpenBLAS's time (own_gemm has no N blocks)
-MAX_BLOCK_BYTES = 1 << 20
+# b's K block x N block of panels at most this many bytes: in L2 (2 MiB) with the rest (own_gemm's
+# N blocks; "hnblk": 256 / 512 KiB ran 1.05-1.16x OpenBLAS's time, 1.5 MiB 1.03)
+PANEL_BYTES = 1 << 20
+# more than one N block only up to this many rows: there own_gemm ran 0.92-0.98x OpenBLAS's time
+# ((512, 512, 2048), (1024, 1600, 2048) a transposed, (1600, 512, 1024) + bias, (2048, 6400,
+# 1024)), from (2400, 4096, 1024) and (3200, ...) 0.98-1.04x (OpenBLAS's rate grows with m,
+# own_gemm's does not): no gain ("hnblk")
+BLOCKED_ROWS = 2048
 ENABLED = [True]  # (A/B: False runs OpenBLAS everywhere)
 RAN = [0]  # GEMMs run by the kernel so far (tests: it ran)
+RAN_BIAS = [0]  # of which with a bias (run_bias)
 
-_checked: dict[tuple, bool] = {}  # (dtype, m, k, n, a transposed) -> same bits as np.matmul
+# (dtype, m, k, n, a transposed, b transposed, bias) -> same bits as OpenBLAS
+_checked: dict[tuple, bool] = {}
 _lock = threading.Lock()
 _local = threading.local()  # .work: {dtype: aligned work buffer} a thread
+_NO_BIAS = {np.dtype(t).str: np.empty(0, t) for t in (np.float32, np.float64)}
 
 
 def run(a: Any, b: Any, out: Any) -> bool:
     """out = a @ b by the kernel, if it gives np.matmul's bits here (the module docstring);
     False: nothing written, the caller runs np.matmul."""
+    return _run(a, b, out, None)
+
+
+def run_bias(a: Any, b: Any, bias: Any, out: Any) -> bool:
+    """out = a @ b + bias (1-D, one row over out's columns) by the kernel, where
+    blas_gemm.gemm_bias would run (the bias copied into out, OpenBLAS's GEMM onto it: beta = 1)
+    and the kernel gives its bits here (checked per shape against it, as `run`'s against
+    np.matmul); False: nothing written, the caller runs gemm_bias."""
+    if blas_gemm.bias_call(a, b, bias, out) is None or not bias.flags.c_contiguous:
+        return False
+    return _run(a, b, out, bias)
+
+
+def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
     if not ENABLED[0] or not background.numba_imported() or packed.isa() != "avx512":
         return False
     if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
@@ -54,55 +81,72 @@ def run(a: Any, b: Any, out: Any) -> bool:
     if kernel is None:
         return False
     mod = _HANDLE.module
-    if not (mod.fits(a, b, out) and b.flags.c_contiguous):  # (b C: the compiled signatures)
-        return False
+    if not (mod.fits(a, b, out) and (a.flags.c_contiguous or b.flags.c_contiguous)):
+        return False  # (one C: the compiled signatures)
     m, k = a.shape
     n = out.shape[1]
     if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:
         return False
-    if min(k, Q[out.itemsize]) * n * out.itemsize > MAX_BLOCK_BYTES:
+    if m > BLOCKED_ROWS and min(k, Q[out.itemsize]) * n * out.itemsize > PANEL_BYTES:
         return False
-    key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize)
+    key = (out.dtype.str, m, k, n, a.strides[1] != a.itemsize, b.strides[1] != b.itemsize)
+    key += (bias is not None,)
     same = _checked.get(key)
     if same is None:
         same = _check(kernel, key)
     if not same:
         return False
-    kernel(a, b, out, _work(mod, m, k, n, out.dtype), Q[out.itemsize], UNROLL)
+    _gemm(kernel, a, b, out, _NO_BIAS[out.dtype.str] if bias is None else bias)
     RAN[0] += 1
+    if bias is not None:
+        RAN_BIAS[0] += 1
     return True
 
 
+def _gemm(kernel: Any, a: Any, b: Any, out: Any, bias: Any) -> None:
+    m, k = a.shape
+    n, size = out.shape[1], out.itemsize
+    nt = _HANDLE.module.block_tiles(k, n, size, Q[size], PANEL_BYTES)
+    kernel(a, b, out, _work(_HANDLE.module, m, k, n, out.dtype, nt), Q[size], UNROLL, nt, bias)
+
+
 def _check(kernel: Any, key: tuple) -> bool:
-    """Whether the kernel gives np.matmul's bits at `key`'s shape and layout (random operands,
-    both computed; remembered for the process). Its arrays live in a mapping of their own
-    (`_outside`), freed after."""
-    dt, m, k, n, transposed = key
+    """Whether the kernel gives OpenBLAS's bits at `key`'s shape and layout (random operands,
+    both computed: np.matmul, or with a bias blas_gemm.gemm_bias; remembered for the process).
+    Its arrays live in a mapping of their own (`_outside`), freed after."""
+    dt, m, k, n, transposed, b_transposed, with_bias = key
     dt = np.dtype(dt)
     rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n)
-    sizes = (m * k, k * n, m * n, m * n)
+    sizes = (m * k, k * n, m * n, m * n, n)
     flat = _outside(sum(sizes), dt)
     cuts = np.cumsum((0, *sizes))
-    a, b, ours, ref = (flat[cuts[i] : cuts[i + 1]] for i in range(4))
+    a, b, ours, ref, bias = (flat[cuts[i] : cuts[i + 1]] for i in range(5))
     a = a.reshape((k, m)).T if transposed else a.reshape((m, k))
-    b, ours, ref = b.reshape((k, n)), ours.reshape((m, n)), ref.reshape((m, n))
+    b = b.reshape((n, k)).T if b_transposed else b.reshape((k, n))
+    ours, ref = ours.reshape((m, n)), ref.reshape((m, n))
     a[...] = rng.standard_normal(a.shape)
     b[...] = rng.standard_normal(b.shape)
-    kernel(a, b, ours, _work(_HANDLE.module, m, k, n, dt), Q[dt.itemsize], UNROLL)
-    np.matmul(a, b, out=ref)
-    same = bool(np.array_equal(ours, ref))
+    bias[...] = rng.standard_normal(n)
+    if with_bias:
+        _gemm(kernel, a, b, ours, bias)
+        same = blas_gemm.gemm_bias(a, b, bias, ref) and bool(np.array_equal(ours, ref))
+    else:
+        _gemm(kernel, a, b, ours, _NO_BIAS[dt.str])
+        np.matmul(a, b, out=ref)
+        same = bool(np.array_equal(ours, ref))
     with _lock:
         _checked[key] = same
     return same
 
 
-def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype) -> np.ndarray:
+def _work(mod: Any, m: int, k: int, n: int, dt: np.dtype, nt: int) -> np.ndarray:
     """This thread's work buffer for the shape: kept, grown as needed (a fresh one of MiBs
-    costs ~0.15 ms of page faults a call), at most ~1.3 MiB (MAX_BLOCK_BYTES of b's panels,
-    MC x Q of a's rows, a tile) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
+    costs ~0.15 ms of page faults a call), at most ~1.3 MiB (PANEL_BYTES of b's panels, MC x Q
+    of a's rows, a tile; ~2.9 MiB f32 / ~4.2 MiB f64 where N blocks share a chunk of ROWS
+    packed rows) -- the kernel's scratch as OpenBLAS's per-thread buffer is its,
     outside NumPy's allocator like that one (`_outside`): a program's reported memory counts
     neither."""
-    need = mod.work_size(m, k, n, dt.itemsize, Q[dt.itemsize])
+    need = mod.work_size(m, k, n, dt.itemsize, Q[dt.itemsize], nt)
     bufs = getattr(_local, "work", None)
     if bufs is None:
         bufs = _local.work = {}
@@ -125,10 +169,11 @@ def _outside(size: int, dt: np.dtype) -> np.ndarray:
 
 
 class _Handle:
-    """own_gemm's kernel (background.py's handle protocol: prepare / has / kernel / error): two
-    signatures per float dtype -- `a` C or of any layout ("A": a transposed view); b, out C;
-    the work buffer -- which arrays of other layouts convert to (compiling more is disabled).
-    Typed "A", a C `a` ran ~3 % slower; each signature costs ~5 s of a cold compile."""
+    """own_gemm's kernel (background.py's handle protocol: prepare / has / kernel / error): three
+    signatures per float dtype -- `a` and b C, or either of any layout ("A": a transposed view,
+    dW's dG.T or the projection's W.T), out C; the work buffer, the bias -- which arrays of
+    other layouts convert to (compiling more is disabled). Typed "A", a C `a` ran ~3 % slower;
+    each signature costs ~5 s of a cold compile."""
 
     KEY = (("float32", "float64"),)
 
@@ -153,9 +198,10 @@ class _Handle:
                 for name in key[0]:
                     dt = from_dtype(np.dtype(name))
                     any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
-                    work = types.Array(dt, 1, "C")
-                    for a in (c2, any2):
-                        mod.gemm.compile((a, c2, c2, work, types.intp, types.intp))
+                    row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
+                    ints = (types.intp,) * 3
+                    for a, b in ((c2, c2), (any2, c2), (c2, any2)):
+                        mod.gemm.compile((a, b, c2, row, *ints, row))
                 mod.gemm.disable_compile()
                 self.module = mod
                 self.kernel = mod.gemm
