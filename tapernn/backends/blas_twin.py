@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tuning
 from ..blas import limiter
 from . import background, packed
 
@@ -49,6 +50,8 @@ def run(a: Any, b: Any, out: Any) -> bool:
     if not ENABLED[0] or not background.numba_imported() or packed.isa() != "avx512":
         return False
     if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
+        return False
+    if not tuning.errors_ignored():  # (a user's np.errstate: np.matmul's flags checked)
         return False
     kernel = _HANDLE.take()
     if kernel is None:

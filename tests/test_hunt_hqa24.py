@@ -1,0 +1,129 @@
+"""QA round hqa24: what a user met around stop 45's GEMMs -- the projection's bias under
+OpenBLAS's beta = 1 (blas_gemm), the owned halves' own kernel (blas_twin) and the split's worker
+(each test fails on the code before its fix)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import blas_gemm, nn, own_threads
+from tapernn.backends import numba_missing
+
+NUMBA = pytest.mark.skipif(bool(numba_missing()), reason="no numba")
+
+
+def nan_making_input(shape, rng, dtype=np.float64):
+    """Random input whose rows 0 of the first and last step hold +inf and -inf: their products
+    with a weight row pair of one sign are inf - inf, NumPy's "invalid value"."""
+    x = rng.standard_normal(shape).astype(dtype)
+    for t in (0, -1):
+        x[t, 0, 0], x[t, 0, 1] = np.inf, -np.inf
+    return x
+
+
+def run_quietly_and_raising(m, x):
+    """(the forward's output with no NumPy warning escaping, the error the same forward raises
+    under np.errstate(invalid="raise"))"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (any warning -- from any thread -- fails the call)
+        y = np.array(m.forward(x))
+    with np.errstate(invalid="raise"), pytest.raises(tn.TapernnError) as e:
+        m.forward(x)
+    return y, e.value
+
+
+def test_errstate_raise_still_raises_where_the_bias_is_under_beta_one():
+    # README: "a `with np.errstate(invalid="raise")` of yours still raises, naming the failing
+    # op"; the projection's GEMM onto its bias (blas_gemm.gemm_bias, from MIN_BYTES of output:
+    # here (64, 1024) float64 on the NumPy backend, fused by own_bias.fuse_unowned) went through
+    # ctypes, whose float flags NumPy never checks: the NaN went on silently
+    rng = np.random.default_rng(0)
+    x = nan_making_input((8, 8, 256), rng)
+    m = nn.Sequencer(nn.FastLSTM(256, 256))
+    m.set_plan_options(tn.PlanOptions(backend="numpy"))
+    calls = blas_gemm.CALLS[0]
+    y, error = run_quietly_and_raising(m, x)
+    assert "matmul" in str(error) and "invalid value" in str(error)
+    assert np.isnan(y[:, 0]).any() and np.isfinite(y[:, 1:]).all()
+    np.testing.assert_array_equal(np.array(m.forward(x)), y)  # (no errstate: the BLAS again)
+    assert blas_gemm.CALLS[0] > calls  # (the beta = 1 path ran where nothing asked to raise)
+
+
+def test_the_blas_paths_decline_under_a_users_errstate(rng):
+    a, b, bias = rng.standard_normal((300, 64)), rng.standard_normal((64, 512)), np.ones(512)
+    out = np.full((300, 512), 7.0)
+    for state in ({"invalid": "raise"}, {"over": "warn"}, {"all": "print"}):
+        with np.errstate(**state):
+            assert not blas_gemm.gemm_bias(a, b, bias, out)
+            assert blas_gemm.call(a, b, out) is None
+    assert (out == 7.0).all()  # (untouched: the caller's np.matmul runs)
+    with np.errstate(all="ignore"):  # (the state a program runs in)
+        assert blas_gemm.gemm_bias(a, b, bias, out)
+    np.testing.assert_allclose(out, np.einsum("ik,kj->ij", a, b) + 1.0, rtol=1e-12, atol=1e-12)
+
+
+def test_the_splits_worker_runs_in_the_callers_numpy_error_state():
+    # the owned halves' worker thread ran in NumPy's default state ("warn"): inside a program
+    # (warnings off, the user's "raise" kept) its half of a GEMM warned or did not raise
+    with np.errstate(invalid="raise", over="ignore"):
+        state = own_threads.submit(np.geterr).result()
+    assert state["invalid"] == "raise" and state["over"] == "ignore"
+    with np.errstate(all="ignore"):
+        assert own_threads.submit(np.geterr).result()["invalid"] == "ignore"
+
+
+@NUMBA
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_owned_numba_step_warns_nothing_and_raises_under_errstate(dtype, monkeypatch):
+    # the owned split's halves: the forward projection under beta = 1 (blas_gemm), the
+    # backward's dW / dX through blas_twin's kernel or np.matmul on the worker thread
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    rng = np.random.default_rng(2)
+    x = nan_making_input((8, 16, 256), rng, dtype)
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.FastLSTM(256, 256))
+    m = m.float() if dtype == np.float32 else m
+    opts = tn.PlanOptions(backend="numba", layout="batch", batch_split="on", own_threads="on")
+    m.set_plan_options(opts)
+    split = own_threads.SPLIT_GEMMS[0]
+    y, error = run_quietly_and_raising(m, x)
+    assert own_threads.SPLIT_GEMMS[0] > split
+    assert "invalid value" in str(error)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(np.array(m.forward(x)), y)  # (the raising call undone)
+        gx = np.array(m.backward(x, np.ones_like(y)))
+    assert np.isnan(gx).any()  # (the NaN reached the backward's GEMMs on both threads)
+    tn.manual_seed(0)
+    ref = nn.Sequencer(nn.FastLSTM(256, 256))
+    ref = ref.float() if dtype == np.float32 else ref
+    ref.set_plan_options(tn.PlanOptions(backend="numpy"))
+    want = np.array(ref.forward(x))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(y[np.isfinite(want)], want[np.isfinite(want)], rtol=tol, atol=tol)
+
+
+@NUMBA
+def test_the_twin_declines_under_a_users_errstate(rng, monkeypatch, packed_now):
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # (the kernel compiled at once)
+    import numba  # noqa: F401 -- (blas_twin runs only where numba is imported)
+
+    from tapernn.backends import blas_twin
+    from tapernn.blas import limiter
+
+    a, b = rng.standard_normal((128, 256)), rng.standard_normal((256, 96))
+    a[0, :2] = np.inf, -np.inf
+    out = np.full((128, 96), 7.0)
+    with limiter.limit(1):  # (as in an owned call)
+        with np.errstate(invalid="raise"):
+            assert not blas_twin.run(a, b, out)
+        assert (out == 7.0).all()  # (untouched: the caller's np.matmul runs, and raises)
+        with np.errstate(all="ignore"):
+            ran = blas_twin.run(a, b, out)
+            want = a @ b
+    assert ran == blas_twin._checked[("<f8", 128, 256, 96, False)], blas_twin._HANDLE.error
+    if ran:  # (where the kernel gives OpenBLAS's bits: SkylakeX)
+        np.testing.assert_array_equal(out, want)
