@@ -68,18 +68,18 @@ except (ImportError, TypeError):  # another NumPy layout: the public (slower) wa
         return None
 
 
-_last_ignored: tuple = (None, False)
+_last_asked: tuple = (None, False)
 
 
-def errors_ignored() -> bool:
-    """Whether NumPy's error state ignores every float error (a program's under the user's
-    defaults, `quiet_enter`): where it does not -- a user's np.errstate(invalid="raise") --
-    NumPy's own calls must run, not a library called past NumPy whose float flags nothing
-    checks (blas_gemm, blas_twin): so the error raises, naming the op."""
-    global _last_ignored
+def errors_asked() -> bool:
+    """Whether NumPy's error state asks more than "ignore" or "warn" of some float error (a
+    user's np.errstate(invalid="raise"), "print", "call", "log": a program keeps those,
+    `quiet_enter`): then NumPy's own calls must run, not a library called past NumPy whose
+    float flags nothing checks (blas_gemm, blas_twin) -- so the error raises, naming the op."""
+    global _last_asked
     current = _state_now()
-    seen, ignored = _last_ignored
+    seen, asked = _last_asked
     if current is None or current is not seen:
-        ignored = all(v == "ignore" for v in np.geterr().values())
-        _last_ignored = (current, ignored)
-    return ignored
+        asked = any(v not in ("ignore", "warn") for v in np.geterr().values())
+        _last_asked = (current, asked)
+    return asked

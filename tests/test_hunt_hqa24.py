@@ -54,12 +54,12 @@ def test_errstate_raise_still_raises_where_the_bias_is_under_beta_one():
 def test_the_blas_paths_decline_under_a_users_errstate(rng):
     a, b, bias = rng.standard_normal((300, 64)), rng.standard_normal((64, 512)), np.ones(512)
     out = np.full((300, 512), 7.0)
-    for state in ({"invalid": "raise"}, {"over": "warn"}, {"all": "print"}):
+    for state in ({"invalid": "raise"}, {"over": "print"}, {"all": "raise", "under": "ignore"}):
         with np.errstate(**state):
             assert not blas_gemm.gemm_bias(a, b, bias, out)
             assert blas_gemm.call(a, b, out) is None
     assert (out == 7.0).all()  # (untouched: the caller's np.matmul runs)
-    with np.errstate(all="ignore"):  # (the state a program runs in)
+    with np.errstate(all="warn"):  # (NumPy's default: a program turns its warnings off)
         assert blas_gemm.gemm_bias(a, b, bias, out)
     np.testing.assert_allclose(out, np.einsum("ik,kj->ij", a, b) + 1.0, rtol=1e-12, atol=1e-12)
 

@@ -51,7 +51,7 @@ def run(a: Any, b: Any, out: Any) -> bool:
         return False
     if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
         return False
-    if not tuning.errors_ignored():  # (a user's np.errstate: np.matmul's flags checked)
+    if tuning.errors_asked():  # (a user's np.errstate "raise": np.matmul's flags checked)
         return False
     kernel = _HANDLE.take()
     if kernel is None:
