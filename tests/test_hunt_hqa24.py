@@ -9,7 +9,7 @@ import pytest
 
 import tapernn as tn
 from tapernn import blas_gemm, nn, own_threads
-from tapernn.backends import numba_missing
+from tapernn.backends import blas_twin, numba_missing, packed
 
 NUMBA = pytest.mark.skipif(bool(numba_missing()), reason="no numba")
 
@@ -111,7 +111,6 @@ def test_the_twin_declines_under_a_users_errstate(rng, monkeypatch, packed_now):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # (the kernel compiled at once)
     import numba  # noqa: F401 -- (blas_twin runs only where numba is imported)
 
-    from tapernn.backends import blas_twin
     from tapernn.blas import limiter
 
     a, b = rng.standard_normal((128, 256)), rng.standard_normal((256, 96))
@@ -127,3 +126,31 @@ def test_the_twin_declines_under_a_users_errstate(rng, monkeypatch, packed_now):
     assert ran == blas_twin._checked[("<f8", 128, 256, 96, False)], blas_twin._HANDLE.error
     if ran:  # (where the kernel gives OpenBLAS's bits: SkylakeX)
         np.testing.assert_array_equal(out, want)
+
+
+@NUMBA
+def test_a_read_only_input_through_the_twins_kernel(monkeypatch):
+    # the dW GEMM's b is the (read-only) input: blas_twin handed it to its kernel, compiled for
+    # writeable arrays only, and the step raised "matmul failed: No matching definition for
+    # argument type(s) ... readonly array(float32, 2d, C)" (np.matmul takes it)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 16, 256)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.FastLSTM(256, 256)).float()
+    opts = tn.PlanOptions(backend="numba", layout="batch", batch_split="on", own_threads="on")
+    m.set_plan_options(opts)
+    ran = blas_twin.RAN[0]
+
+    def step(x):
+        m.zero_grad_parameters()
+        return [np.array(m.forward(x)), np.array(m.backward(x, g))] + [
+            p.grad.copy() for p in m.parameters()
+        ]
+
+    for want, got in zip(step(x), step(frozen)):
+        np.testing.assert_array_equal(got, want)
+    assert blas_twin.RAN[0] > ran or packed.isa() != "avx512"  # (the kernel ran for x)

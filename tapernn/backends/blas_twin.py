@@ -59,6 +59,8 @@ def run(a: Any, b: Any, out: Any) -> bool:
     mod = _HANDLE.module
     if not (mod.fits(a, b, out) and b.flags.c_contiguous):  # (b C: the compiled signatures)
         return False
+    if not (a.flags.writeable and b.flags.writeable):  # (the signatures': a read-only input)
+        return False
     m, k = a.shape
     n = out.shape[1]
     if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:
