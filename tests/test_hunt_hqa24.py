@@ -154,3 +154,14 @@ def test_a_read_only_input_through_the_twins_kernel(monkeypatch):
     for want, got in zip(step(x), step(frozen)):
         np.testing.assert_array_equal(got, want)
     assert blas_twin.RAN[0] > ran or packed.isa() != "avx512"  # (the kernel ran for x)
+
+
+@pytest.mark.parametrize("field", ["data", "grad"])
+def test_a_byte_swapped_rebind_says_so(field):
+    # the refusal read "is float64; cannot rebind its .data to a float64 array"
+    p = nn.Linear(3, 2).weight
+    swapped = getattr(p, field).astype(">f8")
+    with pytest.raises(tn.DTypeError, match="to a byte-swapped float64 array"):
+        setattr(p, field, swapped)
+    setattr(p, field, swapped.astype(np.float64))  # (the message's remedy)
+    assert getattr(p, field).dtype == np.float64
