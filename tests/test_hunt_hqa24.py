@@ -165,3 +165,28 @@ def test_a_byte_swapped_rebind_says_so(field):
         setattr(p, field, swapped)
     setattr(p, field, swapped.astype(np.float64))  # (the message's remedy)
     assert getattr(p, field).dtype == np.float64
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=NUMBA)])
+def test_parameters_sharing_one_grad_array_accumulate_both(backend):
+    # Torch7's weight sharing shares gradWeight too: each backward adds into the one array.
+    # The backward computed each gradient into its zeroed .grad (Packing.compute_into: zero
+    # plus the gradient), both checked before either ran -- the second overwrote the first
+    rng = np.random.default_rng(4)
+    x, g = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+    m = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    m.set_plan_options(tn.PlanOptions(backend=backend, grad_into_min_bytes=1))  # (any size)
+    (w1, b1), (w2, b2) = (m.get(k).parameters() for k in (0, 1))
+    shared_w, shared_b = np.zeros((6, 6)), np.zeros(6)
+    w1.grad = w2.grad = shared_w
+    b1.grad = b2.grad = shared_b
+    for call in range(3):
+        m.zero_grad_parameters()
+        y = m.forward(x)
+        m.backward(x, g)
+        h = x @ w1.data.T + b1.data  # (NumPy's equations)
+        np.testing.assert_allclose(y, h @ w2.data.T + b2.data, rtol=1e-12, atol=1e-12)
+        dh = g @ w2.data
+        want_w, want_b = g.T @ h + dh.T @ x, g.sum(0) + dh.sum(0)
+        np.testing.assert_allclose(shared_w, want_w, rtol=1e-12, atol=1e-12, err_msg=f"{call}")
+        np.testing.assert_allclose(shared_b, want_b, rtol=1e-12, atol=1e-12, err_msg=f"{call}")
