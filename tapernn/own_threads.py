@@ -16,6 +16,7 @@ set_blas_threads(1) or None)."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -162,12 +163,14 @@ class Pending:
 
 
 def submit(fn, *args) -> Any:
-    """fn(*args) on the split's worker (`executor`): its future, or with JOIN_SPIN_S a Pending
-    (both joined by .result())."""
+    """fn(*args) on the split's worker (`executor`) in a copy of the caller's context -- NumPy's
+    error state a program runs in (warnings off, a user's np.errstate "raise" kept) --: its
+    future, or with JOIN_SPIN_S a Pending (both joined by .result())."""
+    run = contextvars.copy_context().run
     if JOIN_SPIN_S <= 0:  # (off: the plain future)
-        return executor().submit(fn, *args)
+        return executor().submit(run, fn, *args)
     pending = Pending()
-    pending.future = executor().submit(pending.run, fn, args)
+    pending.future = executor().submit(run, pending.run, fn, args)
     return pending
 
 

@@ -52,6 +52,8 @@ try:  # np.errstate costs ~5 us per call to build: keep the quiet state of the l
 
     def quiet_exit(token: Any) -> None:
         _extobj_contextvar.reset(token)
+
+    _state_now = _extobj_contextvar.get
 except (ImportError, TypeError):  # another NumPy layout: the public (slower) way
 
     def quiet_enter() -> Any:
@@ -61,3 +63,23 @@ except (ImportError, TypeError):  # another NumPy layout: the public (slower) wa
 
     def quiet_exit(token: Any) -> None:
         token.__exit__(None, None, None)
+
+    def _state_now() -> Any:
+        return None
+
+
+_last_asked: tuple = (None, False)
+
+
+def errors_asked() -> bool:
+    """Whether NumPy's error state asks more than "ignore" or "warn" of some float error (a
+    user's np.errstate(invalid="raise"), "print", "call", "log": a program keeps those,
+    `quiet_enter`): then NumPy's own calls must run, not a library called past NumPy whose
+    float flags nothing checks (blas_gemm, blas_twin) -- so the error raises, naming the op."""
+    global _last_asked
+    current = _state_now()
+    seen, asked = _last_asked
+    if current is None or current is not seen:
+        asked = any(v not in ("ignore", "warn") for v in np.geterr().values())
+        _last_asked = (current, asked)
+    return asked

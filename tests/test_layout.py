@@ -350,7 +350,7 @@ def test_auto_rule_times_the_whole_loop_step_in_both_layouts(monkeypatch):
         (loop,) = [n.attrs["body"] for n in c.graph.nodes if n.op == "scan"][:1]
         assert want in {tuple(n.inputs[1].shape) for n in loop.nodes if n.op == "matmul"}
     rounds = scan_layout.time_steps(body, 1, 1, "numpy")
-    assert scan_layout.MIN_ROUNDS <= len(rounds) <= scan_layout.ROUNDS
+    assert scan_layout.MIN_ROUNDS <= len(rounds) <= scan_layout.MAX_ROUNDS  # (noisy: > ROUNDS)
     assert all(b > 0 and f > 0 for b, f in rounds)
 
 

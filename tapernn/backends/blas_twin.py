@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import blas_gemm
+from .. import blas_gemm, tuning
 from ..blas import limiter
 from . import background, packed
 
@@ -77,12 +77,16 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
         return False
     if any(get() != 1 for _, get in limiter.pools()):  # (OpenBLAS's bits at one thread)
         return False
+    if tuning.errors_asked():  # (a user's np.errstate "raise": np.matmul's flags checked)
+        return False
     kernel = _HANDLE.take()
     if kernel is None:
         return False
     mod = _HANDLE.module
     if not (mod.fits(a, b, out) and (a.flags.c_contiguous or b.flags.c_contiguous)):
         return False  # (one C: the compiled signatures)
+    if not all(x.flags.writeable for x in (a, b, bias) if x is not None):
+        return False  # (the signatures' arrays are writeable: a read-only input or bias)
     m, k = a.shape
     n = out.shape[1]
     if m < MIN_ROWS or k < MIN_DEPTH or n < MIN_COLS:

@@ -305,7 +305,7 @@ class Packing:
         compute into an array of the caller's (codegen's Program.dest) is computed into the
         parameter's `.grad` when that holds only zeros (Torch7 accumulates: zero plus the
         gradient is the gradient, and accumulate skips it) and shares no memory with an
-        argument; else made by the call and added. Every other slot is cleared. A loop's
+        argument or another gradient computed into its `.grad`; else made by the call and added. Every other slot is cleared. A loop's
         packed panels (Program.loop_scratch, pack_scratch.py) go into a zeroed `.grad` too:
         the loop's runner zeroes them when it ends, before any gradient is computed there."""
         prog = program.program
@@ -324,7 +324,9 @@ class Packing:
             else:
                 block = self.groups[i - n_loose].block
                 grad = block.grad if block.intact else None
-            if _zeroed(grad, outs[first + i], args):
+            if _zeroed(grad, outs[first + i], args) and not any(
+                d is not None and np.may_share_memory(grad, d) for d in dest
+            ):  # (two parameters sharing a .grad, Torch7's weight sharing: one is added)
                 dest[s] = grad
         loops = getattr(prog, "loop_scratch", None)
         if loops:  # (a loop's packed panels: the loop zeroes them before this is computed;

@@ -65,10 +65,12 @@ def _check_rebind(p: Any, field: str, old: np.ndarray, value: Any, retype: bool)
             f"it), got a read-only one"
         )
     if value.dtype != old.dtype and not retype:
+        swapped = " byte-swapped" * (not value.dtype.isnative)  # (its name says float64 too)
         raise DTypeError(
-            f"parameter {p.name!r} is {old.dtype.name}; cannot rebind its .{field} to a "
-            f"{value.dtype.name} array (pass value.astype(np.{old.dtype.name}), assign into it "
-            f"with p.{field}[...] = value, or convert the whole module with .float() / .double())"
+            f"parameter {p.name!r} is {old.dtype.name}; cannot rebind its .{field} to a"
+            f"{swapped} {value.dtype.name} array (pass value.astype(np.{old.dtype.name}), assign "
+            f"into it with p.{field}[...] = value, or convert the whole module with .float() / "
+            f".double())"
         )
 
 
