@@ -125,7 +125,9 @@ def test_the_twin_declines_under_a_users_errstate(rng, monkeypatch, packed_now):
         with np.errstate(all="ignore"):
             ran = blas_twin.run(a, b, out)
             want = a @ b
-    assert ran == blas_twin._checked[("<f8", 128, 256, 96, False)], blas_twin._HANDLE.error
+    assert ran == blas_twin._checked[("<f8", 128, 256, 96, False, False, False)], (
+        blas_twin._HANDLE.error
+    )
     if ran:  # (where the kernel gives OpenBLAS's bits: SkylakeX)
         np.testing.assert_array_equal(out, want)
 
@@ -192,3 +194,37 @@ def test_parameters_sharing_one_grad_array_accumulate_both(backend):
         want_w, want_b = g.T @ h + dh.T @ x, g.sum(0) + dh.sum(0)
         np.testing.assert_allclose(shared_w, want_w, rtol=1e-12, atol=1e-12, err_msg=f"{call}")
         np.testing.assert_allclose(shared_b, want_b, rtol=1e-12, atol=1e-12, err_msg=f"{call}")
+
+
+@NUMBA
+def test_read_only_parameters_through_the_twins_bias_kernel(monkeypatch):
+    # the projection's bias reaches blas_twin.run_bias (hnblk): its kernel, too, takes writeable
+    # arrays only -- a read-only bias goes to OpenBLAS's beta = 1, with the same numbers
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 32, 256)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    tn.manual_seed(0)
+    m = nn.Sequencer(nn.FastLSTM(256, 256)).float()
+    opts = tn.PlanOptions(backend="numba", layout="batch", batch_split="on", own_threads="on")
+    m.set_plan_options(opts)
+
+    def step():
+        m.zero_grad_parameters()
+        return [np.array(m.forward(x)), np.array(m.backward(x, g))] + [
+            p.grad.copy() for p in m.parameters()
+        ]
+
+    ran = blas_twin.RAN_BIAS[0]
+    want = step()
+    assert blas_twin.RAN_BIAS[0] > ran or packed.isa() != "avx512"  # (the projection halves)
+    ran = blas_twin.RAN_BIAS[0]
+    for p in m.parameters():
+        if p.data.ndim != 1:  # (the bias alone: read-only weights decline before it)
+            continue
+        frozen = p.data.copy()
+        frozen.setflags(write=False)
+        p.data = frozen
+    for w, got in zip(want, step()):
+        np.testing.assert_array_equal(got, w)
+    assert blas_twin.RAN_BIAS[0] == ran  # (declined: OpenBLAS's beta = 1 took the bias)
