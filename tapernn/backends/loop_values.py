@@ -1,6 +1,6 @@
 """How a whole-loop kernel (backends/loop_source.py) reads a body value: array variables and
 views of them (getitem, transpose, reshape, broadcast) as index arithmetic on generated source
-strings -- no copies."""
+strings -- no copies; and how it writes a short gate loop's count (loop_count)."""
 
 from __future__ import annotations
 
