@@ -10,34 +10,22 @@ Run: PYTHONPATH=$PWD python tools/ab_gates.py [--cell FastLSTM] [--config 1,5,5]
      [--dtype float32] [--blocks 31] [--steps 1000] [--kernels]
 """
 
-import argparse
 import statistics
 import time
 
 import numpy as np
+from ab_trips import parsed, stepper
 
-import tapernn as tn
-from tapernn import nn
-from tapernn.backends import loop_values, numba_loop, numba_program
+from tapernn.backends import loop_values, numba_interleave, numba_loop, numba_program
 
 ARMS = {"old": 0, "new": loop_values.SHORT[0]}
 
 
 def build(cell: str, short: int, x: np.ndarray, g: np.ndarray):
-    """(model, step) of a fresh numba Sequencer(cell) compiled with SHORT = short."""
+    """(model, step) of a fresh numba Sequencer(cell) compiled with SHORT = short (and the
+    whole-loop kernels' trip count as shipped)."""
     loop_values.SHORT[0] = short
-    tn.manual_seed(0)
-    m = nn.Sequencer(getattr(nn, cell)(x.shape[2], g.shape[2])).astype(x.dtype)
-    m.set_plan_options(tn.PlanOptions(backend="numba"))
-
-    def step():
-        m.forward(x)
-        m.zero_grad_parameters()
-        return m.backward(x, g)
-
-    for _ in range(300):  # (compiles: numba's switch at call 100 at most)
-        step()
-    return m, step
+    return stepper(cell, numba_interleave.TRIP[0], x, g)
 
 
 def capturing() -> list:
@@ -85,18 +73,7 @@ def report(title: str, times: dict, same: bool) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="FastLSTM")
-    ap.add_argument("--config", default="1,5,5", help="B,T,H (D = H)")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--blocks", type=int, default=31)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--kernels", action="store_true")
-    args = ap.parse_args()
-    B, T, H = (int(v) for v in args.config.split(","))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, H)).astype(args.dtype)
-    g = rng.standard_normal((T, B, H)).astype(args.dtype)
+    args, x, g = parsed(__doc__.splitlines()[0], "--kernels")
     name = f"{args.cell} {args.config} {args.dtype} [numba]"
     if not args.kernels:
         arms = {arm: build(args.cell, short, x, g) for arm, short in ARMS.items()}
