@@ -179,7 +179,8 @@ def shifted_layout(attrs: dict, length: str = "length") -> tuple:
     return places, inits
 
 
-# A step's loop nest whose innermost loop has fewer than SHORT[0] iterations and evaluates
+# A loop nest of a kernel's body (LoopSource.flush: a loop kernel's step, a program kernel's
+# lines) whose innermost loop has fewer than SHORT[0] iterations and evaluates
 # vecmath's exp / tanh / sigmoid runs that loop over `range(opaque(count))` (numba_intrinsics):
 # LLVM fully unrolls a short loop of a known count into straight scalar code before its loop
 # vectoriser runs (a (1, 5, 5) FastLSTM's sigmoids over its 10 gates ran one at a time), while a
@@ -198,7 +199,7 @@ _STORE = re.compile(r"(\w+)\[[^=]*\] [+]?= ")
 
 
 def loop_count(count: int, body: list[str]) -> str:
-    """The count of a step nest's innermost loop of `count` iterations running `body` (its
+    """The count of a body nest's innermost loop of `count` iterations running `body` (its
     lines): `opaque(count)` where the rule above hides it, else the number."""
     if not (count < SHORT[0] and any(_VECMATH.search(line) for line in body)):
         return str(count)
