@@ -35,18 +35,27 @@ def stepper(cell: str, trip: int, x: np.ndarray, g: np.ndarray):
     return m, step
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parsed(description: str, *flags: str) -> tuple:
+    """(args, x, g): the command line (`flags`: more on / off options) and the step's input and
+    output gradient of its config and dtype."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--cell", default="FastLSTM")
     ap.add_argument("--config", default="1,5,5", help="B,T,H (D = H)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--blocks", type=int, default=31)
     ap.add_argument("--steps", type=int, default=1000)
+    for flag in flags:
+        ap.add_argument(flag, action="store_true")
     args = ap.parse_args()
     B, T, H = (int(v) for v in args.config.split(","))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(args.dtype)
     g = rng.standard_normal((T, B, H)).astype(args.dtype)
+    return args, x, g
+
+
+def main() -> None:
+    args, x, g = parsed(__doc__.splitlines()[0])
     arms = {trip: stepper(args.cell, trip, x, g) for trip in (0, 4)}
     numba_interleave.TRIP[0] = 4
     outs = {trip: (np.array(m.forward(x)), np.array(step())) for trip, (m, step) in arms.items()}

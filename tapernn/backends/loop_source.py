@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..graph import Graph, Node
-from .loop_values import Arr, Val, View, bcast, flat, getitem_map, reads, reshape_map
+from .loop_values import Arr, Val, View, bcast, flat, getitem_map, loop_count, reads, reshape_map
 from .numba_backend import (
     _CASTS_OPERANDS,
     _HEADER,
@@ -285,22 +285,24 @@ class LoopSource:
 
     def flush(self) -> None:
         if self.group is not None:
-            bodies = self.group[1]
-            self.loops(self.step, self.group[0], lambda i: [x for b in bodies for x in b(i)])
+            body = lambda i, bodies=self.group[1]: [x for b in bodies for x in b(i)]
+            self.loops(self.step, self.group[0], body, loop_count)
             self.group = None
 
     def statement(self, line: str) -> None:
         self.flush()
         self.step.append(line)
 
-    def loops(self, lines: list[str], shape: tuple, body: Callable, pre: str = "i") -> None:
-        """A loop nest over `shape` (indices {pre}0, {pre}1, ...) around body(indices)."""
-        idx = [f"{pre}{d}" for d in range(len(shape))]
-        pad = ""
+    def loops(self, lines: list[str], shape: tuple, body: Callable, counts=None) -> None:
+        """A loop nest over `shape` (indices i0, i1, ...) around body(indices), the innermost
+        loop's count as `counts(count, body's lines)` writes it (a step's: loop_count)."""
+        idx = [f"i{d}" for d in range(len(shape))]
+        inner, pad = body(idx), ""
         for d, s in enumerate(shape):
-            lines.append(f"{pad}for {idx[d]} in range({s}):")
+            count = counts(s, inner) if counts and d == len(shape) - 1 else s
+            lines.append(f"{pad}for {idx[d]} in range({count}):")
             pad += "    "
-        lines += [pad + line for line in body(idx)]
+        lines += [pad + line for line in inner]
 
     # ---- nodes ----------------------------------------------------------------------------
 
@@ -457,23 +459,15 @@ class LoopSource:
 
         x = ins[0]
         cast = (lambda e: f"np.{dt}({e})") if x.dtype != dt else (lambda e: e)
-        if n.op == "sum_mul":
-            term = lambda i: f"{ins[0].at(i)} * {ins[1].at(i)}"
-        else:
-            term = lambda i: x.at(i)
+        mul = n.op == "sum_mul"
+        term = (lambda i: f"{x.at(i)} * {ins[1].at(i)}") if mul else (lambda i: x.at(i))
         o = lambda i: out.at(target(i))
         bigger = lambda i: [
             f"if {o(i)} == {o(i)} and not {o(i)} >= {x.at(i)}:",
             f"    {o(i)} = {x.at(i)}",
         ]
-        self.emit(
-            x.shape,
-            bigger if n.op == "max" else lambda i: [f"{o(i)} += {cast(term(i))}"],
-            list(ins),
-            [out],
-            out.name,
-            True,
-        )
+        add = lambda i: [f"{o(i)} += {cast(term(i))}"]
+        self.emit(x.shape, bigger if n.op == "max" else add, list(ins), [out], out.name, True)
         return out
 
     def concat(self, n: Node, ins: list[Val], dt: str) -> Val:

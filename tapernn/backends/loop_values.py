@@ -1,10 +1,11 @@
 """How a whole-loop kernel (backends/loop_source.py) reads a body value: array variables and
 views of them (getitem, transpose, reshape, broadcast) as index arithmetic on generated source
-strings -- no copies."""
+strings -- no copies; and how it writes a short gate loop's count (loop_count)."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -176,3 +177,33 @@ def shifted_layout(attrs: dict, length: str = "length") -> tuple:
         inits.append((k, f"({base} + {length} * {w})" if reverse else base))
         before += w
     return places, inits
+
+
+# A loop nest of a kernel's body (LoopSource.flush: a loop kernel's step, a program kernel's
+# lines) whose innermost loop has fewer than SHORT[0] iterations and evaluates
+# vecmath's exp / tanh / sigmoid runs that loop over `range(opaque(count))` (numba_intrinsics):
+# LLVM fully unrolls a short loop of a known count into straight scalar code before its loop
+# vectoriser runs (a (1, 5, 5) FastLSTM's sigmoids over its 10 gates ran one at a time), while a
+# count it cannot see leaves the loop to the vectoriser. Only where LLVM then vectorises it:
+# with the count unknown, behind runtime overlap checks of the loop's arrays -- every stored
+# array against every other -- and LLVM gives up past CHECKS of them (its
+# -runtime-memory-check-threshold): an LSTM's one cell-update loop writing 7 buffers stays as
+# it is (its count known, it was vectorised; hidden, it ran scalar: 1.4x slower). The same
+# scalar operations per element either way: the same bits. SHORT[0] = 0: no count hidden
+# (tools/ab_gates.py's old arm). BENCHMARKS.md "hgate5".
+SHORT = [32]
+CHECKS = 8
+_VECMATH = re.compile(r"\b[vV][mMdD]_\w")  # (vecmath's calls, or its lines written inline)
+_ARRAY = re.compile(r"\b(\w+)\[")
+_STORE = re.compile(r"(\w+)\[[^=]*\] [+]?= ")
+
+
+def loop_count(count: int, body: list[str]) -> str:
+    """The count of a body nest's innermost loop of `count` iterations running `body` (its
+    lines): `opaque(count)` where the rule above hides it, else the number."""
+    if not (count < SHORT[0] and any(_VECMATH.search(line) for line in body)):
+        return str(count)
+    stores = {m.group(1) for line in body if (m := _STORE.match(line.strip()))}
+    loads = {m.group(1) for line in body for m in _ARRAY.finditer(line)} - stores
+    checks = len(stores) * (len(stores) - 1) // 2 + len(stores) * len(loads)
+    return f"opaque({count})" if checks <= CHECKS else str(count)

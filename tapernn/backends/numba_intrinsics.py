@@ -1,7 +1,8 @@
-"""Four LLVM-level helpers the generated numba kernels call (imported by their module header, so
+"""Five LLVM-level helpers the generated numba kernels call (imported by their module header, so
 only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py),
-a fused multiply-add (vecmath's polynomials), a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), and a
-C array of any shape inside a kernel's workspace (its buffers: loop_source.LoopSource.buffer)."""
+a fused multiply-add (vecmath's polynomials), a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), a
+C array of any shape inside a kernel's workspace (its buffers: loop_source.LoopSource.buffer),
+and an integer LLVM cannot see the value of (a short gate loop's count: loop_values.loop_count)."""
 
 from __future__ import annotations
 
@@ -138,3 +139,22 @@ def c_view(typingctx, work, start, shape):
         return view._getvalue()
 
     return view_type(work, start, shape), codegen
+
+
+@intrinsic
+def opaque(typingctx, n):
+    """`n` through an empty inline assembly block: the same integer, whose value LLVM does not
+    know. A loop of `range(opaque(n))` is not fully unrolled (LLVM unrolls a short loop of a
+    known count into straight scalar code before its loop vectoriser runs, and no vector code
+    comes of that: a (1, 5, 5) FastLSTM's sigmoids over 10 gates ran one at a time), so the
+    vectoriser takes it; nothing else in the loop changes."""
+    if not isinstance(n, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[0], signature.args[0], types.intp)
+        word = context.get_value_type(types.intp)
+        block = ir.InlineAsm(ir.FunctionType(word, [word]), "", "=r,0", side_effect=False)
+        return builder.call(block, [value])
+
+    return types.intp(n), codegen

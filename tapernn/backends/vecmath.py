@@ -310,7 +310,7 @@ HELPERS_SOURCE = _helpers_source()
 # (its name carries its text's digest: a kernel module names the helpers it was compiled with)
 HELPERS_MODULE = "tapernn_vm_" + hashlib.sha1(HELPERS_SOURCE.encode()).hexdigest()[:20]
 HEADER = (
-    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits, fma\n"
+    "from tapernn.backends.numba_intrinsics import c_row, c_view, f32_bits, f64_bits, fma, opaque\n"
     + f"from {HELPERS_MODULE} import {', '.join(name for name, _ in _HELPERS)}\n"
     + _CONSTANT_LINES
 )
