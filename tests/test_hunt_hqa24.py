@@ -132,22 +132,16 @@ def test_the_twin_declines_under_a_users_errstate(rng, monkeypatch, packed_now):
         np.testing.assert_array_equal(out, want)
 
 
-@NUMBA
-def test_a_read_only_input_through_the_twins_kernel(monkeypatch):
-    # the dW GEMM's b is the (read-only) input: blas_twin handed it to its kernel, compiled for
-    # writeable arrays only, and the step raised "matmul failed: No matching definition for
-    # argument type(s) ... readonly array(float32, 2d, C)" (np.matmul takes it)
-    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((8, 16, 256)).astype(np.float32)
+def _owned_fastlstm(shape: tuple, seed: int) -> tuple:
+    """An input of `shape` (T, B, 256) f32, an owned numba FastLSTM(256, 256) Sequencer, and its
+    training step(x) -> [output, grad input, each parameter's grad]."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    frozen = x.copy()
-    frozen.setflags(write=False)
     tn.manual_seed(0)
     m = nn.Sequencer(nn.FastLSTM(256, 256)).float()
     opts = tn.PlanOptions(backend="numba", layout="batch", batch_split="on", own_threads="on")
     m.set_plan_options(opts)
-    ran = blas_twin.RAN[0]
 
     def step(x):
         m.zero_grad_parameters()
@@ -155,6 +149,19 @@ def test_a_read_only_input_through_the_twins_kernel(monkeypatch):
             p.grad.copy() for p in m.parameters()
         ]
 
+    return x, m, step
+
+
+@NUMBA
+def test_a_read_only_input_through_the_twins_kernel(monkeypatch):
+    # the dW GEMM's b is the (read-only) input: blas_twin handed it to its kernel, compiled for
+    # writeable arrays only, and the step raised "matmul failed: No matching definition for
+    # argument type(s) ... readonly array(float32, 2d, C)" (np.matmul takes it)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
+    x, _, step = _owned_fastlstm((8, 16, 256), seed=3)
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    ran = blas_twin.RAN[0]
     for want, got in zip(step(x), step(frozen)):
         np.testing.assert_array_equal(got, want)
     assert blas_twin.RAN[0] > ran or packed.isa() != "avx512"  # (the kernel ran for x)
@@ -201,22 +208,9 @@ def test_read_only_parameters_through_the_twins_bias_kernel(monkeypatch):
     # the projection's bias reaches blas_twin.run_bias (hnblk): its kernel, too, takes writeable
     # arrays only -- a read-only bias goes to OpenBLAS's beta = 1, with the same numbers
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((50, 32, 256)).astype(np.float32)
-    g = rng.standard_normal(x.shape).astype(np.float32)
-    tn.manual_seed(0)
-    m = nn.Sequencer(nn.FastLSTM(256, 256)).float()
-    opts = tn.PlanOptions(backend="numba", layout="batch", batch_split="on", own_threads="on")
-    m.set_plan_options(opts)
-
-    def step():
-        m.zero_grad_parameters()
-        return [np.array(m.forward(x)), np.array(m.backward(x, g))] + [
-            p.grad.copy() for p in m.parameters()
-        ]
-
+    x, m, step = _owned_fastlstm((50, 32, 256), seed=4)
     ran = blas_twin.RAN_BIAS[0]
-    want = step()
+    want = step(x)
     assert blas_twin.RAN_BIAS[0] > ran or packed.isa() != "avx512"  # (the projection halves)
     ran = blas_twin.RAN_BIAS[0]
     for p in m.parameters():
@@ -225,6 +219,6 @@ def test_read_only_parameters_through_the_twins_bias_kernel(monkeypatch):
         frozen = p.data.copy()
         frozen.setflags(write=False)
         p.data = frozen
-    for w, got in zip(want, step()):
+    for w, got in zip(want, step(x)):
         np.testing.assert_array_equal(got, w)
     assert blas_twin.RAN_BIAS[0] == ran  # (declined: OpenBLAS's beta = 1 took the bias)
