@@ -305,8 +305,10 @@ class Packing:
         compute into an array of the caller's (codegen's Program.dest) is computed into the
         parameter's `.grad` when that holds only zeros (Torch7 accumulates: zero plus the
         gradient is the gradient, and accumulate skips it) and shares no memory with an
-        argument or another gradient computed into its `.grad`; else made by the call and added. Every other slot is cleared. A loop's
-        packed panels (Program.loop_scratch, pack_scratch.py) go into a zeroed `.grad` too:
+        argument or another gradient computed into its `.grad` (two parameters sharing one,
+        Torch7's weight sharing); else made by the call and added. Every other slot is
+        cleared. A loop's packed panels (Program.loop_scratch, pack_scratch.py) go into a
+        zeroed `.grad` too:
         the loop's runner zeroes them when it ends, before any gradient is computed there."""
         prog = program.program
         slots = getattr(prog, "dest_slots", None)
