@@ -308,8 +308,8 @@ class Packing:
         argument or another gradient computed into its `.grad` (two parameters sharing one,
         Torch7's weight sharing); else made by the call and added. Every other slot is
         cleared. A loop's packed panels (Program.loop_scratch, pack_scratch.py) go into a
-        zeroed `.grad` too:
-        the loop's runner zeroes them when it ends, before any gradient is computed there."""
+        zeroed `.grad` too: the loop's runner zeroes them when it ends, before any gradient
+        is computed there."""
         prog = program.program
         slots = getattr(prog, "dest_slots", None)
         if not slots:
