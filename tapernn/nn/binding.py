@@ -1,5 +1,6 @@
 """How a traced program's inputs get their values at each call: data leaves, parameter arrays,
-fresh random masks (a rolled loop's: nn.step_draws), recurrent states, zero taps (nn.runtime's Executable.bind)."""
+fresh random masks (a rolled loop's: nn.step_draws), recurrent states, zero taps (nn.runtime's
+Executable.bind)."""
 
 from __future__ import annotations
 
