@@ -15,13 +15,14 @@ where the pools hold one, as in an owned call). Nothing assumes that: each (dtyp
 the operands' layouts, bias or not) is checked once per process on random operands of that
 shape -- both computed, compared bit for bit -- and runs OpenBLAS for good if they differ
 (another BLAS, version, kernel or small-matrix path; at 0.3.31 float64 with n % 8 == 4 the last
-4 columns differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a thread or the
-other) never changes a result: no call-count protocol is needed.
+4 columns differ: declined). So which of the two runs a GEMM (the kernel ready or not, on a
+thread or the other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
 AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS (and of at most
 BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles in
-background.py's worker (at once without background compilation) and OpenBLAS runs until it is there."""
+background.py's worker (at once without background compilation) and OpenBLAS runs until it is
+there."""
 
 from __future__ import annotations
 
