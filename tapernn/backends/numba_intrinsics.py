@@ -1,9 +1,8 @@
 """Five LLVM-level helpers the generated numba kernels call (imported by their module header, so
-only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py), a
-fused multiply-add (vecmath's polynomials), a row of a 2-D array as a C-contiguous 1-D view
-(loops over strided gate views vectorise), a C array of any shape inside a kernel's workspace
-(its buffers: loop_source.LoopSource.buffer), and an integer LLVM cannot see the value of (a
-short gate loop's count: loop_values.loop_count)."""
+only once numba is): float32 from its bit pattern (2^k for the vectorisable exp of vecmath.py),
+a fused multiply-add (vecmath's polynomials), a row of a 2-D array as a C-contiguous 1-D view (loops over strided gate views vectorise), a
+C array of any shape inside a kernel's workspace (its buffers: loop_source.LoopSource.buffer),
+and an integer LLVM cannot see the value of (a short gate loop's count: loop_values.loop_count)."""
 
 from __future__ import annotations
 

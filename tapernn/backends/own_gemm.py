@@ -4,18 +4,17 @@ microkernel (MR = 8 rows of `a` broadcast x TV = 3 vectors of a packed panel of 
 chains over the K loop). b is packed one K block (`k_depth`: OpenBLAS's, <= 448 rows) x N block
 (nt tiles: `block_tiles`, in L2) at a time into panels of one tile each -- TV vectors, or 2 for a
 row's last 2 or 4 vectors (16 chains, not 8: `_tile_width`), a panel row every NR = TV lanes --
-and `a` k-major (`_pack_a`): MC rows right before they run where b's K block is one N block, else
-a chunk of ROWS rows once for all N blocks; then per row block of `a` (its K block in L1) every
-panel of the N block (from L2), the next tile's rows of `out` prefetched for writing. The first K
-block's chains (from 0) are stored (with a bias: added to it); a later block's, from 0 too,
-computed into a tile and added to out (one rounding each: `make_add`) -- OpenBLAS's order with
-its K blocks (beta = 0; with a bias, beta = 1 onto the bias copied into C), so where its block
-depth and its kernels' order are these, the bits are its own (blas_twin.py checks that per shape
-before using this). The N blocks change no element's sums. Measured one thread against OpenBLAS
-0.3.31 (SkylakeX kernels) and torch.mm: tools/own_gemm_ab.py (the loop orders tried:
-tools/gemm_blis_probe.py). Layouts: `a` with rows or columns contiguous (a transposed view: dW's
-dG.T), b too (the projection's W.T), out C; `fits` says which. Imported only once numba is, from
-a copy in the kernel cache (blas_twin.kernels)."""
+and `a` k-major (`_pack_a`): MC rows right before they run where b's K block is one N block,
+else a chunk of ROWS rows once for all N blocks; then per row block of `a` (its K block in L1)
+every panel of the N block (from L2), the next tile's rows of `out` prefetched for writing. The first K block's chains (from 0) are stored (with a bias: added to
+it); a later block's, from 0 too, computed into a tile and added to out (one rounding each:
+`make_add`) -- OpenBLAS's order with its K blocks (beta = 0; with a bias, beta = 1 onto the
+bias copied into C), so where its block depth and its kernels' order are these, the bits are
+its own (blas_twin.py checks that per shape before using this). The N blocks change no
+element's sums. Measured one thread against OpenBLAS 0.3.31 (SkylakeX kernels) and torch.mm:
+tools/own_gemm_ab.py (the loop orders tried: tools/gemm_blis_probe.py). Layouts: `a` with rows
+or columns contiguous (a transposed view: dW's dG.T), b too (the projection's W.T), out C;
+`fits` says which. Imported only once numba is, from a copy in the kernel cache (blas_twin.kernels)."""
 
 from __future__ import annotations
 
