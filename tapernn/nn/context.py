@@ -62,6 +62,7 @@ class BuildContext:
     randoms: list = field(default_factory=list)
     drawn: int = 0  # per-step draws so far (names them: mask<k>; a loop's block counts n each)
     reinforce: list = field(default_factory=list)  # (module, step, Var) REINFORCE log-probs
+    memos: dict = field(default_factory=dict)  # per_forward's: key -> dict
     states: dict = field(default_factory=dict)  # recurrent module -> tuple[Var]
     state_inputs: list = field(default_factory=list)  # (module, k, Node, user-set) fed at run time
     steps: dict = field(default_factory=dict)  # recurrent module -> steps traced
@@ -169,6 +170,12 @@ class BuildContext:
             out.append(var)
         self.drawn += n * len(sites)
         return out
+
+    def per_forward(self, key: str, why: str) -> dict:
+        """A dict kept for the whole forward under `key`: values its steps share (NCE's Z,
+        estimated at the first step). `why` names the need: a rolled loop's step, traced
+        alone, has no such dict and runs unrolled saying it (nn.rolled)."""
+        return self.memos.setdefault(key, {})
 
     def add_reinforce(self, module: Any, log_prob: Var) -> None:
         """Register `log_prob` (one per sample) of a REINFORCE module's stochastic choice: the

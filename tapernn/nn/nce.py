@@ -17,7 +17,6 @@ from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
-from .rolled import NotRollable, _StepContext
 
 
 class NCEModule(Module):
@@ -117,9 +116,7 @@ def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
     """Z: `module.z` if positive, else estimated as V * mean(exp(sample scores)) by the first
     call of this forward (later calls, e.g. the steps of a Sequencer, reuse it, as Torch7's
     first forward sets Z for the rest); written back to `module.z` after the forward."""
-    if isinstance(ctx, _StepContext):  # (each step of a loop traced alone: Z per step)
-        raise NotRollable("NCEModule estimates Z once per forward, at its first step")
-    traced = ctx.__dict__.setdefault("nce_z", {})
+    traced = ctx.per_forward("nce_z", "NCEModule estimates Z once per forward, at its first step")
     if module not in traced:
         given = ctx.random_input(
             (), exp_s.dtype, lambda: np.asarray(module.z, exp_s.dtype), "nce_z"

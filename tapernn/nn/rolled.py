@@ -168,6 +168,9 @@ class _StepContext(BuildContext):
         self.sites.append((var.node, site))
         return var
 
+    def per_forward(self, key: str, why: str) -> dict:
+        raise NotRollable(why)  # (a step traced alone: a value per step, not per forward)
+
     def add_reinforce(self, module: Any, log_prob: Var) -> None:
         # each step's log-probability is a seeded output of its own (the backward seeds it
         # with -reward at that step: nn.reinforce), not a value a scan stacks
