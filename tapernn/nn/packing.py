@@ -326,9 +326,9 @@ class Packing:
             else:
                 block = self.groups[i - n_loose].block
                 grad = block.grad if block.intact else None
-            if _zeroed(grad, outs[first + i], args) and not any(
-                d is not None and np.may_share_memory(grad, d) for d in dest
-            ):  # (two parameters sharing a .grad, Torch7's weight sharing: one is added)
+            # (apart from the destinations chosen too: two parameters sharing a .grad, Torch7's
+            # weight sharing -- one is computed into it, the other added)
+            if _zeroed(grad, outs[first + i], args + dest):
                 dest[s] = grad
         loops = getattr(prog, "loop_scratch", None)
         if loops:  # (a loop's packed panels: the loop zeroes them before this is computed;
