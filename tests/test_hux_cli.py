@@ -1,0 +1,45 @@
+"""The `tapernn` command walked as a new user would (hux): each test is a defect found there."""
+
+import pytest
+
+from tapernn.apps.cli import build_parser, main
+from tapernn.apps.models import MODELS
+
+
+@pytest.mark.parametrize("option", ["--steps", "--batch", "--hidden"])
+@pytest.mark.parametrize("value", ["0", "-2", "x"])
+def test_graph_sizes_are_refused_like_inspects(capsys, tmp_path, option, value):
+    """`graph --steps 0` said "--steps, --batch and --hidden must be positive" (which one, what
+    was given?) and `graph --steps x` was argparse's "invalid int value"; now both commands name
+    the option and the value, as `inspect` did."""
+    for command in ("graph", "inspect"):
+        argv = [command, option, value]
+        if command == "graph":
+            argv += ["-o", str(tmp_path / "g.dot")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(
+            f"tapernn {command}: error: argument {option}: expected a positive integer, got"
+        ), err[0]
+        assert value in err[0]
+    assert not (tmp_path / "g.dot").exists()
+
+
+@pytest.mark.parametrize("command", ["graph", "inspect"])
+def test_model_help_lists_every_model_the_command_takes(command):
+    """--model's help left out seqlstm and seqgru, which both commands build."""
+    subs = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
+    help_text = " ".join(subs.choices[command].format_help().split())
+    for name in MODELS:
+        assert name in help_text.replace("- ", "-"), name
+
+
+def test_bench_unroll_help_says_its_default_and_what_auto_does():
+    """`bench --unroll` said "auto (the default rule by length)": no "(default: ...)" like every
+    other option, and Sequencers roll at every length now (unroll=None), no rule by length."""
+    subs = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
+    help_text = " ".join(subs.choices["bench"].format_help().split())
+    at = help_text.index("--unroll {auto,rolled,unrolled} ")
+    line = help_text[at : help_text.index("--no-grad-input", at)]
+    assert "(default: auto)" in line and "by length" not in line and "rolled at every" in line
