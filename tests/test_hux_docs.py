@@ -4,6 +4,8 @@ as a new developer would; the README's blocks: tests/test_hunt_hqa14.py)."""
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,22 @@ def test_architecture_names_no_file_that_is_gone():
         if not any(list(base.glob(name)) or list(base.glob(f"*/{name}")) for base in where):
             gone.append(name)
     assert not gone, f"ARCHITECTURE.md names files that do not exist: {gone}"
+
+
+@pytest.mark.parametrize("doc", ["ARCHITECTURE.md", "README.md"])
+def test_every_module_attribute_named_is_in_that_module(doc):
+    """`module.name` in the text (own_threads.JOIN_SPIN_S, donate.tail_gemms, ...) names something
+    that module's source has: ARCHITECTURE.md said fused_lowering.SIZE_ROWS, which lives in
+    plan_options.py."""
+    sources: dict[str, str] = {}
+    for p in _modules():
+        sources[p.stem] = sources.get(p.stem, "") + p.read_text()
+    del sources["nn"], sources["compiled"]  # (the text's `nn.LSTM` and `compiled.report`: the
+    # package and a Compiled object, not ops/nn.py and export/compiled.py)
+    text = (ROOT / doc).read_text()
+    missing = sorted(
+        f"{module}.{name}"
+        for module, name in set(re.findall(r"\b([a-z_]\w*)\.([A-Za-z_]\w*)\b", text))
+        if module in sources and name != "py" and not re.search(rf"\b{name}\b", sources[module])
+    )
+    assert not missing, f"{doc} names {missing}"
