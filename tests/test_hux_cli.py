@@ -1,5 +1,8 @@
 """The `tapernn` command walked as a new user would (hux): each test is a defect found there."""
 
+import os
+import time
+
 import pytest
 
 from tapernn.apps.cli import build_parser, main
@@ -43,3 +46,23 @@ def test_bench_unroll_help_says_its_default_and_what_auto_does():
     at = help_text.index("--unroll {auto,rolled,unrolled} ")
     line = help_text[at : help_text.index("--no-grad-input", at)]
     assert "(default: auto)" in line and "by length" not in line and "rolled at every" in line
+
+
+def test_cache_says_where_its_folder_comes_from(tmp_path, monkeypatch, capsys):
+    """With $TAPERNN_KERNEL_CACHE set, `tapernn cache` told the user to set it "to move it"; and
+    one module removed read "removed 1 modules"."""
+    monkeypatch.setenv("TAPERNN_KERNEL_CACHE", str(tmp_path / "k"))
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"kernel cache: {tmp_path / 'k'} (from $TAPERNN_KERNEL_CACHE, not created yet)" in out
+    (tmp_path / "k").mkdir()
+    kernel = tmp_path / "k" / f"tapernn_k6_{7:020x}.py"  # (a kernel module's name, used a day ago)
+    kernel.write_text("# a kernel\n")
+    os.utime(kernel, (time.time() - 86400,) * 2)
+    assert main(["cache", "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 1 module, ") and "(from $TAPERNN_KERNEL_CACHE)" in out
+    monkeypatch.delenv("TAPERNN_KERNEL_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["cache"]) == 0
+    assert "(set $TAPERNN_KERNEL_CACHE to move it, not created yet)" in capsys.readouterr().out
