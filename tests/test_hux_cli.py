@@ -1,12 +1,17 @@
 """The `tapernn` command walked as a new user would (hux): each test is a defect found there."""
 
 import os
+import runpy
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tapernn.apps.cli import build_parser, main
 from tapernn.apps.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("option", ["--steps", "--batch", "--hidden"])
@@ -66,3 +71,14 @@ def test_cache_says_where_its_folder_comes_from(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["cache"]) == 0
     assert "(set $TAPERNN_KERNEL_CACHE to move it, not created yet)" in capsys.readouterr().out
+
+
+def test_song_acceptor_example_uses_the_tutorials_word_ids(capsys):
+    """examples/song_acceptor.py renumbered the vocabulary (15 words, "Hey" = 6 but "just" = 8):
+    its 5-grams are now the notebook's ids minus one, as `tapernn demo` prints them, and its
+    LookupTable has the notebook's 16 rows."""
+    ns = runpy.run_path(str(ROOT / "examples" / "song_acceptor.py"), run_name="__main__")
+    notebook = [[7, 1, 12, 15, 2], [11, 4, 8, 14, 10], [16, 6, 5, 3, 13]]  # (its printed songData)
+    np.testing.assert_array_equal(ns["songs"].T, np.array(notebook) - 1)
+    assert ns["model"].get(0).weight.data.shape == (16, 6)
+    assert "errors 0  (done)" in capsys.readouterr().out
