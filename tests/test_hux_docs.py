@@ -23,16 +23,27 @@ def test_architecture_names_every_module():
     assert not unnamed, f"ARCHITECTURE.md does not name {unnamed}"
 
 
-def test_architecture_names_no_file_that_is_gone():
-    """Every `x.py` / `dir/x*.py` it names is a file of the package, tests/ or tools/."""
-    text = (ROOT / "ARCHITECTURE.md").read_text()
-    where = [ROOT / "tapernn", ROOT / "tests", ROOT / "tools"]
+DOCS = [
+    "ARCHITECTURE.md",
+    "README.md",
+    *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")),
+]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_no_file_named_is_gone(doc):
+    """Every `x.py` / `dir/x*.py` the text names is a file of the package, tests/, tools/ or
+    examples/ (at any depth below them, as the text names `scan_run.py` for tapernn/scan_run.py)."""
+    text = (ROOT / doc).read_text()
+    where = [ROOT / d for d in ("tapernn", "tests", "tools", "examples")]
     gone = []
     for name in sorted(set(re.findall(r"[\w/*]+\.py\b", text))):
-        name = name.removeprefix("tapernn/").removeprefix("tests/").removeprefix("tools/")
-        if not any(list(base.glob(name)) or list(base.glob(f"*/{name}")) for base in where):
+        short = name
+        for top in ("tapernn/", "tests/", "tools/", "examples/"):
+            short = short.removeprefix(top)
+        if not any(list(base.glob(short)) or list(base.glob(f"**/{short}")) for base in where):
             gone.append(name)
-    assert not gone, f"ARCHITECTURE.md names files that do not exist: {gone}"
+    assert not gone, f"{doc} names files that do not exist: {gone}"
 
 
 @pytest.mark.parametrize("doc", ["ARCHITECTURE.md", "README.md"])
