@@ -82,3 +82,34 @@ def test_song_acceptor_example_uses_the_tutorials_word_ids(capsys):
     np.testing.assert_array_equal(ns["songs"].T, np.array(notebook) - 1)
     assert ns["model"].get(0).weight.data.shape == (16, 6)
     assert "errors 0  (done)" in capsys.readouterr().out
+
+
+CELL = """
+import tapernn as tn
+from tapernn import nn
+
+
+class Elman(nn.Cell):
+    state_names = ("h",)
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.parameter("w", (input_size + hidden_size, hidden_size))
+
+    def step(self, x, h):
+        return tn.tanh(tn.concat([x, h], axis=-1) @ self.w)
+"""
+
+
+def test_graph_and_inspect_take_a_custom_cell_as_train_does(tmp_path, monkeypatch, capsys):
+    """`--model module:Class` with an nn.Cell subclass (what `tapernn train --cell` takes) said
+    "must be a function factory(steps, batch, size) ...: too many positional arguments"; now it
+    draws / reports Sequencer(Class(hidden, hidden)), one cluster per step."""
+    (tmp_path / "hux_cell.py").write_text(CELL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "cell.dot"
+    assert main(["graph", "--model", "hux_cell:Elman", "--steps", "3", "-o", str(out)]) == 0
+    dot = out.read_text()
+    assert all(f"t = {t}" in dot for t in range(3)) and "Elman" in dot
+    assert main(["inspect", "--model", "hux_cell:Elman", "--steps", "4", "--hidden", "5"]) == 0
+    assert "nn.Sequencer @ nn.Elman(5 -> 5): T=4, B=4, H=5" in capsys.readouterr().out

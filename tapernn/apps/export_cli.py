@@ -13,7 +13,8 @@ FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
 # ~1 min; T 200: 7 min at load 15; module level, T 100: 14,642 x 149 pixels)
 WIDE = {"op": 16, "module": 64}
 MODEL_HELP = (
-    "lstm|fastlstm|gru|rnn|seqlstm|seqgru|stacked|tutorial-acceptor|tutorial-transducer "
+    "lstm|fastlstm|gru|rnn|seqlstm|seqgru|stacked|tutorial-acceptor|tutorial-transducer, "
+    "path.to.module:Class (an nn.Cell subclass: Sequencer(Class(hidden, hidden))) "
     "or path.to.module:factory"
 )
 
