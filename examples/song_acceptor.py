@@ -10,24 +10,11 @@ import tapernn as tn
 from tapernn import nn
 
 tn.manual_seed(0)
-words = [
-    "I",
-    "you",
-    "the",
-    "this",
-    "to",
-    "fire",
-    "Hey",
-    "is",
-    "just",
-    "zee",
-    "And",
-    "rain",
-    "cray",
-    "met",
-    "Set",
-]
-V = {w: k for k, w in enumerate(words)}
+# the tutorial's vocabulary, its ids minus one (0-based); its table lists "just" twice (ids 9
+# and 12) and the later entry wins, as in Lua: id 8 is unused and vocab_size is 16
+V = {"I": 0, "you": 1, "the": 2, "this": 3, "to": 4, "fire": 5, "Hey": 6, "is": 7}
+V |= {"just": 11, "zee": 9, "And": 10, "rain": 12, "cray": 13, "met": 14, "Set": 15}
+vocab_size = 16
 songs = np.array(
     [
         [V[w] for w in ["Hey", "I", "just", "met", "you"]],
@@ -39,7 +26,7 @@ labels = np.array([[1.0], [1.0], [0.0]])
 
 embed = 6
 model = nn.Sequential(
-    nn.LookupTable(len(words), embed),
+    nn.LookupTable(vocab_size, embed),
     nn.SplitTable(0),
     nn.Sequencer(nn.LSTM(embed, embed)),
     nn.SelectTable(-1),

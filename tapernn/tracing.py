@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError, TapernnError, TracingError, where
+from .errors import DTypeError, ShapeError, TracingError, where
 from .graph import Graph, Node
 from .ops.registry import get_op
 from .validation import data_array
@@ -142,7 +142,10 @@ class Tape:
 def current_tape() -> Tape:
     tape = _TAPE.get()
     if tape is None:
-        raise TapernnError("no graph is being recorded; build symbolic values inside tn.trace")
+        raise TracingError(
+            "no graph is being recorded: tn.* functions take symbolic values, inside tn.trace or a "
+            "module's build / step (on NumPy arrays outside them use NumPy's functions)"
+        )
     return tape
 
 
@@ -211,7 +214,7 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
             tape = args[0].tape
             for a in args:
                 if a.tape is not tape:
-                    raise TapernnError(f"{opname}: operands were recorded in different graphs")
+                    raise TracingError(f"{opname}: operands were recorded in different graphs")
             nodes = [a.node for a in args]
         else:
             tape, nodes = current_tape(), []
@@ -237,7 +240,7 @@ def _operand_nodes(opname: str, args: tuple) -> tuple[Tape, list[Node]]:
     tape = next((a.tape for a in args if isinstance(a, Var)), None) or current_tape()
     for a in args:
         if isinstance(a, Var) and a.tape is not tape:
-            raise TapernnError(f"{opname}: operands were recorded in different graphs")
+            raise TracingError(f"{opname}: operands were recorded in different graphs")
     ref = next(
         (a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
         next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)),

@@ -1,6 +1,7 @@
 """The command line and the examples, run as a user would."""
 
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -21,6 +22,30 @@ def test_demo_runs_the_tutorial(capsys):
     # the song ids are the notebook's (its table lists "just" twice: the later id, 12, wins)
     # minus one; before, a renumbered vocabulary printed other ids
     assert "[[ 6  0 11 14  1]\n [10  3  7 13  9]\n [15  5  4  2 12]]" in out
+    # (hux) the sizes the notebook's cells print (its tables of steps: "1 : DoubleTensor - size:
+    # 1x5", ...), section by section
+    sections = dict(part.split(" ===\n", 1) for part in out.split("\n=== ")[1:])
+    notebook = {
+        "lstm.outputs and lstm.cells (h_t and c_t, 0-based)": [
+            "[(5,), (5,), (5,)] [(5,), (5,), (5,)]"
+        ],
+        "Sequencer over a Linear": ["[(1, 5), (1, 5), (1, 5)]"],
+        "Sequencer over an LSTM": ["[(1, 5), (1, 5), (1, 5)]"],
+        "SplitTable in front of a Sequencer": ["[(5,), (5,), (5,)]"],
+        "Batching: each step is a (batch, features) matrix": ["[(2, 5), (2, 5), (2, 5)]"] * 2,
+        "Batched song acceptor (time-major ids: (5, 3))": [
+            "[(3, 6), (3, 6), (3, 6), (3, 6), (3, 6)]"
+        ],
+        "FastLSTM: no peepholes, fused gates": ["[(2, 5), (2, 5)]"],
+        "Stacked LSTMs": ["[(3, 6), (3, 6), (3, 6), (3, 6), (3, 6)]"],
+        "Stacked LSTMs with Dropout between layers": ["[(3, 6), (3, 6), (3, 6), (3, 6), (3, 6)]"],
+    }
+    for title, lines in notebook.items():
+        assert [line for line in sections[title].splitlines() if line.startswith("[(")] == lines
+    stepped = sections["Stepping an LSTM"].splitlines()[-3:]  # the 3x5 outputs tensor
+    assert [len(row.strip("[] ").split()) for row in stepped] == [5, 5, 5]
+    song = sections["Song-lyrics acceptor (LookupTable -> LSTM -> Linear -> Sigmoid)"]
+    assert len(re.findall(r"^\[0\.\d+\]$", song, re.MULTILINE)) == 1  # firstSongPred: size 1
 
 
 def test_inspect_prints_a_compile_report(capsys):

@@ -160,6 +160,67 @@ def test_readme_scan_block_computes_the_recurrence():
     np.testing.assert_allclose(ns["ys"], np.stack(want), rtol=1e-12, atol=1e-12)
 
 
+def _readme_block(marker: str) -> str:
+    (found,) = [b for b in _python_blocks((ROOT / "README.md").read_text()) if marker in b]
+    return found
+
+
+def test_every_readme_block_has_its_result_checked():
+    """(hux) Each README block's stated result is checked by a test here: a new block gets one."""
+    markers = ("class MGU", "compile_report())", 'layout="feature"', "tn.scan(", "set_blas_threads")
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    assert sorted(next(m for m in markers if m in b) for b in blocks) == sorted(markers)
+
+
+def test_readme_custom_cell_block_computes_the_minimal_gated_unit():
+    """(hux) "A custom cell in 20 lines": y is (5, 2, 8), the MGU's equations in NumPy, and the
+    backward fills every parameter's .grad."""
+    ns: dict = {}
+    exec(_readme_block("class MGU"), ns)  # noqa: S102
+    x, y, cell = ns["x"], ns["y"], ns["seq"].get(0)
+    assert y.shape == (5, 2, 8)
+    p = {k: getattr(cell, k).data for k in ("w_f", "b_f", "w_h", "b_h")}
+    h, want = np.zeros((2, 8)), []
+    for t in range(5):
+        f = 1 / (1 + np.exp(-(np.concatenate([x[t], h], -1) @ p["w_f"] + p["b_f"])))
+        g = np.tanh(np.concatenate([x[t], f * h], -1) @ p["w_h"] + p["b_h"])
+        h = (1 - f) * h + f * g
+        want.append(h)
+    np.testing.assert_allclose(y, np.stack(want), rtol=0, atol=1e-12)
+    assert all(np.abs(q.grad).sum() > 0 for q in cell.parameters())
+
+
+def test_readme_compiler_block_prints_what_its_comments_say(capsys):
+    """(hux) The report's per-pass rows (nodes before/after, ms) and the generated forward program
+    (the block's render_passes line is run by test_every_python_block_of_the_docs_runs)."""
+    block = _readme_block("compile_report())")
+    kept = [line for line in block.splitlines() if "render_passes" not in line]
+    assert len(kept) == len(block.splitlines()) - 1
+    ns: dict = {"np": np, "tn": tn, "nn": nn}
+    exec("\n".join(kept), ns)  # noqa: S102
+    report, source = capsys.readouterr().out.split("def ", 1)
+    assert "nodes before" in report and "nodes after" in report and " ms" in report
+    assert "return" in source and ns["seq"]._passes == []
+
+
+def test_readme_layout_block_gives_the_note_it_shows():
+    """(hux) The block's last expression is followed by its value as a comment: they agree."""
+    *lines, expr, shown = _readme_block('layout="feature"').rstrip("\n").splitlines()
+    assert shown.startswith("# ")
+    ns: dict = {"np": np, "tn": tn, "nn": nn}
+    exec("\n".join(lines), ns)  # noqa: S102
+    assert eval(expr, ns) == eval(shown[2:])
+
+
+def test_readme_reproducible_runs_block_fixes_layout_and_threads(monkeypatch):
+    from tapernn import blas
+
+    monkeypatch.setattr(blas, "_policy", blas._policy)
+    ns: dict = {"np": np, "tn": tn, "nn": nn}
+    exec(_readme_block("set_blas_threads"), ns)  # noqa: S102
+    assert blas._policy == 2 and ns["seq"]._plan_options.layout == "batch"
+
+
 def test_examples_diagrams_creates_its_output_folder(tmp_path):
     """`python examples/diagrams.py` from a fresh checkout failed with RenderError "folder
     'diagrams' does not exist" since tn.render stopped creating folders (hqa13): the example

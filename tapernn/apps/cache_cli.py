@@ -4,6 +4,7 @@ clearing or pruning it (tapernn.backends.kernel_cache)."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import time
 
@@ -85,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
     if removed is not None:
         kept = removed.in_use
         print(
-            f"removed {removed.modules} modules, {human(removed.bytes)}"
+            f"removed {removed.modules} module{'' if removed.modules == 1 else 's'}, "
+            f"{human(removed.bytes)}"
             + (f"; kept {kept} in use (loaded in the last {IN_USE:.0f} s)" if kept else "")
         )
     info = kernel_cache.cache_info()
     absent = "" if info.path.is_dir() else ", not created yet"
-    print(f"kernel cache: {info.path} (set $TAPERNN_KERNEL_CACHE to move it{absent})")
+    chosen = os.environ.get("TAPERNN_KERNEL_CACHE")  # (cache_root's rule)
+    whose = "from $TAPERNN_KERNEL_CACHE" if chosen else "set $TAPERNN_KERNEL_CACHE to move it"
+    print(f"kernel cache: {info.path} ({whose}{absent})")
     for level in info.levels:
         if level.name == "O3" or level.modules:
             where = "" if level.name == "O3" else f"  ({level.path.name}/: NUMBA_OPT below 3)"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from .. import interrupt
 from ..errors import TapernnError
-from .command_line import OneLineArgumentParser
+from .command_line import OneLineArgumentParser, positive_int
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -82,15 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     graph.set_defaults(run=export_cli.run)
 
     inspect = subs.add_parser("inspect", help="print a model's compile report")
-    inspect.add_argument(
-        "--model",
-        default="lstm",
-        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
-        "or path.to.module:factory",
-    )
-    inspect.add_argument("--steps", type=_positive, default=10, help="timesteps to unroll")
-    inspect.add_argument("--batch", type=_positive, default=4, help="batch size")
-    inspect.add_argument("--hidden", type=_positive, default=32, help="feature/hidden size")
+    inspect.add_argument("--model", default="lstm", help=export_cli.MODEL_HELP)
+    inspect.add_argument("--steps", type=positive_int, default=10, help="timesteps to unroll")
+    inspect.add_argument("--batch", type=positive_int, default=4, help="batch size")
+    inspect.add_argument("--hidden", type=positive_int, default=32, help="feature/hidden size")
     inspect.add_argument(
         "--dtype",
         choices=("float32", "float64"),
@@ -111,16 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     cache_cli.add_arguments(cache)
     cache.set_defaults(run=cache_cli.run)
     return parser
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`

@@ -39,6 +39,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer, else the option's one-line error saying so."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def import_attribute(spec: str, option: str, error: type[Exception]) -> Any:
     """What `path.to.module:name` names (a user's `--model` factory, `--cell` class), else
     `error` in one line: malformed, the module failing to import (any exception of user code is

@@ -5,26 +5,29 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import TapernnError
 from . import compile_flags
+from .command_line import positive_int
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
 # steps past which an unrolled diagram is one long row that dot lays out slowly (op level, T 20:
 # ~1 min; T 200: 7 min at load 15; module level, T 100: 14,642 x 149 pixels)
 WIDE = {"op": 16, "module": 64}
+MODEL_HELP = (
+    "lstm|fastlstm|gru|rnn|seqlstm|seqgru|stacked|tutorial-acceptor|tutorial-transducer, "
+    "path.to.module:Class (an nn.Cell subclass: Sequencer(Class(hidden, hidden))) "
+    "or path.to.module:factory"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="lstm",
-        help="lstm|fastlstm|gru|rnn|stacked|tutorial-acceptor|tutorial-transducer "
-        "or path.to.module:factory (factory(steps, batch, size) -> "
-        "(model, input, grad_output))",
+        help=f"{MODEL_HELP} (factory(steps, batch, size) -> (model, input, grad_output))",
     )
-    parser.add_argument("--steps", type=int, default=3, help="timesteps to unroll")
-    parser.add_argument("--batch", type=int, default=2, help="batch size")
-    parser.add_argument("--hidden", type=int, default=4, help="feature/hidden size")
+    parser.add_argument("--steps", type=positive_int, default=3, help="timesteps to unroll")
+    parser.add_argument("--batch", type=positive_int, default=2, help="batch size")
+    parser.add_argument("--hidden", type=positive_int, default=4, help="feature/hidden size")
     parser.add_argument(
         "--level",
         choices=("op", "module"),
@@ -62,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     from ..export.rendering import check_target
     from .models import build_model
 
-    if min(args.steps, args.batch, args.hidden) < 1:
-        raise TapernnError("--steps, --batch and --hidden must be positive")
     path = check_target(args.output, FORMATS)
     tn_random.manual_seed(0)
     model, x, grad_out = build_model(args.model, args.steps, args.batch, args.hidden)

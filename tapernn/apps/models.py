@@ -3,6 +3,7 @@ returns (model, example input, example grad_output) for T steps."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -114,23 +115,29 @@ def _check_callable(name: str, factory: Any, *args: int) -> None:
 
 
 def build_model(name: str, steps: int = 3, batch: int = 2, size: int = 4) -> Built:
-    """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built)."""
+    """A named model, or `path.to.module:factory` (factory(steps, batch, size) -> Built), or
+    `path.to.module:Class` for an nn.Cell subclass (Sequencer(Class(size, size)), as `tapernn
+    train --cell` takes one)."""
     if ":" in name:
         factory = import_attribute(name, "--model", TapernnError)
         attr = name.partition(":")[2]
+        if isinstance(factory, type) and issubclass(factory, nn.Cell):
+            factory, attr = functools.partial(_sequence, factory), f"Sequencer({attr}(size, size))"
         _check_callable(name, factory, steps, batch, size)
         try:
             built = factory(steps, batch, size)
         except TapernnError:
             raise
         except Exception as e:  # one line (the CLI rule): what raised, and where to see it
+            call = attr if attr.startswith("Sequencer(") else f"{attr}({steps}, {batch}, {size})"
             raise TapernnError(
-                f"model factory {name!r} raised {type(e).__name__}: {e} (call "
-                f"{attr}({steps}, {batch}, {size}) in Python for its traceback)"
+                f"model factory {name!r} raised {type(e).__name__}: {e} (call {call} in Python "
+                f"for its traceback)"
             ) from e
         return _checked(name, built)
     if name not in MODELS:
         raise TapernnError(
-            f"unknown model {name!r}; choose from {', '.join(MODELS)} or module:factory"
+            f"unknown model {name!r}; choose from {', '.join(MODELS)}, module:factory or "
+            f"module:CellClass"
         )
     return MODELS[name](steps, batch, size)

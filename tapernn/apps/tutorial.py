@@ -22,8 +22,9 @@ NOTES = {
     "is carried to the earlier step for you.",
     "Sequencer over a Linear": "A Sequencer applies a module to every element of a list (a Torch "
     "table) and returns the list of outputs.",
-    "Sequencer over an LSTM": "Over a recurrent module it unrolls the whole sequence into one "
-    "graph, one sub-graph per timestep.",
+    "Sequencer over an LSTM": "Over a recurrent module it carries the state from step to step: "
+    "the step is traced and compiled once and run as a loop (`tapernn graph` draws it unrolled, "
+    "one cluster per timestep).",
     "Acceptor backward: gradient only at the last step (MSE)": "An acceptor predicts from the last "
     "state only: every other step's gradient is zero.",
     "SplitTable in front of a Sequencer": "SplitTable turns an array into a list of steps.",

@@ -7,7 +7,7 @@ from typing import Any
 import graphviz
 import networkx as nx
 
-from ..errors import ArgumentError, TapernnError
+from ..errors import ArgumentError, StateError
 from ..graph import Graph
 from .compiled import pair_drawing, training_pair
 from .legend import add_legend
@@ -63,7 +63,7 @@ def to_dot(
         graph, program = resolve(obj, compiled)
         drawing = select(graph, view, program)
     if not drawing.nodes:
-        raise TapernnError(
+        raise StateError(
             f"the {view} view of this {'program' if drawing.programs else 'graph'}"
             f" is empty: it has no {view} nodes (draw a module after forward and "
             f"backward, or a graph from tn.grad, for the backward view)"

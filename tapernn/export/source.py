@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ArgumentError, TapernnError
+from ..errors import ArgumentError, ArgumentTypeError, StateError
 from ..graph import Graph, Node
 
 VIEWS = ("forward", "backward", "both")
@@ -40,7 +40,7 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
 
     if isinstance(obj, Graph):
         if compiled:
-            raise TapernnError(
+            raise ArgumentError(
                 "compiled=True needs a Compiled object or a module after forward, "
                 "not a bare Graph; use tn.compile(graph) first"
             )
@@ -60,11 +60,11 @@ def resolve(obj: Any, compiled: bool = False) -> tuple[Graph, Any]:
         return graph, None
     if graph is None and hasattr(obj, "compile_report"):
         name = obj.describe() if hasattr(obj, "describe") else type(obj).__name__
-        raise TapernnError(
+        raise StateError(
             f"cannot draw {name}: nothing traced yet; call forward first "
             f"(set_passes clears the traced programs)"
         )
-    raise TapernnError(
+    raise ArgumentTypeError(
         f"cannot draw {type(obj).__name__}: expected a Graph, a Compiled program "
         f"or a module after forward (an object with a .graph)"
     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import tracing
-from ..errors import ShapeError, StateError, TapernnError, TracingError
+from ..errors import ShapeError, StateError, TracingError
 from ..tracing import Tape, Var, current_scope, current_step, step
 from .step_draws import StepDraws
 
@@ -33,7 +33,9 @@ def current_build(param: Parameter | None = None) -> BuildContext:
             f"with tapernn.testing.gradcheck_module"
         )
     if ctx is None:
-        raise TapernnError("symbolic module calls only happen inside a traced forward")
+        raise TracingError(
+            "symbolic module calls only happen inside a traced forward: call module.forward(x)"
+        )
     return ctx
 
 

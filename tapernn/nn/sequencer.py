@@ -1,5 +1,6 @@
-"""Sequencer: applies a module at every step of a sequence, unrolled into one graph (one
-sub-graph per timestep), with Torch7's remember/forget semantics for state across calls."""
+"""Sequencer: applies a module at every step of a sequence -- by default its step traced once and
+run as a loop (nn/rolled.py), with unroll=True one graph with a sub-graph per timestep -- with
+Torch7's remember/forget semantics for state across calls."""
 
 from __future__ import annotations
 

@@ -283,11 +283,18 @@ def _add_n(*xs, out=None):
     return out
 
 
+# the longest sum lowered as nested np.add calls: Python's parser refuses an expression nested
+# 200 deep (SyntaxError "too many nested parentheses": SeqGRU's weight gradient summed over 150
+# steps); a longer one calls _add_n, which adds in the same order (the same bits)
+NESTED_ADDS_MAX = 32
+
+
 def _lower_add_n(args, attrs, out, bind):
     if out is None and len(args) == 2:  # what _add_n computes, without its Python call
         return f"{bind('np_add', np.add, fixed=True)}({args[0]}, {args[1]})"
-    if out is None:
-        return f"{bind('f_add_n', _add_n, fixed=True)}({', '.join(args)})"
+    if out is None or len(args) > NESTED_ADDS_MAX:
+        into = "" if out is None else f", out={out}"
+        return f"{bind('f_add_n', _add_n, fixed=True)}({', '.join(args)}{into})"
     # chained into out: only input 0 may share out (inplace=(0,)), so the later operands are
     # never overwritten before they are read
     expr = args[0]

@@ -394,8 +394,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--unroll",
         choices=sorted(_UNROLL),
         default="auto",
-        help="the tapernn Sequencers' loops: rolled (one scan), unrolled, or auto (the default "
-        "rule by length)",
+        help="the tapernn Sequencers' loops: rolled (one scan), unrolled, or auto (unroll=None, "
+        "the Sequencer's own choice: rolled at every length)",
     )
     ap.add_argument(
         "--no-grad-input",
