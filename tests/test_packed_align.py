@@ -24,10 +24,12 @@ def on_line(x):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(0,), 7, (3, 5), (1024, 256), (2, 3, 70001)])
+@pytest.mark.parametrize(
+    "shape", [(0,), 7, (3, 5), (1024, 256), (2, 3, 70001), (np.int64(3), np.intp(5)), np.int32(9)]
+)
 def test_aligned_arrays_are_numpys_arrays_on_a_cache_line(shape, dtype):
     x = aligned.empty(shape, dtype)
-    want = (shape,) if isinstance(shape, int) else shape
+    want = (shape,) if isinstance(shape, (int, np.integer)) else shape
     assert x.shape == want and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable
     assert x.size == 0 or on_line(x)
     if x.size:  # (views of it have it as their base, as np.empty's have: nn/packing's blocks)
