@@ -20,9 +20,9 @@ thread or the other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
 AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS (and of at most
-BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles in
-background.py's worker (at once without background compilation) and OpenBLAS runs until it is
-there."""
+BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles for a
+dtype at that dtype's first GEMM, in background.py's worker (at once without background
+compilation), and OpenBLAS runs until it is there."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
         return False
     if tuning.errors_asked():  # (a user's np.errstate "raise": np.matmul's flags checked)
         return False
-    kernel = _HANDLE.take()
+    kernel = _HANDLE.take(out.dtype)
     if kernel is None:
         return False
     mod = _HANDLE.module
@@ -178,54 +178,66 @@ class _Handle:
     signatures per float dtype -- `a` and b C, or either of any layout ("A": a transposed view,
     dW's dG.T or the projection's W.T), out C; the work buffer, the bias -- which arrays of
     other layouts convert to (compiling more is disabled). Typed "A", a C `a` ran ~3 % slower;
-    each signature costs ~5 s of a cold compile."""
-
-    KEY = (("float32", "float64"),)
+    each signature costs 2-5 s of a cold compile, so a dtype's three are compiled at its first
+    GEMM (`take`), not both dtypes' at any first: a float32 model compiled float64's too, ~10 s
+    of CPU more (BENCHMARKS.md "hcold6")."""
 
     def __init__(self) -> None:
         self.kernel: Any = None
         self.module: Any = None
         self.error = ""
-        self.asked = False
+        self.types: set[str] = set()  # (the dtype names compiled)
+        self.asked: set[str] = set()
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
-        return self.kernel is not None
+        return self.kernel is not None and (key is None or set(key[0]) <= self.types)
 
     def prepare(self, key: tuple) -> None:
+        """Compile the signatures of each dtype name in key[0] not compiled yet."""
         with self._lock:
-            if self.error or self.kernel is not None:
+            todo = [name for name in key[0] if name not in self.types]
+            if self.error or not todo:
                 return
             try:
                 from numba import from_dtype, types
 
                 mod = kernels()
-                for name in key[0]:
-                    dt = from_dtype(np.dtype(name))
-                    any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
-                    row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
-                    ints = (types.intp,) * 3
-                    for a, b in ((c2, c2), (any2, c2), (c2, any2)):
-                        mod.gemm.compile((a, b, c2, row, *ints, row))
-                mod.gemm.disable_compile()
+                mod.gemm.disable_compile(False)
+                try:
+                    for name in todo:
+                        dt = from_dtype(np.dtype(name))
+                        any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
+                        row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
+                        ints = (types.intp,) * 3
+                        for a, b in ((c2, c2), (any2, c2), (c2, any2)):
+                            mod.gemm.compile((a, b, c2, row, *ints, row))
+                finally:
+                    mod.gemm.disable_compile()
                 self.module = mod
                 self.kernel = mod.gemm
+                self.types.update(todo)  # (last: `take` hands out a dtype's kernel from here)
             except Exception as e:  # noqa: BLE001 -- any failure: OpenBLAS runs it
                 self.error = f"numba failed: {background.failure(e)}"
 
-    def take(self) -> Any:
-        """The kernel once ready (asked for at the first call that finds the background worker
-        idle -- queued behind programs' kernels, its ~20 s cold compile would hold their switch
-        calls -- or compiled at once without background compilation); None meanwhile and
-        after a failure."""
-        if self.kernel is None and not self.asked:
+    def take(self, dtype: Any) -> Any:
+        """The kernel once ready for `dtype` (float32 or float64; its signatures asked for at
+        the first call of that dtype that finds the background worker idle -- queued behind
+        programs' kernels, its ~10 s cold compile would hold their switch calls -- or compiled
+        at once without background compilation); None meanwhile, for other dtypes and after a
+        failure."""
+        name = np.dtype(dtype).name
+        if name not in self.types and name not in self.asked and name in _DTYPES:
             if not background.enabled():
-                self.asked = True
-                self.prepare(self.KEY)
+                self.asked.add(name)
+                self.prepare(((name,),))
             elif background.activity()[2] == 0:
-                self.asked = True
-                background.request(self, self.KEY)
-        return self.kernel
+                self.asked.add(name)
+                background.request(self, ((name,),))
+        return self.kernel if name in self.types else None
+
+
+_DTYPES = ("float32", "float64")
 
 
 def kernels() -> Any:

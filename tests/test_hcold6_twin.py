@@ -1,0 +1,98 @@
+"""blas_twin compiles own_gemm's signatures for the dtype a GEMM asks for, not both float dtypes'
+at the first GEMM (BENCHMARKS.md "hcold6": ~10 s of a cold compile a dtype). The module's
+compile is a fake here (records what it is asked to compile): no numba compile runs."""
+
+import numpy as np
+import pytest
+
+from tapernn.backends import blas_twin, numba_available
+from tapernn.blas import limiter
+
+pytestmark = [
+    pytest.mark.skipif(not numba_available(), reason="numba not installed"),
+    pytest.mark.usefixtures("packed_on"),
+]
+
+
+class _Gemm:
+    def __init__(self):
+        self.compiled = []  # (dtype name, a's layout, b's layout) per compile
+        self.open = True
+
+    def compile(self, sig):
+        assert self.open, "compiled while compiling was disabled"
+        self.compiled.append((str(sig[2].dtype), sig[0].layout, sig[1].layout))
+
+    def disable_compile(self, value=True):
+        self.open = not value
+
+    def __call__(self, *args):
+        raise AssertionError("the fake kernel is never run (fits() says no)")
+
+
+class _Module:
+    def __init__(self):
+        self.gemm = _Gemm()
+
+    def fits(self, a, b, out):
+        return False  # (the caller's np.matmul runs: only the compiles are looked at)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    import numba  # noqa: F401 -- (blas_twin runs only where numba is imported)
+
+    mod = _Module()
+    monkeypatch.setattr(blas_twin, "_HANDLE", blas_twin._Handle())
+    monkeypatch.setattr(blas_twin, "kernels", lambda: mod)
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "0")  # (compiled in the call)
+    return mod
+
+
+def _gemm(dtype):
+    a, b = np.ones((96, 128), dtype), np.ones((128, 64), dtype)
+    with limiter.limit(1):  # (as in an owned call)
+        return blas_twin.run(a, b, np.empty((96, 64), dtype))
+
+
+def test_a_float32_gemm_compiles_float32_alone(fake):
+    assert not _gemm(np.float32)
+    layouts = [("C", "C"), ("A", "C"), ("C", "A")]
+    assert fake.gemm.compiled == [("float32", *x) for x in layouts]
+    assert not fake.gemm.open  # (closed again: other layouts convert)
+    assert _HANDLE().types == {"float32"}
+    assert _HANDLE().take(np.float32) is fake.gemm
+    fake.gemm.compiled.clear()
+    assert not _gemm(np.float32)  # (compiled once)
+    assert fake.gemm.compiled == []
+
+
+def test_a_float64_gemm_after_float32_compiles_float64(fake):
+    _gemm(np.float32)
+    fake.gemm.compiled.clear()
+    assert not _gemm(np.float64)
+    assert {d for d, _, _ in fake.gemm.compiled} == {"float64"}
+    assert len(fake.gemm.compiled) == 3
+    assert _HANDLE().types == {"float32", "float64"}
+    assert not fake.gemm.open
+
+
+def test_other_dtypes_compile_nothing(fake):
+    assert _HANDLE().take(np.float16) is None
+    assert _HANDLE().take(np.int64) is None
+    assert fake.gemm.compiled == [] and not _HANDLE().error
+
+
+def test_a_failed_compile_leaves_openblas(fake, monkeypatch):
+    def boom(sig):
+        raise RuntimeError("no such target")
+
+    monkeypatch.setattr(fake.gemm, "compile", boom)
+    assert not _gemm(np.float32)
+    assert "RuntimeError: no such target" in _HANDLE().error
+    assert _HANDLE().take(np.float32) is None
+    assert not fake.gemm.open  # (closed again after the failure too)
+
+
+def _HANDLE():
+    return blas_twin._HANDLE
