@@ -51,6 +51,21 @@ def _probe(t0: list[float], jobs: list) -> None:
     wrap(packed._Handle, lambda h: "packed driver")
     wrap(packed._Parallel, lambda h: "packed parallel")
     wrap(blas_twin._Handle, lambda h: "own GEMM (blas_twin)")
+    try:
+        from tapernn.backends import compile_child
+    except ImportError:  # (a tree without children)
+        return
+    inner_wait = compile_child.Job.wait
+
+    def wait(self, timeout=None):
+        why = inner_wait(self, timeout)
+        start = self.started - (time.monotonic() - time.perf_counter())
+        jobs.append(
+            ("child", "child " + self.name[-6:], start - t0[0], time.perf_counter() - t0[0], 0.0)
+        )
+        return why
+
+    compile_child.Job.wait = wait
 
 
 def child(args: argparse.Namespace) -> None:
@@ -92,7 +107,12 @@ def child(args: argparse.Namespace) -> None:
         w, c, p = time.perf_counter(), time.thread_time(), time.process_time()
         call()
         calls.append((time.perf_counter() - w, time.thread_time() - c, time.process_time() - p))
-    print(json.dumps({"calls": calls, "jobs": jobs, "load": os.getloadavg()[0]}))
+    drain = time.perf_counter()
+    from tapernn.backends import background
+
+    background.wait()  # (what the worker still had: step loops, own GEMM)
+    drain = time.perf_counter() - drain
+    print(json.dumps({"calls": calls, "jobs": jobs, "load": os.getloadavg()[0], "drain": drain}))
 
 
 def run(args: argparse.Namespace, env_text: str) -> dict:
@@ -115,7 +135,8 @@ def run(args: argparse.Namespace, env_text: str) -> dict:
 
 def show(label: str, got: dict) -> None:
     calls = "  ".join(f"{w:.2f}/{c:.2f}/{p:.2f}" for w, c, p in got["calls"])
-    print(f"[{label}] load {got['load']:.1f}  calls wall/main CPU/proc CPU s: {calls}")
+    print(f"[{label}] load {got['load']:.1f}  calls wall/main CPU/proc CPU s: {calls}", end="")
+    print(f"  then the worker's rest {got['drain']:.2f} s wall")
     for name, what, s, e, c in sorted(got["jobs"], key=lambda j: j[2]):
         print(f"    {name:14s} {what:22s} {s:6.2f} -> {e:6.2f}  CPU {c:5.2f}")
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TapernnError
+from . import compile_child
 
 
 def enabled(auto: bool = False) -> bool:
@@ -400,6 +401,8 @@ def _work() -> None:
         handle, key, event = _jobs.get()
         with _paused:  # (not while a trace holds the worker and no one waits: `held`)
             _paused.wait_for(lambda: not _pause[0] or _pause[1])
+        if _later(handle, key, event):
+            continue
         _switch_fast()
         try:
             if handle is None:  # numba's import and setup, ahead of the kernels
@@ -417,6 +420,24 @@ def _work() -> None:
             event = None
             if _jobs.empty():
                 _switch_back()
+
+
+_deferred: set[int] = set()  # (the events of jobs put back once: `_later`)
+
+
+def _later(handle: Any, key: Any, event: threading.Event) -> bool:
+    """Put a job back at the queue's end, once, while a child process compiles its kernel
+    (compile_child.py) and other jobs wait: the worker makes those meanwhile, then loads the
+    child's from numba's cache (instead of waiting for it first)."""
+    if id(event) in _deferred:
+        _deferred.discard(id(event))
+        return False
+    if not _jobs.qsize() or not compile_child.running_for(getattr(handle, "source", None)):
+        return False
+    _deferred.add(id(event))
+    _jobs.put((handle, key, event))
+    _jobs.task_done()
+    return True
 
 
 def failure(e: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 
+from .compile_child import locked_saves
 from .numba_opt import keyed
 
 # the numba releases (lowest, highest) whose setup this was read and tested against
@@ -61,6 +62,7 @@ def setup() -> bool:
             return False
         _done = True
         keyed()  # (below -O3: cacheable kernels, cache keyed by the level; else nothing)
+        locked_saves()  # (numba's cache saves under a folder lock: compile_child.py)
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
 

@@ -1,0 +1,310 @@
+"""A kernel compiled in a child process (issue 19, BENCHMARKS.md "hcold6"). numba compiles holding
+the GIL, so a process compiles one kernel at a time, on one core; a cold model's step loops
+(step_loop.py: 2-3 s each) came one after the other in the background worker, the other core
+idle, while the caller's steps shared the GIL with them. `ask` starts a child process that
+imports the kernel's module and the kernel-cache modules its text names (their texts, as the
+parent has them), compiles the function for the asked signature under the same LLVM options
+(numba_interleave.named) and writes numba's cache files beside the module; the parent's own
+compile of it, later (`settle` first), is then a load of those files. Same text, same options,
+same numba, same machine: the machine code a compile in the parent would make
+(tests/test_hcold6_child.py: a step loop compiled by a child gives the Python loop's bits).
+
+A child costs only its time: one that fails or outlives TIMEOUT_S (killed) leaves the parent to
+compile as before. None where numba's cache has an index for the module already (a warm cache:
+the parent's load is what it would do anyway), under an MPI launcher (every rank would start
+its own), with one core, with `limit()` children running ($TAPERNN_COMPILE_CHILD: how many, 0 none;
+default MAX: one less than the cores). No
+orphans: a child exits when its parent is gone (it watches its parent id), and the parent kills
+its unfinished children at exit. Two processes saving numba cache entries of one function at
+once could give two signatures one data file (numba picks the name from the index it read, no
+lock): `locked_saves` (installed by numba_setup.setup, so in the child too) takes a lock on the
+cache folder around each save and writes the data before the index names it."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import TapernnError
+
+log = logging.getLogger(__name__)
+
+ENV = "TAPERNN_COMPILE_CHILD"
+TIMEOUT_S = [180.0]  # a child's longest run before it is killed (its kernel then compiles here)
+MAX = [max(1, (os.cpu_count() or 1) - 1)]  # children running at once
+# what MPI launchers put in each rank's environment (apps/distributed.py's list)
+_MPI = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_NAMES = re.compile(r"\btapernn_[a-z0-9_]+?_[0-9a-f]{20}\b")  # (a kernel-cache module's name)
+_jobs: dict[str, Job] = {}  # module name -> its child's job
+_lock = threading.Lock()
+STARTED = [0]  # children started so far (tests)
+LOCKED = [False]  # numba's cache saves locked in this process (locked_saves)
+
+
+def limit() -> int:
+    """Children that may run at once: $TAPERNN_COMPILE_CHILD (0: none; unset: MAX), none under
+    an MPI launcher, with one core, or where numba's cache saves are not locked (`locked_saves`:
+    another numba)."""
+    text = os.environ.get(ENV, "")
+    try:
+        n = int(text) if text else MAX[0]
+    except ValueError:
+        raise TapernnError(f"${ENV}: expected an integer >= 0, got {text!r}") from None
+    if any(v in os.environ for v in _MPI) or (os.cpu_count() or 1) < 2 or not LOCKED[0]:
+        return 0
+    return max(0, n)
+
+
+class Job:
+    """One child compiling module `name`'s function; `wait` says how it ended ("" = compiled)."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, spec: str, err: Any):
+        self.name, self.proc, self.spec, self.err = name, proc, spec, err
+        self.started = time.monotonic()
+        self.why: str | None = None
+        self._lock = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> str:
+        with self._lock:
+            if self.why is None:
+                self.why = self._end(TIMEOUT_S[0] if timeout is None else timeout)
+            return self.why
+
+    def _end(self, timeout: float) -> str:
+        try:
+            code = self.proc.wait(timeout=max(0.0, timeout - self.age()))
+            why = "" if code == 0 else f"child exited with {code}: {self._stderr()}"
+        except subprocess.TimeoutExpired:
+            why = f"child killed after {TIMEOUT_S[0]:.0f} s"
+            self.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.spec)
+        self.err.close()
+        return why
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _stderr(self) -> str:
+        """The last line the child wrote to its stderr (a traceback's: the error)."""
+        self.err.seek(0)
+        lines = [x for x in self.err.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1][:300] if lines else "(no message)"
+
+
+def ask(name: str, text: str, function: str, sig: tuple, directory: Path) -> Job | None:
+    """Start a child compiling `function` of kernel-cache module `name` (text `text`, to live in
+    `directory`) for numba signature `sig`, unless one is running for it or there is no reason
+    (see the module docstring); the job, or None."""
+    most = limit()
+    with _lock:
+        if name in _jobs or sum(j.proc.poll() is None for j in _jobs.values()) >= most:
+            return None
+        from .kernel_cache import numba_folders
+
+        if any(any(f.glob(f"{name}.*.nbi")) for f in numba_folders(directory)):
+            return None  # (numba's index is there: a warm cache, or another process at it)
+        try:
+            modules = [*_dependencies(text, name), (name, str(directory / f"{name}.py"), text)]
+        except (LookupError, OSError) as e:  # (a module the text names is not loaded here)
+            log.debug("tapernn: no compile child for %s: %s", name, e)
+            return None
+        job = _start(name, modules, function, sig)
+        _jobs[name] = job
+        return job
+
+
+def ask_for(source: str, sig: tuple, function: str = "kernel") -> Job | None:
+    """`ask` for numba_backend's kernel module of text `source` (step_loop.py's)."""
+    from .numba_backend import _module_name, cache_dir
+
+    return ask(_module_name(source), source, function, sig, cache_dir())
+
+
+def running_for(source: Any) -> bool:
+    """Whether a child is compiling numba_backend's kernel module of text `source` now."""
+    if not _jobs or not isinstance(source, str):
+        return False
+    from .numba_backend import _module_name
+
+    job = _jobs.get(_module_name(source))
+    return job is not None and job.why is None and job.proc.poll() is None
+
+
+def settle_for(source: str) -> str | None:
+    """`settle` for numba_backend's kernel module of text `source`."""
+    if not _jobs:
+        return None
+    from .numba_backend import _module_name
+
+    return settle(_module_name(source))
+
+
+def settle(name: str) -> str | None:
+    """Wait for the child compiling module `name` (if any; at most TIMEOUT_S from its start):
+    None if there was none, "" if it compiled, else why not (the caller compiles)."""
+    job = _jobs.get(name)
+    if job is None:
+        return None
+    why = job.wait()
+    if why:
+        log.debug("tapernn: compile child for %s: %s", name, why)
+    return why
+
+
+def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
+    """(name, path, text) of every kernel-cache module `text` names, and those theirs, each
+    after the ones it names (the order the child imports them in)."""
+    out: list[tuple[str, str, str]] = []
+    seen = {name}
+
+    def visit(names: list[str]) -> None:
+        for dep in names:
+            if dep in seen:
+                continue
+            seen.add(dep)
+            path = getattr(sys.modules.get(dep), "__file__", None)
+            if path is None:
+                raise LookupError(f"{dep} not loaded")
+            body = Path(path).read_text()
+            visit(_NAMES.findall(body))
+            out.append((dep, path, body))
+
+    visit(_NAMES.findall(text))
+    return out
+
+
+def _start(name: str, modules: list, function: str, sig: tuple) -> Job:
+    import tapernn
+
+    root = str(Path(tapernn.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    spec = {
+        "parent": os.getpid(),
+        "modules": modules,
+        "function": function,
+        "sig": pickle.dumps(sig),
+    }
+    fd, path = tempfile.mkstemp(prefix="tapernn-compile-", suffix=".pickle")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(spec, f)
+    err = tempfile.TemporaryFile()  # noqa: SIM115 -- (closed by Job.wait)
+    argv = [sys.executable, "-m", "tapernn.backends.compile_child", path]
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+    )
+    STARTED[0] += 1
+    return Job(name, proc, path, err)
+
+
+def _ended() -> None:
+    """At the parent's exit: its unfinished children killed."""
+    for job in list(_jobs.values()):
+        job.kill()
+
+
+def _forked() -> None:
+    """A forked process owns none of its parent's children."""
+    global _lock
+    _jobs.clear()
+    _lock = threading.Lock()
+
+
+atexit.register(_ended)
+os.register_at_fork(after_in_child=_forked)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str):
+    """An exclusive lock on `folder` (flock on its descriptor: released when the holder dies)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def locked_saves() -> None:
+    """numba's cache saves (IndexDataCacheFile.save) under a lock on the cache folder, the data
+    file written before the index names it (see the module docstring). Once per process."""
+    from numba.core import caching
+
+    cls = caching.IndexDataCacheFile
+    parts = ("_load_index", "_save_index", "_save_data", "_data_name")
+    if getattr(cls.save, "_tapernn", False) or not all(hasattr(cls, p) for p in parts):
+        return  # (another numba's cache file: its own save, and no children)
+
+    def save(self, key, data):
+        with _folder_lock(self._cache_path):
+            overloads = self._load_index()
+            data_name = overloads.get(key)
+            if data_name is None:
+                used = set(overloads.values())
+                names = (self._data_name(i) for i in itertools.count(1))
+                data_name = next(n for n in names if n not in used)
+            self._save_data(data_name, data)
+            overloads[key] = data_name
+            self._save_index(overloads)
+
+    save._tapernn = True
+    cls.save = save
+    LOCKED[0] = True
+
+
+def _watch(parent: int) -> None:
+    """Exit when the parent is gone (this process re-parented): no orphan compiles on."""
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def main(path: str) -> None:
+    """The child: import the spec's modules, compile its function for its signature."""
+    with open(path, "rb") as f:
+        spec = pickle.load(f)
+    _watch(spec["parent"])
+    from . import numba_interleave
+    from .kernel_cache import import_written
+    from .numba_setup import setup
+
+    setup()
+    for name, file, text in spec["modules"]:  # (the kernel's own module last)
+        module = import_written(Path(file).parent, name, text.encode())
+    sig = pickle.loads(spec["sig"])
+    with numba_interleave.named(text, sig):
+        getattr(module, spec["function"]).compile(sig)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1])
+    except Exception as e:  # noqa: BLE001 -- its last stderr line: the parent's `why`
+        from .background import failure
+
+        sys.stderr.write(f"\n{failure(e)}\n")
+        sys.exit(1)
