@@ -59,7 +59,7 @@ def test_a_child_compiles_and_the_parent_loads_its_cache(fresh, monkeypatch):
     directory = tmp / "kernels"
     name = _module(TEXT)
     started = compile_child.STARTED[0]
-    job = compile_child.ask(name, TEXT, "kernel", sig, directory)
+    job = compile_child.ask(name, TEXT, "kernel", [sig], directory)
     assert job is not None and compile_child.STARTED[0] == started + 1
     assert compile_child.settle(name) == ""  # (compiled)
     assert job.proc.poll() == 0
@@ -71,9 +71,14 @@ def test_a_child_compiles_and_the_parent_loads_its_cache(fresh, monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(101), rng.standard_normal(101)
     np.testing.assert_array_equal(kernel(x, y), x * 2.5 + y / 3.0 - x * y)  # (NumPy: same ops)
+    from numba import float32, types
+
+    other = (types.Array(float32, 1, "C"),) * 2
+    assert compile_child._cached(kernel, [sig], name, "kernel", directory)
+    assert not compile_child._cached(kernel, [sig, other], name, "kernel", directory)
     # warm now: no second child for it, nor for another job on the same module
     monkeypatch.setattr(compile_child, "_jobs", {})
-    assert compile_child.ask(name, TEXT, "kernel", sig, directory) is None
+    assert compile_child.ask(name, TEXT, "kernel", [sig], directory) is None
     assert compile_child.STARTED[0] == started + 1
 
 
@@ -81,7 +86,7 @@ def test_a_failing_child_says_why_and_the_parent_compiles(fresh):
     tmp, sig = fresh
     bad = TEXT.replace("/ 3.0", '/ "3"')
     name = _module(bad)
-    job = compile_child.ask(name, bad, "kernel", sig, tmp / "kernels")
+    job = compile_child.ask(name, bad, "kernel", [sig], tmp / "kernels")
     assert job is not None
     why = compile_child.settle(name)
     assert why.startswith("child exited with 1: ") and "TypingError" in why, why
@@ -95,7 +100,7 @@ def test_a_child_past_its_time_is_killed(fresh, monkeypatch):
     tmp, sig = fresh
     monkeypatch.setattr(compile_child, "TIMEOUT_S", [0.05])
     name = _module(TEXT + "\n# slow\n")
-    job = compile_child.ask(name, TEXT + "\n# slow\n", "kernel", sig, tmp / "kernels")
+    job = compile_child.ask(name, TEXT + "\n# slow\n", "kernel", [sig], tmp / "kernels")
     assert job is not None
     assert compile_child.settle(name) == "child killed after 0 s"
     assert job.proc.poll() is not None  # (gone: no orphan)
@@ -108,10 +113,10 @@ def test_no_child_under_mpi_when_off_or_busy(fresh, monkeypatch):
     name = _module(TEXT)
     monkeypatch.setenv("PMI_RANK", "0")
     assert compile_child.limit() == 0
-    assert compile_child.ask(name, TEXT, "kernel", sig, tmp) is None
+    assert compile_child.ask(name, TEXT, "kernel", [sig], tmp) is None
     monkeypatch.delenv("PMI_RANK")
     monkeypatch.setenv(compile_child.ENV, "0")
-    assert compile_child.ask(name, TEXT, "kernel", sig, tmp) is None
+    assert compile_child.ask(name, TEXT, "kernel", [sig], tmp) is None
     monkeypatch.setenv(compile_child.ENV, "2")
     assert compile_child.limit() == 2
     monkeypatch.setenv(compile_child.ENV, "two")
@@ -124,10 +129,43 @@ def test_no_child_under_mpi_when_off_or_busy(fresh, monkeypatch):
         proc = type("P", (), {"poll": lambda self: None})()
 
     monkeypatch.setattr(compile_child, "_jobs", {"other": Running()})
-    assert compile_child.ask(name, TEXT, "kernel", sig, tmp) is None
+    assert compile_child.ask(name, TEXT, "kernel", [sig], tmp) is None
 
 
 def test_a_module_naming_one_not_loaded_gets_no_child(fresh):
     tmp, sig = fresh
     text = "import sys\n_drv = sys.modules['tapernn_packed_0123456789abcdef0123']\n" + TEXT
-    assert compile_child.ask(_module(text), text, "kernel", sig, tmp) is None
+    assert compile_child.ask(_module(text), text, "kernel", [sig], tmp) is None
+
+
+def test_the_worker_puts_a_job_back_once_while_its_child_runs(monkeypatch):
+    """background._later: a job whose kernel a child compiles goes behind the others, once."""
+    import queue
+    import threading
+
+    from tapernn.backends import background
+
+    jobs = queue.Queue()
+    monkeypatch.setattr(background, "_jobs", jobs)
+    monkeypatch.setattr(background, "_deferred", set())
+    busy = {"loop text"}
+    monkeypatch.setattr(compile_child, "running_for", lambda source: source in busy)
+
+    class Handle:
+        def __init__(self, source):
+            self.source = source
+
+    mine, other, ev = Handle("loop text"), Handle("group text"), threading.Event()
+    jobs.put((mine, "key", ev))
+    jobs.put((other, "key2", threading.Event()))
+    item = jobs.get()
+    assert background._later(*item)  # (put back: the other job first)
+    assert [h for h, _, _ in jobs.queue] == [other, mine] and jobs.unfinished_tasks == 2
+    jobs.get()
+    jobs.task_done()
+    item = jobs.get()
+    assert item[0] is mine and not background._later(*item)  # (once: now waited for)
+    jobs.put(item)
+    assert not background._later(*jobs.get())  # (nothing else queued: no reason)
+    jobs.put(item)
+    assert not background._later(other, "key2", threading.Event())  # (no child for it)

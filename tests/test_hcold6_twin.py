@@ -96,3 +96,40 @@ def test_a_failed_compile_leaves_openblas(fake, monkeypatch):
 
 def _HANDLE():
     return blas_twin._HANDLE
+
+
+def test_a_child_compiles_a_dtype_and_openblas_runs_meanwhile(fake, monkeypatch, tmp_path):
+    """With a compile child (faked: its process and compile), take() gives nothing while it
+    runs -- the caller's np.matmul runs -- then loads (prepare: here the fake's compile)."""
+    (tmp_path / "tapernn_own_gemm_x.py").write_text("# own_gemm's text\n")
+    fake.__file__, fake.__name__ = str(tmp_path / "tapernn_own_gemm_x.py"), "tapernn_own_gemm_x"
+    asked = []
+
+    class Proc:
+        code = None
+
+        def poll(self):
+            return self.code
+
+    class Job:
+        proc = Proc()
+        waited = 0
+
+        def wait(self):
+            self.waited += 1
+            return ""
+
+    job = Job()
+
+    def ask(name, text, function, sigs, directory, fn, tag):
+        asked.append((name, function, [str(s[2].dtype) for s in sigs], fn, tag))
+        return job
+
+    monkeypatch.setattr(blas_twin.compile_child, "ask", ask)
+    assert _HANDLE().take(np.float32) is None
+    assert asked == [("tapernn_own_gemm_x", "gemm", ["float32"] * 3, fake.gemm, ":float32")]
+    assert fake.gemm.compiled == []  # (nothing compiled here while the child runs)
+    assert _HANDLE().take(np.float32) is None and len(asked) == 1
+    job.proc.code = 0  # (the child is done)
+    assert _HANDLE().take(np.float32) is fake.gemm  # (loaded: the fake compiles here)
+    assert job.waited == 1 and len(fake.gemm.compiled) == 3 and len(asked) == 1

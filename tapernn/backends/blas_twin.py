@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import blas_gemm, tuning
 from ..blas import limiter
-from . import background, packed
+from . import background, compile_child, packed
 
 Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM / DGEMM)
 UNROLL = 16  # its GEMM_UNROLL_M there (a K block split in two halves: the first a multiple)
@@ -188,6 +188,7 @@ class _Handle:
         self.error = ""
         self.types: set[str] = set()  # (the dtype names compiled)
         self.asked: set[str] = set()
+        self.children: dict[str, Any] = {}  # (dtype name -> its compile_child job)
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -200,18 +201,11 @@ class _Handle:
             if self.error or not todo:
                 return
             try:
-                from numba import from_dtype, types
-
                 mod = kernels()
                 mod.gemm.disable_compile(False)
                 try:
-                    for name in todo:
-                        dt = from_dtype(np.dtype(name))
-                        any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
-                        row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
-                        ints = (types.intp,) * 3
-                        for a, b in ((c2, c2), (any2, c2), (c2, any2)):
-                            mod.gemm.compile((a, b, c2, row, *ints, row))
+                    for sig in [sig for name in todo for sig in _signatures(name)]:
+                        mod.gemm.compile(sig)
                 finally:
                     mod.gemm.disable_compile()
                 self.module = mod
@@ -221,20 +215,59 @@ class _Handle:
                 self.error = f"numba failed: {background.failure(e)}"
 
     def take(self, dtype: Any) -> Any:
-        """The kernel once ready for `dtype` (float32 or float64; its signatures asked for at
-        the first call of that dtype that finds the background worker idle -- queued behind
-        programs' kernels, its ~10 s cold compile would hold their switch calls -- or compiled
-        at once without background compilation); None meanwhile, for other dtypes and after a
-        failure."""
+        """The kernel once ready for `dtype` (float32 or float64); None meanwhile, for other
+        dtypes and after a failure. A dtype's signatures are compiled by a child process where
+        compile_child.py starts one (the kernel gives OpenBLAS's bits: which GEMMs run before
+        it is loaded changes no result), loaded from numba's cache once it is done; else asked
+        for at the first call of that dtype that finds the background worker idle -- queued
+        behind programs' kernels, its ~10 s cold compile would hold their switch calls -- or
+        compiled at once without background compilation."""
         name = np.dtype(dtype).name
         if name not in self.types and name not in self.asked and name in _DTYPES:
-            if not background.enabled():
-                self.asked.add(name)
-                self.prepare(((name,),))
-            elif background.activity()[2] == 0:
-                self.asked.add(name)
-                background.request(self, ((name,),))
+            self._ask(name)
         return self.kernel if name in self.types else None
+
+    def _ask(self, name: str) -> None:
+        job = self.children.get(name)
+        if job is None and self._child(name):
+            return
+        if job is not None:
+            if job.proc.poll() is None:
+                return  # (the child compiles it: OpenBLAS meanwhile)
+            job.wait()  # (its end: now a load from numba's cache, or a compile if it failed)
+        if not background.enabled():
+            self.asked.add(name)
+            self.prepare(((name,),))
+        elif background.activity()[2] == 0:
+            self.asked.add(name)
+            background.request(self, ((name,),))
+
+    def _child(self, name: str) -> bool:
+        """Whether a child process now compiles dtype `name`'s signatures (compile_child)."""
+        from pathlib import Path
+
+        try:
+            mod = kernels()
+            text = Path(mod.__file__).read_text()
+        except Exception:  # noqa: BLE001 -- (prepare then says why)
+            return False
+        path = Path(mod.__file__).parent
+        sigs = _signatures(name)
+        job = compile_child.ask(mod.__name__, text, "gemm", sigs, path, mod.gemm, f":{name}")
+        if job is not None:
+            self.children[name] = job
+        return job is not None
+
+
+def _signatures(name: str) -> list[tuple]:
+    """own_gemm.gemm's three signatures for dtype `name` (see _Handle)."""
+    from numba import from_dtype, types
+
+    dt = from_dtype(np.dtype(name))
+    any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
+    row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
+    ints = (types.intp,) * 3
+    return [(a, b, c2, row, *ints, row) for a, b in ((c2, c2), (any2, c2), (c2, any2))]
 
 
 _DTYPES = ("float32", "float64")

@@ -111,33 +111,57 @@ class Job:
         return lines[-1][:300] if lines else "(no message)"
 
 
-def ask(name: str, text: str, function: str, sig: tuple, directory: Path) -> Job | None:
+def ask(
+    name: str,
+    text: str,
+    function: str,
+    sigs: list,
+    directory: Path,
+    fn: Any = None,
+    tag: str = "",
+) -> Job | None:
     """Start a child compiling `function` of kernel-cache module `name` (text `text`, to live in
-    `directory`) for numba signature `sig`, unless one is running for it or there is no reason
-    (see the module docstring); the job, or None."""
+    `directory`) for each numba signature of `sigs`, unless one is running for it (`name` +
+    `tag`) or there is no reason (the module docstring): numba's cache has them (`fn`: the
+    function's dispatcher here, to look them up; else any index file of `function` counts);
+    the job, or None."""
     most = limit()
     with _lock:
-        if name in _jobs or sum(j.proc.poll() is None for j in _jobs.values()) >= most:
+        if name + tag in _jobs or sum(j.proc.poll() is None for j in _jobs.values()) >= most:
             return None
-        from .kernel_cache import numba_folders
-
-        if any(any(f.glob(f"{name}.*.nbi")) for f in numba_folders(directory)):
-            return None  # (numba's index is there: a warm cache, or another process at it)
+        if _cached(fn, sigs, name, function, directory):
+            return None  # (a warm cache, or another process at it)
         try:
             modules = [*_dependencies(text, name), (name, str(directory / f"{name}.py"), text)]
         except (LookupError, OSError) as e:  # (a module the text names is not loaded here)
             log.debug("tapernn: no compile child for %s: %s", name, e)
             return None
-        job = _start(name, modules, function, sig)
-        _jobs[name] = job
+        job = _start(name, modules, function, sigs)
+        _jobs[name + tag] = job
         return job
+
+
+def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> bool:
+    """Whether numba's cache has every signature of `sigs` (dispatcher `fn`'s index), or with
+    no `fn`, any index file of `function` in module `name` (unknown: True, no child)."""
+    from .kernel_cache import numba_folders
+
+    if fn is None:
+        return any(any(f.glob(f"{name}.{function}-*.nbi")) for f in numba_folders(directory))
+    try:
+        cache = fn._cache
+        index = cache._cache_file._load_index()
+        codegen = fn.targetctx.codegen()
+        return all(cache._index_key(tuple(sig), codegen) in index for sig in sigs)
+    except Exception:  # noqa: BLE001 -- another numba's cache: no child
+        return True
 
 
 def ask_for(source: str, sig: tuple, function: str = "kernel") -> Job | None:
     """`ask` for numba_backend's kernel module of text `source` (step_loop.py's)."""
     from .numba_backend import _module_name, cache_dir
 
-    return ask(_module_name(source), source, function, sig, cache_dir())
+    return ask(_module_name(source), source, function, [sig], cache_dir())
 
 
 def running_for(source: Any) -> bool:
@@ -193,7 +217,7 @@ def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def _start(name: str, modules: list, function: str, sig: tuple) -> Job:
+def _start(name: str, modules: list, function: str, sigs: list) -> Job:
     import tapernn
 
     root = str(Path(tapernn.__file__).resolve().parents[1])
@@ -203,7 +227,7 @@ def _start(name: str, modules: list, function: str, sig: tuple) -> Job:
         "parent": os.getpid(),
         "modules": modules,
         "function": function,
-        "sig": pickle.dumps(sig),
+        "sigs": pickle.dumps(list(sigs)),
     }
     fd, path = tempfile.mkstemp(prefix="tapernn-compile-", suffix=".pickle")
     with os.fdopen(fd, "wb") as f:
@@ -295,9 +319,10 @@ def main(path: str) -> None:
     setup()
     for name, file, text in spec["modules"]:  # (the kernel's own module last)
         module = import_written(Path(file).parent, name, text.encode())
-    sig = pickle.loads(spec["sig"])
-    with numba_interleave.named(text, sig):
-        getattr(module, spec["function"]).compile(sig)
+    fn = getattr(module, spec["function"])
+    for sig in pickle.loads(spec["sigs"]):
+        with numba_interleave.named(text, sig):
+            fn.compile(sig)
 
 
 if __name__ == "__main__":
