@@ -133,3 +133,31 @@ def test_a_child_compiles_a_dtype_and_openblas_runs_meanwhile(fake, monkeypatch,
     job.proc.code = 0  # (the child is done)
     assert _HANDLE().take(np.float32) is fake.gemm  # (loaded: the fake compiles here)
     assert job.waited == 1 and len(fake.gemm.compiled) == 3 and len(asked) == 1
+
+
+def test_two_threads_asking_at_once_start_one_child_and_compile_nothing(fake, monkeypatch):
+    """An owned call's halves take() on two threads at once: one child, no compile here."""
+    import threading
+    import time
+
+    fake.__file__, fake.__name__ = __file__, "tapernn_own_gemm_x"
+    asked = []
+
+    class Job:
+        proc = type("P", (), {"poll": lambda self: None})()  # (running)
+
+    def ask(*args):
+        asked.append(args[0])
+        time.sleep(0.05)  # (the other thread arrives meanwhile)
+        return Job()
+
+    monkeypatch.setattr(blas_twin.compile_child, "ask", ask)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_HANDLE().take("float32")))]
+    threads.append(threading.Thread(target=lambda: got.append(_HANDLE().take("float32"))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [None, None] and asked == ["tapernn_own_gemm_x"]
+    assert fake.gemm.compiled == []

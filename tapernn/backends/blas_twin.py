@@ -190,6 +190,7 @@ class _Handle:
         self.asked: set[str] = set()
         self.children: dict[str, Any] = {}  # (dtype name -> its compile_child job)
         self._lock = threading.Lock()
+        self._asking = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
         return self.kernel is not None and (key is None or set(key[0]) <= self.types)
@@ -224,7 +225,9 @@ class _Handle:
         compiled at once without background compilation."""
         name = np.dtype(dtype).name
         if name not in self.types and name not in self.asked and name in _DTYPES:
-            self._ask(name)
+            with self._asking:  # (an owned call's two threads ask at once: one child)
+                if name not in self.asked:
+                    self._ask(name)
         return self.kernel if name in self.types else None
 
     def _ask(self, name: str) -> None:
