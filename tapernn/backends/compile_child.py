@@ -218,9 +218,7 @@ def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
 
 
 def _start(name: str, modules: list, function: str, sigs: list) -> Job:
-    import tapernn
-
-    root = str(Path(tapernn.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # (the folder holding this tapernn)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     spec = {

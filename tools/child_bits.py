@@ -1,0 +1,91 @@
+"""Same bits with compile children (BENCHMARKS.md "hcold6"): a cold-cache run of
+Sequencer(FastLSTM(H, H)) on backend "numba" whose step loops and own GEMM compiled in child
+processes ($TAPERNN_COMPILE_CHILD default) against one where they compiled in the process
+(=0): each run a fresh process and fresh caches, `--calls` training steps (forward, backward,
+update; every kernel waited for after call 3, so the later calls run the loaded kernels),
+printing a digest of the outputs, the input gradients and the parameters after them, and how
+many step-loop calls and children there were. The two digests must be equal.
+
+    PYTHONPATH=$PWD python tools/child_bits.py --dtype float32 --calls 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+
+def child(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import tapernn as tn
+    from tapernn import nn
+    from tapernn.backends import background, blas_twin, compile_child, step_loop
+
+    tn.set_backend("numba")
+    tn.manual_seed(0)
+    T, B, H = map(int, args.shape.split(","))
+    dt = np.dtype(args.dtype)
+    model = nn.Sequencer(nn.FastLSTM(H, H)).astype(dt)
+    rng = np.random.default_rng(0)
+    digest = hashlib.sha1()
+    for call in range(args.calls):
+        x = (rng.standard_normal((T, B, H)) * 0.1).astype(dt)
+        y = model.forward(x)
+        model.zero_grad_parameters()
+        gx = model.backward(x, np.cos(y))
+        model.update_parameters(0.01)
+        digest.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(gx).tobytes())
+        if call == 2:
+            background.wait()
+    for p in model.parameters():
+        digest.update(np.ascontiguousarray(p).tobytes())
+    print(
+        json.dumps(
+            {
+                "digest": digest.hexdigest(),
+                "step_loop_calls": step_loop.CALLS[0],
+                "children": compile_child.STARTED[0],
+                "own_gemm_runs": blas_twin.RAN[0],
+            }
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", default="50,32,256", help="T,B,H")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--calls", type=int, default=8)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    got = {}
+    for arm in ("1", "0"):
+        cold = tempfile.mkdtemp(prefix="hcold6-bits-", dir="/tmp")
+        env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm)
+        env["TAPERNN_KERNEL_CACHE"] = os.path.join(cold, "kernels")
+        env["TAPERNN_LAYOUT_CACHE"] = os.path.join(cold, "layout.json")
+        env["NUMBA_CACHE_DIR"] = os.path.join(cold, "numba")
+        argv = [sys.executable, os.path.abspath(__file__), "--child", "--shape", args.shape]
+        argv += ["--dtype", args.dtype, "--calls", str(args.calls)]
+        try:
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        finally:
+            shutil.rmtree(cold, ignore_errors=True)
+        if out.returncode:
+            raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
+        got[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"TAPERNN_COMPILE_CHILD={arm}: {got[arm]}", flush=True)
+    print("same bits" if got["1"]["digest"] == got["0"]["digest"] else "DIFFERENT BITS")
+
+
+if __name__ == "__main__":
+    main()
