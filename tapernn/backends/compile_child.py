@@ -17,15 +17,13 @@ default MAX: one less than the cores). No
 orphans: a child exits when its parent is gone (it watches its parent id), and the parent kills
 its unfinished children at exit. Two processes saving numba cache entries of one function at
 once could give two signatures one data file (numba picks the name from the index it read, no
-lock): `locked_saves` (installed by numba_setup.setup, so in the child too) takes a lock on the
+lock): numba_setup.locked_saves (installed by its setup, so in the child too) takes a lock on the
 cache folder around each save and writes the data before the index names it."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
-import itertools
 import logging
 import os
 import pickle
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TapernnError
+from . import numba_setup
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,10 @@ MAX = [max(1, (os.cpu_count() or 1) - 1)]  # children running at once
 # what MPI launchers put in each rank's environment (apps/distributed.py's list)
 _MPI = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _NAMES = re.compile(r"\btapernn_[a-z0-9_]+?_[0-9a-f]{20}\b")  # (a kernel-cache module's name)
-_jobs: dict[str, Job] = {}  # module name -> its child's job
+_jobs: dict[str, Job] = {}  # module name (+ the asker's tag) -> its child's job
+_sources: dict[str, str] = {}  # a job's module text -> its _jobs key
 _lock = threading.Lock()
 STARTED = [0]  # children started so far (tests)
-LOCKED = [False]  # numba's cache saves locked in this process (locked_saves)
 
 
 def limit() -> int:
@@ -63,7 +62,9 @@ def limit() -> int:
         n = int(text) if text else MAX[0]
     except ValueError:
         raise TapernnError(f"${ENV}: expected an integer >= 0, got {text!r}") from None
-    if any(v in os.environ for v in _MPI) or (os.cpu_count() or 1) < 2 or not LOCKED[0]:
+    if any(v in os.environ for v in _MPI) or (os.cpu_count() or 1) < 2:
+        return 0
+    if not numba_setup.LOCKED[0]:
         return 0
     return max(0, n)
 
@@ -138,6 +139,7 @@ def ask(
             return None
         job = _start(name, modules, function, sigs)
         _jobs[name + tag] = job
+        _sources[text] = name + tag
         return job
 
 
@@ -157,30 +159,15 @@ def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> b
         return True
 
 
-def ask_for(source: str, sig: tuple, function: str = "kernel") -> Job | None:
-    """`ask` for numba_backend's kernel module of text `source` (step_loop.py's)."""
-    from .numba_backend import _module_name, cache_dir
-
-    return ask(_module_name(source), source, function, [sig], cache_dir())
-
-
 def running_for(source: Any) -> bool:
-    """Whether a child is compiling numba_backend's kernel module of text `source` now."""
-    if not _jobs or not isinstance(source, str):
-        return False
-    from .numba_backend import _module_name
-
-    job = _jobs.get(_module_name(source))
+    """Whether a child compiles the kernel module of text `source` now."""
+    job = _jobs.get(_sources.get(source, "")) if isinstance(source, str) else None
     return job is not None and job.why is None and job.proc.poll() is None
 
 
 def settle_for(source: str) -> str | None:
-    """`settle` for numba_backend's kernel module of text `source`."""
-    if not _jobs:
-        return None
-    from .numba_backend import _module_name
-
-    return settle(_module_name(source))
+    """`settle` for the kernel module of text `source`."""
+    return settle(_sources[source]) if source in _sources else None
 
 
 def settle(name: str) -> str | None:
@@ -231,7 +218,7 @@ def _start(name: str, modules: list, function: str, sigs: list) -> Job:
     with os.fdopen(fd, "wb") as f:
         pickle.dump(spec, f)
     err = tempfile.TemporaryFile()  # noqa: SIM115 -- (closed by Job.wait)
-    argv = [sys.executable, "-m", "tapernn.backends.compile_child", path]
+    argv = [sys.executable, "-m", "tapernn.backends.compile_child_run", path]
     proc = subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
     )
@@ -249,85 +236,9 @@ def _forked() -> None:
     """A forked process owns none of its parent's children."""
     global _lock
     _jobs.clear()
+    _sources.clear()
     _lock = threading.Lock()
 
 
 atexit.register(_ended)
 os.register_at_fork(after_in_child=_forked)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: str):
-    """An exclusive lock on `folder` (flock on its descriptor: released when the holder dies)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def locked_saves() -> None:
-    """numba's cache saves (IndexDataCacheFile.save) under a lock on the cache folder, the data
-    file written before the index names it (see the module docstring). Once per process."""
-    from numba.core import caching
-
-    cls = caching.IndexDataCacheFile
-    parts = ("_load_index", "_save_index", "_save_data", "_data_name")
-    if getattr(cls.save, "_tapernn", False) or not all(hasattr(cls, p) for p in parts):
-        return  # (another numba's cache file: its own save, and no children)
-
-    def save(self, key, data):
-        with _folder_lock(self._cache_path):
-            overloads = self._load_index()
-            data_name = overloads.get(key)
-            if data_name is None:
-                used = set(overloads.values())
-                names = (self._data_name(i) for i in itertools.count(1))
-                data_name = next(n for n in names if n not in used)
-            self._save_data(data_name, data)
-            overloads[key] = data_name
-            self._save_index(overloads)
-
-    save._tapernn = True
-    cls.save = save
-    LOCKED[0] = True
-
-
-def _watch(parent: int) -> None:
-    """Exit when the parent is gone (this process re-parented): no orphan compiles on."""
-
-    def run() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(3)
-
-    threading.Thread(target=run, daemon=True).start()
-
-
-def main(path: str) -> None:
-    """The child: import the spec's modules, compile its function for its signature."""
-    with open(path, "rb") as f:
-        spec = pickle.load(f)
-    _watch(spec["parent"])
-    from . import numba_interleave
-    from .kernel_cache import import_written
-    from .numba_setup import setup
-
-    setup()
-    for name, file, text in spec["modules"]:  # (the kernel's own module last)
-        module = import_written(Path(file).parent, name, text.encode())
-    fn = getattr(module, spec["function"])
-    for sig in pickle.loads(spec["sigs"]):
-        with numba_interleave.named(text, sig):
-            fn.compile(sig)
-
-
-if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except Exception as e:  # noqa: BLE001 -- its last stderr line: the parent's `why`
-        from .background import failure
-
-        sys.stderr.write(f"\n{failure(e)}\n")
-        sys.exit(1)

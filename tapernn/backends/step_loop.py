@@ -16,7 +16,7 @@ import numpy as np
 
 from . import compile_child, numba_interleave, step_fuse, step_pass, step_selects
 from .background import failure
-from .numba_backend import Unsupported, _load
+from .numba_backend import Unsupported, _load, _module_name, cache_dir
 from .size_lift import lift_function, sizes_written_in
 from .step_selects import index_text as _index_text
 from .step_selects import split_args as _split_args
@@ -426,7 +426,7 @@ class Halves:
         if self.calls == 1:
             key = a.key(args0)
             if background.enabled():  # (a child compiles it meanwhile, where it may)
-                compile_child.ask_for(a.source, key)
+                compile_child.ask(_module_name(a.source), a.source, "kernel", [key], cache_dir())
                 self.ready = background.request(a, key)
                 return None
             a.prepare(key)
