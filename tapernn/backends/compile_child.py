@@ -42,7 +42,7 @@ from . import numba_setup
 log = logging.getLogger(__name__)
 
 ENV = "TAPERNN_COMPILE_CHILD"
-TIMEOUT_S = [180.0]  # a child's longest run before it is killed (its kernel then compiles here)
+TIMEOUT_S = [30.0]  # a waited-for child's longest run (from its start): then killed, compiled here
 MAX = [max(1, (os.cpu_count() or 1) - 1)]  # children running at once
 # what MPI launchers put in each rank's environment (apps/distributed.py's list)
 _MPI = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
