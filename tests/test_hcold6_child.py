@@ -169,3 +169,21 @@ def test_the_worker_puts_a_job_back_once_while_its_child_runs(monkeypatch):
     assert not background._later(*jobs.get())  # (nothing else queued: no reason)
     jobs.put(item)
     assert not background._later(other, "key2", threading.Event())  # (no child for it)
+
+
+def test_a_save_where_the_folder_cannot_be_locked_still_saves(fresh, monkeypatch):
+    """numba_setup.locked_saves on a file system without flock: numba's cache written anyway."""
+    import fcntl
+
+    tmp, sig = fresh
+
+    def no_lock(fd, op):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    text = TEXT + "\n# no flock\n"
+    name = _module(text)
+    kernel = _load_here(tmp, name, text)
+    kernel.compile(sig)
+    assert any(any(f.glob(f"{name}.kernel-*.nbi")) for f in numba_folders(tmp))
+    assert any(any(f.glob(f"{name}.kernel-*.nbc")) for f in numba_folders(tmp))

@@ -101,10 +101,16 @@ LOCKED = [False]  # numba's cache saves locked in this process (locked_saves)
 
 @contextlib.contextmanager
 def _folder_lock(folder: str):
-    """An exclusive lock on `folder` (flock on its descriptor: released when the holder dies)."""
-    fd = os.open(folder, os.O_RDONLY)
+    """An exclusive lock on `folder` (flock on its descriptor: released when the holder dies);
+    none where the file system has no such lock (the save then as numba's own)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
