@@ -1,10 +1,11 @@
 """Same bits with compile children (BENCHMARKS.md "hcold6"): a cold-cache run of
 Sequencer(FastLSTM(H, H)) on backend "numba" whose step loops and own GEMM compiled in child
-processes ($TAPERNN_COMPILE_CHILD default) against one where they compiled in the process
-(=0): each run a fresh process and fresh caches, `--calls` training steps (forward, backward,
-update; every kernel waited for after call 3, so the later calls run the loaded kernels),
-printing a digest of the outputs, the input gradients and the parameters after them, and how
-many step-loop calls and children there were. The two digests must be equal.
+processes ($TAPERNN_COMPILE_CHILD=`--children`, default 2: the own GEMM's and a step loop's at
+once) against one where they compiled in the process (=0): each run a fresh process and fresh
+caches, `--calls` training steps (forward, backward, update; every kernel waited for after
+call 3, so the later calls run the loaded kernels), printing a digest of the outputs, the
+input gradients and the parameters after them, the step-loop calls and the children (how each
+ended: "" compiled). The two digests must be equal.
 
     PYTHONPATH=$PWD python tools/child_bits.py --dtype float32 --calls 8
 """
@@ -51,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
             {
                 "digest": digest.hexdigest(),
                 "step_loop_calls": step_loop.CALLS[0],
-                "children": compile_child.STARTED[0],
+                "children": {k[-12:]: j.why for k, j in compile_child._jobs.items()},
                 "own_gemm_runs": blas_twin.RAN[0],
             }
         )
@@ -64,11 +65,12 @@ def main() -> None:
     ap.add_argument("--shape", default="50,32,256", help="T,B,H")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--calls", type=int, default=8)
+    ap.add_argument("--children", default="2", help="$TAPERNN_COMPILE_CHILD of the first arm")
     args = ap.parse_args()
     if args.child:
         return child(args)
     got = {}
-    for arm in ("1", "0"):
+    for arm in (args.children, "0"):
         cold = tempfile.mkdtemp(prefix="hcold6-bits-", dir="/tmp")
         env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm)
         env["TAPERNN_KERNEL_CACHE"] = os.path.join(cold, "kernels")
@@ -84,7 +86,8 @@ def main() -> None:
             raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
         got[arm] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"TAPERNN_COMPILE_CHILD={arm}: {got[arm]}", flush=True)
-    print("same bits" if got["1"]["digest"] == got["0"]["digest"] else "DIFFERENT BITS")
+    same = got[args.children]["digest"] == got["0"]["digest"]
+    print("same bits" if same else "DIFFERENT BITS")
 
 
 if __name__ == "__main__":
