@@ -30,6 +30,7 @@ def child(args: argparse.Namespace) -> None:
     from tapernn.backends import background, blas_twin, compile_child, step_loop
 
     tn.set_backend("numba")
+    tn.set_blas_threads(2)  # (no timed choice of the pool: two-thread OpenBLAS's bits differ)
     tn.manual_seed(0)
     T, B, H = map(int, args.shape.split(","))
     dt = np.dtype(args.dtype)
@@ -66,13 +67,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--calls", type=int, default=8)
     ap.add_argument("--children", default="2", help="$TAPERNN_COMPILE_CHILD of the first arm")
+    ap.add_argument("--other", default="0", help="... of the second (the same: run to run)")
     args = ap.parse_args()
     if args.child:
         return child(args)
-    got = {}
-    for arm in (args.children, "0"):
+    got = []
+    for arm in (args.children, args.other):
         cold = tempfile.mkdtemp(prefix="hcold6-bits-", dir="/tmp")
-        env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm)
+        env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm, TAPERNN_LAYOUT_TRIAL="0")
         env["TAPERNN_KERNEL_CACHE"] = os.path.join(cold, "kernels")
         env["TAPERNN_LAYOUT_CACHE"] = os.path.join(cold, "layout.json")
         env["NUMBA_CACHE_DIR"] = os.path.join(cold, "numba")
@@ -84,9 +86,9 @@ def main() -> None:
             shutil.rmtree(cold, ignore_errors=True)
         if out.returncode:
             raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
-        got[arm] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"TAPERNN_COMPILE_CHILD={arm}: {got[arm]}", flush=True)
-    same = got[args.children]["digest"] == got["0"]["digest"]
+        got.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"TAPERNN_COMPILE_CHILD={arm}: {got[-1]}", flush=True)
+    same = got[0]["digest"] == got[1]["digest"]
     print("same bits" if same else "DIFFERENT BITS")
 
 
