@@ -112,7 +112,11 @@ def child(args: argparse.Namespace) -> None:
 
     background.wait()  # (what the worker still had: step loops, own GEMM)
     drain = time.perf_counter() - drain
-    print(json.dumps({"calls": calls, "jobs": jobs, "load": os.getloadavg()[0], "drain": drain}))
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # (compile children ended and reaped)
+    out = {"calls": calls, "jobs": jobs, "load": os.getloadavg()[0], "drain": drain}
+    print(json.dumps({**out, "children_cpu": kids.ru_utime + kids.ru_stime}))
 
 
 def run(args: argparse.Namespace, env_text: str) -> dict:
@@ -136,7 +140,8 @@ def run(args: argparse.Namespace, env_text: str) -> dict:
 def show(label: str, got: dict) -> None:
     calls = "  ".join(f"{w:.2f}/{c:.2f}/{p:.2f}" for w, c, p in got["calls"])
     print(f"[{label}] load {got['load']:.1f}  calls wall/main CPU/proc CPU s: {calls}", end="")
-    print(f"  then the worker's rest {got['drain']:.2f} s wall")
+    print(f"  then the worker's rest {got['drain']:.2f} s wall", end="")
+    print(f"; children's CPU {got.get('children_cpu', 0):.2f} s")
     for name, what, s, e, c in sorted(got["jobs"], key=lambda j: j[2]):
         print(f"    {name:14s} {what:22s} {s:6.2f} -> {e:6.2f}  CPU {c:5.2f}")
 
