@@ -161,3 +161,22 @@ def test_two_threads_asking_at_once_start_one_child_and_compile_nothing(fake, mo
         t.join()
     assert got == [None, None] and asked == ["tapernn_own_gemm_x"]
     assert fake.gemm.compiled == []
+
+
+def test_with_background_compiling_no_child_while_the_worker_is_busy(fake, monkeypatch):
+    """A step loop's child goes first: the own GEMM's is started at a call finding the
+    worker idle (as its in-process compile was asked for)."""
+    fake.__file__, fake.__name__ = __file__, "tapernn_own_gemm_x"
+    asked = []
+
+    class Job:
+        proc = type("P", (), {"poll": lambda self: None})()
+
+    monkeypatch.setattr(blas_twin.compile_child, "ask", lambda *a: asked.append(a[0]) or Job())
+    monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
+    busy = [1]
+    monkeypatch.setattr(blas_twin.background, "activity", lambda: (3, 2, busy[0]))
+    assert _HANDLE().take("float64") is None and asked == []
+    busy[0] = 0
+    assert _HANDLE().take("float64") is None and asked == ["tapernn_own_gemm_x"]
+    assert fake.gemm.compiled == []

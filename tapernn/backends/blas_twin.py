@@ -219,10 +219,11 @@ class _Handle:
         """The kernel once ready for `dtype` (float32 or float64); None meanwhile, for other
         dtypes and after a failure. A dtype's signatures are compiled by a child process where
         compile_child.py starts one (the kernel gives OpenBLAS's bits: which GEMMs run before
-        it is loaded changes no result), loaded from numba's cache once it is done; else asked
-        for at the first call of that dtype that finds the background worker idle -- queued
-        behind programs' kernels, its ~10 s cold compile would hold their switch calls -- or
-        compiled at once without background compilation."""
+        it is loaded changes no result), loaded from numba's cache once it is done, else
+        compiled here; with background compilation either only from a call of that dtype that
+        finds the worker idle (queued behind programs' kernels, its ~10 s cold compile would
+        hold their switch calls; started before them, its child would take a step loop's:
+        BENCHMARKS.md "hcold6"), without it at once."""
         name = np.dtype(dtype).name
         if name not in self.types and name not in self.asked and name in _DTYPES:
             with self._asking:  # (an owned call's two threads ask at once: one child)
@@ -232,18 +233,19 @@ class _Handle:
 
     def _ask(self, name: str) -> None:
         job = self.children.get(name)
+        if job is not None and job.proc.poll() is None:
+            return  # (the child compiles it: OpenBLAS meanwhile)
+        if background.enabled() and background.activity()[2]:
+            return  # (the worker busy: its jobs and their children first -- a step loop's)
         if job is None and self._child(name):
             return
         if job is not None:
-            if job.proc.poll() is None:
-                return  # (the child compiles it: OpenBLAS meanwhile)
             job.wait()  # (its end: now a load from numba's cache, or a compile if it failed)
-        if not background.enabled():
-            self.asked.add(name)
-            self.prepare(((name,),))
-        elif background.activity()[2] == 0:
-            self.asked.add(name)
+        self.asked.add(name)
+        if background.enabled():
             background.request(self, ((name,),))
+        else:
+            self.prepare(((name,),))
 
     def _child(self, name: str) -> bool:
         """Whether a child process now compiles dtype `name`'s signatures (compile_child)."""
