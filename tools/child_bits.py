@@ -16,10 +16,8 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+
+from cold_jobs import cold_run
 
 
 def child(args: argparse.Namespace) -> None:
@@ -36,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     dt = np.dtype(args.dtype)
     model = nn.Sequencer(nn.FastLSTM(H, H)).astype(dt)
     rng = np.random.default_rng(0)
-    digest = hashlib.sha1()
+    digest, calls = hashlib.sha1(), []
     for call in range(args.calls):
         x = (rng.standard_normal((T, B, H)) * 0.1).astype(dt)
         y = model.forward(x)
@@ -44,6 +42,7 @@ def child(args: argparse.Namespace) -> None:
         gx = model.backward(x, np.cos(y))
         model.update_parameters(0.01)
         digest.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(gx).tobytes())
+        calls.append(digest.hexdigest()[:6])  # (the digest so far: where two runs part)
         if call == 2:
             background.wait()
     for p in model.parameters():
@@ -52,6 +51,7 @@ def child(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "digest": digest.hexdigest(),
+                "calls": calls,
                 "step_loop_calls": step_loop.CALLS[0],
                 "children": {k[-12:]: j.why for k, j in compile_child._jobs.items()},
                 "own_gemm_runs": blas_twin.RAN[0],
@@ -73,20 +73,9 @@ def main() -> None:
         return child(args)
     got = []
     for arm in (args.children, args.other):
-        cold = tempfile.mkdtemp(prefix="hcold6-bits-", dir="/tmp")
         env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm, TAPERNN_LAYOUT_TRIAL="0")
-        env["TAPERNN_KERNEL_CACHE"] = os.path.join(cold, "kernels")
-        env["TAPERNN_LAYOUT_CACHE"] = os.path.join(cold, "layout.json")
-        env["NUMBA_CACHE_DIR"] = os.path.join(cold, "numba")
-        argv = [sys.executable, os.path.abspath(__file__), "--child", "--shape", args.shape]
-        argv += ["--dtype", args.dtype, "--calls", str(args.calls)]
-        try:
-            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        finally:
-            shutil.rmtree(cold, ignore_errors=True)
-        if out.returncode:
-            raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
-        got.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        argv = ["--shape", args.shape, "--dtype", args.dtype, "--calls", str(args.calls)]
+        got.append(cold_run(os.path.abspath(__file__), argv, env))
         print(f"TAPERNN_COMPILE_CHILD={arm}: {got[-1]}", flush=True)
     same = got[0]["digest"] == got[1]["digest"]
     print("same bits" if same else "DIFFERENT BITS")

@@ -122,14 +122,20 @@ def child(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, env_text: str) -> dict:
     env = dict(os.environ)
     env.update(kv.split("=", 1) for kv in env_text.split())
+    argv = ["--model", args.model, "--shape", args.shape, "--dtype", args.dtype]
+    return cold_run(os.path.abspath(__file__), argv + ["--calls", str(args.calls)], env)
+
+
+def cold_run(script: str, argv: list, env: dict) -> dict:
+    """`script --child *argv` in a fresh process with fresh kernel, layout and numba caches
+    (removed after); its last stdout line as JSON."""
     cold = tempfile.mkdtemp(prefix="hcold6-cache-", dir="/tmp")
-    env["TAPERNN_KERNEL_CACHE"] = os.path.join(cold, "kernels")
+    env = dict(env, TAPERNN_KERNEL_CACHE=os.path.join(cold, "kernels"))
     env["TAPERNN_LAYOUT_CACHE"] = os.path.join(cold, "layout.json")
     env["NUMBA_CACHE_DIR"] = os.path.join(cold, "numba")
-    argv = [sys.executable, os.path.abspath(__file__), "--child", "--model", args.model]
-    argv += ["--shape", args.shape, "--dtype", args.dtype, "--calls", str(args.calls)]
     try:
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        cmd = [sys.executable, script, "--child", *argv]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     finally:
         shutil.rmtree(cold, ignore_errors=True)
     if out.returncode:
