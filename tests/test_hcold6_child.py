@@ -138,17 +138,18 @@ def test_a_module_naming_one_not_loaded_gets_no_child(fresh):
     assert compile_child.ask(_module(text), text, "kernel", [sig], tmp) is None
 
 
-def test_the_worker_puts_a_job_back_once_while_its_child_runs(monkeypatch):
-    """background._later: a job whose kernel a child compiles goes behind the others, once."""
+def test_the_worker_makes_other_jobs_while_a_child_compiles(monkeypatch):
+    """background._later: a job whose kernel a child compiles goes behind a job no child
+    compiles; with none such queued the worker waits for the child's end."""
     import queue
     import threading
+    import time
 
     from tapernn.backends import background
 
     jobs = queue.Queue()
     monkeypatch.setattr(background, "_jobs", jobs)
-    monkeypatch.setattr(background, "_deferred", set())
-    busy = {"loop text"}
+    busy = {"loop text", "other loop"}
     monkeypatch.setattr(compile_child, "running_for", lambda source: source in busy)
 
     class Handle:
@@ -158,16 +159,18 @@ def test_the_worker_puts_a_job_back_once_while_its_child_runs(monkeypatch):
     mine, other, ev = Handle("loop text"), Handle("group text"), threading.Event()
     jobs.put((mine, "key", ev))
     jobs.put((other, "key2", threading.Event()))
-    item = jobs.get()
-    assert background._later(*item)  # (put back: the other job first)
+    assert background._later(*jobs.get())  # (put back: the other job first)
     assert [h for h, _, _ in jobs.queue] == [other, mine] and jobs.unfinished_tasks == 2
     jobs.get()
     jobs.task_done()
+    twin = Handle("other loop")  # (a job a child compiles too: no reason to go behind it)
+    jobs.put((twin, "key3", threading.Event()))
     item = jobs.get()
-    assert item[0] is mine and not background._later(*item)  # (once: now waited for)
-    jobs.put(item)
-    assert not background._later(*jobs.get())  # (nothing else queued: no reason)
-    jobs.put(item)
+    threading.Timer(0.2, lambda: busy.discard("loop text")).start()
+    t = time.monotonic()
+    assert item[0] is mine and not background._later(*item)  # (waited for the child's end)
+    assert time.monotonic() - t >= 0.15
+    assert [h for h, _, _ in jobs.queue] == [twin]
     assert not background._later(other, "key2", threading.Event())  # (no child for it)
 
 

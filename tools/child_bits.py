@@ -46,7 +46,9 @@ def child(args: argparse.Namespace) -> None:
         if call == 2:
             background.wait()
     for p in model.parameters():
-        digest.update(np.ascontiguousarray(p).tobytes())
+        digest.update(
+            np.ascontiguousarray(p.data).tobytes() + np.ascontiguousarray(p.grad).tobytes()
+        )
     print(
         json.dumps(
             {

@@ -422,22 +422,25 @@ def _work() -> None:
                 _switch_back()
 
 
-_deferred: set[int] = set()  # (the events of jobs put back once: `_later`)
-
-
 def _later(handle: Any, key: Any, event: threading.Event) -> bool:
-    """Put a job back at the queue's end, once, while a child process compiles its kernel
-    (compile_child.py) and other jobs wait: the worker makes those meanwhile, then loads the
-    child's from numba's cache (instead of waiting for it first)."""
-    if id(event) in _deferred:
-        _deferred.discard(id(event))
-        return False
-    if not _jobs.qsize() or not compile_child.running_for(getattr(handle, "source", None)):
-        return False
-    _deferred.add(id(event))
-    _jobs.put((handle, key, event))
-    _jobs.task_done()
-    return True
+    """While a child process compiles this job's kernel (compile_child.py): put the job back
+    at the queue's end when a job whose kernel no child compiles waits (the worker makes that
+    meanwhile), else wait here for either -- the child's end (then the job: a load from
+    numba's cache) or such a job asked for meanwhile (a model's reverse loop, asked for in its
+    backward after its forward loop's child started)."""
+    source = getattr(handle, "source", None)
+    while compile_child.running_for(source):
+        if any(not compile_child.running_for(getattr(h, "source", None)) for h, _, _ in _queued()):
+            _jobs.put((handle, key, event))
+            _jobs.task_done()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _queued() -> list:
+    with _jobs.mutex:
+        return list(_jobs.queue)
 
 
 def failure(e: BaseException) -> str:

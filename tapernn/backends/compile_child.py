@@ -160,9 +160,11 @@ def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> b
 
 
 def running_for(source: Any) -> bool:
-    """Whether a child compiles the kernel module of text `source` now."""
+    """Whether a child compiles the kernel module of text `source` now, within TIMEOUT_S."""
     job = _jobs.get(_sources.get(source, "")) if isinstance(source, str) else None
-    return job is not None and job.why is None and job.proc.poll() is None
+    if job is None or job.why is not None or job.age() > TIMEOUT_S[0]:
+        return False
+    return job.proc.poll() is None
 
 
 def settle_for(source: str) -> str | None:
