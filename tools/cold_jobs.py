@@ -60,9 +60,8 @@ def _probe(t0: list[float], jobs: list) -> None:
     def wait(self, timeout=None):
         why = inner_wait(self, timeout)
         start = self.started - (time.monotonic() - time.perf_counter())
-        jobs.append(
-            ("child", "child " + self.name[-6:], start - t0[0], time.perf_counter() - t0[0], 0.0)
-        )
+        what = "child " + self.name[-6:] + (f" FAILED: {why[:80]}" if why else "")
+        jobs.append(("child", what, start - t0[0], time.perf_counter() - t0[0], 0.0))
         return why
 
     compile_child.Job.wait = wait
