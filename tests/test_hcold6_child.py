@@ -82,6 +82,21 @@ def test_a_child_compiles_and_the_parent_loads_its_cache(fresh, monkeypatch):
     assert compile_child.STARTED[0] == started + 1
 
 
+def test_a_child_started_where_another_tapernn_lies_imports_this_one(fresh, monkeypatch):
+    """The child's path has this tapernn before its working directory: started from a folder
+    holding another tapernn (a checkout), `python -m` imported that one and failed."""
+    tmp, sig = fresh
+    other = tmp / "checkout"
+    (other / "tapernn" / "backends").mkdir(parents=True)
+    (other / "tapernn" / "__init__.py").write_text("")
+    (other / "tapernn" / "backends" / "__init__.py").write_text("")
+    monkeypatch.chdir(other)
+    text = TEXT + "\n# from a checkout\n"
+    name = _module(text)
+    assert compile_child.ask(name, text, "kernel", [sig], tmp / "kernels") is not None
+    assert compile_child.settle(name) == ""
+
+
 def test_a_failing_child_says_why_and_the_parent_compiles(fresh):
     tmp, sig = fresh
     bad = TEXT.replace("/ 3.0", '/ "3"')

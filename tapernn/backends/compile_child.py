@@ -206,10 +206,13 @@ def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
     return out
 
 
+# the child's command: this tapernn's folder first on its path -- before the working directory,
+# which `python -m` and `-c` put first (a tapernn checkout there is another tapernn)
+_RUN = "import sys; sys.path.insert(0, sys.argv[1]); import tapernn.backends.compile_child_run"
+
+
 def _start(name: str, modules: list, function: str, sigs: list) -> Job:
     root = str(Path(__file__).resolve().parents[2])  # (the folder holding this tapernn)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     spec = {
         "parent": os.getpid(),
         "modules": modules,
@@ -220,10 +223,8 @@ def _start(name: str, modules: list, function: str, sigs: list) -> Job:
     with os.fdopen(fd, "wb") as f:
         pickle.dump(spec, f)
     err = tempfile.TemporaryFile()  # noqa: SIM115 -- (closed by Job.wait)
-    argv = [sys.executable, "-m", "tapernn.backends.compile_child_run", path]
-    proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-    )
+    argv = [sys.executable, "-c", f"{_RUN} as r; r.run(sys.argv[2])", root, path]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     STARTED[0] += 1
     return Job(name, proc, path, err)
 

@@ -1,4 +1,4 @@
-"""The child side of compile_child.py: `python -m tapernn.backends.compile_child_run <spec>`
+"""The child side of compile_child.py (`run(<spec file>)`, in a process compile_child starts)
 imports the spec's kernel-cache modules (each after those it names; the kernel's own last) and
 compiles its function for each signature under the LLVM options the text names
 (numba_interleave.named), numba's cache files written as in the parent. Its last stderr line
@@ -43,10 +43,11 @@ def main(path: str) -> None:
             fn.compile(sig)
 
 
-if __name__ == "__main__":
+def run(path: str) -> None:
+    """`main`, its failure written as the last stderr line (the parent's `why`), exit 1."""
     try:
-        main(sys.argv[1])
-    except Exception as e:  # noqa: BLE001 -- its last stderr line: the parent's `why`
+        main(path)
+    except Exception as e:  # noqa: BLE001 -- any failure: the parent compiles
         from .background import failure
 
         sys.stderr.write(f"\n{failure(e)}\n")
