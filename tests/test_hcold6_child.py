@@ -121,6 +121,12 @@ def test_a_child_past_its_time_is_killed(fresh, monkeypatch):
     assert job.proc.poll() is not None  # (gone: no orphan)
     assert not os.path.exists(job.spec)
     assert not compile_child.running_for(TEXT)
+    monkeypatch.setattr(compile_child, "TIMEOUT_S", [60.0])  # (one the parent's exit ends)
+    name = _module(TEXT + "\n# at exit\n")
+    job = compile_child.ask(name, TEXT + "\n# at exit\n", "kernel", [sig], tmp / "kernels")
+    assert job is not None and os.path.exists(job.spec)
+    compile_child._ended()
+    assert job.proc.poll() is not None and not os.path.exists(job.spec)
 
 
 def test_no_child_under_mpi_when_off_or_busy(fresh, monkeypatch):

@@ -230,9 +230,11 @@ def _start(name: str, modules: list, function: str, sigs: list) -> Job:
 
 
 def _ended() -> None:
-    """At the parent's exit: its unfinished children killed."""
+    """At the parent's exit: its unfinished children killed, their spec files removed."""
     for job in list(_jobs.values()):
         job.kill()
+        with contextlib.suppress(OSError):
+            os.unlink(job.spec)
 
 
 def _forked() -> None:
