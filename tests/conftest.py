@@ -123,6 +123,10 @@ def pytest_configure(config):
     import tapernn as tn
 
     os.environ["TAPERNN_NUMBA_BACKGROUND"] = "0"
+    # no compile children (backends/compile_child.py): a test's kernels compile where it calls
+    # them (a cold CI has no core to spare; the own GEMM would run OpenBLAS until a child is
+    # done); tests/test_hcold6_child.py turns them on
+    os.environ["TAPERNN_COMPILE_CHILD"] = "0"
     # the layout rule's decisions (passes/layout_cache) go to a file of this session: tests that
     # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs
     cache = os.path.join(tempfile.mkdtemp(prefix="tapernn-tests-"), "layout-rule.json")

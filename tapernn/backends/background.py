@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TapernnError
+from . import compile_child
 
 
 def enabled(auto: bool = False) -> bool:
@@ -400,6 +401,8 @@ def _work() -> None:
         handle, key, event = _jobs.get()
         with _paused:  # (not while a trace holds the worker and no one waits: `held`)
             _paused.wait_for(lambda: not _pause[0] or _pause[1])
+        if _later(handle, key, event):
+            continue
         _switch_fast()
         try:
             if handle is None:  # numba's import and setup, ahead of the kernels
@@ -417,6 +420,27 @@ def _work() -> None:
             event = None
             if _jobs.empty():
                 _switch_back()
+
+
+def _later(handle: Any, key: Any, event: threading.Event) -> bool:
+    """While a child process compiles this job's kernel (compile_child.py): put the job back
+    at the queue's end when a job whose kernel no child compiles waits (the worker makes that
+    meanwhile), else wait here for either -- the child's end (then the job: a load from
+    numba's cache) or such a job asked for meanwhile (a model's reverse loop, asked for in its
+    backward after its forward loop's child started)."""
+    source = getattr(handle, "source", None)
+    while compile_child.running_for(source):
+        if any(not compile_child.running_for(getattr(h, "source", None)) for h, _, _ in _queued()):
+            _jobs.put((handle, key, event))
+            _jobs.task_done()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _queued() -> list:
+    with _jobs.mutex:
+        return list(_jobs.queue)
 
 
 def failure(e: BaseException) -> str:

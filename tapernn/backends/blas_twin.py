@@ -20,9 +20,9 @@ thread or the other) never changes a result: no call-count protocol is needed.
 
 Only where numba is already imported (a NumPy-only process never imports it for this), on an
 AVX-512 CPU (packed.isa), for GEMMs of at least MIN_ROWS x MIN_DEPTH x MIN_COLS (and of at most
-BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles in
-background.py's worker (at once without background compilation) and OpenBLAS runs until it is
-there."""
+BLOCKED_ROWS rows where b needs N blocks: where that measured faster); the kernel compiles for a
+dtype at that dtype's first GEMM, in background.py's worker (at once without background
+compilation), and OpenBLAS runs until it is there."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import blas_gemm, tuning
 from ..blas import limiter
-from . import background, packed
+from . import background, compile_child, packed
 
 Q = {4: 448, 8: 384}  # OpenBLAS's GEMM_Q by itemsize (0.3.31, SkylakeX: SGEMM / DGEMM)
 UNROLL = 16  # its GEMM_UNROLL_M there (a K block split in two halves: the first a multiple)
@@ -80,7 +80,7 @@ def _run(a: Any, b: Any, out: Any, bias: Any) -> bool:
         return False
     if tuning.errors_asked():  # (a user's np.errstate "raise": np.matmul's flags checked)
         return False
-    kernel = _HANDLE.take()
+    kernel = _HANDLE.take(out.dtype)
     if kernel is None:
         return False
     mod = _HANDLE.module
@@ -178,54 +178,104 @@ class _Handle:
     signatures per float dtype -- `a` and b C, or either of any layout ("A": a transposed view,
     dW's dG.T or the projection's W.T), out C; the work buffer, the bias -- which arrays of
     other layouts convert to (compiling more is disabled). Typed "A", a C `a` ran ~3 % slower;
-    each signature costs ~5 s of a cold compile."""
-
-    KEY = (("float32", "float64"),)
+    each signature costs 2-5 s of a cold compile, so a dtype's three are compiled at its first
+    GEMM (`take`), not both dtypes' at any first: a float32 model compiled float64's too, ~10 s
+    of CPU more (BENCHMARKS.md "hcold6")."""
 
     def __init__(self) -> None:
         self.kernel: Any = None
         self.module: Any = None
         self.error = ""
-        self.asked = False
+        self.types: set[str] = set()  # (the dtype names compiled)
+        self.asked: set[str] = set()
+        self.children: dict[str, Any] = {}  # (dtype name -> its compile_child job)
         self._lock = threading.Lock()
+        self._asking = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
-        return self.kernel is not None
+        return self.kernel is not None and (key is None or set(key[0]) <= self.types)
 
     def prepare(self, key: tuple) -> None:
+        """Compile the signatures of each dtype name in key[0] not compiled yet."""
         with self._lock:
-            if self.error or self.kernel is not None:
+            todo = [name for name in key[0] if name not in self.types]
+            if self.error or not todo:
                 return
             try:
-                from numba import from_dtype, types
-
                 mod = kernels()
-                for name in key[0]:
-                    dt = from_dtype(np.dtype(name))
-                    any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
-                    row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
-                    ints = (types.intp,) * 3
-                    for a, b in ((c2, c2), (any2, c2), (c2, any2)):
-                        mod.gemm.compile((a, b, c2, row, *ints, row))
-                mod.gemm.disable_compile()
+                mod.gemm.disable_compile(False)
+                try:
+                    for sig in [sig for name in todo for sig in _signatures(name)]:
+                        mod.gemm.compile(sig)
+                finally:
+                    mod.gemm.disable_compile()
                 self.module = mod
                 self.kernel = mod.gemm
+                self.types.update(todo)  # (last: `take` hands out a dtype's kernel from here)
             except Exception as e:  # noqa: BLE001 -- any failure: OpenBLAS runs it
                 self.error = f"numba failed: {background.failure(e)}"
 
-    def take(self) -> Any:
-        """The kernel once ready (asked for at the first call that finds the background worker
-        idle -- queued behind programs' kernels, its ~20 s cold compile would hold their switch
-        calls -- or compiled at once without background compilation); None meanwhile and
-        after a failure."""
-        if self.kernel is None and not self.asked:
-            if not background.enabled():
-                self.asked = True
-                self.prepare(self.KEY)
-            elif background.activity()[2] == 0:
-                self.asked = True
-                background.request(self, self.KEY)
-        return self.kernel
+    def take(self, dtype: Any) -> Any:
+        """The kernel once ready for `dtype` (float32 or float64); None meanwhile, for other
+        dtypes and after a failure. A dtype's signatures are compiled by a child process where
+        compile_child.py starts one (the kernel gives OpenBLAS's bits: which GEMMs run before
+        it is loaded changes no result), loaded from numba's cache once it is done, else
+        compiled here; with background compilation either only from a call of that dtype that
+        finds the worker idle (queued behind programs' kernels, its ~10 s cold compile would
+        hold their switch calls; started before them, its child would take a step loop's:
+        BENCHMARKS.md "hcold6"), without it at once."""
+        name = np.dtype(dtype).name
+        if name not in self.types and name not in self.asked and name in _DTYPES:
+            with self._asking:  # (an owned call's two threads ask at once: one child)
+                if name not in self.asked:
+                    self._ask(name)
+        return self.kernel if name in self.types else None
+
+    def _ask(self, name: str) -> None:
+        job = self.children.get(name)
+        if job is not None and job.proc.poll() is None:
+            return  # (the child compiles it: OpenBLAS meanwhile)
+        if background.enabled() and background.activity()[2]:
+            return  # (the worker busy: its jobs and their children first -- a step loop's)
+        if job is None and self._child(name):
+            return
+        if job is not None:
+            job.wait()  # (its end: now a load from numba's cache, or a compile if it failed)
+        self.asked.add(name)
+        if background.enabled():
+            background.request(self, ((name,),))
+        else:
+            self.prepare(((name,),))
+
+    def _child(self, name: str) -> bool:
+        """Whether a child process now compiles dtype `name`'s signatures (compile_child)."""
+        from pathlib import Path
+
+        try:
+            mod = kernels()
+            text = Path(mod.__file__).read_text()
+        except Exception:  # noqa: BLE001 -- (prepare then says why)
+            return False
+        path = Path(mod.__file__).parent
+        sigs = _signatures(name)
+        job = compile_child.ask(mod.__name__, text, "gemm", sigs, path, mod.gemm, f":{name}")
+        if job is not None:
+            self.children[name] = job
+        return job is not None
+
+
+def _signatures(name: str) -> list[tuple]:
+    """own_gemm.gemm's three signatures for dtype `name` (see _Handle)."""
+    from numba import from_dtype, types
+
+    dt = from_dtype(np.dtype(name))
+    any2, c2 = types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
+    row = types.Array(dt, 1, "C")  # (the work buffer, the bias)
+    ints = (types.intp,) * 3
+    return [(a, b, c2, row, *ints, row) for a, b in ((c2, c2), (any2, c2), (c2, any2))]
+
+
+_DTYPES = ("float32", "float64")
 
 
 def kernels() -> Any:

@@ -2,10 +2,15 @@
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
 (0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
 Below numba's default -O3 (NUMBA_OPT=0/1/2: e.g. `NUMBA_OPT=0 pytest`, issue 19) it also makes
-kernels cacheable and keys numba's cache by the level (numba_opt.py)."""
+kernels cacheable and keys numba's cache by the level (numba_opt.py). And numba's cache saves
+take a lock on the cache folder (`locked_saves`: compile_child.py's processes save at once)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
+import os
 import sys
 import threading
 
@@ -61,6 +66,7 @@ def setup() -> bool:
             return False
         _done = True
         keyed()  # (below -O3: cacheable kernels, cache keyed by the level; else nothing)
+        locked_saves()  # (numba's cache saves under a folder lock: compile_child.py)
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
 
@@ -88,3 +94,50 @@ def setup() -> bool:
             arraymath._HAVE_BLAS = DeferredBlasCheck(arraymath._check_blas)
             cpu_target.target_context.refresh()
             return True
+
+
+LOCKED = [False]  # numba's cache saves locked in this process (locked_saves)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str):
+    """An exclusive lock on `folder` (flock on its descriptor: released when the holder dies);
+    none where the file system has no such lock (the save then as numba's own)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def locked_saves() -> None:
+    """numba's cache saves (IndexDataCacheFile.save) under a lock on the cache folder, the data
+    file written before the index names it (compile_child.py's docstring). Once per process."""
+    from numba.core import caching
+
+    cls = caching.IndexDataCacheFile
+    parts = ("_load_index", "_save_index", "_save_data", "_data_name")
+    if getattr(cls.save, "_tapernn", False) or not all(hasattr(cls, p) for p in parts):
+        return  # (another numba's cache file: its own save, and no children)
+
+    def save(self, key, data):
+        with _folder_lock(self._cache_path):
+            overloads = self._load_index()
+            data_name = overloads.get(key)
+            if data_name is None:
+                used = set(overloads.values())
+                names = (self._data_name(i) for i in itertools.count(1))
+                data_name = next(n for n in names if n not in used)
+            self._save_data(data_name, data)
+            overloads[key] = data_name
+            self._save_index(overloads)
+
+    save._tapernn = True
+    cls.save = save
+    LOCKED[0] = True

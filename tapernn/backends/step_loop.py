@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from . import numba_interleave, step_fuse, step_pass, step_selects
+from . import compile_child, numba_interleave, step_fuse, step_pass, step_selects
 from .background import failure
-from .numba_backend import Unsupported, _load
+from .numba_backend import Unsupported, _load, _module_name, cache_dir
 from .size_lift import lift_function, sizes_written_in
 from .step_selects import index_text as _index_text
 from .step_selects import split_args as _split_args
@@ -285,11 +285,9 @@ _lock = threading.Lock()
 
 
 class StepLoop:
-    """A half's loop as one numba call: `__call__` takes `args` (see `args`: the half's rows
-    lo:hi and carries, the whole batch's xs, invariants and ys, the hoisted values as one
-    tuple, alias) and returns the final carries. `prepare(key)` loads and compiles the kernel
-    for those arguments' types (numba's cache=True across processes); `error` says why it
-    could not."""
+    """A half's loop as one numba call: `__call__` takes `args` (see `args`) and returns the
+    final carries. `prepare(key)` loads and compiles the kernel for those arguments' types
+    (numba's cache=True across processes); `error` says why it could not."""
 
     def __init__(self, source: str, arrays: list, length: int, reverse: Any, late: tuple = ()):
         self.source, self.arrays, self.late = source, arrays, late  # (late: the P<k> buffers)
@@ -321,7 +319,8 @@ class StepLoop:
 
     def prepare(self, key: tuple) -> bool:
         """Load the module and compile the kernel for argument types `key` (background.py's
-        handle protocol; numba's cache=True across processes)."""
+        handle protocol; numba's cache=True across processes: a child's, waited for first)."""
+        compile_child.settle_for(self.source)
         with _lock:
             if self.kernel is None and not self.error:
                 try:
@@ -426,7 +425,8 @@ class Halves:
         self.calls += 1
         if self.calls == 1:
             key = a.key(args0)
-            if background.enabled():
+            if background.enabled():  # (a child compiles it meanwhile, where it may)
+                compile_child.ask(_module_name(a.source), a.source, "kernel", [key], cache_dir())
                 self.ready = background.request(a, key)
                 return None
             a.prepare(key)

@@ -1,0 +1,249 @@
+"""A kernel compiled in a child process (issue 19, BENCHMARKS.md "hcold6"). numba compiles holding
+the GIL, so a process compiles one kernel at a time, on one core; a cold model's step loops
+(step_loop.py: 2-3 s each) came one after the other in the background worker, the other core
+idle, while the caller's steps shared the GIL with them. `ask` starts a child process that
+imports the kernel's module and the kernel-cache modules its text names (their texts, as the
+parent has them), compiles the function for the asked signature under the same LLVM options
+(numba_interleave.named) and writes numba's cache files beside the module; the parent's own
+compile of it, later (`settle` first), is then a load of those files. Same text, same options,
+same numba, same machine: the machine code a compile in the parent would make
+(tests/test_hcold6_child.py: a step loop compiled by a child gives the Python loop's bits).
+
+A child costs only its time: one that fails or outlives TIMEOUT_S (killed) leaves the parent to
+compile as before. None where numba's cache has an index for the module already (a warm cache:
+the parent's load is what it would do anyway), under an MPI launcher (every rank would start
+its own), with one core, with `limit()` children running ($TAPERNN_COMPILE_CHILD: how many, 0 none;
+default MAX: one less than the cores). No
+orphans: a child exits when its parent is gone (it watches its parent id), and the parent kills
+its unfinished children at exit. Two processes saving numba cache entries of one function at
+once could give two signatures one data file (numba picks the name from the index it read, no
+lock): numba_setup.locked_saves (installed by its setup, so in the child too) takes a lock on the
+cache folder around each save and writes the data before the index names it."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import TapernnError
+from . import numba_setup
+
+log = logging.getLogger(__name__)
+
+ENV = "TAPERNN_COMPILE_CHILD"
+TIMEOUT_S = [30.0]  # a waited-for child's longest run (from its start): then killed, compiled here
+MAX = [max(1, (os.cpu_count() or 1) - 1)]  # children running at once
+# what MPI launchers put in each rank's environment (apps/distributed.py's list)
+_MPI = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_NAMES = re.compile(r"\btapernn_[a-z0-9_]+?_[0-9a-f]{20}\b")  # (a kernel-cache module's name)
+_jobs: dict[str, Job] = {}  # module name (+ the asker's tag) -> its child's job
+_sources: dict[str, str] = {}  # a job's module text -> its _jobs key
+_lock = threading.Lock()
+STARTED = [0]  # children started so far (tests)
+
+
+def limit() -> int:
+    """Children that may run at once: $TAPERNN_COMPILE_CHILD (0: none; unset: MAX), none under
+    an MPI launcher, with one core, or where numba's cache saves are not locked (`locked_saves`:
+    another numba)."""
+    text = os.environ.get(ENV, "")
+    try:
+        n = int(text) if text else MAX[0]
+    except ValueError:
+        raise TapernnError(f"${ENV}: expected an integer >= 0, got {text!r}") from None
+    if any(v in os.environ for v in _MPI) or (os.cpu_count() or 1) < 2:
+        return 0
+    if not numba_setup.LOCKED[0]:
+        return 0
+    return max(0, n)
+
+
+class Job:
+    """One child compiling module `name`'s function; `wait` says how it ended ("" = compiled)."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, spec: str, err: Any):
+        self.name, self.proc, self.spec, self.err = name, proc, spec, err
+        self.started = time.monotonic()
+        self.why: str | None = None
+        self._lock = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> str:
+        with self._lock:
+            if self.why is None:
+                self.why = self._end(TIMEOUT_S[0] if timeout is None else timeout)
+            return self.why
+
+    def _end(self, timeout: float) -> str:
+        try:
+            code = self.proc.wait(timeout=max(0.0, timeout - self.age()))
+            why = "" if code == 0 else f"child exited with {code}: {self._stderr()}"
+        except subprocess.TimeoutExpired:
+            why = f"child killed after {TIMEOUT_S[0]:.0f} s"
+            self.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.spec)
+        self.err.close()
+        return why
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _stderr(self) -> str:
+        """The last line the child wrote to its stderr (a traceback's: the error)."""
+        self.err.seek(0)
+        lines = [x for x in self.err.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1][:300] if lines else "(no message)"
+
+
+def ask(
+    name: str,
+    text: str,
+    function: str,
+    sigs: list,
+    directory: Path,
+    fn: Any = None,
+    tag: str = "",
+) -> Job | None:
+    """Start a child compiling `function` of kernel-cache module `name` (text `text`, to live in
+    `directory`) for each numba signature of `sigs`, unless one is running for it (`name` +
+    `tag`) or there is no reason (the module docstring): numba's cache has them (`fn`: the
+    function's dispatcher here, to look them up; else any index file of `function` counts);
+    the job, or None."""
+    most = limit()
+    with _lock:
+        if name + tag in _jobs or sum(j.proc.poll() is None for j in _jobs.values()) >= most:
+            return None
+        if _cached(fn, sigs, name, function, directory):
+            return None  # (a warm cache, or another process at it)
+        try:
+            modules = [*_dependencies(text, name), (name, str(directory / f"{name}.py"), text)]
+        except (LookupError, OSError) as e:  # (a module the text names is not loaded here)
+            log.debug("tapernn: no compile child for %s: %s", name, e)
+            return None
+        job = _start(name, modules, function, sigs)
+        _jobs[name + tag] = job
+        _sources[text] = name + tag
+        return job
+
+
+def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> bool:
+    """Whether numba's cache has every signature of `sigs` (dispatcher `fn`'s index), or with
+    no `fn`, any index file of `function` in module `name` (unknown: True, no child)."""
+    from .kernel_cache import numba_folders
+
+    if fn is None:
+        return any(any(f.glob(f"{name}.{function}-*.nbi")) for f in numba_folders(directory))
+    try:
+        cache = fn._cache
+        index = cache._cache_file._load_index()
+        codegen = fn.targetctx.codegen()
+        return all(cache._index_key(tuple(sig), codegen) in index for sig in sigs)
+    except Exception:  # noqa: BLE001 -- another numba's cache: no child
+        return True
+
+
+def running_for(source: Any) -> bool:
+    """Whether a child compiles the kernel module of text `source` now, within TIMEOUT_S."""
+    job = _jobs.get(_sources.get(source, "")) if isinstance(source, str) else None
+    if job is None or job.why is not None or job.age() > TIMEOUT_S[0]:
+        return False
+    return job.proc.poll() is None
+
+
+def settle_for(source: str) -> str | None:
+    """`settle` for the kernel module of text `source`."""
+    return settle(_sources[source]) if source in _sources else None
+
+
+def settle(name: str) -> str | None:
+    """Wait for the child compiling module `name` (if any; at most TIMEOUT_S from its start):
+    None if there was none, "" if it compiled, else why not (the caller compiles)."""
+    job = _jobs.get(name)
+    if job is None:
+        return None
+    why = job.wait()
+    if why:
+        log.debug("tapernn: compile child for %s: %s", name, why)
+    return why
+
+
+def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
+    """(name, path, text) of every kernel-cache module `text` names, and those theirs, each
+    after the ones it names (the order the child imports them in)."""
+    out: list[tuple[str, str, str]] = []
+    seen = {name}
+
+    def visit(names: list[str]) -> None:
+        for dep in names:
+            if dep in seen:
+                continue
+            seen.add(dep)
+            path = getattr(sys.modules.get(dep), "__file__", None)
+            if path is None:
+                raise LookupError(f"{dep} not loaded")
+            body = Path(path).read_text()
+            visit(_NAMES.findall(body))
+            out.append((dep, path, body))
+
+    visit(_NAMES.findall(text))
+    return out
+
+
+# the child's command: this tapernn's folder first on its path -- before the working directory,
+# which `python -m` and `-c` put first (a tapernn checkout there is another tapernn)
+_RUN = "import sys; sys.path.insert(0, sys.argv[1]); import tapernn.backends.compile_child_run"
+
+
+def _start(name: str, modules: list, function: str, sigs: list) -> Job:
+    root = str(Path(__file__).resolve().parents[2])  # (the folder holding this tapernn)
+    spec = {
+        "parent": os.getpid(),
+        "modules": modules,
+        "function": function,
+        "sigs": pickle.dumps(list(sigs)),
+    }
+    fd, path = tempfile.mkstemp(prefix="tapernn-compile-", suffix=".pickle")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(spec, f)
+    err = tempfile.TemporaryFile()  # noqa: SIM115 -- (closed by Job.wait)
+    argv = [sys.executable, "-c", f"{_RUN} as r; r.run(sys.argv[2])", root, path]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    STARTED[0] += 1
+    return Job(name, proc, path, err)
+
+
+def _ended() -> None:
+    """At the parent's exit: its unfinished children killed, their spec files removed."""
+    for job in list(_jobs.values()):
+        job.kill()
+        with contextlib.suppress(OSError):
+            os.unlink(job.spec)
+
+
+def _forked() -> None:
+    """A forked process owns none of its parent's children."""
+    global _lock
+    _jobs.clear()
+    _sources.clear()
+    _lock = threading.Lock()
+
+
+atexit.register(_ended)
+os.register_at_fork(after_in_child=_forked)

@@ -1,0 +1,54 @@
+"""The child side of compile_child.py (`run(<spec file>)`, in a process compile_child starts)
+imports the spec's kernel-cache modules (each after those it names; the kernel's own last) and
+compiles its function for each signature under the LLVM options the text names
+(numba_interleave.named), numba's cache files written as in the parent. Its last stderr line
+says why it failed (exit 1); it exits when its parent is gone."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _watch(parent: int) -> None:
+    """Exit when the parent is gone (this process re-parented): no orphan compiles on."""
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def main(path: str) -> None:
+    """The child: import the spec's modules, compile its function for its signature."""
+    with open(path, "rb") as f:
+        spec = pickle.load(f)
+    _watch(spec["parent"])
+    from . import numba_interleave
+    from .kernel_cache import import_written
+    from .numba_setup import setup
+
+    setup()
+    for name, file, text in spec["modules"]:  # (the kernel's own module last)
+        module = import_written(Path(file).parent, name, text.encode())
+    fn = getattr(module, spec["function"])
+    for sig in pickle.loads(spec["sigs"]):
+        with numba_interleave.named(text, sig):
+            fn.compile(sig)
+
+
+def run(path: str) -> None:
+    """`main`, its failure written as the last stderr line (the parent's `why`), exit 1."""
+    try:
+        main(path)
+    except Exception as e:  # noqa: BLE001 -- any failure: the parent compiles
+        from .background import failure
+
+        sys.stderr.write(f"\n{failure(e)}\n")
+        sys.exit(1)
