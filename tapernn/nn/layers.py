@@ -135,10 +135,13 @@ class Dropout(Module):
 
     def build(self, x: Var) -> Var:
         ctx = current_build()
+        check.number(self, "p", self.p, "[0, 1)")  # (`d.p = 1.0` set after construction)
         if not (ctx.training and self.is_training) or self.p == 0:  # (its own mode too: Torch7)
             return x
-        # (self.rng read at each call: a generator set after the first call is used)
-        return x * ctx.random_mask(x.shape, self.p, x.dtype, lambda: self.rng)
+        # (self.rng read, and checked, at each call: a generator set after the first call is used)
+        return x * ctx.random_mask(
+            x.shape, self.p, x.dtype, lambda: check.generator(self, "rng", self.rng)
+        )
 
     def extra_repr(self) -> str:
         return f"({self.p})"
