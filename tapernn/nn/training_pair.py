@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ..accounting import loop_call_bytes, ufunc_buffers
+from ..accounting import loop_call_bytes, tail_buffers, ufunc_buffers
 from ..arena import Arena, compile_into, compile_shared
 from ..donate import donatable
 from ..executor import Compiled
@@ -239,7 +239,8 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
     the end, where copies of returned buffer values are added (memory._peak for them alone);
     the copies reshapes of strided views make, which the plan sees as views; what each loop
     allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
-    broadcasting ufunc call (`ufunc_buffers`) during it. `into`: positions of outputs computed
+    broadcasting ufunc call (`ufunc_buffers`) and a GEMM's over a donated loop's rows
+    (`tail_buffers`) during it. `into`: positions of outputs computed
     into the caller's arrays (Program.dest), not allocated; `scratch`: the forward's
     transposed weight copies and the loops' packed panels made in the weights' zeroed `.grad`
     (Program.scratch_slots and loop_scratch, Packing.scratch_into), not allocated."""
@@ -265,7 +266,12 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
-    for k, nbytes in [*loop_call_bytes(c.graph, c.report.loops, lent), *ufunc_buffers(c.graph)]:
+    extra = [
+        *loop_call_bytes(c.graph, c.report.loops, lent),
+        *ufunc_buffers(c.graph),
+        *tail_buffers(c.graph, plan),
+    ]
+    for k, nbytes in extra:
         delta[k] += nbytes
         delta[k + 1] -= nbytes
     live = peak = 0
