@@ -24,7 +24,7 @@ from ..tracing import Tape
 from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
-from .packing import Packing
+from .packing import Packing, storage
 from .runtime_args import refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
@@ -291,12 +291,13 @@ class Executable:
 
     def _update_bytes(self) -> int:
         """The temporary of the update after backward (optim.subtract_scaled), at most one
-        piece: the parameters' total bytes bound each (packed) array it updates."""
-        params = [n for n in self.graph.inputs if n.kind == "param"]
-        if not params:
+        piece, over the arrays it updates (nn.packing.storage: a whole block, or a parameter's
+        own; an array small enough for numba's in-place update makes none)."""
+        arrays = [data for data, _ in storage(self.params)]
+        if not arrays:
             return 0
-        total = sum(n.nbytes for n in params)
-        return update_temp_bytes([total], max(np.dtype(n.dtype).itemsize for n in params))
+        itemsize = max(a.dtype.itemsize for a in arrays)
+        return update_temp_bytes([a.nbytes for a in arrays], itemsize)
 
     def _held_steps(self, steps: int) -> tuple[int, int] | None:
         """Step-wise: (records held, bytes of the input copies each keeps); else None."""

@@ -168,7 +168,10 @@ class TrainingPair:
             if k not in kept
         }
         n_dx = n_data_grads if bwd is self.backward else 0
-        grad_input = sum(_storages(bwd, range(n_dx)).values())
+        # (and the parameter gradients the backward makes rather than computing into `.grad`:
+        # still held by its results while the tap copies are made)
+        made = [k for k in range(n_dx, n_dx + n_param_grads) if k not in _into_slots(bwd)]
+        grad_input = sum(_storages(bwd, [*range(n_dx), *made]).values())
         buffers = (
             self.arena.nbytes
             if self.arena is not None
@@ -233,6 +236,17 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
+def _into_slots(c: Compiled) -> dict:
+    """The output positions `c` can compute into the caller's arrays (Program.dest_slots);
+    none for a whole-program numba kernel, which makes every out itself (numba_program.runner:
+    per call, or scratch its steady runner keeps)."""
+    from ..backends.numba_program import WHOLE
+
+    if c.report.kernel.startswith(WHOLE):
+        return {}
+    return getattr(c.program, "dest_slots", {})
+
+
 def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
@@ -241,11 +255,11 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
     allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
     broadcasting ufunc call (`ufunc_buffers`) and a GEMM's over a donated loop's rows
     (`tail_buffers`) during it. `into`: positions of outputs computed
-    into the caller's arrays (Program.dest), not allocated; `scratch`: the forward's
+    into the caller's arrays (Program.dest, `_into_slots`), not allocated; `scratch`: the forward's
     transposed weight copies and the loops' packed panels made in the weights' zeroed `.grad`
     (Program.scratch_slots and loop_scratch, Packing.scratch_into), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
-    slots = getattr(c.program, "dest_slots", {})
+    slots = _into_slots(c)
     given = {c.graph.outputs[k] for k in into if k in slots}
     lent: dict[int, int] = {}  # scan node key -> bytes of its panels made in a .grad
     if scratch:
