@@ -168,9 +168,10 @@ class TrainingPair:
             if k not in kept
         }
         n_dx = n_data_grads if bwd is self.backward else 0
-        # (and the parameter gradients the backward makes rather than computing into `.grad`:
-        # still held by its results while the tap copies are made)
-        made = [k for k in range(n_dx, n_dx + n_param_grads) if k not in _into_slots(bwd)]
+        # (and the parameter gradients a whole-program kernel makes -- it computes none into
+        # `.grad` -- still held by its results while the tap copies are made; measured:
+        # tests/test_hpeak_numba.py)
+        made = range(n_dx, n_dx + n_param_grads) if _whole_program(bwd) else range(0)
         grad_input = sum(_storages(bwd, [*range(n_dx), *made]).values())
         buffers = (
             self.arena.nbytes
@@ -236,15 +237,18 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
+def _whole_program(c: Compiled) -> bool:
+    """Whether `c` runs a whole-program numba kernel (backends/numba_program.py)."""
+    from ..backends.numba_program import WHOLE
+
+    return c.report.kernel.startswith(WHOLE)
+
+
 def _into_slots(c: Compiled) -> dict:
     """The output positions `c` can compute into the caller's arrays (Program.dest_slots);
     none for a whole-program numba kernel, which makes every out itself (numba_program.runner:
     per call, or scratch its steady runner keeps)."""
-    from ..backends.numba_program import WHOLE
-
-    if c.report.kernel.startswith(WHOLE):
-        return {}
-    return getattr(c.program, "dest_slots", {})
+    return {} if _whole_program(c) else getattr(c.program, "dest_slots", {})
 
 
 def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) -> int:
