@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .donate import tail_temp_bytes
 from .graph import Graph
 from .ops.registry import PSEUDO, get_op
 from .passes.driver import PlanStats
@@ -42,8 +43,13 @@ def account(graph: Graph, plan: BufferPlan) -> None:
 def peak_bytes(graph: Graph, plan: BufferPlan, loops: list | None = None) -> int:
     """Most bytes live at once during a call (`_peak`; at the end the copies of returned buffer
     values too), with what `loops` (LoopReports: the program's, once lowered) allocate for the
-    length of their calls and NumPy's buffers of broadcasting ufunc calls (`ufunc_buffers`)."""
-    extra = [*loop_call_bytes(graph, loops or []), *ufunc_buffers(graph)]
+    length of their calls, NumPy's buffers of broadcasting ufunc calls (`ufunc_buffers`) and
+    the temporaries of GEMMs over a donated loop's rows (`tail_buffers`)."""
+    extra = [
+        *loop_call_bytes(graph, loops or []),
+        *ufunc_buffers(graph),
+        *tail_buffers(graph, plan),
+    ]
     peak = _peak(graph, plan, extra)
     if plan.copied_bytes:
         peak = max(peak, _live_at_end(graph, plan) + plan.copied_bytes)
@@ -85,6 +91,17 @@ def ufunc_buffers(graph: Graph) -> list[tuple[int, int]]:
         if any(tuple(i.shape) != tuple(n.shape) and math.prod(i.shape) > 1 for i in n.inputs):
             out.append((k, min(math.prod(n.shape), bufsize) * n.dtype.itemsize))
     return out
+
+
+def tail_buffers(graph: Graph, plan: BufferPlan) -> list[tuple[int, int]]:
+    """(schedule index, bytes) of the temporary each GEMM over a donated loop's dead rows makes
+    for the length of its call (plan.tail_of; donate.tail_temp_bytes: 1/4 of an LSTM's input
+    gradient, 400 KB at (32, 50, 256) float32)."""
+    if not plan.tail_of:
+        return []
+    return [
+        (k, tail_temp_bytes(n, plan.root)) for k, n in enumerate(graph.nodes) if n in plan.tail_of
+    ]
 
 
 def _peak(graph: Graph, plan: BufferPlan, extra: list[tuple[int, int]] = ()) -> int:

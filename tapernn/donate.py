@@ -219,10 +219,30 @@ def tail_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, matmul=np.matmul)
     256) f32, 25 + 75 + 300 + 1200 rows 3.5 ms at two OpenBLAS threads, 400 + 1200 3.3 ms.)"""
     n, k = a.shape[0], a.strides[0] // a.itemsize  # (rows k apart: a may be their first columns)
     d = out.shape[1]
-    hi = n * (k - d) // k
+    hi = _block_rows(n, k, d)
     top = matmul(a[hi:], b)
     out[hi:] = top
     del top
     if hi > 0:
         matmul(a[:hi], b, out=out[:hi])
     return out
+
+
+def _block_rows(n: int, k: int, d: int) -> int:
+    """The rows tail_matmul computes in place (its second GEMM): the others go through its
+    temporary first."""
+    return n * (k - d) // k
+
+
+def tail_temp_bytes(m: Node, root: dict[Node, Node]) -> int:
+    """Bytes of the temporary `tail_matmul` makes for tail GEMM `m` (plan.tail_of; `root`: the
+    plan's view roots), live during its call only: its result's rows past `_block_rows` (the
+    whole result when the rows' layout is not known)."""
+    v = m.inputs[0]
+    arr = _values(v, root.get(v, v))
+    if arr is None or arr.ndim != 2 or arr.size == 0:
+        return m.nbytes
+    n, width = arr.shape
+    k = int(arr[1, 0] - arr[0, 0]) if n > 1 else width
+    d = m.shape[1]
+    return (n - _block_rows(n, k, d)) * d * m.dtype.itemsize

@@ -171,7 +171,8 @@ def auto_choice(graph: Any, options: Any) -> tuple[Any, str]:
     start, switch = auto_calls()
     note = (
         f"auto: NumPy until call {switch} (numba's kernels asked for at call {start}, run from "
-        f"call {switch})"
+        f"call {switch}; peak bytes: the loop's from then on, numba's plan's -- NumPy's holds "
+        'less before: BENCHMARKS.md "hpeak")'
     )
     return options, note
 

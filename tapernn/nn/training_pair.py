@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ..accounting import loop_call_bytes, ufunc_buffers
+from ..accounting import loop_call_bytes, tail_buffers, ufunc_buffers
 from ..arena import Arena, compile_into, compile_shared
 from ..donate import donatable
 from ..executor import Compiled
@@ -168,7 +168,11 @@ class TrainingPair:
             if k not in kept
         }
         n_dx = n_data_grads if bwd is self.backward else 0
-        grad_input = sum(_storages(bwd, range(n_dx)).values())
+        # (and the parameter gradients a whole-program kernel makes -- it computes none into
+        # `.grad` -- still held by its results while the tap copies are made; measured:
+        # tests/test_hpeak_numba.py)
+        made = range(n_dx, n_dx + n_param_grads) if _whole_program(bwd) else range(0)
+        grad_input = sum(_storages(bwd, [*range(n_dx), *made]).values())
         buffers = (
             self.arena.nbytes
             if self.arena is not None
@@ -233,18 +237,33 @@ def reshape_copies(graph: Graph) -> list[tuple[int, int, int]]:
     return [(pos[r], last[r], r.nbytes) for r in copies]
 
 
+def _whole_program(c: Compiled) -> bool:
+    """Whether `c` runs a whole-program numba kernel (backends/numba_program.py)."""
+    from ..backends.numba_program import WHOLE
+
+    return c.report.kernel.startswith(WHOLE)
+
+
+def _into_slots(c: Compiled) -> dict:
+    """The output positions `c` can compute into the caller's arrays (Program.dest_slots);
+    none for a whole-program numba kernel, which makes every out itself (numba_program.runner:
+    per call, or scratch its steady runner keeps)."""
+    return {} if _whole_program(c) else getattr(c.program, "dest_slots", {})
+
+
 def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) -> int:
     """Most bytes of a program's per-call storage live at once during a call: each is allocated
     at its first write and freed at its last read (codegen `del`s it), returned ones live to
     the end, where copies of returned buffer values are added (memory._peak for them alone);
     the copies reshapes of strided views make, which the plan sees as views; what each loop
     allocates for the length of its call (`loop_call_bytes`); and NumPy's buffer for a
-    broadcasting ufunc call (`ufunc_buffers`) during it. `into`: positions of outputs computed
-    into the caller's arrays (Program.dest), not allocated; `scratch`: the forward's
+    broadcasting ufunc call (`ufunc_buffers`) and a GEMM's over a donated loop's rows
+    (`tail_buffers`) during it. `into`: positions of outputs computed
+    into the caller's arrays (Program.dest, `_into_slots`), not allocated; `scratch`: the forward's
     transposed weight copies and the loops' packed panels made in the weights' zeroed `.grad`
     (Program.scratch_slots and loop_scratch, Packing.scratch_into), not allocated."""
     plan, end = c.program.plan, len(c.graph.nodes)
-    slots = getattr(c.program, "dest_slots", {})
+    slots = _into_slots(c)
     given = {c.graph.outputs[k] for k in into if k in slots}
     lent: dict[int, int] = {}  # scan node key -> bytes of its panels made in a .grad
     if scratch:
@@ -265,7 +284,12 @@ def per_call_peak(c: Compiled, into: Iterable[int] = (), scratch: bool = False) 
         delta[start] += nbytes
         delta[min(stop, end) + 1] -= nbytes
         at_end += nbytes if stop >= end else 0
-    for k, nbytes in [*loop_call_bytes(c.graph, c.report.loops, lent), *ufunc_buffers(c.graph)]:
+    extra = [
+        *loop_call_bytes(c.graph, c.report.loops, lent),
+        *ufunc_buffers(c.graph),
+        *tail_buffers(c.graph, plan),
+    ]
+    for k, nbytes in extra:
         delta[k] += nbytes
         delta[k + 1] -= nbytes
     live = peak = 0
