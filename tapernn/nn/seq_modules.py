@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .. import library, tracing
+from .. import library
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ShapeError
@@ -48,7 +48,7 @@ class _LSTMStep(_SeqCell):
 
     def step(self, x, h, c):
         o = self._owner
-        w_x, w_h = o._views
+        w_x, w_h = o._blocks()
         a = x @ w_x + o.bias + h @ w_h
         i, f, og, g = library.split(a, 4, axis=-1)  # blocks [i, f, o, g]
         c_new = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
@@ -59,7 +59,7 @@ class _LSTMStep(_SeqCell):
 class _GRUStep(_SeqCell):
     def step(self, x, h):
         o, H = self._owner, self.hidden_size
-        w_x, w_h = o._views
+        w_x, w_h = o._blocks()
         gx = x @ w_x + o.bias
         gh = h @ w_h[:, : 2 * H]
         r = F.sigmoid(gx[..., :H] + gh[..., :H])
@@ -94,7 +94,6 @@ class _SeqBase(Sequencer):
         rng = check.generator(self, "rng", rng)
         self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
-        self._views = None
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
         self.parameter("bias", (self.n_gates * H,), init="zeros")
@@ -161,14 +160,14 @@ class _SeqBase(Sequencer):
             x = F.transpose(x, (1, 0, 2))
         if given:
             self._start_from(x, given[::-1])
-        with tracing.step(None):  # the input and recurrent blocks, sliced once for all steps
-            D = self.input_size
-            self._views = (self.weight[:D], self.weight[D:])
-        try:
-            y = super().build(x)
-        finally:
-            self._views = None  # (symbolic values of this trace only)
+        y = super().build(x)
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
+
+    def _blocks(self) -> tuple[Var, Var]:
+        """The input and recurrent blocks of `weight`, sliced in the step that reads them (a
+        rolled loop's body: invariant work the compiler computes once per loop call)."""
+        D = self.input_size
+        return self.weight[:D], self.weight[D:]
 
     def _forms(self) -> list[str]:
         names = ["h0", "c0"][: len(self.module.state_names)]
