@@ -70,7 +70,8 @@ class _GRUStep(_SeqCell):
 
 class _SeqBase(Sequencer):
     """A Sequencer over its own step cell, taking (T, B, D) (or (B, T, D) when batch_first)
-    and optional initial states before x in a list (Torch7's {h0, x} / {c0, h0, x})."""
+    and optional initial states before x in a list (Torch7's {h0, x} / {c0, h0, x}); rolled
+    unless `unroll` (Sequencer's flag)."""
 
     _step_class: type = _SeqCell
     n_gates = 4
@@ -84,6 +85,7 @@ class _SeqBase(Sequencer):
         batch_first: bool,
         mask_zero: bool,
         rng: Any,
+        unroll: bool | None,
     ):
         Module.__init__(self)
         self.input_size = check.size(self, "input_size", input_size)
@@ -94,6 +96,7 @@ class _SeqBase(Sequencer):
         rng = check.generator(self, "rng", rng)
         self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
+        self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
         self.parameter("bias", (self.n_gates * H,), init="zeros")
@@ -210,6 +213,8 @@ class SeqLSTM(_SeqBase):
     [c0, h0, x] (h0, c0: (B, H); grad_input mirrors it). `mask_zero`: rows whose x_t is all
     zeros get h_t = c_t = 0. Remembers like a Sequencer (`remember(mode)`, `forget()`);
     `to_fast_lstm()` gives the equivalent FastLSTM. `cell` holds the cell states (T, B, H).
+    Program: as a Sequencer's, the step compiled once and run as a loop at every T (the input
+    projection x W[:D] one GEMM over all steps); `unroll=True` traces every step instead.
     """
 
     _step_class = _LSTMStep
@@ -221,8 +226,9 @@ class SeqLSTM(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng, unroll)
 
     @property
     def cell(self) -> np.ndarray | None:
@@ -262,8 +268,9 @@ class SeqLSTMP(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, hidden_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, hidden_size, output_size, batch_first, mask_zero, rng, unroll)
 
     def _gate_std(self) -> float:
         return 1 / np.sqrt(self.input_size + self.hidden_size)  # Torch7: H here, not R
@@ -292,8 +299,9 @@ class SeqGRU(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng, unroll)
 
     def to_gru(self) -> GRU:
         """A GRU (Element-Research form) with the same weights and mask_zero.
