@@ -149,24 +149,51 @@ def test_remembered_chunks_equal_unrolled_and_gradcheck(kind):
     assert tn.testing.gradcheck_module(fresh, nn.MSECriterion(), x, rng.standard_normal(y.shape))
 
 
-def test_input_projection_leaves_the_loop_as_for_sequencer_fastlstm():
-    """The forward program: x @ W[:D] one GEMM over the (T*B, D) rows before the scan, the
-    scan body's one GEMM the recurrent h @ W[D:] -- as Sequencer(FastLSTM)'s program."""
+def _matmuls(program):
+    """(GEMM shapes outside the loop, GEMM shapes in its body) of a compiled program."""
+    outside = sorted(n.shape for n in program.graph.nodes if n.op == "matmul")
+    (scan,) = [n for n in program.graph.nodes if n.op == "scan"]
+    return outside, sorted(n.shape for n in scan.attrs["body"].nodes if n.op == "matmul")
+
+
+def test_gemms_leave_the_loop_as_for_sequencer_fastlstm():
+    """Forward: x @ W[:D] one GEMM over the (T*B, D) rows before the scan, the body's one GEMM
+    the recurrent h @ W[D:]; backward: the body's one GEMM dA_t @ W[D:]^T, the gradients of x
+    and of both weight blocks GEMMs over all steps after it -- as Sequencer(FastLSTM)'s."""
     tn.manual_seed(9)
     seq = nn.SeqLSTM(D, H)
     fast = nn.Sequencer(seq.to_fast_lstm())
     x = np.random.default_rng(10).standard_normal((T, B, D))
-    shapes = []
+    got = []
     for m in (seq, fast):
         m.forward(x)
-        graph = m._runtime.last_compiled().graph
-        outside = [n.shape for n in graph.nodes if n.op == "matmul"]
-        (scan,) = [n for n in graph.nodes if n.op == "scan"]
-        inside = [n.shape for n in scan.attrs["body"].nodes if n.op == "matmul"]
-        shapes.append((outside, inside))
-    assert shapes[0] == shapes[1] == ([(T * B, 4 * H)], [(B, 4 * H)]), shapes
+        m.backward(x, np.ones((T, B, H)))
+        pair = m._runtime.last.training_pair
+        got.append((_matmuls(pair.forward), _matmuls(pair.backward)))
+    assert got[0][0] == got[1][0] == ([(T * B, 4 * H)], [(B, 4 * H)]), got
+    assert got[0][1][1] == got[1][1][1] == [(B, H)], got
+    assert len(got[0][1][0]) == len(got[1][1][0]) == 3, got  # dx, dW_x, dW_h (any layout)
 
 
 def test_unroll_must_be_a_flag():
     with pytest.raises(TapernnError, match="unroll"):
         nn.SeqGRU(D, H, unroll="yes")
+
+
+@pytest.mark.parametrize("kind,n_weights", [("gru", 3), ("lstm", 2), ("lstmp", 3)])
+def test_no_weight_gradient_is_summed_inside_the_backward_loop(kind, n_weights):
+    """The backward body's GEMMs: the recurrent ones only (as many as the forward body's);
+    after the loop one per weight block (GRU: W_x, W_h[r, u], W_h[ĥ]; LSTMP: W_x, W_h, W_O)
+    and dx."""
+    tn.manual_seed(11)
+    m = MAKERS[kind]()
+    x = np.random.default_rng(12).standard_normal((T, B, D))
+    y = m.forward(x)
+    m.backward(x, np.ones_like(y))
+    pair = m._runtime.last.training_pair
+    (_, fw_inside), (bw_outside, bw_inside) = _matmuls(pair.forward), _matmuls(pair.backward)
+    assert len(bw_inside) == len(fw_inside) and len(bw_outside) == n_weights + 1, (
+        fw_inside,
+        bw_outside,
+        bw_inside,
+    )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .. import library
+from .. import library, tracing
 from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ShapeError
@@ -48,7 +48,7 @@ class _LSTMStep(_SeqCell):
 
     def step(self, x, h, c):
         o = self._owner
-        w_x, w_h = o._blocks()
+        w_x, w_h = o._views
         a = x @ w_x + o.bias + h @ w_h
         i, f, og, g = library.split(a, 4, axis=-1)  # blocks [i, f, o, g]
         c_new = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
@@ -59,12 +59,12 @@ class _LSTMStep(_SeqCell):
 class _GRUStep(_SeqCell):
     def step(self, x, h):
         o, H = self._owner, self.hidden_size
-        w_x, w_h = o._blocks()
+        w_x, w_hru, w_hc = o._views
         gx = x @ w_x + o.bias
-        gh = h @ w_h[:, : 2 * H]
+        gh = h @ w_hru
         r = F.sigmoid(gx[..., :H] + gh[..., :H])
         u = F.sigmoid(gx[..., H : 2 * H] + gh[..., H:])
-        hc = F.tanh(gx[..., 2 * H :] + (r * h) @ w_h[:, 2 * H :])
+        hc = F.tanh(gx[..., 2 * H :] + (r * h) @ w_hc)
         return (1 - u) * hc + u * h
 
 
@@ -96,6 +96,7 @@ class _SeqBase(Sequencer):
         rng = check.generator(self, "rng", rng)
         self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
+        self._views = None
         self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
@@ -163,14 +164,38 @@ class _SeqBase(Sequencer):
             x = F.transpose(x, (1, 0, 2))
         if given:
             self._start_from(x, given[::-1])
-        y = super().build(x)
+        with tracing.step(None):  # the weight's blocks, sliced once for all steps
+            self._views = self._blocks()
+        try:
+            y = super().build(x)
+        finally:
+            self._views = None  # (symbolic values of this trace only)
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
 
-    def _blocks(self) -> tuple[Var, Var]:
-        """The input and recurrent blocks of `weight`, sliced in the step that reads them (a
-        rolled loop's body: invariant work the compiler computes once per loop call)."""
+    def _blocks(self) -> tuple[Var, ...]:
+        """The blocks of `weight` the step multiplies by: input, recurrent."""
         D = self.input_size
         return self.weight[:D], self.weight[D:]
+
+    def _loop_invariants(self) -> list[Var]:
+        # the blocks enter a rolled loop as its invariants: the body's gradients for them are
+        # per-step products the compiler sums as GEMMs after the loop (x_t W_x's: one GEMM
+        # over all steps), as for a Sequencer(FastLSTM)'s weights; the blocks' gradients are
+        # joined into weight's once per call, outside the loop
+        return list(self._views)
+
+    def _step(self, as_array: bool, masked: bool, clear: bool = True) -> Any:
+        call = super()._step(as_array, masked, clear)
+
+        def step(xs: list, invs: list) -> Any:
+            outer = self._views
+            self._views = tuple(invs) or outer  # (a loop body: its inputs for the blocks)
+            try:
+                return call(xs, invs)
+            finally:
+                self._views = outer
+
+        return step
 
     def _forms(self) -> list[str]:
         names = ["h0", "c0"][: len(self.module.state_names)]
@@ -302,6 +327,11 @@ class SeqGRU(_SeqBase):
         unroll: bool | None = None,
     ):
         super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng, unroll)
+
+    def _blocks(self) -> tuple[Var, ...]:
+        """input, recurrent [r, u], recurrent ĥ (applied to r ⊙ h)."""
+        D, H = self.input_size, self.hidden_size
+        return self.weight[:D], self.weight[D:, : 2 * H], self.weight[D:, 2 * H :]
 
     def to_gru(self) -> GRU:
         """A GRU (Element-Research form) with the same weights and mask_zero.
