@@ -76,7 +76,8 @@ def param_rows(v: Node, position: dict[Node, int]) -> tuple[int, tuple | None] |
         kind, a, b, step = v.attrs["index"][0]
         if kind != "s" or step not in (None, 1):
             return None
-        v, rows = v.inputs[0], (a, b)
+        v = v.inputs[0]  # (W[D:], W[:D]: open ends, as any slice, made row numbers)
+        rows = slice(a, b).indices(v.shape[0])[:2]
     if v not in position or v.attrs.get("kind") != "param":
         return None
     return position[v], rows

@@ -59,18 +59,19 @@ class _LSTMStep(_SeqCell):
 class _GRUStep(_SeqCell):
     def step(self, x, h):
         o, H = self._owner, self.hidden_size
-        w_x, w_h = o._views
+        w_x, w_hru, w_hc = o._views
         gx = x @ w_x + o.bias
-        gh = h @ w_h[:, : 2 * H]
+        gh = h @ w_hru
         r = F.sigmoid(gx[..., :H] + gh[..., :H])
         u = F.sigmoid(gx[..., H : 2 * H] + gh[..., H:])
-        hc = F.tanh(gx[..., 2 * H :] + (r * h) @ w_h[:, 2 * H :])
+        hc = F.tanh(gx[..., 2 * H :] + (r * h) @ w_hc)
         return (1 - u) * hc + u * h
 
 
 class _SeqBase(Sequencer):
     """A Sequencer over its own step cell, taking (T, B, D) (or (B, T, D) when batch_first)
-    and optional initial states before x in a list (Torch7's {h0, x} / {c0, h0, x})."""
+    and optional initial states before x in a list (Torch7's {h0, x} / {c0, h0, x}); rolled
+    unless `unroll` (Sequencer's flag)."""
 
     _step_class: type = _SeqCell
     n_gates = 4
@@ -84,6 +85,7 @@ class _SeqBase(Sequencer):
         batch_first: bool,
         mask_zero: bool,
         rng: Any,
+        unroll: bool | None,
     ):
         Module.__init__(self)
         self.input_size = check.size(self, "input_size", input_size)
@@ -95,6 +97,7 @@ class _SeqBase(Sequencer):
         self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
         self._views = None
+        self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
         self.parameter("bias", (self.n_gates * H,), init="zeros")
@@ -161,14 +164,38 @@ class _SeqBase(Sequencer):
             x = F.transpose(x, (1, 0, 2))
         if given:
             self._start_from(x, given[::-1])
-        with tracing.step(None):  # the input and recurrent blocks, sliced once for all steps
-            D = self.input_size
-            self._views = (self.weight[:D], self.weight[D:])
+        with tracing.step(None):  # the weight's blocks, sliced once for all steps
+            self._views = self._blocks()
         try:
             y = super().build(x)
         finally:
             self._views = None  # (symbolic values of this trace only)
         return F.transpose(y, (1, 0, 2)) if self.batch_first else y
+
+    def _blocks(self) -> tuple[Var, ...]:
+        """The blocks of `weight` the step multiplies by: input, recurrent."""
+        D = self.input_size
+        return self.weight[:D], self.weight[D:]
+
+    def _loop_invariants(self) -> list[Var]:
+        # the blocks enter a rolled loop as its invariants: the body's gradients for them are
+        # per-step products the compiler sums as GEMMs after the loop (x_t W_x's: one GEMM
+        # over all steps), as for a Sequencer(FastLSTM)'s weights; the blocks' gradients are
+        # joined into weight's once per call, outside the loop
+        return list(self._views)
+
+    def _step(self, as_array: bool, masked: bool, clear: bool = True) -> Any:
+        call = super()._step(as_array, masked, clear)
+
+        def step(xs: list, invs: list) -> Any:
+            outer = self._views
+            self._views = tuple(invs) or outer  # (a loop body: its inputs for the blocks)
+            try:
+                return call(xs, invs)
+            finally:
+                self._views = outer
+
+        return step
 
     def _forms(self) -> list[str]:
         names = ["h0", "c0"][: len(self.module.state_names)]
@@ -211,6 +238,8 @@ class SeqLSTM(_SeqBase):
     [c0, h0, x] (h0, c0: (B, H); grad_input mirrors it). `mask_zero`: rows whose x_t is all
     zeros get h_t = c_t = 0. Remembers like a Sequencer (`remember(mode)`, `forget()`);
     `to_fast_lstm()` gives the equivalent FastLSTM. `cell` holds the cell states (T, B, H).
+    Program: as a Sequencer's, the step compiled once and run as a loop at every T (the input
+    projection x W[:D] one GEMM over all steps); `unroll=True` traces every step instead.
     """
 
     _step_class = _LSTMStep
@@ -222,8 +251,9 @@ class SeqLSTM(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng, unroll)
 
     @property
     def cell(self) -> np.ndarray | None:
@@ -263,8 +293,9 @@ class SeqLSTMP(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, hidden_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, hidden_size, output_size, batch_first, mask_zero, rng, unroll)
 
     def _gate_std(self) -> float:
         return 1 / np.sqrt(self.input_size + self.hidden_size)  # Torch7: H here, not R
@@ -293,8 +324,14 @@ class SeqGRU(_SeqBase):
         batch_first: bool = False,
         mask_zero: bool = False,
         rng: Any = None,
+        unroll: bool | None = None,
     ):
-        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng)
+        super().__init__(input_size, output_size, output_size, batch_first, mask_zero, rng, unroll)
+
+    def _blocks(self) -> tuple[Var, ...]:
+        """input, recurrent [r, u], recurrent ĥ (applied to r ⊙ h)."""
+        D, H = self.input_size, self.hidden_size
+        return self.weight[:D], self.weight[D:, : 2 * H], self.weight[D:, 2 * H :]
 
     def to_gru(self) -> GRU:
         """A GRU (Element-Research form) with the same weights and mask_zero.

@@ -210,6 +210,11 @@ class Sequencer(HiddenStateOf, Module):
 
         return call
 
+    def _loop_invariants(self) -> list[Var]:
+        """Values computed before the loop that every step reads: the rolled loop's invariants
+        (the step call gets the body's inputs standing for them as `invs`); none here."""
+        return []
+
     def _build_rolled(self, ctx: Any, x: Any, as_array: bool, step_mask: Var | None) -> Any:
         T = x.shape[0] if as_array else len(x)
         with tracing.step(None):
@@ -221,9 +226,10 @@ class Sequencer(HiddenStateOf, Module):
                 xt = x[t]
                 return [xt] if step_mask is None else [xt, step_mask[t]]
 
-        key = loop_key(self, ctx, xs, [], as_array)
+        invs = self._loop_invariants()
+        key = loop_key(self, ctx, xs, invs, as_array)
         masked = step_mask is not None
-        segments = run_loop(ctx, key, self._step(as_array, masked, False), T, xs, [], xs_step)
+        segments = run_loop(ctx, key, self._step(as_array, masked, False), T, xs, invs, xs_step)
         y = join_segments(segments, as_array)
         return self._clear_padding(y, as_array, step_mask) if masked else y
 
