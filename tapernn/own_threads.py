@@ -28,6 +28,7 @@ import numpy as np
 
 from . import blas, blas_gemm
 from .backends import blas_twin
+from .launch import cpus
 
 # a time-batched GEMM splits from this many flops (2mkn): the hand-off to the worker and back
 # costs ~20-50 us, a 8 MFLOP GEMM ~80 us a thread
@@ -204,13 +205,6 @@ def both_after(prepare: tuple, work: tuple) -> tuple:
                 raise w from None
         raise
     return value, future.result()
-
-
-def cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        return os.cpu_count() or 1
 
 
 # ---- the owned call ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from tapernn.backends import compile_child, numba_available
 from tapernn.backends.kernel_cache import numba_folders
 from tapernn.errors import TapernnError
+from tapernn.launch import LAUNCHER_VARIABLES
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
 
@@ -40,7 +41,7 @@ def fresh(monkeypatch, tmp_path):
     from tapernn.backends.numba_setup import setup
 
     setup()  # (numba's saves locked: compile_child.limit needs it)
-    for v in compile_child._MPI:
+    for v in LAUNCHER_VARIABLES:
         monkeypatch.delenv(v, raising=False)
     monkeypatch.delenv(compile_child.ENV, raising=False)
     monkeypatch.setattr(compile_child, "MAX", [1])

@@ -35,6 +35,7 @@ LAYERS = [
             "tapernn.views",
             "tapernn.keys",
             "tapernn.tuning",
+            "tapernn.launch",
             "tapernn.plan_options",
         ],
     ),

@@ -17,21 +17,13 @@ import numpy as np
 
 from .. import optim
 from ..errors import TapernnError
+from ..launch import launched_by_mpi  # noqa: F401 (this module's public name: dist.launched_by_mpi)
 from ..nn.packing import storage
 
 MPI_EXTRA = 'pip install "tapernn[mpi]"'
 TIMEOUT_ENV = "TAPERNN_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait: above any step, evaluation or save
 BUCKET_BYTES = 256 * 1024  # gradient arrays below this are packed together into one bucket
-# what MPI launchers (mpiexec/mpirun of MPICH, Intel MPI, Open MPI, MVAPICH; srun's PMI/PMIx
-# plugins) put in each process's environment
-_LAUNCHER_VARIABLES = (
-    "PMI_RANK",
-    "PMI_SIZE",
-    "PMIX_RANK",
-    "OMPI_COMM_WORLD_SIZE",
-    "MV2_COMM_WORLD_SIZE",
-)
 
 
 class DistributedError(TapernnError, RuntimeError):
@@ -48,12 +40,6 @@ class _Group:
 
 
 _group = _Group()
-
-
-def launched_by_mpi() -> bool:
-    """Whether an MPI launcher (mpiexec, mpirun, srun) started this process, read from the
-    environment without initialising MPI. `init()` then tells how many ranks there are."""
-    return any(name in os.environ for name in _LAUNCHER_VARIABLES)
 
 
 def init(timeout: float | None = None, abort_on_error: bool = True) -> Any:

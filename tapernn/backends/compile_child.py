@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TapernnError
+from ..launch import cpus, launched_by_mpi
 from . import numba_setup
 
 log = logging.getLogger(__name__)
 
 ENV = "TAPERNN_COMPILE_CHILD"
 TIMEOUT_S = [30.0]  # a waited-for child's longest run (from its start): then killed, compiled here
-MAX = [max(1, (os.cpu_count() or 1) - 1)]  # children running at once
-# what MPI launchers put in each rank's environment (apps/distributed.py's list)
-_MPI = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+MAX = [max(1, cpus() - 1)]  # children running at once
 _NAMES = re.compile(r"\btapernn_[a-z0-9_]+?_[0-9a-f]{20}\b")  # (a kernel-cache module's name)
 _jobs: dict[str, Job] = {}  # module name (+ the asker's tag) -> its child's job
 _sources: dict[str, str] = {}  # a job's module text -> its _jobs key
@@ -62,7 +61,7 @@ def limit() -> int:
         n = int(text) if text else MAX[0]
     except ValueError:
         raise TapernnError(f"${ENV}: expected an integer >= 0, got {text!r}") from None
-    if any(v in os.environ for v in _MPI) or (os.cpu_count() or 1) < 2:
+    if launched_by_mpi() or cpus() < 2:
         return 0
     if not numba_setup.LOCKED[0]:
         return 0
