@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import DTypeError, ShapeError, StateError, no_cell_step
+from ..errors import DTypeError, ShapeError, StateError, no_cell_step, wrong_step_arguments
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -464,7 +464,10 @@ class Cell(AbstractRecurrent):
         return [lead + (self.hidden_size,) for _ in self.state_names]
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
-        new = self._cell_step(x, *state)
+        try:
+            new = self._cell_step(x, *state)
+        except TypeError as e:  # Python's own, naming neither the cell nor state_names
+            raise wrong_step_arguments(self, len(state)) or e
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         self.expect(
             len(new) == len(self.state_names),
