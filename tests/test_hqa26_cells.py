@@ -48,3 +48,28 @@ def test_a_type_error_inside_a_well_formed_step_is_not_renamed():
     with pytest.raises(TypeError) as info:
         seq.forward(np.zeros((2, 1, 3)))
     assert not isinstance(info.value, tn.BuildError)
+
+
+class ScaledByIntegers(_OneState):
+    def step(self, x, h):  # an integer array constant: NumPy promotes float32 with it to float64
+        return tn.tanh(tn.concat([x, h], axis=-1) @ self.w) * np.arange(4)
+
+
+def test_a_float32_state_promoted_by_an_integer_constant_says_so():
+    # was "state 'h' changed dtype float32 -> float64" with no word on why (the input is float)
+    seq = nn.Sequencer(ScaledByIntegers(3, 4)).float()
+    with pytest.raises(tn.DTypeError) as info:
+        seq.forward(np.zeros((2, 1, 3), np.float32))
+    message = str(info.value)
+    assert "float32 -> float64" in message and "integer array" in message
+    assert "np.arange(4.0)" in message or "float array" in message
+
+
+def test_a_bool_state_is_not_blamed_on_integer_constants():
+    class Compared(_OneState):
+        def step(self, x, h):
+            return h > 0
+
+    with pytest.raises(tn.DTypeError) as info:
+        nn.Sequencer(Compared(3, 4)).forward(np.zeros((2, 1, 3)))
+    assert "float64 -> bool" in str(info.value) and "integer" not in str(info.value)

@@ -480,7 +480,7 @@ class Cell(AbstractRecurrent):
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"
             )
             if s.dtype != old.dtype:  # (a bool state from `h > 0`; NumPy's int promotion)
-                why = f"{old.dtype} -> {s.dtype}{check.promoted_by(flatten(x)[0], old.dtype)}"
+                why = check.dtype_change(flatten(x)[0], old.dtype, s.dtype)
                 self.expect(False, f"state {name!r} changed dtype {why}", DTypeError)
         # `output` is also the Torch7 result field on instances: call the class's method
         out = type(self).output(self, *new)
