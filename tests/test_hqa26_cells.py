@@ -73,3 +73,13 @@ def test_a_bool_state_is_not_blamed_on_integer_constants():
     with pytest.raises(tn.DTypeError) as info:
         nn.Sequencer(Compared(3, 4)).forward(np.zeros((2, 1, 3)))
     assert "float64 -> bool" in str(info.value) and "integer" not in str(info.value)
+
+
+def test_a_shape_error_that_names_its_op_is_not_prefixed_twice():
+    # tn.scan's shape rule names itself ("scan: initial carry 0 ..."); the tracer prefixed the op
+    # name again: "scan: scan: initial carry 0"
+    h0, xs, w = np.zeros((2, 8)), np.zeros((5, 2, 3)), np.zeros((3, 8))
+    step = tn.trace(lambda h, x, w: [tn.tanh(x @ w + h)] * 2, h0, xs[0], w)
+    with pytest.raises(tn.ShapeError) as info:
+        tn.trace(lambda h, xs, w: tn.scan(step, [h[:1]], [xs], [w]).ys[0], h0, xs, w)
+    assert str(info.value).startswith("scan: initial carry 0")
