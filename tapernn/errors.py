@@ -5,7 +5,9 @@ Messages name the module path (or op scope), the timestep when there is one, and
 
 from __future__ import annotations
 
+import inspect
 import pickle
+from typing import Any
 
 
 class TapernnError(Exception):
@@ -79,6 +81,21 @@ def no_cell_step(cell: object, *args: object) -> None:
         f"{cell.describe()} does not define step(self, x, *state): a Cell returns its new "
         f"state(s) from the input and the old state(s) symbolically (tn.* ops)"
     )
+
+
+def wrong_step_arguments(cell: Any, n_states: int) -> BuildError | None:
+    """A Cell's step that raised TypeError: a BuildError saying what to write when its parameters
+    cannot take the input and one argument per state; None (the step's own error) when they can."""
+    try:
+        inspect.signature(cell._cell_step).bind(None, *[None] * n_states)
+    except TypeError:
+        names = ", ".join(("self", "x", *cell.state_names))
+        return BuildError(
+            f"{cell.describe()}: step{inspect.signature(cell._cell_step)} cannot take the input "
+            f"and the {n_states} state(s) of state_names {tuple(cell.state_names)}: define "
+            f"step({names}), one argument per state, in state_names order"
+        )
+    return None
 
 
 def no_program(who: str) -> StateError:

@@ -224,8 +224,9 @@ def emit(opname: str, *args: Any, **attrs: Any) -> Var:
         dtype = op.infer_dtype([n.dtype for n in nodes], attrs)
     except (ShapeError, DTypeError) as e:
         shown = ", ".join(map(str, shapes))
+        said = str(e) if str(e).startswith(f"{opname}: ") else f"{opname}: {e}"  # (scan's do)
         raise type(e)(
-            f"{opname}: {e} [input shapes {shown}]{where(_SCOPE.get() or None, _STEP.get())}"
+            f"{said} [input shapes {shown}]{where(_SCOPE.get() or None, _STEP.get())}"
         ) from None
     node = Node(
         opname, nodes, attrs, shape, dtype, step=_STEP.get(), scope=_SCOPE.get(), phase=_PHASE.get()

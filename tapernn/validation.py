@@ -247,15 +247,22 @@ def narrowed(owner: Any, what: str, x: np.ndarray, dtype: np.dtype) -> np.ndarra
             ) from None
 
 
-def promoted_by(leaves: list, dtype: np.dtype) -> str:
-    """Why a recurrent state left `dtype` when an integer step input (its `leaves`) did it
-    (NumPy promotes int32 / int64 with float32 to float64): its DTypeError's hint, else ""."""
+def dtype_change(leaves: list, old: np.dtype, new: np.dtype) -> str:
+    """The "float32 -> float64" of a recurrent state's DTypeError, with why when NumPy's promotion
+    did it: an integer step input (its `leaves`), else an integer array constant in the step
+    (Python and float constants take the model's dtype; integer arrays keep theirs)."""
     ints = [v.dtype for v in leaves if getattr(v, "dtype", np.dtype(object)).kind in "iu"]
-    if not ints or np.result_type(ints[0], dtype) == dtype:
-        return ""
+    if new != np.result_type(old, new) or new.kind != "f":
+        return f"{old} -> {new}"
+    if ints and np.result_type(ints[0], old) != old:
+        return (
+            f"{old} -> {new} (the step input holds {ints[0]} integers, which NumPy promotes with "
+            f"{old}: pass the input as .astype(np.{old}))"
+        )
     return (
-        f" (the step input holds {ints[0]} integers, which NumPy promotes with {dtype}: "
-        f"pass the input as .astype(np.{dtype}))"
+        f"{old} -> {new} (an integer array in the step, such as np.arange(4) or np.array(2), "
+        f"promotes {old} to {new} as in NumPy; Python numbers and float arrays take the model's "
+        f"dtype: write it as a float array, np.arange(4.0))"
     )
 
 

@@ -188,7 +188,9 @@ def edge_list(d: Drawing) -> list[tuple[str, str, dict]]:
     """(tail id, head id, attrs) as emitted: backward edges reversed with dir=back."""
     buffers = buffer_ids(d.compiled)
     out = []
-    for (u, v, kind), count in merge_edges(d).items():
+    merged = merge_edges(d)
+    pairs = {(u, v) for u, v, _kind in merged}
+    for (u, v, kind), count in merged.items():
         if kind == "context" and d.step_label:
             continue  # the collapsed view is an overview; what backward reads is in the full one
         attrs = dict(EDGE_KIND_ATTRS[kind])
@@ -201,6 +203,8 @@ def edge_list(d: Drawing) -> list[tuple[str, str, dict]]:
         if folded:
             # a recurrent edge folded into its template: a loop back into the same cluster
             attrs["constraint"] = "false"
+            if (v, u) in pairs:  # drawn straight it lay on, and hid, the edge v -> u (c -> c * f)
+                attrs.update(tailport="n", headport="n")
             labels.append("t+1" if kind == "recurrent" else "t−1")
         if labels:
             attrs["label"] = " ".join(labels)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import validation as check
-from ..errors import DTypeError, ShapeError, StateError, no_cell_step
+from ..errors import DTypeError, ShapeError, StateError, no_cell_step, wrong_step_arguments
 from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
@@ -464,7 +464,10 @@ class Cell(AbstractRecurrent):
         return [lead + (self.hidden_size,) for _ in self.state_names]
 
     def step_forward(self, x: Var, state: tuple[Var, ...]) -> tuple[Var, tuple[Var, ...]]:
-        new = self._cell_step(x, *state)
+        try:
+            new = self._cell_step(x, *state)
+        except TypeError as e:  # Python's own, naming neither the cell nor state_names
+            raise wrong_step_arguments(self, len(state)) or e
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
         self.expect(
             len(new) == len(self.state_names),
@@ -477,7 +480,7 @@ class Cell(AbstractRecurrent):
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"
             )
             if s.dtype != old.dtype:  # (a bool state from `h > 0`; NumPy's int promotion)
-                why = f"{old.dtype} -> {s.dtype}{check.promoted_by(flatten(x)[0], old.dtype)}"
+                why = check.dtype_change(flatten(x)[0], old.dtype, s.dtype)
                 self.expect(False, f"state {name!r} changed dtype {why}", DTypeError)
         # `output` is also the Torch7 result field on instances: call the class's method
         out = type(self).output(self, *new)
