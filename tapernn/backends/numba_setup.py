@@ -1,6 +1,10 @@
 """numba's first-use setup (its CPU target's registries), done once before tapernn loads or
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
 (0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
+Nor does a load from numba's disk cache refresh numba's CPU target (`loads_unrefreshed`): the
+refresh imports and installs every typing and lowering registry numba has (typed dicts,
+unicode, random, polynomials, ...), 0.3-0.45 s of a warm first call's CPU, which only a compile
+reads -- and numba's compiler refreshes the target itself before each compile.
 Below numba's default -O3 (NUMBA_OPT=0/1/2: e.g. `NUMBA_OPT=0 pytest`, issue 19) it also makes
 kernels cacheable and keys numba's cache by the level (numba_opt.py). And numba's cache saves
 take a lock on the cache folder (`locked_saves`: compile_child.py's processes save at once)."""
@@ -75,8 +79,10 @@ def setup() -> bool:
         # way round here, a first @njit on another thread meanwhile deadlocked both)
         cpu_target.target_context  # noqa: B018
         with global_compiler_lock:  # no numba compile sees the stand-in check half-installed
+            refreshed_by_compiles = loads_unrefreshed()
             if not deferrable():
-                cpu_target.target_context.refresh()
+                if not refreshed_by_compiles:
+                    cpu_target.target_context.refresh()
                 return False
             from numba.np import linalg
 
@@ -92,8 +98,43 @@ def setup() -> bool:
                 linalg.ensure_blas = ensure_blas
             arraymath.ensure_blas = ensure_blas
             arraymath._HAVE_BLAS = DeferredBlasCheck(arraymath._check_blas)
-            cpu_target.target_context.refresh()
+            if not refreshed_by_compiles:
+                cpu_target.target_context.refresh()
             return True
+
+
+def loads_unrefreshed() -> bool:
+    """numba's disk-cache loads (Cache.load_overload) for the CPU target without the target
+    refresh numba does first: a loaded overload is machine code, its types unpickled, and
+    needs only numba's runtime (NRT: its symbols and atomics, `rtsys.initialize`, which the
+    load still does). Every compile refreshes the target itself (CompilerBase.__init__, numba
+    0.68), so the registries are there before anything is typed or lowered. True once
+    installed (a checked numba release: CHECKED_VERSIONS); else numba's loads as they were."""
+    import numba
+    from numba.core import caching
+    from numba.core.cpu import CPUContext
+    from numba.core.runtime import rtsys
+
+    cls = caching.Cache
+    if getattr(cls.load_overload, "_tapernn", False):
+        return True
+    low, high = CHECKED_VERSIONS
+    parts = ("_guard_against_spurious_io_errors", "_load_overload")
+    if not low <= _version(numba.__version__) <= high or not all(hasattr(cls, p) for p in parts):
+        return False
+    numbas = cls.load_overload
+
+    def load_overload(self, sig, target_context):
+        if type(target_context) is not CPUContext:  # (another target: numba's own load)
+            return numbas(self, sig, target_context)
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+        return None  # (an I/O error the guard swallowed: a miss, as numba's own load)
+
+    load_overload._tapernn = True
+    cls.load_overload = load_overload
+    return True
 
 
 LOCKED = [False]  # numba's cache saves locked in this process (locked_saves)
