@@ -12,6 +12,7 @@ from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .module import Module
+from .settings import rules, size
 
 
 class RecurrentAttention(Module):
@@ -27,11 +28,13 @@ class RecurrentAttention(Module):
     Shapes: x (B, ...) -> a list of n_step hidden states, each (B,) + hidden_size.
     """
 
+    setting_rules = rules(n_step=size())
+
     def __init__(self, rnn: Module, action: Module, n_step: int, hidden_size: int | tuple):
         super().__init__()
         self.add_child("rnn", check.module(self, "rnn", rnn))
         self.add_child("action", check.module(self, "action", action))
-        self.n_step = check.size(self, "n_step", n_step)
+        self.n_step = n_step
         if isinstance(hidden_size, (tuple, list)):
             self.hidden_size = check.sizes(self, "hidden_size", hidden_size)
         else:

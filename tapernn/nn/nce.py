@@ -17,6 +17,7 @@ from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
+from .settings import fixed, number, rules, size
 
 
 class NCEModule(Module):
@@ -36,6 +37,14 @@ class NCEModule(Module):
 
     array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
     call_inputs = ("z",)  # bound at every call (its first call estimates and sets it)
+    setting_rules = rules(
+        input_size=fixed(size()),
+        output_size=fixed(size()),
+        k=size(),
+        unigram=lambda owner, name, noise: _unigram(owner, noise),
+        z=number(),
+        rng=check.generator,
+    )
 
     def __init__(
         self,
@@ -47,13 +56,10 @@ class NCEModule(Module):
         rng: np.random.Generator | None = None,
     ):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
-        self.k = check.size(self, "k", k)
-        self.unigram = _unigram(self, noise)
+        self.input_size, self.output_size, self.k = input_size, output_size, k
+        self.unigram = noise
         self._cdf, self._cdf_of = np.cumsum(self.unigram), self.unigram.copy()
-        self.z = check.number(self, "z", z)
-        self.rng = check.generator(self, "rng", rng)
+        self.z, self.rng = z, rng
         self.parameter(
             "weight",
             (self.output_size, self.input_size),
@@ -157,9 +163,11 @@ class NCECriterion(Criterion):
 
     eps = 1e-7
 
+    setting_rules = rules(size_average=check.flag)
+
     def __init__(self, size_average: bool = True):
         super().__init__()
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.size_average = size_average
 
     def forward(self, input: Any, target: Any = None) -> float:
         ok = isinstance(input, (list, tuple)) and len(input) == 4
