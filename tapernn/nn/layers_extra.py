@@ -32,7 +32,7 @@ def _weight_shape(owner: Module, name: str, value: Any) -> tuple[int, ...]:
     """CMul's `size`: the weight's shape, positive sizes, at least one."""
     shape = sizes(owner, name, value)
     if not shape:
-        raise ArgumentError(f"{check.who(owner)}: give the weight's shape, e.g. CMul(4)")
+        raise ArgumentError(f"{check.who(owner)}: {name}: give the weight's shape, e.g. CMul(4)")
     return shape
 
 
@@ -52,10 +52,13 @@ def _dim_pairs(owner: Module, name: str, value: Any) -> tuple[tuple[int, int], .
     for pair in sequence(owner, name, value, "pairs of dims"):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ArgumentTypeError(
-                f"{check.who(owner)}: each argument must be a pair of dims (a, b), got "
+                f"{check.who(owner)}: {name}: each must be a pair of dims (a, b), got "
                 f"{check.got(pair)}"
             )
-    return tuple((check.integer(owner, "dim", a), check.integer(owner, "dim", b)) for a, b in value)
+    return tuple(
+        (check.integer(owner, f"{name}[{k}][0]", a), check.integer(owner, f"{name}[{k}][1]", b))
+        for k, (a, b) in enumerate(value)
+    )
 
 
 class LinearNoBias(Linear):

@@ -41,7 +41,7 @@ class NCEModule(Module):
         input_size=fixed(size()),
         output_size=fixed(size()),
         k=size(),
-        unigram=lambda owner, name, noise: _unigram(owner, noise),
+        unigram=lambda owner, name, noise: _unigram(owner, name, noise),
         z=number(),
         rng=check.generator,
     )
@@ -133,7 +133,8 @@ def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
     return traced[module]
 
 
-def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
+def _unigram(module: NCEModule, name: str, noise: Any) -> np.ndarray:
+    """The noise distribution `noise` normalised (the constructor's `noise`, kept as `unigram`)."""
     try:
         unigram = np.asarray(noise, dtype=np.float64)
     except (TypeError, ValueError):
@@ -145,7 +146,7 @@ def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
         or (unigram.min() < 0 or unigram.sum() <= 0)
     ):
         raise ArgumentError(
-            f"nn.NCEModule: noise must be {V} non-negative unigram counts or "
+            f"nn.NCEModule: {name} (the noise distribution) must be {V} non-negative unigram counts or "
             f"probabilities with a positive sum, got {check.got(noise)}"
         )
     return unigram / unigram.sum()

@@ -106,8 +106,8 @@ def ordered(low: str, high: str) -> Rule:
             lo, hi = (value, owner.__dict__[high]) if name == low else (owner.__dict__[low], value)
             if not lo < hi:
                 raise ArgumentError(
-                    f"{check.who(owner)}: {low} {lo} must be < {high} {hi} (got {name} = "
-                    f"{value}; to move both bounds past each other, set the one leading first)"
+                    f"{check.who(owner)}: {low} {lo} must be < {high} {hi} (to move both "
+                    f"bounds past each other, set the leading one first)"
                 )
         return value
 
