@@ -15,6 +15,7 @@ import tapernn as tn
 from tapernn import nn
 from tapernn.errors import ArgumentError as AE
 from tapernn.errors import ArgumentTypeError as ATE
+from tapernn.errors import DTypeError as DTE
 
 NAN, INF = math.nan, math.inf
 FIXED = "<fixed>"  # `good`: the setting is fixed at construction
@@ -357,6 +358,16 @@ CASES = {
         fwd(np.vstack([X[:2], np.zeros((1, 4))])),
     ),
     "RecurrentAttention.n_step": Case(_ram, "n_step", [(0, AE)], 3, fwd(X[:, :3])),
+    "RecurrentAttention.hidden_size": Case(
+        lambda v=5: nn.RecurrentAttention(nn.Identity(), nn.Identity(), 2, v),
+        "hidden_size",
+        [(0, AE), ((5, 0), AE), ("5", ATE)],
+        Same((5,)),  # (the rnn's output shape: refused at the next call if it is not)
+        lambda model: 0.0,
+    ),
+    "Copy.out_dtype": Case(
+        lambda v=None: nn.Copy(v), "out_dtype", [("int32", DTE), ("bogus", DTE)], np.float32
+    ),
     "ReinforceNormal.stdev": Case(
         lambda v=0.1: nn.ReinforceNormal(v), "stdev", [(0.0, AE), (NAN, AE)], 2.0
     ),

@@ -11,11 +11,22 @@ import numpy as np
 from .. import functional as F
 from .. import library
 from .. import validation as check
-from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..tracing import Var
 from .layers import Linear, last_dim
 from .module import Module
-from .settings import fixed, nonzero_integer, number, ordered, rules, sequence, size, sizes
+from .settings import (
+    dim_pairs,
+    fixed,
+    float_dtype,
+    nonzero_integer,
+    number,
+    optional,
+    ordered,
+    rules,
+    size,
+    view_shape,
+    weight_shape,
+)
 from .tables import _dim
 
 
@@ -25,39 +36,6 @@ def _array(module: Module, x: Any) -> None:
         "expects an array, got a list"
         if isinstance(x, list)
         else f"expects an array, got {type(x).__name__}",
-    )
-
-
-def _weight_shape(owner: Module, name: str, value: Any) -> tuple[int, ...]:
-    """CMul's `size`: the weight's shape, positive sizes, at least one."""
-    shape = sizes(owner, name, value)
-    if not shape:
-        raise ArgumentError(f"{check.who(owner)}: {name}: give the weight's shape, e.g. CMul(4)")
-    return shape
-
-
-def _view_sizes(owner: Module, name: str, value: Any) -> tuple[int, ...]:
-    """View's `size`: integers, positive but at most one -1 (the size the rest leaves)."""
-    value = sequence(owner, name, value, "sizes")
-    shape = tuple(check.integer(owner, f"{name}[{k}]", s) for k, s in enumerate(value))
-    if not shape or shape.count(-1) > 1 or any(s < 1 and s != -1 for s in shape):
-        raise ArgumentError(
-            f"{check.who(owner)}: sizes must be positive with at most one -1, got {shape}"
-        )
-    return shape
-
-
-def _dim_pairs(owner: Module, name: str, value: Any) -> tuple[tuple[int, int], ...]:
-    """Transpose's `permutations`: pairs of dims (a, b)."""
-    for pair in sequence(owner, name, value, "pairs of dims"):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ArgumentTypeError(
-                f"{check.who(owner)}: {name}: each must be a pair of dims (a, b), got "
-                f"{check.got(pair)}"
-            )
-    return tuple(
-        (check.integer(owner, f"{name}[{k}][0]", a), check.integer(owner, f"{name}[{k}][1]", b))
-        for k, (a, b) in enumerate(value)
     )
 
 
@@ -112,7 +90,7 @@ class CMul(Module):
     a 1 in `size` spans that dim, as Torch7's CMul(5, 1) on a 5x4 input), init U(±1/√w.size).
     Torch7: nn.CMul(size...)."""
 
-    setting_rules = rules(size=fixed(_weight_shape))
+    setting_rules = rules(size=fixed(weight_shape))
 
     def __init__(self, *size: int, rng=None):
         super().__init__()
@@ -141,11 +119,11 @@ class Copy(Module):
     """Copies its input, converting to `out_dtype` if given (the gradient converts back).
     Torch7: nn.Copy(intype, outtype)."""
 
+    setting_rules = rules(out_dtype=optional(float_dtype))
+
     def __init__(self, out_dtype: Any = None):
         super().__init__()
-        self.out_dtype = None if out_dtype is None else np.dtype(out_dtype)
-        if self.out_dtype is not None and self.out_dtype.kind != "f":
-            raise DTypeError(f"nn.Copy: out_dtype must be a float dtype, got {self.out_dtype}")
+        self.out_dtype = out_dtype
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -228,7 +206,7 @@ class View(Module):
     view's elements keeps its first dim as the batch.  Torch7: nn.View(sizes)."""
 
     setting_rules = rules(
-        size=_view_sizes,
+        size=view_shape,
         num_input_dims=size(allow_none=True),
     )
 
@@ -267,7 +245,7 @@ class Transpose(Module):
     """Swaps each given pair of dims in turn: Transpose((0, 1), (2, 3)).
     Torch7: nn.Transpose({1, 2}, {3, 4})."""
 
-    setting_rules = rules(permutations=_dim_pairs)
+    setting_rules = rules(permutations=dim_pairs)
 
     def __init__(self, *permutations: tuple[int, int]):
         super().__init__()

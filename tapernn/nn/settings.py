@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from .. import validation as check
-from ..errors import ArgumentError, ArgumentTypeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 
 Rule = Callable[[Any, str, Any], Any]
 
@@ -117,3 +119,49 @@ def ordered(low: str, high: str) -> Rule:
 def rules(**named: Rule) -> MappingProxyType:
     """A class's `setting_rules`, read-only: `setting_rules = rules(p=number("[0, 1)"))`."""
     return MappingProxyType(named)
+
+
+def float_dtype(owner: Any, name: str, value: Any) -> np.dtype:
+    """A float dtype (np.float32, "float64", ...: Copy's `out_dtype`)."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "f":
+        raise DTypeError(
+            f"{check.who(owner)}: {name} must be a float dtype, got {check.got(value)}"
+        )
+    return dtype
+
+
+def weight_shape(owner: Any, name: str, value: Any) -> tuple[int, ...]:
+    """A parameter's shape: positive sizes, at least one (CMul's `size`)."""
+    shape = sizes(owner, name, value)
+    if not shape:
+        raise ArgumentError(f"{check.who(owner)}: {name}: give the weight's shape, e.g. CMul(4)")
+    return shape
+
+
+def view_shape(owner: Any, name: str, value: Any) -> tuple[int, ...]:
+    """A view's shape: positive integers but at most one -1, the size the rest leaves (View)."""
+    value = sequence(owner, name, value, "sizes")
+    shape = tuple(check.integer(owner, f"{name}[{k}]", s) for k, s in enumerate(value))
+    if not shape or shape.count(-1) > 1 or any(s < 1 and s != -1 for s in shape):
+        raise ArgumentError(
+            f"{check.who(owner)}: sizes must be positive with at most one -1, got {shape}"
+        )
+    return shape
+
+
+def dim_pairs(owner: Any, name: str, value: Any) -> tuple[tuple[int, int], ...]:
+    """Pairs of dims (a, b) (Transpose's `permutations`)."""
+    for pair in sequence(owner, name, value, "pairs of dims"):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ArgumentTypeError(
+                f"{check.who(owner)}: {name}: each must be a pair of dims (a, b), got "
+                f"{check.got(pair)}"
+            )
+    return tuple(
+        (check.integer(owner, f"{name}[{k}][0]", a), check.integer(owner, f"{name}[{k}][1]", b))
+        for k, (a, b) in enumerate(value)
+    )
