@@ -365,6 +365,22 @@ CASES = {
         Same((5,)),  # (the rnn's output shape: refused at the next call if it is not)
         lambda model: 0.0,
     ),
+    "Recurrence.output_size": Case(
+        lambda v=4: nn.Recurrence(nn.Sequential(nn.JoinTable(-1), nn.Linear(8, 4)), v, 1),
+        "output_size",
+        [(0, AE), ([], AE)],
+        FIXED,
+        fwd(SEQ),
+        lstm_seq,
+    ),
+    "Recurrence.n_input_dim": Case(
+        lambda v=1: nn.Recurrence(nn.Sequential(nn.JoinTable(-1), nn.Linear(8, 4)), 4, v),
+        "n_input_dim",
+        [(-1, AE), (None, ATE)],
+        Same(1),
+        fwd(SEQ),
+        lstm_seq,
+    ),
     "Copy.out_dtype": Case(
         lambda v=None: nn.Copy(v), "out_dtype", [("int32", DTE), ("bogus", DTE)], np.float32
     ),

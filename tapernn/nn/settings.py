@@ -88,9 +88,9 @@ def fixed(rule: Rule) -> Rule:
         fields = owner.__dict__
         if name in fields and value != fields[name]:
             raise ArgumentError(
-                f"{check.who(owner)}: {name} is {fields[name]!r}, fixed at construction (the "
-                f"parameters' shapes follow it), got {value!r}; make a new {check.who(owner)} "
-                f"for another {name}"
+                f"{check.who(owner)}: {name} is {fields[name]!r}, fixed at construction (its "
+                f"parameters or states were made for it), got {value!r}; make a new "
+                f"{check.who(owner)} for another {name}"
             )
         return value
 
