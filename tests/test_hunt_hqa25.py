@@ -27,13 +27,13 @@ def dropout_model():
 @pytest.mark.parametrize("p", [1.0, float("nan"), -0.5])
 def test_a_dropout_p_set_after_construction_is_checked(p):
     # the constructor refuses these; set later, the loop's mask scaled by 1 / (1 - p) raised
-    # ZeroDivisionError at bind (p = 1) or drew NaN masks: NaN outputs, silently (p = nan)
+    # ZeroDivisionError at bind (p = 1) or drew NaN masks: NaN outputs, silently (p = nan).
+    # (hset: refused at the assignment itself, nn.settings; tests/test_hset_settings.py)
     drop, seq = dropout_model()
     x = np.ones((T, B, D))
     seq.forward(x)
-    drop.p = p
     with pytest.raises(tn.ArgumentError, match=r"nn.Dropout: p must be in \[0, 1\)"):
-        seq.forward(x)
+        drop.p = p
     drop.p = 0.25  # (and the model runs again once p is right)
     assert np.isfinite(seq.forward(x)).all()
 
@@ -45,9 +45,8 @@ def test_a_dropout_rng_set_after_construction_is_checked():
     x = np.random.default_rng(0).standard_normal((T, B, D)) + 3.0
     seq.forward(x)
     seq.forward(x)  # (the steady path: no trace reads drop.rng again)
-    drop.rng = 5
     with pytest.raises(tn.ArgumentTypeError, match="nn.Dropout: rng must be a numpy"):
-        seq.forward(x)
+        drop.rng = 5  # (hset: refused at the assignment itself)
     drop.rng = np.random.default_rng(7)
     y = seq.forward(x)
     draws = np.random.default_rng(7)

@@ -132,7 +132,7 @@ MISTAKES = {
     "remember() with an unknown mode": (
         lambda: nn.Sequencer(nn.LSTM(3, 4)).remember("always"),
         tn.ArgumentError,
-        "remember mode must be one of 'both', 'train', 'eval', 'neither'",
+        "remember_mode must be one of 'both', 'train', 'eval', 'neither'",
     ),
     "a 1-based class target": (
         lambda: nn.ClassNLLCriterion().forward(LOG_P, np.array([1, 2, 4])),

@@ -12,6 +12,14 @@ from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .module import Module
+from .settings import rules, size
+
+
+def _shape(owner: Module, name: str, value: Any) -> tuple[int, ...]:
+    """A hidden state's shape: a size, or a tuple of sizes."""
+    if isinstance(value, (tuple, list)):
+        return check.sizes(owner, name, value)
+    return (check.size(owner, name, value),)
 
 
 class RecurrentAttention(Module):
@@ -27,15 +35,13 @@ class RecurrentAttention(Module):
     Shapes: x (B, ...) -> a list of n_step hidden states, each (B,) + hidden_size.
     """
 
+    setting_rules = rules(n_step=size(), hidden_size=lambda owner, name, v: _shape(owner, name, v))
+
     def __init__(self, rnn: Module, action: Module, n_step: int, hidden_size: int | tuple):
         super().__init__()
         self.add_child("rnn", check.module(self, "rnn", rnn))
         self.add_child("action", check.module(self, "action", action))
-        self.n_step = check.size(self, "n_step", n_step)
-        if isinstance(hidden_size, (tuple, list)):
-            self.hidden_size = check.sizes(self, "hidden_size", hidden_size)
-        else:
-            self.hidden_size = (check.size(self, "hidden_size", hidden_size),)
+        self.n_step, self.hidden_size = n_step, hidden_size
 
     @property
     def rnn(self) -> Module:

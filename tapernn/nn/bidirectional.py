@@ -21,6 +21,7 @@ from .roll_api import (
     rolled_refusal,
     run_loop,
 )
+from .settings import optional, rules
 from .tables import JoinTable
 
 
@@ -47,6 +48,7 @@ def _refuse_shared_recurrence(owner: Module, fwd: Module, bwd: Module) -> None:
 
 
 class _Bidirectional(Module):
+    setting_rules = rules(unroll=optional(check.flag))
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
     def __init__(
@@ -58,7 +60,7 @@ class _Bidirectional(Module):
     ):
         super().__init__()
         if unroll is not None:  # (README: a Sequencer's, BiSequencer's and Repeater's argument)
-            self.unroll = check.flag(self, "unroll", unroll)
+            self.unroll = unroll
         for name, m in (("fwd", fwd), ("bwd", bwd), ("merge", merge)):
             if m is not None or name == "fwd":
                 check.module(self, name, m)

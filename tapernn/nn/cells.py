@@ -16,6 +16,7 @@ from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
 from .module import Module
 from .recurrent import AbstractRecurrent, Cell
+from .settings import choice, fixed, rules
 from .tree import flatten
 
 
@@ -31,20 +32,21 @@ class LSTM(Cell):
     """
 
     state_names = ("h", "c")
+    setting_rules = rules(peephole=fixed(check.flag))
 
     def __init__(
         self, input_size: int, output_size: int | None = None, peephole: bool = True, rng=None
     ):
         super().__init__(input_size, input_size if output_size is None else output_size)
         D, H = self.input_size, self.hidden_size
-        self.peephole = peephole = check.flag(self, "peephole", peephole)
+        self.peephole = peephole
         for gate in "ifgo":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "ifgo":
             self.parameter(f"w_h{gate}", (H, H), bound=1 / np.sqrt(H), rng=rng)
         for gate in "ifgo":
             self.parameter(f"b_{gate}", (H,), bound=1 / np.sqrt(D), rng=rng)
-        if peephole:
+        if self.peephole:
             for gate in "ifo":
                 self.parameter(f"p_{gate}", (H,), bound=1 / np.sqrt(H), rng=rng)
 
@@ -100,17 +102,19 @@ class GRU(Cell):
     Shapes: w_x* (H, D), w_h* (H, H), b_* (H,) (+ b_hn with reset_after).  Torch7: nn.GRU.
     """
 
+    setting_rules = rules(reset_after=fixed(check.flag))
+
     def __init__(self, input_size: int, output_size: int, reset_after: bool = False, rng=None):
         super().__init__(input_size, output_size)
         D, H = self.input_size, self.hidden_size
-        self.reset_after = reset_after = check.flag(self, "reset_after", reset_after)
+        self.reset_after = reset_after
         for gate in "rzn":
             self.parameter(f"w_x{gate}", (H, D), bound=1 / np.sqrt(D), rng=rng)
         for gate in "rzn":
             self.parameter(f"w_h{gate}", (H, H), bound=1 / np.sqrt(H), rng=rng)
         for gate in "rzn":
             self.parameter(f"b_{gate}", (H,), bound=1 / np.sqrt(D), rng=rng)
-        if reset_after:
+        if self.reset_after:
             self.parameter("b_hn", (H,), bound=1 / np.sqrt(H), rng=rng)
 
     def step(self, x, h):
@@ -135,9 +139,11 @@ class RNN(Cell):
     Shapes: w_xh (H, D), w_hh (H, H), b_h (H,).
     """
 
+    setting_rules = rules(nonlinearity=choice(_NONLINEARITIES))
+
     def __init__(self, input_size: int, output_size: int, nonlinearity: str = "tanh", rng=None):
         super().__init__(input_size, output_size)
-        self.nonlinearity = check.choice(self, "nonlinearity", nonlinearity, _NONLINEARITIES)
+        self.nonlinearity = nonlinearity
         D, H = self.input_size, self.hidden_size
         self.parameter("w_xh", (H, D), bound=1 / np.sqrt(D), rng=rng)
         self.parameter("w_hh", (H, H), bound=1 / np.sqrt(H), rng=rng)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 _serials = itertools.count()
-_SCALARS = (bool, int, float, str, type(None), np.generic, enum.Enum)
+_SCALARS = (bool, int, float, str, type(None), np.generic, np.dtype, enum.Enum)  # (Copy.out_dtype)
 # function fields a build may call (`self.fn = tn.tanh`, Sum's reduce): compared by identity
 _FUNCTIONS = (
     types.FunctionType,

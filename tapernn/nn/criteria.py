@@ -21,6 +21,7 @@ from ..errors import (
 from ..tracing import Var
 from .module import Module
 from .runtime import runtime_of
+from .settings import rules
 from .tree import flatten
 
 
@@ -138,9 +139,11 @@ def _masked_total(per_elem: Var, keep: Var | None, size_average: bool) -> Var:
 class MSECriterion(Criterion):
     """sum((x - y)^2), divided by the number of elements when size_average."""
 
+    setting_rules = rules(size_average=check.flag)
+
     def __init__(self, size_average: bool = True):
         super().__init__()
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.size_average = size_average
 
     def build(self, x: Var, y: Var) -> Var:
         return self.build_masked(x, y, None)
@@ -161,10 +164,11 @@ class BCECriterion(Criterion):
 
     eps = 1e-12
 
+    setting_rules = rules(weights=check.weights, size_average=check.flag)
+
     def __init__(self, weights: np.ndarray | None = None, size_average: bool = True):
         super().__init__()
-        self.weights = check.weights(self, "weights", weights)
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.weights, self.size_average = weights, size_average
 
     def check_targets(self, input: Any, target: Any) -> None:
         shape = np.shape(input)
@@ -207,13 +211,16 @@ class ClassNLLCriterion(Criterion):
 
     array_settings = ("weights",)  # its program reads them (nn/config_key.py)
 
+    setting_rules = rules(
+        weights=check.weights, size_average=check.flag, ignore_index=check.integer
+    )
+
     def __init__(
         self, weights: np.ndarray | None = None, size_average: bool = True, ignore_index: int = -100
     ):
         super().__init__()
-        self.weights = check.weights(self, "weights", weights)
-        self.size_average = check.flag(self, "size_average", size_average)
-        self.ignore_index = check.integer(self, "ignore_index", ignore_index)
+        self.weights, self.size_average = weights, size_average
+        self.ignore_index = ignore_index
 
     def check_targets(self, input: Any, target: Any) -> None:
         x, t = np.asarray(input), check.class_ids(self, "targets", np.asarray(target))
@@ -288,10 +295,12 @@ class SequencerCriterion(Criterion):
     Input and target: lists of T arrays, or arrays with time on axis 0.  Torch7: nn.SequencerCriterion.
     """
 
+    setting_rules = rules(size_average=check.flag)
+
     def __init__(self, criterion: Criterion, size_average: bool = False):
         super().__init__()
         self.add_child("0", check.module(self, "criterion", criterion, criterion=True))
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.size_average = size_average
 
     @property
     def criterion(self) -> Criterion:

@@ -13,6 +13,7 @@ from ..errors import DTypeError, ShapeError
 from ..tracing import Var
 from .context import current_build
 from .module import Module
+from .settings import fixed, number, rules, size, sizes
 
 
 def last_dim(module: Module, x: Var, size: int, what: str = "input") -> None:
@@ -34,11 +35,16 @@ class Linear(Module):
     Shapes: x (..., in) -> y (..., out); weight (out, in), bias (out,); init U(±1/√in).
     """
 
+    setting_rules = rules(
+        input_size=fixed(size()),
+        output_size=fixed(size()),
+        has_bias=fixed(check.flag),
+    )
+
     def __init__(self, input_size: int, output_size: int, bias: bool = True, rng=None):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
-        bias = check.flag(self, "bias", bias)
+        self.input_size, self.output_size = input_size, output_size
+        bias = check.flag(self, "bias", bias)  # (the argument's name: the field is has_bias)
         bound = 1 / np.sqrt(self.input_size)
         self.parameter("weight", (self.output_size, self.input_size), bound=bound, rng=rng)
         if bias:
@@ -63,10 +69,11 @@ class LookupTable(Module):
     init N(0, 1).
     """
 
+    setting_rules = rules(n_index=fixed(size()), n_output=fixed(size()))
+
     def __init__(self, n_index: int, n_output: int, rng=None):
         super().__init__()
-        self.n_index = check.size(self, "n_index", n_index)
-        self.n_output = check.size(self, "n_output", n_output)
+        self.n_index, self.n_output = n_index, n_output
         self.parameter("weight", (self.n_index, self.n_output), init="normal", rng=rng)
 
     def build(self, ids: Var) -> Var:
@@ -128,20 +135,18 @@ class Dropout(Module):
     forward's mask. Masks come from `rng` if given, else from tapernn's global generator
     (`tn.manual_seed`)."""
 
+    setting_rules = rules(p=number("[0, 1)"), rng=check.generator)
+
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()
-        self.p = check.number(self, "p", p, "[0, 1)")
-        self.rng = check.generator(self, "rng", rng)
+        self.p, self.rng = p, rng
 
     def build(self, x: Var) -> Var:
         ctx = current_build()
-        check.number(self, "p", self.p, "[0, 1)")  # (`d.p = 1.0` set after construction)
         if not (ctx.training and self.is_training) or self.p == 0:  # (its own mode too: Torch7)
             return x
-        # (self.rng read, and checked, at each call: a generator set after the first call is used)
-        return x * ctx.random_mask(
-            x.shape, self.p, x.dtype, lambda: check.generator(self, "rng", self.rng)
-        )
+        # (self.rng read at each call: a generator set after the first call is used)
+        return x * ctx.random_mask(x.shape, self.p, x.dtype, lambda: self.rng)
 
     def extra_repr(self) -> str:
         return f"({self.p})"
@@ -150,9 +155,11 @@ class Dropout(Module):
 class Reshape(Module):
     """Reshape to `shape`; an input with more elements keeps its first (batch) dimension."""
 
+    setting_rules = rules(shape=sizes)
+
     def __init__(self, *shape: int):
         super().__init__()
-        self.shape = check.sizes(self, "shape", shape)
+        self.shape = shape
 
     def build(self, x: Var) -> Var:
         size = int(np.prod(self.shape))

@@ -11,10 +11,22 @@ import numpy as np
 from .. import functional as F
 from .. import library
 from .. import validation as check
-from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ..tracing import Var
 from .layers import Linear, last_dim
 from .module import Module
+from .settings import (
+    dim_pairs,
+    fixed,
+    float_dtype,
+    nonzero_integer,
+    number,
+    optional,
+    ordered,
+    rules,
+    size,
+    view_shape,
+    weight_shape,
+)
 from .tables import _dim
 
 
@@ -38,10 +50,11 @@ class Add(Module):
     """y = x + b: b has `input_size` entries, or one when `scalar` (init U(±1/√input_size)).
     Torch7: nn.Add(inputSize, scalar)."""
 
+    setting_rules = rules(input_size=fixed(size()), scalar=fixed(check.flag))
+
     def __init__(self, input_size: int, scalar: bool = False, rng=None):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
-        self.scalar = check.flag(self, "scalar", scalar)
+        self.input_size, self.scalar = input_size, scalar
         rng = check.generator(self, "rng", rng)
         self.parameter(
             "bias",
@@ -77,11 +90,11 @@ class CMul(Module):
     a 1 in `size` spans that dim, as Torch7's CMul(5, 1) on a 5x4 input), init U(±1/√w.size).
     Torch7: nn.CMul(size...)."""
 
+    setting_rules = rules(size=fixed(weight_shape))
+
     def __init__(self, *size: int, rng=None):
         super().__init__()
-        self.size = check.sizes(self, "size", size)
-        if not self.size:
-            raise ArgumentError("nn.CMul: give the weight's shape, e.g. CMul(4)")
+        self.size = size
         self.parameter(
             "weight",
             self.size,
@@ -106,11 +119,11 @@ class Copy(Module):
     """Copies its input, converting to `out_dtype` if given (the gradient converts back).
     Torch7: nn.Copy(intype, outtype)."""
 
+    setting_rules = rules(out_dtype=optional(float_dtype))
+
     def __init__(self, out_dtype: Any = None):
         super().__init__()
-        self.out_dtype = None if out_dtype is None else np.dtype(out_dtype)
-        if self.out_dtype is not None and self.out_dtype.kind != "f":
-            raise DTypeError(f"nn.Copy: out_dtype must be a float dtype, got {self.out_dtype}")
+        self.out_dtype = out_dtype
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -140,10 +153,11 @@ class SAdd(Module):
     """y = x + addend, or -(x + addend) when `negate` (GRU's 1 - z is SAdd(-1, True)).
     Torch7: nn.SAdd(addend, negate) (rnn)."""
 
+    setting_rules = rules(addend=number(), negate=check.flag)
+
     def __init__(self, addend: float, negate: bool = False):
         super().__init__()
-        self.addend = check.number(self, "addend", addend)
-        self.negate = check.flag(self, "negate", negate)
+        self.addend, self.negate = addend, negate
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -159,16 +173,11 @@ class Narrow(Module):
     the end, a negative length -k stops k-1 entries before the end: -1 = to the end).
     Torch7: nn.Narrow(dimension, offset, length) with 1-based dimension and offset."""
 
+    setting_rules = rules(dimension=check.integer, offset=check.integer, length=nonzero_integer)
+
     def __init__(self, dimension: int, offset: int, length: int = 1):
         super().__init__()
-        self.dimension = check.integer(self, "dimension", dimension)
-        self.offset = check.integer(self, "offset", offset)
-        self.length = check.integer(self, "length", length)
-        if self.length == 0:
-            raise ArgumentError(
-                "nn.Narrow: length must be a non-zero integer (negative: "
-                "counted from the end), got 0"
-            )
+        self.dimension, self.offset, self.length = dimension, offset, length
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -196,17 +205,18 @@ class View(Module):
     than n dims keeps its leading (batch) dims; without it, an input holding a multiple of the
     view's elements keeps its first dim as the batch.  Torch7: nn.View(sizes)."""
 
+    setting_rules = rules(
+        size=view_shape,
+        num_input_dims=size(allow_none=True),
+    )
+
     def __init__(self, *size: int):
         super().__init__()
-        self.size = tuple(check.integer(self, f"size[{k}]", s) for k, s in enumerate(size))
-        if not self.size or self.size.count(-1) > 1 or any(s < 1 and s != -1 for s in self.size):
-            raise ArgumentError(
-                f"nn.View: sizes must be positive with at most one -1, got {self.size}"
-            )
+        self.size = size
         self.num_input_dims: int | None = None
 
     def set_num_input_dims(self, n: int) -> View:
-        self.num_input_dims = check.size(self, "n", n)
+        self.num_input_dims = n
         return self
 
     def build(self, x: Var) -> Var:
@@ -235,17 +245,11 @@ class Transpose(Module):
     """Swaps each given pair of dims in turn: Transpose((0, 1), (2, 3)).
     Torch7: nn.Transpose({1, 2}, {3, 4})."""
 
+    setting_rules = rules(permutations=dim_pairs)
+
     def __init__(self, *permutations: tuple[int, int]):
         super().__init__()
-        for pair in permutations:
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise ArgumentTypeError(
-                    f"nn.Transpose: each argument must be a pair of "
-                    f"dims (a, b), got {check.got(pair)}"
-                )
-        self.permutations = tuple(
-            (check.integer(self, "dim", a), check.integer(self, "dim", b)) for a, b in permutations
-        )
+        self.permutations = permutations
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -267,10 +271,11 @@ class Euclidean(Module):
     U(±1/√input_size); the gradient at zero distance is 0 (Torch7 divides by y + 1e-7).
     Shapes: (..., in) -> (..., out).  Torch7: nn.Euclidean(in, out)."""
 
+    setting_rules = rules(input_size=fixed(size()), output_size=fixed(size()))
+
     def __init__(self, input_size: int, output_size: int, rng=None):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
+        self.input_size, self.output_size = input_size, output_size
         self.parameter(
             "weight",
             (self.input_size, self.output_size),
@@ -291,10 +296,11 @@ class _Reduce(Module):
     reduce = staticmethod(F.sum)
     picks_an_entry = False  # Max, Min: an empty dimension has no value to give
 
+    setting_rules = rules(dimension=check.integer, n_input_dims=size(allow_none=True))
+
     def __init__(self, dimension: int = 0, n_input_dims: int | None = None):
         super().__init__()
-        self.dimension = check.integer(self, "dimension", dimension)
-        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+        self.dimension, self.n_input_dims = dimension, n_input_dims
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -318,11 +324,13 @@ class Sum(_Reduce):
     `n_input_dims` + 1 dims, as SplitTable); `size_average` divides by its length.
     Torch7: nn.Sum(dimension, nInputDims, sizeAverage)."""
 
+    setting_rules = rules(size_average=check.flag)
+
     def __init__(
         self, dimension: int = 0, n_input_dims: int | None = None, size_average: bool = False
     ):
         super().__init__(dimension, n_input_dims)
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.size_average = size_average
 
     def reduce(self, x: Var, d: int) -> Var:  # (read at each build: size_average may change)
         return (library.mean if self.size_average else F.sum)(x, d)
@@ -372,14 +380,13 @@ class HardTanh(Module):
     """min(max(x, min_value), max_value); gradient 1 strictly inside, 0 outside.
     Torch7: nn.HardTanh(min_value=-1, max_value=1)."""
 
+    setting_rules = rules(
+        min_value=ordered("min_value", "max_value"), max_value=ordered("min_value", "max_value")
+    )
+
     def __init__(self, min_value: float = -1.0, max_value: float = 1.0):
         super().__init__()
-        self.min_value = check.number(self, "min_value", min_value)
-        self.max_value = check.number(self, "max_value", max_value)
-        if not self.min_value < self.max_value:
-            raise ArgumentError(
-                f"{check.who(self)}: min_value {min_value} must be < max_value {max_value}"
-            )
+        self.min_value, self.max_value = min_value, max_value
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -397,9 +404,11 @@ class HardTanh(Module):
 class ELU(Module):
     """x if x > 0 else alpha (exp(x) − 1).  Torch7: nn.ELU(alpha=1)."""
 
+    setting_rules = rules(alpha=number())
+
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        self.alpha = check.number(self, "alpha", alpha)
+        self.alpha = alpha
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -418,17 +427,20 @@ class Padding(Module):
     (0: after the last entry). `dim` shifts past a leading batch dim when the input has
     n_input_dim + 1 dims.  Torch7: nn.Padding(dim, pad, nInputDim, value, index) (1-based)."""
 
+    setting_rules = rules(
+        dim=check.integer,
+        pad=nonzero_integer,
+        n_input_dim=size(allow_none=True),
+        value=number(),
+        index=check.integer,
+    )
+
     def __init__(
         self, dim: int, pad: int, n_input_dim: int | None = None, value: float = 0.0, index: int = 0
     ):
         super().__init__()
-        self.dim = check.integer(self, "dim", dim)
-        self.pad = check.integer(self, "pad", pad)
-        if self.pad == 0:
-            raise ArgumentError("nn.Padding: pad must be a non-zero integer, got 0")
-        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
-        self.value = check.number(self, "value", value)
-        self.index = check.integer(self, "index", index)
+        self.dim, self.pad, self.n_input_dim = dim, pad, n_input_dim
+        self.value, self.index = value, index
 
     def build(self, x: Var) -> Var:
         _array(self, x)

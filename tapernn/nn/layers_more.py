@@ -11,17 +11,20 @@ from .. import library
 from .. import validation as check
 from ..tracing import Var
 from .containers import Container
-from .layers_extra import _array, _Pointwise, _Reduce
+from .layers_extra import HardTanh, _array, _Pointwise, _Reduce
 from .module import Module
+from .settings import number, optional, rules, size
 from .tables import _dim
 
 
 class AddConstant(Module):
     """y = x + c.  Torch7: nn.AddConstant(c)."""
 
+    setting_rules = rules(constant=number())
+
     def __init__(self, constant: float):
         super().__init__()
-        self.constant = check.number(self, "constant", constant)
+        self.constant = constant
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -86,10 +89,11 @@ class SoftMin(_Pointwise):
 class SoftPlus(Module):
     """log(1 + exp(βx)) / β; linear where βx > threshold.  Torch7: nn.SoftPlus(beta, threshold)."""
 
+    setting_rules = rules(beta=number("positive"), threshold=number())
+
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
-        self.beta = check.number(self, "beta", beta, "positive")
-        self.threshold = check.number(self, "threshold", threshold)
+        self.beta, self.threshold = beta, threshold
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -104,9 +108,11 @@ class SoftPlus(Module):
 class LeakyReLU(Module):
     """x if x > 0 else negval x.  Torch7: nn.LeakyReLU(negval=0.01)."""
 
+    setting_rules = rules(negval=number())
+
     def __init__(self, negval: float = 0.01):
         super().__init__()
-        self.negval = check.number(self, "negval", negval)
+        self.negval = negval
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -116,22 +122,14 @@ class LeakyReLU(Module):
         return f"({self.negval})"
 
 
-class Clamp(Module):
-    """min(max(x, min_value), max_value) with gradient 1 inside, 0 where clamped (as HardTanh).
+class Clamp(HardTanh):
+    """min(max(x, min_value), max_value) with gradient 1 inside, 0 where clamped: a HardTanh
+    with bounds given (as Torch7's, a subclass: a child HardTanh kept the constructor's bounds
+    while `c.min_value = 0` changed only Clamp's copy, silently).
     Torch7: nn.Clamp(min_value, max_value)."""
 
     def __init__(self, min_value: float, max_value: float):
-        super().__init__()
-        from .layers_extra import HardTanh
-
-        self.add_child("hardtanh", HardTanh(min_value, max_value))
-        self.min_value, self.max_value = float(min_value), float(max_value)
-
-    def build(self, x: Var) -> Var:
-        return self._children["hardtanh"](x)
-
-    def extra_repr(self) -> str:
-        return f"({self.min_value}, {self.max_value})"
+        super().__init__(min_value, max_value)
 
 
 class _TableOp(Module):
@@ -206,10 +204,11 @@ class Select(Module):
     """x[..., index, ...] along `dimension` (both 0-based, negative from the end).
     Torch7: nn.Select(dimension, index)."""
 
+    setting_rules = rules(dimension=check.integer, index=check.integer)
+
     def __init__(self, dimension: int, index: int):
         super().__init__()
-        self.dimension = check.integer(self, "dimension", dimension)
-        self.index = check.integer(self, "index", index)
+        self.dimension, self.index = dimension, index
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -232,10 +231,11 @@ class Squeeze(Module):
     """Drops size-1 dims (or only `dim`, shifted past a batch dim as SplitTable).
     Torch7: nn.Squeeze(dim, numInputDims)."""
 
+    setting_rules = rules(dim=optional(check.integer), n_input_dims=size(allow_none=True))
+
     def __init__(self, dim: int | None = None, n_input_dims: int | None = None):
         super().__init__()
-        self.dim = None if dim is None else check.integer(self, "dim", dim)
-        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+        self.dim, self.n_input_dims = dim, n_input_dims
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -250,10 +250,11 @@ class Unsqueeze(Module):
     """Inserts a size-1 dim at `pos` (shifted past a batch dim when the input has
     n_input_dims + 1 dims).  Torch7: nn.Unsqueeze(pos, numInputDims)."""
 
+    setting_rules = rules(pos=check.integer, n_input_dims=size(allow_none=True))
+
     def __init__(self, pos: int, n_input_dims: int | None = None):
         super().__init__()
-        self.pos = check.integer(self, "pos", pos)
-        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+        self.pos, self.n_input_dims = pos, n_input_dims
 
     def build(self, x: Var) -> Var:
         _array(self, x)
@@ -273,11 +274,11 @@ class Replicate(Module):
     """Repeats the input n_features times along a new dim `dim`; the gradient sums over it.
     Torch7: nn.Replicate(nFeatures, dim, nDim)."""
 
+    setting_rules = rules(n_features=size(), dim=check.integer, n_dim=size(allow_none=True))
+
     def __init__(self, n_features: int, dim: int = 0, n_dim: int | None = None):
         super().__init__()
-        self.n_features = check.size(self, "n_features", n_features)
-        self.dim = check.integer(self, "dim", dim)
-        self.n_dim = check.size(self, "n_dim", n_dim, allow_none=True)
+        self.n_features, self.dim, self.n_dim = n_features, dim, n_dim
 
     def build(self, x: Var) -> Var:
         _array(self, x)

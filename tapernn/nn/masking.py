@@ -16,6 +16,7 @@ from . import row_select as rows
 from .criteria import Criterion, arrays_only
 from .layers import LookupTable
 from .module import Module
+from .settings import rules, size
 from .tree import flatten, unflatten
 
 
@@ -41,10 +42,12 @@ class MaskZero(Module):
 
     _drawn_whole = True  # (diagrams: "MaskZero @ GRU", the select inside the box)
 
+    setting_rules = rules(n_input_dim=size(allow_none=True))
+
     def __init__(self, module: Module, n_input_dim: int | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
-        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
+        self.n_input_dim = n_input_dim
 
     def build(self, x: Any) -> Any:
         first, n = flatten(x)[0][0], self.n_input_dim
@@ -83,9 +86,11 @@ class MaskZeroCriterion(Criterion):
     batch of n_input_dim + 1 dims (None: any batch, rows on axis 0). Like Element-RNN's, batches
     only.  Torch7: nn.MaskZeroCriterion(criterion, nInputDim)."""
 
+    setting_rules = rules(n_input_dim=size(allow_none=True))
+
     def __init__(self, criterion: Criterion, n_input_dim: int | None = None):
         super().__init__()
-        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, allow_none=True)
+        self.n_input_dim = n_input_dim
         check.module(self, "criterion", criterion, criterion=True)
         if not hasattr(criterion, "build_masked"):
             raise ArgumentTypeError(

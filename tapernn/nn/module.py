@@ -39,6 +39,7 @@ from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
 from .packing import changed as packing_changed
 from .parameter import Parameter, reinitialise, uniform
+from .settings import rules, rules_of
 
 
 class Module:
@@ -54,10 +55,12 @@ class Module:
     # graph inputs' names of a call's two arguments: a criterion's; a Sequencer's lengths= mask
     arg_names: tuple[str, str] = ("input", "target")
     _drawn_whole = False  # module-level diagrams: one box per step, what it holds inside it
+    setting_rules = rules()  # setting name -> its check, run at every assignment (nn.settings)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         lock_entry_points(cls)  # a subclass's own forward/backward/... hold the tree's locks too
+        cls.setting_rules = rules_of(cls)  # (its bases' rules and its own)
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
@@ -72,6 +75,8 @@ class Module:
     # ---- registration ---------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
+        rule = type(self).setting_rules.get(name)  # a declared setting: checked (normalised)
+        value = value if rule is None else rule(self, name, value)  # at every assignment
         if isinstance(value, (Parameter, Module)):  # (other values: fields, set every call)
             params, children = self.__dict__.get("_params"), self.__dict__.get("_children")
             if isinstance(value, Parameter) and params is not None:

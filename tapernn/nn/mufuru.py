@@ -4,12 +4,15 @@ Torch7: nn.MuFuRu(inputSize, outputSize, ops) (rnn)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .. import library
 from .. import validation as check
 from ..errors import ArgumentError, ArgumentTypeError
 from .layers import Linear
 from .recurrent import Cell
+from .settings import fixed, rules
 
 # each op maps (old state s, feature v) to a candidate new state
 OPERATIONS = {
@@ -26,6 +29,19 @@ OPERATIONS = {
 ALL_OPS = ("keep", "replace", "mul", "diff", "forget", "sqrt_diff", "max", "min")
 
 
+def _op_names(ops: Any) -> tuple[str, ...]:
+    """MuFuRu's `ops`: a non-empty list of OPERATIONS' names (op_weights has a block per op)."""
+    if not isinstance(ops, (list, tuple)):
+        raise ArgumentTypeError(
+            f"nn.MuFuRu: ops must be a list of op names from {ALL_OPS}, got {check.got(ops)}"
+        )
+    if not ops or any(not isinstance(op, str) or op not in OPERATIONS for op in ops):
+        raise ArgumentError(
+            f"nn.MuFuRu: ops must be a non-empty list from {ALL_OPS}, got {list(ops)}"
+        )
+    return tuple(ops)
+
+
 class MuFuRu(Cell):
     """Multi-function recurrent unit, as Element-RNN builds it:
 
@@ -40,19 +56,13 @@ class MuFuRu(Cell):
     (H×(D+H)), op_weights (JH×(D+H)) Linear layers, init U(±1/√fan_in).
     """
 
+    setting_rules = rules(ops=fixed(lambda owner, name, ops: _op_names(ops)))
+
     def __init__(
         self, input_size: int, output_size: int, ops: tuple | list | None = None, rng=None
     ):
         super().__init__(input_size, output_size)
-        if ops is not None and not isinstance(ops, (list, tuple)):
-            raise ArgumentTypeError(
-                f"nn.MuFuRu: ops must be a list of op names from {ALL_OPS}, got {check.got(ops)}"
-            )
-        self.ops = tuple(ALL_OPS if ops is None else ops)
-        if not self.ops or any(op not in OPERATIONS for op in self.ops):
-            raise ArgumentError(
-                f"nn.MuFuRu: ops must be a non-empty list from {ALL_OPS}, got {list(self.ops)}"
-            )
+        self.ops = ALL_OPS if ops is None else ops
         rng = check.generator(self, "rng", rng)
         D, H, J = self.input_size, self.hidden_size, len(self.ops)
         self.reset_x = Linear(D, H, rng=rng)

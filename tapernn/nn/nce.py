@@ -17,6 +17,7 @@ from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion
 from .module import Module
+from .settings import fixed, number, rules, size
 
 
 class NCEModule(Module):
@@ -36,6 +37,14 @@ class NCEModule(Module):
 
     array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
     call_inputs = ("z",)  # bound at every call (its first call estimates and sets it)
+    setting_rules = rules(
+        input_size=fixed(size()),
+        output_size=fixed(size()),
+        k=size(),
+        unigram=lambda owner, name, noise: _unigram(owner, name, noise),
+        z=number(),
+        rng=check.generator,
+    )
 
     def __init__(
         self,
@@ -47,13 +56,10 @@ class NCEModule(Module):
         rng: np.random.Generator | None = None,
     ):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
-        self.k = check.size(self, "k", k)
-        self.unigram = _unigram(self, noise)
+        self.input_size, self.output_size, self.k = input_size, output_size, k
+        self.unigram = noise
         self._cdf, self._cdf_of = np.cumsum(self.unigram), self.unigram.copy()
-        self.z = check.number(self, "z", z)
-        self.rng = check.generator(self, "rng", rng)
+        self.z, self.rng = z, rng
         self.parameter(
             "weight",
             (self.output_size, self.input_size),
@@ -127,7 +133,8 @@ def _normaliser(module: NCEModule, ctx: Any, exp_s: Var) -> Var:
     return traced[module]
 
 
-def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
+def _unigram(module: NCEModule, name: str, noise: Any) -> np.ndarray:
+    """The noise distribution `noise` normalised (the constructor's `noise`, kept as `unigram`)."""
     try:
         unigram = np.asarray(noise, dtype=np.float64)
     except (TypeError, ValueError):
@@ -139,7 +146,7 @@ def _unigram(module: NCEModule, noise: Any) -> np.ndarray:
         or (unigram.min() < 0 or unigram.sum() <= 0)
     ):
         raise ArgumentError(
-            f"nn.NCEModule: noise must be {V} non-negative unigram counts or "
+            f"nn.NCEModule: {name} (the noise distribution) must be {V} non-negative unigram counts or "
             f"probabilities with a positive sum, got {check.got(noise)}"
         )
     return unigram / unigram.sum()
@@ -157,9 +164,11 @@ class NCECriterion(Criterion):
 
     eps = 1e-7
 
+    setting_rules = rules(size_average=check.flag)
+
     def __init__(self, size_average: bool = True):
         super().__init__()
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.size_average = size_average
 
     def forward(self, input: Any, target: Any = None) -> float:
         ok = isinstance(input, (list, tuple)) and len(input) == 4

@@ -7,10 +7,10 @@ from typing import Any
 
 from .. import functional as F
 from .. import library
-from .. import validation as check
 from ..tracing import Var
 from .context import current_build
 from .recurrent import AbstractRecurrent
+from .settings import number, rules
 
 
 class NormStabilizer(AbstractRecurrent):
@@ -29,9 +29,11 @@ class NormStabilizer(AbstractRecurrent):
     `tn.functional.add_loss`, so no backward is written by hand.
     """
 
+    setting_rules = rules(beta=number("non-negative"))
+
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        self.beta = check.number(self, "beta", beta, "non-negative")
+        self.beta = beta
 
     def state_shapes(self, x: Var) -> list[tuple[int, ...]]:
         return [tuple(x.shape)]

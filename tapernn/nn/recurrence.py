@@ -14,6 +14,7 @@ from ..tracing import Var
 from . import row_select as rows
 from .module import Module
 from .recurrent import AbstractRecurrent
+from .settings import fixed, rules, size
 from .tree import LEAF, flatten, unflatten
 
 
@@ -30,6 +31,12 @@ def _size_tree(size: Any) -> Any:
         f"nn.Recurrence: output_size must be a positive int, a shape "
         f"tuple or a list of them (a table state), got {size!r}"
     )
+
+
+def _output_size(owner: Any, name: str, size: Any) -> Any:
+    """`size` as given, if _size_tree takes it."""
+    _size_tree(size)
+    return size
 
 
 def _shape_leaves(tree: Any) -> tuple[list[tuple[int, ...]], Any]:
@@ -54,15 +61,17 @@ class Recurrence(AbstractRecurrent):
     Torch7: nn.Recurrence(recurrentModule, outputSize, nInputDim).
     """
 
+    # (output_size: fixed, the states' shapes and names follow it)
+    setting_rules = rules(output_size=fixed(_output_size), n_input_dim=size(minimum=0))
+
     def __init__(self, module: Module, output_size: Any, n_input_dim: int):
         check.module("nn.Recurrence", "module", module)
-        n_input_dim = check.size("nn.Recurrence", "n_input_dim", n_input_dim, minimum=0)
+        self.n_input_dim, self.output_size = n_input_dim, output_size
         self.shapes, self.tree = _shape_leaves(_size_tree(output_size))
         self.state_names = (
             ("h",) if self.tree == LEAF else tuple(f"h{k}" for k in range(len(self.shapes)))
         )
         super().__init__()
-        self.output_size, self.n_input_dim = output_size, int(n_input_dim)
         self.add_child("0", module)
 
     @property

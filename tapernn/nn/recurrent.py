@@ -18,6 +18,7 @@ from ..tracing import Var
 from . import row_select as rows
 from .context import current_build
 from .module import Module
+from .settings import fixed, rules, size
 from .tree import LEAF, count_leaves, flatten, map_leaves, unflatten
 from .write_plan import LastOutput, Pending
 
@@ -85,6 +86,7 @@ class AbstractRecurrent(Module):
     states = _StepField()
     state_names: tuple[str, ...] = ("h",)
     table_states = False  # a state may be a list of arrays (nn.Recurrent built from tables)
+    setting_rules = rules(rho=size(allow_none=True))
 
     def __init__(self) -> None:
         super().__init__()
@@ -253,7 +255,7 @@ class AbstractRecurrent(Module):
     def max_bptt_step(self, rho: int | None) -> AbstractRecurrent:
         """In step-wise use keep at most `rho` steps of history for BPTT (None: unbounded).
         Older steps' `outputs[t]`, `inputs[t]` and states become None (indices stay absolute)."""
-        self.rho = check.size(self, "rho", rho, allow_none=True)
+        self.rho = rho
         super().max_bptt_step(rho)  # and the recurrent modules inside (a Recursor's)
         return self
 
@@ -422,6 +424,7 @@ class Cell(AbstractRecurrent):
     (B, D); every state (H,) or (B, H) with H = hidden_size."""
 
     _cell_step = no_cell_step  # (a BuildError; each subclass's own step replaces it)
+    setting_rules = rules(input_size=fixed(size()), hidden_size=fixed(size()))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -435,7 +438,7 @@ class Cell(AbstractRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        self.input_size = check.size(self, "input_size", input_size)
+        self.input_size = input_size  # (hidden_size's message: the constructors' argument name)
         self.hidden_size = check.size(self, "output_size", hidden_size)
 
     def _check_state_sizes(self, state: tuple[np.ndarray, ...]) -> None:

@@ -20,6 +20,7 @@ from ..tracing import Var
 from .context import current_build
 from .criteria import Criterion, MSECriterion, nonempty
 from .module import Module
+from .settings import number, rules
 
 
 class ReinforceNormal(Module):
@@ -33,13 +34,13 @@ class ReinforceNormal(Module):
     Shapes: mean (B, D) -> sample (B, D), reward (B,); or mean (D,) with one scalar reward.
     """
 
+    setting_rules = rules(stdev=number("positive"), stochastic=check.flag, rng=check.generator)
+
     def __init__(
         self, stdev: float, stochastic: bool = False, rng: np.random.Generator | None = None
     ):
         super().__init__()
-        self.stdev = check.number(self, "stdev", stdev, "positive")
-        self.stochastic = check.flag(self, "stochastic", stochastic)
-        self.rng = check.generator(self, "rng", rng)
+        self.stdev, self.stochastic, self.rng = stdev, stochastic, rng
         self.reward: Any = None
 
     def build(self, mean: Var) -> Var:
@@ -100,6 +101,8 @@ class VRClassReward(Criterion):
     Shapes: scores (B, C), baseline (B,) or (B, 1), target (B,).
     """
 
+    setting_rules = rules(scale=number(), size_average=check.flag)
+
     def __init__(
         self,
         module: Module,
@@ -110,8 +113,7 @@ class VRClassReward(Criterion):
         super().__init__()
         module = check.module(self, "module", module)
         object.__setattr__(self, "module", module)  # not a child: the model is not ours
-        self.scale = check.number(self, "scale", scale)
-        self.size_average = check.flag(self, "size_average", size_average)
+        self.scale, self.size_average = scale, size_average
         criterion = MSECriterion() if criterion is None else criterion
         self.add_child("criterion", check.module(self, "criterion", criterion, criterion=True))
         self.reward: np.ndarray | None = None

@@ -22,6 +22,7 @@ from .roll_api import (
     rolled_refusal,
     run_loop,
 )
+from .settings import optional, rules, size
 
 
 class Repeater(Module):
@@ -31,12 +32,14 @@ class Repeater(Module):
 
     unroll: bool | None = None  # True: every step traced (baseline); None / False: rolled
 
+    setting_rules = rules(n_step=size(), unroll=optional(check.flag))
+
     def __init__(self, module: Module, n_step: int, unroll: bool | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
-        self.n_step = check.size(self, "n_step", n_step)
+        self.n_step = n_step
         if unroll is not None:  # (README: a Sequencer's, BiSequencer's and Repeater's argument)
-            self.unroll = check.flag(self, "unroll", unroll)
+            self.unroll = unroll
 
     def _before_forward(self) -> None:
         self._children["0"]._clear_memory(keep_initial=True)

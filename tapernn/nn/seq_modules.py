@@ -19,6 +19,7 @@ from .context import current_build
 from .module import Module
 from .recurrent import Cell
 from .sequencer import Sequencer
+from .settings import fixed, rules, size
 
 
 def _blocks(a: np.ndarray, size: int, order: tuple[int, ...]) -> np.ndarray:
@@ -77,6 +78,13 @@ class _SeqBase(Sequencer):
     n_gates = 4
     projected = False
 
+    setting_rules = rules(
+        input_size=fixed(size()),
+        output_size=fixed(size()),
+        hidden_size=fixed(size()),
+        batch_first=check.flag,
+    )
+
     def __init__(
         self,
         input_size: int,
@@ -88,16 +96,14 @@ class _SeqBase(Sequencer):
         unroll: bool | None,
     ):
         Module.__init__(self)
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
-        self.hidden_size = check.size(self, "hidden_size", hidden_size)
-        self.batch_first = check.flag(self, "batch_first", batch_first)
+        self.input_size, self.output_size = input_size, output_size
+        self.hidden_size, self.batch_first = hidden_size, batch_first
         mask_zero = check.flag(self, "mask_zero", mask_zero)
         rng = check.generator(self, "rng", rng)
         self._rng = rng  # (what reset() draws from, as construction did)
         self.remember_mode = "neither"
         self._views = None
-        self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
+        self.unroll = unroll
         D, H, R = self.input_size, self.hidden_size, self.output_size
         self.parameter("weight", (D + R, self.n_gates * H), init="zeros")
         self.parameter("bias", (self.n_gates * H,), init="zeros")
@@ -351,9 +357,11 @@ class SeqReverseSequence(Module):
     """Reverses an array along `dim` (0-based; the time axis of a (T, B, D) tensor is 0).
     Torch7: nn.SeqReverseSequence(dim) (1-based there, dim <= 3)."""
 
+    setting_rules = rules(dim=check.integer)
+
     def __init__(self, dim: int = 0):
         super().__init__()
-        self.dim = check.integer(self, "dim", dim)
+        self.dim = dim
 
     def build(self, x: Var) -> Var:
         self.expect(
@@ -381,6 +389,10 @@ class SeqBRNN(Module):
     Shapes: (T, B, D) -> (T, B, H) ((B, T, ·) with batch_first; a JoinTable(-1) merge gives 2H).
     Each forward is a whole sequence (no memory across calls)."""
 
+    setting_rules = rules(
+        input_size=fixed(size()), output_size=fixed(size()), batch_first=check.flag
+    )
+
     def __init__(
         self,
         input_size: int,
@@ -393,9 +405,8 @@ class SeqBRNN(Module):
         super().__init__()
         from .layers import CAddTable
 
-        self.input_size = check.size(self, "input_size", input_size)
-        self.output_size = check.size(self, "output_size", output_size)
-        self.batch_first = check.flag(self, "batch_first", batch_first)
+        self.input_size, self.output_size = input_size, output_size
+        self.batch_first = batch_first
         if merge is not None:
             check.module(self, "merge", merge)
         self.add_child("fwd", SeqLSTM(input_size, output_size, mask_zero=mask_zero, rng=rng))

@@ -26,6 +26,7 @@ from .roll_api import (
     rolled_refusal,
     run_loop,
 )
+from .settings import choice, optional, rules
 from .tree import map_leaves
 
 MODES = ("both", "train", "eval", "neither")
@@ -55,11 +56,13 @@ class Sequencer(HiddenStateOf, Module):
 
     arg_names = ("input", "length_mask")  # (a call's second argument: the lengths= mask)
 
+    setting_rules = rules(remember_mode=choice(MODES), unroll=optional(check.flag))
+
     def __init__(self, module: Module, unroll: bool | None = None):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
         self.remember_mode = "neither"
-        self.unroll = None if unroll is None else check.flag(self, "unroll", unroll)
+        self.unroll = unroll
 
     @property
     def module(self) -> Module:
@@ -73,7 +76,7 @@ class Sequencer(HiddenStateOf, Module):
     __getitem__ = get
 
     def remember(self, mode: str = "both") -> Sequencer:
-        self.remember_mode = check.choice(self, "remember mode", mode, MODES)
+        self.remember_mode = mode
         return self
 
     def remembers(self) -> bool:

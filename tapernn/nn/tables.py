@@ -8,6 +8,7 @@ from .. import validation as check
 from ..errors import ShapeError
 from ..tracing import Var
 from .module import Module
+from .settings import rules, size
 
 
 def _dim(dim: int, ndim: int, n_input_dims: int | None) -> int:
@@ -25,10 +26,11 @@ class SplitTable(Module):
     one more dimension, `dim` shifts by one (a leading batch dimension).
     """
 
+    setting_rules = rules(dim=check.integer, n_input_dims=size(allow_none=True))
+
     def __init__(self, dim: int, n_input_dims: int | None = None):
         super().__init__()
-        self.dim = check.integer(self, "dim", dim)
-        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+        self.dim, self.n_input_dims = dim, n_input_dims
 
     def build(self, x: Var) -> list:
         self.expect(isinstance(x, Var), "expects an array, got a list")
@@ -44,10 +46,11 @@ class SplitTable(Module):
 class JoinTable(Module):
     """Concatenates a list of arrays along `dim`.  Torch7: nn.JoinTable(dim+1, nInputDims)."""
 
+    setting_rules = rules(dim=check.integer, n_input_dims=size(allow_none=True))
+
     def __init__(self, dim: int, n_input_dims: int | None = None):
         super().__init__()
-        self.dim = check.integer(self, "dim", dim)
-        self.n_input_dims = check.size(self, "n_input_dims", n_input_dims, allow_none=True)
+        self.dim, self.n_input_dims = dim, n_input_dims
 
     def build(self, xs: list) -> Var:
         self.expect(isinstance(xs, list) and len(xs) > 0, "expects a non-empty list", ShapeError)
@@ -76,9 +79,11 @@ class SelectTable(Module):
     every other entry is zeros. An array input (e.g. a Sequencer's (T, B, H) output) is treated
     as the list of its slices along axis 0."""
 
+    setting_rules = rules(index=check.integer)
+
     def __init__(self, index: int):
         super().__init__()
-        self.index = check.integer(self, "index", index)
+        self.index = index
 
     def build(self, xs: list):
         self.expect(
@@ -99,10 +104,11 @@ class SelectTable(Module):
 class NarrowTable(Module):
     """Entries offset .. offset+length-1 of a list."""
 
+    setting_rules = rules(offset=check.integer, length=size())
+
     def __init__(self, offset: int, length: int = 1):
         super().__init__()
-        self.offset = check.integer(self, "offset", offset)
-        self.length = check.size(self, "length", length)
+        self.offset, self.length = offset, length
 
     def build(self, xs: list) -> list:
         self.expect(isinstance(xs, list), "expects a list")

@@ -13,6 +13,7 @@ from ..tracing import Var
 from . import row_select as rows
 from .masking import MaskZero, zero_row_flags
 from .module import Module
+from .settings import rules, size
 from .tree import LEAF, flatten, unflatten
 
 
@@ -27,9 +28,10 @@ class TrimZero(MaskZero):
     traced and rows carry state, so it computes exactly as MaskZero (same results, no saving).
     """
 
+    setting_rules = rules(n_input_dim=size(minimum=0))
+
     def __init__(self, module: Module, n_input_dim: int):
-        super().__init__(module)
-        self.n_input_dim = check.size(self, "n_input_dim", n_input_dim, minimum=0)
+        super().__init__(module, n_input_dim)  # (checked by this class's rule: 0 allowed)
         self._rows: np.ndarray | None = None  # kept rows of the last trimmed forward
         self._trimmed: Any = None
 
