@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import functional as F
 from .. import validation as check
 from ..errors import ArgumentError
 from ..tracing import Var
@@ -125,8 +124,7 @@ class Recurrence(AbstractRecurrent):
         if ctx.step_mask is not None:  # past a row's length (Sequencer lengths): state held
             # (products: the padded inputs were cleared, the padded outputs are cleared after
             # the loop by the Sequencer; nn/recurrent.py)
-            m = F.reshape(ctx.step_mask, (-1,))
-            new = tuple(_rows(m, s) * s + (1 - _rows(m, s)) * o for s, o in zip(new, old))
+            new = tuple(rows.held(s, o, ctx.step_mask) for s, o in zip(new, old))
         if self._mask_zero or ctx.step_mask is not None:
             out = new[0] if self.tree == LEAF else unflatten(self.tree, new)
         return out, new
@@ -153,8 +151,3 @@ def _describe(out: Any) -> str:
     if isinstance(out, (list, tuple)):
         return "[" + ", ".join(_describe(o) for o in out) + "]"
     return type(out).__name__
-
-
-def _rows(keep: Var, like: Var) -> Var:
-    """`keep` ((B,)) shaped to broadcast over the rows of `like`."""
-    return F.reshape(keep, (like.shape[0],) + (1,) * (like.ndim - 1))

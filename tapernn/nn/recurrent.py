@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import functional as F
 from .. import validation as check
 from ..errors import DTypeError, ShapeError, StateError, no_cell_step, wrong_step_arguments
 from ..tracing import Var
@@ -147,8 +146,7 @@ class AbstractRecurrent(Module):
         if ctx.step_mask is not None:  # past a row's length: state held (products: the
             # Sequencer cleared the padded inputs, so every value here is finite, and it clears
             # the padded outputs with a select after the loop: no select, no bool in the body)
-            m = ctx.step_mask
-            new = tuple(_rows(s, m) + _rows(o, 1 - m) for s, o in zip(new, old))
+            new = tuple(rows.held(s, o, ctx.step_mask) for s, o in zip(new, old))
         return out, new
 
     def _state_dtype(self, x: Any) -> np.dtype:
@@ -495,9 +493,3 @@ class Cell(AbstractRecurrent):
 
     def extra_repr(self) -> str:
         return f"({self.input_size} -> {self.hidden_size})"
-
-
-def _rows(v: Var, mask: Var) -> Var:
-    """v * mask with the (B, 1) row mask aligned to v's leading (batch) axis."""
-    shape = (mask.shape[0],) + (1,) * (v.ndim - 1)
-    return v * (mask if v.ndim == mask.ndim else F.reshape(mask, shape))

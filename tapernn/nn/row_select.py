@@ -49,6 +49,14 @@ def clear_floats(v: Any, pad: Var) -> Any:
     return clear(v, pad) if getattr(getattr(v, "dtype", None), "kind", "") == "f" else v
 
 
+def held(new: Var, old: Var, keep: Var) -> Var:
+    """A state past a row's length (Sequencer `lengths=`): `new` where the float 0/1 `keep` ((B,)
+    or (B, 1)) is 1, `old` where it is 0 -- products, not a select: the Sequencer cleared the
+    padded inputs, so every value here is finite, and the step loop keeps its translation."""
+    k = _aligned(keep, new)
+    return new * k + old * (1 - k)
+
+
 def masked_name(described: str, masked: bool) -> str:
     """A module's one-line description saying it masks zero rows, as SeqLSTM's flags:
     "nn.FastLSTM(3 -> 4)" -> "nn.FastLSTM(3 -> 4, mask_zero)", "nn.Recurrence @ .." ->
