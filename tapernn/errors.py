@@ -83,19 +83,40 @@ def no_cell_step(cell: object, *args: object) -> None:
     )
 
 
+def _cannot_take(fn: Any, n: int) -> bool:
+    """Whether callable `fn`'s parameters cannot take `n` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*[None] * n)
+    except TypeError:
+        return True
+    return False
+
+
 def wrong_step_arguments(cell: Any, n_states: int) -> BuildError | None:
     """A Cell's step that raised TypeError: a BuildError saying what to write when its parameters
     cannot take the input and one argument per state; None (the step's own error) when they can."""
-    try:
-        inspect.signature(cell._cell_step).bind(None, *[None] * n_states)
-    except TypeError:
-        names = ", ".join(("self", "x", *cell.state_names))
-        return BuildError(
-            f"{cell.describe()}: step{inspect.signature(cell._cell_step)} cannot take the input "
-            f"and the {n_states} state(s) of state_names {tuple(cell.state_names)}: define "
-            f"step({names}), one argument per state, in state_names order"
-        )
-    return None
+    if not _cannot_take(cell._cell_step, 1 + n_states):
+        return None
+    names = ", ".join(("self", "x", *cell.state_names))
+    return BuildError(
+        f"{cell.describe()}: step{inspect.signature(cell._cell_step)} cannot take the input "
+        f"and the {n_states} state(s) of state_names {tuple(cell.state_names)}: define "
+        f"step({names}), one argument per state, in state_names order"
+    )
+
+
+def wrong_build_arguments(module: Any, n_args: int) -> BuildError | None:
+    """A module's build that raised TypeError: a BuildError saying what to write when its
+    parameters cannot take the call's arguments (a module's input; a criterion's input and
+    target); None (build's own error) when they can."""
+    if not _cannot_take(module.build, n_args):
+        return None
+    names = [*type(module).arg_names, *(f"x{k}" for k in range(2, n_args))][:n_args]
+    return BuildError(
+        f"{module.describe()}: build{inspect.signature(module.build)} cannot take the "
+        f"{n_args} argument(s) it is called with ({', '.join(names)}): define "
+        f"build(self, {', '.join(names)})"
+    )
 
 
 def no_program(who: str) -> StateError:

@@ -27,6 +27,7 @@ from ..errors import (
     missing_build,
     no_program,
     where,
+    wrong_build_arguments,
 )
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
@@ -164,10 +165,8 @@ class Module:
             data = init.astype(self._dtype, copy=True)
         elif init == "uniform":
             data = uniform(shape, bound if bound is not None else 1 / np.sqrt(shape[-1]), rng)
-        elif init == "zeros":
-            data = np.zeros(shape)
-        elif init == "ones":
-            data = np.ones(shape)
+        elif init in ("zeros", "ones"):
+            data = (np.zeros if init == "zeros" else np.ones)(shape)
         elif init == "normal":
             data = tn_random.generator(rng).standard_normal(shape)
         else:
@@ -224,6 +223,8 @@ class Module:
             before = len(nodes)
             try:
                 out = self.build(*args)
+            except TypeError as e:  # (Python's own, naming neither the module nor what to write)
+                raise wrong_build_arguments(self, len(args)) or e
             finally:
                 ctx.stack.pop()
             if len(nodes) == before and next(self.named_children(), None) is None:
@@ -481,11 +482,9 @@ lock_entry_points(Module)
 
 
 def _contains_var(obj: Any) -> bool:
-    if isinstance(obj, Var) or hasattr(obj, "__tapernn_var__"):
-        return True
     if isinstance(obj, (list, tuple)):
         return any(_contains_var(o) for o in obj)
-    return False
+    return isinstance(obj, Var) or hasattr(obj, "__tapernn_var__")
 
 
 check.NN_CLASSES.update(Module=Module, Parameter=Parameter)  # validation.module/parameters
