@@ -83,3 +83,14 @@ def test_fused_kernels_on_special_values_equal_the_numpy_backend(name, dtype):
         if name not in ("maximum", "minimum"):
             zero = want == 0
             np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]), what)
+
+
+def test_fast_fuzz_makes_cases_of_every_size_set():
+    """tools/fuzz_fast.py --sizes wide / small: every case is made, the masked ones with B < 4
+    too (zero_rows drew integers(1, B // 2): ValueError at B = 2, 3 ended the wide run)."""
+    from fast_fuzz import SIZES, make_fast_case
+
+    for sizes in SIZES:
+        for seed in range(720000, 720200):
+            case = make_fast_case(seed, sizes=sizes, mask_lengths=True)
+            assert case.B in SIZES[sizes]["B"]
