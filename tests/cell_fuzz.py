@@ -387,14 +387,24 @@ def pruned_case(case: Case) -> Case:
     return replace(case, cells=cells, params=params)
 
 
-def make_case(seed: int, concat: bool = False) -> Case:
-    """Case `seed`; `concat`: its gate blocks often written concat([x, s, ...]) @ W."""
+# widths and batch sizes of make_case(wide=True) (tools/fuzz_cells.py --wide, hfuzz): the
+# remainders of AVX2's 4 float64 / 8 float32 lanes and of AVX-512's 8 / 16, and past a vector
+WIDE = (1, 3, 5, 7, 9, 17, 33)
+
+
+def _width(rng, wide: bool) -> int:
+    return int(rng.choice(WIDE)) if wide else int(rng.integers(1, 5))
+
+
+def make_case(seed: int, concat: bool = False, wide: bool = False) -> Case:
+    """Case `seed`; `concat`: its gate blocks often written concat([x, s, ...]) @ W; `wide`:
+    widths and batch sizes from WIDE (a seed's other draws unchanged)."""
     rng = np.random.default_rng(seed)
     n_cells = 1 if rng.random() < 0.75 else 2
-    D = int(rng.integers(1, 5))
+    D = _width(rng, wide)
     cells, params = [], []
     for _ in range(n_cells):
-        H = int(rng.integers(1, 5))
+        H = _width(rng, wide)
         gen = _Gen(rng, D, H, int(rng.integers(1, 4)), concat)
         for _ in range(int(rng.integers(1, 10))):
             gen.step()
@@ -404,6 +414,8 @@ def make_case(seed: int, concat: bool = False) -> Case:
         D = H
     T = int(rng.integers(1, 6))
     batch = () if rng.random() < 0.35 else (int(rng.integers(1, 4)),)
+    if wide and batch:
+        batch = (int(rng.choice(WIDE)),)
     dtype = np.float32 if rng.random() < 0.15 else np.float64
     x = rng.standard_normal((T,) + batch + (cells[0].D,))
     seed_grad = rng.standard_normal((T,) + batch + (cells[-1].H,))

@@ -16,10 +16,10 @@ from cell_fuzz import KINKS, Case, make_case
 MASKING = [None, "cell", "module"]
 
 
-def make_masked_case(seed: int, concat: bool = False) -> Case:
+def make_masked_case(seed: int, concat: bool = False, wide: bool = False) -> Case:
     """make_case(seed, concat) with at least one cell masked, zero input rows, and (batched
     cases, half of them) lengths= with NaN / large values in the padding."""
-    case = make_case(seed, concat)
+    case = make_case(seed, concat, wide)
     rng = np.random.default_rng([seed, 0x6D61736B])
     n = len(case.cells)
     masking = [MASKING[int(rng.integers(3))] for _ in range(n)]

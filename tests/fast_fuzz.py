@@ -136,23 +136,36 @@ def _custom_spec(rng, D: int, H: int) -> tuple[CellSpec, dict]:
     return spec, init
 
 
-def make_fast_case(seed: int, max_calls: int = 5, mask_lengths: bool = False) -> FastCase:
+# make_fast_case's sizes; "wide", "small" (tools/fuzz_fast.py --sizes, hfuzz): widths short of and
+# past the vectors and panels of AVX2 and AVX-512, every remainder of the microkernels' 4 / 8 row
+# blocks; "small": the whole-program kernels' sizes (no packed GEMM), each vector remainder
+SIZES = {"suite": {"D": [3, 16, 130], "H": [128, 256, 260], "H2": [128, 130]}}
+SIZES["suite"]["B"] = [16, 17, 32, 33]
+SIZES["wide"] = {"D": [1, 3, 5, 17, 130], "H": [127, 129, 131, 255, 257, 260, 513]}
+SIZES["wide"] |= {"H2": [129, 131], "B": [1, 2, 3, 5, 7, 9, 17, 33]}
+SIZES["small"] = {"D": [1, 3, 5], "H": [1, 3, 5, 7, 9, 17, 33], "H2": [3, 9], "B": [1, 3, 5, 9]}
+
+
+def make_fast_case(
+    seed: int, max_calls: int = 5, mask_lengths: bool = False, sizes: str = "suite"
+) -> FastCase:
     """The case of `seed`; `mask_lengths`: cases with lengths= are masked too (their other
-    draws unchanged: the masking is drawn last)."""
+    draws unchanged: the masking is drawn last); `sizes`: a key of SIZES."""
     rng = np.random.default_rng(seed)
+    sizes = SIZES[sizes]
     custom = rng.random() < 0.35
-    D = int(rng.choice([3, 16, 130]))
+    D = int(rng.choice(sizes["D"]))
     n_layers = 2 if rng.random() < 0.25 else 1
     layers = []
     for _ in range(n_layers):
-        H = int(rng.choice([128, 256, 260] if n_layers == 1 else [128, 130]))
+        H = int(rng.choice(sizes["H"] if n_layers == 1 else sizes["H2"]))
         if custom:
             spec, init = _custom_spec(rng, D, H)
             layers.append(Layer("custom", D, H, spec, init))
         else:
             layers.append(Layer(str(rng.choice(list(BUILTIN))), D, H))
         D = H
-    B = int(rng.choice([16, 17, 32, 33]))
+    B = int(rng.choice(sizes["B"]))
     dtype = np.float32 if rng.random() < 0.3 else np.float64
     options = {k: v[int(rng.integers(len(v)))] for k, v in OPTION_CHOICES.items()}
     for k in list(options):  # the defaults mostly: the paths as users meet them

@@ -28,17 +28,18 @@ def draw_masking(rng, case, with_lengths: bool = False) -> None:
 def zero_rows(rng, T: int, B: int) -> list:
     """[(t, b)] input rows to zero: each pattern with some probability (none of them too): rows
     scattered at random, a row zero at every step, left padding (a row's first steps), the
-    last step of some rows, every row of one step."""
+    last step of some rows, every row of one step. (B < 4: one row at least; the draws of B >= 4
+    unchanged.)"""
     z = np.zeros((T, B), bool)
     if rng.random() < 0.5:
         z |= rng.random((T, B)) < float(rng.choice([0.05, 0.2, 0.5]))
     if rng.random() < 0.4:
         z[:, int(rng.integers(B))] = True
     if rng.random() < 0.4:
-        for b in rng.choice(B, int(rng.integers(1, B // 2)), replace=False):
+        for b in rng.choice(B, int(rng.integers(1, max(2, B // 2))), replace=False):
             z[: int(rng.integers(1, T)), int(b)] = True
     if rng.random() < 0.3:
-        z[T - 1, rng.choice(B, int(rng.integers(1, B)), replace=False)] = True
+        z[T - 1, rng.choice(B, int(rng.integers(1, max(2, B))), replace=False)] = True
     if rng.random() < 0.1:
         z[int(rng.integers(T))] = True
     return [(int(t), int(b)) for t, b in zip(*np.nonzero(z))]

@@ -2,10 +2,12 @@
 suite runs 200), each failing cell printed as source for tests/test_regressions_compiler.py.
 
 Run: python tools/fuzz_cells.py [--cases 5000] [--seed 0] [--max-failures 20] [--masked]
-[--concat]
+[--concat] [--wide]
 (--masked: each case masked -- cell.mask_zero() / nn.MaskZero(cell, 1) per cell, zero input
 rows, lengths= with garbage in the padding: tests/cell_fuzz_mask.py; --concat: gate blocks
-often written concat([x, s, ...]) @ W, API.md's MGU style: passes/split_concat.py)
+often written concat([x, s, ...]) @ W, API.md's MGU style: passes/split_concat.py; --wide:
+widths and batch sizes 1, 3, 5, 7, 9, 17, 33, the remainders of a kernel's vector loops). The
+backend is $TAPERNN_BACKEND's (TAPERNN_BACKEND=numba: the numba kernels).
 Exit status 1 if any case failed.
 """
 
@@ -54,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concat", action="store_true", help="gate blocks often concat([x, s, ...]) @ W"
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="widths and batch sizes from cell_fuzz.WIDE (vector remainders: 1, 3, ... 33)",
+    )
     args = parser.parse_args(argv)
     failures, start = [], time.perf_counter()
     make = make_masked_case if args.masked else make_case
     for k, seed in enumerate(range(args.seed, args.seed + args.cases)):
-        case = make(seed, args.concat)
+        case = make(seed, args.concat, args.wide)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

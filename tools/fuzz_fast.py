@@ -5,7 +5,7 @@ equations, random custom cells against the reference interpreter; each failing c
 (its description and the cell source) for a regression test.
 
 Run: python tools/fuzz_fast.py [--cases 1000] [--seed 0] [--max-failures 10] [--calls 4] [--masked]
-[--masked-lengths]
+[--masked-lengths] [--sizes suite|wide|small]
 (--masked: only the seeds whose case is masked -- cell.mask_zero() / nn.MaskZero -- the others
 skipped unrun, not counted; --masked-lengths: the cases with lengths= may be masked too, and
 only those masked with lengths= run.)
@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="mask the cases with lengths= too, and run only those (masking and lengths= together)",
     )
+    parser.add_argument(
+        "--sizes",
+        default="suite",
+        choices=["suite", "wide", "small"],
+        help="fast_fuzz.SIZES: wide: odd H and B, B = 1, H = 513; small: H 1 ... 33, B 1 ... 9",
+    )
     args = parser.parse_args(argv)
     from tapernn.backends import numba_available
     from tapernn.backends.packed import available
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     k, seed = -1, args.seed - 1
     while k + 1 < args.cases:
         seed += 1
-        case = make_fast_case(seed, args.calls, args.masked_lengths)
+        case = make_fast_case(seed, args.calls, args.masked_lengths, args.sizes)
         if (args.masked or args.masked_lengths) and not case.masking:
             continue
         if args.masked_lengths and all(c.lengths is None for c in case.calls):
