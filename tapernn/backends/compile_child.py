@@ -8,6 +8,8 @@ parent has them), compiles the function for the asked signature under the same L
 compile of it, later (`settle` first), is then a load of those files. Same text, same options,
 same numba, same machine: the machine code a compile in the parent would make
 (tests/test_hcold6_child.py: a step loop compiled by a child gives the Python loop's bits).
+`offered` starts one child for the planned jobs a cold program queues at its compile, beside
+the worker (the comment above `Server`; tests/test_hcold7_server.py).
 
 A child costs only its time: one that fails or outlives TIMEOUT_S (killed) leaves the parent to
 compile as before. None where numba's cache has an index for the module already (a warm cache:
@@ -52,6 +54,7 @@ _jobs: dict[str, Job] = {}  # module name (+ the asker's tag) -> its child's job
 _sources: dict[str, str] = {}  # a job's module text -> its _jobs key
 _lock = threading.Lock()
 STARTED = [0]  # children started so far (tests)
+FED = [0]  # jobs a compile server made so far (tests, tools/child_bits.py)
 
 
 def limit(locked: bool = True) -> int:
@@ -371,6 +374,7 @@ def _feed(server: Server, jobs: queue.Queue) -> None:
                 return
             if why == "ok":
                 server.fed += 1
+                FED[0] += 1
             else:
                 log.debug("tapernn: compile server: %s", why)
     finally:
