@@ -7,6 +7,7 @@ are queued, so the child takes them whatever the load (the worker takes none mea
 
 import json
 import os
+import queue
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,59 @@ def test_a_failed_or_killed_child_leaves_the_worker_to_compile(tmp_path, referen
     assert not all(got["loaded"])  # (compiled here)
     assert got["digest"] == reference["digest"]
     assert _gone(got["pid"])
+
+
+class _Stub:
+    """A server that starts nothing (offered's decision only)."""
+
+    def __init__(self):
+        self.proc = type("P", (), {"poll": staticmethod(lambda: None)})()
+
+
+class _Handle:
+    def __init__(self, name, folder):
+        self.name, self.folder = name, folder
+
+    def has(self, key):
+        return False
+
+    def child_recipe(self, key):
+        return self.name, "kernel", self.folder, ("m", "C", ())
+
+
+def test_the_server_starts_for_two_cold_jobs_and_not_on_a_busy_machine(monkeypatch, tmp_path):
+    from tapernn.backends import compile_child
+    from tapernn.launch import cpus
+
+    if cpus() < 2:
+        pytest.skip("one core: no child ever")
+    for v in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.delenv(compile_child.ENV, raising=False)
+    monkeypatch.setattr(compile_child, "MAX", [1])
+    monkeypatch.setattr(compile_child, "Server", _Stub)
+    monkeypatch.setattr(compile_child, "_feed", lambda server, jobs: None)
+    monkeypatch.setattr(compile_child, "_tried", set())
+    monkeypatch.setattr(compile_child, "_cold", {})
+    monkeypatch.setattr(compile_child, "_jobs", {})
+
+    def offered(load, *names):
+        monkeypatch.setattr(compile_child, "_server", [None])
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        jobs = queue.Queue()
+        for n in names:
+            jobs.put((_Handle(f"tapernn_k9_{n}", tmp_path), ("key",), None))
+        compile_child.offered(jobs)
+        return compile_child._server[0] is not None
+
+    assert offered(0.2, "a", "b")
+    assert not offered(0.2, "a")  # (one job: the worker alone)
+    assert not offered(cpus() - 0.4, "a", "b")  # (busy)
+    monkeypatch.setenv(compile_child.ENV, "1")
+    assert offered(cpus() + 5.0, "a", "b")  # (asked for: whatever the load)
+    folder = tmp_path / "__pycache__"
+    folder.mkdir()
+    (folder / "tapernn_k9_a.kernel-3.nbi").write_bytes(b"")
+    (folder / "tapernn_k9_b.kernel-3.nbi").write_bytes(b"")
+    monkeypatch.setattr(compile_child, "_cold", {})
+    assert not offered(0.2, "a", "b")  # (warm: numba's cache has them)

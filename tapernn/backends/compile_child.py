@@ -311,9 +311,12 @@ class Server:
 def offered(jobs: queue.Queue) -> None:
     """After background.request queued a job: start the server and its feeder thread (the
     comment above) when none runs, a child is allowed, and `jobs` holds two or more jobs a
-    child can make that numba's cache does not have."""
+    child can make that numba's cache does not have -- and, unless $TAPERNN_COMPILE_CHILD is
+    set, no core is busy (`busy`)."""
     with _lock:
         if _server[0] is not None or _running() >= limit(locked=False):
+            return
+        if not os.environ.get(ENV) and busy():
             return
         with jobs.mutex:
             queued = list(jobs.queue)
@@ -321,6 +324,15 @@ def offered(jobs: queue.Queue) -> None:
             return
         server = _server[0] = Server()
     threading.Thread(target=_feed, args=(server, jobs), daemon=True, name="tapernn-feeder").start()
+
+
+def busy() -> bool:
+    """Whether the machine's 1-minute load average leaves less than half a core idle: then a
+    child's CPU comes mostly out of this process's own share (the kernel's fair share per
+    session, "autogroup") -- at load 11-16 on 2 cores a cold (32, 50, 256) model's switch call
+    waited longer with the server than without it, its call 1 ~2 s longer (BENCHMARKS.md
+    "hcold7")."""
+    return os.getloadavg()[0] > cpus() - 0.5
 
 
 def _recipe(handle: Any, key: Any) -> tuple | None:
