@@ -372,7 +372,8 @@ def _feed(server: Server, jobs: queue.Queue) -> None:
     most), given back to the worker; until none is left or the server fails (the worker then
     makes every job, the one it had included)."""
     try:
-        numba_setup.setup()  # (here, not on the asking thread: numba's import; if not yet)
+        with contextlib.suppress(Exception):  # (failed: not LOCKED, no job for the child)
+            numba_setup.setup()  # (here, not on the asking thread: numba's import; if not yet)
         ready = numba_setup.LOCKED[0] and server.reply(READY_S) == "ready"
         while ready:
             taken = _take(jobs)
