@@ -5,7 +5,7 @@ once) against one where they compiled in the process (=0): each run a fresh proc
 caches, `--calls` training steps (forward, backward, update; every kernel waited for after
 call 3, so the later calls run the loaded kernels), printing a digest of the outputs, the
 input gradients and the parameters after them, the step-loop calls and the children (how each
-ended: "" compiled). The two digests must be equal.
+ended: "" compiled), the jobs compile_child's server made (hcold7). The two digests must be equal.
 
     PYTHONPATH=$PWD python tools/child_bits.py --dtype float32 --calls 8
 """
@@ -57,6 +57,7 @@ def child(args: argparse.Namespace) -> None:
                 "step_loop_calls": step_loop.CALLS[0],
                 "children": {k[-12:]: j.why for k, j in compile_child._jobs.items()},
                 "own_gemm_runs": blas_twin.RAN[0],
+                "server_jobs": getattr(compile_child, "FED", [0])[0],
             }
         )
     )

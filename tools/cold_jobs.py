@@ -65,6 +65,30 @@ def _probe(t0: list[float], jobs: list) -> None:
         return why
 
     compile_child.Job.wait = wait
+    server = getattr(compile_child, "Server", None)
+    if server is None:  # (a tree without the compile server)
+        return
+    inner_init, inner_send, inner_reply = server.__init__, server.send, server.reply
+    sent = {}  # id(server) -> (start, what) of what it does now
+
+    def init(self):
+        sent[id(self)] = (time.perf_counter(), "server start")
+        inner_init(self)
+
+    def send(self, recipe):
+        (_, cls, args), _, _ = recipe
+        what = "group " + numba_backend._module_name(args[0])[-6:] if cls == "Kernel" else cls
+        sent[id(self)] = (time.perf_counter(), what)
+        return inner_send(self, recipe)
+
+    def reply(self, timeout):
+        got = inner_reply(self, timeout)
+        start, what = sent.pop(id(self), (time.perf_counter(), "?"))
+        what += "" if got in ("ok", "ready") else f" -> {got}"
+        jobs.append(("child server", what, start - t0[0], time.perf_counter() - t0[0], 0.0))
+        return got
+
+    server.__init__, server.send, server.reply = init, send, reply
 
 
 def child(args: argparse.Namespace) -> None:

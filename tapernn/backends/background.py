@@ -258,7 +258,8 @@ def request(handle: Any, key: tuple) -> threading.Event:
         _jobs.put((handle, key, event))
         _counts[0] += 1
         _ensure_worker()
-        return event
+    compile_child.offered(_jobs)  # (a child takes some: compile_child's server)
+    return event
 
 
 def _weak(handle: Any, ident: tuple) -> Callable[[], Any]:

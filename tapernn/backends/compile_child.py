@@ -8,6 +8,8 @@ parent has them), compiles the function for the asked signature under the same L
 compile of it, later (`settle` first), is then a load of those files. Same text, same options,
 same numba, same machine: the machine code a compile in the parent would make
 (tests/test_hcold6_child.py: a step loop compiled by a child gives the Python loop's bits).
+`offered` starts one child for the planned jobs a cold program queues at its compile, beside
+the worker (the comment above `Server`; tests/test_hcold7_server.py).
 
 A child costs only its time: one that fails or outlives TIMEOUT_S (killed) leaves the parent to
 compile as before. None where numba's cache has an index for the module already (a warm cache:
@@ -23,10 +25,12 @@ cache folder around each save and writes the data before the index names it."""
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import logging
 import os
 import pickle
+import queue
 import re
 import subprocess
 import sys
@@ -50,12 +54,13 @@ _jobs: dict[str, Job] = {}  # module name (+ the asker's tag) -> its child's job
 _sources: dict[str, str] = {}  # a job's module text -> its _jobs key
 _lock = threading.Lock()
 STARTED = [0]  # children started so far (tests)
+FED = [0]  # jobs a compile server made so far (tests, tools/child_bits.py)
 
 
-def limit() -> int:
+def limit(locked: bool = True) -> int:
     """Children that may run at once: $TAPERNN_COMPILE_CHILD (0: none; unset: MAX), none under
     an MPI launcher, with one core, or where numba's cache saves are not locked (`locked_saves`:
-    another numba)."""
+    another numba; not checked without `locked`: numba not set up here yet, `_feed` checks)."""
     text = os.environ.get(ENV, "")
     try:
         n = int(text) if text else MAX[0]
@@ -63,7 +68,7 @@ def limit() -> int:
         raise TapernnError(f"${ENV}: expected an integer >= 0, got {text!r}") from None
     if launched_by_mpi() or cpus() < 2:
         return 0
-    if not numba_setup.LOCKED[0]:
+    if locked and not numba_setup.LOCKED[0]:
         return 0
     return max(0, n)
 
@@ -86,7 +91,7 @@ class Job:
     def _end(self, timeout: float) -> str:
         try:
             code = self.proc.wait(timeout=max(0.0, timeout - self.age()))
-            why = "" if code == 0 else f"child exited with {code}: {self._stderr()}"
+            why = "" if code == 0 else f"child exited with {code}: {_last_line(self.err)}"
         except subprocess.TimeoutExpired:
             why = f"child killed after {TIMEOUT_S[0]:.0f} s"
             self.kill()
@@ -103,12 +108,6 @@ class Job:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-    def _stderr(self) -> str:
-        """The last line the child wrote to its stderr (a traceback's: the error)."""
-        self.err.seek(0)
-        lines = [x for x in self.err.read().decode(errors="replace").splitlines() if x.strip()]
-        return lines[-1][:300] if lines else "(no message)"
 
 
 def ask(
@@ -127,7 +126,7 @@ def ask(
     the job, or None."""
     most = limit()
     with _lock:
-        if name + tag in _jobs or sum(j.proc.poll() is None for j in _jobs.values()) >= most:
+        if name + tag in _jobs or _running() >= most:
             return None
         if _cached(fn, sigs, name, function, directory):
             return None  # (a warm cache, or another process at it)
@@ -140,6 +139,13 @@ def ask(
         _jobs[name + tag] = job
         _sources[text] = name + tag
         return job
+
+
+def _running() -> int:
+    """Children running now: compile jobs' and the server's (`offered`)."""
+    server = _server[0]
+    alive = server is not None and server.proc.poll() is None
+    return sum(j.proc.poll() is None for j in _jobs.values()) + alive
 
 
 def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> bool:
@@ -228,8 +234,180 @@ def _start(name: str, modules: list, function: str, sigs: list) -> Job:
     return Job(name, proc, path, err)
 
 
+# The compile server (issue 19, BENCHMARKS.md "hcold7"): a cold model's planned kernels -- the
+# packed driver (~5.5 s CPU on the AVX2 EPYC) and the fused groups (~0.6 s each), asked for at its
+# compile (background.request_planned) -- were compiled one after the other by the worker while
+# the switch call waited. With two or more such jobs queued and a child allowed, one child
+# process is started at once (its ~1.5 s start beside the worker's first compile) and takes jobs
+# from the queue's far end while the worker takes them from the near end; each one the child
+# has compiled goes back to the queue's front, where the worker makes it -- a load from numba's
+# cache -- and sets its event as for any job (a failed or killed child's: a compile here, the
+# same code). A job goes to the child only through its handle's `child_recipe(key)`: (module
+# name, function, cache folder, (handle module, class, its arguments)) -- the child builds that
+# handle and runs its own `prepare(key)`: the compile the worker would run, writing numba's cache.
+_server: list[Server | None] = [None]
+_tried: set[tuple[int, Any]] = set()  # (id(handle), key) of jobs a child had (never twice)
+_cold: dict[tuple[str, str], bool] = {}  # (module, function) -> numba's cache had no index for it
+READY_S = 60.0  # the server's longest start (python, numba, tapernn): then killed
+
+
+class Server:
+    """The child process compiling jobs one at a time (compile_child_run.serve): a job is one
+    pickled line on its stdin, its reply one line on its stdout ("ok" or "fail <why>")."""
+
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        argv = [sys.executable, "-c", f"{_RUN} as r; r.serve({os.getpid()})", root]
+        # (its handles' prepare compiles in place: no worker thread, no grandchildren)
+        env = dict(os.environ, TAPERNN_NUMBA_BACKGROUND="0", **{ENV: "0"})
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 -- (closed by stop)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env
+        )
+        STARTED[0] += 1
+        self.replies: queue.Queue = queue.Queue()
+        self.fed = 0  # jobs it compiled (tests)
+        threading.Thread(target=self._read, daemon=True, name="tapernn-compile-server").start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.replies.put(line.decode(errors="replace").strip())
+        self.replies.put(None)  # (its end)
+
+    def reply(self, timeout: float) -> str | None:
+        """Its next reply line; None when it ended or was silent `timeout` s (then killed)."""
+        try:
+            line = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+        if line is None:
+            self.kill()
+        return line
+
+    def send(self, recipe: tuple) -> bool:
+        try:
+            self.proc.stdin.write(base64.b64encode(pickle.dumps(recipe)) + b"\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):  # (it ended)
+            return False
+
+    def stop(self) -> None:
+        """Its stdin closed (it exits), waited for, killed if it does not."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.err.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def offered(jobs: queue.Queue) -> None:
+    """After background.request queued a job: start the server and its feeder thread (the
+    comment above) when none runs, a child is allowed, and `jobs` holds two or more jobs a
+    child can make that numba's cache does not have -- and, unless $TAPERNN_COMPILE_CHILD is
+    set, no core is busy (`busy`)."""
+    with _lock:
+        if _server[0] is not None or _running() >= limit(locked=False):
+            return
+        if not os.environ.get(ENV) and busy():
+            return
+        with jobs.mutex:
+            queued = list(jobs.queue)
+        if sum(_recipe(h, k) is not None for h, k, _ in queued) < 2:
+            return
+        server = _server[0] = Server()
+    threading.Thread(target=_feed, args=(server, jobs), daemon=True, name="tapernn-feeder").start()
+
+
+def busy() -> bool:
+    """Whether the machine's 1-minute load average leaves less than half a core idle: then a
+    child's CPU comes mostly out of this process's own share (the kernel's fair share per
+    session, "autogroup") -- at load 11-16 on 2 cores a cold (32, 50, 256) model's switch call
+    waited longer with the server than without it, its call 1 ~2 s longer (BENCHMARKS.md
+    "hcold7")."""
+    return os.getloadavg()[0] > cpus() - 0.5
+
+
+def _recipe(handle: Any, key: Any) -> tuple | None:
+    """The job's recipe for a child (`child_recipe`), unless a child had it, the handle has
+    none, or numba's cache has its function (warm: the worker's load is all there is)."""
+    make = getattr(handle, "child_recipe", None)
+    if make is None or (id(handle), key) in _tried or handle.has(key):
+        return None
+    name, function, directory, recipe = make(key)
+    if (name, function) not in _cold:
+        _cold[name, function] = not _cached(None, [], name, function, directory)
+    return (recipe, key, str(directory)) if _cold[name, function] else None
+
+
+def _take(jobs: queue.Queue) -> tuple | None:
+    """The last queued job a child can make (removed from `jobs`, still unfinished there), with
+    its recipe; None if there is none."""
+    with jobs.mutex:
+        for item in reversed(jobs.queue):
+            recipe = _recipe(item[0], item[1])
+            if recipe is not None:
+                jobs.queue.remove(item)
+                _tried.add((id(item[0]), item[1]))
+                return item, recipe
+    return None
+
+
+def _give_back(jobs: queue.Queue, item: tuple) -> None:
+    """Put a job at the front of `jobs` (the worker makes it next: a load, or a compile)."""
+    with jobs.mutex:
+        jobs.queue.appendleft(item)
+        jobs.not_empty.notify()
+
+
+def _feed(server: Server, jobs: queue.Queue) -> None:
+    """The server's jobs: the last one a child can make, sent, its reply awaited (TIMEOUT_S at
+    most), given back to the worker; until none is left or the server fails (the worker then
+    makes every job, the one it had included)."""
+    try:
+        with contextlib.suppress(Exception):  # (failed: not LOCKED, no job for the child)
+            numba_setup.setup()  # (here, not on the asking thread: numba's import; if not yet)
+        ready = numba_setup.LOCKED[0] and server.reply(READY_S) == "ready"
+        while ready:
+            taken = _take(jobs)
+            if taken is None:
+                return
+            item, recipe = taken
+            why = server.reply(TIMEOUT_S[0]) if server.send(recipe) else None
+            _give_back(jobs, item)
+            if why is None:
+                log.debug("tapernn: compile server ended: %s", _last_line(server.err))
+                return
+            if why == "ok":
+                server.fed += 1
+                FED[0] += 1
+            else:
+                log.debug("tapernn: compile server: %s", why)
+    finally:
+        server.stop()
+        with _lock:
+            if _server[0] is server:
+                _server[0] = None
+
+
+def _last_line(err: Any) -> str:
+    """The last line a child wrote to its stderr (a traceback's: the error)."""
+    err.seek(0)
+    lines = [x for x in err.read().decode(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "(no message)"
+
+
 def _ended() -> None:
     """At the parent's exit: its unfinished children killed, their spec files removed."""
+    if _server[0] is not None:
+        _server[0].kill()
     for job in list(_jobs.values()):
         job.kill()
         with contextlib.suppress(OSError):
@@ -241,6 +419,8 @@ def _forked() -> None:
     global _lock
     _jobs.clear()
     _sources.clear()
+    _server[0] = None
+    _tried.clear()
     _lock = threading.Lock()
 
 

@@ -2,10 +2,13 @@
 imports the spec's kernel-cache modules (each after those it names; the kernel's own last) and
 compiles its function for each signature under the LLVM options the text names
 (numba_interleave.named), numba's cache files written as in the parent. Its last stderr line
-says why it failed (exit 1); it exits when its parent is gone."""
+says why it failed (exit 1); it exits when its parent is gone. `serve(<parent id>)`: the compile
+server's side (compile_child.Server) -- jobs read from stdin, one reply line each on stdout."""
 
 from __future__ import annotations
 
+import base64
+import importlib
 import os
 import pickle
 import sys
@@ -52,3 +55,35 @@ def run(path: str) -> None:
 
         sys.stderr.write(f"\n{failure(e)}\n")
         sys.exit(1)
+
+
+def serve(parent: int) -> None:
+    """The compile server: "ready" once numba is set up, then per stdin line -- a pickled
+    (handle recipe, key, cache folder), compile_child._recipe -- the handle built and its own
+    `prepare(key)` run (its compile, numba's cache written), "ok" or "fail <why>" on stdout;
+    it exits at stdin's end or its parent's."""
+    _watch(parent)
+    from .background import failure
+    from .numba_backend import cache_dir
+    from .numba_setup import setup
+
+    setup()
+    out = os.fdopen(os.dup(1), "w")  # (the replies' own: whatever else prints goes to stderr)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            (module, cls, args), key, folder = pickle.loads(base64.b64decode(line))
+            if str(cache_dir()) != folder:  # (another kernel cache: the parent would not load it)
+                raise RuntimeError(f"kernel cache {cache_dir()}, the parent's {folder}")
+            handle = getattr(importlib.import_module(module), cls)(*args)
+            handle.prepare(key)
+            if handle.error:
+                raise RuntimeError(handle.error)
+            reply = "ok"
+        except Exception as e:  # noqa: BLE001 -- any failure: the parent compiles
+            reply = f"fail {failure(e)}"
+        out.write(reply + "\n")
+        out.flush()

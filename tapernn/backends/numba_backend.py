@@ -383,6 +383,12 @@ class Kernel:
     def has(self, key: tuple | None) -> bool:
         return self.kernel is not None and (key is None or self.general(key) in self.types)
 
+    def child_recipe(self, key: tuple | None) -> tuple:
+        """(module, function, cache folder, this handle's (module, class, arguments)): what a
+        compile child builds to run `prepare(key)` (compile_child.offered)."""
+        args = (self.source, self.operands, self.out, self.inplace)
+        return _module_name(self.source), "kernel", cache_dir(), (__name__, "Kernel", args)
+
     def prepare(self, key: tuple | None = None, warm: bool = False) -> Callable | None:
         """Load the kernel (and compile it for `key`, or for C-contiguous arrays with `warm`);
         None when that failed (self.error says why)."""

@@ -184,6 +184,14 @@ class _Handle:
     def has(self, key: tuple | None = None) -> bool:
         return self.kernel is not None and (key is None or key in self.types)
 
+    def child_recipe(self, key: tuple) -> tuple:
+        """(module, function, cache folder, this handle's (module, class, arguments)): what a
+        compile child builds to run `prepare(key)` -- all four compiles (compile_child.offered)."""
+        from .numba_backend import cache_dir
+
+        name = _MODULE_NAMES.get(GEOMETRY[self.isa]) or _module_text(self.isa)[0]
+        return name, "packed_matmul_serial", cache_dir(), (__name__, "_Handle", (self.isa,))
+
     def prepare(self, key: tuple) -> None:
         with self._lock:
             if self.error or key in self.types:
@@ -279,16 +287,25 @@ def _kernel_module(kind: str | None = None) -> Any:
     with its geometry line set to GEOMETRY[kind], named by that text's digest: numba's
     cache=True files land beside it, so a cold kernel cache is cold for these drivers too, each
     geometry has its own, and an installed package's directory is never written."""
-    bits, nv = GEOMETRY[kind or isa() or "avx512"]
-    name = _MODULE_NAMES.get((bits, nv))  # (pack_panels asks at every loop call: the file
-    if name in sys.modules:  # read and its digest cost ~0.17 ms, BENCHMARKS.md "h256c")
+    name = _MODULE_NAMES.get(GEOMETRY[kind or isa() or "avx512"])  # (pack_panels asks at every
+    if name in sys.modules:  # loop call: the file read and its digest cost ~0.17 ms, "h256c")
         return sys.modules[name]
-    import hashlib
-    from pathlib import Path
-
     from .kernel_cache import import_written
     from .numba_backend import cache_dir
 
+    name, source = _module_text(kind)
+    if name in sys.modules:
+        return sys.modules[name]
+    # (written again and imported again if another process's prune removed it meanwhile)
+    return import_written(cache_dir(), name, source)
+
+
+def _module_text(kind: str | None = None) -> tuple[str, bytes]:
+    """(name, text) of `_kernel_module`'s copy of packed_kernels.py for instruction set `kind`."""
+    import hashlib
+    from pathlib import Path
+
+    bits, nv = GEOMETRY[kind or isa() or "avx512"]
     source = (Path(__file__).resolve().parent / "packed_kernels.py").read_bytes()
     line = b"VEC_BITS, NV = 512, 4  # "
     if source.count(line) != 1:
@@ -296,10 +313,7 @@ def _kernel_module(kind: str | None = None) -> Any:
     source = source.replace(line, f"VEC_BITS, NV = {bits}, {nv}  # ".encode())
     name = f"tapernn_packed_{hashlib.sha1(source).hexdigest()[:20]}"
     _MODULE_NAMES[(bits, nv)] = name
-    if name in sys.modules:
-        return sys.modules[name]
-    # (written again and imported again if another process's prune removed it meanwhile)
-    return import_written(cache_dir(), name, source)
+    return name, source
 
 
 _MODULE_NAMES: dict[tuple[int, int], str] = {}  # (vector bits, NV) -> _kernel_module's name
