@@ -15,6 +15,7 @@ from test_batch_split import TOL, D, check_equations, equal, train
 import tapernn as tn
 from tapernn import nn, own_threads, scan_columns
 from tapernn.backends import numba_available, step_columns
+from tapernn.blas_bits import blas_bits
 from tapernn.errors import TapernnError
 
 pytestmark = [
@@ -74,7 +75,15 @@ def test_native_equals_halves_unsplit_and_equations(batch, dtype, rng):
     got = fit(a, x, g)
     assert step_columns.CALLS[0] - calls == 2  # (the forward and the reverse loop)
     equal(got, fit(b, x, g))
-    equal(got, fit(c, x, g))
+    unsplit = fit(c, x, g)
+    if blas_bits(np.dtype(dtype)).rows:
+        equal(got, unsplit)
+    else:  # (the weight gradients' GEMMs over each half's rows vs all rows: OpenBLAS's row
+        # halves change their bits on some CPUs -- the AVX2 EPYC's Haswell kernel, float32)
+        equal((*got[:2], {}), (*unsplit[:2], {}))  # (outputs, input gradients: exact)
+        for k in got[2]:
+            tol = TOL if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
+            np.testing.assert_allclose(got[2][k], unsplit[2][k], **tol, err_msg=k)
     assert all(NATIVE in k for k in lines(a)), lines(a)
     assert not any(NATIVE in k for k in lines(b) + lines(c))
     if dtype == "float64":
