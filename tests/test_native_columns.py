@@ -81,8 +81,9 @@ def test_native_equals_halves_unsplit_and_equations(batch, dtype, rng):
     else:  # (the weight gradients' GEMMs over each half's rows vs all rows: OpenBLAS's row
         # halves change their bits on some CPUs -- the AVX2 EPYC's Haswell kernel, float32)
         equal((*got[:2], {}), (*unsplit[:2], {}))  # (outputs, input gradients: exact)
+        tol = TOL if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
+        assert got[2].keys() == unsplit[2].keys()
         for k in got[2]:
-            tol = TOL if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
             np.testing.assert_allclose(got[2][k], unsplit[2][k], **tol, err_msg=k)
     assert all(NATIVE in k for k in lines(a)), lines(a)
     assert not any(NATIVE in k for k in lines(b) + lines(c))
