@@ -234,6 +234,14 @@ class Trainer:
         self.vocab = Vocabulary.from_text(train_text)
         self.n_chars = (len(train_text), len(val_text))
         batch, seq_len = opts["batch"], opts["seq_len"]
+        if len(train_text) < batch * seq_len + 1:
+            # time_major_batches would count the training part alone: say what it is.
+            raise CorpusError(
+                f"{self.corpus_name!r} has {len(text)} characters; its training part (all but "
+                f"the last {len(val_text)}, held out for validation) has {len(train_text)}, "
+                f"too few for --batch {batch} x --seq-len {seq_len}: need at least "
+                f"{batch * seq_len + 1}; use a longer text or a smaller --batch / --seq-len"
+            )
         self.train_x, self.train_y = time_major_batches(
             self.vocab.encode(train_text), batch, seq_len
         )
