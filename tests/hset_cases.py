@@ -265,6 +265,15 @@ CASES = {
         fwd(SEQ),
         lstm_seq,
     ),
+    "Recurrent.start_size": Case(
+        lambda v=5: nn.Recurrent(v, nn.Linear(4, 5), nn.Linear(5, 5), nn.Tanh()),
+        "start_size",
+        [(0, AE), (1.5, ATE)],
+        FIXED,
+        fwd(SEQ),
+        lstm_seq,
+        arg="start (a size or a module)",
+    ),
     "RNN.nonlinearity": Case(
         lambda v="tanh": nn.RNN(4, 3, v),
         "nonlinearity",

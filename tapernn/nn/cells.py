@@ -16,7 +16,7 @@ from .context import current_build
 from .layers import CAddTable, Linear, Sigmoid
 from .module import Module
 from .recurrent import AbstractRecurrent, Cell
-from .settings import choice, fixed, rules
+from .settings import choice, fixed, optional, rules, size
 from .tree import flatten
 
 
@@ -164,6 +164,8 @@ class Recurrent(AbstractRecurrent):
     """
 
     table_states = True
+    # the learned start's length (None for a start module): its parameter was made for it
+    setting_rules = rules(start_size=fixed(optional(size())))
 
     def __init__(
         self,
