@@ -11,15 +11,18 @@ from tapernn.apps.cli import main
         (
             3,
             [],
-            "has 3 characters; its training part (all but the last 1, held out for "
-            "validation) has 2, too few for --batch 32 x --seq-len 32: need at least 1025",
+            (
+                "has 3 characters; its training part (all but the last 1, held out for "
+                "validation) has 2, too few for --batch 32 x --seq-len 32: need at least 1025"
+            ),
         ),
         (
             100,
             ["--batch", "4", "--seq-len", "32"],
-            "has 100 characters; its training part "
-            "(all but the last 5, held out for validation) has 95, too few for --batch 4 x "
-            "--seq-len 32: need at least 129",
+            (
+                "has 100 characters; its training part (all but the last 5, held out for "
+                "validation) has 95, too few for --batch 4 x --seq-len 32: need at least 129"
+            ),
         ),
     ],
 )
