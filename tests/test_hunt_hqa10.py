@@ -244,7 +244,9 @@ def test_a_cell_overriding_output_with_super_still_works_and_reads_its_field():
     h = np.zeros((2, 4))
     for t in range(3):
         h = np.tanh(np.concatenate([x[t], h], -1) @ cell.w.data)
-    np.testing.assert_allclose(y[-1], 2 * h, rtol=1e-14)
+    # (1e-12: the backends' agreement; numba's tanh is not np.tanh's to the last bit, and an
+    # unseeded w made 1e-14 fail about one run in ten on numba)
+    np.testing.assert_allclose(y[-1], 2 * h, rtol=1e-12)
     stepped = Doubled(3, 4)
     out = stepped.forward(x[0])
     np.testing.assert_array_equal(stepped.output, out)

@@ -117,9 +117,9 @@ def _scalar(op: str, xs: list[str], attrs: dict, dt: str) -> str:
         return f"{xs[0]} {sym} {xs[1]}"
     if op == "add_n":
         return " + ".join(xs)
-    if op in ("maximum", "minimum"):  # NaN propagates, as in NumPy
+    if op in ("maximum", "minimum"):  # NaN propagates; a tie (-0, +0) gives b: NumPy's zero
         a, b = xs
-        cmp = ">=" if op == "maximum" else "<="
+        cmp = ">" if op == "maximum" else "<"
         return f"{a} if ({a} {cmp} {b} or {a} != {a}) else {b}"
     if op == "relu":
         return f"{xs[0]} if ({xs[0]} > {_typed(dt, 0)} or {xs[0]} != {xs[0]}) else {_typed(dt, 0)}"
