@@ -263,7 +263,10 @@ class ClassNLLCriterion(Criterion):
         self.expect(
             t.shape == (x.shape[0],), f"target shape {t.shape} does not match input {x.shape}"
         )
-        valid = F.greater(F.abs(t - self.ignore_index), 0)
+        # in int64: in the targets' own dtype ignore_index -100 does not fit a uint8 id, and
+        # int8 arithmetic on it wraps (a uint8 corpus's ids; int8 target 28 + 100 = -128)
+        t = F.cast(t, np.int64)
+        valid = F.where(F.equal(t, self.ignore_index), False, True)
         safe = F.where(valid, t, 0)
         picked = F.reshape(F.gather(x, F.reshape(safe, (-1, 1)), axis=1), (-1,))
         if self.weights is not None:
