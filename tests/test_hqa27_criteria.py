@@ -72,3 +72,40 @@ def test_sequencer_criterion_of_uint8_targets():
     crit = nn.SequencerCriterion(nn.ClassNLLCriterion())
     expected = sum(nll(logps[t], targets[t])[0] for t in range(3))
     assert crit.forward(logps, targets) == pytest.approx(expected, rel=1e-14)
+
+
+# Torch7's criterion:backward(input, target) computes at the values it is given. Criterion.backward
+# re-ran the forward only when the arrays differed from the last forward's -- compared with those
+# very arrays, so an input or target changed in place since the forward (a reused buffer) kept
+# the old forward's gradient without a word.
+
+
+def test_backward_after_the_input_changed_in_place():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    crit = nn.MSECriterion()
+    crit.forward(x, y)
+    x[...] = rng.normal(size=(3, 4))
+    np.testing.assert_allclose(crit.backward(x, y), 2 * (x - y) / x.size, rtol=1e-14, atol=0)
+    assert crit.output == pytest.approx(np.mean((x - y) ** 2), rel=1e-14)
+
+
+def test_backward_after_the_target_changed_in_place():
+    logp = log_probs(4, 6, seed=5)
+    target = np.array([0, 1, 2, 3])
+    crit = nn.ClassNLLCriterion()
+    crit.forward(logp, target)
+    target[...] = [5, 4, 3, 2]
+    np.testing.assert_allclose(crit.backward(logp, target), nll(logp, target)[1], rtol=1e-14)
+
+
+def test_sequencer_criterion_backward_after_a_step_changed_in_place():
+    rng = np.random.default_rng(6)
+    xs = [rng.normal(size=(2, 3)) for _ in range(3)]
+    ys = [rng.normal(size=(2, 3)) for _ in range(3)]
+    crit = nn.SequencerCriterion(nn.MSECriterion())
+    crit.forward(xs, ys)
+    xs[1] *= 3.0
+    grads = crit.backward(xs, ys)
+    for g, x, y in zip(grads, xs, ys):
+        np.testing.assert_allclose(g, 2 * (x - y) / x.size, rtol=1e-14, atol=0)
