@@ -26,7 +26,15 @@ from .blas import (
 )
 from .blas_tuning import ThreadChoice
 from .codegen import Program, fused_scratch, nested
-from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    ShapeError,
+    TapernnError,
+    ValueRangeError,
+    where,
+)
 from .graph import Graph, Node
 from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
@@ -94,7 +102,7 @@ class Compiled:
         inputs = self.graph.inputs
         if len(arrays) != len(inputs):
             names = [n.name for n in inputs]
-            raise TapernnError(
+            raise ArgumentError(
                 f"compiled program takes {len(inputs)} arrays {names}, got {len(arrays)}"
             )
         args = [check_input(n, a) for n, a in zip(inputs, arrays)]
