@@ -205,7 +205,14 @@ def check_input(n: Node, a: Any) -> np.ndarray:
         )
     if arr.dtype != n.dtype:
         if arr.dtype.kind in "iu" and n.dtype.kind in "iu":
-            return arr.astype(n.dtype)
+            cast = arr.astype(n.dtype)
+            if np.can_cast(arr.dtype, n.dtype) or np.array_equal(cast, arr):
+                return cast
+            raise ValueRangeError(  # (the cast would wrap: id 257 in int8 is 1)
+                f"input {n.name!r}{where(n.scope or None, n.step)}: values beyond the "
+                f"{n.dtype} the program was traced with, got {arr.dtype} in "
+                f"[{arr.min()}, {arr.max()}]; trace it with {arr.dtype}"
+            )
         raise DTypeError(f"input {n.name!r}: expected dtype {n.dtype}, got {arr.dtype}")
     return arr
 

@@ -18,3 +18,20 @@ def test_compiled_program_with_too_few_or_too_many_arrays():
     with pytest.raises(ValueError, match="grad_out0"):  # (the seed is an argument too)
         seeded(a, b)
     assert float(program(a, b)) == pytest.approx(np.tanh(a @ b).sum())
+
+
+# A program traced with narrow integer ids took wider ones by casting them to the traced dtype:
+# id 257 into a program traced with int8 ids wrapped to 1 and -1 into uint8 to 255, each
+# returning another row of the table without a word.
+
+
+def test_compiled_program_refuses_ids_its_traced_dtype_cannot_hold():
+    table = np.arange(600.0).reshape(300, 2)
+    for traced, given in [(np.int8, [1, 257]), (np.uint8, [1, -1]), (np.int16, [70000, 0])]:
+        program = tn.compile(tn.trace(tn.embedding, table, np.array([1, 2], traced)))
+        with pytest.raises(tn.ValueRangeError, match="x1"):
+            program(table, np.array(given))
+    program = tn.compile(tn.trace(tn.embedding, table, np.array([1, 2], np.int8)))
+    np.testing.assert_array_equal(program(table, np.array([5, 127])), table[[5, 127]])
+    wide = tn.compile(tn.trace(tn.embedding, table, np.array([1, 2])))  # (int64: any id fits)
+    np.testing.assert_array_equal(wide(table, np.array([299, 0], np.uint16)), table[[299, 0]])
