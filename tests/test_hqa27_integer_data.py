@@ -60,3 +60,11 @@ def test_ids_stay_integers():
     masked = nn.Sequencer(nn.MaskZero(nn.LookupTable(5, 3), 1))
     out = masked.forward(np.array([[1, 0], [0, 4]], np.int16)[:, :, None])  # (T, B, 1) ids
     assert np.all(out[0, 1] == 0) and np.all(out[1, 0] == 0) and np.all(out[0, 0] != 0)
+
+
+def test_copy_of_integer_data_stays_accepted():
+    """nn.Copy() is `x + 0`: no wrap possible, so no refusal (an early version refused it)."""
+    out = nn.Copy().forward(INT8)
+    np.testing.assert_array_equal(out, INT8)
+    converted = nn.Sequential().add(nn.Copy(np.float64)).add(nn.Square()).forward(INT8)
+    np.testing.assert_array_equal(converted, INT8.astype(float) ** 2)

@@ -82,7 +82,7 @@ def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) 
             continue
         if n.op in FLOAT_ONLY:
             why = "needs floating point"
-        elif n.op in WRAPPING and n.dtype.kind in "iu" and n.dtype.itemsize < 8:
+        elif n.op in WRAPPING and n.dtype.kind in "iu" and n.dtype.itemsize < 8 and not _plus_0(n):
             why = f"would compute in {n.dtype} and wrap around"
         else:
             continue
@@ -93,6 +93,13 @@ def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) 
             f"reaches {n.op}{where(n.scope or None, n.step)}, which {why}; pass {fix} "
             f"(integer arrays are for ids, as a LookupTable reads)"
         )
+
+
+def _plus_0(n: Any) -> bool:
+    """n adds or subtracts a constant 0 (nn.Copy's `x + 0`): it cannot wrap."""
+    return n.op in ("add", "sub") and any(
+        i.op == "constant" and not np.any(i.value) for i in n.inputs
+    )
 
 
 def _all_nodes(nodes: list) -> Any:
