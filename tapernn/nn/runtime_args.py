@@ -77,7 +77,13 @@ def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) 
     ints = [(x.dtype, name) for x, name in zip(leaves, names) if x.dtype.kind in "iu"]
     if not ints:
         return
+    derived = set()  # nodes computed from integer data (a loop body's integer inputs count)
     for n in _all_nodes(nodes):
+        if n.op == "input" and n.dtype.kind in "iu":
+            derived.add(n)
+        if not any(i in derived for i in n.inputs):
+            continue
+        derived.add(n)
         if not any(i.dtype.kind in "iu" for i in n.inputs):
             continue
         if n.op in FLOAT_ONLY:
