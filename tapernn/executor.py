@@ -26,7 +26,15 @@ from .blas import (
 )
 from .blas_tuning import ThreadChoice
 from .codegen import Program, fused_scratch, nested
-from .errors import ArgumentTypeError, DTypeError, ShapeError, TapernnError, ValueRangeError, where
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    ShapeError,
+    TapernnError,
+    ValueRangeError,
+    where,
+)
 from .graph import Graph, Node
 from .memory import DEFAULT_OPTIONS, BufferPlan, PlanOptions, plan_buffers
 from .passes import CompileReport, Pass, check_passes, default_passes, run_passes
@@ -94,7 +102,7 @@ class Compiled:
         inputs = self.graph.inputs
         if len(arrays) != len(inputs):
             names = [n.name for n in inputs]
-            raise TapernnError(
+            raise ArgumentError(
                 f"compiled program takes {len(inputs)} arrays {names}, got {len(arrays)}"
             )
         args = [check_input(n, a) for n, a in zip(inputs, arrays)]
@@ -197,7 +205,14 @@ def check_input(n: Node, a: Any) -> np.ndarray:
         )
     if arr.dtype != n.dtype:
         if arr.dtype.kind in "iu" and n.dtype.kind in "iu":
-            return arr.astype(n.dtype)
+            cast = arr.astype(n.dtype)
+            if np.can_cast(arr.dtype, n.dtype) or np.array_equal(cast, arr):
+                return cast
+            raise ValueRangeError(  # (the cast would wrap: id 257 in int8 is 1)
+                f"input {n.name!r}{where(n.scope or None, n.step)}: values beyond the "
+                f"{n.dtype} the program was traced with, got {arr.dtype} in "
+                f"[{arr.min()}, {arr.max()}]; trace it with {arr.dtype}"
+            )
         raise DTypeError(f"input {n.name!r}: expected dtype {n.dtype}, got {arr.dtype}")
     return arr
 

@@ -191,6 +191,15 @@ class Recurrent(AbstractRecurrent):
         self.add_child("transfer", transfer if transfer is not None else Sigmoid())
         self.add_child("merge", merge if merge is not None else CAddTable())
 
+    def __repr__(self) -> str:
+        """Torch7-style tree of its modules (a size `start` is its learned bias)."""
+        lines = ["nn.Recurrent {"]
+        if self.start_module is None:
+            lines.append(f"  (start): bias ({self.start_size},)")
+        for name, m in self.named_children():
+            lines.append(f"  ({name}): " + repr(m).replace("\n", "\n  "))
+        return "\n".join(lines + ["}"])
+
     def mask_zero(self) -> Recurrent:
         raise ArgumentTypeError(
             "nn.Recurrent does not support mask_zero (as in Torch7); use a "

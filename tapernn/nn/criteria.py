@@ -49,22 +49,23 @@ class Criterion(Module):
                 f"inputs and the learning rate"
             )
         self.output = loss
+        # the values this loss is of: an array changed in place before backward (a reused
+        # buffer) is then told from the forward's, which comparing the arrays themselves missed
+        self.__dict__["_given"] = [np.array(a) for a in flatten([input, target])[0]]
         return loss
 
     def backward(self, input: Any, target: Any) -> Any:
         self.check_input_dtype(input)
-        rt = runtime_of(self)
-        last = rt.history[-1] if rt.history else None
+        given = self.__dict__.pop("_given", None)  # (not held once backward has read it)
         now = [np.asarray(a) for a in flatten([input, target])[0]]
         if (
-            last is None
-            or len(now) != len(last.leaves)
-            or not all(
-                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(now, last.leaves)
-            )
+            given is None
+            or len(now) != len(given)
+            or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(now, given))
         ):
             self.forward(input, target)  # Torch7 criteria take input and target again
-        return rt.backward(input, np.ones((), dtype=self.dtype))
+            self.__dict__.pop("_given", None)
+        return runtime_of(self).backward(input, np.ones((), dtype=self.dtype))
 
     def build(self, input: Any, target: Any) -> Any:
         raise missing_build(self.describe(), "input, target")
@@ -263,7 +264,10 @@ class ClassNLLCriterion(Criterion):
         self.expect(
             t.shape == (x.shape[0],), f"target shape {t.shape} does not match input {x.shape}"
         )
-        valid = F.greater(F.abs(t - self.ignore_index), 0)
+        # in int64: in the targets' own dtype ignore_index -100 does not fit a uint8 id, and
+        # int8 arithmetic on it wraps (a uint8 corpus's ids; int8 target 28 + 100 = -128)
+        t = F.cast(t, np.int64)
+        valid = F.where(F.equal(t, self.ignore_index), False, True)
         safe = F.where(valid, t, 0)
         picked = F.reshape(F.gather(x, F.reshape(safe, (-1, 1)), axis=1), (-1,))
         if self.weights is not None:

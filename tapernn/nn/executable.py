@@ -25,7 +25,7 @@ from .binding import _binder
 from .context import BuildContext
 from .layout_recheck import Recheck
 from .packing import Packing, storage
-from .runtime_args import refuse_promoted
+from .runtime_args import refuse_integer_math, refuse_promoted
 from .state_grads import (
     tap_copy_bytes,
 )
@@ -78,6 +78,7 @@ class Executable:
                 raise BuildError(f"{root.describe()}.build returned {type(v).__name__}, not a Var")
         self.real = [v.node for v in out_leaves]
         refuse_promoted(root, leaves[:n_diff_leaves], names, self.real)  # (not a target)
+        refuse_integer_math(root, leaves, names, tape.graph.nodes)
         # a trace that only re-emitted cached step templates (a new length) traced no step
         self.traced_steps = ctx.fresh_steps or not ctx.reused
         self.notes = list(ctx.notes)

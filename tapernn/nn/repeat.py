@@ -126,3 +126,6 @@ class Recursor(HiddenStateOf, AbstractRecurrent):
 
     def describe(self) -> str:
         return f"nn.Recursor @ {self._children['0'].describe()}"
+
+    def __repr__(self) -> str:  # (its module's tree, as a Sequencer's)
+        return f"nn.Recursor @ {self._children['0']!r}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArgumentError, ArgumentTypeError, DTypeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, where
 from ..regions import DEFAULT_OPTIONS
 from ..validation import data_array, narrowed
 from .tree import count_leaves
@@ -57,6 +57,64 @@ def refuse_promoted(root: Any, leaves: list, names: list[str], outputs: list) ->
                 f"promote with the model's {want} to {np.result_type(x.dtype, want)}; pass "
                 f"{name}.astype(np.{want}) (ids a LookupTable reads may stay integers)"
             )
+
+
+# ops whose result is a float however their operands are typed (NumPy: tanh(int8) is float16;
+# the graph's dtype rules give such a node its operand's integer dtype), and ops whose integer
+# result wraps around in a narrow dtype (int8: 100 * 100 = 16)
+FLOAT_ONLY = frozenset(
+    {"exp", "log", "tanh", "sigmoid", "sqrt", "softmax", "log_softmax", "logsumexp"}
+)
+WRAPPING = frozenset({"add", "sub", "mul", "power", "neg", "matmul", "add_n", "sum_mul"})
+
+
+def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) -> None:
+    """Integer data that a traced call computes with as numbers -- a float-only function of it,
+    or arithmetic whose integer result is narrower than int64 -- is a DTypeError naming the op's
+    module and the astype to make: before, int8 data was squared in int8 (100 -> 16), tanh of it
+    was float16 and a sigmoid of int64 data failed with NumPy's cast message. Integer data a
+    layer's parameters meet (int @ float is float) and ids (LookupTable) stay accepted."""
+    ints = [(x.dtype, name) for x, name in zip(leaves, names) if x.dtype.kind in "iu"]
+    if not ints:
+        return
+    derived = set()  # nodes computed from integer data (a loop body's integer inputs count)
+    for n in _all_nodes(nodes):
+        if n.op == "input" and n.dtype.kind in "iu":
+            derived.add(n)
+        if not any(i in derived for i in n.inputs):
+            continue
+        derived.add(n)
+        if not any(i.dtype.kind in "iu" for i in n.inputs):
+            continue
+        if n.op in FLOAT_ONLY:
+            why = "needs floating point"
+        elif n.op in WRAPPING and n.dtype.kind in "iu" and n.dtype.itemsize < 8 and not _plus_0(n):
+            why = f"would compute in {n.dtype} and wrap around"
+        else:
+            continue
+        fix = " and ".join(f"{name}.astype(np.{root.dtype})" for _, name in ints)
+        given = ", ".join(f"{name} {dtype}" for dtype, name in ints)
+        raise DTypeError(
+            f"{root.describe()}: integer data ({given}) "
+            f"reaches {n.op}{where(n.scope or None, n.step)}, which {why}; pass {fix} "
+            f"(integer arrays are for ids, as a LookupTable reads)"
+        )
+
+
+def _plus_0(n: Any) -> bool:
+    """n adds or subtracts a constant 0 (nn.Copy's `x + 0`): it cannot wrap."""
+    return n.op in ("add", "sub") and any(
+        i.op == "constant" and not np.any(i.value) for i in n.inputs
+    )
+
+
+def _all_nodes(nodes: list) -> Any:
+    """`nodes` and those of the loop bodies (a rolled scan's `body` graph) inside them."""
+    for n in nodes:
+        yield n
+        body = n.attrs.get("body")
+        if body is not None and hasattr(body, "nodes"):
+            yield from _all_nodes(body.nodes)
 
 
 def _plan_options(root: Any) -> Any:
