@@ -258,7 +258,7 @@ def request(handle: Any, key: tuple) -> threading.Event:
         _jobs.put((handle, key, event))
         _counts[0] += 1
         _ensure_worker()
-    compile_child.offered(_jobs, (handle, key, event))  # (a child takes some: its server)
+    compile_child.offered(_jobs)  # (a child takes some: compile_child's server)
     return event
 
 

@@ -317,12 +317,11 @@ class Server:
             self.proc.wait()
 
 
-def offered(jobs: queue.Queue, asked: tuple | None = None) -> None:
-    """After background.request queued a job (`asked`: counted if the worker took it from
-    `jobs` already): start the server and its feeder thread (the comment above) when none runs,
-    a child is allowed, and two or more jobs a child can make that numba's cache does not have
-    are asked for (a handle's `child_jobs`: how many one counts for, default 1) -- and, unless
-    $TAPERNN_COMPILE_CHILD is set, no core is busy (`busy`)."""
+def offered(jobs: queue.Queue) -> None:
+    """After background.request queued a job: start the server and its feeder thread (the
+    comment above) when none runs, a child is allowed, and `jobs` holds two or more jobs a
+    child can make that numba's cache does not have -- and, unless $TAPERNN_COMPILE_CHILD is
+    set, no core is busy (`busy`)."""
     with _lock:
         if _server[0] is not None or _broken[0] or _running() >= limit(locked=False):
             return
@@ -330,9 +329,7 @@ def offered(jobs: queue.Queue, asked: tuple | None = None) -> None:
             return
         with jobs.mutex:
             queued = list(jobs.queue)
-        if asked is not None and asked not in queued:
-            queued.append(asked)
-        if sum(getattr(h, "child_jobs", 1) for h, k, _ in queued if _recipe(h, k)) < 2:
+        if sum(_recipe(h, k) is not None for h, k, _ in queued) < 2:
             return
         server = _server[0] = Server()
     threading.Thread(target=_feed, args=(server, jobs), daemon=True, name="tapernn-feeder").start()

@@ -206,11 +206,6 @@ class _Handle:
     the same code in either) and the packs NumPy's panels, so when either arrives does not
     matter: a switch call waits for the serial driver alone."""
 
-    # (compile_child.offered: its compile, ~5.5 s CPU cold, counts as two fused groups' -- the
-    # compile server starts when a cold program asks for it, not at its second group: the
-    # child's start is ~0.5 s sooner beside the worker's compile of it, BENCHMARKS.md "hcold8")
-    child_jobs = 2
-
     def __init__(self, isa: str = "avx512") -> None:
         self.isa = isa
         self.kernel: Any = None
