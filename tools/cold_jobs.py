@@ -50,6 +50,8 @@ def _probe(t0: list[float], jobs: list) -> None:
     wrap(step_loop.StepLoop, lambda h: ("reverse" if h.reverse else "forward") + " step loop")
     wrap(packed._Handle, lambda h: "packed driver")
     wrap(packed._Parallel, lambda h: "packed parallel")
+    if hasattr(packed, "_Packs"):  # (a tree whose driver job compiles the packs too)
+        wrap(packed._Packs, lambda h: "packed packs")
     wrap(blas_twin._Handle, lambda h: "own GEMM (blas_twin)")
     try:
         from tapernn.backends import compile_child

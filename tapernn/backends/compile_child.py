@@ -212,8 +212,14 @@ def _dependencies(text: str, name: str) -> list[tuple[str, str, str]]:
 
 
 # the child's command: this tapernn's folder first on its path -- before the working directory,
-# which `python -m` and `-c` put first (a tapernn checkout there is another tapernn)
-_RUN = "import sys; sys.path.insert(0, sys.argv[1]); import tapernn.backends.compile_child_run"
+# which `python -m` and `-c` put first (a tapernn checkout there is another tapernn) -- and the
+# package without its __init__ (the public API's imports, ~0.6 s CPU of the child's start,
+# BENCHMARKS.md "hcold8"): a child imports only the backend modules its jobs name
+_RUN = (
+    "import sys, types; sys.path.insert(0, sys.argv[1]); t = types.ModuleType('tapernn');"
+    " t.__path__ = [sys.argv[1] + '/tapernn']; sys.modules['tapernn'] = t;"
+    " import tapernn.backends.compile_child_run"
+)
 
 
 def _start(name: str, modules: list, function: str, sigs: list) -> Job:
@@ -249,6 +255,9 @@ _server: list[Server | None] = [None]
 _tried: set[tuple[int, Any]] = set()  # (id(handle), key) of jobs a child had (never twice)
 _cold: dict[tuple[str, str], bool] = {}  # (module, function) -> numba's cache had no index for it
 READY_S = 60.0  # the server's longest start (python, numba, tapernn): then killed
+# a server that ended before its jobs did (killed, silent, no start): none again in this process
+# (a later request -- the packed driver's packs job, asked for by its job -- would start one)
+_broken = [False]
 
 
 class Server:
@@ -314,7 +323,7 @@ def offered(jobs: queue.Queue) -> None:
     child can make that numba's cache does not have -- and, unless $TAPERNN_COMPILE_CHILD is
     set, no core is busy (`busy`)."""
     with _lock:
-        if _server[0] is not None or _running() >= limit(locked=False):
+        if _server[0] is not None or _broken[0] or _running() >= limit(locked=False):
             return
         if not os.environ.get(ENV) and busy():
             return
@@ -375,6 +384,7 @@ def _feed(server: Server, jobs: queue.Queue) -> None:
         with contextlib.suppress(Exception):  # (failed: not LOCKED, no job for the child)
             numba_setup.setup()  # (here, not on the asking thread: numba's import; if not yet)
         ready = numba_setup.LOCKED[0] and server.reply(READY_S) == "ready"
+        _broken[0] = not ready
         while ready:
             taken = _take(jobs)
             if taken is None:
@@ -383,6 +393,7 @@ def _feed(server: Server, jobs: queue.Queue) -> None:
             why = server.reply(TIMEOUT_S[0]) if server.send(recipe) else None
             _give_back(jobs, item)
             if why is None:
+                _broken[0] = True
                 log.debug("tapernn: compile server ended: %s", _last_line(server.err))
                 return
             if why == "ok":

@@ -142,9 +142,9 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
         out = aligned.empty(shape, w.dtype)  # (the kernel's vector loads: cache lines)
     full = n // nr
     h = handle()
-    # numba's packs (compiled with the packed GEMM's kernel, any width) write only an out of
+    # numba's packs (compiled after the packed GEMM's kernel, any width) write only an out of
     # the panels' own shape (they check no bounds: another shape, NumPy's copy raises)
-    ours = out.flags.c_contiguous and out.shape == shape and ((w.dtype.str,),) in h.packs
+    ours = out.flags.c_contiguous and out.shape == shape and ((w.dtype.str,),) in h.packs.types
     if ours and TRANSPOSED_PACK[0] and w.strides[0] == w.itemsize and w.T.flags.c_contiguous:
         # a transposed view of a C weight: its rows scattered into the panels (BENCHMARKS "h256")
         _kernel_module(h.isa).pack_rows(w.T, out)
@@ -166,19 +166,52 @@ def pack_panels(w: np.ndarray, out: np.ndarray | None = None, nr: int | None = N
     return out
 
 
+class _Packs:
+    """pack_panels' numba packs of instruction set `isa`'s module, per dtype: pack_rows (a
+    transposed view of a C weight) and pack_cols (a C weight, or a column slice of one) -- a
+    job of their own after the serial driver's (`_Handle`), made after the jobs queued before
+    it (a cold model's fused groups: the worker takes the queue's near end): no call waits for
+    them, NumPy's copies give the same panels meanwhile; in the serial driver's job they were
+    ~1.2 s of a cold switch call's wait (BENCHMARKS.md "hcold8")."""
+
+    def __init__(self, isa: str = "avx512") -> None:
+        self.isa = isa
+        self.kernel: Any = None  # (background's handle protocol: the packs are in `types`)
+        self.error = ""
+        self.types: set[tuple] = set()  # (dtypes pack_rows and pack_cols are compiled for)
+        self._lock = threading.Lock()
+
+    def has(self, key: tuple | None = None) -> bool:
+        return key in self.types if key is not None else bool(self.types)
+
+    def prepare(self, key: tuple) -> None:
+        with self._lock:
+            if self.error or key in self.types:
+                return
+            try:  # (if one fails, NumPy's copies pack for good)
+                pk = _kernel_module(self.isa)
+                pk.pack_rows.compile(_pack_signature(key))
+                pk.pack_cols.compile(_pack_signature(key))
+                pk.pack_cols.compile(_pack_signature(key, "A"))  # (a C weight's column slice)
+                self.types.add(key)
+            except Exception as e:  # noqa: BLE001 -- NumPy's copies pack
+                self.error = _failure(e)
+
+
 class _Handle:
     """The serial driver of instruction set `isa`'s kernel (background.py's handle protocol:
-    prepare / has / kernel / error); its prepare then has the parallel driver made (`_Parallel`:
-    in the background worker after it, or at once without background compilation). The two give
-    identical bits (each panel is computed by the same code in either), so when the parallel one
-    arrives does not matter."""
+    prepare / has / kernel / error); its prepare then has pack_panels' packs (`_Packs`) and the
+    parallel driver made (in the background worker after it, or at once without background
+    compilation). The parallel driver gives the serial one's bits (each panel is computed by
+    the same code in either) and the packs NumPy's panels, so when either arrives does not
+    matter: a switch call waits for the serial driver alone."""
 
     def __init__(self, isa: str = "avx512") -> None:
         self.isa = isa
         self.kernel: Any = None
         self.error = ""
         self.types: set[tuple] = set()
-        self.packs: set[tuple] = set()  # (dtypes pack_rows and pack_cols are compiled for)
+        self.packs = _Packs(isa)
         self._lock = threading.Lock()
 
     def has(self, key: tuple | None = None) -> bool:
@@ -186,7 +219,8 @@ class _Handle:
 
     def child_recipe(self, key: tuple) -> tuple:
         """(module, function, cache folder, this handle's (module, class, arguments)): what a
-        compile child builds to run `prepare(key)` -- all four compiles (compile_child.offered)."""
+        compile child builds to run `prepare(key)` -- the serial driver, and the packs with it
+        (the child compiles in place: compile_child.offered)."""
         from .numba_backend import cache_dir
 
         name = _MODULE_NAMES.get(GEOMETRY[self.isa]) or _module_text(self.isa)[0]
@@ -207,21 +241,11 @@ class _Handle:
             except Exception as e:  # noqa: BLE001 -- any failure: NumPy runs it
                 self.error = _failure(e)
                 return
-            try:  # (pack_panels of transposed views and of C weights; if either fails,
-                # NumPy's copies pack them)
-                pk.pack_rows.compile(_pack_signature(key))
-                pk.pack_cols.compile(_pack_signature(key))
-                pk.pack_cols.compile(_pack_signature(key, "A"))  # (a C weight's column slice)
-                self.packs.add(key)
-            except Exception:  # noqa: BLE001, S110
-                pass
-        if not PARALLEL:
-            return
-        parallel = _PARALLELS[self.isa]
-        if background.enabled():
-            background.request(parallel, key)
-        else:
-            parallel.prepare(key)
+        for after in (self.packs, _PARALLELS[self.isa] if PARALLEL else None):
+            if after is not None and background.enabled():
+                background.request(after, key)
+            elif after is not None:
+                after.prepare(key)
 
 
 class _Parallel:
