@@ -62,9 +62,11 @@ def main() -> None:
         print(f"  call 1 wall {_stat([c[0][0] for c in rows])}")
         print(f"  call 1 main CPU {_stat([c[0][1] for c in rows])}")
         print(f"  call 1 process CPU {_stat([c[0][2] for c in rows])}")
-        print(f"  call 2 wall {_stat([c[1][0] for c in rows])}, wait {_stat([c[1][3] for c in rows])}")
+        print(
+            f"  call 2 wall {_stat([c[1][0] for c in rows])}, wait {_stat([c[1][3] for c in rows])}"
+        )
         print(f"  call 3 wall {_stat([c[2][0] for c in rows])}")
-        print(f"  (longest wait in call {sorted(set(k + 1 for k in switch))})")
+        print(f"  (longest wait in call {sorted({k + 1 for k in switch})})")
         for n in (3, 5):
             print(
                 f"  calls 1..{n} wall {_stat([sum(x[0] for x in c[:n]) for c in rows])},"
