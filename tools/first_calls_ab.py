@@ -5,7 +5,7 @@ round; .pyc files written by a first unmeasured run of each), then prints per tr
 the sums of calls 1..3 and 1..5 (wall, process CPU): what a stepping user (call 1) and a
 training user (the sums) feel. BENCHMARKS.md "hwarm2".
 
-Run: python tools/first_calls_ab.py --trees /work/wt/x_base $PWD --rounds 8 [--env K=V ...]
+Run: python tools/first_calls_ab.py --trees /work/wt/x_base $PWD --rounds 8 [--nice] [--env K=V]
      [-- 32 50 256 numba]
 """
 
@@ -19,11 +19,26 @@ import sys
 import numpy as np
 
 
-def _run(tree: str, argv: list[str], env: dict) -> list[tuple[float, ...]]:
+# --nice: the process in a session of its own whose autogroup has nice -19 (as ab_trees.py
+# --nice): on a machine other sessions load, close to what a quiet one gives it
+NICE = """
+import os, runpy, sys
+os.setsid()
+try:
+    open("/proc/self/autogroup", "w").write("-19")
+except OSError:
+    pass
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run(tree: str, argv: list[str], env: dict, nice: bool) -> list[tuple[float, ...]]:
     """One fresh process of `tree`'s first_calls_fresh: per call (wall, main CPU, process CPU,
     wait)."""
+    script = os.path.join(tree, "tools", "first_calls_fresh.py")
     out = subprocess.run(
-        [sys.executable, os.path.join(tree, "tools", "first_calls_fresh.py"), *argv],
+        [sys.executable, *(["-c", NICE] if nice else []), script, *argv],
         env=dict(env, PYTHONPATH=tree),
         capture_output=True,
         text=True,
@@ -42,17 +57,18 @@ def main() -> None:
     p.add_argument("--trees", nargs=2, required=True)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--env", nargs="*", default=[], help="K=V set in every process")
+    p.add_argument("--nice", action="store_true")
     p.add_argument("argv", nargs="*", default=["32", "50", "256", "numba"])
     a = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(kv.split("=", 1) for kv in a.env)
     for tree in a.trees:  # (.pyc files written, kernels warm)
-        _run(tree, a.argv, env)
+        _run(tree, a.argv, env, a.nice)
     runs: dict[str, list] = {t: [] for t in a.trees}
     loads = []
     for r in range(a.rounds):
         for tree in a.trees if r % 2 == 0 else a.trees[::-1]:
-            runs[tree].append(_run(tree, a.argv, env))
+            runs[tree].append(_run(tree, a.argv, env, a.nice))
         loads.append(os.getloadavg()[0])
         print(f"round {r + 1}: load {loads[-1]:.1f}", flush=True)
     print(f"load {min(loads):.1f}-{max(loads):.1f}; {a.rounds} processes per tree; argv {a.argv}")
