@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 
-
 # --nice: the process in a session of its own whose autogroup has nice -19 (as ab_trees.py
 # --nice): on a machine other sessions load, close to what a quiet one gives it
 NICE = """
