@@ -1,5 +1,5 @@
-"""A/B of two checkouts' first calls (issue 19's warm-cache first call): each round runs
-tools/first_calls_fresh.py once per tree in a fresh process (the order reversed every other
+"""A/B of two (or more) checkouts' first calls (issue 19's warm-cache first call): each round
+runs tools/first_calls_fresh.py once per tree in a fresh process (the order rotated every
 round; .pyc files written by a first unmeasured run of each), then prints per tree the medians
 [min-max] of call 1's wall / main-thread CPU / process CPU, the switch call's wall and wait, and
 the sums of calls 1..3 and 1..5 (wall, process CPU): what a stepping user (call 1) and a
@@ -53,7 +53,7 @@ def _stat(values: list[float]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--trees", nargs=2, required=True)
+    p.add_argument("--trees", nargs="+", required=True)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--env", nargs="*", default=[], help="K=V set in every process")
     p.add_argument("--nice", action="store_true")
@@ -65,8 +65,9 @@ def main() -> None:
         _run(tree, a.argv, env, a.nice)
     runs: dict[str, list] = {t: [] for t in a.trees}
     loads = []
+    n = len(a.trees)
     for r in range(a.rounds):
-        for tree in a.trees if r % 2 == 0 else a.trees[::-1]:
+        for tree in a.trees[r % n :] + a.trees[: r % n]:  # (each first in turn)
             runs[tree].append(_run(tree, a.argv, env, a.nice))
         loads.append(os.getloadavg()[0])
         print(f"round {r + 1}: load {loads[-1]:.1f}", flush=True)
