@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -32,17 +34,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _run(tree: str, argv: list[str], env: dict, nice: bool) -> list[tuple[float, ...]]:
-    """One fresh process of `tree`'s first_calls_fresh: per call (wall, main CPU, process CPU,
-    wait)."""
+def _run(
+    tree: str, argv: list[str], env: dict, nice: bool, cold: bool = False
+) -> list[tuple[float, ...]]:
+    """One fresh process of `tree`'s first_calls_fresh (`cold`: on a fresh kernel cache): per
+    call (wall, main CPU, process CPU, wait)."""
     script = os.path.join(tree, "tools", "first_calls_fresh.py")
-    out = subprocess.run(
-        [sys.executable, *(["-c", NICE] if nice else []), script, *argv],
-        env=dict(env, PYTHONPATH=tree),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    env = dict(env, PYTHONPATH=tree)
+    if cold:
+        env["TAPERNN_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="first_calls_ab_")
+    try:
+        out = subprocess.run(
+            [sys.executable, *(["-c", NICE] if nice else []), script, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        if cold:
+            shutil.rmtree(env["TAPERNN_KERNEL_CACHE"], ignore_errors=True)
     calls = out.strip().splitlines()[-1].split("|")[1].split()
     return [tuple(float(v.lstrip("w")) for v in c.split("/")) for c in calls]
 
@@ -57,6 +68,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--env", nargs="*", default=[], help="K=V set in every process")
     p.add_argument("--nice", action="store_true")
+    p.add_argument("--cold", action="store_true", help="a fresh kernel cache per process")
     p.add_argument("argv", nargs="*", default=["32", "50", "256", "numba"])
     a = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -68,7 +80,7 @@ def main() -> None:
     n = len(a.trees)
     for r in range(a.rounds):
         for tree in a.trees[r % n :] + a.trees[: r % n]:  # (each first in turn)
-            runs[tree].append(_run(tree, a.argv, env, a.nice))
+            runs[tree].append(_run(tree, a.argv, env, a.nice, a.cold))
         loads.append(os.getloadavg()[0])
         print(f"round {r + 1}: load {loads[-1]:.1f}", flush=True)
     print(f"load {min(loads):.1f}-{max(loads):.1f}; {a.rounds} processes per tree; argv {a.argv}")
