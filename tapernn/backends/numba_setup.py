@@ -1,6 +1,7 @@
 """numba's first-use setup (its CPU target's registries), done once before tapernn loads or
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
-(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
+(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need,
+the deferral itself installed by the first compile (`deferred_at_first_compile`).
 Nor does a load from numba's disk cache refresh numba's CPU target (`loads_unrefreshed`): the
 refresh imports and installs every typing and lowering registry numba has (typed dicts,
 unicode, random, polynomials, ...), 0.3-0.45 s of a warm first call's CPU, which only a compile
