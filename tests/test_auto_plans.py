@@ -10,7 +10,7 @@ import pytest
 
 import tapernn as tn
 from tapernn import backends, nn
-from tapernn.backends import background, numba_missing, packed
+from tapernn.backends import background, numba_missing, packed, worker_pause
 from tapernn.errors import TapernnError
 from tapernn.interpret import interpret
 from tapernn.nn import auto_plans
@@ -106,7 +106,7 @@ def test_the_packed_kernel_is_asked_for_when_numbas_plan_compiles(auto, monkeypa
         event = request(handle, key)
         asked.append((handle, key))
         done.append(event.is_set())
-        held.append(background._pause[0] > 0)
+        held.append(worker_pause._pause[0] > 0)
         return event
 
     monkeypatch.setattr(background, "request", recorded)

@@ -12,11 +12,10 @@ that fails leaves its groups on NumPy, and the program's report says so (`fallba
 Under the "auto" backend a Gate also holds back the asking: nothing is asked for (numba not even
 imported) before the program's start call (backends.auto_calls), and its switch call is later.
 While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
-second plan) it holds the worker (`held`): numba's import and compiles, Python holding the GIL,
-would run beside that Python-bound work and stretch it 1.3-2.3x (BENCHMARKS.md "htrace"); a wait
-for any kernel lets the worker go on (no caller ever waits on a held worker). While it has jobs,
-the interpreter's switch interval is shorter (WORKER_SWITCH_S): a caller that gave up the GIL
-for a GEMM gets it back sooner."""
+second plan), and while a model compiles and each program runs its first call, the worker
+starts no job (worker_pause.py: numba's import, setup and loads are Python holding the GIL);
+a wait for any kernel lets it go on. While it has jobs, the interpreter's switch interval is
+shorter (WORKER_SWITCH_S): a caller that gave up the GIL for a GEMM gets it back sooner."""
 
 from __future__ import annotations
 
@@ -26,14 +25,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..errors import TapernnError
-from . import compile_child
+from . import compile_child, worker_pause
+from .worker_pause import Ready, held
 
 
 def enabled(auto: bool = False) -> bool:
@@ -86,12 +85,13 @@ class Gate:
     every Site and loop or program switch they reach (the module docstring), then takes itself
     out (executor.Compiled.run again)."""
 
-    __slots__ = ("at", "calls", "compiled", "inner", "start")
+    __slots__ = ("at", "calls", "compiled", "first_held", "inner", "start")
 
     def __init__(self, compiled: Any, calls: tuple[int, int] | None = None):
         self.compiled, self.inner = compiled, compiled.run
         self.calls = 0
         self.start, self.at = calls or (1, switch_call())
+        self.first_held = calls is None  # (not "auto"'s: made over the calls before its switch)
 
     def __call__(self, args: Any) -> Any:
         self.calls += 1
@@ -99,7 +99,11 @@ class Gate:
         if not outer:
             _local.call, _local.start, _local.at = self.calls, self.start, self.at
         try:
-            out = self.inner(args)
+            if self.calls == 1 and self.first_held:
+                with held():
+                    out = self.inner(args)
+            else:
+                out = self.inner(args)
         finally:
             if not outer:
                 _local.call = 0
@@ -319,41 +323,6 @@ def start_numba() -> None:
 
 
 _numba_started = [False]
-# the worker's pause (`held`): [threads holding it, threads waiting for a kernel meanwhile]
-_pause = [0, 0]
-_paused = threading.Condition()
-
-
-class Ready(threading.Event):
-    """A requested kernel's event: set once the worker has made it. While a thread waits on it
-    the worker runs, held or not (`held`): no caller ever waits on a held worker."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self.is_set():
-            return True
-        with _paused:
-            _pause[1] += 1
-            _paused.notify_all()
-        try:
-            return super().wait(timeout)
-        finally:
-            with _paused:
-                _pause[1] -= 1
-
-
-@contextmanager
-def held() -> Iterator[None]:
-    """Keep the worker from starting another job (its current one runs on) while this block
-    runs -- a trace and compile of a program whose kernels are due many calls later: asked for
-    in it, they are queued and made from the block's end (or from any wait for a kernel)."""
-    with _paused:
-        _pause[0] += 1
-    try:
-        yield
-    finally:
-        with _paused:
-            _pause[0] = max(0, _pause[0] - 1)  # (0 in a child forked meanwhile)
-            _paused.notify_all()
 
 
 def _setup_numba() -> None:
@@ -400,8 +369,7 @@ def _switch_back() -> None:
 def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
-        with _paused:  # (not while a trace holds the worker and no one waits: `held`)
-            _paused.wait_for(lambda: not _pause[0] or _pause[1])
+        worker_pause.turn()
         if _later(handle, key, event):
             continue
         _switch_fast()
@@ -472,9 +440,9 @@ def wait(timeout: float | None = None) -> bool:
 
 def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
-    global _jobs, _worker, _start_lock, _paused
+    global _jobs, _worker, _start_lock
     _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
-    _paused, _pause[:] = threading.Condition(), [0, 0]  # (the threads holding were the parent's)
+    worker_pause.after_fork()
     for (_, key), (ref, event) in _requests.copy().items():
         handle = ref()
         if handle is not None and not event.is_set():

@@ -21,16 +21,28 @@ nothing here changes anything."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, bool] = {}  # "keyed", "dce": installed in this process
+CONFIG_FILE = ".numba_config.yaml"  # (numba.core.config._config_fname: read from the cwd)
 
 
 def opt_level() -> str:
     """numba's optimisation level in this process (numba.core.config.OPT, read from NUMBA_OPT
-    when numba is imported): "0", "1", "2", "3" (numba's default) or "max"."""
+    when numba is imported): "0", "1", "2", "3" (numba's default) or "max". Before numba is
+    imported (or while another thread imports it) read as numba will read it -- a valid
+    NUMBA_OPT, no .numba_config.yaml here -- not importing numba for it: a first call's compile
+    asks (compile_child.offered: the kernels' cache folder) while the worker is held
+    (background.py) and numba's import is the worker's job."""
+    numba = sys.modules.get("numba")
+    if numba is None or getattr(numba.__spec__, "_initializing", False):
+        text = os.environ.get("NUMBA_OPT", "3")
+        if text in ("0", "1", "2", "3", "max") and not os.path.isfile(CONFIG_FILE):
+            return text
     from numba.core import config
 
     config.reload_config()  # (as numba's next compile will: NUMBA_OPT set after numba's import)

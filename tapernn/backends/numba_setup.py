@@ -1,6 +1,7 @@
 """numba's first-use setup (its CPU target's registries), done once before tapernn loads or
 compiles a kernel, without the scipy.linalg import numba makes there only to check for BLAS
-(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need.
+(0.5 s of its ~1 s; tapernn's kernels never call BLAS): the check is deferred to first need,
+the deferral itself installed by the first compile (`deferred_at_first_compile`).
 Nor does a load from numba's disk cache refresh numba's CPU target (`loads_unrefreshed`): the
 refresh imports and installs every typing and lowering registry numba has (typed dicts,
 unicode, random, polynomials, ...), 0.3-0.45 s of a warm first call's CPU, which only a compile
@@ -84,23 +85,54 @@ def setup() -> bool:
                 if not refreshed_by_compiles:
                     cpu_target.target_context.refresh()
                 return False
-            from numba.np import linalg
-
-            ensure_blas = linalg.ensure_blas
-
-            def later() -> None:
-                raise ImportError("tapernn: numba's BLAS check deferred to first need")
-
-            linalg.ensure_blas = later
-            try:
-                from numba.np import arraymath  # runs _HAVE_BLAS = _check_blas(): False
-            finally:
-                linalg.ensure_blas = ensure_blas
-            arraymath.ensure_blas = ensure_blas
-            arraymath._HAVE_BLAS = DeferredBlasCheck(arraymath._check_blas)
-            if not refreshed_by_compiles:
-                cpu_target.target_context.refresh()
+            if refreshed_by_compiles:  # (the first compile's refresh defers the check)
+                deferred_at_first_compile()
+                return True
+            blas_check_deferred()
+            cpu_target.target_context.refresh()
             return True
+
+
+def blas_check_deferred() -> None:
+    """Import numba.np.arraymath (its import runs numba's BLAS check) with the check replaced by
+    a DeferredBlasCheck; under numba's compiler lock, `deferrable()` just checked."""
+    from numba.np import linalg
+
+    ensure_blas = linalg.ensure_blas
+
+    def later() -> None:
+        raise ImportError("tapernn: numba's BLAS check deferred to first need")
+
+    linalg.ensure_blas = later
+    try:
+        from numba.np import arraymath  # runs _HAVE_BLAS = _check_blas(): False
+    finally:
+        linalg.ensure_blas = ensure_blas
+    arraymath.ensure_blas = ensure_blas
+    arraymath._HAVE_BLAS = DeferredBlasCheck(arraymath._check_blas)
+
+
+def deferred_at_first_compile() -> None:
+    """The BLAS check deferred by the first load of numba's CPU registries (a compile's target
+    refresh: CPUContext.load_additional_registries imports numba.np.arraymath), not now: a
+    process that only loads cached kernels (`loads_unrefreshed`) then never imports
+    numba.np.linalg / arraymath / arrayobj and what they import (~0.07 s of a warm first
+    call's CPU, BENCHMARKS.md "hwarm2"). Once per process."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.cpu import CPUContext
+
+    numbas = CPUContext.load_additional_registries
+    if getattr(numbas, "_tapernn", False):
+        return
+
+    def load_additional_registries(self):
+        with global_compiler_lock:  # (a compile holds it already: numba's lock is reentrant)
+            if deferrable():
+                blas_check_deferred()
+        return numbas(self)
+
+    load_additional_registries._tapernn = True
+    CPUContext.load_additional_registries = load_additional_registries
 
 
 def loads_unrefreshed() -> bool:

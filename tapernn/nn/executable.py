@@ -11,6 +11,7 @@ import numpy as np
 
 from ..arena import Arena, compile_into
 from ..autodiff import grad, split_forward_backward
+from ..backends import background
 from ..backends.packed import rule as packed_rule
 from ..errors import ArgumentError, BuildError
 from ..executor import Compiled, gc_paused
@@ -205,9 +206,10 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            self.forward_only = compile_into(
-                self.aliasing_probes(packed), self.arena, self.passes, self.options
-            )
+            with background.held():  # (as _pair)
+                self.forward_only = compile_into(
+                    self.aliasing_probes(packed), self.arena, self.passes, self.options
+                )
         return self.forward_only
 
     def aliasing_probes(self, graph: Graph) -> Graph:
@@ -239,7 +241,7 @@ class Executable:
         return self.seeded_variants[key]
 
     def _pair(self, outputs: list) -> TrainingPair:
-        with gc_paused():
+        with gc_paused(), background.held():  # (numba's kernels made from the first call's end)
             return self._make_pair(outputs)
 
     def _make_pair(self, outputs: list) -> TrainingPair:
