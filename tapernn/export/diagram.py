@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import graphviz
-import networkx as nx
 
 from ..errors import ArgumentError, StateError
 from ..graph import Graph
@@ -95,5 +94,7 @@ def to_json(obj: Any) -> dict:
     Each node carries op, shape, dtype, step, scope, phase, name, kind and attrs; each edge its
     argument position. `networkx.node_link_graph(data, edges="edges")` rebuilds the graph.
     """
+    import networkx as nx  # (here, as in views.to_networkx: off `import tapernn`'s path)
+
     graph, _ = resolve(obj)
     return nx.node_link_data(graph.to_networkx(), edges="edges")
