@@ -27,9 +27,10 @@ import contextlib, hashlib, json, sys, time
 import numpy as np
 import tapernn as tn
 from tapernn import nn
-from tapernn.backends import background
+from tapernn.backends import background, worker_pause
+worker_pause.FIRST_CALL_HOLD_S = 600.0  # (a loaded machine's call 1 is held all the same)
 if sys.argv[1] == "plain":
-    background.held = contextlib.nullcontext
+    background.first_call = contextlib.nullcontext
 tn.set_backend("numba")
 tn.manual_seed(0)
 m = nn.Sequencer(nn.FastLSTM(8, 8))
@@ -104,6 +105,31 @@ def test_a_hold_keeps_the_worker_until_it_ends(monkeypatch):
 def test_a_hold_taken_again_within_the_gap_keeps_the_worker(monkeypatch):
     monkeypatch.setattr(worker_pause, "HELD_GAP_S", 5.0)  # (the re-hold comes well within)
     assert _turned(hold_again=True) == (False, True)
+
+
+def test_a_hold_with_a_limit_keeps_the_worker_that_long_only():
+    """A first call's hold (`first_call`) ends at FIRST_CALL_HOLD_S: a big model's long call 1
+    must not keep the worker's compiles from it (the switch call would wait for all of them)."""
+    done = threading.Event()
+    with worker_pause.held(at_most=0.5):
+        worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
+        worker.start()
+        early = done.wait(0.2)
+        went = done.wait(30)  # (still held)
+    worker.join(30)
+    assert (early, went) == (False, True)
+
+
+def test_a_hold_without_a_limit_keeps_the_worker_past_a_limited_one():
+    """ "auto"'s second plan holds without a limit; the compile inside it holds with one."""
+    done = threading.Event()
+    with worker_pause.held(), worker_pause.held(at_most=0.05):
+        worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
+        worker.start()
+        during = done.wait(0.5)
+    after = done.wait(30)
+    worker.join(30)
+    assert (during, after) == (False, True)
 
 
 def test_a_wait_for_a_kernel_lets_a_held_worker_go():

@@ -32,7 +32,11 @@ import numpy as np
 
 from ..errors import TapernnError
 from . import compile_child, worker_pause
-from .worker_pause import Ready, held
+from .worker_pause import (
+    Ready,
+    first_call,
+    held,  # noqa: F401 (background.held: auto_plans' second plan)
+)
 
 
 def enabled(auto: bool = False) -> bool:
@@ -100,7 +104,7 @@ class Gate:
             _local.call, _local.start, _local.at = self.calls, self.start, self.at
         try:
             if self.calls == 1 and self.first_held:
-                with held():
+                with first_call():
                     out = self.inner(args)
             else:
                 out = self.inner(args)

@@ -7,13 +7,22 @@ loads are Python holding the GIL; beside a Python-bound call they stretched it (
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 # [threads holding the worker, threads waiting for a kernel meanwhile]
 _pause = [0, 0]
 _paused = threading.Condition()
+# the holds with a limit (`held(at_most=...)`): their ends, time.monotonic()
+_limits: dict[object, float] = {}
+
+# a model's compile and each first call hold the worker at most this long: past it the call is
+# a big model's real work (its GEMMs free the GIL) and the worker's compiles go on beside it,
+# as the switch call would otherwise wait for all of them (a warm (32, 50, 256) call 1 is
+# ~0.4 s here)
+FIRST_CALL_HOLD_S = 0.5
 
 # after a hold ends, the worker starts a job only if no other hold began within this many
 # seconds: a model's call 1 is its forward's compile and first call, then its backward's first
@@ -38,30 +47,51 @@ class Ready(threading.Event):
                 _pause[1] -= 1
 
 
-@contextmanager
-def held() -> Iterator[None]:
+@contextlib.contextmanager
+def held(at_most: float | None = None) -> Iterator[None]:
     """Keep the worker from starting another job (its current one runs on) while this block
-    runs and for HELD_GAP_S after (`turn`); jobs asked for in it are made from then on, or
-    from any wait for a kernel."""
+    runs -- for at most `at_most` seconds if given -- and for HELD_GAP_S after (`turn`); jobs
+    asked for in it are made from then on, or from any wait for a kernel."""
+    token = object()
     with _paused:
         _pause[0] += 1
+        if at_most is not None:
+            _limits[token] = time.monotonic() + at_most
     try:
         yield
     finally:
         with _paused:
             _pause[0] = max(0, _pause[0] - 1)  # (0 in a child forked meanwhile)
+            _limits.pop(token, None)
             _paused.notify_all()
 
 
+def first_call() -> contextlib.AbstractContextManager[None]:
+    """The hold of a model's compile and of a program's first call (FIRST_CALL_HOLD_S)."""
+    return held(FIRST_CALL_HOLD_S)
+
+
+def _kept(now: float) -> tuple[bool, float | None]:
+    """(whether a hold keeps the worker at `now`, the seconds until that may change: None for
+    a hold without a limit)."""
+    if _pause[0] > len(_limits):
+        return True, None
+    ends = [end for end in _limits.values() if end > now]
+    return bool(ends), (min(ends) - now if ends else None)
+
+
 def turn() -> None:
-    """Return once the worker may start a job: a thread waits for a kernel, or none holds it
-    and none took it within HELD_GAP_S of the last hold's end."""
+    """Return once the worker may start a job: a thread waits for a kernel, or every hold is
+    past its limit, or none holds it and none took it within HELD_GAP_S of the last hold's end."""
     with _paused:
         was_held = False
         while not _pause[1]:
-            if _pause[0]:
+            kept, change = _kept(time.monotonic())
+            if kept:
                 was_held = True
-                _paused.wait()
+                _paused.wait(change)
+            elif _pause[0]:  # (holds past their limits)
+                return
             elif was_held:
                 was_held = False
                 _paused.wait(HELD_GAP_S)  # (a waiter's or another release's notify ends it)
@@ -73,3 +103,4 @@ def after_fork() -> None:
     """A forked child: no thread holds or waits (the threads holding were the parent's)."""
     global _paused
     _paused, _pause[:] = threading.Condition(), [0, 0]
+    _limits.clear()

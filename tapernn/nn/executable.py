@@ -206,7 +206,7 @@ class Executable:
     def compile_forward(self) -> Compiled:
         if self.forward_only is None:
             packed = self.packing.rewrite(self.graph)
-            with background.held():  # (as _pair)
+            with background.first_call():  # (as _pair)
                 self.forward_only = compile_into(
                     self.aliasing_probes(packed), self.arena, self.passes, self.options
                 )
@@ -241,7 +241,8 @@ class Executable:
         return self.seeded_variants[key]
 
     def _pair(self, outputs: list) -> TrainingPair:
-        with gc_paused(), background.held():  # (numba's kernels made from the first call's end)
+        # (numba's kernels made from the first call's end, or FIRST_CALL_HOLD_S into it)
+        with gc_paused(), background.first_call():
             return self._make_pair(outputs)
 
     def _make_pair(self, outputs: list) -> TrainingPair:
