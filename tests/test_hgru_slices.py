@@ -124,3 +124,83 @@ def test_custom_cell_slicing_a_fused_gemm_matches_numpy_equations(backend):
     if backend == "numpy":
         body = _loop_bodies(m)[True]
         assert not any(n.op == "index_grad" for n in body.graph.nodes), body.graph
+
+
+def test_seqgru_forward_body_adds_its_gate_xs_once():
+    """merge_gate_xs: the r and u xs, added to column blocks of ONE h @ W_h[r, u], become one
+    xs (a view of the input projection), one add and one sigmoid over 2H columns a step -- the
+    forward body of Sequencer(to_gru()), whose per-gate products gate fusion joins."""
+    tn.manual_seed(13)
+    seq = nn.SeqGRU(D, H)
+    seq.set_plan_options(tn.PlanOptions(backend="numpy"))
+    gru = nn.Sequencer(seq.to_gru())
+    gru.set_plan_options(tn.PlanOptions(backend="numpy"))
+    x = np.random.default_rng(14).standard_normal((T, B, D))
+    found = []
+    for m in (seq, gru):
+        m.forward(x)
+        (scan,) = [n for n in m._runtime.last.training_pair.forward.graph.nodes if n.op == "scan"]
+        body = _loop_bodies(m)[False]
+        found.append((scan.attrs["n_xs"], body.report.kernels, body.graph.op_counts()))
+    assert found[0] == found[1], found  # (was 3 xs, 11 kernels: two adds, two sigmoids)
+    assert found[0][0] == 2, found
+
+
+class BlockGates(nn.Cell):
+    """Per-gate input products added to column blocks of one recurrent product (`gap`: the
+    second block starts H columns later -- blocks not adjacent, their xs stay apart):
+    g = h U;  h' = σ(x W_a + g[..., :H]) * tanh(x W_b + g[..., s:s+H]),  s = H (+ H if gap)."""
+
+    state_names = ("h",)
+
+    def __init__(self, d, h, gap):
+        super().__init__(d, h)
+        self.gap = gap
+        self.parameter("wa", (d, h))
+        self.parameter("wb", (d, h))
+        self.parameter("u", (h, (3 if gap else 2) * h))
+
+    def step(self, x, h):
+        n = self.hidden_size
+        s = 2 * n if self.gap else n
+        g = h @ self.u
+        return tn.sigmoid(x @ self.wa + g[..., :n]) * tn.tanh(x @ self.wb + g[..., s : s + n])
+
+
+def _block_gates(gap):
+    def fn(wa, wb, u, x):
+        s = 2 * H if gap else H
+        h, out = np.zeros((x.shape[1], H), dtype=np.result_type(wa, u, x)), []
+        for t in range(x.shape[0]):
+            g = h @ u
+            h = sigmoid(x[t] @ wa + g[:, :H]) * np.tanh(x[t] @ wb + g[:, s : s + H])
+            out.append(h)
+        return np.stack(out)
+
+    return fn
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("gap", [False, True])
+def test_xs_added_to_column_blocks_of_one_product(backend, gap):
+    """merge_gate_xs merges the xs of adjacent column blocks only; values against the NumPy
+    equations (complex-step gradients) either way."""
+    tn.manual_seed(15)
+    cell = BlockGates(D, H, gap)
+    m = nn.Sequencer(cell)
+    m.set_plan_options(tn.PlanOptions(backend=backend))
+    rng = np.random.default_rng(16)
+    x, seed = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    m.zero_grad_parameters()
+    y = m.forward(x)
+    gx = m.backward(x, seed)
+    names = ("wa", "wb", "u")
+    arrays = {k: getattr(cell, k).data.copy() for k in names} | {"x": x}
+    np.testing.assert_allclose(y, _block_gates(gap)(**arrays), rtol=1e-12, atol=1e-14)
+    exact = complex_step_grads(_block_gates(gap), arrays, seed)
+    np.testing.assert_allclose(gx, exact["x"], rtol=1e-12, atol=1e-13)
+    for name in names:
+        got = getattr(cell, name).grad
+        np.testing.assert_allclose(got, exact[name], rtol=1e-12, atol=1e-13, err_msg=name)
+    (scan,) = [n for n in m._runtime.last.training_pair.forward.graph.nodes if n.op == "scan"]
+    assert scan.attrs["n_xs"] == (2 if gap else 1)
