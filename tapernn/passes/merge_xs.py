@@ -9,6 +9,7 @@ call's overhead is nothing next to its work and the concat is a copy of the stac
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass
 
@@ -186,7 +187,7 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
             continue
         members.sort()
         if isinstance(members[0][0], tuple) and any(
-            a[0][1] != b[0][0] for a, b in zip(members, members[1:])
+            a[0][1] != b[0][0] for a, b in itertools.pairwise(members)
         ):
             continue  # (column blocks with a gap or an overlap between them)
         js = tuple(j for _, j in members)
