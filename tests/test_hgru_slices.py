@@ -204,3 +204,35 @@ def test_xs_added_to_column_blocks_of_one_product(backend, gap):
         np.testing.assert_allclose(got, exact[name], rtol=1e-12, atol=1e-13, err_msg=name)
     (scan,) = [n for n in m._runtime.last.training_pair.forward.graph.nodes if n.op == "scan"]
     assert scan.attrs["n_xs"] == (2 if gap else 1)
+
+
+def _reverse_ys(m):
+    bw = m._runtime.last.training_pair.last_backward
+    (s,) = [n for n in bw.graph.nodes if n.op == "scan"]
+    return [o.shape for o in s.attrs["body"].outputs[s.attrs["n_carry"] :]]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_seqgru_backward_writes_gate_gradients_once(backend):
+    """share_ys_columns: the reverse loop's ys [dz_r dz_u] (for W_h[r, u]'s gradient) and dz_c
+    (for W_h[c]'s) are columns of the ys [dz_r dz_u dz_c] (for W_x's, the bias's and dx):
+    not written again each step, read from its stack after the loop; the values as the NumPy
+    equations' (test_hseq_roll) and as the pipeline without the pass."""
+    tn.manual_seed(17)
+    m = nn.SeqGRU(D, H)
+    without = nn.SeqGRU(D, H)
+    without.load_state_dict(m.state_dict())
+    without.set_passes([p for p in P.DEFAULT if p is not P.share_ys_columns])
+    rng = np.random.default_rng(18)
+    x, seed = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    got = []
+    for mod in (m, without):
+        mod.set_plan_options(tn.PlanOptions(backend=backend))
+        mod.zero_grad_parameters()
+        y = mod.forward(x)
+        got.append((y, mod.backward(x, seed), mod.weight.grad.copy(), mod.bias.grad.copy()))
+    for a, b in zip(*got, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # (was four ys: [dz_r dz_u dz_c], [dz_r dz_u], r * h, dz_c)
+    assert _reverse_ys(m) == [(B, 3 * H), (B, H)], _reverse_ys(m)
+    assert len(_reverse_ys(without)) == 4, _reverse_ys(without)

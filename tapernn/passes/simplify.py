@@ -166,7 +166,7 @@ def _transposed(like: Node, x: Node) -> Node:
     return derive(like, "transpose", (x,), axes=(1, 0))
 
 
-def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
+def scatter_block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
     """(axis, start, stop) when index_grad t scatters into one basic block of `shape` that is
     full on every axis but one, else None."""
     if t.op != "index_grad" or tuple(t.attrs["shape"]) != shape:
@@ -196,7 +196,7 @@ def index_grads_to_concat(graph: Graph) -> Graph:
     for n in graph.nodes:
         if n.op != "add_n" or len(set(n.inputs)) != len(n.inputs):
             continue
-        blocks = [_block(t, n.shape) for t in n.inputs]
+        blocks = [scatter_block(t, n.shape) for t in n.inputs]
         if any(b is None for b in blocks) or len({b[0] for b in blocks}) != 1:
             continue
         order = sorted(range(len(blocks)), key=lambda k: blocks[k][1])

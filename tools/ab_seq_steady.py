@@ -1,0 +1,91 @@
+"""Steady forward + backward of a Seq* module against the Sequencer of its converted cell
+(Sequencer(to_gru()) / Sequencer(to_fast_lstm())), in checkouts side by side (hgru): one fresh
+process per (round, tree), the trees alternating; in it the two modules' calls alternate, each
+timed in process CPU; printed: both medians of the last of --blocks blocks of --calls calls
+(the earlier blocks warm it: numba's kernels compiled, the auto layout timed) and the median of
+the per-call ratio module / Sequencer(cell), which a load change between processes moves less:
+
+    python tools/ab_seq_steady.py --trees /work/wt/x_base $PWD --module SeqGRU \\
+        --sizes 50,2,8 400,2,8 50,32,256 --backend numpy --dtype float64 --rounds 3
+
+Per size and tree: the medians over the rounds (min-max)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+CHILD = """
+import statistics, sys, time
+import numpy as np
+import tapernn as tn
+from tapernn import nn
+name, backend, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+T, B, H = (int(v) for v in sys.argv[4].split(","))
+blocks, calls = int(sys.argv[5]), int(sys.argv[6])
+seq = getattr(nn, name)(H, H) if name != "SeqLSTMP" else nn.SeqLSTMP(H, H, H)
+fast = nn.Sequencer(seq.to_gru() if name == "SeqGRU" else seq.to_fast_lstm())
+pair = [m.astype(dtype) for m in (seq, fast)]
+for m in pair:
+    m.set_plan_options(tn.PlanOptions(backend=backend))
+x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dtype)
+seed = np.ones((T, B, H), dtype)
+for _ in range(blocks):
+    times = [[], []]
+    for _ in range(calls):
+        for k, m in enumerate(pair):  # (alternating: both see the same load)
+            t0 = time.process_time()
+            m.forward(x)
+            m.backward(x, seed)
+            times[k].append(time.process_time() - t0)
+ratios = [a / b for a, b in zip(*times)]
+print(statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, statistics.median(ratios))
+"""
+
+
+def measure(tree: str, args, size: str) -> tuple[float, float, float]:
+    """(module ms, Sequencer(cell) ms, median per-call-pair ratio) of the last block."""
+    env = dict(os.environ, PYTHONPATH=tree)
+    argv = [args.module, args.backend, args.dtype, size, str(args.blocks), str(args.calls)]
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True, check=True
+    )
+    a, b, r = (float(v) for v in out.stdout.split()[-3:])
+    return a, b, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trees", nargs="+", required=True)
+    ap.add_argument("--module", default="SeqGRU")
+    ap.add_argument("--sizes", nargs="+", default=["50,2,8"])
+    ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--blocks", type=int, default=6)
+    ap.add_argument("--calls", type=int, default=10)
+    args = ap.parse_args()
+    what = f"{args.module} {args.backend} {args.dtype}"
+    for size in args.sizes:
+        got: dict[str, list] = {t: [] for t in args.trees}
+        for r in range(args.rounds):
+            for tree in args.trees:
+                a, b, ratio = measure(tree, args, size)
+                got[tree].append((a, b, ratio))
+                print(f"round {r} ({size}) {what} {tree}: {a:.3f} / {b:.3f} ms, {ratio:.3f}x")
+        for tree, rows in got.items():
+            cols = list(zip(*rows))
+            med = [statistics.median(c) for c in cols]
+            spread = [f"{min(c):.3f}-{max(c):.3f}" for c in cols]
+            print(
+                f"== ({size}) {what} {tree}: module {med[0]:.3f} ms ({spread[0]}), cell "
+                f"{med[1]:.3f} ms ({spread[1]}), ratio {med[2]:.3f} ({spread[2]})",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
