@@ -157,7 +157,7 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
     pos = {n: k for k, n in enumerate(body.nodes)}
     invariants = set(body.inputs[nc + nx :])
     outs = set(body.outputs)
-    groups: dict[tuple, list[tuple[int, int]]] = {}
+    groups: dict[tuple, list[tuple]] = {}  # (weight position or column block, xs)
     for j in range(nx):
         x = body.inputs[nc + j]
         readers = users.get(x, [])
@@ -177,10 +177,10 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
         if w not in invariants:
             continue
         if cols is None:
-            key = (m.inputs[0], x.shape[:-1], x.dtype, side)
+            key = ("left", m.inputs[0], x.shape[:-1], x.dtype, side)
             groups.setdefault(key, []).append((pos[w], j))
         else:  # (ordered by column: the adds then are one add over the blocks' span)
-            groups.setdefault((m, x.shape[:-1], x.dtype, side), []).append((cols, j))
+            groups.setdefault(("columns", m, x.shape[:-1], x.dtype, side), []).append((cols, j))
     merged = []
     for members in groups.values():
         if len(members) < 2 or len({w for w, _ in members}) != len(members):
