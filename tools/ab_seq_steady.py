@@ -8,7 +8,8 @@ the per-call ratio module / Sequencer(cell), which a load change between process
     python tools/ab_seq_steady.py --trees /work/wt/x_base $PWD --module SeqGRU \\
         --sizes 50,2,8 400,2,8 50,32,256 --backend numpy --dtype float64 --rounds 3
 
-Per size and tree: the medians over the rounds (min-max)."""
+Per size and tree: the medians over the rounds (min-max) of each number; the same of the
+calls' minima (the least disturbed calls: on a loaded machine the medians drift)."""
 
 from __future__ import annotations
 
@@ -43,18 +44,19 @@ for _ in range(blocks):
             times[k].append(time.process_time() - t0)
 ratios = [a / b for a, b in zip(*times)]
 print(statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, statistics.median(ratios))
+print(min(times[0]) * 1e3, min(times[1]) * 1e3, min(times[0]) / min(times[1]))
 """
 
 
-def measure(tree: str, args, size: str) -> tuple[float, float, float]:
-    """(module ms, Sequencer(cell) ms, median per-call-pair ratio) of the last block."""
+def measure(tree: str, args, size: str) -> tuple[float, ...]:
+    """Of the last block: (module ms, Sequencer(cell) ms, median per-call-pair ratio) as
+    medians, then as minima (the calls least disturbed by the other processes)."""
     env = dict(os.environ, PYTHONPATH=tree)
     argv = [args.module, args.backend, args.dtype, size, str(args.blocks), str(args.calls)]
     out = subprocess.run(
         [sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True, check=True
     )
-    a, b, r = (float(v) for v in out.stdout.split()[-3:])
-    return a, b, r
+    return tuple(float(v) for v in out.stdout.split()[-6:])
 
 
 def main() -> None:
@@ -73,16 +75,21 @@ def main() -> None:
         got: dict[str, list] = {t: [] for t in args.trees}
         for r in range(args.rounds):
             for tree in args.trees:
-                a, b, ratio = measure(tree, args, size)
-                got[tree].append((a, b, ratio))
-                print(f"round {r} ({size}) {what} {tree}: {a:.3f} / {b:.3f} ms, {ratio:.3f}x")
+                got[tree].append(measure(tree, args, size))
+                a, b, ratio, a_min, b_min, min_ratio = got[tree][-1]
+                print(
+                    f"round {r} ({size}) {what} {tree}: median {a:.3f} / {b:.3f} ms, {ratio:.3f}x;"
+                    f" min {a_min:.3f} / {b_min:.3f} ms, {min_ratio:.3f}x"
+                )
         for tree, rows in got.items():
             cols = list(zip(*rows))
             med = [statistics.median(c) for c in cols]
             spread = [f"{min(c):.3f}-{max(c):.3f}" for c in cols]
             print(
                 f"== ({size}) {what} {tree}: module {med[0]:.3f} ms ({spread[0]}), cell "
-                f"{med[1]:.3f} ms ({spread[1]}), ratio {med[2]:.3f} ({spread[2]})",
+                f"{med[1]:.3f} ms ({spread[1]}), ratio {med[2]:.3f} ({spread[2]}); minima: module "
+                f"{med[3]:.3f} ms ({spread[3]}), cell {med[4]:.3f} ms ({spread[4]}), ratio "
+                f"{med[5]:.3f} ({spread[5]})",
                 flush=True,
             )
 
