@@ -236,3 +236,36 @@ def test_seqgru_backward_writes_gate_gradients_once(backend):
     # (was four ys: [dz_r dz_u dz_c], [dz_r dz_u], r * h, dz_c)
     assert _reverse_ys(m) == [(B, 3 * H), (B, H)], _reverse_ys(m)
     assert len(_reverse_ys(without)) == 4, _reverse_ys(without)
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_weight_gradient_of_row_and_column_blocks_is_nested_concats(rng, tiles):
+    """SeqGRU's weight is read as W[:D], W[D:, :2H], W[D:, 2H:]: its gradient, three scatters
+    into zeros and an add_n, becomes concat([dW_x, concat([dW_ru, dW_c], 1)], 0); blocks that
+    do not tile the weight (W[D+1:, 2H:]: a row of it unread) stay scatters."""
+
+    def f(x, h, w):
+        c = h @ w[3:, 8:] if tiles else h[:, 1:] @ w[4:, 8:]
+        return tn.sum(tn.tanh(x @ w[:3])) + tn.sum((h @ w[3:, :8]) ** 2) + tn.sum(c * c * c)
+
+    arrays = [randn(rng, 2, 3), randn(rng, 2, 4), randn(rng, 7, 12)]
+    g = tn.grad(tn.trace(f, *arrays))
+    before = g.op_counts()["index_grad"]
+    out = assert_same(g, [P.index_grads_to_concat, P.eliminate_dead_code], arrays)
+    counts = out.op_counts()
+    if tiles:
+        assert before == 3 and counts.get("index_grad", 0) == 0, counts
+        assert counts["concat"] == 2, counts
+    else:
+        assert counts["index_grad"] == before, counts
+
+
+def test_seqgru_weight_gradient_is_joined_by_concats():
+    tn.manual_seed(19)
+    m = nn.SeqGRU(D, H)
+    m.set_plan_options(tn.PlanOptions(backend="numpy"))
+    x = np.random.default_rng(20).standard_normal((T, B, D))
+    y = m.forward(x)
+    m.backward(x, np.ones_like(y))
+    counts = m._runtime.last.training_pair.last_backward.graph.op_counts()
+    assert counts.get("index_grad", 0) == 0, counts  # (was 3 and an add_n)
