@@ -43,6 +43,7 @@ for _ in range(blocks):
             m.backward(x, seed)
             times[k].append(time.process_time() - t0)
 ratios = [a / b for a, b in zip(*times)]
+print(tn.__file__)
 print(statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, statistics.median(ratios))
 print(min(times[0]) * 1e3, min(times[1]) * 1e3, min(times[0]) / min(times[1]))
 """
@@ -53,10 +54,20 @@ def measure(tree: str, args, size: str) -> tuple[float, ...]:
     medians, then as minima (the calls least disturbed by the other processes)."""
     env = dict(os.environ, PYTHONPATH=tree)
     argv = [args.module, args.backend, args.dtype, size, str(args.blocks), str(args.calls)]
+    # (cwd = the tree: `python -c` puts the working directory first on sys.path, before
+    # PYTHONPATH -- run from another checkout, every arm would import that one)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, *argv],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return tuple(float(v) for v in out.stdout.split()[-6:])
+    where, *numbers = out.stdout.split()
+    if not where.startswith(os.path.abspath(tree)):
+        raise SystemExit(f"the child imported {where}, not {tree}'s tapernn")
+    return tuple(float(v) for v in numbers[-6:])
 
 
 def main() -> None:
