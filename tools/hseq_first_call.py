@@ -7,7 +7,7 @@ alternating between checkouts (PYTHONPATH picks the package):
 Per T: process CPU of the first training call (forward + backward: trace, compile, run), of a
 second T + 1 call (a new length: rolled re-emits the template, unrolled traces again) and the
 median steady forward + backward over --steps calls at T; float64, B = 2, H = D = 8 (hux's
-BENCHMARKS point) unless --B / --H, the NumPy plan unless --backend. `--fast` runs
+BENCHMARKS point) unless --B / --H / --dtype, the NumPy plan unless --backend. `--fast` runs
 Sequencer(to_fast_lstm()) (SeqGRU: Sequencer(to_gru()))."""
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import tapernn as tn
 from tapernn import nn
 
 
-def make(name: str, fast: bool, backend: str, H: int):
+def make(name: str, fast: bool, backend: str, H: int, dtype: str):
     m = getattr(nn, name)(H, H) if name != "SeqLSTMP" else nn.SeqLSTMP(H, H, H)
     if fast:
         m = nn.Sequencer(m.to_gru() if name == "SeqGRU" else m.to_fast_lstm())
     m.set_plan_options(tn.PlanOptions(backend=backend))
-    return m
+    return m.astype(dtype)
 
 
 def call(m, x) -> float:
@@ -46,18 +46,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--B", type=int, default=2)
     ap.add_argument("--H", type=int, default=8)
+    ap.add_argument("--dtype", default="float64")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     where = tn.__file__.rsplit("/tapernn/", 1)[0]
     for T in args.T:
-        m = make(args.module, args.fast, args.backend, args.H)
+        m = make(args.module, args.fast, args.backend, args.H, args.dtype)
         shape = (args.B, args.H)
-        first = call(m, rng.standard_normal((T,) + shape))
-        again = call(m, rng.standard_normal((T + 1,) + shape))
-        x = rng.standard_normal((T,) + shape)
+        first = call(m, rng.standard_normal((T,) + shape).astype(args.dtype))
+        again = call(m, rng.standard_normal((T + 1,) + shape).astype(args.dtype))
+        x = rng.standard_normal((T,) + shape).astype(args.dtype)
         steady = statistics.median(call(m, x) for _ in range(args.steps))
         print(
-            f"{where} {args.module}{' fast' if args.fast else ''} ({T}, {args.B}, {args.H}): first {first:.3f} s, "
+            f"{where} {args.module}{' fast' if args.fast else ''} ({T}, {args.B}, {args.H}) "
+            f"{args.backend} {args.dtype}: first {first:.3f} s, "
             f"T+1 {again:.3f} s, steady {steady * 1e3:.2f} ms, traces {m.trace_count}"
         )
 

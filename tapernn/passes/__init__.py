@@ -40,7 +40,7 @@ from .layout import feature_major_loops
 from .loop_operands import contiguous_loop_weights
 from .merge_sums import merge_column_sums
 from .merge_xs import merge_concatenated_ops, merge_gate_xs
-from .merge_ys import merge_concatenated_ys
+from .merge_ys import merge_concatenated_ys, share_ys_columns
 from .push_out import push_out_of_loops
 from .simplify import (
     flip_transposed_products,
@@ -76,6 +76,7 @@ DEFAULT: list[Pass] = [
     fuse_row_sums,  # the per-gate bias-gradient sums of the stacks -> one
     eliminate_common_subexpressions,  # per-step weight concats become one
     merge_concatenated_ys,  # a loop's concatenated gate-gradient ys: one ys, the concat a view
+    share_ys_columns,  # a loop's ys that is columns of another ys: read from it, not written
     # views
     simplify_view_chains,  # rows-of-step then columns-of-gate slices: one slice
     index_grads_to_concat,  # per-gate gradients of a split block: one concat
@@ -160,6 +161,7 @@ __all__ = [
     "run_passes",
     "set_default_passes",
     "share_stacks",
+    "share_ys_columns",
     "simplify_view_chains",
     "simplify_views",
     "specialize_inputs",

@@ -31,6 +31,12 @@ def basic_ranges(n: Node) -> list[tuple[int, int]] | None:
 
 
 def _ranges(index: tuple, base: tuple) -> list[tuple[int, int]] | None:
+    if Ellipsis in index:  # (a cell's `gx[..., :H]`: full slices over the axes it stands for)
+        k = index.index(Ellipsis)
+        rest = index[k + 1 :]
+        if Ellipsis in rest:
+            return None
+        index = index[:k] + (("s", None, None, None),) * (len(base) - len(index) + 1) + rest
     if len(index) > len(base):
         return None
     out = []

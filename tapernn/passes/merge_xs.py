@@ -9,11 +9,12 @@ call's overhead is nothing next to its work and the concat is a copy of the stac
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass
 
 from ..graph import Graph, Node
-from .concat import make_concat
+from .concat import basic_ranges, make_concat
 from .rewrite import derive, input_like, strip_transpose, substitute
 
 SMALL_STEP_BYTES = 16 * 1024  # a merged group's (B, sum H_k) row, per step
@@ -156,7 +157,7 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
     pos = {n: k for k, n in enumerate(body.nodes)}
     invariants = set(body.inputs[nc + nx :])
     outs = set(body.outputs)
-    groups: dict[tuple, list[tuple[int, int]]] = {}
+    groups: dict[tuple, list[tuple]] = {}  # (weight position or column block, xs)
     for j in range(nx):
         x = body.inputs[nc + j]
         readers = users.get(x, [])
@@ -166,19 +167,29 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
         if add.inputs[0] is add.inputs[1]:
             continue
         side = add.inputs.index(x)
-        m = add.inputs[1 - side]
+        m, cols = add.inputs[1 - side], None
+        if m.op == "getitem":  # a column block of ONE product h @ W (SeqGRU's gh[..., :H])
+            cols = _column_block(m)
+            m = m.inputs[0] if cols is not None else m
         if m.op != "matmul" or m.ndim != 2 or m.inputs[0].ndim != 2:
             continue
         w = strip_transpose(m.inputs[1])
         if w not in invariants:
             continue
-        key = (m.inputs[0], x.shape[:-1], x.dtype, side)
-        groups.setdefault(key, []).append((pos[w], j))
+        if cols is None:
+            key = ("left", m.inputs[0], x.shape[:-1], x.dtype, side)
+            groups.setdefault(key, []).append((pos[w], j))
+        else:  # (ordered by column: the adds then are one add over the blocks' span)
+            groups.setdefault(("columns", m, x.shape[:-1], x.dtype, side), []).append((cols, j))
     merged = []
     for members in groups.values():
         if len(members) < 2 or len({w for w, _ in members}) != len(members):
             continue
         members.sort()
+        if isinstance(members[0][0], tuple) and any(
+            a[0][1] != b[0][0] for a, b in itertools.pairwise(members)
+        ):
+            continue  # (column blocks with a gap or an overlap between them)
         js = tuple(j for _, j in members)
         row = body.inputs[nc + js[0]]
         if sum(body.inputs[nc + j].shape[-1] for j in js) * row.shape[0] * row.dtype.itemsize > (
@@ -196,6 +207,14 @@ def _recipe(body: Graph, nc: int, nx: int) -> XsRecipe | None:
         else:
             order.extend(js for js in merged if js[0] == j)
     return XsRecipe(_new_body(body, nc, nx, order), tuple(order))
+
+
+def _column_block(m: Node) -> tuple[int, int] | None:
+    """(start, stop) when getitem m takes whole rows and a block of columns of a 2-d value."""
+    ranges = basic_ranges(m) if m.ndim == 2 else None
+    if ranges is None or ranges[0] != (0, m.inputs[0].shape[0]):
+        return None
+    return ranges[1]
 
 
 def _new_body(body: Graph, nc: int, nx: int, order: list) -> Graph:

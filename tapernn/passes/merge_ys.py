@@ -11,6 +11,7 @@ import weakref
 
 from ..graph import Graph, Node
 from .rewrite import derive, substitute
+from .simplify import scatter_block
 from .slab import (
     ALL,
     _columns,
@@ -21,6 +22,7 @@ from .slab import (
     slice_bounds,
     spans,
     with_body,
+    ys_view,
 )
 
 _BODIES: weakref.WeakKeyDictionary[Graph, dict] = weakref.WeakKeyDictionary()
@@ -135,3 +137,73 @@ def _flat_cols(like: Node, stack: Node, a: int, b: int, width: int) -> Node:
 
 def _cols(like: Node, x: Node, a: int, b: int) -> Node:
     return derive(like, "getitem", (x,), index=(ALL, ALL, ("s", a, b, None)))
+
+
+def share_ys_columns(graph: Graph) -> Graph:
+    """A loop's ys that is a column block of another ys (SeqGRU's backward: the gradient of
+    gh = h @ W_h[r, u], [dz_r dz_u], is the first 2H columns of gx's [dz_r dz_u dz_c], and
+    dz_c its last H) is not written a second time: the body drops it and its readers after the
+    loop read those columns of the wider ys's stack (one write a step, no copy)."""
+    subst: dict[Node, Node] = {}
+    for s in graph.nodes:
+        if s.op != "scan" or s.attrs.get("shifted"):
+            continue
+        nc = s.attrs["n_carry"]
+        ys = s.attrs["body"].outputs[nc:]
+        found = _ys_in_columns(ys)
+        if found:
+            subst.update(_share(graph, s, found))
+    return substitute(graph, subst) if subst else graph
+
+
+def _column_pieces(y: Node) -> dict[Node, int] | None:
+    """{piece: its first column} of a 2-d ys: the gradients an add_n of index_grads scatters
+    into column blocks tiling it (each piece once), else y itself at column 0."""
+    if y.op != "add_n":
+        return {y: 0}
+    blocks = [scatter_block(t, y.shape) for t in y.inputs]
+    if any(b is None or b[0] != 1 for b in blocks) or len(set(y.inputs)) != len(y.inputs):
+        return None
+    edges = sorted(b[1:] for b in blocks)
+    if edges[0][0] != 0 or edges[-1][1] != y.shape[1]:
+        return None
+    if any(a[1] != b[0] for a, b in itertools.pairwise(edges)):
+        return None
+    return {t.inputs[0]: b[1] for t, b in zip(y.inputs, blocks)}
+
+
+def _ys_in_columns(ys: tuple) -> dict[int, tuple[int, int]]:
+    """{j: (i, first column)}: ys j is those columns of ys i (i itself kept, the widest)."""
+    if not ys or any(y.ndim != 2 for y in ys) or len({y.shape[0] for y in ys}) != 1:
+        return {}
+    pieces = [_column_pieces(y) for y in ys]
+    order = sorted(range(len(ys)), key=lambda k: -ys[k].shape[1])
+    found: dict[int, tuple[int, int]] = {}
+    for j in order:  # (widest first: a ys kept as another's source is never dropped later)
+        for i in order:
+            if i == j or i in found or pieces[i] is None or pieces[j] is None:
+                continue
+            if ys[i].shape[1] <= ys[j].shape[1] or not pieces[j].keys() <= pieces[i].keys():
+                continue
+            shift = {pieces[i][p] - at for p, at in pieces[j].items()}
+            if len(shift) == 1 and all(p.shape[0] == ys[j].shape[0] for p in pieces[j]):
+                found[j] = (i, shift.pop())
+                break
+    return found
+
+
+def _share(graph: Graph, s: Node, found: dict[int, tuple[int, int]]) -> dict[Node, Node]:
+    nc, body = s.attrs["n_carry"], s.attrs["body"]
+    cache = _BODIES.setdefault(body, {})
+    key = ("shared", tuple(sorted(found)))
+    if key not in cache:
+        kept = [o for j, o in enumerate(body.outputs[nc:]) if j not in found]
+        cache[key] = Graph(body.nodes, body.inputs, list(body.outputs[:nc]) + kept, body.meta)
+    new = with_body(s, cache[key])
+    ys = s.attrs["body"].outputs[nc:]
+    at = {j: k for k, j in enumerate(j for j in range(len(ys)) if j not in found)}
+    stacks = {j: ys_view(new, k) for j, k in at.items()}
+    for j, (i, a) in found.items():
+        stacks[j] = _cols(s, stacks[i], a, a + ys[j].shape[1])
+    carries = [carry_view(new, k) for k in range(nc)]
+    return relayout(graph, s, carries, [stacks[j] for j in range(len(ys))])

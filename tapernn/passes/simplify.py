@@ -166,9 +166,8 @@ def _transposed(like: Node, x: Node) -> Node:
     return derive(like, "transpose", (x,), axes=(1, 0))
 
 
-def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
-    """(axis, start, stop) when index_grad t scatters into one basic block of `shape` that is
-    full on every axis but one, else None."""
+def _scatter_ranges(t: Node, shape: tuple) -> list[tuple[int, int]] | None:
+    """Per-axis (start, stop) of the basic block of `shape` index_grad t scatters into."""
     if t.op != "index_grad" or tuple(t.attrs["shape"]) != shape:
         return None
     probe = Node(
@@ -179,6 +178,15 @@ def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
         t.dtype,
     )
     ranges = basic_ranges(probe)
+    if ranges is None or [b - a for a, b in ranges] != list(t.inputs[0].shape):
+        return None
+    return ranges
+
+
+def scatter_block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
+    """(axis, start, stop) when index_grad t scatters into one basic block of `shape` that is
+    full on every axis but one, else None."""
+    ranges = _scatter_ranges(t, shape)
     if ranges is None:
         return None
     partial = [k for k, (a, b) in enumerate(ranges) if (a, b) != (0, shape[k])]
@@ -189,24 +197,46 @@ def _block(t: Node, shape: tuple) -> tuple[int, int, int] | None:
 
 
 def index_grads_to_concat(graph: Graph) -> Graph:
-    """add_n(index_grad(g_k, S, blocks tiling S along one axis)) == concat(g_k): the per-gate
-    gradients of a split gate block are joined with one copy instead of zero-filling S per
-    gate, scattering each block and adding the full-size pieces together."""
+    """add_n(index_grad(g_k, S, blocks tiling S)) == concat(g_k): the per-gate gradients of a
+    split gate block are joined with one copy instead of zero-filling S per gate, scattering
+    each block and adding the full-size pieces together. Blocks cut S along one axis, or
+    along one axis and then each part along another (SeqGRU's weight: [W_x; [W_h[r, u]
+    W_h[c]]], nested concats), any depth."""
     subst: dict[Node, Node] = {}
     for n in graph.nodes:
         if n.op != "add_n" or len(set(n.inputs)) != len(n.inputs):
             continue
-        blocks = [_block(t, n.shape) for t in n.inputs]
-        if any(b is None for b in blocks) or len({b[0] for b in blocks}) != 1:
+        ranges = [_scatter_ranges(t, n.shape) for t in n.inputs]
+        if any(r is None for r in ranges):
             continue
-        order = sorted(range(len(blocks)), key=lambda k: blocks[k][1])
-        edges = [blocks[k][1:] for k in order]
-        axis = blocks[0][0]
-        if (
-            edges[0][0] != 0
-            or edges[-1][1] != n.shape[axis]
-            or any(a[1] != b[0] for a, b in itertools.pairwise(edges))
-        ):
-            continue
-        subst[n] = make_concat(n, [n.inputs[k].inputs[0] for k in order], axis=axis)
+        blocks = [(tuple(r), t.inputs[0]) for r, t in zip(ranges, n.inputs)]
+        joined = _tiled(n, blocks, tuple((0, d) for d in n.shape))
+        if joined is not None:
+            subst[n] = joined
     return substitute(graph, subst)
+
+
+def _tiled(like: Node, blocks: list, region: tuple) -> Node | None:
+    """The value whose (ranges, value) blocks tile `region` ((start, stop) per axis) exactly,
+    as concats: cut along the first axis whose ranges fall into >= 2 runs following each
+    other across it, each run tiled the same way; None when they do not tile it so."""
+    if len(blocks) == 1:
+        ranges, value = blocks[0]
+        return value if tuple(ranges) == tuple(region) else None
+    for axis, (lo, hi) in enumerate(region):
+        runs: dict[tuple[int, int], list] = {}
+        for r, v in blocks:
+            runs.setdefault(r[axis], []).append((r, v))
+        edges = sorted(runs)
+        if len(edges) < 2 or edges[0][0] != lo or edges[-1][1] != hi:
+            continue
+        if any(a[1] != b[0] for a, b in itertools.pairwise(edges)):
+            continue
+        parts = []
+        for edge in edges:
+            part = _tiled(like, runs[edge], region[:axis] + (edge,) + region[axis + 1 :])
+            if part is None:
+                return None
+            parts.append(part)
+        return make_concat(like, parts, axis=axis)
+    return None
