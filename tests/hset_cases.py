@@ -465,7 +465,7 @@ CASES = {
     "ClassNLLCriterion.ignore_index": Case(
         lambda v=-100: nn.ClassNLLCriterion(None, True, v),
         "ignore_index",
-        [(1.5, ATE)],
+        [(1.5, ATE), (2**63, AE), (-(2**63) - 1, AE)],
         2,
         crit(X, IDS),
     ),

@@ -11,6 +11,7 @@ import numpy as np
 from .. import functional as F
 from .. import validation as check
 from ..errors import (
+    ArgumentError,
     BuildError,
     DTypeError,
     NumericError,
@@ -203,6 +204,18 @@ class BCECriterion(Criterion):
         return -_masked_total(ll, keep, self.size_average)
 
 
+def _int64(owner: Any, name: str, value: Any) -> int:
+    """An integer the program's int64 targets can equal (a larger one raised a bare
+    OverflowError at the trace)."""
+    value = check.integer(owner, name, value)
+    if not -(2**63) <= value < 2**63:
+        raise ArgumentError(
+            f"{check.who(owner)}: {name} must fit int64 (the targets' type in the program), "
+            f"got {value}"
+        )
+    return value
+
+
 class ClassNLLCriterion(Criterion):
     """-sum_i w[t_i] x[i, t_i] over rows whose target is not `ignore_index`, divided by
     sum_i w[t_i] when size_average. Targets are 0-based class ids.
@@ -212,9 +225,7 @@ class ClassNLLCriterion(Criterion):
 
     array_settings = ("weights",)  # its program reads them (nn/config_key.py)
 
-    setting_rules = rules(
-        weights=check.weights, size_average=check.flag, ignore_index=check.integer
-    )
+    setting_rules = rules(weights=check.weights, size_average=check.flag, ignore_index=_int64)
 
     def __init__(
         self, weights: np.ndarray | None = None, size_average: bool = True, ignore_index: int = -100
