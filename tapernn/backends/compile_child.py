@@ -154,7 +154,7 @@ def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> b
     from .kernel_cache import numba_folders
 
     if fn is None:
-        return any(any(f.glob(f"{name}.{function}-*.nbi")) for f in numba_folders(directory))
+        return any(f"{name}.{function}" in _indexed(f) for f in numba_folders(directory))
     try:
         cache = fn._cache
         index = cache._cache_file._load_index()
@@ -162,6 +162,30 @@ def _cached(fn: Any, sigs: list, name: str, function: str, directory: Path) -> b
         return all(cache._index_key(tuple(sig), codegen) in index for sig in sigs)
     except Exception:  # noqa: BLE001 -- another numba's cache: no child
         return True
+
+
+# folder -> (its mtime, "module.function" of its numba index files): one listing per change of
+# the folder, not a glob over it per job (a cold program asks ~20: ~0.1 s of call 1's main
+# thread with a cache of 4,500 files, BENCHMARKS.md "hwarm2")
+_listings: dict[Path, tuple[int, frozenset[str]]] = {}
+
+
+def _indexed(folder: Path) -> frozenset[str]:
+    """'module.function' of every numba index file in `folder` ("<module>.<function>-<line>
+    .<python>.nbi"); a file added in the mtime's tick after a listing is missed until the next
+    change: a child then compiles a kernel numba has -- time, not a result."""
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        return frozenset()
+    known = _listings.get(folder)
+    if known is None or known[0] != stamp:
+        try:
+            names = frozenset(f.rsplit("-", 1)[0] for f in os.listdir(folder) if f.endswith(".nbi"))
+        except OSError:
+            return frozenset()
+        known = _listings[folder] = (stamp, names)
+    return known[1]
 
 
 def running_for(source: Any) -> bool:
