@@ -17,6 +17,9 @@ _pause = [0, 0]
 _paused = threading.Condition()
 # the holds with a limit (`held(at_most=...)`): their ends, time.monotonic()
 _limits: dict[object, float] = {}
+# when the last hold ended (time.monotonic()): the gap after it counts from then, also for a
+# worker that first asks after it (its job requested at a compile's end, before the first call)
+_ended = [float("-inf")]
 
 # a model's compile and each first call hold the worker at most this long: past it the call is
 # a big model's real work (its GEMMs free the GIL) and the worker's compiles go on beside it,
@@ -63,6 +66,7 @@ def held(at_most: float | None = None) -> Iterator[None]:
         with _paused:
             _pause[0] = max(0, _pause[0] - 1)  # (0 in a child forked meanwhile)
             _limits.pop(token, None)
+            _ended[0] = time.monotonic()
             _paused.notify_all()
 
 
@@ -84,17 +88,15 @@ def turn() -> None:
     """Return once the worker may start a job: a thread waits for a kernel, or every hold is
     past its limit, or none holds it and none took it within HELD_GAP_S of the last hold's end."""
     with _paused:
-        was_held = False
         while not _pause[1]:
-            kept, change = _kept(time.monotonic())
+            now = time.monotonic()
+            kept, change = _kept(now)
             if kept:
-                was_held = True
                 _paused.wait(change)
             elif _pause[0]:  # (holds past their limits)
                 return
-            elif was_held:
-                was_held = False
-                _paused.wait(HELD_GAP_S)  # (a waiter's or another release's notify ends it)
+            elif now < _ended[0] + HELD_GAP_S:
+                _paused.wait(_ended[0] + HELD_GAP_S - now)  # (a hold's start or a waiter ends it)
             else:
                 return
 
@@ -104,3 +106,4 @@ def after_fork() -> None:
     global _paused
     _paused, _pause[:] = threading.Condition(), [0, 0]
     _limits.clear()
+    _ended[0] = float("-inf")
