@@ -177,7 +177,9 @@ _unary("exp", np.exp, lambda g, y, a, wants: (g * y,), ufunc=np.exp, kinds="f")
 _unary("log", np.log, lambda g, y, a, wants: (g / a,), ufunc=np.log, kinds="f")
 _unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),), "first", np.tanh, "f")
 _unary("sigmoid", _sigmoid, lambda g, y, a, wants: (g * y * (1 - y),), kinds="f")
-_unary("relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),), "first", kinds="fiu")
+_unary(
+    "relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),), "first", kinds="fiu"
+)
 _unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,), "first", np.sqrt, "f")
 _unary("abs", np.abs, lambda g, y, a, wants: (g * F.sign(a),), zero="first", ufunc=np.abs)
 

@@ -127,9 +127,7 @@ def refuse_kind(op: str, kinds: str, dtypes: list[np.dtype]) -> None:
     operands of arithmetic NumPy has no bool form of (`-`, sign, relu, `**`) are refused alike.
     """
     given = ", ".join(str(d) for d in dtypes)
-    fix = (
-        "x.astype(np.float64) for an input array, tn.cast(v, np.float64) for a traced value"
-    )
+    fix = "x.astype(np.float64) for an input array, tn.cast(v, np.float64) for a traced value"
     if kinds == "f":
         raise DTypeError(
             f"takes floating-point operands, got {given}; convert to floats first: {fix}"
