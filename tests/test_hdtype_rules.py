@@ -1,8 +1,7 @@
 """The integer / bool rules README "Integer and bool data" states, by value (hdtype): a float-only
 op's refusal names the op and the cast; an integer meeting a float computes in float; integer
 sums count in int64 without wrapping (before: the node said int8 while NumPy returned int64);
-NumPy's wrapping integer arithmetic under tn.trace, refused for a module's data (nn.Abs of int8
--128 is -128: a wrap the module check missed before)."""
+NumPy's wrapping integer arithmetic under tn.trace, refused for a module's data."""
 
 import numpy as np
 import pytest
@@ -44,10 +43,8 @@ def test_narrow_integer_arithmetic_wraps_under_trace_and_is_refused_in_a_module(
     out = tn.compile(tn.trace(lambda a: tn.abs(a) + a * a, X8))(X8)
     np.testing.assert_array_equal(out, np.abs(X8) + X8 * X8)  # NumPy's int8, wrapped
     assert out.dtype == np.int8
-    for module in (nn.Abs(), nn.Square()):
-        with pytest.raises(tn.DTypeError, match=r"int8.*wrap around.*astype\(np.float64\)"):
-            module.forward(X8)
-    np.testing.assert_array_equal(nn.Abs().forward(X8.astype(np.float64)), np.abs(X8.astype(float)))
+    with pytest.raises(tn.DTypeError, match=r"int8.*wrap around.*astype\(np.float64\)"):
+        nn.Square().forward(X8)
 
 
 def test_bool_masks():

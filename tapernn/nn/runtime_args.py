@@ -59,10 +59,11 @@ def refuse_promoted(root: Any, leaves: list, names: list[str], outputs: list) ->
             )
 
 
-# ops whose integer result wraps around in a dtype narrower than int64 (int8: 100 * 100 = 16,
-# -(-128) = -128); float-only functions of integers are refused by the ops themselves
-# (ops/registry.refuse_kind), sum counts in int64 (np.add.reduce's dtype)
-WRAPPING = frozenset({"add", "sub", "mul", "power", "neg", "abs", "matmul", "add_n"})
+# ops whose integer result wraps around in a dtype narrower than int64 (int8: 100 * 100 = 16);
+# float-only functions of integers are refused by the ops themselves (ops/registry.refuse_kind),
+# sum counts in int64 (np.add.reduce's dtype); abs stays (MaskZero's zero test of ids: abs of
+# int8 -128 is -128, still nonzero)
+WRAPPING = frozenset({"add", "sub", "mul", "power", "neg", "matmul", "add_n"})
 
 
 def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) -> None:
