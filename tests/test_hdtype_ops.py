@@ -42,14 +42,20 @@ def unary(op, **attrs):
 
 
 def binary(op, **attrs):
-    return lambda d: (lambda a, b: emit(op, a, b, **attrs), [data((3, 4), d), data((4,), d)])
+    """The op of two operands of the dtype, and of one and a float32 operand (NumPy: int16 and
+    float32 are float32, int32 and float32 float64)."""
+    fn = lambda a, b: emit(op, a, b, **attrs)
+    return [
+        lambda d: (fn, [data((3, 4), d), data((4,), d)]),
+        lambda d: (fn, [data((3, 4), d), data((4,), np.float32)]),
+    ]
 
 
 # op -> cases: each case makes (fn, arrays) of a data dtype; ops with ids take integer ids
 # whatever the data dtype, and a case with the ids in the data dtype
 CASES = {
-    **{op: [binary(op)] for op in ("add", "sub", "mul", "div", "power", "maximum", "minimum")},
-    **{op: [binary(op)] for op in ("greater", "equal")},
+    **{op: binary(op) for op in ("add", "sub", "mul", "div", "power", "maximum", "minimum")},
+    **{op: binary(op) for op in ("greater", "equal")},
     **{op: [unary(op)] for op in ("neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt")},
     **{op: [unary(op)] for op in ("abs", "sign", "stop_gradient", "transpose_copy")},
     **{op: [unary(op, axis=1)] for op in ("softmax", "log_softmax")},
@@ -117,7 +123,11 @@ CASES = {
     ],
     # made by the fusion pass from elementwise chains: the chain compiled with the passes on
     "fused": [
-        lambda d: (lambda a, b: tn.maximum(a * b + a, b) * a, [data((3, 4), d), data((3, 4), d)])
+        lambda d: (lambda a, b: tn.maximum(a * b + a, b) * a, [data((3, 4), d), data((3, 4), d)]),
+        lambda d: (
+            lambda a, b: tn.tanh(a * b + b) * a,
+            [data((3, 4), d), data((3, 4), np.float32)],
+        ),
     ],
 }
 
