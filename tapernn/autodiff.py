@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import functional as F
-from .errors import ArgumentError, ArgumentTypeError, GraphError
+from .errors import ArgumentError, ArgumentTypeError, DTypeError, GraphError
 from .graph import Graph, Node
 from .ops.registry import get_op
 from .tracing import Tape, Var, phase, scope, step
@@ -44,6 +44,12 @@ def _resolve(graph: Graph, wrt: Sequence[Node | int | str] | None) -> list[Node]
             raise ArgumentTypeError(f"wrt entries are input nodes, indices or names, got {w!r}")
         if node not in graph.inputs:
             raise GraphError(f"can only differentiate with respect to graph inputs, not {node!r}")
+        if node.dtype.kind != "f":  # (its "gradient" was an integer array of zeros)
+            raise DTypeError(
+                f"wrt input {node.name!r} is {node.dtype}: gradients are taken with respect to "
+                f"floating-point inputs; trace with {node.name}.astype(np.float64) to "
+                f"differentiate a function of its values (wrt=None skips integer inputs)"
+            )
         out.append(node)
     return out
 

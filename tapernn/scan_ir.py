@@ -123,6 +123,12 @@ def check_body(body: Any, n_carry: int, n_xs: int, err: type = ShapeError) -> No
     dtypes = {o.dtype for o in body.outputs}
     if len(dtypes) > 1 or any(d.kind != "f" for d in dtypes):
         shown = ", ".join(f"{k}: {o.dtype}" for k, o in enumerate(body.outputs))
+        if any(d.kind != "f" for d in dtypes):  # (as an op refuses what it does not compute in)
+            raise DTypeError(
+                f"scan: the body's outputs (carries and ys) must be floats, got {shown}: trace "
+                f"the body with float arrays (x.astype(np.float64)); integer xs and "
+                f"invariants may meet float carries"
+            )
         raise err(
             f"scan: the body's outputs must all have one floating-point dtype (the "
             f"slab's), got {shown}"

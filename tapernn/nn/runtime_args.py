@@ -59,20 +59,20 @@ def refuse_promoted(root: Any, leaves: list, names: list[str], outputs: list) ->
             )
 
 
-# ops whose result is a float however their operands are typed (NumPy: tanh(int8) is float16;
-# the graph's dtype rules give such a node its operand's integer dtype), and ops whose integer
-# result wraps around in a narrow dtype (int8: 100 * 100 = 16)
-FLOAT_ONLY = frozenset(
-    {"exp", "log", "tanh", "sigmoid", "sqrt", "softmax", "log_softmax", "logsumexp"}
-)
-WRAPPING = frozenset({"add", "sub", "mul", "power", "neg", "matmul", "add_n", "sum_mul"})
+# ops whose integer result wraps around in a dtype narrower than int64 (int8: 100 * 100 = 16);
+# float-only functions of integers are refused by the ops themselves (ops/registry.refuse_kind),
+# sum counts in int64 (np.add.reduce's dtype); abs stays (MaskZero's zero test of ids: abs of
+# int8 -128 is -128, still nonzero)
+WRAPPING = frozenset({"add", "sub", "mul", "power", "neg", "matmul", "add_n"})
 
 
 def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) -> None:
-    """Integer data that a traced call computes with as numbers -- a float-only function of it,
-    or arithmetic whose integer result is narrower than int64 -- is a DTypeError naming the op's
-    module and the astype to make: before, int8 data was squared in int8 (100 -> 16), tanh of it
-    was float16 and a sigmoid of int64 data failed with NumPy's cast message. Integer data a
+    """Integer data that a traced call computes with as numbers in a dtype narrower than int64
+    is a DTypeError naming the op's module and the astype to make: before, int8 data was
+    squared in int8 (100 -> 16). A function tn.trace records keeps NumPy's wrapping integer
+    arithmetic (docs/torch7_classes.md); a module computes in its float dtype, so wrapped
+    integers there are a silent wrong answer. (A float-only op -- tanh, sigmoid, ... -- refuses
+    integer operands when traced, modules or not: ops/registry.refuse_kind.) Integer data a
     layer's parameters meet (int @ float is float) and ids (LookupTable) stay accepted."""
     ints = [(x.dtype, name) for x, name in zip(leaves, names) if x.dtype.kind in "iu"]
     if not ints:
@@ -86,19 +86,15 @@ def refuse_integer_math(root: Any, leaves: list, names: list[str], nodes: list) 
         derived.add(n)
         if not any(i.dtype.kind in "iu" for i in n.inputs):
             continue
-        if n.op in FLOAT_ONLY:
-            why = "needs floating point"
-        elif n.op in WRAPPING and n.dtype.kind in "iu" and n.dtype.itemsize < 8 and not _plus_0(n):
-            why = f"would compute in {n.dtype} and wrap around"
-        else:
-            continue
-        fix = " and ".join(f"{name}.astype(np.{root.dtype})" for _, name in ints)
-        given = ", ".join(f"{name} {dtype}" for dtype, name in ints)
-        raise DTypeError(
-            f"{root.describe()}: integer data ({given}) "
-            f"reaches {n.op}{where(n.scope or None, n.step)}, which {why}; pass {fix} "
-            f"(integer arrays are for ids, as a LookupTable reads)"
-        )
+        if n.op in WRAPPING and n.dtype.kind in "iu" and n.dtype.itemsize < 8 and not _plus_0(n):
+            fix = " and ".join(f"{name}.astype(np.{root.dtype})" for _, name in ints)
+            given = ", ".join(f"{name} {dtype}" for dtype, name in ints)
+            raise DTypeError(
+                f"{root.describe()}: integer data ({given}) "
+                f"reaches {n.op}{where(n.scope or None, n.step)}, which would compute in "
+                f"{n.dtype} and wrap around; pass {fix} (integer arrays are for ids, as a "
+                f"LookupTable reads)"
+            )
 
 
 def _plus_0(n: Any) -> bool:

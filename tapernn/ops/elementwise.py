@@ -29,7 +29,7 @@ def _bool(*dtypes, **_):
     return np.bool_
 
 
-def _binary(name, ufunc, vjp, zero=""):
+def _binary(name, ufunc, vjp, zero="", kinds="fiub"):
     register(
         name,
         forward=ufunc,
@@ -40,10 +40,11 @@ def _binary(name, ufunc, vjp, zero=""):
         inplace=(0, 1),
         n_inputs=2,
         zero=zero,
+        kinds=kinds,
     )
 
 
-def _unary(name, forward, vjp, zero="", ufunc=None):
+def _unary(name, forward, vjp, zero="", ufunc=None, kinds="fiub"):
     register(
         name,
         forward=forward,
@@ -54,6 +55,7 @@ def _unary(name, forward, vjp, zero="", ufunc=None):
         inplace=(0,),
         n_inputs=1,
         zero=zero,
+        kinds=kinds,
     )
 
 
@@ -74,6 +76,7 @@ _binary(
         ub(-g, b.shape) if wants[1] else None,
     ),
     zero="difference",
+    kinds="fiu",
 )
 _binary(
     "mul",
@@ -92,6 +95,7 @@ _binary(
         ub(-g * y / b, b.shape) if wants[1] else None,
     ),
     zero="first",
+    kinds="f",  # (NumPy: int / int is float64, int8 / int8 too)
 )
 
 
@@ -115,7 +119,7 @@ def _power_vjp(g, y, a, b, wants):
     return da, db
 
 
-_binary("power", np.power, _power_vjp)
+_binary("power", np.power, _power_vjp, kinds="fiu")
 
 
 def _maximum_vjp(g, y, a, b, wants, flip=False):
@@ -164,15 +168,19 @@ register(
     n_inputs=1,
     differentiable=False,
     zero="first",
+    kinds="fiu",
 )
 
-_unary("neg", np.negative, lambda g, y, a, wants: (-g,), zero="first", ufunc=np.negative)
-_unary("exp", np.exp, lambda g, y, a, wants: (g * y,), ufunc=np.exp)
-_unary("log", np.log, lambda g, y, a, wants: (g / a,), ufunc=np.log)
-_unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),), zero="first", ufunc=np.tanh)
-_unary("sigmoid", _sigmoid, lambda g, y, a, wants: (g * y * (1 - y),))
-_unary("relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),), zero="first")
-_unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,), zero="first", ufunc=np.sqrt)
+# kinds: "f" float-only, "fiu" no bool form in NumPy (registry.refuse_kind)
+_unary("neg", np.negative, lambda g, y, a, wants: (-g,), "first", np.negative, "fiu")
+_unary("exp", np.exp, lambda g, y, a, wants: (g * y,), ufunc=np.exp, kinds="f")
+_unary("log", np.log, lambda g, y, a, wants: (g / a,), ufunc=np.log, kinds="f")
+_unary("tanh", np.tanh, lambda g, y, a, wants: (g * (1 - y * y),), "first", np.tanh, "f")
+_unary("sigmoid", _sigmoid, lambda g, y, a, wants: (g * y * (1 - y),), kinds="f")
+_unary(
+    "relu", _relu, lambda g, y, a, wants: (F.where(F.greater(a, 0), g, 0),), "first", kinds="fiu"
+)
+_unary("sqrt", np.sqrt, lambda g, y, a, wants: (g * 0.5 / y,), "first", np.sqrt, "f")
 _unary("abs", np.abs, lambda g, y, a, wants: (g * F.sign(a),), zero="first", ufunc=np.abs)
 
 

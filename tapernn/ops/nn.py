@@ -20,6 +20,7 @@ register(
     forward=_softmax,
     shape=same_shape,
     n_inputs=1,
+    kinds="f",
     vjp=lambda g, y, x, wants, axis: (y * (g - F.sum(g * y, axis, keepdims=True)),),
 )
 
@@ -36,6 +37,7 @@ register(
     forward=_log_softmax,
     shape=same_shape,
     n_inputs=1,
+    kinds="f",
     vjp=lambda g, y, x, wants, axis: (g - F.exp(y) * F.sum(g, axis, keepdims=True),),
 )
 

@@ -35,10 +35,19 @@ def _lower_sum(args, attrs, out, bind):
     )
 
 
+def _sum_dtype(x, **_):
+    """np.add.reduce's dtype: integers (and bools: a count) narrower than the platform's
+    integer are summed in it (int8 -> int64, uint8 -> uint64), as the program runs them."""
+    if x.kind == "f":
+        return x
+    return np.add.reduce(np.zeros(1, x)).dtype
+
+
 register(
     "sum",
     forward=_sum,
     shape=reduce_shape,
+    dtype=_sum_dtype,
     n_inputs=1,
     zero="first",
     lower=_lower_sum,
@@ -76,6 +85,7 @@ register(
     forward=_logsumexp,
     shape=reduce_shape,
     n_inputs=1,
+    kinds="f",
     vjp=lambda g, y, x, wants, axis, keepdims: (kept(g, x, axis) * F.exp(x - kept(y, x, axis)),),
 )
 
@@ -136,6 +146,7 @@ register(
     forward=_sum_mul,
     shape=_sum_mul_shape,
     n_inputs=2,
+    kinds="f",  # (made for gradients only: an integer product would wrap where sum's does not)
     zero="any",
     vjp=lambda g, y, a, b, wants, axis, keepdims: (
         F.broadcast_to(kept(g, a, axis), a.shape) * b if wants[0] else None,

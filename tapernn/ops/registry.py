@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 
 Shape = tuple[int, ...]
 
@@ -45,6 +45,9 @@ class OpDef:
     forward(*arrays, out=None, **attrs) -> ndarray        (out only if `supports_out`)
     shape(*input_shapes, **attrs) -> Shape               (raises ShapeError)
     dtype(*input_dtypes, **attrs) -> np.dtype            (default: NumPy promotion)
+    kinds: the dtype kinds (np.dtype.kind) the op computes in, checked on the promoted dtype of
+        its operands by the default dtype rule (`refuse_kind`): "f" for a float-only op, "fiu"
+        for arithmetic NumPy has no bool form of. See `refuse_kind` for why not NumPy's dtype.
     vjp(g, y, *inputs, wants=(bool, ...), **attrs) -> tuple[Var | None, ...]
         g is the cotangent of the output y; inputs and y are Vars; returns one cotangent (or None)
         per input, computing only those with wants[k] true.
@@ -70,6 +73,7 @@ class OpDef:
     shape: Callable[..., Shape]
     vjp: Callable[..., tuple] | None
     dtype: Callable[..., np.dtype] | None = None
+    kinds: str = "fiub"
     elementwise: bool = False
     inplace: tuple[int, ...] = ()
     inplace_rule: Callable[[Any], tuple[int, ...]] | None = None
@@ -106,7 +110,32 @@ class OpDef:
         out = _PROMOTED.get(key)
         if out is None:  # result_type is pure, and called for every traced or derived node
             out = _PROMOTED[key] = np.result_type(*dtypes)
+        if out.kind not in self.kinds:
+            refuse_kind(self.name, self.kinds, dtypes)
         return out
+
+
+def refuse_kind(op: str, kinds: str, dtypes: list[np.dtype]) -> None:
+    """Raise the DTypeError of `op` given operands (`dtypes`) of a kind it does not compute in.
+
+    Float-only ops (tanh, exp, softmax, true division, ...) refuse integer and bool operands
+    rather than compute what NumPy does: NumPy's float for an integer is as narrow as the
+    integer allows (tanh of int8 is float16, of int16 float32: a trap), and a node recording
+    NumPy's choice would still disagree with the numba kernels and the passes, which compute in
+    the node's dtype. PyTorch and JAX promote to their default float instead; tapernn asks for
+    the one explicit cast (Torch7, whose math of IntTensors had no tanh, refused too). Bool
+    operands of arithmetic NumPy has no bool form of (`-`, sign, relu, `**`) are refused alike.
+    """
+    given = ", ".join(str(d) for d in dtypes)
+    fix = "x.astype(np.float64) for an input array, tn.cast(v, np.float64) for a traced value"
+    if kinds == "f":
+        raise DTypeError(
+            f"takes floating-point operands, got {given}; convert to floats first: {fix}"
+        )
+    raise DTypeError(
+        f"takes numbers, got {given} (NumPy's {op} of bools fails or leaves bool); convert "
+        f"first: {fix} (or select with tn.where(mask, a, b))"
+    )
 
 
 REGISTRY: dict[str, OpDef] = {}
