@@ -116,7 +116,12 @@ class Tape:
         return Var(self.add(node), self)
 
     def constant(self, value: Any, dtype: Any = None) -> Var:
-        arr = np.asarray(value, dtype=dtype)
+        """A constant node holding a read-only copy of `value` as it is now: an ndarray the
+        traced function captured and the caller changes later must not be read live by some
+        programs (`a @ w` took w at run time) and folded at compile time by others (`a @
+        tn.tanh(w)` kept its old value) -- a graph is a snapshot, as in JAX."""
+        arr = np.array(value, dtype=dtype, copy=True)
+        arr.flags.writeable = False
         node = Node(
             "constant",
             (),
