@@ -52,18 +52,36 @@ def enabled(auto: bool = False) -> bool:
 def switch_call() -> int:
     """$TAPERNN_NUMBA_SWITCH_CALL (default 2): the top-level program call from which numba's
     kernels run (the calls before it run NumPy while they compile)."""
-    text = os.environ.get("TAPERNN_NUMBA_SWITCH_CALL", "2")
+    return _call_setting("TAPERNN_NUMBA_SWITCH_CALL", "2")
+
+
+def packed_call() -> int:
+    """$TAPERNN_NUMBA_PACKED_CALL (default PACKED_CALL): the top-level program call from which
+    the packed step GEMM's driver (packed.py) runs -- the switch call if that is later; the
+    calls before it run NumPy's matmul there. Its cold compile (~5.5 s of a core) is not waited
+    for by the switch call, which waits for the fused groups alone (BENCHMARKS.md "hcold9")."""
+    return _call_setting("TAPERNN_NUMBA_PACKED_CALL", str(PACKED_CALL))
+
+
+# the default packed call: a cold driver is ready by then in a training loop of a packed model
+# (BENCHMARKS.md "hcold9": (32, 50, 256) float64 cold, the switch call's end to the driver's
+# ready in calls), a warm one runs OpenBLAS's step GEMMs a few calls longer
+PACKED_CALL = 20
+
+
+def _call_setting(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise TapernnError(f"$TAPERNN_NUMBA_SWITCH_CALL: expected an integer >= 1, got {text!r}")
+        raise TapernnError(f"${name}: expected an integer >= 1, got {text!r}")
     return value
 
 
-# .call: the running top-level program's call number (Gate); .start, .at: its Gate's start and
-# switch calls
+# .call: the running top-level program's call number (Gate); .start, .at, .packed: its Gate's
+# start, switch and packed calls
 _local = threading.local()
 
 
@@ -84,24 +102,42 @@ def due(own_calls: int) -> bool:
     return own_calls >= switch_call()
 
 
-class Gate:
-    """A top-level numba program's `run` until its switch call has run: numbers its calls for
-    every Site and loop or program switch they reach (the module docstring), then takes itself
-    out (executor.Compiled.run again)."""
+def packed_due(own_calls: int) -> bool:
+    """`due` for the packed GEMM's driver (packed.PackedSite): from the running top-level
+    program's packed call (its Gate's); outside any Gate, from the caller's own call count
+    reaching packed_call() (the switch call if later)."""
+    call = getattr(_local, "call", 0)
+    if call:
+        return call >= _local.packed
+    return own_calls >= max(switch_call(), packed_call())
 
-    __slots__ = ("at", "calls", "compiled", "first_held", "inner", "start")
+
+class Gate:
+    """A top-level numba program's `run` until its switch and packed calls have run: numbers its
+    calls for every Site and loop or program switch they reach (the module docstring), then
+    takes itself out (executor.Compiled.run again). `packed`: packed_call(), or None under
+    "auto" (the packed driver from its switch call: "auto" compiles over many calls)."""
+
+    __slots__ = ("at", "calls", "compiled", "first_held", "inner", "packed", "start")
 
     def __init__(self, compiled: Any, calls: tuple[int, int] | None = None):
         self.compiled, self.inner = compiled, compiled.run
         self.calls = 0
         self.start, self.at = calls or (1, switch_call())
+        self.packed = packed_call() if calls is None else None
         self.first_held = calls is None  # (not "auto"'s: made over the calls before its switch)
+
+    def last(self) -> int:
+        """The call from which every kernel of the program runs: the later of its switch and
+        packed calls."""
+        return max(self.at, self.packed or 0)
 
     def __call__(self, args: Any) -> Any:
         self.calls += 1
         outer = getattr(_local, "call", 0)
         if not outer:
             _local.call, _local.start, _local.at = self.calls, self.start, self.at
+            _local.packed = self.last()
         try:
             if self.calls == 1 and self.first_held:
                 with first_call():
@@ -111,7 +147,7 @@ class Gate:
         finally:
             if not outer:
                 _local.call = 0
-        if self.calls >= self.at and self.compiled.__dict__.get("run") is self:
+        if self.calls >= self.last() and self.compiled.__dict__.get("run") is self:
             del self.compiled.run  # (a whole-program kernel may have set its own `run`)
             _lift_failures(self.compiled.report)
         return out
@@ -132,9 +168,21 @@ FAILED = "(in the background; NumPy runs it)"
 
 def install_gate(compiled: Any, calls: tuple[int, int] | None = None) -> None:
     """Call `compiled` (a top-level executor.Compiled on the numba backend) through a Gate while
-    its kernels compile in the background; `calls`: its (start, switch) calls under "auto"."""
+    its kernels compile in the background; `calls`: its (start, switch) calls under "auto".
+    The report says from which call a loop's packed step GEMMs run (its backend_note)."""
     if calls is not None or enabled():
-        compiled.run = Gate(compiled, calls)
+        gate = compiled.run = Gate(compiled, calls)
+        report = compiled.report
+        if gate.packed and any(PACKED_NOTE in loop.body.notes for loop in report.loops):
+            note = (
+                f"packed step GEMMs (numba) from call {gate.last()}, NumPy's matmul before"
+                " ($TAPERNN_NUMBA_PACKED_CALL)"
+            )
+            report.backend_note = "; ".join(filter(None, (report.backend_note, note)))
+
+
+# a loop body's report note when its step GEMMs run packed (scan_hoist; backends/packed.py)
+PACKED_NOTE = "step GEMMs over loop weights packed once per loop call"
 
 
 def type_key(args: tuple) -> tuple:
@@ -235,7 +283,22 @@ class Site:
         return kernel
 
 
-_jobs: queue.Queue = queue.Queue()
+class _Jobs(queue.Queue):
+    """The worker's queue: first in, first out, but a job whose handle is `queued_last` (the
+    packed GEMM's driver and packs: packed.py) goes behind every other and stays there -- a
+    job asked for later (a fused group of a program's first call) goes before it: the switch
+    call waits for those alone, the packed driver is due at the packed call."""
+
+    def _put(self, item: tuple) -> None:
+        if not getattr(item[0], "queued_last", False):
+            for at, (handle, _, _) in enumerate(self.queue):
+                if getattr(handle, "queued_last", False):
+                    self.queue.insert(at, item)
+                    return
+        self.queue.append(item)
+
+
+_jobs: queue.Queue = _Jobs()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
 # (id(handle), types) -> (a weak reference to the handle, its event): the entry goes when the
@@ -374,7 +437,7 @@ def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
         worker_pause.turn()
-        if _later(handle, key, event):
+        if _later(handle, key, event) or _behind(handle, key, event):
             continue
         _switch_fast()
         try:
@@ -411,6 +474,22 @@ def _later(handle: Any, key: Any, event: threading.Event) -> bool:
     return False
 
 
+def _behind(handle: Any, key: Any, event: threading.Event) -> bool:
+    """A `queued_last` job (the packed driver: due at the packed call) goes back behind any job
+    asked for meanwhile (True), waiting while a thread holds the worker, however long past the
+    hold's limit -- a cold model's call 1 asks for the fused groups its switch call waits for
+    (worker_pause.holding); else it is made now (False)."""
+    if not getattr(handle, "queued_last", False):
+        return False
+    while not any(not getattr(h, "queued_last", False) for h, _, _ in _queued()):
+        if not worker_pause.holding():
+            return False
+        time.sleep(0.02)
+    _jobs.put((handle, key, event))
+    _jobs.task_done()
+    return True
+
+
 def _queued() -> list:
     with _jobs.mutex:
         return list(_jobs.queue)
@@ -445,7 +524,7 @@ def wait(timeout: float | None = None) -> bool:
 def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
     global _jobs, _worker, _start_lock
-    _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
+    _jobs, _worker, _start_lock = _Jobs(), None, threading.Lock()
     worker_pause.after_fork()
     for (_, key), (ref, event) in _requests.copy().items():
         handle = ref()

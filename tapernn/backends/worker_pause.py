@@ -101,6 +101,13 @@ def turn() -> None:
                 return
 
 
+def holding() -> bool:
+    """Whether a thread holds the worker now, whatever its hold's limit (or one ended within
+    HELD_GAP_S), and none waits for a kernel: background's jobs due calls later wait then."""
+    with _paused:
+        return not _pause[1] and (_pause[0] > 0 or time.monotonic() < _ended[0] + HELD_GAP_S)
+
+
 def after_fork() -> None:
     """A forked child: no thread holds or waits (the threads holding were the parent's)."""
     global _paused
