@@ -12,14 +12,18 @@ import pytest
 
 import tapernn as tn
 from tapernn import nn
-from tapernn.backends import background, compile_child, numba_available, packed
+from tapernn.backends import background, compile_child, numba_available, packed, worker_pause
 
 pytestmark = [
     pytest.mark.skipif(not numba_available(), reason="numba not installed"),
     pytest.mark.skipif(not packed.available(), reason="no packed kernel on this CPU"),
 ]
 
-H, B, T = 130, 5, 3  # (W (130, 520): packed; 5 rows: no batch split; its GEMM's bits not OpenBLAS's)
+H, B, T = (
+    130,
+    5,
+    3,
+)  # (W (130, 520): packed; 5 rows: no batch split; its GEMM's bits not OpenBLAS's)
 
 
 @pytest.fixture
@@ -88,7 +92,7 @@ def test_the_switch_call_does_not_wait_for_the_driver_which_runs_from_the_packed
     _step(m, x, g)  # the packed call: waits for the driver, runs it
     assert runs[0] > 0 and not timed_out
     report = str(m.compile_report())
-    assert "packed step GEMMs (numba) from call 4" in report, report
+    assert "packed step GEMMs from call 4 (numba)" in report, report
 
 
 def test_call_n_has_the_same_bits_whenever_the_driver_is_made(calls, monkeypatch):
@@ -128,7 +132,7 @@ def test_the_packed_call_is_a_setting_checked(monkeypatch):
         monkeypatch.setenv("TAPERNN_NUMBA_PACKED_CALL", bad)
         with pytest.raises(tn.TapernnError, match="TAPERNN_NUMBA_PACKED_CALL"):
             background.packed_call()
-        m, (x, g) = _model(), _inputs()
+        m, (x, _) = _model(), _inputs()
         with pytest.raises(tn.TapernnError, match="TAPERNN_NUMBA_PACKED_CALL"):
             m.forward(x)
     monkeypatch.setenv("TAPERNN_NUMBA_PACKED_CALL", "7")
@@ -141,7 +145,7 @@ class _Job:
 
 
 def test_the_worker_queue_keeps_the_driver_behind_the_groups():
-    jobs = background._Jobs()
+    jobs = worker_pause.Jobs()
     driver, packs, groups = _Job(True), _Job(True), [_Job() for _ in range(3)]
     jobs.put((groups[0], None, None))
     jobs.put((driver, None, None))

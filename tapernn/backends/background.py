@@ -6,9 +6,10 @@ is called through a `Gate` until its kernels take over: calls before the switch 
 however many times a loop calls them -- while a worker thread imports numba and loads or
 compiles the kernels (asked for when the program is compiled, where their argument types are
 known then, else at the group's first call); the switch call waits for those not ready yet and
-puts each in its Site's place. Which call ran which lowering is fixed by the top-level call
-count, never by timing: runs stay reproducible bit for bit, cold or warm kernel cache. A kernel
-that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`).
+puts each in its Site's place; loops' packed step GEMMs run NumPy's matmul up to the packed
+call, which waits for their driver (packed_call; its job behind the groups'). Which call ran
+which lowering is fixed by the call count, never by timing: runs stay reproducible bit for
+bit, cold or warm cache. A failed kernel leaves its groups on NumPy, said in the `fallbacks`.
 Under the "auto" backend a Gate also holds back the asking: nothing is asked for (numba not even
 imported) before the program's start call (backends.auto_calls), and its switch call is later.
 While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
@@ -56,17 +57,16 @@ def switch_call() -> int:
 
 
 def packed_call() -> int:
-    """$TAPERNN_NUMBA_PACKED_CALL (default PACKED_CALL): the top-level program call from which
-    the packed step GEMM's driver (packed.py) runs -- the switch call if that is later; the
-    calls before it run NumPy's matmul there. Its cold compile (~5.5 s of a core) is not waited
-    for by the switch call, which waits for the fused groups alone (BENCHMARKS.md "hcold9")."""
+    """$TAPERNN_NUMBA_PACKED_CALL (default PACKED_CALL): the top-level call from which a loop's
+    packed step GEMMs run their driver (packed.py; NumPy's matmul before), the switch call if
+    later: its ~5.5 s cold compile is not on the switch call's wait (BENCHMARKS.md "hcold9")."""
     return _call_setting("TAPERNN_NUMBA_PACKED_CALL", str(PACKED_CALL))
 
 
-# the default packed call: a cold driver is ready by then in a training loop of a packed model
-# (BENCHMARKS.md "hcold9": (32, 50, 256) float64 cold, the switch call's end to the driver's
-# ready in calls), a warm one runs OpenBLAS's step GEMMs a few calls longer
-PACKED_CALL = 20
+# (BENCHMARKS.md "hcold9": a cold (32, 50, 256) float64 model's driver ready after call 47 at
+# load 5, so a training loop rarely waits at it; a warm run's calls before it run OpenBLAS's
+# step GEMMs unsplit: process CPU within 2-3 % of the packed calls' at load 7)
+PACKED_CALL = 50
 
 
 def _call_setting(name: str, default: str) -> int:
@@ -103,9 +103,8 @@ def due(own_calls: int) -> bool:
 
 
 def packed_due(own_calls: int) -> bool:
-    """`due` for the packed GEMM's driver (packed.PackedSite): from the running top-level
-    program's packed call (its Gate's); outside any Gate, from the caller's own call count
-    reaching packed_call() (the switch call if later)."""
+    """`due` for the packed GEMM's driver (packed.PackedSite): from the running program's packed
+    call; outside any Gate, from the caller's own call count reaching it."""
     call = getattr(_local, "call", 0)
     if call:
         return call >= _local.packed
@@ -113,10 +112,9 @@ def packed_due(own_calls: int) -> bool:
 
 
 class Gate:
-    """A top-level numba program's `run` until its switch and packed calls have run: numbers its
-    calls for every Site and loop or program switch they reach (the module docstring), then
-    takes itself out (executor.Compiled.run again). `packed`: packed_call(), or None under
-    "auto" (the packed driver from its switch call: "auto" compiles over many calls)."""
+    """A top-level numba program's `run` until its `last` call has run: numbers its calls for
+    every Site and loop or program switch they reach (the module docstring), then takes itself
+    out. `packed`: packed_call(); None under "auto" (its driver from its switch call too)."""
 
     __slots__ = ("at", "calls", "compiled", "first_held", "inner", "packed", "start")
 
@@ -128,8 +126,7 @@ class Gate:
         self.first_held = calls is None  # (not "auto"'s: made over the calls before its switch)
 
     def last(self) -> int:
-        """The call from which every kernel of the program runs: the later of its switch and
-        packed calls."""
+        """The call from which every kernel of the program runs (its switch or packed call)."""
         return max(self.at, self.packed or 0)
 
     def __call__(self, args: Any) -> Any:
@@ -172,17 +169,12 @@ def install_gate(compiled: Any, calls: tuple[int, int] | None = None) -> None:
     The report says from which call a loop's packed step GEMMs run (its backend_note)."""
     if calls is not None or enabled():
         gate = compiled.run = Gate(compiled, calls)
-        report = compiled.report
+        report, note = compiled.report, f"packed step GEMMs from call {gate.last()} (numba)"
         if gate.packed and any(PACKED_NOTE in loop.body.notes for loop in report.loops):
-            note = (
-                f"packed step GEMMs (numba) from call {gate.last()}, NumPy's matmul before"
-                " ($TAPERNN_NUMBA_PACKED_CALL)"
-            )
             report.backend_note = "; ".join(filter(None, (report.backend_note, note)))
 
 
-# a loop body's report note when its step GEMMs run packed (scan_hoist; backends/packed.py)
-PACKED_NOTE = "step GEMMs over loop weights packed once per loop call"
+PACKED_NOTE = "step GEMMs over loop weights packed once per loop call"  # (scan_hoist's)
 
 
 def type_key(args: tuple) -> tuple:
@@ -283,22 +275,7 @@ class Site:
         return kernel
 
 
-class _Jobs(queue.Queue):
-    """The worker's queue: first in, first out, but a job whose handle is `queued_last` (the
-    packed GEMM's driver and packs: packed.py) goes behind every other and stays there -- a
-    job asked for later (a fused group of a program's first call) goes before it: the switch
-    call waits for those alone, the packed driver is due at the packed call."""
-
-    def _put(self, item: tuple) -> None:
-        if not getattr(item[0], "queued_last", False):
-            for at, (handle, _, _) in enumerate(self.queue):
-                if getattr(handle, "queued_last", False):
-                    self.queue.insert(at, item)
-                    return
-        self.queue.append(item)
-
-
-_jobs: queue.Queue = _Jobs()
+_jobs: queue.Queue = worker_pause.Jobs()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
 # (id(handle), types) -> (a weak reference to the handle, its event): the entry goes when the
@@ -437,7 +414,7 @@ def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
         worker_pause.turn()
-        if _later(handle, key, event) or _behind(handle, key, event):
+        if _later(handle, key, event) or worker_pause.behind(_jobs, (handle, key, event)):
             continue
         _switch_fast()
         try:
@@ -474,22 +451,6 @@ def _later(handle: Any, key: Any, event: threading.Event) -> bool:
     return False
 
 
-def _behind(handle: Any, key: Any, event: threading.Event) -> bool:
-    """A `queued_last` job (the packed driver: due at the packed call) goes back behind any job
-    asked for meanwhile (True), waiting while a thread holds the worker, however long past the
-    hold's limit -- a cold model's call 1 asks for the fused groups its switch call waits for
-    (worker_pause.holding); else it is made now (False)."""
-    if not getattr(handle, "queued_last", False):
-        return False
-    while not any(not getattr(h, "queued_last", False) for h, _, _ in _queued()):
-        if not worker_pause.holding():
-            return False
-        time.sleep(0.02)
-    _jobs.put((handle, key, event))
-    _jobs.task_done()
-    return True
-
-
 def _queued() -> list:
     with _jobs.mutex:
         return list(_jobs.queue)
@@ -524,7 +485,7 @@ def wait(timeout: float | None = None) -> bool:
 def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
     global _jobs, _worker, _start_lock
-    _jobs, _worker, _start_lock = _Jobs(), None, threading.Lock()
+    _jobs, _worker, _start_lock = worker_pause.Jobs(), None, threading.Lock()
     worker_pause.after_fork()
     for (_, key), (ref, event) in _requests.copy().items():
         handle = ref()

@@ -5,7 +5,7 @@ over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again a
 
 `PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
 until the kernel takes over -- at the top-level program's packed call with background
-compilation (background.packed_call, after the switch call: the driver's cold compile is not on
+compilation (backends.packed_call, after the switch call: the driver's cold compile is not on
 the switch call's wait; which call ran which lowering is fixed by the call count, never by
 timing), else at its first call -- and NumPy again if the kernel failed (said
 in the step program's report, lifted into a model's, and by a RuntimeWarning: `failed`). The
