@@ -130,24 +130,24 @@ def _last(item: tuple) -> bool:
 
 def behind(jobs: Jobs, item: tuple) -> bool:
     """Whether the worker's job `item` (taken from `jobs`) is `queued_last` (the packed driver:
-    due at the packed call) and went back behind a job asked for meanwhile. It waits while a
-    thread holds the worker, however long past the hold's limit -- a cold model's call 1 asks
-    for the fused groups its switch call waits for (`holding`) -- and while a compile child has
-    a job, which comes back to the queue's front for the worker to load (its 5 s compile first
-    would delay that load: the switch call waited for it); False: the worker makes it now."""
+    due at the packed call) and went back into `jobs` -- behind a job asked for meanwhile; or
+    for 20 ms while a thread holds the worker, however long past the hold's limit (a cold
+    model's call 1 asks for the fused groups its switch call waits for: `holding`), or while a
+    compile child has a job, which comes back to the queue's front for the worker to load (its
+    5 s compile here first delayed that load: the switch call waited for it; the child may take
+    the driver next). False: the worker makes it now."""
     if not _last(item):
         return False
-    while True:
-        with jobs.mutex:
-            others = any(not _last(queued) for queued in jobs.queue)
-            lent = jobs.unfinished_tasks - len(jobs.queue) > 1  # (this one, and a child's)
-        if others:
-            jobs.put(item)
-            jobs.task_done()
-            return True
-        if not lent and not holding():
-            return False
-        time.sleep(0.02)
+    with jobs.mutex:
+        others = any(not _last(queued) for queued in jobs.queue)
+        lent = jobs.unfinished_tasks - len(jobs.queue) > 1  # (this one, and a child's)
+    if not others and not lent and not holding():
+        return False
+    jobs.put(item)
+    jobs.task_done()
+    if not others:
+        time.sleep(0.02)  # (then taken again: nothing else is queued)
+    return True
 
 
 def after_fork() -> None:
