@@ -63,9 +63,9 @@ def packed_call() -> int:
     return _call_setting("TAPERNN_NUMBA_PACKED_CALL", str(PACKED_CALL))
 
 
-# (BENCHMARKS.md "hcold9": a cold (32, 50, 256) float64 model's driver ready after call 47 at
-# load 5, so a training loop rarely waits at it; a warm run's calls before it run OpenBLAS's
-# step GEMMs unsplit: process CPU within 2-3 % of the packed calls' at load 7)
+# (BENCHMARKS.md "hcold9": a cold (32, 50, 256) model's driver was ready before it at loads 5-11,
+# so a training loop rarely waits at it; a warm run's calls before it run OpenBLAS's step GEMMs
+# unsplit: 1.44x (float64) - 1.55x (float32) the packed calls' wall, +1.4-2.4 s over 50 calls)
 PACKED_CALL = 50
 
 
