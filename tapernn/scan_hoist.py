@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backends import resolve_backend
+from .backends.background import PACKED_NOTE
 from .backends.packed import request_planned
 from .executor import Compiled, compile, optimise, pipeline_of
 from .graph import Graph, Node
@@ -30,7 +31,7 @@ def compile_hoisted(
         packed = pack_loop_weights(graph, _invariants(graph, n_variant)[0])
         if packed is not graph:
             graph = packed
-            report.notes.append("step GEMMs over loop weights packed once per loop call")
+            report.notes.append(PACKED_NOTE)
             dtypes = {n.dtype for n in graph.nodes if n.op == "packed_matmul"}
             request_planned(dtypes, options.backend)  # (its kernel compiles from now)
     invariant, cheap = _invariants(graph, n_variant)

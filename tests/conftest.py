@@ -127,6 +127,9 @@ def pytest_configure(config):
     # them (a cold CI has no core to spare; the own GEMM would run OpenBLAS until a child is
     # done); tests/test_hcold6_child.py turns them on
     os.environ["TAPERNN_COMPILE_CHILD"] = "0"
+    # the background tests' packed step GEMMs from the switch call, as their few calls expect
+    # (the default's later packed call: tests/test_hcold9_packed_call.py sets its own)
+    os.environ["TAPERNN_NUMBA_PACKED_CALL"] = "2"
     # the layout rule's decisions (passes/layout_cache) go to a file of this session: tests that
     # fake the GEMM timing must not leave decisions in the user's cache, nor read theirs
     cache = os.path.join(tempfile.mkdtemp(prefix="tapernn-tests-"), "layout-rule.json")

@@ -71,15 +71,20 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=8)
     ap.add_argument("--children", default="2", help="$TAPERNN_COMPILE_CHILD of the first arm")
     ap.add_argument("--other", default="0", help="... of the second (the same: run to run)")
+    ap.add_argument(
+        "--var",
+        default="TAPERNN_COMPILE_CHILD",
+        help="the variable the arms set (TAPERNN_NUMBA_BACKGROUND: 1 vs 0)",
+    )
     args = ap.parse_args()
     if args.child:
         return child(args)
     got = []
     for arm in (args.children, args.other):
-        env = dict(os.environ, TAPERNN_COMPILE_CHILD=arm, TAPERNN_LAYOUT_TRIAL="0")
+        env = dict(os.environ, TAPERNN_LAYOUT_TRIAL="0", **{args.var: arm})
         argv = ["--shape", args.shape, "--dtype", args.dtype, "--calls", str(args.calls)]
         got.append(cold_run(os.path.abspath(__file__), argv, env))
-        print(f"TAPERNN_COMPILE_CHILD={arm}: {got[-1]}", flush=True)
+        print(f"{args.var}={arm}: {got[-1]}", flush=True)
     same = got[0]["digest"] == got[1]["digest"]
     print("same bits" if same else "DIFFERENT BITS")
 

@@ -21,7 +21,8 @@ fused-group kernels alone 0.85-1.18x) -- so with every program on numba from its
 only runs of thousands of tiny-model steps won. Without numba installed, or without scipy (numba's
 matmul calls scipy's BLAS: loop and program kernels would fail), "auto" is "numpy"; the compile
 report says which and why (`CompileReport.backend_note`). "numba" puts every program on numba
-from its $TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time)."""
+from its $TAPERNN_NUMBA_SWITCH_CALL-th call (default 2; kernels asked for at compile time), a
+loop's packed step GEMMs from its $TAPERNN_NUMBA_PACKED_CALL-th (default PACKED_CALL, 50)."""
 
 from __future__ import annotations
 
@@ -180,6 +181,15 @@ def auto_choice(graph: Any, options: Any) -> tuple[Any, str]:
 def deferred(name: str | None) -> bool:
     """Whether a numba program's kernels wait for its AUTO_START-th call ("auto" backend)."""
     return policy(name) == "auto"
+
+
+def kernel_calls() -> int:
+    """The top-level call from which a numba program runs all its kernels: the later of its
+    switch and packed calls ($TAPERNN_NUMBA_SWITCH_CALL, $TAPERNN_NUMBA_PACKED_CALL) -- a
+    steady loop's timing or memory counts the calls after it."""
+    from .background import packed_call, switch_call
+
+    return max(switch_call(), packed_call())
 
 
 def wait_for_kernels(timeout: float | None = None) -> bool:

@@ -6,9 +6,10 @@ is called through a `Gate` until its kernels take over: calls before the switch 
 however many times a loop calls them -- while a worker thread imports numba and loads or
 compiles the kernels (asked for when the program is compiled, where their argument types are
 known then, else at the group's first call); the switch call waits for those not ready yet and
-puts each in its Site's place. Which call ran which lowering is fixed by the top-level call
-count, never by timing: runs stay reproducible bit for bit, cold or warm kernel cache. A kernel
-that fails leaves its groups on NumPy, and the program's report says so (`fallbacks`).
+puts each in its Site's place; loops' packed step GEMMs run NumPy's matmul up to the packed
+call, which waits for their driver (packed_call; its job behind the groups'). Which call ran
+which lowering is fixed by the call count, never by timing: runs stay reproducible bit for
+bit, cold or warm cache. A failed kernel leaves its groups on NumPy, said in the `fallbacks`.
 Under the "auto" backend a Gate also holds back the asking: nothing is asked for (numba not even
 imported) before the program's start call (backends.auto_calls), and its switch call is later.
 While a thread traces and compiles a program whose kernels are not due for many calls ("auto"'s
@@ -52,18 +53,35 @@ def enabled(auto: bool = False) -> bool:
 def switch_call() -> int:
     """$TAPERNN_NUMBA_SWITCH_CALL (default 2): the top-level program call from which numba's
     kernels run (the calls before it run NumPy while they compile)."""
-    text = os.environ.get("TAPERNN_NUMBA_SWITCH_CALL", "2")
+    return _call_setting("TAPERNN_NUMBA_SWITCH_CALL", "2")
+
+
+def packed_call() -> int:
+    """$TAPERNN_NUMBA_PACKED_CALL (default PACKED_CALL): the top-level call from which a loop's
+    packed step GEMMs run their driver (packed.py; NumPy's matmul before), the switch call if
+    later: its ~5.5 s cold compile is not on the switch call's wait (BENCHMARKS.md "hcold9")."""
+    return _call_setting("TAPERNN_NUMBA_PACKED_CALL", str(PACKED_CALL))
+
+
+# (BENCHMARKS.md "hcold9": a cold (32, 50, 256) model's driver was ready before it at loads 5-11,
+# so a training loop rarely waits at it; a warm run's calls before it run OpenBLAS's step GEMMs
+# unsplit: 1.44x (float64) - 1.55x (float32) the packed calls' wall, +1.4-2.4 s over 50 calls)
+PACKED_CALL = 50
+
+
+def _call_setting(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise TapernnError(f"$TAPERNN_NUMBA_SWITCH_CALL: expected an integer >= 1, got {text!r}")
+        raise TapernnError(f"${name}: expected an integer >= 1, got {text!r}")
     return value
 
 
-# .call: the running top-level program's call number (Gate); .start, .at: its Gate's start and
-# switch calls
+# .call: the running top-level program's call number (Gate); .start, .at, .packed: its Gate's
+# start, switch and packed calls
 _local = threading.local()
 
 
@@ -84,24 +102,39 @@ def due(own_calls: int) -> bool:
     return own_calls >= switch_call()
 
 
-class Gate:
-    """A top-level numba program's `run` until its switch call has run: numbers its calls for
-    every Site and loop or program switch they reach (the module docstring), then takes itself
-    out (executor.Compiled.run again)."""
+def packed_due(own_calls: int) -> bool:
+    """`due` for the packed GEMM's driver (packed.PackedSite): from the running program's packed
+    call; outside any Gate, from the caller's own call count reaching it."""
+    call = getattr(_local, "call", 0)
+    if call:
+        return call >= _local.packed
+    return own_calls >= max(switch_call(), packed_call())
 
-    __slots__ = ("at", "calls", "compiled", "first_held", "inner", "start")
+
+class Gate:
+    """A top-level numba program's `run` until its `last` call has run: numbers its calls for
+    every Site and loop or program switch they reach (the module docstring), then takes itself
+    out. `packed`: packed_call(); None under "auto" (its driver from its switch call too)."""
+
+    __slots__ = ("at", "calls", "compiled", "first_held", "inner", "packed", "start")
 
     def __init__(self, compiled: Any, calls: tuple[int, int] | None = None):
         self.compiled, self.inner = compiled, compiled.run
         self.calls = 0
         self.start, self.at = calls or (1, switch_call())
+        self.packed = packed_call() if calls is None else None
         self.first_held = calls is None  # (not "auto"'s: made over the calls before its switch)
+
+    def last(self) -> int:
+        """The call from which every kernel of the program runs (its switch or packed call)."""
+        return max(self.at, self.packed or 0)
 
     def __call__(self, args: Any) -> Any:
         self.calls += 1
         outer = getattr(_local, "call", 0)
         if not outer:
             _local.call, _local.start, _local.at = self.calls, self.start, self.at
+            _local.packed = self.last()
         try:
             if self.calls == 1 and self.first_held:
                 with first_call():
@@ -111,7 +144,7 @@ class Gate:
         finally:
             if not outer:
                 _local.call = 0
-        if self.calls >= self.at and self.compiled.__dict__.get("run") is self:
+        if self.calls >= self.last() and self.compiled.__dict__.get("run") is self:
             del self.compiled.run  # (a whole-program kernel may have set its own `run`)
             _lift_failures(self.compiled.report)
         return out
@@ -132,9 +165,16 @@ FAILED = "(in the background; NumPy runs it)"
 
 def install_gate(compiled: Any, calls: tuple[int, int] | None = None) -> None:
     """Call `compiled` (a top-level executor.Compiled on the numba backend) through a Gate while
-    its kernels compile in the background; `calls`: its (start, switch) calls under "auto"."""
+    its kernels compile in the background; `calls`: its (start, switch) calls under "auto".
+    The report says from which call a loop's packed step GEMMs run (its backend_note)."""
     if calls is not None or enabled():
-        compiled.run = Gate(compiled, calls)
+        gate = compiled.run = Gate(compiled, calls)
+        report, note = compiled.report, f"packed step GEMMs from call {gate.last()} (numba)"
+        if gate.packed and any(PACKED_NOTE in loop.body.notes for loop in report.loops):
+            report.backend_note = "; ".join(filter(None, (report.backend_note, note)))
+
+
+PACKED_NOTE = "step GEMMs over loop weights packed once per loop call"  # (scan_hoist's)
 
 
 def type_key(args: tuple) -> tuple:
@@ -235,7 +275,7 @@ class Site:
         return kernel
 
 
-_jobs: queue.Queue = queue.Queue()
+_jobs: queue.Queue = worker_pause.Jobs()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
 # (id(handle), types) -> (a weak reference to the handle, its event): the entry goes when the
@@ -374,7 +414,7 @@ def _work() -> None:
     while True:
         handle, key, event = _jobs.get()
         worker_pause.turn()
-        if _later(handle, key, event):
+        if _later(handle, key, event) or worker_pause.behind(_jobs, (handle, key, event)):
             continue
         _switch_fast()
         try:
@@ -445,7 +485,7 @@ def wait(timeout: float | None = None) -> bool:
 def _after_fork_in_child() -> None:
     """A forked child has no worker: queue its unfinished requests again."""
     global _jobs, _worker, _start_lock
-    _jobs, _worker, _start_lock = queue.Queue(), None, threading.Lock()
+    _jobs, _worker, _start_lock = worker_pause.Jobs(), None, threading.Lock()
     worker_pause.after_fork()
     for (_, key), (ref, event) in _requests.copy().items():
         handle = ref()

@@ -382,9 +382,13 @@ def _recipe(handle: Any, key: Any) -> tuple | None:
 
 def _take(jobs: queue.Queue) -> tuple | None:
     """The last queued job a child can make (removed from `jobs`, still unfinished there), with
-    its recipe; None if there is none."""
+    its recipe -- not one whose handle is `queued_last` (the packed driver, due at the packed
+    call) while another is queued: the child helps the worker with the switch call's jobs
+    first; None if there is none."""
     with jobs.mutex:
-        for item in reversed(jobs.queue):
+        queued = list(reversed(jobs.queue))
+        queued.sort(key=lambda item: getattr(item[0], "queued_last", False))  # (stable)
+        for item in queued:
             recipe = _recipe(item[0], item[1])
             if recipe is not None:
                 jobs.queue.remove(item)

@@ -4,9 +4,10 @@ columns (`pack_panels`), and every step's `a @ W` runs a register-blocked AVX-51
 over those panels (packed_kernels.py) instead of OpenBLAS, which packs W again at every call.
 
 `PackedSite` is what a step program calls, `site(a, W, panels, out)`: NumPy's `matmul(a, W)`
-until the kernel takes over -- at the top-level program's switch call with background
-compilation (background.py's protocol: which call ran which lowering is fixed by the call
-count, never by timing), else at its first call -- and NumPy again if the kernel failed (said
+until the kernel takes over -- at the top-level program's packed call with background
+compilation (backends.packed_call, after the switch call: the driver's cold compile is not on
+the switch call's wait; which call ran which lowering is fixed by the call count, never by
+timing), else at its first call -- and NumPy again if the kernel failed (said
 in the step program's report, lifted into a model's, and by a RuntimeWarning: `failed`). The
 kernel splits the panels over numba's threads when the BLAS pool runs with more than one thread
 in this call (blas_tuning measures the program with either count), in a forked child never
@@ -174,6 +175,8 @@ class _Packs:
     them, NumPy's copies give the same panels meanwhile; in the serial driver's job they were
     ~1.2 s of a cold switch call's wait (BENCHMARKS.md "hcold8")."""
 
+    queued_last = True  # (background's worker: behind the jobs a switch call waits for)
+
     def __init__(self, isa: str = "avx512") -> None:
         self.isa = isa
         self.kernel: Any = None  # (background's handle protocol: the packs are in `types`)
@@ -204,7 +207,11 @@ class _Handle:
     parallel driver made (in the background worker after it, or at once without background
     compilation). The parallel driver gives the serial one's bits (each panel is computed by
     the same code in either) and the packs NumPy's panels, so when either arrives does not
-    matter: a switch call waits for the serial driver alone."""
+    matter: a packed call waits for the serial driver alone."""
+
+    # its job goes behind every job of background's queue not so marked (the fused groups and
+    # loop kernels the switch call waits for: the driver is not due before the packed call)
+    queued_last = True
 
     def __init__(self, isa: str = "avx512") -> None:
         self.isa = isa
@@ -251,6 +258,8 @@ class _Handle:
 class _Parallel:
     """The prange driver, used only under a thread-safe numba threading layer (omp, tbb: the
     workqueue layer aborts the process when two threads run parallel kernels at once)."""
+
+    queued_last = True  # (as the serial driver's)
 
     def __init__(self, isa: str = "avx512") -> None:
         self.isa = isa
@@ -357,7 +366,9 @@ def request_planned(dtypes: set, backend: str | None) -> None:
     compiled for `backend` packs a loop's step GEMMs (scan_hoist): its one signature (the
     dtype: PackedSite's key) is known from the plan, so compiling starts at compile time, not
     at the program's first call (the switch call of "auto"'s numba plan, nn.auto_plans, waits
-    only for what is unfinished then). Not when kernels compile at their first call."""
+    only for what is unfinished then) -- in the worker's queue behind the fused groups, not
+    before a model's first call has asked for them (_Handle.queued_last). Not when kernels
+    compile at their first call."""
     from . import deferred
 
     if deferred(backend) or not background.enabled():
@@ -473,7 +484,7 @@ class PackedSite:
                 self._take()
             else:
                 self.ready = background.request(self.handle, self.key)
-        elif self.ready is not None and background.due(self.calls):
+        elif self.ready is not None and background.packed_due(self.calls):
             self.ready.wait()
             self.ready = None
             self._take()

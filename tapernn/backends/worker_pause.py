@@ -8,6 +8,7 @@ loads are Python holding the GIL; beside a Python-bound call they stretched it (
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -99,6 +100,54 @@ def turn() -> None:
                 _paused.wait(_ended[0] + HELD_GAP_S - now)  # (a hold's start or a waiter ends it)
             else:
                 return
+
+
+def holding() -> bool:
+    """Whether a thread holds the worker now, whatever its hold's limit (or one ended within
+    HELD_GAP_S), and none waits for a kernel: background's jobs due calls later wait then."""
+    with _paused:
+        return not _pause[1] and (_pause[0] > 0 or time.monotonic() < _ended[0] + HELD_GAP_S)
+
+
+class Jobs(queue.Queue):
+    """background.py's queue: first in, first out, but a job whose handle is `queued_last` (the
+    packed GEMM's driver and packs: packed.py) goes behind every other and stays there -- a
+    job asked for later (a fused group of a program's first call) goes before it: the switch
+    call waits for those alone, the packed driver is due at the packed call."""
+
+    def _put(self, item: tuple) -> None:
+        if not _last(item):
+            for at, queued in enumerate(self.queue):
+                if _last(queued):
+                    self.queue.insert(at, item)
+                    return
+        self.queue.append(item)
+
+
+def _last(item: tuple) -> bool:
+    return getattr(item[0], "queued_last", False)
+
+
+def behind(jobs: Jobs, item: tuple) -> bool:
+    """Whether the worker's job `item` (taken from `jobs`) is `queued_last` (the packed driver:
+    due at the packed call) and went back into `jobs` -- behind a job asked for meanwhile; or
+    for 20 ms while a thread holds the worker, however long past the hold's limit (a cold
+    model's call 1 asks for the fused groups its switch call waits for: `holding`), or while a
+    compile child has a job, which comes back to the queue's front for the worker to load (its
+    5 s compile here first delayed that load: the switch call waited for it; the child may take
+    the driver next). False: the worker makes it now."""
+    if not _last(item):
+        return False
+    with jobs.mutex:
+        others = any(not _last(queued) for queued in jobs.queue)
+        lent = jobs.unfinished_tasks - len(jobs.queue) > 1  # (this one, and a child's)
+    if not others and not lent and not holding():
+        return False
+    jobs.put(item)
+    jobs.task_done()
+    if not others:
+        time.sleep(0.02)  # (then taken again: nothing else is queued)
+    return True
 
 
 def after_fork() -> None:

@@ -159,3 +159,4 @@ class TwoPlans:
             gate = program.__dict__.get("run")
             if gate is not None:
                 gate.at = 1  # (its first call -- the switch call -- waits for the kernels)
+                gate.packed = None  # (the packed driver's too: asked for now, as they are)

@@ -34,7 +34,7 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
     activations, outputs, gradients, temporaries). What does not: the Python objects
     compilation leaves behind (graphs, generated source: non-array memory that grew over the
     warm-up steps, constant across steady steps), which are not per-step memory."""
-    from ...backends import wait_for_kernels
+    from ...backends import kernel_calls, wait_for_kernels
     from ...nn import auto_plans, layout_recheck
 
     # (numba kernels compiling in the background -- this model's or an earlier one's -- are not
@@ -47,7 +47,7 @@ def loop_peak_bytes(step: Callable[[], object], warmup: int = 3, steps: int = 3)
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         before_objects = before - _array_bytes(tracemalloc.take_snapshot())
-        for _ in range(warmup):
+        for _ in range(max(warmup, kernel_calls())):  # (numba's packed GEMMs from its packed call)
             step()
         for _ in range(layout_recheck.STEPS):  # (a layout re-check runs before the steady loop)
             if not layout_recheck.pending():

@@ -132,11 +132,12 @@ def time_blocks(contenders: list[Contender], budget_s: float) -> None:
 
 
 def warm_up(contenders: list[Contender]) -> float:
-    """Run each contender twice (the first call may compile); disable the ones that fail; then,
+    """Run each contender twice (the first call may compile); disable the ones that fail; on up
+    to numba's packed call (backends.kernel_calls: its packed step GEMMs run from there); then,
     once numba's background compiles are done, once more (kernels that became ready while the
     contenders ran take over at their next call: a split loop's step loops are not waited for).
     Returns the summed time of one round, to size the repetitions."""
-    from ...backends import wait_for_kernels
+    from ...backends import kernel_calls, wait_for_kernels
 
     total = 0.0
     for c in contenders:
@@ -149,6 +150,10 @@ def warm_up(contenders: list[Contender]) -> float:
             total += _timed(c)
         except Exception as exc:  # noqa: BLE001 (a half-written contender must not sink the table)
             c.step, c.note = None, f"error: {type(exc).__name__}: {exc}"[:70]
+    for c in contenders:
+        for _ in range(kernel_calls() - 2):
+            if c.step is not None:
+                c.step()
     wait_for_kernels()
     for c in contenders:
         if c.step is not None:
