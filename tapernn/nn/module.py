@@ -100,7 +100,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
-        _check_name(self, "child", name)
+        check.part_name(self, "child", name)
         check.module(self, "a child" if name.isdigit() else name, module)
         self._adopt_dtype(check.not_holding(self, module))
         self._children[name] = module
@@ -154,16 +154,9 @@ class Module:
     ) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
-        _check_name(self, "parameter", name)
+        check.free_name(self, name)
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
-        if name in self._params:  # (a second one would silently replace the first)
-            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already {check.ONCE}")
-        if name in self.__dict__ or name in self._children or hasattr(type(self), name):
-            raise ArgumentError(  # (it would hide a method, a child or a setting: self.step)
-                f"{check.who(self)}: parameter name {name!r} is taken by an attribute of "
-                f"{type(self).__name__}; choose another name"
-            )
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(
@@ -486,17 +479,6 @@ class Module:
 
 
 lock_entry_points(Module)
-
-
-def _check_name(owner: Module, kind: str, name: Any) -> None:
-    """A parameter's or child's name is one component of the dotted state_dict keys: a name
-    with a "." could equal another's key ("a.bias" beside child a's bias: one of them would be
-    lost by tn.save), an empty one names nothing. (PyTorch's register_parameter rule.)"""
-    if not isinstance(name, str) or not name or "." in name:
-        raise ArgumentError(
-            f"{check.who(owner)}: {kind} name must be a non-empty string without '.' "
-            f"(state_dict keys join names with '.'), got {name!r}"
-        )
 
 
 def _contains_var(obj: Any) -> bool:
