@@ -39,3 +39,15 @@ def test_a_functional_program_without_modules_still_names_the_op():
     prog = tn.compile(tn.trace(f, np.zeros((5, 2)), np.array([1, 2])))
     with pytest.raises(tn.ValueRangeError, match=r"embedding failed.*id 9 out of range"):
         prog(np.zeros((5, 2)), np.array([1, 9]))
+
+
+def test_a_sequencer_criterions_bad_target_names_its_step():
+    # (was: "nn.ClassNLLCriterion: class target 5 out of range ..." -- which of T steps?)
+    crit = nn.SequencerCriterion(nn.ClassNLLCriterion())
+    x = np.log(np.full((4, 2, 5), 0.2))
+    t = np.array([[1, 2], [3, 4], [5, 0], [0, 0]])
+    with pytest.raises(tn.ValueRangeError, match=r"class target 5 out of range.*step 2 of 4"):
+        crit.forward(x, t)
+    bce = nn.SequencerCriterion(nn.BCECriterion())
+    with pytest.raises(tn.ValueRangeError, match=r"targets must be probabilities.*step 1 of 2"):
+        bce.forward([np.full((2, 3), 0.5)] * 2, [np.zeros((2, 3)), np.full((2, 3), 2.0)])
