@@ -138,11 +138,11 @@ class Compiled:
         try:
             return self.program.fn(*args)
         except TapernnError as e:
-            raise _locate(e, self.program.failing_node(e), type(e)) from None
+            raise self._locate(e, type(e)) from None
         except IndexError as e:
-            raise _locate(e, self.program.failing_node(e), ValueRangeError) from None
+            raise self._locate(e, ValueRangeError) from None
         except (ValueError, TypeError, FloatingPointError) as e:
-            raise _locate(e, self.program.failing_node(e), TapernnError) from None
+            raise self._locate(e, TapernnError) from None
         finally:
             quiet_exit(token)
 
@@ -160,6 +160,25 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<Compiled {len(self.graph.nodes)} nodes, {self.report.kernels} kernels>"
+
+    def _locate(self, e: BaseException, cls: type) -> TapernnError:
+        """`e` raised by the program, as `cls` naming the node that failed: the module it was
+        recorded in when a module traced it (graph.meta.scopes: a user knows
+        nn.LookupTable(5 -> 2), not the `embedding` op), its scope path and step; a loop's
+        failure names its body's node and step (scan_run: `e.located`)."""
+        scopes = self.graph.meta.scopes
+        inner = getattr(e, "located", None)  # (op, scope, "step t of T", cause): a loop's step
+        if inner is not None and inner[1] in scopes:
+            op, scope, step, cause = inner
+            at = f"in {scope!r}, {step}" if scope else step
+            return cls(f"{scopes[scope]} ({at}): {op} failed: {cause}")
+        node = self.program.failing_node(e)
+        if node is None:
+            return cls(str(e))
+        if node.scope in scopes:
+            at = where(node.scope or None, node.step)
+            return cls(f"{scopes[node.scope]}{at}: {node.op} failed: {e}")
+        return cls(f"{node.op} failed{where(node.scope or None, node.step)}: {e}")
 
 
 def own_mode(compiled: Compiled) -> str:
@@ -188,12 +207,6 @@ def own_mode(compiled: Compiled) -> str:
 
             fuse_room(compiled.program)
     return mode
-
-
-def _locate(e: BaseException, node: Node | None, cls: type) -> TapernnError:
-    if node is None:
-        return cls(str(e))
-    return cls(f"{node.op} failed{where(node.scope or None, node.step)}: {e}")
 
 
 def check_input(n: Node, a: Any) -> np.ndarray:

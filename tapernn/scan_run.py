@@ -486,9 +486,13 @@ def _failure(compiled: Compiled, attrs: dict, filename: str, first: int):
         what = f"{node.op}{where(node.scope or None)}" if node is not None else "the body"
         msg = f"scan step {t} of {attrs['length']}: {what} failed: {e}"
         if isinstance(e, TapernnError):
-            return type(e)(msg)
-        if isinstance(e, IndexError):
-            return ValueRangeError(msg)
-        return TapernnError(msg)
+            err = type(e)(msg)
+        elif isinstance(e, IndexError):
+            err = ValueRangeError(msg)
+        else:
+            err = TapernnError(msg)
+        if node is not None:  # (the program names its module: Compiled._locate)
+            err.located = (node.op, node.scope, f"step {t} of {attrs['length']}", str(e))
+        return err
 
     return fail

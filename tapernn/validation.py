@@ -275,6 +275,33 @@ _TN_SPELLING = {
     "squeeze": "reshape",
     "swapaxes": "transpose",
 }
+
+
+def part_name(owner: Any, kind: str, name: Any) -> None:
+    """A parameter's or child's name is one component of the dotted state_dict keys: a name
+    with a "." could equal another's key ("a.bias" beside child a's bias: one of them would be
+    lost by tn.save), an empty one names nothing (PyTorch's register_parameter rule)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ArgumentError(
+            f"{who(owner)}: {kind} name must be a non-empty string without '.' "
+            f"(state_dict keys join names with '.'), got {name!r}"
+        )
+
+
+def free_name(owner: Any, name: Any) -> None:
+    """A new parameter's name: a part_name, not registered already (a second one would
+    silently replace the first), and, as it becomes the attribute `name`, not hiding one of the
+    module's own fields, children or its class's methods and settings (a parameter 'step')."""
+    part_name(owner, "parameter", name)
+    if name in owner._params:
+        raise ArgumentError(f"{who(owner)}: parameter {name!r} is already {ONCE}")
+    if name in owner.__dict__ or name in owner._children or hasattr(type(owner), name):
+        raise ArgumentError(
+            f"{who(owner)}: parameter name {name!r} is taken by an attribute of "
+            f"{type(owner).__name__}; choose another name"
+        )
+
+
 # a parameter registered twice (e.g. by a cell's step: it runs every step)
 ONCE = "registered (register each parameter once, in __init__: step and build run every step)"
 _SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* symbolic functions

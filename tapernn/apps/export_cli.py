@@ -4,14 +4,12 @@ and write its unrolled diagram."""
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from . import compile_flags
 from .command_line import positive_int
 
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".json")
-# steps past which an unrolled diagram is one long row that dot lays out slowly (op level, T 20:
-# ~1 min; T 200: 7 min at load 15; module level, T 100: 14,642 x 149 pixels)
-WIDE = {"op": 16, "module": 64}
 MODEL_HELP = (
     "lstm|fastlstm|gru|rnn|seqlstm|seqgru|stacked|tutorial-acceptor|tutorial-transducer, "
     "path.to.module:Class (an nn.Cell subclass: Sequencer(Class(hidden, hidden))) "
@@ -62,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import random as tn_random
     from ..export import render, to_json
-    from ..export.rendering import check_target
+    from ..export.rendering import LAID_OUT, WideDiagramWarning, check_target, wide_note
     from .models import build_model
 
     path = check_target(args.output, FORMATS)
@@ -79,21 +77,20 @@ def run(args: argparse.Namespace) -> int:
 
         write_whole(path, json.dumps(to_json(model)))
     else:
-        laid_out = path.suffix.lower() in (".svg", ".png", ".pdf")
-        if laid_out and not args.collapse and args.steps > WIDE[args.level]:
-            print(
-                f"note: {args.steps} steps unrolled at {args.level} level make a wide "
-                f"diagram that dot may take minutes to lay out; --collapse draws the step "
-                f"template once"
+        laid_out = path.suffix.lower() in LAID_OUT and not args.collapse
+        note = wide_note(args.steps, args.level, "--collapse") if laid_out else None
+        if note is not None:
+            print(f"note: {note}")
+        with warnings.catch_warnings():  # (said above, as a note)
+            warnings.simplefilter("ignore", WideDiagramWarning)
+            render(
+                model,
+                path,
+                level=args.level,
+                view=args.view,
+                cluster_by=args.cluster_by,
+                collapse=args.collapse,
+                compiled=args.compiled,
             )
-        render(
-            model,
-            path,
-            level=args.level,
-            view=args.view,
-            cluster_by=args.cluster_by,
-            collapse=args.collapse,
-            compiled=args.compiled,
-        )
     print(f"wrote {path}")
     return 0

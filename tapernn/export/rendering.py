@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,27 @@ INSTALL_HINT = (
     "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`; "
     "or write a .dot file, which needs no Graphviz program"
 )
+# steps past which an unrolled diagram is one long row that dot lays out slowly (op level, T 20:
+# ~1 min; T 200: 7 min at load 15; module level, T 100: 14,642 x 149 pixels)
+WIDE = {"op": 16, "module": 64}
+LAID_OUT = (".svg", ".png", ".pdf")
+
+
+class WideDiagramWarning(UserWarning):
+    """A laid-out diagram unrolls so many steps that dot may take minutes (tn.render)."""
+
+
+def wide_note(steps: int, level: str, collapse_hint: str = "collapse=True") -> str | None:
+    """What to say before dot lays out `steps` unrolled steps at `level` ("op" / "module"),
+    or None when that is quick. The one rule of tn.render and `tapernn graph`."""
+    if steps <= WIDE.get(level, WIDE["op"]):
+        return None
+    return (
+        f"{steps} steps unrolled at {level} level make a wide diagram that dot may take "
+        f"minutes to lay out; {collapse_hint} draws the step template once"
+    )
+
+
 # Jupyter should stay responsive: beyond this many nodes a notebook shows the collapsed view
 REPR_COLLAPSE_NODES = 400
 
@@ -41,10 +63,23 @@ def render(obj: Any, path: str | os.PathLike, **to_dot_kwargs: Any) -> Path:
     """
     path = check_target(path)
     suffix = path.suffix.lower()
+    if suffix in LAID_OUT and not isinstance(obj, graphviz.Digraph):
+        _warn_if_wide(obj, to_dot_kwargs)
     dot = obj if isinstance(obj, graphviz.Digraph) else to_dot(obj, **to_dot_kwargs)
     data = dot.source if suffix in (".dot", ".gv") else pipe(dot, suffix[1:])
     write_whole(path, data)
     return path
+
+
+def _warn_if_wide(obj: Any, to_dot_kwargs: dict) -> None:
+    """A WideDiagramWarning, before any drawing work, when `obj` unrolls too many steps."""
+    if to_dot_kwargs.get("collapse"):
+        return
+    graph, _ = resolve(obj)
+    steps = len({n.step for n in graph.nodes if n.step is not None})
+    note = wide_note(steps, to_dot_kwargs.get("level", "op"))
+    if note is not None:
+        warnings.warn(note, WideDiagramWarning, stacklevel=3)
 
 
 def check_target(path: str | os.PathLike, formats: Sequence[str] = FORMATS) -> Path:

@@ -16,6 +16,7 @@ from ..errors import (
     DTypeError,
     NumericError,
     ShapeError,
+    TapernnError,
     ValueRangeError,
     missing_build,
 )
@@ -325,8 +326,11 @@ class SequencerCriterion(Criterion):
         xs = _steps(input)
         if not xs:
             raise ShapeError(f"{self.describe()}: expects at least one step, got none")
-        for x, y in zip(xs, _steps(target)):
-            self.criterion.check_targets(x, y)
+        for t, (x, y) in enumerate(zip(xs, _steps(target))):
+            try:
+                self.criterion.check_targets(x, y)
+            except TapernnError as e:  # (which of the T steps holds the bad target)
+                raise type(e)(f"{e} (step {t} of {len(xs)})") from None
 
     def build(self, xs: Any, ys: Any) -> Var:
         xs, ys = _steps(xs), _steps(ys)

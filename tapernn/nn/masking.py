@@ -4,6 +4,7 @@ is reset, so its real elements start from a zero state."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from . import row_select as rows
 from .criteria import Criterion, arrays_only
 from .layers import LookupTable
 from .module import Module
+from .recurrent import AbstractRecurrent
 from .settings import rules, size
 from .tree import flatten, unflatten
 
@@ -48,6 +50,14 @@ class MaskZero(Module):
         super().__init__()
         self.add_child("0", check.module(self, "module", module))
         self.n_input_dim = n_input_dim
+        if isinstance(module, AbstractRecurrent):  # (Element-RNN's MaskZero printed this, #123)
+            warnings.warn(
+                f"{self.describe()}: zeroes the output rows only, the masked rows' state "
+                f"carries on; to reset it (padding), use {module.describe()}.mask_zero(), "
+                f"which masks inside the step",
+                UserWarning,
+                stacklevel=3 if type(self) is MaskZero else 5,  # (TrimZero: its __init__ too)
+            )
 
     def build(self, x: Any) -> Any:
         first, n = flatten(x)[0][0], self.n_input_dim

@@ -100,6 +100,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def add_child(self, name: str, module: Module) -> Module:
+        check.part_name(self, "child", name)
         check.module(self, "a child" if name.isdigit() else name, module)
         self._adopt_dtype(check.not_holding(self, module))
         self._children[name] = module
@@ -153,10 +154,9 @@ class Module:
     ) -> Parameter:
         """Register a parameter: init "uniform" (U(+-bound), default 1/sqrt(shape[-1])), "zeros",
         "ones", "normal" (N(0, 1)) or an ndarray."""
+        check.free_name(self, name)
         shape = tuple(check.size(self, f"parameter {name!r} shape", s, minimum=0) for s in shape)
         rng = check.generator(self, "rng", rng)
-        if name in self._params:  # (a second one would silently replace the first)
-            raise ArgumentError(f"{check.who(self)}: parameter {name!r} is already {check.ONCE}")
         if isinstance(init, np.ndarray):
             if init.shape != shape:
                 raise ShapeError(
