@@ -406,7 +406,7 @@ def split_reshape_map(in_shape: tuple, out_shape: tuple) -> Any:
     def fn(idx: list[str]) -> list[str]:
         terms: dict[int, list[str]] = {}
         for j, o_lo, o_hi, d, i_lo, lo, hi in reversed(digits):  # (the highest digit first)
-            i = idx[j] if idx[j].isidentifier() or idx[j].isdigit() else f"({idx[j]})"
+            i = idx[j] if _atom(idx[j]) else f"({idx[j]})"
             e = i if lo == o_lo else f"{i} // {lo // o_lo}"
             e = e if hi == o_hi else f"{e} % {hi // lo}"
             terms.setdefault(d, []).append(e if lo == i_lo else f"{e} * {lo // i_lo}")
@@ -416,3 +416,17 @@ def split_reshape_map(in_shape: tuple, out_shape: tuple) -> Any:
         return out
 
     return fn
+
+
+def _atom(expr: str) -> bool:
+    """Whether `expr` needs no parentheses as an operand: a name, a number, or one group in
+    parentheses (none added around it: a reshape reading a 1-D base writes its offset as
+    reshape_map did, so those kernels' texts -- their cache keys -- are unchanged)."""
+    if expr.isidentifier() or expr.isdigit():
+        return True
+    depth = 0
+    for k, ch in enumerate(expr):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and k < len(expr) - 1:
+            return False
+    return expr.startswith("(") and depth == 0
