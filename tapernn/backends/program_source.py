@@ -7,13 +7,14 @@ the out arrays the caller passes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Any
 
 from ..graph import Graph, Node
 from .loop_source import _VIEWS, DOT_MIN, LoopSource
-from .loop_values import Arr, Val, View, reshape_map, shifted_layout, strides
+from .loop_values import Arr, Val, View, shifted_layout, strides
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
 from .size_lift import lift_sizes
 
@@ -395,10 +396,10 @@ def split_reshape_map(in_shape: tuple, out_shape: tuple) -> Any:
     outs = [(j, o_str[j], o_str[j] * s) for j, s in enumerate(out_shape) if s != 1]
     ins = [(d, i_str[d], i_str[d] * s) for d, s in enumerate(in_shape) if s != 1]
     cuts = sorted({1, total, *(c for _, lo, hi in outs + ins for c in (lo, hi))})
-    if total == 0 or any(b % a for a, b in zip(cuts, cuts[1:])):
+    if total == 0 or any(b % a for a, b in itertools.pairwise(cuts)):
         return None
-    digits = []  # (out axis, its stride, in axis, its stride, segment start, segment end)
-    for lo, hi in zip(cuts, cuts[1:]):
+    digits = []  # (out axis, its span of strides, in axis, its stride, the digit's span)
+    for lo, hi in itertools.pairwise(cuts):
         j, o_lo, o_hi = next(o for o in outs if o[1] <= lo < o[2])
         d, i_lo, _ = next(i for i in ins if i[1] <= lo < i[2])
         digits.append((j, o_lo, o_hi, d, i_lo, lo, hi))
