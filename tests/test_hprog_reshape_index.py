@@ -153,3 +153,35 @@ def test_reshapes_after_a_loop_equal_the_interpreter():
     for _ in range(2):
         for got, want in zip(c(*arrays), interpret(g, *arrays)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_random_reshapes_and_slices_equal_numpys():
+    """400 random (in, out) shape pairs of one size (factors 1-4, 1-4 axes each), each map
+    read through a random basic slice of the out shape (an index that is an expression),
+    against NumPy's reshape-then-slice at every index; pairs whose boundaries do not nest
+    are None (reshape_map's)."""
+    rng = np.random.default_rng(50)
+    mapped = 0
+    for _ in range(400):
+        factors = [int(f) for f in rng.integers(1, 5, size=rng.integers(1, 6))]
+        shapes = []
+        for _ in range(2):
+            cut = sorted(rng.choice(len(factors) + 1, size=rng.integers(0, 3), replace=True))
+            edges = [0, *cut, len(factors)]
+            shapes.append(tuple(int(np.prod(factors[a:b])) for a, b in itertools.pairwise(edges)))
+        (in_shape, out_shape) = (tuple(rng.permutation(shapes[0])), shapes[1])
+        if np.prod(in_shape) != np.prod(out_shape):
+            continue
+        fn = split_reshape_map(in_shape, out_shape)
+        if fn is None:
+            continue
+        mapped += 1
+        starts = [int(rng.integers(0, s)) for s in out_shape]
+        names = [f"i{d}" for d in range(len(out_shape))]
+        exprs = fn([f"({s} + {n})" if s else n for s, n in zip(starts, names)])
+        base = np.arange(np.prod(in_shape)).reshape(in_shape)
+        view = base.reshape(out_shape)[tuple(slice(s, None) for s in starts)]
+        for pos in _positions(view.shape):
+            at = tuple(eval(e, {}, dict(zip(names, pos))) for e in exprs)  # (generated text)
+            assert base[at] == view[pos], (in_shape, out_shape, starts, exprs)
+    assert mapped > 200
