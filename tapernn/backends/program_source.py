@@ -165,9 +165,9 @@ class ProgramSource(LoopSource):
         """LoopSource's views; a reshape that is not a squeeze reads its base through
         split_reshape_map where that applies."""
         v = super().view(n, x, dt)
-        if n.op == "reshape" and isinstance(v, View):
+        if n.op == "reshape" and isinstance(v, View) and not _squeeze(x.shape, n.shape):
             fn = split_reshape_map(x.shape, n.shape)
-            if fn is not None and not _squeeze(x.shape, n.shape):
+            if fn is not None:
                 v.fn = fn
         return v
 
@@ -398,7 +398,7 @@ def split_reshape_map(in_shape: tuple, out_shape: tuple) -> Any:
     cuts = sorted({1, total, *(c for _, lo, hi in outs + ins for c in (lo, hi))})
     if total == 0 or any(b % a for a, b in itertools.pairwise(cuts)):
         return None
-    digits = []  # (out axis, its span of strides, in axis, its stride, the digit's span)
+    digits = []  # (out axis, its strides' span, in axis, its stride, the digit's span)
     for lo, hi in itertools.pairwise(cuts):
         j, o_lo, o_hi = next(o for o in outs if o[1] <= lo < o[2])
         d, i_lo, _ = next(i for i in ins if i[1] <= lo < i[2])

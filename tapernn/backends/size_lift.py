@@ -30,8 +30,8 @@ def lift_sizes(
     innermost_nested; step loops lift them too: step_loop.translate). `divisors`: a literal
     right after `//` or `%` stays too (a whole-program kernel's: by a number LLVM sees, a
     division is a multiply and a shift; by one read from `dims` it is an integer division of
-    20-40 cycles an element that no loop vectorises -- a (5, 2, 8) GRU backward's view
-    indices ran 5-8x slower lifted, BENCHMARKS.md "hprog"). The generator's divisors are
+    20-40 cycles an element that no loop vectorises -- B >= 2 backward kernels' view indices
+    ran 4-6x slower lifted, BENCHMARKS.md "hprog"). The generator's divisors are
     ratios of a view's trailing sizes (program_source.split_reshape_map), B or H, not T."""
     kept = innermost_nested(body) if innermost else set()
     text = "\n".join(body) + "\n"
