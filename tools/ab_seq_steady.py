@@ -3,7 +3,9 @@
 process per (round, tree), the trees alternating; in it the two modules' calls alternate, each
 timed in process CPU; printed: both medians of the last of --blocks blocks of --calls calls
 (the earlier blocks warm it: numba's kernels compiled, the auto layout timed) and the median of
-the per-call ratio module / Sequencer(cell), which a load change between processes moves less:
+the per-call ratio module / Sequencer(cell), which a load change between processes moves less
+(--module LSTM / GRU / FastLSTM: that cell's Sequencer against Sequencer(FastLSTM), FastLSTM's
+against Sequencer(LSTM)). Across --trees: each module's time per tree (hprog's A/B):
 
     python tools/ab_seq_steady.py --trees /work/wt/x_base $PWD --module SeqGRU \\
         --sizes 50,2,8 400,2,8 50,32,256 --backend numpy --dtype float64 --rounds 3
@@ -27,8 +29,12 @@ from tapernn import nn
 name, backend, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
 T, B, H = (int(v) for v in sys.argv[4].split(","))
 blocks, calls = int(sys.argv[5]), int(sys.argv[6])
-seq = getattr(nn, name)(H, H) if name != "SeqLSTMP" else nn.SeqLSTMP(H, H, H)
-fast = nn.Sequencer(seq.to_gru() if name == "SeqGRU" else seq.to_fast_lstm())
+if name.startswith("Seq"):
+    seq = getattr(nn, name)(H, H) if name != "SeqLSTMP" else nn.SeqLSTMP(H, H, H)
+    fast = nn.Sequencer(seq.to_gru() if name == "SeqGRU" else seq.to_fast_lstm())
+else:  # a cell's Sequencer (LSTM: against Sequencer(FastLSTM), Torch7's other LSTM)
+    seq = nn.Sequencer(getattr(nn, name)(H, H))
+    fast = nn.Sequencer(nn.FastLSTM(H, H) if name != "FastLSTM" else nn.LSTM(H, H))
 pair = [m.astype(dtype) for m in (seq, fast)]
 for m in pair:
     m.set_plan_options(tn.PlanOptions(backend=backend))
@@ -91,6 +97,15 @@ def main() -> None:
                 print(
                     f"round {r} ({size}) {what} {tree}: median {a:.3f} / {b:.3f} ms, {ratio:.3f}x;"
                     f" min {a_min:.3f} / {b_min:.3f} ms, {min_ratio:.3f}x"
+                )
+        if len(args.trees) == 2:  # per round (adjacent processes): second tree / first
+            first, second = (got[t] for t in args.trees)
+            for k, what_ in ((0, "module"), (1, "cell")):
+                r = [b[k] / a[k] for a, b in zip(first, second)]
+                print(
+                    f"== ({size}) {what} {what_} second/first tree: {statistics.median(r):.3f} "
+                    f"({min(r):.3f}-{max(r):.3f}) over {len(r)} rounds",
+                    flush=True,
                 )
         for tree, rows in got.items():
             cols = list(zip(*rows))

@@ -7,13 +7,14 @@ the out arrays the caller passes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Any
 
 from ..graph import Graph, Node
 from .loop_source import _VIEWS, DOT_MIN, LoopSource
-from .loop_values import Arr, Val, View, shifted_layout
+from .loop_values import Arr, Val, View, shifted_layout, strides
 from .numba_backend import _HEADER, Unsupported, _dtype_name, _module_name, _typed
 from .size_lift import lift_sizes
 
@@ -128,7 +129,7 @@ class ProgramSource(LoopSource):
         )  # (numba_loop's modules, loaded first: ProgramKernel.prepare)
         head, _, decorator = _HEADER.rpartition("\n\n\n")
         head = head + "\n" + imports + "\n\n" + decorator
-        lifted, self.dims = lift_sizes(body, KEEP_INNERMOST[0])
+        lifted, self.dims = lift_sizes(body, KEEP_INNERMOST[0], divisors=True)
         unpack = [f"    n{k} = dims[{k}]" for k in range(len(self.dims))]
         text = head + f"def kernel({params}):\n" + "\n".join(unpack + lifted) + "\n"
         self.concrete = head + f"def kernel({params}):\n" + "\n".join(body) + "\n"
@@ -159,6 +160,16 @@ class ProgramSource(LoopSource):
         Mixed dtypes (an accumulator of another dtype than out) keep LoopSource's."""
         out = columns_innermost(self, n, ins, dt)
         return super().matmul(n, ins, dt) if out is None else out
+
+    def view(self, n: Node, x: Val, dt: str) -> Val:
+        """LoopSource's views; a reshape that is not a squeeze reads its base through
+        split_reshape_map where that applies."""
+        v = super().view(n, x, dt)
+        if n.op == "reshape" and isinstance(v, View) and not _squeeze(x.shape, n.shape):
+            fn = split_reshape_map(x.shape, n.shape)
+            if fn is not None:
+                v.fn = fn
+        return v
 
     # ---- a scan loop, inlined ---------------------------------------------------------------
 
@@ -363,3 +374,60 @@ def columns_innermost(gen: LoopSource, n: Node, ins: list[Val], dt: str) -> Val 
     ]:
         gen.statement(line)
     return out
+
+
+def _squeeze(in_shape: tuple, out_shape: tuple) -> bool:
+    """Whether a reshape only drops or adds axes of size 1 (reshape_map's own case)."""
+    return [s for s in in_shape if s != 1] == [s for s in out_shape if s != 1]
+
+
+def split_reshape_map(in_shape: tuple, out_shape: tuple) -> Any:
+    """A reshape's index map (out indices -> in indices, as reshape_map) that divides single
+    indices only: where every axis boundary of both shapes (C strides) divides the next, each
+    out index is cut into digits at the in axes' boundaries -- `i // q % r`, q and r numbers
+    -- and each in index is the sum of its digits scaled, e.g. (100, 24) -> (50, 48): in0 =
+    i0 // 2, in1 = i0 % 2 * 24 + i1. reshape_map divides the flat offset, a sum of every out
+    index, per in axis: ((i0 * 24 + i1) // 48, (i0 * 24 + i1) % 48): in the innermost loop
+    a division per element of a sum LLVM cannot take apart (and, its sizes lifted, by a
+    number it cannot see: an integer division each). None where the boundaries do not
+    nest ((4, 3) -> (3, 4)): reshape_map's then."""
+    total = math.prod(in_shape)
+    o_str, i_str = strides(out_shape), strides(in_shape)
+    outs = [(j, o_str[j], o_str[j] * s) for j, s in enumerate(out_shape) if s != 1]
+    ins = [(d, i_str[d], i_str[d] * s) for d, s in enumerate(in_shape) if s != 1]
+    cuts = sorted({1, total, *(c for _, lo, hi in outs + ins for c in (lo, hi))})
+    if total == 0 or any(b % a for a, b in itertools.pairwise(cuts)):
+        return None
+    digits = []  # (out axis, its strides' span, in axis, its stride, the digit's span)
+    for lo, hi in itertools.pairwise(cuts):
+        j, o_lo, o_hi = next(o for o in outs if o[1] <= lo < o[2])
+        d, i_lo, _ = next(i for i in ins if i[1] <= lo < i[2])
+        digits.append((j, o_lo, o_hi, d, i_lo, lo, hi))
+
+    def fn(idx: list[str]) -> list[str]:
+        terms: dict[int, list[str]] = {}
+        for j, o_lo, o_hi, d, i_lo, lo, hi in reversed(digits):  # (the highest digit first)
+            i = idx[j] if _atom(idx[j]) else f"({idx[j]})"
+            e = i if lo == o_lo else f"{i} // {lo // o_lo}"
+            e = e if hi == o_hi else f"{e} % {hi // lo}"
+            terms.setdefault(d, []).append(e if lo == i_lo else f"{e} * {lo // i_lo}")
+        out = ["0"] * len(in_shape)
+        for d, parts in terms.items():
+            out[d] = parts[0] if len(parts) == 1 else f"({' + '.join(parts)})"
+        return out
+
+    return fn
+
+
+def _atom(expr: str) -> bool:
+    """Whether `expr` needs no parentheses as an operand: a name, a number, or one group in
+    parentheses (none added around it: a reshape reading a 1-D base writes its offset as
+    reshape_map did, so those kernels' texts -- their cache keys -- are unchanged)."""
+    if expr.isidentifier() or expr.isdigit():
+        return True
+    depth = 0
+    for k, ch in enumerate(expr):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and k < len(expr) - 1:
+            return False
+    return expr.startswith("(") and depth == 0

@@ -13,7 +13,9 @@ from typing import Any
 from .numba_backend import Unsupported
 
 
-def lift_sizes(body: list[str], innermost: bool = True) -> tuple[list[str], list[int]]:
+def lift_sizes(
+    body: list[str], innermost: bool = True, divisors: bool = False
+) -> tuple[list[str], list[int]]:
     """`body` (a kernel's indented lines) with every integer literal other than 0 and 1 -- the
     sizes, offsets, trip counts and loop lengths, the numbers a new sequence length T changes
     -- read from the kernel's `dims` argument instead (`n<k>`, k in order of appearance), and
@@ -25,7 +27,12 @@ def lift_sizes(body: list[str], innermost: bool = True) -> tuple[list[str], list
     (indices, strides and trip counts of 1 that LLVM folds away) but as a workspace view's
     start (ProgramSource.reserve reuses a freed slice by size: at one T that is the one at 0,
     at another T another). `innermost`: innermost nested loops' counts stay literal (see
-    innermost_nested; step loops lift them too: step_loop.translate)."""
+    innermost_nested; step loops lift them too: step_loop.translate). `divisors`: a literal
+    right after `//` or `%` stays too (a whole-program kernel's: by a number LLVM sees, a
+    division is a multiply and a shift; by one read from `dims` it is an integer division of
+    20-40 cycles an element that no loop vectorises -- B >= 2 backward kernels' view indices
+    ran 4-6x slower lifted, BENCHMARKS.md "hprog"). The generator's divisors are
+    ratios of a view's trailing sizes (program_source.split_reshape_map), B or H, not T."""
     kept = innermost_nested(body) if innermost else set()
     text = "\n".join(body) + "\n"
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
@@ -36,6 +43,7 @@ def lift_sizes(body: list[str], innermost: bool = True) -> tuple[list[str], list
         and tok.string.isdigit()
         and (int(tok.string) > 1 or [t.string for t in tokens[j - 4 : j - 2]] == ["c_view", "("])
         and tok.start[0] - 1 not in kept
+        and not (divisors and tokens[j - 1].string in ("//", "%"))
     ]  # (a workspace view's start always: a slice reused at one T, not at another, starts at 0)
     lines, values = list(body), []
     by_row: dict[int, list[tuple[int, str]]] = {}
