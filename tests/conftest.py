@@ -179,6 +179,19 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(autouse=True)
+def _backend_restored():
+    """Every test ends on the backend it began on: one that called tn.set_backend("numba") and
+    not back changed every later test of its worker (test_kernel_alone's plain compile then
+    called numba's lone-op lowering: CI failed when --dist loadfile put such a file before it)."""
+    import tapernn as tn
+
+    before = tn.get_backend()
+    yield
+    if tn.get_backend() != before:
+        tn.set_backend(before)
+
+
 @pytest.fixture(params=["numpy", "numba"])
 def backend(request):
     """Run the test under each backend (tn.set_backend), restoring the previous one after."""
