@@ -84,12 +84,18 @@ def test_call_1_imports_no_numba_and_the_bits_are_those_of_a_worker_never_held()
     assert held["digest"] == plain["digest"]
 
 
+def _turning() -> tuple[threading.Event, threading.Thread]:
+    """A started worker thread taking its `turn`, and the event it sets once the turn returns."""
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
+    worker.start()
+    return done, worker
+
+
 def _turned(hold_again: bool = False) -> tuple[bool, bool]:
     """(whether a worker's `turn` returned while a hold was on, whether it returned after)."""
-    done = threading.Event()
     with worker_pause.held():
-        worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
-        worker.start()
+        done, worker = _turning()
         during = done.wait(0.3)
     if hold_again:  # (within HELD_GAP_S: the next call of a model)
         with worker_pause.held():
@@ -116,9 +122,7 @@ def test_the_gap_counts_from_the_hold_s_end_for_a_worker_asking_after_it(monkeyp
     monkeypatch.setattr(worker_pause, "HELD_GAP_S", 0.5)
     with worker_pause.held():
         pass
-    done = threading.Event()
-    worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
-    worker.start()
+    done, worker = _turning()
     early = done.wait(0.2)
     went = done.wait(30)
     worker.join(30)
@@ -128,10 +132,8 @@ def test_the_gap_counts_from_the_hold_s_end_for_a_worker_asking_after_it(monkeyp
 def test_a_hold_with_a_limit_keeps_the_worker_that_long_only():
     """A first call's hold (`first_call`) ends at FIRST_CALL_HOLD_S: a big model's long call 1
     must not keep the worker's compiles from it (the switch call would wait for all of them)."""
-    done = threading.Event()
     with worker_pause.held(at_most=0.5):
-        worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
-        worker.start()
+        done, worker = _turning()
         early = done.wait(0.2)
         went = done.wait(30)  # (still held)
     worker.join(30)
@@ -140,10 +142,8 @@ def test_a_hold_with_a_limit_keeps_the_worker_that_long_only():
 
 def test_a_hold_without_a_limit_keeps_the_worker_past_a_limited_one():
     """ "auto"'s second plan holds without a limit; the compile inside it holds with one."""
-    done = threading.Event()
     with worker_pause.held(), worker_pause.held(at_most=0.05):
-        worker = threading.Thread(target=lambda: (worker_pause.turn(), done.set()), daemon=True)
-        worker.start()
+        done, worker = _turning()
         during = done.wait(0.5)
     after = done.wait(30)
     worker.join(30)
