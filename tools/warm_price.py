@@ -14,7 +14,8 @@ call's wall and process CPU medians and its ratio to the packed arm:
 The candidates are made by patching this process (no source change). `--probe` instead times
 the step GEMMs alone: 50 of them as the unsplit Python loop, as one numba nogil call of the cblas
 GEMM NumPy's matmul calls (blas_gemm's ctypes function: np.matmul's bits), and as two such calls
-on the halves' rows on two threads -- what a step loop could run before the driver exists.
+on the halves' rows on two threads -- what a step loop could run before the driver exists --
+and the packed driver's 50 GEMMs (Python calls, whole batch) for the GEMMs' own speed.
 
 Run: `python tools/warm_price.py --nice --dtype float64 --rounds 12 [--arms packed,unsplit,
 step_split,halves] [--probe]` from the checkout."""
@@ -187,10 +188,20 @@ def probe(args) -> None:
         loop(h0, w, o0, t)
         f.result()
 
+    handle = packed.handle()
+    handle.prepare(((dt.str,),))  # (the driver, from the kernel cache when warm)
+    panels = packed.pack_panels(np.ascontiguousarray(w))
+    driven = np.empty_like(ref)
+
+    def packed_driver():  # (the packed calls' GEMM, on the caller, 50 Python calls)
+        for s in range(t):
+            packed.run_kernel(handle.kernel, a[s], panels, driven[s])
+
     start = time.perf_counter()
     loop(a, w, out, 1)
     print(f"probe compile {time.perf_counter() - start:.2f} s")
     ways = {"python_loop": python_loop, "numba_whole": numba_whole, "numba_halves": numba_halves}
+    ways["packed_driver"] = packed_driver
     for f in ways.values():
         own_threads.run(lambda _, f=f: f(), None)
     halves = np.concatenate([o0, o1], 1)
