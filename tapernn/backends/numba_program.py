@@ -13,7 +13,6 @@ import math
 import sys
 import sysconfig
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -78,10 +77,8 @@ class ProgramKernel(LoopKernel):
             keys = dict.fromkeys((self.general(key), self.general(key, "C")))
             if self.kernel is not None:
                 self.kernel.disable_compile(False)
-            try:
-                with warnings.catch_warnings():  # (np.dot on "A" arrays copies: said once here)
-                    warnings.simplefilter("ignore", category=_performance_warning())
-                    made = [super(ProgramKernel, self).prepare(k) for k in keys][-1]
+            try:  # (numba's hints about np.dot on "A" arrays: numba_setup.quiet_kernel_hints)
+                made = [super(ProgramKernel, self).prepare(k) for k in keys][-1]
             finally:
                 if self.kernel is not None:
                     self.kernel.disable_compile(True)
@@ -136,12 +133,6 @@ def instance(source: str, gen: ProgramSource) -> ProgramInstance:
             made = shared.instances[sizes] = ProgramInstance(shared, gen.dims, work)
             made.source = gen.concrete
         return made
-
-
-def _performance_warning() -> type:
-    from numba.core.errors import NumbaPerformanceWarning
-
-    return NumbaPerformanceWarning
 
 
 def attach(compiled: Any) -> None:

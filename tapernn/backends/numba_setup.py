@@ -18,6 +18,7 @@ import itertools
 import os
 import sys
 import threading
+import warnings
 
 from .numba_opt import keyed
 
@@ -70,6 +71,7 @@ def setup() -> bool:
         if _done:
             return False
         _done = True
+        quiet_kernel_hints()
         keyed()  # (below -O3: cacheable kernels, cache keyed by the level; else nothing)
         locked_saves()  # (numba's cache saves under a folder lock: compile_child.py)
         from numba.core.compiler_lock import global_compiler_lock
@@ -91,6 +93,22 @@ def setup() -> bool:
             blas_check_deferred()
             cpu_target.target_context.refresh()
             return True
+
+
+# the module numba's warnings name for a line of a tapernn kernel: warn_explicit's module is the
+# kernel file's path without ".py" (kernel_cache writes tapernn_<kind>_<20 hex digits>.py)
+KERNEL_MODULE = r".*tapernn_[a-z0-9]+_[0-9a-f]{20}$"
+
+
+def quiet_kernel_hints() -> None:
+    """Drop numba's performance hints about lines of tapernn's generated kernels (e.g. "np.vdot()
+    is faster on contiguous arrays" where a loop kernel multiplies a step's slice of a stacked
+    input: numba copies it, and a user can do nothing about that line). Only those: a user's own
+    numba functions keep theirs. A filter for the process (not catch_warnings around each
+    compile, which swaps every thread's filters while a background thread compiles)."""
+    from numba.core.errors import NumbaPerformanceWarning
+
+    warnings.filterwarnings("ignore", category=NumbaPerformanceWarning, module=KERNEL_MODULE)
 
 
 def blas_check_deferred() -> None:
