@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
-from ..serialization import checked_state
+from ..serialization import load_state, state_of
 from ..tracing import Var, current_scope, current_step, scope
 from .config_key import changed, is_array_setting, is_function_setting, is_setting
 from .context import _BUILD, current_build
@@ -53,6 +53,7 @@ class Module:
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
     call_inputs: tuple[str, ...] = ()  # plain fields bound at call time, not traced (config_key)
+    buffers: tuple[str, ...] = ()  # plain float fields state_dict saves (PyTorch's buffers)
     # graph inputs' names of a call's two arguments: a criterion's; a Sequencer's lengths= mask
     arg_names: tuple[str, str] = ("input", "target")
     _drawn_whole = False  # module-level diagrams: one box per step, what it holds inside it
@@ -410,16 +411,15 @@ class Module:
         return self._dtype
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: p.data.copy() for name, p in self.named_parameters().items()}
+        """Copies of the parameters' data, then of the buffers' (each module's `buffers`:
+        state it estimated and trains on, NCEModule's Z), under dotted names."""
+        return state_of(self)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
-        """Copy `state`'s arrays into the parameters (cast to the model's dtype). Names, shapes,
-        float dtypes and finite values are checked for all before any is copied
-        (serialization.checked_state): a bad state dict leaves the model as it was."""
-        params = {name: p.data for name, p in self.named_parameters().items()}
-        for data, arr in checked_state(self.describe(), params, state):
-            data[...] = arr
-        return self
+        """Copy `state`'s arrays into the parameters and buffers (cast to their dtypes). Names,
+        shapes, float dtypes and finite values are checked for all before any is copied
+        (serialization.load_state): a bad state dict leaves the model as it was."""
+        return load_state(self, state)
 
     # ---- compilation controls ------------------------------------------------------------------
 
