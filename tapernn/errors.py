@@ -119,6 +119,21 @@ def wrong_build_arguments(module: Any, n_args: int) -> BuildError | None:
     )
 
 
+def build_failed(module: Any, e: Exception, n_args: int) -> Exception:
+    """What a module's build that raised `e` raises: wrong_build_arguments' BuildError for a
+    TypeError of the call itself; an op's ShapeError / DTypeError (which names the op, its
+    shapes and scope, not the module: `nn.Tanh()` given integers read "tanh: takes
+    floating-point operands") with the module that recorded the op in front, once (an error
+    already naming a module, "nn.X...", passes through the containers around it); else `e`."""
+    if not isinstance(e, TapernnError):
+        return wrong_build_arguments(module, n_args) or e
+    if not isinstance(e, (ShapeError, DTypeError)) or str(e).startswith("nn."):
+        return e
+    named = type(e)(f"{module.describe()}: {e}")
+    named.__suppress_context__ = True
+    return named
+
+
 def no_program(who: str) -> StateError:
     return StateError(
         f"{who}: no compiled program yet; call forward on it first (a module run inside "

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentTypeError, ShapeError, TracingError
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TracingError
 from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, current_scope, current_step, emit
@@ -25,11 +25,29 @@ def _binary(name):
 
 
 add, sub, mul, div = _binary("add"), _binary("sub"), _binary("mul"), _binary("div")
-power, maximum, minimum = _binary("power"), _binary("maximum"), _binary("minimum")
+maximum, minimum = _binary("maximum"), _binary("minimum")
 greater, equal = _binary("greater"), _binary("equal")
 neg, exp, log, tanh = _unary("neg"), _unary("exp"), _unary("log"), _unary("tanh")
 sigmoid, relu, sqrt, abs = _unary("sigmoid"), _unary("relu"), _unary("sqrt"), _unary("abs")
 sign = _unary("sign")
+
+
+def power(a: Any, b: Any) -> Var:
+    """`a ** b`. An integer to a negative integer power has no integer result: NumPy refuses it
+    only when the program runs ("Integers to negative integer powers are not allowed"), so a
+    constant negative exponent of an integer power is refused here, when traced (an exponent
+    computed at run time can only fail then)."""
+    out = emit("power", a, b)
+    exponent = out.node.inputs[1]
+    if out.dtype.kind in "iu" and exponent.op == "constant" and (exponent.value < 0).any():
+        raise DTypeError(
+            f"power: an integer to a negative integer power (exponent {exponent.value.min()}) "
+            f"has no integer result (got {out.node.inputs[0].dtype} ** {exponent.dtype}); "
+            f"convert to floats first: x.astype(np.float64) for an input array, "
+            f"tn.cast(v, np.float64) for a traced value, or write a float exponent (x ** -1.0)"
+            f"{located(current_scope() or None, current_step())}"
+        )
+    return out
 
 
 def where(cond: Any, x: Any, y: Any) -> Var:

@@ -24,10 +24,10 @@ from ..errors import (
     DTypeError,
     NotPicklableError,
     ShapeError,
+    build_failed,
     missing_build,
     no_program,
     where,
-    wrong_build_arguments,
 )
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
@@ -224,8 +224,8 @@ class Module:
             before = len(nodes)
             try:
                 out = self.build(*args)
-            except TypeError as e:  # (Python's own, naming neither the module nor what to write)
-                raise wrong_build_arguments(self, len(args)) or e
+            except (TypeError, ShapeError) as e:  # (Python's, naming no module; an op's refusal)
+                raise build_failed(self, e, len(args))
             finally:
                 ctx.stack.pop()
             if len(nodes) == before and next(self.named_children(), None) is None:

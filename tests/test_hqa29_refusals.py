@@ -1,0 +1,47 @@
+"""Trace-time refusals a user reads: an integer to a negative integer power is refused when
+traced (it failed at run time with NumPy's words), and an op's refusal inside a module names
+the module (the root module too, whose scope is empty)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapernn as tn
+from tapernn import nn
+from tapernn.errors import DTypeError
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [lambda a: a**-1, lambda a: a ** np.array([1, -2, 3]), lambda a: a ** np.int32(-3)],
+)
+def test_an_integer_to_a_negative_integer_power_is_refused_when_traced(fn):
+    x = np.arange(1, 4)
+    with pytest.raises(DTypeError, match=r"power: .*negative integer.*astype\(np.float64\)"):
+        tn.trace(fn, x)
+
+
+def test_integer_powers_that_have_integer_results_still_work():
+    x = np.arange(1, 4)
+    f = tn.compile(tn.trace(lambda a: a**2 + 2**a, x))
+    np.testing.assert_array_equal(f(x), x**2 + 2**x)
+    g = tn.compile(tn.trace(lambda a: a**-1.0, x))  # a float exponent: a float result
+    np.testing.assert_allclose(g(x), 1.0 / x)
+
+
+@pytest.mark.parametrize(
+    "model, x, named",
+    [
+        (nn.Tanh(), np.arange(3), "nn.Tanh"),
+        (nn.SoftMax(), np.arange(6).reshape(2, 3), "nn.SoftMax"),
+        (nn.Sequential(nn.Identity(), nn.Sigmoid()), np.arange(6).reshape(2, 3), "nn.Sigmoid"),
+    ],
+)
+def test_a_float_only_module_given_integers_names_itself(model, x, named):
+    with pytest.raises(DTypeError) as e:
+        model.forward(x)
+    text = str(e.value)
+    assert text.startswith(named + ": "), text
+    assert "takes floating-point operands, got int64" in text and "astype" in text
+    assert text.count("nn.") == 1, text  # (named once: the containers add nothing)
