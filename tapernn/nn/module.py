@@ -40,6 +40,7 @@ from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
 from .packing import changed as packing_changed
 from .parameter import Parameter, reinitialise, uniform
+from .printing import tree
 from .settings import rules, rules_of
 
 
@@ -411,14 +412,12 @@ class Module:
         return self._dtype
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters' data, then of the buffers' (each module's `buffers`:
-        state it estimated and trains on, NCEModule's Z), under dotted names."""
+        """Copies of the parameters' data, then of the buffers' (NCEModule's Z: `buffers`)."""
         return state_of(self)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
-        """Copy `state`'s arrays into the parameters and buffers (cast to their dtypes). Names,
-        shapes, float dtypes and finite values are checked for all before any is copied
-        (serialization.load_state): a bad state dict leaves the model as it was."""
+        """Copy `state`'s arrays into the parameters and buffers, all checked before any is
+        copied (serialization.load_state): a bad state dict leaves the model as it was."""
         return load_state(self, state)
 
     # ---- compilation controls ------------------------------------------------------------------
@@ -474,8 +473,8 @@ class Module:
     def extra_repr(self) -> str:
         return ""
 
-    def __repr__(self) -> str:
-        return self.describe()
+    def __repr__(self) -> str:  # Torch7 / PyTorch: the tree of its children, named
+        return tree(self)
 
 
 lock_entry_points(Module)
