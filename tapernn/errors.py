@@ -47,6 +47,11 @@ class TracingError(TapernnError, TypeError):
     `np.tanh(var)`): use the tn.* ops instead."""
 
 
+class VarAttributeError(TracingError, AttributeError):
+    """An ndarray attribute a symbolic Var does not have (`.any()`): the message says which tn.*
+    op to use; an AttributeError too, so hasattr(var, name) stays False."""
+
+
 class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
     """`pickle.dumps(module)`: a module holds compiled programs and a lock; its parameters are
     saved with `tn.save` (.npz, never pickle). Also a TypeError and a PicklingError, as what

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentTypeError, DTypeError, ShapeError, TracingError
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TracingError, VarAttributeError
 from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, current_scope, current_step, emit
-from .validation import numpy_on_var
+from .validation import numpy_on_var, tn_instead
 
 
 def _unary(name):
@@ -110,6 +110,11 @@ def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
 def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
     x = as_var(x)
     return emit("max", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    """The smallest entry (over `axis`): -max(-x), exact (negation is), the gradient max's."""
+    return -max(-as_var(x), axis, keepdims)
 
 
 def logsumexp(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
@@ -283,6 +288,7 @@ _OPERATORS = {
     "T": property(lambda self: transpose(self)),
     "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
+    "min": lambda self, axis=None, keepdims=False: min(self, axis, keepdims),
     "reshape": _reshape_method,
     "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
@@ -321,6 +327,20 @@ def _array_function(self: Var, func: Any, types: Any, args: Any, kwargs: Any) ->
     raise TracingError(numpy_on_var(func.__name__, func.__name__, _where()))
 
 
-_OPERATORS.update(__array_ufunc__=_array_ufunc, __array_function__=_array_function)
+def _no_attribute(self: Var, name: str) -> Any:
+    """An ndarray attribute a Var lacks (`.any()`, `.squeeze()`): which tn.* op to use, as
+    for NumPy's functions, not Python's bare "'Var' object has no attribute" (an
+    AttributeError all the same: hasattr stays False)."""
+    if name.startswith("__"):  # (protocol probes: hasattr(v, "__tapernn_var__"), copy, ...)
+        raise AttributeError(name)
+    raise VarAttributeError(
+        f"a symbolic tn.Var has no attribute {name!r} (ndarray.{name}){_where()}; "
+        f"{tn_instead(name)}"
+    )
+
+
+_OPERATORS.update(
+    __array_ufunc__=_array_ufunc, __array_function__=_array_function, __getattr__=_no_attribute
+)
 for _name, _method in _OPERATORS.items():
     setattr(Var, _name, _method)

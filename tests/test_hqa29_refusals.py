@@ -45,3 +45,24 @@ def test_a_float_only_module_given_integers_names_itself(model, x, named):
     assert text.startswith(named + ": "), text
     assert "takes floating-point operands, got int64" in text and "astype" in text
     assert text.count("nn.") == 1, text  # (named once: the containers add nothing)
+
+
+@pytest.mark.parametrize(
+    "method, hint", [("any", "tapernn has no symbolic version"), ("squeeze", "use tn.reshape")]
+)
+def test_a_numpy_method_a_var_lacks_says_what_to_use(method, hint):
+    from tapernn.errors import TracingError
+
+    x = np.ones((2, 3))
+    with pytest.raises(TracingError, match=rf"tn.Var has no attribute '{method}'.*{hint}") as e:
+        tn.trace(lambda a: getattr(a, method)(), x)
+    assert isinstance(e.value, AttributeError)  # (hasattr stays False)
+    assert not hasattr(tn.trace(lambda a: a, x).outputs[0], "any")
+
+
+def test_min_is_the_reduction_max_has():
+    x = np.array([[3.0, -1.0, 2.0], [0.5, 4.0, -2.0]])
+    f = tn.compile(tn.trace(lambda a: [a.min(), a.min(axis=1), tn.min(a, 0, keepdims=True)], x))
+    for got, want in zip(f(x), [x.min(), x.min(axis=1), x.min(0, keepdims=True)]):
+        np.testing.assert_array_equal(got, want)
+    tn.gradcheck(lambda a: (a.min(axis=1) * np.array([1.0, 2.0])).sum(), x)
