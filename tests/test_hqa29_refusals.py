@@ -66,3 +66,11 @@ def test_min_is_the_reduction_max_has():
     for got, want in zip(f(x), [x.min(), x.min(axis=1), x.min(0, keepdims=True)]):
         np.testing.assert_array_equal(got, want)
     tn.gradcheck(lambda a: (a.min(axis=1) * np.array([1.0, 2.0])).sum(), x)
+
+
+def test_seqbrnn_remember_is_refused_by_name_as_bisequencers():
+    from tapernn.errors import StateError
+
+    for model in (nn.SeqBRNN(3, 4), nn.BiSequencer(nn.LSTM(3, 4))):
+        with pytest.raises(StateError, match=r"has no remember\(\).*whole sequence"):
+            model.remember("both")
