@@ -74,3 +74,20 @@ def test_seqbrnn_remember_is_refused_by_name_as_bisequencers():
     for model in (nn.SeqBRNN(3, 4), nn.BiSequencer(nn.LSTM(3, 4))):
         with pytest.raises(StateError, match=r"has no remember\(\).*whole sequence"):
             model.remember("both")
+
+
+class _PyTorchStyle(nn.Cell):
+    state_names = ("h", "c")
+
+    def __init__(self):
+        super().__init__(3, 4)
+        self.lin = nn.Linear(7, 4)
+
+    def step(self, x, h, c):  # PyTorch's LSTMCell habit: (output, (h, c))
+        h2 = tn.tanh(self.lin(tn.concat([x, h], axis=-1)))
+        return h2, (h2, c)
+
+
+def test_a_cell_step_returning_output_and_state_says_what_step_returns():
+    with pytest.raises(tn.TapernnError, match=r"one tn.Var per state_names \('h', 'c'\)"):
+        nn.Sequencer(_PyTorchStyle()).forward(np.ones((2, 1, 3)))
