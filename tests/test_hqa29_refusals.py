@@ -91,3 +91,16 @@ class _PyTorchStyle(nn.Cell):
 def test_a_cell_step_returning_output_and_state_says_what_step_returns():
     with pytest.raises(tn.TapernnError, match=r"one tn.Var per state_names \('h', 'c'\)"):
         nn.Sequencer(_PyTorchStyle()).forward(np.ones((2, 1, 3)))
+
+
+def test_gradcheck_module_of_a_float32_model_says_to_check_in_float64():
+    # (was: GradcheckError "module gradient mismatch": float32 central differences are noise)
+    from tapernn.testing import gradcheck_module
+
+    x, t = np.ones((3, 2, 3), np.float32), np.zeros((3, 2, 4), np.float32)
+    model, criterion = nn.Sequencer(nn.GRU(3, 4)), nn.SequencerCriterion(nn.MSECriterion())
+    with pytest.raises(DTypeError, match=r"float64.*\.double\(\)"):
+        gradcheck_module(model.float(), criterion.float(), x, t)
+    with pytest.raises(DTypeError, match=r"float64.*\.double\(\)"):
+        gradcheck_module(model.double(), criterion, x, t)  # (the criterion still float32)
+    assert gradcheck_module(model, criterion.double(), x.astype(np.float64), t.astype(np.float64))
