@@ -42,8 +42,9 @@ def save(module: Any, path: str | os.PathLike) -> None:
     """Write `module.state_dict()` to `path` (`.npz` is added when missing, as np.savez does).
 
     Torch7's `torch.save(path, module)`, restricted to parameters and buffers (state a module
-    estimated, NCEModule's Z; not settings, not a recurrent module's remembered state). The file is replaced whole or
-    not at all: a temporary file in the same directory is written, fsynced and renamed over it.
+    estimated, NCEModule's Z; not settings, not a recurrent module's remembered state). The
+    file is replaced whole or not at all: a temporary file in the same directory is written,
+    fsynced and renamed over it.
     Parameters holding NaN or Inf are refused (NumericError, the previous file is kept): a
     diverged model must not overwrite a good checkpoint."""
     _expect_module("save", module)
