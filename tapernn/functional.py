@@ -113,8 +113,16 @@ def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
 
 
 def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
-    """The smallest entry (over `axis`): -max(-x), exact (negation is), the gradient max's."""
-    return -max(-as_var(x), axis, keepdims)
+    """The smallest entry (over `axis`): -max(-x), exact for floats (negation is), the
+    gradient max's. Integers are refused: their negation wraps (-max(-x) of uint8 [0, 5] is 5)."""
+    x = as_var(x)
+    if x.dtype.kind != "f":
+        raise DTypeError(
+            f"tn.min takes floating-point values, got {x.dtype} (it is -max(-x), and negation "
+            f"wraps around in integers); convert first: x.astype(np.float64) for an input "
+            f"array, tn.cast(v, np.float64) for a traced value{_where()}"
+        )
+    return -max(-x, axis, keepdims)
 
 
 def logsumexp(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:

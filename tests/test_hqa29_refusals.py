@@ -104,3 +104,19 @@ def test_gradcheck_module_of_a_float32_model_says_to_check_in_float64():
     with pytest.raises(DTypeError, match=r"float64.*\.double\(\)"):
         gradcheck_module(model.double(), criterion, x, t)  # (the criterion still float32)
     assert gradcheck_module(model, criterion.double(), x.astype(np.float64), t.astype(np.float64))
+
+
+def test_min_of_integers_is_refused_not_wrapped():
+    # -max(-x) of uint8 [0, 5] would be 5 and of int8 [-128, 5] 5: negation wraps in integers
+    for x in (np.array([0, 5], np.uint8), np.array([-128, 5], np.int8)):
+        with pytest.raises(DTypeError, match=r"tn.min.*floating-point.*astype"):
+            tn.trace(lambda a: a.min(), x)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int64])
+def test_a_double_negation_of_integers_compiles_and_wraps_as_numpy(dtype):
+    # (was: OverflowError "Python integer -1 out of bounds for uint8" from the compiler's
+    # multiply-by--1 form of a negation written into a buffer, numpy_quirks)
+    x = np.array([0, 5, 100], dtype)
+    f = tn.compile(tn.trace(lambda a: (a * 0 - a).__neg__() + -(a + a), x))
+    np.testing.assert_array_equal(f(x), (x * 0 - x).__neg__() + -(x + x))
