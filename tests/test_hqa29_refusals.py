@@ -120,3 +120,12 @@ def test_a_double_negation_of_integers_compiles_and_wraps_as_numpy(dtype):
     x = np.array([0, 5, 100], dtype)
     f = tn.compile(tn.trace(lambda a: (a * 0 - a).__neg__() + -(a + a), x))
     np.testing.assert_array_equal(f(x), (x * 0 - x).__neg__() + -(x + x))
+
+
+def test_a_python_int_beyond_an_integer_vars_dtype_is_a_dtype_error():
+    # (was Python's OverflowError, as NumPy 2 raises for x_uint8 * -1: no TapernnError)
+    x = np.array([1, 2], np.uint8)
+    with pytest.raises(DTypeError, match=r"mul: the Python int -1 does not fit uint8.*np.int16"):
+        tn.trace(lambda a: a * -1, x)
+    with pytest.raises(DTypeError, match=r"add: the Python int 300 does not fit uint8"):
+        tn.trace(lambda a: a + 300, x)
