@@ -403,7 +403,9 @@ class Program(FusedLowering, DestSlots):
         tail = f", out={out}" if out else ""
         if op == "neg" and out and NEGATIVE_OUT_BROKEN and dtype is not None:
             multiply = self._named("np_multiply", np.multiply)
-            return f"{multiply}({args[0]}, {self._scalar(-1.0, dtype)}{tail})"
+            # (unsigned: -1 wraps to the dtype's largest value, and x * 255 is -x mod 256)
+            minus_one = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else -1.0
+            return f"{multiply}({args[0]}, {self._scalar(minus_one, dtype)}{tail})"
         if opdef.ufunc is not None:
             return f"{self._named('np_' + op, opdef.ufunc)}({', '.join(args)}{tail})"
         fn = self._named(f"f_{op}", opdef.forward)

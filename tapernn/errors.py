@@ -47,6 +47,11 @@ class TracingError(TapernnError, TypeError):
     `np.tanh(var)`): use the tn.* ops instead."""
 
 
+class VarAttributeError(TracingError, AttributeError):
+    """An ndarray attribute a symbolic Var does not have (`.any()`): the message says which tn.*
+    op to use; an AttributeError too, so hasattr(var, name) stays False."""
+
+
 class NotPicklableError(TapernnError, TypeError, pickle.PicklingError):
     """`pickle.dumps(module)`: a module holds compiled programs and a lock; its parameters are
     saved with `tn.save` (.npz, never pickle). Also a TypeError and a PicklingError, as what
@@ -117,6 +122,23 @@ def wrong_build_arguments(module: Any, n_args: int) -> BuildError | None:
         f"{n_args} argument(s) it is called with ({', '.join(names)}): define "
         f"build(self, {', '.join(names)})"
     )
+
+
+def build_failed(module: Any, e: Exception, n_args: int) -> Exception:
+    """What a module's build that raised `e` raises: wrong_build_arguments' BuildError for a
+    TypeError of the call itself; an op's ShapeError / DTypeError (which names the op, its
+    shapes and scope, not the module: `nn.Tanh()` given integers read "tanh: takes
+    floating-point operands") with the module that recorded the op in front, once (an error
+    already naming a module, "nn.X...", passes through the containers around it); else `e`."""
+    if not isinstance(e, TapernnError):
+        return wrong_build_arguments(module, n_args) or e
+    if not isinstance(e, (ShapeError, DTypeError)) or getattr(e, "names_module", False):
+        return e
+    if str(e).startswith("nn."):  # (Module.expect's: "nn.Linear(3 -> 2) (in ...): ...")
+        return e
+    named = type(e)(f"{module.describe()}: {e}")
+    named.names_module, named.__suppress_context__ = True, True
+    return named
 
 
 def no_program(who: str) -> StateError:

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentTypeError, ShapeError, TracingError
+from .errors import ArgumentTypeError, DTypeError, ShapeError, TracingError, VarAttributeError
 from .errors import where as located
 from .ops.registry import normalize_axes, normalize_axis
 from .tracing import Var, as_var, current_scope, current_step, emit
-from .validation import numpy_on_var
+from .validation import numpy_on_var, tn_instead
 
 
 def _unary(name):
@@ -25,11 +25,29 @@ def _binary(name):
 
 
 add, sub, mul, div = _binary("add"), _binary("sub"), _binary("mul"), _binary("div")
-power, maximum, minimum = _binary("power"), _binary("maximum"), _binary("minimum")
+maximum, minimum = _binary("maximum"), _binary("minimum")
 greater, equal = _binary("greater"), _binary("equal")
 neg, exp, log, tanh = _unary("neg"), _unary("exp"), _unary("log"), _unary("tanh")
 sigmoid, relu, sqrt, abs = _unary("sigmoid"), _unary("relu"), _unary("sqrt"), _unary("abs")
 sign = _unary("sign")
+
+
+def power(a: Any, b: Any) -> Var:
+    """`a ** b`. An integer to a negative integer power has no integer result: NumPy refuses it
+    only when the program runs ("Integers to negative integer powers are not allowed"), so a
+    constant negative exponent of an integer power is refused here, when traced (an exponent
+    computed at run time can only fail then)."""
+    out = emit("power", a, b)
+    exponent = out.node.inputs[1]
+    if out.dtype.kind in "iu" and exponent.op == "constant" and (exponent.value < 0).any():
+        raise DTypeError(
+            f"power: an integer to a negative integer power (exponent {exponent.value.min()}) "
+            f"has no integer result (got {out.node.inputs[0].dtype} ** {exponent.dtype}); "
+            f"convert to floats first: x.astype(np.float64) for an input array, "
+            f"tn.cast(v, np.float64) for a traced value, or write a float exponent (x ** -1.0)"
+            f"{located(current_scope() or None, current_step())}"
+        )
+    return out
 
 
 def where(cond: Any, x: Any, y: Any) -> Var:
@@ -92,6 +110,19 @@ def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
 def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
     x = as_var(x)
     return emit("max", x, axis=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
+    """The smallest entry (over `axis`): -max(-x), exact for floats (negation is), the
+    gradient max's. Integers are refused: their negation wraps (-max(-x) of uint8 [0, 5] is 5)."""
+    x = as_var(x)
+    if x.dtype.kind != "f":
+        raise DTypeError(
+            f"tn.min takes floating-point values, got {x.dtype} (it is -max(-x), and negation "
+            f"wraps around in integers); convert first: x.astype(np.float64) for an input "
+            f"array, tn.cast(v, np.float64) for a traced value{_where()}"
+        )
+    return -max(-x, axis, keepdims)
 
 
 def logsumexp(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
@@ -265,6 +296,7 @@ _OPERATORS = {
     "T": property(lambda self: transpose(self)),
     "sum": lambda self, axis=None, keepdims=False: sum(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
+    "min": lambda self, axis=None, keepdims=False: min(self, axis, keepdims),
     "reshape": _reshape_method,
     "transpose": _transpose_method,
     "astype": lambda self, dtype: cast(self, dtype),
@@ -303,6 +335,20 @@ def _array_function(self: Var, func: Any, types: Any, args: Any, kwargs: Any) ->
     raise TracingError(numpy_on_var(func.__name__, func.__name__, _where()))
 
 
-_OPERATORS.update(__array_ufunc__=_array_ufunc, __array_function__=_array_function)
+def _no_attribute(self: Var, name: str) -> Any:
+    """An ndarray attribute a Var lacks (`.any()`, `.squeeze()`): which tn.* op to use, as
+    for NumPy's functions, not Python's bare "'Var' object has no attribute" (an
+    AttributeError all the same: hasattr stays False)."""
+    if name.startswith("__"):  # (protocol probes: hasattr(v, "__tapernn_var__"), copy, ...)
+        raise AttributeError(name)
+    raise VarAttributeError(
+        f"a symbolic tn.Var has no attribute {name!r} (ndarray.{name}){_where()}; "
+        f"{tn_instead(name)}"
+    )
+
+
+_OPERATORS.update(
+    __array_ufunc__=_array_ufunc, __array_function__=_array_function, __getattr__=_no_attribute
+)
 for _name, _method in _OPERATORS.items():
     setattr(Var, _name, _method)

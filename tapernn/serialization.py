@@ -4,6 +4,7 @@ written whole or not at all, and read back only if every array is finite real fl
 from __future__ import annotations
 
 import os
+import warnings
 from typing import IO, Any
 
 import numpy as np
@@ -40,8 +41,10 @@ def npz_path(path: str | os.PathLike) -> str:
 def save(module: Any, path: str | os.PathLike) -> None:
     """Write `module.state_dict()` to `path` (`.npz` is added when missing, as np.savez does).
 
-    Torch7's `torch.save(path, module)`, restricted to parameters. The file is replaced whole or
-    not at all: a temporary file in the same directory is written, fsynced and renamed over it.
+    Torch7's `torch.save(path, module)`, restricted to parameters and buffers (state a module
+    estimated, NCEModule's Z; not settings, not a recurrent module's remembered state). The
+    file is replaced whole or not at all: a temporary file in the same directory is written,
+    fsynced and renamed over it.
     Parameters holding NaN or Inf are refused (NumericError, the previous file is kept): a
     diverged model must not overwrite a good checkpoint."""
     _expect_module("save", module)
@@ -64,7 +67,8 @@ def write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_into(module: Any, path: str | os.PathLike) -> Any:
-    """Load parameters saved by `save` into `module` (names and shapes must match); `.npz` is
+    """Load parameters and buffers saved by `save` into `module` (names and shapes must match; a
+    file written before buffers were saved loads with a warning, see load_state); `.npz` is
     added to `path` when missing. An unreadable, truncated or corrupted file raises StateError,
     NaN/Inf values NumericError, non-float arrays DTypeError, each naming the file."""
     _expect_module("load_into", module)
@@ -176,3 +180,60 @@ def checked_state(
             )
         loads.append((target, cast))
     return loads
+
+
+def buffers_of(module: Any, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Each buffer of `module`'s tree (the fields its classes name in `buffers`) as dotted name
+    -> (owning module, field); a module shared under two names is listed once (first name), as
+    named_parameters lists a shared parameter."""
+    out: dict[str, tuple[Any, str]] = {}
+    seen: set[int] = set()
+
+    def walk(m: Any, prefix: str) -> None:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.update({prefix + field: (m, field) for field in type(m).buffers})
+            for name, child in m.named_children():
+                walk(child, f"{prefix}{name}.")
+
+    walk(module, prefix)
+    return out
+
+
+def state_of(module: Any) -> dict[str, np.ndarray]:
+    """Module.state_dict: copies of the parameters' data, then of the buffers' values."""
+    state = {name: p.data.copy() for name, p in module.named_parameters().items()}
+    for name, (owner, field) in buffers_of(module).items():
+        state[name] = np.array(getattr(owner, field))
+    return state
+
+
+def load_state(module: Any, state: Any) -> Any:
+    """Module.load_state_dict: every parameter and buffer checked (checked_state) before any is
+    written. A buffer missing from `state` is the one difference allowed -- a file saved before
+    buffers were (NCEModule's Z was not saved): its module keeps its value and a UserWarning
+    names it (PyTorch fills a missing BatchNorm num_batches_tracked the same way)."""
+    buffers = buffers_of(module)
+    absent = [n for n in buffers if n not in state] if hasattr(state, "keys") else []
+    targets = {name: p.data for name, p in module.named_parameters().items()}
+    targets.update(
+        (n, np.asarray(getattr(m, f))) for n, (m, f) in buffers.items() if n not in absent
+    )
+    loads = checked_state(module.describe(), targets, state)
+    for name, (data, value) in zip(targets, loads):
+        if name not in buffers:
+            data[...] = value
+        else:
+            owner, field = buffers[name]
+            setattr(owner, field, float(value) if value.ndim == 0 else value.copy())
+    if absent:
+        kept = ", ".join(f"{n} = {getattr(*buffers[n])}" for n in absent)
+        warnings.warn(
+            f"{module.describe()}.load_state_dict: the state dict holds no buffer "
+            f"{', '.join(map(repr, absent))} (saved before tapernn saved buffers?): the module "
+            f"keeps its value ({kept}; NCEModule's z <= 0 estimates Z again on its next "
+            f"training batch)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return module

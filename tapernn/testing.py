@@ -126,6 +126,14 @@ def gradcheck_module(
     """
     from .random import manual_seed
 
+    for who, m in (("model", model), ("criterion", criterion)):
+        if getattr(m, "dtype", np.float64) != np.float64:  # (tn.gradcheck converts arrays)
+            raise DTypeError(
+                f"tn.testing.gradcheck_module checks in float64 (central differences of "
+                f"eps={eps:g} in {m.dtype} are rounding noise), got a {m.dtype} {who} "
+                f"{m.describe()}: check {who}.double() (or a copy.deepcopy of it)"
+            )
+
     def loss_at() -> float:
         manual_seed(seed)
         return float(criterion.forward(model.forward(input), target))

@@ -251,7 +251,10 @@ def _operand_nodes(opname: str, args: tuple) -> tuple[Tape, list[Node]]:
         (a.dtype for a in args if isinstance(a, Var) and a.dtype.kind == "f"),
         next((a.dtype for a in args if isinstance(a, Var)), np.dtype(np.float64)),
     )
-    return tape, [_as_node(a, tape, ref) for a in args]
+    try:
+        return tape, [_as_node(a, tape, ref) for a in args]
+    except DTypeError as e:  # (a scalar beyond the integer dtype it meets)
+        raise DTypeError(f"{opname}: {e}{where(_SCOPE.get() or None, _STEP.get())}") from None
 
 
 def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
@@ -265,6 +268,13 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
     if weak and isinstance(a, (np.integer, np.floating)):
         a = a.item()  # (np.int64(2) * x32 is float64 under NumPy 2; 2 * x32 is float32)
     if isinstance(a, (int, float)):
+        if ref.kind in "iu" and isinstance(a, int) and not _fits(a, ref):
+            raise DTypeError(  # (NumPy 2's OverflowError for x_uint8 * -1, said by the op)
+                f"the Python int {a} does not fit {ref} (a scalar takes the dtype of the "
+                f"integer value it meets, as in NumPy 2); convert that value first: "
+                f"x.astype(np.{np.promote_types(ref, np.min_scalar_type(a)).name}) for an "
+                f"input array, tn.cast(v, ...) for a traced value"
+            )
         if ref.kind == "f" or (ref.kind in "iu" and isinstance(a, int)):
             return tape.constant(a, ref).node
         return tape.constant(a, np.float64 if isinstance(a, float) else np.int64).node
@@ -274,6 +284,11 @@ def _as_node(a: Any, tape: Tape, ref: np.dtype) -> Node:
             return tape.constant(arr, ref).node  # (integer arrays stay: they may be ids)
         return tape.constant(arr).node
     raise TracingError(f"cannot use {type(a).__name__} as an operand of a symbolic op")
+
+
+def _fits(a: int, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= a <= info.max
 
 
 def as_var(a: Any, like: Var | None = None) -> Var:

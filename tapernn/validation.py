@@ -270,6 +270,7 @@ _TN_SPELLING = {
     "absolute": "abs",
     "concatenate": "concat",
     "amax": "max",
+    "amin": "min",
     "negative": "-x",
     "expand_dims": "reshape",
     "squeeze": "reshape",
@@ -310,15 +311,18 @@ _SYMBOLIC = ("tapernn.functional", "tapernn.library")  # modules of the tn.* sym
 def numpy_on_var(called: str, name: str, where_: str) -> str:
     """The error for NumPy function `called` (`name`) applied to a symbolic Var: which tn.* op to
     use instead."""
+    return f"np.{called} cannot take a symbolic tn.Var{where_}; {tn_instead(name)}"
+
+
+def tn_instead(name: str) -> str:
+    """Which tn.* op does what NumPy's `name` does, for a message about a symbolic Var."""
     public = sys.modules.get("tapernn")  # the package exposing the tn.* names (loaded by now)
     tn_name = _TN_SPELLING.get(name, name)
     if tn_name == "-x":
-        hint = "use -x"
-    elif getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
-        hint = f"use tn.{tn_name}"
-    else:
-        hint = (
-            "tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
-            "tn.tanh, tn.sigmoid, tn.sum, ...)"
-        )
-    return f"np.{called} cannot take a symbolic tn.Var{where_}; {hint}"
+        return "use -x"
+    if getattr(getattr(public, tn_name, None), "__module__", "") in _SYMBOLIC:
+        return f"use tn.{tn_name}"
+    return (
+        "tapernn has no symbolic version: build it from the tn.* ops (tn.exp, tn.log, "
+        "tn.tanh, tn.sigmoid, tn.sum, ...)"
+    )

@@ -59,8 +59,17 @@ def slow_driver(monkeypatch):
     background.wait(60)
 
 
-def _model(seed=0):
+@pytest.fixture
+def numba():
+    """The models here run under numba; the test ends on the backend it began on (it left
+    numba set for every later test of its worker, which conftest's _backend_restored hid)."""
+    before = tn.get_backend()
     tn.set_backend("numba")
+    yield
+    tn.set_backend(before)
+
+
+def _model(seed=0):
     tn.manual_seed(seed)
     return nn.Sequencer(nn.FastLSTM(H, H))
 
@@ -78,7 +87,7 @@ def _inputs():
 
 
 def test_the_switch_call_does_not_wait_for_the_driver_which_runs_from_the_packed_call(
-    calls, slow_driver
+    calls, slow_driver, numba
 ):
     release, timed_out, runs = slow_driver
     m, (x, g) = _model(), _inputs()
@@ -95,7 +104,7 @@ def test_the_switch_call_does_not_wait_for_the_driver_which_runs_from_the_packed
     assert "packed step GEMMs from call 4 (numba)" in report, report
 
 
-def test_call_n_has_the_same_bits_whenever_the_driver_is_made(calls, monkeypatch):
+def test_call_n_has_the_same_bits_whenever_the_driver_is_made(calls, monkeypatch, numba):
     x, g = _inputs()
     early = _model()
     ready = [_step(early, x, g)]
@@ -126,7 +135,7 @@ def test_call_n_has_the_same_bits_whenever_the_driver_is_made(calls, monkeypatch
             np.testing.assert_array_equal(u, v, err_msg=f"call {n}")
 
 
-def test_the_packed_call_is_a_setting_checked(monkeypatch):
+def test_the_packed_call_is_a_setting_checked(monkeypatch, numba):
     monkeypatch.setenv("TAPERNN_NUMBA_BACKGROUND", "1")
     for bad in ("0", "-3", "x", "2.5", ""):
         monkeypatch.setenv("TAPERNN_NUMBA_PACKED_CALL", bad)

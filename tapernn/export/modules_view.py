@@ -12,7 +12,7 @@ from .buses import route_buses
 from .ops_view import constraining, new_digraph, order_steps
 from .scopes import place_by_scope
 from .source import Drawing, output_name
-from .style import CLUSTER_ATTRS, EDGE_KIND_ATTRS, role_attrs
+from .style import CLUSTER_ATTRS, EDGE_KIND_ATTRS, escaped, role_attrs
 
 Box = tuple  # ("module", scope, step, phase) or ("value", tape position)
 
@@ -111,7 +111,7 @@ def draw_modules(
     dot = new_digraph(title)
     dot.attr(newrank="true")  # rank all at once: step clusters stay in order, left to right
     stepped = _stepped_scopes(d)
-    draw = lambda g, b: g.node(ids[b], **_box_attrs(d, b, first_node.get(b), stepped))
+    draw = lambda g, b: g.node(ids[b], **escaped(_box_attrs(d, b, first_node.get(b), stepped)))
     if cluster_by == "scope":
         place_by_scope(dot, boxes, _parent_scope, draw, _scope_names(d))
     else:

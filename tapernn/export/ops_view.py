@@ -22,6 +22,7 @@ from .style import (
     EDGE_KIND_ATTRS,
     GRAPH_ATTRS,
     NODE_ATTRS,
+    escaped,
     fused_ops,
     node_label,
     role_attrs,
@@ -41,7 +42,7 @@ def new_digraph(title: str | None = None, large: bool = False) -> graphviz.Digra
         "tapernn", graph_attr=graph_attr, node_attr=dict(NODE_ATTRS), edge_attr=dict(EDGE_ATTRS)
     )
     if title:
-        dot.attr(label=title, labelloc="t", fontsize="14")
+        dot.attr(**escaped({"label": title}), labelloc="t", fontsize="14")
     return dot
 
 
@@ -49,7 +50,7 @@ def draw_ops(d: Drawing, cluster_by: str = "step", title: str | None = None) -> 
     """Op-level DOT for a Drawing (see `tapernn.export.to_dot`)."""
     dot = new_digraph(title, large=len(d.nodes) > LARGE_DRAWING)
     num = {n: k for k, n in enumerate(d.graph.nodes)}
-    attrs = {n: _node_attrs(d, n, num) for n in d.nodes}
+    attrs = {n: escaped(_node_attrs(d, n, num)) for n in d.nodes}
     edges = edge_list(d)
     if cluster_by == "step":
         clusters = {d.ids[n]: step_of(d, n) for n in d.nodes}

@@ -8,7 +8,7 @@ from typing import Any
 
 import graphviz
 
-from .style import CLUSTER_ATTRS
+from .style import CLUSTER_ATTRS, escaped
 
 
 def cluster_name(scope: str) -> str:
@@ -52,7 +52,7 @@ def _draw_level(
     for s in children:
         with parent.subgraph(name=cluster_name(s)) as c:
             label = f"{names[s]}  ({s})" if s in names else s
-            c.attr(label=label, **CLUSTER_ATTRS)
+            c.attr(**escaped({"label": label}), **CLUSTER_ATTRS)
             for item in tree.get(s, []):
                 draw(c, item)
             _draw_level(c, s, scopes, tree, draw, names)

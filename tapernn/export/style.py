@@ -167,3 +167,18 @@ def _number(v: Any) -> str:
 
 def role_attrs(role: str) -> dict[str, str]:
     return dict(ROLE_ATTRS.get(role, {}))
+
+
+_TEXTS = ("label", "tooltip", "xlabel", "headlabel", "taillabel")
+
+
+def escaped(attrs: dict[str, Any]) -> dict[str, Any]:
+    """`attrs` with their texts drawn as written (graphviz.escape): a backslash in a parameter
+    or module name is not a Graphviz escape ("w\\n" was drawn "w" over an empty line, "a\\lb" as
+    "a" over "b"), nor is a text in <...> an HTML label. (Our own labels use no escapes: line
+    breaks are newline characters.)"""
+    import graphviz
+
+    return {
+        k: graphviz.escape(v) if k in _TEXTS and isinstance(v, str) else v for k, v in attrs.items()
+    }

@@ -79,6 +79,8 @@ class FastLSTM(Cell):
     Shapes: i2g.weight (4H, D), i2g.bias (4H,), o2g.weight (4H, H).  Torch7: nn.FastLSTM.
     """
 
+    repr_children = False  # its Linear children are parts of its equations (nn.printing)
+
     state_names = ("h", "c")
 
     def __init__(self, input_size: int, output_size: int, rng=None):

@@ -46,14 +46,6 @@ class Container(Module):
     def describe(self) -> str:
         return f"nn.{type(self).__name__}"
 
-    def __repr__(self) -> str:
-        lines = [f"{self.describe()} {{"]
-        for k, m in enumerate(self.children()):
-            body = repr(m).replace("\n", "\n  ")
-            lines.append(f"  ({k}): {body}")
-        lines.append("}")
-        return "\n".join(lines)
-
 
 class Sequential(Container):
     """Applies its children in order.  Torch7: nn.Sequential."""

@@ -24,14 +24,14 @@ from ..errors import (
     DTypeError,
     NotPicklableError,
     ShapeError,
+    build_failed,
     missing_build,
     no_program,
     where,
-    wrong_build_arguments,
 )
 from ..optim import subtract_scaled
 from ..regions import PlanOptions
-from ..serialization import checked_state
+from ..serialization import load_state, state_of
 from ..tracing import Var, current_scope, current_step, scope
 from .config_key import changed, is_array_setting, is_function_setting, is_setting
 from .context import _BUILD, current_build
@@ -40,6 +40,7 @@ from .packing import VERSION as STORAGE_VERSION
 from .packing import block_key, pack_module, storage
 from .packing import changed as packing_changed
 from .parameter import Parameter, reinitialise, uniform
+from .printing import tree
 from .settings import rules, rules_of
 
 
@@ -53,6 +54,7 @@ class Module:
 
     is_recurrent = False  # carries state from one forward to the next (AbstractRecurrent)
     call_inputs: tuple[str, ...] = ()  # plain fields bound at call time, not traced (config_key)
+    buffers: tuple[str, ...] = ()  # plain float fields state_dict saves (PyTorch's buffers)
     # graph inputs' names of a call's two arguments: a criterion's; a Sequencer's lengths= mask
     arg_names: tuple[str, str] = ("input", "target")
     _drawn_whole = False  # module-level diagrams: one box per step, what it holds inside it
@@ -223,8 +225,8 @@ class Module:
             before = len(nodes)
             try:
                 out = self.build(*args)
-            except TypeError as e:  # (Python's own, naming neither the module nor what to write)
-                raise wrong_build_arguments(self, len(args)) or e
+            except (TypeError, ShapeError) as e:  # (Python's, naming no module; an op's refusal)
+                raise build_failed(self, e, len(args))
             finally:
                 ctx.stack.pop()
             if len(nodes) == before and next(self.named_children(), None) is None:
@@ -410,16 +412,13 @@ class Module:
         return self._dtype
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: p.data.copy() for name, p in self.named_parameters().items()}
+        """Copies of the parameters' data, then of the buffers' (NCEModule's Z: `buffers`)."""
+        return state_of(self)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> Module:
-        """Copy `state`'s arrays into the parameters (cast to the model's dtype). Names, shapes,
-        float dtypes and finite values are checked for all before any is copied
-        (serialization.checked_state): a bad state dict leaves the model as it was."""
-        params = {name: p.data for name, p in self.named_parameters().items()}
-        for data, arr in checked_state(self.describe(), params, state):
-            data[...] = arr
-        return self
+        """Copy `state`'s arrays into the parameters and buffers, all checked before any is
+        copied (serialization.load_state): a bad state dict leaves the model as it was."""
+        return load_state(self, state)
 
     # ---- compilation controls ------------------------------------------------------------------
 
@@ -474,8 +473,8 @@ class Module:
     def extra_repr(self) -> str:
         return ""
 
-    def __repr__(self) -> str:
-        return self.describe()
+    def __repr__(self) -> str:  # Torch7 / PyTorch: the tree of its children, named
+        return tree(self)
 
 
 lock_entry_points(Module)

@@ -56,6 +56,8 @@ class MuFuRu(Cell):
     (H×(D+H)), op_weights (JH×(D+H)) Linear layers, init U(±1/√fan_in).
     """
 
+    repr_children = False  # its Linear children are parts of its equations (nn.printing)
+
     setting_rules = rules(ops=fixed(lambda owner, name, ops: _op_names(ops)))
 
     def __init__(

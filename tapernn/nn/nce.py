@@ -37,6 +37,7 @@ class NCEModule(Module):
 
     array_settings = ("unigram",)  # its program reads it (nn/config_key.py)
     call_inputs = ("z",)  # bound at every call (its first call estimates and sets it)
+    buffers = ("z",)  # saved by state_dict / tn.save: a loaded model trains on with its Z
     setting_rules = rules(
         input_size=fixed(size()),
         output_size=fixed(size()),

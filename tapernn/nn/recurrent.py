@@ -470,12 +470,13 @@ class Cell(AbstractRecurrent):
         except TypeError as e:  # Python's own, naming neither the cell nor state_names
             raise wrong_step_arguments(self, len(state)) or e
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
-        self.expect(
-            len(new) == len(self.state_names),
-            f"step returned {len(new)} states, state_names has {len(self.state_names)}",
+        returns = (
+            f"step returns the new state, one tn.Var per state_names {self.state_names} (the "
+            f"output is the first: override output(*state) for another)"
         )
-        bad = [type(s).__name__ for s in new if not isinstance(s, Var)]
-        self.expect(not bad, f"step returned {', '.join(bad)} where a state (a tn.Var) goes")
+        n, bad = len(self.state_names), [type(s).__name__ for s in new if not isinstance(s, Var)]
+        self.expect(len(new) == n, f"step returned {len(new)} values for {n} states; {returns}")
+        self.expect(not bad, f"step returned {', '.join(bad)} where a state goes; {returns}")
         for name, old, s in zip(self.state_names, state, new):
             self.expect(
                 s.shape == old.shape, f"state {name!r} changed shape {old.shape} -> {s.shape}"

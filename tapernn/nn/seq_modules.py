@@ -14,6 +14,7 @@ from .. import random as tn_random
 from .. import validation as check
 from ..errors import ArgumentError, ShapeError
 from ..tracing import Var
+from .bidirectional import BiSequencer
 from .cells import GRU, FastLSTM
 from .context import current_build
 from .module import Module
@@ -413,6 +414,8 @@ class SeqBRNN(Module):
         self.add_child("bwd", SeqLSTM(input_size, output_size, mask_zero=mask_zero, rng=rng))
         self.add_child("reverse", SeqReverseSequence(0))
         self.add_child("merge", merge if merge is not None else CAddTable())
+
+    remember = BiSequencer.remember  # refused by name (Torch7's SeqBRNN has none either)
 
     @property
     def forward_module(self) -> SeqLSTM:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 from ..graph import Graph, Node
 from ..ops.registry import get_op
@@ -173,7 +175,10 @@ def _apply(s: Node, recipe: Recipe) -> Node:
     env: dict[Node, Node] = dict(zip(body.inputs, s.inputs))
     for n, m in recipe.outside:
         ins = [_outer(i, env, s) for i in n.inputs]
-        env[n] = _batched(s, n, ins, length) if m == "x" else derive(s, n.op, ins, **n.attrs)
+        # the loop's step and phase, the moved node's scope: a failure names the module that
+        # recorded it (a Repeater's LookupTable, not the Repeater); no kernel key reads scopes
+        like = SimpleNamespace(step=s.step, scope=n.scope, phase=s.phase)
+        env[n] = _batched(like, n, ins, length) if m == "x" else derive(like, n.op, ins, **n.attrs)
     ins = [_outer(o, env, s) for o in recipe.origins]
     return derive(
         s,
@@ -204,25 +209,26 @@ def _outer(i: Node, env: dict[Node, Node], s: Node) -> Node:
     return env[i]
 
 
-def _batched(s: Node, n: Node, ins: list[Node], length: int) -> Node:
-    """`n` over the stacked xs: its inputs' time-batched values are (length, *shape)."""
+def _batched(like: Any, n: Node, ins: list[Node], length: int) -> Node:
+    """`n` over the stacked xs: its inputs' time-batched values are (length, *shape); the new
+    nodes take `like`'s step, scope and phase."""
     if n.op == "matmul":
         a, w = ins
         rows = derive(
-            s,
+            like,
             "reshape",
             (a,),
             shape=(length * math.prod(n.inputs[0].shape[:-1]), n.inputs[0].shape[-1]),
         )
-        product = derive(s, "matmul", (rows, w))
-        return derive(s, "reshape", (product,), shape=(length, *n.shape))
+        product = derive(like, "matmul", (rows, w))
+        return derive(like, "reshape", (product,), shape=(length, *n.shape))
     if n.op == "reshape":
-        return derive(s, "reshape", ins, shape=(length, *n.shape))
+        return derive(like, "reshape", ins, shape=(length, *n.shape))
     if n.op == "transpose":
-        return derive(s, "transpose", ins, axes=(0, *[k + 1 for k in n.attrs["axes"]]))
+        return derive(like, "transpose", ins, axes=(0, *[k + 1 for k in n.attrs["axes"]]))
     if n.op == "getitem":
-        return derive(s, "getitem", ins, index=(("s", None, None, None), *n.attrs["index"]))
+        return derive(like, "getitem", ins, index=(("s", None, None, None), *n.attrs["index"]))
     if n.op in _REDUCTIONS:
         axis = tuple(a + 1 for a in n.attrs["axis"])
-        return derive(s, n.op, ins, axis=axis, keepdims=n.attrs["keepdims"])
-    return derive(s, n.op, ins, **n.attrs)
+        return derive(like, n.op, ins, axis=axis, keepdims=n.attrs["keepdims"])
+    return derive(like, n.op, ins, **n.attrs)
