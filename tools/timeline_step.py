@@ -113,8 +113,10 @@ def instrument():
     ):
         for n in names:
             setattr(cls, n, timed(f"{cls.__name__}.{n}", getattr(cls, n)))
-    for n in ("tap_copies", "fingerprint"):
-        setattr(state_grads, n, timed(n, getattr(state_grads, n)))
+    from tapernn.nn import tap_digest
+
+    state_grads.tap_copies = timed("tap_copies", state_grads.tap_copies)
+    tap_digest.fingerprint = timed("fingerprint", tap_digest.fingerprint)
     from tapernn.nn import steady_source
 
     steady_source.tap_copies = state_grads.tap_copies

@@ -11,9 +11,14 @@ computed value, only the cost of the check (issue 19, branch htap)."""
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
+
+from .. import own_threads
 
 
 class _Kernel:
@@ -78,3 +83,83 @@ def fingerprint(a: np.ndarray, kind: str | None = None) -> tuple:
 def unchanged(a: np.ndarray, fp: tuple) -> bool:
     """Whether `a` is where it was and holds the bytes it held when `fp` was taken."""
     return fingerprint(a, fp[3]) == fp
+
+
+# bytes (held, and copied into the room) from which state_grads.tap_copies shares its work --
+# the held arrays' fingerprints and the room's copies, in CHUNK_BYTES pieces -- with
+# own_threads' worker, each thread taking the next piece as it gets to it (BENCHMARKS.md
+# "hrest2": the fingerprints alone on the worker, the tap 0.78 -> 0.62 ms at (32, 50, 256) f32;
+# "hserial": the pieces taken by whichever thread is free); below, the hand-off costs more
+APART_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18  # (a copy's piece: the caller waits for at most one piece of the worker's)
+
+
+def copy_and_digest(held: list, copies: list, room: np.ndarray | None) -> Callable[[], list]:
+    """Makes the room's `copies` ((destination, source): disjoint destinations in `room`) and
+    returns `() -> [fingerprint(a) for a in held]`. When the held and copied bytes are >=
+    APART_BYTES and the worker is there and idle (own_threads.idle_worker), the fingerprints
+    and the copies' CHUNK_BYTES pieces are one list the caller and the worker both take the
+    next item of (a late worker finds none left: the caller never waits for its wake-up, only
+    for the item it is on); else all of it here (the fingerprints when called, after the
+    copies). No held array may share memory with the room, which only the copies write. Which
+    thread copies or digests changes no byte of a copy and no fingerprint."""
+    work = sum(a.nbytes for a in held) + sum(a.nbytes for _, a in copies)
+    if (
+        work < APART_BYTES
+        or not own_threads.idle_worker()
+        or (room is not None and any(np.may_share_memory(a, room) for a in held))
+    ):
+        for dst, a in copies:
+            np.copyto(dst, a)
+        return lambda: [fingerprint(a) for a in held]
+    jobs = [partial(fingerprint, a) for a in held] + _pieces(copies)
+    done: list = [None] * len(jobs)
+    errors: list = []
+    items = iter(enumerate(jobs))  # (one next() at a time: the GIL)
+    busy = threading.Lock()  # (held by the worker while it takes and does an item)
+
+    def worker() -> None:
+        while True:
+            with busy:
+                item = next(items, None)
+                if item is None:
+                    return
+                SHARED[0] += 1
+                try:
+                    done[item[0]] = item[1]()
+                except BaseException as exc:  # noqa: BLE001 (raised on the caller, below)
+                    errors.append(exc)
+
+    own_threads.submit(worker)
+    try:
+        for k, job in items:
+            done[k] = job()
+    finally:
+        with busy:  # (the worker's item done; none left for it to take after this)
+            for _ in items:
+                pass
+    if errors:
+        raise errors[0]
+    prints = done[: len(held)]
+    return lambda: prints
+
+
+def _pieces(copies: list) -> list:
+    """The copies as `np.copyto` calls of at most CHUNK_BYTES each (a C-contiguous pair's flat
+    slices; any other pair whole)."""
+    jobs = []
+    for dst, a in copies:
+        if not (a.flags.c_contiguous and dst.flags.c_contiguous) or a.nbytes <= CHUNK_BYTES:
+            jobs.append(partial(np.copyto, dst, a))
+            continue
+        flat, into = a.reshape(-1), dst.reshape(-1)
+        step = max(1, CHUNK_BYTES // a.itemsize)
+        jobs += [
+            partial(np.copyto, into[i : i + step], flat[i : i + step])
+            for i in range(0, flat.size, step)
+        ]
+    return jobs
+
+
+# items of copy_and_digest the worker took (a structural test reads it)
+SHARED = [0]
