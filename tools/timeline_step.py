@@ -117,6 +117,10 @@ def instrument():
 
     state_grads.tap_copies = timed("tap_copies", state_grads.tap_copies)
     tap_digest.fingerprint = timed("fingerprint", tap_digest.fingerprint)
+    if hasattr(state_grads, "fingerprint"):  # (a checkout from before hserial: its own name)
+        state_grads.fingerprint = tap_digest.fingerprint
+    if hasattr(state_grads, "copy_and_digest"):  # (branch hserial: the tap's pieces, both threads)
+        state_grads.copy_and_digest = timed("tap: copy_and_digest", state_grads.copy_and_digest)
     from tapernn.nn import steady_source
 
     steady_source.tap_copies = state_grads.tap_copies
