@@ -1,11 +1,12 @@
-"""get_grad_hidden_state's copies shared with own_threads' worker (issue 19, branch hserial): a
-plain Sequencer backward's tap_copies hands the idle worker the held arrays' fingerprints and a
-share of the copies into the tap room (tap_digest.copy_and_digest) while the caller makes the
-rest. Equivalence: the copies are the arguments' bytes, the fingerprints those taken here, and
-the state gradients (float64, complex-step NumPy equations, 1e-12) are the backward's after an
-update, whichever thread copied; an input changed in place still raises. Structure: the worker
-took items (tap_digest.SHARED) while the caller was busy with its first one (a fingerprint made
-slow here), from APART_BYTES on; none below it."""
+"""get_grad_hidden_state's fingerprints shared with own_threads' worker (issue 19, branch
+hserial): a plain Sequencer backward's tap_copies hands the idle worker the held arrays'
+fingerprints while it copies, then takes those the worker has not begun itself
+(tap_digest.copy_and_digest: a late worker no longer holds the caller up). Equivalence: the
+copies are the arguments' bytes, the fingerprints those taken here, and the state gradients
+(float64, complex-step NumPy equations, 1e-12) are the backward's after an update, whichever
+thread digested; an input changed in place still raises. Structure: the worker took
+fingerprints (tap_digest.SHARED) while the caller was busy with one (made slow here), from
+APART_BYTES on; none below it."""
 
 import threading
 import time
@@ -41,8 +42,7 @@ def worker(monkeypatch):
 
 def test_shared_copies_are_the_arrays_bytes_and_fingerprints_as_here(worker, monkeypatch):
     """tap_copies of five arrays, three placed in a room, two held: with APART_BYTES 0 the
-    worker takes some of the work (SHARED counts it) while the caller takes the first
-    fingerprint; every copy equals its array
+    worker takes a fingerprint (SHARED counts it) while the caller takes the other; every copy equals its array
     bit for bit, none shares memory with it, and the fingerprints are those taken here -- the
     same result as with APART_BYTES 2**40 (all on the caller)."""
     rng = np.random.default_rng(0)
@@ -96,7 +96,7 @@ def _want(params, x, g, t):
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_state_gradients_after_an_update_with_shared_copies(worker, monkeypatch, backend):
     """Three loop steps (the general path, then the steady one) with APART_BYTES 0: the worker
-    takes some of the copies into the room each backward; read after update_parameters, the state
+    takes a fingerprint each backward; read after update_parameters, the state
     gradients are the NumPy equations' of what the backward saw; the input changed in place
     raises StateError."""
     monkeypatch.setattr(tap_digest, "APART_BYTES", 0)

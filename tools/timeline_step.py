@@ -119,7 +119,7 @@ def instrument():
     tap_digest.fingerprint = timed("fingerprint", tap_digest.fingerprint)
     if hasattr(state_grads, "fingerprint"):  # (a checkout from before hserial: its own name)
         state_grads.fingerprint = tap_digest.fingerprint
-    if hasattr(state_grads, "copy_and_digest"):  # (branch hserial: the tap's pieces, both threads)
+    if hasattr(state_grads, "copy_and_digest"):  # (branch hserial: its copies and digests)
         state_grads.copy_and_digest = timed("tap: copy_and_digest", state_grads.copy_and_digest)
     from tapernn.nn import steady_source
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 
@@ -85,38 +84,34 @@ def unchanged(a: np.ndarray, fp: tuple) -> bool:
     return fingerprint(a, fp[3]) == fp
 
 
-# bytes (held, and copied into the room) from which state_grads.tap_copies shares its work --
-# the held arrays' fingerprints and the room's copies, in CHUNK_BYTES pieces -- with
-# own_threads' worker, each thread taking the next piece as it gets to it (BENCHMARKS.md
-# "hrest2": the fingerprints alone on the worker, the tap 0.78 -> 0.62 ms at (32, 50, 256) f32;
-# "hserial": the pieces taken by whichever thread is free); below, the hand-off costs more
+# held bytes from which state_grads.tap_copies hands its fingerprints to own_threads' worker
+# while the caller copies, the caller taking any the worker has not begun once its copies are
+# made (BENCHMARKS.md "hrest2": the fingerprints on the worker, the tap 0.78 -> 0.62 ms at
+# (32, 50, 256) f32; "hserial": the copies shared too, in pieces, made the tap's wall median
+# 0.1-0.2 ms longer on the 2-vCPU EPYC); below, the worker's wake-up costs what the digest does
 APART_BYTES = 1 << 20
-CHUNK_BYTES = 1 << 18  # (a copy's piece: the caller waits for at most one piece of the worker's)
 
 
 def copy_and_digest(held: list, copies: list, room: np.ndarray | None) -> Callable[[], list]:
-    """Makes the room's `copies` ((destination, source): disjoint destinations in `room`) and
-    returns `() -> [fingerprint(a) for a in held]`. When the held and copied bytes are >=
-    APART_BYTES and the worker is there and idle (own_threads.idle_worker), the fingerprints
-    and the copies' CHUNK_BYTES pieces are one list the caller and the worker both take the
-    next item of (a late worker finds none left: the caller never waits for its wake-up, only
-    for the item it is on); else all of it here (the fingerprints when called, after the
-    copies). No held array may share memory with the room, which only the copies write. Which
-    thread copies or digests changes no byte of a copy and no fingerprint."""
-    work = sum(a.nbytes for a in held) + sum(a.nbytes for _, a in copies)
+    """Makes the room's `copies` ((destination, source) pairs) and returns `() ->
+    [fingerprint(a) for a in held]`. When the held arrays are >= APART_BYTES, the worker is
+    there and idle (own_threads.idle_worker) and none shares memory with the room (which only
+    the copies write), the worker takes the fingerprints one by one while the caller copies;
+    then the caller takes those the worker has not begun (a worker late under load holds it
+    up by one fingerprint at most, never by its wake-up). Else the fingerprints are taken
+    here when called, after the copies. Which thread digests changes no fingerprint."""
     if (
-        work < APART_BYTES
+        sum(a.nbytes for a in held) < APART_BYTES
         or not own_threads.idle_worker()
         or (room is not None and any(np.may_share_memory(a, room) for a in held))
     ):
         for dst, a in copies:
             np.copyto(dst, a)
         return lambda: [fingerprint(a) for a in held]
-    jobs = [partial(fingerprint, a) for a in held] + _pieces(copies)
-    done: list = [None] * len(jobs)
+    done: list = [None] * len(held)
     errors: list = []
-    items = iter(enumerate(jobs))  # (one next() at a time: the GIL)
-    busy = threading.Lock()  # (held by the worker while it takes and does an item)
+    items = iter(enumerate(held))  # (one next() at a time: the GIL)
+    busy = threading.Lock()  # (held by the worker while it takes and digests an array)
 
     def worker() -> None:
         while True:
@@ -126,40 +121,24 @@ def copy_and_digest(held: list, copies: list, room: np.ndarray | None) -> Callab
                     return
                 SHARED[0] += 1
                 try:
-                    done[item[0]] = item[1]()
+                    done[item[0]] = fingerprint(item[1])
                 except BaseException as exc:  # noqa: BLE001 (raised on the caller, below)
                     errors.append(exc)
 
     own_threads.submit(worker)
     try:
-        for k, job in items:
-            done[k] = job()
+        for dst, a in copies:
+            np.copyto(dst, a)
+        for k, a in items:
+            done[k] = fingerprint(a)
     finally:
-        with busy:  # (the worker's item done; none left for it to take after this)
+        with busy:  # (the worker's array digested; none left for it to take after this)
             for _ in items:
                 pass
     if errors:
         raise errors[0]
-    prints = done[: len(held)]
-    return lambda: prints
+    return lambda: done
 
 
-def _pieces(copies: list) -> list:
-    """The copies as `np.copyto` calls of at most CHUNK_BYTES each (a C-contiguous pair's flat
-    slices; any other pair whole)."""
-    jobs = []
-    for dst, a in copies:
-        if not (a.flags.c_contiguous and dst.flags.c_contiguous) or a.nbytes <= CHUNK_BYTES:
-            jobs.append(partial(np.copyto, dst, a))
-            continue
-        flat, into = a.reshape(-1), dst.reshape(-1)
-        step = max(1, CHUNK_BYTES // a.itemsize)
-        jobs += [
-            partial(np.copyto, into[i : i + step], flat[i : i + step])
-            for i in range(0, flat.size, step)
-        ]
-    return jobs
-
-
-# items of copy_and_digest the worker took (a structural test reads it)
+# fingerprints of copy_and_digest the worker took (a structural test reads it)
 SHARED = [0]
