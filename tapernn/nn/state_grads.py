@@ -357,12 +357,17 @@ def tap_copies(
         for k, a in enumerate(arrays)
         if k not in places and k in watch and a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous
     ]
-    into = {k: room[at : at + arrays[k].nbytes].view(arrays[k].dtype) for k, at in places.items()}
-    copies = [(into[k].reshape(arrays[k].shape), arrays[k]) for k in places]
-    prints = copy_and_digest([arrays[k] for k in held], copies, room)
-    for k, a in enumerate(arrays):
-        dst = into.get(k)
-        out.append((a if k in held else a.copy()) if dst is None else dst.reshape(a.shape))
+    into = {  # (the room's bytes; fresh C arrays for the rest but the held: a.copy()'s)
+        k: room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        if (at := places.get(k)) is not None
+        else np.empty(a.shape, a.dtype)
+        for k, a in enumerate(arrays)
+        if k not in held
+    }
+    prints = copy_and_digest(
+        [arrays[k] for k in held], [(d, arrays[k]) for k, d in into.items()], room
+    )
+    out.extend(into.get(k, a) for k, a in enumerate(arrays))
     out.watched = [(k, arrays[k], fp) for k, fp in zip(held, prints())]
     return out
 

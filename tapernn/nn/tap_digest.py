@@ -93,7 +93,7 @@ APART_BYTES = 1 << 20
 
 
 def copy_and_digest(held: list, copies: list, room: np.ndarray | None) -> Callable[[], list]:
-    """Makes the room's `copies` ((destination, source) pairs) and returns `() ->
+    """Makes the `copies` ((destination, source) pairs: the room's, fresh arrays) and returns `() ->
     [fingerprint(a) for a in held]`. When the held arrays are >= APART_BYTES, the worker is
     there and idle (own_threads.idle_worker) and none shares memory with the room (which only
     the copies write), the worker takes the fingerprints one by one while the caller copies;
