@@ -16,9 +16,10 @@ import pytest
 from tapernn import PlanOptions, nn
 from tapernn.apps.benchmark.memory import loop_peak_bytes, tapernn_loop_step
 from tapernn.errors import StateError
-from tapernn.nn import state_grads
+from tapernn.nn import state_grads, tap_digest
 from tapernn.nn.runtime import runtime_of
-from tapernn.nn.state_grads import fingerprint, tap_copy_bytes
+from tapernn.nn.state_grads import tap_copy_bytes
+from tapernn.nn.tap_digest import fingerprint
 from tests import cell_reference as ref
 
 H = 8
@@ -127,18 +128,18 @@ def test_a_held_buffer_changed_in_place_raises(watch_all, backend, which, call):
 @pytest.mark.parametrize("apart", [0, 1 << 40])
 def test_held_buffers_fingerprinted_on_the_idle_worker_as_here(watch_all, monkeypatch, apart):
     """From APART_BYTES held (0: always; 2**40: never), with own_threads' worker there and idle,
-    tap_copies takes the held input's and output gradient's fingerprints on the worker while it
-    copies the rest: the same fingerprints as taken here, an in-place change still raises, and
-    the state gradients are the backward's (NumPy equations, 1e-12)."""
+    tap_copies shares the held input's and output gradient's fingerprints with the worker: the
+    same fingerprints as taken here, an in-place change still raises, and the state gradients
+    are the backward's (NumPy equations, 1e-12)."""
     from tapernn import own_threads
 
     own_threads.executor()  # (the worker: an owned call would have made it)
     if not own_threads.idle_worker():
         pytest.skip("one CPU or a one-thread BLAS policy: no worker is handed anything")
-    monkeypatch.setattr(state_grads, "APART_BYTES", apart)
-    where, real = [], state_grads.fingerprint
+    monkeypatch.setattr(tap_digest, "APART_BYTES", apart)
+    where, real = [], tap_digest.fingerprint
     monkeypatch.setattr(
-        state_grads, "fingerprint", lambda a: where.append(threading.get_ident()) or real(a)
+        tap_digest, "fingerprint", lambda a, *k: where.append(threading.get_ident()) or real(a, *k)
     )
     m = _model()
     seq = _seq(m, "numpy")
@@ -148,7 +149,8 @@ def test_held_buffers_fingerprinted_on_the_idle_worker_as_here(watch_all, monkey
     seq.forward(x)
     seq.backward(x, g)
     assert len(where) == 2
-    assert all((t in own_threads.worker_ident) == (apart == 0) for t in where)
+    if apart:  # (else either thread takes each: tap_digest.copy_and_digest, hserial's test)
+        assert not any(t in own_threads.worker_ident for t in where)
     assert [fp for _, _, fp in _pending(m).args[7]] == [real(x), real(g)]
     was = g[0, 0, 0]
     g[0, 0, 0] = was + 1.0

@@ -113,8 +113,14 @@ def instrument():
     ):
         for n in names:
             setattr(cls, n, timed(f"{cls.__name__}.{n}", getattr(cls, n)))
-    for n in ("tap_copies", "fingerprint"):
-        setattr(state_grads, n, timed(n, getattr(state_grads, n)))
+    from tapernn.nn import tap_digest
+
+    state_grads.tap_copies = timed("tap_copies", state_grads.tap_copies)
+    tap_digest.fingerprint = timed("fingerprint", tap_digest.fingerprint)
+    if hasattr(state_grads, "fingerprint"):  # (a checkout from before hserial: its own name)
+        state_grads.fingerprint = tap_digest.fingerprint
+    if hasattr(state_grads, "copy_and_digest"):  # (branch hserial: its copies and digests)
+        state_grads.copy_and_digest = timed("tap: copy_and_digest", state_grads.copy_and_digest)
     from tapernn.nn import steady_source
 
     steady_source.tap_copies = state_grads.tap_copies

@@ -465,8 +465,13 @@ HEAD = 4096  # (elements _zeros looks at first)
 def _zeros(a: np.ndarray) -> bool:
     """Whether the C-contiguous `a` holds only zeros: its first HEAD elements first (a
     gradient left from the step before -- the forward after an update -- is seen there
-    without a pass over all of it, ~0.15-0.25 ms at 4 MiB: BENCHMARKS.md "h512b")."""
+    without a pass over all of it, ~0.15-0.25 ms at 4 MiB: BENCHMARKS.md "h512b"); before
+    that its first element alone (a gradient is rarely 0 there: one scalar read answers the
+    forward after a backward, ~0.05 ms less than the head's reduce after a step's GEMMs have
+    evicted the caches, BENCHMARKS.md "hserial")."""
     flat = a.reshape(-1)
+    if flat.size and flat[0] != 0:  # (NaN too: nonzero, as any() says; -0.0 is a zero)
+        return False
     return not _nonzero(flat[:HEAD]) and not _nonzero(flat[HEAD:])
 
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import own_threads
 from ..errors import ShapeError, StateError, TapernnError
 from ..executor import gc_paused
 from .step_draws import per_step
-from .tap_digest import fingerprint, unchanged
+from .tap_digest import copy_and_digest, unchanged
 
 
 def _absolute_step(m: Any, t: int, n_steps: int) -> int:
@@ -358,37 +357,19 @@ def tap_copies(
         for k, a in enumerate(arrays)
         if k not in places and k in watch and a.nbytes >= WATCH_MIN_BYTES and a.flags.c_contiguous
     ]
-    prints = _fingerprints([arrays[k] for k in held], room)
-    for k, a in enumerate(arrays):
-        at = places.get(k)
-        if at is None:
-            out.append(a if k in held else a.copy())
-            continue
-        dst = room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
-        np.copyto(dst, a)
-        out.append(dst)
+    into = {  # (the room's bytes; fresh C arrays for the rest but the held: a.copy()'s)
+        k: room[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        if (at := places.get(k)) is not None
+        else np.empty(a.shape, a.dtype)
+        for k, a in enumerate(arrays)
+        if k not in held
+    }
+    prints = copy_and_digest(
+        [arrays[k] for k in held], [(d, arrays[k]) for k, d in into.items()], room
+    )
+    out.extend(into.get(k, a) for k, a in enumerate(arrays))
     out.watched = [(k, arrays[k], fp) for k, fp in zip(held, prints())]
     return out
-
-
-# held bytes from which tap_copies' fingerprints run on own_threads' worker while the caller
-# copies (BENCHMARKS.md "hrest2": the tap 0.78 -> 0.62 ms at (32, 50, 256) f32, 2.12 -> 1.50
-# at (32, 50, 512), load 17-21); below, the worker's wake-up costs what the digest does
-APART_BYTES = 1 << 20
-
-
-def _fingerprints(held: list, room: np.ndarray | None) -> Any:
-    """`() -> [fingerprint(a) for a in held]`: taken on own_threads' worker while the caller
-    goes on (its copies write only `room`, which no held array may share memory with) when
-    they hold >= APART_BYTES and the worker is there and idle (own_threads.idle_worker), else
-    here when called (after the copies). Which thread digests changes no fingerprint."""
-    if (
-        sum(a.nbytes for a in held) < APART_BYTES
-        or not own_threads.idle_worker()
-        or (room is not None and any(np.may_share_memory(a, room) for a in held))
-    ):
-        return lambda: [fingerprint(a) for a in held]
-    return own_threads.submit(lambda: [fingerprint(a) for a in held]).result
 
 
 # an argument or seed that does not fit the tap room is kept by reference (and fingerprinted:

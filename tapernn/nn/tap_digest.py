@@ -11,9 +11,13 @@ computed value, only the cost of the check (issue 19, branch htap)."""
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections.abc import Callable
 
 import numpy as np
+
+from .. import own_threads
 
 
 class _Kernel:
@@ -78,3 +82,63 @@ def fingerprint(a: np.ndarray, kind: str | None = None) -> tuple:
 def unchanged(a: np.ndarray, fp: tuple) -> bool:
     """Whether `a` is where it was and holds the bytes it held when `fp` was taken."""
     return fingerprint(a, fp[3]) == fp
+
+
+# held bytes from which state_grads.tap_copies hands its fingerprints to own_threads' worker
+# while the caller copies, the caller taking any the worker has not begun once its copies are
+# made (BENCHMARKS.md "hrest2": the fingerprints on the worker, the tap 0.78 -> 0.62 ms at
+# (32, 50, 256) f32; "hserial": the copies shared too, in pieces, made the tap's wall median
+# 0.1-0.2 ms longer on the 2-vCPU EPYC); below, the worker's wake-up costs what the digest does
+APART_BYTES = 1 << 20
+
+
+def copy_and_digest(held: list, copies: list, room: np.ndarray | None) -> Callable[[], list]:
+    """Makes the `copies` ((destination, source) pairs: the room's, fresh arrays) and returns `() ->
+    [fingerprint(a) for a in held]`. When the held arrays are >= APART_BYTES, the worker is
+    there and idle (own_threads.idle_worker) and none shares memory with the room (which only
+    the copies write), the worker takes the fingerprints one by one while the caller copies;
+    then the caller takes those the worker has not begun (a worker late under load holds it
+    up by one fingerprint at most, never by its wake-up). Else the fingerprints are taken
+    here when called, after the copies. Which thread digests changes no fingerprint."""
+    if (
+        sum(a.nbytes for a in held) < APART_BYTES
+        or not own_threads.idle_worker()
+        or (room is not None and any(np.may_share_memory(a, room) for a in held))
+    ):
+        for dst, a in copies:
+            np.copyto(dst, a)
+        return lambda: [fingerprint(a) for a in held]
+    done: list = [None] * len(held)
+    errors: list = []
+    items = iter(enumerate(held))  # (one next() at a time: the GIL)
+    busy = threading.Lock()  # (held by the worker while it takes and digests an array)
+
+    def worker() -> None:
+        while True:
+            with busy:
+                item = next(items, None)
+                if item is None:
+                    return
+                SHARED[0] += 1
+                try:
+                    done[item[0]] = fingerprint(item[1])
+                except BaseException as exc:  # noqa: BLE001 (raised on the caller, below)
+                    errors.append(exc)
+
+    own_threads.submit(worker)
+    try:
+        for dst, a in copies:
+            np.copyto(dst, a)
+        for k, a in items:
+            done[k] = fingerprint(a)
+    finally:
+        with busy:  # (the worker's array digested; none left for it to take after this)
+            for _ in items:
+                pass
+    if errors:
+        raise errors[0]
+    return lambda: done
+
+
+# fingerprints of copy_and_digest the worker took (a structural test reads it)
+SHARED = [0]
