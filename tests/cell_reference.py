@@ -75,3 +75,22 @@ def complex_step_grads(step, params, xs, n_states, hidden, seed_out):
             g[idx] = np.sum(seed_out * out).imag / h
         grads[name] = g
     return grads
+
+
+def complex_step_state_grads(step, params, xs, seed_out, t, hidden, n_states=2):
+    """d sum(seed_out[s] * outputs[s] for s > t) / d(each of step t's states): the gradient step
+    t + 1 sends back into step t's states (get_grad_hidden_state(t)), by complex step."""
+    _, states = run(step, params, xs, n_states, hidden)
+    out = []
+    for k in range(n_states):
+        grad = np.zeros((xs.shape[1], hidden))
+        for idx in np.ndindex(grad.shape):
+            state = [s.astype(complex) for s in states[t]]
+            state[k][idx] += 1e-30j
+            total = 0
+            for s in range(t + 1, len(xs)):
+                state = step(params, xs[s], *state)
+                total = total + np.sum(seed_out[s] * state[0])
+            grad[idx] = total.imag / 1e-30
+        out.append(grad)
+    return out

@@ -46,22 +46,7 @@ def _copies(cell_module):
 
 
 def _state_grads(step, params, x, g, t):
-    """d sum(g[s] * out[s] for s > t) / d (h_t, c_t) by complex step (the gradient step t + 1
-    sends back into step t's states)."""
-    _, states = ref.run(step, params, x, 2, H)
-    out = []
-    for k in range(2):
-        grad = np.zeros((x.shape[1], H))
-        for idx in np.ndindex(grad.shape):
-            state = [s.astype(complex) for s in states[t]]
-            state[k][idx] += 1e-30j
-            total = 0
-            for s in range(t + 1, len(x)):
-                state = step(params, x[s], *state)
-                total = total + np.sum(g[s] * state[0])
-            grad[idx] = total.imag / 1e-30
-        out.append(grad)
-    return out
+    return ref.complex_step_state_grads(step, params, x, g, t, H)
 
 
 def test_tap_places_puts_the_largest_first_where_they_fit():
