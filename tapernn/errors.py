@@ -132,12 +132,10 @@ def build_failed(module: Any, e: Exception, n_args: int) -> Exception:
     already naming a module, "nn.X...", passes through the containers around it); else `e`."""
     if not isinstance(e, TapernnError):
         return wrong_build_arguments(module, n_args) or e
-    if not isinstance(e, (ShapeError, DTypeError)) or getattr(e, "names_module", False):
-        return e
-    if str(e).startswith("nn."):  # (Module.expect's: "nn.Linear(3 -> 2) (in ...): ...")
-        return e
+    if not isinstance(e, (ShapeError, DTypeError)) or str(e).startswith("nn."):
+        return e  # (Module.expect's and this function's: "nn.Linear(3 -> 2) ...: ...")
     named = type(e)(f"{module.describe()}: {e}")
-    named.names_module, named.__suppress_context__ = True, True
+    named.__suppress_context__ = True
     return named
 
 
